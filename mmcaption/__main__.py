@@ -1,0 +1,3 @@
+from mmcaption.cli import main
+
+main()

@@ -1,0 +1,36 @@
+"""``mmcaption fit | validate | test | predict``: LightningCLI over the captioner and a data module."""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from mmcaption.module import MultimodalCaptioner
+
+
+class MMCaptionCLI(LightningCLI):
+    """LightningCLI whose data module follows the model's backbones.
+
+    The tokenizer and image processor must be those of the language model and vision tower, so the
+    CLI links ``model.language_model`` to ``data.tokenizer`` and ``model.vision_model`` to
+    ``data.image_processor`` instead of asking for them twice.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.language_model", "data.init_args.tokenizer")
+        parser.link_arguments("model.vision_model", "data.init_args.image_processor")
+
+
+def main(args: list[str] | None = None) -> MMCaptionCLI:
+    return MMCaptionCLI(
+        MultimodalCaptioner,
+        LightningDataModule,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""COCO Captions: read the official layout or the hub layout, check it, and preprocess it once into
+memory-mapped Arrow folders (each image stored once, captions tokenized)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from mmcaption.data.cache import publish_atomically
+from mmcaption.data.records import BadRecords, DataError, check_image
+
+IMAGE_FEATURES = datasets.Features(
+    {"image_id": datasets.Value("int64"), "file_name": datasets.Value("string"), "image": datasets.Value("binary")}
+)
+CAPTION_FEATURES = datasets.Features(
+    {
+        "image_index": datasets.Value("int32"),
+        "caption_id": datasets.Value("int64"),
+        "caption": datasets.Value("string"),
+        "token_ids": datasets.Sequence(datasets.Value("int32")),
+    }
+)
+
+
+@dataclass
+class CocoImage:
+    image_id: int
+    file_name: str
+    captions: list[tuple[int, str]]  # (annotation id, caption)
+
+
+def require_annotation_file(annotation_file: Path) -> None:
+    if not annotation_file.is_file():
+        raise DataError(
+            f"COCO annotation file not found: {annotation_file} (the official layout is "
+            "<data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
+        )
+
+
+def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRecords) -> list[CocoImage]:
+    """Parse and check ``captions_*.json``: structure, captions, and that every image file exists.
+
+    Missing images are counted all at once, so the message says how many there are.
+    """
+    require_annotation_file(annotation_file)
+    try:
+        content = json.loads(annotation_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{annotation_file} is not valid JSON: {error}") from error
+    if not isinstance(content, dict) or not isinstance(content.get("images"), list) or not isinstance(
+        content.get("annotations"), list
+    ):
+        raise DataError(f"{annotation_file} has no 'images' and 'annotations' lists: is it a COCO captions file?")
+
+    images: dict[int, CocoImage] = {}
+    for position, entry in enumerate(content["images"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not isinstance(
+            entry.get("file_name"), str
+        ):
+            records.bad("malformed image entry", f"images[{position}] needs an integer 'id' and a 'file_name'")
+            continue
+        if entry["id"] in images:
+            records.bad("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
+            continue
+        images[entry["id"]] = CocoImage(entry["id"], entry["file_name"], [])
+
+    for position, entry in enumerate(content["annotations"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image_id"), int):
+            records.bad("malformed annotation", f"annotations[{position}] needs an integer 'image_id'")
+            continue
+        annotation_id = entry.get("id", position)
+        caption = entry.get("caption")
+        if not isinstance(caption, str):
+            records.bad("malformed annotation", f"annotation id {annotation_id}: 'caption' is not a string")
+            continue
+        if not caption.strip():
+            records.bad("empty caption", f"annotation id {annotation_id} (image id {entry['image_id']}) has an empty caption")
+            continue
+        image = images.get(entry["image_id"])
+        if image is None:
+            records.bad("unknown image id", f"annotation id {annotation_id} refers to image id {entry['image_id']}, which is not in 'images'")
+            continue
+        image.captions.append((annotation_id, caption.strip()))
+
+    missing = [image for image in images.values() if not (image_dir / image.file_name).is_file()]
+    if missing:
+        if records.on_bad_record == "error":
+            raise DataError(
+                f"{annotation_file}: {len(missing)} of {len(images)} referenced images are missing under {image_dir} "
+                f"(first: {missing[0].file_name}, image id {missing[0].image_id}). Fix the image folder, or set "
+                "on_bad_record: skip to skip them and have them counted."
+            )
+        for image in missing:
+            records.bad("missing image", f"{image_dir / image.file_name} (image id {image.image_id}) does not exist")
+    missing_ids = {image.image_id for image in missing}
+    return [image for image in images.values() if image.image_id not in missing_ids and image.captions]
+
+
+def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
+    """``(image_id, file_name, image bytes, captions)`` of the official layout, unreadable images reported."""
+    for image in read_coco_annotations(annotation_file, image_dir, records):
+        path = image_dir / image.file_name
+        data = path.read_bytes()
+        problem = check_image(data)
+        if problem is not None:
+            records.bad("unreadable image", f"{path} (image id {image.image_id}) cannot be decoded: {problem}")
+            continue
+        yield image.image_id, image.file_name, data, image.captions
+
+
+def hub_records(dataset: datasets.Dataset, name: str, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
+    """The same from a ``datasets`` dataset with ``jpg`` images and newline-separated ``txt`` captions
+    (the layout of ``clip-benchmark/wds_mscoco_captions2017``)."""
+    missing_columns = {"jpg", "txt"} - set(dataset.column_names)
+    if missing_columns:
+        raise DataError(f"{name} has no column(s) {sorted(missing_columns)}; expected 'jpg' and 'txt' (found {dataset.column_names})")
+    dataset = dataset.cast_column("jpg", datasets.Image(decode=False))
+    for row_index, row in enumerate(dataset):
+        key = str(row.get("__key__") or row_index)
+        image = row["jpg"] or {}
+        data = image.get("bytes")
+        if data is None and image.get("path"):
+            data = Path(image["path"]).read_bytes() if Path(image["path"]).is_file() else None
+        if data is None:
+            records.bad("missing image", f"row {row_index} (key {key}) has no image")
+            continue
+        problem = check_image(data)
+        if problem is not None:
+            records.bad("unreadable image", f"row {row_index} (key {key}) has an image that cannot be decoded: {problem}")
+            continue
+        text = row["txt"]
+        captions = [line.strip() for line in (text or "").splitlines() if line.strip()] if isinstance(text, str) else []
+        if not captions:
+            records.bad("empty caption", f"row {row_index} (key {key}) has no caption")
+            continue
+        yield row_index, key, data, [(row_index * 100 + i, c) for i, c in enumerate(captions)]
+
+
+def write_caption_split(
+    records_iter: Iterator[tuple[int, str, bytes, list[tuple[int, str]]]],
+    tokenizer: PreTrainedTokenizerBase,
+    target: Path,
+    records: BadRecords,
+    metadata: dict,
+) -> Path:
+    """Write ``target/images`` (one row per image) and ``target/captions`` (one row per caption, with
+    its image's row index and its tokens) atomically: ``target`` appears complete or not at all."""
+    captions_by_image: list[list[tuple[int, str]]] = []
+
+    def image_rows():
+        for image_id, file_name, data, captions in records_iter:
+            captions_by_image.append(captions)
+            yield {"image_id": image_id, "file_name": file_name, "image": data}
+
+    def caption_rows():
+        for image_index, captions in enumerate(captions_by_image):
+            token_ids = tokenizer([c for _, c in captions], add_special_tokens=False)["input_ids"]
+            for (caption_id, caption), ids in zip(captions, token_ids):
+                yield {"image_index": image_index, "caption_id": caption_id, "caption": caption, "token_ids": ids}
+
+    with publish_atomically(target) as staging, _unwrap_generation_errors():
+        images = datasets.Dataset.from_generator(
+            image_rows, features=IMAGE_FEATURES, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-images"
+        )
+        if len(images) == 0:
+            raise DataError(f"{records.source}: no usable images (bad records: {records.summary() or 'none'})")
+        images.save_to_disk(str(staging / "images"))
+        captions = datasets.Dataset.from_generator(
+            caption_rows, features=CAPTION_FEATURES, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-captions"
+        )
+        captions.save_to_disk(str(staging / "captions"))
+        metadata = dict(metadata, images=len(images), captions=len(captions), skipped=records.summary())
+        (staging / "meta.json").write_text(json.dumps(metadata, indent=2))
+    records.warn_if_any()
+    return target
+
+
+
+@contextmanager
+def _unwrap_generation_errors() -> Iterator[None]:
+    """``datasets`` wraps errors raised by a generator; users should see the record-naming one."""
+    try:
+        yield
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, DataError):
+            raise error.__cause__ from None
+        raise

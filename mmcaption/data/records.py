@@ -1,0 +1,69 @@
+"""Bad-record policy shared by the loaders: raise with a message that names the record, or skip
+and count when the user asked for that. Nothing is dropped silently."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image, UnidentifiedImageError
+
+OnBadRecord = Literal["error", "skip"]
+
+
+class DataError(ValueError):
+    """Input data that cannot be used, with a message that names the file or record."""
+
+
+class BadRecords:
+    """Collects bad records under ``on_bad_record="skip"``; raises on the first one otherwise.
+
+    Args:
+        source: the file or dataset the records come from, named in every message.
+        on_bad_record: ``"error"`` raises :class:`DataError`; ``"skip"`` counts and goes on.
+    """
+
+    def __init__(self, source: str | Path, on_bad_record: OnBadRecord = "error") -> None:
+        if on_bad_record not in ("error", "skip"):
+            raise ValueError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
+        self.source = str(source)
+        self.on_bad_record = on_bad_record
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}
+
+    def bad(self, kind: str, message: str) -> None:
+        """Report one bad record of ``kind`` (e.g. ``"missing image"``)."""
+        if self.on_bad_record == "error":
+            raise DataError(
+                f"{self.source}: {message}. Fix the record, or set on_bad_record: skip to skip such records "
+                "and have them counted."
+            )
+        self.counts[kind] += 1
+        self.examples.setdefault(kind, message)
+
+    def summary(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def warn_if_any(self) -> None:
+        if self.counts:
+            details = "; ".join(f"{n} x {kind} (first: {self.examples[kind]})" for kind, n in self.counts.items())
+            rank_zero_warn(f"{self.source}: skipped {sum(self.counts.values())} bad records: {details}")
+
+
+def check_image(data: bytes) -> str | None:
+    """``None`` if ``data`` decodes to an image, else why it does not."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def load_rgb(data: bytes) -> Image.Image:
+    """Decode image bytes to RGB, whatever the stored mode (grayscale, palette, RGBA, CMYK)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")

@@ -1,0 +1,110 @@
+"""Loading the pretrained backbones: the (quantized) language model and the vision tower."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    AutoModelForCausalLM,
+    BitsAndBytesConfig,
+    CLIPVisionModel,
+    PreTrainedModel,
+)
+
+Quantization = Literal["nf4", "fp4", "int8", "none"]
+DType = Literal["bfloat16", "float16", "float32"]
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16``, refusing names that are not floating dtypes."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"unknown floating dtype {name!r}; use bfloat16, float16 or float32")
+    return dtype
+
+
+def quantization_config(quantization: Quantization, compute_dtype: DType) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config for a quantization choice (``None`` for ``"none"``)."""
+    if quantization == "none":
+        return None
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization in ("nf4", "fp4"):
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization,
+            bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
+            bnb_4bit_use_double_quant=True,
+            # FSDP needs the packed 4-bit storage in the dtype it shards; harmless otherwise.
+            bnb_4bit_quant_storage=torch_dtype(compute_dtype),
+        )
+    raise ValueError(f"unknown quantization {quantization!r}; use nf4, fp4, int8 or none")
+
+
+def load_language_model(
+    name_or_path: str,
+    quantization: Quantization = "nf4",
+    compute_dtype: DType = "bfloat16",
+    device: torch.device | str | None = None,
+) -> PreTrainedModel:
+    """Load a causal language model, quantized with bitsandbytes unless ``quantization="none"``.
+
+    The weights that stay unquantized (embeddings, norms, the output head) are kept in float32, as
+    ``prepare_model_for_kbit_training`` would leave them anyway; without quantization the whole
+    model loads in ``compute_dtype``.
+    """
+    config = quantization_config(quantization, compute_dtype)
+    device_map = None if device is None else {"": torch.device(device)}
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        quantization_config=config,
+        dtype=torch.float32 if config is not None else torch_dtype(compute_dtype),
+        device_map=device_map,
+    )
+
+
+def add_lora(
+    language_model: PreTrainedModel,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: list[str],
+    gradient_checkpointing: bool = False,
+) -> PeftModel:
+    """Freeze the language model and add LoRA adapters, in the order that PEFT requires.
+
+    Quantized models go through ``prepare_model_for_kbit_training`` first; new modules must be
+    added only after ``get_peft_model``, which would otherwise freeze them.
+    """
+    gc_kwargs = {"use_reentrant": False}
+    if getattr(language_model, "is_loaded_in_4bit", False) or getattr(language_model, "is_loaded_in_8bit", False):
+        language_model = prepare_model_for_kbit_training(
+            language_model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=gc_kwargs,
+        )
+    else:
+        language_model.requires_grad_(False)
+        if gradient_checkpointing:
+            language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+            language_model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(language_model, lora)
+
+
+def load_vision_model(name_or_path: str, device: torch.device | str | None = None) -> CLIPVisionModel:
+    """Load a frozen CLIP vision tower (from a full CLIP checkpoint or a vision-only one)."""
+    vision = CLIPVisionModel.from_pretrained(name_or_path, dtype=torch.float32)
+    if device is not None:
+        vision = vision.to(device)
+    vision.requires_grad_(False)
+    return vision.eval()

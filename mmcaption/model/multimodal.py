@@ -1,0 +1,164 @@
+"""The multimodal model: frozen vision tower -> projection -> gated cross-attention in the LM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import CLIPVisionModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from mmcaption.model.backbones import (
+    DType,
+    Quantization,
+    add_lora,
+    load_language_model,
+    load_vision_model,
+)
+from mmcaption.model.cross_attention import CrossAttentionDecoderLayer, GatedCrossAttentionBlock
+
+
+@dataclass
+class MultimodalConfig:
+    """Everything needed to rebuild the model around its pretrained backbones.
+
+    Attributes:
+        language_model: ``from_pretrained`` name or folder of the causal language model.
+        vision_model: ``from_pretrained`` name or folder of the CLIP model.
+        quantization: how the language model's weights are stored: nf4, fp4, int8 or none.
+        compute_dtype: dtype of the quantized matmuls (and of the whole LM without quantization).
+        cross_attention_layers: indices of the decoder layers that get a gated cross-attention block
+            (negative counts from the end).
+        cross_attention_heads: heads of each block; ``None`` takes the language model's.
+        cross_attention_ffn_mult: width multiplier of a gated feed-forward after each block (0: none).
+        vision_feature_layer: which hidden state of the vision tower is used (-1: the last).
+        lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapters on the LM.
+        gradient_checkpointing: recompute the LM's activations in the backward pass.
+    """
+
+    language_model: str = "microsoft/phi-2"
+    vision_model: str = "openai/clip-vit-base-patch32"
+    quantization: Quantization = "nf4"
+    compute_dtype: DType = "bfloat16"
+    cross_attention_layers: list[int] = field(default_factory=lambda: [-4, -3, -2, -1])
+    cross_attention_heads: int | None = None
+    cross_attention_ffn_mult: int = 0
+    vision_feature_layer: int = -1
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense"])
+    gradient_checkpointing: bool = False
+
+
+class MultimodalCausalLM(nn.Module):
+    """A causal language model that reads images through gated cross-attention.
+
+    Build it with :meth:`from_config`, which follows the construction order that PEFT and
+    bitsandbytes need: load (quantized) -> prepare for k-bit training -> LoRA -> new modules.
+    """
+
+    def __init__(
+        self,
+        language_model: PeftModel,
+        vision_model: CLIPVisionModel,
+        config: MultimodalConfig,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.language_model = language_model
+        self.vision_model = vision_model
+        text_config = language_model.get_base_model().config
+        hidden_size = text_config.hidden_size
+        self.projection = nn.Linear(vision_model.config.hidden_size, hidden_size)
+        heads = config.cross_attention_heads or text_config.num_attention_heads
+
+        layers = self.decoder_layers
+        self.cross_attention_layer_indices = _resolve_layer_indices(config.cross_attention_layers, len(layers))
+        for index in self.cross_attention_layer_indices:
+            block = GatedCrossAttentionBlock(hidden_size, heads, ffn_mult=config.cross_attention_ffn_mult)
+            layers[index] = CrossAttentionDecoderLayer(layers[index], block)
+        device = language_model.get_input_embeddings().weight.device
+        self.projection.to(device)
+        for block in self.cross_attention_blocks:
+            block.to(device)
+
+    @classmethod
+    def from_config(cls, config: MultimodalConfig, device: torch.device | str | None = None) -> MultimodalCausalLM:
+        """Load the backbones named in ``config`` and add LoRA, projection and cross-attention."""
+        language_model = load_language_model(
+            config.language_model, config.quantization, config.compute_dtype, device=device
+        )
+        language_model = add_lora(
+            language_model,
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+            gradient_checkpointing=config.gradient_checkpointing,
+        )
+        vision_model = load_vision_model(config.vision_model, device=device)
+        return cls(language_model, vision_model, config)
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model.get_base_model().model.layers
+
+    @property
+    def cross_attention_blocks(self) -> list[GatedCrossAttentionBlock]:
+        layers = self.decoder_layers
+        return [layers[i].cross_attention for i in self.cross_attention_layer_indices]
+
+    def train(self, mode: bool = True) -> MultimodalCausalLM:
+        super().train(mode)
+        self.vision_model.eval()  # frozen: never in training mode
+        return self
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Image tokens in the language model's width: ``(batch, image_tokens, hidden_size)``."""
+        with torch.no_grad():
+            outputs = self.vision_model(
+                pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True
+            )
+            features = outputs.hidden_states[self.config.vision_feature_layer]
+        return self.projection(features.to(self.projection.weight.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for ``input_ids`` given images (``pixel_values``, or already encoded ``image_embeds``).
+
+        Without either, the model is the language model with its LoRA adapters.
+        """
+        if image_embeds is None and pixel_values is not None:
+            image_embeds = self.encode_images(pixel_values)
+        return self.language_model(
+            input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, **kwargs
+        )
+
+    def gate_values(self) -> dict[int, dict[str, float]]:
+        """``tanh(gate)`` per injected layer index."""
+        return {
+            index: block.gate_values()
+            for index, block in zip(self.cross_attention_layer_indices, self.cross_attention_blocks)
+        }
+
+
+def _resolve_layer_indices(indices: list[int], num_layers: int) -> list[int]:
+    resolved = []
+    for index in indices:
+        if not -num_layers <= index < num_layers:
+            raise ValueError(
+                f"cross_attention_layers has {index}, but the language model has {num_layers} decoder layers"
+            )
+        resolved.append(index % num_layers)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"cross_attention_layers {indices} names a layer twice")
+    return sorted(resolved)

@@ -1,0 +1,211 @@
+"""The LightningModule: training and validation steps, optimizer and schedule, lean checkpoints."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torchmetrics import MeanMetric
+from transformers import get_linear_schedule_with_warmup
+
+from mmcaption.data.collate import IGNORE_INDEX
+from mmcaption.model.backbones import DType, Quantization
+from mmcaption.model.multimodal import MultimodalCausalLM, MultimodalConfig
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose tensors do not fit the model being built."""
+
+
+class MultimodalCaptioner(LightningModule):
+    """Phi-2 (4-bit) + frozen CLIP + gated cross-attention, adapted with LoRA.
+
+    Args:
+        language_model: ``from_pretrained`` name or folder of the causal language model.
+        vision_model: ``from_pretrained`` name or folder of the CLIP model.
+        quantization: storage of the language model's weights: nf4, fp4, int8 or none.
+        compute_dtype: dtype of the quantized matmuls (and of the whole LM without quantization).
+        cross_attention_layers: decoder layers wrapped with gated cross-attention (negative: from the end).
+        cross_attention_heads: heads per cross-attention block (default: the language model's).
+        cross_attention_ffn_mult: width multiplier of a gated feed-forward after each block (0: none).
+        vision_feature_layer: hidden state of the vision tower fed to the projection (-1: last).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: dropout on the LoRA input.
+        lora_target_modules: names of the LM's linear layers that get LoRA adapters.
+        gradient_checkpointing: recompute LM activations in backward (less memory, ~30% slower).
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay on matrices (not on biases, norms and gates).
+        warmup_ratio: fraction of all optimizer steps spent warming up linearly from 0.
+        adam_betas: AdamW betas.
+    """
+
+    def __init__(
+        self,
+        language_model: str = "microsoft/phi-2",
+        vision_model: str = "openai/clip-vit-base-patch32",
+        quantization: Quantization = "nf4",
+        compute_dtype: DType = "bfloat16",
+        cross_attention_layers: list[int] = [-4, -3, -2, -1],  # noqa: B006 (jsonargparse shows the default)
+        cross_attention_heads: int | None = None,
+        cross_attention_ffn_mult: int = 0,
+        vision_feature_layer: int = -1,
+        lora_r: int = 32,
+        lora_alpha: int = 64,
+        lora_dropout: float = 0.05,
+        lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "dense"],  # noqa: B006
+        gradient_checkpointing: bool = False,
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = MultimodalConfig(
+            language_model=language_model,
+            vision_model=vision_model,
+            quantization=quantization,
+            compute_dtype=compute_dtype,
+            cross_attention_layers=list(cross_attention_layers),
+            cross_attention_heads=cross_attention_heads,
+            cross_attention_ffn_mult=cross_attention_ffn_mult,
+            vision_feature_layer=vision_feature_layer,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            lora_target_modules=list(lora_target_modules),
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.model: MultimodalCausalLM | None = None
+        # Checkpoints hold trainable tensors only; keys are checked by hand in on_load_checkpoint.
+        self.strict_loading = False
+        self.val_loss = MeanMetric()
+
+    # -- building ---------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Load the backbones on this process's device (each DDP rank loads its own 4-bit copy)."""
+        if self.model is not None:
+            return
+        device = self.trainer.strategy.root_device if self._trainer is not None else None
+        self.model = MultimodalCausalLM.from_config(self.model_config, device=device)
+
+    def trainable_state_keys(self) -> set[str]:
+        return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+
+    # -- steps --------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+        ).logits
+
+    def token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over supervised tokens, and how many there are."""
+        logits = self(batch)[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        loss_sum = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return loss_sum, (targets != IGNORE_INDEX).sum()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss_sum, tokens = self.token_losses(batch)
+        if tokens == 0:
+            raise ValueError(f"training batch {batch_idx} has no supervised token: every label is masked")
+        loss = loss_sum / tokens
+        batch_size = batch["input_ids"].size(0)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for index, gates in self.model.gate_values().items():
+            for name, value in gates.items():
+                self.log(f"gate/layer_{index}_{name}", value, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss_sum, tokens = self.token_losses(batch)
+        if tokens > 0:
+            self.val_loss.update(loss_sum / tokens, weight=tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # token-weighted over all batches and all ranks
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/perplexity", torch.exp(loss), sync_dist=False)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("test/loss", loss)
+        self.log("test/perplexity", torch.exp(loss))
+
+    # -- optimization ---------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.learning_rate,
+            betas=tuple(self.hparams.adam_betas),
+        )
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError("the linear schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=int(self.hparams.warmup_ratio * total_steps),
+            num_training_steps=int(total_steps),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the trainable tensors only: the frozen (4-bit) backbones are reloaded from their source."""
+        trainable = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["model_config"] = asdict(self.model_config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.configure_model()
+        check_trainable_state(checkpoint["state_dict"], self.model, prefix="model.")
+
+
+def check_trainable_state(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "") -> None:
+    """Refuse a state dict that is not exactly the model's trainable tensors (names and shapes).
+
+    Lightning's non-strict loading would silently ignore such keys; here every difference is named.
+    """
+    expected = {f"{prefix}{name}": p for name, p in model.named_parameters() if p.requires_grad}
+    unexpected = sorted(set(state_dict) - set(expected))
+    missing = sorted(set(expected) - set(state_dict))
+    mismatched = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(state_dict) & set(expected))
+        if state_dict[key].shape != expected[key].shape
+    ]
+    problems = []
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+    if missing:
+        problems.append(f"{len(missing)} trainable tensor(s) missing, e.g. {missing[:3]}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:3]}")
+    if problems:
+        raise CheckpointMismatchError(
+            "checkpoint does not match the model (other backbones, injected layers or LoRA settings?): "
+            + "; ".join(problems)
+        )

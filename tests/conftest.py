@@ -1,0 +1,53 @@
+"""Tiny backbones and synthetic data, generated once per test session; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from mmcaption.data.synthetic import caption_corpus, write_coco_split  # noqa: E402
+from mmcaption.model import MultimodalCausalLM, MultimodalConfig  # noqa: E402
+from mmcaption.tiny import save_tiny_backbones  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def backbones(tmp_path_factory) -> tuple[Path, Path]:
+    """(language model folder, vision model folder): a tiny Phi with tokenizer, a tiny CLIP with processor."""
+    root = tmp_path_factory.mktemp("backbones")
+    return save_tiny_backbones(root, caption_corpus(seed=0, num_scenes=300), seed=0, lm_hidden_size=64)
+
+
+@pytest.fixture(scope="session")
+def coco_root(tmp_path_factory) -> Path:
+    """A small synthetic set in the official COCO layout: 12 train and 4 val images, 5 captions each."""
+    root = tmp_path_factory.mktemp("coco")
+    write_coco_split(root, "train2017", 12, seed=0)
+    write_coco_split(root, "val2017", 4, seed=0, first_image_id=100)
+    return root
+
+
+@pytest.fixture
+def model_config(backbones) -> MultimodalConfig:
+    language_dir, vision_dir = backbones
+    return MultimodalConfig(
+        language_model=str(language_dir),
+        vision_model=str(vision_dir),
+        cross_attention_layers=[-2, -1],
+        lora_r=4,
+        lora_alpha=8,
+    )
+
+
+@pytest.fixture
+def model(model_config) -> MultimodalCausalLM:
+    torch.manual_seed(0)
+    return MultimodalCausalLM.from_config(model_config).eval()

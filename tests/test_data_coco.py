@@ -1,0 +1,162 @@
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+from mmcaption.data import CaptionDataModule, DataError
+from mmcaption.data.collate import IGNORE_INDEX
+
+
+@pytest.fixture
+def coco_copy(coco_root, tmp_path) -> Path:
+    """A private copy of the synthetic COCO set that a test may damage."""
+    return Path(shutil.copytree(coco_root, tmp_path / "coco"))
+
+
+def make_datamodule(backbones, data_dir, **kwargs) -> CaptionDataModule:
+    language_dir, vision_dir = backbones
+    defaults = dict(tokenizer=str(language_dir), image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    return CaptionDataModule(data_dir=str(data_dir), **{**defaults, **kwargs})
+
+
+def edit_annotations(root: Path, split: str, edit) -> None:
+    path = root / "annotations" / f"captions_{split}.json"
+    content = json.loads(path.read_text())
+    edit(content)
+    path.write_text(json.dumps(content))
+
+
+def test_preprocessing_stores_each_image_once_and_tokenizes_every_caption(backbones, coco_copy):
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()
+    folder = dm.split_folder("train2017")
+    images = datasets.load_from_disk(str(folder / "images"))
+    captions = datasets.load_from_disk(str(folder / "captions"))
+    assert len(images) == 12 and len(captions) == 60
+    source = json.loads((coco_copy / "annotations" / "captions_train2017.json").read_text())
+    first = source["annotations"][0]
+    row = captions[0]
+    assert row["caption"] == first["caption"]
+    assert row["token_ids"] == dm.tokenizer(first["caption"], add_special_tokens=False)["input_ids"]
+    assert images[row["image_index"]]["image"] == (coco_copy / "train2017" / "000000000001.jpg").read_bytes()
+    assert json.loads((folder / "meta.json").read_text())["skipped"] == {}
+
+
+def test_batches_are_padded_per_batch_and_masked(backbones, coco_copy):
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    lengths = batch["attention_mask"].sum(1)
+    assert batch["input_ids"].shape[1] == lengths.max()  # padded to the longest in the batch, no more
+    assert batch["pixel_values"].shape == (4, 3, 64, 64)
+    eos = dm.tokenizer.eos_token_id
+    for ids, labels, length in zip(batch["input_ids"], batch["labels"], lengths):
+        assert labels[0] == IGNORE_INDEX  # <bos> is context, not a target
+        assert ids[length - 1] == eos and labels[length - 1] == eos  # end of text is supervised
+        assert (labels[length:] == IGNORE_INDEX).all()  # padding is not
+    val = next(iter(dm.val_dataloader()))
+    assert val["input_ids"].shape[0] == 4
+
+
+def test_preprocessed_split_is_reused_and_rebuilt_when_its_input_changes(backbones, coco_copy):
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()
+    folder = dm.split_folder("train2017")
+    stamp = (folder / "meta.json").stat().st_mtime_ns
+    make_datamodule(backbones, coco_copy).prepare_data()
+    assert (folder / "meta.json").stat().st_mtime_ns == stamp
+
+    edit_annotations(coco_copy, "train2017", lambda c: c["annotations"].pop())
+    dm2 = make_datamodule(backbones, coco_copy)
+    assert dm2.split_folder("train2017") != folder
+    dm2.prepare_data()
+    assert json.loads((dm2.split_folder("train2017") / "meta.json").read_text())["captions"] == 59
+
+
+def test_interrupted_preprocessing_leaves_nothing_that_looks_complete(backbones, coco_copy, monkeypatch):
+    import mmcaption.data.coco as coco
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    dm = make_datamodule(backbones, coco_copy)
+    monkeypatch.setattr(coco, "check_image", explode)
+    with pytest.raises(KeyboardInterrupt):
+        dm.prepare_data()
+    assert not dm.split_folder("train2017").exists()
+    assert list(dm.cache_dir.iterdir()) == []
+    monkeypatch.undo()
+    dm.prepare_data()
+    assert (dm.split_folder("train2017") / "meta.json").is_file()
+
+
+def test_missing_annotation_file_names_it(backbones, tmp_path):
+    with pytest.raises(DataError, match=r"captions_train2017\.json"):
+        make_datamodule(backbones, tmp_path).prepare_data()
+
+
+def test_missing_images_are_counted_and_skipped_only_on_request(backbones, coco_copy):
+    (coco_copy / "train2017" / "000000000002.jpg").unlink()
+    (coco_copy / "train2017" / "000000000005.jpg").unlink()
+    with pytest.raises(DataError, match=r"2 of 12 referenced images are missing.*000000000002\.jpg"):
+        make_datamodule(backbones, coco_copy).prepare_data()
+
+    dm = make_datamodule(backbones, coco_copy, on_bad_record="skip")
+    with pytest.warns(UserWarning, match="skipped 2 bad records"):
+        dm.prepare_data()
+    meta = json.loads((dm.split_folder("train2017") / "meta.json").read_text())
+    assert meta["skipped"] == {"missing image": 2}
+    assert meta["images"] == 10 and meta["captions"] == 50
+
+
+def test_unreadable_image_is_named(backbones, coco_copy):
+    (coco_copy / "train2017" / "000000000003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(DataError, match=r"000000000003\.jpg \(image id 3\) cannot be decoded"):
+        make_datamodule(backbones, coco_copy).prepare_data()
+    dm = make_datamodule(backbones, coco_copy, on_bad_record="skip")
+    with pytest.warns(UserWarning, match="1 x unreadable image"):
+        dm.prepare_data()
+
+
+def test_empty_caption_names_its_annotation(backbones, coco_copy):
+    def blank(content):
+        content["annotations"][7]["caption"] = "   "
+
+    edit_annotations(coco_copy, "val2017", blank)
+    annotation_id = json.loads((coco_copy / "annotations" / "captions_val2017.json").read_text())["annotations"][7]["id"]
+    with pytest.raises(DataError, match=rf"captions_val2017\.json: annotation id {annotation_id} .* empty caption"):
+        make_datamodule(backbones, coco_copy).prepare_data()
+
+
+def test_malformed_json_names_the_file(backbones, coco_copy):
+    (coco_copy / "annotations" / "captions_train2017.json").write_text('{"images": [')
+    with pytest.raises(DataError, match=r"captions_train2017\.json is not valid JSON"):
+        make_datamodule(backbones, coco_copy).prepare_data()
+
+
+def test_hub_layout_with_jpg_and_newline_separated_txt(backbones, coco_root, tmp_path):
+    """The seed's source: a `datasets` dataset with `jpg` images and all captions of an image in `txt`."""
+    content = json.loads((coco_root / "annotations" / "captions_train2017.json").read_text())
+    by_image = {}
+    for annotation in content["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation["caption"])
+    rows = {
+        "jpg": [str(coco_root / "train2017" / image["file_name"]) for image in content["images"]],
+        "txt": ["\n".join(by_image[image["id"]]) + "\n" for image in content["images"]],
+        "__key__": [image["file_name"] for image in content["images"]],
+    }
+    hub = tmp_path / "hub"
+    split = datasets.Dataset.from_dict(rows).cast_column("jpg", datasets.Image())
+    split = split.cast_column("jpg", datasets.Image())  # embed bytes as the hub copy does
+    datasets.DatasetDict({"train": split, "test": split.select(range(4))}).save_to_disk(str(hub))
+
+    dm = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(hub), train_split="train", val_split="test")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 60 and len(dm.datasets["test"]) == 20
+    item = dm.datasets["train"][0]
+    assert torch.is_tensor(item["pixel_values"]) and item["labels"][-1] == dm.tokenizer.eos_token_id

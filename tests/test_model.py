@@ -1,0 +1,109 @@
+import bitsandbytes as bnb
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer
+
+from mmcaption.data.synthetic import COLOURS, Scene, draw_scene
+from mmcaption.model import MultimodalCausalLM
+from mmcaption.model.backbones import load_language_model
+
+
+@pytest.fixture
+def inputs(backbones):
+    language_dir, vision_dir = backbones
+    tokenizer = AutoTokenizer.from_pretrained(language_dir)
+    processor = AutoImageProcessor.from_pretrained(vision_dir)
+    import random
+
+    rng = random.Random(0)
+    images = [draw_scene(Scene("red", "circle", "left"), 64, rng), draw_scene(Scene("blue", "square", "right"), 64, rng)]
+    ids = tokenizer(["a red circle on the left", "a blue square on"], add_special_tokens=False)["input_ids"]
+    length = min(len(i) for i in ids)
+    return {
+        "input_ids": torch.tensor([i[:length] for i in ids]),
+        "attention_mask": torch.ones(2, length, dtype=torch.long),
+        "pixel_values": processor(images=images, return_tensors="pt")["pixel_values"],
+    }
+
+
+def open_gates_and_adapters(model: MultimodalCausalLM) -> None:
+    """Move the zero-initialised parts away from zero, as training would."""
+    with torch.no_grad():
+        for block in model.cross_attention_blocks:
+            block.attn_gate.fill_(0.5)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+
+
+def test_logits_equal_plain_language_model_at_initialisation(model, model_config, inputs):
+    plain = load_language_model(model_config.language_model, model_config.quantization, model_config.compute_dtype)
+    with torch.no_grad():
+        expected = plain(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        got = model(**inputs).logits
+    assert torch.equal(got, expected)
+
+    # ...and the images do reach the logits once a gate opens.
+    open_gates_and_adapters(model)
+    with torch.no_grad():
+        opened = model(**inputs).logits
+        swapped = model(**{**inputs, "pixel_values": inputs["pixel_values"].flip(0)}).logits
+    assert not torch.allclose(opened, expected)
+    assert not torch.allclose(opened, swapped)
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_the_base_none(model, inputs):
+    open_gates_and_adapters(model)
+    model.train()
+    logits = model(**inputs).logits
+    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), inputs["input_ids"][:, 1:].flatten()).backward()
+
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable) and any("attn_gate" in n for n in trainable)
+    assert any(n.startswith("projection") for n in trainable)
+    for name, param in trainable.items():
+        assert param.grad is not None, f"{name} got no gradient"
+        assert param.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    assert any(n.startswith("vision_model") for n, _ in frozen)
+    assert all(p.grad is None for _, p in frozen)
+
+
+def test_language_model_is_really_quantized_to_4bit(model):
+    base = model.language_model.get_base_model()
+    linear4bit = [n for n, m in base.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    # every q/k/v/dense/fc1/fc2 of the 4 decoder layers is a 4-bit layer (the LoRA wraps the base layer)
+    assert len(linear4bit) == 4 * 6
+    weight = base.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert isinstance(weight, bnb.nn.Params4bit)
+    assert weight.quant_state.quant_type == "nf4"
+    assert weight.numel() * weight.element_size() == 64 * 64 // 2  # packed: 4 bits per weight
+    frozen_base = [p for n, p in base.named_parameters() if "lora_" not in n and ".cross_attention." not in n]
+    assert frozen_base and all(not p.requires_grad for p in frozen_base)
+
+
+def test_fp4_and_no_quantization_choices(model_config):
+    fp4 = load_language_model(model_config.language_model, "fp4", "bfloat16")
+    assert fp4.model.layers[0].self_attn.q_proj.weight.quant_state.quant_type == "fp4"
+    plain = load_language_model(model_config.language_model, "none", "float32")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
+
+
+def test_cross_attention_wraps_the_configured_layers(model):
+    layers = model.decoder_layers
+    assert model.cross_attention_layer_indices == [2, 3]
+    assert [hasattr(layer, "cross_attention") for layer in layers] == [False, False, True, True]
+    assert model.gate_values() == {2: {"attn": 0.0}, 3: {"attn": 0.0}}
+
+
+def test_layer_outside_the_model_is_refused(model_config):
+    model_config.cross_attention_layers = [7]
+    with pytest.raises(ValueError, match="has 4 decoder layers"):
+        MultimodalCausalLM.from_config(model_config)
+
+
+def test_synthetic_colours_are_distinct():
+    assert len(set(COLOURS.values())) == len(COLOURS)
+    image = draw_scene(Scene("red", "square", "left"), 64, __import__("random").Random(0))
+    assert isinstance(image, Image.Image) and image.getpixel((12, 32)) != image.getpixel((52, 32))
