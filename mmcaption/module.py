@@ -82,7 +82,7 @@ class MultimodalCaptioner(LightningModule):
             gradient_checkpointing=gradient_checkpointing,
         )
         self.model: MultimodalCausalLM | None = None
-        # Checkpoints hold trainable tensors only; keys are checked by hand in on_load_checkpoint.
+        # Checkpoints hold trainable tensors only; load_state_dict checks their keys itself.
         self.strict_loading = False
         self.val_loss = MeanMetric()
 
@@ -179,9 +179,16 @@ class MultimodalCaptioner(LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["model_config"] = asdict(self.model_config)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load a checkpoint's trainable tensors after checking they are exactly the model's.
+
+        The frozen backbones are not in checkpoints, so they are never reported missing; any other
+        difference (an unknown key, a missing trainable tensor, a shape) is refused whatever ``strict`` says.
+        """
         self.configure_model()
-        check_trainable_state(checkpoint["state_dict"], self.model, prefix="model.")
+        check_trainable_state(state_dict, self.model, prefix="model.")
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        return result._replace(missing_keys=[])
 
 
 def check_trainable_state(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "") -> None:

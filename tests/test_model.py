@@ -107,3 +107,17 @@ def test_synthetic_colours_are_distinct():
     assert len(set(COLOURS.values())) == len(COLOURS)
     image = draw_scene(Scene("red", "square", "left"), 64, __import__("random").Random(0))
     assert isinstance(image, Image.Image) and image.getpixel((12, 32)) != image.getpixel((52, 32))
+
+
+def test_training_after_an_evaluation_pass_still_reaches_the_first_layer(model, inputs):
+    """bitsandbytes' CPU inference repacking must not break training after validation."""
+    open_gates_and_adapters(model)
+    with torch.no_grad():
+        before = model(**inputs).logits
+    model.train()
+    model(**inputs).logits.square().mean().backward()
+    first = model.decoder_layers[0].self_attn.q_proj.lora_A["default"].weight
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, before)

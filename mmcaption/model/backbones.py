@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import bitsandbytes as bnb
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (
@@ -57,12 +58,20 @@ def load_language_model(
     """
     config = quantization_config(quantization, compute_dtype)
     device_map = None if device is None else {"": torch.device(device)}
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         name_or_path,
         quantization_config=config,
         dtype=torch.float32 if config is not None else torch_dtype(compute_dtype),
         device_map=device_map,
     )
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for an inference-only
+            # kernel at the first no-grad eval pass and keeps them so: training after a validation
+            # epoch then fails (or loses gradients) and evaluation gives other numbers. One kernel
+            # for training and evaluation; GPUs are unaffected.
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def add_lora(
