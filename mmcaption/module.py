@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from transformers import get_linear_schedule_with_warmup
 
@@ -42,6 +45,9 @@ class MultimodalCaptioner(LightningModule):
         weight_decay: AdamW weight decay on matrices (not on biases, norms and gates).
         warmup_ratio: fraction of all optimizer steps spent warming up linearly from 0.
         adam_betas: AdamW betas.
+        init_from: a checkpoint (of the caption stage) whose trainable tensors start this run. Only
+            the weights are taken: optimizer, schedule and step count start fresh, unlike
+            ``--ckpt_path``, which resumes. Ignored when a checkpoint is being restored.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class MultimodalCaptioner(LightningModule):
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
         adam_betas: tuple[float, float] = (0.9, 0.999),
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -85,6 +92,8 @@ class MultimodalCaptioner(LightningModule):
         # Checkpoints hold trainable tensors only; load_state_dict checks their keys itself.
         self.strict_loading = False
         self.val_loss = MeanMetric()
+        self.weights_loaded = False  # set once any checkpoint's tensors are in the model
+        self.init_source: dict[str, Any] | None = None
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -97,6 +106,43 @@ class MultimodalCaptioner(LightningModule):
 
     def trainable_state_keys(self) -> set[str]:
         return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def initialise_from_checkpoint(self) -> None:
+        """Load ``init_from``'s trainable tensors, once, unless a checkpoint was restored already."""
+        if self.hparams.init_from is None or self.weights_loaded:
+            return
+        self.configure_model()
+        path = Path(self.hparams.init_from)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"init_from checkpoint not found: {path} (train the caption stage first, or point init_from at its checkpoint)"
+            )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        check_trainable_state(
+            checkpoint["state_dict"], self.model, prefix="model.",
+            settings_diff=settings_diff(checkpoint.get("model_config", {}), self.saved_model_config()),
+        )
+        super().load_state_dict(checkpoint["state_dict"], strict=False)
+        self.weights_loaded = True
+        self.init_source = {
+            "path": str(path.resolve()),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "epoch": checkpoint.get("epoch"),
+            "global_step": checkpoint.get("global_step"),
+        }
+        rank_zero_info(f"Initialised from {path} (its step {checkpoint.get('global_step')}); optimizer and schedule start fresh.")
+
+    def on_fit_start(self) -> None:
+        self.initialise_from_checkpoint()
+
+    def on_validation_start(self) -> None:
+        self.initialise_from_checkpoint()
+
+    def on_test_start(self) -> None:
+        self.initialise_from_checkpoint()
+
+    def on_predict_start(self) -> None:
+        self.initialise_from_checkpoint()
 
     # -- steps --------------------------------------------------------------------------------------
 
@@ -177,7 +223,25 @@ class MultimodalCaptioner(LightningModule):
         """Keep the trainable tensors only: the frozen (4-bit) backbones are reloaded from their source."""
         trainable = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["model_config"] = asdict(self.model_config)
+        checkpoint["model_config"] = self.saved_model_config()
+        if self.init_source is not None:
+            checkpoint["init_from"] = self.init_source
+
+    def saved_model_config(self) -> dict[str, Any]:
+        """The model's settings as checkpoints record them (with the resolved cross-attention layers)."""
+        config = asdict(self.model_config)
+        if self.model is not None:
+            config["cross_attention_layers"] = list(self.model.cross_attention_layer_indices)
+        return config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before restoring: refuse a checkpoint of another model, naming the settings that differ."""
+        self.configure_model()
+        check_trainable_state(
+            checkpoint["state_dict"], self.model, prefix="model.",
+            settings_diff=settings_diff(checkpoint.get("model_config", {}), self.saved_model_config()),
+        )
+        self.init_source = checkpoint.get("init_from")
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Load a checkpoint's trainable tensors after checking they are exactly the model's.
@@ -188,13 +252,38 @@ class MultimodalCaptioner(LightningModule):
         self.configure_model()
         check_trainable_state(state_dict, self.model, prefix="model.")
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        self.weights_loaded = True
         return result._replace(missing_keys=[])
 
 
-def check_trainable_state(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "") -> None:
+# Settings that change what a trainable tensor means; a checkpoint made with others is refused.
+STRUCTURAL_SETTINGS = (
+    "cross_attention_layers",
+    "cross_attention_heads",
+    "cross_attention_ffn_mult",
+    "vision_feature_layer",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_modules",
+)
+
+
+def settings_diff(checkpoint_config: dict[str, Any], model_config: dict[str, Any]) -> list[str]:
+    """``"lora_r: checkpoint 4, model 8"`` for each structural setting that differs."""
+    return [
+        f"{key}: checkpoint {checkpoint_config[key]!r}, model {model_config.get(key)!r}"
+        for key in STRUCTURAL_SETTINGS
+        if key in checkpoint_config and checkpoint_config[key] != model_config.get(key)
+    ]
+
+
+def check_trainable_state(
+    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "", settings_diff: list[str] = ()
+) -> None:
     """Refuse a state dict that is not exactly the model's trainable tensors (names and shapes).
 
-    Lightning's non-strict loading would silently ignore such keys; here every difference is named.
+    Lightning's non-strict loading would silently ignore such keys; here every difference is named,
+    and so is every structural setting (``settings_diff``) in which the checkpoint's model differs.
     """
     expected = {f"{prefix}{name}": p for name, p in model.named_parameters() if p.requires_grad}
     unexpected = sorted(set(state_dict) - set(expected))
@@ -204,7 +293,7 @@ def check_trainable_state(state_dict: dict[str, torch.Tensor], model: torch.nn.M
         for key in sorted(set(state_dict) & set(expected))
         if state_dict[key].shape != expected[key].shape
     ]
-    problems = []
+    problems = list(settings_diff)
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
     if missing:

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mmcaption.data.synthetic import caption_corpus, write_coco_split  # noqa: E402
+from mmcaption.data.synthetic import demo_corpus, write_coco_split  # noqa: E402
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig  # noqa: E402
 from mmcaption.tiny import save_tiny_backbones  # noqa: E402
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 def backbones(tmp_path_factory) -> tuple[Path, Path]:
     """(language model folder, vision model folder): a tiny Phi with tokenizer, a tiny CLIP with processor."""
     root = tmp_path_factory.mktemp("backbones")
-    return save_tiny_backbones(root, caption_corpus(seed=0, num_scenes=300), seed=0, lm_hidden_size=64)
+    return save_tiny_backbones(root, demo_corpus(seed=0, num_scenes=300), seed=0, lm_hidden_size=64)
 
 
 @pytest.fixture(scope="session")

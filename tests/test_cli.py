@@ -59,13 +59,18 @@ def test_print_config_shows_the_whole_configuration(demo_dir):
 
 
 @pytest.mark.slow
-def test_demo_command_runs_and_its_loss_falls(tmp_path):
+def test_demo_runs_both_stages_and_their_losses_fall(tmp_path):
     result = subprocess.run(
         ["mmcaption-demo", "--root", "demo_data", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"],
         cwd=tmp_path, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("train loss"))
-    first, last = float(line.split("first ")[1].split()[0]), float(line.split("-> last ")[1].split()[0])
-    assert last < first - 0.5, line
-    assert (tmp_path / "checkpoints" / "demo-caption" / "last.ckpt").is_file()
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("train loss")]
+    assert len(lines) == 2, result.stdout
+    for line in lines:
+        first, last = float(line.split("first ")[1].split()[0]), float(line.split("-> last ")[1].split()[0])
+        assert last < first - 0.3, line
+    instruct = torch.load(tmp_path / "checkpoints" / "demo-instruct" / "last.ckpt", weights_only=True)
+    caption_best = next((tmp_path / "checkpoints" / "demo-caption").glob("epoch=*.ckpt"))
+    assert instruct["init_from"]["path"] == str(caption_best.resolve())
+    assert (tmp_path / "lightning_logs" / "demo-caption").is_dir() and (tmp_path / "lightning_logs" / "demo-instruct").is_dir()

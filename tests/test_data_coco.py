@@ -74,7 +74,7 @@ def test_preprocessed_split_is_reused_and_rebuilt_when_its_input_changes(backbon
     dm2 = make_datamodule(backbones, coco_copy)
     assert dm2.split_folder("train2017") != folder
     dm2.prepare_data()
-    assert json.loads((dm2.split_folder("train2017") / "meta.json").read_text())["captions"] == 59
+    assert json.loads((dm2.split_folder("train2017") / "meta.json").read_text())["rows"] == 59
 
 
 def test_interrupted_preprocessing_leaves_nothing_that_looks_complete(backbones, coco_copy, monkeypatch):
@@ -110,7 +110,7 @@ def test_missing_images_are_counted_and_skipped_only_on_request(backbones, coco_
         dm.prepare_data()
     meta = json.loads((dm.split_folder("train2017") / "meta.json").read_text())
     assert meta["skipped"] == {"missing image": 2}
-    assert meta["images"] == 10 and meta["captions"] == 50
+    assert meta["images"] == 10 and meta["rows"] == 50
 
 
 def test_unreadable_image_is_named(backbones, coco_copy):

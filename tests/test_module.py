@@ -70,7 +70,7 @@ def test_checkpoint_with_unexpected_key_is_refused(trained, tmp_path):
 
 def test_checkpoint_of_another_lora_rank_is_refused(trained, backbones):
     _, _, path = trained
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch.*lora_A.*\(4, 64\) vs model \(8, 64\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"lora_r: checkpoint 4, model 8.*shape mismatch.*lora_A.*\(4, 64\) vs model \(8, 64\)"):
         MultimodalCaptioner.load_from_checkpoint(path, lora_r=8, lora_alpha=16)
 
 

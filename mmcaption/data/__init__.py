@@ -1,6 +1,7 @@
-"""Data: COCO captions preprocessing, datasets, collation, LightningDataModules, synthetic data."""
+"""Data: COCO captions and LLaVA conversations - checks, preprocessing, datasets, collation,
+LightningDataModules - and the synthetic demo data."""
 
-from mmcaption.data.datamodule import CaptionDataModule, CaptionDataset
+from mmcaption.data.datamodule import CaptionDataModule, CaptionDataset, ConversationDataset, InstructDataModule
 from mmcaption.data.records import DataError
 
-__all__ = ["CaptionDataModule", "CaptionDataset", "DataError"]
+__all__ = ["CaptionDataModule", "CaptionDataset", "ConversationDataset", "DataError", "InstructDataModule"]

@@ -7,9 +7,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import datasets
+
+from mmcaption.data.records import BadRecords, DataError
 
 
 def fingerprint(**parts) -> str:
@@ -46,3 +51,69 @@ def publish_atomically(target: Path) -> Iterator[Path]:
 
 def is_complete(folder: Path) -> bool:
     return (folder / "meta.json").is_file()
+
+
+def write_image_text_split(
+    target: Path,
+    entries: Iterator[tuple[dict, Any]],
+    text_rows: Callable[[int, Any], Iterator[dict]],
+    image_features: datasets.Features,
+    text_table: str,
+    text_features: datasets.Features,
+    records: BadRecords,
+    metadata: dict,
+) -> Path:
+    """Write one preprocessed split: ``target/images`` (each image once) and ``target/<text_table>``
+    (rows that point at their image by ``image_index``), plus ``meta.json``.
+
+    ``entries`` yields ``(image row, items)``; ``text_rows(image_index, items)`` turns the items into
+    text rows in a second pass, so only raw items, not tokenized rows, are held in memory. The folder
+    appears complete or not at all.
+    """
+    items_by_image: list[Any] = []
+    produced = {"images": 0, "rows": 0}
+
+    def image_rows():
+        for image_row, items in entries:
+            items_by_image.append(items)
+            produced["images"] += 1
+            yield image_row
+
+    def all_text_rows():
+        for image_index, items in enumerate(items_by_image):
+            for row in text_rows(image_index, items):
+                produced["rows"] += 1
+                yield row
+
+    def build(generator, features, name):
+        try:
+            return datasets.Dataset.from_generator(
+                generator, features=features, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-{name}"
+            )
+        except ValueError:
+            if produced["images"] and produced["rows"]:
+                raise
+            raise DataError(
+                f"{records.source}: nothing usable is left (bad records: {records.summary() or 'none'})"
+            ) from None
+
+    with publish_atomically(target) as staging, _unwrap_generation_errors():
+        images = build(image_rows, image_features, "images")
+        texts = build(all_text_rows, text_features, text_table)
+        images.save_to_disk(str(staging / "images"))
+        texts.save_to_disk(str(staging / text_table))
+        metadata = dict(metadata, images=len(images), rows=len(texts), skipped=records.summary(), notes=dict(records.notes))
+        (staging / "meta.json").write_text(json.dumps(metadata, indent=2))
+    records.warn_if_any()
+    return target
+
+
+@contextmanager
+def _unwrap_generation_errors() -> Iterator[None]:
+    """``datasets`` wraps errors raised by a generator; users should see the record-naming one."""
+    try:
+        yield
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, DataError):
+            raise error.__cause__ from None
+        raise

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from mmcaption.data.cache import publish_atomically
+from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.records import BadRecords, DataError, check_image
 
 IMAGE_FEATURES = datasets.Features(
@@ -143,51 +142,24 @@ def hub_records(dataset: datasets.Dataset, name: str, records: BadRecords) -> It
 
 
 def write_caption_split(
-    records_iter: Iterator[tuple[int, str, bytes, list[tuple[int, str]]]],
+    entries: Iterator[tuple[int, str, bytes, list[tuple[int, str]]]],
     tokenizer: PreTrainedTokenizerBase,
     target: Path,
     records: BadRecords,
     metadata: dict,
 ) -> Path:
     """Write ``target/images`` (one row per image) and ``target/captions`` (one row per caption, with
-    its image's row index and its tokens) atomically: ``target`` appears complete or not at all."""
-    captions_by_image: list[list[tuple[int, str]]] = []
+    its image's row index and its tokens), atomically."""
 
-    def image_rows():
-        for image_id, file_name, data, captions in records_iter:
-            captions_by_image.append(captions)
-            yield {"image_id": image_id, "file_name": file_name, "image": data}
+    def images():
+        for image_id, file_name, data, captions in entries:
+            yield {"image_id": image_id, "file_name": file_name, "image": data}, captions
 
-    def caption_rows():
-        for image_index, captions in enumerate(captions_by_image):
-            token_ids = tokenizer([c for _, c in captions], add_special_tokens=False)["input_ids"]
-            for (caption_id, caption), ids in zip(captions, token_ids):
-                yield {"image_index": image_index, "caption_id": caption_id, "caption": caption, "token_ids": ids}
+    def caption_rows(image_index: int, captions: list[tuple[int, str]]):
+        token_ids = tokenizer([c for _, c in captions], add_special_tokens=False)["input_ids"]
+        for (caption_id, caption), ids in zip(captions, token_ids):
+            yield {"image_index": image_index, "caption_id": caption_id, "caption": caption, "token_ids": ids}
 
-    with publish_atomically(target) as staging, _unwrap_generation_errors():
-        images = datasets.Dataset.from_generator(
-            image_rows, features=IMAGE_FEATURES, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-images"
-        )
-        if len(images) == 0:
-            raise DataError(f"{records.source}: no usable images (bad records: {records.summary() or 'none'})")
-        images.save_to_disk(str(staging / "images"))
-        captions = datasets.Dataset.from_generator(
-            caption_rows, features=CAPTION_FEATURES, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-captions"
-        )
-        captions.save_to_disk(str(staging / "captions"))
-        metadata = dict(metadata, images=len(images), captions=len(captions), skipped=records.summary())
-        (staging / "meta.json").write_text(json.dumps(metadata, indent=2))
-    records.warn_if_any()
-    return target
-
-
-
-@contextmanager
-def _unwrap_generation_errors() -> Iterator[None]:
-    """``datasets`` wraps errors raised by a generator; users should see the record-naming one."""
-    try:
-        yield
-    except datasets.exceptions.DatasetGenerationError as error:
-        if isinstance(error.__cause__, DataError):
-            raise error.__cause__ from None
-        raise
+    return write_image_text_split(
+        target, images(), caption_rows, IMAGE_FEATURES, "captions", CAPTION_FEATURES, records, metadata
+    )

@@ -1,4 +1,4 @@
-"""LightningDataModules over the preprocessed, memory-mapped splits."""
+"""LightningDataModules over preprocessed, memory-mapped splits: COCO captions and LLaVA instruct."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import datasets
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
@@ -16,8 +17,10 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerB
 
 from mmcaption.data.cache import file_signature, fingerprint, is_complete
 from mmcaption.data.coco import coco_records, hub_records, require_annotation_file, write_caption_split
-from mmcaption.data.collate import caption_sample, collate
+from mmcaption.data.collate import IGNORE_INDEX, caption_sample, collate
+from mmcaption.data.llava import read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, OnBadRecord, load_rgb
+from mmcaption.data.templates import DEFAULT_SYSTEM, ConversationTemplate
 
 PREPROCESSING_VERSION = 1
 
@@ -35,38 +38,146 @@ def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(vocabulary.encode()).hexdigest()[:16]
 
 
-class CaptionDataset(Dataset):
-    """Captions of one preprocessed split; an item is one caption with its image's pixels."""
+class ImageTextDataset(Dataset):
+    """Rows of one preprocessed split with their image's pixels; subclasses say how a row becomes tokens."""
 
-    def __init__(
-        self,
-        folder: Path,
-        image_processor,
-        tokenizer: PreTrainedTokenizerBase,
-        prompt: str = "",
-        max_length: int = 64,
-    ) -> None:
+    table = ""
+
+    def __init__(self, folder: Path, image_processor) -> None:
         self.folder = folder
         self.images = datasets.load_from_disk(str(folder / "images"))
-        self.captions = datasets.load_from_disk(str(folder / "captions"))
+        self.rows = datasets.load_from_disk(str(folder / self.table))
         self.image_processor = image_processor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def tokens(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.rows[index]
+        image = load_rgb(self.images[row["image_index"]]["image"])
+        input_ids, labels = self.tokens(row)
+        pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
+
+
+class CaptionDataset(ImageTextDataset):
+    """One item per caption: ``<bos> prompt caption <eos>``, the caption and its end supervised."""
+
+    table = "captions"
+
+    def __init__(self, folder: Path, image_processor, tokenizer: PreTrainedTokenizerBase, prompt: str = "", max_length: int = 64) -> None:
+        super().__init__(folder, image_processor)
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         self.max_length = max_length
 
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.captions[index]
-        image = load_rgb(self.images[row["image_index"]]["image"])
-        input_ids, labels = caption_sample(row["token_ids"], self.bos_id, self.eos_id, self.prompt_ids, self.max_length)
-        pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
+    def tokens(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return caption_sample(row["token_ids"], self.bos_id, self.eos_id, self.prompt_ids, self.max_length)
 
 
-class CaptionDataModule(LightningDataModule):
+class ConversationDataset(ImageTextDataset):
+    """One item per conversation, tokenized and masked at preprocessing (``templates.py``)."""
+
+    table = "conversations"
+
+    def tokens(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor(row["input_ids"]), torch.tensor(row["labels"])
+
+
+class ImageTextDataModule(LightningDataModule):
+    """What the caption and instruct data modules share: tokenizer, image processor, preprocessing
+    on one process (``prepare_data``), memory-mapped datasets on every process, padded batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[str, ImageTextDataset] = {}
+
+    @functools.cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.hparams.tokenizer)
+
+    @functools.cached_property
+    def image_processor(self):
+        return AutoImageProcessor.from_pretrained(self.hparams.image_processor)
+
+    @property
+    def cache_dir(self) -> Path:
+        raise NotImplementedError
+
+    def split_inputs(self, split: str) -> dict:
+        """What determines the content of a preprocessed split, besides tokenizer and settings."""
+        raise NotImplementedError
+
+    def preprocess_settings(self) -> dict:
+        return {"on_bad_record": self.hparams.on_bad_record}
+
+    def write_split(self, split: str, folder: Path) -> Path:
+        raise NotImplementedError
+
+    def make_dataset(self, folder: Path) -> ImageTextDataset:
+        raise NotImplementedError
+
+    def stage_splits(self) -> dict[str, str]:
+        """Split name for each of train, val and test (test may be the val split)."""
+        raise NotImplementedError
+
+    def split_folder(self, split: str) -> Path:
+        """The preprocessed folder of ``split``; its name changes whenever its inputs do."""
+        key = fingerprint(
+            version=PREPROCESSING_VERSION,
+            inputs=self.split_inputs(split),
+            tokenizer=tokenizer_signature(self.tokenizer),
+            settings=self.preprocess_settings(),
+        )
+        return self.cache_dir / f"{split}-{key}"
+
+    def prepare_data(self) -> None:
+        """Preprocess every split that is not already on disk (Lightning runs this on one process)."""
+        for split in dict.fromkeys(self.stage_splits().values()):
+            self.preprocess(split)
+
+    def preprocess(self, split: str) -> Path:
+        folder = self.split_folder(split)
+        return folder if is_complete(folder) else self.write_split(split, folder)
+
+    def setup(self, stage: str) -> None:
+        splits = self.stage_splits()
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        for split in (splits[name] for name in wanted):
+            if split not in self.datasets:
+                folder = self.split_folder(split)
+                if not is_complete(folder):
+                    raise DataError(f"split {split!r} is not preprocessed in {self.cache_dir}: run prepare_data() first")
+                self.datasets[split] = self.make_dataset(folder)
+
+    def _loader(self, stage: str) -> DataLoader:
+        shuffle = stage == "train"
+        batch_size = self.hparams.batch_size if shuffle else (self.hparams.eval_batch_size or self.hparams.batch_size)
+        return DataLoader(
+            self.datasets[self.stage_splits()[stage]],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+class CaptionDataModule(ImageTextDataModule):
     """COCO Captions 2017 (or any set in its layout), preprocessed once and memory-mapped.
 
     Args:
@@ -111,60 +222,37 @@ class CaptionDataModule(LightningDataModule):
             raise ValueError("source: hub needs hub_dataset (a hub id or a local dataset folder)")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
-        self.cache_dir = Path(cache_dir) if cache_dir else self.data_dir / "preprocessed"
-        self.datasets: dict[str, CaptionDataset] = {}
 
-    @functools.cached_property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return load_tokenizer(self.hparams.tokenizer)
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.hparams.cache_dir) if self.hparams.cache_dir else self.data_dir / "preprocessed"
 
-    @functools.cached_property
-    def image_processor(self):
-        return AutoImageProcessor.from_pretrained(self.hparams.image_processor)
-
-    def split_folder(self, split: str) -> Path:
-        """The preprocessed folder of ``split``; its name changes whenever its inputs do."""
-        if self.hparams.source == "coco":
-            annotation_file = self.annotation_file(split)
-            require_annotation_file(annotation_file)
-            inputs = {"annotations": file_signature(annotation_file), "images": str((self.data_dir / split).resolve())}
-        else:
-            inputs = {"hub_dataset": self.hparams.hub_dataset, "split": split}
-        key = fingerprint(
-            version=PREPROCESSING_VERSION,
-            inputs=inputs,
-            tokenizer=tokenizer_signature(self.tokenizer),
-            on_bad_record=self.hparams.on_bad_record,
-        )
-        return self.cache_dir / f"{split}-{key}"
+    def stage_splits(self) -> dict[str, str]:
+        h = self.hparams
+        return {"train": h.train_split, "val": h.val_split, "test": h.test_split or h.val_split}
 
     def annotation_file(self, split: str) -> Path:
         return self.data_dir / "annotations" / f"captions_{split}.json"
 
-    def splits(self) -> list[str]:
-        names = [self.hparams.train_split, self.hparams.val_split, self.hparams.test_split]
-        return [name for name in dict.fromkeys(names) if name]
+    def split_inputs(self, split: str) -> dict:
+        if self.hparams.source == "hub":
+            return {"hub_dataset": self.hparams.hub_dataset, "split": split}
+        annotation_file = self.annotation_file(split)
+        require_annotation_file(annotation_file)
+        return {"annotations": file_signature(annotation_file), "images": str((self.data_dir / split).resolve())}
 
-    def prepare_data(self) -> None:
-        """Preprocess every split that is not already on disk (Lightning runs this on one process)."""
-        for split in self.splits():
-            self.preprocess(split)
-
-    def preprocess(self, split: str) -> Path:
-        folder = self.split_folder(split)
-        if is_complete(folder):
-            return folder
+    def write_split(self, split: str, folder: Path) -> Path:
         if self.hparams.source == "coco":
             annotation_file = self.annotation_file(split)
             records = BadRecords(annotation_file, self.hparams.on_bad_record)
-            rows = coco_records(annotation_file, self.data_dir / split, records)
+            entries = coco_records(annotation_file, self.data_dir / split, records)
             source = {"source": "coco", "annotations": str(annotation_file), "images": str(self.data_dir / split)}
         else:
             name = f"{self.hparams.hub_dataset} [{split}]"
             records = BadRecords(name, self.hparams.on_bad_record)
-            rows = hub_records(self._load_hub_split(split), name, records)
+            entries = hub_records(self._load_hub_split(split), name, records)
             source = {"source": "hub", "dataset": self.hparams.hub_dataset, "split": split}
-        return write_caption_split(rows, self.tokenizer, folder, records, dict(source, tokenizer=self.hparams.tokenizer))
+        return write_caption_split(entries, self.tokenizer, folder, records, dict(source, tokenizer=self.hparams.tokenizer))
 
     def _load_hub_split(self, split: str) -> datasets.Dataset:
         path = Path(self.hparams.hub_dataset)
@@ -177,41 +265,103 @@ class CaptionDataModule(LightningDataModule):
             return loaded
         return datasets.load_dataset(self.hparams.hub_dataset, split=split)
 
-    def setup(self, stage: str) -> None:
-        wanted = {
-            "fit": [self.hparams.train_split, self.hparams.val_split],
-            "validate": [self.hparams.val_split],
-            "test": [self.hparams.test_split or self.hparams.val_split],
-        }.get(stage, [])
-        for split in wanted:
-            if split not in self.datasets:
-                self.datasets[split] = self._dataset(split)
-
-    def _dataset(self, split: str) -> CaptionDataset:
-        folder = self.split_folder(split)
-        if not is_complete(folder):
-            raise DataError(f"split {split!r} is not preprocessed in {self.cache_dir}: run prepare_data() first")
+    def make_dataset(self, folder: Path) -> CaptionDataset:
         return CaptionDataset(
             folder, self.image_processor, self.tokenizer, self.hparams.caption_prompt, self.hparams.max_length
         )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        batch_size = self.hparams.batch_size if shuffle else (self.hparams.eval_batch_size or self.hparams.batch_size)
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+
+class InstructDataModule(ImageTextDataModule):
+    """LLaVA-Instruct conversations (one sequence each, loss on every assistant turn), preprocessed once.
+
+    Args:
+        train_file: LLaVA JSON of the training conversations.
+        val_file: LLaVA JSON of validation conversations; if null, ``val_fraction`` of ``train_file``
+            is held out by a stable hash of the record id.
+        val_fraction: share of ``train_file`` held out for validation when ``val_file`` is null.
+        image_root: folder that the records' ``image`` paths are relative to (COCO ``train2017/``).
+        cache_dir: where preprocessed splits go (default: beside ``train_file``, in ``preprocessed/``).
+        tokenizer: the language model's tokenizer (linked to ``model.language_model`` by the CLI).
+        image_processor: the vision tower's image processor (linked to ``model.vision_model``).
+        system_prompt: first line of every conversation (empty: none).
+        max_length: longest sequence in tokens; later whole turns are dropped to fit, and counted.
+        batch_size: training batch size per device.
+        eval_batch_size: validation batch size per device (default ``batch_size``).
+        num_workers: data loader worker processes.
+        on_bad_record: ``error`` stops at the first bad record with its name; ``skip`` skips and counts them.
+    """
+
+    def __init__(
+        self,
+        train_file: str = "data/llava/llava_instruct_150k.json",
+        val_file: str | None = None,
+        val_fraction: float = 0.01,
+        image_root: str = "data/coco/train2017",
+        cache_dir: str | None = None,
+        tokenizer: str = "microsoft/phi-2",
+        image_processor: str = "openai/clip-vit-base-patch32",
+        system_prompt: str = DEFAULT_SYSTEM,
+        max_length: int = 512,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        on_bad_record: OnBadRecord = "error",
+    ) -> None:
+        super().__init__()
+        if val_file is None and not 0 < val_fraction < 1:
+            raise ValueError("without val_file, val_fraction must be between 0 and 1")
+        self.save_hyperparameters()
+        self.template = ConversationTemplate(system=system_prompt)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.hparams.cache_dir) if self.hparams.cache_dir else Path(self.hparams.train_file).parent / "preprocessed"
+
+    def stage_splits(self) -> dict[str, str]:
+        return {"train": "train", "val": "val", "test": "val"}
+
+    def _source(self, split: str) -> tuple[Path, str | None]:
+        """The file a split is read from, and the hash-split side of it (None: the whole file)."""
+        if self.hparams.val_file is not None:
+            return Path(self.hparams.train_file if split == "train" else self.hparams.val_file), None
+        return Path(self.hparams.train_file), split
+
+    def split_inputs(self, split: str) -> dict:
+        file, side = self._source(split)
+        if not file.is_file():
+            raise DataError(f"LLaVA conversation file not found: {file}")
+        return {"file": file_signature(file), "side": side, "images": str(Path(self.hparams.image_root).resolve())}
+
+    def preprocess_settings(self) -> dict:
+        h = self.hparams
+        return {"on_bad_record": h.on_bad_record, "template": repr(self.template), "max_length": h.max_length,
+                "val_fraction": h.val_fraction if h.val_file is None else None}
+
+    def write_split(self, split: str, folder: Path) -> Path:
+        file, side = self._source(split)
+        image_root = Path(self.hparams.image_root)
+        records = BadRecords(file, self.hparams.on_bad_record)
+        conversations = read_llava(file, image_root, records, split=side, val_fraction=self.hparams.val_fraction)
+        metadata = {"source": "llava", "file": str(file), "side": side, "image_root": str(image_root),
+                    "tokenizer": self.hparams.tokenizer, "template": repr(self.template)}
+        return write_instruct_split(
+            conversations, image_root, self.tokenizer, self.template, self.hparams.max_length, folder, records, metadata
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.hparams.train_split, shuffle=True)
+    def make_dataset(self, folder: Path) -> ConversationDataset:
+        dataset = ConversationDataset(folder, self.image_processor)
+        check_supervision(dataset)
+        return dataset
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.hparams.val_split, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.hparams.test_split or self.hparams.val_split, shuffle=False)
+def check_supervision(dataset: ConversationDataset) -> None:
+    """Fail at start, naming the record, if any conversation would train on nothing."""
+    labels = dataset.rows.data.column("labels").combine_chunks()
+    offsets = labels.offsets.to_numpy()
+    supervised = np.add.reduceat(labels.flatten().to_numpy() != IGNORE_INDEX, offsets[:-1])
+    empty = np.flatnonzero(supervised == 0)
+    if len(empty):
+        raise DataError(
+            f"{dataset.folder}: {len(empty)} conversation(s) have no supervised token, e.g. id "
+            f"{dataset.rows[int(empty[0])]['id']} (check the template and max_length)"
+        )

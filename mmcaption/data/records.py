@@ -33,6 +33,7 @@ class BadRecords:
         self.on_bad_record = on_bad_record
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
+        self.notes: Counter[str] = Counter()
 
     def bad(self, kind: str, message: str) -> None:
         """Report one bad record of ``kind`` (e.g. ``"missing image"``)."""
@@ -44,10 +45,16 @@ class BadRecords:
         self.counts[kind] += 1
         self.examples.setdefault(kind, message)
 
+    def note(self, kind: str) -> None:
+        """Count something done to a usable record that the user should hear of (e.g. truncation)."""
+        self.notes[kind] += 1
+
     def summary(self) -> dict[str, int]:
         return dict(self.counts)
 
     def warn_if_any(self) -> None:
+        for kind, n in self.notes.items():
+            rank_zero_warn(f"{self.source}: {n} x {kind}")
         if self.counts:
             details = "; ".join(f"{n} x {kind} (first: {self.examples[kind]})" for kind, n in self.counts.items())
             rank_zero_warn(f"{self.source}: skipped {sum(self.counts.values())} bad records: {details}")

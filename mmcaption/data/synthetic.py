@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from mmcaption.data.templates import ConversationTemplate
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -172,7 +174,72 @@ def write_coco_split(
     return annotation_file
 
 
-def caption_corpus(seed: int = 0, num_scenes: int = 2000) -> list[str]:
-    """Every phrasing the generator can produce for ``num_scenes`` random scenes (tokenizer training)."""
+def demo_corpus(seed: int = 0, num_scenes: int = 2000) -> list[str]:
+    """Every phrasing the generator can produce for ``num_scenes`` random scenes, captions and
+    question-answer pairs (the text that the demo's tokenizer is trained on)."""
     rng = random.Random(f"{seed}-corpus")
-    return [c for _ in range(num_scenes) for c in captions_for(random_scene(rng), rng, n=6)]
+    corpus = []
+    for _ in range(num_scenes):
+        scene = random_scene(rng)
+        corpus += captions_for(scene, rng, n=6)
+        corpus += [f"{question} {answer}" for _, question, answer in questions_for(scene, rng)]
+    template = ConversationTemplate()
+    return corpus + [f"{template.system}\n{template.user}{template.assistant}"] * 10
+
+
+def questions_for(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
+    """``(attribute, question, answer)`` about a scene; about half ask for a one-word answer."""
+    c, s = scene.colour, scene.shape
+    qa: list[tuple[str, str, str, str]] = []  # attribute, question, one-word answer, sentence answer
+    if scene.relation is not None:
+        oc, os_ = scene.other_colour, scene.other_shape
+        qa.append(("relation", f"What is {scene.relation} the {oc} {os_}?", f"{c} {s}", f"A {c} {s} is {scene.relation} the {oc} {os_}."))
+        qa.append(("colour", f"What colour is the {os_} {'right of' if scene.relation == 'left of' else 'below'} the {s}?", oc,
+                   f"That {os_} is {oc}."))
+        qa.append(("count", "How many shapes are there?", "two", "There are two shapes."))
+    elif scene.count > 1:
+        word = NUMBER_WORDS[scene.count]
+        qa.append(("count", f"How many {s}s are there?", word, f"There are {word} {s}s."))
+        qa.append(("colour", f"What colour are the {s}s?", c, f"The {s}s are {c}."))
+        qa.append(("shape", "What shape are the objects?", s, f"They are {s}s."))
+    else:
+        where = "center" if scene.position == "center" else scene.position
+        qa.append(("colour", f"What colour is the {s}?", c, f"The {s} is {c}."))
+        qa.append(("shape", f"What shape is the {c} object?", s, f"It is a {s}."))
+        qa.append(("position", f"Where is the {s}?", where,
+                   f"The {s} is {'in the center' if where == 'center' else 'on the ' + where}."))
+        qa.append(("count", f"How many {s}s are there?", "one", f"There is one {s}."))
+    out = []
+    for attribute, question, word, sentence in qa:
+        if rng.random() < 0.5:
+            out.append((attribute, f"{question} Answer with one word." if " " not in word else f"{question} Answer briefly.", word))
+        else:
+            out.append((attribute, question, sentence))
+    return out
+
+
+def write_llava_split(root: str | Path, coco_root: str | Path, split: str, seed: int, turns: tuple[int, int] = (2, 3)) -> Path:
+    """Write LLaVA-layout conversations about the images of ``coco_root/annotations/captions_{split}.json``
+    to ``root/instruct_{split}.json``, image paths relative to ``coco_root``. Each record also keeps
+    its ``qa`` list (attribute, question, answer) for evaluation; the LLaVA reader ignores it."""
+    root, coco_root = Path(root), Path(coco_root)
+    rng = random.Random(f"{seed}-{split}-instruct")
+    content = json.loads((coco_root / "annotations" / f"captions_{split}.json").read_text())
+    records = []
+    for image in content["images"]:
+        qa = questions_for(Scene(**image["scene"]), rng)
+        chosen = rng.sample(qa, min(len(qa), rng.randint(*turns)))
+        conversation = []
+        for index, (_, question, answer) in enumerate(chosen):
+            conversation.append({"from": "human", "value": f"<image>\n{question}" if index == 0 else question})
+            conversation.append({"from": "gpt", "value": answer})
+        records.append({
+            "id": f"{split}-{image['id']}",
+            "image": f"{split}/{image['file_name']}",
+            "conversations": conversation,
+            "qa": [list(item) for item in chosen],
+        })
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"instruct_{split}.json"
+    path.write_text(json.dumps(records, indent=1))
+    return path

@@ -1,0 +1,180 @@
+"""LLaVA-Instruct: read the conversation JSON, check every record, preprocess into Arrow.
+
+A record is ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}`` with
+``image`` relative to an image root (COCO ``train2017/`` for LLaVA-Instruct-150k). Each
+conversation stays whole: one sequence, loss on every assistant turn (see ``templates.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from mmcaption.data.cache import write_image_text_split
+from mmcaption.data.records import BadRecords, DataError, check_image
+from mmcaption.data.templates import ConversationTemplate, strip_image_placeholder
+
+IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
+CONVERSATION_FEATURES = datasets.Features(
+    {
+        "image_index": datasets.Value("int32"),
+        "id": datasets.Value("string"),
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "labels": datasets.Sequence(datasets.Value("int32")),
+        "turns": datasets.Value("int16"),
+        "turns_dropped": datasets.Value("int16"),
+    }
+)
+ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
+
+
+@dataclass
+class Conversation:
+    id: str
+    image: str
+    turns: list[tuple[str, str]]  # (question, answer)
+
+
+def in_split(record_id: str, val_fraction: float, split: str) -> bool:
+    """Stable hash split of one file into train and val: the same on every run and every rank."""
+    is_val = zlib.crc32(record_id.encode()) % 10_000 < val_fraction * 10_000
+    return is_val == (split == "val")
+
+
+def parse_record(position: int, record: object, records: BadRecords) -> Conversation | None:
+    """Check one record; ``None`` (after reporting it) if it cannot be used."""
+    if not isinstance(record, dict):
+        records.bad("malformed record", f"record {position} is not an object")
+        return None
+    record_id = str(record.get("id", f"#{position}"))
+    name = f"record {position} (id {record_id})"
+    image, turns = record.get("image"), record.get("conversations")
+    if not isinstance(image, str) or not image:
+        records.bad("no image", f"{name} has no 'image' path")
+        return None
+    path = Path(image)
+    if path.is_absolute() or ".." in path.parts:
+        records.bad("image path escapes root", f"{name}: image path {image!r} escapes the image root")
+        return None
+    if not isinstance(turns, list) or not turns:
+        records.bad("malformed record", f"{name} has no 'conversations' list")
+        return None
+    pairs: list[tuple[str, str]] = []
+    for index, turn in enumerate(turns):
+        expected = "human" if index % 2 == 0 else "gpt"
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value'")
+            return None
+        role = ROLES.get(str(turn.get("from", "")).lower())
+        if role != expected:
+            records.bad(
+                "turns do not alternate",
+                f"{name}: turn {index} is from {turn.get('from')!r}, expected {expected!r}"
+                " (turns must alternate human, gpt, human, ...)",
+            )
+            return None
+        text = strip_image_placeholder(turn["value"]) if role == "human" else turn["value"].strip()
+        if not text:
+            records.bad("empty turn", f"{name}: turn {index} ({role}) is empty")
+            return None
+        if role == "human":
+            pairs.append((text, ""))
+        else:
+            pairs[-1] = (pairs[-1][0], text)
+    if not pairs or not pairs[-1][1]:
+        kind = "no assistant turn" if len(pairs) == 1 and not pairs[0][1] else "unanswered last turn"
+        records.bad(kind, f"{name} ends with a human turn that has no assistant answer")
+        return None
+    return Conversation(record_id, image, pairs)
+
+
+def read_llava(
+    file: Path, image_root: Path, records: BadRecords, split: str | None = None, val_fraction: float = 0.0
+) -> list[Conversation]:
+    """Parse and check a LLaVA JSON file; missing images are counted all at once."""
+    if not file.is_file():
+        raise DataError(f"LLaVA conversation file not found: {file}")
+    try:
+        content = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{file} is not valid JSON: {error}") from error
+    if not isinstance(content, list):
+        raise DataError(f"{file} is not a JSON list of conversations")
+    conversations, seen = [], set()
+    for position, record in enumerate(content):
+        conversation = parse_record(position, record, records)
+        if conversation is None:
+            continue
+        if conversation.id in seen:
+            records.bad("duplicate id", f"record {position} repeats id {conversation.id}")
+            continue
+        seen.add(conversation.id)
+        if split is None or in_split(conversation.id, val_fraction, split):
+            conversations.append(conversation)
+
+    missing = [c for c in conversations if not (image_root / c.image).is_file()]
+    if missing:
+        if records.on_bad_record == "error":
+            raise DataError(
+                f"{file}: {len(missing)} of {len(conversations)} conversations refer to images missing under "
+                f"{image_root} (first: {missing[0].image}, id {missing[0].id}). Fix the image root, or set "
+                "on_bad_record: skip to skip them and have them counted."
+            )
+        for conversation in missing:
+            records.bad("missing image", f"id {conversation.id}: {image_root / conversation.image} does not exist")
+    missing_ids = {c.id for c in missing}
+    return [c for c in conversations if c.id not in missing_ids]
+
+
+def write_instruct_split(
+    conversations: list[Conversation],
+    image_root: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    template: ConversationTemplate,
+    max_length: int,
+    target: Path,
+    records: BadRecords,
+    metadata: dict,
+) -> Path:
+    """Write ``target/images`` (each image once) and ``target/conversations`` (tokens and labels)."""
+    by_image: dict[str, list[Conversation]] = {}
+    for conversation in conversations:
+        by_image.setdefault(conversation.image, []).append(conversation)
+
+    def entries() -> Iterator[tuple[dict, list[Conversation]]]:
+        for image, group in by_image.items():
+            data = (image_root / image).read_bytes()
+            problem = check_image(data)
+            if problem is not None:
+                for conversation in group:
+                    records.bad("unreadable image", f"id {conversation.id}: {image_root / image} cannot be decoded: {problem}")
+                continue
+            yield {"file_name": image, "image": data}, group
+
+    def conversation_rows(image_index: int, group: list[Conversation]) -> Iterator[dict]:
+        for conversation in group:
+            try:
+                input_ids, labels, kept = template.encode(conversation.turns, tokenizer, max_length)
+            except ValueError as error:
+                records.bad("too long", f"id {conversation.id}: {error}")
+                continue
+            if kept < len(conversation.turns):
+                records.note("conversations cut to max_length (whole turns dropped)")
+            yield {
+                "image_index": image_index,
+                "id": conversation.id,
+                "input_ids": input_ids,
+                "labels": labels,
+                "turns": kept,
+                "turns_dropped": len(conversation.turns) - kept,
+            }
+
+    return write_image_text_split(
+        target, entries(), conversation_rows, IMAGE_FEATURES, "conversations", CONVERSATION_FEATURES, records, metadata
+    )

@@ -1,0 +1,92 @@
+"""The conversation template of the instruct stage: how turns become tokens and which are supervised.
+
+A conversation of ``(question, answer)`` turns is laid out as::
+
+    <|endoftext|>{system}
+    Human: {question 1}
+    Assistant: {answer 1}<|endoftext|>
+    Human: {question 2}
+    Assistant: {answer 2}<|endoftext|>
+
+Only the answers and the end-of-text token that closes each of them are supervised, so the model
+learns to answer and to stop; the system line, the questions and the role markers are context. The
+image is not in the text at all: it reaches every position through the gated cross-attention, so
+LLaVA's ``<image>`` placeholder is removed rather than mapped to a marker token (a new token would
+need an embedding row in the frozen 4-bit model and would carry no information).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from mmcaption.data.collate import IGNORE_INDEX
+
+IMAGE_PLACEHOLDER = re.compile(r"\s*<image>\s*", re.IGNORECASE)
+DEFAULT_SYSTEM = "A chat between a curious human and an assistant that answers questions about an image."
+
+
+def strip_image_placeholder(text: str) -> str:
+    """Remove LLaVA's ``<image>`` placeholder (and the line break around it)."""
+    return IMAGE_PLACEHOLDER.sub(" ", text).strip()
+
+
+@dataclass(frozen=True)
+class ConversationTemplate:
+    """Prompt layout of the instruct stage (see the module docstring).
+
+    Args:
+        system: the first line of every conversation; empty for none.
+        user: marker before each question.
+        assistant: marker after each question; the answer follows after a space.
+    """
+
+    system: str = DEFAULT_SYSTEM
+    user: str = "Human: "
+    assistant: str = "\nAssistant:"
+
+    def _context(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return [bos] + (tokenizer(self.system + "\n", add_special_tokens=False)["input_ids"] if self.system else [])
+
+    def _question(self, question: str, tokenizer: PreTrainedTokenizerBase, first: bool) -> list[int]:
+        text = ("" if first else "\n") + self.user + question + self.assistant
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt(self, question: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """Tokens that ask one question; generation continues with the answer."""
+        return self._context(tokenizer) + self._question(question, tokenizer, first=True)
+
+    def encode(
+        self, turns: list[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> tuple[list[int], list[int], int]:
+        """``input_ids``, ``labels`` and the number of turns kept, within ``max_length`` tokens.
+
+        Whole turns are kept while they fit; later turns are dropped, never cut. Only when the first
+        turn alone is too long is its answer cut (without an end-of-text token, since it did not end).
+        If not even one answer token fits, ``ValueError`` says so: such a sample would teach nothing.
+        """
+        input_ids = self._context(tokenizer)
+        labels = [IGNORE_INDEX] * len(input_ids)
+        kept = 0
+        for question, answer in turns:
+            question_ids = self._question(question, tokenizer, first=kept == 0)
+            answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            room = max_length - len(input_ids) - len(question_ids)
+            if room < len(answer_ids):
+                if kept > 0:
+                    break
+                if room < 1:
+                    raise ValueError(
+                        f"the first question needs {len(input_ids) + len(question_ids)} tokens with the template, "
+                        f"leaving no room for an answer within max_length={max_length}"
+                    )
+                answer_ids = answer_ids[:-1][:room]
+            input_ids += question_ids + answer_ids
+            labels += [IGNORE_INDEX] * len(question_ids) + answer_ids
+            kept += 1
+            if len(input_ids) >= max_length:
+                break
+        return input_ids, labels, kept

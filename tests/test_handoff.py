@@ -1,0 +1,107 @@
+"""The caption -> instruct hand-off: initialisation from a checkpoint, not resumption."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from mmcaption.data import CaptionDataModule, InstructDataModule
+from mmcaption.data.synthetic import write_llava_split
+from mmcaption.module import CheckpointMismatchError, MultimodalCaptioner
+
+
+def make_module(backbones, **kwargs) -> MultimodalCaptioner:
+    language_dir, vision_dir = backbones
+    defaults = dict(language_model=str(language_dir), vision_model=str(vision_dir), cross_attention_layers=[-2, -1],
+                    lora_r=4, lora_alpha=8, learning_rate=1e-2, warmup_ratio=0.5)
+    return MultimodalCaptioner(**{**defaults, **kwargs})
+
+
+def trainer(tmp_path, steps: int) -> Trainer:
+    return Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                   limit_val_batches=1, default_root_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def caption_checkpoint(backbones, coco_root, tmp_path_factory) -> Path:
+    """The caption stage after 3 steps."""
+    tmp = tmp_path_factory.mktemp("caption")
+    language_dir, vision_dir = backbones
+    dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp / "cache"), tokenizer=str(language_dir),
+                           image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    t = trainer(tmp, 3)
+    t.fit(make_module(backbones), datamodule=dm)
+    t.save_checkpoint(tmp / "caption.ckpt")
+    return tmp / "caption.ckpt"
+
+
+@pytest.fixture
+def instruct_data(backbones, coco_root, tmp_path) -> InstructDataModule:
+    image_root = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    train = write_llava_split(tmp_path / "llava", image_root, "train2017", seed=0)
+    val = write_llava_split(tmp_path / "llava", image_root, "val2017", seed=0)
+    language_dir, vision_dir = backbones
+    return InstructDataModule(train_file=str(train), val_file=str(val), image_root=str(image_root),
+                              tokenizer=str(language_dir), image_processor=str(vision_dir), batch_size=4,
+                              num_workers=0, max_length=128)
+
+
+def test_instruct_stage_starts_from_exactly_the_caption_weights_with_a_fresh_optimizer(
+    backbones, caption_checkpoint, instruct_data, tmp_path
+):
+    source = torch.load(caption_checkpoint, weights_only=True)
+    module = make_module(backbones, init_from=str(caption_checkpoint))
+    module.configure_model()
+    module.initialise_from_checkpoint()
+    state = module.state_dict()
+    assert set(source["state_dict"]) == module.trainable_state_keys()
+    for key, value in source["state_dict"].items():
+        assert torch.equal(state[key], value), key
+
+    t = trainer(tmp_path, 2)
+    t.fit(make_module(backbones, init_from=str(caption_checkpoint)), datamodule=instruct_data)
+    t.save_checkpoint(tmp_path / "instruct.ckpt")
+    saved = torch.load(tmp_path / "instruct.ckpt", weights_only=True)
+    assert saved["global_step"] == 2  # the caption stage's 3 steps are not carried over
+    optimizer_steps = {int(s["step"]) for s in saved["optimizer_states"][0]["state"].values()}
+    assert optimizer_steps == {2}  # Adam moments started from zero here, not from the caption stage
+    assert saved["lr_schedulers"][0]["last_epoch"] == 2
+    assert saved["init_from"]["global_step"] == 3
+    assert saved["init_from"]["path"] == str(caption_checkpoint.resolve())
+    assert len(saved["init_from"]["sha256"]) == 64
+
+
+def test_resuming_the_instruct_stage_does_not_reinitialise(backbones, caption_checkpoint, instruct_data, tmp_path):
+    t = trainer(tmp_path, 2)
+    t.fit(make_module(backbones, init_from=str(caption_checkpoint)), datamodule=instruct_data)
+    t.save_checkpoint(tmp_path / "instruct.ckpt")
+    after_two = torch.load(tmp_path / "instruct.ckpt", weights_only=True)["state_dict"]
+
+    resumed = make_module(backbones, init_from=str(caption_checkpoint))
+    t = trainer(tmp_path, 2)  # already at step 2: restores and stops
+    t.fit(resumed, datamodule=instruct_data, ckpt_path=tmp_path / "instruct.ckpt")
+    for key, value in after_two.items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lora_r": 8, "lora_alpha": 16}, r"lora_r: checkpoint 4, model 8.*shape mismatch"),
+        ({"cross_attention_layers": [-1]}, r"cross_attention_layers: checkpoint \[2, 3\], model \[3\].*unexpected key"),
+        ({"lora_alpha": 32}, r"lora_alpha: checkpoint 8, model 32"),
+    ],
+)
+def test_mismatched_checkpoint_is_refused_saying_what_differs(backbones, caption_checkpoint, change, message):
+    module = make_module(backbones, init_from=str(caption_checkpoint), **change)
+    with pytest.raises(CheckpointMismatchError, match=message):
+        module.initialise_from_checkpoint()
+
+
+def test_missing_init_checkpoint_is_named(backbones, tmp_path):
+    module = make_module(backbones, init_from=str(tmp_path / "nope.ckpt"))
+    with pytest.raises(FileNotFoundError, match=r"init_from checkpoint not found: .*nope\.ckpt"):
+        module.initialise_from_checkpoint()

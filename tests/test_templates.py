@@ -1,0 +1,65 @@
+import pytest
+from transformers import AutoTokenizer
+
+from mmcaption.data.collate import IGNORE_INDEX
+from mmcaption.data.templates import ConversationTemplate, strip_image_placeholder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(backbones):
+    return AutoTokenizer.from_pretrained(backbones[0])
+
+
+def supervised_spans(labels: list[int]) -> list[list[int]]:
+    spans, current = [], []
+    for label in labels:
+        if label == IGNORE_INDEX:
+            if current:
+                spans.append(current)
+            current = []
+        else:
+            current.append(label)
+    return spans + ([current] if current else [])
+
+
+def test_labels_are_exactly_the_assistant_turns_and_their_end_markers(tokenizer):
+    template = ConversationTemplate()
+    turns = [("What colour is the circle?", "red"), ("Where is it?", "The circle is on the left."), ("How many?", "one")]
+    input_ids, labels, kept = template.encode(turns, tokenizer, max_length=256)
+    assert kept == 3 and len(input_ids) == len(labels)
+    eos = tokenizer.eos_token_id
+    expected = [tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [eos] for _, answer in turns]
+    assert supervised_spans(labels) == expected
+    # every supervised token is the input token at that position (labels are shifted inside the loss)
+    assert all(label in (IGNORE_INDEX, token) for label, token in zip(labels, input_ids))
+    text = tokenizer.decode(input_ids)
+    assert text == (
+        f"<|endoftext|>{template.system}\nHuman: What colour is the circle?\nAssistant: red<|endoftext|>"
+        "\nHuman: Where is it?\nAssistant: The circle is on the left.<|endoftext|>\nHuman: How many?\nAssistant: one<|endoftext|>"
+    )
+    # the generation prompt is the same prefix the first answer followed in training
+    prompt = template.prompt("What colour is the circle?", tokenizer)
+    assert input_ids[: len(prompt)] == prompt and labels[len(prompt)] != IGNORE_INDEX
+
+
+def test_truncation_drops_whole_turns_and_never_leaves_a_sample_without_supervision(tokenizer):
+    template = ConversationTemplate(system="")
+    turns = [("What colour is the circle?", "red"), ("Where is it?", "The circle is on the left of the image.")]
+    full, _, _ = template.encode(turns, tokenizer, max_length=512)
+    first_only, labels, kept = template.encode(turns, tokenizer, max_length=len(full) - 1)
+    assert kept == 1
+    assert supervised_spans(labels) == [tokenizer(" red", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+
+    long_answer = [("What is it?", "a red circle on the left and a blue square on the right of it")]
+    prompt_length = len(template.prompt("What is it?", tokenizer))
+    ids, labels, kept = template.encode(long_answer, tokenizer, max_length=prompt_length + 2)
+    assert len(ids) == prompt_length + 2 and kept == 1
+    assert sum(label != IGNORE_INDEX for label in labels) == 2 and labels[-1] != tokenizer.eos_token_id
+
+    with pytest.raises(ValueError, match="no room for an answer"):
+        template.encode(long_answer, tokenizer, max_length=prompt_length)
+
+
+def test_image_placeholder_is_removed():
+    assert strip_image_placeholder("<image>\nWhat is this?") == "What is this?"
+    assert strip_image_placeholder("What is this?\n<image>") == "What is this?"
