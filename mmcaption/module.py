@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import asdict
@@ -11,13 +12,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
-from transformers import get_linear_schedule_with_warmup
+from transformers import GenerationConfig, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from mmcaption.data.collate import IGNORE_INDEX
+from mmcaption.data.datamodule import load_tokenizer
+from mmcaption.evaluation.caption_metrics import caption_scores
 from mmcaption.model.backbones import DType, Quantization
 from mmcaption.model.multimodal import MultimodalCausalLM, MultimodalConfig
+
+
+DEFAULT_GENERATION = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -45,6 +52,8 @@ class MultimodalCaptioner(LightningModule):
         weight_decay: AdamW weight decay on matrices (not on biases, norms and gates).
         warmup_ratio: fraction of all optimizer steps spent warming up linearly from 0.
         adam_betas: AdamW betas.
+        generation: Hugging Face ``generate`` settings (``max_new_tokens``, ``num_beams``, ``do_sample``,
+            ``temperature``, ``top_p``, ...) for validation captions and ``predict``.
         init_from: a checkpoint (of the caption stage) whose trainable tensors start this run. Only
             the weights are taken: optimizer, schedule and step count start fresh, unlike
             ``--ckpt_path``, which resumes. Ignored when a checkpoint is being restored.
@@ -69,6 +78,7 @@ class MultimodalCaptioner(LightningModule):
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
         adam_betas: tuple[float, float] = (0.9, 0.999),
+        generation: dict[str, Any] | None = None,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -94,6 +104,8 @@ class MultimodalCaptioner(LightningModule):
         self.val_loss = MeanMetric()
         self.weights_loaded = False  # set once any checkpoint's tensors are in the model
         self.init_source: dict[str, Any] | None = None
+        self.val_captions: list[tuple[str, str, list[str]]] = []  # (image id, generated, references)
+        self.val_examples: tuple[torch.Tensor, list[str], list[list[str]]] | None = None
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -103,6 +115,25 @@ class MultimodalCaptioner(LightningModule):
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
         self.model = MultimodalCausalLM.from_config(self.model_config, device=device)
+
+    @functools.cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.hparams.language_model)
+
+    def generation_config(self) -> GenerationConfig:
+        config = GenerationConfig(**{**DEFAULT_GENERATION, **(self.hparams.generation or {})})
+        config.eos_token_id = self.tokenizer.eos_token_id
+        config.pad_token_id = self.tokenizer.pad_token_id
+        return config
+
+    @torch.no_grad()
+    def generate_text(self, batch: dict[str, Any]) -> list[str]:
+        """Continuations of a batch of left-padded prompts with its images, decoded."""
+        tokens = self.model.generate(
+            batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"],
+            generation_config=self.generation_config(),
+        )
+        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     def trainable_state_keys(self) -> set[str]:
         return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
@@ -172,7 +203,13 @@ class MultimodalCaptioner(LightningModule):
                 self.log(f"gate/layer_{index}_{name}", value, batch_size=batch_size)
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:  # val images to caption (CaptionDataModule.val_caption_images)
+            captions = self.generate_text(batch)
+            self.val_captions.extend(zip(batch["image_id"], captions, batch["references"]))
+            if self.val_examples is None:
+                self.val_examples = (batch["display"][:4], captions[:4], batch["references"][:4])
+            return
         loss_sum, tokens = self.token_losses(batch)
         if tokens > 0:
             self.val_loss.update(loss_sum / tokens, weight=tokens)
@@ -182,6 +219,27 @@ class MultimodalCaptioner(LightningModule):
         self.val_loss.reset()
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/perplexity", torch.exp(loss), sync_dist=False)
+        captions = gather_objects(self.val_captions)
+        self.val_captions = []
+        if captions:
+            scores = None
+            if self.trainer.is_global_zero:
+                scores = caption_scores({i: c for i, c, _ in captions}, {i: r for i, _, r in captions})
+            scores = self.trainer.strategy.broadcast(scores, src=0)
+            for name, value in scores.items():
+                self.log(f"val/{name}", value, sync_dist=False, prog_bar=name == "CIDEr")
+            self.log_caption_examples()
+        self.val_examples = None
+
+    def log_caption_examples(self) -> None:
+        """A few val images with their generated and reference captions, in TensorBoard."""
+        if self.val_examples is None or not isinstance(self.logger, TensorBoardLogger) or not self.trainer.is_global_zero:
+            return
+        images, captions, references = self.val_examples
+        self.logger.experiment.add_image("val/examples", torch.cat(list(images), dim=2), self.global_step)
+        rows = [f"| {i} | {c} | {' / '.join(r)} |" for i, (c, r) in enumerate(zip(captions, references))]
+        table = "| image | generated | references |\n|---|---|---|\n" + "\n".join(rows)
+        self.logger.experiment.add_text("val/captions", table, self.global_step)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
@@ -266,6 +324,15 @@ STRUCTURAL_SETTINGS = (
     "lora_alpha",
     "lora_target_modules",
 )
+
+
+def gather_objects(items: list) -> list:
+    """Concatenate a list from every process (the list itself when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return items
+    gathered: list[list] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
 
 
 def settings_diff(checkpoint_config: dict[str, Any], model_config: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ will see, with Phi-2's ``<|endoftext|>`` as its only special token.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from transformers import (
     PhiForCausalLM,
     PreTrainedTokenizerFast,
 )
+
+from mmcaption.data.collate import collate
+from mmcaption.data.synthetic import language_sequences
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -79,17 +83,55 @@ def build_vision_model(
     return CLIPVisionModel(config), processor
 
 
+def pretrain_language_model(
+    model: PhiForCausalLM, sequences: list[list[int]], pad_token_id: int, steps: int = 1000,
+    batch_size: int = 32, learning_rate: float = 3e-3, seed: int = 0,
+) -> list[float]:
+    """Text-only next-token training of a tiny LM on ``sequences``; returns the loss per step.
+
+    Phi-2 knows English before the caption stage; this gives the tiny LM the same head start on the
+    demo's language, so the multimodal stages, which keep it frozen, only have to learn to see.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        picks = torch.randint(len(sequences), (batch_size,), generator=generator).tolist()
+        batch = collate([{"input_ids": torch.tensor(sequences[i]), "labels": torch.tensor(sequences[i])} for i in picks], pad_token_id)
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return losses
+
+
 def save_tiny_backbones(
-    directory: str | Path, corpus: Iterable[str], seed: int = 0, lm_hidden_size: int = 128, lm_layers: int = 4
+    directory: str | Path,
+    corpus: Iterable[str],
+    seed: int = 0,
+    lm_hidden_size: int = 128,
+    lm_layers: int = 4,
+    pretrain_steps: int = 0,
 ) -> tuple[Path, Path]:
     """Write a tiny language model (with its tokenizer) and a tiny CLIP vision tower (with its image
-    processor) under ``directory``; returns their two folders."""
+    processor) under ``directory``; returns their two folders. With ``pretrain_steps``, the language
+    model is first taught the demo's language (:func:`pretrain_language_model`)."""
     directory = Path(directory)
     language_dir, vision_dir = directory / "language_model", directory / "vision_model"
     tokenizer = build_tokenizer(corpus)
     language_model = build_language_model(
         len(tokenizer), tokenizer.eos_token_id, hidden_size=lm_hidden_size, num_layers=lm_layers, seed=seed
     )
+    if pretrain_steps:
+        losses = pretrain_language_model(
+            language_model, language_sequences(tokenizer, seed), tokenizer.eos_token_id, steps=pretrain_steps, seed=seed
+        )
+        (directory / "language_pretraining.json").parent.mkdir(parents=True, exist_ok=True)
+        (directory / "language_pretraining.json").write_text(json.dumps({"steps": pretrain_steps, "losses": losses}))
     language_model.save_pretrained(language_dir)
     tokenizer.save_pretrained(language_dir)
     vision_model, processor = build_vision_model(seed=seed)

@@ -27,13 +27,20 @@ def caption_sample(
     return torch.tensor(input_ids), torch.tensor(labels)
 
 
+def caption_prompt_ids(tokenizer, prompt: str = "") -> list[int]:
+    """What a caption is generated from: ``<bos>`` and the caption prompt, as in training."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [bos] + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+
+
 def collate(
     samples: list[dict[str, torch.Tensor]], pad_token_id: int, padding_side: Literal["right", "left"] = "right"
 ) -> dict[str, torch.Tensor]:
     """Pad ``input_ids`` and ``labels`` to the longest sample of the batch.
 
     Padding is masked out of ``labels`` (``-100``) and ``attention_mask`` by position, not by token
-    id: the pad token is often the end-of-text token, whose first occurrence is supervised.
+    id: the pad token is often the end-of-text token, whose first occurrence is supervised. Other
+    tensors (pixel values) are stacked; anything else (reference captions, ids) stays a list.
     """
     input_ids = [s["input_ids"] for s in samples]
     batch = {
@@ -46,6 +53,11 @@ def collate(
         batch["labels"] = pad_sequence(
             [s["labels"] for s in samples], batch_first=True, padding_value=IGNORE_INDEX, padding_side=padding_side
         )
-    if "pixel_values" in samples[0]:
-        batch["pixel_values"] = torch.stack([s["pixel_values"] for s in samples])
+    for key, value in samples[0].items():
+        if key in batch or key == "labels":
+            continue
+        if torch.is_tensor(value):
+            batch[key] = torch.stack([s[key] for s in samples])  # pixel values, display images
+        else:
+            batch[key] = [s[key] for s in samples]  # references, ids: kept as lists
     return batch

@@ -17,7 +17,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerB
 
 from mmcaption.data.cache import file_signature, fingerprint, is_complete
 from mmcaption.data.coco import coco_records, hub_records, require_annotation_file, write_caption_split
-from mmcaption.data.collate import IGNORE_INDEX, caption_sample, collate
+from mmcaption.data.collate import IGNORE_INDEX, caption_prompt_ids, caption_sample, collate
 from mmcaption.data.llava import read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, OnBadRecord, load_rgb
 from mmcaption.data.templates import DEFAULT_SYSTEM, ConversationTemplate
@@ -77,6 +77,38 @@ class CaptionDataset(ImageTextDataset):
 
     def tokens(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return caption_sample(row["token_ids"], self.bos_id, self.eos_id, self.prompt_ids, self.max_length)
+
+
+class CaptionImagesDataset(Dataset):
+    """One item per image of a preprocessed caption split: pixels, a prompt to caption from, the
+    reference captions, and a small uint8 copy of the image for TensorBoard."""
+
+    def __init__(self, folder: Path, image_processor, tokenizer: PreTrainedTokenizerBase, prompt: str = "", limit: int | None = None) -> None:
+        self.folder = folder
+        self.images = datasets.load_from_disk(str(folder / "images"))
+        captions = datasets.load_from_disk(str(folder / "captions")).with_format("arrow")
+        image_index = captions["image_index"].to_numpy()
+        texts = captions["caption"].to_pylist()
+        self.references: list[list[str]] = [[] for _ in range(len(self.images))]
+        for index, text in zip(image_index, texts):
+            self.references[index].append(text)
+        self.count = len(self.images) if limit is None else min(limit, len(self.images))
+        self.image_processor = image_processor
+        self.prompt_ids = torch.tensor(caption_prompt_ids(tokenizer, prompt))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.images[index]
+        image = load_rgb(row["image"])
+        return {
+            "input_ids": self.prompt_ids,
+            "pixel_values": self.image_processor(images=image, return_tensors="pt")["pixel_values"][0],
+            "references": self.references[index],
+            "image_id": str(row.get("image_id", row["file_name"])),
+            "display": torch.from_numpy(np.asarray(image.resize((96, 96)))).permute(2, 0, 1).contiguous(),
+        }
 
 
 class ConversationDataset(ImageTextDataset):
@@ -193,6 +225,8 @@ class CaptionDataModule(ImageTextDataModule):
         image_processor: the vision tower's image processor (linked to ``model.vision_model``).
         caption_prompt: text between ``<bos>`` and the caption, not supervised (empty: none).
         max_length: longest sequence in tokens, prompt and special tokens included; longer captions are cut.
+        val_caption_images: how many val images to caption at each validation for CIDEr, BLEU-4,
+            METEOR, ROUGE-L (0: none, null: all).
         batch_size: training batch size per device.
         eval_batch_size: validation/test batch size per device (default ``batch_size``).
         num_workers: data loader worker processes.
@@ -212,6 +246,7 @@ class CaptionDataModule(ImageTextDataModule):
         image_processor: str = "openai/clip-vit-base-patch32",
         caption_prompt: str = "",
         max_length: int = 64,
+        val_caption_images: int | None = 0,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
@@ -269,6 +304,25 @@ class CaptionDataModule(ImageTextDataModule):
         return CaptionDataset(
             folder, self.image_processor, self.tokenizer, self.hparams.caption_prompt, self.hparams.max_length
         )
+
+    def caption_images_loader(self, split: str, limit: int | None) -> DataLoader:
+        """Images of ``split`` with their references, left-padded prompts for generation."""
+        dataset = CaptionImagesDataset(
+            self.datasets[split].folder, self.image_processor, self.tokenizer, self.hparams.caption_prompt, limit
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
+        )
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val captions for the loss; with ``val_caption_images``, also val images to caption."""
+        loss_loader = self._loader("val")
+        if self.hparams.val_caption_images == 0:
+            return loss_loader
+        return [loss_loader, self.caption_images_loader(self.hparams.val_split, self.hparams.val_caption_images)]
 
 
 class InstructDataModule(ImageTextDataModule):

@@ -243,3 +243,21 @@ def write_llava_split(root: str | Path, coco_root: str | Path, split: str, seed:
     path = root / f"instruct_{split}.json"
     path.write_text(json.dumps(records, indent=1))
     return path
+
+
+def language_sequences(tokenizer, seed: int = 0, num_scenes: int = 3000) -> list[list[int]]:
+    """Token sequences of the demo's language, laid out as the two stages lay them out (captions as
+    ``<bos> caption <eos>``, conversations through the instruct template) but about no image: the
+    text-only pretraining that makes the tiny LM know the language before it sees, as Phi-2 does."""
+    rng = random.Random(f"{seed}-language")
+    template = ConversationTemplate()
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    sequences = []
+    for _ in range(num_scenes):
+        scene = random_scene(rng)
+        for caption in captions_for(scene, rng, n=2):
+            sequences.append([bos, *tokenizer(caption, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id])
+        qa = questions_for(scene, rng)
+        turns = [(question, answer) for _, question, answer in rng.sample(qa, rng.randint(1, len(qa)))]
+        sequences.append(template.encode(turns, tokenizer, max_length=512)[0])
+    return sequences

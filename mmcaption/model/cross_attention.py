@@ -96,15 +96,18 @@ class CrossAttentionDecoderLayer(nn.Module):
     """A decoder layer of the language model followed by a gated cross-attention block.
 
     A wrapper, not a forward hook: image tokens arrive as the ``image_embeds`` keyword that the
-    Hugging Face model passes down to every decoder layer, so there is no mutable state to keep in
-    step, and the wrapper composes with PEFT, gradient checkpointing, DDP and generation. Without
-    ``image_embeds`` it is exactly the original layer.
+    Hugging Face model passes down to every decoder layer, so the wrapper composes with PEFT,
+    gradient checkpointing and DDP. Hugging Face ``generate`` forwards no such keyword, so during
+    generation only, :meth:`MultimodalCausalLM.generate` sets ``generation_images`` for the length
+    of the call (the image keys and values, computed once per sequence). Without either it is
+    exactly the original layer.
     """
 
     def __init__(self, decoder_layer: nn.Module, cross_attention: GatedCrossAttentionBlock) -> None:
         super().__init__()
         self.decoder_layer = decoder_layer
         self.cross_attention = cross_attention
+        self.generation_images: tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None] | None = None
 
     def forward(
         self,
@@ -114,6 +117,9 @@ class CrossAttentionDecoderLayer(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         hidden_states = self.decoder_layer(hidden_states, *args, **kwargs)
-        if image_embeds is None:
-            return hidden_states
-        return self.cross_attention(hidden_states, image_embeds=image_embeds)
+        if image_embeds is not None:
+            return self.cross_attention(hidden_states, image_embeds=image_embeds)
+        if self.generation_images is not None:
+            embeds, key_values = self.generation_images
+            return self.cross_attention(hidden_states, image_embeds=embeds, image_key_values=key_values)
+        return hidden_states

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from peft import PeftModel
 from torch import nn
-from transformers import CLIPVisionModel
+from transformers import CLIPVisionModel, GenerationConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mmcaption.model.backbones import (
@@ -142,6 +145,58 @@ class MultimodalCausalLM(nn.Module):
         return self.language_model(
             input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, **kwargs
         )
+
+    @contextmanager
+    def generation_images(self, image_embeds: torch.Tensor, cache_key_values: bool = True) -> Iterator[None]:
+        """Make the images visible to every cross-attention layer for one ``generate`` call.
+
+        With ``cache_key_values`` each block computes its image keys and values once here and
+        reuses them at every decoding step (they depend on the image only); without, they are
+        recomputed from ``image_embeds`` at every step. Cleared on exit, errors included.
+        """
+        layers = [self.decoder_layers[i] for i in self.cross_attention_layer_indices]
+        try:
+            for layer in layers:
+                key_values = layer.cross_attention.image_key_values(image_embeds) if cache_key_values else None
+                layer.generation_images = (None if cache_key_values else image_embeds, key_values)
+            yield
+        finally:
+            for layer in layers:
+                layer.generation_images = None
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        cache_image_key_values: bool = True,
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """New tokens after left-padded prompts, one image per prompt, by Hugging Face ``generate``.
+
+        Greedy, beam search and sampling follow ``generation_config`` and ``generate_kwargs`` as in
+        ``transformers``; the language model's KV cache is used unless ``use_cache=False``.
+        Returns ``(batch * num_return_sequences, new_tokens)``, padded with the pad token.
+        """
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("generate needs pixel_values or image_embeds")
+            image_embeds = self.encode_images(pixel_values)
+        config = copy.deepcopy(generation_config or self.language_model.generation_config)
+        config.update(**generate_kwargs)
+        if config.pad_token_id is None:
+            config.pad_token_id = config.eos_token_id if isinstance(config.eos_token_id, int) else None
+        # generate() expands each prompt to its beams / returned samples; the images must follow.
+        expand = max(config.num_beams or 1, config.num_return_sequences or 1)
+        image_embeds = image_embeds.repeat_interleave(expand, dim=0)
+        with self.generation_images(image_embeds, cache_key_values=cache_image_key_values):
+            sequences = self.language_model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+            )
+        return sequences[:, input_ids.shape[1]:]
 
     def gate_values(self) -> dict[int, dict[str, float]]:
         """``tanh(gate)`` per injected layer index."""

@@ -1,0 +1,80 @@
+"""Caption metrics by the standard COCO caption evaluation code (pycocoevalcap), not re-implemented.
+
+BLEU-1..4, ROUGE-L and CIDEr always; METEOR and the PTB tokenizer where Java is present (both are
+Java programs); SPICE where Java and its Stanford CoreNLP models are present (pycocoevalcap fetches
+those on first use, which an offline machine cannot). Without Java, captions are tokenized the way
+the PTB tokenizer treats plain captions: lower-cased, punctuation dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Hashable
+from pathlib import Path
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+
+# The punctuation pycocoevalcap's PTBTokenizer removes.
+_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def spice_available() -> bool:
+    import pycocoevalcap.spice as spice
+
+    return java_available() and (Path(spice.__file__).parent / "lib" / "stanford-corenlp-3.6.0.jar").is_file()
+
+
+def _simple_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
+    def tokenize(text: str) -> str:
+        words = re.findall(r"[\w']+|[^\w\s]", text.lower())
+        return " ".join(w for w in words if w not in _PUNCTUATION)
+
+    return {key: [tokenize(c) for c in values] for key, values in captions.items()}
+
+
+def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
+    """PTB-tokenize ``{key: [caption, ...]}`` as the COCO evaluation does (plain fallback without Java)."""
+    if not java_available():
+        return _simple_tokenize(captions)
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    return PTBTokenizer().tokenize({key: [{"caption": c} for c in values] for key, values in captions.items()})
+
+
+def caption_scores(
+    predictions: dict[Hashable, str], references: dict[Hashable, list[str]], spice: bool | None = None
+) -> dict[str, float]:
+    """Corpus-level scores of one predicted caption per key against its reference captions.
+
+    Returns ``BLEU-1``..``BLEU-4``, ``ROUGE-L``, ``CIDEr``, and ``METEOR`` / ``SPICE`` when they can run
+    (``spice=None`` runs SPICE only if its models are already present).
+    """
+    missing = set(predictions) ^ set(references)
+    if missing:
+        raise ValueError(f"predictions and references differ in {len(missing)} keys, e.g. {sorted(map(str, missing))[:3]}")
+    if not predictions:
+        raise ValueError("no captions to score")
+    keys = list(predictions)
+    refs = tokenize({k: list(references[k]) for k in keys})
+    preds = tokenize({k: [predictions[k]] for k in keys})
+    scores: dict[str, float] = {}
+    bleu, _ = Bleu(4).compute_score(refs, preds, verbose=0)
+    scores.update({f"BLEU-{n}": float(value) for n, value in enumerate(bleu, start=1)})
+    scores["ROUGE-L"] = float(Rouge().compute_score(refs, preds)[0])
+    scores["CIDEr"] = float(Cider().compute_score(refs, preds)[0])
+    if java_available():
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scores["METEOR"] = float(Meteor().compute_score(refs, preds)[0])  # its Java process ends with it
+    if spice if spice is not None else spice_available():
+        from pycocoevalcap.spice.spice import Spice
+
+        scores["SPICE"] = float(Spice().compute_score(refs, preds)[0])
+    return scores

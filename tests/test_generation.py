@@ -1,0 +1,75 @@
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from mmcaption.data.collate import collate
+
+
+@pytest.fixture
+def open_model(model):
+    """The tiny model with open gates and non-zero LoRA, so images and adapters shape the output."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for block in model.cross_attention_blocks:
+            block.attn_gate.fill_(1.0)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return model
+
+
+@pytest.fixture
+def prompts(backbones):
+    tokenizer = AutoTokenizer.from_pretrained(backbones[0])
+    texts = ["a", "there are two", "a picture of a red"]
+    samples = [{"input_ids": torch.tensor(tokenizer(t)["input_ids"])} for t in texts]
+    return collate(samples, pad_token_id=tokenizer.eos_token_id, padding_side="left"), torch.randn(3, 3, 64, 64)
+
+
+def test_cached_and_uncached_generation_return_the_same_tokens(open_model, prompts):
+    batch, pixels = prompts
+    cached = open_model.generate(batch["input_ids"], batch["attention_mask"], pixel_values=pixels, max_new_tokens=10, do_sample=False)
+    uncached = open_model.generate(
+        batch["input_ids"], batch["attention_mask"], pixel_values=pixels, max_new_tokens=10, do_sample=False,
+        use_cache=False, cache_image_key_values=False,
+    )
+    assert cached.shape == (3, 10)
+    assert torch.equal(cached, uncached)
+
+
+def test_image_key_values_are_computed_once_per_generate_call(open_model, prompts, monkeypatch):
+    batch, pixels = prompts
+    calls = []
+    block = open_model.cross_attention_blocks[0]
+    original = block.image_key_values
+    monkeypatch.setattr(block, "image_key_values", lambda embeds: calls.append(1) or original(embeds))
+    open_model.generate(batch["input_ids"], batch["attention_mask"], pixel_values=pixels, max_new_tokens=6, do_sample=False)
+    assert len(calls) == 1
+    assert all(layer.generation_images is None for layer in open_model.decoder_layers if hasattr(layer, "generation_images"))
+
+
+def test_left_padded_batch_gives_what_each_prompt_gives_alone(open_model, prompts):
+    batch, pixels = prompts
+    together = open_model.generate(batch["input_ids"], batch["attention_mask"], pixel_values=pixels, max_new_tokens=8, do_sample=False)
+    for i in range(3):
+        mask = batch["attention_mask"][i].bool()
+        alone = open_model.generate(
+            batch["input_ids"][i][mask][None], torch.ones(1, int(mask.sum()), dtype=torch.long),
+            pixel_values=pixels[i : i + 1], max_new_tokens=8, do_sample=False,
+        )
+        assert torch.equal(together[i], alone[0]), i
+
+
+def test_images_steer_generation_and_beam_search_follows_its_images(open_model, prompts):
+    batch, pixels = prompts
+    greedy = open_model.generate(batch["input_ids"], batch["attention_mask"], pixel_values=pixels, max_new_tokens=8, do_sample=False)
+    other = open_model.generate(batch["input_ids"], batch["attention_mask"], pixel_values=pixels.roll(1, 0), max_new_tokens=8, do_sample=False)
+    assert not torch.equal(greedy, other)
+    beams = open_model.generate(
+        batch["input_ids"], batch["attention_mask"], pixel_values=pixels, max_new_tokens=8, num_beams=3, num_return_sequences=2
+    )
+    assert beams.shape[0] == 6
+    sampled = open_model.generate(
+        batch["input_ids"], batch["attention_mask"], pixel_values=pixels, max_new_tokens=8, do_sample=True, top_p=0.9
+    )
+    assert sampled.shape[0] == 3
