@@ -21,7 +21,8 @@ class MMCaptionCLI(LightningCLI):
         parser.link_arguments("model.vision_model", "data.init_args.image_processor")
 
 
-def main(args: list[str] | None = None) -> MMCaptionCLI:
+def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
+    """Run ``mmcaption`` with ``args`` (``sys.argv`` when None) and return the finished CLI."""
     return MMCaptionCLI(
         MultimodalCaptioner,
         LightningDataModule,
@@ -30,6 +31,11 @@ def main(args: list[str] | None = None) -> MMCaptionCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """The ``mmcaption`` console script."""
+    run_cli(args)
 
 
 if __name__ == "__main__":

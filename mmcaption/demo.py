@@ -26,11 +26,18 @@ LANGUAGE_PRETRAINING_STEPS = 300  # text-only, ~1 minute on 2 cores; the loss ha
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def prepare_demo_assets(root: str | Path = "demo_data", seed: int = 0, train_images: int = 400, val_images: int = 40) -> Path:
+def prepare_demo_assets(
+    root: str | Path = "demo_data",
+    seed: int = 0,
+    train_images: int = 400,
+    val_images: int = 40,
+    pretrain_steps: int = LANGUAGE_PRETRAINING_STEPS,
+) -> Path:
     """Write ``root/coco`` (synthetic COCO layout), ``root/llava`` (conversations about the same images)
     and ``root/backbones`` (tiny LM and CLIP) unless they are already there for this seed and size."""
     root = Path(root)
-    settings = {"version": DEMO_VERSION, "seed": seed, "train_images": train_images, "val_images": val_images}
+    settings = {"version": DEMO_VERSION, "seed": seed, "train_images": train_images, "val_images": val_images,
+                "pretrain_steps": pretrain_steps}
     if is_complete(root):
         if json.loads((root / "meta.json").read_text()) == settings:
             return root
@@ -42,7 +49,7 @@ def prepare_demo_assets(root: str | Path = "demo_data", seed: int = 0, train_ima
         write_coco_split(staging / "coco", "val2017", val_images, seed=seed, first_image_id=train_images + 1)
         for split in ("train2017", "val2017"):
             write_llava_split(staging / "llava", staging / "coco", split, seed=seed)
-        save_tiny_backbones(staging / "backbones", demo_corpus(seed), seed=seed, pretrain_steps=LANGUAGE_PRETRAINING_STEPS)
+        save_tiny_backbones(staging / "backbones", demo_corpus(seed), seed=seed, pretrain_steps=pretrain_steps)
         (staging / "meta.json").write_text(json.dumps(settings))
     return root
 

@@ -19,7 +19,10 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, get_linear_s
 
 from mmcaption.data.collate import IGNORE_INDEX
 from mmcaption.data.datamodule import load_tokenizer
+from mmcaption.callbacks import PredictionWriter
 from mmcaption.evaluation.caption_metrics import caption_scores
+from mmcaption.export import load_exported_weights, read_export_config
+from mmcaption.evaluation.multiple_choice import LETTERS, option_scores, parse_choice
 from mmcaption.model.backbones import DType, Quantization
 from mmcaption.model.multimodal import MultimodalCausalLM, MultimodalConfig
 
@@ -139,11 +142,17 @@ class MultimodalCaptioner(LightningModule):
         return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
 
     def initialise_from_checkpoint(self) -> None:
-        """Load ``init_from``'s trainable tensors, once, unless a checkpoint was restored already."""
+        """Load ``init_from``'s trained weights, once, unless a checkpoint was restored already.
+
+        ``init_from`` is a Lightning checkpoint of an earlier stage or a folder of ``mmcaption-export``.
+        """
         if self.hparams.init_from is None or self.weights_loaded:
             return
         self.configure_model()
         path = Path(self.hparams.init_from)
+        if path.is_dir():
+            self._initialise_from_export(path)
+            return
         if not path.is_file():
             raise FileNotFoundError(
                 f"init_from checkpoint not found: {path} (train the caption stage first, or point init_from at its checkpoint)"
@@ -162,6 +171,16 @@ class MultimodalCaptioner(LightningModule):
             "global_step": checkpoint.get("global_step"),
         }
         rank_zero_info(f"Initialised from {path} (its step {checkpoint.get('global_step')}); optimizer and schedule start fresh.")
+
+    def _initialise_from_export(self, folder: Path) -> None:
+        manifest = read_export_config(folder)
+        differences = settings_diff(manifest["model"], self.saved_model_config())
+        if differences:
+            raise CheckpointMismatchError(f"exported model {folder} does not match this model: " + "; ".join(differences))
+        load_exported_weights(self.model, folder)
+        self.weights_loaded = True
+        self.init_source = {"path": str(folder.resolve()), "export": manifest["source"]}
+        rank_zero_info(f"Initialised from the exported model {folder}.")
 
     def on_fit_start(self) -> None:
         self.initialise_from_checkpoint()
@@ -249,6 +268,43 @@ class MultimodalCaptioner(LightningModule):
         self.val_loss.reset()
         self.log("test/loss", loss)
         self.log("test/perplexity", torch.exp(loss))
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Captions, or multiple-choice answers, for the rows whose image could be read; the other
+        rows come back with their error."""
+        results = [{**record, "error": error} for record, error in zip(batch["record"], batch["error"])]
+        ok = [i for i, error in enumerate(batch["error"]) if error is None]
+        if not ok:
+            return results
+        task = batch["task"][0]
+        select = torch.tensor(ok, device=batch["input_ids"].device)
+        sub = {k: batch[k].index_select(0, select) for k in ("input_ids", "attention_mask", "pixel_values")}
+        if task == "caption":
+            for i, caption in zip(ok, self.generate_text(sub)):
+                results[i]["caption"] = caption
+            return results
+        if task == "choice-likelihood":
+            prompts = [[t for t, m in zip(ids.tolist(), mask.tolist()) if m] for ids, mask in zip(sub["input_ids"], sub["attention_mask"])]
+            scores = option_scores(
+                self.model, prompts, [batch["option_ids"][i] for i in ok], self.model.encode_images(sub["pixel_values"]),
+                self.tokenizer.pad_token_id,
+            )
+            for i, row_scores in zip(ok, scores.tolist()):
+                results[i]["scores"] = [round(s, 4) for s in row_scores]
+                results[i]["prediction"] = LETTERS[max(range(len(row_scores)), key=row_scores.__getitem__)]
+        else:
+            for i, text in zip(ok, self.generate_text(sub)):
+                results[i]["generated"] = text
+                results[i]["prediction"] = parse_choice(text)
+        for i in ok:
+            answer = results[i].get("answer")
+            if answer:
+                results[i]["correct"] = results[i]["prediction"] == answer.strip().upper()
+        return results
+
+    def configure_callbacks(self) -> list:
+        return [PredictionWriter()]
 
     # -- optimization ---------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmcaption.cli import MMCaptionCLI
-from mmcaption.cli import main as cli_main
+from mmcaption.cli import run_cli
 
 
 @dataclass
@@ -40,9 +40,9 @@ def handoff_checkpoint(cli: MMCaptionCLI) -> str:
 
 
 def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = ()) -> list[StageResult]:
-    caption = cli_main(["fit", "--config", caption_config, *fit_args])
+    caption = run_cli(["fit", "--config", caption_config, *fit_args])
     caption_checkpoint = handoff_checkpoint(caption)
-    instruct = cli_main(["fit", "--config", instruct_config, "--model.init_from", caption_checkpoint, *fit_args])
+    instruct = run_cli(["fit", "--config", instruct_config, "--model.init_from", caption_checkpoint, *fit_args])
     return [
         StageResult("caption", caption, caption_checkpoint),
         StageResult("instruct", instruct, handoff_checkpoint(instruct)),

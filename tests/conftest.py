@@ -51,3 +51,26 @@ def model_config(backbones) -> MultimodalConfig:
 def model(model_config) -> MultimodalCausalLM:
     torch.manual_seed(0)
     return MultimodalCausalLM.from_config(model_config).eval()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(backbones, coco_root, tmp_path_factory) -> Path:
+    """A caption-stage checkpoint after a few steps on the synthetic set (gates and LoRA moved)."""
+    from lightning.pytorch import Trainer
+
+    from mmcaption.data import CaptionDataModule
+    from mmcaption.module import MultimodalCaptioner
+
+    tmp = tmp_path_factory.mktemp("trained")
+    language_dir, vision_dir = backbones
+    dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp / "cache"), tokenizer=str(language_dir),
+                           image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    module = MultimodalCaptioner(language_model=str(language_dir), vision_model=str(vision_dir),
+                                 cross_attention_layers=[-2, -1], lora_r=4, lora_alpha=8, learning_rate=3e-2,
+                                 generation={"max_new_tokens": 8})
+    trainer = Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, default_root_dir=tmp)
+    torch.manual_seed(0)
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(tmp / "caption.ckpt")
+    return tmp / "caption.ckpt"

@@ -1,12 +1,13 @@
 """The CLI end to end on the demo config: `mmcaption fit | validate | test` and `mmcaption-demo`."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from mmcaption.cli import main
+from mmcaption.cli import run_cli
 from mmcaption.demo import prepare_demo_assets, scalar_series
 
 from .conftest import REPO
@@ -18,14 +19,14 @@ FAST = ["--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", 
 @pytest.fixture
 def demo_dir(tmp_path, monkeypatch):
     """A working directory holding small demo data, as `mmcaption-demo` would leave it."""
-    prepare_demo_assets(tmp_path / "demo_data", train_images=16, val_images=4)
+    prepare_demo_assets(tmp_path / "demo_data", train_images=16, val_images=4, pretrain_steps=0)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 @pytest.mark.slow
 def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_dir):
-    cli = main(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "3", *FAST])
+    cli = run_cli(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "3", *FAST])
     last = demo_dir / "checkpoints" / "demo-caption" / "last.ckpt"
     assert last.is_file()
     checkpoint = torch.load(last, weights_only=True)
@@ -39,13 +40,24 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     assert scalar_series(log_dir, "lr-AdamW/pg1")  # LearningRateMonitor, one curve per parameter group
     assert scalar_series(log_dir, "val/perplexity")
 
-    resumed = main(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "5", "--ckpt_path", str(last), *FAST])
+    resumed = run_cli(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "5", "--ckpt_path", str(last), *FAST])
     assert resumed.trainer.global_step == 5
     restored = torch.load(last, weights_only=True)
     assert restored["global_step"] == 5
 
-    validated = main(["validate", "--config", DEMO_CONFIG, "--ckpt_path", str(last), *FAST])
+    validated = run_cli(["validate", "--config", DEMO_CONFIG, "--ckpt_path", str(last), *FAST])
     assert "val/loss" in validated.trainer.callback_metrics
+
+    # the console script: captions for the val images from the checkpoint, exit status 0
+    result = subprocess.run(
+        ["mmcaption", "predict", "--config", DEMO_CONFIG, "--data", "mmcaption.data.CaptionPredictDataModule",
+         "--data.images", "demo_data/coco/val2017", "--data.output", "predictions/captions.jsonl",
+         "--ckpt_path", str(last), "--trainer.enable_progress_bar", "false"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in (demo_dir / "predictions" / "captions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(isinstance(row["caption"], str) for row in rows)
 
 
 def test_print_config_shows_the_whole_configuration(demo_dir):

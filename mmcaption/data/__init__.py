@@ -2,6 +2,15 @@
 LightningDataModules - and the synthetic demo data."""
 
 from mmcaption.data.datamodule import CaptionDataModule, CaptionDataset, ConversationDataset, InstructDataModule
+from mmcaption.data.predict import CaptionPredictDataModule, MultipleChoiceDataModule
 from mmcaption.data.records import DataError
 
-__all__ = ["CaptionDataModule", "CaptionDataset", "ConversationDataset", "DataError", "InstructDataModule"]
+__all__ = [
+    "CaptionDataModule",
+    "CaptionDataset",
+    "CaptionPredictDataModule",
+    "ConversationDataset",
+    "DataError",
+    "InstructDataModule",
+    "MultipleChoiceDataModule",
+]

@@ -147,6 +147,38 @@ class MultimodalCausalLM(nn.Module):
         )
 
     @contextmanager
+    def plain_decoder_layers(self) -> Iterator[None]:
+        """Temporarily put the original decoder layers back, so that the language model's module
+        names are the plain model's: PEFT adapters saved inside load into a plain Phi-2."""
+        layers = self.decoder_layers
+        wrappers = {i: layers[i] for i in self.cross_attention_layer_indices}
+        try:
+            for i, wrapper in wrappers.items():
+                layers[i] = wrapper.decoder_layer
+            yield
+        finally:
+            for i, wrapper in wrappers.items():
+                layers[i] = wrapper
+
+    def multimodal_state_dict(self) -> dict[str, torch.Tensor]:
+        """Projection and cross-attention weights, keyed by injected layer: what LoRA does not hold."""
+        state = {f"projection.{k}": v for k, v in self.projection.state_dict().items()}
+        for index, block in zip(self.cross_attention_layer_indices, self.cross_attention_blocks):
+            state.update({f"cross_attention.{index}.{k}": v for k, v in block.state_dict().items()})
+        return state
+
+    def load_multimodal_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = self.multimodal_state_dict()
+        unexpected, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+        if unexpected or missing:
+            raise ValueError(f"multimodal weights do not fit the model: unexpected {unexpected[:3]}, missing {missing[:3]}")
+        with torch.no_grad():
+            for key, value in state.items():
+                if expected[key].shape != value.shape:
+                    raise ValueError(f"{key}: saved {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
+                expected[key].copy_(value)
+
+    @contextmanager
     def generation_images(self, image_embeds: torch.Tensor, cache_key_values: bool = True) -> Iterator[None]:
         """Make the images visible to every cross-attention layer for one ``generate`` call.
 

@@ -1,0 +1,228 @@
+"""What ``mmcaption predict`` reads: images to caption, or a multiple-choice CSV in the seed's format.
+
+A bad image does not stop a run: its row carries the error into the output and the other rows are
+predicted. A bad file (no images found, a CSV without the required columns, an answer outside
+A-D) stops it at once with a message that names the file and row.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoImageProcessor, PreTrainedTokenizerBase
+
+from mmcaption.data.collate import caption_prompt_ids, collate
+from mmcaption.data.datamodule import load_tokenizer
+from mmcaption.data.records import DataError, check_image, load_rgb
+from mmcaption.data.templates import DEFAULT_SYSTEM, ConversationTemplate
+from mmcaption.evaluation.multiple_choice import LETTERS, listed_options_question
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+REQUIRED_COLUMNS = ("img_path", "Question", "A", "B", "C", "D")
+
+
+def find_images(source: str) -> list[Path]:
+    """Images named by ``source``: a folder (searched recursively), a text file with one path per
+    line (relative to the file), or a single image."""
+    path = Path(source)
+    if path.is_dir():
+        images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not images:
+            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in folder {path}")
+        return images
+    if not path.exists():
+        raise DataError(f"image source not found: {path}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return [path]
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    images = [p if p.is_absolute() else path.parent / p for p in map(Path, filter(None, lines))]
+    if not images:
+        raise DataError(f"image list {path} is empty")
+    return images
+
+
+class _ImageRows(Dataset):
+    """Rows with an image each; an image that cannot be read yields the row with its error."""
+
+    def __init__(self, rows: list[dict[str, Any]], image_paths: list[Path], image_processor, size: int) -> None:
+        self.rows, self.image_paths, self.image_processor, self.size = rows, image_paths, image_processor, size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def text(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.image_paths[index]
+        error = None
+        if not path.is_file():
+            error = f"image not found: {path}"
+        else:
+            problem = check_image(path.read_bytes())
+            if problem is not None:
+                error = f"image {path} cannot be decoded: {problem}"
+        if error is None:
+            pixel_values = self.image_processor(images=load_rgb(path.read_bytes()), return_tensors="pt")["pixel_values"][0]
+        else:
+            pixel_values = torch.zeros(3, self.size, self.size)
+        return {"record": self.rows[index], "error": error, "pixel_values": pixel_values, **self.text(index)}
+
+
+class _CaptionRows(_ImageRows):
+    def __init__(self, image_paths, image_processor, size, prompt_ids: list[int]) -> None:
+        super().__init__([{"image": str(p)} for p in image_paths], image_paths, image_processor, size)
+        self.prompt_ids = torch.tensor(prompt_ids)
+
+    def text(self, index: int) -> dict[str, Any]:
+        return {"task": "caption", "input_ids": self.prompt_ids}
+
+
+class _ChoiceRows(_ImageRows):
+    def __init__(self, rows, image_paths, image_processor, size, prompts: list[list[int]], options: list[list[list[int]]], method) -> None:
+        super().__init__(rows, image_paths, image_processor, size)
+        self.prompts, self.options, self.method = prompts, options, method
+
+    def text(self, index: int) -> dict[str, Any]:
+        return {"task": f"choice-{self.method}", "input_ids": torch.tensor(self.prompts[index]), "option_ids": self.options[index]}
+
+
+class _PredictDataModule(LightningDataModule):
+    """Shared by both: tokenizer, image processor, the output path the prediction writer uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dataset: Dataset | None = None
+
+    @functools.cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.hparams.tokenizer)
+
+    @functools.cached_property
+    def image_processor(self):
+        return AutoImageProcessor.from_pretrained(self.hparams.image_processor)
+
+    @property
+    def image_size(self) -> int:
+        crop = getattr(self.image_processor, "crop_size", None) or {}
+        return int(crop.get("height", 224))
+
+    @property
+    def output(self) -> Path:
+        return Path(self.hparams.output)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
+        )
+
+
+class CaptionPredictDataModule(_PredictDataModule):
+    """Caption images: ``mmcaption predict`` writes one JSON line per image to ``output``.
+
+    Args:
+        images: a folder of images (recursive), a text file listing image paths, or one image.
+        output: the JSON Lines file to write (``{"image": ..., "caption": ...}`` or ``"error"``).
+        caption_prompt: the caption stage's prompt (empty: none).
+        tokenizer: the language model's tokenizer (linked to ``model.language_model`` by the CLI).
+        image_processor: the vision tower's image processor (linked to ``model.vision_model``).
+        batch_size: images per batch.
+        num_workers: data loader worker processes.
+    """
+
+    def __init__(
+        self,
+        images: str,
+        output: str = "predictions/captions.jsonl",
+        caption_prompt: str = "",
+        tokenizer: str = "microsoft/phi-2",
+        image_processor: str = "openai/clip-vit-base-patch32",
+        batch_size: int = 16,
+        num_workers: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def setup(self, stage: str) -> None:
+        paths = find_images(self.hparams.images)
+        prompt = caption_prompt_ids(self.tokenizer, self.hparams.caption_prompt)
+        self.dataset = _CaptionRows(paths, self.image_processor, self.image_size, prompt)
+
+
+class MultipleChoiceDataModule(_PredictDataModule):
+    """Answer multiple-choice questions from a CSV in the seed's format: ``img_path, Question, A, B,
+    C, D`` and optionally ``answer``; ``mmcaption predict`` writes the CSV back with the chosen letter
+    and, with answers, reports accuracy.
+
+    Args:
+        csv_file: the questions.
+        image_root: folder that ``img_path`` is relative to (default: the CSV's folder).
+        output: the CSV to write: the input columns, ``prediction``, ``correct`` and ``error``.
+        method: ``likelihood`` scores each option's text given image and question (robust);
+            ``generation`` lists the options and generates a letter (the seed's way).
+        system_prompt: the instruct stage's system prompt.
+        tokenizer: the language model's tokenizer (linked to ``model.language_model`` by the CLI).
+        image_processor: the vision tower's image processor (linked to ``model.vision_model``).
+        batch_size: questions per batch.
+        num_workers: data loader worker processes.
+    """
+
+    def __init__(
+        self,
+        csv_file: str,
+        image_root: str | None = None,
+        output: str = "predictions/answers.csv",
+        method: Literal["likelihood", "generation"] = "likelihood",
+        system_prompt: str = DEFAULT_SYSTEM,
+        tokenizer: str = "microsoft/phi-2",
+        image_processor: str = "openai/clip-vit-base-patch32",
+        batch_size: int = 8,
+        num_workers: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def read_rows(self) -> list[dict[str, str]]:
+        path = Path(self.hparams.csv_file)
+        if not path.is_file():
+            raise DataError(f"multiple-choice CSV not found: {path}")
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)} (+ optional 'answer'), has {columns}")
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        if not rows:
+            raise DataError(f"{path} has no questions")
+        for number, row in enumerate(rows, start=2):  # line 1 is the header
+            empty = [c for c in REQUIRED_COLUMNS if not row[c]]
+            if empty:
+                raise DataError(f"{path}, line {number}: empty {empty}")
+            if "answer" in row and row["answer"] and row["answer"].upper() not in LETTERS:
+                raise DataError(f"{path}, line {number}: answer {row['answer']!r} is not one of A, B, C, D")
+        return rows
+
+    def setup(self, stage: str) -> None:
+        rows = self.read_rows()
+        root = Path(self.hparams.image_root) if self.hparams.image_root else Path(self.hparams.csv_file).parent
+        template = ConversationTemplate(system=self.hparams.system_prompt)
+        prompts, options = [], []
+        eos = self.tokenizer.eos_token_id
+        for row in rows:
+            choices = [row[letter] for letter in LETTERS]
+            if self.hparams.method == "likelihood":
+                prompts.append(template.prompt(row["Question"], self.tokenizer))
+                options.append([self.tokenizer(" " + c, add_special_tokens=False)["input_ids"] + [eos] for c in choices])
+            else:
+                prompts.append(template.prompt(listed_options_question(row["Question"], choices), self.tokenizer))
+                options.append([])
+        paths = [Path(row["img_path"]) if Path(row["img_path"]).is_absolute() else root / row["img_path"] for row in rows]
+        self.dataset = _ChoiceRows(rows, paths, self.image_processor, self.image_size, prompts, options, self.hparams.method)

@@ -1,0 +1,164 @@
+import csv
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from peft import PeftModel
+
+from mmcaption import Captioner
+from mmcaption.data import CaptionPredictDataModule, DataError, MultipleChoiceDataModule
+from mmcaption.data.synthetic import Scene, draw_scene
+from mmcaption.evaluation.multiple_choice import parse_choice
+from mmcaption.export import export_model
+from mmcaption.export import main as export_main
+from mmcaption.model.backbones import load_language_model
+from mmcaption.module import MultimodalCaptioner
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = random.Random(0)
+    for i, scene in enumerate([Scene("red", "circle", "left"), Scene("blue", "square", "right", count=2), Scene("green", "triangle", "top")]):
+        draw_scene(scene, 64, rng).save(folder / f"img{i}.png")
+    return folder
+
+
+def predictor(tmp_path) -> Trainer:
+    return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+
+
+def caption_data(backbones, images, output) -> CaptionPredictDataModule:
+    return CaptionPredictDataModule(images=str(images), output=str(output), tokenizer=str(backbones[0]),
+                                    image_processor=str(backbones[1]), batch_size=2, num_workers=0)
+
+
+def test_captions_for_a_folder_with_one_bad_image_keep_every_other_prediction(backbones, trained_checkpoint, image_folder, tmp_path):
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    output = tmp_path / "out" / "captions.jsonl"
+    predictor(tmp_path).predict(module, datamodule=caption_data(backbones, image_folder, output))
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [Path(r["image"]).name for r in rows] == ["broken.jpg", "img0.png", "img1.png", "img2.png"]
+    assert "cannot be decoded" in rows[0]["error"] and "caption" not in rows[0]
+    assert all(r["error"] is None and isinstance(r["caption"], str) for r in rows[1:])
+    summary = json.loads(output.with_name("captions.jsonl.summary.json").read_text())
+    assert summary["rows"] == 4 and summary["errors"] == 1
+
+
+def test_image_list_with_a_missing_file_and_an_empty_folder(backbones, trained_checkpoint, image_folder, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{image_folder / 'img0.png'}\nimages/nope.png\n")
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    output = tmp_path / "captions.jsonl"
+    predictor(tmp_path).predict(module, datamodule=caption_data(backbones, listing, output))
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert rows[1]["error"].startswith("image not found") and "nope.png" in rows[1]["error"]
+    assert rows[0]["caption"] is not None
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"no images .* found in folder .*empty"):
+        caption_data(backbones, empty, output).setup("predict")
+
+
+def write_csv(path: Path, rows: list[dict], columns=("img_path", "Question", "A", "B", "C", "D", "answer")) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def choice_data(backbones, csv_path, output, method="likelihood") -> MultipleChoiceDataModule:
+    return MultipleChoiceDataModule(csv_file=str(csv_path), output=str(output), method=method, tokenizer=str(backbones[0]),
+                                    image_processor=str(backbones[1]), batch_size=2, num_workers=0)
+
+
+QUESTIONS = [
+    {"img_path": "images/img0.png", "Question": "What colour is it?", "A": "red", "B": "blue", "C": "green", "D": "yellow", "answer": "B"},
+    {"img_path": "images/img1.png", "Question": "What colour are they?", "A": "yellow", "B": "green", "C": "red", "D": "blue", "answer": "D"},
+    {"img_path": "images/img2.png", "Question": "What colour?", "A": "blue", "B": "red", "C": "yellow", "D": "green", "answer": "A"},
+    {"img_path": "images/missing.png", "Question": "What colour?", "A": "blue", "B": "red", "C": "yellow", "D": "green", "answer": "A"},
+]
+
+
+def test_likelihood_scoring_picks_the_option_the_model_is_rigged_to_prefer(backbones, trained_checkpoint, image_folder, tmp_path):
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    planted = module.tokenizer(" blue", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        module.model.language_model.get_base_model().lm_head.bias[planted] += 30.0
+    output = tmp_path / "answers.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, write_csv(tmp_path / "q.csv", QUESTIONS), output))
+    with output.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["prediction"] for r in rows[:3]] == ["B", "D", "A"]
+    assert rows[3]["prediction"] == "" and "image not found" in rows[3]["error"]
+    summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
+    assert summary["accuracy"] == 1.0 and summary["answered"] == 3 and summary["errors"] == 1
+
+
+def test_generation_method_answers_with_a_letter_or_says_it_could_not(backbones, trained_checkpoint, image_folder, tmp_path):
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    output = tmp_path / "answers.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, write_csv(tmp_path / "q.csv", QUESTIONS), output, "generation"))
+    with output.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and all(r["prediction"] in ("", "A", "B", "C", "D") for r in rows)
+    assert all(r["generated"] or r["error"] for r in rows)
+    assert parse_choice("B. blue") == "B" and parse_choice("(C) green") == "C" and parse_choice("blue") is None
+
+
+def test_bad_csv_is_refused_with_the_file_and_line(backbones, tmp_path):
+    no_d = write_csv(tmp_path / "a.csv", QUESTIONS, columns=("img_path", "Question", "A", "B", "C"))
+    with pytest.raises(DataError, match=r"a\.csv lacks column\(s\) \['D'\]"):
+        choice_data(backbones, no_d, tmp_path / "o.csv").setup("predict")
+    bad_answer = write_csv(tmp_path / "b.csv", [QUESTIONS[0], {**QUESTIONS[1], "answer": "E"}])
+    with pytest.raises(DataError, match=r"b\.csv, line 3: answer 'E' is not one of A, B, C, D"):
+        choice_data(backbones, bad_answer, tmp_path / "o.csv").setup("predict")
+
+
+def test_export_load_predict_gives_the_checkpoint_captions(backbones, trained_checkpoint, image_folder, tmp_path):
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint).eval()
+    out = export_model(module.model, tmp_path / "export", module.tokenizer, {"caption_prompt": "", "system_prompt": ""},
+                       module.hparams.generation, {"checkpoint": str(trained_checkpoint)})
+    assert {p.name for p in out.iterdir()} >= {"adapter", "multimodal.safetensors", "mmcaption.json", "README.md", "tokenizer", "image_processor"}
+
+    images = sorted(image_folder.glob("*.png"))
+    captioner = Captioner.from_pretrained(out)
+    dm = caption_data(backbones, image_folder, tmp_path / "c.jsonl")
+    dm.setup("predict")
+    batch = dm.predict_dataloader().collate_fn([dm.dataset[i] for i in range(3)])
+    assert captioner.caption([str(p) for p in images]) == module.generate_text(batch)
+
+    # the adapter is a plain PEFT folder: it loads onto the plain 4-bit language model
+    base = load_language_model(str(backbones[0]))
+    peft = PeftModel.from_pretrained(base, out / "adapter")
+    ours = {n: p for n, p in module.model.named_parameters() if "lora_" in n}
+    theirs = {n.replace(".decoder_layer", ""): p for n, p in ours.items()}
+    loaded = dict(peft.named_parameters())
+    for name, param in theirs.items():
+        assert torch.equal(loaded[name.removeprefix("language_model.")], param), name
+
+
+def test_export_command_with_merge_and_init_from_an_export(backbones, trained_checkpoint, tmp_path):
+    out = tmp_path / "merged"
+    export_main([str(trained_checkpoint), str(out), "--merge"])
+    manifest = json.loads((out / "mmcaption.json").read_text())
+    assert manifest["merged"] and (out / "language_model" / "config.json").is_file()
+    assert manifest["source"]["global_step"] == 4
+    captioner = Captioner.from_pretrained(out)
+    assert isinstance(captioner.caption(draw_scene(Scene("red", "circle", "left"), 64, random.Random(0))), str)
+
+    plain = tmp_path / "plain"
+    export_main([str(trained_checkpoint), str(plain)])
+    source = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    module = MultimodalCaptioner(**{**source.hparams, "init_from": str(plain)})
+    module.initialise_from_checkpoint()
+    for key in source.trainable_state_keys():
+        assert torch.equal(module.state_dict()[key], source.state_dict()[key]), key
