@@ -16,28 +16,41 @@ import shutil
 import time
 from pathlib import Path
 
+from mmcaption.cli import run_cli
 from mmcaption.data.cache import is_complete, publish_atomically
-from mmcaption.data.synthetic import demo_corpus, write_coco_split, write_llava_split
-from mmcaption.pipeline import run_pipeline
+from mmcaption.data.predict import MultipleChoiceDataModule
+from mmcaption.data.synthetic import Scene, demo_corpus, write_coco_split, write_llava_split, write_multiple_choice_csv
+from mmcaption.evaluation.demo import (
+    evaluate_answers,
+    evaluate_captions,
+    evaluate_choices,
+    question_attributes,
+    render_examples,
+    steps_to_reach,
+    train_answer_counts,
+)
+from mmcaption.pipeline import StageResult, run_pipeline
 from mmcaption.tiny import save_tiny_backbones
 
-DEMO_VERSION = 3
+DEMO_VERSION = 5
 LANGUAGE_PRETRAINING_STEPS = 300  # text-only, ~1 minute on 2 cores; the loss has flattened by then
+CLIP_PRETRAINING_STEPS = 2500  # contrastive image-text training of the tiny CLIP, ~1.5 minutes
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def prepare_demo_assets(
     root: str | Path = "demo_data",
     seed: int = 0,
-    train_images: int = 400,
-    val_images: int = 40,
+    train_images: int = 2000,
+    val_images: int = 200,
     pretrain_steps: int = LANGUAGE_PRETRAINING_STEPS,
+    clip_steps: int = CLIP_PRETRAINING_STEPS,
 ) -> Path:
     """Write ``root/coco`` (synthetic COCO layout), ``root/llava`` (conversations about the same images)
     and ``root/backbones`` (tiny LM and CLIP) unless they are already there for this seed and size."""
     root = Path(root)
     settings = {"version": DEMO_VERSION, "seed": seed, "train_images": train_images, "val_images": val_images,
-                "pretrain_steps": pretrain_steps}
+                "pretrain_steps": pretrain_steps, "clip_steps": clip_steps}
     if is_complete(root):
         if json.loads((root / "meta.json").read_text()) == settings:
             return root
@@ -49,7 +62,10 @@ def prepare_demo_assets(
         write_coco_split(staging / "coco", "val2017", val_images, seed=seed, first_image_id=train_images + 1)
         for split in ("train2017", "val2017"):
             write_llava_split(staging / "llava", staging / "coco", split, seed=seed)
-        save_tiny_backbones(staging / "backbones", demo_corpus(seed), seed=seed, pretrain_steps=pretrain_steps)
+        write_multiple_choice_csv(staging / "choice_val2017.csv", staging / "coco", "val2017", seed=seed)
+        save_tiny_backbones(
+            staging / "backbones", demo_corpus(seed), seed=seed, pretrain_steps=pretrain_steps, clip_steps=clip_steps
+        )
         (staging / "meta.json").write_text(json.dumps(settings))
     return root
 
@@ -66,34 +82,105 @@ def scalar_series(log_dir: str | Path, tag: str) -> list[tuple[int, float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``mmcaption-demo`` console script."""
+    run_demo(argv)
+
+
+def run_demo(argv: list[str] | None = None) -> dict:
+    """Run the demo with command-line ``argv``; returns the report it printed."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="demo_data", help="where the synthetic data and tiny backbones go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and backbones")
+    parser.add_argument("--train_images", type=int, default=2000, help="synthetic training images")
+    parser.add_argument("--val_images", type=int, default=200, help="held-out images, never seen in training")
+    parser.add_argument("--language_steps", type=int, default=LANGUAGE_PRETRAINING_STEPS, help="text-only LM pretraining steps")
+    parser.add_argument("--clip_steps", type=int, default=CLIP_PRETRAINING_STEPS, help="contrastive tiny-CLIP steps")
+    parser.add_argument("--skip_scratch", action="store_true", help="skip the instruct-from-scratch comparison run")
+    parser.add_argument("--report", default="demo_report", help="folder for the report (JSON) and the example PNG")
     parser.add_argument("--caption", default=str(CONFIG_DIR / "demo" / "caption.yaml"), help="caption stage config")
     parser.add_argument("--instruct", default=str(CONFIG_DIR / "demo" / "instruct.yaml"), help="instruct stage config")
     args, fit_args = parser.parse_known_args(argv)
 
     start = time.perf_counter()
-    prepare_demo_assets(args.root, seed=args.seed)
-    stages = run_pipeline(args.caption, args.instruct, fit_args)
-    wall = time.perf_counter() - start
+    root = prepare_demo_assets(args.root, args.seed, args.train_images, args.val_images, args.language_steps, args.clip_steps)
+    caption, instruct = run_pipeline(args.caption, args.instruct, fit_args)
+    scratch = None
+    if not args.skip_scratch:  # the control: the same instruct stage without the caption stage's weights
+        scratch = run_cli([
+            "fit", "--config", args.instruct, "--model.init_from", "null", "--trainer.enable_checkpointing", "false",
+            "--trainer.callbacks", "[]", "--trainer.logger.init_args.name", "demo-instruct-scratch", *fit_args,
+        ])
+    training_time = time.perf_counter() - start
 
-    print("\n== mmcaption demo ==")
-    print(f"wall time             {wall:.0f} s")
-    for stage in stages:
-        trainer = stage.cli.trainer
-        losses = scalar_series(trainer.logger.log_dir, "train/loss")
-        print(f"[{stage.name}]")
-        if losses:
-            print(f"  train loss          first {losses[0][1]:.3f} (step {losses[0][0]}) -> last {losses[-1][1]:.3f} (step {losses[-1][0]})")
-        for key in ("val/loss", "val/perplexity"):
-            if key in trainer.callback_metrics:
-                print(f"  {key:<19} {trainer.callback_metrics[key].item():.3f}")
-        gates = stage.cli.model.model.gate_values()
-        print("  tanh(gate)          " + ", ".join(f"layer {i}: {g['attn']:+.3f}" for i, g in gates.items()))
-        print(f"  checkpoint          {stage.checkpoint}")
-        print(f"  TensorBoard logs    {trainer.logger.log_dir}")
-    print("Watch the curves with: tensorboard --logdir lightning_logs")
+    report = evaluate(root, caption, instruct, scratch, Path(args.report))
+    report["wall_time_s"] = time.perf_counter() - start
+    report["training_time_s"] = training_time
+    (Path(args.report) / "report.json").write_text(json.dumps(report, indent=2))
+    print_report(report)
+    return report
+
+
+def evaluate(root: Path, caption: StageResult, instruct: StageResult, scratch, report_dir: Path) -> dict:
+    """Held-out evaluation of both stages, with blind controls (see ``mmcaption.evaluation.demo``)."""
+    scenes = {str(image["id"]): Scene(**image["scene"]) for image in
+              json.loads((root / "coco" / "annotations" / "captions_val2017.json").read_text())["images"]}
+    caption_dm = caption.cli.datamodule
+    captions = evaluate_captions(caption.cli.model, caption_dm.caption_images_loader("val2017", None), scenes)
+    png = render_examples(captions.pop("examples"), report_dir / "examples.png")
+
+    instruct_dm = instruct.cli.datamodule
+    answers = evaluate_answers(
+        instruct.cli.model, instruct_dm.questions_loader("val", None),
+        question_attributes(root / "llava" / "instruct_val2017.json"), train_answer_counts(root / "llava" / "instruct_train2017.json"),
+    )
+    choice_dm = MultipleChoiceDataModule(
+        csv_file=str(root / "choice_val2017.csv"), tokenizer=instruct_dm.hparams.tokenizer,
+        image_processor=instruct_dm.hparams.image_processor, system_prompt=instruct_dm.hparams.system_prompt,
+        batch_size=32, num_workers=0,
+    )
+    choices = evaluate_choices(instruct.cli.model, choice_dm)
+
+    curves = {"from caption": scalar_series(instruct.cli.trainer.logger.log_dir, "val/answer_exact_match")}
+    if scratch is not None:
+        curves["from scratch"] = scalar_series(scratch.trainer.logger.log_dir, "val/answer_exact_match")
+    return {
+        "captions": captions,
+        "answers": answers,
+        "multiple_choice": choices,
+        "steps_to_80_percent": {name: steps_to_reach(curve, 0.8) for name, curve in curves.items()},
+        "last_logged_step": {name: curve[-1][0] if curve else None for name, curve in curves.items()},
+        "gates": {stage.name: stage.cli.model.model.gate_values() for stage in (caption, instruct)},
+        "checkpoints": {stage.name: stage.checkpoint for stage in (caption, instruct)},
+        "logs": {stage.name: stage.cli.trainer.logger.log_dir for stage in (caption, instruct)},
+        "examples_png": str(png),
+    }
+
+
+def print_report(report: dict) -> None:
+    def pct(value: float) -> str:
+        return f"{100 * value:5.1f}%"
+
+    captions, answers, choices = report["captions"], report["answers"], report["multiple_choice"]
+    print("\n== mmcaption demo: does the model see? (held-out images) ==")
+    print(f"captions ({captions['images']} images): " + ", ".join(f"{k} {v:.3f}" for k, v in captions["metrics"].items()))
+    print(f"  {'attribute':<10} {'seeing':>7} {'blind':>7} {'chance':>7}")
+    for name, value in captions["accuracy"].items():
+        print(f"  {name:<10} {pct(value):>7} {pct(captions['blind'][name]):>7} {pct(captions['chance'][name]):>7}")
+    print(f"answers ({answers['questions']} questions, exact match): seeing {pct(answers['exact_match'])}, "
+          f"blind {pct(answers['blind'])}, chance {pct(answers['chance'])}")
+    print("  by attribute: " + ", ".join(f"{k} {pct(v)}" for k, v in answers["by_attribute"].items()))
+    print(f"multiple choice: likelihood {pct(choices['likelihood'])} (blind {pct(choices['likelihood_blind'])}), "
+          f"generation {pct(choices['generation'])}, chance {pct(choices['chance'])}")
+    for name, step in report["steps_to_80_percent"].items():
+        reached = f"step {step}" if step is not None else f"not within {report['last_logged_step'][name]} steps"
+        print(f"instruct stage {name:<13} reaches 80% exact match at {reached}")
+    for stage, gates in report["gates"].items():
+        print(f"tanh(gate) after {stage}: " + ", ".join(f"layer {i}: {g['attn']:+.3f}" for i, g in gates.items()))
+    print(f"wall time {report['wall_time_s']:.0f} s (training {report['training_time_s']:.0f} s)")
+    for stage in report["checkpoints"]:
+        print(f"{stage}: checkpoint {report['checkpoints'][stage]}, logs {report['logs'][stage]}")
+    print(f"examples: {report['examples_png']}; report: {Path(report['examples_png']).parent / 'report.json'}")
+    print("TensorBoard: tensorboard --logdir lightning_logs")
 
 
 if __name__ == "__main__":

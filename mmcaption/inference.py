@@ -16,8 +16,8 @@ from transformers import AutoImageProcessor, GenerationConfig
 
 from mmcaption.data.collate import caption_prompt_ids, collate
 from mmcaption.data.datamodule import load_tokenizer
-from mmcaption.data.templates import ConversationTemplate
-from mmcaption.evaluation.multiple_choice import LETTERS, option_scores
+from mmcaption.data.templates import LETTERS, ConversationTemplate
+from mmcaption.evaluation.multiple_choice import option_scores
 from mmcaption.export import config_from_export, load_exported_weights, read_export_config
 from mmcaption.model.backbones import Quantization
 from mmcaption.model.multimodal import MultimodalCausalLM

@@ -17,15 +17,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from transformers import GenerationConfig, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from mmcaption.callbacks import PredictionWriter
 from mmcaption.data.collate import IGNORE_INDEX
 from mmcaption.data.datamodule import load_tokenizer
-from mmcaption.callbacks import PredictionWriter
+from mmcaption.data.templates import LETTERS
+from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores
+from mmcaption.evaluation.multiple_choice import option_scores, parse_choice
 from mmcaption.export import load_exported_weights, read_export_config
-from mmcaption.evaluation.multiple_choice import LETTERS, option_scores, parse_choice
 from mmcaption.model.backbones import DType, Quantization
 from mmcaption.model.multimodal import MultimodalCausalLM, MultimodalConfig
-
 
 DEFAULT_GENERATION = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
 
@@ -108,6 +109,7 @@ class MultimodalCaptioner(LightningModule):
         self.weights_loaded = False  # set once any checkpoint's tensors are in the model
         self.init_source: dict[str, Any] | None = None
         self.val_captions: list[tuple[str, str, list[str]]] = []  # (image id, generated, references)
+        self.val_answers: list[tuple[str, str]] = []  # (generated, reference)
         self.val_examples: tuple[torch.Tensor, list[str], list[list[str]]] | None = None
 
     # -- building ---------------------------------------------------------------------------------
@@ -130,10 +132,11 @@ class MultimodalCaptioner(LightningModule):
         return config
 
     @torch.no_grad()
-    def generate_text(self, batch: dict[str, Any]) -> list[str]:
-        """Continuations of a batch of left-padded prompts with its images, decoded."""
+    def generate_text(self, batch: dict[str, Any], image_embeds: torch.Tensor | None = None) -> list[str]:
+        """Continuations of a batch of left-padded prompts with its images (or given image
+        embeddings), decoded."""
         tokens = self.model.generate(
-            batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"],
+            batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"], image_embeds=image_embeds,
             generation_config=self.generation_config(),
         )
         return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
@@ -223,11 +226,14 @@ class MultimodalCaptioner(LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if dataloader_idx == 1:  # val images to caption (CaptionDataModule.val_caption_images)
-            captions = self.generate_text(batch)
-            self.val_captions.extend(zip(batch["image_id"], captions, batch["references"]))
-            if self.val_examples is None:
-                self.val_examples = (batch["display"][:4], captions[:4], batch["references"][:4])
+        if dataloader_idx == 1:  # generation: val images to caption, or val questions to answer
+            generated = self.generate_text(batch)
+            if batch["task"][0] == "caption":
+                self.val_captions.extend(zip(batch["image_id"], generated, batch["references"]))
+                if self.val_examples is None:
+                    self.val_examples = (batch["display"][:4], generated[:4], batch["references"][:4])
+            else:
+                self.val_answers.extend(zip(generated, batch["answer"]))
             return
         loss_sum, tokens = self.token_losses(batch)
         if tokens > 0:
@@ -239,7 +245,8 @@ class MultimodalCaptioner(LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/perplexity", torch.exp(loss), sync_dist=False)
         captions = gather_objects(self.val_captions)
-        self.val_captions = []
+        answers = gather_objects(self.val_answers)
+        self.val_captions, self.val_answers = [], []
         if captions:
             scores = None
             if self.trainer.is_global_zero:
@@ -248,6 +255,9 @@ class MultimodalCaptioner(LightningModule):
             for name, value in scores.items():
                 self.log(f"val/{name}", value, sync_dist=False, prog_bar=name == "CIDEr")
             self.log_caption_examples()
+        if answers:
+            accuracy = exact_match([p for p, _ in answers], [r for _, r in answers])
+            self.log("val/answer_exact_match", accuracy, sync_dist=False, prog_bar=True)
         self.val_examples = None
 
     def log_caption_examples(self) -> None:

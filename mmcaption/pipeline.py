@@ -17,8 +17,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmcaption.cli import MMCaptionCLI
-from mmcaption.cli import run_cli
+from mmcaption.cli import MMCaptionCLI, run_cli
 
 
 @dataclass

@@ -9,13 +9,17 @@ will see, with Phi-2's ``<|endoftext|>`` as its only special token.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    CLIPConfig,
     CLIPImageProcessor,
+    CLIPModel,
+    CLIPTextConfig,
     CLIPVisionConfig,
     CLIPVisionModel,
     PhiConfig,
@@ -24,7 +28,7 @@ from transformers import (
 )
 
 from mmcaption.data.collate import collate
-from mmcaption.data.synthetic import language_sequences
+from mmcaption.data.synthetic import captions_for, draw_scene, language_sequences, random_scene
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -109,6 +113,46 @@ def pretrain_language_model(
     return losses
 
 
+def train_clip_contrastively(
+    tokenizer: PreTrainedTokenizerFast, processor: CLIPImageProcessor, steps: int = 300, batch_size: int = 64,
+    learning_rate: float = 2e-3, seed: int = 0, image_size: int = 64, patch_size: int = 16, hidden_size: int = 64,
+) -> tuple[CLIPModel, list[float]]:
+    """A tiny CLIP trained as CLIP was - image-text contrastive loss - on freshly drawn synthetic
+    scenes and one caption each (never the demo's train or val images); returns it and its losses.
+
+    Like CLIP ViT-B/32 for COCO, its image tokens then carry what captions talk about (colour,
+    shape, position, count), learnt without the captioner; the captioner keeps it frozen.
+    """
+    torch.manual_seed(seed)
+    rng = random.Random(f"{seed}-clip")
+    vision = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=image_size, patch_size=patch_size)
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=hidden_size))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        scenes = [random_scene(rng) for _ in range(batch_size)]
+        images = [draw_scene(scene, image_size, rng) for scene in scenes]
+        captions = [captions_for(scene, rng, n=1)[0] for scene in scenes]
+        ids = [torch.tensor(tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for c in captions]
+        batch = collate([{"input_ids": i} for i in ids], tokenizer.eos_token_id)
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixel_values,
+                     return_loss=True).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
 def save_tiny_backbones(
     directory: str | Path,
     corpus: Iterable[str],
@@ -116,10 +160,13 @@ def save_tiny_backbones(
     lm_hidden_size: int = 128,
     lm_layers: int = 4,
     pretrain_steps: int = 0,
+    clip_steps: int = 0,
 ) -> tuple[Path, Path]:
     """Write a tiny language model (with its tokenizer) and a tiny CLIP vision tower (with its image
     processor) under ``directory``; returns their two folders. With ``pretrain_steps``, the language
-    model is first taught the demo's language (:func:`pretrain_language_model`)."""
+    model is first taught the demo's language (:func:`pretrain_language_model`); with ``clip_steps``,
+    the vision tower comes from a tiny CLIP trained contrastively (:func:`train_clip_contrastively`),
+    else it is random."""
     directory = Path(directory)
     language_dir, vision_dir = directory / "language_model", directory / "vision_model"
     tokenizer = build_tokenizer(corpus)
@@ -134,7 +181,13 @@ def save_tiny_backbones(
         (directory / "language_pretraining.json").write_text(json.dumps({"steps": pretrain_steps, "losses": losses}))
     language_model.save_pretrained(language_dir)
     tokenizer.save_pretrained(language_dir)
-    vision_model, processor = build_vision_model(seed=seed)
-    vision_model.save_pretrained(vision_dir)
+    if clip_steps:
+        processor = build_vision_model(seed=seed)[1]
+        clip, clip_losses = train_clip_contrastively(tokenizer, processor, steps=clip_steps, seed=seed)
+        clip.save_pretrained(vision_dir)  # a full CLIP checkpoint, as openai/clip-vit-base-patch32 is
+        (directory / "clip_pretraining.json").write_text(json.dumps({"steps": clip_steps, "losses": clip_losses}))
+    else:
+        vision_model, processor = build_vision_model(seed=seed)
+        vision_model.save_pretrained(vision_dir)
     processor.save_pretrained(vision_dir)
     return language_dir, vision_dir

@@ -19,7 +19,7 @@ FAST = ["--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", 
 @pytest.fixture
 def demo_dir(tmp_path, monkeypatch):
     """A working directory holding small demo data, as `mmcaption-demo` would leave it."""
-    prepare_demo_assets(tmp_path / "demo_data", train_images=16, val_images=4, pretrain_steps=0)
+    prepare_demo_assets(tmp_path / "demo_data", train_images=16, val_images=4, pretrain_steps=0, clip_steps=0)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -68,21 +68,3 @@ def test_print_config_shows_the_whole_configuration(demo_dir):
     assert "language_model: demo_data/backbones/language_model" in result.stdout
     assert "class_path: mmcaption.data.CaptionDataModule" in result.stdout
     assert "lora_r: 8" in result.stdout
-
-
-@pytest.mark.slow
-def test_demo_runs_both_stages_and_their_losses_fall(tmp_path):
-    result = subprocess.run(
-        ["mmcaption-demo", "--root", "demo_data", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"],
-        cwd=tmp_path, capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("train loss")]
-    assert len(lines) == 2, result.stdout
-    for line in lines:
-        first, last = float(line.split("first ")[1].split()[0]), float(line.split("-> last ")[1].split()[0])
-        assert last < first - 0.3, line
-    instruct = torch.load(tmp_path / "checkpoints" / "demo-instruct" / "last.ckpt", weights_only=True)
-    caption_best = next((tmp_path / "checkpoints" / "demo-caption").glob("epoch=*.ckpt"))
-    assert instruct["init_from"]["path"] == str(caption_best.resolve())
-    assert (tmp_path / "lightning_logs" / "demo-caption").is_dir() and (tmp_path / "lightning_logs" / "demo-instruct").is_dir()

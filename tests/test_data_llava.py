@@ -23,7 +23,7 @@ def make_datamodule(backbones, llava, **kwargs) -> InstructDataModule:
     language_dir, vision_dir = backbones
     defaults = dict(
         train_file=str(train), val_file=str(train.with_name("instruct_val2017.json")), image_root=str(image_root),
-        tokenizer=str(language_dir), image_processor=str(vision_dir), batch_size=4, num_workers=0, max_length=128,
+        tokenizer=str(language_dir), image_processor=str(vision_dir), batch_size=4, num_workers=0, max_length=256,
     )
     return InstructDataModule(**{**defaults, **kwargs})
 

@@ -1,7 +1,6 @@
 import csv
 import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest

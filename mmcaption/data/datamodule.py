@@ -22,7 +22,7 @@ from mmcaption.data.llava import read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, OnBadRecord, load_rgb
 from mmcaption.data.templates import DEFAULT_SYSTEM, ConversationTemplate
 
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -103,11 +103,44 @@ class CaptionImagesDataset(Dataset):
         row = self.images[index]
         image = load_rgb(row["image"])
         return {
+            "task": "caption",
             "input_ids": self.prompt_ids,
             "pixel_values": self.image_processor(images=image, return_tensors="pt")["pixel_values"][0],
             "references": self.references[index],
             "image_id": str(row.get("image_id", row["file_name"])),
-            "display": torch.from_numpy(np.asarray(image.resize((96, 96)))).permute(2, 0, 1).contiguous(),
+            "display": torch.from_numpy(np.array(image.resize((96, 96)))).permute(2, 0, 1).contiguous(),
+        }
+
+
+class QuestionsDataset(Dataset):
+    """One item per kept turn of a preprocessed conversation split, asked alone: its image, the
+    template's prompt for the question, and the reference answer (for exact-match scoring)."""
+
+    def __init__(self, folder: Path, image_processor, tokenizer: PreTrainedTokenizerBase, template: ConversationTemplate, limit: int | None = None) -> None:
+        self.folder = folder
+        self.images = datasets.load_from_disk(str(folder / "images"))
+        rows = datasets.load_from_disk(str(folder / "conversations")).select_columns(["image_index", "id", "questions", "answers"])
+        self.items = [
+            (row["image_index"], row["id"], question, answer)
+            for row in rows
+            for question, answer in zip(row["questions"], row["answers"])
+        ][:limit]
+        self.image_processor = image_processor
+        self.prompts = [template.prompt(question, tokenizer) for _, _, question, _ in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        image_index, record_id, question, answer = self.items[index]
+        image = load_rgb(self.images[image_index]["image"])
+        return {
+            "task": "answer",
+            "input_ids": torch.tensor(self.prompts[index]),
+            "pixel_values": self.image_processor(images=image, return_tensors="pt")["pixel_values"][0],
+            "id": record_id,
+            "question": question,
+            "answer": answer,
         }
 
 
@@ -339,6 +372,8 @@ class InstructDataModule(ImageTextDataModule):
         image_processor: the vision tower's image processor (linked to ``model.vision_model``).
         system_prompt: first line of every conversation (empty: none).
         max_length: longest sequence in tokens; later whole turns are dropped to fit, and counted.
+        val_answer_questions: how many val questions to answer (each asked alone) at each validation
+            for ``val/answer_exact_match`` (0: none, null: all).
         batch_size: training batch size per device.
         eval_batch_size: validation batch size per device (default ``batch_size``).
         num_workers: data loader worker processes.
@@ -356,6 +391,7 @@ class InstructDataModule(ImageTextDataModule):
         image_processor: str = "openai/clip-vit-base-patch32",
         system_prompt: str = DEFAULT_SYSTEM,
         max_length: int = 512,
+        val_answer_questions: int | None = 0,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
@@ -406,6 +442,23 @@ class InstructDataModule(ImageTextDataModule):
         dataset = ConversationDataset(folder, self.image_processor)
         check_supervision(dataset)
         return dataset
+
+    def questions_loader(self, split: str, limit: int | None) -> DataLoader:
+        """Val questions asked one at a time, left-padded prompts for generation."""
+        dataset = QuestionsDataset(self.datasets[split].folder, self.image_processor, self.tokenizer, self.template, limit)
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
+        )
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val conversations for the loss; with ``val_answer_questions``, also questions to answer."""
+        loss_loader = self._loader("val")
+        if self.hparams.val_answer_questions == 0:
+            return loss_loader
+        return [loss_loader, self.questions_loader("val", self.hparams.val_answer_questions)]
 
 
 def check_supervision(dataset: ConversationDataset) -> None:

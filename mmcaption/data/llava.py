@@ -29,6 +29,8 @@ CONVERSATION_FEATURES = datasets.Features(
         "labels": datasets.Sequence(datasets.Value("int32")),
         "turns": datasets.Value("int16"),
         "turns_dropped": datasets.Value("int16"),
+        "questions": datasets.Sequence(datasets.Value("string")),
+        "answers": datasets.Sequence(datasets.Value("string")),
     }
 )
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
@@ -173,6 +175,8 @@ def write_instruct_split(
                 "labels": labels,
                 "turns": kept,
                 "turns_dropped": len(conversation.turns) - kept,
+                "questions": [question for question, _ in conversation.turns[:kept]],
+                "answers": [answer for _, answer in conversation.turns[:kept]],
             }
 
     return write_image_text_split(

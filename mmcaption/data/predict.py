@@ -20,8 +20,7 @@ from transformers import AutoImageProcessor, PreTrainedTokenizerBase
 from mmcaption.data.collate import caption_prompt_ids, collate
 from mmcaption.data.datamodule import load_tokenizer
 from mmcaption.data.records import DataError, check_image, load_rgb
-from mmcaption.data.templates import DEFAULT_SYSTEM, ConversationTemplate
-from mmcaption.evaluation.multiple_choice import LETTERS, listed_options_question
+from mmcaption.data.templates import DEFAULT_SYSTEM, LETTERS, ConversationTemplate, listed_options_question
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B", "C", "D")

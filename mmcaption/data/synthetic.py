@@ -8,13 +8,14 @@ alone. The set is a deterministic function of its seed, and the real COCO loader
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mmcaption.data.templates import ConversationTemplate
+from mmcaption.data.templates import LETTERS, ConversationTemplate, listed_options_question
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -24,7 +25,7 @@ COLOURS = {
     "purple": (140, 60, 180),
     "white": (245, 245, 245),
 }
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "square", "triangle", "diamond")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 BACKGROUND = (90, 90, 90)
@@ -62,16 +63,15 @@ def captions_for(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
     """``n`` distinct phrasings of what the scene shows (fewer if the templates run out)."""
     c, s = scene.colour, scene.shape
     if scene.relation is not None:
-        oc, os_ = scene.other_colour, scene.other_shape
-        rel = scene.relation
-        inverse = "right of" if rel == "left of" else "below"
+        # Canonical order, as captions usually have it: the left (or upper) object comes first.
+        oc, os_, rel = scene.other_colour, scene.other_shape, scene.relation
         templates = [
             f"a {c} {s} {rel} a {oc} {os_}",
             f"a {c} {s} is {rel} a {oc} {os_}",
-            f"a {oc} {os_} {inverse} a {c} {s}",
             f"there is a {c} {s} {rel} a {oc} {os_}",
-            f"a {oc} {os_} is {inverse} a {c} {s}",
             f"two shapes: a {c} {s} {rel} a {oc} {os_}",
+            f"a picture of a {c} {s} {rel} a {oc} {os_}",
+            f"on a gray background, a {c} {s} {rel} a {oc} {os_}",
         ]
     elif scene.count > 1:
         word = NUMBER_WORDS[scene.count]
@@ -135,6 +135,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: tuple[int, int], 
         draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
     elif shape == "square":
         draw.rectangle((x - r, y - r, x + r, y + r), fill=colour)
+    elif shape == "diamond":
+        draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=colour)
     else:
         draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=colour)
 
@@ -187,48 +189,78 @@ def demo_corpus(seed: int = 0, num_scenes: int = 2000) -> list[str]:
     return corpus + [f"{template.system}\n{template.user}{template.assistant}"] * 10
 
 
-def questions_for(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
-    """``(attribute, question, answer)`` about a scene; about half ask for a one-word answer."""
+def _base_questions(scene: Scene) -> list[tuple[str, str, str, str, list[str]]]:
+    """``(attribute, question, short answer, sentence answer, other plausible short answers)``."""
     c, s = scene.colour, scene.shape
-    qa: list[tuple[str, str, str, str]] = []  # attribute, question, one-word answer, sentence answer
+    objects = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
     if scene.relation is not None:
         oc, os_ = scene.other_colour, scene.other_shape
-        qa.append(("relation", f"What is {scene.relation} the {oc} {os_}?", f"{c} {s}", f"A {c} {s} is {scene.relation} the {oc} {os_}."))
-        qa.append(("colour", f"What colour is the {os_} {'right of' if scene.relation == 'left of' else 'below'} the {s}?", oc,
-                   f"That {os_} is {oc}."))
-        qa.append(("count", "How many shapes are there?", "two", "There are two shapes."))
-    elif scene.count > 1:
+        other_side = "right of" if scene.relation == "left of" else "below"
+        return [
+            ("relation", f"What is {scene.relation} the {oc} {os_}?", f"{c} {s}", f"A {c} {s} is {scene.relation} the {oc} {os_}.", objects),
+            ("colour", f"What colour is the {os_} {other_side} the {s}?", oc, f"That {os_} is {oc}.", list(COLOURS)),
+            ("count", "How many shapes are there?", "two", "There are two shapes.", ["one", "three", "four"]),
+        ]
+    if scene.count > 1:
         word = NUMBER_WORDS[scene.count]
-        qa.append(("count", f"How many {s}s are there?", word, f"There are {word} {s}s."))
-        qa.append(("colour", f"What colour are the {s}s?", c, f"The {s}s are {c}."))
-        qa.append(("shape", "What shape are the objects?", s, f"They are {s}s."))
-    else:
-        where = "center" if scene.position == "center" else scene.position
-        qa.append(("colour", f"What colour is the {s}?", c, f"The {s} is {c}."))
-        qa.append(("shape", f"What shape is the {c} object?", s, f"It is a {s}."))
-        qa.append(("position", f"Where is the {s}?", where,
-                   f"The {s} is {'in the center' if where == 'center' else 'on the ' + where}."))
-        qa.append(("count", f"How many {s}s are there?", "one", f"There is one {s}."))
+        return [
+            ("count", f"How many {s}s are there?", word, f"There are {word} {s}s.", ["one", "two", "three", "four"]),
+            ("colour", f"What colour are the {s}s?", c, f"The {s}s are {c}.", list(COLOURS)),
+            ("shape", "What shape are the objects?", s, f"They are {s}s.", list(SHAPES)),
+        ]
+    where = "in the center" if scene.position == "center" else f"on the {scene.position}"
+    return [
+        ("colour", f"What colour is the {s}?", c, f"The {s} is {c}.", list(COLOURS)),
+        ("shape", f"What shape is the {c} object?", s, f"It is a {s}.", list(SHAPES)),
+        ("position", f"Where is the {s}?", scene.position, f"The {s} is {where}.", list(POSITIONS)),
+        ("count", f"How many {s}s are there?", "one", f"There is one {s}.", ["two", "three", "four"]),
+    ]
+
+
+def _short_answer_question(question: str, answer: str) -> str:
+    return f"{question} Answer with one word." if " " not in answer else f"{question} Answer briefly."
+
+
+def questions_for(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
+    """``(attribute, question, answer)`` about a scene; about half ask for a short answer."""
     out = []
-    for attribute, question, word, sentence in qa:
+    for attribute, question, short, sentence, _ in _base_questions(scene):
         if rng.random() < 0.5:
-            out.append((attribute, f"{question} Answer with one word." if " " not in word else f"{question} Answer briefly.", word))
+            out.append((attribute, _short_answer_question(question, short), short))
         else:
             out.append((attribute, question, sentence))
     return out
 
 
-def write_llava_split(root: str | Path, coco_root: str | Path, split: str, seed: int, turns: tuple[int, int] = (2, 3)) -> Path:
+def choice_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, list[str], str]]:
+    """``(attribute, question, four options, correct option)`` about a scene."""
+    out = []
+    for attribute, question, short, _, alternatives in _base_questions(scene):
+        options = [short] + rng.sample([a for a in dict.fromkeys(alternatives) if a != short], 3)
+        rng.shuffle(options)
+        out.append((attribute, _short_answer_question(question, short), options, short))
+    return out
+
+
+def write_llava_split(
+    root: str | Path, coco_root: str | Path, split: str, seed: int, turns: tuple[int, int] = (2, 3), choice_share: float = 0.3
+) -> Path:
     """Write LLaVA-layout conversations about the images of ``coco_root/annotations/captions_{split}.json``
-    to ``root/instruct_{split}.json``, image paths relative to ``coco_root``. Each record also keeps
-    its ``qa`` list (attribute, question, answer) for evaluation; the LLaVA reader ignores it."""
+    to ``root/instruct_{split}.json``, image paths relative to ``coco_root``: 2-3 questions each, and in
+    ``choice_share`` of them a multiple-choice question answered with a letter (as LLaVA-1.5 mixes
+    in). Each record also keeps its ``qa`` list (attribute, question, answer) for evaluation; the
+    LLaVA reader ignores it."""
     root, coco_root = Path(root), Path(coco_root)
     rng = random.Random(f"{seed}-{split}-instruct")
     content = json.loads((coco_root / "annotations" / f"captions_{split}.json").read_text())
     records = []
     for image in content["images"]:
-        qa = questions_for(Scene(**image["scene"]), rng)
+        scene = Scene(**image["scene"])
+        qa = questions_for(scene, rng)
         chosen = rng.sample(qa, min(len(qa), rng.randint(*turns)))
+        if rng.random() < choice_share:  # a multiple-choice turn, answered with the option's letter
+            attribute, question, options, correct = rng.choice(choice_questions(scene, rng))
+            chosen.append((f"choice-{attribute}", listed_options_question(question, options), LETTERS[options.index(correct)]))
         conversation = []
         for index, (_, question, answer) in enumerate(chosen):
             conversation.append({"from": "human", "value": f"<image>\n{question}" if index == 0 else question})
@@ -261,3 +293,25 @@ def language_sequences(tokenizer, seed: int = 0, num_scenes: int = 3000) -> list
         turns = [(question, answer) for _, question, answer in rng.sample(qa, rng.randint(1, len(qa)))]
         sequences.append(template.encode(turns, tokenizer, max_length=512)[0])
     return sequences
+
+
+def write_multiple_choice_csv(path: str | Path, coco_root: str | Path, split: str, seed: int) -> Path:
+    """Multiple-choice questions about ``split``'s images in the seed's CSV format (``img_path,
+    Question, A, B, C, D, answer``, image paths relative to the CSV), plus an ``attribute`` column."""
+    import csv
+
+    path, coco_root = Path(path), Path(coco_root)
+    rng = random.Random(f"{seed}-{split}-choice")
+    content = json.loads((coco_root / "annotations" / f"captions_{split}.json").read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["img_path", "Question", "A", "B", "C", "D", "answer", "attribute"])
+        for image in content["images"]:
+            image_path = os.path.relpath(coco_root / split / image["file_name"], path.parent)
+            # counts are left out: "how many" has a likely answer without the image (single scenes
+            # are the most common), and chance must be one in four for the blind control to mean much
+            questions = [q for q in choice_questions(Scene(**image["scene"]), rng) if q[0] != "count"]
+            for attribute, question, options, correct in rng.sample(questions, min(2, len(questions))):
+                writer.writerow([image_path, question, *options, LETTERS[options.index(correct)], attribute])
+    return path

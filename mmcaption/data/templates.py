@@ -90,3 +90,12 @@ class ConversationTemplate:
             if len(input_ids) >= max_length:
                 break
         return input_ids, labels, kept
+
+
+LETTERS = ("A", "B", "C", "D")
+
+
+def listed_options_question(question: str, options: list[str]) -> str:
+    """The question with its options, asking for a letter (LLaVA's multiple-choice wording)."""
+    listed = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
+    return f"{question}\n{listed}\nAnswer with the option's letter from the given choices directly."

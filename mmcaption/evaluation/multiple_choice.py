@@ -10,14 +10,6 @@ import torch.nn.functional as F
 
 from mmcaption.data.collate import IGNORE_INDEX, collate
 
-LETTERS = ("A", "B", "C", "D")
-
-
-def listed_options_question(question: str, options: list[str]) -> str:
-    """The question with its options, asking for a letter (LLaVA's multiple-choice wording)."""
-    listed = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
-    return f"{question}\n{listed}\nAnswer with the option's letter from the given choices directly."
-
 
 def parse_choice(text: str) -> str | None:
     """The first stand-alone letter A-D of a generated answer (``"B"``, ``"B."``, ``"(B) red"``)."""

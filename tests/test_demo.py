@@ -1,0 +1,34 @@
+"""A shortened run of the README's demo: if a change breaks vision, this fails."""
+
+import json
+
+import pytest
+import torch
+
+from mmcaption.demo import run_demo
+from mmcaption.demo import scalar_series
+
+
+@pytest.mark.slow
+def test_shortened_demo_sees_clearly_better_than_blind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = run_demo([
+        "--train_images", "600", "--val_images", "60", "--language_steps", "150", "--clip_steps", "800",
+        "--skip_scratch", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+    ])
+    captions, choices = report["captions"], report["multiple_choice"]
+    # seeing beats the blind control (other images' features) by a clear margin, and blind sits near chance
+    for attribute in ("colour", "shape"):
+        assert captions["accuracy"][attribute] >= captions["blind"][attribute] + 0.3, captions
+        assert abs(captions["blind"][attribute] - captions["chance"][attribute]) <= 0.2, captions
+    assert choices["likelihood"] >= choices["likelihood_blind"] + 0.2, choices
+    assert report["answers"]["exact_match"] >= report["answers"]["blind"] + 0.15, report["answers"]
+
+    # both stages learned, the hand-off happened, and the report files are there
+    for stage in ("caption", "instruct"):
+        losses = scalar_series(report["logs"][stage], "train/loss")
+        assert losses[-1][1] < losses[0][1], (stage, losses[0], losses[-1])
+    instruct = torch.load(tmp_path / "checkpoints" / "demo-instruct" / "last.ckpt", weights_only=True)
+    assert instruct["init_from"]["path"] == str((tmp_path / report["checkpoints"]["caption"]).resolve())
+    assert (tmp_path / "demo_report" / "examples.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "demo_report" / "report.json").read_text())["captions"]["images"] == 60
