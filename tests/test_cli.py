@@ -13,7 +13,7 @@ from mmcaption.demo import prepare_demo_assets, scalar_series
 from .conftest import REPO
 
 DEMO_CONFIG = str(REPO / "configs" / "demo" / "caption.yaml")
-FAST = ["--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", "--data.init_args.num_workers", "0", "--trainer.enable_progress_bar", "false"]
+FAST = ["--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", "--trainer.check_val_every_n_epoch", "1", "--data.init_args.num_workers", "0", "--trainer.enable_progress_bar", "false"]
 
 
 @pytest.fixture
