@@ -7,13 +7,13 @@ import hashlib
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from transformers import GenerationConfig, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
@@ -58,6 +58,8 @@ class MultimodalCaptioner(LightningModule):
         adam_betas: AdamW betas.
         generation: Hugging Face ``generate`` settings (``max_new_tokens``, ``num_beams``, ``do_sample``,
             ``temperature``, ``top_p``, ...) for validation captions and ``predict``.
+        on_nonfinite_loss: a NaN/inf training loss stops the run naming the step and batch
+            (``error``), or skips that batch's update and counts it (``skip``).
         init_from: a checkpoint (of the caption stage) whose trainable tensors start this run. Only
             the weights are taken: optimizer, schedule and step count start fresh, unlike
             ``--ckpt_path``, which resumes. Ignored when a checkpoint is being restored.
@@ -83,6 +85,7 @@ class MultimodalCaptioner(LightningModule):
         warmup_ratio: float = 0.0,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         generation: dict[str, Any] | None = None,
+        on_nonfinite_loss: Literal["error", "skip"] = "error",
         init_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -110,6 +113,7 @@ class MultimodalCaptioner(LightningModule):
         self.init_source: dict[str, Any] | None = None
         self.val_captions: list[tuple[str, str, list[str]]] = []  # (image id, generated, references)
         self.val_answers: list[tuple[str, str]] = []  # (generated, reference)
+        self.skipped_batches = 0
         self.val_examples: tuple[torch.Tensor, list[str], list[list[str]]] | None = None
 
     # -- building ---------------------------------------------------------------------------------
@@ -213,11 +217,22 @@ class MultimodalCaptioner(LightningModule):
         )
         return loss_sum, (targets != IGNORE_INDEX).sum()
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         loss_sum, tokens = self.token_losses(batch)
         if tokens == 0:
             raise ValueError(f"training batch {batch_idx} has no supervised token: every label is masked")
         loss = loss_sum / tokens
+        if not torch.isfinite(loss):
+            where = f"step {self.global_step}, epoch {self.current_epoch}, batch {batch_idx}"
+            if self.hparams.on_nonfinite_loss == "error":
+                raise FloatingPointError(
+                    f"non-finite training loss ({loss.item()}) at {where}; set model.on_nonfinite_loss: skip "
+                    "to skip such batches (they are counted in train/skipped_batches)"
+                )
+            self.skipped_batches += 1
+            self.log("train/skipped_batches", float(self.skipped_batches), batch_size=batch["input_ids"].size(0))
+            rank_zero_warn(f"skipping the batch at {where}: non-finite training loss")
+            return None  # Lightning skips the optimizer step
         batch_size = batch["input_ids"].size(0)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         for index, gates in self.model.gate_values().items():

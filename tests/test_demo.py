@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-from mmcaption.demo import run_demo
-from mmcaption.demo import scalar_series
+from mmcaption.demo import run_demo, scalar_series
 
 
 @pytest.mark.slow

@@ -94,3 +94,28 @@ def test_training_reduces_the_loss_on_a_repeated_batch(backbones, coco_root, tmp
         losses.append(loss.item())
     # the tiny random LM caps how low it can go; half a nat in 20 steps shows gradients flow end to end
     assert losses[-1] < losses[0] - 0.5
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_non_finite_loss_stops_naming_the_step_or_is_skipped(backbones, coco_root, tmp_path, monkeypatch, policy):
+    language_dir, vision_dir = backbones
+    dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                           image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    module = make_module(backbones, on_nonfinite_loss=policy)
+    original = MultimodalCaptioner.token_losses
+
+    def poisoned(self, batch):
+        loss_sum, tokens = original(self, batch)
+        return (loss_sum * float("nan"), tokens) if self.global_step == 1 and self.training else (loss_sum, tokens)
+
+    monkeypatch.setattr(MultimodalCaptioner, "token_losses", poisoned)
+    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+    if policy == "error":
+        with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at step 1, epoch 0, batch 1"):
+            trainer.fit(module, datamodule=dm)
+    else:
+        with pytest.warns(UserWarning, match="skipping the batch at step 1"):
+            trainer.fit(module, datamodule=dm)
+        assert module.skipped_batches == 1
+        assert all(torch.isfinite(p).all() for p in module.parameters() if p.requires_grad)

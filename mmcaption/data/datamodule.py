@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -153,13 +153,11 @@ class ConversationDataset(ImageTextDataset):
         return torch.tensor(row["input_ids"]), torch.tensor(row["labels"])
 
 
-class ImageTextDataModule(LightningDataModule):
-    """What the caption and instruct data modules share: tokenizer, image processor, preprocessing
-    on one process (``prepare_data``), memory-mapped datasets on every process, padded batches."""
+class BackboneProcessors:
+    """The tokenizer and image processor named by a data module's ``tokenizer`` and
+    ``image_processor`` hyper-parameters (the CLI links them to the model's backbones)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.datasets: dict[str, ImageTextDataset] = {}
+    hparams: Any
 
     @functools.cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -168,6 +166,24 @@ class ImageTextDataModule(LightningDataModule):
     @functools.cached_property
     def image_processor(self):
         return AutoImageProcessor.from_pretrained(self.hparams.image_processor)
+
+    def generation_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
+        """Batches of left-padded prompts, as generation needs them, in the dataset's order."""
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.hparams.num_workers,
+            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
+        )
+
+
+class ImageTextDataModule(BackboneProcessors, LightningDataModule):
+    """What the caption and instruct data modules share: tokenizer, image processor, preprocessing
+    on one process (``prepare_data``), memory-mapped datasets on every process, padded batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[str, ImageTextDataset] = {}
 
     @property
     def cache_dir(self) -> Path:
@@ -343,12 +359,7 @@ class CaptionDataModule(ImageTextDataModule):
         dataset = CaptionImagesDataset(
             self.datasets[split].folder, self.image_processor, self.tokenizer, self.hparams.caption_prompt, limit
         )
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
-            num_workers=self.hparams.num_workers,
-            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
-        )
+        return self.generation_loader(dataset, self.hparams.eval_batch_size or self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The val captions for the loss; with ``val_caption_images``, also val images to caption."""
@@ -446,12 +457,7 @@ class InstructDataModule(ImageTextDataModule):
     def questions_loader(self, split: str, limit: int | None) -> DataLoader:
         """Val questions asked one at a time, left-padded prompts for generation."""
         dataset = QuestionsDataset(self.datasets[split].folder, self.image_processor, self.tokenizer, self.template, limit)
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
-            num_workers=self.hparams.num_workers,
-            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
-        )
+        return self.generation_loader(dataset, self.hparams.eval_batch_size or self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The val conversations for the loss; with ``val_answer_questions``, also questions to answer."""

@@ -8,17 +8,15 @@ A-D) stops it at once with a message that names the file and row.
 from __future__ import annotations
 
 import csv
-import functools
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
-from transformers import AutoImageProcessor, PreTrainedTokenizerBase
 
-from mmcaption.data.collate import caption_prompt_ids, collate
-from mmcaption.data.datamodule import load_tokenizer
+from mmcaption.data.collate import caption_prompt_ids
+from mmcaption.data.datamodule import BackboneProcessors
 from mmcaption.data.records import DataError, check_image, load_rgb
 from mmcaption.data.templates import DEFAULT_SYSTEM, LETTERS, ConversationTemplate, listed_options_question
 
@@ -92,20 +90,12 @@ class _ChoiceRows(_ImageRows):
         return {"task": f"choice-{self.method}", "input_ids": torch.tensor(self.prompts[index]), "option_ids": self.options[index]}
 
 
-class _PredictDataModule(LightningDataModule):
+class _PredictDataModule(BackboneProcessors, LightningDataModule):
     """Shared by both: tokenizer, image processor, the output path the prediction writer uses."""
 
     def __init__(self) -> None:
         super().__init__()
         self.dataset: Dataset | None = None
-
-    @functools.cached_property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return load_tokenizer(self.hparams.tokenizer)
-
-    @functools.cached_property
-    def image_processor(self):
-        return AutoImageProcessor.from_pretrained(self.hparams.image_processor)
 
     @property
     def image_size(self) -> int:
@@ -117,10 +107,7 @@ class _PredictDataModule(LightningDataModule):
         return Path(self.hparams.output)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
-            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
-        )
+        return self.generation_loader(self.dataset, self.hparams.batch_size)
 
 
 class CaptionPredictDataModule(_PredictDataModule):
