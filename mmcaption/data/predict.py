@@ -179,13 +179,16 @@ class MultipleChoiceDataModule(_PredictDataModule):
         path = Path(self.hparams.csv_file)
         if not path.is_file():
             raise DataError(f"multiple-choice CSV not found: {path}")
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-            if missing:
-                raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)} (+ optional 'answer'), has {columns}")
-            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                columns = [c.strip() for c in reader.fieldnames or []]
+                missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+                if missing:
+                    raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)} (+ optional 'answer'), has {columns}")
+                rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path} is not UTF-8 text: {error}") from error
         if not rows:
             raise DataError(f"{path} has no questions")
         for number, row in enumerate(rows, start=2):  # line 1 is the header

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, UnidentifiedImageError
 
@@ -61,16 +62,22 @@ class BadRecords:
 
 
 def check_image(data: bytes) -> str | None:
-    """``None`` if ``data`` decodes to an image, else why it does not."""
+    """``None`` if ``data`` decodes to an image, else why it does not (truncated, corrupt, not an
+    image, or so large that PIL refuses it as a decompression bomb)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         return f"{type(error).__name__}: {error}"
     return None
 
 
 def load_rgb(data: bytes) -> Image.Image:
-    """Decode image bytes to RGB, whatever the stored mode (grayscale, palette, RGBA, CMYK)."""
+    """Decode image bytes to 8-bit RGB, whatever the stored mode: grayscale, palette, RGBA, CMYK,
+    and 16/32-bit integer images (scaled to 8 bits rather than clipped to white)."""
     with Image.open(io.BytesIO(data)) as image:
+        if image.mode.startswith("I"):
+            values = np.asarray(image, dtype=np.float64)
+            peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+            return Image.fromarray((values * (255.0 / peak)).clip(0, 255).astype(np.uint8)).convert("RGB")
         return image.convert("RGB")

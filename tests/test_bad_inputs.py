@@ -1,0 +1,114 @@
+"""The bad-input catalogue: every kind is converted correctly, or refused with a message naming
+the file or record, or skipped and counted when the user asks - never a bare traceback."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmcaption.data import CaptionDataModule, DataError, MultipleChoiceDataModule
+
+TARGET = "000000000004.jpg"  # the image each case replaces
+
+
+def make_dm(backbones, root, **kwargs):
+    return CaptionDataModule(data_dir=str(root), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
+                             batch_size=60, num_workers=0, **kwargs)
+
+
+@pytest.fixture
+def coco(coco_root, tmp_path) -> Path:
+    return Path(shutil.copytree(coco_root, tmp_path / "coco"))
+
+
+def save(image: Image.Image, path: Path, **kwargs) -> None:
+    image.save(path, format=kwargs.pop("format", "PNG"), **kwargs)
+
+
+CONVERTED = {
+    "grayscale": lambda p: save(Image.new("L", (64, 64), 200), p),
+    "palette": lambda p: save(Image.new("RGB", (64, 64), (200, 30, 30)).convert("P"), p),
+    "rgba": lambda p: save(Image.new("RGBA", (64, 64), (200, 30, 30, 128)), p),
+    "cmyk jpeg": lambda p: save(Image.new("CMYK", (64, 64), (0, 200, 200, 0)), p, format="JPEG"),
+    "16-bit png": lambda p: save(Image.fromarray((np.arange(4096).reshape(64, 64) * 16).astype(np.uint16)), p),
+    "huge image": lambda p: save(Image.new("RGB", (4000, 3000), (30, 200, 30)), p, format="JPEG"),
+    "one pixel": lambda p: save(Image.new("RGB", (1, 1), (30, 30, 200)), p),
+}
+
+
+@pytest.mark.parametrize("kind", CONVERTED)
+def test_unusual_but_valid_images_are_converted_to_rgb_at_the_model_size(backbones, coco, kind):
+    CONVERTED[kind](coco / "train2017" / TARGET)
+    dm = make_dm(backbones, coco)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["pixel_values"].shape == (60, 3, 64, 64)
+    assert torch.isfinite(batch["pixel_values"]).all()
+
+
+REFUSED = {
+    "truncated jpeg": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3]),
+    "corrupt jpeg": lambda p: p.write_bytes(p.read_bytes()[:200] + b"\x00" * 50 + b"garbage" * 20),
+    "zero-byte file": lambda p: p.write_bytes(b""),
+    "text with an image extension": lambda p: p.write_text("this is not an image\n"),
+}
+
+
+@pytest.mark.parametrize("kind", REFUSED)
+def test_broken_images_are_named_or_skipped_and_counted(backbones, coco, kind):
+    REFUSED[kind](coco / "train2017" / TARGET)
+    with pytest.raises(DataError, match=rf"{TARGET} \(image id 4\) cannot be decoded"):
+        make_dm(backbones, coco).prepare_data()
+    dm = make_dm(backbones, coco, on_bad_record="skip")
+    with pytest.warns(UserWarning, match="1 x unreadable image"):
+        dm.prepare_data()
+    assert json.loads((dm.split_folder("train2017") / "meta.json").read_text())["skipped"] == {"unreadable image": 1}
+
+
+def test_decompression_bomb_is_refused_by_name(backbones, coco, monkeypatch):
+    save(Image.new("RGB", (400, 400)), coco / "train2017" / TARGET)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 400 x 400 is then over twice the limit
+    with pytest.raises(DataError, match=rf"{TARGET} .*DecompressionBombError"):
+        make_dm(backbones, coco).prepare_data()
+
+
+def edit(root: Path, change) -> None:
+    path = root / "annotations" / "captions_train2017.json"
+    content = json.loads(path.read_text())
+    change(content)
+    path.write_text(json.dumps(content))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["annotations"][2].update(caption=42), r"annotation id 3: 'caption' is not a string"),
+        (lambda c: c["annotations"][2].update(image_id="4"), r"annotations\[2\] needs an integer 'image_id'"),
+        (lambda c: c["images"][1].update(id=None), r"images\[1\] needs an integer 'id'"),
+        (lambda c: c["images"].append(dict(c["images"][0])), r"repeats image id 1"),
+        (lambda c: c["annotations"][0].update(image_id=999), r"refers to image id 999"),
+        (lambda c: c.pop("annotations"), r"no 'images' and 'annotations' lists"),
+    ],
+    ids=["caption not a string", "image id not an integer", "image without id", "duplicate image id",
+         "unknown image id", "not a captions file"],
+)
+def test_wrong_field_types_and_structure_are_named(backbones, coco, change, message):
+    edit(coco, change)
+    with pytest.raises(DataError, match=message):
+        make_dm(backbones, coco).prepare_data()
+
+
+def test_non_utf8_annotation_file_and_csv_are_named(backbones, coco, tmp_path):
+    (coco / "annotations" / "captions_train2017.json").write_bytes('{"images": [], "caption": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"captions_train2017\.json is not valid JSON.*utf-8"):
+        make_dm(backbones, coco).prepare_data()
+    csv_file = tmp_path / "q.csv"
+    csv_file.write_bytes("img_path,Question,A,B,C,D\nx.png,Qu'est-ce que c'est \xe0 gauche?,a,b,c,d\n".encode("latin-1"))
+    dm = MultipleChoiceDataModule(csv_file=str(csv_file), tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
+    with pytest.raises(DataError, match=r"q\.csv is not UTF-8 text"):
+        dm.setup("predict")
