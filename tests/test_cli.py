@@ -67,4 +67,12 @@ def test_print_config_shows_the_whole_configuration(demo_dir):
     )
     assert "language_model: demo_data/backbones/language_model" in result.stdout
     assert "class_path: mmcaption.data.CaptionDataModule" in result.stdout
+
+    # the predict configs combine with a stage's config
+    predict = str(REPO / "configs" / "predict" / "multiple_choice.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "mmcaption", "predict", "--config", DEMO_CONFIG, "--config", predict, "--print_config"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "class_path: mmcaption.data.MultipleChoiceDataModule" in result.stdout and "method: likelihood" in result.stdout
     assert "lora_r: 8" in result.stdout
