@@ -75,4 +75,11 @@ def test_print_config_shows_the_whole_configuration(demo_dir):
         capture_output=True, text=True, check=True,
     )
     assert "class_path: mmcaption.data.MultipleChoiceDataModule" in result.stdout and "method: likelihood" in result.stdout
+
+    ddp = str(REPO / "configs" / "ddp.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", ddp, "--print_config"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "strategy: ddp" in result.stdout and "devices: 2" in result.stdout
     assert "lora_r: 8" in result.stdout
