@@ -88,15 +88,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         image.captions.append((annotation_id, caption.strip()))
 
     missing = [image for image in images.values() if not (image_dir / image.file_name).is_file()]
-    if missing:
-        if records.on_bad_record == "error":
-            raise DataError(
-                f"{annotation_file}: {len(missing)} of {len(images)} referenced images are missing under {image_dir} "
-                f"(first: {missing[0].file_name}, image id {missing[0].image_id}). Fix the image folder, or set "
-                "on_bad_record: skip to skip them and have them counted."
-            )
-        for image in missing:
-            records.bad("missing image", f"{image_dir / image.file_name} (image id {image.image_id}) does not exist")
+    records.missing_images(
+        [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing],
+        len(images), "referenced images are", image_dir,
+    )
     missing_ids = {image.image_id for image in missing}
     return [image for image in images.values() if image.image_id not in missing_ids and image.captions]
 

@@ -121,15 +121,10 @@ def read_llava(
             conversations.append(conversation)
 
     missing = [c for c in conversations if not (image_root / c.image).is_file()]
-    if missing:
-        if records.on_bad_record == "error":
-            raise DataError(
-                f"{file}: {len(missing)} of {len(conversations)} conversations refer to images missing under "
-                f"{image_root} (first: {missing[0].image}, id {missing[0].id}). Fix the image root, or set "
-                "on_bad_record: skip to skip them and have them counted."
-            )
-        for conversation in missing:
-            records.bad("missing image", f"id {conversation.id}: {image_root / conversation.image} does not exist")
+    records.missing_images(
+        [(f"id {c.id}", image_root / c.image) for c in missing], len(conversations), "conversations refer to images",
+        image_root,
+    )
     missing_ids = {c.id for c in missing}
     return [c for c in conversations if c.id not in missing_ids]
 

@@ -46,6 +46,27 @@ class BadRecords:
         self.counts[kind] += 1
         self.examples.setdefault(kind, message)
 
+    def missing_images(self, missing: list[tuple[str, Path]], total: int, what: str, root: Path) -> None:
+        """Report records whose image file does not exist: all at once with their count when
+        ``on_bad_record`` is ``error``, each counted when it is ``skip``.
+
+        Args:
+            missing: ``(record name, image path)`` of each such record.
+            total: how many records there are, for the count in the message.
+            what: how the records read in the message, e.g. ``"referenced images are"``.
+            root: the folder the images were looked for in.
+        """
+        if not missing:
+            return
+        if self.on_bad_record == "error":
+            name, path = missing[0]
+            raise DataError(
+                f"{self.source}: {len(missing)} of {total} {what} missing under {root} (first: {path.name}, {name}). "
+                "Fix the image folder, or set on_bad_record: skip to skip them and have them counted."
+            )
+        for name, path in missing:
+            self.bad("missing image", f"{path} ({name}) does not exist")
+
     def note(self, kind: str) -> None:
         """Count something done to a usable record that the user should hear of (e.g. truncation)."""
         self.notes[kind] += 1
