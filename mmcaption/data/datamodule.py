@@ -17,7 +17,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerB
 
 from mmcaption.data.cache import file_signature, fingerprint, is_complete
 from mmcaption.data.coco import coco_records, hub_records, require_annotation_file, write_caption_split
-from mmcaption.data.collate import IGNORE_INDEX, caption_prompt_ids, caption_sample, collate
+from mmcaption.data.collate import IGNORE_INDEX, bos_token_id, caption_prompt_ids, caption_sample, collate
 from mmcaption.data.llava import read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, OnBadRecord, load_rgb
 from mmcaption.data.templates import DEFAULT_SYSTEM, ConversationTemplate
@@ -70,7 +70,7 @@ class CaptionDataset(ImageTextDataset):
 
     def __init__(self, folder: Path, image_processor, tokenizer: PreTrainedTokenizerBase, prompt: str = "", max_length: int = 64) -> None:
         super().__init__(folder, image_processor)
-        self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.bos_id = bos_token_id(tokenizer)
         self.eos_id = tokenizer.eos_token_id
         self.prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         self.max_length = max_length

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from mmcaption.data.collate import bos_token_id
 from mmcaption.data.templates import LETTERS, ConversationTemplate, listed_options_question
 
 COLOURS = {
@@ -283,7 +284,7 @@ def language_sequences(tokenizer, seed: int = 0, num_scenes: int = 3000) -> list
     text-only pretraining that makes the tiny LM know the language before it sees, as Phi-2 does."""
     rng = random.Random(f"{seed}-language")
     template = ConversationTemplate()
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = bos_token_id(tokenizer)
     sequences = []
     for _ in range(num_scenes):
         scene = random_scene(rng)

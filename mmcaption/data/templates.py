@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from mmcaption.data.collate import IGNORE_INDEX
+from mmcaption.data.collate import IGNORE_INDEX, bos_token_id
 
 IMAGE_PLACEHOLDER = re.compile(r"\s*<image>\s*", re.IGNORECASE)
 DEFAULT_SYSTEM = "A chat between a curious human and an assistant that answers questions about an image."
@@ -48,7 +48,7 @@ class ConversationTemplate:
     assistant: str = "\nAssistant:"
 
     def _context(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        bos = bos_token_id(tokenizer)
         return [bos] + (tokenizer(self.system + "\n", add_special_tokens=False)["input_ids"] if self.system else [])
 
     def _question(self, question: str, tokenizer: PreTrainedTokenizerBase, first: bool) -> list[int]:
