@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from typing import Any
 
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+
+from mmcaption.checkpoint import AtomicCheckpointIO
 from mmcaption.module import MultimodalCaptioner
 
 
@@ -19,6 +24,20 @@ class MMCaptionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.language_model", "data.init_args.tokenizer")
         parser.link_arguments("model.vision_model", "data.init_args.image_processor")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        install_atomic_checkpoint_io(trainer)
+        return trainer
+
+
+def install_atomic_checkpoint_io(trainer: Trainer) -> None:
+    """Replace Lightning's default checkpoint I/O (also inside an async wrapper) by the atomic one."""
+    io = trainer.strategy.checkpoint_io
+    if type(io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    elif isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
+        io.checkpoint_io = AtomicCheckpointIO()
 
 
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:

@@ -131,6 +131,7 @@ Exported from `{manifest['source'].get('checkpoint')}` (step {manifest['source']
 
 
 def main(argv: list[str] | None = None) -> None:
+    from mmcaption.checkpoint import load_checkpoint_file
     from mmcaption.module import MultimodalCaptioner
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", action="store_true", help="also write the language model with LoRA merged in")
     args = parser.parse_args(argv)
 
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    module = MultimodalCaptioner.load_from_checkpoint(args.checkpoint, map_location="cpu")
+    checkpoint = load_checkpoint_file(args.checkpoint)
+    module = MultimodalCaptioner.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}
     source = {"checkpoint": str(Path(args.checkpoint).resolve()), "global_step": checkpoint.get("global_step"),

@@ -17,7 +17,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from transformers import GenerationConfig, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from mmcaption import random_state
 from mmcaption.callbacks import PredictionWriter
+from mmcaption.checkpoint import load_checkpoint_file, restore_loader_position
 from mmcaption.data.collate import IGNORE_INDEX
 from mmcaption.data.datamodule import load_tokenizer
 from mmcaption.data.templates import LETTERS
@@ -110,6 +112,7 @@ class MultimodalCaptioner(LightningModule):
         self.strict_loading = False
         self.val_loss = MeanMetric()
         self.weights_loaded = False  # set once any checkpoint's tensors are in the model
+        self._resumed_random_state: dict[str, Any] | None = None
         self.init_source: dict[str, Any] | None = None
         self.val_captions: list[tuple[str, str, list[str]]] = []  # (image id, generated, references)
         self.val_answers: list[tuple[str, str]] = []  # (generated, reference)
@@ -164,7 +167,7 @@ class MultimodalCaptioner(LightningModule):
             raise FileNotFoundError(
                 f"init_from checkpoint not found: {path} (train the caption stage first, or point init_from at its checkpoint)"
             )
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint_file(path)
         check_trainable_state(
             checkpoint["state_dict"], self.model, prefix="model.",
             settings_diff=settings_diff(checkpoint.get("model_config", {}), self.saved_model_config()),
@@ -216,6 +219,16 @@ class MultimodalCaptioner(LightningModule):
             logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         )
         return loss_sum, (targets != IGNORE_INDEX).sum()
+
+    def on_train_start(self) -> None:
+        restore_loader_position(self.trainer)  # a mid-epoch resume continues with the next batch
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # After a resume, the generators continue from the checkpoint's states: set here, once the
+        # loader's iterator (whose creation draws a seed) exists, as it did when the state was saved.
+        if self._resumed_random_state is not None:
+            random_state.restore(self._resumed_random_state)
+            self._resumed_random_state = None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         loss_sum, tokens = self.token_losses(batch)
@@ -365,6 +378,8 @@ class MultimodalCaptioner(LightningModule):
         checkpoint["model_config"] = self.saved_model_config()
         if self.init_source is not None:
             checkpoint["init_from"] = self.init_source
+        # every process's generator states (Lightning saves checkpoints from all processes at once)
+        checkpoint["random_states"] = gather_objects([random_state.capture()])
 
     def saved_model_config(self) -> dict[str, Any]:
         """The model's settings as checkpoints record them (with the resolved cross-attention layers)."""
@@ -381,6 +396,9 @@ class MultimodalCaptioner(LightningModule):
             settings_diff=settings_diff(checkpoint.get("model_config", {}), self.saved_model_config()),
         )
         self.init_source = checkpoint.get("init_from")
+        states = checkpoint.get("random_states") or []
+        if states and self._trainer is not None and self.trainer.state.fn == "fit":
+            self._resumed_random_state = states[min(self.global_rank, len(states) - 1)]
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Load a checkpoint's trainable tensors after checking they are exactly the model's.

@@ -10,9 +10,11 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
 from mmcaption.data.cache import file_signature, fingerprint, is_complete
@@ -20,6 +22,7 @@ from mmcaption.data.coco import coco_records, hub_records, require_annotation_fi
 from mmcaption.data.collate import IGNORE_INDEX, bos_token_id, caption_prompt_ids, caption_sample, collate
 from mmcaption.data.llava import read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, OnBadRecord, load_rgb
+from mmcaption.data.sampling import LengthGroupedSampler, default_seed
 from mmcaption.data.templates import DEFAULT_SYSTEM, ConversationTemplate
 
 PREPROCESSING_VERSION = 2
@@ -55,6 +58,13 @@ class ImageTextDataset(Dataset):
     def tokens(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def lengths(self) -> np.ndarray:
+        """Every item's sequence length in tokens, read from the Arrow column without decoding rows."""
+        raise NotImplementedError
+
+    def _column_lengths(self, column: str) -> np.ndarray:
+        return pc.list_value_length(self.rows.data.column(column)).to_numpy(zero_copy_only=False).astype(np.int64)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.rows[index]
         image = load_rgb(self.images[row["image_index"]]["image"])
@@ -77,6 +87,10 @@ class CaptionDataset(ImageTextDataset):
 
     def tokens(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return caption_sample(row["token_ids"], self.bos_id, self.eos_id, self.prompt_ids, self.max_length)
+
+    def lengths(self) -> np.ndarray:
+        fixed = 2 + len(self.prompt_ids)  # <bos>, prompt, <eos>
+        return np.minimum(self._column_lengths("token_ids"), self.max_length - fixed) + fixed
 
 
 class CaptionImagesDataset(Dataset):
@@ -151,6 +165,9 @@ class ConversationDataset(ImageTextDataset):
 
     def tokens(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tensor(row["input_ids"]), torch.tensor(row["labels"])
+
+    def lengths(self) -> np.ndarray:
+        return self._column_lengths("input_ids")
 
 
 class BackboneProcessors:
@@ -236,20 +253,34 @@ class ImageTextDataModule(BackboneProcessors, LightningDataModule):
                 self.datasets[split] = self.make_dataset(folder)
 
     def _loader(self, stage: str) -> DataLoader:
-        shuffle = stage == "train"
-        batch_size = self.hparams.batch_size if shuffle else (self.hparams.eval_batch_size or self.hparams.batch_size)
+        batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
         return DataLoader(
             self.datasets[self.stage_splits()[stage]],
             batch_size=batch_size,
-            shuffle=shuffle,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Shuffled per epoch from the run's seed, grouped by length (``group_by_length``), sharded
+        over DDP ranks by Lightning, and resumable mid-epoch (Lightning checkpoints its position)."""
+        dataset = self.datasets[self.stage_splits()["train"]]
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        sampler = LengthGroupedSampler(
+            dataset.lengths(), self.hparams.batch_size, world_size=world_size, seed=default_seed(),
+            group_by_length=self.hparams.group_by_length,
+        )
+        return StatefulDataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -279,6 +310,8 @@ class CaptionDataModule(ImageTextDataModule):
         batch_size: training batch size per device.
         eval_batch_size: validation/test batch size per device (default ``batch_size``).
         num_workers: data loader worker processes.
+        group_by_length: batch training samples of similar length together (less padding); the
+            order is still shuffled every epoch.
         on_bad_record: ``error`` stops at the first bad record with its name; ``skip`` skips and counts them.
     """
 
@@ -299,6 +332,7 @@ class CaptionDataModule(ImageTextDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
+        group_by_length: bool = True,
         on_bad_record: OnBadRecord = "error",
     ) -> None:
         super().__init__()
@@ -388,6 +422,8 @@ class InstructDataModule(ImageTextDataModule):
         batch_size: training batch size per device.
         eval_batch_size: validation batch size per device (default ``batch_size``).
         num_workers: data loader worker processes.
+        group_by_length: batch training samples of similar length together (less padding); the
+            order is still shuffled every epoch.
         on_bad_record: ``error`` stops at the first bad record with its name; ``skip`` skips and counts them.
     """
 
@@ -406,6 +442,7 @@ class InstructDataModule(ImageTextDataModule):
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
+        group_by_length: bool = True,
         on_bad_record: OnBadRecord = "error",
     ) -> None:
         super().__init__()

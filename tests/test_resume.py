@@ -1,0 +1,167 @@
+"""A training run killed with SIGKILL resumes from its last checkpoint and continues exactly as an
+uninterrupted run would have: same batches, same losses. Checkpoint files are never half-written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmcaption.checkpoint import AtomicCheckpointIO, CheckpointFileError, UnsafeCheckpointError, load_checkpoint_file, save_atomically
+from mmcaption.demo import prepare_demo_assets
+
+from .conftest import REPO
+
+DEMO_CONFIG = str(REPO / "configs" / "demo" / "caption.yaml")
+# 16 images x 5 captions at batch 8: 10 steps an epoch. The run is killed in its second epoch, where
+# resuming must also restore the epoch's shuffle, not only the position in it.
+MAX_STEPS = 16
+STEPS_PER_EPOCH = 10
+KILL_AFTER = 12
+
+
+def fit_command(workdir: Path, name: str, delay: float = 0.0, ckpt_path: Path | None = None) -> list[str]:
+    overrides = {
+        "trainer": {
+            "max_steps": MAX_STEPS, "limit_val_batches": 0, "logger": False, "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(workdir / f"checkpoints-{name}"), "monitor": None, "every_n_train_steps": 3,
+                               "save_last": True}},
+                {"class_path": "tests.recording.RecordSteps",
+                 "init_args": {"path": str(workdir / f"{name}.jsonl"), "delay": delay}},
+            ],
+        },
+        "data": {"init_args": {"batch_size": 8, "num_workers": 1}},
+    }
+    config = workdir / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(overrides))
+    command = [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", str(config)]
+    return command + (["--ckpt_path", str(ckpt_path)] if ckpt_path else [])
+
+
+def run(command: list[str], cwd: Path) -> None:
+    result = subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def subprocess_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+
+def records(path: Path) -> dict[int, dict]:
+    return {row["step"]: row for row in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_batches_and_losses(tmp_path):
+    prepare_demo_assets(tmp_path / "demo_data", train_images=16, val_images=4, pretrain_steps=0, clip_steps=0)
+
+    run(fit_command(tmp_path, "straight"), tmp_path)
+    straight = records(tmp_path / "straight.jsonl")
+    assert sorted(straight) == list(range(1, MAX_STEPS + 1))
+
+    # The same run, killed from outside once a mid-epoch checkpoint exists.
+    process = subprocess.Popen(fit_command(tmp_path, "killed", delay=0.5), cwd=tmp_path, env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = tmp_path / "checkpoints-killed" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not (last.is_file() and load_checkpoint_file(last)["global_step"] >= KILL_AFTER):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, f"no checkpoint at step {KILL_AFTER} within 5 minutes"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    killed = records(tmp_path / "killed.jsonl")
+    assert max(killed) < MAX_STEPS, "the run finished before it was killed"
+
+    checkpoint = load_checkpoint_file(last)  # readable whatever the kill interrupted
+    resumed_from = checkpoint["global_step"]
+    assert resumed_from > STEPS_PER_EPOCH and resumed_from % STEPS_PER_EPOCH != 0  # mid-epoch, second epoch
+    run(fit_command(tmp_path, "resumed", ckpt_path=last), tmp_path)
+    resumed = records(tmp_path / "resumed.jsonl")
+
+    assert sorted(resumed) == list(range(resumed_from + 1, MAX_STEPS + 1))  # nothing repeated, nothing skipped
+    for step in range(1, MAX_STEPS + 1):
+        run_row = resumed.get(step) or killed[step]
+        assert run_row["first_ids"] == straight[step]["first_ids"] and run_row["token_sum"] == straight[step]["token_sum"], step
+        assert run_row["loss"] == pytest.approx(straight[step]["loss"], rel=1e-5, abs=1e-6), step
+    # no temporary file is left beside the checkpoints
+    assert not [p for p in last.parent.iterdir() if p.name.startswith(".")]
+
+
+KILL_DURING_WRITE = """
+import sys, time, torch
+from mmcaption.checkpoint import save_atomically
+
+class Slow(torch.nn.Module):
+    def __reduce_ex__(self, protocol):  # only the test's writer is slow: it sleeps half-way through
+        time.sleep(60)
+        return (dict, ())
+
+path = sys.argv[1]
+save_atomically({"global_step": 1, "weights": torch.ones(1000)}, path)
+print("first", flush=True)
+save_atomically({"global_step": 2, "weights": torch.zeros(1000), "slow": Slow()}, path)
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path):
+    target = tmp_path / "last.ckpt"
+    process = subprocess.Popen([sys.executable, "-c", KILL_DURING_WRITE, str(target)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "first"
+    deadline = time.monotonic() + 60
+    while not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]:  # the second write has begun
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.kill()
+    process.wait()
+    process.stdout.close()
+    checkpoint = load_checkpoint_file(target)
+    assert checkpoint["global_step"] == 1 and torch.equal(checkpoint["weights"], torch.ones(1000))
+
+
+def test_a_failed_write_such_as_a_full_disk_keeps_the_old_checkpoint_and_no_debris(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1}, target)
+
+    def disk_full(obj, file, *args, **kwargs):
+        file.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert AtomicCheckpointIO().load_checkpoint(target)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_a_checkpoint_with_a_pickled_payload_is_refused_by_name(tmp_path, capsys):
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, bad)
+    with pytest.raises(UnsafeCheckpointError, match="evil.ckpt: refused"):
+        load_checkpoint_file(bad)
+    with pytest.raises(UnsafeCheckpointError, match="evil.ckpt: refused"):
+        AtomicCheckpointIO().load_checkpoint(bad)
+    assert "this ran" not in capsys.readouterr().out
+
+    truncated = tmp_path / "truncated.ckpt"
+    save_atomically({"weights": torch.ones(10_000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    with pytest.raises(CheckpointFileError, match="truncated.ckpt: not a readable checkpoint"):
+        load_checkpoint_file(truncated)
