@@ -13,7 +13,13 @@ import pytest
 import torch
 import yaml
 
-from mmcaption.checkpoint import AtomicCheckpointIO, CheckpointFileError, UnsafeCheckpointError, load_checkpoint_file, save_atomically
+from mmcaption.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointFileError,
+    UnsafeCheckpointError,
+    load_checkpoint_file,
+    save_atomically,
+)
 from mmcaption.demo import prepare_demo_assets
 
 from .conftest import REPO
