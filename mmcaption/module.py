@@ -230,16 +230,25 @@ class MultimodalCaptioner(LightningModule):
             random_state.restore(self._resumed_random_state)
             self._resumed_random_state = None
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """Mean cross-entropy over the supervised tokens of the *global* batch.
+
+        Under DDP each process holds a share of the batch with its own number of supervised tokens;
+        dividing by the global count (and multiplying by the world size, as DDP averages gradients)
+        gives exactly the gradient of a single process running the whole batch, whatever the split.
+        """
         loss_sum, tokens = self.token_losses(batch)
-        if tokens == 0:
+        world_size = self.trainer.world_size
+        totals = torch.stack([loss_sum.detach(), tokens.to(loss_sum.dtype)])
+        global_sum, global_tokens = self.trainer.strategy.reduce(totals, reduce_op="sum") if world_size > 1 else totals
+        if global_tokens == 0:
             raise ValueError(f"training batch {batch_idx} has no supervised token: every label is masked")
-        loss = loss_sum / tokens
-        if not torch.isfinite(loss):
+        mean_loss = global_sum / global_tokens
+        if not torch.isfinite(mean_loss):  # decided on the global value: every process skips, or none does
             where = f"step {self.global_step}, epoch {self.current_epoch}, batch {batch_idx}"
             if self.hparams.on_nonfinite_loss == "error":
                 raise FloatingPointError(
-                    f"non-finite training loss ({loss.item()}) at {where}; set model.on_nonfinite_loss: skip "
+                    f"non-finite training loss ({mean_loss.item()}) at {where}; set model.on_nonfinite_loss: skip "
                     "to skip such batches (they are counted in train/skipped_batches)"
                 )
             self.skipped_batches += 1
@@ -247,11 +256,11 @@ class MultimodalCaptioner(LightningModule):
             rank_zero_warn(f"skipping the batch at {where}: non-finite training loss")
             return None  # Lightning skips the optimizer step
         batch_size = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", mean_loss, prog_bar=True, batch_size=batch_size)  # already global: no sync_dist
         for index, gates in self.model.gate_values().items():
             for name, value in gates.items():
                 self.log(f"gate/layer_{index}_{name}", value, batch_size=batch_size)
-        return loss
+        return {"loss": loss_sum * world_size / global_tokens, "mean_loss": mean_loss}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 1:  # generation: val images to caption, or val questions to answer

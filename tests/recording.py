@@ -1,5 +1,6 @@
 """A callback for the subprocess tests: records every training step, optionally slowly."""
 
+import hashlib
 import json
 import time
 
@@ -7,8 +8,9 @@ from lightning.pytorch.callbacks import Callback
 
 
 class RecordSteps(Callback):
-    """Append ``{"step", "loss", "token_sum", "first_ids"}`` for each optimizer step to a JSONL file,
-    flushed at once so that a killed process leaves every step it finished on record."""
+    """Append ``{"step", "rank", "loss", "token_sum", "first_ids", "samples"}`` for each optimizer step
+    to a JSONL file (``{rank}`` in the path is replaced), flushed at once so that a killed process
+    leaves every step it finished on record. ``samples`` fingerprints each sample (tokens and pixels)."""
 
     def __init__(self, path: str, delay: float = 0.0) -> None:
         self.path = path
@@ -18,10 +20,19 @@ class RecordSteps(Callback):
         row = {
             "step": trainer.global_step,
             "rank": trainer.global_rank,
-            "loss": float(outputs["loss"]),
+            "loss": float(outputs["mean_loss"]),  # the global batch's mean token loss
             "token_sum": int(batch["input_ids"].sum()),
             "first_ids": batch["input_ids"][:, 1:4].tolist(),
+            "samples": [fingerprint(ids[mask.bool()], pixels) for ids, mask, pixels
+                        in zip(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])],
         }
-        with open(self.path, "a") as file:
+        with open(self.path.format(rank=trainer.global_rank), "a") as file:
             file.write(json.dumps(row) + "\n")
         time.sleep(self.delay)
+
+
+def fingerprint(*tensors) -> str:
+    digest = hashlib.sha1()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,8 +1,7 @@
-"""Training order: seeded shuffle, length grouping, DDP sharding through Lightning's wrapper."""
+"""Training order: seeded shuffle, length grouping, DDP sharding."""
 
 import numpy as np
 import pytest
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from mmcaption.data.sampling import LengthGroupedSampler, padding_efficiency
 
@@ -38,14 +37,13 @@ def test_grouping_cuts_padding_compared_with_a_plain_shuffle():
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_ddp_ranks_get_disjoint_grouped_shards_of_equal_length(world_size):
+def test_ddp_ranks_get_disjoint_grouped_shards_of_the_single_process_batches(world_size):
     lengths = mixed_lengths(997)
-    sampler = LengthGroupedSampler(lengths, batch_size=8, world_size=world_size, seed=1)
     shards = []
     for rank in range(world_size):
-        wrapper = DistributedSamplerWrapper(sampler, num_replicas=world_size, rank=rank, shuffle=False)
-        wrapper.set_epoch(2)
-        shards.append(list(wrapper))
+        sampler = LengthGroupedSampler(lengths, batch_size=8, num_replicas=world_size, rank=rank, seed=1)
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
     assert len({len(s) for s in shards}) == 1  # every rank takes the same number of steps
     unique = [set(s) for s in shards]
     covered = set().union(*unique)
@@ -54,6 +52,11 @@ def test_ddp_ranks_get_disjoint_grouped_shards_of_equal_length(world_size):
     assert sum(len(s) for s in unique) - len(covered) < world_size
     for shard in shards:
         assert padding_efficiency(lengths, batches_of(shard, 8)) > 0.85
-    # the wrapper forwards the epoch: rank 0 of epoch 2 is not rank 0 of epoch 0
-    fresh = DistributedSamplerWrapper(LengthGroupedSampler(lengths, 8, world_size, seed=1), num_replicas=world_size, rank=0, shuffle=False)
-    assert list(fresh) != shards[0]
+    # step by step, the ranks' batches together are the batches of one process at world_size x 8
+    one = LengthGroupedSampler(lengths, batch_size=8 * world_size, seed=1)
+    one.set_epoch(2)
+    for step, batch in enumerate(batches_of(list(one), 8 * world_size)[:-1]):
+        together = np.concatenate([shard[step * 8:(step + 1) * 8] for shard in shards])
+        assert sorted(together) == sorted(batch)
+    fresh = LengthGroupedSampler(lengths, 8, num_replicas=world_size, rank=0, seed=1)
+    assert list(fresh) != shards[0]  # epoch 0 is not epoch 2

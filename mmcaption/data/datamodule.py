@@ -267,10 +267,12 @@ class ImageTextDataModule(BackboneProcessors, LightningDataModule):
         """Shuffled per epoch from the run's seed, grouped by length (``group_by_length``), sharded
         over DDP ranks by Lightning, and resumable mid-epoch (Lightning checkpoints its position)."""
         dataset = self.datasets[self.stage_splits()["train"]]
-        world_size = self.trainer.world_size if self.trainer is not None else 1
+        trainer = self.trainer
         sampler = LengthGroupedSampler(
-            dataset.lengths(), self.hparams.batch_size, world_size=world_size, seed=default_seed(),
-            group_by_length=self.hparams.group_by_length,
+            dataset.lengths(), self.hparams.batch_size,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=default_seed(), group_by_length=self.hparams.group_by_length,
         )
         return StatefulDataLoader(
             dataset,

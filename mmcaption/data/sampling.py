@@ -5,10 +5,11 @@ longest member wastes compute when lengths are mixed. :class:`LengthGroupedSampl
 then sorts by length inside "mega-batches" of ``mega_batch`` batches, cuts them into batches and
 shuffles the batches: every batch holds samples of similar length, and the epoch is still random.
 
-Under DDP, Lightning wraps the sampler in its ``DistributedSamplerWrapper``, which gives rank ``r``
-the positions ``r, r + W, r + 2W, ...`` of the sampler's order. The sampler therefore builds *global*
-batches of ``batch_size x world_size`` consecutive positions, so each rank's batch is one rank's
-share of one global batch: ranks see disjoint samples of similar length in every step.
+Under DDP the sampler shards itself (it is a ``DistributedSampler``, so Lightning does not wrap it in
+its own, which would reshuffle and undo the grouping): it builds *global* batches of
+``batch_size x num_replicas`` samples, and rank ``r`` takes positions ``r, r + W, r + 2W, ...``, so
+each rank's batch is its share of one global batch. Ranks see disjoint samples of similar length in
+every step, and a run on W devices at batch B sees the same global batches as one device at W x B.
 
 The order is a pure function of ``(seed, epoch)``: a run resumed mid-epoch (the training loader is a
 ``torchdata`` ``StatefulDataLoader``, whose state Lightning saves in the checkpoint) replays the
@@ -18,11 +19,12 @@ epoch's order and skips the batches already seen.
 from __future__ import annotations
 
 import os
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
 def default_seed() -> int:
@@ -30,15 +32,15 @@ def default_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Indices of a dataset, in an order where each run of ``batch_size x world_size`` positions holds
-    samples of similar length.
+class LengthGroupedSampler(DistributedSampler):
+    """This process's share of a dataset's indices, in an order where each batch holds samples of
+    similar length.
 
     Args:
         lengths: length (tokens) of every sample.
         batch_size: batch size per device.
-        world_size: number of devices the order will be sharded over (Lightning's DDP wrapper gives
-            each rank every ``world_size``-th position).
+        num_replicas: number of processes (DDP world size).
+        rank: this process's rank.
         seed: with the epoch, determines the order.
         group_by_length: ``False``: a plain seeded shuffle.
         mega_batch: how many global batches are sorted together; larger groups pad less but are
@@ -49,28 +51,25 @@ class LengthGroupedSampler(Sampler[int]):
         self,
         lengths: Sequence[int] | np.ndarray,
         batch_size: int,
-        world_size: int = 1,
+        num_replicas: int = 1,
+        rank: int = 0,
         seed: int = 0,
         group_by_length: bool = True,
         mega_batch: int = 50,
     ) -> None:
-        if batch_size < 1 or world_size < 1 or mega_batch < 1:
-            raise ValueError("batch_size, world_size and mega_batch must be positive")
+        if batch_size < 1 or mega_batch < 1:
+            raise ValueError("batch_size and mega_batch must be positive")
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.global_batch = batch_size * world_size
-        self.seed = seed
+        super().__init__(self.lengths, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.global_batch = batch_size * num_replicas
         self.group_by_length = group_by_length
         self.mega_batch = mega_batch
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this at every epoch start (through its DDP wrapper too)."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return math.ceil(len(self.lengths) / self.num_replicas)
 
     def order(self) -> np.ndarray:
+        """The global order (all ranks) of this epoch."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         permutation = torch.randperm(len(self.lengths), generator=generator).numpy()
         if not self.group_by_length:
@@ -94,7 +93,10 @@ class LengthGroupedSampler(Sampler[int]):
         return np.concatenate(full + short) if batches else permutation
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order().tolist())
+        order = self.order()
+        padding = len(self) * self.num_replicas - len(order)  # every rank takes the same number of steps
+        order = np.concatenate([order, order[:padding]]) if padding else order
+        return iter(order[self.rank::self.num_replicas].tolist())
 
 
 def padding_efficiency(lengths: np.ndarray, batches: list[np.ndarray], pad_to: int | None = None) -> float:
