@@ -208,7 +208,8 @@ class MultimodalCaptioner(LightningModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            pixel_values=batch.get("pixel_values"), vision_features=batch.get("vision_features"),
         ).logits
 
     def token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,6 +390,10 @@ class MultimodalCaptioner(LightningModule):
             checkpoint["init_from"] = self.init_source
         # every process's generator states (Lightning saves checkpoints from all processes at once)
         checkpoint["random_states"] = gather_objects([random_state.capture()])
+
+    def vision_feature_settings(self) -> tuple[str, int]:
+        """What a data module's image-feature cache must be computed with: this model's tower and layer."""
+        return self.model_config.vision_model, self.model_config.vision_feature_layer
 
     def saved_model_config(self) -> dict[str, Any]:
         """The model's settings as checkpoints record them (with the resolved cross-attention layers)."""

@@ -20,6 +20,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerB
 from mmcaption.data.cache import file_signature, fingerprint, is_complete
 from mmcaption.data.coco import coco_records, hub_records, require_annotation_file, write_caption_split
 from mmcaption.data.collate import IGNORE_INDEX, bos_token_id, caption_prompt_ids, caption_sample, collate
+from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.llava import read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, OnBadRecord, load_rgb
 from mmcaption.data.sampling import LengthGroupedSampler, default_seed
@@ -51,6 +52,7 @@ class ImageTextDataset(Dataset):
         self.images = datasets.load_from_disk(str(folder / "images"))
         self.rows = datasets.load_from_disk(str(folder / self.table))
         self.image_processor = image_processor
+        self.features: datasets.Dataset | None = None  # cached vision features, one row per image
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -66,11 +68,23 @@ class ImageTextDataset(Dataset):
         return pc.list_value_length(self.rows.data.column(column)).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.rows[index]
-        image = load_rgb(self.images[row["image_index"]]["image"])
-        input_ids, labels = self.tokens(row)
-        pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch's samples at once (the DataLoader's batched fetch): one Arrow read for the rows, one
+        for the cached features or the images, one image-processor call."""
+        rows = self.rows[indices]
+        image_index = rows["image_index"]
+        if self.features is not None:
+            images = {"vision_features": self.features[image_index]["features"]}
+        else:
+            pictures = [load_rgb(data) for data in self.images[image_index]["image"]]
+            images = {"pixel_values": self.image_processor(images=pictures, return_tensors="pt")["pixel_values"]}
+        samples = []
+        for i in range(len(indices)):
+            input_ids, labels = self.tokens({key: column[i] for key, column in rows.items()})
+            samples.append({"input_ids": input_ids, "labels": labels, **{key: value[i] for key, value in images.items()}})
+        return samples
 
 
 class CaptionDataset(ImageTextDataset):
@@ -234,9 +248,20 @@ class ImageTextDataModule(BackboneProcessors, LightningDataModule):
         return self.cache_dir / f"{split}-{key}"
 
     def prepare_data(self) -> None:
-        """Preprocess every split that is not already on disk (Lightning runs this on one process)."""
+        """Preprocess every split that is not already on disk (Lightning runs this on one process per
+        node), and with ``cache_image_features`` compute the vision features of their images."""
         for split in dict.fromkeys(self.stage_splits().values()):
-            self.preprocess(split)
+            folder = self.preprocess(split)
+            if self.hparams.cache_image_features:
+                write_image_features(folder, *self.vision_feature_settings())
+
+    def vision_feature_settings(self) -> tuple[str, int]:
+        """(vision model, feature layer) of the model being trained, which the feature cache must match."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        settings = getattr(module, "vision_feature_settings", None)
+        if settings is None:
+            raise DataError("cache_image_features needs the data module attached to a Trainer with an mmcaption model")
+        return settings()
 
     def preprocess(self, split: str) -> Path:
         folder = self.split_folder(split)
@@ -251,6 +276,11 @@ class ImageTextDataModule(BackboneProcessors, LightningDataModule):
                 if not is_complete(folder):
                     raise DataError(f"split {split!r} is not preprocessed in {self.cache_dir}: run prepare_data() first")
                 self.datasets[split] = self.make_dataset(folder)
+                if self.hparams.cache_image_features:
+                    cached = features_folder(folder, *self.vision_feature_settings())
+                    if not is_complete(cached):
+                        raise DataError(f"image features of split {split!r} are not cached in {folder}: run prepare_data() first")
+                    self.datasets[split].features = load_image_features(cached)
 
     def _loader(self, stage: str) -> DataLoader:
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
@@ -314,6 +344,8 @@ class CaptionDataModule(ImageTextDataModule):
         num_workers: data loader worker processes.
         group_by_length: batch training samples of similar length together (less padding); the
             order is still shuffled every epoch.
+        cache_image_features: run the frozen vision tower once per image at preprocessing and train
+            on its stored float16 outputs (the model's ``vision_model`` and ``vision_feature_layer``).
         on_bad_record: ``error`` stops at the first bad record with its name; ``skip`` skips and counts them.
     """
 
@@ -335,6 +367,7 @@ class CaptionDataModule(ImageTextDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         group_by_length: bool = True,
+        cache_image_features: bool = False,
         on_bad_record: OnBadRecord = "error",
     ) -> None:
         super().__init__()
@@ -426,6 +459,8 @@ class InstructDataModule(ImageTextDataModule):
         num_workers: data loader worker processes.
         group_by_length: batch training samples of similar length together (less padding); the
             order is still shuffled every epoch.
+        cache_image_features: run the frozen vision tower once per image at preprocessing and train
+            on its stored float16 outputs (the model's ``vision_model`` and ``vision_feature_layer``).
         on_bad_record: ``error`` stops at the first bad record with its name; ``skip`` skips and counts them.
     """
 
@@ -445,6 +480,7 @@ class InstructDataModule(ImageTextDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         group_by_length: bool = True,
+        cache_image_features: bool = False,
         on_bad_record: OnBadRecord = "error",
     ) -> None:
         super().__init__()

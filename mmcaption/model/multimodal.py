@@ -119,14 +119,19 @@ class MultimodalCausalLM(nn.Module):
         self.vision_model.eval()  # frozen: never in training mode
         return self
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Image tokens in the language model's width: ``(batch, image_tokens, hidden_size)``."""
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The frozen vision tower's hidden state at ``vision_feature_layer``: ``(batch, image_tokens,
+        vision_width)``. What an image-feature cache stores, so training can skip the tower."""
         with torch.no_grad():
-            outputs = self.vision_model(
-                pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True
-            )
-            features = outputs.hidden_states[self.config.vision_feature_layer]
-        return self.projection(features.to(self.projection.weight.dtype))
+            outputs = self.vision_model(pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True)
+            return outputs.hidden_states[self.config.vision_feature_layer]
+
+    def encode_images(self, pixel_values: torch.Tensor | None = None, vision_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Image tokens in the language model's width: ``(batch, image_tokens, hidden_size)``, from
+        pixels or from cached :meth:`vision_features`."""
+        if vision_features is None:
+            vision_features = self.vision_features(pixel_values)
+        return self.projection(vision_features.to(self.projection.weight.dtype))
 
     def forward(
         self,
@@ -134,14 +139,16 @@ class MultimodalCausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits for ``input_ids`` given images (``pixel_values``, or already encoded ``image_embeds``).
+        """Logits for ``input_ids`` given images: ``pixel_values``, cached ``vision_features``, or
+        already projected ``image_embeds``.
 
-        Without either, the model is the language model with its LoRA adapters.
+        Without any, the model is the language model with its LoRA adapters.
         """
-        if image_embeds is None and pixel_values is not None:
-            image_embeds = self.encode_images(pixel_values)
+        if image_embeds is None and (pixel_values is not None or vision_features is not None):
+            image_embeds = self.encode_images(pixel_values, vision_features)
         return self.language_model(
             input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, **kwargs
         )

@@ -1,0 +1,79 @@
+"""Frozen vision-tower outputs, computed once per image at preprocessing and stored in float16.
+
+The CLIP tower is frozen, so its output for an image never changes: with ``cache_image_features``
+the data modules run it once over each preprocessed split (on a GPU when there is one) and training
+reads ``(image_tokens, vision_width)`` float16 arrays instead of decoding, resizing and encoding
+images every step. The cache sits inside the split's folder, named by the vision model's files and
+the feature layer, and is published atomically like the split itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from transformers import AutoImageProcessor
+
+from mmcaption.data.cache import fingerprint, is_complete, publish_atomically
+from mmcaption.data.records import load_rgb
+
+
+def model_signature(name_or_path: str) -> dict:
+    """What identifies a vision model's weights: its files' sizes and times for a local folder, else its name."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return {"name": name_or_path}
+    files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"})
+    return {"path": str(path.resolve()), "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
+def features_folder(split_folder: Path, vision_model: str, feature_layer: int) -> Path:
+    key = fingerprint(vision=model_signature(vision_model), layer=feature_layer, dtype="float16")
+    return split_folder / f"features-{key}"
+
+
+def write_image_features(
+    split_folder: Path, vision_model: str, feature_layer: int, batch_size: int = 64, device: str | None = None
+) -> Path:
+    """Compute the features of every image of a preprocessed split (if not cached yet); returns their folder."""
+    from mmcaption.model.backbones import load_vision_model
+
+    target = features_folder(split_folder, vision_model, feature_layer)
+    if is_complete(target):
+        return target
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    images = datasets.load_from_disk(str(split_folder / "images"))
+    processor = AutoImageProcessor.from_pretrained(vision_model)
+    tower = load_vision_model(vision_model, device=device)
+    if device != "cpu":
+        tower = tower.half()
+    config = tower.config
+    tokens = (config.image_size // config.patch_size) ** 2 + 1
+    schema = datasets.Features({"features": datasets.Array2D((tokens, config.hidden_size), "float16")})
+    rank_zero_info(f"Caching vision features of {len(images)} images of {split_folder.name} on {device} ...")
+
+    def rows():
+        for start in range(0, len(images), batch_size):
+            pictures = [load_rgb(row) for row in images[start:start + batch_size]["image"]]
+            pixels = processor(images=pictures, return_tensors="pt")["pixel_values"].to(device, tower.dtype)
+            with torch.no_grad():
+                hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[feature_layer]
+            for array in hidden.to(torch.float16).cpu().numpy():
+                yield {"features": array}
+
+    with publish_atomically(target) as staging:
+        table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(staging / "build"),
+                                                fingerprint=f"{target.name}-features")
+        table.save_to_disk(str(staging / "data"))
+        (staging / "meta.json").write_text(json.dumps(
+            {"vision_model": vision_model, "feature_layer": feature_layer, "dtype": "float16",
+             "shape": [tokens, config.hidden_size], "images": len(table)}, indent=2))
+    return target
+
+
+def load_image_features(folder: Path) -> datasets.Dataset:
+    """The cached features, read as float16 tensors (``datasets`` would upcast them to float32 unasked)."""
+    return datasets.load_from_disk(str(folder / "data")).with_format("torch", dtype=torch.float16)

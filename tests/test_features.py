@@ -1,0 +1,44 @@
+"""Cached vision features: computed once per image at preprocessing, float16, used instead of the tower."""
+
+import torch
+from lightning.pytorch import Trainer
+
+from mmcaption.data import CaptionDataModule
+from mmcaption.data.features import features_folder
+from mmcaption.module import MultimodalCaptioner
+
+
+def test_training_on_cached_features_skips_the_vision_tower_and_matches_pixels(backbones, coco_root, tmp_path):
+    language_dir, vision_dir = backbones
+    settings = dict(tokenizer=str(language_dir), image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    cached_dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), cache_image_features=True, **settings)
+    module = MultimodalCaptioner(language_model=str(language_dir), vision_model=str(vision_dir), cross_attention_layers=[-2, -1],
+                                 lora_r=4, lora_alpha=8, vision_feature_layer=-2)
+    tower_calls = []
+    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
+    trainer.strategy.connect(module)
+    module.configure_model()
+    module.model.vision_model.register_forward_hook(lambda *args: tower_calls.append(1))
+    trainer.fit(module, datamodule=cached_dm)
+    assert trainer.global_step == 2 and tower_calls == []  # training and val loss never ran the tower
+
+    split = cached_dm.datasets["train2017"].folder
+    folder = features_folder(split, str(vision_dir), -2)
+    assert (folder / "meta.json").is_file()
+    features = cached_dm.datasets["train2017"].features
+    tower = module.model.vision_model.config
+    assert len(features) == 12 and features[0]["features"].dtype == torch.float16
+    assert features[0]["features"].shape == ((tower.image_size // tower.patch_size) ** 2 + 1, tower.hidden_size)
+
+    # the same batch through pixels and through the cache gives the same logits (up to float16)
+    pixel_dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), **settings)
+    pixel_dm.prepare_data()
+    pixel_dm.setup("fit")
+    cached, pixels = (dm.datasets["train2017"].__getitems__([0, 7, 30]) for dm in (cached_dm, pixel_dm))
+    assert "pixel_values" not in cached[0] and cached[0]["vision_features"].dtype == torch.float16
+    module.eval()
+    with torch.no_grad():
+        from_pixels = module.model.vision_features(torch.stack([s["pixel_values"] for s in pixels]))
+        from_cache = torch.stack([s["vision_features"] for s in cached]).float()
+    torch.testing.assert_close(from_cache, from_pixels, rtol=1e-2, atol=2e-3)
