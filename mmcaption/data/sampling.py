@@ -18,8 +18,8 @@ epoch's order and skips the batches already seen.
 
 from __future__ import annotations
 
-import os
 import math
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np

@@ -1,0 +1,174 @@
+"""Caption-stage training throughput, preprocessed bytes per image and peak step memory: the seed's
+data path against mmcaption's, on the demo backbones and the demo's synthetic COCO set.
+
+    python benchmarks/training.py [--demo_root demo_data] [--batch_size 32] [--steps 30] [--rounds 3]
+
+Both pipelines train the same model (the demo's 4-bit tiny Phi with LoRA and gated cross-attention,
+frozen tiny CLIP) with the same optimizer, batch size and captions, in one process:
+
+- seed-style, re-created from the seed's scripts: a ``datasets`` table with one row per *caption*
+  holding ``input_ids``/``attention_mask``/``labels`` padded to 128 tokens and float32
+  ``pixel_values``; batches of fixed length; the vision tower runs every step; pads are not masked
+  out of the loss;
+- mmcaption: the preprocessed split (each image stored once, captions tokenized), a length-grouped
+  sampler, per-batch padding with masked labels, and cached float16 vision features.
+
+Prints samples/s (median over rounds, each timing ``--steps`` steps including data loading after a
+warm-up) and the ratio; bytes on disk per image of each preprocessed form (seed-style measured on
+``--seed_images`` images); and the peak memory allocated during one training step (CPU: from the
+profiler's allocation events; GPU: ``max_memory_allocated``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from mmcaption.data import CaptionDataModule
+from mmcaption.data.collate import IGNORE_INDEX
+from mmcaption.data.features import load_image_features, write_image_features
+from mmcaption.data.records import load_rgb
+from mmcaption.demo import prepare_demo_assets
+from mmcaption.model import MultimodalCausalLM, MultimodalConfig
+
+SEED_PADDING = 128
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def write_seed_style(dm: CaptionDataModule, split_folder: Path, images: int, target: Path) -> datasets.Dataset:
+    """The seed's preprocessing of the first ``images`` images: a row per caption, padded, with pixels."""
+    tokenizer, processor = dm.tokenizer, dm.image_processor
+    image_rows = datasets.load_from_disk(str(split_folder / "images"))
+    captions = datasets.load_from_disk(str(split_folder / "captions")).filter(lambda r: r["image_index"] < images)
+
+    def rows():
+        for row in captions:
+            pixels = processor(images=load_rgb(image_rows[row["image_index"]]["image"]), return_tensors="np")["pixel_values"][0]
+            encoded = tokenizer(row["caption"] + tokenizer.eos_token, padding="max_length", truncation=True, max_length=SEED_PADDING)
+            yield {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                   "labels": encoded["input_ids"], "pixel_values": pixels.astype(np.float32)}
+
+    shape = tuple(processor(images=load_rgb(image_rows[0]["image"]), return_tensors="np")["pixel_values"][0].shape)
+    features = datasets.Features({
+        "input_ids": datasets.Sequence(datasets.Value("int64")), "attention_mask": datasets.Sequence(datasets.Value("int64")),
+        "labels": datasets.Sequence(datasets.Value("int64")), "pixel_values": datasets.Array3D(shape, "float32"),
+    })
+    table = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(target / "build"))
+    table.save_to_disk(str(target / "data"))
+    return datasets.load_from_disk(str(target / "data")).with_format("torch")
+
+
+def step(model, optimizer, batch: dict, masked: bool) -> float:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   pixel_values=batch.get("pixel_values"), vision_features=batch.get("vision_features")).logits
+    labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX if masked else -1_000)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def samples_per_second(model, optimizer, loader: DataLoader, steps: int, warmup: int, masked: bool) -> float:
+    iterator = iter(loader)
+    for _ in range(warmup):
+        step(model, optimizer, next(iterator), masked)
+    start = time.perf_counter()
+    samples = 0
+    for _ in range(steps):
+        batch = next(iterator)
+        step(model, optimizer, batch, masked)
+        samples += batch["input_ids"].size(0)
+    return samples / (time.perf_counter() - start)
+
+
+def peak_step_memory(model, optimizer, batch: dict, masked: bool) -> int:
+    """Bytes allocated at the peak of one training step, above what was allocated before it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(model, optimizer, batch, masked)
+        return torch.cuda.max_memory_allocated() - base
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step(model, optimizer, batch, masked)
+    events = sorted((e for e in profiler.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
+    running = peak = 0
+    for event in events:
+        running += event.cpu_memory_usage
+        peak = max(peak, running)
+    return peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo_root", default="demo_data")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed_images", type=int, default=300, help="images preprocessed the seed's way")
+    args = parser.parse_args()
+
+    root = prepare_demo_assets(args.demo_root)
+    language, vision = str(root / "backbones" / "language_model"), str(root / "backbones" / "vision_model")
+    config = MultimodalConfig(language_model=language, vision_model=vision, cross_attention_layers=[-2, -1], lora_r=8, lora_alpha=16)
+    torch.manual_seed(0)
+    model = MultimodalCausalLM.from_config(config).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    dm = CaptionDataModule(data_dir=str(root / "coco"), tokenizer=language, image_processor=vision,
+                           batch_size=args.batch_size, num_workers=0, group_by_length=True)
+    dm.prepare_data()
+    dm.setup("fit")
+    ours = dm.datasets["train2017"]
+    features = write_image_features(ours.folder, vision, config.vision_feature_layer)
+    ours.features = load_image_features(features)
+    ours_loader = dm.train_dataloader()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        seed_table = write_seed_style(dm, ours.folder, args.seed_images, Path(scratch))
+        seed_bytes = folder_bytes(Path(scratch) / "data") / args.seed_images
+        seed_loader = DataLoader(seed_table, batch_size=args.batch_size, shuffle=True,
+                                 generator=torch.Generator().manual_seed(0), drop_last=True)
+
+        results: dict[str, list[float]] = {"seed-style": [], "mmcaption": []}
+        for _ in range(args.rounds):
+            results["seed-style"].append(samples_per_second(model, optimizer, seed_loader, args.steps, args.warmup, masked=False))
+            results["mmcaption"].append(samples_per_second(model, optimizer, ours_loader, args.steps, args.warmup, masked=True))
+        memory = {
+            "seed-style": peak_step_memory(model, optimizer, next(iter(seed_loader)), masked=False),
+            "mmcaption": peak_step_memory(model, optimizer, next(iter(ours_loader)), masked=True),
+        }
+
+    meta = json.loads((ours.folder / "meta.json").read_text())
+    ours_bytes = (folder_bytes(ours.folder / "images") + folder_bytes(ours.folder / "captions")) / meta["images"]
+    features_bytes = folder_bytes(features / "data") / meta["images"]
+    device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
+    print(f"demo backbones ({device}); batch {args.batch_size}; median of {args.rounds} rounds of {args.steps} steps")
+    seed_rate, ours_rate = (statistics.median(results[k]) for k in ("seed-style", "mmcaption"))
+    print(f"training throughput  seed-style {seed_rate:8.1f} samples/s   mmcaption {ours_rate:8.1f} samples/s   "
+          f"ratio {ours_rate / seed_rate:.1f}x")
+    print(f"bytes per image      seed-style {seed_bytes / 1e3:8.1f} kB        mmcaption {ours_bytes / 1e3:8.1f} kB        "
+          f"ratio 1/{seed_bytes / ours_bytes:.0f}  (+ {features_bytes / 1e3:.1f} kB of cached features: "
+          f"1/{seed_bytes / (ours_bytes + features_bytes):.0f})")
+    print(f"peak step memory     seed-style {memory['seed-style'] / 1e6:8.1f} MB        mmcaption {memory['mmcaption'] / 1e6:8.1f} MB        "
+          f"ratio {memory['mmcaption'] / memory['seed-style']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
