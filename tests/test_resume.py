@@ -171,3 +171,43 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_by_name(tmp_path, capsys
     truncated.write_bytes(truncated.read_bytes()[:5000])
     with pytest.raises(CheckpointFileError, match="truncated.ckpt: not a readable checkpoint"):
         load_checkpoint_file(truncated)
+
+
+KILL_DURING_PREPROCESSING = """
+import sys, time
+import mmcaption.data.coco as coco
+from mmcaption.data import CaptionDataModule
+
+check = coco.check_image
+def slow_check(data):  # only this test's run is slow: it gives the kill time to land mid-write
+    time.sleep(0.05)
+    return check(data)
+coco.check_image = slow_check
+root, language, vision = sys.argv[1:4]
+CaptionDataModule(data_dir=root, tokenizer=language, image_processor=vision, num_workers=0).prepare_data()
+"""
+
+
+def test_preprocessing_killed_midway_leaves_nothing_complete_and_the_next_run_finishes(backbones, coco_root, tmp_path):
+    import shutil
+
+    from mmcaption.data import CaptionDataModule
+
+    root = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    language, vision = (str(p) for p in backbones)
+    process = subprocess.Popen([sys.executable, "-c", KILL_DURING_PREPROCESSING, str(root), language, vision])
+    cache = root / "preprocessed"
+    deadline = time.monotonic() + 120
+    while not (cache.is_dir() and [p for p in cache.iterdir() if p.name.endswith(".partial")]):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)
+    process.kill()
+    process.wait()
+
+    dm = CaptionDataModule(data_dir=str(root), tokenizer=language, image_processor=vision, num_workers=0)
+    target = dm.split_folder("train2017")
+    assert not target.exists()  # only a staging folder is left, which nothing reads as a split
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.datasets["train2017"]) == 60
