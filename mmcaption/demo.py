@@ -32,7 +32,7 @@ from mmcaption.evaluation.demo import (
 from mmcaption.pipeline import StageResult, run_pipeline
 from mmcaption.tiny import save_tiny_backbones
 
-DEMO_VERSION = 5
+DEMO_VERSION = 6
 LANGUAGE_PRETRAINING_STEPS = 300  # text-only, ~1 minute on 2 cores; the loss has flattened by then
 CLIP_PRETRAINING_STEPS = 2500  # contrastive image-text training of the tiny CLIP, ~1.5 minutes
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -41,7 +41,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 def prepare_demo_assets(
     root: str | Path = "demo_data",
     seed: int = 0,
-    train_images: int = 2000,
+    train_images: int = 3000,
     val_images: int = 200,
     pretrain_steps: int = LANGUAGE_PRETRAINING_STEPS,
     clip_steps: int = CLIP_PRETRAINING_STEPS,
@@ -91,7 +91,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="demo_data", help="where the synthetic data and tiny backbones go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and backbones")
-    parser.add_argument("--train_images", type=int, default=2000, help="synthetic training images")
+    parser.add_argument("--train_images", type=int, default=3000, help="synthetic training images")
     parser.add_argument("--val_images", type=int, default=200, help="held-out images, never seen in training")
     parser.add_argument("--language_steps", type=int, default=LANGUAGE_PRETRAINING_STEPS, help="text-only LM pretraining steps")
     parser.add_argument("--clip_steps", type=int, default=CLIP_PRETRAINING_STEPS, help="contrastive tiny-CLIP steps")

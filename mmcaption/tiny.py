@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from transformers import (
 )
 
 from mmcaption.data.collate import collate
-from mmcaption.data.synthetic import captions_for, draw_scene, language_sequences, random_scene
+from mmcaption.data.synthetic import SHAPES, Scene, captions_for, draw_scene, language_sequences, random_scene
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -116,6 +117,7 @@ def pretrain_language_model(
 def train_clip_contrastively(
     tokenizer: PreTrainedTokenizerFast, processor: CLIPImageProcessor, steps: int = 300, batch_size: int = 64,
     learning_rate: float = 2e-3, seed: int = 0, image_size: int = 64, patch_size: int = 16, hidden_size: int = 64,
+    hard_negatives: bool = False,
 ) -> tuple[CLIPModel, list[float]]:
     """A tiny CLIP trained as CLIP was - image-text contrastive loss - on freshly drawn synthetic
     scenes and one caption each (never the demo's train or val images); returns it and its losses.
@@ -137,7 +139,11 @@ def train_clip_contrastively(
     losses = []
     model.train()
     for _ in range(steps):
-        scenes = [random_scene(rng) for _ in range(batch_size)]
+        if hard_negatives:  # half the batch: each scene's twin with one shape changed
+            scenes = [random_scene(rng) for _ in range(batch_size // 2)]
+            scenes += [shape_twin(scene, rng) for scene in scenes]
+        else:
+            scenes = [random_scene(rng) for _ in range(batch_size)]
         images = [draw_scene(scene, image_size, rng) for scene in scenes]
         captions = [captions_for(scene, rng, n=1)[0] for scene in scenes]
         ids = [torch.tensor(tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for c in captions]
@@ -151,6 +157,16 @@ def train_clip_contrastively(
         schedule.step()
         losses.append(loss.item())
     return model.eval(), losses
+
+
+def shape_twin(scene: Scene, rng: random.Random) -> Scene:
+    """The same scene with one object's shape changed (for a relation, the two shapes swapped when they
+    differ): a hard negative that only the shapes tell apart."""
+    if scene.relation is not None and scene.shape != scene.other_shape and rng.random() < 0.5:
+        return replace(scene, shape=scene.other_shape, other_shape=scene.shape)
+    if scene.relation is not None and rng.random() < 0.5:
+        return replace(scene, other_shape=rng.choice([s for s in SHAPES if s != scene.other_shape]))
+    return replace(scene, shape=rng.choice([s for s in SHAPES if s != scene.shape]))
 
 
 def save_tiny_backbones(

@@ -30,6 +30,7 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 BACKGROUND = (90, 90, 90)
+OBJECT_RADIUS = 1 / 8  # of the image size
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,13 @@ class Scene:
 
 
 def random_scene(rng: random.Random) -> Scene:
+    """36% one object at a position, 24% two or three alike, 40% two different objects in relation
+    (the hardest kind - which shape and colour is where - gets the largest share)."""
     kind = rng.random()
     colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-    if kind < 0.5:
+    if kind < 0.36:
         return Scene(colour, shape, rng.choice(POSITIONS))
-    if kind < 0.75:
+    if kind < 0.6:
         return Scene(colour, shape, "center", count=rng.choice((2, 3)))
     other_colour = rng.choice([c for c in COLOURS if c != colour])
     return Scene(
@@ -100,7 +103,7 @@ def captions_for(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
 def draw_scene(scene: Scene, size: int, rng: random.Random) -> Image.Image:
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    r = size // 8
+    r = round(size * OBJECT_RADIUS)
     third = size // 3
     centres = {
         "left": (size // 5, size // 2),
