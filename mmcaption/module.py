@@ -345,6 +345,8 @@ class MultimodalCaptioner(LightningModule):
             for i, text in zip(ok, self.generate_text(sub)):
                 results[i]["generated"] = text
                 results[i]["prediction"] = parse_choice(text)
+                if results[i]["prediction"] is None:  # counted as wrong, and said why
+                    results[i]["error"] = f"no option letter (A-D) in the generated answer {text!r}"
         for i in ok:
             answer = results[i].get("answer")
             if answer:
