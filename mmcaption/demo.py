@@ -32,7 +32,7 @@ from mmcaption.evaluation.demo import (
 from mmcaption.pipeline import StageResult, run_pipeline
 from mmcaption.tiny import save_tiny_backbones
 
-DEMO_VERSION = 6
+DEMO_VERSION = 8
 LANGUAGE_PRETRAINING_STEPS = 300  # text-only, ~1 minute on 2 cores; the loss has flattened by then
 CLIP_PRETRAINING_STEPS = 2500  # contrastive image-text training of the tiny CLIP, ~1.5 minutes
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"

@@ -48,7 +48,8 @@ class MultimodalCaptioner(LightningModule):
         cross_attention_layers: decoder layers wrapped with gated cross-attention (negative: from the end).
         cross_attention_heads: heads per cross-attention block (default: the language model's).
         cross_attention_ffn_mult: width multiplier of a gated feed-forward after each block (0: none).
-        vision_feature_layer: hidden state of the vision tower fed to the projection (-1: last).
+        vision_feature_layer: hidden state of the vision tower fed to the projection (-1: last, -2:
+            penultimate); a list (``[-2, -1]``) concatenates several.
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
         lora_dropout: dropout on the LoRA input.
@@ -76,7 +77,7 @@ class MultimodalCaptioner(LightningModule):
         cross_attention_layers: list[int] = [-4, -3, -2, -1],  # noqa: B006 (jsonargparse shows the default)
         cross_attention_heads: int | None = None,
         cross_attention_ffn_mult: int = 0,
-        vision_feature_layer: int = -1,
+        vision_feature_layer: int | list[int] = -1,
         lora_r: int = 32,
         lora_alpha: int = 64,
         lora_dropout: float = 0.05,
@@ -393,7 +394,7 @@ class MultimodalCaptioner(LightningModule):
         # every process's generator states (Lightning saves checkpoints from all processes at once)
         checkpoint["random_states"] = gather_objects([random_state.capture()])
 
-    def vision_feature_settings(self) -> tuple[str, int]:
+    def vision_feature_settings(self) -> tuple[str, int | list[int]]:
         """What a data module's image-feature cache must be computed with: this model's tower and layer."""
         return self.model_config.vision_model, self.model_config.vision_feature_layer
 

@@ -124,6 +124,11 @@ def train_clip_contrastively(
 
     Like CLIP ViT-B/32 for COCO, its image tokens then carry what captions talk about (colour,
     shape, position, count), learnt without the captioner; the captioner keeps it frozen.
+
+    With ``hard_negatives``, half of each batch are twins of the other half with one shape changed (or
+    the two shapes of a relation swapped), as in NegCLIP: contrastive training with random batches
+    alone barely needs exact shapes (colour and layout already tell most captions apart), and the
+    demo's captioner then confused triangles, diamonds and circles.
     """
     torch.manual_seed(seed)
     rng = random.Random(f"{seed}-clip")
@@ -199,7 +204,7 @@ def save_tiny_backbones(
     tokenizer.save_pretrained(language_dir)
     if clip_steps:
         processor = build_vision_model(seed=seed)[1]
-        clip, clip_losses = train_clip_contrastively(tokenizer, processor, steps=clip_steps, seed=seed)
+        clip, clip_losses = train_clip_contrastively(tokenizer, processor, steps=clip_steps, seed=seed, hard_negatives=True)
         clip.save_pretrained(vision_dir)  # a full CLIP checkpoint, as openai/clip-vit-base-patch32 is
         (directory / "clip_pretraining.json").write_text(json.dumps({"steps": clip_steps, "losses": clip_losses}))
     else:

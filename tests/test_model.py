@@ -121,3 +121,16 @@ def test_training_after_an_evaluation_pass_still_reaches_the_first_layer(model, 
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, before)
+
+
+def test_several_vision_layers_are_concatenated_along_the_width(model_config, inputs):
+    from dataclasses import replace
+
+    model = MultimodalCausalLM.from_config(replace(model_config, vision_feature_layer=[-2, -1])).eval()
+    width = model.vision_model.config.hidden_size
+    assert model.projection.in_features == 2 * width
+    with torch.no_grad():
+        features = model.vision_features(inputs["pixel_values"])
+        hidden = model.vision_model(pixel_values=inputs["pixel_values"], output_hidden_states=True).hidden_states
+    torch.testing.assert_close(features, torch.cat([hidden[-2], hidden[-1]], dim=-1))
+    assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape

@@ -255,7 +255,7 @@ class ImageTextDataModule(BackboneProcessors, LightningDataModule):
             if self.hparams.cache_image_features:
                 write_image_features(folder, *self.vision_feature_settings())
 
-    def vision_feature_settings(self) -> tuple[str, int]:
+    def vision_feature_settings(self) -> tuple[str, int | list[int]]:
         """(vision model, feature layer) of the model being trained, which the feature cache must match."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         settings = getattr(module, "vision_feature_settings", None)

@@ -30,16 +30,17 @@ def model_signature(name_or_path: str) -> dict:
     return {"path": str(path.resolve()), "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
-def features_folder(split_folder: Path, vision_model: str, feature_layer: int) -> Path:
+def features_folder(split_folder: Path, vision_model: str, feature_layer: int | list[int]) -> Path:
     key = fingerprint(vision=model_signature(vision_model), layer=feature_layer, dtype="float16")
     return split_folder / f"features-{key}"
 
 
 def write_image_features(
-    split_folder: Path, vision_model: str, feature_layer: int, batch_size: int = 64, device: str | None = None
+    split_folder: Path, vision_model: str, feature_layer: int | list[int], batch_size: int = 64, device: str | None = None
 ) -> Path:
     """Compute the features of every image of a preprocessed split (if not cached yet); returns their folder."""
     from mmcaption.model.backbones import load_vision_model
+    from mmcaption.model.multimodal import feature_layers, select_features
 
     target = features_folder(split_folder, vision_model, feature_layer)
     if is_complete(target):
@@ -52,7 +53,8 @@ def write_image_features(
         tower = tower.half()
     config = tower.config
     tokens = (config.image_size // config.patch_size) ** 2 + 1
-    schema = datasets.Features({"features": datasets.Array2D((tokens, config.hidden_size), "float16")})
+    width = config.hidden_size * len(feature_layers(feature_layer))
+    schema = datasets.Features({"features": datasets.Array2D((tokens, width), "float16")})
     rank_zero_info(f"Caching vision features of {len(images)} images of {split_folder.name} on {device} ...")
 
     def rows():
@@ -60,7 +62,7 @@ def write_image_features(
             pictures = [load_rgb(row) for row in images[start:start + batch_size]["image"]]
             pixels = processor(images=pictures, return_tensors="pt")["pixel_values"].to(device, tower.dtype)
             with torch.no_grad():
-                hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[feature_layer]
+                hidden = select_features(tower(pixel_values=pixels, output_hidden_states=True).hidden_states, feature_layer)
             for array in hidden.to(torch.float16).cpu().numpy():
                 yield {"features": array}
 
@@ -70,7 +72,7 @@ def write_image_features(
         table.save_to_disk(str(staging / "data"))
         (staging / "meta.json").write_text(json.dumps(
             {"vision_model": vision_model, "feature_layer": feature_layer, "dtype": "float16",
-             "shape": [tokens, config.hidden_size], "images": len(table)}, indent=2))
+             "shape": [tokens, width], "images": len(table)}, indent=2))
     return target
 
 

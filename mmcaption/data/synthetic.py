@@ -30,7 +30,7 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 BACKGROUND = (90, 90, 90)
-OBJECT_RADIUS = 1 / 8  # of the image size
+OBJECT_RADIUS = 5 / 32  # of the image size: 10 pixels at 64, so a shape spans more than one 16-pixel patch
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,10 @@ def draw_scene(scene: Scene, size: int, rng: random.Random) -> Image.Image:
         _draw_shape(draw, scene.other_shape, jitter(second), r, COLOURS[scene.other_colour])
     elif scene.count > 1:
         xs = [size * (i + 1) // (scene.count + 1) for i in range(scene.count)]
+        # small enough that neighbours never touch, whatever the jitter: the count must be visible
+        small = max(2, min(r * 3 // 4, size // (2 * (scene.count + 1)) - 3))
         for x in xs:
-            _draw_shape(draw, scene.shape, jitter((x, size // 2)), max(2, r * 3 // 4), COLOURS[scene.colour])
+            _draw_shape(draw, scene.shape, jitter((x, size // 2)), small, COLOURS[scene.colour])
     else:
         _draw_shape(draw, scene.shape, jitter(centres[scene.position]), r, COLOURS[scene.colour])
     return image

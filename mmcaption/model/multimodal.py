@@ -36,7 +36,9 @@ class MultimodalConfig:
             (negative counts from the end).
         cross_attention_heads: heads of each block; ``None`` takes the language model's.
         cross_attention_ffn_mult: width multiplier of a gated feed-forward after each block (0: none).
-        vision_feature_layer: which hidden state of the vision tower is used (-1: the last).
+        vision_feature_layer: which hidden state of the vision tower is used (-1: the last, -2: the
+            penultimate, as LLaVA); a list concatenates several along the width (as ``transformers``'
+            Llava does), e.g. ``[-2, -1]``.
         lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapters on the LM.
         gradient_checkpointing: recompute the LM's activations in the backward pass.
     """
@@ -48,7 +50,7 @@ class MultimodalConfig:
     cross_attention_layers: list[int] = field(default_factory=lambda: [-4, -3, -2, -1])
     cross_attention_heads: int | None = None
     cross_attention_ffn_mult: int = 0
-    vision_feature_layer: int = -1
+    vision_feature_layer: int | list[int] = -1
     lora_r: int = 32
     lora_alpha: int = 64
     lora_dropout: float = 0.05
@@ -75,7 +77,8 @@ class MultimodalCausalLM(nn.Module):
         self.vision_model = vision_model
         text_config = language_model.get_base_model().config
         hidden_size = text_config.hidden_size
-        self.projection = nn.Linear(vision_model.config.hidden_size, hidden_size)
+        vision_width = vision_model.config.hidden_size * len(feature_layers(config.vision_feature_layer))
+        self.projection = nn.Linear(vision_width, hidden_size)
         heads = config.cross_attention_heads or text_config.num_attention_heads
 
         layers = self.decoder_layers
@@ -124,7 +127,7 @@ class MultimodalCausalLM(nn.Module):
         vision_width)``. What an image-feature cache stores, so training can skip the tower."""
         with torch.no_grad():
             outputs = self.vision_model(pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True)
-            return outputs.hidden_states[self.config.vision_feature_layer]
+            return select_features(outputs.hidden_states, self.config.vision_feature_layer)
 
     def encode_images(self, pixel_values: torch.Tensor | None = None, vision_features: torch.Tensor | None = None) -> torch.Tensor:
         """Image tokens in the language model's width: ``(batch, image_tokens, hidden_size)``, from
@@ -256,3 +259,15 @@ def _resolve_layer_indices(indices: list[int], num_layers: int) -> list[int]:
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"cross_attention_layers {indices} names a layer twice")
     return sorted(resolved)
+
+
+def feature_layers(vision_feature_layer: int | list[int]) -> list[int]:
+    return [vision_feature_layer] if isinstance(vision_feature_layer, int) else list(vision_feature_layer)
+
+
+def select_features(hidden_states: tuple[torch.Tensor, ...], vision_feature_layer: int | list[int]) -> torch.Tensor:
+    """The vision tower's hidden state(s) the model reads, concatenated along the width."""
+    layers = feature_layers(vision_feature_layer)
+    if len(layers) == 1:
+        return hidden_states[layers[0]]
+    return torch.cat([hidden_states[layer] for layer in layers], dim=-1)
