@@ -45,6 +45,32 @@ def test_preprocessing_stores_each_image_once_and_tokenizes_every_caption(backbo
     assert json.loads((folder / "meta.json").read_text())["skipped"] == {}
 
 
+def test_large_images_are_stored_at_the_model_size_and_give_the_same_pixels(backbones, coco_copy):
+    import random
+
+    from mmcaption.data.records import load_rgb
+    from mmcaption.data.synthetic import Scene, draw_scene
+
+    big = draw_scene(Scene("red", "circle", "left"), 640, random.Random(0)).resize((640, 480))
+    big.save(coco_copy / "train2017" / "000000000002.jpg", quality=95)
+    original = (coco_copy / "train2017" / "000000000002.jpg").read_bytes()
+    shrunk, kept = make_datamodule(backbones, coco_copy), make_datamodule(backbones, coco_copy, resize_images=False)
+    for dm in (shrunk, kept):
+        dm.prepare_data()
+    stored = {}
+    for name, dm in (("shrunk", shrunk), ("kept", kept)):
+        images = datasets.load_from_disk(str(dm.split_folder("train2017") / "images"))
+        stored[name] = next(row["image"] for row in images if row["file_name"] == "000000000002.jpg")
+    assert stored["kept"] == original
+    side = shrunk.image_processor.size["shortest_edge"]
+    assert load_rgb(stored["shrunk"]).size == (round(640 * side / 480), side) and len(stored["shrunk"]) < len(original) / 4
+    pixels = [shrunk.image_processor(images=load_rgb(data), return_tensors="pt")["pixel_values"] for data in stored.values()]
+    assert (pixels[0] - pixels[1]).abs().mean() < 0.05  # what the model sees hardly changes
+    # small images are stored as they are
+    assert datasets.load_from_disk(str(shrunk.split_folder("train2017") / "images"))[0]["image"] == (
+        coco_copy / "train2017" / "000000000001.jpg").read_bytes()
+
+
 def test_batches_are_padded_per_batch_and_masked(backbones, coco_copy):
     dm = make_datamodule(backbones, coco_copy)
     dm.prepare_data()

@@ -14,7 +14,7 @@ from typing import Any
 
 import datasets
 
-from mmcaption.data.records import BadRecords, DataError
+from mmcaption.data.records import BadRecords, DataError, shrink_image
 
 
 def fingerprint(**parts) -> str:
@@ -62,9 +62,12 @@ def write_image_text_split(
     text_features: datasets.Features,
     records: BadRecords,
     metadata: dict,
+    image_size: int | None = None,
 ) -> Path:
     """Write one preprocessed split: ``target/images`` (each image once) and ``target/<text_table>``
     (rows that point at their image by ``image_index``), plus ``meta.json``.
+
+    With ``image_size``, images whose shorter side is larger are stored shrunk to it (``shrink_image``).
 
     ``entries`` yields ``(image row, items)``; ``text_rows(image_index, items)`` turns the items into
     text rows in a second pass, so only raw items, not tokenized rows, are held in memory. The folder
@@ -75,6 +78,8 @@ def write_image_text_split(
 
     def image_rows():
         for image_row, items in entries:
+            if image_size is not None:
+                image_row = dict(image_row, image=shrink_image(image_row["image"], image_size))
             items_by_image.append(items)
             produced["images"] += 1
             yield image_row
@@ -102,7 +107,8 @@ def write_image_text_split(
         texts = build(all_text_rows, text_features, text_table)
         images.save_to_disk(str(staging / "images"))
         texts.save_to_disk(str(staging / text_table))
-        metadata = dict(metadata, images=len(images), rows=len(texts), skipped=records.summary(), notes=dict(records.notes))
+        metadata = dict(metadata, image_size=image_size, images=len(images), rows=len(texts), skipped=records.summary(),
+                        notes=dict(records.notes))
         (staging / "meta.json").write_text(json.dumps(metadata, indent=2))
     records.warn_if_any()
     return target

@@ -142,9 +142,10 @@ def write_caption_split(
     target: Path,
     records: BadRecords,
     metadata: dict,
+    image_size: int | None = None,
 ) -> Path:
-    """Write ``target/images`` (one row per image) and ``target/captions`` (one row per caption, with
-    its image's row index and its tokens), atomically."""
+    """Write ``target/images`` (one row per image, shrunk to ``image_size`` if given) and
+    ``target/captions`` (one row per caption, with its image's row index and its tokens), atomically."""
 
     def images():
         for image_id, file_name, data, captions in entries:
@@ -156,5 +157,5 @@ def write_caption_split(
             yield {"image_index": image_index, "caption_id": caption_id, "caption": caption, "token_ids": ids}
 
     return write_image_text_split(
-        target, images(), caption_rows, IMAGE_FEATURES, "captions", CAPTION_FEATURES, records, metadata
+        target, images(), caption_rows, IMAGE_FEATURES, "captions", CAPTION_FEATURES, records, metadata, image_size
     )

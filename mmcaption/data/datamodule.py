@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,10 @@ from mmcaption.data.records import BadRecords, DataError, OnBadRecord, load_rgb
 from mmcaption.data.sampling import LengthGroupedSampler, default_seed
 from mmcaption.data.templates import DEFAULT_SYSTEM, ConversationTemplate
 
-PREPROCESSING_VERSION = 2
+PREPROCESSING_VERSION = 3
+
+# torchdata 0.11 calls a deprecated torch function at every epoch; nothing a user can act on
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -225,7 +229,15 @@ class ImageTextDataModule(BackboneProcessors, LightningDataModule):
         raise NotImplementedError
 
     def preprocess_settings(self) -> dict:
-        return {"on_bad_record": self.hparams.on_bad_record}
+        return {"on_bad_record": self.hparams.on_bad_record, "image_size": self.stored_image_size()}
+
+    def stored_image_size(self) -> int | None:
+        """Shorter side images are stored at: the image processor's resize target (``resize_images``)."""
+        if not self.hparams.resize_images:
+            return None
+        size = getattr(self.image_processor, "size", None) or {}
+        side = size.get("shortest_edge") or min(size.get("height", 0), size.get("width", 0))
+        return int(side) or None
 
     def write_split(self, split: str, folder: Path) -> Path:
         raise NotImplementedError
@@ -346,6 +358,9 @@ class CaptionDataModule(ImageTextDataModule):
             order is still shuffled every epoch.
         cache_image_features: run the frozen vision tower once per image at preprocessing and train
             on its stored float16 outputs (the model's ``vision_model`` and ``vision_feature_layer``).
+        resize_images: store images larger than the image processor's input shrunk to it (shorter
+            side, bicubic, JPEG quality 95) instead of as they are: the model sees the same, the
+            preprocessed split is several times smaller.
         on_bad_record: ``error`` stops at the first bad record with its name; ``skip`` skips and counts them.
     """
 
@@ -368,6 +383,7 @@ class CaptionDataModule(ImageTextDataModule):
         num_workers: int = 4,
         group_by_length: bool = True,
         cache_image_features: bool = False,
+        resize_images: bool = True,
         on_bad_record: OnBadRecord = "error",
     ) -> None:
         super().__init__()
@@ -405,7 +421,8 @@ class CaptionDataModule(ImageTextDataModule):
             records = BadRecords(name, self.hparams.on_bad_record)
             entries = hub_records(self._load_hub_split(split), name, records)
             source = {"source": "hub", "dataset": self.hparams.hub_dataset, "split": split}
-        return write_caption_split(entries, self.tokenizer, folder, records, dict(source, tokenizer=self.hparams.tokenizer))
+        return write_caption_split(entries, self.tokenizer, folder, records, dict(source, tokenizer=self.hparams.tokenizer),
+                                   self.stored_image_size())
 
     def _load_hub_split(self, split: str) -> datasets.Dataset:
         path = Path(self.hparams.hub_dataset)
@@ -461,6 +478,9 @@ class InstructDataModule(ImageTextDataModule):
             order is still shuffled every epoch.
         cache_image_features: run the frozen vision tower once per image at preprocessing and train
             on its stored float16 outputs (the model's ``vision_model`` and ``vision_feature_layer``).
+        resize_images: store images larger than the image processor's input shrunk to it (shorter
+            side, bicubic, JPEG quality 95) instead of as they are: the model sees the same, the
+            preprocessed split is several times smaller.
         on_bad_record: ``error`` stops at the first bad record with its name; ``skip`` skips and counts them.
     """
 
@@ -481,6 +501,7 @@ class InstructDataModule(ImageTextDataModule):
         num_workers: int = 4,
         group_by_length: bool = True,
         cache_image_features: bool = False,
+        resize_images: bool = True,
         on_bad_record: OnBadRecord = "error",
     ) -> None:
         super().__init__()
@@ -510,7 +531,8 @@ class InstructDataModule(ImageTextDataModule):
 
     def preprocess_settings(self) -> dict:
         h = self.hparams
-        return {"on_bad_record": h.on_bad_record, "template": repr(self.template), "max_length": h.max_length,
+        return {"on_bad_record": h.on_bad_record, "image_size": self.stored_image_size(),
+                "template": repr(self.template), "max_length": h.max_length,
                 "val_fraction": h.val_fraction if h.val_file is None else None}
 
     def write_split(self, split: str, folder: Path) -> Path:
@@ -521,7 +543,8 @@ class InstructDataModule(ImageTextDataModule):
         metadata = {"source": "llava", "file": str(file), "side": side, "image_root": str(image_root),
                     "tokenizer": self.hparams.tokenizer, "template": repr(self.template)}
         return write_instruct_split(
-            conversations, image_root, self.tokenizer, self.template, self.hparams.max_length, folder, records, metadata
+            conversations, image_root, self.tokenizer, self.template, self.hparams.max_length, folder, records, metadata,
+            self.stored_image_size(),
         )
 
     def make_dataset(self, folder: Path) -> ConversationDataset:

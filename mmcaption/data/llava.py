@@ -138,8 +138,10 @@ def write_instruct_split(
     target: Path,
     records: BadRecords,
     metadata: dict,
+    image_size: int | None = None,
 ) -> Path:
-    """Write ``target/images`` (each image once) and ``target/conversations`` (tokens and labels)."""
+    """Write ``target/images`` (each image once, shrunk to ``image_size`` if given) and
+    ``target/conversations`` (tokens and labels)."""
     by_image: dict[str, list[Conversation]] = {}
     for conversation in conversations:
         by_image.setdefault(conversation.image, []).append(conversation)
@@ -175,5 +177,6 @@ def write_instruct_split(
             }
 
     return write_image_text_split(
-        target, entries(), conversation_rows, IMAGE_FEATURES, "conversations", CONVERSATION_FEATURES, records, metadata
+        target, entries(), conversation_rows, IMAGE_FEATURES, "conversations", CONVERSATION_FEATURES, records, metadata,
+        image_size,
     )
