@@ -10,21 +10,23 @@ from lightning.pytorch.callbacks import Callback
 class RecordSteps(Callback):
     """Append ``{"step", "rank", "loss", "token_sum", "first_ids", "samples"}`` for each optimizer step
     to a JSONL file (``{rank}`` in the path is replaced), flushed at once so that a killed process
-    leaves every step it finished on record. ``samples`` fingerprints each sample (tokens and pixels)."""
+    leaves every step it finished on record. ``samples`` fingerprints each sample (tokens and image:
+    pixels, or cached features)."""
 
     def __init__(self, path: str, delay: float = 0.0) -> None:
         self.path = path
         self.delay = delay
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        images = batch["pixel_values"] if "pixel_values" in batch else batch["vision_features"]
         row = {
             "step": trainer.global_step,
             "rank": trainer.global_rank,
             "loss": float(outputs["mean_loss"]),  # the global batch's mean token loss
             "token_sum": int(batch["input_ids"].sum()),
             "first_ids": batch["input_ids"][:, 1:4].tolist(),
-            "samples": [fingerprint(ids[mask.bool()], pixels) for ids, mask, pixels
-                        in zip(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])],
+            "samples": [fingerprint(ids[mask.bool()], image) for ids, mask, image
+                        in zip(batch["input_ids"], batch["attention_mask"], images)],
         }
         with open(self.path.format(rank=trainer.global_rank), "a") as file:
             file.write(json.dumps(row) + "\n")
