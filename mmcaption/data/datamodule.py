@@ -294,20 +294,23 @@ class ImageTextDataModule(BackboneProcessors, LightningDataModule):
                         raise DataError(f"image features of split {split!r} are not cached in {folder}: run prepare_data() first")
                     self.datasets[split].features = load_image_features(cached)
 
+    def _loader_settings(self) -> dict[str, Any]:
+        """What every loader of a split shares: workers, pinning, per-batch padding."""
+        return {
+            "num_workers": self.hparams.num_workers,
+            "persistent_workers": self.hparams.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            "collate_fn": functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+        }
+
     def _loader(self, stage: str) -> DataLoader:
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
-        return DataLoader(
-            self.datasets[self.stage_splits()[stage]],
-            batch_size=batch_size,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
-        )
+        return DataLoader(self.datasets[self.stage_splits()[stage]], batch_size=batch_size, **self._loader_settings())
 
     def train_dataloader(self) -> StatefulDataLoader:
-        """Shuffled per epoch from the run's seed, grouped by length (``group_by_length``), sharded
-        over DDP ranks by Lightning, and resumable mid-epoch (Lightning checkpoints its position)."""
+        """Shuffled per epoch from the run's seed, grouped by length (``group_by_length``), each DDP
+        rank taking its share of every global batch (the sampler shards itself), and resumable
+        mid-epoch (Lightning checkpoints the loader's position)."""
         dataset = self.datasets[self.stage_splits()["train"]]
         trainer = self.trainer
         sampler = LengthGroupedSampler(
@@ -316,15 +319,7 @@ class ImageTextDataModule(BackboneProcessors, LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             seed=default_seed(), group_by_length=self.hparams.group_by_length,
         )
-        return StatefulDataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            sampler=sampler,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
-        )
+        return StatefulDataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, **self._loader_settings())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
