@@ -5,7 +5,7 @@
 Each caption becomes ``<bos> caption <eos>`` (cut at ``--max_length``), as mmcaption trains on it.
 Compared, for the same captions and batch size, in one run:
 
-- seed: every caption padded to 128 tokens (the seed's scripts);
+- original scripts: every caption padded to 128 tokens;
 - shuffled: mmcaption with ``group_by_length: false`` - a seeded shuffle, each batch padded to its
   longest caption;
 - grouped: mmcaption's default - batches of similar length (mega-batches of 50 batches sorted by
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcaption.data.datamodule import load_tokenizer
 from mmcaption.data.sampling import LengthGroupedSampler, padding_efficiency
+from mmcaption.model.backbones import load_tokenizer
 
-SEED_PADDING = 128
+ORIGINAL_PADDING = 128
 
 
 def caption_lengths(annotation_file: Path, tokenizer_name: str, max_length: int) -> np.ndarray:
@@ -57,15 +57,15 @@ def main() -> None:
     print(f"{len(lengths)} captions from {args.annotations}; tokens per caption incl. <bos>/<eos>: "
           f"mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, max {lengths.max()}; batch {args.batch_size}")
     results = {
-        "seed (pad to 128)": [epoch_efficiency(lengths, args.batch_size, e, False, SEED_PADDING) for e in range(args.epochs)],
+        "original scripts (pad to 128)": [epoch_efficiency(lengths, args.batch_size, e, False, ORIGINAL_PADDING) for e in range(args.epochs)],
         "mmcaption, shuffled": [epoch_efficiency(lengths, args.batch_size, e, False) for e in range(args.epochs)],
         "mmcaption, grouped": [epoch_efficiency(lengths, args.batch_size, e, True) for e in range(args.epochs)],
     }
-    seed = statistics.median(results["seed (pad to 128)"])
-    print(f"{'':24} {'efficiency':>10} {'vs seed':>8}")
+    original = statistics.median(results["original scripts (pad to 128)"])
+    print(f"{'':30} {'efficiency':>10} {'vs original':>11}")
     for name, values in results.items():
         value = statistics.median(values)
-        print(f"{name:24} {value:10.3f} {value / seed:7.1f}x")
+        print(f"{name:30} {value:10.3f} {value / original:10.1f}x")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Caption-stage training throughput, preprocessed bytes per image and peak step memory: the seed's
+"""Caption-stage training throughput, preprocessed bytes per image and peak step memory: the original scripts'
 data path against mmcaption's, on the demo backbones and the demo's synthetic COCO set.
 
     python benchmarks/training.py [--demo_root demo_data] [--batch_size 32] [--steps 30] [--rounds 3]
@@ -6,7 +6,7 @@ data path against mmcaption's, on the demo backbones and the demo's synthetic CO
 Both pipelines train the same model (the demo's 4-bit tiny Phi with LoRA and gated cross-attention,
 frozen tiny CLIP) with the same optimizer, batch size and captions, in one process:
 
-- seed-style, re-created from the seed's scripts: a ``datasets`` table with one row per *caption*
+- original-style, re-created from the original scripts: a ``datasets`` table with one row per *caption*
   holding ``input_ids``/``attention_mask``/``labels`` padded to 128 tokens and float32
   ``pixel_values``; batches of fixed length; the vision tower runs every step; pads are not masked
   out of the loss;
@@ -14,8 +14,8 @@ frozen tiny CLIP) with the same optimizer, batch size and captions, in one proce
   sampler, per-batch padding with masked labels, and cached float16 vision features.
 
 Prints samples/s (median over rounds, each timing ``--steps`` steps including data loading after a
-warm-up) and the ratio; bytes on disk per image of each preprocessed form (seed-style measured on
-``--seed_images`` images); and the peak memory allocated during one training step (CPU: from the
+warm-up) and the ratio; bytes on disk per image of each preprocessed form (original-style measured on
+``--original_images`` images); and the peak memory allocated during one training step (CPU: from the
 profiler's allocation events; GPU: ``max_memory_allocated``).
 """
 
@@ -34,22 +34,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import CaptionDataModule
-from mmcaption.data.collate import IGNORE_INDEX
 from mmcaption.data.features import load_image_features, write_image_features
 from mmcaption.data.records import load_rgb
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 
-SEED_PADDING = 128
+ORIGINAL_PADDING = 128
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def write_seed_style(dm: CaptionDataModule, split_folder: Path, images: int, target: Path) -> datasets.Dataset:
-    """The seed's preprocessing of the first ``images`` images: a row per caption, padded, with pixels."""
+def write_original_style(dm: CaptionDataModule, split_folder: Path, images: int, target: Path) -> datasets.Dataset:
+    """The original scripts' preprocessing of the first ``images`` images: a row per caption, padded, with pixels."""
     tokenizer, processor = dm.tokenizer, dm.image_processor
     image_rows = datasets.load_from_disk(str(split_folder / "images"))
     captions = datasets.load_from_disk(str(split_folder / "captions")).filter(lambda r: r["image_index"] < images)
@@ -57,7 +57,7 @@ def write_seed_style(dm: CaptionDataModule, split_folder: Path, images: int, tar
     def rows():
         for row in captions:
             pixels = processor(images=load_rgb(image_rows[row["image_index"]]["image"]), return_tensors="np")["pixel_values"][0]
-            encoded = tokenizer(row["caption"] + tokenizer.eos_token, padding="max_length", truncation=True, max_length=SEED_PADDING)
+            encoded = tokenizer(row["caption"] + tokenizer.eos_token, padding="max_length", truncation=True, max_length=ORIGINAL_PADDING)
             yield {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                    "labels": encoded["input_ids"], "pixel_values": pixels.astype(np.float32)}
 
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed_images", type=int, default=300, help="images preprocessed the seed's way")
+    parser.add_argument("--original_images", type=int, default=300, help="images preprocessed the original scripts' way")
     args = parser.parse_args()
 
     root = prepare_demo_assets(args.demo_root)
@@ -142,17 +142,17 @@ def main() -> None:
     ours_loader = dm.train_dataloader()
 
     with tempfile.TemporaryDirectory() as scratch:
-        seed_table = write_seed_style(dm, ours.folder, args.seed_images, Path(scratch))
-        seed_bytes = folder_bytes(Path(scratch) / "data") / args.seed_images
-        seed_loader = DataLoader(seed_table, batch_size=args.batch_size, shuffle=True,
+        original_table = write_original_style(dm, ours.folder, args.original_images, Path(scratch))
+        original_bytes = folder_bytes(Path(scratch) / "data") / args.original_images
+        original_loader = DataLoader(original_table, batch_size=args.batch_size, shuffle=True,
                                  generator=torch.Generator().manual_seed(0), drop_last=True)
 
-        results: dict[str, list[float]] = {"seed-style": [], "mmcaption": []}
+        results: dict[str, list[float]] = {"original-style": [], "mmcaption": []}
         for _ in range(args.rounds):
-            results["seed-style"].append(samples_per_second(model, optimizer, seed_loader, args.steps, args.warmup, masked=False))
+            results["original-style"].append(samples_per_second(model, optimizer, original_loader, args.steps, args.warmup, masked=False))
             results["mmcaption"].append(samples_per_second(model, optimizer, ours_loader, args.steps, args.warmup, masked=True))
         memory = {
-            "seed-style": peak_step_memory(model, optimizer, next(iter(seed_loader)), masked=False),
+            "original-style": peak_step_memory(model, optimizer, next(iter(original_loader)), masked=False),
             "mmcaption": peak_step_memory(model, optimizer, next(iter(ours_loader)), masked=True),
         }
 
@@ -161,14 +161,14 @@ def main() -> None:
     features_bytes = folder_bytes(features / "data") / meta["images"]
     device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
     print(f"demo backbones ({device}); batch {args.batch_size}; median of {args.rounds} rounds of {args.steps} steps")
-    seed_rate, ours_rate = (statistics.median(results[k]) for k in ("seed-style", "mmcaption"))
-    print(f"training throughput  seed-style {seed_rate:8.1f} samples/s   mmcaption {ours_rate:8.1f} samples/s   "
-          f"ratio {ours_rate / seed_rate:.1f}x")
-    print(f"bytes per image      seed-style {seed_bytes / 1e3:8.1f} kB        mmcaption {ours_bytes / 1e3:8.1f} kB        "
-          f"ratio 1/{seed_bytes / ours_bytes:.0f}  (+ {features_bytes / 1e3:.1f} kB of cached features: "
-          f"1/{seed_bytes / (ours_bytes + features_bytes):.0f})")
-    print(f"peak step memory     seed-style {memory['seed-style'] / 1e6:8.1f} MB        mmcaption {memory['mmcaption'] / 1e6:8.1f} MB        "
-          f"ratio {memory['mmcaption'] / memory['seed-style']:.2f}")
+    original_rate, ours_rate = (statistics.median(results[k]) for k in ("original-style", "mmcaption"))
+    print(f"training throughput  original-style {original_rate:8.1f} samples/s   mmcaption {ours_rate:8.1f} samples/s   "
+          f"ratio {ours_rate / original_rate:.1f}x")
+    print(f"bytes per image      original-style {original_bytes / 1e3:8.1f} kB        mmcaption {ours_bytes / 1e3:8.1f} kB        "
+          f"ratio 1/{original_bytes / ours_bytes:.0f}  (+ {features_bytes / 1e3:.1f} kB of cached features: "
+          f"1/{original_bytes / (ours_bytes + features_bytes):.0f})")
+    print(f"peak step memory     original-style {memory['original-style'] / 1e6:8.1f} MB        mmcaption {memory['mmcaption'] / 1e6:8.1f} MB        "
+          f"ratio {memory['mmcaption'] / memory['original-style']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Checkpoint files: written atomically, read without running code.
+"""Checkpoints: files written atomically and read without running code, and the policy of what a
+checkpoint may be loaded into (its tensors and structural settings checked against the model).
 
 Lightning writes a checkpoint through a temporary file in the system's temp folder and then
 ``shutil.move``-s it into place; when that folder is on another file system the move is a copy,
@@ -10,10 +11,16 @@ half-written file under the checkpoint's name. The ``mmcaption`` CLI installs it
 Reading goes through :func:`load_checkpoint_file` (``torch.load(weights_only=True)``): tensors and
 plain containers only, so a checkpoint from elsewhere cannot run code; a pickled payload is refused
 with a message that names the file.
+
+Checkpoints hold the trainable tensors only (the frozen 4-bit backbones are reloaded from their
+source), so Lightning's non-strict loading would silently ignore a checkpoint of another model:
+:func:`check_trainable_state` refuses any difference and names it, and :func:`load_initial_weights`
+starts a stage from an earlier stage's checkpoint or saved folder (``model.init_from``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -23,6 +30,12 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning_utilities.core.imports import RequirementCache
+
+from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
+from mmcaption.model.config import settings_diff
+
+MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
 
 
 class CheckpointFileError(RuntimeError):
@@ -31,6 +44,10 @@ class CheckpointFileError(RuntimeError):
 
 class UnsafeCheckpointError(CheckpointFileError):
     """A checkpoint holds objects that only unpickling arbitrary code could rebuild."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose tensors do not fit the model being built."""
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -104,6 +121,93 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_file(path, map_location=map_location or "cpu")
 
 
+def check_trainable_state(
+    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "", settings_diff: list[str] = ()
+) -> None:
+    """Refuse a state dict that is not exactly the model's trainable tensors (names and shapes).
+
+    Lightning's non-strict loading would silently ignore such keys; here every difference is named,
+    and so is every structural setting (``settings_diff``) in which the checkpoint's model differs.
+    """
+    expected = {f"{prefix}{name}": p for name, p in model.named_parameters() if p.requires_grad}
+    unexpected = sorted(set(state_dict) - set(expected))
+    missing = sorted(set(expected) - set(state_dict))
+    mismatched = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(state_dict) & set(expected))
+        if state_dict[key].shape != expected[key].shape
+    ]
+    problems = list(settings_diff)
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+    if missing:
+        problems.append(f"{len(missing)} trainable tensor(s) missing, e.g. {missing[:3]}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:3]}")
+    if problems:
+        raise CheckpointMismatchError(
+            "checkpoint does not match the model (other backbones, injected layers or LoRA settings?): "
+            + "; ".join(problems)
+        )
+
+
+def check_checkpoint(checkpoint: dict[str, Any], model: MultimodalCausalLM) -> None:
+    """Refuse a Lightning checkpoint whose trainable tensors or structural settings differ from ``model``'s."""
+    differences = settings_diff(checkpoint.get("model_config", {}), model.config_dict())
+    check_trainable_state(checkpoint["state_dict"], model, prefix=MODEL_PREFIX, settings_diff=differences)
+
+
+def load_trainable_tensors(checkpoint: dict[str, Any], model: MultimodalCausalLM) -> None:
+    """Put a Lightning checkpoint's trainable tensors into ``model``, after :func:`check_checkpoint`."""
+    check_checkpoint(checkpoint, model)
+    model.load_state_dict({k.removeprefix(MODEL_PREFIX): v for k, v in checkpoint["state_dict"].items()}, strict=False)
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device | str | None = None) -> tuple[MultimodalCausalLM, dict[str, Any]]:
+    """The model a Lightning checkpoint of ``mmcaption fit`` holds (built from the config it stores),
+    and the checkpoint itself."""
+    checkpoint = load_checkpoint_file(path)
+    saved = checkpoint.get("model_config") or checkpoint.get("hyper_parameters", {}).get("config")
+    if saved is None:
+        raise CheckpointFileError(f"{path}: no model config in it; is it a checkpoint of mmcaption fit?")
+    model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device)
+    load_trainable_tensors(checkpoint, model)
+    return model, checkpoint
+
+
+def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[str, Any]:
+    """Start ``model`` from the trained weights of an earlier stage: a Lightning checkpoint (its
+    trainable tensors, checked) or a folder of ``mmcaption-export``. Returns where they came from, as
+    checkpoints of the new stage record it."""
+    path = Path(source)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        differences = settings_diff(manifest["model"], model.config_dict(), saved_name="exported")
+        if differences:
+            raise CheckpointMismatchError(f"exported model {path} does not match this model: " + "; ".join(differences))
+        model.load_pretrained_weights(path)
+        return {"path": str(path.resolve()), "export": manifest["source"]}
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"init_from checkpoint not found: {path} (train the caption stage first, or point init_from at its checkpoint)"
+        )
+    checkpoint = load_checkpoint_file(path)
+    load_trainable_tensors(checkpoint, model)
+    return {
+        "path": str(path.resolve()),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+    }
+
+
+# Lightning issue #20550 (open; fixes proposed in PRs #21765 and #21770): a stateful training loader's
+# saved position is never loaded when configure_optimizers asks for estimated_stepping_batches. Needed
+# on the Lightning releases this package allows (pyproject: lightning<2.7). When raising that bound,
+# run tests/test_resume.py without this workaround; once a release passes, delete it and its call.
+LOADER_POSITION_WORKAROUND = not RequirementCache("lightning>=2.7")
+
+
 def restore_loader_position(trainer) -> None:
     """Put a resumed run's training loader where the checkpoint left it (call from ``on_train_start``).
 
@@ -114,6 +218,8 @@ def restore_loader_position(trainer) -> None:
     sampler learns the epoch. This loads the pending state and re-creates the iterator, with the
     epoch set, as the upstream fix does. A no-op when nothing is pending (fresh runs, fixed Lightning).
     """
+    if not LOADER_POSITION_WORKAROUND:
+        return
     from lightning.fabric.utilities.data import _set_sampler_epoch
 
     fit_loop = trainer.fit_loop

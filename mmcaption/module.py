@@ -1,12 +1,15 @@
-"""The LightningModule: training and validation steps, optimizer and schedule, lean checkpoints."""
+"""The LightningModule: training and validation steps, optimizer and schedule, lean checkpoints.
+
+The model is built from its config (``model.config.*``) in ``configure_model``; prompts, generation
+and answer parsing are the task layer's (:mod:`mmcaption.tasks`), checkpoint policy is
+:mod:`mmcaption.checkpoint`'s. What is left here is what Lightning asks of a module.
+"""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 import torch
@@ -15,46 +18,24 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
-from transformers import GenerationConfig, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from mmcaption import random_state
 from mmcaption.callbacks import PredictionWriter
-from mmcaption.checkpoint import load_checkpoint_file, restore_loader_position
-from mmcaption.data.collate import IGNORE_INDEX
-from mmcaption.data.datamodule import load_tokenizer
-from mmcaption.data.templates import LETTERS
+from mmcaption.checkpoint import check_checkpoint, check_trainable_state, load_initial_weights, restore_loader_position
+from mmcaption.collate import IGNORE_INDEX
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores
-from mmcaption.evaluation.multiple_choice import option_scores, parse_choice
-from mmcaption.export import load_exported_weights, read_export_config
-from mmcaption.model.backbones import DType, Quantization
-from mmcaption.model.multimodal import MultimodalCausalLM, MultimodalConfig
-
-DEFAULT_GENERATION = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint whose tensors do not fit the model being built."""
+from mmcaption.model import MultimodalCausalLM, MultimodalConfig
+from mmcaption.model.backbones import load_tokenizer
+from mmcaption.tasks import Tasks
 
 
 class MultimodalCaptioner(LightningModule):
     """Phi-2 (4-bit) + frozen CLIP + gated cross-attention, adapted with LoRA.
 
     Args:
-        language_model: ``from_pretrained`` name or folder of the causal language model.
-        vision_model: ``from_pretrained`` name or folder of the CLIP model.
-        quantization: storage of the language model's weights: nf4, fp4, int8 or none.
-        compute_dtype: dtype of the quantized matmuls (and of the whole LM without quantization).
-        cross_attention_layers: decoder layers wrapped with gated cross-attention (negative: from the end).
-        cross_attention_heads: heads per cross-attention block (default: the language model's).
-        cross_attention_ffn_mult: width multiplier of a gated feed-forward after each block (0: none).
-        vision_feature_layer: hidden state of the vision tower fed to the projection (-1: last, -2:
-            penultimate); a list (``[-2, -1]``) concatenates several.
-        lora_r: LoRA rank.
-        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
-        lora_dropout: dropout on the LoRA input.
-        lora_target_modules: names of the LM's linear layers that get LoRA adapters.
-        gradient_checkpointing: recompute LM activations in backward (less memory, ~30% slower).
+        config: the model (backbones, quantization, cross-attention, LoRA); see ``MultimodalConfig``.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay on matrices (not on biases, norms and gates).
         warmup_ratio: fraction of all optimizer steps spent warming up linearly from 0.
@@ -63,26 +44,14 @@ class MultimodalCaptioner(LightningModule):
             ``temperature``, ``top_p``, ...) for validation captions and ``predict``.
         on_nonfinite_loss: a NaN/inf training loss stops the run naming the step and batch
             (``error``), or skips that batch's update and counts it (``skip``).
-        init_from: a checkpoint (of the caption stage) whose trainable tensors start this run. Only
-            the weights are taken: optimizer, schedule and step count start fresh, unlike
+        init_from: a checkpoint (of the caption stage) or exported folder whose trained weights start
+            this run. Only the weights are taken: optimizer, schedule and step count start fresh, unlike
             ``--ckpt_path``, which resumes. Ignored when a checkpoint is being restored.
     """
 
     def __init__(
         self,
-        language_model: str = "microsoft/phi-2",
-        vision_model: str = "openai/clip-vit-base-patch32",
-        quantization: Quantization = "nf4",
-        compute_dtype: DType = "bfloat16",
-        cross_attention_layers: list[int] = [-4, -3, -2, -1],  # noqa: B006 (jsonargparse shows the default)
-        cross_attention_heads: int | None = None,
-        cross_attention_ffn_mult: int = 0,
-        vision_feature_layer: int | list[int] = -1,
-        lora_r: int = 32,
-        lora_alpha: int = 64,
-        lora_dropout: float = 0.05,
-        lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "dense"],  # noqa: B006
-        gradient_checkpointing: bool = False,
+        config: MultimodalConfig = MultimodalConfig(),  # noqa: B008 (jsonargparse shows the default)
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
@@ -92,22 +61,15 @@ class MultimodalCaptioner(LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model_config = MultimodalConfig(
-            language_model=language_model,
-            vision_model=vision_model,
-            quantization=quantization,
-            compute_dtype=compute_dtype,
-            cross_attention_layers=list(cross_attention_layers),
-            cross_attention_heads=cross_attention_heads,
-            cross_attention_ffn_mult=cross_attention_ffn_mult,
-            vision_feature_layer=vision_feature_layer,
-            lora_r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            lora_target_modules=list(lora_target_modules),
-            gradient_checkpointing=gradient_checkpointing,
-        )
+        # a checkpoint's hyper-parameters hold the config as a plain dict (loadable with weights_only)
+        self.config = MultimodalConfig(**config) if isinstance(config, dict) else replace(config)
+        self.save_hyperparameters(ignore=["config"])
+        self.hparams["config"] = asdict(self.config)
+        self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
+        self.adam_betas = tuple(adam_betas)
+        self.generation = dict(generation or {})
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.init_from = init_from
         self.model: MultimodalCausalLM | None = None
         # Checkpoints hold trainable tensors only; load_state_dict checks their keys itself.
         self.strict_loading = False
@@ -127,71 +89,28 @@ class MultimodalCaptioner(LightningModule):
         if self.model is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
-        self.model = MultimodalCausalLM.from_config(self.model_config, device=device)
+        self.model = MultimodalCausalLM.from_config(self.config, device=device)
 
     @functools.cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        return load_tokenizer(self.hparams.language_model)
+        return load_tokenizer(self.config.language_model)
 
-    def generation_config(self) -> GenerationConfig:
-        config = GenerationConfig(**{**DEFAULT_GENERATION, **(self.hparams.generation or {})})
-        config.eos_token_id = self.tokenizer.eos_token_id
-        config.pad_token_id = self.tokenizer.pad_token_id
-        return config
-
-    @torch.no_grad()
-    def generate_text(self, batch: dict[str, Any], image_embeds: torch.Tensor | None = None) -> list[str]:
-        """Continuations of a batch of left-padded prompts with its images (or given image
-        embeddings), decoded."""
-        tokens = self.model.generate(
-            batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"], image_embeds=image_embeds,
-            generation_config=self.generation_config(),
-        )
-        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
-
-    def trainable_state_keys(self) -> set[str]:
-        return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+    @property
+    def tasks(self) -> Tasks:
+        """Generation, option scoring and result rows with this model, its tokenizer and ``generation``."""
+        self.configure_model()
+        return Tasks(self.model, self.tokenizer, self.generation)
 
     def initialise_from_checkpoint(self) -> None:
-        """Load ``init_from``'s trained weights, once, unless a checkpoint was restored already.
-
-        ``init_from`` is a Lightning checkpoint of an earlier stage or a folder of ``mmcaption-export``.
-        """
-        if self.hparams.init_from is None or self.weights_loaded:
+        """Load ``init_from``'s trained weights, once, unless a checkpoint was restored already."""
+        if self.init_from is None or self.weights_loaded:
             return
         self.configure_model()
-        path = Path(self.hparams.init_from)
-        if path.is_dir():
-            self._initialise_from_export(path)
-            return
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"init_from checkpoint not found: {path} (train the caption stage first, or point init_from at its checkpoint)"
-            )
-        checkpoint = load_checkpoint_file(path)
-        check_trainable_state(
-            checkpoint["state_dict"], self.model, prefix="model.",
-            settings_diff=settings_diff(checkpoint.get("model_config", {}), self.saved_model_config()),
-        )
-        super().load_state_dict(checkpoint["state_dict"], strict=False)
+        self.init_source = load_initial_weights(self.model, self.init_from)
         self.weights_loaded = True
-        self.init_source = {
-            "path": str(path.resolve()),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "epoch": checkpoint.get("epoch"),
-            "global_step": checkpoint.get("global_step"),
-        }
-        rank_zero_info(f"Initialised from {path} (its step {checkpoint.get('global_step')}); optimizer and schedule start fresh.")
-
-    def _initialise_from_export(self, folder: Path) -> None:
-        manifest = read_export_config(folder)
-        differences = settings_diff(manifest["model"], self.saved_model_config())
-        if differences:
-            raise CheckpointMismatchError(f"exported model {folder} does not match this model: " + "; ".join(differences))
-        load_exported_weights(self.model, folder)
-        self.weights_loaded = True
-        self.init_source = {"path": str(folder.resolve()), "export": manifest["source"]}
-        rank_zero_info(f"Initialised from the exported model {folder}.")
+        step = self.init_source.get("global_step")
+        rank_zero_info(f"Initialised from {self.init_from}" + (f" (its step {step})" if step is not None else "")
+                       + "; optimizer and schedule start fresh.")
 
     def on_fit_start(self) -> None:
         self.initialise_from_checkpoint()
@@ -248,7 +167,7 @@ class MultimodalCaptioner(LightningModule):
         mean_loss = global_sum / global_tokens
         if not torch.isfinite(mean_loss):  # decided on the global value: every process skips, or none does
             where = f"step {self.global_step}, epoch {self.current_epoch}, batch {batch_idx}"
-            if self.hparams.on_nonfinite_loss == "error":
+            if self.on_nonfinite_loss == "error":
                 raise FloatingPointError(
                     f"non-finite training loss ({mean_loss.item()}) at {where}; set model.on_nonfinite_loss: skip "
                     "to skip such batches (they are counted in train/skipped_batches)"
@@ -266,7 +185,7 @@ class MultimodalCaptioner(LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 1:  # generation: val images to caption, or val questions to answer
-            generated = self.generate_text(batch)
+            generated = self.tasks.generate_batch(batch)
             if batch["task"][0] == "caption":
                 self.val_captions.extend(zip(batch["image_id"], generated, batch["references"]))
                 if self.val_examples is None:
@@ -318,41 +237,10 @@ class MultimodalCaptioner(LightningModule):
         self.log("test/loss", loss)
         self.log("test/perplexity", torch.exp(loss))
 
-    @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Captions, or multiple-choice answers, for the rows whose image could be read; the other
-        rows come back with their error."""
-        results = [{**record, "error": error} for record, error in zip(batch["record"], batch["error"])]
-        ok = [i for i, error in enumerate(batch["error"]) if error is None]
-        if not ok:
-            return results
-        task = batch["task"][0]
-        select = torch.tensor(ok, device=batch["input_ids"].device)
-        sub = {k: batch[k].index_select(0, select) for k in ("input_ids", "attention_mask", "pixel_values")}
-        if task == "caption":
-            for i, caption in zip(ok, self.generate_text(sub)):
-                results[i]["caption"] = caption
-            return results
-        if task == "choice-likelihood":
-            prompts = [[t for t, m in zip(ids.tolist(), mask.tolist()) if m] for ids, mask in zip(sub["input_ids"], sub["attention_mask"])]
-            scores = option_scores(
-                self.model, prompts, [batch["option_ids"][i] for i in ok], self.model.encode_images(sub["pixel_values"]),
-                self.tokenizer.pad_token_id,
-            )
-            for i, row_scores in zip(ok, scores.tolist()):
-                results[i]["scores"] = [round(s, 4) for s in row_scores]
-                results[i]["prediction"] = LETTERS[max(range(len(row_scores)), key=row_scores.__getitem__)]
-        else:
-            for i, text in zip(ok, self.generate_text(sub)):
-                results[i]["generated"] = text
-                results[i]["prediction"] = parse_choice(text)
-                if results[i]["prediction"] is None:  # counted as wrong, and said why
-                    results[i]["error"] = f"no option letter (A-D) in the generated answer {text!r}"
-        for i in ok:
-            answer = results[i].get("answer")
-            if answer:
-                results[i]["correct"] = results[i]["prediction"] == answer.strip().upper()
-        return results
+        """Captions, answers or chosen letters for the rows whose image could be read; the other rows
+        come back with their error (see :meth:`mmcaption.tasks.Tasks.predict`)."""
+        return self.tasks.predict(batch)
 
     def configure_callbacks(self) -> list:
         return [PredictionWriter()]
@@ -365,20 +253,15 @@ class MultimodalCaptioner(LightningModule):
             if param.requires_grad:
                 (decay if param.ndim >= 2 else no_decay).append(param)
         optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.learning_rate,
-            betas=tuple(self.hparams.adam_betas),
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.learning_rate,
+            betas=self.adam_betas,
         )
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ValueError("the linear schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
         scheduler = get_linear_schedule_with_warmup(
-            optimizer,
-            num_warmup_steps=int(self.hparams.warmup_ratio * total_steps),
-            num_training_steps=int(total_steps),
+            optimizer, num_warmup_steps=int(self.warmup_ratio * total_steps), num_training_steps=int(total_steps)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -388,30 +271,20 @@ class MultimodalCaptioner(LightningModule):
         """Keep the trainable tensors only: the frozen (4-bit) backbones are reloaded from their source."""
         trainable = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["model_config"] = self.saved_model_config()
+        checkpoint["model_config"] = self.model.config_dict()
         if self.init_source is not None:
             checkpoint["init_from"] = self.init_source
         # every process's generator states (Lightning saves checkpoints from all processes at once)
         checkpoint["random_states"] = gather_objects([random_state.capture()])
 
-    def vision_feature_settings(self) -> tuple[str, int | list[int]]:
-        """What a data module's image-feature cache must be computed with: this model's tower and layer."""
-        return self.model_config.vision_model, self.model_config.vision_feature_layer
-
-    def saved_model_config(self) -> dict[str, Any]:
-        """The model's settings as checkpoints record them (with the resolved cross-attention layers)."""
-        config = asdict(self.model_config)
-        if self.model is not None:
-            config["cross_attention_layers"] = list(self.model.cross_attention_layer_indices)
-        return config
+    def trainable_state_keys(self) -> set[str]:
+        """The state-dict keys a checkpoint keeps: LoRA, projection, cross-attention, gates."""
+        return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before restoring: refuse a checkpoint of another model, naming the settings that differ."""
         self.configure_model()
-        check_trainable_state(
-            checkpoint["state_dict"], self.model, prefix="model.",
-            settings_diff=settings_diff(checkpoint.get("model_config", {}), self.saved_model_config()),
-        )
+        check_checkpoint(checkpoint, self.model)
         self.init_source = checkpoint.get("init_from")
         states = checkpoint.get("random_states") or []
         if states and self._trainer is not None and self.trainer.state.fn == "fit":
@@ -430,18 +303,6 @@ class MultimodalCaptioner(LightningModule):
         return result._replace(missing_keys=[])
 
 
-# Settings that change what a trainable tensor means; a checkpoint made with others is refused.
-STRUCTURAL_SETTINGS = (
-    "cross_attention_layers",
-    "cross_attention_heads",
-    "cross_attention_ffn_mult",
-    "vision_feature_layer",
-    "lora_r",
-    "lora_alpha",
-    "lora_target_modules",
-)
-
-
 def gather_objects(items: list) -> list:
     """Concatenate a list from every process (the list itself when not distributed)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -449,42 +310,3 @@ def gather_objects(items: list) -> list:
     gathered: list[list] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, items)
     return [item for part in gathered for item in part]
-
-
-def settings_diff(checkpoint_config: dict[str, Any], model_config: dict[str, Any]) -> list[str]:
-    """``"lora_r: checkpoint 4, model 8"`` for each structural setting that differs."""
-    return [
-        f"{key}: checkpoint {checkpoint_config[key]!r}, model {model_config.get(key)!r}"
-        for key in STRUCTURAL_SETTINGS
-        if key in checkpoint_config and checkpoint_config[key] != model_config.get(key)
-    ]
-
-
-def check_trainable_state(
-    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "", settings_diff: list[str] = ()
-) -> None:
-    """Refuse a state dict that is not exactly the model's trainable tensors (names and shapes).
-
-    Lightning's non-strict loading would silently ignore such keys; here every difference is named,
-    and so is every structural setting (``settings_diff``) in which the checkpoint's model differs.
-    """
-    expected = {f"{prefix}{name}": p for name, p in model.named_parameters() if p.requires_grad}
-    unexpected = sorted(set(state_dict) - set(expected))
-    missing = sorted(set(expected) - set(state_dict))
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(set(state_dict) & set(expected))
-        if state_dict[key].shape != expected[key].shape
-    ]
-    problems = list(settings_diff)
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
-    if missing:
-        problems.append(f"{len(missing)} trainable tensor(s) missing, e.g. {missing[:3]}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:3]}")
-    if problems:
-        raise CheckpointMismatchError(
-            "checkpoint does not match the model (other backbones, injected layers or LoRA settings?): "
-            + "; ".join(problems)
-        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mmcaption.data.synthetic import demo_corpus, write_coco_split  # noqa: E402
+from mmcaption.demo.synthetic import demo_corpus, write_coco_split  # noqa: E402
+from mmcaption.demo.tiny import save_tiny_backbones  # noqa: E402
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig  # noqa: E402
-from mmcaption.tiny import save_tiny_backbones  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def make_captioner(backbones, **settings):
+    """A LightningModule on the tiny backbones: model settings (``lora_r``, ...) go into its
+    ``MultimodalConfig`` (2 injected layers, LoRA r=4 unless given), the rest to the module."""
+    from mmcaption.module import MultimodalCaptioner
+
+    language_dir, vision_dir = backbones
+    names = {f.name for f in fields(MultimodalConfig)}
+    config = dict(language_model=str(language_dir), vision_model=str(vision_dir), cross_attention_layers=[-2, -1],
+                  lora_r=4, lora_alpha=8)
+    config.update({k: v for k, v in settings.items() if k in names})
+    return MultimodalCaptioner(config=MultimodalConfig(**config), **{k: v for k, v in settings.items() if k not in names})
 
 
 @pytest.fixture(scope="session")
@@ -59,15 +73,12 @@ def trained_checkpoint(backbones, coco_root, tmp_path_factory) -> Path:
     from lightning.pytorch import Trainer
 
     from mmcaption.data import CaptionDataModule
-    from mmcaption.module import MultimodalCaptioner
 
     tmp = tmp_path_factory.mktemp("trained")
     language_dir, vision_dir = backbones
     dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp / "cache"), tokenizer=str(language_dir),
                            image_processor=str(vision_dir), batch_size=4, num_workers=0)
-    module = MultimodalCaptioner(language_model=str(language_dir), vision_model=str(vision_dir),
-                                 cross_attention_layers=[-2, -1], lora_r=4, lora_alpha=8, learning_rate=3e-2,
-                                 generation={"max_new_tokens": 8})
+    module = make_captioner(backbones, learning_rate=3e-2, generation={"max_new_tokens": 8})
     trainer = Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, default_root_dir=tmp)
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 import torch
 
-from mmcaption.data.collate import IGNORE_INDEX, caption_sample, collate
+from mmcaption.collate import IGNORE_INDEX, caption_sample, collate
 
 BOS = EOS = PAD = 0  # as Phi-2: one <|endoftext|> token plays all three roles
 

@@ -6,8 +6,8 @@ import datasets
 import pytest
 import torch
 
+from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import CaptionDataModule, DataError
-from mmcaption.data.collate import IGNORE_INDEX
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_large_images_are_stored_at_the_model_size_and_give_the_same_pixels(back
     import random
 
     from mmcaption.data.records import load_rgb
-    from mmcaption.data.synthetic import Scene, draw_scene
+    from mmcaption.demo.synthetic import Scene, draw_scene
 
     big = draw_scene(Scene("red", "circle", "left"), 640, random.Random(0)).resize((640, 480))
     big.save(coco_copy / "train2017" / "000000000002.jpg", quality=95)
@@ -165,7 +165,7 @@ def test_malformed_json_names_the_file(backbones, coco_copy):
 
 
 def test_hub_layout_with_jpg_and_newline_separated_txt(backbones, coco_root, tmp_path):
-    """The seed's source: a `datasets` dataset with `jpg` images and all captions of an image in `txt`."""
+    """The original scripts' source: a `datasets` dataset with `jpg` images and all captions of an image in `txt`."""
     content = json.loads((coco_root / "annotations" / "captions_train2017.json").read_text())
     by_image = {}
     for annotation in content["annotations"]:

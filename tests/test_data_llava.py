@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import DataError, InstructDataModule
-from mmcaption.data.collate import IGNORE_INDEX
-from mmcaption.data.synthetic import write_llava_split
+from mmcaption.demo.synthetic import write_llava_split
 
 
 @pytest.fixture

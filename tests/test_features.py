@@ -5,15 +5,19 @@ from lightning.pytorch import Trainer
 
 from mmcaption.data import CaptionDataModule
 from mmcaption.data.features import features_folder
-from mmcaption.module import MultimodalCaptioner
+
+from .conftest import make_captioner
 
 
 def test_training_on_cached_features_skips_the_vision_tower_and_matches_pixels(backbones, coco_root, tmp_path):
     language_dir, vision_dir = backbones
     settings = dict(tokenizer=str(language_dir), image_processor=str(vision_dir), batch_size=4, num_workers=0)
-    cached_dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), cache_image_features=True, **settings)
-    module = MultimodalCaptioner(language_model=str(language_dir), vision_model=str(vision_dir), cross_attention_layers=[-2, -1],
-                                 lora_r=4, lora_alpha=8, vision_feature_layer=-2)
+    cached_dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), cache_image_features=True,
+                                  vision_feature_layer=-2, **settings)
+    # the data module is told what to cache, never asks the trainer: it prepares on its own
+    cached_dm.prepare_data()
+    assert features_folder(cached_dm.split_folder("train2017"), str(vision_dir), -2).is_dir()
+    module = make_captioner(backbones, vision_feature_layer=-2)
     tower_calls = []
     trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)

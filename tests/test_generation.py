@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from mmcaption.data.collate import collate
+from mmcaption.collate import collate
 
 
 @pytest.fixture

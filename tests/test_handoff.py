@@ -7,16 +7,16 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from mmcaption.checkpoint import CheckpointMismatchError
 from mmcaption.data import CaptionDataModule, InstructDataModule
-from mmcaption.data.synthetic import write_llava_split
-from mmcaption.module import CheckpointMismatchError, MultimodalCaptioner
+from mmcaption.demo.synthetic import write_llava_split
+from mmcaption.module import MultimodalCaptioner
+
+from .conftest import make_captioner
 
 
 def make_module(backbones, **kwargs) -> MultimodalCaptioner:
-    language_dir, vision_dir = backbones
-    defaults = dict(language_model=str(language_dir), vision_model=str(vision_dir), cross_attention_layers=[-2, -1],
-                    lora_r=4, lora_alpha=8, learning_rate=1e-2, warmup_ratio=0.5)
-    return MultimodalCaptioner(**{**defaults, **kwargs})
+    return make_captioner(backbones, **{**dict(learning_rate=1e-2, warmup_ratio=0.5), **kwargs})
 
 
 def trainer(tmp_path, steps: int) -> Trainer:

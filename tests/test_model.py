@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
 
-from mmcaption.data.synthetic import COLOURS, Scene, draw_scene
+from mmcaption.demo.synthetic import COLOURS, Scene, draw_scene
 from mmcaption.model import MultimodalCausalLM
 from mmcaption.model.backbones import load_language_model
 

@@ -2,15 +2,15 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from mmcaption.checkpoint import CheckpointMismatchError
 from mmcaption.data import CaptionDataModule
-from mmcaption.module import CheckpointMismatchError, MultimodalCaptioner
+from mmcaption.module import MultimodalCaptioner
+
+from .conftest import make_captioner
 
 
 def make_module(backbones, **kwargs) -> MultimodalCaptioner:
-    language_dir, vision_dir = backbones
-    defaults = dict(language_model=str(language_dir), vision_model=str(vision_dir), cross_attention_layers=[-2, -1],
-                    lora_r=4, lora_alpha=8, learning_rate=1e-2)
-    return MultimodalCaptioner(**{**defaults, **kwargs})
+    return make_captioner(backbones, **{**dict(learning_rate=1e-2), **kwargs})
 
 
 @pytest.fixture
@@ -71,7 +71,8 @@ def test_checkpoint_with_unexpected_key_is_refused(trained, tmp_path):
 def test_checkpoint_of_another_lora_rank_is_refused(trained, backbones):
     _, _, path = trained
     with pytest.raises(CheckpointMismatchError, match=r"lora_r: checkpoint 4, model 8.*shape mismatch.*lora_A.*\(4, 64\) vs model \(8, 64\)"):
-        MultimodalCaptioner.load_from_checkpoint(path, lora_r=8, lora_alpha=16)
+        config = torch.load(path, weights_only=True)["hyper_parameters"]["config"]
+        MultimodalCaptioner.load_from_checkpoint(path, config={**config, "lora_r": 8, "lora_alpha": 16})
 
 
 def test_training_reduces_the_loss_on_a_repeated_batch(backbones, coco_root, tmp_path):

@@ -10,12 +10,11 @@ from peft import PeftModel
 
 from mmcaption import Captioner
 from mmcaption.data import CaptionPredictDataModule, DataError, MultipleChoiceDataModule
-from mmcaption.data.synthetic import Scene, draw_scene
-from mmcaption.evaluation.multiple_choice import parse_choice
-from mmcaption.export import export_model
+from mmcaption.demo.synthetic import Scene, draw_scene
 from mmcaption.export import main as export_main
 from mmcaption.model.backbones import load_language_model
 from mmcaption.module import MultimodalCaptioner
+from mmcaption.tasks import parse_choice
 
 
 @pytest.fixture
@@ -124,8 +123,8 @@ def test_bad_csv_is_refused_with_the_file_and_line(backbones, tmp_path):
 
 def test_export_load_predict_gives_the_checkpoint_captions(backbones, trained_checkpoint, image_folder, tmp_path):
     module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint).eval()
-    out = export_model(module.model, tmp_path / "export", module.tokenizer, {"caption_prompt": "", "system_prompt": ""},
-                       module.hparams.generation, {"checkpoint": str(trained_checkpoint)})
+    out = module.model.save_pretrained(tmp_path / "export", module.tokenizer, {"caption_prompt": "", "system_prompt": ""},
+                                       module.generation, {"checkpoint": str(trained_checkpoint)})
     assert {p.name for p in out.iterdir()} >= {"adapter", "multimodal.safetensors", "mmcaption.json", "README.md", "tokenizer", "image_processor"}
 
     images = sorted(image_folder.glob("*.png"))
@@ -133,7 +132,7 @@ def test_export_load_predict_gives_the_checkpoint_captions(backbones, trained_ch
     dm = caption_data(backbones, image_folder, tmp_path / "c.jsonl")
     dm.setup("predict")
     batch = dm.predict_dataloader().collate_fn([dm.dataset[i] for i in range(3)])
-    assert captioner.caption([str(p) for p in images]) == module.generate_text(batch)
+    assert captioner.caption([str(p) for p in images]) == module.tasks.generate_batch(batch)
 
     # the adapter is a plain PEFT folder: it loads onto the plain 4-bit language model
     base = load_language_model(str(backbones[0]))
@@ -157,7 +156,7 @@ def test_export_command_with_merge_and_init_from_an_export(backbones, trained_ch
     plain = tmp_path / "plain"
     export_main([str(trained_checkpoint), str(plain)])
     source = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
-    module = MultimodalCaptioner(**{**source.hparams, "init_from": str(plain)})
+    module = MultimodalCaptioner(**{**source.hparams, "init_from": str(plain)})  # the config comes back as a dict
     module.initialise_from_checkpoint()
     for key in source.trainable_state_keys():
         assert torch.equal(module.state_dict()[key], source.state_dict()[key]), key

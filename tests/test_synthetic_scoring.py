@@ -1,6 +1,6 @@
-from mmcaption.data.synthetic import Scene, captions_for, questions_for
+from mmcaption.demo.scoring import caption_accuracy, caption_attributes
+from mmcaption.demo.synthetic import Scene, captions_for, questions_for
 from mmcaption.evaluation.answers import exact_match
-from mmcaption.evaluation.synthetic import caption_accuracy, caption_attributes
 
 
 def test_every_reference_caption_names_every_attribute():

@@ -1,8 +1,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from mmcaption.data.collate import IGNORE_INDEX
-from mmcaption.data.templates import ConversationTemplate, strip_image_placeholder
+from mmcaption.collate import IGNORE_INDEX
+from mmcaption.prompts import ConversationTemplate, strip_image_placeholder
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""Data: COCO captions and LLaVA conversations - checks, preprocessing, datasets, collation,
-LightningDataModules - and the synthetic demo data."""
+"""Data: COCO captions and LLaVA conversations (reading and checks, preprocessing caches, datasets,
+LightningDataModules) and what ``mmcaption predict`` reads."""
 
-from mmcaption.data.datamodule import CaptionDataModule, CaptionDataset, ConversationDataset, InstructDataModule
+from mmcaption.data.datamodules import CaptionDataModule, InstructDataModule
+from mmcaption.data.datasets import CaptionDataset, ConversationDataset
 from mmcaption.data.predict import CaptionPredictDataModule, MultipleChoiceDataModule
 from mmcaption.data.records import DataError
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.records import BadRecords, DataError, check_image
-from mmcaption.data.templates import ConversationTemplate, strip_image_placeholder
+from mmcaption.prompts import ConversationTemplate, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
 CONVERSATION_FEATURES = datasets.Features(

@@ -1,4 +1,4 @@
-"""What ``mmcaption predict`` reads: images to caption, or a multiple-choice CSV in the seed's format.
+"""What ``mmcaption predict`` reads: images to caption, or a multiple-choice CSV in the original scripts' format.
 
 A bad image does not stop a run: its row carries the error into the output and the other rows are
 predicted. A bad file (no images found, a CSV without the required columns, an answer outside
@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from mmcaption.data.collate import caption_prompt_ids
-from mmcaption.data.datamodule import BackboneProcessors
+from mmcaption.data.base import BackbonesDataModule
 from mmcaption.data.records import DataError, check_image, load_rgb
-from mmcaption.data.templates import DEFAULT_SYSTEM, LETTERS, ConversationTemplate, listed_options_question
+from mmcaption.prompts import DEFAULT_SYSTEM, LETTERS, ConversationTemplate, caption_prompt_ids, choice_prompt
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B", "C", "D")
@@ -90,11 +88,12 @@ class _ChoiceRows(_ImageRows):
         return {"task": f"choice-{self.method}", "input_ids": torch.tensor(self.prompts[index]), "option_ids": self.options[index]}
 
 
-class _PredictDataModule(BackboneProcessors, LightningDataModule):
+class _PredictDataModule(BackbonesDataModule):
     """Shared by both: tokenizer, image processor, the output path the prediction writer uses."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, output: str, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.output, self.batch_size = Path(output), batch_size
         self.dataset: Dataset | None = None
 
     @property
@@ -102,12 +101,8 @@ class _PredictDataModule(BackboneProcessors, LightningDataModule):
         crop = getattr(self.image_processor, "crop_size", None) or {}
         return int(crop.get("height", 224))
 
-    @property
-    def output(self) -> Path:
-        return Path(self.hparams.output)
-
     def predict_dataloader(self) -> DataLoader:
-        return self.generation_loader(self.dataset, self.hparams.batch_size)
+        return self.generation_loader(self.dataset, self.batch_size)
 
 
 class CaptionPredictDataModule(_PredictDataModule):
@@ -117,10 +112,7 @@ class CaptionPredictDataModule(_PredictDataModule):
         images: a folder of images (recursive), a text file listing image paths, or one image.
         output: the JSON Lines file to write (``{"image": ..., "caption": ...}`` or ``"error"``).
         caption_prompt: the caption stage's prompt (empty: none).
-        tokenizer: the language model's tokenizer (linked to ``model.language_model`` by the CLI).
-        image_processor: the vision tower's image processor (linked to ``model.vision_model``).
         batch_size: images per batch.
-        num_workers: data loader worker processes.
     """
 
     def __init__(
@@ -128,22 +120,21 @@ class CaptionPredictDataModule(_PredictDataModule):
         images: str,
         output: str = "predictions/captions.jsonl",
         caption_prompt: str = "",
-        tokenizer: str = "microsoft/phi-2",
-        image_processor: str = "openai/clip-vit-base-patch32",
         batch_size: int = 16,
-        num_workers: int = 2,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(output, batch_size, **kwargs)
         self.save_hyperparameters()
+        self.images, self.caption_prompt = images, caption_prompt
 
     def setup(self, stage: str) -> None:
-        paths = find_images(self.hparams.images)
-        prompt = caption_prompt_ids(self.tokenizer, self.hparams.caption_prompt)
+        paths = find_images(self.images)
+        prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
         self.dataset = _CaptionRows(paths, self.image_processor, self.image_size, prompt)
 
 
 class MultipleChoiceDataModule(_PredictDataModule):
-    """Answer multiple-choice questions from a CSV in the seed's format: ``img_path, Question, A, B,
+    """Answer multiple-choice questions from a CSV in the original scripts' format: ``img_path, Question, A, B,
     C, D`` and optionally ``answer``; ``mmcaption predict`` writes the CSV back with the chosen letter
     and, with answers, reports accuracy.
 
@@ -152,12 +143,9 @@ class MultipleChoiceDataModule(_PredictDataModule):
         image_root: folder that ``img_path`` is relative to (default: the CSV's folder).
         output: the CSV to write: the input columns, ``prediction``, ``correct`` and ``error``.
         method: ``likelihood`` scores each option's text given image and question (robust);
-            ``generation`` lists the options and generates a letter (the seed's way).
+            ``generation`` lists the options and generates a letter (the original scripts' way).
         system_prompt: the instruct stage's system prompt.
-        tokenizer: the language model's tokenizer (linked to ``model.language_model`` by the CLI).
-        image_processor: the vision tower's image processor (linked to ``model.vision_model``).
         batch_size: questions per batch.
-        num_workers: data loader worker processes.
     """
 
     def __init__(
@@ -167,16 +155,16 @@ class MultipleChoiceDataModule(_PredictDataModule):
         output: str = "predictions/answers.csv",
         method: Literal["likelihood", "generation"] = "likelihood",
         system_prompt: str = DEFAULT_SYSTEM,
-        tokenizer: str = "microsoft/phi-2",
-        image_processor: str = "openai/clip-vit-base-patch32",
         batch_size: int = 8,
-        num_workers: int = 2,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(output, batch_size, **kwargs)
         self.save_hyperparameters()
+        self.csv_file, self.image_root = Path(csv_file), image_root and Path(image_root)
+        self.method, self.system_prompt = method, system_prompt
 
     def read_rows(self) -> list[dict[str, str]]:
-        path = Path(self.hparams.csv_file)
+        path = self.csv_file
         if not path.is_file():
             raise DataError(f"multiple-choice CSV not found: {path}")
         try:
@@ -201,17 +189,12 @@ class MultipleChoiceDataModule(_PredictDataModule):
 
     def setup(self, stage: str) -> None:
         rows = self.read_rows()
-        root = Path(self.hparams.image_root) if self.hparams.image_root else Path(self.hparams.csv_file).parent
-        template = ConversationTemplate(system=self.hparams.system_prompt)
+        root = self.image_root or self.csv_file.parent
+        template = ConversationTemplate(system=self.system_prompt)
         prompts, options = [], []
-        eos = self.tokenizer.eos_token_id
         for row in rows:
-            choices = [row[letter] for letter in LETTERS]
-            if self.hparams.method == "likelihood":
-                prompts.append(template.prompt(row["Question"], self.tokenizer))
-                options.append([self.tokenizer(" " + c, add_special_tokens=False)["input_ids"] + [eos] for c in choices])
-            else:
-                prompts.append(template.prompt(listed_options_question(row["Question"], choices), self.tokenizer))
-                options.append([])
+            prompt, option_ids = choice_prompt(template, self.tokenizer, row["Question"], [row[letter] for letter in LETTERS], self.method)
+            prompts.append(prompt)
+            options.append(option_ids)
         paths = [Path(row["img_path"]) if Path(row["img_path"]).is_absolute() else root / row["img_path"] for row in rows]
-        self.dataset = _ChoiceRows(rows, paths, self.image_processor, self.image_size, prompts, options, self.hparams.method)
+        self.dataset = _ChoiceRows(rows, paths, self.image_processor, self.image_size, prompts, options, self.method)

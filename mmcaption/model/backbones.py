@@ -1,21 +1,27 @@
-"""Loading the pretrained backbones: the (quantized) language model and the vision tower."""
+"""The one factory of pretrained pieces: the (quantized) language model with LoRA, the vision tower,
+the tokenizer and the image processor, all by ``from_pretrained`` (a hub id or a local folder).
+
+The data side gets the tokenizer and image processor from here too (the CLI hands it the names), so a
+model and its data can never disagree on them.
+"""
 
 from __future__ import annotations
-
-from typing import Literal
 
 import bitsandbytes as bnb
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (
+    AutoImageProcessor,
     AutoModelForCausalLM,
+    AutoTokenizer,
+    BaseImageProcessor,
     BitsAndBytesConfig,
     CLIPVisionModel,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 
-Quantization = Literal["nf4", "fp4", "int8", "none"]
-DType = Literal["bfloat16", "float16", "float32"]
+from mmcaption.model.config import DType, Quantization
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -117,3 +123,16 @@ def load_vision_model(name_or_path: str, device: torch.device | str | None = Non
         vision = vision.to(device)
     vision.requires_grad_(False)
     return vision.eval()
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The language model's tokenizer; like Phi-2's, it may have no pad token (padding is masked)."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_image_processor(name_or_path: str) -> BaseImageProcessor:
+    """The vision tower's image processor (resize, crop, normalise), as it was trained with."""
+    return AutoImageProcessor.from_pretrained(name_or_path)

@@ -1,61 +1,45 @@
-"""The multimodal model: frozen vision tower -> projection -> gated cross-attention in the LM."""
+"""The multimodal model: frozen vision tower -> projection -> gated cross-attention in the LM.
+
+The model also owns its folder format (nanoVLM's ``save_pretrained`` / ``from_pretrained``)::
+
+    adapter/                  the LoRA adapter as a PEFT folder (PeftModel.from_pretrained on the plain LM)
+    multimodal.safetensors    projection and gated cross-attention weights
+    mmcaption.json            the model config that rebuilds it, prompt and generation settings, provenance
+    tokenizer/, image_processor/   so the folder works offline
+    language_model/           merged folders only: the language model with LoRA merged in (compute dtype)
+    README.md                 a short model card
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import CLIPVisionModel, GenerationConfig
+from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationConfig, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mmcaption.model.backbones import (
-    DType,
-    Quantization,
     add_lora,
+    load_image_processor,
     load_language_model,
     load_vision_model,
+    torch_dtype,
 )
+from mmcaption.model.card import model_card
+from mmcaption.model.config import MultimodalConfig, settings_diff
 from mmcaption.model.cross_attention import CrossAttentionDecoderLayer, GatedCrossAttentionBlock
 
-
-@dataclass
-class MultimodalConfig:
-    """Everything needed to rebuild the model around its pretrained backbones.
-
-    Attributes:
-        language_model: ``from_pretrained`` name or folder of the causal language model.
-        vision_model: ``from_pretrained`` name or folder of the CLIP model.
-        quantization: how the language model's weights are stored: nf4, fp4, int8 or none.
-        compute_dtype: dtype of the quantized matmuls (and of the whole LM without quantization).
-        cross_attention_layers: indices of the decoder layers that get a gated cross-attention block
-            (negative counts from the end).
-        cross_attention_heads: heads of each block; ``None`` takes the language model's.
-        cross_attention_ffn_mult: width multiplier of a gated feed-forward after each block (0: none).
-        vision_feature_layer: which hidden state of the vision tower is used (-1: the last, -2: the
-            penultimate, as LLaVA); a list concatenates several along the width (as ``transformers``'
-            Llava does), e.g. ``[-2, -1]``.
-        lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapters on the LM.
-        gradient_checkpointing: recompute the LM's activations in the backward pass.
-    """
-
-    language_model: str = "microsoft/phi-2"
-    vision_model: str = "openai/clip-vit-base-patch32"
-    quantization: Quantization = "nf4"
-    compute_dtype: DType = "bfloat16"
-    cross_attention_layers: list[int] = field(default_factory=lambda: [-4, -3, -2, -1])
-    cross_attention_heads: int | None = None
-    cross_attention_ffn_mult: int = 0
-    vision_feature_layer: int | list[int] = -1
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense"])
-    gradient_checkpointing: bool = False
+FOLDER_FORMAT = 1
+CONFIG_FILE = "mmcaption.json"
 
 
 class MultimodalCausalLM(nn.Module):
@@ -240,6 +224,78 @@ class MultimodalCausalLM(nn.Module):
             )
         return sequences[:, input_ids.shape[1]:]
 
+    # -- its folder format --------------------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as checkpoints and folders record it, with the injected layers resolved."""
+        return {**asdict(self.config), "cross_attention_layers": list(self.cross_attention_layer_indices)}
+
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: dict[str, Any] | None = None,
+        generation: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
+        merge: bool = False,
+    ) -> Path:
+        """Write the trained parts (and, with ``merge``, the language model with LoRA merged in) to ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self.plain_decoder_layers():
+            self.language_model.save_pretrained(folder / "adapter")
+        weights = {k: v.detach().contiguous().cpu() for k, v in self.multimodal_state_dict().items()}
+        save_file(weights, folder / "multimodal.safetensors")
+        tokenizer.save_pretrained(folder / "tokenizer")
+        load_image_processor(self.config.vision_model).save_pretrained(folder / "image_processor")
+        if merge:
+            base = AutoModelForCausalLM.from_pretrained(
+                self.config.language_model, dtype=torch_dtype(self.config.compute_dtype)
+            )
+            PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload().save_pretrained(folder / "language_model")
+            tokenizer.save_pretrained(folder / "language_model")
+        manifest = {
+            "format": FOLDER_FORMAT,
+            "model": self.config_dict(),
+            "merged": merge,
+            "base_language_model": self.config.language_model,
+            "prompts": prompts or {},
+            "generation": generation or {},
+            "source": source or {},
+        }
+        (folder / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
+        (folder / "README.md").write_text(model_card(manifest))
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, device: torch.device | str | None = None, **overrides: Any
+    ) -> MultimodalCausalLM:
+        """Rebuild a saved model: backbones from their own names (or the merged language model in the
+        folder), trained parts from the folder. ``overrides`` replace config settings (``quantization``)."""
+        model = cls.from_config(pretrained_config(folder, **overrides), device=device)
+        model.load_pretrained_weights(folder)
+        return model
+
+    def load_pretrained_weights(self, folder: str | Path) -> None:
+        """Put a saved folder's trained weights into this model, refusing one of another structure.
+
+        For a merged folder the LoRA is already inside the language model; this model's fresh LoRA
+        adapters (zero-initialised, so without effect) stay as they are.
+        """
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        differences = settings_diff(manifest["model"], self.config_dict(), saved_name="saved")
+        if differences:
+            raise ValueError(f"the saved model {folder} does not match this model: " + "; ".join(differences))
+        if not manifest["merged"]:
+            adapter = load_file(folder / "adapter" / "adapter_model.safetensors")
+            with self.plain_decoder_layers():
+                result = set_peft_model_state_dict(self.language_model, adapter)
+            if result.unexpected_keys:
+                raise ValueError(f"{folder / 'adapter'} has weights this model lacks: {result.unexpected_keys[:3]}")
+        self.load_multimodal_state_dict(load_file(folder / "multimodal.safetensors"))
+
     def gate_values(self) -> dict[int, dict[str, float]]:
         """``tanh(gate)`` per injected layer index."""
         return {
@@ -271,3 +327,27 @@ def select_features(hidden_states: tuple[torch.Tensor, ...], vision_feature_laye
     if len(layers) == 1:
         return hidden_states[layers[0]]
     return torch.cat([hidden_states[layer] for layer in layers], dim=-1)
+
+
+def is_pretrained_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :meth:`MultimodalCausalLM.save_pretrained`."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
+    folder = Path(folder)
+    if not is_pretrained_folder(folder):
+        raise FileNotFoundError(f"{folder} is not a saved mmcaption model folder (no {CONFIG_FILE})")
+    return json.loads((folder / CONFIG_FILE).read_text())
+
+
+def pretrained_config(folder: str | Path, **overrides: Any) -> MultimodalConfig:
+    """The model config a saved folder rebuilds (a merged language model is read from the folder)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    names = {f.name for f in fields(MultimodalConfig)}
+    config = MultimodalConfig(**{k: v for k, v in manifest["model"].items() if k in names})
+    if manifest["merged"]:
+        config = replace(config, language_model=str(folder / "language_model"))
+    return replace(config, **overrides)

@@ -19,13 +19,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmcaption.data.predict import MultipleChoiceDataModule
-from mmcaption.data.synthetic import Scene
-from mmcaption.data.templates import LETTERS
+from mmcaption.demo.scoring import caption_accuracy
+from mmcaption.demo.synthetic import Scene
 from mmcaption.evaluation.answers import exact_match, normalise_answer
 from mmcaption.evaluation.caption_metrics import caption_scores
-from mmcaption.evaluation.multiple_choice import option_scores, parse_choice
-from mmcaption.evaluation.synthetic import caption_accuracy
-from mmcaption.module import MultimodalCaptioner
+from mmcaption.prompts import LETTERS
+from mmcaption.tasks import Tasks, parse_choice, unpadded
 
 
 class BlindControl:
@@ -55,16 +54,16 @@ class BlindControl:
 
 
 @torch.no_grad()
-def evaluate_captions(module: MultimodalCaptioner, loader, scenes: dict[str, Scene]) -> dict[str, Any]:
+def evaluate_captions(tasks: Tasks, loader, scenes: dict[str, Scene]) -> dict[str, Any]:
     """Captions of held-out images: COCO metrics, per-attribute accuracy, blind control, chance."""
-    module.eval()
+    tasks.model.eval()
     ids, captions, blind, references, examples = [], [], [], {}, []
     blind_control = BlindControl()
     for batch in loader:
-        embeds = module.model.encode_images(batch["pixel_values"])
-        generated = module.generate_text(batch, image_embeds=embeds)
+        embeds = tasks.model.encode_images(batch["pixel_values"])
+        generated = tasks.generate_batch(batch, image_embeds=embeds)
         captions += generated
-        blind += module.generate_text(batch, image_embeds=blind_control(embeds, batch["image_id"]))
+        blind += tasks.generate_batch(batch, image_embeds=blind_control(embeds, batch["image_id"]))
         ids += batch["image_id"]
         references.update(zip(batch["image_id"], batch["references"]))
         examples += list(zip(batch["display"], generated))[: max(0, 8 - len(examples))]
@@ -81,19 +80,19 @@ def evaluate_captions(module: MultimodalCaptioner, loader, scenes: dict[str, Sce
 
 
 @torch.no_grad()
-def evaluate_answers(module: MultimodalCaptioner, loader, attributes: dict[tuple[str, str], str], train_answers: dict[str, Counter]) -> dict[str, Any]:
+def evaluate_answers(tasks: Tasks, loader, attributes: dict[tuple[str, str], str], train_answers: dict[str, Counter]) -> dict[str, Any]:
     """Exact match of answers to held-out questions (each asked alone), per attribute, blind, chance.
 
     Chance is the expected exact match of an answer drawn from the training answers to the same
     question text: what a model that reads the question but not the image could reach by guessing.
     """
-    module.eval()
+    tasks.model.eval()
     rows = []
     blind_control = BlindControl()
     for batch in loader:
-        embeds = module.model.encode_images(batch["pixel_values"])
-        seen = module.generate_text(batch, image_embeds=embeds)
-        blind = module.generate_text(batch, image_embeds=blind_control(embeds, batch["id"]))
+        embeds = tasks.model.encode_images(batch["pixel_values"])
+        seen = tasks.generate_batch(batch, image_embeds=embeds)
+        blind = tasks.generate_batch(batch, image_embeds=blind_control(embeds, batch["id"]))
         rows += list(zip(batch["id"], batch["question"], batch["answer"], seen, blind))
     # multiple-choice turns are scored by evaluate_choices
     rows = [row for row in rows if not attributes.get((row[0], row[1]), "").startswith("choice-")]
@@ -116,27 +115,26 @@ def evaluate_answers(module: MultimodalCaptioner, loader, attributes: dict[tuple
 
 
 @torch.no_grad()
-def evaluate_choices(module: MultimodalCaptioner, datamodule: MultipleChoiceDataModule) -> dict[str, float]:
+def evaluate_choices(tasks: Tasks, datamodule: MultipleChoiceDataModule) -> dict[str, float]:
     """Multiple-choice accuracy by likelihood and by generation, and the likelihood blind control."""
-    module.eval()
+    tasks.model.eval()
     results = {}
     for method in ("likelihood", "generation"):
-        datamodule.hparams.method = method
+        datamodule.method = method
         datamodule.setup("predict")
         correct = blind_correct = total = 0
         blind_control = BlindControl()
         for batch in datamodule.predict_dataloader():
-            embeds = module.model.encode_images(batch["pixel_values"])
+            embeds = tasks.model.encode_images(batch["pixel_values"])
             answers = [record["answer"] for record in batch["record"]]
-            prompts = [[t for t, m in zip(ids.tolist(), mask.tolist()) if m] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+            prompts = unpadded(batch["input_ids"], batch["attention_mask"])
             if method == "likelihood":
-                pad = module.tokenizer.pad_token_id
-                choices = [LETTERS[int(i)] for i in option_scores(module.model, prompts, batch["option_ids"], embeds, pad).argmax(1)]
+                choices, _ = tasks.choose(prompts, batch["option_ids"], embeds)
                 blind_embeds = blind_control(embeds, [record["img_path"] for record in batch["record"]])
-                blind = [LETTERS[int(i)] for i in option_scores(module.model, prompts, batch["option_ids"], blind_embeds, pad).argmax(1)]
+                blind, _ = tasks.choose(prompts, batch["option_ids"], blind_embeds)
                 blind_correct += sum(b == a for b, a in zip(blind, answers))
             else:
-                choices = [parse_choice(text) for text in module.generate_text(batch, image_embeds=embeds)]
+                choices = [parse_choice(text) for text in tasks.generate_batch(batch, image_embeds=embeds)]
             correct += sum(c == a for c, a in zip(choices, answers))
             total += len(answers)
         results[method] = correct / total

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mmcaption.data.collate import bos_token_id
-from mmcaption.data.templates import LETTERS, ConversationTemplate, listed_options_question
+from mmcaption.prompts import LETTERS, ConversationTemplate, bos_token_id, listed_options_question
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -302,7 +301,7 @@ def language_sequences(tokenizer, seed: int = 0, num_scenes: int = 3000) -> list
 
 
 def write_multiple_choice_csv(path: str | Path, coco_root: str | Path, split: str, seed: int) -> Path:
-    """Multiple-choice questions about ``split``'s images in the seed's CSV format (``img_path,
+    """Multiple-choice questions about ``split``'s images in the original scripts' CSV format (``img_path,
     Question, A, B, C, D, answer``, image paths relative to the CSV), plus an ``attribute`` column."""
     import csv
 

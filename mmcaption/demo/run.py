@@ -19,8 +19,7 @@ from pathlib import Path
 from mmcaption.cli import run_cli
 from mmcaption.data.cache import is_complete, publish_atomically
 from mmcaption.data.predict import MultipleChoiceDataModule
-from mmcaption.data.synthetic import Scene, demo_corpus, write_coco_split, write_llava_split, write_multiple_choice_csv
-from mmcaption.evaluation.demo import (
+from mmcaption.demo.evaluation import (
     evaluate_answers,
     evaluate_captions,
     evaluate_choices,
@@ -29,13 +28,14 @@ from mmcaption.evaluation.demo import (
     steps_to_reach,
     train_answer_counts,
 )
+from mmcaption.demo.synthetic import Scene, demo_corpus, write_coco_split, write_llava_split, write_multiple_choice_csv
+from mmcaption.demo.tiny import save_tiny_backbones
 from mmcaption.pipeline import StageResult, run_pipeline
-from mmcaption.tiny import save_tiny_backbones
 
 DEMO_VERSION = 8
 LANGUAGE_PRETRAINING_STEPS = 300  # text-only, ~1 minute on 2 cores; the loss has flattened by then
 CLIP_PRETRAINING_STEPS = 2500  # contrastive image-text training of the tiny CLIP, ~1.5 minutes
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def prepare_demo_assets(
@@ -121,24 +121,24 @@ def run_demo(argv: list[str] | None = None) -> dict:
 
 
 def evaluate(root: Path, caption: StageResult, instruct: StageResult, scratch, report_dir: Path) -> dict:
-    """Held-out evaluation of both stages, with blind controls (see ``mmcaption.evaluation.demo``)."""
+    """Held-out evaluation of both stages, with blind controls (see ``mmcaption.demo.evaluation``)."""
     scenes = {str(image["id"]): Scene(**image["scene"]) for image in
               json.loads((root / "coco" / "annotations" / "captions_val2017.json").read_text())["images"]}
     caption_dm = caption.cli.datamodule
-    captions = evaluate_captions(caption.cli.model, caption_dm.caption_images_loader("val2017", None), scenes)
+    captions = evaluate_captions(caption.cli.model.tasks, caption_dm.caption_images_loader("val2017", None), scenes)
     png = render_examples(captions.pop("examples"), report_dir / "examples.png")
 
     instruct_dm = instruct.cli.datamodule
     answers = evaluate_answers(
-        instruct.cli.model, instruct_dm.questions_loader("val", None),
+        instruct.cli.model.tasks, instruct_dm.questions_loader("val", None),
         question_attributes(root / "llava" / "instruct_val2017.json"), train_answer_counts(root / "llava" / "instruct_train2017.json"),
     )
     choice_dm = MultipleChoiceDataModule(
-        csv_file=str(root / "choice_val2017.csv"), tokenizer=instruct_dm.hparams.tokenizer,
-        image_processor=instruct_dm.hparams.image_processor, system_prompt=instruct_dm.hparams.system_prompt,
+        csv_file=str(root / "choice_val2017.csv"), tokenizer=instruct_dm.tokenizer_name,
+        image_processor=instruct_dm.image_processor_name, system_prompt=instruct_dm.template.system,
         batch_size=32, num_workers=0,
     )
-    choices = evaluate_choices(instruct.cli.model, choice_dm)
+    choices = evaluate_choices(instruct.cli.model.tasks, choice_dm)
 
     curves = {"from caption": scalar_series(instruct.cli.trainer.logger.log_dir, "val/answer_exact_match")}
     if scratch is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from mmcaption.data.synthetic import COLOURS, NUMBER_WORDS, POSITIONS, SHAPES, Scene
+from mmcaption.demo.synthetic import COLOURS, NUMBER_WORDS, POSITIONS, SHAPES, Scene
 
 _WORD = re.compile(r"[a-z]+")
 _INVERSE = {"left of": "right of", "above": "below"}

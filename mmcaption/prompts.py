@@ -1,4 +1,8 @@
-"""The conversation template of the instruct stage: how turns become tokens and which are supervised.
+"""How text becomes prompt tokens: the caption prompt, the instruct stage's conversation template, and
+multiple-choice questions and options. Training, ``predict``, the Python API and the demo all build
+their prompts here, so what a model is asked at inference is exactly what it was trained on.
+
+The conversation template: how turns become tokens and which are supervised.
 
 A conversation of ``(question, answer)`` turns is laid out as::
 
@@ -22,10 +26,20 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from mmcaption.data.collate import IGNORE_INDEX, bos_token_id
+from mmcaption.collate import IGNORE_INDEX
 
 IMAGE_PLACEHOLDER = re.compile(r"\s*<image>\s*", re.IGNORECASE)
 DEFAULT_SYSTEM = "A chat between a curious human and an assistant that answers questions about an image."
+
+
+def bos_token_id(tokenizer) -> int:
+    """The token every sequence starts with: ``<bos>``, or end-of-text where there is none (GPT-2 style)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def caption_prompt_ids(tokenizer, prompt: str = "") -> list[int]:
+    """What a caption is generated from: ``<bos>`` and the caption prompt, as in training."""
+    return [bos_token_id(tokenizer)] + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
 
 
 def strip_image_placeholder(text: str) -> str:
@@ -99,3 +113,18 @@ def listed_options_question(question: str, options: list[str]) -> str:
     """The question with its options, asking for a letter (LLaVA's multiple-choice wording)."""
     listed = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
     return f"{question}\n{listed}\nAnswer with the option's letter from the given choices directly."
+
+
+def option_ids(tokenizer: PreTrainedTokenizerBase, options: list[str]) -> list[list[int]]:
+    """Each option as the answer the template would supervise: a leading space, the text, end-of-text."""
+    return [tokenizer(" " + option, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for option in options]
+
+
+def choice_prompt(
+    template: ConversationTemplate, tokenizer: PreTrainedTokenizerBase, question: str, options: list[str], method: str
+) -> tuple[list[int], list[list[int]]]:
+    """Prompt and option tokens of a multiple-choice question: ``likelihood`` asks the question and
+    scores each option's text; ``generation`` lists the options and asks for a letter (no option tokens)."""
+    if method == "likelihood":
+        return template.prompt(question, tokenizer), option_ids(tokenizer, options)
+    return template.prompt(listed_options_question(question, options), tokenizer), []

@@ -27,16 +27,6 @@ def caption_sample(
     return torch.tensor(input_ids), torch.tensor(labels)
 
 
-def bos_token_id(tokenizer) -> int:
-    """The token every sequence starts with: ``<bos>``, or end-of-text where there is none (GPT-2 style)."""
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-
-
-def caption_prompt_ids(tokenizer, prompt: str = "") -> list[int]:
-    """What a caption is generated from: ``<bos>`` and the caption prompt, as in training."""
-    return [bos_token_id(tokenizer)] + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
-
-
 def collate(
     samples: list[dict[str, torch.Tensor]], pad_token_id: int, padding_side: Literal["right", "left"] = "right"
 ) -> dict[str, torch.Tensor]:

@@ -28,8 +28,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mmcaption.data.collate import collate
-from mmcaption.data.synthetic import SHAPES, Scene, captions_for, draw_scene, language_sequences, random_scene
+from mmcaption.collate import collate
+from mmcaption.demo.synthetic import SHAPES, Scene, captions_for, draw_scene, language_sequences, random_scene
 
 END_OF_TEXT = "<|endoftext|>"
 

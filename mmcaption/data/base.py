@@ -1,0 +1,218 @@
+"""What every data module shares: the backbones' tokenizer and image processor (named by the CLI,
+loaded by the model's factory), loaders; and for training, preprocessing on one process, the cache
+of each split and of its vision features, and the resumable, length-grouped training loader.
+
+The arguments shared by the data modules are declared here once; the subclasses pass them on with
+``**kwargs``, which LightningCLI follows (``--print_config`` and ``--help`` show them with their docs).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers import PreTrainedTokenizerBase
+
+from mmcaption.collate import collate
+from mmcaption.data.cache import fingerprint, is_complete
+from mmcaption.data.datasets import ImageTextDataset
+from mmcaption.data.features import features_folder, load_image_features, write_image_features
+from mmcaption.data.records import DataError, OnBadRecord
+from mmcaption.data.sampling import LengthGroupedSampler, default_seed
+from mmcaption.model.backbones import load_image_processor, load_tokenizer
+
+PREPROCESSING_VERSION = 3
+
+
+def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:
+    vocabulary = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(vocabulary.encode()).hexdigest()[:16]
+
+
+class BackbonesDataModule(LightningDataModule):
+    """A data module that reads with the model's tokenizer and image processor.
+
+    Args:
+        tokenizer: the language model's tokenizer (linked to ``model.config.language_model`` by the CLI).
+        image_processor: the vision tower's image processor (linked to ``model.config.vision_model``).
+        num_workers: data loader worker processes.
+    """
+
+    def __init__(
+        self, tokenizer: str = "microsoft/phi-2", image_processor: str = "openai/clip-vit-base-patch32", num_workers: int = 4
+    ) -> None:
+        super().__init__()
+        self.tokenizer_name, self.image_processor_name, self.num_workers = tokenizer, image_processor, num_workers
+
+    @functools.cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.tokenizer_name)
+
+    @functools.cached_property
+    def image_processor(self):
+        return load_image_processor(self.image_processor_name)
+
+    def generation_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
+        """Batches of left-padded prompts, as generation needs them, in the dataset's order."""
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
+        )
+
+
+class PreprocessedDataModule(BackbonesDataModule):
+    """Training data: preprocessing on one process (``prepare_data``), memory-mapped datasets on
+    every process, padded batches. Subclasses say where a split comes from and how it is written.
+
+    Args:
+        cache_dir: where preprocessed splits go (default: beside the data, in ``preprocessed/``).
+        batch_size: training batch size per device.
+        eval_batch_size: validation/test batch size per device (default ``batch_size``).
+        group_by_length: batch training samples of similar length together (less padding); the
+            order is still shuffled every epoch.
+        cache_image_features: run the frozen vision tower once per image at preprocessing and train
+            on its stored float16 outputs.
+        vision_feature_layer: the vision tower's hidden state(s) the feature cache holds (linked to
+            ``model.config.vision_feature_layer`` by the CLI).
+        resize_images: store images larger than the image processor's input shrunk to it (shorter
+            side, bicubic, JPEG quality 95) instead of as they are: the model sees the same, the
+            preprocessed split is several times smaller.
+        on_bad_record: ``error`` stops at the first bad record with its name; ``skip`` skips and counts them.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        group_by_length: bool = True,
+        cache_image_features: bool = False,
+        vision_feature_layer: int | list[int] = -1,
+        resize_images: bool = True,
+        on_bad_record: OnBadRecord = "error",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.group_by_length, self.cache_image_features = group_by_length, cache_image_features
+        self.vision_feature_layer, self.resize_images, self.on_bad_record = vision_feature_layer, resize_images, on_bad_record
+        self.cache_dir_setting = cache_dir
+        self.datasets: dict[str, ImageTextDataset] = {}
+
+    # what a subclass provides
+
+    @property
+    def default_cache_dir(self) -> Path:
+        raise NotImplementedError
+
+    def stage_splits(self) -> dict[str, str]:
+        """Split name for each of train, val and test (test may be the val split)."""
+        raise NotImplementedError
+
+    def split_inputs(self, split: str) -> dict:
+        """What determines the content of a preprocessed split, besides tokenizer and settings."""
+        raise NotImplementedError
+
+    def write_split(self, split: str, folder: Path) -> Path:
+        raise NotImplementedError
+
+    def make_dataset(self, folder: Path) -> ImageTextDataset:
+        raise NotImplementedError
+
+    # shared
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache_dir_setting) if self.cache_dir_setting else self.default_cache_dir
+
+    def preprocess_settings(self) -> dict:
+        return {"on_bad_record": self.on_bad_record, "image_size": self.stored_image_size()}
+
+    def stored_image_size(self) -> int | None:
+        """Shorter side images are stored at: the image processor's resize target (``resize_images``)."""
+        if not self.resize_images:
+            return None
+        size = getattr(self.image_processor, "size", None) or {}
+        side = size.get("shortest_edge") or min(size.get("height", 0), size.get("width", 0))
+        return int(side) or None
+
+    def split_folder(self, split: str) -> Path:
+        """The preprocessed folder of ``split``; its name changes whenever its inputs do."""
+        key = fingerprint(
+            version=PREPROCESSING_VERSION,
+            inputs=self.split_inputs(split),
+            tokenizer=tokenizer_signature(self.tokenizer),
+            settings=self.preprocess_settings(),
+        )
+        return self.cache_dir / f"{split}-{key}"
+
+    def features_folder(self, split_folder: Path) -> Path:
+        return features_folder(split_folder, self.image_processor_name, self.vision_feature_layer)
+
+    def prepare_data(self) -> None:
+        """Preprocess every split that is not already on disk (Lightning runs this on one process per
+        node), and with ``cache_image_features`` compute the vision features of their images."""
+        for split in dict.fromkeys(self.stage_splits().values()):
+            folder = self.preprocess(split)
+            if self.cache_image_features:
+                write_image_features(folder, self.image_processor_name, self.vision_feature_layer)
+
+    def preprocess(self, split: str) -> Path:
+        folder = self.split_folder(split)
+        return folder if is_complete(folder) else self.write_split(split, folder)
+
+    def setup(self, stage: str) -> None:
+        splits = self.stage_splits()
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        for split in (splits[name] for name in wanted):
+            if split not in self.datasets:
+                folder = self.split_folder(split)
+                if not is_complete(folder):
+                    raise DataError(f"split {split!r} is not preprocessed in {self.cache_dir}: run prepare_data() first")
+                self.datasets[split] = self.make_dataset(folder)
+                if self.cache_image_features:
+                    cached = self.features_folder(folder)
+                    if not is_complete(cached):
+                        raise DataError(f"image features of split {split!r} are not cached in {folder}: run prepare_data() first")
+                    self.datasets[split].features = load_image_features(cached)
+
+    def _loader_settings(self) -> dict[str, Any]:
+        """What every loader of a split shares: workers, pinning, per-batch padding."""
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            "collate_fn": functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+        }
+
+    def _loader(self, stage: str) -> DataLoader:
+        return DataLoader(self.datasets[self.stage_splits()[stage]], batch_size=self.eval_batch_size, **self._loader_settings())
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Shuffled per epoch from the run's seed, grouped by length (``group_by_length``), each DDP
+        rank taking its share of every global batch (the sampler shards itself), and resumable
+        mid-epoch (Lightning checkpoints the loader's position)."""
+        dataset = self.datasets[self.stage_splits()["train"]]
+        trainer = self.trainer
+        sampler = LengthGroupedSampler(
+            dataset.lengths(), self.batch_size,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=default_seed(), group_by_length=self.group_by_length,
+        )
+        return StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_settings())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,212 @@
+"""The training data modules: COCO-style captions (stage 1) and LLaVA-style conversations (stage 2),
+each preprocessed once into memory-mapped Arrow splits (see :class:`~mmcaption.data.base.PreprocessedDataModule`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+from torch.utils.data import DataLoader
+
+from mmcaption.data.base import PreprocessedDataModule
+from mmcaption.data.cache import file_signature
+from mmcaption.data.coco import coco_records, hub_records, require_annotation_file, write_caption_split
+from mmcaption.data.datasets import (
+    CaptionDataset,
+    CaptionImagesDataset,
+    ConversationDataset,
+    QuestionsDataset,
+    check_supervision,
+)
+from mmcaption.data.llava import read_llava, write_instruct_split
+from mmcaption.data.records import BadRecords, DataError
+from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
+
+
+class CaptionDataModule(PreprocessedDataModule):
+    """COCO Captions 2017 (or any set in its layout), preprocessed once and memory-mapped.
+
+    Args:
+        data_dir: the COCO root: ``annotations/captions_<split>.json`` and ``<split>/`` image folders.
+        source: ``coco`` for that official layout; ``hub`` for a ``datasets`` dataset with ``jpg`` and
+            newline-separated ``txt`` columns (``hub_dataset``).
+        hub_dataset: hub id or local folder of the ``hub`` source.
+        train_split: split used by ``fit``.
+        val_split: split used by validation (and by ``test`` when ``test_split`` is not set).
+        test_split: split used by ``test``.
+        caption_prompt: text between ``<bos>`` and the caption, not supervised (empty: none).
+        max_length: longest sequence in tokens, prompt and special tokens included; longer captions are cut.
+        val_caption_images: how many val images to caption at each validation for CIDEr, BLEU-4,
+            METEOR, ROUGE-L (0: none, null: all).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/coco",
+        source: Literal["coco", "hub"] = "coco",
+        hub_dataset: str | None = None,
+        train_split: str = "train2017",
+        val_split: str = "val2017",
+        test_split: str | None = None,
+        caption_prompt: str = "",
+        max_length: int = 64,
+        val_caption_images: int | None = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if source == "hub" and not hub_dataset:
+            raise ValueError("source: hub needs hub_dataset (a hub id or a local dataset folder)")
+        self.save_hyperparameters()  # recorded in checkpoints: export reads the caption prompt from them
+        self.data_dir = Path(data_dir)
+        self.source, self.hub_dataset = source, hub_dataset
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split or val_split
+        self.caption_prompt, self.max_length, self.val_caption_images = caption_prompt, max_length, val_caption_images
+
+    @property
+    def default_cache_dir(self) -> Path:
+        return self.data_dir / "preprocessed"
+
+    def stage_splits(self) -> dict[str, str]:
+        return {"train": self.train_split, "val": self.val_split, "test": self.test_split}
+
+    def annotation_file(self, split: str) -> Path:
+        return self.data_dir / "annotations" / f"captions_{split}.json"
+
+    def split_inputs(self, split: str) -> dict:
+        if self.source == "hub":
+            return {"hub_dataset": self.hub_dataset, "split": split}
+        annotation_file = self.annotation_file(split)
+        require_annotation_file(annotation_file)
+        return {"annotations": file_signature(annotation_file), "images": str((self.data_dir / split).resolve())}
+
+    def write_split(self, split: str, folder: Path) -> Path:
+        if self.source == "coco":
+            annotation_file = self.annotation_file(split)
+            records = BadRecords(annotation_file, self.on_bad_record)
+            entries = coco_records(annotation_file, self.data_dir / split, records)
+            source = {"source": "coco", "annotations": str(annotation_file), "images": str(self.data_dir / split)}
+        else:
+            name = f"{self.hub_dataset} [{split}]"
+            records = BadRecords(name, self.on_bad_record)
+            entries = hub_records(self._load_hub_split(split), name, records)
+            source = {"source": "hub", "dataset": self.hub_dataset, "split": split}
+        return write_caption_split(entries, self.tokenizer, folder, records, dict(source, tokenizer=self.tokenizer_name),
+                                   self.stored_image_size())
+
+    def _load_hub_split(self, split: str) -> datasets.Dataset:
+        path = Path(self.hub_dataset)
+        if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{path} has splits {list(loaded)}, not {split!r}")
+                return loaded[split]
+            return loaded
+        return datasets.load_dataset(self.hub_dataset, split=split)
+
+    def make_dataset(self, folder: Path) -> CaptionDataset:
+        return CaptionDataset(
+            folder, self.image_processor, self.tokenizer, self.caption_prompt, self.max_length
+        )
+
+    def caption_images_loader(self, split: str, limit: int | None) -> DataLoader:
+        """Images of ``split`` with their references, left-padded prompts for generation."""
+        dataset = CaptionImagesDataset(
+            self.datasets[split].folder, self.image_processor, self.tokenizer, self.caption_prompt, limit
+        )
+        return self.generation_loader(dataset, self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val captions for the loss; with ``val_caption_images``, also val images to caption."""
+        loss_loader = self._loader("val")
+        if self.val_caption_images == 0:
+            return loss_loader
+        return [loss_loader, self.caption_images_loader(self.val_split, self.val_caption_images)]
+
+
+class InstructDataModule(PreprocessedDataModule):
+    """LLaVA-Instruct conversations (one sequence each, loss on every assistant turn), preprocessed once.
+
+    Args:
+        train_file: LLaVA JSON of the training conversations.
+        val_file: LLaVA JSON of validation conversations; if null, ``val_fraction`` of ``train_file``
+            is held out by a stable hash of the record id.
+        val_fraction: share of ``train_file`` held out for validation when ``val_file`` is null.
+        image_root: folder that the records' ``image`` paths are relative to (COCO ``train2017/``).
+        system_prompt: first line of every conversation (empty: none).
+        max_length: longest sequence in tokens; later whole turns are dropped to fit, and counted.
+        val_answer_questions: how many val questions to answer (each asked alone) at each validation
+            for ``val/answer_exact_match`` (0: none, null: all).
+    """
+
+    def __init__(
+        self,
+        train_file: str = "data/llava/llava_instruct_150k.json",
+        val_file: str | None = None,
+        val_fraction: float = 0.01,
+        image_root: str = "data/coco/train2017",
+        system_prompt: str = DEFAULT_SYSTEM,
+        max_length: int = 512,
+        val_answer_questions: int | None = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if val_file is None and not 0 < val_fraction < 1:
+            raise ValueError("without val_file, val_fraction must be between 0 and 1")
+        self.save_hyperparameters()  # recorded in checkpoints: export reads the system prompt from them
+        self.train_file, self.val_file, self.val_fraction = Path(train_file), val_file and Path(val_file), val_fraction
+        self.image_root, self.max_length, self.val_answer_questions = Path(image_root), max_length, val_answer_questions
+        self.template = ConversationTemplate(system=system_prompt)
+
+    @property
+    def default_cache_dir(self) -> Path:
+        return self.train_file.parent / "preprocessed"
+
+    def stage_splits(self) -> dict[str, str]:
+        return {"train": "train", "val": "val", "test": "val"}
+
+    def _source(self, split: str) -> tuple[Path, str | None]:
+        """The file a split is read from, and the hash-split side of it (None: the whole file)."""
+        if self.val_file is not None:
+            return (self.train_file if split == "train" else self.val_file), None
+        return self.train_file, split
+
+    def split_inputs(self, split: str) -> dict:
+        file, side = self._source(split)
+        if not file.is_file():
+            raise DataError(f"LLaVA conversation file not found: {file}")
+        return {"file": file_signature(file), "side": side, "images": str(self.image_root.resolve())}
+
+    def preprocess_settings(self) -> dict:
+        return {**super().preprocess_settings(), "template": repr(self.template), "max_length": self.max_length,
+                "val_fraction": self.val_fraction if self.val_file is None else None}
+
+    def write_split(self, split: str, folder: Path) -> Path:
+        file, side = self._source(split)
+        image_root = self.image_root
+        records = BadRecords(file, self.on_bad_record)
+        conversations = read_llava(file, image_root, records, split=side, val_fraction=self.val_fraction)
+        metadata = {"source": "llava", "file": str(file), "side": side, "image_root": str(image_root),
+                    "tokenizer": self.tokenizer_name, "template": repr(self.template)}
+        return write_instruct_split(
+            conversations, image_root, self.tokenizer, self.template, self.max_length, folder, records, metadata,
+            self.stored_image_size(),
+        )
+
+    def make_dataset(self, folder: Path) -> ConversationDataset:
+        dataset = ConversationDataset(folder, self.image_processor)
+        check_supervision(dataset)
+        return dataset
+
+    def questions_loader(self, split: str, limit: int | None) -> DataLoader:
+        """Val questions asked one at a time, left-padded prompts for generation."""
+        dataset = QuestionsDataset(self.datasets[split].folder, self.image_processor, self.tokenizer, self.template, limit)
+        return self.generation_loader(dataset, self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val conversations for the loss; with ``val_answer_questions``, also questions to answer."""
+        loss_loader = self._loader("val")
+        if self.val_answer_questions == 0:
+            return loss_loader
+        return [loss_loader, self.questions_loader("val", self.val_answer_questions)]

@@ -1,0 +1,9 @@
+"""The offline demo wing: synthetic shapes, tiny backbones, the demo run and its held-out evaluation.
+
+It imports the core (model, data, module, CLI) and the core never imports it: everything here exists
+to show, without a GPU or a download, that the real code path learns to see.
+"""
+
+from mmcaption.demo.run import main, prepare_demo_assets, run_demo, scalar_series
+
+__all__ = ["main", "prepare_demo_assets", "run_demo", "scalar_series"]

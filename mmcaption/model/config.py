@@ -1,0 +1,74 @@
+"""The model's settings: one dataclass, declared and documented here only.
+
+The LightningModule takes it whole (``model.config.*`` in YAML, ``--model.config.lora_r 16`` on the
+command line), checkpoints store it (``model_config``), exported folders write it (``mmcaption.json``),
+and :meth:`~mmcaption.model.MultimodalCausalLM.from_config` builds the model from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Quantization = Literal["nf4", "fp4", "int8", "none"]
+DType = Literal["bfloat16", "float16", "float32"]
+
+
+@dataclass
+class MultimodalConfig:
+    """Everything needed to rebuild the model around its pretrained backbones.
+
+    Attributes:
+        language_model: ``from_pretrained`` name or folder of the causal language model (and its tokenizer).
+        vision_model: ``from_pretrained`` name or folder of the CLIP model (full or vision-only) and its
+            image processor; frozen.
+        quantization: how the language model's weights are stored: nf4, fp4, int8 or none (bf16 LoRA).
+        compute_dtype: dtype of the quantized matmuls (and of the whole LM without quantization).
+        cross_attention_layers: decoder layers wrapped with gated cross-attention (negative: from the end).
+        cross_attention_heads: heads of each cross-attention block (null: the language model's).
+        cross_attention_ffn_mult: width multiplier of a Flamingo-style gated feed-forward after each
+            block (0: none).
+        vision_feature_layer: hidden state of the vision tower used as image tokens (-1: the last, -2:
+            the penultimate, as LLaVA); a list (``[-2, -1]``) concatenates several along the width.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: dropout on the LoRA input.
+        lora_target_modules: names of the language model's linear layers that get LoRA adapters.
+        gradient_checkpointing: recompute the language model's activations in backward (less memory,
+            ~30% slower).
+    """
+
+    language_model: str = "microsoft/phi-2"
+    vision_model: str = "openai/clip-vit-base-patch32"
+    quantization: Quantization = "nf4"
+    compute_dtype: DType = "bfloat16"
+    cross_attention_layers: list[int] = field(default_factory=lambda: [-4, -3, -2, -1])
+    cross_attention_heads: int | None = None
+    cross_attention_ffn_mult: int = 0
+    vision_feature_layer: int | list[int] = -1
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense"])
+    gradient_checkpointing: bool = False
+
+
+# Settings that change what a trained tensor means: weights trained with others do not fit.
+STRUCTURAL_SETTINGS = (
+    "cross_attention_layers",
+    "cross_attention_heads",
+    "cross_attention_ffn_mult",
+    "vision_feature_layer",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_modules",
+)
+
+
+def settings_diff(saved: dict, current: dict, saved_name: str = "checkpoint") -> list[str]:
+    """``"lora_r: checkpoint 4, model 8"`` for each structural setting in which two configs differ."""
+    return [
+        f"{key}: {saved_name} {saved[key]!r}, model {current.get(key)!r}"
+        for key in STRUCTURAL_SETTINGS
+        if key in saved and saved[key] != current.get(key)
+    ]

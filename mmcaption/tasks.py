@@ -1,0 +1,171 @@
+"""The task layer: what the model is asked and how its output becomes an answer.
+
+Captions, free-form answers and multiple choice (by the likelihood of each option, OpenFlamingo-style,
+or by generating a letter, LLaVA-style, as the original scripts did), for the LightningModule's
+validation and ``predict``, the Python API and the demo's evaluation alike. Prompts are built in
+:mod:`mmcaption.prompts`; this module runs the model on them and turns tokens into results.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from mmcaption.collate import IGNORE_INDEX, collate
+from mmcaption.evaluation.answers import normalise_answer
+from mmcaption.model import MultimodalCausalLM
+from mmcaption.prompts import LETTERS
+
+DEFAULT_GENERATION = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
+
+
+def parse_choice(text: str) -> str | None:
+    """The first stand-alone letter A-D of a generated answer (``"B"``, ``"B."``, ``"(B) red"``)."""
+    match = re.search(r"\b([ABCD])\b", text)
+    return match.group(1) if match else None
+
+
+def unpadded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
+    """The prompts of a padded batch without their padding."""
+    return [[t for t, m in zip(ids.tolist(), mask.tolist()) if m] for ids, mask in zip(input_ids, attention_mask)]
+
+
+def option_scores(
+    model: MultimodalCausalLM, prompt_ids: list[list[int]], option_ids: list[list[list[int]]], image_embeds: torch.Tensor,
+    pad_token_id: int, length_normalize: bool = True,
+) -> torch.Tensor:
+    """Log-likelihood of every option's tokens after its question's prompt, given the image.
+
+    Args:
+        model: the multimodal model.
+        prompt_ids: per question, the prompt tokens (template up to the answer).
+        option_ids: per question, per option, the answer tokens (ending with end-of-text).
+        image_embeds: ``(questions, image_tokens, hidden)``, one image per question.
+        pad_token_id: the tokenizer's pad token.
+        length_normalize: mean log-probability per token instead of the sum, so long options are
+            not penalised for their length.
+
+    Returns ``(questions, options)`` scores; the highest is the model's choice.
+    """
+    samples, counts = [], []
+    for prompt, options in zip(prompt_ids, option_ids):
+        counts.append(len(options))
+        for option in options:
+            samples.append({
+                "input_ids": torch.tensor(prompt + option),
+                "labels": torch.tensor([IGNORE_INDEX] * len(prompt) + option),
+            })
+    batch = collate(samples, pad_token_id)
+    device = image_embeds.device
+    images = image_embeds.repeat_interleave(torch.tensor(counts, device=device), dim=0)
+    logits = model(
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), image_embeds=images
+    ).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:].to(device)
+    mask = targets != IGNORE_INDEX
+    token_logprobs = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none") * mask
+    scores = token_logprobs.sum(1) / (mask.sum(1) if length_normalize else 1)
+    return scores.view(len(prompt_ids), -1)
+
+
+class Tasks:
+    """A model with its tokenizer and generation settings: captions, answers and choices.
+
+    Args:
+        model: the multimodal model.
+        tokenizer: its language model's tokenizer.
+        generation: Hugging Face ``generate`` settings over :data:`DEFAULT_GENERATION`.
+    """
+
+    def __init__(self, model: MultimodalCausalLM, tokenizer: PreTrainedTokenizerBase, generation: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation = GenerationConfig(
+            **{**DEFAULT_GENERATION, **(generation or {})},
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.projection.weight.device
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None, **generate_kwargs: Any,
+    ) -> list[str]:
+        """The decoded continuations of left-padded prompts, one image (pixels or embeddings) each."""
+        device = self.device
+        tokens = self.model.generate(
+            input_ids.to(device), attention_mask.to(device),
+            pixel_values=None if pixel_values is None else pixel_values.to(device), image_embeds=image_embeds,
+            generation_config=self.generation, **generate_kwargs,
+        )
+        return self.decode(tokens)
+
+    def generate_batch(self, batch: dict[str, Any], image_embeds: torch.Tensor | None = None) -> list[str]:
+        """:meth:`generate` on a collated batch (``input_ids``, ``attention_mask``, ``pixel_values``)."""
+        return self.generate(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), image_embeds)
+
+    def prompt_batch(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Left-padded prompts, as generation needs them."""
+        return collate([{"input_ids": torch.tensor(p)} for p in prompts], self.tokenizer.pad_token_id, padding_side="left")
+
+    @torch.no_grad()
+    def choose(
+        self, prompts: list[list[int]], options: list[list[list[int]]], image_embeds: torch.Tensor
+    ) -> tuple[list[str], torch.Tensor]:
+        """The letter of the most likely option of each question, and all options' scores."""
+        scores = option_scores(self.model, prompts, options, image_embeds, self.tokenizer.pad_token_id)
+        return [LETTERS[int(i)] for i in scores.argmax(1)], scores
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Result rows of a ``predict`` batch: each input record with its caption, answer or chosen letter.
+
+        ``batch["task"]`` says which: ``caption``, ``answer``, ``choice-likelihood`` or ``choice-generation``.
+        Rows whose image could not be read come back with their ``error`` only; rows with a reference
+        ``answer`` get ``correct``.
+        """
+        results = [{**record, "error": error} for record, error in zip(batch["record"], batch["error"])]
+        ok = [i for i, error in enumerate(batch["error"]) if error is None]
+        if not ok:
+            return results
+        task = batch["task"][0]
+        select = torch.tensor(ok, device=batch["input_ids"].device)
+        sub = {k: batch[k].index_select(0, select) for k in ("input_ids", "attention_mask", "pixel_values")}
+        if task == "caption":
+            for i, caption in zip(ok, self.generate_batch(sub)):
+                results[i]["caption"] = caption
+            return results
+        if task == "choice-likelihood":
+            image_embeds = self.model.encode_images(sub["pixel_values"].to(self.device))
+            letters, scores = self.choose(unpadded(sub["input_ids"], sub["attention_mask"]), [batch["option_ids"][i] for i in ok], image_embeds)
+            for i, letter, row_scores in zip(ok, letters, scores.tolist()):
+                results[i]["scores"] = [round(s, 4) for s in row_scores]
+                results[i]["prediction"] = letter
+        elif task == "choice-generation":
+            for i, text in zip(ok, self.generate_batch(sub)):
+                results[i]["generated"] = text
+                results[i]["prediction"] = parse_choice(text)
+                if results[i]["prediction"] is None:  # counted as wrong, and said why
+                    results[i]["error"] = f"no option letter (A-D) in the generated answer {text!r}"
+        elif task == "answer":
+            for i, text in zip(ok, self.generate_batch(sub)):
+                results[i]["prediction"] = text
+        else:
+            raise ValueError(f"unknown task {task!r}")
+        for i in ok:
+            answer = results[i].get("answer")
+            if answer:
+                expected = answer.strip().upper() if task.startswith("choice") else normalise_answer(answer)
+                got = results[i]["prediction"] if task.startswith("choice") else normalise_answer(results[i]["prediction"])
+                results[i]["correct"] = got == expected
+        return results
