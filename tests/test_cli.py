@@ -83,3 +83,18 @@ def test_print_config_shows_the_whole_configuration(demo_dir):
     )
     assert "strategy: ddp" in result.stdout and "devices: 2" in result.stdout
     assert "lora_r: 8" in result.stdout
+
+
+def test_print_config_with_comments_documents_every_setting():
+    result = subprocess.run(
+        [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--print_config=comments"],
+        capture_output=True, text=True, check=True,
+    )
+    out = result.stdout
+    # model settings under model.config, each with its one docstring line
+    assert "  config:" in out and "    lora_r: 8" in out
+    assert "# LoRA rank. (type: int, default: 32)" in out
+    assert "# hidden state of the vision tower used as image tokens" in out
+    # data settings declared once in a base class are shown, documented, for every data module
+    assert "# data loader worker processes. (type: int, default: 4)" in out
+    assert "# training batch size per device. (type: int, default: 32)" in out
