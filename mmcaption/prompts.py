@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from transformers import PreTrainedTokenizerBase
 
@@ -45,6 +46,15 @@ def caption_prompt_ids(tokenizer, prompt: str = "") -> list[int]:
 def strip_image_placeholder(text: str) -> str:
     """Remove LLaVA's ``<image>`` placeholder (and the line break around it)."""
     return IMAGE_PLACEHOLDER.sub(" ", text).strip()
+
+
+class EncodedConversation(NamedTuple):
+    """A conversation as tokens: what the model reads, what it is trained to say, and what was cut."""
+
+    input_ids: list[int]
+    labels: list[int]
+    kept: int  # turns kept; the later ones did not fit and were dropped whole
+    answer_cut: bool  # the first answer alone did not fit: kept cut, without its end-of-text token
 
 
 @dataclass(frozen=True)
@@ -73,18 +83,18 @@ class ConversationTemplate:
         """Tokens that ask one question; generation continues with the answer."""
         return self._context(tokenizer) + self._question(question, tokenizer, first=True)
 
-    def encode(
-        self, turns: list[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int
-    ) -> tuple[list[int], list[int], int]:
-        """``input_ids``, ``labels`` and the number of turns kept, within ``max_length`` tokens.
+    def encode(self, turns: list[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int) -> EncodedConversation:
+        """The conversation's tokens and labels within ``max_length`` tokens.
 
         Whole turns are kept while they fit; later turns are dropped, never cut. Only when the first
-        turn alone is too long is its answer cut (without an end-of-text token, since it did not end).
-        If not even one answer token fits, ``ValueError`` says so: such a sample would teach nothing.
+        turn alone is too long is its answer cut (without an end-of-text token, since it did not end),
+        and ``answer_cut`` says so. If not even one answer token fits, ``ValueError`` says so: such a
+        sample would teach nothing.
         """
         input_ids = self._context(tokenizer)
         labels = [IGNORE_INDEX] * len(input_ids)
         kept = 0
+        answer_cut = False
         for question, answer in turns:
             question_ids = self._question(question, tokenizer, first=kept == 0)
             answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -98,12 +108,13 @@ class ConversationTemplate:
                         f"leaving no room for an answer within max_length={max_length}"
                     )
                 answer_ids = answer_ids[:-1][:room]
+                answer_cut = True
             input_ids += question_ids + answer_ids
             labels += [IGNORE_INDEX] * len(question_ids) + answer_ids
             kept += 1
             if len(input_ids) >= max_length:
                 break
-        return input_ids, labels, kept
+        return EncodedConversation(input_ids, labels, kept, answer_cut)
 
 
 LETTERS = ("A", "B", "C", "D")

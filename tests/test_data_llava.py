@@ -98,17 +98,45 @@ def test_bad_record_is_named_or_skipped_and_counted(backbones, llava, kind):
     assert sum(meta["skipped"].values()) == 1 and meta["rows"] == 11
 
 
-def test_unreadable_image_and_duplicate_id(backbones, llava):
+def test_unreadable_image_is_named_or_skipped(backbones, llava):
     train, image_root = llava
     (image_root / "train2017" / "000000000002.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"id train2017-2: .*000000000002\.jpg cannot be decoded"):
         make_datamodule(backbones, llava).prepare_data()
-    edit(train, lambda records: records.append(dict(records[5])))
     dm = make_datamodule(backbones, llava, on_bad_record="skip")
     dm.prepare_data()
     dm.setup("fit")
     meta = json.loads((dm.datasets["train"].folder / "meta.json").read_text())
-    assert meta["skipped"] == {"duplicate id": 1, "unreadable image": 1}
+    assert meta["skipped"] == {"unreadable image": 1} and meta["rows"] == 11
+
+
+def test_repeated_ids_are_separate_conversations_as_in_llava_instruct_150k(backbones, llava):
+    """LLaVA-Instruct-150k merges three subsets (conversation, detail, complex reasoning) keyed by the
+    COCO image id: one id carries several conversations about one image."""
+    train, _ = llava
+    records = json.loads(train.read_text())
+    merged = []
+    for opener in ("", "Describe it. ", "Think about it. "):
+        for record in records:
+            turns = [dict(turn) for turn in record["conversations"]]
+            turns[0]["value"] = opener + turns[0]["value"]
+            merged.append({"id": record["id"], "image": record["image"], "conversations": turns})
+    merged.append(json.loads(json.dumps(merged[4])))  # the same record twice: a real duplicate
+    train.write_text(json.dumps(merged))
+
+    dm = make_datamodule(backbones, llava, val_file=None, val_fraction=0.3)  # on_bad_record: error
+    dm.prepare_data()
+    dm.setup("fit")
+    sides = {name: dm.datasets[name] for name in ("train", "val")}
+    assert sum(len(d.rows) for d in sides.values()) == 3 * len(records)  # every conversation kept, once
+    ids = {name: d.rows["id"] for name, d in sides.items()}
+    assert not set(ids["train"]) & set(ids["val"])  # an image's conversations stay on one side
+    metas = {name: json.loads((d.folder / "meta.json").read_text()) for name, d in sides.items()}
+    for name, meta in metas.items():
+        assert meta["images"] == len(set(ids[name])) and meta["rows"] == len(ids[name]) == 3 * meta["images"]
+        assert meta["skipped"] == {}
+    duplicates = [n for meta in metas.values() for kind, n in meta["notes"].items() if kind.startswith("duplicate records")]
+    assert duplicates == [1]  # skipped and counted once, on its side of the split
 
 
 def test_malformed_json_and_missing_file_are_named(backbones, llava):
@@ -117,3 +145,33 @@ def test_malformed_json_and_missing_file_are_named(backbones, llava):
         make_datamodule(backbones, llava).prepare_data()
     with pytest.raises(DataError, match=r"LLaVA conversation file not found: .*nope\.json"):
         make_datamodule(backbones, llava, train_file=str(llava[0].with_name("nope.json"))).prepare_data()
+
+
+def test_truncation_counts_every_cut_exactly(backbones, llava):
+    train, _ = llava
+    records = json.loads(train.read_text())
+    short = [{"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]
+    long_answer = "a red circle on the left and a blue square on the right of it, " * 4
+    later = [{"from": "human", "value": "Describe the picture."}, {"from": "gpt", "value": long_answer}]
+    cut = [{"from": "human", "value": "What colour is it?"}, {"from": "gpt", "value": long_answer}]
+    train.write_text(json.dumps([
+        {"id": "fits", "image": records[0]["image"], "conversations": short},
+        {"id": "dropped", "image": records[1]["image"], "conversations": short + later},
+        {"id": "cut", "image": records[2]["image"], "conversations": cut},
+    ]))
+    probe = make_datamodule(backbones, llava)
+    fits = len(probe.template.encode([("What colour is it?", "red")], probe.tokenizer, 10_000).input_ids)
+    dm = make_datamodule(backbones, llava, max_length=fits + 4)
+    dm.prepare_data()
+    dm.setup("fit")
+    train_rows = dm.datasets["train"].rows
+    meta = json.loads((dm.datasets["train"].folder / "meta.json").read_text())
+    assert meta["rows"] == len(train_rows) == 3 and meta["skipped"] == {}
+    assert meta["notes"] == {
+        "conversations with later turns dropped whole to fit max_length": 1,
+        "first answers cut to fit max_length (kept, without their end-of-text token)": 1,
+    }
+    rows = {row["id"]: row for row in train_rows}
+    assert rows["dropped"]["turns"] == 1 and rows["dropped"]["turns_dropped"] == 1
+    assert rows["cut"]["labels"][-1] != dm.tokenizer.eos_token_id and len(rows["cut"]["input_ids"]) == fits + 4
+    assert rows["fits"]["labels"][-1] == dm.tokenizer.eos_token_id

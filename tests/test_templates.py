@@ -25,8 +25,8 @@ def supervised_spans(labels: list[int]) -> list[list[int]]:
 def test_labels_are_exactly_the_assistant_turns_and_their_end_markers(tokenizer):
     template = ConversationTemplate()
     turns = [("What colour is the circle?", "red"), ("Where is it?", "The circle is on the left."), ("How many?", "one")]
-    input_ids, labels, kept = template.encode(turns, tokenizer, max_length=256)
-    assert kept == 3 and len(input_ids) == len(labels)
+    input_ids, labels, kept, answer_cut = template.encode(turns, tokenizer, max_length=256)
+    assert kept == 3 and not answer_cut and len(input_ids) == len(labels)
     eos = tokenizer.eos_token_id
     expected = [tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [eos] for _, answer in turns]
     assert supervised_spans(labels) == expected
@@ -45,15 +45,15 @@ def test_labels_are_exactly_the_assistant_turns_and_their_end_markers(tokenizer)
 def test_truncation_drops_whole_turns_and_never_leaves_a_sample_without_supervision(tokenizer):
     template = ConversationTemplate(system="")
     turns = [("What colour is the circle?", "red"), ("Where is it?", "The circle is on the left of the image.")]
-    full, _, _ = template.encode(turns, tokenizer, max_length=512)
-    first_only, labels, kept = template.encode(turns, tokenizer, max_length=len(full) - 1)
-    assert kept == 1
+    full = template.encode(turns, tokenizer, max_length=512).input_ids
+    first_only, labels, kept, answer_cut = template.encode(turns, tokenizer, max_length=len(full) - 1)
+    assert kept == 1 and not answer_cut
     assert supervised_spans(labels) == [tokenizer(" red", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
 
     long_answer = [("What is it?", "a red circle on the left and a blue square on the right of it")]
     prompt_length = len(template.prompt("What is it?", tokenizer))
-    ids, labels, kept = template.encode(long_answer, tokenizer, max_length=prompt_length + 2)
-    assert len(ids) == prompt_length + 2 and kept == 1
+    ids, labels, kept, answer_cut = template.encode(long_answer, tokenizer, max_length=prompt_length + 2)
+    assert len(ids) == prompt_length + 2 and kept == 1 and answer_cut
     assert sum(label != IGNORE_INDEX for label in labels) == 2 and labels[-1] != tokenizer.eos_token_id
 
     with pytest.raises(ValueError, match="no room for an answer"):

@@ -33,6 +33,9 @@ CONVERSATION_FEATURES = datasets.Features(
         "answers": datasets.Sequence(datasets.Value("string")),
     }
 )
+# What max_length does to a conversation that does not fit, as counted in the split's summary.
+TURNS_DROPPED = "conversations with later turns dropped whole to fit max_length"
+ANSWER_CUT = "first answers cut to fit max_length (kept, without their end-of-text token)"
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 
 
@@ -108,25 +111,31 @@ def read_llava(
         raise DataError(f"{file} is not valid JSON: {error}") from error
     if not isinstance(content, list):
         raise DataError(f"{file} is not a JSON list of conversations")
+    # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets
+    # (conversation, detail, reasoning) talk about the same images. A record is what it says; only a
+    # record that repeats both the id and the conversation of an earlier one is a duplicate (skipped and
+    # counted, never fatal). The hash split is by id, so an image's conversations stay on one side.
     conversations, seen = [], set()
     for position, record in enumerate(content):
         conversation = parse_record(position, record, records)
         if conversation is None:
             continue
-        if conversation.id in seen:
-            records.bad("duplicate id", f"record {position} repeats id {conversation.id}")
+        if split is not None and not in_split(conversation.id, val_fraction, split):
             continue
-        seen.add(conversation.id)
-        if split is None or in_split(conversation.id, val_fraction, split):
-            conversations.append(conversation)
+        key = (conversation.id, conversation.image, tuple(conversation.turns))
+        if key in seen:
+            records.note("duplicate records skipped (same id, image and conversation as an earlier record)")
+            continue
+        seen.add(key)
+        conversations.append(conversation)
 
     missing = [c for c in conversations if not (image_root / c.image).is_file()]
     records.missing_images(
         [(f"id {c.id}", image_root / c.image) for c in missing], len(conversations), "conversations refer to images",
         image_root,
     )
-    missing_ids = {c.id for c in missing}
-    return [c for c in conversations if c.id not in missing_ids]
+    missing_ids = {id(c) for c in missing}
+    return [c for c in conversations if id(c) not in missing_ids]
 
 
 def write_instruct_split(
@@ -159,12 +168,14 @@ def write_instruct_split(
     def conversation_rows(image_index: int, group: list[Conversation]) -> Iterator[dict]:
         for conversation in group:
             try:
-                input_ids, labels, kept = template.encode(conversation.turns, tokenizer, max_length)
+                input_ids, labels, kept, answer_cut = template.encode(conversation.turns, tokenizer, max_length)
             except ValueError as error:
                 records.bad("too long", f"id {conversation.id}: {error}")
                 continue
             if kept < len(conversation.turns):
-                records.note("conversations cut to max_length (whole turns dropped)")
+                records.note(TURNS_DROPPED)
+            if answer_cut:
+                records.note(ANSWER_CUT)
             yield {
                 "image_index": image_index,
                 "id": conversation.id,
