@@ -12,7 +12,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, check_image
+from mmcaption.data.records import BadRecords, DataError, check_image, escapes_root
 
 IMAGE_FEATURES = datasets.Features(
     {"image_id": datasets.Value("int64"), "file_name": datasets.Value("string"), "image": datasets.Value("binary")}
@@ -66,6 +66,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
             continue
         if entry["id"] in images:
             records.bad("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
+            continue
+        if escapes_root(entry["file_name"]):
+            records.bad("image path escapes root",
+                        f"images[{position}] (image id {entry['id']}): file_name {entry['file_name']!r} escapes the image folder")
             continue
         images[entry["id"]] = CocoImage(entry["id"], entry["file_name"], [])
 

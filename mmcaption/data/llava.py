@@ -17,7 +17,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, check_image
+from mmcaption.data.records import BadRecords, DataError, check_image, escapes_root
 from mmcaption.prompts import ConversationTemplate, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
@@ -63,8 +63,7 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
     if not isinstance(image, str) or not image:
         records.bad("no image", f"{name} has no 'image' path")
         return None
-    path = Path(image)
-    if path.is_absolute() or ".." in path.parts:
+    if escapes_root(image):
         records.bad("image path escapes root", f"{name}: image path {image!r} escapes the image root")
         return None
     if not isinstance(turns, list) or not turns:

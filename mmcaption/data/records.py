@@ -19,6 +19,13 @@ class DataError(ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
 
 
+def escapes_root(relative: str) -> bool:
+    """Whether a record's image path would be read from outside its image folder (absolute, or
+    climbing out with ``..``): a dataset file must not make the loader read elsewhere on the disk."""
+    path = Path(relative)
+    return path.is_absolute() or bool(path.drive) or ".." in path.parts
+
+
 class BadRecords:
     """Collects bad records under ``on_bad_record="skip"``; raises on the first one otherwise.
 
