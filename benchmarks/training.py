@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader
 from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import CaptionDataModule
 from mmcaption.data.features import load_image_features, write_image_features
-from mmcaption.data.records import load_rgb
 from mmcaption.demo import prepare_demo_assets
+from mmcaption.images import load_rgb
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 
 ORIGINAL_PADDING = 128

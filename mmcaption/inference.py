@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
+from mmcaption.images import ImageSource, load_rgb
 from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompt
 from mmcaption.tasks import Tasks
 
-ImageInput = str | Path | Image.Image
+ImageInput = ImageSource  # a path, bytes, a PIL image or an array
 
 
 class Captioner:
@@ -47,8 +47,7 @@ class Captioner:
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, read_manifest(folder))
 
     def _pixels(self, images: list[ImageInput]) -> torch.Tensor:
-        loaded = [image.convert("RGB") if isinstance(image, Image.Image) else Image.open(image).convert("RGB") for image in images]
-        return self.image_processor(images=loaded, return_tensors="pt")["pixel_values"]
+        return self.image_processor(images=[load_rgb(image) for image in images], return_tensors="pt")["pixel_values"]
 
     def _generate(self, prompts: list[list[int]], images: list[ImageInput], **generate_kwargs) -> list[str]:
         batch = self.tasks.prompt_batch(prompts)

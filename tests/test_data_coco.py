@@ -48,8 +48,8 @@ def test_preprocessing_stores_each_image_once_and_tokenizes_every_caption(backbo
 def test_large_images_are_stored_at_the_model_size_and_give_the_same_pixels(backbones, coco_copy):
     import random
 
-    from mmcaption.data.records import load_rgb
     from mmcaption.demo.synthetic import Scene, draw_scene
+    from mmcaption.images import load_rgb
 
     big = draw_scene(Scene("red", "circle", "left"), 640, random.Random(0)).resize((640, 480))
     big.save(coco_copy / "train2017" / "000000000002.jpg", quality=95)

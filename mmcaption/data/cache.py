@@ -14,7 +14,8 @@ from typing import Any
 
 import datasets
 
-from mmcaption.data.records import BadRecords, DataError, shrink_image
+from mmcaption.data.records import BadRecords, DataError
+from mmcaption.images import shrink_image
 
 
 def fingerprint(**parts) -> str:

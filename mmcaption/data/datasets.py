@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import IGNORE_INDEX, caption_sample
-from mmcaption.data.records import DataError, load_rgb
+from mmcaption.data.records import DataError
+from mmcaption.images import load_rgb
 from mmcaption.prompts import ConversationTemplate, bos_token_id, caption_prompt_ids
 
 

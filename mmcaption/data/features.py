@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoImageProcessor
 
 from mmcaption.data.cache import fingerprint, is_complete, publish_atomically
-from mmcaption.data.records import load_rgb
+from mmcaption.images import load_rgb
 
 
 def model_signature(name_or_path: str) -> dict:

@@ -17,7 +17,8 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, check_image, escapes_root
+from mmcaption.data.records import BadRecords, DataError, escapes_root
+from mmcaption.images import check_image
 from mmcaption.prompts import ConversationTemplate, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})

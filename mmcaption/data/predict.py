@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmcaption.data.base import BackbonesDataModule
-from mmcaption.data.records import DataError, check_image, load_rgb
+from mmcaption.data.records import DataError
+from mmcaption.images import check_image, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, LETTERS, ConversationTemplate, caption_prompt_ids, choice_prompt
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -3,14 +3,11 @@ and count when the user asked for that. Nothing is dropped silently."""
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image, UnidentifiedImageError
 
 OnBadRecord = Literal["error", "skip"]
 
@@ -87,40 +84,3 @@ class BadRecords:
         if self.counts:
             details = "; ".join(f"{n} x {kind} (first: {self.examples[kind]})" for kind, n in self.counts.items())
             rank_zero_warn(f"{self.source}: skipped {sum(self.counts.values())} bad records: {details}")
-
-
-def check_image(data: bytes) -> str | None:
-    """``None`` if ``data`` decodes to an image, else why it does not (truncated, corrupt, not an
-    image, or so large that PIL refuses it as a decompression bomb)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
-def load_rgb(data: bytes) -> Image.Image:
-    """Decode image bytes to 8-bit RGB, whatever the stored mode: grayscale, palette, RGBA, CMYK,
-    and 16/32-bit integer images (scaled to 8 bits rather than clipped to white)."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode.startswith("I"):
-            values = np.asarray(image, dtype=np.float64)
-            peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-            return Image.fromarray((values * (255.0 / peak)).clip(0, 255).astype(np.uint8)).convert("RGB")
-        return image.convert("RGB")
-
-
-def shrink_image(data: bytes, shortest_side: int, quality: int = 95) -> bytes:
-    """``data`` re-encoded as JPEG with its shorter side ``shortest_side`` (bicubic, as CLIP's processor
-    resizes), or unchanged when it is no larger than that: what the model sees, at a fraction of
-    the bytes of a full-size photo."""
-    with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-    if min(width, height) <= shortest_side:
-        return data
-    scale = shortest_side / min(width, height)
-    size = (max(shortest_side, round(width * scale)), max(shortest_side, round(height * scale)))
-    out = io.BytesIO()
-    load_rgb(data).resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=quality)
-    return out.getvalue()

@@ -1,0 +1,95 @@
+"""One image loader for training, predict and the Python API: phone photos upright, 16-bit scaled."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmcaption.data import CaptionDataModule, CaptionPredictDataModule
+from mmcaption.images import load_rgb
+from mmcaption.inference import Captioner
+
+ORIENTATION = 0x0112  # EXIF tag
+
+
+def upright_picture(width: int, height: int) -> Image.Image:
+    """Left half red, right half blue: a rotation shows at once."""
+    array = np.zeros((height, width, 3), dtype=np.uint8)
+    array[:, : width // 2] = (220, 20, 20)
+    array[:, width // 2:] = (20, 20, 220)
+    return Image.fromarray(array)
+
+
+def save_as_a_phone_does(picture: Image.Image, path) -> None:
+    """The sensor's pixels sideways and EXIF orientation 6 ("rotate 90 degrees clockwise to view")."""
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    picture.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif, quality=95)
+
+
+def is_upright(image: Image.Image) -> bool:
+    array = np.asarray(image).astype(int)
+    height, width = array.shape[:2]
+    left, right = array[height // 2, width // 8], array[height // 2, 7 * width // 8]
+    return left[0] > 150 > left[2] and right[2] > 150 > right[0]
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "coco" / "train2017"
+    folder.mkdir(parents=True)
+    save_as_a_phone_does(upright_picture(48, 64), folder / "phone_small.jpg")  # at most the model's size: stored as is
+    save_as_a_phone_does(upright_picture(480, 640), folder / "phone_large.jpg")  # shrunk at preprocessing
+    deep = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(deep).save(folder / "scan_16bit.png")  # a 16-bit grayscale PNG
+    names = ["phone_small.jpg", "phone_large.jpg", "scan_16bit.png"]
+    annotations = {
+        "images": [{"id": i + 1, "file_name": name} for i, name in enumerate(names)],
+        "annotations": [{"id": i + 1, "image_id": i + 1, "caption": "a picture"} for i in range(len(names))],
+    }
+    (tmp_path / "coco" / "annotations").mkdir()
+    (tmp_path / "coco" / "annotations" / "captions_train2017.json").write_text(json.dumps(annotations))
+    return folder, names
+
+
+def test_the_loader_applies_exif_orientation_and_scales_16_bit(photos):
+    folder, _ = photos
+    assert not is_upright(Image.open(folder / "phone_small.jpg").convert("RGB"))  # as stored: sideways
+    for source in (folder / "phone_small.jpg", (folder / "phone_large.jpg").read_bytes(), Image.open(folder / "phone_small.jpg")):
+        assert is_upright(load_rgb(source))
+    scan = np.asarray(load_rgb(folder / "scan_16bit.png"))
+    assert scan.dtype == np.uint8 and scan.min() == 0 and scan.max() == 255 and 100 < scan.mean() < 155  # scaled, not clipped
+    assert is_upright(load_rgb(np.asarray(upright_picture(32, 32)))) and is_upright(load_rgb(np.asarray(upright_picture(32, 32)) / 255.0))
+
+
+def test_training_predict_and_the_api_see_the_same_pixels(backbones, model, photos, tmp_path):
+    folder, names = photos
+    language_dir, vision_dir = backbones
+    train = CaptionDataModule(data_dir=str(folder.parent), train_split="train2017", val_split="train2017",
+                              cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir), image_processor=str(vision_dir),
+                              batch_size=3, num_workers=0)
+    train.prepare_data()
+    train.setup("fit")
+    dataset = train.datasets["train2017"]
+    by_name = {row["file_name"]: index for index, row in enumerate(dataset.images)}
+    training = {name: dataset.__getitems__([i for i, row in enumerate(dataset.rows) if row["image_index"] == by_name[name]][:1])[0]["pixel_values"]
+                for name in names}
+
+    predict = CaptionPredictDataModule(images=str(folder), output=str(tmp_path / "out.jsonl"), tokenizer=str(language_dir),
+                                       image_processor=str(vision_dir), num_workers=0)
+    predict.setup("predict")
+    predicted = {predict.dataset.image_paths[i].name: predict.dataset[i]["pixel_values"] for i in range(len(names))}
+
+    captioner = Captioner(model, train.tokenizer, train.image_processor, {"prompts": {}, "generation": {}})
+    api = {name: captioner._pixels([folder / name])[0] for name in names}
+
+    for name in ("phone_small.jpg", "scan_16bit.png"):  # stored as they are: identical everywhere
+        assert torch.equal(training[name], predicted[name]) and torch.equal(predicted[name], api[name]), name
+    # the large photo is re-encoded upright at the model's size for training: the same picture (resized
+    # twice, so the red/blue edge is a little softer), not a rotated one
+    assert (training["phone_large.jpg"] - api["phone_large.jpg"]).abs().mean() < 0.05
+    assert torch.equal(predicted["phone_large.jpg"], api["phone_large.jpg"])
+    red_left = api["phone_small.jpg"][0, 32, 4] > 1.0 > api["phone_small.jpg"][2, 32, 4]  # normalised channels
+    assert red_left
