@@ -37,7 +37,7 @@ class PredictionWriter(BasePredictionWriter):
         self.path = output
         self.handle = output.open("w", newline="", encoding="utf-8")
         self.writer = None
-        self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0}
+        self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if self.path is None:
@@ -58,9 +58,10 @@ class PredictionWriter(BasePredictionWriter):
         self.counts["rows"] += 1
         if row.get("error"):
             self.counts["errors"] += 1
-        if row.get("correct") is not None:
+        if row.get("correct") is not None:  # rows with a reference answer; those given none count as wrong
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
+            self.counts["unanswered"] += int(row.get("prediction") is None)
 
     def summary(self) -> dict[str, Any]:
         summary = dict(self.counts, output=str(self.path))
@@ -78,5 +79,6 @@ class PredictionWriter(BasePredictionWriter):
         if summary["errors"]:
             message += f"; {summary['errors']} could not be predicted (see their 'error' field)"
         if "accuracy" in summary:
-            message += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']})"
+            message += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']}"
+            message += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
         rank_zero_info(message)

@@ -57,6 +57,8 @@ class Captioner:
         """A caption per image (a string for one image, a list for a list)."""
         many = isinstance(images, list)
         images = images if many else [images]
+        if not images:
+            return []
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
         captions = self._generate([prompt] * len(images), images, **generate_kwargs)
         return captions if many else captions[0]
@@ -67,7 +69,7 @@ class Captioner:
 
     @torch.no_grad()
     def choose(self, image: ImageInput, question: str, options: list[str]) -> str:
-        """The letter (A-D) of the most likely option given the image and question."""
+        """The letter (A, B, ...) of the most likely option given the image and question; 2 to 8 options."""
         prompt, option_ids = choice_prompt(self.template, self.tokenizer, question, options, "likelihood")
         image_embeds = self.model.encode_images(self._pixels([image]).to(self.tasks.device))
         letters, _ = self.tasks.choose([prompt], [option_ids], image_embeds)

@@ -28,6 +28,7 @@ from typing import NamedTuple
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import IGNORE_INDEX
+from mmcaption.evaluation.answers import LETTERS
 
 IMAGE_PLACEHOLDER = re.compile(r"\s*<image>\s*", re.IGNORECASE)
 DEFAULT_SYSTEM = "A chat between a curious human and an assistant that answers questions about an image."
@@ -117,17 +118,22 @@ class ConversationTemplate:
         return EncodedConversation(input_ids, labels, kept, answer_cut)
 
 
-LETTERS = ("A", "B", "C", "D")
-
-
 def listed_options_question(question: str, options: list[str]) -> str:
     """The question with its options, asking for a letter (LLaVA's multiple-choice wording)."""
+    check_options(options)
     listed = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
     return f"{question}\n{listed}\nAnswer with the option's letter from the given choices directly."
 
 
+def check_options(options: list[str]) -> None:
+    """Refuse what no letter can name: fewer than 2 options or more than ``len(LETTERS)``."""
+    if not 2 <= len(options) <= len(LETTERS):
+        raise ValueError(f"a multiple-choice question needs 2 to {len(LETTERS)} options ({', '.join(LETTERS)}), got {len(options)}")
+
+
 def option_ids(tokenizer: PreTrainedTokenizerBase, options: list[str]) -> list[list[int]]:
     """Each option as the answer the template would supervise: a leading space, the text, end-of-text."""
+    check_options(options)
     return [tokenizer(" " + option, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for option in options]
 
 

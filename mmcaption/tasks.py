@@ -8,7 +8,6 @@ validation and ``predict``, the Python API and the demo's evaluation alike. Prom
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -16,17 +15,10 @@ import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from mmcaption.collate import IGNORE_INDEX, collate
-from mmcaption.evaluation.answers import normalise_answer
+from mmcaption.evaluation.answers import LETTERS, normalise_answer, parse_choice
 from mmcaption.model import MultimodalCausalLM
-from mmcaption.prompts import LETTERS
 
 DEFAULT_GENERATION = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
-
-
-def parse_choice(text: str) -> str | None:
-    """The first stand-alone letter A-D of a generated answer (``"B"``, ``"B."``, ``"(B) red"``)."""
-    match = re.search(r"\b([ABCD])\b", text)
-    return match.group(1) if match else None
 
 
 def unpadded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
@@ -49,7 +41,8 @@ def option_scores(
         length_normalize: mean log-probability per token instead of the sum, so long options are
             not penalised for their length.
 
-    Returns ``(questions, options)`` scores; the highest is the model's choice.
+    Returns ``(questions, most options)`` scores, ``-inf`` where a question has fewer options; the
+    highest is the model's choice.
     """
     samples, counts = [], []
     for prompt, options in zip(prompt_ids, option_ids):
@@ -68,8 +61,11 @@ def option_scores(
     targets = batch["labels"][:, 1:].to(device)
     mask = targets != IGNORE_INDEX
     token_logprobs = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none") * mask
-    scores = token_logprobs.sum(1) / (mask.sum(1) if length_normalize else 1)
-    return scores.view(len(prompt_ids), -1)
+    flat = token_logprobs.sum(1) / (mask.sum(1) if length_normalize else 1)
+    scores = torch.full((len(counts), max(counts)), float("-inf"), device=flat.device)
+    for row, (start, count) in enumerate(zip([0, *torch.tensor(counts).cumsum(0).tolist()], counts)):
+        scores[row, :count] = flat[start:start + count]
+    return scores
 
 
 class Tasks:
@@ -153,19 +149,23 @@ class Tasks:
                 results[i]["prediction"] = letter
         elif task == "choice-generation":
             for i, text in zip(ok, self.generate_batch(sub)):
+                options = batch["options"][i] if "options" in batch else None
                 results[i]["generated"] = text
-                results[i]["prediction"] = parse_choice(text)
+                results[i]["prediction"] = parse_choice(text, options)
                 if results[i]["prediction"] is None:  # counted as wrong, and said why
-                    results[i]["error"] = f"no option letter (A-D) in the generated answer {text!r}"
+                    results[i]["error"] = f"no single option letter or option text in the generated answer {text!r}"
         elif task == "answer":
             for i, text in zip(ok, self.generate_batch(sub)):
                 results[i]["prediction"] = text
         else:
             raise ValueError(f"unknown task {task!r}")
-        for i in ok:
-            answer = results[i].get("answer")
+        for row in results:  # with a reference answer, a row that got no answer (unreadable image, no letter) is wrong
+            answer, prediction = row.get("answer"), row.get("prediction")
             if answer:
-                expected = answer.strip().upper() if task.startswith("choice") else normalise_answer(answer)
-                got = results[i]["prediction"] if task.startswith("choice") else normalise_answer(results[i]["prediction"])
-                results[i]["correct"] = got == expected
+                if prediction is None:
+                    row["correct"] = False
+                elif task.startswith("choice"):
+                    row["correct"] = prediction == answer.strip().upper()
+                else:
+                    row["correct"] = normalise_answer(prediction) == normalise_answer(answer)
         return results

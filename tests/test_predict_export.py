@@ -14,7 +14,6 @@ from mmcaption.demo.synthetic import Scene, draw_scene
 from mmcaption.export import main as export_main
 from mmcaption.model.backbones import load_language_model
 from mmcaption.module import MultimodalCaptioner
-from mmcaption.tasks import parse_choice
 
 
 @pytest.fixture
@@ -98,7 +97,9 @@ def test_likelihood_scoring_picks_the_option_the_model_is_rigged_to_prefer(backb
     assert [r["prediction"] for r in rows[:3]] == ["B", "D", "A"]
     assert rows[3]["prediction"] == "" and "image not found" in rows[3]["error"]
     summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
-    assert summary["accuracy"] == 1.0 and summary["answered"] == 3 and summary["errors"] == 1
+    # the row whose image is missing got no answer: it counts as wrong, and is reported as such
+    assert summary["correct"] == 3 and summary["answered"] == 4 and summary["accuracy"] == 0.75
+    assert summary["unanswered"] == 1 and summary["errors"] == 1 and rows[3]["correct"] == "False"
 
 
 def test_generation_method_answers_with_a_letter_or_says_it_could_not(backbones, trained_checkpoint, image_folder, tmp_path):
@@ -109,13 +110,12 @@ def test_generation_method_answers_with_a_letter_or_says_it_could_not(backbones,
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and all(r["prediction"] in ("", "A", "B", "C", "D") for r in rows)
     assert all(r["generated"] or r["error"] for r in rows)
-    assert parse_choice("B. blue") == "B" and parse_choice("(C) green") == "C" and parse_choice("blue") is None
 
 
 def test_bad_csv_is_refused_with_the_file_and_line(backbones, tmp_path):
-    no_d = write_csv(tmp_path / "a.csv", QUESTIONS, columns=("img_path", "Question", "A", "B", "C"))
-    with pytest.raises(DataError, match=r"a\.csv lacks column\(s\) \['D'\]"):
-        choice_data(backbones, no_d, tmp_path / "o.csv").setup("predict")
+    no_question = write_csv(tmp_path / "a.csv", QUESTIONS, columns=("img_path", "A", "B", "C"))
+    with pytest.raises(DataError, match=r"a\.csv lacks column\(s\) \['Question'\]"):
+        choice_data(backbones, no_question, tmp_path / "o.csv").setup("predict")
     bad_answer = write_csv(tmp_path / "b.csv", [QUESTIONS[0], {**QUESTIONS[1], "answer": "E"}])
     with pytest.raises(DataError, match=r"b\.csv, line 3: answer 'E' is not one of A, B, C, D"):
         choice_data(backbones, bad_answer, tmp_path / "o.csv").setup("predict")
@@ -160,3 +160,47 @@ def test_export_command_with_merge_and_init_from_an_export(backbones, trained_ch
     module.initialise_from_checkpoint()
     for key in source.trainable_state_keys():
         assert torch.equal(module.state_dict()[key], source.state_dict()[key]), key
+
+
+def test_csv_as_excel_writes_it_bom_crlf_any_case_and_five_options(backbones, tmp_path):
+    text = "IMG_PATH,question,a,b,c,d,e,Answer\r\nimages/img0.png,\"Which one, then?\",red,blue,green,yellow,white,e\r\n" \
+           "images/img1.png,Which?,red,blue,,,,B\r\n"
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # Excel's "CSV UTF-8": a byte-order mark
+    dm = choice_data(backbones, path, tmp_path / "o.csv")
+    questions = dm.read_rows()
+    assert [q.options for q in questions] == [["red", "blue", "green", "yellow", "white"], ["red", "blue"]]
+    assert [q.answer for q in questions] == ["E", "B"] and questions[0].question == "Which one, then?"
+    assert [q.line for q in questions] == [2, 3]
+    dm.setup("predict")  # both become prompts: five options, and two
+    assert len(dm.dataset[0]["option_ids"]) == 5 and len(dm.dataset[1]["option_ids"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("img_path,Question,A,B,C,D\nx.png,Is it red, or blue?,red,blue,green,yellow\n",
+         r"line 2: 7 fields where the header has 6 \(a comma inside a field must be quoted\)"),
+        ('img_path,Question,A,B,C,D\nx.png,"A question\nover two lines",red,blue,green,yellow\ny.png,Q,red,blue,green\n',
+         r"line 4: 5 fields where the header has 6"),  # physical lines: the quoted field spans 2 and 3
+        ("img_path,Question,A,B,a\nx.png,Q,red,blue,green\n", r"column\(s\) \['A', 'a'\] appear more than once"),
+        ("img_path,Question,A,B,C\nx.png,Q,red,,green\n", r"line 2: options must be 2 or more, without gaps"),
+        ("img_path,Question,A,B,answer\nx.png,Q,red,blue,C\n", r"line 2: answer 'C' is not one of A, B"),
+    ],
+    ids=["unquoted comma", "physical line after a multi-line field", "duplicate header", "gap in options", "answer names no option"],
+)
+def test_csv_rows_that_would_be_read_wrong_are_refused_with_their_physical_line(backbones, tmp_path, content, message):
+    path = tmp_path / "q.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        choice_data(backbones, path, tmp_path / "o.csv").read_rows()
+
+
+def test_captioner_with_five_options_and_no_images(backbones, trained_checkpoint, tmp_path):
+    export_main([str(trained_checkpoint), str(tmp_path / "export")])
+    captioner = Captioner.from_pretrained(tmp_path / "export")
+    image = draw_scene(Scene("red", "circle", "left"), 64, random.Random(0))
+    assert captioner.choose(image, "Which shape?", ["circle", "square", "triangle", "diamond", "star"]) in "ABCDE"
+    assert captioner.caption([]) == []
+    with pytest.raises(ValueError, match="needs 2 to 8 options"):
+        captioner.choose(image, "Which?", ["circle"])

@@ -1,13 +1,15 @@
 """What ``mmcaption predict`` reads: images to caption, or a multiple-choice CSV in the original scripts' format.
 
 A bad image does not stop a run: its row carries the error into the output and the other rows are
-predicted. A bad file (no images found, a CSV without the required columns, an answer outside
-A-D) stops it at once with a message that names the file and row.
+predicted. A bad file (no images found, a CSV without the required columns, a row that does not
+fit its header, an answer that names no option) stops it at once with a message that names the
+file and its line.
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,11 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmcaption.data.base import BackbonesDataModule
 from mmcaption.data.records import DataError
+from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import check_image, load_rgb
-from mmcaption.prompts import DEFAULT_SYSTEM, LETTERS, ConversationTemplate, caption_prompt_ids, choice_prompt
+from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-REQUIRED_COLUMNS = ("img_path", "Question", "A", "B", "C", "D")
+REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
 
 
 def find_images(source: str) -> list[Path]:
@@ -81,12 +84,89 @@ class _CaptionRows(_ImageRows):
 
 
 class _ChoiceRows(_ImageRows):
-    def __init__(self, rows, image_paths, image_processor, size, prompts: list[list[int]], options: list[list[list[int]]], method) -> None:
+    def __init__(self, rows, image_paths, image_processor, size, prompts: list[list[int]], option_ids: list[list[list[int]]],
+                 options: list[list[str]], method) -> None:
         super().__init__(rows, image_paths, image_processor, size)
-        self.prompts, self.options, self.method = prompts, options, method
+        self.prompts, self.option_ids, self.options, self.method = prompts, option_ids, options, method
 
     def text(self, index: int) -> dict[str, Any]:
-        return {"task": f"choice-{self.method}", "input_ids": torch.tensor(self.prompts[index]), "option_ids": self.options[index]}
+        return {"task": f"choice-{self.method}", "input_ids": torch.tensor(self.prompts[index]),
+                "option_ids": self.option_ids[index], "options": self.options[index]}
+
+
+@dataclass
+class ChoiceQuestion:
+    """One row of a multiple-choice CSV: the record as written, and what it asks."""
+
+    line: int  # physical line of the file where the row starts
+    record: dict[str, str]
+    image: str
+    question: str
+    options: list[str]
+    answer: str | None
+
+
+def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
+    """Read a multiple-choice CSV as spreadsheets write it, refusing what would be read wrong.
+
+    Columns ``img_path``, ``Question``, ``A``, ``B`` (and ``C`` ... ``H``, optional ``answer``) are matched
+    without regard to case; a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted. A duplicate
+    column, a row whose number of fields differs from the header's (an unquoted comma shifts the
+    question into the options), an empty question, fewer than two options, a gap between options or
+    an answer that names no option is refused with the file and the physical line.
+    """
+    if not path.is_file():
+        raise DataError(f"multiple-choice CSV not found: {path}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip() for name in next(reader, [])]
+            rows, start = [], reader.line_num + 1
+            for fields in reader:
+                rows.append((start, fields))
+                start = reader.line_num + 1
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text: {error}") from error
+    except csv.Error as error:
+        raise DataError(f"{path}, line {reader.line_num}: not valid CSV: {error}") from error
+    folded = [name.lower() for name in header]
+    duplicates = sorted({name for name, low in zip(header, folded) if folded.count(low) > 1})
+    if duplicates:
+        raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
+    column = {low: i for i, low in enumerate(folded)}
+    missing = [name for name in REQUIRED_COLUMNS if name.lower() not in column]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}, then optional C-H and "
+                        f"'answer'; it has {header}")
+    letters = [letter for letter in LETTERS if letter.lower() in column]
+    questions = []
+    for line, fields in rows:
+        if not any(field.strip() for field in fields):
+            continue  # a blank line
+        if len(fields) != len(header):
+            raise DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} "
+                            "(a comma inside a field must be quoted)")
+        values = {low: field.strip() for low, field in zip(folded, fields)}
+
+        def get(name: str, values: dict[str, str] = values) -> str:
+            return values.get(name.lower(), "")
+
+        options = [get(letter) for letter in letters]
+        while options and not options[-1]:
+            options.pop()
+        problems = [f"empty {name}" for name in ("img_path", "Question") if not get(name)]
+        if len(options) < 2 or not all(options):
+            problems.append(f"options must be 2 or more, without gaps: {dict(zip(letters, options))}")
+        answer = get("answer").upper() or None
+        if answer is not None and answer not in LETTERS[: len(options)]:
+            problems.append(f"answer {get('answer')!r} is not one of {', '.join(LETTERS[: len(options)])}")
+        if problems:
+            raise DataError(f"{path}, line {line}: " + "; ".join(problems))
+        record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded)}
+        questions.append(ChoiceQuestion(line, record, get("img_path"), get("Question"), options, answer))
+    if not questions:
+        raise DataError(f"{path} has no questions")
+    return questions
 
 
 class _PredictDataModule(BackbonesDataModule):
@@ -164,38 +244,18 @@ class MultipleChoiceDataModule(_PredictDataModule):
         self.csv_file, self.image_root = Path(csv_file), image_root and Path(image_root)
         self.method, self.system_prompt = method, system_prompt
 
-    def read_rows(self) -> list[dict[str, str]]:
-        path = self.csv_file
-        if not path.is_file():
-            raise DataError(f"multiple-choice CSV not found: {path}")
-        try:
-            with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                columns = [c.strip() for c in reader.fieldnames or []]
-                missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-                if missing:
-                    raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)} (+ optional 'answer'), has {columns}")
-                rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-        except UnicodeDecodeError as error:
-            raise DataError(f"{path} is not UTF-8 text: {error}") from error
-        if not rows:
-            raise DataError(f"{path} has no questions")
-        for number, row in enumerate(rows, start=2):  # line 1 is the header
-            empty = [c for c in REQUIRED_COLUMNS if not row[c]]
-            if empty:
-                raise DataError(f"{path}, line {number}: empty {empty}")
-            if "answer" in row and row["answer"] and row["answer"].upper() not in LETTERS:
-                raise DataError(f"{path}, line {number}: answer {row['answer']!r} is not one of A, B, C, D")
-        return rows
+    def read_rows(self) -> list[ChoiceQuestion]:
+        return read_choice_csv(self.csv_file)
 
     def setup(self, stage: str) -> None:
-        rows = self.read_rows()
+        questions = self.read_rows()
         root = self.image_root or self.csv_file.parent
         template = ConversationTemplate(system=self.system_prompt)
-        prompts, options = [], []
-        for row in rows:
-            prompt, option_ids = choice_prompt(template, self.tokenizer, row["Question"], [row[letter] for letter in LETTERS], self.method)
+        prompts, option_ids = [], []
+        for question in questions:
+            prompt, ids = choice_prompt(template, self.tokenizer, question.question, question.options, self.method)
             prompts.append(prompt)
-            options.append(option_ids)
-        paths = [Path(row["img_path"]) if Path(row["img_path"]).is_absolute() else root / row["img_path"] for row in rows]
-        self.dataset = _ChoiceRows(rows, paths, self.image_processor, self.image_size, prompts, options, self.method)
+            option_ids.append(ids)
+        paths = [Path(q.image) if Path(q.image).is_absolute() else root / q.image for q in questions]
+        self.dataset = _ChoiceRows([q.record for q in questions], paths, self.image_processor, self.image_size, prompts, option_ids,
+                                   [q.options for q in questions], self.method)

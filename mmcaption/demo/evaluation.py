@@ -21,10 +21,9 @@ from PIL import Image, ImageDraw
 from mmcaption.data.predict import MultipleChoiceDataModule
 from mmcaption.demo.scoring import caption_accuracy
 from mmcaption.demo.synthetic import Scene
-from mmcaption.evaluation.answers import exact_match, normalise_answer
+from mmcaption.evaluation.answers import exact_match, normalise_answer, parse_choice
 from mmcaption.evaluation.caption_metrics import caption_scores
-from mmcaption.prompts import LETTERS
-from mmcaption.tasks import Tasks, parse_choice, unpadded
+from mmcaption.tasks import Tasks, unpadded
 
 
 class BlindControl:
@@ -123,6 +122,7 @@ def evaluate_choices(tasks: Tasks, datamodule: MultipleChoiceDataModule) -> dict
         datamodule.method = method
         datamodule.setup("predict")
         correct = blind_correct = total = 0
+        chance = 0.0
         blind_control = BlindControl()
         for batch in datamodule.predict_dataloader():
             embeds = tasks.model.encode_images(batch["pixel_values"])
@@ -133,14 +133,15 @@ def evaluate_choices(tasks: Tasks, datamodule: MultipleChoiceDataModule) -> dict
                 blind_embeds = blind_control(embeds, [record["img_path"] for record in batch["record"]])
                 blind, _ = tasks.choose(prompts, batch["option_ids"], blind_embeds)
                 blind_correct += sum(b == a for b, a in zip(blind, answers))
-            else:
+            else:  # the letter only: reading the option's text would not show whether the model maps it to its letter
                 choices = [parse_choice(text) for text in tasks.generate_batch(batch, image_embeds=embeds)]
             correct += sum(c == a for c, a in zip(choices, answers))
             total += len(answers)
+            chance += sum(1 / len(options) for options in batch["options"])
         results[method] = correct / total
         if method == "likelihood":
             results["likelihood_blind"] = blind_correct / total
-    results["chance"] = 1 / len(LETTERS)
+    results["chance"] = chance / total
     return results
 
 

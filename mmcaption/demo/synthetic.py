@@ -15,7 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mmcaption.prompts import LETTERS, ConversationTemplate, bos_token_id, listed_options_question
+from mmcaption.evaluation.answers import LETTERS
+from mmcaption.prompts import ConversationTemplate, bos_token_id, listed_options_question
 
 COLOURS = {
     "red": (220, 40, 40),

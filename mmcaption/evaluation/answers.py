@@ -1,17 +1,96 @@
-"""Exact-match scoring of short answers."""
+"""Scoring short answers: normalisation as the VQA evaluation does it, exact match, and reading the
+letter out of a generated multiple-choice answer as the common evaluation kits do.
+
+Plain string functions: no model, no tokenizer.
+"""
 
 from __future__ import annotations
 
 import re
 
-_WORD = re.compile(r"[a-z0-9]+")
+# The VQA evaluation's normalisation (Antol et al., 2015; the official vqaEval.py): punctuation,
+# number words, articles and common contractions written without their apostrophe.
+_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's",
+    "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itll": "it'll", "let's": "let's", "maam": "ma'am",
+    "mightnt": "mightn't", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't",
+    "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't", "shant": "shan't", "shed": "she'd",
+    "shes": "she's", "shouldve": "should've", "shouldnt": "shouldn't", "somebodys": "somebody's",
+    "someones": "someone's", "somethings": "something's", "thats": "that's", "thered": "there'd",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyll": "they'll", "theyre": "they're",
+    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "weve": "we've", "werent": "weren't",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "wholl": "who'll", "whos": "who's",
+    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've",
+    "wouldnt": "wouldn't", "yall": "y'all", "youd": "you'd", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = {"a", "an", "the"}
+_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 
 
 def normalise_answer(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
+    """An answer as the VQA evaluation compares it: lower case, punctuation dropped (a comma between
+    digits kept), number words as digits, articles dropped, ``dont`` -> ``don't``."""
+    text = text.replace("\n", " ").replace("\t", " ").strip().lower()
+    keeps_commas = _COMMA_STRIP.search(text) is not None
+    for mark in _PUNCTUATION:
+        if f"{mark} " in text or f" {mark}" in text or keeps_commas:
+            text = text.replace(mark, "")
+        else:
+            text = text.replace(mark, " ")
+    text = _PERIOD_STRIP.sub("", text)
+    words = [_NUMBERS.get(word, word) for word in text.split()]
+    words = [_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES]
+    return " ".join(words)
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
-    """Share of answers equal to the reference after lower-casing and dropping punctuation."""
+    """Share of answers equal to the reference after :func:`normalise_answer`."""
     pairs = list(zip(predictions, references, strict=True))
     return sum(normalise_answer(p) == normalise_answer(r) for p, r in pairs) / max(len(pairs), 1)
+
+
+LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")  # option letters; a question has 2 to 8 options
+
+
+def parse_choice(text: str, options: list[str] | None = None) -> str | None:
+    """The option letter a generated answer gives, or ``None`` when it gives none or several.
+
+    Reads, in this order: a bare letter (``"B"``, ``"(B)"``, ``"B."``); a statement (``"Answer: B"``,
+    ``"The answer is (B)"``, ``"Option B"``); a letter that opens the answer as a label (``"B. blue"``,
+    ``"(B) blue"``); a single stand-alone capital letter (``"I think B"``; the article in ``"A red
+    circle"`` is not option A); and, with ``options``, the text of exactly one option.
+    """
+    letters = "".join(LETTERS[: len(options)] if options else LETTERS[:4])
+    answer = text.strip()
+    if not answer:
+        return None
+    bare = re.fullmatch(rf"[\(\[]?([{letters}])[\)\]]?[.:]?", answer)
+    if bare:
+        return bare.group(1)
+    stated = re.search(rf"(?i:answer|option|choice)(?:\s+(?i:is))?\s*:?\s*(?:(?i:option)\s+)?[\(\[]?([{letters}])(?![\w'])", answer)
+    if stated:
+        return stated.group(1)
+    label = re.match(rf"[\(\[]([{letters}])[\)\]]|([{letters}])\s*[.):]\s", answer)
+    if label:
+        return label.group(1) or label.group(2)
+    standalone = {
+        match.group(1)
+        for match in re.finditer(rf"(?<![\w'])([{letters}])(?![\w'])", answer)
+        if not (match.group(1) == "A" and re.match(r"\s+[a-z]", answer[match.end():]))  # the article
+    }
+    if standalone:
+        return standalone.pop() if len(standalone) == 1 else None
+    if options:
+        said = normalise_answer(answer)
+        texts = [normalise_answer(option) for option in options]
+        for matches in ([t == said for t in texts], [bool(t) and re.search(rf"\b{re.escape(t)}\b", said) is not None for t in texts]):
+            if sum(matches) == 1:
+                return letters[matches.index(True)]
+    return None

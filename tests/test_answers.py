@@ -1,0 +1,53 @@
+"""Reading answers as the common evaluation kits do: option letters out of free text, VQA normalisation."""
+
+import pytest
+
+from mmcaption.evaluation.answers import exact_match, normalise_answer, parse_choice
+
+OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
+
+
+@pytest.mark.parametrize(
+    ("generated", "options", "letter"),
+    [
+        ("B", None, "B"),
+        ("(B)", None, "B"),
+        ("B.", None, "B"),
+        ("B)", None, "B"),
+        ("[C]", None, "C"),
+        ("Answer: B", None, "B"),
+        ("answer: d", None, None),  # a lower-case letter is a word, not an option
+        ("The answer is B", None, "B"),
+        ("The answer is (C).", None, "C"),
+        ("The correct option is D", None, "D"),
+        ("Option A", None, "A"),
+        ("B. blue square", OPTIONS, "B"),
+        ("(C) green triangle", OPTIONS, "C"),
+        ("C: green triangle", OPTIONS, "C"),
+        ("I think it is B", None, "B"),
+        ("A", None, "A"),
+        ("A. blue square", OPTIONS, "A"),
+        ("A red circle on the left", None, None),  # the article is not option A
+        ("A red circle on the left", OPTIONS, "B"),  # ... and the option's text names B
+        ("red circle", OPTIONS, "B"),
+        ("The image shows a green triangle.", OPTIONS, "C"),
+        ("B or C", None, None),  # ambiguous: no letter
+        ("a red circle or a blue square", OPTIONS, None),  # two options' texts: ambiguous
+        ("blue", None, None),
+        ("", None, None),
+        ("E", OPTIONS + ["white star"], "E"),
+        ("E", OPTIONS, None),  # no fifth option
+    ],
+)
+def test_option_letters_are_read_as_evaluation_kits_read_them(generated, options, letter):
+    assert parse_choice(generated, options) == letter
+
+
+def test_vqa_normalisation():
+    assert normalise_answer("Two") == normalise_answer("2") == "2"
+    assert normalise_answer("The red circle.") == "red circle"
+    assert normalise_answer("dont know") == "don't know"
+    assert normalise_answer("yes!") == "yes"
+    assert normalise_answer("10,000") == "10000"
+    assert normalise_answer("left-hand side") == "left hand side"
+    assert exact_match(["A circle", "three", "blue"], ["circle", "3", "red"]) == pytest.approx(2 / 3)
