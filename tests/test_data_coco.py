@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -186,3 +187,61 @@ def test_hub_layout_with_jpg_and_newline_separated_txt(backbones, coco_root, tmp
     assert len(dm.datasets["train"]) == 60 and len(dm.datasets["test"]) == 20
     item = dm.datasets["train"][0]
     assert torch.is_tensor(item["pixel_values"]) and item["labels"][-1] == dm.tokenizer.eos_token_id
+
+
+def test_a_partial_download_completed_later_is_used_and_a_skip_is_reported_again(backbones, coco_copy, tmp_path):
+    images = coco_copy / "train2017"
+    held_back = tmp_path / "later"
+    held_back.mkdir()
+    for name in ("000000000003.jpg", "000000000007.jpg"):
+        shutil.move(images / name, held_back / name)
+    partial = make_datamodule(backbones, coco_copy, on_bad_record="skip")
+    with pytest.warns(UserWarning, match="skipped 2 bad records"):
+        partial.prepare_data()
+    partial_folder = partial.split_folder("train2017")
+    assert json.loads((partial_folder / "meta.json").read_text())["images"] == 10
+    # the next run reuses it, and says again that records were skipped
+    with pytest.warns(UserWarning, match=r"reusing .* built with 2 bad records skipped"):
+        make_datamodule(backbones, coco_copy, on_bad_record="skip").prepare_data()
+
+    for path in held_back.iterdir():  # the download finishes
+        shutil.move(path, images / path.name)
+    complete = make_datamodule(backbones, coco_copy, on_bad_record="skip")
+    complete.prepare_data()
+    folder = complete.split_folder("train2017")
+    assert folder != partial_folder and json.loads((folder / "meta.json").read_text())["images"] == 12
+
+
+def test_an_annotation_edited_with_its_size_and_time_kept_is_noticed(backbones, coco_copy):
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()
+    before = dm.split_folder("train2017")
+    path = coco_copy / "annotations" / "captions_train2017.json"
+    stat = path.stat()
+    text = path.read_text()
+    first = json.loads(text)["annotations"][0]["caption"]
+    edited = first[:-1] + ("x" if first[-1] != "x" else "y")  # same length
+    path.write_text(text.replace(json.dumps(first), json.dumps(edited), 1))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p or rsync -a leave it
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    again = make_datamodule(backbones, coco_copy)
+    again.prepare_data()
+    assert again.split_folder("train2017") != before
+    again.setup("fit")
+    assert edited in again.datasets["train2017"].rows["caption"]
+
+
+def test_a_damaged_cache_is_rebuilt_with_a_note(backbones, coco_copy):
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()
+    folder = dm.split_folder("train2017")
+    arrow = next((folder / "captions").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])  # a disk that filled up, a bad copy
+    again = make_datamodule(backbones, coco_copy)
+    with pytest.warns(UserWarning, match=r"is damaged \(captions cannot be read .*\); rebuilding it"):
+        again.prepare_data()
+    again.setup("fit")
+    assert len(again.datasets["train2017"]) == 60
+    (folder / "images" / "state.json").unlink()  # a file missing
+    with pytest.warns(UserWarning, match=r"is damaged \(images cannot be read"):
+        make_datamodule(backbones, coco_copy).prepare_data()

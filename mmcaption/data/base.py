@@ -11,24 +11,26 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import collate
-from mmcaption.data.cache import fingerprint, is_complete
+from mmcaption.data.cache import damage, fingerprint, is_complete
 from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import LengthGroupedSampler, default_seed
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
-PREPROCESSING_VERSION = 3
+PREPROCESSING_VERSION = 4
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -110,6 +112,8 @@ class PreprocessedDataModule(BackbonesDataModule):
 
     # what a subclass provides
 
+    text_table = ""  # the split's table of text rows, beside its "images"
+
     @property
     def default_cache_dir(self) -> Path:
         raise NotImplementedError
@@ -167,8 +171,20 @@ class PreprocessedDataModule(BackbonesDataModule):
                 write_image_features(folder, self.image_processor_name, self.vision_feature_layer)
 
     def preprocess(self, split: str) -> Path:
+        """The preprocessed folder of ``split``, written unless a whole one is there. A damaged one
+        (files missing or truncated) is rebuilt with a note; reusing one built with records skipped
+        says so again."""
         folder = self.split_folder(split)
-        return folder if is_complete(folder) else self.write_split(split, folder)
+        if is_complete(folder):
+            problem = damage(folder, {"images": "images", self.text_table: "rows"})
+            if problem is None:
+                skipped = json.loads((folder / "meta.json").read_text()).get("skipped") or {}
+                if skipped:
+                    rank_zero_warn(f"reusing {folder}, built with {sum(skipped.values())} bad records skipped: {skipped}")
+                return folder
+            rank_zero_warn(f"the preprocessed split {folder} is damaged ({problem}); rebuilding it")
+            shutil.rmtree(folder)
+        return self.write_split(split, folder)
 
     def setup(self, stage: str) -> None:
         splits = self.stage_splits()

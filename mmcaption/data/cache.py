@@ -1,7 +1,9 @@
-"""Preprocessed data on disk: content-addressed folders, published atomically."""
+"""Preprocessed data on disk: folders named by what their content was made from, published
+atomically, checked whole before they are reused."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,9 +26,37 @@ def fingerprint(**parts) -> str:
 
 
 def file_signature(path: Path) -> dict:
-    """Path, size and modification time: enough to notice that an input file changed."""
+    """What an input file holds: the sha256 of its content, so an edit is noticed even when the file
+    keeps its size and time (``cp -p``, ``rsync -a``). Hashed once per process and file version (the
+    change time, which no copy tool can set back, tells versions apart)."""
     stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"sha256": _content_hash(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns), "size": stat.st_size}
+
+
+@functools.lru_cache(maxsize=32)
+def _content_hash(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
+    """What an image folder holds: its files' names, sizes and modification times (recursively), so
+    images added after a partial download, removed or replaced make a new cache. ``exclude`` (a
+    cache inside the folder) and hidden folders are left out."""
+    if not folder.is_dir():
+        return {"folder": "missing"}
+    excluded = exclude.resolve() if exclude is not None else None
+    digest, count = hashlib.sha256(), 0
+    for root, folders, files in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith(".") and (Path(root) / f).resolve() != excluded)
+        for name in sorted(files):
+            stat = os.stat(os.path.join(root, name))
+            digest.update(f"{os.path.relpath(os.path.join(root, name), folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            count += 1
+    return {"files": count, "sha256": digest.hexdigest()}
 
 
 @contextmanager
@@ -52,6 +82,25 @@ def publish_atomically(target: Path) -> Iterator[Path]:
 
 def is_complete(folder: Path) -> bool:
     return (folder / "meta.json").is_file()
+
+
+def damage(folder: Path, tables: dict[str, str]) -> str | None:
+    """``None`` if a complete folder is whole, else what is wrong with it: each table (name -> the
+    ``meta.json`` count of its rows) must load, hold that many rows and read to its last row."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as error:
+        return f"meta.json cannot be read: {error}"
+    for table, count_key in tables.items():
+        try:
+            data = datasets.load_from_disk(str(folder / table))
+            if len(data) != meta.get(count_key):
+                return f"{table} holds {len(data)} rows where meta.json says {meta.get(count_key)}"
+            if len(data):
+                data[len(data) - 1]
+        except Exception as error:  # noqa: BLE001 - whatever a damaged Arrow folder raises, it is damage
+            return f"{table} cannot be read ({type(error).__name__}: {error})"
+    return None
 
 
 def write_image_text_split(

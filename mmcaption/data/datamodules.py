@@ -10,7 +10,7 @@ import datasets
 from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
-from mmcaption.data.cache import file_signature
+from mmcaption.data.cache import file_signature, folder_signature
 from mmcaption.data.coco import coco_records, hub_records, require_annotation_file, write_caption_split
 from mmcaption.data.datasets import (
     CaptionDataset,
@@ -58,6 +58,7 @@ class CaptionDataModule(PreprocessedDataModule):
         if source == "hub" and not hub_dataset:
             raise ValueError("source: hub needs hub_dataset (a hub id or a local dataset folder)")
         self.save_hyperparameters()  # recorded in checkpoints: export reads the caption prompt from them
+        self.text_table = "captions"
         self.data_dir = Path(data_dir)
         self.source, self.hub_dataset = source, hub_dataset
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split or val_split
@@ -75,10 +76,11 @@ class CaptionDataModule(PreprocessedDataModule):
 
     def split_inputs(self, split: str) -> dict:
         if self.source == "hub":
-            return {"hub_dataset": self.hub_dataset, "split": split}
+            # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
+            return {"hub_dataset": self.hub_dataset, "split": split, "fingerprint": self._load_hub_split(split)._fingerprint}
         annotation_file = self.annotation_file(split)
         require_annotation_file(annotation_file)
-        return {"annotations": file_signature(annotation_file), "images": str((self.data_dir / split).resolve())}
+        return {"annotations": file_signature(annotation_file), "images": folder_signature(self.data_dir / split, self.cache_dir)}
 
     def write_split(self, split: str, folder: Path) -> Path:
         if self.source == "coco":
@@ -155,6 +157,7 @@ class InstructDataModule(PreprocessedDataModule):
         if val_file is None and not 0 < val_fraction < 1:
             raise ValueError("without val_file, val_fraction must be between 0 and 1")
         self.save_hyperparameters()  # recorded in checkpoints: export reads the system prompt from them
+        self.text_table = "conversations"
         self.train_file, self.val_file, self.val_fraction = Path(train_file), val_file and Path(val_file), val_fraction
         self.image_root, self.max_length, self.val_answer_questions = Path(image_root), max_length, val_answer_questions
         self.template = ConversationTemplate(system=system_prompt)
@@ -176,7 +179,7 @@ class InstructDataModule(PreprocessedDataModule):
         file, side = self._source(split)
         if not file.is_file():
             raise DataError(f"LLaVA conversation file not found: {file}")
-        return {"file": file_signature(file), "side": side, "images": str(self.image_root.resolve())}
+        return {"file": file_signature(file), "side": side, "images": folder_signature(self.image_root, self.cache_dir)}
 
     def preprocess_settings(self) -> dict:
         return {**super().preprocess_settings(), "template": repr(self.template), "max_length": self.max_length,

@@ -10,6 +10,7 @@ the feature layer, and is published atomically like the split itself.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -17,7 +18,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoImageProcessor
 
-from mmcaption.data.cache import fingerprint, is_complete, publish_atomically
+from mmcaption.data.cache import damage, fingerprint, is_complete, publish_atomically
 from mmcaption.images import load_rgb
 
 
@@ -44,7 +45,11 @@ def write_image_features(
 
     target = features_folder(split_folder, vision_model, feature_layer)
     if is_complete(target):
-        return target
+        problem = damage(target, {"data": "images"})
+        if problem is None:
+            return target
+        rank_zero_info(f"the feature cache {target} is damaged ({problem}); computing it again")
+        shutil.rmtree(target)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     images = datasets.load_from_disk(str(split_folder / "images"))
     processor = AutoImageProcessor.from_pretrained(vision_model)
