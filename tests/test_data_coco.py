@@ -245,3 +245,53 @@ def test_a_damaged_cache_is_rebuilt_with_a_note(backbones, coco_copy):
     (folder / "images" / "state.json").unlink()  # a file missing
     with pytest.warns(UserWarning, match=r"is damaged \(images cannot be read"):
         make_datamodule(backbones, coco_copy).prepare_data()
+
+
+def caption_rows(coco_root: Path, image_column: str = "jpg", caption_column: str = "txt", as_list: bool = False) -> dict:
+    content = json.loads((coco_root / "annotations" / "captions_train2017.json").read_text())
+    by_image = {}
+    for annotation in content["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation["caption"])
+    return {
+        image_column: [(coco_root / "train2017" / image["file_name"]).read_bytes() for image in content["images"]],
+        caption_column: [by_image[image["id"]] if as_list else "\n".join(by_image[image["id"]]) for image in content["images"]],
+    }
+
+
+def test_a_local_parquet_copy_uses_its_own_split_names(backbones, coco_root, tmp_path):
+    """A hub dataset downloaded as parquet files: `train` and `test` splits, found without configuring names."""
+    features = datasets.Features({"jpg": datasets.Image(), "txt": datasets.Value("string")})
+    table = datasets.Dataset.from_dict(caption_rows(coco_root), features=features)
+    (tmp_path / "parquet" / "data").mkdir(parents=True)
+    table.select(range(8)).to_parquet(str(tmp_path / "parquet" / "data" / "train-00000-of-00001.parquet"))
+    table.select(range(8, 12)).to_parquet(str(tmp_path / "parquet" / "data" / "test-00000-of-00001.parquet"))
+    dm = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "parquet"))
+    assert dm.stage_splits() == {"train": "train", "val": "test", "test": "test"}
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 40 and len(dm.datasets["test"]) == 20
+
+    wrong = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "parquet"),
+                            train_split="train2017")
+    with pytest.raises(DataError, match=r"has splits \['train', 'test'\], not 'train2017'"):
+        wrong.prepare_data()
+
+
+def test_a_single_split_dataset_holds_out_a_share_not_the_same_rows(backbones, coco_root, tmp_path):
+    """Flickr30k-style columns (`image`, a list of captions) in one split: validation is held out from it."""
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string")),
+                                  "__key__": datasets.Value("string")})
+    rows = caption_rows(coco_root, "image", "caption", as_list=True)
+    rows = {key: values * 4 for key, values in rows.items()}  # 48 images
+    rows["__key__"] = [f"img{i}" for i in range(48)]
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "one"))
+    dm = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "one"),
+                         hub_image_column="image", hub_caption_column="caption", hub_val_fraction=0.25)
+    splits = dm.stage_splits()
+    assert splits["train"] != splits["val"]
+    dm.prepare_data()
+    dm.setup("fit")
+    train, val = (json.loads((dm.datasets[splits[side]].folder / "meta.json").read_text())["images"] for side in ("train", "val"))
+    assert train + val == 48 and 4 <= val <= 20  # disjoint sides of the one split, about a quarter held out
+    keys = {side: set(dm.datasets[splits[side]].images["file_name"]) for side in ("train", "val")}
+    assert not keys["train"] & keys["val"]

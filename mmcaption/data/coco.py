@@ -113,34 +113,6 @@ def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) ->
         yield image.image_id, image.file_name, data, image.captions
 
 
-def hub_records(dataset: datasets.Dataset, name: str, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
-    """The same from a ``datasets`` dataset with ``jpg`` images and newline-separated ``txt`` captions
-    (the layout of ``clip-benchmark/wds_mscoco_captions2017``)."""
-    missing_columns = {"jpg", "txt"} - set(dataset.column_names)
-    if missing_columns:
-        raise DataError(f"{name} has no column(s) {sorted(missing_columns)}; expected 'jpg' and 'txt' (found {dataset.column_names})")
-    dataset = dataset.cast_column("jpg", datasets.Image(decode=False))
-    for row_index, row in enumerate(dataset):
-        key = str(row.get("__key__") or row_index)
-        image = row["jpg"] or {}
-        data = image.get("bytes")
-        if data is None and image.get("path"):
-            data = Path(image["path"]).read_bytes() if Path(image["path"]).is_file() else None
-        if data is None:
-            records.bad("missing image", f"row {row_index} (key {key}) has no image")
-            continue
-        problem = check_image(data)
-        if problem is not None:
-            records.bad("unreadable image", f"row {row_index} (key {key}) has an image that cannot be decoded: {problem}")
-            continue
-        text = row["txt"]
-        captions = [line.strip() for line in (text or "").splitlines() if line.strip()] if isinstance(text, str) else []
-        if not captions:
-            records.bad("empty caption", f"row {row_index} (key {key}) has no caption")
-            continue
-        yield row_index, key, data, [(row_index * 100 + i, c) for i, c in enumerate(captions)]
-
-
 def write_caption_split(
     entries: Iterator[tuple[int, str, bytes, list[tuple[int, str]]]],
     tokenizer: PreTrainedTokenizerBase,

@@ -3,15 +3,16 @@ each preprocessed once into memory-mapped Arrow splits (see :class:`~mmcaption.d
 
 from __future__ import annotations
 
+import functools
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-import datasets
 from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, folder_signature
-from mmcaption.data.coco import coco_records, hub_records, require_annotation_file, write_caption_split
+from mmcaption.data.coco import coco_records, require_annotation_file, write_caption_split
 from mmcaption.data.datasets import (
     CaptionDataset,
     CaptionImagesDataset,
@@ -19,6 +20,7 @@ from mmcaption.data.datasets import (
     QuestionsDataset,
     check_supervision,
 )
+from mmcaption.data.hub import HubCaptions
 from mmcaption.data.llava import read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -29,11 +31,16 @@ class CaptionDataModule(PreprocessedDataModule):
 
     Args:
         data_dir: the COCO root: ``annotations/captions_<split>.json`` and ``<split>/`` image folders.
-        source: ``coco`` for that official layout; ``hub`` for a ``datasets`` dataset with ``jpg`` and
-            newline-separated ``txt`` columns (``hub_dataset``).
-        hub_dataset: hub id or local folder of the ``hub`` source.
-        train_split: split used by ``fit``.
-        val_split: split used by validation (and by ``test`` when ``test_split`` is not set).
+        source: ``coco`` for that official layout; ``hub`` for a ``datasets`` dataset (``hub_dataset``).
+        hub_dataset: hub id or local folder (``save_to_disk``, parquet files, webdataset tars) of the ``hub`` source.
+        hub_image_column: the ``hub`` dataset's image column.
+        hub_caption_column: its caption column: a string (several captions split at ``hub_caption_separator``)
+            or a list of strings.
+        hub_caption_separator: what separates several captions in one string.
+        hub_val_fraction: share of a single-split ``hub`` dataset held out for validation.
+        train_split: split used by ``fit`` (null: ``train2017`` for coco, the dataset's ``train`` for hub).
+        val_split: split used by validation, and by ``test`` when ``test_split`` is not set (null: ``val2017``
+            for coco; for hub the dataset's validation/val/test split, or a held-out share of a single split).
         test_split: split used by ``test``.
         caption_prompt: text between ``<bos>`` and the caption, not supervised (empty: none).
         max_length: longest sequence in tokens, prompt and special tokens included; longer captions are cut.
@@ -46,8 +53,12 @@ class CaptionDataModule(PreprocessedDataModule):
         data_dir: str = "data/coco",
         source: Literal["coco", "hub"] = "coco",
         hub_dataset: str | None = None,
-        train_split: str = "train2017",
-        val_split: str = "val2017",
+        hub_image_column: str = "jpg",
+        hub_caption_column: str = "txt",
+        hub_caption_separator: str = "\n",
+        hub_val_fraction: float = 0.01,
+        train_split: str | None = None,
+        val_split: str | None = None,
         test_split: str | None = None,
         caption_prompt: str = "",
         max_length: int = 64,
@@ -60,24 +71,31 @@ class CaptionDataModule(PreprocessedDataModule):
         self.save_hyperparameters()  # recorded in checkpoints: export reads the caption prompt from them
         self.text_table = "captions"
         self.data_dir = Path(data_dir)
-        self.source, self.hub_dataset = source, hub_dataset
-        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split or val_split
+        self.source = source
+        self.hub = HubCaptions(hub_dataset, hub_image_column, hub_caption_column, hub_caption_separator, hub_val_fraction) \
+            if source == "hub" else None
+        self.splits = (train_split, val_split, test_split)
         self.caption_prompt, self.max_length, self.val_caption_images = caption_prompt, max_length, val_caption_images
 
     @property
     def default_cache_dir(self) -> Path:
         return self.data_dir / "preprocessed"
 
+    @functools.cache  # noqa: B019 - one data module, a few calls; listing a hub dataset's splits reads files
     def stage_splits(self) -> dict[str, str]:
-        return {"train": self.train_split, "val": self.val_split, "test": self.test_split}
+        train, val, test = self.splits
+        if self.hub is not None:
+            return self.hub.stage_splits(train, val, test)
+        val = val or "val2017"
+        return {"train": train or "train2017", "val": val, "test": test or val}
 
     def annotation_file(self, split: str) -> Path:
         return self.data_dir / "annotations" / f"captions_{split}.json"
 
     def split_inputs(self, split: str) -> dict:
-        if self.source == "hub":
+        if self.hub is not None:
             # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
-            return {"hub_dataset": self.hub_dataset, "split": split, "fingerprint": self._load_hub_split(split)._fingerprint}
+            return {"hub": asdict(self.hub), "split": split, "fingerprint": self.hub.load(split)._fingerprint}
         annotation_file = self.annotation_file(split)
         require_annotation_file(annotation_file)
         return {"annotations": file_signature(annotation_file), "images": folder_signature(self.data_dir / split, self.cache_dir)}
@@ -89,23 +107,11 @@ class CaptionDataModule(PreprocessedDataModule):
             entries = coco_records(annotation_file, self.data_dir / split, records)
             source = {"source": "coco", "annotations": str(annotation_file), "images": str(self.data_dir / split)}
         else:
-            name = f"{self.hub_dataset} [{split}]"
-            records = BadRecords(name, self.on_bad_record)
-            entries = hub_records(self._load_hub_split(split), name, records)
-            source = {"source": "hub", "dataset": self.hub_dataset, "split": split}
+            records = BadRecords(f"{self.hub.dataset} [{split}]", self.on_bad_record)
+            entries = self.hub.records(split, records)
+            source = {"source": "hub", "dataset": self.hub.dataset, "split": split}
         return write_caption_split(entries, self.tokenizer, folder, records, dict(source, tokenizer=self.tokenizer_name),
                                    self.stored_image_size())
-
-    def _load_hub_split(self, split: str) -> datasets.Dataset:
-        path = Path(self.hub_dataset)
-        if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
-            loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise DataError(f"{path} has splits {list(loaded)}, not {split!r}")
-                return loaded[split]
-            return loaded
-        return datasets.load_dataset(self.hub_dataset, split=split)
 
     def make_dataset(self, folder: Path) -> CaptionDataset:
         return CaptionDataset(
@@ -124,7 +130,7 @@ class CaptionDataModule(PreprocessedDataModule):
         loss_loader = self._loader("val")
         if self.val_caption_images == 0:
             return loss_loader
-        return [loss_loader, self.caption_images_loader(self.val_split, self.val_caption_images)]
+        return [loss_loader, self.caption_images_loader(self.stage_splits()["val"], self.val_caption_images)]
 
 
 class InstructDataModule(PreprocessedDataModule):
