@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -11,6 +12,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
 from mmcaption.checkpoint import AtomicCheckpointIO
+from mmcaption.data.base import PreprocessedDataModule
+from mmcaption.data.records import DataError
+from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.module import MultimodalCaptioner
 
 
@@ -59,8 +63,41 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
         )
 
 
+class _PrepareCLI(MMCaptionCLI):
+    """The same configuration, without a Trainer: preparing data needs no accelerator."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> None:
+        return None
+
+
+def prepare(args: list[str]) -> int:
+    """``mmcaption prepare --config ...``: preprocess the configured data module's splits (and its
+    feature cache) without loading the language model, and print what each split holds. Returns the
+    exit status: 0, or 1 with the data error's message."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)  # argv minus 'prepare'
+        cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,
+                          auto_configure_optimizers=False)
+    datamodule = cli.datamodule
+    if not isinstance(datamodule, PreprocessedDataModule):
+        print(f"error: {type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)", file=sys.stderr)
+        return 1
+    try:
+        datamodule.prepare_data()
+        summaries = [split_summary(datamodule, split) for split in dict.fromkeys(datamodule.stage_splits().values())]
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(format_summary(summary) for summary in summaries))
+    return 0
+
+
 def main(args: list[str] | None = None) -> None:
-    """The ``mmcaption`` console script."""
+    """The ``mmcaption`` console script: LightningCLI's subcommands, and ``prepare``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["prepare"]:
+        sys.exit(prepare(argv[1:]))
     run_cli(args)
 
 

@@ -98,3 +98,23 @@ def test_print_config_with_comments_documents_every_setting():
     # data settings declared once in a base class are shown, documented, for every data module
     assert "# data loader worker processes. (type: int, default: 4)" in out
     assert "# training batch size per device. (type: int, default: 32)" in out
+
+
+@pytest.mark.slow
+def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_holds(demo_dir):
+    (demo_dir / "demo_data" / "backbones" / "language_model" / "model.safetensors").unlink()  # never loaded
+    for name in ("000000000003.jpg", "000000000005.jpg"):
+        (demo_dir / "demo_data" / "coco" / "train2017" / name).unlink()
+    command = [sys.executable, "-m", "mmcaption", "prepare", "--config", DEMO_CONFIG]
+    refused = subprocess.run(command, cwd=demo_dir, capture_output=True, text=True)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert "error: " in refused.stderr and "2 of 16 referenced images are missing" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    result = subprocess.run([*command, "--data.init_args.on_bad_record", "skip"], cwd=demo_dir, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "split train2017:" in out and "split val2017:" in out
+    assert "kept        70 captions of 14 images" in out  # 16 images, 2 missing, 5 captions each
+    assert "skipped     2 records: 2 x missing image" in out and "first missing image: " in out
+    assert "tokens      mean " in out and "padding     0." in out and "truncated   0 captions cut to max_length (0.0%)" in out

@@ -158,7 +158,7 @@ def write_image_text_split(
         images.save_to_disk(str(staging / "images"))
         texts.save_to_disk(str(staging / text_table))
         metadata = dict(metadata, image_size=image_size, images=len(images), rows=len(texts), skipped=records.summary(),
-                        notes=dict(records.notes))
+                        skipped_examples=dict(records.examples), notes=dict(records.notes))
         (staging / "meta.json").write_text(json.dumps(metadata, indent=2))
     records.warn_if_any()
     return target
