@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmcaption.images import ImageSource, load_rgb
@@ -46,12 +47,26 @@ class Captioner:
         processor = load_image_processor(str(folder / "image_processor"))
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, read_manifest(folder))
 
-    def _pixels(self, images: list[ImageInput]) -> torch.Tensor:
-        return self.image_processor(images=[load_rgb(image) for image in images], return_tensors="pt")["pixel_values"]
+    def _pixels(self, images: list[ImageInput | None]) -> torch.Tensor:
+        return self._images(images)[0]
 
-    def _generate(self, prompts: list[list[int]], images: list[ImageInput], **generate_kwargs) -> list[str]:
+    def _images(self, images: list[ImageInput | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels of each image (zeros for ``None``) and the mask of those that are there."""
+        present = [image for image in images if image is not None]
+        pixels = self.image_processor(images=[load_rgb(image) for image in present], return_tensors="pt")["pixel_values"] \
+            if present else None
+        blank = torch.zeros_like(pixels[0]) if pixels is not None else \
+            torch.zeros_like(self.image_processor(images=[load_rgb(np.zeros((32, 32, 3), np.uint8))], return_tensors="pt")["pixel_values"][0])
+        rows, position = [], 0
+        for image in images:
+            rows.append(blank if image is None else pixels[position])
+            position += image is not None
+        return torch.stack(rows), torch.tensor([image is not None for image in images])
+
+    def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], **generate_kwargs) -> list[str]:
         batch = self.tasks.prompt_batch(prompts)
-        return self.tasks.generate(batch["input_ids"], batch["attention_mask"], self._pixels(images), **generate_kwargs)
+        pixels, mask = self._images(images)
+        return self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask, **generate_kwargs)
 
     def caption(self, images: ImageInput | list[ImageInput], **generate_kwargs) -> str | list[str]:
         """A caption per image (a string for one image, a list for a list)."""
@@ -63,14 +78,15 @@ class Captioner:
         captions = self._generate([prompt] * len(images), images, **generate_kwargs)
         return captions if many else captions[0]
 
-    def answer(self, image: ImageInput, question: str, **generate_kwargs) -> str:
-        """A free-form answer, as the instruct stage was taught to give."""
+    def answer(self, image: ImageInput | None, question: str, **generate_kwargs) -> str:
+        """A free-form answer, as the instruct stage was taught to give (``image=None``: a text-only question)."""
         return self._generate([self.template.prompt(question, self.tokenizer)], [image], **generate_kwargs)[0]
 
     @torch.no_grad()
-    def choose(self, image: ImageInput, question: str, options: list[str]) -> str:
+    def choose(self, image: ImageInput | None, question: str, options: list[str]) -> str:
         """The letter (A, B, ...) of the most likely option given the image and question; 2 to 8 options."""
         prompt, option_ids = choice_prompt(self.template, self.tokenizer, question, options, "likelihood")
-        image_embeds = self.model.encode_images(self._pixels([image]).to(self.tasks.device))
-        letters, _ = self.tasks.choose([prompt], [option_ids], image_embeds)
+        pixels, mask = self._images([image])
+        image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
+        letters, _ = self.tasks.choose([prompt], [option_ids], image_embeds, image_mask=mask)
         return letters[0]

@@ -130,6 +130,7 @@ class MultimodalCaptioner(LightningModule):
         return self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             pixel_values=batch.get("pixel_values"), vision_features=batch.get("vision_features"),
+            image_mask=batch.get("image_mask"),
         ).logits
 
     def token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ def unpadded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list
 
 def option_scores(
     model: MultimodalCausalLM, prompt_ids: list[list[int]], option_ids: list[list[list[int]]], image_embeds: torch.Tensor,
-    pad_token_id: int, length_normalize: bool = True,
+    pad_token_id: int, length_normalize: bool = True, image_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-likelihood of every option's tokens after its question's prompt, given the image.
 
@@ -40,6 +40,7 @@ def option_scores(
         pad_token_id: the tokenizer's pad token.
         length_normalize: mean log-probability per token instead of the sum, so long options are
             not penalised for their length.
+        image_mask: ``(questions,)``, False for a question without an image.
 
     Returns ``(questions, most options)`` scores, ``-inf`` where a question has fewer options; the
     highest is the model's choice.
@@ -54,9 +55,12 @@ def option_scores(
             })
     batch = collate(samples, pad_token_id)
     device = image_embeds.device
-    images = image_embeds.repeat_interleave(torch.tensor(counts, device=device), dim=0)
+    repeats = torch.tensor(counts, device=device)
+    images = image_embeds.repeat_interleave(repeats, dim=0)
+    mask = None if image_mask is None else image_mask.to(device).repeat_interleave(repeats, dim=0)
     logits = model(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), image_embeds=images
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), image_embeds=images,
+        image_mask=mask,
     ).logits[:, :-1].float()
     targets = batch["labels"][:, 1:].to(device)
     mask = targets != IGNORE_INDEX
@@ -95,20 +99,23 @@ class Tasks:
     @torch.no_grad()
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None, **generate_kwargs: Any,
+        image_embeds: torch.Tensor | None = None, image_mask: torch.Tensor | None = None, **generate_kwargs: Any,
     ) -> list[str]:
-        """The decoded continuations of left-padded prompts, one image (pixels or embeddings) each."""
+        """The decoded continuations of left-padded prompts, one image (pixels or embeddings) each;
+        rows whose ``image_mask`` is False are text-only."""
         device = self.device
         tokens = self.model.generate(
             input_ids.to(device), attention_mask.to(device),
             pixel_values=None if pixel_values is None else pixel_values.to(device), image_embeds=image_embeds,
-            generation_config=self.generation, **generate_kwargs,
+            generation_config=self.generation, image_mask=image_mask, **generate_kwargs,
         )
         return self.decode(tokens)
 
     def generate_batch(self, batch: dict[str, Any], image_embeds: torch.Tensor | None = None) -> list[str]:
-        """:meth:`generate` on a collated batch (``input_ids``, ``attention_mask``, ``pixel_values``)."""
-        return self.generate(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), image_embeds)
+        """:meth:`generate` on a collated batch (``input_ids``, ``attention_mask``, ``pixel_values``,
+        optionally ``image_mask``)."""
+        return self.generate(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), image_embeds,
+                             batch.get("image_mask"))
 
     def prompt_batch(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
         """Left-padded prompts, as generation needs them."""
@@ -116,10 +123,11 @@ class Tasks:
 
     @torch.no_grad()
     def choose(
-        self, prompts: list[list[int]], options: list[list[list[int]]], image_embeds: torch.Tensor
+        self, prompts: list[list[int]], options: list[list[list[int]]], image_embeds: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
     ) -> tuple[list[str], torch.Tensor]:
         """The letter of the most likely option of each question, and all options' scores."""
-        scores = option_scores(self.model, prompts, options, image_embeds, self.tokenizer.pad_token_id)
+        scores = option_scores(self.model, prompts, options, image_embeds, self.tokenizer.pad_token_id, image_mask=image_mask)
         return [LETTERS[int(i)] for i in scores.argmax(1)], scores
 
     @torch.no_grad()

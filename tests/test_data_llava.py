@@ -175,3 +175,51 @@ def test_truncation_counts_every_cut_exactly(backbones, llava):
     assert rows["dropped"]["turns"] == 1 and rows["dropped"]["turns_dropped"] == 1
     assert rows["cut"]["labels"][-1] != dm.tokenizer.eos_token_id and len(rows["cut"]["input_ids"]) == fits + 4
     assert rows["fits"]["labels"][-1] == dm.tokenizer.eos_token_id
+
+
+def test_text_only_conversations_train_beside_image_ones(backbones, llava):
+    """LLaVA-1.5's mixed file has tens of thousands of records without an image."""
+    train, _ = llava
+    records = json.loads(train.read_text())
+    text_only = [{"id": f"text-{i}", "conversations": [{"from": "human", "value": f"Say {word}."}, {"from": "gpt", "value": word}]}
+                 for i, word in enumerate(["red", "blue", "green"])]
+    text_only[1]["image"] = None
+    train.write_text(json.dumps(records + text_only))
+    val = train.with_name("instruct_val2017.json")
+    val.write_text(json.dumps(text_only))  # a split with no image at all
+    dm = make_datamodule(backbones, llava)
+    dm.prepare_data()
+    dm.setup("fit")
+    meta = json.loads((dm.datasets["train"].folder / "meta.json").read_text())
+    assert meta["rows"] == len(records) + 3 and meta["images"] == len(records) and meta["skipped"] == {}
+    assert meta["notes"] == {"text-only conversations (no image: the cross-attention is skipped for them)": 3}
+    rows = dm.datasets["train"].rows
+    text_rows = [i for i, index in enumerate(rows["image_index"]) if index == -1]
+    assert sorted(rows[i]["id"] for i in text_rows) == ["text-0", "text-1", "text-2"]
+    mixed = dm.datasets["train"].__getitems__([0, *text_rows])
+    assert [bool(s["image_mask"]) for s in mixed] == [True, False, False, False]
+    assert mixed[0]["pixel_values"].abs().sum() > 0 and all(s["pixel_values"].abs().sum() == 0 for s in mixed[1:])
+    assert len(dm.datasets["val"].images) == 0 and len(dm.datasets["val"]) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache_image_features", [False, True])
+def test_a_mixed_batch_trains_and_text_only_questions_are_answered(backbones, llava, tmp_path, cache_image_features):
+    from lightning.pytorch import Trainer
+
+    from .conftest import make_captioner
+
+    train, _ = llava
+    records = json.loads(train.read_text())
+    text_only = [{"id": f"text-{i}", "conversations": [{"from": "human", "value": "Say red."}, {"from": "gpt", "value": "red"}]}
+                 for i in range(6)]
+    train.write_text(json.dumps(records[:6] + text_only))
+    train.with_name("instruct_val2017.json").write_text(json.dumps(records[6:8] + text_only[:2]))
+    dm = make_datamodule(backbones, llava, val_answer_questions=None, batch_size=4, cache_image_features=cache_image_features)
+    module = make_captioner(backbones, learning_rate=1e-2, generation={"max_new_tokens": 4})
+    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 3
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    assert 0.0 <= metrics["val/answer_exact_match"] <= 1.0  # image and text-only questions were answered

@@ -134,3 +134,21 @@ def test_several_vision_layers_are_concatenated_along_the_width(model_config, in
         hidden = model.vision_model(pixel_values=inputs["pixel_values"], output_hidden_states=True).hidden_states
     torch.testing.assert_close(features, torch.cat([hidden[-2], hidden[-1]], dim=-1))
     assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
+
+
+def test_a_text_only_row_reads_no_image_in_a_mixed_batch(model, inputs):
+    open_gates_and_adapters(model)
+    mask = torch.tensor([True, False])
+    with torch.no_grad():
+        mixed = model(**inputs, image_mask=mask).logits
+        with_images = model(**inputs).logits
+        text_only = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    torch.testing.assert_close(mixed[1], text_only[1], rtol=0, atol=0)  # exactly the language model (+ LoRA)
+    torch.testing.assert_close(mixed[0], with_images[0], rtol=0, atol=0)  # the image row is untouched
+    assert not torch.allclose(with_images[1], text_only[1])  # the image did matter for that row
+
+    # generation: the text-only row generates what the language model alone generates
+    prompt = {"input_ids": inputs["input_ids"][:, :2], "attention_mask": inputs["attention_mask"][:, :2]}
+    tokens = model.generate(**prompt, pixel_values=inputs["pixel_values"], image_mask=mask, max_new_tokens=4, do_sample=False)
+    alone = model.language_model.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)[:, 2:]
+    assert torch.equal(tokens[1], alone[1])

@@ -202,5 +202,7 @@ def test_captioner_with_five_options_and_no_images(backbones, trained_checkpoint
     image = draw_scene(Scene("red", "circle", "left"), 64, random.Random(0))
     assert captioner.choose(image, "Which shape?", ["circle", "square", "triangle", "diamond", "star"]) in "ABCDE"
     assert captioner.caption([]) == []
+    assert isinstance(captioner.answer(None, "Which shape is red?"), str)  # a text-only question
+    assert captioner.choose(None, "Which shape?", ["circle", "square"]) in "AB"
     with pytest.raises(ValueError, match="needs 2 to 8 options"):
         captioner.choose(image, "Which?", ["circle"])

@@ -80,6 +80,27 @@ def publish_atomically(target: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def save_table(table: datasets.Dataset, folder: Path) -> None:
+    """``save_to_disk``, or for a table without rows (a split whose records are all text-only) its schema
+    alone: ``datasets`` cannot load back an empty table it saved."""
+    if len(table):
+        table.save_to_disk(str(folder))
+        return
+    folder.mkdir(parents=True)
+    (folder / EMPTY_TABLE).write_text(json.dumps(table.features.to_dict()))
+
+
+def load_table(folder: Path) -> datasets.Dataset:
+    """A table written by :func:`save_table`, memory-mapped."""
+    if (folder / EMPTY_TABLE).is_file():
+        features = datasets.Features.from_dict(json.loads((folder / EMPTY_TABLE).read_text()))
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    return datasets.load_from_disk(str(folder))
+
+
+EMPTY_TABLE = "empty_table.json"
+
+
 def is_complete(folder: Path) -> bool:
     return (folder / "meta.json").is_file()
 
@@ -93,7 +114,7 @@ def damage(folder: Path, tables: dict[str, str]) -> str | None:
         return f"meta.json cannot be read: {error}"
     for table, count_key in tables.items():
         try:
-            data = datasets.load_from_disk(str(folder / table))
+            data = load_table(folder / table)
             if len(data) != meta.get(count_key):
                 return f"{table} holds {len(data)} rows where meta.json says {meta.get(count_key)}"
             if len(data):
@@ -124,10 +145,14 @@ def write_image_text_split(
     appears complete or not at all.
     """
     items_by_image: list[Any] = []
+    without_image: list[Any] = []  # items of text-only records (``entries`` yields them with ``None``)
     produced = {"images": 0, "rows": 0}
 
     def image_rows():
         for image_row, items in entries:
+            if image_row is None:
+                without_image.append(items)
+                continue
             if image_size is not None:
                 image_row = dict(image_row, image=shrink_image(image_row["image"], image_size))
             items_by_image.append(items)
@@ -135,7 +160,8 @@ def write_image_text_split(
             yield image_row
 
     def all_text_rows():
-        for image_index, items in enumerate(items_by_image):
+        groups = [*enumerate(items_by_image), *((-1, items) for items in without_image)]  # -1: no image
+        for image_index, items in groups:
             for row in text_rows(image_index, items):
                 produced["rows"] += 1
                 yield row
@@ -146,6 +172,8 @@ def write_image_text_split(
                 generator, features=features, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-{name}"
             )
         except ValueError:
+            if name == "images" and not produced["images"] and without_image:  # every record is text-only
+                return datasets.Dataset.from_dict({key: [] for key in features}, features=features)
             if produced["images"] and produced["rows"]:
                 raise
             raise DataError(
@@ -155,8 +183,8 @@ def write_image_text_split(
     with publish_atomically(target) as staging, _unwrap_generation_errors():
         images = build(image_rows, image_features, "images")
         texts = build(all_text_rows, text_features, text_table)
-        images.save_to_disk(str(staging / "images"))
-        texts.save_to_disk(str(staging / text_table))
+        save_table(images, staging / "images")
+        save_table(texts, staging / text_table)
         metadata = dict(metadata, image_size=image_size, images=len(images), rows=len(texts), skipped=records.summary(),
                         skipped_examples=dict(records.examples), notes=dict(records.notes))
         (staging / "meta.json").write_text(json.dumps(metadata, indent=2))

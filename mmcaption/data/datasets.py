@@ -9,10 +9,12 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import IGNORE_INDEX, caption_sample
+from mmcaption.data.cache import load_table
 from mmcaption.data.records import DataError
 from mmcaption.images import load_rgb
 from mmcaption.prompts import ConversationTemplate, bos_token_id, caption_prompt_ids
@@ -25,8 +27,8 @@ class ImageTextDataset(Dataset):
 
     def __init__(self, folder: Path, image_processor) -> None:
         self.folder = folder
-        self.images = datasets.load_from_disk(str(folder / "images"))
-        self.rows = datasets.load_from_disk(str(folder / self.table))
+        self.images = load_table(folder / "images")
+        self.rows = load_table(folder / self.table)
         self.image_processor = image_processor
         self.features: datasets.Dataset | None = None  # cached vision features, one row per image
 
@@ -48,19 +50,35 @@ class ImageTextDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         """A batch's samples at once (the DataLoader's batched fetch): one Arrow read for the rows, one
-        for the cached features or the images, one image-processor call."""
+        for the cached features or the images, one image-processor call. A text-only row (``image_index``
+        -1) gets blank pixels or features and ``image_mask`` False: the model reads no image for it."""
         rows = self.rows[indices]
         image_index = rows["image_index"]
+        present = [i for i, index in enumerate(image_index) if index >= 0]
+        wanted = [image_index[i] for i in present]
         if self.features is not None:
-            images = {"vision_features": self.features[image_index]["features"]}
+            key = "vision_features"
+            fetched = self.features[wanted]["features"] if wanted else []
+            blank = torch.zeros(self.features.features["features"].shape, dtype=torch.float16)
         else:
-            pictures = [load_rgb(data) for data in self.images[image_index]["image"]]
-            images = {"pixel_values": self.image_processor(images=pictures, return_tensors="pt")["pixel_values"]}
+            key = "pixel_values"
+            pictures = [load_rgb(data) for data in self.images[wanted]["image"]] if wanted else []
+            fetched = self.image_processor(images=pictures, return_tensors="pt")["pixel_values"] if pictures else []
+            blank = blank_pixels(self.image_processor)
+        images = [blank] * len(indices)
+        for position, value in zip(present, fetched):
+            images[position] = value
         samples = []
         for i in range(len(indices)):
-            input_ids, labels = self.tokens({key: column[i] for key, column in rows.items()})
-            samples.append({"input_ids": input_ids, "labels": labels, **{key: value[i] for key, value in images.items()}})
+            input_ids, labels = self.tokens({name: column[i] for name, column in rows.items()})
+            samples.append({"input_ids": input_ids, "labels": labels, key: images[i],
+                            "image_mask": torch.tensor(image_index[i] >= 0)})
         return samples
+
+
+def blank_pixels(image_processor) -> torch.Tensor:
+    """What a text-only sample carries where an image would be: zeros of the processor's output shape."""
+    return torch.zeros_like(image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")["pixel_values"][0])
 
 
 class CaptionDataset(ImageTextDataset):
@@ -89,8 +107,8 @@ class CaptionImagesDataset(Dataset):
 
     def __init__(self, folder: Path, image_processor, tokenizer: PreTrainedTokenizerBase, prompt: str = "", limit: int | None = None) -> None:
         self.folder = folder
-        self.images = datasets.load_from_disk(str(folder / "images"))
-        captions = datasets.load_from_disk(str(folder / "captions")).with_format("arrow")
+        self.images = load_table(folder / "images")
+        captions = load_table(folder / "captions").with_format("arrow")
         image_index = captions["image_index"].to_numpy()
         texts = captions["caption"].to_pylist()
         self.references: list[list[str]] = [[] for _ in range(len(self.images))]
@@ -122,8 +140,8 @@ class QuestionsDataset(Dataset):
 
     def __init__(self, folder: Path, image_processor, tokenizer: PreTrainedTokenizerBase, template: ConversationTemplate, limit: int | None = None) -> None:
         self.folder = folder
-        self.images = datasets.load_from_disk(str(folder / "images"))
-        rows = datasets.load_from_disk(str(folder / "conversations")).select_columns(["image_index", "id", "questions", "answers"])
+        self.images = load_table(folder / "images")
+        rows = load_table(folder / "conversations").select_columns(["image_index", "id", "questions", "answers"])
         self.items = [
             (row["image_index"], row["id"], question, answer)
             for row in rows
@@ -137,11 +155,16 @@ class QuestionsDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_index, record_id, question, answer = self.items[index]
-        image = load_rgb(self.images[image_index]["image"])
+        if image_index >= 0:
+            image = load_rgb(self.images[image_index]["image"])
+            pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        else:  # a text-only conversation
+            pixel_values = blank_pixels(self.image_processor)
         return {
             "task": "answer",
             "input_ids": torch.tensor(self.prompts[index]),
-            "pixel_values": self.image_processor(images=image, return_tensors="pt")["pixel_values"][0],
+            "pixel_values": pixel_values,
+            "image_mask": torch.tensor(image_index >= 0),
             "id": record_id,
             "question": question,
             "answer": answer,

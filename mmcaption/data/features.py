@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoImageProcessor
 
-from mmcaption.data.cache import damage, fingerprint, is_complete, publish_atomically
+from mmcaption.data.cache import damage, fingerprint, is_complete, load_table, publish_atomically, save_table
 from mmcaption.images import load_rgb
 
 
@@ -51,7 +51,7 @@ def write_image_features(
         rank_zero_info(f"the feature cache {target} is damaged ({problem}); computing it again")
         shutil.rmtree(target)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    images = datasets.load_from_disk(str(split_folder / "images"))
+    images = load_table(split_folder / "images")
     processor = AutoImageProcessor.from_pretrained(vision_model)
     tower = load_vision_model(vision_model, device=device)
     if device != "cpu":
@@ -72,9 +72,12 @@ def write_image_features(
                 yield {"features": array}
 
     with publish_atomically(target) as staging:
-        table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(staging / "build"),
-                                                fingerprint=f"{target.name}-features")
-        table.save_to_disk(str(staging / "data"))
+        if len(images):
+            table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(staging / "build"),
+                                                    fingerprint=f"{target.name}-features")
+        else:  # every record of the split is text-only
+            table = datasets.Dataset.from_dict({"features": []}, features=schema)
+        save_table(table, staging / "data")
         (staging / "meta.json").write_text(json.dumps(
             {"vision_model": vision_model, "feature_layer": feature_layer, "dtype": "float16",
              "shape": [tokens, width], "images": len(table)}, indent=2))
@@ -83,4 +86,4 @@ def write_image_features(
 
 def load_image_features(folder: Path) -> datasets.Dataset:
     """The cached features, read as float16 tensors (``datasets`` would upcast them to float32 unasked)."""
-    return datasets.load_from_disk(str(folder / "data")).with_format("torch", dtype=torch.float16)
+    return load_table(folder / "data").with_format("torch", dtype=torch.float16)

@@ -37,13 +37,14 @@ CONVERSATION_FEATURES = datasets.Features(
 # What max_length does to a conversation that does not fit, as counted in the split's summary.
 TURNS_DROPPED = "conversations with later turns dropped whole to fit max_length"
 ANSWER_CUT = "first answers cut to fit max_length (kept, without their end-of-text token)"
+TEXT_ONLY = "text-only conversations (no image: the cross-attention is skipped for them)"
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 
 
 @dataclass
 class Conversation:
     id: str
-    image: str
+    image: str | None  # None: a text-only conversation (LLaVA-1.5's mix has tens of thousands)
     turns: list[tuple[str, str]]  # (question, answer)
 
 
@@ -61,10 +62,11 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
     record_id = str(record.get("id", f"#{position}"))
     name = f"record {position} (id {record_id})"
     image, turns = record.get("image"), record.get("conversations")
-    if not isinstance(image, str) or not image:
-        records.bad("no image", f"{name} has no 'image' path")
+    if image is not None and not isinstance(image, str):
+        records.bad("malformed record", f"{name}: 'image' is not a path")
         return None
-    if escapes_root(image):
+    image = image or None  # no image, null or "": a text-only conversation
+    if image is not None and escapes_root(image):
         records.bad("image path escapes root", f"{name}: image path {image!r} escapes the image root")
         return None
     if not isinstance(turns, list) or not turns:
@@ -129,7 +131,7 @@ def read_llava(
         seen.add(key)
         conversations.append(conversation)
 
-    missing = [c for c in conversations if not (image_root / c.image).is_file()]
+    missing = [c for c in conversations if c.image is not None and not (image_root / c.image).is_file()]
     records.missing_images(
         [(f"id {c.id}", image_root / c.image) for c in missing], len(conversations), "conversations refer to images",
         image_root,
@@ -155,8 +157,12 @@ def write_instruct_split(
     for conversation in conversations:
         by_image.setdefault(conversation.image, []).append(conversation)
 
-    def entries() -> Iterator[tuple[dict, list[Conversation]]]:
+    def entries() -> Iterator[tuple[dict | None, list[Conversation]]]:
         for image, group in by_image.items():
+            if image is None:  # text-only conversations: no image row
+                records.note(TEXT_ONLY, len(group))
+                yield None, group
+                continue
             data = (image_root / image).read_bytes()
             problem = check_image(data)
             if problem is not None:

@@ -71,9 +71,9 @@ class BadRecords:
         for name, path in missing:
             self.bad("missing image", f"{path} ({name}) does not exist")
 
-    def note(self, kind: str) -> None:
+    def note(self, kind: str, count: int = 1) -> None:
         """Count something done to a usable record that the user should hear of (e.g. truncation)."""
-        self.notes[kind] += 1
+        self.notes[kind] += count
 
     def summary(self) -> dict[str, int]:
         return dict(self.counts)

@@ -62,7 +62,10 @@ class GatedCrossAttentionBlock(nn.Module):
         hidden_states: torch.Tensor,
         image_embeds: torch.Tensor | None = None,
         image_key_values: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``hidden_states`` with the gated image information added; rows whose ``image_mask`` is False
+        (text-only samples) pass through unchanged, as in the plain language model."""
         if image_key_values is None:
             if image_embeds is None:
                 raise ValueError("GatedCrossAttentionBlock needs image_embeds or image_key_values")
@@ -75,9 +78,14 @@ class GatedCrossAttentionBlock(nn.Module):
             queries, keys, values, dropout_p=self.dropout if self.training else 0.0
         )
         attended = attended.transpose(1, 2).flatten(2)
-        text = text + torch.tanh(self.attn_gate) * self.to_out(attended)
+        keep = None if image_mask is None else image_mask.view(-1, 1, 1).to(text.dtype)
+        update = torch.tanh(self.attn_gate) * self.to_out(attended)
+        text = text + (update if keep is None else update * keep)
         if self.ffn is not None:
-            text = text + torch.tanh(self.ffn_gate) * self.ffn(self.ffn_norm(text))
+            update = torch.tanh(self.ffn_gate) * self.ffn(self.ffn_norm(text))
+            text = text + (update if keep is None else update * keep)
+        if keep is not None and not bool(image_mask.all()):  # text-only rows: exactly the layer's own output
+            return torch.where(keep.bool(), text.to(hidden_states.dtype), hidden_states)
         return text.to(hidden_states.dtype)
 
     def gate_values(self) -> dict[str, float]:
@@ -107,19 +115,21 @@ class CrossAttentionDecoderLayer(nn.Module):
         super().__init__()
         self.decoder_layer = decoder_layer
         self.cross_attention = cross_attention
-        self.generation_images: tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None] | None = None
+        # (image embeddings or None, their cached keys/values or None, image mask or None), set by generate()
+        self.generation_images: tuple | None = None
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         *args,
         image_embeds: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
         hidden_states = self.decoder_layer(hidden_states, *args, **kwargs)
         if image_embeds is not None:
-            return self.cross_attention(hidden_states, image_embeds=image_embeds)
+            return self.cross_attention(hidden_states, image_embeds=image_embeds, image_mask=image_mask)
         if self.generation_images is not None:
-            embeds, key_values = self.generation_images
-            return self.cross_attention(hidden_states, image_embeds=embeds, image_key_values=key_values)
+            embeds, key_values, mask = self.generation_images
+            return self.cross_attention(hidden_states, image_embeds=embeds, image_key_values=key_values, image_mask=mask)
         return hidden_states

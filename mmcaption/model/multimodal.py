@@ -127,15 +127,19 @@ class MultimodalCausalLM(nn.Module):
         pixel_values: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         vision_features: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits for ``input_ids`` given images: ``pixel_values``, cached ``vision_features``, or
-        already projected ``image_embeds``.
+        already projected ``image_embeds``; ``image_mask`` (``(batch,)`` bool) marks the rows that have
+        one - the others are text-only and read no image, whatever their pixels hold.
 
-        Without any, the model is the language model with its LoRA adapters.
+        Without any image, the model is the language model with its LoRA adapters.
         """
         if image_embeds is None and (pixel_values is not None or vision_features is not None):
             image_embeds = self.encode_images(pixel_values, vision_features)
+        if image_mask is not None:
+            kwargs["image_mask"] = image_mask.to(input_ids.device)
         return self.language_model(
             input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, **kwargs
         )
@@ -173,7 +177,9 @@ class MultimodalCausalLM(nn.Module):
                 expected[key].copy_(value)
 
     @contextmanager
-    def generation_images(self, image_embeds: torch.Tensor, cache_key_values: bool = True) -> Iterator[None]:
+    def generation_images(
+        self, image_embeds: torch.Tensor, cache_key_values: bool = True, image_mask: torch.Tensor | None = None
+    ) -> Iterator[None]:
         """Make the images visible to every cross-attention layer for one ``generate`` call.
 
         With ``cache_key_values`` each block computes its image keys and values once here and
@@ -184,7 +190,7 @@ class MultimodalCausalLM(nn.Module):
         try:
             for layer in layers:
                 key_values = layer.cross_attention.image_key_values(image_embeds) if cache_key_values else None
-                layer.generation_images = (None if cache_key_values else image_embeds, key_values)
+                layer.generation_images = (None if cache_key_values else image_embeds, key_values, image_mask)
             yield
         finally:
             for layer in layers:
@@ -199,12 +205,14 @@ class MultimodalCausalLM(nn.Module):
         image_embeds: torch.Tensor | None = None,
         generation_config: GenerationConfig | None = None,
         cache_image_key_values: bool = True,
+        image_mask: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.Tensor:
         """New tokens after left-padded prompts, one image per prompt, by Hugging Face ``generate``.
 
         Greedy, beam search and sampling follow ``generation_config`` and ``generate_kwargs`` as in
-        ``transformers``; the language model's KV cache is used unless ``use_cache=False``.
+        ``transformers``; the language model's KV cache is used unless ``use_cache=False``. Rows whose
+        ``image_mask`` is False are text-only.
         Returns ``(batch * num_return_sequences, new_tokens)``, padded with the pad token.
         """
         if image_embeds is None:
@@ -218,7 +226,9 @@ class MultimodalCausalLM(nn.Module):
         # generate() expands each prompt to its beams / returned samples; the images must follow.
         expand = max(config.num_beams or 1, config.num_return_sequences or 1)
         image_embeds = image_embeds.repeat_interleave(expand, dim=0)
-        with self.generation_images(image_embeds, cache_key_values=cache_image_key_values):
+        if image_mask is not None:
+            image_mask = image_mask.to(image_embeds.device).repeat_interleave(expand, dim=0)
+        with self.generation_images(image_embeds, cache_key_values=cache_image_key_values, image_mask=image_mask):
             sequences = self.language_model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=config
             )
