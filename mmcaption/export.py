@@ -21,7 +21,7 @@ from mmcaption.prompts import DEFAULT_SYSTEM
 def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False) -> Path:
     """Write the model of a Lightning checkpoint, with the prompts and generation settings it was
     trained and validated with, to the folder ``out``."""
-    model, checkpoint = model_from_checkpoint(checkpoint_path, device="cpu")
+    model, checkpoint = model_from_checkpoint(checkpoint_path)
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}

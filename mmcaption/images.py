@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageSource = bytes | str | Path | Image.Image | np.ndarray
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def check_image(data: bytes) -> str | None:
@@ -35,6 +36,9 @@ def load_rgb(source: ImageSource) -> Image.Image:
         array = source
         if array.dtype.kind == "f":
             array = (array.clip(0.0, 1.0) * 255.0).round()
+        elif array.dtype.kind in "iu" and array.dtype.itemsize > 1:  # 16/32-bit: scaled, as 16-bit files are
+            peak = 65535.0 if array.dtype.itemsize == 2 or array.max() > 255 else 255.0
+            array = (array.astype(np.float64) * (255.0 / peak)).clip(0, 255).round()
         return _to_rgb(Image.fromarray(array.astype(np.uint8)))
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
@@ -57,11 +61,12 @@ def shrink_image(data: bytes, shortest_side: int, quality: int = 95) -> bytes:
     the bytes of a full-size photo. The re-encoded image is upright (EXIF orientation applied before
     resizing, since the new file carries no EXIF)."""
     with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-    if min(width, height) <= shortest_side:
-        return data
+        if min(image.size) <= shortest_side:  # the shorter side does not depend on the orientation
+            return data
+    upright = load_rgb(data)
+    width, height = upright.size
     scale = shortest_side / min(width, height)
     size = (max(shortest_side, round(width * scale)), max(shortest_side, round(height * scale)))
     out = io.BytesIO()
-    load_rgb(data).resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=quality)
+    upright.resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=quality)
     return out.getvalue()

@@ -84,10 +84,10 @@ class Tasks:
     def __init__(self, model: MultimodalCausalLM, tokenizer: PreTrainedTokenizerBase, generation: dict[str, Any] | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.generation = GenerationConfig(
-            **{**DEFAULT_GENERATION, **(generation or {})},
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
+        self.generation = GenerationConfig(**{
+            **DEFAULT_GENERATION, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            **(generation or {}),
+        })
 
     @property
     def device(self) -> torch.device:
@@ -144,7 +144,7 @@ class Tasks:
             return results
         task = batch["task"][0]
         select = torch.tensor(ok, device=batch["input_ids"].device)
-        sub = {k: batch[k].index_select(0, select) for k in ("input_ids", "attention_mask", "pixel_values")}
+        sub = {k: batch[k].index_select(0, select) for k in ("input_ids", "attention_mask", "pixel_values", "image_mask") if k in batch}
         if task == "caption":
             for i, caption in zip(ok, self.generate_batch(sub)):
                 results[i]["caption"] = caption

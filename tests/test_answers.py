@@ -32,6 +32,8 @@ OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
         ("red circle", OPTIONS, "B"),
         ("The image shows a green triangle.", OPTIONS, "C"),
         ("B or C", None, None),  # ambiguous: no letter
+        ("A and B", None, None),
+        ("A or B", None, None),
         ("a red circle or a blue square", OPTIONS, None),  # two options' texts: ambiguous
         ("blue", None, None),
         ("", None, None),

@@ -1,5 +1,6 @@
 """One image loader for training, predict and the Python API: phone photos upright, 16-bit scaled."""
 
+import io
 import json
 
 import numpy as np
@@ -15,10 +16,11 @@ ORIENTATION = 0x0112  # EXIF tag
 
 
 def upright_picture(width: int, height: int) -> Image.Image:
-    """Left half red, right half blue: a rotation shows at once."""
+    """Left half red, right half blue, a green band across the top: a rotation or a squash shows at once."""
     array = np.zeros((height, width, 3), dtype=np.uint8)
     array[:, : width // 2] = (220, 20, 20)
     array[:, width // 2:] = (20, 20, 220)
+    array[: height // 4] = (20, 200, 20)
     return Image.fromarray(array)
 
 
@@ -62,6 +64,14 @@ def test_the_loader_applies_exif_orientation_and_scales_16_bit(photos):
     scan = np.asarray(load_rgb(folder / "scan_16bit.png"))
     assert scan.dtype == np.uint8 and scan.min() == 0 and scan.max() == 255 and 100 < scan.mean() < 155  # scaled, not clipped
     assert is_upright(load_rgb(np.asarray(upright_picture(32, 32)))) and is_upright(load_rgb(np.asarray(upright_picture(32, 32)) / 255.0))
+    deep_array = np.asarray(load_rgb(deep := np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)))
+    assert deep_array.max() == 255 and np.array_equal(deep_array, np.asarray(load_rgb(Image.fromarray(deep))))  # arrays scale too
+
+    # a large phone photo is shrunk upright: its proportions kept (480 x 640 upright -> 64 x 85)
+    from mmcaption.images import shrink_image
+
+    shrunk = Image.open(io.BytesIO(shrink_image((folder / "phone_large.jpg").read_bytes(), 64)))
+    assert shrunk.size == (64, 85) and is_upright(shrunk)
 
 
 def test_training_predict_and_the_api_see_the_same_pixels(backbones, model, photos, tmp_path):

@@ -156,22 +156,23 @@ def test_export_command_with_merge_and_init_from_an_export(backbones, trained_ch
     plain = tmp_path / "plain"
     export_main([str(trained_checkpoint), str(plain)])
     source = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
-    module = MultimodalCaptioner(**{**source.hparams, "init_from": str(plain)})  # the config comes back as a dict
-    module.initialise_from_checkpoint()
-    for key in source.trainable_state_keys():
-        assert torch.equal(module.state_dict()[key], source.state_dict()[key]), key
+    for folder in (plain, out):  # a model built on the base language model takes the LoRA from either export
+        module = MultimodalCaptioner(**{**source.hparams, "init_from": str(folder)})  # the config comes back as a dict
+        module.initialise_from_checkpoint()
+        for key in source.trainable_state_keys():
+            assert torch.equal(module.state_dict()[key], source.state_dict()[key]), (folder.name, key)
 
 
 def test_csv_as_excel_writes_it_bom_crlf_any_case_and_five_options(backbones, tmp_path):
-    text = "IMG_PATH,question,a,b,c,d,e,Answer\r\nimages/img0.png,\"Which one, then?\",red,blue,green,yellow,white,e\r\n" \
-           "images/img1.png,Which?,red,blue,,,,B\r\n"
+    text = "IMG_PATH,question,a,b,c,d,e,Answer,,\r\nimages/img0.png,\"Which one, then?\",red,blue,green,yellow,white,e,,\r\n" \
+           "images/img1.png,Which?,red,blue,,,,B,,\r\n"  # two trailing cells without a header, as spreadsheets leave
     path = tmp_path / "excel.csv"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # Excel's "CSV UTF-8": a byte-order mark
     dm = choice_data(backbones, path, tmp_path / "o.csv")
     questions = dm.read_rows()
     assert [q.options for q in questions] == [["red", "blue", "green", "yellow", "white"], ["red", "blue"]]
     assert [q.answer for q in questions] == ["E", "B"] and questions[0].question == "Which one, then?"
-    assert [q.line for q in questions] == [2, 3]
+    assert [q.line for q in questions] == [2, 3] and "" not in questions[0].record
     dm.setup("predict")  # both become prompts: five options, and two
     assert len(dm.dataset[0]["option_ids"]) == 5 and len(dm.dataset[1]["option_ids"]) == 2
 

@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 
 from mmcaption.data.records import BadRecords, DataError
-from mmcaption.images import shrink_image
+from mmcaption.images import IMAGE_SUFFIXES, shrink_image
 
 
 def fingerprint(**parts) -> str:
@@ -43,16 +43,18 @@ def _content_hash(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
 
 
 def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
-    """What an image folder holds: its files' names, sizes and modification times (recursively), so
-    images added after a partial download, removed or replaced make a new cache. ``exclude`` (a
-    cache inside the folder) and hidden folders are left out."""
+    """What an image folder holds: its images' names, sizes and modification times (recursively), so
+    images added after a partial download, removed or replaced make a new cache. Other files,
+    ``exclude`` (this data module's cache), any ``preprocessed`` folder (another's) and hidden folders
+    are left out."""
     if not folder.is_dir():
         return {"folder": "missing"}
     excluded = exclude.resolve() if exclude is not None else None
     digest, count = hashlib.sha256(), 0
     for root, folders, files in os.walk(folder):
-        folders[:] = sorted(f for f in folders if not f.startswith(".") and (Path(root) / f).resolve() != excluded)
-        for name in sorted(files):
+        folders[:] = sorted(f for f in folders if not f.startswith(".") and f != "preprocessed"
+                            and (Path(root) / f).resolve() != excluded)
+        for name in sorted(f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES):
             stat = os.stat(os.path.join(root, name))
             digest.update(f"{os.path.relpath(os.path.join(root, name), folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
             count += 1

@@ -19,10 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from mmcaption.data.base import BackbonesDataModule
 from mmcaption.data.records import DataError
 from mmcaption.evaluation.answers import LETTERS
-from mmcaption.images import check_image, load_rgb
+from mmcaption.images import IMAGE_SUFFIXES, check_image, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
 
 
@@ -129,8 +128,8 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
         raise DataError(f"{path} is not UTF-8 text: {error}") from error
     except csv.Error as error:
         raise DataError(f"{path}, line {reader.line_num}: not valid CSV: {error}") from error
-    folded = [name.lower() for name in header]
-    duplicates = sorted({name for name, low in zip(header, folded) if folded.count(low) > 1})
+    folded = [name.lower() for name in header]  # columns without a name (a spreadsheet's trailing cells) are ignored
+    duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})
     if duplicates:
         raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
     column = {low: i for i, low in enumerate(folded)}
@@ -162,7 +161,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
             problems.append(f"answer {get('answer')!r} is not one of {', '.join(LETTERS[: len(options)])}")
         if problems:
             raise DataError(f"{path}, line {line}: " + "; ".join(problems))
-        record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded)}
+        record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded) if low}
         questions.append(ChoiceQuestion(line, record, get("img_path"), get("Question"), options, answer))
     if not questions:
         raise DataError(f"{path} has no questions")

@@ -83,7 +83,7 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     standalone = {
         match.group(1)
         for match in re.finditer(rf"(?<![\w'])([{letters}])(?![\w'])", answer)
-        if not (match.group(1) == "A" and re.match(r"\s+[a-z]", answer[match.end():]))  # the article
+        if not (match.group(1) == "A" and re.match(r"\s+(?!(?:and|or)\b)[a-z]", answer[match.end():]))  # the article
     }
     if standalone:
         return standalone.pop() if len(standalone) == 1 else None

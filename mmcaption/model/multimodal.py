@@ -70,7 +70,9 @@ class MultimodalCausalLM(nn.Module):
         for index in self.cross_attention_layer_indices:
             block = GatedCrossAttentionBlock(hidden_size, heads, ffn_mult=config.cross_attention_ffn_mult)
             layers[index] = CrossAttentionDecoderLayer(layers[index], block)
+        # transformers may place a quantized language model on a GPU by itself: everything follows it
         device = language_model.get_input_embeddings().weight.device
+        self.vision_model.to(device)
         self.projection.to(device)
         for block in self.cross_attention_blocks:
             block.to(device)
@@ -290,15 +292,18 @@ class MultimodalCausalLM(nn.Module):
     def load_pretrained_weights(self, folder: str | Path) -> None:
         """Put a saved folder's trained weights into this model, refusing one of another structure.
 
-        For a merged folder the LoRA is already inside the language model; this model's fresh LoRA
-        adapters (zero-initialised, so without effect) stay as they are.
+        When this model's language model is the folder's merged one, the LoRA is already inside it and
+        this model's fresh LoRA adapters (zero-initialised, so without effect) stay as they are.
         """
         folder = Path(folder)
         manifest = read_manifest(folder)
         differences = settings_diff(manifest["model"], self.config_dict(), saved_name="saved")
         if differences:
             raise ValueError(f"the saved model {folder} does not match this model: " + "; ".join(differences))
-        if not manifest["merged"]:
+        # A merged folder's LoRA is inside its language_model/; a model built on the base language model
+        # (init_from a merged export) still needs the adapter, which every folder keeps.
+        merged_in = manifest["merged"] and Path(self.config.language_model).resolve() == (folder / "language_model").resolve()
+        if not merged_in:
             adapter = load_file(folder / "adapter" / "adapter_model.safetensors")
             with self.plain_decoder_layers():
                 result = set_peft_model_state_dict(self.language_model, adapter)
