@@ -38,7 +38,7 @@ def load_rgb(source: ImageSource) -> Image.Image:
             array = (array.clip(0.0, 1.0) * 255.0).round()
         elif array.dtype.kind in "iu" and array.dtype.itemsize > 1:  # 16/32-bit: scaled, as 16-bit files are
             peak = 65535.0 if array.dtype.itemsize == 2 or array.max() > 255 else 255.0
-            array = (array.astype(np.float64) * (255.0 / peak)).clip(0, 255).round()
+            array = (array.astype(np.float64) * (255.0 / peak)).clip(0, 255)  # as _to_rgb scales 16-bit files
         return _to_rgb(Image.fromarray(array.astype(np.uint8)))
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
