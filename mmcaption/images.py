@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageSource = bytes | str | Path | Image.Image | np.ndarray
@@ -70,3 +71,8 @@ def shrink_image(data: bytes, shortest_side: int, quality: int = 95) -> bytes:
     out = io.BytesIO()
     upright.resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=quality)
     return out.getvalue()
+
+
+def blank_pixels(image_processor) -> torch.Tensor:
+    """What a text-only sample carries where an image would be: zeros of the processor's output shape."""
+    return torch.zeros_like(image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")["pixel_values"][0])

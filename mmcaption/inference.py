@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from mmcaption.images import ImageSource, load_rgb
+from mmcaption.images import ImageSource, blank_pixels, load_rgb
 from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 from mmcaption.model.config import Quantization
@@ -55,8 +54,7 @@ class Captioner:
         present = [image for image in images if image is not None]
         pixels = self.image_processor(images=[load_rgb(image) for image in present], return_tensors="pt")["pixel_values"] \
             if present else None
-        blank = torch.zeros_like(pixels[0]) if pixels is not None else \
-            torch.zeros_like(self.image_processor(images=[load_rgb(np.zeros((32, 32, 3), np.uint8))], return_tensors="pt")["pixel_values"][0])
+        blank = torch.zeros_like(pixels[0]) if pixels is not None else blank_pixels(self.image_processor)
         rows, position = [], 0
         for image in images:
             rows.append(blank if image is None else pixels[position])

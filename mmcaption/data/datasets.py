@@ -9,14 +9,13 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import IGNORE_INDEX, caption_sample
 from mmcaption.data.cache import load_table
 from mmcaption.data.records import DataError
-from mmcaption.images import load_rgb
+from mmcaption.images import blank_pixels, load_rgb
 from mmcaption.prompts import ConversationTemplate, bos_token_id, caption_prompt_ids
 
 
@@ -64,7 +63,7 @@ class ImageTextDataset(Dataset):
             key = "pixel_values"
             pictures = [load_rgb(data) for data in self.images[wanted]["image"]] if wanted else []
             fetched = self.image_processor(images=pictures, return_tensors="pt")["pixel_values"] if pictures else []
-            blank = blank_pixels(self.image_processor)
+            blank = blank_pixels(self.image_processor) if len(present) < len(indices) else None  # only for text-only rows
         images = [blank] * len(indices)
         for position, value in zip(present, fetched):
             images[position] = value
@@ -74,11 +73,6 @@ class ImageTextDataset(Dataset):
             samples.append({"input_ids": input_ids, "labels": labels, key: images[i],
                             "image_mask": torch.tensor(image_index[i] >= 0)})
         return samples
-
-
-def blank_pixels(image_processor) -> torch.Tensor:
-    """What a text-only sample carries where an image would be: zeros of the processor's output shape."""
-    return torch.zeros_like(image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")["pixel_values"][0])
 
 
 class CaptionDataset(ImageTextDataset):
