@@ -1,41 +1,176 @@
-"""Callbacks the LightningModule brings along."""
+"""Callbacks the LightningModule and the CLI bring along: stopping on a signal with a checkpoint,
+and writing predictions."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import BasePredictionWriter
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-EXTRA_CSV_COLUMNS = ("prediction", "correct", "generated", "scores", "error")
+from mmcaption.errors import MMCaptionError, RunInterrupted
+from mmcaption.tasks import RESULT_COLUMNS
+
+
+class ResumeError(MMCaptionError):
+    """A checkpoint resumed with another stage's data, or with training data that changed."""
+
+
+def save_resumable_checkpoint(trainer) -> str:
+    """Save the run as it is now, resumable: as the checkpoint callback's ``last.ckpt`` when it keeps
+    one (with its bookkeeping, as its own saves do), else ``interrupted-step<N>.ckpt`` in its folder."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+        # Lightning < 2.7 (pinned): the method ModelCheckpoint saves its last checkpoint with
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        return callback.last_model_path
+    folder = Path(callback.dirpath) if isinstance(callback, ModelCheckpoint) and callback.dirpath else Path(trainer.default_root_dir)
+    path = folder / f"interrupted-step{trainer.global_step}.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+class ResumableStop(Callback):
+    """Stop a ``fit`` on Ctrl-C or SIGTERM with a checkpoint it resumes from exactly, save ``last.ckpt``
+    every ``every_minutes``, and at the end of training; refuse to resume another stage's checkpoint or
+    on changed training data.
+
+    A signal (SIGINT from Ctrl-C, SIGTERM from ``docker stop``, ``kill``, ``timeout`` or a scheduler) is
+    noted; at the end of the current optimizer step every process saves the checkpoint (the same state a
+    step-end ``ModelCheckpoint`` save holds, so the resumed run repeats the uninterrupted one) and the
+    command exits with 130 / 143 and one line saying how to resume. A second Ctrl-C stops at once,
+    without saving. A signal during validation is acted on at the next training step.
+
+    Args:
+        every_minutes: also save ``last.ckpt`` when this many minutes of training passed since the last
+            save, so that even a hard kill (SIGKILL, a power cut) loses little; null: only at validation.
+    """
+
+    def __init__(self, every_minutes: float | None = 30.0) -> None:
+        self.every_minutes = every_minutes
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._last_save = time.monotonic()
+
+    # -- signals ------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.signal, self._last_save = None, time.monotonic()
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            self._restore_handlers()
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step "
+              "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+        callback = trainer.checkpoint_callback
+        # the steps after the last validation are kept too (ModelCheckpoint saves at validation only)
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback._last_global_step_saved != trainer.global_step:
+            save_resumable_checkpoint(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore_handlers()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:
+            return  # mid-accumulation: the gradients gathered so far are not part of a checkpoint
+        due = self.every_minutes is not None and time.monotonic() - self._last_save >= 60 * self.every_minutes
+        stop, due = self.signal is not None, due
+        if trainer.world_size > 1:  # every process must decide alike: one signalled process stops them all
+            flags = torch.tensor([float(stop), float(due)], device=pl_module.device)
+            flags = trainer.strategy.reduce(flags, reduce_op="sum")
+            stop, due = bool(flags[0] > 0), bool(flags[1] > 0)
+        if not (stop or due):
+            return
+        path = save_resumable_checkpoint(trainer)
+        self._last_save = time.monotonic()
+        if stop:
+            self._restore_handlers()
+            raise RunInterrupted(self.signal or signal.SIGTERM, path, trainer.global_step)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._last_save = time.monotonic()
+        describe = getattr(trainer.datamodule, "training_data", None)
+        if describe is not None and trainer.state.fn == "fit":
+            checkpoint["training_data"] = describe()
+
+    # -- resuming -----------------------------------------------------------------------------------
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume another stage's checkpoint, or on training data other than the checkpoint's."""
+        saved = checkpoint.get("training_data")
+        describe = getattr(trainer.datamodule, "training_data", None)
+        if trainer.state.fn != "fit" or saved is None or describe is None:
+            return
+        current = describe()
+        source = trainer.ckpt_path or "the checkpoint"
+        if saved.get("stage") != current.get("stage"):
+            raise ResumeError(
+                f"{source} is a checkpoint of the {saved.get('stage')} stage, and this run trains the {current.get('stage')} "
+                f"stage: --ckpt_path resumes an interrupted run of the same stage. To start this stage from its weights "
+                f"(fresh optimizer, schedule and step count), use --model.init_from {source}"
+            )
+        changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in current if saved.get(key) != current.get(key)]
+        if changed:
+            raise ResumeError(
+                f"{source} was trained on other data or batches than this run's ({'; '.join(changed)}): resuming would "
+                "repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
+                f"start a new run from its weights with --model.init_from {source}"
+            )
 
 
 class PredictionWriter(BasePredictionWriter):
     """Writes ``mmcaption predict`` results to the data module's ``output`` as they come, batch by
-    batch (JSON Lines, or CSV for ``.csv``), so an interrupted run keeps what it predicted; at the
-    end, a summary (rows, errors, accuracy when answers were given) next to it and on the console."""
+    batch (JSON Lines, or CSV for ``.csv``), into a hidden ``.<name>.partial`` beside it that is renamed
+    to ``output`` at the end; at the end, a summary (rows, errors, accuracy when answers were given)
+    next to it and on the console. Interrupted (Ctrl-C, an error), the rows done so far are kept under
+    ``output`` with the summary so far. The data module's ``check_output`` refuses an output that is
+    one of its inputs, or that exists without ``overwrite``, before anything is written."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
         self.path: Path | None = None
+        self.partial: Path | None = None
         self.handle = None
         self.writer = None
         self.counts: dict[str, int] = {}
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        output = getattr(trainer.datamodule, "output", None)
-        if output is None:
+        datamodule = trainer.datamodule
+        if getattr(datamodule, "output", None) is None:
             self.path = None
             return
-        output = Path(output)
-        if trainer.world_size > 1:
-            output = output.with_name(f"{output.stem}.rank{trainer.global_rank}{output.suffix}")
+        output = datamodule.check_output(trainer.world_size, trainer.global_rank)
         output.parent.mkdir(parents=True, exist_ok=True)
-        self.path = output
-        self.handle = output.open("w", newline="", encoding="utf-8")
+        self.path, self.partial = output, output.with_name(f".{output.name}.partial")
+        self.handle = self.partial.open("w", newline="", encoding="utf-8")
         self.writer = None
         self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
 
@@ -46,7 +181,7 @@ class PredictionWriter(BasePredictionWriter):
             self._count(row)
             if self.path.suffix.lower() == ".csv":
                 if self.writer is None:
-                    columns = [c for c in row if c not in EXTRA_CSV_COLUMNS] + list(EXTRA_CSV_COLUMNS)
+                    columns = [c for c in row if c not in RESULT_COLUMNS] + list(RESULT_COLUMNS)
                     self.writer = csv.DictWriter(self.handle, fieldnames=columns, extrasaction="ignore")
                     self.writer.writeheader()
                 self.writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
@@ -69,16 +204,33 @@ class PredictionWriter(BasePredictionWriter):
             summary["accuracy"] = self.counts["correct"] / self.counts["answered"]
         return summary
 
-    def on_predict_end(self, trainer, pl_module) -> None:
-        if self.path is None:
+    def _finish(self, interrupted: BaseException | None = None) -> None:
+        """Close the partial file and put it in place (with what was written, when interrupted)."""
+        if self.path is None or self.handle is None:
             return
         self.handle.close()
+        self.handle = None
         summary = self.summary()
+        if interrupted is not None and not summary["rows"]:
+            self.partial.unlink(missing_ok=True)
+            rank_zero_info(f"predict stopped ({type(interrupted).__name__}) before any row was done; {self.path} not written")
+            return
+        os.replace(self.partial, self.path)
+        if interrupted is not None:
+            summary["interrupted"] = type(interrupted).__name__
         self.path.with_name(self.path.name + ".summary.json").write_text(json.dumps(summary, indent=2))
         message = f"predictions: {summary['rows']} rows -> {self.path}"
+        if interrupted is not None:
+            message = f"predict stopped ({type(interrupted).__name__}); the {summary['rows']} rows done are kept -> {self.path}"
         if summary["errors"]:
             message += f"; {summary['errors']} could not be predicted (see their 'error' field)"
         if "accuracy" in summary:
             message += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']}"
             message += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
         rank_zero_info(message)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._finish()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._finish(interrupted=exception)

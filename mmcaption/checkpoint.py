@@ -32,13 +32,14 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.imports import RequirementCache
 
+from mmcaption.errors import MMCaptionError
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
 from mmcaption.model.config import settings_diff
 
 MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
 
 
-class CheckpointFileError(RuntimeError):
+class CheckpointFileError(MMCaptionError, RuntimeError):
     """A checkpoint file that cannot be read (truncated, not a torch file)."""
 
 
@@ -46,24 +47,37 @@ class UnsafeCheckpointError(CheckpointFileError):
     """A checkpoint holds objects that only unpickling arbitrary code could rebuild."""
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
+    """A checkpoint path that names no file."""
+
+
+class CheckpointMismatchError(MMCaptionError, RuntimeError):
     """A checkpoint whose tensors do not fit the model being built."""
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; refuse pickled code, naming the file."""
+    """Read a checkpoint with ``weights_only=True``; refuse pickled code, naming the file, and any file
+    that is not a readable checkpoint (truncated, corrupted, another kind of file), whatever error the
+    unpickler met in it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"{path}: refused - it contains pickled objects other than tensors and plain containers, which "
             f"could run code when loaded. mmcaption checkpoints never do; only load files you trust. ({error})"
         ) from None
-    except (EOFError, RuntimeError, OSError) as error:
-        raise CheckpointFileError(f"{path}: not a readable checkpoint (truncated or not a torch file): {error}") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a corrupted file makes the unpickler fail in many ways
+        raise CheckpointFileError(
+            f"{path}: not a readable checkpoint (truncated or not a torch file): {type(error).__name__}: {error}"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointFileError(f"{path}: not a checkpoint: it holds a {type(checkpoint).__name__}, not a dictionary")
+    return checkpoint
 
 
 def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -188,7 +202,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         model.load_pretrained_weights(path)
         return {"path": str(path.resolve()), "export": manifest["source"]}
     if not path.is_file():
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"init_from checkpoint not found: {path} (train the caption stage first, or point init_from at its checkpoint)"
         )
     checkpoint = load_checkpoint_file(path)

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mmcaption.checkpoint import AtomicCheckpointIO
+from mmcaption.callbacks import ResumableStop
+from mmcaption.checkpoint import AtomicCheckpointIO, load_checkpoint_file
 from mmcaption.data.base import PreprocessedDataModule
-from mmcaption.data.records import DataError
 from mmcaption.data.summary import format_summary, split_summary
+from mmcaption.errors import ConfigError, RunInterrupted, user_errors_exit
+from mmcaption.folders import FolderLock, check_writable
+from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
 from mmcaption.module import MultimodalCaptioner
+
+# ``--ckpt_path`` values Lightning resolves itself rather than as files
+CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
 
 
 class MMCaptionCLI(LightningCLI):
@@ -36,7 +47,108 @@ class MMCaptionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_checkpoint_io(trainer)
+        if not any(isinstance(callback, ResumableStop) for callback in trainer.callbacks):
+            # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
+            # list its own to change every_minutes
+            trainer.callbacks.append(ResumableStop())
         return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``: the checkpoint's model settings, except those the user set.
+
+        LightningCLI lays the checkpoint's saved hyper-parameters over the command line, so a setting
+        given with ``--model.*`` or in the config would be silently ignored. Here what the user set (what
+        differs from the defaults) wins and is listed against the checkpoint's value; the checkpoint
+        fills in the rest (so ``predict --ckpt_path X`` needs no config). A structural setting that
+        differs (LoRA rank, injected layers, ...) is refused naming both values, as the trained tensors
+        would not fit. The file is read with ``weights_only`` (a pickled payload is refused by name).
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
+            return
+        saved = dict(load_checkpoint_file(ckpt_path).get("hyper_parameters") or {})
+        for key in ("_instantiator", "_class_path"):
+            saved.pop(key, None)
+        if not saved:
+            return
+        given = _flatten(self.config[subcommand]["model"].as_dict())
+        defaults = _flatten(self._subcommand_parsers[subcommand].get_defaults()["model"].as_dict())
+        merged, notes, refused = _flatten(saved), [], []
+        for key, value in given.items():
+            if value == defaults.get(key) or key not in merged or _same(key, value, merged[key]):
+                continue  # not set by the user, or unknown to the checkpoint, or the same
+            if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
+                refused.append(f"{key}: checkpoint {merged[key]!r}, given {value!r}")
+            else:
+                notes.append(f"{key} {value!r} (checkpoint: {merged[key]!r})")
+                merged[key] = value
+        if refused:
+            raise ConfigError(
+                f"{ckpt_path} was trained with other structural settings than this run's ({'; '.join(refused)}); its "
+                "tensors cannot fit. Drop these settings to use the checkpoint's, or train a new run"
+            )
+        if notes:
+            rank_zero_info(f"--ckpt_path {ckpt_path}: using the settings you gave instead of the checkpoint's: {'; '.join(notes)}")
+        self.config = self.parser.parse_object({subcommand: {"model": _unflatten(merged)}}, self.config)
+
+    def after_instantiate_classes(self) -> None:
+        """Before anything is loaded: every folder the run will write is writable, a checkpoint folder
+        is not being written by another run, a predict output is not an input or an existing file."""
+        if self.subcommand is None:
+            return
+        trainer = self.trainer
+        if self.subcommand == "fit":
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                    check_writable(callback.dirpath, "checkpoints")
+                    if trainer.global_rank == 0:
+                        FolderLock(callback.dirpath).acquire()
+            init_from = getattr(self.model, "init_from", None)
+            if init_from and not Path(init_from).exists():
+                raise ConfigError(f"model.init_from {init_from} not found (train the caption stage first, or point "
+                                  "init_from at its checkpoint or exported folder)")
+        if self.subcommand in ("fit", "validate", "test"):
+            for logger in trainer.loggers:
+                folder = getattr(logger, "save_dir", None) or getattr(logger, "root_dir", None)
+                if folder:
+                    check_writable(folder, "logs")
+        if self.subcommand == "predict" and hasattr(self.datamodule, "check_output"):
+            self.datamodule.check_output(trainer.world_size, trainer.global_rank)
+
+
+PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")
+
+
+def _same(key: str, given: Any, saved: Any) -> bool:
+    """Whether a setting given equals the checkpoint's (a relative folder equals its absolute path)."""
+    if key in PATH_SETTINGS and isinstance(given, str) and isinstance(saved, str):
+        return absolute_if_local(given) == absolute_if_local(saved)
+    return given == saved
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"config": {"lora_r": 8}}`` -> ``{"config.lora_r": 8}`` (the model's config only; other dicts,
+    like ``generation``, are one setting)."""
+    flat = {}
+    for key, value in settings.items():
+        if key == "config" and isinstance(value, dict) and not prefix:
+            flat.update(_flatten(value, "config."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.startswith("config."):
+            nested.setdefault("config", {})[key.removeprefix("config.")] = value
+        else:
+            nested[key] = value
+    return nested
 
 
 def install_atomic_checkpoint_io(trainer: Trainer) -> None:
@@ -81,24 +193,28 @@ def prepare(args: list[str]) -> int:
                           auto_configure_optimizers=False)
     datamodule = cli.datamodule
     if not isinstance(datamodule, PreprocessedDataModule):
-        print(f"error: {type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)", file=sys.stderr)
-        return 1
-    try:
-        datamodule.prepare_data()
-        summaries = [split_summary(datamodule, split) for split in dict.fromkeys(datamodule.stage_splits().values())]
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise ConfigError(f"{type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)")
+    datamodule.prepare_data()
+    summaries = [split_summary(datamodule, split) for split in dict.fromkeys(datamodule.stage_splits().values())]
     print("\n".join(format_summary(summary) for summary in summaries))
     return 0
 
 
+@user_errors_exit
 def main(args: list[str] | None = None) -> None:
-    """The ``mmcaption`` console script: LightningCLI's subcommands, and ``prepare``."""
+    """The ``mmcaption`` console script: LightningCLI's subcommands, and ``prepare``.
+
+    Exit status: 0 done; 2 a user error (one line naming the file or setting; ``MMCAPTION_TRACEBACK=1``
+    adds the traceback); 130 / 143 stopped by Ctrl-C / SIGTERM (during ``fit``, after saving a checkpoint
+    to resume from); 1 anything else (a bug: its traceback is printed).
+    """
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["prepare"]:
         sys.exit(prepare(argv[1:]))
-    run_cli(args)
+    try:
+        run_cli(args)
+    except SIGTERMException:  # Lightning's own SIGTERM handling, before training began: nothing to save
+        raise RunInterrupted(signal.SIGTERM, None, 0) from None
 
 
 if __name__ == "__main__":

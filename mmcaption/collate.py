@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from mmcaption.errors import ConfigError
+
 IGNORE_INDEX = -100
 
 
@@ -20,7 +22,7 @@ def caption_sample(
     """
     room = max_length - 2 - len(prompt_ids)
     if room < 1:
-        raise ValueError(f"max_length {max_length} leaves no room for a caption after a {len(prompt_ids)}-token prompt")
+        raise ConfigError(f"max_length {max_length} leaves no room for a caption after a {len(prompt_ids)}-token prompt")
     caption_ids = list(caption_ids[:room])
     input_ids = [bos_id, *prompt_ids, *caption_ids, eos_id]
     labels = [IGNORE_INDEX] * (1 + len(prompt_ids)) + caption_ids + [eos_id]

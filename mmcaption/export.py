@@ -1,26 +1,34 @@
 """``mmcaption-export``: a checkpoint of ``mmcaption fit`` to a folder a user can share.
 
-    mmcaption-export checkpoints/instruct/last.ckpt exported/mmcaption-phi2 [--merge]
+    mmcaption-export checkpoints/instruct/last.ckpt exported/mmcaption-phi2 [--merge] [--overwrite]
 
 The folder's format belongs to the model (:meth:`mmcaption.model.MultimodalCausalLM.save_pretrained`):
 a PEFT adapter, ``multimodal.safetensors``, ``mmcaption.json`` (the config that rebuilds it), the
 tokenizer and image processor, a model card, and with ``--merge`` the language model with LoRA merged
 in. ``Captioner.from_pretrained`` and ``model.init_from`` read it back.
+
+A folder that exists with something in it is refused unless ``--overwrite`` is given. The export is
+written to a hidden sibling folder and renamed into place when complete: an interrupted export leaves
+the destination as it was, and a replaced folder keeps nothing of its old content.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from mmcaption.checkpoint import model_from_checkpoint
+from mmcaption.errors import user_errors_exit
+from mmcaption.folders import check_new_folder, replace_folder, staging_folder
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.prompts import DEFAULT_SYSTEM
 
 
-def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False) -> Path:
+def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False) -> Path:
     """Write the model of a Lightning checkpoint, with the prompts and generation settings it was
-    trained and validated with, to the folder ``out``."""
+    trained and validated with, to the folder ``out`` (refused when it holds anything, unless ``overwrite``)."""
+    out = check_new_folder(out, overwrite, "export folder", "--overwrite")
     model, checkpoint = model_from_checkpoint(checkpoint_path)
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
@@ -28,17 +36,25 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     source = {"checkpoint": str(Path(checkpoint_path).resolve()), "global_step": checkpoint.get("global_step"),
               "init_from": checkpoint.get("init_from")}
     tokenizer = load_tokenizer(model.config.language_model)
-    return model.save_pretrained(out, tokenizer, prompts, hparams.get("generation") or {}, source, merge=merge)
+    staging = staging_folder(out)
+    try:
+        model.save_pretrained(staging, tokenizer, prompts, hparams.get("generation") or {}, source, merge=merge)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return replace_folder(staging, out)
 
 
+@user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     """The ``mmcaption-export`` console script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a Lightning checkpoint of mmcaption fit")
-    parser.add_argument("out", help="folder to write")
+    parser.add_argument("out", help="folder to write (refused if it holds anything, unless --overwrite)")
     parser.add_argument("--merge", action="store_true", help="also write the language model with LoRA merged in")
+    parser.add_argument("--overwrite", action="store_true", help="replace the folder if it exists (nothing of it is kept)")
     args = parser.parse_args(argv)
-    print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.merge)}")
+    print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite)}")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,12 @@ from mmcaption import random_state
 from mmcaption.callbacks import PredictionWriter
 from mmcaption.checkpoint import check_checkpoint, check_trainable_state, load_initial_weights, restore_loader_position
 from mmcaption.collate import IGNORE_INDEX
+from mmcaption.errors import ConfigError, NonFiniteLossError
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
+from mmcaption.model.config import absolute_if_local
 from mmcaption.tasks import Tasks
 
 
@@ -62,7 +64,9 @@ class MultimodalCaptioner(LightningModule):
     ) -> None:
         super().__init__()
         # a checkpoint's hyper-parameters hold the config as a plain dict (loadable with weights_only)
-        self.config = MultimodalConfig(**config) if isinstance(config, dict) else replace(config)
+        # local backbone folders and init_from are kept as absolute paths: the checkpoint works from anywhere
+        self.config = (MultimodalConfig(**config) if isinstance(config, dict) else replace(config)).with_absolute_paths()
+        init_from = init_from and absolute_if_local(init_from)
         self.save_hyperparameters(ignore=["config"])
         self.hparams["config"] = asdict(self.config)
         self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
@@ -169,7 +173,7 @@ class MultimodalCaptioner(LightningModule):
         if not torch.isfinite(mean_loss):  # decided on the global value: every process skips, or none does
             where = f"step {self.global_step}, epoch {self.current_epoch}, batch {batch_idx}"
             if self.on_nonfinite_loss == "error":
-                raise FloatingPointError(
+                raise NonFiniteLossError(
                     f"non-finite training loss ({mean_loss.item()}) at {where}; set model.on_nonfinite_loss: skip "
                     "to skip such batches (they are counted in train/skipped_batches)"
                 )
@@ -260,7 +264,7 @@ class MultimodalCaptioner(LightningModule):
         )
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
-            raise ValueError("the linear schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
+            raise ConfigError("the linear schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
         scheduler = get_linear_schedule_with_warmup(
             optimizer, num_warmup_steps=int(self.warmup_ratio * total_steps), num_training_steps=int(total_steps)
         )

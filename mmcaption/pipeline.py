@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmcaption.cli import MMCaptionCLI, run_cli
+from mmcaption.errors import user_errors_exit
 
 
 @dataclass
@@ -48,6 +49,7 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     ]
 
 
+@user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--caption", default="configs/caption.yaml", help="fit config of the caption stage")

@@ -20,6 +20,15 @@ from mmcaption.model import MultimodalCausalLM
 
 DEFAULT_GENERATION = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
 
+# What ``predict`` adds to each input record. A file written by ``predict`` is a valid input again: these
+# columns are the earlier run's results, not questions, and are replaced.
+RESULT_COLUMNS = ("prediction", "correct", "generated", "scores", "error")
+
+
+def without_results(record: dict[str, Any]) -> dict[str, Any]:
+    """An input record without the result columns an earlier ``predict`` wrote into it."""
+    return {key: value for key, value in record.items() if key not in RESULT_COLUMNS}
+
 
 def unpadded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
     """The prompts of a padded batch without their padding."""
@@ -138,7 +147,7 @@ class Tasks:
         Rows whose image could not be read come back with their ``error`` only; rows with a reference
         ``answer`` get ``correct``.
         """
-        results = [{**record, "error": error} for record, error in zip(batch["record"], batch["error"])]
+        results = [{**without_results(record), "error": error} for record, error in zip(batch["record"], batch["error"])]
         ok = [i for i, error in enumerate(batch["error"]) if error is None]
         if not ok:
             return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import fields
 from pathlib import Path
 
@@ -47,6 +48,19 @@ def coco_root(tmp_path_factory) -> Path:
     write_coco_split(root, "train2017", 12, seed=0)
     write_coco_split(root, "val2017", 4, seed=0, first_image_id=100)
     return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Three small scene images (PNG) in ``tmp_path/images``."""
+    from mmcaption.demo.synthetic import Scene, draw_scene
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = random.Random(0)
+    for i, scene in enumerate([Scene("red", "circle", "left"), Scene("blue", "square", "right", count=2), Scene("green", "triangle", "top")]):
+        draw_scene(scene, 64, rng).save(folder / f"img{i}.png")
+    return folder
 
 
 @pytest.fixture

@@ -107,7 +107,7 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
         (demo_dir / "demo_data" / "coco" / "train2017" / name).unlink()
     command = [sys.executable, "-m", "mmcaption", "prepare", "--config", DEMO_CONFIG]
     refused = subprocess.run(command, cwd=demo_dir, capture_output=True, text=True)
-    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert refused.returncode == 2, refused.stderr[-2000:]  # a user error: one line, exit 2
     assert "error: " in refused.stderr and "2 of 16 referenced images are missing" in refused.stderr
     assert "Traceback" not in refused.stderr
 

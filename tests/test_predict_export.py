@@ -16,16 +16,6 @@ from mmcaption.model.backbones import load_language_model
 from mmcaption.module import MultimodalCaptioner
 
 
-@pytest.fixture
-def image_folder(tmp_path) -> Path:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = random.Random(0)
-    for i, scene in enumerate([Scene("red", "circle", "left"), Scene("blue", "square", "right", count=2), Scene("green", "triangle", "top")]):
-        draw_scene(scene, 64, rng).save(folder / f"img{i}.png")
-    return folder
-
-
 def predictor(tmp_path) -> Trainer:
     return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
 

@@ -21,6 +21,7 @@ from mmcaption.checkpoint import (
     save_atomically,
 )
 from mmcaption.demo import prepare_demo_assets
+from mmcaption.folders import LOCK_FILE
 
 from .conftest import REPO
 
@@ -66,42 +67,79 @@ def records(path: Path) -> dict[int, dict]:
     return {row["step"]: row for row in map(json.loads, path.read_text().splitlines())}
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_batches_and_losses(tmp_path):
-    prepare_demo_assets(tmp_path / "demo_data", train_images=16, val_images=4, pretrain_steps=0, clip_steps=0)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> tuple[Path, dict[int, dict]]:
+    """(working folder with the demo data, the steps of an uninterrupted run there)."""
+    workdir = tmp_path_factory.mktemp("resume")
+    prepare_demo_assets(workdir / "demo_data", train_images=16, val_images=4, pretrain_steps=0, clip_steps=0)
+    run(fit_command(workdir, "straight"), workdir)
+    steps = records(workdir / "straight.jsonl")
+    assert sorted(steps) == list(range(1, MAX_STEPS + 1))
+    return workdir, steps
 
-    run(fit_command(tmp_path, "straight"), tmp_path)
-    straight = records(tmp_path / "straight.jsonl")
-    assert sorted(straight) == list(range(1, MAX_STEPS + 1))
 
-    # The same run, killed from outside once a mid-epoch checkpoint exists.
-    process = subprocess.Popen(fit_command(tmp_path, "killed", delay=0.5), cwd=tmp_path, env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = tmp_path / "checkpoints-killed" / "last.ckpt"
+def start_and_wait(workdir: Path, name: str, until) -> subprocess.Popen:
+    """Start a slowed-down run and return once ``until()`` holds (the run still going)."""
+    process = subprocess.Popen(fit_command(workdir, name, delay=0.5), cwd=workdir, env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
-    while not (last.is_file() and load_checkpoint_file(last)["global_step"] >= KILL_AFTER):
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, f"no checkpoint at step {KILL_AFTER} within 5 minutes"
+    while not until():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"{name}: not there within 5 minutes"
         time.sleep(0.2)
+    return process
+
+
+def assert_resume_repeats_the_straight_run(workdir: Path, straight_steps: dict, name: str, last: Path) -> None:
+    interrupted = records(workdir / f"{name}.jsonl")
+    checkpoint = load_checkpoint_file(last)  # readable whatever the signal interrupted
+    resumed_from = checkpoint["global_step"]
+    assert resumed_from > STEPS_PER_EPOCH and resumed_from % STEPS_PER_EPOCH != 0  # mid-epoch, second epoch
+    run(fit_command(workdir, f"{name}-resumed", ckpt_path=last), workdir)
+    resumed = records(workdir / f"{name}-resumed.jsonl")
+    assert sorted(resumed) == list(range(resumed_from + 1, MAX_STEPS + 1))  # nothing repeated, nothing skipped
+    for step in range(1, MAX_STEPS + 1):
+        run_row = resumed.get(step) or interrupted[step]
+        assert run_row["first_ids"] == straight_steps[step]["first_ids"], step
+        assert run_row["token_sum"] == straight_steps[step]["token_sum"], step
+        assert run_row["loss"] == pytest.approx(straight_steps[step]["loss"], rel=1e-5, abs=1e-6), step
+    # no temporary file is left beside the checkpoints (the folder's lock file is the run's own, not debris)
+    assert not [p for p in last.parent.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_batches_and_losses(straight):
+    workdir, straight_steps = straight
+    last = workdir / "checkpoints-killed" / "last.ckpt"
+    # killed from outside once a mid-epoch checkpoint exists
+    process = start_and_wait(workdir, "killed", lambda: last.is_file() and load_checkpoint_file(last)["global_step"] >= KILL_AFTER)
     process.send_signal(signal.SIGKILL)
     process.wait()
     process.stderr.close()
-    killed = records(tmp_path / "killed.jsonl")
-    assert max(killed) < MAX_STEPS, "the run finished before it was killed"
+    assert max(records(workdir / "killed.jsonl")) < MAX_STEPS, "the run finished before it was killed"
+    assert_resume_repeats_the_straight_run(workdir, straight_steps, "killed", last)
 
-    checkpoint = load_checkpoint_file(last)  # readable whatever the kill interrupted
-    resumed_from = checkpoint["global_step"]
-    assert resumed_from > STEPS_PER_EPOCH and resumed_from % STEPS_PER_EPOCH != 0  # mid-epoch, second epoch
-    run(fit_command(tmp_path, "resumed", ckpt_path=last), tmp_path)
-    resumed = records(tmp_path / "resumed.jsonl")
 
-    assert sorted(resumed) == list(range(resumed_from + 1, MAX_STEPS + 1))  # nothing repeated, nothing skipped
-    for step in range(1, MAX_STEPS + 1):
-        run_row = resumed.get(step) or killed[step]
-        assert run_row["first_ids"] == straight[step]["first_ids"] and run_row["token_sum"] == straight[step]["token_sum"], step
-        assert run_row["loss"] == pytest.approx(straight[step]["loss"], rel=1e-5, abs=1e-6), step
-    # no temporary file is left beside the checkpoints
-    assert not [p for p in last.parent.iterdir() if p.name.startswith(".")]
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_mid_epoch_saves_exits_non_zero_and_resumes_exactly(straight, signum, exit_code):
+    workdir, straight_steps = straight
+    name = signal.Signals(signum).name.lower()
+    steps = workdir / f"{name}.jsonl"
+    # between two of the run's own checkpoints (every 3 steps): only the signal's checkpoint holds this step
+    process = start_and_wait(workdir, name, lambda: steps.is_file() and max(records(steps), default=0) >= KILL_AFTER - 1)
+    os.killpg(process.pid, signum)  # to every process of the run, data loader workers too, as a terminal's Ctrl-C
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == exit_code, stderr[-3000:]
+    last = workdir / f"checkpoints-{name}" / "last.ckpt"
+    done = max(records(steps))
+    assert done < MAX_STEPS, "the run finished before the signal"
+    assert load_checkpoint_file(last)["global_step"] == done  # saved at the end of the step it was in
+    message = stderr.strip().splitlines()[-1]
+    assert message == (f"stopped by {signal.Signals(signum).name} at step {done}: saved {last}; "
+                       f"resume by running the same command with --ckpt_path {last}")
+    assert "Traceback" not in stderr
+    assert_resume_repeats_the_straight_run(workdir, straight_steps, name, last)
 
 
 KILL_DURING_WRITE = """

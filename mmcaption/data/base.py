@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
@@ -31,6 +34,17 @@ from mmcaption.data.sampling import LengthGroupedSampler, default_seed
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
 PREPROCESSING_VERSION = 4
+
+
+def worker_init(worker_id: int, rank: int = 0) -> None:
+    """Data loader workers leave Ctrl-C and SIGTERM to the main process, which stops the run cleanly
+    and then ends them (a terminal's Ctrl-C, and some schedulers' SIGTERM, reach every process of the
+    job: a worker that died of it would fail the checkpoint the main process is about to write).
+    Seeded as Lightning seeds workers when ``seed_everything(workers=True)`` asked for it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id, rank)
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -68,6 +82,7 @@ class BackbonesDataModule(LightningDataModule):
             batch_size=batch_size,
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
+            worker_init_fn=functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer is not None else 0),
         )
 
 
@@ -109,10 +124,12 @@ class PreprocessedDataModule(BackbonesDataModule):
         self.vision_feature_layer, self.resize_images, self.on_bad_record = vision_feature_layer, resize_images, on_bad_record
         self.cache_dir_setting = cache_dir
         self.datasets: dict[str, ImageTextDataset] = {}
+        self.folders: dict[str, Path] = {}  # the preprocessed folder of each split set up
 
     # what a subclass provides
 
     text_table = ""  # the split's table of text rows, beside its "images"
+    training_stage = ""  # "caption" or "instruct": checkpoints record it, and resuming checks it
 
     @property
     def default_cache_dir(self) -> Path:
@@ -195,11 +212,28 @@ class PreprocessedDataModule(BackbonesDataModule):
                 if not is_complete(folder):
                     raise DataError(f"split {split!r} is not preprocessed in {self.cache_dir}: run prepare_data() first")
                 self.datasets[split] = self.make_dataset(folder)
+                self.folders[split] = folder
                 if self.cache_image_features:
                     cached = self.features_folder(folder)
                     if not is_complete(cached):
                         raise DataError(f"image features of split {split!r} are not cached in {folder}: run prepare_data() first")
                     self.datasets[split].features = load_image_features(cached)
+
+    def training_data(self) -> dict[str, Any]:
+        """What a checkpoint must be resumed with: the stage, the preprocessed training split (its name
+        changes with its content), its size, and what orders and cuts it into batches. A checkpoint's
+        loader position means something only with all of them unchanged."""
+        split = self.stage_splits()["train"]
+        trainer = self.trainer
+        return {
+            "stage": self.training_stage,
+            "train_split": self.folders[split].name if split in self.folders else None,
+            "samples": len(self.datasets[split]) if split in self.datasets else None,
+            "batch_size": self.batch_size,
+            "devices": trainer.world_size if trainer is not None else 1,
+            "group_by_length": self.group_by_length,
+            "seed": default_seed(),
+        }
 
     def _loader_settings(self) -> dict[str, Any]:
         """What every loader of a split shares: workers, pinning, per-batch padding."""
@@ -208,6 +242,7 @@ class PreprocessedDataModule(BackbonesDataModule):
             "persistent_workers": self.num_workers > 0,
             "pin_memory": torch.cuda.is_available(),
             "collate_fn": functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+            "worker_init_fn": functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer is not None else 0),
         }
 
     def _loader(self, stage: str) -> DataLoader:

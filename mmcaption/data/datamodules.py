@@ -23,6 +23,7 @@ from mmcaption.data.datasets import (
 from mmcaption.data.hub import HubCaptions
 from mmcaption.data.llava import read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError
+from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 
 
@@ -48,6 +49,8 @@ class CaptionDataModule(PreprocessedDataModule):
             METEOR, ROUGE-L (0: none, null: all).
     """
 
+    training_stage = "caption"
+
     def __init__(
         self,
         data_dir: str = "data/coco",
@@ -67,7 +70,7 @@ class CaptionDataModule(PreprocessedDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if source == "hub" and not hub_dataset:
-            raise ValueError("source: hub needs hub_dataset (a hub id or a local dataset folder)")
+            raise ConfigError("source: hub needs hub_dataset (a hub id or a local dataset folder)")
         self.save_hyperparameters()  # recorded in checkpoints: export reads the caption prompt from them
         self.text_table = "captions"
         self.data_dir = Path(data_dir)
@@ -148,6 +151,8 @@ class InstructDataModule(PreprocessedDataModule):
             for ``val/answer_exact_match`` (0: none, null: all).
     """
 
+    training_stage = "instruct"
+
     def __init__(
         self,
         train_file: str = "data/llava/llava_instruct_150k.json",
@@ -161,7 +166,7 @@ class InstructDataModule(PreprocessedDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if val_file is None and not 0 < val_fraction < 1:
-            raise ValueError("without val_file, val_fraction must be between 0 and 1")
+            raise ConfigError("without val_file, val_fraction must be between 0 and 1")
         self.save_hyperparameters()  # recorded in checkpoints: export reads the system prompt from them
         self.text_table = "conversations"
         self.train_file, self.val_file, self.val_fraction = Path(train_file), val_file and Path(val_file), val_fraction

@@ -9,18 +9,22 @@ file and its line.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from mmcaption.data.base import BackbonesDataModule
 from mmcaption.data.records import DataError
+from mmcaption.errors import NotWritableError, OutputExistsError
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import IMAGE_SUFFIXES, check_image, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
+from mmcaption.tasks import RESULT_COLUMNS
 
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
 
@@ -38,6 +42,9 @@ def find_images(source: str) -> list[Path]:
         raise DataError(f"image source not found: {path}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return [path]
+    if path.suffix.lower() in (".json", ".jsonl"):
+        raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
+                        "or a text file with one image path per line")
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     images = [p if p.is_absolute() else path.parent / p for p in map(Path, filter(None, lines))]
     if not images:
@@ -132,6 +139,9 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})
     if duplicates:
         raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
+    earlier = [name for name, low in zip(header, folded) if low in RESULT_COLUMNS]
+    if earlier:
+        rank_zero_info(f"{path}: columns {earlier} are an earlier predict's results; they are not read, and are replaced")
     column = {low: i for i, low in enumerate(folded)}
     missing = [name for name in REQUIRED_COLUMNS if name.lower() not in column]
     if missing:
@@ -161,7 +171,8 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
             problems.append(f"answer {get('answer')!r} is not one of {', '.join(LETTERS[: len(options)])}")
         if problems:
             raise DataError(f"{path}, line {line}: " + "; ".join(problems))
-        record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded) if low}
+        record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded)
+                  if low and low not in RESULT_COLUMNS}
         questions.append(ChoiceQuestion(line, record, get("img_path"), get("Question"), options, answer))
     if not questions:
         raise DataError(f"{path} has no questions")
@@ -171,10 +182,38 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
 class _PredictDataModule(BackbonesDataModule):
     """Shared by both: tokenizer, image processor, the output path the prediction writer uses."""
 
-    def __init__(self, output: str, batch_size: int, **kwargs: Any) -> None:
+    def __init__(self, output: str, batch_size: int, overwrite: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.output, self.batch_size = Path(output), batch_size
+        self.output, self.batch_size, self.overwrite = Path(output), batch_size, overwrite
         self.dataset: Dataset | None = None
+
+    def input_files(self) -> list[Path]:
+        """The files this module reads, which its output must never be."""
+        raise NotImplementedError
+
+    def output_path(self, world_size: int = 1, rank: int = 0) -> Path:
+        """Where this process writes: ``output``, or ``<stem>.rank<r><suffix>`` for each of several processes."""
+        if world_size > 1:
+            return self.output.with_name(f"{self.output.stem}.rank{rank}{self.output.suffix}")
+        return self.output
+
+    def check_output(self, world_size: int = 1, rank: int = 0) -> Path:
+        """The output path, after refusing one that is an input, or that exists without ``overwrite``,
+        or whose folder cannot be written. Called before anything is loaded, and again by the writer."""
+        output = self.output_path(world_size, rank)
+        for source in self.input_files():
+            if source.exists() and output.resolve() == source.resolve():
+                raise OutputExistsError(f"output {output} is the input {source}: predict never writes over its input; "
+                                        "choose another --data.output")
+        if output.is_dir():
+            raise OutputExistsError(f"output {output} is a folder; --data.output names the file to write")
+        if output.exists() and not self.overwrite:
+            raise OutputExistsError(f"output {output} exists; choose another --data.output, or replace it with "
+                                    "--data.overwrite true")
+        folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")
+        return output
 
     @property
     def image_size(self) -> int:
@@ -193,6 +232,7 @@ class CaptionPredictDataModule(_PredictDataModule):
         output: the JSON Lines file to write (``{"image": ..., "caption": ...}`` or ``"error"``).
         caption_prompt: the caption stage's prompt (empty: none).
         batch_size: images per batch.
+        overwrite: replace ``output`` if it exists (by default an existing output is refused).
     """
 
     def __init__(
@@ -201,11 +241,15 @@ class CaptionPredictDataModule(_PredictDataModule):
         output: str = "predictions/captions.jsonl",
         caption_prompt: str = "",
         batch_size: int = 16,
+        overwrite: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(output, batch_size, **kwargs)
+        super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
         self.images, self.caption_prompt = images, caption_prompt
+
+    def input_files(self) -> list[Path]:
+        return [Path(self.images)] if Path(self.images).is_file() else []
 
     def setup(self, stage: str) -> None:
         paths = find_images(self.images)
@@ -226,6 +270,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
             ``generation`` lists the options and generates a letter (the original scripts' way).
         system_prompt: the instruct stage's system prompt.
         batch_size: questions per batch.
+        overwrite: replace ``output`` if it exists (by default an existing output is refused; the input
+            CSV itself is always refused).
     """
 
     def __init__(
@@ -236,12 +282,16 @@ class MultipleChoiceDataModule(_PredictDataModule):
         method: Literal["likelihood", "generation"] = "likelihood",
         system_prompt: str = DEFAULT_SYSTEM,
         batch_size: int = 8,
+        overwrite: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(output, batch_size, **kwargs)
+        super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
         self.csv_file, self.image_root = Path(csv_file), image_root and Path(image_root)
         self.method, self.system_prompt = method, system_prompt
+
+    def input_files(self) -> list[Path]:
+        return [self.csv_file]
 
     def read_rows(self) -> list[ChoiceQuestion]:
         return read_choice_csv(self.csv_file)

@@ -9,10 +9,12 @@ from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mmcaption.errors import MMCaptionError
+
 OnBadRecord = Literal["error", "skip"]
 
 
-class DataError(ValueError):
+class DataError(MMCaptionError, ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
 
 
@@ -33,7 +35,7 @@ class BadRecords:
 
     def __init__(self, source: str | Path, on_bad_record: OnBadRecord = "error") -> None:
         if on_bad_record not in ("error", "skip"):
-            raise ValueError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
+            raise DataError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
         self.source = str(source)
         self.on_bad_record = on_bad_record
         self.counts: Counter[str] = Counter()

@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from mmcaption.errors import ConfigError
 from mmcaption.model.config import DType, Quantization
 
 
@@ -28,7 +29,7 @@ def torch_dtype(name: str) -> torch.dtype:
     """``"bfloat16"`` -> ``torch.bfloat16``, refusing names that are not floating dtypes."""
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"unknown floating dtype {name!r}; use bfloat16, float16 or float32")
+        raise ConfigError(f"unknown floating dtype {name!r}; use bfloat16, float16 or float32")
     return dtype
 
 
@@ -47,7 +48,7 @@ def quantization_config(quantization: Quantization, compute_dtype: DType) -> Bit
             # FSDP needs the packed 4-bit storage in the dtype it shards; harmless otherwise.
             bnb_4bit_quant_storage=torch_dtype(compute_dtype),
         )
-    raise ValueError(f"unknown quantization {quantization!r}; use nf4, fp4, int8 or none")
+    raise ConfigError(f"unknown quantization {quantization!r}; use nf4, fp4, int8 or none")
 
 
 def load_language_model(

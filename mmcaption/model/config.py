@@ -7,7 +7,8 @@ and :meth:`~mmcaption.model.MultimodalCausalLM.from_config` builds the model fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 Quantization = Literal["nf4", "fp4", "int8", "none"]
@@ -51,6 +52,18 @@ class MultimodalConfig:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense"])
     gradient_checkpointing: bool = False
+
+    def with_absolute_paths(self) -> MultimodalConfig:
+        """The same config with backbone folders that exist from here made absolute (hub ids kept), so
+        that a checkpoint or export storing it loads from any working directory."""
+        return replace(self, language_model=absolute_if_local(self.language_model),
+                       vision_model=absolute_if_local(self.vision_model))
+
+
+def absolute_if_local(name: str) -> str:
+    """``name`` as an absolute path when it names an existing file or folder, else unchanged (a hub id)."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
 
 
 # Settings that change what a trained tensor means: weights trained with others do not fit.

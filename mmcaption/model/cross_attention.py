@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcaption.errors import ConfigError
+
 
 class GatedCrossAttentionBlock(nn.Module):
     """Text queries attend to projected image tokens; the result is added through tanh gates.
@@ -27,7 +29,7 @@ class GatedCrossAttentionBlock(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, ffn_mult: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.dropout = dropout

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationConfig, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from mmcaption.errors import ConfigError, NotAModelFolderError
 from mmcaption.model.backbones import (
     add_lora,
     load_image_processor,
@@ -171,11 +172,11 @@ class MultimodalCausalLM(nn.Module):
         expected = self.multimodal_state_dict()
         unexpected, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
         if unexpected or missing:
-            raise ValueError(f"multimodal weights do not fit the model: unexpected {unexpected[:3]}, missing {missing[:3]}")
+            raise ConfigError(f"multimodal weights do not fit the model: unexpected {unexpected[:3]}, missing {missing[:3]}")
         with torch.no_grad():
             for key, value in state.items():
                 if expected[key].shape != value.shape:
-                    raise ValueError(f"{key}: saved {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
+                    raise ConfigError(f"{key}: saved {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
                 expected[key].copy_(value)
 
     @contextmanager
@@ -299,7 +300,7 @@ class MultimodalCausalLM(nn.Module):
         manifest = read_manifest(folder)
         differences = settings_diff(manifest["model"], self.config_dict(), saved_name="saved")
         if differences:
-            raise ValueError(f"the saved model {folder} does not match this model: " + "; ".join(differences))
+            raise ConfigError(f"the saved model {folder} does not match this model: " + "; ".join(differences))
         # A merged folder's LoRA is inside its language_model/; a model built on the base language model
         # (init_from a merged export) still needs the adapter, which every folder keeps.
         merged_in = manifest["merged"] and Path(self.config.language_model).resolve() == (folder / "language_model").resolve()
@@ -308,7 +309,7 @@ class MultimodalCausalLM(nn.Module):
             with self.plain_decoder_layers():
                 result = set_peft_model_state_dict(self.language_model, adapter)
             if result.unexpected_keys:
-                raise ValueError(f"{folder / 'adapter'} has weights this model lacks: {result.unexpected_keys[:3]}")
+                raise ConfigError(f"{folder / 'adapter'} has weights this model lacks: {result.unexpected_keys[:3]}")
         self.load_multimodal_state_dict(load_file(folder / "multimodal.safetensors"))
 
     def gate_values(self) -> dict[int, dict[str, float]]:
@@ -323,12 +324,12 @@ def _resolve_layer_indices(indices: list[int], num_layers: int) -> list[int]:
     resolved = []
     for index in indices:
         if not -num_layers <= index < num_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"cross_attention_layers has {index}, but the language model has {num_layers} decoder layers"
             )
         resolved.append(index % num_layers)
     if len(set(resolved)) != len(resolved):
-        raise ValueError(f"cross_attention_layers {indices} names a layer twice")
+        raise ConfigError(f"cross_attention_layers {indices} names a layer twice")
     return sorted(resolved)
 
 
@@ -353,7 +354,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
     folder = Path(folder)
     if not is_pretrained_folder(folder):
-        raise FileNotFoundError(f"{folder} is not a saved mmcaption model folder (no {CONFIG_FILE})")
+        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder (no {CONFIG_FILE})")
     return json.loads((folder / CONFIG_FILE).read_text())
 
 

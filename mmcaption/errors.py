@@ -1,0 +1,93 @@
+"""What can go wrong because of what a user gave: one base class, one way of reporting.
+
+Every error the user can fix (bad data, a checkpoint that does not fit, a setting that cannot work, a
+file that must not be overwritten, a folder that cannot be written) is an :class:`MMCaptionError`.
+The command-line tools print its message on one line and exit with status 2; anything else is a bug
+and keeps its traceback. ``MMCAPTION_TRACEBACK=1`` shows the traceback of user errors too, for bug
+reports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+USER_ERROR_EXIT = 2
+TRACEBACK_VARIABLE = "MMCAPTION_TRACEBACK"
+
+
+class MMCaptionError(Exception):
+    """A problem with the user's input, files or settings; its message names the file or setting."""
+
+
+class ConfigError(MMCaptionError, ValueError):
+    """Settings that cannot work together, or a value that cannot be used."""
+
+
+class NotAModelFolderError(MMCaptionError, FileNotFoundError):
+    """A folder given as a saved model that ``save_pretrained`` did not write."""
+
+
+class NonFiniteLossError(MMCaptionError, FloatingPointError):
+    """Training met a NaN or infinite loss (``model.on_nonfinite_loss: error``)."""
+
+
+class OutputExistsError(MMCaptionError, FileExistsError):
+    """A file or folder would be written over without the user asking for it."""
+
+
+class NotWritableError(MMCaptionError, PermissionError):
+    """A folder the run must write to cannot be written."""
+
+
+class FolderLockedError(MMCaptionError):
+    """Another run is writing to the same checkpoint folder."""
+
+
+class RunInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint it can be resumed from."""
+
+    def __init__(self, signum: int, checkpoint: str | None, step: int) -> None:
+        self.signum, self.checkpoint, self.step = signum, checkpoint, step
+        name = signal.Signals(signum).name
+        where = f"saved {checkpoint}" if checkpoint else "nothing saved"
+        resume = f"; resume by running the same command with --ckpt_path {checkpoint}" if checkpoint else ""
+        super().__init__(f"stopped by {name} at step {step}: {where}{resume}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process killed by the signal: 130, 143
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line. An error re-raised from a DataLoader worker carries the
+    worker's whole traceback in its message: keep the original message only."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+
+
+def user_errors_exit(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a console script: a user error prints ``error: <message>`` and exits 2, an interrupted run
+    prints how to resume and exits 130 / 143; everything else propagates with its traceback."""
+
+    @wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except RunInterrupted as interrupted:
+            print(str(interrupted), file=sys.stderr)
+            sys.exit(interrupted.exit_code)
+        except MMCaptionError as error:
+            if os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0"):
+                raise
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT)
+
+    return wrapper

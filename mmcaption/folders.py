@@ -1,0 +1,108 @@
+"""Folders a run writes: checked before any work starts, locked while a run writes them, and replaced
+whole (never file by file) when the user asks for that.
+
+- :func:`check_writable` creates a folder and writes a probe file in it, so a read-only mount or a
+  missing permission is found in the first seconds, not at the first checkpoint hours later.
+- :class:`FolderLock` keeps two runs from writing one checkpoint folder: the lock is an ``flock`` on
+  ``.mmcaption.lock`` in it, released by the operating system when the process ends however it ends
+  (a kill leaves no stale lock); the file names the holder's PID and command.
+- :func:`replace_folder` puts a folder written elsewhere (a temporary sibling) in place of another in
+  two renames: a reader never sees a half-written folder, and nothing of the old one is left in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from mmcaption.errors import FolderLockedError, NotWritableError, OutputExistsError
+
+LOCK_FILE = ".mmcaption.lock"
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` (and its parents) and write a probe file in it; refuse with a message naming
+    ``what`` the folder is for when that fails."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".mmcaption-probe-"):
+            pass
+    except OSError as error:
+        raise NotWritableError(f"cannot write {what} to {folder}: {error.strerror or error}") from None
+    return folder
+
+
+class FolderLock:
+    """An exclusive lock on a folder for this process's lifetime (re-entrant within the process)."""
+
+    _held: dict[Path, int] = {}  # folder -> open descriptor, per process
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).resolve()
+
+    @property
+    def path(self) -> Path:
+        return self.folder / LOCK_FILE
+
+    def acquire(self) -> None:
+        if self.folder in self._held:
+            return
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; the folder is not locked
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(descriptor, 1000).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise FolderLockedError(
+                f"{self.folder} is being written by another run (PID and command: {holder}); wait for it to end, or "
+                "give this run another checkpoint folder (the ModelCheckpoint callback's dirpath)"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()} {' '.join(sys.argv)}".encode())
+        self._held[self.folder] = descriptor
+
+    def release(self) -> None:
+        descriptor = self._held.pop(self.folder, None)
+        if descriptor is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(descriptor)
+
+
+def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str) -> Path:
+    """Refuse a ``folder`` that exists with something in it, unless ``overwrite``; refuse a file."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{what} {folder} is a file, not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{what} {folder} exists and is not empty; choose another folder, or replace it with {option}")
+    check_writable(folder.parent if folder.parent != folder else folder, what)
+    return folder
+
+
+def staging_folder(folder: str | Path) -> Path:
+    """An empty hidden sibling of ``folder`` to write into before :func:`replace_folder`."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+
+
+def replace_folder(staging: Path, folder: str | Path) -> Path:
+    """Put ``staging`` in place of ``folder`` (which may exist), leaving nothing of the old one."""
+    folder = Path(folder)
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.replace(folder, old / folder.name)
+    os.replace(staging, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder

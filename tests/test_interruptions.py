@@ -1,0 +1,362 @@
+"""Misuse and interruption: nothing a user wrote is destroyed, what they typed is honoured, a run is
+refused in its first seconds when it could not finish, and a user's error is one line."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback, LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mmcaption.callbacks import ResumableStop, ResumeError
+from mmcaption.checkpoint import load_checkpoint_file
+from mmcaption.cli import MMCaptionCLI, main, run_cli
+from mmcaption.data import CaptionDataModule, InstructDataModule
+from mmcaption.demo.synthetic import write_llava_split
+from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError, one_line
+from mmcaption.export import export_checkpoint
+from mmcaption.export import main as export_main
+from mmcaption.folders import FolderLock
+from mmcaption.model import MultimodalCausalLM
+from mmcaption.module import MultimodalCaptioner
+
+from .conftest import REPO, make_captioner
+from .test_predict_export import QUESTIONS, choice_data, predictor, write_csv
+from .test_resume import Payload
+
+
+def no_backbones(monkeypatch):
+    """Make loading the model fail the test: what is checked must be checked before it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbones were loaded before the check")
+    monkeypatch.setattr(MultimodalCausalLM, "from_config", refuse)
+
+
+def user_error(capsys, command, args) -> str:
+    """Run a console script's main; it must exit 2 with one ``error:`` line and no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        command(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
+# -- predict never destroys its input or an earlier output -------------------------------------------------
+
+
+def predict_args(checkpoint, csv_file, output, *extra) -> list[str]:
+    return ["predict", "--ckpt_path", str(checkpoint), "--data", "mmcaption.data.MultipleChoiceDataModule",
+            "--data.csv_file", str(csv_file), "--data.output", str(output), "--data.num_workers", "0",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", *extra]
+
+
+def test_predict_refuses_its_input_as_output_and_an_existing_output_before_loading_anything(
+    trained_checkpoint, image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS)
+    before = questions.read_bytes()
+    no_backbones(monkeypatch)
+
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, questions))
+    assert f"output {questions} is the input {questions}" in message
+    assert questions.read_bytes() == before  # the questions are intact
+    # asking to overwrite does not make the input a valid output
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, questions, "--data.overwrite", "true"))
+    assert "is the input" in message and questions.read_bytes() == before
+
+    earlier = tmp_path / "answers.csv"
+    earlier.write_text("my earlier results\n")
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, earlier))
+    assert f"output {earlier} exists" in message and "--data.overwrite true" in message
+    assert earlier.read_text() == "my earlier results\n"
+
+
+def test_predict_with_overwrite_replaces_the_output_and_reads_its_own_output_back(
+    backbones, trained_checkpoint, image_folder, tmp_path
+):
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS)
+    output = tmp_path / "answers.csv"
+    output.write_text("stale\n")
+    dm = choice_data(backbones, questions, output)
+    dm.overwrite = True
+    predictor(tmp_path).predict(module, datamodule=dm)
+    with output.open() as handle:
+        first = list(csv.DictReader(handle))
+    assert len(first) == 4 and first[0]["prediction"] in "ABCD" and first[0]["prediction"]
+    assert not list(tmp_path.glob(".answers.csv.partial*"))  # written beside it, then renamed
+
+    # the output, fed back as input (its images are relative to its folder, as the questions'), is read
+    # as questions: its result columns are replaced, not taken for answers or predictions
+    again = tmp_path / "again.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, output, again))
+    with again.open() as handle:
+        second = list(csv.DictReader(handle))
+    assert [r["prediction"] for r in second] == [r["prediction"] for r in first]
+    assert [r["correct"] for r in second] == [r["correct"] for r in first]
+    assert list(second[0]).count("prediction") == 1
+
+
+class InterruptAtBatch(Callback):
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == self.batch:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trained_checkpoint, image_folder, tmp_path):
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)  # 12 questions, 6 batches of 2
+    output = tmp_path / "answers.csv"
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tmp_path, callbacks=[InterruptAtBatch(2)])
+    with pytest.raises(SystemExit):  # Lightning's graceful shutdown on Ctrl-C
+        trainer.predict(module, datamodule=choice_data(backbones, questions, output))
+    with output.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and all(r["prediction"] for r in rows[:3])  # batches 0 and 1: 4 rows
+    summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
+    assert summary["rows"] == 4 and summary["interrupted"] == "KeyboardInterrupt"
+    assert not list(tmp_path.glob(".answers.csv.partial*"))
+
+
+# -- export never writes into a user's folder -------------------------------------------------------------
+
+
+def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(trained_checkpoint, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "README.md").write_text("my notes\n")
+    with monkeypatch.context() as patch:
+        no_backbones(patch)
+        message = user_error(capsys, export_main, [str(trained_checkpoint), str(folder)])
+    assert f"export folder {folder} exists and is not empty" in message and "--overwrite" in message
+    assert (folder / "README.md").read_text() == "my notes\n" and len(list(folder.iterdir())) == 1
+
+    export_main([str(trained_checkpoint), str(folder), "--merge", "--overwrite"])
+    assert (folder / "language_model").is_dir() and "my notes" not in (folder / "README.md").read_text()
+    export_main([str(trained_checkpoint), str(folder), "--overwrite"])  # a plain export over a merged one
+    assert not (folder / "language_model").exists()  # nothing of the old folder is left
+    assert not json.loads((folder / "mmcaption.json").read_text())["merged"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no staging folder left beside it
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_checkpoint(trained_checkpoint, empty)  # an empty folder is fine
+    assert (empty / "mmcaption.json").is_file()
+
+
+# -- --ckpt_path: what the user typed wins, structure cannot change --------------------------------------
+
+
+class ParseOnly(MMCaptionCLI):
+    """The CLI up to its run: parsed, classes built, checks done."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def parse(args) -> ParseOnly:
+    return ParseOnly(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, auto_configure_optimizers=False)
+
+
+def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_changes(
+    backbones, trained_checkpoint, image_folder, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.chdir(tmp_path)
+    data = ["--data", "mmcaption.data.CaptionPredictDataModule", "--data.images", str(image_folder), "--trainer.logger", "false"]
+    saved = load_checkpoint_file(trained_checkpoint)["hyper_parameters"]
+    assert saved["generation"] == {"max_new_tokens": 8}
+
+    with caplog.at_level("INFO"):
+        cli = parse(["predict", "--ckpt_path", str(trained_checkpoint), "--model.generation", '{"max_new_tokens": 2}', *data])
+    assert cli.model.generation == {"max_new_tokens": 2}  # given on the command line: kept
+    assert cli.model.config.lora_r == 4 and cli.model.config.language_model == str(backbones[0])  # the rest: the checkpoint's
+    assert "generation {'max_new_tokens': 2} (checkpoint: {'max_new_tokens': 8})" in caplog.text
+
+    cli = parse(["predict", "--ckpt_path", str(trained_checkpoint), *data])  # nothing given: the checkpoint's, silently
+    assert cli.model.generation == {"max_new_tokens": 8}
+
+    with pytest.raises(ConfigError, match=r"config\.lora_r: checkpoint 4, given 16"):
+        parse(["predict", "--ckpt_path", str(trained_checkpoint), "--model.config.lora_r", "16", *data])
+
+    fit = ["fit", "--ckpt_path", str(trained_checkpoint), "--model.on_nonfinite_loss", "skip", "--model.learning_rate", "0.001",
+           "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(tmp_path), "--trainer.logger", "false"]
+    cli = parse(fit)
+    assert cli.model.on_nonfinite_loss == "skip" and cli.model.learning_rate == 0.001
+
+
+def test_a_checkpoint_made_with_relative_backbone_paths_works_from_any_folder(backbones, coco_root, tmp_path, monkeypatch):
+    language_dir, vision_dir = backbones
+    monkeypatch.chdir(language_dir.parent)
+    module = make_captioner((Path(language_dir.name), Path(vision_dir.name)))
+    assert module.hparams["config"]["language_model"] == str(language_dir.resolve())
+    dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=language_dir.name,
+                           image_processor=vision_dir.name, batch_size=4, num_workers=0)
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "relative.ckpt")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = export_checkpoint(tmp_path / "relative.ckpt", "exported")
+    assert (elsewhere / "exported" / "mmcaption.json").is_file() and out == Path("exported")
+
+
+# -- resuming: the same stage, on the same data ------------------------------------------------------------
+
+
+def fit_trainer(folder: Path, steps: int) -> Trainer:
+    return Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=folder,
+                   callbacks=[ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0), ResumableStop()])
+
+
+def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_differs(backbones, coco_root, tmp_path):
+    coco = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    language_dir, vision_dir = backbones
+    names = dict(tokenizer=str(language_dir), image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    trainer = fit_trainer(tmp_path / "caption", steps=2)
+    trainer.fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names))
+    last = tmp_path / "caption" / "checkpoints" / "last.ckpt"
+    saved = load_checkpoint_file(last)
+    assert saved["global_step"] == 2  # the end of training is saved, not only validations
+    assert saved["training_data"]["stage"] == "caption" and saved["training_data"]["samples"] == 60
+
+    train = write_llava_split(tmp_path / "llava", coco, "train2017", seed=0)
+    instruct = InstructDataModule(train_file=str(train), val_fraction=0.25, image_root=str(coco), **names)
+    with pytest.raises(ResumeError, match=rf"{last} is a checkpoint of the caption stage, and this run trains the instruct stage.*"
+                                          rf"--model.init_from {last}"):
+        fit_trainer(tmp_path / "instruct", steps=4).fit(make_captioner(backbones), datamodule=instruct, ckpt_path=last)
+
+    # the same stage on data that lost two images since: refused, naming what changed, before any step
+    annotations = coco / "annotations" / "captions_train2017.json"
+    content = json.loads(annotations.read_text())
+    dropped = {image["id"] for image in content["images"][:2]}
+    content["images"] = content["images"][2:]
+    content["annotations"] = [a for a in content["annotations"] if a["image_id"] not in dropped]
+    annotations.write_text(json.dumps(content))
+    with pytest.raises(ResumeError, match=r"trained on other data or batches than this run's \(.*samples 60 -> 50"):
+        fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
+                                                       ckpt_path=last)
+
+
+# -- folders are checked, and locked, before anything loads ---------------------------------------------
+
+
+def fit_config(tmp_path: Path, coco_root: Path, dirpath: Path, log_dir: Path | None = None) -> list[str]:
+    config = {
+        "trainer": {"accelerator": "cpu", "max_steps": 1, "enable_progress_bar": False,
+                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": str(log_dir or tmp_path / "logs")}},
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(dirpath), "save_last": True}}]},
+        "data": {"class_path": "mmcaption.data.CaptionDataModule",
+                 "init_args": {"data_dir": str(coco_root), "cache_dir": str(tmp_path / "cache"), "num_workers": 0}},
+    }
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return ["fit", "--config", str(path)]
+
+
+def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(coco_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    no_backbones(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a folder cannot be made under a file, even by root (who may write anywhere else)
+    with pytest.raises(NotWritableError, match=rf"cannot write checkpoints to {blocker}/checkpoints"):
+        run_cli(fit_config(tmp_path, coco_root, blocker / "checkpoints"))
+    with pytest.raises(NotWritableError, match=rf"cannot write logs to {blocker}/logs"):
+        run_cli(fit_config(tmp_path, coco_root, tmp_path / "checkpoints", log_dir=blocker / "logs"))
+    if os.geteuid() != 0:  # permissions do not stop root
+        read_only = tmp_path / "read-only"
+        read_only.mkdir(mode=0o500)
+        with pytest.raises(NotWritableError, match="read-only"):
+            run_cli(fit_config(tmp_path, coco_root, read_only / "checkpoints"))
+
+
+HOLD_LOCK = """
+import sys, time
+from mmcaption.folders import FolderLock
+FolderLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_run_into_a_locked_checkpoint_folder_is_refused_naming_the_first(coco_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    no_backbones(monkeypatch)
+    folder = tmp_path / "checkpoints"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderLockedError, match=rf"{folder} is being written by another run \(PID and command: {first.pid} "):
+            run_cli(fit_config(tmp_path, coco_root, folder))
+    finally:
+        first.kill()
+        first.wait()
+    # the lock dies with its process, however it ends (here: SIGKILL): the folder is free again
+    lock = FolderLock(folder)
+    lock.acquire()
+    assert lock.path.read_text().startswith(f"{os.getpid()} ")
+    lock.release()
+    assert not lock.path.exists()
+
+
+# -- a user's error is one line, exit 2 --------------------------------------------------------------------
+
+
+def test_user_errors_are_one_line_with_exit_2_and_a_traceback_on_request(coco_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Payload()}}, bad)
+    message = user_error(capsys, main, ["predict", "--ckpt_path", str(bad), "--data", "mmcaption.data.CaptionPredictDataModule",
+                                        "--data.images", str(tmp_path)])
+    assert f"{bad}: refused" in message and "weights_only=False" not in message  # not PyTorch's advice
+
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, tmp_path / "c"), "--model.init_from", "nope.ckpt"])
+    assert "model.init_from nope.ckpt not found" in message
+
+    missing = tmp_path / "missing.csv"
+    message = user_error(capsys, main, ["prepare", "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(missing)])
+    assert "COCO annotation file not found" in message
+
+    monkeypatch.setenv("MMCAPTION_TRACEBACK", "1")  # for bug reports: the exception itself
+    with pytest.raises(ConfigError, match="model.init_from nope.ckpt not found"):
+        main([*fit_config(tmp_path, coco_root, tmp_path / "c"), "--model.init_from", "nope.ckpt"])
+
+
+def test_the_console_script_prints_one_line_for_an_unsafe_checkpoint(tmp_path):
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, bad)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "mmcaption", "predict", "--ckpt_path", str(bad), "--data",
+                             "mmcaption.data.CaptionPredictDataModule", "--data.images", str(tmp_path)],
+                            cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: refused")
+    assert "Traceback" not in result.stderr and "this ran" not in result.stdout
+
+
+def test_an_error_raised_in_a_data_loader_worker_is_reported_by_its_own_message():
+    wrapped = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\nmmcaption.data.records.DataError: data.json, record 3: no captions')
+    assert one_line(RuntimeError(wrapped)) == "data.json, record 3: no captions"
+    assert one_line(OutputExistsError("a\n  b")) == "a b"
