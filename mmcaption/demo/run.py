@@ -30,6 +30,7 @@ from mmcaption.demo.evaluation import (
 )
 from mmcaption.demo.synthetic import Scene, demo_corpus, write_coco_split, write_llava_split, write_multiple_choice_csv
 from mmcaption.demo.tiny import save_tiny_backbones
+from mmcaption.errors import user_errors_exit
 from mmcaption.pipeline import StageResult, run_pipeline
 
 DEMO_VERSION = 8
@@ -81,6 +82,7 @@ def scalar_series(log_dir: str | Path, tag: str) -> list[tuple[int, float]]:
     return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
+@user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     """The ``mmcaption-demo`` console script."""
     run_demo(argv)
