@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import MMCaptionError, RunInterrupted
@@ -144,6 +144,92 @@ class ResumableStop(Callback):
                 "repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
                 f"start a new run from its weights with --model.init_from {source}"
             )
+
+
+def run_label(trainer) -> str:
+    """What a training run is, for its progress lines: its logger's name (``caption``, ``demo-instruct``,
+    ``demo-instruct-scratch``), else its data module's stage."""
+    logger = trainer.logger
+    name = getattr(logger, "name", None) if logger is not None else None
+    return name or getattr(trainer.datamodule, "training_stage", "") or "training"
+
+
+class StageProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, with the run it belongs to and the epoch counted from 1 of all:
+    ``demo-caption: epoch 2/3`` instead of ``Epoch 1``."""
+
+    def on_train_epoch_start(self, trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        self.train_progress_bar.set_description(f"{run_label(trainer)}: epoch {trainer.current_epoch + 1}{epochs}")
+
+
+class PlainProgress(ProgressBar):
+    """Progress as plain lines, for output that is not a terminal (a log file, a pipe, a scheduler's
+    log): every ``every_seconds`` and at each validation, one line with the step, loss, rate and time
+    left, flushed at once. Bars redrawn with carriage returns would show nothing until a stage ends.
+    """
+
+    def __init__(self, every_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.every_seconds = every_seconds
+        self._enabled = True
+        self._start = self._last = 0.0
+        self._first_step = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = self._last = time.monotonic()
+        self._first_step = trainer.global_step
+        self._line(trainer, f"training starts at step {trainer.global_step} of {self._total(trainer)}")
+
+    def _total(self, trainer) -> int | str:
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        return int(total) if total != float("inf") else "?"
+
+    def _line(self, trainer, text: str) -> None:
+        if self._enabled and trainer.is_global_zero:
+            print(f"{run_label(trainer)}: {text}", flush=True)
+
+    def _status(self, trainer) -> str:
+        elapsed = time.monotonic() - self._start
+        done = trainer.global_step - self._first_step
+        rate = done / elapsed if elapsed > 0 else 0.0
+        total = self._total(trainer)
+        text = f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}/{total}"
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            text += f", loss {float(loss):.4f}"
+        text += f", {rate:.2f} steps/s"
+        if rate > 0 and isinstance(total, int):
+            text += f", {format_seconds((total - trainer.global_step) / rate)} left"
+        return text
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if time.monotonic() - self._last >= self.every_seconds:
+            self._last = time.monotonic()
+            self._line(trainer, self._status(trainer))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+        metrics = ", ".join(f"{k.removeprefix('val/')} {v:.4g}" for k, v in sorted(shown.items()))
+        self._line(trainer, f"validation at step {trainer.global_step}: {metrics}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._line(trainer, f"training done at step {trainer.global_step} in {format_seconds(time.monotonic() - self._start)}")
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 class PredictionWriter(BasePredictionWriter):

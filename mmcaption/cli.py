@@ -2,31 +2,107 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
+import logging
+import re
 import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import torch
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from transformers.utils import logging as hf_logging
 
-from mmcaption.callbacks import ResumableStop
+from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
 from mmcaption.checkpoint import AtomicCheckpointIO, load_checkpoint_file
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import ConfigError, RunInterrupted, user_errors_exit
+from mmcaption.errors import USER_ERROR_EXIT, ConfigError, RunInterrupted, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable
+from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
 from mmcaption.module import MultimodalCaptioner
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+class MMCaptionParser(LightningArgumentParser):
+    """LightningCLI's parser with short errors: the message, for a mistyped key the closest valid ones,
+    and where to see them all - instead of the whole usage (70 lines) above a one-line error."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # a parser whose caller handles the error (nested parsing)
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        lines = [f"error: {message.strip().splitlines()[0]}"]
+        detail = [line.strip() for line in message.splitlines()[1:] if "is not accepted" in line or "not a valid" in line]
+        lines += [f"  {line}" for line in detail[:2]]
+        for key, candidates in _unknown_keys(message, parser):
+            close = _closest(key, candidates)
+            if close:
+                lines.append(f"  --{key}: did you mean {' or '.join('--' + c for c in close)}?")
+        prog = parser.prog.replace(" [options]", "")
+        lines.append(f"tip: `{prog} --help` lists every setting; add --print_config to see the configuration in effect")
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.exit(USER_ERROR_EXIT)
+
+
+def _flat_keys(value: Any, prefix: str = "") -> list[str]:
+    if isinstance(value, dict) and value:
+        return [key for name, child in value.items() for key in _flat_keys(child, f"{prefix}{name}.")]
+    return [prefix.rstrip(".")]
+
+
+def _init_parameters(class_path: str) -> list[str]:
+    """The constructor arguments of a class and of the classes it passes ``**kwargs`` on to."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names = []
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names += [p.name for p in inspect.signature(klass.__init__).parameters.values()
+                      if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return list(dict.fromkeys(names))
+
+
+def _unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[str, list[str]]]:
+    """The keys a parse error is about, each with the valid keys it may have meant."""
+    known = _flat_keys(parser.get_defaults().as_dict())
+    found = [(key, known) for key in re.findall(r"--([\w.]+)", message.split("nrecognized arguments:", 1)[-1])
+             if "nrecognized arguments" in message]
+    found += [(key, known) for key in re.findall(r"does not accept option '([\w.]+)'", message)]
+    section = re.match(r'Parser key "(\w+)"', message.strip())
+    class_path = re.search(r"given class_path '([\w.]+)'", message)
+    if section and class_path:
+        parameters = _init_parameters(class_path.group(1))
+        found += [(f"{section.group(1)}.init_args.{option}", [f"{section.group(1)}.init_args.{p}" for p in parameters])
+                  for option in re.findall(r"Option '(\w+)' is not accepted", message)]
+    return found
+
+
+def _closest(key: str, candidates: list[str], n: int = 3) -> list[str]:
+    """Valid keys close to ``key``: by the whole key, and by its last part (``model.lora_rank`` ->
+    ``model.config.lora_r``)."""
+    by_name: dict[str, list[str]] = {}
+    for candidate in candidates:
+        by_name.setdefault(candidate.rsplit(".", 1)[-1], []).append(candidate)
+    names = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_name), n=n, cutoff=0.6)
+    close = difflib.get_close_matches(key, candidates, n=n, cutoff=0.75) + [c for name in names for c in by_name[name]]
+    return list(dict.fromkeys(close))[:n]
 
 
 class MMCaptionCLI(LightningCLI):
@@ -45,13 +121,35 @@ class MMCaptionCLI(LightningCLI):
         parser.link_arguments("model.config.vision_feature_layer", "data.init_args.vision_feature_layer")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if self.subcommand in ("predict", "validate"):
+            kwargs.setdefault("logger", False)  # their results are printed and written: no empty TensorBoard run
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_checkpoint_io(trainer)
         if not any(isinstance(callback, ResumableStop) for callback in trainer.callbacks):
             # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
             # list its own to change every_minutes
             trainer.callbacks.append(ResumableStop())
+        for index, callback in enumerate(trainer.callbacks):
+            if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's default: named bars, or plain lines
+                # off a terminal
+                trainer.callbacks[index] = StageProgressBar() if sys.stderr.isatty() else PlainProgress()
         return trainer
+
+    def before_instantiate_classes(self) -> None:
+        """Before anything is built: the accelerator asked for exists, and each backbone can be found."""
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        accelerator = config.trainer.get("accelerator")
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.accelerator is {accelerator!r}, and PyTorch sees no GPU on this machine (torch {torch.__version__}, "
+                "torch.cuda.is_available() is False). Run it where there is one, or add --trainer.accelerator cpu to try "
+                "it on the CPU (slow at the real shapes; mmcaption-demo trains the whole model offline in minutes)"
+            )
+        model = config.model.config
+        check_backbone(model.language_model, "model.config.language_model")
+        check_backbone(model.vision_model, "model.config.vision_model")
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``: the checkpoint's model settings, except those the user set.
@@ -100,9 +198,15 @@ class MMCaptionCLI(LightningCLI):
         if self.subcommand is None:
             return
         trainer = self.trainer
+        check_inputs = getattr(self.datamodule, "check_inputs", None)
+        if check_inputs is not None:
+            check_inputs(self.subcommand)
         if self.subcommand == "fit":
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                    if not Path(callback.dirpath).is_dir() or not any(Path(callback.dirpath).iterdir()):
+                        # Lightning would warn that the folder "exists and is not empty": only the lock is in it
+                        warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(callback.dirpath))} exists")
                     check_writable(callback.dirpath, "checkpoints")
                     if trainer.global_rank == 0:
                         FolderLock(callback.dirpath).acquire()
@@ -160,11 +264,48 @@ def install_atomic_checkpoint_io(trainer: Trainer) -> None:
         io.checkpoint_io = AtomicCheckpointIO()
 
 
+class _DropLines(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+# Warnings of the packages below mmcaption that say nothing a user of mmcaption can act on (each
+# checked against the versions pinned in pyproject.toml; a new one is worth reading before adding it).
+UNACTIONABLE_WARNINGS = (
+    re.escape("'set_vital' is deprecated"),  # torchdata 0.11 calls a deprecated torch function at every epoch
+    re.escape("`is_gradient_checkpointing` is deprecated"),  # peft asks transformers with the old name
+    re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),  # Lightning's pytree helper on newer torch
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen vision tower, on purpose
+)
+
+
+def filter_warnings() -> None:
+    """Inside a ``warnings.catch_warnings()`` block: drop :data:`UNACTIONABLE_WARNINGS`."""
+    for message in UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def quiet_lightning() -> None:
+    """Lightning's console lines that say nothing to a user of mmcaption: an advertisement for a cloud
+    logger, and the TPU line on machines without TPUs. The GPU line and everything else stays."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLines) for f in logger.filters):
+        logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "TPU available: False"))
+    hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
+
+
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
     """Run ``mmcaption`` with ``args`` (``sys.argv`` when None) and return the finished CLI."""
+    quiet_lightning()
     with warnings.catch_warnings():
         # torchdata 0.11 calls a deprecated torch function at every epoch; nothing a user can act on
-        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+        filter_warnings()
         return MMCaptionCLI(
             MultimodalCaptioner,
             LightningDataModule,
@@ -172,7 +313,28 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
             args=args,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            parser_class=MMCaptionParser,
         )
+
+
+class _CheckOnlyCLI(MMCaptionCLI):
+    """A command parsed, built and checked as it would be before running, and not run."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def check_command(args: list[str], run_checks: bool = True) -> None:
+    """Check a command of ``mmcaption`` without running it: its settings (typos get the closest valid
+    names) and, with ``run_checks``, what the command itself checks before loading anything
+    (accelerator, backbones, data files, folders). The pipeline checks its second stage this way
+    before the first starts; the demo checks the arguments it passes on before building its data."""
+    quiet_lightning()
+    with warnings.catch_warnings():
+        filter_warnings()
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
+        _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,
+                      auto_configure_optimizers=False, parser_class=MMCaptionParser)
 
 
 class _PrepareCLI(MMCaptionCLI):
@@ -187,10 +349,10 @@ def prepare(args: list[str]) -> int:
     feature cache) without loading the language model, and print what each split holds. Returns the
     exit status: 0, or 1 with the data error's message."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+        filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)  # argv minus 'prepare'
         cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,
-                          auto_configure_optimizers=False)
+                          auto_configure_optimizers=False, parser_class=MMCaptionParser)
     datamodule = cli.datamodule
     if not isinstance(datamodule, PreprocessedDataModule):
         raise ConfigError(f"{type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)")

@@ -17,7 +17,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmcaption.cli import MMCaptionCLI, run_cli
+from mmcaption.cli import MMCaptionCLI, check_command, run_cli
 from mmcaption.errors import user_errors_exit
 
 
@@ -39,9 +39,17 @@ def handoff_checkpoint(cli: MMCaptionCLI) -> str:
     return path
 
 
-def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = ()) -> list[StageResult]:
+def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = (), check: bool = True) -> list[StageResult]:
+    """Train both stages. With ``check``, the instruct stage is checked (settings, data files, folders)
+    before the caption stage starts: a missing LLaVA file is found in seconds, not after the caption
+    stage's hours (its ``init_from``, the caption stage's checkpoint, is not there yet)."""
+    if check:
+        check_command(["fit", "--config", instruct_config, *fit_args, "--model.init_from", "null"])
+    print(f"== stage 1, captions: mmcaption fit --config {caption_config} ==", flush=True)
     caption = run_cli(["fit", "--config", caption_config, *fit_args])
     caption_checkpoint = handoff_checkpoint(caption)
+    print(f"== stage 2, instructions: mmcaption fit --config {instruct_config} --model.init_from {caption_checkpoint} ==",
+          flush=True)
     instruct = run_cli(["fit", "--config", instruct_config, "--model.init_from", caption_checkpoint, *fit_args])
     return [
         StageResult("caption", caption, caption_checkpoint),

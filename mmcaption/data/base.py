@@ -14,13 +14,14 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
@@ -146,6 +147,22 @@ class PreprocessedDataModule(BackbonesDataModule):
     def write_split(self, split: str, folder: Path) -> Path:
         raise NotImplementedError
 
+    layout_hint = ""  # what a missing input's message adds about where inputs go
+
+    def input_paths(self, split: str) -> list[tuple[Path, str]]:
+        """The files and folders ``split`` is read from, each with what it is."""
+        return []
+
+    def check_inputs(self, stage: str = "fit") -> None:
+        """Refuse, in the first seconds of a run, an input of the splits ``stage`` reads that does not
+        exist (an annotation file, an image folder, a conversation file), before anything loads."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        splits = self.stage_splits()
+        for split in dict.fromkeys(splits[name] for name in wanted):
+            for path, what in self.input_paths(split):
+                if not path.exists():
+                    raise DataError(f"{what} not found: {path}{self.layout_hint}")
+
     def make_dataset(self, folder: Path) -> ImageTextDataset:
         raise NotImplementedError
 
@@ -201,7 +218,11 @@ class PreprocessedDataModule(BackbonesDataModule):
                 return folder
             rank_zero_warn(f"the preprocessed split {folder} is damaged ({problem}); rebuilding it")
             shutil.rmtree(folder)
-        return self.write_split(split, folder)
+        rank_zero_info(f"preprocessing split {split} into {folder} (once; later runs reuse it) ...")
+        start = time.perf_counter()
+        written = self.write_split(split, folder)
+        rank_zero_info(f"preprocessing split {split}: done in {time.perf_counter() - start:.0f} s")
+        return written
 
     def setup(self, stage: str) -> None:
         splits = self.stage_splits()

@@ -95,6 +95,15 @@ class CaptionDataModule(PreprocessedDataModule):
     def annotation_file(self, split: str) -> Path:
         return self.data_dir / "annotations" / f"captions_{split}.json"
 
+    layout_hint = " (the official layout is <data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
+
+    def input_paths(self, split: str) -> list[tuple[Path, str]]:
+        return [(self.annotation_file(split), "COCO annotation file"), (self.data_dir / split, "COCO image folder")]
+
+    def check_inputs(self, stage: str = "fit") -> None:
+        if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself
+            super().check_inputs(stage)
+
     def split_inputs(self, split: str) -> dict:
         if self.hub is not None:
             # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
@@ -185,6 +194,9 @@ class InstructDataModule(PreprocessedDataModule):
         if self.val_file is not None:
             return (self.train_file if split == "train" else self.val_file), None
         return self.train_file, split
+
+    def input_paths(self, split: str) -> list[tuple[Path, str]]:
+        return [(self._source(split)[0], "LLaVA conversation file"), (self.image_root, "image folder (image_root)")]
 
     def split_inputs(self, split: str) -> dict:
         file, side = self._source(split)

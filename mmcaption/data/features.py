@@ -16,7 +16,6 @@ from pathlib import Path
 import datasets
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from transformers import AutoImageProcessor
 
 from mmcaption.data.cache import damage, fingerprint, is_complete, load_table, publish_atomically, save_table
 from mmcaption.images import load_rgb
@@ -40,7 +39,7 @@ def write_image_features(
     split_folder: Path, vision_model: str, feature_layer: int | list[int], batch_size: int = 64, device: str | None = None
 ) -> Path:
     """Compute the features of every image of a preprocessed split (if not cached yet); returns their folder."""
-    from mmcaption.model.backbones import load_vision_model
+    from mmcaption.model.backbones import load_image_processor, load_vision_model
     from mmcaption.model.multimodal import feature_layers, select_features
 
     target = features_folder(split_folder, vision_model, feature_layer)
@@ -52,7 +51,7 @@ def write_image_features(
         shutil.rmtree(target)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     images = load_table(split_folder / "images")
-    processor = AutoImageProcessor.from_pretrained(vision_model)
+    processor = load_image_processor(vision_model)
     tower = load_vision_model(vision_model, device=device)
     if device != "cpu":
         tower = tower.half()
@@ -60,7 +59,8 @@ def write_image_features(
     tokens = (config.image_size // config.patch_size) ** 2 + 1
     width = config.hidden_size * len(feature_layers(feature_layer))
     schema = datasets.Features({"features": datasets.Array2D((tokens, width), "float16")})
-    rank_zero_info(f"Caching vision features of {len(images)} images of {split_folder.name} on {device} ...")
+    rank_zero_info(f"caching the vision tower's features of the {len(images)} images of {split_folder.name} on {device} "
+                   "(once; later runs reuse them) ...")
 
     def rows():
         for start in range(0, len(images), batch_size):

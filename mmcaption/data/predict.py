@@ -251,6 +251,9 @@ class CaptionPredictDataModule(_PredictDataModule):
     def input_files(self) -> list[Path]:
         return [Path(self.images)] if Path(self.images).is_file() else []
 
+    def check_inputs(self, stage: str = "predict") -> None:
+        find_images(self.images)
+
     def setup(self, stage: str) -> None:
         paths = find_images(self.images)
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
@@ -292,6 +295,10 @@ class MultipleChoiceDataModule(_PredictDataModule):
 
     def input_files(self) -> list[Path]:
         return [self.csv_file]
+
+    def check_inputs(self, stage: str = "predict") -> None:
+        if not self.csv_file.is_file():
+            raise DataError(f"multiple-choice CSV not found: {self.csv_file}")
 
     def read_rows(self) -> list[ChoiceQuestion]:
         return read_choice_csv(self.csv_file)

@@ -14,9 +14,12 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from mmcaption.cli import run_cli
+from mmcaption.callbacks import format_seconds
+from mmcaption.cli import check_command, run_cli
 from mmcaption.data.cache import is_complete, publish_atomically
 from mmcaption.data.predict import MultipleChoiceDataModule
 from mmcaption.demo.evaluation import (
@@ -30,7 +33,7 @@ from mmcaption.demo.evaluation import (
 )
 from mmcaption.demo.synthetic import Scene, demo_corpus, write_coco_split, write_llava_split, write_multiple_choice_csv
 from mmcaption.demo.tiny import save_tiny_backbones
-from mmcaption.errors import user_errors_exit
+from mmcaption.errors import OutputExistsError, user_errors_exit
 from mmcaption.pipeline import StageResult, run_pipeline
 
 DEMO_VERSION = 8
@@ -57,18 +60,32 @@ def prepare_demo_assets(
             return root
         shutil.rmtree(root)  # demo data written with other settings
     elif root.exists():
-        raise FileExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
+        raise OutputExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
     with publish_atomically(root) as staging:
-        write_coco_split(staging / "coco", "train2017", train_images, seed=seed)
-        write_coco_split(staging / "coco", "val2017", val_images, seed=seed, first_image_id=train_images + 1)
-        for split in ("train2017", "val2017"):
-            write_llava_split(staging / "llava", staging / "coco", split, seed=seed)
-        write_multiple_choice_csv(staging / "choice_val2017.csv", staging / "coco", "val2017", seed=seed)
-        save_tiny_backbones(
-            staging / "backbones", demo_corpus(seed), seed=seed, pretrain_steps=pretrain_steps, clip_steps=clip_steps
-        )
+        with phase(f"demo data: {train_images:,} training and {val_images:,} held-out images in the COCO layout"):
+            write_coco_split(staging / "coco", "train2017", train_images, seed=seed)
+            write_coco_split(staging / "coco", "val2017", val_images, seed=seed, first_image_id=train_images + 1)
+        with phase("demo data: conversations in the LLaVA layout, and a multiple-choice CSV"):
+            for split in ("train2017", "val2017"):
+                write_llava_split(staging / "llava", staging / "coco", split, seed=seed)
+            write_multiple_choice_csv(staging / "choice_val2017.csv", staging / "coco", "val2017", seed=seed)
+        with phase(f"demo backbones: a tiny language model ({pretrain_steps} pretraining steps) and a tiny CLIP "
+                   f"({clip_steps} contrastive steps), saved in Hugging Face format"):
+            save_tiny_backbones(
+                staging / "backbones", demo_corpus(seed), seed=seed, pretrain_steps=pretrain_steps, clip_steps=clip_steps
+            )
         (staging / "meta.json").write_text(json.dumps(settings))
     return root
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Say that a long phase starts, and when it is done, how long it took (flushed: a log file shows it
+    as it happens)."""
+    print(f"{name} ...", flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"{name}: done in {format_seconds(time.perf_counter() - start)}", flush=True)
 
 
 def scalar_series(log_dir: str | Path, tag: str) -> list[tuple[int, float]]:
@@ -102,19 +119,26 @@ def run_demo(argv: list[str] | None = None) -> dict:
     parser.add_argument("--caption", default=str(CONFIG_DIR / "demo" / "caption.yaml"), help="caption stage config")
     parser.add_argument("--instruct", default=str(CONFIG_DIR / "demo" / "instruct.yaml"), help="instruct stage config")
     args, fit_args = parser.parse_known_args(argv)
+    for name in ("language_steps", "clip_steps"):
+        if 0 < getattr(args, name) < 4:
+            parser.error(f"--{name} must be 0 (no pretraining) or at least 4")
 
+    for stage in (args.caption, args.instruct):  # a mistyped setting is found now, not after the data is built
+        check_command(["--config", stage, *fit_args], run_checks=False)
     start = time.perf_counter()
     root = prepare_demo_assets(args.root, args.seed, args.train_images, args.val_images, args.language_steps, args.clip_steps)
     caption, instruct = run_pipeline(args.caption, args.instruct, fit_args)
     scratch = None
     if not args.skip_scratch:  # the control: the same instruct stage without the caption stage's weights
+        print("== the control: the instruct stage from scratch, without the caption stage's weights ==", flush=True)
         scratch = run_cli([
             "fit", "--config", args.instruct, "--model.init_from", "null", "--trainer.enable_checkpointing", "false",
             "--trainer.callbacks", "[]", "--trainer.logger.init_args.name", "demo-instruct-scratch", *fit_args,
         ])
     training_time = time.perf_counter() - start
 
-    report = evaluate(root, caption, instruct, scratch, Path(args.report))
+    with phase("held-out evaluation: captions, answers and multiple choice, each with its blind control"):
+        report = evaluate(root, caption, instruct, scratch, Path(args.report))
     report["wall_time_s"] = time.perf_counter() - start
     report["training_time_s"] = training_time
     (Path(args.report) / "report.json").write_text(json.dumps(report, indent=2))

@@ -18,7 +18,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessor,
     CLIPModel,
     CLIPTextConfig,
     CLIPVisionConfig,
@@ -26,6 +25,9 @@ from transformers import (
     PhiConfig,
     PhiForCausalLM,
     PreTrainedTokenizerFast,
+)
+from transformers import (
+    CLIPImageProcessorPil as CLIPImageProcessor,
 )
 
 from mmcaption.collate import collate
@@ -88,6 +90,14 @@ def build_vision_model(
     return CLIPVisionModel(config), processor
 
 
+def warmup_share(steps: int, share: float) -> float:
+    """The warm-up share of a one-cycle schedule, at least two steps long (OneCycleLR divides by the
+    length of each phase: a share below two steps, as 5% of 20 steps, is a division by zero)."""
+    if steps < 4:
+        raise ValueError(f"pretraining needs at least 4 steps (or 0 to skip it), not {steps}")
+    return max(share, 2 / steps)
+
+
 def pretrain_language_model(
     model: PhiForCausalLM, sequences: list[list[int]], pad_token_id: int, steps: int = 1000,
     batch_size: int = 32, learning_rate: float = 3e-3, seed: int = 0,
@@ -99,7 +109,7 @@ def pretrain_language_model(
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=warmup_share(steps, 0.05))
     model.train()
     losses = []
     for _ in range(steps):
@@ -140,7 +150,7 @@ def train_clip_contrastively(
                           pad_token_id=tokenizer.pad_token_id)
     model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=hidden_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=warmup_share(steps, 0.1))
     losses = []
     model.train()
     for _ in range(steps):

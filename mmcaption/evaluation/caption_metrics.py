@@ -8,9 +8,13 @@ the PTB tokenizer treats plain captions: lower-cased, punctuation dropped.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
-from collections.abc import Hashable
+import sys
+import tempfile
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pycocoevalcap.bleu.bleu import Bleu
@@ -39,13 +43,37 @@ def _simple_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list
     return {key: [tokenize(c) for c in values] for key, values in captions.items()}
 
 
+@contextmanager
+def java_output_kept_back() -> Iterator[None]:
+    """The Java tools print progress ("PTBTokenizer tokenized 170 tokens at ...") and a warning for each
+    character they drop on the process's standard error, at every validation. Kept out of the console;
+    shown when the tool fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode(errors="replace")[-4000:])
+
+
 def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
     """PTB-tokenize ``{key: [caption, ...]}`` as the COCO evaluation does (plain fallback without Java)."""
     if not java_available():
         return _simple_tokenize(captions)
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    return PTBTokenizer().tokenize({key: [{"caption": c} for c in values] for key, values in captions.items()})
+    with java_output_kept_back():
+        return PTBTokenizer().tokenize({key: [{"caption": c} for c in values] for key, values in captions.items()})
 
 
 def caption_scores(
@@ -72,9 +100,11 @@ def caption_scores(
     if java_available():
         from pycocoevalcap.meteor.meteor import Meteor
 
-        scores["METEOR"] = float(Meteor().compute_score(refs, preds)[0])  # its Java process ends with it
+        with java_output_kept_back():
+            scores["METEOR"] = float(Meteor().compute_score(refs, preds)[0])  # its Java process ends with it
     if spice if spice is not None else spice_available():
         from pycocoevalcap.spice.spice import Spice
 
-        scores["SPICE"] = float(Spice().compute_score(refs, preds)[0])
+        with java_output_kept_back():
+            scores["SPICE"] = float(Spice().compute_score(refs, preds)[0])
     return scores

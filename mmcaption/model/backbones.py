@@ -7,8 +7,13 @@ model and its data can never disagree on them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import bitsandbytes as bnb
 import torch
+from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (
     AutoImageProcessor,
@@ -20,9 +25,47 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import is_torchvision_available
 
 from mmcaption.errors import ConfigError
 from mmcaption.model.config import DType, Quantization
+
+
+class BackboneNotFoundError(ConfigError):
+    """A backbone that is neither a local folder nor in the Hugging Face cache, and cannot be downloaded."""
+
+
+def download_hint(name: str) -> str:
+    return (f"download it first (`hf download {name}`, or `huggingface-cli download {name}` with an older "
+            "huggingface_hub), or set it to a local folder")
+
+
+def check_backbone(name: str, setting: str) -> None:
+    """Refuse, before anything loads, a backbone ``from_pretrained`` could not find: a local path that is
+    not a model folder, or a hub id that is not in the Hugging Face cache while the hub is offline
+    (``HF_HUB_OFFLINE=1``). Online, a hub id that is not cached is downloaded on first use."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "preprocessor_config.json").is_file():
+            raise BackboneNotFoundError(f"{setting} {name} is not a saved model folder (no config.json in it)")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise BackboneNotFoundError(f"{setting} {name}: no such folder")
+    if isinstance(try_to_load_from_cache(name, "config.json"), str) or not is_offline_mode():
+        return
+    raise BackboneNotFoundError(f"{setting} {name!r} is neither a local folder nor in the Hugging Face cache, and the hub "
+                                f"is offline (HF_HUB_OFFLINE is set): {download_hint(name)}")
+
+
+@contextmanager
+def naming_backbone(name: str, what: str) -> Iterator[None]:
+    """A backbone that cannot be found or downloaded fails with one message naming it, not transformers'
+    traceback ending in a connection error."""
+    try:
+        yield
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BackboneNotFoundError(f"cannot load the {what} {name!r}: {first}. {download_hint(name).capitalize()}") from error
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -65,12 +108,13 @@ def load_language_model(
     """
     config = quantization_config(quantization, compute_dtype)
     device_map = None if device is None else {"": torch.device(device)}
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path,
-        quantization_config=config,
-        dtype=torch.float32 if config is not None else torch_dtype(compute_dtype),
-        device_map=device_map,
-    )
+    with naming_backbone(name_or_path, "language model"):
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            quantization_config=config,
+            dtype=torch.float32 if config is not None else torch_dtype(compute_dtype),
+            device_map=device_map,
+        )
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for an inference-only
@@ -117,9 +161,18 @@ def add_lora(
     return get_peft_model(language_model, lora)
 
 
+class CLIPVisionTower(CLIPVisionModel):
+    """``CLIPVisionModel`` that knows a full CLIP checkpoint's text tower and projections are not its
+    own: they are skipped without a report (transformers would list each of them, 168 rows for a
+    ViT-B/32 checkpoint, at every load)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^visual_projection\.", r"^logit_scale$"]
+
+
 def load_vision_model(name_or_path: str, device: torch.device | str | None = None) -> CLIPVisionModel:
     """Load a frozen CLIP vision tower (from a full CLIP checkpoint or a vision-only one)."""
-    vision = CLIPVisionModel.from_pretrained(name_or_path, dtype=torch.float32)
+    with naming_backbone(name_or_path, "vision model"):
+        vision = CLIPVisionTower.from_pretrained(name_or_path, dtype=torch.float32)
     if device is not None:
         vision = vision.to(device)
     vision.requires_grad_(False)
@@ -128,7 +181,8 @@ def load_vision_model(name_or_path: str, device: torch.device | str | None = Non
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The language model's tokenizer; like Phi-2's, it may have no pad token (padding is masked)."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    with naming_backbone(name_or_path, "tokenizer of"):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -136,4 +190,6 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 def load_image_processor(name_or_path: str) -> BaseImageProcessor:
     """The vision tower's image processor (resize, crop, normalise), as it was trained with."""
-    return AutoImageProcessor.from_pretrained(name_or_path)
+    # without torchvision transformers falls back to the PIL backend, and warns; ask for it instead
+    with naming_backbone(name_or_path, "image processor of"):
+        return AutoImageProcessor.from_pretrained(name_or_path, **({} if is_torchvision_available() else {"backend": "pil"}))

@@ -1,0 +1,175 @@
+"""A new user's first hour: what they get wrong is found in seconds with one clear message, the
+terminal says what is happening and nothing else, and the end of training is saved."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mmcaption import pipeline
+from mmcaption.callbacks import ResumableStop
+from mmcaption.checkpoint import load_checkpoint_file
+from mmcaption.cli import main
+from mmcaption.data import CaptionDataModule, DataError
+from mmcaption.demo import prepare_demo_assets
+from mmcaption.demo.run import main as demo_main
+from mmcaption.model import MultimodalCausalLM
+
+from .conftest import REPO, make_captioner
+
+DEMO_CAPTION = str(REPO / "configs" / "demo" / "caption.yaml")
+DEMO_INSTRUCT = str(REPO / "configs" / "demo" / "instruct.yaml")
+
+
+def one_error(capsys, command, args) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        command(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbones were loaded before the check")
+    monkeypatch.setattr(MultimodalCausalLM, "from_config", refuse)
+
+
+def test_a_gpu_config_on_a_machine_without_one_says_so_and_how_to_try_it(tmp_path, monkeypatch, capsys, nothing_loads):
+    monkeypatch.chdir(tmp_path)
+    err = one_error(capsys, main, ["fit", "--config", str(REPO / "configs" / "caption.yaml")])
+    assert err.count("\n") <= 2
+    assert "trainer.accelerator is 'gpu', and PyTorch sees no GPU on this machine" in err
+    assert "--trainer.accelerator cpu" in err and "mmcaption-demo" in err
+
+
+def test_a_backbone_that_is_not_downloaded_is_named_with_the_download_command(backbones, tmp_path, monkeypatch, capsys,
+                                                                             nothing_loads):
+    monkeypatch.chdir(tmp_path)  # the tests run offline (HF_HUB_OFFLINE=1): a message, never a download
+    err = one_error(capsys, main, ["fit", "--config", str(REPO / "configs" / "caption.yaml"), "--trainer.accelerator", "cpu",
+                                   "--model.config.language_model", "someone/not-downloaded"])
+    assert "model.config.language_model 'someone/not-downloaded' is neither a local folder nor in the Hugging Face cache" in err
+    assert "hf download someone/not-downloaded" in err
+    err = one_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--model.config.language_model", str(backbones[0]),
+                                   "--model.config.vision_model", "no/such/folder"])
+    assert "model.config.vision_model no/such/folder: no such folder" in err
+
+
+def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO_CAPTION, "--model.lora_rank", "8"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model.lora_rank: did you mean --model.config.lora_r" in err
+    assert len(err.strip().splitlines()) <= 4  # not the 70-line usage
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO_CAPTION, "--data.init_args.batch_sise", "8"])
+    assert "did you mean --data.init_args.batch_size" in capsys.readouterr().err
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  config:\n    lora_rnk: 4\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO_CAPTION, "--config", str(typo)])
+    assert "--model.config.lora_rnk: did you mean --model.config.lora_r" in capsys.readouterr().err
+
+
+def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main(["--model.config.lora_rnk", "4"])
+    assert exit_info.value.code == 2
+    assert "did you mean --model.config.lora_r" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main(["--language_steps", "2"])  # was a ZeroDivisionError once the data was built
+    assert exit_info.value.code == 2 and "--language_steps must be 0 (no pretraining) or at least 4" in capsys.readouterr().err
+    assert not (tmp_path / "demo_data").exists()
+
+
+def test_the_pipeline_checks_the_instruct_data_before_the_caption_stage_starts(tmp_path, monkeypatch, nothing_loads):
+    prepare_demo_assets(tmp_path / "demo_data", train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo_data" / "llava" / "instruct_train2017.json").unlink()
+
+    def no_stage(args):
+        raise AssertionError("a stage started before the instruct stage was checked")
+    monkeypatch.setattr(pipeline, "run_cli", no_stage)
+    with pytest.raises(DataError, match=r"LLaVA conversation file not found: demo_data/llava/instruct_train2017\.json"):
+        pipeline.run_pipeline(DEMO_CAPTION, DEMO_INSTRUCT)
+
+
+def test_last_ckpt_holds_the_last_step_also_after_the_last_validation(backbones, coco_root, tmp_path):
+    dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                           image_processor=str(backbones[1]), batch_size=4, num_workers=0)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/loss", save_last=True)
+    trainer = Trainer(accelerator="cpu", max_steps=5, val_check_interval=2, check_val_every_n_epoch=None, logger=False,
+                      limit_val_batches=1, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[checkpoints, ResumableStop()])
+    trainer.fit(make_captioner(backbones), datamodule=dm)
+    assert load_checkpoint_file(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 5  # validations at 2 and 4 only
+
+
+NOISE = [
+    "LOAD REPORT", "UNEXPECTED", "kernels-community", "Tip: For seamless cloud logging", "TPU available",
+    "requires torchvision", "set_vital", "Traceback",
+]
+
+
+@pytest.mark.slow
+def test_a_short_fit_prints_what_happens_and_no_known_noise(tmp_path):
+    prepare_demo_assets(tmp_path / "demo_data", train_images=16, val_images=4, pretrain_steps=0, clip_steps=0)
+    overrides = tmp_path / "short.yaml"
+    overrides.write_text(yaml.safe_dump({"trainer": {"max_steps": 4, "val_check_interval": 2, "limit_val_batches": 1,
+                                                     "check_val_every_n_epoch": 1, "log_every_n_steps": 1},
+                                         "data": {"init_args": {"num_workers": 0}}}))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CAPTION, "--config", str(overrides)],
+                            cwd=tmp_path, capture_output=True, text=True, env=env)  # not a terminal: plain lines
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    found = {pattern: [line for line in lines if pattern in line] for pattern in NOISE}
+    assert not any(found.values()), {k: v[:2] for k, v in found.items() if v}
+    text = "\n".join(lines)
+    assert re.search(r"preprocessing split train2017 into .* \.\.\.", text)  # each long phase is named
+    assert "demo-caption: training starts at step 0 of 4" in text
+    assert re.search(r"demo-caption: validation at step 2: .*loss", text)
+    assert "demo-caption: training done at step 4" in text
+    assert len(lines) <= 60, "\n".join(lines)
+    assert not (tmp_path / "lightning_logs" / "demo-caption" / "version_1").exists()
+    assert load_checkpoint_file(tmp_path / "checkpoints" / "demo-caption" / "last.ckpt")["global_step"] == 4
+
+
+def test_predict_and_validate_write_no_tensorboard_run(tmp_path, monkeypatch):
+    from mmcaption.cli import MMCaptionCLI
+    from mmcaption.module import MultimodalCaptioner
+
+    class Built(MMCaptionCLI):
+        def _run_subcommand(self, subcommand):
+            pass
+
+        def after_instantiate_classes(self):
+            pass
+
+        def before_instantiate_classes(self):
+            pass
+
+    from lightning.pytorch import LightningDataModule
+
+    monkeypatch.chdir(tmp_path)
+    for subcommand in ("predict", "validate"):
+        cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
+                    args=[subcommand, "--config", DEMO_CAPTION])
+        assert cli.trainer.logger is None, subcommand
+    cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
+                args=["fit", "--config", DEMO_CAPTION])
+    assert cli.trainer.logger is not None
+    assert not Path("lightning_logs").exists()
