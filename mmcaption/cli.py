@@ -28,7 +28,7 @@ from mmcaption.checkpoint import AtomicCheckpointIO, load_checkpoint_file
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import USER_ERROR_EXIT, ConfigError, RunInterrupted, user_errors_exit
-from mmcaption.folders import FolderLock, check_writable
+from mmcaption.folders import FolderLock, check_writable, locks_released_after
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
 from mmcaption.module import MultimodalCaptioner
@@ -303,8 +303,7 @@ def quiet_lightning() -> None:
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
     """Run ``mmcaption`` with ``args`` (``sys.argv`` when None) and return the finished CLI."""
     quiet_lightning()
-    with warnings.catch_warnings():
-        # torchdata 0.11 calls a deprecated torch function at every epoch; nothing a user can act on
+    with warnings.catch_warnings(), locks_released_after():
         filter_warnings()
         return MMCaptionCLI(
             MultimodalCaptioner,
@@ -330,7 +329,7 @@ def check_command(args: list[str], run_checks: bool = True) -> None:
     (accelerator, backbones, data files, folders). The pipeline checks its second stage this way
     before the first starts; the demo checks the arguments it passes on before building its data."""
     quiet_lightning()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), locks_released_after():
         filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
         _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,

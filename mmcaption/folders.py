@@ -16,6 +16,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mmcaption.errors import FolderLockedError, NotWritableError, OutputExistsError
@@ -75,6 +77,23 @@ class FolderLock:
         if descriptor is not None:
             self.path.unlink(missing_ok=True)
             os.close(descriptor)
+
+    @classmethod
+    def held(cls) -> set[Path]:
+        """The folders this process holds locks on."""
+        return set(cls._held)
+
+
+@contextmanager
+def locks_released_after() -> Iterator[None]:
+    """Release, when the block ends however it ends, the folder locks taken inside it (a run's locks end
+    with the run, also when several runs follow each other in one process)."""
+    before = FolderLock.held()
+    try:
+        yield
+    finally:
+        for folder in FolderLock.held() - before:
+            FolderLock(folder).release()
 
 
 def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str) -> Path:

@@ -13,6 +13,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist each worker takes its share of the cores (its subprocesses too), rather than every
+# worker starting a thread per core and all of them fighting over the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 from mmcaption.demo.synthetic import demo_corpus, write_coco_split  # noqa: E402
 from mmcaption.demo.tiny import save_tiny_backbones  # noqa: E402

@@ -24,7 +24,7 @@ from mmcaption.data.records import BadRecords, DataError
 from mmcaption.demo.synthetic import write_coco_split, write_llava_split
 
 EXAMPLES = 300
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                                                HealthCheck.too_slow])
 
 json_values = st.recursive(

@@ -108,6 +108,7 @@ def assert_resume_repeats_the_straight_run(workdir: Path, straight_steps: dict, 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("resume")  # shares the module's uninterrupted run
 def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_batches_and_losses(straight):
     workdir, straight_steps = straight
     last = workdir / "checkpoints-killed" / "last.ckpt"
@@ -121,6 +122,7 @@ def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_batches_and_los
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("resume")
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_or_ctrl_c_mid_epoch_saves_exits_non_zero_and_resumes_exactly(straight, signum, exit_code):
     workdir, straight_steps = straight

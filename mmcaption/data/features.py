@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import datasets
@@ -61,6 +62,7 @@ def write_image_features(
     schema = datasets.Features({"features": datasets.Array2D((tokens, width), "float16")})
     rank_zero_info(f"caching the vision tower's features of the {len(images)} images of {split_folder.name} on {device} "
                    "(once; later runs reuse them) ...")
+    start = time.perf_counter()
 
     def rows():
         for start in range(0, len(images), batch_size):
@@ -81,6 +83,7 @@ def write_image_features(
         (staging / "meta.json").write_text(json.dumps(
             {"vision_model": vision_model, "feature_layer": feature_layer, "dtype": "float16",
              "shape": [tokens, width], "images": len(table)}, indent=2))
+    rank_zero_info(f"caching the vision tower's features of {split_folder.name}: done in {time.perf_counter() - start:.0f} s")
     return target
 
 

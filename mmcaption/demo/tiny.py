@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -90,6 +92,11 @@ def build_vision_model(
     return CLIPVisionModel(config), processor
 
 
+def steps_bar(steps: int, name: str) -> Iterable[int]:
+    """``range(steps)`` with a progress bar on a terminal (in a log file, the demo's phase lines say it)."""
+    return tqdm(range(steps), desc=name, unit="step", disable=not sys.stderr.isatty(), leave=False)
+
+
 def warmup_share(steps: int, share: float) -> float:
     """The warm-up share of a one-cycle schedule, at least two steps long (OneCycleLR divides by the
     length of each phase: a share below two steps, as 5% of 20 steps, is a division by zero)."""
@@ -112,7 +119,7 @@ def pretrain_language_model(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=warmup_share(steps, 0.05))
     model.train()
     losses = []
-    for _ in range(steps):
+    for _ in steps_bar(steps, "tiny language model: text-only pretraining"):
         picks = torch.randint(len(sequences), (batch_size,), generator=generator).tolist()
         batch = collate([{"input_ids": torch.tensor(sequences[i]), "labels": torch.tensor(sequences[i])} for i in picks], pad_token_id)
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
@@ -153,7 +160,7 @@ def train_clip_contrastively(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=warmup_share(steps, 0.1))
     losses = []
     model.train()
-    for _ in range(steps):
+    for _ in steps_bar(steps, "tiny CLIP: contrastive pretraining"):
         if hard_negatives:  # half the batch: each scene's twin with one shape changed
             scenes = [random_scene(rng) for _ in range(batch_size // 2)]
             scenes += [shape_twin(scene, rng) for scene in scenes]
