@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
@@ -10,6 +11,7 @@ import re
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -323,13 +325,27 @@ class _CheckOnlyCLI(MMCaptionCLI):
         pass
 
 
+@contextlib.contextmanager
+def lightning_info_hidden() -> Iterator[None]:
+    """Lightning's info lines ("Seed set to 0", "GPU available: ...") belong to the run, not to its check."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def check_command(args: list[str], run_checks: bool = True) -> None:
     """Check a command of ``mmcaption`` without running it: its settings (typos get the closest valid
     names) and, with ``run_checks``, what the command itself checks before loading anything
     (accelerator, backbones, data files, folders). The pipeline checks its second stage this way
     before the first starts; the demo checks the arguments it passes on before building its data."""
     quiet_lightning()
-    with warnings.catch_warnings(), locks_released_after():
+    with warnings.catch_warnings(), locks_released_after(), lightning_info_hidden():
         filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
         _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,

@@ -13,10 +13,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Under pytest-xdist each worker takes its share of the cores (its subprocesses too), rather than every
-# worker starting a thread per core and all of them fighting over the same cores.
+# Under pytest-xdist each worker takes its share of the cores (its subprocesses too, through the
+# environment), rather than every worker starting a thread per core: OpenMP threads that outnumber the
+# cores spin against each other, and two such processes on two cores ran six times slower, not two.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from mmcaption.demo.synthetic import demo_corpus, write_coco_split  # noqa: E402
 from mmcaption.demo.tiny import save_tiny_backbones  # noqa: E402
@@ -103,3 +106,9 @@ def trained_checkpoint(backbones, coco_root, tmp_path_factory) -> Path:
     trainer.fit(module, datamodule=dm)
     trainer.save_checkpoint(tmp / "caption.ckpt")
     return tmp / "caption.ckpt"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end runs first: on several processes the long ones then run beside the short ones
+    instead of alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -3,11 +3,13 @@ terminal says what is happening and nothing else, and the end of training is sav
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -22,18 +24,10 @@ from mmcaption.demo.run import main as demo_main
 from mmcaption.model import MultimodalCausalLM
 
 from .conftest import REPO, make_captioner
+from .test_interruptions import user_error
 
 DEMO_CAPTION = str(REPO / "configs" / "demo" / "caption.yaml")
 DEMO_INSTRUCT = str(REPO / "configs" / "demo" / "instruct.yaml")
-
-
-def one_error(capsys, command, args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        command(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.fixture
@@ -45,8 +39,7 @@ def nothing_loads(monkeypatch):
 
 def test_a_gpu_config_on_a_machine_without_one_says_so_and_how_to_try_it(tmp_path, monkeypatch, capsys, nothing_loads):
     monkeypatch.chdir(tmp_path)
-    err = one_error(capsys, main, ["fit", "--config", str(REPO / "configs" / "caption.yaml")])
-    assert err.count("\n") <= 2
+    err = user_error(capsys, main, ["fit", "--config", str(REPO / "configs" / "caption.yaml")])
     assert "trainer.accelerator is 'gpu', and PyTorch sees no GPU on this machine" in err
     assert "--trainer.accelerator cpu" in err and "mmcaption-demo" in err
 
@@ -54,11 +47,11 @@ def test_a_gpu_config_on_a_machine_without_one_says_so_and_how_to_try_it(tmp_pat
 def test_a_backbone_that_is_not_downloaded_is_named_with_the_download_command(backbones, tmp_path, monkeypatch, capsys,
                                                                              nothing_loads):
     monkeypatch.chdir(tmp_path)  # the tests run offline (HF_HUB_OFFLINE=1): a message, never a download
-    err = one_error(capsys, main, ["fit", "--config", str(REPO / "configs" / "caption.yaml"), "--trainer.accelerator", "cpu",
+    err = user_error(capsys, main, ["fit", "--config", str(REPO / "configs" / "caption.yaml"), "--trainer.accelerator", "cpu",
                                    "--model.config.language_model", "someone/not-downloaded"])
     assert "model.config.language_model 'someone/not-downloaded' is neither a local folder nor in the Hugging Face cache" in err
     assert "hf download someone/not-downloaded" in err
-    err = one_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--model.config.language_model", str(backbones[0]),
+    err = user_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--model.config.language_model", str(backbones[0]),
                                    "--model.config.vision_model", "no/such/folder"])
     assert "model.config.vision_model no/such/folder: no such folder" in err
 
@@ -173,3 +166,28 @@ def test_predict_and_validate_write_no_tensorboard_run(tmp_path, monkeypatch):
                 args=["fit", "--config", DEMO_CAPTION])
     assert cli.trainer.logger is not None
     assert not Path("lightning_logs").exists()
+
+
+def test_the_vision_tower_loads_the_checkpoints_weights_without_a_load_report(tmp_path, capsys, caplog):
+    from safetensors.torch import load_file, save_file
+
+    from mmcaption.demo.synthetic import demo_corpus
+    from mmcaption.demo.tiny import save_tiny_backbones
+    from mmcaption.errors import ConfigError
+    from mmcaption.model.backbones import load_vision_model
+
+    # a full CLIP checkpoint (text tower and projections too), as openai/clip-vit-base-patch32 and the demo's
+    _, vision_dir = save_tiny_backbones(tmp_path / "backbones", demo_corpus(seed=0, num_scenes=50), seed=0, clip_steps=4)
+    saved = load_file(vision_dir / "model.safetensors")
+    assert any(key.startswith("text_model.") for key in saved)
+    capsys.readouterr()
+    tower = load_vision_model(str(vision_dir))
+    for key, value in tower.state_dict().items():  # the checkpoint's weights, not a fresh initialisation
+        assert torch.equal(value, saved.get(f"vision_model.{key}", saved.get(key))), key
+    assert "LOAD REPORT" not in capsys.readouterr().err + caplog.text
+
+    broken = tmp_path / "broken"  # a tower whose weights are missing: refused, not trained on noise
+    shutil.copytree(vision_dir, broken)
+    save_file({k: v for k, v in saved.items() if "layers.1." not in k}, broken / "model.safetensors")
+    with pytest.raises(ConfigError, match=r"vision model .*broken: the checkpoint lacks \d+ of the tower's weights"):
+        load_vision_model(str(broken))

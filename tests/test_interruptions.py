@@ -192,7 +192,7 @@ def lightning_log():
 
 
 def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_changes(
-    backbones, trained_checkpoint, image_folder, tmp_path, monkeypatch
+    backbones, trained_checkpoint, image_folder, coco_root, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
     data = ["--data", "mmcaption.data.CaptionPredictDataModule", "--data.images", str(image_folder), "--trainer.logger", "false"]
@@ -212,7 +212,7 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
         parse(["predict", "--ckpt_path", str(trained_checkpoint), "--model.config.lora_r", "16", *data])
 
     fit = ["fit", "--ckpt_path", str(trained_checkpoint), "--model.on_nonfinite_loss", "skip", "--model.learning_rate", "0.001",
-           "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(tmp_path), "--trainer.logger", "false"]
+           "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(coco_root), "--trainer.logger", "false"]
     cli = parse(fit)
     assert cli.model.on_nonfinite_loss == "skip" and cli.model.learning_rate == 0.001
 
@@ -277,13 +277,15 @@ def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_diff
 # -- folders are checked, and locked, before anything loads ---------------------------------------------
 
 
-def fit_config(tmp_path: Path, coco_root: Path, dirpath: Path, log_dir: Path | None = None) -> list[str]:
+def fit_config(tmp_path: Path, coco_root: Path, backbones, dirpath: Path, log_dir: Path | None = None) -> list[str]:
     config = {
         "trainer": {"accelerator": "cpu", "max_steps": 1, "enable_progress_bar": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                "init_args": {"save_dir": str(log_dir or tmp_path / "logs")}},
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(dirpath), "save_last": True}}]},
+        "model": {"config": {"language_model": str(backbones[0]), "vision_model": str(backbones[1]),
+                             "cross_attention_layers": [-2, -1], "lora_r": 4, "lora_alpha": 8}},
         "data": {"class_path": "mmcaption.data.CaptionDataModule",
                  "init_args": {"data_dir": str(coco_root), "cache_dir": str(tmp_path / "cache"), "num_workers": 0}},
     }
@@ -292,20 +294,20 @@ def fit_config(tmp_path: Path, coco_root: Path, dirpath: Path, log_dir: Path | N
     return ["fit", "--config", str(path)]
 
 
-def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(coco_root, tmp_path, monkeypatch):
+def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones, coco_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     no_backbones(monkeypatch)
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a folder cannot be made under a file, even by root (who may write anywhere else)
     with pytest.raises(NotWritableError, match=rf"cannot write checkpoints to {blocker}/checkpoints"):
-        run_cli(fit_config(tmp_path, coco_root, blocker / "checkpoints"))
+        run_cli(fit_config(tmp_path, coco_root, backbones, blocker / "checkpoints"))
     with pytest.raises(NotWritableError, match=rf"cannot write logs to {blocker}/logs"):
-        run_cli(fit_config(tmp_path, coco_root, tmp_path / "checkpoints", log_dir=blocker / "logs"))
+        run_cli(fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints", log_dir=blocker / "logs"))
     if os.geteuid() != 0:  # permissions do not stop root
         read_only = tmp_path / "read-only"
         read_only.mkdir(mode=0o500)
         with pytest.raises(NotWritableError, match="read-only"):
-            run_cli(fit_config(tmp_path, coco_root, read_only / "checkpoints"))
+            run_cli(fit_config(tmp_path, coco_root, backbones, read_only / "checkpoints"))
 
 
 HOLD_LOCK = """
@@ -317,7 +319,7 @@ time.sleep(120)
 """
 
 
-def test_a_second_run_into_a_locked_checkpoint_folder_is_refused_naming_the_first(coco_root, tmp_path, monkeypatch):
+def test_a_second_run_into_a_locked_checkpoint_folder_is_refused_naming_the_first(backbones, coco_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     no_backbones(monkeypatch)
     folder = tmp_path / "checkpoints"
@@ -326,7 +328,7 @@ def test_a_second_run_into_a_locked_checkpoint_folder_is_refused_naming_the_firs
     try:
         assert first.stdout.readline().strip() == "locked"
         with pytest.raises(FolderLockedError, match=rf"{folder} is being written by another run \(PID and command: {first.pid} "):
-            run_cli(fit_config(tmp_path, coco_root, folder))
+            run_cli(fit_config(tmp_path, coco_root, backbones, folder))
     finally:
         first.kill()
         first.wait()
@@ -341,7 +343,7 @@ def test_a_second_run_into_a_locked_checkpoint_folder_is_refused_naming_the_firs
 # -- a user's error is one line, exit 2 --------------------------------------------------------------------
 
 
-def test_user_errors_are_one_line_with_exit_2_and_a_traceback_on_request(coco_root, tmp_path, monkeypatch, capsys):
+def test_user_errors_are_one_line_with_exit_2_and_a_traceback_on_request(backbones, coco_root, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"x": Payload()}}, bad)
@@ -349,7 +351,7 @@ def test_user_errors_are_one_line_with_exit_2_and_a_traceback_on_request(coco_ro
                                         "--data.images", str(tmp_path)])
     assert f"{bad}: refused" in message and "weights_only=False" not in message  # not PyTorch's advice
 
-    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, tmp_path / "c"), "--model.init_from", "nope.ckpt"])
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--model.init_from", "nope.ckpt"])
     assert "model.init_from nope.ckpt not found" in message
 
     missing = tmp_path / "missing.csv"
@@ -358,7 +360,7 @@ def test_user_errors_are_one_line_with_exit_2_and_a_traceback_on_request(coco_ro
 
     monkeypatch.setenv("MMCAPTION_TRACEBACK", "1")  # for bug reports: the exception itself
     with pytest.raises(ConfigError, match="model.init_from nope.ckpt not found"):
-        main([*fit_config(tmp_path, coco_root, tmp_path / "c"), "--model.init_from", "nope.ckpt"])
+        main([*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--model.init_from", "nope.ckpt"])
 
 
 def test_the_console_script_prints_one_line_for_an_unsafe_checkpoint(tmp_path):

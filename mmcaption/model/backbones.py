@@ -7,6 +7,9 @@ model and its data can never disagree on them.
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,18 +164,40 @@ def add_lora(
     return get_peft_model(language_model, lora)
 
 
-class CLIPVisionTower(CLIPVisionModel):
-    """``CLIPVisionModel`` that knows a full CLIP checkpoint's text tower and projections are not its
-    own: they are skipped without a report (transformers would list each of them, 168 rows for a
-    ViT-B/32 checkpoint, at every load)."""
+# What a full CLIP checkpoint holds besides the vision tower: unused here by design.
+_CLIP_TEXT_SIDE = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)")
 
-    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^visual_projection\.", r"^logit_scale$"]
+
+class _LoadReportHidden(logging.Filter):
+    """Drops transformers' LOAD REPORT (its table lists each of a full CLIP checkpoint's 168 text-tower
+    keys at every load); :func:`load_vision_model` checks the loading information itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
 
 
 def load_vision_model(name_or_path: str, device: torch.device | str | None = None) -> CLIPVisionModel:
-    """Load a frozen CLIP vision tower (from a full CLIP checkpoint or a vision-only one)."""
-    with naming_backbone(name_or_path, "vision model"):
-        vision = CLIPVisionTower.from_pretrained(name_or_path, dtype=torch.float32)
+    """Load a frozen CLIP vision tower (from a full CLIP checkpoint or a vision-only one).
+
+    A tower with weights missing from the checkpoint (or of other shapes) is refused: it would turn
+    images into noise without a word. The text side of a full CLIP checkpoint is skipped silently."""
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    hidden = _LoadReportHidden()
+    report_logger.addFilter(hidden)
+    try:
+        with naming_backbone(name_or_path, "vision model"):
+            vision, info = CLIPVisionModel.from_pretrained(name_or_path, dtype=torch.float32, output_loading_info=True)
+    finally:
+        report_logger.removeFilter(hidden)
+    missing, mismatched = sorted(info.get("missing_keys") or []), sorted(map(str, info.get("mismatched_keys") or []))
+    if missing or mismatched:
+        raise ConfigError(f"vision model {name_or_path}: the checkpoint lacks {len(missing)} of the tower's weights "
+                          f"(e.g. {missing[:3]}) and has {len(mismatched)} of other shapes (e.g. {mismatched[:3]}): "
+                          "is it a CLIP model?")
+    unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not _CLIP_TEXT_SIDE.match(k))
+    if unexpected:
+        warnings.warn(f"vision model {name_or_path}: {len(unexpected)} weights of the checkpoint are not used, "
+                      f"e.g. {unexpected[:3]}", stacklevel=2)
     if device is not None:
         vision = vision.to(device)
     vision.requires_grad_(False)
