@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMPr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from transformers.utils import logging as hf_logging
 
@@ -190,8 +190,9 @@ class MMCaptionCLI(LightningCLI):
                 f"{ckpt_path} was trained with other structural settings than this run's ({'; '.join(refused)}); its "
                 "tensors cannot fit. Drop these settings to use the checkpoint's, or train a new run"
             )
-        if notes:
-            rank_zero_info(f"--ckpt_path {ckpt_path}: using the settings you gave instead of the checkpoint's: {'; '.join(notes)}")
+        if notes and rank_zero_only.rank == 0:  # the CLI's own note, as its errors: straight to the console
+            print(f"--ckpt_path {ckpt_path}: using the settings you gave instead of the checkpoint's: {'; '.join(notes)}",
+                  file=sys.stderr, flush=True)
         self.config = self.parser.parse_object({subcommand: {"model": _unflatten(merged)}}, self.config)
 
     def after_instantiate_classes(self) -> None:
