@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
-import importlib
-import inspect
 import logging
 import re
 import signal
@@ -13,7 +10,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
@@ -29,82 +26,15 @@ from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
 from mmcaption.checkpoint import AtomicCheckpointIO, load_checkpoint_file
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import USER_ERROR_EXIT, ConfigError, RunInterrupted, user_errors_exit
+from mmcaption.errors import ConfigError, RunInterrupted, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, locks_released_after
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
 from mmcaption.module import MultimodalCaptioner
+from mmcaption.parser import MMCaptionParser
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
-
-
-class MMCaptionParser(LightningArgumentParser):
-    """LightningCLI's parser with short errors: the message, for a mistyped key the closest valid ones,
-    and where to see them all - instead of the whole usage (70 lines) above a one-line error."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error:  # a parser whose caller handles the error (nested parsing)
-            super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        lines = [f"error: {message.strip().splitlines()[0]}"]
-        detail = [line.strip() for line in message.splitlines()[1:] if "is not accepted" in line or "not a valid" in line]
-        lines += [f"  {line}" for line in detail[:2]]
-        for key, candidates in _unknown_keys(message, parser):
-            close = _closest(key, candidates)
-            if close:
-                lines.append(f"  --{key}: did you mean {' or '.join('--' + c for c in close)}?")
-        prog = parser.prog.replace(" [options]", "")
-        lines.append(f"tip: `{prog} --help` lists every setting; add --print_config to see the configuration in effect")
-        sys.stderr.write("\n".join(lines) + "\n")
-        sys.exit(USER_ERROR_EXIT)
-
-
-def _flat_keys(value: Any, prefix: str = "") -> list[str]:
-    if isinstance(value, dict) and value:
-        return [key for name, child in value.items() for key in _flat_keys(child, f"{prefix}{name}.")]
-    return [prefix.rstrip(".")]
-
-
-def _init_parameters(class_path: str) -> list[str]:
-    """The constructor arguments of a class and of the classes it passes ``**kwargs`` on to."""
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        return []
-    names = []
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            names += [p.name for p in inspect.signature(klass.__init__).parameters.values()
-                      if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return list(dict.fromkeys(names))
-
-
-def _unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[str, list[str]]]:
-    """The keys a parse error is about, each with the valid keys it may have meant."""
-    known = _flat_keys(parser.get_defaults().as_dict())
-    found = [(key, known) for key in re.findall(r"--([\w.]+)", message.split("nrecognized arguments:", 1)[-1])
-             if "nrecognized arguments" in message]
-    found += [(key, known) for key in re.findall(r"does not accept option '([\w.]+)'", message)]
-    section = re.match(r'Parser key "(\w+)"', message.strip())
-    class_path = re.search(r"given class_path '([\w.]+)'", message)
-    if section and class_path:
-        parameters = _init_parameters(class_path.group(1))
-        found += [(f"{section.group(1)}.init_args.{option}", [f"{section.group(1)}.init_args.{p}" for p in parameters])
-                  for option in re.findall(r"Option '(\w+)' is not accepted", message)]
-    return found
-
-
-def _closest(key: str, candidates: list[str], n: int = 3) -> list[str]:
-    """Valid keys close to ``key``: by the whole key, and by its last part (``model.lora_rank`` ->
-    ``model.config.lora_r``)."""
-    by_name: dict[str, list[str]] = {}
-    for candidate in candidates:
-        by_name.setdefault(candidate.rsplit(".", 1)[-1], []).append(candidate)
-    names = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_name), n=n, cutoff=0.6)
-    close = difflib.get_close_matches(key, candidates, n=n, cutoff=0.75) + [c for name in names for c in by_name[name]]
-    return list(dict.fromkeys(close))[:n]
 
 
 class MMCaptionCLI(LightningCLI):
