@@ -18,12 +18,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.errors import MMCaptionError, RunInterrupted
+from mmcaption.errors import ResumeError, RunInterrupted
 from mmcaption.tasks import RESULT_COLUMNS
-
-
-class ResumeError(MMCaptionError):
-    """A checkpoint resumed with another stage's data, or with training data that changed."""
 
 
 def save_resumable_checkpoint(trainer) -> str:

@@ -44,6 +44,10 @@ class NotWritableError(MMCaptionError, PermissionError):
     """A folder the run must write to cannot be written."""
 
 
+class ResumeError(MMCaptionError):
+    """A checkpoint resumed with another stage's data, or with training data that changed."""
+
+
 class FolderLockedError(MMCaptionError):
     """Another run is writing to the same checkpoint folder."""
 

@@ -76,6 +76,9 @@ class BackbonesDataModule(LightningDataModule):
     def image_processor(self):
         return load_image_processor(self.image_processor_name)
 
+    def _worker_init(self):
+        return functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer is not None else 0)
+
     def generation_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
         """Batches of left-padded prompts, as generation needs them, in the dataset's order."""
         return DataLoader(
@@ -83,7 +86,7 @@ class BackbonesDataModule(LightningDataModule):
             batch_size=batch_size,
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
-            worker_init_fn=functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer is not None else 0),
+            worker_init_fn=self._worker_init(),
         )
 
 
@@ -263,7 +266,7 @@ class PreprocessedDataModule(BackbonesDataModule):
             "persistent_workers": self.num_workers > 0,
             "pin_memory": torch.cuda.is_available(),
             "collate_fn": functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id),
-            "worker_init_fn": functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer is not None else 0),
+            "worker_init_fn": self._worker_init(),
         }
 
     def _loader(self, stage: str) -> DataLoader:
