@@ -36,7 +36,7 @@ from mmcaption.demo.tiny import save_tiny_backbones
 from mmcaption.errors import OutputExistsError, user_errors_exit
 from mmcaption.pipeline import StageResult, run_pipeline
 
-DEMO_VERSION = 8
+DEMO_VERSION = 9
 LANGUAGE_PRETRAINING_STEPS = 300  # text-only, ~1 minute on 2 cores; the loss has flattened by then
 CLIP_PRETRAINING_STEPS = 2500  # contrastive image-text training of the tiny CLIP, ~1.5 minutes
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
