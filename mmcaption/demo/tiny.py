@@ -32,7 +32,7 @@ from transformers import (
     CLIPImageProcessorPil as CLIPImageProcessor,
 )
 
-from mmcaption.collate import collate
+from mmcaption.collate import IGNORE_INDEX, collate
 from mmcaption.model.backbones import fuse_gelu
 from mmcaption.demo.synthetic import SHAPES, Scene, captions_for, draw_scene, language_sequences, random_scene
 
@@ -122,14 +122,18 @@ def pretrain_language_model(
     model.train()
     losses = []
     batches: list[list[int]] = []
+    # Each batch's summed loss over the mean number of predicted tokens of a batch: every token weighs the
+    # same, as in random batches (a per-batch mean would count a token of a short-caption batch 6x more).
+    tokens_per_batch = batch_size * (sum(len(s) for s in sequences) / len(sequences) - 1)
     for _ in steps_bar(steps, "tiny language model: text-only pretraining"):
         if not batches:
             batches = length_grouped_batches(sequences, batch_size, generator)
         picks = batches.pop()
         batch = collate([{"input_ids": torch.tensor(sequences[i]), "labels": torch.tensor(sequences[i])} for i in picks], pad_token_id)
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        predicted = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         optimizer.zero_grad()
-        loss.backward()
+        (loss * predicted / tokens_per_batch).backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
