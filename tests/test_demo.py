@@ -32,3 +32,16 @@ def test_shortened_demo_sees_clearly_better_than_blind(tmp_path, monkeypatch):
     assert instruct["init_from"]["path"] == str((tmp_path / report["checkpoints"]["caption"]).resolve())
     assert (tmp_path / "demo_report" / "examples.png").stat().st_size > 1000
     assert json.loads((tmp_path / "demo_report" / "report.json").read_text())["captions"]["images"] == 60
+
+
+def test_the_tiny_clip_sees_exactly_what_the_image_processor_gives():
+    import random
+
+    from mmcaption.demo.synthetic import draw_scene, random_scene
+    from mmcaption.demo.tiny import build_vision_model, drawn_pixel_values
+
+    _, processor = build_vision_model()
+    rng = random.Random(0)
+    images = [draw_scene(random_scene(rng), 64, rng) for _ in range(8)]
+    expected = processor(images=images, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(drawn_pixel_values(images, processor), expected, atol=1e-6)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
@@ -32,7 +33,7 @@ from transformers import (
     CLIPImageProcessorPil as CLIPImageProcessor,
 )
 
-from mmcaption.collate import IGNORE_INDEX, collate
+from mmcaption.collate import collate
 from mmcaption.model.backbones import fuse_gelu
 from mmcaption.demo.synthetic import SHAPES, Scene, captions_for, draw_scene, language_sequences, random_scene
 
@@ -121,35 +122,18 @@ def pretrain_language_model(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=warmup_share(steps, 0.05))
     model.train()
     losses = []
-    batches: list[list[int]] = []
-    # Each batch's summed loss over the mean number of predicted tokens of a batch: every token weighs the
-    # same, as in random batches (a per-batch mean would count a token of a short-caption batch 6x more).
-    tokens_per_batch = batch_size * (sum(len(s) for s in sequences) / len(sequences) - 1)
+    # Random batches, not length-grouped ones: grouped batches (each all captions or all conversations)
+    # cut the padding but left the instruct stage slower to start (exact match at its step 50: 0.54-0.59, not 0.68).
     for _ in steps_bar(steps, "tiny language model: text-only pretraining"):
-        if not batches:
-            batches = length_grouped_batches(sequences, batch_size, generator)
-        picks = batches.pop()
+        picks = torch.randint(len(sequences), (batch_size,), generator=generator).tolist()
         batch = collate([{"input_ids": torch.tensor(sequences[i]), "labels": torch.tensor(sequences[i])} for i in picks], pad_token_id)
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-        predicted = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         optimizer.zero_grad()
-        (loss * predicted / tokens_per_batch).backward()
+        loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
     return losses
-
-
-def length_grouped_batches(
-    sequences: list[list[int]], batch_size: int, generator: torch.Generator, group: int = 8
-) -> list[list[int]]:
-    """``group`` batches of random sequences, each batch of similar lengths, in random order (the
-    megabatches of ``group_by_length``): a batch of 32 random sequences pads ~11 conversations' ~90
-    tokens and ~21 captions' ~12 to one length, and 72% of the tokens computed were padding."""
-    picks = torch.randint(len(sequences), (batch_size * group,), generator=generator).tolist()
-    picks.sort(key=lambda i: len(sequences[i]))
-    batches = [picks[start:start + batch_size] for start in range(0, len(picks), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def train_clip_contrastively(
@@ -191,8 +175,7 @@ def train_clip_contrastively(
         captions = [captions_for(scene, rng, n=1)[0] for scene in scenes]
         ids = [torch.tensor([*i, tokenizer.eos_token_id]) for i in tokenizer(captions, add_special_tokens=False)["input_ids"]]
         batch = collate([{"input_ids": i} for i in ids], tokenizer.eos_token_id)
-        # drawn at the tower's size: resizing and cropping would change nothing and took 60% of the processor's time
-        pixel_values = processor(images=images, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"]
+        pixel_values = drawn_pixel_values(images, processor)
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixel_values,
                      return_loss=True).loss
         optimizer.zero_grad()
@@ -201,6 +184,16 @@ def train_clip_contrastively(
         schedule.step()
         losses.append(loss.item())
     return model.eval(), losses
+
+
+def drawn_pixel_values(images: list, processor: CLIPImageProcessor) -> torch.Tensor:
+    """What ``processor(images)`` gives for images drawn at the tower's size (its resize and crop
+    change nothing there): rescaled and normalised as one batch, 5x faster than the processor's
+    image-by-image path, which took a quarter of the tiny CLIP's training time."""
+    pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) for image in images])).permute(0, 3, 1, 2)
+    mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    return (pixels * processor.rescale_factor - mean) / std
 
 
 def shape_twin(scene: Scene, rng: random.Random) -> Scene:
