@@ -13,7 +13,6 @@ from dataclasses import asdict, replace
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -23,13 +22,13 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 from mmcaption import random_state
 from mmcaption.callbacks import PredictionWriter
 from mmcaption.checkpoint import check_checkpoint, check_trainable_state, load_initial_weights, restore_loader_position
-from mmcaption.collate import IGNORE_INDEX
 from mmcaption.errors import ConfigError, NonFiniteLossError
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local
+from mmcaption.model.loss import chunked_cross_entropy
 from mmcaption.tasks import Tasks
 
 
@@ -84,6 +83,8 @@ class MultimodalCaptioner(LightningModule):
         self.val_captions: list[tuple[str, str, list[str]]] = []  # (image id, generated, references)
         self.val_answers: list[tuple[str, str]] = []  # (generated, reference)
         self.skipped_batches = 0
+        self.flops_per_batch: int | None = None  # the last training batch's, for TrainingThroughput's MFU
+        self._flops_per_token: int | None = None
         self.val_examples: tuple[torch.Tensor, list[str], list[list[str]]] | None = None
 
     # -- building ---------------------------------------------------------------------------------
@@ -138,13 +139,14 @@ class MultimodalCaptioner(LightningModule):
         ).logits
 
     def token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed next-token cross-entropy over supervised tokens, and how many there are."""
-        logits = self(batch)[:, :-1].float()
-        targets = batch["labels"][:, 1:]
-        loss_sum = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        """Summed next-token cross-entropy over supervised tokens, and how many there are (chunked:
+        the batch's full logits never exist, see ``mmcaption.model.loss``)."""
+        hidden = self.model.hidden_states(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            pixel_values=batch.get("pixel_values"), vision_features=batch.get("vision_features"),
+            image_mask=batch.get("image_mask"),
         )
-        return loss_sum, (targets != IGNORE_INDEX).sum()
+        return chunked_cross_entropy(hidden, self.model.output_head, batch["labels"])
 
     def on_train_start(self) -> None:
         restore_loader_position(self.trainer)  # a mid-epoch resume continues with the next batch
@@ -164,6 +166,9 @@ class MultimodalCaptioner(LightningModule):
         gives exactly the gradient of a single process running the whole batch, whatever the split.
         """
         loss_sum, tokens = self.token_losses(batch)
+        if self._flops_per_token is None:
+            self._flops_per_token = self.model.training_flops_per_token()
+        self.flops_per_batch = self._flops_per_token * int(batch["attention_mask"].sum())
         world_size = self.trainer.world_size
         totals = torch.stack([loss_sum.detach(), tokens.to(loss_sum.dtype)])
         global_sum, global_tokens = self.trainer.strategy.reduce(totals, reduce_op="sum") if world_size > 1 else totals
@@ -190,6 +195,8 @@ class MultimodalCaptioner(LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 1:  # generation: val images to caption, or val questions to answer
+            if self.trainer.sanity_checking:  # the start-up check tests the loss path; generating there
+                return                        # (beam search at Phi-2's shapes) only delays the first step
             generated = self.tasks.generate_batch(batch)
             if batch["task"][0] == "caption":
                 self.val_captions.extend(zip(batch["image_id"], generated, batch["references"]))

@@ -152,3 +152,31 @@ def test_a_text_only_row_reads_no_image_in_a_mixed_batch(model, inputs):
     tokens = model.generate(**prompt, pixel_values=inputs["pixel_values"], image_mask=mask, max_new_tokens=4, do_sample=False)
     alone = model.language_model.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)[:, 2:]
     assert torch.equal(tokens[1], alone[1])
+
+
+def test_chunked_loss_equals_the_plain_loss_and_its_gradients(model, inputs):
+    from mmcaption.model.loss import IGNORE_INDEX, chunked_cross_entropy
+
+    open_gates_and_adapters(model)
+    model.eval()  # no dropout: both passes see the same function
+    labels = inputs["input_ids"].clone()
+    labels[0, :2] = IGNORE_INDEX  # a prompt the loss skips, as the collators mask it
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    logits = model(**inputs).logits[:, :-1].float()
+    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
+    plain_grads = torch.autograd.grad(plain, trainable)
+
+    hidden = model.hidden_states(**inputs)
+    chunked, tokens = chunked_cross_entropy(hidden, model.output_head, labels, chunk_size=3)  # several chunks
+    chunked_grads = torch.autograd.grad(chunked, trainable)
+
+    assert tokens == (labels[:, 1:] != IGNORE_INDEX).sum()
+    assert torch.allclose(chunked, plain, rtol=1e-5)
+    for got, expected in zip(chunked_grads, plain_grads):
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-7)
+
+    # a batch without any label: zero, and backward still runs (a DDP rank may get such a batch)
+    empty, none = chunked_cross_entropy(model.hidden_states(**inputs), model.output_head, torch.full_like(labels, IGNORE_INDEX))
+    empty.backward()
+    assert empty.item() == 0 and none == 0

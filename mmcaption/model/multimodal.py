@@ -147,6 +147,36 @@ class MultimodalCausalLM(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, **kwargs
         )
 
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What :meth:`forward` computes before the output head: the decoder's last hidden state
+        ``(batch, seq, hidden_size)``, for a loss that applies :attr:`output_head` itself."""
+        kwargs = {"image_mask": image_mask.to(input_ids.device)} if image_mask is not None else {}
+        image_embeds = None
+        if pixel_values is not None or vision_features is not None:
+            image_embeds = self.encode_images(pixel_values, vision_features)
+        decoder = self.language_model.get_base_model().model
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, **kwargs).last_hidden_state
+
+    def training_flops_per_token(self) -> int:
+        """Approximate FLOPs to train on one token: forward and activation gradients through every
+        language-model weight (2 + 2 a parameter; 4-bit weights counted whole), weight gradients of
+        the trainable ones (2 more); attention's sequence-length terms and the frozen vision tower
+        (often cached) are left out. For the MFU that ``TrainingThroughput`` logs on a GPU."""
+        frozen = self.language_model.get_base_model().num_parameters(exclude_embeddings=True)
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return 4 * frozen + 6 * trainable
+
+    @property
+    def output_head(self) -> nn.Module:
+        return self.language_model.get_base_model().get_output_embeddings()
+
     @contextmanager
     def plain_decoder_layers(self) -> Iterator[None]:
         """Temporarily put the original decoder layers back, so that the language model's module
