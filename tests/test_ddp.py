@@ -4,6 +4,8 @@ checkpoints is written."""
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -22,10 +24,19 @@ GLOBAL_BATCH = 8
 STEPS = 6
 
 
-def fit(workdir: Path, name: str, devices: int) -> None:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fit(workdir: Path, name: str, devices: int, nodes: int = 1) -> None:
+    """``mmcaption fit`` on ``devices`` processes, or with ``nodes`` > 1 as that many one-process
+    "nodes" on this machine, each started by torchrun as on a cluster (its own node rank, one master)."""
+    processes = devices * nodes
     overrides = {
         "trainer": {
-            "accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
+            "accelerator": "cpu", "devices": devices, "num_nodes": nodes, "strategy": "ddp" if processes > 1 else "auto",
             "max_steps": STEPS, "val_check_interval": 3, "limit_val_batches": 1, "check_val_every_n_epoch": None,
             "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
             "callbacks": [
@@ -36,16 +47,24 @@ def fit(workdir: Path, name: str, devices: int) -> None:
             ],
         },
         "model": {"config": {"lora_dropout": 0.0}},  # no random masks: the two runs must compute the same thing
-        "data": {"init_args": {"batch_size": GLOBAL_BATCH // devices, "num_workers": 1, "val_caption_images": 4}},
+        "data": {"init_args": {"batch_size": GLOBAL_BATCH // processes, "num_workers": 1, "val_caption_images": 4}},
     }
     config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump(overrides))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", str(config)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    fit_command = ["-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", str(config)]
+    if nodes == 1:
+        commands = [[sys.executable, *fit_command]]
+    else:
+        port = free_port()
+        commands = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(node),
+                     "--nproc_per_node", str(devices), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                     *fit_command] for node in range(nodes)]
+    runs = [subprocess.Popen(c, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for c in commands]
+    for run in runs:
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
 
 
 def steps(path: Path) -> dict[int, dict]:
@@ -53,13 +72,19 @@ def steps(path: Path) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
+def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same_global_batch(tmp_path):
     prepare_demo_assets(tmp_path / "demo_data", train_images=16, val_images=4, pretrain_steps=0, clip_steps=0)
     fit(tmp_path, "single", devices=1)
     fit(tmp_path, "ddp", devices=2)
+    check_two_processes_match_one(tmp_path, "ddp")
+    # --trainer.num_nodes 2: two one-process "nodes" started by torchrun, as a cluster would
+    fit(tmp_path, "nodes", devices=1, nodes=2)
+    check_two_processes_match_one(tmp_path, "nodes")
 
+
+def check_two_processes_match_one(tmp_path: Path, name: str) -> None:
     single = steps(tmp_path / "single-rank0.jsonl")
-    ranks = [steps(tmp_path / f"ddp-rank{rank}.jsonl") for rank in (0, 1)]
+    ranks = [steps(tmp_path / f"{name}-rank{rank}.jsonl") for rank in (0, 1)]
     assert sorted(single) == sorted(ranks[0]) == sorted(ranks[1]) == list(range(1, STEPS + 1))
     seen = [Counter(), Counter()]
     for step in range(1, STEPS + 1):
@@ -75,10 +100,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert not set(seen[0]) & set(seen[1])  # disjoint shards over the whole run
 
     # one set of checkpoints, written once (by rank 0), identical in name to the single process's
-    names = sorted(p.name for p in (tmp_path / "checkpoints-ddp").iterdir())
+    names = sorted(p.name for p in (tmp_path / f"checkpoints-{name}").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "checkpoints-single").iterdir())
     assert "last.ckpt" in names and len(names) == 2
-    ddp, one = (torch.load(tmp_path / f"checkpoints-{n}" / "last.ckpt", weights_only=True) for n in ("ddp", "single"))
+    ddp, one = (torch.load(tmp_path / f"checkpoints-{n}" / "last.ckpt", weights_only=True) for n in (name, "single"))
     assert ddp["global_step"] == one["global_step"] == STEPS
     assert len(ddp["random_states"]) == 2  # each process's generators, for an exact resume
     # The trained tensors agree. AdamW divides each gradient by its own running magnitude, so an element
@@ -88,3 +113,38 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
         other = ddp["state_dict"][key]
         assert (other - value).norm() <= 1e-2 * value.norm(), key
         assert torch.isclose(other, value, rtol=2e-2, atol=2e-4).float().mean() >= 0.995, key
+
+
+RACE = """
+import sys, os, time
+from mmcaption.data import CaptionDataModule
+original = CaptionDataModule.write_split
+def write_split(self, split, folder):
+    with open(sys.argv[4], "a") as log:
+        log.write(f"{os.getpid()} {split}\\n")
+    time.sleep(1)  # long enough for the other process to arrive while this one builds
+    return original(self, split, folder)
+CaptionDataModule.write_split = write_split
+dm = CaptionDataModule(data_dir=sys.argv[1], tokenizer=sys.argv[2], image_processor=sys.argv[3], cache_image_features=True,
+                       vision_feature_layer=-2, batch_size=4, num_workers=0)
+dm.prepare_data()
+dm.setup("fit")
+print(len(dm.datasets[dm.stage_splits()["train"]]))
+"""
+
+
+def test_two_ranks_starting_together_preprocess_once_and_both_use_it(backbones, coco_root, tmp_path):
+    """Two nodes of a run on one shared disk (or two runs started together) both call prepare_data:
+    one builds each split and its feature cache, the other waits and reuses them."""
+    coco = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    log = tmp_path / "builds.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-c", RACE, str(coco), str(backbones[0]), str(backbones[1]), str(log)]
+    ranks = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
+    builds = log.read_text().split()
+    assert sorted(builds[1::2]) == ["train2017", "val2017"], builds  # each split built once, not once per rank
+    assert outputs[0][0] == outputs[1][0] and int(outputs[0][0]) > 0  # both read the same training set
+    assert any("waiting for another process to finish preprocessing split" in err for _, err in outputs)
+    assert not list((coco / "preprocessed").glob(".*.partial"))  # no second, abandoned build

@@ -27,7 +27,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import collate
-from mmcaption.data.cache import damage, fingerprint, is_complete
+from mmcaption.data.cache import built_once, damage, fingerprint, is_complete
 from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
@@ -203,9 +203,10 @@ class PreprocessedDataModule(BackbonesDataModule):
         """Preprocess every split that is not already on disk (Lightning runs this on one process per
         node), and with ``cache_image_features`` compute the vision features of their images."""
         for split in dict.fromkeys(self.stage_splits().values()):
-            folder = self.preprocess(split)
-            if self.cache_image_features:
-                write_image_features(folder, self.image_processor_name, self.vision_feature_layer)
+            with built_once(self.split_folder(split), f"preprocessing split {split}"):
+                folder = self.preprocess(split)
+                if self.cache_image_features:
+                    write_image_features(folder, self.image_processor_name, self.vision_feature_layer)
 
     def preprocess(self, split: str) -> Path:
         """The preprocessed folder of ``split``, written unless a whole one is there. A damaged one

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,6 +60,29 @@ def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
             digest.update(f"{os.path.relpath(os.path.join(root, name), folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
             count += 1
     return {"files": count, "sha256": digest.hexdigest()}
+
+
+@contextmanager
+def built_once(target: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock beside ``target`` for the block, waiting (and saying so) while another
+    process holds it: the ranks of a multi-node run on a shared disk, or two runs started together,
+    build a preprocessed folder once - the others wait, then find it complete and reuse it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; publish_atomically still keeps the folder whole
+        yield
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"waiting for another process to finish {what} ...", file=sys.stderr, flush=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # and with it the lock; the file stays, as unlinking it could split later lockers
 
 
 @contextmanager
