@@ -140,6 +140,8 @@ def test_export_command_with_merge_and_init_from_an_export(backbones, trained_ch
     manifest = json.loads((out / "mmcaption.json").read_text())
     assert manifest["merged"] and (out / "language_model" / "config.json").is_file()
     assert manifest["source"]["global_step"] == 4
+    card = (out / "README.md").read_text()  # the card says the merge left the quantization the adapter learnt on
+    assert "original bfloat16 weights although it was trained against their nf4 quantization" in card
     captioner = Captioner.from_pretrained(out)
     assert isinstance(captioner.caption(draw_scene(Scene("red", "circle", "left"), 64, random.Random(0))), str)
 

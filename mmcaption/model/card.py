@@ -8,11 +8,17 @@ from typing import Any
 def model_card(manifest: dict[str, Any]) -> str:
     """A short card from a saved folder's manifest: what it is made of and how to use it."""
     model = manifest["model"]
-    adapter = (
-        "The LoRA adapter is merged into `language_model/`."
-        if manifest["merged"]
-        else "The LoRA adapter is in `adapter/` (a PEFT folder)."
-    )
+    adapter = "The LoRA adapter is in `adapter/` (a PEFT folder)."
+    if manifest["merged"]:
+        adapter = "The LoRA adapter is merged into `language_model/`"
+        if model["quantization"] != "none":
+            adapter += (
+                f", folded into the base model's original {model['compute_dtype']} weights although it was trained"
+                f" against their {model['quantization']} quantization: the merged model computes with the"
+                " unquantized weights, so its outputs differ slightly from the trained model's"
+                " (`adapter/` with the quantized base reproduces them exactly)"
+            )
+        adapter += "."
     return f"""# mmcaption model
 
 A captioning and visual question answering model trained with mmcaption: the language model
