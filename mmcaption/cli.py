@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
@@ -226,11 +227,14 @@ def filter_warnings() -> None:
 
 def quiet_lightning() -> None:
     """Lightning's console lines that say nothing to a user of mmcaption: an advertisement for a cloud
-    logger, and the TPU line on machines without TPUs. The GPU line and everything else stays."""
+    logger, and the TPU line on machines without TPUs. The GPU line and everything else stays. Off a
+    terminal, also the progress bars of ``datasets`` (the phase lines say what is being built)."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLines) for f in logger.filters):
         logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "TPU available: False"))
     hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
+    if not sys.stderr.isatty():  # in a log file a bar is one long line of redrawn counts per table built
+        datasets.disable_progress_bars()
 
 
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:

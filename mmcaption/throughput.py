@@ -30,12 +30,13 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class TrainingThroughput(ThroughputMonitor):
-    """Logs, every ``log_every_n_steps`` training steps once ``window_size`` steps have run:
-    ``train/samples_per_sec``, ``train/items_per_sec`` (real tokens, padding excluded),
-    ``train/batches_per_sec``, ``train/step_seconds`` (the last step's wall time),
-    ``train/peak_memory_gb`` and, on a GPU whose peak FLOPs Lightning knows, ``train/device/mfu``
-    from the module's ``flops_per_batch``. Validation time is left out of the rates; validation
-    batches (a loss loader beside a generation loader) are not measured.
+    """Logs, every ``log_every_n_steps`` training steps once ``window_size`` steps have run, this
+    process's ``train/device/samples_per_sec``, ``train/device/items_per_sec`` (real tokens, padding
+    excluded), ``train/device/batches_per_sec``, ``train/device/flops_per_sec`` and, on a GPU whose peak
+    FLOPs Lightning knows, ``train/device/mfu`` (from the module's ``flops_per_batch``); under DDP also
+    the same rates for all processes (``train/samples_per_sec``, ...); and every logged step
+    ``train/step_seconds`` (that step's wall time) and ``train/peak_memory_gb``. Validation time is left
+    out of the rates; validation batches (a loss loader beside a generation loader) are not measured.
     """
 
     def __init__(self, window_size: int = 50) -> None:
