@@ -66,23 +66,36 @@ def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
 def built_once(target: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock beside ``target`` for the block, waiting (and saying so) while another
     process holds it: the ranks of a multi-node run on a shared disk, or two runs started together,
-    build a preprocessed folder once - the others wait, then find it complete and reuse it."""
+    build a preprocessed folder once - the others wait, then find it complete and reuse it. The lock
+    file is removed when the block ends."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; publish_atomically still keeps the folder whole
         yield
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    path = target.parent / f".{target.name}.lock"
+    said = False
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            print(f"waiting for another process to finish {what} ...", file=sys.stderr, flush=True)
+            if not said:
+                print(f"waiting for another process to finish {what} ...", file=sys.stderr, flush=True)
+                said = True
             fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:  # the file we locked is still the one at the path (not removed by the holder before us)
+            if os.fstat(descriptor).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+    try:
         yield
     finally:
-        os.close(descriptor)  # and with it the lock; the file stays, as unlinking it could split later lockers
+        path.unlink(missing_ok=True)
+        os.close(descriptor)
 
 
 @contextmanager
