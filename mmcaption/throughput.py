@@ -34,9 +34,10 @@ class TrainingThroughput(ThroughputMonitor):
     process's ``train/device/samples_per_sec``, ``train/device/items_per_sec`` (real tokens, padding
     excluded), ``train/device/batches_per_sec``, ``train/device/flops_per_sec`` and, on a GPU whose peak
     FLOPs Lightning knows, ``train/device/mfu`` (from the module's ``flops_per_batch``); under DDP also
-    the same rates for all processes (``train/samples_per_sec``, ...); and every logged step
-    ``train/step_seconds`` (that step's wall time) and ``train/peak_memory_gb``. Validation time is left
-    out of the rates; validation batches (a loss loader beside a generation loader) are not measured.
+    rank 0's rates times the number of processes (``train/samples_per_sec``, ...); and every logged step
+    ``train/step_seconds`` (that step's wall time, data loading excluded) and ``train/peak_memory_gb``.
+    Validation time is left out of the rates (the checkpoint saved after a validation is not);
+    validation batches (a loss loader beside a generation loader) are not measured.
     """
 
     def __init__(self, window_size: int = 50) -> None:

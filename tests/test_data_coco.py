@@ -104,6 +104,23 @@ def test_preprocessed_split_is_reused_and_rebuilt_when_its_input_changes(backbon
     assert json.loads((dm2.split_folder("train2017") / "meta.json").read_text())["rows"] == 59
 
 
+def test_a_disk_without_file_locks_still_preprocesses(backbones, coco_copy, monkeypatch):
+    """NFS without lockd or Lustre without -o flock refuse flock: the build goes on unlocked."""
+    import errno
+
+    import mmcaption.data.cache as cache
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(cache, "_flock", no_locks)
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.datasets["train2017"]) > 0
+    assert [p.name for p in dm.cache_dir.iterdir() if p.name.startswith(".")] == []
+
+
 def test_interrupted_preprocessing_leaves_nothing_that_looks_complete(backbones, coco_copy, monkeypatch):
     import mmcaption.data.coco as coco
 

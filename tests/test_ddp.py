@@ -125,6 +125,10 @@ def write_split(self, split, folder):
     time.sleep(1)  # long enough for the other process to arrive while this one builds
     return original(self, split, folder)
 CaptionDataModule.write_split = write_split
+ready = f"{sys.argv[4]}.ready"
+open(f"{ready}.{os.getpid()}", "w").close()  # both processes imported everything: start together
+while len(__import__("glob").glob(f"{ready}.*")) < 2:
+    time.sleep(0.05)
 dm = CaptionDataModule(data_dir=sys.argv[1], tokenizer=sys.argv[2], image_processor=sys.argv[3], cache_image_features=True,
                        vision_feature_layer=-2, batch_size=4, num_workers=0)
 dm.prepare_data()

@@ -62,29 +62,45 @@ def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
     return {"files": count, "sha256": digest.hexdigest()}
 
 
+try:
+    import fcntl
+
+    _flock = fcntl.flock
+except ImportError:  # Windows
+    _flock = None
+
+
 @contextmanager
 def built_once(target: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock beside ``target`` for the block, waiting (and saying so) while another
     process holds it: the ranks of a multi-node run on a shared disk, or two runs started together,
     build a preprocessed folder once - the others wait, then find it complete and reuse it. The lock
     file is removed when the block ends."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; publish_atomically still keeps the folder whole
+    if _flock is None:  # Windows: no flock; publish_atomically still keeps the folder whole
         yield
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
     path = target.parent / f".{target.name}.lock"
     said = False
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            if not said:
-                print(f"waiting for another process to finish {what} ...", file=sys.stderr, flush=True)
-                said = True
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # a read-only cache (reading a complete folder needs no lock; building fails by name)
+            yield
+            return
+        try:
+            try:
+                _flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said:
+                    print(f"waiting for another process to finish {what} ...", file=sys.stderr, flush=True)
+                    said = True
+                _flock(descriptor, fcntl.LOCK_EX)
+        except OSError:  # a disk without working flock (NFS without lockd, Lustre without -o flock)
+            os.close(descriptor)
+            path.unlink(missing_ok=True)  # nobody can hold it there
+            yield  # unlocked, as before: publish_atomically still keeps each folder whole
+            return
         try:  # the file we locked is still the one at the path (not removed by the holder before us)
             if os.fstat(descriptor).st_ino == os.stat(path).st_ino:
                 break

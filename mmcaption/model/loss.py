@@ -34,7 +34,9 @@ def chunked_cross_entropy(
     targets = labels[:, 1:]
     supervised = targets != IGNORE_INDEX
     rows, wanted = hidden[:, :-1][supervised], targets[supervised]
-    total = hidden[:, :0].sum().float()  # zero, but on the graph: a batch with no label still backpropagates
+    # zero, but on the graph through the head too: a batch without labels still backpropagates, and a
+    # trainable head (lm_head among the LoRA targets) still gets its (zero) gradient for DDP
+    total = head(hidden[:, :0]).sum().float()
     for start in range(0, rows.size(0), chunk_size):
         chunk, chunk_targets = rows[start:start + chunk_size], wanted[start:start + chunk_size]
         if torch.is_grad_enabled() and chunk.requires_grad:

@@ -169,9 +169,9 @@ class MultimodalCausalLM(nn.Module):
         language-model weight (2 + 2 a parameter; 4-bit weights counted whole), weight gradients of
         the trainable ones (2 more); attention's sequence-length terms and the frozen vision tower
         (often cached) are left out. For the MFU that ``TrainingThroughput`` logs on a GPU."""
-        frozen = self.language_model.get_base_model().num_parameters(exclude_embeddings=True)
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return 4 * frozen + 6 * trainable
+        base = self.language_model.get_base_model()  # its count holds the LoRA and cross-attention inside it
+        frozen = base.num_parameters(exclude_embeddings=True) - sum(p.numel() for p in base.parameters() if p.requires_grad)
+        return 4 * frozen + 6 * sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     @property
     def output_head(self) -> nn.Module:
