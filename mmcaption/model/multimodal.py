@@ -139,30 +139,30 @@ class MultimodalCausalLM(nn.Module):
 
         Without any image, the model is the language model with its LoRA adapters.
         """
-        if image_embeds is None and (pixel_values is not None or vision_features is not None):
-            image_embeds = self.encode_images(pixel_values, vision_features)
-        if image_mask is not None:
-            kwargs["image_mask"] = image_mask.to(input_ids.device)
-        return self.language_model(
-            input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, **kwargs
-        )
+        images = self.image_inputs(input_ids, pixel_values, image_embeds, vision_features, image_mask)
+        return self.language_model(input_ids=input_ids, attention_mask=attention_mask, **images, **kwargs)
 
     def hidden_states(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
         vision_features: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """What :meth:`forward` computes before the output head: the decoder's last hidden state
         ``(batch, seq, hidden_size)``, for a loss that applies :attr:`output_head` itself."""
-        kwargs = {"image_mask": image_mask.to(input_ids.device)} if image_mask is not None else {}
-        image_embeds = None
-        if pixel_values is not None or vision_features is not None:
-            image_embeds = self.encode_images(pixel_values, vision_features)
+        images = self.image_inputs(input_ids, pixel_values, image_embeds, vision_features, image_mask)
         decoder = self.language_model.get_base_model().model
-        return decoder(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds, **kwargs).last_hidden_state
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, **images).last_hidden_state
+
+    def image_inputs(self, input_ids, pixel_values, image_embeds, vision_features, image_mask) -> dict[str, Any]:
+        """The image arguments the decoder layers take, from whichever form the images come in."""
+        if image_embeds is None and (pixel_values is not None or vision_features is not None):
+            image_embeds = self.encode_images(pixel_values, vision_features)
+        mask = {} if image_mask is None else {"image_mask": image_mask.to(input_ids.device)}
+        return {"image_embeds": image_embeds, **mask}
 
     def training_flops_per_token(self) -> int:
         """Approximate FLOPs to train on one token: forward and activation gradients through every
