@@ -35,6 +35,7 @@ from lightning_utilities.core.imports import RequirementCache
 from mmcaption.errors import MMCaptionError
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
 from mmcaption.model.config import settings_diff
+from mmcaption.model.structure import assign_trainable_tensors, model_structure
 
 MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
 
@@ -177,15 +178,24 @@ def load_trainable_tensors(checkpoint: dict[str, Any], model: MultimodalCausalLM
     model.load_state_dict({k.removeprefix(MODEL_PREFIX): v for k, v in checkpoint["state_dict"].items()}, strict=False)
 
 
-def model_from_checkpoint(path: str | Path, device: torch.device | str | None = None) -> tuple[MultimodalCausalLM, dict[str, Any]]:
+def model_from_checkpoint(
+    path: str | Path, device: torch.device | str | None = None, pretrained_weights: bool = True
+) -> tuple[MultimodalCausalLM, dict[str, Any]]:
     """The model a Lightning checkpoint of ``mmcaption fit`` holds (built from the config it stores),
-    and the checkpoint itself."""
+    and the checkpoint itself. Without ``pretrained_weights`` only the checkpoint's trained tensors have
+    values (the backbones' weights are never read; :func:`mmcaption.model.structure.model_structure`):
+    enough to write them out, not to run the model."""
     checkpoint = load_checkpoint_file(path)
     saved = checkpoint.get("model_config") or checkpoint.get("hyper_parameters", {}).get("config")
     if saved is None:
         raise CheckpointFileError(f"{path}: no model config in it; is it a checkpoint of mmcaption fit?")
-    model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device)
-    load_trainable_tensors(checkpoint, model)
+    if pretrained_weights:
+        model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device)
+        load_trainable_tensors(checkpoint, model)
+    else:
+        model = model_structure(MultimodalConfig(**saved))
+        check_checkpoint(checkpoint, model)
+        assign_trainable_tensors(model, {k.removeprefix(MODEL_PREFIX): v for k, v in checkpoint["state_dict"].items()})
     return model, checkpoint
 
 

@@ -29,7 +29,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     """Write the model of a Lightning checkpoint, with the prompts and generation settings it was
     trained and validated with, to the folder ``out`` (refused when it holds anything, unless ``overwrite``)."""
     out = check_new_folder(out, overwrite, "export folder", "--overwrite")
-    model, checkpoint = model_from_checkpoint(checkpoint_path)
+    model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False)  # the trained tensors suffice
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}

@@ -48,6 +48,9 @@ class MultimodalCaptioner(LightningModule):
         init_from: a checkpoint (of the caption stage) or exported folder whose trained weights start
             this run. Only the weights are taken: optimizer, schedule and step count start fresh, unlike
             ``--ckpt_path``, which resumes. Ignored when a checkpoint is being restored.
+        compile: ``torch.compile`` each decoder layer (dynamic shapes: batches padded to their own
+            length do not recompile). Off by default: compiling takes minutes before the first step.
+            Measured by ``benchmarks/compile.py``.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class MultimodalCaptioner(LightningModule):
         generation: dict[str, Any] | None = None,
         on_nonfinite_loss: Literal["error", "skip"] = "error",
         init_from: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # a checkpoint's hyper-parameters hold the config as a plain dict (loadable with weights_only)
@@ -73,6 +77,7 @@ class MultimodalCaptioner(LightningModule):
         self.generation = dict(generation or {})
         self.on_nonfinite_loss = on_nonfinite_loss
         self.init_from = init_from
+        self.compile = compile
         self.model: MultimodalCausalLM | None = None
         # Checkpoints hold trainable tensors only; load_state_dict checks their keys itself.
         self.strict_loading = False
@@ -95,6 +100,9 @@ class MultimodalCaptioner(LightningModule):
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
         self.model = MultimodalCausalLM.from_config(self.config, device=device)
+        if self.compile:  # block by block, as litgpt and torchtitan compile: the injected cross-attention included
+            for layer in self.model.decoder_layers:
+                layer.compile(dynamic=True)
 
     @functools.cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:

@@ -84,6 +84,14 @@ def test_print_config_shows_the_whole_configuration(demo_dir):
     assert "strategy: ddp" in result.stdout and "devices: 2" in result.stdout
     assert "lora_r: 8" in result.stdout
 
+    bf16 = str(REPO / "configs" / "bf16_lora.yaml")  # the large-GPU preset: the same run without 4-bit weights
+    result = subprocess.run(
+        [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", bf16, "--print_config"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "quantization: none" in result.stdout and "compute_dtype: bfloat16" in result.stdout
+    assert "lora_r: 8" in result.stdout
+
 
 def test_print_config_with_comments_documents_every_setting():
     result = subprocess.run(

@@ -120,3 +120,13 @@ def test_non_finite_loss_stops_naming_the_step_or_is_skipped(backbones, coco_roo
             trainer.fit(module, datamodule=dm)
         assert module.skipped_batches == 1
         assert all(torch.isfinite(p).all() for p in module.parameters() if p.requires_grad)
+
+
+def test_compile_option_compiles_every_decoder_layer_and_keeps_the_checkpoint_keys(backbones):
+    # (the compiled model's speed and losses against eager's: benchmarks/compile.py; compiling here would take minutes)
+    eager, compiled = make_captioner(backbones), make_captioner(backbones, compile=True)
+    for module in (eager, compiled):
+        module.configure_model()
+    assert all(layer._compiled_call_impl is not None for layer in compiled.model.decoder_layers)
+    assert not any(layer._compiled_call_impl is not None for layer in eager.model.decoder_layers)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way

@@ -199,3 +199,31 @@ def test_captioner_with_five_options_and_no_images(backbones, trained_checkpoint
     assert captioner.choose(None, "Which shape?", ["circle", "square"]) in "AB"
     with pytest.raises(ValueError, match="needs 2 to 8 options"):
         captioner.choose(image, "Which?", ["circle"])
+
+
+def test_export_writes_the_checkpoints_tensors_without_reading_the_backbones_weights(backbones, trained_checkpoint, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, CLIPVisionModel
+
+    from mmcaption.export import export_checkpoint
+
+    # what the full model (4-bit language model, vision tower, trained tensors) writes
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    full = module.model.save_pretrained(tmp_path / "full", module.tokenizer)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the export read a backbone's weights")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+        patch.setattr(CLIPVisionModel, "from_pretrained", refuse)
+        lean = export_checkpoint(trained_checkpoint, tmp_path / "lean")
+
+    for name in ("adapter/adapter_model.safetensors", "multimodal.safetensors"):
+        expected, written = load_file(full / name), load_file(lean / name)
+        assert expected.keys() == written.keys(), name
+        assert all(torch.equal(expected[k], written[k]) for k in expected), name
+    assert json.loads((lean / "adapter" / "adapter_config.json").read_text()) == json.loads((full / "adapter" / "adapter_config.json").read_text())
+    assert json.loads((lean / "mmcaption.json").read_text())["model"] == json.loads((full / "mmcaption.json").read_text())["model"]
+    image = draw_scene(Scene("red", "circle", "left"), 64, random.Random(0))
+    assert Captioner.from_pretrained(lean).caption(image) == Captioner.from_pretrained(full).caption(image)

@@ -1,0 +1,189 @@
+"""The GPU suite: training and generation at the real shapes (Phi-2 2.7B + CLIP ViT-B/32, random weights).
+
+    python benchmarks/gpu_suite.py [--json results.json]        # a lent GPU: about 5 minutes on one H100/H200
+    python benchmarks/gpu_suite.py --tiny                       # small shapes on any machine (CI runs it)
+
+Writes a random-weight Phi-2-shaped language model (bfloat16) and a CLIP ViT-B/32-shaped vision tower
+to a temporary folder in Hugging Face format and loads them through mmcaption's own ``from_pretrained``
+path (LoRA r=32 on q/k/v/dense, gated cross-attention in the last 4 layers, AdamW). Prints:
+
+1. training steps: median step time, tokens/s and peak memory for each of
+   quantization ``none`` (bf16 LoRA) / ``nf4`` (QLoRA) x the vision tower run every step / cached
+   features x the plain loss (the whole batch's float32 logits) / the chunked one (mmcaption's);
+2. generation: new tokens/s at batch 1 and 16, with and without the cached image keys/values;
+3. the original scripts' batch against mmcaption's at batch 16, same model (nf4): captions padded to
+   128 tokens with every position in the loss, the tower every step and the plain loss, against
+   captions padded per batch (``--caption_tokens``, a length-grouped COCO batch), cached features and
+   the chunked loss. Data loading is not in this ratio (``benchmarks/training.py`` measures it too).
+
+On a GPU the computation is in bfloat16 (as ``configs/caption.yaml``); on a CPU in float32 (most CPUs
+emulate bfloat16); peak memory is CUDA's ``max_memory_allocated`` (n/a on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, CLIPVisionModel, PhiConfig, PhiForCausalLM
+
+from mmcaption.model import MultimodalCausalLM, MultimodalConfig
+from mmcaption.model.loss import chunked_cross_entropy
+
+PHI2 = dict(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
+            partial_rotary_factor=0.4, max_position_embeddings=2048)
+CLIP_B32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32)
+TINY_PHI = dict(vocab_size=512, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                partial_rotary_factor=0.5, max_position_embeddings=256)
+TINY_CLIP = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16)
+ORIGINAL_PADDING = 128  # the original scripts pad every caption to 128 tokens
+
+
+def write_backbones(folder: Path, tiny: bool, device: str) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    language, vision = folder / "language_model", folder / "vision_model"
+    with torch.device(device):
+        PhiForCausalLM(PhiConfig(**(TINY_PHI if tiny else PHI2))).to(torch.bfloat16).save_pretrained(language)
+        CLIPVisionModel(CLIPVisionConfig(**(TINY_CLIP if tiny else CLIP_B32))).save_pretrained(vision)
+    return language, vision
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(function: Callable[[], object], repeats: int, warmup: int, device: str) -> tuple[float, float | None]:
+    """Median seconds of ``function`` and the peak memory (GiB) over the timed calls (None on a CPU)."""
+    for _ in range(warmup):
+        function()
+    synchronize(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return statistics.median(times), peak
+
+
+def caption_batch(model: MultimodalCausalLM, batch_size: int, tokens: int, cached: bool, supervise_all: bool, device: str) -> dict:
+    """Random captions of ``tokens`` tokens with an image each (pixels, or the tower's cached features in float16)."""
+    vision = model.vision_model.config
+    input_ids = torch.randint(0, model.language_model.config.vocab_size, (batch_size, tokens), device=device)
+    labels = input_ids.clone()
+    if not supervise_all:  # per-batch padding: the shorter captions' pads are masked, as the collator does
+        lengths = torch.randint(tokens // 2, tokens + 1, (batch_size,), device=device)
+        labels[torch.arange(tokens, device=device)[None, :] >= lengths[:, None]] = -100
+    pixels = torch.randn(batch_size, 3, vision.image_size, vision.image_size, device=device)
+    images = {"vision_features": model.vision_features(pixels).to(torch.float16)} if cached else {"pixel_values": pixels}
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels, **images}
+
+
+def training_step(model: MultimodalCausalLM, optimizer: torch.optim.Optimizer, batch: dict, chunked: bool, dtype: torch.dtype) -> None:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.autocast(batch["input_ids"].device.type, dtype=dtype, enabled=dtype != torch.float32):
+        if chunked:
+            total, count = chunked_cross_entropy(model.hidden_states(**inputs), model.output_head, batch["labels"])
+            loss = total / count
+        else:
+            logits = model(**inputs).logits[:, :-1].float()
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def build(language: Path, vision: Path, quantization: str, dtype: str, layers: int, device: str) -> MultimodalCausalLM:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    config = MultimodalConfig(language_model=str(language), vision_model=str(vision), quantization=quantization,
+                              compute_dtype=dtype, cross_attention_layers=list(range(-layers, 0)),
+                              lora_r=32, lora_alpha=64, lora_dropout=0.05)
+    torch.manual_seed(0)
+    return MultimodalCausalLM.from_config(config, device=device).train()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=16, help="training batch (the suite's third part uses 16 too)")
+    parser.add_argument("--seq_len", type=int, default=64, help="training tokens per sample (the caption configs' max_length)")
+    parser.add_argument("--caption_tokens", type=int, default=20, help="a length-grouped COCO batch's padded length with Phi-2's tokenizer")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (after 3 warm-up steps)")
+    parser.add_argument("--new_tokens", type=int, default=32, help="generated tokens per caption")
+    parser.add_argument("--tiny", action="store_true", help="small shapes: a check that runs on any machine")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype_name = "bfloat16" if device == "cuda" else "float32"
+    dtype = getattr(torch, dtype_name)
+    layers = 2 if args.tiny else 4
+    shapes = "tiny" if args.tiny else "Phi-2 + CLIP ViT-B/32"
+    results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "shapes": shapes,
+                     "compute_dtype": dtype_name, "training": {}, "generation": {}, "original_scripts": {}}
+    print(f"{shapes} (random weights) on {results['device']}, {dtype_name} compute; median of {args.steps} steps", flush=True)
+
+    def memory(gib: float | None) -> str:
+        return "n/a" if gib is None else f"{gib:.1f} GiB"
+
+    with tempfile.TemporaryDirectory() as scratch:
+        language, vision = write_backbones(Path(scratch), args.tiny, device)
+        print(f"\n1. training steps: batch {args.batch_size} x {args.seq_len} tokens")
+        for quantization in ("none", "nf4"):
+            model = build(language, vision, quantization, dtype_name, layers, device)
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+            for cached in (False, True):
+                batch = caption_batch(model, args.batch_size, args.seq_len, cached, False, device)
+                for chunked in (False, True):
+                    seconds, peak = timed(lambda: training_step(model, optimizer, batch, chunked, dtype), args.steps, 3, device)
+                    key = f"{quantization}, {'cached features' if cached else 'vision tower'}, {'chunked' if chunked else 'plain'} loss"
+                    results["training"][key] = {"step_s": seconds, "tokens_per_s": args.batch_size * args.seq_len / seconds,
+                                                "peak_memory_gib": peak}
+                    print(f"   {key:45} step {seconds * 1e3:8.1f} ms {args.batch_size * args.seq_len / seconds:10.0f} tokens/s"
+                          f"  peak {memory(peak)}", flush=True)
+            if quantization == "nf4":
+                model.eval()
+                print(f"\n2. generation (nf4, greedy, {args.new_tokens} new tokens)")
+                for batch_size in (1, 16):
+                    prompt = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+                    pixels = torch.randn(batch_size, 3, model.vision_model.config.image_size, model.vision_model.config.image_size, device=device)
+                    with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+                        embeds = model.encode_images(pixels)
+                        for cache in (True, False):
+                            def decode() -> None:
+                                model.generate(prompt, torch.ones_like(prompt), image_embeds=embeds, max_new_tokens=args.new_tokens,
+                                               min_new_tokens=args.new_tokens, do_sample=False, cache_image_key_values=cache)
+                            seconds, _ = timed(decode, max(3, args.steps // 2), 1, device)
+                            key = f"batch {batch_size}, image keys/values {'cached' if cache else 'recomputed'}"
+                            results["generation"][key] = batch_size * args.new_tokens / seconds
+                            print(f"   {key:45} {batch_size * args.new_tokens / seconds:10.1f} new tokens/s", flush=True)
+                model.train()
+                print("\n3. the original scripts' batch vs mmcaption's (nf4, batch 16)")
+                original = caption_batch(model, 16, ORIGINAL_PADDING, cached=False, supervise_all=True, device=device)
+                ours = caption_batch(model, 16, args.caption_tokens, cached=True, supervise_all=False, device=device)
+                for name, batch, chunked in (("original scripts", original, False), ("mmcaption", ours, True)):
+                    seconds, peak = timed(lambda: training_step(model, optimizer, batch, chunked, dtype), args.steps, 3, device)
+                    results["original_scripts"][name] = {"samples_per_s": 16 / seconds, "peak_memory_gib": peak}
+                    print(f"   {name:45} {16 / seconds:10.1f} samples/s  peak {memory(peak)}", flush=True)
+                ratio = results["original_scripts"]["mmcaption"]["samples_per_s"] / results["original_scripts"]["original scripts"]["samples_per_s"]
+                results["original_scripts"]["ratio"] = ratio
+                print(f"   ratio {ratio:.1f}x")
+            del model, optimizer
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
