@@ -26,3 +26,18 @@ def test_gpu_suite_tiny_reports_every_training_variant_generation_and_the_origin
     assert ratio == results["original_scripts"]["mmcaption"]["samples_per_s"] / results["original_scripts"]["original scripts"]["samples_per_s"]
     # what a user reads: one line per variant and the ratio
     assert "nf4, cached features, chunked loss" in result.stdout and f"ratio {ratio:.1f}x" in result.stdout
+
+
+def test_memory_table_tiny_prints_weights_trainable_state_and_activations_for_both_quantizations():
+    import re
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "memory.py"), "--tiny", "--tokens", "16", "64"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = dict(re.findall(r"^(nf4|none):\n  weights: language model\s+([0-9.]+) ", result.stdout, re.M))
+    assert float(weights["nf4"]) < float(weights["none"])  # 4-bit storage is smaller than bfloat16
+    activations = [float(x) for x in re.findall(r"activations per sample at\s+\d+ tokens:\s+([0-9.]+) MiB float32 \(measured\)", result.stdout)]
+    assert len(activations) == 2 and 3 < activations[1] / activations[0] < 5  # about linear in the tokens at these lengths
+    assert result.stdout.count("(measured count x bytes)") == 2
