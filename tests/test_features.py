@@ -46,3 +46,25 @@ def test_training_on_cached_features_skips_the_vision_tower_and_matches_pixels(b
         from_pixels = module.model.vision_features(torch.stack([s["pixel_values"] for s in pixels]))
         from_cache = torch.stack([s["vision_features"] for s in cached]).float()
     torch.testing.assert_close(from_cache, from_pixels, rtol=1e-2, atol=2e-3)
+
+
+def test_a_batch_of_cached_features_is_read_at_once_and_equals_datasets_rows(tmp_path):
+    import datasets
+    import numpy as np
+
+    from mmcaption.data.features import gather_features, load_image_features
+
+    values = np.random.default_rng(0).standard_normal((40, 5, 8)).astype(np.float16)
+    table = datasets.Dataset.from_dict({"features": list(values)},
+                                       features=datasets.Features({"features": datasets.Array2D((5, 8), "float16")}))
+    # two Arrow chunks, as a table saved in shards or appended to gives
+    datasets.concatenate_datasets([table.select(range(25)).flatten_indices(), table.select(range(25, 40)).flatten_indices()]) \
+        .save_to_disk(str(tmp_path / "data"))
+    features = load_image_features(tmp_path)
+    indices = [39, 0, 24, 25, 7, 7]
+    batch = gather_features(features, indices)
+    assert batch.dtype == torch.float16 and batch.shape == (6, 5, 8)
+    assert torch.equal(batch, torch.from_numpy(values[indices]))
+    assert torch.equal(batch, torch.stack([features[i]["features"] for i in indices]))
+    view = features.select([3, 2, 1])  # a view with an indices mapping reads through datasets
+    assert torch.equal(gather_features(view, [0, 2]), torch.from_numpy(values[[3, 1]]))

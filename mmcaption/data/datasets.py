@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import IGNORE_INDEX, caption_sample
 from mmcaption.data.cache import load_table
+from mmcaption.data.features import gather_features
 from mmcaption.data.records import DataError
 from mmcaption.images import blank_pixels, load_rgb
 from mmcaption.prompts import ConversationTemplate, bos_token_id, caption_prompt_ids
@@ -57,7 +58,7 @@ class ImageTextDataset(Dataset):
         wanted = [image_index[i] for i in present]
         if self.features is not None:
             key = "vision_features"
-            fetched = self.features[wanted]["features"] if wanted else []
+            fetched = gather_features(self.features, wanted) if wanted else []
             blank = torch.zeros(self.features.features["features"].shape, dtype=torch.float16)
         else:
             key = "pixel_values"
