@@ -22,7 +22,7 @@ from mmcaption.checkpoint import model_from_checkpoint
 from mmcaption.errors import user_errors_exit
 from mmcaption.folders import check_new_folder, replace_folder, staging_folder
 from mmcaption.model.backbones import load_tokenizer
-from mmcaption.prompts import DEFAULT_SYSTEM
+from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 
 
 def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False) -> Path:
@@ -36,6 +36,8 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     source = {"checkpoint": str(Path(checkpoint_path).resolve()), "global_step": checkpoint.get("global_step"),
               "init_from": checkpoint.get("init_from")}
     tokenizer = load_tokenizer(model.config.language_model)
+    # the instruct stage's layout, for apply_chat_template (and the Hub's chat widgets)
+    tokenizer.chat_template = ConversationTemplate(system=prompts["system_prompt"]).chat_template()
     staging = staging_folder(out)
     try:
         model.save_pretrained(staging, tokenizer, prompts, hparams.get("generation") or {}, source, merge=merge)

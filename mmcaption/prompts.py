@@ -21,6 +21,7 @@ need an embedding row in the frozen 4-bit model and would carry no information).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -71,6 +72,30 @@ class ConversationTemplate:
     system: str = DEFAULT_SYSTEM
     user: str = "Human: "
     assistant: str = "\nAssistant:"
+
+    def chat_template(self) -> str:
+        """This layout as a Jinja ``chat_template`` (what ``tokenizer.apply_chat_template`` renders):
+        ``{"role": "user" | "assistant", "content": ...}`` messages, optionally led by a ``system``
+        message that replaces :attr:`system`. The rendered text tokenizes to the ids :meth:`encode`
+        gives (tested); the image is not in the text (it reaches the model through cross-attention), so
+        messages carry no ``<image>`` placeholder. The prompt for a reply ends with the user's message,
+        whose assistant marker is part of it: ``add_generation_prompt`` adds nothing."""
+        def literal(text: str) -> str:
+            return json.dumps(text, ensure_ascii=False)
+
+        return (
+            "{{ bos_token }}"
+            "{% if messages and messages[0]['role'] == 'system' %}"
+            "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+            f"{{% else %}}{{% set system = {literal(self.system)} %}}{{% set turns = messages %}}{{% endif %}}"
+            "{% if system %}{{ system }}{{ '\\n' }}{% endif %}"
+            "{% for message in turns %}"
+            "{% if message['role'] == 'user' %}"
+            f"{{% if not loop.first %}}{{{{ '\\n' }}}}{{% endif %}}{{{{ {literal(self.user)} }}}}"
+            f"{{{{ message['content'] }}}}{{{{ {literal(self.assistant)} }}}}"
+            "{% elif message['role'] == 'assistant' %}{{ ' ' }}{{ message['content'] }}{{ eos_token }}"
+            "{% endif %}{% endfor %}"
+        )
 
     def _context(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         bos = bos_token_id(tokenizer)

@@ -63,3 +63,23 @@ def test_truncation_drops_whole_turns_and_never_leaves_a_sample_without_supervis
 def test_image_placeholder_is_removed():
     assert strip_image_placeholder("<image>\nWhat is this?") == "What is this?"
     assert strip_image_placeholder("What is this?\n<image>") == "What is this?"
+
+
+def test_the_exported_chat_template_renders_the_training_layout_token_for_token(backbones, trained_checkpoint, tmp_path):
+    from transformers import AutoTokenizer
+
+    from mmcaption.export import export_checkpoint
+    from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
+
+    exported = AutoTokenizer.from_pretrained(export_checkpoint(trained_checkpoint, tmp_path / "export") / "tokenizer")
+    plain = AutoTokenizer.from_pretrained(str(backbones[0]))
+    turns = [("What colour is the circle?", "It is red."), ("Where is it?", "On the left, next to a blue square.")]
+    messages = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    for system in (DEFAULT_SYSTEM, ""):
+        template = ConversationTemplate(system=system)
+        expected = template.encode(turns, plain, max_length=1000).input_ids
+        given = [{"role": "system", "content": system}, *messages] if system != DEFAULT_SYSTEM else messages
+        assert exported.apply_chat_template(given, tokenize=True, return_dict=False) == expected, system
+        # a question alone: the prompt the model answers from, as predict and the API build it
+        prompt = exported.apply_chat_template([*given[:-3]], tokenize=True, add_generation_prompt=True, return_dict=False)
+        assert prompt == template.prompt(turns[0][0], plain), system
