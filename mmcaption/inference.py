@@ -76,15 +76,51 @@ class Captioner:
         captions = self._generate([prompt] * len(images), images, **generate_kwargs)
         return captions if many else captions[0]
 
-    def answer(self, image: ImageInput | None, question: str, **generate_kwargs) -> str:
-        """A free-form answer, as the instruct stage was taught to give (``image=None``: a text-only question)."""
-        return self._generate([self.template.prompt(question, self.tokenizer)], [image], **generate_kwargs)[0]
+    def answer(
+        self, images: ImageInput | None | list[ImageInput | None], questions: str | list[str], **generate_kwargs
+    ) -> str | list[str]:
+        """A free-form answer, as the instruct stage was taught to give (an image of ``None``: a text-only
+        question). One image and question give a string; lists of the same length give a list, answered
+        as one batch."""
+        many, images, questions = _batch(images, questions)
+        prompts = [self.template.prompt(question, self.tokenizer) for question in questions]
+        answers = self._generate(prompts, images, **generate_kwargs) if prompts else []
+        return answers if many else answers[0]
+
+    def chat(self, image: ImageInput | None, question: str, history: list[tuple[str, str]] | None = None,
+             **generate_kwargs) -> str:
+        """The answer to ``question`` after the earlier ``(question, answer)`` turns of ``history``, all
+        about ``image``, laid out as the instruct stage's conversations (the exported ``chat_template``)."""
+        prompt = self.template.chat_prompt(list(history or []), question, self.tokenizer)
+        return self._generate([prompt], [image], **generate_kwargs)[0]
 
     @torch.no_grad()
-    def choose(self, image: ImageInput | None, question: str, options: list[str]) -> str:
-        """The letter (A, B, ...) of the most likely option given the image and question; 2 to 8 options."""
-        prompt, option_ids = choice_prompt(self.template, self.tokenizer, question, options, "likelihood")
-        pixels, mask = self._images([image])
+    def choose(
+        self, images: ImageInput | None | list[ImageInput | None], questions: str | list[str],
+        options: list[str] | list[list[str]],
+    ) -> str | list[str]:
+        """The letter (A, B, ...) of the most likely option given the image and question; 2 to 8 options.
+        Lists of images, questions and option lists (of the same length) give a list of letters, scored
+        as one batch."""
+        many, images, questions = _batch(images, questions)
+        option_lists = options if many else [options]
+        if len(option_lists) != len(questions) or not all(isinstance(o, list) for o in option_lists):
+            raise ValueError("choose with lists of questions needs a list of options per question")
+        if not questions:
+            return []
+        prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
+                                    for question, opts in zip(questions, option_lists)))
+        pixels, mask = self._images(images)
         image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
-        letters, _ = self.tasks.choose([prompt], [option_ids], image_embeds, image_mask=mask)
-        return letters[0]
+        letters, _ = self.tasks.choose(list(prompts), list(option_ids), image_embeds, image_mask=mask)
+        return letters if many else letters[0]
+
+
+def _batch(images, questions) -> tuple[bool, list, list[str]]:
+    """(whether lists were given, the images, the questions) - one of each, or lists of the same length."""
+    if isinstance(questions, str):
+        return False, [images], [questions]
+    images = list(images) if isinstance(images, (list, tuple)) else None
+    if images is None or len(images) != len(questions):
+        raise ValueError(f"{len(questions)} questions need a list of as many images (None for a text-only question)")
+    return True, images, list(questions)

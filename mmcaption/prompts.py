@@ -109,6 +109,12 @@ class ConversationTemplate:
         """Tokens that ask one question; generation continues with the answer."""
         return self._context(tokenizer) + self._question(question, tokenizer, first=True)
 
+    def chat_prompt(self, history: list[tuple[str, str]], question: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """Tokens of the earlier ``(question, answer)`` turns, whole, then ``question``: generation
+        continues with its answer. With no history it is :meth:`prompt`."""
+        input_ids = self.encode(history, tokenizer, max_length=10**9).input_ids if history else self._context(tokenizer)
+        return input_ids + self._question(question, tokenizer, first=not history)
+
     def encode(self, turns: list[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int) -> EncodedConversation:
         """The conversation's tokens and labels within ``max_length`` tokens.
 

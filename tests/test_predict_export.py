@@ -227,3 +227,39 @@ def test_export_writes_the_checkpoints_tensors_without_reading_the_backbones_wei
     assert json.loads((lean / "mmcaption.json").read_text())["model"] == json.loads((full / "mmcaption.json").read_text())["model"]
     image = draw_scene(Scene("red", "circle", "left"), 64, random.Random(0))
     assert Captioner.from_pretrained(lean).caption(image) == Captioner.from_pretrained(full).caption(image)
+
+
+def test_captioner_answers_and_chooses_in_batches_like_one_by_one_and_chats_in_the_template_layout(trained_checkpoint, tmp_path):
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "export"
+    export_main([str(trained_checkpoint), str(out)])
+    captioner = Captioner.from_pretrained(out)
+    rng = random.Random(0)
+    scenes = [Scene("red", "circle", "left"), Scene("blue", "square", "right"), Scene("green", "triangle", "top")]
+    images = [draw_scene(scene, 64, rng) for scene in scenes] + [None]  # the last question is text-only
+    questions = ["What colour is the shape?", "Which shape is it?", "Where is the shape?", "What is red?"]
+    options = [["red", "blue", "green"], ["circle", "square"], ["left", "right", "top", "bottom"], ["the sun", "grass"]]
+
+    one_by_one = [captioner.answer(image, question, max_new_tokens=6, min_new_tokens=6) for image, question in zip(images, questions)]
+    assert len(set(one_by_one)) > 1, one_by_one  # the questions get different answers: the comparison means something
+    assert captioner.answer(images, questions, max_new_tokens=6, min_new_tokens=6) == one_by_one
+    letters = [captioner.choose(image, question, opts) for image, question, opts in zip(images, questions, options)]
+    assert captioner.choose(images, questions, options) == letters
+    with pytest.raises(ValueError, match="as many images"):
+        captioner.answer(images[:2], questions)
+
+    # an image as an array is the same image
+    array = np.asarray(images[0])
+    assert captioner.answer(array, questions[0], max_new_tokens=6, min_new_tokens=6) == one_by_one[0]
+
+    # chat: the history reaches the prompt in the training layout, as the exported chat template renders it
+    history = [(questions[0], "It is red."), ("And its shape?", "A circle.")]
+    prompt = captioner.template.chat_prompt(history, "Where is it?", captioner.tokenizer)
+    messages = [m for q, a in history for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    exported = AutoTokenizer.from_pretrained(out / "tokenizer")
+    assert prompt == exported.apply_chat_template([*messages, {"role": "user", "content": "Where is it?"}],
+                                                  tokenize=True, return_dict=False)
+    assert captioner.chat(images[0], questions[0], max_new_tokens=6, min_new_tokens=6) == one_by_one[0]  # no history: a plain answer
+    assert isinstance(captioner.chat(images[0], "Where is it?", history, max_new_tokens=6, min_new_tokens=6), str)
