@@ -149,16 +149,28 @@ class Tasks:
         """
         results = [{**without_results(record), "error": error} for record, error in zip(batch["record"], batch["error"])]
         ok = [i for i, error in enumerate(batch["error"]) if error is None]
-        if not ok:
-            return results
         task = batch["task"][0]
+        if ok:
+            self._predict_rows(task, batch, ok, results)
+        for row in results:  # with a reference answer, a row that got no answer (unreadable image, no letter) is wrong
+            answer, prediction = row.get("answer"), row.get("prediction")
+            if answer:
+                if prediction is None:
+                    row["correct"] = False
+                elif task.startswith("choice"):
+                    row["correct"] = prediction == answer.strip().upper()
+                else:
+                    row["correct"] = normalise_answer(prediction) == normalise_answer(answer)
+        return results
+
+    def _predict_rows(self, task: str, batch: dict[str, Any], ok: list[int], results: list[dict[str, Any]]) -> None:
+        """Fill in the results of the rows ``ok`` (those whose image could be read)."""
         select = torch.tensor(ok, device=batch["input_ids"].device)
         sub = {k: batch[k].index_select(0, select) for k in ("input_ids", "attention_mask", "pixel_values", "image_mask") if k in batch}
         if task == "caption":
             for i, caption in zip(ok, self.generate_batch(sub)):
                 results[i]["caption"] = caption
-            return results
-        if task == "choice-likelihood":
+        elif task == "choice-likelihood":
             image_embeds = self.model.encode_images(sub["pixel_values"].to(self.device))
             letters, scores = self.choose(unpadded(sub["input_ids"], sub["attention_mask"]), [batch["option_ids"][i] for i in ok], image_embeds)
             for i, letter, row_scores in zip(ok, letters, scores.tolist()):
@@ -176,13 +188,3 @@ class Tasks:
                 results[i]["prediction"] = text
         else:
             raise ValueError(f"unknown task {task!r}")
-        for row in results:  # with a reference answer, a row that got no answer (unreadable image, no letter) is wrong
-            answer, prediction = row.get("answer"), row.get("prediction")
-            if answer:
-                if prediction is None:
-                    row["correct"] = False
-                elif task.startswith("choice"):
-                    row["correct"] = prediction == answer.strip().upper()
-                else:
-                    row["correct"] = normalise_answer(prediction) == normalise_answer(answer)
-        return results

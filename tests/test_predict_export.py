@@ -263,3 +263,42 @@ def test_captioner_answers_and_chooses_in_batches_like_one_by_one_and_chats_in_t
                                                   tokenize=True, return_dict=False)
     assert captioner.chat(images[0], questions[0], max_new_tokens=6, min_new_tokens=6) == one_by_one[0]  # no history: a plain answer
     assert isinstance(captioner.chat(images[0], "Where is it?", history, max_new_tokens=6, min_new_tokens=6), str)
+
+
+def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_scored_by_exact_match(backbones, trained_checkpoint, image_folder, tmp_path):
+    from mmcaption.data import QuestionsPredictDataModule
+
+    def run(path, output):
+        module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+        module.generation.update(min_new_tokens=3, max_new_tokens=5)  # words, not an immediate end-of-text
+        data = QuestionsPredictDataModule(questions_file=str(path), output=str(output), tokenizer=str(backbones[0]),
+                                          image_processor=str(backbones[1]), batch_size=2, num_workers=0)
+        predictor(tmp_path).predict(module, datamodule=data)
+        return [json.loads(line) for line in output.read_text().splitlines()]
+
+    asked = tmp_path / "asked.jsonl"
+    asked.write_text("\n".join(json.dumps(r) for r in [
+        {"image": "images/img0.png", "question": "What colour is the shape?"},
+        {"image": "images/img1.png", "question": "How many squares are there?", "id": 7},
+        {"image": "images/missing.png", "question": "What is it?"},
+    ]) + "\n")
+    first = run(asked, tmp_path / "first.jsonl")
+    assert [r.get("id") for r in first] == [None, 7, None]  # the records come back with their own fields
+    assert all(r["prediction"].strip() for r in first[:2]) and first[2]["error"].startswith("image not found")
+
+    # the same questions as Excel writes a CSV (BOM, CRLF, other case), with answers: one right as a person
+    # would write it (case, article, full stop), one wrong, one whose image is missing (wrong, not left out)
+    scored = tmp_path / "scored.csv"
+    rows = [["Image", "Question", "Answer"], ["images/img0.png", "What colour is the shape?", f"The {first[0]['prediction'].upper()}."],
+            ["images/img1.png", "How many squares are there?", "zebra"], ["images/missing.png", "What is it?", "a circle"]]
+    scored.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(",".join(f'"{c}"' for c in row) for row in rows).encode() + b"\r\n")
+    second = run(scored, tmp_path / "second.jsonl")
+    assert [r["prediction"] for r in second[:2]] == [r["prediction"] for r in first[:2]]
+    assert [r["correct"] for r in second] == [True, False, False]
+    summary = json.loads((tmp_path / "second.jsonl.summary.json").read_text())
+    assert summary["correct"] == 1 and summary["answered"] == 3
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "images/img0.png", "question": "Fine?"}\n{"image": "images/img0.png"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: no question"):
+        QuestionsPredictDataModule(questions_file=str(bad), tokenizer=str(backbones[0]), image_processor=str(backbones[1])).setup("predict")

@@ -4,6 +4,7 @@ LightningDataModules) and what ``mmcaption predict`` reads."""
 from mmcaption.data.datamodules import CaptionDataModule, InstructDataModule
 from mmcaption.data.datasets import CaptionDataset, ConversationDataset
 from mmcaption.data.predict import CaptionPredictDataModule, MultipleChoiceDataModule
+from mmcaption.data.questions import QuestionsPredictDataModule
 from mmcaption.data.records import DataError
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "DataError",
     "InstructDataModule",
     "MultipleChoiceDataModule",
+    "QuestionsPredictDataModule",
 ]
