@@ -17,24 +17,44 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import Any
 
 from mmcaption.checkpoint import model_from_checkpoint
 from mmcaption.errors import user_errors_exit
 from mmcaption.folders import check_new_folder, replace_folder, staging_folder
 from mmcaption.model.backbones import load_tokenizer
+from mmcaption.model.card import DATA_SETTINGS
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 
 
-def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False) -> Path:
+def training_summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint records of its training, for the model card: the stage, the epochs completed,
+    the data settings, and the best value of each monitored validation metric."""
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    metrics = {}
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
+            metrics[state["monitor"]] = float(state["best_model_score"])
+    return {
+        "stage": "instruct" if "Instruct" in str(data.get("_class_path", "")) else "caption",
+        "epochs": checkpoint.get("epoch"),
+        "data": {k: data[k] for k in DATA_SETTINGS if data.get(k) not in (None, "")},
+        "metrics": metrics,
+    }
+
+
+def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False,
+                      license: str = "apache-2.0") -> Path:
     """Write the model of a Lightning checkpoint, with the prompts and generation settings it was
-    trained and validated with, to the folder ``out`` (refused when it holds anything, unless ``overwrite``)."""
+    trained and validated with, to the folder ``out`` (refused when it holds anything, unless ``overwrite``).
+    ``license`` is the Hub license id the model card declares for what was trained."""
     out = check_new_folder(out, overwrite, "export folder", "--overwrite")
     model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False)  # the trained tensors suffice
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}
     source = {"checkpoint": str(Path(checkpoint_path).resolve()), "global_step": checkpoint.get("global_step"),
-              "init_from": checkpoint.get("init_from")}
+              "init_from": checkpoint.get("init_from"), "license": license, "training": training_summary(checkpoint)}
     tokenizer = load_tokenizer(model.config.language_model)
     # the instruct stage's layout, for apply_chat_template (and the Hub's chat widgets)
     tokenizer.chat_template = ConversationTemplate(system=prompts["system_prompt"]).chat_template()
@@ -55,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="folder to write (refused if it holds anything, unless --overwrite)")
     parser.add_argument("--merge", action="store_true", help="also write the language model with LoRA merged in")
     parser.add_argument("--overwrite", action="store_true", help="replace the folder if it exists (nothing of it is kept)")
+    parser.add_argument("--license", default="apache-2.0",
+                        help="Hub license id the model card declares (default apache-2.0; mind the data's and base models')")
     args = parser.parse_args(argv)
-    print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite)}")
+    print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite, args.license)}")
 
 
 if __name__ == "__main__":

@@ -302,3 +302,37 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
     bad.write_text('{"image": "images/img0.png", "question": "Fine?"}\n{"image": "images/img0.png"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl, line 2: no question"):
         QuestionsPredictDataModule(questions_file=str(bad), tokenizer=str(backbones[0]), image_processor=str(backbones[1])).setup("predict")
+
+
+def test_export_card_has_hub_metadata_and_says_how_the_model_was_trained(backbones, trained_checkpoint, tmp_path):
+    from huggingface_hub import ModelCard
+
+    checkpoint = torch.load(trained_checkpoint, weights_only=False)
+    # as a fit with a ModelCheckpoint callback monitoring val/loss records it
+    checkpoint["callbacks"] = {"ModelCheckpoint{'monitor': 'val/loss'}": {"monitor": "val/loss", "best_model_score": torch.tensor(1.2345)}}
+    torch.save(checkpoint, tmp_path / "with_metrics.ckpt")
+    export_main([str(tmp_path / "with_metrics.ckpt"), str(tmp_path / "export"), "--license", "mit"])
+
+    card = ModelCard.load(tmp_path / "export" / "README.md")
+    assert card.data.license == "mit"
+    assert card.data.base_model is None  # local backbone folders are not Hub ids (real ones are: below)
+    assert card.data.pipeline_tag == "image-text-to-text" and "mmcaption" in card.data.tags and "nf4" in card.data.tags
+    assert "caption stage: 4 optimizer steps" in card.text
+    assert "val/loss: 1.2345" in card.text
+    assert f"data_dir `{checkpoint['datamodule_hyper_parameters']['data_dir']}`" in card.text
+
+
+def test_card_metadata_names_hub_backbones_as_base_models():
+    from huggingface_hub import ModelCard
+
+    from mmcaption.model.card import model_card
+
+    manifest = {"model": {"vision_model": "openai/clip-vit-base-patch32", "quantization": "nf4", "compute_dtype": "bfloat16",
+                          "cross_attention_layers": [28, 29, 30, 31], "lora_r": 32, "lora_alpha": 64,
+                          "lora_target_modules": ["q_proj", "k_proj", "v_proj", "dense"]},
+                "merged": False, "base_language_model": "microsoft/phi-2",
+                "source": {"hub_dataset": None, "training": {"stage": "caption", "epochs": 4,
+                                                              "data": {"source": "hub", "hub_dataset": "org/coco-captions"}}}}
+    card = ModelCard(model_card(manifest))
+    assert card.data.base_model == ["microsoft/phi-2", "openai/clip-vit-base-patch32"]
+    assert card.data.datasets == ["org/coco-captions"] and card.data.license == "apache-2.0"

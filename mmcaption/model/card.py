@@ -2,7 +2,54 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
+
+from huggingface_hub import ModelCardData
+
+DATA_SETTINGS = ("data_dir", "source", "hub_dataset", "train_split", "train_file", "val_file", "image_root", "max_length",
+                 "batch_size")
+
+
+def hub_ids(*names: str) -> list[str] | None:
+    """The names that are Hub model ids (``owner/name``), not local folders: what ``base_model`` may list."""
+    ids = [name for name in names if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not Path(name).exists()]
+    return ids or None
+
+
+def card_metadata(manifest: dict[str, Any]) -> str:
+    """The card's Hub metadata (YAML front matter, by ``huggingface_hub.ModelCardData``). Backbones
+    given as local folders are left out of ``base_model``, which names Hub models only."""
+    model, source = manifest["model"], manifest["source"]
+    data = source.get("training", {}).get("data", {})
+    return ModelCardData(
+        license=source.get("license", "apache-2.0"),
+        base_model=hub_ids(manifest["base_language_model"], model["vision_model"]),
+        datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None,
+        library_name="peft",
+        pipeline_tag="image-text-to-text",
+        tags=["mmcaption", "image-captioning", "visual-question-answering", "lora", "gated-cross-attention",
+              *(["4-bit", model["quantization"]] if model["quantization"] != "none" else [])],
+    ).to_yaml()
+
+
+def training_section(source: dict[str, Any]) -> str:
+    """How the exported checkpoint was trained and what it measured, from what the checkpoint records."""
+    training = source.get("training")
+    if not training:
+        return ""
+    lines = [f"- {training['stage']} stage: {source.get('global_step')} optimizer steps, {training['epochs']} epoch(s) "
+             f"completed, from `{source.get('checkpoint')}`"]
+    start = source.get("init_from")
+    if start:
+        lines.append(f"- started from the trained weights of `{start.get('path')}` (its step {start.get('global_step')})")
+    data = training.get("data", {})
+    if data:
+        lines.append("- data: " + ", ".join(f"{k} `{v}`" for k, v in data.items()))
+    for name, value in training.get("metrics", {}).items():
+        lines.append(f"- {name}: {value:.4f} (the checkpoint callback's best; measured on the validation split)")
+    return "\n## Training\n\n" + "\n".join(lines) + "\n"
 
 
 def model_card(manifest: dict[str, Any]) -> str:
@@ -19,7 +66,11 @@ def model_card(manifest: dict[str, Any]) -> str:
                 " (`adapter/` with the quantized base reproduces them exactly)"
             )
         adapter += "."
-    return f"""# mmcaption model
+    return f"""---
+{card_metadata(manifest)}
+---
+
+# mmcaption model
 
 A captioning and visual question answering model trained with mmcaption: the language model
 `{manifest['base_language_model']}` ({model['quantization']} during training), the frozen vision tower
@@ -34,4 +85,6 @@ print(captioner.caption("photo.jpg"))
 ```
 
 Exported from `{manifest['source'].get('checkpoint')}` (step {manifest['source'].get('global_step')}).
+{training_section(manifest['source'])}
+The language model and the vision tower keep their own licenses, and so does the training data.
 """
