@@ -314,7 +314,7 @@ def prepare(args: list[str]) -> int:
 
 @user_errors_exit
 def main(args: list[str] | None = None) -> None:
-    """The ``mmcaption`` console script: LightningCLI's subcommands, and ``prepare``.
+    """The ``mmcaption`` console script: LightningCLI's subcommands, ``prepare`` and ``chat``.
 
     Exit status: 0 done; 2 a user error (one line naming the file or setting; ``MMCAPTION_TRACEBACK=1``
     adds the traceback); 130 / 143 stopped by Ctrl-C / SIGTERM (during ``fit``, after saving a checkpoint
@@ -323,6 +323,10 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["prepare"]:
         sys.exit(prepare(argv[1:]))
+    if argv[:1] == ["chat"]:
+        from mmcaption.chat import main as chat_main
+
+        return chat_main(argv[1:])
     try:
         run_cli(args)
     except SIGTERMException:  # Lightning's own SIGTERM handling, before training began: nothing to save

@@ -336,3 +336,49 @@ def test_card_metadata_names_hub_backbones_as_base_models():
     card = ModelCard(model_card(manifest))
     assert card.data.base_model == ["microsoft/phi-2", "openai/clip-vit-base-patch32"]
     assert card.data.datasets == ["org/coco-captions"] and card.data.license == "apache-2.0"
+
+
+def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_images(trained_checkpoint, image_folder, tmp_path):
+    import io
+    import subprocess
+    import sys
+
+    from mmcaption.chat import chat
+
+    out = tmp_path / "export"
+    export_main([str(trained_checkpoint), str(out)])
+    captioner = Captioner.from_pretrained(out)
+    settings = {"max_new_tokens": 5, "min_new_tokens": 5, "num_beams": 1, "do_sample": False}
+    first, second = str(image_folder / "img0.png"), str(image_folder / "img1.png")
+    lines = io.StringIO(f"What colour is it?\nAnd the shape?\n/image {tmp_path / 'nope.png'}\n/image {second}\nWhat colour is it?\n"
+                        "/reset\nAnd the shape?\n")
+    printed = io.StringIO()
+    calls, api_chat = [], captioner.chat
+
+    def recording_chat(image, question, history, **kwargs):
+        calls.append((image, question, list(history)))
+        return api_chat(image, question, history, **kwargs)
+
+    captioner.chat = recording_chat
+    assert chat(captioner, first, lines, printed, **settings) == 4
+    captioner.chat = api_chat
+    text = printed.getvalue().splitlines()
+
+    # each question went with its image and the conversation so far; what was streamed is what was answered
+    picture, other = (Path(p).read_bytes() for p in (first, second))
+    a1 = api_chat(picture, "What colour is it?", [], **settings)
+    assert calls == [(picture, "What colour is it?", []), (picture, "And the shape?", [("What colour is it?", a1)]),
+                     (other, "What colour is it?", []), (other, "And the shape?", [])]  # /image and /reset: no history
+    answers = [api_chat(*call, **settings) for call in calls]
+    assert text == [answers[0], answers[1], f"(image not found: {tmp_path / 'nope.png'}; still about {first})",
+                    f"(now about {second}: a new conversation)", answers[2], "(a new conversation)", answers[3]]
+    assert all(answer.strip() for answer in answers)
+
+    # the console command through a pipe; a folder that is not a model is refused in one line
+    result = subprocess.run([sys.executable, "-m", "mmcaption", "chat", "--model", str(out), "--image", first,
+                             "--max_new_tokens", "5", "--min_new_tokens", "5"],
+                            input="What colour is it?\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [answers[0]]
+    result = subprocess.run([sys.executable, "-m", "mmcaption", "chat", "--model", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and "is not a model folder" in result.stderr

@@ -253,7 +253,7 @@ class MultimodalCausalLM(nn.Module):
                 raise ValueError("generate needs pixel_values or image_embeds")
             image_embeds = self.encode_images(pixel_values)
         config = copy.deepcopy(generation_config or self.language_model.generation_config)
-        config.update(**generate_kwargs)
+        extra = config.update(**generate_kwargs)  # what a GenerationConfig does not hold (a streamer) goes to generate
         if config.pad_token_id is None:
             config.pad_token_id = config.eos_token_id if isinstance(config.eos_token_id, int) else None
         # generate() expands each prompt to its beams / returned samples; the images must follow.
@@ -263,7 +263,7 @@ class MultimodalCausalLM(nn.Module):
             image_mask = image_mask.to(image_embeds.device).repeat_interleave(expand, dim=0)
         with self.generation_images(image_embeds, cache_key_values=cache_image_key_values, image_mask=image_mask):
             sequences = self.language_model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra
             )
         return sequences[:, input_ids.shape[1]:]
 

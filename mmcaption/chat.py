@@ -1,0 +1,126 @@
+"""``mmcaption chat``: a conversation about an image with an exported model, in a terminal or a pipe.
+
+    mmcaption chat --model exported/mmcaption-phi2 --image photo.jpg
+    printf 'What is in the picture?\\nWhat colour is it?\\n' | mmcaption chat --model ... --image photo.jpg
+
+Each line is a question; the answer streams as it is generated, and earlier turns stay in the prompt
+(the instruct stage's layout). ``/image other.jpg`` switches to another image and starts a new
+conversation, ``/reset`` starts a new one about the same image, ``/quit`` (or end of input) ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from transformers import TextStreamer
+
+from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.images import check_image
+from mmcaption.inference import Captioner
+from mmcaption.model import is_pretrained_folder
+
+HELP = "/image PATH: another image (a new conversation) - /reset: a new conversation - /quit: end"
+
+
+class _Stream(TextStreamer):
+    """Writes the decoded answer to ``out`` as the tokens come (the prompt is not repeated)."""
+
+    def __init__(self, tokenizer, out: TextIO) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.out, self.started = out, False
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if not self.started:  # the answer's leading space (" red" after "Assistant:"), as the API strips it
+            text = text.lstrip()
+            self.started = bool(text)
+        self.out.write(text.rstrip() if stream_end else text)
+        self.out.flush()
+
+
+def read_image(path: str) -> bytes:
+    """An image file's bytes, refusing with its name one that is missing or cannot be decoded."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"image not found: {file}")
+    data = file.read_bytes()
+    problem = check_image(data)
+    if problem is not None:
+        raise ConfigError(f"image {file} cannot be decoded: {problem}")
+    return data
+
+
+def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, interactive: bool = False, **generate_kwargs) -> int:
+    """Answer the questions of ``lines`` about ``image`` (``None``: text-only), keeping the conversation;
+    returns how many questions were answered."""
+    picture = read_image(image) if image else None
+    history: list[tuple[str, str]] = []
+    answered = 0
+    streaming = generate_kwargs.get("num_beams", 1) == 1
+    while True:
+        if interactive:
+            out.write("you> ")
+            out.flush()
+        line = lines.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            break
+        if text == "/reset":
+            history = []
+            out.write("(a new conversation)\n")
+            continue
+        if text.startswith("/image"):
+            try:
+                picture, image = read_image(text.removeprefix("/image").strip()), text.removeprefix("/image").strip()
+            except ConfigError as error:
+                out.write(f"({error}; still about {image or 'no image'})\n")
+                continue
+            history = []
+            out.write(f"(now about {image}: a new conversation)\n")
+            continue
+        if text.startswith("/"):
+            out.write(f"({HELP})\n")
+            continue
+        if interactive:
+            out.write("model> ")
+        stream = {"streamer": _Stream(captioner.tokenizer, out)} if streaming else {}
+        answer = captioner.chat(picture, text, history, **stream, **generate_kwargs)
+        out.write(("" if streaming else answer) + "\n")
+        out.flush()
+        history.append((text, answer))
+        answered += 1
+    return answered
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    """``mmcaption chat``."""
+    parser = argparse.ArgumentParser(prog="mmcaption chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a folder written by mmcaption-export")
+    parser.add_argument("--image", help="the image to talk about (none: text-only questions)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--min_new_tokens", type=int, default=None)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampling at this temperature")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling (with --temperature above 0)")
+    args = parser.parse_args(argv)
+    if not is_pretrained_folder(args.model):
+        raise ConfigError(f"{args.model} is not a model folder of mmcaption-export (no mmcaption.json in it)")
+    if args.image:
+        read_image(args.image)  # before the model loads
+    captioner = Captioner.from_pretrained(args.model, device=args.device)
+    settings = {"max_new_tokens": args.max_new_tokens, "num_beams": 1, "do_sample": args.temperature > 0}
+    if args.temperature > 0:
+        settings.update(temperature=args.temperature, top_p=args.top_p)
+    if args.min_new_tokens is not None:
+        settings["min_new_tokens"] = args.min_new_tokens
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"mmcaption chat about {args.image or 'no image'} ({HELP})")
+    chat(captioner, args.image, sys.stdin, sys.stdout, interactive=interactive, **settings)
