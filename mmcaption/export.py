@@ -15,15 +15,19 @@ the destination as it was, and a replaced folder keeps nothing of its old conten
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import is_offline_mode, snapshot_download
+
 from mmcaption.checkpoint import model_from_checkpoint
-from mmcaption.errors import user_errors_exit
+from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.folders import check_new_folder, replace_folder, staging_folder
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.card import DATA_SETTINGS
+from mmcaption.model.multimodal import CONFIG_FILE
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 
 
@@ -43,11 +47,26 @@ def training_summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def copy_backbone(name: str, target: Path) -> str:
+    """Copy a backbone's files (a local folder, or a Hub id's snapshot in the Hugging Face cache) to
+    ``target``; returns ``target``'s path relative to the export folder."""
+    source = Path(name).expanduser()
+    if not source.is_dir():
+        try:
+            source = Path(snapshot_download(name, local_files_only=is_offline_mode()))
+        except Exception as error:  # noqa: BLE001 - the hub's many errors all mean the same here
+            raise ConfigError(f"cannot copy the backbone {name!r} into the export: {error}") from error
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))  # a cache's symlinks are copied as files
+    return str(target.relative_to(target.parent.parent))
+
+
 def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False,
-                      license: str = "apache-2.0") -> Path:
+                      license: str = "apache-2.0", include_backbones: bool = False) -> Path:
     """Write the model of a Lightning checkpoint, with the prompts and generation settings it was
     trained and validated with, to the folder ``out`` (refused when it holds anything, unless ``overwrite``).
-    ``license`` is the Hub license id the model card declares for what was trained."""
+    ``license`` is the Hub license id the model card declares for what was trained. With
+    ``include_backbones`` the language model and the vision tower are copied into ``backbones/`` and the
+    folder loads from them: it works with nothing else, offline."""
     out = check_new_folder(out, overwrite, "export folder", "--overwrite")
     model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False)  # the trained tensors suffice
     hparams = checkpoint.get("hyper_parameters", {})
@@ -61,6 +80,11 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     staging = staging_folder(out)
     try:
         model.save_pretrained(staging, tokenizer, prompts, hparams.get("generation") or {}, source, merge=merge)
+        if include_backbones:
+            manifest = json.loads((staging / CONFIG_FILE).read_text())
+            manifest["backbones"] = {name: copy_backbone(getattr(model.config, name), staging / "backbones" / name)
+                                     for name in ("language_model", "vision_model")}
+            (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -77,8 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace the folder if it exists (nothing of it is kept)")
     parser.add_argument("--license", default="apache-2.0",
                         help="Hub license id the model card declares (default apache-2.0; mind the data's and base models')")
+    parser.add_argument("--include_backbones", action="store_true",
+                        help="copy the language model and the vision tower into the folder: it then works with nothing else")
     args = parser.parse_args(argv)
-    print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite, args.license)}")
+    out = export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite, args.license, args.include_backbones)
+    print(f"exported to {out}")
 
 
 if __name__ == "__main__":

@@ -382,3 +382,23 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
     assert result.stdout.splitlines() == [answers[0]]
     result = subprocess.run([sys.executable, "-m", "mmcaption", "chat", "--model", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "is not a model folder" in result.stderr
+
+
+def test_export_with_its_backbones_works_where_the_original_backbones_are_not(trained_checkpoint, tmp_path):
+    image = draw_scene(Scene("red", "circle", "left"), 64, random.Random(0))
+    export_main([str(trained_checkpoint), str(tmp_path / "plain")])
+    export_main([str(trained_checkpoint), str(tmp_path / "whole"), "--include_backbones"])
+    assert (tmp_path / "whole" / "backbones" / "language_model" / "config.json").is_file()
+    assert (tmp_path / "whole" / "backbones" / "vision_model" / "preprocessor_config.json").is_file()
+
+    # as on another machine: the backbones' original locations do not exist there
+    moved = tmp_path / "elsewhere" / "whole"
+    (tmp_path / "whole").rename(moved.parent.mkdir() or moved)
+    manifest = json.loads((moved / "mmcaption.json").read_text())
+    manifest["model"].update(language_model="/nonexistent/phi-2", vision_model="/nonexistent/clip")
+    (moved / "mmcaption.json").write_text(json.dumps(manifest))
+    assert Captioner.from_pretrained(moved).caption(image, min_new_tokens=4) == Captioner.from_pretrained(tmp_path / "plain").caption(image, min_new_tokens=4)
+    with pytest.raises(Exception, match="nonexistent"):  # without the copies the same folder cannot load
+        manifest.pop("backbones")
+        (moved / "mmcaption.json").write_text(json.dumps(manifest))
+        Captioner.from_pretrained(moved)

@@ -382,18 +382,18 @@ def is_pretrained_folder(path: str | Path) -> bool:
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
-    folder = Path(folder)
     if not is_pretrained_folder(folder):
         raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder (no {CONFIG_FILE})")
-    return json.loads((folder / CONFIG_FILE).read_text())
+    return json.loads((Path(folder) / CONFIG_FILE).read_text())
 
 
 def pretrained_config(folder: str | Path, **overrides: Any) -> MultimodalConfig:
-    """The model config a saved folder rebuilds (a merged language model is read from the folder)."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
+    """The model config a saved folder rebuilds: backbones copied into it (``backbones``) and a merged
+    language model are read from the folder."""
+    folder, manifest = Path(folder), read_manifest(folder)
     names = {f.name for f in fields(MultimodalConfig)}
     config = MultimodalConfig(**{k: v for k, v in manifest["model"].items() if k in names})
+    config = replace(config, **{name: str(folder / path) for name, path in manifest.get("backbones", {}).items()})
     if manifest["merged"]:
         config = replace(config, language_model=str(folder / "language_model"))
     return replace(config, **overrides)
