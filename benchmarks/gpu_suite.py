@@ -33,27 +33,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPVisionConfig, CLIPVisionModel, PhiConfig, PhiForCausalLM
+from real_shapes import write_backbones  # benchmarks/real_shapes.py, beside this script
 
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.loss import chunked_cross_entropy
 
-PHI2 = dict(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
-            partial_rotary_factor=0.4, max_position_embeddings=2048)
-CLIP_B32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32)
-TINY_PHI = dict(vocab_size=512, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                partial_rotary_factor=0.5, max_position_embeddings=256)
-TINY_CLIP = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16)
 ORIGINAL_PADDING = 128  # the original scripts pad every caption to 128 tokens
-
-
-def write_backbones(folder: Path, tiny: bool, device: str) -> tuple[Path, Path]:
-    torch.manual_seed(0)
-    language, vision = folder / "language_model", folder / "vision_model"
-    with torch.device(device):
-        PhiForCausalLM(PhiConfig(**(TINY_PHI if tiny else PHI2))).to(torch.bfloat16).save_pretrained(language)
-        CLIPVisionModel(CLIPVisionConfig(**(TINY_CLIP if tiny else CLIP_B32))).save_pretrained(vision)
-    return language, vision
 
 
 def synchronize(device: str) -> None:
@@ -146,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             for cached in (False, True):
                 batch = caption_batch(model, args.batch_size, args.seq_len, cached, False, device)
                 for chunked in (False, True):
-                    seconds, peak = timed(lambda: training_step(model, optimizer, batch, chunked, dtype), args.steps, 3, device)
+                    seconds, peak = timed(lambda m=model, o=optimizer, b=batch, c=chunked: training_step(m, o, b, c, dtype), args.steps, 3, device)
                     key = f"{quantization}, {'cached features' if cached else 'vision tower'}, {'chunked' if chunked else 'plain'} loss"
                     results["training"][key] = {"step_s": seconds, "tokens_per_s": args.batch_size * args.seq_len / seconds,
                                                 "peak_memory_gib": peak}
@@ -161,9 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
                     with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
                         embeds = model.encode_images(pixels)
                         for cache in (True, False):
-                            def decode() -> None:
-                                model.generate(prompt, torch.ones_like(prompt), image_embeds=embeds, max_new_tokens=args.new_tokens,
-                                               min_new_tokens=args.new_tokens, do_sample=False, cache_image_key_values=cache)
+                            def decode(m=model, p=prompt, e=embeds, c=cache) -> None:
+                                m.generate(p, torch.ones_like(p), image_embeds=e, max_new_tokens=args.new_tokens,
+                                           min_new_tokens=args.new_tokens, do_sample=False, cache_image_key_values=c)
                             seconds, _ = timed(decode, max(3, args.steps // 2), 1, device)
                             key = f"batch {batch_size}, image keys/values {'cached' if cache else 'recomputed'}"
                             results["generation"][key] = batch_size * args.new_tokens / seconds
@@ -173,13 +158,13 @@ def main(argv: list[str] | None = None) -> dict:
                 original = caption_batch(model, 16, ORIGINAL_PADDING, cached=False, supervise_all=True, device=device)
                 ours = caption_batch(model, 16, args.caption_tokens, cached=True, supervise_all=False, device=device)
                 for name, batch, chunked in (("original scripts", original, False), ("mmcaption", ours, True)):
-                    seconds, peak = timed(lambda: training_step(model, optimizer, batch, chunked, dtype), args.steps, 3, device)
+                    seconds, peak = timed(lambda m=model, o=optimizer, b=batch, c=chunked: training_step(m, o, b, c, dtype), args.steps, 3, device)
                     results["original_scripts"][name] = {"samples_per_s": 16 / seconds, "peak_memory_gib": peak}
                     print(f"   {name:45} {16 / seconds:10.1f} samples/s  peak {memory(peak)}", flush=True)
                 ratio = results["original_scripts"]["mmcaption"]["samples_per_s"] / results["original_scripts"]["original scripts"]["samples_per_s"]
                 results["original_scripts"]["ratio"] = ratio
                 print(f"   ratio {ratio:.1f}x")
-            del model, optimizer
+            model = optimizer = None  # freed before the next quantization loads
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

@@ -26,17 +26,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModel, PhiConfig, PhiForCausalLM
+from real_shapes import PHI2, TINY_PHI, write_backbones  # benchmarks/real_shapes.py, beside this script
 
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.loss import chunked_cross_entropy
-
-PHI2 = dict(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
-            partial_rotary_factor=0.4, max_position_embeddings=2048)
-CLIP_B32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32)
-TINY_PHI = dict(vocab_size=512, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                partial_rotary_factor=0.5, max_position_embeddings=1024)
-TINY_CLIP = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16)
 
 
 def tensor_bytes(tensors) -> int:
@@ -79,10 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     phi = TINY_PHI if args.tiny else PHI2
     with tempfile.TemporaryDirectory() as scratch:
-        torch.manual_seed(0)
-        language, vision = Path(scratch) / "language_model", Path(scratch) / "vision_model"
-        PhiForCausalLM(PhiConfig(**phi)).to(torch.bfloat16).save_pretrained(language)  # as Phi-2 is published
-        CLIPVisionModel(CLIPVisionConfig(**(TINY_CLIP if args.tiny else CLIP_B32))).save_pretrained(vision)
+        language, vision = write_backbones(Path(scratch), args.tiny)
         print(f"{'Phi-2 + CLIP ViT-B/32' if not args.tiny else 'tiny'} shapes, random weights, LoRA r=32 on q/k/v/dense, "
               "cross-attention in the last 4 layers; per sample: one image and N tokens")
         for quantization in ("nf4", "none"):

@@ -34,8 +34,8 @@ from transformers import (
 )
 
 from mmcaption.collate import collate
-from mmcaption.model.backbones import fuse_gelu
 from mmcaption.demo.synthetic import SHAPES, Scene, captions_for, draw_scene, language_sequences, random_scene
+from mmcaption.model.backbones import fuse_gelu
 
 END_OF_TEXT = "<|endoftext|>"
 
