@@ -242,7 +242,7 @@ class PredictionWriter(BasePredictionWriter):
         self.partial: Path | None = None
         self.handle = None
         self.writer = None
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, float] = {}
 
     def on_predict_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -279,11 +279,16 @@ class PredictionWriter(BasePredictionWriter):
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
             self.counts["unanswered"] += int(row.get("prediction") is None)
+        if row.get("vqa_accuracy") is not None:
+            self.counts["vqa_scored"] = self.counts.get("vqa_scored", 0) + 1
+            self.counts["vqa_accuracy_sum"] = self.counts.get("vqa_accuracy_sum", 0.0) + row["vqa_accuracy"]
 
     def summary(self) -> dict[str, Any]:
         summary = dict(self.counts, output=str(self.path))
         if self.counts["answered"]:
             summary["accuracy"] = self.counts["correct"] / self.counts["answered"]
+        if self.counts.get("vqa_scored"):
+            summary["vqa_accuracy"] = summary.pop("vqa_accuracy_sum") / self.counts["vqa_scored"]
         return summary
 
     def _finish(self, interrupted: BaseException | None = None) -> None:
@@ -309,6 +314,8 @@ class PredictionWriter(BasePredictionWriter):
         if "accuracy" in summary:
             message += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']}"
             message += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
+        if "vqa_accuracy" in summary:
+            message += f"; VQA accuracy {summary['vqa_accuracy']:.3f} over {summary['vqa_scored']} questions"
         rank_zero_info(message)
 
     def on_predict_end(self, trainer, pl_module) -> None:

@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from mmcaption.collate import IGNORE_INDEX, collate
-from mmcaption.evaluation.answers import LETTERS, normalise_answer, parse_choice
+from mmcaption.evaluation.answers import LETTERS, normalise_answer, parse_choice, vqa_accuracy
 from mmcaption.model import MultimodalCausalLM
 
 DEFAULT_GENERATION = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
 
 # What ``predict`` adds to each input record. A file written by ``predict`` is a valid input again: these
 # columns are the earlier run's results, not questions, and are replaced.
-RESULT_COLUMNS = ("prediction", "correct", "generated", "scores", "error")
+RESULT_COLUMNS = ("prediction", "correct", "vqa_accuracy", "generated", "scores", "error")
 
 
 def without_results(record: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +154,8 @@ class Tasks:
             self._predict_rows(task, batch, ok, results)
         for row in results:  # with a reference answer, a row that got no answer (unreadable image, no letter) is wrong
             answer, prediction = row.get("answer"), row.get("prediction")
+            if isinstance(row.get("answers"), list):  # VQAv2-style human answers
+                row["vqa_accuracy"] = vqa_accuracy(prediction or "", row["answers"]) if prediction is not None else 0.0
             if answer:
                 if prediction is None:
                     row["correct"] = False

@@ -53,3 +53,19 @@ def test_vqa_normalisation():
     assert normalise_answer("10,000") == "10000"
     assert normalise_answer("left-hand side") == "left hand side"
     assert exact_match(["A circle", "three", "blue"], ["circle", "3", "red"]) == pytest.approx(2 / 3)
+
+
+def test_vqa_accuracy_on_hand_made_human_answers():
+    from mmcaption.evaluation.answers import vqa_accuracy
+
+    ten = ["2"] * 3 + ["3"] * 7
+    # left out: one of the three "2"s -> 2 of the other 9 agree (2/3); one of the "3"s -> 3 agree (1)
+    assert vqa_accuracy("two", ten) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)  # 0.9
+    assert vqa_accuracy("3.", ten) == 1.0
+    assert vqa_accuracy("4", ten) == 0.0
+    # one human of ten: 1/3 on the nine subsets that keep them, 0 on the one that leaves them out
+    assert vqa_accuracy("Yes", ["yes"] + ["no"] * 9) == pytest.approx(0.3)
+    # leaving out either "dog" leaves one match (1/3), leaving out "puppy" two (2/3)
+    assert vqa_accuracy("A dog", ["dog", "dog", "puppy"]) == pytest.approx((1 / 3 + 1 / 3 + 2 / 3) / 3)
+    with pytest.raises(ValueError):
+        vqa_accuracy("dog", [])

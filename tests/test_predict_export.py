@@ -298,6 +298,21 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
     summary = json.loads((tmp_path / "second.jsonl.summary.json").read_text())
     assert summary["correct"] == 1 and summary["answered"] == 3
 
+    # VQAv2-style: ten human answers each ({"answer": ...} objects as in its annotations), scored by VQA accuracy
+    vqa = tmp_path / "vqa.jsonl"
+    said = first[0]["prediction"]
+    vqa.write_text("\n".join(json.dumps(r) for r in [
+        {"image": "images/img0.png", "question": "What colour is the shape?", "answers": [{"answer": said}] * 2 + [{"answer": "x"}] * 8},
+        {"image": "images/img1.png", "question": "How many squares are there?", "answers": ["zebra"] * 10},
+        {"image": "images/missing.png", "question": "What is it?", "answers": ["circle"] * 10},
+    ]) + "\n")
+    third = run(vqa, tmp_path / "third.jsonl")
+    # two humans of ten gave the answer: 2/3 on the eight subsets keeping both, 1/3 on the two that leave one out
+    assert third[0]["vqa_accuracy"] == pytest.approx((8 * 2 / 3 + 2 * 1 / 3) / 10)
+    assert [r["vqa_accuracy"] for r in third[1:]] == [0.0, 0.0]  # wrong, and no answer (missing image) counts 0
+    summary = json.loads((tmp_path / "third.jsonl.summary.json").read_text())
+    assert summary["vqa_scored"] == 3 and summary["vqa_accuracy"] == pytest.approx(third[0]["vqa_accuracy"] / 3)
+
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "images/img0.png", "question": "Fine?"}\n{"image": "images/img0.png"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl, line 2: no question"):

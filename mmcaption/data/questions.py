@@ -1,8 +1,9 @@
 """Free-form questions for ``mmcaption predict``: a CSV or JSON Lines file of (image, question[, answer]).
 
-The answers are generated as the instruct stage was taught to answer; with reference answers, each
+The answers are generated as the instruct stage was taught to answer; with a reference ``answer``, each
 row is scored by exact match after the VQA evaluation's normalisation (case, punctuation, articles,
-number words), and the run's summary gives the accuracy.
+number words), and the run's summary gives the accuracy; with VQAv2-style human ``answers`` (a list),
+by the VQA accuracy (``min(#humans who gave it / 3, 1)``), averaged in the summary.
 """
 
 from __future__ import annotations
@@ -38,10 +39,16 @@ def _question(path: Path, line: int, record: dict[str, Any]) -> OpenQuestion:
     """Check one record (keys already lower case) and take its image, question and answer."""
     image = next((str(record[name]).strip() for name in IMAGE_COLUMNS if record.get(name) not in (None, "")), "")
     question = str(record.get("question") or "").strip()
-    answer = record.get("answer")
+    answer, answers = record.get("answer"), record.get("answers")
     problems = [f"no {what}" for what, value in (("image (column image or img_path)", image), ("question", question)) if not value]
     if answer is not None and not isinstance(answer, str):
         problems.append(f"answer {answer!r} is not a string")
+    if answers is not None:  # VQAv2-style: the human answers, as strings or as {"answer": ...} objects
+        answers = [a.get("answer") if isinstance(a, dict) else a for a in answers] if isinstance(answers, list) else None
+        if not answers or not all(isinstance(a, str) for a in answers):
+            problems.append("answers must be a non-empty list of strings or of {\"answer\": ...} objects")
+        else:
+            record = {**record, "answers": answers}
     if problems:
         raise DataError(f"{path}, line {line}: " + "; ".join(problems))
     kept = {k: v for k, v in record.items() if k not in RESULT_COLUMNS}
@@ -50,7 +57,7 @@ def _question(path: Path, line: int, record: dict[str, Any]) -> OpenQuestion:
 
 def read_questions(path: Path) -> list[OpenQuestion]:
     """Questions from a ``.jsonl`` file (one object per line: ``image`` or ``img_path``, ``question``,
-    optional ``answer``) or a ``.csv`` with those columns, in any case, as spreadsheets write it (a
+    optional ``answer``, or VQAv2-style ``answers``: the human answers) or a ``.csv`` with those columns, in any case, as spreadsheets write it (a
     UTF-8 byte-order mark is accepted). A line that is not JSON, a row whose fields do not fit the
     header, a duplicate column or a record without image or question is refused, naming the file and
     its physical line."""

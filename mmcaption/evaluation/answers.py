@@ -94,3 +94,16 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
             if sum(matches) == 1:
                 return letters[matches.index(True)]
     return None
+
+
+def vqa_accuracy(prediction: str, answers: list[str]) -> float:
+    """The VQA accuracy of ``prediction`` against the human ``answers`` (VQAv2 has 10 per question):
+    ``min(#humans who gave it / 3, 1)``, averaged over the subsets that leave out one human each, as the
+    official evaluation computes it; answers compared after :func:`normalise_answer`."""
+    if not answers:
+        raise ValueError("VQA accuracy needs at least one human answer")
+    given, humans = normalise_answer(prediction), [normalise_answer(answer) for answer in answers]
+    if len(humans) == 1:
+        return float(given == humans[0])
+    scores = [min(1.0, sum(other == given for other in humans[:i] + humans[i + 1:]) / 3) for i in range(len(humans))]
+    return sum(scores) / len(scores)
