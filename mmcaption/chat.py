@@ -76,8 +76,9 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
             out.write("(a new conversation)\n")
             continue
         if text.startswith("/image"):
+            other = text.removeprefix("/image").strip()
             try:
-                picture, image = read_image(text.removeprefix("/image").strip()), text.removeprefix("/image").strip()
+                picture, image = read_image(other), other
             except ConfigError as error:
                 out.write(f"({error}; still about {image or 'no image'})\n")
                 continue

@@ -312,6 +312,6 @@ class MultipleChoiceDataModule(_PredictDataModule):
             prompt, ids = choice_prompt(template, self.tokenizer, question.question, question.options, self.method)
             prompts.append(prompt)
             option_ids.append(ids)
-        paths = [Path(q.image) if Path(q.image).is_absolute() else root / q.image for q in questions]
+        paths = [root / q.image for q in questions]  # an absolute img_path stays as it is
         self.dataset = _ChoiceRows([q.record for q in questions], paths, self.image_processor, self.image_size, prompts, option_ids,
                                    [q.options for q in questions], self.method)

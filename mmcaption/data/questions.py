@@ -153,6 +153,6 @@ class QuestionsPredictDataModule(_PredictDataModule):
         root = self.image_root or self.questions_file.parent
         template = ConversationTemplate(system=self.system_prompt)
         prompts = [template.prompt(q.question, self.tokenizer) for q in questions]
-        paths = [Path(q.image) if Path(q.image).is_absolute() else root / q.image for q in questions]
+        paths = [root / q.image for q in questions]  # an absolute img_path stays as it is
         records = [{**q.record, "answer": q.answer} if q.answer else q.record for q in questions]
         self.dataset = _QuestionRows(records, paths, self.image_processor, self.image_size, prompts)
