@@ -94,7 +94,6 @@ class Captioner:
         prompt = self.template.chat_prompt(list(history or []), question, self.tokenizer)
         return self._generate([prompt], [image], **generate_kwargs)[0]
 
-    @torch.no_grad()
     def choose(
         self, images: ImageInput | None | list[ImageInput | None], questions: str | list[str],
         options: list[str] | list[list[str]],
@@ -102,18 +101,33 @@ class Captioner:
         """The letter (A, B, ...) of the most likely option given the image and question; 2 to 8 options.
         Lists of images, questions and option lists (of the same length) give a list of letters, scored
         as one batch."""
+        letters, _ = self._choose(images, questions, options)
+        return letters
+
+    def option_scores(
+        self, images: ImageInput | None | list[ImageInput | None], questions: str | list[str],
+        options: list[str] | list[list[str]],
+    ) -> list[float] | list[list[float]]:
+        """Each option's mean log-probability per token (the scores ``choose`` picks the highest of),
+        for one question or, with lists, for each."""
+        _, scores = self._choose(images, questions, options)
+        return scores
+
+    @torch.no_grad()
+    def _choose(self, images, questions, options) -> tuple[str | list[str], list[float] | list[list[float]]]:
         many, images, questions = _batch(images, questions)
         option_lists = options if many else [options]
         if len(option_lists) != len(questions) or not all(isinstance(o, list) for o in option_lists):
             raise ValueError("choose with lists of questions needs a list of options per question")
         if not questions:
-            return []
+            return [], []
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
                                     for question, opts in zip(questions, option_lists)))
         pixels, mask = self._images(images)
         image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
-        letters, _ = self.tasks.choose(list(prompts), list(option_ids), image_embeds, image_mask=mask)
-        return letters if many else letters[0]
+        letters, scores = self.tasks.choose(list(prompts), list(option_ids), image_embeds, image_mask=mask)
+        per_question = [row[: len(opts)].tolist() for row, opts in zip(scores.float().cpu(), option_lists)]
+        return (letters, per_question) if many else (letters[0], per_question[0])
 
 
 def _batch(images, questions) -> tuple[bool, list, list[str]]:

@@ -247,6 +247,10 @@ def test_captioner_answers_and_chooses_in_batches_like_one_by_one_and_chats_in_t
     assert captioner.answer(images, questions, max_new_tokens=6, min_new_tokens=6) == one_by_one
     letters = [captioner.choose(image, question, opts) for image, question, opts in zip(images, questions, options)]
     assert captioner.choose(images, questions, options) == letters
+    scores = captioner.option_scores(images, questions, options)  # what the letters were picked by
+    assert [len(row) for row in scores] == [3, 2, 4, 2]
+    assert ["ABCD"[row.index(max(row))] for row in scores] == letters
+    assert captioner.option_scores(images[0], questions[0], options[0]) == scores[0]
     with pytest.raises(ValueError, match="as many images"):
         captioner.answer(images[:2], questions)
 

@@ -1,0 +1,175 @@
+"""``mmcaption-app``: the page in a real (headless) browser gives what the Python API gives; the handlers'
+messages for what a user gets wrong."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mmcaption.demo.synthetic import Scene, draw_scene
+from mmcaption.export import main as export_main
+from mmcaption.inference import Captioner
+
+from .conftest import REPO
+
+gr = pytest.importorskip("gradio", reason='the app needs Gradio: pip install -e ".[app]"')
+
+ARTIFACTS = Path(os.environ.get("MMCAPTION_TEST_ARTIFACTS", REPO / "test-artifacts"))
+SETTINGS = {"max_new_tokens": 32, "min_new_tokens": 6, "num_beams": 1, "do_sample": False}  # defaults, and a minimum set on the page
+
+
+def chromium() -> str | None:
+    """Debian's Chromium (``apt-get install chromium``), or the browser MMCAPTION_CHROMIUM names."""
+    return os.environ.get("MMCAPTION_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def exported(trained_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("app") / "model"
+    export_main([str(trained_checkpoint), str(out)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(exported):
+    """``mmcaption-app`` serving the exported tiny model on a free localhost port: its address."""
+    port = free_port()
+    log = exported.parent / "app.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen([shutil.which("mmcaption-app") or "mmcaption-app", "--model", str(exported),
+                                    "--port", str(port)], stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"mmcaption-app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"mmcaption-app did not serve {url} in 180 s:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def scene_image(path: Path, scene: Scene) -> Path:
+    draw_scene(scene, 64, random.Random(0)).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_the_page_in_a_browser_captions_and_chats_as_the_python_api_does(exported, served, tmp_path):
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium to drive: apt-get install chromium (or set MMCAPTION_CHROMIUM), as .ci/run does")
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    image = scene_image(tmp_path / "scene.png", Scene("red", "circle", "left"))
+    captioner = Captioner.from_pretrained(exported)
+    question = "What colour is the shape?"
+    expected_caption = captioner.caption(str(image), **SETTINGS)
+    expected_answer = captioner.chat(str(image), question, [], **SETTINGS)
+    assert expected_caption.strip() and expected_answer.strip()  # text to compare: the comparison means something
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 760})
+            page.goto(served)
+            page.get_by_text("Generation settings").click()
+            minimum = page.locator("#min-new-tokens input[type=number]")
+            minimum.fill("6")
+            minimum.press("Enter")
+            page.locator("#image input[type=file]").set_input_files(str(image))
+            page.locator("#caption-button").click()
+            caption = page.locator("#caption textarea")
+            _wait_for(page, "document.querySelector('#caption textarea').value", expected_caption)
+            assert caption.input_value() == expected_caption
+
+            page.get_by_role("tab", name="Chat").click()
+            page.locator("#question textarea").fill(question)
+            page.locator("#question textarea").press("Enter")
+            answer_js = "[...document.querySelectorAll('#conversation .bot')].map(e => e.innerText.trim()).join('\\n')"
+            _wait_for(page, answer_js, expected_answer)
+            assert page.evaluate(answer_js) == expected_answer
+            page.screenshot(path=str(ARTIFACTS / "app.png"))
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "app.png").stat().st_size > 0
+
+
+def _wait_for(page, expression: str, expected: str, timeout_s: float = 90) -> None:
+    """Until the page's ``expression`` equals ``expected`` (the caller then asserts, so a different text
+    fails with both shown rather than with a timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and page.evaluate(expression) != expected:
+        time.sleep(0.2)
+
+
+def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported, tmp_path):
+    from mmcaption.app import App
+
+    app = App(Captioner.from_pretrained(exported))
+    settings = (8, 0, 1, False, 0.7)
+    with pytest.raises(gr.Error, match="Upload an image first"):
+        app.caption(None, *settings)
+    good = scene_image(tmp_path / "photo.png", Scene("blue", "square", "right"))
+    broken = tmp_path / "phone.jpg"
+    broken.write_bytes(good.read_bytes()[:60])  # a partly uploaded photo
+    with pytest.raises(gr.Error, match=r"cannot be read \(phone.jpg\)"):
+        app.caption(str(broken), *settings)
+    with pytest.raises(gr.Error, match="2 to 8 options"):
+        app.choose(str(good), "Which shape?", "square\n\n")
+
+    letter, shares = app.choose(str(good), "Which shape is it?", "circle\nsquare\ntriangle")
+    expected = app.captioner.choose(str(good), "Which shape is it?", ["circle", "square", "triangle"])
+    assert letter.startswith(f"**{expected}**")
+    assert list(shares) == ["A. circle", "B. square", "C. triangle"] and abs(sum(shares.values()) - 1) < 1e-6
+    assert max(shares, key=shares.get).startswith(expected)
+
+    # chat: each turn reaches the model with the conversation so far; the page shows what the API returns
+    first = list(app.chat("What colour is it?", [], str(good), *settings))[-1][0]
+    assert first[-1] == {"role": "assistant", "content": app.captioner.chat(str(good), "What colour is it?", [],
+                                                                            max_new_tokens=8, num_beams=1, do_sample=False)}
+    second = list(app.chat("And its shape?", first, str(good), *settings))[-1][0]
+    expected_second = app.captioner.chat(str(good), "And its shape?", [("What colour is it?", first[-1]["content"])],
+                                         max_new_tokens=8, num_beams=1, do_sample=False)
+    assert [m["role"] for m in second] == ["user", "assistant"] * 2 and second[-1]["content"] == expected_second
+
+
+def test_the_app_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mmcaption.app", "--model", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path} is not a model folder of mmcaption-export (no mmcaption.json in it)"
+
+
+def test_the_app_loads_a_checkpoint_as_its_export(trained_checkpoint, exported, tmp_path):
+    from mmcaption.app import load_captioner
+
+    image = str(scene_image(tmp_path / "scene.png", Scene("green", "triangle", "top")))
+    settings = {"max_new_tokens": 8, "min_new_tokens": 8}
+    from_checkpoint = load_captioner(checkpoint=str(trained_checkpoint)).caption(image, **settings)
+    assert from_checkpoint == Captioner.from_pretrained(exported).caption(image, **settings)
+    result = subprocess.run([sys.executable, "-m", "mmcaption.app", "--checkpoint", str(tmp_path / "none.ckpt")],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stderr.strip()) == (2, f"error: checkpoint not found: {tmp_path / 'none.ckpt'}")
