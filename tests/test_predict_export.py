@@ -250,7 +250,7 @@ def test_captioner_answers_and_chooses_in_batches_like_one_by_one_and_chats_in_t
     scores = captioner.option_scores(images, questions, options)  # what the letters were picked by
     assert [len(row) for row in scores] == [3, 2, 4, 2]
     assert ["ABCD"[row.index(max(row))] for row in scores] == letters
-    assert captioner.option_scores(images[0], questions[0], options[0]) == scores[0]
+    assert captioner.option_scores(images[0], questions[0], options[0]) == pytest.approx(scores[0], abs=1e-4)  # batch padding: float noise
     with pytest.raises(ValueError, match="as many images"):
         captioner.answer(images[:2], questions)
 
