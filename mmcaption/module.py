@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
@@ -24,12 +26,17 @@ from mmcaption.callbacks import PredictionWriter
 from mmcaption.checkpoint import check_checkpoint, check_trainable_state, load_initial_weights, restore_loader_position
 from mmcaption.errors import ConfigError, NonFiniteLossError
 from mmcaption.evaluation.answers import exact_match
-from mmcaption.evaluation.caption_metrics import caption_scores
+from mmcaption.evaluation.caption_metrics import caption_scores, metric_setup
+from mmcaption.evaluation.report import checkpoint_record, write_evaluation
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local
 from mmcaption.model.loss import chunked_cross_entropy
 from mmcaption.tasks import Tasks
+
+# the generation settings a results file records
+GENERATION_RECORDED = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p",
+                       "length_penalty", "repetition_penalty", "no_repeat_ngram_size")
 
 
 class MultimodalCaptioner(LightningModule):
@@ -218,25 +225,59 @@ class MultimodalCaptioner(LightningModule):
             self.val_loss.update(loss_sum / tokens, weight=tokens)
 
     def on_validation_epoch_end(self) -> None:
+        self._evaluation_end("val")
+
+    def _evaluation_end(self, prefix: str) -> None:
+        """Log the loss and, when there were generation batches, caption metrics or exact match; after
+        ``mmcaption validate`` or ``test``, write the predictions and a results file that says how the
+        numbers were made (:mod:`mmcaption.evaluation.report`)."""
         loss = self.val_loss.compute()  # token-weighted over all batches and all ranks
         self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/perplexity", torch.exp(loss), sync_dist=False)
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
+        self.log(f"{prefix}/perplexity", torch.exp(loss), sync_dist=False)
         captions = gather_objects(self.val_captions)
         answers = gather_objects(self.val_answers)
         self.val_captions, self.val_answers = [], []
+        metrics: dict[str, float] = {"loss": float(loss), "perplexity": float(torch.exp(loss))}
         if captions:
             scores = None
             if self.trainer.is_global_zero:
                 scores = caption_scores({i: c for i, c, _ in captions}, {i: r for i, _, r in captions})
             scores = self.trainer.strategy.broadcast(scores, src=0)
             for name, value in scores.items():
-                self.log(f"val/{name}", value, sync_dist=False, prog_bar=name == "CIDEr")
-            self.log_caption_examples()
+                self.log(f"{prefix}/{name}", value, sync_dist=False, prog_bar=name == "CIDEr")
+            metrics.update(scores)
+            if prefix == "val":
+                self.log_caption_examples()
         if answers:
             accuracy = exact_match([p for p, _ in answers], [r for _, r in answers])
-            self.log("val/answer_exact_match", accuracy, sync_dist=False, prog_bar=True)
+            self.log(f"{prefix}/answer_exact_match", accuracy, sync_dist=False, prog_bar=True)
+            metrics["answer_exact_match"] = accuracy
         self.val_examples = None
+        if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and self.trainer.is_global_zero \
+                and not self.trainer.sanity_checking:
+            self.write_results(prefix, metrics, captions, answers)
+
+    def write_results(self, prefix: str, metrics: dict[str, float], captions: list, answers: list) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
+        generation = self.tasks.generation.to_dict()
+        results: dict[str, Any] = {
+            "stage": self.trainer.state.fn.value, "split": split, "metrics": metrics,
+            "checkpoint": checkpoint_record(self.trainer.ckpt_path, self.init_from),
+            "data": {"module": type(datamodule).__name__, **dict(getattr(datamodule, "hparams", {}))},
+        }
+        if captions:
+            results.update(images=len(captions), references=sum(len(r) for _, _, r in captions), caption_metrics=metric_setup())
+        if answers:
+            results["questions"] = len(answers)
+        if captions or answers:
+            results["generation"] = {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}
+        rows = [{"image_id": i, "caption": c, "references": r} for i, c, r in captions]
+        rows += [{"prediction": p, "answer": a} for p, a in answers]
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        predictions, summary = write_evaluation(folder, f"{prefix}-{split or 'split'}", rows, results)
+        rank_zero_info(f"{prefix} results: {summary} (predictions: {predictions.name})")
 
     def log_caption_examples(self) -> None:
         """A few val images with their generated and reference captions, in TensorBoard."""
@@ -248,14 +289,11 @@ class MultimodalCaptioner(LightningModule):
         table = "| image | generated | references |\n|---|---|---|\n" + "\n".join(rows)
         self.logger.experiment.add_text("val/captions", table, self.global_step)
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
-        loss = self.val_loss.compute()
-        self.val_loss.reset()
-        self.log("test/loss", loss)
-        self.log("test/perplexity", torch.exp(loss))
+        self._evaluation_end("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Captions, answers or chosen letters for the rows whose image could be read; the other rows

@@ -18,9 +18,14 @@ def test_scores_match_pycocoevalcap_run_directly():
     scores = caption_scores(PREDICTIONS, REFERENCES)
     refs = caption_metrics.tokenize(REFERENCES)
     preds = caption_metrics.tokenize({k: [v] for k, v in PREDICTIONS.items()})
-    assert scores["BLEU-4"] == pytest.approx(Bleu(4).compute_score(refs, preds, verbose=0)[0][3])
+    bleu = Bleu(4).compute_score(refs, preds, verbose=0)[0]
+    assert [scores[f"BLEU-{n}"] for n in range(1, 5)] == pytest.approx(bleu)
     assert scores["ROUGE-L"] == pytest.approx(Rouge().compute_score(refs, preds)[0])
     assert scores["CIDEr"] == pytest.approx(Cider().compute_score(refs, preds)[0])
+    if caption_metrics.java_available():  # METEOR, as pycocoevalcap runs it on PTB-tokenized captions
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        assert scores["METEOR"] == pytest.approx(Meteor().compute_score(refs, preds)[0])
 
 
 @pytest.mark.skipif(not caption_metrics.java_available(), reason="METEOR and the PTB tokenizer need Java")

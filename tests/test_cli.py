@@ -92,6 +92,14 @@ def test_print_config_shows_the_whole_configuration(demo_dir):
     assert "quantization: none" in result.stdout and "compute_dtype: bfloat16" in result.stdout
     assert "lora_r: 8" in result.stdout
 
+    karpathy = str(REPO / "configs" / "caption_karpathy.yaml")  # Karpathy's splits, scored as papers score them
+    result = subprocess.run(
+        [sys.executable, "-m", "mmcaption", "test", "--config", str(REPO / "configs" / "caption.yaml"), "--config", karpathy,
+         "--print_config"], capture_output=True, text=True, check=True,
+    )
+    assert "source: karpathy" in result.stdout and "data_dir: data/coco2014" in result.stdout
+    assert "num_beams: 3" in result.stdout and "min_new_tokens: 5" in result.stdout and "dirpath: checkpoints/caption-karpathy" in result.stdout
+
 
 def test_print_config_with_comments_documents_every_setting():
     result = subprocess.run(

@@ -103,7 +103,11 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
 
 def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
     """``(image_id, file_name, image bytes, captions)`` of the official layout, unreadable images reported."""
-    for image in read_coco_annotations(annotation_file, image_dir, records):
+    return image_records(read_coco_annotations(annotation_file, image_dir, records), image_dir, records)
+
+
+def image_records(images: list[CocoImage], image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
+    for image in images:
         path = image_dir / image.file_name
         data = path.read_bytes()
         problem = check_image(data)
@@ -111,6 +115,65 @@ def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) ->
             records.bad("unreadable image", f"{path} (image id {image.image_id}) cannot be decoded: {problem}")
             continue
         yield image.image_id, image.file_name, data, image.captions
+
+
+# Karpathy's splits of COCO 2014: "train" is his train and restval (113,287 images), as papers train on.
+KARPATHY_SPLITS = {"train": ("train", "restval")}
+
+
+def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRecords) -> list[CocoImage]:
+    """The images of ``split`` in Karpathy's ``dataset_coco.json`` (``images``: ``filepath``, ``filename``,
+    ``split`` in train/restval/val/test, ``sentences`` with ``raw``, ``cocoid``), with their captions;
+    images are found at ``<image_root>/<filepath>/<filename>`` (COCO 2014's ``train2014/``, ``val2014/``).
+    Split ``train`` is train + restval, as the papers that report on Karpathy's test split train."""
+    try:
+        content = json.loads(split_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{split_file} is not valid JSON: {error}") from error
+    if not isinstance(content, dict) or not isinstance(content.get("images"), list):
+        raise DataError(f"{split_file} has no 'images' list: is it Karpathy's dataset_coco.json?")
+    wanted = KARPATHY_SPLITS.get(split, (split,))
+    images: dict[int, CocoImage] = {}
+    for position, entry in enumerate(content["images"]):
+        where = f"images[{position}]"
+        if not isinstance(entry, dict) or entry.get("split") not in {"train", "restval", "val", "test"}:
+            records.bad("malformed image entry", f"{where} needs a 'split' of train, restval, val or test")
+            continue
+        if entry["split"] not in wanted:
+            continue
+        image_id = entry.get("cocoid", entry.get("imgid"))
+        names = (entry.get("filepath", ""), entry.get("filename"))
+        if not isinstance(image_id, int) or not all(isinstance(n, str) for n in names) or not names[1]:
+            records.bad("malformed image entry", f"{where} needs an integer 'cocoid', a 'filepath' and a 'filename'")
+            continue
+        where += f" (cocoid {image_id})"
+        file_name = f"{names[0]}/{names[1]}" if names[0] else names[1]
+        if escapes_root(file_name):
+            records.bad("image path escapes root", f"{where}: {file_name!r} escapes the image folder")
+            continue
+        if image_id in images:
+            records.bad("duplicate image id", f"{where} repeats cocoid {image_id}")
+            continue
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list):
+            records.bad("malformed image entry", f"{where} has no 'sentences' list")
+            continue
+        captions = []
+        for number, sentence in enumerate(sentences):
+            raw = sentence.get("raw") if isinstance(sentence, dict) else None
+            if not isinstance(raw, str) or not raw.strip():
+                records.bad("empty caption", f"{where}, sentences[{number}] has no 'raw' text")
+                continue
+            captions.append((sentence.get("sentid", image_id * 100 + number), raw.strip()))
+        if captions:
+            images[image_id] = CocoImage(image_id, file_name, captions)
+    if not images:
+        raise DataError(f"{split_file} has no images of split {split!r} (Karpathy's splits: train (with restval), val, test)")
+    missing = [image for image in images.values() if not (image_root / image.file_name).is_file()]
+    records.missing_images([(f"cocoid {image.image_id}", image_root / image.file_name) for image in missing],
+                           len(images), f"images of Karpathy's {split} split are", image_root)
+    missing_ids = {image.image_id for image in missing}
+    return [image for image in images.values() if image.image_id not in missing_ids]
 
 
 def write_caption_split(

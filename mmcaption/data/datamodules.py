@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, folder_signature
-from mmcaption.data.coco import coco_records, require_annotation_file, write_caption_split
+from mmcaption.data.coco import coco_records, image_records, read_karpathy, require_annotation_file, write_caption_split
 from mmcaption.data.datasets import (
     CaptionDataset,
     CaptionImagesDataset,
@@ -31,22 +31,29 @@ class CaptionDataModule(PreprocessedDataModule):
     """COCO Captions 2017 (or any set in its layout), preprocessed once and memory-mapped.
 
     Args:
-        data_dir: the COCO root: ``annotations/captions_<split>.json`` and ``<split>/`` image folders.
-        source: ``coco`` for that official layout; ``hub`` for a ``datasets`` dataset (``hub_dataset``).
+        data_dir: the COCO root: ``annotations/captions_<split>.json`` and ``<split>/`` image folders (for
+            ``karpathy``: COCO 2014's root, with ``train2014/`` and ``val2014/``).
+        source: ``coco`` for that official layout; ``hub`` for a ``datasets`` dataset (``hub_dataset``);
+            ``karpathy`` for Karpathy's splits of COCO 2014 (``karpathy_file``): splits ``train`` (his train
+            and restval, 113,287 images), ``val`` and ``test`` (5,000 each), the split papers report on.
+        karpathy_file: Karpathy's ``dataset_coco.json`` (null: ``<data_dir>/dataset_coco.json``).
         hub_dataset: hub id or local folder (``save_to_disk``, parquet files, webdataset tars) of the ``hub`` source.
         hub_image_column: the ``hub`` dataset's image column.
         hub_caption_column: its caption column: a string (several captions split at ``hub_caption_separator``)
             or a list of strings.
         hub_caption_separator: what separates several captions in one string.
         hub_val_fraction: share of a single-split ``hub`` dataset held out for validation.
-        train_split: split used by ``fit`` (null: ``train2017`` for coco, the dataset's ``train`` for hub).
+        train_split: split used by ``fit`` (null: ``train2017`` for coco, ``train`` for karpathy, the dataset's
+            ``train`` for hub).
         val_split: split used by validation, and by ``test`` when ``test_split`` is not set (null: ``val2017``
             for coco; for hub the dataset's validation/val/test split, or a held-out share of a single split).
-        test_split: split used by ``test``.
+        test_split: split used by ``test`` (null: ``test`` for karpathy, else the validation split).
         caption_prompt: text between ``<bos>`` and the caption, not supervised (empty: none).
         max_length: longest sequence in tokens, prompt and special tokens included; longer captions are cut.
         val_caption_images: how many val images to caption at each validation for CIDEr, BLEU-4,
             METEOR, ROUGE-L (0: none, null: all).
+        test_caption_images: how many images of the test split ``mmcaption test`` captions and scores
+            (null: all; 0: the loss only); the scores and captions are written beside the run's logs.
     """
 
     training_stage = "caption"
@@ -54,7 +61,8 @@ class CaptionDataModule(PreprocessedDataModule):
     def __init__(
         self,
         data_dir: str = "data/coco",
-        source: Literal["coco", "hub"] = "coco",
+        source: Literal["coco", "hub", "karpathy"] = "coco",
+        karpathy_file: str | None = None,
         hub_dataset: str | None = None,
         hub_image_column: str = "jpg",
         hub_caption_column: str = "txt",
@@ -66,6 +74,7 @@ class CaptionDataModule(PreprocessedDataModule):
         caption_prompt: str = "",
         max_length: int = 64,
         val_caption_images: int | None = 0,
+        test_caption_images: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -79,6 +88,8 @@ class CaptionDataModule(PreprocessedDataModule):
             if source == "hub" else None
         self.splits = (train_split, val_split, test_split)
         self.caption_prompt, self.max_length, self.val_caption_images = caption_prompt, max_length, val_caption_images
+        self.test_caption_images = test_caption_images
+        self.karpathy_file = Path(karpathy_file) if karpathy_file else self.data_dir / "dataset_coco.json"
 
     @property
     def default_cache_dir(self) -> Path:
@@ -89,15 +100,24 @@ class CaptionDataModule(PreprocessedDataModule):
         train, val, test = self.splits
         if self.hub is not None:
             return self.hub.stage_splits(train, val, test)
+        if self.source == "karpathy":
+            return {"train": train or "train", "val": val or "val", "test": test or "test"}
         val = val or "val2017"
         return {"train": train or "train2017", "val": val, "test": test or val}
 
     def annotation_file(self, split: str) -> Path:
         return self.data_dir / "annotations" / f"captions_{split}.json"
 
-    layout_hint = " (the official layout is <data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
+    @property
+    def layout_hint(self) -> str:
+        if self.source == "karpathy":
+            return (" (Karpathy's splits: <data_dir>/dataset_coco.json, or karpathy_file, with COCO 2014's train2014/ and "
+                    "val2014/ in <data_dir>)")
+        return " (the official layout is <data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
 
     def input_paths(self, split: str) -> list[tuple[Path, str]]:
+        if self.source == "karpathy":
+            return [(self.karpathy_file, "Karpathy split file (dataset_coco.json)"), (self.data_dir, "COCO 2014 image root")]
         return [(self.annotation_file(split), "COCO annotation file"), (self.data_dir / split, "COCO image folder")]
 
     def check_inputs(self, stage: str = "fit") -> None:
@@ -108,6 +128,12 @@ class CaptionDataModule(PreprocessedDataModule):
         if self.hub is not None:
             # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
             return {"hub": asdict(self.hub), "split": split, "fingerprint": self.hub.load(split)._fingerprint}
+        if self.source == "karpathy":
+            if not self.karpathy_file.is_file():
+                raise DataError(f"Karpathy split file not found: {self.karpathy_file}")
+            folders = [self.data_dir / name for name in ("train2014", "val2014") if (self.data_dir / name).is_dir()]
+            return {"karpathy": file_signature(self.karpathy_file), "split": split,
+                    "images": [folder_signature(folder, self.cache_dir) for folder in folders or [self.data_dir]]}
         annotation_file = self.annotation_file(split)
         require_annotation_file(annotation_file)
         return {"annotations": file_signature(annotation_file), "images": folder_signature(self.data_dir / split, self.cache_dir)}
@@ -118,6 +144,10 @@ class CaptionDataModule(PreprocessedDataModule):
             records = BadRecords(annotation_file, self.on_bad_record)
             entries = coco_records(annotation_file, self.data_dir / split, records)
             source = {"source": "coco", "annotations": str(annotation_file), "images": str(self.data_dir / split)}
+        elif self.source == "karpathy":
+            records = BadRecords(f"{self.karpathy_file} [{split}]", self.on_bad_record)
+            entries = image_records(read_karpathy(self.karpathy_file, self.data_dir, split, records), self.data_dir, records)
+            source = {"source": "karpathy", "split_file": str(self.karpathy_file), "split": split, "images": str(self.data_dir)}
         else:
             records = BadRecords(f"{self.hub.dataset} [{split}]", self.on_bad_record)
             entries = self.hub.records(split, records)
@@ -143,6 +173,13 @@ class CaptionDataModule(PreprocessedDataModule):
         if self.val_caption_images == 0:
             return loss_loader
         return [loss_loader, self.caption_images_loader(self.stage_splits()["val"], self.val_caption_images)]
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test captions for the loss; unless ``test_caption_images`` is 0, also its images to caption."""
+        loss_loader = self._loader("test")
+        if self.test_caption_images == 0:
+            return loss_loader
+        return [loss_loader, self.caption_images_loader(self.stage_splits()["test"], self.test_caption_images)]
 
 
 class InstructDataModule(PreprocessedDataModule):

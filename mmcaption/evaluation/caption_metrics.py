@@ -13,8 +13,10 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 
 from pycocoevalcap.bleu.bleu import Bleu
@@ -25,8 +27,45 @@ from pycocoevalcap.rouge.rouge import Rouge
 _PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 
 
+NO_JAVA = (
+    "Java was not found, so the caption metrics are not the COCO evaluation's: METEOR and SPICE are not computed "
+    "(both are Java programs) and captions are tokenized by a plain fallback instead of the PTB tokenizer, which "
+    "can move BLEU, ROUGE-L and CIDEr slightly. Install a Java runtime (Debian or Ubuntu: apt-get install "
+    "default-jre-headless; conda: conda install openjdk) for numbers comparable with papers'."
+)
+_warned_no_java = False
+
+
 def java_available() -> bool:
     return shutil.which("java") is not None
+
+
+def warn_once_without_java() -> None:
+    """Say once per process, loudly, which metrics are lost without Java."""
+    global _warned_no_java
+    if not java_available() and not _warned_no_java:
+        _warned_no_java = True
+        warnings.warn(NO_JAVA, UserWarning, stacklevel=3)
+
+
+def metric_setup(spice: bool | None = None) -> dict:
+    """How :func:`caption_scores` scores on this machine: the tokenizer, the metrics it computes and
+    those it skips with the reason - for the results file, so that a number says how it was made."""
+    java = java_available()
+    run = [f"BLEU-{n}" for n in range(1, 5)] + ["ROUGE-L", "CIDEr"]
+    skipped = {}
+    if java:
+        run.append("METEOR")
+    else:
+        skipped["METEOR"] = "no Java found (METEOR is a Java program)"
+    if spice if spice is not None else spice_available():
+        run.append("SPICE")
+    else:
+        skipped["SPICE"] = "no Java found" if not java else (
+            "its Stanford CoreNLP models are not installed (pycocoevalcap fetches them on its first SPICE run, online)")
+    tokenizer = "PTB (Stanford CoreNLP, Java), as the COCO caption evaluation" if java else \
+        "fallback without Java: lower-cased, punctuation dropped"
+    return {"tokenizer": tokenizer, "metrics": run, "skipped": skipped, "pycocoevalcap": version("pycocoevalcap")}
 
 
 def spice_available() -> bool:
@@ -89,6 +128,7 @@ def caption_scores(
         raise ValueError(f"predictions and references differ in {len(missing)} keys, e.g. {sorted(map(str, missing))[:3]}")
     if not predictions:
         raise ValueError("no captions to score")
+    warn_once_without_java()
     keys = list(predictions)
     refs = tokenize({k: list(references[k]) for k in keys})
     preds = tokenize({k: [predictions[k]] for k in keys})

@@ -1,0 +1,69 @@
+"""What an evaluation leaves behind: its predictions, and a results file that says how its numbers were made.
+
+``<stem>.predictions.jsonl`` holds one line per image (its id, the generated caption, the references)
+or per question; ``<stem>.results.json`` the metric values with what they depend on - the tokenizer and
+the metrics run or skipped (and why), the generation settings, the checkpoint (path and sha256), the
+split and its size. Neither file is ever written over: a name that exists gets a ``-2``, ``-3`` ...
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _free_stem(folder: Path, stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3`` ... : the first whose files do not exist yet."""
+    candidate, n = stem, 1
+    while (folder / f"{candidate}.results.json").exists() or (folder / f"{candidate}.predictions.jsonl").exists():
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
+
+
+def checkpoint_record(path: str | Path | None, init_from: str | None = None) -> dict[str, Any]:
+    """The weights evaluated: a checkpoint file's path and sha256 (or the folder it was initialised from)."""
+    if path is not None and Path(path).is_file():
+        return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
+    if init_from is not None:
+        source = Path(init_from)
+        if source.is_file():
+            return {"init_from": str(source.resolve()), "sha256": file_sha256(source)}
+        manifest = source / "mmcaption.json"
+        return {"init_from": str(init_from), **({"manifest_sha256": file_sha256(manifest)} if manifest.is_file() else {})}
+    return {"path": None, "note": "the model's own weights (no checkpoint was given)"}
+
+
+def write_evaluation(
+    folder: str | Path, stem: str, rows: list[dict[str, Any]], results: dict[str, Any],
+) -> tuple[Path, Path]:
+    """Write ``rows`` to ``<stem>.predictions.jsonl`` and ``results`` (with the time and mmcaption's
+    version added, and the predictions file named) to ``<stem>.results.json`` in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = _free_stem(folder, stem)
+    predictions, summary = folder / f"{stem}.predictions.jsonl", folder / f"{stem}.results.json"
+    with open(predictions, "x", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=str) + "\n")
+    try:
+        package = version("mmcaption")
+    except PackageNotFoundError:
+        package = None
+    results = {**results, "predictions": predictions.name, "mmcaption": package,
+               "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    with open(summary, "x", encoding="utf-8") as handle:
+        handle.write(json.dumps(results, indent=2, default=str) + "\n")
+    return predictions, summary

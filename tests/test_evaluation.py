@@ -1,0 +1,129 @@
+"""Evaluations users can compare: Karpathy's splits of COCO 2014, ``mmcaption test`` scoring captions as the
+COCO caption evaluation does, and a results file that says how each number was made."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+from lightning.pytorch import Trainer
+
+from mmcaption.data import CaptionDataModule
+from mmcaption.data.records import DataError
+from mmcaption.evaluation import caption_metrics
+
+from .conftest import make_captioner
+
+# Karpathy's dataset_coco.json as released: split per image, COCO 2014 folders and names, sentences
+# with raw text and tokens, sentids/imgid/cocoid.
+SPLITS = {1: "train", 2: "restval", 3: "train", 4: "restval", 5: "train", 6: "train", 100: "val", 101: "val",
+          102: "test", 103: "test"}
+
+
+def karpathy_root(coco_root: Path, target: Path, splits: dict[int, str] = SPLITS) -> Path:
+    """COCO 2014's layout (train2014/COCO_train2014_*.jpg, val2014/COCO_val2014_*.jpg) and Karpathy's
+    dataset_coco.json, made from the synthetic set's images and captions."""
+    images = []
+    for split_name in ("train2017", "val2017"):
+        content = json.loads((coco_root / "annotations" / f"captions_{split_name}.json").read_text())
+        captions = {}
+        for annotation in content["annotations"]:
+            captions.setdefault(annotation["image_id"], []).append((annotation["id"], annotation["caption"]))
+        for image in content["images"]:
+            if image["id"] not in splits:
+                continue
+            folder = "train2014" if splits[image["id"]] in ("train", "restval") else "val2014"
+            name = f"COCO_{folder}_{image['id']:012d}.jpg"
+            (target / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(coco_root / split_name / image["file_name"], target / folder / name)
+            sentences = [{"tokens": text.lower().rstrip(".").split(), "raw": text, "imgid": len(images), "sentid": sid}
+                         for sid, text in captions[image["id"]]]
+            images.append({"filepath": folder, "sentids": [s["sentid"] for s in sentences], "filename": name,
+                           "imgid": len(images), "split": splits[image["id"]], "sentences": sentences, "cocoid": image["id"]})
+    (target / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    return target
+
+
+def karpathy_datamodule(backbones, root: Path, **settings) -> CaptionDataModule:
+    language_dir, vision_dir = backbones
+    return CaptionDataModule(data_dir=str(root), source="karpathy", tokenizer=str(language_dir), image_processor=str(vision_dir),
+                             batch_size=4, eval_batch_size=4, num_workers=0, **settings)
+
+
+def test_karpathy_splits_train_on_train_and_restval_validate_on_val_test_on_test(backbones, coco_root, tmp_path):
+    root = karpathy_root(coco_root, tmp_path / "coco2014")
+    dm = karpathy_datamodule(backbones, root)
+    assert dm.stage_splits() == {"train": "train", "val": "val", "test": "test"}
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    image_ids = {split: set(dm.datasets[split].images["image_id"]) for split in ("train", "val", "test")}
+    assert image_ids == {"train": {1, 2, 3, 4, 5, 6}, "val": {100, 101}, "test": {102, 103}}
+    assert len(dm.datasets["train"]) == 6 * 5  # every sentence of train and restval is a training caption
+    references = {row["image_id"]: row["references"] for row in dm.caption_images_loader("test", None).dataset}
+    karpathy = {image["cocoid"]: [s["raw"] for s in image["sentences"]] for image in json.loads((root / "dataset_coco.json").read_text())["images"]}
+    assert references == {"102": karpathy[102], "103": karpathy[103]}
+
+
+def test_karpathy_file_problems_are_named(backbones, coco_root, tmp_path):
+    root = karpathy_root(coco_root, tmp_path / "coco2014")
+    (root / "val2014" / "COCO_val2014_000000000102.jpg").unlink()
+    with pytest.raises(DataError, match=r"1 of 2 images of Karpathy's test split are missing.*COCO_val2014_000000000102"):
+        karpathy_datamodule(backbones, root).prepare_data()
+    with pytest.raises(DataError, match=r"Karpathy split file \(dataset_coco.json\) not found: .*elsewhere.json.*train2014"):
+        karpathy_datamodule(backbones, root, karpathy_file=str(root / "elsewhere.json")).check_inputs("test")
+
+
+@pytest.mark.slow
+def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path):
+    root = karpathy_root(coco_root, tmp_path / "coco2014")
+    dm = karpathy_datamodule(backbones, root)
+    module = make_captioner(backbones, generation={"max_new_tokens": 8, "min_new_tokens": 3, "num_beams": 3})
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))[0]
+
+    folder = Path(trainer.log_dir)
+    results = json.loads((folder / "test-test.results.json").read_text())
+    predictions = [json.loads(line) for line in (folder / "test-test.predictions.jsonl").read_text().splitlines()]
+    assert [row["image_id"] for row in predictions] == ["102", "103"] and all(row["caption"] for row in predictions)
+    expected_metrics = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"} | ({"METEOR"} if caption_metrics.java_available() else set())
+    assert expected_metrics <= set(results["metrics"]) and {f"test/{m}" for m in expected_metrics} <= set(logged)
+    assert results["metrics"]["CIDEr"] == pytest.approx(logged["test/CIDEr"])
+    rescored = caption_metrics.caption_scores({r["image_id"]: r["caption"] for r in predictions},
+                                              {r["image_id"]: r["references"] for r in predictions})
+    assert rescored == pytest.approx({k: results["metrics"][k] for k in rescored})  # the file's numbers are its captions'
+    assert results["split"] == "test" and results["images"] == 2 and results["references"] == 10
+    assert results["generation"] == {"max_new_tokens": 8, "min_new_tokens": 3, "num_beams": 3, "do_sample": False,
+                                     **{k: v for k, v in results["generation"].items() if k not in ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample")}}
+    assert results["checkpoint"]["sha256"] == hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()
+    assert results["caption_metrics"]["tokenizer"].startswith("PTB" if caption_metrics.java_available() else "fallback")
+    assert "SPICE" in results["caption_metrics"]["skipped"] or "SPICE" in results["metrics"]
+    assert results["data"]["source"] == "karpathy"
+
+    # the same command again, into the same folder, writes beside the first results, never over them
+    again = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False,
+                    logger=False)
+    again.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))
+    first = (tmp_path / "run" / "test-test.results.json").read_text()
+    again.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))
+    assert sorted(p.name for p in (tmp_path / "run").glob("test-test*.json")) == ["test-test-2.results.json", "test-test.results.json"]
+    assert (tmp_path / "run" / "test-test.results.json").read_text() == first
+    assert len((tmp_path / "run" / "test-test-2.predictions.jsonl").read_text().splitlines()) == 2
+
+def test_without_java_one_loud_warning_names_what_is_lost_and_the_setup_records_it(monkeypatch):
+    monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
+    monkeypatch.setattr(caption_metrics, "_warned_no_java", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            scores = caption_metrics.caption_scores({1: "a red circle"}, {1: ["a red circle", "one red circle"]})
+    assert [str(w.message) for w in caught if "Java" in str(w.message)] == [caption_metrics.NO_JAVA]
+    assert "METEOR and SPICE are not computed" in caption_metrics.NO_JAVA and "apt-get install" in caption_metrics.NO_JAVA
+    assert "METEOR" not in scores and "CIDEr" in scores
+    setup = caption_metrics.metric_setup()
+    assert setup["tokenizer"].startswith("fallback") and set(setup["skipped"]) == {"METEOR", "SPICE"}
+    assert "METEOR" not in setup["metrics"] and "no Java" in setup["skipped"]["METEOR"]
