@@ -232,9 +232,17 @@ class PredictionWriter(BasePredictionWriter):
     """Writes ``mmcaption predict`` results to the data module's ``output`` as they come, batch by
     batch (JSON Lines, or CSV for ``.csv``), into a hidden ``.<name>.partial`` beside it that is renamed
     to ``output`` at the end; at the end, a summary (rows, errors, accuracy when answers were given)
-    next to it and on the console. Interrupted (Ctrl-C, an error), the rows done so far are kept under
-    ``output`` with the summary so far. The data module's ``check_output`` refuses an output that is
-    one of its inputs, or that exists without ``overwrite``, before anything is written."""
+    next to it and on the console.
+
+    Rows with a category (the data module's ``category_columns``, else a ``category`` column) add the
+    accuracy per category (``per_category``: ``{name: {correct, answered, accuracy}}``; MMBench's also
+    ``per_l2_category``). Rows of MMBench's CircularEval (``circular_index``, ``rotation``) add
+    ``circular_accuracy``: the questions right under every rotation, a row without an answer counted wrong;
+    the per-category accuracies then count questions so judged (``per_category_over``).
+
+    Interrupted (Ctrl-C, an error), the rows done so far are kept under ``output`` with the summary so
+    far. The data module's ``check_output`` refuses an output that is one of its inputs, or that exists
+    without ``overwrite``, before anything is written."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
@@ -243,6 +251,9 @@ class PredictionWriter(BasePredictionWriter):
         self.handle = None
         self.writer = None
         self.counts: dict[str, float] = {}
+        self.category_columns: dict[str, str] = {}
+        self.categories: dict[str, dict[str, list[int]]] = {}  # summary key -> category -> [correct, answered]
+        self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
 
     def on_predict_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -255,6 +266,8 @@ class PredictionWriter(BasePredictionWriter):
         self.handle = self.partial.open("w", newline="", encoding="utf-8")
         self.writer = None
         self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
+        self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
+        self.categories, self.questions = {}, {}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if self.path is None:
@@ -282,6 +295,21 @@ class PredictionWriter(BasePredictionWriter):
         if row.get("vqa_accuracy") is not None:
             self.counts["vqa_scored"] = self.counts.get("vqa_scored", 0) + 1
             self.counts["vqa_accuracy_sum"] = self.counts.get("vqa_accuracy_sum", 0.0) + row["vqa_accuracy"]
+        if row.get("correct") is None:
+            return
+        groups = {key: str(row[column]) for key, column in self.category_columns.items() if row.get(column) not in (None, "")}
+        if row.get("circular_index") not in (None, ""):  # a question is right if every rotation of it is
+            right, _ = self.questions.get(str(row["circular_index"]), (True, groups))
+            self.questions[str(row["circular_index"])] = (right and bool(row["correct"]), groups)
+        else:
+            self._tally(self.categories, groups, bool(row["correct"]))
+
+    @staticmethod
+    def _tally(categories: dict[str, dict[str, list[int]]], groups: dict[str, str], right: bool) -> None:
+        for key, name in groups.items():
+            counts = categories.setdefault(key, {}).setdefault(name, [0, 0])
+            counts[0] += int(right)
+            counts[1] += 1
 
     def summary(self) -> dict[str, Any]:
         summary = dict(self.counts, output=str(self.path))
@@ -289,6 +317,19 @@ class PredictionWriter(BasePredictionWriter):
             summary["accuracy"] = self.counts["correct"] / self.counts["answered"]
         if self.counts.get("vqa_scored"):
             summary["vqa_accuracy"] = summary.pop("vqa_accuracy_sum") / self.counts["vqa_scored"]
+        categories = self.categories
+        if self.questions:
+            right = sum(r for r, _ in self.questions.values())
+            summary.update(circular_questions=len(self.questions), circular_correct=right,
+                           circular_accuracy=right / len(self.questions))
+            categories = {}
+            for r, groups in self.questions.values():
+                self._tally(categories, groups, r)
+        for key in self.category_columns:
+            if categories.get(key):
+                summary[key] = {name: {"correct": c, "answered": n, "accuracy": c / n} for name, (c, n) in sorted(categories[key].items())}
+        if any(key in summary for key in self.category_columns):
+            summary["per_category_over"] = "questions, right only if every rotation is (CircularEval)" if self.questions else "rows"
         return summary
 
     def _finish(self, interrupted: BaseException | None = None) -> None:
@@ -316,6 +357,13 @@ class PredictionWriter(BasePredictionWriter):
             message += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
         if "vqa_accuracy" in summary:
             message += f"; VQA accuracy {summary['vqa_accuracy']:.3f} over {summary['vqa_scored']} questions"
+        if "circular_accuracy" in summary:
+            message += (f"; CircularEval accuracy {summary['circular_accuracy']:.3f} ({summary['circular_correct']}/"
+                        f"{summary['circular_questions']} questions right under every rotation)")
+        for key in self.category_columns:
+            if key in summary:
+                accuracies = ", ".join(f"{name} {s['accuracy']:.3f} ({s['correct']}/{s['answered']})" for name, s in summary[key].items())
+                message += f"\n  accuracy {key.replace('_', ' ')} (over {summary['per_category_over'].split(',')[0]}): {accuracies}"
         rank_zero_info(message)
 
     def on_predict_end(self, trainer, pl_module) -> None:

@@ -1,5 +1,6 @@
 """Data: COCO captions and LLaVA conversations (reading and checks, preprocessing caches, datasets,
-LightningDataModules) and what ``mmcaption predict`` reads."""
+LightningDataModules) and what ``mmcaption predict`` reads (images; multiple-choice questions from the
+original scripts' CSV, MMBench's TSV or ScienceQA's problems.json; free-form questions)."""
 
 from mmcaption.data.datamodules import CaptionDataModule, InstructDataModule
 from mmcaption.data.datasets import CaptionDataset, ConversationDataset

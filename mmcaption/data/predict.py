@@ -1,4 +1,5 @@
-"""What ``mmcaption predict`` reads: images to caption, or a multiple-choice CSV in the original scripts' format.
+"""What ``mmcaption predict`` reads: images to caption, or multiple-choice questions: a CSV in the original
+scripts' format, MMBench's TSV or ScienceQA's ``problems.json`` (:mod:`mmcaption.data.benchmarks`).
 
 A bad image does not stop a run: its row carries the error into the output and the other rows are
 predicted. A bad file (no images found, a CSV without the required columns, a row that does not
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +19,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from mmcaption.data.base import BackbonesDataModule
+from mmcaption.data.benchmarks import (
+    ChoiceQuestion,
+    EmbeddedImage,
+    circular_passes,
+    read_mmbench_tsv,
+    read_scienceqa,
+    scienceqa_image_root,
+)
 from mmcaption.data.records import DataError
-from mmcaption.errors import NotWritableError, OutputExistsError
+from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import IMAGE_SUFFIXES, check_image, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
@@ -53,9 +61,10 @@ def find_images(source: str) -> list[Path]:
 
 
 class _ImageRows(Dataset):
-    """Rows with an image each; an image that cannot be read yields the row with its error."""
+    """Rows with an image each (a file, or the bytes the questions file carries); an image that cannot be
+    read yields the row with its error."""
 
-    def __init__(self, rows: list[dict[str, Any]], image_paths: list[Path], image_processor, size: int) -> None:
+    def __init__(self, rows: list[dict[str, Any]], image_paths: list[Path | EmbeddedImage], image_processor, size: int) -> None:
         self.rows, self.image_paths, self.image_processor, self.size = rows, image_paths, image_processor, size
 
     def __len__(self) -> int:
@@ -66,15 +75,16 @@ class _ImageRows(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.image_paths[index]
-        error = None
-        if not path.is_file():
+        error, data = None, b""
+        if not isinstance(path, EmbeddedImage) and not path.is_file():
             error = f"image not found: {path}"
         else:
-            problem = check_image(path.read_bytes())
+            data = path.data if isinstance(path, EmbeddedImage) else path.read_bytes()
+            problem = check_image(data)
             if problem is not None:
                 error = f"image {path} cannot be decoded: {problem}"
         if error is None:
-            pixel_values = self.image_processor(images=load_rgb(path.read_bytes()), return_tensors="pt")["pixel_values"][0]
+            pixel_values = self.image_processor(images=load_rgb(data), return_tensors="pt")["pixel_values"][0]
         else:
             pixel_values = torch.zeros(3, self.size, self.size)
         return {"record": self.rows[index], "error": error, "pixel_values": pixel_values, **self.text(index)}
@@ -98,18 +108,6 @@ class _ChoiceRows(_ImageRows):
     def text(self, index: int) -> dict[str, Any]:
         return {"task": f"choice-{self.method}", "input_ids": torch.tensor(self.prompts[index]),
                 "option_ids": self.option_ids[index], "options": self.options[index]}
-
-
-@dataclass
-class ChoiceQuestion:
-    """One row of a multiple-choice CSV: the record as written, and what it asks."""
-
-    line: int  # physical line of the file where the row starts
-    record: dict[str, str]
-    image: str
-    question: str
-    options: list[str]
-    answer: str | None
 
 
 def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
@@ -148,6 +146,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
         raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}, then optional C-H and "
                         f"'answer'; it has {header}")
     letters = [letter for letter in LETTERS if letter.lower() in column]
+    option_keys = tuple(name for letter in letters for name, low in zip(header, folded) if low == letter.lower())
     questions = []
     for line, fields in rows:
         if not any(field.strip() for field in fields):
@@ -173,7 +172,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
             raise DataError(f"{path}, line {line}: " + "; ".join(problems))
         record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded)
                   if low and low not in RESULT_COLUMNS}
-        questions.append(ChoiceQuestion(line, record, get("img_path"), get("Question"), options, answer))
+        questions.append(ChoiceQuestion(line, record, get("img_path"), get("Question"), options, answer, option_keys=option_keys))
     if not questions:
         raise DataError(f"{path} has no questions")
     return questions
@@ -260,14 +259,19 @@ class CaptionPredictDataModule(_PredictDataModule):
         self.dataset = _CaptionRows(paths, self.image_processor, self.image_size, prompt)
 
 
+FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json"}
+
+
 class MultipleChoiceDataModule(_PredictDataModule):
-    """Answer multiple-choice questions from a CSV in the original scripts' format: ``img_path, Question, A, B,
-    C, D`` and optionally ``answer``; ``mmcaption predict`` writes the CSV back with the chosen letter
-    and, with answers, reports accuracy.
+    """Answer multiple-choice questions: a CSV in the original scripts' format (``img_path, Question, A, B,
+    C, D`` and optionally ``answer``), MMBench's TSV or ScienceQA's ``problems.json``; ``mmcaption predict``
+    writes the questions back with the chosen letter and, with answers, reports accuracy, per category
+    where the rows have one, and under MMBench's CircularEval with ``circular``.
 
     Args:
-        csv_file: the questions.
-        image_root: folder that ``img_path`` is relative to (default: the CSV's folder).
+        csv_file: the questions: the CSV, the MMBench TSV or ScienceQA's ``problems.json`` (see ``format``).
+        image_root: folder that ``img_path`` is relative to (default: the CSV's folder); for ScienceQA, the
+            folder of ``<split>/<id>/image.png`` (default: ``images`` beside ``problems.json``, else its folder).
         output: the CSV to write: the input columns, ``prediction``, ``correct`` and ``error``.
         method: ``likelihood`` scores each option's text given image and question (robust);
             ``generation`` lists the options and generates a letter (the original scripts' way).
@@ -275,6 +279,11 @@ class MultipleChoiceDataModule(_PredictDataModule):
         batch_size: questions per batch.
         overwrite: replace ``output`` if it exists (by default an existing output is refused; the input
             CSV itself is always refused).
+        format: ``csv`` (the original scripts'), ``mmbench`` (its TSV, base64 images; accuracy per ``category``
+            and ``l2-category``) or ``scienceqa`` (its IMG questions; accuracy per ``subject``).
+        split: ScienceQA only: the split whose questions with an image are read (``null``: every split).
+        circular: MMBench's CircularEval: a question with N options is asked N times, its options rotated,
+            and is right only if every rotation is; the summary adds ``circular_accuracy``. One process only.
     """
 
     def __init__(
@@ -286,32 +295,61 @@ class MultipleChoiceDataModule(_PredictDataModule):
         system_prompt: str = DEFAULT_SYSTEM,
         batch_size: int = 8,
         overwrite: bool = False,
+        format: Literal["csv", "mmbench", "scienceqa"] = "csv",
+        split: str | None = "test",
+        circular: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
+        if format not in FORMATS:
+            raise ConfigError(f"format {format!r} is not one of {', '.join(FORMATS)}")
         self.csv_file, self.image_root = Path(csv_file), image_root and Path(image_root)
         self.method, self.system_prompt = method, system_prompt
+        self.format, self.split, self.circular = format, split, circular
+
+    @property
+    def category_columns(self) -> dict[str, str]:
+        """The summary's per-category accuracies, each with the column of the rows it groups by."""
+        if self.format == "mmbench":
+            return {"per_category": "category", "per_l2_category": "l2-category"}
+        return {"per_category": "subject" if self.format == "scienceqa" else "category"}
 
     def input_files(self) -> list[Path]:
         return [self.csv_file]
 
     def check_inputs(self, stage: str = "predict") -> None:
         if not self.csv_file.is_file():
-            raise DataError(f"multiple-choice CSV not found: {self.csv_file}")
+            raise DataError(f"{FORMATS[self.format]} not found: {self.csv_file}")
+
+    def check_output(self, world_size: int = 1, rank: int = 0) -> Path:
+        if self.circular and world_size > 1:
+            raise ConfigError("circular: CircularEval judges each question by all its rotations, which one process must "
+                              "answer: predict on one device (--trainer.devices 1)")
+        return super().check_output(world_size, rank)
 
     def read_rows(self) -> list[ChoiceQuestion]:
-        return read_choice_csv(self.csv_file)
+        """The questions as asked: with ``circular``, each of its rotations."""
+        if self.format == "mmbench":
+            questions = read_mmbench_tsv(self.csv_file)
+        elif self.format == "scienceqa":
+            questions = read_scienceqa(self.csv_file, self.split)
+        else:
+            questions = read_choice_csv(self.csv_file)
+        return circular_passes(questions) if self.circular else questions
 
     def setup(self, stage: str) -> None:
         questions = self.read_rows()
         root = self.image_root or self.csv_file.parent
+        if self.format == "scienceqa" and self.image_root is None:
+            root = scienceqa_image_root(self.csv_file, questions)
         template = ConversationTemplate(system=self.system_prompt)
         prompts, option_ids = [], []
         for question in questions:
             prompt, ids = choice_prompt(template, self.tokenizer, question.question, question.options, self.method)
             prompts.append(prompt)
             option_ids.append(ids)
-        paths = [root / q.image for q in questions]  # an absolute img_path stays as it is
+        # an absolute img_path stays as it is; an MMBench image is the file's own
+        paths = [q.image if isinstance(q.image, EmbeddedImage) else root / q.image for q in questions]
         self.dataset = _ChoiceRows([q.record for q in questions], paths, self.image_processor, self.image_size, prompts, option_ids,
                                    [q.options for q in questions], self.method)

@@ -1,0 +1,249 @@
+"""Multiple-choice benchmarks in their official files for ``mmcaption predict``: MMBench's TSV, ScienceQA's
+``problems.json`` (its IMG subset), and MMBench's CircularEval over any of them.
+
+What they become is the :class:`ChoiceQuestion` the original scripts' CSV becomes too. A bad row (no
+question, fewer than two options, an answer that names no option, an image that is not base64) stops
+the run with a message that names the file and the row's index; an image that is base64 but no image
+is the row's ``error`` at predict time, and the other rows are predicted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import json
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.data.records import DataError, escapes_root
+from mmcaption.evaluation.answers import LETTERS
+from mmcaption.tasks import RESULT_COLUMNS
+
+MMBENCH_REQUIRED = ("index", "question", "A", "B", "image")
+CIRCULAR_STRIDE = 1_000_000  # MMBench's TSVs carry the CircularEval passes of question i as rows i + k * 1,000,000
+REFERENCE_LENGTH = 64  # an MMBench image field this short names the row whose image it shares, as VLMEvalKit reads it
+
+
+@dataclass(frozen=True)
+class EmbeddedImage:
+    """An image carried inside the questions file (MMBench's base64 ``image`` column): its bytes, and
+    where it comes from for messages (``<file>, index <i>``)."""
+
+    data: bytes = field(repr=False)
+    source: str
+
+    def __str__(self) -> str:
+        return f"in {self.source}"
+
+
+@dataclass
+class ChoiceQuestion:
+    """One multiple-choice question: where it is, the record as written, and what it asks."""
+
+    line: int  # physical line of the file where the row starts (0 in a JSON file)
+    record: dict[str, Any]
+    image: str | EmbeddedImage  # a path relative to the image folder, or the image itself
+    question: str  # as asked: MMBench's hint or ScienceQA's context comes before it
+    options: list[str]
+    answer: str | None
+    key: str = ""  # the question's identity (MMBench's index, ScienceQA's problem id); "" for the line
+    option_keys: tuple[str, ...] = ()  # the record's keys that hold the options (A, B, ...), in order
+
+
+def _absent(value: str) -> bool:
+    """An empty cell, or pandas' NaN as MMBench's TSVs write a missing option or hint."""
+    return value.strip().lower() in ("", "nan")
+
+
+def _read_tsv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the rows (with their first physical line) of a tab-separated UTF-8 file."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a base64 image is one long field
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter="\t")
+            header = [name.strip() for name in next(reader, [])]
+            rows, start = [], reader.line_num + 1
+            for fields in reader:
+                rows.append((start, fields))
+                start = reader.line_num + 1
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text: {error}") from error
+    except csv.Error as error:
+        raise DataError(f"{path}, line {reader.line_num}: not valid TSV: {error}") from error
+    return header, rows
+
+
+def _decode_image(text: str, images: dict[str, str]) -> bytes | str:
+    """The bytes of a base64 ``image`` field (or of the row it names by its index), or why there are none."""
+    if len(text) <= REFERENCE_LENGTH:
+        if text not in images or len(images[text]) <= REFERENCE_LENGTH:
+            return f"image {text!r} is neither base64 image data nor the index of a row that has some"
+        text = images[text]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as error:
+        return f"image is not base64: {error}"
+
+
+def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
+    """MMBench's questions from its TSV: ``index, question, hint, A, B, C, D`` (and ``E`` ...), ``answer``
+    (absent in test splits), ``category``, ``l2-category``, ``image`` (base64 JPEG or PNG, or the index of
+    the row whose image it shares) and what else it carries. A hint (neither empty nor NaN) comes before
+    the question, ``f"{hint}\\n{question}"``, as LLaVA's MMBench evaluation asks it; missing options are
+    empty or NaN. The record keeps every column but the image.
+
+    The official TSVs also carry each question's CircularEval passes, as rows ``index + k * 1,000,000``:
+    they are left out (``circular: true`` asks every rotation itself), so each question is asked once.
+    A duplicate index, a row that does not fit the header, an empty question, fewer than two options, a
+    gap between options, an answer that names no option or an image that is not base64 is refused with
+    the file, the row's index and its line.
+    """
+    if not path.is_file():
+        raise DataError(f"MMBench TSV not found: {path}")
+    header, rows = _read_tsv(path)
+    folded = [name.lower() for name in header]
+    duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})
+    if duplicates:
+        raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
+    missing = [name for name in MMBENCH_REQUIRED if name.lower() not in folded]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {missing}: an MMBench TSV has {list(MMBENCH_REQUIRED)}, optional "
+                        f"hint, C-H, answer, category, l2-category; it has {header[:20]}")
+    letters = [letter for letter in LETTERS if letter.lower() in folded]
+    option_keys = tuple(name for letter in letters for name in header if name.lower() == letter.lower())
+    entries, lines = [], {}
+    for line, fields in rows:
+        if not any(field.strip() for field in fields):
+            continue
+        if len(fields) != len(header):
+            raise DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} "
+                            "(a tab inside a field must be quoted)")
+        values = {low: value.strip() for low, value in zip(folded, fields) if low}
+        index = values["index"]
+        if not index:
+            raise DataError(f"{path}, line {line}: empty index")
+        if index in lines:
+            raise DataError(f"{path}, index {index} (line {line}): the index appears again (first on line {lines[index]})")
+        lines[index] = line
+        entries.append((line, values))
+    copies = {i for i in lines if i.isdigit() and int(i) >= CIRCULAR_STRIDE and str(int(i) % CIRCULAR_STRIDE) in lines}
+    if copies:
+        rank_zero_info(f"{path}: {len(copies)} of its rows are the CircularEval passes of others (index + k * 1,000,000); "
+                       "they are left out: each question is asked once, or in every rotation with circular: true")
+    images = {values["index"]: values["image"] for _, values in entries}
+    questions = []
+    for line, values in entries:
+        index = values["index"]
+        if index in copies:
+            continue
+        options = ["" if _absent(values[letter.lower()]) else values[letter.lower()] for letter in letters]
+        while options and not options[-1]:
+            options.pop()
+        problems = [] if not _absent(values["question"]) else ["empty question"]
+        if len(options) < 2 or not all(options):
+            problems.append(f"options must be 2 or more, without gaps: {dict(zip(letters, options))}")
+        given = values.get("answer", "")
+        answer = None if _absent(given) else given.upper()
+        if answer is not None and answer not in LETTERS[: len(options)]:
+            problems.append(f"answer {given!r} is not one of {', '.join(LETTERS[: len(options)])}")
+        image = _decode_image(values["image"], images)
+        if isinstance(image, str):
+            problems.append(image)
+        if problems:
+            raise DataError(f"{path}, index {index} (line {line}): " + "; ".join(problems))
+        hint = values.get("hint", "")
+        question = values["question"] if _absent(hint) else f"{hint}\n{values['question']}"
+        record = {name: "" if _absent(values[low]) else values[low] for name, low in zip(header, folded)
+                  if low and low != "image" and low not in RESULT_COLUMNS}
+        record = {("answer" if name.lower() == "answer" else name): value for name, value in record.items()}
+        record["answer"] = answer or ""
+        questions.append(ChoiceQuestion(line, record, EmbeddedImage(image, f"{path}, index {index}"), question, options,
+                                        answer, key=index, option_keys=option_keys))
+    if not questions:
+        raise DataError(f"{path} has no questions")
+    return questions
+
+
+def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestion]:
+    """ScienceQA's IMG questions from its ``problems.json`` (``{"<id>": {"question", "choices", "answer"
+    (the index of the right choice), "hint", "image", "split", "subject", ...}}``): those with an image, of
+    ``split`` (``None``: every split). A non-empty hint (the problem's context) comes before the question
+    as ``"Context: {hint}\\n{question}"``; the answer index becomes a letter. The record keeps ``id``,
+    ``question``, ``hint``, the choices as ``A``, ``B``, ... , ``answer``, ``subject``, ``topic``, ``category``,
+    ``grade``, ``split`` and ``image`` (``<split>/<id>/image.png``, relative to the image folder).
+
+    A problem without a question, with fewer than two choices or more than eight, with an answer that is
+    no choice's index or an image path that leaves the image folder is refused with the file and its id.
+    """
+    if not path.is_file():
+        raise DataError(f"ScienceQA problems file not found: {path}")
+    try:
+        problems = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not JSON: {error}") from error
+    if not isinstance(problems, dict) or not all(isinstance(p, dict) for p in problems.values()):
+        raise DataError(f"{path}: ScienceQA's problems.json maps each problem id to an object")
+    chosen = [(str(pid), p) for pid, p in problems.items() if p.get("image") and (split is None or p.get("split") == split)]
+    if not chosen:
+        splits = sorted({str(p.get("split")) for p in problems.values()})
+        raise DataError(f"{path} has no problem with an image in split {split!r} (its splits: {', '.join(splits)})")
+    width = max(len(p["choices"]) if isinstance(p.get("choices"), list) else 0 for _, p in chosen)
+    questions = []
+    for pid, problem in chosen:
+        question, choices, answer = problem.get("question"), problem.get("choices"), problem.get("answer")
+        hint = problem.get("hint") or ""
+        image = f"{problem.get('split')}/{pid}/{problem['image']}"
+        problems_found = [] if isinstance(question, str) and question.strip() else ["empty question"]
+        if not (isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS) and all(isinstance(c, str) and c.strip() for c in choices)):
+            problems_found.append(f"choices must be 2 to {len(LETTERS)} non-empty strings: {choices!r}")
+        elif answer is not None and (type(answer) is not int or not 0 <= answer < len(choices)):
+            problems_found.append(f"answer {answer!r} is not the index of one of its {len(choices)} choices")
+        if not isinstance(hint, str) or not problem.get("split") or escapes_root(image):
+            problems_found.append(f"hint must be text, and split and image name a file inside the image folder: {image!r}")
+        if problems_found:
+            raise DataError(f"{path}, problem {pid}: " + "; ".join(problems_found))
+        choices = [c.strip() for c in choices]
+        letter = None if answer is None else LETTERS[answer]
+        text = f"Context: {hint.strip()}\n{question.strip()}" if hint.strip() else question.strip()
+        record = {"id": pid, "question": question.strip(), "hint": hint.strip(),
+                  **{LETTERS[i]: choices[i] if i < len(choices) else "" for i in range(width)},
+                  "answer": letter or "", **{k: problem.get(k, "") for k in ("subject", "topic", "category", "grade", "split")},
+                  "image": image}
+        questions.append(ChoiceQuestion(0, record, image, text, choices, letter, key=pid, option_keys=LETTERS[:width]))
+    return questions
+
+
+def scienceqa_image_root(path: Path, questions: list[ChoiceQuestion]) -> Path:
+    """Where ScienceQA's ``<split>/<id>/image.png`` are: the ``images`` folder beside ``problems.json`` (the
+    official release's ``data/scienceqa/images``), else the folder of ``problems.json`` itself."""
+    splits = sorted({str(q.record["split"]) for q in questions})
+    candidates = [path.parent / "images", path.parent]
+    for folder in candidates:
+        if all((folder / split).is_dir() for split in splits):
+            return folder
+    raise DataError(f"no ScienceQA image folder(s) {', '.join(s + '/' for s in splits)} in {candidates[0]} or {candidates[1]}: "
+                    "give the folder that holds them with --data.image_root")
+
+
+def circular_passes(questions: list[ChoiceQuestion]) -> list[ChoiceQuestion]:
+    """MMBench's CircularEval: a question with N options is asked N times, its options rotated by 0 ... N-1
+    places (rotation r asks the option that was r-th first) and the answer letter moved with them. Each
+    record gains ``circular_index`` (the question's index) and ``rotation``, and holds the options and
+    answer as that pass asks them."""
+    passes = []
+    for question in questions:
+        count = len(question.options)
+        for rotation in range(count):
+            options = question.options[rotation:] + question.options[:rotation]
+            answer = None if question.answer is None else LETTERS[(LETTERS.index(question.answer) - rotation) % count]
+            record = {**question.record, **dict(zip(question.option_keys, options))}
+            if answer is not None:
+                record["answer"] = answer
+            record.update(circular_index=question.key or str(question.line), rotation=rotation)
+            passes.append(replace(question, record=record, options=options, answer=answer))
+    return passes

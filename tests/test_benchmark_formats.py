@@ -1,0 +1,291 @@
+"""MMBench's TSV and ScienceQA's problems.json in ``mmcaption predict``: the readers, per-category accuracy
+and MMBench's CircularEval, end to end on a tiny model rigged to prefer one answer."""
+
+import base64
+import csv
+import io
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Trainer
+
+from mmcaption.data import DataError, MultipleChoiceDataModule
+from mmcaption.data.benchmarks import ChoiceQuestion, EmbeddedImage, circular_passes
+from mmcaption.demo.synthetic import Scene, draw_scene
+from mmcaption.errors import ConfigError
+from mmcaption.module import MultimodalCaptioner
+
+from .conftest import REPO
+
+# MMBench_DEV_EN.tsv's columns, in its order
+MMBENCH_COLUMNS = ("index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source", "l2-category",
+                   "comment", "split")
+FINE, COARSE = "finegrained_perception (instance-level)", "coarse_perception"
+
+
+def png(scene: Scene) -> bytes:
+    out = io.BytesIO()
+    draw_scene(scene, 64, random.Random(0)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+RED, BLUE = png(Scene("red", "circle", "left")), png(Scene("blue", "square", "right", count=2))
+
+
+def mmbench_rows() -> list[dict]:
+    """Four questions as MMBench writes them (NaN for a missing hint or option), and a CircularEval pass of
+    the first that the official TSVs carry as index + 1,000,000, its image the first's index."""
+    common = {"source": "synthetic", "comment": "nan", "split": "dev"}
+    return [
+        {**common, "index": "0", "question": "What colour is the shape?", "hint": "The picture shows one shape.",
+         "A": "red", "B": "blue", "C": "green", "D": "yellow", "answer": "B", "category": "attribute_recognition",
+         "l2-category": FINE, "image": b64(BLUE)},
+        {**common, "index": "1", "question": "What colour is the shape?", "hint": "nan", "A": "blue", "B": "red",
+         "C": "green", "D": "yellow", "answer": "B", "category": "attribute_recognition", "l2-category": FINE,
+         "image": b64(RED)},
+        {**common, "index": "2", "question": "Which colour, with\ta tab?", "hint": "", "A": "green", "B": "yellow",
+         "C": "blue", "D": "nan", "answer": "C", "category": "image_style", "l2-category": COARSE, "image": "1"},
+        {**common, "index": "3", "question": "Which colour?", "hint": "nan", "A": "blue", "B": "red", "C": "", "D": "",
+         "answer": "A", "category": "image_scene", "l2-category": COARSE, "image": b64(b"base64, but not an image" * 4)},
+        {**common, "index": "1000000", "question": "What colour is the shape?", "hint": "The picture shows one shape.",
+         "A": "blue", "B": "green", "C": "yellow", "D": "red", "answer": "A", "category": "attribute_recognition",
+         "l2-category": FINE, "image": "0"},
+    ]
+
+
+def write_tsv(path: Path, rows: list[dict], columns=MMBENCH_COLUMNS) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:  # as pandas' to_csv(sep="\t") quotes
+        writer = csv.DictWriter(handle, fieldnames=columns, delimiter="\t", extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def problem(question, choices, answer, split="test", image="image.png", hint="", subject="natural science", **extra) -> dict:
+    return {"question": question, "choices": choices, "answer": answer, "hint": hint, "image": image, "split": split,
+            "subject": subject, "topic": "physics", "category": "Colours", "grade": "grade3", "task": "closed choice",
+            "lecture": "", "solution": "", **extra}
+
+
+def write_scienceqa(root: Path, problems: dict[str, dict], images: Path | None = None) -> Path:
+    """problems.json as the official release has it, and its images in ``images/<split>/<id>/image.png``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "problems.json").write_text(json.dumps(problems))
+    for pid, p in problems.items():
+        if p["image"]:
+            folder = (images or root / "images") / p["split"] / pid
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / p["image"]).write_bytes(BLUE)
+    return root / "problems.json"
+
+
+SCIENCEQA = {
+    "5": problem("Which colour is the square?", ["blue", "red", "green"], 0, hint="The square is in the picture."),
+    "9": problem("Which colour is it?", ["red", "blue"], 1),
+    "12": problem("Which of these states is farthest north?", ["Ohio", "Texas", "Maine", "Utah"], 2, subject="social science",
+                  category="Geography", grade="grade5"),
+    "20": problem("Which word is a noun?", ["run", "dog"], 1, image=None, subject="language science"),  # text only
+    "31": problem("Which colour?", ["red", "blue"], 0, split="train"),  # another split
+}
+
+
+def choice_data(backbones, path, output, **settings) -> MultipleChoiceDataModule:
+    return MultipleChoiceDataModule(csv_file=str(path), output=str(output), tokenizer=str(backbones[0]),
+                                    image_processor=str(backbones[1]), batch_size=4, num_workers=0, **settings)
+
+
+def predictor(tmp_path) -> Trainer:
+    return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+
+
+def rigged(checkpoint, token: str) -> MultimodalCaptioner:
+    """The trained tiny model with ``token`` made far likelier than any other, whatever came before."""
+    module = MultimodalCaptioner.load_from_checkpoint(checkpoint)
+    planted = module.tokenizer(token, add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        module.model.language_model.get_base_model().lm_head.bias[planted] += 30.0
+    return module
+
+
+def read_output(output: Path) -> tuple[list[dict], dict]:
+    with output.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return rows, json.loads(output.with_name(output.name + ".summary.json").read_text())
+
+
+def test_mmbench_tsv_is_read_with_hints_letters_categories_shared_images_and_without_its_circular_passes(backbones, tmp_path):
+    path = write_tsv(tmp_path / "MMBench_DEV_EN.tsv", mmbench_rows())
+    questions = choice_data(backbones, path, tmp_path / "o.csv", format="mmbench").read_rows()
+    assert [q.key for q in questions] == ["0", "1", "2", "3"]  # index 1000000 is a CircularEval pass of 0: left out
+    assert questions[0].question == "The picture shows one shape.\nWhat colour is the shape?"
+    assert questions[1].question == "What colour is the shape?"  # hint NaN
+    assert questions[2].question == "Which colour, with\ta tab?"  # hint empty; a quoted tab stays in its field
+    assert [q.options for q in questions] == [["red", "blue", "green", "yellow"], ["blue", "red", "green", "yellow"],
+                                              ["green", "yellow", "blue"], ["blue", "red"]]
+    assert [q.answer for q in questions] == ["B", "B", "C", "A"]
+    assert isinstance(questions[0].image, EmbeddedImage) and questions[0].image.data == BLUE
+    assert questions[2].image.data == RED  # its image field names row 1, whose image it shares
+    assert str(questions[3].image) == f"in {path}, index 3"
+    record = questions[2].record
+    assert "image" not in record and record["D"] == "" and record["hint"] == "" and record["comment"] == ""
+    assert (record["category"], record["l2-category"], record["answer"], record["index"]) == ("image_style", COARSE, "C", "2")
+    assert [q.line for q in questions] == [2, 3, 4, 5]
+
+    without_answers = write_tsv(tmp_path / "test.tsv", mmbench_rows()[:2], columns=[c for c in MMBENCH_COLUMNS if c != "answer"])
+    assert [q.answer for q in choice_data(backbones, without_answers, tmp_path / "o.csv", format="mmbench").read_rows()] == [None, None]
+
+
+def test_scienceqa_reads_the_image_questions_of_one_split_with_their_context_and_subject(backbones, tmp_path):
+    path = write_scienceqa(tmp_path / "data" / "scienceqa", SCIENCEQA)
+    dm = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa")  # split: test by default
+    questions = dm.read_rows()
+    assert [q.key for q in questions] == ["5", "9", "12"]  # 20 has no image, 31 is in train
+    assert questions[0].question == "Context: The square is in the picture.\nWhich colour is the square?"
+    assert questions[1].question == "Which colour is it?"  # no hint, no context
+    assert [q.answer for q in questions] == ["A", "B", "C"]
+    assert questions[2].options == ["Ohio", "Texas", "Maine", "Utah"]
+    record = questions[2].record
+    assert (record["subject"], record["category"], record["grade"], record["split"]) == ("social science", "Geography", "grade5", "test")
+    assert (record["A"], record["D"], questions[1].record["C"], record["image"]) == ("Ohio", "Utah", "", "test/12/image.png")
+    dm.setup("predict")  # images from images/ beside problems.json, as the official release puts them
+    assert dm.dataset.image_paths[0] == path.parent / "images" / "test" / "5" / "image.png"
+    assert dm.dataset[0]["error"] is None
+
+    every = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split=None).read_rows()
+    assert [q.key for q in every] == ["5", "9", "12", "31"]
+    with pytest.raises(DataError, match=r"problems\.json has no problem with an image in split 'val' \(its splits: test, train\)"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split="val").read_rows()
+    beside = write_scienceqa(tmp_path / "flat", SCIENCEQA, images=tmp_path / "flat")  # problems.json beside test/
+    dm = choice_data(backbones, beside, tmp_path / "o.csv", format="scienceqa")
+    dm.setup("predict")
+    assert dm.dataset.image_paths[0] == beside.parent / "test" / "5" / "image.png"
+
+
+def test_circular_passes_rotate_the_options_and_move_the_answer_with_them():
+    record = {"index": "7", "A": "red", "B": "blue", "C": "green", "D": "", "answer": "B", "category": "colour"}
+    question = ChoiceQuestion(3, record, "x.png", "Which?", ["red", "blue", "green"], "B", key="7", option_keys=("A", "B", "C", "D"))
+    passes = circular_passes([question])
+    assert [p.options for p in passes] == [["red", "blue", "green"], ["blue", "green", "red"], ["green", "red", "blue"]]
+    assert [p.answer for p in passes] == ["B", "A", "C"]  # always "blue"
+    assert [(p.record["A"], p.record["B"], p.record["C"], p.record["D"], p.record["answer"]) for p in passes] == [
+        ("red", "blue", "green", "", "B"), ("blue", "green", "red", "", "A"), ("green", "red", "blue", "", "C")]
+    assert [(p.record["circular_index"], p.record["rotation"]) for p in passes] == [("7", 0), ("7", 1), ("7", 2)]
+    assert question.record == record  # the question itself is left as it was
+
+
+def test_mmbench_circular_eval_with_a_model_that_always_picks_blue(backbones, trained_checkpoint, tmp_path):
+    module = rigged(trained_checkpoint, " blue")  # likelihood scoring: the option "blue", wherever it is
+    path = write_tsv(tmp_path / "MMBench_DEV_EN.tsv", mmbench_rows())
+    output = tmp_path / "mmbench.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, path, output, format="mmbench", circular=True))
+    rows, summary = read_output(output)
+    assert [(r["circular_index"], r["rotation"]) for r in rows] == [
+        (str(q), str(r)) for q, n in ((0, 4), (1, 4), (2, 3), (3, 2)) for r in range(n)]
+    assert all(r[r["prediction"]] == "blue" for r in rows if r["prediction"])  # every pass chose blue
+    assert [r["correct"] for r in rows] == ["True"] * 4 + ["False"] * 4 + ["True"] * 3 + ["False"] * 2
+    assert all(f"image in {path}, index 3 cannot be decoded" in r["error"] for r in rows[-2:])
+    # 7 of 13 passes right; questions 0 and 2 right in every rotation, 1 never, 3 (its image unreadable) counted wrong
+    assert (summary["correct"], summary["answered"], summary["accuracy"]) == (7, 13, 7 / 13)
+    assert (summary["circular_correct"], summary["circular_questions"], summary["circular_accuracy"]) == (2, 4, 0.5)
+    assert summary["per_category"] == {
+        "attribute_recognition": {"correct": 1, "answered": 2, "accuracy": 0.5},
+        "image_scene": {"correct": 0, "answered": 1, "accuracy": 0.0},
+        "image_style": {"correct": 1, "answered": 1, "accuracy": 1.0},
+    }
+    assert summary["per_l2_category"] == {COARSE: {"correct": 1, "answered": 2, "accuracy": 0.5},
+                                          FINE: {"correct": 1, "answered": 2, "accuracy": 0.5}}
+    assert summary["per_category_over"].startswith("questions")
+    assert summary["errors"] == 2 and summary["unanswered"] == 2
+
+
+def test_scienceqa_with_a_model_that_always_answers_letter_a_is_never_right_under_circular_eval(backbones, trained_checkpoint, tmp_path):
+    module = rigged(trained_checkpoint, "A")  # generation: the letter A, and nothing else
+    module.generation = {"max_new_tokens": 1}
+    path = write_scienceqa(tmp_path / "data" / "scienceqa", SCIENCEQA)
+
+    output = tmp_path / "plain.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, path, output, format="scienceqa", method="generation"))
+    rows, summary = read_output(output)
+    assert [r["prediction"] for r in rows] == ["A", "A", "A"] and [r["id"] for r in rows] == ["5", "9", "12"]
+    assert (summary["correct"], summary["answered"]) == (1, 3) and "circular_accuracy" not in summary
+    assert summary["per_category"] == {"natural science": {"correct": 1, "answered": 2, "accuracy": 0.5},
+                                       "social science": {"correct": 0, "answered": 1, "accuracy": 0.0}}
+    assert summary["per_category_over"] == "rows" and (rows[2]["category"], rows[2]["grade"]) == ("Geography", "grade5")
+
+    output = tmp_path / "circular.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, path, output, format="scienceqa", method="generation",
+                                                               circular=True))
+    rows, summary = read_output(output)
+    assert len(rows) == 3 + 2 + 4 and all(r["prediction"] == "A" for r in rows)
+    # right only in the rotation that brings the answer to A: one pass of each question, no question in every one
+    assert [r["rotation"] for r in rows if r["correct"] == "True"] == ["0", "1", "2"]
+    assert (summary["correct"], summary["answered"], summary["accuracy"]) == (3, 9, 1 / 3)
+    assert (summary["circular_correct"], summary["circular_questions"], summary["circular_accuracy"]) == (0, 3, 0.0)
+    assert summary["per_category"] == {"natural science": {"correct": 0, "answered": 2, "accuracy": 0.0},
+                                       "social science": {"correct": 0, "answered": 1, "accuracy": 0.0}}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"question": "nan"}, r"index 1 \(line 3\): empty question"),
+        ({"B": "nan", "C": "", "D": ""}, r"index 1 \(line 3\): options must be 2 or more"),
+        ({"C": "nan"}, r"index 1 \(line 3\): options must be 2 or more, without gaps"),
+        ({"answer": "E"}, r"index 1 \(line 3\): answer 'E' is not one of A, B, C, D"),
+        ({"image": "%%%" + "not base64 " * 10}, r"index 1 \(line 3\): image is not base64"),
+        ({"image": "42"}, r"index 1 \(line 3\): image '42' is neither base64 image data nor the index of a row"),
+        ({"index": "0"}, r"index 0 \(line 3\): the index appears again \(first on line 2\)"),
+    ],
+    ids=["no question", "one option", "gap", "answer names no option", "not base64", "unknown image reference", "duplicate index"],
+)
+def test_bad_mmbench_rows_are_refused_with_the_file_and_index(backbones, tmp_path, change, message):
+    rows = mmbench_rows()[:3]
+    rows[1] = {**rows[1], **change}
+    path = write_tsv(tmp_path / "bad.tsv", rows)
+    with pytest.raises(DataError, match=rf"bad\.tsv, {message}"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="mmbench").read_rows()
+
+
+def test_bad_files_and_settings_are_refused_with_what_is_wrong(backbones, tmp_path):
+    no_image = write_tsv(tmp_path / "no_image.tsv", mmbench_rows(), columns=[c for c in MMBENCH_COLUMNS if c != "image"])
+    with pytest.raises(DataError, match=r"no_image\.tsv lacks column\(s\) \['image'\]"):
+        choice_data(backbones, no_image, tmp_path / "o.csv", format="mmbench").read_rows()
+    path = write_scienceqa(tmp_path / "sqa", {**SCIENCEQA, "12": {**SCIENCEQA["12"], "answer": 4}})
+    with pytest.raises(DataError, match=r"problems\.json, problem 12: answer 4 is not the index of one of its 4 choices"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa").read_rows()
+    path = tmp_path / "problems.json"
+    path.write_text(json.dumps({"1": problem("Which?", ["a", "b"], 0, image="../../../etc/passwd")}))
+    with pytest.raises(DataError, match=r"problems\.json, problem 1: .*image folder"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa").read_rows()
+    path = write_scienceqa(tmp_path / "no_images", SCIENCEQA, images=tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"no ScienceQA image folder\(s\) test/ in .*: give the folder that holds them"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa").setup("predict")
+    with pytest.raises(DataError, match=r"MMBench TSV not found: .*missing\.tsv"):
+        choice_data(backbones, tmp_path / "missing.tsv", tmp_path / "o.csv", format="mmbench").check_inputs()
+    with pytest.raises(ConfigError, match=r"CircularEval .* one process"):
+        choice_data(backbones, no_image, tmp_path / "o.csv", format="mmbench", circular=True).check_output(world_size=2)
+
+
+def test_the_benchmark_configs_parse_and_name_their_format(backbones, tmp_path):
+    for name, fmt in (("mmbench", "mmbench"), ("scienceqa", "scienceqa")):
+        config = yaml.safe_load((REPO / "configs" / "predict" / f"{name}.yaml").read_text())["data"]
+        assert config["class_path"] == "mmcaption.data.MultipleChoiceDataModule"
+        dm = MultipleChoiceDataModule(**{**config["init_args"], "csv_file": str(tmp_path / "x"), "output": str(tmp_path / "o.csv"),
+                                         "tokenizer": str(backbones[0]), "image_processor": str(backbones[1])})
+        assert dm.format == fmt and dm.category_columns["per_category"] == ("category" if fmt == "mmbench" else "subject")
+    result = subprocess.run(
+        [sys.executable, "-m", "mmcaption", "predict", "--config", str(REPO / "configs" / "demo" / "caption.yaml"), "--config",
+         str(REPO / "configs" / "predict" / "mmbench.yaml"), "--data.split", "null", "--print_config"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "format: mmbench" in result.stdout and "circular: true" in result.stdout and "split: null" in result.stdout
