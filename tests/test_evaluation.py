@@ -15,6 +15,7 @@ from lightning.pytorch import Trainer
 from mmcaption.data import CaptionDataModule
 from mmcaption.data.records import DataError
 from mmcaption.evaluation import caption_metrics
+from mmcaption.evaluation.report import write_evaluation
 
 from .conftest import make_captioner
 
@@ -104,15 +105,12 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     assert "SPICE" in results["caption_metrics"]["skipped"] or "SPICE" in results["metrics"]
     assert results["data"]["source"] == "karpathy"
 
-    # the same command again, into the same folder, writes beside the first results, never over them
-    again = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False,
-                    logger=False)
-    again.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))
-    first = (tmp_path / "run" / "test-test.results.json").read_text()
-    again.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))
-    assert sorted(p.name for p in (tmp_path / "run").glob("test-test*.json")) == ["test-test-2.results.json", "test-test.results.json"]
-    assert (tmp_path / "run" / "test-test.results.json").read_text() == first
-    assert len((tmp_path / "run" / "test-test-2.predictions.jsonl").read_text().splitlines()) == 2
+    # the same evaluation again, into the same folder, writes beside the first results, never over them
+    first = (folder / "test-test.results.json").read_text()
+    again_predictions, again_results = write_evaluation(folder, "test-test", predictions, {"split": "test"})
+    assert (again_predictions.name, again_results.name) == ("test-test-2.predictions.jsonl", "test-test-2.results.json")
+    assert (folder / "test-test.results.json").read_text() == first
+    assert json.loads(again_results.read_text())["predictions"] == "test-test-2.predictions.jsonl"
 
 def test_without_java_one_loud_warning_names_what_is_lost_and_the_setup_records_it(monkeypatch):
     monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
