@@ -251,6 +251,7 @@ class PredictionWriter(BasePredictionWriter):
         self.handle = None
         self.writer = None
         self.counts: dict[str, float] = {}
+        self.late_columns: dict[int, dict[str, Any]] = {}
         self.category_columns: dict[str, str] = {}
         self.categories: dict[str, dict[str, list[int]]] = {}  # summary key -> category -> [correct, answered]
         self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
@@ -265,6 +266,7 @@ class PredictionWriter(BasePredictionWriter):
         self.path, self.partial = output, output.with_name(f".{output.name}.partial")
         self.handle = self.partial.open("w", newline="", encoding="utf-8")
         self.writer = None
+        self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions = {}, {}
@@ -279,7 +281,11 @@ class PredictionWriter(BasePredictionWriter):
                     columns = [c for c in row if c not in RESULT_COLUMNS] + list(RESULT_COLUMNS)
                     self.writer = csv.DictWriter(self.handle, fieldnames=columns, extrasaction="ignore")
                     self.writer.writeheader()
-                self.writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+                values = {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
+                late = {k: v for k, v in values.items() if k not in self.writer.fieldnames}
+                if late:  # a column the first row did not have: kept, and added to the header at the end
+                    self.late_columns[self.counts["rows"] - 1] = late
+                self.writer.writerow(values)
             else:
                 self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
@@ -343,6 +349,8 @@ class PredictionWriter(BasePredictionWriter):
             self.partial.unlink(missing_ok=True)
             rank_zero_info(f"predict stopped ({type(interrupted).__name__}) before any row was done; {self.path} not written")
             return
+        if self.late_columns:
+            self._add_late_columns()
         os.replace(self.partial, self.path)
         if interrupted is not None:
             summary["interrupted"] = type(interrupted).__name__
@@ -365,6 +373,20 @@ class PredictionWriter(BasePredictionWriter):
                 accuracies = ", ".join(f"{name} {s['accuracy']:.3f} ({s['correct']}/{s['answered']})" for name, s in summary[key].items())
                 message += f"\n  accuracy {key.replace('_', ' ')} (over {summary['per_category_over'].split(',')[0]}): {accuracies}"
         rank_zero_info(message)
+
+    def _add_late_columns(self) -> None:
+        """Rewrite the CSV with the columns that only later rows had (before the result columns)."""
+        with self.partial.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header, rows = list(reader.fieldnames or []), list(reader)
+        added = [c for c in dict.fromkeys(k for late in self.late_columns.values() for k in late)]
+        columns = [c for c in header if c not in RESULT_COLUMNS] + added + [c for c in header if c in RESULT_COLUMNS]
+        rewritten = self.partial.with_name(self.partial.name + ".columns")
+        with rewritten.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({**row, **self.late_columns.get(i, {})} for i, row in enumerate(rows))
+        os.replace(rewritten, self.partial)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self._finish()

@@ -278,6 +278,8 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
         data = QuestionsPredictDataModule(questions_file=str(path), output=str(output), tokenizer=str(backbones[0]),
                                           image_processor=str(backbones[1]), batch_size=2, num_workers=0)
         predictor(tmp_path).predict(module, datamodule=data)
+        if output.suffix == ".csv":
+            return list(csv.DictReader(output.open(newline="", encoding="utf-8")))
         return [json.loads(line) for line in output.read_text().splitlines()]
 
     asked = tmp_path / "asked.jsonl"
@@ -289,6 +291,10 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
     first = run(asked, tmp_path / "first.jsonl")
     assert [r.get("id") for r in first] == [None, 7, None]  # the records come back with their own fields
     assert all(r["prediction"].strip() for r in first[:2]) and first[2]["error"].startswith("image not found")
+    # to a spreadsheet: the "id" only the second record has becomes a column, not a silent drop
+    table = run(asked, tmp_path / "first.csv")
+    assert [r["id"] for r in table] == ["", "7", ""] and [r["prediction"] for r in table[:2]] == [r["prediction"] for r in first[:2]]
+    assert list(table[0])[:3] == ["image", "question", "id"] and list(table[0])[-1] == "error"
 
     # the same questions as Excel writes a CSV (BOM, CRLF, other case), with answers: one right as a person
     # would write it (case, article, full stop), one wrong, one whose image is missing (wrong, not left out)
