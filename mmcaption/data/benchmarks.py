@@ -60,12 +60,14 @@ def _absent(value: str) -> bool:
     return value.strip().lower() in ("", "nan")
 
 
-def _read_tsv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The header and the rows (with their first physical line) of a tab-separated UTF-8 file."""
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a base64 image is one long field
+def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (names stripped) and the rows, each with its first physical line, of a UTF-8 CSV or TSV
+    as spreadsheets write it (a byte-order mark is accepted); undecodable text or broken quoting is
+    refused with the file and the line."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter="\t")
+            reader = csv.reader(handle, delimiter=delimiter)
             header = [name.strip() for name in next(reader, [])]
             rows, start = [], reader.line_num + 1
             for fields in reader:
@@ -74,7 +76,7 @@ def _read_tsv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text: {error}") from error
     except csv.Error as error:
-        raise DataError(f"{path}, line {reader.line_num}: not valid TSV: {error}") from error
+        raise DataError(f"{path}, line {reader.line_num}: not valid {kind}: {error}") from error
     return header, rows
 
 
@@ -105,7 +107,8 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     """
     if not path.is_file():
         raise DataError(f"MMBench TSV not found: {path}")
-    header, rows = _read_tsv(path)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a base64 image is one long field
+    header, rows = read_table_rows(path, "\t")
     folded = [name.lower() for name in header]
     duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})
     if duplicates:

@@ -9,7 +9,6 @@ file and its line.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from mmcaption.data.benchmarks import (
     circular_passes,
     read_mmbench_tsv,
     read_scienceqa,
+    read_table_rows,
     scienceqa_image_root,
 )
 from mmcaption.data.records import DataError
@@ -121,18 +121,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     """
     if not path.is_file():
         raise DataError(f"multiple-choice CSV not found: {path}")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = [name.strip() for name in next(reader, [])]
-            rows, start = [], reader.line_num + 1
-            for fields in reader:
-                rows.append((start, fields))
-                start = reader.line_num + 1
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text: {error}") from error
-    except csv.Error as error:
-        raise DataError(f"{path}, line {reader.line_num}: not valid CSV: {error}") from error
+    header, rows = read_table_rows(path)
     folded = [name.lower() for name in header]  # columns without a name (a spreadsheet's trailing cells) are ignored
     duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})
     if duplicates:
