@@ -8,8 +8,9 @@ Compared, for the same captions and batch size, in one run:
 - original scripts: every caption padded to 128 tokens;
 - shuffled: mmcaption with ``group_by_length: false`` - a seeded shuffle, each batch padded to its
   longest caption;
-- grouped: mmcaption's default - batches of similar length (mega-batches of 50 batches sorted by
-  length, batches shuffled), each padded to its longest caption.
+- grouped: mmcaption's default - batches of similar length (mega-batches of ``--mega_batch`` batches,
+  100 by default as ``length_group_batches``, sorted by length; batches shuffled), each padded to its
+  longest caption.
 
 Prints the efficiency of each over one epoch (median over ``--epochs`` shuffles) and the ratios.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcaption.data.sampling import LengthGroupedSampler, padding_efficiency
+from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, padding_efficiency
 from mmcaption.model.backbones import load_tokenizer
 
 ORIGINAL_PADDING = 128
@@ -36,8 +37,9 @@ def caption_lengths(annotation_file: Path, tokenizer_name: str, max_length: int)
     return np.minimum(np.array([len(i) for i in ids]), max_length - 2) + 2
 
 
-def epoch_efficiency(lengths: np.ndarray, batch_size: int, epoch: int, grouped: bool, pad_to: int | None = None) -> float:
-    sampler = LengthGroupedSampler(lengths, batch_size, seed=0, group_by_length=grouped)
+def epoch_efficiency(lengths: np.ndarray, batch_size: int, epoch: int, grouped: bool, pad_to: int | None = None,
+                     mega_batch: int = DEFAULT_MEGA_BATCH) -> float:
+    sampler = LengthGroupedSampler(lengths, batch_size, seed=0, group_by_length=grouped, mega_batch=mega_batch)
     sampler.set_epoch(epoch)
     order = np.array(list(sampler))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_length", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--mega_batch", type=int, default=DEFAULT_MEGA_BATCH, help="batches sorted by length together (length_group_batches)")
     args = parser.parse_args()
 
     lengths = caption_lengths(args.annotations, args.tokenizer, args.max_length)
@@ -59,7 +62,7 @@ def main() -> None:
     results = {
         "original scripts (pad to 128)": [epoch_efficiency(lengths, args.batch_size, e, False, ORIGINAL_PADDING) for e in range(args.epochs)],
         "mmcaption, shuffled": [epoch_efficiency(lengths, args.batch_size, e, False) for e in range(args.epochs)],
-        "mmcaption, grouped": [epoch_efficiency(lengths, args.batch_size, e, True) for e in range(args.epochs)],
+        "mmcaption, grouped": [epoch_efficiency(lengths, args.batch_size, e, True, mega_batch=args.mega_batch) for e in range(args.epochs)],
     }
     original = statistics.median(results["original scripts (pad to 128)"])
     print(f"{'':30} {'efficiency':>10} {'vs original':>11}")

@@ -133,6 +133,8 @@ class ResumableStop(Callback):
                 f"stage: --ckpt_path resumes an interrupted run of the same stage. To start this stage from its weights "
                 f"(fresh optimizer, schedule and step count), use --model.init_from {source}"
             )
+        if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
+            saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}
         changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in current if saved.get(key) != current.get(key)]
         if changed:
             raise ResumeError(

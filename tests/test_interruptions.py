@@ -244,6 +244,15 @@ def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_diff
                                           rf"--model.init_from {last}"):
         fit_trainer(tmp_path / "instruct", steps=4).fit(make_captioner(backbones), datamodule=instruct, ckpt_path=last)
 
+    # a checkpoint from before length_group_batches (it grouped 50 batches) resumed with today's 100: another order
+    assert saved["training_data"]["length_group_batches"] == 100
+    del saved["training_data"]["length_group_batches"]
+    older = tmp_path / "older.ckpt"
+    torch.save(saved, older)
+    with pytest.raises(ResumeError, match=r"other data or batches than this run's \(length_group_batches 50 -> 100\)"):
+        fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
+                                                       ckpt_path=older)
+
     # the same stage on data that lost two images since: refused, naming what changed, before any step
     annotations = coco / "annotations" / "captions_train2017.json"
     content = json.loads(annotations.read_text())

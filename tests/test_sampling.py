@@ -76,3 +76,24 @@ def test_padding_benchmark_reports_grouped_above_shuffled_above_the_original_scr
     )
     efficiency = {name: float(value) for name, value in re.findall(r"^(original scripts|mmcaption, \w+).*?\s([0-9.]+)\s+[0-9.]+x$", result.stdout, re.M)}
     assert efficiency["original scripts"] < 0.2 < efficiency["mmcaption, shuffled"] <= efficiency["mmcaption, grouped"]
+
+
+def test_larger_length_groups_pad_less_and_the_data_module_passes_its_setting(backbones, coco_root):
+    from mmcaption.data import CaptionDataModule
+
+    lengths = np.random.default_rng(0).poisson(14, size=5000) + 2  # caption-like: many similar lengths
+    efficiency = {}
+    for groups in (5, 50, 100):
+        sampler = LengthGroupedSampler(lengths, batch_size=64, seed=0, mega_batch=groups)
+        efficiency[groups] = padding_efficiency(lengths, batches_of(list(sampler), 64))
+    assert efficiency[5] < efficiency[50] < efficiency[100]
+
+    language_dir, vision_dir = backbones
+    datamodule = CaptionDataModule(data_dir=str(coco_root), tokenizer=str(language_dir), image_processor=str(vision_dir),
+                                   batch_size=4, num_workers=0, length_group_batches=7)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    assert datamodule.train_dataloader().sampler.mega_batch == 7
+    assert datamodule.training_data()["length_group_batches"] == 7
+    with pytest.raises(ValueError, match="length_group_batches must be at least 1, got 0"):
+        CaptionDataModule(data_dir=str(coco_root), tokenizer=str(language_dir), image_processor=str(vision_dir), length_group_batches=0)

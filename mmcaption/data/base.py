@@ -31,7 +31,7 @@ from mmcaption.data.cache import built_once, damage, fingerprint, is_complete
 from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
-from mmcaption.data.sampling import LengthGroupedSampler, default_seed
+from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
 PREPROCESSING_VERSION = 4
@@ -100,6 +100,8 @@ class PreprocessedDataModule(BackbonesDataModule):
         eval_batch_size: validation/test batch size per device (default ``batch_size``).
         group_by_length: batch training samples of similar length together (less padding); the
             order is still shuffled every epoch.
+        length_group_batches: with ``group_by_length``, how many batches are sorted by length together
+            (mega-batches): more pads less and mixes less.
         cache_image_features: run the frozen vision tower once per image at preprocessing and train
             on its stored float16 outputs.
         vision_feature_layer: the vision tower's hidden state(s) the feature cache holds (linked to
@@ -116,6 +118,7 @@ class PreprocessedDataModule(BackbonesDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         group_by_length: bool = True,
+        length_group_batches: int = DEFAULT_MEGA_BATCH,
         cache_image_features: bool = False,
         vision_feature_layer: int | list[int] = -1,
         resize_images: bool = True,
@@ -124,7 +127,10 @@ class PreprocessedDataModule(BackbonesDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.group_by_length, self.cache_image_features = group_by_length, cache_image_features
+        if length_group_batches < 1:
+            raise ValueError(f"length_group_batches must be at least 1, got {length_group_batches}")
+        self.group_by_length, self.length_group_batches = group_by_length, length_group_batches
+        self.cache_image_features = cache_image_features
         self.vision_feature_layer, self.resize_images, self.on_bad_record = vision_feature_layer, resize_images, on_bad_record
         self.cache_dir_setting = cache_dir
         self.datasets: dict[str, ImageTextDataset] = {}
@@ -257,6 +263,7 @@ class PreprocessedDataModule(BackbonesDataModule):
             "batch_size": self.batch_size,
             "devices": trainer.world_size if trainer is not None else 1,
             "group_by_length": self.group_by_length,
+            "length_group_batches": self.length_group_batches if self.group_by_length else None,
             "seed": default_seed(),
         }
 
@@ -283,7 +290,7 @@ class PreprocessedDataModule(BackbonesDataModule):
             dataset.lengths(), self.batch_size,
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
-            seed=default_seed(), group_by_length=self.group_by_length,
+            seed=default_seed(), group_by_length=self.group_by_length, mega_batch=self.length_group_batches,
         )
         return StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_settings())
 

@@ -4,6 +4,8 @@ Captions are short and of similar length, conversations are not; padding every b
 longest member wastes compute when lengths are mixed. :class:`LengthGroupedSampler` shuffles,
 then sorts by length inside "mega-batches" of ``mega_batch`` batches, cuts them into batches and
 shuffles the batches: every batch holds samples of similar length, and the epoch is still random.
+The default of 100 batches keeps 0.98 of the computed tokens real on COCO's captions at batch 64
+(0.96 with 50, the usual default elsewhere; ``benchmarks/padding.py``).
 
 Under DDP the sampler shards itself (it is a ``DistributedSampler``, so Lightning does not wrap it in
 its own, which would reshuffle and undo the grouping): it builds *global* batches of
@@ -32,6 +34,10 @@ def default_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
+DEFAULT_MEGA_BATCH = 100
+"""Batches sorted by length together: 0.98 of COCO's caption tokens real at batch 64 (0.96 with 50)."""
+
+
 class LengthGroupedSampler(DistributedSampler):
     """This process's share of a dataset's indices, in an order where each batch holds samples of
     similar length.
@@ -55,7 +61,7 @@ class LengthGroupedSampler(DistributedSampler):
         rank: int = 0,
         seed: int = 0,
         group_by_length: bool = True,
-        mega_batch: int = 50,
+        mega_batch: int = DEFAULT_MEGA_BATCH,
     ) -> None:
         if batch_size < 1 or mega_batch < 1:
             raise ValueError("batch_size and mega_batch must be positive")

@@ -27,7 +27,8 @@ def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, A
         dropped = np.asarray(dataset.rows.data.column("turns_dropped").to_numpy(zero_copy_only=False))
         cut = {"conversations with turns dropped": int((dropped > 0).sum()),
                "first answers cut": int(meta.get("notes", {}).get(ANSWER_CUT, 0))}
-    sampler = LengthGroupedSampler(lengths, datamodule.batch_size, seed=0, group_by_length=datamodule.group_by_length)
+    sampler = LengthGroupedSampler(lengths, datamodule.batch_size, seed=0, group_by_length=datamodule.group_by_length,
+                                   mega_batch=datamodule.length_group_batches)
     order = np.fromiter(iter(sampler), dtype=np.int64)
     batches = [order[start:start + datamodule.batch_size] for start in range(0, len(order), datamodule.batch_size)]
     return {
