@@ -115,7 +115,8 @@ def evaluate_answers(tasks: Tasks, loader, attributes: dict[tuple[str, str], str
 
 @torch.no_grad()
 def evaluate_choices(tasks: Tasks, datamodule: MultipleChoiceDataModule) -> dict[str, float]:
-    """Multiple-choice accuracy by likelihood and by generation, and the likelihood blind control."""
+    """Multiple-choice accuracy by likelihood and by generation, each with its blind control (another
+    image's features in place of the question's own)."""
     tasks.model.eval()
     results = {}
     for method in ("likelihood", "generation"):
@@ -128,19 +129,19 @@ def evaluate_choices(tasks: Tasks, datamodule: MultipleChoiceDataModule) -> dict
             embeds = tasks.model.encode_images(batch["pixel_values"])
             answers = [record["answer"] for record in batch["record"]]
             prompts = unpadded(batch["input_ids"], batch["attention_mask"])
+            blind_embeds = blind_control(embeds, [record["img_path"] for record in batch["record"]])
             if method == "likelihood":
                 choices, _ = tasks.choose(prompts, batch["option_ids"], embeds)
-                blind_embeds = blind_control(embeds, [record["img_path"] for record in batch["record"]])
                 blind, _ = tasks.choose(prompts, batch["option_ids"], blind_embeds)
-                blind_correct += sum(b == a for b, a in zip(blind, answers))
             else:  # the letter only: reading the option's text would not show whether the model maps it to its letter
                 choices = [parse_choice(text) for text in tasks.generate_batch(batch, image_embeds=embeds)]
+                blind = [parse_choice(text) for text in tasks.generate_batch(batch, image_embeds=blind_embeds)]
+            blind_correct += sum(b == a for b, a in zip(blind, answers))
             correct += sum(c == a for c, a in zip(choices, answers))
             total += len(answers)
             chance += sum(1 / len(options) for options in batch["options"])
         results[method] = correct / total
-        if method == "likelihood":
-            results["likelihood_blind"] = blind_correct / total
+        results[f"{method}_blind"] = blind_correct / total
     results["chance"] = chance / total
     return results
 

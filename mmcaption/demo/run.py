@@ -199,7 +199,7 @@ def print_report(report: dict) -> None:
           f"blind {pct(answers['blind'])}, chance {pct(answers['chance'])}")
     print("  by attribute: " + ", ".join(f"{k} {pct(v)}" for k, v in answers["by_attribute"].items()))
     print(f"multiple choice: likelihood {pct(choices['likelihood'])} (blind {pct(choices['likelihood_blind'])}), "
-          f"generation {pct(choices['generation'])}, chance {pct(choices['chance'])}")
+          f"generation {pct(choices['generation'])} (blind {pct(choices['generation_blind'])}), chance {pct(choices['chance'])}")
     for name, step in report["steps_to_80_percent"].items():
         reached = f"at step {step}" if step is not None else f"not reached by step {report['last_logged_step'][name]}"
         print(f"instruct stage {name}: 80% exact match {reached}")
