@@ -25,8 +25,9 @@ def test_shortened_demo_sees_clearly_better_than_blind(tmp_path, monkeypatch):
         assert captions["accuracy"][attribute] >= captions["blind"][attribute] + 0.3, captions
         assert abs(captions["blind"][attribute] - captions["chance"][attribute]) <= 0.2, captions
     assert choices["likelihood"] >= choices["likelihood_blind"] + 0.2, choices
-    # letters by generation have their blind control too: another image's features give chance, not better
-    assert abs(choices["generation_blind"] - choices["chance"]) <= 0.15, choices
+    # letters by generation have their blind control too: another image's features do no better than chance
+    # (this short run often answers no letter at all, so it may do worse)
+    assert choices["generation_blind"] <= choices["chance"] + 0.15, choices
     assert report["answers"]["exact_match"] >= report["answers"]["blind"] + 0.15, report["answers"]
 
     # both stages learned, the hand-off happened, and the report files are there
