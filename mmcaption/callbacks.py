@@ -381,7 +381,7 @@ class PredictionWriter(BasePredictionWriter):
         with self.partial.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             header, rows = list(reader.fieldnames or []), list(reader)
-        added = [c for c in dict.fromkeys(k for late in self.late_columns.values() for k in late)]
+        added = list(dict.fromkeys(k for late in self.late_columns.values() for k in late))
         columns = [c for c in header if c not in RESULT_COLUMNS] + added + [c for c in header if c in RESULT_COLUMNS]
         rewritten = self.partial.with_name(self.partial.name + ".columns")
         with rewritten.open("w", newline="", encoding="utf-8") as handle:
