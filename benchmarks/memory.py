@@ -11,24 +11,33 @@ model through mmcaption's own ``from_pretrained`` path and prints, each figure m
   AdamW's two moments (16 bytes per trainable parameter);
 - activations per sample at each ``--tokens`` length (one image), without gradient checkpointing:
   the bytes of every tensor autograd keeps for the backward pass (``saved_tensors_hooks``; weights
-  excluded) during the forward pass and the chunked loss, with float32 compute (this CPU emulates
-  bfloat16, and the count does not depend on speed); with ``compute_dtype: bfloat16`` on a GPU the
-  tensors the decoder computes are bfloat16: about half (computed);
-- with gradient checkpointing (computed from the measured figure): each decoder layer keeps only its
+  excluded) during the forward pass and the chunked loss, measured three ways: with float32 compute
+  (the demo configs on a CPU), under bf16-mixed with ``compute_dtype: bfloat16`` (the real configs; the
+  CPU emulates bfloat16 slowly, and the count does not depend on speed), and the same with the
+  unquantized weights (embeddings, output head, biases) in float32, as mmcaption loaded them before
+  they followed the compute dtype - which kept the residual stream, and what it saves, in float32;
+- with gradient checkpointing (computed from the measured figures): each decoder layer keeps only its
   input, and backward recomputes one layer at a time.
+
+On a GPU, dropout keeps a one-byte mask; on a CPU it keeps a mask in the input's dtype, so the
+figures here count the LoRA dropout masks (4 per layer, each the layer's input) 4 (float32) or 2
+(bfloat16) bytes per element, where a GPU keeps 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from real_shapes import PHI2, TINY_PHI, write_backbones  # benchmarks/real_shapes.py, beside this script
 
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
+from mmcaption.model.backbones import unquantized_weights_to
 from mmcaption.model.loss import chunked_cross_entropy
 
 
@@ -40,8 +49,10 @@ def tensor_bytes(tensors) -> int:
     return sum(storages.values())
 
 
-def saved_activation_bytes(model: MultimodalCausalLM, tokens: int) -> int:
-    """Bytes autograd keeps for backward in one sample's forward pass and loss (weights excluded)."""
+def saved_activation_bytes(model: MultimodalCausalLM, tokens: int, autocast: torch.dtype | None = None, batch: int = 1) -> int:
+    """Bytes autograd keeps for backward in the forward pass and loss of ``batch`` samples (weights excluded),
+    under ``torch.autocast`` to ``autocast`` if given (what Lightning's bf16-mixed does: its copies of the
+    trainable weights in that dtype, kept for backward, are counted here too)."""
     weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     saved: dict[int, int] = {}
 
@@ -52,9 +63,10 @@ def saved_activation_bytes(model: MultimodalCausalLM, tokens: int) -> int:
         return tensor
 
     vision = model.vision_model.config
-    input_ids = torch.randint(0, model.language_model.config.vocab_size, (1, tokens))
-    pixels = torch.randn(1, 3, vision.image_size, vision.image_size)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    input_ids = torch.randint(0, model.language_model.config.vocab_size, (batch, tokens))
+    pixels = torch.randn(batch, 3, vision.image_size, vision.image_size)
+    mixed = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), mixed:
         hidden = model.hidden_states(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values=pixels)
         total, _ = chunked_cross_entropy(hidden, model.output_head, input_ids)
     del hidden, total
@@ -76,10 +88,9 @@ def main() -> None:
         print(f"{'Phi-2 + CLIP ViT-B/32' if not args.tiny else 'tiny'} shapes, random weights, LoRA r=32 on q/k/v/dense, "
               "cross-attention in the last 4 layers; per sample: one image and N tokens")
         for quantization in ("nf4", "none"):
-            # float32 compute: the tensors saved for backward are counted in float32 (see the docstring)
             config = MultimodalConfig(language_model=str(language), vision_model=str(vision), quantization=quantization,
-                                      compute_dtype="float32" if quantization == "nf4" else "bfloat16",
-                                      cross_attention_layers=[-4, -3, -2, -1], lora_r=32, lora_alpha=64, lora_dropout=0.05)
+                                      compute_dtype="bfloat16", cross_attention_layers=[-4, -3, -2, -1], lora_r=32,
+                                      lora_alpha=64, lora_dropout=0.05)
             model = MultimodalCausalLM.from_config(config).train()
             trainable = [p for p in model.parameters() if p.requires_grad]
             frozen_language = tensor_bytes(t for n, t in [*model.language_model.named_parameters(), *model.language_model.named_buffers()]
@@ -94,18 +105,31 @@ def main() -> None:
                 del model
                 gc.collect()
                 continue  # the same tensors are saved for backward as with nf4 (bitsandbytes keeps the input, as nn.Linear)
-            layers, width = phi["num_hidden_layers"], phi["hidden_size"]
-            for tokens in args.tokens:
-                measured = saved_activation_bytes(model, tokens)
-                gc.collect()
-                layer_inputs = layers * tokens * width * 4
-                checkpointed = layer_inputs + measured / layers  # each layer's input, plus one layer recomputed
-                print(f"  activations per sample at {tokens:4} tokens: {gib(measured)} float32 (measured), ~{gib(measured / 2)} "
-                      f"bfloat16 (computed); with gradient checkpointing ~{gib(checkpointed)} float32 / "
-                      f"~{gib(checkpointed / 2)} bfloat16 (computed)", flush=True)
+            # per sample: two samples' bytes less one's (what is left of one is per step: autocast's bfloat16
+            # copies of the trainable weights)
+            one = {tokens: saved_activation_bytes(model, tokens, torch.bfloat16) for tokens in args.tokens}
+            bf16 = {tokens: saved_activation_bytes(model, tokens, torch.bfloat16, batch=2) - one[tokens] for tokens in args.tokens}
+            per_step = max(one[tokens] - bf16[tokens] for tokens in args.tokens)
+            unquantized_weights_to(model.language_model.get_base_model(), torch.float32)  # as before they followed it
+            bf16_float32_weights = {tokens: saved_activation_bytes(model, tokens, torch.bfloat16, batch=2)
+                                    - saved_activation_bytes(model, tokens, torch.bfloat16) for tokens in args.tokens}
             del model
             gc.collect()
-
+            # float32 compute, as the demo configs on a CPU
+            model = MultimodalCausalLM.from_config(replace(config, compute_dtype="float32")).train()
+            float32 = {tokens: saved_activation_bytes(model, tokens) for tokens in args.tokens}
+            del model
+            gc.collect()
+            layers, width = phi["num_hidden_layers"], phi["hidden_size"]
+            for tokens in args.tokens:
+                # with gradient checkpointing: each layer's input (the residual stream), plus one layer recomputed
+                checkpointed_32 = layers * tokens * width * 4 + float32[tokens] / layers
+                checkpointed_16 = layers * tokens * width * 2 + bf16[tokens] / layers
+                print(f"  activations per sample at {tokens:4} tokens: {gib(float32[tokens])} float32 (measured); "
+                      f"{gib(bf16[tokens])} bf16-mixed (measured; {gib(bf16_float32_weights[tokens])} with float32 "
+                      f"embeddings, head and biases: {bf16_float32_weights[tokens] / bf16[tokens]:.2f}x); with gradient "
+                      f"checkpointing ~{gib(checkpointed_32)} float32 / ~{gib(checkpointed_16)} bf16-mixed (computed)", flush=True)
+            print(f"  bf16-mixed, per step whatever the batch: {gib(per_step)} of bfloat16 copies of the trainable weights (measured)")
 
 if __name__ == "__main__":
     main()

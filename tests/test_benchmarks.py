@@ -38,6 +38,12 @@ def test_memory_table_tiny_prints_weights_trainable_state_and_activations_for_bo
     assert result.returncode == 0, result.stderr[-3000:]
     weights = dict(re.findall(r"^(nf4|none):\n  weights: language model\s+([0-9.]+) ", result.stdout, re.M))
     assert float(weights["nf4"]) < float(weights["none"])  # 4-bit storage is smaller than bfloat16
-    activations = [float(x) for x in re.findall(r"activations per sample at\s+\d+ tokens:\s+([0-9.]+) MiB float32 \(measured\)", result.stdout)]
-    assert len(activations) == 2 and 3 < activations[1] / activations[0] < 5  # about linear in the tokens at these lengths
+    rows = re.findall(r"activations per sample at\s+\d+ tokens:\s+([0-9.]+) MiB float32 \(measured\);\s+([0-9.]+) MiB "
+                      r"bf16-mixed \(measured;\s+([0-9.]+) MiB with float32 embeddings", result.stdout)
+    assert len(rows) == 2, result.stdout
+    (short32, short16, _), (long32, long16, long16_before) = [[float(x) for x in row] for row in rows]
+    assert 3 < long32 / short32 < 5 and 3 < long16 / short16 < 5  # about linear in the tokens at these lengths
+    # bf16-mixed keeps less than float32, and less than it did with the unquantized weights in float32
+    assert long16 < long32 and long16 < long16_before
+    assert "of bfloat16 copies of the trainable weights (measured)" in result.stdout
     assert result.stdout.count("(measured count x bytes)") == 2

@@ -106,9 +106,10 @@ def load_language_model(
 ) -> PreTrainedModel:
     """Load a causal language model, quantized with bitsandbytes unless ``quantization="none"``.
 
-    The weights that stay unquantized (embeddings, norms, the output head) are kept in float32, as
-    ``prepare_model_for_kbit_training`` would leave them anyway; without quantization the whole
-    model loads in ``compute_dtype``.
+    Without quantization the whole model loads in ``compute_dtype``. Quantized, the weights that stay
+    unquantized follow QLoRA's recipe: the norms in float32, and the embeddings, the output head and the
+    linear layers' biases in the compute dtype when it is bfloat16 (:func:`unquantized_weights_to`),
+    else in float32.
     """
     config = quantization_config(quantization, compute_dtype)
     device_map = None if device is None else {"": torch.device(device)}
@@ -126,7 +127,27 @@ def load_language_model(
             # epoch then fails (or loses gradients) and evaluation gives other numbers. One kernel
             # for training and evaluation; GPUs are unaffected.
             module.support_avx512bf16_for_cpu = False
+    if config is not None and torch_dtype(compute_dtype) == torch.bfloat16:
+        unquantized_weights_to(model, torch.bfloat16)
     return fuse_gelu(model)
+
+
+def unquantized_weights_to(model: PreTrainedModel, dtype: torch.dtype) -> None:
+    """Cast a quantized model's unquantized weights, except its norms, to ``dtype`` (bfloat16).
+
+    In float32 (as they load, and as ``prepare_model_for_kbit_training`` casts them), the embeddings
+    make the residual stream float32, and with it every tensor the decoder keeps for backward that the
+    4-bit matmuls do not compute, even under bf16-mixed. In bfloat16 the residual stream is bfloat16,
+    as in QLoRA's own training; the norms stay float32 (their statistics, as autocast keeps them), and
+    the embeddings and output head take half the memory (Phi-2: 0.5 GiB less). Not for float16, whose
+    range a residual stream can overflow. The 4-bit weights were quantized from float32 before this.
+    """
+    for module in model.modules():
+        if type(module).__name__.endswith("Norm"):  # LayerNorm, Phi's and Llama's RMSNorm, ...
+            continue
+        for param in module.parameters(recurse=False):
+            if param.is_floating_point() and param.dtype != dtype and not isinstance(param, bnb.nn.Params4bit):
+                param.data = param.data.to(dtype)
 
 
 def fuse_gelu(model: torch.nn.Module) -> torch.nn.Module:
@@ -157,11 +178,17 @@ def add_lora(
     """
     gc_kwargs = {"use_reentrant": False}
     if getattr(language_model, "is_loaded_in_4bit", False) or getattr(language_model, "is_loaded_in_8bit", False):
+        loaded = {name: param.dtype for name, param in language_model.named_parameters()}
         language_model = prepare_model_for_kbit_training(
             language_model,
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs=gc_kwargs,
         )
+        # It casts every unquantized weight to float32: the ones load_language_model keeps in bfloat16
+        # (see unquantized_weights_to) go back, so that the residual stream stays bfloat16.
+        for name, param in language_model.named_parameters():
+            if param.dtype != loaded[name]:
+                param.data = param.data.to(loaded[name])
     else:
         language_model.requires_grad_(False)
         if gradient_checkpointing:
