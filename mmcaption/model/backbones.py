@@ -107,9 +107,9 @@ def load_language_model(
     """Load a causal language model, quantized with bitsandbytes unless ``quantization="none"``.
 
     Without quantization the whole model loads in ``compute_dtype``. Quantized, the weights that stay
-    unquantized follow QLoRA's recipe: the norms in float32, and the embeddings, the output head and the
-    linear layers' biases in the compute dtype when it is bfloat16 (:func:`unquantized_weights_to`),
-    else in float32.
+    unquantized follow QLoRA's recipe in 4-bit: the norms in float32, and the embeddings, the output head
+    and the linear layers' biases in the compute dtype when it is bfloat16 (:func:`unquantized_weights_to`),
+    else (and in int8) in float32.
     """
     config = quantization_config(quantization, compute_dtype)
     device_map = None if device is None else {"": torch.device(device)}
@@ -127,7 +127,7 @@ def load_language_model(
             # epoch then fails (or loses gradients) and evaluation gives other numbers. One kernel
             # for training and evaluation; GPUs are unaffected.
             module.support_avx512bf16_for_cpu = False
-    if config is not None and torch_dtype(compute_dtype) == torch.bfloat16:
+    if quantization in ("nf4", "fp4") and torch_dtype(compute_dtype) == torch.bfloat16:  # int8 keeps float32
         unquantized_weights_to(model, torch.bfloat16)
     return fuse_gelu(model)
 
