@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from mmcaption.cli import run_cli
+from mmcaption.cli import main, run_cli
 from mmcaption.demo import prepare_demo_assets, scalar_series
 
 from .conftest import REPO
@@ -60,53 +60,43 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     assert len(rows) == 4 and all(isinstance(row["caption"], str) for row in rows)
 
 
-def test_print_config_shows_the_whole_configuration(demo_dir):
-    result = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--print_config"],
-        capture_output=True, text=True, check=True,
-    )
-    assert "language_model: demo_data/backbones/language_model" in result.stdout
-    assert "class_path: mmcaption.data.CaptionDataModule" in result.stdout
+def print_config(capsys, *args: str, flag: str = "--print_config") -> str:
+    """What ``mmcaption ... --print_config`` prints, run in this process (a subprocess each spends most of its
+    time importing)."""
+    with pytest.raises(SystemExit) as exited:
+        main([*args, flag])
+    assert exited.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_print_config_shows_the_whole_configuration(demo_dir, capsys):
+    out = print_config(capsys, "fit", "--config", DEMO_CONFIG)
+    assert "language_model: demo_data/backbones/language_model" in out
+    assert "class_path: mmcaption.data.CaptionDataModule" in out
 
     # the predict configs combine with a stage's config
     predict = str(REPO / "configs" / "predict" / "multiple_choice.yaml")
-    result = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "predict", "--config", DEMO_CONFIG, "--config", predict, "--print_config"],
-        capture_output=True, text=True, check=True,
-    )
-    assert "class_path: mmcaption.data.MultipleChoiceDataModule" in result.stdout and "method: likelihood" in result.stdout
+    out = print_config(capsys, "predict", "--config", DEMO_CONFIG, "--config", predict)
+    assert "class_path: mmcaption.data.MultipleChoiceDataModule" in out and "method: likelihood" in out
 
     ddp = str(REPO / "configs" / "ddp.yaml")
-    result = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", ddp, "--print_config"],
-        capture_output=True, text=True, check=True,
-    )
-    assert "strategy: ddp" in result.stdout and "devices: 2" in result.stdout
-    assert "lora_r: 8" in result.stdout
+    out = print_config(capsys, "fit", "--config", DEMO_CONFIG, "--config", ddp)
+    assert "strategy: ddp" in out and "devices: 2" in out
+    assert "lora_r: 8" in out
 
     bf16 = str(REPO / "configs" / "bf16_lora.yaml")  # the large-GPU preset: the same run without 4-bit weights
-    result = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", bf16, "--print_config"],
-        capture_output=True, text=True, check=True,
-    )
-    assert "quantization: none" in result.stdout and "compute_dtype: bfloat16" in result.stdout
-    assert "lora_r: 8" in result.stdout
+    out = print_config(capsys, "fit", "--config", DEMO_CONFIG, "--config", bf16)
+    assert "quantization: none" in out and "compute_dtype: bfloat16" in out
+    assert "lora_r: 8" in out
 
     karpathy = str(REPO / "configs" / "caption_karpathy.yaml")  # Karpathy's splits, scored as papers score them
-    result = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "test", "--config", str(REPO / "configs" / "caption.yaml"), "--config", karpathy,
-         "--print_config"], capture_output=True, text=True, check=True,
-    )
-    assert "source: karpathy" in result.stdout and "data_dir: data/coco2014" in result.stdout
-    assert "num_beams: 3" in result.stdout and "min_new_tokens: 5" in result.stdout and "dirpath: checkpoints/caption-karpathy" in result.stdout
+    out = print_config(capsys, "test", "--config", str(REPO / "configs" / "caption.yaml"), "--config", karpathy)
+    assert "source: karpathy" in out and "data_dir: data/coco2014" in out
+    assert "num_beams: 3" in out and "min_new_tokens: 5" in out and "dirpath: checkpoints/caption-karpathy" in out
 
 
-def test_print_config_with_comments_documents_every_setting():
-    result = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--print_config=comments"],
-        capture_output=True, text=True, check=True,
-    )
-    out = result.stdout
+def test_print_config_with_comments_documents_every_setting(capsys):
+    out = print_config(capsys, "fit", "--config", DEMO_CONFIG, flag="--print_config=comments")
     # model settings under model.config, each with its one docstring line
     assert "  config:" in out and "    lora_r: 8" in out
     assert "# LoRA rank. (type: int, default: 32)" in out
@@ -117,7 +107,7 @@ def test_print_config_with_comments_documents_every_setting():
 
 
 @pytest.mark.slow
-def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_holds(demo_dir):
+def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_holds(demo_dir, capsys):
     (demo_dir / "demo_data" / "backbones" / "language_model" / "model.safetensors").unlink()  # never loaded
     for name in ("000000000003.jpg", "000000000005.jpg"):
         (demo_dir / "demo_data" / "coco" / "train2017" / name).unlink()
@@ -134,3 +124,11 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
     assert "kept        70 captions of 14 images" in out  # 16 images, 2 missing, 5 captions each
     assert "skipped     2 records: 2 x missing image" in out and "first missing image: " in out
     assert "tokens      mean " in out and "padding     0." in out and "truncated   0 captions cut to max_length (0.0%)" in out
+    assert "(group_by_length false)" in out  # the demo config's
+
+    # with length grouping, the padding line names the group size it was computed with
+    with pytest.raises(SystemExit) as exited:
+        main(["prepare", "--config", DEMO_CONFIG, "--data.init_args.on_bad_record", "skip", "--data.init_args.group_by_length",
+              "true", "--data.init_args.length_group_batches", "2"])
+    assert exited.value.code == 0
+    assert "(group_by_length true, length_group_batches 2)" in capsys.readouterr().out

@@ -46,6 +46,7 @@ def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, A
         "padding_efficiency": padding_efficiency(lengths, batches),
         "batch_size": datamodule.batch_size,
         "group_by_length": datamodule.group_by_length,
+        "length_group_batches": datamodule.length_group_batches,
     }
 
 
@@ -64,6 +65,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  tokens      mean {tokens['mean']:.1f}, p99 {tokens['p99']:.0f}, max {tokens['max']} per sample "
                  f"(max_length {summary['max_length']})")
     lines.append("  truncated   " + ", ".join(f"{n:,} {what} ({n / max(rows, 1):.1%})" for what, n in summary["cut"].items()))
+    grouping = (f"group_by_length true, length_group_batches {summary['length_group_batches']}" if summary["group_by_length"]
+                else "group_by_length false")
     lines.append(f"  padding     {summary['padding_efficiency']:.3f} of computed tokens are real at batch {summary['batch_size']} "
-                 f"(group_by_length {str(summary['group_by_length']).lower()})")
+                 f"({grouping})")
     return "\n".join(lines)
