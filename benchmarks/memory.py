@@ -17,7 +17,7 @@ model through mmcaption's own ``from_pretrained`` path and prints, each figure m
   excluded) during the forward pass and the chunked loss, measured three ways: with float32 compute
   (the demo configs on a CPU), under bf16-mixed with ``compute_dtype: bfloat16`` (the real configs; the
   CPU emulates bfloat16 slowly, and the count does not depend on speed), and the same with the
-  unquantized weights (embeddings, output head, biases) in float32, as mmcaption loaded them before
+  unquantized weights (embeddings, norms, output head, biases) in float32, as mmcaption loaded them before
   they followed the compute dtype - which kept the residual stream, and what it saves, in float32;
 - with gradient checkpointing (computed from the measured figures): each decoder layer keeps only its
   input, and backward recomputes one layer at a time.
@@ -130,7 +130,7 @@ def main() -> None:
                 checkpointed_16 = layers * tokens * width * 2 + bf16[tokens] / layers
                 print(f"  activations per sample at {tokens:4} tokens: {gib(float32[tokens])} float32 (measured); "
                       f"{gib(bf16[tokens])} bf16-mixed (measured; {gib(bf16_float32_weights[tokens])} with float32 "
-                      f"embeddings, head and biases: {bf16_float32_weights[tokens] / bf16[tokens]:.2f}x); with gradient "
+                      f"embeddings, norms, head and biases: {bf16_float32_weights[tokens] / bf16[tokens]:.2f}x); with gradient "
                       f"checkpointing ~{gib(checkpointed_32)} float32 / ~{gib(checkpointed_16)} bf16-mixed (computed)", flush=True)
             print(f"  bf16-mixed, per step whatever the batch: {gib(per_step)} of bfloat16 copies of the trainable weights (measured)")
 

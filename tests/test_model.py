@@ -85,20 +85,22 @@ def test_language_model_is_really_quantized_to_4bit(model):
     assert frozen_base and all(not p.requires_grad for p in frozen_base)
 
 
-def test_bfloat16_compute_keeps_the_residual_stream_in_bfloat16_and_the_norms_in_float32(model, model_config, inputs):
-    # The real configs (nf4, compute bfloat16, bf16-mixed): the embeddings, head and biases follow the compute
-    # dtype, so what the decoder keeps for backward is bfloat16, not float32; LoRA stays float32 (trained).
+def test_bfloat16_compute_keeps_the_residual_stream_in_bfloat16(model, model_config, inputs):
+    # The real configs (nf4, compute bfloat16, bf16-mixed): the embeddings, head, biases and norms follow the
+    # compute dtype, so what the decoder keeps for backward is bfloat16, not float32; LoRA stays float32 (trained).
     base = model.language_model.get_base_model()
     assert model_config.compute_dtype == "bfloat16" and model_config.quantization == "nf4"
     assert base.get_input_embeddings().weight.dtype == torch.bfloat16
     assert base.get_output_embeddings().weight.dtype == torch.bfloat16
     assert base.model.layers[0].self_attn.q_proj.base_layer.bias.dtype == torch.bfloat16
     norms = [p for n, p in base.named_parameters() if "layernorm" in n]
-    assert norms and all(p.dtype == torch.float32 for p in norms)
+    assert norms and all(p.dtype == torch.bfloat16 for p in norms)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         hidden = base.model(input_ids=inputs["input_ids"], output_hidden_states=True).hidden_states
     assert {h.dtype for h in hidden[:-1]} == {torch.bfloat16}  # every decoder layer's input
+    with torch.no_grad():  # and outside autocast (generation), with no dtype mismatch anywhere
+        assert model(**inputs).logits.dtype == torch.bfloat16
 
     # float32 compute (the demo configs on a CPU) keeps them float32
     float32 = MultimodalCausalLM.from_config(replace(model_config, compute_dtype="float32"))

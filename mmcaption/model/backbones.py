@@ -106,10 +106,9 @@ def load_language_model(
 ) -> PreTrainedModel:
     """Load a causal language model, quantized with bitsandbytes unless ``quantization="none"``.
 
-    Without quantization the whole model loads in ``compute_dtype``. Quantized, the weights that stay
-    unquantized follow QLoRA's recipe in 4-bit: the norms in float32, and the embeddings, the output head
-    and the linear layers' biases in the compute dtype when it is bfloat16 (:func:`unquantized_weights_to`),
-    else (and in int8) in float32.
+    Without quantization the whole model loads in ``compute_dtype``. In 4-bit with bfloat16 compute, the
+    weights that stay unquantized (embeddings, norms, output head, biases) are bfloat16 too, as without
+    quantization (:func:`unquantized_weights_to`); with other compute dtypes, and in int8, float32.
     """
     config = quantization_config(quantization, compute_dtype)
     device_map = None if device is None else {"": torch.device(device)}
@@ -133,21 +132,20 @@ def load_language_model(
 
 
 def unquantized_weights_to(model: PreTrainedModel, dtype: torch.dtype) -> None:
-    """Cast a quantized model's unquantized weights, except its norms, to ``dtype`` (bfloat16).
+    """Cast a quantized model's unquantized weights to ``dtype`` (bfloat16); the 4-bit ones stay as they are.
 
     In float32 (as they load, and as ``prepare_model_for_kbit_training`` casts them), the embeddings
     make the residual stream float32, and with it every tensor the decoder keeps for backward that the
-    4-bit matmuls do not compute, even under bf16-mixed. In bfloat16 the residual stream is bfloat16,
-    as in QLoRA's own training; the norms stay float32 (their statistics, as autocast keeps them), and
-    the embeddings and output head take half the memory (Phi-2: 0.5 GiB less). Not for float16, whose
-    range a residual stream can overflow. The 4-bit weights were quantized from float32 before this.
+    4-bit matmuls do not compute, even under bf16-mixed. In bfloat16 the residual stream is bfloat16, and
+    the embeddings and output head take half the memory (Phi-2: 0.5 GiB less). The norms follow too: on a
+    GPU under bf16-mixed autocast computes them in float32 anyway, and a norm's float32 weights on a
+    bfloat16 input outside autocast (generation) is a dtype mismatch for CUDA's LayerNorm; the whole
+    model is then as ``quantization: none`` loads it. Not for float16, whose range a residual stream can
+    overflow. The 4-bit weights were quantized from float32 before this.
     """
-    for module in model.modules():
-        if type(module).__name__.endswith("Norm"):  # LayerNorm, Phi's and Llama's RMSNorm, ...
-            continue
-        for param in module.parameters(recurse=False):
-            if param.is_floating_point() and param.dtype != dtype and not isinstance(param, bnb.nn.Params4bit):
-                param.data = param.data.to(dtype)
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype and not isinstance(param, bnb.nn.Params4bit):
+            param.data = param.data.to(dtype)
 
 
 def fuse_gelu(model: torch.nn.Module) -> torch.nn.Module:
