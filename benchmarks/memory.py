@@ -76,6 +76,15 @@ def saved_activation_bytes(model: MultimodalCausalLM, tokens: int, autocast: tor
     return sum(saved.values())
 
 
+def mixed_bytes(model: MultimodalCausalLM, lengths: list[int]) -> tuple[dict[int, int], int]:
+    """Under bf16-mixed: the bytes kept per sample at each length (two samples' bytes less one's), and what
+    is kept once per step whatever the batch (what is left of one sample: autocast's bfloat16 copies of the
+    trainable weights)."""
+    one = {tokens: saved_activation_bytes(model, tokens, torch.bfloat16) for tokens in lengths}
+    per_sample = {tokens: saved_activation_bytes(model, tokens, torch.bfloat16, batch=2) - one[tokens] for tokens in lengths}
+    return per_sample, max(one[tokens] - per_sample[tokens] for tokens in lengths)
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:6.2f} GiB" if n >= 2**28 else f"{n / 2**20:6.1f} MiB"
 
@@ -108,14 +117,9 @@ def main() -> None:
                 del model
                 gc.collect()
                 continue  # the same tensors are saved for backward as with nf4 (bitsandbytes keeps the input, as nn.Linear)
-            # per sample: two samples' bytes less one's (what is left of one is per step: autocast's bfloat16
-            # copies of the trainable weights)
-            one = {tokens: saved_activation_bytes(model, tokens, torch.bfloat16) for tokens in args.tokens}
-            bf16 = {tokens: saved_activation_bytes(model, tokens, torch.bfloat16, batch=2) - one[tokens] for tokens in args.tokens}
-            per_step = max(one[tokens] - bf16[tokens] for tokens in args.tokens)
+            bf16, per_step = mixed_bytes(model, args.tokens)
             unquantized_weights_to(model.language_model.get_base_model(), torch.float32)  # as before they followed it
-            bf16_float32_weights = {tokens: saved_activation_bytes(model, tokens, torch.bfloat16, batch=2)
-                                    - saved_activation_bytes(model, tokens, torch.bfloat16) for tokens in args.tokens}
+            bf16_float32_weights, _ = mixed_bytes(model, args.tokens)
             del model
             gc.collect()
             # float32 compute, as the demo configs on a CPU
