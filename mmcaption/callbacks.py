@@ -240,7 +240,8 @@ class PredictionWriter(BasePredictionWriter):
     accuracy per category (``per_category``: ``{name: {correct, answered, accuracy}}``; MMBench's also
     ``per_l2_category``). Rows of MMBench's CircularEval (``circular_index``, ``rotation``) add
     ``circular_accuracy``: the questions right under every rotation, a row without an answer counted wrong;
-    the per-category accuracies then count questions so judged (``per_category_over``).
+    the per-category accuracies then count questions so judged (``per_category_over``). Rows scored by
+    VQA accuracy add its mean per category too (``vqa_per_answer_type``: VQAv2's yes/no, number, other).
 
     Interrupted (Ctrl-C, an error), the rows done so far are kept under ``output`` with the summary so
     far. The data module's ``check_output`` refuses an output that is one of its inputs, or that exists
@@ -257,6 +258,7 @@ class PredictionWriter(BasePredictionWriter):
         self.category_columns: dict[str, str] = {}
         self.categories: dict[str, dict[str, list[int]]] = {}  # summary key -> category -> [correct, answered]
         self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
+        self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
 
     def on_predict_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -271,7 +273,7 @@ class PredictionWriter(BasePredictionWriter):
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
-        self.categories, self.questions = {}, {}
+        self.categories, self.questions, self.vqa_categories = {}, {}, {}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if self.path is None:
@@ -300,12 +302,16 @@ class PredictionWriter(BasePredictionWriter):
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
             self.counts["unanswered"] += int(row.get("prediction") is None)
+        groups = {key: str(row[column]) for key, column in self.category_columns.items() if row.get(column) not in (None, "")}
         if row.get("vqa_accuracy") is not None:
             self.counts["vqa_scored"] = self.counts.get("vqa_scored", 0) + 1
             self.counts["vqa_accuracy_sum"] = self.counts.get("vqa_accuracy_sum", 0.0) + row["vqa_accuracy"]
+            for key, name in groups.items():  # e.g. VQAv2's answer types: [sum of accuracies, questions]
+                sums = self.vqa_categories.setdefault(key, {}).setdefault(name, [0.0, 0])
+                sums[0] += row["vqa_accuracy"]
+                sums[1] += 1
         if row.get("correct") is None:
             return
-        groups = {key: str(row[column]) for key, column in self.category_columns.items() if row.get(column) not in (None, "")}
         if row.get("circular_index") not in (None, ""):  # a question is right if every rotation of it is
             right, _ = self.questions.get(str(row["circular_index"]), (True, groups))
             self.questions[str(row["circular_index"])] = (right and bool(row["correct"]), groups)
@@ -325,6 +331,8 @@ class PredictionWriter(BasePredictionWriter):
             summary["accuracy"] = self.counts["correct"] / self.counts["answered"]
         if self.counts.get("vqa_scored"):
             summary["vqa_accuracy"] = summary.pop("vqa_accuracy_sum") / self.counts["vqa_scored"]
+        for key, sums in self.vqa_categories.items():
+            summary[f"vqa_{key}"] = {name: {"vqa_accuracy": total / n, "questions": n} for name, (total, n) in sorted(sums.items())}
         categories = self.categories
         if self.questions:
             right = sum(r for r, _ in self.questions.values())
@@ -367,6 +375,9 @@ class PredictionWriter(BasePredictionWriter):
             message += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
         if "vqa_accuracy" in summary:
             message += f"; VQA accuracy {summary['vqa_accuracy']:.3f} over {summary['vqa_scored']} questions"
+            for key in self.vqa_categories:
+                accuracies = ", ".join(f"{name} {s['vqa_accuracy']:.3f} ({s['questions']})" for name, s in summary[f"vqa_{key}"].items())
+                message += f"\n  VQA accuracy {key.replace('_', ' ')}: {accuracies}"
         if "circular_accuracy" in summary:
             message += (f"; CircularEval accuracy {summary['circular_accuracy']:.3f} ({summary['circular_correct']}/"
                         f"{summary['circular_questions']} questions right under every rotation)")

@@ -52,6 +52,9 @@ def test_vqa_normalisation():
     assert normalise_answer("yes!") == "yes"
     assert normalise_answer("10,000") == "10000"
     assert normalise_answer("left-hand side") == "left hand side"
+    # as vqaEval.py: whether a mark is dropped or becomes a space is decided on the answer as given, not
+    # on what the marks before it left ("!" touches no space in "x!y>!", so both become spaces)
+    assert normalise_answer("x!y>!") == "x y"
     assert exact_match(["A circle", "three", "blue"], ["circle", "3", "red"]) == pytest.approx(2 / 3)
 
 
@@ -69,3 +72,17 @@ def test_vqa_accuracy_on_hand_made_human_answers():
     assert vqa_accuracy("A dog", ["dog", "dog", "puppy"]) == pytest.approx((1 / 3 + 1 / 3 + 2 / 3) / 3)
     with pytest.raises(ValueError):
         vqa_accuracy("dog", [])
+
+
+def test_vqa_accuracy_normalises_human_answers_only_when_they_disagree_as_the_official_evaluation():
+    from mmcaption.evaluation.answers import vqa_accuracy
+
+    # vqaEval.py leaves ten identical human answers as written; the prediction is normalised as LLaVA's
+    # submission script and lmms-eval do before scoring
+    assert vqa_accuracy("t shirt", ["t-shirt"] * 10) == 0.0
+    assert vqa_accuracy("T-Shirt", ["t shirt"] * 10) == 1.0
+    assert vqa_accuracy("Yes.", ["yes"] * 10) == 1.0
+    # one human who wrote it otherwise: all ten are normalised, and "t-shirt" is "t shirt"
+    assert vqa_accuracy("t shirt", ["t-shirt"] * 9 + ["t shirt"]) == 1.0
+    # a single reference answer (a user's own file, not VQAv2's ten) is compared as exact match is
+    assert vqa_accuracy("The T-shirt", ["t-shirt"]) == 1.0

@@ -163,12 +163,54 @@ def test_scienceqa_reads_the_image_questions_of_one_split_with_their_context_and
 
     every = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split=None).read_rows()
     assert [q.key for q in every] == ["5", "9", "12", "31"]
-    with pytest.raises(DataError, match=r"problems\.json has no problem with an image in split 'val' \(its splits: test, train\)"):
+    with pytest.raises(DataError, match=r"problems\.json has no split 'val' \(its splits: test, train; pid_splits\.json, which lists "
+                                        r"the mini splits, is not beside it\)"):
         choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split="val").read_rows()
     beside = write_scienceqa(tmp_path / "flat", SCIENCEQA, images=tmp_path / "flat")  # problems.json beside test/
     dm = choice_data(backbones, beside, tmp_path / "o.csv", format="scienceqa")
     dm.setup("predict")
     assert dm.dataset.image_paths[0] == beside.parent / "test" / "5" / "image.png"
+
+
+def test_scienceqa_mini_splits_from_pid_splits_and_the_text_only_questions_counted(backbones, tmp_path, caplog):
+    path = write_scienceqa(tmp_path / "data" / "scienceqa", SCIENCEQA)
+    # the release's pid_splits.json lists its splits, with the mini ones problems.json does not name
+    (path.parent / "pid_splits.json").write_text(json.dumps({"test": ["5", "9", "12", "20"], "minitest": ["12", "20", "5"]}))
+    with caplog.at_level("INFO"):
+        questions = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split="minitest").read_rows()
+    assert [q.key for q in questions] == ["12", "5"]  # in the list's order; 20 is text only
+    assert questions[0].record["split"] == "test" and questions[0].image == "test/12/image.png"  # the images stay under test/
+    assert "2 of its 3 questions have an image; the 1 text-only ones are left out" in caplog.text
+    (path.parent / "pid_splits.json").write_text(json.dumps({"minitest": ["12", "404"]}))
+    with pytest.raises(DataError, match=r"pid_splits\.json lists problem\(s\) 404 of split 'minitest' that .*problems\.json does not have"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split="minitest").read_rows()
+
+
+def test_scienceqa_from_the_hugging_face_parquet_files_with_their_images_inside(backbones, tmp_path, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # derek-thomas/ScienceQA: a parquet file per split, the image a {bytes, path} struct (null when text only)
+    columns = ("question", "choices", "answer", "hint", "task", "grade", "subject", "topic", "category", "skill", "lecture", "solution")
+    rows = [{"image": None if p["image"] is None else {"bytes": BLUE, "path": None}, "skill": "colours",
+             **{k: p.get(k, "") for k in columns if k != "skill"}} for pid, p in SCIENCEQA.items() if p["split"] == "test"]
+    path = tmp_path / "test-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    dm = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split="val")  # the file is one split: test
+    with caplog.at_level("INFO"):
+        questions = dm.read_rows()
+    assert "3 of its 4 questions have an image; the 1 text-only ones are left out" in caplog.text
+    assert [q.answer for q in questions] == ["A", "B", "C"]
+    assert questions[0].question == "Context: The square is in the picture.\nWhich colour is the square?"
+    assert questions[2].record["subject"] == "social science" and questions[2].record["split"] == "test"
+    assert isinstance(questions[0].image, EmbeddedImage) and questions[0].image.data == BLUE
+    dm.setup("predict")  # no image folder needed
+    assert dm.dataset[0]["error"] is None and dm.dataset[0]["pixel_values"].shape[-1] == 64
+    # a file that is not parquet is named
+    bad = tmp_path / "test-00000-of-00002.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(DataError, match=r"test-00000-of-00002\.parquet: not a parquet file"):
+        choice_data(backbones, bad, tmp_path / "o.csv", format="scienceqa").read_rows()
 
 
 def test_circular_passes_rotate_the_options_and_move_the_answer_with_them():

@@ -329,6 +329,90 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
         QuestionsPredictDataModule(questions_file=str(bad), tokenizer=str(backbones[0]), image_processor=str(backbones[1])).setup("predict")
 
 
+def write_vqa(folder: Path, subtype: str, questions: list[tuple[int, int, str]], answers: dict[int, tuple[list[str], str]] | None = None):
+    """VQAv2's official questions file (and annotations file) for ``(question_id, image_id, question)``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {"info": {"description": "VQA v2"}, "license": {}, "data_type": "mscoco", "data_subtype": subtype}
+    asked = folder / f"v2_OpenEnded_mscoco_{subtype}_questions.json"
+    asked.write_text(json.dumps({**info, "task_type": "Open-Ended",
+                                 "questions": [{"image_id": i, "question": q, "question_id": qid} for qid, i, q in questions]}))
+    if answers is None:
+        return asked, None
+    image_of = {qid: i for qid, i, _ in questions}
+    notes = folder / f"v2_mscoco_{subtype}_annotations.json"
+    notes.write_text(json.dumps({**info, "annotations": [
+        {"question_id": qid, "image_id": image_of[qid], "question_type": "what", "answer_type": kind,
+         "multiple_choice_answer": said[0], "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": n + 1} for n, a in enumerate(said)]}
+        for qid, (said, kind) in answers.items()]}))
+    return asked, notes
+
+
+def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_from_csv(backbones, trained_checkpoint, image_folder, tmp_path):
+    from PIL import Image
+
+    from mmcaption.data import QuestionsPredictDataModule
+    from mmcaption.data.questions import read_questions
+
+    coco = tmp_path / "coco" / "val2014"  # as COCO's val2014.zip unpacks
+    coco.mkdir(parents=True)
+    for image_id, name in ((42, "img0.png"), (7, "img1.png")):
+        Image.open(image_folder / name).convert("RGB").save(coco / f"COCO_val2014_{image_id:012d}.jpg")
+    questions = [(420, 42, "What colour is the shape?"), (421, 42, "Is there a shape?"), (70, 7, "How many squares are there?")]
+
+    def run(asked, notes, output, **settings):
+        module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+        module.generation.update(min_new_tokens=3, max_new_tokens=5)
+        data = QuestionsPredictDataModule(questions_file=str(asked), annotations_file=notes and str(notes), output=str(output),
+                                          tokenizer=str(backbones[0]), image_processor=str(backbones[1]), batch_size=2, num_workers=0,
+                                          **settings)
+        predictor(tmp_path).predict(module, datamodule=data)
+        return output
+
+    # the questions alone (test-dev has no annotations): answered, not scored; images found under <root>/val2014/
+    asked, _ = write_vqa(tmp_path / "coco", "val2014", questions)
+    first = [json.loads(line) for line in run(asked, None, tmp_path / "first.jsonl").read_text().splitlines()]
+    assert [(r["question_id"], r["image_id"], r["image"]) for r in first] == [
+        (420, 42, "COCO_val2014_000000000042.jpg"), (421, 42, "COCO_val2014_000000000042.jpg"), (70, 7, "COCO_val2014_000000000007.jpg")]
+    assert all(r["error"] is None and r["prediction"].strip() and "vqa_accuracy" not in r for r in first)
+    said = [r["prediction"] for r in first]
+
+    # with the annotations: ten human answers and an answer type each; the mean VQA accuracy per answer type
+    answers = {420: ([said[0]] * 10, "other"), 421: ([said[1]] * 2 + ["maybe"] * 8, "yes/no"), 70: (["zebra"] * 10, "number")}
+    asked, notes = write_vqa(tmp_path / "coco", "val2014", questions, answers)
+    output = run(asked, notes, tmp_path / "scored.csv", image_root=str(coco))  # the image folder itself works too
+    rows = list(csv.DictReader(output.open(newline="", encoding="utf-8")))
+    two_of_ten = (8 * 2 / 3 + 2 * 1 / 3) / 10
+    assert [float(r["vqa_accuracy"]) for r in rows] == pytest.approx([1.0, two_of_ten, 0.0])
+    assert [r["answer_type"] for r in rows] == ["other", "yes/no", "number"]
+    summary = json.loads((tmp_path / "scored.csv.summary.json").read_text())
+    assert summary["vqa_accuracy"] == pytest.approx((1.0 + two_of_ten) / 3)
+    assert summary["vqa_per_answer_type"] == {"number": {"vqa_accuracy": 0.0, "questions": 1},
+                                              "other": {"vqa_accuracy": 1.0, "questions": 1},
+                                              "yes/no": {"vqa_accuracy": pytest.approx(two_of_ten), "questions": 1}}
+
+    # that CSV (answers as JSON lists in their cells) is a questions file again, scored the same
+    again = read_questions(output)
+    assert [q.record["answers"] for q in again] == [said_ for said_, _ in answers.values()]
+
+    # files that do not go together are refused before anything runs, naming what is wrong
+    _, other_split = write_vqa(tmp_path / "train", "train2014", questions, answers)
+    with pytest.raises(DataError, match=r"annotates 'train2014', .*questions\.json asks 'val2014'"):
+        read_questions(asked, other_split)
+    _, partial = write_vqa(tmp_path / "partial", "val2014", questions, {420: answers[420]})
+    with pytest.raises(DataError, match=r"has no annotation for 2 of the 3 questions of .*\(question_id 421, 70\)"):
+        read_questions(asked, partial)
+    with pytest.raises(DataError, match=r"COCO_val2014_000000000042\.jpg \(the first question's image\) is neither in"):
+        run(asked, notes, tmp_path / "never.jsonl", image_root=str(tmp_path / "elsewhere"))
+    listed = tmp_path / "asked.jsonl"
+    listed.write_text(json.dumps({"image": "images/img0.png", "question": "What?"}) + "\n")
+    with pytest.raises(DataError, match=r"annotations_file .* goes with VQAv2's official questions file"):
+        read_questions(listed, notes)
+    predictions_json = tmp_path / "predictions.json"
+    predictions_json.write_text(json.dumps([{"question_id": 1, "answer": "yes"}]))
+    with pytest.raises(DataError, match=r"predictions\.json: a \.json questions file is read as VQAv2's official questions file"):
+        read_questions(predictions_json)
+
+
 def test_export_card_has_hub_metadata_and_says_how_the_model_was_trained(backbones, trained_checkpoint, tmp_path):
     from huggingface_hub import ModelCard
 

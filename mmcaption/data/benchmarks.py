@@ -1,5 +1,6 @@
 """Multiple-choice benchmarks in their official files for ``mmcaption predict``: MMBench's TSV, ScienceQA's
-``problems.json`` (its IMG subset), and MMBench's CircularEval over any of them.
+``problems.json`` or the Hugging Face copy's parquet files (its IMG subset), and MMBench's CircularEval
+over any of them.
 
 What they become is the :class:`ChoiceQuestion` the original scripts' CSV becomes too. A bad row (no
 question, fewer than two options, an answer that names no option, an image that is not base64) stops
@@ -172,17 +173,29 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     return questions
 
 
-def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestion]:
-    """ScienceQA's IMG questions from its ``problems.json`` (``{"<id>": {"question", "choices", "answer"
-    (the index of the right choice), "hint", "image", "split", "subject", ...}}``): those with an image, of
-    ``split`` (``None``: every split). A non-empty hint (the problem's context) comes before the question
-    as ``"Context: {hint}\\n{question}"``; the answer index becomes a letter. The record keeps ``id``,
-    ``question``, ``hint``, the choices as ``A``, ``B``, ... , ``answer``, ``subject``, ``topic``, ``category``,
-    ``grade``, ``split`` and ``image`` (``<split>/<id>/image.png``, relative to the image folder).
+SCIENCEQA_SPLITS = ("train", "validation", "val", "test", "minitrain", "minival", "minitest")
 
-    A problem without a question, with fewer than two choices or more than eight, with an answer that is
-    no choice's index or an image path that leaves the image folder is refused with the file and its id.
-    """
+
+def _scienceqa_problems(path: Path, split: str | None) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """The problems of ``split`` as (id, problem), from ``problems.json`` (with ``pid_splits.json`` beside it
+    for the splits it defines, e.g. ``minitest``) or from one split's parquet file as the Hugging Face
+    copy (``derek-thomas/ScienceQA``) has it; and what was read, for messages."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq  # a dependency of datasets
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as error:  # pyarrow's errors for a file that is not parquet have no common base
+            raise DataError(f"{path}: not a parquet file: {error}") from error
+        # the Hugging Face copy has a file per split, named after it (test-00000-of-00001.parquet)
+        named = path.name.split("-")[0]
+        file_split = named if named in SCIENCEQA_SPLITS else path.stem
+        problems = {}
+        for number, row in enumerate(rows):
+            image = row.get("image")
+            problems[str(number)] = {**row, "split": file_split,
+                                     "image": image.get("bytes") if isinstance(image, dict) else image}
+        return list(problems.items()), f"{path} (split {file_split}: one split per parquet file)"
     if not path.is_file():
         raise DataError(f"ScienceQA problems file not found: {path}")
     try:
@@ -191,25 +204,64 @@ def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestio
         raise DataError(f"{path}: not JSON: {error}") from error
     if not isinstance(problems, dict) or not all(isinstance(p, dict) for p in problems.values()):
         raise DataError(f"{path}: ScienceQA's problems.json maps each problem id to an object")
-    chosen = [(str(pid), p) for pid, p in problems.items() if p.get("image") and (split is None or p.get("split") == split)]
+    splits = {str(p.get("split")) for p in problems.values()}
+    if split is None or split in splits:
+        return [(str(pid), p) for pid, p in problems.items() if split is None or p.get("split") == split], f"{path} (split {split})"
+    listed = path.parent / "pid_splits.json"  # the release's own lists, with the mini splits
+    try:
+        ids = json.loads(listed.read_text(encoding="utf-8-sig")).get(split) if listed.is_file() else None
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise DataError(f"{listed}: not ScienceQA's pid_splits.json: {error}") from error
+    if not isinstance(ids, list):
+        raise DataError(f"{path} has no split {split!r} (its splits: {', '.join(sorted(splits))}"
+                        f"{'' if listed.is_file() else '; pid_splits.json, which lists the mini splits, is not beside it'})")
+    unknown = [str(pid) for pid in ids if str(pid) not in problems]
+    if unknown:
+        raise DataError(f"{listed} lists problem(s) {', '.join(unknown[:5])} of split {split!r} that {path} does not have")
+    return [(str(pid), problems[str(pid)]) for pid in ids], f"{path} (split {split}, as {listed} lists it)"
+
+
+def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestion]:
+    """ScienceQA's IMG questions: those with an image, of ``split`` (``None``: every split), from its
+    ``problems.json`` (``{"<id>": {"question", "choices", "answer" (the index of the right choice), "hint",
+    "image", "split", "subject", ...}}``; a split ``pid_splits.json`` beside it lists, such as ``minitest``,
+    works too) or from a parquet file of the Hugging Face copy (``derek-thomas/ScienceQA``: a file per
+    split, the image's PNG bytes in its ``image`` column; ``split`` is then the file's). The text-only
+    questions are left out, as ScienceQA-IMG is defined, and counted in a note. A non-empty hint (the
+    problem's context) comes before the question as ``"Context: {hint}\n{question}"``; the answer index
+    becomes a letter. The record keeps ``id``, ``question``, ``hint``, the choices as ``A``, ``B``, ... ,
+    ``answer``, ``subject``, ``topic``, ``category``, ``grade``, ``split`` and ``image`` (``<split>/<id>/image.png``,
+    relative to the image folder; for a parquet file, ``<file>, row <n>``).
+
+    A problem without a question, with fewer than two choices or more than eight, with an answer that is
+    no choice's index or an image path that leaves the image folder is refused with the file and its id.
+    """
+    problems, source = _scienceqa_problems(path, split)
+    chosen = [(pid, p) for pid, p in problems if p.get("image")]
     if not chosen:
-        splits = sorted({str(p.get("split")) for p in problems.values()})
-        raise DataError(f"{path} has no problem with an image in split {split!r} (its splits: {', '.join(splits)})")
+        raise DataError(f"{source} has no problem with an image (of {len(problems)} problems)")
+    if len(chosen) < len(problems):
+        rank_zero_info(f"{source}: {len(chosen)} of its {len(problems)} questions have an image; the "
+                       f"{len(problems) - len(chosen)} text-only ones are left out (ScienceQA-IMG is the image subset)")
+    embedded = path.suffix.lower() == ".parquet"
     width = max(len(p["choices"]) if isinstance(p.get("choices"), list) else 0 for _, p in chosen)
     questions = []
     for pid, problem in chosen:
         question, choices, answer = problem.get("question"), problem.get("choices"), problem.get("answer")
         hint = problem.get("hint") or ""
-        image = f"{problem.get('split')}/{pid}/{problem['image']}"
+        where = f"{path}, row {pid}" if embedded else f"{path}, problem {pid}"
+        image = where if embedded else f"{problem.get('split')}/{pid}/{problem['image']}"
         problems_found = [] if isinstance(question, str) and question.strip() else ["empty question"]
         if not (isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS) and all(isinstance(c, str) and c.strip() for c in choices)):
             problems_found.append(f"choices must be 2 to {len(LETTERS)} non-empty strings: {choices!r}")
         elif answer is not None and (type(answer) is not int or not 0 <= answer < len(choices)):
             problems_found.append(f"answer {answer!r} is not the index of one of its {len(choices)} choices")
-        if not isinstance(hint, str) or not problem.get("split") or escapes_root(image):
+        if not isinstance(hint, str) or not problem.get("split") or (not embedded and escapes_root(image)):
             problems_found.append(f"hint must be text, and split and image name a file inside the image folder: {image!r}")
+        if embedded and not isinstance(problem["image"], bytes):
+            problems_found.append("its image column holds no image bytes")
         if problems_found:
-            raise DataError(f"{path}, problem {pid}: " + "; ".join(problems_found))
+            raise DataError(f"{where}: " + "; ".join(problems_found))
         choices = [c.strip() for c in choices]
         letter = None if answer is None else LETTERS[answer]
         text = f"Context: {hint.strip()}\n{question.strip()}" if hint.strip() else question.strip()
@@ -217,7 +269,8 @@ def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestio
                   **{LETTERS[i]: choices[i] if i < len(choices) else "" for i in range(width)},
                   "answer": letter or "", **{k: problem.get(k, "") for k in ("subject", "topic", "category", "grade", "split")},
                   "image": image}
-        questions.append(ChoiceQuestion(0, record, image, text, choices, letter, key=pid, option_keys=LETTERS[:width]))
+        asked = EmbeddedImage(problem["image"], where) if embedded else image
+        questions.append(ChoiceQuestion(0, record, asked, text, choices, letter, key=pid, option_keys=LETTERS[:width]))
     return questions
 
 

@@ -248,7 +248,7 @@ class CaptionPredictDataModule(_PredictDataModule):
         self.dataset = _CaptionRows(paths, self.image_processor, self.image_size, prompt)
 
 
-FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json"}
+FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json (or parquet file)"}
 
 
 class MultipleChoiceDataModule(_PredictDataModule):
@@ -258,7 +258,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
     where the rows have one, and under MMBench's CircularEval with ``circular``.
 
     Args:
-        csv_file: the questions: the CSV, the MMBench TSV or ScienceQA's ``problems.json`` (see ``format``).
+        csv_file: the questions: the CSV, the MMBench TSV or ScienceQA's ``problems.json`` or one split's
+            parquet file of its Hugging Face copy (see ``format``).
         image_root: folder that ``img_path`` is relative to (default: the CSV's folder); for ScienceQA, the
             folder of ``<split>/<id>/image.png`` (default: ``images`` beside ``problems.json``, else its folder).
         output: the CSV to write: the input columns, ``prediction``, ``correct`` and ``error``.
@@ -270,7 +271,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
             CSV itself is always refused).
         format: ``csv`` (the original scripts'), ``mmbench`` (its TSV, base64 images; accuracy per ``category``
             and ``l2-category``) or ``scienceqa`` (its IMG questions; accuracy per ``subject``).
-        split: ScienceQA only: the split whose questions with an image are read (``null``: every split).
+        split: ScienceQA only: the split whose questions with an image are read (``null``: every split;
+            the mini splits with ``pid_splits.json`` beside ``problems.json``; a parquet file is one split).
         circular: MMBench's CircularEval: a question with N options is asked N times, its options rotated,
             and is right only if every rotation is; the summary adds ``circular_accuracy``. One process only.
     """
@@ -330,7 +332,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
     def setup(self, stage: str) -> None:
         questions = self.read_rows()
         root = self.image_root or self.csv_file.parent
-        if self.format == "scienceqa" and self.image_root is None:
+        if self.format == "scienceqa" and self.image_root is None and not all(isinstance(q.image, EmbeddedImage) for q in questions):
             root = scienceqa_image_root(self.csv_file, questions)
         template = ConversationTemplate(system=self.system_prompt)
         prompts, option_ids = [], []

@@ -1,9 +1,13 @@
-"""Free-form questions for ``mmcaption predict``: a CSV or JSON Lines file of (image, question[, answer]).
+"""Free-form questions for ``mmcaption predict``: a CSV or JSON Lines file of (image, question[, answer]),
+or VQAv2's official files (``v2_OpenEnded_mscoco_<split>_questions.json`` with, to score, its
+``v2_mscoco_<split>_annotations.json``).
 
 The answers are generated as the instruct stage was taught to answer; with a reference ``answer``, each
 row is scored by exact match after the VQA evaluation's normalisation (case, punctuation, articles,
 number words), and the run's summary gives the accuracy; with VQAv2-style human ``answers`` (a list),
-by the VQA accuracy (``min(#humans who gave it / 3, 1)``), averaged in the summary.
+by the VQA accuracy (``min(#humans who gave it / 3, 1)``, as :func:`~mmcaption.evaluation.answers.vqa_accuracy`
+computes it), averaged in the summary, and per ``answer_type`` (yes/no, number, other) where the records
+have one (VQAv2's annotations do).
 """
 
 from __future__ import annotations
@@ -35,34 +39,132 @@ class OpenQuestion:
     answer: str | None
 
 
-def _question(path: Path, line: int, record: dict[str, Any]) -> OpenQuestion:
-    """Check one record (keys already lower case) and take its image, question and answer."""
+def _question(path: Path, line: int, record: dict[str, Any], where: str | None = None) -> OpenQuestion:
+    """Check one record (keys already lower case) and take its image, question and answer; a problem is
+    refused naming ``where`` (by default the file and the line)."""
     image = next((str(record[name]).strip() for name in IMAGE_COLUMNS if record.get(name) not in (None, "")), "")
     question = str(record.get("question") or "").strip()
     answer, answers = record.get("answer"), record.get("answers")
     problems = [f"no {what}" for what, value in (("image (column image or img_path)", image), ("question", question)) if not value]
     if answer is not None and not isinstance(answer, str):
         problems.append(f"answer {answer!r} is not a string")
+    if isinstance(answers, str):  # a CSV cell: a JSON list, as ``mmcaption predict`` writes lists to a CSV
+        try:
+            answers = json.loads(answers) if answers.strip() else None
+        except json.JSONDecodeError:
+            answers = answers if answers.strip() else None
     if answers is not None:  # VQAv2-style: the human answers, as strings or as {"answer": ...} objects
         answers = [a.get("answer") if isinstance(a, dict) else a for a in answers] if isinstance(answers, list) else None
         if not answers or not all(isinstance(a, str) for a in answers):
-            problems.append("answers must be a non-empty list of strings or of {\"answer\": ...} objects")
+            problems.append("answers must be a non-empty list of strings or of {\"answer\": ...} objects "
+                            "(in a CSV cell: a JSON list, [\"two\", \"2\", ...])")
         else:
             record = {**record, "answers": answers}
     if problems:
-        raise DataError(f"{path}, line {line}: " + "; ".join(problems))
+        raise DataError(f"{where or f'{path}, line {line}'}: " + "; ".join(problems))
     kept = {k: v for k, v in record.items() if k not in RESULT_COLUMNS}
     return OpenQuestion(line, kept, image, question, (answer or "").strip() or None)
 
 
-def read_questions(path: Path) -> list[OpenQuestion]:
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: not JSON: {error}") from error
+
+
+def vqa_image_folder(subtype: str) -> str:
+    """The COCO image folder (and file-name part) of a VQAv2 split: ``val2014`` for ``val2014``;
+    ``test-dev2015``'s images are ``test2015``'s."""
+    return "test2015" if subtype.startswith("test") else subtype
+
+
+def read_vqa_questions(path: Path, annotations: Path | None = None) -> list[OpenQuestion]:
+    """VQAv2's official questions file (``{"data_subtype": "val2014", "questions": [{"question_id",
+    "image_id", "question"}, ...]}``), with its annotations file (``{"annotations": [{"question_id",
+    "image_id", "answers": [{"answer", ...}, ...], "answer_type", "question_type",
+    "multiple_choice_answer"}, ...]}``) when given: joined on ``question_id``, each question then carries
+    its ten human ``answers`` and its ``answer_type``. The image of a question is COCO's
+    ``COCO_<folder>_<image_id, 12 digits>.jpg`` (:func:`vqa_image_folder`).
+
+    A question without ``question_id``, ``image_id`` or text, a question the annotations do not have
+    (or give another image), or an annotations file of another split is refused, naming the file and
+    the question."""
+    data = _read_json(path, "questions file")
+    if not (isinstance(data, dict) and isinstance(data.get("questions"), list)):
+        raise DataError(f"{path}: a .json questions file is read as VQAv2's official questions file "
+                        '({"data_subtype": ..., "questions": [{"question_id", "image_id", "question"}, ...]}); '
+                        "other questions are read from .jsonl or .csv files")
+    subtype = str(data.get("data_subtype") or "")
+    if data.get("data_type", "mscoco") != "mscoco" or not subtype:
+        raise DataError(f"{path}: VQA questions on COCO images are read (data_type mscoco, a data_subtype such as "
+                        f"val2014); this file has data_type {data.get('data_type')!r}, data_subtype {subtype!r}")
+    folder = vqa_image_folder(subtype)
+    annotated: dict[int, dict[str, Any]] | None = None
+    if annotations is not None:
+        notes = _read_json(annotations, "annotations file")
+        if not (isinstance(notes, dict) and isinstance(notes.get("annotations"), list)):
+            raise DataError(f"{annotations}: not VQAv2's annotations file ({{\"annotations\": [{{\"question_id\", \"answers\", ...}}, ...]}})")
+        if notes.get("data_subtype") not in (None, subtype):
+            raise DataError(f"{annotations} annotates {notes['data_subtype']!r}, {path} asks {subtype!r}: give the annotations "
+                            "of the questions' split")
+        annotated = {a.get("question_id"): a for a in notes["annotations"] if isinstance(a, dict)}
+    questions, missing = [], []
+    for number, entry in enumerate(data["questions"], start=1):
+        entry = entry if isinstance(entry, dict) else {}
+        qid, image_id, text = entry.get("question_id"), entry.get("image_id"), entry.get("question")
+        if type(qid) is not int or type(image_id) is not int or not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, question {number} ({qid!r}): needs an integer question_id and image_id and a question")
+        record: dict[str, Any] = {"question_id": qid, "image_id": image_id, "question": text.strip(),
+                                  "image": f"COCO_{folder}_{image_id:012d}.jpg"}
+        if annotated is not None:
+            note = annotated.get(qid)
+            if note is None:
+                missing.append(qid)
+                continue
+            if note.get("image_id") != image_id:
+                raise DataError(f"{annotations}: question {qid} is about image {note.get('image_id')!r}, {path} says {image_id}")
+            record.update(answers=note.get("answers"), answer_type=note.get("answer_type"),
+                          question_type=note.get("question_type"), multiple_choice_answer=note.get("multiple_choice_answer"))
+        questions.append(_question(path, 0, record, where=f"{annotations if annotated is not None else path}, question {qid}"))
+    if missing:
+        raise DataError(f"{annotations} has no annotation for {len(missing)} of the {len(data['questions'])} questions of {path} "
+                        f"(question_id {', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}): "
+                        "give the annotations of the same split, or no annotations_file to answer without scoring")
+    if not questions:
+        raise DataError(f"{path} has no questions")
+    return questions
+
+
+def vqa_image_root(path: Path, questions: list[OpenQuestion], image_root: Path | None) -> Path:
+    """Where a VQAv2 file's COCO images are: ``<root>/<folder>`` (``val2014/`` as COCO's zip unpacks), or
+    ``<root>`` itself; the root is ``image_root``, by default the questions file's folder."""
+    root = image_root or path.parent
+    folder = questions[0].image.split("_")[1]
+    candidates = [root / folder, root]
+    for candidate in candidates:
+        if (candidate / questions[0].image).is_file():
+            return candidate
+    raise DataError(f"{questions[0].image} (the first question's image) is neither in {candidates[0]} nor in {candidates[1]}: "
+                    "give the folder that holds COCO's images with --data.image_root")
+
+
+def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQuestion]:
     """Questions from a ``.jsonl`` file (one object per line: ``image`` or ``img_path``, ``question``,
     optional ``answer``, or VQAv2-style ``answers``: the human answers) or a ``.csv`` with those columns, in any case, as spreadsheets write it (a
-    UTF-8 byte-order mark is accepted). A line that is not JSON, a row whose fields do not fit the
-    header, a duplicate column or a record without image or question is refused, naming the file and
-    its physical line."""
+    UTF-8 byte-order mark is accepted; ``answers`` as a JSON list in its cell), or VQAv2's official
+    ``.json`` files (:func:`read_vqa_questions`; ``annotations`` goes with them only). A line that is
+    not JSON, a row whose fields do not fit the header, a duplicate column or a record without image or
+    question is refused, naming the file and its physical line."""
     if not path.is_file():
         raise DataError(f"questions file not found: {path}")
+    if path.suffix.lower() == ".json":
+        return read_vqa_questions(path, annotations)
+    if annotations is not None:
+        raise DataError(f"annotations_file {annotations} goes with VQAv2's official questions file (.json), not with {path}: "
+                        "a .jsonl or .csv carries its answers in its own answer or answers column")
     questions = []
     try:
         if path.suffix.lower() == ".jsonl":
@@ -92,7 +194,7 @@ def read_questions(path: Path) -> list[OpenQuestion]:
                         questions.append(_question(path, start, {k: v for k, v in zip(header, fields) if k}))
                     start = reader.line_num + 1
         else:
-            raise DataError(f"{path}: questions are read from .jsonl or .csv files")
+            raise DataError(f"{path}: questions are read from .jsonl or .csv files, or VQAv2's official .json")
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text: {error}") from error
     except csv.Error as error:
@@ -117,8 +219,12 @@ class QuestionsPredictDataModule(_PredictDataModule):
 
     Args:
         questions_file: a ``.jsonl`` or ``.csv`` file of ``image`` (or ``img_path``), ``question`` and
-            optional ``answer`` (VQA-style exact match after normalisation).
-        image_root: folder the images are relative to (default: the file's folder).
+            optional ``answer`` (VQA-style exact match after normalisation) or ``answers`` (the human
+            answers: VQA accuracy); or VQAv2's official questions ``.json``.
+        annotations_file: with VQAv2's questions file, its annotations file (the human answers and
+            answer types, to score); without it, the questions are answered and not scored.
+        image_root: folder the images are relative to (default: the file's folder; for VQAv2, the folder
+            that holds ``val2014/`` or the images themselves).
         output: the file to write (``.jsonl``, or ``.csv``): the input fields, ``prediction``, ``correct``, ``error``.
         system_prompt: the instruct stage's system prompt.
         batch_size: questions per batch.
@@ -129,6 +235,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
     def __init__(
         self,
         questions_file: str,
+        annotations_file: str | None = None,
         image_root: str | None = None,
         output: str = "predictions/answers.jsonl",
         system_prompt: str = DEFAULT_SYSTEM,
@@ -139,18 +246,26 @@ class QuestionsPredictDataModule(_PredictDataModule):
         super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
         self.questions_file, self.image_root = Path(questions_file), image_root and Path(image_root)
+        self.annotations_file = annotations_file and Path(annotations_file)
         self.system_prompt = system_prompt
 
+    # the summary's accuracies per category, and per answer type (VQAv2's yes/no, number, other) as VQA's evaluation reports them
+    category_columns = {"per_category": "category", "per_answer_type": "answer_type"}
+
     def input_files(self) -> list[Path]:
-        return [self.questions_file]
+        return [self.questions_file, *([self.annotations_file] if self.annotations_file else [])]
 
     def check_inputs(self, stage: str = "predict") -> None:
         if not self.questions_file.is_file():
             raise DataError(f"questions file not found: {self.questions_file}")
+        if self.annotations_file and not self.annotations_file.is_file():
+            raise DataError(f"annotations file not found: {self.annotations_file}")
 
     def setup(self, stage: str) -> None:
-        questions = read_questions(self.questions_file)
+        questions = read_questions(self.questions_file, self.annotations_file)
         root = self.image_root or self.questions_file.parent
+        if self.questions_file.suffix.lower() == ".json":
+            root = vqa_image_root(self.questions_file, questions, self.image_root)
         template = ConversationTemplate(system=self.system_prompt)
         prompts = [template.prompt(q.question, self.tokenizer) for q in questions]
         paths = [root / q.image for q in questions]  # an absolute img_path stays as it is

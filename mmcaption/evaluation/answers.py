@@ -37,10 +37,11 @@ _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 def normalise_answer(text: str) -> str:
     """An answer as the VQA evaluation compares it: lower case, punctuation dropped (a comma between
     digits kept), number words as digits, articles dropped, ``dont`` -> ``don't``."""
-    text = text.replace("\n", " ").replace("\t", " ").strip().lower()
-    keeps_commas = _COMMA_STRIP.search(text) is not None
-    for mark in _PUNCTUATION:
-        if f"{mark} " in text or f" {mark}" in text or keeps_commas:
+    original = text.replace("\n", " ").replace("\t", " ").strip().lower()
+    keeps_commas = _COMMA_STRIP.search(original) is not None
+    text = original
+    for mark in _PUNCTUATION:  # whether a mark is dropped or becomes a space depends on the text as given
+        if f"{mark} " in original or f" {mark}" in original or keeps_commas:
             text = text.replace(mark, "")
         else:
             text = text.replace(mark, " ")
@@ -98,12 +99,22 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
 
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """The VQA accuracy of ``prediction`` against the human ``answers`` (VQAv2 has 10 per question):
-    ``min(#humans who gave it / 3, 1)``, averaged over the subsets that leave out one human each, as the
-    official evaluation computes it; answers compared after :func:`normalise_answer`."""
+    ``min(#humans who gave it / 3, 1)``, averaged over the subsets that leave out one human each.
+
+    As the official ``vqaEval.py`` scores an answer normalised before it is submitted (LLaVA's submission
+    script and lmms-eval normalise it so): the prediction is compared after :func:`normalise_answer`, the
+    human answers are normalised only when they disagree - ten humans who all wrote ``t-shirt`` score
+    ``t shirt`` 0, as the official evaluation does. With a single reference answer (not VQAv2's layout),
+    both are normalised and compared.
+    """
     if not answers:
         raise ValueError("VQA accuracy needs at least one human answer")
-    given, humans = normalise_answer(prediction), [normalise_answer(answer) for answer in answers]
-    if len(humans) == 1:
-        return float(given == humans[0])
+    given = normalise_answer(prediction)
+    if len(answers) == 1:
+        return float(given == normalise_answer(answers[0]))
+    if len(set(answers)) > 1:
+        humans = [normalise_answer(answer) for answer in answers]
+    else:
+        humans = [answer.replace("\n", " ").replace("\t", " ").strip() for answer in answers]
     scores = [min(1.0, sum(other == given for other in humans[:i] + humans[i + 1:]) / 3) for i in range(len(humans))]
     return sum(scores) / len(scores)
