@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, P
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import ResumeError, RunInterrupted
+from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.tasks import RESULT_COLUMNS
 
 
@@ -242,6 +243,8 @@ class PredictionWriter(BasePredictionWriter):
     ``circular_accuracy``: the questions right under every rotation, a row without an answer counted wrong;
     the per-category accuracies then count questions so judged (``per_category_over``). Rows scored by
     VQA accuracy add its mean per category too (``vqa_per_answer_type``: VQAv2's yes/no, number, other).
+    Questions from VQAv2's official file also give ``<output>.vqa_results.json``, the ``[{"question_id",
+    "answer"}]`` its evaluation server takes (test-dev is scored there), each answer normalised as scored.
 
     Interrupted (Ctrl-C, an error), the rows done so far are kept under ``output`` with the summary so
     far. The data module's ``check_output`` refuses an output that is one of its inputs, or that exists
@@ -259,6 +262,7 @@ class PredictionWriter(BasePredictionWriter):
         self.categories: dict[str, dict[str, list[int]]] = {}  # summary key -> category -> [correct, answered]
         self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
         self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
+        self.vqa_results: list[dict[str, Any]] | None = None
 
     def on_predict_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -274,6 +278,8 @@ class PredictionWriter(BasePredictionWriter):
         self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
+        # VQAv2's official questions: the answers as its evaluation server takes them, written at the end
+        self.vqa_results: list[dict[str, Any]] | None = [] if getattr(datamodule, "official_vqa", False) else None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if self.path is None:
@@ -296,6 +302,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["rows"] += 1
+        if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
+            self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "")})
         if row.get("error"):
             self.counts["errors"] += 1
         if row.get("correct") is not None:  # rows with a reference answer; those given none count as wrong
@@ -365,6 +373,9 @@ class PredictionWriter(BasePredictionWriter):
         if interrupted is not None:
             summary["interrupted"] = type(interrupted).__name__
         self.path.with_name(self.path.name + ".summary.json").write_text(json.dumps(summary, indent=2))
+        if self.vqa_results is not None and interrupted is None:
+            results = self.path.with_name(self.path.name + ".vqa_results.json")
+            results.write_text(json.dumps(self.vqa_results))
         message = f"predictions: {summary['rows']} rows -> {self.path}"
         if interrupted is not None:
             message = f"predict stopped ({type(interrupted).__name__}); the {summary['rows']} rows done are kept -> {self.path}"
@@ -385,6 +396,9 @@ class PredictionWriter(BasePredictionWriter):
             if key in summary:
                 accuracies = ", ".join(f"{name} {s['accuracy']:.3f} ({s['correct']}/{s['answered']})" for name, s in summary[key].items())
                 message += f"\n  accuracy {key.replace('_', ' ')} (over {summary['per_category_over'].split(',')[0]}): {accuracies}"
+        if self.vqa_results is not None and interrupted is None:
+            message += (f"\n  answers for VQA's evaluation server ([{{question_id, answer}}], normalised as scored): "
+                        f"{self.path.name}.vqa_results.json")
         rank_zero_info(message)
 
     def _add_late_columns(self) -> None:

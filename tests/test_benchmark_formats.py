@@ -6,8 +6,6 @@ import csv
 import io
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -318,16 +316,15 @@ def test_bad_files_and_settings_are_refused_with_what_is_wrong(backbones, tmp_pa
         choice_data(backbones, no_image, tmp_path / "o.csv", format="mmbench", circular=True).check_output(world_size=2)
 
 
-def test_the_benchmark_configs_parse_and_name_their_format(backbones, tmp_path):
+def test_the_benchmark_configs_parse_and_name_their_format(backbones, tmp_path, capsys):
+    from .test_cli import print_config
+
     for name, fmt in (("mmbench", "mmbench"), ("scienceqa", "scienceqa")):
         config = yaml.safe_load((REPO / "configs" / "predict" / f"{name}.yaml").read_text())["data"]
         assert config["class_path"] == "mmcaption.data.MultipleChoiceDataModule"
         dm = MultipleChoiceDataModule(**{**config["init_args"], "csv_file": str(tmp_path / "x"), "output": str(tmp_path / "o.csv"),
                                          "tokenizer": str(backbones[0]), "image_processor": str(backbones[1])})
         assert dm.format == fmt and dm.category_columns["per_category"] == ("category" if fmt == "mmbench" else "subject")
-    result = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "predict", "--config", str(REPO / "configs" / "demo" / "caption.yaml"), "--config",
-         str(REPO / "configs" / "predict" / "mmbench.yaml"), "--data.split", "null", "--print_config"],
-        capture_output=True, text=True, check=True,
-    )
-    assert "format: mmbench" in result.stdout and "circular: true" in result.stdout and "split: null" in result.stdout
+    out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "demo" / "caption.yaml"), "--config",
+                       str(REPO / "configs" / "predict" / "mmbench.yaml"), "--data.split", "null")
+    assert "format: mmbench" in out and "circular: true" in out and "split: null" in out

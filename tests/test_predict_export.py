@@ -352,6 +352,7 @@ def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_fr
 
     from mmcaption.data import QuestionsPredictDataModule
     from mmcaption.data.questions import read_questions
+    from mmcaption.evaluation.answers import normalise_answer
 
     coco = tmp_path / "coco" / "val2014"  # as COCO's val2014.zip unpacks
     coco.mkdir(parents=True)
@@ -375,6 +376,9 @@ def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_fr
         (420, 42, "COCO_val2014_000000000042.jpg"), (421, 42, "COCO_val2014_000000000042.jpg"), (70, 7, "COCO_val2014_000000000007.jpg")]
     assert all(r["error"] is None and r["prediction"].strip() and "vqa_accuracy" not in r for r in first)
     said = [r["prediction"] for r in first]
+    # and the answers as VQA's evaluation server takes them (test-dev is scored there), normalised as scored here
+    submitted = json.loads((tmp_path / "first.jsonl.vqa_results.json").read_text())
+    assert submitted == [{"question_id": r["question_id"], "answer": normalise_answer(r["prediction"])} for r in first]
 
     # with the annotations: ten human answers and an answer type each; the mean VQA accuracy per answer type
     answers = {420: ([said[0]] * 10, "other"), 421: ([said[1]] * 2 + ["maybe"] * 8, "yes/no"), 70: (["zebra"] * 10, "number")}

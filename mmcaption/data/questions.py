@@ -247,6 +247,8 @@ class QuestionsPredictDataModule(_PredictDataModule):
         self.save_hyperparameters()
         self.questions_file, self.image_root = Path(questions_file), image_root and Path(image_root)
         self.annotations_file = annotations_file and Path(annotations_file)
+        # VQAv2's official questions file: predict also writes the answers as its evaluation server takes them
+        self.official_vqa = self.questions_file.suffix.lower() == ".json"
         self.system_prompt = system_prompt
 
     # the summary's accuracies per category, and per answer type (VQAv2's yes/no, number, other) as VQA's evaluation reports them
