@@ -124,7 +124,9 @@ def read_output(output: Path) -> tuple[list[dict], dict]:
 def test_mmbench_tsv_is_read_with_hints_letters_categories_shared_images_and_without_its_circular_passes(backbones, tmp_path):
     path = write_tsv(tmp_path / "MMBench_DEV_EN.tsv", mmbench_rows())
     questions = choice_data(backbones, path, tmp_path / "o.csv", format="mmbench").read_rows()
-    assert [q.key for q in questions] == ["0", "1", "2", "3"]  # index 1000000 is a CircularEval pass of 0: left out
+    assert [q.key for q in questions] == ["0", "1", "2", "3"]  # index 1000000 is a CircularEval pass of 0: not a question
+    assert [(k, p.key, p.options, p.answer) for k, p in questions[0].passes] == [(1, "1000000", ["blue", "green", "yellow", "red"], "A")]
+    assert questions[0].passes[0][1].image.data == BLUE and not questions[1].passes  # its image is question 0's
     assert questions[0].question == "The picture shows one shape.\nWhat colour is the shape?"
     assert questions[1].question == "What colour is the shape?"  # hint NaN
     assert questions[2].question == "Which colour, with\ta tab?"  # hint empty; a quoted tab stays in its field
@@ -225,7 +227,7 @@ def test_circular_passes_rotate_the_options_and_move_the_answer_with_them():
 
 def test_mmbench_circular_eval_with_a_model_that_always_picks_blue(backbones, trained_checkpoint, tmp_path):
     module = rigged(trained_checkpoint, " blue")  # likelihood scoring: the option "blue", wherever it is
-    path = write_tsv(tmp_path / "MMBench_DEV_EN.tsv", mmbench_rows())
+    path = write_tsv(tmp_path / "own.tsv", mmbench_rows()[:4])  # a TSV without passes of its own: every rotation asked
     output = tmp_path / "mmbench.csv"
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, path, output, format="mmbench", circular=True))
     rows, summary = read_output(output)
@@ -246,6 +248,26 @@ def test_mmbench_circular_eval_with_a_model_that_always_picks_blue(backbones, tr
                                           FINE: {"correct": 1, "answered": 2, "accuracy": 0.5}}
     assert summary["per_category_over"].startswith("questions")
     assert summary["errors"] == 2 and summary["unanswered"] == 2
+
+
+def test_mmbench_circular_eval_asks_the_passes_the_file_has_as_vlmevalkit_does(backbones, trained_checkpoint, tmp_path):
+    module = rigged(trained_checkpoint, " blue")
+    rows = mmbench_rows()
+    # question 0 with all three of its passes (rotations 1-3, the answer moved with "blue"); question 1 has
+    # none, as MMBench leaves some questions single: asked once; 2 and 3 are not in this file
+    first = rows[0]
+    rotated = [{**first, "index": str(k * 1_000_000), "image": "0", "answer": "BADC"[k],
+                **dict(zip("ABCD", ["red", "blue", "green", "yellow"][k:] + ["red", "blue", "green", "yellow"][:k]))} for k in (3, 1, 2)]
+    path = write_tsv(tmp_path / "MMBench_DEV_EN.tsv", [first, rows[1], *rotated])
+    output = tmp_path / "mmbench.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, path, output, format="mmbench", circular=True))
+    rows, summary = read_output(output)
+    # each row as the file has it, with its own index (what MMBench's server grades), in the order of the passes
+    assert [(r["index"], r["circular_index"], r["rotation"]) for r in rows] == [
+        ("0", "0", "0"), ("1000000", "0", "1"), ("2000000", "0", "2"), ("3000000", "0", "3"), ("1", "1", "0")]
+    assert [r["A"] for r in rows] == ["red", "blue", "green", "yellow", "blue"]
+    assert [r["correct"] for r in rows] == ["True"] * 4 + ["False"]  # blue every time; question 1's answer is red
+    assert (summary["circular_correct"], summary["circular_questions"], summary["circular_accuracy"]) == (1, 2, 0.5)
 
 
 def test_scienceqa_with_a_model_that_always_answers_letter_a_is_never_right_under_circular_eval(backbones, trained_checkpoint, tmp_path):

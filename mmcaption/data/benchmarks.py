@@ -54,6 +54,8 @@ class ChoiceQuestion:
     answer: str | None
     key: str = ""  # the question's identity (MMBench's index, ScienceQA's problem id); "" for the line
     option_keys: tuple[str, ...] = ()  # the record's keys that hold the options (A, B, ...), in order
+    # MMBench's TSVs: the question's CircularEval passes as the file has them (rows index + k * 1,000,000), with k
+    passes: list[tuple[int, ChoiceQuestion]] = field(default_factory=list)
 
 
 def _absent(value: str) -> bool:
@@ -100,8 +102,10 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     the question, ``f"{hint}\\n{question}"``, as LLaVA's MMBench evaluation asks it; missing options are
     empty or NaN. The record keeps every column but the image.
 
-    The official TSVs also carry each question's CircularEval passes, as rows ``index + k * 1,000,000``:
-    they are left out (``circular: true`` asks every rotation itself), so each question is asked once.
+    The official TSVs also carry each question's CircularEval passes, as rows ``index + k * 1,000,000`` (or
+    grouped by a ``g_index`` column): they are kept with their question (:attr:`ChoiceQuestion.passes`),
+    asked as the file has them with ``circular: true`` (:func:`circular_passes`), left out otherwise, so
+    each question is asked once.
     A duplicate index, a row that does not fit the header, an empty question, fewer than two options, a
     gap between options, an answer that names no option or an image that is not base64 is refused with
     the file, the row's index and its line.
@@ -135,16 +139,19 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
             raise DataError(f"{path}, index {index} (line {line}): the index appears again (first on line {lines[index]})")
         lines[index] = line
         entries.append((line, values))
-    copies = {i for i in lines if i.isdigit() and int(i) >= CIRCULAR_STRIDE and str(int(i) % CIRCULAR_STRIDE) in lines}
+    # a pass's question: its g_index where the file has one (VLMEvalKit writes it when indices pass 1e6), else index % 1e6
+    group = {values["index"]: values.get("g_index", "").strip() or values["index"] for _, values in entries}
+    for index in group:
+        if "g_index" not in folded and index.isdigit() and int(index) >= CIRCULAR_STRIDE:
+            group[index] = str(int(index) % CIRCULAR_STRIDE)
+    copies = {i for i, g in group.items() if g != i and g in lines}
     if copies:
         rank_zero_info(f"{path}: {len(copies)} of its rows are the CircularEval passes of others (index + k * 1,000,000); "
-                       "they are left out: each question is asked once, or in every rotation with circular: true")
+                       "with circular: true they are asked as the file has them, otherwise left out (each question asked once)")
     images = {values["index"]: values["image"] for _, values in entries}
-    questions = []
+    questions, passes = [], {}
     for line, values in entries:
         index = values["index"]
-        if index in copies:
-            continue
         options = ["" if _absent(values[letter.lower()]) else values[letter.lower()] for letter in letters]
         while options and not options[-1]:
             options.pop()
@@ -166,8 +173,15 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
                   if low and low != "image" and low not in RESULT_COLUMNS}
         record = {("answer" if name.lower() == "answer" else name): value for name, value in record.items()}
         record["answer"] = answer or ""
-        questions.append(ChoiceQuestion(line, record, EmbeddedImage(image, f"{path}, index {index}"), question, options,
-                                        answer, key=index, option_keys=option_keys))
+        asked = ChoiceQuestion(line, record, EmbeddedImage(image, f"{path}, index {index}"), question, options, answer,
+                               key=index, option_keys=option_keys)
+        if index in copies:
+            passes.setdefault(group[index], []).append(asked)
+        else:
+            questions.append(asked)
+    for question in questions:  # k: the pass's place among its question's rows, in the order of their indices
+        ordered = sorted(passes.get(question.key, []), key=lambda p: (len(p.key), p.key))
+        question.passes = list(enumerate(ordered, start=1))
     if not questions:
         raise DataError(f"{path} has no questions")
     return questions
@@ -290,7 +304,14 @@ def circular_passes(questions: list[ChoiceQuestion]) -> list[ChoiceQuestion]:
     """MMBench's CircularEval: a question with N options is asked N times, its options rotated by 0 ... N-1
     places (rotation r asks the option that was r-th first) and the answer letter moved with them. Each
     record gains ``circular_index`` (the question's index) and ``rotation``, and holds the options and
-    answer as that pass asks them."""
+    answer as that pass asks them.
+
+    A file that comes with its own passes (MMBench's TSVs: :attr:`ChoiceQuestion.passes`) is asked as it
+    has them, as VLMEvalKit and MMBench's evaluation do: each question and its passes, each row with its
+    own index (what MMBench's server grades), and a question the file gives no pass asked once."""
+    if any(question.passes for question in questions):
+        return [replace(asked, record={**asked.record, "circular_index": question.key, "rotation": rotation}, passes=[])
+                for question in questions for rotation, asked in [(0, question), *question.passes]]
     passes = []
     for question in questions:
         count = len(question.options)
