@@ -23,8 +23,9 @@ model through mmcaption's own ``from_pretrained`` path and prints, each figure m
   input, and backward recomputes one layer at a time.
 
 On a GPU, dropout keeps a one-byte mask; on a CPU it keeps a mask in the input's dtype, so the
-figures here count the LoRA dropout masks (4 per layer, each the layer's input) 4 (float32) or 2
-(bfloat16) bytes per element, where a GPU keeps 1.
+figures here count the LoRA dropout masks (4 per layer, each the layer's input) and Phi-2's residual
+dropout masks (2 per layer, ``resid_pdrop`` 0.1 as its config has it) 4 (float32) or 2 (bfloat16) bytes
+per element, where a GPU keeps 1.
 """
 
 from __future__ import annotations

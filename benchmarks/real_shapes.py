@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel, PhiConfig, PhiForCausalLM
 
+# microsoft/phi-2's config.json: its residual dropout (0.1, applied twice a layer) is part of what training keeps
 PHI2 = dict(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
-            partial_rotary_factor=0.4, max_position_embeddings=2048)
+            partial_rotary_factor=0.4, max_position_embeddings=2048, resid_pdrop=0.1, embd_pdrop=0.0, attention_dropout=0.0,
+            bos_token_id=50256, eos_token_id=50256)
 CLIP_B32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32)
 TINY_PHI = dict(vocab_size=512, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                 partial_rotary_factor=0.5, max_position_embeddings=1024)

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 
@@ -47,3 +49,25 @@ def test_memory_table_tiny_prints_weights_trainable_state_and_activations_for_bo
     assert long16 < long32 and long16 < long16_before
     assert "of bfloat16 copies of the trainable weights (measured)" in result.stdout
     assert result.stdout.count("(measured count x bytes)") == 2
+
+
+def test_gpu_suite_keeps_going_past_a_failed_variant_and_refuses_the_real_shapes_without_a_gpu(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu_suite
+
+    # one variant runs out of memory: its error is recorded, the next one is measured, the file kept current
+    results, saved = {"training": {}}, []
+
+    def out_of_memory() -> dict:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines")
+
+    gpu_suite.attempt(results, "training", "none, vision tower, plain loss", out_of_memory, "cpu", lambda: saved.append(dict(results["training"])))
+    gpu_suite.attempt(results, "training", "nf4, vision tower, plain loss", lambda: {"step_s": 1.0}, "cpu", lambda: saved.append(dict(results["training"])))
+    assert results["training"] == {"none, vision tower, plain loss": {"error": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"},
+                                   "nf4, vision tower, plain loss": {"step_s": 1.0}}
+    assert len(saved) == 2 and "none, vision tower, plain loss" in saved[0]
+
+    if not gpu_suite.torch.cuda.is_available():  # on a CPU the real shapes would run for hours: refused at once
+        with pytest.raises(SystemExit, match="the real shapes need a GPU"):
+            gpu_suite.main(["--json", str(tmp_path / "never.json")])
+        assert not (tmp_path / "never.json").exists()
