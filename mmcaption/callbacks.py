@@ -263,6 +263,7 @@ class PredictionWriter(BasePredictionWriter):
         self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
         self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
         self.vqa_results: list[dict[str, Any]] | None = None
+        self.submission_ids: list[int] = []
 
     def on_predict_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -278,8 +279,16 @@ class PredictionWriter(BasePredictionWriter):
         self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
-        # VQAv2's official questions: the answers as its evaluation server takes them, written at the end
-        self.vqa_results: list[dict[str, Any]] | None = [] if getattr(datamodule, "official_vqa", False) else None
+        # VQAv2's official questions: the answers as its evaluation server takes them, written at the end by a
+        # single process (several processes each answer a share); a previous run's file goes now
+        official = getattr(datamodule, "official_vqa", False)
+        self.vqa_results = [] if official and trainer.world_size == 1 else None
+        self.submission_ids = datamodule.submission_question_ids() if self.vqa_results is not None else []
+        if official:
+            self.vqa_results_path(output).unlink(missing_ok=True)
+        if official and trainer.world_size > 1:
+            rank_zero_info("the answers for VQA's evaluation server are written by a single-process run (--trainer.devices 1); "
+                           f"with {trainer.world_size} processes, each output holds its share (question_id, prediction)")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if self.path is None:
@@ -299,6 +308,10 @@ class PredictionWriter(BasePredictionWriter):
             else:
                 self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
+
+    @staticmethod
+    def vqa_results_path(output: Path) -> Path:
+        return output.with_name(output.name + ".vqa_results.json")
 
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["rows"] += 1
@@ -374,8 +387,10 @@ class PredictionWriter(BasePredictionWriter):
             summary["interrupted"] = type(interrupted).__name__
         self.path.with_name(self.path.name + ".summary.json").write_text(json.dumps(summary, indent=2))
         if self.vqa_results is not None and interrupted is None:
-            results = self.path.with_name(self.path.name + ".vqa_results.json")
-            results.write_text(json.dumps(self.vqa_results))
+            asked = {entry["question_id"] for entry in self.vqa_results}
+            padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
+            self.vqa_results_path(self.path).write_text(json.dumps(self.vqa_results + padding))
+            self.counts["vqa_results_padded"] = len(padding)
         message = f"predictions: {summary['rows']} rows -> {self.path}"
         if interrupted is not None:
             message = f"predict stopped ({type(interrupted).__name__}); the {summary['rows']} rows done are kept -> {self.path}"
@@ -398,7 +413,9 @@ class PredictionWriter(BasePredictionWriter):
                 message += f"\n  accuracy {key.replace('_', ' ')} (over {summary['per_category_over'].split(',')[0]}): {accuracies}"
         if self.vqa_results is not None and interrupted is None:
             message += (f"\n  answers for VQA's evaluation server ([{{question_id, answer}}], normalised as scored): "
-                        f"{self.path.name}.vqa_results.json")
+                        f"{self.vqa_results_path(self.path)}")
+            if self.submission_ids:
+                message += f" ({self.counts['vqa_results_padded']} questions not asked here given an empty answer, as the server wants all)"
         rank_zero_info(message)
 
     def _add_late_columns(self) -> None:

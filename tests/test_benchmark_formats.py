@@ -196,7 +196,10 @@ def test_scienceqa_from_the_hugging_face_parquet_files_with_their_images_inside(
              **{k: p.get(k, "") for k in columns if k != "skill"}} for pid, p in SCIENCEQA.items() if p["split"] == "test"]
     path = tmp_path / "test-00000-of-00001.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    dm = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split="val")  # the file is one split: test
+    with pytest.raises(DataError, match=r"test-00000-of-00001\.parquet is split 'test' \(a parquet file of ScienceQA's Hugging "
+                                        r"Face copy holds one split\), not 'minitest'.*--data\.split test"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split="minitest").read_rows()
+    dm = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa")  # split test, the file's
     with caplog.at_level("INFO"):
         questions = dm.read_rows()
     assert "3 of its 4 questions have an image; the 1 text-only ones are left out" in caplog.text
@@ -206,11 +209,28 @@ def test_scienceqa_from_the_hugging_face_parquet_files_with_their_images_inside(
     assert isinstance(questions[0].image, EmbeddedImage) and questions[0].image.data == BLUE
     dm.setup("predict")  # no image folder needed
     assert dm.dataset[0]["error"] is None and dm.dataset[0]["pixel_values"].shape[-1] == 64
+    assert [q.key for q in choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split=None).read_rows()] == ["0", "1", "2"]
+    # an image stored as a path instead of its bytes is refused with its row, not counted as text only
+    rows[1]["image"] = {"bytes": None, "path": "/somewhere/image.png"}
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(DataError, match=r"test-00000-of-00001\.parquet, row 1: its image column holds no image bytes but '/somewhere"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa").read_rows()
     # a file that is not parquet is named
     bad = tmp_path / "test-00000-of-00002.parquet"
     bad.write_text("not parquet")
     with pytest.raises(DataError, match=r"test-00000-of-00002\.parquet: not a parquet file"):
         choice_data(backbones, bad, tmp_path / "o.csv", format="scienceqa").read_rows()
+
+
+def test_mmbench_passes_grouped_by_g_index_where_a_row_has_one_else_by_index(backbones, tmp_path):
+    rows = mmbench_rows()  # question 0's pass 1000000, and a pass of question 1 that names it by g_index only
+    rows.append({**rows[1], "index": "77", "image": "1", "A": "red", "B": "blue", "answer": "A"})
+    for row in rows:
+        row["g_index"] = "1" if row["index"] == "77" else ""  # VLMEvalKit's column, empty where index % 1e6 says it
+    path = write_tsv(tmp_path / "MMBench_DEV_EN.tsv", rows, columns=(*MMBENCH_COLUMNS, "g_index"))
+    questions = choice_data(backbones, path, tmp_path / "o.csv", format="mmbench").read_rows()
+    assert [(q.key, [(k, p.key) for k, p in q.passes]) for q in questions] == [("0", [(1, "1000000")]), ("1", [(1, "77")]),
+                                                                               ("2", []), ("3", [])]
 
 
 def test_circular_passes_rotate_the_options_and_move_the_answer_with_them():

@@ -371,14 +371,17 @@ def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_fr
 
     # the questions alone (test-dev has no annotations): answered, not scored; images found under <root>/val2014/
     asked, _ = write_vqa(tmp_path / "coco", "val2014", questions)
-    first = [json.loads(line) for line in run(asked, None, tmp_path / "first.jsonl").read_text().splitlines()]
+    # test-dev's results must answer every test2015 question: those not asked here get an empty answer
+    every, _ = write_vqa(tmp_path / "all", "test2015", [*questions, (9, 3, "Why?"), (8, 3, "Where?")])
+    first = [json.loads(line) for line in run(asked, None, tmp_path / "first.jsonl", submission_questions_file=str(every)).read_text().splitlines()]
     assert [(r["question_id"], r["image_id"], r["image"]) for r in first] == [
         (420, 42, "COCO_val2014_000000000042.jpg"), (421, 42, "COCO_val2014_000000000042.jpg"), (70, 7, "COCO_val2014_000000000007.jpg")]
     assert all(r["error"] is None and r["prediction"].strip() and "vqa_accuracy" not in r for r in first)
     said = [r["prediction"] for r in first]
     # and the answers as VQA's evaluation server takes them (test-dev is scored there), normalised as scored here
     submitted = json.loads((tmp_path / "first.jsonl.vqa_results.json").read_text())
-    assert submitted == [{"question_id": r["question_id"], "answer": normalise_answer(r["prediction"])} for r in first]
+    assert submitted == [{"question_id": r["question_id"], "answer": normalise_answer(r["prediction"])} for r in first] + [
+        {"question_id": 9, "answer": ""}, {"question_id": 8, "answer": ""}]
 
     # with the annotations: ten human answers and an answer type each; the mean VQA accuracy per answer type
     answers = {420: ([said[0]] * 10, "other"), 421: ([said[1]] * 2 + ["maybe"] * 8, "yes/no"), 70: (["zebra"] * 10, "number")}
@@ -402,6 +405,11 @@ def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_fr
     _, other_split = write_vqa(tmp_path / "train", "train2014", questions, answers)
     with pytest.raises(DataError, match=r"annotates 'train2014', .*questions\.json asks 'val2014'"):
         read_questions(asked, other_split)
+    unanswered = json.loads(notes.read_text())
+    del unanswered["annotations"][1]["answers"]
+    (tmp_path / "unanswered.json").write_text(json.dumps(unanswered))
+    with pytest.raises(DataError, match=r"unanswered\.json, question 421: no answers"):
+        read_questions(asked, tmp_path / "unanswered.json")
     _, partial = write_vqa(tmp_path / "partial", "val2014", questions, {420: answers[420]})
     with pytest.raises(DataError, match=r"has no annotation for 2 of the 3 questions of .*\(question_id 421, 70\)"):
         read_questions(asked, partial)

@@ -139,15 +139,18 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
             raise DataError(f"{path}, index {index} (line {line}): the index appears again (first on line {lines[index]})")
         lines[index] = line
         entries.append((line, values))
-    # a pass's question: its g_index where the file has one (VLMEvalKit writes it when indices pass 1e6), else index % 1e6
-    group = {values["index"]: values.get("g_index", "").strip() or values["index"] for _, values in entries}
-    for index in group:
-        if "g_index" not in folded and index.isdigit() and int(index) >= CIRCULAR_STRIDE:
-            group[index] = str(int(index) % CIRCULAR_STRIDE)
+    # a pass's question: its g_index where the row has one (VLMEvalKit writes it when indices pass 1e6), else index % 1e6
+    group = {}
+    for _, values in entries:
+        index = values["index"]
+        given = values.get("g_index", "").strip()
+        group[index] = given if not _absent(given) else (
+            str(int(index) % CIRCULAR_STRIDE) if index.isdigit() and int(index) >= CIRCULAR_STRIDE else index)
     copies = {i for i, g in group.items() if g != i and g in lines}
     if copies:
-        rank_zero_info(f"{path}: {len(copies)} of its rows are the CircularEval passes of others (index + k * 1,000,000); "
-                       "with circular: true they are asked as the file has them, otherwise left out (each question asked once)")
+        rank_zero_info(f"{path}: {len(copies)} of its rows are the CircularEval passes of others (their g_index, or index + "
+                       "k * 1,000,000); with circular: true they are asked as the file has them, otherwise left out (each "
+                       "question asked once)")
     images = {values["index"]: values["image"] for _, values in entries}
     questions, passes = [], {}
     for line, values in entries:
@@ -203,13 +206,18 @@ def _scienceqa_problems(path: Path, split: str | None) -> tuple[list[tuple[str, 
             raise DataError(f"{path}: not a parquet file: {error}") from error
         # the Hugging Face copy has a file per split, named after it (test-00000-of-00001.parquet)
         named = path.name.split("-")[0]
-        file_split = named if named in SCIENCEQA_SPLITS else path.stem
+        file_split = named if named in SCIENCEQA_SPLITS else None
+        if split is not None and split != file_split:
+            raise DataError(f"{path} is {'split ' + repr(file_split) if file_split else 'not named after a split'} (a parquet "
+                            f"file of ScienceQA's Hugging Face copy holds one split), not {split!r}: give that split's file, "
+                            f"or --data.split {file_split or 'null'}")
         problems = {}
         for number, row in enumerate(rows):
-            image = row.get("image")
-            problems[str(number)] = {**row, "split": file_split,
-                                     "image": image.get("bytes") if isinstance(image, dict) else image}
-        return list(problems.items()), f"{path} (split {file_split}: one split per parquet file)"
+            image = row.get("image")  # {"bytes", "path"} as datasets stores an image; null for a text-only question
+            if isinstance(image, dict):
+                image = image.get("bytes") or image.get("path")
+            problems[str(number)] = {**row, "split": file_split or path.stem, "image": image}
+        return list(problems.items()), f"{path} (split {file_split or path.stem}: one split per parquet file)"
     if not path.is_file():
         raise DataError(f"ScienceQA problems file not found: {path}")
     try:
@@ -273,7 +281,8 @@ def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestio
         if not isinstance(hint, str) or not problem.get("split") or (not embedded and escapes_root(image)):
             problems_found.append(f"hint must be text, and split and image name a file inside the image folder: {image!r}")
         if embedded and not isinstance(problem["image"], bytes):
-            problems_found.append("its image column holds no image bytes")
+            problems_found.append(f"its image column holds no image bytes but {str(problem['image'])[:80]!r} (the Hugging Face "
+                                  "files carry each image's bytes)")
         if problems_found:
             raise DataError(f"{where}: " + "; ".join(problems_found))
         choices = [c.strip() for c in choices]

@@ -22,6 +22,7 @@ import torch
 
 from mmcaption.data.predict import _ImageRows, _PredictDataModule
 from mmcaption.data.records import DataError
+from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -126,6 +127,8 @@ def read_vqa_questions(path: Path, annotations: Path | None = None) -> list[Open
                 continue
             if note.get("image_id") != image_id:
                 raise DataError(f"{annotations}: question {qid} is about image {note.get('image_id')!r}, {path} says {image_id}")
+            if not isinstance(note.get("answers"), list):
+                raise DataError(f"{annotations}, question {qid}: no answers (a list of the human answers) to score it by")
             record.update(answers=note.get("answers"), answer_type=note.get("answer_type"),
                           question_type=note.get("question_type"), multiple_choice_answer=note.get("multiple_choice_answer"))
         questions.append(_question(path, 0, record, where=f"{annotations if annotated is not None else path}, question {qid}"))
@@ -223,6 +226,9 @@ class QuestionsPredictDataModule(_PredictDataModule):
             answers: VQA accuracy); or VQAv2's official questions ``.json``.
         annotations_file: with VQAv2's questions file, its annotations file (the human answers and
             answer types, to score); without it, the questions are answered and not scored.
+        submission_questions_file: for VQAv2's test-dev, test2015's questions file: VQA's evaluation
+            server wants every test2015 question answered, so the results file gives the ones not asked
+            an empty answer.
         image_root: folder the images are relative to (default: the file's folder; for VQAv2, the folder
             that holds ``val2014/`` or the images themselves).
         output: the file to write (``.jsonl``, or ``.csv``): the input fields, ``prediction``, ``correct``, ``error``.
@@ -236,6 +242,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         self,
         questions_file: str,
         annotations_file: str | None = None,
+        submission_questions_file: str | None = None,
         image_root: str | None = None,
         output: str = "predictions/answers.jsonl",
         system_prompt: str = DEFAULT_SYSTEM,
@@ -249,19 +256,32 @@ class QuestionsPredictDataModule(_PredictDataModule):
         self.annotations_file = annotations_file and Path(annotations_file)
         # VQAv2's official questions file: predict also writes the answers as its evaluation server takes them
         self.official_vqa = self.questions_file.suffix.lower() == ".json"
+        self.submission_questions_file = submission_questions_file and Path(submission_questions_file)
+        if self.submission_questions_file and not self.official_vqa:
+            raise ConfigError("submission_questions_file goes with VQAv2's official questions file (.json), which "
+                              f"questions_file {self.questions_file} is not")
         self.system_prompt = system_prompt
+
+    def submission_question_ids(self) -> list[int]:
+        """The question ids the evaluation server's results file must hold: those of
+        ``submission_questions_file`` (every test2015 question for test-dev), else none beyond the asked."""
+        if self.submission_questions_file is None:
+            return []
+        return [q.record["question_id"] for q in read_vqa_questions(self.submission_questions_file)]
 
     # the summary's accuracies per category, and per answer type (VQAv2's yes/no, number, other) as VQA's evaluation reports them
     category_columns = {"per_category": "category", "per_answer_type": "answer_type"}
 
     def input_files(self) -> list[Path]:
-        return [self.questions_file, *([self.annotations_file] if self.annotations_file else [])]
+        extra = [p for p in (self.annotations_file, self.submission_questions_file) if p]
+        return [self.questions_file, *extra]
 
     def check_inputs(self, stage: str = "predict") -> None:
         if not self.questions_file.is_file():
             raise DataError(f"questions file not found: {self.questions_file}")
-        if self.annotations_file and not self.annotations_file.is_file():
-            raise DataError(f"annotations file not found: {self.annotations_file}")
+        for name, file in (("annotations", self.annotations_file), ("submission questions", self.submission_questions_file)):
+            if file and not file.is_file():
+                raise DataError(f"{name} file not found: {file}")
 
     def setup(self, stage: str) -> None:
         questions = read_questions(self.questions_file, self.annotations_file)

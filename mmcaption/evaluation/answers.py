@@ -104,8 +104,9 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     As the official ``vqaEval.py`` scores an answer normalised before it is submitted (LLaVA's submission
     script and lmms-eval normalise it so): the prediction is compared after :func:`normalise_answer`, the
     human answers are normalised only when they disagree - ten humans who all wrote ``t-shirt`` score
-    ``t shirt`` 0, as the official evaluation does. With a single reference answer (not VQAv2's layout),
-    both are normalised and compared.
+    ``t shirt`` 0, and ten who all wrote ``two`` score ``two`` (normalised: ``2``) 0, as the official
+    evaluation and lmms-eval do. With a single reference answer (not VQAv2's layout), both are normalised
+    and compared.
     """
     if not answers:
         raise ValueError("VQA accuracy needs at least one human answer")
