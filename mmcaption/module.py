@@ -22,7 +22,6 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from mmcaption import random_state
-from mmcaption.callbacks import PredictionWriter
 from mmcaption.checkpoint import check_checkpoint, check_trainable_state, load_initial_weights, restore_loader_position
 from mmcaption.errors import ConfigError, NonFiniteLossError
 from mmcaption.evaluation.answers import exact_match
@@ -32,6 +31,7 @@ from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local
 from mmcaption.model.loss import chunked_cross_entropy
+from mmcaption.predictions import PredictionWriter
 from mmcaption.tasks import Tasks
 
 # the generation settings a results file records

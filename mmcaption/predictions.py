@@ -1,0 +1,224 @@
+"""``mmcaption predict``'s output: rows written as they come, a summary (accuracies, per category,
+CircularEval, VQA accuracy) beside them, and VQA's results file for its evaluation server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.evaluation.answers import normalise_answer
+from mmcaption.tasks import RESULT_COLUMNS
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``mmcaption predict`` results to the data module's ``output`` as they come, batch by
+    batch (JSON Lines, or CSV for ``.csv``), into a hidden ``.<name>.partial`` beside it that is renamed
+    to ``output`` at the end; at the end, a summary (rows, errors, accuracy when answers were given)
+    next to it and on the console.
+
+    Rows with a category (the data module's ``category_columns``, else a ``category`` column) add the
+    accuracy per category (``per_category``: ``{name: {correct, answered, accuracy}}``; MMBench's also
+    ``per_l2_category``). Rows of MMBench's CircularEval (``circular_index``, ``rotation``) add
+    ``circular_accuracy``: the questions right under every rotation, a row without an answer counted wrong;
+    the per-category accuracies then count questions so judged (``per_category_over``). Rows scored by
+    VQA accuracy add its mean per category too (``vqa_per_answer_type``: VQAv2's yes/no, number, other).
+    Questions from VQAv2's official file also give ``<output>.vqa_results.json``, the ``[{"question_id",
+    "answer"}]`` its evaluation server takes (test-dev is scored there), each answer normalised as scored.
+
+    Interrupted (Ctrl-C, an error), the rows done so far are kept under ``output`` with the summary so
+    far. The data module's ``check_output`` refuses an output that is one of its inputs, or that exists
+    without ``overwrite``, before anything is written."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="batch")
+        self.path: Path | None = None
+        self.partial: Path | None = None
+        self.handle = None
+        self.writer = None
+        self.counts: dict[str, float] = {}
+        self.late_columns: dict[int, dict[str, Any]] = {}
+        self.category_columns: dict[str, str] = {}
+        self.categories: dict[str, dict[str, list[int]]] = {}  # summary key -> category -> [correct, answered]
+        self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
+        self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
+        self.vqa_results: list[dict[str, Any]] | None = None
+        self.submission_ids: list[int] = []
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        if getattr(datamodule, "output", None) is None:
+            self.path = None
+            return
+        output = datamodule.check_output(trainer.world_size, trainer.global_rank)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.partial = output, output.with_name(f".{output.name}.partial")
+        self.handle = self.partial.open("w", newline="", encoding="utf-8")
+        self.writer = None
+        self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
+        self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
+        self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
+        self.categories, self.questions, self.vqa_categories = {}, {}, {}
+        # VQAv2's official questions: the answers as its evaluation server takes them, written at the end by a
+        # single process (several processes each answer a share); a previous run's file goes now
+        official = getattr(datamodule, "official_vqa", False)
+        self.vqa_results = [] if official and trainer.world_size == 1 else None
+        self.submission_ids = datamodule.submission_question_ids() if self.vqa_results is not None else []
+        if official:
+            self.vqa_results_path(output).unlink(missing_ok=True)
+        if official and trainer.world_size > 1:
+            rank_zero_info("the answers for VQA's evaluation server are written by a single-process run (--trainer.devices 1); "
+                           f"with {trainer.world_size} processes, each output holds its share (question_id, prediction)")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        if self.path is None:
+            return
+        for row in prediction:
+            self._count(row)
+            if self.path.suffix.lower() == ".csv":
+                if self.writer is None:
+                    columns = [c for c in row if c not in RESULT_COLUMNS] + list(RESULT_COLUMNS)
+                    self.writer = csv.DictWriter(self.handle, fieldnames=columns, extrasaction="ignore")
+                    self.writer.writeheader()
+                values = {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
+                late = {k: v for k, v in values.items() if k not in self.writer.fieldnames}
+                if late:  # a column the first row did not have: kept, and added to the header at the end
+                    self.late_columns[self.counts["rows"] - 1] = late
+                self.writer.writerow(values)
+            else:
+                self.handle.write(json.dumps(row) + "\n")
+        self.handle.flush()
+
+    @staticmethod
+    def vqa_results_path(output: Path) -> Path:
+        return output.with_name(output.name + ".vqa_results.json")
+
+    def _count(self, row: dict[str, Any]) -> None:
+        self.counts["rows"] += 1
+        if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
+            self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "")})
+        if row.get("error"):
+            self.counts["errors"] += 1
+        if row.get("correct") is not None:  # rows with a reference answer; those given none count as wrong
+            self.counts["answered"] += 1
+            self.counts["correct"] += int(row["correct"])
+            self.counts["unanswered"] += int(row.get("prediction") is None)
+        groups = {key: str(row[column]) for key, column in self.category_columns.items() if row.get(column) not in (None, "")}
+        if row.get("vqa_accuracy") is not None:
+            self.counts["vqa_scored"] = self.counts.get("vqa_scored", 0) + 1
+            self.counts["vqa_accuracy_sum"] = self.counts.get("vqa_accuracy_sum", 0.0) + row["vqa_accuracy"]
+            for key, name in groups.items():  # e.g. VQAv2's answer types: [sum of accuracies, questions]
+                sums = self.vqa_categories.setdefault(key, {}).setdefault(name, [0.0, 0])
+                sums[0] += row["vqa_accuracy"]
+                sums[1] += 1
+        if row.get("correct") is None:
+            return
+        if row.get("circular_index") not in (None, ""):  # a question is right if every rotation of it is
+            right, _ = self.questions.get(str(row["circular_index"]), (True, groups))
+            self.questions[str(row["circular_index"])] = (right and bool(row["correct"]), groups)
+        else:
+            self._tally(self.categories, groups, bool(row["correct"]))
+
+    @staticmethod
+    def _tally(categories: dict[str, dict[str, list[int]]], groups: dict[str, str], right: bool) -> None:
+        for key, name in groups.items():
+            counts = categories.setdefault(key, {}).setdefault(name, [0, 0])
+            counts[0] += int(right)
+            counts[1] += 1
+
+    def summary(self) -> dict[str, Any]:
+        summary = dict(self.counts, output=str(self.path))
+        if self.counts["answered"]:
+            summary["accuracy"] = self.counts["correct"] / self.counts["answered"]
+        if self.counts.get("vqa_scored"):
+            summary["vqa_accuracy"] = summary.pop("vqa_accuracy_sum") / self.counts["vqa_scored"]
+        for key, sums in self.vqa_categories.items():
+            summary[f"vqa_{key}"] = {name: {"vqa_accuracy": total / n, "questions": n} for name, (total, n) in sorted(sums.items())}
+        categories = self.categories
+        if self.questions:
+            right = sum(r for r, _ in self.questions.values())
+            summary.update(circular_questions=len(self.questions), circular_correct=right,
+                           circular_accuracy=right / len(self.questions))
+            categories = {}
+            for r, groups in self.questions.values():
+                self._tally(categories, groups, r)
+        for key in self.category_columns:
+            if categories.get(key):
+                summary[key] = {name: {"correct": c, "answered": n, "accuracy": c / n} for name, (c, n) in sorted(categories[key].items())}
+        if any(key in summary for key in self.category_columns):
+            summary["per_category_over"] = "questions, right only if every rotation is (CircularEval)" if self.questions else "rows"
+        return summary
+
+    def _finish(self, interrupted: BaseException | None = None) -> None:
+        """Close the partial file and put it in place (with what was written, when interrupted)."""
+        if self.path is None or self.handle is None:
+            return
+        self.handle.close()
+        self.handle = None
+        summary = self.summary()
+        if interrupted is not None and not summary["rows"]:
+            self.partial.unlink(missing_ok=True)
+            rank_zero_info(f"predict stopped ({type(interrupted).__name__}) before any row was done; {self.path} not written")
+            return
+        if self.late_columns:
+            self._add_late_columns()
+        os.replace(self.partial, self.path)
+        if interrupted is not None:
+            summary["interrupted"] = type(interrupted).__name__
+        self.path.with_name(self.path.name + ".summary.json").write_text(json.dumps(summary, indent=2))
+        if self.vqa_results is not None and interrupted is None:
+            asked = {entry["question_id"] for entry in self.vqa_results}
+            padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
+            self.vqa_results_path(self.path).write_text(json.dumps(self.vqa_results + padding))
+            self.counts["vqa_results_padded"] = len(padding)
+        message = f"predictions: {summary['rows']} rows -> {self.path}"
+        if interrupted is not None:
+            message = f"predict stopped ({type(interrupted).__name__}); the {summary['rows']} rows done are kept -> {self.path}"
+        if summary["errors"]:
+            message += f"; {summary['errors']} could not be predicted (see their 'error' field)"
+        if "accuracy" in summary:
+            message += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']}"
+            message += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
+        if "vqa_accuracy" in summary:
+            message += f"; VQA accuracy {summary['vqa_accuracy']:.3f} over {summary['vqa_scored']} questions"
+            for key in self.vqa_categories:
+                accuracies = ", ".join(f"{name} {s['vqa_accuracy']:.3f} ({s['questions']})" for name, s in summary[f"vqa_{key}"].items())
+                message += f"\n  VQA accuracy {key.replace('_', ' ')}: {accuracies}"
+        if "circular_accuracy" in summary:
+            message += (f"; CircularEval accuracy {summary['circular_accuracy']:.3f} ({summary['circular_correct']}/"
+                        f"{summary['circular_questions']} questions right under every rotation)")
+        for key in self.category_columns:
+            if key in summary:
+                accuracies = ", ".join(f"{name} {s['accuracy']:.3f} ({s['correct']}/{s['answered']})" for name, s in summary[key].items())
+                message += f"\n  accuracy {key.replace('_', ' ')} (over {summary['per_category_over'].split(',')[0]}): {accuracies}"
+        if self.vqa_results is not None and interrupted is None:
+            message += (f"\n  answers for VQA's evaluation server ([{{question_id, answer}}], normalised as scored): "
+                        f"{self.vqa_results_path(self.path)}")
+            if self.submission_ids:
+                message += f" ({self.counts['vqa_results_padded']} questions not asked here given an empty answer, as the server wants all)"
+        rank_zero_info(message)
+
+    def _add_late_columns(self) -> None:
+        """Rewrite the CSV with the columns that only later rows had (before the result columns)."""
+        with self.partial.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header, rows = list(reader.fieldnames or []), list(reader)
+        added = list(dict.fromkeys(k for late in self.late_columns.values() for k in late))
+        columns = [c for c in header if c not in RESULT_COLUMNS] + added + [c for c in header if c in RESULT_COLUMNS]
+        rewritten = self.partial.with_name(self.partial.name + ".columns")
+        with rewritten.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({**row, **self.late_columns.get(i, {})} for i, row in enumerate(rows))
+        os.replace(rewritten, self.partial)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._finish()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._finish(interrupted=exception)
