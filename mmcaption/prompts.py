@@ -115,6 +115,10 @@ class ConversationTemplate:
         input_ids = self.encode(history, tokenizer, max_length=10**9).input_ids if history else self._context(tokenizer)
         return input_ids + self._question(question, tokenizer, first=not history)
 
+    def first_question_length(self, question: str, tokenizer: PreTrainedTokenizerBase) -> int:
+        """Tokens a conversation takes up to its first answer: :meth:`encode` needs at least one more."""
+        return len(self._context(tokenizer)) + len(self._question(question, tokenizer, first=True))
+
     def encode(self, turns: list[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int) -> EncodedConversation:
         """The conversation's tokens and labels within ``max_length`` tokens.
 

@@ -110,6 +110,59 @@ def test_unreadable_image_is_named_or_skipped(backbones, llava):
     assert meta["skipped"] == {"unreadable image": 1} and meta["rows"] == 11
 
 
+def test_every_bad_record_of_a_kind_is_named_in_one_run_and_long_questions_before_any_image_is_read(backbones, llava, monkeypatch):
+    train, image_root = llava
+    for name in ("000000000002.jpg", "000000000004.jpg"):
+        (image_root / "train2017" / name).write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"2 x unreadable image \(first: id train2017-2: .*000000000002\.jpg cannot be decoded.*; "
+                                        r"id train2017-4: .*000000000004\.jpg cannot be decoded"):
+        make_datamodule(backbones, llava).prepare_data()
+
+    # questions too long for max_length: all named, and found before the images are decoded
+    edit(train, lambda records: [r["conversations"][0].update(value="<image>\n" + "What is it? " * 200) for r in records[5:7]])
+    decoded = []
+    monkeypatch.setattr("mmcaption.data.llava.check_image", lambda data: decoded.append(data))
+    with pytest.raises(DataError, match=r"2 of 12 conversations do not fit max_length=256 \(first: id train2017-6: the first "
+                                        r"question needs \d+ tokens.*; id train2017-7: "):
+        make_datamodule(backbones, llava).prepare_data()
+    assert decoded == []
+
+
+def test_conversations_as_llava_trains_them_an_opening_answer_and_a_last_question_without_answer_dropped(backbones, llava):
+    train, _ = llava
+
+    def change(records):
+        records[0]["conversations"].insert(0, {"from": "gpt", "value": "Hello, ask me about the image."})
+        records[1]["conversations"].append({"from": "human", "value": "And then?"})
+
+    edit(train, change)
+    dm = make_datamodule(backbones, llava)
+    with pytest.warns(UserWarning) as warned:
+        dm.prepare_data()
+    said = " ".join(str(w.message) for w in warned)
+    assert "1 x conversations that open with an assistant turn" in said and "1 x conversations that end with an unanswered question" in said
+    dm.setup("fit")
+    rows = dm.datasets["train"].rows
+    records = json.loads(train.read_text())
+    kept = {row["id"]: row for row in rows}
+    assert kept[records[0]["id"]]["questions"][0] == records[0]["conversations"][1]["value"].replace("<image>", "").strip()
+    assert kept[records[1]["id"]]["turns"] == (len(records[1]["conversations"]) - 1) // 2
+
+
+def test_a_wrong_image_folder_is_named_with_the_path_tried_and_where_the_images_are(backbones, llava):
+    train, image_root = llava
+    # LLaVA-1.5's mix names images from the folder above COCO's (coco/train2017/...): pointing image_root lower misses them all
+    edit(train, lambda records: [r.update(image="coco/" + r["image"]) for r in records])
+    nested = image_root.parent / "data"
+    (nested).mkdir()
+    image_root.rename(nested / "coco")
+    for policy in ("error", "skip"):  # none found at all: refused even under skip, whatever the text-only records
+        with pytest.raises(DataError, match=r"12 of 12 conversations refer to images missing under .*data/coco \(first: id train2017-1, "
+                                            r"its image coco/train2017/000000000001\.jpg looked for as .*data/coco/coco/train2017/"
+                                            r"000000000001\.jpg\)\. coco/train2017/000000000001\.jpg is under .*data: is that the image folder\?"):
+            make_datamodule(backbones, (train, nested / "coco"), on_bad_record=policy).prepare_data()
+
+
 def test_repeated_ids_are_separate_conversations_as_in_llava_instruct_150k(backbones, llava):
     """LLaVA-Instruct-150k merges three subsets (conversation, detail, complex reasoning) keyed by the
     COCO image id: one id carries several conversations about one image."""

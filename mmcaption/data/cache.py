@@ -237,6 +237,7 @@ def write_image_text_split(
 
     with publish_atomically(target) as staging, _unwrap_generation_errors():
         images = build(image_rows, image_features, "images")
+        records.raise_deferred()  # every image that could not be decoded, at once
         texts = build(all_text_rows, text_features, text_table)
         save_table(images, staging / "images")
         save_table(texts, staging / text_table)

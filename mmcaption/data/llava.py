@@ -39,6 +39,8 @@ TURNS_DROPPED = "conversations with later turns dropped whole to fit max_length"
 ANSWER_CUT = "first answers cut to fit max_length (kept, without their end-of-text token)"
 TEXT_ONLY = "text-only conversations (no image: the cross-attention is skipped for them)"
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
+LEADING_ANSWER = "conversations that open with an assistant turn: that turn dropped (as LLaVA's training does)"
+UNANSWERED_LAST = "conversations that end with an unanswered question: that question dropped, the turns before kept"
 
 
 @dataclass
@@ -73,8 +75,12 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
         records.bad("malformed record", f"{name} has no 'conversations' list")
         return None
     pairs: list[tuple[str, str]] = []
-    for index, turn in enumerate(turns):
-        expected = "human" if index % 2 == 0 else "gpt"
+    start = 0
+    if isinstance(turns[0], dict) and ROLES.get(str(turns[0].get("from", "")).lower()) == "gpt" and len(turns) > 1:
+        start = 1  # an assistant turn before any question: dropped, as LLaVA's own training drops it
+        records.note(LEADING_ANSWER)
+    for index, turn in enumerate(turns[start:], start=start):
+        expected = "human" if (index - start) % 2 == 0 else "gpt"
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
             records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value'")
             return None
@@ -94,9 +100,11 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
             pairs.append((text, ""))
         else:
             pairs[-1] = (pairs[-1][0], text)
+    if len(pairs) > 1 and not pairs[-1][1]:
+        pairs.pop()  # a last question without its answer: nothing to learn from it; the turns before are kept
+        records.note(UNANSWERED_LAST)
     if not pairs or not pairs[-1][1]:
-        kind = "no assistant turn" if len(pairs) == 1 and not pairs[0][1] else "unanswered last turn"
-        records.bad(kind, f"{name} ends with a human turn that has no assistant answer")
+        records.bad("no assistant turn", f"{name} ends with a human turn that has no assistant answer")
         return None
     return Conversation(record_id, image, pairs)
 
@@ -133,8 +141,8 @@ def read_llava(
 
     missing = [c for c in conversations if c.image is not None and not (image_root / c.image).is_file()]
     records.missing_images(
-        [(f"id {c.id}", image_root / c.image) for c in missing], len(conversations), "conversations refer to images",
-        image_root,
+        [(f"id {c.id}", image_root / c.image) for c in missing], sum(c.image is not None for c in conversations),
+        "conversations refer to images", image_root,
     )
     missing_ids = {id(c) for c in missing}
     return [c for c in conversations if id(c) not in missing_ids]
@@ -152,7 +160,21 @@ def write_instruct_split(
     image_size: int | None = None,
 ) -> Path:
     """Write ``target/images`` (each image once, shrunk to ``image_size`` if given) and
-    ``target/conversations`` (tokens and labels)."""
+    ``target/conversations`` (tokens and labels).
+
+    Conversations whose first question leaves no room for an answer within ``max_length`` are found
+    before any image is read, all at once; images that cannot be decoded all at the end of the image pass
+    (under ``on_bad_record: error``, one run names every bad record, not one per run)."""
+    too_long = {}
+    for conversation in conversations:
+        needed = template.first_question_length(conversation.turns[0][0], tokenizer)
+        if needed >= max_length:
+            too_long[id(conversation)] = (f"id {conversation.id}: the first question needs {needed} tokens with the template, "
+                                          f"leaving no room for an answer within max_length={max_length}")
+    records.all_at_once("too long", list(too_long.values()),
+                        f"{len(too_long)} of {len(conversations)} conversations do not fit max_length={max_length}",
+                        "Raise max_length, or shorten them")
+    conversations = [c for c in conversations if id(c) not in too_long]
     by_image: dict[str, list[Conversation]] = {}
     for conversation in conversations:
         by_image.setdefault(conversation.image, []).append(conversation)
@@ -167,7 +189,7 @@ def write_instruct_split(
             problem = check_image(data)
             if problem is not None:
                 for conversation in group:
-                    records.bad("unreadable image", f"id {conversation.id}: {image_root / image} cannot be decoded: {problem}")
+                    records.defer("unreadable image", f"id {conversation.id}: {image_root / image} cannot be decoded: {problem}")
                 continue
             yield {"file_name": image, "image": data}, group
 

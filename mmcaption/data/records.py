@@ -41,6 +41,7 @@ class BadRecords:
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
         self.notes: Counter[str] = Counter()
+        self.deferred: dict[str, list[str]] = {}  # under "error": bad records found in a long pass, reported at its end
 
     def bad(self, kind: str, message: str) -> None:
         """Report one bad record of ``kind`` (e.g. ``"missing image"``)."""
@@ -52,9 +53,35 @@ class BadRecords:
         self.counts[kind] += 1
         self.examples.setdefault(kind, message)
 
+    def all_at_once(self, kind: str, messages: list[str], summary: str, fix: str) -> None:
+        """Report every bad record of ``kind`` found by one check: all in one message (their count and the
+        first three) when ``on_bad_record`` is ``error``, so one run shows them all; each counted under ``skip``."""
+        if not messages:
+            return
+        if self.on_bad_record == "error":
+            first = "; ".join(messages[:3]) + ("; ..." if len(messages) > 3 else "")
+            raise DataError(f"{self.source}: {summary} (first: {first}). {fix}, or set on_bad_record: skip to skip them and "
+                            "have them counted.")
+        for message in messages:
+            self.bad(kind, message)
+
+    def defer(self, kind: str, message: str) -> None:
+        """A bad record found during a long pass (decoding every image): under ``error`` it is kept and
+        :meth:`raise_deferred` reports all of them at the pass's end, instead of one per run."""
+        if self.on_bad_record == "error":
+            self.deferred.setdefault(kind, []).append(message)
+        else:
+            self.bad(kind, message)
+
+    def raise_deferred(self) -> None:
+        deferred, self.deferred = self.deferred, {}
+        for kind, messages in deferred.items():
+            self.all_at_once(kind, messages, f"{len(messages)} x {kind}", "Fix or remove them")
+
     def missing_images(self, missing: list[tuple[str, Path]], total: int, what: str, root: Path) -> None:
         """Report records whose image file does not exist: all at once with their count when
-        ``on_bad_record`` is ``error``, each counted when it is ``skip``.
+        ``on_bad_record`` is ``error``, each counted when it is ``skip``. None of them found at all is
+        refused even under ``skip``: that is a wrong image folder, not a few bad records.
 
         Args:
             missing: ``(record name, image path)`` of each such record.
@@ -64,11 +91,15 @@ class BadRecords:
         """
         if not missing:
             return
-        if self.on_bad_record == "error":
-            name, path = missing[0]
+        name, path = missing[0]
+        relative = path.relative_to(root) if path.is_relative_to(root) else path
+        hint = next((f" {relative} is under {folder}: is that the image folder?" for folder in list(root.parents)[:3]
+                     if (folder / relative).is_file()), "")
+        first = f"first: {name}, its image {relative} looked for as {path}"
+        if self.on_bad_record == "error" or len(missing) == total:
             raise DataError(
-                f"{self.source}: {len(missing)} of {total} {what} missing under {root} (first: {path.name}, {name}). "
-                "Fix the image folder, or set on_bad_record: skip to skip them and have them counted."
+                f"{self.source}: {len(missing)} of {total} {what} missing under {root} ({first}).{hint} Fix the image "
+                "folder" + (", or set on_bad_record: skip to skip them and have them counted." if len(missing) < total else ".")
             )
         for name, path in missing:
             self.bad("missing image", f"{path} ({name}) does not exist")
