@@ -118,6 +118,12 @@ def test_every_bad_record_of_a_kind_is_named_in_one_run_and_long_questions_befor
                                         r"id train2017-4: .*000000000004\.jpg cannot be decoded"):
         make_datamodule(backbones, llava).prepare_data()
 
+    # none of the images decodes: still named, not "nothing usable is left"
+    for path in (image_root / "train2017").glob("*.jpg"):
+        path.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"12 x unreadable image \(first: id train2017-1: "):
+        make_datamodule(backbones, llava).prepare_data()
+
     # questions too long for max_length: all named, and found before the images are decoded
     edit(train, lambda records: [r["conversations"][0].update(value="<image>\n" + "What is it? " * 200) for r in records[5:7]])
     decoded = []
@@ -147,6 +153,8 @@ def test_conversations_as_llava_trains_them_an_opening_answer_and_a_last_questio
     kept = {row["id"]: row for row in rows}
     assert kept[records[0]["id"]]["questions"][0] == records[0]["conversations"][1]["value"].replace("<image>", "").strip()
     assert kept[records[1]["id"]]["turns"] == (len(records[1]["conversations"]) - 1) // 2
+    notes = json.loads((dm.datasets["train"].folder / "meta.json").read_text())["notes"]
+    assert sum(n for kind, n in notes.items() if "assistant turn" in kind or "unanswered question" in kind) == 2
 
 
 def test_a_wrong_image_folder_is_named_with_the_path_tried_and_where_the_images_are(backbones, llava):

@@ -227,6 +227,7 @@ def write_image_text_split(
                 generator, features=features, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-{name}"
             )
         except ValueError:
+            records.raise_deferred()  # no image at all may be because none could be decoded: say which
             if name == "images" and not produced["images"] and without_image:  # every record is text-only
                 return datasets.Dataset.from_dict({key: [] for key in features}, features=features)
             if produced["images"] and produced["rows"]:

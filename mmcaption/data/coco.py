@@ -112,7 +112,7 @@ def image_records(images: list[CocoImage], image_dir: Path, records: BadRecords)
         data = path.read_bytes()
         problem = check_image(data)
         if problem is not None:
-            records.bad("unreadable image", f"{path} (image id {image.image_id}) cannot be decoded: {problem}")
+            records.defer("unreadable image", f"{path} (image id {image.image_id}) cannot be decoded: {problem}")
             continue
         yield image.image_id, image.file_name, data, image.captions
 

@@ -48,6 +48,7 @@ class Conversation:
     id: str
     image: str | None  # None: a text-only conversation (LLaVA-1.5's mix has tens of thousands)
     turns: list[tuple[str, str]]  # (question, answer)
+    dropped: tuple[str, ...] = ()  # what was dropped from the record as LLaVA's training drops it (notes, counted if kept)
 
 
 def in_split(record_id: str, val_fraction: float, split: str) -> bool:
@@ -75,10 +76,11 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
         records.bad("malformed record", f"{name} has no 'conversations' list")
         return None
     pairs: list[tuple[str, str]] = []
+    dropped: list[str] = []
     start = 0
     if isinstance(turns[0], dict) and ROLES.get(str(turns[0].get("from", "")).lower()) == "gpt" and len(turns) > 1:
         start = 1  # an assistant turn before any question: dropped, as LLaVA's own training drops it
-        records.note(LEADING_ANSWER)
+        dropped.append(LEADING_ANSWER)
     for index, turn in enumerate(turns[start:], start=start):
         expected = "human" if (index - start) % 2 == 0 else "gpt"
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
@@ -102,11 +104,11 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
             pairs[-1] = (pairs[-1][0], text)
     if len(pairs) > 1 and not pairs[-1][1]:
         pairs.pop()  # a last question without its answer: nothing to learn from it; the turns before are kept
-        records.note(UNANSWERED_LAST)
+        dropped.append(UNANSWERED_LAST)
     if not pairs or not pairs[-1][1]:
         records.bad("no assistant turn", f"{name} ends with a human turn that has no assistant answer")
         return None
-    return Conversation(record_id, image, pairs)
+    return Conversation(record_id, image, pairs, tuple(dropped))
 
 
 def read_llava(
@@ -137,6 +139,8 @@ def read_llava(
             records.note("duplicate records skipped (same id, image and conversation as an earlier record)")
             continue
         seen.add(key)
+        for kind in conversation.dropped:  # counted for the records this split keeps
+            records.note(kind)
         conversations.append(conversation)
 
     missing = [c for c in conversations if c.image is not None and not (image_root / c.image).is_file()]
