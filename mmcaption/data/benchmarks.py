@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import json
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.records import DataError, escapes_root
+from mmcaption.data.records import DataError, escapes_root, read_json
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -211,29 +210,24 @@ def _scienceqa_problems(path: Path, split: str | None) -> tuple[list[tuple[str, 
             raise DataError(f"{path} is {'split ' + repr(file_split) if file_split else 'not named after a split'} (a parquet "
                             f"file of ScienceQA's Hugging Face copy holds one split), not {split!r}: give that split's file, "
                             f"or --data.split {file_split or 'null'}")
-        problems = {}
+        problems = []
         for number, row in enumerate(rows):
             image = row.get("image")  # {"bytes", "path"} as datasets stores an image; null for a text-only question
             if isinstance(image, dict):
                 image = image.get("bytes") or image.get("path")
-            problems[str(number)] = {**row, "split": file_split or path.stem, "image": image}
-        return list(problems.items()), f"{path} (split {file_split or path.stem}: one split per parquet file)"
-    if not path.is_file():
-        raise DataError(f"ScienceQA problems file not found: {path}")
-    try:
-        problems = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not JSON: {error}") from error
+            problems.append((str(number), {**row, "split": file_split or path.stem, "image": image}))
+        return problems, f"{path} (split {file_split or path.stem}: one split per parquet file)"
+    problems = read_json(path, "ScienceQA problems file")
     if not isinstance(problems, dict) or not all(isinstance(p, dict) for p in problems.values()):
         raise DataError(f"{path}: ScienceQA's problems.json maps each problem id to an object")
     splits = {str(p.get("split")) for p in problems.values()}
     if split is None or split in splits:
         return [(str(pid), p) for pid, p in problems.items() if split is None or p.get("split") == split], f"{path} (split {split})"
     listed = path.parent / "pid_splits.json"  # the release's own lists, with the mini splits
-    try:
-        ids = json.loads(listed.read_text(encoding="utf-8-sig")).get(split) if listed.is_file() else None
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
-        raise DataError(f"{listed}: not ScienceQA's pid_splits.json: {error}") from error
+    lists = read_json(listed, "pid_splits.json") if listed.is_file() else {}
+    if not isinstance(lists, dict):
+        raise DataError(f"{listed}: not ScienceQA's pid_splits.json (an object of split -> problem ids)")
+    ids = lists.get(split)
     if not isinstance(ids, list):
         raise DataError(f"{path} has no split {split!r} (its splits: {', '.join(sorted(splits))}"
                         f"{'' if listed.is_file() else '; pid_splits.json, which lists the mini splits, is not beside it'})")

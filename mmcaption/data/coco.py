@@ -3,7 +3,6 @@ memory-mapped Arrow folders (each image stored once, captions tokenized)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, escapes_root
+from mmcaption.data.records import BadRecords, DataError, escapes_root, read_json
 from mmcaption.images import check_image
 
 IMAGE_FEATURES = datasets.Features(
@@ -49,10 +48,7 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     Missing images are counted all at once, so the message says how many there are.
     """
     require_annotation_file(annotation_file)
-    try:
-        content = json.loads(annotation_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{annotation_file} is not valid JSON: {error}") from error
+    content = read_json(annotation_file, "COCO annotation file")
     if not isinstance(content, dict) or not isinstance(content.get("images"), list) or not isinstance(
         content.get("annotations"), list
     ):
@@ -126,10 +122,7 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
     ``split`` in train/restval/val/test, ``sentences`` with ``raw``, ``cocoid``), with their captions;
     images are found at ``<image_root>/<filepath>/<filename>`` (COCO 2014's ``train2014/``, ``val2014/``).
     Split ``train`` is train + restval, as the papers that report on Karpathy's test split train."""
-    try:
-        content = json.loads(split_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{split_file} is not valid JSON: {error}") from error
+    content = read_json(split_file, "Karpathy split file")
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
         raise DataError(f"{split_file} has no 'images' list: is it Karpathy's dataset_coco.json?")
     wanted = KARPATHY_SPLITS.get(split, (split,))

@@ -7,7 +7,6 @@ conversation stays whole: one sequence, loss on every assistant turn (see ``temp
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, escapes_root
+from mmcaption.data.records import BadRecords, DataError, escapes_root, read_json
 from mmcaption.images import check_image
 from mmcaption.prompts import ConversationTemplate, strip_image_placeholder
 
@@ -115,12 +114,7 @@ def read_llava(
     file: Path, image_root: Path, records: BadRecords, split: str | None = None, val_fraction: float = 0.0
 ) -> list[Conversation]:
     """Parse and check a LLaVA JSON file; missing images are counted all at once."""
-    if not file.is_file():
-        raise DataError(f"LLaVA conversation file not found: {file}")
-    try:
-        content = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{file} is not valid JSON: {error}") from error
+    content = read_json(file, "LLaVA conversation file")
     if not isinstance(content, list):
         raise DataError(f"{file} is not a JSON list of conversations")
     # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets
@@ -199,11 +193,8 @@ def write_instruct_split(
 
     def conversation_rows(image_index: int, group: list[Conversation]) -> Iterator[dict]:
         for conversation in group:
-            try:
-                input_ids, labels, kept, answer_cut = template.encode(conversation.turns, tokenizer, max_length)
-            except ValueError as error:
-                records.bad("too long", f"id {conversation.id}: {error}")
-                continue
+            # never raises here: conversations whose first question does not fit were taken out above
+            input_ids, labels, kept, answer_cut = template.encode(conversation.turns, tokenizer, max_length)
             if kept < len(conversation.turns):
                 records.note(TURNS_DROPPED)
             if answer_cut:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from mmcaption.data.predict import _ImageRows, _PredictDataModule
-from mmcaption.data.records import DataError
+from mmcaption.data.records import DataError, read_json
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
@@ -67,15 +67,6 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     return OpenQuestion(line, kept, image, question, (answer or "").strip() or None)
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not JSON: {error}") from error
-
-
 def vqa_image_folder(subtype: str) -> str:
     """The COCO image folder (and file-name part) of a VQAv2 split: ``val2014`` for ``val2014``;
     ``test-dev2015``'s images are ``test2015``'s."""
@@ -93,7 +84,7 @@ def read_vqa_questions(path: Path, annotations: Path | None = None) -> list[Open
     A question without ``question_id``, ``image_id`` or text, a question the annotations do not have
     (or give another image), or an annotations file of another split is refused, naming the file and
     the question."""
-    data = _read_json(path, "questions file")
+    data = read_json(path, "questions file")
     if not (isinstance(data, dict) and isinstance(data.get("questions"), list)):
         raise DataError(f"{path}: a .json questions file is read as VQAv2's official questions file "
                         '({"data_subtype": ..., "questions": [{"question_id", "image_id", "question"}, ...]}); '
@@ -105,7 +96,7 @@ def read_vqa_questions(path: Path, annotations: Path | None = None) -> list[Open
     folder = vqa_image_folder(subtype)
     annotated: dict[int, dict[str, Any]] | None = None
     if annotations is not None:
-        notes = _read_json(annotations, "annotations file")
+        notes = read_json(annotations, "annotations file")
         if not (isinstance(notes, dict) and isinstance(notes.get("annotations"), list)):
             raise DataError(f"{annotations}: not VQAv2's annotations file ({{\"annotations\": [{{\"question_id\", \"answers\", ...}}, ...]}})")
         if notes.get("data_subtype") not in (None, subtype):
@@ -286,7 +277,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
     def setup(self, stage: str) -> None:
         questions = read_questions(self.questions_file, self.annotations_file)
         root = self.image_root or self.questions_file.parent
-        if self.questions_file.suffix.lower() == ".json":
+        if self.official_vqa:
             root = vqa_image_root(self.questions_file, questions, self.image_root)
         template = ConversationTemplate(system=self.system_prompt)
         prompts = [template.prompt(q.question, self.tokenizer) for q in questions]

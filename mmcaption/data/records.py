@@ -3,6 +3,7 @@ and count when the user asked for that. Nothing is dropped silently."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,17 @@ OnBadRecord = Literal["error", "skip"]
 
 class DataError(MMCaptionError, ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
+
+
+def read_json(path: Path, what: str) -> object:
+    """A JSON file the user gave (a UTF-8 byte-order mark accepted); a missing file or one that is not JSON
+    is refused naming it and ``what`` it should be."""
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} is not valid JSON: {error}") from error
 
 
 def escapes_root(relative: str) -> bool:
