@@ -1,38 +1,82 @@
 """Images, read one way everywhere: preprocessing for training, ``predict`` and the Python API.
 
 Every path decodes with :func:`load_rgb`: EXIF orientation applied (phones store a photo sideways and
-say so in its EXIF), 16/32-bit images scaled to 8 bits rather than clipped to white, every other mode
-(grayscale, palette, RGBA, CMYK) converted to RGB. So a photo reaches the model the way a person sees it.
+say so in its EXIF), 16/32-bit and floating-point images scaled to 8 bits rather than clipped, every
+other mode (grayscale, palette, RGBA, CMYK) converted to RGB. So a photo reaches the model the way a
+person sees it. iPhones' HEIC photos are read too (``pillow-heif``), and a photo of up to
+:data:`MAX_PIXELS` pixels (a 200-megapixel phone's is 16320 x 12240) decodes, where Pillow's own guard
+against decompression bombs stops at 179 megapixels.
 """
 
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
+
+register_heif_opener()  # .heic/.heif: what iPhones save by default
 
 ImageSource = bytes | str | Path | Image.Image | np.ndarray
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# what cameras, phones, scanners and the web save; a folder's other files are not images
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif",
+                  ".avif"}
+# the largest image decoded: above every camera's and phone's photos (200 MP phones, 400 MP pixel-shift
+# modes), below what would take tens of gigabytes of memory (a gigapixel is 3 GB as RGB)
+MAX_PIXELS = 1_000_000_000
+_LIMIT_LOCK = threading.Lock()
+
+
+def is_hidden(path: Path) -> bool:
+    """A hidden file or folder (``.DS_Store``, macOS's ``._IMG_0001.JPG`` copies of a photo's metadata,
+    ``.thumbnails/``): never an image of the user's."""
+    return path.name.startswith(".")
+
+
+@contextmanager
+def opened(data: bytes) -> Iterator[Image.Image]:
+    """``data`` opened with Pillow, refused (as a ``DecompressionBombError``) above :data:`MAX_PIXELS`
+    rather than at Pillow's default limit; an empty file says so."""
+    if not data:
+        raise UnidentifiedImageError("the file is empty (0 bytes)")
+    with _LIMIT_LOCK:  # Pillow reads its limit from a module global while opening: ours for that moment
+        default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = default
+    with image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise Image.DecompressionBombError(
+                f"{width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,} mmcaption decodes "
+                "(mmcaption.images.MAX_PIXELS)")
+        yield image
 
 
 def check_image(data: bytes) -> str | None:
-    """``None`` if ``data`` decodes to an image, else why it does not (truncated, corrupt, not an
-    image, or so large that PIL refuses it as a decompression bomb)."""
+    """``None`` if ``data`` decodes to an image, else why it does not (empty, truncated, corrupt, not an
+    image, or above :data:`MAX_PIXELS`)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with opened(data) as image:
             image.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        if isinstance(error, UnidentifiedImageError) and data:
+            return f"not an image Pillow can read (it starts {data[:12]!r})"
         return f"{type(error).__name__}: {error}"
     return None
 
 
 def load_rgb(source: ImageSource) -> Image.Image:
     """An upright 8-bit RGB image from bytes, a file path, a PIL image or an array (``HxW`` or ``HxWxC``,
-    uint8, or floats in [0, 1]): EXIF orientation applied, 16/32-bit integer images scaled to 8 bits
-    rather than clipped to white, any other mode converted."""
+    uint8, or floats in [0, 1]): EXIF orientation applied, 16/32-bit integer and floating-point images
+    scaled to 8 bits rather than clipped, any other mode converted."""
     if isinstance(source, np.ndarray):
         array = source
         if array.dtype.kind == "f":
@@ -44,11 +88,15 @@ def load_rgb(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
+    with opened(data) as image:
         return _to_rgb(ImageOps.exif_transpose(image))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "F":  # 32-bit floating point (TIFF): [0, 1] as arrays are, else 0-255
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        return Image.fromarray(np.nan_to_num(values * scale).clip(0, 255).round().astype(np.uint8)).convert("RGB")
     if image.mode.startswith("I"):
         values = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
@@ -61,7 +109,7 @@ def shrink_image(data: bytes, shortest_side: int, quality: int = 95) -> bytes:
     resizes), or unchanged when it is no larger than that: what the model sees, at a fraction of
     the bytes of a full-size photo. The re-encoded image is upright (EXIF orientation applied before
     resizing, since the new file carries no EXIF)."""
-    with Image.open(io.BytesIO(data)) as image:
+    with opened(data) as image:
         if min(image.size) <= shortest_side:  # the shorter side does not depend on the orientation
             return data
     upright = load_rgb(data)

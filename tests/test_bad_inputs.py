@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mmcaption import images
 from mmcaption.data import CaptionDataModule, DataError, MultipleChoiceDataModule
 
 TARGET = "000000000004.jpg"  # the image each case replaces
@@ -72,8 +73,8 @@ def test_broken_images_are_named_or_skipped_and_counted(backbones, coco, kind):
 
 def test_decompression_bomb_is_refused_by_name(backbones, coco, monkeypatch):
     save(Image.new("RGB", (400, 400)), coco / "train2017" / TARGET)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 400 x 400 is then over twice the limit
-    with pytest.raises(DataError, match=rf"{TARGET} .*DecompressionBombError"):
+    monkeypatch.setattr(images, "MAX_PIXELS", 100_000)  # 400 x 400 is then over the limit
+    with pytest.raises(DataError, match=rf"{TARGET} .*DecompressionBombError: 400 x 400 = 160,000 pixels, above the 100,000"):
         make_dm(backbones, coco).prepare_data()
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from peft import PeftModel
+from PIL import Image
 
 from mmcaption import Captioner
 from mmcaption.data import CaptionPredictDataModule, DataError, MultipleChoiceDataModule
@@ -160,6 +161,9 @@ def test_csv_as_excel_writes_it_bom_crlf_any_case_and_five_options(backbones, tm
            "images/img1.png,Which?,red,blue,,,,B,,\r\n"  # two trailing cells without a header, as spreadsheets leave
     path = tmp_path / "excel.csv"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # Excel's "CSV UTF-8": a byte-order mark
+    (tmp_path / "images").mkdir()
+    for name in ("img0.png", "img1.png"):
+        Image.new("RGB", (32, 32)).save(tmp_path / "images" / name)
     dm = choice_data(backbones, path, tmp_path / "o.csv")
     questions = dm.read_rows()
     assert [q.options for q in questions] == [["red", "blue", "green", "yellow", "white"], ["red", "blue"]]

@@ -94,7 +94,12 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         len(images), "referenced images are", image_dir,
     )
     missing_ids = {image.image_id for image in missing}
-    return [image for image in images.values() if image.image_id not in missing_ids and image.captions]
+    found = [image for image in images.values() if image.image_id not in missing_ids]
+    uncaptioned = [image for image in found if not image.captions]
+    if uncaptioned:  # nothing to learn from, but the user should know they are not trained on
+        first = uncaptioned[0]
+        records.note(f"images without a caption left out (first: image id {first.image_id}, {first.file_name})", len(uncaptioned))
+    return [image for image in found if image.captions]
 
 
 def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:

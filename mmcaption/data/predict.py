@@ -10,6 +10,7 @@ file and its line.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,21 +31,28 @@ from mmcaption.data.benchmarks import (
 from mmcaption.data.records import DataError
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.answers import LETTERS
-from mmcaption.images import IMAGE_SUFFIXES, check_image, load_rgb
+from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 from mmcaption.tasks import RESULT_COLUMNS
 
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
 
 
-def find_images(source: str) -> list[Path]:
-    """Images named by ``source``: a folder (searched recursively), a text file with one path per
-    line (relative to the file), or a single image."""
+def find_images(source: str, note=rank_zero_info) -> list[Path]:
+    """Images named by ``source``: a folder (searched recursively; hidden files and folders left out, and
+    ``note`` told how many other files were), a text file with one path per line (relative to the
+    file; as Windows writes it: a byte-order mark, quoted paths, backslashes), or a single image."""
     path = Path(source)
     if path.is_dir():
-        images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = [p for p in path.rglob("*") if p.is_file() and not any(is_hidden(Path(part)) for part in p.relative_to(path).parts)]
+        images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+        others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
         if not images:
-            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in folder {path}")
+            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in folder {path}"
+                            + (f"; it has {_counted(others)}" if others else ""))
+        if others and note is not None:
+            note(f"{path}: {sum(others.values())} files left out, not images by their names ({_counted(others)}); "
+                 f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
         return images
     if not path.exists():
         raise DataError(f"image source not found: {path}")
@@ -53,11 +61,43 @@ def find_images(source: str) -> list[Path]:
     if path.suffix.lower() in (".json", ".jsonl"):
         raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
                         "or a text file with one image path per line")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    images = [p if p.is_absolute() else path.parent / p for p in map(Path, filter(None, lines))]
-    if not images:
+    data = path.read_bytes()
+    if check_image(data) is None:  # an image under another name (a download's .jpg_large, no suffix)
+        return [path]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is neither an image nor a list of image paths in UTF-8 text (byte {error.start} is "
+                        f"{data[error.start:error.start + 1]!r}): give a folder of images, one image, or a text file with "
+                        "one image path per line, saved as UTF-8") from None
+    names = [line.strip().strip('"').strip("'").strip() for line in text.splitlines()]
+    if not any(names):
         raise DataError(f"image list {path} is empty")
-    return images
+    return image_paths(list(filter(None, names)), path.parent, path, where="a line gives an absolute path")
+
+
+def _counted(suffixes: Counter) -> str:
+    return ", ".join(f"{count} x {suffix}" for suffix, count in suffixes.most_common())
+
+
+def user_path(name: str, root: Path) -> Path:
+    """The image a file names: relative to ``root`` unless absolute, and with a Windows path's backslashes
+    read as separators when the name as written is not there."""
+    path = root / name
+    if "\\" in name and os.sep == "/" and not path.exists():
+        path = root / name.replace("\\", "/")
+    return path
+
+
+def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder") -> list[Path]:
+    """The images of a questions file's rows, relative to ``root``; refused, naming the first, when not one
+    of them is there (a wrong folder would otherwise give a run of "image not found" rows)."""
+    paths = [user_path(name, root) for name in names]
+    if paths and not any(p.is_file() for p in paths):
+        hint = f"; {names[0]} is there relative to the working directory" if Path(names[0]).is_file() else ""
+        raise DataError(f"none of the {len(paths)} images of {file} was found: the first, {names[0]!r}, was looked for at "
+                        f"{paths[0]}. Images are relative to {root} (the file's folder, unless {where}){hint}")
+    return paths
 
 
 class _ImageRows(Dataset):
@@ -240,7 +280,7 @@ class CaptionPredictDataModule(_PredictDataModule):
         return [Path(self.images)] if Path(self.images).is_file() else []
 
     def check_inputs(self, stage: str = "predict") -> None:
-        find_images(self.images)
+        find_images(self.images, note=None)
 
     def setup(self, stage: str) -> None:
         paths = find_images(self.images)
@@ -341,6 +381,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
             prompts.append(prompt)
             option_ids.append(ids)
         # an absolute img_path stays as it is; an MMBench image is the file's own
-        paths = [q.image if isinstance(q.image, EmbeddedImage) else root / q.image for q in questions]
+        files = iter(image_paths([q.image for q in questions if not isinstance(q.image, EmbeddedImage)], root, self.csv_file))
+        paths = [q.image if isinstance(q.image, EmbeddedImage) else next(files) for q in questions]
         self.dataset = _ChoiceRows([q.record for q in questions], paths, self.image_processor, self.image_size, prompts, option_ids,
                                    [q.options for q in questions], self.method)

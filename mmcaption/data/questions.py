@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mmcaption.data.predict import _ImageRows, _PredictDataModule
+from mmcaption.data.predict import _ImageRows, _PredictDataModule, image_paths
 from mmcaption.data.records import DataError, read_json
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -45,19 +45,19 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     refused naming ``where`` (by default the file and the line)."""
     image = next((str(record[name]).strip() for name in IMAGE_COLUMNS if record.get(name) not in (None, "")), "")
     question = str(record.get("question") or "").strip()
-    answer, answers = record.get("answer"), record.get("answers")
+    answer, answers = _text(record.get("answer")), record.get("answers")
     problems = [f"no {what}" for what, value in (("image (column image or img_path)", image), ("question", question)) if not value]
     if answer is not None and not isinstance(answer, str):
-        problems.append(f"answer {answer!r} is not a string")
+        problems.append(f"answer {answer!r} is not a string or a number")
     if isinstance(answers, str):  # a CSV cell: a JSON list, as ``mmcaption predict`` writes lists to a CSV
         try:
             answers = json.loads(answers) if answers.strip() else None
         except json.JSONDecodeError:
             answers = answers if answers.strip() else None
     if answers is not None:  # VQAv2-style: the human answers, as strings or as {"answer": ...} objects
-        answers = [a.get("answer") if isinstance(a, dict) else a for a in answers] if isinstance(answers, list) else None
+        answers = [_text(a.get("answer") if isinstance(a, dict) else a) for a in answers] if isinstance(answers, list) else None
         if not answers or not all(isinstance(a, str) for a in answers):
-            problems.append("answers must be a non-empty list of strings or of {\"answer\": ...} objects "
+            problems.append("answers must be a non-empty list of strings (or numbers) or of {\"answer\": ...} objects "
                             "(in a CSV cell: a JSON list, [\"two\", \"2\", ...])")
         else:
             record = {**record, "answers": answers}
@@ -65,6 +65,13 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
         raise DataError(f"{where or f'{path}, line {line}'}: " + "; ".join(problems))
     kept = {k: v for k, v in record.items() if k not in RESULT_COLUMNS}
     return OpenQuestion(line, kept, image, question, (answer or "").strip() or None)
+
+
+def _text(value: Any) -> Any:
+    """A JSON number as the text a CSV cell would hold (``2`` -> ``"2"``, ``2.0`` -> ``"2"``); anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def vqa_image_folder(subtype: str) -> str:
@@ -179,6 +186,11 @@ def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQues
                 duplicates = sorted({name for name in header if name and header.count(name) > 1})
                 if duplicates:
                     raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
+                if "question" not in header or not any(name in header for name in IMAGE_COLUMNS):
+                    separated = next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
+                                      (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
+                    raise DataError(f"{path}: the header needs the columns image (or img_path) and question, and it has "
+                                    f"{header}{separated}")
                 start = reader.line_num + 1
                 for fields in reader:
                     if any(field.strip() for field in fields):
@@ -281,6 +293,6 @@ class QuestionsPredictDataModule(_PredictDataModule):
             root = vqa_image_root(self.questions_file, questions, self.image_root)
         template = ConversationTemplate(system=self.system_prompt)
         prompts = [template.prompt(q.question, self.tokenizer) for q in questions]
-        paths = [root / q.image for q in questions]  # an absolute img_path stays as it is
+        paths = image_paths([q.image for q in questions], root, self.questions_file)  # an absolute one stays as it is
         records = [{**q.record, "answer": q.answer} if q.answer else q.record for q in questions]
         self.dataset = _QuestionRows(records, paths, self.image_processor, self.image_size, prompts)

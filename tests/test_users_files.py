@@ -1,0 +1,150 @@
+"""Files as users have them, for predict and training: iPhones' HEIC photos, 200-megapixel phone photos,
+folders a Mac or Windows has been in, image lists saved by Notepad, paths relative to the wrong folder."""
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmcaption import images
+from mmcaption.data import CaptionDataModule, DataError, MultipleChoiceDataModule
+from mmcaption.data.predict import find_images
+from mmcaption.data.questions import read_questions
+from mmcaption.images import check_image, load_rgb
+
+from .test_images import is_upright, upright_picture
+
+
+def jpeg(picture: Image.Image) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+def test_photos_above_pillows_own_limit_decode_and_pillow_keeps_its_setting(monkeypatch):
+    # a 200-megapixel phone's photo (16320 x 12240) is above Pillow's 179-megapixel refusal; scaled down here:
+    # with Pillow's limit at 10,000 pixels a 200 x 150 photo stands for it
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    data = jpeg(upright_picture(200, 150))
+    with pytest.raises(Image.DecompressionBombError):  # what Pillow alone does
+        Image.open(io.BytesIO(data))
+    assert check_image(data) is None and is_upright(load_rgb(data)) and load_rgb(data).size == (200, 150)
+    assert Image.MAX_IMAGE_PIXELS == 10_000  # the user's own Pillow setting is untouched
+    monkeypatch.setattr(images, "MAX_PIXELS", 20_000)  # above mmcaption's limit: refused with the size
+    assert check_image(data) == "DecompressionBombError: 200 x 150 = 30,000 pixels, above the 20,000 mmcaption decodes " \
+                                "(mmcaption.images.MAX_PIXELS)"
+
+
+def test_heic_photos_are_read_and_found():
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    out = io.BytesIO()
+    upright_picture(64, 48).save(out, format="HEIF", quality=95)
+    assert check_image(out.getvalue()) is None and is_upright(load_rgb(out.getvalue()))
+    assert {".heic", ".heif"} <= images.IMAGE_SUFFIXES
+
+
+def test_empty_files_and_other_files_say_what_they_are():
+    assert check_image(b"") == "UnidentifiedImageError: the file is empty (0 bytes)"
+    assert check_image(b"this is not an image\n") == "not an image Pillow can read (it starts b'this is not ')"
+
+
+def test_floating_point_tiffs_are_scaled_not_black(tmp_path):
+    path = tmp_path / "scan.tif"
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32), mode="F").save(path)
+    assert np.asarray(load_rgb(path))[0, 0].tolist() == [128, 128, 128]
+
+
+def test_a_folder_leaves_out_hidden_files_and_says_what_else_it_left_out(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "2024" / ".thumbnails").mkdir(parents=True)
+    photo = jpeg(upright_picture(32, 32))
+    for name in ("IMG_0001.JPG", "download.jfif", "2024/IMG_0002.jpe", "2024/.thumbnails/IMG_0002.jpg", "._IMG_0001.JPG"):
+        (folder / name).write_bytes(photo if not name.startswith("._") else b"\x00\x05\x16\x07AppleDouble")
+    (folder / "notes.txt").write_text("holiday")
+    (folder / "clip.mov").write_bytes(b"\x00" * 16)
+    (folder / ".DS_Store").write_bytes(b"\x00" * 16)
+    notes = []
+    found = find_images(str(folder), note=notes.append)
+    assert [p.relative_to(folder).as_posix() for p in found] == ["2024/IMG_0002.jpe", "IMG_0001.JPG", "download.jfif"]
+    assert len(notes) == 1 and notes[0].startswith(f"{folder}: 2 files left out, not images by their names (")
+    assert "1 x .txt" in notes[0] and "1 x .mov" in notes[0]
+
+
+def test_an_image_list_as_windows_saves_it(tmp_path):
+    (tmp_path / "photos").mkdir()
+    for name in ("a.jpg", "b c.jpg"):
+        (tmp_path / "photos" / name).write_bytes(jpeg(upright_picture(32, 32)))
+    listing = tmp_path / "list.txt"  # Notepad: a byte-order mark, CRLF; Explorer's "Copy as path" quotes; backslashes
+    listing.write_bytes("\ufeffphotos\\a.jpg\r\n\"photos/b c.jpg\"\r\n\r\n".encode())
+    assert find_images(str(listing)) == [tmp_path / "photos" / "a.jpg", tmp_path / "photos" / "b c.jpg"]
+
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("photos/caf\xe9.jpg\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"latin.txt is neither an image nor a list of image paths in UTF-8 text \(byte 10 is b.\\xe9.\)"):
+        find_images(str(latin))
+
+    nowhere = tmp_path / "nowhere.txt"
+    nowhere.write_text("a.jpg\nb.jpg\n")  # relative to the working directory, not to the list
+    with pytest.raises(DataError, match=r"none of the 2 images of .*nowhere.txt was found: the first, 'a.jpg', was looked for at "):
+        find_images(str(nowhere))
+
+    unnamed = tmp_path / "photo_from_a_browser"  # an image without a suffix, given as the one image
+    unnamed.write_bytes(jpeg(upright_picture(32, 32)))
+    assert find_images(str(unnamed)) == [unnamed]
+
+
+def test_questions_whose_images_are_all_elsewhere_are_refused_with_the_folder(backbones, tmp_path, monkeypatch):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(jpeg(upright_picture(32, 32)))
+    (tmp_path / "mc").mkdir()
+    csv_file = tmp_path / "mc" / "questions.csv"  # img_path relative to the working directory, not to the CSV
+    csv_file.write_text("img_path,Question,A,B,answer\nimages/a.jpg,What colour?,red,blue,A\nimages/a.jpg,Which side?,left,right,B\n")
+    monkeypatch.chdir(tmp_path)
+    dm = MultipleChoiceDataModule(csv_file=str(csv_file), tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
+    with pytest.raises(DataError, match=r"none of the 2 images of .*questions.csv was found: the first, 'images/a.jpg', was looked "
+                                        r"for at .*mc/images/a.jpg. Images are relative to .*mc \(the file's folder, unless "
+                                        r"--data.image_root gives their folder\); images/a.jpg is there relative to the working directory"):
+        dm.setup("predict")
+    windows = tmp_path / "windows.csv"  # backslashes, as a spreadsheet on Windows writes relative paths
+    windows.write_text("img_path,Question,A,B\nimages\\a.jpg,What colour?,red,blue\n")
+    dm = MultipleChoiceDataModule(csv_file=str(windows), tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
+    dm.setup("predict")
+    assert dm.dataset[0]["error"] is None
+
+
+def test_question_files_take_number_answers_and_name_a_semicolon_header(tmp_path):
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text(json.dumps({"image": "a.jpg", "question": "How many?", "answer": 2}) + "\n"
+                     + json.dumps({"image": "a.jpg", "question": "How many?", "answers": [2, "two", 2.0]}) + "\n")
+    first, second = read_questions(jsonl)
+    assert first.answer == "2" and second.record["answers"] == ["2", "two", "2"]
+    jsonl.write_text(json.dumps({"image": "a.jpg", "question": "Is it?", "answer": True}) + "\n")
+    with pytest.raises(DataError, match=r"q.jsonl, line 1: answer True is not a string or a number"):
+        read_questions(jsonl)
+    semicolons = tmp_path / "q.csv"
+    semicolons.write_text("image;question;answer\na.jpg;How many?;2\n")
+    with pytest.raises(DataError, match=r"q.csv: the header needs the columns image \(or img_path\) and question, and it has "
+                                        r"\['image;question;answer'\]; it looks separated by semicolons: save it comma-separated"):
+        read_questions(semicolons)
+
+
+def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbones, coco_root, tmp_path, monkeypatch):
+    coco = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    annotations = coco / "annotations" / "captions_train2017.json"
+    content = json.loads(annotations.read_text())
+    uncaptioned = {entry["id"] for entry in content["images"][:2]}
+    content["annotations"] = [a for a in content["annotations"] if a["image_id"] not in uncaptioned]
+    annotations.write_text(json.dumps(content))
+    warned = []
+    monkeypatch.setattr("mmcaption.data.records.rank_zero_warn", warned.append)
+    dm = CaptionDataModule(data_dir=str(coco), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
+                           num_workers=0, batch_size=2)
+    dm.prepare_data()
+    first = min(uncaptioned)
+    assert any(f"2 x images without a caption left out (first: image id {first}," in message for message in warned), warned
