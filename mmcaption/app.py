@@ -191,7 +191,7 @@ def build(captioner: Captioner, model_name: str = ""):
     return page
 
 
-@user_errors_exit
+@user_errors_exit(signals=False)  # the web server stops on Ctrl-C its own way
 def main(argv: list[str] | None = None) -> None:
     """``mmcaption-app``."""
     parser = argparse.ArgumentParser(prog="mmcaption-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

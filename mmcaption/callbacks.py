@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 
-from mmcaption.errors import ResumeError, RunInterrupted
+from mmcaption.errors import Interrupted, ResumeError, RunInterrupted
 
 
 def save_resumable_checkpoint(trainer) -> str:
@@ -66,7 +66,7 @@ class ResumableStop(Callback):
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signal is not None and signum == signal.SIGINT:
             self._restore_handlers()
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+            raise Interrupted(signum, "stopped by a second Ctrl-C, without saving: the checkpoints saved before are kept")
         self.signal = signum
         print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step "
               "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)

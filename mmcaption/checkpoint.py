@@ -56,15 +56,15 @@ class CheckpointMismatchError(MMCaptionError, RuntimeError):
     """A checkpoint whose tensors do not fit the model being built."""
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; refuse pickled code, naming the file, and any file
     that is not a readable checkpoint (truncated, corrupted, another kind of file), whatever error the
-    unpickler met in it."""
+    unpickler met in it. ``mmap``: tensors are read from the file only when used (to read its metadata)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"{path}: refused - it contains pickled objects other than tensors and plain containers, which "

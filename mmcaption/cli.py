@@ -27,7 +27,7 @@ from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
 from mmcaption.checkpoint import AtomicCheckpointIO, load_checkpoint_file
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import ConfigError, RunInterrupted, user_errors_exit
+from mmcaption.errors import ConfigError, MMCaptionError, RunInterrupted, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, locks_released_after
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
@@ -138,9 +138,11 @@ class MMCaptionCLI(LightningCLI):
         if self.subcommand == "fit":
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-                    if not Path(callback.dirpath).is_dir() or not any(Path(callback.dirpath).iterdir()):
-                        # Lightning would warn that the folder "exists and is not empty": only the lock is in it
-                        warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(callback.dirpath))} exists")
+                    # Lightning would only warn that the folder "exists and is not empty" (a lock left by a kill
+                    # counts): earlier checkpoints are named below, with what this run does beside them
+                    warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(callback.dirpath))} exists")
+                    if not self.config[self.subcommand].get("ckpt_path") and trainer.global_rank == 0:
+                        earlier_checkpoints_note(Path(callback.dirpath))
                     check_writable(callback.dirpath, "checkpoints")
                     if trainer.global_rank == 0:
                         FolderLock(callback.dirpath).acquire()
@@ -155,6 +157,25 @@ class MMCaptionCLI(LightningCLI):
                     check_writable(folder, "logs")
         if self.subcommand == "predict" and hasattr(self.datamodule, "check_output"):
             self.datamodule.check_output(trainer.world_size, trainer.global_rank)
+
+
+def earlier_checkpoints_note(folder: Path) -> None:
+    """Say so when a new ``fit`` (no ``--ckpt_path``) saves into a folder holding an earlier run's
+    checkpoints: it starts at step 0 and Lightning names its files beside them (``last-v1.ckpt``), so
+    ``last.ckpt`` stays the earlier run's - which ``init_from`` or a script may point at."""
+    earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not earlier:
+        return
+    last = folder / "last.ckpt"
+    step = ""
+    if last.is_file():
+        with contextlib.suppress(MMCaptionError):
+            step = f"; last.ckpt is at step {load_checkpoint_file(last, mmap=True).get('global_step')}"
+    names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+    print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
+          "beside them under new names (last-v1.ckpt, ...); last.ckpt stays the earlier run's. To continue that run "
+          "instead, stop and add --ckpt_path last; to keep the runs apart, give this one another checkpoint folder.",
+          file=sys.stderr, flush=True)
 
 
 PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")
@@ -242,6 +263,8 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
     quiet_lightning()
     with warnings.catch_warnings(), locks_released_after():
         filter_warnings()
+        if args is not None:  # the pipeline's and the demo's stages: their own arguments, not the command line's
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
         return MMCaptionCLI(
             MultimodalCaptioner,
             LightningDataModule,

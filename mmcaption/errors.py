@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from functools import wraps
 from typing import Any
 
@@ -52,19 +54,57 @@ class FolderLockedError(MMCaptionError):
     """Another run is writing to the same checkpoint folder."""
 
 
-class RunInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint it can be resumed from."""
+class Interrupted(BaseException):
+    """The command was stopped by Ctrl-C (SIGINT) or SIGTERM (``docker stop``, ``kill``, a scheduler): it
+    exits with 130 / 143, as a shell reports a process killed by the signal, after one line saying so. A
+    ``BaseException``, as ``KeyboardInterrupt`` is: no library's ``except Exception`` takes it for an error
+    of its own (``datasets`` would wrap it in a generation error)."""
 
-    def __init__(self, signum: int, checkpoint: str | None, step: int) -> None:
-        self.signum, self.checkpoint, self.step = signum, checkpoint, step
-        name = signal.Signals(signum).name
-        where = f"saved {checkpoint}" if checkpoint else "nothing saved"
-        resume = f"; resume by running the same command with --ckpt_path {checkpoint}" if checkpoint else ""
-        super().__init__(f"stopped by {name} at step {step}: {where}{resume}")
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        self.signum = signum
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum  # what a shell reports for a process killed by the signal: 130, 143
+        return 128 + self.signum
+
+
+class RunInterrupted(Interrupted):
+    """Training stopped on a signal after saving a checkpoint it can be resumed from."""
+
+    def __init__(self, signum: int, checkpoint: str | None, step: int) -> None:
+        self.checkpoint, self.step = checkpoint, step
+        name = signal.Signals(signum).name
+        where = f"saved {checkpoint}" if checkpoint else "nothing saved"
+        resume = f"; resume by running the same command with --ckpt_path {checkpoint}" if checkpoint else ""
+        super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}")
+
+
+@contextmanager
+def signals_stop() -> Iterator[None]:
+    """For the block, Ctrl-C and SIGTERM raise :class:`Interrupted` in this process: what is running
+    cleans up as after any error (a staging folder removed, the rows done kept), where SIGTERM's default
+    kills the process on the spot and Ctrl-C ends in a traceback, or in Lightning's exit status 1.
+    Training sets its own handlers inside the block (:class:`~mmcaption.callbacks.ResumableStop`) and
+    puts these back. A DataLoader worker (a forked copy of the process) keeps Python's default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked worker: stop as Python would, its parent reports
+            raise KeyboardInterrupt
+        raise Interrupted(signum)
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def one_line(error: BaseException) -> str:
@@ -77,15 +117,20 @@ def one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
 
 
-def user_errors_exit(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a console script: a user error prints ``error: <message>`` and exits 2, an interrupted run
-    prints how to resume and exits 130 / 143; everything else propagates with its traceback."""
+def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = True) -> Any:
+    """Wrap a console script: a user error prints ``error: <message>`` and exits 2, a command stopped by
+    Ctrl-C or SIGTERM prints what was kept (how to resume a training run) and exits 130 / 143 (with
+    ``signals``, the signals are turned into :class:`Interrupted` while it runs: :func:`signals_stop`);
+    everything else propagates with its traceback."""
+    if main is None:
+        return lambda function: user_errors_exit(function, signals=signals)
 
     @wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return main(*args, **kwargs)
-        except RunInterrupted as interrupted:
+            with signals_stop() if signals else nullcontext():
+                return main(*args, **kwargs)
+        except Interrupted as interrupted:
             print(str(interrupted), file=sys.stderr)
             sys.exit(interrupted.exit_code)
         except MMCaptionError as error:

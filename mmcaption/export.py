@@ -24,7 +24,7 @@ from huggingface_hub import is_offline_mode, snapshot_download
 
 from mmcaption.checkpoint import model_from_checkpoint
 from mmcaption.errors import ConfigError, user_errors_exit
-from mmcaption.folders import check_new_folder, replace_folder, staging_folder
+from mmcaption.folders import as_umask_allows, check_new_folder, replace_folder, staging_folder
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.card import DATA_SETTINGS
 from mmcaption.model.multimodal import CONFIG_FILE
@@ -85,6 +85,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
             manifest["backbones"] = {name: copy_backbone(getattr(model.config, name), staging / "backbones" / name)
                                      for name in ("language_model", "vision_model")}
             (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
+        as_umask_allows(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -8,7 +8,8 @@ is the same as the two-line recipe
     mmcaption fit --config configs/instruct.yaml --model.init_from <the caption stage's best checkpoint>
 
 Each stage writes its checkpoints and logs where its config says (``checkpoints/<stage>/``,
-``lightning_logs/<stage>/``). Extra arguments are passed to both stages' ``fit``.
+``lightning_logs/<stage>/``). Extra arguments are passed to both stages' ``fit``, except ``--ckpt_path``,
+which resumes the stage whose checkpoint it is (:func:`run_pipeline`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmcaption.cli import MMCaptionCLI, check_command, run_cli
-from mmcaption.errors import user_errors_exit
+from mmcaption.checkpoint import load_checkpoint_file
+from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, check_command, run_cli
+from mmcaption.errors import ConfigError, user_errors_exit
 
 
 @dataclass
@@ -39,18 +41,51 @@ def handoff_checkpoint(cli: MMCaptionCLI) -> str:
     return path
 
 
+def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """``--ckpt_path`` taken out of the fit arguments, with the stage whose checkpoint it is (read from the
+    checkpoint; ``None`` for ``last`` and the other keywords, which each stage resolves in its own folder)."""
+    rest, path = [], None
+    arguments = iter(fit_args)
+    for argument in arguments:
+        if argument == "--ckpt_path":
+            path = next(arguments, None)
+        elif argument.startswith("--ckpt_path="):
+            path = argument.split("=", 1)[1]
+        else:
+            rest.append(argument)
+    if path is None or path in CHECKPOINT_KEYWORDS or path == "null":
+        return (None if path == "null" else path), None, rest
+    stage = load_checkpoint_file(path, mmap=True).get("training_data", {}).get("stage")
+    if stage not in ("caption", "instruct"):
+        raise ConfigError(f"--ckpt_path {path}: the checkpoint does not say which stage it trained (not written by mmcaption fit?)")
+    return path, stage, rest
+
+
 def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = (), check: bool = True) -> list[StageResult]:
     """Train both stages. With ``check``, the instruct stage is checked (settings, data files, folders)
     before the caption stage starts: a missing LLaVA file is found in seconds, not after the caption
-    stage's hours (its ``init_from``, the caption stage's checkpoint, is not there yet)."""
-    if check:
-        check_command(["fit", "--config", instruct_config, *fit_args, "--model.init_from", "null"])
-    print(f"== stage 1, captions: mmcaption fit --config {caption_config} ==", flush=True)
-    caption = run_cli(["fit", "--config", caption_config, *fit_args])
+    stage's hours (its ``init_from``, the caption stage's checkpoint, is not there yet).
+
+    ``--ckpt_path`` resumes the stage whose checkpoint it is, as the message of an interrupted run says:
+    a caption checkpoint resumes the caption stage, then the instruct stage starts from its result; an
+    instruct checkpoint resumes the instruct stage (the caption stage is done); ``last`` resumes each stage
+    from its own last checkpoint (a finished caption stage ends at once)."""
+    checkpoint, stage, fit_args = resumed_stage(list(fit_args))
+    resume = ["--ckpt_path", checkpoint] if checkpoint else []
+    if check:  # as the instruct stage will run: resumed, unless the checkpoint is the caption stage's
+        check_command(["fit", "--config", instruct_config, *fit_args, "--model.init_from", "null",
+                       *(resume if stage != "caption" else [])])
+    if stage == "instruct":
+        print(f"== stage 1, captions: done; resuming stage 2 from {checkpoint} ==", flush=True)
+        instruct = run_cli(["fit", "--config", instruct_config, "--model.init_from", "null", *fit_args, *resume])
+        return [StageResult("instruct", instruct, handoff_checkpoint(instruct))]
+    print(f"== stage 1, captions: mmcaption fit --config {caption_config}{' ' + ' '.join(resume) if resume else ''} ==", flush=True)
+    caption = run_cli(["fit", "--config", caption_config, *fit_args, *resume])
     caption_checkpoint = handoff_checkpoint(caption)
+    resume = resume if stage is None else []  # a caption checkpoint is the caption stage's only
     print(f"== stage 2, instructions: mmcaption fit --config {instruct_config} --model.init_from {caption_checkpoint} ==",
           flush=True)
-    instruct = run_cli(["fit", "--config", instruct_config, "--model.init_from", caption_checkpoint, *fit_args])
+    instruct = run_cli(["fit", "--config", instruct_config, "--model.init_from", caption_checkpoint, *fit_args, *resume])
     return [
         StageResult("caption", caption, caption_checkpoint),
         StageResult("instruct", instruct, handoff_checkpoint(instruct)),

@@ -4,14 +4,17 @@ CircularEval, VQA accuracy) beside them, and VQA's results file for its evaluati
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -31,8 +34,9 @@ class PredictionWriter(BasePredictionWriter):
     Questions from VQAv2's official file also give ``<output>.vqa_results.json``, the ``[{"question_id",
     "answer"}]`` its evaluation server takes (test-dev is scored there), each answer normalised as scored.
 
-    Interrupted (Ctrl-C, an error), the rows done so far are kept under ``output`` with the summary so
-    far. The data module's ``check_output`` refuses an output that is one of its inputs, or that exists
+    Interrupted (Ctrl-C, SIGTERM, an error), the rows done so far are kept under ``output`` with the summary so
+    far; when ``output`` held an earlier run's rows (``overwrite``), they stay, and the rows done go to
+    ``<stem>.interrupted<suffix>`` instead. The data module's ``check_output`` refuses an output that is one of its inputs, or that exists
     without ``overwrite``, before anything is written."""
 
     def __init__(self) -> None:
@@ -58,6 +62,7 @@ class PredictionWriter(BasePredictionWriter):
         output = datamodule.check_output(trainer.world_size, trainer.global_rank)
         output.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.partial = output, output.with_name(f".{output.name}.partial")
+        self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
         self.handle = self.partial.open("w", newline="", encoding="utf-8")
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
@@ -161,15 +166,21 @@ class PredictionWriter(BasePredictionWriter):
         self.handle.close()
         self.handle = None
         summary = self.summary()
+        why = interrupted and (signal.Signals(interrupted.signum).name if isinstance(interrupted, Interrupted)
+                               else type(interrupted).__name__)
         if interrupted is not None and not summary["rows"]:
             self.partial.unlink(missing_ok=True)
-            rank_zero_info(f"predict stopped ({type(interrupted).__name__}) before any row was done; {self.path} not written")
+            rank_zero_info(f"predict stopped ({why}) before any row was done; {self.path} not written")
             return
         if self.late_columns:
             self._add_late_columns()
+        earlier = ""
+        if interrupted is not None and self.replacing:  # the complete output of an earlier run stays
+            earlier = f" ({self.path}, from an earlier run, is unchanged)"
+            self.path = unused_name(self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix}"))
         os.replace(self.partial, self.path)
         if interrupted is not None:
-            summary["interrupted"] = type(interrupted).__name__
+            summary["interrupted"] = why
         self.path.with_name(self.path.name + ".summary.json").write_text(json.dumps(summary, indent=2))
         if self.vqa_results is not None and interrupted is None:
             asked = {entry["question_id"] for entry in self.vqa_results}
@@ -178,7 +189,7 @@ class PredictionWriter(BasePredictionWriter):
             self.counts["vqa_results_padded"] = len(padding)
         message = f"predictions: {summary['rows']} rows -> {self.path}"
         if interrupted is not None:
-            message = f"predict stopped ({type(interrupted).__name__}); the {summary['rows']} rows done are kept -> {self.path}"
+            message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
         if summary["errors"]:
             message += f"; {summary['errors']} could not be predicted (see their 'error' field)"
         if "accuracy" in summary:
@@ -222,3 +233,9 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._finish(interrupted=exception)
+
+
+def unused_name(path: Path) -> Path:
+    """``path``, or ``<stem>-2<suffix>``, ``-3``, ... the first that does not exist."""
+    candidates = (path.with_name(f"{path.stem}-{n}{path.suffix}") for n in itertools.count(2))
+    return path if not path.exists() else next(p for p in candidates if not p.exists())

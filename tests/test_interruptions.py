@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,21 @@ import yaml
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from mmcaption import pipeline
 from mmcaption.callbacks import ResumableStop, ResumeError
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import MMCaptionCLI, main, run_cli
 from mmcaption.data import CaptionDataModule, InstructDataModule
+from mmcaption.data.cache import publish_atomically
 from mmcaption.demo.synthetic import write_llava_split
-from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError, one_line
+from mmcaption.errors import (
+    ConfigError,
+    FolderLockedError,
+    NotWritableError,
+    OutputExistsError,
+    one_line,
+    user_errors_exit,
+)
 from mmcaption.export import export_checkpoint
 from mmcaption.export import main as export_main
 from mmcaption.folders import FolderLock
@@ -371,3 +381,102 @@ def test_an_error_raised_in_a_data_loader_worker_is_reported_by_its_own_message(
                '  File "x.py", line 1, in f\nmmcaption.data.records.DataError: data.json, record 3: no captions')
     assert one_line(RuntimeError(wrapped)) == "data.json, record 3: no captions"
     assert one_line(OutputExistsError("a\n  b")) == "a b"
+
+
+class SignalAtBatch(Callback):
+    """What ``docker stop`` or Ctrl-C does to a running ``predict``: the signal arrives mid-run."""
+
+    def __init__(self, batch: int, signum: int) -> None:
+        self.batch, self.signum = batch, signum
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_in_predict_with_overwrite_keeps_the_earlier_output_and_the_rows_done(
+    backbones, trained_checkpoint, image_folder, tmp_path, signum
+):
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)  # 12 questions, 6 batches of 2
+    output = tmp_path / "answers.csv"
+    output.write_text("the complete answers of an earlier run\n")
+    dm = choice_data(backbones, questions, output)
+    dm.overwrite = True
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tmp_path, callbacks=[SignalAtBatch(1, signum)])
+
+    def run() -> None:
+        trainer.predict(module, datamodule=dm)
+
+    with pytest.raises(SystemExit) as exit_info:  # as the console script runs it
+        user_errors_exit(run)()
+    assert exit_info.value.code == 128 + signum  # 143 / 130, not Lightning's 1 (SIGTERM: not ignored)
+    assert output.read_text() == "the complete answers of an earlier run\n"
+    kept = tmp_path / "answers.interrupted.csv"
+    with kept.open() as handle:
+        assert len(list(csv.DictReader(handle))) == 2  # batch 0 (the signal came before batch 1 was written)
+    summary = json.loads(kept.with_name("answers.interrupted.csv.summary.json").read_text())
+    assert summary["rows"] == 2 and summary["interrupted"] == signal.Signals(signum).name
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the process's own handling is back
+
+
+def test_sigterm_while_preprocessing_removes_the_staging_folder_and_exits_143(tmp_path):
+    target = tmp_path / "preprocessed" / "train2017-0123"
+
+    def preprocess() -> None:
+        with publish_atomically(target) as staging:
+            (staging / "images").mkdir()
+            os.kill(os.getpid(), signal.SIGTERM)  # docker stop, half-way
+            raise AssertionError("not reached")
+
+    with pytest.raises(SystemExit) as exit_info:
+        user_errors_exit(preprocess)()
+    assert exit_info.value.code == 143
+    assert not target.exists() and not list(target.parent.iterdir())  # no hidden .partial left behind
+
+
+def _stage_checkpoint(path: Path, stage: str) -> str:
+    torch.save({"training_data": {"stage": stage}, "state_dict": {}}, path)
+    return str(path)
+
+
+def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, monkeypatch):
+    """An interrupted pipeline says "the same command with --ckpt_path <its checkpoint>": that must resume
+    that stage, not hand a caption checkpoint to the instruct stage too (which refuses it, hours later)."""
+    calls = []
+
+    class Finished:
+        def __init__(self, args):
+            calls.append(args)
+
+    monkeypatch.setattr(pipeline, "run_cli", Finished)
+    monkeypatch.setattr(pipeline, "handoff_checkpoint", lambda cli: "caption-best.ckpt")
+    caption = _stage_checkpoint(tmp_path / "caption.ckpt", "caption")
+    pipeline.run_pipeline("c.yaml", "i.yaml", ["--trainer.max_steps", "9", "--ckpt_path", caption], check=False)
+    assert calls == [["fit", "--config", "c.yaml", "--trainer.max_steps", "9", "--ckpt_path", caption],
+                     ["fit", "--config", "i.yaml", "--model.init_from", "caption-best.ckpt", "--trainer.max_steps", "9"]]
+    calls.clear()
+    instruct = _stage_checkpoint(tmp_path / "instruct.ckpt", "instruct")  # the caption stage is done: not run again
+    pipeline.run_pipeline("c.yaml", "i.yaml", [f"--ckpt_path={instruct}"], check=False)
+    assert calls == [["fit", "--config", "i.yaml", "--model.init_from", "null", "--ckpt_path", instruct]]
+    calls.clear()
+    pipeline.run_pipeline("c.yaml", "i.yaml", ["--ckpt_path", "last"], check=False)  # each stage its own last
+    assert [call[-2:] for call in calls] == [["--ckpt_path", "last"], ["--ckpt_path", "last"]]
+
+
+def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_continue_it(tmp_path, capsys):
+    from mmcaption.cli import earlier_checkpoints_note
+
+    folder = tmp_path / "checkpoints" / "caption"
+    earlier_checkpoints_note(folder)  # no folder yet, then an empty one: nothing to say
+    folder.mkdir(parents=True)
+    (folder / ".mmcaption.lock").write_text("12345 mmcaption fit")  # left by a killed run: not a checkpoint
+    earlier_checkpoints_note(folder)
+    assert capsys.readouterr().err == ""
+    torch.save({"global_step": 16, "state_dict": {}}, folder / "last.ckpt")
+    earlier_checkpoints_note(folder)
+    err = capsys.readouterr().err
+    assert f"note: {folder} holds an earlier run's checkpoints (last.ckpt; last.ckpt is at step 16). This run starts at step 0" in err
+    assert "last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path last" in err

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
@@ -515,6 +516,11 @@ def test_export_with_its_backbones_works_where_the_original_backbones_are_not(tr
     export_main([str(trained_checkpoint), str(tmp_path / "whole"), "--include_backbones"])
     assert (tmp_path / "whole" / "backbones" / "language_model" / "config.json").is_file()
     assert (tmp_path / "whole" / "backbones" / "vision_model" / "preprocessor_config.json").is_file()
+    # a folder to share: readable by others as the umask allows (a temporary folder and safetensors' files are private)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in (tmp_path / "whole", *(tmp_path / "whole").rglob("*")):
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~mask, path
 
     # as on another machine: the backbones' original locations do not exist there
     moved = tmp_path / "elsewhere" / "whole"

@@ -118,8 +118,9 @@ def built_once(target: Path, what: str) -> Iterator[None]:
 def publish_atomically(target: Path) -> Iterator[Path]:
     """Yield a staging folder beside ``target``; rename it to ``target`` only if the block completes.
 
-    A run killed half-way leaves a ``.partial`` folder that is never mistaken for a complete one
-    (and is removed by the next run's clean-up of its own staging folder, or by hand).
+    A run stopped half-way by an error, Ctrl-C or SIGTERM (:func:`~mmcaption.errors.signals_stop`) removes
+    it; one killed outright (SIGKILL, a power cut) leaves a hidden ``.partial`` folder that is never
+    mistaken for a complete one, to be removed by hand.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
