@@ -61,8 +61,17 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
     that is not a readable checkpoint (truncated, corrupted, another kind of file), whatever error the
     unpickler met in it. ``mmap``: tensors are read from the file only when used (to read its metadata)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointNotFoundError(f"{path} is a folder, not a checkpoint file: a checkpoint of mmcaption fit is a .ckpt "
+                                      "file (checkpoints/<stage>/last.ckpt); a folder written by mmcaption-export is "
+                                      "given as --model.init_from")
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):  # a torch file is a zip, or a pickle (older ones)
+        raise CheckpointFileError(f"{path}: not a checkpoint - not a file torch.save writes (it starts {head!r}); "
+                                  "a checkpoint of mmcaption fit is a .ckpt file (checkpoints/<stage>/last.ckpt)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
@@ -78,6 +87,9 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointFileError(f"{path}: not a checkpoint: it holds a {type(checkpoint).__name__}, not a dictionary")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointFileError(f"{path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
+                                  f"{sorted(map(str, checkpoint))[:8]})")
     return checkpoint
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import signal
@@ -54,9 +55,16 @@ class MMCaptionCLI(LightningCLI):
         parser.link_arguments("model.config.vision_feature_layer", "data.init_args.vision_feature_layer")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        saving = self.save_config_callback
         if self.subcommand in ("predict", "validate"):
             kwargs.setdefault("logger", False)  # their results are printed and written: no empty TensorBoard run
-        trainer = super().instantiate_trainer(**kwargs)
+            # and without a run folder Lightning would write the config as config.yaml in the working directory,
+            # over whatever file of that name the user keeps there
+            self.save_config_callback = None
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        finally:
+            self.save_config_callback = saving
         install_atomic_checkpoint_io(trainer)
         if not any(isinstance(callback, ResumableStop) for callback in trainer.callbacks):
             # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
@@ -80,6 +88,12 @@ class MMCaptionCLI(LightningCLI):
                 "torch.cuda.is_available() is False). Run it where there is one, or add --trainer.accelerator cpu to try "
                 "it on the CPU (slow at the real shapes; mmcaption-demo trains the whole model offline in minutes)"
             )
+        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path") and not config.model.get("init_from"):
+            raise ConfigError(
+                f"{self.subcommand} needs trained weights: give --ckpt_path (a checkpoint of mmcaption fit) or "
+                "--model.init_from (a checkpoint, or a folder written by mmcaption-export). Without them the projection, "
+                "cross-attention and LoRA are untrained: the model would not see the images"
+            )
         model = config.model.config
         check_backbone(model.language_model, "model.config.language_model")
         check_backbone(model.vision_model, "model.config.vision_model")
@@ -88,8 +102,9 @@ class MMCaptionCLI(LightningCLI):
         """With ``--ckpt_path``: the checkpoint's model settings, except those the user set.
 
         LightningCLI lays the checkpoint's saved hyper-parameters over the command line, so a setting
-        given with ``--model.*`` or in the config would be silently ignored. Here what the user set (what
-        differs from the defaults) wins and is listed against the checkpoint's value; the checkpoint
+        given with ``--model.*`` or in the config would be silently ignored. Here what the user set (in a
+        config or on the command line, even to its default value) wins and is listed against the
+        checkpoint's value; the checkpoint
         fills in the rest (so ``predict --ckpt_path X`` needs no config). A structural setting that
         differs (LoRA rank, injected layers, ...) is refused naming both values, as the trained tensors
         would not fit. The file is read with ``weights_only`` (a pickled payload is refused by name).
@@ -100,16 +115,22 @@ class MMCaptionCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
             return
-        saved = dict(load_checkpoint_file(ckpt_path).get("hyper_parameters") or {})
+        checkpoint = load_checkpoint_file(ckpt_path)
+        if "pytorch-lightning_version" not in checkpoint:
+            raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit (Lightning did not write it); "
+                              "to start from a file of trained weights, give it as --model.init_from")
+        saved = dict(checkpoint.get("hyper_parameters") or {})
         for key in ("_instantiator", "_class_path"):
             saved.pop(key, None)
         if not saved:
             return
         given = _flatten(self.config[subcommand]["model"].as_dict())
+        written = self._written_model_settings(subcommand)
         defaults = _flatten(self._subcommand_parsers[subcommand].get_defaults()["model"].as_dict())
         merged, notes, refused = _flatten(saved), [], []
         for key, value in given.items():
-            if value == defaults.get(key) or key not in merged or _same(key, value, merged[key]):
+            unset = key not in written if written is not None else value == defaults.get(key)
+            if unset or key not in merged or _same(key, value, merged[key]):
                 continue  # not set by the user, or unknown to the checkpoint, or the same
             if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
                 refused.append(f"{key}: checkpoint {merged[key]!r}, given {value!r}")
@@ -125,6 +146,24 @@ class MMCaptionCLI(LightningCLI):
             print(f"--ckpt_path {ckpt_path}: using the settings you gave instead of the checkpoint's: {'; '.join(notes)}",
                   file=sys.stderr, flush=True)
         self.config = self.parser.parse_object({subcommand: {"model": _unflatten(merged)}}, self.config)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._arguments = sys.argv[1:] if args is None else args
+        super().parse_arguments(parser, args)
+
+    def _written_model_settings(self, subcommand: str) -> set[str] | None:
+        """The model settings the user wrote, in a config or on the command line - whatever their value, so
+        a setting given equal to its default still wins over the checkpoint's (``None``: unknown)."""
+        if not isinstance(getattr(self, "_arguments", None), list):
+            return None
+        try:  # parsed again without the defaults; the links (model -> data) need settings this parse lacks
+            from jsonargparse._link_arguments import skip_apply_links
+
+            with skip_apply_links(), contextlib.redirect_stderr(io.StringIO()):
+                written = self.parser.parse_args(self._arguments, defaults=False)[subcommand].get("model")
+        except (SystemExit, Exception):  # noqa: BLE001 - parsed once already; fall back to comparing with defaults
+            return None
+        return set(_flatten(written.as_dict())) if written is not None else set()
 
     def after_instantiate_classes(self) -> None:
         """Before anything is loaded: every folder the run will write is writable, a checkpoint folder

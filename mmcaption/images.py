@@ -31,6 +31,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".we
 # modes), below what would take tens of gigabytes of memory (a gigapixel is 3 GB as RGB)
 MAX_PIXELS = 1_000_000_000
 _LIMIT_LOCK = threading.Lock()
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def is_hidden(path: Path) -> bool:
@@ -66,7 +67,7 @@ def check_image(data: bytes) -> str | None:
     try:
         with opened(data) as image:
             image.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except DECODE_ERRORS as error:
         if isinstance(error, UnidentifiedImageError) and data:
             return f"not an image Pillow can read (it starts {data[:12]!r})"
         return f"{type(error).__name__}: {error}"
@@ -87,9 +88,15 @@ def load_rgb(source: ImageSource) -> Image.Image:
         return _to_rgb(Image.fromarray(array.astype(np.uint8)))
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    with opened(data) as image:
-        return _to_rgb(ImageOps.exif_transpose(image))
+    if isinstance(source, bytes):
+        with opened(source) as image:
+            return _to_rgb(ImageOps.exif_transpose(image))
+    data = Path(source).read_bytes()
+    try:
+        with opened(data) as image:
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except DECODE_ERRORS:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"
+        raise ValueError(f"image {source} cannot be decoded: {check_image(data)}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -16,7 +16,12 @@ from mmcaption.errors import USER_ERROR_EXIT
 
 class MMCaptionParser(LightningArgumentParser):
     """LightningCLI's parser with short errors: the message, for a mistyped key the closest valid ones,
-    and where to see them all - instead of the whole usage (70 lines) above a one-line error."""
+    and where to see them all - instead of the whole usage (70 lines) above a one-line error. A key
+    must be written whole: argparse would take ``--trainer.max_step`` for ``--trainer.max_steps`` on the
+    command line, where the same key in a config is refused."""
+
+    def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # a parser whose caller handles the error (nested parsing)

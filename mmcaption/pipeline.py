@@ -61,7 +61,8 @@ def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str
     return path, stage, rest
 
 
-def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = (), check: bool = True) -> list[StageResult]:
+def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = (), check: bool = True,
+                 stage_args: dict[str, list[str]] | None = None) -> list[StageResult]:
     """Train both stages. With ``check``, the instruct stage is checked (settings, data files, folders)
     before the caption stage starts: a missing LLaVA file is found in seconds, not after the caption
     stage's hours (its ``init_from``, the caption stage's checkpoint, is not there yet).
@@ -69,23 +70,26 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     ``--ckpt_path`` resumes the stage whose checkpoint it is, as the message of an interrupted run says:
     a caption checkpoint resumes the caption stage, then the instruct stage starts from its result; an
     instruct checkpoint resumes the instruct stage (the caption stage is done); ``last`` resumes each stage
-    from its own last checkpoint (a finished caption stage ends at once)."""
+    from its own last checkpoint (a finished caption stage ends at once). ``stage_args``: arguments for one
+    stage only (``{"caption": [...], "instruct": [...]}``), before ``fit_args``."""
     checkpoint, stage, fit_args = resumed_stage(list(fit_args))
+    caption_args, instruct_args = ((stage_args or {}).get(name, []) for name in ("caption", "instruct"))
     resume = ["--ckpt_path", checkpoint] if checkpoint else []
     if check:  # as the instruct stage will run: resumed, unless the checkpoint is the caption stage's
-        check_command(["fit", "--config", instruct_config, *fit_args, "--model.init_from", "null",
+        check_command(["fit", "--config", instruct_config, *instruct_args, *fit_args, "--model.init_from", "null",
                        *(resume if stage != "caption" else [])])
     if stage == "instruct":
         print(f"== stage 1, captions: done; resuming stage 2 from {checkpoint} ==", flush=True)
-        instruct = run_cli(["fit", "--config", instruct_config, "--model.init_from", "null", *fit_args, *resume])
+        instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", "null", *fit_args, *resume])
         return [StageResult("instruct", instruct, handoff_checkpoint(instruct))]
     print(f"== stage 1, captions: mmcaption fit --config {caption_config}{' ' + ' '.join(resume) if resume else ''} ==", flush=True)
-    caption = run_cli(["fit", "--config", caption_config, *fit_args, *resume])
+    caption = run_cli(["fit", "--config", caption_config, *caption_args, *fit_args, *resume])
     caption_checkpoint = handoff_checkpoint(caption)
     resume = resume if stage is None else []  # a caption checkpoint is the caption stage's only
     print(f"== stage 2, instructions: mmcaption fit --config {instruct_config} --model.init_from {caption_checkpoint} ==",
           flush=True)
-    instruct = run_cli(["fit", "--config", instruct_config, "--model.init_from", caption_checkpoint, *fit_args, *resume])
+    instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", caption_checkpoint, *fit_args,
+                        *resume])
     return [
         StageResult("caption", caption, caption_checkpoint),
         StageResult("instruct", instruct, handoff_checkpoint(instruct)),

@@ -17,8 +17,9 @@ def test_shortened_demo_sees_clearly_better_than_blind(tmp_path, monkeypatch):
         # one thread, as a CI worker runs it: 5m29s, seeing beating blind by 0.42 on shape, 0.39 on multiple
         # choice and 0.24 on exact match (the README run: 0.82, 0.70, 0.70)
         "--train_images", "800", "--val_images", "60", "--language_steps", "150", "--clip_steps", "700",
-        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_progress_bar", "false", "--root", "my_demo",  # not the configs' demo_data/: both stages follow it
     ])
+    assert (tmp_path / "my_demo" / "meta.json").is_file() and not (tmp_path / "demo_data").exists()
     captions, choices = report["captions"], report["multiple_choice"]
     # seeing beats the blind control (other images' features) by a clear margin, and blind sits near chance
     for attribute in ("colour", "shape"):

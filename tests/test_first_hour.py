@@ -69,6 +69,10 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
         main(["fit", "--config", DEMO_CAPTION, "--data.init_args.batch_sise", "8"])
     assert "did you mean --data.init_args.batch_size" in capsys.readouterr().err
 
+    with pytest.raises(SystemExit):  # a key cut short is refused, not taken for the one it begins (argparse's abbreviations)
+        main(["fit", "--config", DEMO_CAPTION, "--trainer.max_step", "5"])
+    assert "--trainer.max_step: did you mean --trainer.max_steps" in capsys.readouterr().err
+
     typo = tmp_path / "typo.yaml"
     typo.write_text("model:\n  config:\n    lora_rnk: 4\n")
     with pytest.raises(SystemExit):

@@ -200,6 +200,14 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
     cli = parse(["predict", "--ckpt_path", str(trained_checkpoint), *data])  # nothing given: the checkpoint's, silently
     assert cli.model.generation == {"max_new_tokens": 8}
 
+    # given, though equal to the default (2e-4; the checkpoint was trained at 3e-2): given, so it wins, as in a config
+    assert saved["learning_rate"] == 3e-2
+    cli = parse(["predict", "--ckpt_path", str(trained_checkpoint), "--model.learning_rate", "2e-4", *data])
+    assert cli.model.learning_rate == 2e-4 and "learning_rate 0.0002 (checkpoint: 0.03)" in capsys.readouterr().err
+    config = tmp_path / "settings.yaml"
+    config.write_text("model:\n  learning_rate: 2.0e-4\n")
+    assert parse(["predict", "--config", str(config), "--ckpt_path", str(trained_checkpoint), *data]).model.learning_rate == 2e-4
+
     with pytest.raises(ConfigError, match=r"config\.lora_r: checkpoint 4, given 16"):
         parse(["predict", "--ckpt_path", str(trained_checkpoint), "--model.config.lora_r", "16", *data])
 
@@ -480,3 +488,29 @@ def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_co
     err = capsys.readouterr().err
     assert f"note: {folder} holds an earlier run's checkpoints (last.ckpt; last.ckpt is at step 16). This run starts at step 0" in err
     assert "last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path last" in err
+
+
+def test_predict_needs_trained_weights_names_files_that_are_not_checkpoints_and_keeps_a_users_config_yaml(
+    backbones, trained_checkpoint, image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("# my own settings\n")  # predict ran without a run folder wrote its config here
+    output = tmp_path / "captions.jsonl"
+    base = ["predict", "--data", "mmcaption.data.CaptionPredictDataModule", "--data.images", str(image_folder),
+            "--data.output", str(output), "--trainer.enable_progress_bar", "false",
+            "--model.config.language_model", str(backbones[0]), "--model.config.vision_model", str(backbones[1])]
+    assert "predict needs trained weights: give --ckpt_path" in user_error(capsys, main, base)  # was: untrained captions
+    assert not output.exists()
+
+    yaml_file = tmp_path / "caption.yaml"
+    yaml_file.write_text("model:\n  learning_rate: 1.0e-3\n")
+    assert "not a file torch.save writes" in user_error(capsys, main, [*base, "--ckpt_path", str(yaml_file)])  # not "unsafe"
+    weights = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, weights)
+    assert "is not a checkpoint of mmcaption fit (Lightning did not write it)" in user_error(
+        capsys, main, [*base, "--ckpt_path", str(weights)])
+    assert "is a folder, not a checkpoint file" in user_error(capsys, main, [*base, "--ckpt_path", str(tmp_path)])
+
+    main([*base, "--ckpt_path", str(trained_checkpoint)])
+    assert len(output.read_text().splitlines()) == 3
+    assert (tmp_path / "config.yaml").read_text() == "# my own settings\n"

@@ -49,9 +49,13 @@ def test_heic_photos_are_read_and_found():
     assert {".heic", ".heif"} <= images.IMAGE_SUFFIXES
 
 
-def test_empty_files_and_other_files_say_what_they_are():
+def test_empty_files_and_other_files_say_what_they_are(tmp_path):
     assert check_image(b"") == "UnidentifiedImageError: the file is empty (0 bytes)"
     assert check_image(b"this is not an image\n") == "not an image Pillow can read (it starts b'this is not ')"
+    notes = tmp_path / "README.md"  # given to the Python API as an image: named, not "<_io.BytesIO object at 0x...>"
+    notes.write_text("this is not an image\n")
+    with pytest.raises(ValueError, match=rf"image {notes} cannot be decoded: not an image Pillow can read"):
+        load_rgb(notes)
 
 
 def test_floating_point_tiffs_are_scaled_not_black(tmp_path):

@@ -99,6 +99,18 @@ def scalar_series(log_dir: str | Path, tag: str) -> list[tuple[int, float]]:
     return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
+def root_arguments(root: Path) -> dict[str, list[str]]:
+    """Each stage's paths under ``--root`` (the demo configs name ``demo_data/``, the default)."""
+    model = ["--model.config.language_model", str(root / "backbones" / "language_model"),
+             "--model.config.vision_model", str(root / "backbones" / "vision_model")]
+    return {
+        "caption": [*model, "--data.init_args.data_dir", str(root / "coco")],
+        "instruct": [*model, "--data.init_args.train_file", str(root / "llava" / "instruct_train2017.json"),
+                     "--data.init_args.val_file", str(root / "llava" / "instruct_val2017.json"),
+                     "--data.init_args.image_root", str(root / "coco")],
+    }
+
+
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     """The ``mmcaption-demo`` console script."""
@@ -126,16 +138,18 @@ def run_demo(argv: list[str] | None = None) -> dict:
         if 0 < getattr(args, name) < 4:
             parser.error(f"--{name} must be 0 (no pretraining) or at least 4")
 
-    for stage in (args.caption, args.instruct):  # a mistyped setting is found now, not after the data is built
-        check_command(["--config", stage, *fit_args], run_checks=False)
+    stage_args = root_arguments(Path(args.root))
+    for name, stage in (("caption", args.caption), ("instruct", args.instruct)):  # a mistyped setting is found now,
+        check_command(["--config", stage, *stage_args[name], *fit_args], run_checks=False)  # not after the data is built
     start = time.perf_counter()
     root = prepare_demo_assets(args.root, args.seed, args.train_images, args.val_images, args.language_steps, args.clip_steps)
-    caption, instruct = run_pipeline(args.caption, args.instruct, fit_args)
+    caption, instruct = run_pipeline(args.caption, args.instruct, fit_args, stage_args=stage_args)
     scratch = None
     if args.scratch_control:  # the control: the same instruct stage without the caption stage's weights
         print("== the control: the instruct stage from scratch, without the caption stage's weights ==", flush=True)
         scratch = run_cli([
-            "fit", "--config", args.instruct, "--model.init_from", "null", "--trainer.enable_checkpointing", "false",
+            "fit", "--config", args.instruct, *stage_args["instruct"], "--model.init_from", "null",
+            "--trainer.enable_checkpointing", "false",
             "--trainer.callbacks", "[]", "--trainer.logger.init_args.name", "demo-instruct-scratch", *fit_args,
         ])
     training_time = time.perf_counter() - start
