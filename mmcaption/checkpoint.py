@@ -87,9 +87,6 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointFileError(f"{path}: not a checkpoint: it holds a {type(checkpoint).__name__}, not a dictionary")
-    if not isinstance(checkpoint.get("state_dict"), dict):
-        raise CheckpointFileError(f"{path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
-                                  f"{sorted(map(str, checkpoint))[:8]})")
     return checkpoint
 
 
@@ -228,6 +225,9 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
             f"init_from checkpoint not found: {path} (train the caption stage first, or point init_from at its checkpoint)"
         )
     checkpoint = load_checkpoint_file(path)
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
+                                  f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
     load_trainable_tensors(checkpoint, model)
     return {
         "path": str(path.resolve()),

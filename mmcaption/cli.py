@@ -17,7 +17,7 @@ import datasets
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -55,16 +55,12 @@ class MMCaptionCLI(LightningCLI):
         parser.link_arguments("model.config.vision_feature_layer", "data.init_args.vision_feature_layer")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        saving = self.save_config_callback
         if self.subcommand in ("predict", "validate"):
             kwargs.setdefault("logger", False)  # their results are printed and written: no empty TensorBoard run
-            # and without a run folder Lightning would write the config as config.yaml in the working directory,
-            # over whatever file of that name the user keeps there
-            self.save_config_callback = None
-        try:
-            trainer = super().instantiate_trainer(**kwargs)
-        finally:
-            self.save_config_callback = saving
+        trainer = super().instantiate_trainer(**kwargs)
+        if trainer.logger is None:  # no run folder: Lightning would write the config as config.yaml in the working
+            # directory, over whatever file of that name the user keeps there
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         install_atomic_checkpoint_io(trainer)
         if not any(isinstance(callback, ResumableStop) for callback in trainer.callbacks):
             # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
@@ -88,7 +84,11 @@ class MMCaptionCLI(LightningCLI):
                 "torch.cuda.is_available() is False). Run it where there is one, or add --trainer.accelerator cpu to try "
                 "it on the CPU (slow at the real shapes; mmcaption-demo trains the whole model offline in minutes)"
             )
-        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path") and not config.model.get("init_from"):
+        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path") and config.model.get("init_from"):
+            if rank_zero_only.rank == 0:  # a config's init_from is the stage before's: say whose weights these are
+                print(f"note: no --ckpt_path: {self.subcommand} uses the trained weights of model.init_from, "
+                      f"{config.model.init_from}", file=sys.stderr, flush=True)
+        elif self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path"):
             raise ConfigError(
                 f"{self.subcommand} needs trained weights: give --ckpt_path (a checkpoint of mmcaption fit) or "
                 "--model.init_from (a checkpoint, or a folder written by mmcaption-export). Without them the projection, "
@@ -117,8 +117,8 @@ class MMCaptionCLI(LightningCLI):
             return
         checkpoint = load_checkpoint_file(ckpt_path)
         if "pytorch-lightning_version" not in checkpoint:
-            raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit (Lightning did not write it); "
-                              "to start from a file of trained weights, give it as --model.init_from")
+            raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit (Lightning did not write it): "
+                              "give a .ckpt file from a run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
         saved = dict(checkpoint.get("hyper_parameters") or {})
         for key in ("_instantiator", "_class_path"):
             saved.pop(key, None)

@@ -86,15 +86,19 @@ def signals_stop() -> Iterator[None]:
     cleans up as after any error (a staging folder removed, the rows done kept), where SIGTERM's default
     kills the process on the spot and Ctrl-C ends in a traceback, or in Lightning's exit status 1.
     Training sets its own handlers inside the block (:class:`~mmcaption.callbacks.ResumableStop`) and
-    puts these back. A DataLoader worker (a forked copy of the process) keeps Python's default."""
+    puts these back. A forked copy of the process (a DataLoader worker without its own handlers) gets the
+    handling it had before (SIGTERM's default, Ctrl-C's KeyboardInterrupt)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     owner = os.getpid()
 
     def stop(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:  # a forked worker: stop as Python would, its parent reports
-            raise KeyboardInterrupt
+        if os.getpid() != owner:  # a forked process: the handling it had before, the signal sent again to it
+            previous_handler = previous[signum]
+            signal.signal(signum, previous_handler if previous_handler is not None else signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise Interrupted(signum)
 
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 from pillow_heif import register_heif_opener
 
 register_heif_opener()  # .heic/.heif: what iPhones save by default
@@ -26,11 +26,11 @@ register_heif_opener()  # .heic/.heif: what iPhones save by default
 ImageSource = bytes | str | Path | Image.Image | np.ndarray
 # what cameras, phones, scanners and the web save; a folder's other files are not images
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif",
-                  ".avif"}
+                  *([".avif"] if features.check("avif") else [])}  # AVIF: Pillow 11.3 and later
 # the largest image decoded: above every camera's and phone's photos (200 MP phones, 400 MP pixel-shift
 # modes), below what would take tens of gigabytes of memory (a gigapixel is 3 GB as RGB)
 MAX_PIXELS = 1_000_000_000
-_LIMIT_LOCK = threading.Lock()
+_LIMIT_LOCK = threading.RLock()
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -43,22 +43,24 @@ def is_hidden(path: Path) -> bool:
 @contextmanager
 def opened(data: bytes) -> Iterator[Image.Image]:
     """``data`` opened with Pillow, refused (as a ``DecompressionBombError``) above :data:`MAX_PIXELS`
-    rather than at Pillow's default limit; an empty file says so."""
+    rather than at Pillow's default limit; an empty file says so. Pillow reads its own limit from a
+    module global when it opens an image and again while decoding some (a TIFF's tiles, a GIF's frames):
+    for the whole block it is ours, under a lock, and the user's setting is put back after."""
     if not data:
         raise UnidentifiedImageError("the file is empty (0 bytes)")
-    with _LIMIT_LOCK:  # Pillow reads its limit from a module global while opening: ours for that moment
-        default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    with _LIMIT_LOCK:
+        default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, with its own message
         try:
-            image = Image.open(io.BytesIO(data))
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(
+                        f"{width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,} mmcaption decodes "
+                        "(mmcaption.images.MAX_PIXELS)")
+                Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # what decoding checks (a TIFF's tiles): no more than the image
+                yield image
         finally:
             Image.MAX_IMAGE_PIXELS = default
-    with image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise Image.DecompressionBombError(
-                f"{width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,} mmcaption decodes "
-                "(mmcaption.images.MAX_PIXELS)")
-        yield image
 
 
 def check_image(data: bytes) -> str | None:
@@ -95,8 +97,8 @@ def load_rgb(source: ImageSource) -> Image.Image:
     try:
         with opened(data) as image:
             return _to_rgb(ImageOps.exif_transpose(image))
-    except DECODE_ERRORS:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"
-        raise ValueError(f"image {source} cannot be decoded: {check_image(data)}") from None
+    except DECODE_ERRORS:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
+        raise UnidentifiedImageError(f"image {source} cannot be decoded: {check_image(data)}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -41,9 +41,10 @@ def handoff_checkpoint(cli: MMCaptionCLI) -> str:
     return path
 
 
-def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str]]:
+def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str], str | None]:
     """``--ckpt_path`` taken out of the fit arguments, with the stage whose checkpoint it is (read from the
-    checkpoint; ``None`` for ``last`` and the other keywords, which each stage resolves in its own folder)."""
+    checkpoint; ``None`` for ``last`` and the other keywords, which each stage resolves in its own folder), the
+    other arguments, and the ``init_from`` the checkpoint's run started from."""
     rest, path = [], None
     arguments = iter(fit_args)
     for argument in arguments:
@@ -54,11 +55,12 @@ def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str
         else:
             rest.append(argument)
     if path is None or path in CHECKPOINT_KEYWORDS or path == "null":
-        return (None if path == "null" else path), None, rest
-    stage = load_checkpoint_file(path, mmap=True).get("training_data", {}).get("stage")
+        return (None if path == "null" else path), None, rest, None
+    checkpoint = load_checkpoint_file(path, mmap=True)
+    stage = checkpoint.get("training_data", {}).get("stage")
     if stage not in ("caption", "instruct"):
         raise ConfigError(f"--ckpt_path {path}: the checkpoint does not say which stage it trained (not written by mmcaption fit?)")
-    return path, stage, rest
+    return path, stage, rest, (checkpoint.get("hyper_parameters") or {}).get("init_from")
 
 
 def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = (), check: bool = True,
@@ -72,15 +74,19 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     instruct checkpoint resumes the instruct stage (the caption stage is done); ``last`` resumes each stage
     from its own last checkpoint (a finished caption stage ends at once). ``stage_args``: arguments for one
     stage only (``{"caption": [...], "instruct": [...]}``), before ``fit_args``."""
-    checkpoint, stage, fit_args = resumed_stage(list(fit_args))
+    checkpoint, stage, fit_args, started_from = resumed_stage(list(fit_args))
     caption_args, instruct_args = ((stage_args or {}).get(name, []) for name in ("caption", "instruct"))
     resume = ["--ckpt_path", checkpoint] if checkpoint else []
+    # resuming the instruct stage: it started from the caption stage's checkpoint its own checkpoint names (the
+    # weights come from the resumed checkpoint; this keeps the setting the run had, when the file is still there)
+    init_from = started_from if stage == "instruct" and started_from and Path(started_from).exists() else "null"
     if check:  # as the instruct stage will run: resumed, unless the checkpoint is the caption stage's
-        check_command(["fit", "--config", instruct_config, *instruct_args, *fit_args, "--model.init_from", "null",
+        check_command(["fit", "--config", instruct_config, *instruct_args, *fit_args, "--model.init_from", init_from,
                        *(resume if stage != "caption" else [])])
     if stage == "instruct":
         print(f"== stage 1, captions: done; resuming stage 2 from {checkpoint} ==", flush=True)
-        instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", "null", *fit_args, *resume])
+        instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", init_from, *fit_args,
+                            *resume])
         return [StageResult("instruct", instruct, handoff_checkpoint(instruct))]
     print(f"== stage 1, captions: mmcaption fit --config {caption_config}{' ' + ' '.join(resume) if resume else ''} ==", flush=True)
     caption = run_cli(["fit", "--config", caption_config, *caption_args, *fit_args, *resume])

@@ -52,6 +52,7 @@ class PredictionWriter(BasePredictionWriter):
         self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
         self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
         self.vqa_results: list[dict[str, Any]] | None = None
+        self.official = self.replacing = False
         self.submission_ids: list[int] = []
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -70,11 +71,12 @@ class PredictionWriter(BasePredictionWriter):
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
         # VQAv2's official questions: the answers as its evaluation server takes them, written at the end by a
-        # single process (several processes each answer a share); a previous run's file goes now
-        official = getattr(datamodule, "official_vqa", False)
+        # single process (several processes each answer a share); a previous run's file goes now - or, when
+        # that run's output is being replaced, once this run has finished (an interrupted one keeps both)
+        official = self.official = getattr(datamodule, "official_vqa", False)
         self.vqa_results = [] if official and trainer.world_size == 1 else None
         self.submission_ids = datamodule.submission_question_ids() if self.vqa_results is not None else []
-        if official:
+        if official and not self.replacing:
             self.vqa_results_path(output).unlink(missing_ok=True)
         if official and trainer.world_size > 1:
             rank_zero_info("the answers for VQA's evaluation server are written by a single-process run (--trainer.devices 1); "
@@ -179,6 +181,7 @@ class PredictionWriter(BasePredictionWriter):
             earlier = f" ({self.path}, from an earlier run, is unchanged)"
             self.path = unused_name(self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix}"))
         os.replace(self.partial, self.path)
+        summary["output"] = str(self.path)
         if interrupted is not None:
             summary["interrupted"] = why
         self.path.with_name(self.path.name + ".summary.json").write_text(json.dumps(summary, indent=2))
@@ -187,6 +190,8 @@ class PredictionWriter(BasePredictionWriter):
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
             self.vqa_results_path(self.path).write_text(json.dumps(self.vqa_results + padding))
             self.counts["vqa_results_padded"] = len(padding)
+        elif self.official and interrupted is None:  # several processes: no results file, and none of an earlier run
+            self.vqa_results_path(self.path).unlink(missing_ok=True)
         message = f"predictions: {summary['rows']} rows -> {self.path}"
         if interrupted is not None:
             message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"

@@ -426,7 +426,7 @@ def test_a_signal_in_predict_with_overwrite_keeps_the_earlier_output_and_the_row
     with kept.open() as handle:
         assert len(list(csv.DictReader(handle))) == 2  # batch 0 (the signal came before batch 1 was written)
     summary = json.loads(kept.with_name("answers.interrupted.csv.summary.json").read_text())
-    assert summary["rows"] == 2 and summary["interrupted"] == signal.Signals(signum).name
+    assert summary["rows"] == 2 and summary["interrupted"] == signal.Signals(signum).name and summary["output"] == str(kept)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the process's own handling is back
 
 
@@ -445,8 +445,8 @@ def test_sigterm_while_preprocessing_removes_the_staging_folder_and_exits_143(tm
     assert not target.exists() and not list(target.parent.iterdir())  # no hidden .partial left behind
 
 
-def _stage_checkpoint(path: Path, stage: str) -> str:
-    torch.save({"training_data": {"stage": stage}, "state_dict": {}}, path)
+def _stage_checkpoint(path: Path, stage: str, init_from: str | None = None) -> str:
+    torch.save({"training_data": {"stage": stage}, "state_dict": {}, "hyper_parameters": {"init_from": init_from}}, path)
     return str(path)
 
 
@@ -466,9 +466,10 @@ def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, m
     assert calls == [["fit", "--config", "c.yaml", "--trainer.max_steps", "9", "--ckpt_path", caption],
                      ["fit", "--config", "i.yaml", "--model.init_from", "caption-best.ckpt", "--trainer.max_steps", "9"]]
     calls.clear()
-    instruct = _stage_checkpoint(tmp_path / "instruct.ckpt", "instruct")  # the caption stage is done: not run again
+    # the caption stage is done: not run again; the instruct stage keeps the init_from it started from
+    instruct = _stage_checkpoint(tmp_path / "instruct.ckpt", "instruct", init_from=caption)
     pipeline.run_pipeline("c.yaml", "i.yaml", [f"--ckpt_path={instruct}"], check=False)
-    assert calls == [["fit", "--config", "i.yaml", "--model.init_from", "null", "--ckpt_path", instruct]]
+    assert calls == [["fit", "--config", "i.yaml", "--model.init_from", caption, "--ckpt_path", instruct]]
     calls.clear()
     pipeline.run_pipeline("c.yaml", "i.yaml", ["--ckpt_path", "last"], check=False)  # each stage its own last
     assert [call[-2:] for call in calls] == [["--ckpt_path", "last"], ["--ckpt_path", "last"]]
@@ -510,7 +511,14 @@ def test_predict_needs_trained_weights_names_files_that_are_not_checkpoints_and_
     assert "is not a checkpoint of mmcaption fit (Lightning did not write it)" in user_error(
         capsys, main, [*base, "--ckpt_path", str(weights)])
     assert "is a folder, not a checkpoint file" in user_error(capsys, main, [*base, "--ckpt_path", str(tmp_path)])
+    torch.save({"weights": {}}, weights)  # was: KeyError 'state_dict'
+    assert "not a checkpoint of mmcaption fit (it has no state_dict; its keys: ['weights'])" in user_error(
+        capsys, main, [*base, "--model.init_from", str(weights)])
 
     main([*base, "--ckpt_path", str(trained_checkpoint)])
     assert len(output.read_text().splitlines()) == 3
     assert (tmp_path / "config.yaml").read_text() == "# my own settings\n"
+    capsys.readouterr()  # init_from (a config's is the stage before's): said whose weights are used
+    with pytest.raises(SystemExit):  # (refused after the note: init_from does not bring the checkpoint's LoRA rank)
+        main([*base, "--model.init_from", str(trained_checkpoint), "--data.output", str(tmp_path / "again.jsonl")])
+    assert f"note: no --ckpt_path: predict uses the trained weights of model.init_from, {trained_checkpoint}" in capsys.readouterr().err

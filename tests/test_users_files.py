@@ -33,6 +33,9 @@ def test_photos_above_pillows_own_limit_decode_and_pillow_keeps_its_setting(monk
     with pytest.raises(Image.DecompressionBombError):  # what Pillow alone does
         Image.open(io.BytesIO(data))
     assert check_image(data) is None and is_upright(load_rgb(data)) and load_rgb(data).size == (200, 150)
+    scan = io.BytesIO()  # a scanner's TIFF: Pillow checks its limit again while decoding the strips
+    upright_picture(200, 150).save(scan, format="TIFF")
+    assert check_image(scan.getvalue()) is None and is_upright(load_rgb(scan.getvalue()))
     assert Image.MAX_IMAGE_PIXELS == 10_000  # the user's own Pillow setting is untouched
     monkeypatch.setattr(images, "MAX_PIXELS", 20_000)  # above mmcaption's limit: refused with the size
     assert check_image(data) == "DecompressionBombError: 200 x 150 = 30,000 pixels, above the 20,000 mmcaption decodes " \
@@ -54,7 +57,7 @@ def test_empty_files_and_other_files_say_what_they_are(tmp_path):
     assert check_image(b"this is not an image\n") == "not an image Pillow can read (it starts b'this is not ')"
     notes = tmp_path / "README.md"  # given to the Python API as an image: named, not "<_io.BytesIO object at 0x...>"
     notes.write_text("this is not an image\n")
-    with pytest.raises(ValueError, match=rf"image {notes} cannot be decoded: not an image Pillow can read"):
+    with pytest.raises(OSError, match=rf"image {notes} cannot be decoded: not an image Pillow can read"):
         load_rgb(notes)
 
 

@@ -138,7 +138,10 @@ def run_demo(argv: list[str] | None = None) -> dict:
         if 0 < getattr(args, name) < 4:
             parser.error(f"--{name} must be 0 (no pretraining) or at least 4")
 
-    stage_args = root_arguments(Path(args.root))
+    # the demo's own configs follow --root; a config of the user's only when --root is given
+    paths = root_arguments(Path(args.root))
+    stage_args = {name: paths[name] if args.root != parser.get_default("root") or config == parser.get_default(name) else []
+                  for name, config in (("caption", args.caption), ("instruct", args.instruct))}
     for name, stage in (("caption", args.caption), ("instruct", args.instruct)):  # a mistyped setting is found now,
         check_command(["--config", stage, *stage_args[name], *fit_args], run_checks=False)  # not after the data is built
     start = time.perf_counter()
