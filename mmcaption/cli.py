@@ -84,6 +84,9 @@ class MMCaptionCLI(LightningCLI):
                 "torch.cuda.is_available() is False). Run it where there is one, or add --trainer.accelerator cpu to try "
                 "it on the CPU (slow at the real shapes; mmcaption-demo trains the whole model offline in minutes)"
             )
+        if self.subcommand != "fit":  # about resuming training from the checkpoint: nothing to act on here
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
         if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path") and config.model.get("init_from"):
             if rank_zero_only.rank == 0:  # a config's init_from is the stage before's: say whose weights these are
                 print(f"note: no --ckpt_path: {self.subcommand} uses the trained weights of model.init_from, "
@@ -271,6 +274,10 @@ class _DropLines(logging.Filter):
 
 # Warnings of the packages below mmcaption that say nothing a user of mmcaption can act on (each
 # checked against the versions pinned in pyproject.toml; a new one is worth reading before adding it).
+EPILOG = ("also: `mmcaption prepare --config C` checks and preprocesses a config's data and prints what it holds; "
+          "`mmcaption chat --model EXPORTED --image PHOTO` talks about a photo. Other commands: mmcaption-demo, "
+          "mmcaption-pipeline, mmcaption-export, mmcaption-app.")
+
 UNACTIONABLE_WARNINGS = (
     re.escape("'set_vital' is deprecated"),  # torchdata 0.11 calls a deprecated torch function at every epoch
     re.escape("`is_gradient_checkpointing` is deprecated"),  # peft asks transformers with the old name
@@ -309,6 +316,7 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
             LightningDataModule,
             subclass_mode_data=True,
             args=args,
+            parser_kwargs={"epilog": EPILOG},
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_class=MMCaptionParser,

@@ -195,3 +195,12 @@ def test_the_vision_tower_loads_the_checkpoints_weights_without_a_load_report(tm
     save_file({k: v for k, v in saved.items() if "layers.1." not in k}, broken / "model.safetensors")
     with pytest.raises(ConfigError, match=r"vision model .*broken: the checkpoint lacks \d+ of the tower's weights"):
         load_vision_model(str(broken))
+
+
+def test_the_help_names_the_commands_beyond_lightnings_four(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = re.sub(r"-\s+", "-", " ".join(capsys.readouterr().out.split()))  # the epilog is wrapped to the terminal's width
+    assert "`mmcaption prepare --config C` checks and preprocesses a config's data" in out
+    assert "`mmcaption chat --model EXPORTED --image PHOTO`" in out and "mmcaption-pipeline" in out
