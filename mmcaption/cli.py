@@ -316,7 +316,7 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
             LightningDataModule,
             subclass_mode_data=True,
             args=args,
-            parser_kwargs={"epilog": EPILOG},
+            parser_kwargs={"epilog": EPILOG, "prog": "mmcaption"},  # also when the pipeline or the demo runs a stage
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_class=MMCaptionParser,
@@ -354,7 +354,9 @@ def check_command(args: list[str], run_checks: bool = True) -> None:
         filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
         _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,
-                      auto_configure_optimizers=False, parser_class=MMCaptionParser)
+                      auto_configure_optimizers=False, parser_class=MMCaptionParser,
+                      # its tip names `mmcaption fit --help`, not the pipeline's or the demo's own --help
+                      parser_kwargs={"prog": "mmcaption" if run_checks else "mmcaption fit"})
 
 
 class _PrepareCLI(MMCaptionCLI):

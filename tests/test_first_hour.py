@@ -85,7 +85,9 @@ def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkey
     with pytest.raises(SystemExit) as exit_info:
         demo_main(["--model.config.lora_rnk", "4"])
     assert exit_info.value.code == 2
-    assert "did you mean --model.config.lora_r" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "did you mean --model.config.lora_r" in err
+    assert "tip: `mmcaption fit --help` lists every setting" in err  # the stages' settings: not the demo's own --help
     with pytest.raises(SystemExit) as exit_info:
         demo_main(["--language_steps", "2"])  # was a ZeroDivisionError once the data was built
     assert exit_info.value.code == 2 and "--language_steps must be 0 (no pretraining) or at least 4" in capsys.readouterr().err
