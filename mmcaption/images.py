@@ -97,8 +97,9 @@ def load_rgb(source: ImageSource) -> Image.Image:
     try:
         with opened(data) as image:
             return _to_rgb(ImageOps.exif_transpose(image))
-    except DECODE_ERRORS:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
-        raise UnidentifiedImageError(f"image {source} cannot be decoded: {check_image(data)}") from None
+    except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
+        why = check_image(data) or f"{type(error).__name__}: {error}"
+        raise UnidentifiedImageError(f"image {source} cannot be decoded: {why}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
