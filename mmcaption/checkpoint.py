@@ -20,9 +20,11 @@ starts a stage from an earlier stage's checkpoint or saved folder (``model.init_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -265,3 +267,22 @@ def restore_loader_position(trainer) -> None:
         _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
     fit_loop._load_combined_loader_states()
     iter(fit_loop._data_fetcher)
+
+
+def earlier_checkpoints_note(folder: Path) -> None:
+    """Say so when a new ``fit`` (no ``--ckpt_path``) saves into a folder holding an earlier run's
+    checkpoints: it starts at step 0 and Lightning names its files beside them (``last-v1.ckpt``), so
+    ``last.ckpt`` stays the earlier run's - which ``init_from`` or a script may point at."""
+    earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not earlier:
+        return
+    last = folder / "last.ckpt"
+    step = ""
+    if last.is_file():
+        with contextlib.suppress(MMCaptionError):
+            step = f"; last.ckpt is at step {load_checkpoint_file(last, mmap=True).get('global_step')}"
+    names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+    print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
+          "beside them under new names (last-v1.ckpt, ...); last.ckpt stays the earlier run's. To continue that run "
+          "instead, stop and add --ckpt_path last; to keep the runs apart, give this one another checkpoint folder.",
+          file=sys.stderr, flush=True)

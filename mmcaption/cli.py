@@ -25,10 +25,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from transformers.utils import logging as hf_logging
 
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
-from mmcaption.checkpoint import AtomicCheckpointIO, load_checkpoint_file
+from mmcaption.checkpoint import AtomicCheckpointIO, earlier_checkpoints_note, load_checkpoint_file
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import ConfigError, MMCaptionError, RunInterrupted, user_errors_exit
+from mmcaption.errors import ConfigError, RunInterrupted, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, locks_released_after
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
@@ -199,25 +199,6 @@ class MMCaptionCLI(LightningCLI):
                     check_writable(folder, "logs")
         if self.subcommand == "predict" and hasattr(self.datamodule, "check_output"):
             self.datamodule.check_output(trainer.world_size, trainer.global_rank)
-
-
-def earlier_checkpoints_note(folder: Path) -> None:
-    """Say so when a new ``fit`` (no ``--ckpt_path``) saves into a folder holding an earlier run's
-    checkpoints: it starts at step 0 and Lightning names its files beside them (``last-v1.ckpt``), so
-    ``last.ckpt`` stays the earlier run's - which ``init_from`` or a script may point at."""
-    earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
-    if not earlier:
-        return
-    last = folder / "last.ckpt"
-    step = ""
-    if last.is_file():
-        with contextlib.suppress(MMCaptionError):
-            step = f"; last.ckpt is at step {load_checkpoint_file(last, mmap=True).get('global_step')}"
-    names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
-    print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
-          "beside them under new names (last-v1.ckpt, ...); last.ckpt stays the earlier run's. To continue that run "
-          "instead, stop and add --ckpt_path last; to keep the runs apart, give this one another checkpoint folder.",
-          file=sys.stderr, flush=True)
 
 
 PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")

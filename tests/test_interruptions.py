@@ -476,7 +476,7 @@ def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, m
 
 
 def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_continue_it(tmp_path, capsys):
-    from mmcaption.cli import earlier_checkpoints_note
+    from mmcaption.checkpoint import earlier_checkpoints_note
 
     folder = tmp_path / "checkpoints" / "caption"
     earlier_checkpoints_note(folder)  # no folder yet, then an empty one: nothing to say
