@@ -6,7 +6,6 @@ import contextlib
 import io
 import logging
 import re
-import signal
 import sys
 import warnings
 from collections.abc import Iterator
@@ -21,14 +20,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from transformers.utils import logging as hf_logging
 
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
 from mmcaption.checkpoint import AtomicCheckpointIO, earlier_checkpoints_note, load_checkpoint_file
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import ConfigError, RunInterrupted, user_errors_exit
+from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, locks_released_after
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
@@ -371,7 +369,8 @@ def main(args: list[str] | None = None) -> None:
 
     Exit status: 0 done; 2 a user error (one line naming the file or setting; ``MMCAPTION_TRACEBACK=1``
     adds the traceback); 130 / 143 stopped by Ctrl-C / SIGTERM (during ``fit``, after saving a checkpoint
-    to resume from); 1 anything else (a bug: its traceback is printed).
+    to resume from; elsewhere after removing what was half-written); 1 anything else (a bug: its traceback
+    is printed).
     """
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["prepare"]:
@@ -380,10 +379,7 @@ def main(args: list[str] | None = None) -> None:
         from mmcaption.chat import main as chat_main
 
         return chat_main(argv[1:])
-    try:
-        run_cli(args)
-    except SIGTERMException:  # Lightning's own SIGTERM handling, before training began: nothing to save
-        raise RunInterrupted(signal.SIGTERM, None, 0) from None
+    run_cli(args)  # Ctrl-C and SIGTERM: user_errors_exit's handlers, which Lightning leaves in place of its own
 
 
 if __name__ == "__main__":
