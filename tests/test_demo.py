@@ -52,3 +52,23 @@ def test_the_tiny_clip_sees_exactly_what_the_image_processor_gives():
     images = [draw_scene(random_scene(rng), 64, rng) for _ in range(8)]
     expected = processor(images=images, return_tensors="pt")["pixel_values"]
     assert torch.allclose(drawn_pixel_values(images, processor), expected, atol=1e-6)
+
+
+def test_language_pretraining_packs_sequences_without_letting_them_see_each_other():
+    from mmcaption.collate import collate
+    from mmcaption.demo.tiny import build_language_model, packed_batch
+
+    model = build_language_model(vocab_size=50, eos_token_id=0).eval()
+    sequences = [[0, 5, 9, 12, 7, 0], [0, 3, 0], [0, 44, 2, 8, 0]]
+    packed = packed_batch(sequences)
+    assert packed["input_ids"].shape == (1, sum(map(len, sequences)))  # no padding
+    with torch.no_grad():
+        logits = model(**packed).logits[0]
+        start = 0
+        for ids in sequences:  # each sequence's logits are those it has alone: no attention across sequences
+            alone = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+            assert torch.allclose(logits[start:start + len(ids)], alone, atol=1e-5)
+            start += len(ids)
+        # and the loss is the padded batch's: the same tokens predicted, none across a boundary
+        padded = collate([{"input_ids": torch.tensor(s), "labels": torch.tensor(s)} for s in sequences], pad_token_id=0)
+        assert model(**packed).loss == pytest.approx(model(**padded).loss.item(), rel=1e-5)
