@@ -21,7 +21,7 @@ from mmcaption.callbacks import ResumableStop, ResumeError
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import MMCaptionCLI, main, run_cli
 from mmcaption.data import CaptionDataModule, InstructDataModule
-from mmcaption.data.cache import publish_atomically
+from mmcaption.data.cache import is_complete, publish_atomically
 from mmcaption.demo.synthetic import write_llava_split
 from mmcaption.errors import (
     ConfigError,
@@ -443,6 +443,32 @@ def test_sigterm_while_preprocessing_removes_the_staging_folder_and_exits_143(tm
         user_errors_exit(preprocess)()
     assert exit_info.value.code == 143
     assert not target.exists() and not list(target.parent.iterdir())  # no hidden .partial left behind
+
+
+def test_a_build_killed_outright_leaves_a_staging_folder_that_the_next_build_removes(backbones, coco_root, tmp_path, capsys):
+    lm, vision = backbones
+    dm = CaptionDataModule(data_dir=shutil.copytree(coco_root, tmp_path / "coco"), tokenizer=lm, image_processor=vision,
+                           cache_image_features=True, vision_feature_layer=-2, batch_size=4, num_workers=0)
+    target = dm.split_folder("train2017")
+    # what SIGKILL (the OOM killer, a power cut) half-way through building the split leaves: nothing runs cleanup
+    leftover = target.parent / f".{target.name}.k1ll3d.partial"
+    (leftover / "images").mkdir(parents=True)
+    (leftover / "images" / "data-00000-of-00001.arrow").write_bytes(b"\0" * 3 * 2**20)
+    other = target.parent / ".train2017-0123456789abcdef.x.partial"  # another build's (other settings): not ours to judge
+    other.mkdir()
+    dm.prepare_data()
+    assert is_complete(target) and not leftover.exists() and other.is_dir()
+    err = capsys.readouterr().err
+    assert f"removed {leftover} (3.0 MB)" in err and "killed" in err
+    # without the build's lock (another process may be writing it) a staging folder is left alone
+    alive = target.parent / f".{target.name}.al1ve.partial"
+    alive.mkdir()
+    with publish_atomically(target.parent / "elsewhere"):
+        pass
+    shutil.rmtree(target)
+    with publish_atomically(target):
+        pass
+    assert alive.is_dir()
 
 
 def _stage_checkpoint(path: Path, stage: str, init_from: str | None = None) -> str:

@@ -4,6 +4,7 @@ atomically, checked whole before they are reused."""
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -75,7 +76,8 @@ def built_once(target: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock beside ``target`` for the block, waiting (and saying so) while another
     process holds it: the ranks of a multi-node run on a shared disk, or two runs started together,
     build a preprocessed folder once - the others wait, then find it complete and reuse it. The lock
-    file is removed when the block ends."""
+    file is removed when the block ends. While it is held, what a killed build of ``target`` left behind
+    is nobody's: :func:`publish_atomically` removes it."""
     if _flock is None:  # Windows: no flock; publish_atomically still keeps the folder whole
         yield
         return
@@ -107,11 +109,30 @@ def built_once(target: Path, what: str) -> Iterator[None]:
         except FileNotFoundError:
             pass
         os.close(descriptor)
+    _LOCKED.add(target.resolve())
     try:
         yield
     finally:
+        _LOCKED.discard(target.resolve())
         path.unlink(missing_ok=True)
         os.close(descriptor)
+
+
+_LOCKED: set[Path] = set()  # the targets this process holds built_once's lock for
+
+
+def remove_leftovers(target: Path) -> None:
+    """Remove the staging folders of ``target`` that a killed build (SIGKILL, a power cut, the OOM killer)
+    left, when this process holds the lock for ``target`` or a folder above it: no live build owns them."""
+    resolved = target.resolve()
+    if not any(resolved == held or held in resolved.parents for held in _LOCKED):
+        return
+    for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}.*.partial")):
+        if leftover.is_dir():
+            size = sum(p.stat().st_size for p in leftover.rglob("*") if p.is_file())
+            shutil.rmtree(leftover, ignore_errors=True)
+            print(f"note: removed {leftover} ({size / 2**20:.1f} MB), the unfinished build of a process that was killed",
+                  file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -120,9 +141,10 @@ def publish_atomically(target: Path) -> Iterator[Path]:
 
     A run stopped half-way by an error, Ctrl-C or SIGTERM (:func:`~mmcaption.errors.signals_stop`) removes
     it; one killed outright (SIGKILL, a power cut) leaves a hidden ``.partial`` folder that is never
-    mistaken for a complete one, to be removed by hand.
+    mistaken for a complete one; the next build of ``target`` under :func:`built_once` removes it.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield staging
@@ -245,7 +267,7 @@ def write_image_text_split(
         save_table(texts, staging / text_table)
         metadata = dict(metadata, image_size=image_size, images=len(images), rows=len(texts), skipped=records.summary(),
                         skipped_examples=dict(records.examples), notes=dict(records.notes))
-        (staging / "meta.json").write_text(json.dumps(metadata, indent=2))
+        (staging / "meta.json").write_text(json.dumps(metadata, indent=2, default=str))  # paths given as Path
     records.warn_if_any()
     return target
 

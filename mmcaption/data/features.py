@@ -84,7 +84,7 @@ def write_image_features(
         save_table(table, staging / "data")
         (staging / "meta.json").write_text(json.dumps(
             {"vision_model": vision_model, "feature_layer": feature_layer, "dtype": "float16",
-             "shape": [tokens, width], "images": len(table)}, indent=2))
+             "shape": [tokens, width], "images": len(table)}, indent=2, default=str))
     rank_zero_info(f"caching the vision tower's features of {split_folder.name}: done in {time.perf_counter() - start:.0f} s")
     return target
 
