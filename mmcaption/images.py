@@ -79,7 +79,7 @@ def check_image(data: bytes) -> str | None:
 def load_rgb(source: ImageSource) -> Image.Image:
     """An upright 8-bit RGB image from bytes, a file path, a PIL image or an array (``HxW`` or ``HxWxC``,
     uint8, or floats in [0, 1]): EXIF orientation applied, 16/32-bit integer and floating-point images
-    scaled to 8 bits rather than clipped, any other mode converted."""
+    scaled to 8 bits rather than clipped, transparent pixels on white, any other mode converted."""
     if isinstance(source, np.ndarray):
         array = source
         if array.dtype.kind == "f":
@@ -111,6 +111,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
         return Image.fromarray((values * (255.0 / peak)).clip(0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        # On white, as a page shows it: dropping the alpha leaves what transparent pixels happen to hold,
+        # black in most PNGs, so a black logo or diagram on a transparent background became a black square.
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")
 
 

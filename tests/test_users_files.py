@@ -67,6 +67,26 @@ def test_floating_point_tiffs_are_scaled_not_black(tmp_path):
     assert np.asarray(load_rgb(path))[0, 0].tolist() == [128, 128, 128]
 
 
+def test_transparent_images_are_seen_on_white_not_black(tmp_path):
+    # a black disc on a transparent background, as PNG exports of logos and diagrams are: transparent pixels hold 0
+    pixels = np.zeros((40, 40, 4), np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    pixels[(yy - 20) ** 2 + (xx - 20) ** 2 < 100, 3] = 255
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "logo.png")
+    palette = Image.fromarray(pixels[..., 3] // 255, "L").convert("P")  # index 0 transparent, index 1 black
+    palette.putpalette([0, 0, 0, 0, 0, 0])
+    palette.save(tmp_path / "logo-palette.png", transparency=0)
+    half = pixels.copy()
+    half[..., 3] = np.maximum(half[..., 3], 128)  # half-transparent black around the disc: grey
+    Image.fromarray(half, "RGBA").save(tmp_path / "logo-half.png")
+    for name, corner in (("logo.png", 255), ("logo-palette.png", 255), ("logo-half.png", 127)):
+        image = np.asarray(load_rgb(tmp_path / name))
+        assert image.shape == (40, 40, 3) and (image[20, 20] == 0).all(), name  # the disc stays black
+        assert (abs(image[0, 0].astype(int) - corner) <= 1).all(), (name, image[0, 0])  # the background is not black
+    opaque = Image.fromarray(np.full((8, 8, 3), 7, np.uint8))  # an image without transparency is unchanged
+    assert (np.asarray(load_rgb(opaque)) == 7).all()
+
+
 def test_a_folder_leaves_out_hidden_files_and_says_what_else_it_left_out(tmp_path):
     folder = tmp_path / "photos"
     (folder / "2024" / ".thumbnails").mkdir(parents=True)
