@@ -338,6 +338,11 @@ def check_command(args: list[str], run_checks: bool = True) -> None:
                       parser_kwargs={"prog": "mmcaption" if run_checks else "mmcaption fit"})
 
 
+PREPARE_HELP = ("Check and preprocess the data of a config (the same --config files and settings as `mmcaption fit`) "
+                "without loading the language model, and print what each split holds: records kept and skipped, tokens "
+                "per sample, the share cut to max_length, the padding. Exits 2 with the bad record named.")
+
+
 class _PrepareCLI(MMCaptionCLI):
     """The same configuration, without a Trainer: preparing data needs no accelerator."""
 
@@ -353,7 +358,8 @@ def prepare(args: list[str]) -> int:
         filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)  # argv minus 'prepare'
         cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,
-                          auto_configure_optimizers=False, parser_class=MMCaptionParser)
+                          auto_configure_optimizers=False, parser_class=MMCaptionParser,
+                          parser_kwargs={"prog": "mmcaption prepare", "description": PREPARE_HELP})
     datamodule = cli.datamodule
     if not isinstance(datamodule, PreprocessedDataModule):
         raise ConfigError(f"{type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)")

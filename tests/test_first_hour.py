@@ -199,10 +199,17 @@ def test_the_vision_tower_loads_the_checkpoints_weights_without_a_load_report(tm
         load_vision_model(str(broken))
 
 
-def test_the_help_names_the_commands_beyond_lightnings_four(capsys):
+def test_the_help_names_the_commands_beyond_lightnings_four_and_prepare_has_its_own(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
     out = re.sub(r"-\s+", "-", " ".join(capsys.readouterr().out.split()))  # the epilog is wrapped to the terminal's width
     assert "`mmcaption prepare --config C` checks and preprocesses a config's data" in out
     assert "`mmcaption chat --model EXPORTED --image PHOTO`" in out and "mmcaption-pipeline" in out
+    # `mmcaption prepare --help` is its own: its name and what it does, not Lightning's "Trainer command line tool"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("usage: mmcaption prepare ") and "Check and preprocess the data of a config" in out
+    assert "Lightning Trainer command line tool" not in out
