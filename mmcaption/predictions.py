@@ -3,6 +3,7 @@ CircularEval, VQA accuracy) beside them, and VQA's results file for its evaluati
 
 from __future__ import annotations
 
+import codecs
 import csv
 import itertools
 import json
@@ -53,6 +54,7 @@ class PredictionWriter(BasePredictionWriter):
         self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
         self.vqa_results: list[dict[str, Any]] | None = None
         self.official = self.replacing = False
+        self.encoding = "utf-8"
         self.submission_ids: list[int] = []
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -64,7 +66,11 @@ class PredictionWriter(BasePredictionWriter):
         output.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.partial = output, output.with_name(f".{output.name}.partial")
         self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
-        self.handle = self.partial.open("w", newline="", encoding="utf-8")
+        # A CSV for Excel, whose questions came from Excel ("CSV UTF-8" starts with a byte-order mark), gets the mark
+        # too: without it Excel reads UTF-8 as the local code page, and "café" shows as "cafÃ©"
+        self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and any(
+            starts_with_bom(source) for source in datamodule.input_files()) else "utf-8"
+        self.handle = self.partial.open("w", newline="", encoding=self.encoding)
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
@@ -221,13 +227,13 @@ class PredictionWriter(BasePredictionWriter):
 
     def _add_late_columns(self) -> None:
         """Rewrite the CSV with the columns that only later rows had (before the result columns)."""
-        with self.partial.open(newline="", encoding="utf-8") as handle:
+        with self.partial.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header, rows = list(reader.fieldnames or []), list(reader)
         added = list(dict.fromkeys(k for late in self.late_columns.values() for k in late))
         columns = [c for c in header if c not in RESULT_COLUMNS] + added + [c for c in header if c in RESULT_COLUMNS]
         rewritten = self.partial.with_name(self.partial.name + ".columns")
-        with rewritten.open("w", newline="", encoding="utf-8") as handle:
+        with rewritten.open("w", newline="", encoding=self.encoding) as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows({**row, **self.late_columns.get(i, {})} for i, row in enumerate(rows))
@@ -238,6 +244,15 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._finish(interrupted=exception)
+
+
+def starts_with_bom(path: Path) -> bool:
+    """Whether ``path`` is a file that starts with UTF-8's byte-order mark, as Excel's "CSV UTF-8" does."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(3) == codecs.BOM_UTF8
+    except OSError:  # a folder, or nothing there
+        return False
 
 
 def unused_name(path: Path) -> Path:

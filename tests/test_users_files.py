@@ -175,3 +175,26 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
     dm.prepare_data()
     first = min(uncaptioned)
     assert any(f"2 x images without a caption left out (first: image id {first}," in message for message in warned), warned
+
+
+def test_answers_to_questions_saved_by_excel_open_in_excel(backbones, trained_checkpoint, image_folder, tmp_path):
+    import codecs
+    import csv
+
+    from mmcaption.module import MultimodalCaptioner
+
+    from .test_predict_export import QUESTIONS, choice_data, predictor, write_csv
+
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    plain = write_csv(tmp_path / "plain.csv", QUESTIONS[:2])
+    excel = tmp_path / "excel.csv"  # Excel's "CSV UTF-8": a byte-order mark, then UTF-8
+    excel.write_bytes(codecs.BOM_UTF8 + plain.read_bytes().replace(b"What colour is it?", "De quelle couleur est le café ?".encode()))
+    for questions in (plain, excel):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, tmp_path / f"answers-{questions.name}"))
+    # Excel reads a CSV without the mark in the local code page ("cafÃ©"): the answers get the mark their questions had
+    answers = (tmp_path / "answers-excel.csv").read_bytes()
+    assert answers.startswith(codecs.BOM_UTF8) and answers.count(codecs.BOM_UTF8) == 1
+    assert not (tmp_path / "answers-plain.csv").read_bytes().startswith(codecs.BOM_UTF8)  # nothing added unasked
+    with (tmp_path / "answers-excel.csv").open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["Question"] == "De quelle couleur est le café ?" and rows[0]["prediction"] in "ABCD"
