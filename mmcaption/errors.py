@@ -9,13 +9,16 @@ reports.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 USER_ERROR_EXIT = 2
@@ -142,5 +145,44 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
                 raise
             print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
+        except Exception as error:
+            full = disk_full(error)
+            if full is None or os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0"):
+                raise
+            print(f"error: {disk_full_message(full)}", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT)
 
     return wrapper
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The "no space left" (or "disk quota exceeded") error behind ``error``, if that is what stopped the
+    command: found through the chain of causes (``datasets`` wraps what its writer raised; pyarrow's
+    errors carry the errno in their message only)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and (
+            error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
+        ):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def disk_full_message(error: OSError) -> str:
+    """A full disk said as such: the file being written and the space left where it is, not a traceback.
+    Whatever was being written is removed or left beside the complete copy (preprocessed splits and
+    checkpoints are written to a temporary file or folder first and renamed when whole)."""
+    where = Path(error.filename) if isinstance(error.filename, str) else None
+    folder = next((p for p in ([where, *where.parents] if where else []) if p.is_dir()), None)
+    free = ""
+    if folder is not None:
+        try:
+            free = f"; {shutil.disk_usage(folder).free / 2**30:.1f} GB free there now"
+        except OSError:
+            pass
+    writing = f" while writing {where}" if where else ""
+    return (f"the disk is full{writing} ({error.strerror or error}){free}. What was complete before stays whole "
+            "(preprocessed splits and checkpoints are written aside and renamed once whole). Free some space, or point "
+            "data_dir, the checkpoint folder or the output at a larger disk, and run the same command again")

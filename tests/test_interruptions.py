@@ -28,6 +28,7 @@ from mmcaption.errors import (
     FolderLockedError,
     NotWritableError,
     OutputExistsError,
+    disk_full,
     one_line,
     user_errors_exit,
 )
@@ -469,6 +470,36 @@ def test_a_build_killed_outright_leaves_a_staging_folder_that_the_next_build_rem
     with publish_atomically(target):
         pass
     assert alive.is_dir()
+
+
+def test_a_full_disk_while_preprocessing_is_said_in_one_line_and_leaves_no_staging_folder(
+    backbones, coco_root, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    import mmcaption.data.cache as cache
+
+    lm, vision = backbones
+    dm = CaptionDataModule(data_dir=str(shutil.copytree(coco_root, tmp_path / "coco")), tokenizer=str(lm),
+                           image_processor=str(vision), batch_size=4, num_workers=0)
+
+    def full(table, folder):  # as the Arrow writer fails on a full disk, wrapped as `datasets` wraps it
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / "data-00000-of-00001.arrow"))
+        except OSError as error:
+            raise RuntimeError("An error occurred while generating the dataset") from error
+
+    monkeypatch.setattr(cache, "save_table", full)
+    with pytest.raises(SystemExit) as exit_info:
+        user_errors_exit(dm.prepare_data)()
+    assert exit_info.value.code == 2  # the user's to fix, not a bug's traceback (exit 1)
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # one line, no traceback
+    assert err.startswith("error: the disk is full while writing ") and "data-00000-of-00001.arrow (No space left on device)" in err
+    assert "GB free there now" in err and "run the same command again" in err
+    assert not list((tmp_path / "coco" / "preprocessed").glob(".*partial"))  # the half-written split is gone
+    # pyarrow's own message carries the errno in its text only
+    assert disk_full(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")) is not None
+    assert disk_full(RuntimeError("something else")) is None
 
 
 def _stage_checkpoint(path: Path, stage: str, init_from: str | None = None) -> str:
