@@ -37,7 +37,7 @@ from mmcaption.errors import OutputExistsError, user_errors_exit
 from mmcaption.pipeline import StageResult, run_pipeline
 
 DEMO_VERSION = 9
-LANGUAGE_PRETRAINING_STEPS = 300  # text-only, ~30 s on 2 cores; the loss has flattened by then
+LANGUAGE_PRETRAINING_STEPS = 300  # text-only, about a minute on 2 cores; the loss has flattened by then
 CLIP_PRETRAINING_STEPS = 2000  # contrastive image-text training of the tiny CLIP, ~2.5 minutes on 2 cores
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
