@@ -198,3 +198,31 @@ def test_answers_to_questions_saved_by_excel_open_in_excel(backbones, trained_ch
     with (tmp_path / "answers-excel.csv").open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     assert rows[0]["Question"] == "De quelle couleur est le café ?" and rows[0]["prediction"] in "ABCD"
+
+
+def test_coco_downloaded_but_not_unpacked_is_named_with_the_command_that_unpacks_it(backbones, coco_root, tmp_path):
+    import shlex
+    import subprocess
+
+    data = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    for folder, kind in (("annotations", "zip"), ("train2017", "gztar")):  # as downloaded from cocodataset.org (or re-packed)
+        name = "annotations_trainval2017" if folder == "annotations" else folder
+        shutil.make_archive(str(data / name), kind, root_dir=data, base_dir=folder)
+        shutil.rmtree(data / folder)
+    lm, vision = backbones
+
+    def prepare():
+        CaptionDataModule(data_dir=str(data), tokenizer=str(lm), image_processor=str(vision), batch_size=4,
+                          num_workers=0).prepare_data()
+
+    for archive, command in (("annotations_trainval2017.zip", "unzip -q"), ("train2017.tar.gz", "tar -xf")):
+        with pytest.raises(DataError, match=rf"{archive} is there, not unpacked: {command} ") as error:
+            prepare()
+        # the command given unpacks it where the data module looks
+        given = str(error.value).split("not unpacked: ")[1]
+        if given.startswith("unzip"):  # unzip may be missing here: Python's, with the same archive and folder
+            _, _, source, _, target = shlex.split(given)
+            shutil.unpack_archive(source, target)
+        else:
+            subprocess.run(shlex.split(given), check=True)
+    prepare()  # both unpacked as told: the data is complete

@@ -11,7 +11,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, escapes_root, read_json
+from mmcaption.data.records import BadRecords, DataError, archive_hint, escapes_root, read_json
 from mmcaption.images import check_image
 
 IMAGE_FEATURES = datasets.Features(
@@ -38,7 +38,7 @@ def require_annotation_file(annotation_file: Path) -> None:
     if not annotation_file.is_file():
         raise DataError(
             f"COCO annotation file not found: {annotation_file} (the official layout is "
-            "<data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
+            f"<data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/).{archive_hint(annotation_file)}"
         )
 
 

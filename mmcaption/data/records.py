@@ -19,11 +19,33 @@ class DataError(MMCaptionError, ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
 
 
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def archive_hint(path: Path) -> str:
+    """For a file or folder that does not exist: the downloaded archive that would hold it, when one lies in
+    the deepest folder above it that exists (COCO's ``train2017.zip`` beside a missing ``train2017/``,
+    ``annotations_trainval2017.zip`` beside a missing ``annotations/``), with the command that unpacks it
+    there; else ``""``."""
+    folder = next((p for p in path.parents if p.is_dir()), None)
+    if folder is None or path.exists():
+        return ""
+    missing = path.relative_to(folder).parts[0] if path.is_relative_to(folder) else path.name
+    archives = sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(missing)
+                      and p.name.lower().endswith(ARCHIVE_SUFFIXES))
+    if not archives:
+        return ""
+    archive = archives[0]
+    command = (f"unzip -q {archive} -d {folder}" if archive.name.lower().endswith(".zip")
+               else f"tar -xf {archive} -C {folder}")
+    return f" {archive} is there, not unpacked: {command}"
+
+
 def read_json(path: Path, what: str) -> object:
     """A JSON file the user gave (a UTF-8 byte-order mark accepted); a missing file or one that is not JSON
-    is refused naming it and ``what`` it should be."""
+    is refused naming it and ``what`` it should be (and the archive it is still in, if it is beside it)."""
     if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
+        raise DataError(f"{what} not found: {path}{archive_hint(path)}")
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -112,6 +134,7 @@ class BadRecords:
             raise DataError(
                 f"{self.source}: {len(missing)} of {total} {what} missing under {root} ({first}).{hint} Fix the image "
                 "folder" + (", or set on_bad_record: skip to skip them and have them counted." if len(missing) < total else ".")
+                + (archive_hint(root) if len(missing) == total else "")
             )
         for name, path in missing:
             self.bad("missing image", f"{path} ({name}) does not exist")
