@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,7 +79,7 @@ def check_image(data: bytes) -> str | None:
 
 
 def load_rgb(source: ImageSource) -> Image.Image:
-    """An upright 8-bit RGB image from bytes, a file path, a PIL image or an array (``HxW`` or ``HxWxC``,
+    """An upright 8-bit RGB image from bytes, a file path, an ``http(s)://`` URL, a PIL image or an array (``HxW`` or ``HxWxC``,
     uint8, or floats in [0, 1]): EXIF orientation applied, 16/32-bit integer and floating-point images
     scaled to 8 bits rather than clipped, transparent pixels on white, any other mode converted."""
     if isinstance(source, np.ndarray):
@@ -93,13 +95,30 @@ def load_rgb(source: ImageSource) -> Image.Image:
     if isinstance(source, bytes):
         with opened(source) as image:
             return _to_rgb(ImageOps.exif_transpose(image))
-    data = Path(source).read_bytes()
+    is_url = isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+    data = fetch(source) if is_url else Path(source).read_bytes()
     try:
         with opened(data) as image:
             return _to_rgb(ImageOps.exif_transpose(image))
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
         why = check_image(data) or f"{type(error).__name__}: {error}"
         raise UnidentifiedImageError(f"image {source} cannot be decoded: {why}") from None
+
+
+FETCH_TIMEOUT_S = 60
+
+
+def fetch(url: str) -> bytes:
+    """The bytes at an ``http(s)://`` URL given as an image (the Python API's ``caption("https://...")``);
+    a failure names the URL and why (status, or the network's error)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "mmcaption"})  # some hosts refuse Python's default
+    try:
+        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        raise OSError(f"image {url} could not be downloaded: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise OSError(f"image {url} could not be downloaded: {getattr(error, 'reason', error)}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -21,7 +21,7 @@ from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompt
 from mmcaption.tasks import Tasks
 
-ImageInput = ImageSource  # a path, bytes, a PIL image or an array
+ImageInput = ImageSource  # a path, an http(s):// URL, bytes, a PIL image or an array
 
 
 class Captioner:

@@ -226,3 +226,29 @@ def test_coco_downloaded_but_not_unpacked_is_named_with_the_command_that_unpacks
         else:
             subprocess.run(shlex.split(given), check=True)
     prepare()  # both unpacked as told: the data is complete
+
+
+def test_images_given_as_urls_are_downloaded_and_a_failure_names_the_url(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    upright_picture(48, 32).save(tmp_path / "photo.png")
+    (tmp_path / "page.html").write_text("<html>not an image</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # a web server on this machine: no network
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        image = load_rgb(f"{base}/photo.png")  # what Captioner.caption("https://...") reads
+        assert image.size == (48, 32) and is_upright(image)
+        with pytest.raises(OSError, match=rf"image {base}/missing.jpg could not be downloaded: HTTP 404"):
+            load_rgb(f"{base}/missing.jpg")
+        with pytest.raises(OSError, match=rf"image {base}/page.html cannot be decoded: .*not an image"):
+            load_rgb(f"{base}/page.html")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(OSError, match=rf"image {base}/photo.png could not be downloaded: .*refused"):
+        load_rgb(f"{base}/photo.png")  # the server is gone
