@@ -7,8 +7,10 @@ import importlib
 import inspect
 import re
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from mmcaption.errors import USER_ERROR_EXIT
@@ -23,11 +25,18 @@ class MMCaptionParser(LightningArgumentParser):
     def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
+    def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        global _ARGUMENTS
+        _ARGUMENTS = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        return super().parse_args(args, *rest, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # a parser whose caller handles the error (nested parsing)
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         lines = [f"error: {message.strip().splitlines()[0]}"]
+        if message.startswith("Problems parsing config"):  # YAML's own error says "<unicode string>": name the file
+            lines = [f"error: {problem}" for problem in _unreadable_configs(_ARGUMENTS)] or lines
         detail = [line.strip() for line in message.splitlines()[1:] if "is not accepted" in line or "not a valid" in line]
         lines += [f"  {line}" for line in detail[:2]]
         for key, candidates in _unknown_keys(message, parser):
@@ -38,6 +47,29 @@ class MMCaptionParser(LightningArgumentParser):
         lines.append(f"tip: `{prog} --help` lists every setting; add --print_config to see the configuration in effect")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.exit(USER_ERROR_EXIT)
+
+
+_ARGUMENTS: list[str] = []  # the arguments of the last parse, to find the config file YAML could not read
+
+
+def _unreadable_configs(arguments: list[str]) -> list[str]:
+    """Each config file among ``arguments`` (``--config F``, ``-c F``, ``--config=F``) that is not valid YAML,
+    with where and why, as YAML says it (and that YAML indents with spaces, not tabs)."""
+    files = [value for flag, value in zip(arguments, arguments[1:]) if flag in ("--config", "-c")]
+    files += [argument.split("=", 1)[1] for argument in arguments if argument.startswith("--config=")]
+    problems = []
+    for name in files:
+        try:
+            yaml.safe_load(Path(name).read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError):
+            continue  # jsonargparse says so itself
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            tab = mark is not None and mark.buffer and mark.pointer < len(mark.buffer) and mark.buffer[mark.pointer] == "\t"
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            problems.append(f"{name}{where}: not valid YAML: {problem}" + (" (a tab: YAML indents with spaces)" if tab else ""))
+    return problems
 
 
 def _flat_keys(value: Any, prefix: str = "") -> list[str]:

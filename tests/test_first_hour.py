@@ -213,3 +213,18 @@ def test_the_help_names_the_commands_beyond_lightnings_four_and_prepare_has_its_
     out = " ".join(capsys.readouterr().out.split())
     assert out.startswith("usage: mmcaption prepare ") and "Check and preprocess the data of a config" in out
     assert "Lightning Trainer command line tool" not in out
+
+
+def test_a_config_that_is_not_valid_yaml_is_named_with_its_line(tmp_path, capsys):
+    tabbed = tmp_path / "mine.yaml"  # an editor that indents with tabs
+    tabbed.write_text("trainer:\n\tmax_epochs: 1\n")
+    unclosed = tmp_path / "other.yaml"
+    unclosed.write_text("trainer:\n  max_epochs: 1\nmodel:\n  learning_rate: [1e-4\n")
+    for config, expected in ((tabbed, "line 2, column 1: not valid YAML: found character '\\t' that cannot start any token "
+                                      "(a tab: YAML indents with spaces)"),
+                             (unclosed, "line 5, column 1: not valid YAML: expected ',' or ']'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(config)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"error: {config}, {expected}" in err, err  # not "Problems parsing config: while scanning for the next token"
