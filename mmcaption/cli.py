@@ -31,7 +31,7 @@ from mmcaption.folders import FolderLock, check_writable, locks_released_after
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
 from mmcaption.module import MultimodalCaptioner
-from mmcaption.parser import MMCaptionParser
+from mmcaption.parser import MMCaptionParser, expand_home
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
@@ -151,6 +151,7 @@ class MMCaptionCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._arguments = sys.argv[1:] if args is None else args
         super().parse_arguments(parser, args)
+        expand_home(self.config)
 
     def _written_model_settings(self, subcommand: str) -> set[str] | None:
         """The model settings the user wrote, in a config or on the command line - whatever their value, so

@@ -5,12 +5,14 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 from mmcaption.errors import USER_ERROR_EXIT
@@ -70,6 +72,20 @@ def _unreadable_configs(arguments: list[str]) -> list[str]:
             problem = getattr(error, "problem", None) or str(error).splitlines()[0]
             problems.append(f"{name}{where}: not valid YAML: {problem}" + (" (a tab: YAML indents with spaces)" if tab else ""))
     return problems
+
+
+def expand_home(config: Any) -> None:
+    """``~/...`` in any setting (a config's ``data_dir: ~/datasets/coco``, a callback's ``dirpath``) is the home
+    folder, as the shell reads it on the command line: YAML leaves it as it is, and the folder "~" was looked for."""
+    for key, value in list(config.items()):
+        if isinstance(value, str) and value.startswith("~/"):
+            config[key] = os.path.expanduser(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, Namespace):  # trainer.callbacks, trainer.logger
+                    expand_home(item)
+        elif isinstance(value, Namespace):
+            expand_home(value)
 
 
 def _flat_keys(value: Any, prefix: str = "") -> list[str]:

@@ -252,3 +252,21 @@ def test_images_given_as_urls_are_downloaded_and_a_failure_names_the_url(tmp_pat
         server.server_close()
     with pytest.raises(OSError, match=rf"image {base}/photo.png could not be downloaded: .*refused"):
         load_rgb(f"{base}/photo.png")  # the server is gone
+
+
+def test_settings_may_name_the_home_folder_with_a_tilde_as_on_the_command_line(backbones, coco_root, tmp_path, monkeypatch, capsys):
+    from mmcaption.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shutil.copytree(coco_root, tmp_path / "home" / "datasets" / "coco")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    lm, vision = backbones
+    config = tmp_path / "mine.yaml"  # YAML leaves "~" as it is; the shell would have expanded it
+    config.write_text("data:\n  class_path: mmcaption.data.CaptionDataModule\n  init_args:\n    data_dir: ~/datasets/coco\n"
+                      f"    num_workers: 0\nmodel:\n  config:\n    language_model: {lm}\n    vision_model: {vision}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "--config", str(config)])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    assert "split train2017: " + str(tmp_path / "home" / "datasets" / "coco" / "preprocessed") in capsys.readouterr().out
+    assert not (tmp_path / "work" / "~").exists()
