@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -191,6 +192,17 @@ def build(captioner: Captioner, model_name: str = ""):
     return page
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on (the app started a second time, say), naming another: the
+    web server's own error, after the model has loaded, talks about its ``launch()`` and an environment variable."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))  # without SO_REUSEADDR, as the server's own check binds
+    except OSError as error:
+        raise ConfigError(f"cannot serve on {host}:{port}: {error.strerror or error} (another mmcaption-app, or another "
+                          f"server, is there?): give another port, --port {port + 1}") from None
+
+
 @user_errors_exit(signals=False)  # the web server stops on Ctrl-C its own way
 def main(argv: list[str] | None = None) -> None:
     """``mmcaption-app``."""
@@ -202,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
     args = parser.parse_args(argv)
+    check_port_free(args.host, args.port)  # before the model loads, not a minute later
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -173,3 +173,19 @@ def test_the_app_loads_a_checkpoint_as_its_export(trained_checkpoint, exported, 
     result = subprocess.run([sys.executable, "-m", "mmcaption.app", "--checkpoint", str(tmp_path / "none.ckpt")],
                             capture_output=True, text=True)
     assert (result.returncode, result.stderr.strip()) == (2, f"error: checkpoint not found: {tmp_path / 'none.ckpt'}")
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads_naming_another(tmp_path, capsys):
+    import socket
+
+    from mmcaption.app import main
+
+    with socket.socket() as busy:  # the app started a second time: the first one listens there
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--model", str(tmp_path), "--port", str(port)])  # not a model folder either: the port is said first
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}: ") and err.endswith(f"give another port, --port {port + 1}")
