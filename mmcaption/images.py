@@ -95,8 +95,7 @@ def load_rgb(source: ImageSource) -> Image.Image:
     if isinstance(source, bytes):
         with opened(source) as image:
             return _to_rgb(ImageOps.exif_transpose(image))
-    is_url = isinstance(source, str) and source.lower().startswith(("http://", "https://"))
-    data = fetch(source) if is_url else Path(source).read_bytes()
+    data = fetch(source) if is_url(source) else Path(source).read_bytes()
     try:
         with opened(data) as image:
             return _to_rgb(ImageOps.exif_transpose(image))
@@ -106,6 +105,11 @@ def load_rgb(source: ImageSource) -> Image.Image:
 
 
 FETCH_TIMEOUT_S = 60
+
+
+def is_url(source: object) -> bool:
+    """An ``http(s)://`` address given where an image is expected."""
+    return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
 
 
 def fetch(url: str) -> bytes:

@@ -228,45 +228,67 @@ def test_coco_downloaded_but_not_unpacked_is_named_with_the_command_that_unpacks
     prepare()  # both unpacked as told: the data is complete
 
 
-def test_images_given_as_urls_are_downloaded_and_a_failure_names_the_url(tmp_path):
+@pytest.fixture
+def web_server(tmp_path):
+    """A web server on this machine (no network) serving ``tmp_path/web``: yields its base URL."""
     import functools
     import http.server
     import threading
 
-    upright_picture(48, 32).save(tmp_path / "photo.png")
-    (tmp_path / "page.html").write_text("<html>not an image</html>")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    (tmp_path / "web").mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "web"))
     handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # a web server on this machine: no network
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        image = load_rgb(f"{base}/photo.png")  # what Captioner.caption("https://...") reads
-        assert image.size == (48, 32) and is_upright(image)
-        with pytest.raises(OSError, match=rf"image {base}/missing.jpg could not be downloaded: HTTP 404"):
-            load_rgb(f"{base}/missing.jpg")
-        with pytest.raises(OSError, match=rf"image {base}/page.html cannot be decoded: .*not an image"):
-            load_rgb(f"{base}/page.html")
-    finally:
-        server.shutdown()
-        server.server_close()
-    with pytest.raises(OSError, match=rf"image {base}/photo.png could not be downloaded: .*refused"):
-        load_rgb(f"{base}/photo.png")  # the server is gone
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
-def test_settings_may_name_the_home_folder_with_a_tilde_as_on_the_command_line(backbones, coco_root, tmp_path, monkeypatch, capsys):
-    from mmcaption.cli import main
+def test_images_given_as_urls_are_downloaded_and_a_failure_names_the_url(web_server, tmp_path):
+    import socket
 
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    shutil.copytree(coco_root, tmp_path / "home" / "datasets" / "coco")
-    (tmp_path / "work").mkdir()
-    monkeypatch.chdir(tmp_path / "work")
-    lm, vision = backbones
-    config = tmp_path / "mine.yaml"  # YAML leaves "~" as it is; the shell would have expanded it
-    config.write_text("data:\n  class_path: mmcaption.data.CaptionDataModule\n  init_args:\n    data_dir: ~/datasets/coco\n"
-                      f"    num_workers: 0\nmodel:\n  config:\n    language_model: {lm}\n    vision_model: {vision}\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["prepare", "--config", str(config)])
-    assert exit_info.value.code == 0, capsys.readouterr().err
-    assert "split train2017: " + str(tmp_path / "home" / "datasets" / "coco" / "preprocessed") in capsys.readouterr().out
-    assert not (tmp_path / "work" / "~").exists()
+    upright_picture(48, 32).save(tmp_path / "web" / "photo.png")
+    (tmp_path / "web" / "page.html").write_text("<html>not an image</html>")
+    image = load_rgb(f"{web_server}/photo.png")  # what Captioner.caption("https://...") reads
+    assert image.size == (48, 32) and is_upright(image)
+    with pytest.raises(OSError, match=rf"image {web_server}/missing.jpg could not be downloaded: HTTP 404"):
+        load_rgb(f"{web_server}/missing.jpg")
+    with pytest.raises(OSError, match=rf"image {web_server}/page.html cannot be decoded: .*not an image"):
+        load_rgb(f"{web_server}/page.html")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(OSError, match=rf"image http://127.0.0.1:{port}/photo.png could not be downloaded: .*refused"):
+        load_rgb(f"http://127.0.0.1:{port}/photo.png")
+
+
+def test_predict_reads_image_urls_in_lists_and_questions_files(backbones, trained_checkpoint, image_folder, web_server, tmp_path):
+    from mmcaption.module import MultimodalCaptioner
+
+    from .test_predict_export import QUESTIONS, caption_data, choice_data, predictor, write_csv
+
+    for name in ("img0.png", "img1.png"):
+        shutil.copy(image_folder / name, tmp_path / "web" / name)
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    images = tmp_path / "images.txt"  # a spreadsheet's column of image addresses, pasted into a list
+    images.write_text(f"{web_server}/img0.png\n{web_server}/gone.png\n{image_folder / 'img1.png'}\n")
+    predictor(tmp_path).predict(module, datamodule=caption_data(backbones, images, tmp_path / "captions.jsonl"))
+    rows = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in rows] == [f"{web_server}/img0.png", f"{web_server}/gone.png", str(image_folder / "img1.png")]
+    assert rows[0]["error"] is None and "caption" in rows[0] and rows[2]["error"] is None
+    assert rows[1]["error"] == f"image {web_server}/gone.png could not be downloaded: HTTP 404 File not found"
+
+    # the original scripts' CSV with an image's URL: the same scores as with the file itself
+    import csv
+
+    by_url = write_csv(tmp_path / "by_url.csv", [dict(QUESTIONS[0], img_path=f"{web_server}/img0.png")])
+    by_file = write_csv(tmp_path / "by_file.csv", [QUESTIONS[0]])
+    scores = []
+    for questions in (by_url, by_file):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, tmp_path / f"answers-{questions.name}"))
+        with (tmp_path / f"answers-{questions.name}").open(newline="") as handle:
+            [row] = list(csv.DictReader(handle))
+        assert row["error"] == "" and row["prediction"] in "ABCD" and row["prediction"]
+        scores.append(row["scores"])
+    assert scores[0] == scores[1]

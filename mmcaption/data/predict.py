@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,17 +32,31 @@ from mmcaption.data.benchmarks import (
 from mmcaption.data.records import DataError
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.answers import LETTERS
-from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden, load_rgb
+from mmcaption.images import IMAGE_SUFFIXES, check_image, fetch, is_hidden, is_url, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 from mmcaption.tasks import RESULT_COLUMNS
 
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
 
 
+@dataclass(frozen=True)
+class RemoteImage:
+    """An image a list or questions file gives as an ``http(s)://`` URL: downloaded when its row is read
+    (a failure is that row's ``error``, as an unreadable file's is)."""
+
+    url: str
+
+    def __str__(self) -> str:
+        return self.url
+
+
 def find_images(source: str, note=rank_zero_info) -> list[Path]:
     """Images named by ``source``: a folder (searched recursively; hidden files and folders left out, and
     ``note`` told how many other files were), a text file with one path per line (relative to the
-    file; as Windows writes it: a byte-order mark, quoted paths, backslashes), or a single image."""
+    file; as Windows writes it: a byte-order mark, quoted paths, backslashes; ``http(s)://`` URLs), or a
+    single image (a file or a URL)."""
+    if is_url(source):
+        return [RemoteImage(source)]
     path = Path(source)
     if path.is_dir():
         files = [p for p in path.rglob("*") if p.is_file() and not any(is_hidden(Path(part)) for part in p.relative_to(path).parts)]
@@ -80,20 +95,22 @@ def _counted(suffixes: Counter) -> str:
     return ", ".join(f"{count} x {suffix}" for suffix, count in suffixes.most_common())
 
 
-def user_path(name: str, root: Path) -> Path:
+def user_path(name: str, root: Path) -> Path | RemoteImage:
     """The image a file names: relative to ``root`` unless absolute, and with a Windows path's backslashes
-    read as separators when the name as written is not there."""
+    read as separators when the name as written is not there; or a URL, as it is."""
+    if is_url(name):
+        return RemoteImage(name)
     path = root / name
     if "\\" in name and os.sep == "/" and not path.exists():
         path = root / name.replace("\\", "/")
     return path
 
 
-def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder") -> list[Path]:
+def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder") -> list[Path | RemoteImage]:
     """The images of a questions file's rows, relative to ``root``; refused, naming the first, when not one
     of them is there (a wrong folder would otherwise give a run of "image not found" rows)."""
     paths = [user_path(name, root) for name in names]
-    if paths and not any(p.is_file() for p in paths):
+    if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths):
         hint = f"; {names[0]} is there relative to the working directory" if Path(names[0]).is_file() else ""
         raise DataError(f"none of the {len(paths)} images of {file} was found: the first, {names[0]!r}, was looked for at "
                         f"{paths[0]}. Images are relative to {root} (the file's folder, unless {where}){hint}")
@@ -116,11 +133,15 @@ class _ImageRows(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.image_paths[index]
         error, data = None, b""
-        if not isinstance(path, EmbeddedImage) and not path.is_file():
+        if isinstance(path, Path) and not path.is_file():
             error = f"image not found: {path}"
         else:
-            data = path.data if isinstance(path, EmbeddedImage) else path.read_bytes()
-            problem = check_image(data)
+            try:
+                data = path.data if isinstance(path, EmbeddedImage) else fetch(path.url) if isinstance(path, RemoteImage) \
+                    else path.read_bytes()
+            except OSError as failure:  # a download that failed, said with its URL
+                error = str(failure)
+            problem = None if error else check_image(data)
             if problem is not None:
                 error = f"image {path} cannot be decoded: {problem}"
         if error is None:
