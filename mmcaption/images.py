@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,17 @@ FETCH_TIMEOUT_S = 60
 def is_url(source: object) -> bool:
     """An ``http(s)://`` address given where an image is expected."""
     return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    """An image a list or questions file gives as an ``http(s)://`` URL: downloaded when its row is read
+    (a failure is that row's ``error``, as an unreadable file's is)."""
+
+    url: str
+
+    def __str__(self) -> str:
+        return self.url
 
 
 def fetch(url: str) -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,22 +31,11 @@ from mmcaption.data.benchmarks import (
 from mmcaption.data.records import DataError
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.answers import LETTERS
-from mmcaption.images import IMAGE_SUFFIXES, check_image, fetch, is_hidden, is_url, load_rgb
+from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, fetch, is_hidden, is_url, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 from mmcaption.tasks import RESULT_COLUMNS
 
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
-
-
-@dataclass(frozen=True)
-class RemoteImage:
-    """An image a list or questions file gives as an ``http(s)://`` URL: downloaded when its row is read
-    (a failure is that row's ``error``, as an unreadable file's is)."""
-
-    url: str
-
-    def __str__(self) -> str:
-        return self.url
 
 
 def find_images(source: str, note=rank_zero_info) -> list[Path]:
