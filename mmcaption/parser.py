@@ -74,6 +74,19 @@ def _unreadable_configs(arguments: list[str]) -> list[str]:
     return problems
 
 
+try:  # jsonargparse's own print action, held back by held_print_config (private: without it, jsonargparse prints)
+    from jsonargparse._actions import _ActionPrintConfig
+except ImportError:  # pragma: no cover
+    _ActionPrintConfig = None
+
+
+def held_print_config(arguments: Any) -> bool:
+    """Whether ``--print_config`` comes with ``--ckpt_path``: jsonargparse prints while parsing, before the
+    checkpoint's settings are laid under the ones given, so it would show settings the run does not use."""
+    names = [a.split("=", 1)[0] for a in arguments] if isinstance(arguments, list) else []
+    return _ActionPrintConfig is not None and "--print_config" in names and "--ckpt_path" in names
+
+
 def expand_home(config: Any) -> None:
     """``~/...`` in any setting (a config's ``data_dir: ~/datasets/coco``, a callback's ``dirpath``) is the home
     folder, as the shell reads it on the command line: YAML leaves it as it is, and the folder "~" was looked for."""

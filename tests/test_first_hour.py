@@ -228,3 +228,15 @@ def test_a_config_that_is_not_valid_yaml_is_named_with_its_line(tmp_path, capsys
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert f"error: {config}, {expected}" in err, err  # not "Problems parsing config: while scanning for the next token"
+
+
+def test_print_config_with_a_checkpoint_shows_the_settings_the_run_will_use(backbones, trained_checkpoint, image_folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--ckpt_path", str(trained_checkpoint), "--data", "mmcaption.data.CaptionPredictDataModule",
+              "--data.images", str(image_folder), "--model.generation", '{"max_new_tokens": 5}', "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    # the checkpoint's settings, as predict uses them - not the defaults (microsoft/phi-2, 2e-4) printed before
+    assert printed["model"]["config"]["language_model"] == str(backbones[0])
+    assert printed["model"]["learning_rate"] == pytest.approx(3e-2)
+    assert printed["model"]["generation"] == {"max_new_tokens": 5}  # and a setting given wins over the checkpoint's
