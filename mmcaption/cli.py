@@ -31,7 +31,7 @@ from mmcaption.folders import FolderLock, check_writable, locks_released_after
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
 from mmcaption.module import MultimodalCaptioner
-from mmcaption.parser import MMCaptionParser, _ActionPrintConfig, expand_home, held_print_config
+from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
@@ -150,14 +150,13 @@ class MMCaptionCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._arguments = sys.argv[1:] if args is None else args
-        hold = held_print_config(self._arguments)  # with --ckpt_path: printed once the checkpoint's settings are in
-        with _ActionPrintConfig.skip_print_config() if hold else contextlib.nullcontext():
+        with print_config_held(self._arguments) as held:  # with --ckpt_path: printed once its settings are in
             super().parse_arguments(parser, args)
             expand_home(self.config)
-            if hold:
+            if held:
                 self._parse_ckpt_path()
-        if hold:
-            _ActionPrintConfig.print_config_if_requested(parser, self.config)
+        if held:
+            print_held_config(parser, self.config)
 
     def _written_model_settings(self, subcommand: str) -> set[str] | None:
         """The model settings the user wrote, in a config or on the command line - whatever their value, so

@@ -141,18 +141,23 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
             print(str(interrupted), file=sys.stderr)
             sys.exit(interrupted.exit_code)
         except MMCaptionError as error:
-            if os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0"):
+            if traceback_wanted():
                 raise
             print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
         except Exception as error:
             full = disk_full(error)
-            if full is None or os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0"):
+            if full is None or traceback_wanted():
                 raise
             print(f"error: {disk_full_message(full)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
 
     return wrapper
+
+
+def traceback_wanted() -> bool:
+    """``MMCAPTION_TRACEBACK=1``: a user error keeps its traceback too, for a bug report."""
+    return os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0")
 
 
 def disk_full(error: BaseException) -> OSError | None:

@@ -123,6 +123,11 @@ class RemoteImage:
     def __str__(self) -> str:
         return self.url
 
+    @property
+    def data(self) -> bytes:
+        """The image's bytes, downloaded now (as :class:`~mmcaption.data.benchmarks.EmbeddedImage` holds its own)."""
+        return fetch(self.url)
+
 
 def fetch(url: str) -> bytes:
     """The bytes at an ``http(s)://`` URL given as an image (the Python API's ``caption("https://...")``);

@@ -8,6 +8,8 @@ import inspect
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -80,11 +82,20 @@ except ImportError:  # pragma: no cover
     _ActionPrintConfig = None
 
 
-def held_print_config(arguments: Any) -> bool:
-    """Whether ``--print_config`` comes with ``--ckpt_path``: jsonargparse prints while parsing, before the
-    checkpoint's settings are laid under the ones given, so it would show settings the run does not use."""
+@contextmanager
+def print_config_held(arguments: Any) -> Iterator[bool]:
+    """Hold jsonargparse's ``--print_config`` back in the block when ``--ckpt_path`` comes with it (yields
+    whether it does): jsonargparse prints while parsing, before the checkpoint's settings are laid under the
+    ones given, so it would show settings the run does not use. :func:`print_held_config` prints it after."""
     names = [a.split("=", 1)[0] for a in arguments] if isinstance(arguments, list) else []
-    return _ActionPrintConfig is not None and "--print_config" in names and "--ckpt_path" in names
+    hold = _ActionPrintConfig is not None and "--print_config" in names and "--ckpt_path" in names
+    with _ActionPrintConfig.skip_print_config() if hold else nullcontext():
+        yield hold
+
+
+def print_held_config(parser: LightningArgumentParser, config: Any) -> None:
+    """Print the configuration held back by :func:`print_config_held`, as jsonargparse would, and exit."""
+    _ActionPrintConfig.print_config_if_requested(parser, config)
 
 
 def expand_home(config: Any) -> None:

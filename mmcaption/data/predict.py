@@ -31,7 +31,7 @@ from mmcaption.data.benchmarks import (
 from mmcaption.data.records import DataError
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.answers import LETTERS
-from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, fetch, is_hidden, is_url, load_rgb
+from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -125,8 +125,7 @@ class _ImageRows(Dataset):
             error = f"image not found: {path}"
         else:
             try:
-                data = path.data if isinstance(path, EmbeddedImage) else fetch(path.url) if isinstance(path, RemoteImage) \
-                    else path.read_bytes()
+                data = path.read_bytes() if isinstance(path, Path) else path.data  # embedded, or downloaded
             except OSError as failure:  # a download that failed, said with its URL
                 error = str(failure)
             problem = None if error else check_image(data)
