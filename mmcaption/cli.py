@@ -22,7 +22,7 @@ from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from transformers.utils import logging as hf_logging
 
-from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
+from mmcaption.callbacks import OutOfMemoryAdvice, PlainProgress, ResumableStop, StageProgressBar
 from mmcaption.checkpoint import AtomicCheckpointIO, earlier_checkpoints_note, load_checkpoint_file
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
@@ -64,6 +64,7 @@ class MMCaptionCLI(LightningCLI):
             # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
             # list its own to change every_minutes
             trainer.callbacks.append(ResumableStop())
+        trainer.callbacks.append(OutOfMemoryAdvice())
         for index, callback in enumerate(trainer.callbacks):
             if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's default: named bars, or plain lines
                 # off a terminal

@@ -146,10 +146,10 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
             print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
         except Exception as error:
-            full = disk_full(error)
-            if full is None or traceback_wanted():
+            message = resource_message(error)
+            if message is None or traceback_wanted():
                 raise
-            print(f"error: {disk_full_message(full)}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
 
     return wrapper
@@ -160,18 +160,63 @@ def traceback_wanted() -> bool:
     return os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0")
 
 
+def resource_message(error: BaseException) -> str | None:
+    """One line for a command stopped by a full disk or by running out of memory (what the user changes
+    to go on), or None when ``error`` is neither."""
+    full = disk_full(error)
+    if full is not None:
+        return disk_full_message(full)
+    memory = out_of_memory(error)
+    if memory is not None:
+        return out_of_memory_message(memory, getattr(error, "__notes__", []))
+    return None
+
+
+def _causes(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and the errors behind it (``__cause__``, else ``__context__``), each once."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+# PyTorch's words: torch.OutOfMemoryError (CUDA, XPU), the CPU allocator's and the Apple MPS backend's RuntimeErrors
+_OUT_OF_MEMORY = ("out of memory", "DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def out_of_memory(error: BaseException) -> BaseException | None:
+    """The out-of-memory error behind ``error`` (a GPU's or the CPU allocator's), if that stopped the command."""
+    for cause in _causes(error):
+        if type(cause).__name__ == "OutOfMemoryError" or (
+            isinstance(cause, RuntimeError) and any(words in str(cause) for words in _OUT_OF_MEMORY)
+        ):
+            return cause
+    return None
+
+
+def out_of_memory_message(error: BaseException, notes: list[str]) -> str:
+    """What ran out and how much was asked (PyTorch's first sentences: its allocator statistics and hints
+    follow, and ``MMCAPTION_TRACEBACK=1`` shows them), then ``notes``: where the run was and which settings
+    take less memory (:class:`~mmcaption.callbacks.OutOfMemoryAdvice` adds them)."""
+    text = " ".join(str(error).split())
+    if "DefaultCPUAllocator" in text:
+        text = "out of memory in RAM: " + text.split("DefaultCPUAllocator: ", 1)[1].split(". Error code")[0]
+    else:
+        text = ". ".join(text.split(". ")[:3]).rstrip(".")
+    return " ".join([f"{text}.", *notes]) if notes else (
+        f"{text}. Close what else uses that memory, or use a device with more")
+
+
 def disk_full(error: BaseException) -> OSError | None:
     """The "no space left" (or "disk quota exceeded") error behind ``error``, if that is what stopped the
     command: found through the chain of causes (``datasets`` wraps what its writer raised; pyarrow's
     errors carry the errno in their message only)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and (
-            error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
+    for cause in _causes(error):
+        if isinstance(cause, OSError) and (
+            cause.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(cause) or "Disk quota exceeded" in str(cause)
         ):
-            return error
-        error = error.__cause__ or error.__context__
+            return cause
     return None
 
 

@@ -30,6 +30,7 @@ from mmcaption.errors import (
     OutputExistsError,
     disk_full,
     one_line,
+    out_of_memory,
     user_errors_exit,
 )
 from mmcaption.export import export_checkpoint
@@ -500,6 +501,60 @@ def test_a_full_disk_while_preprocessing_is_said_in_one_line_and_leaves_no_stagi
     # pyarrow's own message carries the errno in its text only
     assert disk_full(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")) is not None
     assert disk_full(RuntimeError("something else")) is None
+
+
+CUDA_OUT_OF_MEMORY = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of which 1.06 GiB "
+                      "is free. Of the allocated memory 76.20 GiB is allocated by PyTorch. If reserved but unallocated memory is "
+                      "large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")
+
+
+def test_running_out_of_gpu_memory_says_where_which_settings_take_less_and_the_checkpoint_kept(
+    backbones, coco_root, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "c"
+    args = [*fit_config(tmp_path, coco_root, backbones, folder), "--trainer.max_steps", "4", "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "1", "--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "3"]
+    training_step = MultimodalCaptioner.training_step
+
+    def longer_batch_at_step_3(self, batch, batch_idx):  # after the first epoch's checkpoint
+        if self.trainer.global_step == 2:
+            raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(MultimodalCaptioner, "training_step", longer_batch_at_step_3)
+    message = user_error(capsys, main, args)
+    assert message.startswith("error: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB "
+                              "of which 1.06 GiB is free. It ran out in training step 3. To fit: lower --data.batch_size (4) "
+                              "and raise --trainer.accumulate_grad_batches (1) by as much to keep the batch, or set "
+                              "--model.config.gradient_checkpointing true, or lower --data.max_length (64).")
+    kept = folder / "last.ckpt"
+    assert f"Kept: {kept}, saved before; --ckpt_path {kept} resumes it" in message and kept.is_file()
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in message  # PyTorch's statistics and hints: MMCAPTION_TRACEBACK=1 shows them
+
+    def out_of_memory_in_validation(self, batch, batch_idx, dataloader_idx=0):
+        raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
+
+    monkeypatch.setattr(MultimodalCaptioner, "validation_step", out_of_memory_in_validation)
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "d"),
+                                        "--data.init_args.eval_batch_size", "3"])
+    assert message.endswith("It ran out in the validation check before training. To fit: lower --data.eval_batch_size (3).")
+
+
+def test_running_out_of_ram_is_one_line_and_other_errors_keep_their_traceback(capsys):
+    def allocate():
+        torch.empty(2**62, dtype=torch.uint8)  # the CPU allocator's own error
+
+    with pytest.raises(SystemExit) as exit_info:
+        user_errors_exit(allocate)()
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: out of memory in RAM: ") and f"you tried to allocate {2**62} bytes." in line
+    assert line.endswith("Close what else uses that memory, or use a device with more")  # outside a run
+    assert out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)")) is not None
+    assert out_of_memory(RuntimeError("index out of range")) is None
+    with pytest.raises(ValueError):
+        user_errors_exit(lambda: int("x"))()
 
 
 def _stage_checkpoint(path: Path, stage: str, init_from: str | None = None) -> str:
