@@ -38,7 +38,7 @@ class MMCaptionParser(LightningArgumentParser):
         if not self.exit_on_error:  # a parser whose caller handles the error (nested parsing)
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
-        lines = [f"error: {message.strip().splitlines()[0]}"]
+        lines = [f"error: {_bad_value(message) or message.strip().splitlines()[0]}"]
         if message.startswith("Problems parsing config"):  # YAML's own error says "<unicode string>": name the file
             lines = [f"error: {problem}" for problem in _unreadable_configs(_ARGUMENTS)] or lines
         detail = [line.strip() for line in message.splitlines()[1:] if "is not accepted" in line or "not a valid" in line]
@@ -131,6 +131,47 @@ def _init_parameters(class_path: str) -> list[str]:
             names += [p.name for p in inspect.signature(klass.__init__).parameters.values()
                       if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     return list(dict.fromkeys(names))
+
+
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text", "NoneType": "null",
+          "pathlib.Path": "a path"}
+
+
+def _bad_value(message: str) -> str | None:
+    """A value of the wrong type, said as ``key: 'value' is not <what the key takes>``: jsonargparse nests the
+    reason under each union it tried (a data module's setting under ``data``'s class), and its first line
+    names only the outermost key."""
+    lines = message.splitlines()
+    keys = [(i, len(line) - len(line.lstrip()), match.group(1)) for i, line in enumerate(lines)
+            if (match := re.match(r'\s*(?:- )?Parser key "([^"]+)":', line))]
+    if not keys:
+        return None
+    path = keys[0][2]
+    for (previous, _, _), (index, _, key) in zip(keys, keys[1:]):  # a class's own setting is under its init_args
+        path += (".init_args." if any("given class_path" in line for line in lines[previous:index]) else ".") + key
+    start, indent = keys[-1][0], keys[-1][1]
+    reason = []
+    for line in lines[start + 1:]:
+        if len(line) - len(line.lstrip()) <= indent:
+            break
+        reason.append(line.strip())
+    value = next((m.group(1) for line in reason if (m := re.search(r"(?:Got|Given) value: (.*)$", line))), None)
+    expected = [m.group(1) for line in reason if (m := re.match(r"(?:- )?Expected an? (.+?)(?:\. Got value: .*)?$", line))]
+    if value is None or value.startswith("NestedArg(") or not expected:  # NestedArg: an unknown key, said otherwise
+        return None
+    choices, kinds = [], []
+    for kind in expected:
+        literal = re.fullmatch(r"typing\.Literal\[(.*)\]", kind)
+        name = re.sub(r"^<class '(.+)'>$", r"\1", kind)
+        if literal:
+            choices += [choice.strip().strip("'\"") for choice in literal.group(1).split(",")]
+        else:
+            kinds.append(_KINDS.get(name, name.replace("typing.", "")))
+    if "a number" in kinds and "a whole number" in kinds:
+        kinds.remove("a whole number")
+    if choices:
+        kinds.insert(0, "one of " + ", ".join(dict.fromkeys(choices)))
+    return f"{path}: {value!r} is not {' or '.join(dict.fromkeys(kinds))}"
 
 
 def _unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[str, list[str]]]:

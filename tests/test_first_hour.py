@@ -80,6 +80,31 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
     assert "--model.config.lora_rnk: did you mean --model.config.lora_r" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("setting, value, said", [
+    ("--data.init_args.on_bad_record", "skipp", "data.init_args.on_bad_record: 'skipp' is not one of error, skip"),
+    ("--data.init_args.batch_size", "two", "data.init_args.batch_size: 'two' is not a whole number"),
+    ("--data.init_args.val_caption_images", "many", "data.init_args.val_caption_images: 'many' is not a whole number or null"),
+    ("--trainer.max_steps", "abc", "trainer.max_steps: 'abc' is not a whole number"),
+    ("--trainer.gradient_clip_val", "big", "trainer.gradient_clip_val: 'big' is not a number or null"),
+    ("--model.config.quantization", "nf5", "model.config.quantization: 'nf5' is not one of nf4, fp4, int8, none"),
+])
+def test_a_value_of_the_wrong_kind_is_named_with_what_the_setting_takes(tmp_path, monkeypatch, capsys, setting, value, said):
+    monkeypatch.chdir(tmp_path)  # was `error: Parser key "data":` alone, the reason dropped
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO_CAPTION, setting, value])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[0] == f"error: {said}"
+
+
+def test_a_value_of_the_wrong_kind_in_a_config_file_is_named_too(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  init_args:\n    on_bad_record: skipp\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO_CAPTION, "--config", str(bad)])
+    assert capsys.readouterr().err.splitlines()[0] == "error: data.init_args.on_bad_record: 'skipp' is not one of error, skip"
+
+
 def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
