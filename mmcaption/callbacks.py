@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, out_of_memory
 
@@ -138,6 +139,24 @@ class ResumableStop(Callback):
                 "repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
                 f"start a new run from its weights with --model.init_from {source}"
             )
+
+
+def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callback]:
+    """The config's callbacks less those the trainer's own settings turn off: a ``LearningRateMonitor``
+    when ``logger`` is false (it has nothing to log to, and Lightning stops the run at its first step), a
+    ``ModelCheckpoint`` when ``enable_checkpointing`` is false (Lightning refuses the pair): a quick run
+    without logs or checkpoints needs no edit of the config. In ``fit``, a note says what was left out."""
+    callbacks = trainer_settings.get("callbacks") or []
+    turned_off = [(LearningRateMonitor, "logger")] if trainer_settings.get("logger") is False else []
+    turned_off += [(ModelCheckpoint, "enable_checkpointing")] if trainer_settings.get("enable_checkpointing") is False else []
+    kept = []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        setting = next((name for kind, name in turned_off if isinstance(callback, kind)), None)
+        if setting is None:
+            kept.append(callback)
+        elif fit and rank_zero_only.rank == 0:
+            print(f"note: trainer.{setting} is false: the config's {type(callback).__name__} is left out", file=sys.stderr, flush=True)
+    return kept
 
 
 class OutOfMemoryAdvice(Callback):

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import re
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
@@ -20,10 +17,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
-from transformers.utils import logging as hf_logging
 
-from mmcaption.callbacks import OutOfMemoryAdvice, PlainProgress, ResumableStop, StageProgressBar
+from mmcaption.callbacks import OutOfMemoryAdvice, PlainProgress, ResumableStop, StageProgressBar, usable_callbacks
 from mmcaption.checkpoint import AtomicCheckpointIO, earlier_checkpoints_note, load_checkpoint_file
+from mmcaption.console import filter_warnings, lightning_info_hidden, quiet_lightning
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import ConfigError, user_errors_exit
@@ -70,6 +67,11 @@ class MMCaptionCLI(LightningCLI):
                 # off a terminal
                 trainer.callbacks[index] = StageProgressBar() if sys.stderr.isatty() else PlainProgress()
         return trainer
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        # Lightning < 2.7 (pinned): where the trainer's settings meet the config's callbacks
+        config["callbacks"] = usable_callbacks(config, fit=self.subcommand == "fit")
+        return super()._instantiate_trainer(config, callbacks)
 
     def before_instantiate_classes(self) -> None:
         """Before anything is built: the accelerator asked for exists, and each backbone can be found."""
@@ -247,48 +249,9 @@ def install_atomic_checkpoint_io(trainer: Trainer) -> None:
         io.checkpoint_io = AtomicCheckpointIO()
 
 
-class _DropLines(logging.Filter):
-    """Drops log records whose message starts with one of ``prefixes``."""
-
-    def __init__(self, *prefixes: str) -> None:
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
-
-
-# Warnings of the packages below mmcaption that say nothing a user of mmcaption can act on (each
-# checked against the versions pinned in pyproject.toml; a new one is worth reading before adding it).
 EPILOG = ("also: `mmcaption prepare --config C` checks and preprocesses a config's data and prints what it holds; "
           "`mmcaption chat --model EXPORTED --image PHOTO` talks about a photo. Other commands: mmcaption-demo, "
           "mmcaption-pipeline, mmcaption-export, mmcaption-app.")
-
-UNACTIONABLE_WARNINGS = (
-    re.escape("'set_vital' is deprecated"),  # torchdata 0.11 calls a deprecated torch function at every epoch
-    re.escape("`is_gradient_checkpointing` is deprecated"),  # peft asks transformers with the old name
-    re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),  # Lightning's pytree helper on newer torch
-    r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen vision tower, on purpose
-)
-
-
-def filter_warnings() -> None:
-    """Inside a ``warnings.catch_warnings()`` block: drop :data:`UNACTIONABLE_WARNINGS`."""
-    for message in UNACTIONABLE_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-
-
-def quiet_lightning() -> None:
-    """Lightning's console lines that say nothing to a user of mmcaption: an advertisement for a cloud
-    logger, and the TPU line on machines without TPUs. The GPU line and everything else stays. Off a
-    terminal, also the progress bars of ``datasets`` (the phase lines say what is being built)."""
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropLines) for f in logger.filters):
-        logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "TPU available: False"))
-    hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
-    if not sys.stderr.isatty():  # in a log file a bar is one long line of redrawn counts per table built
-        datasets.disable_progress_bars()
-
 
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
     """Run ``mmcaption`` with ``args`` (``sys.argv`` when None) and return the finished CLI."""
@@ -314,20 +277,6 @@ class _CheckOnlyCLI(MMCaptionCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         pass
-
-
-@contextlib.contextmanager
-def lightning_info_hidden() -> Iterator[None]:
-    """Lightning's info lines ("Seed set to 0", "GPU available: ...") belong to the run, not to its check."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def check_command(args: list[str], run_checks: bool = True) -> None:

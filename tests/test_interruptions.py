@@ -305,6 +305,19 @@ def fit_config(tmp_path: Path, coco_root: Path, backbones, dirpath: Path, log_di
     return ["fit", "--config", str(path)]
 
 
+def test_a_quick_run_without_logs_or_checkpoints_leaves_out_the_configs_callbacks_for_them(
+    backbones, coco_root, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # was Lightning's MisconfigurationException, after the model had loaded
+    folder = tmp_path / "c"
+    main([*fit_config(tmp_path, coco_root, backbones, folder), "--trainer.callbacks+=LearningRateMonitor",
+          "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"])
+    err = capsys.readouterr().err
+    assert "note: trainer.logger is false: the config's LearningRateMonitor is left out" in err
+    assert "note: trainer.enable_checkpointing is false: the config's ModelCheckpoint is left out" in err
+    assert not folder.exists() and not (tmp_path / "logs").exists()
+
+
 def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones, coco_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     no_backbones(monkeypatch)

@@ -1,0 +1,66 @@
+"""What the commands keep quiet: the libraries' console lines and warnings that say nothing a user of
+mmcaption can act on (each checked against the versions pinned in pyproject.toml; a new one is worth
+reading before it is added here)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import warnings
+from collections.abc import Iterator
+
+import datasets
+from transformers.utils import logging as hf_logging
+
+
+class _DropLines(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+UNACTIONABLE_WARNINGS = (
+    re.escape("'set_vital' is deprecated"),  # torchdata 0.11 calls a deprecated torch function at every epoch
+    re.escape("`is_gradient_checkpointing` is deprecated"),  # peft asks transformers with the old name
+    re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),  # Lightning's pytree helper on newer torch
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen vision tower, on purpose
+)
+
+
+def filter_warnings() -> None:
+    """Inside a ``warnings.catch_warnings()`` block: drop :data:`UNACTIONABLE_WARNINGS`."""
+    for message in UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def quiet_lightning() -> None:
+    """Lightning's console lines that say nothing to a user of mmcaption: an advertisement for a cloud
+    logger, and the TPU line on machines without TPUs. The GPU line and everything else stays. Off a
+    terminal, also the progress bars of ``datasets`` (the phase lines say what is being built)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLines) for f in logger.filters):
+        logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "TPU available: False"))
+    hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
+    if not sys.stderr.isatty():  # in a log file a bar is one long line of redrawn counts per table built
+        datasets.disable_progress_bars()
+
+
+@contextlib.contextmanager
+def lightning_info_hidden() -> Iterator[None]:
+    """Lightning's info lines ("Seed set to 0", "GPU available: ...") belong to the run, not to its check."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
