@@ -67,7 +67,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     ``license`` is the Hub license id the model card declares for what was trained. With
     ``include_backbones`` the language model and the vision tower are copied into ``backbones/`` and the
     folder loads from them: it works with nothing else, offline."""
-    out = check_new_folder(out, overwrite, "export folder", "--overwrite")
+    out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,))
     model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False)  # the trained tensors suffice
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})

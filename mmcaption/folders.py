@@ -96,11 +96,20 @@ def locks_released_after() -> Iterator[None]:
             FolderLock(folder).release()
 
 
-def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str) -> Path:
-    """Refuse a ``folder`` that exists with something in it, unless ``overwrite``; refuse a file."""
+def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str, keep: tuple[str | Path, ...] = ()) -> Path:
+    """Refuse a ``folder`` that exists with something in it, unless ``overwrite``; refuse a file; refuse, even
+    with ``overwrite``, the working directory or a folder above it (it cannot be replaced) and a folder
+    that holds one of the inputs in ``keep`` (replacing it would delete them)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputExistsError(f"{what} {folder} is a file, not a folder")
+    resolved = folder.resolve()
+    if Path.cwd().is_relative_to(resolved):
+        raise OutputExistsError(f"{what} {folder} is the working directory or holds it; name a new folder, as {folder / 'export'}")
+    for path in keep:
+        if Path(path).resolve().is_relative_to(resolved):
+            raise OutputExistsError(f"{what} {folder} holds {path}, which this command reads: replacing the folder would "
+                                    "delete it; choose another folder")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise OutputExistsError(f"{what} {folder} exists and is not empty; choose another folder, or replace it with {option}")
     check_writable(folder.parent if folder.parent != folder else folder, what)

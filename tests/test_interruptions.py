@@ -171,6 +171,25 @@ def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(t
     assert (empty / "mmcaption.json").is_file()
 
 
+def test_export_with_overwrite_never_deletes_the_checkpoint_it_reads_nor_replaces_the_working_directory(
+    trained_checkpoint, tmp_path, capsys, monkeypatch
+):
+    runs = tmp_path / "runs"
+    (runs / "exp1").mkdir(parents=True)
+    checkpoint = shutil.copy(trained_checkpoint, runs / "exp1" / "last.ckpt")
+    (runs / "notes.txt").write_text("lr 1e-4 was better\n")
+    no_backbones(monkeypatch)
+    for folder in (runs / "exp1", runs):  # its own folder, or one above it: --overwrite deleted the checkpoint
+        message = user_error(capsys, export_main, [str(checkpoint), str(folder), "--overwrite"])
+        assert f"export folder {folder} holds {checkpoint}, which this command reads" in message
+    monkeypatch.chdir(runs)  # "." could not be replaced: a traceback, and the export left beside it
+    message = user_error(capsys, export_main, [str(checkpoint), ".", "--overwrite"])
+    assert "export folder . is the working directory" in message
+    message = user_error(capsys, export_main, [str(checkpoint), str(tmp_path), "--overwrite"])
+    assert f"export folder {tmp_path} is the working directory or holds it" in message
+    assert sorted(p.name for p in runs.iterdir()) == ["exp1", "notes.txt"] and Path(checkpoint).is_file()
+
+
 # -- --ckpt_path: what the user typed wins, structure cannot change --------------------------------------
 
 
