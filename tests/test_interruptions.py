@@ -93,6 +93,14 @@ def test_predict_refuses_its_input_as_output_and_an_existing_output_before_loadi
     assert f"output {earlier} exists" in message and "--data.overwrite true" in message
     assert earlier.read_text() == "my earlier results\n"
 
+    photo = image_folder / "img0.png"  # an image the questions ask about: with overwrite, it was written over
+    pixels = photo.read_bytes()
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, photo, "--data.overwrite", "true"))
+    assert f"output {photo}: predict writes rows, as JSON Lines (.jsonl: one object per line) or a table (.csv)" in message
+    assert photo.read_bytes() == pixels
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, tmp_path / "answers.json"))
+    assert "not an image or one .json document" in message  # rows under .json: json.load refused the file
+
 
 def test_predict_with_overwrite_replaces_the_output_and_reads_its_own_output_back(
     backbones, trained_checkpoint, image_folder, tmp_path

@@ -243,6 +243,9 @@ class _PredictDataModule(BackbonesDataModule):
                                         "choose another --data.output")
         if output.is_dir():
             raise OutputExistsError(f"output {output} is a folder; --data.output names the file to write")
+        if output.suffix.lower() in (*IMAGE_SUFFIXES, ".json"):  # an input image, with overwrite; a .json reader refuses rows
+            raise ConfigError(f"output {output}: predict writes rows, as JSON Lines (.jsonl: one object per line) or a table "
+                              "(.csv), not an image or one .json document; choose another --data.output")
         if output.exists() and not self.overwrite:
             raise OutputExistsError(f"output {output} exists; choose another --data.output, or replace it with "
                                     "--data.overwrite true")
