@@ -513,6 +513,17 @@ def test_a_build_killed_outright_leaves_a_staging_folder_that_the_next_build_rem
     assert alive.is_dir()
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o002, 0o775), (0o077, 0o700)])
+def test_a_preprocessed_split_folder_gets_the_permissions_the_umask_gives(tmp_path, umask, mode):
+    previous = os.umask(umask)  # was always private (mkdtemp's 0700): a team's shared cache unreadable by the others
+    try:
+        with publish_atomically(tmp_path / "train2017-0123") as staging:
+            (staging / "meta.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "train2017-0123").stat().st_mode & 0o777 == mode
+
+
 def test_a_full_disk_while_preprocessing_is_said_in_one_line_and_leaves_no_staging_folder(
     backbones, coco_root, tmp_path, monkeypatch, capsys
 ):

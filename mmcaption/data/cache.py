@@ -149,6 +149,9 @@ def publish_atomically(target: Path) -> Iterator[Path]:
     try:
         yield staging
         shutil.rmtree(staging / "build", ignore_errors=True)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(staging, 0o777 & ~mask)  # mkdtemp's folder is private; a shared cache must be readable as others' files are
         try:
             os.replace(staging, target)
         except OSError:
