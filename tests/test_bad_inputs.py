@@ -113,5 +113,5 @@ def test_non_utf8_annotation_file_and_csv_are_named(backbones, coco, tmp_path):
     csv_file = tmp_path / "q.csv"
     csv_file.write_bytes("img_path,Question,A,B,C,D\nx.png,Qu'est-ce que c'est \xe0 gauche?,a,b,c,d\n".encode("latin-1"))
     dm = MultipleChoiceDataModule(csv_file=str(csv_file), tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
-    with pytest.raises(DataError, match=r"q\.csv is not UTF-8 text"):
+    with pytest.raises(DataError, match=r"q\.csv, line 2: not UTF-8 text \(byte 0xe0"):
         dm.setup("predict")

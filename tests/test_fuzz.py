@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmcaption.checkpoint import CheckpointFileError, load_checkpoint_file, save_atomically
+from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.coco import read_coco_annotations
 from mmcaption.data.llava import read_llava
-from mmcaption.data.predict import read_choice_csv
 from mmcaption.data.records import BadRecords, DataError
 from mmcaption.demo.synthetic import write_coco_split, write_llava_split
 

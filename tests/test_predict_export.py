@@ -109,7 +109,7 @@ def test_bad_csv_is_refused_with_the_file_and_line(backbones, tmp_path):
     with pytest.raises(DataError, match=r"a\.csv lacks column\(s\) \['Question'\]"):
         choice_data(backbones, no_question, tmp_path / "o.csv").setup("predict")
     bad_answer = write_csv(tmp_path / "b.csv", [QUESTIONS[0], {**QUESTIONS[1], "answer": "E"}])
-    with pytest.raises(DataError, match=r"b\.csv, line 3: answer 'E' is not one of A, B, C, D"):
+    with pytest.raises(DataError, match=r"b\.csv, line 3: answer 'E' is neither one of A, B, C, D nor an option's text"):
         choice_data(backbones, bad_answer, tmp_path / "o.csv").setup("predict")
 
 
@@ -183,7 +183,7 @@ def test_csv_as_excel_writes_it_bom_crlf_any_case_and_five_options(backbones, tm
          r"line 4: 5 fields where the header has 6"),  # physical lines: the quoted field spans 2 and 3
         ("img_path,Question,A,B,a\nx.png,Q,red,blue,green\n", r"column\(s\) \['A', 'a'\] appear more than once"),
         ("img_path,Question,A,B,C\nx.png,Q,red,,green\n", r"line 2: options must be 2 or more, without gaps"),
-        ("img_path,Question,A,B,answer\nx.png,Q,red,blue,C\n", r"line 2: answer 'C' is not one of A, B"),
+        ("img_path,Question,A,B,answer\nx.png,Q,red,blue,C\n", r"line 2: answer 'C' is neither one of A, B nor an option's text"),
     ],
     ids=["unquoted comma", "physical line after a multi-line field", "duplicate header", "gap in options", "answer names no option"],
 )

@@ -12,6 +12,7 @@ from PIL import Image
 
 from mmcaption import images
 from mmcaption.data import CaptionDataModule, DataError, MultipleChoiceDataModule
+from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.predict import find_images
 from mmcaption.data.questions import read_questions
 from mmcaption.images import check_image, load_rgb
@@ -292,3 +293,29 @@ def test_predict_reads_image_urls_in_lists_and_questions_files(backbones, traine
         assert row["error"] == "" and row["prediction"] in "ABCD" and row["prediction"]
         scores.append(row["scores"])
     assert scores[0] == scores[1]
+
+
+def test_a_multiple_choice_sheet_as_people_write_it(tmp_path):
+    sheet = tmp_path / "quiz.csv"
+    sheet.write_text("Image,Question,A,B,C,D,Answer\n"  # `image`, as the questions files name it
+                     "a.png,What colour?,red,blue,green,white,c)\n"
+                     "a.png,What colour?,red,blue,green,white,(B)\n"
+                     "a.png,What colour?,red,blue,green,white,D.\n"
+                     "a.png,What shape?,circle,Square,triangle,diamond,square\n"  # the option's text
+                     "a.png,What shape?,circle,square,triangle,diamond,\n", encoding="utf-8")
+    questions = read_choice_csv(sheet)
+    assert [q.answer for q in questions] == ["C", "B", "D", "B", None] and questions[0].image == "a.png"
+
+    sheet.write_text("img_path,Question,A,B,answer\na.png,What colour?,red,blue,purple\n")
+    with pytest.raises(DataError, match=r"line 2: answer 'purple' is neither one of A, B nor an option's text"):
+        read_choice_csv(sheet)
+    sheet.write_text("img_path;Question;A;B;answer\na.png;What colour?;red;blue;A\n")  # Excel where ',' is the decimal mark
+    with pytest.raises(DataError, match="it looks separated by semicolons: save it comma-separated"):
+        read_choice_csv(sheet)
+    sheet.write_text("img_path,Question,A,B,answer\na.png,What colour?,red,A\n")
+    with pytest.raises(DataError, match=r"line 2: 4 fields where the header has 5 \(a field is missing\)"):
+        read_choice_csv(sheet)
+    sheet.write_bytes("img_path,Question,A,B\na.png,What colour?,red,blue\nb.png,Quelle couleur ?,rouge,bleu clair\n"
+                      "c.png,Quel café ?,noir,crème\n".encode("cp1252"))  # Excel's plain "CSV": the local code page
+    with pytest.raises(DataError, match=r'quiz\.csv, line 4: not UTF-8 text \(byte 0xe9 .*save it as "CSV UTF-8"'):
+        read_choice_csv(sheet)

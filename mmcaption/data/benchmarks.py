@@ -20,7 +20,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.records import DataError, escapes_root, read_json
+from mmcaption.data.records import DataError, escapes_root, not_utf8, read_json
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -75,8 +75,8 @@ def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[t
             for fields in reader:
                 rows.append((start, fields))
                 start = reader.line_num + 1
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text: {error}") from error
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except csv.Error as error:
         raise DataError(f"{path}, line {reader.line_num}: not valid {kind}: {error}") from error
     return header, rows

@@ -25,17 +25,13 @@ from mmcaption.data.benchmarks import (
     circular_passes,
     read_mmbench_tsv,
     read_scienceqa,
-    read_table_rows,
     scienceqa_image_root,
 )
+from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.records import DataError
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
-from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
-from mmcaption.tasks import RESULT_COLUMNS
-
-REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
 
 
 def find_images(source: str, note=rank_zero_info) -> list[Path]:
@@ -156,63 +152,6 @@ class _ChoiceRows(_ImageRows):
     def text(self, index: int) -> dict[str, Any]:
         return {"task": f"choice-{self.method}", "input_ids": torch.tensor(self.prompts[index]),
                 "option_ids": self.option_ids[index], "options": self.options[index]}
-
-
-def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
-    """Read a multiple-choice CSV as spreadsheets write it, refusing what would be read wrong.
-
-    Columns ``img_path``, ``Question``, ``A``, ``B`` (and ``C`` ... ``H``, optional ``answer``) are matched
-    without regard to case; a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted. A duplicate
-    column, a row whose number of fields differs from the header's (an unquoted comma shifts the
-    question into the options), an empty question, fewer than two options, a gap between options or
-    an answer that names no option is refused with the file and the physical line.
-    """
-    if not path.is_file():
-        raise DataError(f"multiple-choice CSV not found: {path}")
-    header, rows = read_table_rows(path)
-    folded = [name.lower() for name in header]  # columns without a name (a spreadsheet's trailing cells) are ignored
-    duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})
-    if duplicates:
-        raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
-    earlier = [name for name, low in zip(header, folded) if low in RESULT_COLUMNS]
-    if earlier:
-        rank_zero_info(f"{path}: columns {earlier} are an earlier predict's results; they are not read, and are replaced")
-    column = {low: i for i, low in enumerate(folded)}
-    missing = [name for name in REQUIRED_COLUMNS if name.lower() not in column]
-    if missing:
-        raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}, then optional C-H and "
-                        f"'answer'; it has {header}")
-    letters = [letter for letter in LETTERS if letter.lower() in column]
-    option_keys = tuple(name for letter in letters for name, low in zip(header, folded) if low == letter.lower())
-    questions = []
-    for line, fields in rows:
-        if not any(field.strip() for field in fields):
-            continue  # a blank line
-        if len(fields) != len(header):
-            raise DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} "
-                            "(a comma inside a field must be quoted)")
-        values = {low: field.strip() for low, field in zip(folded, fields)}
-
-        def get(name: str, values: dict[str, str] = values) -> str:
-            return values.get(name.lower(), "")
-
-        options = [get(letter) for letter in letters]
-        while options and not options[-1]:
-            options.pop()
-        problems = [f"empty {name}" for name in ("img_path", "Question") if not get(name)]
-        if len(options) < 2 or not all(options):
-            problems.append(f"options must be 2 or more, without gaps: {dict(zip(letters, options))}")
-        answer = get("answer").upper() or None
-        if answer is not None and answer not in LETTERS[: len(options)]:
-            problems.append(f"answer {get('answer')!r} is not one of {', '.join(LETTERS[: len(options)])}")
-        if problems:
-            raise DataError(f"{path}, line {line}: " + "; ".join(problems))
-        record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded)
-                  if low and low not in RESULT_COLUMNS}
-        questions.append(ChoiceQuestion(line, record, get("img_path"), get("Question"), options, answer, option_keys=option_keys))
-    if not questions:
-        raise DataError(f"{path} has no questions")
-    return questions
 
 
 class _PredictDataModule(BackbonesDataModule):

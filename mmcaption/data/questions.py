@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from mmcaption.data.predict import _ImageRows, _PredictDataModule, image_paths
-from mmcaption.data.records import DataError, read_json
+from mmcaption.data.records import DataError, not_utf8, read_json
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
@@ -201,8 +201,8 @@ def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQues
                     start = reader.line_num + 1
         else:
             raise DataError(f"{path}: questions are read from .jsonl or .csv files, or VQAv2's official .json")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 text: {error}") from error
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except csv.Error as error:
         raise DataError(f"{path}: not valid CSV: {error}") from error
     if not questions:

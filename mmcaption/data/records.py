@@ -19,6 +19,20 @@ class DataError(MMCaptionError, ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
 
 
+def not_utf8(path: Path) -> DataError:
+    """A text file that is not UTF-8, named with the line and the byte: most often a spreadsheet saved in
+    Windows' local code page (Excel's plain "CSV"), which UTF-8 cannot read back as written."""
+    data = path.read_bytes()
+    start = data.startswith(b"\xef\xbb\xbf") * 3
+    try:
+        data[start:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        start += error.start
+    line = data.count(b"\n", 0, start) + 1
+    return DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[start]:02x} at {start}), likely Windows' local code "
+                     "page, as Excel's plain \"CSV\" writes it; save it as \"CSV UTF-8\" (or UTF-8 in any editor)")
+
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 

@@ -1,0 +1,88 @@
+"""The original scripts' multiple-choice CSV, as spreadsheets write it: ``img_path, Question, A, B`` (and
+``C`` ... ``H``, optional ``answer``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.data.benchmarks import ChoiceQuestion, read_table_rows
+from mmcaption.data.records import DataError
+from mmcaption.evaluation.answers import LETTERS
+from mmcaption.tasks import RESULT_COLUMNS
+
+REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
+IMAGE_COLUMNS = ("img_path", "image", "image_path")  # the first found is the image's (the questions files' names too)
+_LETTER_ANSWER = re.compile(r"\(?([A-Ha-h])[).:]?")  # B, b, B), (B), B., B: as answer keys are written
+
+
+def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
+    """Read a multiple-choice CSV as spreadsheets write it, refusing what would be read wrong.
+
+    Columns are matched without regard to case, and the image's may be named ``image`` or ``image_path``;
+    a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted. An answer may be written as the letter
+    (``B``, ``b``, ``B)``, ``(B)``, ``B.``) or as the text of its option. A duplicate column, a row whose
+    number of fields differs from the header's (an unquoted comma shifts the question into the options),
+    an empty question, fewer than two options, a gap between options or an answer that names no option
+    is refused with the file and the physical line; a file in another encoding or separated by
+    semicolons (Excel in many countries) is refused saying so.
+    """
+    if not path.is_file():
+        raise DataError(f"multiple-choice CSV not found: {path}")
+    header, rows = read_table_rows(path)
+    folded = [name.lower() for name in header]  # columns without a name (a spreadsheet's trailing cells) are ignored
+    duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})
+    if duplicates:
+        raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
+    earlier = [name for name, low in zip(header, folded) if low in RESULT_COLUMNS]
+    if earlier:
+        rank_zero_info(f"{path}: columns {earlier} are an earlier predict's results; they are not read, and are replaced")
+    column = {low: i for i, low in enumerate(folded)}
+    image = next((name for name in IMAGE_COLUMNS if name in column), "img_path")
+    missing = [name for name in REQUIRED_COLUMNS if (image if name == "img_path" else name.lower()) not in column]
+    if missing:
+        separated = next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
+                          (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
+        raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}, then optional C-H and "
+                        f"'answer'; it has {header}{separated}")
+    letters = [letter for letter in LETTERS if letter.lower() in column]
+    option_keys = tuple(name for letter in letters for name, low in zip(header, folded) if low == letter.lower())
+    questions = []
+    for line, fields in rows:
+        if not any(field.strip() for field in fields):
+            continue  # a blank line
+        if len(fields) != len(header):
+            why = "a comma inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
+            raise DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} ({why})")
+        values = {low: field.strip() for low, field in zip(folded, fields)}
+        options = [values[letter.lower()] for letter in letters]
+        while options and not options[-1]:
+            options.pop()
+        problems = [f"empty {name}" for name, key in (("img_path", image), ("Question", "question")) if not values[key]]
+        if len(options) < 2 or not all(options):
+            problems.append(f"options must be 2 or more, without gaps: {dict(zip(letters, options))}")
+        answer = _answer_letter(values.get("answer", ""), options)
+        if answer is None:
+            problems.append(f"answer {values['answer']!r} is neither one of {', '.join(LETTERS[: len(options)])} nor an option's text")
+        if problems:
+            raise DataError(f"{path}, line {line}: " + "; ".join(problems))
+        record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded)
+                  if low and low not in RESULT_COLUMNS}
+        questions.append(ChoiceQuestion(line, record, values[image], values["question"], options, answer or None,
+                                        option_keys=option_keys))
+    if not questions:
+        raise DataError(f"{path} has no questions")
+    return questions
+
+
+def _answer_letter(answer: str, options: list[str]) -> str | None:
+    """The letter an answer cell names ("" for none given, None for none of the options)."""
+    if not answer:
+        return ""
+    letter = _LETTER_ANSWER.fullmatch(answer)
+    if letter and letter.group(1).upper() in LETTERS[: len(options)]:
+        return letter.group(1).upper()
+    texts = [option.casefold() for option in options]
+    return LETTERS[texts.index(answer.casefold())] if answer.casefold() in texts else None
