@@ -21,6 +21,7 @@ from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.images import check_image
 from mmcaption.inference import Captioner
 from mmcaption.model import is_pretrained_folder
+from mmcaption.tasks import check_generation
 
 HELP = "/image PATH: another image (a new conversation) - /reset: a new conversation - /quit: end"
 
@@ -115,12 +116,13 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"{args.model} is not a model folder of mmcaption-export (no mmcaption.json in it)")
     if args.image:
         read_image(args.image)  # before the model loads
-    captioner = Captioner.from_pretrained(args.model, device=args.device)
-    settings = {"max_new_tokens": args.max_new_tokens, "num_beams": 1, "do_sample": args.temperature > 0}
-    if args.temperature > 0:
+    settings = {"max_new_tokens": args.max_new_tokens, "num_beams": 1, "do_sample": args.temperature != 0}
+    if args.temperature != 0:
         settings.update(temperature=args.temperature, top_p=args.top_p)
     if args.min_new_tokens is not None:
         settings["min_new_tokens"] = args.min_new_tokens
+    check_generation(settings, "mmcaption chat")
+    captioner = Captioner.from_pretrained(args.model, device=args.device)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"mmcaption chat about {args.image or 'no image'} ({HELP})")

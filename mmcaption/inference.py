@@ -16,7 +16,7 @@ import torch
 
 from mmcaption.images import ImageSource, blank_pixels, load_rgb
 from mmcaption.model import MultimodalCausalLM, read_manifest
-from mmcaption.model.backbones import load_image_processor, load_tokenizer
+from mmcaption.model.backbones import check_device, load_image_processor, load_tokenizer
 from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompt
 from mmcaption.tasks import Tasks
@@ -42,6 +42,7 @@ class Captioner:
         """Rebuild the model of a saved folder (backbones from their own names, trained parts from the
         folder), optionally with another quantization for inference."""
         folder = Path(folder)
+        check_device(device)
         model = MultimodalCausalLM.from_pretrained(folder, device=device, **({"quantization": quantization} if quantization else {}))
         processor = load_image_processor(str(folder / "image_processor"))
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, read_manifest(folder))
@@ -72,6 +73,8 @@ class Captioner:
         images = images if many else [images]
         if not images:
             return []
+        if any(image is None for image in images):  # a caption of no image would be made up from the prompt alone
+            raise ValueError("caption needs an image for each item; None is for text-only questions (answer, choose, chat)")
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
         captions = self._generate([prompt] * len(images), images, **generate_kwargs)
         return captions if many else captions[0]

@@ -32,7 +32,7 @@ from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local
 from mmcaption.model.loss import chunked_cross_entropy
 from mmcaption.predictions import PredictionWriter
-from mmcaption.tasks import Tasks
+from mmcaption.tasks import Tasks, check_generation
 
 # the generation settings a results file records
 GENERATION_RECORDED = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p",
@@ -82,6 +82,7 @@ class MultimodalCaptioner(LightningModule):
         self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
         self.adam_betas = tuple(adam_betas)
         self.generation = dict(generation or {})
+        check_generation(self.generation, "model.generation")  # before the model loads
         self.on_nonfinite_loss = on_nonfinite_loss
         self.init_from = init_from
         self.compile = compile

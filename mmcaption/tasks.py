@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from mmcaption.collate import IGNORE_INDEX, collate
+from mmcaption.errors import ConfigError
 from mmcaption.evaluation.answers import LETTERS, normalise_answer, parse_choice, vqa_accuracy
 from mmcaption.model import MultimodalCausalLM
 
@@ -81,6 +82,28 @@ def option_scores(
     return scores
 
 
+def check_generation(settings: dict[str, Any], where: str = "generation") -> None:
+    """Refuse ``generate`` settings that cannot work, naming them, before a model loads (transformers or its
+    logits processors would refuse them at the first ``generate``, after the model has loaded)."""
+    given = {**DEFAULT_GENERATION, **settings}
+    problems = [f"{name} {given[name]} must be 1 or more" for name in ("max_new_tokens", "num_beams")
+                if given.get(name) is not None and given[name] < 1]
+    low, high = given.get("min_new_tokens"), given.get("max_new_tokens")
+    if low and high and low > high:
+        problems.append(f"min_new_tokens {low} is above max_new_tokens {high}")
+    if given.get("do_sample") and given.get("temperature", 1.0) <= 0:
+        problems.append(f"temperature {given['temperature']} must be above 0 when sampling")
+    if given.get("do_sample") and not 0 < given.get("top_p", 1.0) <= 1:
+        problems.append(f"top_p {given['top_p']} must be above 0 and at most 1")
+    if not problems:
+        try:
+            GenerationConfig(**given)
+        except ValueError as error:  # what else transformers refuses
+            problems.append(str(error))
+    if problems:
+        raise ConfigError(f"{where}: {'; '.join(problems)}")
+
+
 class Tasks:
     """A model with its tokenizer and generation settings: captions, answers and choices.
 
@@ -93,6 +116,7 @@ class Tasks:
     def __init__(self, model: MultimodalCausalLM, tokenizer: PreTrainedTokenizerBase, generation: dict[str, Any] | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        check_generation(generation or {})
         self.generation = GenerationConfig(**{
             **DEFAULT_GENERATION, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
             **(generation or {}),

@@ -16,11 +16,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mmcaption import pipeline
 from mmcaption.callbacks import ResumableStop
+from mmcaption.chat import main as chat_main
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import main
 from mmcaption.data import CaptionDataModule, DataError
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.demo.run import main as demo_main
+from mmcaption.errors import ConfigError
+from mmcaption.inference import Captioner
 from mmcaption.model import MultimodalCausalLM
 
 from .conftest import REPO, make_captioner
@@ -103,6 +106,28 @@ def test_a_value_of_the_wrong_kind_in_a_config_file_is_named_too(tmp_path, monke
     with pytest.raises(SystemExit):
         main(["fit", "--config", DEMO_CAPTION, "--config", str(bad)])
     assert capsys.readouterr().err.splitlines()[0] == "error: data.init_args.on_bad_record: 'skipp' is not one of error, skip"
+
+
+def test_generation_settings_and_devices_that_cannot_work_are_refused_before_a_model_loads(
+    backbones, tmp_path, monkeypatch, capsys, nothing_loads
+):
+    monkeypatch.chdir(tmp_path)  # each was a traceback from transformers or torch, after the model had loaded
+    err = user_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--model.config.language_model", str(backbones[0]),
+                                   "--model.config.vision_model", str(backbones[1]), "--model.generation.max_new_tokens", "0"])
+    assert err == "error: model.generation: max_new_tokens 0 must be 1 or more"
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "mmcaption.json").write_text("{}")  # a model folder, as far as the checks before loading look
+    monkeypatch.setattr(MultimodalCausalLM, "from_pretrained", MultimodalCausalLM.from_config)  # refuses, as nothing_loads set it
+    err = user_error(capsys, chat_main, ["--model", str(folder), "--temperature", "-1", "--top_p", "2"])
+    assert err == "error: mmcaption chat: temperature -1.0 must be above 0 when sampling; top_p 2.0 must be above 0 and at most 1"
+    err = user_error(capsys, chat_main, ["--model", str(folder), "--min_new_tokens", "50", "--max_new_tokens", "10"])
+    assert err == "error: mmcaption chat: min_new_tokens 50 is above max_new_tokens 10"
+    if not torch.cuda.is_available():
+        err = user_error(capsys, chat_main, ["--model", str(folder), "--device", "cuda"])
+        assert err.startswith("error: device 'cuda': PyTorch sees no cuda device on this machine")
+    with pytest.raises(ConfigError, match="device 'gpu' is not a device name: cpu, cuda, cuda:1, mps"):
+        Captioner.from_pretrained(folder, device="gpu")
 
 
 def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkeypatch, capsys):

@@ -44,6 +44,21 @@ def download_hint(name: str) -> str:
             "huggingface_hub), or set it to a local folder")
 
 
+def check_device(device: str | torch.device | None) -> None:
+    """Refuse a device this machine does not have, or a name that is none, before anything loads."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"device {device!r} is not a device name: cpu, cuda, cuda:1, mps ({error})") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available,
+                 "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}.get(kind, lambda: True)
+    if not available():
+        raise ConfigError(f"device {device!r}: PyTorch sees no {kind} device on this machine (torch {torch.__version__}); "
+                          "use cpu, or run it where there is one")
+
+
 def check_backbone(name: str, setting: str) -> None:
     """Refuse, before anything loads, a backbone ``from_pretrained`` could not find: a local path that is
     not a model folder, or a hub id that is not in the Hugging Face cache while the hub is offline
