@@ -120,6 +120,7 @@ class MMCaptionCLI(LightningCLI):
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
             return
         checkpoint = load_checkpoint_file(ckpt_path)
+        self._checkpoint_stage = (checkpoint.get("training_data") or {}).get("stage")
         if "pytorch-lightning_version" not in checkpoint:
             raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit (Lightning did not write it): "
                               "give a .ckpt file from a run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
@@ -134,8 +135,8 @@ class MMCaptionCLI(LightningCLI):
         merged, notes, refused = _flatten(saved), [], []
         for key, value in given.items():
             unset = key not in written if written is not None else value == defaults.get(key)
-            if unset or key not in merged or _same(key, value, merged[key]):
-                continue  # not set by the user, or unknown to the checkpoint, or the same
+            if unset or key not in merged or _same(key, value, merged[key]) or key == "init_from":
+                continue  # not set by the user, unknown to the checkpoint, the same, or unused (its weights are replaced)
             if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
                 refused.append(f"{key}: checkpoint {merged[key]!r}, given {value!r}")
             else:
@@ -204,6 +205,11 @@ class MMCaptionCLI(LightningCLI):
                 folder = getattr(logger, "save_dir", None) or getattr(logger, "root_dir", None)
                 if folder:
                     check_writable(folder, "logs")
+        stage, needed = getattr(self, "_checkpoint_stage", None), getattr(self.datamodule, "stage_needed", "")
+        if self.subcommand != "fit" and stage and needed and stage != needed and trainer.global_rank == 0:
+            print(f"note: {self.config[self.subcommand].ckpt_path} is a checkpoint of the {stage} stage; "
+                  f"{type(self.datamodule).__name__}'s questions are what the {needed} stage teaches to answer",
+                  file=sys.stderr, flush=True)
         if self.subcommand == "predict" and hasattr(self.datamodule, "check_output"):
             self.datamodule.check_output(trainer.world_size, trainer.global_rank)
 

@@ -246,6 +246,23 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
     assert cli.model.on_nonfinite_loss == "skip" and cli.model.learning_rate == 0.001
 
 
+def test_answering_questions_with_a_caption_stage_checkpoint_is_noted(trained_checkpoint, image_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # it answers (at 0.5 where the instruct stage's got 1.0 in a user's try) and went unnoticed
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    caption_stage = tmp_path / "caption.ckpt"
+    torch.save({**checkpoint, "training_data": {"stage": "caption"}}, caption_stage)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS)
+    capsys.readouterr()
+    parse(predict_args(caption_stage, questions, tmp_path / "answers.csv", "--model.init_from", "elsewhere.ckpt"))
+    err = capsys.readouterr().err
+    assert (f"note: {caption_stage} is a checkpoint of the caption stage; MultipleChoiceDataModule's questions are what the "
+            "instruct stage teaches to answer") in err
+    assert "init_from" not in err  # with --ckpt_path, init_from's weights are replaced: no note that it was set
+    parse(["predict", "--ckpt_path", str(caption_stage), "--data", "mmcaption.data.CaptionPredictDataModule",
+           "--data.images", str(image_folder), "--trainer.logger", "false"])
+    assert "note" not in capsys.readouterr().err  # captions are the caption stage's
+
+
 def test_a_checkpoint_made_with_relative_backbone_paths_works_from_any_folder(backbones, coco_root, tmp_path, monkeypatch):
     language_dir, vision_dir = backbones
     monkeypatch.chdir(language_dir.parent)

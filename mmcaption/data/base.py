@@ -62,6 +62,10 @@ class BackbonesDataModule(LightningDataModule):
         num_workers: data loader worker processes.
     """
 
+    # "instruct" where the data asks questions, which the instruct stage teaches: predict, validate or test
+    # with a caption stage's checkpoint is then noted (it answers, badly, and would pass unnoticed)
+    stage_needed = ""
+
     def __init__(
         self, tokenizer: str = "microsoft/phi-2", image_processor: str = "openai/clip-vit-base-patch32", num_workers: int = 4
     ) -> None:

@@ -197,7 +197,7 @@ class InstructDataModule(PreprocessedDataModule):
             for ``val/answer_exact_match`` (0: none, null: all).
     """
 
-    training_stage = "instruct"
+    training_stage = stage_needed = "instruct"
 
     def __init__(
         self,

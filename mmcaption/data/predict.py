@@ -267,6 +267,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
             and is right only if every rotation is; the summary adds ``circular_accuracy``. One process only.
     """
 
+    stage_needed = "instruct"
+
     def __init__(
         self,
         csv_file: str,

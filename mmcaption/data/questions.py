@@ -241,6 +241,8 @@ class QuestionsPredictDataModule(_PredictDataModule):
             itself is always refused).
     """
 
+    stage_needed = "instruct"
+
     def __init__(
         self,
         questions_file: str,
