@@ -62,6 +62,13 @@ def test_hash_split_of_one_file_is_disjoint_and_stable(backbones, llava):
     assert len(train_ids | val_ids) == 12
 
 
+def test_a_held_out_fraction_that_holds_out_nothing_says_so(backbones, llava):
+    # 12 records at 1%: none falls on the val side; the message blamed the file ("nothing usable is left")
+    with pytest.raises(DataError, match=r"with val_fraction 0\.01, none of its 12 usable records falls on the val side.*"
+                                        r"raise val_fraction, or give val_file"):
+        make_datamodule(backbones, llava, val_file=None, val_fraction=0.01).prepare_data()
+
+
 def test_template_that_leaves_nothing_to_learn_fails_at_start(backbones, llava):
     with pytest.raises(DataError, match=r"id train2017-1: the first question needs \d+ tokens.*max_length=12"):
         make_datamodule(backbones, llava, max_length=12).prepare_data()

@@ -121,11 +121,12 @@ def read_llava(
     # (conversation, detail, reasoning) talk about the same images. A record is what it says; only a
     # record that repeats both the id and the conversation of an earlier one is a duplicate (skipped and
     # counted, never fatal). The hash split is by id, so an image's conversations stay on one side.
-    conversations, seen = [], set()
+    conversations, seen, parsed = [], set(), 0
     for position, record in enumerate(content):
         conversation = parse_record(position, record, records)
         if conversation is None:
             continue
+        parsed += 1
         if split is not None and not in_split(conversation.id, val_fraction, split):
             continue
         key = (conversation.id, conversation.image, tuple(conversation.turns))
@@ -137,6 +138,10 @@ def read_llava(
             records.note(kind)
         conversations.append(conversation)
 
+    if split is not None and parsed and not conversations:  # "nothing usable" would blame the file
+        advice = "raise val_fraction, or give val_file" if split == "val" else "lower val_fraction"
+        raise DataError(f"{file}: with val_fraction {val_fraction}, none of its {parsed:,} usable records falls on the "
+                        f"{split} side (a record's side is a hash of its id); {advice}")
     missing = [c for c in conversations if c.image is not None and not (image_root / c.image).is_file()]
     records.missing_images(
         [(f"id {c.id}", image_root / c.image) for c in missing], sum(c.image is not None for c in conversations),
