@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import pickle
 import sys
@@ -282,7 +283,9 @@ def earlier_checkpoints_note(folder: Path) -> None:
         with contextlib.suppress(MMCaptionError):
             step = f"; last.ckpt is at step {load_checkpoint_file(last, mmap=True).get('global_step')}"
     names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+    # Lightning's next free version of a name: last-v1.ckpt, or last-v2.ckpt when a third run writes there
+    ours = next(name for name in (f"last-v{n}.ckpt" for n in itertools.count(1)) if not (folder / name).exists())
     print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
-          "beside them under new names (last-v1.ckpt, ...); last.ckpt stays the earlier run's. To continue that run "
+          f"beside them under new names ({ours}, ...); last.ckpt stays the earlier run's. To continue that run "
           "instead, stop and add --ckpt_path last; to keep the runs apart, give this one another checkpoint folder.",
           file=sys.stderr, flush=True)

@@ -669,6 +669,10 @@ def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_co
     err = capsys.readouterr().err
     assert f"note: {folder} holds an earlier run's checkpoints (last.ckpt; last.ckpt is at step 16). This run starts at step 0" in err
     assert "last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path last" in err
+    assert "saves beside them under new names (last-v1.ckpt, ...)" in err
+    torch.save({"global_step": 8, "state_dict": {}}, folder / "last-v1.ckpt")  # a third run: Lightning writes last-v2
+    earlier_checkpoints_note(folder)
+    assert "saves beside them under new names (last-v2.ckpt, ...)" in capsys.readouterr().err
 
 
 def test_predict_needs_trained_weights_names_files_that_are_not_checkpoints_and_keeps_a_users_config_yaml(
