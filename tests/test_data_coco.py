@@ -61,6 +61,16 @@ def test_repeated_annotations_are_skipped_and_counted_and_a_reused_id_is_noted(b
     assert any("1 x annotation ids given to more than one caption (each caption kept)" in w for w in warned), warned
 
 
+def test_file_names_that_start_with_the_split_folder_are_found(backbones, coco_copy):
+    def prefix(content):  # "train2017/000000000001.jpg", as some COCO-format exporters write file_name
+        for image in content["images"]:
+            image["file_name"] = f"train2017/{image['file_name']}"
+    edit_annotations(coco_copy, "train2017", prefix)
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()  # was "12 of 12 referenced images are missing", looked for under train2017/train2017/
+    assert len(datasets.load_from_disk(str(dm.split_folder("train2017") / "images"))) == 12
+
+
 def test_large_images_are_stored_at_the_model_size_and_give_the_same_pixels(backbones, coco_copy):
     import random
 

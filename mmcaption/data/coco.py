@@ -68,7 +68,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
             records.bad("image path escapes root",
                         f"images[{position}] (image id {entry['id']}): file_name {entry['file_name']!r} escapes the image folder")
             continue
-        images[entry["id"]] = CocoImage(entry["id"], entry["file_name"], [])
+        file_name, parts = entry["file_name"], Path(entry["file_name"]).parts
+        if len(parts) > 1 and parts[0] == image_dir.name and not (image_dir / file_name).exists():
+            file_name = str(Path(*parts[1:]))  # "train2017/x.jpg", as some exporters write it
+        images[entry["id"]] = CocoImage(entry["id"], file_name, [])
 
     seen: dict[object, tuple[int, str]] = {}  # annotation id -> (image id, caption) of its first annotation
     for position, entry in enumerate(content["annotations"]):
