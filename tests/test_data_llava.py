@@ -62,6 +62,19 @@ def test_hash_split_of_one_file_is_disjoint_and_stable(backbones, llava):
     assert len(train_ids | val_ids) == 12
 
 
+def test_conversations_in_json_lines_read_as_the_json_list(backbones, llava, tmp_path):
+    records = json.loads(llava[0].read_text())
+    lines = tmp_path / "instruct_train2017.jsonl"  # one record per line, as many datasets ship conversations
+    lines.write_text("\n".join(json.dumps(record) for record in records) + "\n\n")
+    dm = make_datamodule(backbones, llava, train_file=str(lines))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert list(dm.datasets["train"].rows["id"]) == [record["id"] for record in records]
+    lines.write_text(json.dumps(records[0]) + "\n" + json.dumps(records[1])[:-1] + "\n")
+    with pytest.raises(DataError, match=r"instruct_train2017\.jsonl, line 2: not valid JSON Lines"):
+        make_datamodule(backbones, llava, train_file=str(lines)).prepare_data()
+
+
 def test_a_held_out_fraction_that_holds_out_nothing_says_so(backbones, llava):
     # 12 records at 1%: none falls on the val side; the message blamed the file ("nothing usable is left")
     with pytest.raises(DataError, match=r"with val_fraction 0\.01, none of its 12 usable records falls on the val side.*"

@@ -16,7 +16,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, escapes_root, read_json
+from mmcaption.data.records import BadRecords, DataError, escapes_root, read_json_list
 from mmcaption.images import check_image
 from mmcaption.prompts import ConversationTemplate, strip_image_placeholder
 
@@ -114,7 +114,7 @@ def read_llava(
     file: Path, image_root: Path, records: BadRecords, split: str | None = None, val_fraction: float = 0.0
 ) -> list[Conversation]:
     """Parse and check a LLaVA JSON file; missing images are counted all at once."""
-    content = read_json(file, "LLaVA conversation file")
+    content = read_json_list(file, "LLaVA conversation file")  # a JSON list, or JSON Lines
     if not isinstance(content, list):
         raise DataError(f"{file} is not a JSON list of conversations")
     # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets

@@ -66,6 +66,25 @@ def read_json(path: Path, what: str) -> object:
         raise DataError(f"{path} is not valid JSON: {error}") from error
 
 
+def read_json_list(path: Path, what: str) -> object:
+    """A JSON file as :func:`read_json` reads it, or JSON Lines (one record per line, as many datasets ship
+    conversations) as the list of its records; a line that is not JSON is refused with its number."""
+    try:
+        return read_json(path, what)
+    except DataError as error:
+        cause = error.__cause__
+        if not isinstance(cause, json.JSONDecodeError) or not cause.msg.startswith("Extra data"):
+            raise
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}, line {number}: not valid JSON Lines (one JSON record per line): {error}") from None
+    return records
+
+
 def escapes_root(relative: str) -> bool:
     """Whether a record's image path would be read from outside its image folder (absolute, or
     climbing out with ``..``): a dataset file must not make the loader read elsewhere on the disk."""
