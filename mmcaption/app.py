@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import check_image
@@ -204,6 +205,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 @user_errors_exit(signals=False)  # the web server stops on Ctrl-C its own way
+@quieted
 def main(argv: list[str] | None = None) -> None:
     """``mmcaption-app``."""
     parser = argparse.ArgumentParser(prog="mmcaption-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -17,6 +17,7 @@ from typing import TextIO
 
 from transformers import TextStreamer
 
+from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.images import check_image
 from mmcaption.inference import Captioner
@@ -101,6 +102,7 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
 
 
 @user_errors_exit
+@quieted
 def main(argv: list[str] | None = None) -> None:
     """``mmcaption chat``."""
     parser = argparse.ArgumentParser(prog="mmcaption chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,7 +9,9 @@ import logging
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import wraps
+from typing import Any
 
 import datasets
 from transformers.utils import logging as hf_logging
@@ -64,3 +66,16 @@ def lightning_info_hidden() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+def quieted(main: Callable[..., Any]) -> Callable[..., Any]:
+    """A console script run without :data:`UNACTIONABLE_WARNINGS` and transformers' loading bars (a bar per
+    weight file, gone in a second): ``mmcaption-export``, ``mmcaption chat``, ``mmcaption-app``."""
+    @wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hf_logging.disable_progress_bar()
+        with warnings.catch_warnings():
+            filter_warnings()
+            return main(*args, **kwargs)
+
+    return wrapper

@@ -23,6 +23,7 @@ from typing import Any
 from huggingface_hub import is_offline_mode, snapshot_download
 
 from mmcaption.checkpoint import model_from_checkpoint
+from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.folders import as_umask_allows, check_new_folder, replace_folder, staging_folder
 from mmcaption.model.backbones import load_tokenizer
@@ -93,6 +94,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
 
 
 @user_errors_exit
+@quieted
 def main(argv: list[str] | None = None) -> None:
     """The ``mmcaption-export`` console script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
