@@ -94,7 +94,11 @@ class Captioner:
              **generate_kwargs) -> str:
         """The answer to ``question`` after the earlier ``(question, answer)`` turns of ``history``, all
         about ``image``, laid out as the instruct stage's conversations (the exported ``chat_template``)."""
-        prompt = self.template.chat_prompt(list(history or []), question, self.tokenizer)
+        history = list(history or [])
+        if not all(isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
+                   for turn in history):
+            raise ValueError(f"history is a list of (question, answer) pairs of strings, not {history!r}")
+        prompt = self.template.chat_prompt(history, question, self.tokenizer)
         return self._generate([prompt], [image], **generate_kwargs)[0]
 
     def choose(
@@ -120,8 +124,11 @@ class Captioner:
     def _choose(self, images, questions, options) -> tuple[str | list[str], list[float] | list[list[float]]]:
         many, images, questions = _batch(images, questions)
         option_lists = options if many else [options]
-        if len(option_lists) != len(questions) or not all(isinstance(o, list) for o in option_lists):
+        if not many and not isinstance(options, (list, tuple)):
+            raise ValueError(f"options is a list of the options' texts, not {options!r}")
+        if len(option_lists) != len(questions) or not all(isinstance(o, (list, tuple)) for o in option_lists):
             raise ValueError("choose with lists of questions needs a list of options per question")
+        option_lists = [list(o) for o in option_lists]
         if not questions:
             return [], []
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")

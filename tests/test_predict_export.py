@@ -206,6 +206,10 @@ def test_captioner_with_five_options_and_no_images(backbones, trained_checkpoint
         captioner.caption([image, None])
     with pytest.raises(ValueError, match="needs 2 to 8 options"):
         captioner.choose(image, "Which?", ["circle"])
+    with pytest.raises(ValueError, match="options is a list of the options' texts, not 'circle'"):  # was about lists of questions
+        captioner.choose(image, "Which?", "circle")
+    with pytest.raises(ValueError, match=r"history is a list of \(question, answer\) pairs of strings"):  # was an unpacking error
+        captioner.chat(image, "And its colour?", ["It is a circle."])
 
 
 def test_export_writes_the_checkpoints_tensors_without_reading_the_backbones_weights(backbones, trained_checkpoint, tmp_path, monkeypatch):
