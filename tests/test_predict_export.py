@@ -13,6 +13,7 @@ from PIL import Image
 from mmcaption import Captioner
 from mmcaption.data import CaptionPredictDataModule, DataError, MultipleChoiceDataModule
 from mmcaption.demo.synthetic import Scene, draw_scene
+from mmcaption.errors import ConfigError
 from mmcaption.export import main as export_main
 from mmcaption.model.backbones import load_language_model
 from mmcaption.module import MultimodalCaptioner
@@ -25,6 +26,18 @@ def predictor(tmp_path) -> Trainer:
 def caption_data(backbones, images, output) -> CaptionPredictDataModule:
     return CaptionPredictDataModule(images=str(images), output=str(output), tokenizer=str(backbones[0]),
                                     image_processor=str(backbones[1]), batch_size=2, num_workers=0)
+
+
+def test_more_processes_than_rows_to_predict_is_refused_with_the_devices_that_fit(backbones, image_folder, tmp_path):
+    from types import SimpleNamespace
+
+    dm = caption_data(backbones, image_folder / "img0.png", tmp_path / "c.jsonl")
+    dm.setup("predict")
+    dm.trainer = SimpleNamespace(world_size=2)  # was Lightning's AssertionError on one process, a hang-up on the other
+    with pytest.raises(ConfigError, match=r"1 row\(s\) to predict for 2 processes.*--trainer.devices 1"):
+        dm.predict_dataloader()
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0)
+    assert len(dm.predict_dataloader().dataset) == 1
 
 
 def test_captions_for_a_folder_with_one_bad_image_keep_every_other_prediction(backbones, trained_checkpoint, image_folder, tmp_path):

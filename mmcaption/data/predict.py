@@ -199,6 +199,10 @@ class _PredictDataModule(BackbonesDataModule):
         return int(crop.get("height", 224))
 
     def predict_dataloader(self) -> DataLoader:
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        if len(self.dataset) < processes:  # Lightning's sampler asserts, and the other processes hang up
+            raise ConfigError(f"{len(self.dataset)} row(s) to predict for {processes} processes, which need one each at "
+                              f"least: predict with --trainer.devices {len(self.dataset)}")
         return self.generation_loader(self.dataset, self.batch_size)
 
 
