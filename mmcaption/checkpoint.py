@@ -279,13 +279,17 @@ def earlier_checkpoints_note(folder: Path) -> None:
         return
     last = folder / "last.ckpt"
     step = ""
-    if last.is_file():
+    names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+    if last.is_file():  # Lightning's next free version of the name: last-v1.ckpt, last-v2.ckpt when a third run writes
         with contextlib.suppress(MMCaptionError):
             step = f"; last.ckpt is at step {load_checkpoint_file(last, mmap=True).get('global_step')}"
-    names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
-    # Lightning's next free version of a name: last-v1.ckpt, or last-v2.ckpt when a third run writes there
-    ours = next(name for name in (f"last-v{n}.ckpt" for n in itertools.count(1)) if not (folder / name).exists())
+        ours = next(name for name in (f"last-v{n}.ckpt" for n in itertools.count(1)) if not (folder / name).exists())
+        earlier_run = "last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path last"
+    else:  # only named checkpoints (epoch=..., interrupted-step...): this run's last is last.ckpt
+        ours = "last.ckpt"
+        newest = max(earlier, key=lambda p: p.stat().st_mtime)
+        earlier_run = f"to continue that run instead, stop and add --ckpt_path {newest}"
     print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
-          f"beside them under new names ({ours}, ...); last.ckpt stays the earlier run's. To continue that run "
-          "instead, stop and add --ckpt_path last; to keep the runs apart, give this one another checkpoint folder.",
+          f"beside them under new names ({ours}, ...); {earlier_run}; to keep the runs apart, give this one another "
+          "checkpoint folder.",
           file=sys.stderr, flush=True)

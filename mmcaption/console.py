@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any
 
-import datasets
 from transformers.utils import logging as hf_logging
 
 
@@ -51,6 +50,8 @@ def quiet_lightning() -> None:
         logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "TPU available: False"))
     hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
     if not sys.stderr.isatty():  # in a log file a bar is one long line of redrawn counts per table built
+        import datasets  # here: chat and the app, which quieted() serves, never load it
+
         datasets.disable_progress_bars()
 
 

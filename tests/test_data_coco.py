@@ -47,9 +47,9 @@ def test_preprocessing_stores_each_image_once_and_tokenizes_every_caption(backbo
 
 
 def test_repeated_annotations_are_skipped_and_counted_and_a_reused_id_is_noted(backbones, coco_copy, monkeypatch):
-    def repeat(content):  # a file merged twice (three annotations again), and one id given to another caption
+    def repeat(content):  # a file merged twice (three annotations again), and one id given to another caption, twice
         content["annotations"] += [dict(a) for a in content["annotations"][:3]]
-        content["annotations"].append({**content["annotations"][5], "caption": "Another caption entirely."})
+        content["annotations"] += [{**content["annotations"][5], "caption": "Another caption entirely."}] * 2
     edit_annotations(coco_copy, "train2017", repeat)
     warned = []
     monkeypatch.setattr("mmcaption.data.records.rank_zero_warn", warned.append)
@@ -57,7 +57,7 @@ def test_repeated_annotations_are_skipped_and_counted_and_a_reused_id_is_noted(b
     dm.prepare_data()
     captions = datasets.load_from_disk(str(dm.split_folder("train2017") / "captions"))
     assert len(captions) == 61  # 60 + the reused id's new caption; the three repeats were kept twice
-    assert any("3 x duplicate annotations skipped (same id, image and caption as an earlier one)" in w for w in warned), warned
+    assert any("4 x duplicate annotations skipped (same id, image and caption as an earlier one)" in w for w in warned), warned
     assert any("1 x annotation ids given to more than one caption (each caption kept)" in w for w in warned), warned
 
 

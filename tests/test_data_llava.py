@@ -6,6 +6,8 @@ import pytest
 
 from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import DataError, InstructDataModule
+from mmcaption.data.llava import read_llava
+from mmcaption.data.records import BadRecords
 from mmcaption.demo.synthetic import write_llava_split
 
 
@@ -73,6 +75,10 @@ def test_conversations_in_json_lines_read_as_the_json_list(backbones, llava, tmp
     lines.write_text(json.dumps(records[0]) + "\n" + json.dumps(records[1])[:-1] + "\n")
     with pytest.raises(DataError, match=r"instruct_train2017\.jsonl, line 2: not valid JSON Lines"):
         make_datamodule(backbones, llava, train_file=str(lines)).prepare_data()
+    # one record, and a line separator (U+2028) raw inside a string, as ensure_ascii=False writes it
+    records[0]["conversations"][1]["value"] += "\u2028"
+    lines.write_text(json.dumps(records[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [c.id for c in read_llava(lines, llava[1], BadRecords(str(lines)))] == [records[0]["id"]]
 
 
 def test_a_held_out_fraction_that_holds_out_nothing_says_so(backbones, llava):

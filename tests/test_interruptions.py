@@ -541,6 +541,15 @@ def test_a_preprocessed_split_folder_gets_the_permissions_the_umask_gives(tmp_pa
     assert (tmp_path / "train2017-0123").stat().st_mode & 0o777 == mode
 
 
+def test_a_preprocessed_split_folder_in_a_teams_setgid_folder_keeps_the_bit(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)  # a team's cache: new folders take the folder's group
+    with publish_atomically(shared / "train2017-0123") as staging:
+        (staging / "meta.json").write_text("{}")
+    assert (shared / "train2017-0123").stat().st_mode & 0o2000
+
+
 def test_a_full_disk_while_preprocessing_is_said_in_one_line_and_leaves_no_staging_folder(
     backbones, coco_root, tmp_path, monkeypatch, capsys
 ):
@@ -673,6 +682,12 @@ def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_co
     torch.save({"global_step": 8, "state_dict": {}}, folder / "last-v1.ckpt")  # a third run: Lightning writes last-v2
     earlier_checkpoints_note(folder)
     assert "saves beside them under new names (last-v2.ckpt, ...)" in capsys.readouterr().err
+    (folder / "last.ckpt").unlink()
+    (folder / "last-v1.ckpt").rename(folder / "epoch=0-step=8.ckpt")  # no last.ckpt: this run's last is last.ckpt
+    earlier_checkpoints_note(folder)
+    err = capsys.readouterr().err
+    assert "new names (last.ckpt, ...); to continue that run instead, stop and add --ckpt_path " + str(folder / "epoch=0-step=8.ckpt") in err
+    assert "stays the earlier run's" not in err
 
 
 def test_predict_needs_trained_weights_names_files_that_are_not_checkpoints_and_keeps_a_users_config_yaml(

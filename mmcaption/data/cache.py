@@ -151,7 +151,8 @@ def publish_atomically(target: Path) -> Iterator[Path]:
         shutil.rmtree(staging / "build", ignore_errors=True)
         mask = os.umask(0o022)
         os.umask(mask)
-        os.chmod(staging, 0o777 & ~mask)  # mkdtemp's folder is private; a shared cache must be readable as others' files are
+        # mkdtemp's folder is private; a shared cache must be readable as others' files are (a setgid bit is kept)
+        os.chmod(staging, (os.stat(staging).st_mode & 0o7000) | (0o777 & ~mask))
         try:
             os.replace(staging, target)
         except OSError:

@@ -73,7 +73,7 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
             file_name = str(Path(*parts[1:]))  # "train2017/x.jpg", as some exporters write it
         images[entry["id"]] = CocoImage(entry["id"], file_name, [])
 
-    seen: dict[object, tuple[int, str]] = {}  # annotation id -> (image id, caption) of its first annotation
+    seen: dict[object, set[tuple[int, str]]] = {}  # annotation id -> the (image id, caption) pairs given it
     for position, entry in enumerate(content["annotations"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("image_id"), int):
             records.bad("malformed annotation", f"annotations[{position}] needs an integer 'image_id'")
@@ -91,13 +91,13 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
             records.bad("unknown image id", f"annotation id {annotation_id} refers to image id {entry['image_id']}, which is not in 'images'")
             continue
         if isinstance(entry.get("id"), (int, str)):  # a file merged twice, or edited by hand: the same annotation again, or one id for two
-            key = (entry["image_id"], caption.strip())
-            first = seen.setdefault(annotation_id, key)
-            if first is not key and first == key:
+            key, given = (entry["image_id"], caption.strip()), seen.setdefault(annotation_id, set())
+            if key in given:
                 records.note("duplicate annotations skipped (same id, image and caption as an earlier one)")
                 continue
-            if first is not key:
+            if given:
                 records.note("annotation ids given to more than one caption (each caption kept)")
+            given.add(key)
         image.captions.append((annotation_id, caption.strip()))
 
     missing = [image for image in images.values() if not (image_dir / image.file_name).is_file()]

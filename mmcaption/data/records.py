@@ -69,14 +69,18 @@ def read_json(path: Path, what: str) -> object:
 def read_json_list(path: Path, what: str) -> object:
     """A JSON file as :func:`read_json` reads it, or JSON Lines (one record per line, as many datasets ship
     conversations) as the list of its records; a line that is not JSON is refused with its number."""
-    try:
-        return read_json(path, what)
-    except DataError as error:
-        cause = error.__cause__
-        if not isinstance(cause, json.JSONDecodeError) or not cause.msg.startswith("Extra data"):
-            raise
+    if path.suffix.lower() != ".jsonl":
+        try:
+            return read_json(path, what)
+        except DataError as error:
+            cause = error.__cause__
+            if not isinstance(cause, json.JSONDecodeError) or not cause.msg.startswith("Extra data"):
+                raise
+    elif not path.is_file():
+        return read_json(path, what)  # its message, with the archive hint
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    # lines end at "\n" only: U+2028 and the like may stand raw inside a JSON string
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
