@@ -82,23 +82,30 @@ def option_scores(
     return scores
 
 
+CHECKED_SETTINGS = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p")
+_NUMBERS = ("max_new_tokens", "min_new_tokens", "num_beams", "temperature", "top_p")
+
+
 def check_generation(settings: dict[str, Any], where: str = "generation") -> None:
     """Refuse ``generate`` settings that cannot work, naming them, before a model loads (transformers or its
-    logits processors would refuse them at the first ``generate``, after the model has loaded)."""
-    given = {**DEFAULT_GENERATION, **settings}
-    problems = [f"{name} {given[name]} must be 1 or more" for name in ("max_new_tokens", "num_beams")
-                if given.get(name) is not None and given[name] < 1]
-    low, high = given.get("min_new_tokens"), given.get("max_new_tokens")
-    if low and high and low > high:
-        problems.append(f"min_new_tokens {low} is above max_new_tokens {high}")
-    if given.get("do_sample") and given.get("temperature", 1.0) <= 0:
-        problems.append(f"temperature {given['temperature']} must be above 0 when sampling")
-    if given.get("do_sample") and not 0 < given.get("top_p", 1.0) <= 1:
-        problems.append(f"top_p {given['top_p']} must be above 0 and at most 1")
+    logits processors would refuse them at the first ``generate``, after the model has loaded). Unset
+    (``None``) settings are transformers' defaults."""
+    given = {key: value for key, value in {**DEFAULT_GENERATION, **settings}.items() if value is not None}
+    number = {key: value for key, value in given.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    problems = [f"{name} {given[name]!r} is not a number" for name in _NUMBERS
+                if name in given and name not in number]
+    problems += [f"{name} {number[name]} must be 1 or more" for name in ("max_new_tokens", "num_beams")
+                 if name in number and number[name] < 1]
+    if number.get("min_new_tokens", 0) > number.get("max_new_tokens", float("inf")):
+        problems.append(f"min_new_tokens {number['min_new_tokens']} is above max_new_tokens {number['max_new_tokens']}")
+    if given.get("do_sample") and number.get("temperature", 1.0) <= 0:
+        problems.append(f"temperature {number['temperature']} must be above 0 when sampling")
+    if given.get("do_sample") and not 0 <= number.get("top_p", 1.0) <= 1:
+        problems.append(f"top_p {number['top_p']} must be between 0 and 1")
     if not problems:
         try:
             GenerationConfig(**given)
-        except ValueError as error:  # what else transformers refuses
+        except (ValueError, TypeError) as error:  # what else transformers refuses
             problems.append(str(error))
     if problems:
         raise ConfigError(f"{where}: {'; '.join(problems)}")
@@ -136,6 +143,9 @@ class Tasks:
     ) -> list[str]:
         """The decoded continuations of left-padded prompts, one image (pixels or embeddings) each;
         rows whose ``image_mask`` is False are text-only."""
+        checked = {key: value for key, value in generate_kwargs.items() if key in CHECKED_SETTINGS}
+        if checked:  # a call's own settings (the Python API's, chat's), over this model's
+            check_generation({**{key: getattr(self.generation, key) for key in CHECKED_SETTINGS}, **checked})
         device = self.device
         tokens = self.model.generate(
             input_ids.to(device), attention_mask.to(device),

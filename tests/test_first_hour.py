@@ -25,6 +25,7 @@ from mmcaption.demo.run import main as demo_main
 from mmcaption.errors import ConfigError
 from mmcaption.inference import Captioner
 from mmcaption.model import MultimodalCausalLM
+from mmcaption.tasks import check_generation
 
 from .conftest import REPO, make_captioner
 from .test_interruptions import user_error
@@ -120,7 +121,7 @@ def test_generation_settings_and_devices_that_cannot_work_are_refused_before_a_m
     (folder / "mmcaption.json").write_text("{}")  # a model folder, as far as the checks before loading look
     monkeypatch.setattr(MultimodalCausalLM, "from_pretrained", MultimodalCausalLM.from_config)  # refuses, as nothing_loads set it
     err = user_error(capsys, chat_main, ["--model", str(folder), "--temperature", "-1", "--top_p", "2"])
-    assert err == "error: mmcaption chat: temperature -1.0 must be above 0 when sampling; top_p 2.0 must be above 0 and at most 1"
+    assert err == "error: mmcaption chat: temperature -1.0 must be above 0 when sampling; top_p 2.0 must be between 0 and 1"
     err = user_error(capsys, chat_main, ["--model", str(folder), "--min_new_tokens", "50", "--max_new_tokens", "10"])
     assert err == "error: mmcaption chat: min_new_tokens 50 is above max_new_tokens 10"
     if not torch.cuda.is_available():
@@ -128,6 +129,9 @@ def test_generation_settings_and_devices_that_cannot_work_are_refused_before_a_m
         assert err.startswith("error: device 'cuda': PyTorch sees no cuda device on this machine")
     with pytest.raises(ConfigError, match="device 'gpu' is not a device name: cpu, cuda, cuda:1, mps"):
         Captioner.from_pretrained(folder, device="gpu")
+    check_generation({"do_sample": True, "temperature": None, "top_p": None, "num_beams": None})  # unset: transformers' own
+    with pytest.raises(ConfigError, match="generation: max_new_tokens '32' is not a number"):
+        check_generation({"max_new_tokens": "32"})
 
 
 def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkeypatch, capsys):

@@ -49,7 +49,7 @@ def check_device(device: str | torch.device | None) -> None:
     if device is None:
         return
     try:
-        kind = torch.device(device).type
+        kind, index = torch.device(device).type, torch.device(device).index
     except (RuntimeError, TypeError) as error:
         raise ConfigError(f"device {device!r} is not a device name: cpu, cuda, cuda:1, mps ({error})") from None
     available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available,
@@ -57,6 +57,9 @@ def check_device(device: str | torch.device | None) -> None:
     if not available():
         raise ConfigError(f"device {device!r}: PyTorch sees no {kind} device on this machine (torch {torch.__version__}); "
                           "use cpu, or run it where there is one")
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}")
 
 
 def check_backbone(name: str, setting: str) -> None:
