@@ -196,6 +196,12 @@ def test_export_with_overwrite_never_deletes_the_checkpoint_it_reads_nor_replace
     message = user_error(capsys, export_main, [str(checkpoint), str(tmp_path), "--overwrite"])
     assert f"export folder {tmp_path} is the working directory or holds it" in message
     assert sorted(p.name for p in runs.iterdir()) == ["exp1", "notes.txt"] and Path(checkpoint).is_file()
+    language_model = load_checkpoint_file(checkpoint)["hyper_parameters"]["config"]["language_model"]
+    monkeypatch.undo()  # the backbones' folders are known once the checkpoint is read
+    above = Path(language_model).parent  # a folder that holds a local backbone: the export would not load afterwards
+    message = user_error(capsys, export_main, [str(checkpoint), str(above), "--overwrite"])
+    assert f"export folder {above} holds {language_model}, which this command reads" in message
+    assert Path(language_model).is_dir()
 
 
 # -- --ckpt_path: what the user typed wins, structure cannot change --------------------------------------
