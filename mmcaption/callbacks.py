@@ -189,9 +189,11 @@ def _where_and_ways(trainer, pl_module) -> tuple[str, list[str]]:
         value = getattr(data, name, None)
         return [] if value is None else [f"lower --{key} ({value})"]
 
-    beams = (getattr(pl_module, "generation", None) or {}).get("num_beams", 1)
+    beams = (getattr(pl_module, "generation", None) or {}).get("num_beams") or 1
     generating = [f"lower --model.generation.num_beams ({beams})"] if beams > 1 else []
-    if getattr(pl_module, "model", True) is None:  # in configure_model, where fit's stage already says training
+    if getattr(pl_module, "model", True) is None:  # before the model is there, where fit's stage already says training
+        if not getattr(pl_module, "loading", False):
+            return "preparing the data, before the model loads", lower("data.num_workers", "num_workers")
         quantization = getattr(config, "quantization", "nf4")
         return "loading the model", [] if quantization in ("nf4", "fp4") else [f"set --model.config.quantization nf4 ({quantization})"]
     if stage == RunningStage.TRAINING:

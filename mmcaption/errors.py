@@ -187,11 +187,14 @@ _OUT_OF_MEMORY = ("out of memory", "DefaultCPUAllocator: can't allocate memory",
 
 def out_of_memory(error: BaseException) -> BaseException | None:
     """The out-of-memory error behind ``error`` (a GPU's or the CPU allocator's), if that stopped the command."""
-    for cause in _causes(error):
-        if type(cause).__name__ == "OutOfMemoryError" or (
-            isinstance(cause, RuntimeError) and any(words in str(cause) for words in _OUT_OF_MEMORY)
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:  # a wrapper's cause; not an error met while handling another
+        seen.add(id(error))
+        if type(error).__name__ == "OutOfMemoryError" or (
+            isinstance(error, RuntimeError) and any(words in str(error) for words in _OUT_OF_MEMORY)
         ):
-            return cause
+            return error
+        error = error.__cause__
     return None
 
 

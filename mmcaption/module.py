@@ -107,7 +107,9 @@ class MultimodalCaptioner(LightningModule):
         if self.model is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
+        self.loading = True  # for what an error here is said to be (OutOfMemoryAdvice)
         self.model = MultimodalCausalLM.from_config(self.config, device=device)
+        self.loading = False
         if self.compile:  # block by block, as litgpt and torchtitan compile: the injected cross-attention included
             for layer in self.model.decoder_layers:
                 layer.compile(dynamic=True)

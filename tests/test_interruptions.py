@@ -636,6 +636,25 @@ def test_running_out_of_ram_is_one_line_and_other_errors_keep_their_traceback(ca
     assert line.endswith("Close what else uses that memory, or use a device with more")  # outside a run
     assert out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)")) is not None
     assert out_of_memory(RuntimeError("index out of range")) is None
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import RunningStage
+
+    from mmcaption.callbacks import memory_advice
+
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(num_workers=8), global_step=0, checkpoint_callback=None,
+                              state=SimpleNamespace(stage=RunningStage.TRAINING, fn="fit"))  # fit says training from its start
+    module = SimpleNamespace(model=None, config=SimpleNamespace(quantization="none"), generation={"num_beams": None})
+    assert memory_advice(trainer, module) == "It ran out preparing the data, before the model loads. To fit: lower --data.num_workers (8)."
+    module.loading = True
+    assert memory_advice(trainer, module) == "It ran out loading the model. To fit: set --model.config.quantization nf4 (none)."
+    try:  # a bug met while handling an out-of-memory error is that bug, with its traceback
+        try:
+            raise torch.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
+        except torch.OutOfMemoryError:
+            raise KeyError("a bug in a handler")  # noqa: B904 - met while handling, as a handler's bug is
+    except KeyError as bug:
+        assert out_of_memory(bug) is None
     with pytest.raises(ValueError):
         user_errors_exit(lambda: int("x"))()
 
