@@ -134,13 +134,15 @@ def _init_parameters(class_path: str) -> list[str]:
 
 
 _KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text", "NoneType": "null",
-          "pathlib.Path": "a path"}
+          "pathlib.Path": "a path", "list": "a list", "dict": "a mapping (key: value)", "tuple": "a list"}
 
 
 def _bad_value(message: str) -> str | None:
     """A value of the wrong type, said as ``key: 'value' is not <what the key takes>``: jsonargparse nests the
     reason under each union it tried (a data module's setting under ``data``'s class), and its first line
     names only the outermost key."""
+    if "is not accepted" in message:  # an unknown key under a class: said by the lines after, with the closest names
+        return None
     lines = message.splitlines()
     keys = [(i, len(line) - len(line.lstrip()), match.group(1)) for i, line in enumerate(lines)
             if (match := re.match(r'\s*(?:- )?Parser key "([^"]+)":', line))]
