@@ -22,7 +22,7 @@ from mmcaption.cli import main
 from mmcaption.data import CaptionDataModule, DataError
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.demo.run import main as demo_main
-from mmcaption.errors import ConfigError
+from mmcaption.errors import ConfigError, OutputExistsError
 from mmcaption.inference import Captioner
 from mmcaption.model import MultimodalCausalLM
 from mmcaption.tasks import check_generation
@@ -132,6 +132,22 @@ def test_generation_settings_and_devices_that_cannot_work_are_refused_before_a_m
     check_generation({"do_sample": True, "temperature": None, "top_p": None, "num_beams": None})  # unset: transformers' own
     with pytest.raises(ConfigError, match="generation: max_new_tokens '32' is not a number"):
         check_generation({"max_new_tokens": "32"})
+
+
+def test_the_demo_never_removes_a_users_folder_and_says_when_it_rewrites_its_own(tmp_path, capsys):
+    mine = tmp_path / "userdir"
+    (mine / "photos").mkdir(parents=True)
+    (mine / "photos" / "notes.txt").write_text("precious\n")
+    for meta in ('{"name": "my labelled photos"}', "not json"):  # a meta.json of the user's: the folder was deleted
+        (mine / "meta.json").write_text(meta)
+        with pytest.raises(OutputExistsError, match=f"{mine} exists but is not demo data written by mmcaption"):
+            prepare_demo_assets(mine, train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
+        assert (mine / "photos" / "notes.txt").read_text() == "precious\n"
+    demo = prepare_demo_assets(tmp_path / "demo_data", train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
+    capsys.readouterr()
+    prepare_demo_assets(demo, train_images=10, val_images=4, pretrain_steps=0, clip_steps=0)
+    assert f"note: {demo} holds demo data written with other settings (train_images 8 -> 10): it is written again" in \
+        capsys.readouterr().err
 
 
 def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkeypatch, capsys):

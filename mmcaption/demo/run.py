@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,9 +57,20 @@ def prepare_demo_assets(
     settings = {"version": DEMO_VERSION, "seed": seed, "train_images": train_images, "val_images": val_images,
                 "pretrain_steps": pretrain_steps, "clip_steps": clip_steps}
     if is_complete(root):
-        if json.loads((root / "meta.json").read_text()) == settings:
+        try:
+            written = json.loads((root / "meta.json").read_text())
+        except (OSError, ValueError):
+            written = None
+        if written == settings:
             return root
-        shutil.rmtree(root)  # demo data written with other settings
+        demo_data = isinstance(written, dict) and {"version", "seed"} <= set(written) and all(
+            (root / name).is_dir() for name in ("coco", "llava", "backbones"))
+        if not demo_data:  # a folder of the user's that happens to hold a meta.json: never removed
+            raise OutputExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
+        changed = ", ".join(f"{key} {written.get(key)} -> {value}" for key, value in settings.items() if written.get(key) != value)
+        print(f"note: {root} holds demo data written with other settings ({changed}): it is written again",
+              file=sys.stderr, flush=True)
+        shutil.rmtree(root)
     elif root.exists():
         raise OutputExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
     with publish_atomically(root) as staging:
