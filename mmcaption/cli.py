@@ -185,6 +185,8 @@ class MMCaptionCLI(LightningCLI):
         check_inputs = getattr(self.datamodule, "check_inputs", None)
         if check_inputs is not None:
             check_inputs(self.subcommand)
+        if self.subcommand != "fit":
+            check_keyword_checkpoint(self.config[self.subcommand].get("ckpt_path"), trainer, self.subcommand)
         if self.subcommand == "fit":
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint) and callback.dirpath:
@@ -212,6 +214,22 @@ class MMCaptionCLI(LightningCLI):
                   file=sys.stderr, flush=True)
         if self.subcommand == "predict" and hasattr(self.datamodule, "check_output"):
             self.datamodule.check_output(trainer.world_size, trainer.global_rank)
+
+
+def check_keyword_checkpoint(ckpt_path: Any, trainer: Trainer, subcommand: str) -> None:
+    """``--ckpt_path last`` / ``best`` in validate, test or predict: refused when there is no such checkpoint,
+    where Lightning would warn and run the untrained model (``last``), or fail with a traceback (``best``,
+    which only the process that trained knows)."""
+    if ckpt_path not in ("last", "best"):
+        return
+    folders = [Path(c.dirpath) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    found = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.ckpt"))
+    if ckpt_path == "last" and any(p.name.startswith("last") for p in found):
+        return
+    where = (", ".join(str(folder) for folder in folders) or "no checkpoint folder in the config") + f", under {Path.cwd()}"
+    holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
+    why = "there is no last.ckpt in" if ckpt_path == "last" else "only the run that trained knows which checkpoint was best in"
+    raise ConfigError(f"{subcommand} --ckpt_path {ckpt_path}: {why} {where}{holds}. Give the checkpoint's path")
 
 
 PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")

@@ -252,6 +252,20 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
     assert cli.model.on_nonfinite_loss == "skip" and cli.model.learning_rate == 0.001
 
 
+def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refused(backbones, coco_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # run from the wrong folder: Lightning warned, and validated the untrained model (exit 0)
+    no_backbones(monkeypatch)
+    folder = tmp_path / "c"
+    config = fit_config(tmp_path, coco_root, backbones, folder)[1:]
+    message = user_error(capsys, main, ["validate", *config, "--ckpt_path", "last"])
+    assert message == f"error: validate --ckpt_path last: there is no last.ckpt in {folder}, under {tmp_path}. Give the checkpoint's path"
+    folder.mkdir()
+    (folder / "epoch=0-step=8.ckpt").write_bytes(b"")
+    message = user_error(capsys, main, ["test", *config, "--ckpt_path", "best"])  # was Lightning's traceback
+    assert message.startswith("error: test --ckpt_path best: only the run that trained knows which checkpoint was best")
+    assert message.endswith("; it holds epoch=0-step=8.ckpt. Give the checkpoint's path")
+
+
 def test_answering_questions_with_a_caption_stage_checkpoint_is_noted(trained_checkpoint, image_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # it answers (at 0.5 where the instruct stage's got 1.0 in a user's try) and went unnoticed
     checkpoint = torch.load(trained_checkpoint, weights_only=True)
