@@ -80,6 +80,8 @@ class ResumableStop(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_handlers()
+        if trainer.fast_dev_run:  # a smoke test saves nothing ("checkpointing is suppressed", Lightning says)
+            return
         callback = trainer.checkpoint_callback
         # the steps after the last validation are kept too (ModelCheckpoint saves at validation only)
         if isinstance(callback, ModelCheckpoint) and callback.save_last and callback._last_global_step_saved != trainer.global_step:
@@ -94,7 +96,7 @@ class ResumableStop(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:
             return  # mid-accumulation: the gradients gathered so far are not part of a checkpoint
-        due = self.every_minutes is not None and time.monotonic() - self._last_save >= 60 * self.every_minutes
+        due = self.every_minutes is not None and not trainer.fast_dev_run and time.monotonic() - self._last_save >= 60 * self.every_minutes
         stop, due = self.signal is not None, due
         if trainer.world_size > 1:  # every process must decide alike: one signalled process stops them all
             flags = torch.tensor([float(stop), float(due)], device=pl_module.device)
@@ -149,13 +151,16 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
     callbacks = trainer_settings.get("callbacks") or []
     turned_off = [(LearningRateMonitor, "logger")] if trainer_settings.get("logger") is False else []
     turned_off += [(ModelCheckpoint, "enable_checkpointing")] if trainer_settings.get("enable_checkpointing") is False else []
+    # Lightning says a fast_dev_run saves nothing, and its ModelCheckpoint still writes last.ckpt at the end
+    turned_off += [(ModelCheckpoint, "fast_dev_run")] if trainer_settings.get("fast_dev_run") else []
     kept = []
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
         setting = next((name for kind, name in turned_off if isinstance(callback, kind)), None)
         if setting is None:
             kept.append(callback)
         elif fit and rank_zero_only.rank == 0:
-            print(f"note: trainer.{setting} is false: the config's {type(callback).__name__} is left out", file=sys.stderr, flush=True)
+            value = "true" if setting == "fast_dev_run" else "false"
+            print(f"note: trainer.{setting} is {value}: the config's {type(callback).__name__} is left out", file=sys.stderr, flush=True)
     return kept
 
 

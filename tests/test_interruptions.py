@@ -380,6 +380,9 @@ def test_a_quick_run_without_logs_or_checkpoints_leaves_out_the_configs_callback
     assert "note: trainer.logger is false: the config's LearningRateMonitor is left out" in err
     assert "note: trainer.enable_checkpointing is false: the config's ModelCheckpoint is left out" in err
     assert not folder.exists() and not (tmp_path / "logs").exists()
+    main([*fit_config(tmp_path, coco_root, backbones, folder), "--trainer.fast_dev_run", "true"])
+    assert "note: trainer.fast_dev_run is true: the config's ModelCheckpoint is left out" in capsys.readouterr().err
+    assert not folder.exists()  # was a one-step last.ckpt, where the real run's goes ("checkpointing is suppressed")
 
 
 def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones, coco_root, tmp_path, monkeypatch):
