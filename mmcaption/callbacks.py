@@ -146,8 +146,9 @@ class ResumableStop(Callback):
 def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callback]:
     """The config's callbacks less those the trainer's own settings turn off: a ``LearningRateMonitor``
     when ``logger`` is false (it has nothing to log to, and Lightning stops the run at its first step), a
-    ``ModelCheckpoint`` when ``enable_checkpointing`` is false (Lightning refuses the pair): a quick run
-    without logs or checkpoints needs no edit of the config. In ``fit``, a note says what was left out."""
+    ``ModelCheckpoint`` when ``enable_checkpointing`` is false (Lightning refuses the pair) or ``fast_dev_run``
+    is set: a quick run without logs or checkpoints needs no edit of the config. In ``fit``, a note says what
+    was left out."""
     callbacks = trainer_settings.get("callbacks") or []
     turned_off = [(LearningRateMonitor, "logger")] if trainer_settings.get("logger") is False else []
     turned_off += [(ModelCheckpoint, "enable_checkpointing")] if trainer_settings.get("enable_checkpointing") is False else []

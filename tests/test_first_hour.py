@@ -134,7 +134,7 @@ def test_generation_settings_and_devices_that_cannot_work_are_refused_before_a_m
         check_generation({"max_new_tokens": "32"})
 
 
-def test_the_demo_never_removes_a_users_folder_and_says_when_it_rewrites_its_own(tmp_path, capsys):
+def test_the_demo_never_removes_a_users_folder_or_report_and_says_when_it_rewrites_its_own(tmp_path, capsys):
     mine = tmp_path / "userdir"
     (mine / "photos").mkdir(parents=True)
     (mine / "photos" / "notes.txt").write_text("precious\n")
@@ -143,6 +143,11 @@ def test_the_demo_never_removes_a_users_folder_and_says_when_it_rewrites_its_own
         with pytest.raises(OutputExistsError, match=f"{mine} exists but is not demo data written by mmcaption"):
             prepare_demo_assets(mine, train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
         assert (mine / "photos" / "notes.txt").read_text() == "precious\n"
+    (tmp_path / "report.json").write_text('{"my": "own report"}')  # --report . beside one's own report: was replaced
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main(["--root", str(mine), "--report", str(tmp_path)])
+    assert exit_info.value.code == 2 and f"{tmp_path / 'report.json'}: not an earlier demo report's" in capsys.readouterr().err
+    assert (tmp_path / "report.json").read_text() == '{"my": "own report"}'
     demo = prepare_demo_assets(tmp_path / "demo_data", train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
     capsys.readouterr()
     prepare_demo_assets(demo, train_images=10, val_images=4, pretrain_steps=0, clip_steps=0)

@@ -156,6 +156,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
                   for name, config in (("caption", args.caption), ("instruct", args.instruct))}
     for name, stage in (("caption", args.caption), ("instruct", args.instruct)):  # a mistyped setting is found now,
         check_command(["--config", stage, *stage_args[name], *fit_args], run_checks=False)  # not after the data is built
+    check_report_folder(Path(args.report))
     start = time.perf_counter()
     root = prepare_demo_assets(args.root, args.seed, args.train_images, args.val_images, args.language_steps, args.clip_steps)
     caption, instruct = run_pipeline(args.caption, args.instruct, fit_args, stage_args=stage_args)
@@ -176,6 +177,26 @@ def run_demo(argv: list[str] | None = None) -> dict:
     (Path(args.report) / "report.json").write_text(json.dumps(report, indent=2))
     print_report(report)
     return report
+
+
+REPORT_FILES = ("report.json", "examples.png")
+
+
+def check_report_folder(folder: Path) -> None:
+    """Before anything runs: the report's files may replace an earlier demo report's, never files of the
+    user's that bear their names (``--report .`` beside one's own ``report.json``)."""
+    report = folder / "report.json"
+    try:
+        earlier = json.loads(report.read_text()) if report.is_file() else None
+    except (OSError, ValueError):
+        earlier = None
+    ours = isinstance(earlier, dict) and {"captions", "multiple_choice", "examples_png"} <= set(earlier)
+    taken = [folder / name for name in REPORT_FILES if (folder / name).exists()]
+    if taken and not ours:
+        raise OutputExistsError(f"{', '.join(map(str, taken))}: not an earlier demo report's, and the demo would write over "
+                                "it; pick another --report folder")
+    if taken:
+        print(f"note: the earlier demo report in {folder} is replaced at the end of this run", file=sys.stderr, flush=True)
 
 
 def evaluate(root: Path, caption: StageResult, instruct: StageResult, scratch, report_dir: Path) -> dict:
