@@ -155,6 +155,14 @@ def test_the_demo_never_removes_a_users_folder_or_report_and_says_when_it_rewrit
         capsys.readouterr().err
 
 
+def test_a_backbone_folder_moved_since_training_is_named_as_a_folder_not_a_hub_id(tmp_path):
+    from mmcaption.model.backbones import BackboneNotFoundError, load_tokenizer
+
+    moved = tmp_path / "bb" / "language_model"  # what an export or the app reads from a checkpoint, after `mv bb elsewhere`
+    with pytest.raises(BackboneNotFoundError, match=f"{moved} is no folder \\(any more\\).*ln -s <where it is now> {moved}"):
+        load_tokenizer(str(moved))  # was "Repo id must be in the form ... download it first (hf download /tmp/...)"
+
+
 def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:

@@ -71,7 +71,7 @@ def check_backbone(name: str, setting: str) -> None:
         if not (path / "config.json").is_file() and not (path / "preprocessor_config.json").is_file():
             raise BackboneNotFoundError(f"{setting} {name} is not a saved model folder (no config.json in it)")
         return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if is_local_path(name):
         raise BackboneNotFoundError(f"{setting} {name}: no such folder")
     if isinstance(try_to_load_from_cache(name, "config.json"), str) or not is_offline_mode():
         return
@@ -86,8 +86,17 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as error:
+        if is_local_path(name) and not Path(name).expanduser().exists():  # not a hub id: downloading would not help
+            raise BackboneNotFoundError(
+                f"cannot load the {what}: {name} is no folder (any more). A checkpoint or an export records the folders "
+                f"of its backbones: put the folder back there, or link it (ln -s <where it is now> {name})") from error
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BackboneNotFoundError(f"cannot load the {what} {name!r}: {first}. {download_hint(name).capitalize()}") from error
+
+
+def is_local_path(name: str) -> bool:
+    """A backbone named by a path (``/...``, ``./...``, ``~/...``, ``a/b/c``), not a hub id (``owner/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def torch_dtype(name: str) -> torch.dtype:
