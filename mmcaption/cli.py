@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -23,12 +24,16 @@ from mmcaption.checkpoint import AtomicCheckpointIO, earlier_checkpoints_note, l
 from mmcaption.console import filter_warnings, lightning_info_hidden, quiet_lightning
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.errors import ConfigError, one_line, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, locks_released_after
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
+
+# Lightning's plain ValueError / RuntimeError that are about a setting: (words in the message, the setting)
+LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interval"),
+                            ("Early stopping conditioned on metric", "the config's EarlyStopping monitor"))
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
@@ -67,6 +72,17 @@ class MMCaptionCLI(LightningCLI):
                 # off a terminal
                 trainer.callbacks[index] = StageProgressBar() if sys.stderr.isatty() else PlainProgress()
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except MisconfigurationException as error:  # Lightning's word for settings that cannot work together
+            raise ConfigError(one_line(error)) from error
+        except (ValueError, RuntimeError) as error:  # settings' errors Lightning raises as plain ones
+            setting = next((key for words, key in LIGHTNING_SETTING_ERRORS if words in str(error)), None)
+            if setting is None:
+                raise
+            raise ConfigError(f"{setting}: {one_line(error)}") from error
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Lightning < 2.7 (pinned): where the trainer's settings meet the config's callbacks

@@ -385,6 +385,22 @@ def test_a_quick_run_without_logs_or_checkpoints_leaves_out_the_configs_callback
     assert not folder.exists()  # was a one-step last.ckpt, where the real run's goes ("checkpointing is suppressed")
 
 
+def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # were tracebacks (exit 1): a ValueError, and Lightning's MisconfigurationException
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"),
+                                       "--trainer.val_check_interval", "500", "--trainer.max_steps", "2"])
+    assert message.startswith("error: trainer.val_check_interval: `val_check_interval` (500) must be less than or equal to "
+                              "the number of the training batches")
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "d"),
+                                       "--trainer.callbacks.monitor=val/los", "--trainer.val_check_interval", "1",
+                                       "--trainer.limit_val_batches", "1", "--trainer.max_steps", "2"])  # a typo in its monitor
+    assert message.startswith("error: `ModelCheckpoint(monitor='val/los')` could not find the monitored key")
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "e"),
+                                       "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/los",
+                                       "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1"])
+    assert message.startswith("error: the config's EarlyStopping monitor: Early stopping conditioned on metric `val/los`")
+
+
 def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones, coco_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     no_backbones(monkeypatch)
