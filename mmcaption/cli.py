@@ -319,7 +319,7 @@ class _CheckOnlyCLI(MMCaptionCLI):
         pass
 
 
-def check_command(args: list[str], run_checks: bool = True) -> None:
+def check_command(args: list[str], run_checks: bool = True) -> MMCaptionCLI:
     """Check a command of ``mmcaption`` without running it: its settings (typos get the closest valid
     names) and, with ``run_checks``, what the command itself checks before loading anything
     (accelerator, backbones, data files, folders). The pipeline checks its second stage this way
@@ -328,10 +328,10 @@ def check_command(args: list[str], run_checks: bool = True) -> None:
     with warnings.catch_warnings(), locks_released_after(), lightning_info_hidden():
         filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
-        _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,
-                      auto_configure_optimizers=False, parser_class=MMCaptionParser,
-                      # its tip names `mmcaption fit --help`, not the pipeline's or the demo's own --help
-                      parser_kwargs={"prog": "mmcaption" if run_checks else "mmcaption fit"})
+        return _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,
+                             auto_configure_optimizers=False, parser_class=MMCaptionParser,
+                             # its tip names `mmcaption fit --help`, not the pipeline's or the demo's own --help
+                             parser_kwargs={"prog": "mmcaption" if run_checks else "mmcaption fit"})
 
 
 PREPARE_HELP = ("Check and preprocess the data of a config (the same --config files and settings as `mmcaption fit`) "

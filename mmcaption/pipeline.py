@@ -21,6 +21,7 @@ from pathlib import Path
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, check_command, run_cli
 from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.model.config import STRUCTURAL_SETTINGS
 
 
 @dataclass
@@ -65,8 +66,8 @@ def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str
 
 def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = (), check: bool = True,
                  stage_args: dict[str, list[str]] | None = None) -> list[StageResult]:
-    """Train both stages. With ``check``, the instruct stage is checked (settings, data files, folders)
-    before the caption stage starts: a missing LLaVA file is found in seconds, not after the caption
+    """Train both stages. With ``check``, the instruct stage is checked (settings, data files, folders, and
+    that the caption stage's weights fit its model) before the caption stage starts: a missing LLaVA file is found in seconds, not after the caption
     stage's hours (its ``init_from``, the caption stage's checkpoint, is not there yet).
 
     ``--ckpt_path`` resumes the stage whose checkpoint it is, as the message of an interrupted run says:
@@ -81,8 +82,16 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     # weights come from the resumed checkpoint; this keeps the setting the run had, when the file is still there)
     init_from = started_from if stage == "instruct" and started_from and Path(started_from).exists() else "null"
     if check:  # as the instruct stage will run: resumed, unless the checkpoint is the caption stage's
-        check_command(["fit", "--config", instruct_config, *instruct_args, *fit_args, "--model.init_from", init_from,
-                       *(resume if stage != "caption" else [])])
+        instruct_check = check_command(["fit", "--config", instruct_config, *instruct_args, *fit_args, "--model.init_from",
+                                        init_from, *(resume if stage != "caption" else [])])
+        if stage != "instruct":  # the caption stage's weights must fit the instruct stage's model
+            caption_check = check_command(["--config", caption_config, *caption_args, *fit_args], run_checks=False)
+            caption_model, instruct_model = caption_check.model.config, instruct_check.model.config
+            differ = [f"{key} {getattr(caption_model, key)!r} in {caption_config}, {getattr(instruct_model, key)!r} in "
+                      f"{instruct_config}" for key in STRUCTURAL_SETTINGS if getattr(caption_model, key) != getattr(instruct_model, key)]
+            if differ:
+                raise ConfigError(f"the caption stage's weights would not fit the instruct stage's model: {'; '.join(differ)}. "
+                                  "Give both stages the same model structure")
     if stage == "instruct":
         print(f"== stage 1, captions: done; resuming stage 2 from {checkpoint} ==", flush=True)
         instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", init_from, *fit_args,

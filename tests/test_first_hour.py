@@ -187,6 +187,10 @@ def test_the_pipeline_checks_the_instruct_data_before_the_caption_stage_starts(t
     monkeypatch.setattr(pipeline, "run_cli", no_stage)
     with pytest.raises(DataError, match=r"LLaVA conversation file not found: demo_data/llava/instruct_train2017\.json"):
         pipeline.run_pipeline(DEMO_CAPTION, DEMO_INSTRUCT)
+    prepare_demo_assets(tmp_path / "demo_data", train_images=10, val_images=4, pretrain_steps=0, clip_steps=0)
+    # a model the caption stage's weights do not fit: was found after the whole caption stage had trained
+    with pytest.raises(ConfigError, match=f"lora_r 8 in {DEMO_CAPTION}, 16 in {DEMO_INSTRUCT}. Give both stages the same"):
+        pipeline.run_pipeline(DEMO_CAPTION, DEMO_INSTRUCT, stage_args={"instruct": ["--model.config.lora_r", "16"]})
 
 
 def test_last_ckpt_holds_the_last_step_also_after_the_last_validation(backbones, coco_root, tmp_path):
