@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, check_command, run_cli
-from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.errors import ConfigError, Interrupted, RunInterrupted, user_errors_exit
 from mmcaption.model.config import STRUCTURAL_SETTINGS
 
 
@@ -103,8 +103,14 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     resume = resume if stage is None else []  # a caption checkpoint is the caption stage's only
     print(f"== stage 2, instructions: mmcaption fit --config {instruct_config} --model.init_from {caption_checkpoint} ==",
           flush=True)
-    instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", caption_checkpoint, *fit_args,
-                        *resume])
+    try:
+        instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", caption_checkpoint,
+                            *fit_args, *resume])
+    except Interrupted as stop:  # stopped before stage 2 saved anything (after, its own message says how to resume)
+        if isinstance(stop, RunInterrupted):
+            raise
+        raise Interrupted(stop.signum, f"{stop} in stage 2, before its first checkpoint; stage 1 is done: run the same "
+                          f"command with --ckpt_path {caption_checkpoint} to go on without training stage 1 again") from None
     return [
         StageResult("caption", caption, caption_checkpoint),
         StageResult("instruct", instruct, handoff_checkpoint(instruct)),

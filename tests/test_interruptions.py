@@ -26,6 +26,7 @@ from mmcaption.demo.synthetic import write_llava_split
 from mmcaption.errors import (
     ConfigError,
     FolderLockedError,
+    Interrupted,
     NotWritableError,
     OutputExistsError,
     disk_full,
@@ -720,6 +721,17 @@ def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, m
     calls.clear()
     pipeline.run_pipeline("c.yaml", "i.yaml", ["--ckpt_path", "last"], check=False)  # each stage its own last
     assert [call[-2:] for call in calls] == [["--ckpt_path", "last"], ["--ckpt_path", "last"]]
+
+    def stopped_in_stage_2(args):  # Ctrl-C while the instruct stage preprocesses LLaVA: no checkpoint of its own yet
+        if "i.yaml" in args:
+            raise Interrupted(signal.SIGINT)
+        return Finished(args)
+
+    monkeypatch.setattr(pipeline, "run_cli", stopped_in_stage_2)
+    with pytest.raises(Interrupted, match="stopped by SIGINT in stage 2, before its first checkpoint; stage 1 is done: run "
+                                          "the same command with --ckpt_path caption-best.ckpt") as stop:
+        pipeline.run_pipeline("c.yaml", "i.yaml", [], check=False)  # was "stopped by SIGINT", and a re-run trained stage 1 again
+    assert stop.value.exit_code == 130
 
 
 def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_continue_it(tmp_path, capsys):
