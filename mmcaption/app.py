@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError('the app needs Gradio: pip install "mmcaption[app]" (or pip install -e ".[app]")') from None
     captioner = load_captioner(args.model, args.checkpoint, args.device)
     page = build(captioner, Path(args.model or args.checkpoint).name)
-    print(f"mmcaption-app: serving {args.model or args.checkpoint} on http://{args.host}:{args.port}", flush=True)
+    shown = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host  # every interface: not an address to open
+    print(f"mmcaption-app: serving {args.model or args.checkpoint} on http://{shown}:{args.port}", flush=True)
     page.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, show_error=True,
                                                    footer_links=[], quiet=True)
 

@@ -43,6 +43,9 @@ class MMCaptionParser(LightningArgumentParser):
             lines = [f"error: {problem}" for problem in _unreadable_configs(_ARGUMENTS)] or lines
         detail = [line.strip() for line in message.splitlines()[1:] if "is not accepted" in line or "not a valid" in line]
         lines += [f"  {line}" for line in detail[:2]]
+        if re.search(r"arguments are required: .*\bdata\b", message):  # validate --ckpt_path X, with no config
+            lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "
+                         "demo's), or from --data <class> and its settings")
         for key, candidates in _unknown_keys(message, parser):
             close = _closest(key, candidates)
             if close:

@@ -100,6 +100,14 @@ def test_a_value_of_the_wrong_kind_is_named_with_what_the_setting_takes(tmp_path
     assert capsys.readouterr().err.splitlines()[0] == f"error: {said}"
 
 
+def test_validate_with_a_checkpoint_and_no_config_says_where_the_data_comes_from(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["validate", "--ckpt_path", str(tmp_path / "last.ckpt")])
+    err = capsys.readouterr().err  # was the parser's "the following arguments are required: validate.data" alone
+    assert "the data comes from the stage's config (--config configs/caption.yaml" in err
+
+
 def test_a_value_of_the_wrong_kind_in_a_config_file_is_named_too(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.yaml"
