@@ -150,18 +150,17 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
     is set: a quick run without logs or checkpoints needs no edit of the config. In ``fit``, a note says what
     was left out."""
     callbacks = trainer_settings.get("callbacks") or []
-    turned_off = [(LearningRateMonitor, "logger")] if trainer_settings.get("logger") is False else []
-    turned_off += [(ModelCheckpoint, "enable_checkpointing")] if trainer_settings.get("enable_checkpointing") is False else []
+    turned_off = [(LearningRateMonitor, "logger is false")] if trainer_settings.get("logger") is False else []
+    turned_off += [(ModelCheckpoint, "enable_checkpointing is false")] if trainer_settings.get("enable_checkpointing") is False else []
     # Lightning says a fast_dev_run saves nothing, and its ModelCheckpoint still writes last.ckpt at the end
-    turned_off += [(ModelCheckpoint, "fast_dev_run")] if trainer_settings.get("fast_dev_run") else []
+    turned_off += [(ModelCheckpoint, "fast_dev_run is true")] if trainer_settings.get("fast_dev_run") else []
     kept = []
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
-        setting = next((name for kind, name in turned_off if isinstance(callback, kind)), None)
+        setting = next((said for kind, said in turned_off if isinstance(callback, kind)), None)
         if setting is None:
             kept.append(callback)
         elif fit and rank_zero_only.rank == 0:
-            value = "true" if setting == "fast_dev_run" else "false"
-            print(f"note: trainer.{setting} is {value}: the config's {type(callback).__name__} is left out", file=sys.stderr, flush=True)
+            print(f"note: trainer.{setting}: the config's {type(callback).__name__} is left out", file=sys.stderr, flush=True)
     return kept
 
 

@@ -172,13 +172,14 @@ def resource_message(error: BaseException) -> str | None:
     return None
 
 
-def _causes(error: BaseException | None) -> Iterator[BaseException]:
-    """``error`` and the errors behind it (``__cause__``, else ``__context__``), each once."""
+def _causes(error: BaseException | None, context: bool = True) -> Iterator[BaseException]:
+    """``error`` and the errors behind it, each once: its ``__cause__`` (raised from it), else, with
+    ``context``, its ``__context__`` (met while handling it)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         yield error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (error.__context__ if context else None)
 
 
 # PyTorch's words: torch.OutOfMemoryError (CUDA, XPU), the CPU allocator's and the Apple MPS backend's RuntimeErrors
@@ -187,14 +188,11 @@ _OUT_OF_MEMORY = ("out of memory", "DefaultCPUAllocator: can't allocate memory",
 
 def out_of_memory(error: BaseException) -> BaseException | None:
     """The out-of-memory error behind ``error`` (a GPU's or the CPU allocator's), if that stopped the command."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:  # a wrapper's cause; not an error met while handling another
-        seen.add(id(error))
-        if type(error).__name__ == "OutOfMemoryError" or (
-            isinstance(error, RuntimeError) and any(words in str(error) for words in _OUT_OF_MEMORY)
+    for cause in _causes(error, context=False):  # a wrapper's cause; not an error met while handling another
+        if type(cause).__name__ == "OutOfMemoryError" or (
+            isinstance(cause, RuntimeError) and any(words in str(cause) for words in _OUT_OF_MEMORY)
         ):
-            return error
-        error = error.__cause__
+            return cause
     return None
 
 

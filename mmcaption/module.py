@@ -87,6 +87,7 @@ class MultimodalCaptioner(LightningModule):
         self.init_from = init_from
         self.compile = compile
         self.model: MultimodalCausalLM | None = None
+        self.loading = False  # while configure_model loads it: what an error then is said to be (OutOfMemoryAdvice)
         # Checkpoints hold trainable tensors only; load_state_dict checks their keys itself.
         self.strict_loading = False
         self.val_loss = MeanMetric()
@@ -107,7 +108,7 @@ class MultimodalCaptioner(LightningModule):
         if self.model is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
-        self.loading = True  # for what an error here is said to be (OutOfMemoryAdvice)
+        self.loading = True
         self.model = MultimodalCausalLM.from_config(self.config, device=device)
         self.loading = False
         if self.compile:  # block by block, as litgpt and torchtitan compile: the injected cross-attention included

@@ -83,7 +83,7 @@ def option_scores(
 
 
 CHECKED_SETTINGS = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p")
-_NUMBERS = ("max_new_tokens", "min_new_tokens", "num_beams", "temperature", "top_p")
+_NUMBERS = tuple(name for name in CHECKED_SETTINGS if name != "do_sample")
 
 
 def check_generation(settings: dict[str, Any], where: str = "generation") -> None:

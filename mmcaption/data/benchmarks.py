@@ -62,6 +62,16 @@ def _absent(value: str) -> bool:
     return value.strip().lower() in ("", "nan")
 
 
+IMAGE_COLUMNS = ("image", "img_path")  # a questions file's image column; the second as in the original scripts' CSV
+
+
+def separator_hint(header: list[str]) -> str:
+    """``"; it looks separated by semicolons: ..."`` for a CSV header read as one cell because its separator
+    is another (Excel writes semicolons where the comma is the decimal mark), else ``""``."""
+    return next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
+                 (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
+
+
 def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header (names stripped) and the rows, each with its first physical line, of a UTF-8 CSV or TSV
     as spreadsheets write it (a byte-order mark is accepted); undecodable text or broken quoting is

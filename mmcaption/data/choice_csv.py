@@ -8,20 +8,19 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.benchmarks import ChoiceQuestion, read_table_rows
+from mmcaption.data.benchmarks import IMAGE_COLUMNS, ChoiceQuestion, read_table_rows, separator_hint
 from mmcaption.data.records import DataError
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
-IMAGE_COLUMNS = ("img_path", "image", "image_path")  # the first found is the image's (the questions files' names too)
 _LETTER_ANSWER = re.compile(r"\(?([A-Ha-h])[).:]?")  # B, b, B), (B), B., B: as answer keys are written
 
 
 def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     """Read a multiple-choice CSV as spreadsheets write it, refusing what would be read wrong.
 
-    Columns are matched without regard to case, and the image's may be named ``image`` or ``image_path``;
+    Columns are matched without regard to case, and the image's may be named ``image``, as in questions files;
     a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted. An answer may be written as the letter
     (``B``, ``b``, ``B)``, ``(B)``, ``B.``) or as the text of its option. A duplicate column, a row whose
     number of fields differs from the header's (an unquoted comma shifts the question into the options),
@@ -40,13 +39,11 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     if earlier:
         rank_zero_info(f"{path}: columns {earlier} are an earlier predict's results; they are not read, and are replaced")
     column = {low: i for i, low in enumerate(folded)}
-    image = next((name for name in IMAGE_COLUMNS if name in column), "img_path")
+    image = next((name for name in ("img_path", *IMAGE_COLUMNS) if name in column), "img_path")  # the questions files' names too
     missing = [name for name in REQUIRED_COLUMNS if (image if name == "img_path" else name.lower()) not in column]
     if missing:
-        separated = next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
-                          (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
         raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}, then optional C-H and "
-                        f"'answer'; it has {header}{separated}")
+                        f"'answer'; it has {header}{separator_hint(header)}")
     letters = [letter for letter in LETTERS if letter.lower() in column]
     option_keys = tuple(name for letter in letters for name, low in zip(header, folded) if low == letter.lower())
     questions = []

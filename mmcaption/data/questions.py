@@ -20,13 +20,12 @@ from typing import Any
 
 import torch
 
+from mmcaption.data.benchmarks import IMAGE_COLUMNS, separator_hint
 from mmcaption.data.predict import _ImageRows, _PredictDataModule, image_paths
 from mmcaption.data.records import DataError, not_utf8, read_json
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
-
-IMAGE_COLUMNS = ("image", "img_path")  # the second as in the original scripts' multiple-choice CSV
 
 
 @dataclass
@@ -187,10 +186,8 @@ def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQues
                 if duplicates:
                     raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
                 if "question" not in header or not any(name in header for name in IMAGE_COLUMNS):
-                    separated = next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
-                                      (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
                     raise DataError(f"{path}: the header needs the columns image (or img_path) and question, and it has "
-                                    f"{header}{separated}")
+                                    f"{header}{separator_hint(header)}")
                 start = reader.line_num + 1
                 for fields in reader:
                     if any(field.strip() for field in fields):
