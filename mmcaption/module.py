@@ -95,7 +95,7 @@ class MultimodalCaptioner(LightningModule):
         self._resumed_random_state: dict[str, Any] | None = None
         self.init_source: dict[str, Any] | None = None
         self.val_captions: list[tuple[str, str, list[str]]] = []  # (image id, generated, references)
-        self.val_answers: list[tuple[str, str]] = []  # (generated, reference)
+        self.val_answers: list[tuple[str, str, str, str]] = []  # (conversation id, question, generated, reference)
         self.skipped_batches = 0
         self.flops_per_batch: int | None = None  # the last training batch's, for TrainingThroughput's MFU
         self._flops_per_token: int | None = None
@@ -222,7 +222,7 @@ class MultimodalCaptioner(LightningModule):
                 if self.val_examples is None:
                     self.val_examples = (batch["display"][:4], generated[:4], batch["references"][:4])
             else:
-                self.val_answers.extend(zip(generated, batch["answer"]))
+                self.val_answers.extend(zip(batch["id"], batch["question"], generated, batch["answer"]))
             return
         loss_sum, tokens = self.token_losses(batch)
         if tokens > 0:
@@ -254,7 +254,7 @@ class MultimodalCaptioner(LightningModule):
             if prefix == "val":
                 self.log_caption_examples()
         if answers:
-            accuracy = exact_match([p for p, _ in answers], [r for _, r in answers])
+            accuracy = exact_match([p for *_, p, _ in answers], [r for *_, r in answers])
             self.log(f"{prefix}/answer_exact_match", accuracy, sync_dist=False, prog_bar=True)
             metrics["answer_exact_match"] = accuracy
         self.val_examples = None
@@ -278,7 +278,7 @@ class MultimodalCaptioner(LightningModule):
         if captions or answers:
             results["generation"] = {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}
         rows = [{"image_id": i, "caption": c, "references": r} for i, c, r in captions]
-        rows += [{"prediction": p, "answer": a} for p, a in answers]
+        rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         predictions, summary = write_evaluation(folder, f"{prefix}-{split or 'split'}", rows, results)
         rank_zero_info(f"{prefix} results: {summary} (predictions: {predictions.name})")

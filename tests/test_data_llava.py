@@ -310,3 +310,28 @@ def test_a_mixed_batch_trains_and_text_only_questions_are_answered(backbones, ll
     assert trainer.global_step == 3
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     assert 0.0 <= metrics["val/answer_exact_match"] <= 1.0  # image and text-only questions were answered
+
+
+def test_mmcaption_test_on_conversations_answers_their_questions_and_writes_each_with_its_question(backbones, llava, tmp_path):
+    from lightning.pytorch import Trainer
+
+    from .conftest import make_captioner
+
+    train, _ = llava
+    val = json.loads(train.with_name("instruct_val2017.json").read_text())
+    dm = make_datamodule(backbones, llava, test_answer_questions=3)
+    module = make_captioner(backbones, generation={"max_new_tokens": 3})
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.test(module, datamodule=dm, verbose=False)[0]
+
+    folder = Path(trainer.log_dir)
+    results = json.loads((folder / "test-val.results.json").read_text())
+    rows = [json.loads(line) for line in (folder / "test-val.predictions.jsonl").read_text().splitlines()]
+    asked = [(r["id"], t["value"].replace("<image>", "").strip()) for r in val for t in r["conversations"] if t["from"] == "human"]
+    assert [(row["id"], row["question"]) for row in rows] == asked[:3]  # which question each answer is to
+    assert all(isinstance(row["prediction"], str) and row["answer"] for row in rows)
+    assert results["questions"] == 3 and results["metrics"]["answer_exact_match"] == pytest.approx(logged["test/answer_exact_match"])
+
+    loss_only = Trainer(accelerator="cpu", default_root_dir=tmp_path / "loss", enable_progress_bar=False, enable_model_summary=False)
+    logged = loss_only.test(module, datamodule=make_datamodule(backbones, llava, test_answer_questions=0), verbose=False)[0]
+    assert "test/loss" in logged and "test/answer_exact_match" not in logged

@@ -195,6 +195,9 @@ class InstructDataModule(PreprocessedDataModule):
         max_length: longest sequence in tokens; later whole turns are dropped to fit, and counted.
         val_answer_questions: how many val questions to answer (each asked alone) at each validation
             for ``val/answer_exact_match`` (0: none, null: all).
+        test_answer_questions: how many questions of the validation conversations ``mmcaption test``
+            answers and scores by exact match (null: all; 0: the loss only); the answers are written beside
+            the run's logs.
     """
 
     training_stage = stage_needed = "instruct"
@@ -208,6 +211,7 @@ class InstructDataModule(PreprocessedDataModule):
         system_prompt: str = DEFAULT_SYSTEM,
         max_length: int = 512,
         val_answer_questions: int | None = 0,
+        test_answer_questions: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -217,6 +221,7 @@ class InstructDataModule(PreprocessedDataModule):
         self.text_table = "conversations"
         self.train_file, self.val_file, self.val_fraction = Path(train_file), val_file and Path(val_file), val_fraction
         self.image_root, self.max_length, self.val_answer_questions = Path(image_root), max_length, val_answer_questions
+        self.test_answer_questions = test_answer_questions
         self.template = ConversationTemplate(system=system_prompt)
 
     @property
@@ -273,3 +278,11 @@ class InstructDataModule(PreprocessedDataModule):
         if self.val_answer_questions == 0:
             return loss_loader
         return [loss_loader, self.questions_loader("val", self.val_answer_questions)]
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val conversations for the loss; unless ``test_answer_questions`` is 0, also their questions to
+        answer (a LLaVA file has no test split: ``test`` reads the validation conversations)."""
+        loss_loader = self._loader("test")
+        if self.test_answer_questions == 0:
+            return loss_loader
+        return [loss_loader, self.questions_loader(self.stage_splits()["test"], self.test_answer_questions)]
