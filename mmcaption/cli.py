@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.callbacks import OutOfMemoryAdvice, PlainProgress, ResumableStop, StageProgressBar, usable_callbacks
 from mmcaption.checkpoint import AtomicCheckpointIO, earlier_checkpoints_note, load_checkpoint_file
-from mmcaption.console import filter_warnings, lightning_info_hidden, quiet_lightning
+from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import ConfigError, one_line, user_errors_exit
@@ -83,6 +83,12 @@ class MMCaptionCLI(LightningCLI):
             if setting is None:
                 raise
             raise ConfigError(f"{setting}: {one_line(error)}") from error
+
+    def validate(self, verbose: bool = True, **kwargs: Any) -> None:
+        print_metrics(self.trainer.validate(verbose=False, **kwargs), verbose)
+
+    def test(self, verbose: bool = True, **kwargs: Any) -> None:
+        print_metrics(self.trainer.test(verbose=False, **kwargs), verbose)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Lightning < 2.7 (pinned): where the trainer's settings meet the config's callbacks

@@ -80,3 +80,16 @@ def quieted(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(*args, **kwargs)
 
     return wrapper
+
+
+def print_metrics(results: list[dict[str, float]], verbose: bool = True) -> None:
+    """``validate``'s and ``test``'s metrics, one row each. Lightning's own table gives every data loader a
+    column, and metrics computed at the epoch's end (all of mmcaption's) appear once per loader: the loss
+    beside the generation loader that has none."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    merged = {name.split("/dataloader_idx_")[0]: value for result in results for name, value in result.items()}
+    if not verbose or not merged or rank_zero_only.rank != 0:
+        return
+    width = max(len(name) for name in merged)
+    print("\n".join([f"{'metric':<{width}}  value"] + [f"{name:<{width}}  {value:.4f}" for name, value in sorted(merged.items())]))

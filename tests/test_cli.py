@@ -25,7 +25,7 @@ def demo_dir(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_dir):
+def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_dir, capsys):
     cli = run_cli(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "3", *FAST])
     last = demo_dir / "checkpoints" / "demo-caption" / "last.ckpt"
     assert last.is_file()
@@ -45,8 +45,14 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     restored = torch.load(last, weights_only=True)
     assert restored["global_step"] == 5
 
-    validated = run_cli(["validate", "--config", DEMO_CONFIG, "--ckpt_path", str(last), *FAST])
+    capsys.readouterr()
+    validated = run_cli(["validate", "--config", DEMO_CONFIG, "--ckpt_path", str(last), *FAST,
+                         "--data.init_args.val_caption_images", "2", "--model.generation.max_new_tokens", "3"])
     assert "val/loss" in validated.trainer.callback_metrics
+    # one table row per metric: the loss is not shown again beside the captioning loader, which has none
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed[printed.index(next(x for x in printed if x.startswith("metric"))) + 1:]] == \
+        sorted(validated.trainer.callback_metrics)
 
     # the console script: captions for the val images from the checkpoint, exit status 0
     result = subprocess.run(
