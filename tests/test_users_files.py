@@ -319,3 +319,44 @@ def test_a_multiple_choice_sheet_as_people_write_it(tmp_path):
                       "c.png,Quel café ?,noir,crème\n".encode("cp1252"))  # Excel's plain "CSV": the local code page
     with pytest.raises(DataError, match=r'quiz\.csv, line 4: not UTF-8 text \(byte 0xe9 .*save it as "CSV UTF-8"'):
         read_choice_csv(sheet)
+
+
+def test_answer_keys_as_people_write_them_are_scored_by_the_letter_they_name(backbones, trained_checkpoint, image_folder, tmp_path):
+    import csv
+
+    import torch
+
+    from mmcaption.module import MultimodalCaptioner
+
+    from .test_predict_export import choice_data, predictor, write_csv
+
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    planted = module.tokenizer(" blue", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():  # the model always picks the option "blue"
+        module.model.language_model.get_base_model().lm_head.bias[planted] += 30.0
+    written = ["(b)", "D.", "Blue", "b)", "B"]  # blue's letter as answer keys are written, or its text; C/D as pandas' NaN
+    rows = [{"img_path": "images/img0.png", "Question": "What colour?", "A": "red", "B": "blue", "C": "green", "D": "white"},
+            {"img_path": "images/img1.png", "Question": "What colour?", "A": "red", "B": "green", "C": "white", "D": "blue"},
+            {"img_path": "images/img2.png", "Question": "What colour?", "A": "blue", "B": "red", "C": "nan", "D": "nan"},
+            {"img_path": "images/img0.png", "Question": "What colour?", "A": "white", "B": "blue", "C": "red", "D": "green"},
+            {"img_path": "images/img1.png", "Question": "What colour?", "A": "red", "B": "blue", "C": "NaN", "D": "NaN"}]
+    output = tmp_path / "answers.csv"
+    sheet = write_csv(tmp_path / "q.csv", [{**row, "answer": key} for row, key in zip(rows, written)])
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, sheet, output))
+    with output.open() as handle:
+        answered = list(csv.DictReader(handle))
+    assert [r["prediction"] for r in answered] == ["B", "D", "A", "B", "B"]  # 2 options where pandas wrote NaN
+    assert [r["answer"] for r in answered] == ["B", "D", "A", "B", "B"] and all(r["correct"] == "True" for r in answered)
+    assert json.loads(output.with_name("answers.csv.summary.json").read_text())["accuracy"] == 1.0
+
+
+def test_unlabelled_questions_from_pandas_have_no_reference_answer(tmp_path):
+    jsonl = tmp_path / "q.jsonl"  # json.dumps of a DataFrame's records writes a missing value as NaN
+    jsonl.write_text(json.dumps({"image": "a.jpg", "question": "How many?", "answer": float("nan")}) + "\n"
+                     + json.dumps({"image": "a.jpg", "question": "How many?", "answer": "two"}) + "\n")
+    sheet = tmp_path / "q.csv"
+    sheet.write_text("image,question,answer\na.jpg,How many?,nan\na.jpg,How many?,two\n")
+    for path in (jsonl, sheet):
+        unlabelled, labelled = read_questions(path)
+        assert (unlabelled.answer, unlabelled.record["answer"]) == (None, None)  # scored nowhere, not against "nan"
+        assert (labelled.answer, labelled.record["answer"]) == ("two", "two")

@@ -57,7 +57,7 @@ class ChoiceQuestion:
     passes: list[tuple[int, ChoiceQuestion]] = field(default_factory=list)
 
 
-def _absent(value: str) -> bool:
+def absent_cell(value: str) -> bool:
     """An empty cell, or pandas' NaN as MMBench's TSVs write a missing option or hint."""
     return value.strip().lower() in ("", "nan")
 
@@ -153,7 +153,7 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     for _, values in entries:
         index = values["index"]
         given = values.get("g_index", "").strip()
-        group[index] = given if not _absent(given) else (
+        group[index] = given if not absent_cell(given) else (
             str(int(index) % CIRCULAR_STRIDE) if index.isdigit() and int(index) >= CIRCULAR_STRIDE else index)
     copies = {i for i, g in group.items() if g != i and g in lines}
     if copies:
@@ -164,14 +164,14 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     questions, passes = [], {}
     for line, values in entries:
         index = values["index"]
-        options = ["" if _absent(values[letter.lower()]) else values[letter.lower()] for letter in letters]
+        options = ["" if absent_cell(values[letter.lower()]) else values[letter.lower()] for letter in letters]
         while options and not options[-1]:
             options.pop()
-        problems = [] if not _absent(values["question"]) else ["empty question"]
+        problems = [] if not absent_cell(values["question"]) else ["empty question"]
         if len(options) < 2 or not all(options):
             problems.append(f"options must be 2 or more, without gaps: {dict(zip(letters, options))}")
         given = values.get("answer", "")
-        answer = None if _absent(given) else given.upper()
+        answer = None if absent_cell(given) else given.upper()
         if answer is not None and answer not in LETTERS[: len(options)]:
             problems.append(f"answer {given!r} is not one of {', '.join(LETTERS[: len(options)])}")
         image = _decode_image(values["image"], images)
@@ -180,8 +180,8 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
         if problems:
             raise DataError(f"{path}, index {index} (line {line}): " + "; ".join(problems))
         hint = values.get("hint", "")
-        question = values["question"] if _absent(hint) else f"{hint}\n{values['question']}"
-        record = {name: "" if _absent(values[low]) else values[low] for name, low in zip(header, folded)
+        question = values["question"] if absent_cell(hint) else f"{hint}\n{values['question']}"
+        record = {name: "" if absent_cell(values[low]) else values[low] for name, low in zip(header, folded)
                   if low and low != "image" and low not in RESULT_COLUMNS}
         record = {("answer" if name.lower() == "answer" else name): value for name, value in record.items()}
         record["answer"] = answer or ""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.benchmarks import IMAGE_COLUMNS, ChoiceQuestion, read_table_rows, separator_hint
+from mmcaption.data.benchmarks import IMAGE_COLUMNS, ChoiceQuestion, absent_cell, read_table_rows, separator_hint
 from mmcaption.data.records import DataError
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
@@ -22,7 +22,9 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
 
     Columns are matched without regard to case, and the image's may be named ``image``, as in questions files;
     a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted. An answer may be written as the letter
-    (``B``, ``b``, ``B)``, ``(B)``, ``B.``) or as the text of its option. A duplicate column, a row whose
+    (``B``, ``b``, ``B)``, ``(B)``, ``B.``) or as the text of its option; the letter it names is what the
+    prediction is scored against, and what the output's ``answer`` column holds. A ``nan`` cell (pandas' NaN
+    written as text) is an empty one. A duplicate column, a row whose
     number of fields differs from the header's (an unquoted comma shifts the question into the options),
     an empty question, fewer than two options, a gap between options or an answer that names no option
     is refused with the file and the physical line; a file in another encoding or separated by
@@ -54,19 +56,21 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
             why = "a comma inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
             raise DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} ({why})")
         values = {low: field.strip() for low, field in zip(folded, fields)}
-        options = [values[letter.lower()] for letter in letters]
+        options = ["" if absent_cell(values[letter.lower()]) else values[letter.lower()] for letter in letters]  # pandas' NaN
         while options and not options[-1]:
             options.pop()
         problems = [f"empty {name}" for name, key in (("img_path", image), ("Question", "question")) if not values[key]]
         if len(options) < 2 or not all(options):
             problems.append(f"options must be 2 or more, without gaps: {dict(zip(letters, options))}")
-        answer = _answer_letter(values.get("answer", ""), options)
+        answer = _answer_letter("" if absent_cell(values.get("answer", "")) else values["answer"], options)
         if answer is None:
             problems.append(f"answer {values['answer']!r} is neither one of {', '.join(LETTERS[: len(options)])} nor an option's text")
         if problems:
             raise DataError(f"{path}, line {line}: " + "; ".join(problems))
         record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded)
                   if low and low not in RESULT_COLUMNS}
+        if "answer" in record:  # the letter it names, which the prediction is scored against: (C), c, C. or white -> C
+            record["answer"] = answer
         questions.append(ChoiceQuestion(line, record, values[image], values["question"], options, answer or None,
                                         option_keys=option_keys))
     if not questions:

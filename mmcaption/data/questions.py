@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmcaption.data.benchmarks import IMAGE_COLUMNS, separator_hint
+from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, separator_hint
 from mmcaption.data.predict import _ImageRows, _PredictDataModule, image_paths
 from mmcaption.data.records import DataError, not_utf8, read_json
 from mmcaption.errors import ConfigError
@@ -63,13 +64,19 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     if problems:
         raise DataError(f"{where or f'{path}, line {line}'}: " + "; ".join(problems))
     kept = {k: v for k, v in record.items() if k not in RESULT_COLUMNS}
-    return OpenQuestion(line, kept, image, question, (answer or "").strip() or None)
+    answer = None if answer is None or absent_cell(answer) else answer.strip()  # pandas' NaN: no reference answer
+    if "answer" in kept:  # the answer the prediction is scored against, as it was read
+        kept["answer"] = answer
+    return OpenQuestion(line, kept, image, question, answer)
 
 
 def _text(value: Any) -> Any:
-    """A JSON number as the text a CSV cell would hold (``2`` -> ``"2"``, ``2.0`` -> ``"2"``); anything else as it is."""
+    """A JSON number as the text a CSV cell would hold (``2`` -> ``"2"``, ``2.0`` -> ``"2"``; ``NaN``, as pandas
+    writes a missing value, -> None); anything else as it is."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value
+    if math.isnan(value):
+        return None
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
