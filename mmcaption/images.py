@@ -26,7 +26,7 @@ from pillow_heif import register_heif_opener
 
 register_heif_opener()  # .heic/.heif: what iPhones save by default
 
-ImageSource = bytes | str | Path | Image.Image | np.ndarray
+ImageSource = bytes | str | Path | Image.Image | np.ndarray | torch.Tensor
 # what cameras, phones, scanners and the web save; a folder's other files are not images
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif",
                   *([".avif"] if features.check("avif") else [])}  # AVIF: Pillow 11.3 and later
@@ -80,22 +80,20 @@ def check_image(data: bytes) -> str | None:
 
 
 def load_rgb(source: ImageSource) -> Image.Image:
-    """An upright 8-bit RGB image from bytes, a file path, an ``http(s)://`` URL, a PIL image or an array (``HxW`` or ``HxWxC``,
-    uint8, or floats in [0, 1]): EXIF orientation applied, 16/32-bit integer and floating-point images
+    """An upright 8-bit RGB image from bytes, a file path, an ``http(s)://`` URL, a PIL image, an array or a
+    tensor (see :func:`array_image`): EXIF orientation applied, 16/32-bit integer and floating-point images
     scaled to 8 bits rather than clipped, transparent pixels on white, any other mode converted."""
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().float().numpy() if source.is_floating_point() else source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
-        array = source
-        if array.dtype.kind == "f":
-            array = (array.clip(0.0, 1.0) * 255.0).round()
-        elif array.dtype.kind in "iu" and array.dtype.itemsize > 1:  # 16/32-bit: scaled, as 16-bit files are
-            peak = 65535.0 if array.dtype.itemsize == 2 or array.max() > 255 else 255.0
-            array = (array.astype(np.float64) * (255.0 / peak)).clip(0, 255)  # as _to_rgb scales 16-bit files
-        return _to_rgb(Image.fromarray(array.astype(np.uint8)))
+        return array_image(source)
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, bytes):
         with opened(source) as image:
             return _to_rgb(ImageOps.exif_transpose(image))
+    if not isinstance(source, str | Path):
+        raise TypeError(f"an image is a path, an http(s):// URL, bytes, a PIL image, an array or a tensor, not {type(source).__name__}")
     data = fetch(source) if is_url(source) else Path(source).read_bytes()
     try:
         with opened(data) as image:
@@ -140,6 +138,29 @@ def fetch(url: str) -> bytes:
         raise OSError(f"image {url} could not be downloaded: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         raise OSError(f"image {url} could not be downloaded: {getattr(error, 'reason', error)}") from None
+
+
+def array_image(array: np.ndarray) -> Image.Image:
+    """An RGB image from an array as NumPy, PIL, OpenCV or torch hold images: ``HxW``, ``HxWxC`` or ``CxHxW`` with
+    1, 3 or 4 channels (4: transparency, seen on white); uint8; booleans; floats in [0, 1], or in 0-255 when
+    any value is above 1 (as ``astype(float32)`` leaves a photo); 16/32-bit integers scaled as 16-bit files are."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):  # CxHxW: torch's layout
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+        raise ValueError(f"an image array is HxW, HxWxC or CxHxW with 1, 3 or 4 channels; this one has shape {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype.kind == "f":
+        values = np.nan_to_num(array.astype(np.float64))
+        array = (values * (255.0 if values.max() <= 1.0 else 1.0)).clip(0, 255).round()
+    elif array.dtype.kind in "iu" and array.dtype.itemsize > 1:  # 16/32-bit: scaled, as 16-bit files are
+        peak = 65535.0 if array.dtype.itemsize == 2 or array.max() > 255 else 255.0
+        array = (array.astype(np.float64) * (255.0 / peak)).clip(0, 255)  # as _to_rgb scales 16-bit files
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"an image array holds numbers; this one holds {array.dtype}")
+    return _to_rgb(Image.fromarray(array.astype(np.uint8)))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -69,8 +69,8 @@ class Captioner:
 
     def caption(self, images: ImageInput | list[ImageInput], **generate_kwargs) -> str | list[str]:
         """A caption per image (a string for one image, a list for a list)."""
-        many = isinstance(images, list)
-        images = images if many else [images]
+        many = isinstance(images, list | tuple)
+        images = list(images) if many else [images]
         if not images:
             return []
         if any(image is None for image in images):  # a caption of no image would be made up from the prompt alone
@@ -98,6 +98,7 @@ class Captioner:
         if not all(isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
                    for turn in history):
             raise ValueError(f"history is a list of (question, answer) pairs of strings, not {history!r}")
+        _check_texts("question", [question])
         prompt = self.template.chat_prompt(history, question, self.tokenizer)
         return self._generate([prompt], [image], **generate_kwargs)[0]
 
@@ -129,6 +130,8 @@ class Captioner:
         if len(option_lists) != len(questions) or not all(isinstance(o, (list, tuple)) for o in option_lists):
             raise ValueError("choose with lists of questions needs a list of options per question")
         option_lists = [list(o) for o in option_lists]
+        for opts in option_lists:
+            _check_texts("option", opts)
         if not questions:
             return [], []
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
@@ -142,9 +145,16 @@ class Captioner:
 
 def _batch(images, questions) -> tuple[bool, list, list[str]]:
     """(whether lists were given, the images, the questions) - one of each, or lists of the same length."""
-    if isinstance(questions, str):
-        return False, [images], [questions]
-    images = list(images) if isinstance(images, (list, tuple)) else None
+    many = isinstance(questions, list | tuple)
+    images, questions = (list(images) if isinstance(images, list | tuple) else None, list(questions)) if many else ([images], [questions])
     if images is None or len(images) != len(questions):
         raise ValueError(f"{len(questions)} questions need a list of as many images (None for a text-only question)")
-    return True, images, list(questions)
+    _check_texts("question", questions)
+    return many, images, questions
+
+
+def _check_texts(what: str, texts: list) -> None:
+    """Questions and options are text that says something: an empty one would leave the model to make it up."""
+    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if empty:
+        raise ValueError(f"{what} {empty[0]} is {texts[empty[0]]!r}: each {what} is a non-empty string")

@@ -225,6 +225,14 @@ def test_captioner_with_five_options_and_no_images(backbones, trained_checkpoint
         captioner.choose(image, "Which?", "circle")
     with pytest.raises(ValueError, match=r"history is a list of \(question, answer\) pairs of strings"):  # was an unpacking error
         captioner.chat(image, "And its colour?", ["It is a circle."])
+    # empty text would leave the model to make up the question (it answered a question of its own) or an option
+    with pytest.raises(ValueError, match="question 0 is '  ': each question is a non-empty string"):
+        captioner.answer(image, "  ")
+    with pytest.raises(ValueError, match="question 1 is None"):
+        captioner.answer([image, image], ["Which shape?", None])
+    with pytest.raises(ValueError, match="option 1 is '': each option is a non-empty string"):
+        captioner.choose(image, "Which shape?", ["circle", ""])
+    assert captioner.caption((image, image)) == captioner.caption([image, image])  # a tuple is a batch, as a list is
 
 
 def test_export_writes_the_checkpoints_tensors_without_reading_the_backbones_weights(backbones, trained_checkpoint, tmp_path, monkeypatch):

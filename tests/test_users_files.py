@@ -360,3 +360,31 @@ def test_unlabelled_questions_from_pandas_have_no_reference_answer(tmp_path):
         unlabelled, labelled = read_questions(path)
         assert (unlabelled.answer, unlabelled.record["answer"]) == (None, None)  # scored nowhere, not against "nan"
         assert (labelled.answer, labelled.record["answer"]) == ("two", "two")
+
+
+def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_picture():
+    import numpy as np
+    import torch
+
+    from mmcaption.images import load_rgb
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    expected = np.asarray(load_rgb(photo))
+    same = {
+        "floats in 0-255, as astype(float32) leaves a photo": photo.astype(np.float32),  # was clipped to 1: all white
+        "floats in [0, 1]": photo / 255.0,
+        "CxHxW, torch's layout": photo.transpose(2, 0, 1).copy(),
+        "a torch tensor, CxHxW in [0, 1] as torchvision's to_tensor gives": torch.from_numpy(photo.transpose(2, 0, 1) / 255.0).float(),
+        "a uint8 torch tensor, HxWxC": torch.from_numpy(photo),
+    }
+    for what, image in same.items():
+        assert np.abs(np.asarray(load_rgb(image)).astype(int) - expected).max() <= 1, what
+    grey = rng.integers(0, 256, (6, 5, 1), dtype=np.uint8)  # HxWx1 was "Cannot handle this data type"
+    assert (np.asarray(load_rgb(grey)) == np.repeat(grey, 3, axis=2)).all()
+    mask = rng.random((6, 5)) > 0.5  # a boolean mask: white where True, not 0/1 levels (near black)
+    assert (np.asarray(load_rgb(mask))[..., 0] == np.where(mask, 255, 0)).all()
+    with pytest.raises(ValueError, match=r"an image array is HxW, HxWxC or CxHxW with 1, 3 or 4 channels; this one has shape \(2, 6, 5, 3\)"):
+        load_rgb(np.stack([photo, photo]))
+    with pytest.raises(TypeError, match="an image is a path, an http.* or a tensor, not int"):
+        load_rgb(7)
