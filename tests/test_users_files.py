@@ -104,6 +104,22 @@ def test_a_folder_leaves_out_hidden_files_and_says_what_else_it_left_out(tmp_pat
     assert "1 x .txt" in notes[0] and "1 x .mov" in notes[0]
 
 
+def test_a_folder_follows_linked_folders_once_and_names_links_to_nothing(tmp_path):
+    shared = tmp_path / "shared" / "val2017"
+    shared.mkdir(parents=True)
+    (shared / "a.jpg").write_bytes(jpeg(upright_picture(32, 32)))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "b.jpg").write_bytes(jpeg(upright_picture(32, 32)))
+    (folder / "val2017").symlink_to(shared, target_is_directory=True)  # a dataset linked in, as people share them
+    (folder / "again").symlink_to(folder, target_is_directory=True)  # a link back up: not a loop
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    notes = []
+    found = find_images(str(folder), note=notes.append)
+    assert [p.relative_to(folder).as_posix() for p in found] == ["b.jpg", "val2017/a.jpg"]  # the linked folder was left out
+    assert notes == [f"{folder}: 1 links left out that point to nothing (the first: {folder / 'gone.jpg'})"]
+
+
 def test_an_image_list_as_windows_saves_it(tmp_path):
     (tmp_path / "photos").mkdir()
     for name in ("a.jpg", "b c.jpg"):

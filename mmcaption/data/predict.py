@@ -34,6 +34,24 @@ from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
 
+def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The files under ``folder`` and its subfolders, linked ones included (each real folder once: a link
+    back up is not a loop), hidden files and folders left out; and the links that point nowhere."""
+    files, broken, seen = [], [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = sorted(name for name in folders if not is_hidden(Path(name)))
+        for name in names:
+            file = Path(root) / name
+            if not is_hidden(file):
+                (files if file.is_file() else broken if not file.exists() else []).append(file)
+    return files, broken
+
+
 def find_images(source: str, note=rank_zero_info) -> list[Path]:
     """Images named by ``source``: a folder (searched recursively; hidden files and folders left out, and
     ``note`` told how many other files were), a text file with one path per line (relative to the
@@ -43,15 +61,20 @@ def find_images(source: str, note=rank_zero_info) -> list[Path]:
         return [RemoteImage(source)]
     path = Path(source)
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and not any(is_hidden(Path(part)) for part in p.relative_to(path).parts)]
+        files, broken = _folder_files(path)
         images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
         others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
+        if broken:
+            others["links to nothing"] = len(broken)
         if not images:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in folder {path}"
                             + (f"; it has {_counted(others)}" if others else ""))
+        dangling = others.pop("links to nothing", 0)
         if others and note is not None:
             note(f"{path}: {sum(others.values())} files left out, not images by their names ({_counted(others)}); "
                  f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
+        if dangling and note is not None:
+            note(f"{path}: {dangling} links left out that point to nothing (the first: {broken[0]})")
         return images
     if not path.exists():
         raise DataError(f"image source not found: {path}")
