@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 import os
 import random
 from pathlib import Path
@@ -447,8 +448,15 @@ def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_fr
     _, partial = write_vqa(tmp_path / "partial", "val2014", questions, {420: answers[420]})
     with pytest.raises(DataError, match=r"has no annotation for 2 of the 3 questions of .*\(question_id 421, 70\)"):
         read_questions(asked, partial)
-    with pytest.raises(DataError, match=r"COCO_val2014_000000000042\.jpg \(the first question's image\) is neither in"):
+    with pytest.raises(DataError, match=r"none of the first 2 questions' images \(COCO_val2014_000000000042\.jpg, \.\.\.\) is in"):
         run(asked, notes, tmp_path / "never.jsonl", image_root=str(tmp_path / "elsewhere"))
+    # the first question's image missing (a partial download) is that question's error, not the whole file's
+    partial_images = Path(shutil.copytree(coco, tmp_path / "partial_coco" / "val2014"))
+    (partial_images / "COCO_val2014_000000000042.jpg").unlink()
+    data = QuestionsPredictDataModule(questions_file=str(asked), image_root=str(partial_images.parent), output=str(tmp_path / "p.jsonl"),
+                                      tokenizer=str(backbones[0]), image_processor=str(backbones[1]), batch_size=2, num_workers=0)
+    data.setup("predict")
+    assert ["not found" in (data.dataset[i]["error"] or "") for i in range(3)] == [True, True, False]
     listed = tmp_path / "asked.jsonl"
     listed.write_text(json.dumps({"image": "images/img0.png", "question": "What?"}) + "\n")
     with pytest.raises(DataError, match=r"annotations_file .* goes with VQAv2's official questions file"):

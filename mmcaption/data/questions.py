@@ -145,17 +145,22 @@ def read_vqa_questions(path: Path, annotations: Path | None = None) -> list[Open
     return questions
 
 
+VQA_IMAGES_LOOKED_FOR = 50
+
+
 def vqa_image_root(path: Path, questions: list[OpenQuestion], image_root: Path | None) -> Path:
     """Where a VQAv2 file's COCO images are: ``<root>/<folder>`` (``val2014/`` as COCO's zip unpacks), or
-    ``<root>`` itself; the root is ``image_root``, by default the questions file's folder."""
+    ``<root>`` itself; the root is ``image_root``, by default the questions file's folder. The folder holding
+    any of the first images is taken (one image missing is that question's error, not the whole file's)."""
     root = image_root or path.parent
     folder = questions[0].image.split("_")[1]
     candidates = [root / folder, root]
+    images = list(dict.fromkeys(question.image for question in questions))[:VQA_IMAGES_LOOKED_FOR]
     for candidate in candidates:
-        if (candidate / questions[0].image).is_file():
+        if any((candidate / image).is_file() for image in images):
             return candidate
-    raise DataError(f"{questions[0].image} (the first question's image) is neither in {candidates[0]} nor in {candidates[1]}: "
-                    "give the folder that holds COCO's images with --data.image_root")
+    raise DataError(f"none of the first {len(images)} questions' images ({images[0]}, ...) is in {candidates[0]} or in "
+                    f"{candidates[1]}: give the folder that holds COCO's images with --data.image_root")
 
 
 def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQuestion]:
