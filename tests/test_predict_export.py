@@ -1,8 +1,8 @@
 import csv
 import json
-import shutil
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
