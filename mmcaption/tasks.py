@@ -209,8 +209,8 @@ class Tasks:
         elif task == "choice-likelihood":
             image_embeds = self.model.encode_images(sub["pixel_values"].to(self.device))
             letters, scores = self.choose(unpadded(sub["input_ids"], sub["attention_mask"]), [batch["option_ids"][i] for i in ok], image_embeds)
-            for i, letter, row_scores in zip(ok, letters, scores.tolist()):
-                results[i]["scores"] = [round(s, 4) for s in row_scores]
+            for i, letter, row_scores in zip(ok, letters, scores.tolist()):  # a question's own options: no -inf padding
+                results[i]["scores"] = [round(s, 4) for s in row_scores[: len(batch["option_ids"][i])]]
                 results[i]["prediction"] = letter
         elif task == "choice-generation":
             for i, text in zip(ok, self.generate_batch(sub)):

@@ -14,7 +14,7 @@ from PIL import Image
 from mmcaption import Captioner
 from mmcaption.data import CaptionPredictDataModule, DataError, MultipleChoiceDataModule
 from mmcaption.demo.synthetic import Scene, draw_scene
-from mmcaption.errors import ConfigError
+from mmcaption.errors import ConfigError, NotAModelFolderError
 from mmcaption.export import main as export_main
 from mmcaption.model.backbones import load_language_model
 from mmcaption.module import MultimodalCaptioner
@@ -209,6 +209,8 @@ def test_csv_rows_that_would_be_read_wrong_are_refused_with_their_physical_line(
 
 
 def test_captioner_with_five_options_and_no_images(backbones, trained_checkpoint, tmp_path):
+    with pytest.raises(NotAModelFolderError, match=f"a checkpoint of mmcaption fit becomes one with: mmcaption-export {trained_checkpoint} <new folder>"):
+        Captioner.from_pretrained(trained_checkpoint)
     export_main([str(trained_checkpoint), str(tmp_path / "export")])
     captioner = Captioner.from_pretrained(tmp_path / "export")
     image = draw_scene(Scene("red", "circle", "left"), 64, random.Random(0))

@@ -362,6 +362,7 @@ def test_answer_keys_as_people_write_them_are_scored_by_the_letter_they_name(bac
     with output.open() as handle:
         answered = list(csv.DictReader(handle))
     assert [r["prediction"] for r in answered] == ["B", "D", "A", "B", "B"]  # 2 options where pandas wrote NaN
+    assert [len(json.loads(r["scores"])) for r in answered] == [4, 4, 2, 4, 2]  # JSON, without -Infinity for options not there
     assert [r["answer"] for r in answered] == ["B", "D", "A", "B", "B"] and all(r["correct"] == "True" for r in answered)
     assert json.loads(output.with_name("answers.csv.summary.json").read_text())["accuracy"] == 1.0
 

@@ -383,7 +383,8 @@ def is_pretrained_folder(path: str | Path) -> bool:
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
     if not is_pretrained_folder(folder):
-        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder (no {CONFIG_FILE})")
+        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder (no {CONFIG_FILE})" + (
+            f"; a checkpoint of mmcaption fit becomes one with: mmcaption-export {folder} <new folder>" if Path(folder).is_file() else ""))
     return json.loads((Path(folder) / CONFIG_FILE).read_text())
 
 
