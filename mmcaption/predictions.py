@@ -8,6 +8,7 @@ import csv
 import itertools
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,21 @@ class PredictionWriter(BasePredictionWriter):
         if official and trainer.world_size > 1:
             rank_zero_info("the answers for VQA's evaluation server are written by a single-process run (--trainer.devices 1); "
                            f"with {trainer.world_size} processes, each output holds its share (question_id, prediction)")
+        if getattr(datamodule, "done", None):  # resume: the interrupted run's rows come first, and count in the summary
+            self._go_on_from(output, datamodule.done)
+
+    def _go_on_from(self, output: Path, done: list[dict[str, Any]]) -> None:
+        self.handle.close()
+        shutil.copyfile(output, self.partial)
+        self.handle = self.partial.open("a", newline="", encoding=self.encoding)  # no second byte-order mark
+        if output.suffix.lower() == ".csv":
+            with output.open(newline="", encoding="utf-8-sig") as handle:
+                header = next(csv.reader(handle))
+            self.writer = csv.DictWriter(self.handle, fieldnames=header, extrasaction="ignore")
+        for row in done:
+            self._count(row)
+        self.counts["resumed_after"] = len(done)
+        self.replacing = False  # stopped again, the rows of both runs are in the partial file: it takes output's place
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if self.path is None:
@@ -199,8 +215,11 @@ class PredictionWriter(BasePredictionWriter):
         elif self.official and interrupted is None:  # several processes: no results file, and none of an earlier run
             self.vqa_results_path(self.path).unlink(missing_ok=True)
         message = f"predictions: {summary['rows']} rows -> {self.path}"
+        if "resumed_after" in summary:
+            message += f" (the first {summary['resumed_after']} from the interrupted run)"
         if interrupted is not None:
             message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
+            message += "" if earlier else "; the same command with --data.resume true goes on from them"
         if summary["errors"]:
             message += f"; {summary['errors']} could not be predicted (see their 'error' field)"
         if "accuracy" in summary:

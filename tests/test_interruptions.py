@@ -153,6 +153,56 @@ def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trai
     assert summary["rows"] == 4 and summary["interrupted"] == "KeyboardInterrupt"
     assert not list(tmp_path.glob(".answers.csv.partial*"))
 
+    # the same command with resume: the 4 rows kept, the 8 others added; the summary counts all 12
+    stopped = output.read_bytes()
+    with pytest.raises(SystemExit):  # stopped again, after one more batch: the rows of both runs are kept
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                callbacks=[InterruptAtBatch(1)]).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    assert output.read_bytes().startswith(stopped) and json.loads(output.with_name("answers.csv.summary.json").read_text())["rows"] == 6
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    with output.open() as handle:
+        resumed = list(csv.DictReader(handle))
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, tmp_path / "whole.csv"))
+    with (tmp_path / "whole.csv").open() as handle:
+        whole = list(csv.DictReader(handle))
+    assert resumed == whole  # the same rows in the same order as one run without a stop
+    summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
+    assert summary["rows"] == 12 and summary["resumed_after"] == 6 and "interrupted" not in summary
+    assert summary["accuracy"] == json.loads((tmp_path / "whole.csv.summary.json").read_text())["accuracy"]
+    # nothing to go on with, or another input's rows: refused, the output untouched
+    with pytest.raises(OutputExistsError, match=r"resume: .*answers\.csv is complete \(12 rows"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    summary_file = output.with_name("answers.csv.summary.json")
+    summary_file.write_text(json.dumps({**summary, "interrupted": "SIGTERM"}))
+    other = write_csv(tmp_path / "other.csv", QUESTIONS[1:] * 4)
+    with pytest.raises(OutputExistsError, match=r"resume: row 1 of .*answers\.csv has img_path 'images/img0.png' where this "
+                                                r"input's row 1 has 'images/img1.png'"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, other, output, resume=True))
+    assert output.read_bytes().startswith(stopped) and len(output.read_text().splitlines()) == 13
+
+
+def test_captions_resumed_after_a_stop_are_those_of_one_run(backbones, trained_checkpoint, image_folder, tmp_path):
+    from mmcaption.data import CaptionPredictDataModule
+
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+
+    def captions(output, callbacks=(), **settings):
+        data = CaptionPredictDataModule(images=str(image_folder), output=str(output), tokenizer=str(backbones[0]),
+                                        image_processor=str(backbones[1]), batch_size=1, num_workers=0, **settings)
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                callbacks=list(callbacks)).predict(module, datamodule=data)
+
+    output = tmp_path / "captions.jsonl"
+    with pytest.raises(SystemExit):
+        captions(output, [InterruptAtBatch(1)])
+    assert len(output.read_text().splitlines()) == 1
+    captions(output, resume=True)
+    captions(tmp_path / "whole.jsonl")
+    assert output.read_text() == (tmp_path / "whole.jsonl").read_text()
+    fresh = tmp_path / "fresh.jsonl"  # resume with nothing to go on from: from the first row, as a requeued job wants
+    captions(fresh, resume=True)
+    assert fresh.read_text() == output.read_text()
+
 
 # -- export never writes into a user's folder -------------------------------------------------------------
 

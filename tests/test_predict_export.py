@@ -78,9 +78,9 @@ def write_csv(path: Path, rows: list[dict], columns=("img_path", "Question", "A"
     return path
 
 
-def choice_data(backbones, csv_path, output, method="likelihood") -> MultipleChoiceDataModule:
+def choice_data(backbones, csv_path, output, method="likelihood", **settings) -> MultipleChoiceDataModule:
     return MultipleChoiceDataModule(csv_file=str(csv_path), output=str(output), method=method, tokenizer=str(backbones[0]),
-                                    image_processor=str(backbones[1]), batch_size=2, num_workers=0)
+                                    image_processor=str(backbones[1]), batch_size=2, num_workers=0, **settings)
 
 
 QUESTIONS = [

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mmcaption.data.base import BackbonesDataModule
 from mmcaption.data.benchmarks import (
@@ -29,6 +29,7 @@ from mmcaption.data.benchmarks import (
 )
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.records import DataError
+from mmcaption.data.resume import interrupted_rows
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
@@ -178,12 +179,19 @@ class _ChoiceRows(_ImageRows):
 
 
 class _PredictDataModule(BackbonesDataModule):
-    """Shared by both: tokenizer, image processor, the output path the prediction writer uses."""
+    """Shared by all: tokenizer, image processor, the output path the prediction writer uses.
 
-    def __init__(self, output: str, batch_size: int, overwrite: bool = False, **kwargs: Any) -> None:
+    Args:
+        resume: go on from the output an interrupted predict left (Ctrl-C, a job's time limit): its rows are
+            kept and not asked again, the others are added. Refused when that output is complete or holds
+            another input's rows; with no output yet, predict starts at the first row.
+    """
+
+    def __init__(self, output: str, batch_size: int, overwrite: bool = False, resume: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.output, self.batch_size, self.overwrite = Path(output), batch_size, overwrite
+        self.output, self.batch_size, self.overwrite, self.resume = Path(output), batch_size, overwrite, resume
         self.dataset: Dataset | None = None
+        self.done: list[dict[str, Any]] = []  # with resume: the rows the interrupted run wrote
 
     def input_files(self) -> list[Path]:
         """The files this module reads, which its output must never be."""
@@ -208,7 +216,9 @@ class _PredictDataModule(BackbonesDataModule):
         if output.suffix.lower() in (*IMAGE_SUFFIXES, ".json"):  # an input image, with overwrite; a .json reader refuses rows
             raise ConfigError(f"output {output}: predict writes rows, as JSON Lines (.jsonl: one object per line) or a table "
                               "(.csv), not an image or one .json document; choose another --data.output")
-        if output.exists() and not self.overwrite:
+        if self.resume and (self.overwrite or world_size > 1):
+            raise ConfigError("resume goes on from one process's output: without --data.overwrite, on one device")
+        if output.exists() and not (self.overwrite or self.resume):
             raise OutputExistsError(f"output {output} exists; choose another --data.output, or replace it with "
                                     "--data.overwrite true")
         folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
@@ -226,6 +236,10 @@ class _PredictDataModule(BackbonesDataModule):
         if len(self.dataset) < processes:  # Lightning's sampler asserts, and the other processes hang up
             raise ConfigError(f"{len(self.dataset)} row(s) to predict for {processes} processes, which need one each at "
                               f"least: predict with --trainer.devices {len(self.dataset)}")
+        if self.resume and self.output.exists():
+            self.done = interrupted_rows(self.output, self.dataset.rows)
+            rank_zero_info(f"resume: the {len(self.done)} rows of {self.output} are kept; {len(self.dataset) - len(self.done)} to go")
+            return self.generation_loader(Subset(self.dataset, range(len(self.done), len(self.dataset))), self.batch_size)
         return self.generation_loader(self.dataset, self.batch_size)
 
 

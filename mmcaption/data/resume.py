@@ -1,0 +1,58 @@
+"""Going on from an interrupted ``mmcaption predict``: the rows its output holds, read back as they were
+written, after checking that they are the first rows of the input asked again."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from mmcaption.errors import OutputExistsError
+
+# result columns a CSV holds as text: read back as the values the rows had ("" is a value left out)
+_CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": float, "question_id": int}
+
+
+def summary_path(output: Path) -> Path:
+    return output.with_name(output.name + ".summary.json")
+
+
+def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows an interrupted predict wrote to ``output``, refusing an output that was not interrupted
+    (no summary, or one that says the run finished) or whose rows are not the first of ``rows`` (another
+    input, or the same one changed since)."""
+    summary = summary_path(output)
+    if not summary.is_file():
+        raise OutputExistsError(f"resume: {output} has no {summary.name} beside it, so it is not the output of an "
+                                "interrupted predict; choose another --data.output, or replace it with --data.overwrite true")
+    said = json.loads(summary.read_text())
+    if not said.get("interrupted"):
+        raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
+                                "interrupted): nothing to go on with")
+    if output.suffix.lower() == ".csv":
+        with output.open(newline="", encoding="utf-8-sig") as handle:
+            done = [_from_csv(row) for row in csv.DictReader(handle)]
+    else:
+        done = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(done) > len(rows):
+        raise OutputExistsError(f"resume: {output} holds {len(done)} rows, more than the {len(rows)} this input has: "
+                                "it is the output of another input")
+    for number, (row, record) in enumerate(zip(done, rows), start=1):
+        differs = next((key for key, value in record.items() if isinstance(value, str) and str(row.get(key, value)) != value), None)
+        if differs is not None:
+            raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
+                                    f"row {number} has {record[differs]!r}: it is the output of another input, or of this "
+                                    "one before it changed; replace it with --data.overwrite true")
+    return done
+
+
+def _from_csv(row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row with its result columns as the values they were written from."""
+    values: dict[str, Any] = {}
+    for key, text in row.items():
+        if key in _CSV_VALUES or key in ("prediction", "error"):
+            values[key] = _CSV_VALUES.get(key, str)(text) if text != "" else None
+        else:
+            values[key] = text
+    return values
