@@ -97,7 +97,12 @@ class ResumableStop(Callback):
         if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:
             return  # mid-accumulation: the gradients gathered so far are not part of a checkpoint
         due = self.every_minutes is not None and not trainer.fast_dev_run and time.monotonic() - self._last_save >= 60 * self.every_minutes
-        stop, due = self.signal is not None, due
+        # max_steps reached mid-epoch: saved now, as the rest of the epoch is still to come. The end-of-training save
+        # comes after Lightning has closed the epoch, and a run resumed from it to train longer skipped the epoch's rest
+        due = due or (0 <= trainer.max_steps <= trainer.global_step and batch_idx + 1 != trainer.num_training_batches
+                      and not trainer.fast_dev_run and isinstance(trainer.checkpoint_callback, ModelCheckpoint)
+                      and trainer.checkpoint_callback.save_last)
+        stop = self.signal is not None
         if trainer.world_size > 1:  # every process must decide alike: one signalled process stops them all
             flags = torch.tensor([float(stop), float(due)], device=pl_module.device)
             flags = trainer.strategy.reduce(flags, reduce_op="sum")

@@ -22,7 +22,13 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from mmcaption import random_state
-from mmcaption.checkpoint import check_checkpoint, check_trainable_state, load_initial_weights, restore_loader_position
+from mmcaption.checkpoint import (
+    check_checkpoint,
+    check_trainable_state,
+    load_initial_weights,
+    restore_loader_position,
+    schedule_from_here,
+)
 from mmcaption.errors import ConfigError, NonFiniteLossError
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores, metric_setup
@@ -169,6 +175,8 @@ class MultimodalCaptioner(LightningModule):
 
     def on_train_start(self) -> None:
         restore_loader_position(self.trainer)  # a mid-epoch resume continues with the next batch
+        if self.trainer.ckpt_path:
+            schedule_from_here(self.trainer, self.learning_rate)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # After a resume, the generators continue from the checkpoint's states: set here, once the

@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import Callback
 
 
 class RecordSteps(Callback):
-    """Append ``{"step", "rank", "loss", "token_sum", "first_ids", "samples"}`` for each optimizer step
+    """Append ``{"step", "rank", "loss", "token_sum", "first_ids", "lr", "samples"}`` for each optimizer step
     to a JSONL file (``{rank}`` in the path is replaced), flushed at once so that a killed process
     leaves every step it finished on record. ``samples`` fingerprints each sample (tokens and image:
     pixels, or cached features)."""
@@ -16,6 +16,9 @@ class RecordSteps(Callback):
     def __init__(self, path: str, delay: float = 0.0) -> None:
         self.path = path
         self.delay = delay
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]  # the rate this step trains at
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         images = batch["pixel_values"] if "pixel_values" in batch else batch["vision_features"]
@@ -25,6 +28,7 @@ class RecordSteps(Callback):
             "loss": float(outputs["mean_loss"]),  # the global batch's mean token loss
             "token_sum": int(batch["input_ids"].sum()),
             "first_ids": batch["input_ids"][:, 1:4].tolist(),
+            "lr": self.lr,
             "samples": [fingerprint(ids[mask.bool()], image) for ids, mask, image
                         in zip(batch["input_ids"], batch["attention_mask"], images)],
         }

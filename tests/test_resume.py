@@ -33,10 +33,11 @@ STEPS_PER_EPOCH = 10
 KILL_AFTER = 12
 
 
-def fit_command(workdir: Path, name: str, delay: float = 0.0, ckpt_path: Path | None = None) -> list[str]:
+def fit_command(workdir: Path, name: str, delay: float = 0.0, ckpt_path: Path | None = None, max_steps: int = MAX_STEPS,
+                extra: tuple[str, ...] = ()) -> list[str]:
     overrides = {
         "trainer": {
-            "max_steps": MAX_STEPS, "limit_val_batches": 0, "logger": False, "enable_progress_bar": False,
+            "max_steps": max_steps, "limit_val_batches": 0, "logger": False, "enable_progress_bar": False,
             "enable_model_summary": False,
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -51,7 +52,7 @@ def fit_command(workdir: Path, name: str, delay: float = 0.0, ckpt_path: Path | 
     config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump(overrides))
     command = [sys.executable, "-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", str(config)]
-    return command + (["--ckpt_path", str(ckpt_path)] if ckpt_path else [])
+    return command + (["--ckpt_path", str(ckpt_path)] if ckpt_path else []) + list(extra)
 
 
 def run(command: list[str], cwd: Path) -> None:
@@ -142,6 +143,27 @@ def test_sigterm_or_ctrl_c_mid_epoch_saves_exits_non_zero_and_resumes_exactly(st
                        f"resume by running the same command with --ckpt_path {last}")
     assert "Traceback" not in stderr
     assert_resume_repeats_the_straight_run(workdir, straight_steps, name, last)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("resume")
+def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_learning_rate_given(straight):
+    workdir, straight_steps = straight
+    stopped = 11  # mid-epoch, between the run's own checkpoints (every 3 steps): only the end-of-training save holds it
+    run(fit_command(workdir, "short", max_steps=stopped), workdir)
+    last = workdir / "checkpoints-short" / "last.ckpt"
+    assert load_checkpoint_file(last)["global_step"] == stopped
+    config = yaml.safe_load(Path(DEMO_CONFIG).read_text())
+    halved = config["model"]["learning_rate"] / 2
+    run(fit_command(workdir, "longer", ckpt_path=last, extra=("--model.learning_rate", str(halved))), workdir)
+    longer = records(workdir / "longer.jsonl")
+    assert sorted(longer) == list(range(stopped + 1, MAX_STEPS + 1))
+    for step in longer:  # the rest of the epoch, in its order (it started a new epoch, skipping the rest of this one)
+        assert longer[step]["first_ids"] == straight_steps[step]["first_ids"], step
+        # the rate given on resume, on the schedule of the new length (the checkpoint's rate was kept, and the first
+        # step trained at the old schedule's last rate, 0)
+        assert longer[step]["lr"] == pytest.approx(straight_steps[step]["lr"] / 2, rel=1e-6), step
+    assert load_checkpoint_file(workdir / "checkpoints-longer" / "last.ckpt")["global_step"] == MAX_STEPS
 
 
 KILL_DURING_WRITE = """
