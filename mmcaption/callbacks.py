@@ -137,6 +137,15 @@ class ResumableStop(Callback):
                 f"stage: --ckpt_path resumes an interrupted run of the same stage. To start this stage from its weights "
                 f"(fresh optimizer, schedule and step count), use --model.init_from {source}"
             )
+        workers = getattr(trainer.datamodule, "num_workers", None)
+        for state in _loader_states(checkpoint):  # torchdata refuses another count (a traceback, then a hang)
+            saved_workers = state["_snapshot"]["_main_snapshot"]["_num_workers"] if "_snapshot" in state else 0
+            if workers is not None and saved_workers != workers:
+                raise ResumeError(
+                    f"{source} was saved by a training loader with {saved_workers} worker processes, and this run asks for "
+                    f"{workers}: its place in the epoch is saved per worker. Resume with --data.init_args.num_workers "
+                    f"{saved_workers} (the batches and their order do not depend on it)"
+                )
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
             saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}
         changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in current if saved.get(key) != current.get(key)]
@@ -146,6 +155,12 @@ class ResumableStop(Callback):
                 "repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
                 f"start a new run from its weights with --model.init_from {source}"
             )
+
+
+def _loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The saved states of the training loaders (torchdata's ``StatefulDataLoader``) in a checkpoint."""
+    states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or []
+    return [state for state in (states if isinstance(states, list) else [states]) if isinstance(state, dict)]
 
 
 def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callback]:

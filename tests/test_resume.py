@@ -153,6 +153,12 @@ def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_le
     run(fit_command(workdir, "short", max_steps=stopped), workdir)
     last = workdir / "checkpoints-short" / "last.ckpt"
     assert load_checkpoint_file(last)["global_step"] == stopped
+    # another number of loader workers: refused in one line (torchdata's traceback, then the run hung)
+    fewer = subprocess.run(fit_command(workdir, "fewer", ckpt_path=last, extra=("--data.init_args.num_workers", "0")),
+                           cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert fewer.returncode == 2 and "Traceback" not in fewer.stderr, fewer.stderr[-3000:]
+    assert (f"{last} was saved by a training loader with 1 worker processes, and this run asks for 0: its place in the "
+            "epoch is saved per worker. Resume with --data.init_args.num_workers 1") in fewer.stderr
     config = yaml.safe_load(Path(DEMO_CONFIG).read_text())
     halved = config["model"]["learning_rate"] / 2
     run(fit_command(workdir, "longer", ckpt_path=last, extra=("--model.learning_rate", str(halved))), workdir)
