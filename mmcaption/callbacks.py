@@ -181,6 +181,11 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
             kept.append(callback)
         elif fit and rank_zero_only.rank == 0:
             print(f"note: trainer.{setting}: the config's {type(callback).__name__} is left out", file=sys.stderr, flush=True)
+    checkpoints_off = any(kind is ModelCheckpoint for kind, _ in turned_off)
+    if fit and not checkpoints_off and not any(isinstance(c, ModelCheckpoint) for c in kept) and rank_zero_only.rank == 0:
+        print("note: trainer.callbacks has no ModelCheckpoint, so Lightning's own saves at the end of each epoch only (a run "
+              "that stops at max_steps mid-epoch keeps nothing). A callbacks list in a later config file replaces the earlier "
+              "one's: write `callbacks+:` there to add to it", file=sys.stderr, flush=True)
     return kept
 
 

@@ -436,6 +436,22 @@ def test_a_quick_run_without_logs_or_checkpoints_leaves_out_the_configs_callback
     assert not folder.exists()  # was a one-step last.ckpt, where the real run's goes ("checkpointing is suppressed")
 
 
+def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_list(capsys):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from mmcaption.callbacks import usable_callbacks
+
+    # a second config file with its own callbacks list replaced the first's, ModelCheckpoint with it: a max_steps run
+    # mid-epoch then ended "training done" with no checkpoint at all
+    usable_callbacks({"callbacks": [EarlyStopping(monitor="val/loss")]}, fit=True)
+    assert "note: trainer.callbacks has no ModelCheckpoint" in capsys.readouterr().err
+    for settings in ({"callbacks": [ModelCheckpoint(save_last=True)]}, {"callbacks": [], "enable_checkpointing": False}):
+        usable_callbacks(settings, fit=True)
+        assert "no ModelCheckpoint" not in capsys.readouterr().err
+    usable_callbacks({"callbacks": []}, fit=False)  # validate, test, predict save nothing
+    assert capsys.readouterr().err == ""
+
+
 def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # were tracebacks (exit 1): a ValueError, and Lightning's MisconfigurationException
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"),
