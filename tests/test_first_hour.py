@@ -57,7 +57,8 @@ def test_a_backbone_that_is_not_downloaded_is_named_with_the_download_command(ba
     assert "hf download someone/not-downloaded" in err
     err = user_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--model.config.language_model", str(backbones[0]),
                                    "--model.config.vision_model", "no/such/folder"])
-    assert "model.config.vision_model no/such/folder: no such folder" in err
+    # a relative path is the working directory's, not the config file's: the message says which folder that is
+    assert f"model.config.vision_model no/such/folder: no such folder (relative to the working directory, {tmp_path})" in err
 
 
 def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, monkeypatch, capsys):

@@ -72,11 +72,12 @@ def check_backbone(name: str, setting: str) -> None:
             raise BackboneNotFoundError(f"{setting} {name} is not a saved model folder (no config.json in it)")
         return
     if is_local_path(name):
-        raise BackboneNotFoundError(f"{setting} {name}: no such folder")
+        where = "" if path.is_absolute() else f" (relative to the working directory, {Path.cwd()})"
+        raise BackboneNotFoundError(f"{setting} {name}: no such folder{where}")
     if isinstance(try_to_load_from_cache(name, "config.json"), str) or not is_offline_mode():
         return
     raise BackboneNotFoundError(f"{setting} {name!r} is neither a local folder nor in the Hugging Face cache, and the hub "
-                                f"is offline (HF_HUB_OFFLINE is set): {download_hint(name)}")
+                                f"is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): {download_hint(name)}")
 
 
 @contextmanager
