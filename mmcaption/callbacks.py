@@ -148,13 +148,16 @@ class ResumableStop(Callback):
                 )
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
             saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}
-        changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in current if saved.get(key) != current.get(key)]
+        changed = [f"{SAID.get(key, key)} {saved.get(key)!r} -> {current.get(key)!r}" for key in current if saved.get(key) != current.get(key)]
         if changed:
             raise ResumeError(
                 f"{source} was trained on other data or batches than this run's ({'; '.join(changed)}): resuming would "
                 "repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
                 f"start a new run from its weights with --model.init_from {source}"
             )
+
+
+SAID = {"train_split": "the training data's content (the preprocessed split it was read into)"}
 
 
 def _loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
