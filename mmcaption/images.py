@@ -154,6 +154,9 @@ def array_image(array: np.ndarray) -> Image.Image:
         array = array.astype(np.uint8) * 255
     elif array.dtype.kind == "f":
         values = np.nan_to_num(array.astype(np.float64))
+        if values.min() < 0:
+            raise ValueError(f"an image array of floats is in [0, 1] or 0-255; this one goes down to {values.min():.3g} (one "
+                             "normalized for a model?): give the image before normalization")
         array = (values * (255.0 if values.max() <= 1.0 else 1.0)).clip(0, 255).round()
     elif array.dtype.kind in "iu" and array.dtype.itemsize > 1:  # 16/32-bit: scaled, as 16-bit files are
         peak = 65535.0 if array.dtype.itemsize == 2 or array.max() > 255 else 255.0

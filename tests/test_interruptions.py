@@ -181,6 +181,19 @@ def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trai
     assert output.read_bytes().startswith(stopped) and len(output.read_text().splitlines()) == 13
 
 
+def test_an_interrupted_csv_is_read_back_with_its_results_as_they_were_written(tmp_path):
+    from mmcaption.data.resume import interrupted_rows
+
+    output = tmp_path / "answers.csv"
+    output.write_text("question_id,image,question,prediction,correct,vqa_accuracy,error\n"
+                      "q1,a.png,What?,red,True,,\n17,b.png,Which?,,False,0.3,image not found: b.png\n")
+    output.with_name("answers.csv.summary.json").write_text(json.dumps({"rows": 2, "interrupted": "SIGINT"}))
+    rows = interrupted_rows(output, [{"image": "a.png", "question": "What?"}, {"image": "b.png", "question": "Which?"},
+                                     {"image": "c.png", "question": "Why?"}])
+    assert [(r["question_id"], r["prediction"], r["correct"], r["vqa_accuracy"], r["error"]) for r in rows] == [
+        ("q1", "red", True, None, None), (17, None, False, 0.3, "image not found: b.png")]
+
+
 def test_captions_resumed_after_a_stop_are_those_of_one_run(backbones, trained_checkpoint, image_folder, tmp_path):
     from mmcaption.data import CaptionPredictDataModule
 

@@ -403,5 +403,7 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
     assert (np.asarray(load_rgb(mask))[..., 0] == np.where(mask, 255, 0)).all()
     with pytest.raises(ValueError, match=r"an image array is HxW, HxWxC or CxHxW with 1, 3 or 4 channels; this one has shape \(2, 6, 5, 3\)"):
         load_rgb(np.stack([photo, photo]))
+    with pytest.raises(ValueError, match=r"goes down to -2.* \(one normalized for a model\?\)"):  # was clipped: a dark image
+        load_rgb((torch.from_numpy(photo.transpose(2, 0, 1) / 255.0).float() - 0.5) / 0.25)
     with pytest.raises(TypeError, match="an image is a path, an http.* or a tensor, not int"):
         load_rgb(7)

@@ -11,7 +11,8 @@ from typing import Any
 from mmcaption.errors import OutputExistsError
 
 # result columns a CSV holds as text: read back as the values the rows had ("" is a value left out)
-_CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": float, "question_id": int}
+_CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": float,
+               "question_id": lambda text: int(text) if text.lstrip("-").isdigit() else text}  # VQAv2's are numbers
 
 
 def summary_path(output: Path) -> Path:
