@@ -15,12 +15,14 @@ which resumes the stage whose checkpoint it is (:func:`run_pipeline`).
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, check_command, run_cli
 from mmcaption.errors import ConfigError, Interrupted, RunInterrupted, user_errors_exit
+from mmcaption.evaluation.report import file_sha256
 from mmcaption.model.config import STRUCTURAL_SETTINGS
 
 
@@ -111,6 +113,12 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
             raise
         raise Interrupted(stop.signum, f"{stop} in stage 2, before its first checkpoint; stage 1 is done: run the same "
                           f"command with --ckpt_path {caption_checkpoint} to go on without training stage 1 again") from None
+    started = getattr(getattr(instruct, "model", None), "init_source", None) if resume else None
+    if started and started.get("sha256") and started["sha256"] != file_sha256(caption_checkpoint):
+        print(f"note: stage 2 went on from its own checkpoint, whose run started from stage 1's weights at step "
+              f"{started.get('global_step')}; {caption_checkpoint} has changed since, and that training does not reach stage 2. "
+              f"To start stage 2 from it, run it anew: mmcaption fit --config {instruct_config} --model.init_from "
+              f"{caption_checkpoint}", file=sys.stderr, flush=True)
     return [
         StageResult("caption", caption, caption_checkpoint),
         StageResult("instruct", instruct, handoff_checkpoint(instruct)),

@@ -2,12 +2,14 @@
 refused in its first seconds when it could not finish, and a user's error is one line."""
 
 import csv
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -778,7 +780,7 @@ def _stage_checkpoint(path: Path, stage: str, init_from: str | None = None) -> s
     return str(path)
 
 
-def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, monkeypatch):
+def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, monkeypatch, capsys):
     """An interrupted pipeline says "the same command with --ckpt_path <its checkpoint>": that must resume
     that stage, not hand a caption checkpoint to the instruct stage too (which refuses it, hours later)."""
     calls = []
@@ -801,6 +803,23 @@ def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, m
     calls.clear()
     pipeline.run_pipeline("c.yaml", "i.yaml", ["--ckpt_path", "last"], check=False)  # each stage its own last
     assert [call[-2:] for call in calls] == [["--ckpt_path", "last"], ["--ckpt_path", "last"]]
+
+    # stage 1 trained on, and stage 2 went on from its own checkpoint, made from stage 1's older weights: said
+    handed_on = tmp_path / "caption-best.ckpt"
+    handed_on.write_bytes(b"stage 1 at step 6")
+    monkeypatch.setattr(pipeline, "handoff_checkpoint", lambda cli: str(handed_on))
+
+    class Resumed(Finished):
+        model = types.SimpleNamespace(init_source={"sha256": hashlib.sha256(b"stage 1 at step 3").hexdigest(), "global_step": 3})
+
+    monkeypatch.setattr(pipeline, "run_cli", Resumed)
+    pipeline.run_pipeline("c.yaml", "i.yaml", ["--ckpt_path", "last"], check=False)
+    assert (f"note: stage 2 went on from its own checkpoint, whose run started from stage 1's weights at step 3; {handed_on} "
+            "has changed since") in capsys.readouterr().err
+    Resumed.model.init_source["sha256"] = hashlib.sha256(b"stage 1 at step 6").hexdigest()  # stage 1 was already done
+    pipeline.run_pipeline("c.yaml", "i.yaml", ["--ckpt_path", "last"], check=False)
+    assert "note: stage 2" not in capsys.readouterr().err
+    monkeypatch.setattr(pipeline, "handoff_checkpoint", lambda cli: "caption-best.ckpt")
 
     def stopped_in_stage_2(args):  # Ctrl-C while the instruct stage preprocesses LLaVA: no checkpoint of its own yet
         if "i.yaml" in args:
