@@ -194,6 +194,8 @@ def test_an_interrupted_csv_is_read_back_with_its_results_as_they_were_written(t
                                      {"image": "c.png", "question": "Why?"}])
     assert [(r["question_id"], r["prediction"], r["correct"], r["vqa_accuracy"], r["error"]) for r in rows] == [
         ("q1", "red", True, None, None), (17, None, False, 0.3, "image not found: b.png")]
+    with pytest.raises(OutputExistsError, match="holds all 2 rows of this input: the run stopped after its last row"):
+        interrupted_rows(output, [{"image": "a.png"}, {"image": "b.png"}])  # nothing to ask: Lightning would skip the run
 
 
 def test_captions_resumed_after_a_stop_are_those_of_one_run(backbones, trained_checkpoint, image_folder, tmp_path):

@@ -36,6 +36,9 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
             done = [_from_csv(row) for row in csv.DictReader(handle)]
     else:
         done = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(done) == len(rows):
+        raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
+                                "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
     if len(done) > len(rows):
         raise OutputExistsError(f"resume: {output} holds {len(done)} rows, more than the {len(rows)} this input has: "
                                 "it is the output of another input")
