@@ -54,11 +54,12 @@ class ResumableStop(Callback):
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
         self._last_save = time.monotonic()
+        self._saved_step: int | None = None  # the step of this callback's last save
 
     # -- signals ------------------------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.signal, self._last_save = None, time.monotonic()
+        self.signal, self._last_save, self._saved_step = None, time.monotonic(), None
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -84,7 +85,8 @@ class ResumableStop(Callback):
             return
         callback = trainer.checkpoint_callback
         # the steps after the last validation are kept too (ModelCheckpoint saves at validation only)
-        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback._last_global_step_saved != trainer.global_step:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and trainer.global_step not in (
+                callback._last_global_step_saved, self._saved_step):  # not after this step's save: it holds the epoch open
             save_resumable_checkpoint(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -109,8 +111,12 @@ class ResumableStop(Callback):
             stop, due = bool(flags[0] > 0), bool(flags[1] > 0)
         if not (stop or due):
             return
+        callback = trainer.checkpoint_callback
+        saved_by_callback = getattr(callback, "_last_global_step_saved", None)
         path = save_resumable_checkpoint(trainer)
-        self._last_save = time.monotonic()
+        self._last_save, self._saved_step = time.monotonic(), trainer.global_step
+        if saved_by_callback is not None:  # the checkpoint callback's own saves at this step (a validation's best,
+            callback._last_global_step_saved = saved_by_callback  # every N steps) still happen: it skips a step marked saved
         if stop:
             self._restore_handlers()
             raise RunInterrupted(self.signal or signal.SIGTERM, path, trainer.global_step)

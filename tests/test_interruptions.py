@@ -379,6 +379,33 @@ def fit_trainer(folder: Path, steps: int) -> Trainer:
                    callbacks=[ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0), ResumableStop()])
 
 
+def test_a_max_steps_stop_on_a_validation_step_keeps_that_validations_checkpoint_and_the_epoch_open(backbones, coco_root, tmp_path):
+    language_dir, vision_dir = backbones
+    folder = tmp_path / "checkpoints"
+    every = ModelCheckpoint(dirpath=folder, monitor="val/loss", save_top_k=-1, save_last=True, filename="{step}")
+    trainer = Trainer(accelerator="cpu", max_steps=4, val_check_interval=2, limit_val_batches=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                      callbacks=[every, ResumableStop()])
+    data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                             image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    trainer.fit(make_captioner(backbones), datamodule=data)
+    assert trainer.num_training_batches > 4  # the run stops mid-epoch
+    # the step-4 validation's checkpoint is written (the mid-epoch save had marked the step saved, so it was skipped)
+    assert sorted(p.name for p in folder.glob("step=*.ckpt")) == ["step=2.ckpt", "step=4.ckpt"]
+    last = load_checkpoint_file(folder / "last.ckpt")
+    assert last["global_step"] == 4 and last["epoch"] == 0  # and last.ckpt holds the epoch open, to train longer from
+
+    # validation once an epoch: the end-of-training save wrote last.ckpt with the epoch closed, and a longer run
+    # skipped the rest of the epoch
+    folder = tmp_path / "epochly"
+    trainer = Trainer(accelerator="cpu", max_steps=3, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                      callbacks=[ModelCheckpoint(dirpath=folder, monitor="val/loss", save_last=True), ResumableStop()])
+    trainer.fit(make_captioner(backbones), datamodule=data)
+    last = load_checkpoint_file(folder / "last.ckpt")
+    assert last["global_step"] == 3 and last["epoch"] == 0
+
+
 def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_differs(backbones, coco_root, tmp_path):
     coco = Path(shutil.copytree(coco_root, tmp_path / "coco"))
     language_dir, vision_dir = backbones
