@@ -188,14 +188,16 @@ def test_an_interrupted_csv_is_read_back_with_its_results_as_they_were_written(t
 
     output = tmp_path / "answers.csv"
     output.write_text("question_id,image,question,prediction,correct,vqa_accuracy,error\n"
-                      "q1,a.png,What?,red,True,,\n17,b.png,Which?,,False,0.3,image not found: b.png\n")
-    output.with_name("answers.csv.summary.json").write_text(json.dumps({"rows": 2, "interrupted": "SIGINT"}))
-    rows = interrupted_rows(output, [{"image": "a.png", "question": "What?"}, {"image": "b.png", "question": "Which?"},
-                                     {"image": "c.png", "question": "Why?"}])
+                      "q1,a.png,What?,red,True,,\n17,b.png,Which?,,False,0.3,image not found: b.png\n"
+                      "007,c.png,Why?,,False,,\n")  # an id as a spreadsheet keeps it; a generated answer that is empty
+    output.with_name("answers.csv.summary.json").write_text(json.dumps({"rows": 3, "interrupted": "SIGINT"}))
+    asked = [{"question_id": "q1", "image": "a.png", "question": "What?"}, {"question_id": "17", "image": "b.png", "question": "Which?"},
+             {"question_id": "007", "image": "c.png", "question": "Why?"}, {"question_id": "8", "image": "d.png", "question": "How?"}]
+    rows = interrupted_rows(output, asked)
     assert [(r["question_id"], r["prediction"], r["correct"], r["vqa_accuracy"], r["error"]) for r in rows] == [
-        ("q1", "red", True, None, None), (17, None, False, 0.3, "image not found: b.png")]
-    with pytest.raises(OutputExistsError, match="holds all 2 rows of this input: the run stopped after its last row"):
-        interrupted_rows(output, [{"image": "a.png"}, {"image": "b.png"}])  # nothing to ask: Lightning would skip the run
+        ("q1", "red", True, None, None), (17, None, False, 0.3, "image not found: b.png"), ("007", "", False, None, None)]
+    with pytest.raises(OutputExistsError, match="holds all 3 rows of this input: the run stopped after its last row"):
+        interrupted_rows(output, asked[:3])  # nothing to ask: Lightning would skip the run
 
 
 def test_captions_resumed_after_a_stop_are_those_of_one_run(backbones, trained_checkpoint, image_folder, tmp_path):

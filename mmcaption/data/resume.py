@@ -12,7 +12,7 @@ from mmcaption.errors import OutputExistsError
 
 # result columns a CSV holds as text: read back as the values the rows had ("" is a value left out)
 _CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": float,
-               "question_id": lambda text: int(text) if text.lstrip("-").isdigit() else text}  # VQAv2's are numbers
+               "question_id": lambda text: int(text) if text.isdigit() and str(int(text)) == text else text}  # VQAv2's: numbers
 
 
 def summary_path(output: Path) -> Path:
@@ -33,30 +33,32 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
                                 "interrupted): nothing to go on with")
     if output.suffix.lower() == ".csv":
         with output.open(newline="", encoding="utf-8-sig") as handle:
-            done = [_from_csv(row) for row in csv.DictReader(handle)]
+            written = list(csv.DictReader(handle))
     else:
-        done = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(done) == len(rows):
-        raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
-                                "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
-    if len(done) > len(rows):
-        raise OutputExistsError(f"resume: {output} holds {len(done)} rows, more than the {len(rows)} this input has: "
-                                "it is the output of another input")
-    for number, (row, record) in enumerate(zip(done, rows), start=1):
+        written = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for number, (row, record) in enumerate(zip(written, rows), start=1):  # compared as written: a CSV's text
         differs = next((key for key, value in record.items() if isinstance(value, str) and str(row.get(key, value)) != value), None)
         if differs is not None:
             raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
                                     f"row {number} has {record[differs]!r}: it is the output of another input, or of this "
                                     "one before it changed; replace it with --data.overwrite true")
-    return done
+    if len(written) == len(rows):
+        raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
+                                "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
+    if len(written) > len(rows):
+        raise OutputExistsError(f"resume: {output} holds {len(written)} rows, more than the {len(rows)} this input has: "
+                                "it is the output of another input")
+    return [_from_csv(row) for row in written] if output.suffix.lower() == ".csv" else written
 
 
 def _from_csv(row: dict[str, str]) -> dict[str, Any]:
-    """A CSV row with its result columns as the values they were written from."""
-    values: dict[str, Any] = {}
-    for key, text in row.items():
-        if key in _CSV_VALUES or key in ("prediction", "error"):
-            values[key] = _CSV_VALUES.get(key, str)(text) if text != "" else None
-        else:
-            values[key] = text
+    """A CSV row with its result columns as the values they were written from. An empty prediction is none only
+    beside an error (a row with no answer always has one): the model may have generated nothing."""
+    values: dict[str, Any] = dict(row)
+    for key, convert in _CSV_VALUES.items():
+        if key in row:
+            values[key] = convert(row[key]) if row[key] != "" else None
+    values["error"] = row.get("error") or None
+    if row.get("prediction") == "" and values["error"]:
+        values["prediction"] = None
     return values
