@@ -21,7 +21,6 @@ starts a stage from an earlier stage's checkpoint or saved folder (``model.init_
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import pickle
@@ -33,9 +32,11 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 from lightning_utilities.core.imports import RequirementCache
 
 from mmcaption.errors import MMCaptionError
+from mmcaption.evaluation.report import file_sha256
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
 from mmcaption.model.config import settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
@@ -234,7 +235,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
     load_trainable_tensors(checkpoint, model)
     return {
         "path": str(path.resolve()),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": file_sha256(path),
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
     }
@@ -279,6 +280,9 @@ def schedule_from_here(trainer, learning_rate: float) -> None:
         if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # the schedule configure_optimizers builds
             continue
         groups = scheduler.optimizer.param_groups
+        if any(base != learning_rate for base in scheduler.base_lrs):
+            rank_zero_info(f"learning rate {learning_rate:g} (the checkpoint's: {scheduler.base_lrs[0]:g}), on the schedule "
+                           f"from step {scheduler.last_epoch}")
         scheduler.base_lrs = [learning_rate] * len(groups)
         rates = [learning_rate * rate(scheduler.last_epoch) for rate in scheduler.lr_lambdas]
         for group, rate in zip(groups, rates):

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightning.pytorch.utilities import rank_zero_only
+
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, check_command, run_cli
 from mmcaption.errors import ConfigError, Interrupted, RunInterrupted, user_errors_exit
@@ -113,7 +115,7 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
             raise
         raise Interrupted(stop.signum, f"{stop} in stage 2, before its first checkpoint; stage 1 is done: run the same "
                           f"command with --ckpt_path {caption_checkpoint} to go on without training stage 1 again") from None
-    started = getattr(getattr(instruct, "model", None), "init_source", None) if resume else None
+    started = getattr(getattr(instruct, "model", None), "init_source", None) if resume and rank_zero_only.rank == 0 else None
     if started and started.get("sha256") and started["sha256"] != file_sha256(caption_checkpoint):
         print(f"note: stage 2 went on from its own checkpoint, whose run started from stage 1's weights at step "
               f"{started.get('global_step')}; {caption_checkpoint} has changed since, and that training does not reach stage 2. "

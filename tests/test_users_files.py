@@ -116,7 +116,7 @@ def test_a_folder_follows_linked_folders_once_and_names_links_to_nothing(tmp_pat
     (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
     notes = []
     found = find_images(str(folder), note=notes.append)
-    assert [p.relative_to(folder).as_posix() for p in found] == ["b.jpg", "val2017/a.jpg"]  # the linked folder was left out
+    assert [p.relative_to(folder).as_posix() for p in found] == ["b.jpg", "val2017/a.jpg"]  # the linked folder is read (was left out)
     assert notes == [f"{folder}: 1 links left out that point to nothing (the first: {folder / 'gone.jpg'})"]
 
 
@@ -377,6 +377,11 @@ def test_unlabelled_questions_from_pandas_have_no_reference_answer(tmp_path):
         unlabelled, labelled = read_questions(path)
         assert (unlabelled.answer, unlabelled.record["answer"]) == (None, None)  # scored nowhere, not against "nan"
         assert (labelled.answer, labelled.record["answer"]) == ("two", "two")
+    jsonl.write_text(json.dumps({"image": "a.jpg", "question": "How many?", "answers": float("nan")}) + "\n")
+    sheet.write_text("image,question,answers\na.jpg,How many?,nan\n")
+    for path in (jsonl, sheet):  # no human answers: not refused as a list that is not one
+        (unlabelled,) = read_questions(path)
+        assert "answers" not in unlabelled.record and unlabelled.answer is None
 
 
 def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_picture():

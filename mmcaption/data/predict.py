@@ -236,6 +236,10 @@ class _PredictDataModule(BackbonesDataModule):
         if len(self.dataset) < processes:  # Lightning's sampler asserts, and the other processes hang up
             raise ConfigError(f"{len(self.dataset)} row(s) to predict for {processes} processes, which need one each at "
                               f"least: predict with --trainer.devices {len(self.dataset)}")
+        killed = self.output.with_name(f".{self.output.name}.partial")  # the writer's file, left by a hard kill
+        if self.resume and not self.output.exists() and killed.exists():
+            rank_zero_info(f"resume: no {self.output}, only {killed}, which a killed run (SIGKILL, out of memory) leaves without "
+                           "a summary: starting at the first row")
         if self.resume and self.output.exists():
             self.done = interrupted_rows(self.output, self.dataset.rows)
             rank_zero_info(f"resume: the {len(self.done)} rows of {self.output} are kept; {len(self.dataset) - len(self.done)} to go")

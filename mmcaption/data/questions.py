@@ -49,6 +49,9 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     problems = [f"no {what}" for what, value in (("image (column image or img_path)", image), ("question", question)) if not value]
     if answer is not None and not isinstance(answer, str):
         problems.append(f"answer {answer!r} is not a string or a number")
+    if _text(answers) is None or isinstance(answers, str) and absent_cell(answers):  # pandas' NaN: no human answers
+        answers = None
+        record = {k: v for k, v in record.items() if k != "answers"}
     if isinstance(answers, str):  # a CSV cell: a JSON list, as ``mmcaption predict`` writes lists to a CSV
         try:
             answers = json.loads(answers) if answers.strip() else None
