@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
+from mmcaption.evaluation.report import summary_path
 from mmcaption.tasks import RESULT_COLUMNS
 
 
@@ -95,10 +96,8 @@ class PredictionWriter(BasePredictionWriter):
         self.handle.close()
         shutil.copyfile(output, self.partial)
         self.handle = self.partial.open("a", newline="", encoding=self.encoding)  # no second byte-order mark
-        if output.suffix.lower() == ".csv":
-            with output.open(newline="", encoding="utf-8-sig") as handle:
-                header = next(csv.reader(handle))
-            self.writer = csv.DictWriter(self.handle, fieldnames=header, extrasaction="ignore")
+        if output.suffix.lower() == ".csv":  # the rows read back have the file's columns, in its order
+            self.writer = csv.DictWriter(self.handle, fieldnames=list(done[0]), extrasaction="ignore")
         for row in done:
             self._count(row)
         self.counts["resumed_after"] = len(done)
@@ -206,7 +205,7 @@ class PredictionWriter(BasePredictionWriter):
         summary["output"] = str(self.path)
         if interrupted is not None:
             summary["interrupted"] = why
-        self.path.with_name(self.path.name + ".summary.json").write_text(json.dumps(summary, indent=2))
+        summary_path(self.path).write_text(json.dumps(summary, indent=2))
         if self.vqa_results is not None and interrupted is None:
             asked = {entry["question_id"] for entry in self.vqa_results}
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]

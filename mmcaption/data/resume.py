@@ -9,14 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from mmcaption.errors import OutputExistsError
+from mmcaption.evaluation.report import summary_path
 
 # result columns a CSV holds as text: read back as the values the rows had ("" is a value left out)
 _CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": float,
                "question_id": lambda text: int(text) if text.isdigit() and str(int(text)) == text else text}  # VQAv2's: numbers
-
-
-def summary_path(output: Path) -> Path:
-    return output.with_name(output.name + ".summary.json")
 
 
 def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -58,7 +55,8 @@ def _from_csv(row: dict[str, str]) -> dict[str, Any]:
     for key, convert in _CSV_VALUES.items():
         if key in row:
             values[key] = convert(row[key]) if row[key] != "" else None
-    values["error"] = row.get("error") or None
-    if row.get("prediction") == "" and values["error"]:
+    if "error" in row:  # no key added: the rows' keys are the file's columns, which the resumed run writes on with
+        values["error"] = row["error"] or None
+    if row.get("prediction") == "" and values.get("error"):
         values["prediction"] = None
     return values

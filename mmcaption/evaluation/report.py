@@ -24,6 +24,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def summary_path(output: Path) -> Path:
+    """Where ``mmcaption predict`` writes the summary of ``output``'s rows (counts, accuracies, whether it stopped)."""
+    return output.with_name(output.name + ".summary.json")
+
+
 def _free_stem(folder: Path, stem: str) -> str:
     """``stem``, or ``stem-2``, ``stem-3`` ... : the first whose files do not exist yet."""
     candidate, n = stem, 1

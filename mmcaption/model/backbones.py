@@ -49,9 +49,10 @@ def check_device(device: str | torch.device | None) -> None:
     if device is None:
         return
     try:
-        kind, index = torch.device(device).type, torch.device(device).index
+        parsed = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ConfigError(f"device {device!r} is not a device name: cpu, cuda, cuda:1, mps ({error})") from None
+    kind, index = parsed.type, parsed.index
     available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available,
                  "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}.get(kind, lambda: True)
     if not available():
