@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning_utilities.core.imports import RequirementCache
 
@@ -147,6 +149,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not _is_local_file_protocol(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return load_checkpoint_file(path, map_location=map_location or "cpu")
+
+
+def install_atomic_checkpoint_io(trainer: Trainer) -> None:
+    """Replace Lightning's default checkpoint I/O (also inside an async wrapper) by the atomic one."""
+    io = trainer.strategy.checkpoint_io
+    if type(io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    elif isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
+        io.checkpoint_io = AtomicCheckpointIO()
 
 
 def check_trainable_state(

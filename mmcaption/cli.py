@@ -15,17 +15,16 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.callbacks import OutOfMemoryAdvice, PlainProgress, ResumableStop, StageProgressBar, usable_callbacks
-from mmcaption.checkpoint import AtomicCheckpointIO, earlier_checkpoints_note, load_checkpoint_file
+from mmcaption.checkpoint import earlier_checkpoints_note, install_atomic_checkpoint_io, load_checkpoint_file
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import ConfigError, one_line, user_errors_exit
-from mmcaption.folders import FolderLock, check_writable, locks_released_after
+from mmcaption.folders import FolderLock, check_writable, locks_released_after, remove_unused_run
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
 from mmcaption.module import MultimodalCaptioner
@@ -83,6 +82,10 @@ class MMCaptionCLI(LightningCLI):
             if setting is None:
                 raise
             raise ConfigError(f"{setting}: {one_line(error)}") from error
+        finally:  # a fit that failed before its first step leaves no empty run in the logs
+            if sys.exc_info()[0] is not None and subcommand == "fit" and self.trainer.global_step == 0:
+                for folder in getattr(self, "_new_run_folders", ()):
+                    remove_unused_run(folder)
 
     def validate(self, verbose: bool = True, **kwargs: Any) -> None:
         print_metrics(self.trainer.validate(verbose=False, **kwargs), verbose)
@@ -224,6 +227,9 @@ class MMCaptionCLI(LightningCLI):
             if init_from and not Path(init_from).exists():
                 raise ConfigError(f"model.init_from {init_from} not found (train the caption stage first, or point "
                                   "init_from at its checkpoint or exported folder)")
+        if self.subcommand == "fit" and trainer.global_rank == 0:  # the run folders this run makes (see _run_subcommand)
+            self._new_run_folders = [Path(logger.log_dir) for logger in trainer.loggers
+                                     if isinstance(logger, TensorBoardLogger | CSVLogger) and not Path(logger.log_dir).exists()]
         if self.subcommand in ("fit", "validate", "test"):
             for logger in trainer.loggers:
                 folder = getattr(logger, "save_dir", None) or getattr(logger, "root_dir", None)
@@ -284,15 +290,6 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
         else:
             nested[key] = value
     return nested
-
-
-def install_atomic_checkpoint_io(trainer: Trainer) -> None:
-    """Replace Lightning's default checkpoint I/O (also inside an async wrapper) by the atomic one."""
-    io = trainer.strategy.checkpoint_io
-    if type(io) is TorchCheckpointIO:
-        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-    elif isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
-        io.checkpoint_io = AtomicCheckpointIO()
 
 
 EPILOG = ("also: `mmcaption prepare --config C` checks and preprocesses a config's data and prints what it holds; "

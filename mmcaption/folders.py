@@ -144,3 +144,19 @@ def replace_folder(staging: Path, folder: str | Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def remove_unused_run(folder: str | Path) -> bool:
+    """Remove a logger's run folder (``lightning_logs/NAME/version_N``) that holds only what a logger writes as
+    a run starts: its ``config.yaml``, ``hparams.yaml`` and TensorBoard event files. Called for a folder this run
+    made, when it failed before its first training step (a wrong setting, refused data): left, each such try
+    took a version number and listed an empty run in TensorBoard. A folder holding anything else is kept."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    files = list(folder.iterdir())
+    if any(not f.is_file() or not (f.name in ("config.yaml", "hparams.yaml") or f.name.startswith("events.out.tfevents."))
+           for f in files):
+        return False
+    shutil.rmtree(folder)
+    return True

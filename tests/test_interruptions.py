@@ -505,10 +505,14 @@ def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, 
                                        "--trainer.val_check_interval", "500", "--trainer.max_steps", "2"])
     assert message.startswith("error: trainer.val_check_interval: `val_check_interval` (500) must be less than or equal to "
                               "the number of the training batches")
+    # refused after the logger had made its run folder: that folder, holding only the config, is gone (each try took a
+    # version number and listed an empty run in TensorBoard); the logs folder itself stays
+    assert (tmp_path / "logs").is_dir() and not list((tmp_path / "logs").rglob("version_*"))
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "d"),
                                        "--trainer.callbacks.monitor=val/los", "--trainer.val_check_interval", "1",
                                        "--trainer.limit_val_batches", "1", "--trainer.max_steps", "2"])  # a typo in its monitor
     assert message.startswith("error: `ModelCheckpoint(monitor='val/los')` could not find the monitored key")
+    assert [p.name for p in (tmp_path / "logs").rglob("version_*")] == ["version_0"]  # failed after a step: kept
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "e"),
                                        "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/los",
                                        "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1"])
