@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -23,16 +22,12 @@ from mmcaption.checkpoint import earlier_checkpoints_note, install_atomic_checkp
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import ConfigError, one_line, user_errors_exit
+from mmcaption.errors import ConfigError, lightning_setting_errors, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, locks_released_after, remove_unused_run
 from mmcaption.model.backbones import check_backbone
-from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local
+from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local, precision_problem
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
-
-# Lightning's plain ValueError / RuntimeError that are about a setting: (words in the message, the setting)
-LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interval"),
-                            ("Early stopping conditioned on metric", "the config's EarlyStopping monitor"))
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
@@ -56,7 +51,8 @@ class MMCaptionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand in ("predict", "validate"):
             kwargs.setdefault("logger", False)  # their results are printed and written: no empty TensorBoard run
-        trainer = super().instantiate_trainer(**kwargs)
+        with lightning_setting_errors():  # e.g. a strategy whose package is missing, or that needs a GPU
+            trainer = super().instantiate_trainer(**kwargs)
         if trainer.logger is None:  # no run folder: Lightning would write the config as config.yaml in the working
             # directory, over whatever file of that name the user keeps there
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
@@ -74,14 +70,8 @@ class MMCaptionCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
-            super()._run_subcommand(subcommand)
-        except MisconfigurationException as error:  # Lightning's word for settings that cannot work together
-            raise ConfigError(one_line(error)) from error
-        except (ValueError, RuntimeError) as error:  # settings' errors Lightning raises as plain ones
-            setting = next((key for words, key in LIGHTNING_SETTING_ERRORS if words in str(error)), None)
-            if setting is None:
-                raise
-            raise ConfigError(f"{setting}: {one_line(error)}") from error
+            with lightning_setting_errors():
+                super()._run_subcommand(subcommand)
         finally:  # a fit that failed before its first step leaves no empty run in the logs
             if sys.exc_info()[0] is not None and subcommand == "fit" and self.trainer.global_step == 0:
                 for folder in getattr(self, "_new_run_folders", ()):
@@ -124,6 +114,8 @@ class MMCaptionCLI(LightningCLI):
                 "cross-attention and LoRA are untrained: the model would not see the images"
             )
         model = config.model.config
+        if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype):
+            raise ConfigError(problem)
         check_backbone(model.language_model, "model.config.language_model")
         check_backbone(model.vision_model, "model.config.vision_model")
 

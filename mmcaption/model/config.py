@@ -85,3 +85,20 @@ def settings_diff(saved: dict, current: dict, saved_name: str = "checkpoint") ->
         for key in STRUCTURAL_SETTINGS
         if key in saved and saved[key] != current.get(key)
     ]
+
+
+# Lightning's precisions that cast the whole module, and the dtype they cast it to
+CASTING_PRECISIONS = {"bf16-true": "bfloat16", "16-true": "float16", "64-true": "float64", "64": "float64"}
+
+
+def precision_problem(precision: object, quantization: str, compute_dtype: str) -> str | None:
+    """Why ``trainer.precision`` cannot run this model, or ``None``. A ``*-true`` precision casts every weight,
+    and 4-bit weights are packed bytes stored in ``compute_dtype``: cast to another dtype they are scrambled (a
+    bf16 store read as float16 computed garbage without a word; a float32 one failed in a reshape)."""
+    cast = CASTING_PRECISIONS.get(str(precision))
+    if quantization not in ("nf4", "fp4") or cast is None or cast == compute_dtype:
+        return None
+    instead = f", or keep {precision} with model.config.compute_dtype {cast}" if cast in ("bfloat16", "float16") else ""
+    return (f"trainer.precision {precision} casts every weight to {cast}, the {quantization} weights' packed bytes too (stored "
+            f"as model.config.compute_dtype {compute_dtype}): they would be scrambled. Use bf16-mixed (as the real configs) or "
+            f"32-true{instead}")
