@@ -266,11 +266,12 @@ class MultimodalCaptioner(LightningModule):
             self.log(f"{prefix}/answer_exact_match", accuracy, sync_dist=False, prog_bar=True)
             metrics["answer_exact_match"] = accuracy
         self.val_examples = None
-        if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and self.trainer.is_global_zero \
-                and not self.trainer.sanity_checking:
-            self.write_results(prefix, metrics, captions, answers)
+        if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and not self.trainer.sanity_checking:
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # on every process: log_dir is a broadcast
+            if self.trainer.is_global_zero:
+                self.write_results(folder, prefix, metrics, captions, answers)
 
-    def write_results(self, prefix: str, metrics: dict[str, float], captions: list, answers: list) -> None:
+    def write_results(self, folder: Path, prefix: str, metrics: dict[str, float], captions: list, answers: list) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
         generation = self.tasks.generation.to_dict()
@@ -287,7 +288,6 @@ class MultimodalCaptioner(LightningModule):
             results["generation"] = {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}
         rows = [{"image_id": i, "caption": c, "references": r} for i, c, r in captions]
         rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         predictions, summary = write_evaluation(folder, f"{prefix}-{split or 'split'}", rows, results)
         rank_zero_info(f"{prefix} results: {summary} (predictions: {predictions.name})")
 

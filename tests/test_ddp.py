@@ -77,6 +77,17 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     fit(tmp_path, "single", devices=1)
     fit(tmp_path, "ddp", devices=2)
     check_two_processes_match_one(tmp_path, "ddp")
+    # validate on two processes writes the results of both processes' images (it crashed at the end: a rank-0-only
+    # call of trainer.log_dir, which every process must make)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    validate = subprocess.run(
+        [sys.executable, "-m", "mmcaption", "validate", "--config", DEMO_CONFIG, "--ckpt_path", "checkpoints-ddp/last.ckpt",
+         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.limit_val_batches", "1",
+         "--trainer.enable_progress_bar", "false", "--data.init_args.val_caption_images", "4", "--data.init_args.num_workers", "0"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert validate.returncode == 0, validate.stderr[-3000:]
+    (results,) = tmp_path.glob("val-*.results.json")
+    assert json.loads(results.read_text())["images"] == 4
     # --trainer.num_nodes 2: two one-process "nodes" started by torchrun, as a cluster would
     fit(tmp_path, "nodes", devices=1, nodes=2)
     check_two_processes_match_one(tmp_path, "nodes")
