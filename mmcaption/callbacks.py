@@ -7,16 +7,27 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
-from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, out_of_memory
+from mmcaption.errors import (
+    ConfigError,
+    Interrupted,
+    MMCaptionError,
+    ResumeError,
+    RunInterrupted,
+    one_line,
+    out_of_memory,
+)
 
 
 def save_resumable_checkpoint(trainer) -> str:
@@ -334,3 +345,24 @@ def format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+# Lightning's plain ValueError / RuntimeError that are about a setting: (words in the message, the setting)
+LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interval"),
+                            ("Early stopping conditioned on metric", "the config's EarlyStopping monitor"),
+                            ("requires a GPU accelerator", "trainer.strategy"))
+
+
+@contextmanager
+def lightning_setting_errors() -> Iterator[None]:
+    """Lightning's refusals of settings (its ``MisconfigurationException``, and the plain errors above) as
+    one-line :class:`ConfigError`: building the trainer or running it, they were tracebacks."""
+    try:
+        yield
+    except MisconfigurationException as error:  # Lightning's word for settings that cannot work together
+        raise ConfigError(one_line(error)) from error
+    except (ValueError, RuntimeError) as error:
+        setting = next((key for words, key in LIGHTNING_SETTING_ERRORS if words in str(error)), None)
+        if setting is None or isinstance(error, MMCaptionError):
+            raise
+        raise ConfigError(f"{setting}: {one_line(error)}") from error

@@ -17,12 +17,19 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mmcaption.callbacks import OutOfMemoryAdvice, PlainProgress, ResumableStop, StageProgressBar, usable_callbacks
+from mmcaption.callbacks import (
+    OutOfMemoryAdvice,
+    PlainProgress,
+    ResumableStop,
+    StageProgressBar,
+    lightning_setting_errors,
+    usable_callbacks,
+)
 from mmcaption.checkpoint import earlier_checkpoints_note, install_atomic_checkpoint_io, load_checkpoint_file
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import ConfigError, lightning_setting_errors, user_errors_exit
+from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, locks_released_after, remove_unused_run
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local, precision_problem

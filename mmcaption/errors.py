@@ -125,28 +125,6 @@ def one_line(error: BaseException) -> str:
 
 
 
-# Lightning's plain ValueError / RuntimeError that are about a setting: (words in the message, the setting)
-LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interval"),
-                            ("Early stopping conditioned on metric", "the config's EarlyStopping monitor"),
-                            ("requires a GPU accelerator", "trainer.strategy"))
-
-
-@contextmanager
-def lightning_setting_errors() -> Iterator[None]:
-    """Lightning's refusals of settings (its ``MisconfigurationException``, and the plain errors above) as
-    one-line :class:`ConfigError`: building the trainer or running it, they were tracebacks."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    try:
-        yield
-    except MisconfigurationException as error:  # Lightning's word for settings that cannot work together
-        raise ConfigError(one_line(error)) from error
-    except (ValueError, RuntimeError) as error:
-        setting = next((key for words, key in LIGHTNING_SETTING_ERRORS if words in str(error)), None)
-        if setting is None or isinstance(error, MMCaptionError):
-            raise
-        raise ConfigError(f"{setting}: {one_line(error)}") from error
-
 def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = True) -> Any:
     """Wrap a console script: a user error prints ``error: <message>`` and exits 2, a command stopped by
     Ctrl-C or SIGTERM prints what was kept (how to resume a training run) and exits 130 / 143 (with
