@@ -58,6 +58,7 @@ class PredictionWriter(BasePredictionWriter):
         self.official = self.replacing = False
         self.encoding = "utf-8"
         self.submission_ids: list[int] = []
+        self.expected_rows: int | None = None
 
     def on_predict_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -89,6 +90,8 @@ class PredictionWriter(BasePredictionWriter):
         if official and trainer.world_size > 1:
             rank_zero_info("the answers for VQA's evaluation server are written by a single-process run (--trainer.devices 1); "
                            f"with {trainer.world_size} processes, each output holds its share (question_id, prediction)")
+        dataset = getattr(datamodule, "dataset", None)  # one row each; several processes each answer a share
+        self.expected_rows = len(dataset) if dataset is not None and trainer.world_size == 1 else None
         if getattr(datamodule, "done", None):  # resume: the interrupted run's rows come first, and count in the summary
             self._go_on_from(output, datamodule.done)
 
@@ -182,41 +185,42 @@ class PredictionWriter(BasePredictionWriter):
             summary["per_category_over"] = "questions, right only if every rotation is (CircularEval)" if self.questions else "rows"
         return summary
 
-    def _finish(self, interrupted: BaseException | None = None) -> None:
-        """Close the partial file and put it in place (with what was written, when interrupted)."""
+    def _finish(self, interrupted: BaseException | None = None, stopped: str | None = None) -> None:
+        """Close the partial file and put it in place (with what was written, when interrupted or ``stopped``
+        short of the input's end by a setting)."""
         if self.path is None or self.handle is None:
             return
         self.handle.close()
         self.handle = None
         summary = self.summary()
-        why = interrupted and (signal.Signals(interrupted.signum).name if isinstance(interrupted, Interrupted)
-                               else type(interrupted).__name__)
-        if interrupted is not None and not summary["rows"]:
+        why = stopped or interrupted and (signal.Signals(interrupted.signum).name if isinstance(interrupted, Interrupted)
+                                          else type(interrupted).__name__)
+        if why and not summary["rows"]:
             self.partial.unlink(missing_ok=True)
             rank_zero_info(f"predict stopped ({why}) before any row was done; {self.path} not written")
             return
         if self.late_columns:
             self._add_late_columns()
         earlier = ""
-        if interrupted is not None and self.replacing:  # the complete output of an earlier run stays
+        if why and self.replacing:  # the complete output of an earlier run stays
             earlier = f" ({self.path}, from an earlier run, is unchanged)"
             self.path = unused_name(self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix}"))
         os.replace(self.partial, self.path)
         summary["output"] = str(self.path)
-        if interrupted is not None:
+        if why:  # what resume goes on from
             summary["interrupted"] = why
         summary_path(self.path).write_text(json.dumps(summary, indent=2))
-        if self.vqa_results is not None and interrupted is None:
+        if self.vqa_results is not None and not why:
             asked = {entry["question_id"] for entry in self.vqa_results}
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
             self.vqa_results_path(self.path).write_text(json.dumps(self.vqa_results + padding))
             self.counts["vqa_results_padded"] = len(padding)
-        elif self.official and interrupted is None:  # several processes: no results file, and none of an earlier run
+        elif self.official and not why:  # several processes: no results file, and none of an earlier run
             self.vqa_results_path(self.path).unlink(missing_ok=True)
         message = f"predictions: {summary['rows']} rows -> {self.path}"
         if "resumed_after" in summary:
             message += f" (the first {summary['resumed_after']} from the interrupted run)"
-        if interrupted is not None:
+        if why:
             message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
             message += "" if earlier else "; the same command with --data.resume true goes on from them"
         if summary["errors"]:
@@ -236,7 +240,7 @@ class PredictionWriter(BasePredictionWriter):
             if key in summary:
                 accuracies = ", ".join(f"{name} {s['accuracy']:.3f} ({s['correct']}/{s['answered']})" for name, s in summary[key].items())
                 message += f"\n  accuracy {key.replace('_', ' ')} (over {summary['per_category_over'].split(',')[0]}): {accuracies}"
-        if self.vqa_results is not None and interrupted is None:
+        if self.vqa_results is not None and not why:
             message += (f"\n  answers for VQA's evaluation server ([{{question_id, answer}}], normalised as scored): "
                         f"{self.vqa_results_path(self.path)}")
             if self.submission_ids:
@@ -258,7 +262,12 @@ class PredictionWriter(BasePredictionWriter):
         os.replace(rewritten, self.partial)
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        self._finish()
+        # a setting that asks fewer batches than the input has (fast_dev_run, limit_predict_batches): said, and the output
+        # is left as an interrupted one, which resume completes; it was written and summed up as the whole input's
+        short = self.expected_rows is not None and self.counts["rows"] < self.expected_rows
+        setting = (f"trainer.fast_dev_run {trainer.fast_dev_run}" if trainer.fast_dev_run
+                   else f"trainer.limit_predict_batches {trainer.limit_predict_batches}")
+        self._finish(stopped=f"{setting}: {self.counts['rows']} of {self.expected_rows} rows asked" if short else None)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._finish(interrupted=exception)

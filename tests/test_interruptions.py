@@ -183,6 +183,24 @@ def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trai
     assert output.read_bytes().startswith(stopped) and len(output.read_text().splitlines()) == 13
 
 
+def test_a_predict_asked_fewer_batches_than_its_input_says_so_and_resume_completes_it(
+    backbones, trained_checkpoint, image_folder, tmp_path
+):
+    # --trainer.limit_predict_batches 1 (or fast_dev_run) wrote 2 of 8 rows with a summary of a whole run: "accuracy
+    # 1.000 (2/2)", no word of the 6 never asked, and resume refused the output as complete
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 2)  # 8 questions, 4 batches of 2
+    output = tmp_path / "answers.csv"
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+            limit_predict_batches=1).predict(module, datamodule=choice_data(backbones, questions, output))
+    summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
+    assert summary["rows"] == 2 and summary["interrupted"] == "trainer.limit_predict_batches 1: 2 of 8 rows asked"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
+    assert summary["rows"] == 8 and summary["resumed_after"] == 2 and "interrupted" not in summary
+    assert len(output.read_text().splitlines()) == 9
+
+
 def test_an_interrupted_csv_is_read_back_with_its_results_as_they_were_written(tmp_path):
     from mmcaption.data.resume import interrupted_rows
 
