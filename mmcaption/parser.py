@@ -41,8 +41,12 @@ class MMCaptionParser(LightningArgumentParser):
         lines = [f"error: {_bad_value(message) or message.strip().splitlines()[0]}"]
         if message.startswith("Problems parsing config"):  # YAML's own error says "<unicode string>": name the file
             lines = [f"error: {problem}" for problem in _unreadable_configs(_ARGUMENTS)] or lines
-        detail = [line.strip() for line in message.splitlines()[1:] if "is not accepted" in line or "not a valid" in line]
-        lines += [f"  {line}" for line in detail[:2]]
+        detail = [line.strip() for line in message.splitlines()[1:]
+                  if any(words in line for words in ("is not accepted", "not a valid", "unrecognized arguments"))]
+        lines += [f"  {line}" for line in dict.fromkeys(detail[:2])]
+        if index := re.search(r"NestedArg\(key='(\d+)\.", message):  # --trainer.callbacks.0.init_args.dirpath: no such form
+            lines.append(f"  a list's item ({index.group(1)}) cannot be set on the command line: set it in a config file "
+                         "(a second --config replaces the whole list; `callbacks+:` there adds to it)")
         if re.search(r"arguments are required: .*\bdata\b", message):  # validate --ckpt_path X, with no config
             lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "
                          "demo's), or from --data <class> and its settings")

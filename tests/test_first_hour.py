@@ -84,6 +84,12 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
         main(["fit", "--config", DEMO_CAPTION, "--config", str(typo)])
     assert "--model.config.lora_rnk: did you mean --model.config.lora_r" in capsys.readouterr().err
 
+    with pytest.raises(SystemExit):  # a list's item by index: was 'Parser key "trainer.callbacks":' and nothing after
+        main(["fit", "--config", DEMO_CAPTION, "--trainer.callbacks.0.init_args.dirpath", "elsewhere"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --0.init_args.dirpath=elsewhere" in err
+    assert "a list's item (0) cannot be set on the command line: set it in a config file" in err
+
 
 @pytest.mark.parametrize("setting, value, said", [
     ("--data.init_args.on_bad_record", "skipp", "data.init_args.on_bad_record: 'skipp' is not one of error, skip"),
