@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -20,6 +21,8 @@ from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.evaluation.report import summary_path
 from mmcaption.tasks import RESULT_COLUMNS
+
+SHARE_COUNTS = ("rows", "answered", "correct", "errors")
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -59,6 +62,7 @@ class PredictionWriter(BasePredictionWriter):
         self.encoding = "utf-8"
         self.submission_ids: list[int] = []
         self.expected_rows: int | None = None
+        self.shares: dict[str, list[float]] | None = None  # several processes: each one's output and SHARE_COUNTS
 
     def on_predict_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -77,6 +81,7 @@ class PredictionWriter(BasePredictionWriter):
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
+        self.shares = None
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
         # VQAv2's official questions: the answers as its evaluation server takes them, written at the end by a
@@ -209,6 +214,8 @@ class PredictionWriter(BasePredictionWriter):
         summary["output"] = str(self.path)
         if why:  # what resume goes on from
             summary["interrupted"] = why
+        if self.shares:
+            summary["all_processes"] = {name: dict(zip(SHARE_COUNTS, map(int, share))) for name, share in self.shares.items()}
         summary_path(self.path).write_text(json.dumps(summary, indent=2))
         if self.vqa_results is not None and not why:
             asked = {entry["question_id"] for entry in self.vqa_results}
@@ -245,7 +252,18 @@ class PredictionWriter(BasePredictionWriter):
                         f"{self.vqa_results_path(self.path)}")
             if self.submission_ids:
                 message += f" ({self.counts['vqa_results_padded']} questions not asked here given an empty answer, as the server wants all)"
+        if self.shares:
+            message += self._all_processes(self.shares)
         rank_zero_info(message)
+
+    def _all_processes(self, shares: dict[str, list[float]]) -> str:
+        """The other processes' outputs and the figures over all of them: each process answers a share of the input."""
+        total = dict(zip(SHARE_COUNTS, map(sum, zip(*shares.values()))))
+        others = ", ".join(f"{name} ({int(share[0])} rows)" for name, share in shares.items() if name != self.path.name)
+        line = f"\n  this process's share; the other processes wrote {others}. All {int(total['rows'])} rows"
+        if total["answered"]:
+            line += f": accuracy {total['correct'] / total['answered']:.3f} ({int(total['correct'])}/{int(total['answered'])})"
+        return line + (f", {int(total['errors'])} could not be predicted" if total["errors"] else "")
 
     def _add_late_columns(self) -> None:
         """Rewrite the CSV with the columns that only later rows had (before the result columns)."""
@@ -262,6 +280,10 @@ class PredictionWriter(BasePredictionWriter):
         os.replace(rewritten, self.partial)
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1 and self.path is not None:  # every process's counts, for the first one's line
+            counts = torch.tensor([float(self.counts[key]) for key in SHARE_COUNTS], device=pl_module.device)
+            shares = trainer.strategy.all_gather(counts).reshape(trainer.world_size, len(SHARE_COUNTS)).tolist()
+            self.shares = {trainer.datamodule.output_path(trainer.world_size, rank).name: share for rank, share in enumerate(shares)}
         # a setting that asks fewer batches than the input has (fast_dev_run, limit_predict_batches): said, and the output
         # is left as an interrupted one, which resume completes; it was written and summed up as the whole input's
         short = self.expected_rows is not None and self.counts["rows"] < self.expected_rows

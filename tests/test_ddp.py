@@ -88,6 +88,16 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     assert validate.returncode == 0, validate.stderr[-3000:]
     (results,) = tmp_path.glob("val-*.results.json")
     assert json.loads(results.read_text())["images"] == 4
+    # predict on two processes: each writes its share, and the first one's line names the other's and counts all rows
+    # (it reported its own half as the whole result)
+    predict = subprocess.run(
+        [sys.executable, "-m", "mmcaption", "predict", "--config", DEMO_CONFIG, "--config", str(REPO / "configs/predict/captions.yaml"),
+         "--ckpt_path", "checkpoints-ddp/last.ckpt", "--data.images", "demo_data/coco/val2017", "--data.output", "captions.jsonl",
+         "--data.num_workers", "0", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    assert "the other processes wrote captions.rank1.jsonl (2 rows). All 4 rows" in predict.stdout + predict.stderr
+    assert [len((tmp_path / f"captions.rank{rank}.jsonl").read_text().splitlines()) for rank in (0, 1)] == [2, 2]
     # --trainer.num_nodes 2: two one-process "nodes" started by torchrun, as a cluster would
     fit(tmp_path, "nodes", devices=1, nodes=2)
     check_two_processes_match_one(tmp_path, "nodes")
