@@ -193,7 +193,8 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
     turned_off = [(LearningRateMonitor, "logger is false")] if trainer_settings.get("logger") is False else []
     turned_off += [(ModelCheckpoint, "enable_checkpointing is false")] if trainer_settings.get("enable_checkpointing") is False else []
     # Lightning says a fast_dev_run saves nothing, and its ModelCheckpoint still writes last.ckpt at the end
-    turned_off += [(ModelCheckpoint, "fast_dev_run is true")] if trainer_settings.get("fast_dev_run") else []
+    fast = trainer_settings.get("fast_dev_run")
+    turned_off += [(ModelCheckpoint, f"fast_dev_run is {'true' if fast is True else fast}")] if fast else []
     kept = []
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
         setting = next((said for kind, said in turned_off if isinstance(callback, kind)), None)
@@ -203,9 +204,10 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
             print(f"note: trainer.{setting}: the config's {type(callback).__name__} is left out", file=sys.stderr, flush=True)
     checkpoints_off = any(kind is ModelCheckpoint for kind, _ in turned_off)
     if fit and not checkpoints_off and not any(isinstance(c, ModelCheckpoint) for c in kept) and rank_zero_only.rank == 0:
-        print("note: trainer.callbacks has no ModelCheckpoint, so Lightning's own saves at the end of each epoch only (a run "
-              "that stops at max_steps mid-epoch keeps nothing). A callbacks list in a later config file replaces the earlier "
-              "one's: write `callbacks+:` there to add to it", file=sys.stderr, flush=True)
+        print("note: trainer.callbacks has no ModelCheckpoint, so Lightning's default one keeps a single checkpoint, saved at "
+              "each validation (at each epoch's end when there is none), and no last.ckpt: a run that stops at max_steps before "
+              "its first validation keeps nothing, and --ckpt_path last finds nothing. A callbacks list in a later config file "
+              "replaces the earlier one's: write `callbacks+:` there to add to it", file=sys.stderr, flush=True)
     return kept
 
 

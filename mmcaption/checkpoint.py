@@ -301,10 +301,11 @@ def schedule_from_here(trainer, learning_rate: float) -> None:
         scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read
 
 
-def earlier_checkpoints_note(folder: Path) -> None:
+def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
     """Say so when a new ``fit`` (no ``--ckpt_path``) saves into a folder holding an earlier run's
     checkpoints: it starts at step 0 and Lightning names its files beside them (``last-v1.ckpt``), so
-    ``last.ckpt`` stays the earlier run's - which ``init_from`` or a script may point at."""
+    ``last.ckpt`` stays the earlier run's - which ``init_from`` or a script may point at. ``saves_last``:
+    whether this run's checkpoint callback writes a ``last`` checkpoint."""
     earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
     if not earlier:
         return
@@ -315,12 +316,15 @@ def earlier_checkpoints_note(folder: Path) -> None:
         with contextlib.suppress(MMCaptionError):
             step = f"; last.ckpt is at step {load_checkpoint_file(last, mmap=True).get('global_step')}"
         ours = next(name for name in (f"last-v{n}.ckpt" for n in itertools.count(1)) if not (folder / name).exists())
-        earlier_run = "last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path last"
+        # Lightning's "last" is the newest last*.ckpt: with a last-v1.ckpt beside it, perhaps not this one
+        keyword = "last" if not any(folder.glob("last-v*.ckpt")) else str(last)
+        earlier_run = f"last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path {keyword}"
     else:  # only named checkpoints (epoch=..., interrupted-step...): this run's last is last.ckpt
         ours = "last.ckpt"
         newest = max(earlier, key=lambda p: p.stat().st_mtime)
         earlier_run = f"to continue that run instead, stop and add --ckpt_path {newest}"
+    beside = f"under new names ({ours}, ...)" if saves_last else "under its own names"
     print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
-          f"beside them under new names ({ours}, ...); {earlier_run}; to keep the runs apart, give this one another "
+          f"beside them {beside}; {earlier_run}; to keep the runs apart, give this one another "
           "checkpoint folder.",
           file=sys.stderr, flush=True)

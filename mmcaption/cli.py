@@ -218,7 +218,7 @@ class MMCaptionCLI(LightningCLI):
                     # counts): earlier checkpoints are named below, with what this run does beside them
                     warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(callback.dirpath))} exists")
                     if not self.config[self.subcommand].get("ckpt_path") and trainer.global_rank == 0:
-                        earlier_checkpoints_note(Path(callback.dirpath))
+                        earlier_checkpoints_note(Path(callback.dirpath), saves_last=bool(callback.save_last))
                     check_writable(callback.dirpath, "checkpoints")
                     if trainer.global_rank == 0:
                         FolderLock(callback.dirpath).acquire()

@@ -509,10 +509,12 @@ def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_lis
     # a second config file with its own callbacks list replaced the first's, ModelCheckpoint with it: a max_steps run
     # mid-epoch then ended "training done" with no checkpoint at all
     usable_callbacks({"callbacks": [EarlyStopping(monitor="val/loss")]}, fit=True)
-    assert "note: trainer.callbacks has no ModelCheckpoint" in capsys.readouterr().err
+    assert "note: trainer.callbacks has no ModelCheckpoint, so Lightning's default one keeps a single checkpoint" in capsys.readouterr().err
     for settings in ({"callbacks": [ModelCheckpoint(save_last=True)]}, {"callbacks": [], "enable_checkpointing": False}):
         usable_callbacks(settings, fit=True)
         assert "no ModelCheckpoint" not in capsys.readouterr().err
+    usable_callbacks({"callbacks": [ModelCheckpoint()], "fast_dev_run": 5}, fit=True)  # said "fast_dev_run is true"
+    assert "note: trainer.fast_dev_run is 5: the config's ModelCheckpoint is left out" in capsys.readouterr().err
     usable_callbacks({"callbacks": []}, fit=False)  # validate, test, predict save nothing
     assert capsys.readouterr().err == ""
 
@@ -925,7 +927,13 @@ def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_co
     assert "saves beside them under new names (last-v1.ckpt, ...)" in err
     torch.save({"global_step": 8, "state_dict": {}}, folder / "last-v1.ckpt")  # a third run: Lightning writes last-v2
     earlier_checkpoints_note(folder)
-    assert "saves beside them under new names (last-v2.ckpt, ...)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "saves beside them under new names (last-v2.ckpt, ...)" in err
+    # Lightning's `last` is the newest last*.ckpt, which may be last-v1.ckpt: the note names the file (it said `last`, and
+    # the run resumed last-v1.ckpt at step 8 where the note spoke of last.ckpt at step 16)
+    assert f"To continue that run instead, stop and add --ckpt_path {folder / 'last.ckpt'};" in err
+    earlier_checkpoints_note(folder, saves_last=False)  # a ModelCheckpoint without save_last writes no last-v2.ckpt
+    assert "saves beside them under its own names;" in capsys.readouterr().err
     (folder / "last.ckpt").unlink()
     (folder / "last-v1.ckpt").rename(folder / "epoch=0-step=8.ckpt")  # no last.ckpt: this run's last is last.ckpt
     earlier_checkpoints_note(folder)
