@@ -32,6 +32,8 @@ UNACTIONABLE_WARNINGS = (
     re.escape("`is_gradient_checkpointing` is deprecated"),  # peft asks transformers with the old name
     re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),  # Lightning's pytree helper on newer torch
     r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen vision tower, on purpose
+    # the evaluation metrics are computed from every process's outputs, gathered, and logged once: nothing to sum
+    r"It is recommended to use `self\.log\('(val|test)/",
 )
 
 
@@ -47,7 +49,7 @@ def quiet_lightning() -> None:
     terminal, also the progress bars of ``datasets`` (the phase lines say what is being built)."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLines) for f in logger.filters):
-        logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "TPU available: False"))
+        logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "💡 Tip: For seamless cloud uploads", "TPU available: False"))
     hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
     if not sys.stderr.isatty():  # in a log file a bar is one long line of redrawn counts per table built
         import datasets  # here: chat and the app, which quieted() serves, never load it

@@ -426,7 +426,7 @@ def test_a_max_steps_stop_on_a_validation_step_keeps_that_validations_checkpoint
     assert last["global_step"] == 3 and last["epoch"] == 0
 
 
-def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_differs(backbones, coco_root, tmp_path):
+def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_differs(backbones, coco_root, tmp_path, capsys):
     coco = Path(shutil.copytree(coco_root, tmp_path / "coco"))
     language_dir, vision_dir = backbones
     names = dict(tokenizer=str(language_dir), image_processor=str(vision_dir), batch_size=4, num_workers=0)
@@ -442,6 +442,11 @@ def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_diff
     with pytest.raises(ResumeError, match=rf"{last} is a checkpoint of the caption stage, and this run trains the instruct stage.*"
                                           rf"--model.init_from {last}"):
         fit_trainer(tmp_path / "instruct", steps=4).fit(make_captioner(backbones), datamodule=instruct, ckpt_path=last)
+
+    # resumed with a max_steps it has reached: Lightning ends the run at once, which the note says (nothing did)
+    fit_trainer(tmp_path / "caption", steps=2).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
+                                                   ckpt_path=last)
+    assert f"note: {last} is at step 2, and trainer.max_steps is 2: nothing is left to train" in capsys.readouterr().err
 
     # a checkpoint from before length_group_batches (it grouped 50 batches) resumed with today's 100: another order
     assert saved["training_data"]["length_group_batches"] == 100
