@@ -124,7 +124,6 @@ def one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
 
 
-
 def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = True) -> Any:
     """Wrap a console script: a user error prints ``error: <message>`` and exits 2, a command stopped by
     Ctrl-C or SIGTERM prints what was kept (how to resume a training run) and exits 130 / 143 (with

@@ -286,10 +286,15 @@ class MultimodalCaptioner(LightningModule):
             results["questions"] = len(answers)
         if captions or answers:
             results["generation"] = {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}
+        setting = "limit_test_batches" if prefix == "test" else "limit_val_batches"  # fast_dev_run sets it too
+        limit = getattr(self.trainer, setting)
+        if isinstance(limit, int) or limit != 1.0:  # a number of batches, or a share below 1.0: part of the split
+            results["limited_by"] = f"trainer.{setting} {limit}"
         rows = [{"image_id": i, "caption": c, "references": r} for i, c, r in captions]
         rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
         predictions, summary = write_evaluation(folder, f"{prefix}-{split or 'split'}", rows, results)
-        rank_zero_info(f"{prefix} results: {summary} (predictions: {predictions.name})")
+        limited = f"; {results['limited_by']}: part of the split" if "limited_by" in results else ""
+        rank_zero_info(f"{prefix} results: {summary} (predictions: {predictions.name}{limited})")
 
     def log_caption_examples(self) -> None:
         """A few val images with their generated and reference captions, in TensorBoard."""

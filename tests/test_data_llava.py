@@ -332,6 +332,10 @@ def test_mmcaption_test_on_conversations_answers_their_questions_and_writes_each
     assert all(isinstance(row["prediction"], str) and row["answer"] for row in rows)
     assert results["questions"] == 3 and results["metrics"]["answer_exact_match"] == pytest.approx(logged["test/answer_exact_match"])
 
-    loss_only = Trainer(accelerator="cpu", default_root_dir=tmp_path / "loss", enable_progress_bar=False, enable_model_summary=False)
+    assert "limited_by" not in results
+    loss_only = Trainer(accelerator="cpu", default_root_dir=tmp_path / "loss", enable_progress_bar=False, enable_model_summary=False,
+                        limit_test_batches=1)
     logged = loss_only.test(module, datamodule=make_datamodule(backbones, llava, test_answer_questions=0), verbose=False)[0]
     assert "test/loss" in logged and "test/answer_exact_match" not in logged
+    # a part of the split says so: the results of one batch read as the whole split's
+    assert json.loads((Path(loss_only.log_dir) / "test-val.results.json").read_text())["limited_by"] == "trainer.limit_test_batches 1"

@@ -104,6 +104,7 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     assert results["caption_metrics"]["tokenizer"].startswith("PTB" if caption_metrics.java_available() else "fallback")
     assert "SPICE" in results["caption_metrics"]["skipped"] or "SPICE" in results["metrics"]
     assert results["data"]["source"] == "karpathy"
+    assert "limited_by" not in results
 
     # the same evaluation again, into the same folder, writes beside the first results, never over them
     first = (folder / "test-test.results.json").read_text()
