@@ -206,6 +206,10 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
             kept.append(callback)
         elif fit and rank_zero_only.rank == 0:
             print(f"note: trainer.{setting}: the config's {type(callback).__name__} is left out", file=sys.stderr, flush=True)
+    if fit and trainer_settings.get("enable_progress_bar") is False and rank_zero_only.rank == 0:
+        print("note: trainer.enable_progress_bar is false, so mmcaption's progress lines are off too (training starts, the "
+              "step and loss every 30 s, each validation's metrics, training done). Off a terminal they are plain lines, not "
+              "a bar, with the setting left on", file=sys.stderr, flush=True)
     checkpoints_off = any(kind is ModelCheckpoint for kind, _ in turned_off)
     if fit and not checkpoints_off and not any(isinstance(c, ModelCheckpoint) for c in kept) and rank_zero_only.rank == 0:
         print("note: trainer.callbacks has no ModelCheckpoint, so Lightning's default one keeps a single checkpoint, saved at "
