@@ -79,10 +79,11 @@ class MMCaptionCLI(LightningCLI):
         try:
             with lightning_setting_errors():
                 super()._run_subcommand(subcommand)
-        finally:  # a fit that failed before its first step leaves no empty run in the logs
-            if sys.exc_info()[0] is not None and subcommand == "fit" and self.trainer.global_step == 0:
+        except BaseException:  # a fit that failed before its first step leaves no empty run in the logs
+            if subcommand == "fit" and self.trainer.global_step == 0:
                 for folder in getattr(self, "_new_run_folders", ()):
                     remove_unused_run(folder)
+            raise
 
     def validate(self, verbose: bool = True, **kwargs: Any) -> None:
         print_metrics(self.trainer.validate(verbose=False, **kwargs), verbose)
