@@ -4,6 +4,7 @@ folders a Mac or Windows has been in, image lists saved by Notepad, paths relati
 import io
 import json
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,7 @@ def test_a_folder_follows_linked_folders_once_and_names_links_to_nothing(tmp_pat
     assert notes == [f"{folder}: 1 links left out that point to nothing (the first: {folder / 'gone.jpg'})"]
 
 
-def test_an_image_list_as_windows_saves_it(tmp_path):
+def test_an_image_list_as_windows_saves_it(tmp_path, monkeypatch):
     (tmp_path / "photos").mkdir()
     for name in ("a.jpg", "b c.jpg"):
         (tmp_path / "photos" / name).write_bytes(jpeg(upright_picture(32, 32)))
@@ -137,6 +138,20 @@ def test_an_image_list_as_windows_saves_it(tmp_path):
     nowhere.write_text("a.jpg\nb.jpg\n")  # relative to the working directory, not to the list
     with pytest.raises(DataError, match=r"none of the 2 images of .*nowhere.txt was found: the first, 'a.jpg', was looked for at "):
         find_images(str(nowhere))
+
+    elsewhere = tmp_path / "elsewhere"  # a Notepad list relative to the working directory, backslashes and all
+    elsewhere.mkdir()
+    (elsewhere / "list.txt").write_text("photos\\a.jpg\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"looked for at .*elsewhere/photos/a.jpg.*; photos/a.jpg is there relative to the working directory"):
+        find_images(str(elsewhere / "list.txt"))
+
+    # an accented name unzipped on a Mac is decomposed on disk (e + a combining accent); the list has it composed
+    (tmp_path / "photos" / unicodedata.normalize("NFD", "café.jpg")).write_bytes(jpeg(upright_picture(32, 32)))
+    accented = tmp_path / "accented.txt"
+    accented.write_text(unicodedata.normalize("NFC", "photos/café.jpg\n"))
+    found = find_images(str(accented))
+    assert len(found) == 1 and found[0].is_file() and found[0].name == unicodedata.normalize("NFD", "café.jpg")
 
     unnamed = tmp_path / "photo_from_a_browser"  # an image without a suffix, given as the one image
     unnamed.write_bytes(jpeg(upright_picture(32, 32)))

@@ -10,6 +10,7 @@ file and its line.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -104,14 +105,17 @@ def _counted(suffixes: Counter) -> str:
 
 
 def user_path(name: str, root: Path) -> Path | RemoteImage:
-    """The image a file names: relative to ``root`` unless absolute, and with a Windows path's backslashes
-    read as separators when the name as written is not there; or a URL, as it is."""
+    """The image a file names: relative to ``root`` unless absolute, or a URL, as it is. When the name as
+    written is not there, a Windows path's backslashes are read as separators, and an accented name is
+    looked for in its other Unicode form (macOS writes decomposed names: ``é`` as ``e`` and an accent)."""
     if is_url(name):
         return RemoteImage(name)
     path = root / name
-    if "\\" in name and os.sep == "/" and not path.exists():
-        path = root / name.replace("\\", "/")
-    return path
+    if path.exists():
+        return path
+    spellings = [name.replace("\\", "/")] if "\\" in name and os.sep == "/" else [name]
+    spellings += [unicodedata.normalize(form, spelling) for spelling in spellings for form in ("NFC", "NFD")]
+    return next((root / spelling for spelling in spellings if (root / spelling).exists()), root / spellings[0])
 
 
 def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder") -> list[Path | RemoteImage]:
@@ -119,7 +123,8 @@ def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.i
     of them is there (a wrong folder would otherwise give a run of "image not found" rows)."""
     paths = [user_path(name, root) for name in names]
     if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths):
-        hint = f"; {names[0]} is there relative to the working directory" if Path(names[0]).is_file() else ""
+        from_here = user_path(names[0], Path("."))
+        hint = f"; {from_here} is there relative to the working directory" if from_here.is_file() else ""
         raise DataError(f"none of the {len(paths)} images of {file} was found: the first, {names[0]!r}, was looked for at "
                         f"{paths[0]}. Images are relative to {root} (the file's folder, unless {where}){hint}")
     return paths
