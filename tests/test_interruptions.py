@@ -99,10 +99,13 @@ def test_predict_refuses_its_input_as_output_and_an_existing_output_before_loadi
     photo = image_folder / "img0.png"  # an image the questions ask about: with overwrite, it was written over
     pixels = photo.read_bytes()
     message = user_error(capsys, main, predict_args(trained_checkpoint, questions, photo, "--data.overwrite", "true"))
-    assert f"output {photo}: predict writes rows, as JSON Lines (.jsonl: one object per line) or a table (.csv)" in message
+    assert f"output {photo}: predict writes rows as a table (.csv, which spreadsheets open) or as JSON Lines (.jsonl" in message
     assert photo.read_bytes() == pixels
-    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, tmp_path / "answers.json"))
-    assert "not an image or one .json document" in message  # rows under .json: json.load refused the file
+    # rows under .json (json.load refused the file), JSON Lines under MMBench's .xlsx or a .tsv: refused before anything loads
+    for name in ("answers.json", "answers.xlsx", "answers.tsv", "answers"):
+        message = user_error(capsys, main, predict_args(trained_checkpoint, questions, tmp_path / name))
+        assert f"output {tmp_path / name}: predict writes rows as a table (.csv" in message
+        assert "would not be what its name says" in message and not (tmp_path / name).exists()
 
 
 def test_predict_with_overwrite_replaces_the_output_and_reads_its_own_output_back(

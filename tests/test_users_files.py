@@ -352,6 +352,31 @@ def test_a_multiple_choice_sheet_as_people_write_it(tmp_path):
         read_choice_csv(sheet)
 
 
+def test_a_sheets_own_columns_are_not_taken_for_results_and_no_option_is_left_out(tmp_path, monkeypatch):
+    sheet = tmp_path / "quiz.csv"
+    sheet.write_text("img_path,Question,A,B,C,D,correct\na.png,What colour?,red,blue,green,white,C\n")  # the user's key
+    with pytest.raises(DataError, match=r"quiz.csv: column\(s\) \['correct'\] have the names predict writes its results under, "
+                                        r"and the file is not an earlier predict's output .* name it 'answer'"):
+        read_choice_csv(sheet)  # the output's own 'correct' column replaced it, and the note called it earlier results
+    notes = []
+    monkeypatch.setattr("mmcaption.data.choice_csv.rank_zero_info", notes.append)
+    sheet.write_text("img_path,Question,A,B,C,D,label\na.png,What colour?,red,blue,green,white,C\n")
+    [question] = read_choice_csv(sheet)
+    assert question.answer is None and question.record["label"] == "C"  # kept in the output, as it is
+    assert notes == [f"{sheet}: no 'answer' column, so no accuracy; column 'label' is kept as it is, not read as the answer "
+                     "key: name it 'answer' if it is one"]
+    sheet.write_text("img_path,Question,A,B,C,D,E,F,G,H,I,J,answer\na.png,Which?,1,2,3,4,5,6,7,8,9,10,B\n")
+    with pytest.raises(DataError, match=r"column\(s\) \['I', 'J'\] follow option H, and a question has at most 8 options"):
+        read_choice_csv(sheet)  # options I and J were never offered: an easier question, scored as the real one
+    warned = []
+    monkeypatch.setattr("mmcaption.data.choice_csv.rank_zero_warn", warned.append)
+    sheet.write_text("img_path,Question,A,B,C,D,answer\na.png,Which vitamin?,Vitamin A,C,B12,D,C\n"
+                     "a.png,Which letter?,d,c,b,a,b\na.png,What colour?,red,blue,green,white,B\n")
+    assert [q.answer for q in read_choice_csv(sheet)] == ["C", "B", "B"]
+    assert warned == [f"{sheet}: 2 answer(s) are both an option's letter and another option's text, and are read as the letter "
+                      "(line 2: 'C' is read as option C, 'B12', not as option B, 'C'); check that the answer key means letters"]
+
+
 def test_answer_keys_as_people_write_them_are_scored_by_the_letter_they_name(backbones, trained_checkpoint, image_folder, tmp_path):
     import csv
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, ChoiceQuestion, absent_cell, read_table_rows, separator_hint
 from mmcaption.data.records import DataError
@@ -14,6 +14,7 @@ from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
+ANSWER_KEY_NAMES = ("correct_answer", "answer_key", "label", "gt", "ground_truth", "gt_answer", "key", "solution")
 _LETTER_ANSWER = re.compile(r"\(?([A-Ha-h])[).:]?")  # B, b, B), (B), B., B: as answer keys are written
 
 
@@ -38,17 +39,29 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     if duplicates:
         raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
     earlier = [name for name, low in zip(header, folded) if low in RESULT_COLUMNS]
+    if earlier and "prediction" not in folded:  # the user's own column, which the output's would replace
+        raise DataError(f"{path}: column(s) {earlier} have the names predict writes its results under, and the file is not "
+                        "an earlier predict's output (it has no 'prediction' column); if one holds the answer key, name it "
+                        "'answer', otherwise rename it so that the output keeps it")
     if earlier:
         rank_zero_info(f"{path}: columns {earlier} are an earlier predict's results; they are not read, and are replaced")
     column = {low: i for i, low in enumerate(folded)}
+    keys = [name for name, low in zip(header, folded) if low in ANSWER_KEY_NAMES]
+    if keys and "answer" not in column:
+        rank_zero_info(f"{path}: no 'answer' column, so no accuracy; column {keys[0]!r} is kept as it is, not read as the "
+                       "answer key: name it 'answer' if it is one")
     image = next((name for name in ("img_path", *IMAGE_COLUMNS) if name in column), "img_path")  # the questions files' names too
     missing = [name for name in REQUIRED_COLUMNS if (image if name == "img_path" else name.lower()) not in column]
     if missing:
         raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}, then optional C-H and "
                         f"'answer'; it has {header}{separator_hint(header)}")
     letters = [letter for letter in LETTERS if letter.lower() in column]
+    beyond = [name for name, low in zip(header, folded) if len(low) == 1 and "i" <= low <= "z"]
+    if beyond and LETTERS[-1].lower() in column:  # options I, J, ... after H: left out, they made the questions easier
+        raise DataError(f"{path}: column(s) {beyond} follow option {LETTERS[-1]}, and a question has at most "
+                        f"{len(LETTERS)} options ({', '.join(LETTERS)})")
     option_keys = tuple(name for letter in letters for name, low in zip(header, folded) if low == letter.lower())
-    questions = []
+    questions, ambiguous = [], []
     for line, fields in rows:
         if not any(field.strip() for field in fields):
             continue  # a blank line
@@ -62,7 +75,11 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
         problems = [f"empty {name}" for name, key in (("img_path", image), ("Question", "question")) if not values[key]]
         if len(options) < 2 or not all(options):
             problems.append(f"options must be 2 or more, without gaps: {dict(zip(letters, options))}")
-        answer = _answer_letter("" if absent_cell(values.get("answer", "")) else values["answer"], options)
+        given = "" if absent_cell(values.get("answer", "")) else values["answer"]
+        answer = _answer_letter(given, options)
+        texts = [option.casefold() for option in options]
+        if answer and given.casefold() in texts and texts.index(given.casefold()) != LETTERS.index(answer):
+            ambiguous.append((line, given, answer, LETTERS[texts.index(given.casefold())], options))  # "b" among d, c, b, a
         if answer is None:
             problems.append(f"answer {values['answer']!r} is neither one of {', '.join(LETTERS[: len(options)])} nor an option's text")
         if problems:
@@ -75,6 +92,12 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
                                         option_keys=option_keys))
     if not questions:
         raise DataError(f"{path} has no questions")
+    if ambiguous:
+        line, given, answer, other, options = ambiguous[0]
+        rank_zero_warn(f"{path}: {len(ambiguous)} answer(s) are both an option's letter and another option's text, and are "
+                       f"read as the letter (line {line}: {given!r} is read as option {answer}, "
+                       f"{options[LETTERS.index(answer)]!r}, not as option {other}, {options[LETTERS.index(other)]!r}); "
+                       "check that the answer key means letters")
     return questions
 
 

@@ -36,6 +36,9 @@ from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
 
+OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV for .csv, JSON Lines for the rest
+
+
 def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The files under ``folder`` and its subfolders, linked ones included (each real folder once: a link
     back up is not a loop), hidden files and folders left out; and the links that point nowhere."""
@@ -218,9 +221,10 @@ class _PredictDataModule(BackbonesDataModule):
                                         "choose another --data.output")
         if output.is_dir():
             raise OutputExistsError(f"output {output} is a folder; --data.output names the file to write")
-        if output.suffix.lower() in (*IMAGE_SUFFIXES, ".json"):  # an input image, with overwrite; a .json reader refuses rows
-            raise ConfigError(f"output {output}: predict writes rows, as JSON Lines (.jsonl: one object per line) or a table "
-                              "(.csv), not an image or one .json document; choose another --data.output")
+        if output.suffix.lower() not in OUTPUT_SUFFIXES:  # .tsv, .xlsx, .json, .txt would hold JSON Lines under their name
+            raise ConfigError(f"output {output}: predict writes rows as a table (.csv, which spreadsheets open) or as JSON "
+                              f"Lines (.jsonl, one object per line), and a {output.suffix or 'name without a suffix'} "
+                              "would not be what its name says; choose another --data.output")
         if self.resume and (self.overwrite or world_size > 1):
             raise ConfigError("resume goes on from one process's output: without --data.overwrite, on one device")
         if output.exists() and not (self.overwrite or self.resume):
