@@ -360,6 +360,15 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
     summary = json.loads((tmp_path / "third.jsonl.summary.json").read_text())
     assert summary["vqa_scored"] == 3 and summary["vqa_accuracy"] == pytest.approx(third[0]["vqa_accuracy"] / 3)
 
+    # LLaVA-1.5's way to score VQAv2: a line after each question asks for a short answer; the output keeps the question
+    short = "Answer the question using a single word or phrase."
+    data = QuestionsPredictDataModule(questions_file=str(vqa), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
+                                      instruction=short)
+    data.setup("predict")
+    tokenizer = data.tokenizer
+    assert tokenizer.decode(data.dataset[0]["input_ids"]).count(f"What colour is the shape?\n{short}") == 1
+    assert data.dataset[0]["record"]["question"] == "What colour is the shape?"
+
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "images/img0.png", "question": "Fine?"}\n{"image": "images/img0.png"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl, line 2: no question"):

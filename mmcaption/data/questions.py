@@ -265,8 +265,12 @@ class QuestionsPredictDataModule(_PredictDataModule):
         system_prompt: str = DEFAULT_SYSTEM,
         batch_size: int = 8,
         overwrite: bool = False,
+        instruction: str | None = None,
         **kwargs: Any,
     ) -> None:
+        """``instruction``: a line asked after each question, as LLaVA-1.5's evaluation asks VQAv2's with
+        "Answer the question using a single word or phrase." (scored against short human answers, a sentence
+        gets no credit); None asks the questions as written."""
         super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
         self.questions_file, self.image_root = Path(questions_file), image_root and Path(image_root)
@@ -277,7 +281,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         if self.submission_questions_file and not self.official_vqa:
             raise ConfigError("submission_questions_file goes with VQAv2's official questions file (.json), which "
                               f"questions_file {self.questions_file} is not")
-        self.system_prompt = system_prompt
+        self.system_prompt, self.instruction = system_prompt, instruction and instruction.strip()
 
     def submission_question_ids(self) -> list[int]:
         """The question ids the evaluation server's results file must hold: those of
@@ -306,7 +310,8 @@ class QuestionsPredictDataModule(_PredictDataModule):
         if self.official_vqa:
             root = vqa_image_root(self.questions_file, questions, self.image_root)
         template = ConversationTemplate(system=self.system_prompt)
-        prompts = [template.prompt(q.question, self.tokenizer) for q in questions]
+        asked = [f"{q.question}\n{self.instruction}" if self.instruction else q.question for q in questions]
+        prompts = [template.prompt(question, self.tokenizer) for question in asked]
         paths = image_paths([q.image for q in questions], root, self.questions_file)  # an absolute one stays as it is
         records = [{**q.record, "answer": q.answer} if q.answer else q.record for q in questions]
         self.dataset = _QuestionRows(records, paths, self.image_processor, self.image_size, prompts)
