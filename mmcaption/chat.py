@@ -19,7 +19,7 @@ from transformers import TextStreamer
 
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
-from mmcaption.images import check_image
+from mmcaption.images import check_image, fetch, is_url
 from mmcaption.inference import Captioner
 from mmcaption.model import is_pretrained_folder
 from mmcaption.tasks import check_generation
@@ -43,14 +43,23 @@ class _Stream(TextStreamer):
 
 
 def read_image(path: str) -> bytes:
-    """An image file's bytes, refusing with its name one that is missing or cannot be decoded."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"image not found: {file}")
-    data = file.read_bytes()
+    """An image's bytes, from a file or an ``http(s)://`` URL, refusing with its name one that is missing,
+    a folder, or cannot be downloaded or decoded."""
+    if is_url(path):
+        try:
+            data = fetch(path)
+        except OSError as error:
+            raise ConfigError(str(error)) from None
+    else:
+        file = Path(path)
+        if file.is_dir():
+            raise ConfigError(f"image {file} is a folder; chat talks about one image (/image PATH changes it)")
+        if not file.is_file():
+            raise ConfigError(f"image not found: {file}")
+        data = file.read_bytes()
     problem = check_image(data)
     if problem is not None:
-        raise ConfigError(f"image {file} cannot be decoded: {problem}")
+        raise ConfigError(f"image {path} cannot be decoded: {problem}")
     return data
 
 
@@ -70,6 +79,11 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
             break
         text = line.strip()
         if not text:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, kept by surrogateescape: said, and the next line read
+            out.write(f"(not UTF-8 text, skipped: {text.encode('utf-8', 'surrogateescape')!r})\n")
             continue
         if text in ("/quit", "/exit"):
             break
@@ -125,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         settings["min_new_tokens"] = args.min_new_tokens
     check_generation(settings, "mmcaption chat")
     captioner = Captioner.from_pretrained(args.model, device=args.device)
+    if hasattr(sys.stdin, "reconfigure"):  # a line of other bytes is skipped, not the end of the chat
+        sys.stdin.reconfigure(errors="surrogateescape")
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"mmcaption chat about {args.image or 'no image'} ({HELP})")

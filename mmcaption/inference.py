@@ -9,12 +9,14 @@ It needs the model and the task layer only: no Lightning, no ``datasets``.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmcaption.images import ImageSource, blank_pixels, load_rgb
+from mmcaption.errors import NotAModelFolderError
 from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import check_device, load_image_processor, load_tokenizer
 from mmcaption.model.config import Quantization
@@ -22,10 +24,14 @@ from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_p
 from mmcaption.tasks import Tasks
 
 ImageInput = ImageSource  # a path, an http(s):// URL, bytes, a PIL image or an array
+FOLDER_PARTS = ("adapter/adapter_model.safetensors", "multimodal.safetensors", "tokenizer", "image_processor")
 
 
 class Captioner:
-    """Captions images, answers questions about them and picks multiple-choice options."""
+    """Captions images, answers questions about them and picks multiple-choice options.
+
+    ``generate_kwargs`` are Hugging Face ``generate`` settings (or a ``generation_config``) over the folder's
+    own. One captioner may serve several threads: their calls take turns."""
 
     def __init__(self, model: MultimodalCausalLM, tokenizer, image_processor, manifest: dict[str, Any]) -> None:
         self.model = model.eval()
@@ -34,6 +40,7 @@ class Captioner:
         self.caption_prompt = manifest["prompts"].get("caption_prompt", "")
         self.template = ConversationTemplate(system=manifest["prompts"].get("system_prompt", ""))
         self.tasks = Tasks(model, tokenizer, manifest.get("generation", {}))
+        self._lock = threading.Lock()  # generate() sets the images on the model's layers: one call at a time
 
     @classmethod
     def from_pretrained(
@@ -43,9 +50,15 @@ class Captioner:
         folder), optionally with another quantization for inference."""
         folder = Path(folder)
         check_device(device)
+        manifest = read_manifest(folder)  # refuses, saying so, a folder that is not a saved model's
+        parts = [*FOLDER_PARTS, *(["language_model"] if manifest.get("merged") else [])]
+        missing = [part for part in parts if not (folder / part).exists()]
+        if missing:  # found before the model loads; a missing tokenizer/ was looked for on the Hub
+            raise NotAModelFolderError(f"{folder} lacks {', '.join(missing)} of a saved model folder (copied in part?); "
+                                       "write it again with mmcaption-export")
         model = MultimodalCausalLM.from_pretrained(folder, device=device, **({"quantization": quantization} if quantization else {}))
         processor = load_image_processor(str(folder / "image_processor"))
-        return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, read_manifest(folder))
+        return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
 
     def _pixels(self, images: list[ImageInput | None]) -> torch.Tensor:
         return self._images(images)[0]
@@ -62,13 +75,18 @@ class Captioner:
             position += image is not None
         return torch.stack(rows), torch.tensor([image is not None for image in images])
 
-    def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], **generate_kwargs) -> list[str]:
+    def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], **generate_kwargs) -> list[str] | list[list[str]]:
+        """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt."""
         batch = self.tasks.prompt_batch(prompts)
         pixels, mask = self._images(images)
-        return self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask, **generate_kwargs)
+        with self._lock:  # threads (a web server's) take turns: they got each other's images
+            texts = self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask, **generate_kwargs)
+        n = generate_kwargs.get("num_return_sequences") or self.tasks.generation.num_return_sequences or 1
+        return texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
 
     def caption(self, images: ImageInput | list[ImageInput], **generate_kwargs) -> str | list[str]:
-        """A caption per image (a string for one image, a list for a list)."""
+        """A caption per image (a string for one image, a list for a list; with ``num_return_sequences`` n > 1,
+        a list of n captions in place of each string)."""
         many = isinstance(images, list | tuple)
         images = list(images) if many else [images]
         if not images:
@@ -84,7 +102,7 @@ class Captioner:
     ) -> str | list[str]:
         """A free-form answer, as the instruct stage was taught to give (an image of ``None``: a text-only
         question). One image and question give a string; lists of the same length give a list, answered
-        as one batch."""
+        as one batch (``num_return_sequences`` n > 1: n answers in place of each string)."""
         many, images, questions = _batch(images, questions)
         prompts = [self.template.prompt(question, self.tokenizer) for question in questions]
         answers = self._generate(prompts, images, **generate_kwargs) if prompts else []
@@ -137,8 +155,9 @@ class Captioner:
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
                                     for question, opts in zip(questions, option_lists)))
         pixels, mask = self._images(images)
-        image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
-        letters, scores = self.tasks.choose(list(prompts), list(option_ids), image_embeds, image_mask=mask)
+        with self._lock:
+            image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
+            letters, scores = self.tasks.choose(list(prompts), list(option_ids), image_embeds, image_mask=mask)
         per_question = [row[: len(opts)].tolist() for row, opts in zip(scores.float().cpu(), option_lists)]
         return (letters, per_question) if many else (letters[0], per_question[0])
 
@@ -158,3 +177,9 @@ def _check_texts(what: str, texts: list) -> None:
     empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
     if empty:
         raise ValueError(f"{what} {empty[0]} is {texts[empty[0]]!r}: each {what} is a non-empty string")
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # bytes a terminal or file decoded with surrogateescape
+            raise ValueError(f"{what} {i} is not text: {text!r} holds bytes that are not UTF-8 ({error.reason} at "
+                             f"character {error.start})") from None

@@ -8,6 +8,7 @@ validation and ``predict``, the Python API and the demo's evaluation alike. Prom
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -90,13 +91,13 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
     """Refuse ``generate`` settings that cannot work, naming them, before a model loads (transformers or its
     logits processors would refuse them at the first ``generate``, after the model has loaded). Unset
     (``None``) settings are transformers' defaults."""
-    given = {key: value for key, value in {**DEFAULT_GENERATION, **settings}.items() if value is not None}
+    given = {key: plain(value) for key, value in {**DEFAULT_GENERATION, **settings}.items() if value is not None}
     number = {key: value for key, value in given.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     problems = [f"{name} {given[name]!r} is not a number" for name in _NUMBERS
                 if name in given and name not in number]
     problems += [f"{name} {number[name]} must be 1 or more" for name in ("max_new_tokens", "num_beams")
                  if name in number and number[name] < 1]
-    if number.get("min_new_tokens", 0) > number.get("max_new_tokens", float("inf")):
+    if "min_new_tokens" in number and number["min_new_tokens"] > number.get("max_new_tokens", float("inf")):
         problems.append(f"min_new_tokens {number['min_new_tokens']} is above max_new_tokens {number['max_new_tokens']}")
     if given.get("do_sample") and number.get("temperature", 1.0) <= 0:
         problems.append(f"temperature {number['temperature']} must be above 0 when sampling")
@@ -109,6 +110,38 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
             problems.append(str(error))
     if problems:
         raise ConfigError(f"{where}: {'; '.join(problems)}")
+
+
+def plain(value: Any) -> Any:
+    """A NumPy or torch number as the Python number it is (``np.int64(5)`` -> ``5``); anything else as it is."""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool | int | float) and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+# generate() options that change what it returns: the task layer returns texts
+_RETURN_OPTIONS = ("return_dict_in_generate", "output_scores", "output_logits", "output_attentions", "output_hidden_states")
+
+
+def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """A call's own ``generate`` settings as :meth:`Tasks.generate` passes them on: a ``generation_config``
+    of its own is read as the settings it changes, NumPy numbers become Python's, ``max_length`` replaces
+    the model's ``max_new_tokens`` (which transformers would let win), ``stop_strings`` get the tokenizer
+    they need; options that would return scores instead of texts are refused."""
+    own = generate_kwargs.pop("generation_config", None)
+    if own is not None and not isinstance(own, GenerationConfig):
+        raise ConfigError(f"generation_config is a transformers GenerationConfig, not {type(own).__name__}")
+    changed = {key: value for key, value in (own.to_diff_dict() if own is not None else {}).items() if key != "transformers_version"}
+    settings = {key: plain(value) for key, value in {**changed, **generate_kwargs}.items()}
+    returns = [key for key in _RETURN_OPTIONS if settings.get(key)]
+    if returns:
+        raise ConfigError(f"{', '.join(returns)}: the task methods return texts; for scores use option_scores, or call "
+                          "the model's own generate (captioner.model.generate)")
+    if settings.get("max_length") is not None and "max_new_tokens" not in settings and generation.max_new_tokens is not None:
+        settings["max_new_tokens"] = None  # max_length counts the prompt's tokens too, as in transformers
+    if settings.get("stop_strings"):
+        settings.setdefault("tokenizer", tokenizer)
+    return settings
 
 
 class Tasks:
@@ -143,6 +176,7 @@ class Tasks:
     ) -> list[str]:
         """The decoded continuations of left-padded prompts, one image (pixels or embeddings) each;
         rows whose ``image_mask`` is False are text-only."""
+        generate_kwargs = call_settings(self.generation, dict(generate_kwargs), self.tokenizer)
         checked = {key: value for key, value in generate_kwargs.items() if key in CHECKED_SETTINGS}
         if checked:  # a call's own settings (the Python API's, chat's), over this model's
             check_generation({**{key: getattr(self.generation, key) for key in CHECKED_SETTINGS}, **checked})

@@ -294,6 +294,16 @@ def test_images_given_as_urls_are_downloaded_and_a_failure_names_the_url(web_ser
     with pytest.raises(OSError, match=rf"image http://127.0.0.1:{port}/photo.png could not be downloaded: .*refused"):
         load_rgb(f"http://127.0.0.1:{port}/photo.png")
 
+    # mmcaption chat --image, as the Python API: a URL is downloaded (it was 'image not found: http:/...'), a folder named
+    from mmcaption.chat import read_image
+    from mmcaption.errors import ConfigError
+
+    assert read_image(f"{web_server}/photo.png") == (tmp_path / "web" / "photo.png").read_bytes()
+    with pytest.raises(ConfigError, match=rf"image {web_server}/missing.jpg could not be downloaded: HTTP 404"):
+        read_image(f"{web_server}/missing.jpg")
+    with pytest.raises(ConfigError, match=rf"image {tmp_path / 'web'} is a folder; chat talks about one image"):
+        read_image(str(tmp_path / "web"))
+
 
 def test_predict_reads_image_urls_in_lists_and_questions_files(backbones, trained_checkpoint, image_folder, web_server, tmp_path):
     from mmcaption.module import MultimodalCaptioner

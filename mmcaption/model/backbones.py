@@ -229,7 +229,9 @@ def add_lora(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(language_model, lora)
+    with warnings.catch_warnings():  # peft asks transformers by a deprecated name, on every load of the Python API
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(language_model, lora)
 
 
 # What a full CLIP checkpoint holds besides the vision tower: unused here by design.
@@ -242,6 +244,23 @@ class _LoadReportHidden(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "LOAD REPORT" not in str(record.msg)
+
+
+class _FirstTimeOnly(logging.Filter):
+    """Lets each message through once: bitsandbytes' int8 matmul says that it casts float32 inputs to float16
+    at every call (hundreds of lines per generated caption)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first = str(record.msg) not in self.seen
+        self.seen.add(str(record.msg))
+        return first
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_FirstTimeOnly())
 
 
 def load_vision_model(name_or_path: str, device: torch.device | str | None = None) -> CLIPVisionModel:
