@@ -99,8 +99,11 @@ def locks_released_after() -> Iterator[None]:
 def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str, keep: tuple[str | Path, ...] = ()) -> Path:
     """Refuse a ``folder`` that exists with something in it, unless ``overwrite``; refuse a file; refuse, even
     with ``overwrite``, the working directory or a folder above it (it cannot be replaced) and a folder
-    that holds one of the inputs in ``keep`` (replacing it would delete them)."""
+    that holds one of the inputs in ``keep`` (replacing it would delete them). A link to a folder stands for
+    the folder it points to, which is returned: replacing the link would leave the old model there."""
     folder = Path(folder)
+    if folder.is_symlink() and folder.is_dir():
+        folder = folder.resolve()
     if folder.exists() and not folder.is_dir():
         raise OutputExistsError(f"{what} {folder} is a file, not a folder")
     resolved = folder.resolve()

@@ -269,6 +269,13 @@ def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(t
     export_checkpoint(trained_checkpoint, empty)  # an empty folder is fine
     assert (empty / "mmcaption.json").is_file()
 
+    # a link to the folder (models/current -> a dated folder): the export replaces what it points to, not the link
+    link = tmp_path / "current"
+    link.symlink_to(folder)
+    export_main([str(trained_checkpoint), str(link), "--merge", "--overwrite"])
+    assert link.is_symlink() and link.resolve() == folder.resolve()
+    assert json.loads((folder / "mmcaption.json").read_text())["merged"]  # the old model was left behind the new link
+
 
 def test_export_with_overwrite_never_deletes_the_checkpoint_it_reads_nor_replaces_the_working_directory(
     trained_checkpoint, tmp_path, capsys, monkeypatch
