@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from mmcaption.images import ImageSource, blank_pixels, load_rgb
 from mmcaption.errors import NotAModelFolderError
+from mmcaption.images import ImageSource, blank_pixels, load_rgb
 from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import check_device, load_image_processor, load_tokenizer
 from mmcaption.model.config import Quantization

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -51,3 +53,71 @@ def test_plain_tokenizer_without_java_agrees_with_ptb_on_plain_captions(monkeypa
 def test_mismatched_keys_are_refused():
     with pytest.raises(ValueError, match="differ in 1 keys"):
         caption_scores({1: "a"}, {1: ["a"], 2: ["b"]})
+
+
+FAKE_JAVA = '''#!{python}
+"""java for pycocoevalcap's tools, as they talk to it: PTBTokenizer reads a file, METEOR reads stdin lines."""
+import os, sys, time
+with open(os.environ["FAKE_JAVA_LOG"], "a") as log:
+    log.write(f"{{os.getpid()}} {{os.getsid(0)}}\\n")
+if "edu.stanford.nlp.process.PTBTokenizer" in sys.argv:
+    print(open(sys.argv[-1]).read().lower())
+    sys.exit(0)
+for line in sys.stdin:
+    if line.startswith("SCORE"):
+        print("1 1 1 1 1", flush=True)
+    elif line.startswith("EVAL"):
+        if os.environ.get("FAKE_JAVA_SLOW"):
+            time.sleep(600)  # a long METEOR run on 5,000 images
+        for _ in range(line.count("|||") + 1):
+            print("0.5", flush=True)
+'''
+
+
+@pytest.fixture
+def fake_java(tmp_path, monkeypatch):
+    """A `java` first on PATH that logs each start's process id and session id."""
+    import sys
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    java = folder / "java"
+    java.write_text(FAKE_JAVA.format(python=sys.executable))
+    java.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_JAVA_LOG", str(tmp_path / "java.log"))
+    return tmp_path / "java.log"
+
+
+def test_the_java_scorers_run_outside_the_terminals_process_group(fake_java):
+    # A terminal's Ctrl-C goes to the whole foreground process group: METEOR's Java died midway, its reader failed
+    # on an empty line with its lock held, and fit hung where it should have saved its checkpoint
+    scores = caption_scores(PREDICTIONS, REFERENCES, spice=False)
+    assert scores["METEOR"] == 0.5  # the fake's score: the tools did run through it
+    sessions = [int(line.split()[1]) for line in fake_java.read_text().splitlines()]
+    assert len(sessions) == 3 and os.getsid(0) not in sessions  # two tokenizer runs and METEOR, each in its own session
+
+
+def test_an_interrupted_meteor_score_ends_its_java_and_does_not_hang(fake_java, monkeypatch):
+    # a second Ctrl-C (or validate's SIGTERM) interrupts the score: pycocoevalcap's Meteor.__del__ then waited
+    # forever for the lock the score held, with Java still running
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("FAKE_JAVA_SLOW", "1")
+    script = (
+        "import gc, signal\n"
+        "from mmcaption.evaluation.caption_metrics import caption_scores\n"
+        "signal.signal(signal.SIGALRM, signal.default_int_handler)\n"
+        "signal.alarm(3)\n"
+        "try:\n"
+        f"    caption_scores({PREDICTIONS!r}, {REFERENCES!r}, spice=False)\n"
+        "except KeyboardInterrupt:\n"
+        "    gc.collect()\n"
+        "    print('interrupted')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "interrupted", result.stderr[-2000:]
+    meteor_pid = int(fake_java.read_text().splitlines()[-1].split()[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(meteor_pid, 0)  # METEOR's Java ended with the score, not left running

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -105,12 +106,57 @@ def java_output_kept_back() -> Iterator[None]:
                 sys.stderr.write(capture.read().decode(errors="replace")[-4000:])
 
 
+class _OwnSession:
+    """The ``subprocess`` module as pycocoevalcap's Java tools call it, their Java process started in a session
+    of its own. A terminal's Ctrl-C goes to its whole foreground process group: it killed METEOR midway, whose
+    reader then failed on an empty line with its lock held, and the process hung where it should have saved
+    a checkpoint; mmcaption acts on the signal itself."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs) -> subprocess.Popen:  # noqa: N802 - the name the tools call
+        return subprocess.Popen(*args, **kwargs, start_new_session=True)
+
+    @staticmethod
+    def check_call(*args, **kwargs) -> int:
+        return subprocess.check_call(*args, **kwargs, start_new_session=True)
+
+
+_OWN_SESSION = _OwnSession()
+
+
+def _meteor():
+    """pycocoevalcap's METEOR scorer with its Java process in a session of its own and a ``close`` that ends
+    it: its own ``__del__`` waits for a lock that an interrupted score still holds, forever."""
+    from pycocoevalcap.meteor import meteor as meteor_module
+
+    class Meteor(meteor_module.Meteor):
+        def close(self) -> None:
+            self.meteor_p.kill()
+            self.meteor_p.wait()
+            for stream in (self.meteor_p.stdin, self.meteor_p.stdout, self.meteor_p.stderr):
+                try:
+                    stream.close()
+                except OSError:  # a pipe to the ended process, with bytes still buffered
+                    pass
+
+        def __del__(self) -> None:
+            pass  # closed by close()
+
+    meteor_module.subprocess = _OWN_SESSION
+    return Meteor()
+
+
 def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
     """PTB-tokenize ``{key: [caption, ...]}`` as the COCO evaluation does (plain fallback without Java)."""
     if not java_available():
         return _simple_tokenize(captions)
+    from pycocoevalcap.tokenizer import ptbtokenizer
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+    ptbtokenizer.subprocess = _OWN_SESSION
     with java_output_kept_back():
         return PTBTokenizer().tokenize({key: [{"caption": c} for c in values] for key, values in captions.items()})
 
@@ -138,13 +184,17 @@ def caption_scores(
     scores["ROUGE-L"] = float(Rouge().compute_score(refs, preds)[0])
     scores["CIDEr"] = float(Cider().compute_score(refs, preds)[0])
     if java_available():
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        with java_output_kept_back():
-            scores["METEOR"] = float(Meteor().compute_score(refs, preds)[0])  # its Java process ends with it
+        meteor = _meteor()
+        try:
+            with java_output_kept_back():
+                scores["METEOR"] = float(meteor.compute_score(refs, preds)[0])
+        finally:  # its Java process ends here, also when a second Ctrl-C interrupts the score
+            meteor.close()
     if spice if spice is not None else spice_available():
+        from pycocoevalcap.spice import spice as spice_module
         from pycocoevalcap.spice.spice import Spice
 
+        spice_module.subprocess = _OWN_SESSION
         with java_output_kept_back():
             scores["SPICE"] = float(Spice().compute_score(refs, preds)[0])
     return scores
