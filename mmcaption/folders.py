@@ -39,19 +39,19 @@ def check_writable(folder: str | Path, what: str) -> Path:
 
 
 class FolderLock:
-    """An exclusive lock on a folder for this process's lifetime (re-entrant within the process)."""
+    """An exclusive lock on a folder (or, with ``name``, on one file's place in it) for this process's
+    lifetime, re-entrant within the process. ``what`` and ``advice`` make the refusal's message."""
 
-    _held: dict[Path, int] = {}  # folder -> open descriptor, per process
+    _held: dict[Path, int] = {}  # lock file -> open descriptor, per process
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, name: str = LOCK_FILE, what: str | None = None,
+                 advice: str = "give this run another checkpoint folder (the ModelCheckpoint callback's dirpath)") -> None:
         self.folder = Path(folder).resolve()
-
-    @property
-    def path(self) -> Path:
-        return self.folder / LOCK_FILE
+        self.path = self.folder / name
+        self.what, self.advice = what or str(self.folder), advice
 
     def acquire(self) -> None:
-        if self.folder in self._held:
+        if self.path in self._held:
             return
         try:
             import fcntl
@@ -64,24 +64,32 @@ class FolderLock:
         except OSError:
             holder = os.read(descriptor, 1000).decode(errors="replace").strip() or "unknown"
             os.close(descriptor)
-            raise FolderLockedError(
-                f"{self.folder} is being written by another run (PID and command: {holder}); wait for it to end, or "
-                "give this run another checkpoint folder (the ModelCheckpoint callback's dirpath)"
-            ) from None
+            raise FolderLockedError(f"{self.what} is being written by another run (PID and command: {holder}); wait for "
+                                    f"it to end, or {self.advice}") from None
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"{os.getpid()} {' '.join(sys.argv)}".encode())
-        self._held[self.folder] = descriptor
+        self._held[self.path] = descriptor
 
     def release(self) -> None:
-        descriptor = self._held.pop(self.folder, None)
+        self.release_file(self.path)
+
+    @classmethod
+    def release_file(cls, path: Path) -> None:
+        descriptor = cls._held.pop(path, None)
         if descriptor is not None:
-            self.path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             os.close(descriptor)
 
     @classmethod
     def held(cls) -> set[Path]:
-        """The folders this process holds locks on."""
+        """The lock files this process holds."""
         return set(cls._held)
+
+
+def output_lock(output: Path) -> FolderLock:
+    """The lock a predict holds on its output's place while it writes it: two predicts into one output wrote
+    one partial file, and left mixed rows under the second one's summary."""
+    return FolderLock(output.parent, f".{output.name}.lock", what=f"output {output}", advice="give this run another --data.output")
 
 
 @contextmanager
@@ -92,8 +100,8 @@ def locks_released_after() -> Iterator[None]:
     try:
         yield
     finally:
-        for folder in FolderLock.held() - before:
-            FolderLock(folder).release()
+        for path in FolderLock.held() - before:
+            FolderLock.release_file(path)
 
 
 def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str, keep: tuple[str | Path, ...] = ()) -> Path:

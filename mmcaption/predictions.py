@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.evaluation.report import summary_path
+from mmcaption.folders import output_lock
 from mmcaption.tasks import RESULT_COLUMNS
 
 SHARE_COUNTS = ("rows", "answered", "correct", "errors")
@@ -192,9 +193,16 @@ class PredictionWriter(BasePredictionWriter):
 
     def _finish(self, interrupted: BaseException | None = None, stopped: str | None = None) -> None:
         """Close the partial file and put it in place (with what was written, when interrupted or ``stopped``
-        short of the input's end by a setting)."""
+        short of the input's end by a setting); then let another run have the output."""
         if self.path is None or self.handle is None:
             return
+        lock = output_lock(self.path)  # the data module's check_output took it
+        try:
+            self._put_in_place(interrupted, stopped)
+        finally:
+            lock.release()
+
+    def _put_in_place(self, interrupted: BaseException | None, stopped: str | None) -> None:
         self.handle.close()
         self.handle = None
         summary = self.summary()

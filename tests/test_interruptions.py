@@ -122,6 +122,7 @@ def test_predict_with_overwrite_replaces_the_output_and_reads_its_own_output_bac
         first = list(csv.DictReader(handle))
     assert len(first) == 4 and first[0]["prediction"] in "ABCD" and first[0]["prediction"]
     assert not list(tmp_path.glob(".answers.csv.partial*"))  # written beside it, then renamed
+    assert not (tmp_path / ".answers.csv.lock").exists()  # the output's lock, given back when it is in place
 
     # the output, fed back as input (its images are relative to its folder, as the questions'), is read
     # as questions: its result columns are replaced, not taken for answers or predictions
@@ -624,6 +625,37 @@ def test_a_second_run_into_a_locked_checkpoint_folder_is_refused_naming_the_firs
     assert lock.path.read_text().startswith(f"{os.getpid()} ")
     lock.release()
     assert not lock.path.exists()
+
+
+HOLD_OUTPUT_LOCK = """
+import sys, time
+from pathlib import Path
+from mmcaption.folders import output_lock
+output_lock(Path(sys.argv[1])).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_predict_into_the_same_output_is_refused_naming_the_first(backbones, image_folder, tmp_path):
+    # two terminals with the config's default output: both wrote one partial file, and the second's summary
+    # spoke for a file of mixed rows while the first ended in a traceback
+    from mmcaption.data import CaptionPredictDataModule
+
+    output = tmp_path / "predictions" / "captions.jsonl"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    first = subprocess.Popen([sys.executable, "-c", HOLD_OUTPUT_LOCK, str(output)], stdout=subprocess.PIPE, text=True, env=env)
+    data = CaptionPredictDataModule(images=str(image_folder), output=str(output), tokenizer=str(backbones[0]),
+                                    image_processor=str(backbones[1]))
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderLockedError, match=rf"output {output} is being written by another run \(PID and command: "
+                                                    rf"{first.pid} .*\); wait for it to end, or give this run another --data.output"):
+            data.check_output()
+    finally:
+        first.kill()
+        first.wait()
+    assert data.check_output() == output  # free again once the first run has ended, however it ended
 
 
 # -- a user's error is one line, exit 2 --------------------------------------------------------------------

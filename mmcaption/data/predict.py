@@ -32,6 +32,7 @@ from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.records import DataError
 from mmcaption.data.resume import interrupted_rows
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
+from mmcaption.folders import output_lock
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
@@ -232,6 +233,7 @@ class _PredictDataModule(BackbonesDataModule):
         folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
         if not os.access(folder, os.W_OK | os.X_OK):
             raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")
+        output_lock(output).acquire()  # held while this run writes it
         return output
 
     @property
