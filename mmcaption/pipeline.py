@@ -40,10 +40,17 @@ def handoff_checkpoint(cli: MMCaptionCLI) -> str:
     callback = cli.trainer.checkpoint_callback
     if callback is None:
         raise RuntimeError("the stage saved no checkpoint (add a ModelCheckpoint callback to its config)")
-    path = callback.best_model_path or callback.last_model_path
-    if not path or not Path(path).is_file():
-        raise RuntimeError(f"the stage left no checkpoint in {callback.dirpath}")
-    return path
+    folder = Path(callback.dirpath).resolve()
+    named = [path for path in (callback.best_model_path, callback.last_model_path) if path]
+    # A run resumed in a moved or copied project folder keeps its checkpoint's best_model_path, the old folder's
+    # absolute path (Lightning reloads it whatever the dirpath): the file of that name in this stage's folder
+    # is the one meant; the old path gave "no checkpoint", or another copy's file without a word.
+    for path in named:
+        here = folder / Path(path).name
+        if here.is_file():
+            return str(here)
+    elsewhere = f" (the run names {named[0]}, outside it: was the folder moved?)" if named else ""
+    raise RuntimeError(f"the stage left no checkpoint in {callback.dirpath}{elsewhere}")
 
 
 def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str], str | None]:

@@ -1024,3 +1024,29 @@ def test_predict_needs_trained_weights_names_files_that_are_not_checkpoints_and_
     with pytest.raises(SystemExit):  # (refused after the note: init_from does not bring the checkpoint's LoRA rank)
         main([*base, "--model.init_from", str(trained_checkpoint), "--data.output", str(tmp_path / "again.jsonl")])
     assert f"note: no --ckpt_path: predict uses the trained weights of model.init_from, {trained_checkpoint}" in capsys.readouterr().err
+
+
+def test_the_pipeline_hands_on_the_checkpoint_in_its_own_folder_after_the_project_moved(tmp_path):
+    # a run resumed in a moved or copied project keeps the old folder's absolute best_model_path: the moved
+    # project's stage 1 "left no checkpoint", and a copy's stage 2 started from the other project's file
+    from types import SimpleNamespace
+
+    old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
+    for folder in (old, new):
+        folder.mkdir(parents=True)
+        for name in ("epoch=0-step=3.ckpt", "last.ckpt"):
+            (folder / name).write_text(str(folder))
+
+    def cli(best, last):
+        callback = SimpleNamespace(dirpath=str(new), best_model_path=best, last_model_path=last)
+        return SimpleNamespace(trainer=SimpleNamespace(checkpoint_callback=callback))
+
+    best = str(old / "epoch=0-step=3.ckpt")
+    assert pipeline.handoff_checkpoint(cli(best, str(new / "last.ckpt"))) == str(new / "epoch=0-step=3.ckpt")  # copied
+    shutil.rmtree(old)
+    assert pipeline.handoff_checkpoint(cli(best, "")) == str(new / "epoch=0-step=3.ckpt")  # moved
+    (new / "epoch=0-step=3.ckpt").unlink()
+    assert pipeline.handoff_checkpoint(cli(best, str(new / "last.ckpt"))) == str(new / "last.ckpt")
+    (new / "last.ckpt").unlink()
+    with pytest.raises(RuntimeError, match=rf"left no checkpoint in {new} \(the run names {best}, outside it: was the folder moved\?\)"):
+        pipeline.handoff_checkpoint(cli(best, ""))
