@@ -313,12 +313,16 @@ def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
     step = ""
     names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
     if last.is_file():  # Lightning's next free version of the name: last-v1.ckpt, last-v2.ckpt when a third run writes
+        # with several runs' last-vN.ckpt, the one to continue is the newest (it was last.ckpt, the oldest run's)
+        newest = max(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        which = "last.ckpt" if newest == last else f"the newest, {newest.name},"
         with contextlib.suppress(MMCaptionError):
-            step = f"; last.ckpt is at step {load_checkpoint_file(last, mmap=True).get('global_step')}"
+            step = f"; {which} is at step {load_checkpoint_file(newest, mmap=True).get('global_step')}"
         ours = next(name for name in (f"last-v{n}.ckpt" for n in itertools.count(1)) if not (folder / name).exists())
-        # Lightning's "last" is the newest last*.ckpt: with a last-v1.ckpt beside it, perhaps not this one
-        keyword = "last" if not any(folder.glob("last-v*.ckpt")) else str(last)
-        earlier_run = f"last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path {keyword}"
+        # Lightning's "last" is the newest last*.ckpt: with a last-v1.ckpt beside it, named by its file
+        keyword = "last" if not any(folder.glob("last-v*.ckpt")) else str(newest)
+        earlier_run = f"last.ckpt stays the earlier run's. To continue {'that' if newest == last else 'the newest'} run " \
+                      f"instead, stop and add --ckpt_path {keyword}"
     else:  # only named checkpoints (epoch=..., interrupted-step...): this run's last is last.ckpt
         ours = "last.ckpt"
         newest = max(earlier, key=lambda p: p.stat().st_mtime)

@@ -977,12 +977,17 @@ def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_co
     assert "last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path last" in err
     assert "saves beside them under new names (last-v1.ckpt, ...)" in err
     torch.save({"global_step": 8, "state_dict": {}}, folder / "last-v1.ckpt")  # a third run: Lightning writes last-v2
+    os.utime(folder / "last.ckpt", (1_000_000, 1_000_000))  # the first run's, older than the second's
     earlier_checkpoints_note(folder)
     err = capsys.readouterr().err
     assert "saves beside them under new names (last-v2.ckpt, ...)" in err
-    # Lightning's `last` is the newest last*.ckpt, which may be last-v1.ckpt: the note names the file (it said `last`, and
-    # the run resumed last-v1.ckpt at step 8 where the note spoke of last.ckpt at step 16)
-    assert f"To continue that run instead, stop and add --ckpt_path {folder / 'last.ckpt'};" in err
+    # the run to continue is the newest, named by its file (Lightning's `last` is the newest last*.ckpt): the note spoke of
+    # last.ckpt, the oldest run's, and said `last`, which resumed another run
+    assert "(last-v1.ckpt, last.ckpt; the newest, last-v1.ckpt, is at step 8)" in err
+    assert f"To continue the newest run instead, stop and add --ckpt_path {folder / 'last-v1.ckpt'};" in err
+    os.utime(folder / "last-v1.ckpt", (500_000, 500_000))  # last.ckpt newer: it is named
+    earlier_checkpoints_note(folder)
+    assert "; last.ckpt is at step 16). " in capsys.readouterr().err
     earlier_checkpoints_note(folder, saves_last=False)  # a ModelCheckpoint without save_last writes no last-v2.ckpt
     assert "saves beside them under its own names;" in capsys.readouterr().err
     (folder / "last.ckpt").unlink()
