@@ -237,7 +237,8 @@ class PredictionWriter(BasePredictionWriter):
             message += f" (the first {summary['resumed_after']} from the interrupted run)"
         if why:
             message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
-            message += "" if earlier else "; the same command with --data.resume true goes on from them"
+            message += (f"; the same command with --data.output {self.path} --data.resume true, in place of --data.overwrite "
+                        "true, goes on from them") if earlier else "; the same command with --data.resume true goes on from them"
         if summary["errors"]:
             message += f"; {summary['errors']} could not be predicted (see their 'error' field)"
         if "accuracy" in summary:

@@ -713,7 +713,7 @@ class SignalAtBatch(Callback):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_signal_in_predict_with_overwrite_keeps_the_earlier_output_and_the_rows_done(
-    backbones, trained_checkpoint, image_folder, tmp_path, signum
+    backbones, trained_checkpoint, image_folder, tmp_path, signum, monkeypatch
 ):
     module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
     questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)  # 12 questions, 6 batches of 2
@@ -727,6 +727,8 @@ def test_a_signal_in_predict_with_overwrite_keeps_the_earlier_output_and_the_row
     def run() -> None:
         trainer.predict(module, datamodule=dm)
 
+    said = []
+    monkeypatch.setattr("mmcaption.predictions.rank_zero_info", said.append)
     with pytest.raises(SystemExit) as exit_info:  # as the console script runs it
         user_errors_exit(run)()
     assert exit_info.value.code == 128 + signum  # 143 / 130, not Lightning's 1 (SIGTERM: not ignored)
@@ -737,6 +739,19 @@ def test_a_signal_in_predict_with_overwrite_keeps_the_earlier_output_and_the_row
     summary = json.loads(kept.with_name("answers.interrupted.csv.summary.json").read_text())
     assert summary["rows"] == 2 and summary["interrupted"] == signal.Signals(signum).name and summary["output"] == str(kept)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the process's own handling is back
+    # how to go on is said (nothing was; the same command with --data.resume true was refused in words no one could act on)
+    assert any(f"the same command with --data.output {kept} --data.resume true, in place of --data.overwrite true, goes on "
+               "from them" in line for line in said), said
+    dm.resume = True
+    with pytest.raises(ConfigError, match=rf"--data.resume true goes on from an interrupted output and --data.overwrite true "
+                                          rf"starts it afresh: give one of them; an interrupted --data.overwrite run kept its "
+                                          rf"rows in {kept}: give it as --data.output"):
+        dm.check_output()
+    dm.overwrite, dm.output = False, kept
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            default_root_dir=tmp_path).predict(module, datamodule=dm)
+    with kept.open() as handle:
+        assert len(list(csv.DictReader(handle))) == 12  # the 2 rows kept, and the 10 after them
 
 
 def test_sigterm_while_preprocessing_removes_the_staging_folder_and_exits_143(tmp_path):

@@ -225,8 +225,14 @@ class _PredictDataModule(BackbonesDataModule):
             raise ConfigError(f"output {output}: predict writes rows as a table (.csv, which spreadsheets open) or as JSON "
                               f"Lines (.jsonl, one object per line), and a {output.suffix or 'name without a suffix'} "
                               "would not be what its name says; choose another --data.output")
-        if self.resume and (self.overwrite or world_size > 1):
-            raise ConfigError("resume goes on from one process's output: without --data.overwrite, on one device")
+        if self.resume and self.overwrite:
+            interrupted = sorted(output.parent.glob(f"{output.stem}.interrupted*{output.suffix}"))
+            hint = f"; an interrupted --data.overwrite run kept its rows in {interrupted[-1]}: give it as --data.output" \
+                if interrupted else ""
+            raise ConfigError(f"--data.resume true goes on from an interrupted output and --data.overwrite true starts it "
+                              f"afresh: give one of them{hint}")
+        if self.resume and world_size > 1:
+            raise ConfigError("resume goes on from one process's output: run it on one device")
         if output.exists() and not (self.overwrite or self.resume):
             raise OutputExistsError(f"output {output} exists; choose another --data.output, or replace it with "
                                     "--data.overwrite true")
