@@ -68,3 +68,17 @@ def test_a_batch_of_cached_features_is_read_at_once_and_equals_datasets_rows(tmp
     assert torch.equal(batch, torch.stack([features[i]["features"] for i in indices]))
     view = features.select([3, 2, 1])  # a view with an indices mapping reads through datasets
     assert torch.equal(gather_features(view, [0, 2]), torch.from_numpy(values[[3, 1]]))
+
+
+def test_cached_features_are_found_again_after_the_project_folder_moves(backbones, tmp_path):
+    # the key held the tower folder's absolute path: a moved project recomputed every image's features (hours on COCO)
+    import shutil
+
+    split = tmp_path / "preprocessed" / "train2017-0123"
+    moved = tmp_path / "moved" / "vision"
+    shutil.copytree(backbones[1], moved, copy_function=shutil.copy2)  # as mv keeps them: same files, sizes and times
+    assert features_folder(split, str(moved), -2) == features_folder(split, str(backbones[1]), -2)
+    weights = next(moved.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # other weights (a new time): other features
+    assert features_folder(split, str(moved), -2) != features_folder(split, str(backbones[1]), -2)
+

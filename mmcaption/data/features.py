@@ -25,12 +25,13 @@ from mmcaption.images import load_rgb
 
 
 def model_signature(name_or_path: str) -> dict:
-    """What identifies a vision model's weights: its files' sizes and times for a local folder, else its name."""
+    """What identifies a vision model's weights: its files' names, sizes and times for a local folder (not the
+    folder's path: a moved project kept its features, and recomputed them all), else its name."""
     path = Path(name_or_path)
     if not path.is_dir():
         return {"name": name_or_path}
     files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"})
-    return {"path": str(path.resolve()), "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    return {"files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 
 
 def features_folder(split_folder: Path, vision_model: str, feature_layer: int | list[int]) -> Path:
