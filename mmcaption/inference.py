@@ -81,7 +81,7 @@ class Captioner:
         pixels, mask = self._images(images)
         with self._lock:  # threads (a web server's) take turns: they got each other's images
             texts = self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask, **generate_kwargs)
-        n = generate_kwargs.get("num_return_sequences") or self.tasks.generation.num_return_sequences or 1
+        n = len(texts) // max(len(prompts), 1)  # num_return_sequences, however it was given
         return texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
 
     def caption(self, images: ImageInput | list[ImageInput], **generate_kwargs) -> str | list[str]:

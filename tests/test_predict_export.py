@@ -614,6 +614,7 @@ def test_the_python_api_takes_hugging_face_habits_and_threads(trained_checkpoint
     grouped = captioner.caption(images[:2], do_sample=True, num_return_sequences=3, max_new_tokens=6)
     assert [len(group) for group in grouped] == [3, 3] and all(isinstance(text, str) for group in grouped for text in group)
     assert len(captioner.caption(images[0], do_sample=True, num_return_sequences=2, max_new_tokens=6)) == 2
+    assert len(captioner.caption(images[0], generation_config=GenerationConfig(num_return_sequences=2, num_beams=2))) == 2
     assert [len(group) for group in captioner.answer(images[:2], ["What is it?"] * 2, num_return_sequences=2, num_beams=2)] == [2, 2]
 
     # a question holding bytes that are not UTF-8 (read with surrogateescape) is refused by name, not a tokenizer TypeError
