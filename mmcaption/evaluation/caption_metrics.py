@@ -22,7 +22,10 @@ from pathlib import Path
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor import meteor as meteor_tool
 from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.spice import spice as spice_tool
+from pycocoevalcap.tokenizer import ptbtokenizer
 
 # The punctuation pycocoevalcap's PTBTokenizer removes.
 _PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
@@ -70,9 +73,7 @@ def metric_setup(spice: bool | None = None) -> dict:
 
 
 def spice_available() -> bool:
-    import pycocoevalcap.spice as spice
-
-    return java_available() and (Path(spice.__file__).parent / "lib" / "stanford-corenlp-3.6.0.jar").is_file()
+    return java_available() and (Path(spice_tool.__file__).parent / "lib" / "stanford-corenlp-3.6.0.jar").is_file()
 
 
 def _simple_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
@@ -124,41 +125,33 @@ class _OwnSession:
         return subprocess.check_call(*args, **kwargs, start_new_session=True)
 
 
-_OWN_SESSION = _OwnSession()
+# set once, for every use of these tools in the process (each looks ``subprocess`` up when it starts Java)
+ptbtokenizer.subprocess = meteor_tool.subprocess = spice_tool.subprocess = _OwnSession()
 
 
-def _meteor():
-    """pycocoevalcap's METEOR scorer with its Java process in a session of its own and a ``close`` that ends
-    it: its own ``__del__`` waits for a lock that an interrupted score still holds, forever."""
-    from pycocoevalcap.meteor import meteor as meteor_module
+class _Meteor(meteor_tool.Meteor):
+    """pycocoevalcap's METEOR scorer with a ``close`` that ends its Java process: its own ``__del__`` waits for a
+    lock that an interrupted score still holds, forever."""
 
-    class Meteor(meteor_module.Meteor):
-        def close(self) -> None:
-            self.meteor_p.kill()
-            self.meteor_p.wait()
-            for stream in (self.meteor_p.stdin, self.meteor_p.stdout, self.meteor_p.stderr):
-                try:
-                    stream.close()
-                except OSError:  # a pipe to the ended process, with bytes still buffered
-                    pass
+    def close(self) -> None:
+        self.meteor_p.kill()
+        self.meteor_p.wait()
+        for stream in (self.meteor_p.stdin, self.meteor_p.stdout, self.meteor_p.stderr):
+            try:
+                stream.close()
+            except OSError:  # a pipe to the ended process, with bytes still buffered
+                pass
 
-        def __del__(self) -> None:
-            pass  # closed by close()
-
-    meteor_module.subprocess = _OWN_SESSION
-    return Meteor()
+    def __del__(self) -> None:
+        pass  # closed by close()
 
 
 def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
     """PTB-tokenize ``{key: [caption, ...]}`` as the COCO evaluation does (plain fallback without Java)."""
     if not java_available():
         return _simple_tokenize(captions)
-    from pycocoevalcap.tokenizer import ptbtokenizer
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    ptbtokenizer.subprocess = _OWN_SESSION
     with java_output_kept_back():
-        return PTBTokenizer().tokenize({key: [{"caption": c} for c in values] for key, values in captions.items()})
+        return ptbtokenizer.PTBTokenizer().tokenize({key: [{"caption": c} for c in values] for key, values in captions.items()})
 
 
 def caption_scores(
@@ -184,17 +177,13 @@ def caption_scores(
     scores["ROUGE-L"] = float(Rouge().compute_score(refs, preds)[0])
     scores["CIDEr"] = float(Cider().compute_score(refs, preds)[0])
     if java_available():
-        meteor = _meteor()
+        scorer = _Meteor()
         try:
             with java_output_kept_back():
-                scores["METEOR"] = float(meteor.compute_score(refs, preds)[0])
+                scores["METEOR"] = float(scorer.compute_score(refs, preds)[0])
         finally:  # its Java process ends here, also when a second Ctrl-C interrupts the score
-            meteor.close()
+            scorer.close()
     if spice if spice is not None else spice_available():
-        from pycocoevalcap.spice import spice as spice_module
-        from pycocoevalcap.spice.spice import Spice
-
-        spice_module.subprocess = _OWN_SESSION
         with java_output_kept_back():
-            scores["SPICE"] = float(Spice().compute_score(refs, preds)[0])
+            scores["SPICE"] = float(spice_tool.Spice().compute_score(refs, preds)[0])
     return scores
