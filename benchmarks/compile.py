@@ -23,6 +23,7 @@ from mmcaption.data.features import load_image_features, write_image_features
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.loss import chunked_cross_entropy
+from mmcaption.module import adamw
 
 
 def step(model: MultimodalCausalLM, optimizer: torch.optim.Optimizer, batch: dict) -> float:
@@ -66,7 +67,7 @@ def main() -> None:
         if name == "compiled":
             for layer in models[name].decoder_layers:
                 layer.compile(dynamic=True)
-        optimizers[name] = torch.optim.AdamW([p for p in models[name].parameters() if p.requires_grad], lr=1e-4)
+        optimizers[name] = adamw([p for p in models[name].parameters() if p.requires_grad], lr=1e-4)
 
     warmup_seconds, losses = {}, {}
     for name in models:

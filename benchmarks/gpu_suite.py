@@ -43,6 +43,7 @@ from real_shapes import write_backbones  # benchmarks/real_shapes.py, beside thi
 
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.loss import chunked_cross_entropy
+from mmcaption.module import adamw
 
 ORIGINAL_PADDING = 128  # the original scripts pad every caption to 128 tokens
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"   {quantization}: loading failed: {type(error).__name__}: {error}", flush=True)
             save()
             return
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         for cached in (False, True):
             for chunked in (False, True):
                 key = f"{quantization}, {'cached features' if cached else 'vision tower'}, {'chunked' if chunked else 'plain'} loss"
