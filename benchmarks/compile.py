@@ -23,7 +23,7 @@ from mmcaption.data.features import load_image_features, write_image_features
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.loss import chunked_cross_entropy
-from mmcaption.module import adamw
+from mmcaption.model.optim import adamw
 
 
 def step(model: MultimodalCausalLM, optimizer: torch.optim.Optimizer, batch: dict) -> float:

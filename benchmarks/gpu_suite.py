@@ -43,7 +43,7 @@ from real_shapes import write_backbones  # benchmarks/real_shapes.py, beside thi
 
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.loss import chunked_cross_entropy
-from mmcaption.module import adamw
+from mmcaption.model.optim import adamw
 
 ORIGINAL_PADDING = 128  # the original scripts pad every caption to 128 tokens
 

@@ -43,7 +43,7 @@ from mmcaption.data.features import load_image_features, write_image_features
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.images import load_rgb
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
-from mmcaption.module import adamw
+from mmcaption.model.optim import adamw
 
 ORIGINAL_PADDING = 128
 

@@ -9,6 +9,7 @@ from transformers import AutoImageProcessor, AutoTokenizer
 from mmcaption.demo.synthetic import COLOURS, Scene, draw_scene
 from mmcaption.model import MultimodalCausalLM
 from mmcaption.model.backbones import load_language_model
+from mmcaption.model.optim import adamw
 
 
 @pytest.fixture
@@ -204,3 +205,26 @@ def test_chunked_loss_equals_the_plain_loss_and_its_gradients(model, inputs):
     empty, none = chunked_cross_entropy(model.hidden_states(**inputs), model.output_head, torch.full_like(labels, IGNORE_INDEX))
     empty.backward()
     assert empty.item() == 0 and none == 0
+
+
+def test_the_optimizer_is_torchs_fused_adamw_with_the_plain_update():
+    """Training steps use the fused kernel on CPU and CUDA tensors; its update is the same AdamW, weight
+    decay groups included, as the per-tensor loop's."""
+    torch.manual_seed(0)
+    weights = [torch.randn(8, 4, requires_grad=True), torch.randn(4, requires_grad=True)]
+    copies = [w.detach().clone().requires_grad_() for w in weights]
+    initial = [w.detach().clone() for w in weights]
+    settings = {"lr": 1e-2, "betas": (0.9, 0.95)}
+    fused = adamw([{"params": weights[:1], "weight_decay": 0.1}, {"params": weights[1:], "weight_decay": 0.0}], **settings)
+    plain = torch.optim.AdamW([{"params": copies[:1], "weight_decay": 0.1}, {"params": copies[1:], "weight_decay": 0.0}],
+                              foreach=False, **settings)
+    assert fused.defaults["fused"] is True
+    for _ in range(5):
+        grads = [torch.randn_like(w) for w in weights]
+        for group, optimizer in ((weights, fused), (copies, plain)):
+            for w, g in zip(group, grads):
+                w.grad = g.clone()
+            optimizer.step()
+    for w, c, start in zip(weights, copies, initial):
+        torch.testing.assert_close(w, c)
+        assert torch.all(w != start)  # every weight moved

@@ -37,6 +37,7 @@ from transformers import (
 from mmcaption.collate import collate
 from mmcaption.demo.synthetic import SHAPES, Scene, captions_for, draw_scene, language_sequences, random_scene
 from mmcaption.model.backbones import fuse_gelu
+from mmcaption.model.optim import adamw
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -126,7 +127,7 @@ def pretrain_language_model(
     """
     generator = torch.Generator().manual_seed(seed)
     fuse_gelu(model)  # the same function as one op; the saved config still says gelu_new, as Phi-2's does
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    optimizer = adamw(model.parameters(), lr=learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=warmup_share(steps, 0.05))
     model.train()
     losses = []
@@ -170,7 +171,7 @@ def train_clip_contrastively(
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id)
     model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=hidden_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
+    optimizer = adamw(model.parameters(), lr=learning_rate, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=warmup_share(steps, 0.1))
     losses = []
     model.train()
