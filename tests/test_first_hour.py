@@ -178,6 +178,29 @@ def test_a_backbone_folder_moved_since_training_is_named_as_a_folder_not_a_hub_i
         load_tokenizer(str(moved))  # was "Repo id must be in the form ... download it first (hf download /tmp/...)"
 
 
+def test_a_model_folder_without_its_tokenizer_or_processor_files_is_refused_by_name(backbones, tmp_path):
+    """A folder written by model.save_pretrained() alone: transformers still built a one-token tokenizer,
+    and every caption was trained as nothing but its end-of-text token, without a word."""
+    import shutil
+
+    from mmcaption.model.backbones import BackboneNotFoundError, load_image_processor, load_tokenizer
+
+    language_dir, vision_dir = backbones
+    weights_only = tmp_path / "lm"
+    weights_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(language_dir / name, weights_only / name)
+    with pytest.raises(BackboneNotFoundError, match=f"tokenizer of {weights_only} has 1 token.*no tokenizer files"):
+        load_tokenizer(str(weights_only))
+    tower = tmp_path / "vm"
+    tower.mkdir()
+    shutil.copy(vision_dir / "config.json", tower / "config.json")
+    with pytest.raises(BackboneNotFoundError, match=f"image processor of {tower}: the folder lacks its files") as refused:
+        load_image_processor(str(tower))
+    assert "hf download" not in str(refused.value)  # was: "Download it first (`hf download /tmp/.../vm` ...)"
+    assert len(load_tokenizer(str(language_dir))) > 100  # the whole folder still loads
+
+
 def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:

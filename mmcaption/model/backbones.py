@@ -93,6 +93,12 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
                 f"cannot load the {what}: {name} is no folder (any more). A checkpoint or an export records the folders "
                 f"of its backbones: put the folder back there, or link it (ln -s <where it is now> {name})") from error
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        folder = Path(name).expanduser()
+        if folder.is_dir():  # a local folder that lacks the files: there is nothing to download
+            raise BackboneNotFoundError(
+                f"cannot load the {what} {name}: the folder lacks its files ({first.rstrip('.')}). It holds "
+                f"{', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'}: save them there too "
+                "(processor.save_pretrained / tokenizer.save_pretrained), or copy them from where the model came from") from error
         raise BackboneNotFoundError(f"cannot load the {what} {name!r}: {first}. {download_hint(name).capitalize()}") from error
 
 
@@ -291,10 +297,20 @@ def load_vision_model(name_or_path: str, device: torch.device | str | None = Non
     return vision.eval()
 
 
+TOKENIZER_PROBE = "a photo of a cat"
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The language model's tokenizer; like Phi-2's, it may have no pad token (padding is masked)."""
     with naming_backbone(name_or_path, "tokenizer of"):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    # a folder without tokenizer files (a model.save_pretrained() alone, a partial download) still loads:
+    # transformers builds a tokenizer of one token that turns every caption into nothing
+    if len(tokenizer) < 2 or not tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]:
+        raise BackboneNotFoundError(
+            f"the tokenizer of {name_or_path} has {len(tokenizer)} token(s) and turns {TOKENIZER_PROBE!r} into no tokens: "
+            "the model's folder has no tokenizer files (tokenizer.json, or vocab.json and merges.txt). Save the "
+            "tokenizer there too (tokenizer.save_pretrained), or copy its files from where the model came from")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
