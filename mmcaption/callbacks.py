@@ -216,6 +216,12 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
               "each validation (at each epoch's end when there is none), and no last.ckpt: a run that stops at max_steps before "
               "its first validation keeps nothing, and --ckpt_path last finds nothing. A callbacks list in a later config file "
               "replaces the earlier one's: write `callbacks+:` there to add to it", file=sys.stderr, flush=True)
+    for callback in kept if fit and rank_zero_only.rank == 0 else []:
+        if isinstance(callback, ModelCheckpoint) and not callback.save_last:
+            print(f"note: the ModelCheckpoint saving to {callback.dirpath or 'the log folder'} has save_last off: no last.ckpt, so a "
+                  "run that stops at max_steps before a validation saves keeps nothing there, and --ckpt_path last finds "
+                  "nothing. Add `save_last: true` to its init_args to keep the last step (the shipped configs do)",
+                  file=sys.stderr, flush=True)
     return kept
 
 

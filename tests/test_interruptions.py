@@ -537,6 +537,12 @@ def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_lis
     assert "note: trainer.enable_progress_bar is false, so mmcaption's progress lines are off too" in capsys.readouterr().err
     usable_callbacks({"callbacks": []}, fit=False)  # validate, test, predict save nothing
     assert capsys.readouterr().err == ""
+    # a user's own ModelCheckpoint with only its folder changed: a max_steps run mid-epoch ended "training done" and
+    # left the folder empty, without a word
+    usable_callbacks({"callbacks": [ModelCheckpoint(dirpath="ck/mine")]}, fit=True)
+    assert "ck/mine has save_last off: no last.ckpt, so a run that stops at max_steps" in capsys.readouterr().err
+    usable_callbacks({"callbacks": [ModelCheckpoint(dirpath="ck/mine", save_last=True)]}, fit=True)
+    assert "save_last off" not in capsys.readouterr().err
 
 
 def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, tmp_path, monkeypatch, capsys):
