@@ -28,6 +28,7 @@ from mmcaption.errors import (
     one_line,
     out_of_memory,
 )
+from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal
 
 
 def save_resumable_checkpoint(trainer) -> str:
@@ -66,6 +67,7 @@ class ResumableStop(Callback):
         self._previous: dict[int, Any] = {}
         self._last_save = time.monotonic()
         self._saved_step: int | None = None  # the step of this callback's last save
+        self._requeue_signal: int | None = None
 
     # -- signals ------------------------------------------------------------------------------------
 
@@ -73,7 +75,10 @@ class ResumableStop(Callback):
         self.signal, self._last_save, self._saved_step = None, time.monotonic(), None
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # and SLURM's warning before the time limit, in place of Lightning's handler: that one saved an hpc_ckpt in
+        # the middle of a step into the working directory, where any later run under SLURM resumed from it
+        self._requeue_signal = slurm_requeue_signal(trainer)
+        for signum in (signal.SIGINT, signal.SIGTERM, *([self._requeue_signal] if self._requeue_signal else [])):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
@@ -130,7 +135,10 @@ class ResumableStop(Callback):
             callback._last_global_step_saved = saved_by_callback  # every N steps) still happen: it skips a step marked saved
         if stop:
             self._restore_handlers()
-            raise RunInterrupted(self.signal or signal.SIGTERM, path, trainer.global_step)
+            requeued = None
+            if self.signal is not None and self.signal == self._requeue_signal:
+                requeued = requeue_slurm_job() if trainer.is_global_zero else None
+            raise RunInterrupted(self.signal or signal.SIGTERM, path, trainer.global_step, requeued)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._last_save = time.monotonic()

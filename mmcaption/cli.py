@@ -35,6 +35,7 @@ from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local, precision_problem
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
+from mmcaption.slurm import requeued_checkpoint
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
@@ -212,6 +213,10 @@ class MMCaptionCLI(LightningCLI):
             check_inputs(self.subcommand)
         if self.subcommand != "fit":
             check_keyword_checkpoint(self.config[self.subcommand].get("ckpt_path"), trainer, self.subcommand)
+        if self.subcommand == "fit" and not self.config["fit"].get("ckpt_path"):
+            resume = requeued_checkpoint(trainer)  # a SLURM job requeued after its time-limit signal
+            if resume is not None:
+                self.config["fit"]["ckpt_path"] = self.config_init["fit"]["ckpt_path"] = resume
         if self.subcommand == "fit":
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint) and callback.dirpath:

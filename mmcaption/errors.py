@@ -75,12 +75,12 @@ class Interrupted(BaseException):
 class RunInterrupted(Interrupted):
     """Training stopped on a signal after saving a checkpoint it can be resumed from."""
 
-    def __init__(self, signum: int, checkpoint: str | None, step: int) -> None:
+    def __init__(self, signum: int, checkpoint: str | None, step: int, requeued: str | None = None) -> None:
         self.checkpoint, self.step = checkpoint, step
         name = signal.Signals(signum).name
         where = f"saved {checkpoint}" if checkpoint else "nothing saved"
         resume = f"; resume by running the same command with --ckpt_path {checkpoint}" if checkpoint else ""
-        super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}")
+        super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}" + (f". {requeued}" if requeued else ""))
 
 
 @contextmanager

@@ -79,9 +79,9 @@ def straight(tmp_path_factory) -> tuple[Path, dict[int, dict]]:
     return workdir, steps
 
 
-def start_and_wait(workdir: Path, name: str, until) -> subprocess.Popen:
+def start_and_wait(workdir: Path, name: str, until, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a slowed-down run and return once ``until()`` holds (the run still going)."""
-    process = subprocess.Popen(fit_command(workdir, name, delay=0.5), cwd=workdir, env=subprocess_env(),
+    process = subprocess.Popen(fit_command(workdir, name, delay=0.5), cwd=workdir, env=env or subprocess_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while not until():
@@ -143,6 +143,51 @@ def test_sigterm_or_ctrl_c_mid_epoch_saves_exits_non_zero_and_resumes_exactly(st
                        f"resume by running the same command with --ckpt_path {last}")
     assert "Traceback" not in stderr
     assert_resume_repeats_the_straight_run(workdir, straight_steps, name, last)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("resume")
+def test_slurms_time_limit_signal_saves_at_the_step_end_requeues_and_the_requeued_job_resumes_exactly(straight, tmp_path):
+    """``#SBATCH --signal=SIGUSR1@90``: Lightning's own handler saved hpc_ckpt_N.ckpt mid-step into the working
+    folder, and every later run under SLURM there resumed from it (another experiment's too), inexactly."""
+    workdir, straight_steps = straight
+    (tmp_path / "bin").mkdir()
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
+    scontrol.chmod(0o755)
+    env = {**subprocess_env(), "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "SLURM_NTASKS": "1",
+           "SLURM_JOB_NAME": "train.sh", "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0",
+           "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    steps = workdir / "slurm.jsonl"
+    process = start_and_wait(workdir, "slurm", lambda: steps.is_file() and max(records(steps), default=0) >= KILL_AFTER - 1, env)
+    os.killpg(process.pid, signal.SIGUSR1)  # SLURM signals every process of the job: the data loader worker too
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
+    last = workdir / "checkpoints-slurm" / "last.ckpt"
+    done = max(records(steps))
+    assert done < MAX_STEPS and load_checkpoint_file(last)["global_step"] == done  # at the end of the step it was in
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped by SIGUSR1 at step {done}: saved {last}; resume by running the same command with --ckpt_path {last}. "
+        "SLURM job 4242 is requeued: it runs the same command again, which resumes from this checkpoint")
+    assert (tmp_path / "scontrol.calls").read_text() == "requeue 4242\n"
+    assert not list(workdir.glob("hpc_ckpt_*.ckpt"))
+    interrupted = records(steps)
+    # the requeued job runs the same command, with SLURM_RESTART_COUNT set
+    result = subprocess.run(fit_command(workdir, "slurm"), cwd=workdir, env={**env, "SLURM_RESTART_COUNT": "1"},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"note: SLURM requeued this job (restart 1): it resumes from {last}" in result.stderr
+    rows = [json.loads(line) for line in steps.read_text().splitlines()]
+    assert [row["step"] for row in rows[len(interrupted):]] == list(range(done + 1, MAX_STEPS + 1))
+    for row in rows:
+        assert row["first_ids"] == straight_steps[row["step"]]["first_ids"], row["step"]
+        assert row["loss"] == pytest.approx(straight_steps[row["step"]]["loss"], rel=1e-5, abs=1e-6), row["step"]
+    # an hpc_ckpt that Lightning would resume any run under SLURM from is refused by name
+    (workdir / "hpc_ckpt_1.ckpt").write_bytes(last.read_bytes())
+    result = subprocess.run(fit_command(workdir, "slurm-other"), cwd=workdir, env=env, capture_output=True, text=True)
+    (workdir / "hpc_ckpt_1.ckpt").unlink()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"{workdir / 'hpc_ckpt_1.ckpt'} is a checkpoint Lightning saved on a SLURM requeue signal" in result.stderr
 
 
 @pytest.mark.slow
