@@ -72,7 +72,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False)  # the trained tensors suffice
     # again, now that the backbones' folders are known (the check above refuses before the checkpoint is read)
     local_backbones = [name for name in (model.config.language_model, model.config.vision_model) if Path(name).exists()]
-    check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path, *local_backbones))
+    check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path, *local_backbones), marker=CONFIG_FILE)
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="a Lightning checkpoint of mmcaption fit")
     parser.add_argument("out", help="folder to write (refused if it holds anything, unless --overwrite)")
     parser.add_argument("--merge", action="store_true", help="also write the language model with LoRA merged in")
-    parser.add_argument("--overwrite", action="store_true", help="replace the folder if it exists (nothing of it is kept)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the folder if it is an earlier export (nothing of it is kept); other folders are refused")
     parser.add_argument("--license", default="apache-2.0",
                         help="Hub license id the model card declares (default apache-2.0; mind the data's and base models')")
     parser.add_argument("--include_backbones", action="store_true",

@@ -104,11 +104,14 @@ def locks_released_after() -> Iterator[None]:
             FolderLock.release_file(path)
 
 
-def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str, keep: tuple[str | Path, ...] = ()) -> Path:
+def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str, keep: tuple[str | Path, ...] = (),
+                     marker: str | None = None) -> Path:
     """Refuse a ``folder`` that exists with something in it, unless ``overwrite``; refuse a file; refuse, even
-    with ``overwrite``, the working directory or a folder above it (it cannot be replaced) and a folder
-    that holds one of the inputs in ``keep`` (replacing it would delete them). A link to a folder stands for
-    the folder it points to, which is returned: replacing the link would leave the old model there."""
+    with ``overwrite``, the working directory or a folder above it (it cannot be replaced), a folder
+    that holds one of the inputs in ``keep`` (replacing it would delete them), and one without the file
+    ``marker`` that an earlier output of the command holds (a mistyped parent folder of the user's). A link
+    to a folder stands for the folder it points to, which is returned: replacing the link would leave the
+    old model there."""
     folder = Path(folder)
     if folder.is_symlink() and folder.is_dir():
         folder = folder.resolve()
@@ -123,6 +126,11 @@ def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str
                                     "delete it; choose another folder")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise OutputExistsError(f"{what} {folder} exists and is not empty; choose another folder, or replace it with {option}")
+    if folder.is_dir() and any(folder.iterdir()) and marker is not None and not (folder / marker).is_file():
+        held = sorted(p.name for p in folder.iterdir())
+        raise OutputExistsError(f"{what} {folder} holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} and no "
+                                f"{marker}: it is not an earlier {what}'s, and {option} replaces only one of those; choose "
+                                "another folder")
     check_writable(folder.parent if folder.parent != folder else folder, what)
     return folder
 

@@ -257,9 +257,18 @@ def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(t
         message = user_error(capsys, export_main, [str(trained_checkpoint), str(folder)])
     assert f"export folder {folder} exists and is not empty" in message and "--overwrite" in message
     assert (folder / "README.md").read_text() == "my notes\n" and len(list(folder.iterdir())) == 1
+    # --overwrite replaces an earlier export only: a mistyped parent folder (exported/ for exported/demo) lost every
+    # export and file in it, with "exported to exported"
+    with monkeypatch.context() as patch:
+        no_backbones(patch)
+        message = user_error(capsys, export_main, [str(trained_checkpoint), str(folder), "--overwrite"])
+    assert f"export folder {folder} holds README.md and no mmcaption.json: it is not an earlier export folder's" in message
+    assert (folder / "README.md").read_text() == "my notes\n" and len(list(folder.iterdir())) == 1
 
-    export_main([str(trained_checkpoint), str(folder), "--merge", "--overwrite"])
-    assert (folder / "language_model").is_dir() and "my notes" not in (folder / "README.md").read_text()
+    (folder / "README.md").unlink()
+    export_main([str(trained_checkpoint), str(folder), "--merge"])
+    export_main([str(trained_checkpoint), str(folder), "--merge", "--overwrite"])  # an export over an export
+    assert (folder / "language_model").is_dir()
     export_main([str(trained_checkpoint), str(folder), "--overwrite"])  # a plain export over a merged one
     assert not (folder / "language_model").exists()  # nothing of the old folder is left
     assert not json.loads((folder / "mmcaption.json").read_text())["merged"]
