@@ -32,6 +32,21 @@ from mmcaption.model.multimodal import CONFIG_FILE
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 
 
+def epochs_completed(checkpoint: dict[str, Any]) -> int | None:
+    """The epochs a checkpoint's run went through. ``epoch`` is the one in progress: a validation's save at the
+    last batch of an epoch (the usual best checkpoint) comes before Lightning closes it, and counted one short."""
+    epoch = checkpoint.get("epoch")
+    loops = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    progress = (loops.get("epoch_progress") or {}).get("total") or {}
+    batches = ((loops.get("epoch_loop.batch_progress") or {}).get("current") or {}).get("completed")
+    data = checkpoint.get("training_data") or {}
+    if not (progress and batches and data.get("samples") and data.get("batch_size")):
+        return epoch
+    per_epoch = data["samples"] // (data["batch_size"] * (data.get("devices") or 1))  # the fewest an epoch has
+    open_epoch_done = progress.get("started", 0) > progress.get("completed", 0) and batches >= max(per_epoch, 1)
+    return progress.get("completed", 0) + int(open_epoch_done)
+
+
 def training_summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint records of its training, for the model card: the stage, the epochs completed,
     the data settings, and the best value of each monitored validation metric."""
@@ -42,7 +57,7 @@ def training_summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
             metrics[state["monitor"]] = float(state["best_model_score"])
     return {
         "stage": "instruct" if "Instruct" in str(data.get("_class_path", "")) else "caption",
-        "epochs": checkpoint.get("epoch"),
+        "epochs": epochs_completed(checkpoint),
         "data": {k: data[k] for k in DATA_SETTINGS if data.get(k) not in (None, "")},
         "metrics": metrics,
     }

@@ -651,3 +651,19 @@ def test_export_with_its_backbones_works_where_the_original_backbones_are_not(tr
         manifest.pop("backbones")
         (moved / "mmcaption.json").write_text(json.dumps(manifest))
         Captioner.from_pretrained(moved)
+
+
+def test_the_model_card_counts_an_epoch_whose_last_batch_a_validation_saved_as_completed():
+    """The usual best checkpoint (a validation at an epoch's last batch) said "2 epoch(s) completed" after 3."""
+    from mmcaption.export import epochs_completed
+
+    def checkpoint(epoch, started, completed, batches):
+        return {"epoch": epoch, "training_data": {"samples": 15000, "batch_size": 32, "devices": 1},
+                "loops": {"fit_loop": {"epoch_progress": {"total": {"started": started, "completed": completed}},
+                                       "epoch_loop.batch_progress": {"current": {"completed": batches}}}}}
+
+    assert epochs_completed(checkpoint(2, 3, 2, 469)) == 3  # saved at the third epoch's last batch
+    assert epochs_completed(checkpoint(2, 3, 2, 200)) == 2  # mid-epoch: two done
+    assert epochs_completed(checkpoint(2, 2, 2, 469)) == 2  # saved after Lightning closed the epoch (end of training)
+    assert epochs_completed({"epoch": 4}) == 4  # a checkpoint without the loops' record: as it says
+
