@@ -158,6 +158,10 @@ def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trai
     summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
     assert summary["rows"] == 4 and summary["interrupted"] == "KeyboardInterrupt"
     assert not list(tmp_path.glob(".answers.csv.partial*"))
+    # the same command again: told to resume (it advised only --data.overwrite, which throws the rows done away)
+    with pytest.raises(OutputExistsError, match=r"answers\.csv exists, left by an interrupted run \(KeyboardInterrupt\): go on "
+                                                r"from it with --data.resume true"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
 
     # the same command with resume: the 4 rows kept, the 8 others added; the summary counts all 12
     stopped = output.read_bytes()

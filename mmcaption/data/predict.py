@@ -30,7 +30,7 @@ from mmcaption.data.benchmarks import (
 )
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.records import DataError
-from mmcaption.data.resume import interrupted_rows
+from mmcaption.data.resume import interrupted_rows, output_exists_advice
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.folders import output_lock
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb
@@ -234,8 +234,7 @@ class _PredictDataModule(BackbonesDataModule):
         if self.resume and world_size > 1:
             raise ConfigError("resume goes on from one process's output: run it on one device")
         if output.exists() and not (self.overwrite or self.resume):
-            raise OutputExistsError(f"output {output} exists; choose another --data.output, or replace it with "
-                                    "--data.overwrite true")
+            raise OutputExistsError(output_exists_advice(output))
         folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
         if not os.access(folder, os.W_OK | os.X_OK):
             raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")

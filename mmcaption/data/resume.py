@@ -60,3 +60,17 @@ def _from_csv(row: dict[str, str]) -> dict[str, Any]:
     if row.get("prediction") == "" and values.get("error"):
         values["prediction"] = None
     return values
+
+
+def output_exists_advice(output: Path) -> str:
+    """What to do about an existing ``output``: an interrupted run's (its summary says so) is gone on from with
+    ``--data.resume true``, which ``--data.overwrite true`` would throw away."""
+    try:
+        interrupted = json.loads(summary_path(output).read_text()).get("interrupted")
+    except (OSError, ValueError, AttributeError):
+        interrupted = None
+    if interrupted:
+        return (f"output {output} exists, left by an interrupted run ({interrupted}): go on from it with "
+                "--data.resume true, choose another --data.output, or replace it with --data.overwrite true")
+    return f"output {output} exists; choose another --data.output, or replace it with --data.overwrite true"
+
