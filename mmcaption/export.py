@@ -85,7 +85,8 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     folder loads from them: it works with nothing else, offline."""
     out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,))
     model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False)  # the trained tensors suffice
-    # again, now that the backbones' folders are known (the check above refuses before the checkpoint is read)
+    # again, now that the backbones' folders are known, and with --overwrite only over an earlier export (the check
+    # above refuses before the checkpoint is read)
     local_backbones = [name for name in (model.config.language_model, model.config.vision_model) if Path(name).exists()]
     check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path, *local_backbones), marker=CONFIG_FILE)
     hparams = checkpoint.get("hyper_parameters", {})

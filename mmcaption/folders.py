@@ -124,9 +124,10 @@ def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str
         if Path(path).resolve().is_relative_to(resolved):
             raise OutputExistsError(f"{what} {folder} holds {path}, which this command reads: replacing the folder would "
                                     "delete it; choose another folder")
-    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+    filled = folder.is_dir() and any(folder.iterdir())
+    if filled and not overwrite:
         raise OutputExistsError(f"{what} {folder} exists and is not empty; choose another folder, or replace it with {option}")
-    if folder.is_dir() and any(folder.iterdir()) and marker is not None and not (folder / marker).is_file():
+    if filled and marker is not None and not (folder / marker).is_file():
         held = sorted(p.name for p in folder.iterdir())
         raise OutputExistsError(f"{what} {folder} holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} and no "
                                 f"{marker}: it is not an earlier {what}'s, and {option} replaces only one of those; choose "

@@ -73,4 +73,3 @@ def output_exists_advice(output: Path) -> str:
         return (f"output {output} exists, left by an interrupted run ({interrupted}): go on from it with "
                 "--data.resume true, choose another --data.output, or replace it with --data.overwrite true")
     return f"output {output} exists; choose another --data.output, or replace it with --data.overwrite true"
-
