@@ -86,6 +86,8 @@ class ResumableStop(Callback):
         if self.signal is not None and signum == signal.SIGINT:
             self._restore_handlers()
             raise Interrupted(signum, "stopped by a second Ctrl-C, without saving: the checkpoints saved before are kept")
+        if self.signal is not None:  # a second SIGTERM (docker stop, then the scheduler): the save is already due
+            return
         self.signal = signum
         print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step "
               "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ reports.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import shutil
 import signal
@@ -65,6 +66,7 @@ class Interrupted(BaseException):
 
     def __init__(self, signum: int, message: str | None = None) -> None:
         self.signum = signum
+        _stop.under_way = True  # the command is stopping: a further signal waits for its cleanup (signals_stop)
         super().__init__(message or f"stopped by {signal.Signals(signum).name}")
 
     @property
@@ -83,6 +85,14 @@ class RunInterrupted(Interrupted):
         super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}" + (f". {requeued}" if requeued else ""))
 
 
+class _StopState:
+    under_way = False  # an Interrupted was raised: the command is cleaning up
+    noted = False  # the note that a further signal waits was printed
+
+
+_stop = _StopState()
+
+
 @contextmanager
 def signals_stop() -> Iterator[None]:
     """For the block, Ctrl-C and SIGTERM raise :class:`Interrupted` in this process: what is running
@@ -90,17 +100,28 @@ def signals_stop() -> Iterator[None]:
     kills the process on the spot and Ctrl-C ends in a traceback, or in Lightning's exit status 1.
     Training sets its own handlers inside the block (:class:`~mmcaption.callbacks.ResumableStop`) and
     puts these back. A forked copy of the process (a DataLoader worker without its own handlers) gets the
-    handling it had before (SIGTERM's default, Ctrl-C's KeyboardInterrupt)."""
+    handling it had before (SIGTERM's default, Ctrl-C's KeyboardInterrupt).
+
+    Once the command is stopping (any :class:`Interrupted` raised), a further signal waits: raised again in
+    the middle of the cleanup, it cut the DataLoader's worker shutdown short, and the process then hung at
+    exit on workers that ignore signals (they leave stopping to this process) and never got told to end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     owner = os.getpid()
+    _stop.under_way = _stop.noted = False
 
     def stop(signum: int, frame: Any) -> None:
         if os.getpid() != owner:  # a forked process: the handling it had before, the signal sent again to it
             previous_handler = previous[signum]
             signal.signal(signum, previous_handler if previous_handler is not None else signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+            return
+        if _stop.under_way:
+            if not _stop.noted:
+                _stop.noted = True
+                print(f"{signal.Signals(signum).name} received while stopping: finishing the cleanup first "
+                      "(kill -9 stops at once)", file=sys.stderr, flush=True)
             return
         raise Interrupted(signum)
 
@@ -136,10 +157,15 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             with signals_stop() if signals else nullcontext():
-                return main(*args, **kwargs)
-        except Interrupted as interrupted:
-            print(str(interrupted), file=sys.stderr)
-            sys.exit(interrupted.exit_code)
+                try:
+                    return main(*args, **kwargs)
+                except Interrupted as interrupted:
+                    stopped = (str(interrupted), interrupted.exit_code)
+                # the stopped command's frames (DataLoader iterators with worker processes among them) are freed
+                # here, where a further signal still waits: a second Ctrl-C does not cut their shutdown short
+                gc.collect()
+            print(stopped[0], file=sys.stderr)
+            sys.exit(stopped[1])
         except MMCaptionError as error:
             if traceback_wanted():
                 raise

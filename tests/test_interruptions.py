@@ -17,12 +17,15 @@ import torch
 import yaml
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from mmcaption import pipeline
 from mmcaption.callbacks import ResumableStop, ResumeError
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import MMCaptionCLI, main, run_cli
 from mmcaption.data import CaptionDataModule, InstructDataModule
+from mmcaption.data.base import worker_init
 from mmcaption.data.cache import is_complete, publish_atomically
 from mmcaption.demo.synthetic import write_llava_split
 from mmcaption.errors import (
@@ -786,6 +789,42 @@ def test_sigterm_while_preprocessing_removes_the_staging_folder_and_exits_143(tm
         user_errors_exit(preprocess)()
     assert exit_info.value.code == 143
     assert not target.exists() and not list(target.parent.iterdir())  # no hidden .partial left behind
+
+
+def test_a_second_signal_while_a_command_stops_waits_for_its_data_loader_workers_to_end(monkeypatch, capsys):
+    """docker stop after Ctrl-C, or Ctrl-C pressed twice: the second signal came while the stopped command's
+    DataLoader shut its workers down. Raised there, it cut the shutdown short; the workers (which ignore
+    signals, leaving stopping to the main process) were never told to end, and the process hung at exit."""
+    shutdown = _MultiProcessingDataLoaderIter._shutdown_workers
+    signalled = []
+
+    def shutdown_signalled(self) -> None:
+        if not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # pressed again while stopping
+            os.kill(os.getpid(), signal.SIGTERM)
+        shutdown(self)
+
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", shutdown_signalled)
+    workers = []
+
+    def command() -> None:
+        batches = iter(DataLoader(range(8), batch_size=2, num_workers=2, worker_init_fn=worker_init))
+        next(batches)
+        workers.extend(batches._workers)
+        os.kill(os.getpid(), signal.SIGTERM)  # docker stop
+        raise AssertionError("not reached")
+
+    with pytest.raises(SystemExit) as exit_info:
+        user_errors_exit(command)()
+    assert exit_info.value.code == 143
+    for worker in workers:
+        worker.join(timeout=10)
+    assert workers and not any(worker.is_alive() for worker in workers)  # told to end while stopping, and ended
+    assert signalled  # and the signals came in the middle of that
+    said = capsys.readouterr().err.splitlines()
+    assert said == ["SIGINT received while stopping: finishing the cleanup first (kill -9 stops at once)", "stopped by SIGTERM"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_a_build_killed_outright_leaves_a_staging_folder_that_the_next_build_removes(backbones, coco_root, tmp_path, capsys):
