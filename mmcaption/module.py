@@ -101,7 +101,7 @@ class MultimodalCaptioner(LightningModule):
         self.weights_loaded = False  # set once any checkpoint's tensors are in the model
         self._resumed_random_state: dict[str, Any] | None = None
         self.init_source: dict[str, Any] | None = None
-        self.val_captions: list[tuple[str, str, list[str]]] = []  # (image id, generated, references)
+        self.val_captions: list[tuple[int, str, list[str]]] = []  # (COCO image id, generated, references)
         self.val_answers: list[tuple[str, str, str, str]] = []  # (conversation id, question, generated, reference)
         self.skipped_batches = 0
         self.flops_per_batch: int | None = None  # the last training batch's, for TrainingThroughput's MFU

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from lightning.pytorch import Trainer
+from pycocotools.coco import COCO
 
 from mmcaption.data import CaptionDataModule
 from mmcaption.data.records import DataError
@@ -67,7 +68,7 @@ def test_karpathy_splits_train_on_train_and_restval_validate_on_val_test_on_test
     assert len(dm.datasets["train"]) == 6 * 5  # every sentence of train and restval is a training caption
     references = {row["image_id"]: row["references"] for row in dm.caption_images_loader("test", None).dataset}
     karpathy = {image["cocoid"]: [s["raw"] for s in image["sentences"]] for image in json.loads((root / "dataset_coco.json").read_text())["images"]}
-    assert references == {"102": karpathy[102], "103": karpathy[103]}
+    assert references == {102: karpathy[102], 103: karpathy[103]}  # keyed by cocoid, an integer as COCO has it
 
 
 def test_karpathy_file_problems_are_named(backbones, coco_root, tmp_path):
@@ -90,7 +91,17 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     folder = Path(trainer.log_dir)
     results = json.loads((folder / "test-test.results.json").read_text())
     predictions = [json.loads(line) for line in (folder / "test-test.predictions.jsonl").read_text().splitlines()]
-    assert [row["image_id"] for row in predictions] == ["102", "103"] and all(row["caption"] for row in predictions)
+    assert [row["image_id"] for row in predictions] == [102, 103] and all(row["caption"] for row in predictions)
+    # the captions as a COCO results file, which pycocotools takes as it is (string ids: "Results do not correspond
+    # to current coco set")
+    assert results["coco_results"] == "test-test.coco_results.json"
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 102}, {"id": 103}],
+                    "annotations": [{"id": n, "image_id": i, "caption": c} for n, (i, c) in enumerate(
+                        (row["image_id"], c) for row in predictions for c in row["references"])]}
+    coco.createIndex()
+    loaded = coco.loadRes(str(folder / "test-test.coco_results.json"))
+    assert {a["image_id"]: a["caption"] for a in loaded.dataset["annotations"]} == {r["image_id"]: r["caption"] for r in predictions}
     expected_metrics = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"} | ({"METEOR"} if caption_metrics.java_available() else set())
     assert expected_metrics <= set(results["metrics"]) and {f"test/{m}" for m in expected_metrics} <= set(logged)
     assert results["metrics"]["CIDEr"] == pytest.approx(logged["test/CIDEr"])
@@ -110,6 +121,8 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     first = (folder / "test-test.results.json").read_text()
     again_predictions, again_results = write_evaluation(folder, "test-test", predictions, {"split": "test"})
     assert (again_predictions.name, again_results.name) == ("test-test-2.predictions.jsonl", "test-test-2.results.json")
+    assert json.loads((folder / "test-test-2.coco_results.json").read_text()) == json.loads(
+        (folder / "test-test.coco_results.json").read_text())
     assert (folder / "test-test.results.json").read_text() == first
     assert json.loads(again_results.read_text())["predictions"] == "test-test-2.predictions.jsonl"
 

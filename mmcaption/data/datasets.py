@@ -124,7 +124,7 @@ class CaptionImagesDataset(Dataset):
             "input_ids": self.prompt_ids,
             "pixel_values": self.image_processor(images=image, return_tensors="pt")["pixel_values"][0],
             "references": self.references[index],
-            "image_id": str(row.get("image_id", row["file_name"])),
+            "image_id": row["image_id"],  # COCO's integer id: a COCO results file needs it as it is
             "display": torch.from_numpy(np.array(image.resize((96, 96)))).permute(2, 0, 1).contiguous(),
         }
 

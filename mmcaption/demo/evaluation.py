@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections import Counter, defaultdict
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,9 @@ class BlindControl:
     """
 
     def __init__(self) -> None:
-        self.spare: tuple[torch.Tensor, str] | None = None
+        self.spare: tuple[torch.Tensor, Hashable] | None = None
 
-    def __call__(self, image_embeds: torch.Tensor, image_keys: list[str]) -> torch.Tensor:
+    def __call__(self, image_embeds: torch.Tensor, image_keys: list[Hashable]) -> torch.Tensor:
         n = len(image_keys)
         rows = []
         for k in range(n):
@@ -53,7 +54,7 @@ class BlindControl:
 
 
 @torch.no_grad()
-def evaluate_captions(tasks: Tasks, loader, scenes: dict[str, Scene]) -> dict[str, Any]:
+def evaluate_captions(tasks: Tasks, loader, scenes: dict[int, Scene]) -> dict[str, Any]:
     """Captions of held-out images: COCO metrics, per-attribute accuracy, blind control, chance."""
     tasks.model.eval()
     ids, captions, blind, references, examples = [], [], [], {}, []

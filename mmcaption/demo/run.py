@@ -201,7 +201,7 @@ def check_report_folder(folder: Path) -> None:
 
 def evaluate(root: Path, caption: StageResult, instruct: StageResult, scratch, report_dir: Path) -> dict:
     """Held-out evaluation of both stages, with blind controls (see ``mmcaption.demo.evaluation``)."""
-    scenes = {str(image["id"]): Scene(**image["scene"]) for image in
+    scenes = {image["id"]: Scene(**image["scene"]) for image in
               json.loads((root / "coco" / "annotations" / "captions_val2017.json").read_text())["images"]}
     caption_dm = caption.cli.datamodule
     captions = evaluate_captions(caption.cli.model.tasks, caption_dm.caption_images_loader("val2017", None), scenes)

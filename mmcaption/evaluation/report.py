@@ -3,7 +3,9 @@
 ``<stem>.predictions.jsonl`` holds one line per image (its id, the generated caption, the references)
 or per question; ``<stem>.results.json`` the metric values with what they depend on - the tokenizer and
 the metrics run or skipped (and why), the generation settings, the checkpoint (path and sha256), the
-split and its size. Neither file is ever written over: a name that exists gets a ``-2``, ``-3`` ...
+split and its size. Captions are also written as a COCO results file, ``<stem>.coco_results.json``
+(``[{"image_id", "caption"}]``, what pycocotools' ``COCO.loadRes``, coco-caption's ``COCOEvalCap`` and
+COCO's evaluation server take). No file is ever written over: a name that exists gets a ``-2``, ``-3`` ...
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ def summary_path(output: Path) -> Path:
     return output.with_name(output.name + ".summary.json")
 
 
+_SUFFIXES = (".predictions.jsonl", ".results.json", ".coco_results.json")
+
+
 def _free_stem(folder: Path, stem: str) -> str:
     """``stem``, or ``stem-2``, ``stem-3`` ... : the first whose files do not exist yet."""
     candidate, n = stem, 1
-    while (folder / f"{candidate}.results.json").exists() or (folder / f"{candidate}.predictions.jsonl").exists():
+    while any((folder / f"{candidate}{suffix}").exists() for suffix in _SUFFIXES):
         n += 1
         candidate = f"{stem}-{n}"
     return candidate
@@ -54,8 +59,9 @@ def checkpoint_record(path: str | Path | None, init_from: str | None = None) -> 
 def write_evaluation(
     folder: str | Path, stem: str, rows: list[dict[str, Any]], results: dict[str, Any],
 ) -> tuple[Path, Path]:
-    """Write ``rows`` to ``<stem>.predictions.jsonl`` and ``results`` (with the time and mmcaption's
-    version added, and the predictions file named) to ``<stem>.results.json`` in ``folder``."""
+    """Write ``rows`` to ``<stem>.predictions.jsonl``, their captions to ``<stem>.coco_results.json``, and
+    ``results`` (with the time and mmcaption's version added, and those files named) to ``<stem>.results.json``
+    in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = _free_stem(folder, stem)
@@ -63,6 +69,12 @@ def write_evaluation(
     with open(predictions, "x", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, default=str) + "\n")
+    captions = [{"image_id": row["image_id"], "caption": row["caption"]} for row in rows if "caption" in row]
+    if captions:
+        coco_results = folder / f"{stem}.coco_results.json"
+        with open(coco_results, "x", encoding="utf-8") as handle:
+            json.dump(captions, handle)
+        results = {**results, "coco_results": coco_results.name}
     try:
         package = version("mmcaption")
     except PackageNotFoundError:
