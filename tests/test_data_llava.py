@@ -1,5 +1,6 @@
 import json
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,11 @@ def test_conversations_in_json_lines_read_as_the_json_list(backbones, llava, tmp
     assert [c.id for c in read_llava(lines, llava[1], BadRecords(str(lines)))] == [records[0]["id"]]
 
 
+def test_validating_on_the_training_file_is_warned_of(backbones, llava):
+    with pytest.warns(UserWarning, match=r"val_file is train_file .*: validation measures the training conversations"):
+        make_datamodule(backbones, llava, val_file=str(llava[0].parent / "." / llava[0].name))
+
+
 def test_a_held_out_fraction_that_holds_out_nothing_says_so(backbones, llava):
     # 12 records at 1%: none falls on the val side; the message blamed the file ("nothing usable is left")
     with pytest.raises(DataError, match=r"with val_fraction 0\.01, none of its 12 usable records falls on the val side.*"
@@ -103,6 +109,10 @@ BAD_RECORDS = {
     "image path escapes root": (lambda r: r.update(image="../../etc/passwd"), r"escapes the image root"),
     "absolute image path": (lambda r: r.update(image="/etc/hostname"), r"escapes the image root"),
     "missing image": (lambda r: r.update(image="train2017/nope.jpg"), r"1 of 12 conversations refer to images missing.*nope\.jpg"),
+    # ShareGPT-style 'images' with two: one image per conversation is what trains
+    "several images": (lambda r: r.update(images=[r.pop("image")] * 2), r"has 2 images: a conversation is trained with one"),
+    # an image under a key no reader knows: the '<image>' it asks about was trained as a text-only conversation
+    "<image> without an image": (lambda r: r.update(picture=r.pop("image")), r"asks about an <image> but names none"),
 }
 
 
@@ -224,6 +234,56 @@ def test_repeated_ids_are_separate_conversations_as_in_llava_instruct_150k(backb
         assert meta["skipped"] == {}
     duplicates = [n for meta in metas.values() for kind, n in meta["notes"].items() if kind.startswith("duplicate records")]
     assert duplicates == [1]  # skipped and counted once, on its side of the split
+
+
+def test_sharegpt_and_openai_style_records_read_as_llavas(llava, tmp_path):
+    """Files written by people's own scripts and common tools: 'images' lists and 'messages' of role /
+    content (LLaMA-Factory, OpenAI), a system turn, a question that is the image alone, a null id,
+    Windows paths and macOS's decomposed accents."""
+    _, image_root = llava
+    accented = image_root / "train2017" / unicodedata.normalize("NFD", "café.jpg")
+    shutil.copy(image_root / "train2017" / "000000000003.jpg", accented)
+    records = [
+        {"id": "a", "images": ["train2017/000000000001.jpg"], "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "<image>What colour is it?"}, {"role": "assistant", "content": "Yellow."}]},
+        {"id": None, "image": "train2017\\000000000002.jpg", "conversations": [
+            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "A yellow diamond on the top."}]},
+        {"image": ["train2017/" + unicodedata.normalize("NFC", "café.jpg")], "conversations": [
+            {"from": "human", "value": "<image>\nCompare <image> with it."}, {"from": "gpt", "value": "The same."}]},
+        {"id": "text", "images": [], "messages": [{"role": "user", "content": "Say red."}, {"role": "assistant", "content": "red"}]},
+    ]
+    file = tmp_path / "mine.json"
+    file.write_text(json.dumps(records))
+    records_seen = BadRecords(str(file))
+    conversations = read_llava(file, image_root, records_seen)
+    assert [(c.id, c.image, c.turns) for c in conversations] == [
+        ("a", "train2017/000000000001.jpg", [("What colour is it?", "Yellow.")]),
+        ("#1", "train2017/000000000002.jpg", [("", "A yellow diamond on the top.")]),  # null id: as if missing
+        ("#2", "train2017/" + accented.name, [("Compare with it.", "The same.")]),
+        ("text", None, [("Say red.", "red")]),
+    ]
+    assert {kind.split(":")[0].split(" (")[0]: n for kind, n in records_seen.notes.items()} == {
+        "conversations with a system turn of their own": 1, "conversations with several <image> placeholders for their one image": 1}
+
+
+def test_a_list_with_something_after_it_is_named_where_it_ends(llava, tmp_path):
+    # a stray bracket, or two files joined with cat: the error pointed at line 1 as "not valid JSON Lines"
+    records = json.loads(llava[0].read_text())
+    joined = tmp_path / "joined.json"
+    first = json.dumps(records[:2], indent=1) + "\n"
+    joined.write_text(first + json.dumps(records[2:4], indent=1) + "\n")
+    with pytest.raises(DataError, match=rf"joined\.json is not valid JSON: Extra data: line {first.count(chr(10)) + 1} column 1"):
+        read_llava(joined, llava[1], BadRecords(str(joined)))
+
+
+def test_one_id_for_every_record_is_named_when_the_split_puts_them_all_on_one_side(backbones, llava):
+    edit(llava[0], lambda records: [r.update(id=None if i % 2 else "same") for i, r in enumerate(records)])
+    assert len({c.id for c in read_llava(llava[0], llava[1], BadRecords("f"))}) == 7  # null ids are the records' places
+    edit(llava[0], lambda records: [r.update(id="same") for r in records])
+    with pytest.raises(DataError, match=r"none of its 12 usable records falls on the val side .*all of them have the id 'same': "
+                                        r"give each record its own id \(or none\), or give val_file"):
+        make_datamodule(backbones, llava, val_file=None, val_fraction=0.3).prepare_data()
 
 
 def test_malformed_json_and_missing_file_are_named(backbones, llava):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from mmcaption import images
 from mmcaption.data import CaptionDataModule, DataError, MultipleChoiceDataModule
+from mmcaption.data.cache import folder_signature
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.predict import find_images
 from mmcaption.data.questions import read_questions
@@ -119,6 +120,24 @@ def test_a_folder_follows_linked_folders_once_and_names_links_to_nothing(tmp_pat
     found = find_images(str(folder), note=notes.append)
     assert [p.relative_to(folder).as_posix() for p in found] == ["b.jpg", "val2017/a.jpg"]  # the linked folder is read (was left out)
     assert notes == [f"{folder}: 1 links left out that point to nothing (the first: {folder / 'gone.jpg'})"]
+
+
+def test_the_preprocessing_cache_sees_images_added_to_a_linked_folder(tmp_path):
+    # LLaVA-1.5's mixes are one image root with coco/, gqa/ ... linked in: an image added there was never
+    # preprocessed ("reusing ... built with 1 bad records skipped")
+    gqa = tmp_path / "downloads" / "gqa"
+    gqa.mkdir(parents=True)
+    (gqa / "1.jpg").write_bytes(jpeg(upright_picture(32, 32)))
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "gqa").symlink_to(gqa, target_is_directory=True)
+    (root / "again").symlink_to(root, target_is_directory=True)  # a link back up: read once, not forever
+    (root / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")  # a link to nothing: no image, no error
+    before = folder_signature(root)
+    assert before["files"] == 1
+    (gqa / "2.jpg").write_bytes(jpeg(upright_picture(32, 32)))  # the rest of a partial download
+    after = folder_signature(root)
+    assert after["files"] == 2 and after["sha256"] != before["sha256"]
 
 
 def test_an_image_list_as_windows_saves_it(tmp_path, monkeypatch):

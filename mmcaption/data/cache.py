@@ -45,19 +45,28 @@ def _content_hash(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
 
 
 def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
-    """What an image folder holds: its images' names, sizes and modification times (recursively), so
-    images added after a partial download, removed or replaced make a new cache. Other files,
-    ``exclude`` (this data module's cache), any ``preprocessed`` folder (another's) and hidden folders
-    are left out."""
+    """What an image folder holds: its images' names, sizes and modification times (recursively, through
+    linked folders), so images added after a partial download, removed or replaced make a new cache.
+    Other files, ``exclude`` (this data module's cache), any ``preprocessed`` folder (another's) and hidden
+    folders are left out."""
     if not folder.is_dir():
         return {"folder": "missing"}
     excluded = exclude.resolve() if exclude is not None else None
-    digest, count = hashlib.sha256(), 0
-    for root, folders, files in os.walk(folder):
+    digest, count, seen = hashlib.sha256(), 0, set()
+    # linked folders too (LLaVA-1.5's mixes link coco/, gqa/ ... into one root): each real folder once
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
         folders[:] = sorted(f for f in folders if not f.startswith(".") and f != "preprocessed"
                             and (Path(root) / f).resolve() != excluded)
         for name in sorted(f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES):
-            stat = os.stat(os.path.join(root, name))
+            try:
+                stat = os.stat(os.path.join(root, name))
+            except OSError:  # a link that points nowhere: not an image the data can use
+                continue
             digest.update(f"{os.path.relpath(os.path.join(root, name), folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
             count += 1
     return {"files": count, "sha256": digest.hexdigest()}

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
@@ -223,6 +224,9 @@ class InstructDataModule(PreprocessedDataModule):
         self.image_root, self.max_length, self.val_answer_questions = Path(image_root), max_length, val_answer_questions
         self.test_answer_questions = test_answer_questions
         self.template = ConversationTemplate(system=system_prompt)
+        if self.val_file is not None and self.val_file.resolve() == self.train_file.resolve():
+            rank_zero_warn(f"val_file is train_file ({train_file}): validation measures the training conversations; "
+                           "give val_file null to hold out val_fraction of them")
 
     @property
     def default_cache_dir(self) -> Path:

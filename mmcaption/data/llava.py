@@ -1,7 +1,8 @@
 """LLaVA-Instruct: read the conversation JSON, check every record, preprocess into Arrow.
 
 A record is ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}`` with
-``image`` relative to an image root (COCO ``train2017/`` for LLaVA-Instruct-150k). Each
+``image`` relative to an image root (COCO ``train2017/`` for LLaVA-Instruct-150k); ShareGPT-style files'
+``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assistant"|"system", "content"}`` read alike. Each
 conversation stays whole: one sequence, loss on every assistant turn (see ``templates.py``).
 """
 
@@ -16,9 +17,9 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, escapes_root, read_json_list
+from mmcaption.data.records import BadRecords, DataError, escapes_root, existing_spelling, read_json_list
 from mmcaption.images import check_image
-from mmcaption.prompts import ConversationTemplate, strip_image_placeholder
+from mmcaption.prompts import IMAGE_PLACEHOLDER, ConversationTemplate, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
 CONVERSATION_FEATURES = datasets.Features(
@@ -40,6 +41,8 @@ TEXT_ONLY = "text-only conversations (no image: the cross-attention is skipped f
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 LEADING_ANSWER = "conversations that open with an assistant turn: that turn dropped (as LLaVA's training does)"
 UNANSWERED_LAST = "conversations that end with an unanswered question: that question dropped, the turns before kept"
+SYSTEM_DROPPED = "conversations with a system turn of their own: that turn dropped (data.system_prompt is the one used)"
+SEVERAL_PLACEHOLDERS = "conversations with several <image> placeholders for their one image (seen once, through cross-attention)"
 
 
 @dataclass
@@ -56,45 +59,80 @@ def in_split(record_id: str, val_fraction: float, split: str) -> bool:
     return is_val == (split == "val")
 
 
+def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | None]:
+    """``(usable, image)`` of a record: LLaVA's ``image`` path, or the ``images`` list of ShareGPT-style
+    files (LLaMA-Factory's), with one image; no image (missing, null, "" or []) is a text-only record."""
+    image = record["image"] if "image" in record else record.get("images")
+    if isinstance(image, list):
+        if len(image) > 1:
+            records.bad("several images", f"{name} has {len(image)} images: a conversation is trained with one")
+            return False, None
+        image = image[0] if image else None
+    if image is not None and not isinstance(image, str):
+        records.bad("malformed record", f"{name}: 'image' is not a path")
+        return False, None
+    if image and escapes_root(image):
+        records.bad("image path escapes root", f"{name}: image path {image!r} escapes the image root (image paths are "
+                                               "relative to the folder given as image_root)")
+        return False, None
+    return True, image or None
+
+
+def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
+    """``(role, text)`` of each turn: LLaVA's ``conversations`` of ``from`` / ``value``, or the ``messages``
+    of ``role`` / ``content`` that OpenAI-style files have; roles as :data:`ROLES` and ``system``."""
+    turns = record["conversations"] if "conversations" in record else record.get("messages")
+    if not isinstance(turns, list) or not turns:
+        records.bad("malformed record", f"{name} has no 'conversations' (or 'messages') list")
+        return None
+    parsed = []
+    for index, turn in enumerate(turns):
+        value = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+        if not isinstance(value, str):
+            records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value' (or 'role' and 'content')")
+            return None
+        role = str(turn.get("from", turn.get("role", "")))
+        parsed.append((ROLES.get(role.lower(), "system" if role.lower() == "system" else role), value))
+    return parsed
+
+
 def parse_record(position: int, record: object, records: BadRecords) -> Conversation | None:
     """Check one record; ``None`` (after reporting it) if it cannot be used."""
     if not isinstance(record, dict):
         records.bad("malformed record", f"record {position} is not an object")
         return None
-    record_id = str(record.get("id", f"#{position}"))
+    record_id = str(record["id"]) if record.get("id") not in (None, "") else f"#{position}"  # null: as if missing
     name = f"record {position} (id {record_id})"
-    image, turns = record.get("image"), record.get("conversations")
-    if image is not None and not isinstance(image, str):
-        records.bad("malformed record", f"{name}: 'image' is not a path")
+    usable, image = _image_of(record, name, records)
+    turns = _turns_of(record, name, records) if usable else None
+    if turns is None:
         return None
-    image = image or None  # no image, null or "": a text-only conversation
-    if image is not None and escapes_root(image):
-        records.bad("image path escapes root", f"{name}: image path {image!r} escapes the image root")
-        return None
-    if not isinstance(turns, list) or not turns:
-        records.bad("malformed record", f"{name} has no 'conversations' list")
-        return None
-    pairs: list[tuple[str, str]] = []
     dropped: list[str] = []
     start = 0
-    if isinstance(turns[0], dict) and ROLES.get(str(turns[0].get("from", "")).lower()) == "gpt" and len(turns) > 1:
-        start = 1  # an assistant turn before any question: dropped, as LLaVA's own training drops it
+    if turns[0][0] == "system" and len(turns) > 1:
+        start = 1  # its own system prompt: the template's (data.system_prompt) is the one trained and used
+        dropped.append(SYSTEM_DROPPED)
+    if turns[start][0] == "gpt" and len(turns) > start + 1:
+        start += 1  # an assistant turn before any question: dropped, as LLaVA's own training drops it
         dropped.append(LEADING_ANSWER)
-    for index, turn in enumerate(turns[start:], start=start):
+    placeholders = sum(len(IMAGE_PLACEHOLDER.findall(value)) for role, value in turns if role == "human")
+    if placeholders and image is None:
+        records.bad("<image> without an image", f"{name} asks about an <image> but names none (in 'image', or 'images')")
+        return None
+    if placeholders > 1:
+        dropped.append(SEVERAL_PLACEHOLDERS)
+    pairs: list[tuple[str, str]] = []
+    for index, (role, value) in enumerate(turns[start:], start=start):
         expected = "human" if (index - start) % 2 == 0 else "gpt"
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value'")
-            return None
-        role = ROLES.get(str(turn.get("from", "")).lower())
         if role != expected:
             records.bad(
                 "turns do not alternate",
-                f"{name}: turn {index} is from {turn.get('from')!r}, expected {expected!r}"
+                f"{name}: turn {index} is from {role!r}, expected {expected!r}"
                 " (turns must alternate human, gpt, human, ...)",
             )
             return None
-        text = strip_image_placeholder(turn["value"]) if role == "human" else turn["value"].strip()
-        if not text:
+        text = strip_image_placeholder(value) if role == "human" else value.strip()
+        if not text and not (role == "human" and IMAGE_PLACEHOLDER.search(value)):  # "<image>" alone asks about the image
             records.bad("empty turn", f"{name}: turn {index} ({role}) is empty")
             return None
         if role == "human":
@@ -121,12 +159,13 @@ def read_llava(
     # (conversation, detail, reasoning) talk about the same images. A record is what it says; only a
     # record that repeats both the id and the conversation of an earlier one is a duplicate (skipped and
     # counted, never fatal). The hash split is by id, so an image's conversations stay on one side.
-    conversations, seen, parsed = [], set(), 0
+    conversations, seen, parsed, ids = [], set(), 0, set()
     for position, record in enumerate(content):
         conversation = parse_record(position, record, records)
         if conversation is None:
             continue
         parsed += 1
+        ids.add(conversation.id)
         if split is not None and not in_split(conversation.id, val_fraction, split):
             continue
         key = (conversation.id, conversation.image, tuple(conversation.turns))
@@ -140,8 +179,13 @@ def read_llava(
 
     if split is not None and parsed and not conversations:  # "nothing usable" would blame the file
         advice = "raise val_fraction, or give val_file" if split == "val" else "lower val_fraction"
+        if len(ids) == 1:  # every record on one side, whatever the fraction
+            advice = f"all of them have the id {next(iter(ids))!r}: give each record its own id (or none), or give val_file"
         raise DataError(f"{file}: with val_fraction {val_fraction}, none of its {parsed:,} usable records falls on the "
                         f"{split} side (a record's side is a hash of its id); {advice}")
+    for conversation in conversations:  # as written, or with Windows' backslashes or the other Unicode form (macOS)
+        if conversation.image is not None:
+            conversation.image = existing_spelling(image_root, conversation.image)
     missing = [c for c in conversations if c.image is not None and not (image_root / c.image).is_file()]
     records.missing_images(
         [(f"id {c.id}", image_root / c.image) for c in missing], sum(c.image is not None for c in conversations),

@@ -10,7 +10,6 @@ file and its line.
 from __future__ import annotations
 
 import os
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,7 @@ from mmcaption.data.benchmarks import (
     scienceqa_image_root,
 )
 from mmcaption.data.choice_csv import read_choice_csv
-from mmcaption.data.records import DataError
+from mmcaption.data.records import DataError, existing_spelling
 from mmcaption.data.resume import interrupted_rows, output_exists_advice
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.folders import output_lock
@@ -113,12 +112,7 @@ def user_path(name: str, root: Path) -> Path | RemoteImage:
     looked for in its other Unicode form (macOS writes decomposed names: ``é`` as ``e`` and an accent)."""
     if is_url(name):
         return RemoteImage(name)
-    path = root / name
-    if path.exists():
-        return path
-    spellings = [name.replace("\\", "/")] if "\\" in name and os.sep == "/" else [name]
-    spellings += [unicodedata.normalize(form, spelling) for spelling in spellings for form in ("NFC", "NFD")]
-    return next((root / spelling for spelling in spellings if (root / spelling).exists()), root / spellings[0])
+    return root / existing_spelling(root, name)
 
 
 def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder") -> list[Path | RemoteImage]:

@@ -4,6 +4,8 @@ and count when the user asked for that. Nothing is dropped silently."""
 from __future__ import annotations
 
 import json
+import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -74,7 +76,8 @@ def read_json_list(path: Path, what: str) -> object:
             return read_json(path, what)
         except DataError as error:
             cause = error.__cause__
-            if not isinstance(cause, json.JSONDecodeError) or not cause.msg.startswith("Extra data"):
+            # a list with something after it (a stray bracket, two files joined) is no JSON Lines: its own error says where
+            if not isinstance(cause, json.JSONDecodeError) or not cause.msg.startswith("Extra data") or cause.doc.lstrip().startswith("["):
                 raise
     elif not path.is_file():
         return read_json(path, what)  # its message, with the archive hint
@@ -87,6 +90,17 @@ def read_json_list(path: Path, what: str) -> object:
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}, line {number}: not valid JSON Lines (one JSON record per line): {error}") from None
     return records
+
+
+def existing_spelling(root: Path, name: str) -> str:
+    """``name`` as written when ``root / name`` exists; else the first other spelling of it that exists
+    there - a Windows path's backslashes read as separators, an accented name in its other Unicode form
+    (macOS writes decomposed names: ``é`` as ``e`` and an accent) - or ``name`` itself if none does."""
+    if (root / name).exists():
+        return name
+    spellings = [name.replace("\\", "/")] if "\\" in name and os.sep == "/" else [name]
+    spellings += [unicodedata.normalize(form, spelling) for spelling in spellings for form in ("NFC", "NFD")]
+    return next((spelling for spelling in spellings if (root / spelling).exists()), spellings[0])
 
 
 def escapes_root(relative: str) -> bool:
