@@ -82,7 +82,13 @@ def test_vqa_accuracy_normalises_human_answers_only_when_they_disagree_as_the_of
     assert vqa_accuracy("t shirt", ["t-shirt"] * 10) == 0.0
     assert vqa_accuracy("T-Shirt", ["t shirt"] * 10) == 1.0
     assert vqa_accuracy("Yes.", ["yes"] * 10) == 1.0
-    # one human who wrote it otherwise: all ten are normalised, and "t-shirt" is "t shirt"
+    # one human who wrote it otherwise: all ten lose their punctuation, and "t-shirt" is "t shirt"
     assert vqa_accuracy("t shirt", ["t-shirt"] * 9 + ["t shirt"]) == 1.0
+    # ... their punctuation only: articles, number words and capitals stay as the humans wrote them (both
+    # scored 1.0 when the human answers were normalised as the prediction is, as lmms-eval does)
+    assert vqa_accuracy("white", ["the white"] * 5 + ["gray"] * 5) == 0.0
+    assert vqa_accuracy("three", ["three"] * 4 + ["4"] * 6) == 0.0  # the prediction is "3"
+    assert vqa_accuracy("White", ["White"] * 5 + ["gray"] * 5) == 0.0  # the prediction is "white"
+    assert vqa_accuracy("The white.", ["white"] * 5 + ["gray"] * 5) == 1.0
     # a single reference answer (a user's own file, not VQAv2's ten) is compared as exact match is
     assert vqa_accuracy("The T-shirt", ["t-shirt"]) == 1.0

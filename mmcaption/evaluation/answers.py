@@ -34,10 +34,9 @@ _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 
 
-def normalise_answer(text: str) -> str:
-    """An answer as the VQA evaluation compares it: lower case, punctuation dropped (a comma between
-    digits kept), number words as digits, articles dropped, ``dont`` -> ``don't``."""
-    original = text.replace("\n", " ").replace("\t", " ").strip().lower()
+def _without_punctuation(original: str) -> str:
+    """The VQA evaluation's ``processPunctuation``: punctuation dropped or made a space (a comma between
+    digits kept), the case and the words as they are."""
     keeps_commas = _COMMA_STRIP.search(original) is not None
     text = original
     for mark in _PUNCTUATION:  # whether a mark is dropped or becomes a space depends on the text as given
@@ -45,7 +44,13 @@ def normalise_answer(text: str) -> str:
             text = text.replace(mark, "")
         else:
             text = text.replace(mark, " ")
-    text = _PERIOD_STRIP.sub("", text)
+    return _PERIOD_STRIP.sub("", text)
+
+
+def normalise_answer(text: str) -> str:
+    """An answer as the VQA evaluation compares it: lower case, punctuation dropped (a comma between
+    digits kept), number words as digits, articles dropped, ``dont`` -> ``don't``."""
+    text = _without_punctuation(text.replace("\n", " ").replace("\t", " ").strip().lower())
     words = [_NUMBERS.get(word, word) for word in text.split()]
     words = [_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES]
     return " ".join(words)
@@ -101,12 +106,12 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """The VQA accuracy of ``prediction`` against the human ``answers`` (VQAv2 has 10 per question):
     ``min(#humans who gave it / 3, 1)``, averaged over the subsets that leave out one human each.
 
-    As the official ``vqaEval.py`` scores an answer normalised before it is submitted (LLaVA's submission
-    script and lmms-eval normalise it so): the prediction is compared after :func:`normalise_answer`, the
-    human answers are normalised only when they disagree - ten humans who all wrote ``t-shirt`` score
-    ``t shirt`` 0, and ten who all wrote ``two`` score ``two`` (normalised: ``2``) 0, as the official
-    evaluation and lmms-eval do. With a single reference answer (not VQAv2's layout), both are normalised
-    and compared.
+    As the official ``vqaEval.py`` (and EvalAI's VQA server, which runs it) scores: the prediction is
+    compared after :func:`normalise_answer`; the human answers lose their punctuation only, and only when
+    they disagree - their case, number words and articles stay. So ten humans who all wrote ``t-shirt``
+    score ``t shirt`` 0, ten who all wrote ``two`` score ``two`` (normalised: ``2``) 0, and ``white``
+    scores 0 against five humans' ``the white`` and five ``gray``. With a single reference answer (not
+    VQAv2's layout), both are normalised and compared.
     """
     if not answers:
         raise ValueError("VQA accuracy needs at least one human answer")
@@ -114,7 +119,7 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     if len(answers) == 1:
         return float(given == normalise_answer(answers[0]))
     if len(set(answers)) > 1:
-        humans = [normalise_answer(answer) for answer in answers]
+        humans = [_without_punctuation(answer) for answer in answers]
     else:
         humans = [answer.replace("\n", " ").replace("\t", " ").strip() for answer in answers]
     scores = [min(1.0, sum(other == given for other in humans[:i] + humans[i + 1:]) / 3) for i in range(len(humans))]
