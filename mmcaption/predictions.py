@@ -230,8 +230,8 @@ class PredictionWriter(BasePredictionWriter):
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
             self.vqa_results_path(self.path).write_text(json.dumps(self.vqa_results + padding))
             self.counts["vqa_results_padded"] = len(padding)
-        elif self.official and not why:  # several processes: no results file, and none of an earlier run
-            self.vqa_results_path(self.path).unlink(missing_ok=True)
+        elif not why and (self.official or self.replacing):  # several processes, or other questions in place of an
+            self.vqa_results_path(self.path).unlink(missing_ok=True)  # earlier VQAv2 run's output: none of its results
         message = f"predictions: {summary['rows']} rows -> {self.path}"
         if "resumed_after" in summary:
             message += f" (the first {summary['resumed_after']} from the interrupted run)"

@@ -429,6 +429,12 @@ def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_fr
     submitted = json.loads((tmp_path / "first.jsonl.vqa_results.json").read_text())
     assert submitted == [{"question_id": r["question_id"], "answer": normalise_answer(r["prediction"])} for r in first] + [
         {"question_id": 9, "answer": ""}, {"question_id": 8, "answer": ""}]
+    # that output replaced by other questions' answers: the earlier run's file for the server goes with it (it stayed,
+    # beside an output it no longer belonged to)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"image": str(coco / "COCO_val2014_000000000007.jpg"), "question": "What is it?"}) + "\n")
+    run(plain, None, tmp_path / "first.jsonl", overwrite=True)
+    assert not (tmp_path / "first.jsonl.vqa_results.json").exists()
 
     # with the annotations: ten human answers and an answer type each; the mean VQA accuracy per answer type
     answers = {420: ([said[0]] * 10, "other"), 421: ([said[1]] * 2 + ["maybe"] * 8, "yes/no"), 70: (["zebra"] * 10, "number")}
