@@ -32,7 +32,7 @@ from mmcaption.checkpoint import (
 from mmcaption.errors import ConfigError, NonFiniteLossError
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores, metric_setup
-from mmcaption.evaluation.report import checkpoint_record, write_evaluation
+from mmcaption.evaluation.report import GENERATION_RECORDED, checkpoint_record, write_evaluation
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local
@@ -40,10 +40,6 @@ from mmcaption.model.loss import chunked_cross_entropy
 from mmcaption.model.optim import adamw
 from mmcaption.predictions import PredictionWriter
 from mmcaption.tasks import Tasks, check_generation
-
-# the generation settings a results file records
-GENERATION_RECORDED = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p",
-                       "length_penalty", "repetition_penalty", "no_repeat_ngram_size")
 
 
 class MultimodalCaptioner(LightningModule):

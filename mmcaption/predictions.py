@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
-from mmcaption.evaluation.report import summary_path
+from mmcaption.evaluation.report import prediction_record, summary_path
 from mmcaption.folders import output_lock
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -64,6 +64,7 @@ class PredictionWriter(BasePredictionWriter):
         self.submission_ids: list[int] = []
         self.expected_rows: int | None = None
         self.shares: dict[str, list[float]] | None = None  # several processes: each one's output and SHARE_COUNTS
+        self.made_by: dict[str, Any] = {}
 
     def on_predict_start(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
@@ -83,6 +84,7 @@ class PredictionWriter(BasePredictionWriter):
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
         self.shares = None
+        self.made_by = prediction_record(trainer)  # in the summary, and checked by a resume
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
         # VQAv2's official questions: the answers as its evaluation server takes them, written at the end by a
@@ -189,6 +191,7 @@ class PredictionWriter(BasePredictionWriter):
                 summary[key] = {name: {"correct": c, "answered": n, "accuracy": c / n} for name, (c, n) in sorted(categories[key].items())}
         if any(key in summary for key in self.category_columns):
             summary["per_category_over"] = "questions, right only if every rotation is (CircularEval)" if self.questions else "rows"
+        summary["made_by"] = self.made_by
         return summary
 
     def _finish(self, interrupted: BaseException | None = None, stopped: str | None = None) -> None:

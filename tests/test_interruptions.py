@@ -166,6 +166,19 @@ def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trai
                                                 r"from it with --data.resume true"):
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
 
+    # going on with another method or other weights would make one accuracy of two models' rows: refused, naming it
+    assert summary["made_by"]["settings"]["method"] == "likelihood" and summary["made_by"]["generation"]
+    with pytest.raises(OutputExistsError, match=r"resume: the rows of .*answers\.csv came from other weights or "
+                                                r"settings - method \('likelihood' then, 'generation' now\)"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, method="generation", resume=True))
+    other_weights = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    other_weights.generation.update(num_beams=3)
+    with pytest.raises(OutputExistsError, match=r"settings - num_beams \(1 then, 3 now\)"):
+        predictor(tmp_path).predict(other_weights, datamodule=choice_data(backbones, questions, output, resume=True))
+    with pytest.raises(OutputExistsError, match=r"settings - the weights \(the model's own weights then, .*\.ckpt now\)"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True),
+                                    ckpt_path=str(trained_checkpoint))
+
     # the same command with resume: the 4 rows kept, the 8 others added; the summary counts all 12
     stopped = output.read_bytes()
     with pytest.raises(SystemExit):  # stopped again, after one more batch: the rows of both runs are kept

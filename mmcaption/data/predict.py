@@ -29,8 +29,9 @@ from mmcaption.data.benchmarks import (
 )
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.records import DataError, existing_spelling
-from mmcaption.data.resume import interrupted_rows, output_exists_advice
+from mmcaption.data.resume import check_made_alike, interrupted_rows, output_exists_advice
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
+from mmcaption.evaluation.report import prediction_record
 from mmcaption.folders import output_lock
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
@@ -251,6 +252,8 @@ class _PredictDataModule(BackbonesDataModule):
                            "a summary: starting at the first row")
         if self.resume and self.output.exists():
             self.done = interrupted_rows(self.output, self.dataset.rows)
+            if self.trainer is not None:
+                check_made_alike(self.output, prediction_record(self.trainer))
             rank_zero_info(f"resume: the {len(self.done)} rows of {self.output} are kept; {len(self.dataset) - len(self.done)} to go")
             return self.generation_loader(Subset(self.dataset, range(len(self.done), len(self.dataset))), self.batch_size)
         return self.generation_loader(self.dataset, self.batch_size)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcaption.errors import OutputExistsError
-from mmcaption.evaluation.report import summary_path
+from mmcaption.evaluation.report import record_differences, summary_path
 
 # result columns a CSV holds as text: read back as the values the rows had ("" is a value left out)
 _CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": float,
@@ -60,6 +60,18 @@ def _from_csv(row: dict[str, str]) -> dict[str, Any]:
     if row.get("prediction") == "" and values.get("error"):
         values["prediction"] = None
     return values
+
+
+def check_made_alike(output: Path, now: dict[str, Any]) -> None:
+    """Refuse to go on from ``output`` when its rows were predicted by other weights or settings than
+    ``now`` (:func:`~mmcaption.evaluation.report.prediction_record`): the two runs' rows would make one
+    accuracy of two models. An output of a version that did not record them is gone on from."""
+    earlier = json.loads(summary_path(output).read_text()).get("made_by")
+    differences = record_differences(earlier, now) if earlier else []
+    if differences:
+        raise OutputExistsError(f"resume: the rows of {output} came from other weights or settings - {'; '.join(differences)}: "
+                                "with this run's they would be one result of two; go on with the same --ckpt_path and "
+                                "settings, or replace it with --data.overwrite true")
 
 
 def output_exists_advice(output: Path) -> str:

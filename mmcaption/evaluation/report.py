@@ -11,14 +11,28 @@ COCO's evaluation server take). No file is ever written over: a name that exists
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
+import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+# the generation settings a results file (and a predict output's summary) records
+GENERATION_RECORDED = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p",
+                       "length_penalty", "repetition_penalty", "no_repeat_ngram_size")
+# the predict data settings that change the rows' predictions (the input itself is checked row by row)
+PREDICTION_SETTINGS = ("caption_prompt", "system_prompt", "instruction", "method", "circular", "format", "split")
+
 
 def file_sha256(path: str | Path) -> str:
+    stat = os.stat(path)
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, modified: int) -> str:  # a checkpoint of GBs is read once per process
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -41,6 +55,36 @@ def _free_stem(folder: Path, stem: str) -> str:
         n += 1
         candidate = f"{stem}-{n}"
     return candidate
+
+
+def prediction_record(trainer) -> dict[str, Any]:
+    """What made a predict output's rows: the weights (:func:`checkpoint_record`), the data settings that
+    change predictions, and the generation settings."""
+    module, datamodule = trainer.lightning_module, trainer.datamodule
+    settings = dict(getattr(datamodule, "hparams", {}))
+    generation = module.tasks.generation.to_dict()
+    return {"checkpoint": checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None)),
+            "settings": {k: settings[k] for k in PREDICTION_SETTINGS if k in settings},
+            "generation": {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}}
+
+
+def record_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """How two :func:`prediction_record` differ, one phrase each (a checkpoint by its sha256 when both have one)."""
+    differences = []
+    then_weights, now_weights = earlier.get("checkpoint", {}), now.get("checkpoint", {})
+    if then_weights.get("sha256") and now_weights.get("sha256"):  # the same file, wherever it lies now
+        same = then_weights["sha256"] == now_weights["sha256"]
+    else:
+        same = then_weights == now_weights
+    if not same:
+        then_name, now_name = (w.get("path") or w.get("init_from") or "the model's own weights" for w in (then_weights, now_weights))
+        differences.append(f"the weights ({then_name} then, {now_name} now)")
+    for group in ("settings", "generation"):
+        before, after = earlier.get(group, {}), now.get(group, {})
+        for setting in sorted(set(before) | set(after)):
+            if before.get(setting) != after.get(setting):
+                differences.append(f"{setting} ({before.get(setting)!r} then, {after.get(setting)!r} now)")
+    return differences
 
 
 def checkpoint_record(path: str | Path | None, init_from: str | None = None) -> dict[str, Any]:
