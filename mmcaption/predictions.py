@@ -82,7 +82,7 @@ class PredictionWriter(BasePredictionWriter):
         self.handle = self.partial.open("w", newline="", encoding=self.encoding)
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
-        self.counts = {"rows": 0, "errors": 0, "answered": 0, "correct": 0, "unanswered": 0}
+        self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
         self.shares = None
         self.made_by = prediction_record(trainer)  # in the summary, and checked by a resume
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
@@ -141,8 +141,8 @@ class PredictionWriter(BasePredictionWriter):
         self.counts["rows"] += 1
         if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
             self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "")})
-        if row.get("error"):
-            self.counts["errors"] += 1
+        if row.get("error"):  # no image, or (by generation) an answer that names no option: wrong, but predicted
+            self.counts["no_option" if row.get("generated") is not None else "errors"] += 1
         if row.get("correct") is not None:  # rows with a reference answer; those given none count as wrong
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
@@ -244,6 +244,8 @@ class PredictionWriter(BasePredictionWriter):
                         "true, goes on from them") if earlier else "; the same command with --data.resume true goes on from them"
         if summary["errors"]:
             message += f"; {summary['errors']} could not be predicted (see their 'error' field)"
+        if summary["no_option"]:
+            message += f"; {summary['no_option']} generated answers named no option (their 'generated' field)"
         if "accuracy" in summary:
             message += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']}"
             message += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"

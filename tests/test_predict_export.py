@@ -117,6 +117,12 @@ def test_generation_method_answers_with_a_letter_or_says_it_could_not(backbones,
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and all(r["prediction"] in ("", "A", "B", "C", "D") for r in rows)
     assert all(r["generated"] or r["error"] for r in rows)
+    # an answer that names no option was predicted, and is wrong: not among the rows that could not be (it said
+    # "6 could not be predicted" of answers all generated)
+    summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
+    assert summary["errors"] == 1  # the missing image
+    assert summary["no_option"] == sum(r["error"].startswith("no single option letter") for r in rows) == 3  # '' here
+    assert summary["unanswered"] == 1 + summary["no_option"]
 
 
 def test_bad_csv_is_refused_with_the_file_and_line(backbones, tmp_path):
