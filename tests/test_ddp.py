@@ -78,16 +78,20 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     fit(tmp_path, "ddp", devices=2)
     check_two_processes_match_one(tmp_path, "ddp")
     # validate on two processes writes the results of both processes' images (it crashed at the end: a rank-0-only
-    # call of trainer.log_dir, which every process must make)
+    # call of trainer.log_dir, which every process must make), each image once: 3 images do not divide between 2
+    # processes, and Lightning's sampler gave one of them twice (4 images scored, an image id twice in the predictions)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     validate = subprocess.run(
         [sys.executable, "-m", "mmcaption", "validate", "--config", DEMO_CONFIG, "--ckpt_path", "checkpoints-ddp/last.ckpt",
          "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.limit_val_batches", "1",
-         "--trainer.enable_progress_bar", "false", "--data.init_args.val_caption_images", "4", "--data.init_args.num_workers", "0"],
+         "--trainer.enable_progress_bar", "false", "--data.init_args.val_caption_images", "3", "--data.init_args.num_workers", "0"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert validate.returncode == 0, validate.stderr[-3000:]
     (results,) = tmp_path.glob("val-*.results.json")
-    assert json.loads(results.read_text())["images"] == 4
+    results = json.loads(results.read_text())
+    assert results["images"] == 3 and results["references"] == 15
+    predictions = [json.loads(line)["image_id"] for line in (tmp_path / results["predictions"]).read_text().splitlines()]
+    assert sorted(predictions) == sorted(set(predictions)) and len(predictions) == 3
     # predict on two processes: each writes its share, and the first one's line names the other's and counts all rows
     # (it reported its own half as the whole result)
     predict = subprocess.run(

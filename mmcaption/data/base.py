@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -85,11 +86,22 @@ class BackbonesDataModule(LightningDataModule):
     def _worker_init(self):
         return functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer is not None else 0)
 
+    def evaluation_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """Each process's share of an evaluation split, every sample once. Lightning's own sampler repeats
+        samples to give every process as many: a split that does not divide evenly had some scored twice
+        (8 images in the results of 7, one id twice in the predictions, an answer's exact match counted
+        twice). A split smaller than the processes keeps Lightning's, so that none is left without a batch."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1 or len(dataset) < trainer.world_size:
+            return None
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+
     def generation_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
         """Batches of left-padded prompts, as generation needs them, in the dataset's order."""
         return DataLoader(
             dataset,
             batch_size=batch_size,
+            sampler=self.evaluation_sampler(dataset),
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
             worker_init_fn=self._worker_init(),
@@ -284,7 +296,8 @@ class PreprocessedDataModule(BackbonesDataModule):
         }
 
     def _loader(self, stage: str) -> DataLoader:
-        return DataLoader(self.datasets[self.stage_splits()[stage]], batch_size=self.eval_batch_size, **self._loader_settings())
+        dataset = self.datasets[self.stage_splits()[stage]]
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=self.evaluation_sampler(dataset), **self._loader_settings())
 
     def train_dataloader(self) -> StatefulDataLoader:
         """Shuffled per epoch from the run's seed, grouped by length (``group_by_length``), each DDP
