@@ -307,9 +307,12 @@ def test_scienceqa_with_a_model_that_always_answers_letter_a_is_never_right_unde
     rows, summary = read_output(output)
     assert [r["prediction"] for r in rows] == ["A", "A", "A"] and [r["id"] for r in rows] == ["5", "9", "12"]
     assert (summary["correct"], summary["answered"]) == (1, 3) and "circular_accuracy" not in summary
-    assert summary["per_category"] == {"natural science": {"correct": 1, "answered": 2, "accuracy": 0.5},
-                                       "social science": {"correct": 0, "answered": 1, "accuracy": 0.0}}
-    assert summary["per_category_over"] == "rows" and (rows[2]["category"], rows[2]["grade"]) == ("Geography", "grade5")
+    # per subject and grade, as ScienceQA's paper reports (the subjects were called categories, beside its own 'category')
+    assert summary["per_subject"] == {"natural science": {"correct": 1, "answered": 2, "accuracy": 0.5},
+                                      "social science": {"correct": 0, "answered": 1, "accuracy": 0.0}}
+    assert summary["per_grade"] == {"grade3": {"correct": 1, "answered": 2, "accuracy": 0.5},
+                                    "grade5": {"correct": 0, "answered": 1, "accuracy": 0.0}}
+    assert "per_category" not in summary and summary["per_category_over"] == "rows" and (rows[2]["category"], rows[2]["grade"]) == ("Geography", "grade5")
 
     output = tmp_path / "circular.csv"
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, path, output, format="scienceqa", method="generation",
@@ -320,8 +323,8 @@ def test_scienceqa_with_a_model_that_always_answers_letter_a_is_never_right_unde
     assert [r["rotation"] for r in rows if r["correct"] == "True"] == ["0", "1", "2"]
     assert (summary["correct"], summary["answered"], summary["accuracy"]) == (3, 9, 1 / 3)
     assert (summary["circular_correct"], summary["circular_questions"], summary["circular_accuracy"]) == (0, 3, 0.0)
-    assert summary["per_category"] == {"natural science": {"correct": 0, "answered": 2, "accuracy": 0.0},
-                                       "social science": {"correct": 0, "answered": 1, "accuracy": 0.0}}
+    assert summary["per_subject"] == {"natural science": {"correct": 0, "answered": 2, "accuracy": 0.0},
+                                      "social science": {"correct": 0, "answered": 1, "accuracy": 0.0}}
 
 
 @pytest.mark.parametrize(

@@ -353,7 +353,9 @@ class MultipleChoiceDataModule(_PredictDataModule):
         """The summary's per-category accuracies, each with the column of the rows it groups by."""
         if self.format == "mmbench":
             return {"per_category": "category", "per_l2_category": "l2-category"}
-        return {"per_category": "subject" if self.format == "scienceqa" else "category"}
+        if self.format == "scienceqa":  # as its paper reports: natural, social and language science; grades
+            return {"per_subject": "subject", "per_grade": "grade"}
+        return {"per_category": "category"}
 
     def input_files(self) -> list[Path]:
         return [self.csv_file]
