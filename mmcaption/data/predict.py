@@ -317,7 +317,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
         overwrite: replace ``output`` if it exists (by default an existing output is refused; the input
             CSV itself is always refused).
         format: ``csv`` (the original scripts'), ``mmbench`` (its TSV, base64 images; accuracy per ``category``
-            and ``l2-category``) or ``scienceqa`` (its IMG questions; accuracy per ``subject``).
+            and ``l2-category``) or ``scienceqa`` (its IMG questions; accuracy per ``subject`` and ``grade``).
         split: ScienceQA only: the split whose questions with an image are read (``null``: every split;
             the mini splits with ``pid_splits.json`` beside ``problems.json``; a parquet file is one split).
         circular: MMBench's CircularEval: a question with N options is asked N times, its options rotated,
