@@ -47,10 +47,10 @@ class MMCaptionParser(LightningArgumentParser):
         if index := re.search(r"NestedArg\(key='(\d+)\.", message):  # --trainer.callbacks.0.init_args.dirpath: no such form
             lines.append(f"  a list's item ({index.group(1)}) cannot be set on the command line: set it in a config file "
                          "(a second --config replaces the whole list; `callbacks+:` there adds to it)")
-        elif (option := re.search(r"NestedArg\(key='(\w+)'", message)) and (
-                last := re.search(r"Problem with given class_path '([\w.]+)'", message)):  # --trainer.callbacks.dirpath
-            lines.append(f"  a list's option on the command line goes to its last item, here {last.group(1)}, which has no "
-                         f"'{option.group(1)}': set it on the item it belongs to in a config file (a second --config "
+        elif message.startswith('Parser key "trainer.callbacks"') and (option := re.search(r"NestedArg\(key='(\w+)'", message)) \
+                and (last := re.search(r"Problem with given class_path '([\w.]+)'", message)):  # --trainer.callbacks.dirpath
+            lines.append(f"  --trainer.callbacks.{option.group(1)} goes to the list's last callback, here {last.group(1)}, which has "
+                         f"no '{option.group(1)}': set it on the callback it belongs to in a config file (a second --config "
                          "replaces the whole list; `callbacks+:` there adds to it)")
         if re.search(r"arguments are required: .*\bdata\b", message):  # validate --ckpt_path X, with no config
             lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "

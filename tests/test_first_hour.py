@@ -91,8 +91,11 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
     assert "a list's item (0) cannot be set on the command line: set it in a config file" in err
     with pytest.raises(SystemExit):  # the checkpoint folder by the option's name: given to the list's last callback
         main(["fit", "--config", DEMO_CAPTION, "--trainer.callbacks.dirpath", "elsewhere"])
-    assert ("a list's option on the command line goes to its last item, here mmcaption.throughput.TrainingThroughput, "
-            "which has no 'dirpath': set it on the item it belongs to in a config file") in capsys.readouterr().err
+    assert ("--trainer.callbacks.dirpath goes to the list's last callback, here mmcaption.throughput.TrainingThroughput, "
+            "which has no 'dirpath': set it on the callback it belongs to in a config file") in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a key of one object, not of a list: nothing said of lists
+        main(["fit", "--config", DEMO_CAPTION, "--data.batch_sise", "4"])
+    assert "list's" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("setting, value, said", [
