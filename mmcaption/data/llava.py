@@ -1,9 +1,10 @@
 """LLaVA-Instruct: read the conversation JSON, check every record, preprocess into Arrow.
 
 A record is ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}`` with
-``image`` relative to an image root (COCO ``train2017/`` for LLaVA-Instruct-150k); ShareGPT-style files'
-``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assistant"|"system", "content"}`` read alike. Each
-conversation stays whole: one sequence, loss on every assistant turn (see ``templates.py``).
+``image`` relative to an image root (COCO ``train2017/`` for LLaVA-Instruct-150k); ShareGPT-style
+files' ``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assistant"|"system",
+"content"}`` read alike. Each conversation stays whole: one sequence, loss on every assistant turn
+(see ``templates.py``).
 """
 
 from __future__ import annotations
