@@ -376,7 +376,8 @@ def test_the_benchmark_configs_parse_and_name_their_format(backbones, tmp_path, 
         assert config["class_path"] == "mmcaption.data.MultipleChoiceDataModule"
         dm = MultipleChoiceDataModule(**{**config["init_args"], "csv_file": str(tmp_path / "x"), "output": str(tmp_path / "o.csv"),
                                          "tokenizer": str(backbones[0]), "image_processor": str(backbones[1])})
-        assert dm.format == fmt and dm.category_columns["per_category"] == ("category" if fmt == "mmbench" else "subject")
+        assert dm.format == fmt and dm.category_columns == ({"per_category": "category", "per_l2_category": "l2-category"}
+                                                            if fmt == "mmbench" else {"per_subject": "subject", "per_grade": "grade"})
     out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "demo" / "caption.yaml"), "--config",
                        str(REPO / "configs" / "predict" / "mmbench.yaml"), "--data.split", "null")
     assert "format: mmbench" in out and "circular: true" in out and "split: null" in out
