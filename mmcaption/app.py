@@ -31,17 +31,22 @@ from mmcaption.model import is_pretrained_folder
 TITLE = "mmcaption"
 
 
+def check_source(model: str | None, checkpoint: str | None) -> None:
+    """Refuse a model the app cannot load, before anything heavy is imported or loaded."""
+    if (model is None) == (checkpoint is None):
+        raise ConfigError("give the model as --model FOLDER (of mmcaption-export) or --checkpoint FILE.ckpt")
+    if model is not None and not is_pretrained_folder(model):
+        raise ConfigError(f"{model} is not a model folder of mmcaption-export (no mmcaption.json in it)")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ConfigError(f"checkpoint not found: {checkpoint}")
+
+
 def load_captioner(model: str | None = None, checkpoint: str | None = None, device: str | None = None) -> Captioner:
     """The model of an exported folder, or of a training checkpoint (exported to a temporary folder
     first: the checkpoint holds its config, the backbones load from the names it records)."""
-    if (model is None) == (checkpoint is None):
-        raise ConfigError("give the model as --model FOLDER (of mmcaption-export) or --checkpoint FILE.ckpt")
+    check_source(model, checkpoint)
     if model is not None:
-        if not is_pretrained_folder(model):
-            raise ConfigError(f"{model} is not a model folder of mmcaption-export (no mmcaption.json in it)")
         return Captioner.from_pretrained(model, device=device)
-    if not Path(checkpoint).is_file():
-        raise ConfigError(f"checkpoint not found: {checkpoint}")
     from mmcaption.export import export_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="mmcaption-app-") as folder:
@@ -217,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
     args = parser.parse_args(argv)
     check_port_free(args.host, args.port)  # before the model loads, not a minute later
+    check_source(args.model, args.checkpoint)  # and before Gradio's import
     try:
         import gradio  # noqa: F401
     except ImportError:

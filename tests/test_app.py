@@ -8,7 +8,6 @@ import random
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -157,22 +156,26 @@ def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported
     assert [m["role"] for m in second] == ["user", "assistant"] * 2 and second[-1]["content"] == expected_second
 
 
-def test_the_app_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "mmcaption.app", "--model", str(tmp_path)], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path} is not a model folder of mmcaption-export (no mmcaption.json in it)"
+def test_the_app_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path, capsys):
+    from mmcaption.app import main
+
+    with pytest.raises(SystemExit) as exit_info:  # as the console script runs it
+        main(["--model", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path} is not a model folder of mmcaption-export (no mmcaption.json in it)"
 
 
-def test_the_app_loads_a_checkpoint_as_its_export(trained_checkpoint, exported, tmp_path):
-    from mmcaption.app import load_captioner
+def test_the_app_loads_a_checkpoint_as_its_export(trained_checkpoint, exported, tmp_path, capsys):
+    from mmcaption.app import load_captioner, main
 
     image = str(scene_image(tmp_path / "scene.png", Scene("green", "triangle", "top")))
     settings = {"max_new_tokens": 8, "min_new_tokens": 8}
     from_checkpoint = load_captioner(checkpoint=str(trained_checkpoint)).caption(image, **settings)
     assert from_checkpoint == Captioner.from_pretrained(exported).caption(image, **settings)
-    result = subprocess.run([sys.executable, "-m", "mmcaption.app", "--checkpoint", str(tmp_path / "none.ckpt")],
-                            capture_output=True, text=True)
-    assert (result.returncode, result.stderr.strip()) == (2, f"error: checkpoint not found: {tmp_path / 'none.ckpt'}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "none.ckpt")])
+    assert (exit_info.value.code, capsys.readouterr().err.strip()) == (2, f"error: checkpoint not found: {tmp_path / 'none.ckpt'}")
 
 
 def test_a_port_in_use_is_refused_before_the_model_loads_naming_another(tmp_path, capsys):
