@@ -25,6 +25,20 @@ from mmcaption.errors import FolderLockedError, NotWritableError, OutputExistsEr
 LOCK_FILE = ".mmcaption.lock"
 
 
+def walk_through_links(folder: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of ``folder`` into linked folders too (datasets are linked in as people share them), each
+    real folder once: a link back up is not a loop. The caller may prune the folders it is given, as with
+    ``os.walk``."""
+    seen = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        yield root, folders, files
+
+
 def check_writable(folder: str | Path, what: str) -> Path:
     """Create ``folder`` (and its parents) and write a probe file in it; refuse with a message naming
     ``what`` the folder is for when that fails."""

@@ -19,6 +19,7 @@ from typing import Any
 import datasets
 
 from mmcaption.data.records import BadRecords, DataError
+from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, shrink_image
 
 
@@ -52,14 +53,8 @@ def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
     if not folder.is_dir():
         return {"folder": "missing"}
     excluded = exclude.resolve() if exclude is not None else None
-    digest, count, seen = hashlib.sha256(), 0, set()
-    # linked folders too (LLaVA-1.5's mixes link coco/, gqa/ ... into one root): each real folder once
-    for root, folders, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            folders[:] = []
-            continue
-        seen.add(real)
+    digest, count = hashlib.sha256(), 0
+    for root, folders, files in walk_through_links(folder):  # LLaVA-1.5's mixes link coco/, gqa/ ... into one root
         folders[:] = sorted(f for f in folders if not f.startswith(".") and f != "preprocessed"
                             and (Path(root) / f).resolve() != excluded)
         for name in sorted(f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES):

@@ -32,7 +32,7 @@ from mmcaption.data.records import DataError, existing_spelling
 from mmcaption.data.resume import check_made_alike, interrupted_rows, output_exists_advice
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import prediction_record
-from mmcaption.folders import output_lock
+from mmcaption.folders import output_lock, walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
@@ -42,13 +42,8 @@ OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV f
 def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The files under ``folder`` and its subfolders, linked ones included (each real folder once: a link
     back up is not a loop), hidden files and folders left out; and the links that point nowhere."""
-    files, broken, seen = [], [], set()
-    for root, folders, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            folders[:] = []
-            continue
-        seen.add(real)
+    files, broken = [], []
+    for root, folders, names in walk_through_links(folder):
         folders[:] = sorted(name for name in folders if not is_hidden(Path(name)))
         for name in names:
             file = Path(root) / name
