@@ -39,7 +39,7 @@ CONVERSATION_FEATURES = datasets.Features(
 TURNS_DROPPED = "conversations with later turns dropped whole to fit max_length"
 ANSWER_CUT = "first answers cut to fit max_length (kept, without their end-of-text token)"
 TEXT_ONLY = "text-only conversations (no image: the cross-attention is skipped for them)"
-ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
+ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
 LEADING_ANSWER = "conversations that open with an assistant turn: that turn dropped (as LLaVA's training does)"
 UNANSWERED_LAST = "conversations that end with an unanswered question: that question dropped, the turns before kept"
 SYSTEM_DROPPED = "conversations with a system turn of their own: that turn dropped (data.system_prompt is the one used)"
@@ -81,7 +81,7 @@ def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str |
 
 def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
     """``(role, text)`` of each turn: LLaVA's ``conversations`` of ``from`` / ``value``, or the ``messages``
-    of ``role`` / ``content`` that OpenAI-style files have; roles as :data:`ROLES` and ``system``."""
+    of ``role`` / ``content`` that OpenAI-style files have; roles as :data:`ROLES` names them (others as written)."""
     turns = record["conversations"] if "conversations" in record else record.get("messages")
     if not isinstance(turns, list) or not turns:
         records.bad("malformed record", f"{name} has no 'conversations' (or 'messages') list")
@@ -93,7 +93,7 @@ def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, s
             records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value' (or 'role' and 'content')")
             return None
         role = str(turn.get("from", turn.get("role", "")))
-        parsed.append((ROLES.get(role.lower(), "system" if role.lower() == "system" else role), value))
+        parsed.append((ROLES.get(role.lower(), role), value))
     return parsed
 
 
