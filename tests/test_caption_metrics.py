@@ -121,3 +121,26 @@ def test_an_interrupted_meteor_score_ends_its_java_and_does_not_hang(fake_java, 
     meteor_pid = int(fake_java.read_text().splitlines()[-1].split()[0])
     with pytest.raises(ProcessLookupError):
         os.kill(meteor_pid, 0)  # METEOR's Java ended with the score, not left running
+
+
+def test_meteors_java_is_started_once_for_every_score_and_ends_with_the_process(fake_java):
+    # each validation started METEOR's Java again: ~10 s of CPU loading its paraphrase tables, every time
+    import subprocess
+    import sys
+
+    script = (
+        "import os\n"
+        "from mmcaption.evaluation import caption_metrics\n"
+        f"scores = [caption_metrics.caption_scores({PREDICTIONS!r}, {REFERENCES!r}, spice=False)['METEOR'] for _ in range(3)]\n"
+        "os.kill(caption_metrics._meteor.meteor_p.pid, 9)  # it died (the machine's OOM killer, say): started again\n"
+        "caption_metrics._meteor.meteor_p.wait()\n"
+        f"scores.append(caption_metrics.caption_scores({PREDICTIONS!r}, {REFERENCES!r}, spice=False)['METEOR'])\n"
+        "print(scores)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[0.5, 0.5, 0.5, 0.5]", result.stderr[-2000:]
+    starts = [line.split() for line in fake_java.read_text().splitlines()]
+    assert len(starts) == 4 * 2 + 2  # two tokenizer runs a score, and METEOR twice: at the first score and after it died
+    for pid in {int(pid) for pid, _ in starts}:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # none left running after the process ended

@@ -4,16 +4,22 @@ BLEU-1..4, ROUGE-L and CIDEr always; METEOR and the PTB tokenizer where Java is 
 Java programs); SPICE where Java and its Stanford CoreNLP models are present (pycocoevalcap fetches
 those on first use, which an offline machine cannot). Without Java, captions are tokenized the way
 the PTB tokenizer treats plain captions: lower-cased, punctuation dropped.
+
+METEOR's Java process is started at the first score and kept for the next ones (it spends ~10 s of CPU
+loading its paraphrase tables at each start, which every validation paid); it holds about 1 GB of
+memory until the process exits or :func:`close_meteor` is called.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
@@ -130,13 +136,32 @@ ptbtokenizer.subprocess = meteor_tool.subprocess = spice_tool.subprocess = _OwnS
 
 
 class _Meteor(meteor_tool.Meteor):
-    """pycocoevalcap's METEOR scorer with a ``close`` that ends its Java process: its own ``__del__`` waits for a
-    lock that an interrupted score still holds, forever."""
+    """pycocoevalcap's METEOR scorer with a ``close`` that ends its Java process (its own ``__del__`` waits for a
+    lock that an interrupted score still holds, forever), and Java's messages in a file rather than a pipe
+    nobody reads, which a long-lived process could fill and then block on."""
+
+    def __init__(self) -> None:
+        self.java = shutil.which("java")
+        self.owner = os.getpid()  # a forked DataLoader worker inherits the object, not the right to use it
+        self.messages = tempfile.TemporaryFile()
+        self.meteor_p = _OwnSession.Popen(
+            self.meteor_cmd, cwd=Path(meteor_tool.__file__).parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.messages)
+        self.lock = threading.Lock()
+
+    meteor_cmd = ["java", "-jar", "-Xmx2G", meteor_tool.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
+
+    def usable(self) -> bool:
+        return self.owner == os.getpid() and self.java == shutil.which("java") and self.meteor_p.poll() is None
+
+    def last_messages(self) -> str:
+        self.messages.seek(0)
+        return self.messages.read().decode(errors="replace")[-4000:]
 
     def close(self) -> None:
         self.meteor_p.kill()
         self.meteor_p.wait()
-        for stream in (self.meteor_p.stdin, self.meteor_p.stdout, self.meteor_p.stderr):
+        for stream in (self.meteor_p.stdin, self.meteor_p.stdout, self.messages):
             try:
                 stream.close()
             except OSError:  # a pipe to the ended process, with bytes still buffered
@@ -144,6 +169,41 @@ class _Meteor(meteor_tool.Meteor):
 
     def __del__(self) -> None:
         pass  # closed by close()
+
+
+_meteor: _Meteor | None = None
+_meteor_guard = threading.Lock()
+
+
+def meteor_score(refs: dict[Hashable, list[str]], preds: dict[Hashable, list[str]]) -> float:
+    """METEOR of PTB-tokenized ``preds`` against ``refs``, by the process's one METEOR Java process, started
+    here when there is none (or it ended). A score that fails or is interrupted ends it: the exchange with it
+    is then midway, and pycocoevalcap's lock still held."""
+    global _meteor
+    with _meteor_guard:
+        if _meteor is not None and not _meteor.usable():
+            close_meteor()
+        if _meteor is None:
+            _meteor = _Meteor()
+        try:
+            return float(_meteor.compute_score(refs, preds)[0])
+        except BaseException as error:
+            messages = _meteor.last_messages()
+            close_meteor()
+            if isinstance(error, Exception) and messages:
+                sys.stderr.write(messages)
+            raise
+
+
+def close_meteor() -> None:
+    """End METEOR's Java process (and free its memory); the next score starts another."""
+    global _meteor
+    if _meteor is not None and _meteor.owner == os.getpid():
+        _meteor.close()
+    _meteor = None
+
+
+atexit.register(close_meteor)
 
 
 def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
@@ -177,12 +237,7 @@ def caption_scores(
     scores["ROUGE-L"] = float(Rouge().compute_score(refs, preds)[0])
     scores["CIDEr"] = float(Cider().compute_score(refs, preds)[0])
     if java_available():
-        scorer = _Meteor()
-        try:
-            with java_output_kept_back():
-                scores["METEOR"] = float(scorer.compute_score(refs, preds)[0])
-        finally:  # its Java process ends here, also when a second Ctrl-C interrupts the score
-            scorer.close()
+        scores["METEOR"] = meteor_score(refs, preds)
     if spice if spice is not None else spice_available():
         with java_output_kept_back():
             scores["SPICE"] = float(spice_tool.Spice().compute_score(refs, preds)[0])
