@@ -332,3 +332,33 @@ def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
           f"beside them {beside}; {earlier_run}; to keep the runs apart, give this one another "
           "checkpoint folder.",
           file=sys.stderr, flush=True)
+
+
+def follow_a_moved_checkpoint_folder(trainer, checkpoint: dict[str, Any]) -> None:
+    """Resuming from a checkpoint folder that has moved since it was written (the project moved or copied, a
+    container mounting it elsewhere): each ``ModelCheckpoint``'s state names its files at the old absolute
+    path, so Lightning forgot them - it wrote ``last-v1.ckpt`` beside ``last.ckpt`` and never removed the old
+    best. When the checkpoint resumed from lies in that callback's folder, its files are taken as moved with
+    it: the state is rewritten to the folder's present place (call from ``on_load_checkpoint``, in ``fit``)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    resumed = Path(trainer.ckpt_path).resolve().parent if trainer.ckpt_path else None
+    states = checkpoint.get("callbacks") or {}
+    for callback in trainer.checkpoint_callbacks:
+        state = states.get(callback.state_key) if isinstance(callback, ModelCheckpoint) else None
+        old, new = (state or {}).get("dirpath"), callback.dirpath
+        if not old or not new or old == new or resumed != Path(new).resolve():
+            continue
+
+        state["dirpath"] = new
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            state[key] = _moved_file(state.get(key), old, new)
+        moved_best = {_moved_file(path, old, new): score for path, score in (state.get("best_k_models") or {}).items()}
+        state["best_k_models"] = {path: score for path, score in moved_best.items() if path}
+        rank_zero_info(f"{new} was {old} when this checkpoint was written: its best and last checkpoints are followed here")
+
+
+def _moved_file(path: str | None, old: str, new: str) -> str:
+    """A file of folder ``old`` where it is now, in folder ``new``; "" when it is not there."""
+    moved = Path(new) / Path(path).relative_to(old) if path and Path(old) in Path(path).parents else None
+    return str(moved) if moved is not None and moved.is_file() else ""

@@ -25,6 +25,7 @@ from mmcaption import random_state
 from mmcaption.checkpoint import (
     check_checkpoint,
     check_trainable_state,
+    follow_a_moved_checkpoint_folder,
     load_initial_weights,
     restore_loader_position,
     schedule_from_here,
@@ -358,6 +359,8 @@ class MultimodalCaptioner(LightningModule):
         self.configure_model()
         check_checkpoint(checkpoint, self.model)
         self.init_source = checkpoint.get("init_from")
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            follow_a_moved_checkpoint_folder(self.trainer, checkpoint)
         states = checkpoint.get("random_states") or []
         if states and self._trainer is not None and self.trainer.state.fn == "fit":
             self._resumed_random_state = states[min(self.global_rank, len(states) - 1)]

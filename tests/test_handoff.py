@@ -105,3 +105,32 @@ def test_missing_init_checkpoint_is_named(backbones, tmp_path):
     module = make_module(backbones, init_from=str(tmp_path / "nope.ckpt"))
     with pytest.raises(FileNotFoundError, match=r"init_from checkpoint not found: .*nope\.ckpt"):
         module.initialise_from_checkpoint()
+
+
+def test_a_run_resumed_after_its_project_moved_keeps_one_last_and_one_best_checkpoint(backbones, coco_root, tmp_path):
+    # the checkpoint callback's state names its files by absolute path: after `mv project elsewhere` (or a container
+    # mounting it at another path) Lightning forgot them, wrote last-v1.ckpt beside last.ckpt and kept the old best
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(project: Path, steps: int, ckpt_path: Path | None = None) -> ModelCheckpoint:
+        dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                               image_processor=str(backbones[1]), batch_size=4, num_workers=0, val_caption_images=0)
+        saver = ModelCheckpoint(dirpath=project / "checkpoints", monitor="val/loss", save_top_k=1, save_last=True)
+        t = Trainer(accelerator="cpu", max_steps=steps, logger=False, callbacks=[saver], enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=1)
+        t.fit(make_captioner(backbones, learning_rate=1e-2), datamodule=dm, ckpt_path=ckpt_path)
+        return saver
+
+    fit(tmp_path / "project", 1)
+    (tmp_path / "project").rename(tmp_path / "moved")
+    folder = tmp_path / "moved" / "checkpoints"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        saver = fit(tmp_path / "moved", 3, ckpt_path=folder / "last.ckpt")
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    names = sorted(p.name for p in folder.iterdir())
+    assert "last-v1.ckpt" not in names and len(names) == 2 and "last.ckpt" in names, names  # one best, one last
+    assert Path(saver.best_model_path).parent == folder and saver.best_model_path == str(folder / names[0])
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3
