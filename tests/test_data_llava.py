@@ -399,3 +399,20 @@ def test_mmcaption_test_on_conversations_answers_their_questions_and_writes_each
     assert "test/loss" in logged and "test/answer_exact_match" not in logged
     # a part of the split says so: the results of one batch read as the whole split's
     assert json.loads((Path(loss_only.log_dir) / "test-val.results.json").read_text())["limited_by"] == "trainer.limit_test_batches 1"
+
+
+def test_records_without_ids_repeated_are_duplicates_kept_once_on_one_side(backbones, llava):
+    # a file concatenated twice (or two exports merged), its records without ids: by their places, the copies fell
+    # on both sides of the split - the same conversation trained on and validated - and none was a duplicate
+    train, _ = llava
+    records = [{k: v for k, v in record.items() if k != "id"} for record in json.loads(train.read_text())]
+    train.write_text(json.dumps(records + records))
+
+    dm = make_datamodule(backbones, llava, val_file=None, val_fraction=0.5)
+    dm.prepare_data()
+    dm.setup("fit")
+    sides = {name: dm.datasets[name] for name in ("train", "val")}
+    assert sum(len(d.rows) for d in sides.values()) == len(records)  # each conversation once
+    metas = [json.loads((d.folder / "meta.json").read_text()) for d in sides.values()]
+    duplicates = sum(n for meta in metas for kind, n in meta["notes"].items() if kind.startswith("duplicate records"))
+    assert duplicates == len(records)  # each copy counted once, on the side it would have gone to

@@ -52,6 +52,7 @@ class Conversation:
     image: str | None  # None: a text-only conversation (LLaVA-1.5's mix has tens of thousands)
     turns: list[tuple[str, str]]  # (question, answer)
     dropped: tuple[str, ...] = ()  # what was dropped from the record as LLaVA's training drops it (notes, counted if kept)
+    named: bool = True  # the record has its own id (else ``id`` is its place in the file, "#<position>")
 
 
 def in_split(record_id: str, val_fraction: float, split: str) -> bool:
@@ -102,7 +103,8 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
     if not isinstance(record, dict):
         records.bad("malformed record", f"record {position} is not an object")
         return None
-    record_id = str(record["id"]) if record.get("id") not in (None, "") else f"#{position}"  # null: as if missing
+    named = record.get("id") not in (None, "")  # null: as if missing
+    record_id = str(record["id"]) if named else f"#{position}"
     name = f"record {position} (id {record_id})"
     usable, image = _image_of(record, name, records)
     turns = _turns_of(record, name, records) if usable else None
@@ -146,7 +148,7 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
     if not pairs or not pairs[-1][1]:
         records.bad("no assistant turn", f"{name} ends with a human turn that has no assistant answer")
         return None
-    return Conversation(record_id, image, pairs, tuple(dropped))
+    return Conversation(record_id, image, pairs, tuple(dropped), named)
 
 
 def read_llava(
@@ -159,7 +161,9 @@ def read_llava(
     # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets
     # (conversation, detail, reasoning) talk about the same images. A record is what it says; only a
     # record that repeats both the id and the conversation of an earlier one is a duplicate (skipped and
-    # counted, never fatal). The hash split is by id, so an image's conversations stay on one side.
+    # counted, never fatal). The hash split is by id, so an image's conversations stay on one side. Records
+    # without ids (a file concatenated twice, say) are duplicates by image and conversation alone: by their
+    # places they would fall on both sides, the same conversation trained on and validated.
     conversations, seen, parsed, ids = [], set(), 0, set()
     for position, record in enumerate(content):
         conversation = parse_record(position, record, records)
@@ -167,13 +171,15 @@ def read_llava(
             continue
         parsed += 1
         ids.add(conversation.id)
-        if split is not None and not in_split(conversation.id, val_fraction, split):
-            continue
-        key = (conversation.id, conversation.image, tuple(conversation.turns))
+        ours = split is None or in_split(conversation.id, val_fraction, split)
+        key = (conversation.id if conversation.named else None, conversation.image, tuple(conversation.turns))
         if key in seen:
-            records.note("duplicate records skipped (same id, image and conversation as an earlier record)")
+            if ours:  # counted on the side the copy would have gone to
+                records.note("duplicate records skipped (the same image and conversation as an earlier record, and its id or none)")
             continue
         seen.add(key)
+        if not ours:
+            continue
         for kind in conversation.dropped:  # counted for the records this split keeps
             records.note(kind)
         conversations.append(conversation)
