@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
-from mmcaption.evaluation.report import prediction_record, summary_path
+from mmcaption.evaluation.report import prediction_record, software_record, summary_path
 from mmcaption.folders import output_lock
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -84,7 +84,7 @@ class PredictionWriter(BasePredictionWriter):
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
         self.shares = None
-        self.made_by = prediction_record(trainer)  # in the summary, and checked by a resume
+        self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
         # VQAv2's official questions: the answers as its evaluation server takes them, written at the end by a

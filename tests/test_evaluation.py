@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch import Trainer
 from pycocotools.coco import COCO
 
@@ -18,7 +20,7 @@ from mmcaption.data.records import DataError
 from mmcaption.evaluation import caption_metrics
 from mmcaption.evaluation.report import write_evaluation
 
-from .conftest import make_captioner
+from .conftest import REPO, make_captioner
 
 # Karpathy's dataset_coco.json as released: split per image, COCO 2014 folders and names, sentences
 # with raw text and tokens, sentids/imgid/cocoid.
@@ -116,6 +118,12 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     assert "SPICE" in results["caption_metrics"]["skipped"] or "SPICE" in results["metrics"]
     assert results["data"]["source"] == "karpathy"
     assert "limited_by" not in results
+    # the code that made the numbers: the libraries' versions, and in a git checkout the commit (a version number
+    # such as 0.1.0 names no code)
+    assert results["software"]["torch"] == torch.__version__ and results["software"]["bitsandbytes"]
+    if (REPO / ".git").exists():
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        assert results["software"]["commit"] == head and isinstance(results["software"]["uncommitted_changes"], bool)
 
     # the same evaluation again, into the same folder, writes beside the first results, never over them
     first = (folder / "test-test.results.json").read_text()

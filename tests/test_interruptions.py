@@ -168,6 +168,7 @@ def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trai
 
     # going on with another method or other weights would make one accuracy of two models' rows: refused, naming it
     assert summary["made_by"]["settings"]["method"] == "likelihood" and summary["made_by"]["generation"]
+    assert summary["made_by"]["software"]["transformers"]  # and the code: library versions (and a checkout's commit)
     with pytest.raises(OutputExistsError, match=r"resume: the rows of .*answers\.csv came from other weights or "
                                                 r"settings - method \('likelihood' then, 'generation' now\)"):
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, method="generation", resume=True))

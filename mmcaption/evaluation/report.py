@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ GENERATION_RECORDED = ("max_new_tokens", "min_new_tokens", "num_beams", "do_samp
                        "length_penalty", "repetition_penalty", "no_repeat_ngram_size")
 # the predict data settings that change the rows' predictions (the input itself is checked row by row)
 PREDICTION_SETTINGS = ("caption_prompt", "system_prompt", "instruction", "method", "circular", "format", "split")
+# the libraries whose versions a results file records: they compute the model, its 4-bit weights and its generation
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "lightning", "tokenizers")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -119,12 +122,32 @@ def write_evaluation(
         with open(coco_results, "x", encoding="utf-8") as handle:
             json.dump(captions, handle)
         results = {**results, "coco_results": coco_results.name}
-    try:
-        package = version("mmcaption")
-    except PackageNotFoundError:
-        package = None
-    results = {**results, "predictions": predictions.name, "mmcaption": package,
+    results = {**results, "predictions": predictions.name, "mmcaption": _version("mmcaption"), "software": software_record(),
                "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     with open(summary, "x", encoding="utf-8") as handle:
         handle.write(json.dumps(results, indent=2, default=str) + "\n")
     return predictions, summary
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def software_record() -> dict[str, Any]:
+    """The code that made the numbers: run from a git checkout, mmcaption's commit and whether its tracked files
+    differ from it (an installed version number says neither); and the versions of :data:`LIBRARIES`."""
+    record: dict[str, Any] = {}
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / ".git").exists():
+        try:
+            git = ["git", "-C", str(checkout)]
+            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=True)
+            changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                                     timeout=30, check=True)
+            record.update(commit=commit.stdout.strip(), uncommitted_changes=bool(changes.stdout.strip()))
+        except (OSError, subprocess.SubprocessError):  # no git, or it refuses the folder (another user's checkout)
+            pass
+    return {**record, **{name: _version(name) for name in LIBRARIES}}
