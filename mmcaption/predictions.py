@@ -19,11 +19,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
-from mmcaption.evaluation.report import prediction_record, software_record, summary_path
+from mmcaption.evaluation.report import prediction_record, read_output_rows, software_record, summary_path
 from mmcaption.folders import output_lock
 from mmcaption.tasks import RESULT_COLUMNS
-
-SHARE_COUNTS = ("rows", "answered", "correct", "errors")
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -44,7 +42,11 @@ class PredictionWriter(BasePredictionWriter):
     Interrupted (Ctrl-C, SIGTERM, an error), the rows done so far are kept under ``output`` with the summary so
     far; when ``output`` held an earlier run's rows (``overwrite``), they stay, and the rows done go to
     ``<stem>.interrupted<suffix>`` instead. The data module's ``check_output`` refuses an output that is one of its inputs, or that exists
-    without ``overwrite``, before anything is written."""
+    without ``overwrite``, before anything is written.
+
+    On several processes (DDP), each writes its share of the rows to ``<stem>.rank<r><suffix>``; at the end the first
+    one puts them together in ``output``, in the input's order, and sums them up as one process would have, and the
+    shares go. An interrupted run keeps its shares as they are."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
@@ -63,7 +65,8 @@ class PredictionWriter(BasePredictionWriter):
         self.encoding = "utf-8"
         self.submission_ids: list[int] = []
         self.expected_rows: int | None = None
-        self.shares: dict[str, list[float]] | None = None  # several processes: each one's output and SHARE_COUNTS
+        self.indices: list[int] = []  # the input rows this process wrote, in order: where its share goes when put together
+        self.merged_from = 0
         self.made_by: dict[str, Any] = {}
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -71,7 +74,11 @@ class PredictionWriter(BasePredictionWriter):
         if getattr(datamodule, "output", None) is None:
             self.path = None
             return
-        output = datamodule.check_output(trainer.world_size, trainer.global_rank)
+        self._start(trainer, datamodule.check_output(trainer.world_size, trainer.global_rank), trainer.world_size)
+
+    def _start(self, trainer, output: Path, processes: int) -> None:
+        """Start writing ``output``: of ``processes`` processes, this one writes its share there."""
+        datamodule = trainer.datamodule
         output.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.partial = output, output.with_name(f".{output.name}.partial")
         self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
@@ -83,23 +90,20 @@ class PredictionWriter(BasePredictionWriter):
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
-        self.shares = None
+        self.indices, self.merged_from = [], 0
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
-        # VQAv2's official questions: the answers as its evaluation server takes them, written at the end by a
-        # single process (several processes each answer a share); a previous run's file goes now - or, when
-        # that run's output is being replaced, once this run has finished (an interrupted one keeps both)
+        # VQAv2's official questions: the answers as its evaluation server takes them, written with the whole output
+        # (by the first of several processes, once it has put their shares together); a previous run's file goes
+        # now - or, when that run's output is being replaced, once this run has finished (an interrupted one keeps both)
         official = self.official = getattr(datamodule, "official_vqa", False)
-        self.vqa_results = [] if official and trainer.world_size == 1 else None
+        self.vqa_results = [] if official and processes == 1 else None
         self.submission_ids = datamodule.submission_question_ids() if self.vqa_results is not None else []
-        if official and not self.replacing:
+        if official and not self.replacing and processes == 1:
             self.vqa_results_path(output).unlink(missing_ok=True)
-        if official and trainer.world_size > 1:
-            rank_zero_info("the answers for VQA's evaluation server are written by a single-process run (--trainer.devices 1); "
-                           f"with {trainer.world_size} processes, each output holds its share (question_id, prediction)")
         dataset = getattr(datamodule, "dataset", None)  # one row each; several processes each answer a share
-        self.expected_rows = len(dataset) if dataset is not None and trainer.world_size == 1 else None
+        self.expected_rows = len(dataset) if dataset is not None and processes == 1 else None
         if getattr(datamodule, "done", None):  # resume: the interrupted run's rows come first, and count in the summary
             self._go_on_from(output, datamodule.done)
 
@@ -117,7 +121,11 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if self.path is None:
             return
-        for row in prediction:
+        self.indices.extend(batch_indices if batch_indices is not None and len(batch_indices) == len(prediction) else [])
+        self._write(prediction)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
             self._count(row)
             if self.path.suffix.lower() == ".csv":
                 if self.writer is None:
@@ -194,18 +202,18 @@ class PredictionWriter(BasePredictionWriter):
         summary["made_by"] = self.made_by
         return summary
 
-    def _finish(self, interrupted: BaseException | None = None, stopped: str | None = None) -> None:
+    def _finish(self, interrupted: BaseException | None = None, stopped: str | None = None, announce: bool = True) -> None:
         """Close the partial file and put it in place (with what was written, when interrupted or ``stopped``
         short of the input's end by a setting); then let another run have the output."""
         if self.path is None or self.handle is None:
             return
         lock = output_lock(self.path)  # the data module's check_output took it
         try:
-            self._put_in_place(interrupted, stopped)
+            self._put_in_place(interrupted, stopped, announce)
         finally:
             lock.release()
 
-    def _put_in_place(self, interrupted: BaseException | None, stopped: str | None) -> None:
+    def _put_in_place(self, interrupted: BaseException | None, stopped: str | None, announce: bool = True) -> None:
         self.handle.close()
         self.handle = None
         summary = self.summary()
@@ -225,8 +233,8 @@ class PredictionWriter(BasePredictionWriter):
         summary["output"] = str(self.path)
         if why:  # what resume goes on from
             summary["interrupted"] = why
-        if self.shares:
-            summary["all_processes"] = {name: dict(zip(SHARE_COUNTS, map(int, share))) for name, share in self.shares.items()}
+        if self.merged_from:
+            summary["processes"] = self.merged_from
         summary_path(self.path).write_text(json.dumps(summary, indent=2))
         if self.vqa_results is not None and not why:
             asked = {entry["question_id"] for entry in self.vqa_results}
@@ -236,6 +244,8 @@ class PredictionWriter(BasePredictionWriter):
         elif not why and (self.official or self.replacing):  # several processes, or other questions in place of an
             self.vqa_results_path(self.path).unlink(missing_ok=True)  # earlier VQAv2 run's output: none of its results
         message = f"predictions: {summary['rows']} rows -> {self.path}"
+        if self.merged_from:
+            message += f" (the shares of {self.merged_from} processes, put together)"
         if "resumed_after" in summary:
             message += f" (the first {summary['resumed_after']} from the interrupted run)"
         if why:
@@ -266,18 +276,8 @@ class PredictionWriter(BasePredictionWriter):
                         f"{self.vqa_results_path(self.path)}")
             if self.submission_ids:
                 message += f" ({self.counts['vqa_results_padded']} questions not asked here given an empty answer, as the server wants all)"
-        if self.shares:
-            message += self._all_processes(self.shares)
-        rank_zero_info(message)
-
-    def _all_processes(self, shares: dict[str, list[float]]) -> str:
-        """The other processes' outputs and the figures over all of them: each process answers a share of the input."""
-        total = dict(zip(SHARE_COUNTS, map(sum, zip(*shares.values()))))
-        others = ", ".join(f"{name} ({int(share[0])} rows)" for name, share in shares.items() if name != self.path.name)
-        line = f"\n  this process's share; the other processes wrote {others}. All {int(total['rows'])} rows"
-        if total["answered"]:
-            line += f": accuracy {total['correct'] / total['answered']:.3f} ({int(total['correct'])}/{int(total['answered'])})"
-        return line + (f", {int(total['errors'])} could not be predicted" if total["errors"] else "")
+        if announce:
+            rank_zero_info(message)
 
     def _add_late_columns(self) -> None:
         """Rewrite the CSV with the columns that only later rows had (before the result columns)."""
@@ -294,16 +294,41 @@ class PredictionWriter(BasePredictionWriter):
         os.replace(rewritten, self.partial)
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        if trainer.world_size > 1 and self.path is not None:  # every process's counts, for the first one's line
-            counts = torch.tensor([float(self.counts[key]) for key in SHARE_COUNTS], device=pl_module.device)
-            shares = trainer.strategy.all_gather(counts).reshape(trainer.world_size, len(SHARE_COUNTS)).tolist()
-            self.shares = {trainer.datamodule.output_path(trainer.world_size, rank).name: share for rank, share in enumerate(shares)}
+        if trainer.world_size > 1 and self.path is not None:
+            self._finish(announce=False)  # this process's share, in its own file
+            shares: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, (str(self.path), self.indices))
+            try:
+                if trainer.is_global_zero:
+                    self._put_together(trainer, shares)
+            finally:  # the others wait for it, also when it fails
+                trainer.strategy.barrier("predict output put together")
+            return
+        self._end(trainer)
+
+    def _end(self, trainer) -> None:
         # a setting that asks fewer batches than the input has (fast_dev_run, limit_predict_batches): said, and the output
         # is left as an interrupted one, which resume completes; it was written and summed up as the whole input's
         short = self.expected_rows is not None and self.counts["rows"] < self.expected_rows
         setting = (f"trainer.fast_dev_run {trainer.fast_dev_run}" if trainer.fast_dev_run
                    else f"trainer.limit_predict_batches {trainer.limit_predict_batches}")
         self._finish(stopped=f"{setting}: {self.counts['rows']} of {self.expected_rows} rows asked" if short else None)
+
+    def _put_together(self, trainer, shares: list[tuple[str, list[int]]]) -> None:
+        """The processes' shares as one output, in the input's order (each row's place, as Lightning's
+        sampler gave it), written and summed up as one process would have; the shares' files then go."""
+        files = [Path(path) for path, _ in shares]
+        rows = [row for path in files for row in read_output_rows(path)]
+        places = [place for _, indices in shares for place in indices]
+        if len(places) == len(rows):
+            rows = [row for _, row in sorted(zip(places, rows), key=lambda pair: pair[0])]
+        self._start(trainer, trainer.datamodule.check_output(), processes=1)
+        self.merged_from = len(files)
+        self._write(rows)
+        self._end(trainer)  # as one process: a short input is said, and kept as interrupted
+        for path in files:
+            path.unlink()
+            summary_path(path).unlink(missing_ok=True)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._finish(interrupted=exception)

@@ -92,16 +92,21 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     assert results["images"] == 3 and results["references"] == 15
     predictions = [json.loads(line)["image_id"] for line in (tmp_path / results["predictions"]).read_text().splitlines()]
     assert sorted(predictions) == sorted(set(predictions)) and len(predictions) == 3
-    # predict on two processes: each writes its share, and the first one's line names the other's and counts all rows
-    # (it reported its own half as the whole result)
+    # predict on two processes: their shares put together in the output asked for, in the input's order, summed up as
+    # one process's (it wrote captions.rank0.jsonl and captions.rank1.jsonl, and no captions.jsonl)
     predict = subprocess.run(
         [sys.executable, "-m", "mmcaption", "predict", "--config", DEMO_CONFIG, "--config", str(REPO / "configs/predict/captions.yaml"),
          "--ckpt_path", "checkpoints-ddp/last.ckpt", "--data.images", "demo_data/coco/val2017", "--data.output", "captions.jsonl",
          "--data.num_workers", "0", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert predict.returncode == 0, predict.stderr[-3000:]
-    assert "the other processes wrote captions.rank1.jsonl (2 rows). All 4 rows" in predict.stdout + predict.stderr
-    assert [len((tmp_path / f"captions.rank{rank}.jsonl").read_text().splitlines()) for rank in (0, 1)] == [2, 2]
+    assert "4 rows -> captions.jsonl (the shares of 2 processes, put together)" in predict.stdout + predict.stderr
+    rows = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    images = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "demo_data/coco/val2017").iterdir())
+    assert [Path(row["image"]).name for row in rows] == [Path(image).name for image in images] and all(r["caption"] for r in rows)
+    summary = json.loads((tmp_path / "captions.jsonl.summary.json").read_text())
+    assert summary["rows"] == 4 and summary["processes"] == 2 and "interrupted" not in summary
+    assert sorted(p.name for p in tmp_path.glob("captions*")) == ["captions.jsonl", "captions.jsonl.summary.json"]
     # --trainer.num_nodes 2: two one-process "nodes" started by torchrun, as a cluster would
     fit(tmp_path, "nodes", devices=1, nodes=2)
     check_two_processes_match_one(tmp_path, "nodes")

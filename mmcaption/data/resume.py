@@ -3,17 +3,12 @@ written, after checking that they are the first rows of the input asked again.""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
 from mmcaption.errors import OutputExistsError
-from mmcaption.evaluation.report import record_differences, summary_path
-
-# result columns a CSV holds as text: read back as the values the rows had ("" is a value left out)
-_CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": float,
-               "question_id": lambda text: int(text) if text.isdigit() and str(int(text)) == text else text}  # VQAv2's: numbers
+from mmcaption.evaluation.report import read_output_rows, record_differences, summary_path
 
 
 def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -28,12 +23,8 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
     if not said.get("interrupted"):
         raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
                                 "interrupted): nothing to go on with")
-    if output.suffix.lower() == ".csv":
-        with output.open(newline="", encoding="utf-8-sig") as handle:
-            written = list(csv.DictReader(handle))
-    else:
-        written = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for number, (row, record) in enumerate(zip(written, rows), start=1):  # compared as written: a CSV's text
+    written = read_output_rows(output)
+    for number, (row, record) in enumerate(zip(written, rows), start=1):  # the input's text, as written
         differs = next((key for key, value in record.items() if isinstance(value, str) and str(row.get(key, value)) != value), None)
         if differs is not None:
             raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
@@ -45,21 +36,8 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
     if len(written) > len(rows):
         raise OutputExistsError(f"resume: {output} holds {len(written)} rows, more than the {len(rows)} this input has: "
                                 "it is the output of another input")
-    return [_from_csv(row) for row in written] if output.suffix.lower() == ".csv" else written
+    return written
 
-
-def _from_csv(row: dict[str, str]) -> dict[str, Any]:
-    """A CSV row with its result columns as the values they were written from. An empty prediction is none only
-    beside an error (a row with no answer always has one): the model may have generated nothing."""
-    values: dict[str, Any] = dict(row)
-    for key, convert in _CSV_VALUES.items():
-        if key in row:
-            values[key] = convert(row[key]) if row[key] != "" else None
-    if "error" in row:  # no key added: the rows' keys are the file's columns, which the resumed run writes on with
-        values["error"] = row["error"] or None
-    if row.get("prediction") == "" and values.get("error"):
-        values["prediction"] = None
-    return values
 
 
 def check_made_alike(output: Path, now: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ COCO's evaluation server take). No file is ever written over: a name that exists
 
 from __future__ import annotations
 
+import csv
 import datetime
 import functools
 import hashlib
@@ -46,6 +47,33 @@ def _sha256(path: str, size: int, modified: int) -> str:  # a checkpoint of GBs 
 def summary_path(output: Path) -> Path:
     """Where ``mmcaption predict`` writes the summary of ``output``'s rows (counts, accuracies, whether it stopped)."""
     return output.with_name(output.name + ".summary.json")
+
+
+# result columns a CSV holds as text: read back as the values the rows had ("" is a value left out)
+_CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": float,
+               "question_id": lambda text: int(text) if text.isdigit() and str(int(text)) == text else text}  # VQAv2's: numbers
+
+
+def read_output_rows(output: Path) -> list[dict[str, Any]]:
+    """The rows of a ``mmcaption predict`` output (JSON Lines, or CSV), read back as they were written."""
+    if output.suffix.lower() != ".csv":
+        return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with output.open(newline="", encoding="utf-8-sig") as handle:
+        return [_from_csv(row) for row in csv.DictReader(handle)]
+
+
+def _from_csv(row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row with its result columns as the values they were written from. An empty prediction is none only
+    beside an error (a row with no answer always has one): the model may have generated nothing."""
+    values: dict[str, Any] = dict(row)
+    for key, convert in _CSV_VALUES.items():
+        if key in row:
+            values[key] = convert(row[key]) if row[key] != "" else None
+    if "error" in row:  # no key added: the rows' keys are the file's columns, which the resumed run writes on with
+        values["error"] = row["error"] or None
+    if row.get("prediction") == "" and values.get("error"):
+        values["prediction"] = None
+    return values
 
 
 _SUFFIXES = (".predictions.jsonl", ".results.json", ".coco_results.json")
