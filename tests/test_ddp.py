@@ -2,6 +2,7 @@
 every global batch, the losses match a single process running the same global batch, and one set of
 checkpoints is written."""
 
+import csv
 import json
 import os
 import shutil
@@ -107,6 +108,23 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     summary = json.loads((tmp_path / "captions.jsonl.summary.json").read_text())
     assert summary["rows"] == 4 and summary["processes"] == 2 and "interrupted" not in summary
     assert sorted(p.name for p in tmp_path.glob("captions*")) == ["captions.jsonl", "captions.jsonl.summary.json"]
+    # CircularEval on two processes: a question's rotations are answered by both, and judged once put together (it was
+    # refused: "one process must answer")
+    circular = subprocess.run(
+        [sys.executable, "-m", "mmcaption", "predict", "--config", DEMO_CONFIG, "--config", str(REPO / "configs/predict/multiple_choice.yaml"),
+         "--ckpt_path", "checkpoints-ddp/last.ckpt", "--data.csv_file", "demo_data/choice_val2017.csv", "--data.circular", "true",
+         "--data.output", "choices.csv", "--data.num_workers", "0", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--trainer.enable_progress_bar", "false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert circular.returncode == 0, circular.stderr[-3000:]
+    with open(tmp_path / "choices.csv", newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(tmp_path / "demo_data/choice_val2017.csv", newline="", encoding="utf-8-sig") as handle:
+        questions = list(csv.DictReader(handle))
+    assert len(rows) == 4 * len(questions) and [r["Question"] for r in rows[::4]] == [q["Question"] for q in questions]
+    right = [all(r["correct"] == "True" for r in rows[i:i + 4]) for i in range(0, len(rows), 4)]
+    summary = json.loads((tmp_path / "choices.csv.summary.json").read_text())
+    assert (summary["circular_questions"], summary["circular_correct"]) == (len(questions), sum(right))
     # --trainer.num_nodes 2: two one-process "nodes" started by torchrun, as a cluster would
     fit(tmp_path, "nodes", devices=1, nodes=2)
     check_two_processes_match_one(tmp_path, "nodes")

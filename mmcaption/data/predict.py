@@ -317,7 +317,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
         split: ScienceQA only: the split whose questions with an image are read (``null``: every split;
             the mini splits with ``pid_splits.json`` beside ``problems.json``; a parquet file is one split).
         circular: MMBench's CircularEval: a question with N options is asked N times, its options rotated,
-            and is right only if every rotation is; the summary adds ``circular_accuracy``. One process only.
+            and is right only if every rotation is; the summary adds ``circular_accuracy`` (on several processes,
+            once their shares are put together).
     """
 
     stage_needed = "instruct"
@@ -359,12 +360,6 @@ class MultipleChoiceDataModule(_PredictDataModule):
     def check_inputs(self, stage: str = "predict") -> None:
         if not self.csv_file.is_file():
             raise DataError(f"{FORMATS[self.format]} not found: {self.csv_file}")
-
-    def check_output(self, world_size: int = 1, rank: int = 0) -> Path:
-        if self.circular and world_size > 1:
-            raise ConfigError("circular: CircularEval judges each question by all its rotations, which one process must "
-                              "answer: predict on one device (--trainer.devices 1)")
-        return super().check_output(world_size, rank)
 
     def read_rows(self) -> list[ChoiceQuestion]:
         """The questions as asked: with ``circular``, each of its rotations."""
