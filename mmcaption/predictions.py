@@ -67,6 +67,7 @@ class PredictionWriter(BasePredictionWriter):
         self.expected_rows: int | None = None
         self.indices: list[int] = []  # the input rows this process wrote, in order: where its share goes when put together
         self.merged_from = 0
+        self.share = False  # one of several processes' shares of the output
         self.made_by: dict[str, Any] = {}
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -90,7 +91,7 @@ class PredictionWriter(BasePredictionWriter):
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
-        self.indices, self.merged_from = [], 0
+        self.indices, self.merged_from, self.share = [], 0, processes > 1
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
@@ -248,7 +249,11 @@ class PredictionWriter(BasePredictionWriter):
             message += f" (the shares of {self.merged_from} processes, put together)"
         if "resumed_after" in summary:
             message += f" (the first {summary['resumed_after']} from the interrupted run)"
-        if why:
+        if why and self.share:  # resume goes on from one output, which these shares are not
+            message = (f"predict stopped ({why}); each process keeps the rows it did in its share ({summary['rows']} in "
+                       f"{self.path}{earlier}, the first); resume goes on from one process's output, not from shares: "
+                       "the same command with --data.overwrite true predicts them again")
+        elif why:
             message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
             message += (f"; the same command with --data.output {self.path} --data.resume true, in place of --data.overwrite "
                         "true, goes on from them") if earlier else "; the same command with --data.resume true goes on from them"

@@ -1142,3 +1142,16 @@ def test_the_pipeline_hands_on_the_checkpoint_in_its_own_folder_after_the_projec
     (new / "last.ckpt").unlink()
     with pytest.raises(RuntimeError, match=rf"left no checkpoint in {new} \(the run names {best}, outside it: was the folder moved\?\)"):
         pipeline.handoff_checkpoint(cli(best, ""))
+
+
+def test_an_interrupted_share_of_a_run_on_several_processes_is_predicted_again_not_resumed(backbones, tmp_path):
+    # each process of an interrupted run keeps its share (answers.rank0.csv, ...); the next run was told to go on with
+    # --data.resume true, which several processes refuse and one process does not take from shares
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS)
+    share = tmp_path / "answers.rank0.csv"
+    share.write_text("img_path,Question,prediction\n")
+    share.with_name("answers.rank0.csv.summary.json").write_text(json.dumps({"rows": 0, "interrupted": "SIGTERM"}))
+    with pytest.raises(OutputExistsError, match=r"answers\.rank0\.csv exists, one process's share of a run on several processes "
+                                                r"that was interrupted \(SIGTERM\); resume goes on from one process's output, "
+                                                r"not from shares: predict them again with --data.overwrite true"):
+        choice_data(backbones, questions, tmp_path / "answers.csv").check_output(world_size=2, rank=0)

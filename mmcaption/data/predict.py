@@ -225,7 +225,7 @@ class _PredictDataModule(BackbonesDataModule):
             raise ConfigError("resume goes on from one process's output: run it on one device")
         for written in (output, self.output) if world_size > 1 else (output,):  # several processes: their shares, put
             if written.exists() and not (self.overwrite or self.resume):  # together in output at the end
-                raise OutputExistsError(output_exists_advice(written))
+                raise OutputExistsError(output_exists_advice(written, share=written != self.output))
         folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
         if not os.access(folder, os.W_OK | os.X_OK):
             raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")

@@ -52,13 +52,18 @@ def check_made_alike(output: Path, now: dict[str, Any]) -> None:
                                 "settings, or replace it with --data.overwrite true")
 
 
-def output_exists_advice(output: Path) -> str:
+def output_exists_advice(output: Path, share: bool = False) -> str:
     """What to do about an existing ``output``: an interrupted run's (its summary says so) is gone on from with
-    ``--data.resume true``, which ``--data.overwrite true`` would throw away."""
+    ``--data.resume true``, which ``--data.overwrite true`` would throw away - unless it is one ``share`` of several
+    processes' output, which resume does not go on from."""
     try:
         interrupted = json.loads(summary_path(output).read_text()).get("interrupted")
     except (OSError, ValueError, AttributeError):
         interrupted = None
+    if interrupted and share:
+        return (f"output {output} exists, one process's share of a run on several processes that was interrupted "
+                f"({interrupted}); resume goes on from one process's output, not from shares: predict them again with "
+                "--data.overwrite true, or choose another --data.output")
     if interrupted:
         return (f"output {output} exists, left by an interrupted run ({interrupted}): go on from it with "
                 "--data.resume true, choose another --data.output, or replace it with --data.overwrite true")
