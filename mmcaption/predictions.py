@@ -251,8 +251,8 @@ class PredictionWriter(BasePredictionWriter):
             message += f" (the first {summary['resumed_after']} from the interrupted run)"
         if why and self.share:  # resume goes on from one output, which these shares are not
             message = (f"predict stopped ({why}); each process keeps the rows it did in its share ({summary['rows']} in "
-                       f"{self.path}{earlier}, the first); resume goes on from one process's output, not from shares: "
-                       "the same command with --data.overwrite true predicts them again")
+                       f"{self.path}{earlier}, the first); the same command with --data.resume true on one device "
+                       "(--trainer.devices 1) puts them together and goes on from them")
         elif why:
             message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
             message += (f"; the same command with --data.output {self.path} --data.resume true, in place of --data.overwrite "

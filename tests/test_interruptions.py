@@ -1144,14 +1144,33 @@ def test_the_pipeline_hands_on_the_checkpoint_in_its_own_folder_after_the_projec
         pipeline.handoff_checkpoint(cli(best, ""))
 
 
-def test_an_interrupted_share_of_a_run_on_several_processes_is_predicted_again_not_resumed(backbones, tmp_path):
-    # each process of an interrupted run keeps its share (answers.rank0.csv, ...); the next run was told to go on with
-    # --data.resume true, which several processes refuse and one process does not take from shares
-    questions = write_csv(tmp_path / "q.csv", QUESTIONS)
-    share = tmp_path / "answers.rank0.csv"
-    share.write_text("img_path,Question,prediction\n")
-    share.with_name("answers.rank0.csv.summary.json").write_text(json.dumps({"rows": 0, "interrupted": "SIGTERM"}))
+def test_an_interrupted_run_on_several_processes_is_resumed_on_one_from_its_shares_put_together(
+        backbones, trained_checkpoint, image_folder, tmp_path):
+    # each process of an interrupted run keeps its share (answers.rank0.csv: rows 0, 2, ...); the next run was told to
+    # go on with --data.resume true, which several processes refuse and which one process started again from row 0
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 2)
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, tmp_path / "whole.csv"))
+    with (tmp_path / "whole.csv").open(newline="") as handle:
+        whole = list(csv.DictReader(handle))
+    made_by = json.loads((tmp_path / "whole.csv.summary.json").read_text())["made_by"]
+    for rank, rows in enumerate([whole[0:4:2], whole[1:6:2]]):  # stopped: rank 0 after rows 0 and 2, rank 1 after 1, 3, 5
+        share = tmp_path / f"answers.rank{rank}.csv"
+        with share.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(whole[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        share.with_name(f"{share.name}.summary.json").write_text(json.dumps({"rows": len(rows), "interrupted": "SIGTERM",
+                                                                             "made_by": made_by}))
+    output = tmp_path / "answers.csv"
     with pytest.raises(OutputExistsError, match=r"answers\.rank0\.csv exists, one process's share of a run on several processes "
-                                                r"that was interrupted \(SIGTERM\); resume goes on from one process's output, "
-                                                r"not from shares: predict them again with --data.overwrite true"):
-        choice_data(backbones, questions, tmp_path / "answers.csv").check_output(world_size=2, rank=0)
+                                                r"that was interrupted \(SIGTERM\): go on from the shares with --data.resume true "
+                                                r"on one device"):
+        choice_data(backbones, questions, output).check_output(world_size=2, rank=0)
+
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    with output.open(newline="") as handle:
+        assert list(csv.DictReader(handle)) == whole  # rows 0-3 from the shares (row 5 after the gap done again), 4-7 now
+    summary = json.loads((tmp_path / "answers.csv.summary.json").read_text())
+    assert summary["rows"] == 8 and summary["resumed_after"] == 4 and "interrupted" not in summary
+    assert not list(tmp_path.glob("answers.rank*"))

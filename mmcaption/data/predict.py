@@ -29,7 +29,7 @@ from mmcaption.data.benchmarks import (
 )
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.records import DataError, existing_spelling
-from mmcaption.data.resume import check_made_alike, interrupted_rows, output_exists_advice
+from mmcaption.data.resume import check_made_alike, interrupted_rows, output_exists_advice, put_shares_together
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import prediction_record
 from mmcaption.folders import output_lock, walk_through_links
@@ -222,7 +222,8 @@ class _PredictDataModule(BackbonesDataModule):
             raise ConfigError(f"--data.resume true goes on from an interrupted output and --data.overwrite true starts it "
                               f"afresh: give one of them{hint}")
         if self.resume and world_size > 1:
-            raise ConfigError("resume goes on from one process's output: run it on one device")
+            raise ConfigError("resume runs on one device (--trainer.devices 1); it goes on from an interrupted run on "
+                              "several processes too, putting their shares together first")
         for written in (output, self.output) if world_size > 1 else (output,):  # several processes: their shares, put
             if written.exists() and not (self.overwrite or self.resume):  # together in output at the end
                 raise OutputExistsError(output_exists_advice(written, share=written != self.output))
@@ -242,6 +243,8 @@ class _PredictDataModule(BackbonesDataModule):
         if len(self.dataset) < processes:  # Lightning's sampler asserts, and the other processes hang up
             raise ConfigError(f"{len(self.dataset)} row(s) to predict for {processes} processes, which need one each at "
                               f"least: predict with --trainer.devices {len(self.dataset)}")
+        if self.resume and processes == 1 and (put_together := put_shares_together(self.output)):
+            rank_zero_info(f"resume: {put_together}")
         killed = self.output.with_name(f".{self.output.name}.partial")  # the writer's file, left by a hard kill
         if self.resume and not self.output.exists() and killed.exists():
             rank_zero_info(f"resume: no {self.output}, only {killed}, which a killed run (SIGKILL, out of memory) leaves without "

@@ -1,8 +1,11 @@
 """Going on from an interrupted ``mmcaption predict``: the rows its output holds, read back as they were
-written, after checking that they are the first rows of the input asked again."""
+written, after checking that they are the first rows of the input asked again - or, from a run on several
+processes, the rows of their shares, put together first."""
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -62,9 +65,49 @@ def output_exists_advice(output: Path, share: bool = False) -> str:
         interrupted = None
     if interrupted and share:
         return (f"output {output} exists, one process's share of a run on several processes that was interrupted "
-                f"({interrupted}); resume goes on from one process's output, not from shares: predict them again with "
-                "--data.overwrite true, or choose another --data.output")
+                f"({interrupted}): go on from the shares with --data.resume true on one device (--trainer.devices 1), "
+                "predict them again with --data.overwrite true, or choose another --data.output")
     if interrupted:
         return (f"output {output} exists, left by an interrupted run ({interrupted}): go on from it with "
                 "--data.resume true, choose another --data.output, or replace it with --data.overwrite true")
     return f"output {output} exists; choose another --data.output, or replace it with --data.overwrite true"
+
+
+def put_shares_together(output: Path) -> str | None:
+    """Before a resume on one process: a run on several processes that was interrupted left each one's share of
+    ``output`` (``<stem>.rank<r><suffix>``, rows r, r + N, ...) and no ``output``. They become ``output``: its
+    rows in the input's order up to the first that no share holds (those after it are predicted again), with a
+    summary saying what made them (the first share's) and that the run was interrupted; the shares go. Returns
+    what was done, for a note; ``None`` when there are no shares."""
+    shares = list(itertools.takewhile(Path.is_file, (output.with_name(f"{output.stem}.rank{r}{output.suffix}")
+                                                     for r in itertools.count())))
+    if len(shares) < 2 or output.exists():
+        return None
+    said = json.loads(summary_path(shares[0]).read_text()) if summary_path(shares[0]).is_file() else {}
+    parts = [read_output_rows(share) for share in shares]
+    rows = []
+    for place in itertools.count():
+        part = parts[place % len(parts)]
+        if place // len(parts) >= len(part):
+            break
+        rows.append(part[place // len(parts)])
+    partial = output.with_name(f".{output.name}.partial")
+    if output.suffix.lower() == ".csv":
+        columns = list(dict.fromkeys(key for part in parts for row in part for key in row))
+        with open(shares[0], "rb") as handle:  # Excel's byte-order mark, if the shares have it
+            encoding = "utf-8-sig" if handle.read(3) == b"\xef\xbb\xbf" else "utf-8"
+        with partial.open("w", newline="", encoding=encoding) as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        partial.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    summary_path(output).write_text(json.dumps({"rows": len(rows), "output": str(output), "made_by": said.get("made_by"),
+                                                "interrupted": said.get("interrupted") or "put together from shares"}))
+    partial.replace(output)
+    for share in shares:
+        share.unlink()
+        summary_path(share).unlink(missing_ok=True)
+    later = sum(map(len, parts)) - len(rows)
+    return (f"the shares of {len(shares)} processes put together in {output}: {len(rows)} rows in the input's order"
+            + (f" ({later} done after the first row that no share holds are predicted again)" if later else ""))
