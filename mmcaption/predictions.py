@@ -19,9 +19,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
-from mmcaption.evaluation.report import prediction_record, read_output_rows, software_record, summary_path
+from mmcaption.evaluation.report import prediction_record, software_record, summary_path
 from mmcaption.folders import output_lock
-from mmcaption.tasks import RESULT_COLUMNS
+from mmcaption.tasks import NO_OPTION, RESULT_COLUMNS
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -65,9 +65,10 @@ class PredictionWriter(BasePredictionWriter):
         self.encoding = "utf-8"
         self.submission_ids: list[int] = []
         self.expected_rows: int | None = None
-        self.indices: list[int] = []  # the input rows this process wrote, in order: where its share goes when put together
+        self.share_rows: list[tuple[int | None, dict[str, Any]]] = []  # a share's rows, with their places in the input
         self.merged_from = 0
-        self.share = False  # one of several processes' shares of the output
+        self.share: dict[str, int] | None = None  # one of several processes' shares: its rank and the processes
+        self.asked: Path | None = None  # the output asked for (a share's is beside it)
         self.made_by: dict[str, Any] = {}
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -80,6 +81,7 @@ class PredictionWriter(BasePredictionWriter):
     def _start(self, trainer, output: Path, processes: int) -> None:
         """Start writing ``output``: of ``processes`` processes, this one writes its share there."""
         datamodule = trainer.datamodule
+        self.asked = datamodule.output
         output.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.partial = output, output.with_name(f".{output.name}.partial")
         self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
@@ -91,7 +93,8 @@ class PredictionWriter(BasePredictionWriter):
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
-        self.indices, self.merged_from, self.share = [], 0, processes > 1
+        self.share_rows, self.merged_from = [], 0
+        self.share = {"rank": trainer.global_rank, "processes": processes} if processes > 1 else None
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
@@ -122,7 +125,9 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if self.path is None:
             return
-        self.indices.extend(batch_indices if batch_indices is not None and len(batch_indices) == len(prediction) else [])
+        if self.share:  # kept for the first process, which puts the shares together (on another node, maybe)
+            places = batch_indices if batch_indices is not None and len(batch_indices) == len(prediction) else [None] * len(prediction)
+            self.share_rows.extend(zip(places, prediction))
         self._write(prediction)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
@@ -151,7 +156,7 @@ class PredictionWriter(BasePredictionWriter):
         if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
             self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "")})
         if row.get("error"):  # no image, or (by generation) an answer that names no option: wrong, but predicted
-            self.counts["no_option" if row.get("generated") is not None else "errors"] += 1
+            self.counts["no_option" if str(row["error"]).startswith(NO_OPTION) else "errors"] += 1
         if row.get("correct") is not None:  # rows with a reference answer; those given none count as wrong
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
@@ -236,6 +241,8 @@ class PredictionWriter(BasePredictionWriter):
             summary["interrupted"] = why
         if self.merged_from:
             summary["processes"] = self.merged_from
+        if self.share:  # what a resume on one device puts together
+            summary["share"] = self.share
         summary_path(self.path).write_text(json.dumps(summary, indent=2))
         if self.vqa_results is not None and not why:
             asked = {entry["question_id"] for entry in self.vqa_results}
@@ -251,8 +258,12 @@ class PredictionWriter(BasePredictionWriter):
             message += f" (the first {summary['resumed_after']} from the interrupted run)"
         if why and self.share:  # resume goes on from one output, which these shares are not
             message = (f"predict stopped ({why}); each process keeps the rows it did in its share ({summary['rows']} in "
-                       f"{self.path}{earlier}, the first); the same command with --data.resume true on one device "
-                       "(--trainer.devices 1) puts them together and goes on from them")
+                       f"{self.path}{earlier}, the first); ")
+            message += (f"{self.asked}, from an earlier run, is unchanged: to go on from the shares, move it away and run the "
+                        "same command on one device (--trainer.devices 1) with --data.resume true in place of --data.overwrite "
+                        "true") if self.asked is not None and self.asked.exists() else (
+                        "the same command with --data.resume true on one device (--trainer.devices 1) puts them together "
+                        "and goes on from them")
         elif why:
             message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
             message += (f"; the same command with --data.output {self.path} --data.resume true, in place of --data.overwrite "
@@ -300,14 +311,20 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if trainer.world_size > 1 and self.path is not None:
-            self._finish(announce=False)  # this process's share, in its own file
+            share = self.path
+            self._finish(announce=False)  # this process's share, in its own file until the output is whole
             shares: list[Any] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(shares, (str(self.path), self.indices))
+            torch.distributed.all_gather_object(shares, self.share_rows)  # the rows themselves: a node may not see another's files
+            whole = False
             try:
                 if trainer.is_global_zero:
                     self._put_together(trainer, shares)
-            finally:  # the others wait for it, also when it fails
-                trainer.strategy.barrier("predict output put together")
+                    whole = True
+            finally:  # the others wait for it, also when it fails; each removes its share once the output is whole
+                whole = trainer.strategy.broadcast(whole, src=0)
+            if whole:
+                share.unlink(missing_ok=True)
+                summary_path(share).unlink(missing_ok=True)
             return
         self._end(trainer)
 
@@ -319,21 +336,19 @@ class PredictionWriter(BasePredictionWriter):
                    else f"trainer.limit_predict_batches {trainer.limit_predict_batches}")
         self._finish(stopped=f"{setting}: {self.counts['rows']} of {self.expected_rows} rows asked" if short else None)
 
-    def _put_together(self, trainer, shares: list[tuple[str, list[int]]]) -> None:
+    def _put_together(self, trainer, shares: list[list[tuple[int | None, dict[str, Any]]]]) -> None:
         """The processes' shares as one output, in the input's order (each row's place, as Lightning's
-        sampler gave it), written and summed up as one process would have; the shares' files then go."""
-        files = [Path(path) for path, _ in shares]
-        rows = [row for path in files for row in read_output_rows(path)]
-        places = [place for _, indices in shares for place in indices]
-        if len(places) == len(rows):
-            rows = [row for _, row in sorted(zip(places, rows), key=lambda pair: pair[0])]
+        sampler gave it), written and summed up as one process would have."""
+        rows = [pair for share in shares for pair in share]
+        if all(place is not None for place, _ in rows):
+            rows.sort(key=lambda pair: pair[0])
+        else:
+            rank_zero_info(f"note: Lightning gave no row places, so {trainer.datamodule.output} holds the processes' shares one "
+                           "after the other, not in the input's order")
         self._start(trainer, trainer.datamodule.check_output(), processes=1)
-        self.merged_from = len(files)
-        self._write(rows)
+        self.merged_from = len(shares)
+        self._write([row for _, row in rows])
         self._end(trainer)  # as one process: a short input is said, and kept as interrupted
-        for path in files:
-            path.unlink()
-            summary_path(path).unlink(missing_ok=True)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._finish(interrupted=exception)

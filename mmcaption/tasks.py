@@ -25,6 +25,7 @@ DEFAULT_GENERATION = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
 # What ``predict`` adds to each input record. A file written by ``predict`` is a valid input again: these
 # columns are the earlier run's results, not questions, and are replaced.
 RESULT_COLUMNS = ("prediction", "correct", "vqa_accuracy", "generated", "scores", "error")
+NO_OPTION = "no single option letter or option text in the generated answer"  # an answer's error when it names none
 
 
 def without_results(record: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +253,7 @@ class Tasks:
                 results[i]["generated"] = text
                 results[i]["prediction"] = parse_choice(text, options)
                 if results[i]["prediction"] is None:  # counted as wrong, and said why
-                    results[i]["error"] = f"no single option letter or option text in the generated answer {text!r}"
+                    results[i]["error"] = f"{NO_OPTION} {text!r}"
         elif task == "answer":
             for i, text in zip(ok, self.generate_batch(sub)):
                 results[i]["prediction"] = text

@@ -1161,7 +1161,7 @@ def test_an_interrupted_run_on_several_processes_is_resumed_on_one_from_its_shar
             writer.writeheader()
             writer.writerows(rows)
         share.with_name(f"{share.name}.summary.json").write_text(json.dumps({"rows": len(rows), "interrupted": "SIGTERM",
-                                                                             "made_by": made_by}))
+                                                                             "made_by": made_by, "share": {"rank": rank, "processes": 2}}))
     output = tmp_path / "answers.csv"
     with pytest.raises(OutputExistsError, match=r"answers\.rank0\.csv exists, one process's share of a run on several processes "
                                                 r"that was interrupted \(SIGTERM\): go on from the shares with --data.resume true "
@@ -1173,4 +1173,7 @@ def test_an_interrupted_run_on_several_processes_is_resumed_on_one_from_its_shar
         assert list(csv.DictReader(handle)) == whole  # rows 0-3 from the shares (row 5 after the gap done again), 4-7 now
     summary = json.loads((tmp_path / "answers.csv.summary.json").read_text())
     assert summary["rows"] == 8 and summary["resumed_after"] == 4 and "interrupted" not in summary
+    # an unreadable image's row read back from a CSV is an error, not an answer naming no option (its empty
+    # 'generated' cell read as a generated answer)
+    assert (summary["errors"], summary["no_option"]) == (2, 0)
     assert not list(tmp_path.glob("answers.rank*"))

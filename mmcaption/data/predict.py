@@ -243,7 +243,8 @@ class _PredictDataModule(BackbonesDataModule):
         if len(self.dataset) < processes:  # Lightning's sampler asserts, and the other processes hang up
             raise ConfigError(f"{len(self.dataset)} row(s) to predict for {processes} processes, which need one each at "
                               f"least: predict with --trainer.devices {len(self.dataset)}")
-        if self.resume and processes == 1 and (put_together := put_shares_together(self.output)):
+        now = prediction_record(self.trainer) if self.resume and self.trainer is not None else None
+        if self.resume and processes == 1 and (put_together := put_shares_together(self.output, self.dataset.rows, now)):
             rank_zero_info(f"resume: {put_together}")
         killed = self.output.with_name(f".{self.output.name}.partial")  # the writer's file, left by a hard kill
         if self.resume and not self.output.exists() and killed.exists():
@@ -251,8 +252,8 @@ class _PredictDataModule(BackbonesDataModule):
                            "a summary: starting at the first row")
         if self.resume and self.output.exists():
             self.done = interrupted_rows(self.output, self.dataset.rows)
-            if self.trainer is not None:
-                check_made_alike(self.output, prediction_record(self.trainer))
+            if now is not None:
+                check_made_alike(self.output, now)
             rank_zero_info(f"resume: the {len(self.done)} rows of {self.output} are kept; {len(self.dataset) - len(self.done)} to go")
             return self.generation_loader(Subset(self.dataset, range(len(self.done), len(self.dataset))), self.batch_size)
         return self.generation_loader(self.dataset, self.batch_size)

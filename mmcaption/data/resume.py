@@ -5,6 +5,7 @@ processes, the rows of their shares, put together first."""
 from __future__ import annotations
 
 import csv
+import glob
 import itertools
 import json
 from pathlib import Path
@@ -27,12 +28,7 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
         raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
                                 "interrupted): nothing to go on with")
     written = read_output_rows(output)
-    for number, (row, record) in enumerate(zip(written, rows), start=1):  # the input's text, as written
-        differs = next((key for key, value in record.items() if isinstance(value, str) and str(row.get(key, value)) != value), None)
-        if differs is not None:
-            raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
-                                    f"row {number} has {record[differs]!r}: it is the output of another input, or of this "
-                                    "one before it changed; replace it with --data.overwrite true")
+    check_first_rows(written, rows, output)
     if len(written) == len(rows):
         raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
                                 "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
@@ -42,12 +38,22 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
     return written
 
 
+def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path | str) -> None:
+    """Refuse rows ``written`` to ``output`` that are not the first of this input's ``rows`` (compared as written)."""
+    for number, (row, record) in enumerate(zip(written, rows), start=1):
+        differs = next((key for key, value in record.items() if isinstance(value, str) and str(row.get(key, value)) != value), None)
+        if differs is not None:
+            raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
+                                    f"row {number} has {record[differs]!r}: it is the output of another input, or of this "
+                                    "one before it changed; replace it with --data.overwrite true")
 
-def check_made_alike(output: Path, now: dict[str, Any]) -> None:
+
+def check_made_alike(output: Path, now: dict[str, Any], earlier: dict[str, Any] | None = None) -> None:
     """Refuse to go on from ``output`` when its rows were predicted by other weights or settings than
     ``now`` (:func:`~mmcaption.evaluation.report.prediction_record`): the two runs' rows would make one
-    accuracy of two models. An output of a version that did not record them is gone on from."""
-    earlier = json.loads(summary_path(output).read_text()).get("made_by")
+    accuracy of two models. An output of a version that did not record them is gone on from. ``earlier``:
+    its summary's record, when it has no summary file yet."""
+    earlier = earlier if earlier is not None else json.loads(summary_path(output).read_text()).get("made_by")
     differences = record_differences(earlier, now) if earlier else []
     if differences:
         raise OutputExistsError(f"resume: the rows of {output} came from other weights or settings - {'; '.join(differences)}: "
@@ -73,41 +79,58 @@ def output_exists_advice(output: Path, share: bool = False) -> str:
     return f"output {output} exists; choose another --data.output, or replace it with --data.overwrite true"
 
 
-def put_shares_together(output: Path) -> str | None:
+def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str, Any] | None) -> str | None:
     """Before a resume on one process: a run on several processes that was interrupted left each one's share of
-    ``output`` (``<stem>.rank<r><suffix>``, rows r, r + N, ...) and no ``output``. They become ``output``: its
-    rows in the input's order up to the first that no share holds (those after it are predicted again), with a
-    summary saying what made them (the first share's) and that the run was interrupted; the shares go. Returns
-    what was done, for a note; ``None`` when there are no shares."""
-    shares = list(itertools.takewhile(Path.is_file, (output.with_name(f"{output.stem}.rank{r}{output.suffix}")
-                                                     for r in itertools.count())))
-    if len(shares) < 2 or output.exists():
+    ``output`` (``<stem>.rank<r><suffix>``, rows r, r + N, ..., its summary naming its rank and N; a process
+    stopped before its first row left none) and no ``output``. Once checked to be the first of this input's
+    ``rows``, predicted as ``now`` would, they become ``output``: its rows in the input's order up to the first
+    that no share holds (those after it are predicted again), with a summary saying what made them and that the
+    run was interrupted; the shares go. Returns what was done, for a note; ``None`` when there are no shares."""
+    if output.exists():
         return None
-    said = json.loads(summary_path(shares[0]).read_text()) if summary_path(shares[0]).is_file() else {}
-    parts = [read_output_rows(share) for share in shares]
-    rows = []
+    shares: dict[int, tuple[Path, dict[str, Any]]] = {}
+    for path in output.parent.glob(f"{glob.escape(output.stem)}.rank*{glob.escape(output.suffix)}"):
+        try:
+            said = json.loads(summary_path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(said, dict) and isinstance(said.get("share"), dict):
+            shares[said["share"]["rank"]] = (path, said)
+    if not shares:
+        return None
+    processes = {said["share"]["processes"] for _, said in shares.values()}
+    if len(processes) > 1:
+        raise OutputExistsError(f"resume: the shares of {output} ({', '.join(sorted(p.name for p, _ in shares.values()))}) "
+                                "come from runs on different numbers of processes; remove those of the older run")
+    (count,) = processes
+    parts = [read_output_rows(shares[rank][0]) if rank in shares else [] for rank in range(count)]
+    done = []
     for place in itertools.count():
-        part = parts[place % len(parts)]
-        if place // len(parts) >= len(part):
+        part = parts[place % count]
+        if place // count >= len(part):
             break
-        rows.append(part[place // len(parts)])
+        done.append(part[place // count])
+    said = next(iter(shares.values()))[1]
+    check_first_rows(done, rows, f"the shares of {output}")
+    if now is not None:
+        check_made_alike(output, now, said.get("made_by") or {})
     partial = output.with_name(f".{output.name}.partial")
     if output.suffix.lower() == ".csv":
         columns = list(dict.fromkeys(key for part in parts for row in part for key in row))
-        with open(shares[0], "rb") as handle:  # Excel's byte-order mark, if the shares have it
+        with open(next(iter(shares.values()))[0], "rb") as handle:  # Excel's byte-order mark, if the shares have it
             encoding = "utf-8-sig" if handle.read(3) == b"\xef\xbb\xbf" else "utf-8"
         with partial.open("w", newline="", encoding=encoding) as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(done)
     else:
-        partial.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    summary_path(output).write_text(json.dumps({"rows": len(rows), "output": str(output), "made_by": said.get("made_by"),
+        partial.write_text("".join(json.dumps(row) + "\n" for row in done), encoding="utf-8")
+    summary_path(output).write_text(json.dumps({"rows": len(done), "output": str(output), "made_by": said.get("made_by"),
                                                 "interrupted": said.get("interrupted") or "put together from shares"}))
     partial.replace(output)
-    for share in shares:
-        share.unlink()
-        summary_path(share).unlink(missing_ok=True)
-    later = sum(map(len, parts)) - len(rows)
-    return (f"the shares of {len(shares)} processes put together in {output}: {len(rows)} rows in the input's order"
+    for path, _ in shares.values():
+        path.unlink()
+        summary_path(path).unlink(missing_ok=True)
+    later = sum(map(len, parts)) - len(done)
+    return (f"the shares of {count} processes put together in {output}: {len(done)} rows in the input's order"
             + (f" ({later} done after the first row that no share holds are predicted again)" if later else ""))
