@@ -172,7 +172,7 @@ class _Meteor(meteor_tool.Meteor):
 
 
 _meteor: _Meteor | None = None
-_meteor_guard = threading.Lock()
+_meteor_guard = threading.RLock()
 
 
 def meteor_score(refs: dict[Hashable, list[str]], preds: dict[Hashable, list[str]]) -> float:
@@ -198,9 +198,10 @@ def meteor_score(refs: dict[Hashable, list[str]], preds: dict[Hashable, list[str
 def close_meteor() -> None:
     """End METEOR's Java process (and free its memory); the next score starts another."""
     global _meteor
-    if _meteor is not None and _meteor.owner == os.getpid():
-        _meteor.close()
-    _meteor = None
+    with _meteor_guard:  # not while another thread scores with it
+        if _meteor is not None and _meteor.owner == os.getpid():
+            _meteor.close()
+        _meteor = None
 
 
 atexit.register(close_meteor)
