@@ -3,7 +3,6 @@ CircularEval, VQA accuracy) beside them, and VQA's results file for its evaluati
 
 from __future__ import annotations
 
-import codecs
 import csv
 import itertools
 import json
@@ -19,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
-from mmcaption.evaluation.report import prediction_record, software_record, summary_path
+from mmcaption.evaluation.report import prediction_record, software_record, starts_with_bom, summary_path
 from mmcaption.folders import output_lock
 from mmcaption.tasks import NO_OPTION, RESULT_COLUMNS
 
@@ -352,15 +351,6 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._finish(interrupted=exception)
-
-
-def starts_with_bom(path: Path) -> bool:
-    """Whether ``path`` is a file that starts with UTF-8's byte-order mark, as Excel's "CSV UTF-8" does."""
-    try:
-        with path.open("rb") as handle:
-            return handle.read(3) == codecs.BOM_UTF8
-    except OSError:  # a folder, or nothing there
-        return False
 
 
 def unused_name(path: Path) -> Path:

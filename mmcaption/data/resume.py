@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcaption.errors import OutputExistsError
-from mmcaption.evaluation.report import read_output_rows, record_differences, summary_path
+from mmcaption.evaluation.report import read_output_rows, record_differences, starts_with_bom, summary_path
 
 
 def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,15 +110,14 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
         if place // count >= len(part):
             break
         done.append(part[place // count])
-    said = next(iter(shares.values()))[1]
+    first, said = next(iter(shares.values()))
     check_first_rows(done, rows, f"the shares of {output}")
     if now is not None:
         check_made_alike(output, now, said.get("made_by") or {})
     partial = output.with_name(f".{output.name}.partial")
     if output.suffix.lower() == ".csv":
         columns = list(dict.fromkeys(key for part in parts for row in part for key in row))
-        with open(next(iter(shares.values()))[0], "rb") as handle:  # Excel's byte-order mark, if the shares have it
-            encoding = "utf-8-sig" if handle.read(3) == b"\xef\xbb\xbf" else "utf-8"
+        encoding = "utf-8-sig" if starts_with_bom(first) else "utf-8"  # Excel's byte-order mark, if the shares have it
         with partial.open("w", newline="", encoding=encoding) as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()

@@ -10,6 +10,7 @@ COCO's evaluation server take). No file is ever written over: a name that exists
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime
 import functools
@@ -60,6 +61,15 @@ def read_output_rows(output: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
     with output.open(newline="", encoding="utf-8-sig") as handle:
         return [_from_csv(row) for row in csv.DictReader(handle)]
+
+
+def starts_with_bom(path: Path) -> bool:
+    """Whether ``path`` is a file that starts with UTF-8's byte-order mark, as Excel's "CSV UTF-8" does."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(3) == codecs.BOM_UTF8
+    except OSError:  # a folder, or nothing there
+        return False
 
 
 def _from_csv(row: dict[str, str]) -> dict[str, Any]:
