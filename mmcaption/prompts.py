@@ -40,9 +40,16 @@ def bos_token_id(tokenizer) -> int:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
+def text_ids(tokenizer, text: str | list[str]) -> list[int] | list[list[int]]:
+    """``text`` as tokens, a special token's name in it read as plain text: a conversation about GPT models
+    that writes ``<|endoftext|>`` must not end an answer midway in training (nor a prompt at inference).
+    The template's own markers (``<bos>``, end-of-text) are added as ids, never written into text."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def caption_prompt_ids(tokenizer, prompt: str = "") -> list[int]:
     """What a caption is generated from: ``<bos>`` and the caption prompt, as in training."""
-    return [bos_token_id(tokenizer)] + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+    return [bos_token_id(tokenizer)] + (text_ids(tokenizer, prompt) if prompt else [])
 
 
 def strip_image_placeholder(text: str) -> str:
@@ -99,11 +106,11 @@ class ConversationTemplate:
 
     def _context(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         bos = bos_token_id(tokenizer)
-        return [bos] + (tokenizer(self.system + "\n", add_special_tokens=False)["input_ids"] if self.system else [])
+        return [bos] + (text_ids(tokenizer, self.system + "\n") if self.system else [])
 
     def _question(self, question: str, tokenizer: PreTrainedTokenizerBase, first: bool) -> list[int]:
         text = ("" if first else "\n") + self.user + question + self.assistant
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text_ids(tokenizer, text)
 
     def prompt(self, question: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         """Tokens that ask one question; generation continues with the answer."""
@@ -133,7 +140,7 @@ class ConversationTemplate:
         answer_cut = False
         for question, answer in turns:
             question_ids = self._question(question, tokenizer, first=kept == 0)
-            answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            answer_ids = text_ids(tokenizer, " " + answer) + [tokenizer.eos_token_id]
             room = max_length - len(input_ids) - len(question_ids)
             if room < len(answer_ids):
                 if kept > 0:
@@ -169,7 +176,7 @@ def check_options(options: list[str]) -> None:
 def option_ids(tokenizer: PreTrainedTokenizerBase, options: list[str]) -> list[list[int]]:
     """Each option as the answer the template would supervise: a leading space, the text, end-of-text."""
     check_options(options)
-    return [tokenizer(" " + option, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for option in options]
+    return [text_ids(tokenizer, " " + option) + [tokenizer.eos_token_id] for option in options]
 
 
 def choice_prompt(

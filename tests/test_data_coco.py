@@ -9,6 +9,7 @@ import torch
 
 from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import CaptionDataModule, DataError
+from mmcaption.demo.synthetic import write_coco_split
 
 
 @pytest.fixture
@@ -319,12 +320,12 @@ def test_a_local_parquet_copy_uses_its_own_split_names(backbones, coco_root, tmp
         wrong.prepare_data()
 
 
-def test_a_single_split_dataset_holds_out_a_share_not_the_same_rows(backbones, coco_root, tmp_path):
+def test_a_single_split_dataset_holds_out_a_share_not_the_same_rows(backbones, tmp_path):
     """Flickr30k-style columns (`image`, a list of captions) in one split: validation is held out from it."""
+    write_coco_split(tmp_path / "many", "train2017", 48, seed=5)
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string")),
                                   "__key__": datasets.Value("string")})
-    rows = caption_rows(coco_root, "image", "caption", as_list=True)
-    rows = {key: values * 4 for key, values in rows.items()}  # 48 images
+    rows = caption_rows(tmp_path / "many", "image", "caption", as_list=True)  # 48 images
     rows["__key__"] = [f"img{i}" for i in range(48)]
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "one"))
     dm = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "one"),
@@ -337,3 +338,36 @@ def test_a_single_split_dataset_holds_out_a_share_not_the_same_rows(backbones, c
     assert train + val == 48 and 4 <= val <= 20  # disjoint sides of the one split, about a quarter held out
     keys = {side: set(dm.datasets[splits[side]].images["file_name"]) for side in ("train", "val")}
     assert not keys["train"] & keys["val"]
+
+
+def test_a_copy_of_coco_with_a_row_per_caption_is_read_as_images_with_all_their_captions(backbones, coco_root, tmp_path, monkeypatch):
+    """Many hub copies of COCO have one row per caption (`image`, `caption`). Read row by row, each image was five
+    images with one reference each (CIDEr against one caption), and with one split held out by row the same image
+    was trained on and validated. Rows of one image are one image now, on one side, with every caption."""
+    rows = caption_rows(coco_root, "image", "caption", as_list=True)  # 12 images, 5 captions each
+    per_caption = {"image": [], "caption": []}
+    for image, captions in zip(rows["image"], rows["caption"]):
+        per_caption["image"] += [image] * len(captions)
+        per_caption["caption"] += captions
+    per_caption["image"] += per_caption["image"][:2]  # the first two rows again (a file joined twice, say)
+    per_caption["caption"] += per_caption["caption"][:2]
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    table = datasets.Dataset.from_dict(per_caption, features=features).shuffle(seed=0)  # an image's rows apart
+    table.to_parquet(str(tmp_path / "coco_captions.parquet"))  # one file, as some copies download
+    warned = []
+    monkeypatch.setattr("mmcaption.data.records.rank_zero_warn", warned.append)
+    dm = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "coco_captions.parquet"),
+                         hub_image_column="image", hub_caption_column="caption", hub_val_fraction=0.3)
+    splits = dm.stage_splits()
+    dm.prepare_data()
+    dm.setup("fit")
+    sides = {side: dm.datasets[splits[side]] for side in ("train", "val")}
+    images = {side: list(data.images["image"]) for side, data in sides.items()}
+    assert len(images["train"]) + len(images["val"]) == 12 and images["val"]  # each image once, on one side
+    assert not set(images["train"]) & set(images["val"])
+    for data in sides.values():  # every image with its five captions, each once
+        captions = datasets.load_from_disk(str(data.folder / "captions")).to_pandas()
+        per_image = captions.groupby("image_index")["caption"].agg(list)
+        assert len(per_image) == len(data.images) and all(len(c) == 5 == len(set(c)) for c in per_image), per_image
+    assert any("rows that repeat an earlier row's image: their captions go with that image" in w for w in warned), warned
+    assert any("2 x captions skipped that an earlier row gave the same image" in w for w in warned), warned

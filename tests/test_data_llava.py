@@ -416,3 +416,50 @@ def test_records_without_ids_repeated_are_duplicates_kept_once_on_one_side(backb
     metas = [json.loads((d.folder / "meta.json").read_text()) for d in sides.values()]
     duplicates = sum(n for meta in metas for kind, n in meta["notes"].items() if kind.startswith("duplicate records"))
     assert duplicates == len(records)  # each copy counted once, on the side it would have gone to
+
+
+def test_trl_content_parts_read_as_text_and_the_image_part_as_its_placeholder(llava, tmp_path):
+    # TRL's and Hugging Face's chat datasets (llava-instruct-mix-vsft) write each turn's content as a list of parts:
+    # refused as "needs 'role' and 'content'" though both were there
+    _, image_root = llava
+    records = [
+        {"id": "trl", "images": ["train2017/000000000001.jpg"], "messages": [
+            {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "What colour is it?\n"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Yellow."}]},
+            {"role": "user", "content": [{"type": "text", "text": "And its shape?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "A diamond."}]}]},
+        {"id": "url", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.jpg"}}]},
+                                   {"role": "assistant", "content": "x"}]},
+    ]
+    file = tmp_path / "trl.json"
+    file.write_text(json.dumps(records))
+    seen = BadRecords(str(file), "skip")
+    conversations = read_llava(file, image_root, seen)
+    assert [(c.id, c.image, c.turns) for c in conversations] == [
+        ("trl", "train2017/000000000001.jpg", [("What colour is it?", "Yellow."), ("And its shape?", "A diamond.")])]
+    assert seen.counts == {"malformed turn": 1}
+    assert "a list of {'type': 'text', 'text': ...} and {'type': 'image'} parts" in seen.examples["malformed turn"]
+
+
+def test_a_bad_record_is_counted_once_on_its_side_not_in_both_splits(backbones, llava, monkeypatch):
+    # a record that cannot be used was reported by the train split and again by the val split: 2 bad records in a
+    # file of 1, and kept + skipped came to more records than the file has
+    train, _ = llava
+    edit(train, lambda records: records.extend([
+        {"id": "bad-turns", "image": records[0]["image"], "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+        {"id": "bad-empty", "image": records[0]["image"], "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": " "}]}]))
+    dm = make_datamodule(backbones, llava, val_file=None, val_fraction=0.5, on_bad_record="skip")
+    dm.prepare_data()
+    dm.setup("fit")
+    metas = [json.loads((dm.datasets[side].folder / "meta.json").read_text()) for side in ("train", "val")]
+    assert sum(sum(meta["skipped"].values()) for meta in metas) == 2
+    assert sum(meta["rows"] for meta in metas) + 2 == len(json.loads(train.read_text()))
+
+
+def test_a_datasets_folder_or_parquet_as_the_conversation_file_is_named_as_such(backbones, llava, tmp_path):
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "train.parquet").write_bytes(b"PAR1\x00\x00PAR1")
+    with pytest.raises(DataError, match=r"saved is a folder: the instruct stage reads conversations from a JSON or JSON Lines file"):
+        make_datamodule(backbones, llava, train_file=str(tmp_path / "saved")).prepare_data()
+    with pytest.raises(DataError, match=r"train\.parquet is a parquet file: .*Dataset\.to_json"):
+        make_datamodule(backbones, llava, train_file=str(tmp_path / "train.parquet")).prepare_data()

@@ -376,9 +376,16 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
     assert tokenizer.decode(data.dataset[0]["input_ids"]).count(f"What colour is the shape?\n{short}") == 1
     assert data.dataset[0]["record"]["question"] == "What colour is the shape?"
 
+    # LLaVA's own evaluation files (llava-bench, MME, POPE) name the question "text": refused as "no question"
+    llava_eval = tmp_path / "llava_eval.jsonl"
+    llava_eval.write_text('{"question_id": 0, "image": "images/img0.png", "text": "What colour is the shape?", "category": "conv"}\n')
+    data = QuestionsPredictDataModule(questions_file=str(llava_eval), tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
+    data.setup("predict")
+    assert tokenizer.decode(data.dataset[0]["input_ids"]).count("What colour is the shape?") == 1
+
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "images/img0.png", "question": "Fine?"}\n{"image": "images/img0.png"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl, line 2: no question"):
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: no question \(column question, or text as LLaVA's evaluation files\)"):
         QuestionsPredictDataModule(questions_file=str(bad), tokenizer=str(backbones[0]), image_processor=str(backbones[1])).setup("predict")
 
 

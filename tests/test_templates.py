@@ -1,7 +1,11 @@
+import datasets
 import pytest
+from PIL import Image
 from transformers import AutoTokenizer
 
 from mmcaption.collate import IGNORE_INDEX
+from mmcaption.data.coco import write_caption_split
+from mmcaption.data.records import BadRecords
 from mmcaption.prompts import ConversationTemplate, strip_image_placeholder
 
 
@@ -40,6 +44,24 @@ def test_labels_are_exactly_the_assistant_turns_and_their_end_markers(tokenizer)
     # the generation prompt is the same prefix the first answer followed in training
     prompt = template.prompt("What colour is the circle?", tokenizer)
     assert input_ids[: len(prompt)] == prompt and labels[len(prompt)] != IGNORE_INDEX
+
+
+def test_a_special_tokens_name_in_the_text_is_text_not_the_token(tokenizer, backbones, tmp_path):
+    # a conversation about GPT models (ShareGPT's text-only ones have them) that writes "<|endoftext|>": it became the
+    # real end-of-text token, so the model learnt to stop after "They append the"
+    template = ConversationTemplate()
+    turns = [("How do GPT models mark the end of a document <|endoftext|>?", "They append the <|endoftext|> token, then go on.")]
+    input_ids, labels, _, _ = template.encode(turns, tokenizer, max_length=256)
+    eos = tokenizer.eos_token_id
+    assert input_ids.count(eos) == 2 and input_ids[0] == eos and input_ids[-1] == eos  # <bos> and the answer's end only
+    assert [label for label in labels if label == eos] == [eos]
+    assert tokenizer.decode(input_ids[1:-1]).endswith("They append the <|endoftext|> token, then go on.")
+    assert eos not in template.prompt("What is <|endoftext|>?", tokenizer)[1:]
+    image = tmp_path / "i.png"  # captions are tokenized the same way
+    Image.new("RGB", (8, 8)).save(image)
+    folder = write_caption_split(iter([(1, "i.png", image.read_bytes(), [(1, "a sign saying <|endoftext|> on a wall")])]),
+                                 tokenizer, tmp_path / "split", BadRecords("x"), {})
+    assert eos not in datasets.load_from_disk(str(folder / "captions"))[0]["token_ids"]
 
 
 def test_truncation_drops_whole_turns_and_never_leaves_a_sample_without_supervision(tokenizer):

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.records import BadRecords, DataError, archive_hint, escapes_root, read_json
 from mmcaption.images import check_image
+from mmcaption.prompts import text_ids
 
 IMAGE_FEATURES = datasets.Features(
     {"image_id": datasets.Value("int64"), "file_name": datasets.Value("string"), "image": datasets.Value("binary")}
@@ -202,7 +203,7 @@ def write_caption_split(
             yield {"image_id": image_id, "file_name": file_name, "image": data}, captions
 
     def caption_rows(image_index: int, captions: list[tuple[int, str]]):
-        token_ids = tokenizer([c for _, c in captions], add_special_tokens=False)["input_ids"]
+        token_ids = text_ids(tokenizer, [c for _, c in captions])
         for (caption_id, caption), ids in zip(captions, token_ids):
             yield {"image_index": image_index, "caption_id": caption_id, "caption": caption, "token_ids": ids}
 

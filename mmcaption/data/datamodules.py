@@ -128,7 +128,8 @@ class CaptionDataModule(PreprocessedDataModule):
     def split_inputs(self, split: str) -> dict:
         if self.hub is not None:
             # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
-            return {"hub": asdict(self.hub), "split": split, "fingerprint": self.hub.load(split)._fingerprint}
+            return {"hub": asdict(self.hub), "split": split, "fingerprint": self.hub.load(split)[0]._fingerprint,
+                    "rows": "grouped by image"}  # since rows of one image became one image, not one each
         if self.source == "karpathy":
             if not self.karpathy_file.is_file():
                 raise DataError(f"Karpathy split file not found: {self.karpathy_file}")
@@ -246,6 +247,11 @@ class InstructDataModule(PreprocessedDataModule):
 
     def split_inputs(self, split: str) -> dict:
         file, side = self._source(split)
+        tabular = file.is_dir() or file.suffix.lower() in (".parquet", ".arrow")
+        if tabular and file.exists():  # a datasets folder (save_to_disk) or its parquet: not conversations as LLaVA ships them
+            raise DataError(f"{file} is {'a folder' if file.is_dir() else 'a ' + file.suffix[1:] + ' file'}: the instruct "
+                            "stage reads conversations from a JSON or JSON Lines file (LLaVA's layout); write one with "
+                            "datasets' Dataset.to_json(\"conversations.jsonl\"), images as paths under image_root")
         if not file.is_file():
             raise DataError(f"LLaVA conversation file not found: {file}")
         return {"file": file_signature(file), "side": side, "images": folder_signature(self.image_root, self.cache_dir)}

@@ -17,7 +17,7 @@ from mmcaption.data.cache import load_table
 from mmcaption.data.features import gather_features
 from mmcaption.data.records import DataError
 from mmcaption.images import blank_pixels, load_rgb
-from mmcaption.prompts import ConversationTemplate, bos_token_id, caption_prompt_ids
+from mmcaption.prompts import ConversationTemplate, bos_token_id, caption_prompt_ids, text_ids
 
 
 class ImageTextDataset(Dataset):
@@ -85,7 +85,7 @@ class CaptionDataset(ImageTextDataset):
         super().__init__(folder, image_processor)
         self.bos_id = bos_token_id(tokenizer)
         self.eos_id = tokenizer.eos_token_id
-        self.prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        self.prompt_ids = text_ids(tokenizer, prompt) if prompt else []
         self.max_length = max_length
 
     def tokens(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:

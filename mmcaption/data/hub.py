@@ -1,15 +1,18 @@
-"""Captions from a Hugging Face ``datasets`` dataset: a hub id, a ``save_to_disk`` folder, or a local
-folder of parquet files or webdataset tars (``datasets`` infers the splits from the file names).
+"""Captions from a Hugging Face ``datasets`` dataset: a hub id, a ``save_to_disk`` folder, a local
+folder of parquet files or webdataset tars (``datasets`` infers the splits from the file names), or
+one parquet, JSON Lines or CSV file.
 
 Split names default to what the dataset has (``train``; ``validation``, ``val`` or ``test`` to
-validate); a dataset with one split gets a stable held-out share for validation, with a note, never
-the same rows for both. The image and caption columns are settings, so COCO (``jpg`` + ``txt``, as
-``clip-benchmark/wds_mscoco_captions2017``), Flickr30k-style (``image`` + a list of captions) and
-CC3M-style (one caption a row) datasets all read.
+validate); a dataset with one split gets a stable held-out share of its images for validation, with a
+note, never the same image on both sides. The image and caption columns are settings, so COCO (``jpg`` +
+``txt``, as ``clip-benchmark/wds_mscoco_captions2017``), Flickr30k-style (``image`` + a list of captions),
+CC3M-style (one caption a row) and one-row-per-caption copies of COCO (rows of the same image are one
+image with all its captions) all read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,8 +61,8 @@ class HubCaptions:
         saved = self._saved()
         if isinstance(saved, datasets.DatasetDict):
             return list(saved)
-        if saved is not None:
-            return ["train"]  # one Dataset saved alone
+        if saved is not None or Path(self.dataset).is_file():
+            return ["train"]  # one Dataset saved alone, or one file
         try:
             return list(datasets.get_dataset_split_names(self.dataset))
         except Exception as error:  # noqa: BLE001 - datasets raises many kinds for a path or id it cannot read
@@ -82,58 +85,106 @@ class HubCaptions:
             return {"train": train + REST, "val": train + HELD_OUT, "test": test or train + HELD_OUT}
         return {"train": train, "val": val, "test": test or val}
 
-    def load(self, split: str) -> datasets.Dataset:
-        """A split as ``stage_splits`` names it (a held-out side selects its rows)."""
+    def load(self, split: str) -> tuple[datasets.Dataset, str | None]:
+        """The dataset split that ``split`` (as ``stage_splits`` names it) comes from, and the side of it
+        (:data:`REST`, :data:`HELD_OUT`, or ``None`` for all of it)."""
         side = next((suffix for suffix in (REST, HELD_OUT) if split.endswith(suffix)), None)
         base = split[: -len(side)] if side else split
         saved = self._saved()
         if isinstance(saved, datasets.DatasetDict):
-            data = saved[base]
-        elif saved is not None:
-            data = saved
-        else:
-            data = datasets.load_dataset(self.dataset, split=base)
-        if side is None:
-            return data
-        keys = data["__key__"] if "__key__" in data.column_names else [str(i) for i in range(len(data))]
-        return data.select([i for i, key in enumerate(keys) if held_out(str(key), self.val_fraction) == (side == HELD_OUT)])
+            return saved[base], side
+        if saved is not None:
+            return saved, side
+        path = Path(self.dataset)
+        if path.is_file():  # one file, as a single parquet (or JSON Lines) download
+            builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
+            if builder is None:
+                raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file")
+            return datasets.load_dataset(builder, data_files=str(path), split="train"), side
+        return datasets.load_dataset(self.dataset, split=base), side
 
     def records(self, split: str, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
-        """``(row, key, image bytes, captions)`` of each usable row; bad rows reported by name."""
-        data = self.load(split)
-        name = f"{self.dataset} [{split}]"
+        """``(row, key, image bytes, captions)`` of each usable image; bad rows reported by name.
+
+        Rows that hold the same image (the same bytes, or the same file) are one image with all their
+        captions: many copies of COCO on the hub have a row per caption, and read row by row every
+        reference would be scored alone and one image could be trained on and held out at once. A
+        single split's held-out side is chosen by image for the same reason."""
+        data, side = self.load(split)
         missing = {self.image_column, self.caption_column} - set(data.column_names)
         if missing:
-            raise DataError(f"{name} has no column(s) {sorted(missing)} (image_column, caption_column); its columns are "
-                            f"{data.column_names}")
+            raise DataError(f"{records.source} has no column(s) {sorted(missing)} (image_column, caption_column); its "
+                            f"columns are {data.column_names}")
         if isinstance(data.features[self.image_column], datasets.Image):
             data = data.cast_column(self.image_column, datasets.Image(decode=False))
-        for row_index, row in enumerate(data):
-            key = str(row.get("__key__") or row_index)
+        keys = data["__key__"] if "__key__" in data.column_names else None
+        images: dict[str, tuple[int, list[tuple[int, str]]]] = {}  # image digest -> first row, captions
+        repeats = copies = 0
+        for row_index, row in enumerate(data.select_columns([self.image_column, self.caption_column])):
+            key = str(keys[row_index] if keys is not None and keys[row_index] else row_index)
             image = self._image_bytes(row[self.image_column])
             if image is None:
-                records.bad("missing image", f"{name}: row {row_index} (key {key}) has no image")
+                if side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT):  # counted on one side
+                    records.bad("missing image", f"row {row_index} (key {key}) has no image: its {self.image_column!r} is "
+                                                 f"{self._described(row[self.image_column])}")
                 continue
+            digest = hashlib.blake2b(image, digest_size=16).hexdigest()
+            if side is not None and held_out(digest, self.val_fraction) != (side == HELD_OUT):
+                continue
+            first, captions = images.setdefault(digest, (row_index, []))
+            texts = self._captions(row[self.caption_column])
+            if first != row_index:  # a caption that an earlier row already gave this image is that row again
+                repeats += 1
+                known = {c for _, c in captions}
+                copies += sum(c in known for c in texts)
+                texts = [c if c not in known else None for c in texts]
+            captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
+        if side is not None and not images and len(data):
+            other = "raise hub_val_fraction" if side == HELD_OUT else "lower hub_val_fraction"
+            raise DataError(f"{records.source}: with hub_val_fraction {self.val_fraction}, none of its {len(data):,} rows' images "
+                            f"falls on the {'held-out' if side == HELD_OUT else 'training'} side (chosen by a hash of each "
+                            f"image); {other}, or give the dataset a validation split")
+        if repeats:
+            records.note("rows that repeat an earlier row's image: their captions go with that image", repeats)
+        if copies:
+            records.note("captions skipped that an earlier row gave the same image", copies)
+        for row_index, captions in images.values():
+            key = str(keys[row_index] if keys is not None and keys[row_index] else row_index)
+            if not captions:
+                records.bad("empty caption", f"row {row_index} (key {key}) has no caption")
+                continue
+            image = self._image_bytes(data[row_index][self.image_column])
             problem = check_image(image)
             if problem is not None:
-                records.bad("unreadable image", f"{name}: row {row_index} (key {key}) has an image that cannot be decoded: {problem}")
+                records.bad("unreadable image", f"row {row_index} (key {key}) has an image that cannot be decoded: {problem}")
                 continue
-            captions = self._captions(row[self.caption_column])
-            if not captions:
-                records.bad("empty caption", f"{name}: row {row_index} (key {key}) has no caption")
-                continue
-            yield row_index, key, image, [(row_index * 100 + i, c) for i, c in enumerate(captions)]
+            yield row_index, key, image, captions
 
-    @staticmethod
-    def _image_bytes(value) -> bytes | None:
+    def _folder(self) -> Path | None:
+        """The local folder the dataset's files are in (image paths in its rows may be relative to it)."""
+        path = Path(self.dataset)
+        return path if path.is_dir() else path.parent if path.is_file() else None
+
+    def _described(self, value) -> str:
+        if isinstance(value, dict):
+            value = value.get("path") or value.get("bytes")
+        if isinstance(value, str) and value:
+            folder = self._folder()
+            return f"{value!r}, not a file (looked for from the current folder" + (f" and from {folder})" if folder else ")")
+        return "empty"
+
+    def _image_bytes(self, value) -> bytes | None:
         if isinstance(value, dict):  # an Image feature, undecoded
             if value.get("bytes"):
                 return value["bytes"]
             value = value.get("path")
         if isinstance(value, bytes):
             return value
-        if isinstance(value, str) and Path(value).is_file():
-            return Path(value).read_bytes()
+        if isinstance(value, str) and value:
+            # a path as the dataset's own files write it: relative to the dataset's folder, or to where it runs
+            for path in (Path(value), *([self._folder() / value] if self._folder() else [])):
+                if path.is_file():
+                    return path.read_bytes()
         return None
 
     def _captions(self, value) -> list[str]:

@@ -3,7 +3,7 @@
 A record is ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}`` with
 ``image`` relative to an image root (COCO ``train2017/`` for LLaVA-Instruct-150k); ShareGPT-style
 files' ``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assistant"|"system",
-"content"}`` read alike. Each conversation stays whole: one sequence, loss on every assistant turn
+"content"}`` read alike, ``content`` a string or a list of text and image parts (TRL's layout). Each conversation stays whole: one sequence, loss on every assistant turn
 (see ``templates.py``).
 """
 
@@ -89,13 +89,32 @@ def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, s
         return None
     parsed = []
     for index, turn in enumerate(turns):
-        value = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+        value = _text_of(turn.get("value", turn.get("content"))) if isinstance(turn, dict) else None
         if not isinstance(value, str):
-            records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value' (or 'role' and 'content')")
+            records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value' (or 'role' and 'content': "
+                                          "a string, or a list of {'type': 'text', 'text': ...} and {'type': 'image'} parts)")
             return None
         role = str(turn.get("from", turn.get("role", "")))
         parsed.append((ROLES.get(role.lower(), role), value))
     return parsed
+
+
+def _text_of(content: object) -> object:
+    """A turn's text: a string as it is; OpenAI-style content parts (``[{"type": "image"}, {"type": "text",
+    "text": ...}]``, as TRL's and Hugging Face's chat datasets write turns) as their texts joined, an image
+    part standing as LLaVA's ``<image>``; anything else as it is (refused by the caller)."""
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        return content
+    texts = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "image":
+            texts.append("<image>")
+        elif kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            return None
+    return "\n".join(texts)
 
 
 def parse_record(position: int, record: object, records: BadRecords) -> Conversation | None:
@@ -166,7 +185,11 @@ def read_llava(
     # places they would fall on both sides, the same conversation trained on and validated.
     conversations, seen, parsed, ids = [], set(), 0, set()
     for position, record in enumerate(content):
-        conversation = parse_record(position, record, records)
+        # a bad record is counted on the side it would have gone to, once, not in both splits' reports
+        named = isinstance(record, dict) and record.get("id") not in (None, "")
+        side_id = str(record["id"]) if named else f"#{position}"
+        on_side = split is None or in_split(side_id, val_fraction, split)
+        conversation = parse_record(position, record, records if on_side else BadRecords(records.source, records.on_bad_record))
         if conversation is None:
             continue
         parsed += 1

@@ -44,9 +44,12 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     """Check one record (keys already lower case) and take its image, question and answer; a problem is
     refused naming ``where`` (by default the file and the line)."""
     image = next((str(record[name]).strip() for name in IMAGE_COLUMNS if record.get(name) not in (None, "")), "")
-    question = str(record.get("question") or "").strip()
+    # "text": LLaVA's own evaluation files (question_id, image, text, category), as its model_vqa.py reads them
+    question = str(record.get("question") or record.get("text") or "").strip()
     answer, answers = _text(record.get("answer")), record.get("answers")
-    problems = [f"no {what}" for what, value in (("image (column image or img_path)", image), ("question", question)) if not value]
+    problems = [f"no {what}" for what, value in (("image (column image or img_path)", image),
+                                                 ("question (column question, or text as LLaVA's evaluation files)", question))
+                if not value]
     if answer is not None and not isinstance(answer, str):
         problems.append(f"answer {answer!r} is not a string or a number")
     if _text(answers) is None or isinstance(answers, str) and absent_cell(answers):  # pandas' NaN: no human answers
@@ -200,8 +203,8 @@ def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQues
                 duplicates = sorted({name for name in header if name and header.count(name) > 1})
                 if duplicates:
                     raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
-                if "question" not in header or not any(name in header for name in IMAGE_COLUMNS):
-                    raise DataError(f"{path}: the header needs the columns image (or img_path) and question, and it has "
+                if not {"question", "text"} & set(header) or not any(name in header for name in IMAGE_COLUMNS):
+                    raise DataError(f"{path}: the header needs the columns image (or img_path) and question (or text), and it has "
                                     f"{header}{separator_hint(header)}")
                 start = reader.line_num + 1
                 for fields in reader:
