@@ -371,3 +371,27 @@ def test_a_copy_of_coco_with_a_row_per_caption_is_read_as_images_with_all_their_
         assert len(per_image) == len(data.images) and all(len(c) == 5 == len(set(c)) for c in per_image), per_image
     assert any("rows that repeat an earlier row's image: their captions go with that image" in w for w in warned), warned
     assert any("2 x captions skipped that an earlier row gave the same image" in w for w in warned), warned
+
+
+def test_image_paths_relative_to_the_dataset_are_found_and_a_held_out_side_left_empty_says_which_setting(backbones, coco_root, tmp_path):
+    # a parquet file whose image column holds paths as its own folder writes them: looked for from where the command
+    # ran, and refused as "row 0 (key 0) has no image", the dataset named twice and the path tried not at all
+    folder = tmp_path / "mine"
+    shutil.copytree(coco_root / "train2017", folder / "images")
+    rows = caption_rows(coco_root, "file_name", "caption", as_list=True)
+    rows["file_name"] = [f"images/{path.name}" for path in sorted((coco_root / "train2017").glob("*.jpg"))]
+    datasets.Dataset.from_dict(rows).to_parquet(str(folder / "train.parquet"))
+    settings = dict(source="hub", hub_dataset=str(folder / "train.parquet"), hub_image_column="file_name",
+                    hub_caption_column="caption")
+    dm = make_datamodule(backbones, tmp_path / "unused", hub_val_fraction=0.5, **settings)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert sum(len(dm.datasets[dm.stage_splits()[side]].images) for side in ("train", "val")) == 12
+
+    (folder / "images" / "000000000001.jpg").unlink()
+    with pytest.raises(DataError, match=r"train\.parquet \[train\.(rest|heldout)\]: row \d+ \(key \d+\) has no image: its 'file_name' is "
+                                        r"'images/000000000001\.jpg', not a file \(looked for from the current folder and from "):
+        make_datamodule(backbones, tmp_path / "unused2", hub_val_fraction=0.5, **settings).prepare_data()
+    with pytest.raises(DataError, match=r"with hub_val_fraction 0\.001, none of its 12 rows' images falls on the held-out side .*"
+                                        r"raise hub_val_fraction"):
+        make_datamodule(backbones, tmp_path / "unused3", hub_val_fraction=0.001, on_bad_record="skip", **settings).prepare_data()
