@@ -9,6 +9,7 @@ import torch
 
 from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import CaptionDataModule, DataError
+from mmcaption.data.cache import IMAGE_HASHES
 from mmcaption.demo.synthetic import write_coco_split
 
 
@@ -158,7 +159,7 @@ def test_interrupted_preprocessing_leaves_nothing_that_looks_complete(backbones,
     with pytest.raises(KeyboardInterrupt):
         dm.prepare_data()
     assert not dm.split_folder("train2017").exists()
-    assert list(dm.cache_dir.iterdir()) == []
+    assert [p.name for p in dm.cache_dir.iterdir()] == [IMAGE_HASHES]  # only the images' hashes, no split
     monkeypatch.undo()
     dm.prepare_data()
     assert (dm.split_folder("train2017") / "meta.json").is_file()
@@ -272,6 +273,29 @@ def test_an_annotation_edited_with_its_size_and_time_kept_is_noticed(backbones, 
     assert again.split_folder("train2017") != before
     again.setup("fit")
     assert edited in again.datasets["train2017"].rows["caption"]
+
+
+def test_images_copied_anew_keep_their_cache_and_one_replaced_at_its_size_and_time_does_not(backbones, coco_copy, tmp_path):
+    # a SLURM job that copies its data to the node's scratch disk at each start (cp -r), a download on a new machine,
+    # or touch: every image's time changed, so the cache was rebuilt and the requeued job refused to resume, told that
+    # it "was trained on other data"
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()
+    before = dm.split_folder("train2017")
+    built = (before / "meta.json").stat().st_mtime_ns
+    for image in (coco_copy / "train2017").glob("*.jpg"):
+        image.write_bytes(image.read_bytes())  # as cp without -p leaves them: the same bytes, new times
+    again = make_datamodule(backbones, coco_copy)
+    again.prepare_data()
+    assert again.split_folder("train2017") == before and (before / "meta.json").stat().st_mtime_ns == built
+
+    path = coco_copy / "train2017" / "000000000002.jpg"  # another picture of the same size, its time put back
+    stat = path.stat()
+    other = bytearray((coco_copy / "train2017" / "000000000001.jpg").read_bytes()[: stat.st_size])
+    path.write_bytes(bytes(other.ljust(stat.st_size, b"\0")))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p or rsync -a leave it
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert make_datamodule(backbones, coco_copy).split_folder("train2017") != before
 
 
 def test_a_damaged_cache_is_rebuilt_with_a_note(backbones, coco_copy):

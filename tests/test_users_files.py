@@ -207,7 +207,7 @@ def test_question_files_take_number_answers_and_name_a_semicolon_header(tmp_path
         read_questions(jsonl)
     semicolons = tmp_path / "q.csv"
     semicolons.write_text("image;question;answer\na.jpg;How many?;2\n")
-    with pytest.raises(DataError, match=r"q.csv: the header needs the columns image \(or img_path\) and question, and it has "
+    with pytest.raises(DataError, match=r"q.csv: the header needs the columns image \(or img_path\) and question \(or text\), and it has "
                                         r"\['image;question;answer'\]; it looks separated by semicolons: save it comma-separated"):
         read_questions(semicolons)
 

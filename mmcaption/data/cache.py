@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +46,64 @@ def _content_hash(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
 
 
 def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
-    """What an image folder holds: its images' names, sizes and modification times (recursively, through
-    linked folders), so images added after a partial download, removed or replaced make a new cache.
-    Other files, ``exclude`` (this data module's cache), any ``preprocessed`` folder (another's) and hidden
-    folders are left out."""
+    """What an image folder holds: its images' names and contents (recursively, through linked folders), so
+    images added after a partial download, removed or replaced make a new cache, and the same images copied
+    anew - ``cp -r`` to a node's scratch disk at each job's start, a download on a new machine, ``touch`` -
+    do not (a requeued job resumes). Each image is hashed once: its hash is remembered in ``exclude`` (this data
+    module's cache, when given) by name, size and times, and only new or changed files are read again. Other
+    files, ``exclude``, any ``preprocessed`` folder (another's) and hidden folders are left out."""
     if not folder.is_dir():
         return {"folder": "missing"}
     excluded = exclude.resolve() if exclude is not None else None
-    digest, count = hashlib.sha256(), 0
+    memo_file = None if excluded is None else excluded / IMAGE_HASHES / f"{fingerprint(folder=str(folder.resolve()))}.json"
+    memo = _read_memo(memo_file)
+    digest, count, known = hashlib.sha256(), 0, {}
     for root, folders, files in walk_through_links(folder):  # LLaVA-1.5's mixes link coco/, gqa/ ... into one root
         folders[:] = sorted(f for f in folders if not f.startswith(".") and f != "preprocessed"
                             and (Path(root) / f).resolve() != excluded)
         for name in sorted(f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES):
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder)
             try:
-                stat = os.stat(os.path.join(root, name))
-            except OSError:  # a link that points nowhere: not an image the data can use
+                stat = os.stat(path)
+                stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+                content = memo[relative][3] if memo.get(relative, [])[:3] == stamp else _file_hash(path)
+            except OSError:  # a link that points nowhere (or a file gone meanwhile): not an image the data can use
                 continue
-            digest.update(f"{os.path.relpath(os.path.join(root, name), folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            known[relative] = [*stamp, content]
+            digest.update(f"{relative}\0{content}\n".encode())
             count += 1
+    if memo_file is not None and known != memo:
+        _write_memo(memo_file, known)
     return {"files": count, "sha256": digest.hexdigest()}
+
+
+IMAGE_HASHES = "image-hashes"  # in a cache folder: each image folder's hashes, by name, size and times
+
+
+def _file_hash(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
+
+
+def _read_memo(path: Path | None) -> dict[str, list]:
+    try:
+        memo = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):  # none yet, or damaged: the hashes are made again
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _write_memo(path: Path, memo: dict[str, list]) -> None:
+    """Written whole or not at all (several processes may write it at once: each has the same hashes)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(memo))
+        os.replace(temporary, path)
+    except OSError:  # a read-only cache: the images are hashed again next time, nothing else changes
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)
 
 
 try:
