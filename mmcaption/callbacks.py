@@ -25,8 +25,10 @@ from mmcaption.errors import (
     MMCaptionError,
     ResumeError,
     RunInterrupted,
+    leave_a_closed_terminal,
     one_line,
     out_of_memory,
+    stop_signals,
 )
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal
 
@@ -46,11 +48,12 @@ def save_resumable_checkpoint(trainer) -> str:
 
 
 class ResumableStop(Callback):
-    """Stop a ``fit`` on Ctrl-C or SIGTERM with a checkpoint it resumes from exactly, save ``last.ckpt``
+    """Stop a ``fit`` on Ctrl-C, SIGTERM or SIGHUP with a checkpoint it resumes from exactly, save ``last.ckpt``
     every ``every_minutes``, and at the end of training; refuse to resume another stage's checkpoint or
     on changed training data.
 
-    A signal (SIGINT from Ctrl-C, SIGTERM from ``docker stop``, ``kill``, ``timeout`` or a scheduler) is
+    A signal (SIGINT from Ctrl-C, SIGTERM from ``docker stop``, ``kill``, ``timeout`` or a scheduler, SIGHUP
+    when the terminal closes or an SSH connection drops, unless ``nohup`` ignores it) is
     noted; at the end of the current optimizer step every process saves the checkpoint (the same state a
     step-end ``ModelCheckpoint`` save holds, so the resumed run repeats the uninterrupted one) and the
     command exits with 130 / 143 and one line saying how to resume. A second Ctrl-C stops at once,
@@ -78,11 +81,12 @@ class ResumableStop(Callback):
         # and SLURM's warning before the time limit, in place of Lightning's handler: that one saved an hpc_ckpt in
         # the middle of a step into the working directory, where any later run under SLURM resumed from it
         self._requeue_signal = slurm_requeue_signal(trainer)
-        for signum in (signal.SIGINT, signal.SIGTERM, *([self._requeue_signal] if self._requeue_signal else [])):
+        for signum in (*stop_signals(), *([self._requeue_signal] if self._requeue_signal else [])):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        leave_a_closed_terminal(signum)
         if self.signal is not None and signum == signal.SIGINT:
             self._restore_handlers()
             raise Interrupted(signum, "stopped by a second Ctrl-C, without saving: the checkpoints saved before are kept")

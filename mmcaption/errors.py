@@ -14,6 +14,7 @@ import gc
 import os
 import shutil
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -59,8 +60,9 @@ class FolderLockedError(MMCaptionError):
 
 
 class Interrupted(BaseException):
-    """The command was stopped by Ctrl-C (SIGINT) or SIGTERM (``docker stop``, ``kill``, a scheduler): it
-    exits with 130 / 143, as a shell reports a process killed by the signal, after one line saying so. A
+    """The command was stopped by Ctrl-C (SIGINT), SIGTERM (``docker stop``, ``kill``, a scheduler) or SIGHUP
+    (its terminal closed): it exits with 130 / 143 / 129, as a shell reports a process killed by the signal,
+    after one line saying so. A
     ``BaseException``, as ``KeyboardInterrupt`` is: no library's ``except Exception`` takes it for an error
     of its own (``datasets`` would wrap it in a generation error)."""
 
@@ -85,6 +87,35 @@ class RunInterrupted(Interrupted):
         super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}" + (f". {requeued}" if requeued else ""))
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+
+
+def stop_signals() -> list[int]:
+    """The signals that stop a command cleanly: Ctrl-C, SIGTERM (``docker stop``, ``kill``, ``timeout``, a
+    scheduler) and SIGHUP (the terminal closed, an SSH connection dropped), unless the process was started
+    to ignore SIGHUP (``nohup``): it then goes on when the terminal closes, as it was asked to."""
+    return [s for s in STOP_SIGNALS if not (s != signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN)]
+
+
+def leave_a_closed_terminal(signum: int) -> None:
+    """After SIGHUP the terminal is gone, and writing to it fails (EIO): a progress bar's next line would stop
+    the run before it saves. Output that went to a terminal goes nowhere from then on; a file or pipe it was
+    redirected to keeps it."""
+    if signum != getattr(signal, "SIGHUP", None):
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            try:
+                mode = os.fstat(fd)
+            except OSError:
+                continue
+            if stat.S_ISCHR(mode.st_mode) and mode.st_rdev != os.fstat(null).st_rdev:  # a terminal, not /dev/null
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
 class _StopState:
     under_way = False  # an Interrupted was raised: the command is cleaning up
     noted = False  # the note that a further signal waits was printed
@@ -95,7 +126,7 @@ _stop = _StopState()
 
 @contextmanager
 def signals_stop() -> Iterator[None]:
-    """For the block, Ctrl-C and SIGTERM raise :class:`Interrupted` in this process: what is running
+    """For the block, Ctrl-C, SIGTERM and SIGHUP (:func:`stop_signals`) raise :class:`Interrupted` in this process: what is running
     cleans up as after any error (a staging folder removed, the rows done kept), where SIGTERM's default
     kills the process on the spot and Ctrl-C ends in a traceback, or in Lightning's exit status 1.
     Training sets its own handlers inside the block (:class:`~mmcaption.callbacks.ResumableStop`) and
@@ -117,6 +148,7 @@ def signals_stop() -> Iterator[None]:
             signal.signal(signum, previous_handler if previous_handler is not None else signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        leave_a_closed_terminal(signum)
         if _stop.under_way:
             if not _stop.noted:
                 _stop.noted = True
@@ -125,7 +157,7 @@ def signals_stop() -> Iterator[None]:
             return
         raise Interrupted(signum)
 
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.getsignal(signum) for signum in stop_signals()}
     for signum in previous:
         signal.signal(signum, stop)
     try:

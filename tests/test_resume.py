@@ -3,10 +3,13 @@ uninterrupted run would have: same batches, same losses. Checkpoint files are ne
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -143,6 +146,41 @@ def test_sigterm_or_ctrl_c_mid_epoch_saves_exits_non_zero_and_resumes_exactly(st
                        f"resume by running the same command with --ckpt_path {last}")
     assert "Traceback" not in stderr
     assert_resume_repeats_the_straight_run(workdir, straight_steps, name, last)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("resume")
+def test_closing_the_terminal_mid_epoch_saves_and_resumes_exactly(straight):
+    # an SSH connection dropped, a terminal window closed: the kernel sends SIGHUP to the terminal's foreground
+    # processes, data loader workers too, and writing to the terminal fails from then on. The run died at once,
+    # without a checkpoint: the steps since the last save were lost
+    workdir, _ = straight
+    steps = workdir / "hangup.jsonl"
+    pid, terminal = pty.fork()  # the run in a terminal of its own, as a shell in a terminal window starts it
+    if pid == 0:
+        os.chdir(workdir)
+        os.execve(sys.executable, fit_command(workdir, "hangup", delay=0.5), subprocess_env())
+    output = bytearray()
+    deadline = time.monotonic() + 300
+    while not (steps.is_file() and max(records(steps), default=0) >= KILL_AFTER - 1):
+        assert time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0), output.decode(errors="replace")[-3000:]
+        if select.select([terminal], [], [], 0.2)[0]:
+            with suppress(OSError):
+                output += os.read(terminal, 65536)  # the run's output: a terminal that is read, as a window is
+    os.close(terminal)  # the terminal goes away: SIGHUP
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 129, output.decode(errors="replace")[-3000:]
+    last = workdir / "checkpoints-hangup" / "last.ckpt"
+    done = max(records(steps))
+    assert done < MAX_STEPS, "the run finished before the terminal closed"
+    assert load_checkpoint_file(last)["global_step"] == done  # saved at the end of the step it was in, as on SIGTERM,
+    # whose resume from there the test above checks step by step
+
+    # started with nohup, the run goes on when the terminal closes, as it was asked to
+    with_nohup = subprocess.run([sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+                                 "from mmcaption.errors import stop_signals; print([s.name for s in stop_signals()])"],
+                                env=subprocess_env(), capture_output=True, text=True, check=True)
+    assert with_nohup.stdout.strip() == "['SIGINT', 'SIGTERM']"
 
 
 @pytest.mark.slow

@@ -39,14 +39,15 @@ PREPROCESSING_VERSION = 4
 
 
 def worker_init(worker_id: int, rank: int = 0) -> None:
-    """Data loader workers leave Ctrl-C, SIGTERM and SLURM's SIGUSR1 to the main process, which stops the run cleanly
+    """Data loader workers leave Ctrl-C, SIGTERM, SIGHUP and SLURM's SIGUSR1 to the main process, which stops the run cleanly
     and then ends them (a terminal's Ctrl-C, and some schedulers' SIGTERM, reach every process of the
     job: a worker that died of it would fail the checkpoint the main process is about to write).
     Seeded as Lightning seeds workers when ``seed_everything(workers=True)`` asked for it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if hasattr(signal, "SIGUSR1"):  # SLURM's warning before the time limit (--signal=SIGUSR1@90), sent to every process
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    for name in ("SIGUSR1", "SIGHUP"):  # SLURM's warning before the time limit (--signal=SIGUSR1@90), sent to every
+        if hasattr(signal, name):       # process; a closed terminal's hang-up, sent to its whole foreground group
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         pl_worker_init_function(worker_id, rank)
 
