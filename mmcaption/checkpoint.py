@@ -108,6 +108,11 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+    except OSError as error:  # a write through a file object names no file: a full disk's message names this one
+        Path(temporary).unlink(missing_ok=True)
+        if error.filename is not None:
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from error
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

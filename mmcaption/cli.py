@@ -17,8 +17,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import (
-    OutOfMemoryAdvice,
     PlainProgress,
     ResumableStop,
     StageProgressBar,

@@ -223,7 +223,7 @@ def resource_message(error: BaseException) -> str | None:
     to go on), or None when ``error`` is neither."""
     full = disk_full(error)
     if full is not None:
-        return disk_full_message(full)
+        return disk_full_message(full, getattr(error, "__notes__", []))
     memory = out_of_memory(error)
     if memory is not None:
         return out_of_memory_message(memory, getattr(error, "__notes__", []))
@@ -257,7 +257,7 @@ def out_of_memory(error: BaseException) -> BaseException | None:
 def out_of_memory_message(error: BaseException, notes: list[str]) -> str:
     """What ran out and how much was asked (PyTorch's first sentences: its allocator statistics and hints
     follow, and ``MMCAPTION_TRACEBACK=1`` shows them), then ``notes``: where the run was and which settings
-    take less memory (:class:`~mmcaption.callbacks.OutOfMemoryAdvice` adds them)."""
+    take less memory (:class:`~mmcaption.advice.OutOfMemoryAdvice` adds them)."""
     text = " ".join(str(error).split())
     if "DefaultCPUAllocator" in text:
         text = "out of memory in RAM: " + text.split("DefaultCPUAllocator: ", 1)[1].split(". Error code")[0]
@@ -279,8 +279,9 @@ def disk_full(error: BaseException) -> OSError | None:
     return None
 
 
-def disk_full_message(error: OSError) -> str:
-    """A full disk said as such: the file being written and the space left where it is, not a traceback.
+def disk_full_message(error: OSError, notes: list[str] = ()) -> str:
+    """A full disk said as such: the file being written and the space left where it is, not a traceback,
+    then ``notes`` (how a training run resumes: :class:`~mmcaption.advice.OutOfMemoryAdvice` adds it).
     Whatever was being written is removed or left beside the complete copy (preprocessed splits and
     checkpoints are written to a temporary file or folder first and renamed when whole)."""
     where = Path(error.filename) if isinstance(error.filename, str) else None
@@ -294,4 +295,5 @@ def disk_full_message(error: OSError) -> str:
     writing = f" while writing {where}" if where else ""
     return (f"the disk is full{writing} ({error.strerror or error}){free}. What was complete before stays whole "
             "(preprocessed splits and checkpoints are written aside and renamed once whole). Free some space, or point "
-            "data_dir, the checkpoint folder or the output at a larger disk, and run the same command again")
+            "data_dir, the checkpoint folder or the output at a larger disk, and run the same command again"
+            + "".join(f"; {note}" for note in notes))

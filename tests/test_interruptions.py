@@ -971,7 +971,7 @@ def test_running_out_of_ram_is_one_line_and_other_errors_keep_their_traceback(ca
 
     from lightning.pytorch.trainer.states import RunningStage
 
-    from mmcaption.callbacks import memory_advice
+    from mmcaption.advice import memory_advice
 
     trainer = SimpleNamespace(datamodule=SimpleNamespace(num_workers=8), global_step=0, checkpoint_callback=None,
                               state=SimpleNamespace(stage=RunningStage.TRAINING, fn="fit"))  # fit says training from its start

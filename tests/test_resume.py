@@ -11,11 +11,13 @@ import sys
 import time
 from contextlib import suppress
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
+from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.checkpoint import (
     AtomicCheckpointIO,
     CheckpointFileError,
@@ -24,6 +26,7 @@ from mmcaption.checkpoint import (
     save_atomically,
 )
 from mmcaption.demo import prepare_demo_assets
+from mmcaption.errors import resource_message
 from mmcaption.folders import LOCK_FILE
 
 from .conftest import REPO
@@ -296,11 +299,23 @@ def test_a_failed_write_such_as_a_full_disk_keeps_the_old_checkpoint_and_no_debr
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as failed:
         AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
     monkeypatch.undo()
     assert AtomicCheckpointIO().load_checkpoint(target)["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+    # what the user reads: the file and the space left, and - in training - the checkpoint to resume from. It said
+    # "the disk is full (No space left on device)... run the same command again", which starts at step 0 without
+    # --ckpt_path, and named no file (the write went through a file object)
+    error = failed.value
+    fit = SimpleNamespace(state=SimpleNamespace(fn="fit"), checkpoint_callback=SimpleNamespace(last_model_path=str(target)))
+    OutOfMemoryAdvice().on_exception(fit, None, error)
+    message = resource_message(error)
+    assert message.startswith(f"the disk is full while writing {target} (No space left on device); ")
+    assert " GB free there now. " in message
+    assert message.endswith(f"run the same command again; --ckpt_path {target} resumes from its last whole checkpoint, "
+                            "not from step 0")
 
 
 class Payload:
