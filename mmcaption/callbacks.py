@@ -139,6 +139,8 @@ class ResumableStop(Callback):
             callback._last_global_step_saved = saved_by_callback  # every N steps) still happen: it skips a step marked saved
         if stop:
             self._restore_handlers()
+            # this step's metrics reach the loggers, as the loop sends them after this hook: the curve has no gap
+            trainer._logger_connector.update_train_step_metrics()
             requeued = None
             if self.signal is not None and self.signal == self._requeue_signal:
                 requeued = requeue_slurm_job() if trainer.is_global_zero else None

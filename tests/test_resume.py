@@ -162,7 +162,9 @@ def test_closing_the_terminal_mid_epoch_saves_and_resumes_exactly(straight):
     pid, terminal = pty.fork()  # the run in a terminal of its own, as a shell in a terminal window starts it
     if pid == 0:
         os.chdir(workdir)
-        os.execve(sys.executable, fit_command(workdir, "hangup", delay=0.5), subprocess_env())
+        logged = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "logs",
+                  "--trainer.log_every_n_steps", "1"]
+        os.execve(sys.executable, fit_command(workdir, "hangup", delay=0.5, extra=tuple(logged)), subprocess_env())
     output = bytearray()
     deadline = time.monotonic() + 300
     while not (steps.is_file() and max(records(steps), default=0) >= KILL_AFTER - 1):
@@ -177,7 +179,10 @@ def test_closing_the_terminal_mid_epoch_saves_and_resumes_exactly(straight):
     done = max(records(steps))
     assert done < MAX_STEPS, "the run finished before the terminal closed"
     assert load_checkpoint_file(last)["global_step"] == done  # saved at the end of the step it was in, as on SIGTERM,
-    # whose resume from there the test above checks step by step
+    # whose resume from there the test above checks step by step; that step's loss is logged too (the curve had a gap)
+    logged = [row.split(",") for row in next((workdir / "logs").rglob("metrics.csv")).read_text().splitlines()]
+    step = logged[0].index("step")
+    assert sorted({int(row[step]) for row in logged[1:]}) == list(range(done))  # steps 1..done, logged from 0
 
     # started with nohup, the run goes on when the terminal closes, as it was asked to
     with_nohup = subprocess.run([sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
