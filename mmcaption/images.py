@@ -79,6 +79,15 @@ def check_image(data: bytes) -> str | None:
     return None
 
 
+def image_format(data: bytes) -> str | None:
+    """The format Pillow recognises ``data`` as (``"JPEG"``, ``"PNG"``, ...), or ``None`` if it is no image."""
+    try:
+        with opened(data) as image:
+            return image.format
+    except DECODE_ERRORS:
+        return None
+
+
 def load_rgb(source: ImageSource) -> Image.Image:
     """An upright 8-bit RGB image from bytes, a file path, an ``http(s)://`` URL, a PIL image, an array or a
     tensor (see :func:`array_image`): EXIF orientation applied, 16/32-bit integer and floating-point images

@@ -185,8 +185,11 @@ class PredictionWriter(BasePredictionWriter):
 
     def summary(self) -> dict[str, Any]:
         summary = dict(self.counts, output=str(self.path))
-        if self.counts["answered"]:
+        if self.counts["answered"]:  # rows scored against their answer key
             summary["accuracy"] = self.counts["correct"] / self.counts["answered"]
+        else:  # no answer key (captions, questions without answers): "answered": 0 read as nothing answered
+            for key in ("answered", "correct", "unanswered"):
+                del summary[key]
         if self.counts.get("vqa_scored"):
             summary["vqa_accuracy"] = summary.pop("vqa_accuracy_sum") / self.counts["vqa_scored"]
         for key, sums in self.vqa_categories.items():

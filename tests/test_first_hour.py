@@ -20,6 +20,8 @@ from mmcaption.chat import main as chat_main
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import main
 from mmcaption.data import CaptionDataModule, DataError
+from mmcaption.data.choice_csv import read_choice_csv
+from mmcaption.data.predict import find_images
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.demo.run import main as demo_main
 from mmcaption.errors import ConfigError, OutputExistsError
@@ -372,3 +374,21 @@ def test_print_config_with_a_checkpoint_shows_the_settings_the_run_will_use(back
     assert printed["model"]["config"]["language_model"] == str(backbones[0])
     assert printed["model"]["learning_rate"] == pytest.approx(3e-2)
     assert printed["model"]["generation"] == {"max_new_tokens": 5}  # and a setting given wins over the checkpoint's
+
+
+def test_a_folder_an_image_or_a_table_given_where_another_input_belongs_is_named_as_what_it_is(tmp_path, image_folder):
+    # a folder as the CSV was "not found", a photo as the CSV was "likely Windows' local code page, as Excel's plain CSV
+    # writes it", and the questions CSV as --data.images was read as 401 image paths, its header the first
+    with pytest.raises(DataError, match=r"^.*images is a folder: the multiple-choice CSV is one file$"):
+        read_choice_csv(image_folder)
+    photo = next(image_folder.glob("*.png"))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(photo))} is an image \(PNG\), not a text file$"):
+        read_choice_csv(photo)
+    questions = tmp_path / "questions.csv"
+    questions.write_text("img_path,Question,A,B,C,D,answer\nimages/img0.png,What colour?,red,blue,green,white,A\n")
+    with pytest.raises(DataError, match=r"questions\.csv is a table, not an image list: questions about images go to "
+                                        r"--data\.csv_file with --config configs/predict/multiple_choice\.yaml"):
+        find_images(str(questions))
+    listing = tmp_path / "list.csv"  # one path per line, saved as .csv: still a list of images
+    listing.write_text(f"{photo}\n")
+    assert find_images(str(listing)) == [photo]

@@ -53,6 +53,8 @@ def test_captions_for_a_folder_with_one_bad_image_keep_every_other_prediction(ba
     assert all(r["error"] is None and isinstance(r["caption"], str) for r in rows[1:])
     summary = json.loads(output.with_name("captions.jsonl.summary.json").read_text())
     assert summary["rows"] == 4 and summary["errors"] == 1
+    # no answer key, nothing scored: it said "answered": 0 for captions that were all written
+    assert not {"answered", "correct", "unanswered", "accuracy"} & set(summary)
 
 
 def test_image_list_with_a_missing_file_and_an_empty_folder(backbones, trained_checkpoint, image_folder, tmp_path):

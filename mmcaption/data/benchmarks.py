@@ -20,7 +20,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.records import DataError, escapes_root, not_utf8, read_json
+from mmcaption.data.records import DataError, escapes_root, missing_file, not_utf8, read_json
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -120,7 +120,7 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     the file, the row's index and its line.
     """
     if not path.is_file():
-        raise DataError(f"MMBench TSV not found: {path}")
+        raise missing_file(path, "MMBench TSV")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a base64 image is one long field
     header, rows = read_table_rows(path, "\t")
     folded = [name.lower() for name in header]

@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, ChoiceQuestion, absent_cell, read_table_rows, separator_hint
-from mmcaption.data.records import DataError
+from mmcaption.data.records import DataError, missing_file
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -32,7 +32,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     semicolons (Excel in many countries) is refused saying so.
     """
     if not path.is_file():
-        raise DataError(f"multiple-choice CSV not found: {path}")
+        raise missing_file(path, "multiple-choice CSV")
     header, rows = read_table_rows(path)
     folded = [name.lower() for name in header]  # columns without a name (a spreadsheet's trailing cells) are ignored
     duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})

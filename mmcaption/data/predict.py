@@ -28,7 +28,7 @@ from mmcaption.data.benchmarks import (
     scienceqa_image_root,
 )
 from mmcaption.data.choice_csv import read_choice_csv
-from mmcaption.data.records import DataError, existing_spelling
+from mmcaption.data.records import DataError, existing_spelling, missing_file
 from mmcaption.data.resume import check_made_alike, interrupted_rows, output_exists_advice, put_shares_together
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import prediction_record
@@ -84,6 +84,12 @@ def find_images(source: str, note=rank_zero_info) -> list[Path]:
         raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
                         "or a text file with one image path per line")
     data = path.read_bytes()
+    header = data.split(b"\n", 1)[0]
+    if path.suffix.lower() in (".csv", ".tsv") and (b"," in header or b"\t" in header):  # a table: of questions, most likely
+        raise DataError(f"{path} is a table, not an image list: questions about images go to --data.csv_file with "
+                        "--config configs/predict/multiple_choice.yaml (multiple choice) or --data.questions_file with "
+                        "configs/predict/questions.yaml; --data.images takes a folder of images, one image, or a text "
+                        "file with one image path per line")
     if check_image(data) is None:  # an image under another name (a download's .jpg_large, no suffix)
         return [path]
     try:
@@ -363,7 +369,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
 
     def check_inputs(self, stage: str = "predict") -> None:
         if not self.csv_file.is_file():
-            raise DataError(f"{FORMATS[self.format]} not found: {self.csv_file}")
+            raise missing_file(self.csv_file, FORMATS[self.format])
 
     def read_rows(self) -> list[ChoiceQuestion]:
         """The questions as asked: with ``circular``, each of its rotations."""

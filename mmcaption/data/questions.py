@@ -23,7 +23,7 @@ import torch
 
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, separator_hint
 from mmcaption.data.predict import _ImageRows, _PredictDataModule, image_paths
-from mmcaption.data.records import DataError, not_utf8, read_json
+from mmcaption.data.records import DataError, missing_file, not_utf8, read_json
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
@@ -177,7 +177,7 @@ def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQues
     not JSON, a row whose fields do not fit the header, a duplicate column or a record without image or
     question is refused, naming the file and its physical line."""
     if not path.is_file():
-        raise DataError(f"questions file not found: {path}")
+        raise missing_file(path, "questions file")
     if path.suffix.lower() == ".json":
         return read_vqa_questions(path, annotations)
     if annotations is not None:
@@ -302,10 +302,10 @@ class QuestionsPredictDataModule(_PredictDataModule):
 
     def check_inputs(self, stage: str = "predict") -> None:
         if not self.questions_file.is_file():
-            raise DataError(f"questions file not found: {self.questions_file}")
+            raise missing_file(self.questions_file, "questions file")
         for name, file in (("annotations", self.annotations_file), ("submission questions", self.submission_questions_file)):
             if file and not file.is_file():
-                raise DataError(f"{name} file not found: {file}")
+                raise missing_file(file, f"{name} file")
 
     def setup(self, stage: str) -> None:
         questions = read_questions(self.questions_file, self.annotations_file)

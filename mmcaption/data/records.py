@@ -13,6 +13,7 @@ from typing import Literal
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mmcaption.errors import MMCaptionError
+from mmcaption.images import image_format
 
 OnBadRecord = Literal["error", "skip"]
 
@@ -25,6 +26,9 @@ def not_utf8(path: Path) -> DataError:
     """A text file that is not UTF-8, named with the line and the byte: most often a spreadsheet saved in
     Windows' local code page (Excel's plain "CSV"), which UTF-8 cannot read back as written."""
     data = path.read_bytes()
+    image = image_format(data)
+    if image is not None:  # a photo given where a table was asked for: not an encoding problem
+        return DataError(f"{path} is an image ({image}), not a text file")
     start = data.startswith(b"\xef\xbb\xbf") * 3
     try:
         data[start:].decode("utf-8")
@@ -57,11 +61,19 @@ def archive_hint(path: Path) -> str:
     return f" {archive} is there, not unpacked: {command}"
 
 
+def missing_file(path: Path, what: str) -> DataError:
+    """``what`` (a file) not found at ``path``: a folder given in its place said as such, and the archive it
+    is still in, if one is beside it."""
+    if path.is_dir():
+        return DataError(f"{path} is a folder: the {what} is one file")
+    return DataError(f"{what} not found: {path}{archive_hint(path)}")
+
+
 def read_json(path: Path, what: str) -> object:
     """A JSON file the user gave (a UTF-8 byte-order mark accepted); a missing file or one that is not JSON
     is refused naming it and ``what`` it should be (and the archive it is still in, if it is beside it)."""
     if not path.is_file():
-        raise DataError(f"{what} not found: {path}{archive_hint(path)}")
+        raise missing_file(path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
