@@ -56,9 +56,10 @@ class MMCaptionParser(LightningArgumentParser):
             lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "
                          "demo's), or from --data <class> and its settings")
         for key, candidates in _unknown_keys(message, parser):
-            close = _closest(key, candidates)
-            if close:
-                lines.append(f"  --{key}: did you mean {' or '.join('--' + c for c in close)}?")
+            close, where = _closest(key, candidates), _written_in(key, _ARGUMENTS)
+            if close or where:
+                lines.append(f"  --{key}:" + (f" did you mean {' or '.join('--' + c for c in close)}?" if close else "")
+                             + (f" (written in {where})" if where else ""))
         prog = parser.prog.replace(" [options]", "")
         lines.append(f"tip: `{prog} --help` lists every setting; add --print_config to see the configuration in effect")
         sys.stderr.write("\n".join(lines) + "\n")
@@ -68,13 +69,38 @@ class MMCaptionParser(LightningArgumentParser):
 _ARGUMENTS: list[str] = []  # the arguments of the last parse, to find the config file YAML could not read
 
 
-def _unreadable_configs(arguments: list[str]) -> list[str]:
-    """Each config file among ``arguments`` (``--config F``, ``-c F``, ``--config=F``) that is not valid YAML,
-    with where and why, as YAML says it (and that YAML indents with spaces, not tabs)."""
+def _config_files(arguments: list[str]) -> list[str]:
+    """The config files among ``arguments``: ``--config F``, ``-c F``, ``--config=F``."""
     files = [value for flag, value in zip(arguments, arguments[1:]) if flag in ("--config", "-c")]
-    files += [argument.split("=", 1)[1] for argument in arguments if argument.startswith("--config=")]
+    return files + [argument.split("=", 1)[1] for argument in arguments if argument.startswith("--config=")]
+
+
+def _written_in(key: str, arguments: list[str]) -> str:
+    """The config file (and line) that writes the dotted ``key``, the last one that does (it is the one read),
+    or ``""`` when none does (a key given on the command line)."""
+    found = ""
+    for name in _config_files(arguments):
+        try:
+            node = yaml.compose(Path(name).read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        line = None
+        for part in key.split("."):
+            pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None) \
+                if isinstance(node, yaml.MappingNode) else None
+            if pair is None:
+                break
+            line, node = pair[0].start_mark.line + 1, pair[1]
+        else:
+            found = f"{name}, line {line}"
+    return found
+
+
+def _unreadable_configs(arguments: list[str]) -> list[str]:
+    """Each config file among ``arguments`` that is not valid YAML, with where and why, as YAML says it (and
+    that YAML indents with spaces, not tabs)."""
     problems = []
-    for name in files:
+    for name in _config_files(arguments):
         try:
             yaml.safe_load(Path(name).read_text(encoding="utf-8-sig"))
         except (OSError, UnicodeDecodeError):

@@ -84,7 +84,9 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
     typo.write_text("model:\n  config:\n    lora_rnk: 4\n")
     with pytest.raises(SystemExit):
         main(["fit", "--config", DEMO_CAPTION, "--config", str(typo)])
-    assert "--model.config.lora_rnk: did you mean --model.config.lora_r" in capsys.readouterr().err
+    # and where it is written: the file and the line (the message named neither, among several --config files)
+    said = capsys.readouterr().err
+    assert "--model.config.lora_rnk: did you mean --model.config.lora_r" in said and f"(written in {typo}, line 3)" in said
 
     with pytest.raises(SystemExit):  # a list's item by index: was 'Parser key "trainer.callbacks":' and nothing after
         main(["fit", "--config", DEMO_CAPTION, "--trainer.callbacks.0.init_args.dirpath", "elsewhere"])
