@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,9 @@ class ResumableStop(Callback):
         if self.signal is not None:  # a second SIGTERM (docker stop, then the scheduler): the save is already due
             return
         self.signal = signum
-        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step "
-              "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+        with suppress(OSError):  # output whose reader is gone: the save must still happen
+            print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step "
+                  "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():

@@ -37,7 +37,7 @@ from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning_utilities.core.imports import RequirementCache
 
-from mmcaption.errors import MMCaptionError
+from mmcaption.errors import MMCaptionError, disk_full
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
 from mmcaption.model.config import settings_diff
@@ -108,13 +108,11 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except OSError as error:  # a write through a file object names no file: a full disk's message names this one
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        if error.filename is not None:
-            raise
-        raise type(error)(error.errno, error.strerror, str(path)) from error
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        full = disk_full(error)  # torch.save's writer wraps the write's error, which names no file: this one is named
+        if full is not None and full.filename is None and full.errno is not None:
+            raise OSError(full.errno, full.strerror, str(path)) from error
         raise
     _sync_directory(path.parent)
 

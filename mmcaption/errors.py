@@ -18,7 +18,7 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -98,9 +98,9 @@ def stop_signals() -> list[int]:
 
 
 def leave_a_closed_terminal(signum: int) -> None:
-    """After SIGHUP the terminal is gone, and writing to it fails (EIO): a progress bar's next line would stop
-    the run before it saves. Output that went to a terminal goes nowhere from then on; a file or pipe it was
-    redirected to keeps it."""
+    """After SIGHUP the terminal is gone, and writing to it fails (EIO), as writing to a pipe whose reader went
+    with it does (``| tee log``: EPIPE): a progress bar's next line would stop the run before it saves. Output
+    that went to a terminal or a pipe goes nowhere from then on; a file it was redirected to keeps it."""
     if signum != getattr(signal, "SIGHUP", None):
         return
     null = os.open(os.devnull, os.O_WRONLY)
@@ -110,7 +110,8 @@ def leave_a_closed_terminal(signum: int) -> None:
                 mode = os.fstat(fd)
             except OSError:
                 continue
-            if stat.S_ISCHR(mode.st_mode) and mode.st_rdev != os.fstat(null).st_rdev:  # a terminal, not /dev/null
+            terminal = stat.S_ISCHR(mode.st_mode) and mode.st_rdev != os.fstat(null).st_rdev  # not /dev/null
+            if terminal or stat.S_ISFIFO(mode.st_mode) or stat.S_ISSOCK(mode.st_mode):
                 os.dup2(null, fd)
     finally:
         os.close(null)
@@ -152,8 +153,9 @@ def signals_stop() -> Iterator[None]:
         if _stop.under_way:
             if not _stop.noted:
                 _stop.noted = True
-                print(f"{signal.Signals(signum).name} received while stopping: finishing the cleanup first "
-                      "(kill -9 stops at once)", file=sys.stderr, flush=True)
+                with suppress(OSError):  # output whose reader is gone
+                    print(f"{signal.Signals(signum).name} received while stopping: finishing the cleanup first "
+                          "(kill -9 stops at once)", file=sys.stderr, flush=True)
             return
         raise Interrupted(signum)
 
@@ -196,7 +198,8 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
                 # the stopped command's frames (DataLoader iterators with worker processes among them) are freed
                 # here, where a further signal still waits: a second Ctrl-C does not cut their shutdown short
                 gc.collect()
-            print(stopped[0], file=sys.stderr)
+            with suppress(OSError):  # output whose reader is gone (a closed terminal's pipe)
+                print(stopped[0], file=sys.stderr, flush=True)
             sys.exit(stopped[1])
         except MMCaptionError as error:
             if traceback_wanted():

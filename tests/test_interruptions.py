@@ -1177,3 +1177,38 @@ def test_an_interrupted_run_on_several_processes_is_resumed_on_one_from_its_shar
     # 'generated' cell read as a generated answer)
     assert (summary["errors"], summary["no_option"]) == (2, 0)
     assert not list(tmp_path.glob("answers.rank*"))
+
+
+HUNG_UP_WHILE_PIPED = """
+import pathlib, sys, time
+from mmcaption.errors import user_errors_exit
+
+@user_errors_exit
+def main():
+    print("ready", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(0.05)
+    finally:  # what a stopping command does next: a progress bar's lines, then its save
+        for _ in range(100):
+            print("progress " * 20, file=sys.stderr, flush=True)
+        pathlib.Path(sys.argv[1]).write_text("saved")
+
+main()
+"""
+
+
+def test_a_closed_terminal_whose_pipe_reader_went_with_it_still_lets_the_command_save(tmp_path):
+    # `mmcaption fit ... | tee log` in a terminal that closes: tee dies with it, so every later write to the pipe
+    # fails (EPIPE). The notice in the signal handler raised there, and the run ended without its checkpoint
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    read, write = os.pipe()
+    process = subprocess.Popen([sys.executable, "-c", HUNG_UP_WHILE_PIPED, str(tmp_path / "saved")], stdout=write,
+                               stderr=write, env=env)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        assert reader.readline() == b"ready\n"
+    # the reader gone, as tee is
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=60) == 129
+    assert (tmp_path / "saved").read_text() == "saved"

@@ -1,6 +1,8 @@
 """A training run killed with SIGKILL resumes from its last checkpoint and continues exactly as an
 uninterrupted run would have: same batches, same losses. Checkpoint files are never half-written."""
 
+import errno
+import io
 import json
 import os
 import pty
@@ -304,8 +306,20 @@ def test_a_failed_write_such_as_a_full_disk_keeps_the_old_checkpoint_and_no_debr
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left") as failed:
+    with pytest.raises(OSError, match="No space left"):
         AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+
+    class FillingDisk(io.BufferedWriter):  # the disk fills half-way through torch.save's own writer
+        def write(self, data):
+            if self.tell() + len(data) > 4096:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    opened = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: FillingDisk(io.FileIO(fd, "wb")) if mode == "wb" else opened(fd, mode, *a, **k))
+    with pytest.raises(OSError, match="No space left") as failed:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2, "weights": torch.ones(100_000)}, target)
     monkeypatch.undo()
     assert AtomicCheckpointIO().load_checkpoint(target)["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -38,7 +38,10 @@ def file_signature(path: Path) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def _content_hash(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
-    digest = hashlib.sha256()
+    return _file_hash(path, hashlib.sha256())
+
+
+def _file_hash(path: str, digest: Any) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
@@ -49,8 +52,9 @@ def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
     """What an image folder holds: its images' names and contents (recursively, through linked folders), so
     images added after a partial download, removed or replaced make a new cache, and the same images copied
     anew - ``cp -r`` to a node's scratch disk at each job's start, a download on a new machine, ``touch`` -
-    do not (a requeued job resumes). Each image is hashed once: its hash is remembered in ``exclude`` (this data
-    module's cache, when given) by name, size and times, and only new or changed files are read again. Other
+    do not (a requeued job resumes). An image's hash is remembered in ``exclude`` (this data module's cache, when
+    given) and in this process by name, size and times: later runs read only files that are new, changed or
+    copied anew (a fresh copy is read once, to be known as the same). Other
     files, ``exclude``, any ``preprocessed`` folder (another's) and hidden folders are left out."""
     if not folder.is_dir():
         return {"folder": "missing"}
@@ -67,7 +71,7 @@ def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
             try:
                 stat = os.stat(path)
                 stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
-                content = memo[relative][3] if memo.get(relative, [])[:3] == stamp else _file_hash(path)
+                content = _image_hash(path, stamp, memo, relative)
             except OSError:  # a link that points nowhere (or a file gone meanwhile): not an image the data can use
                 continue
             known[relative] = [*stamp, content]
@@ -81,9 +85,17 @@ def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
 IMAGE_HASHES = "image-hashes"  # in a cache folder: each image folder's hashes, by name, size and times
 
 
-def _file_hash(path: str) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
+_IMAGE_HASHES: dict[tuple, str] = {}  # this process's: also when the cache cannot be written (a read-only one)
+
+
+def _image_hash(path: str, stamp: list[int], memo: dict[str, list], relative: str) -> str:
+    entry = memo.get(relative)
+    if isinstance(entry, list) and len(entry) == 4 and entry[:3] == stamp and isinstance(entry[3], str):
+        return entry[3]
+    key = (os.path.realpath(path), *stamp)
+    if key not in _IMAGE_HASHES:
+        _IMAGE_HASHES[key] = _file_hash(path, hashlib.blake2b(digest_size=16))
+    return _IMAGE_HASHES[key]
 
 
 def _read_memo(path: Path | None) -> dict[str, list]:
@@ -95,15 +107,19 @@ def _read_memo(path: Path | None) -> dict[str, list]:
 
 
 def _write_memo(path: Path, memo: dict[str, list]) -> None:
-    """Written whole or not at all (several processes may write it at once: each has the same hashes)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Written whole or not at all (several processes, on several nodes, may write it at once: each has the
+    same hashes)."""
+    temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(memo))
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(memo, handle)
         os.replace(temporary, path)
-    except OSError:  # a read-only cache: the images are hashed again next time, nothing else changes
-        with suppress(OSError):
-            temporary.unlink(missing_ok=True)
+    except OSError:  # a read-only cache: this process keeps the hashes; another run makes them again
+        if temporary is not None:
+            with suppress(OSError):
+                os.unlink(temporary)
 
 
 try:
