@@ -419,3 +419,6 @@ def test_image_paths_relative_to_the_dataset_are_found_and_a_held_out_side_left_
     with pytest.raises(DataError, match=r"with hub_val_fraction 0\.001, none of its 12 rows' images falls on the held-out side .*"
                                         r"raise hub_val_fraction"):
         make_datamodule(backbones, tmp_path / "unused3", hub_val_fraction=0.001, on_bad_record="skip", **settings).prepare_data()
+    shutil.rmtree(folder / "images")  # no image found at all: that is said, not the held-out share
+    with pytest.raises(DataError, match=r"nothing usable is left \(bad records: \{'missing image': \d+\}\)"):
+        make_datamodule(backbones, tmp_path / "unused4", hub_val_fraction=0.5, on_bad_record="skip", **settings).prepare_data()

@@ -391,6 +391,7 @@ def test_a_folder_an_image_or_a_table_given_where_another_input_belongs_is_named
     with pytest.raises(DataError, match=r"questions\.csv is a table, not an image list: questions about images go to "
                                         r"--data\.csv_file with --config configs/predict/multiple_choice\.yaml"):
         find_images(str(questions))
-    listing = tmp_path / "list.csv"  # one path per line, saved as .csv: still a list of images
-    listing.write_text(f"{photo}\n")
-    assert find_images(str(listing)) == [photo]
+    listing = tmp_path / "list.csv"  # one path per line, saved as .csv: still a list of images, commas in names too
+    shutil.copy(photo, tmp_path / "a,b.png")
+    listing.write_text(f"a,b.png\n{photo}\n")
+    assert find_images(str(listing)) == [tmp_path / "a,b.png", photo]

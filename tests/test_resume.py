@@ -167,15 +167,25 @@ def test_closing_the_terminal_mid_epoch_saves_and_resumes_exactly(straight):
         logged = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "logs",
                   "--trainer.log_every_n_steps", "1"]
         os.execve(sys.executable, fit_command(workdir, "hangup", delay=0.5, extra=tuple(logged)), subprocess_env())
-    output = bytearray()
-    deadline = time.monotonic() + 300
-    while not (steps.is_file() and max(records(steps), default=0) >= KILL_AFTER - 1):
-        assert time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0), output.decode(errors="replace")[-3000:]
-        if select.select([terminal], [], [], 0.2)[0]:
+    output, status = bytearray(), None
+    try:
+        deadline = time.monotonic() + 300
+        while not (steps.is_file() and max(records(steps), default=0) >= KILL_AFTER - 1):
+            assert time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0), output.decode(errors="replace")[-3000:]
+            if select.select([terminal], [], [], 0.2)[0]:
+                with suppress(OSError):
+                    output += os.read(terminal, 65536)  # the run's output: a terminal that is read, as a window is
+        os.close(terminal)  # the terminal goes away: SIGHUP
+        deadline = time.monotonic() + 120
+        while status is None and time.monotonic() < deadline:
+            done_pid, wait_status = os.waitpid(pid, os.WNOHANG)
+            status = wait_status if done_pid else time.sleep(0.2)
+        assert status is not None, "the run did not end within 2 minutes of its terminal closing"
+    finally:
+        if status is None:  # a failed check: the run (in a session of its own) must not outlive the test
             with suppress(OSError):
-                output += os.read(terminal, 65536)  # the run's output: a terminal that is read, as a window is
-    os.close(terminal)  # the terminal goes away: SIGHUP
-    _, status = os.waitpid(pid, 0)
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 129, output.decode(errors="replace")[-3000:]
     last = workdir / "checkpoints-hangup" / "last.ckpt"
     done = max(records(steps))

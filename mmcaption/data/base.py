@@ -35,7 +35,7 @@ from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
-PREPROCESSING_VERSION = 4
+PREPROCESSING_VERSION = 5  # 5: a special token's name in text tokenized as text
 
 
 def worker_init(worker_id: int, rank: int = 0) -> None:

@@ -128,7 +128,9 @@ class CaptionDataModule(PreprocessedDataModule):
     def split_inputs(self, split: str) -> dict:
         if self.hub is not None:
             # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
-            return {"hub": asdict(self.hub), "split": split, "fingerprint": self.hub.load(split)[0]._fingerprint,
+            local = Path(self.hub.dataset)  # one local file: its content, not datasets' fingerprint of its time
+            content = file_signature(local) if local.is_file() else self.hub.load(split)[0]._fingerprint
+            return {"hub": asdict(self.hub), "split": split, "fingerprint": content,
                     "rows": "grouped by image"}  # since rows of one image became one image, not one each
         if self.source == "karpathy":
             if not self.karpathy_file.is_file():

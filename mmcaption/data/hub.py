@@ -80,8 +80,8 @@ class HubCaptions:
             raise DataError(f"{self.dataset} has splits {names} and none is 'train': set train_split")
         val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
         if val is None:
-            rank_zero_info(f"{self.dataset} has one split ({train!r}): {self.val_fraction:.1%} of it is held out for "
-                           "validation (val_fraction), by a stable hash of each row")
+            rank_zero_info(f"{self.dataset} has one split ({train!r}): {self.val_fraction:.1%} of its images are held out "
+                           "for validation (val_fraction), by a stable hash of each image")
             return {"train": train + REST, "val": train + HELD_OUT, "test": test or train + HELD_OUT}
         return {"train": train, "val": val, "test": test or val}
 
@@ -117,21 +117,22 @@ class HubCaptions:
                             f"columns are {data.column_names}")
         if isinstance(data.features[self.image_column], datasets.Image):
             data = data.cast_column(self.image_column, datasets.Image(decode=False))
-        keys = data["__key__"] if "__key__" in data.column_names else None
-        images: dict[str, tuple[int, list[tuple[int, str]]]] = {}  # image digest -> first row, captions
-        repeats = copies = 0
-        for row_index, row in enumerate(data.select_columns([self.image_column, self.caption_column])):
-            key = str(keys[row_index] if keys is not None and keys[row_index] else row_index)
+        columns = [self.image_column, self.caption_column, *(["__key__"] if "__key__" in data.column_names else [])]
+        images: dict[str, tuple[int, str, list[tuple[int, str]]]] = {}  # image digest -> first row, its key, captions
+        repeats = copies = with_image = 0
+        for row_index, row in enumerate(data.select_columns(columns)):
+            key = str(row.get("__key__") or row_index)
             image = self._image_bytes(row[self.image_column])
             if image is None:
                 if side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT):  # counted on one side
                     records.bad("missing image", f"row {row_index} (key {key}) has no image: its {self.image_column!r} is "
                                                  f"{self._described(row[self.image_column])}")
                 continue
+            with_image += 1
             digest = hashlib.blake2b(image, digest_size=16).hexdigest()
             if side is not None and held_out(digest, self.val_fraction) != (side == HELD_OUT):
                 continue
-            first, captions = images.setdefault(digest, (row_index, []))
+            first, _, captions = images.setdefault(digest, (row_index, key, []))
             texts = self._captions(row[self.caption_column])
             if first != row_index:  # a caption that an earlier row already gave this image is that row again
                 repeats += 1
@@ -139,7 +140,7 @@ class HubCaptions:
                 copies += sum(c in known for c in texts)
                 texts = [c if c not in known else None for c in texts]
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
-        if side is not None and not images and len(data):
+        if side is not None and not images and with_image:  # (no image at all: each row was reported above)
             other = "raise hub_val_fraction" if side == HELD_OUT else "lower hub_val_fraction"
             raise DataError(f"{records.source}: with hub_val_fraction {self.val_fraction}, none of its {len(data):,} rows' images "
                             f"falls on the {'held-out' if side == HELD_OUT else 'training'} side (chosen by a hash of each "
@@ -148,8 +149,7 @@ class HubCaptions:
             records.note("rows that repeat an earlier row's image: their captions go with that image", repeats)
         if copies:
             records.note("captions skipped that an earlier row gave the same image", copies)
-        for row_index, captions in images.values():
-            key = str(keys[row_index] if keys is not None and keys[row_index] else row_index)
+        for row_index, key, captions in images.values():
             if not captions:
                 records.bad("empty caption", f"row {row_index} (key {key}) has no caption")
                 continue

@@ -84,8 +84,9 @@ def find_images(source: str, note=rank_zero_info) -> list[Path]:
         raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
                         "or a text file with one image path per line")
     data = path.read_bytes()
-    header = data.split(b"\n", 1)[0]
-    if path.suffix.lower() in (".csv", ".tsv") and (b"," in header or b"\t" in header):  # a table: of questions, most likely
+    header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip()  # a table's header: of questions, most likely
+    if path.suffix.lower() in (".csv", ".tsv") and ("," in header or "\t" in header) and not (
+            is_url(header) or user_path(header, path.parent).is_file()):
         raise DataError(f"{path} is a table, not an image list: questions about images go to --data.csv_file with "
                         "--config configs/predict/multiple_choice.yaml (multiple choice) or --data.questions_file with "
                         "configs/predict/questions.yaml; --data.images takes a folder of images, one image, or a text "
