@@ -10,12 +10,14 @@ It needs the model and the task layer only: no Lightning, no ``datasets``.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmcaption.errors import NotAModelFolderError
+from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import ImageSource, blank_pixels, load_rgb
 from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import check_device, load_image_processor, load_tokenizer
@@ -150,6 +152,10 @@ class Captioner:
         option_lists = [list(o) for o in option_lists]
         for opts in option_lists:
             _check_texts("option", opts)
+            same = [letter for letter, option in zip(LETTERS, opts) if opts.count(option) > 1]
+            if same:  # equal scores: the first of them is the answer, whichever was meant
+                warnings.warn(f"options {', '.join(same)} are the same text ({opts[LETTERS.index(same[0])]!r}): no model can "
+                              f"tell them apart, and {same[0]} is chosen whenever any of them is likeliest", stacklevel=3)
         if not questions:
             return [], []
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")

@@ -227,6 +227,8 @@ def test_captioner_with_five_options_and_no_images(backbones, trained_checkpoint
     assert captioner.caption([]) == []
     assert isinstance(captioner.answer(None, "Which shape is red?"), str)  # a text-only question
     assert captioner.choose(None, "Which shape?", ["circle", "square"]) in "AB"
+    with pytest.warns(UserWarning, match=r"options A, C are the same text \('circle'\): no model can tell them apart"):
+        captioner.choose(image, "Which shape?", ["circle", "square", "circle"])  # was 'A', quietly, whichever was meant
     with pytest.raises(ValueError, match="caption needs an image for each item"):  # was a caption made up from no image
         captioner.caption([image, None])
     with pytest.raises(ValueError, match="needs 2 to 8 options"):
