@@ -411,6 +411,11 @@ def test_image_paths_relative_to_the_dataset_are_found_and_a_held_out_side_left_
     dm.prepare_data()
     dm.setup("fit")
     assert sum(len(dm.datasets[dm.stage_splits()[side]].images) for side in ("train", "val")) == 12
+    # a photo the file names replaced by another: the cache followed only the parquet file, and kept the old photo
+    before = dm.split_folder(dm.stage_splits()["train"])
+    shutil.copy(folder / "images" / "000000000003.jpg", folder / "images" / "000000000002.jpg")
+    again = make_datamodule(backbones, tmp_path / "unused", hub_val_fraction=0.5, **settings)
+    assert again.split_folder(again.stage_splits()["train"]) != before
 
     (folder / "images" / "000000000001.jpg").unlink()
     with pytest.raises(DataError, match=r"train\.parquet \[train\.(rest|heldout)\]: row \d+ \(key \d+\) has no image: its 'file_name' is "

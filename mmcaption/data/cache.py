@@ -59,24 +59,43 @@ def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
     if not folder.is_dir():
         return {"folder": "missing"}
     excluded = exclude.resolve() if exclude is not None else None
-    memo_file = None if excluded is None else excluded / IMAGE_HASHES / f"{fingerprint(folder=str(folder.resolve()))}.json"
-    memo = _read_memo(memo_file)
-    digest, count, known = hashlib.sha256(), 0, {}
+    images = []
     for root, folders, files in walk_through_links(folder):  # LLaVA-1.5's mixes link coco/, gqa/ ... into one root
         folders[:] = sorted(f for f in folders if not f.startswith(".") and f != "preprocessed"
                             and (Path(root) / f).resolve() != excluded)
         for name in sorted(f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES):
             path = os.path.join(root, name)
-            relative = os.path.relpath(path, folder)
-            try:
-                stat = os.stat(path)
-                stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
-                content = _image_hash(path, stamp, memo, relative)
-            except OSError:  # a link that points nowhere (or a file gone meanwhile): not an image the data can use
-                continue
-            known[relative] = [*stamp, content]
-            digest.update(f"{relative}\0{content}\n".encode())
-            count += 1
+            images.append((os.path.relpath(path, folder), path))
+    return _content_signature(images, _memo_file(exclude, str(folder.resolve())))
+
+
+def files_signature(files: list[tuple[str, str | None]], owner: str, exclude: Path | None = None) -> dict:
+    """What the image files a dataset's rows name hold, as :func:`folder_signature` signs a folder's:
+    ``(name as written, where it was found or None)`` each, the hashes remembered for ``owner`` (the dataset)
+    in ``exclude``. A file missing, added or replaced makes a new cache."""
+    return _content_signature(files, _memo_file(exclude, owner))
+
+
+def _memo_file(cache: Path | None, owner: str) -> Path | None:
+    return None if cache is None else cache.resolve() / IMAGE_HASHES / f"{fingerprint(folder=owner)}.json"
+
+
+def _content_signature(images: list[tuple[str, str | None]], memo_file: Path | None) -> dict:
+    memo = _read_memo(memo_file)
+    digest, count, known = hashlib.sha256(), 0, {}
+    for relative, path in images:
+        try:
+            if path is None:
+                raise FileNotFoundError(relative)
+            stat = os.stat(path)
+            stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+            content = _image_hash(path, stamp, memo, relative)
+        except OSError:  # not there, or a link that points nowhere: no image the data can use
+            digest.update(f"{relative}\0missing\n".encode())
+            continue
+        known[relative] = [*stamp, content]
+        digest.update(f"{relative}\0{content}\n".encode())
+        count += 1
     if memo_file is not None and known != memo:
         _write_memo(memo_file, known)
     return {"files": count, "sha256": digest.hexdigest()}

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
-from mmcaption.data.cache import file_signature, folder_signature
+from mmcaption.data.cache import file_signature, files_signature, folder_signature
 from mmcaption.data.coco import coco_records, image_records, read_karpathy, require_annotation_file, write_caption_split
 from mmcaption.data.datasets import (
     CaptionDataset,
@@ -130,8 +130,10 @@ class CaptionDataModule(PreprocessedDataModule):
             # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
             local = Path(self.hub.dataset)  # one local file: its content, not datasets' fingerprint of its time
             content = file_signature(local) if local.is_file() else self.hub.load(split)[0]._fingerprint
+            files = self.hub.image_files(split)  # rows that name image files: the files' content too
             return {"hub": asdict(self.hub), "split": split, "fingerprint": content,
-                    "rows": "grouped by image"}  # since rows of one image became one image, not one each
+                    "rows": "grouped by image",  # since rows of one image became one image, not one each
+                    **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {})}
         if self.source == "karpathy":
             if not self.karpathy_file.is_file():
                 raise DataError(f"Karpathy split file not found: {self.karpathy_file}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import BadRecords, DataError
@@ -180,12 +181,33 @@ class HubCaptions:
             value = value.get("path")
         if isinstance(value, bytes):
             return value
-        if isinstance(value, str) and value:
-            # a path as the dataset's own files write it: relative to the dataset's folder, or to where it runs
-            for path in (Path(value), *([self._folder() / value] if self._folder() else [])):
-                if path.is_file():
-                    return path.read_bytes()
-        return None
+        path = self._found(value)
+        return None if path is None else Path(path).read_bytes()
+
+    def _found(self, value: object) -> str | None:
+        """Where the image file a row names is: as written (from where the command runs) or relative to the
+        dataset's own folder, as its files write paths; ``None`` if neither."""
+        if not isinstance(value, str) or not value:
+            return None
+        folder = self._folder()
+        return next((str(path) for path in (Path(value), *([folder / value] if folder else [])) if path.is_file()), None)
+
+    def image_files(self, split: str) -> list[tuple[str, str | None]]:
+        """The image files the rows of ``split`` name, when they hold paths rather than the images' bytes:
+        ``(path as written, where it was found or None)`` each, for the cache to follow (a replaced photo
+        makes a new one). Read from the Arrow table, so an image column of bytes is not read."""
+        data, _ = self.load(split)
+        if self.image_column not in data.column_names:
+            return []
+        column = data.data.column(self.image_column)
+        if pa.types.is_struct(column.type):  # an Image feature: {bytes, path}, bytes null where a file is named
+            names = [path for chunk in column.chunks
+                     for path, named in zip(chunk.field("path").to_pylist(), chunk.field("bytes").is_null().to_pylist()) if named]
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            names = column.to_pylist()
+        else:
+            return []
+        return [(name, self._found(name)) for name in dict.fromkeys(n for n in names if isinstance(n, str) and n)]
 
     def _captions(self, value) -> list[str]:
         texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
