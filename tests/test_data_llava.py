@@ -463,3 +463,22 @@ def test_a_datasets_folder_or_parquet_as_the_conversation_file_is_named_as_such(
         make_datamodule(backbones, llava, train_file=str(tmp_path / "saved")).prepare_data()
     with pytest.raises(DataError, match=r"train\.parquet is a parquet file: .*Dataset\.to_json"):
         make_datamodule(backbones, llava, train_file=str(tmp_path / "train.parquet")).prepare_data()
+
+
+def test_an_empty_answer_after_the_first_cuts_the_conversation_there_not_the_record(llava, tmp_path):
+    # a real file's long conversation with one empty answer in its fourth turn was refused whole - and, with the
+    # default on_bad_record, stopped preprocessing - though its first three turns were whole
+    _, image_root = llava
+    turns = [("What colour is it?", "Red."), ("And its shape?", "A circle."), ("Where is it?", "Left."), ("How many?", " ")]
+    record = {"id": "long", "image": "train2017/000000000001.jpg", "conversations": [
+        turn for question, answer in turns for turn in ({"from": "human", "value": question}, {"from": "gpt", "value": answer})]}
+    first_empty = {"id": "first", "image": "train2017/000000000001.jpg", "conversations": [
+        {"from": "human", "value": "What?"}, {"from": "gpt", "value": ""}, {"from": "human", "value": "And?"},
+        {"from": "gpt", "value": "Red."}]}
+    file = tmp_path / "mine.json"
+    file.write_text(json.dumps([record, first_empty]))
+    seen = BadRecords(str(file), "skip")
+    conversations = read_llava(file, image_root, seen)
+    assert [(c.id, c.turns) for c in conversations] == [("long", turns[:3])]
+    assert seen.notes == {"conversations cut at an empty turn (after the first answer): the turns before it kept": 1}
+    assert seen.counts == {"empty turn": 1}  # an empty first answer leaves nothing whole: refused, as before

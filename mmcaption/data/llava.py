@@ -43,6 +43,7 @@ ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "s
 LEADING_ANSWER = "conversations that open with an assistant turn: that turn dropped (as LLaVA's training does)"
 UNANSWERED_LAST = "conversations that end with an unanswered question: that question dropped, the turns before kept"
 SYSTEM_DROPPED = "conversations with a system turn of their own: that turn dropped (data.system_prompt is the one used)"
+EMPTY_TURN_CUT = "conversations cut at an empty turn (after the first answer): the turns before it kept"
 SEVERAL_PLACEHOLDERS = "conversations with several <image> placeholders for their one image (seen once, through cross-attention)"
 
 
@@ -155,6 +156,11 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
             return None
         text = strip_image_placeholder(value) if role == "human" else value.strip()
         if not text and not (role == "human" and IMAGE_PLACEHOLDER.search(value)):  # "<image>" alone asks about the image
+            if len(pairs) > 1 or pairs and pairs[0][1]:  # the turns before it are whole: kept, the rest dropped
+                if role == "gpt":
+                    pairs.pop()  # the question left without its answer
+                dropped.append(EMPTY_TURN_CUT)
+                break
             records.bad("empty turn", f"{name}: turn {index} ({role}) is empty")
             return None
         if role == "human":
