@@ -233,7 +233,7 @@ def resource_message(error: BaseException) -> str | None:
     return None
 
 
-def _causes(error: BaseException | None, context: bool = True) -> Iterator[BaseException]:
+def causes(error: BaseException | None, context: bool = True) -> Iterator[BaseException]:
     """``error`` and the errors behind it, each once: its ``__cause__`` (raised from it), else, with
     ``context``, its ``__context__`` (met while handling it)."""
     seen: set[int] = set()
@@ -249,7 +249,7 @@ _OUT_OF_MEMORY = ("out of memory", "DefaultCPUAllocator: can't allocate memory",
 
 def out_of_memory(error: BaseException) -> BaseException | None:
     """The out-of-memory error behind ``error`` (a GPU's or the CPU allocator's), if that stopped the command."""
-    for cause in _causes(error, context=False):  # a wrapper's cause; not an error met while handling another
+    for cause in causes(error, context=False):  # a wrapper's cause; not an error met while handling another
         if type(cause).__name__ == "OutOfMemoryError" or (
             isinstance(cause, RuntimeError) and any(words in str(cause) for words in _OUT_OF_MEMORY)
         ):
@@ -274,7 +274,7 @@ def disk_full(error: BaseException) -> OSError | None:
     """The "no space left" (or "disk quota exceeded") error behind ``error``, if that is what stopped the
     command: found through the chain of causes (``datasets`` wraps what its writer raised; pyarrow's
     errors carry the errno in their message only)."""
-    for cause in _causes(error):
+    for cause in causes(error):
         if isinstance(cause, OSError) and (
             cause.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(cause) or "Disk quota exceeded" in str(cause)
         ):

@@ -1185,8 +1185,8 @@ from mmcaption.errors import user_errors_exit
 
 @user_errors_exit
 def main():
-    print("ready", file=sys.stderr, flush=True)
     try:
+        print("ready", file=sys.stderr, flush=True)  # inside: the signal may come as soon as it is read
         while True:
             time.sleep(0.05)
     finally:  # what a stopping command does next: a progress bar's lines, then its save

@@ -15,8 +15,10 @@ from mmcaption import images
 from mmcaption.data import CaptionDataModule, DataError, MultipleChoiceDataModule
 from mmcaption.data.cache import folder_signature
 from mmcaption.data.choice_csv import read_choice_csv
+from mmcaption.data.hub import HubCaptions
 from mmcaption.data.predict import find_images
 from mmcaption.data.questions import read_questions
+from mmcaption.data.records import BadRecords
 from mmcaption.images import check_image, load_rgb
 
 from .test_images import is_upright, upright_picture
@@ -481,3 +483,41 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
         load_rgb((torch.from_numpy(photo.transpose(2, 0, 1) / 255.0).float() - 0.5) / 0.25)
     with pytest.raises(TypeError, match="an image is a path, an http.* or a tensor, not int"):
         load_rgb(7)
+
+
+def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes_it(tmp_path, monkeypatch):
+    # a folder of one's own photos and a CSV of captions beside them (source: hub, hub_dataset: captions.csv)
+    photos = tmp_path / "photos"
+    (photos / "2024").mkdir(parents=True)
+    mine = [jpeg(upright_picture(32, 32)), jpeg(Image.new("RGB", (32, 32), (200, 30, 30)))]
+    (photos / "IMG_001.JPG").write_bytes(mine[0])
+    (photos / "2024" / "IMG_002.JPG").write_bytes(mine[1])
+    elsewhere = tmp_path / "elsewhere"  # where the command runs: another IMG_001.JPG (phones all name them so)
+    elsewhere.mkdir()
+    (elsewhere / "IMG_001.JPG").write_bytes(jpeg(Image.new("RGB", (32, 32), (0, 0, 255))))
+    monkeypatch.chdir(elsewhere)
+    table = photos / "captions.csv"
+    rows = ["image,caption", "IMG_001.JPG,a sunny street", "IMG_001.JPG,NA", "2024\\IMG_002.JPG,\"a red wall, close\"",
+            ",", "IMG_009.JPG,gone", "IMG_002.JPG,also gone"]
+    table.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))  # Excel's "CSV UTF-8"
+
+    def read(on_bad_record="skip"):
+        seen = BadRecords(str(table), on_bad_record)
+        return list(HubCaptions(str(table), "image", "caption").records("train", seen)), seen
+
+    read_rows, seen = read()
+    # the photo beside the CSV, not the one where the command runs; a Windows path; "NA" is a caption, not pandas' NaN
+    assert [(image, [c for _, c in captions]) for _, _, image, captions in read_rows] == [
+        (mine[0], ["a sunny street", "NA"]), (mine[1], ["a red wall, close"])]
+    assert seen.notes["empty rows (no image, no caption) left out"] == 1  # Excel's line of a cleared row: ","
+    assert seen.counts == {"missing image": 2}
+    with pytest.raises(DataError, match=r"2 of 6 rows name no image that is there \(first: line 6: its 'image' is 'IMG_009\.JPG', "
+                                        r"not a file .*; line 7: "):  # both at once, by the spreadsheet's line numbers
+        read("error")
+
+    table.write_bytes("image;caption\r\nIMG_001.JPG;a caf\xe9\r\n".encode("cp1252"))  # Excel's plain "CSV", semicolons
+    with pytest.raises(DataError, match=r"captions\.csv, line 2: not UTF-8 text .*save it as \"CSV UTF-8\""):
+        read()
+    table.write_text("image;caption\nIMG_001.JPG;a street\n")
+    with pytest.raises(DataError, match=r"its columns are \['image;caption'\]; it looks separated by semicolons: save it comma-separated"):
+        read()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,9 @@ import datasets
 import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.records import BadRecords, DataError
+from mmcaption.data.benchmarks import separator_hint
+from mmcaption.data.records import BadRecords, DataError, existing_spelling, not_utf8
+from mmcaption.errors import causes
 from mmcaption.images import check_image
 
 VAL_NAMES = ("validation", "val", "valid", "test")
@@ -101,7 +104,13 @@ class HubCaptions:
             builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
             if builder is None:
                 raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file")
-            return datasets.load_dataset(builder, data_files=str(path), split="train"), side
+            options = {"keep_default_na": False} if builder == "csv" else {}  # a caption "NA" or "None" is that text
+            try:
+                return datasets.load_dataset(builder, data_files=str(path), split="train", **options), side
+            except datasets.exceptions.DatasetGenerationError as error:
+                if any(isinstance(cause, UnicodeDecodeError) for cause in causes(error)):  # Excel's plain "CSV"
+                    raise not_utf8(path) from None
+                raise
         return datasets.load_dataset(self.dataset, split=base), side
 
     def records(self, split: str, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
@@ -110,56 +119,66 @@ class HubCaptions:
         Rows that hold the same image (the same bytes, or the same file) are one image with all their
         captions: many copies of COCO on the hub have a row per caption, and read row by row every
         reference would be scored alone and one image could be trained on and held out at once. A
-        single split's held-out side is chosen by image for the same reason."""
+        single split's held-out side is chosen by image for the same reason, at least one image held out."""
         data, side = self.load(split)
         missing = {self.image_column, self.caption_column} - set(data.column_names)
         if missing:
             raise DataError(f"{records.source} has no column(s) {sorted(missing)} (image_column, caption_column); its "
-                            f"columns are {data.column_names}")
+                            f"columns are {data.column_names}{separator_hint(data.column_names)}")
         if isinstance(data.features[self.image_column], datasets.Image):
             data = data.cast_column(self.image_column, datasets.Image(decode=False))
         columns = [self.image_column, self.caption_column, *(["__key__"] if "__key__" in data.column_names else [])]
         images: dict[str, tuple[int, str, list[tuple[int, str]]]] = {}  # image digest -> first row, its key, captions
-        repeats = copies = with_image = 0
+        counts, not_found = Counter(), []
         for row_index, row in enumerate(data.select_columns(columns)):
             key = str(row.get("__key__") or row_index)
+            texts = self._captions(row[self.caption_column])
             image = self._image_bytes(row[self.image_column])
             if image is None:
-                if side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT):  # counted on one side
-                    records.bad("missing image", f"row {row_index} (key {key}) has no image: its {self.image_column!r} is "
-                                                 f"{self._described(row[self.image_column])}")
+                if not texts and not self._described(row[self.image_column]).startswith("'"):
+                    counts["empty rows (no image, no caption) left out"] += 1  # a spreadsheet's cleared line
+                elif (side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT)  # counted on one
+                      or records.on_bad_record == "error"):  # side, but all named in the one message that refuses them
+                    not_found.append(f"{self._row(row_index, key)}: its {self.image_column!r} is "
+                                     f"{self._described(row[self.image_column])}")
                 continue
-            with_image += 1
-            digest = hashlib.blake2b(image, digest_size=16).hexdigest()
-            if side is not None and held_out(digest, self.val_fraction) != (side == HELD_OUT):
-                continue
-            first, _, captions = images.setdefault(digest, (row_index, key, []))
-            texts = self._captions(row[self.caption_column])
+            first, _, captions = images.setdefault(hashlib.blake2b(image, digest_size=16).hexdigest(), (row_index, key, []))
             if first != row_index:  # a caption that an earlier row already gave this image is that row again
-                repeats += 1
+                counts["rows that repeat an earlier row's image: their captions go with that image"] += 1
                 known = {c for _, c in captions}
-                copies += sum(c in known for c in texts)
+                counts["captions skipped that an earlier row gave the same image"] += sum(c in known for c in texts)
                 texts = [c if c not in known else None for c in texts]
+                counts["rows without a caption, for an image other rows caption"] += not texts
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
-        if side is not None and not images and with_image:  # (no image at all: each row was reported above)
-            other = "raise hub_val_fraction" if side == HELD_OUT else "lower hub_val_fraction"
-            raise DataError(f"{records.source}: with hub_val_fraction {self.val_fraction}, none of its {len(data):,} rows' images "
-                            f"falls on the {'held-out' if side == HELD_OUT else 'training'} side (chosen by a hash of each "
-                            f"image); {other}, or give the dataset a validation split")
-        if repeats:
-            records.note("rows that repeat an earlier row's image: their captions go with that image", repeats)
-        if copies:
-            records.note("captions skipped that an earlier row gave the same image", copies)
+        records.all_at_once("missing image", not_found, f"{len(not_found)} of {len(data):,} rows name no image that is "
+                            "there", "Fix their paths (relative to the dataset's folder) or remove the rows")
+        if side is not None:
+            held = {digest for digest in images if held_out(digest, self.val_fraction)}
+            if not held and len(images) > 1:  # a small set: none by the hash, so the first by it is held out
+                held = {min(images)}
+            if images and (not held or len(held) == len(images)):  # (no image at all: each row was reported above)
+                other = "raise hub_val_fraction" if not held else "lower hub_val_fraction"
+                raise DataError(f"{records.source}: with hub_val_fraction {self.val_fraction}, "
+                                f"{'none' if not held else 'every one'} of its {len(images):,} images falls on the held-out "
+                                f"side (chosen by a hash of each image); {other}, or give the dataset a validation split")
+            images = {digest: image for digest, image in images.items() if (digest in held) == (side == HELD_OUT)}
+        for kind, count in counts.items():
+            if count:
+                records.note(kind, count)
         for row_index, key, captions in images.values():
             if not captions:
-                records.bad("empty caption", f"row {row_index} (key {key}) has no caption")
+                records.bad("empty caption", f"{self._row(row_index, key)} has no caption")
                 continue
             image = self._image_bytes(data[row_index][self.image_column])
             problem = check_image(image)
             if problem is not None:
-                records.bad("unreadable image", f"row {row_index} (key {key}) has an image that cannot be decoded: {problem}")
+                records.bad("unreadable image", f"{self._row(row_index, key)} has an image that cannot be decoded: {problem}")
                 continue
             yield row_index, key, image, captions
+
+    def _row(self, index: int, key: str) -> str:
+        """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1)."""
+        return f"line {index + 2}" if self.dataset.lower().endswith(".csv") else f"row {index} (key {key})"
 
     def _folder(self) -> Path | None:
         """The local folder the dataset's files are in (image paths in its rows may be relative to it)."""
@@ -171,7 +190,7 @@ class HubCaptions:
             value = value.get("path") or value.get("bytes")
         if isinstance(value, str) and value:
             folder = self._folder()
-            return f"{value!r}, not a file (looked for from the current folder" + (f" and from {folder})" if folder else ")")
+            return f"{value!r}, not a file (looked for from " + (f"{folder} and from " if folder else "") + "the current folder)"
         return "empty"
 
     def _image_bytes(self, value) -> bytes | None:
@@ -185,12 +204,14 @@ class HubCaptions:
         return None if path is None else Path(path).read_bytes()
 
     def _found(self, value: object) -> str | None:
-        """Where the image file a row names is: as written (from where the command runs) or relative to the
-        dataset's own folder, as its files write paths; ``None`` if neither."""
+        """Where the image file a row names is: relative to the dataset's own folder, as its files write paths
+        (first: a photo of the same name where the command runs is another photo), or from where the command
+        runs; a Windows path's backslashes and macOS's decomposed accents read too. ``None`` if neither."""
         if not isinstance(value, str) or not value:
             return None
         folder = self._folder()
-        return next((str(path) for path in (Path(value), *([folder / value] if folder else [])) if path.is_file()), None)
+        places = [*([folder / existing_spelling(folder, value)] if folder else []), Path(existing_spelling(Path("."), value))]
+        return next((str(path) for path in places if path.is_file()), None)
 
     def image_files(self, split: str) -> list[tuple[str, str | None]]:
         """The image files the rows of ``split`` name, when they hold paths rather than the images' bytes:
