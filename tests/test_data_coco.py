@@ -3,10 +3,12 @@ import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import pytest
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import CaptionDataModule, DataError
@@ -433,3 +435,15 @@ def test_image_paths_relative_to_the_dataset_are_found_and_a_held_out_side_left_
     shutil.rmtree(folder / "images")  # no image found at all: that is said, not the held-out share
     with pytest.raises(DataError, match=r"nothing usable is left \(bad records: \{'missing image': \d+\}\)"):
         make_datamodule(backbones, tmp_path / "unused4", hub_val_fraction=0.5, on_bad_record="skip", **settings).prepare_data()
+
+
+def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_copy):
+    # `mmcaption test` on Karpathy's test split preprocessed (and cached the features of) his 113,287 training images
+    # first: hours, for 5,000 images scored
+    dm = make_datamodule(backbones, coco_copy)
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.TESTING))
+    dm.prepare_data()
+    assert (dm.split_folder("val2017") / "meta.json").is_file() and not dm.split_folder("train2017").exists()
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    dm.prepare_data()
+    assert dm.split_folder("train2017").exists()

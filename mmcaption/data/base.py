@@ -35,6 +35,7 @@ from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
+STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}  # what each command reads
 PREPROCESSING_VERSION = 5  # 5: a special token's name in text tokenized as text
 
 
@@ -225,9 +226,13 @@ class PreprocessedDataModule(BackbonesDataModule):
         return features_folder(split_folder, self.image_processor_name, self.vision_feature_layer)
 
     def prepare_data(self) -> None:
-        """Preprocess every split that is not already on disk (Lightning runs this on one process per
-        node), and with ``cache_image_features`` compute the vision features of their images."""
-        for split in dict.fromkeys(self.stage_splits().values()):
+        """Preprocess the splits the running command reads (every split outside a trainer, as ``mmcaption
+        prepare`` asks) that are not already on disk - Lightning runs this on one process per node - and with
+        ``cache_image_features`` compute the vision features of their images. ``test`` on Karpathy's test
+        split preprocessed his 113,287 training images first."""
+        splits = self.stage_splits()
+        command = getattr(getattr(getattr(self.trainer, "state", None), "fn", None), "value", None)
+        for split in dict.fromkeys(splits[name] for name in STAGE_SPLITS.get(command, list(splits))):
             with built_once(self.split_folder(split), f"preprocessing split {split}"):
                 folder = self.preprocess(split)
                 if self.cache_image_features:
@@ -255,8 +260,7 @@ class PreprocessedDataModule(BackbonesDataModule):
 
     def setup(self, stage: str) -> None:
         splits = self.stage_splits()
-        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
-        for split in (splits[name] for name in wanted):
+        for split in (splits[name] for name in STAGE_SPLITS.get(stage, [])):
             if split not in self.datasets:
                 folder = self.split_folder(split)
                 if not is_complete(folder):
