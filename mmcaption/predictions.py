@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,10 @@ class PredictionWriter(BasePredictionWriter):
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
+        # CircularEval: each question's passes in the input, and how many of them are done
+        rows = getattr(getattr(datamodule, "dataset", None), "rows", None) or []
+        self.passes = Counter(str(r["circular_index"]) for r in rows if isinstance(r, dict) and r.get("circular_index") not in (None, ""))
+        self.passes_done: Counter[str] = Counter()
         # VQAv2's official questions: the answers as its evaluation server takes them, written with the whole output
         # (by the first of several processes, once it has put their shares together); a previous run's file goes
         # now - or, when that run's output is being replaced, once this run has finished (an interrupted one keeps both)
@@ -173,6 +178,7 @@ class PredictionWriter(BasePredictionWriter):
         if row.get("circular_index") not in (None, ""):  # a question is right if every rotation of it is
             right, _ = self.questions.get(str(row["circular_index"]), (True, groups))
             self.questions[str(row["circular_index"])] = (right and bool(row["correct"]), groups)
+            self.passes_done[str(row["circular_index"])] += 1
         else:
             self._tally(self.categories, groups, bool(row["correct"]))
 
@@ -195,13 +201,16 @@ class PredictionWriter(BasePredictionWriter):
         for key, sums in self.vqa_categories.items():
             summary[f"vqa_{key}"] = {name: {"vqa_accuracy": total / n, "questions": n} for name, (total, n) in sorted(sums.items())}
         categories = self.categories
-        if self.questions:
-            right = sum(r for r, _ in self.questions.values())
-            summary.update(circular_questions=len(self.questions), circular_correct=right,
-                           circular_accuracy=right / len(self.questions))
+        # a question is judged once every pass of it is done: a run stopped midway has some half asked
+        judged = {key: value for key, value in self.questions.items() if self.passes_done[key] >= self.passes.get(key, 0)}
+        if judged:
+            right = sum(r for r, _ in judged.values())
+            summary.update(circular_questions=len(judged), circular_correct=right, circular_accuracy=right / len(judged))
             categories = {}
-            for r, groups in self.questions.values():
+            for r, groups in judged.values():
                 self._tally(categories, groups, r)
+        if len(judged) < len(self.questions):
+            summary["circular_unfinished"] = len(self.questions) - len(judged)
         for key in self.category_columns:
             if categories.get(key):
                 summary[key] = {name: {"correct": c, "answered": n, "accuracy": c / n} for name, (c, n) in sorted(categories[key].items())}
@@ -285,6 +294,8 @@ class PredictionWriter(BasePredictionWriter):
         if "circular_accuracy" in summary:
             message += (f"; CircularEval accuracy {summary['circular_accuracy']:.3f} ({summary['circular_correct']}/"
                         f"{summary['circular_questions']} questions right under every rotation)")
+        if "circular_unfinished" in summary:
+            message += f"; {summary['circular_unfinished']} questions not yet asked in every rotation, not judged"
         for key in self.category_columns:
             if key in summary:
                 accuracies = ", ".join(f"{name} {s['accuracy']:.3f} ({s['correct']}/{s['answered']})" for name, s in summary[key].items())

@@ -275,6 +275,17 @@ def test_mmbench_circular_eval_with_a_model_that_always_picks_blue(backbones, tr
     assert summary["per_category_over"].startswith("questions")
     assert summary["errors"] == 2 and summary["unanswered"] == 2
 
+    # stopped after 6 of the 13 passes: question 1 asked in 2 of its 4 rotations, both right for "blue" there. It was
+    # counted right under every rotation (2/2 questions) before its other rotations were asked
+    short = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=tmp_path, limit_predict_batches=2)
+    data = MultipleChoiceDataModule(csv_file=str(path), output=str(tmp_path / "short.csv"), tokenizer=str(backbones[0]),
+                                    image_processor=str(backbones[1]), batch_size=3, num_workers=0, format="mmbench", circular=True)
+    short.predict(module, datamodule=data)
+    _, summary = read_output(tmp_path / "short.csv")
+    assert summary["rows"] == 6 and (summary["circular_correct"], summary["circular_questions"]) == (1, 1)
+    assert summary["circular_unfinished"] == 1
+
 
 def test_mmbench_circular_eval_asks_the_passes_the_file_has_as_vlmevalkit_does(backbones, trained_checkpoint, tmp_path):
     module = rigged(trained_checkpoint, " blue")
