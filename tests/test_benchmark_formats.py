@@ -3,6 +3,7 @@ and MMBench's CircularEval, end to end on a tiny model rigged to prefer one answ
 
 import base64
 import csv
+import hashlib
 import io
 import json
 import random
@@ -274,6 +275,7 @@ def test_mmbench_circular_eval_with_a_model_that_always_picks_blue(backbones, tr
                                           FINE: {"correct": 1, "answered": 2, "accuracy": 0.5}}
     assert summary["per_category_over"].startswith("questions")
     assert summary["errors"] == 2 and summary["unanswered"] == 2
+    assert summary["made_by"]["inputs"] == [{"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]
 
     # stopped after 6 of the 13 passes: question 1 asked in 2 of its 4 rotations, both right for "blue" there. It was
     # counted right under every rotation (2/2 questions) before its other rotations were asked

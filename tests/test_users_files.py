@@ -521,3 +521,11 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
     table.write_text("image;caption\nIMG_001.JPG;a street\n")
     with pytest.raises(DataError, match=r"its columns are \['image;caption'\]; it looks separated by semicolons: save it comma-separated"):
         read()
+
+
+def test_popes_label_is_the_answer_a_question_is_scored_against(tmp_path):
+    # POPE's files ({"question_id", "image", "text", "label": "yes"}) ran unscored, the label unread, without a word
+    pope = tmp_path / "pope.jsonl"
+    pope.write_text(json.dumps({"question_id": 1, "image": "a.jpg", "text": "Is there a dog in the image?", "label": "yes"}) + "\n")
+    (question,) = read_questions(pope)
+    assert (question.question, question.answer) == ("Is there a dog in the image?", "yes")

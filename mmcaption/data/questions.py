@@ -46,7 +46,8 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     image = next((str(record[name]).strip() for name in IMAGE_COLUMNS if record.get(name) not in (None, "")), "")
     # "text": LLaVA's own evaluation files (question_id, image, text, category), as its model_vqa.py reads them
     question = str(record.get("question") or record.get("text") or "").strip()
-    answer, answers = _text(record.get("answer")), record.get("answers")
+    # "label": POPE's yes/no key (as the multiple-choice reader takes it for an answer key)
+    answer, answers = _text(record.get("answer", record.get("label"))), record.get("answers")
     problems = [f"no {what}" for what, value in (("image (column image or img_path)", image),
                                                  ("question (column question, or text as LLaVA's evaluation files)", question))
                 if not value]

@@ -104,9 +104,15 @@ def prediction_record(trainer) -> dict[str, Any]:
     module, datamodule = trainer.lightning_module, trainer.datamodule
     settings = dict(getattr(datamodule, "hparams", {}))
     generation = module.tasks.generation.to_dict()
+    try:
+        inputs = [Path(p) for p in datamodule.input_files() if p is not None]
+    except (AttributeError, NotImplementedError):  # a data module of the user's own
+        inputs = []
     return {"checkpoint": checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None)),
             "settings": {k: settings[k] for k in PREDICTION_SETTINGS if k in settings},
-            "generation": {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}}
+            "generation": {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None},
+            # the files questioned (a benchmark's TSV, a questions file and its annotations): which, and which version
+            "inputs": [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in inputs if p.is_file()]}
 
 
 def record_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
