@@ -152,10 +152,10 @@ class Captioner:
         option_lists = [list(o) for o in option_lists]
         for opts in option_lists:
             _check_texts("option", opts)
-            same = [letter for letter, option in zip(LETTERS, opts) if opts.count(option) > 1]
-            if same:  # equal scores: the first of them is the answer, whichever was meant
-                warnings.warn(f"options {', '.join(same)} are the same text ({opts[LETTERS.index(same[0])]!r}): no model can "
-                              f"tell them apart, and {same[0]} is chosen whenever any of them is likeliest", stacklevel=3)
+            for text in dict.fromkeys(option for option in opts if opts.count(option) > 1):  # equal scores: the first wins
+                same = [letter for letter, option in zip(LETTERS, opts) if option == text]
+                warnings.warn(f"options {', '.join(same)} are the same text ({text!r}): no model can tell them apart, and "
+                              f"{same[0]} is chosen whenever any of them is likeliest", stacklevel=3)
         if not questions:
             return [], []
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")

@@ -17,6 +17,7 @@ from lightning.pytorch import Trainer
 from mmcaption.data import DataError, MultipleChoiceDataModule
 from mmcaption.data.benchmarks import ChoiceQuestion, EmbeddedImage, circular_passes
 from mmcaption.demo.synthetic import Scene, draw_scene
+from mmcaption.evaluation.report import record_differences
 from mmcaption.module import MultimodalCaptioner
 
 from .conftest import REPO
@@ -394,3 +395,13 @@ def test_the_benchmark_configs_parse_and_name_their_format(backbones, tmp_path, 
     out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "demo" / "caption.yaml"), "--config",
                        str(REPO / "configs" / "predict" / "mmbench.yaml"), "--data.split", "null")
     assert "format: mmbench" in out and "circular: true" in out and "split: null" in out
+
+
+def test_resuming_on_an_edited_questions_file_is_refused_by_its_hash():
+    # the summary records each input's sha256; resume compared only the weights and settings, so answers to two
+    # versions of a benchmark file made one accuracy
+    then = {"inputs": [{"path": "/data/MMBench_DEV_EN.tsv", "sha256": "aa"}]}
+    assert record_differences(then, {"inputs": [{"path": "/elsewhere/MMBench_DEV_EN.tsv", "sha256": "aa"}]}) == []  # moved
+    assert record_differences(then, {"inputs": [{"path": "/data/MMBench_DEV_EN.tsv", "sha256": "bb"}]}) == [
+        "the input files (/data/MMBench_DEV_EN.tsv then; /data/MMBench_DEV_EN.tsv now, edited or other)"]
+    assert record_differences({}, {"inputs": [{"path": "/data/x.tsv", "sha256": "bb"}]}) == []  # an output of an earlier release

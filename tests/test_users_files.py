@@ -498,7 +498,7 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
     monkeypatch.chdir(elsewhere)
     table = photos / "captions.csv"
     rows = ["image,caption", "IMG_001.JPG,a sunny street", "IMG_001.JPG,NA", "2024\\IMG_002.JPG,\"a red wall, close\"",
-            ",", "IMG_009.JPG,gone", "IMG_002.JPG,also gone"]
+            ",", "", "IMG_009.JPG,gone", "IMG_002.JPG,also gone"]
     table.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))  # Excel's "CSV UTF-8"
 
     def read(on_bad_record="skip"):
@@ -509,11 +509,18 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
     # the photo beside the CSV, not the one where the command runs; a Windows path; "NA" is a caption, not pandas' NaN
     assert [(image, [c for _, c in captions]) for _, _, image, captions in read_rows] == [
         (mine[0], ["a sunny street", "NA"]), (mine[1], ["a red wall, close"])]
-    assert seen.notes["empty rows (no image, no caption) left out"] == 1  # Excel's line of a cleared row: ","
+    assert seen.notes["empty rows (no image, no caption) left out"] == 2  # a cleared row (","), a blank line
     assert seen.counts == {"missing image": 2}
-    with pytest.raises(DataError, match=r"2 of 6 rows name no image that is there \(first: line 6: its 'image' is 'IMG_009\.JPG', "
-                                        r"not a file .*; line 7: "):  # both at once, by the spreadsheet's line numbers
+    with pytest.raises(DataError, match=r"2 of 7 rows name no image that is there \(first: line 7: its 'image' is 'IMG_009\.JPG', "
+                                        r"not a file .*; line 8: "):  # both at once, by the spreadsheet's line numbers
         read("error")
+    # held out from the one table: each note and each bad row counted once, on its side, not by both sides' reports
+    sides = [BadRecords(str(table), "skip") for _ in range(2)]
+    for name, seen in zip(("train.rest", "train.heldout"), sides):
+        list(HubCaptions(str(table), "image", "caption", val_fraction=0.5).records(name, seen))
+    assert sum(s.notes["empty rows (no image, no caption) left out"] for s in sides) == 2
+    assert sum(s.notes["rows that repeat an earlier row's image: their captions go with that image"] for s in sides) == 1
+    assert sum(s.counts["missing image"] for s in sides) == 2
 
     table.write_bytes("image;caption\r\nIMG_001.JPG;a caf\xe9\r\n".encode("cp1252"))  # Excel's plain "CSV", semicolons
     with pytest.raises(DataError, match=r"captions\.csv, line 2: not UTF-8 text .*save it as \"CSV UTF-8\""):

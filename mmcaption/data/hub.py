@@ -104,7 +104,8 @@ class HubCaptions:
             builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
             if builder is None:
                 raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file")
-            options = {"keep_default_na": False} if builder == "csv" else {}  # a caption "NA" or "None" is that text
+            # a caption "NA" or "None" is that text; a blank line a row (a CSV's lines are named by number)
+            options = {"keep_default_na": False, "skip_blank_lines": False} if builder == "csv" else {}
             try:
                 return datasets.load_dataset(builder, data_files=str(path), split="train", **options), side
             except datasets.exceptions.DatasetGenerationError as error:
@@ -128,44 +129,54 @@ class HubCaptions:
         if isinstance(data.features[self.image_column], datasets.Image):
             data = data.cast_column(self.image_column, datasets.Image(decode=False))
         columns = [self.image_column, self.caption_column, *(["__key__"] if "__key__" in data.column_names else [])]
-        images: dict[str, tuple[int, str, list[tuple[int, str]]]] = {}  # image digest -> first row, its key, captions
+        # image digest -> first row, its key, captions, and what its later rows brought (counted on its side)
+        images: dict[str, tuple[int, str, list[tuple[int, str]], Counter]] = {}
         counts, not_found = Counter(), []
         for row_index, row in enumerate(data.select_columns(columns)):
             key = str(row.get("__key__") or row_index)
             texts = self._captions(row[self.caption_column])
             image = self._image_bytes(row[self.image_column])
             if image is None:
+                ours = side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT)  # counted on one side,
                 if not texts and not self._described(row[self.image_column]).startswith("'"):
-                    counts["empty rows (no image, no caption) left out"] += 1  # a spreadsheet's cleared line
-                elif (side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT)  # counted on one
-                      or records.on_bad_record == "error"):  # side, but all named in the one message that refuses them
+                    counts["empty rows (no image, no caption) left out"] += ours  # a spreadsheet's cleared line
+                elif ours or records.on_bad_record == "error":  # but all named in the one message that refuses them
                     not_found.append(f"{self._row(row_index, key)}: its {self.image_column!r} is "
                                      f"{self._described(row[self.image_column])}")
                 continue
-            first, _, captions = images.setdefault(hashlib.blake2b(image, digest_size=16).hexdigest(), (row_index, key, []))
+            first, _, captions, later = images.setdefault(hashlib.blake2b(image, digest_size=16).hexdigest(),
+                                                          (row_index, key, [], Counter()))
             if first != row_index:  # a caption that an earlier row already gave this image is that row again
-                counts["rows that repeat an earlier row's image: their captions go with that image"] += 1
+                later["rows that repeat an earlier row's image: their captions go with that image"] += 1
                 known = {c for _, c in captions}
-                counts["captions skipped that an earlier row gave the same image"] += sum(c in known for c in texts)
+                later["captions skipped that an earlier row gave the same image"] += sum(c in known for c in texts)
                 texts = [c if c not in known else None for c in texts]
-                counts["rows without a caption, for an image other rows caption"] += not texts
+                later["rows that repeat an earlier row's image without a caption of their own"] += not any(texts)
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
         records.all_at_once("missing image", not_found, f"{len(not_found)} of {len(data):,} rows name no image that is "
                             "there", "Fix their paths (relative to the dataset's folder) or remove the rows")
         if side is not None:
-            held = {digest for digest in images if held_out(digest, self.val_fraction)}
-            if not held and len(images) > 1:  # a small set: none by the hash, so the first by it is held out
-                held = {min(images)}
-            if images and (not held or len(held) == len(images)):  # (no image at all: each row was reported above)
+            captioned = {digest for digest, (_, _, captions, _) in images.items() if captions}
+            held = {digest for digest in captioned if held_out(digest, self.val_fraction)}
+            if not held and len(captioned) > 1 and self.val_fraction > 0:  # a small set: none by the hash, so the first
+                held = {min(captioned)}                                     # by it is held out
+            if len(captioned) == 1:
+                raise DataError(f"{records.source}: one image with captions cannot be split into training and validation; "
+                                "give the dataset more images, or a validation split")
+            if captioned and (not held or len(held) == len(captioned)):  # (no image at all: each row was reported above)
                 other = "raise hub_val_fraction" if not held else "lower hub_val_fraction"
                 raise DataError(f"{records.source}: with hub_val_fraction {self.val_fraction}, "
-                                f"{'none' if not held else 'every one'} of its {len(images):,} images falls on the held-out "
+                                f"{'none' if not held else 'every one'} of its {len(captioned):,} images falls on the held-out "
                                 f"side (chosen by a hash of each image); {other}, or give the dataset a validation split")
-            images = {digest: image for digest, image in images.items() if (digest in held) == (side == HELD_OUT)}
+            # an image without captions (refused below) is on the side its hash gives
+            images = {digest: image for digest, image in images.items()
+                      if (digest in held or digest not in captioned and held_out(digest, self.val_fraction)) == (side == HELD_OUT)}
+        for *_, later in images.values():
+            counts.update(later)
         for kind, count in counts.items():
             if count:
                 records.note(kind, count)
-        for row_index, key, captions in images.values():
+        for row_index, key, captions, _ in images.values():
             if not captions:
                 records.bad("empty caption", f"{self._row(row_index, key)} has no caption")
                 continue

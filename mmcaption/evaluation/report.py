@@ -126,6 +126,9 @@ def record_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str
     if not same:
         then_name, now_name = (w.get("path") or w.get("init_from") or "the model's own weights" for w in (then_weights, now_weights))
         differences.append(f"the weights ({then_name} then, {now_name} now)")
+    then_inputs, now_inputs = ({i["path"]: i["sha256"] for i in r.get("inputs", [])} for r in (earlier, now))
+    if then_inputs and now_inputs and sorted(then_inputs.values()) != sorted(now_inputs.values()):
+        differences.append(f"the input files ({', '.join(then_inputs)} then; {', '.join(now_inputs)} now, edited or other)")
     for group in ("settings", "generation"):
         before, after = earlier.get(group, {}), now.get(group, {})
         for setting in sorted(set(before) | set(after)):
