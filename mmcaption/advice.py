@@ -21,8 +21,8 @@ class OutOfMemoryAdvice(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if out_of_memory(exception) is not None:
             exception.add_note(memory_advice(trainer, pl_module))
-        elif disk_full(exception) is not None and trainer.state.fn == "fit" and kept_checkpoint(trainer):
-            exception.add_note(f"--ckpt_path {kept_checkpoint(trainer)} resumes from its last whole checkpoint, not from step 0")
+        elif disk_full(exception) is not None and trainer.state.fn == "fit" and (kept := kept_checkpoint(trainer)):
+            exception.add_note(f"--ckpt_path {kept} resumes from its last whole checkpoint, not from step 0")
 
 
 def kept_checkpoint(trainer) -> str:

@@ -12,6 +12,7 @@ image with all its captions) all read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 from collections import Counter
@@ -138,7 +139,7 @@ class HubCaptions:
             image = self._image_bytes(row[self.image_column])
             if image is None:
                 ours = side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT)  # counted on one side,
-                if not texts and not self._described(row[self.image_column]).startswith("'"):
+                if not texts and self._named(row[self.image_column]) is None:
                     counts["empty rows (no image, no caption) left out"] += ours  # a spreadsheet's cleared line
                 elif ours or records.on_bad_record == "error":  # but all named in the one message that refuses them
                     not_found.append(f"{self._row(row_index, key)}: its {self.image_column!r} is "
@@ -191,27 +192,30 @@ class HubCaptions:
         """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1)."""
         return f"line {index + 2}" if self.dataset.lower().endswith(".csv") else f"row {index} (key {key})"
 
+    @functools.cached_property
     def _folder(self) -> Path | None:
         """The local folder the dataset's files are in (image paths in its rows may be relative to it)."""
         path = Path(self.dataset)
         return path if path.is_dir() else path.parent if path.is_file() else None
 
+    @staticmethod
+    def _named(value) -> str | None:
+        """The path a row's image names (a string, or an undecoded Image feature's path), if it names one."""
+        value = value.get("path") if isinstance(value, dict) else value
+        return value if isinstance(value, str) and value else None
+
     def _described(self, value) -> str:
-        if isinstance(value, dict):
-            value = value.get("path") or value.get("bytes")
-        if isinstance(value, str) and value:
-            folder = self._folder()
-            return f"{value!r}, not a file (looked for from " + (f"{folder} and from " if folder else "") + "the current folder)"
-        return "empty"
+        name = self._named(value)
+        if name is None:
+            return "empty"
+        return f"{name!r}, not a file (looked for from " + (f"{self._folder} and from " if self._folder else "") + "the current folder)"
 
     def _image_bytes(self, value) -> bytes | None:
-        if isinstance(value, dict):  # an Image feature, undecoded
-            if value.get("bytes"):
-                return value["bytes"]
-            value = value.get("path")
+        if isinstance(value, dict) and value.get("bytes"):  # an Image feature, undecoded
+            return value["bytes"]
         if isinstance(value, bytes):
             return value
-        path = self._found(value)
+        path = self._found(self._named(value))
         return None if path is None else Path(path).read_bytes()
 
     def _found(self, value: object) -> str | None:
@@ -220,7 +224,7 @@ class HubCaptions:
         runs; a Windows path's backslashes and macOS's decomposed accents read too. ``None`` if neither."""
         if not isinstance(value, str) or not value:
             return None
-        folder = self._folder()
+        folder = self._folder
         places = [*([folder / existing_spelling(folder, value)] if folder else []), Path(existing_spelling(Path("."), value))]
         return next((str(path) for path in places if path.is_file()), None)
 

@@ -190,12 +190,13 @@ def read_llava(
     # without ids (a file concatenated twice, say) are duplicates by image and conversation alone: by their
     # places they would fall on both sides, the same conversation trained on and validated.
     conversations, seen, parsed, ids = [], set(), 0, set()
+    elsewhere = BadRecords(records.source, records.on_bad_record)  # the other side's: raised alike, counted by that side
     for position, record in enumerate(content):
         # a bad record is counted on the side it would have gone to, once, not in both splits' reports
         named = isinstance(record, dict) and record.get("id") not in (None, "")
         side_id = str(record["id"]) if named else f"#{position}"
         on_side = split is None or in_split(side_id, val_fraction, split)
-        conversation = parse_record(position, record, records if on_side else BadRecords(records.source, records.on_bad_record))
+        conversation = parse_record(position, record, records if on_side else elsewhere)
         if conversation is None:
             continue
         parsed += 1
