@@ -7,7 +7,7 @@ import pytest
 
 from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import DataError, InstructDataModule
-from mmcaption.data.llava import read_llava
+from mmcaption.data.llava import in_split, read_llava
 from mmcaption.data.records import BadRecords
 from mmcaption.demo.synthetic import write_llava_split
 
@@ -87,11 +87,24 @@ def test_validating_on_the_training_file_is_warned_of(backbones, llava):
         make_datamodule(backbones, llava, val_file=str(llava[0].parent / "." / llava[0].name))
 
 
-def test_a_held_out_fraction_that_holds_out_nothing_says_so(backbones, llava):
-    # 12 records at 1%: none falls on the val side; the message blamed the file ("nothing usable is left")
-    with pytest.raises(DataError, match=r"with val_fraction 0\.01, none of its 12 usable records falls on the val side.*"
-                                        r"raise val_fraction, or give val_file"):
-        make_datamodule(backbones, llava, val_file=None, val_fraction=0.01).prepare_data()
+def test_a_small_file_holds_out_one_id_where_the_fraction_holds_out_none(backbones, llava, caplog):
+    # 12 records at 1%: the hash puts none on the val side. A first try on a sample of a large file was refused
+    # ("raise val_fraction, or give val_file"); the id nearest to the val side is now held out, on both sides alike
+    records = json.loads(llava[0].read_text())
+    sides = {side: read_llava(llava[0], llava[1], BadRecords("f"), side, 0.01) for side in ("train", "val")}
+    held = {c.id for c in sides["val"]}
+    assert len(held) == 1 and held.isdisjoint(c.id for c in sides["train"])
+    assert sorted(c.id for side in sides.values() for c in side) == sorted(r["id"] for r in records)
+    dm = make_datamodule(backbones, llava, val_file=None, val_fraction=0.01)
+    with caplog.at_level("INFO"):
+        dm.prepare_data()
+    assert f"the hash of its 12 ids holds none out for validation; the conversations of id {next(iter(held))!r} are held " \
+           "out instead" in caplog.text
+    dm.setup("fit")
+    assert list(dm.datasets["val"].rows["id"]) == sorted(held) and len(dm.datasets["train"]) == len(records) - 1
+    # where the hash holds some out (30% of 12 records), its choice stands
+    at_30 = [c.id for c in read_llava(llava[0], llava[1], BadRecords("f"), "val", 0.3)]
+    assert at_30 == [r["id"] for r in records if in_split(r["id"], 0.3, "val")] and 0 < len(at_30) < 12
 
 
 def test_template_that_leaves_nothing_to_learn_fails_at_start(backbones, llava):

@@ -195,7 +195,8 @@ class InstructDataModule(PreprocessedDataModule):
         train_file: LLaVA JSON of the training conversations.
         val_file: LLaVA JSON of validation conversations; if null, ``val_fraction`` of ``train_file``
             is held out by a stable hash of the record id.
-        val_fraction: share of ``train_file`` held out for validation when ``val_file`` is null.
+        val_fraction: share of ``train_file`` held out for validation when ``val_file`` is null (at least one
+            id's conversations, in a file too small for the share to hold any out).
         image_root: folder that the records' ``image`` paths are relative to (COCO ``train2017/``).
         system_prompt: first line of every conversation (empty: none).
         max_length: longest sequence in tokens; later whole turns are dropped to fit, and counted.

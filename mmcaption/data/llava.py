@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
@@ -58,8 +59,21 @@ class Conversation:
 
 def in_split(record_id: str, val_fraction: float, split: str) -> bool:
     """Stable hash split of one file into train and val: the same on every run and every rank."""
-    is_val = zlib.crc32(record_id.encode()) % 10_000 < val_fraction * 10_000
-    return is_val == (split == "val")
+    return (_hash_place(record_id) < val_fraction * 10_000) == (split == "val")
+
+
+def _hash_place(record_id: str) -> int:
+    return zlib.crc32(record_id.encode()) % 10_000
+
+
+def held_out_ids(ids: set[str], val_fraction: float) -> set[str]:
+    """The ids whose conversations are validated: those the hash puts there, or in a small file where it puts
+    none (a first try on 50 conversations at 1%), the one nearest to it, so that a sample of a large file
+    trains as the file would; the same on both sides and every rank."""
+    held = {record_id for record_id in ids if in_split(record_id, val_fraction, "val")}
+    if not held and len(ids) > 1 and val_fraction > 0:
+        held = {min(ids, key=lambda record_id: (_hash_place(record_id), record_id))}
+    return held
 
 
 def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | None]:
@@ -189,7 +203,7 @@ def read_llava(
     # counted, never fatal). The hash split is by id, so an image's conversations stay on one side. Records
     # without ids (a file concatenated twice, say) are duplicates by image and conversation alone: by their
     # places they would fall on both sides, the same conversation trained on and validated.
-    conversations, seen, parsed, ids = [], set(), 0, set()
+    parsed_records = []
     elsewhere = BadRecords(records.source, records.on_bad_record)  # the other side's: raised alike, counted by that side
     for position, record in enumerate(content):
         # a bad record is counted on the side it would have gone to, once, not in both splits' reports
@@ -197,11 +211,16 @@ def read_llava(
         side_id = str(record["id"]) if named else f"#{position}"
         on_side = split is None or in_split(side_id, val_fraction, split)
         conversation = parse_record(position, record, records if on_side else elsewhere)
-        if conversation is None:
-            continue
-        parsed += 1
-        ids.add(conversation.id)
-        ours = split is None or in_split(conversation.id, val_fraction, split)
+        if conversation is not None:
+            parsed_records.append(conversation)
+    ids = {conversation.id for conversation in parsed_records}
+    held = held_out_ids(ids, val_fraction) if split is not None else set()
+    if split is not None and held and not any(in_split(record_id, val_fraction, "val") for record_id in held):
+        rank_zero_info(f"{file}: with val_fraction {val_fraction}, the hash of its {len(ids):,} ids holds none out for "
+                       f"validation; the conversations of id {next(iter(held))!r} are held out instead")
+    conversations, seen = [], set()
+    for conversation in parsed_records:
+        ours = split is None or (conversation.id in held) == (split == "val")
         key = (conversation.id if conversation.named else None, conversation.image, tuple(conversation.turns))
         if key in seen:
             if ours:  # counted on the side the copy would have gone to
@@ -214,12 +233,12 @@ def read_llava(
             records.note(kind)
         conversations.append(conversation)
 
-    if split is not None and parsed and not conversations:  # "nothing usable" would blame the file
+    if split is not None and parsed_records and not conversations:  # "nothing usable" would blame the file
         advice = "raise val_fraction, or give val_file" if split == "val" else "lower val_fraction"
         if len(ids) == 1:  # every record on one side, whatever the fraction
             advice = f"all of them have the id {next(iter(ids))!r}: give each record its own id (or none), or give val_file"
-        raise DataError(f"{file}: with val_fraction {val_fraction}, none of its {parsed:,} usable records falls on the "
-                        f"{split} side (a record's side is a hash of its id); {advice}")
+        raise DataError(f"{file}: with val_fraction {val_fraction}, none of its {len(parsed_records):,} usable records "
+                        f"falls on the {split} side (a record's side is a hash of its id); {advice}")
     for conversation in conversations:  # as written, or with Windows' backslashes or the other Unicode form (macOS)
         if conversation.image is not None:
             conversation.image = existing_spelling(image_root, conversation.image)
