@@ -119,8 +119,8 @@ BAD_RECORDS = {
                                r"turn 1 is from 'human', expected 'gpt'"),
     "empty turn": (lambda r: r["conversations"][1].update(value="  "), r"turn 1 \(gpt\) is empty"),
     "no assistant turn": (lambda r: r.update(conversations=r["conversations"][:1]), "has no assistant answer"),
-    "image path escapes root": (lambda r: r.update(image="../../etc/passwd"), r"escapes the image root"),
-    "absolute image path": (lambda r: r.update(image="/etc/hostname"), r"escapes the image root"),
+    # a path outside image_root is read as written, as LLaVA's loader reads it: a file there that is no image is named
+    "absolute path to no image": (lambda r: r.update(image="/etc/hostname"), r"id train2017-4: /etc/hostname cannot be decoded"),
     "missing image": (lambda r: r.update(image="train2017/nope.jpg"), r"1 of 12 conversations refer to images missing.*nope\.jpg"),
     # ShareGPT-style 'images' with two: one image per conversation is what trains
     "several images": (lambda r: r.update(images=[r.pop("image")] * 2), r"has 2 images: a conversation is trained with one"),
@@ -138,13 +138,41 @@ def test_bad_record_is_named_or_skipped_and_counted(backbones, llava, kind):
     assert "instruct_train2017.json" in str(error.value)
     if kind != "missing image":
         assert "id train2017-4" in str(error.value)
+    skipped = "unreadable image" if kind == "absolute path to no image" else kind
 
     dm = make_datamodule(backbones, llava, on_bad_record="skip")
     with pytest.warns(UserWarning, match="skipped 1 bad records"):
         dm.prepare_data()
     dm.setup("fit")
     meta = json.loads((dm.datasets["train"].folder / "meta.json").read_text())
-    assert sum(meta["skipped"].values()) == 1 and meta["rows"] == 11
+    assert meta["skipped"] == {skipped: 1} and meta["rows"] == 11
+
+
+def test_images_outside_the_root_train_and_their_content_is_followed(backbones, llava, tmp_path):
+    # a file of one's own with absolute paths (as scripts write them, and LLaVA's loader reads them) was refused:
+    # "escapes the image root"
+    train, image_root = llava
+    elsewhere = tmp_path / "photos"
+    elsewhere.mkdir()
+    for name in ("000000000002.jpg", "000000000003.jpg"):
+        shutil.copy(image_root / "train2017" / name, elsewhere / name)
+    edit(train, lambda records: [records[1].update(image=str(elsewhere / "000000000002.jpg")),
+                                 records[2].update(image="../photos/000000000003.jpg")])
+    dm = make_datamodule(backbones, llava)
+    dm.prepare_data()
+    dm.setup("fit")
+    first = dm.datasets["train"].folder
+    assert json.loads((first / "meta.json").read_text())["rows"] == 12
+    # replaced under the same name, outside the image folder: a new cache, not the old image's
+    shutil.copy(image_root / "train2017" / "000000000005.jpg", elsewhere / "000000000002.jpg")
+    again = make_datamodule(backbones, llava)
+    again.prepare_data()
+    again.setup("fit")
+    assert again.datasets["train"].folder != first
+    # gone: named with the path as written
+    (elsewhere / "000000000003.jpg").unlink()
+    with pytest.raises(DataError, match=r"1 of 12 conversations refer to images missing.*photos/000000000003\.jpg"):
+        make_datamodule(backbones, llava).prepare_data()
 
 
 def test_unreadable_image_is_named_or_skipped(backbones, llava):

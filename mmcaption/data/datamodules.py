@@ -22,7 +22,7 @@ from mmcaption.data.datasets import (
     check_supervision,
 )
 from mmcaption.data.hub import HubCaptions
-from mmcaption.data.llava import read_llava, write_instruct_split
+from mmcaption.data.llava import images_outside_root, read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -197,7 +197,8 @@ class InstructDataModule(PreprocessedDataModule):
             is held out by a stable hash of the record id.
         val_fraction: share of ``train_file`` held out for validation when ``val_file`` is null (at least one
             id's conversations, in a file too small for the share to hold any out).
-        image_root: folder that the records' ``image`` paths are relative to (COCO ``train2017/``).
+        image_root: folder that the records' ``image`` paths are relative to (COCO ``train2017/``); an absolute
+            path is read as written.
         system_prompt: first line of every conversation (empty: none).
         max_length: longest sequence in tokens; later whole turns are dropped to fit, and counted.
         val_answer_questions: how many val questions to answer (each asked alone) at each validation
@@ -259,7 +260,11 @@ class InstructDataModule(PreprocessedDataModule):
                             "datasets' Dataset.to_json(\"conversations.jsonl\"), images as paths under image_root")
         if not file.is_file():
             raise DataError(f"LLaVA conversation file not found: {file}")
-        return {"file": file_signature(file), "side": side, "images": folder_signature(self.image_root, self.cache_dir)}
+        signature = {"file": file_signature(file), "side": side, "images": folder_signature(self.image_root, self.cache_dir)}
+        outside = images_outside_root(file, self.image_root)
+        if outside:  # absolute image paths (none in LLaVA's own files, whose caches keep their names)
+            signature["outside image_root"] = files_signature(outside, str(file.resolve()), self.cache_dir)
+        return signature
 
     def preprocess_settings(self) -> dict:
         return {**super().preprocess_settings(), "template": repr(self.template), "max_length": self.max_length,

@@ -9,6 +9,7 @@ files' ``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assista
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,11 +89,26 @@ def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str |
     if image is not None and not isinstance(image, str):
         records.bad("malformed record", f"{name}: 'image' is not a path")
         return False, None
-    if image and escapes_root(image):
-        records.bad("image path escapes root", f"{name}: image path {image!r} escapes the image root (image paths are "
-                                               "relative to the folder given as image_root)")
-        return False, None
-    return True, image or None
+    return True, image or None  # relative to image_root; an absolute path (or one with ``..``) as written, as LLaVA's
+                                # loader reads it (``os.path.join(image_folder, image)``)
+
+
+# an image path that may leave image_root (absolute, a Windows drive, or with ``..``): a cheap look at the raw file
+# decides whether its records are read for them (LLaVA-Instruct-150k's 229 MB have none)
+_MAY_LEAVE_ROOT = re.compile(rb'"images?"\s*:\s*\[?\s*"(?:/|\\\\|[A-Za-z]:|[^"]*\.\.)')
+
+
+def images_outside_root(file: Path, image_root: Path) -> list[tuple[str, str | None]]:
+    """The images ``file`` names outside ``image_root``, ``(path as written, where it is or None)`` each, for the
+    cache to follow their content as it follows the image folder's."""
+    if not _MAY_LEAVE_ROOT.search(file.read_bytes()):
+        return []
+    content = read_json_list(file, "LLaVA conversation file")
+    scratch = BadRecords(file, "skip")
+    named = {_image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)}
+    outside = sorted(image for image in named if image and escapes_root(image))
+    found = [(image, image_root / existing_spelling(image_root, image)) for image in outside]
+    return [(image, str(path) if path.is_file() else None) for image, path in found]
 
 
 def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
