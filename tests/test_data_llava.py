@@ -98,8 +98,8 @@ def test_a_small_file_holds_out_one_id_where_the_fraction_holds_out_none(backbon
     dm = make_datamodule(backbones, llava, val_file=None, val_fraction=0.01)
     with caplog.at_level("INFO"):
         dm.prepare_data()
-    assert f"the hash of its 12 ids holds none out for validation; the conversations of id {next(iter(held))!r} are held " \
-           "out instead" in caplog.text
+    assert f"the hash holds none of its 12 records out for validation; the conversations of id {next(iter(held))!r} are " \
+           "held out instead" in caplog.text
     dm.setup("fit")
     assert list(dm.datasets["val"].rows["id"]) == sorted(held) and len(dm.datasets["train"]) == len(records) - 1
     # where the hash holds some out (30% of 12 records), its choice stands
@@ -457,6 +457,21 @@ def test_records_without_ids_repeated_are_duplicates_kept_once_on_one_side(backb
     metas = [json.loads((d.folder / "meta.json").read_text()) for d in sides.values()]
     duplicates = sum(n for meta in metas for kind, n in meta["notes"].items() if kind.startswith("duplicate records"))
     assert duplicates == len(records)  # each copy counted once, on the side it would have gone to
+
+
+def test_records_without_ids_are_held_out_by_image_so_no_picture_is_trained_on_and_validated(llava):
+    # ShareGPT-style files (LLaMA-Factory's) have no ids and several conversations per image: held out by their
+    # places, the same pictures were trained on and validated
+    train, image_root = llava
+    records = json.loads(train.read_text())
+    asked = [{"messages": [{"role": "user", "content": f"<image>Question {k}?"}, {"role": "assistant", "content": f"answer {k}"}],
+              "images": [record["image"]]} for k in range(4) for record in records]
+    train.write_text(json.dumps(asked))
+    sides = {side: read_llava(train, image_root, BadRecords("f"), side, 0.3) for side in ("train", "val")}
+    images = {side: {c.image for c in conversations} for side, conversations in sides.items()}
+    assert images["val"] and images["train"] and images["train"].isdisjoint(images["val"])
+    assert sum(len(c) for c in sides.values()) == len(asked)
+    assert all(len([c for c in sides["val"] if c.image == image]) == 4 for image in images["val"])  # all four of each
 
 
 def test_trl_content_parts_read_as_text_and_the_image_part_as_its_placeholder(llava, tmp_path):

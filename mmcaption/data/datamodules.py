@@ -268,7 +268,8 @@ class InstructDataModule(PreprocessedDataModule):
 
     def preprocess_settings(self) -> dict:
         return {**super().preprocess_settings(), "template": repr(self.template), "max_length": self.max_length,
-                "val_fraction": self.val_fraction if self.val_file is None else None}
+                "val_fraction": self.val_fraction if self.val_file is None else None,
+                **({"held_out_by": "id, else image"} if self.val_file is None else {})}  # records without ids: by place before
 
     def write_split(self, split: str, folder: Path) -> Path:
         file, side = self._source(split)

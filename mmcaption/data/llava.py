@@ -56,6 +56,7 @@ class Conversation:
     turns: list[tuple[str, str]]  # (question, answer)
     dropped: tuple[str, ...] = ()  # what was dropped from the record as LLaVA's training drops it (notes, counted if kept)
     named: bool = True  # the record has its own id (else ``id`` is its place in the file, "#<position>")
+    side: str = ""  # what its train / val side is a hash of (split_key)
 
 
 def in_split(record_id: str, val_fraction: float, split: str) -> bool:
@@ -67,10 +68,27 @@ def _hash_place(record_id: str) -> int:
     return zlib.crc32(record_id.encode()) % 10_000
 
 
+def split_key(record: object, position: int) -> str:
+    """What a record's side is a hash of: its id; without one, its image, so that no picture is both trained on
+    and validated (ShareGPT-style files have no ids, and several conversations about each image); else its place."""
+    if isinstance(record, dict):
+        if record.get("id") not in (None, ""):
+            return str(record["id"])
+        image = record["image"] if "image" in record else record.get("images")
+        image = image[0] if isinstance(image, list) and len(image) == 1 else image
+        if isinstance(image, str) and image:
+            return f"image {image}"
+    return f"#{position}"
+
+
+def _described(key: str) -> str:
+    return f"image {key[6:]!r}" if key.startswith("image ") else f"record {key[1:]}" if key.startswith("#") else f"id {key!r}"
+
+
 def held_out_ids(ids: set[str], val_fraction: float) -> set[str]:
-    """The ids whose conversations are validated: those the hash puts there, or in a small file where it puts
-    none (a first try on 50 conversations at 1%), the one nearest to it, so that a sample of a large file
-    trains as the file would; the same on both sides and every rank."""
+    """The split keys (:func:`split_key`) whose conversations are validated: those the hash puts there, or in a
+    small file where it puts none (a first try on 50 conversations at 1%), the one nearest to it, so that a sample
+    of a large file trains as the file would; the same on both sides and every rank."""
     held = {record_id for record_id in ids if in_split(record_id, val_fraction, "val")}
     if not held and len(ids) > 1 and val_fraction > 0:
         held = {min(ids, key=lambda record_id: (_hash_place(record_id), record_id))}
@@ -203,7 +221,7 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
     if not pairs or not pairs[-1][1]:
         records.bad("no assistant turn", f"{name} ends with a human turn that has no assistant answer")
         return None
-    return Conversation(record_id, image, pairs, tuple(dropped), named)
+    return Conversation(record_id, image, pairs, tuple(dropped), named, split_key(record, position))
 
 
 def read_llava(
@@ -216,27 +234,25 @@ def read_llava(
     # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets
     # (conversation, detail, reasoning) talk about the same images. A record is what it says; only a
     # record that repeats both the id and the conversation of an earlier one is a duplicate (skipped and
-    # counted, never fatal). The hash split is by id, so an image's conversations stay on one side. Records
-    # without ids (a file concatenated twice, say) are duplicates by image and conversation alone: by their
-    # places they would fall on both sides, the same conversation trained on and validated.
+    # counted, never fatal). The hash split is by id, so an image's conversations stay on one side; records
+    # without ids are split by their image for the same reason (split_key). Records without ids (a file
+    # concatenated twice, say) are duplicates by image and conversation alone.
     parsed_records = []
     elsewhere = BadRecords(records.source, records.on_bad_record)  # the other side's: raised alike, counted by that side
     for position, record in enumerate(content):
         # a bad record is counted on the side it would have gone to, once, not in both splits' reports
-        named = isinstance(record, dict) and record.get("id") not in (None, "")
-        side_id = str(record["id"]) if named else f"#{position}"
-        on_side = split is None or in_split(side_id, val_fraction, split)
+        on_side = split is None or in_split(split_key(record, position), val_fraction, split)
         conversation = parse_record(position, record, records if on_side else elsewhere)
         if conversation is not None:
             parsed_records.append(conversation)
-    ids = {conversation.id for conversation in parsed_records}
-    held = held_out_ids(ids, val_fraction) if split is not None else set()
-    if split is not None and held and not any(in_split(record_id, val_fraction, "val") for record_id in held):
-        rank_zero_info(f"{file}: with val_fraction {val_fraction}, the hash of its {len(ids):,} ids holds none out for "
-                       f"validation; the conversations of id {next(iter(held))!r} are held out instead")
+    keys = {conversation.side for conversation in parsed_records}
+    held = held_out_ids(keys, val_fraction) if split is not None else set()
+    if split is not None and held and not any(in_split(key, val_fraction, "val") for key in held):
+        rank_zero_info(f"{file}: with val_fraction {val_fraction}, the hash holds none of its {len(parsed_records):,} "
+                       f"records out for validation; the conversations of {_described(next(iter(held)))} are held out instead")
     conversations, seen = [], set()
     for conversation in parsed_records:
-        ours = split is None or (conversation.id in held) == (split == "val")
+        ours = split is None or (conversation.side in held) == (split == "val")
         key = (conversation.id if conversation.named else None, conversation.image, tuple(conversation.turns))
         if key in seen:
             if ours:  # counted on the side the copy would have gone to
@@ -251,10 +267,14 @@ def read_llava(
 
     if split is not None and parsed_records and not conversations:  # "nothing usable" would blame the file
         advice = "raise val_fraction, or give val_file" if split == "val" else "lower val_fraction"
-        if len(ids) == 1:  # every record on one side, whatever the fraction
-            advice = f"all of them have the id {next(iter(ids))!r}: give each record its own id (or none), or give val_file"
+        if len(keys) == 1:  # every record on one side, whatever the fraction
+            only = next(iter(keys))
+            advice = (f"all of them are about the {_described(only)} and have no id: give each record its own id, or give "
+                      "val_file" if only.startswith("image ") else
+                      f"all of them have the {_described(only)}: give each record its own id (or none), or give val_file")
         raise DataError(f"{file}: with val_fraction {val_fraction}, none of its {len(parsed_records):,} usable records "
-                        f"falls on the {split} side (a record's side is a hash of its id); {advice}")
+                        f"falls on the {split} side (a record's side is a hash of its id, or of its image if it has "
+                        f"none); {advice}")
     for conversation in conversations:  # as written, or with Windows' backslashes or the other Unicode form (macOS)
         if conversation.image is not None:
             conversation.image = existing_spelling(image_root, conversation.image)
