@@ -530,6 +530,57 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
         read()
 
 
+def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_photo_at_once(backbones, tmp_path):
+    # each ended in datasets' traceback (DatasetGenerationError), or named no file ("SplitsNotFoundError"),
+    # or a KeyError; a photo that does not decode was named one per run, by its row alone
+    import pandas as pd
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(4):
+        (photos / f"IMG_{index}.JPG").write_bytes(jpeg(Image.new("RGB", (32, 32), (60 * index, 30, 30))))
+
+    def read(dataset, on_bad_record="error"):
+        return list(HubCaptions(str(dataset), "image", "caption").records("train", BadRecords(str(dataset), on_bad_record)))
+
+    table = photos / "captions.csv"
+    table.write_text("image,caption\nIMG_0.JPG,a street\nIMG_1.JPG,a red wall, close up\n")  # a comma, unquoted
+    with pytest.raises(DataError, match=r"captions\.csv: cannot be read as a dataset: ParserError: .*Expected 2 fields in line 3, "
+                                        r"saw 3; a caption with a comma \(or a quote\) must be in quotes"):
+        read(table)
+    lines = photos / "captions.jsonl"
+    lines.write_text('{"image": "IMG_0.JPG", "caption": "a"}\n{"image": "IMG_1.JPG", "caption": "b"},\n')
+    with pytest.raises(DataError, match=r"captions\.jsonl, line 2: not valid JSON Lines"):
+        read(lines)
+    lines.unlink()
+    pd.DataFrame({"image": ["IMG_0.JPG", "IMG_1.JPG"], "caption": ["a", "b"]}).to_json(photos / "pandas.json")  # its default
+    with pytest.raises(DataError, match=r"pandas\.json: its 'image' column holds objects with the keys \['0', '1'\], not images "
+                                        r"or image paths \(pandas' to_json\(\) writes a column per key unless given orient='records'"):
+        HubCaptions(str(photos / "pandas.json"), "image", "caption").image_files("train")
+    (photos / "pandas.json").unlink()
+    # a folder of tables, and an imagefolder whose metadata.csv Excel saved in Windows' code page: the file named
+    table.write_text("image,caption\nIMG_0.JPG,a street\n")
+    (photos / "test.csv").write_bytes("image,caption\nIMG_1.JPG,a caf\xe9\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"photos/test\.csv, line 2: not UTF-8 text"):
+        read(photos)
+    (photos / "test.csv").unlink()
+    table.unlink()
+    (photos / "metadata.csv").write_bytes("file_name,caption\nIMG_0.JPG,a caf\xe9\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"photos/metadata\.csv, line 2: not UTF-8 text"):
+        HubCaptions(str(photos)).split_names()
+    (photos / "metadata.csv").unlink()
+    # two photos that do not decode: both named, with their paths, in one run
+    (photos / "IMG_1.JPG").write_bytes(b"junk")
+    (photos / "IMG_3.JPG").write_bytes(b"")
+    table.write_text("image,caption\n" + "".join(f"IMG_{index}.JPG,photo {index}\n" for index in range(4)))
+    dm = CaptionDataModule(data_dir=str(tmp_path / "data"), source="hub", hub_dataset=str(table), hub_image_column="image",
+                           hub_caption_column="caption", hub_val_fraction=0, val_split="train",
+                           tokenizer=str(backbones[0]), image_processor=str(backbones[1]), num_workers=0, batch_size=2)
+    with pytest.raises(DataError, match=r"2 x unreadable image \(first: line 3: its image 'IMG_1\.JPG' cannot be decoded: .*; "
+                                        r"line 5: its image 'IMG_3\.JPG' cannot be decoded"):
+        dm.prepare_data()
+
+
 def test_popes_label_is_the_answer_a_question_is_scored_against(tmp_path):
     # POPE's files ({"question_id", "image", "text", "label": "yes"}) ran unscored, the label unread, without a word
     pope = tmp_path / "pope.jsonl"

@@ -25,12 +25,13 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.benchmarks import separator_hint
-from mmcaption.data.records import BadRecords, DataError, existing_spelling, not_utf8
+from mmcaption.data.records import BadRecords, DataError, existing_spelling, not_utf8, read_json_list
 from mmcaption.errors import causes
 from mmcaption.images import check_image
 
 VAL_NAMES = ("validation", "val", "valid", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
+TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 
 
 def held_out(key: str, fraction: float) -> bool:
@@ -71,6 +72,8 @@ class HubCaptions:
         try:
             return list(datasets.get_dataset_split_names(self.dataset))
         except Exception as error:  # noqa: BLE001 - datasets raises many kinds for a path or id it cannot read
+            if Path(self.dataset).is_dir():  # a folder's metadata.csv not UTF-8, or a line of it not parsed
+                raise self._unreadable(error) from None
             raise DataError(f"cannot read the dataset {self.dataset!r}: {type(error).__name__}: {error}") from None
 
     def stage_splits(self, train: str | None, val: str | None, test: str | None) -> dict[str, str]:
@@ -100,20 +103,43 @@ class HubCaptions:
             return saved[base], side
         if saved is not None:
             return saved, side
+        try:
+            if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
+                return self._read_file(Path(self.dataset)), side
+            return datasets.load_dataset(self.dataset, split=base), side
+        except datasets.exceptions.DatasetGenerationError as error:
+            raise self._unreadable(error) from None
+
+    @staticmethod
+    def _read_file(path: Path) -> datasets.Dataset:
+        builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file")
+        # a caption "NA" or "None" is that text; a blank line a row (a CSV's lines are named by number)
+        options = {"keep_default_na": False, "skip_blank_lines": False} if builder == "csv" else {}
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+
+    def _unreadable(self, error: BaseException) -> DataError:
+        """What ``datasets`` could not read, said as the user can act on it: the file (in a folder, the first of its
+        tables that does not read alone), its line, and what is wrong there."""
         path = Path(self.dataset)
-        if path.is_file():  # one file, as a single parquet (or JSON Lines) download
-            builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
-            if builder is None:
-                raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file")
-            # a caption "NA" or "None" is that text; a blank line a row (a CSV's lines are named by number)
-            options = {"keep_default_na": False, "skip_blank_lines": False} if builder == "csv" else {}
-            try:
-                return datasets.load_dataset(builder, data_files=str(path), split="train", **options), side
-            except datasets.exceptions.DatasetGenerationError as error:
-                if any(isinstance(cause, UnicodeDecodeError) for cause in causes(error)):  # Excel's plain "CSV"
-                    raise not_utf8(path) from None
-                raise
-        return datasets.load_dataset(self.dataset, split=base), side
+        if path.is_dir():
+            tables = sorted(f for f in path.rglob("*") if f.suffix.lower() in TABLE_SUFFIXES and f.is_file())
+            for table in tables[:100]:
+                try:
+                    self._read_file(table)
+                except datasets.exceptions.DatasetGenerationError as inner:
+                    return HubCaptions(str(table))._unreadable(inner)
+        found = list(causes(error))
+        if path.is_file() and any(isinstance(cause, UnicodeDecodeError) for cause in found):  # Excel's plain "CSV"
+            return not_utf8(path)
+        if path.is_file() and path.suffix.lower() in (".json", ".jsonl"):
+            read_json_list(path, "dataset")  # refuses the file naming the line that is not JSON
+        cause = found[-1]
+        text = str(cause).strip()
+        hint = ("; a caption with a comma (or a quote) must be in quotes, as a spreadsheet saves it"
+                if "Expected" in text and "fields" in text else "")
+        return DataError(f"{self.dataset}: cannot be read as a dataset: {type(cause).__name__}: {text}{hint}")
 
     def records(self, split: str, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
         """``(row, key, image bytes, captions)`` of each usable image; bad rows reported by name.
@@ -181,10 +207,13 @@ class HubCaptions:
             if not captions:
                 records.bad("empty caption", f"{self._row(row_index, key)} has no caption")
                 continue
-            image = self._image_bytes(data[row_index][self.image_column])
+            value = data[row_index][self.image_column]
+            image = self._image_bytes(value)
             problem = check_image(image)
-            if problem is not None:
-                records.bad("unreadable image", f"{self._row(row_index, key)} has an image that cannot be decoded: {problem}")
+            if problem is not None:  # all named at the pass's end, as COCO's and LLaVA's are
+                named = self._named(value)
+                records.defer("unreadable image", f"{self._row(row_index, key)}: "
+                                                  f"{'its image ' + repr(named) if named else 'its image'} cannot be decoded: {problem}")
                 continue
             yield row_index, key, image, captions
 
@@ -237,6 +266,12 @@ class HubCaptions:
             return []
         column = data.data.column(self.image_column)
         if pa.types.is_struct(column.type):  # an Image feature: {bytes, path}, bytes null where a file is named
+            fields = [column.type.field(i).name for i in range(column.type.num_fields)]
+            if not {"bytes", "path"} <= set(fields):
+                pandas = " (pandas' to_json() writes a column per key unless given orient='records', lines=True)" \
+                    if fields and all(name.isdigit() for name in fields) else ""
+                raise DataError(f"{self.dataset}: its {self.image_column!r} column holds objects with the keys "
+                                f"{fields[:5]}{'...' if len(fields) > 5 else ''}, not images or image paths{pandas}")
             names = [path for chunk in column.chunks
                      for path, named in zip(chunk.field("path").to_pylist(), chunk.field("bytes").is_null().to_pylist()) if named]
         elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
