@@ -66,6 +66,15 @@ def test_repeated_annotations_are_skipped_and_counted_and_a_reused_id_is_noted(b
     assert any("1 x annotation ids given to more than one caption (each caption kept)" in w for w in warned), warned
 
 
+def test_annotation_ids_that_are_strings_as_labelling_tools_write_them_train(backbones, coco_copy):
+    # "ann-1" or a UUID (CVAT, Label Studio): the int64 caption_id column ended in datasets' traceback
+    edit_annotations(coco_copy, "train2017", lambda content: [a.update(id=f"ann-{a['id']}") for a in content["annotations"]])
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()
+    captions = datasets.load_from_disk(str(dm.split_folder("train2017") / "captions"))
+    assert len(captions) == 60 and list(captions["caption_id"]) == list(range(60))  # by their places
+
+
 def test_file_names_that_start_with_the_split_folder_are_found(backbones, coco_copy):
     def prefix(content):  # "train2017/000000000001.jpg", as some COCO-format exporters write file_name
         for image in content["images"]:

@@ -99,7 +99,8 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
             if given:
                 records.note("annotation ids given to more than one caption (each caption kept)")
             given.add(key)
-        image.captions.append((annotation_id, caption.strip()))
+        # stored by its id; a labelling tool's string id ("ann-1", a UUID) by its place in the file
+        image.captions.append((annotation_id if isinstance(annotation_id, int) else position, caption.strip()))
 
     missing = [image for image in images.values() if not (image_dir / image.file_name).is_file()]
     records.missing_images(
