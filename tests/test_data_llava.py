@@ -293,6 +293,9 @@ def test_sharegpt_and_openai_style_records_read_as_llavas(llava, tmp_path):
         {"image": ["train2017/" + unicodedata.normalize("NFC", "café.jpg")], "conversations": [
             {"from": "human", "value": "<image>\nCompare <image> with it."}, {"from": "gpt", "value": "The same."}]},
         {"id": "text", "images": [], "messages": [{"role": "user", "content": "Say red."}, {"role": "assistant", "content": "red"}]},
+        # LLaMA-Factory's "system" column beside the turns: dropped without a word before
+        {"id": "pirate", "system": "You are a pirate.", "conversations": [{"from": "human", "value": "Hi."},
+                                                                          {"from": "gpt", "value": "Arr."}]},
     ]
     file = tmp_path / "mine.json"
     file.write_text(json.dumps(records))
@@ -303,9 +306,10 @@ def test_sharegpt_and_openai_style_records_read_as_llavas(llava, tmp_path):
         ("#1", "train2017/000000000002.jpg", [("", "A yellow diamond on the top.")]),  # null id: as if missing
         ("#2", "train2017/" + accented.name, [("Compare with it.", "The same.")]),
         ("text", None, [("Say red.", "red")]),
+        ("pirate", None, [("Hi.", "Arr.")]),
     ]
     assert {kind.split(":")[0].split(" (")[0]: n for kind, n in records_seen.notes.items()} == {
-        "conversations with a system turn of their own": 1, "conversations with several <image> placeholders for their one image": 1}
+        "conversations with a system turn of their own": 2, "conversations with several <image> placeholders for their one image": 1}
 
 
 def test_a_list_with_something_after_it_is_named_where_it_ends(llava, tmp_path):

@@ -44,7 +44,8 @@ TEXT_ONLY = "text-only conversations (no image: the cross-attention is skipped f
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
 LEADING_ANSWER = "conversations that open with an assistant turn: that turn dropped (as LLaVA's training does)"
 UNANSWERED_LAST = "conversations that end with an unanswered question: that question dropped, the turns before kept"
-SYSTEM_DROPPED = "conversations with a system turn of their own: that turn dropped (data.system_prompt is the one used)"
+SYSTEM_DROPPED = ("conversations with a system turn of their own (or a \"system\" key): that turn dropped (data.system_prompt "
+                  "is the one used)")
 EMPTY_TURN_CUT = "conversations cut at an empty turn (after the first answer): the turns before it kept"
 SEVERAL_PLACEHOLDERS = "conversations with several <image> placeholders for their one image (seen once, through cross-attention)"
 
@@ -182,6 +183,8 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
     start = 0
     if turns[0][0] == "system" and len(turns) > 1:
         start = 1  # its own system prompt: the template's (data.system_prompt) is the one trained and used
+        dropped.append(SYSTEM_DROPPED)
+    elif isinstance(record.get("system"), str) and record["system"].strip():  # LLaMA-Factory's "system" column
         dropped.append(SYSTEM_DROPPED)
     if turns[start][0] == "gpt" and len(turns) > start + 1:
         start += 1  # an assistant turn before any question: dropped, as LLaVA's own training drops it
