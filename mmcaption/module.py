@@ -98,7 +98,7 @@ class MultimodalCaptioner(LightningModule):
         self.weights_loaded = False  # set once any checkpoint's tensors are in the model
         self._resumed_random_state: dict[str, Any] | None = None
         self.init_source: dict[str, Any] | None = None
-        self.val_captions: list[tuple[int, str, list[str]]] = []  # (COCO image id, generated, references)
+        self.val_captions: list[tuple[int, str, list[str], str]] = []  # (COCO image id, generated, references, file)
         self.val_answers: list[tuple[str, str, str, str]] = []  # (conversation id, question, generated, reference)
         self.skipped_batches = 0
         self.flops_per_batch: int | None = None  # the last training batch's, for TrainingThroughput's MFU
@@ -224,7 +224,7 @@ class MultimodalCaptioner(LightningModule):
                 return                        # (beam search at Phi-2's shapes) only delays the first step
             generated = self.tasks.generate_batch(batch)
             if batch["task"][0] == "caption":
-                self.val_captions.extend(zip(batch["image_id"], generated, batch["references"]))
+                self.val_captions.extend(zip(batch["image_id"], generated, batch["references"], batch["file_name"]))
                 if self.val_examples is None:
                     self.val_examples = (batch["display"][:4], generated[:4], batch["references"][:4])
             else:
@@ -252,7 +252,7 @@ class MultimodalCaptioner(LightningModule):
         if captions:
             scores = None
             if self.trainer.is_global_zero:
-                scores = caption_scores({i: c for i, c, _ in captions}, {i: r for i, _, r in captions})
+                scores = caption_scores({i: c for i, c, *_ in captions}, {i: r for i, _, r, _ in captions})
             scores = self.trainer.strategy.broadcast(scores, src=0)
             for name, value in scores.items():
                 self.log(f"{prefix}/{name}", value, sync_dist=False, prog_bar=name == "CIDEr")
@@ -279,7 +279,7 @@ class MultimodalCaptioner(LightningModule):
             "data": {"module": type(datamodule).__name__, **dict(getattr(datamodule, "hparams", {}))},
         }
         if captions:
-            results.update(images=len(captions), references=sum(len(r) for _, _, r in captions), caption_metrics=metric_setup())
+            results.update(images=len(captions), references=sum(len(r) for _, _, r, _ in captions), caption_metrics=metric_setup())
         if answers:
             results["questions"] = len(answers)
         if captions or answers:
@@ -288,7 +288,7 @@ class MultimodalCaptioner(LightningModule):
         limit = getattr(self.trainer, setting)
         if isinstance(limit, int) or limit != 1.0:  # a number of batches, or a share below 1.0: part of the split
             results["limited_by"] = f"trainer.{setting} {limit}"
-        rows = [{"image_id": i, "caption": c, "references": r} for i, c, r in captions]
+        rows = [{"image_id": i, "file_name": f, "caption": c, "references": r} for i, c, r, f in captions]
         rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
         predictions, summary = write_evaluation(folder, f"{prefix}-{split or 'split'}", rows, results)
         limited = f"; {results['limited_by']}: part of the split" if "limited_by" in results else ""

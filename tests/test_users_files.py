@@ -509,6 +509,7 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
     # the photo beside the CSV, not the one where the command runs; a Windows path; "NA" is a caption, not pandas' NaN
     assert [(image, [c for _, c in captions]) for _, _, image, captions in read_rows] == [
         (mine[0], ["a sunny street", "NA"]), (mine[1], ["a red wall, close"])]
+    assert [name for _, name, _, _ in read_rows] == ["IMG_001.JPG", "2024\\IMG_002.JPG"]  # as the table names them
     assert seen.notes["empty rows (no image, no caption) left out"] == 2  # a cleared row (","), a blank line
     assert seen.counts == {"missing image": 2}
     with pytest.raises(DataError, match=r"2 of 7 rows name no image that is there \(first: line 7: its 'image' is 'IMG_009\.JPG', "

@@ -125,6 +125,7 @@ class CaptionImagesDataset(Dataset):
             "pixel_values": self.image_processor(images=image, return_tensors="pt")["pixel_values"][0],
             "references": self.references[index],
             "image_id": row["image_id"],  # COCO's integer id: a COCO results file needs it as it is
+            "file_name": row["file_name"],  # the image as its user knows it (a table's photo by its path)
             "display": torch.from_numpy(np.array(image.resize((96, 96)))).permute(2, 0, 1).contiguous(),
         }
 

@@ -142,7 +142,8 @@ class HubCaptions:
         return DataError(f"{self.dataset}: cannot be read as a dataset: {type(cause).__name__}: {text}{hint}")
 
     def records(self, split: str, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
-        """``(row, key, image bytes, captions)`` of each usable image; bad rows reported by name.
+        """``(row, name, image bytes, captions)`` of each usable image (its name: the path the row gives it, else the
+        row's key); bad rows reported by name.
 
         Rows that hold the same image (the same bytes, or the same file) are one image with all their
         captions: many copies of COCO on the hub have a row per caption, and read row by row every
@@ -151,7 +152,7 @@ class HubCaptions:
         data, side = self.load(split)
         missing = {self.image_column, self.caption_column} - set(data.column_names)
         if missing:
-            raise DataError(f"{records.source} has no column(s) {sorted(missing)} (image_column, caption_column); its "
+            raise DataError(f"{records.source} has no column(s) {sorted(missing)} (hub_image_column, hub_caption_column); its "
                             f"columns are {data.column_names}{separator_hint(data.column_names)}")
         if isinstance(data.features[self.image_column], datasets.Image):
             data = data.cast_column(self.image_column, datasets.Image(decode=False))
@@ -215,7 +216,7 @@ class HubCaptions:
                 records.defer("unreadable image", f"{self._row(row_index, key)}: "
                                                   f"{'its image ' + repr(named) if named else 'its image'} cannot be decoded: {problem}")
                 continue
-            yield row_index, key, image, captions
+            yield row_index, self._named(value) or key, image, captions  # a photo's path as the table writes it
 
     def _row(self, index: int, key: str) -> str:
         """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1)."""

@@ -22,6 +22,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import torch
+
 # the generation settings a results file (and a predict output's summary) records
 GENERATION_RECORDED = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p",
                        "length_penalty", "repetition_penalty", "no_repeat_ngram_size")
@@ -197,4 +199,6 @@ def software_record() -> dict[str, Any]:
             record.update(commit=commit.stdout.strip(), uncommitted_changes=bool(changes.stdout.strip()))
         except (OSError, subprocess.SubprocessError):  # no git, or it refuses the folder (another user's checkout)
             pass
-    return {**record, **{name: _version(name) for name in LIBRARIES}}
+    versions = {name: _version(name) for name in LIBRARIES}
+    versions["torch"] = torch.__version__  # with its build: "2.13.0+cu130" where the package's metadata says "2.13.0"
+    return {**record, **versions}
