@@ -19,7 +19,14 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
-from mmcaption.evaluation.report import prediction_record, software_record, starts_with_bom, summary_path
+from mmcaption.evaluation.report import (
+    NAMES_AS_BYTES,
+    json_line,
+    prediction_record,
+    software_record,
+    starts_with_bom,
+    summary_path,
+)
 from mmcaption.folders import output_lock
 from mmcaption.tasks import NO_OPTION, RESULT_COLUMNS
 
@@ -89,7 +96,7 @@ class PredictionWriter(BasePredictionWriter):
         # too: without it Excel reads UTF-8 as the local code page, and "café" shows as "cafÃ©"
         self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and any(
             starts_with_bom(source) for source in datamodule.input_files()) else "utf-8"
-        self.handle = self.partial.open("w", newline="", encoding=self.encoding)
+        self.handle = self.partial.open("w", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES)
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
@@ -118,7 +125,7 @@ class PredictionWriter(BasePredictionWriter):
     def _go_on_from(self, output: Path, done: list[dict[str, Any]]) -> None:
         self.handle.close()
         shutil.copyfile(output, self.partial)
-        self.handle = self.partial.open("a", newline="", encoding=self.encoding)  # no second byte-order mark
+        self.handle = self.partial.open("a", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES)  # no second mark
         if output.suffix.lower() == ".csv":  # the rows read back have the file's columns, in its order
             self.writer = csv.DictWriter(self.handle, fieldnames=list(done[0]), extrasaction="ignore")
         for row in done:
@@ -139,7 +146,8 @@ class PredictionWriter(BasePredictionWriter):
             self._count(row)
             if self.path.suffix.lower() == ".csv":
                 if self.writer is None:
-                    columns = [c for c in row if c not in RESULT_COLUMNS] + list(RESULT_COLUMNS)
+                    # the result columns this task writes (a caption: none but error): a later row's own are added at the end
+                    columns = [c for c in row if c not in RESULT_COLUMNS] + [c for c in RESULT_COLUMNS if c in row or c == "error"]
                     self.writer = csv.DictWriter(self.handle, fieldnames=columns, extrasaction="ignore")
                     self.writer.writeheader()
                 values = {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
@@ -148,7 +156,7 @@ class PredictionWriter(BasePredictionWriter):
                     self.late_columns[self.counts["rows"] - 1] = late
                 self.writer.writerow(values)
             else:
-                self.handle.write(json.dumps(row) + "\n")
+                self.handle.write(json_line(row))
         self.handle.flush()
 
     @staticmethod
@@ -310,13 +318,14 @@ class PredictionWriter(BasePredictionWriter):
 
     def _add_late_columns(self) -> None:
         """Rewrite the CSV with the columns that only later rows had (before the result columns)."""
-        with self.partial.open(newline="", encoding="utf-8-sig") as handle:
+        with self.partial.open(newline="", encoding="utf-8-sig", errors=NAMES_AS_BYTES) as handle:
             reader = csv.DictReader(handle)
             header, rows = list(reader.fieldnames or []), list(reader)
         added = list(dict.fromkeys(k for late in self.late_columns.values() for k in late))
-        columns = [c for c in header if c not in RESULT_COLUMNS] + added + [c for c in header if c in RESULT_COLUMNS]
+        results = [c for c in RESULT_COLUMNS if c in header or c in added]  # last, in their usual order
+        columns = [c for c in header if c not in RESULT_COLUMNS] + [c for c in added if c not in RESULT_COLUMNS] + results
         rewritten = self.partial.with_name(self.partial.name + ".columns")
-        with rewritten.open("w", newline="", encoding=self.encoding) as handle:
+        with rewritten.open("w", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES) as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows({**row, **self.late_columns.get(i, {})} for i, row in enumerate(rows))

@@ -76,9 +76,9 @@ def test_annotation_ids_that_are_strings_as_labelling_tools_write_them_train(bac
 
 
 def test_file_names_that_start_with_the_split_folder_are_found(backbones, coco_copy):
-    def prefix(content):  # "train2017/000000000001.jpg", as some COCO-format exporters write file_name
-        for image in content["images"]:
-            image["file_name"] = f"train2017/{image['file_name']}"
+    def prefix(content):  # "train2017/000000000001.jpg", as some COCO-format exporters write file_name; on Windows
+        for index, image in enumerate(content["images"]):  # with backslashes (were "missing" on Linux)
+            image["file_name"] = f"train2017{'/' if index % 2 else chr(92)}{image['file_name']}"
     edit_annotations(coco_copy, "train2017", prefix)
     dm = make_datamodule(backbones, coco_copy)
     dm.prepare_data()  # was "12 of 12 referenced images are missing", looked for under train2017/train2017/

@@ -15,6 +15,7 @@ from mmcaption import Captioner
 from mmcaption.data import CaptionPredictDataModule, DataError, MultipleChoiceDataModule
 from mmcaption.demo.synthetic import Scene, draw_scene
 from mmcaption.errors import ConfigError, NotAModelFolderError
+from mmcaption.evaluation.report import read_output_rows
 from mmcaption.export import main as export_main
 from mmcaption.model.backbones import load_language_model
 from mmcaption.module import MultimodalCaptioner
@@ -55,6 +56,30 @@ def test_captions_for_a_folder_with_one_bad_image_keep_every_other_prediction(ba
     assert summary["rows"] == 4 and summary["errors"] == 1
     # no answer key, nothing scored: it said "answered": 0 for captions that were all written
     assert not {"answered", "correct", "unanswered", "accuracy"} & set(summary)
+
+
+def test_photos_named_in_any_encoding_are_written_with_the_columns_captions_have(backbones, trained_checkpoint, tmp_path):
+    # a Windows archive unzipped on Linux leaves "caf\xe9.jpg" (Latin-1 bytes): the CSV crashed on it
+    # (UnicodeEncodeError) after its summary counted the row; the CSV carried six empty columns of other tasks,
+    # and JSON Lines wrote "café" as "caf\u00e9", which grep does not find
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    picture = Image.new("RGB", (32, 32), (200, 30, 30))
+    picture.save(folder / os.fsdecode(b"caf\xe9.png"))
+    picture.save(folder / "café.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")  # the first row: an error, no caption
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    for name in ("captions.csv", "captions.jsonl"):
+        predictor(tmp_path).predict(module, datamodule=caption_data(backbones, folder, tmp_path / name))
+    table = (tmp_path / "captions.csv").read_bytes()
+    assert table.splitlines()[0] == b"image,caption,error"
+    assert b"caf\xe9.png" in table and "café.png".encode() in table  # each name as the disk holds it
+    lines = (tmp_path / "captions.jsonl").read_text(encoding="utf-8")
+    assert "café.png" in lines and "\\udce9" in lines  # the other escaped, as JSON can hold it
+    for name in ("captions.csv", "captions.jsonl"):
+        rows = read_output_rows(tmp_path / name)
+        assert sorted(Path(r["image"]).name for r in rows) == sorted(["broken.jpg", "café.png", os.fsdecode(b"caf\xe9.png")])
+        assert json.loads((tmp_path / f"{name}.summary.json").read_text())["rows"] == 3
 
 
 def test_image_list_with_a_missing_file_and_an_empty_folder(backbones, trained_checkpoint, image_folder, tmp_path):

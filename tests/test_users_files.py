@@ -564,6 +564,9 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
     (photos / "test.csv").write_bytes("image,caption\nIMG_1.JPG,a caf\xe9\n".encode("cp1252"))
     with pytest.raises(DataError, match=r"photos/test\.csv, line 2: not UTF-8 text"):
         read(photos)
+    (photos / "test.csv").write_text("image,caption\nIMG_1.JPG,NA\n")  # read as one CSV is: "NA" is a caption, not pandas' NaN
+    tested = HubCaptions(str(photos), "image", "caption").records("test", BadRecords("test.csv"))
+    assert [(name, [c for _, c in captions]) for _, name, _, captions in tested] == [("IMG_1.JPG", ["NA"])]
     (photos / "test.csv").unlink()
     table.unlink()
     (photos / "metadata.csv").write_bytes("file_name,caption\nIMG_0.JPG,a caf\xe9\n".encode("cp1252"))

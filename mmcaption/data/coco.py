@@ -11,7 +11,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, archive_hint, escapes_root, read_json
+from mmcaption.data.records import BadRecords, DataError, archive_hint, escapes_root, existing_spelling, read_json
 from mmcaption.images import check_image
 from mmcaption.prompts import text_ids
 
@@ -69,7 +69,8 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
             records.bad("image path escapes root",
                         f"images[{position}] (image id {entry['id']}): file_name {entry['file_name']!r} escapes the image folder")
             continue
-        file_name, parts = entry["file_name"], Path(entry["file_name"]).parts
+        file_name = existing_spelling(image_dir, entry["file_name"])  # or with a Windows exporter's backslashes
+        parts = Path(file_name).parts
         if len(parts) > 1 and parts[0] == image_dir.name and not (image_dir / file_name).exists():
             file_name = str(Path(*parts[1:]))  # "train2017/x.jpg", as some exporters write it
         images[entry["id"]] = CocoImage(entry["id"], file_name, [])

@@ -32,6 +32,8 @@ from mmcaption.images import check_image
 VAL_NAMES = ("validation", "val", "valid", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+# a caption "NA" or "None" is that text; a blank line a row (a CSV's lines are named by number)
+CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
 
 
 def held_out(key: str, fraction: float) -> bool:
@@ -106,7 +108,7 @@ class HubCaptions:
         try:
             if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
                 return self._read_file(Path(self.dataset)), side
-            return datasets.load_dataset(self.dataset, split=base), side
+            return datasets.load_dataset(self.dataset, split=base, **self._csv_options()), side
         except datasets.exceptions.DatasetGenerationError as error:
             raise self._unreadable(error) from None
 
@@ -115,9 +117,15 @@ class HubCaptions:
         builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
         if builder is None:
             raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file")
-        # a caption "NA" or "None" is that text; a blank line a row (a CSV's lines are named by number)
-        options = {"keep_default_na": False, "skip_blank_lines": False} if builder == "csv" else {}
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **(CSV_OPTIONS if builder == "csv" else {}))
+
+    def _csv_options(self) -> dict:
+        """:data:`CSV_OPTIONS` for a local folder of CSV tables (train.csv, test.csv), as for one CSV; not for an
+        imagefolder's metadata.csv, which datasets' imagefolder reads with its own options."""
+        path = Path(self.dataset)
+        tables = [f for f in path.rglob("*") if f.suffix.lower() in TABLE_SUFFIXES] if path.is_dir() else []
+        plain = tables and all(f.suffix.lower() == ".csv" and f.stem != "metadata" for f in tables)
+        return CSV_OPTIONS if plain else {}
 
     def _unreadable(self, error: BaseException) -> DataError:
         """What ``datasets`` could not read, said as the user can act on it: the file (in a folder, the first of its

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from mmcaption.errors import OutputExistsError
-from mmcaption.evaluation.report import read_output_rows, record_differences, starts_with_bom, summary_path
+from mmcaption.evaluation.report import (
+    NAMES_AS_BYTES,
+    json_line,
+    read_output_rows,
+    record_differences,
+    starts_with_bom,
+    summary_path,
+)
 
 
 def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -118,12 +125,12 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
     if output.suffix.lower() == ".csv":
         columns = list(dict.fromkeys(key for part in parts for row in part for key in row))
         encoding = "utf-8-sig" if starts_with_bom(first) else "utf-8"  # Excel's byte-order mark, if the shares have it
-        with partial.open("w", newline="", encoding=encoding) as handle:
+        with partial.open("w", newline="", encoding=encoding, errors=NAMES_AS_BYTES) as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(done)
     else:
-        partial.write_text("".join(json.dumps(row) + "\n" for row in done), encoding="utf-8")
+        partial.write_text("".join(json_line(row) for row in done), encoding="utf-8")
     summary_path(output).write_text(json.dumps({"rows": len(done), "output": str(output), "made_by": said.get("made_by"),
                                                 "interrupted": said.get("interrupted") or "put together from shares"}))
     partial.replace(output)

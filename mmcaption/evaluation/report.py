@@ -57,11 +57,26 @@ _CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": fl
                "question_id": lambda text: int(text) if text.isdigit() and str(int(text)) == text else text}  # VQAv2's: numbers
 
 
+# A file name that is not UTF-8 (a Windows archive's "caf\xe9.jpg" unzipped on Linux) is held by Python with its
+# bytes escaped (os.fsdecode): a CSV keeps those bytes, as the disk has them, and reads them back the same
+NAMES_AS_BYTES = "surrogateescape"
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """A row as one line of JSON Lines: text as it is (``grep café`` finds it), a name that is not UTF-8 escaped."""
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(row)  # "\udce9": valid JSON, read back as the same name
+    return line + "\n"
+
+
 def read_output_rows(output: Path) -> list[dict[str, Any]]:
     """The rows of a ``mmcaption predict`` output (JSON Lines, or CSV), read back as they were written."""
     if output.suffix.lower() != ".csv":
         return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
-    with output.open(newline="", encoding="utf-8-sig") as handle:
+    with output.open(newline="", encoding="utf-8-sig", errors=NAMES_AS_BYTES) as handle:
         return [_from_csv(row) for row in csv.DictReader(handle)]
 
 
