@@ -109,6 +109,8 @@ def test_predict_refuses_its_input_as_output_and_an_existing_output_before_loadi
         message = user_error(capsys, main, predict_args(trained_checkpoint, questions, tmp_path / name))
         assert f"output {tmp_path / name}: predict writes rows as a table (.csv" in message
         assert "would not be what its name says" in message and not (tmp_path / name).exists()
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, "-"))  # stdout, as other tools take it
+    assert "(.jsonl, one object per line), to a file, not to the terminal (where its progress and summary go)" in message
 
 
 def test_predict_with_overwrite_replaces_the_output_and_reads_its_own_output_back(

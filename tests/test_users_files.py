@@ -3,6 +3,7 @@ folders a Mac or Windows has been in, image lists saved by Notepad, paths relati
 
 import io
 import json
+import os
 import shutil
 import unicodedata
 from pathlib import Path
@@ -177,6 +178,20 @@ def test_an_image_list_as_windows_saves_it(tmp_path, monkeypatch):
     unnamed = tmp_path / "photo_from_a_browser"  # an image without a suffix, given as the one image
     unnamed.write_bytes(jpeg(upright_picture(32, 32)))
     assert find_images(str(unnamed)) == [unnamed]
+
+
+def test_an_image_list_piped_in_is_read_once_and_its_paths_are_from_here(image_folder, monkeypatch):
+    # `ls *.jpg | mmcaption predict --data.images /dev/stdin`: the list was read twice (checked, then used) and
+    # found empty the second time ("image list /dev/stdin is empty"); relative paths were looked for under /dev/fd/
+    monkeypatch.chdir(image_folder.parent)
+    read, write = os.pipe()
+    os.write(write, f"{image_folder.name}/img0.png\n{image_folder / 'img1.png'}\n".encode())
+    os.close(write)
+    try:
+        source = f"/dev/fd/{read}"
+        assert find_images(source) == find_images(source) == [Path(image_folder.name) / "img0.png", image_folder / "img1.png"]
+    finally:
+        os.close(read)
 
 
 def test_questions_whose_images_are_all_elsewhere_are_refused_with_the_folder(backbones, tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV for .csv, JSON Lines for the rest
+_PIPED: dict[str, bytes] = {}  # image lists piped in (/dev/stdin, <(ls)): read once though asked for twice; paths from here
 
 
 def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -83,7 +84,7 @@ def find_images(source: str, note=rank_zero_info) -> list[Path]:
     if path.suffix.lower() in (".json", ".jsonl"):
         raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
                         "or a text file with one image path per line")
-    data = path.read_bytes()
+    data = path.read_bytes() if (regular := path.is_file()) else _PIPED.setdefault(str(path), path.read_bytes())
     header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip()  # a table's header: of questions, most likely
     if path.suffix.lower() in (".csv", ".tsv") and ("," in header or "\t" in header) and not (
             is_url(header) or user_path(header, path.parent).is_file()):
@@ -102,7 +103,7 @@ def find_images(source: str, note=rank_zero_info) -> list[Path]:
     names = [line.strip().strip('"').strip("'").strip() for line in text.splitlines()]
     if not any(names):
         raise DataError(f"image list {path} is empty")
-    return image_paths(list(filter(None, names)), path.parent, path, where="a line gives an absolute path")
+    return image_paths(list(filter(None, names)), path.parent if regular else Path("."), path, where="a line gives an absolute path")
 
 
 def _counted(suffixes: Counter) -> str:
@@ -156,10 +157,8 @@ class _ImageRows(Dataset):
             problem = None if error else check_image(data)
             if problem is not None:
                 error = f"image {path} cannot be decoded: {problem}"
-        if error is None:
-            pixel_values = self.image_processor(images=load_rgb(data), return_tensors="pt")["pixel_values"][0]
-        else:
-            pixel_values = torch.zeros(3, self.size, self.size)
+        pixel_values = torch.zeros(3, self.size, self.size) if error else \
+            self.image_processor(images=load_rgb(data), return_tensors="pt")["pixel_values"][0]
         return {"record": self.rows[index], "error": error, "pixel_values": pixel_values, **self.text(index)}
 
 
@@ -219,9 +218,10 @@ class _PredictDataModule(BackbonesDataModule):
         if output.is_dir():
             raise OutputExistsError(f"output {output} is a folder; --data.output names the file to write")
         if output.suffix.lower() not in OUTPUT_SUFFIXES:  # .tsv, .xlsx, .json, .txt would hold JSON Lines under their name
+            why = "to a file, not to the terminal (where its progress and summary go)" if str(self.output) in ("-", "/dev/stdout") \
+                else f"and a {output.suffix or 'name without a suffix'} would not be what its name says"
             raise ConfigError(f"output {output}: predict writes rows as a table (.csv, which spreadsheets open) or as JSON "
-                              f"Lines (.jsonl, one object per line), and a {output.suffix or 'name without a suffix'} "
-                              "would not be what its name says; choose another --data.output")
+                              f"Lines (.jsonl, one object per line), {why}; choose another --data.output")
         if self.resume and self.overwrite:
             interrupted = sorted(output.parent.glob(f"{output.stem}.interrupted*{output.suffix}"))
             hint = f"; an interrupted --data.overwrite run kept its rows in {interrupted[-1]}: give it as --data.output" \
