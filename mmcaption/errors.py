@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import select
 import shutil
 import signal
 import stat
@@ -206,6 +207,12 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
                 raise
             print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
+        except BrokenPipeError:
+            if not reader_gone(sys.stdout):  # another pipe (a worker's, a socket's): a failure of its own
+                raise
+            # `mmcaption test ... | head`: the reader has what it wanted; end quietly, as a program SIGPIPE stops does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush has nowhere to fail
+            sys.exit(128 + signal.SIGPIPE)
         except Exception as error:
             message = resource_message(error)
             if message is None or traceback_wanted():
@@ -214,6 +221,16 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
             sys.exit(USER_ERROR_EXIT)
 
     return wrapper
+
+
+def reader_gone(stream: Any) -> bool:
+    """Whether ``stream`` is a pipe whose reading end was closed (``| head`` once it has its lines)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file behind it, or no poll on this platform
+        return False
 
 
 def traceback_wanted() -> bool:

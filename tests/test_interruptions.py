@@ -113,6 +113,20 @@ def test_predict_refuses_its_input_as_output_and_an_existing_output_before_loadi
     assert "(.jsonl, one object per line), to a file, not to the terminal (where its progress and summary go)" in message
 
 
+def test_output_read_by_head_ends_quietly_and_other_broken_pipes_still_fail(tmp_path):
+    # `mmcaption test ... | head -3`, `mmcaption chat ... | head -1`: a BrokenPipeError traceback, exit status 1
+    program = ("import sys\nfrom mmcaption.errors import user_errors_exit\n@user_errors_exit\ndef main():\n"
+               "    if sys.argv[1] == 'socket':\n        raise BrokenPipeError(32, 'a worker went away')\n"
+               "    for i in range(200000):\n        print('line', i)\nmain()\n")
+    reading = subprocess.Popen([sys.executable, "-c", program, "print"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reading.stdout.readline() == b"line 0\n"
+    reading.stdout.close()  # what head does once it has its lines
+    said = reading.stderr.read()
+    assert reading.wait() == 128 + signal.SIGPIPE and said == b""  # as a program SIGPIPE stops
+    other = subprocess.run([sys.executable, "-c", program, "socket"], capture_output=True)
+    assert other.returncode == 1 and b"BrokenPipeError: [Errno 32] a worker went away" in other.stderr
+
+
 def test_predict_with_overwrite_replaces_the_output_and_reads_its_own_output_back(
     backbones, trained_checkpoint, image_folder, tmp_path
 ):
