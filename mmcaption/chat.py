@@ -11,6 +11,8 @@ conversation, ``/reset`` starts a new one about the same image, ``/quit`` (or en
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -92,7 +94,7 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
             out.write("(a new conversation)\n")
             continue
         if text.startswith("/image"):
-            other = text.removeprefix("/image").strip()
+            other = dropped_path(text.removeprefix("/image").strip())
             try:
                 picture, image = read_image(other), other
             except ConfigError as error:
@@ -113,6 +115,17 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
         history.append((text, answer))
         answered += 1
     return answered
+
+
+def dropped_path(text: str) -> str:
+    """A path as typed (``~`` read as home), or as a terminal writes a dropped file: quoted, or its spaces escaped."""
+    if os.path.exists(os.path.expanduser(text)):  # as typed (a Windows path's backslashes too)
+        return os.path.expanduser(text)
+    try:
+        parts = shlex.split(text)
+    except ValueError:  # an unbalanced quote
+        return text
+    return os.path.expanduser(parts[0]) if len(parts) == 1 else text
 
 
 @user_errors_exit

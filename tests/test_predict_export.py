@@ -561,6 +561,21 @@ def test_card_metadata_names_hub_backbones_as_base_models():
     assert card.data.datasets == ["org/coco-captions"] and card.data.license == "apache-2.0"
 
 
+def test_chat_takes_an_image_path_as_a_terminal_writes_a_dropped_file(tmp_path, monkeypatch):
+    # a file dragged into a terminal arrives quoted or with its spaces escaped: each was "image not found"
+    from mmcaption.chat import dropped_path
+
+    photo = tmp_path / "my photo.jpg"
+    photo.write_bytes(b"")
+    for typed in (f"'{photo}'", f'"{photo}"', str(photo).replace(" ", "\\ "), str(photo)):
+        assert dropped_path(typed) == str(photo), typed
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert dropped_path("~/'my photo.jpg'") == str(photo)
+    windows = tmp_path / "C:\\Users\\me.jpg"  # a name as typed that exists is kept, its backslashes too
+    windows.write_bytes(b"")
+    assert dropped_path(str(windows)) == str(windows)
+
+
 def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_images(trained_checkpoint, image_folder, tmp_path):
     import io
     import subprocess
