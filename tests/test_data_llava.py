@@ -126,6 +126,10 @@ BAD_RECORDS = {
     "several images": (lambda r: r.update(images=[r.pop("image")] * 2), r"has 2 images: a conversation is trained with one"),
     # an image under a key no reader knows: the '<image>' it asks about was trained as a text-only conversation
     "<image> without an image": (lambda r: r.update(picture=r.pop("image")), r"asks about an <image> but names none"),
+    # OpenAI's vision fine-tuning layout: was "needs 'from' and a string 'value'", which it has in another form
+    "image_url part": (lambda r: r["conversations"][0].update(value=[
+        {"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}]),
+        r"turn 0 has an 'image_url' part \(OpenAI's fine-tuning layout\), which is not downloaded: name the image in 'image'"),
 }
 
 

@@ -139,7 +139,13 @@ def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, s
         return None
     parsed = []
     for index, turn in enumerate(turns):
-        value = _text_of(turn.get("value", turn.get("content"))) if isinstance(turn, dict) else None
+        content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+        value = _text_of(content)
+        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") == "image_url" for part in content):
+            records.bad("image_url part", f"{name}: turn {index} has an 'image_url' part (OpenAI's fine-tuning layout), which is "
+                                          "not downloaded: name the image in 'image' (a path under image_root) and put an "
+                                          "{'type': 'image'} part (or <image>) where the image_url part was")
+            return None
         if not isinstance(value, str):
             records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value' (or 'role' and 'content': "
                                           "a string, or a list of {'type': 'text', 'text': ...} and {'type': 'image'} parts)")
