@@ -396,6 +396,10 @@ def test_a_multiple_choice_sheet_as_people_write_it(tmp_path):
                       "c.png,Quel café ?,noir,crème\n".encode("cp1252"))  # Excel's plain "CSV": the local code page
     with pytest.raises(DataError, match=r'quiz\.csv, line 4: not UTF-8 text \(byte 0xe9 .*save it as "CSV UTF-8"'):
         read_choice_csv(sheet)
+    sheet.write_bytes("img_path\tQuestion\tA\tB\na.png\tWhat colour?\tred\tblue\n".encode("utf-16"))  # "Unicode Text"
+    with pytest.raises(DataError, match=r'quiz\.csv is UTF-16 text \(as Excel\'s "Unicode Text" saves it\), not UTF-8; save it as '
+                                        r'"CSV UTF-8"'):  # was "likely Windows' local code page", at line 1
+        read_choice_csv(sheet)
 
 
 def test_a_sheets_own_columns_are_not_taken_for_results_and_no_option_is_left_out(tmp_path, monkeypatch):

@@ -29,6 +29,9 @@ def not_utf8(path: Path) -> DataError:
     image = image_format(data)
     if image is not None:  # a photo given where a table was asked for: not an encoding problem
         return DataError(f"{path} is an image ({image}), not a text file")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode Text", Notepad's "Unicode"
+        return DataError(f"{path} is UTF-16 text (as Excel's \"Unicode Text\" saves it), not UTF-8; save it as \"CSV UTF-8\" "
+                         "(or UTF-8 in any editor)")
     start = data.startswith(b"\xef\xbb\xbf") * 3
     try:
         data[start:].decode("utf-8")
