@@ -604,6 +604,17 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
         dm.prepare_data()
 
 
+def test_photos_an_imagefolders_metadata_does_not_list_are_counted(tmp_path):
+    # datasets' imagefolder leaves out a photo its metadata.csv has no line for; the summary said "skipped none"
+    for index in range(4):
+        (tmp_path / f"IMG_{index}.JPG").write_bytes(jpeg(Image.new("RGB", (32, 32), (60 * index, 30, 30))))
+    (tmp_path / "metadata.csv").write_text("file_name,caption\nIMG_0.JPG,a street\nIMG_2.JPG,a wall\n")
+    seen = BadRecords(str(tmp_path))
+    assert len(list(HubCaptions(str(tmp_path), "image", "caption").records("train", seen))) == 2
+    assert dict(seen.notes) == {"images beside the listed ones that the metadata file does not list, left out "
+                                f"(first: {tmp_path / 'IMG_1.JPG'})": 2}
+
+
 def test_popes_label_is_the_answer_a_question_is_scored_against(tmp_path):
     # POPE's files ({"question_id", "image", "text", "label": "yes"}) ran unscored, the label unread, without a word
     pope = tmp_path / "pope.jsonl"

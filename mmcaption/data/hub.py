@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mmcaption.data.benchmarks import separator_hint
 from mmcaption.data.records import BadRecords, DataError, existing_spelling, not_utf8, read_json_list
 from mmcaption.errors import causes
-from mmcaption.images import check_image
+from mmcaption.images import IMAGE_SUFFIXES, check_image
 
 VAL_NAMES = ("validation", "val", "valid", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
@@ -191,6 +191,8 @@ class HubCaptions:
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
         records.all_at_once("missing image", not_found, f"{len(not_found)} of {len(data):,} rows name no image that is "
                             "there", "Fix their paths (relative to the dataset's folder) or remove the rows")
+        if side != REST:  # counted once, not by both sides of a single split
+            self._note_unlisted(data, records)
         if side is not None:
             captioned = {digest for digest, (_, _, captions, _) in images.items() if captions}
             held = {digest for digest in captioned if held_out(digest, self.val_fraction)}
@@ -225,6 +227,20 @@ class HubCaptions:
                                                   f"{'its image ' + repr(named) if named else 'its image'} cannot be decoded: {problem}")
                 continue
             yield row_index, self._named(value) or key, image, captions  # a photo's path as the table writes it
+
+    def _note_unlisted(self, data: datasets.Dataset, records: BadRecords) -> None:
+        """An imagefolder's photos that its metadata file does not list: datasets leaves them out without a word."""
+        if not Path(self.dataset).is_dir() or not any(Path(self.dataset).glob("**/metadata.*")):
+            return
+        column = data.data.column(self.image_column)
+        if not pa.types.is_struct(column.type):
+            return
+        listed = {Path(path) for chunk in column.chunks for path in chunk.field("path").to_pylist() if path}
+        unlisted = sorted(file for folder in {path.parent for path in listed} for file in folder.iterdir()
+                          if file.suffix.lower() in IMAGE_SUFFIXES and file not in listed)
+        if unlisted:
+            records.note(f"images beside the listed ones that the metadata file does not list, left out (first: {unlisted[0]})",
+                         len(unlisted))
 
     def _row(self, index: int, key: str) -> str:
         """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1)."""
