@@ -29,7 +29,7 @@ from mmcaption.checkpoint import earlier_checkpoints_note, install_atomic_checkp
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, locks_released_after, remove_unused_run
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local, precision_problem
@@ -389,7 +389,10 @@ def main(args: list[str] | None = None) -> None:
         from mmcaption.chat import main as chat_main
 
         return chat_main(argv[1:])
-    run_cli(args)  # Ctrl-C and SIGTERM: user_errors_exit's handlers, which Lightning leaves in place of its own
+    finished = run_cli(args)  # Ctrl-C and SIGTERM: user_errors_exit's handlers, which Lightning leaves in place of its own
+    failed = [c.failure for c in getattr(finished.trainer, "callbacks", []) if getattr(c, "failure", None)]
+    if failed:  # `mmcaption predict ... && upload` stops
+        raise MMCaptionError(failed[0])
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ class PredictionWriter(BasePredictionWriter):
         self.vqa_results: list[dict[str, Any]] | None = None
         self.official = self.replacing = False
         self.encoding = "utf-8"
+        self.first_error: str | None = None
+        self.failure: str | None = None  # not one row predicted: the command exits as a user error (a script stops)
         self.submission_ids: list[int] = []
         self.expected_rows: int | None = None
         self.share_rows: list[tuple[int | None, dict[str, Any]]] = []  # a share's rows, with their places in the input
@@ -168,7 +170,9 @@ class PredictionWriter(BasePredictionWriter):
         if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
             self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "")})
         if row.get("error"):  # no image, or (by generation) an answer that names no option: wrong, but predicted
-            self.counts["no_option" if str(row["error"]).startswith(NO_OPTION) else "errors"] += 1
+            failed = not str(row["error"]).startswith(NO_OPTION)
+            self.counts["errors" if failed else "no_option"] += 1
+            self.first_error = self.first_error or (str(row["error"]) if failed else None)
         if row.get("correct") is not None:  # rows with a reference answer; those given none count as wrong
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
@@ -313,8 +317,11 @@ class PredictionWriter(BasePredictionWriter):
                         f"{self.vqa_results_path(self.path)}")
             if self.submission_ids:
                 message += f" ({self.counts['vqa_results_padded']} questions not asked here given an empty answer, as the server wants all)"
-        if announce:
+        if announce:  # the whole output (not one process's share)
             rank_zero_info(message)
+            if not why and summary["rows"] and summary["errors"] == summary["rows"]:
+                self.failure = (f"not one of the {summary['rows']} rows could be predicted (the first: {self.first_error}); "
+                                f"{self.path} holds their errors")
 
     def _add_late_columns(self) -> None:
         """Rewrite the CSV with the columns that only later rows had (before the result columns)."""

@@ -127,6 +127,22 @@ def test_output_read_by_head_ends_quietly_and_other_broken_pipes_still_fail(tmp_
     assert other.returncode == 1 and b"BrokenPipeError: [Errno 32] a worker went away" in other.stderr
 
 
+def test_predict_where_not_one_row_could_be_predicted_exits_as_an_error_after_writing_them(
+    trained_checkpoint, tmp_path, monkeypatch, capsys
+):
+    # two empty photos: "2 could not be predicted" and exit status 0, so `predict && upload` went on
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    for name in ("img0.png", "img1.png"):
+        (tmp_path / "images" / name).write_bytes(b"")
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS[:2])
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, tmp_path / "answers.csv"))
+    assert message.startswith("error: not one of the 2 rows could be predicted (the first: image ") and "img0.png" in message
+    assert message.endswith(f"{tmp_path / 'answers.csv'} holds their errors")
+    with (tmp_path / "answers.csv").open() as handle:
+        assert [bool(row["error"]) for row in csv.DictReader(handle)] == [True, True]
+
+
 def test_predict_with_overwrite_replaces_the_output_and_reads_its_own_output_back(
     backbones, trained_checkpoint, image_folder, tmp_path
 ):
