@@ -86,19 +86,21 @@ def _described(key: str) -> str:
     return f"image {key[6:]!r}" if key.startswith("image ") else f"record {key[1:]}" if key.startswith("#") else f"id {key!r}"
 
 
-def held_out_ids(ids: set[str], val_fraction: float) -> set[str]:
+def held_out_keys(keys: set[str], val_fraction: float) -> set[str]:
     """The split keys (:func:`split_key`) whose conversations are validated: those the hash puts there, or in a
     small file where it puts none (a first try on 50 conversations at 1%), the one nearest to it, so that a sample
     of a large file trains as the file would; the same on both sides and every rank."""
-    held = {record_id for record_id in ids if in_split(record_id, val_fraction, "val")}
-    if not held and len(ids) > 1 and val_fraction > 0:
-        held = {min(ids, key=lambda record_id: (_hash_place(record_id), record_id))}
+    held = {key for key in keys if in_split(key, val_fraction, "val")}
+    if not held and len(keys) > 1 and val_fraction > 0:
+        held = {min(keys, key=lambda key: (_hash_place(key), key))}
     return held
 
 
 def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | None]:
     """``(usable, image)`` of a record: LLaVA's ``image`` path, or the ``images`` list of ShareGPT-style
-    files (LLaMA-Factory's), with one image; no image (missing, null, "" or []) is a text-only record."""
+    files (LLaMA-Factory's), with one image; no image (missing, null, "" or []) is a text-only record. The path is
+    relative to image_root; an absolute one (or one with ``..``) is read as written, as LLaVA's loader reads it
+    (``os.path.join(image_folder, image)``)."""
     image = record["image"] if "image" in record else record.get("images")
     if isinstance(image, list):
         if len(image) > 1:
@@ -108,8 +110,7 @@ def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str |
     if image is not None and not isinstance(image, str):
         records.bad("malformed record", f"{name}: 'image' is not a path")
         return False, None
-    return True, image or None  # relative to image_root; an absolute path (or one with ``..``) as written, as LLaVA's
-                                # loader reads it (``os.path.join(image_folder, image)``)
+    return True, image or None
 
 
 # an image path that may leave image_root (absolute, a Windows drive, or with ``..``): a cheap look at the raw file
@@ -255,7 +256,7 @@ def read_llava(
         if conversation is not None:
             parsed_records.append(conversation)
     keys = {conversation.side for conversation in parsed_records}
-    held = held_out_ids(keys, val_fraction) if split is not None else set()
+    held = held_out_keys(keys, val_fraction) if split is not None else set()
     if split is not None and held and not any(in_split(key, val_fraction, "val") for key in held):
         rank_zero_info(f"{file}: with val_fraction {val_fraction}, the hash holds none of its {len(parsed_records):,} "
                        f"records out for validation; the conversations of {_described(next(iter(held)))} are held out instead")
