@@ -502,8 +502,8 @@ def test_trl_content_parts_read_as_text_and_the_image_part_as_its_placeholder(ll
     conversations = read_llava(file, image_root, seen)
     assert [(c.id, c.image, c.turns) for c in conversations] == [
         ("trl", "train2017/000000000001.jpg", [("What colour is it?", "Yellow."), ("And its shape?", "A diamond.")])]
-    assert seen.counts == {"malformed turn": 1}
-    assert "a list of {'type': 'text', 'text': ...} and {'type': 'image'} parts" in seen.examples["malformed turn"]
+    assert seen.counts == {"image_url part": 1}  # refused, now with what to write in its place
+    assert "put an {'type': 'image'} part (or <image>) where the image_url part was" in seen.examples["image_url part"]
 
 
 def test_a_bad_record_is_counted_once_on_its_side_not_in_both_splits(backbones, llava, monkeypatch):
