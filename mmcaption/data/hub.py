@@ -108,7 +108,7 @@ class HubCaptions:
         try:
             if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
                 return self._read_file(Path(self.dataset)), side
-            return datasets.load_dataset(self.dataset, split=base, **self._csv_options()), side
+            return datasets.load_dataset(self.dataset, split=base, **self._csv_options), side
         except datasets.exceptions.DatasetGenerationError as error:
             raise self._unreadable(error) from None
 
@@ -119,6 +119,7 @@ class HubCaptions:
             raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file")
         return datasets.load_dataset(builder, data_files=str(path), split="train", **(CSV_OPTIONS if builder == "csv" else {}))
 
+    @functools.cached_property
     def _csv_options(self) -> dict:
         """:data:`CSV_OPTIONS` for a local folder of CSV tables (train.csv, test.csv), as for one CSV; not for an
         imagefolder's metadata.csv, which datasets' imagefolder reads with its own options."""
