@@ -52,6 +52,13 @@ class MMCaptionParser(LightningArgumentParser):
             lines.append(f"  --trainer.callbacks.{option.group(1)} goes to the list's last callback, here {last.group(1)}, which has "
                          f"no '{option.group(1)}': set it on the callback it belongs to in a config file (a second --config "
                          "replaces the whole list; `callbacks+:` there adds to it)")
+        unknown = re.search(r"nrecognized arguments: (.*)", message)  # `--data.images photos/*.jpg`, the shell's expansion
+        files = [name for name in unknown.group(1).split() if Path(name).is_file()] if unknown else []
+        if len(files) > 1:  # one line of thousands of names said nothing
+            lines = [f"error: unrecognized arguments: {len(files)} file names ({', '.join(files[:3])}{', ...' * (len(files) > 3)})",
+                     *(line for line in lines[1:] if "nrecognized arguments" not in line),
+                     "  the shell gave a pattern (*.jpg) as file names, the first to the setting before them: give their "
+                     "folder (--data.images photos) or a text file with one path per line"]
         if re.search(r"arguments are required: .*\bdata\b", message):  # validate --ckpt_path X, with no config
             lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "
                          "demo's), or from --data <class> and its settings")

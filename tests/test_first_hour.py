@@ -118,6 +118,21 @@ def test_a_value_of_the_wrong_kind_is_named_with_what_the_setting_takes(tmp_path
     assert capsys.readouterr().err.splitlines()[0] == f"error: {said}"
 
 
+def test_a_pattern_the_shell_expanded_into_file_names_is_said_as_such(tmp_path, monkeypatch, capsys):
+    # `--data.images photos/*.jpg` unquoted: "unrecognized arguments:" and every photo's name on one line
+    monkeypatch.chdir(tmp_path)
+    photos = [f"IMG_{index:04d}.jpg" for index in range(500)]
+    for name in photos:
+        (tmp_path / name).touch()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--config", DEMO_CAPTION, "--config", str(REPO / "configs" / "predict" / "captions.yaml"), "--data.images", *photos])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: unrecognized arguments: 499 file names (IMG_0001.jpg, IMG_0002.jpg, IMG_0003.jpg, ...)"
+    assert err[1] == ("  the shell gave a pattern (*.jpg) as file names, the first to the setting before them: give their folder "
+                      "(--data.images photos) or a text file with one path per line")
+
+
 def test_validate_with_a_checkpoint_and_no_config_says_where_the_data_comes_from(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
