@@ -102,6 +102,7 @@ class PredictionWriter(BasePredictionWriter):
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
+        self.first_error = self.failure = None
         self.share_rows, self.merged_from = [], 0
         self.share = {"rank": trainer.global_rank, "processes": processes} if processes > 1 else None
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
