@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,15 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.benchmarks import separator_hint
-from mmcaption.data.records import BadRecords, DataError, existing_spelling, not_utf8, read_json_list
+from mmcaption.data.records import (
+    BadRecords,
+    DataError,
+    existing_spelling,
+    held_out,
+    held_out_keys,
+    not_utf8,
+    read_json_list,
+)
 from mmcaption.errors import causes
 from mmcaption.images import IMAGE_SUFFIXES, check_image
 
@@ -34,11 +41,6 @@ REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 # a caption "NA" or "None" is that text; a blank line a row (a CSV's lines are named by number)
 CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
-
-
-def held_out(key: str, fraction: float) -> bool:
-    """Stable hash split: the same rows are held out on every run and every rank."""
-    return zlib.crc32(key.encode()) % 10_000 < fraction * 10_000
 
 
 @dataclass
@@ -196,9 +198,7 @@ class HubCaptions:
             self._note_unlisted(data, records)
         if side is not None:
             captioned = {digest for digest, (_, _, captions, _) in images.items() if captions}
-            held = {digest for digest in captioned if held_out(digest, self.val_fraction)}
-            if not held and len(captioned) > 1 and self.val_fraction > 0:  # a small set: none by the hash, so the first
-                held = {min(captioned)}                                     # by it is held out
+            held = held_out_keys(captioned, self.val_fraction)  # at least one, in a small set
             if len(captioned) == 1:
                 raise DataError(f"{records.source}: one image with captions cannot be split into training and validation; "
                                 "give the dataset more images, or a validation split")

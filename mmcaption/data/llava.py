@@ -10,7 +10,6 @@ files' ``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assista
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, escapes_root, existing_spelling, read_json_list
+from mmcaption.data.records import (
+    BadRecords,
+    DataError,
+    escapes_root,
+    existing_spelling,
+    held_out,
+    held_out_keys,
+    read_json_list,
+)
 from mmcaption.images import check_image
 from mmcaption.prompts import IMAGE_PLACEHOLDER, ConversationTemplate, strip_image_placeholder
 
@@ -62,11 +69,7 @@ class Conversation:
 
 def in_split(record_id: str, val_fraction: float, split: str) -> bool:
     """Stable hash split of one file into train and val: the same on every run and every rank."""
-    return (_hash_place(record_id) < val_fraction * 10_000) == (split == "val")
-
-
-def _hash_place(record_id: str) -> int:
-    return zlib.crc32(record_id.encode()) % 10_000
+    return held_out(record_id, val_fraction) == (split == "val")
 
 
 def split_key(record: object, position: int) -> str:
@@ -84,16 +87,6 @@ def split_key(record: object, position: int) -> str:
 
 def _described(key: str) -> str:
     return f"image {key[6:]!r}" if key.startswith("image ") else f"record {key[1:]}" if key.startswith("#") else f"id {key!r}"
-
-
-def held_out_keys(keys: set[str], val_fraction: float) -> set[str]:
-    """The split keys (:func:`split_key`) whose conversations are validated: those the hash puts there, or in a
-    small file where it puts none (a first try on 50 conversations at 1%), the one nearest to it, so that a sample
-    of a large file trains as the file would; the same on both sides and every rank."""
-    held = {key for key in keys if in_split(key, val_fraction, "val")}
-    if not held and len(keys) > 1 and val_fraction > 0:
-        held = {min(keys, key=lambda key: (_hash_place(key), key))}
-    return held
 
 
 def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | None]:

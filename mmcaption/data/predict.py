@@ -84,7 +84,10 @@ def find_images(source: str, note=rank_zero_info) -> list[Path]:
     if path.suffix.lower() in (".json", ".jsonl"):
         raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
                         "or a text file with one image path per line")
-    data = path.read_bytes() if (regular := path.is_file()) else _PIPED.setdefault(str(path), path.read_bytes())
+    regular = path.is_file()
+    if not regular and str(path) not in _PIPED:  # read once: a second read of /dev/stdin from a terminal waits for more
+        _PIPED[str(path)] = path.read_bytes()
+    data = path.read_bytes() if regular else _PIPED[str(path)]
     header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip()  # a table's header: of questions, most likely
     if path.suffix.lower() in (".csv", ".tsv") and ("," in header or "\t" in header) and not (
             is_url(header) or user_path(header, path.parent).is_file()):
@@ -277,15 +280,8 @@ class CaptionPredictDataModule(_PredictDataModule):
         overwrite: replace ``output`` if it exists (by default an existing output is refused).
     """
 
-    def __init__(
-        self,
-        images: str,
-        output: str = "predictions/captions.jsonl",
-        caption_prompt: str = "",
-        batch_size: int = 16,
-        overwrite: bool = False,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, images: str, output: str = "predictions/captions.jsonl", caption_prompt: str = "", batch_size: int = 16,
+                 overwrite: bool = False, **kwargs: Any) -> None:
         super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
         self.images, self.caption_prompt = images, caption_prompt

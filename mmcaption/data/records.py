@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -105,6 +106,25 @@ def read_json_list(path: Path, what: str) -> object:
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}, line {number}: not valid JSON Lines (one JSON record per line): {error}") from None
     return records
+
+
+def _hash_place(key: str) -> int:
+    return zlib.crc32(key.encode()) % 10_000
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """Stable hash split: the same records (or images) are held out on every run and every rank."""
+    return _hash_place(key) < fraction * 10_000
+
+
+def held_out_keys(keys: set[str], fraction: float) -> set[str]:
+    """The keys held out for validation: those the hash puts there, or in a set too small for the fraction to
+    hold any out (a first try on 50 records at 1%), the one nearest to it, so that a sample of a large set trains
+    as the set would; the same on both sides and every rank."""
+    held = {key for key in keys if held_out(key, fraction)}
+    if not held and len(keys) > 1 and fraction > 0:
+        held = {min(keys, key=lambda key: (_hash_place(key), key))}
+    return held
 
 
 def existing_spelling(root: Path, name: str) -> str:
