@@ -1,3 +1,3 @@
-from mmcaption.cli import main
+from mmcaption.scripts import mmcaption
 
-main()
+mmcaption()

@@ -12,7 +12,6 @@ multiple choice (the letter of the most likely option, and every option's share 
 
 from __future__ import annotations
 
-import argparse
 import math
 import socket
 import tempfile
@@ -27,6 +26,7 @@ from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import check_image
 from mmcaption.inference import Captioner
 from mmcaption.model import is_pretrained_folder
+from mmcaption.usage import app_parser
 
 TITLE = "mmcaption"
 
@@ -213,14 +213,7 @@ def check_port_free(host: str, port: int) -> None:
 @quieted
 def main(argv: list[str] | None = None) -> None:
     """``mmcaption-app``."""
-    parser = argparse.ArgumentParser(prog="mmcaption-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a folder written by mmcaption-export")
-    source.add_argument("--checkpoint", help="a checkpoint of mmcaption fit (its config is inside it)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
-    args = parser.parse_args(argv)
+    args = app_parser().parse_args(argv)
     check_port_free(args.host, args.port)  # before the model loads, not a minute later
     check_source(args.model, args.checkpoint)  # and before Gradio's import
     try:

@@ -10,7 +10,6 @@ conversation, ``/reset`` starts a new one about the same image, ``/quit`` (or en
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
@@ -25,6 +24,7 @@ from mmcaption.images import check_image, fetch, is_url
 from mmcaption.inference import Captioner
 from mmcaption.model import is_pretrained_folder
 from mmcaption.tasks import check_generation
+from mmcaption.usage import chat_parser
 
 HELP = "/image PATH: another image (a new conversation) - /reset: a new conversation - /quit: end"
 
@@ -132,15 +132,7 @@ def dropped_path(text: str) -> str:
 @quieted
 def main(argv: list[str] | None = None) -> None:
     """``mmcaption chat``."""
-    parser = argparse.ArgumentParser(prog="mmcaption chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a folder written by mmcaption-export")
-    parser.add_argument("--image", help="the image to talk about (none: text-only questions)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--min_new_tokens", type=int, default=None)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampling at this temperature")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling (with --temperature above 0)")
-    args = parser.parse_args(argv)
+    args = chat_parser().parse_args(argv)
     if not is_pretrained_folder(args.model):
         raise ConfigError(f"{args.model} is not a model folder of mmcaption-export (no mmcaption.json in it)")
     if args.image:

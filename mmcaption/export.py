@@ -14,7 +14,6 @@ the destination as it was, and a replaced folder keeps nothing of its old conten
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.card import DATA_SETTINGS
 from mmcaption.model.multimodal import CONFIG_FILE
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
+from mmcaption.usage import export_parser
 
 
 def epochs_completed(checkpoint: dict[str, Any]) -> int | None:
@@ -116,17 +116,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
 @quieted
 def main(argv: list[str] | None = None) -> None:
     """The ``mmcaption-export`` console script."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a Lightning checkpoint of mmcaption fit")
-    parser.add_argument("out", help="folder to write (refused if it holds anything, unless --overwrite)")
-    parser.add_argument("--merge", action="store_true", help="also write the language model with LoRA merged in")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the folder if it is an earlier export (nothing of it is kept); other folders are refused")
-    parser.add_argument("--license", default="apache-2.0",
-                        help="Hub license id the model card declares (default apache-2.0; mind the data's and base models')")
-    parser.add_argument("--include_backbones", action="store_true",
-                        help="copy the language model and the vision tower into the folder: it then works with nothing else")
-    args = parser.parse_args(argv)
+    args = export_parser().parse_args(argv)
     out = export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite, args.license, args.include_backbones)
     print(f"exported to {out}")
 

@@ -14,7 +14,6 @@ which resumes the stage whose checkpoint it is (:func:`run_pipeline`).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, check_command, run_
 from mmcaption.errors import ConfigError, Interrupted, RunInterrupted, user_errors_exit
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.model.config import STRUCTURAL_SETTINGS
+from mmcaption.usage import pipeline_parser
 
 
 @dataclass
@@ -136,10 +136,7 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--caption", default="configs/caption.yaml", help="fit config of the caption stage")
-    parser.add_argument("--instruct", default="configs/instruct.yaml", help="fit config of the instruct stage")
-    args, fit_args = parser.parse_known_args(argv)
+    args, fit_args = pipeline_parser().parse_known_args(argv)
     for stage in run_pipeline(args.caption, args.instruct, fit_args):
         print(f"{stage.name}: checkpoint {stage.checkpoint}, logs {stage.cli.trainer.logger.log_dir}")
 

@@ -366,6 +366,24 @@ def test_the_help_names_the_commands_beyond_lightnings_four_and_prepare_has_its_
     assert "Lightning Trainer command line tool" not in out
 
 
+
+@pytest.mark.parametrize("script, argv, said", [
+    ("export", ["--help"], "usage: mmcaption-export [-h] [--merge]"),
+    ("mmcaption", ["chat", "--help"], "usage: mmcaption chat [-h] --model MODEL"),
+    ("app", ["--help"], "usage: mmcaption-app [-h]"),
+    ("pipeline", ["--help"], "mmcaption fit --config configs/caption.yaml"),
+    ("demo", ["--help"], "--scratch_control"),
+    ("export", ["only.ckpt"], "the following arguments are required: out"),
+    ("mmcaption", ["chat", "--model", "m", "--temprature", "1"], "unrecognized arguments: --temprature 1"),
+])
+def test_the_argparse_scripts_answer_help_and_a_mistyped_flag_before_importing_torch(script, argv, said):
+    # In a fresh interpreter: torch, Lightning and transformers take 10-20 s to import on a laptop's cores.
+    code = (f"import sys\nfrom mmcaption import scripts\ntry:\n    scripts.{script}({argv!r})\n"
+            "except SystemExit:\n    pass\n"
+            "print('imported:', [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert said in done.stdout + done.stderr
+    assert "imported: []" in done.stdout
 def test_a_config_that_is_not_valid_yaml_is_named_with_its_line(tmp_path, capsys):
     tabbed = tmp_path / "mine.yaml"  # an editor that indents with tabs
     tabbed.write_text("trainer:\n\tmax_epochs: 1\n")

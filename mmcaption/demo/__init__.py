@@ -4,6 +4,13 @@ It imports the core (model, data, module, CLI) and the core never imports it: ev
 to show, without a GPU or a download, that the real code path learns to see.
 """
 
-from mmcaption.demo.run import main, prepare_demo_assets, run_demo, scalar_series
-
 __all__ = ["main", "prepare_demo_assets", "run_demo", "scalar_series"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: `mmcaption-demo --help` reads only mmcaption.demo.options.
+    if name in __all__:
+        from mmcaption.demo import run
+
+        return getattr(run, name)
+    raise AttributeError(name)

@@ -1,3 +1,3 @@
-from mmcaption.demo.run import main
+from mmcaption.scripts import demo
 
-main()
+demo()

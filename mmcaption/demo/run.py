@@ -10,7 +10,6 @@ to both stages' ``mmcaption fit``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -32,15 +31,13 @@ from mmcaption.demo.evaluation import (
     steps_to_reach,
     train_answer_counts,
 )
+from mmcaption.demo.options import CLIP_PRETRAINING_STEPS, LANGUAGE_PRETRAINING_STEPS, demo_parser
 from mmcaption.demo.synthetic import Scene, demo_corpus, write_coco_split, write_llava_split, write_multiple_choice_csv
 from mmcaption.demo.tiny import save_tiny_backbones
 from mmcaption.errors import OutputExistsError, user_errors_exit
 from mmcaption.pipeline import StageResult, run_pipeline
 
 DEMO_VERSION = 9
-LANGUAGE_PRETRAINING_STEPS = 300  # text-only, about a minute on 2 cores; the loss has flattened by then
-CLIP_PRETRAINING_STEPS = 2000  # contrastive image-text training of the tiny CLIP, ~2.5 minutes on 2 cores
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def prepare_demo_assets(
@@ -131,20 +128,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_demo(argv: list[str] | None = None) -> dict:
     """Run the demo with command-line ``argv``; returns the report it printed."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="demo_data", help="where the synthetic data and tiny backbones go")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and backbones")
-    parser.add_argument("--train_images", type=int, default=3000, help="synthetic training images")
-    parser.add_argument("--val_images", type=int, default=200, help="held-out images, never seen in training")
-    parser.add_argument("--language_steps", type=int, default=LANGUAGE_PRETRAINING_STEPS, help="text-only LM pretraining steps")
-    parser.add_argument("--clip_steps", type=int, default=CLIP_PRETRAINING_STEPS, help="contrastive tiny-CLIP steps")
-    parser.add_argument("--scratch_control", action="store_true",
-                        help="also train the instruct stage from scratch, to compare its steps to 80%% exact match "
-                             "(about 3 minutes more on 2 cores)")
-    parser.add_argument("--skip_scratch", action="store_true", help=argparse.SUPPRESS)  # the default since it is opt-in
-    parser.add_argument("--report", default="demo_report", help="folder for the report (JSON) and the example PNG")
-    parser.add_argument("--caption", default=str(CONFIG_DIR / "demo" / "caption.yaml"), help="caption stage config")
-    parser.add_argument("--instruct", default=str(CONFIG_DIR / "demo" / "instruct.yaml"), help="instruct stage config")
+    parser = demo_parser()
     args, fit_args = parser.parse_known_args(argv)
     for name in ("language_steps", "clip_steps"):
         if 0 < getattr(args, name) < 4:
