@@ -85,6 +85,34 @@ def test_file_names_that_start_with_the_split_folder_are_found(backbones, coco_c
     assert len(datasets.load_from_disk(str(dm.split_folder("train2017") / "images"))) == 12
 
 
+def test_absolute_file_names_as_labelling_tools_write_them_train_and_their_content_is_followed(backbones, coco_copy, tmp_path):
+    # a COCO export with the photos' absolute paths (Label Studio's "/data/upload/...", a script's own) was refused:
+    # "file_name ... escapes the image folder"
+    elsewhere = tmp_path / "photos"
+    elsewhere.mkdir()
+    shutil.move(coco_copy / "train2017" / "000000000002.jpg", elsewhere / "two.jpg")
+    shutil.move(coco_copy / "train2017" / "000000000003.jpg", elsewhere / "three.jpg")
+
+    def absolute(content):
+        content["images"][1]["file_name"] = str(elsewhere / "two.jpg")
+        content["images"][2]["file_name"] = "../../photos/three.jpg"  # climbing out of coco/train2017/
+    edit_annotations(coco_copy, "train2017", absolute)
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()
+    first = dm.split_folder("train2017")
+    images = datasets.load_from_disk(str(first / "images"))
+    assert len(images) == 12 and str(elsewhere / "two.jpg") in images["file_name"]
+    # replaced under the same name, outside the image folder: a new cache, not the old photo's
+    shutil.copy(coco_copy / "train2017" / "000000000005.jpg", elsewhere / "two.jpg")
+    again = make_datamodule(backbones, coco_copy)
+    again.prepare_data()
+    assert again.split_folder("train2017") != first
+    # gone: named with the path as written
+    (elsewhere / "three.jpg").unlink()
+    with pytest.raises(DataError, match=r"1 of 12 referenced images are missing.*photos/three\.jpg"):
+        make_datamodule(backbones, coco_copy).prepare_data()
+
+
 def test_large_images_are_stored_at_the_model_size_and_give_the_same_pixels(backbones, coco_copy):
     import random
 

@@ -3,6 +3,7 @@ memory-mapped Arrow folders (each image stored once, captions tokenized)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,15 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.records import BadRecords, DataError, archive_hint, escapes_root, existing_spelling, read_json
+from mmcaption.data.records import (
+    BadRecords,
+    DataError,
+    archive_hint,
+    escapes_root,
+    existing_spelling,
+    outside_root,
+    read_json,
+)
 from mmcaption.images import check_image
 from mmcaption.prompts import text_ids
 
@@ -65,10 +74,6 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         if entry["id"] in images:
             records.bad("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
             continue
-        if escapes_root(entry["file_name"]):
-            records.bad("image path escapes root",
-                        f"images[{position}] (image id {entry['id']}): file_name {entry['file_name']!r} escapes the image folder")
-            continue
         file_name = existing_spelling(image_dir, entry["file_name"])  # or with a Windows exporter's backslashes
         parts = Path(file_name).parts
         if len(parts) > 1 and parts[0] == image_dir.name and not (image_dir / file_name).exists():
@@ -115,6 +120,22 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         first = uncaptioned[0]
         records.note(f"images without a caption left out (first: image id {first.image_id}, {first.file_name})", len(uncaptioned))
     return [image for image in found if image.captions]
+
+
+# a file_name that may leave the image folder (absolute, a Windows drive, or with ``..``): a cheap look at the raw
+# file decides whether it is parsed for them (the official files have none)
+_MAY_LEAVE_FOLDER = re.compile(rb'"file_name"\s*:\s*"(?:/|\\\\|[A-Za-z]:|[^"]*\.\.)')
+
+
+def images_outside_folder(annotation_file: Path, image_dir: Path) -> list[tuple[str, str | None]]:
+    """The images ``annotation_file`` names outside ``image_dir`` (a labelling tool's absolute paths), for the
+    cache to follow their content as it follows the folder's."""
+    if not annotation_file.is_file() or not _MAY_LEAVE_FOLDER.search(annotation_file.read_bytes()):
+        return []
+    content = read_json(annotation_file, "COCO annotation file")
+    entries = content.get("images") if isinstance(content, dict) else None
+    names = (entry.get("file_name") for entry in entries or [] if isinstance(entry, dict))
+    return outside_root((name for name in names if isinstance(name, str)), image_dir)
 
 
 def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:

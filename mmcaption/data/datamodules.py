@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature, folder_signature
-from mmcaption.data.coco import coco_records, image_records, read_karpathy, require_annotation_file, write_caption_split
+from mmcaption.data.coco import (
+    coco_records,
+    image_records,
+    images_outside_folder,
+    read_karpathy,
+    require_annotation_file,
+    write_caption_split,
+)
 from mmcaption.data.datasets import (
     CaptionDataset,
     CaptionImagesDataset,
@@ -142,7 +149,11 @@ class CaptionDataModule(PreprocessedDataModule):
                     "images": [folder_signature(folder, self.cache_dir) for folder in folders or [self.data_dir]]}
         annotation_file = self.annotation_file(split)
         require_annotation_file(annotation_file)
-        return {"annotations": file_signature(annotation_file), "images": folder_signature(self.data_dir / split, self.cache_dir)}
+        signature = {"annotations": file_signature(annotation_file), "images": folder_signature(self.data_dir / split, self.cache_dir)}
+        outside = images_outside_folder(annotation_file, self.data_dir / split)
+        if outside:  # a labelling tool's absolute file names (none in the official files, whose caches keep their names)
+            signature["outside the image folder"] = files_signature(outside, str(annotation_file.resolve()), self.cache_dir)
+        return signature
 
     def write_split(self, split: str, folder: Path) -> Path:
         if self.source == "coco":

@@ -22,10 +22,10 @@ from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.records import (
     BadRecords,
     DataError,
-    escapes_root,
     existing_spelling,
     held_out,
     held_out_keys,
+    outside_root,
     read_json_list,
 )
 from mmcaption.images import check_image
@@ -118,10 +118,7 @@ def images_outside_root(file: Path, image_root: Path) -> list[tuple[str, str | N
         return []
     content = read_json_list(file, "LLaVA conversation file")
     scratch = BadRecords(file, "skip")
-    named = {_image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)}
-    outside = sorted(image for image in named if image and escapes_root(image))
-    found = [(image, image_root / existing_spelling(image_root, image)) for image in outside]
-    return [(image, str(path) if path.is_file() else None) for image, path in found]
+    return outside_root((_image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)), image_root)
 
 
 def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:

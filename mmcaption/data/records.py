@@ -8,6 +8,7 @@ import os
 import unicodedata
 import zlib
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -139,10 +140,19 @@ def existing_spelling(root: Path, name: str) -> str:
 
 
 def escapes_root(relative: str) -> bool:
-    """Whether a record's image path would be read from outside its image folder (absolute, or
-    climbing out with ``..``): a dataset file must not make the loader read elsewhere on the disk."""
+    """Whether a record's image path is read from outside its image folder (absolute, or climbing out with
+    ``..``), as LLaVA's and some labelling tools' files write them: read as written, followed by the cache."""
     path = Path(relative)
     return path.is_absolute() or bool(path.drive) or ".." in path.parts
+
+
+def outside_root(names: Iterable[str | None], root: Path) -> list[tuple[str, str | None]]:
+    """The image paths among ``names`` that are read from outside ``root`` (absolute, or climbing out with
+    ``..``), ``(path as written, where it is or None)`` each: a cache follows their content as it follows the
+    image folder's (:func:`mmcaption.data.cache.files_signature`)."""
+    outside = sorted({name for name in names if name and escapes_root(name)})
+    found = [(name, root / existing_spelling(root, name)) for name in outside]
+    return [(name, str(path) if path.is_file() else None) for name, path in found]
 
 
 class BadRecords:
