@@ -588,6 +588,13 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
     assert [(name, [c for _, c in captions]) for _, name, _, captions in tested] == [("IMG_1.JPG", ["NA"])]
     (photos / "test.csv").unlink()
     table.unlink()
+    # a folder's split in several tables: a bad row is named by its table and line, as a spreadsheet numbers it (was "row 3")
+    (photos / "train-00000-of-00002.csv").write_text("image,caption\nIMG_0.JPG,a street\nIMG_1.JPG,a wall\n")
+    (photos / "train-00001-of-00002.csv").write_text("image,caption\nIMG_2.JPG,a door\nIMG_9.JPG,a car\n")
+    with pytest.raises(DataError, match=r"train-00001-of-00002\.csv, line 3: its 'image' is 'IMG_9\.JPG'"):
+        list(HubCaptions(str(photos), "image", "caption").records("train", BadRecords("photos")))
+    for name in ("train-00000-of-00002.csv", "train-00001-of-00002.csv"):
+        (photos / name).unlink()
     (photos / "metadata.csv").write_bytes("file_name,caption\nIMG_0.JPG,a caf\xe9\n".encode("cp1252"))
     with pytest.raises(DataError, match=r"photos/metadata\.csv, line 2: not UTF-8 text"):
         HubCaptions(str(photos)).split_names()

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import pandas as pd
 import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -180,7 +182,7 @@ class HubCaptions:
                 if not texts and self._named(row[self.image_column]) is None:
                     counts["empty rows (no image, no caption) left out"] += ours  # a spreadsheet's cleared line
                 elif ours or records.on_bad_record == "error":  # but all named in the one message that refuses them
-                    not_found.append(f"{self._row(row_index, key)}: its {self.image_column!r} is "
+                    not_found.append(f"{self._row(row_index, key, split)}: its {self.image_column!r} is "
                                      f"{self._described(row[self.image_column])}")
                 continue
             first, _, captions, later = images.setdefault(hashlib.blake2b(image, digest_size=16).hexdigest(),
@@ -217,14 +219,14 @@ class HubCaptions:
                 records.note(kind, count)
         for row_index, key, captions, _ in images.values():
             if not captions:
-                records.bad("empty caption", f"{self._row(row_index, key)} has no caption")
+                records.bad("empty caption", f"{self._row(row_index, key, split)} has no caption")
                 continue
             value = data[row_index][self.image_column]
             image = self._image_bytes(value)
             problem = check_image(image)
             if problem is not None:  # all named at the pass's end, as COCO's and LLaVA's are
                 named = self._named(value)
-                records.defer("unreadable image", f"{self._row(row_index, key)}: "
+                records.defer("unreadable image", f"{self._row(row_index, key, split)}: "
                                                   f"{'its image ' + repr(named) if named else 'its image'} cannot be decoded: {problem}")
                 continue
             yield row_index, self._named(value) or key, image, captions  # a photo's path as the table writes it
@@ -243,9 +245,27 @@ class HubCaptions:
             records.note(f"images beside the listed ones that the metadata file does not list, left out (first: {unlisted[0]})",
                          len(unlisted))
 
-    def _row(self, index: int, key: str) -> str:
-        """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1)."""
-        return f"line {index + 2}" if self.dataset.lower().endswith(".csv") else f"row {index} (key {key})"
+    def _row(self, index: int, key: str, split: str) -> str:
+        """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1); in a folder
+        of CSV tables, its table's name and line."""
+        if self.dataset.lower().endswith(".csv"):
+            return f"line {index + 2}"
+        within = index
+        for table, rows in self._csv_tables.get(split.removesuffix(REST).removesuffix(HELD_OUT), []):
+            if within < rows:
+                return f"{table}, line {within + 2}"
+            within -= rows
+        return f"row {index} (key {key})"
+
+    @functools.cached_property
+    def _csv_tables(self) -> dict[str, list[tuple[str, int]]]:
+        """A local folder of CSV tables (looked at when a row is bad): ``(table, rows)`` of each split's files, in
+        the order datasets reads them."""
+        if not self._csv_options:
+            return {}
+        splits = datasets.load_dataset_builder(self.dataset, **self._csv_options).config.data_files
+        return {split: [(os.path.relpath(file, self.dataset), len(pd.read_csv(file, usecols=[0], **CSV_OPTIONS)))
+                        for file in files] for split, files in splits.items()}
 
     @functools.cached_property
     def _folder(self) -> Path | None:
