@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import collate
-from mmcaption.data.cache import built_once, damage, fingerprint, is_complete
+from mmcaption.data.cache import built_once, damage, fingerprint, folder_signature, is_complete
 from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
@@ -155,6 +156,7 @@ class PreprocessedDataModule(BackbonesDataModule):
         self.cache_dir_setting = cache_dir
         self.datasets: dict[str, ImageTextDataset] = {}
         self.folders: dict[str, Path] = {}  # the preprocessed folder of each split set up
+        self._looked_at: dict[tuple, Any] = {}  # what this prepare_data found of the inputs (see looked_at)
 
     # what a subclass provides
 
@@ -214,13 +216,28 @@ class PreprocessedDataModule(BackbonesDataModule):
 
     def split_folder(self, split: str) -> Path:
         """The preprocessed folder of ``split``; its name changes whenever its inputs do."""
-        key = fingerprint(
-            version=PREPROCESSING_VERSION,
-            inputs=self.split_inputs(split),
-            tokenizer=tokenizer_signature(self.tokenizer),
-            settings=self.preprocess_settings(),
-        )
-        return self.cache_dir / f"{split}-{key}"
+        def look() -> Path:
+            key = fingerprint(
+                version=PREPROCESSING_VERSION,
+                inputs=self.split_inputs(split),
+                tokenizer=tokenizer_signature(self.tokenizer),
+                settings=self.preprocess_settings(),
+            )
+            return self.cache_dir / f"{split}-{key}"
+
+        return self.looked_at(("split", split), look)
+
+    def looked_at(self, key: tuple, look: Callable[[], Any]) -> Any:
+        """``look()`` once per :meth:`prepare_data` (or once in a process that only sets up): a split's folder is
+        asked for by the build lock, the build, ``setup`` and ``prepare``'s summary, and an image folder by both
+        splits that read it. Each look walks and stats every image (118k of COCO's: 5-10 s, far more on a
+        network disk)."""
+        if key not in self._looked_at:
+            self._looked_at[key] = look()
+        return self._looked_at[key]
+
+    def signed_folder(self, folder: Path) -> dict:
+        return self.looked_at(("folder", folder), lambda: folder_signature(folder, self.cache_dir))
 
     def features_folder(self, split_folder: Path) -> Path:
         return features_folder(split_folder, self.image_processor_name, self.vision_feature_layer)
@@ -230,6 +247,7 @@ class PreprocessedDataModule(BackbonesDataModule):
         prepare`` asks) that are not already on disk - Lightning runs this on one process per node - and with
         ``cache_image_features`` compute the vision features of their images. ``test`` on Karpathy's test
         split preprocessed his 113,287 training images first."""
+        self._looked_at.clear()  # the inputs as they are now, not as an earlier prepare_data of this module found them
         splits = self.stage_splits()
         command = getattr(getattr(getattr(self.trainer, "state", None), "fn", None), "value", None)
         for split in dict.fromkeys(splits[name] for name in STAGE_SPLITS.get(command, list(splits))):

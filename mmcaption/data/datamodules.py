@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
-from mmcaption.data.cache import file_signature, files_signature, folder_signature
+from mmcaption.data.cache import file_signature, files_signature
 from mmcaption.data.coco import (
     coco_records,
     image_records,
@@ -146,10 +146,10 @@ class CaptionDataModule(PreprocessedDataModule):
                 raise DataError(f"Karpathy split file not found: {self.karpathy_file}")
             folders = [self.data_dir / name for name in ("train2014", "val2014") if (self.data_dir / name).is_dir()]
             return {"karpathy": file_signature(self.karpathy_file), "split": split,
-                    "images": [folder_signature(folder, self.cache_dir) for folder in folders or [self.data_dir]]}
+                    "images": [self.signed_folder(folder) for folder in folders or [self.data_dir]]}
         annotation_file = self.annotation_file(split)
         require_annotation_file(annotation_file)
-        signature = {"annotations": file_signature(annotation_file), "images": folder_signature(self.data_dir / split, self.cache_dir)}
+        signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(self.data_dir / split)}
         outside = images_outside_folder(annotation_file, self.data_dir / split)
         if outside:  # a labelling tool's absolute file names (none in the official files, whose caches keep their names)
             signature["outside the image folder"] = files_signature(outside, str(annotation_file.resolve()), self.cache_dir)
@@ -271,8 +271,8 @@ class InstructDataModule(PreprocessedDataModule):
                             "datasets' Dataset.to_json(\"conversations.jsonl\"), images as paths under image_root")
         if not file.is_file():
             raise DataError(f"LLaVA conversation file not found: {file}")
-        signature = {"file": file_signature(file), "side": side, "images": folder_signature(self.image_root, self.cache_dir)}
-        outside = images_outside_root(file, self.image_root)
+        signature = {"file": file_signature(file), "side": side, "images": self.signed_folder(self.image_root)}
+        outside = self.looked_at(("outside", file), lambda: images_outside_root(file, self.image_root))
         if outside:  # absolute image paths (none in LLaVA's own files, whose caches keep their names)
             signature["outside image_root"] = files_signature(outside, str(file.resolve()), self.cache_dir)
         return signature
