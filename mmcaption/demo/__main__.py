@@ -1,3 +1,3 @@
-from mmcaption.scripts import demo
+from mmcaption.demo.run import main
 
-demo()
+main()
