@@ -39,6 +39,7 @@ from lightning_utilities.core.imports import RequirementCache
 
 from mmcaption.errors import MMCaptionError, disk_full
 from mmcaption.evaluation.report import file_sha256
+from mmcaption.folders import umask
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
 from mmcaption.model.config import settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
@@ -102,7 +103,7 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private; a checkpoint is not
+        os.chmod(temporary, 0o666 & ~umask())  # mkstemp makes the file private; a checkpoint is not
         with os.fdopen(descriptor, "wb") as file:
             torch.save(checkpoint, file)
             file.flush()
@@ -115,12 +116,6 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
             raise OSError(full.errno, full.strerror, str(path)) from error
         raise
     _sync_directory(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _sync_directory(directory: Path) -> None:

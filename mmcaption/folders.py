@@ -157,11 +157,17 @@ def staging_folder(folder: str | Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
 
 
+def umask() -> int:
+    """The process's umask (reading it means setting it: put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def as_umask_allows(folder: Path) -> None:
     """Give ``folder`` and everything in it the permissions a new file gets here (the umask's): a temporary
     folder is private, and ``safetensors`` writes its files private too, which a folder to share is not."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    mask = umask()
     for path in (folder, *folder.rglob("*")):
         if not path.is_symlink():
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)

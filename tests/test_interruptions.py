@@ -901,13 +901,22 @@ def test_a_build_killed_outright_leaves_a_staging_folder_that_the_next_build_rem
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o002, 0o775), (0o077, 0o700)])
 def test_a_preprocessed_split_folder_gets_the_permissions_the_umask_gives(tmp_path, umask, mode):
+    from PIL import Image
+
+    from mmcaption.data.cache import folder_signature
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "1.png")
     previous = os.umask(umask)  # was always private (mkdtemp's 0700): a team's shared cache unreadable by the others
     try:
-        with publish_atomically(tmp_path / "train2017-0123") as staging:
+        with publish_atomically(tmp_path / "cache" / "train2017-0123") as staging:
             (staging / "meta.json").write_text("{}")
+        folder_signature(tmp_path / "images", tmp_path / "cache")  # and its images' hashes, which others then made again
     finally:
         os.umask(previous)
-    assert (tmp_path / "train2017-0123").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "cache" / "train2017-0123").stat().st_mode & 0o777 == mode
+    [hashes] = (tmp_path / "cache").glob("image-hashes/*.json")
+    assert hashes.stat().st_mode & 0o777 == mode & 0o666
 
 
 def test_a_preprocessed_split_folder_in_a_teams_setgid_folder_keeps_the_bit(tmp_path):

@@ -19,7 +19,7 @@ from typing import Any
 import datasets
 
 from mmcaption.data.records import BadRecords, DataError
-from mmcaption.folders import walk_through_links
+from mmcaption.folders import umask, walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, shrink_image
 
 
@@ -132,6 +132,7 @@ def _write_memo(path: Path, memo: dict[str, list]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(temporary, 0o666 & ~umask())  # mkstemp's is private: in a shared cache, others would hash every image again
         with os.fdopen(descriptor, "w") as handle:
             json.dump(memo, handle)
         os.replace(temporary, path)
@@ -227,10 +228,8 @@ def publish_atomically(target: Path) -> Iterator[Path]:
     try:
         yield staging
         shutil.rmtree(staging / "build", ignore_errors=True)
-        mask = os.umask(0o022)
-        os.umask(mask)
         # mkdtemp's folder is private; a shared cache must be readable as others' files are (a setgid bit is kept)
-        os.chmod(staging, (os.stat(staging).st_mode & 0o7000) | (0o777 & ~mask))
+        os.chmod(staging, (os.stat(staging).st_mode & 0o7000) | (0o777 & ~umask()))
         try:
             os.replace(staging, target)
         except OSError:
