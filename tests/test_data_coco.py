@@ -35,9 +35,12 @@ def edit_annotations(root: Path, split: str, edit) -> None:
     path.write_text(json.dumps(content))
 
 
-def test_preprocessing_stores_each_image_once_and_tokenizes_every_caption(backbones, coco_copy):
+def test_preprocessing_stores_each_image_once_and_tokenizes_every_caption(backbones, coco_copy, capfd):
     dm = make_datamodule(backbones, coco_copy)
     dm.prepare_data()
+    bars = capfd.readouterr().err  # each pass's bar names its split and what it stores (all four said "train")
+    assert all(f"Generating {name} split: " in bars for name in
+               ("train2017.images", "train2017.captions", "val2017.images", "val2017.captions"))
     folder = dm.split_folder("train2017")
     images = datasets.load_from_disk(str(folder / "images"))
     captions = datasets.load_from_disk(str(folder / "captions"))

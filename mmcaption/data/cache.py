@@ -8,6 +8,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -326,9 +327,11 @@ def write_image_text_split(
                 yield row
 
     def build(generator, features, name):
+        # datasets' bar says "Generating <split> split": the split and the pass ("train2017.images"), not "train" for all
+        shown = datasets.NamedSplit(re.sub(r"\W", "_", target.name.rsplit("-", 1)[0]) + "." + name)
         try:
             return datasets.Dataset.from_generator(
-                generator, features=features, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-{name}"
+                generator, features=features, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-{name}", split=shown
             )
         except ValueError:
             records.raise_deferred()  # no image at all may be because none could be decoded: say which
