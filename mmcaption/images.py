@@ -34,6 +34,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".we
 # modes), below what would take tens of gigabytes of memory (a gigapixel is 3 GB as RGB)
 MAX_PIXELS = 1_000_000_000
 _LIMIT_LOCK = threading.RLock()
+# formats whose decoding never reads Pillow's limit (a GIF's frames and a TIFF's tiles do): decoded outside the lock, so
+# that threads shrinking photos while a split is preprocessed decode them at once
+_LIMIT_READ_AT_OPEN_ONLY = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "HEIF", "AVIF"}
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -51,19 +54,26 @@ def opened(data: bytes) -> Iterator[Image.Image]:
     for the whole block it is ours, under a lock, and the user's setting is put back after."""
     if not data:
         raise UnidentifiedImageError("the file is empty (0 bytes)")
-    with _LIMIT_LOCK:
-        default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, with its own message
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise Image.DecompressionBombError(
-                        f"{width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,} mmcaption decodes "
-                        "(mmcaption.images.MAX_PIXELS)")
+    _LIMIT_LOCK.acquire()
+    locked = True
+    default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, with its own message
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,} mmcaption decodes "
+                    "(mmcaption.images.MAX_PIXELS)")
+            if image.format in _LIMIT_READ_AT_OPEN_ONLY:  # other threads may open theirs while this one decodes
+                Image.MAX_IMAGE_PIXELS, locked = default, False
+                _LIMIT_LOCK.release()
+            else:
                 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # what decoding checks (a TIFF's tiles): no more than the image
-                yield image
-        finally:
+            yield image
+    finally:
+        if locked:
             Image.MAX_IMAGE_PIXELS = default
+            _LIMIT_LOCK.release()
 
 
 def check_image(data: bytes) -> str | None:

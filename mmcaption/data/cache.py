@@ -12,7 +12,9 @@ import re
 import shutil
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -309,12 +311,10 @@ def write_image_text_split(
     produced = {"images": 0, "rows": 0}
 
     def image_rows():
-        for image_row, items in entries:
+        for image_row, items in entries if image_size is None else _shrunk(entries, image_size):
             if image_row is None:
                 without_image.append(items)
                 continue
-            if image_size is not None:
-                image_row = dict(image_row, image=shrink_image(image_row["image"], image_size))
             items_by_image.append(items)
             produced["images"] += 1
             yield image_row
@@ -354,6 +354,34 @@ def write_image_text_split(
         (staging / "meta.json").write_text(json.dumps(metadata, indent=2, default=str))  # paths given as Path
     records.warn_if_any()
     return target
+
+
+def preprocessing_threads() -> int:
+    """Threads that shrink images while a split is preprocessed: the cores this process may use, up to 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _shrunk(entries: Iterator[tuple[dict | None, Any]], image_size: int) -> Iterator[tuple[dict | None, Any]]:
+    """``entries`` in their order, each image row's image shrunk to ``image_size`` (:func:`shrink_image`) by a pool of
+    threads: Pillow decodes, resizes and encodes without the GIL, and one core did COCO's 118k photos in ~25 minutes."""
+    threads = preprocessing_threads()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="mmcaption-shrink")
+    window: deque[tuple[dict | None, Any, Future | None]] = deque()  # a few images ahead, in order
+
+    def done(image_row: dict | None, items: Any, future: Future | None) -> tuple[dict | None, Any]:
+        return (None if image_row is None else dict(image_row, image=future.result())), items
+
+    try:
+        for image_row, items in entries:
+            window.append((image_row, items, None if image_row is None else pool.submit(shrink_image, image_row["image"],
+                                                                                         image_size)))
+            if len(window) > 4 * threads:
+                yield done(*window.popleft())
+        while window:
+            yield done(*window.popleft())
+    finally:  # Ctrl-C, or a bad record refused: the images queued are dropped, not shrunk first
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager
