@@ -201,16 +201,17 @@ def load_trainable_tensors(checkpoint: dict[str, Any], model: MultimodalCausalLM
 
 
 def model_from_checkpoint(
-    path: str | Path, device: torch.device | str | None = None, pretrained_weights: bool = True
+    path: str | Path, device: torch.device | str | None = None, pretrained_weights: bool = True, **backbones: str
 ) -> tuple[MultimodalCausalLM, dict[str, Any]]:
-    """The model a Lightning checkpoint of ``mmcaption fit`` holds (built from the config it stores),
-    and the checkpoint itself. Without ``pretrained_weights`` only the checkpoint's trained tensors have
-    values (the backbones' weights are never read; :func:`mmcaption.model.structure.model_structure`):
-    enough to write them out, not to run the model."""
+    """The model a Lightning checkpoint of ``mmcaption fit`` holds (built from the config it stores, with
+    ``backbones``' folders where they moved), and the checkpoint itself. Without ``pretrained_weights`` only the
+    checkpoint's trained tensors have values (the backbones' weights are never read;
+    :func:`mmcaption.model.structure.model_structure`): enough to write them out, not to run the model."""
     checkpoint = load_checkpoint_file(path)
     saved = checkpoint.get("model_config") or checkpoint.get("hyper_parameters", {}).get("config")
     if saved is None:
         raise CheckpointFileError(f"{path}: no model config in it; is it a checkpoint of mmcaption fit?")
+    saved = {**saved, **backbones}
     if pretrained_weights:
         model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device)
         load_trainable_tensors(checkpoint, model)
@@ -274,10 +275,37 @@ def restore_loader_position(trainer) -> None:
     fit_loop = trainer.fit_loop
     if not (fit_loop.restarting and getattr(fit_loop, "_combined_loader_states_to_load", None)):
         return
+    # saved after an epoch's last batch (the max_steps save, when max_steps stopped there): loading that epoch's end
+    # left the next epoch empty. It starts from its first batch, in its own order, counting its batches from 0 as
+    # Lightning does after a save at a batch's end that ended its epoch. (A save inside the epoch's end, which
+    # Lightning runs again first, loads it: that end finds no batch left.)
+    ended = fit_loop.epoch_loop.batch_progress.is_last_batch and not fit_loop.restarted_on_epoch_end
+    if ended:
+        fit_loop._combined_loader_states_to_load = []
+        loop = fit_loop.epoch_loop
+        for progress in (loop.batch_progress, loop.scheduler_progress, loop.automatic_optimization.optim_progress):
+            progress.reset_on_run()
     for loader in fit_loop._combined_loader.flattened:
         _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
-    fit_loop._load_combined_loader_states()
-    iter(fit_loop._data_fetcher)
+    fit_loop._load_combined_loader_states()  # (none left to load after an epoch's end)
+    iter(fit_loop._data_fetcher)  # Lightning makes no new iterator for a resumed run's first epoch
+
+
+# Lightning issue #19617 (open): a run whose max_steps stopped it at an epoch's last batch, resumed with a larger
+# max_steps, counts that epoch's end twice. Same bound and the same way out as LOADER_POSITION_WORKAROUND.
+FINISHED_EPOCH_WORKAROUND = not RequirementCache("lightning>=2.7")
+
+
+def count_the_finished_epoch_once(trainer) -> None:
+    """A resume from a checkpoint saved at an epoch's end, under ``max_steps`` (call from ``on_train_start``): Lightning
+    (2.6) ends that epoch again and adds it to the epochs processed a second time. The next epoch was then shuffled
+    as the one after it (the sampler's order is the seed plus that count), and ``max_epochs`` came an epoch early:
+    a run resumed to train longer trained nothing and wrote no checkpoint. Taken back here, before Lightning adds it
+    (and before :func:`restore_loader_position`, which starts the next epoch's order)."""
+    fit_loop = trainer.fit_loop
+    if FINISHED_EPOCH_WORKAROUND and fit_loop.restarted_on_epoch_end:  # only a max_steps run restarts at an epoch's end
+        for counts in (fit_loop.epoch_progress.current, fit_loop.epoch_progress.total):
+            counts.processed -= 1
 
 
 def schedule_from_here(trainer, learning_rate: float) -> None:

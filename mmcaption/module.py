@@ -25,6 +25,7 @@ from mmcaption import random_state
 from mmcaption.checkpoint import (
     check_checkpoint,
     check_trainable_state,
+    count_the_finished_epoch_once,
     follow_a_moved_checkpoint_folder,
     load_initial_weights,
     restore_loader_position,
@@ -172,6 +173,7 @@ class MultimodalCaptioner(LightningModule):
         return chunked_cross_entropy(hidden, self.model.output_head, batch["labels"])
 
     def on_train_start(self) -> None:
+        count_the_finished_epoch_once(self.trainer)  # a resume at an epoch's end goes on with the next epoch's order
         restore_loader_position(self.trainer)  # a mid-epoch resume continues with the next batch
         if self.trainer.ckpt_path:
             schedule_from_here(self.trainer, self.learning_rate)

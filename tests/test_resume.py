@@ -275,6 +275,33 @@ def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_le
     assert load_checkpoint_file(workdir / "checkpoints-longer" / "last.ckpt")["global_step"] == MAX_STEPS
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("resume")  # shares the module's uninterrupted run
+def test_training_longer_from_a_max_steps_stop_at_an_epochs_end_goes_on_with_the_next_epochs_order(straight):
+    # Lightning counted the finished epoch twice (its issue #19617): the next epoch was shuffled as the one after it,
+    # and max_epochs came an epoch early (a run resumed to train longer trained nothing)
+    workdir, straight_steps = straight
+    at_epoch_end = workdir / "at-epoch-end.yaml"  # also a checkpoint saved inside the epoch's end, as validations' are
+    at_epoch_end.write_text(yaml.safe_dump({"trainer": {"callbacks+": [{
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(workdir / "checkpoints-epochs"), "monitor": None, "every_n_epochs": 1,
+                      "save_on_train_epoch_end": True}}]}}))
+    run(fit_command(workdir, "epoch-end", max_steps=STEPS_PER_EPOCH, extra=("--config", str(at_epoch_end))), workdir)
+    last = workdir / "checkpoints-epoch-end" / "last.ckpt"  # the max_steps save, after the epoch's last batch
+    [inside] = (workdir / "checkpoints-epochs").glob("*.ckpt")
+    for name, checkpoint in (("after", last), ("inside", inside)):
+        run(fit_command(workdir, f"epoch-end-{name}", ckpt_path=checkpoint), workdir)
+        longer = records(workdir / f"epoch-end-{name}.jsonl")
+        assert sorted(longer) == list(range(STEPS_PER_EPOCH + 1, MAX_STEPS + 1)), name
+        for step in longer:
+            assert longer[step]["first_ids"] == straight_steps[step]["first_ids"], (name, step)
+    two_epochs = subprocess.run(fit_command(workdir, "epoch-end-two", ckpt_path=last, max_steps=100,
+                                            extra=("--trainer.max_epochs", "2")),
+                                cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert two_epochs.returncode == 0, two_epochs.stderr[-3000:]
+    assert sorted(records(workdir / "epoch-end-two.jsonl")) == list(range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1))
+
+
 KILL_DURING_WRITE = """
 import sys, time, torch
 from mmcaption.checkpoint import save_atomically
