@@ -26,7 +26,7 @@ from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import check_image
 from mmcaption.inference import Captioner
 from mmcaption.model import is_pretrained_folder
-from mmcaption.usage import app_parser
+from mmcaption.usage import app_parser, backbones_given
 
 TITLE = "mmcaption"
 
@@ -41,16 +41,17 @@ def check_source(model: str | None, checkpoint: str | None) -> None:
         raise ConfigError(f"checkpoint not found: {checkpoint}")
 
 
-def load_captioner(model: str | None = None, checkpoint: str | None = None, device: str | None = None) -> Captioner:
+def load_captioner(model: str | None = None, checkpoint: str | None = None, device: str | None = None,
+                   **backbones: str) -> Captioner:
     """The model of an exported folder, or of a training checkpoint (exported to a temporary folder
-    first: the checkpoint holds its config, the backbones load from the names it records)."""
+    first: the checkpoint holds its config, the backbones load from the names it records, or ``backbones``)."""
     check_source(model, checkpoint)
     if model is not None:
-        return Captioner.from_pretrained(model, device=device)
+        return Captioner.from_pretrained(model, device=device, **backbones)
     from mmcaption.export import export_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="mmcaption-app-") as folder:
-        export_checkpoint(checkpoint, Path(folder) / "model")
+        export_checkpoint(checkpoint, Path(folder) / "model", **backbones)
         return Captioner.from_pretrained(Path(folder) / "model", device=device)
 
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise ConfigError('the app needs Gradio: pip install "mmcaption[app]" (or pip install -e ".[app]")') from None
-    captioner = load_captioner(args.model, args.checkpoint, args.device)
+    captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
     page = build(captioner, Path(args.model or args.checkpoint).name)
     shown = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host  # every interface: not an address to open
     print(f"mmcaption-app: serving {args.model or args.checkpoint} on http://{shown}:{args.port}", flush=True)

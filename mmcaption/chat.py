@@ -24,7 +24,7 @@ from mmcaption.images import check_image, fetch, is_url
 from mmcaption.inference import Captioner
 from mmcaption.model import is_pretrained_folder
 from mmcaption.tasks import check_generation
-from mmcaption.usage import chat_parser
+from mmcaption.usage import backbones_given, chat_parser
 
 HELP = "/image PATH: another image (a new conversation) - /reset: a new conversation - /quit: end"
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.min_new_tokens is not None:
         settings["min_new_tokens"] = args.min_new_tokens
     check_generation(settings, "mmcaption chat")
-    captioner = Captioner.from_pretrained(args.model, device=args.device)
+    captioner = Captioner.from_pretrained(args.model, device=args.device, **backbones_given(args))
     if hasattr(sys.stdin, "reconfigure"):  # a line of other bytes is skipped, not the end of the chat
         sys.stdin.reconfigure(errors="surrogateescape")
     interactive = sys.stdin.isatty()

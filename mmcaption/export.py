@@ -29,7 +29,7 @@ from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.card import DATA_SETTINGS
 from mmcaption.model.multimodal import CONFIG_FILE
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
-from mmcaption.usage import export_parser
+from mmcaption.usage import backbones_given, export_parser
 
 
 def epochs_completed(checkpoint: dict[str, Any]) -> int | None:
@@ -77,14 +77,15 @@ def copy_backbone(name: str, target: Path) -> str:
 
 
 def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False,
-                      license: str = "apache-2.0", include_backbones: bool = False) -> Path:
+                      license: str = "apache-2.0", include_backbones: bool = False, **backbones: str) -> Path:
     """Write the model of a Lightning checkpoint, with the prompts and generation settings it was
     trained and validated with, to the folder ``out`` (refused when it holds anything, unless ``overwrite``).
     ``license`` is the Hub license id the model card declares for what was trained. With
     ``include_backbones`` the language model and the vision tower are copied into ``backbones/`` and the
-    folder loads from them: it works with nothing else, offline."""
+    folder loads from them: it works with nothing else, offline. ``backbones``: ``language_model`` / ``vision_model``
+    folders where they are now, when they moved since training (the export records these)."""
     out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,))
-    model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False)  # the trained tensors suffice
+    model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False, **backbones)  # the trained tensors suffice
     # again, now that the backbones' folders are known, and with --overwrite only over an earlier export (the check
     # above refuses before the checkpoint is read)
     local_backbones = [name for name in (model.config.language_model, model.config.vision_model) if Path(name).exists()]
@@ -117,7 +118,8 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
 def main(argv: list[str] | None = None) -> None:
     """The ``mmcaption-export`` console script."""
     args = export_parser().parse_args(argv)
-    out = export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite, args.license, args.include_backbones)
+    out = export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite, args.license, args.include_backbones,
+                            **backbones_given(args))
     print(f"exported to {out}")
 
 

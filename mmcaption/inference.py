@@ -46,10 +46,12 @@ class Captioner:
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, device: str | torch.device | None = None, quantization: Quantization | None = None
+        cls, folder: str | Path, device: str | torch.device | None = None, quantization: Quantization | None = None,
+        language_model: str | None = None, vision_model: str | None = None,
     ) -> Captioner:
         """Rebuild the model of a saved folder (backbones from their own names, trained parts from the
-        folder), optionally with another quantization for inference."""
+        folder), optionally with another quantization for inference. ``language_model`` / ``vision_model``: where a
+        backbone is now, when its folder moved since training (a merged export holds its language model)."""
         folder = Path(folder)
         check_device(device)
         manifest = read_manifest(folder)  # refuses, saying so, a folder that is not a saved model's
@@ -58,7 +60,9 @@ class Captioner:
         if missing:  # found before the model loads; a missing tokenizer/ was looked for on the Hub
             raise NotAModelFolderError(f"{folder} lacks {', '.join(missing)} of a saved model folder (copied in part?); "
                                        "write it again with mmcaption-export")
-        model = MultimodalCausalLM.from_pretrained(folder, device=device, **({"quantization": quantization} if quantization else {}))
+        overrides = {name: value for name, value in (("quantization", quantization), ("language_model", language_model),
+                                                     ("vision_model", vision_model)) if value}
+        model = MultimodalCausalLM.from_pretrained(folder, device=device, **overrides)
         processor = load_image_processor(str(folder / "image_processor"))
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
 

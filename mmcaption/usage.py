@@ -26,6 +26,19 @@ def described(module: str, prog: str | None = None) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the backbones are now: a checkpoint or an export records their folders as they were at training."""
+    for name, what in (("language_model", "language model"), ("vision_model", "vision tower")):
+        parser.add_argument(f"--{name}", default=None,
+                            help=f"the {what}'s folder (or hub id) if it is no longer where training found it: a project "
+                                 "moved or copied to another machine")
+
+
+def backbones_given(args: argparse.Namespace) -> dict[str, str]:
+    """The backbone folders given on the command line, as config overrides."""
+    return {name: getattr(args, name) for name in ("language_model", "vision_model") if getattr(args, name, None)}
+
+
 def export_parser() -> argparse.ArgumentParser:
     parser = described("mmcaption.export", "mmcaption-export")
     parser.add_argument("checkpoint", help="a Lightning checkpoint of mmcaption fit")
@@ -37,6 +50,7 @@ def export_parser() -> argparse.ArgumentParser:
                         help="Hub license id the model card declares (default apache-2.0; mind the data's and base models')")
     parser.add_argument("--include_backbones", action="store_true",
                         help="copy the language model and the vision tower into the folder: it then works with nothing else")
+    add_backbone_arguments(parser)
     return parser
 
 
@@ -49,6 +63,7 @@ def chat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min_new_tokens", type=int, default=None)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampling at this temperature")
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling (with --temperature above 0)")
+    add_backbone_arguments(parser)
     return parser
 
 
@@ -60,6 +75,7 @@ def app_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
+    add_backbone_arguments(parser)
     return parser
 
 

@@ -731,3 +731,36 @@ def test_the_model_card_counts_an_epoch_whose_last_batch_a_validation_saved_as_c
     assert epochs_completed(checkpoint(2, 2, 2, 469)) == 2  # saved after Lightning closed the epoch (end of training)
     assert epochs_completed({"epoch": 4}) == 4  # a checkpoint without the loops' record: as it says
 
+
+
+def test_a_project_moved_since_training_exports_and_loads_with_the_backbones_new_folders(backbones, trained_checkpoint, tmp_path,
+                                                                                         capsys):
+    # the checkpoint (and an export) record the backbones' folders as training found them: after `mv project elsewhere`,
+    # or a copy to another machine, a symlink at the old absolute path was the only way
+    from mmcaption.chat import main as chat_main
+
+    moved = tmp_path / "moved"
+    shutil.copytree(backbones[0].parent, moved)
+    gone = tmp_path / "gone"  # where training found them
+    checkpoint = torch.load(trained_checkpoint, weights_only=False)
+    for config in (checkpoint["hyper_parameters"]["config"], checkpoint.get("model_config") or {}):
+        config.update(language_model=str(gone / backbones[0].name), vision_model=str(gone / backbones[1].name))
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "old.ckpt"), str(tmp_path / "refused")])
+    assert "give where it is now (--language_model / --vision_model of mmcaption-export" in capsys.readouterr().err
+    now = ["--language_model", str(moved / backbones[0].name), "--vision_model", str(moved / backbones[1].name)]
+    export_main([str(tmp_path / "old.ckpt"), str(tmp_path / "export"), *now])
+    recorded = json.loads((tmp_path / "export" / "mmcaption.json").read_text())["model"]
+    assert recorded["language_model"] == str(moved / backbones[0].name)  # the export records where they are now
+    image = Image.new("RGB", (32, 32), "red")
+    expected = Captioner.from_pretrained(tmp_path / "export").caption(image)
+    # that export moved on in turn: its recorded folders gone too
+    shutil.move(moved, tmp_path / "again")
+    again = {"language_model": str(tmp_path / "again" / backbones[0].name), "vision_model": str(tmp_path / "again" / backbones[1].name)}
+    assert Captioner.from_pretrained(tmp_path / "export", **again).caption(image) == expected
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", __import__("io").StringIO("What is it?\n"))
+        chat_main(["--model", str(tmp_path / "export"), "--language_model", again["language_model"],
+                   "--vision_model", again["vision_model"], "--max_new_tokens", "3"])
+    assert capsys.readouterr().out.strip()

@@ -91,7 +91,9 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
         if is_local_path(name) and not Path(name).expanduser().exists():  # not a hub id: downloading would not help
             raise BackboneNotFoundError(
                 f"cannot load the {what}: {name} is no folder (any more). A checkpoint or an export records the folders "
-                f"of its backbones: put the folder back there, or link it (ln -s <where it is now> {name})") from error
+                f"of its backbones: give where it is now (--language_model / --vision_model of mmcaption-export, chat and "
+                f"the app; Captioner.from_pretrained's language_model= / vision_model=; --model.config.* of the CLI), put "
+                f"the folder back there, or link it (ln -s <where it is now> {name})") from error
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         folder = Path(name).expanduser()
         if folder.is_dir():  # a local folder that lacks the files: there is nothing to download
