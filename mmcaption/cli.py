@@ -32,7 +32,13 @@ from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, locks_released_after, remove_unused_run
 from mmcaption.model.backbones import check_backbone
-from mmcaption.model.config import STRUCTURAL_SETTINGS, absolute_if_local, precision_problem
+from mmcaption.model.config import (
+    STRUCTURAL_SETTINGS,
+    flat_settings,
+    nested_settings,
+    precision_problem,
+    same_setting,
+)
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
 from mmcaption.slurm import requeued_checkpoint
@@ -155,13 +161,13 @@ class MMCaptionCLI(LightningCLI):
             saved.pop(key, None)
         if not saved:
             return
-        given = _flatten(self.config[subcommand]["model"].as_dict())
+        given = flat_settings(self.config[subcommand]["model"].as_dict())
         written = self._written_model_settings(subcommand)
-        defaults = _flatten(self._subcommand_parsers[subcommand].get_defaults()["model"].as_dict())
-        merged, notes, refused = _flatten(saved), [], []
+        defaults = flat_settings(self._subcommand_parsers[subcommand].get_defaults()["model"].as_dict())
+        merged, notes, refused = flat_settings(saved), [], []
         for key, value in given.items():
             unset = key not in written if written is not None else value == defaults.get(key)
-            if unset or key not in merged or _same(key, value, merged[key]) or key == "init_from":
+            if unset or key not in merged or same_setting(key, value, merged[key]) or key == "init_from":
                 continue  # not set by the user, unknown to the checkpoint, the same, or unused (its weights are replaced)
             if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
                 refused.append(f"{key}: checkpoint {merged[key]!r}, given {value!r}")
@@ -176,7 +182,7 @@ class MMCaptionCLI(LightningCLI):
         if notes and rank_zero_only.rank == 0:  # the CLI's own note, as its errors: straight to the console
             print(f"--ckpt_path {ckpt_path}: using the settings you gave instead of the checkpoint's: {'; '.join(notes)}",
                   file=sys.stderr, flush=True)
-        self.config = self.parser.parse_object({subcommand: {"model": _unflatten(merged)}}, self.config)
+        self.config = self.parser.parse_object({subcommand: {"model": nested_settings(merged)}}, self.config)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._arguments = sys.argv[1:] if args is None else args
@@ -200,7 +206,7 @@ class MMCaptionCLI(LightningCLI):
                 written = self.parser.parse_args(self._arguments, defaults=False)[subcommand].get("model")
         except (SystemExit, Exception):  # noqa: BLE001 - parsed once already; fall back to comparing with defaults
             return None
-        return set(_flatten(written.as_dict())) if written is not None else set()
+        return set(flat_settings(written.as_dict())) if written is not None else set()
 
     def after_instantiate_classes(self) -> None:
         """Before anything is loaded: every folder the run will write is writable, a checkpoint folder
@@ -240,6 +246,8 @@ class MMCaptionCLI(LightningCLI):
                 folder = getattr(logger, "save_dir", None) or getattr(logger, "root_dir", None)
                 if folder:
                     check_writable(folder, "logs")
+            if trainer.logger is None:  # the results of each evaluation go here: found now, not after generating
+                check_writable(trainer.default_root_dir, "evaluation results (trainer.default_root_dir)")
         stage, needed = getattr(self, "_checkpoint_stage", None), getattr(self.datamodule, "stage_needed", "")
         if self.subcommand != "fit" and stage and needed and stage != needed and trainer.global_rank == 0:
             print(f"note: {self.config[self.subcommand].ckpt_path} is a checkpoint of the {stage} stage; "
@@ -263,38 +271,6 @@ def check_keyword_checkpoint(ckpt_path: Any, trainer: Trainer, subcommand: str) 
     holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
     why = "there is no last.ckpt in" if ckpt_path == "last" else "only the run that trained knows which checkpoint was best in"
     raise ConfigError(f"{subcommand} --ckpt_path {ckpt_path}: {why} {where}{holds}. Give the checkpoint's path")
-
-
-PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")
-
-
-def _same(key: str, given: Any, saved: Any) -> bool:
-    """Whether a setting given equals the checkpoint's (a relative folder equals its absolute path)."""
-    if key in PATH_SETTINGS and isinstance(given, str) and isinstance(saved, str):
-        return absolute_if_local(given) == absolute_if_local(saved)
-    return given == saved
-
-
-def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"config": {"lora_r": 8}}`` -> ``{"config.lora_r": 8}`` (the model's config only; other dicts,
-    like ``generation``, are one setting)."""
-    flat = {}
-    for key, value in settings.items():
-        if key == "config" and isinstance(value, dict) and not prefix:
-            flat.update(_flatten(value, "config."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        if key.startswith("config."):
-            nested.setdefault("config", {})[key.removeprefix("config.")] = value
-        else:
-            nested[key] = value
-    return nested
 
 
 EPILOG = ("also: `mmcaption prepare --config C` checks and preprocesses a config's data and prints what it holds; "
@@ -358,6 +334,7 @@ def prepare(args: list[str]) -> int:
     """``mmcaption prepare --config ...``: preprocess the configured data module's splits (and its
     feature cache) without loading the language model, and print what each split holds. Returns the
     exit status: 0, or 1 with the data error's message."""
+    quiet_lightning()  # in a log file, no bars of redrawn counts (fit's own lines stay as they are)
     with warnings.catch_warnings():
         filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)  # argv minus 'prepare'

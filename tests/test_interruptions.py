@@ -395,6 +395,12 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
 
     cli = parse(["predict", "--ckpt_path", str(trained_checkpoint), *data])  # nothing given: the checkpoint's, silently
     assert cli.model.generation == {"max_new_tokens": 8}
+    # the run's own settings given again (its saved config.yaml): the same, so no note; a tuple is the list YAML gives back
+    config = tmp_path / "again.yaml"
+    config.write_text(f"model:\n  adam_betas: {list(saved['adam_betas'])}\n  learning_rate: {saved['learning_rate']}\n")
+    capsys.readouterr()
+    parse(["predict", "--config", str(config), "--ckpt_path", str(trained_checkpoint), *data])
+    assert "instead of the checkpoint's" not in capsys.readouterr().err
 
     # given, though equal to the default (2e-4; the checkpoint was trained at 3e-2): given, so it wins, as in a config
     assert saved["learning_rate"] == 3e-2
@@ -649,7 +655,8 @@ def test_a_true_precision_that_would_cast_the_packed_4_bit_weights_is_refused_be
                                                   "--trainer.precision", "64-true"])
 
 
-def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones, coco_root, tmp_path, monkeypatch):
+def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones, coco_root, trained_checkpoint, tmp_path,
+                                                                     monkeypatch):
     monkeypatch.chdir(tmp_path)
     no_backbones(monkeypatch)
     blocker = tmp_path / "a-file"
@@ -658,6 +665,16 @@ def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones,
         run_cli(fit_config(tmp_path, coco_root, backbones, blocker / "checkpoints"))
     with pytest.raises(NotWritableError, match=rf"cannot write logs to {blocker}/logs"):
         run_cli(fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints", log_dir=blocker / "logs"))
+    # validate writes its results where it runs (no logger): refused before the model loads, not after generating
+    validate = ["validate", *fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints")[1:]]
+    with pytest.raises(NotWritableError, match=rf"cannot write evaluation results \(trainer.default_root_dir\) to {blocker}/here"):
+        run_cli([*validate, "--ckpt_path", str(trained_checkpoint), "--trainer.default_root_dir", str(blocker / "here")])
+    # a dataset on a read-only mount keeps its default cache beside it: named with the setting, not a traceback
+    data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(blocker / "cache"), tokenizer=str(backbones[0]),
+                             image_processor=str(backbones[1]))
+    with pytest.raises(NotWritableError, match=rf"cannot write the preprocessed split train2017 to {blocker}/cache: .*; "
+                                                "set data.init_args.cache_dir to a folder you can write"):
+        data.prepare_data()
     if os.geteuid() != 0:  # permissions do not stop root
         read_only = tmp_path / "read-only"
         read_only.mkdir(mode=0o500)

@@ -34,6 +34,8 @@ from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
+from mmcaption.errors import NotWritableError
+from mmcaption.folders import check_writable
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
 STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}  # what each command reads
@@ -270,6 +272,11 @@ class PreprocessedDataModule(BackbonesDataModule):
                 return folder
             rank_zero_warn(f"the preprocessed split {folder} is damaged ({problem}); rebuilding it")
             shutil.rmtree(folder)
+        try:  # a read-only dataset folder (a shared mount) holds the default cache: said now, not as a traceback
+            check_writable(folder.parent, f"the preprocessed split {split}")
+        except NotWritableError as error:
+            raise NotWritableError(f"{error}; set data.init_args.cache_dir to a folder you can write (the default is "
+                                   "beside the data)") from None
         rank_zero_info(f"preprocessing split {split} into {folder} (once; later runs reuse it) ...")
         start = time.perf_counter()
         written = self.write_split(split, folder)

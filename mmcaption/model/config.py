@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Quantization = Literal["nf4", "fp4", "int8", "none"]
 DType = Literal["bfloat16", "float16", "float32"]
@@ -64,6 +64,42 @@ def absolute_if_local(name: str) -> str:
     """``name`` as an absolute path when it names an existing file or folder, else unchanged (a hub id)."""
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
+
+
+PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")
+
+
+def same_setting(key: str, given: Any, saved: Any) -> bool:
+    """Whether a setting given equals the checkpoint's (a relative folder equals its absolute path; a tuple, the list a
+    saved config.yaml gives back)."""
+    if key in PATH_SETTINGS and isinstance(given, str) and isinstance(saved, str):
+        return absolute_if_local(given) == absolute_if_local(saved)
+    if isinstance(given, tuple | list) and isinstance(saved, tuple | list):
+        return len(given) == len(saved) and all(same_setting(key, a, b) for a, b in zip(given, saved))
+    return given == saved
+
+
+def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"config": {"lora_r": 8}}`` -> ``{"config.lora_r": 8}`` (the model's config only; other dicts,
+    like ``generation``, are one setting)."""
+    flat = {}
+    for key, value in settings.items():
+        if key == "config" and isinstance(value, dict) and not prefix:
+            flat.update(flat_settings(value, "config."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def nested_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`flat_settings` flattened, nested again."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.startswith("config."):
+            nested.setdefault("config", {})[key.removeprefix("config.")] = value
+        else:
+            nested[key] = value
+    return nested
 
 
 # Settings that change what a trained tensor means: weights trained with others do not fit.
