@@ -6,53 +6,54 @@ their help and are handed on at once.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from mmcaption.demo.options import demo_parser
 from mmcaption.usage import app_parser, chat_parser, export_parser, pipeline_parser
 
 
-def _arguments(argv: list[str] | None) -> list[str]:
-    return sys.argv[1:] if argv is None else list(argv)
+def _parsed(argv: list[str] | None, parser: argparse.ArgumentParser, known: bool = False) -> list[str]:
+    """The script's arguments, parsed once here (``--help`` and mistakes end the process now), to hand on whole.
+    ``known``: a script that passes what it does not know on to ``fit``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    (parser.parse_known_args if known else parser.parse_args)(argv)
+    return argv
 
 
 def mmcaption(argv: list[str] | None = None) -> None:
     """``mmcaption``: Lightning's subcommands and ``prepare`` (:func:`mmcaption.cli.main`), and ``chat``."""
-    argv = _arguments(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["chat"]:
-        chat_parser().parse_args(argv[1:])
+        _parsed(argv[1:], chat_parser())
     from mmcaption.cli import main
 
     main(argv)
 
 
 def export(argv: list[str] | None = None) -> None:
-    argv = _arguments(argv)
-    export_parser().parse_args(argv)
+    argv = _parsed(argv, export_parser())
     from mmcaption.export import main
 
     main(argv)
 
 
 def app(argv: list[str] | None = None) -> None:
-    argv = _arguments(argv)
-    app_parser().parse_args(argv)
+    argv = _parsed(argv, app_parser())
     from mmcaption.app import main
 
     main(argv)
 
 
 def pipeline(argv: list[str] | None = None) -> None:
-    argv = _arguments(argv)
-    pipeline_parser().parse_known_args(argv)
+    argv = _parsed(argv, pipeline_parser(), known=True)
     from mmcaption.pipeline import main
 
     main(argv)
 
 
 def demo(argv: list[str] | None = None) -> None:
-    argv = _arguments(argv)
-    demo_parser().parse_known_args(argv)
+    argv = _parsed(argv, demo_parser(), known=True)
     from mmcaption.demo.run import main
 
     main(argv)
