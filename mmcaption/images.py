@@ -51,7 +51,8 @@ def opened(data: bytes) -> Iterator[Image.Image]:
     """``data`` opened with Pillow, refused (as a ``DecompressionBombError``) above :data:`MAX_PIXELS`
     rather than at Pillow's default limit; an empty file says so. Pillow reads its own limit from a
     module global when it opens an image and again while decoding some (a TIFF's tiles, a GIF's frames):
-    for the whole block it is ours, under a lock, and the user's setting is put back after."""
+    it is ours under a lock - while opening, and for those formats the whole block - and the user's setting
+    is put back after."""
     if not data:
         raise UnidentifiedImageError("the file is empty (0 bytes)")
     _LIMIT_LOCK.acquire()
