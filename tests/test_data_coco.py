@@ -36,8 +36,14 @@ def edit_annotations(root: Path, split: str, edit) -> None:
 
 
 def test_preprocessing_stores_each_image_once_and_tokenizes_every_caption(backbones, coco_copy, capfd):
-    dm = make_datamodule(backbones, coco_copy)
-    dm.prepare_data()
+    shown = datasets.is_progress_bar_enabled()  # off after a command run off a terminal in this process
+    datasets.enable_progress_bars()
+    try:
+        dm = make_datamodule(backbones, coco_copy)
+        dm.prepare_data()
+    finally:
+        if not shown:
+            datasets.disable_progress_bars()
     bars = capfd.readouterr().err  # each pass's bar names its split and what it stores (all four said "train")
     assert all(f"Generating {name} split: " in bars for name in
                ("train2017.images", "train2017.captions", "val2017.images", "val2017.captions"))
