@@ -305,8 +305,8 @@ def write_instruct_split(
     before any image is read, all at once; images that cannot be decoded all at the end of the image pass
     (under ``on_bad_record: error``, one run names every bad record, not one per run)."""
     too_long = {}
-    for conversation in conversations:
-        needed = template.first_question_length(conversation.turns[0][0], tokenizer)
+    lengths = template.first_question_lengths([conversation.turns[0][0] for conversation in conversations], tokenizer)
+    for conversation, needed in zip(conversations, lengths):
         if needed >= max_length:
             too_long[id(conversation)] = (f"id {conversation.id}: the first question needs {needed} tokens with the template, "
                                           f"leaving no room for an answer within max_length={max_length}")
