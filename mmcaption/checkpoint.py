@@ -275,16 +275,18 @@ def restore_loader_position(trainer) -> None:
     fit_loop = trainer.fit_loop
     if not (fit_loop.restarting and getattr(fit_loop, "_combined_loader_states_to_load", None)):
         return
-    # saved after an epoch's last batch (the max_steps save, when max_steps stopped there): loading that epoch's end
-    # left the next epoch empty. It starts from its first batch, in its own order, counting its batches from 0 as
-    # Lightning does after a save at a batch's end that ended its epoch. (A save inside the epoch's end, which
-    # Lightning runs again first, loads it: that end finds no batch left.)
-    ended = fit_loop.epoch_loop.batch_progress.is_last_batch and not fit_loop.restarted_on_epoch_end
+    # saved at its epoch's last batch, the epoch closed by now (the max_steps save after it, or a save at that batch's
+    # end, which Lightning closes on resuming): loading that epoch's end left the next epoch empty. It starts from its
+    # first batch, in its own order, counting its batches from 0 (after a save at the batch's end Lightning resets
+    # that count itself). A save before the epoch was closed - at a validation's end on the last batch, or inside the
+    # epoch's end - loads it: Lightning runs the rest of that epoch first, and finds no batch left.
+    progress, loop = fit_loop.epoch_progress.current, fit_loop.epoch_loop
+    ended = loop.batch_progress.is_last_batch and progress.processed == progress.started == progress.completed
     if ended:
         fit_loop._combined_loader_states_to_load = []
-        loop = fit_loop.epoch_loop
-        for progress in (loop.batch_progress, loop.scheduler_progress, loop.automatic_optimization.optim_progress):
-            progress.reset_on_run()
+        if not loop.restarted_on_train_batch_end:
+            for counts in (loop.batch_progress, loop.scheduler_progress, loop.automatic_optimization.optim_progress):
+                counts.reset_on_run()
     for loader in fit_loop._combined_loader.flattened:
         _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
     fit_loop._load_combined_loader_states()  # (none left to load after an epoch's end)

@@ -281,20 +281,31 @@ def test_training_longer_from_a_max_steps_stop_at_an_epochs_end_goes_on_with_the
     # Lightning counted the finished epoch twice (its issue #19617): the next epoch was shuffled as the one after it,
     # and max_epochs came an epoch early (a run resumed to train longer trained nothing)
     workdir, straight_steps = straight
-    at_epoch_end = workdir / "at-epoch-end.yaml"  # also a checkpoint saved inside the epoch's end, as validations' are
-    at_epoch_end.write_text(yaml.safe_dump({"trainer": {"callbacks+": [{
-        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-        "init_args": {"dirpath": str(workdir / "checkpoints-epochs"), "monitor": None, "every_n_epochs": 1,
-                      "save_on_train_epoch_end": True}}]}}))
-    run(fit_command(workdir, "epoch-end", max_steps=STEPS_PER_EPOCH, extra=("--config", str(at_epoch_end))), workdir)
-    last = workdir / "checkpoints-epoch-end" / "last.ckpt"  # the max_steps save, after the epoch's last batch
-    [inside] = (workdir / "checkpoints-epochs").glob("*.ckpt")
-    for name, checkpoint in (("after", last), ("inside", inside)):
-        run(fit_command(workdir, f"epoch-end-{name}", ckpt_path=checkpoint), workdir)
-        longer = records(workdir / f"epoch-end-{name}.jsonl")
-        assert sorted(longer) == list(range(STEPS_PER_EPOCH + 1, MAX_STEPS + 1)), name
-        for step in longer:
+
+    def saving(name: str, **settings) -> dict:
+        return {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": str(workdir / f"checkpoints-{name}"), "monitor": None, "save_top_k": -1, **settings}}
+
+    # every place a checkpoint is saved at an epoch's last batch: the max_steps save after it (the run's last.ckpt),
+    # at that batch's end (every_n_train_steps dividing the epoch), at a validation's end on it, inside the epoch's end
+    savers = workdir / "at-epoch-end.yaml"
+    savers.write_text(yaml.safe_dump({"trainer": {"callbacks+": [
+        saving("batch-end", every_n_train_steps=5), saving("validation-end", mode="max"),  # (mode: a key of its own)
+        saving("epoch-end-inside", every_n_epochs=1, save_on_train_epoch_end=True)]}}))
+    validating = ("--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "5", "--trainer.check_val_every_n_epoch", "1",
+                  "--data.init_args.val_caption_images", "0")
+    run(fit_command(workdir, "epoch-end", max_steps=STEPS_PER_EPOCH, extra=("--config", str(savers), *validating)), workdir)
+    last = workdir / "checkpoints-epoch-end" / "last.ckpt"
+    saved = {name: workdir / f"checkpoints-{name}" / f"epoch=0-step={STEPS_PER_EPOCH}.ckpt"
+             for name in ("batch-end", "validation-end", "epoch-end-inside")}
+    for name, checkpoint in (("after", last), *saved.items()):
+        run(fit_command(workdir, f"resumed-{name}", ckpt_path=checkpoint, max_steps=2 * STEPS_PER_EPOCH), workdir)
+        longer = records(workdir / f"resumed-{name}.jsonl")
+        assert sorted(longer) == list(range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1)), name
+        for step in range(STEPS_PER_EPOCH + 1, MAX_STEPS + 1):
             assert longer[step]["first_ids"] == straight_steps[step]["first_ids"], (name, step)
+        epoch = [sample for row in longer.values() for sample in row["samples"]]  # the whole next epoch, each sample once
+        assert len(epoch) == len(set(epoch)) == 8 * STEPS_PER_EPOCH, name
     two_epochs = subprocess.run(fit_command(workdir, "epoch-end-two", ckpt_path=last, max_steps=100,
                                             extra=("--trainer.max_epochs", "2")),
                                 cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=600)
