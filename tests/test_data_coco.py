@@ -120,6 +120,13 @@ def test_absolute_file_names_as_labelling_tools_write_them_train_and_their_conte
     (elsewhere / "three.jpg").unlink()
     with pytest.raises(DataError, match=r"1 of 12 referenced images are missing.*photos/three\.jpg"):
         make_datamodule(backbones, coco_copy).prepare_data()
+    # a Windows exporter's ..\\ and drive letters leave the folder too: their photos are followed as well
+    from mmcaption.data.records import outside_root
+
+    shutil.copy(coco_copy / "train2017" / "000000000005.jpg", elsewhere / "three.jpg")
+    found = outside_root(["..\\..\\photos\\three.jpg", "C:\\photos\\x.jpg", "000000000005.jpg"], coco_copy / "train2017")
+    assert found == [("..\\..\\photos\\three.jpg", str(coco_copy / "train2017" / "../../photos/three.jpg")),
+                     ("C:\\photos\\x.jpg", None)]
 
 
 def test_large_images_are_stored_at_the_model_size_and_give_the_same_pixels(backbones, coco_copy):

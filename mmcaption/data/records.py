@@ -9,7 +9,7 @@ import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
@@ -142,8 +142,8 @@ def existing_spelling(root: Path, name: str) -> str:
 def escapes_root(relative: str) -> bool:
     """Whether a record's image path is read from outside its image folder (absolute, or climbing out with
     ``..``), as LLaVA's and some labelling tools' files write them: read as written, followed by the cache."""
-    path = Path(relative)
-    return path.is_absolute() or bool(path.drive) or ".." in path.parts
+    path = Path(relative.replace("\\", "/") if os.sep == "/" else relative)  # a Windows exporter's ..\\photos too
+    return path.is_absolute() or bool(PureWindowsPath(relative).drive) or ".." in path.parts
 
 
 def outside_root(names: Iterable[str | None], root: Path) -> list[tuple[str, str | None]]:
