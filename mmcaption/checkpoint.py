@@ -258,6 +258,22 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
 LOADER_POSITION_WORKAROUND = not RequirementCache("lightning>=2.7")
 
 
+# Lightning issue #19617 (open): a run whose max_steps stopped it at an epoch's last batch, resumed with a larger
+# max_steps, counts that epoch's end twice. Same bound and the same way out as LOADER_POSITION_WORKAROUND.
+FINISHED_EPOCH_WORKAROUND = not RequirementCache("lightning>=2.7")
+
+
+def _count_the_finished_epoch_once(fit_loop) -> None:
+    """A resume from a checkpoint saved at an epoch's end, under ``max_steps``: Lightning
+    (2.6) ends that epoch again and adds it to the epochs processed a second time. The next epoch was then shuffled
+    as the one after it (the sampler's order is the seed plus that count), and ``max_epochs`` came an epoch early:
+    a run resumed to train longer trained nothing and wrote no checkpoint. Taken back here, before Lightning adds it
+    and before the loader is given the next epoch."""
+    if FINISHED_EPOCH_WORKAROUND and fit_loop.restarted_on_epoch_end:  # only a max_steps run restarts at an epoch's end
+        for counts in (fit_loop.epoch_progress.current, fit_loop.epoch_progress.total):
+            counts.processed -= 1
+
+
 def restore_loader_position(trainer) -> None:
     """Put a resumed run's training loader where the checkpoint left it (call from ``on_train_start``).
 
@@ -266,13 +282,15 @@ def restore_loader_position(trainer) -> None:
     builds the loader before the checkpoint is read and never loads that state (Lightning issue
     #20550): the resumed run would restart the epoch. Its first iterator is also created before the
     sampler learns the epoch. This loads the pending state and re-creates the iterator, with the
-    epoch set, as the upstream fix does. A no-op when nothing is pending (fresh runs, fixed Lightning).
+    epoch set, as the upstream fix does. A no-op when nothing is pending (fresh runs, fixed Lightning). A resume at
+    an epoch's end first has that epoch counted once (:func:`_count_the_finished_epoch_once`).
     """
-    if not LOADER_POSITION_WORKAROUND:
-        return
     from lightning.fabric.utilities.data import _set_sampler_epoch
 
     fit_loop = trainer.fit_loop
+    _count_the_finished_epoch_once(fit_loop)
+    if not LOADER_POSITION_WORKAROUND:
+        return
     if not (fit_loop.restarting and getattr(fit_loop, "_combined_loader_states_to_load", None)):
         return
     # saved at its epoch's last batch, the epoch closed by now (the max_steps save after it, or a save at that batch's
@@ -291,23 +309,6 @@ def restore_loader_position(trainer) -> None:
         _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
     fit_loop._load_combined_loader_states()  # (none left to load after an epoch's end)
     iter(fit_loop._data_fetcher)  # Lightning makes no new iterator for a resumed run's first epoch
-
-
-# Lightning issue #19617 (open): a run whose max_steps stopped it at an epoch's last batch, resumed with a larger
-# max_steps, counts that epoch's end twice. Same bound and the same way out as LOADER_POSITION_WORKAROUND.
-FINISHED_EPOCH_WORKAROUND = not RequirementCache("lightning>=2.7")
-
-
-def count_the_finished_epoch_once(trainer) -> None:
-    """A resume from a checkpoint saved at an epoch's end, under ``max_steps`` (call from ``on_train_start``): Lightning
-    (2.6) ends that epoch again and adds it to the epochs processed a second time. The next epoch was then shuffled
-    as the one after it (the sampler's order is the seed plus that count), and ``max_epochs`` came an epoch early:
-    a run resumed to train longer trained nothing and wrote no checkpoint. Taken back here, before Lightning adds it
-    (and before :func:`restore_loader_position`, which starts the next epoch's order)."""
-    fit_loop = trainer.fit_loop
-    if FINISHED_EPOCH_WORKAROUND and fit_loop.restarted_on_epoch_end:  # only a max_steps run restarts at an epoch's end
-        for counts in (fit_loop.epoch_progress.current, fit_loop.epoch_progress.total):
-            counts.processed -= 1
 
 
 def schedule_from_here(trainer, learning_rate: float) -> None:

@@ -25,7 +25,6 @@ from mmcaption import random_state
 from mmcaption.checkpoint import (
     check_checkpoint,
     check_trainable_state,
-    count_the_finished_epoch_once,
     follow_a_moved_checkpoint_folder,
     load_initial_weights,
     restore_loader_position,
@@ -173,8 +172,7 @@ class MultimodalCaptioner(LightningModule):
         return chunked_cross_entropy(hidden, self.model.output_head, batch["labels"])
 
     def on_train_start(self) -> None:
-        count_the_finished_epoch_once(self.trainer)  # a resume at an epoch's end goes on with the next epoch's order
-        restore_loader_position(self.trainer)  # a mid-epoch resume continues with the next batch
+        restore_loader_position(self.trainer)  # a resume continues with the next batch, or at an epoch's end the next epoch
         if self.trainer.ckpt_path:
             schedule_from_here(self.trainer, self.learning_rate)
 

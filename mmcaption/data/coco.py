@@ -3,7 +3,6 @@ memory-mapped Arrow folders (each image stored once, captions tokenized)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from mmcaption.data.records import (
     archive_hint,
     escapes_root,
     existing_spelling,
+    may_name_paths_outside,
     outside_root,
     read_json,
 )
@@ -122,15 +122,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     return [image for image in found if image.captions]
 
 
-# a file_name that may leave the image folder (absolute, a Windows drive, or with ``..``): a cheap look at the raw
-# file decides whether it is parsed for them (the official files have none)
-_MAY_LEAVE_FOLDER = re.compile(rb'"file_name"\s*:\s*"(?:/|\\\\|[A-Za-z]:|[^"]*\.\.)')
-
-
 def images_outside_folder(annotation_file: Path, image_dir: Path) -> list[tuple[str, str | None]]:
     """The images ``annotation_file`` names outside ``image_dir`` (a labelling tool's absolute paths), for the
     cache to follow their content as it follows the folder's."""
-    if not annotation_file.is_file() or not _MAY_LEAVE_FOLDER.search(annotation_file.read_bytes()):
+    if not annotation_file.is_file() or not may_name_paths_outside(annotation_file, rb'"file_name"\s*:\s*'):
         return []
     content = read_json(annotation_file, "COCO annotation file")
     entries = content.get("images") if isinstance(content, dict) else None

@@ -9,7 +9,6 @@ files' ``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assista
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from mmcaption.data.records import (
     existing_spelling,
     held_out,
     held_out_keys,
+    may_name_paths_outside,
     outside_root,
     read_json_list,
 )
@@ -106,15 +106,10 @@ def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str |
     return True, image or None
 
 
-# an image path that may leave image_root (absolute, a Windows drive, or with ``..``): a cheap look at the raw file
-# decides whether its records are read for them (LLaVA-Instruct-150k's 229 MB have none)
-_MAY_LEAVE_ROOT = re.compile(rb'"images?"\s*:\s*\[?\s*"(?:/|\\\\|[A-Za-z]:|[^"]*\.\.)')
-
-
 def images_outside_root(file: Path, image_root: Path) -> list[tuple[str, str | None]]:
     """The images ``file`` names outside ``image_root``, ``(path as written, where it is or None)`` each, for the
     cache to follow their content as it follows the image folder's."""
-    if not _MAY_LEAVE_ROOT.search(file.read_bytes()):
+    if not may_name_paths_outside(file, rb'"images?"\s*:\s*\[?\s*'):
         return []
     content = read_json_list(file, "LLaVA conversation file")
     scratch = BadRecords(file, "skip")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 import zlib
 from collections import Counter
@@ -144,6 +145,13 @@ def escapes_root(relative: str) -> bool:
     ``..``), as LLaVA's and some labelling tools' files write them: read as written, followed by the cache."""
     path = Path(relative.replace("\\", "/") if os.sep == "/" else relative)  # a Windows exporter's ..\\photos too
     return path.is_absolute() or bool(PureWindowsPath(relative).drive) or ".." in path.parts
+
+
+def may_name_paths_outside(file: Path, key: bytes) -> bool:
+    """A cheap look at ``file``'s raw bytes: whether a ``key`` of its JSON may hold an image path that leaves its
+    folder (absolute, a Windows drive, or with ``..``). Only then is the file parsed for them (:func:`outside_root`):
+    the official COCO and LLaVA files have none (LLaVA-Instruct-150k's 229 MB take 0.27 s to look at)."""
+    return re.search(key + rb'"(?:/|\\\\|[A-Za-z]:|[^"]*\.\.)', file.read_bytes()) is not None
 
 
 def outside_root(names: Iterable[str | None], root: Path) -> list[tuple[str, str | None]]:
