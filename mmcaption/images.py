@@ -110,17 +110,18 @@ def load_rgb(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, bytes):
-        with opened(source) as image:
-            return _to_rgb(ImageOps.exif_transpose(image))
-    if not isinstance(source, str | Path):
+        data, name = source, "the image's bytes"
+    elif isinstance(source, str | Path):
+        data = fetch(source) if is_url(source) else Path(source).expanduser().read_bytes()  # a notebook's "~/photos/..."
+        name = f"image {source}"
+    else:
         raise TypeError(f"an image is a path, an http(s):// URL, bytes, a PIL image, an array or a tensor, not {type(source).__name__}")
-    data = fetch(source) if is_url(source) else Path(source).read_bytes()
     try:
         with opened(data) as image:
             return _to_rgb(ImageOps.exif_transpose(image))
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
         why = check_image(data) or f"{type(error).__name__}: {error}"
-        raise UnidentifiedImageError(f"image {source} cannot be decoded: {why}") from None
+        raise UnidentifiedImageError(f"{name} cannot be decoded: {why}") from None
 
 
 FETCH_TIMEOUT_S = 60
@@ -162,8 +163,9 @@ def fetch(url: str) -> bytes:
 
 def array_image(array: np.ndarray) -> Image.Image:
     """An RGB image from an array as NumPy, PIL, OpenCV or torch hold images: ``HxW``, ``HxWxC`` or ``CxHxW`` with
-    1, 3 or 4 channels (4: transparency, seen on white); uint8; booleans; floats in [0, 1], or in 0-255 when
-    any value is above 1 (as ``astype(float32)`` leaves a photo); 16/32-bit integers scaled as 16-bit files are."""
+    1, 3 or 4 channels (4: transparency, seen on white); uint8; booleans; floats in [0, 1] or 0-255 (as
+    ``astype(float32)`` leaves a photo), with the overshoot of a bicubic resize clipped; 16/32-bit integers scaled as
+    16-bit files are, or as 8-bit ones when no value is above 255 (``astype(np.uint16)`` of a photo)."""
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):  # CxHxW: torch's layout
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -174,12 +176,19 @@ def array_image(array: np.ndarray) -> Image.Image:
         array = array.astype(np.uint8) * 255
     elif array.dtype.kind == "f":
         values = np.nan_to_num(array.astype(np.float64))
-        if values.min() < 0:
-            raise ValueError(f"an image array of floats is in [0, 1] or 0-255; this one goes down to {values.min():.3g} (one "
+        low, high = values.min(), values.max()
+        # a bicubic resize over- and undershoots its input's range by up to a tenth or so; a normalized image spans
+        # about -2 to 2.6 (CLIP's, ImageNet's mean and std), which neither range holds
+        if low >= -0.25 and high <= 1.25:
+            scale = 255.0
+        elif low >= -64 and high > 16:
+            scale = 1.0
+        else:
+            raise ValueError(f"an image array of floats is in [0, 1] or 0-255; this one spans {low:.3g} to {high:.3g} (one "
                              "normalized for a model?): give the image before normalization")
-        array = (values * (255.0 if values.max() <= 1.0 else 1.0)).clip(0, 255).round()
+        array = (values * scale).clip(0, 255).round()
     elif array.dtype.kind in "iu" and array.dtype.itemsize > 1:  # 16/32-bit: scaled, as 16-bit files are
-        peak = 65535.0 if array.dtype.itemsize == 2 or array.max() > 255 else 255.0
+        peak = 65535.0 if array.max() > 255 else 255.0
         array = (array.astype(np.float64) * (255.0 / peak)).clip(0, 255)  # as _to_rgb scales 16-bit files
     elif array.dtype.kind not in "iu":
         raise ValueError(f"an image array holds numbers; this one holds {array.dtype}")

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import numpy as np
 import torch
+from PIL import Image
 
 from mmcaption.errors import NotAModelFolderError
 from mmcaption.evaluation.answers import LETTERS
@@ -35,6 +38,7 @@ class Captioner:
     ``generate_kwargs`` are Hugging Face ``generate`` settings (or a ``generation_config``) over the folder's
     own. One captioner may serve several threads: their calls take turns."""
 
+    batch_size = 16  # images generated for (or scored) at a time, unless a call says otherwise
     def __init__(self, model: MultimodalCausalLM, tokenizer, image_processor, manifest: dict[str, Any]) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -52,8 +56,11 @@ class Captioner:
         """Rebuild the model of a saved folder (backbones from their own names, trained parts from the
         folder), optionally with another quantization for inference. ``language_model`` / ``vision_model``: where a
         backbone is now, when its folder moved since training (a merged export holds its language model)."""
-        folder = Path(folder)
+        folder = Path(folder).expanduser()
         check_device(device)
+        if quantization is not None and quantization not in get_args(Quantization):
+            raise ValueError(f"quantization is one of {', '.join(get_args(Quantization))} (or None for the folder's own), "
+                             f"not {quantization!r}")
         manifest = read_manifest(folder)  # refuses, saying so, a folder that is not a saved model's
         parts = [*FOLDER_PARTS, *(["language_model"] if manifest.get("merged") else [])]
         missing = [part for part in parts if not (folder / part).exists()]
@@ -61,7 +68,7 @@ class Captioner:
             raise NotAModelFolderError(f"{folder} lacks {', '.join(missing)} of a saved model folder (copied in part?); "
                                        "write it again with mmcaption-export")
         overrides = {name: value for name, value in (("quantization", quantization), ("language_model", language_model),
-                                                     ("vision_model", vision_model)) if value}
+                                                     ("vision_model", vision_model)) if value is not None}
         model = MultimodalCausalLM.from_pretrained(folder, device=device, **overrides)
         processor = load_image_processor(str(folder / "image_processor"))
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
@@ -69,91 +76,114 @@ class Captioner:
     def _pixels(self, images: list[ImageInput | None]) -> torch.Tensor:
         return self._images(images)[0]
 
-    def _images(self, images: list[ImageInput | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixels of each image (zeros for ``None``) and the mask of those that are there."""
-        present = [image for image in images if image is not None]
-        pixels = self.image_processor(images=[load_rgb(image) for image in present], return_tensors="pt")["pixel_values"] \
-            if present else None
-        blank = torch.zeros_like(pixels[0]) if pixels is not None else blank_pixels(self.image_processor)
-        rows, position = [], 0
-        for image in images:
-            rows.append(blank if image is None else pixels[position])
-            position += image is not None
-        return torch.stack(rows), torch.tensor([image is not None for image in images])
+    def _images(self, images: list[ImageInput | None], first: int = 0, total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels of each image (zeros for ``None``) and the mask of those that are there. Each image is decoded and
+        made the model's size before the next is read: a list of 12-megapixel photos never sits in memory at full size.
+        ``first`` and ``total``: where these images are in the caller's list, to name one that cannot be read."""
+        rows = [None if image is None else self._pixels_of(image, first + i, total or len(images)) for i, image in enumerate(images)]
+        present = next((row for row in rows if row is not None), None)
+        blank = torch.zeros_like(present) if present is not None else blank_pixels(self.image_processor)
+        return torch.stack([blank if row is None else row for row in rows]), torch.tensor([row is not None for row in rows])
 
-    def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], **generate_kwargs) -> list[str] | list[list[str]]:
-        """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt."""
-        batch = self.tasks.prompt_batch(prompts)
-        pixels, mask = self._images(images)
-        with self._lock:  # threads (a web server's) take turns: they got each other's images
-            texts = self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask, **generate_kwargs)
+    def _pixels_of(self, image: ImageInput, index: int, total: int) -> torch.Tensor:
+        try:
+            picture = load_rgb(image)
+        except (OSError, ValueError, TypeError) as error:
+            if total == 1:
+                raise
+            raise type(error)(f"image {index} of {total}: {error}") from None  # which one of a long list, as they are numbered
+        return self.image_processor(images=[picture], return_tensors="pt")["pixel_values"][0]
+
+    def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], batch_size: int | None = None,
+                  **generate_kwargs) -> list[str] | list[list[str]]:
+        """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt; ``batch_size`` at a
+        time (:attr:`batch_size` by default)."""
+        size = _batch_size(self.batch_size if batch_size is None else batch_size)
+        texts = []
+        for start in range(0, len(prompts), size):
+            batch = self.tasks.prompt_batch(prompts[start:start + size])
+            pixels, mask = self._images(images[start:start + size], start, len(images))
+            with self._lock:  # threads (a web server's) take turns: they got each other's images
+                texts += self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask,
+                                             **generate_kwargs)
         n = len(texts) // max(len(prompts), 1)  # num_return_sequences, however it was given
         return texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
 
-    def caption(self, images: ImageInput | list[ImageInput], **generate_kwargs) -> str | list[str]:
-        """A caption per image (a string for one image, a list for a list; with ``num_return_sequences`` n > 1,
-        a list of n captions in place of each string)."""
-        many = isinstance(images, list | tuple)
-        images = list(images) if many else [images]
+    def caption(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
+                **generate_kwargs) -> str | list[str]:
+        """A caption per image (a string for one image; a list for a list, a tuple, a pandas Series, an array of
+        paths or of images, or a generator; with ``num_return_sequences`` n > 1, a list of n captions in place of each
+        string), ``batch_size`` images at a time (:attr:`batch_size` by default)."""
+        batch = _as_batch(images)
+        images = [images] if batch is None else batch
         if not images:
             return []
         if any(image is None for image in images):  # a caption of no image would be made up from the prompt alone
             raise ValueError("caption needs an image for each item; None is for text-only questions (answer, choose, chat)")
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
-        captions = self._generate([prompt] * len(images), images, **generate_kwargs)
-        return captions if many else captions[0]
+        captions = self._generate([prompt] * len(images), images, batch_size, **generate_kwargs)
+        return captions if batch is not None else captions[0]
 
     def answer(
-        self, images: ImageInput | None | list[ImageInput | None], questions: str | list[str], **generate_kwargs
+        self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
+        batch_size: int | None = None, **generate_kwargs,
     ) -> str | list[str]:
         """A free-form answer, as the instruct stage was taught to give (an image of ``None``: a text-only
-        question). One image and question give a string; lists of the same length give a list, answered
-        as one batch (``num_return_sequences`` n > 1: n answers in place of each string)."""
+        question). One image and question give a string; a list of images and a list of as many questions (or
+        one question for them all) give a list, ``batch_size`` at a time (``num_return_sequences`` n > 1: n
+        answers in place of each string)."""
         many, images, questions = _batch(images, questions)
         prompts = [self.template.prompt(question, self.tokenizer) for question in questions]
-        answers = self._generate(prompts, images, **generate_kwargs) if prompts else []
+        answers = self._generate(prompts, images, batch_size, **generate_kwargs) if prompts else []
         return answers if many else answers[0]
 
-    def chat(self, image: ImageInput | None, question: str, history: list[tuple[str, str]] | None = None,
-             **generate_kwargs) -> str:
+    def chat(self, image: ImageInput | None, question: str, history: Sequence[tuple[str, str]] | None = None,
+             **generate_kwargs) -> str | list[str]:
         """The answer to ``question`` after the earlier ``(question, answer)`` turns of ``history``, all
-        about ``image``, laid out as the instruct stage's conversations (the exported ``chat_template``)."""
-        history = list(history or [])
-        if not all(isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
-                   for turn in history):
+        about ``image``, laid out as the instruct stage's conversations (the exported ``chat_template``); with
+        ``num_return_sequences`` n > 1, a list of n answers."""
+        turns = [] if history is None else _as_batch(history)
+        if turns is None or not all(isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
+                                    for turn in turns):
             raise ValueError(f"history is a list of (question, answer) pairs of strings, not {history!r}")
         _check_texts("question", [question])
-        prompt = self.template.chat_prompt(history, question, self.tokenizer)
+        prompt = self.template.chat_prompt(turns, question, self.tokenizer)
         return self._generate([prompt], [image], **generate_kwargs)[0]
 
     def choose(
-        self, images: ImageInput | None | list[ImageInput | None], questions: str | list[str],
-        options: list[str] | list[list[str]],
+        self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
+        options: Sequence[str] | Sequence[Sequence[str]], batch_size: int | None = None,
     ) -> str | list[str]:
         """The letter (A, B, ...) of the most likely option given the image and question; 2 to 8 options.
-        Lists of images, questions and option lists (of the same length) give a list of letters, scored
-        as one batch."""
-        letters, _ = self._choose(images, questions, options)
+        A list of images with a list of as many questions and option lists (or one question and one option list
+        for them all) gives a list of letters, scored ``batch_size`` at a time."""
+        letters, _ = self._choose(images, questions, options, batch_size)
         return letters
 
     def option_scores(
-        self, images: ImageInput | None | list[ImageInput | None], questions: str | list[str],
-        options: list[str] | list[list[str]],
+        self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
+        options: Sequence[str] | Sequence[Sequence[str]], batch_size: int | None = None,
     ) -> list[float] | list[list[float]]:
         """Each option's mean log-probability per token (the scores ``choose`` picks the highest of),
         for one question or, with lists, for each."""
-        _, scores = self._choose(images, questions, options)
+        _, scores = self._choose(images, questions, options, batch_size)
         return scores
 
     @torch.no_grad()
-    def _choose(self, images, questions, options) -> tuple[str | list[str], list[float] | list[list[float]]]:
+    def _choose(self, images, questions, options, batch_size: int | None = None
+                ) -> tuple[str | list[str], list[float] | list[list[float]]]:
         many, images, questions = _batch(images, questions)
-        option_lists = options if many else [options]
-        if not many and not isinstance(options, (list, tuple)):
+        given = _as_batch(options)
+        if given is None:
             raise ValueError(f"options is a list of the options' texts, not {options!r}")
-        if len(option_lists) != len(questions) or not all(isinstance(o, (list, tuple)) for o in option_lists):
-            raise ValueError("choose with lists of questions needs a list of options per question")
-        option_lists = [list(o) for o in option_lists]
+        nested = [_as_batch(o) for o in given]
+        if not many or all(isinstance(o, str) for o in given):  # one option list, for each question if there are many
+            option_lists = [given] * len(questions)
+        elif len(given) != len(questions) or any(o is None for o in nested):
+            raise ValueError(f"choose with {len(questions)} questions needs a list of options per question, or one list of "
+                             "options for all of them")
+        else:
+            option_lists = nested
         for opts in option_lists:
             _check_texts("option", opts)
             for text in dict.fromkeys(option for option in opts if opts.count(option) > 1):  # equal scores: the first wins
@@ -164,22 +194,56 @@ class Captioner:
             return [], []
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
                                     for question, opts in zip(questions, option_lists)))
-        pixels, mask = self._images(images)
-        with self._lock:
-            image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
-            letters, scores = self.tasks.choose(list(prompts), list(option_ids), image_embeds, image_mask=mask)
-        per_question = [row[: len(opts)].tolist() for row, opts in zip(scores.float().cpu(), option_lists)]
+        size, letters, per_question = _batch_size(self.batch_size if batch_size is None else batch_size), [], []
+        for start in range(0, len(prompts), size):
+            pixels, mask = self._images(images[start:start + size], start, len(images))
+            with self._lock:
+                image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
+                chosen, scores = self.tasks.choose(list(prompts[start:start + size]), list(option_ids[start:start + size]),
+                                                   image_embeds, image_mask=mask)
+            letters += chosen
+            per_question += [row[: len(opts)].tolist() for row, opts in zip(scores.float().cpu(), option_lists[start:start + size])]
         return (letters, per_question) if many else (letters[0], per_question[0])
 
 
+def _as_batch(value: object) -> list | None:
+    """``value`` as a list when it is a batch - a list, a tuple, a pandas Series, a 1-D array of paths or texts, a 4-D
+    array or tensor of images, a generator - or ``None`` when it is one item (a path, bytes, an image, a 2-D or 3-D
+    array)."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str | bytes | Path | Image.Image) or value is None:
+        return None
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return list(value) if value.ndim == 4 else value.tolist() if value.ndim == 1 else None
+    if hasattr(value, "tolist") and hasattr(value, "index"):  # a pandas Series (an Index too)
+        return list(value.tolist())
+    if isinstance(value, Iterator):
+        return list(value)
+    return None
+
+
 def _batch(images, questions) -> tuple[bool, list, list[str]]:
-    """(whether lists were given, the images, the questions) - one of each, or lists of the same length."""
-    many = isinstance(questions, list | tuple)
-    images, questions = (list(images) if isinstance(images, list | tuple) else None, list(questions)) if many else ([images], [questions])
-    if images is None or len(images) != len(questions):
-        raise ValueError(f"{len(questions)} questions need a list of as many images (None for a text-only question)")
+    """(whether a batch was given, the images, the questions): one of each; a batch of images and as many questions;
+    or a batch of images and one question asked of each."""
+    image_batch, question_batch = _as_batch(images), _as_batch(questions)
+    if question_batch is None and image_batch is not None:
+        question_batch = [questions] * len(image_batch)
+    if question_batch is None:
+        many, images, questions = False, [images], [questions]
+    else:
+        many, questions = True, question_batch
+        if image_batch is None or len(image_batch) != len(questions):
+            raise ValueError(f"{len(questions)} questions need a list of as many images (None for a text-only question)")
+        images = image_batch
     _check_texts("question", questions)
     return many, images, questions
+
+
+def _batch_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"batch_size is a whole number of images of at least 1, not {size!r}")
+    return size
 
 
 def _check_texts(what: str, texts: list) -> None:

@@ -482,6 +482,7 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
 
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    photo[0, :2] = [[255, 255, 255], [0, 0, 0]]  # the picture's own ends, for the overshoot of a resize past them
     expected = np.asarray(load_rgb(photo))
     same = {
         "floats in 0-255, as astype(float32) leaves a photo": photo.astype(np.float32),  # was clipped to 1: all white
@@ -489,6 +490,12 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
         "CxHxW, torch's layout": photo.transpose(2, 0, 1).copy(),
         "a torch tensor, CxHxW in [0, 1] as torchvision's to_tensor gives": torch.from_numpy(photo.transpose(2, 0, 1) / 255.0).float(),
         "a uint8 torch tensor, HxWxC": torch.from_numpy(photo),
+        # a bicubic resize of [0, 1] floats overshoots both ends: was read as 0-255, a black picture
+        "floats in [0, 1] a resize took a little past both ends": np.where(photo == 255, 1.09, np.where(photo == 0, -0.04,
+                                                                                                         photo / 255.0)),
+        "floats in 0-255 a resize took a little past both ends": np.where(photo == 0, -9.0, photo.astype(float)),
+        "uint16, as astype(np.uint16) leaves a photo": photo.astype(np.uint16),  # was read as 16-bit: black
+        "int16": photo.astype(np.int16),
     }
     for what, image in same.items():
         assert np.abs(np.asarray(load_rgb(image)).astype(int) - expected).max() <= 1, what
@@ -498,8 +505,11 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
     assert (np.asarray(load_rgb(mask))[..., 0] == np.where(mask, 255, 0)).all()
     with pytest.raises(ValueError, match=r"an image array is HxW, HxWxC or CxHxW with 1, 3 or 4 channels; this one has shape \(2, 6, 5, 3\)"):
         load_rgb(np.stack([photo, photo]))
-    with pytest.raises(ValueError, match=r"goes down to -2.* \(one normalized for a model\?\)"):  # was clipped: a dark image
+    with pytest.raises(ValueError, match=r"spans -2.* \(one normalized for a model\?\)"):  # was clipped: a dark image
         load_rgb((torch.from_numpy(photo.transpose(2, 0, 1) / 255.0).float() - 0.5) / 0.25)
+    imagenet = (photo / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    with pytest.raises(ValueError, match=r"spans -2.* to 2.* \(one normalized for a model\?\)"):
+        load_rgb(imagenet)
     with pytest.raises(TypeError, match="an image is a path, an http.* or a tensor, not int"):
         load_rgb(7)
 
@@ -526,7 +536,7 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
 
     read_rows, seen = read()
     # the photo beside the CSV, not the one where the command runs; a Windows path; "NA" is a caption, not pandas' NaN
-    assert [(image, [c for _, c in captions]) for _, _, image, captions in read_rows] == [
+    assert [(image.source, [c for _, c in captions]) for _, _, image, captions in read_rows] == [
         (mine[0], ["a sunny street", "NA"]), (mine[1], ["a red wall, close"])]
     assert [name for _, name, _, _ in read_rows] == ["IMG_001.JPG", "2024\\IMG_002.JPG"]  # as the table names them
     assert seen.notes["empty rows (no image, no caption) left out"] == 2  # a cleared row (","), a blank line

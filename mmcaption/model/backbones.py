@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -183,6 +183,26 @@ def unquantized_weights_to(model: PreTrainedModel, dtype: torch.dtype) -> None:
     for param in model.parameters():
         if param.is_floating_point() and param.dtype != dtype and not isinstance(param, bnb.nn.Params4bit):
             param.data = param.data.to(dtype)
+
+
+def refuse_casting_packed_weights(model: torch.nn.Module, convert: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Refuse a cast (``model.half()``, ``.float()``, ``.to(dtype)``: :func:`~mmcaption.model.config.precision_problem` is
+    the Trainer's ``*-true`` precisions, said before a run) that would
+    change the dtype of ``model``'s 4-bit weights. bitsandbytes packs two of them a byte into a tensor of the compute
+    dtype, and a cast converts those bytes as numbers: ``.half()`` of bfloat16 storage silently changes the model,
+    ``.float()`` breaks it. transformers refuses this for its own models; a model that holds one bypasses that.
+    ``convert``: what ``nn.Module._apply`` does to each tensor, tried on an empty one first."""
+    packed = next((p for p in model.parameters() if isinstance(p, bnb.nn.Params4bit)), None)
+    if packed is None:
+        return
+    try:
+        cast = convert(torch.empty(0, dtype=packed.dtype)).dtype
+    except Exception:  # noqa: BLE001 - a move to a device this machine lacks: refused as it is without the cast
+        return
+    if cast != packed.dtype:
+        raise TypeError(f"this model's language model is quantized to 4 bits and computes in {packed.dtype}: a cast to {cast} "
+                        "would convert its packed weights as numbers and ruin them. For another dtype, load it without "
+                        "quantization: Captioner.from_pretrained(..., quantization='none'), or model.config.quantization none")
 
 
 def fuse_gelu(model: torch.nn.Module) -> torch.nn.Module:

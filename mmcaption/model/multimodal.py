@@ -33,6 +33,7 @@ from mmcaption.model.backbones import (
     load_image_processor,
     load_language_model,
     load_vision_model,
+    refuse_casting_packed_weights,
     torch_dtype,
 )
 from mmcaption.model.card import model_card
@@ -84,14 +85,8 @@ class MultimodalCausalLM(nn.Module):
         language_model = load_language_model(
             config.language_model, config.quantization, config.compute_dtype, device=device
         )
-        language_model = add_lora(
-            language_model,
-            r=config.lora_r,
-            alpha=config.lora_alpha,
-            dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-            gradient_checkpointing=config.gradient_checkpointing,
-        )
+        language_model = add_lora(language_model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                                  target_modules=config.lora_target_modules, gradient_checkpointing=config.gradient_checkpointing)
         vision_model = load_vision_model(config.vision_model, device=device)
         return cls(language_model, vision_model, config)
 
@@ -108,6 +103,10 @@ class MultimodalCausalLM(nn.Module):
         super().train(mode)
         self.vision_model.eval()  # frozen: never in training mode
         return self
+
+    def _apply(self, fn, *args, **kwargs):  # half(), float(), to(dtype), ...: refused where they would ruin 4-bit weights
+        refuse_casting_packed_weights(self, fn)
+        return super()._apply(fn, *args, **kwargs)
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The frozen vision tower's hidden state at ``vision_feature_layer``: ``(batch, image_tokens,
@@ -307,7 +306,7 @@ class MultimodalCausalLM(nn.Module):
             "source": source or {},
         }
         (folder / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
-        (folder / "README.md").write_text(model_card(manifest))
+        (folder / "README.md").write_text(model_card(manifest), encoding="utf-8")  # a path with accents, whatever the locale
         return folder
 
     @classmethod
@@ -383,7 +382,7 @@ def is_pretrained_folder(path: str | Path) -> bool:
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
     if not is_pretrained_folder(folder):
-        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder (no {CONFIG_FILE})" + (
+        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder ({'no ' + CONFIG_FILE if Path(folder).exists() else 'no such folder'})" + (
             f"; a checkpoint of mmcaption fit becomes one with: mmcaption-export {folder} <new folder>" if Path(folder).is_file() else ""))
     return json.loads((Path(folder) / CONFIG_FILE).read_text())
 

@@ -1,0 +1,133 @@
+"""The Python API as a notebook user calls it: batches as pandas and NumPy hold them, long lists of photos,
+one bad item among many, ``~`` paths, and casts that would ruin a 4-bit model."""
+
+import random
+import weakref
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, UnidentifiedImageError
+
+import mmcaption.inference as inference
+from mmcaption import Captioner
+from mmcaption.demo.synthetic import Scene, draw_scene
+from mmcaption.errors import NotAModelFolderError
+from mmcaption.export import main as export_main
+
+
+@pytest.fixture(scope="module")
+def exported(trained_checkpoint, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("notebook") / "export"
+    export_main([str(trained_checkpoint), str(folder)])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def captioner(exported):
+    return Captioner.from_pretrained(exported)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for index, colour in enumerate(["red", "blue", "green", "red", "blue"]):
+        path = folder / f"photo_{index}.png"
+        draw_scene(Scene(colour, ["circle", "square"][index % 2], "left"), 64, random.Random(index)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_batches_as_pandas_numpy_and_generators_hold_them_caption_as_a_list_does(captioner, photos):
+    expected = captioner.caption(photos)
+    assert len(expected) == 5
+    table = pd.DataFrame({"path": photos, "question": ["What colour is the shape?"] * 5})
+    # were refused: "an image is a path, ..., not Series" / "an image array is HxW, ... this one has shape (5,)"
+    assert captioner.caption(table["path"]) == expected
+    assert captioner.caption(np.array(photos)) == expected
+    assert captioner.caption(tuple(photos)) == expected
+    assert captioner.caption(path for path in photos) == expected
+    pictures = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in photos])  # N x H x W x C: N images
+    assert captioner.caption(pictures) == expected
+    assert captioner.caption(pictures[0]) == expected[0]  # one H x W x C array is one image
+    # a batch, any number at a time: the same captions as one batch of all
+    assert captioner.caption(photos, batch_size=2) == captioner.caption(photos, batch_size=1) == expected
+    for wrong in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"batch_size is a whole number of images of at least 1, not {wrong!r}"):
+            captioner.caption(photos, batch_size=wrong)
+
+    # one question asked of every image; the questions of a DataFrame's column
+    question = "What colour is the shape?"
+    answers = captioner.answer(photos, [question] * 5)
+    assert captioner.answer(photos, question) == answers  # was "an image is a path, ..., not list"
+    assert captioner.answer(table["path"], table["question"], batch_size=3) == answers  # was "question 0 is 0  What ...?"
+    options = ["red", "blue", "green", "yellow"]
+    letters = captioner.choose(photos, [question] * 5, [options] * 5)
+    assert captioner.choose(photos, question, options) == letters
+    assert captioner.choose(photos, question, options, batch_size=2) == letters
+    by_two, all_at_once = (captioner.option_scores(photos, question, options, batch_size=size) for size in (2, 5))
+    assert np.allclose(by_two, all_at_once, atol=1e-4)  # as float rounding in batches of other shapes allows
+    with pytest.raises(ValueError, match="choose with 5 questions needs a list of options per question, or one list"):
+        captioner.choose(photos, question, [options] * 4)
+
+
+def test_a_long_list_of_photos_is_never_held_at_full_size_all_at_once(captioner, photos, monkeypatch, tmp_path):
+    # a list of 300 phone photos was decoded whole before any was made the model's size: 4 GB for 40 of them
+    live, most = [], [0]
+    real = inference.load_rgb
+
+    def counting(source):
+        picture = real(source)
+        live.append(weakref.ref(picture))
+        most[0] = max(most[0], sum(ref() is not None for ref in live))
+        return picture
+
+    monkeypatch.setattr(inference, "load_rgb", counting)
+    photo = tmp_path / "IMG_0001.JPG"
+    Image.open(photos[0]).convert("RGB").resize((1600, 1200)).save(photo)
+    captions = captioner.caption([photo] * 6, batch_size=4)
+    assert len(captions) == 6 and len(set(captions)) == 1 and len(live) == 6
+    assert most[0] == 1  # each decoded picture let go once the model's pixels were made of it
+
+
+def test_a_bad_item_among_many_is_named_by_its_place(captioner, photos, tmp_path):
+    with pytest.raises(UnidentifiedImageError, match=r"^image 1 of 3: the image's bytes cannot be decoded: not an image Pillow "
+                                                     r"can read \(it starts b'notanimage'\)$"):  # was "<_io.BytesIO object at 0x...>"
+        captioner.caption([photos[0], b"notanimage", photos[1]])
+    with pytest.raises(FileNotFoundError, match=r"^image 2 of 3: .*missing\.jpg"):
+        captioner.caption([photos[0], photos[1], str(tmp_path / "missing.jpg")])
+    with pytest.raises(UnidentifiedImageError, match=r"^the image's bytes cannot be decoded"):  # one image: no place to name
+        captioner.caption(b"notanimage")
+
+
+def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, photos, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(exported.parent))
+    captioner = Captioner.from_pretrained(f"~/{exported.name}")  # was "~/export is not a saved mmcaption model folder"
+    (exported.parent / "photo.png").write_bytes(open(photos[0], "rb").read())
+    assert captioner.caption("~/photo.png") == captioner.caption(photos[0])  # was FileNotFoundError
+    with pytest.raises(NotAModelFolderError, match=r"nope is not a saved mmcaption model folder \(no such folder\)"):
+        Captioner.from_pretrained(tmp_path / "nope")
+    for wrong in (False, "", "NF4"):  # False and "" loaded the folder's 4-bit model without a word
+        with pytest.raises(ValueError, match=rf"quantization is one of nf4, fp4, int8, none \(or None for the folder's own\), "
+                                             rf"not {wrong!r}"):
+            Captioner.from_pretrained(exported, quantization=wrong)
+    with pytest.raises(ValueError, match=r"history is a list of \(question, answer\) pairs of strings, not 'hi'"):
+        captioner.chat(photos[0], "What is it?", "hi")  # was "not ['h', 'i']"
+    answers = captioner.chat(photos[0], "What is it?", [("Hello?", "Hi.")], num_beams=2, num_return_sequences=2)
+    assert isinstance(answers, list) and len(answers) == 2
+
+
+def test_casts_that_would_ruin_the_4_bit_weights_are_refused_and_leave_the_model_as_it_was(captioner, photos):
+    scores = captioner.option_scores(photos[0], "Which colour?", ["red", "blue", "green"])
+    packed = captioner.model.language_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    assert packed.dtype == torch.bfloat16  # two 4-bit weights a byte, stored as the compute dtype
+    for cast in (lambda m: m.half(), lambda m: m.float(), lambda m: m.to(torch.float16), lambda m: m.to("cpu", torch.float32)):
+        with pytest.raises(TypeError, match=r"quantized to 4 bits and computes in torch.bfloat16: a cast to torch.float\d+ "
+                                            r"would convert its packed weights as numbers.*quantization='none'"):
+            cast(captioner.model)  # .half() changed every answer without a word; .float() broke the model
+    captioner.model.to("cpu")  # a move is what it was
+    assert captioner.option_scores(photos[0], "Which colour?", ["red", "blue", "green"]) == scores
+    captioner.model.to(torch.bfloat16)  # and a cast to the dtype the packed weights have (the trained ones follow)
+    assert np.allclose(captioner.option_scores(photos[0], "Which colour?", ["red", "blue", "green"]), scores, atol=0.05)
