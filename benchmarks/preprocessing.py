@@ -1,4 +1,4 @@
-"""Preprocessing speed of a caption split of full-size photos: images shrunk by one thread against the
+"""Preprocessing speed of a caption split of full-size photos: images checked and shrunk by one thread against the
 pool mmcaption uses (``preprocessing_threads``: the cores this process may use, up to 8), in one run.
 
     python benchmarks/preprocessing.py [--images 400] [--size 640x480] [--rounds 3] [--tokenizer FOLDER]
@@ -26,8 +26,7 @@ import numpy as np
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from mmcaption.data import CaptionDataModule
-from mmcaption.data import cache as cache_module
+from mmcaption.data import CaptionDataModule, image_pass
 from mmcaption.demo.synthetic import captions_for, demo_corpus, draw_scene, random_scene
 from mmcaption.demo.tiny import save_tiny_backbones
 
@@ -76,11 +75,11 @@ def main() -> None:
         CLIPImageProcessor().save_pretrained(scratch / "processor")  # CLIP ViT-B/32's: a 224-pixel shorter side
         backbones = (language, scratch / "processor")
         write_photos(scratch / "coco", args.images, size)
-        threads = cache_module.preprocessing_threads()
+        threads = image_pass.preprocessing_threads()
         rates, digests = {1: [], threads: []}, set()
         for _ in range(args.rounds):
             for count in rates:
-                with mock.patch.object(cache_module, "preprocessing_threads", lambda count=count: count):
+                with mock.patch.object(image_pass, "preprocessing_threads", lambda count=count: count):
                     seconds, digest = preprocess(scratch / "coco", backbones, scratch / f"cache-{count}")
                 shutil.rmtree(scratch / f"cache-{count}")
                 rates[count].append(args.images / seconds)

@@ -155,29 +155,39 @@ def test_large_images_are_stored_at_the_model_size_and_give_the_same_pixels(back
         coco_copy / "train2017" / "000000000001.jpg").read_bytes()
 
 
-def test_photos_are_shrunk_by_a_pool_of_threads_into_the_same_split_as_one_thread_writes(backbones, coco_copy, tmp_path,
-                                                                                         monkeypatch):
-    # one core shrank COCO's 118k photos in ~25 minutes; the pool must keep their order, bytes and captions
+def test_photos_are_checked_and_shrunk_by_a_pool_of_threads_into_the_same_split_as_one_thread_writes(
+        backbones, coco_copy, tmp_path, monkeypatch):
+    # one core checked and shrank COCO's 118k photos in ~30 minutes; the pool must keep their order, bytes and captions,
+    # and name the photos that cannot be decoded in the annotation file's order, as one thread does
     import random
 
-    from mmcaption.data import cache
+    from mmcaption.data import image_pass
     from mmcaption.demo.synthetic import Scene, draw_scene
     from mmcaption.images import load_rgb
 
-    for index, path in enumerate(sorted((coco_copy / "train2017").glob("*.jpg"))):
+    photos = sorted((coco_copy / "train2017").glob("*.jpg"))
+    for index, path in enumerate(photos):
         scene = Scene(["red", "blue", "green"][index % 3], "circle", "left")
         draw_scene(scene, 320, random.Random(index)).resize((320, 240 + index)).save(path, quality=90)
+    broken = [photos[4], photos[8]]
+    for path in broken:
+        path.write_bytes(path.read_bytes()[:300])
+    named = rf"{broken[0].name} \(image id 5\) cannot be decoded.*{broken[1].name} \(image id 9\) cannot be decoded"
     tables = {}
     for threads in (1, 4):
-        monkeypatch.setattr(cache, "preprocessing_threads", lambda threads=threads: threads)
-        dm = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / f"cache-{threads}"))
-        dm.prepare_data()
+        monkeypatch.setattr(image_pass, "preprocessing_threads", lambda threads=threads: threads)
+        with pytest.raises(DataError, match=rf"2 x unreadable image \(first: .*{named}"):
+            make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / f"refused-{threads}")).prepare_data()
+        dm = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / f"cache-{threads}"), on_bad_record="skip")
+        with pytest.warns(UserWarning, match=rf"2 x unreadable image \(first: .*{broken[0].name} \(image id 5\)"):
+            dm.prepare_data()
         folder = dm.split_folder("train2017")
         tables[threads] = [datasets.load_from_disk(str(folder / table)).to_dict() for table in ("images", "captions")]
     assert tables[4] == tables[1]
     side = dm.image_processor.size["shortest_edge"]
-    assert [min(load_rgb(image).size) for image in tables[4][0]["image"]] == [side] * 12  # each one shrunk, by the pool
-    assert tables[4][0]["file_name"] == sorted(tables[4][0]["file_name"])  # in the annotation file's order
+    assert [min(load_rgb(image).size) for image in tables[4][0]["image"]] == [side] * 10  # each one shrunk, by the pool
+    assert tables[4][0]["file_name"] == sorted({path.name for path in photos} - {path.name for path in broken})
+    assert sorted(set(tables[4][1]["image_index"])) == list(range(10))  # captions point at the images kept
 
 
 def test_batches_are_padded_per_batch_and_masked(backbones, coco_copy):
@@ -230,13 +240,13 @@ def test_a_disk_without_file_locks_still_preprocesses(backbones, coco_copy, monk
 
 
 def test_interrupted_preprocessing_leaves_nothing_that_looks_complete(backbones, coco_copy, monkeypatch):
-    import mmcaption.data.coco as coco
+    from mmcaption.data import image_pass
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt
 
     dm = make_datamodule(backbones, coco_copy)
-    monkeypatch.setattr(coco, "check_image", explode)
+    monkeypatch.setattr(image_pass, "check_image", explode)
     with pytest.raises(KeyboardInterrupt):
         dm.prepare_data()
     assert not dm.split_folder("train2017").exists()

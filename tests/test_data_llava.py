@@ -209,7 +209,7 @@ def test_every_bad_record_of_a_kind_is_named_in_one_run_and_long_questions_befor
     # questions too long for max_length: all named, and found before the images are decoded
     edit(train, lambda records: [r["conversations"][0].update(value="<image>\n" + "What is it? " * 200) for r in records[5:7]])
     decoded = []
-    monkeypatch.setattr("mmcaption.data.llava.check_image", lambda data: decoded.append(data))
+    monkeypatch.setattr("mmcaption.data.image_pass.check_image", lambda data: decoded.append(data))
     with pytest.raises(DataError, match=r"2 of 12 conversations do not fit max_length=256 \(first: id train2017-6: the first "
                                         r"question needs \d+ tokens.*; id train2017-7: "):
         make_datamodule(backbones, llava).prepare_data()

@@ -12,18 +12,17 @@ import re
 import shutil
 import sys
 import tempfile
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from mmcaption.data.image_pass import checked_and_shrunk
 from mmcaption.data.records import BadRecords, DataError
 from mmcaption.folders import umask, walk_through_links
-from mmcaption.images import IMAGE_SUFFIXES, shrink_image
+from mmcaption.images import IMAGE_SUFFIXES
 
 
 def fingerprint(**parts) -> str:
@@ -300,7 +299,9 @@ def write_image_text_split(
     """Write one preprocessed split: ``target/images`` (each image once) and ``target/<text_table>``
     (rows that point at their image by ``image_index``), plus ``meta.json``.
 
-    With ``image_size``, images whose shorter side is larger are stored shrunk to it (``shrink_image``).
+    With ``image_size``, images whose shorter side is larger are stored shrunk to it (``shrink_image``). An image
+    row's image may come :class:`~mmcaption.data.image_pass.Unchecked`: it is then read and checked by the image
+    pass's threads, and left out, its records named, if it cannot be decoded.
 
     ``entries`` yields ``(image row, items)``; ``text_rows(image_index, items)`` turns the items into
     text rows in a second pass, so only raw items, not tokenized rows, are held in memory. The folder
@@ -311,7 +312,7 @@ def write_image_text_split(
     produced = {"images": 0, "rows": 0}
 
     def image_rows():
-        for image_row, items in entries if image_size is None else _shrunk(entries, image_size):
+        for image_row, items in checked_and_shrunk(entries, image_size, records):
             if image_row is None:
                 without_image.append(items)
                 continue
@@ -354,34 +355,6 @@ def write_image_text_split(
         (staging / "meta.json").write_text(json.dumps(metadata, indent=2, default=str))  # paths given as Path
     records.warn_if_any()
     return target
-
-
-def preprocessing_threads() -> int:
-    """Threads that shrink images while a split is preprocessed: the cores this process may use, up to 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores))
-
-
-def _shrunk(entries: Iterator[tuple[dict | None, Any]], image_size: int) -> Iterator[tuple[dict | None, Any]]:
-    """``entries`` in their order, each image row's image shrunk to ``image_size`` (:func:`shrink_image`) by a pool of
-    threads: Pillow decodes, resizes and encodes without the GIL, and one core did COCO's 118k photos in ~25 minutes."""
-    threads = preprocessing_threads()
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="mmcaption-shrink")
-    window: deque[tuple[dict | None, Any, Future | None]] = deque()  # a few images ahead, in order
-
-    def done(image_row: dict | None, items: Any, future: Future | None) -> tuple[dict | None, Any]:
-        return (None if image_row is None else dict(image_row, image=future.result())), items
-
-    try:
-        for image_row, items in entries:
-            window.append((image_row, items, None if image_row is None else pool.submit(shrink_image, image_row["image"],
-                                                                                         image_size)))
-            if len(window) > 4 * threads:
-                yield done(*window.popleft())
-        while window:
-            yield done(*window.popleft())
-    finally:  # Ctrl-C, or a bad record refused: the images queued are dropped, not shrunk first
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager

@@ -3,6 +3,7 @@ memory-mapped Arrow folders (each image stored once, captions tokenized)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
+from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
     DataError,
@@ -21,7 +23,6 @@ from mmcaption.data.records import (
     outside_root,
     read_json,
 )
-from mmcaption.images import check_image
 from mmcaption.prompts import text_ids
 
 IMAGE_FEATURES = datasets.Features(
@@ -133,20 +134,20 @@ def images_outside_folder(annotation_file: Path, image_dir: Path) -> list[tuple[
     return outside_root((name for name in names if isinstance(name, str)), image_dir)
 
 
-def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
-    """``(image_id, file_name, image bytes, captions)`` of the official layout, unreadable images reported."""
-    return image_records(read_coco_annotations(annotation_file, image_dir, records), image_dir, records)
+def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
+    """``(image_id, file_name, image, captions)`` of the official layout (see :func:`image_records`)."""
+    return image_records(read_coco_annotations(annotation_file, image_dir, records), image_dir)
 
 
-def image_records(images: list[CocoImage], image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
+def image_records(images: list[CocoImage], image_dir: Path) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
+    """``(image_id, file_name, image, captions)``: each image read and checked by the image pass's threads."""
     for image in images:
         path = image_dir / image.file_name
-        data = path.read_bytes()
-        problem = check_image(data)
-        if problem is not None:
-            records.defer("unreadable image", f"{path} (image id {image.image_id}) cannot be decoded: {problem}")
-            continue
-        yield image.image_id, image.file_name, data, image.captions
+        yield image.image_id, image.file_name, Unchecked(path, functools.partial(_undecodable, path, image.image_id)), image.captions
+
+
+def _undecodable(path: Path, image_id: int, problem: str) -> list[str]:
+    return [f"{path} (image id {image_id}) cannot be decoded: {problem}"]
 
 
 # Karpathy's splits of COCO 2014: "train" is his train and restval (113,287 images), as papers train on.
@@ -206,7 +207,7 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
 
 
 def write_caption_split(
-    entries: Iterator[tuple[int, str, bytes, list[tuple[int, str]]]],
+    entries: Iterator[tuple[int, str, bytes | Unchecked, list[tuple[int, str]]]],
     tokenizer: PreTrainedTokenizerBase,
     target: Path,
     records: BadRecords,

@@ -163,7 +163,7 @@ class CaptionDataModule(PreprocessedDataModule):
             source = {"source": "coco", "annotations": str(annotation_file), "images": str(self.data_dir / split)}
         elif self.source == "karpathy":
             records = BadRecords(f"{self.karpathy_file} [{split}]", self.on_bad_record)
-            entries = image_records(read_karpathy(self.karpathy_file, self.data_dir, split, records), self.data_dir, records)
+            entries = image_records(read_karpathy(self.karpathy_file, self.data_dir, split, records), self.data_dir)
             source = {"source": "karpathy", "split_file": str(self.karpathy_file), "split": split, "images": str(self.data_dir)}
         else:
             records = BadRecords(f"{self.hub.dataset} [{split}]", self.on_bad_record)

@@ -26,6 +26,7 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.benchmarks import separator_hint
+from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
     DataError,
@@ -36,7 +37,7 @@ from mmcaption.data.records import (
     read_json_list,
 )
 from mmcaption.errors import causes
-from mmcaption.images import IMAGE_SUFFIXES, check_image
+from mmcaption.images import IMAGE_SUFFIXES
 
 VAL_NAMES = ("validation", "val", "valid", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
@@ -154,8 +155,8 @@ class HubCaptions:
                 if "Expected" in text and "fields" in text else "")
         return DataError(f"{self.dataset}: cannot be read as a dataset: {type(cause).__name__}: {text}{hint}")
 
-    def records(self, split: str, records: BadRecords) -> Iterator[tuple[int, str, bytes, list[tuple[int, str]]]]:
-        """``(row, name, image bytes, captions)`` of each usable image (its name: the path the row gives it, else the
+    def records(self, split: str, records: BadRecords) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
+        """``(row, name, image, captions)`` of each usable image (its name: the path the row gives it, else the
         row's key); bad rows reported by name.
 
         Rows that hold the same image (the same bytes, or the same file) are one image with all their
@@ -222,14 +223,14 @@ class HubCaptions:
                 records.bad("empty caption", f"{self._row(row_index, key, split)} has no caption")
                 continue
             value = data[row_index][self.image_column]
-            image = self._image_bytes(value)
-            problem = check_image(image)
-            if problem is not None:  # all named at the pass's end, as COCO's and LLaVA's are
-                named = self._named(value)
-                records.defer("unreadable image", f"{self._row(row_index, key, split)}: "
-                                                  f"{'its image ' + repr(named) if named else 'its image'} cannot be decoded: {problem}")
-                continue
-            yield row_index, self._named(value) or key, image, captions  # a photo's path as the table writes it
+            named = self._named(value)
+            # checked by the image pass's threads; one that cannot be decoded is named at the pass's end
+            blame = functools.partial(self._undecodable, row_index, key, split, named)
+            yield row_index, named or key, Unchecked(self._image_bytes(value), blame), captions  # a path as the table writes it
+
+    def _undecodable(self, index: int, key: str, split: str, named: str | None, problem: str) -> list[str]:
+        return [f"{self._row(index, key, split)}: {'its image ' + repr(named) if named else 'its image'} cannot be decoded: "
+                f"{problem}"]
 
     def _note_unlisted(self, data: datasets.Dataset, records: BadRecords) -> None:
         """An imagefolder's photos that its metadata file does not list: datasets leaves them out without a word."""

@@ -9,6 +9,7 @@ files' ``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assista
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
+from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
     DataError,
@@ -28,7 +30,6 @@ from mmcaption.data.records import (
     outside_root,
     read_json_list,
 )
-from mmcaption.images import check_image
 from mmcaption.prompts import IMAGE_PLACEHOLDER, ConversationTemplate, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
@@ -282,6 +283,10 @@ def read_llava(
     return [c for c in conversations if id(c) not in missing_ids]
 
 
+def _undecodable(path: Path, ids: list[str], problem: str) -> list[str]:
+    return [f"id {record_id}: {path} cannot be decoded: {problem}" for record_id in ids]
+
+
 def write_instruct_split(
     conversations: list[Conversation],
     image_root: Path,
@@ -319,13 +324,8 @@ def write_instruct_split(
                 records.note(TEXT_ONLY, len(group))
                 yield None, group
                 continue
-            data = (image_root / image).read_bytes()
-            problem = check_image(data)
-            if problem is not None:
-                for conversation in group:
-                    records.defer("unreadable image", f"id {conversation.id}: {image_root / image} cannot be decoded: {problem}")
-                continue
-            yield {"file_name": image, "image": data}, group
+            ids = [conversation.id for conversation in group]
+            yield {"file_name": image, "image": Unchecked(image_root / image, functools.partial(_undecodable, image_root / image, ids))}, group
 
     def conversation_rows(image_index: int, group: list[Conversation]) -> Iterator[dict]:
         for conversation in group:
