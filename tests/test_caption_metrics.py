@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
@@ -50,6 +51,39 @@ def test_plain_tokenizer_without_java_agrees_with_ptb_on_plain_captions(monkeypa
     assert "METEOR" not in caption_scores(PREDICTIONS, REFERENCES)
 
 
+@pytest.mark.skipif(not caption_metrics.java_available(), reason="the PTB tokenizer needs Java")
+def test_the_ptb_tokenizer_gives_what_pycocoevalcaps_gives_with_its_file_outside_a_read_only_install():
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    captions = {1: ["A man's bike -- parked (near) the café...", "Two dogs; one \"brown\", one white!"], 2: ["a 2-door car?"]}
+    theirs = PTBTokenizer().tokenize({key: [{"caption": c} for c in values] for key, values in captions.items()})
+    assert caption_metrics.tokenize(captions) == theirs
+
+
+def test_the_tokenizers_file_is_written_where_the_user_may_write(fake_java):
+    # pycocoevalcap writes it into its own package folder: a shared, read-only install failed every validation
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    caption_metrics.tokenize(REFERENCES)
+    (line,) = fake_java.read_text().splitlines()
+    written = line.split(" ", 2)[2]
+    assert os.path.isabs(written) and not written.startswith(os.path.dirname(os.path.dirname(ptbtokenizer.__file__)))
+    assert not os.path.exists(written)  # and removed after
+
+
+def test_chinese_and_japanese_captions_are_scored_a_character_a_token_and_other_scripts_by_their_words(monkeypatch):
+    # without spaces a whole caption was one token: an exact match scored BLEU-4 0.00003, one word changed scored 0
+    references = {1: ["一个红色的三角形在右边"], 2: ["赤い丸が左にある"], 3: ["कुत्ता घास पर है"]}
+    same = caption_scores({1: "一个红色的三角形在右边", 2: "赤い丸が左にある", 3: "कुत्ता घास पर है"}, references, spice=False)
+    assert same["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+    near = caption_scores({1: "一个红色的圆形在右边", 2: "赤い丸が右にある", 3: "कुत्ता घास पर है"}, references, spice=False)
+    assert 0.3 < near["BLEU-1"] < 1 and near["CIDEr"] > 1
+    for java in (True, False):  # the fallback kept Hindi's vowel signs apart: "कुत्ता" was 6 tokens
+        monkeypatch.setattr(caption_metrics, "java_available", lambda java=java: java and shutil.which("java") is not None)
+        assert caption_metrics.tokenize({3: ["कुत्ता घास पर है।"]})[3][0].split()[:4] == ["कुत्ता", "घास", "पर", "है"]
+        assert caption_metrics.tokenize({1: ["一个 红色。"]})[1][0].split()[:4] == ["一", "个", "红", "色"]
+
+
 def test_mismatched_keys_are_refused():
     with pytest.raises(ValueError, match="differ in 1 keys"):
         caption_scores({1: "a"}, {1: ["a"], 2: ["b"]})
@@ -59,7 +93,7 @@ FAKE_JAVA = '''#!{python}
 """java for pycocoevalcap's tools, as they talk to it: PTBTokenizer reads a file, METEOR reads stdin lines."""
 import os, sys, time
 with open(os.environ["FAKE_JAVA_LOG"], "a") as log:
-    log.write(f"{{os.getpid()}} {{os.getsid(0)}}\\n")
+    log.write(f"{{os.getpid()}} {{os.getsid(0)}} {{sys.argv[-1]}}\\n")
 if "edu.stanford.nlp.process.PTBTokenizer" in sys.argv:
     print(open(sys.argv[-1]).read().lower())
     sys.exit(0)
@@ -141,6 +175,6 @@ def test_meteors_java_is_started_once_for_every_score_and_ends_with_the_process(
     assert result.stdout.strip() == "[0.5, 0.5, 0.5, 0.5]", result.stderr[-2000:]
     starts = [line.split() for line in fake_java.read_text().splitlines()]
     assert len(starts) == 4 * 2 + 2  # two tokenizer runs a score, and METEOR twice: at the first score and after it died
-    for pid in {int(pid) for pid, _ in starts}:
+    for pid in {int(pid) for pid, *_ in starts}:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # none left running after the process ended

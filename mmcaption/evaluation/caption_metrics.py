@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import unicodedata
 import warnings
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
@@ -73,8 +74,8 @@ def metric_setup(spice: bool | None = None) -> dict:
     else:
         skipped["SPICE"] = "no Java found" if not java else (
             "its Stanford CoreNLP models are not installed (pycocoevalcap fetches them on its first SPICE run, online)")
-    tokenizer = "PTB (Stanford CoreNLP, Java), as the COCO caption evaluation" if java else \
-        "fallback without Java: lower-cased, punctuation dropped"
+    tokenizer = ("PTB (Stanford CoreNLP, Java), as the COCO caption evaluation" if java else
+                 "fallback without Java: lower-cased, punctuation dropped") + "; Chinese and Japanese characters one token each"
     return {"tokenizer": tokenizer, "metrics": run, "skipped": skipped, "pycocoevalcap": version("pycocoevalcap")}
 
 
@@ -83,11 +84,51 @@ def spice_available() -> bool:
 
 
 def _simple_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
-    def tokenize(text: str) -> str:
-        words = re.findall(r"[\w']+|[^\w\s]", text.lower())
-        return " ".join(w for w in words if w not in _PUNCTUATION)
+    return {key: [" ".join(w for w in _words(c.lower()) if w not in _PUNCTUATION) for c in values]
+            for key, values in captions.items()}
 
-    return {key: [tokenize(c) for c in values] for key, values in captions.items()}
+
+def _words(text: str) -> Iterator[str]:
+    """Words (letters, digits, the marks that combine with them - Hindi's and Thai's vowel signs - and apostrophes)
+    and each other character, as the PTB tokenizer splits plain captions."""
+    for chunk in text.split():
+        word = ""
+        for character in chunk:
+            if character in "'_" or unicodedata.category(character)[0] in "LNM":
+                word += character
+                continue
+            if word:
+                yield word
+            word = ""
+            yield character
+        if word:
+            yield word
+
+
+# Chinese and Japanese are written without spaces between words: each of their characters is scored as a token, as
+# sacreBLEU's "zh" tokenizer does; read whole, a caption was one word, and an exact match scored BLEU-4 0.00003
+_CJK = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f])")
+
+
+def _ptb_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
+    """pycocoevalcap's ``PTBTokenizer().tokenize``, the same Java command and the same punctuation dropped, with its
+    temporary file in the system's temporary folder: pycocoevalcap writes it into its own package folder, which a
+    shared or system-wide install does not let its users write (validation failed with a PermissionError)."""
+    keys = [key for key, values in captions.items() for _ in values]
+    sentences = "\n".join(caption.replace("\n", " ") for values in captions.values() for caption in values)
+    jar = Path(ptbtokenizer.__file__).with_name(ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+    with tempfile.NamedTemporaryFile("wb", prefix="mmcaption-ptb-", suffix=".txt", delete=False) as handle:
+        handle.write(sentences.encode())
+    try:
+        lines = subprocess.run(["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+                                "-lowerCase", handle.name], stdout=subprocess.PIPE, check=True,
+                               start_new_session=True).stdout.decode().split("\n")  # as _OwnSession starts the others
+    finally:
+        os.remove(handle.name)
+    tokenized: dict[Hashable, list[str]] = {}
+    for key, line in zip(keys, lines):
+        tokenized.setdefault(key, []).append(" ".join(w for w in line.rstrip().split(" ") if w not in ptbtokenizer.PUNCTUATIONS))
+    return tokenized
 
 
 @contextmanager
@@ -132,7 +173,7 @@ class _OwnSession:
 
 
 # set once, for every use of these tools in the process (each looks ``subprocess`` up when it starts Java)
-ptbtokenizer.subprocess = meteor_tool.subprocess = spice_tool.subprocess = _OwnSession()
+meteor_tool.subprocess = spice_tool.subprocess = _OwnSession()
 
 
 class _Meteor(meteor_tool.Meteor):
@@ -208,11 +249,13 @@ atexit.register(close_meteor)
 
 
 def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
-    """PTB-tokenize ``{key: [caption, ...]}`` as the COCO evaluation does (plain fallback without Java)."""
+    """PTB-tokenize ``{key: [caption, ...]}`` as the COCO evaluation does (plain fallback without Java); Chinese and
+    Japanese characters one token each."""
+    captions = {key: [_CJK.sub(r" \1 ", caption) for caption in values] for key, values in captions.items()}
     if not java_available():
         return _simple_tokenize(captions)
     with java_output_kept_back():
-        return ptbtokenizer.PTBTokenizer().tokenize({key: [{"caption": c} for c in values] for key, values in captions.items()})
+        return _ptb_tokenize(captions)
 
 
 def caption_scores(
@@ -240,6 +283,20 @@ def caption_scores(
     if java_available():
         scores["METEOR"] = meteor_score(refs, preds)
     if spice if spice is not None else spice_available():
-        with java_output_kept_back():
+        with java_output_kept_back(), _spice_folders_writable():
             scores["SPICE"] = float(spice_tool.Spice().compute_score(refs, preds)[0])
     return scores
+
+
+@contextmanager
+def _spice_folders_writable() -> Iterator[None]:
+    """SPICE's temporary files in the system's temporary folder, and its parse cache in the user's cache folder when
+    pycocoevalcap's own package folder (where it keeps both) cannot be written: a shared install's."""
+    saved = spice_tool.TEMP_DIR, spice_tool.CACHE_DIR
+    spice_tool.TEMP_DIR = os.path.join(tempfile.gettempdir(), "mmcaption-spice")  # os.path.join keeps an absolute path
+    if not os.access(Path(spice_tool.__file__).parent, os.W_OK):
+        spice_tool.CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "mmcaption", "spice")
+    try:
+        yield
+    finally:
+        spice_tool.TEMP_DIR, spice_tool.CACHE_DIR = saved
