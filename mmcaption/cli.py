@@ -30,7 +30,7 @@ from mmcaption.console import filter_warnings, lightning_info_hidden, print_metr
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
-from mmcaption.folders import FolderLock, check_writable, locks_released_after, remove_unused_run
+from mmcaption.folders import FolderLock, check_writable, claim_run_folder, locks_released_after, remove_unused_run
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import (
     STRUCTURAL_SETTINGS,
@@ -84,6 +84,10 @@ class MMCaptionCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
+            if subcommand == "fit" and self.trainer.global_rank == 0:  # the run folders this run makes, made now
+                claimed = (claim_run_folder(logger) for logger in self.trainer.loggers
+                           if isinstance(logger, TensorBoardLogger | CSVLogger))
+                self._new_run_folders = [folder for folder in claimed if folder is not None]
             with lightning_setting_errors():
                 super()._run_subcommand(subcommand)
         except BaseException:  # a fit that failed before its first step leaves no empty run in the logs
@@ -238,9 +242,6 @@ class MMCaptionCLI(LightningCLI):
             if init_from and not Path(init_from).exists():
                 raise ConfigError(f"model.init_from {init_from} not found (train the caption stage first, or point "
                                   "init_from at its checkpoint or exported folder)")
-        if self.subcommand == "fit" and trainer.global_rank == 0:  # the run folders this run makes (see _run_subcommand)
-            self._new_run_folders = [Path(logger.log_dir) for logger in trainer.loggers
-                                     if isinstance(logger, TensorBoardLogger | CSVLogger) and not Path(logger.log_dir).exists()]
         if self.subcommand in ("fit", "validate", "test"):
             for logger in trainer.loggers:
                 folder = getattr(logger, "save_dir", None) or getattr(logger, "root_dir", None)

@@ -186,17 +186,36 @@ def replace_folder(staging: Path, folder: str | Path) -> Path:
     return folder
 
 
+def claim_run_folder(logger) -> Path | None:
+    """Make a TensorBoard or CSV logger's run folder (``lightning_logs/NAME/version_N``) now, in one step that only one
+    process can win: runs started at the same moment (a sweep, an array job) each read the same next free number, and
+    wrote into one folder - each other's ``config.yaml``, two runs' curves in one place, and a run that failed at its
+    start removed the other's event file. The folder if this run made it; ``None`` if it was there (a version given by
+    name, to write into)."""
+    numbered = logger._version is None  # Lightning's next free number, read when log_dir is first asked for
+    while True:
+        folder = Path(logger.log_dir)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            if not numbered:
+                return None
+            logger._version = None  # another run took this number since it was read: the next one
+
+
 def remove_unused_run(folder: str | Path) -> bool:
     """Remove a logger's run folder (``lightning_logs/NAME/version_N``) that holds only what a logger writes as
-    a run starts: its ``config.yaml``, ``hparams.yaml`` and TensorBoard event files. Called for a folder this run
-    made, when it failed before its first training step (a wrong setting, refused data): left, each such try
+    a run starts: its ``config.yaml``, ``hparams.yaml`` and this process's TensorBoard event files. Called for a folder
+    this run made, when it failed before its first training step (a wrong setting, refused data): left, each such try
     took a version number and listed an empty run in TensorBoard. A folder holding anything else is kept."""
     folder = Path(folder)
     if not folder.is_dir():
         return False
-    files = list(folder.iterdir())
-    if any(not f.is_file() or not (f.name in ("config.yaml", "hparams.yaml") or f.name.startswith("events.out.tfevents."))
-           for f in files):
+    ours = f".{os.getpid()}."  # TensorBoard names its files events.out.tfevents.<time>.<host>.<pid>.<n>
+    if any(not f.is_file() or not (f.name in ("config.yaml", "hparams.yaml") or f.name.startswith("events.out.tfevents.")
+                                   and ours in f.name) for f in folder.iterdir()):
         return False
     shutil.rmtree(folder)
     return True

@@ -613,6 +613,32 @@ def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_lis
     assert "save_last off" not in capsys.readouterr().err
 
 
+def test_runs_started_at_the_same_moment_get_their_own_run_folders_and_a_failed_one_removes_only_its_own(tmp_path,
+                                                                                                          monkeypatch):
+    # a sweep's runs each read the same next version: they wrote into one folder, and one refused at its start removed
+    # the folder with the other's live event file, which then crashed
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from mmcaption.folders import claim_run_folder, remove_unused_run
+
+    reads = [0, 0, 0]  # three runs started together each read "version_0 is free" before any made it
+    real = TensorBoardLogger._get_next_version
+    monkeypatch.setattr(TensorBoardLogger, "_get_next_version", lambda self: reads.pop(0) if reads else real(self))
+    loggers = [TensorBoardLogger(tmp_path, name="sweep") for _ in range(3)]
+    folders = [claim_run_folder(logger) for logger in loggers]
+    assert [folder.name for folder in folders] == ["version_0", "version_1", "version_2"]
+    assert [Path(logger.log_dir) for logger in loggers] == folders  # where each then writes
+    named = CSVLogger(tmp_path, name="sweep", version="mine")
+    assert claim_run_folder(named).name == "mine" and claim_run_folder(CSVLogger(tmp_path, name="sweep", version="mine")) is None
+
+    theirs = folders[0] / f"events.out.tfevents.1700000000.host.{os.getpid() + 1}.0"  # another process's curves
+    theirs.write_bytes(b"")
+    (folders[0] / "config.yaml").write_text("{}")
+    assert not remove_unused_run(folders[0]) and theirs.is_file()
+    (folders[1] / f"events.out.tfevents.1700000000.host.{os.getpid()}.0").write_bytes(b"")
+    assert remove_unused_run(folders[1]) and not folders[1].exists()  # this process's own: removed, as before
+
+
 def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # were tracebacks (exit 1): a ValueError, and Lightning's MisconfigurationException
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"),
