@@ -408,14 +408,14 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_by_name(tmp_path, capsys
 
 KILL_DURING_PREPROCESSING = """
 import sys, time
-import mmcaption.data.coco as coco
+import mmcaption.data.image_pass as image_pass
 from mmcaption.data import CaptionDataModule
 
-check = coco.check_image
+check = image_pass.check_image
 def slow_check(data):  # only this test's run is slow: it gives the kill time to land mid-write
     time.sleep(0.05)
     return check(data)
-coco.check_image = slow_check
+image_pass.check_image = slow_check
 root, language, vision = sys.argv[1:4]
 CaptionDataModule(data_dir=root, tokenizer=language, image_processor=vision, num_workers=0).prepare_data()
 """
