@@ -233,11 +233,11 @@ class MMCaptionCLI(LightningCLI):
                     # Lightning would only warn that the folder "exists and is not empty" (a lock left by a kill
                     # counts): earlier checkpoints are named below, with what this run does beside them
                     warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(callback.dirpath))} exists")
+                    check_writable(callback.dirpath, "checkpoints")
+                    if trainer.global_rank == 0:  # refused first if another run is writing there: not told to continue it
+                        FolderLock(callback.dirpath).acquire()
                     if not self.config[self.subcommand].get("ckpt_path") and trainer.global_rank == 0:
                         earlier_checkpoints_note(Path(callback.dirpath), saves_last=bool(callback.save_last))
-                    check_writable(callback.dirpath, "checkpoints")
-                    if trainer.global_rank == 0:
-                        FolderLock(callback.dirpath).acquire()
             init_from = getattr(self.model, "init_from", None)
             if init_from and not Path(init_from).exists():
                 raise ConfigError(f"model.init_from {init_from} not found (train the caption stage first, or point "

@@ -247,7 +247,33 @@ def resource_message(error: BaseException) -> str | None:
     memory = out_of_memory(error)
     if memory is not None:
         return out_of_memory_message(memory, getattr(error, "__notes__", []))
+    for cause in causes(error):
+        if isinstance(cause, OSError) and cause.errno == errno.EFBIG:  # a FAT32 drive's 4 GB, or `ulimit -f`
+            return (f"{cause.filename or 'a file'} grew larger than its disk or this process may write ({cause.strerror}): "
+                    "FAT32 drives hold files of up to 4 GB, and `ulimit -f` limits them too. What was complete before stays "
+                    "whole; write to another disk, or raise the limit")
+        if isinstance(cause, PermissionError) and cause.filename:
+            return permission_message(Path(cause.filename), cause.strerror)
     return None
+
+
+def permission_message(path: Path, why: str | None) -> str:
+    """A file or folder this user may not read or write (another user's cache, checkpoints or lock, made private by
+    their umask), named with its owner and mode, not a traceback."""
+    found = next((p for p in (path, *path.parents) if p.exists()), None)
+    owner = ""
+    if found is not None:
+        info = found.stat()
+        try:
+            import pwd
+
+            name = pwd.getpwuid(info.st_uid).pw_name
+        except (ImportError, KeyError):
+            name = str(info.st_uid)
+        owner = f"; {found} belongs to {name}, mode {stat.filemode(info.st_mode)}"
+    return (f"permission denied: {path} ({why or 'not allowed'}){owner}. Point the setting that names it "
+            "(data.init_args.cache_dir, the checkpoint folder, the output) at a folder of your own; a team shares its files "
+            "by working with umask 002 in a group folder")
 
 
 def causes(error: BaseException | None, context: bool = True) -> Iterator[BaseException]:

@@ -72,7 +72,7 @@ class FolderLock:
         except ImportError:  # Windows: no flock; the folder is not locked
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = self._opened(fcntl)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -83,6 +83,21 @@ class FolderLock:
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"{os.getpid()} {' '.join(sys.argv)}".encode())
         self._held[self.path] = descriptor
+
+    def _opened(self, fcntl) -> int:
+        """The lock file, open: made as the umask allows (a teammate's run may take it after this one), and one another
+        user's killed run left, that this user cannot open to write, taken over once no run holds it."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            left = os.open(self.path, os.O_RDONLY)  # a lock is taken on a file open to read too
+        try:
+            fcntl.flock(left, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return left  # held: refused by acquire, naming its run
+        self.path.unlink()
+        os.close(left)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
 
     def release(self) -> None:
         self.release_file(self.path)

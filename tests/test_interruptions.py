@@ -738,6 +738,49 @@ def test_a_second_run_into_a_locked_checkpoint_folder_is_refused_naming_the_firs
     assert not lock.path.exists()
 
 
+def test_a_teammates_lock_file_follows_the_umask_and_one_left_by_a_killed_run_is_taken_over(tmp_path, monkeypatch):
+    # the lock was made -rw-r--r-- whatever the umask: after a teammate's run was killed, the next one in the group
+    # folder could not open it and ended in a PermissionError's traceback
+    folder = tmp_path / "checkpoints"
+    previous = os.umask(0o002)
+    try:
+        lock = FolderLock(folder)
+        lock.acquire()
+        assert oct(lock.path.stat().st_mode & 0o777) == "0o664"
+    finally:
+        os.umask(previous)
+    os.close(FolderLock._held.pop(lock.path))  # as a killed run leaves it: the file there, no process holding it
+
+    real_open = os.open
+
+    def not_ours(path, flags, *args):  # another user's file, which this user may read but not write
+        if str(path) == str(lock.path) and flags & os.O_RDWR and not flags & os.O_EXCL:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", not_ours)
+    taken = FolderLock(folder)
+    taken.acquire()
+    assert taken.path.read_text().startswith(f"{os.getpid()} ")
+    taken.release()
+
+
+def test_files_of_another_user_and_too_large_files_are_one_line(tmp_path):
+    from mmcaption.errors import resource_message
+
+    cache = tmp_path / "cache" / "train2017-0123"
+    cache.mkdir(parents=True)
+    (cache / "meta.json").write_text("{}")
+    (cache / "meta.json").chmod(0o600)
+    denied = PermissionError(13, "Permission denied", str(cache / "meta.json"))
+    message = resource_message(denied)
+    assert message.startswith(f"permission denied: {cache / 'meta.json'} (Permission denied); {cache / 'meta.json'} belongs to ")
+    assert "mode -rw-------. Point the setting that names it (data.init_args.cache_dir" in message
+    too_large = OSError(27, "File too large", str(tmp_path / "last.ckpt"))
+    assert resource_message(too_large).startswith(f"{tmp_path / 'last.ckpt'} grew larger than its disk or this process may "
+                                                  "write (File too large): FAT32 drives hold files of up to 4 GB")
+
+
 HOLD_OUTPUT_LOCK = """
 import sys, time
 from pathlib import Path

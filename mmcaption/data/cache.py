@@ -167,7 +167,7 @@ def built_once(target: Path, what: str) -> Iterator[None]:
     while True:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # as the umask allows: a teammate's run may wait on it
         except OSError:  # a read-only cache (reading a complete folder needs no lock; building fails by name)
             yield
             return
