@@ -109,8 +109,20 @@ def test_wrong_field_types_and_structure_are_named(backbones, coco, change, mess
 
 def test_non_utf8_annotation_file_and_csv_are_named(backbones, coco, tmp_path):
     (coco / "annotations" / "captions_train2017.json").write_bytes('{"images": [], "caption": "caf\xe9"}'.encode("latin-1"))
-    with pytest.raises(DataError, match=r"captions_train2017\.json is not valid JSON.*utf-8"):
+    with pytest.raises(DataError, match=r"captions_train2017\.json, line 1: not UTF-8 text \(byte 0xe9 at 30\), likely Windows' "
+                                        r"local code page; write it as UTF-8"):
         make_dm(backbones, coco).prepare_data()
+    # JSON Lines as Windows PowerShell 5's > writes it, and in Windows' code page: were UnicodeDecodeError tracebacks
+    from mmcaption.data.records import read_json_list
+
+    conversations = tmp_path / "llava.jsonl"
+    conversations.write_bytes('{"id": "1", "conversations": []}\n'.encode("utf-16"))
+    with pytest.raises(DataError, match=r"llava\.jsonl is UTF-16 text \(as Windows PowerShell 5's > and Out-File write it\), "
+                                        r"not UTF-8; write it as UTF-8 \(Out-File -Encoding utf8"):
+        read_json_list(conversations, "LLaVA conversation file")
+    conversations.write_bytes('{"id": "1"}\n{"id": "caf\xe9"}\n'.encode("cp1252"))
+    with pytest.raises(DataError, match=r"llava\.jsonl, line 2: not UTF-8 text \(byte 0xe9 at 23\)"):
+        read_json_list(conversations, "LLaVA conversation file")
     csv_file = tmp_path / "q.csv"
     csv_file.write_bytes("img_path,Question,A,B,C,D\nx.png,Qu'est-ce que c'est \xe0 gauche?,a,b,c,d\n".encode("latin-1"))
     dm = MultipleChoiceDataModule(csv_file=str(csv_file), tokenizer=str(backbones[0]), image_processor=str(backbones[1]))

@@ -25,24 +25,28 @@ class DataError(MMCaptionError, ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
 
 
-def not_utf8(path: Path) -> DataError:
+def not_utf8(path: Path, table: bool = True) -> DataError:
     """A text file that is not UTF-8, named with the line and the byte: most often a spreadsheet saved in
-    Windows' local code page (Excel's plain "CSV"), which UTF-8 cannot read back as written."""
+    Windows' local code page (Excel's plain "CSV"), which UTF-8 cannot read back as written; a JSON file (``table``
+    false) written by Windows PowerShell 5 (UTF-16) or a Windows program's default encoding."""
     data = path.read_bytes()
     image = image_format(data)
     if image is not None:  # a photo given where a table was asked for: not an encoding problem
         return DataError(f"{path} is an image ({image}), not a text file")
+    saved_as = ('as Excel\'s "Unicode Text" saves it', 'save it as "CSV UTF-8" (or UTF-8 in any editor)') if table else (
+        "as Windows PowerShell 5's > and Out-File write it", "write it as UTF-8 (Out-File -Encoding utf8; Python: "
+        "open(..., 'w', encoding='utf-8'))")
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode Text", Notepad's "Unicode"
-        return DataError(f"{path} is UTF-16 text (as Excel's \"Unicode Text\" saves it), not UTF-8; save it as \"CSV UTF-8\" "
-                         "(or UTF-8 in any editor)")
+        return DataError(f"{path} is UTF-16 text ({saved_as[0]}), not UTF-8; {saved_as[1]}")
     start = data.startswith(b"\xef\xbb\xbf") * 3
     try:
         data[start:].decode("utf-8")
     except UnicodeDecodeError as error:
         start += error.start
     line = data.count(b"\n", 0, start) + 1
+    local = ', as Excel\'s plain "CSV" writes it' if table else ""
     return DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[start]:02x} at {start}), likely Windows' local code "
-                     "page, as Excel's plain \"CSV\" writes it; save it as \"CSV UTF-8\" (or UTF-8 in any editor)")
+                     f"page{local}; {saved_as[1]}")
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -82,7 +86,9 @@ def read_json(path: Path, what: str) -> object:
         raise missing_file(path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except UnicodeDecodeError:
+        raise not_utf8(path, table=False) from None
+    except json.JSONDecodeError as error:
         raise DataError(f"{path} is not valid JSON: {error}") from error
 
 
@@ -100,8 +106,12 @@ def read_json_list(path: Path, what: str) -> object:
     elif not path.is_file():
         return read_json(path, what)  # its message, with the archive hint
     records = []
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise not_utf8(path, table=False) from None
     # lines end at "\n" only: U+2028 and the like may stand raw inside a JSON string
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
