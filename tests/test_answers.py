@@ -92,3 +92,22 @@ def test_vqa_accuracy_normalises_human_answers_only_when_they_disagree_as_the_of
     assert vqa_accuracy("The white.", ["white"] * 5 + ["gray"] * 5) == 1.0
     # a single reference answer (a user's own file, not VQAv2's ten) is compared as exact match is
     assert vqa_accuracy("The T-shirt", ["t-shirt"]) == 1.0
+
+
+@pytest.mark.parametrize("generated, letter", [
+    ("答案是B", "B"), ("答案是B。", "B"), ("选B", "B"), ("选项C", "C"), ("Ｂ", "B"), ("答案：Ｄ", "D"),  # were all unread
+    ("正确答案是 B", "B"), ("BとCの間", None),  # two letters: none
+])
+def test_letters_written_against_chinese_or_japanese_or_typed_full_width_are_read(generated, letter):
+    assert parse_choice(generated) == letter
+
+
+def test_answers_in_chinese_and_other_keyboards_compare_as_they_read():
+    from mmcaption.evaluation.answers import vqa_accuracy
+
+    options = ["红色", "绿色", "蓝色", "黄色"]
+    assert parse_choice("是绿色的", options) == "B"  # the option's text inside Chinese text: was None
+    assert parse_choice("a greenish one", ["green", "red"]) is None  # a Latin option still needs word boundaries
+    assert exact_match(["红色。", "是的，蓝色！", "Cafe\u0301"], ["红色", "是的 蓝色", "café"]) == 1.0  # were 0 each
+    assert vqa_accuracy("蓝色。", ["蓝色"] * 10) == 1.0
+    assert normalise_answer("ＲＥＤ？") == "red"

@@ -7,6 +7,7 @@ Plain string functions: no model, no tokenizer.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # The VQA evaluation's normalisation (Antol et al., 2015; the official vqaEval.py): punctuation,
 # number words, articles and common contractions written without their apostrophe.
@@ -31,6 +32,18 @@ _NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "fou
 _ARTICLES = {"a", "an", "the"}
 _PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+# Chinese and Japanese characters (and Korean's Hangul, for letters written against them): written without spaces, so
+# a letter or an option's text next to them stands alone although regular expressions' \w and \b count them as letters
+CHINESE_JAPANESE = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = rf"[^\W{CHINESE_JAPANESE}\uac00-\ud7af]"  # a letter, digit or _ of a script that puts spaces between words
+_CJK = re.compile(rf"[{CHINESE_JAPANESE}\uac00-\ud7af]")
+
+
+def _unified(text: str) -> str:
+    """Full-width letters, digits and punctuation (``Ｂ``, ``？``, Chinese ``，``) as their ASCII twins, an accent written
+    as a separate mark (macOS, some keyboards) joined to its letter, and the ideographic full stop and comma as ``.``
+    and ``,``: NFKC, as answers typed on other keyboards compare."""
+    return unicodedata.normalize("NFKC", text).replace("\u3002", ".").replace("\u3001", ",")
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 
 
@@ -50,7 +63,7 @@ def _without_punctuation(original: str) -> str:
 def normalise_answer(text: str) -> str:
     """An answer as the VQA evaluation compares it: lower case, punctuation dropped (a comma between
     digits kept), number words as digits, articles dropped, ``dont`` -> ``don't``."""
-    text = _without_punctuation(text.replace("\n", " ").replace("\t", " ").strip().lower())
+    text = _without_punctuation(_unified(text).replace("\n", " ").replace("\t", " ").strip().lower())
     words = [_NUMBERS.get(word, word) for word in text.split()]
     words = [_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES]
     return " ".join(words)
@@ -74,7 +87,7 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     circle"`` is not option A); and, with ``options``, the text of exactly one option.
     """
     letters = "".join(LETTERS[: len(options)] if options else LETTERS[:4])
-    answer = text.strip()
+    answer = _unified(text).strip()
     if not answer:
         return None
     bare = re.fullmatch(rf"[\(\[]?([{letters}])[\)\]]?[.:]?", answer)
@@ -88,7 +101,7 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
         return label.group(1) or label.group(2)
     standalone = {
         match.group(1)
-        for match in re.finditer(rf"(?<![\w'])([{letters}])(?![\w'])", answer)
+        for match in re.finditer(rf"(?<!{_WORD})(?<!')([{letters}])(?!{_WORD}|')", answer)  # "答案是B" too
         if not (match.group(1) == "A" and re.match(r"\s+(?!(?:and|or)\b)[a-z]", answer[match.end():]))  # the article
     }
     if standalone:
@@ -96,10 +109,18 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     if options:
         said = normalise_answer(answer)
         texts = [normalise_answer(option) for option in options]
-        for matches in ([t == said for t in texts], [bool(t) and re.search(rf"\b{re.escape(t)}\b", said) is not None for t in texts]):
+        for matches in ([t == said for t in texts], [bool(t) and _said_in(t, said) for t in texts]):
             if sum(matches) == 1:
                 return letters[matches.index(True)]
     return None
+
+
+def _said_in(option: str, answer: str) -> bool:
+    """Whether ``option`` is said in ``answer`` as words of its own: bounded by spaces or punctuation, or, at an end that
+    is a Chinese or Japanese character, by anything ("是绿色的" says "绿色")."""
+    left = "" if _CJK.match(option[0]) else r"\b"
+    right = "" if _CJK.match(option[-1]) else r"\b"
+    return re.search(left + re.escape(option) + right, answer) is not None
 
 
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:

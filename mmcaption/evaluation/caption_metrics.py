@@ -34,6 +34,8 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.spice import spice as spice_tool
 from pycocoevalcap.tokenizer import ptbtokenizer
 
+from mmcaption.evaluation.answers import CHINESE_JAPANESE
+
 # The punctuation pycocoevalcap's PTBTokenizer removes.
 _PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 
@@ -107,7 +109,7 @@ def _words(text: str) -> Iterator[str]:
 
 # Chinese and Japanese are written without spaces between words: each of their characters is scored as a token, as
 # sacreBLEU's "zh" tokenizer does; read whole, a caption was one word, and an exact match scored BLEU-4 0.00003
-_CJK = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f])")
+_CJK = re.compile(f"([{CHINESE_JAPANESE}\U00020000-\U0002fa1f])")
 
 
 def _ptb_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
