@@ -257,7 +257,7 @@ def resource_message(error: BaseException) -> str | None:
     return None
 
 
-def permission_message(path: Path, why: str | None) -> str:
+def permission_message(path: Path, why: str | None, advice: str = "") -> str:
     """A file or folder this user may not read or write (another user's cache, checkpoints or lock, made private by
     their umask), named with its owner and mode, not a traceback."""
     found = next((p for p in (path, *path.parents) if p.exists()), None)
@@ -271,9 +271,9 @@ def permission_message(path: Path, why: str | None) -> str:
         except (ImportError, KeyError):
             name = str(info.st_uid)
         owner = f"; {found} belongs to {name}, mode {stat.filemode(info.st_mode)}"
-    return (f"permission denied: {path} ({why or 'not allowed'}){owner}. Point the setting that names it "
-            "(data.init_args.cache_dir, the checkpoint folder, the output) at a folder of your own; a team shares its files "
-            "by working with umask 002 in a group folder")
+    return (f"permission denied: {path} ({why or 'not allowed'}){owner}. " + (advice or (
+        "Point the setting that names it (data.init_args.cache_dir, the checkpoint folder, the output) at a folder of your "
+        "own; a team shares its files by working with umask 002 in a group folder")))
 
 
 def causes(error: BaseException | None, context: bool = True) -> Iterator[BaseException]:
@@ -341,5 +341,6 @@ def disk_full_message(error: OSError, notes: list[str] = ()) -> str:
     writing = f" while writing {where}" if where else ""
     return (f"the disk is full{writing} ({error.strerror or error}){free}. What was complete before stays whole "
             "(preprocessed splits and checkpoints are written aside and renamed once whole). Free some space, or point "
-            "data_dir, the checkpoint folder or the output at a larger disk, and run the same command again"
+            "the folder it was writing (data.init_args.cache_dir for preprocessed splits, the checkpoint folder, the "
+            "output) at a larger disk, and run the same command again"
             + "".join(f"; {note}" for note in notes))

@@ -22,6 +22,7 @@ from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
     json_line,
+    json_text,
     prediction_record,
     software_record,
     starts_with_bom,
@@ -153,7 +154,7 @@ class PredictionWriter(BasePredictionWriter):
                     columns = [c for c in row if c not in RESULT_COLUMNS] + [c for c in RESULT_COLUMNS if c in row or c == "error"]
                     self.writer = csv.DictWriter(self.handle, fieldnames=columns, extrasaction="ignore")
                     self.writer.writeheader()
-                values = {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
+                values = {k: json_text(v) if isinstance(v, list) else v for k, v in row.items()}
                 late = {k: v for k, v in values.items() if k not in self.writer.fieldnames}
                 if late:  # a column the first row did not have: kept, and added to the header at the end
                     self.late_columns[self.counts["rows"] - 1] = late
@@ -267,7 +268,7 @@ class PredictionWriter(BasePredictionWriter):
             summary["processes"] = self.merged_from
         if self.share:  # what a resume on one device puts together
             summary["share"] = self.share
-        summary_path(self.path).write_text(json.dumps(summary, indent=2))
+        summary_path(self.path).write_text(json_text(summary, indent=2), encoding="utf-8")
         if self.vqa_results is not None and not why:
             asked = {entry["question_id"] for entry in self.vqa_results}
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]

@@ -168,7 +168,9 @@ class Tasks:
         return self.model.projection.weight.device
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
-        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        # a text cut by max_new_tokens inside a character of several byte tokens (most Chinese ones, emoji) ends in
+        # half of it, which decodes as U+FFFD: dropped, not written to outputs and scored
+        return [text.strip().rstrip("\ufffd").rstrip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     @torch.no_grad()
     def generate(

@@ -149,3 +149,25 @@ def test_without_java_one_loud_warning_names_what_is_lost_and_the_setup_records_
     setup = caption_metrics.metric_setup()
     assert setup["tokenizer"].startswith("fallback") and set(setup["skipped"]) == {"METEOR", "SPICE"}
     assert "METEOR" not in setup["metrics"] and "no Java" in setup["skipped"]["METEOR"]
+
+
+def test_outputs_people_read_keep_their_text_and_escape_only_a_name_that_is_not_utf8(backbones):
+    from mmcaption.evaluation.report import json_line, json_text
+    from mmcaption.tasks import Tasks
+
+    name = "caf\udce9.jpg"  # a Windows archive's "café.jpg" in its code page, unzipped on Linux
+    line = json_line({"image": name, "caption": "一个红色的三角形 😀"})
+    assert "一个红色的三角形 😀" in line and "\\udce9" in line  # the whole row was escaped for one name: \u4e00\u4e2a...
+    assert json.loads(line) == {"image": name, "caption": "一个红色的三角形 😀"}
+    assert json_text({"per_category": {"颜色识别": 0.5}}) == '{"per_category": {"颜色识别": 0.5}}'  # was \u989c\u8272...
+
+    # a caption cut by max_new_tokens inside a character of several byte tokens: half of it decoded as U+FFFD
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(backbones[0])
+    ids = tokenizer("a blue triangle 😀", add_special_tokens=False)["input_ids"]
+    cut = torch.tensor([ids[:-1]])
+    assert tokenizer.batch_decode(cut)[0].endswith("\ufffd")  # what a cut emoji decodes to
+    tasks = Tasks.__new__(Tasks)
+    tasks.tokenizer = tokenizer
+    assert tasks.decode(cut) == ["a blue triangle"]

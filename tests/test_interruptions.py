@@ -1339,3 +1339,28 @@ def test_a_closed_terminal_whose_pipe_reader_went_with_it_still_lets_the_command
     process.send_signal(signal.SIGHUP)
     assert process.wait(timeout=60) == 129
     assert (tmp_path / "saved").read_text() == "saved"
+
+
+def test_backbones_the_demo_writes_are_shared_as_the_umask_allows_and_a_private_one_is_said(tmp_path, monkeypatch):
+    # safetensors wrote model.safetensors -rw------- under umask 002: a teammate then read "the folder lacks its files
+    # (No such file or directory: .../model.safetensors). It holds ..., model.safetensors, ..."
+    from mmcaption.demo.synthetic import demo_corpus
+    from mmcaption.demo.tiny import save_tiny_backbones
+    from mmcaption.model.backbones import BackboneNotFoundError, naming_backbone
+
+    previous = os.umask(0o002)
+    try:
+        language, vision = save_tiny_backbones(tmp_path, demo_corpus(seed=0, num_scenes=20), seed=0, lm_hidden_size=32,
+                                               lm_layers=1)
+    finally:
+        os.umask(previous)
+    weights = [*language.glob("*.safetensors"), *vision.glob("*.safetensors")]
+    assert weights and {oct(path.stat().st_mode & 0o777) for path in weights} == {"0o664"}
+
+    private = language / "model.safetensors"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == private else real_access(path, mode, **kw))
+    with pytest.raises(BackboneNotFoundError, match=rf"cannot load the language model {language}: permission denied: {private} "
+                                                    r"\(not readable by this user\); .* belongs to .*Ask its owner to let the group"):
+        with naming_backbone(str(language), "language model"):  # what safetensors raises for a file it may not read
+            raise FileNotFoundError(2, "No such file or directory", str(private))

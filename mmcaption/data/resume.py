@@ -30,7 +30,7 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
     if not summary.is_file():
         raise OutputExistsError(f"resume: {output} has no {summary.name} beside it, so it is not the output of an "
                                 "interrupted predict; choose another --data.output, or replace it with --data.overwrite true")
-    said = json.loads(summary.read_text())
+    said = json.loads(summary.read_text(encoding="utf-8"))
     if not said.get("interrupted"):
         raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
                                 "interrupted): nothing to go on with")
@@ -60,7 +60,7 @@ def check_made_alike(output: Path, now: dict[str, Any], earlier: dict[str, Any] 
     ``now`` (:func:`~mmcaption.evaluation.report.prediction_record`): the two runs' rows would make one
     accuracy of two models. An output of a version that did not record them is gone on from. ``earlier``:
     its summary's record, when it has no summary file yet."""
-    earlier = earlier if earlier is not None else json.loads(summary_path(output).read_text()).get("made_by")
+    earlier = earlier if earlier is not None else json.loads(summary_path(output).read_text(encoding="utf-8")).get("made_by")
     differences = record_differences(earlier, now) if earlier else []
     if differences:
         raise OutputExistsError(f"resume: the rows of {output} came from other weights or settings - {'; '.join(differences)}: "
@@ -73,7 +73,7 @@ def output_exists_advice(output: Path, share: bool = False) -> str:
     ``--data.resume true``, which ``--data.overwrite true`` would throw away - unless it is one ``share`` of several
     processes' output, which resume does not go on from."""
     try:
-        interrupted = json.loads(summary_path(output).read_text()).get("interrupted")
+        interrupted = json.loads(summary_path(output).read_text(encoding="utf-8")).get("interrupted")
     except (OSError, ValueError, AttributeError):
         interrupted = None
     if interrupted and share:
@@ -98,7 +98,7 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
     shares: dict[int, tuple[Path, dict[str, Any]]] = {}
     for path in output.parent.glob(f"{glob.escape(output.stem)}.rank*{glob.escape(output.suffix)}"):
         try:
-            said = json.loads(summary_path(path).read_text())
+            said = json.loads(summary_path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if isinstance(said, dict) and isinstance(said.get("share"), dict):

@@ -36,6 +36,7 @@ from transformers import (
 
 from mmcaption.collate import collate
 from mmcaption.demo.synthetic import SHAPES, Scene, captions_for, draw_scene, language_sequences, random_scene
+from mmcaption.folders import as_umask_allows
 from mmcaption.model.backbones import fuse_gelu
 from mmcaption.model.optim import adamw
 
@@ -253,4 +254,6 @@ def save_tiny_backbones(
         vision_model, processor = build_vision_model(seed=seed)
         vision_model.save_pretrained(vision_dir)
     processor.save_pretrained(vision_dir)
+    for folder in (language_dir, vision_dir):  # safetensors writes its files private: a teammate could not load them
+        as_umask_allows(folder)
     return language_dir, vision_dir

@@ -62,14 +62,15 @@ _CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": fl
 NAMES_AS_BYTES = "surrogateescape"
 
 
+def json_text(value: Any, **settings: Any) -> str:
+    """``value`` as JSON that people read: text as it is (``grep café`` finds it, 颜色识别 reads as itself), only a name
+    that is not UTF-8 escaped (``"\\udce9"``: valid JSON, read back as the same name), not the whole file."""
+    return json.dumps(value, ensure_ascii=False, **settings).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def json_line(row: dict[str, Any]) -> str:
-    """A row as one line of JSON Lines: text as it is (``grep café`` finds it), a name that is not UTF-8 escaped."""
-    line = json.dumps(row, ensure_ascii=False)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:
-        line = json.dumps(row)  # "\udce9": valid JSON, read back as the same name
-    return line + "\n"
+    """A row as one line of JSON Lines (:func:`json_text`)."""
+    return json_text(row) + "\n"
 
 
 def read_output_rows(output: Path) -> list[dict[str, Any]]:
@@ -179,7 +180,7 @@ def write_evaluation(
     predictions, summary = folder / f"{stem}.predictions.jsonl", folder / f"{stem}.results.json"
     with open(predictions, "x", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row, default=str) + "\n")
+            handle.write(json_text(row, default=str) + "\n")
     captions = [{"image_id": row["image_id"], "caption": row["caption"]} for row in rows if "caption" in row]
     if captions:
         coco_results = folder / f"{stem}.coco_results.json"
@@ -189,7 +190,7 @@ def write_evaluation(
     results = {**results, "predictions": predictions.name, "mmcaption": _version("mmcaption"), "software": software_record(),
                "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     with open(summary, "x", encoding="utf-8") as handle:
-        handle.write(json.dumps(results, indent=2, default=str) + "\n")
+        handle.write(json_text(results, indent=2, default=str) + "\n")
     return predictions, summary
 
 

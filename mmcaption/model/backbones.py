@@ -8,6 +8,7 @@ model and its data can never disagree on them.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from transformers import (
 from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.utils import is_torchvision_available
 
-from mmcaption.errors import ConfigError
+from mmcaption.errors import ConfigError, permission_message
 from mmcaption.model.config import DType, Quantization
 
 
@@ -96,6 +97,11 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
                 f"the folder back there, or link it (ln -s <where it is now> {name})") from error
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         folder = Path(name).expanduser()
+        private = [p for p in folder.iterdir() if p.is_file() and not os.access(p, os.R_OK)] if folder.is_dir() else []
+        if private:  # safetensors says "No such file" of a file it may not read
+            raise BackboneNotFoundError(f"cannot load the {what} {name}: " + permission_message(
+                private[0], "not readable by this user", "Ask its owner to let the group read it (chmod -R g+rX), or copy "
+                "the folder")) from error
         if folder.is_dir():  # a local folder that lacks the files: there is nothing to download
             raise BackboneNotFoundError(
                 f"cannot load the {what} {name}: the folder lacks its files ({first.rstrip('.')}). It holds "
