@@ -28,7 +28,7 @@ from mmcaption.errors import (
     one_line,
     stop_signals,
 )
-from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal
+from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
 
 
 def save_resumable_checkpoint(trainer) -> str:
@@ -149,6 +149,7 @@ class ResumableStop(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._last_save = time.monotonic()
+        checkpoint["slurm_job"] = this_job()  # a requeued job resumes from its own saves only (slurm.requeued_checkpoint)
         describe = getattr(trainer.datamodule, "training_data", None)
         if describe is not None and trainer.state.fn == "fit":
             checkpoint["training_data"] = describe()

@@ -20,7 +20,7 @@ from transformers import TextStreamer
 
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
-from mmcaption.images import check_image, fetch, is_url
+from mmcaption.images import check_image, fetch, is_url, local_file
 from mmcaption.inference import Captioner
 from mmcaption.model import is_pretrained_folder
 from mmcaption.tasks import check_generation
@@ -53,7 +53,7 @@ def read_image(path: str) -> bytes:
         except OSError as error:
             raise ConfigError(str(error)) from None
     else:
-        file = Path(path)
+        file = local_file(Path(path).expanduser())  # typed in the other Unicode form, or another case: as macOS finds it
         if file.is_dir():
             raise ConfigError(f"image {file} is a folder; chat talks about one image (/image PATH changes it)")
         if not file.is_file():

@@ -223,8 +223,8 @@ class MMCaptionCLI(LightningCLI):
             check_inputs(self.subcommand)
         if self.subcommand != "fit":
             check_keyword_checkpoint(self.config[self.subcommand].get("ckpt_path"), trainer, self.subcommand)
-        if self.subcommand == "fit" and not self.config["fit"].get("ckpt_path"):
-            resume = requeued_checkpoint(trainer)  # a SLURM job requeued after its time-limit signal
+        if self.subcommand == "fit":  # a SLURM job requeued after its time-limit signal: from its own last save
+            resume = requeued_checkpoint(trainer, job_of_checkpoint, given=self.config["fit"].get("ckpt_path"))
             if resume is not None:
                 self.config["fit"]["ckpt_path"] = self.config_init["fit"]["ckpt_path"] = resume
         if self.subcommand == "fit":
@@ -256,6 +256,14 @@ class MMCaptionCLI(LightningCLI):
                   file=sys.stderr, flush=True)
         if self.subcommand == "predict" and hasattr(self.datamodule, "check_output"):
             self.datamodule.check_output(trainer.world_size, trainer.global_rank)
+
+
+def job_of_checkpoint(path: Path) -> str | None:
+    """The SLURM job that saved a checkpoint (:class:`~mmcaption.callbacks.ResumableStop` records it), or None."""
+    try:
+        return load_checkpoint_file(path, mmap=True).get("slurm_job")
+    except MMCaptionError:  # a damaged or half-written file is no save of this job's
+        return None
 
 
 def check_keyword_checkpoint(ckpt_path: Any, trainer: Trainer, subcommand: str) -> None:

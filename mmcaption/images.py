@@ -10,8 +10,11 @@ against decompression bombs stops at 179 megapixels.
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import threading
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -99,6 +102,51 @@ def image_format(data: bytes) -> str | None:
         return None
 
 
+def existing_spelling(root: Path, name: str) -> str:
+    """``name`` as written when ``root / name`` exists; else the first other spelling of it that exists there, as
+    Windows and macOS would find it - a Windows path's backslashes read as separators, each part in either Unicode
+    form (macOS writes decomposed names: ``é`` as ``e`` and an accent) and in any case (a spreadsheet made on Windows
+    names ``IMG_001.jpg`` what the camera wrote ``IMG_001.JPG``) - or ``name`` itself if none does."""
+    if (root / name).exists():
+        return name
+    spelling = name.replace("\\", "/") if "\\" in name and os.sep == "/" else name
+    if (root / spelling).exists():
+        return spelling
+    found, parts = root, Path(spelling).parts
+    for part in parts:
+        if part in ("/", "..", ".") or (found / part).exists():
+            found = found / part
+            continue
+        matches = _names_in(str(found), _mtime(found)).get(_folded(part), [])
+        if len(matches) != 1:  # none there, or two that differ only in case: not guessed
+            return spelling
+        found = found / matches[0]
+    return str(found.relative_to(root)) if not Path(spelling).is_absolute() else str(found)
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _mtime(folder: Path) -> int:
+    try:
+        return folder.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@functools.lru_cache(maxsize=64)
+def _names_in(folder: str, mtime: int) -> dict[str, list[str]]:
+    """A folder's names by their case-folded NFC spelling, read once per folder as it is (``mtime``)."""
+    names: dict[str, list[str]] = {}
+    try:
+        for entry in os.scandir(folder):
+            names.setdefault(_folded(entry.name), []).append(entry.name)
+    except OSError:
+        pass
+    return names
+
+
 def load_rgb(source: ImageSource) -> Image.Image:
     """An upright 8-bit RGB image from bytes, a file path, an ``http(s)://`` URL, a PIL image, an array or a
     tensor (see :func:`array_image`): EXIF orientation applied, 16/32-bit integer and floating-point images
@@ -112,7 +160,7 @@ def load_rgb(source: ImageSource) -> Image.Image:
     if isinstance(source, bytes):
         data, name = source, "the image's bytes"
     elif isinstance(source, str | Path):
-        data = fetch(source) if is_url(source) else Path(source).expanduser().read_bytes()  # a notebook's "~/photos/..."
+        data = fetch(source) if is_url(source) else local_file(Path(source).expanduser()).read_bytes()  # a notebook's "~/..."
         name = f"image {source}"
     else:
         raise TypeError(f"an image is a path, an http(s):// URL, bytes, a PIL image, an array or a tensor, not {type(source).__name__}")
@@ -122,6 +170,14 @@ def load_rgb(source: ImageSource) -> Image.Image:
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
         why = check_image(data) or f"{type(error).__name__}: {error}"
         raise UnidentifiedImageError(f"{name} cannot be decoded: {why}") from None
+
+
+def local_file(path: Path) -> Path:
+    """``path`` as typed, else as :func:`existing_spelling` finds it (the other Unicode form, another case)."""
+    if path.exists():
+        return path
+    root = Path(path.anchor) if path.is_absolute() else Path(".")
+    return root / existing_spelling(root, str(path.relative_to(root)) if path.is_absolute() else str(path))
 
 
 FETCH_TIMEOUT_S = 60

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -30,10 +31,15 @@ def slurm_requeue_signal(trainer) -> int | None:
     return None
 
 
+def this_job() -> str | None:
+    """This SLURM job's id (an array job's own task: ``<array>_<task>``), which a requeued job keeps; None outside SLURM."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}" if array else os.environ.get("SLURM_JOB_ID") or None
+
+
 def requeue_slurm_job() -> str:
     """``scontrol requeue`` this job (an array job's own task), as Lightning does; says what became of it."""
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job = f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}" if array else os.environ.get("SLURM_JOB_ID", "")
+    job = this_job()
     if not job:
         return "Not requeued: SLURM_JOB_ID is not set"
     try:
@@ -45,22 +51,32 @@ def requeue_slurm_job() -> str:
     return f"SLURM job {job} is requeued: it runs the same command again, which resumes from this checkpoint"
 
 
-def requeued_checkpoint(trainer) -> str | None:
-    """For a ``fit`` given no ``--ckpt_path``: the checkpoint a requeued SLURM job resumes from, said on rank 0 (the newest
-    ``last*.ckpt`` or ``interrupted-step*.ckpt`` in its checkpoint folder), else None. Refuses an
-    ``hpc_ckpt_N.ckpt`` in the run's root folder, which Lightning would otherwise resume from unasked."""
+def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: str | None = None) -> str | None:
+    """For a ``fit``: the checkpoint a requeued SLURM job resumes from, said on rank 0 - this job's own newest save
+    (``last*.ckpt`` or ``interrupted-step*.ckpt`` that records this job's id) in its checkpoint folder, over the command's
+    ``--ckpt_path`` (``given``; a requeued job runs its command again, and went back to where it first started) - else
+    None: a job that saved nothing yet starts as its command says, not from another job's ``last.ckpt`` in the folder.
+    Without ``given``, refuses an ``hpc_ckpt_N.ckpt`` in the run's root folder, which Lightning would otherwise resume
+    from unasked. ``saved_by``: the job a checkpoint records (:class:`~mmcaption.callbacks.ResumableStop` writes it)."""
     if not SLURMEnvironment.detect():
         return None
     callback = trainer.checkpoint_callback
     if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and isinstance(callback, ModelCheckpoint) and callback.dirpath:
         folder = Path(callback.dirpath)
         saved = [*folder.glob("last*.ckpt"), *folder.glob("interrupted-step*.ckpt")] if folder.is_dir() else []
-        if saved:
-            newest = str(max(saved, key=lambda p: p.stat().st_mtime))
+        ours = [path for path in saved if saved_by(path) == this_job()]
+        restart = f"SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']})"
+        if ours:
+            newest = str(max(ours, key=lambda p: p.stat().st_mtime))
             if trainer.global_rank == 0:
-                print(f"note: SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']}): it resumes from {newest}",
-                      file=sys.stderr, flush=True)
+                instead = f", not --ckpt_path {given}, where its command started" if given and given != newest else ""
+                print(f"note: {restart}: it resumes from its own last save, {newest}{instead}", file=sys.stderr, flush=True)
             return newest
+        if saved and trainer.global_rank == 0:
+            print(f"note: {restart}, which saved no checkpoint yet: it starts as its command says; the checkpoints in "
+                  f"{folder} are other jobs'", file=sys.stderr, flush=True)
+    if given is not None:
+        return None
     hpc = trainer._checkpoint_connector._hpc_resume_path  # Lightning < 2.7 (pinned)
     if hpc is not None:
         raise ResumeError(
@@ -68,3 +84,4 @@ def requeued_checkpoint(trainer) -> str | None:
             f"resume this run from it unasked, whatever run wrote it (the newest hpc_ckpt_N.ckpt in {trainer.default_root_dir}). "
             f"To go on from it, add --ckpt_path {hpc}; otherwise move it out of that folder")
     return None
+

@@ -1364,3 +1364,32 @@ def test_backbones_the_demo_writes_are_shared_as_the_umask_allows_and_a_private_
                                                     r"\(not readable by this user\); .* belongs to .*Ask its owner to let the group"):
         with naming_backbone(str(language), "language model"):  # what safetensors raises for a file it may not read
             raise FileNotFoundError(2, "No such file or directory", str(private))
+
+
+def test_a_requeued_slurm_job_resumes_from_its_own_last_save_not_another_jobs_nor_its_first_ckpt_path(tmp_path, monkeypatch,
+                                                                                                        capsys):
+    # a requeued job took the newest last*.ckpt in the folder whoever saved it (another job's, 1,138 steps in), and one
+    # given --ckpt_path went back to it, redoing 926 steps and then writing over its own later save
+    from types import SimpleNamespace
+
+    from mmcaption.cli import job_of_checkpoint
+    from mmcaption.slurm import requeued_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.save({"slurm_job": "125", "global_step": 1138}, folder / "last.ckpt")
+    trainer = SimpleNamespace(checkpoint_callback=ModelCheckpoint(dirpath=folder), global_rank=0, default_root_dir=tmp_path,
+                              _checkpoint_connector=SimpleNamespace(_hpc_resume_path=None))
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train.sh", "SLURM_JOB_ID": "126",
+                        "SLURM_RESTART_COUNT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert requeued_checkpoint(trainer, job_of_checkpoint) is None
+    assert "which saved no checkpoint yet: it starts as its command says" in capsys.readouterr().err
+    start = tmp_path / "start.ckpt"
+    assert requeued_checkpoint(trainer, job_of_checkpoint, given=str(start)) is None  # as its command says
+    torch.save({"slurm_job": "126", "global_step": 2076}, folder / "last-v1.ckpt")
+    assert requeued_checkpoint(trainer, job_of_checkpoint, given=str(start)) == str(folder / "last-v1.ckpt")
+    assert (f"note: SLURM requeued this job (restart 1): it resumes from its own last save, {folder / 'last-v1.ckpt'}, "
+            f"not --ckpt_path {start}") in capsys.readouterr().err
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the job's first run: its command as given
+    assert requeued_checkpoint(trainer, job_of_checkpoint, given=str(start)) is None

@@ -234,7 +234,7 @@ def test_slurms_time_limit_signal_saves_at_the_step_end_requeues_and_the_requeue
     result = subprocess.run(fit_command(workdir, "slurm"), cwd=workdir, env={**env, "SLURM_RESTART_COUNT": "1"},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"note: SLURM requeued this job (restart 1): it resumes from {last}" in result.stderr
+    assert f"note: SLURM requeued this job (restart 1): it resumes from its own last save, {last}" in result.stderr
     rows = [json.loads(line) for line in steps.read_text().splitlines()]
     assert [row["step"] for row in rows[len(interrupted):]] == list(range(done + 1, MAX_STEPS + 1))
     for row in rows:

@@ -638,3 +638,28 @@ def test_popes_label_is_the_answer_a_question_is_scored_against(tmp_path):
     pope.write_text(json.dumps({"question_id": 1, "image": "a.jpg", "text": "Is there a dog in the image?", "label": "yes"}) + "\n")
     (question,) = read_questions(pope)
     assert (question.question, question.answer) == ("Is there a dog in the image?", "yes")
+
+
+def test_a_sheet_made_on_windows_or_macos_finds_its_photos_on_linux(tmp_path, monkeypatch):
+    # Windows and macOS find a file whatever the case and Unicode form a sheet writes; Linux did not: "not a file"
+    folder = tmp_path / unicodedata.normalize("NFD", "Fotos für Tests")  # a folder macOS wrote, decomposed
+    folder.mkdir()
+    for name, colour in (("café rouge.JPG", "red"), ("IMG_0002.JPG", "blue")):
+        Image.new("RGB", (16, 16), colour).save(folder / unicodedata.normalize("NFC", name), format="JPEG")
+    table = tmp_path / "captions.csv"
+    table.write_text(" Image ,Caption \n"  # headed as people type them: were "has no column(s) ['caption', 'image']"
+                     "Fotos für Tests/CAFÉ ROUGE.jpg ,a red wall\n"  # another case, a space typed after it
+                     "fotos für tests/img_0002.jpg,a blue wall\n", encoding="utf-8")
+    seen = BadRecords(str(table), "error")
+    rows = list(HubCaptions(str(table), "image", "caption").records("train", seen))
+    assert [(name, [c for _, c in captions]) for _, name, _, captions in rows] == [
+        ("Fotos für Tests/CAFÉ ROUGE.jpg ", ["a red wall"]), ("fotos für tests/img_0002.jpg", ["a blue wall"])]
+    assert [load_rgb(image.source).getpixel((8, 8))[0] > 200 for _, _, image, _ in rows] == [True, False]
+
+    # the Python API and chat, given a name typed in the other form and case
+    monkeypatch.chdir(tmp_path)
+    typed = unicodedata.normalize("NFC", "fotos für tests/Café Rouge.jpg")
+    assert load_rgb(typed).getpixel((8, 8))[0] > 200  # was FileNotFoundError
+    from mmcaption.chat import read_image
+
+    assert check_image(read_image(typed)) is None  # was "image not found"

@@ -107,15 +107,26 @@ class HubCaptions:
         base = split[: -len(side)] if side else split
         saved = self._saved()
         if isinstance(saved, datasets.DatasetDict):
-            return saved[base], side
+            return self._columns_named(saved[base]), side
         if saved is not None:
-            return saved, side
+            return self._columns_named(saved), side
         try:
             if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
-                return self._read_file(Path(self.dataset)), side
-            return datasets.load_dataset(self.dataset, split=base, **self._csv_options), side
+                return self._columns_named(self._read_file(Path(self.dataset))), side
+            return self._columns_named(datasets.load_dataset(self.dataset, split=base, **self._csv_options)), side
         except datasets.exceptions.DatasetGenerationError as error:
             raise self._unreadable(error) from None
+
+    def _columns_named(self, data: datasets.Dataset) -> datasets.Dataset:
+        """The image and caption columns as the settings name them, where the table heads them in another case or with
+        spaces around (a sheet typed ``Image,Caption ``), as the other CSV readers take them."""
+        loose = {}
+        for wanted in (self.image_column, self.caption_column):
+            if wanted not in data.column_names:
+                found = [name for name in data.column_names if name.strip().casefold() == wanted.strip().casefold()]
+                if len(found) == 1:
+                    loose[found[0]] = wanted
+        return data.rename_columns(loose) if loose else data
 
     @staticmethod
     def _read_file(path: Path) -> datasets.Dataset:
@@ -301,7 +312,9 @@ class HubCaptions:
         if not isinstance(value, str) or not value:
             return None
         folder = self._folder
-        places = [*([folder / existing_spelling(folder, value)] if folder else []), Path(existing_spelling(Path("."), value))]
+        places = [place for name in dict.fromkeys([value, value.strip()])  # a cell with a space typed after the name
+                  for place in [*([folder / existing_spelling(folder, name)] if folder else []),
+                                Path(existing_spelling(Path("."), name))]]
         return next((str(path) for path in places if path.is_file()), None)
 
     def image_files(self, split: str) -> list[tuple[str, str | None]]:

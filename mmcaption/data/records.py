@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -16,7 +15,7 @@ from typing import Literal
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mmcaption.errors import MMCaptionError
-from mmcaption.images import image_format
+from mmcaption.images import existing_spelling, image_format  # noqa: F401 - the readers' spelling of a name, from here
 
 OnBadRecord = Literal["error", "skip"]
 
@@ -137,17 +136,6 @@ def held_out_keys(keys: set[str], fraction: float) -> set[str]:
     if not held and len(keys) > 1 and fraction > 0:
         held = {min(keys, key=lambda key: (_hash_place(key), key))}
     return held
-
-
-def existing_spelling(root: Path, name: str) -> str:
-    """``name`` as written when ``root / name`` exists; else the first other spelling of it that exists
-    there - a Windows path's backslashes read as separators, an accented name in its other Unicode form
-    (macOS writes decomposed names: ``é`` as ``e`` and an accent) - or ``name`` itself if none does."""
-    if (root / name).exists():
-        return name
-    spellings = [name.replace("\\", "/")] if "\\" in name and os.sep == "/" else [name]
-    spellings += [unicodedata.normalize(form, spelling) for spelling in spellings for form in ("NFC", "NFD")]
-    return next((spelling for spelling in spellings if (root / spelling).exists()), spellings[0])
 
 
 def escapes_root(relative: str) -> bool:
