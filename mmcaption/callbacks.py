@@ -149,7 +149,7 @@ class ResumableStop(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._last_save = time.monotonic()
-        checkpoint["slurm_job"] = this_job()  # a requeued job resumes from its own saves only (slurm.requeued_checkpoint)
+        checkpoint["slurm_job"] = this_job() or ""  # a requeued job resumes from its own saves (slurm.requeued_checkpoint)
         describe = getattr(trainer.datamodule, "training_data", None)
         if describe is not None and trainer.state.fn == "fit":
             checkpoint["training_data"] = describe()

@@ -30,7 +30,7 @@ from mmcaption.console import filter_warnings, lightning_info_hidden, print_metr
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
-from mmcaption.folders import FolderLock, check_writable, claim_run_folder, locks_released_after, remove_unused_run
+from mmcaption.folders import FolderLock, check_writable, claim_run_folders, locks_released_after, remove_unused_run
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import (
     STRUCTURAL_SETTINGS,
@@ -85,9 +85,8 @@ class MMCaptionCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             if subcommand == "fit" and self.trainer.global_rank == 0:  # the run folders this run makes, made now
-                claimed = (claim_run_folder(logger) for logger in self.trainer.loggers
-                           if isinstance(logger, TensorBoardLogger | CSVLogger))
-                self._new_run_folders = [folder for folder in claimed if folder is not None]
+                self._new_run_folders = claim_run_folders([logger for logger in self.trainer.loggers
+                                                           if isinstance(logger, TensorBoardLogger | CSVLogger)])
             with lightning_setting_errors():
                 super()._run_subcommand(subcommand)
         except BaseException:  # a fit that failed before its first step leaves no empty run in the logs
@@ -259,11 +258,12 @@ class MMCaptionCLI(LightningCLI):
 
 
 def job_of_checkpoint(path: Path) -> str | None:
-    """The SLURM job that saved a checkpoint (:class:`~mmcaption.callbacks.ResumableStop` records it), or None."""
+    """The SLURM job that saved a checkpoint (:class:`~mmcaption.callbacks.ResumableStop` records it; None: it records
+    none, saved outside SLURM or by an earlier release)."""
     try:
-        return load_checkpoint_file(path, mmap=True).get("slurm_job")
-    except MMCaptionError:  # a damaged or half-written file is no save of this job's
-        return None
+        return load_checkpoint_file(path, mmap=True).get("slurm_job", None)
+    except MMCaptionError:  # a damaged or half-written file is no save of any job's
+        return "unreadable"
 
 
 def check_keyword_checkpoint(ckpt_path: Any, trainer: Trainer, subcommand: str) -> None:

@@ -260,10 +260,15 @@ def resource_message(error: BaseException) -> str | None:
 def permission_message(path: Path, why: str | None, advice: str = "") -> str:
     """A file or folder this user may not read or write (another user's cache, checkpoints or lock, made private by
     their umask), named with its owner and mode, not a traceback."""
-    found = next((p for p in (path, *path.parents) if p.exists()), None)
+    found, info = None, None
+    for place in (path, *path.parents):  # inside another user's private folder even exists() is refused
+        try:
+            found, info = place, place.stat()
+            break
+        except OSError:
+            continue
     owner = ""
     if found is not None:
-        info = found.stat()
         try:
             import pwd
 

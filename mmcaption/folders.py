@@ -72,14 +72,18 @@ class FolderLock:
         except ImportError:  # Windows: no flock; the folder is not locked
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        descriptor = self._opened(fcntl)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(descriptor, 1000).decode(errors="replace").strip() or "unknown"
-            os.close(descriptor)
-            raise FolderLockedError(f"{self.what} is being written by another run (PID and command: {holder}); wait for "
-                                    f"it to end, or {self.advice}") from None
+        while True:
+            descriptor = self._opened(fcntl)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(descriptor, 1000).decode(errors="replace").strip() or "unknown"
+                os.close(descriptor)
+                raise FolderLockedError(f"{self.what} is being written by another run (PID and command: {holder}); wait "
+                                        f"for it to end, or {self.advice}") from None
+            if _same_file(descriptor, self.path):
+                break
+            os.close(descriptor)  # a file another run took over and replaced while this one opened it: again
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"{os.getpid()} {' '.join(sys.argv)}".encode())
         self._held[self.path] = descriptor
@@ -95,9 +99,12 @@ class FolderLock:
             fcntl.flock(left, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return left  # held: refused by acquire, naming its run
-        self.path.unlink()
-        os.close(left)
-        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            if _same_file(left, self.path):  # not one another run took over and replaced meanwhile
+                self.path.unlink()
+        finally:
+            os.close(left)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
 
     def release(self) -> None:
         self.release_file(self.path)
@@ -113,6 +120,13 @@ class FolderLock:
     def held(cls) -> set[Path]:
         """The lock files this process holds."""
         return set(cls._held)
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.fstat(descriptor).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def output_lock(output: Path) -> FolderLock:
@@ -201,14 +215,28 @@ def replace_folder(staging: Path, folder: str | Path) -> Path:
     return folder
 
 
-def claim_run_folder(logger) -> Path | None:
-    """Make a TensorBoard or CSV logger's run folder (``lightning_logs/NAME/version_N``) now, in one step that only one
-    process can win: runs started at the same moment (a sweep, an array job) each read the same next free number, and
-    wrote into one folder - each other's ``config.yaml``, two runs' curves in one place, and a run that failed at its
-    start removed the other's event file. The folder if this run made it; ``None`` if it was there (a version given by
-    name, to write into)."""
+def claim_run_folders(loggers: list) -> list[Path]:
+    """Make the run folders (``lightning_logs/NAME/version_N``) of a run's TensorBoard and CSV loggers now, each in one
+    step that only one process can win: runs started at the same moment (a sweep, an array job) each read the same next
+    free number, and wrote into one folder - each other's ``config.yaml``, two runs' curves in one place, and a run that
+    failed at its start removed the other's event file. Loggers of one folder (TensorBoard's and CSV's, by default)
+    share its version, as before. The folders this run made (not one a version given by name found there)."""
+    made, versions = [], {}
+    for logger in loggers:
+        root = str(Path(logger.root_dir).resolve())
+        if root in versions:
+            logger._version = versions[root]
+            continue
+        folder = _claimed(logger)
+        versions[root] = logger.version
+        if folder is not None:
+            made.append(folder)
+    return made
+
+
+def _claimed(logger) -> Path | None:
     numbered = logger._version is None  # Lightning's next free number, read when log_dir is first asked for
-    while True:
+    for _ in range(10_000):
         folder = Path(logger.log_dir)
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -217,20 +245,22 @@ def claim_run_folder(logger) -> Path | None:
         except FileExistsError:
             if not numbered:
                 return None
-            logger._version = None  # another run took this number since it was read: the next one
+            taken = logger.version  # another run took this number since it was read; Lightning's next counts folders
+            logger._version = None  # only, and a file or a link to an unmounted disk has a version's name too
+            logger._version = max(logger.version, taken + 1)
+    raise NotWritableError(f"no free run folder under {Path(logger.log_dir).parent}")
 
 
 def remove_unused_run(folder: str | Path) -> bool:
     """Remove a logger's run folder (``lightning_logs/NAME/version_N``) that holds only what a logger writes as
-    a run starts: its ``config.yaml``, ``hparams.yaml`` and this process's TensorBoard event files. Called for a folder
-    this run made, when it failed before its first training step (a wrong setting, refused data): left, each such try
+    a run starts: its ``config.yaml``, ``hparams.yaml`` and TensorBoard event files. Called for a folder this run made
+    (:func:`claim_run_folders`: no other run writes there), when it failed before its first training step (a wrong setting, refused data): left, each such try
     took a version number and listed an empty run in TensorBoard. A folder holding anything else is kept."""
     folder = Path(folder)
     if not folder.is_dir():
         return False
-    ours = f".{os.getpid()}."  # TensorBoard names its files events.out.tfevents.<time>.<host>.<pid>.<n>
-    if any(not f.is_file() or not (f.name in ("config.yaml", "hparams.yaml") or f.name.startswith("events.out.tfevents.")
-                                   and ours in f.name) for f in folder.iterdir()):
+    if any(not f.is_file() or not (f.name in ("config.yaml", "hparams.yaml") or f.name.startswith("events.out.tfevents."))
+           for f in folder.iterdir()):
         return False
     shutil.rmtree(folder)
     return True

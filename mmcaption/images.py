@@ -117,7 +117,7 @@ def existing_spelling(root: Path, name: str) -> str:
         if part in ("/", "..", ".") or (found / part).exists():
             found = found / part
             continue
-        matches = _names_in(str(found), _mtime(found)).get(_folded(part), [])
+        matches = _names_in(os.path.abspath(found), _mtime(found)).get(_folded(part), [])
         if len(matches) != 1:  # none there, or two that differ only in case: not guessed
             return spelling
         found = found / matches[0]
@@ -237,8 +237,8 @@ def array_image(array: np.ndarray) -> Image.Image:
         # about -2 to 2.6 (CLIP's, ImageNet's mean and std), which neither range holds
         if low >= -0.25 and high <= 1.25:
             scale = 255.0
-        elif low >= -64 and high > 16:
-            scale = 1.0
+        elif low >= (-64 if high > 16 else -0.25):  # 0-255: a dark frame's too (no value above 16), whose undershoot
+            scale = 1.0  # a resize leaves is as small
         else:
             raise ValueError(f"an image array of floats is in [0, 1] or 0-255; this one spans {low:.3g} to {high:.3g} (one "
                              "normalized for a model?): give the image before normalization")

@@ -91,7 +91,10 @@ class Captioner:
         except (OSError, ValueError, TypeError) as error:
             if total == 1:
                 raise
-            raise type(error)(f"image {index} of {total}: {error}") from None  # which one of a long list, as they are numbered
+            place = f"image {index + 1} of {total}"  # which one of a long list
+            if isinstance(error, OSError) and error.errno is not None:  # its errno and file kept, for code that reads them
+                raise type(error)(error.errno, f"{place}: {error.strerror}", error.filename) from error
+            raise type(error)(f"{place}: {error}") from error
         return self.image_processor(images=[picture], return_tensors="pt")["pixel_values"][0]
 
     def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], batch_size: int | None = None,
@@ -218,7 +221,7 @@ def _as_batch(value: object) -> list | None:
         return list(value) if value.ndim == 4 else value.tolist() if value.ndim == 1 else None
     if hasattr(value, "tolist") and hasattr(value, "index"):  # a pandas Series (an Index too)
         return list(value.tolist())
-    if isinstance(value, Iterator):
+    if isinstance(value, Iterator | Sequence):  # a generator; a Hugging Face dataset's column
         return list(value)
     return None
 

@@ -57,20 +57,26 @@ def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: 
     ``--ckpt_path`` (``given``; a requeued job runs its command again, and went back to where it first started) - else
     None: a job that saved nothing yet starts as its command says, not from another job's ``last.ckpt`` in the folder.
     Without ``given``, refuses an ``hpc_ckpt_N.ckpt`` in the run's root folder, which Lightning would otherwise resume
-    from unasked. ``saved_by``: the job a checkpoint records (:class:`~mmcaption.callbacks.ResumableStop` writes it)."""
+    from unasked. ``saved_by``: the job a checkpoint records (:class:`~mmcaption.callbacks.ResumableStop` writes it), None
+    if it records none, anything else for a file that cannot be read."""
     if not SLURMEnvironment.detect():
         return None
     callback = trainer.checkpoint_callback
     if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and isinstance(callback, ModelCheckpoint) and callback.dirpath:
         folder = Path(callback.dirpath)
         saved = [*folder.glob("last*.ckpt"), *folder.glob("interrupted-step*.ckpt")] if folder.is_dir() else []
-        ours = [path for path in saved if saved_by(path) == this_job()]
+        jobs = {path: saved_by(path) for path in saved}
+        ours = [path for path, job in jobs.items() if job == this_job()]
+        # saved before checkpoints recorded their job (an earlier release, or a run upgraded while it ran): as before, the
+        # newest of them, unless this job has saves of its own
+        untold = [path for path, job in jobs.items() if job is None]
         restart = f"SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']})"
-        if ours:
-            newest = str(max(ours, key=lambda p: p.stat().st_mtime))
+        if ours or untold:
+            newest = str(max(ours or untold, key=lambda p: p.stat().st_mtime))
             if trainer.global_rank == 0:
+                whose = "its own last save" if ours else "the newest save, which records no job (an earlier release's)"
                 instead = f", not --ckpt_path {given}, where its command started" if given and given != newest else ""
-                print(f"note: {restart}: it resumes from its own last save, {newest}{instead}", file=sys.stderr, flush=True)
+                print(f"note: {restart}: it resumes from {whose}, {newest}{instead}", file=sys.stderr, flush=True)
             return newest
         if saved and trainer.global_rank == 0:
             print(f"note: {restart}, which saved no checkpoint yet: it starts as its command says; the checkpoints in "

@@ -613,30 +613,35 @@ def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_lis
     assert "save_last off" not in capsys.readouterr().err
 
 
-def test_runs_started_at_the_same_moment_get_their_own_run_folders_and_a_failed_one_removes_only_its_own(tmp_path,
-                                                                                                          monkeypatch):
+def test_runs_started_at_the_same_moment_get_their_own_run_folders(tmp_path, monkeypatch):
     # a sweep's runs each read the same next version: they wrote into one folder, and one refused at its start removed
     # the folder with the other's live event file, which then crashed
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from mmcaption.folders import claim_run_folder, remove_unused_run
+    from mmcaption.folders import claim_run_folders, remove_unused_run
 
     reads = [0, 0, 0]  # three runs started together each read "version_0 is free" before any made it
     real = TensorBoardLogger._get_next_version
     monkeypatch.setattr(TensorBoardLogger, "_get_next_version", lambda self: reads.pop(0) if reads else real(self))
-    loggers = [TensorBoardLogger(tmp_path, name="sweep") for _ in range(3)]
-    folders = [claim_run_folder(logger) for logger in loggers]
-    assert [folder.name for folder in folders] == ["version_0", "version_1", "version_2"]
-    assert [Path(logger.log_dir) for logger in loggers] == folders  # where each then writes
+    runs = [[TensorBoardLogger(tmp_path, name="sweep"), CSVLogger(tmp_path, name="sweep")] for _ in range(3)]
+    folders = [claim_run_folders(loggers) for loggers in runs]
+    assert [[folder.name for folder in made] for made in folders] == [["version_0"], ["version_1"], ["version_2"]]
+    for loggers, (made,) in zip(runs, folders):  # a run's TensorBoard and CSV loggers share its folder, as before
+        assert [Path(logger.log_dir) for logger in loggers] == [made, made]
     named = CSVLogger(tmp_path, name="sweep", version="mine")
-    assert claim_run_folder(named).name == "mine" and claim_run_folder(CSVLogger(tmp_path, name="sweep", version="mine")) is None
+    assert claim_run_folders([named])[0].name == "mine" and claim_run_folders([CSVLogger(tmp_path, name="sweep",
+                                                                                          version="mine")]) == []
+    # a version's name held by a link to a disk not mounted, or a file: Lightning counts folders only, and gave it again
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "version_0").symlink_to(tmp_path / "unmounted" / "run")
+    (tmp_path / "links" / "version_1").write_text("")
+    assert [folder.name for folder in claim_run_folders([TensorBoardLogger(tmp_path, name="links")])] == ["version_2"]
 
-    theirs = folders[0] / f"events.out.tfevents.1700000000.host.{os.getpid() + 1}.0"  # another process's curves
-    theirs.write_bytes(b"")
-    (folders[0] / "config.yaml").write_text("{}")
-    assert not remove_unused_run(folders[0]) and theirs.is_file()
-    (folders[1] / f"events.out.tfevents.1700000000.host.{os.getpid()}.0").write_bytes(b"")
-    assert remove_unused_run(folders[1]) and not folders[1].exists()  # this process's own: removed, as before
+    (folders[1][0] / f"events.out.tfevents.1700000000.host.{os.getpid() + 1}.0").write_bytes(b"")  # a spawned rank's
+    (folders[1][0] / "config.yaml").write_text("{}")
+    assert remove_unused_run(folders[1][0]) and not folders[1][0].exists()
+    (folders[2][0] / "checkpoints").mkdir()
+    assert not remove_unused_run(folders[2][0])  # anything else: kept
 
 
 def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, tmp_path, monkeypatch, capsys):
@@ -753,15 +758,23 @@ def test_a_teammates_lock_file_follows_the_umask_and_one_left_by_a_killed_run_is
 
     real_open = os.open
 
-    def not_ours(path, flags, *args):  # another user's file, which this user may read but not write
-        if str(path) == str(lock.path) and flags & os.O_RDWR and not flags & os.O_EXCL:
+    real_unlink, removed = os.unlink, []
+
+    def not_ours(path, flags, *args):  # another user's file, which this user may read but not write, until it is removed
+        if str(path) == str(lock.path) and flags & os.O_RDWR and not removed:
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, flags, *args)
+
+    def unlink(path, *args, **kwargs):
+        removed.append(str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
 
     monkeypatch.setattr(os, "open", not_ours)
     taken = FolderLock(folder)
     taken.acquire()
-    assert taken.path.read_text().startswith(f"{os.getpid()} ")
+    assert removed == [str(lock.path)] and taken.path.read_text().startswith(f"{os.getpid()} ")
     taken.release()
 
 
@@ -776,6 +789,20 @@ def test_files_of_another_user_and_too_large_files_are_one_line(tmp_path):
     message = resource_message(denied)
     assert message.startswith(f"permission denied: {cache / 'meta.json'} (Permission denied); {cache / 'meta.json'} belongs to ")
     assert "mode -rw-------. Point the setting that names it (data.init_args.cache_dir" in message
+    # inside another user's private folder even stat() is refused: the message was a traceback of its own
+    private = tmp_path / "alice"
+    real_stat = Path.stat
+
+    def refused(path, *args, **kwargs):
+        if private in (path, *path.parents) and path != private:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    private.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "stat", refused)
+        inside = resource_message(PermissionError(13, "Permission denied", str(private / "cache" / "meta.json")))
+    assert inside.startswith(f"permission denied: {private / 'cache' / 'meta.json'} (Permission denied); {private} belongs to ")
     too_large = OSError(27, "File too large", str(tmp_path / "last.ckpt"))
     assert resource_message(too_large).startswith(f"{tmp_path / 'last.ckpt'} grew larger than its disk or this process may "
                                                   "write (File too large): FAT32 drives hold files of up to 4 GB")
@@ -1393,3 +1420,10 @@ def test_a_requeued_slurm_job_resumes_from_its_own_last_save_not_another_jobs_no
             f"not --ckpt_path {start}") in capsys.readouterr().err
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the job's first run: its command as given
     assert requeued_checkpoint(trainer, job_of_checkpoint, given=str(start)) is None
+    # a save of an earlier release, which recorded no job: the newest of those, as before, when the job has none
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "127")
+    torch.save({"global_step": 3000}, folder / "interrupted-step3000.ckpt")
+    torch.save({"slurm_job": "", "global_step": 3100}, folder / "last-v2.ckpt")  # a run outside SLURM: never a job's
+    assert requeued_checkpoint(trainer, job_of_checkpoint) == str(folder / "interrupted-step3000.ckpt")
+    assert "it resumes from the newest save, which records no job (an earlier release's)" in capsys.readouterr().err

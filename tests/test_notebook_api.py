@@ -49,6 +49,9 @@ def test_batches_as_pandas_numpy_and_generators_hold_them_caption_as_a_list_does
     assert captioner.caption(np.array(photos)) == expected
     assert captioner.caption(tuple(photos)) == expected
     assert captioner.caption(path for path in photos) == expected
+    import datasets
+
+    assert captioner.caption(datasets.Dataset.from_dict({"image": photos})["image"]) == expected  # a dataset's column
     pictures = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in photos])  # N x H x W x C: N images
     assert captioner.caption(pictures) == expected
     assert captioner.caption(pictures[0]) == expected[0]  # one H x W x C array is one image
@@ -93,11 +96,12 @@ def test_a_long_list_of_photos_is_never_held_at_full_size_all_at_once(captioner,
 
 
 def test_a_bad_item_among_many_is_named_by_its_place(captioner, photos, tmp_path):
-    with pytest.raises(UnidentifiedImageError, match=r"^image 1 of 3: the image's bytes cannot be decoded: not an image Pillow "
+    with pytest.raises(UnidentifiedImageError, match=r"^image 2 of 3: the image's bytes cannot be decoded: not an image Pillow "
                                                      r"can read \(it starts b'notanimage'\)$"):  # was "<_io.BytesIO object at 0x...>"
         captioner.caption([photos[0], b"notanimage", photos[1]])
-    with pytest.raises(FileNotFoundError, match=r"^image 2 of 3: .*missing\.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"image 3 of 3: No such file or directory: .*missing\.jpg") as caught:
         captioner.caption([photos[0], photos[1], str(tmp_path / "missing.jpg")])
+    assert caught.value.errno == 2 and caught.value.filename == str(tmp_path / "missing.jpg")  # kept for code that reads them
     with pytest.raises(UnidentifiedImageError, match=r"^the image's bytes cannot be decoded"):  # one image: no place to name
         captioner.caption(b"notanimage")
 

@@ -507,6 +507,8 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
         load_rgb(np.stack([photo, photo]))
     with pytest.raises(ValueError, match=r"spans -2.* \(one normalized for a model\?\)"):  # was clipped: a dark image
         load_rgb((torch.from_numpy(photo.transpose(2, 0, 1) / 255.0).float() - 0.5) / 0.25)
+    night = np.full((6, 5, 3), 9.0)  # a dark frame in 0-255 floats: no value above 16, still 0-255
+    assert np.asarray(load_rgb(night)).max() == 9
     imagenet = (photo / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     with pytest.raises(ValueError, match=r"spans -2.* to 2.* \(one normalized for a model\?\)"):
         load_rgb(imagenet)

@@ -199,6 +199,8 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
             images[image_id] = CocoImage(image_id, file_name, captions)
     if not images:
         raise DataError(f"{split_file} has no images of split {split!r} (Karpathy's splits: train (with restval), val, test)")
+    for image in images.values():  # in another case or Unicode form, as Windows and macOS find it
+        image.file_name = existing_spelling(image_root, image.file_name)
     missing = [image for image in images.values() if not (image_root / image.file_name).is_file()]
     records.missing_images([(f"cocoid {image.image_id}", image_root / image.file_name) for image in missing],
                            len(images), f"images of Karpathy's {split} split are", image_root)

@@ -62,7 +62,8 @@ def _without_punctuation(original: str) -> str:
 
 def normalise_answer(text: str) -> str:
     """An answer as the VQA evaluation compares it: lower case, punctuation dropped (a comma between
-    digits kept), number words as digits, articles dropped, ``dont`` -> ``don't``."""
+    digits kept), number words as digits, articles dropped, ``dont`` -> ``don't``; first, unlike it, NFKC (full-width
+    ``Ｂ`` as ``B``, and so ``m²`` as ``m2``) and Chinese punctuation as ASCII's, which VQAv2's English answers never hold."""
     text = _without_punctuation(_unified(text).replace("\n", " ").replace("\t", " ").strip().lower())
     words = [_NUMBERS.get(word, word) for word in text.split()]
     words = [_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES]

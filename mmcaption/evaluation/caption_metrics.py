@@ -110,6 +110,8 @@ def _words(text: str) -> Iterator[str]:
 # Chinese and Japanese are written without spaces between words: each of their characters is scored as a token, as
 # sacreBLEU's "zh" tokenizer does; read whole, a caption was one word, and an exact match scored BLEU-4 0.00003
 _CJK = re.compile(f"([{CHINESE_JAPANESE}\U00020000-\U0002fa1f])")
+# their punctuation (。，、「」！？ and the full-width forms), dropped as the PTB tokenizer drops ASCII punctuation
+_CJK_PUNCTUATION = re.compile("[\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65]")
 
 
 def _ptb_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
@@ -253,7 +255,8 @@ atexit.register(close_meteor)
 def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
     """PTB-tokenize ``{key: [caption, ...]}`` as the COCO evaluation does (plain fallback without Java); Chinese and
     Japanese characters one token each."""
-    captions = {key: [_CJK.sub(r" \1 ", caption) for caption in values] for key, values in captions.items()}
+    captions = {key: [_CJK.sub(r" \1 ", _CJK_PUNCTUATION.sub(" ", caption)) for caption in values]
+                for key, values in captions.items()}
     if not java_available():
         return _simple_tokenize(captions)
     with java_output_kept_back():
@@ -295,10 +298,11 @@ def _spice_folders_writable() -> Iterator[None]:
     """SPICE's temporary files in the system's temporary folder, and its parse cache in the user's cache folder when
     pycocoevalcap's own package folder (where it keeps both) cannot be written: a shared install's."""
     saved = spice_tool.TEMP_DIR, spice_tool.CACHE_DIR
-    spice_tool.TEMP_DIR = os.path.join(tempfile.gettempdir(), "mmcaption-spice")  # os.path.join keeps an absolute path
+    spice_tool.TEMP_DIR = tempfile.mkdtemp(prefix="mmcaption-spice-")  # this call's own (os.path.join keeps an absolute path)
     if not os.access(Path(spice_tool.__file__).parent, os.W_OK):
         spice_tool.CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "mmcaption", "spice")
     try:
         yield
     finally:
+        shutil.rmtree(spice_tool.TEMP_DIR, ignore_errors=True)
         spice_tool.TEMP_DIR, spice_tool.CACHE_DIR = saved
