@@ -9,6 +9,8 @@ It needs the model and the task layer only: no Lightning, no ``datasets``.
 
 from __future__ import annotations
 
+import itertools
+import numbers
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -80,7 +82,8 @@ class Captioner:
         """Pixels of each image (zeros for ``None``) and the mask of those that are there. Each image is decoded and
         made the model's size before the next is read: a list of 12-megapixel photos never sits in memory at full size.
         ``first`` and ``total``: where these images are in the caller's list, to name one that cannot be read."""
-        rows = [None if image is None else self._pixels_of(image, first + i, total or len(images)) for i, image in enumerate(images)]
+        total = len(images) if total is None else total
+        rows = [None if image is None else self._pixels_of(image, first + i, total) for i, image in enumerate(images)]
         present = next((row for row in rows if row is not None), None)
         blank = torch.zeros_like(present) if present is not None else blank_pixels(self.image_processor)
         return torch.stack([blank if row is None else row for row in rows]), torch.tensor([row is not None for row in rows])
@@ -91,21 +94,21 @@ class Captioner:
         except (OSError, ValueError, TypeError) as error:
             if total == 1:
                 raise
-            place = f"image {index + 1} of {total}"  # which one of a long list
+            place = f"image {index + 1}" + (f" of {total}" if total else "")  # which one of a long list
             if isinstance(error, OSError) and error.errno is not None:  # its errno and file kept, for code that reads them
                 raise type(error)(error.errno, f"{place}: {error.strerror}", error.filename) from error
             raise type(error)(f"{place}: {error}") from error
         return self.image_processor(images=[picture], return_tensors="pt")["pixel_values"][0]
 
     def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], batch_size: int | None = None,
-                  **generate_kwargs) -> list[str] | list[list[str]]:
+                  first: int = 0, total: int | None = None, **generate_kwargs) -> list[str] | list[list[str]]:
         """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt; ``batch_size`` at a
-        time (:attr:`batch_size` by default)."""
+        time (:attr:`batch_size` by default). ``first``, ``total``: where these images are in the caller's (0: unknown)."""
         size = _batch_size(self.batch_size if batch_size is None else batch_size)
         texts = []
         for start in range(0, len(prompts), size):
             batch = self.tasks.prompt_batch(prompts[start:start + size])
-            pixels, mask = self._images(images[start:start + size], start, len(images))
+            pixels, mask = self._images(images[start:start + size], first + start, len(images) if total is None else total)
             with self._lock:  # threads (a web server's) take turns: they got each other's images
                 texts += self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask,
                                              **generate_kwargs)
@@ -116,15 +119,22 @@ class Captioner:
                 **generate_kwargs) -> str | list[str]:
         """A caption per image (a string for one image; a list for a list, a tuple, a pandas Series, an array of
         paths or of images, or a generator; with ``num_return_sequences`` n > 1, a list of n captions in place of each
-        string), ``batch_size`` images at a time (:attr:`batch_size` by default)."""
+        string), ``batch_size`` images at a time (:attr:`batch_size` by default; a generator is read so, too: video
+        frames are not all held at once)."""
+        size = _batch_size(self.batch_size if batch_size is None else batch_size)
+        prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
+        if isinstance(images, Iterator):  # its length unknown: its images named by their place alone
+            captions: list = []
+            while chunk := list(itertools.islice(images, size)):
+                _caption_needs_images(chunk)
+                captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0, **generate_kwargs)
+            return captions
         batch = _as_batch(images)
         images = [images] if batch is None else batch
         if not images:
             return []
-        if any(image is None for image in images):  # a caption of no image would be made up from the prompt alone
-            raise ValueError("caption needs an image for each item; None is for text-only questions (answer, choose, chat)")
-        prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
-        captions = self._generate([prompt] * len(images), images, batch_size, **generate_kwargs)
+        _caption_needs_images(images)
+        captions = self._generate([prompt] * len(images), images, size, **generate_kwargs)
         return captions if batch is not None else captions[0]
 
     def answer(
@@ -176,9 +186,11 @@ class Captioner:
     def _choose(self, images, questions, options, batch_size: int | None = None
                 ) -> tuple[str | list[str], list[float] | list[list[float]]]:
         many, images, questions = _batch(images, questions)
-        given = _as_batch(options)
+        given = options.to_numpy().tolist() if hasattr(options, "columns") else (  # a DataFrame's A-D columns: a row each
+            options.tolist() if isinstance(options, np.ndarray) and options.ndim == 2 else _as_batch(options))
         if given is None:
-            raise ValueError(f"options is a list of the options' texts, not {options!r}")
+            raise ValueError(f"options is a list of the options' texts (or, with many questions, a list of them, a 2-D "
+                             f"array or a DataFrame of a row each), not {type(options).__name__}")
         nested = [_as_batch(o) for o in given]
         if not many or all(isinstance(o, str) for o in given):  # one option list, for each question if there are many
             option_lists = [given] * len(questions)
@@ -219,11 +231,16 @@ def _as_batch(value: object) -> list | None:
         return None
     if isinstance(value, np.ndarray | torch.Tensor):
         return list(value) if value.ndim == 4 else value.tolist() if value.ndim == 1 else None
-    if hasattr(value, "tolist") and hasattr(value, "index"):  # a pandas Series (an Index too)
-        return list(value.tolist())
+    if hasattr(value, "tolist") and hasattr(value, "__len__") and not hasattr(value, "columns"):  # pandas' Series, Index
+        return list(value.tolist())  # and arrays (pandas 3's text column's .values is an ArrowStringArray)
     if isinstance(value, Iterator | Sequence):  # a generator; a Hugging Face dataset's column
         return list(value)
     return None
+
+
+def _caption_needs_images(images: list) -> None:
+    if any(image is None for image in images):  # a caption of no image would be made up from the prompt alone
+        raise ValueError("caption needs an image for each item; None is for text-only questions (answer, choose, chat)")
 
 
 def _batch(images, questions) -> tuple[bool, list, list[str]]:
@@ -244,9 +261,9 @@ def _batch(images, questions) -> tuple[bool, list, list[str]]:
 
 
 def _batch_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ValueError(f"batch_size is a whole number of images of at least 1, not {size!r}")
-    return size
+    return int(size)
 
 
 def _check_texts(what: str, texts: list) -> None:

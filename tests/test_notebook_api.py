@@ -52,6 +52,9 @@ def test_batches_as_pandas_numpy_and_generators_hold_them_caption_as_a_list_does
     import datasets
 
     assert captioner.caption(datasets.Dataset.from_dict({"image": photos})["image"]) == expected  # a dataset's column
+    assert captioner.caption(table["path"].values) == expected  # pandas 3: an ArrowStringArray, was refused
+    assert captioner.caption(pd.Index(photos)) == expected
+    assert captioner.caption(photos, batch_size=np.int64(2)) == expected  # a NumPy integer, as arithmetic gives one
     pictures = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in photos])  # N x H x W x C: N images
     assert captioner.caption(pictures) == expected
     assert captioner.caption(pictures[0]) == expected[0]  # one H x W x C array is one image
@@ -74,6 +77,34 @@ def test_batches_as_pandas_numpy_and_generators_hold_them_caption_as_a_list_does
     assert np.allclose(by_two, all_at_once, atol=1e-4)  # as float rounding in batches of other shapes allows
     with pytest.raises(ValueError, match="choose with 5 questions needs a list of options per question, or one list"):
         captioner.choose(photos, question, [options] * 4)
+    sheet = pd.DataFrame([options] * 5, columns=["A", "B", "C", "D"])  # a multiple-choice sheet's option columns
+    assert captioner.choose(table["path"], table["question"], sheet) == letters  # were refused, dumping the array
+    assert captioner.choose(photos, question, sheet.to_numpy()) == letters
+    with pytest.raises(ValueError, match=r"options is a list of the options' texts .*, not int$"):
+        captioner.choose(photos[0], question, 7)
+
+
+def test_a_generator_of_frames_is_read_a_batch_at_a_time(captioner, photos, monkeypatch):
+    # a generator was read whole before the first image was made the model's size: a video's frames all at once
+    read, generated = [], []
+    real = captioner.tasks.generate
+
+    def frames():
+        for index, path in enumerate(photos):
+            read.append((index, len(generated)))
+            yield path
+
+    def counting(*args, **kwargs):
+        generated.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(captioner.tasks, "generate", counting)
+    captions = captioner.caption(frames(), batch_size=2)
+    assert captions == captioner.caption(photos) and len(generated) == 3 + 1
+    assert read == [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2)]  # two read, one batch generated, two more read, ...
+    bad = iter([photos[0], photos[1], b"notanimage"])
+    with pytest.raises(UnidentifiedImageError, match=r"^image 3: the image's bytes cannot be decoded"):  # its length unknown
+        captioner.caption(bad, batch_size=2)
 
 
 def test_a_long_list_of_photos_is_never_held_at_full_size_all_at_once(captioner, photos, monkeypatch, tmp_path):

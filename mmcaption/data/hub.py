@@ -96,7 +96,7 @@ class HubCaptions:
         val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
         if val is None:
             rank_zero_info(f"{self.dataset} has one split ({train!r}): {self.val_fraction:.1%} of its images are held out "
-                           "for validation (val_fraction), by a stable hash of each image")
+                           "for validation (hub_val_fraction), by a stable hash of each image")
             return {"train": train + REST, "val": train + HELD_OUT, "test": test or train + HELD_OUT}
         return {"train": train, "val": val, "test": test or val}
 

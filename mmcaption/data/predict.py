@@ -33,7 +33,7 @@ from mmcaption.data.resume import check_made_alike, interrupted_rows, output_exi
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import prediction_record
 from mmcaption.folders import output_lock, walk_through_links
-from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb
+from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb, local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV for .csv, JSON Lines for the rest
@@ -60,7 +60,7 @@ def find_images(source: str, note=rank_zero_info) -> list[Path]:
     single image (a file or a URL)."""
     if is_url(source):
         return [RemoteImage(source)]
-    path = Path(source)
+    path = local_file(Path(source))  # in another case or Unicode form, as Windows and macOS find it
     if path.is_dir():
         files, broken = _folder_files(path)
         images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
