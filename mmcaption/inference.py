@@ -189,8 +189,9 @@ class Captioner:
         given = options.to_numpy().tolist() if hasattr(options, "columns") else (  # a DataFrame's A-D columns: a row each
             options.tolist() if isinstance(options, np.ndarray) and options.ndim == 2 else _as_batch(options))
         if given is None:
+            shown = repr(options) if len(repr(options)) <= 80 else type(options).__name__  # not a whole array's dump
             raise ValueError(f"options is a list of the options' texts (or, with many questions, a list of them, a 2-D "
-                             f"array or a DataFrame of a row each), not {type(options).__name__}")
+                             f"array or a DataFrame of a row each), not {shown}")
         nested = [_as_batch(o) for o in given]
         if not many or all(isinstance(o, str) for o in given):  # one option list, for each question if there are many
             option_lists = [given] * len(questions)

@@ -80,7 +80,7 @@ def test_batches_as_pandas_numpy_and_generators_hold_them_caption_as_a_list_does
     sheet = pd.DataFrame([options] * 5, columns=["A", "B", "C", "D"])  # a multiple-choice sheet's option columns
     assert captioner.choose(table["path"], table["question"], sheet) == letters  # were refused, dumping the array
     assert captioner.choose(photos, question, sheet.to_numpy()) == letters
-    with pytest.raises(ValueError, match=r"options is a list of the options' texts .*, not int$"):
+    with pytest.raises(ValueError, match=r"options is a list of the options' texts .*, not 7$"):
         captioner.choose(photos[0], question, 7)
 
 
