@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
@@ -286,6 +286,8 @@ class InstructDataModule(PreprocessedDataModule):
         file, side = self._source(split)
         image_root = self.image_root
         records = BadRecords(file, self.on_bad_record)
+        if file.is_file() and file.stat().st_size > 1 << 24:  # LLaVA-Instruct-150k's 230 MB: seconds before a bar moves
+            rank_zero_info(f"reading and checking the {file.stat().st_size / 2**20:,.0f} MB of {file} ...")
         conversations = read_llava(file, image_root, records, split=side, val_fraction=self.val_fraction)
         metadata = {"source": "llava", "file": str(file), "side": side, "image_root": str(image_root),
                     "tokenizer": self.tokenizer_name, "template": repr(self.template)}
