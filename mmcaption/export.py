@@ -15,7 +15,9 @@ the destination as it was, and a replaced folder keeps nothing of its old conten
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +49,20 @@ def epochs_completed(checkpoint: dict[str, Any]) -> int | None:
     return progress.get("completed", 0) + int(open_epoch_done)
 
 
-def training_summary(checkpoint: dict[str, Any]) -> dict[str, Any]:
+def training_summary(checkpoint: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
     """What a checkpoint records of its training, for the model card: the stage, the epochs completed,
-    the data settings, and the best value of each monitored validation metric."""
+    the data settings, and the best value of each monitored validation metric (``metrics_of``: the file it was
+    measured for, when that is not this checkpoint ``path`` - a last.ckpt exported after a worse validation)."""
     data = checkpoint.get("datamodule_hyper_parameters", {})
-    metrics = {}
+    metrics, metrics_of = {}, {}
     for state in (checkpoint.get("callbacks") or {}).values():
         if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
             metrics[state["monitor"]] = float(state["best_model_score"])
+            best = Path(state.get("best_model_path") or "")
+            if path is not None and best.name and best.name != Path(path).name:
+                metrics_of[state["monitor"]] = best.name
     return {
+        **({"metrics_of": metrics_of} if metrics_of else {}),
         "stage": "instruct" if "Instruct" in str(data.get("_class_path", "")) else "caption",
         "epochs": epochs_completed(checkpoint),
         "data": {k: data[k] for k in DATA_SETTINGS if data.get(k) not in (None, "")},
@@ -94,7 +101,8 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}
     source = {"checkpoint": str(Path(checkpoint_path).resolve()), "global_step": checkpoint.get("global_step"),
-              "init_from": checkpoint.get("init_from"), "license": license, "training": training_summary(checkpoint)}
+              "init_from": checkpoint.get("init_from"), "license": license,
+              "training": training_summary(checkpoint, checkpoint_path)}
     tokenizer = load_tokenizer(model.config.language_model)
     # the instruct stage's layout, for apply_chat_template (and the Hub's chat widgets)
     tokenizer.chat_template = ConversationTemplate(system=prompts["system_prompt"]).chat_template()
@@ -107,10 +115,26 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
                                      for name in ("language_model", "vision_model")}
             (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         as_umask_allows(staging)
+        kept = _keep_what_the_export_does_not_write(out, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if kept:
+        print(f"note: kept in {out} what the export does not write: {', '.join(kept)}", file=sys.stderr)
     return replace_folder(staging, out)
+
+
+def _keep_what_the_export_does_not_write(out: Path, staging: Path) -> list[str]:
+    """Move what an earlier export's folder holds besides an export's own files (a Hub clone's ``.git`` and
+    ``.gitattributes``, examples added beside the model) into the new folder: ``--overwrite`` replaces the export, not
+    them. An earlier export's own files (a merged ``language_model/`` this one does not write) go."""
+    if not out.is_dir():
+        return []
+    own = {entry.name for entry in staging.iterdir()} | {"language_model", "backbones"}  # those of every kind of export
+    kept = sorted(entry.name for entry in out.iterdir() if entry.name not in own)
+    for name in kept:
+        os.replace(out / name, staging / name)
+    return kept
 
 
 @user_errors_exit

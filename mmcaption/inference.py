@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -19,6 +21,7 @@ from typing import Any, get_args
 
 import numpy as np
 import torch
+from huggingface_hub import is_offline_mode, snapshot_download
 from PIL import Image
 
 from mmcaption.errors import NotAModelFolderError
@@ -58,7 +61,7 @@ class Captioner:
         """Rebuild the model of a saved folder (backbones from their own names, trained parts from the
         folder), optionally with another quantization for inference. ``language_model`` / ``vision_model``: where a
         backbone is now, when its folder moved since training (a merged export holds its language model)."""
-        folder = Path(folder).expanduser()
+        folder = _model_folder(folder)
         check_device(device)
         if quantization is not None and quantization not in get_args(Quantization):
             raise ValueError(f"quantization is one of {', '.join(get_args(Quantization))} (or None for the folder's own), "
@@ -71,6 +74,8 @@ class Captioner:
                                        "write it again with mmcaption-export")
         overrides = {name: value for name, value in (("quantization", quantization), ("language_model", language_model),
                                                      ("vision_model", vision_model)) if value is not None}
+        overrides.update({name: os.path.expanduser(overrides[name]) for name in ("language_model", "vision_model")
+                          if name in overrides})  # "~/models/phi-2", as the shell would read it
         model = MultimodalCausalLM.from_pretrained(folder, device=device, **overrides)
         processor = load_image_processor(str(folder / "image_processor"))
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
@@ -220,6 +225,21 @@ class Captioner:
             letters += chosen
             per_question += [row[: len(opts)].tolist() for row, opts in zip(scores.float().cpu(), option_lists[start:start + size])]
         return (letters, per_question) if many else (letters[0], per_question[0])
+
+
+def _model_folder(name: str | Path) -> Path:
+    """A saved model's folder: a local one (``~`` read as the home folder), or a Hugging Face Hub repository's
+    (``owner/name``, as the model card's snippet names it), downloaded as ``huggingface_hub`` does (offline: its cache)."""
+    folder = Path(name).expanduser()
+    if folder.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(name)):
+        return folder
+    try:
+        return Path(snapshot_download(str(name), local_files_only=is_offline_mode()))
+    except Exception as error:  # noqa: BLE001 - the hub's many errors (offline, not found, gated) all mean the same here
+        why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise NotAModelFolderError(f"{name} is no folder here, and as a Hugging Face Hub repository it could not be had "
+                                   f"({why}); download it (hf download {name} --local-dir <folder>) and give the folder"
+                                   ) from None
 
 
 def _as_batch(value: object) -> list | None:

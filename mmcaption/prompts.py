@@ -97,17 +97,22 @@ class ConversationTemplate:
         def literal(text: str) -> str:
             return json.dumps(text, ensure_ascii=False)
 
+        # content as a string, or as transformers' multimodal messages write it, a list of parts: its text parts, the
+        # image ones left out (the image reaches the model through cross-attention, not the prompt)
         return (
+            "{% macro text(content) %}{% if content is string %}{{ content }}{% else %}"
+            "{{ content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') }}{% endif %}"
+            "{% endmacro %}"
             "{{ bos_token }}"
             "{% if messages and messages[0]['role'] == 'system' %}"
-            "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+            "{% set system = text(messages[0]['content']) %}{% set turns = messages[1:] %}"
             f"{{% else %}}{{% set system = {literal(self.system)} %}}{{% set turns = messages %}}{{% endif %}}"
             "{% if system %}{{ system }}{{ '\\n' }}{% endif %}"
             "{% for message in turns %}"
             "{% if message['role'] == 'user' %}"
             f"{{% if not loop.first %}}{{{{ '\\n' }}}}{{% endif %}}{{{{ {literal(self.user)} }}}}"
-            f"{{{{ message['content'] }}}}{{{{ {literal(self.assistant)} }}}}"
-            "{% elif message['role'] == 'assistant' %}{{ ' ' }}{{ message['content'] }}{{ eos_token }}"
+            f"{{{{ text(message['content']) }}}}{{{{ {literal(self.assistant)} }}}}"
+            "{% elif message['role'] == 'assistant' %}{{ ' ' }}{{ text(message['content']) }}{{ eos_token }}"
             "{% endif %}{% endfor %}"
         )
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import os
 from pathlib import Path
+
+
+def path(text: str) -> str:
+    """A path argument, ``~`` read as the home folder: the shell leaves it as it is after ``--model=``."""
+    return os.path.expanduser(text)
 
 
 def docstring(module: str) -> str | None:
@@ -29,7 +35,7 @@ def described(module: str, prog: str | None = None) -> argparse.ArgumentParser:
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the backbones are now: a checkpoint or an export records their folders as they were at training."""
     for name, what in (("language_model", "language model"), ("vision_model", "vision tower")):
-        parser.add_argument(f"--{name}", default=None,
+        parser.add_argument(f"--{name}", default=None, type=path,
                             help=f"the {what}'s folder (or hub id) if it is no longer where training found it: a project "
                                  "moved or copied to another machine")
 
@@ -41,11 +47,12 @@ def backbones_given(args: argparse.Namespace) -> dict[str, str]:
 
 def export_parser() -> argparse.ArgumentParser:
     parser = described("mmcaption.export", "mmcaption-export")
-    parser.add_argument("checkpoint", help="a Lightning checkpoint of mmcaption fit")
-    parser.add_argument("out", help="folder to write (refused if it holds anything, unless --overwrite)")
+    parser.add_argument("checkpoint", type=path, help="a Lightning checkpoint of mmcaption fit")
+    parser.add_argument("out", type=path, help="folder to write (refused if it holds anything, unless --overwrite)")
     parser.add_argument("--merge", action="store_true", help="also write the language model with LoRA merged in")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the folder if it is an earlier export (nothing of it is kept); other folders are refused")
+                        help="replace an earlier export's files in the folder (what the export does not write, as a Hub clone's "
+                             ".git, is kept); other folders are refused")
     parser.add_argument("--license", default="apache-2.0",
                         help="Hub license id the model card declares (default apache-2.0; mind the data's and base models')")
     parser.add_argument("--include_backbones", action="store_true",
@@ -56,8 +63,8 @@ def export_parser() -> argparse.ArgumentParser:
 
 def chat_parser() -> argparse.ArgumentParser:
     parser = described("mmcaption.chat", "mmcaption chat")
-    parser.add_argument("--model", required=True, help="a folder written by mmcaption-export")
-    parser.add_argument("--image", help="the image to talk about (none: text-only questions)")
+    parser.add_argument("--model", required=True, type=path, help="a folder written by mmcaption-export")
+    parser.add_argument("--image", type=path, help="the image to talk about (none: text-only questions)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--min_new_tokens", type=int, default=None)
@@ -70,8 +77,8 @@ def chat_parser() -> argparse.ArgumentParser:
 def app_parser() -> argparse.ArgumentParser:
     parser = described("mmcaption.app", "mmcaption-app")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a folder written by mmcaption-export")
-    source.add_argument("--checkpoint", help="a checkpoint of mmcaption fit (its config is inside it)")
+    source.add_argument("--model", type=path, help="a folder written by mmcaption-export")
+    source.add_argument("--checkpoint", type=path, help="a checkpoint of mmcaption fit (its config is inside it)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
@@ -82,6 +89,6 @@ def app_parser() -> argparse.ArgumentParser:
 def pipeline_parser() -> argparse.ArgumentParser:
     """Parsed with ``parse_known_args``: what it does not know goes to both stages' ``fit``."""
     parser = described("mmcaption.pipeline", "mmcaption-pipeline")
-    parser.add_argument("--caption", default="configs/caption.yaml", help="fit config of the caption stage")
-    parser.add_argument("--instruct", default="configs/instruct.yaml", help="fit config of the instruct stage")
+    parser.add_argument("--caption", default="configs/caption.yaml", type=path, help="fit config of the caption stage")
+    parser.add_argument("--instruct", default="configs/instruct.yaml", type=path, help="fit config of the instruct stage")
     return parser

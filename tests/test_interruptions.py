@@ -322,9 +322,17 @@ def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(t
     export_main([str(trained_checkpoint), str(folder), "--merge"])
     export_main([str(trained_checkpoint), str(folder), "--merge", "--overwrite"])  # an export over an export
     assert (folder / "language_model").is_dir()
+    # a Hub clone of the export: its .git and what was added beside the model are not the export's to replace
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    (folder / "examples").mkdir()
+    capsys.readouterr()
     export_main([str(trained_checkpoint), str(folder), "--overwrite"])  # a plain export over a merged one
-    assert not (folder / "language_model").exists()  # nothing of the old folder is left
+    assert not (folder / "language_model").exists()  # nothing of the old export is left
     assert not json.loads((folder / "mmcaption.json").read_text())["merged"]
+    assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n" and (folder / "examples").is_dir()  # were deleted
+    assert f"note: kept in {folder} what the export does not write: .git, .gitattributes, examples" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no staging folder left beside it
 
     empty = tmp_path / "empty"

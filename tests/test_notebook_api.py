@@ -137,11 +137,23 @@ def test_a_bad_item_among_many_is_named_by_its_place(captioner, photos, tmp_path
         captioner.caption(b"notanimage")
 
 
-def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, photos, monkeypatch, tmp_path):
+def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, photos, backbones, monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(exported.parent))
     captioner = Captioner.from_pretrained(f"~/{exported.name}")  # was "~/export is not a saved mmcaption model folder"
     (exported.parent / "photo.png").write_bytes(open(photos[0], "rb").read())
     assert captioner.caption("~/photo.png") == captioner.caption(photos[0])  # was FileNotFoundError
+    (exported.parent / "bb").symlink_to(backbones[0].parent)  # backbones named from home: "the folder lacks its files"
+    moved = Captioner.from_pretrained(exported, language_model=f"~/bb/{backbones[0].name}", vision_model=f"~/bb/{backbones[1].name}")
+    assert moved.caption(photos[0]) == captioner.caption(photos[0])
+    # the command-line tools too: the shell leaves "~" as it is after "--model=" (were "~/export is not a model folder")
+    from mmcaption.usage import app_parser, chat_parser, export_parser
+
+    home = str(exported.parent)
+    chat = chat_parser().parse_args([f"--model=~/{exported.name}", "--language_model=~/bb"])
+    assert (chat.model, chat.language_model) == (str(exported), f"{home}/bb")
+    assert app_parser().parse_args([f"--model=~/{exported.name}"]).model == str(exported)
+    parsed = export_parser().parse_args(["~/caption.ckpt", "~/out", "--vision_model=~/bb/vision"])
+    assert (parsed.checkpoint, parsed.out, parsed.vision_model) == (f"{home}/caption.ckpt", f"{home}/out", f"{home}/bb/vision")
     with pytest.raises(NotAModelFolderError, match=r"nope is not a saved mmcaption model folder \(no such folder\)"):
         Captioner.from_pretrained(tmp_path / "nope")
     for wrong in (False, "", "NF4"):  # False and "" loaded the folder's 4-bit model without a word
@@ -166,3 +178,23 @@ def test_casts_that_would_ruin_the_4_bit_weights_are_refused_and_leave_the_model
     assert captioner.option_scores(photos[0], "Which colour?", ["red", "blue", "green"]) == scores
     captioner.model.to(torch.bfloat16)  # and a cast to the dtype the packed weights have (the trained ones follow)
     assert np.allclose(captioner.option_scores(photos[0], "Which colour?", ["red", "blue", "green"]), scores, atol=0.05)
+
+
+def test_a_model_shared_on_the_hub_loads_by_its_repository_id(exported, photos, tmp_path, monkeypatch):
+    # the model card's snippet names the repository: was "you/mmcaption-demo is not a saved mmcaption model folder"
+    import shutil
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--you--mmcaption-demo" / "snapshots" / "0123abc"
+    shutil.copytree(exported, snapshot)
+    (cache / "models--you--mmcaption-demo" / "refs").mkdir()
+    (cache / "models--you--mmcaption-demo" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # as `hf download` leaves it, offline
+    monkeypatch.chdir(tmp_path)
+    assert Captioner.from_pretrained("you/mmcaption-demo").caption(photos[0]) == Captioner.from_pretrained(exported).caption(
+        photos[0])
+    with pytest.raises(NotAModelFolderError, match=r"you/elsewhere is no folder here, and as a Hugging Face Hub repository "
+                                                   r"it could not be had \(.*\); download it \(hf download you/elsewhere"):
+        Captioner.from_pretrained("you/elsewhere")

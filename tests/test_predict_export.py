@@ -764,3 +764,17 @@ def test_a_project_moved_since_training_exports_and_loads_with_the_backbones_new
         chat_main(["--model", str(tmp_path / "export"), "--language_model", again["language_model"],
                    "--vision_model", again["vision_model"], "--max_new_tokens", "3"])
     assert capsys.readouterr().out.strip()
+
+
+def test_the_cards_best_metric_says_which_checkpoint_it_was_measured_for():
+    # a last.ckpt exported after a worse validation: its card gave the run's best as this model's own
+    from mmcaption.export import training_summary
+    from mmcaption.model.card import training_section
+
+    state = {"monitor": "val/loss", "best_model_score": torch.tensor(5.8687), "best_model_path": "/runs/ck/epoch=1-step=40.ckpt"}
+    checkpoint = {"callbacks": {"ModelCheckpoint{'monitor': 'val/loss'}": state}, "epoch": 3}
+    last = training_section({"training": training_summary(checkpoint, "/runs/ck/last.ckpt"), "global_step": 80})
+    assert "- val/loss: 5.8687 (the checkpoint callback's best; measured on the validation split, for the run's " \
+           "`epoch=1-step=40.ckpt`, not this model's checkpoint)" in last
+    best = training_section({"training": training_summary(checkpoint, "/elsewhere/epoch=1-step=40.ckpt"), "global_step": 40})
+    assert "- val/loss: 5.8687 (the checkpoint callback's best; measured on the validation split)" in best

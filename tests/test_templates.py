@@ -105,3 +105,7 @@ def test_the_exported_chat_template_renders_the_training_layout_token_for_token(
         # a question alone: the prompt the model answers from, as predict and the API build it
         prompt = exported.apply_chat_template([*given[:-3]], tokenize=True, add_generation_prompt=True, return_dict=False)
         assert prompt == template.prompt(turns[0][0], plain), system
+        # transformers' multimodal messages: content as parts, the image one left out (was the list's Python repr)
+        parts = [{**m, "content": [{"type": "image"}, {"type": "text", "text": m["content"]}] if m["role"] == "user" else
+                  [{"type": "text", "text": m["content"]}]} for m in given]
+        assert exported.apply_chat_template(parts, tokenize=True, return_dict=False) == expected, system

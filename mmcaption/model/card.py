@@ -48,7 +48,9 @@ def training_section(source: dict[str, Any]) -> str:
     if data:
         lines.append("- data: " + ", ".join(f"{k} `{v}`" for k, v in data.items()))
     for name, value in training.get("metrics", {}).items():
-        lines.append(f"- {name}: {value:.4f} (the checkpoint callback's best; measured on the validation split)")
+        of = training.get("metrics_of", {}).get(name)
+        lines.append(f"- {name}: {value:.4f} (the checkpoint callback's best; measured on the validation split" + (
+            f", for the run's `{of}`, not this model's checkpoint)" if of else ")"))
     return "\n## Training\n\n" + "\n".join(lines) + "\n"
 
 
