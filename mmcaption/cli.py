@@ -7,6 +7,7 @@ import io
 import re
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,10 @@ from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, claim_run_folders, locks_released_after, remove_unused_run
+from mmcaption.model import is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import check_backbone
-from mmcaption.model.config import (
-    STRUCTURAL_SETTINGS,
-    flat_settings,
-    nested_settings,
-    precision_problem,
-    same_setting,
-)
+from mmcaption.model.config import flat_settings, merged_settings, nested_settings, precision_problem
+from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
 from mmcaption.slurm import requeued_checkpoint
@@ -152,6 +149,12 @@ class MMCaptionCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
+        init_from = self.config[subcommand]["model"].get("init_from")
+        if not ckpt_path and subcommand != "fit" and init_from and is_pretrained_folder(init_from):
+            # predict (validate, test) from an export alone: its model settings and backbones, as a checkpoint's
+            manifest = read_manifest(init_from)
+            saved = {"config": asdict(pretrained_config(init_from)), "generation": manifest.get("generation") or {}}
+            self._model_settings_from(f"model.init_from {init_from}", saved, subcommand, "export")
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
             return
         checkpoint = load_checkpoint_file(ckpt_path)
@@ -162,28 +165,23 @@ class MMCaptionCLI(LightningCLI):
         saved = dict(checkpoint.get("hyper_parameters") or {})
         for key in ("_instantiator", "_class_path"):
             saved.pop(key, None)
-        if not saved:
-            return
+        if saved:
+            self._model_settings_from(f"--ckpt_path {ckpt_path}", saved, subcommand, "checkpoint")
+
+    def _model_settings_from(self, source: str, saved: dict[str, Any], subcommand: str, saved_name: str) -> None:
+        """The model settings of a checkpoint or an export (``saved``), except those the user set (listed against the
+        saved value); a structural setting that differs is refused naming both values."""
         given = flat_settings(self.config[subcommand]["model"].as_dict())
-        written = self._written_model_settings(subcommand)
         defaults = flat_settings(self._subcommand_parsers[subcommand].get_defaults()["model"].as_dict())
-        merged, notes, refused = flat_settings(saved), [], []
-        for key, value in given.items():
-            unset = key not in written if written is not None else value == defaults.get(key)
-            if unset or key not in merged or same_setting(key, value, merged[key]) or key == "init_from":
-                continue  # not set by the user, unknown to the checkpoint, the same, or unused (its weights are replaced)
-            if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
-                refused.append(f"{key}: checkpoint {merged[key]!r}, given {value!r}")
-            else:
-                notes.append(f"{key} {value!r} (checkpoint: {merged[key]!r})")
-                merged[key] = value
+        merged, notes, refused = merged_settings(flat_settings(saved), given, self._written_model_settings(subcommand), defaults,
+                                                 saved_name)
         if refused:
             raise ConfigError(
-                f"{ckpt_path} was trained with other structural settings than this run's ({'; '.join(refused)}); its "
-                "tensors cannot fit. Drop these settings to use the checkpoint's, or train a new run"
+                f"{source} was trained with other structural settings than this run's ({'; '.join(refused)}); its "
+                f"tensors cannot fit. Drop these settings to use the {saved_name}'s, or train a new run"
             )
         if notes and rank_zero_only.rank == 0:  # the CLI's own note, as its errors: straight to the console
-            print(f"--ckpt_path {ckpt_path}: using the settings you gave instead of the checkpoint's: {'; '.join(notes)}",
+            print(f"{source}: using the settings you gave instead of the {saved_name}'s: {'; '.join(notes)}",
                   file=sys.stderr, flush=True)
         self.config = self.parser.parse_object({subcommand: {"model": nested_settings(merged)}}, self.config)
 

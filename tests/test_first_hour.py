@@ -428,3 +428,27 @@ def test_a_folder_an_image_or_a_table_given_where_another_input_belongs_is_named
     shutil.copy(photo, tmp_path / "a,b.png")
     listing.write_text(f"a,b.png\n{photo}\n")
     assert find_images(str(listing)) == [tmp_path / "a,b.png", photo]
+
+
+def test_predict_from_an_export_alone_takes_its_settings_and_its_backbones(backbones, trained_checkpoint, image_folder, tmp_path,
+                                                                           capsys):
+    # an export given to someone else: predict --model.init_from it, with no training config, looked for microsoft/phi-2
+    # and then refused the export's own LoRA and layers; its backbones/ folder was never used
+    from mmcaption.export import main as export_main
+
+    export_main([str(trained_checkpoint), str(tmp_path / "shared"), "--include_backbones"])
+    capsys.readouterr()
+    command = ["predict", "--config", str(REPO / "configs" / "predict" / "captions.yaml"), "--model.init_from",
+               str(tmp_path / "shared"), "--data.images", str(image_folder), "--trainer.accelerator", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert printed["config"]["language_model"] == str(tmp_path / "shared" / "backbones" / "language_model")
+    assert printed["config"]["lora_r"] == 4 and printed["config"]["cross_attention_layers"] == [2, 3]  # the export's ([-2, -1])
+    assert printed["generation"] == {"max_new_tokens": 8}
+    with pytest.raises(SystemExit) as exit_info:  # a structural setting given that the export's tensors cannot fit
+        main([*command, "--model.config.lora_r", "8"])
+    assert exit_info.value.code == 2
+    assert (f"error: model.init_from {tmp_path / 'shared'} was trained with other structural settings than this run's "
+            "(config.lora_r: export 4, given 8)") in capsys.readouterr().err

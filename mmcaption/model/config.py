@@ -114,6 +114,24 @@ STRUCTURAL_SETTINGS = (
 )
 
 
+def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[str] | None, defaults: dict[str, Any],
+                    saved_name: str = "checkpoint") -> tuple[dict[str, Any], list[str], list[str]]:
+    """Flat model settings a checkpoint or an export (``saved``) gives, with those the user set (``written``, or where
+    unknown, ``given`` values other than the ``defaults``) in their place: (the settings, notes on each one the user's
+    value replaced, the structural ones that differ - the trained tensors would not fit them)."""
+    merged, notes, refused = dict(saved), [], []
+    for key, value in given.items():
+        unset = key not in written if written is not None else value == defaults.get(key)
+        if unset or key not in merged or same_setting(key, value, merged[key]) or key == "init_from":
+            continue  # not set by the user, unknown to the checkpoint, the same, or unused (its weights are replaced)
+        if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
+            refused.append(f"{key}: {saved_name} {merged[key]!r}, given {value!r}")
+        else:
+            notes.append(f"{key} {value!r} ({saved_name}: {merged[key]!r})")
+            merged[key] = value
+    return merged, notes, refused
+
+
 def settings_diff(saved: dict, current: dict, saved_name: str = "checkpoint") -> list[str]:
     """``"lora_r: checkpoint 4, model 8"`` for each structural setting in which two configs differ."""
     return [
