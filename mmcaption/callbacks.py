@@ -284,7 +284,7 @@ class PlainProgress(ProgressBar):
         self._line(trainer, f"training starts at step {trainer.global_step} of {self._total(trainer)}")
 
     def _total(self, trainer) -> int | str:
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        total = trainer.estimated_stepping_batches  # max_steps or max_epochs, whichever ends first (and accumulation)
         return int(total) if total != float("inf") else "?"
 
     def _line(self, trainer, text: str) -> None:
@@ -346,3 +346,28 @@ def lightning_setting_errors() -> Iterator[None]:
         if setting is None or isinstance(error, MMCaptionError):
             raise
         raise ConfigError(f"{setting}: {one_line(error)}") from error
+
+
+CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "METEOR", "SPICE")
+
+
+def unlogged_monitor(callbacks: list, datamodule: Any) -> str | None:
+    """Why a callback's ``monitor`` (ModelCheckpoint's, EarlyStopping's) will never be logged with these settings, or
+    ``None``: found now, not as Lightning's "could not find the monitored key" at the first validation, thousands of
+    steps in, with no checkpoint of the run's best saved."""
+    from mmcaption.evaluation.caption_metrics import java_available, spice_available  # noqa: PLC0415 - Java is looked for
+
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        name = f"{type(callback).__name__}'s monitor {monitor}"
+        if monitor in {f"val/{metric}" for metric in CAPTION_METRICS}:
+            if getattr(datamodule, "val_caption_images", None) == 0:
+                return (f"{name} is computed only from validation captions: set data.init_args.val_caption_images (images "
+                        "captioned at each validation; it is 0), or monitor val/loss")
+            if monitor == "val/METEOR" and not java_available() or monitor == "val/SPICE" and not spice_available():
+                return (f"{name} is not computed on this machine: METEOR needs Java, SPICE Java and its models "
+                        "(see the README's caption metrics); monitor val/CIDEr")
+        if monitor == "val/answer_exact_match" and getattr(datamodule, "val_answer_questions", None) == 0:
+            return (f"{name} is computed only from answered validation questions: set data.init_args.val_answer_questions "
+                    "(it is 0), or monitor val/loss")
+    return None

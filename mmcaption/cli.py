@@ -24,6 +24,7 @@ from mmcaption.callbacks import (
     ResumableStop,
     StageProgressBar,
     lightning_setting_errors,
+    unlogged_monitor,
     usable_callbacks,
 )
 from mmcaption.checkpoint import earlier_checkpoints_note, install_atomic_checkpoint_io, load_checkpoint_file
@@ -236,7 +237,9 @@ class MMCaptionCLI(LightningCLI):
                     if not self.config[self.subcommand].get("ckpt_path") and trainer.global_rank == 0:
                         earlier_checkpoints_note(Path(callback.dirpath), saves_last=bool(callback.save_last))
             init_from = getattr(self.model, "init_from", None)
-            if init_from and not Path(init_from).exists():
+            if problem := unlogged_monitor(trainer.callbacks, self.datamodule):
+                raise ConfigError(problem)
+            if init_from and not self.config["fit"].get("ckpt_path") and not Path(init_from).exists():  # a resume's unused
                 raise ConfigError(f"model.init_from {init_from} not found (train the caption stage first, or point "
                                   "init_from at its checkpoint or exported folder)")
         if self.subcommand in ("fit", "validate", "test"):

@@ -175,6 +175,10 @@ class MultimodalCaptioner(LightningModule):
         restore_loader_position(self.trainer)  # a resume continues with the next batch, or at an epoch's end the next epoch
         if self.trainer.ckpt_path:
             schedule_from_here(self.trainer, self.learning_rate)
+            for optimizer in self.trainer.optimizers:  # given on resume: the restored state kept the saved ones
+                optimizer.param_groups[0]["weight_decay"] = self.weight_decay  # the matrices' group (configure_optimizers)
+                for group in optimizer.param_groups:
+                    group["betas"] = tuple(self.adam_betas)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # After a resume, the generators continue from the checkpoint's states: set here, once the

@@ -53,6 +53,13 @@ def handoff_checkpoint(cli: MMCaptionCLI) -> str:
     raise RuntimeError(f"the stage left no checkpoint in {callback.dirpath}{elsewhere}")
 
 
+def stage_last(cli: MMCaptionCLI) -> str | None:
+    """A finished stage's last checkpoint in its folder (resumed, it ends at once), or None."""
+    callback = getattr(getattr(cli, "trainer", None), "checkpoint_callback", None)
+    last = Path(callback.dirpath) / Path(callback.last_model_path).name if callback and callback.last_model_path else None
+    return str(last) if last is not None and last.is_file() else None
+
+
 def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str], str | None]:
     """``--ckpt_path`` taken out of the fit arguments, with the stage whose checkpoint it is (read from the
     checkpoint; ``None`` for ``last`` and the other keywords, which each stage resolves in its own folder), the
@@ -114,6 +121,8 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     resume = resume if stage is None else []  # a caption checkpoint is the caption stage's only
     print(f"== stage 2, instructions: mmcaption fit --config {instruct_config} --model.init_from {caption_checkpoint} ==",
           flush=True)
+    # what goes on without training stage 1 again: its last checkpoint (its best, an earlier step, trained it on)
+    go_on = f"--ckpt_path {stage_last(caption) or caption_checkpoint}"
     try:
         instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", caption_checkpoint,
                             *fit_args, *resume])
@@ -121,7 +130,12 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
         if isinstance(stop, RunInterrupted):
             raise
         raise Interrupted(stop.signum, f"{stop} in stage 2, before its first checkpoint; stage 1 is done: run the same "
-                          f"command with --ckpt_path {caption_checkpoint} to go on without training stage 1 again") from None
+                          f"command with {go_on} to go on without training stage 1 again") from None
+    except Exception as error:  # a setting or data of stage 2's refused: the same command trained stage 1 anew
+        if rank_zero_only.rank == 0:
+            print(f"note: stage 1 is done; once stage 2's problem below is mended, run the same command with {go_on} to go "
+                  "on without training stage 1 again", file=sys.stderr, flush=True)
+        raise error
     started = getattr(getattr(instruct, "model", None), "init_source", None) if resume and rank_zero_only.rank == 0 else None
     if started and started.get("sha256") and started["sha256"] != file_sha256(caption_checkpoint):
         print(f"note: stage 2 went on from its own checkpoint, whose run started from stage 1's weights at step "

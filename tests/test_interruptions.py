@@ -860,6 +860,13 @@ def test_user_errors_are_one_line_with_exit_2_and_a_traceback_on_request(backbon
 
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--model.init_from", "nope.ckpt"])
     assert "model.init_from nope.ckpt not found" in message
+    # resumed, a run does not read init_from (it started from it): the stage before's folder may be gone
+    from mmcaption.cli import check_command
+
+    resumed = tmp_path / "resumed.ckpt"
+    torch.save({"pytorch-lightning_version": "2.6.0", "hyper_parameters": {}, "state_dict": {}}, resumed)
+    check_command([*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--model.init_from", "nope.ckpt",
+                   "--ckpt_path", str(resumed)])  # was "model.init_from nope.ckpt not found"
 
     missing = tmp_path / "missing.csv"
     message = user_error(capsys, main, ["prepare", "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(missing)])
@@ -1208,6 +1215,25 @@ def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, m
                                           "the same command with --ckpt_path caption-best.ckpt") as stop:
         pipeline.run_pipeline("c.yaml", "i.yaml", [], check=False)  # was "stopped by SIGINT", and a re-run trained stage 1 again
     assert stop.value.exit_code == 130
+    # stage 1's last checkpoint, not its best: resumed from its best (an earlier step), stage 1 trained on to its end
+    folder = tmp_path / "checkpoints-caption"
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"")
+    callback = types.SimpleNamespace(dirpath=str(folder), last_model_path="/moved/project/checkpoints-caption/last.ckpt")
+    Finished.trainer = types.SimpleNamespace(checkpoint_callback=callback)
+    with pytest.raises(Interrupted, match=rf"stage 1 is done: run the same command with --ckpt_path {folder / 'last.ckpt'} to"):
+        pipeline.run_pipeline("c.yaml", "i.yaml", [], check=False)
+
+    def refused_in_stage_2(args):  # a setting or the data of stage 2 refused: the same command trained stage 1 anew
+        if "i.yaml" in args:
+            raise ConfigError("data.init_args.train_file not found")
+        return Finished(args)
+
+    monkeypatch.setattr(pipeline, "run_cli", refused_in_stage_2)
+    with pytest.raises(ConfigError, match="train_file not found"):
+        pipeline.run_pipeline("c.yaml", "i.yaml", [], check=False)
+    assert (f"note: stage 1 is done; once stage 2's problem below is mended, run the same command with --ckpt_path "
+            f"{folder / 'last.ckpt'} to go on without training stage 1 again") in capsys.readouterr().err
 
 
 def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_continue_it(tmp_path, capsys):
@@ -1435,3 +1461,28 @@ def test_a_requeued_slurm_job_resumes_from_its_own_last_save_not_another_jobs_no
     torch.save({"slurm_job": "", "global_step": 3100}, folder / "last-v2.ckpt")  # a run outside SLURM: never a job's
     assert requeued_checkpoint(trainer, job_of_checkpoint) == str(folder / "interrupted-step3000.ckpt")
     assert "it resumes from the newest save, which records no job (an earlier release's)" in capsys.readouterr().err
+
+
+def test_the_progress_line_counts_to_where_training_ends_by_max_epochs_or_max_steps():
+    # "training starts at step 0 of 70" for a run max_epochs ended at 45: every time-left estimate was wrong
+    from types import SimpleNamespace
+
+    from mmcaption.callbacks import PlainProgress
+
+    ends_by_epochs = SimpleNamespace(max_steps=70, estimated_stepping_batches=45)  # Lightning's: the smaller of the two
+    assert PlainProgress()._total(ends_by_epochs) == 45
+    assert PlainProgress()._total(SimpleNamespace(max_steps=-1, estimated_stepping_batches=float("inf"))) == "?"
+
+
+def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(backbones, coco_root, tmp_path, monkeypatch):
+    # ModelCheckpoint(monitor=val/CIDEr) with no validation captions failed at the first validation (4,600 steps in at
+    # the real config's interval), with no best checkpoint saved; in the pipeline, after the whole first stage
+    from mmcaption.cli import check_command
+
+    monkeypatch.chdir(tmp_path)
+    command = [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--trainer.callbacks.monitor=val/CIDEr",
+               "--trainer.callbacks.mode=max"]
+    with pytest.raises(ConfigError, match=r"ModelCheckpoint's monitor val/CIDEr is computed only from validation captions: "
+                                          r"set data.init_args.val_caption_images"):
+        check_command([*command, "--data.init_args.val_caption_images", "0"])
+    check_command([*command, "--data.init_args.val_caption_images", "4"])  # computed: fine

@@ -264,7 +264,8 @@ def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_le
             "epoch is saved per worker. Resume with --data.init_args.num_workers 1") in fewer.stderr
     config = yaml.safe_load(Path(DEMO_CONFIG).read_text())
     halved = config["model"]["learning_rate"] / 2
-    run(fit_command(workdir, "longer", ckpt_path=last, extra=("--model.learning_rate", str(halved))), workdir)
+    run(fit_command(workdir, "longer", ckpt_path=last, extra=("--model.learning_rate", str(halved), "--model.weight_decay",
+                                                             "0.05", "--model.adam_betas", "[0.8, 0.95]")), workdir)
     longer = records(workdir / "longer.jsonl")
     assert sorted(longer) == list(range(stopped + 1, MAX_STEPS + 1))
     for step in longer:  # the rest of the epoch, in its order (it started a new epoch, skipping the rest of this one)
@@ -272,7 +273,11 @@ def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_le
         # the rate given on resume, on the schedule of the new length (the checkpoint's rate was kept, and the first
         # step trained at the old schedule's last rate, 0)
         assert longer[step]["lr"] == pytest.approx(straight_steps[step]["lr"] / 2, rel=1e-6), step
-    assert load_checkpoint_file(workdir / "checkpoints-longer" / "last.ckpt")["global_step"] == MAX_STEPS
+    saved = load_checkpoint_file(workdir / "checkpoints-longer" / "last.ckpt")
+    assert saved["global_step"] == MAX_STEPS
+    # the weight decay and betas given on resume, as the note said: the restored optimizer kept the saved ones
+    groups = saved["optimizer_states"][0]["param_groups"]
+    assert [(g["weight_decay"], tuple(g["betas"])) for g in groups] == [(0.05, (0.8, 0.95)), (0.0, (0.8, 0.95))]
 
 
 @pytest.mark.slow
