@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    TQDMProgressBar,
+)
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.errors import (
@@ -318,7 +325,12 @@ class PlainProgress(ProgressBar):
         self._line(trainer, f"validation at step {trainer.global_step}: {metrics}")
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._line(trainer, f"training done at step {trainer.global_step} in {format_seconds(time.monotonic() - self._start)}")
+        said = next((c.stopping_reason_message for c in trainer.callbacks if isinstance(c, EarlyStopping)
+                     and c.stopping_reason != EarlyStoppingReason.NOT_STOPPED and c.stopping_reason_message), None)
+        # Lightning says why only at its info level, which is kept quiet
+        why = f" - stopped by EarlyStopping: {said.replace(' Signaling Trainer to stop.', '').strip()}" if said else ""
+        self._line(trainer, f"training done at step {trainer.global_step} in "
+                            f"{format_seconds(time.monotonic() - self._start)}{why}")
 
 
 def format_seconds(seconds: float) -> str:

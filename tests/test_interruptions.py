@@ -1486,3 +1486,24 @@ def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(
                                           r"set data.init_args.val_caption_images"):
         check_command([*command, "--data.init_args.val_caption_images", "0"])
     check_command([*command, "--data.init_args.val_caption_images", "4"])  # computed: fine
+
+
+def test_a_run_that_early_stopping_ended_says_so_in_its_last_line(capsys):
+    # "training done at step 14" and nothing else: Lightning says why only at its (quiet) info level
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    from mmcaption.callbacks import PlainProgress
+
+    stopping = EarlyStopping(monitor="val/CIDEr", mode="max", patience=2)
+    stopping.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
+    stopping.stopping_reason_message = ("Monitored metric val/CIDEr did not improve in the last 2 records. Best score: 0.412. "
+                                        "Signaling Trainer to stop.")
+    progress = PlainProgress()
+    progress._enabled, progress._start = True, 0.0
+    trainer = SimpleNamespace(callbacks=[stopping], global_step=14, is_global_zero=True, logger=SimpleNamespace(name="caption"))
+    progress.on_train_end(trainer, None)
+    assert ("training done at step 14 in" in (out := capsys.readouterr().out) and out.rstrip().endswith(
+        " - stopped by EarlyStopping: Monitored metric val/CIDEr did not improve in the last 2 records. Best score: 0.412."))
