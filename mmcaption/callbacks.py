@@ -81,6 +81,14 @@ class ResumableStop(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.signal, self._last_save, self._saved_step = None, time.monotonic(), None
+        ended = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)
+                      and c.stopping_reason != EarlyStoppingReason.NOT_STOPPED), None)
+        if ended is not None and trainer.ckpt_path:  # Lightning restores EarlyStopping's verdict, not the stop: it trained on
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"note: {trainer.ckpt_path} is of a run EarlyStopping ended ({ended.monitor}): it ends at once. To train "
+                      "on, resume without EarlyStopping, or start from its weights with --model.init_from", file=sys.stderr,
+                      flush=True)
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         # and SLURM's warning before the time limit, in place of Lightning's handler: that one saved an hpc_ckpt in

@@ -1507,3 +1507,27 @@ def test_a_run_that_early_stopping_ended_says_so_in_its_last_line(capsys):
     progress.on_train_end(trainer, None)
     assert ("training done at step 14 in" in (out := capsys.readouterr().out) and out.rstrip().endswith(
         " - stopped by EarlyStopping: Monitored metric val/CIDEr did not improve in the last 2 records. Best score: 0.412."))
+
+
+def test_resuming_a_run_early_stopping_ended_ends_at_once_saying_so(capsys, monkeypatch):
+    # the pipeline's --ckpt_path last trained an early-stopped caption stage on by another validation interval (and
+    # changed its best checkpoint): Lightning restores EarlyStopping's verdict, not the stop
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    import mmcaption.callbacks
+
+    monkeypatch.setattr(mmcaption.callbacks, "slurm_requeue_signal", lambda trainer: None)  # not under SLURM
+    stopping = EarlyStopping(monitor="val/CIDEr", mode="max", patience=2)
+    stopping.load_state_dict({**stopping.state_dict(), "stopping_reason": EarlyStoppingReason.PATIENCE_EXHAUSTED.value})
+    callback = ResumableStop()
+    for stoppers, ended in (([stopping], True), ([EarlyStopping(monitor="val/CIDEr")], False)):
+        trainer = SimpleNamespace(callbacks=stoppers, ckpt_path="checkpoints/caption/last.ckpt", is_global_zero=True,
+                                  should_stop=False)
+        callback.on_train_start(trainer, None)  # the hook Lightning calls once the checkpoint is restored
+        callback._restore_handlers()
+        assert trainer.should_stop == ended  # a run EarlyStopping did not end resumes as before
+    assert ("note: checkpoints/caption/last.ckpt is of a run EarlyStopping ended (val/CIDEr): it ends at once"
+            in capsys.readouterr().err)
