@@ -381,13 +381,13 @@ def unlogged_monitor(callbacks: list, datamodule: Any) -> str | None:
         monitor = getattr(callback, "monitor", None)
         name = f"{type(callback).__name__}'s monitor {monitor}"
         if monitor in {f"val/{metric}" for metric in CAPTION_METRICS}:
-            if getattr(datamodule, "val_caption_images", None) == 0:
+            if getattr(datamodule, "val_caption_images", 0) == 0:  # the instruct stage has none (a pipeline's fit args)
                 return (f"{name} is computed only from validation captions: set data.init_args.val_caption_images (images "
                         "captioned at each validation; it is 0), or monitor val/loss")
             if monitor == "val/METEOR" and not java_available() or monitor == "val/SPICE" and not spice_available():
                 return (f"{name} is not computed on this machine: METEOR needs Java, SPICE Java and its models "
                         "(see the README's caption metrics); monitor val/CIDEr")
-        if monitor == "val/answer_exact_match" and getattr(datamodule, "val_answer_questions", None) == 0:
+        if monitor == "val/answer_exact_match" and getattr(datamodule, "val_answer_questions", 0) == 0:
             return (f"{name} is computed only from answered validation questions: set data.init_args.val_answer_questions "
                     "(it is 0), or monitor val/loss")
     return None

@@ -9,7 +9,8 @@ in. ``Captioner.from_pretrained`` and ``model.init_from`` read it back.
 
 A folder that exists with something in it is refused unless ``--overwrite`` is given. The export is
 written to a hidden sibling folder and renamed into place when complete: an interrupted export leaves
-the destination as it was, and a replaced folder keeps nothing of its old content.
+the destination as it was, and a replaced export keeps nothing of its old files; what the export does not write (a
+Hub clone's ``.git``) stays.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 
 from huggingface_hub import is_offline_mode, snapshot_download
 
-from mmcaption.checkpoint import model_from_checkpoint
+from mmcaption.checkpoint import load_checkpoint_file, model_from_checkpoint
 from mmcaption.console import quieted
-from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
 from mmcaption.folders import as_umask_allows, check_new_folder, replace_folder, staging_folder
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.card import DATA_SETTINGS
@@ -59,7 +60,7 @@ def training_summary(checkpoint: dict[str, Any], path: str | Path | None = None)
         if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
             metrics[state["monitor"]] = float(state["best_model_score"])
             best = Path(state.get("best_model_path") or "")
-            if path is not None and best.name and best.name != Path(path).name:
+            if path is not None and best.name and not _same_save(best, Path(path), checkpoint):
                 metrics_of[state["monitor"]] = best.name
     return {
         **({"metrics_of": metrics_of} if metrics_of else {}),
@@ -68,6 +69,18 @@ def training_summary(checkpoint: dict[str, Any], path: str | Path | None = None)
         "data": {k: data[k] for k in DATA_SETTINGS if data.get(k) not in (None, "")},
         "metrics": metrics,
     }
+
+
+def _same_save(best: Path, path: Path, checkpoint: dict[str, Any]) -> bool:
+    """Whether the run's best checkpoint is this one's save: the same file (a last.ckpt link), or a file at the same
+    step (last.ckpt written at the validation that was the best); by name when the best is not there to read."""
+    if not best.is_file():
+        return best.name == path.name
+    try:
+        return (path.exists() and best.samefile(path)
+                or load_checkpoint_file(best, mmap=True).get("global_step") == checkpoint.get("global_step"))
+    except (OSError, MMCaptionError):
+        return best.name == path.name
 
 
 def copy_backbone(name: str, target: Path) -> str:
@@ -106,7 +119,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     tokenizer = load_tokenizer(model.config.language_model)
     # the instruct stage's layout, for apply_chat_template (and the Hub's chat widgets)
     tokenizer.chat_template = ConversationTemplate(system=prompts["system_prompt"]).chat_template()
-    staging = staging_folder(out)
+    staging, kept = staging_folder(out), []
     try:
         model.save_pretrained(staging, tokenizer, prompts, hparams.get("generation") or {}, source, merge=merge)
         if include_backbones:
@@ -115,8 +128,10 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
                                      for name in ("language_model", "vision_model")}
             (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         as_umask_allows(staging)
-        kept = _keep_what_the_export_does_not_write(out, staging)
+        kept = _keep_what_the_export_does_not_write(out, staging, kept)
     except BaseException:
+        for name in kept:  # put back what was moved over before it failed (Ctrl-C): a Hub clone's .git is not lost
+            os.replace(staging / name, out / name)
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if kept:
@@ -124,16 +139,16 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     return replace_folder(staging, out)
 
 
-def _keep_what_the_export_does_not_write(out: Path, staging: Path) -> list[str]:
+def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[str]) -> list[str]:
     """Move what an earlier export's folder holds besides an export's own files (a Hub clone's ``.git`` and
     ``.gitattributes``, examples added beside the model) into the new folder: ``--overwrite`` replaces the export, not
     them. An earlier export's own files (a merged ``language_model/`` this one does not write) go."""
     if not out.is_dir():
         return []
     own = {entry.name for entry in staging.iterdir()} | {"language_model", "backbones"}  # those of every kind of export
-    kept = sorted(entry.name for entry in out.iterdir() if entry.name not in own)
-    for name in kept:
+    for name in sorted(entry.name for entry in out.iterdir() if entry.name not in own):
         os.replace(out / name, staging / name)
+        kept.append(name)  # one by one: what was moved is put back if the export fails before it is in place
     return kept
 
 

@@ -10,18 +10,19 @@ It needs the model and the task layer only: no Lightning, no ``datasets``.
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import os
 import re
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
 import torch
-from huggingface_hub import is_offline_mode, snapshot_download
+from huggingface_hub import hf_hub_download, is_offline_mode, snapshot_download
 from PIL import Image
 
 from mmcaption.errors import NotAModelFolderError
@@ -30,6 +31,7 @@ from mmcaption.images import ImageSource, blank_pixels, load_rgb
 from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import check_device, load_image_processor, load_tokenizer
 from mmcaption.model.config import Quantization
+from mmcaption.model.multimodal import CONFIG_FILE
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompt
 from mmcaption.tasks import Tasks
 
@@ -128,7 +130,9 @@ class Captioner:
         frames are not all held at once)."""
         size = _batch_size(self.batch_size if batch_size is None else batch_size)
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
-        if isinstance(images, Iterator):  # its length unknown: its images named by their place alone
+        if isinstance(images, Iterable) and not isinstance(images, Sized):  # a generator, a streamed dataset's column:
+            images = iter(images)  # read a batch at a time, its length unknown (its images named by their place alone)
+        if isinstance(images, Iterator):
             captions: list = []
             while chunk := list(itertools.islice(images, size)):
                 _caption_needs_images(chunk)
@@ -191,7 +195,7 @@ class Captioner:
     def _choose(self, images, questions, options, batch_size: int | None = None
                 ) -> tuple[str | list[str], list[float] | list[list[float]]]:
         many, images, questions = _batch(images, questions)
-        given = options.to_numpy().tolist() if hasattr(options, "columns") else (  # a DataFrame's A-D columns: a row each
+        given = _option_rows(options) if hasattr(options, "columns") else (  # a DataFrame's option columns: a row each
             options.tolist() if isinstance(options, np.ndarray) and options.ndim == 2 else _as_batch(options))
         if given is None:
             shown = repr(options) if len(repr(options)) <= 80 else type(options).__name__  # not a whole array's dump
@@ -229,17 +233,28 @@ class Captioner:
 
 def _model_folder(name: str | Path) -> Path:
     """A saved model's folder: a local one (``~`` read as the home folder), or a Hugging Face Hub repository's
-    (``owner/name``, as the model card's snippet names it), downloaded as ``huggingface_hub`` does (offline: its cache)."""
+    (``owner/name`` given as a string, as the model card's snippet names it), downloaded as ``huggingface_hub`` does
+    (offline: its cache) once its ``mmcaption.json`` says it is a saved model."""
     folder = Path(name).expanduser()
-    if folder.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(name)):
+    if folder.exists() or not isinstance(name, str) or not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
         return folder
     try:
-        return Path(snapshot_download(str(name), local_files_only=is_offline_mode()))
+        hf_hub_download(name, CONFIG_FILE, local_files_only=is_offline_mode())  # not a whole repository of another kind
+        return Path(snapshot_download(name, local_files_only=is_offline_mode()))
     except Exception as error:  # noqa: BLE001 - the hub's many errors (offline, not found, gated) all mean the same here
         why = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise NotAModelFolderError(f"{name} is no folder here, and as a Hugging Face Hub repository it could not be had "
-                                   f"({why}); download it (hf download {name} --local-dir <folder>) and give the folder"
-                                   ) from None
+        raise NotAModelFolderError(f"{name} is no folder here ({folder.resolve()}), and no saved mmcaption model could be "
+                                   f"had from the Hugging Face Hub under that name ({why}); download it (hf download {name} "
+                                   "--local-dir <folder>) and give the folder") from None
+
+
+def _option_rows(sheet: Any) -> list[list]:
+    """A DataFrame's option columns (``A``, ``B``, ... when it has them: a benchmark sheet's question and answer are
+    not options), a row each, a row's empty cells (fewer options than columns) left out."""
+    lettered = [column for column in sheet.columns if str(column).strip().upper() in LETTERS]
+    rows = (sheet[lettered] if lettered else sheet).to_numpy().tolist()
+    return [[cell for cell in row if not (cell is None or isinstance(cell, float) and math.isnan(cell)
+                                          or isinstance(cell, str) and not cell.strip())] for row in rows]
 
 
 def _as_batch(value: object) -> list | None:

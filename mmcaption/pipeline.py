@@ -15,6 +15,7 @@ which resumes the stage whose checkpoint it is (:func:`run_pipeline`).
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,8 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
           flush=True)
     # what goes on without training stage 1 again: its last checkpoint (its best, an earlier step, trained it on)
     go_on = f"--ckpt_path {stage_last(caption) or caption_checkpoint}"
+    callback = getattr(getattr(instruct_check, "trainer", None), "checkpoint_callback", None) if check else None
+    folder, started = Path(callback.dirpath) if callback is not None and callback.dirpath else None, time.time()
     try:
         instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", caption_checkpoint,
                             *fit_args, *resume])
@@ -132,7 +135,8 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
         raise Interrupted(stop.signum, f"{stop} in stage 2, before its first checkpoint; stage 1 is done: run the same "
                           f"command with {go_on} to go on without training stage 1 again") from None
     except Exception as error:  # a setting or data of stage 2's refused: the same command trained stage 1 anew
-        if rank_zero_only.rank == 0:
+        saved = folder is not None and any(path.stat().st_mtime >= started for path in folder.glob("*.ckpt"))
+        if rank_zero_only.rank == 0 and not saved:  # once stage 2 saved, its own message says how to go on from there
             print(f"note: stage 1 is done; once stage 2's problem below is mended, run the same command with {go_on} to go "
                   "on without training stage 1 again", file=sys.stderr, flush=True)
         raise error

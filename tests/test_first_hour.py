@@ -447,6 +447,10 @@ def test_predict_from_an_export_alone_takes_its_settings_and_its_backbones(backb
     assert printed["config"]["language_model"] == str(tmp_path / "shared" / "backbones" / "language_model")
     assert printed["config"]["lora_r"] == 4 and printed["config"]["cross_attention_layers"] == [2, 3]  # the export's ([-2, -1])
     assert printed["generation"] == {"max_new_tokens": 8}
+    with pytest.raises(SystemExit) as exit_info:  # layers as the configs write them ([-4, ..., -1]), the export resolved
+        main([*command, "--model.config.cross_attention_layers", "[-2, -1]", "--print_config"])
+    assert exit_info.value.code == 0  # was refused: "cross_attention_layers: export [2, 3], given [-2, -1]"
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # a structural setting given that the export's tensors cannot fit
         main([*command, "--model.config.lora_r", "8"])
     assert exit_info.value.code == 2

@@ -1486,6 +1486,14 @@ def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(
                                           r"set data.init_args.val_caption_images"):
         check_command([*command, "--data.init_args.val_caption_images", "0"])
     check_command([*command, "--data.init_args.val_caption_images", "4"])  # computed: fine
+    # a pipeline's fit arguments reach both stages: the instruct stage logs no caption metric at all
+    from types import SimpleNamespace
+
+    from mmcaption.callbacks import unlogged_monitor
+
+    instruct = SimpleNamespace(val_answer_questions=100)
+    assert "computed only from validation captions" in unlogged_monitor([SimpleNamespace(monitor="val/CIDEr")], instruct)
+    assert unlogged_monitor([SimpleNamespace(monitor="val/answer_exact_match")], instruct) is None
 
 
 def test_a_run_that_early_stopping_ended_says_so_in_its_last_line(capsys):

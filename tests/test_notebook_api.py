@@ -80,6 +80,12 @@ def test_batches_as_pandas_numpy_and_generators_hold_them_caption_as_a_list_does
     sheet = pd.DataFrame([options] * 5, columns=["A", "B", "C", "D"])  # a multiple-choice sheet's option columns
     assert captioner.choose(table["path"], table["question"], sheet) == letters  # were refused, dumping the array
     assert captioner.choose(photos, question, sheet.to_numpy()) == letters
+    benchmark = pd.DataFrame({"question": [question] * 5, **{letter: [option] * 5 for letter, option in zip("ABCD", options)},
+                              "answer": ["A"] * 5})  # a benchmark sheet: its question and answer are not options
+    assert captioner.choose(photos, question, benchmark) == letters
+    benchmark.loc[0, ["C", "D"]] = float("nan")  # a question with two options (MMBench's have 2 to 4)
+    assert captioner.option_scores(photos, question, benchmark)[0] == pytest.approx(
+        captioner.option_scores(photos[0], question, options[:2]), abs=1e-4)
     with pytest.raises(ValueError, match=r"options is a list of the options' texts .*, not 7$"):
         captioner.choose(photos[0], question, 7)
 
@@ -102,6 +108,10 @@ def test_a_generator_of_frames_is_read_a_batch_at_a_time(captioner, photos, monk
     captions = captioner.caption(frames(), batch_size=2)
     assert captions == captioner.caption(photos) and len(generated) == 3 + 1
     assert read == [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2)]  # two read, one batch generated, two more read, ...
+    import datasets
+
+    streamed = datasets.Dataset.from_dict({"image": photos}).to_iterable_dataset()["image"]  # a streamed dataset's column
+    assert captioner.caption(streamed, batch_size=2) == captions  # was "an image is ..., not IterableColumn"
     bad = iter([photos[0], photos[1], b"notanimage"])
     with pytest.raises(UnidentifiedImageError, match=r"^image 3: the image's bytes cannot be decoded"):  # its length unknown
         captioner.caption(bad, batch_size=2)
@@ -195,6 +205,10 @@ def test_a_model_shared_on_the_hub_loads_by_its_repository_id(exported, photos, 
     monkeypatch.chdir(tmp_path)
     assert Captioner.from_pretrained("you/mmcaption-demo").caption(photos[0]) == Captioner.from_pretrained(exported).caption(
         photos[0])
-    with pytest.raises(NotAModelFolderError, match=r"you/elsewhere is no folder here, and as a Hugging Face Hub repository "
-                                                   r"it could not be had \(.*\); download it \(hf download you/elsewhere"):
+    with pytest.raises(NotAModelFolderError, match=r"you/elsewhere is no folder here \(.*you/elsewhere\), and no saved "
+                                                   r"mmcaption model could be had from the Hugging Face Hub under that name "
+                                                   r"\(.*\); download it \(hf download you/elsewhere"):
         Captioner.from_pretrained("you/elsewhere")
+    for local in ("./export", "../export", tmp_path / "you" / "export"):  # paths, not Hub ids: "no such folder", offline
+        with pytest.raises(NotAModelFolderError, match=r"is not a saved mmcaption model folder \(no such folder\)"):
+            Captioner.from_pretrained(local)

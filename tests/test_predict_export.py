@@ -766,7 +766,7 @@ def test_a_project_moved_since_training_exports_and_loads_with_the_backbones_new
     assert capsys.readouterr().out.strip()
 
 
-def test_the_cards_best_metric_says_which_checkpoint_it_was_measured_for():
+def test_the_cards_best_metric_says_which_checkpoint_it_was_measured_for(tmp_path):
     # a last.ckpt exported after a worse validation: its card gave the run's best as this model's own
     from mmcaption.export import training_summary
     from mmcaption.model.card import training_section
@@ -778,3 +778,9 @@ def test_the_cards_best_metric_says_which_checkpoint_it_was_measured_for():
            "`epoch=1-step=40.ckpt`, not this model's checkpoint)" in last
     best = training_section({"training": training_summary(checkpoint, "/elsewhere/epoch=1-step=40.ckpt"), "global_step": 40})
     assert "- val/loss: 5.8687 (the checkpoint callback's best; measured on the validation split)" in best
+    # last.ckpt saved at the validation that was the best: the same weights, so the metric is this model's
+    saved = tmp_path / "epoch=3-step=80.ckpt"
+    torch.save({"global_step": 80}, saved)
+    at_best = {**checkpoint, "global_step": 80, "callbacks": {"ModelCheckpoint": {**state, "best_model_path": str(saved)}}}
+    same = training_section({"training": training_summary(at_best, tmp_path / "last.ckpt"), "global_step": 80})
+    assert "measured on the validation split)" in same and "not this model's" not in same

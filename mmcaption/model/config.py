@@ -124,6 +124,9 @@ def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[s
         unset = key not in written if written is not None else value == defaults.get(key)
         if unset or key not in merged or same_setting(key, value, merged[key]) or key == "init_from":
             continue  # not set by the user, unknown to the checkpoint, the same, or unused (its weights are replaced)
+        if key == "config.cross_attention_layers":  # an export holds them resolved ([28, ..., 31] for [-4, ..., -1]): the
+            merged[key] = value  # loaded model compares them resolved, and refuses layers that differ
+            continue
         if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
             refused.append(f"{key}: {saved_name} {merged[key]!r}, given {value!r}")
         else:
