@@ -23,6 +23,7 @@ from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.images import check_image, fetch, is_url, local_file
 from mmcaption.inference import Captioner
 from mmcaption.model import is_pretrained_folder
+from mmcaption.model.card import caption_stage
 from mmcaption.tasks import check_generation
 from mmcaption.usage import backbones_given, chat_parser
 
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
         settings["min_new_tokens"] = args.min_new_tokens
     check_generation(settings, "mmcaption chat")
     captioner = Captioner.from_pretrained(args.model, device=args.device, **backbones_given(args))
+    if caption_stage(captioner.manifest):  # as predict says of a caption-stage checkpoint
+        print(f"note: {args.model} is a caption-stage model: the instruct stage teaches to answer questions and chat; "
+              "expect captions, not answers", file=sys.stderr, flush=True)
     if hasattr(sys.stdin, "reconfigure"):  # a line of other bytes is skipped, not the end of the chat
         sys.stdin.reconfigure(errors="surrogateescape")
     interactive = sys.stdin.isatty()

@@ -64,7 +64,10 @@ def training_summary(checkpoint: dict[str, Any], path: str | Path | None = None)
                 metrics_of[state["monitor"]] = best.name
     return {
         **({"metrics_of": metrics_of} if metrics_of else {}),
-        "stage": "instruct" if "Instruct" in str(data.get("_class_path", "")) else "caption",
+        # what its run said it trained (mmcaption fit records it), else its data module's settings say
+        "stage": (checkpoint.get("training_data") or {}).get("stage") or (
+            "instruct" if "Instruct" in str(data.get("_class_path", "")) or "val_answer_questions" in data else
+            "caption" if data.get("_class_path") or "val_caption_images" in data else None),
         "epochs": epochs_completed(checkpoint),
         "data": {k: data[k] for k in DATA_SETTINGS if data.get(k) not in (None, "")},
         "metrics": metrics,

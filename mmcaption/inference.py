@@ -48,6 +48,7 @@ class Captioner:
     batch_size = 16  # images generated for (or scored) at a time, unless a call says otherwise
     def __init__(self, model: MultimodalCausalLM, tokenizer, image_processor, manifest: dict[str, Any]) -> None:
         self.model = model.eval()
+        self.manifest = manifest  # the saved folder's mmcaption.json: its settings, prompts and how it was trained
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.caption_prompt = manifest["prompts"].get("caption_prompt", "")

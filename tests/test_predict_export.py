@@ -541,6 +541,9 @@ def test_export_card_has_hub_metadata_and_says_how_the_model_was_trained(backbon
     assert card.data.base_model is None  # local backbone folders are not Hub ids (real ones are: below)
     assert card.data.pipeline_tag == "image-text-to-text" and "mmcaption" in card.data.tags and "nf4" in card.data.tags
     assert "caption stage: 4 optimizer steps" in card.text
+    # a caption-stage model does not claim what only the instruct stage teaches (the card said "visual question answering")
+    assert "A captioning model (the caption stage; not instruction-tuned" in card.text
+    assert "visual-question-answering" not in card.data.tags
     assert "val/loss: 1.2345" in card.text
     assert f"data_dir `{checkpoint['datamodule_hyper_parameters']['data_dir']}`" in card.text
 
@@ -621,6 +624,8 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["(not UTF-8 text, skipped: b'Qu\\xe9 couleur ?')", answers[0]]
     assert "Warning" not in result.stderr and "Loading weights" not in result.stderr  # the libraries' noise, per weight file
+    # a caption-stage model answered with garbage and no word; predict said so of such a checkpoint already
+    assert f"note: {out} is a caption-stage model: the instruct stage teaches to answer questions and chat" in result.stderr
     result = subprocess.run([sys.executable, "-m", "mmcaption", "chat", "--model", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "is not a model folder" in result.stderr
 

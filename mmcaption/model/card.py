@@ -29,7 +29,8 @@ def card_metadata(manifest: dict[str, Any]) -> str:
         datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None,
         library_name="peft",
         pipeline_tag="image-text-to-text",
-        tags=["mmcaption", "image-captioning", "visual-question-answering", "lora", "gated-cross-attention",
+        tags=["mmcaption", "image-captioning", *(["visual-question-answering"] if not caption_stage(manifest) else []),
+              "lora", "gated-cross-attention",
               *(["4-bit", model["quantization"]] if model["quantization"] != "none" else [])],
     ).to_yaml()
 
@@ -39,7 +40,8 @@ def training_section(source: dict[str, Any]) -> str:
     training = source.get("training")
     if not training:
         return ""
-    lines = [f"- {training['stage']} stage: {source.get('global_step')} optimizer steps, {training['epochs']} epoch(s) "
+    stage = f"{training['stage']} stage: " if training.get("stage") else ""
+    lines = [f"- {stage}{source.get('global_step')} optimizer steps, {training['epochs']} epoch(s) "
              f"completed, from `{source.get('checkpoint')}`"]
     start = source.get("init_from")
     if start:
@@ -52,6 +54,11 @@ def training_section(source: dict[str, Any]) -> str:
         lines.append(f"- {name}: {value:.4f} (the checkpoint callback's best; measured on the validation split" + (
             f", for the run's `{of}`, not this model's checkpoint)" if of else ")"))
     return "\n## Training\n\n" + "\n".join(lines) + "\n"
+
+
+def caption_stage(manifest: dict[str, Any]) -> bool:
+    """Whether a saved folder holds a caption-stage model, which was never taught the instruct stage's conversations."""
+    return ((manifest.get("source") or {}).get("training") or {}).get("stage") == "caption"
 
 
 def model_card(manifest: dict[str, Any]) -> str:
@@ -74,7 +81,8 @@ def model_card(manifest: dict[str, Any]) -> str:
 
 # mmcaption model
 
-A captioning and visual question answering model trained with mmcaption: the language model
+{"A captioning model (the caption stage; not instruction-tuned: it was not taught to answer questions or chat)"
+ if caption_stage(manifest) else "A captioning and visual question answering model"} trained with mmcaption: the language model
 `{manifest['base_language_model']}` ({model['quantization']} during training), the frozen vision tower
 `{model['vision_model']}`, gated cross-attention after decoder layers {model['cross_attention_layers']},
 and LoRA (r={model['lora_r']}, alpha={model['lora_alpha']}) on {', '.join(model['lora_target_modules'])}.
