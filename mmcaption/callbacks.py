@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
     ProgressBar,
+    Timer,
     TQDMProgressBar,
 )
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
@@ -89,6 +90,12 @@ class ResumableStop(Callback):
                 print(f"note: {trainer.ckpt_path} is of a run EarlyStopping ended ({ended.monitor}): it ends at once. To train "
                       "on, resume without EarlyStopping, or start from its weights with --model.init_from", file=sys.stderr,
                       flush=True)
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        left = timer.time_remaining() if timer is not None and trainer.ckpt_path else None
+        if left is not None and left <= 0 and trainer.is_global_zero:  # Lightning's own line: "Time limit reached", exit 0
+            print(f"note: {trainer.ckpt_path} has trained for {format_seconds(timer.time_elapsed())}, which trainer.max_time "
+                  f"({format_seconds(timer._duration)}) counts too: it ends at once. Raise --trainer.max_time to train on",
+                  file=sys.stderr, flush=True)
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         # and SLURM's warning before the time limit, in place of Lightning's handler: that one saved an hpc_ckpt in

@@ -26,7 +26,7 @@ from huggingface_hub import is_offline_mode, snapshot_download
 
 from mmcaption.checkpoint import load_checkpoint_file, model_from_checkpoint
 from mmcaption.console import quieted
-from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
+from mmcaption.errors import ConfigError, MMCaptionError, OutputExistsError, user_errors_exit
 from mmcaption.folders import as_umask_allows, check_new_folder, replace_folder, staging_folder
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.card import DATA_SETTINGS
@@ -131,6 +131,9 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
                                      for name in ("language_model", "vision_model")}
             (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         as_umask_allows(staging)
+        if not overwrite and out.is_dir() and any(out.iterdir()):  # another export (or anything) came there meanwhile:
+            raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "
+                                    "exports into one folder?); it is left as it is. Give another folder, or --overwrite")
         kept = _keep_what_the_export_does_not_write(out, staging, kept)
     except BaseException:
         for name in kept:  # put back what was moved over before it failed (Ctrl-C): a Hub clone's .git is not lost

@@ -1539,3 +1539,42 @@ def test_resuming_a_run_early_stopping_ended_ends_at_once_saying_so(capsys, monk
         assert trainer.should_stop == ended  # a run EarlyStopping did not end resumes as before
     assert ("note: checkpoints/caption/last.ckpt is of a run EarlyStopping ended (val/CIDEr): it ends at once"
             in capsys.readouterr().err)
+
+
+def test_two_exports_into_one_new_folder_do_not_silently_replace_each_other(trained_checkpoint, tmp_path, monkeypatch):
+    # both printed "exported to ..." and exited 0; the later one had replaced the earlier without --overwrite
+    import mmcaption.export as export
+
+    folder = tmp_path / "race"
+    real = export.as_umask_allows
+
+    def the_other_export_finishes_first(staging):
+        real(staging)
+        folder.mkdir(exist_ok=True)
+        (folder / "mmcaption.json").write_text("{}")  # what the other export put there meanwhile
+
+    monkeypatch.setattr(export, "as_umask_allows", the_other_export_finishes_first)
+    with pytest.raises(OutputExistsError, match=rf"export folder {folder} was written by something else while this export "
+                                                r"ran \(two exports into one folder\?\); it is left as it is"):
+        export.export_checkpoint(trained_checkpoint, folder)
+    assert [p.name for p in folder.iterdir()] == ["mmcaption.json"] and len(list(tmp_path.iterdir())) == 1  # no staging
+
+
+def test_resuming_with_a_max_time_already_spent_says_so(capsys, monkeypatch):
+    # "Time limit reached. Elapsed time is 0:00:06." and exit 0: a per-job max_time loop trained nothing, silently
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+
+    import mmcaption.callbacks
+
+    monkeypatch.setattr(mmcaption.callbacks, "slurm_requeue_signal", lambda trainer: None)
+    timer = Timer(duration="00:00:00:06")
+    timer.load_state_dict({"time_elapsed": {"train": 6.5}})  # as the checkpoint's run left it
+    trainer = SimpleNamespace(callbacks=[timer], ckpt_path="checkpoints/caption/last.ckpt", is_global_zero=True,
+                              should_stop=False)
+    callback = ResumableStop()
+    callback.on_train_start(trainer, None)
+    callback._restore_handlers()
+    assert ("note: checkpoints/caption/last.ckpt has trained for 0m06s, which trainer.max_time (0m06s) counts too: it ends "
+            "at once. Raise --trainer.max_time to train on") in capsys.readouterr().err
