@@ -46,6 +46,7 @@ class Captioner:
     own. One captioner may serve several threads: their calls take turns."""
 
     batch_size = 16  # images generated for (or scored) at a time, unless a call says otherwise
+
     def __init__(self, model: MultimodalCausalLM, tokenizer, image_processor, manifest: dict[str, Any]) -> None:
         self.model = model.eval()
         self.manifest = manifest  # the saved folder's mmcaption.json: its settings, prompts and how it was trained
