@@ -129,12 +129,12 @@ except ImportError:  # pragma: no cover
 
 @contextmanager
 def print_config_held(arguments: Any) -> Iterator[bool]:
-    """Hold jsonargparse's ``--print_config`` back in the block when ``--ckpt_path`` or ``--model.init_from`` comes with
-    it (yields whether it does): jsonargparse prints while parsing, before the checkpoint's (or export's) settings are
-    laid under the ones given, so it would show settings the run does not use. :func:`print_held_config` prints it
-    after."""
+    """Hold jsonargparse's ``--print_config`` back in the block (yields whether it is asked for): jsonargparse prints
+    while parsing, before a checkpoint's (``--ckpt_path``) or an export's (``model.init_from``, on the command line or
+    in a config) settings are laid under the ones given, so it would show settings the run does not use.
+    :func:`print_held_config` prints it after."""
     names = [a.split("=", 1)[0] for a in arguments] if isinstance(arguments, list) else []
-    hold = _ActionPrintConfig is not None and "--print_config" in names and bool({"--ckpt_path", "--model.init_from"} & set(names))
+    hold = _ActionPrintConfig is not None and "--print_config" in names
     with _ActionPrintConfig.skip_print_config() if hold else nullcontext():
         yield hold
 

@@ -447,6 +447,12 @@ def test_predict_from_an_export_alone_takes_its_settings_and_its_backbones(backb
     assert printed["config"]["language_model"] == str(tmp_path / "shared" / "backbones" / "language_model")
     assert printed["config"]["lora_r"] == 4 and printed["config"]["cross_attention_layers"] == [2, 3]  # the export's ([-2, -1])
     assert printed["generation"] == {"max_new_tokens": 8}
+    config = tmp_path / "shared.yaml"  # init_from in a config, not on the command line: printed before it was read
+    config.write_text(f"model:\n  init_from: {tmp_path / 'shared'}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command[:3], "--config", str(config), *command[5:], "--print_config"])
+    assert exit_info.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["config"]["language_model"] == printed["config"]["language_model"]
     with pytest.raises(SystemExit) as exit_info:  # layers as the configs write them ([-4, ..., -1]), the export resolved
         main([*command, "--model.config.cross_attention_layers", "[-2, -1]", "--print_config"])
     assert exit_info.value.code == 0  # was refused: "cross_attention_layers: export [2, 3], given [-2, -1]"
