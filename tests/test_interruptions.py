@@ -1463,15 +1463,20 @@ def test_a_requeued_slurm_job_resumes_from_its_own_last_save_not_another_jobs_no
     assert "it resumes from the newest save, which records no job (an earlier release's)" in capsys.readouterr().err
 
 
-def test_the_progress_line_counts_to_where_training_ends_by_max_epochs_or_max_steps():
+def test_the_progress_line_counts_to_where_training_ends_by_max_epochs_or_max_steps(tmp_path, capsys):
     # "training starts at step 0 of 70" for a run max_epochs ended at 45: every time-left estimate was wrong
-    from types import SimpleNamespace
+    from lightning.pytorch.demos.boring_classes import BoringModel
 
     from mmcaption.callbacks import PlainProgress
 
-    ends_by_epochs = SimpleNamespace(max_steps=70, estimated_stepping_batches=45)  # Lightning's: the smaller of the two
-    assert PlainProgress()._total(ends_by_epochs) == 45
-    assert PlainProgress()._total(SimpleNamespace(max_steps=-1, estimated_stepping_batches=float("inf"))) == "?"
+    for settings, total in (({"max_epochs": 3, "max_steps": 70}, 15), ({"max_epochs": 9, "max_steps": 7}, 7),
+                            ({"max_epochs": 3, "max_steps": -1, "accumulate_grad_batches": 2}, 9)):
+        trainer = Trainer(accelerator="cpu", limit_train_batches=5, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                          enable_model_summary=False, enable_progress_bar=True, callbacks=[PlainProgress()],
+                          default_root_dir=tmp_path, **settings)
+        trainer.fit(BoringModel())
+        out = capsys.readouterr().out
+        assert f"training starts at step 0 of {total}" in out, (settings, out)
 
 
 def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(backbones, coco_root, tmp_path, monkeypatch):
