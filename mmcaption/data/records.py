@@ -15,7 +15,7 @@ from typing import Literal
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mmcaption.errors import MMCaptionError
-from mmcaption.images import existing_spelling, image_format  # noqa: F401 - the readers' spelling of a name, from here
+from mmcaption.images import existing_spelling, image_format
 
 OnBadRecord = Literal["error", "skip"]
 
