@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mmcaption.cli import main, run_cli
 from mmcaption.demo import prepare_demo_assets, scalar_series
@@ -39,6 +40,10 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     assert scalar_series(log_dir, "gate/layer_2_attn") and scalar_series(log_dir, "gate/layer_3_attn")
     assert scalar_series(log_dir, "lr-AdamW/pg1")  # LearningRateMonitor, one curve per parameter group
     assert scalar_series(log_dir, "val/perplexity")
+    # the example captions sit at the step of the validation scalars they belong to, not one step after
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    assert [e.step for e in events.Images("val/examples")] == [step for step, _ in scalar_series(log_dir, "val/CIDEr")]
 
     resumed = run_cli(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "5", "--ckpt_path", str(last), *FAST])
     assert resumed.trainer.global_step == 5
