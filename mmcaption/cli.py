@@ -31,7 +31,7 @@ from mmcaption.checkpoint import earlier_checkpoints_note, install_atomic_checkp
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
-from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
+from mmcaption.errors import ConfigError, MMCaptionError, causes, user_errors_exit
 from mmcaption.folders import FolderLock, check_writable, claim_run_folders, locks_released_after, remove_unused_run
 from mmcaption.model import is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import check_backbone
@@ -98,6 +98,16 @@ class MMCaptionCLI(LightningCLI):
 
     def test(self, verbose: bool = True, **kwargs: Any) -> None:
         print_metrics(self.trainer.test(verbose=False, **kwargs), verbose)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # jsonargparse wraps what a data module's __init__ raises in its own error, and the
+            # user's message would come after two tracebacks: the settings error itself is what to show
+            user_error = next((cause for cause in causes(error) if isinstance(cause, MMCaptionError)), error)
+            if user_error is error:
+                raise
+            raise user_error from None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Lightning < 2.7 (pinned): where the trainer's settings meet the config's callbacks

@@ -145,3 +145,17 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
               "true", "--data.init_args.length_group_batches", "2"])
     assert exited.value.code == 0
     assert "(group_by_length true, length_group_batches 2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setting, message", [
+    (["--data.init_args.length_group_batches", "0"], "error: data.length_group_batches must be at least 1, got 0"),
+    (["--data.init_args.batch_size", "-4"], "error: data.batch_size must be at least 1, got -4"),
+    (["--data.init_args.source", "hub"], "error: source: hub needs hub_dataset"),
+])
+def test_a_bad_data_setting_is_one_line_and_exit_2(demo_dir, capsys, setting, message):
+    # the data module is built by jsonargparse, which wraps its errors: the user's message alone is shown
+    with pytest.raises(SystemExit) as exited:
+        main(["prepare", "--config", DEMO_CONFIG, *setting])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "Union subtypes" not in err

@@ -31,6 +31,11 @@ def caption_data(backbones, images, output) -> CaptionPredictDataModule:
                                     image_processor=str(backbones[1]), batch_size=2, num_workers=0)
 
 
+def test_a_batch_size_below_one_is_refused_by_name(backbones, image_folder, tmp_path):
+    with pytest.raises(ConfigError, match="data.batch_size must be at least 1, got 0"):  # was a DataLoader error at the
+        CaptionPredictDataModule(images=str(image_folder), output=str(tmp_path / "c.jsonl"), batch_size=0)  # first batch
+
+
 def test_more_processes_than_rows_to_predict_is_refused_with_the_devices_that_fit(backbones, image_folder, tmp_path):
     from types import SimpleNamespace
 

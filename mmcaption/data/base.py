@@ -34,7 +34,7 @@ from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
-from mmcaption.errors import NotWritableError
+from mmcaption.errors import ConfigError, NotWritableError
 from mmcaption.folders import check_writable
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
@@ -149,9 +149,10 @@ class PreprocessedDataModule(BackbonesDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("length_group_batches", length_group_batches)):
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {value}")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        if length_group_batches < 1:
-            raise ValueError(f"length_group_batches must be at least 1, got {length_group_batches}")
         self.group_by_length, self.length_group_batches = group_by_length, length_group_batches
         self.cache_image_features = cache_image_features
         self.vision_feature_layer, self.resize_images, self.on_bad_record = vision_feature_layer, resize_images, on_bad_record

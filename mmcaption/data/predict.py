@@ -196,6 +196,8 @@ class _PredictDataModule(BackbonesDataModule):
 
     def __init__(self, output: str, batch_size: int, overwrite: bool = False, resume: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         self.output, self.batch_size, self.overwrite, self.resume = Path(output), batch_size, overwrite, resume
         self.dataset: Dataset | None = None
         self.done: list[dict[str, Any]] = []  # with resume: the rows the interrupted run wrote
