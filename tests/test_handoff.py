@@ -101,6 +101,12 @@ def test_mismatched_checkpoint_is_refused_saying_what_differs(backbones, caption
         module.initialise_from_checkpoint()
 
 
+def test_the_same_settings_spelled_as_a_tuple_in_python_are_not_a_mismatch(backbones, caption_checkpoint):
+    # the caption stage saved a list (as YAML gives one); a notebook writes the same modules as a tuple
+    module = make_module(backbones, init_from=str(caption_checkpoint), lora_target_modules=("q_proj", "k_proj", "v_proj", "dense"))
+    module.initialise_from_checkpoint()
+
+
 def test_missing_init_checkpoint_is_named(backbones, tmp_path):
     module = make_module(backbones, init_from=str(tmp_path / "nope.ckpt"))
     with pytest.raises(FileNotFoundError, match=r"init_from checkpoint not found: .*nope\.ckpt"):

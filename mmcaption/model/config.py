@@ -140,7 +140,7 @@ def settings_diff(saved: dict, current: dict, saved_name: str = "checkpoint") ->
     return [
         f"{key}: {saved_name} {saved[key]!r}, model {current.get(key)!r}"
         for key in STRUCTURAL_SETTINGS
-        if key in saved and saved[key] != current.get(key)
+        if key in saved and not same_setting(key, current.get(key), saved[key])
     ]
 
 
