@@ -237,8 +237,12 @@ def test_csv_as_excel_writes_it_bom_crlf_any_case_and_five_options(backbones, tm
         ("img_path,Question,A,B,a\nx.png,Q,red,blue,green\n", r"column\(s\) \['A', 'a'\] appear more than once"),
         ("img_path,Question,A,B,C\nx.png,Q,red,,green\n", r"line 2: options must be 2 or more, without gaps"),
         ("img_path,Question,A,B,answer\nx.png,Q,red,blue,C\n", r"line 2: answer 'C' is neither one of A, B nor an option's text"),
+        # column D was read as option C: its answer D refused, an answer C scored against D's text
+        ("img_path,Question,A,B,D,answer\nx.png,Q,red,blue,green,C\n",
+         r"q.csv: it has option column\(s\) \['A', 'B', 'D'\] but not \['C'\]: options are lettered in order"),
     ],
-    ids=["unquoted comma", "physical line after a multi-line field", "duplicate header", "gap in options", "answer names no option"],
+    ids=["unquoted comma", "physical line after a multi-line field", "duplicate header", "gap in options", "answer names no option",
+         "option column left out"],
 )
 def test_csv_rows_that_would_be_read_wrong_are_refused_with_their_physical_line(backbones, tmp_path, content, message):
     path = tmp_path / "q.csv"

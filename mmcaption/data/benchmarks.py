@@ -62,6 +62,27 @@ def absent_cell(value: str) -> bool:
     return value.strip().lower() in ("", "nan")
 
 
+def option_columns(path: Path, header: list[str]) -> tuple[list[str], tuple[str, ...]]:
+    """The option letters a questions file's header has (A, B, ... in order, none left out: a letter is an option's
+    place, so B, D without C would score D as the third option) and those columns' names as the header writes them."""
+    letters = [letter for letter in LETTERS if any(name.lower() == letter.lower() for name in header)]
+    skipped = [letter for letter in LETTERS[: LETTERS.index(letters[-1])] if letter not in letters] if letters else []
+    if skipped:
+        raise DataError(f"{path}: it has option column(s) {letters} but not {skipped}: options are lettered in order, "
+                        f"so add column(s) {skipped}, empty where a question has fewer options")
+    return letters, tuple(name for letter in letters for name in header if name.lower() == letter.lower())
+
+
+def row_options(values: dict[str, str], letters: list[str]) -> tuple[list[str], list[str]]:
+    """A row's options (a missing option is empty or NaN; those after the last given are dropped) and, when they are
+    not 2 or more without gaps, what is wrong."""
+    options = ["" if absent_cell(values[letter.lower()]) else values[letter.lower()] for letter in letters]
+    while options and not options[-1]:
+        options.pop()
+    wrong = len(options) < 2 or not all(options)
+    return options, [f"options must be 2 or more, without gaps: {dict(zip(letters, options))}"] if wrong else []
+
+
 IMAGE_COLUMNS = ("image", "img_path")  # a questions file's image column; the second as in the original scripts' CSV
 
 
@@ -131,8 +152,7 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     if missing:
         raise DataError(f"{path} lacks column(s) {missing}: an MMBench TSV has {list(MMBENCH_REQUIRED)}, optional "
                         f"hint, C-H, answer, category, l2-category; it has {header[:20]}")
-    letters = [letter for letter in LETTERS if letter.lower() in folded]
-    option_keys = tuple(name for letter in letters for name in header if name.lower() == letter.lower())
+    letters, option_keys = option_columns(path, header)
     entries, lines = [], {}
     for line, fields in rows:
         if not any(field.strip() for field in fields):
@@ -164,12 +184,8 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     questions, passes = [], {}
     for line, values in entries:
         index = values["index"]
-        options = ["" if absent_cell(values[letter.lower()]) else values[letter.lower()] for letter in letters]
-        while options and not options[-1]:
-            options.pop()
-        problems = [] if not absent_cell(values["question"]) else ["empty question"]
-        if len(options) < 2 or not all(options):
-            problems.append(f"options must be 2 or more, without gaps: {dict(zip(letters, options))}")
+        options, wrong = row_options(values, letters)
+        problems = ([] if not absent_cell(values["question"]) else ["empty question"]) + wrong
         given = values.get("answer", "")
         answer = None if absent_cell(given) else given.upper()
         if answer is not None and answer not in LETTERS[: len(options)]:

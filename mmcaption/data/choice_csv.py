@@ -8,7 +8,15 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from mmcaption.data.benchmarks import IMAGE_COLUMNS, ChoiceQuestion, absent_cell, read_table_rows, separator_hint
+from mmcaption.data.benchmarks import (
+    IMAGE_COLUMNS,
+    ChoiceQuestion,
+    absent_cell,
+    option_columns,
+    read_table_rows,
+    row_options,
+    separator_hint,
+)
 from mmcaption.data.records import DataError, missing_file
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
@@ -55,12 +63,11 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     if missing:
         raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}, then optional C-H and "
                         f"'answer'; it has {header}{separator_hint(header)}")
-    letters = [letter for letter in LETTERS if letter.lower() in column]
+    letters, option_keys = option_columns(path, header)
     beyond = [name for name, low in zip(header, folded) if len(low) == 1 and "i" <= low <= "z"]
     if beyond and LETTERS[-1].lower() in column:  # options I, J, ... after H: left out, they made the questions easier
         raise DataError(f"{path}: column(s) {beyond} follow option {LETTERS[-1]}, and a question has at most "
                         f"{len(LETTERS)} options ({', '.join(LETTERS)})")
-    option_keys = tuple(name for letter in letters for name, low in zip(header, folded) if low == letter.lower())
     questions, ambiguous = [], []
     for line, fields in rows:
         if not any(field.strip() for field in fields):
@@ -69,12 +76,8 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
             why = "a comma inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
             raise DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} ({why})")
         values = {low: field.strip() for low, field in zip(folded, fields)}
-        options = ["" if absent_cell(values[letter.lower()]) else values[letter.lower()] for letter in letters]  # pandas' NaN
-        while options and not options[-1]:
-            options.pop()
-        problems = [f"empty {name}" for name, key in (("img_path", image), ("Question", "question")) if not values[key]]
-        if len(options) < 2 or not all(options):
-            problems.append(f"options must be 2 or more, without gaps: {dict(zip(letters, options))}")
+        options, wrong = row_options(values, letters)
+        problems = [f"empty {name}" for name, key in (("img_path", image), ("Question", "question")) if not values[key]] + wrong
         given = "" if absent_cell(values.get("answer", "")) else values["answer"]
         answer = _answer_letter(given, options)
         texts = [option.casefold() for option in options]
