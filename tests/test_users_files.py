@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mmcaption import images
-from mmcaption.data import CaptionDataModule, DataError, MultipleChoiceDataModule
+from mmcaption.data import CaptionDataModule, CaptionPredictDataModule, DataError, MultipleChoiceDataModule
 from mmcaption.data.cache import folder_signature
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.hub import HubCaptions
@@ -184,14 +184,24 @@ def test_an_image_list_piped_in_is_read_once_and_its_paths_are_from_here(image_f
     # `ls *.jpg | mmcaption predict --data.images /dev/stdin`: the list was read twice (checked, then used) and
     # found empty the second time ("image list /dev/stdin is empty"); relative paths were looked for under /dev/fd/
     monkeypatch.chdir(image_folder.parent)
-    read, write = os.pipe()
-    os.write(write, f"{image_folder.name}/img0.png\n{image_folder / 'img1.png'}\n".encode())
-    os.close(write)
-    try:
-        source = f"/dev/fd/{read}"
-        assert find_images(source) == find_images(source) == [Path(image_folder.name) / "img0.png", image_folder / "img1.png"]
-    finally:
+
+    def piped(text: str) -> CaptionPredictDataModule:
+        read, write = os.pipe()
+        os.write(write, text.encode())
+        os.close(write)
+        os.dup2(read, 99)  # the same /dev/fd/ name for both runs, as /dev/stdin is
         os.close(read)
+        return CaptionPredictDataModule(images="/dev/fd/99", output="captions.jsonl", batch_size=2)
+
+    first = piped(f"{image_folder.name}/img0.png\n{image_folder / 'img1.png'}\n")
+    try:
+        first.check_inputs()
+        assert find_images("/dev/fd/99", piped=first.piped) == [Path(image_folder.name) / "img0.png", image_folder / "img1.png"]
+        # a second run in the same process (a notebook, a pipeline) reads its own list, not the first run's
+        second = piped(f"{image_folder.name}/img2.png\n")
+        assert find_images("/dev/fd/99", piped=second.piped) == [Path(image_folder.name) / "img2.png"]
+    finally:
+        os.close(99)
 
 
 def test_questions_whose_images_are_all_elsewhere_are_refused_with_the_folder(backbones, tmp_path, monkeypatch):

@@ -37,7 +37,6 @@ from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV for .csv, JSON Lines for the rest
-_PIPED: dict[str, bytes] = {}  # image lists piped in (/dev/stdin, <(ls)): read once though asked for twice; paths from here
 
 
 def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -53,7 +52,7 @@ def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return files, broken
 
 
-def find_images(source: str, note=rank_zero_info) -> list[Path]:
+def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None = None) -> list[Path]:
     """Images named by ``source``: a folder (searched recursively; hidden files and folders left out, and
     ``note`` told how many other files were), a text file with one path per line (relative to the
     file; as Windows writes it: a byte-order mark, quoted paths, backslashes; ``http(s)://`` URLs), or a
@@ -85,9 +84,11 @@ def find_images(source: str, note=rank_zero_info) -> list[Path]:
         raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
                         "or a text file with one image path per line")
     regular = path.is_file()
-    if not regular and str(path) not in _PIPED:  # read once: a second read of /dev/stdin from a terminal waits for more
-        _PIPED[str(path)] = path.read_bytes()
-    data = path.read_bytes() if regular else _PIPED[str(path)]
+    # a list piped in (/dev/stdin, <(ls)) is kept in ``piped`` when given, and read from there when asked for again: a
+    # second read of /dev/stdin from a terminal would wait for more
+    data = path.read_bytes() if regular or piped is None or str(path) not in piped else piped[str(path)]
+    if not regular and piped is not None:
+        piped[str(path)] = data
     header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip()  # a table's header: of questions, most likely
     if path.suffix.lower() in (".csv", ".tsv") and ("," in header or "\t" in header) and not (
             is_url(header) or user_path(header, path.parent).is_file()):
@@ -287,15 +288,16 @@ class CaptionPredictDataModule(_PredictDataModule):
         super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
         self.images, self.caption_prompt = images, caption_prompt
+        self.piped: dict[str, bytes] = {}  # an image list piped in, read when checked and kept for setup
 
     def input_files(self) -> list[Path]:
         return [Path(self.images)] if Path(self.images).is_file() else []
 
     def check_inputs(self, stage: str = "predict") -> None:
-        find_images(self.images, note=None)
+        find_images(self.images, note=None, piped=self.piped)
 
     def setup(self, stage: str) -> None:
-        paths = find_images(self.images)
+        paths = find_images(self.images, piped=self.piped)
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
         self.dataset = _CaptionRows(paths, self.image_processor, self.image_size, prompt)
 
