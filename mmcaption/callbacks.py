@@ -375,14 +375,11 @@ def lightning_setting_errors() -> Iterator[None]:
         raise ConfigError(f"{setting}: {one_line(error)}") from error
 
 
-CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "METEOR", "SPICE")
-
-
 def unlogged_monitor(callbacks: list, datamodule: Any) -> str | None:
     """Why a callback's ``monitor`` (ModelCheckpoint's, EarlyStopping's) will never be logged with these settings, or
     ``None``: found now, not as Lightning's "could not find the monitored key" at the first validation, thousands of
     steps in, with no checkpoint of the run's best saved."""
-    from mmcaption.evaluation.caption_metrics import java_available, spice_available  # noqa: PLC0415 - Java is looked for
+    from mmcaption.evaluation.caption_metrics import CAPTION_METRICS, java_available, spice_available  # noqa: PLC0415 - Java is looked for
 
     for callback in callbacks:
         monitor = getattr(callback, "monitor", None)

@@ -21,7 +21,7 @@ from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import main
 from mmcaption.data import CaptionDataModule, DataError
 from mmcaption.data.choice_csv import read_choice_csv
-from mmcaption.data.predict import find_images
+from mmcaption.data.image_sources import find_images
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.demo.run import main as demo_main
 from mmcaption.errors import ConfigError, OutputExistsError

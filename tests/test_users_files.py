@@ -17,7 +17,7 @@ from mmcaption.data import CaptionDataModule, CaptionPredictDataModule, DataErro
 from mmcaption.data.cache import folder_signature
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.hub import HubCaptions
-from mmcaption.data.predict import find_images
+from mmcaption.data.image_sources import find_images
 from mmcaption.data.questions import read_questions
 from mmcaption.data.records import BadRecords
 from mmcaption.images import check_image, load_rgb

@@ -190,7 +190,7 @@ class PreprocessedDataModule(BackbonesDataModule):
     def check_inputs(self, stage: str = "fit") -> None:
         """Refuse, in the first seconds of a run, an input of the splits ``stage`` reads that does not
         exist (an annotation file, an image folder, a conversation file), before anything loads."""
-        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        wanted = STAGE_SPLITS.get(stage, [])
         splits = self.stage_splits()
         for split in dict.fromkeys(splits[name] for name in wanted):
             for path, what in self.input_paths(split):

@@ -10,7 +10,6 @@ file and its line.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,119 +27,29 @@ from mmcaption.data.benchmarks import (
     scienceqa_image_root,
 )
 from mmcaption.data.choice_csv import read_choice_csv
-from mmcaption.data.records import DataError, existing_spelling, missing_file
+from mmcaption.data.image_sources import find_images, image_paths
+from mmcaption.data.records import missing_file
 from mmcaption.data.resume import check_made_alike, interrupted_rows, output_exists_advice, put_shares_together
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import prediction_record
-from mmcaption.folders import output_lock, walk_through_links
-from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, load_rgb, local_file
+from mmcaption.folders import output_lock
+from mmcaption.images import (
+    blank_pixels,
+    check_image,
+    load_rgb,
+)
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV for .csv, JSON Lines for the rest
-
-
-def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The files under ``folder`` and its subfolders, linked ones included (each real folder once: a link
-    back up is not a loop), hidden files and folders left out; and the links that point nowhere."""
-    files, broken = [], []
-    for root, folders, names in walk_through_links(folder):
-        folders[:] = sorted(name for name in folders if not is_hidden(Path(name)))
-        for name in names:
-            file = Path(root) / name
-            if not is_hidden(file):
-                (files if file.is_file() else broken if not file.exists() else []).append(file)
-    return files, broken
-
-
-def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None = None) -> list[Path]:
-    """Images named by ``source``: a folder (searched recursively; hidden files and folders left out, and
-    ``note`` told how many other files were), a text file with one path per line (relative to the
-    file; as Windows writes it: a byte-order mark, quoted paths, backslashes; ``http(s)://`` URLs), or a
-    single image (a file or a URL)."""
-    if is_url(source):
-        return [RemoteImage(source)]
-    path = local_file(Path(source))  # in another case or Unicode form, as Windows and macOS find it
-    if path.is_dir():
-        files, broken = _folder_files(path)
-        images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
-        others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
-        if broken:
-            others["links to nothing"] = len(broken)
-        if not images:
-            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in folder {path}"
-                            + (f"; it has {_counted(others)}" if others else ""))
-        dangling = others.pop("links to nothing", 0)
-        if others and note is not None:
-            note(f"{path}: {sum(others.values())} files left out, not images by their names ({_counted(others)}); "
-                 f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
-        if dangling and note is not None:
-            note(f"{path}: {dangling} links left out that point to nothing (the first: {broken[0]})")
-        return images
-    if not path.exists():
-        raise DataError(f"image source not found: {path}")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return [path]
-    if path.suffix.lower() in (".json", ".jsonl"):
-        raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
-                        "or a text file with one image path per line")
-    regular = path.is_file()
-    # a list piped in (/dev/stdin, <(ls)) is kept in ``piped`` when given, and read from there when asked for again: a
-    # second read of /dev/stdin from a terminal would wait for more
-    data = path.read_bytes() if regular or piped is None or str(path) not in piped else piped[str(path)]
-    if not regular and piped is not None:
-        piped[str(path)] = data
-    header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip()  # a table's header: of questions, most likely
-    if path.suffix.lower() in (".csv", ".tsv") and ("," in header or "\t" in header) and not (
-            is_url(header) or user_path(header, path.parent).is_file()):
-        raise DataError(f"{path} is a table, not an image list: questions about images go to --data.csv_file with "
-                        "--config configs/predict/multiple_choice.yaml (multiple choice) or --data.questions_file with "
-                        "configs/predict/questions.yaml; --data.images takes a folder of images, one image, or a text "
-                        "file with one image path per line")
-    if check_image(data) is None:  # an image under another name (a download's .jpg_large, no suffix)
-        return [path]
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is neither an image nor a list of image paths in UTF-8 text (byte {error.start} is "
-                        f"{data[error.start:error.start + 1]!r}): give a folder of images, one image, or a text file with "
-                        "one image path per line, saved as UTF-8") from None
-    names = [line.strip().strip('"').strip("'").strip() for line in text.splitlines()]
-    if not any(names):
-        raise DataError(f"image list {path} is empty")
-    return image_paths(list(filter(None, names)), path.parent if regular else Path("."), path, where="a line gives an absolute path")
-
-
-def _counted(suffixes: Counter) -> str:
-    return ", ".join(f"{count} x {suffix}" for suffix, count in suffixes.most_common())
-
-
-def user_path(name: str, root: Path) -> Path | RemoteImage:
-    """The image a file names: relative to ``root`` unless absolute, or a URL, as it is. When the name as
-    written is not there, a Windows path's backslashes are read as separators, and an accented name is
-    looked for in its other Unicode form (macOS writes decomposed names: ``é`` as ``e`` and an accent)."""
-    if is_url(name):
-        return RemoteImage(name)
-    return root / existing_spelling(root, name)
-
-
-def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder") -> list[Path | RemoteImage]:
-    """The images of a questions file's rows, relative to ``root``; refused, naming the first, when not one
-    of them is there (a wrong folder would otherwise give a run of "image not found" rows)."""
-    paths = [user_path(name, root) for name in names]
-    if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths):
-        from_here = user_path(names[0], Path("."))
-        hint = f"; {from_here} is there relative to the working directory" if from_here.is_file() else ""
-        raise DataError(f"none of the {len(paths)} images of {file} was found: the first, {names[0]!r}, was looked for at "
-                        f"{paths[0]}. Images are relative to {root} (the file's folder, unless {where}){hint}")
-    return paths
 
 
 class _ImageRows(Dataset):
     """Rows with an image each (a file, or the bytes the questions file carries); an image that cannot be
     read yields the row with its error."""
 
-    def __init__(self, rows: list[dict[str, Any]], image_paths: list[Path | EmbeddedImage], image_processor, size: int) -> None:
-        self.rows, self.image_paths, self.image_processor, self.size = rows, image_paths, image_processor, size
+    def __init__(self, rows: list[dict[str, Any]], image_paths: list[Path | EmbeddedImage], image_processor) -> None:
+        self.rows, self.image_paths, self.image_processor = rows, image_paths, image_processor
+        self.blank = blank_pixels(image_processor)  # a row whose image cannot be read: batched with the others, not used
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -161,14 +70,14 @@ class _ImageRows(Dataset):
             problem = None if error else check_image(data)
             if problem is not None:
                 error = f"image {path} cannot be decoded: {problem}"
-        pixel_values = torch.zeros(3, self.size, self.size) if error else \
+        pixel_values = self.blank if error else \
             self.image_processor(images=load_rgb(data), return_tensors="pt")["pixel_values"][0]
         return {"record": self.rows[index], "error": error, "pixel_values": pixel_values, **self.text(index)}
 
 
 class _CaptionRows(_ImageRows):
-    def __init__(self, image_paths, image_processor, size, prompt_ids: list[int]) -> None:
-        super().__init__([{"image": str(p)} for p in image_paths], image_paths, image_processor, size)
+    def __init__(self, image_paths, image_processor, prompt_ids: list[int]) -> None:
+        super().__init__([{"image": str(p)} for p in image_paths], image_paths, image_processor)
         self.prompt_ids = torch.tensor(prompt_ids)
 
     def text(self, index: int) -> dict[str, Any]:
@@ -176,9 +85,9 @@ class _CaptionRows(_ImageRows):
 
 
 class _ChoiceRows(_ImageRows):
-    def __init__(self, rows, image_paths, image_processor, size, prompts: list[list[int]], option_ids: list[list[list[int]]],
+    def __init__(self, rows, image_paths, image_processor, prompts: list[list[int]], option_ids: list[list[list[int]]],
                  options: list[list[str]], method) -> None:
-        super().__init__(rows, image_paths, image_processor, size)
+        super().__init__(rows, image_paths, image_processor)
         self.prompts, self.option_ids, self.options, self.method = prompts, option_ids, options, method
 
     def text(self, index: int) -> dict[str, Any]:
@@ -246,11 +155,6 @@ class _PredictDataModule(BackbonesDataModule):
         output_lock(output).acquire()  # held while this run writes it
         return output
 
-    @property
-    def image_size(self) -> int:
-        crop = getattr(self.image_processor, "crop_size", None) or {}
-        return int(crop.get("height", 224))
-
     def predict_dataloader(self) -> DataLoader:
         processes = self.trainer.world_size if self.trainer is not None else 1
         if len(self.dataset) < processes:  # Lightning's sampler asserts, and the other processes hang up
@@ -299,7 +203,7 @@ class CaptionPredictDataModule(_PredictDataModule):
     def setup(self, stage: str) -> None:
         paths = find_images(self.images, piped=self.piped)
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
-        self.dataset = _CaptionRows(paths, self.image_processor, self.image_size, prompt)
+        self.dataset = _CaptionRows(paths, self.image_processor, prompt)
 
 
 FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json (or parquet file)"}
@@ -396,5 +300,5 @@ class MultipleChoiceDataModule(_PredictDataModule):
         # an absolute img_path stays as it is; an MMBench image is the file's own
         files = iter(image_paths([q.image for q in questions if not isinstance(q.image, EmbeddedImage)], root, self.csv_file))
         paths = [q.image if isinstance(q.image, EmbeddedImage) else next(files) for q in questions]
-        self.dataset = _ChoiceRows([q.record for q in questions], paths, self.image_processor, self.image_size, prompts, option_ids,
+        self.dataset = _ChoiceRows([q.record for q in questions], paths, self.image_processor, prompts, option_ids,
                                    [q.options for q in questions], self.method)

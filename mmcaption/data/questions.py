@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, separator_hint
-from mmcaption.data.predict import _ImageRows, _PredictDataModule, image_paths
+from mmcaption.data.image_sources import image_paths
+from mmcaption.data.predict import _ImageRows, _PredictDataModule
 from mmcaption.data.records import DataError, missing_file, not_utf8, read_json
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -227,8 +228,8 @@ def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQues
 
 
 class _QuestionRows(_ImageRows):
-    def __init__(self, rows, image_paths, image_processor, size, prompts: list[list[int]]) -> None:
-        super().__init__(rows, image_paths, image_processor, size)
+    def __init__(self, rows, image_paths, image_processor, prompts: list[list[int]]) -> None:
+        super().__init__(rows, image_paths, image_processor)
         self.prompts = prompts
 
     def text(self, index: int) -> dict[str, Any]:
@@ -318,4 +319,4 @@ class QuestionsPredictDataModule(_PredictDataModule):
         prompts = [template.prompt(question, self.tokenizer) for question in asked]
         paths = image_paths([q.image for q in questions], root, self.questions_file)  # an absolute one stays as it is
         records = [{**q.record, "answer": q.answer} if q.answer else q.record for q in questions]
-        self.dataset = _QuestionRows(records, paths, self.image_processor, self.image_size, prompts)
+        self.dataset = _QuestionRows(records, paths, self.image_processor, prompts)
