@@ -352,8 +352,8 @@ class _PrepareCLI(MMCaptionCLI):
 
 def prepare(args: list[str]) -> int:
     """``mmcaption prepare --config ...``: preprocess the configured data module's splits (and its
-    feature cache) without loading the language model, and print what each split holds. Returns the
-    exit status: 0, or 1 with the data error's message."""
+    feature cache) without loading the language model, and print what each split holds. Returns 0; a data or
+    settings error is raised (``main`` prints its message and exits 2)."""
     quiet_lightning()  # in a log file, no bars of redrawn counts (fit's own lines stay as they are)
     with warnings.catch_warnings():
         filter_warnings()
