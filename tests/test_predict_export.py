@@ -747,6 +747,17 @@ def test_the_model_card_counts_an_epoch_whose_last_batch_a_validation_saved_as_c
 
 
 
+def test_a_checkpoint_with_model_settings_this_version_lacks_is_refused_by_name(trained_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(trained_checkpoint, weights_only=False)
+    checkpoint["model_config"]["vision_resampler"] = "perceiver"  # a setting another version of mmcaption has
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    with pytest.raises(SystemExit) as exited:  # was a bare TypeError from MultimodalConfig
+        export_main([str(tmp_path / "other.ckpt"), str(tmp_path / "export")])
+    assert exited.value.code == 2
+    assert "model settings ['vision_resampler'] are unknown to this version of mmcaption" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()
+
+
 def test_a_project_moved_since_training_exports_and_loads_with_the_backbones_new_folders(backbones, trained_checkpoint, tmp_path,
                                                                                          capsys):
     # the checkpoint (and an export) record the backbones' folders as training found them: after `mv project elsewhere`,
