@@ -532,7 +532,8 @@ def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_fr
         read_questions(listed, notes)
     predictions_json = tmp_path / "predictions.json"
     predictions_json.write_text(json.dumps([{"question_id": 1, "answer": "yes"}]))
-    with pytest.raises(DataError, match=r"predictions\.json: a \.json questions file is read as VQAv2's official questions file"):
+    # a list is read as question objects now (as one written with json.dump): a results file's rows are refused by record
+    with pytest.raises(DataError, match=r"predictions\.json, record 1: no image \(column image or img_path\); no question"):
         read_questions(predictions_json)
 
 

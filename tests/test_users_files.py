@@ -652,6 +652,23 @@ def test_popes_label_is_the_answer_a_question_is_scored_against(tmp_path):
     assert (question.question, question.answer) == ("Is there a dog in the image?", "yes")
 
 
+def test_popes_label_files_as_downloaded_are_json_lines_named_json(tmp_path):
+    # coco_pope_random.json is JSON Lines under a .json name (LLaVA reads it line by line): it was "not valid JSON"
+    rows = [{"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?",
+             "label": "yes"},
+            {"question_id": 2, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a dog in the image?", "label": "no"}]
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert [(q.question, q.answer) for q in read_questions(pope)] == [(r["text"], r["label"]) for r in rows]
+    # one list of the same objects, as a script's json.dump writes it
+    listed = tmp_path / "questions.json"
+    listed.write_text(json.dumps(rows, indent=2))
+    assert [(q.image, q.answer) for q in read_questions(listed)] == [(r["image"], r["label"]) for r in rows]
+    listed.write_text(json.dumps([rows[0], {"image": "a.jpg"}]))
+    with pytest.raises(DataError, match=r"questions.json, record 2: no question"):
+        read_questions(listed)
+
+
 def test_a_sheet_made_on_windows_or_macos_finds_its_photos_on_linux(tmp_path, monkeypatch):
     # Windows and macOS find a file whatever the case and Unicode form a sheet writes; Linux did not: "not a file"
     folder = tmp_path / unicodedata.normalize("NFD", "Fotos für Tests")  # a folder macOS wrote, decomposed

@@ -94,7 +94,7 @@ def vqa_image_folder(subtype: str) -> str:
     return "test2015" if subtype.startswith("test") else subtype
 
 
-def read_vqa_questions(path: Path, annotations: Path | None = None) -> list[OpenQuestion]:
+def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = None) -> list[OpenQuestion]:
     """VQAv2's official questions file (``{"data_subtype": "val2014", "questions": [{"question_id",
     "image_id", "question"}, ...]}``), with its annotations file (``{"annotations": [{"question_id",
     "image_id", "answers": [{"answer", ...}, ...], "answer_type", "question_type",
@@ -104,12 +104,12 @@ def read_vqa_questions(path: Path, annotations: Path | None = None) -> list[Open
 
     A question without ``question_id``, ``image_id`` or text, a question the annotations do not have
     (or give another image), or an annotations file of another split is refused, naming the file and
-    the question."""
-    data = read_json(path, "questions file")
+    the question. ``data``: the questions file's content, when it is read already."""
+    data = read_json(path, "questions file") if data is None else data
     if not (isinstance(data, dict) and isinstance(data.get("questions"), list)):
-        raise DataError(f"{path}: a .json questions file is read as VQAv2's official questions file "
-                        '({"data_subtype": ..., "questions": [{"question_id", "image_id", "question"}, ...]}); '
-                        "other questions are read from .jsonl or .csv files")
+        raise DataError(f"{path}: a .json questions file is VQAv2's official questions file "
+                        '({"data_subtype": ..., "questions": [{"question_id", "image_id", "question"}, ...]}), a list of '
+                        "question objects, or JSON Lines; other questions are read from .jsonl or .csv files")
     subtype = str(data.get("data_subtype") or "")
     if data.get("data_type", "mscoco") != "mscoco" or not subtype:
         raise DataError(f"{path}: VQA questions on COCO images are read (data_type mscoco, a data_subtype such as "
@@ -171,23 +171,50 @@ def vqa_image_root(path: Path, questions: list[OpenQuestion], image_root: Path |
                     f"{candidates[1]}: give the folder that holds COCO's images with --data.image_root")
 
 
+def _json_lines(path: Path) -> bool:
+    """Whether a ``.json`` file holds JSON Lines, as POPE's ``coco_pope_*.json`` do: its first line is JSON on its own,
+    and more follows. (VQAv2's files are one line; an indented file's first line is not JSON alone.)"""
+    with path.open("rb") as handle:
+        first, rest = handle.readline(), handle.read(4096)
+    try:
+        json.loads(first)
+    except ValueError:
+        return False
+    return bool(rest.strip())
+
+
+def _lower_keys(path: Path, where: str, record: Any) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise DataError(f"{path}, {where}: a JSON object is needed, not {type(record).__name__}")
+    return {str(k).lower(): v for k, v in record.items()}
+
+
 def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQuestion]:
     """Questions from a ``.jsonl`` file (one object per line: ``image`` or ``img_path``, ``question``,
-    optional ``answer``, or VQAv2-style ``answers``: the human answers) or a ``.csv`` with those columns, in any case, as spreadsheets write it (a
+    optional ``answer``, or VQAv2-style ``answers``: the human answers; JSON Lines named ``.json``, as POPE's label
+    files are, and a ``.json`` list of such objects too) or a ``.csv`` with those columns, in any case, as spreadsheets write it (a
     UTF-8 byte-order mark is accepted; ``answers`` as a JSON list in its cell), or VQAv2's official
     ``.json`` files (:func:`read_vqa_questions`; ``annotations`` goes with them only). A line that is
     not JSON, a row whose fields do not fit the header, a duplicate column or a record without image or
     question is refused, naming the file and its physical line."""
     if not path.is_file():
         raise missing_file(path, "questions file")
-    if path.suffix.lower() == ".json":
-        return read_vqa_questions(path, annotations)
+    suffix = ".jsonl" if path.suffix.lower() == ".json" and _json_lines(path) else path.suffix.lower()
+    if suffix == ".json":
+        data = read_json(path, "questions file")
+        if not (isinstance(data, list) and annotations is None):
+            return read_vqa_questions(path, annotations, data)
+        questions = [_question(path, number, _lower_keys(path, f"record {number}", record), where=f"{path}, record {number}")
+                     for number, record in enumerate(data, start=1)]
+        if not questions:
+            raise DataError(f"{path} has no questions")
+        return questions
     if annotations is not None:
         raise DataError(f"annotations_file {annotations} goes with VQAv2's official questions file (.json), not with {path}: "
                         "a .jsonl or .csv carries its answers in its own answer or answers column")
     questions = []
     try:
-        if path.suffix.lower() == ".jsonl":
+        if suffix == ".jsonl":
             for line, text in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
                 if not text.strip():
                     continue
@@ -195,10 +222,8 @@ def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQues
                     record = json.loads(text)
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path}, line {line}: not JSON: {error}") from error
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}, line {line}: a JSON object is needed, not {type(record).__name__}")
-                questions.append(_question(path, line, {str(k).lower(): v for k, v in record.items()}))
-        elif path.suffix.lower() == ".csv":
+                questions.append(_question(path, line, _lower_keys(path, f"line {line}", record)))
+        elif suffix == ".csv":
             with path.open(newline="", encoding="utf-8-sig") as handle:
                 reader = csv.reader(handle)
                 header = [name.strip().lower() for name in next(reader, [])]
