@@ -18,12 +18,13 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import Interrupted
-from mmcaption.evaluation.answers import normalise_answer
+from mmcaption.evaluation.answers import YesNoTally, normalise_answer
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
     json_line,
     json_text,
     prediction_record,
+    scores_said,
     software_record,
     starts_with_bom,
     summary_path,
@@ -68,6 +69,7 @@ class PredictionWriter(BasePredictionWriter):
         self.categories: dict[str, dict[str, list[int]]] = {}  # summary key -> category -> [correct, answered]
         self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
         self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
+        self.yes_no, self.yes_no_rows = YesNoTally(), 0  # POPE's metrics, when every answer key is yes or no
         self.vqa_results: list[dict[str, Any]] | None = None
         self.official = self.replacing = False
         self.encoding = "utf-8"
@@ -176,6 +178,10 @@ class PredictionWriter(BasePredictionWriter):
             self.counts["errors" if failed else "no_option"] += 1
             self.first_error = self.first_error or (str(row["error"]) if failed else None)
         if row.get("correct") is not None:  # rows with a reference answer; those given none count as wrong
+            if normalise_answer(str(row["answer"])) in ("yes", "no"):
+                self.yes_no_rows += 1
+                if row.get("prediction") is not None:
+                    self.yes_no.add(row["prediction"], normalise_answer(str(row["answer"])))
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
             self.counts["unanswered"] += int(row.get("prediction") is None)
@@ -210,6 +216,8 @@ class PredictionWriter(BasePredictionWriter):
         else:  # no answer key (captions, questions without answers): "answered": 0 read as nothing answered
             for key in ("answered", "correct", "unanswered"):
                 del summary[key]
+        if self.yes_no.counts and self.yes_no_rows == self.counts["answered"]:  # a yes/no set: POPE's numbers too
+            summary["pope"] = self.yes_no.metrics()
         if self.counts.get("vqa_scored"):
             summary["vqa_accuracy"] = summary.pop("vqa_accuracy_sum") / self.counts["vqa_scored"]
         for key, sums in self.vqa_categories.items():
@@ -293,27 +301,7 @@ class PredictionWriter(BasePredictionWriter):
             message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
             message += (f"; the same command with --data.output {self.path} --data.resume true, in place of --data.overwrite "
                         "true, goes on from them") if earlier else "; the same command with --data.resume true goes on from them"
-        if summary["errors"]:
-            message += f"; {summary['errors']} could not be predicted (see their 'error' field)"
-        if summary["no_option"]:
-            message += f"; {summary['no_option']} generated answers named no option (their 'generated' field)"
-        if "accuracy" in summary:
-            message += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']}"
-            message += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
-        if "vqa_accuracy" in summary:
-            message += f"; VQA accuracy {summary['vqa_accuracy']:.3f} over {summary['vqa_scored']} questions"
-            for key in self.vqa_categories:
-                accuracies = ", ".join(f"{name} {s['vqa_accuracy']:.3f} ({s['questions']})" for name, s in summary[f"vqa_{key}"].items())
-                message += f"\n  VQA accuracy {key.replace('_', ' ')}: {accuracies}"
-        if "circular_accuracy" in summary:
-            message += (f"; CircularEval accuracy {summary['circular_accuracy']:.3f} ({summary['circular_correct']}/"
-                        f"{summary['circular_questions']} questions right under every rotation)")
-        if "circular_unfinished" in summary:
-            message += f"; {summary['circular_unfinished']} questions not yet asked in every rotation, not judged"
-        for key in self.category_columns:
-            if key in summary:
-                accuracies = ", ".join(f"{name} {s['accuracy']:.3f} ({s['correct']}/{s['answered']})" for name, s in summary[key].items())
-                message += f"\n  accuracy {key.replace('_', ' ')} (over {summary['per_category_over'].split(',')[0]}): {accuracies}"
+        message += scores_said(summary, [key for key in self.category_columns if key in summary])
         if self.vqa_results is not None and not why:
             message += (f"\n  answers for VQA's evaluation server ([{{question_id, answer}}], normalised as scored): "
                         f"{self.vqa_results_path(self.path)}")

@@ -111,3 +111,19 @@ def test_answers_in_chinese_and_other_keyboards_compare_as_they_read():
     assert exact_match(["红色。", "是的，蓝色！", "Cafe\u0301"], ["红色", "是的 蓝色", "café"]) == 1.0  # were 0 each
     assert vqa_accuracy("蓝色。", ["蓝色"] * 10) == 1.0
     assert normalise_answer("ＲＥＤ？") == "red"
+
+
+def test_pope_reads_answers_as_its_evaluation_and_reports_precision_recall_f1_and_yes_ratio():
+    from mmcaption.evaluation.answers import YesNoTally, pope_answer
+
+    # LLaVA's eval_pope.py: the first sentence, commas dropped; the words "no", "No" or "not" make it no
+    assert [pope_answer(t) for t in ("Yes, there is a dog.", "No. There is a cat.", "There is a cat in the image.",
+                                     "no", "There is not a dog.", "Yes")] == ["yes", "no", "yes", "no", "no", "yes"]
+    assert pope_answer("Yes. There is no cat.") == "yes"  # only the first sentence counts
+    tally = YesNoTally()
+    for prediction, label in [("Yes, there is a dog.", "yes"), ("No. There is a cat.", "yes"), ("There is a cat.", "yes"),
+                              ("no", "no"), ("There is not a dog.", "no"), ("Yes", "no")]:
+        tally.add(prediction, label)
+    # true positives 2, false negatives 1, true negatives 2, false positives 1
+    assert tally.metrics() == {"accuracy": pytest.approx(4 / 6), "precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3),
+                               "f1": pytest.approx(2 / 3), "yes_ratio": pytest.approx(0.5), "questions": 6}

@@ -15,6 +15,7 @@ from mmcaption import Captioner
 from mmcaption.data import CaptionPredictDataModule, DataError, MultipleChoiceDataModule
 from mmcaption.demo.synthetic import Scene, draw_scene
 from mmcaption.errors import ConfigError, NotAModelFolderError
+from mmcaption.evaluation.answers import pope_answer
 from mmcaption.evaluation.report import read_output_rows
 from mmcaption.export import main as export_main
 from mmcaption.model.backbones import load_language_model
@@ -389,6 +390,19 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
     assert [r["correct"] for r in second] == [True, False, False]
     summary = json.loads((tmp_path / "second.jsonl.summary.json").read_text())
     assert summary["correct"] == 1 and summary["answered"] == 3
+    assert "pope" not in summary  # not a yes/no set
+
+    # POPE's label file as downloaded (JSON Lines named .json): its numbers too, the answers read as POPE reads them
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text("".join(json.dumps({"question_id": i, "image": image, "text": "Is there a circle in the image?",
+                                        "label": label}) + "\n" for i, (image, label) in
+                            enumerate([("images/img0.png", "yes"), ("images/img1.png", "no"), ("images/missing.png", "yes")])))
+    fourth = run(pope, tmp_path / "pope.jsonl")
+    read = [pope_answer(r["prediction"]) for r in fourth[:2]]
+    summary = json.loads((tmp_path / "pope.jsonl.summary.json").read_text())
+    assert summary["pope"]["questions"] == 2  # the one whose image is missing has no answer to read
+    assert summary["pope"]["accuracy"] == ((read[0] == "yes") + (read[1] == "no")) / 2
+    assert summary["pope"]["yes_ratio"] == read.count("yes") / 2
 
     # VQAv2-style: ten human answers each ({"answer": ...} objects as in its annotations), scored by VQA accuracy
     vqa = tmp_path / "vqa.jsonl"

@@ -176,11 +176,21 @@ def _json_lines(path: Path) -> bool:
     and more follows. (VQAv2's files are one line; an indented file's first line is not JSON alone.)"""
     with path.open("rb") as handle:
         first, rest = handle.readline(), handle.read(4096)
+    if not rest.strip():
+        return False
     try:
         json.loads(first)
     except ValueError:
         return False
-    return bool(rest.strip())
+    return True
+
+
+def official_vqa_file(path: Path) -> bool:
+    """Whether a questions file is VQAv2's official one: a ``.json`` holding one object (not JSON Lines or a list)."""
+    if path.suffix.lower() != ".json" or not path.is_file() or _json_lines(path):
+        return False
+    with path.open("rb") as handle:
+        return handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
 
 
 def _lower_keys(path: Path, where: str, record: Any) -> dict[str, Any]:
@@ -306,9 +316,9 @@ class QuestionsPredictDataModule(_PredictDataModule):
         self.questions_file, self.image_root = Path(questions_file), image_root and Path(image_root)
         self.annotations_file = annotations_file and Path(annotations_file)
         # VQAv2's official questions file: predict also writes the answers as its evaluation server takes them
-        self.official_vqa = self.questions_file.suffix.lower() == ".json"
+        self.official_vqa = official_vqa_file(self.questions_file)
         self.submission_questions_file = submission_questions_file and Path(submission_questions_file)
-        if self.submission_questions_file and not self.official_vqa:
+        if self.submission_questions_file and self.questions_file.suffix.lower() != ".json":
             raise ConfigError("submission_questions_file goes with VQAv2's official questions file (.json), which "
                               f"questions_file {self.questions_file} is not")
         self.system_prompt, self.instruction = system_prompt, instruction and instruction.strip()

@@ -1,5 +1,5 @@
-"""Scoring short answers: normalisation as the VQA evaluation does it, exact match, and reading the
-letter out of a generated multiple-choice answer as the common evaluation kits do.
+"""Scoring short answers: normalisation as the VQA evaluation does it, exact match, reading the
+letter out of a generated multiple-choice answer as the common evaluation kits do, and POPE's yes/no metrics.
 
 Plain string functions: no model, no tokenizer.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
 
 # The VQA evaluation's normalisation (Antol et al., 2015; the official vqaEval.py): punctuation,
 # number words, articles and common contractions written without their apostrophe.
@@ -146,3 +148,32 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
         humans = [answer.replace("\n", " ").replace("\t", " ").strip() for answer in answers]
     scores = [min(1.0, sum(other == given for other in humans[:i] + humans[i + 1:]) / 3) for i in range(len(humans))]
     return sum(scores) / len(scores)
+
+
+def pope_answer(text: str) -> str:
+    """``yes`` or ``no`` as POPE's evaluation reads a model's answer (LLaVA's ``eval_pope.py``): its first sentence
+    says no when it has the word "no" or "not", and yes otherwise."""
+    words = text.split(".")[0].replace(",", "").split(" ")
+    return "no" if {"No", "no", "not"} & set(words) else "yes"
+
+
+@dataclass
+class YesNoTally:
+    """POPE's metrics over yes/no questions: accuracy, and precision, recall and F1 of "yes" (the object is there),
+    with the share of yes answers, the numbers its paper and LLaVA's evaluation report. Answers are read as
+    :func:`pope_answer` reads them."""
+
+    counts: Counter = field(default_factory=Counter)  # (label, answer read) -> questions
+
+    def add(self, prediction: str, label: str) -> None:
+        self.counts[(label, pope_answer(prediction))] += 1
+
+    def metrics(self) -> dict[str, float | int]:
+        tp, fp = self.counts[("yes", "yes")], self.counts[("no", "yes")]
+        tn, fn = self.counts[("no", "no")], self.counts[("yes", "no")]
+        total = tp + fp + tn + fn
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        return {"accuracy": (tp + tn) / total if total else 0.0, "precision": precision, "recall": recall,
+                "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+                "yes_ratio": (tp + fp) / total if total else 0.0, "questions": total}

@@ -218,3 +218,34 @@ def software_record() -> dict[str, Any]:
     versions = {name: _version(name) for name in LIBRARIES}
     versions["torch"] = torch.__version__  # with its build: "2.13.0+cu130" where the package's metadata says "2.13.0"
     return {**record, **versions}
+
+
+def scores_said(summary: dict[str, Any], category_keys: list[str]) -> str:
+    """What a predict summary scored, as its closing message says it: errors, accuracy, the VQA accuracy, POPE's
+    numbers, CircularEval, and the accuracy per category (``category_keys``, the summary's ``per_...`` tables)."""
+    said = ""
+    if summary["errors"]:
+        said += f"; {summary['errors']} could not be predicted (see their 'error' field)"
+    if summary["no_option"]:
+        said += f"; {summary['no_option']} generated answers named no option (their 'generated' field)"
+    if "accuracy" in summary:
+        said += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']}"
+        said += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
+    if "pope" in summary:  # its answers read as POPE's evaluation reads them, not matched exactly
+        pope = summary["pope"]
+        said += (f"; POPE (yes/no; answers read as its evaluation reads them): accuracy {pope['accuracy']:.3f}, precision "
+                 f"{pope['precision']:.3f}, recall {pope['recall']:.3f}, F1 {pope['f1']:.3f}, yes {pope['yes_ratio']:.0%}")
+    if "vqa_accuracy" in summary:
+        said += f"; VQA accuracy {summary['vqa_accuracy']:.3f} over {summary['vqa_scored']} questions"
+        for key in (key for key in summary if key.startswith("vqa_per_")):
+            accuracies = ", ".join(f"{name} {s['vqa_accuracy']:.3f} ({s['questions']})" for name, s in summary[key].items())
+            said += f"\n  VQA accuracy {key.removeprefix('vqa_').replace('_', ' ')}: {accuracies}"
+    if "circular_accuracy" in summary:
+        said += (f"; CircularEval accuracy {summary['circular_accuracy']:.3f} ({summary['circular_correct']}/"
+                 f"{summary['circular_questions']} questions right under every rotation)")
+    if "circular_unfinished" in summary:
+        said += f"; {summary['circular_unfinished']} questions not yet asked in every rotation, not judged"
+    for key in category_keys:
+        accuracies = ", ".join(f"{name} {s['accuracy']:.3f} ({s['correct']}/{s['answered']})" for name, s in summary[key].items())
+        said += f"\n  accuracy {key.replace('_', ' ')} (over {summary['per_category_over'].split(',')[0]}): {accuracies}"
+    return said
