@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from lightning.pytorch import Trainer
 from mmcaption.data import DataError, MultipleChoiceDataModule
 from mmcaption.data.benchmarks import ChoiceQuestion, EmbeddedImage, circular_passes
 from mmcaption.demo.synthetic import Scene, draw_scene
+from mmcaption.errors import ConfigError
 from mmcaption.evaluation.report import record_differences
 from mmcaption.module import MultimodalCaptioner
 
@@ -218,6 +220,9 @@ def test_scienceqa_from_the_hugging_face_parquet_files_with_their_images_inside(
     dm.setup("predict")  # no image folder needed
     assert dm.dataset[0]["error"] is None and dm.dataset[0]["pixel_values"].shape[-1] == 64
     assert [q.key for q in choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split=None).read_rows()] == ["0", "1", "2"]
+    # the name datasets' to_parquet("test.parquet") gives is that split's too (was "not named after a split, not 'test'")
+    named = Path(shutil.copy(path, tmp_path / "test.parquet"))
+    assert len(choice_data(backbones, named, tmp_path / "o.csv", format="scienceqa").read_rows()) == 3
     # an image stored as a path instead of its bytes is refused with its row, not counted as text only
     rows[1]["image"] = {"bytes": None, "path": "/somewhere/image.png"}
     pq.write_table(pa.Table.from_pylist(rows), path)
@@ -377,6 +382,22 @@ def test_bad_files_and_settings_are_refused_with_what_is_wrong(backbones, tmp_pa
         choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa").setup("predict")
     with pytest.raises(DataError, match=r"MMBench TSV not found: .*missing\.tsv"):
         choice_data(backbones, tmp_path / "missing.tsv", tmp_path / "o.csv", format="mmbench").check_inputs()
+    # a benchmark file given to another format's reader: named for what it is, with the config that reads it (each
+    # reader said only which of its own columns were missing, or "not UTF-8" for a parquet file)
+    mmbench = write_tsv(tmp_path / "MMBench_DEV_EN.tsv", mmbench_rows())
+    scienceqa = write_scienceqa(tmp_path / "right", SCIENCEQA)
+    parquet = tmp_path / "test.parquet"
+    parquet.write_bytes(b"PAR1" + bytes(range(256)))
+    original = tmp_path / "questions.csv"
+    original.write_text("img_path,Question,A,B,C,D,answer\nx.png,Which?,a,b,c,d,A\n")
+    for path, given, wanted in [(mmbench, "csv", r"has MMBench's tab-separated columns, so it reads as MMBench TSV: use --config "
+                                 r"configs/predict/mmbench\.yaml \(or --data.format mmbench\); data.format is 'csv'"),
+                                (scienceqa, "csv", r"is JSON, so it reads as ScienceQA .*configs/predict/scienceqa\.yaml"),
+                                (parquet, "csv", r"is a parquet file, so it reads as ScienceQA"),
+                                (original, "mmbench", r"has the original scripts' columns, .*configs/predict/multiple_choice\.yaml"),
+                                (mmbench, "scienceqa", r"reads as MMBench TSV")]:
+        with pytest.raises(ConfigError, match=wanted):
+            choice_data(backbones, path, tmp_path / "o.csv", format=given).read_rows()
     # CircularEval on several processes is no longer refused: their shares are judged together (tests/test_ddp.py)
     assert choice_data(backbones, no_image, tmp_path / "o.csv", format="mmbench", circular=True).check_output(
         world_size=2, rank=1) == tmp_path / "o.rank1.csv"

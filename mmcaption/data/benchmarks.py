@@ -83,6 +83,26 @@ def row_options(values: dict[str, str], letters: list[str]) -> tuple[list[str], 
     return options, [f"options must be 2 or more, without gaps: {dict(zip(letters, options))}"] if wrong else []
 
 
+def sniffed_format(path: Path) -> tuple[str, str] | None:
+    """The multiple-choice format a file's first bytes show, and what shows it: ``scienceqa`` for a parquet file or a
+    JSON object, ``mmbench`` for a TSV with MMBench's columns, ``csv`` for the original scripts' header; else None."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return None
+    if head.startswith(b"PAR1"):
+        return "scienceqa", "is a parquet file"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):
+        return "scienceqa", "is JSON"
+    line = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip().lower()
+    if {"index", "question", "a", "b", "image"} <= {name.strip() for name in line.split("\t")}:
+        return "mmbench", "has MMBench's tab-separated columns"
+    if {"img_path", "question", "a", "b"} <= {name.strip() for name in line.split(",")}:
+        return "csv", "has the original scripts' columns"
+    return None
+
+
 IMAGE_COLUMNS = ("image", "img_path")  # a questions file's image column; the second as in the original scripts' CSV
 
 
@@ -229,8 +249,9 @@ def _scienceqa_problems(path: Path, split: str | None) -> tuple[list[tuple[str, 
             rows = pq.read_table(path).to_pylist()
         except Exception as error:  # pyarrow's errors for a file that is not parquet have no common base
             raise DataError(f"{path}: not a parquet file: {error}") from error
-        # the Hugging Face copy has a file per split, named after it (test-00000-of-00001.parquet)
-        named = path.name.split("-")[0]
+        # the Hugging Face copy has a file per split, named after it (test-00000-of-00001.parquet; test.parquet, as
+        # to_parquet("test.parquet") names one)
+        named = path.stem.split("-")[0]
         file_split = named if named in SCIENCEQA_SPLITS else None
         if split is not None and split != file_split:
             raise DataError(f"{path} is {'split ' + repr(file_split) if file_split else 'not named after a split'} (a parquet "

@@ -25,6 +25,7 @@ from mmcaption.data.benchmarks import (
     read_mmbench_tsv,
     read_scienceqa,
     scienceqa_image_root,
+    sniffed_format,
 )
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.image_sources import find_images, image_paths
@@ -278,6 +279,11 @@ class MultipleChoiceDataModule(_PredictDataModule):
 
     def read_rows(self) -> list[ChoiceQuestion]:
         """The questions as asked: with ``circular``, each of its rotations."""
+        sniffed = sniffed_format(self.csv_file)
+        if sniffed is not None and sniffed[0] != self.format:  # the other format's reader would say only what is missing
+            config = {"csv": "multiple_choice"}.get(sniffed[0], sniffed[0])
+            raise ConfigError(f"{self.csv_file} {sniffed[1]}, so it reads as {FORMATS[sniffed[0]]}: use --config configs/predict/"
+                              f"{config}.yaml (or --data.format {sniffed[0]}); data.format is {self.format!r}, {FORMATS[self.format]}")
         if self.format == "mmbench":
             questions = read_mmbench_tsv(self.csv_file)
         elif self.format == "scienceqa":
