@@ -83,6 +83,12 @@ def row_options(values: dict[str, str], letters: list[str]) -> tuple[list[str], 
     return options, [f"options must be 2 or more, without gaps: {dict(zip(letters, options))}"] if wrong else []
 
 
+def _grade_band(grade: str) -> str:
+    """ScienceQA's grade (``grade1`` .. ``grade12``) as its paper's table groups them: G1-6 or G7-12."""
+    number = grade.removeprefix("grade")
+    return "" if not number.isdigit() else "G1-6" if int(number) <= 6 else "G7-12"
+
+
 def sniffed_format(path: Path) -> tuple[str, str] | None:
     """The multiple-choice format a file's first bytes show, and what shows it: ``scienceqa`` for a parquet file or a
     JSON object, ``mmbench`` for a TSV with MMBench's columns, ``csv`` for the original scripts' header; else None."""
@@ -332,7 +338,7 @@ def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestio
         record = {"id": pid, "question": question.strip(), "hint": hint.strip(),
                   **{LETTERS[i]: choices[i] if i < len(choices) else "" for i in range(width)},
                   "answer": letter or "", **{k: problem.get(k, "") for k in ("subject", "topic", "category", "grade", "split")},
-                  "image": image}
+                  "grades": _grade_band(str(problem.get("grade") or "")), "image": image}
         asked = EmbeddedImage(problem["image"], where) if embedded else image
         questions.append(ChoiceQuestion(0, record, asked, text, choices, letter, key=pid, option_keys=LETTERS[:width]))
     return questions
