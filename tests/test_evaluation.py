@@ -80,6 +80,19 @@ def test_karpathy_file_problems_are_named(backbones, coco_root, tmp_path):
         karpathy_datamodule(backbones, root).prepare_data()
     with pytest.raises(DataError, match=r"Karpathy split file \(dataset_coco.json\) not found: .*elsewhere.json.*train2014"):
         karpathy_datamodule(backbones, root, karpathy_file=str(root / "elsewhere.json")).check_inputs("test")
+    # Flickr30k's file in the same format: no cocoid or filepath, its images in one folder; named by their imgid
+    content = json.loads((root / "dataset_coco.json").read_text())
+    flickr = root / "flickr30k-images"
+    flickr.mkdir()
+    for entry in content["images"]:
+        folder = entry.pop("filepath")
+        del entry["cocoid"]
+        if (root / folder / entry["filename"]).is_file():
+            shutil.copy(root / folder / entry["filename"], flickr / entry["filename"])
+    (root / "dataset_flickr30k.json").write_text(json.dumps({**content, "dataset": "flickr30k"}))
+    with pytest.raises(DataError, match=r"1 of 2 images of Karpathy's test split are missing.*first: imgid \d+, its image "
+                                        r"COCO_val2014_000000000102"):
+        karpathy_datamodule(backbones, flickr, karpathy_file=str(root / "dataset_flickr30k.json")).prepare_data()
 
 
 @pytest.mark.slow

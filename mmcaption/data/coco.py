@@ -66,6 +66,7 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         raise DataError(f"{annotation_file} has no 'images' and 'annotations' lists: is it a COCO captions file?")
 
     images: dict[int, CocoImage] = {}
+    id_name = "cocoid"  # Flickr30k's and Flickr8k's files in the same format number their images by imgid only
     for position, entry in enumerate(content["images"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not isinstance(
             entry.get("file_name"), str
@@ -171,18 +172,19 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
             continue
         if entry["split"] not in wanted:
             continue
-        image_id = entry.get("cocoid", entry.get("imgid"))
+        id_name = "cocoid" if "cocoid" in entry else "imgid"
+        image_id = entry.get(id_name)
         names = (entry.get("filepath", ""), entry.get("filename"))
         if not isinstance(image_id, int) or not all(isinstance(n, str) for n in names) or not names[1]:
-            records.bad("malformed image entry", f"{where} needs an integer 'cocoid', a 'filepath' and a 'filename'")
+            records.bad("malformed image entry", f"{where} needs an integer 'cocoid' (or 'imgid'), a 'filepath' and a 'filename'")
             continue
-        where += f" (cocoid {image_id})"
+        where += f" ({id_name} {image_id})"
         file_name = f"{names[0]}/{names[1]}" if names[0] else names[1]
         if escapes_root(file_name):
             records.bad("image path escapes root", f"{where}: {file_name!r} escapes the image folder")
             continue
         if image_id in images:
-            records.bad("duplicate image id", f"{where} repeats cocoid {image_id}")
+            records.bad("duplicate image id", f"{where} repeats {id_name} {image_id}")
             continue
         sentences = entry.get("sentences")
         if not isinstance(sentences, list):
@@ -202,7 +204,7 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
     for image in images.values():  # in another case or Unicode form, as Windows and macOS find it
         image.file_name = existing_spelling(image_root, image.file_name)
     missing = [image for image in images.values() if not (image_root / image.file_name).is_file()]
-    records.missing_images([(f"cocoid {image.image_id}", image_root / image.file_name) for image in missing],
+    records.missing_images([(f"{id_name} {image.image_id}", image_root / image.file_name) for image in missing],
                            len(images), f"images of Karpathy's {split} split are", image_root)
     missing_ids = {image.image_id for image in missing}
     return [image for image in images.values() if image.image_id not in missing_ids]
