@@ -694,3 +694,51 @@ def test_a_sheet_made_on_windows_or_macos_finds_its_photos_on_linux(tmp_path, mo
     assert check_image(read_image(typed)) is None  # was "image not found"
     (found,) = find_images(typed)  # predict --data.images with one photo: was "image source not found"
     assert found.is_file() and found.samefile(folder / unicodedata.normalize("NFC", "café rouge.JPG"))
+
+
+def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsys):
+    import datasets
+
+    def photos(folder: Path, count: int = 3) -> Path:
+        folder.mkdir(parents=True)
+        for index in range(count):
+            (folder / f"photo{index}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (70 * index, 20, 20))))
+        return folder
+
+    # photos in images/ and captions.csv beside them, the folder given: datasets read it as an image folder without
+    # captions and raised ValueError ("doesn't have a 'keep_default_na' key"); the one table is the dataset
+    project = tmp_path / "mydata"
+    photos(project / "images")
+    (project / "captions.csv").write_text("image,caption\n" + "".join(f"images/photo{i}.jpg,photo {i}\n" for i in range(3)))
+    rows = list(HubCaptions(str(project), "image", "caption").records("train", BadRecords("mydata")))
+    assert [(name, [c for _, c in captions]) for _, name, _, captions in rows] == [(f"images/photo{i}.jpg", [f"photo {i}"])
+                                                                                   for i in range(3)]
+    # photo1.jpg + photo1.txt: refused with how to write what datasets reads (was "has no column(s) ['jpg', 'txt']")
+    sidecars = photos(tmp_path / "sidecars")
+    for index in range(3):
+        (sidecars / f"photo{index}.txt").write_text(f"photo {index}")
+    with pytest.raises(DataError, match=r"sidecars holds photos with their captions in \.txt files beside them \(photo\d\.txt\): "
+                                        r"datasets reads no such folder\. Write the pairs into a metadata\.jsonl"):
+        HubCaptions(str(sidecars), "image", "text")
+    # a DatasetDict with train and dev: dev is the validation split (was "has one split", dev never used)
+    table = {"image": [str(project / "images" / f"photo{i}.jpg") for i in range(3)], "caption": ["a", "b", "c"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(table), "dev": datasets.Dataset.from_dict(table)}).save_to_disk(
+        tmp_path / "saved")
+    assert HubCaptions(str(tmp_path / "saved"), "image", "caption").stage_splits(None, None, None) == {
+        "train": "train", "val": "dev", "test": "dev"}
+    # image URLs, as Conceptual Captions' tables give them: training reads files, and says how to get them
+    urls = tmp_path / "urls.csv"
+    urls.write_text("image,caption\nhttps://example.invalid/0.jpg,a street\n")
+    with pytest.raises(DataError, match=r"'https://example\.invalid/0\.jpg', a URL: training reads images from files; download "
+                                        r"them first \(img2dataset"):
+        list(HubCaptions(str(urls), "image", "caption").records("train", BadRecords("urls.csv")))
+    tsv = tmp_path / "cc.tsv"
+    tsv.write_text("a street\thttps://example.invalid/0.jpg\n")
+    with pytest.raises(DataError, match=r"cc\.tsv: .*save it comma-separated as \.csv, with a header line naming its columns"):
+        HubCaptions(str(tsv), "image", "caption").load("train")
+    # a JSON Lines file saved in Windows' code page: named, as a CSV is (was UnicodeDecodeError in datasets' traceback)
+    local = tmp_path / "local.jsonl"
+    local.write_bytes(json.dumps({"image": str(project / "images" / "photo0.jpg"), "caption": "caf\xe9"},
+                                 ensure_ascii=False).encode("cp1252") + b"\n")
+    with pytest.raises(DataError, match=r"local\.jsonl.*not UTF-8"):
+        list(HubCaptions(str(local), "image", "caption").records("train", BadRecords("local.jsonl")))

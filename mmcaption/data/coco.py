@@ -66,7 +66,6 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         raise DataError(f"{annotation_file} has no 'images' and 'annotations' lists: is it a COCO captions file?")
 
     images: dict[int, CocoImage] = {}
-    id_name = "cocoid"  # Flickr30k's and Flickr8k's files in the same format number their images by imgid only
     for position, entry in enumerate(content["images"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not isinstance(
             entry.get("file_name"), str
@@ -165,6 +164,7 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
         raise DataError(f"{split_file} has no 'images' list: is it Karpathy's dataset_coco.json?")
     wanted = KARPATHY_SPLITS.get(split, (split,))
     images: dict[int, CocoImage] = {}
+    id_name = "cocoid"  # Flickr30k's and Flickr8k's files in the same format number their images by imgid only
     for position, entry in enumerate(content["images"]):
         where = f"images[{position}]"
         if not isinstance(entry, dict) or entry.get("split") not in {"train", "restval", "val", "test"}:

@@ -37,9 +37,9 @@ from mmcaption.data.records import (
     read_json_list,
 )
 from mmcaption.errors import causes
-from mmcaption.images import IMAGE_SUFFIXES
+from mmcaption.images import IMAGE_SUFFIXES, is_url
 
-VAL_NAMES = ("validation", "val", "valid", "test")
+VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 # a caption "NA" or "None" is that text; a blank line a row (a CSV's lines are named by number)
@@ -63,6 +63,26 @@ class HubCaptions:
     caption_column: str = "txt"
     caption_separator: str = "\n"
     val_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        path = Path(self.dataset).expanduser()
+        if not path.is_dir() or any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+            return
+        files = [f for f in path.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)]
+        tables = [f for f in files if f.suffix.lower() in TABLE_SUFFIXES]
+        images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+        if len(tables) == 1 and tables[0].stem != "metadata" and images:  # captions.csv beside (or above) the photos:
+            # datasets would read the folder as an image folder whose captions it does not know
+            rank_zero_info(f"{path} holds photos and one table of them, {tables[0].name}: the table is read")
+            self.dataset = str(tables[0])
+        elif not tables and images:
+            stems = {f.with_suffix("") for f in images}
+            sidecars = [f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") in stems]
+            if sidecars:  # photo1.jpg + photo1.txt: a layout datasets does not read
+                raise DataError(f"{path} holds photos with their captions in .txt files beside them ({sidecars[0].name}): "
+                                "datasets reads no such folder. Write the pairs into a metadata.jsonl in it, one line per "
+                                'photo: {"file_name": "photo1.jpg", "text": "its caption"} (hub_image_column image, '
+                                "hub_caption_column text), or into a CSV table (image,caption) beside the photos")
 
     def _saved(self) -> datasets.Dataset | datasets.DatasetDict | None:
         path = Path(self.dataset)
@@ -95,7 +115,9 @@ class HubCaptions:
             raise DataError(f"{self.dataset} has splits {names} and none is 'train': set train_split")
         val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
         if val is None:
-            rank_zero_info(f"{self.dataset} has one split ({train!r}): {self.val_fraction:.1%} of its images are held out "
+            has = f"one split ({train!r})" if len(names) == 1 else (
+                f"splits {names}, none named {', '.join(VAL_NAMES)} (val_split names the one to validate on)")
+            rank_zero_info(f"{self.dataset} has {has}: {self.val_fraction:.1%} of the images of {train!r} are held out "
                            "for validation (hub_val_fraction), by a stable hash of each image")
             return {"train": train + REST, "val": train + HELD_OUT, "test": test or train + HELD_OUT}
         return {"train": train, "val": val, "test": test or val}
@@ -132,7 +154,9 @@ class HubCaptions:
     def _read_file(path: Path) -> datasets.Dataset:
         builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
         if builder is None:
-            raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file")
+            tsv = "; a .tsv (as Conceptual Captions' image URLs come): save it comma-separated as .csv, with a header line " \
+                  "naming its columns (image,caption)" if path.suffix.lower() == ".tsv" else ""
+            raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file{tsv}")
         return datasets.load_dataset(builder, data_files=str(path), split="train", **(CSV_OPTIONS if builder == "csv" else {}))
 
     @functools.cached_property
@@ -157,7 +181,7 @@ class HubCaptions:
                     return HubCaptions(str(table))._unreadable(inner)
         found = list(causes(error))
         if path.is_file() and any(isinstance(cause, UnicodeDecodeError) for cause in found):  # Excel's plain "CSV"
-            return not_utf8(path)
+            return not_utf8(path, table=path.suffix.lower() == ".csv")
         if path.is_file() and path.suffix.lower() in (".json", ".jsonl"):
             read_json_list(path, "dataset")  # refuses the file naming the line that is not JSON
         cause = found[-1]
@@ -185,7 +209,7 @@ class HubCaptions:
         # image digest -> first row, its key, captions, and what its later rows brought (counted on its side)
         images: dict[str, tuple[int, str, list[tuple[int, str]], Counter]] = {}
         counts, not_found = Counter(), []
-        for row_index, row in enumerate(data.select_columns(columns)):
+        for row_index, row in enumerate(self._rows(data.select_columns(columns))):
             key = str(row.get("__key__") or row_index)
             texts = self._captions(row[self.caption_column])
             image = self._image_bytes(row[self.image_column])
@@ -238,6 +262,14 @@ class HubCaptions:
             # checked by the image pass's threads; one that cannot be decoded is named at the pass's end
             blame = functools.partial(self._undecodable, row_index, key, split, named)
             yield row_index, named or key, Unchecked(self._image_bytes(value), blame), captions  # a path as the table writes it
+
+    def _rows(self, data: datasets.Dataset) -> Iterator[dict]:
+        """The rows of ``data``; a file whose text is not UTF-8, found only as its rows are read (a JSON file saved in
+        Windows' code page), is refused naming it, as :meth:`_unreadable` names it."""
+        try:
+            yield from data
+        except UnicodeDecodeError as error:
+            raise self._unreadable(error) from None
 
     def _undecodable(self, index: int, key: str, split: str, named: str | None, problem: str) -> list[str]:
         return [f"{self._row(index, key, split)}: {'its image ' + repr(named) if named else 'its image'} cannot be decoded: "
@@ -295,6 +327,9 @@ class HubCaptions:
         name = self._named(value)
         if name is None:
             return "empty"
+        if is_url(name):  # a Conceptual-Captions-style table: predict reads URLs, training reads files
+            return (f"{name!r}, a URL: training reads images from files; download them first (img2dataset does it for "
+                    "such tables) and give the table the files' paths")
         return f"{name!r}, not a file (looked for from " + (f"{self._folder} and from " if self._folder else "") + "the current folder)"
 
     def _image_bytes(self, value) -> bytes | None:
