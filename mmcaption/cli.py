@@ -19,26 +19,27 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.advice import OutOfMemoryAdvice
-from mmcaption.callbacks import (
-    PlainProgress,
-    ResumableStop,
-    StageProgressBar,
-    lightning_setting_errors,
-    unlogged_monitor,
-    usable_callbacks,
-)
+from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
 from mmcaption.checkpoint import earlier_checkpoints_note, install_atomic_checkpoint_io, load_checkpoint_file
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import ConfigError, MMCaptionError, causes, user_errors_exit
-from mmcaption.folders import FolderLock, check_writable, claim_run_folders, locks_released_after, remove_unused_run
+from mmcaption.folders import (
+    FolderLock,
+    check_writable,
+    claim_run_folders,
+    keyword_checkpoint,
+    locks_released_after,
+    remove_unused_run,
+)
 from mmcaption.model import is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import check_backbone
 from mmcaption.model.config import flat_settings, merged_settings, nested_settings, precision_problem
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
+from mmcaption.settings_checks import lightning_setting_errors, unlogged_monitor, usable_callbacks
 from mmcaption.slurm import requeued_checkpoint
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
@@ -82,13 +83,13 @@ class MMCaptionCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
-            if subcommand == "fit" and self.trainer.global_rank == 0:  # the run folders this run makes, made now
+            if subcommand in ("fit", "test") and self.trainer.global_rank == 0:  # the run folders this run makes, made now
                 self._new_run_folders = claim_run_folders([logger for logger in self.trainer.loggers
                                                            if isinstance(logger, TensorBoardLogger | CSVLogger)])
             with lightning_setting_errors():
                 super()._run_subcommand(subcommand)
-        except BaseException:  # a fit that failed before its first step leaves no empty run in the logs
-            if subcommand == "fit" and self.trainer.global_step == 0:
+        except BaseException:  # a fit that failed before its first step (a test, before its end) leaves no empty run
+            if subcommand == "test" or self.trainer.global_step == 0:
                 for folder in getattr(self, "_new_run_folders", ()):
                     remove_unused_run(folder)
             raise
@@ -110,7 +111,11 @@ class MMCaptionCLI(LightningCLI):
             raise user_error from None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
-        # Lightning < 2.7 (pinned): where the trainer's settings meet the config's callbacks
+        # Lightning < 2.7 (pinned): where the trainer's settings meet the config's callbacks. Where --ckpt_path last
+        # looks: the config's checkpoint folders, also when fast_dev_run or enable_checkpointing false leaves them out
+        given = config.get("callbacks") or []
+        self._checkpoint_folders = [Path(c.dirpath) for c in (given if isinstance(given, list) else [given])
+                                    if isinstance(c, ModelCheckpoint) and c.dirpath]
         config["callbacks"] = usable_callbacks(config, fit=self.subcommand == "fit")
         return super()._instantiate_trainer(config, callbacks)
 
@@ -229,8 +234,9 @@ class MMCaptionCLI(LightningCLI):
         check_inputs = getattr(self.datamodule, "check_inputs", None)
         if check_inputs is not None:
             check_inputs(self.subcommand)
-        if self.subcommand != "fit":
-            check_keyword_checkpoint(self.config[self.subcommand].get("ckpt_path"), trainer, self.subcommand)
+        folders = getattr(self, "_checkpoint_folders", None)
+        if (resolved := keyword_checkpoint(self.config[self.subcommand].get("ckpt_path"), folders, self.subcommand)) is not None:
+            self.config[self.subcommand]["ckpt_path"] = self.config_init[self.subcommand]["ckpt_path"] = str(resolved)
         if self.subcommand == "fit":  # a SLURM job requeued after its time-limit signal: from its own last save
             resume = requeued_checkpoint(trainer, job_of_checkpoint, given=self.config["fit"].get("ckpt_path"))
             if resume is not None:
@@ -275,22 +281,6 @@ def job_of_checkpoint(path: Path) -> str | None:
         return load_checkpoint_file(path, mmap=True).get("slurm_job", None)
     except MMCaptionError:  # a damaged or half-written file is no save of any job's
         return "unreadable"
-
-
-def check_keyword_checkpoint(ckpt_path: Any, trainer: Trainer, subcommand: str) -> None:
-    """``--ckpt_path last`` / ``best`` in validate, test or predict: refused when there is no such checkpoint,
-    where Lightning would warn and run the untrained model (``last``), or fail with a traceback (``best``,
-    which only the process that trained knows)."""
-    if ckpt_path not in ("last", "best"):
-        return
-    folders = [Path(c.dirpath) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
-    found = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.ckpt"))
-    if ckpt_path == "last" and any(p.name.startswith("last") for p in found):
-        return
-    where = (", ".join(str(folder) for folder in folders) or "no checkpoint folder in the config") + f", under {Path.cwd()}"
-    holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
-    why = "there is no last.ckpt in" if ckpt_path == "last" else "only the run that trained knows which checkpoint was best in"
-    raise ConfigError(f"{subcommand} --ckpt_path {ckpt_path}: {why} {where}{holds}. Give the checkpoint's path")
 
 
 EPILOG = ("also: `mmcaption prepare --config C` checks and preprocesses a config's data and prints what it holds; "

@@ -19,8 +19,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from mmcaption.errors import FolderLockedError, NotWritableError, OutputExistsError
+from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError
 
 LOCK_FILE = ".mmcaption.lock"
 
@@ -264,3 +265,24 @@ def remove_unused_run(folder: str | Path) -> bool:
         return False
     shutil.rmtree(folder)
     return True
+
+
+def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: str) -> Path | None:
+    """The file ``--ckpt_path last`` names: the newest ``last*.ckpt`` in the config's checkpoint ``folders`` (as Lightning
+    picks it), found also when the run leaves its ModelCheckpoint out (fast_dev_run). Without one, fit starts afresh
+    with Lightning's warning; validate, test and predict, where Lightning would run the untrained model, are refused, as
+    ``best`` is everywhere (only the process that trained knows it: Lightning failed with a traceback)."""
+    if ckpt_path not in ("last", "best"):
+        return None
+    folders = folders or []
+    found = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.ckpt"))
+    lasts = [p for p in found if p.name.startswith("last")]
+    if ckpt_path == "last" and lasts:
+        return max(lasts, key=lambda p: p.stat().st_mtime)
+    if ckpt_path == "last" and subcommand == "fit":
+        return None
+    holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
+    why = "there is no last.ckpt in" if ckpt_path == "last" else "only the run that trained knows which checkpoint was best in"
+    where = (f"{why} {', '.join(str(folder) for folder in folders)}, under {Path.cwd()}{holds}" if folders else
+             "the config has no ModelCheckpoint folder to look in")
+    raise ConfigError(f"{subcommand} --ckpt_path {ckpt_path}: {where}. Give the checkpoint's path")

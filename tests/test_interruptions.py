@@ -439,6 +439,16 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
     message = user_error(capsys, main, ["test", *config, "--ckpt_path", "best"])  # was Lightning's traceback
     assert message.startswith("error: test --ckpt_path best: only the run that trained knows which checkpoint was best")
     assert message.endswith("; it holds epoch=0-step=8.ckpt. Give the checkpoint's path")
+    message = user_error(capsys, main, ["fit", *config, "--ckpt_path", "best"])  # was Lightning's ValueError, exit 1
+    assert message.startswith("error: fit --ckpt_path best: only the run that trained knows which checkpoint was best")
+    # a quick check with fast_dev_run (which leaves the config's ModelCheckpoint out) still finds the folder's last.ckpt:
+    # it was "there is no last.ckpt" in validate, and a fit that silently started afresh
+    (folder / "last.ckpt").write_bytes(b"not a checkpoint")
+    monkeypatch.undo()  # the backbones load: the checkpoint is read after them
+    monkeypatch.chdir(tmp_path)
+    for command in ("validate", "fit"):
+        message = user_error(capsys, main, [command, *config, "--ckpt_path", "last", "--trainer.fast_dev_run", "true"])
+        assert str(folder / "last.ckpt") in message and "no last.ckpt" not in message, message
 
 
 def test_answering_questions_with_a_caption_stage_checkpoint_is_noted(trained_checkpoint, image_folder, tmp_path, monkeypatch, capsys):
@@ -596,7 +606,7 @@ def test_a_quick_run_without_logs_or_checkpoints_leaves_out_the_configs_callback
 def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_list(capsys):
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from mmcaption.callbacks import usable_callbacks
+    from mmcaption.settings_checks import usable_callbacks
 
     # a second config file with its own callbacks list replaced the first's, ModelCheckpoint with it: a max_steps run
     # mid-epoch then ended "training done" with no checkpoint at all
@@ -619,6 +629,11 @@ def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_lis
     assert "ck/mine has save_last off: no last.ckpt, so a run that stops at max_steps" in capsys.readouterr().err
     usable_callbacks({"callbacks": [ModelCheckpoint(dirpath="ck/mine", save_last=True)]}, fit=True)
     assert "save_last off" not in capsys.readouterr().err
+    # Lightning's SWA copies the module before configure_model builds the model: it ran, and averaged no weight
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    with pytest.raises(ConfigError, match=r"StochasticWeightAveraging cannot average this model"):
+        usable_callbacks({"callbacks": [ModelCheckpoint(), StochasticWeightAveraging(swa_lrs=1e-3)]}, fit=True)
 
 
 def test_runs_started_at_the_same_moment_get_their_own_run_folders(tmp_path, monkeypatch):
@@ -662,14 +677,18 @@ def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, 
     # version number and listed an empty run in TensorBoard); the logs folder itself stays
     assert (tmp_path / "logs").is_dir() and not list((tmp_path / "logs").rglob("version_*"))
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "d"),
-                                       "--trainer.callbacks.monitor=val/los", "--trainer.val_check_interval", "1",
+                                       "--trainer.callbacks.monitor=train/los", "--trainer.val_check_interval", "1",
                                        "--trainer.limit_val_batches", "1", "--trainer.max_steps", "2"])  # a typo in its monitor
-    assert message.startswith("error: `ModelCheckpoint(monitor='val/los')` could not find the monitored key")
+    assert message.startswith("error: `ModelCheckpoint(monitor='train/los')` could not find the monitored key")
     assert [p.name for p in (tmp_path / "logs").rglob("version_*")] == ["version_0"]  # failed after a step: kept
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "e"),
-                                       "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/los",
+                                       "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=train/los",
                                        "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1"])
-    assert message.startswith("error: the config's EarlyStopping monitor: Early stopping conditioned on metric `val/los`")
+    assert message.startswith("error: the config's EarlyStopping monitor: Early stopping conditioned on metric `train/los`")
+    # a validation metric's name mistyped is refused before the first step (names of validation metrics are known)
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "g"),
+                                       "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/los"])
+    assert message.startswith("error: EarlyStopping's monitor val/los is never logged: did you mean val/loss?")
     # refused while Lightning builds the trainer: was a MisconfigurationException's traceback (exit 1)
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "f"), "--trainer.val_check_interval",
                                        "0.5", "--trainer.check_val_every_n_epoch", "null"])
@@ -1494,11 +1513,15 @@ def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(
     # a pipeline's fit arguments reach both stages: the instruct stage logs no caption metric at all
     from types import SimpleNamespace
 
-    from mmcaption.callbacks import unlogged_monitor
+    from mmcaption.settings_checks import unlogged_monitor
 
     instruct = SimpleNamespace(val_answer_questions=100)
     assert "computed only from validation captions" in unlogged_monitor([SimpleNamespace(monitor="val/CIDEr")], instruct)
     assert unlogged_monitor([SimpleNamespace(monitor="val/answer_exact_match")], instruct) is None
+    # a typo or another case, refused before the first step with the name meant (was stopped at the first validation)
+    for typed, meant in (("val/cider", "val/CIDEr"), ("val/los", "val/loss"), ("val/Bleu-4", "val/BLEU-4")):
+        said = unlogged_monitor([SimpleNamespace(monitor=typed)], instruct)
+        assert said.startswith(f"SimpleNamespace's monitor {typed} is never logged: did you mean {meant}? Validation logs "), said
 
 
 def test_a_run_that_early_stopping_ended_says_so_in_its_last_line(capsys):
