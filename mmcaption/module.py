@@ -300,15 +300,16 @@ class MultimodalCaptioner(LightningModule):
 
     def log_caption_examples(self) -> None:
         """A few val images with their generated and reference captions, in TensorBoard."""
-        if self.val_examples is None or not isinstance(self.logger, TensorBoardLogger) or not self.trainer.is_global_zero:
+        board = next((logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)), None)  # also beside a CSV one
+        if self.val_examples is None or board is None or not self.trainer.is_global_zero:
             return
         images, captions, references = self.val_examples
         # the step Lightning gives this validation's scalars (optimizer steps before this one; global_step counts it)
         step = getattr(self.trainer.fit_loop.epoch_loop, "_batches_that_stepped", self.global_step)
-        self.logger.experiment.add_image("val/examples", torch.cat(list(images), dim=2), step)
+        board.experiment.add_image("val/examples", torch.cat(list(images), dim=2), step)
         rows = [f"| {i} | {c} | {' / '.join(r)} |" for i, (c, r) in enumerate(zip(captions, references))]
         table = "| image | generated | references |\n|---|---|---|\n" + "\n".join(rows)
-        self.logger.experiment.add_text("val/captions", table, step)
+        board.experiment.add_text("val/captions", table, step)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)

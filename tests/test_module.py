@@ -131,3 +131,19 @@ def test_compile_option_compiles_every_decoder_layer_and_keeps_the_checkpoint_ke
     assert not any(layer._compiled_call_impl is not None for layer in eager.model.decoder_layers)
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way
 
+
+
+def test_caption_examples_reach_tensorboard_when_it_is_not_the_first_logger(backbones, tmp_path):
+    # trainer.logger: [CSVLogger, TensorBoardLogger]: the example images and captions were left out of TensorBoard
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = TensorBoardLogger(tmp_path, name="tb")
+    module = make_captioner(backbones)
+    module.trainer = Trainer(accelerator="cpu", logger=[CSVLogger(tmp_path), board], enable_progress_bar=False)
+    module.val_examples = (torch.rand(2, 3, 8, 8), ["a red circle", "a blue square"], [["a red circle"], ["two squares"]])
+    module.log_caption_examples()
+    board.experiment.flush()
+    events = EventAccumulator(board.log_dir)
+    events.Reload()
+    assert "val/examples" in events.Tags()["images"] and events.Tags()["tensors"]  # the caption table is a text summary
