@@ -62,8 +62,9 @@ class MMCaptionCLI(LightningCLI):
         parser.link_arguments("model.config.vision_feature_layer", "data.init_args.vision_feature_layer")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        if self.subcommand in ("predict", "validate"):
-            kwargs.setdefault("logger", False)  # their results are printed and written: no empty TensorBoard run
+        asked = [a for a in getattr(self, "_arguments", None) or [] if isinstance(a, str) and a.startswith("--trainer.logger")]
+        if self.subcommand in ("predict", "validate") and not asked:  # their results are printed and written: no empty
+            kwargs.setdefault("logger", False)  # TensorBoard run of the config's; one asked for on the command line is kept
         with lightning_setting_errors():  # e.g. a strategy whose package is missing, or that needs a GPU
             trainer = super().instantiate_trainer(**kwargs)
         if trainer.logger is None:  # no run folder: Lightning would write the config as config.yaml in the working

@@ -58,6 +58,12 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in printed[printed.index(next(x for x in printed if x.startswith("metric"))) + 1:]] == \
         sorted(validated.trainer.callback_metrics)
+    # no run of the config's TensorBoard logger for validate; a logger asked for on the command line is kept (it was
+    # dropped without a word)
+    assert not validated.trainer.loggers
+    run_cli(["validate", "--config", DEMO_CONFIG, "--ckpt_path", str(last), *FAST, "--data.init_args.val_caption_images", "0",
+             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "csv_logs"])
+    assert "val/loss" in (next((demo_dir / "csv_logs").rglob("metrics.csv"))).read_text()
 
     # the console script: captions for the val images from the checkpoint, exit status 0
     result = subprocess.run(
