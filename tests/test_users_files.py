@@ -642,6 +642,12 @@ def test_photos_an_imagefolders_metadata_does_not_list_are_counted(tmp_path):
     assert len(list(HubCaptions(str(tmp_path), "image", "caption").records("train", seen))) == 2
     assert dict(seen.notes) == {"images beside the listed ones that the metadata file does not list, left out "
                                 f"(first: {tmp_path / 'IMG_1.JPG'})": 2}
+    # a line naming a photo in another case (a sheet typed on Windows): the photo is used, and not counted left out
+    (tmp_path / "metadata.csv").write_text("file_name,caption\nimg_0.jpg,a street\nIMG_1.JPG,a door\nIMG_2.JPG,a wall\n"
+                                           "IMG_3.JPG,a car\n")
+    seen = BadRecords(str(tmp_path))
+    assert len(list(HubCaptions(str(tmp_path), "image", "caption").records("train", seen))) == 4
+    assert not seen.notes
 
 
 def test_popes_label_is_the_answer_a_question_is_scored_against(tmp_path):

@@ -282,7 +282,8 @@ class HubCaptions:
         column = data.data.column(self.image_column)
         if not pa.types.is_struct(column.type):
             return
-        listed = {Path(path) for chunk in column.chunks for path in chunk.field("path").to_pylist() if path}
+        # each as it is found: a metadata file's IMG_0001.jpg names the camera's IMG_0001.JPG, which is not left out
+        listed = {Path(self._found(path) or path) for chunk in column.chunks for path in chunk.field("path").to_pylist() if path}
         unlisted = sorted(file for folder in {path.parent for path in listed} for file in folder.iterdir()
                           if file.suffix.lower() in IMAGE_SUFFIXES and file not in listed)
         if unlisted:
