@@ -424,6 +424,12 @@ def test_a_folder_an_image_or_a_table_given_where_another_input_belongs_is_named
     with pytest.raises(DataError, match=r"questions\.csv is a table, not an image list: questions about images go to "
                                         r"--data\.csv_file with --config configs/predict/multiple_choice\.yaml"):
         find_images(str(questions))
+    captions = tmp_path / "captions.csv"  # a sheet of photos and captions: the command that captions and scores it
+    captions.write_text("image,caption\nimages/img0.png,a red circle\n")
+    with pytest.raises(DataError, match=r"captions\.csv is a table, not an image list: a table of images and their captions is "
+                                        r"captioned and scored by mmcaption test with --data\.init_args\.source hub "
+                                        r"--data\.init_args\.hub_dataset .*captions\.csv"):
+        find_images(str(captions))
     listing = tmp_path / "list.csv"  # one path per line, saved as .csv: still a list of images, commas in names too
     shutil.copy(photo, tmp_path / "a,b.png")
     listing.write_text(f"a,b.png\n{photo}\n")

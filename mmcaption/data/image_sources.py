@@ -68,10 +68,13 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
     header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip()  # a table's header: of questions, most likely
     if path.suffix.lower() in (".csv", ".tsv") and ("," in header or "\t" in header) and not (
             is_url(header) or user_path(header, path.parent).is_file()):
-        raise DataError(f"{path} is a table, not an image list: questions about images go to --data.csv_file with "
-                        "--config configs/predict/multiple_choice.yaml (multiple choice) or --data.questions_file with "
-                        "configs/predict/questions.yaml; --data.images takes a folder of images, one image, or a text "
-                        "file with one image path per line")
+        captioned = "caption" in header.lower()  # an image,caption sheet: captioned and scored against its captions by test
+        raise DataError(f"{path} is a table, not an image list: " + (
+                        f"a table of images and their captions is captioned and scored by mmcaption test with "
+                        f"--data.init_args.source hub --data.init_args.hub_dataset {path} (see the README's Data)" if captioned else
+                        "questions about images go to --data.csv_file with --config configs/predict/multiple_choice.yaml "
+                        "(multiple choice) or --data.questions_file with configs/predict/questions.yaml") +
+                        "; --data.images takes a folder of images, one image, or a text file with one image path per line")
     if check_image(data) is None:  # an image under another name (a download's .jpg_large, no suffix)
         return [path]
     try:
