@@ -667,7 +667,7 @@ def test_runs_started_at_the_same_moment_get_their_own_run_folders(tmp_path, mon
     assert not remove_unused_run(folders[2][0])  # anything else: kept
 
 
-def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, tmp_path, monkeypatch, capsys):
+def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, trained_checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # were tracebacks (exit 1): a ValueError, and Lightning's MisconfigurationException
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"),
                                        "--trainer.val_check_interval", "500", "--trainer.max_steps", "2"])
@@ -693,6 +693,12 @@ def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, 
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "f"), "--trainer.val_check_interval",
                                        "0.5", "--trainer.check_val_every_n_epoch", "null"])
     assert message.startswith("error: `val_check_interval` should be an integer or a time-based duration")
+    # a test refused once its logger made its run folder (part of a batch to test): that folder is gone too
+    versions = sorted(p.name for p in (tmp_path / "logs").rglob("version_*"))
+    message = user_error(capsys, main, ["test", *fit_config(tmp_path, coco_root, backbones, tmp_path / "h")[1:], "--ckpt_path",
+                                       str(trained_checkpoint), "--trainer.limit_test_batches", "0.001"])
+    assert "limit_test_batches" in message
+    assert sorted(p.name for p in (tmp_path / "logs").rglob("version_*")) == versions
 
 
 def test_a_true_precision_that_would_cast_the_packed_4_bit_weights_is_refused_before_loading(
