@@ -180,11 +180,16 @@ class ConversationTemplate:
         return EncodedConversation(input_ids, labels, kept, answer_cut)
 
 
+_HAN, _KANA = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]"), re.compile(r"[\u3040-\u30ff]")
+
+
 def listed_options_question(question: str, options: list[str]) -> str:
-    """The question with its options, asking for a letter (LLaVA's multiple-choice wording)."""
+    """The question with its options, asking for a letter in LLaVA's multiple-choice wording: in Chinese for a question
+    in Chinese, as LLaVA asks MMBench-CN's."""
     check_options(options)
     listed = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
-    return f"{question}\n{listed}\nAnswer with the option's letter from the given choices directly."
+    chinese = _HAN.search(question) and not _KANA.search(question)
+    return f"{question}\n{listed}\n" + ("请直接回答选项字母。" if chinese else "Answer with the option's letter from the given choices directly.")
 
 
 def check_options(options: list[str]) -> None:

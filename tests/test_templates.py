@@ -109,3 +109,13 @@ def test_the_exported_chat_template_renders_the_training_layout_token_for_token(
         parts = [{**m, "content": [{"type": "image"}, {"type": "text", "text": m["content"]}] if m["role"] == "user" else
                   [{"type": "text", "text": m["content"]}]} for m in given]
         assert exported.apply_chat_template(parts, tokenize=True, return_dict=False) == expected, system
+
+
+def test_letters_are_asked_for_in_chinese_for_a_question_in_chinese_as_llava_asks_mmbench_cn():
+    from mmcaption.prompts import listed_options_question
+
+    asked = listed_options_question("图中的动物是什么？", ["猫", "狗"])
+    assert asked == "图中的动物是什么？\nA. 猫\nB. 狗\n请直接回答选项字母。"
+    assert listed_options_question("What is it?", ["a cat", "a dog"]).endswith("\nAnswer with the option's letter from the given choices directly.")
+    # Japanese (kana beside its kanji) keeps the English instruction, as LLaVA has no Japanese one
+    assert listed_options_question("この動物は何ですか？", ["猫", "犬"]).endswith("from the given choices directly.")
