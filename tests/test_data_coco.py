@@ -521,7 +521,10 @@ def test_image_paths_relative_to_the_dataset_are_found_and_a_held_out_side_left_
     # 12 rows: 2 images not there, and photo 2 is now photo 3 (one image): 9 images, one of them held out
     assert [len(small.datasets[small.stage_splits()[side]].images) for side in ("train", "val")] == [8, 1]
     shutil.rmtree(folder / "images")  # no image found at all: that is said, not the held-out share
-    with pytest.raises(DataError, match=r"nothing usable is left \(bad records: \{'missing image': \d+\}\)"):
+    # (every row: named as when refused, without on_bad_record: skip offered, which would leave nothing)
+    with pytest.raises(DataError, match=r"train\.parquet \[train\.(rest|heldout)\]: 12 of 12 rows name no image that is there "
+                                        r"\(first: row 0 .*\)\. Fix their paths \(relative to the dataset's folder\) or remove the "
+                                        r"rows\.$"):
         make_datamodule(backbones, tmp_path / "unused4", hub_val_fraction=0.5, on_bad_record="skip", **settings).prepare_data()
 
 

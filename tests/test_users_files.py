@@ -735,9 +735,11 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
     # image URLs, as Conceptual Captions' tables give them: training reads files, and says how to get them
     urls = tmp_path / "urls.csv"
     urls.write_text("image,caption\nhttps://example.invalid/0.jpg,a street\n")
-    with pytest.raises(DataError, match=r"'https://example\.invalid/0\.jpg', a URL: training reads images from files; download "
-                                        r"them first \(img2dataset"):
-        list(HubCaptions(str(urls), "image", "caption").records("train", BadRecords("urls.csv")))
+    for on_bad_record in ("error", "skip"):  # no row has an image: skipping them is no way out, and is not offered
+        with pytest.raises(DataError, match=r"'https://example\.invalid/0\.jpg', a URL: training reads images from files; "
+                                            r"download them first \(img2dataset") as refused:
+            list(HubCaptions(str(urls), "image", "caption").records("train", BadRecords("urls.csv", on_bad_record)))
+        assert "on_bad_record" not in str(refused.value)
     tsv = tmp_path / "cc.tsv"
     tsv.write_text("a street\thttps://example.invalid/0.jpg\n")
     with pytest.raises(DataError, match=r"cc\.tsv: .*save it comma-separated as \.csv, with a header line naming its columns"):

@@ -217,9 +217,9 @@ class HubCaptions:
                 ours = side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT)  # counted on one side,
                 if not texts and self._named(row[self.image_column]) is None:
                     counts["empty rows (no image, no caption) left out"] += ours  # a spreadsheet's cleared line
-                elif ours or records.on_bad_record == "error":  # but all named in the one message that refuses them
-                    not_found.append(f"{self._row(row_index, key, split)}: its {self.image_column!r} is "
-                                     f"{self._described(row[self.image_column])}")
+                else:  # all named in the one message that refuses them; those of this side counted when skipped
+                    not_found.append((ours, f"{self._row(row_index, key, split)}: its {self.image_column!r} is "
+                                            f"{self._described(row[self.image_column])}"))
                 continue
             first, _, captions, later = images.setdefault(hashlib.blake2b(image, digest_size=16).hexdigest(),
                                                           (row_index, key, [], Counter()))
@@ -230,8 +230,9 @@ class HubCaptions:
                 texts = [c if c not in known else None for c in texts]
                 later["rows that repeat an earlier row's image without a caption of their own"] += not any(texts)
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
-        records.all_at_once("missing image", not_found, f"{len(not_found)} of {len(data):,} rows name no image that is "
-                            "there", "Fix their paths (relative to the dataset's folder) or remove the rows")
+        named = [said for ours, said in not_found if ours or records.on_bad_record == "error" or not images]
+        records.all_at_once("missing image", named, f"{len(named)} of {len(data):,} rows name no image that is "
+                            "there", "Fix their paths (relative to the dataset's folder) or remove the rows", every=not images)
         if side != REST:  # counted once, not by both sides of a single split
             self._note_unlisted(data, records)
         if side is not None:

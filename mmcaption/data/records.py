@@ -189,15 +189,16 @@ class BadRecords:
         self.counts[kind] += 1
         self.examples.setdefault(kind, message)
 
-    def all_at_once(self, kind: str, messages: list[str], summary: str, fix: str) -> None:
+    def all_at_once(self, kind: str, messages: list[str], summary: str, fix: str, every: bool = False) -> None:
         """Report every bad record of ``kind`` found by one check: all in one message (their count and the
-        first three) when ``on_bad_record`` is ``error``, so one run shows them all; each counted under ``skip``."""
+        first three) when ``on_bad_record`` is ``error``, so one run shows them all; each counted under ``skip``.
+        ``every``: no record passed the check, so skipping them is no way out, and the message does not offer it."""
         if not messages:
             return
-        if self.on_bad_record == "error":
+        if self.on_bad_record == "error" or every:
             first = "; ".join(messages[:3]) + ("; ..." if len(messages) > 3 else "")
-            raise DataError(f"{self.source}: {summary} (first: {first}). {fix}, or set on_bad_record: skip to skip them and "
-                            "have them counted.")
+            way = "" if every else ", or set on_bad_record: skip to skip them and have them counted"
+            raise DataError(f"{self.source}: {summary} (first: {first}). {fix}{way}.")
         for message in messages:
             self.bad(kind, message)
 
