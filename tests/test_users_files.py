@@ -719,13 +719,18 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
     rows = list(HubCaptions(str(project), "image", "caption").records("train", BadRecords("mydata")))
     assert [(name, [c for _, c in captions]) for _, name, _, captions in rows] == [(f"images/photo{i}.jpg", [f"photo {i}"])
                                                                                    for i in range(3)]
-    # photo1.jpg + photo1.txt: refused with how to write what datasets reads (was "has no column(s) ['jpg', 'txt']")
+    # photo1.jpg + photo1.txt (several lines: several captions), which datasets reads as a text or an image folder
+    # ("has no column(s) ['jpg', 'txt']"): each photo with its captions, as the webdataset layout's jpg and txt
     sidecars = photos(tmp_path / "sidecars")
     for index in range(3):
-        (sidecars / f"photo{index}.txt").write_text(f"photo {index}")
-    with pytest.raises(DataError, match=r"sidecars holds photos with their captions in \.txt files beside them \(photo\d\.txt\): "
-                                        r"datasets reads no such folder\. Write the pairs into a metadata\.jsonl"):
-        HubCaptions(str(sidecars), "image", "text")
+        (sidecars / f"photo{index}.txt").write_text(f"photo {index}" + ("\nanother caption" if index == 1 else ""))
+    rows = list(HubCaptions(str(sidecars)).records("train", BadRecords("sidecars")))
+    assert [(name, [c for _, c in captions]) for _, name, _, captions in rows] == [
+        ("photo0.jpg", ["photo 0"]), ("photo1.jpg", ["photo 1", "another caption"]), ("photo2.jpg", ["photo 2"])]
+    (sidecars / "photo2.txt").unlink()  # a photo without its caption file: named, not dropped without a word
+    seen = BadRecords("sidecars", "skip")
+    assert len(list(HubCaptions(str(sidecars)).records("train", seen))) == 2
+    assert seen.counts == {"empty caption": 1} and "photo2.jpg" in seen.examples["empty caption"]
     # a DatasetDict with train and dev: dev is the validation split (was "has one split", dev never used)
     table = {"image": [str(project / "images" / f"photo{i}.jpg") for i in range(3)], "caption": ["a", "b", "c"]}
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(table), "dev": datasets.Dataset.from_dict(table)}).save_to_disk(

@@ -65,6 +65,7 @@ class HubCaptions:
     val_fraction: float = 0.01
 
     def __post_init__(self) -> None:
+        self._pairs: list[tuple[str, Path | None]] | None = None  # a folder of photos with caption .txt files beside them
         path = Path(self.dataset).expanduser()
         if not path.is_dir() or any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
             return
@@ -75,14 +76,12 @@ class HubCaptions:
             # datasets would read the folder as an image folder whose captions it does not know
             rank_zero_info(f"{path} holds photos and one table of them, {tables[0].name}: the table is read")
             self.dataset = str(tables[0])
-        elif not tables and images:
-            stems = {f.with_suffix("") for f in images}
-            sidecars = [f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") in stems]
-            if sidecars:  # photo1.jpg + photo1.txt: a layout datasets does not read
-                raise DataError(f"{path} holds photos with their captions in .txt files beside them ({sidecars[0].name}): "
-                                "datasets reads no such folder. Write the pairs into a metadata.jsonl in it, one line per "
-                                'photo: {"file_name": "photo1.jpg", "text": "its caption"} (hub_image_column image, '
-                                "hub_caption_column text), or into a CSV table (image,caption) beside the photos")
+        elif not tables and images:  # photo1.jpg + photo1.txt, a layout datasets does not read: read here, one split
+            texts = {f.with_suffix(""): f for f in files if f.suffix.lower() == ".txt"}
+            if texts.keys() & {f.with_suffix("") for f in images}:  # a photo without its .txt: refused as uncaptioned
+                self._pairs = [(image.relative_to(path).as_posix(), texts.get(image.with_suffix(""))) for image in sorted(images)]
+                rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it "
+                               f"(columns {self.image_column!r} and {self.caption_column!r}; several lines: several captions)")
 
     def _saved(self) -> datasets.Dataset | datasets.DatasetDict | None:
         path = Path(self.dataset)
@@ -91,6 +90,8 @@ class HubCaptions:
         return None
 
     def split_names(self) -> list[str]:
+        if self._pairs is not None:
+            return ["train"]
         saved = self._saved()
         if isinstance(saved, datasets.DatasetDict):
             return list(saved)
@@ -127,6 +128,10 @@ class HubCaptions:
         (:data:`REST`, :data:`HELD_OUT`, or ``None`` for all of it)."""
         side = next((suffix for suffix in (REST, HELD_OUT) if split.endswith(suffix)), None)
         base = split[: -len(side)] if side else split
+        if self._pairs is not None:
+            captions = [self._sidecar_text(text) if text else "" for _, text in self._pairs]
+            return datasets.Dataset.from_dict({self.image_column: [name for name, _ in self._pairs], self.caption_column: captions,
+                                               "__key__": [name for name, _ in self._pairs]}), side
         saved = self._saved()
         if isinstance(saved, datasets.DatasetDict):
             return self._columns_named(saved[base]), side
@@ -138,6 +143,13 @@ class HubCaptions:
             return self._columns_named(datasets.load_dataset(self.dataset, split=base, **self._csv_options)), side
         except datasets.exceptions.DatasetGenerationError as error:
             raise self._unreadable(error) from None
+
+    @staticmethod
+    def _sidecar_text(path: Path) -> str:
+        try:
+            return path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise not_utf8(path, table=False) from None
 
     def _columns_named(self, data: datasets.Dataset) -> datasets.Dataset:
         """The image and caption columns as the settings name them, where the table heads them in another case or with
