@@ -391,11 +391,16 @@ def test_bad_files_and_settings_are_refused_with_what_is_wrong(backbones, tmp_pa
     scienceqa = write_scienceqa(tmp_path / "right", SCIENCEQA)
     parquet = tmp_path / "test.parquet"
     parquet.write_bytes(b"PAR1" + bytes(range(256)))
+    free_form = tmp_path / "questions.jsonl"
+    free_form.write_text('{"image": "x.png", "question": "What?"}\n{"image": "y.png", "question": "Which?"}\n')
     original = tmp_path / "questions.csv"
     original.write_text("img_path,Question,A,B,C,D,answer\nx.png,Which?,a,b,c,d,A\n")
     for path, given, wanted in [(mmbench, "csv", r"has MMBench's tab-separated columns, so it reads as MMBench TSV: use --config "
                                  r"configs/predict/mmbench\.yaml \(or --data.format mmbench\); data.format is 'csv'"),
-                                (scienceqa, "csv", r"is JSON, so it reads as ScienceQA .*configs/predict/scienceqa\.yaml"),
+                                (scienceqa, "csv", r"is a JSON object, so it reads as ScienceQA .*configs/predict/scienceqa\.yaml"),
+                                (free_form, "csv", r"questions\.jsonl holds JSON records \(a list, or one per line\): free-form "
+                                 r"questions, answered with --config configs/predict/questions\.yaml --data\.questions_file"),
+                                (free_form, "scienceqa", r"free-form questions"),
                                 (parquet, "csv", r"is a parquet file, so it reads as ScienceQA"),
                                 (original, "mmbench", r"has the original scripts' columns, .*configs/predict/multiple_choice\.yaml"),
                                 (mmbench, "scienceqa", r"reads as MMBench TSV")]:

@@ -401,6 +401,7 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
     read = [pope_answer(r["prediction"]) for r in fourth[:2]]
     summary = json.loads((tmp_path / "pope.jsonl.summary.json").read_text())
     assert summary["pope"]["questions"] == 2  # the one whose image is missing has no answer to read
+    assert not (tmp_path / "pope.jsonl.vqa_results.json").exists()  # not VQAv2's file: nothing for its server
     assert summary["pope"]["accuracy"] == ((read[0] == "yes") + (read[1] == "no")) / 2
     assert summary["pope"]["yes_ratio"] == read.count("yes") / 2
 

@@ -666,6 +666,8 @@ def test_popes_label_files_as_downloaded_are_json_lines_named_json(tmp_path):
     pope = tmp_path / "coco_pope_random.json"
     pope.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert [(q.question, q.answer) for q in read_questions(pope)] == [(r["text"], r["label"]) for r in rows]
+    pope.write_text("\n" + json.dumps(rows[0]) + "\n")  # one question (after a blank line): was "not VQAv2's official file"
+    assert [(q.question, q.answer) for q in read_questions(pope)] == [(rows[0]["text"], "yes")]
     # one list of the same objects, as a script's json.dump writes it
     listed = tmp_path / "questions.json"
     listed.write_text(json.dumps(rows, indent=2))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import json
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -89,9 +90,18 @@ def _grade_band(grade: str) -> str:
     return "" if not number.isdigit() else "G1-6" if int(number) <= 6 else "G7-12"
 
 
+def _first_line_json(text: bytes) -> bool:
+    try:
+        json.loads(text.split(b"\n", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def sniffed_format(path: Path) -> tuple[str, str] | None:
     """The multiple-choice format a file's first bytes show, and what shows it: ``scienceqa`` for a parquet file or a
-    JSON object, ``mmbench`` for a TSV with MMBench's columns, ``csv`` for the original scripts' header; else None."""
+    JSON object, ``mmbench`` for a TSV with MMBench's columns, ``csv`` for the original scripts' header, ``questions``
+    for JSON records (a list, or JSON Lines: free-form questions, not multiple choice); else None."""
     try:
         with path.open("rb") as handle:
             head = handle.read(1 << 16)
@@ -99,8 +109,11 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
         return None
     if head.startswith(b"PAR1"):
         return "scienceqa", "is a parquet file"
-    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):
-        return "scienceqa", "is JSON"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] == b"[" or text[:1] == b"{" and b"\n" in text.rstrip() and _first_line_json(text):  # a list, JSON Lines
+        return "questions", "holds JSON records (a list, or one per line)"
+    if text[:1] == b"{":
+        return "scienceqa", "is a JSON object"
     line = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip().lower()
     if {"index", "question", "a", "b", "image"} <= {name.strip() for name in line.split("\t")}:
         return "mmbench", "has MMBench's tab-separated columns"

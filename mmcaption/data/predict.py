@@ -280,6 +280,9 @@ class MultipleChoiceDataModule(_PredictDataModule):
     def read_rows(self) -> list[ChoiceQuestion]:
         """The questions as asked: with ``circular``, each of its rotations."""
         sniffed = sniffed_format(self.csv_file)
+        if sniffed is not None and sniffed[0] == "questions":
+            raise ConfigError(f"{self.csv_file} {sniffed[1]}: free-form questions, answered with --config "
+                              f"configs/predict/questions.yaml --data.questions_file {self.csv_file}, not multiple choice")
         if sniffed is not None and sniffed[0] != self.format:  # the other format's reader would say only what is missing
             config = {"csv": "multiple_choice"}.get(sniffed[0], sniffed[0])
             raise ConfigError(f"{self.csv_file} {sniffed[1]}, so it reads as {FORMATS[sniffed[0]]}: use --config configs/predict/"

@@ -24,7 +24,7 @@ import torch
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, separator_hint
 from mmcaption.data.image_sources import image_paths
 from mmcaption.data.predict import _ImageRows, _PredictDataModule
-from mmcaption.data.records import DataError, missing_file, not_utf8, read_json
+from mmcaption.data.records import DataError, missing_file, not_utf8, read_json, read_json_list
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
@@ -171,60 +171,41 @@ def vqa_image_root(path: Path, questions: list[OpenQuestion], image_root: Path |
                     f"{candidates[1]}: give the folder that holds COCO's images with --data.image_root")
 
 
-def _json_lines(path: Path) -> bool:
-    """Whether a ``.json`` file holds JSON Lines, as POPE's ``coco_pope_*.json`` do: its first line is JSON on its own,
-    and more follows. (VQAv2's files are one line; an indented file's first line is not JSON alone.)"""
-    with path.open("rb") as handle:
-        first, rest = handle.readline(), handle.read(4096)
-    if not rest.strip():
-        return False
-    try:
-        json.loads(first)
-    except ValueError:
-        return False
-    return True
-
-
-def official_vqa_file(path: Path) -> bool:
-    """Whether a questions file is VQAv2's official one: a ``.json`` holding one object (not JSON Lines or a list)."""
-    if path.suffix.lower() != ".json" or not path.is_file() or _json_lines(path):
-        return False
-    with path.open("rb") as handle:
-        return handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
-
-
 def _lower_keys(path: Path, where: str, record: Any) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise DataError(f"{path}, {where}: a JSON object is needed, not {type(record).__name__}")
     return {str(k).lower(): v for k, v in record.items()}
 
 
-def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQuestion]:
+def read_question_file(path: Path, annotations: Path | None = None) -> tuple[list[OpenQuestion], bool]:
     """Questions from a ``.jsonl`` file (one object per line: ``image`` or ``img_path``, ``question``,
     optional ``answer``, or VQAv2-style ``answers``: the human answers; JSON Lines named ``.json``, as POPE's label
     files are, and a ``.json`` list of such objects too) or a ``.csv`` with those columns, in any case, as spreadsheets write it (a
     UTF-8 byte-order mark is accepted; ``answers`` as a JSON list in its cell), or VQAv2's official
     ``.json`` files (:func:`read_vqa_questions`; ``annotations`` goes with them only). A line that is
     not JSON, a row whose fields do not fit the header, a duplicate column or a record without image or
-    question is refused, naming the file and its physical line."""
+    question is refused, naming the file and its physical line. Returns the questions, and whether the file is VQAv2's
+    official questions file."""
     if not path.is_file():
         raise missing_file(path, "questions file")
-    suffix = ".jsonl" if path.suffix.lower() == ".json" and _json_lines(path) else path.suffix.lower()
-    if suffix == ".json":
-        data = read_json(path, "questions file")
+    if path.suffix.lower() == ".json":
+        data = read_json_list(path, "questions file")  # an object, a list, or JSON Lines (POPE's files, named .json)
+        if isinstance(data, dict) and not isinstance(data.get("questions"), list) and {"question", "text"} & {
+                str(key).lower() for key in data}:
+            data = [data]  # one question alone: a POPE file of one line
         if not (isinstance(data, list) and annotations is None):
-            return read_vqa_questions(path, annotations, data)
+            return read_vqa_questions(path, annotations, data), True
         questions = [_question(path, number, _lower_keys(path, f"record {number}", record), where=f"{path}, record {number}")
                      for number, record in enumerate(data, start=1)]
         if not questions:
             raise DataError(f"{path} has no questions")
-        return questions
+        return questions, False
     if annotations is not None:
         raise DataError(f"annotations_file {annotations} goes with VQAv2's official questions file (.json), not with {path}: "
                         "a .jsonl or .csv carries its answers in its own answer or answers column")
     questions = []
     try:
-        if suffix == ".jsonl":
+        if path.suffix.lower() == ".jsonl":
             for line, text in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
                 if not text.strip():
                     continue
@@ -233,7 +214,7 @@ def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQues
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path}, line {line}: not JSON: {error}") from error
                 questions.append(_question(path, line, _lower_keys(path, f"line {line}", record)))
-        elif suffix == ".csv":
+        elif path.suffix.lower() == ".csv":
             with path.open(newline="", encoding="utf-8-sig") as handle:
                 reader = csv.reader(handle)
                 header = [name.strip().lower() for name in next(reader, [])]
@@ -252,14 +233,20 @@ def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQues
                         questions.append(_question(path, start, {k: v for k, v in zip(header, fields) if k}))
                     start = reader.line_num + 1
         else:
-            raise DataError(f"{path}: questions are read from .jsonl or .csv files, or VQAv2's official .json")
+            raise DataError(f"{path}: questions are read from .jsonl, .csv or .json files (VQAv2's official questions, a "
+                            "list of question objects, or JSON Lines)")
     except UnicodeDecodeError:
         raise not_utf8(path) from None
     except csv.Error as error:
         raise DataError(f"{path}: not valid CSV: {error}") from error
     if not questions:
         raise DataError(f"{path} has no questions")
-    return questions
+    return questions, False
+
+
+def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQuestion]:
+    """The questions of a file, as :func:`read_question_file` reads them."""
+    return read_question_file(path, annotations)[0]
 
 
 class _QuestionRows(_ImageRows):
@@ -316,7 +303,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         self.questions_file, self.image_root = Path(questions_file), image_root and Path(image_root)
         self.annotations_file = annotations_file and Path(annotations_file)
         # VQAv2's official questions file: predict also writes the answers as its evaluation server takes them
-        self.official_vqa = official_vqa_file(self.questions_file)
+        self.official_vqa = False  # VQAv2's official questions file: known once it is read (setup)
         self.submission_questions_file = submission_questions_file and Path(submission_questions_file)
         if self.submission_questions_file and self.questions_file.suffix.lower() != ".json":
             raise ConfigError("submission_questions_file goes with VQAv2's official questions file (.json), which "
@@ -345,7 +332,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
                 raise missing_file(file, f"{name} file")
 
     def setup(self, stage: str) -> None:
-        questions = read_questions(self.questions_file, self.annotations_file)
+        questions, self.official_vqa = read_question_file(self.questions_file, self.annotations_file)
         root = self.image_root or self.questions_file.parent
         if self.official_vqa:
             root = vqa_image_root(self.questions_file, questions, self.image_root)
