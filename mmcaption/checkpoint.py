@@ -21,7 +21,6 @@ starts a stage from an earlier stage's checkpoint or saved folder (``model.init_
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import os
 import pickle
@@ -42,7 +41,7 @@ from mmcaption.errors import MMCaptionError, disk_full
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.folders import umask
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
-from mmcaption.model.config import settings_diff
+from mmcaption.model.config import check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
 
 MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
@@ -212,10 +211,7 @@ def model_from_checkpoint(
     saved = checkpoint.get("model_config") or checkpoint.get("hyper_parameters", {}).get("config")
     if saved is None:
         raise CheckpointFileError(f"{path}: no model config in it; is it a checkpoint of mmcaption fit?")
-    unknown = sorted(set(saved) - {setting.name for setting in dataclasses.fields(MultimodalConfig)})
-    if unknown:  # a checkpoint of another version of mmcaption: its model cannot be rebuilt as it was
-        raise CheckpointFileError(f"{path}: its model settings {unknown} are unknown to this version of mmcaption; was it "
-                                  "saved by another version? Install that version to use it")
+    check_known_settings(saved, str(path))
     saved = {**saved, **backbones}
     if pretrained_weights:
         model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device)

@@ -35,7 +35,13 @@ from mmcaption.folders import (
 )
 from mmcaption.model import is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import check_backbone
-from mmcaption.model.config import flat_settings, merged_settings, nested_settings, precision_problem
+from mmcaption.model.config import (
+    check_known_settings,
+    flat_settings,
+    merged_settings,
+    nested_settings,
+    precision_problem,
+)
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
@@ -180,6 +186,7 @@ class MMCaptionCLI(LightningCLI):
             raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit (Lightning did not write it): "
                               "give a .ckpt file from a run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
         saved = dict(checkpoint.get("hyper_parameters") or {})
+        check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
         for key in ("_instantiator", "_class_path"):
             saved.pop(key, None)
         if saved:

@@ -772,6 +772,17 @@ def test_a_checkpoint_with_model_settings_this_version_lacks_is_refused_by_name(
     assert exited.value.code == 2
     assert "model settings ['vision_resampler'] are unknown to this version of mmcaption" in capsys.readouterr().err
     assert not (tmp_path / "export").exists()
+    # the CLI's way in, --ckpt_path: the same message (it blamed an option never typed: "does not accept option
+    # 'model.config.vision_resampler'")
+    checkpoint["hyper_parameters"]["config"]["vision_resampler"] = "perceiver"
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    from mmcaption.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--ckpt_path", str(tmp_path / "other.ckpt"), "--data", "mmcaption.data.CaptionPredictDataModule",
+              "--data.images", str(tmp_path), "--data.output", str(tmp_path / "c.jsonl")])
+    assert exited.value.code == 2
+    assert "error: --ckpt_path " in (err := capsys.readouterr().err) and "model settings ['vision_resampler'] are unknown" in err
 
 
 def test_a_project_moved_since_training_exports_and_loads_with_the_backbones_new_folders(backbones, trained_checkpoint, tmp_path,

@@ -7,9 +7,11 @@ and :meth:`~mmcaption.model.MultimodalCausalLM.from_config` builds the model fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from mmcaption.errors import ConfigError
 
 Quantization = Literal["nf4", "fp4", "int8", "none"]
 DType = Literal["bfloat16", "float16", "float32"]
@@ -159,3 +161,12 @@ def precision_problem(precision: object, quantization: str, compute_dtype: str) 
     return (f"trainer.precision {precision} casts every weight to {cast}, the {quantization} weights' packed bytes too (stored "
             f"as model.config.compute_dtype {compute_dtype}): they would be scrambled. Use bf16-mixed (as the real configs) or "
             f"32-true{instead}")
+
+
+def check_known_settings(saved: dict[str, Any], source: str) -> None:
+    """Refuse a saved model config (a checkpoint's, another version of mmcaption's) with settings this version lacks: its
+    model cannot be rebuilt as it was (and the CLI would blame an option the user never typed)."""
+    unknown = sorted(set(saved) - {setting.name for setting in fields(MultimodalConfig)})
+    if unknown:
+        raise ConfigError(f"{source}: its model settings {unknown} are unknown to this version of mmcaption; was it saved by "
+                          "another version? Install that version to use it")
