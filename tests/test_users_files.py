@@ -721,6 +721,11 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
     rows = list(HubCaptions(str(project), "image", "caption").records("train", BadRecords("mydata")))
     assert [(name, [c for _, c in captions]) for _, name, _, captions in rows] == [(f"images/photo{i}.jpg", [f"photo {i}"])
                                                                                    for i in range(3)]
+    # the table in a subfolder of the folder given, its paths relative to that folder (or to its own)
+    (project / "annotations").mkdir()
+    (project / "captions.csv").rename(project / "annotations" / "captions.csv")
+    rows = list(HubCaptions(str(project), "image", "caption").records("train", BadRecords("mydata")))
+    assert [name for _, name, _, _ in rows] == [f"images/photo{i}.jpg" for i in range(3)]
     # photo1.jpg + photo1.txt (several lines: several captions), which datasets reads as a text or an image folder
     # ("has no column(s) ['jpg', 'txt']"): each photo with its captions, as the webdataset layout's jpg and txt
     sidecars = photos(tmp_path / "sidecars")

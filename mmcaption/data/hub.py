@@ -37,7 +37,7 @@ from mmcaption.data.records import (
     read_json_list,
 )
 from mmcaption.errors import causes
-from mmcaption.images import IMAGE_SUFFIXES, is_url
+from mmcaption.images import IMAGE_SUFFIXES, is_hidden, is_url
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
@@ -66,16 +66,18 @@ class HubCaptions:
 
     def __post_init__(self) -> None:
         self._pairs: list[tuple[str, Path | None]] | None = None  # a folder of photos with caption .txt files beside them
+        self._given: Path | None = None  # the folder given, when the one table in it is read
         path = Path(self.dataset).expanduser()
         if not path.is_dir() or any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
             return
-        files = [f for f in path.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)]
+        files = [f for f in path.rglob("*") if f.is_file() and not any(is_hidden(Path(part)) for part in f.relative_to(path).parts)]
         tables = [f for f in files if f.suffix.lower() in TABLE_SUFFIXES]
         images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         if len(tables) == 1 and tables[0].stem != "metadata" and images:  # captions.csv beside (or above) the photos:
             # datasets would read the folder as an image folder whose captions it does not know
-            rank_zero_info(f"{path} holds photos and one table of them, {tables[0].name}: the table is read")
-            self.dataset = str(tables[0])
+            rank_zero_info(f"{path} holds photos and one table of them, {tables[0].relative_to(path)}: the table is read "
+                           f"(its image paths relative to {path}, or to the table's folder)")
+            self.dataset, self._given = str(tables[0]), path
         elif not tables and images:  # photo1.jpg + photo1.txt, a layout datasets does not read: read here, one split
             texts = {f.with_suffix(""): f for f in files if f.suffix.lower() == ".txt"}
             if texts.keys() & {f.with_suffix("") for f in images}:  # a photo without its .txt: refused as uncaptioned
@@ -326,10 +328,12 @@ class HubCaptions:
                         for file in files] for split, files in splits.items()}
 
     @functools.cached_property
-    def _folder(self) -> Path | None:
-        """The local folder the dataset's files are in (image paths in its rows may be relative to it)."""
+    def _folders(self) -> list[Path]:
+        """The local folders image paths in its rows may be relative to: the folder given (when the one table in it is
+        read), and the one the dataset's files are in."""
         path = Path(self.dataset)
-        return path if path.is_dir() else path.parent if path.is_file() else None
+        own = path if path.is_dir() else path.parent if path.is_file() else None
+        return list(dict.fromkeys(folder for folder in (self._given, own) if folder is not None))
 
     @staticmethod
     def _named(value) -> str | None:
@@ -344,7 +348,7 @@ class HubCaptions:
         if is_url(name):  # a Conceptual-Captions-style table: predict reads URLs, training reads files
             return (f"{name!r}, a URL: training reads images from files; download them first (img2dataset does it for "
                     "such tables) and give the table the files' paths")
-        return f"{name!r}, not a file (looked for from " + (f"{self._folder} and from " if self._folder else "") + "the current folder)"
+        return f"{name!r}, not a file (looked for from " + "".join(f"{folder} and from " for folder in self._folders) + "the current folder)"
 
     def _image_bytes(self, value) -> bytes | None:
         if isinstance(value, dict) and value.get("bytes"):  # an Image feature, undecoded
@@ -360,9 +364,8 @@ class HubCaptions:
         runs; a Windows path's backslashes and macOS's decomposed accents read too. ``None`` if neither."""
         if not isinstance(value, str) or not value:
             return None
-        folder = self._folder
         places = [place for name in dict.fromkeys([value, value.strip()])  # a cell with a space typed after the name
-                  for place in [*([folder / existing_spelling(folder, name)] if folder else []),
+                  for place in [*(folder / existing_spelling(folder, name) for folder in self._folders),
                                 Path(existing_spelling(Path("."), name))]]
         return next((str(path) for path in places if path.is_file()), None)
 
