@@ -91,9 +91,11 @@ def unlogged_monitor(callbacks: list, datamodule: Any) -> str | None:
     for callback in callbacks:
         monitor = getattr(callback, "monitor", None)
         name = f"{type(callback).__name__}'s monitor {monitor}"
-        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in logged:  # a typo, or another case
+        # a typo, another case or Lightning's docs' val_loss (training's own curves, epoch and step are left to Lightning)
+        if isinstance(monitor, str) and not monitor.startswith(("train/", "gate/", "lr-")) and monitor not in (
+                *logged, "epoch", "step"):
             close = "".join(f": did you mean {m}?" for m in difflib.get_close_matches(monitor, logged, n=1, cutoff=0.5))
-            return f"{name} is never logged{close} Validation logs {', '.join(logged)}"
+            return f"{name} is never logged{close or '.'} Validation logs {', '.join(logged)}"
         if monitor in {f"val/{metric}" for metric in CAPTION_METRICS}:
             if getattr(datamodule, "val_caption_images", 0) == 0:  # the instruct stage has none (a pipeline's fit args)
                 return (f"{name} is computed only from validation captions: set data.init_args.val_caption_images (images "

@@ -1525,9 +1525,11 @@ def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(
     assert "computed only from validation captions" in unlogged_monitor([SimpleNamespace(monitor="val/CIDEr")], instruct)
     assert unlogged_monitor([SimpleNamespace(monitor="val/answer_exact_match")], instruct) is None
     # a typo or another case, refused before the first step with the name meant (was stopped at the first validation)
-    for typed, meant in (("val/cider", "val/CIDEr"), ("val/los", "val/loss"), ("val/Bleu-4", "val/BLEU-4")):
+    for typed, meant in (("val/cider", "val/CIDEr"), ("val/los", "val/loss"), ("val/Bleu-4", "val/BLEU-4"), ("val_loss", "val/loss")):
         said = unlogged_monitor([SimpleNamespace(monitor=typed)], instruct)
         assert said.startswith(f"SimpleNamespace's monitor {typed} is never logged: did you mean {meant}? Validation logs "), said
+    assert unlogged_monitor([SimpleNamespace(monitor="zzz")], instruct).startswith("SimpleNamespace's monitor zzz is never logged. ")
+    assert unlogged_monitor([SimpleNamespace(monitor=m) for m in ("train/loss", "step", "epoch", None)], instruct) is None
 
 
 def test_a_run_that_early_stopping_ended_says_so_in_its_last_line(capsys):
