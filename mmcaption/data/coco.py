@@ -176,7 +176,7 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
         image_id = entry.get(id_name)
         names = (entry.get("filepath", ""), entry.get("filename"))
         if not isinstance(image_id, int) or not all(isinstance(n, str) for n in names) or not names[1]:
-            records.bad("malformed image entry", f"{where} needs an integer 'cocoid' (or 'imgid'), a 'filepath' and a 'filename'")
+            records.bad("malformed image entry", f"{where} needs an integer 'cocoid' (or 'imgid') and a 'filename' (in its 'filepath' if it has one)")
             continue
         where += f" ({id_name} {image_id})"
         file_name = f"{names[0]}/{names[1]}" if names[0] else names[1]
