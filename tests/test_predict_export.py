@@ -836,3 +836,16 @@ def test_the_cards_best_metric_says_which_checkpoint_it_was_measured_for(tmp_pat
     at_best = {**checkpoint, "global_step": 80, "callbacks": {"ModelCheckpoint": {**state, "best_model_path": str(saved)}}}
     same = training_section({"training": training_summary(at_best, tmp_path / "last.ckpt"), "global_step": 80})
     assert "measured on the validation split)" in same and "not this model's" not in same
+
+
+def test_a_row_whose_image_cannot_be_read_has_the_processors_own_shape(image_folder, tmp_path):
+    # the blank stood in at crop_size, or 224 without one: a processor resizing to 32 x 48 then failed to stack the batch
+    from transformers import CLIPImageProcessor
+
+    from mmcaption.collate import collate
+    from mmcaption.data.predict import _CaptionRows
+
+    processor = CLIPImageProcessor(do_center_crop=False, size={"height": 32, "width": 48})
+    rows = _CaptionRows([image_folder / "img0.png", tmp_path / "missing.png"], processor, [1, 2])
+    assert rows[1]["error"] and rows[1]["pixel_values"].shape == rows[0]["pixel_values"].shape == (3, 32, 48)
+    assert collate([rows[0], rows[1]], pad_token_id=0)["pixel_values"].shape == (2, 3, 32, 48)
