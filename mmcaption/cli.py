@@ -34,7 +34,7 @@ from mmcaption.folders import (
     remove_unused_run,
 )
 from mmcaption.model import is_pretrained_folder, read_manifest
-from mmcaption.model.backbones import check_backbone
+from mmcaption.model.backbones import check_backbone, context_problem
 from mmcaption.model.config import (
     check_known_settings,
     flat_settings,
@@ -156,6 +156,9 @@ class MMCaptionCLI(LightningCLI):
             raise ConfigError(problem)
         check_backbone(model.language_model, "model.config.language_model")
         check_backbone(model.vision_model, "model.config.vision_model")
+        data = config.get("data")
+        if problem := context_problem(model.language_model, getattr(data, "init_args", {}).get("max_length") if data else None):
+            raise ConfigError(problem)
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``: the checkpoint's model settings, except those the user set.
@@ -362,6 +365,8 @@ def prepare(args: list[str]) -> int:
     datamodule = cli.datamodule
     if not isinstance(datamodule, PreprocessedDataModule):
         raise ConfigError(f"{type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)")
+    if problem := context_problem(cli.model.config.language_model, getattr(datamodule, "max_length", None)):
+        raise ConfigError(problem)
     datamodule.prepare_data()
     summaries = [split_summary(datamodule, split) for split in dict.fromkeys(datamodule.stage_splits().values())]
     print("\n".join(format_summary(summary) for summary in summaries))

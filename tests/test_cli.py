@@ -157,6 +157,8 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
     (["--data.init_args.length_group_batches", "0"], "error: data.length_group_batches must be at least 1, got 0"),
     (["--data.init_args.batch_size", "-4"], "error: data.batch_size must be at least 1, got -4"),
     (["--data.init_args.source", "hub"], "error: source: hub needs hub_dataset"),
+    # LLaVA-NeXT's 4096 copied onto a model of a shorter context trained quietly on positions it never saw
+    (["--data.init_args.max_length", "5000"], "error: data.max_length 5000 is longer than the language model's context"),
 ])
 def test_a_bad_data_setting_is_one_line_and_exit_2(demo_dir, capsys, setting, message):
     # the data module is built by jsonargparse, which wraps its errors: the user's message alone is shown
@@ -165,3 +167,12 @@ def test_a_bad_data_setting_is_one_line_and_exit_2(demo_dir, capsys, setting, me
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "Union subtypes" not in err
+
+
+def test_fit_refuses_a_max_length_beyond_the_language_models_context_before_loading(demo_dir):
+    from mmcaption.cli import check_command
+    from mmcaption.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.max_length 5000 is longer than the language model's context \(.*language_model: "
+                                          r"max_position_embeddings \d+\)"):
+        check_command(["fit", "--config", DEMO_CONFIG, "--data.init_args.max_length", "5000"])

@@ -7,6 +7,7 @@ model and its data can never disagree on them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -80,6 +81,20 @@ def check_backbone(name: str, setting: str) -> None:
         return
     raise BackboneNotFoundError(f"{setting} {name!r} is neither a local folder nor in the Hugging Face cache, and the hub "
                                 f"is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): {download_hint(name)}")
+
+
+def context_problem(name: str, max_length: object) -> str | None:
+    """Why ``data.max_length`` cannot be trained: longer than the language model's context (its config's
+    ``max_position_embeddings``), positions it never learned. Read from its config.json; nothing is loaded."""
+    path = Path(name).expanduser()
+    file = path / "config.json" if path.is_dir() else try_to_load_from_cache(name, "config.json")
+    if not isinstance(max_length, int) or not isinstance(file, str | Path) or not Path(file).is_file():
+        return None
+    context = json.loads(Path(file).read_text(encoding="utf-8")).get("max_position_embeddings")
+    if isinstance(context, int) and max_length > context:
+        return (f"data.max_length {max_length} is longer than the language model's context ({name}: max_position_embeddings "
+                f"{context}); it never learned the positions beyond: give at most {context}")
+    return None
 
 
 @contextmanager
