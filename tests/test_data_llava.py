@@ -109,7 +109,7 @@ def test_a_small_file_holds_out_one_id_where_the_fraction_holds_out_none(backbon
 
 
 def test_template_that_leaves_nothing_to_learn_fails_at_start(backbones, llava):
-    with pytest.raises(DataError, match=r"id train2017-1: the first question needs \d+ tokens.*max_length=12"):
+    with pytest.raises(DataError, match=r"record 0 \(id train2017-1\): the first question needs \d+ tokens.*max_length=12"):
         make_datamodule(backbones, llava, max_length=12).prepare_data()
     with pytest.raises(DataError, match="nothing usable is left.*too long"):
         make_datamodule(backbones, llava, max_length=12, on_bad_record="skip").prepare_data()
@@ -121,7 +121,7 @@ BAD_RECORDS = {
     "empty turn": (lambda r: r["conversations"][1].update(value="  "), r"turn 1 \(gpt\) is empty"),
     "no assistant turn": (lambda r: r.update(conversations=r["conversations"][:1]), "has no assistant answer"),
     # a path outside image_root is read as written, as LLaVA's loader reads it: a file there that is no image is named
-    "absolute path to no image": (lambda r: r.update(image="/etc/hostname"), r"id train2017-4: /etc/hostname cannot be decoded"),
+    "absolute path to no image": (lambda r: r.update(image="/etc/hostname"), r"record 3 \(id train2017-4\): /etc/hostname cannot be decoded"),
     "missing image": (lambda r: r.update(image="train2017/nope.jpg"), r"1 of 12 conversations refer to images missing.*nope\.jpg"),
     # ShareGPT-style 'images' with two: one image per conversation is what trains
     "several images": (lambda r: r.update(images=[r.pop("image")] * 2), r"has 2 images: a conversation is trained with one"),
@@ -183,7 +183,7 @@ def test_images_outside_the_root_train_and_their_content_is_followed(backbones, 
 def test_unreadable_image_is_named_or_skipped(backbones, llava):
     train, image_root = llava
     (image_root / "train2017" / "000000000002.jpg").write_bytes(b"not an image")
-    with pytest.raises(DataError, match=r"id train2017-2: .*000000000002\.jpg cannot be decoded"):
+    with pytest.raises(DataError, match=r"record 1 \(id train2017-2\): .*000000000002\.jpg cannot be decoded"):
         make_datamodule(backbones, llava).prepare_data()
     dm = make_datamodule(backbones, llava, on_bad_record="skip")
     dm.prepare_data()
@@ -196,22 +196,22 @@ def test_every_bad_record_of_a_kind_is_named_in_one_run_and_long_questions_befor
     train, image_root = llava
     for name in ("000000000002.jpg", "000000000004.jpg"):
         (image_root / "train2017" / name).write_bytes(b"not an image")
-    with pytest.raises(DataError, match=r"2 x unreadable image \(first: id train2017-2: .*000000000002\.jpg cannot be decoded.*; "
-                                        r"id train2017-4: .*000000000004\.jpg cannot be decoded"):
+    with pytest.raises(DataError, match=r"2 x unreadable image \(first: record 1 \(id train2017-2\): .*000000000002\.jpg cannot be decoded.*; "
+                                        r"record 3 \(id train2017-4\): .*000000000004\.jpg cannot be decoded"):
         make_datamodule(backbones, llava).prepare_data()
 
     # none of the images decodes: still named, not "nothing usable is left"
     for path in (image_root / "train2017").glob("*.jpg"):
         path.write_bytes(b"not an image")
-    with pytest.raises(DataError, match=r"12 x unreadable image \(first: id train2017-1: "):
+    with pytest.raises(DataError, match=r"12 x unreadable image \(first: record 0 \(id train2017-1\): "):
         make_datamodule(backbones, llava).prepare_data()
 
     # questions too long for max_length: all named, and found before the images are decoded
     edit(train, lambda records: [r["conversations"][0].update(value="<image>\n" + "What is it? " * 200) for r in records[5:7]])
     decoded = []
     monkeypatch.setattr("mmcaption.data.image_pass.check_image", lambda data: decoded.append(data))
-    with pytest.raises(DataError, match=r"2 of 12 conversations do not fit max_length=256 \(first: id train2017-6: the first "
-                                        r"question needs \d+ tokens.*; id train2017-7: "):
+    with pytest.raises(DataError, match=r"2 of 12 conversations do not fit max_length=256 \(first: record 5 \(id train2017-6\): the first "
+                                        r"question needs \d+ tokens.*; record 6 \(id train2017-7\): "):
         make_datamodule(backbones, llava).prepare_data()
     assert decoded == []
 
@@ -247,7 +247,7 @@ def test_a_wrong_image_folder_is_named_with_the_path_tried_and_where_the_images_
     (nested).mkdir()
     image_root.rename(nested / "coco")
     for policy in ("error", "skip"):  # none found at all: refused even under skip, whatever the text-only records
-        with pytest.raises(DataError, match=r"12 of 12 conversations refer to images missing under .*data/coco \(first: id train2017-1, "
+        with pytest.raises(DataError, match=r"12 of 12 conversations refer to images missing under .*data/coco \(first: record 0 \(id train2017-1\), "
                                             r"its image coco/train2017/000000000001\.jpg looked for as .*data/coco/coco/train2017/"
                                             r"000000000001\.jpg\)\. coco/train2017/000000000001\.jpg is under .*data: is that the image folder\?"):
             make_datamodule(backbones, (train, nested / "coco"), on_bad_record=policy).prepare_data()
@@ -280,6 +280,11 @@ def test_repeated_ids_are_separate_conversations_as_in_llava_instruct_150k(backb
         assert meta["skipped"] == {}
     duplicates = [n for meta in metas.values() for kind, n in meta["notes"].items() if kind.startswith("duplicate records")]
     assert duplicates == [1]  # skipped and counted once, on its side of the split
+    # a record that goes wrong is named by its place too: its id names 3 records (was "id train2017-2" alone)
+    merged[len(records) + 1]["image"] = "train2017/missing.jpg"
+    train.write_text(json.dumps(merged))
+    with pytest.raises(DataError, match=rf"\(first: record {len(records) + 1} \(id {merged[1]['id']}\), its image train2017/missing"):
+        make_datamodule(backbones, llava, val_file=None, val_fraction=0.3).prepare_data()
 
 
 def test_sharegpt_and_openai_style_records_read_as_llavas(llava, tmp_path):

@@ -66,6 +66,12 @@ class Conversation:
     dropped: tuple[str, ...] = ()  # what was dropped from the record as LLaVA's training drops it (notes, counted if kept)
     named: bool = True  # the record has its own id (else ``id`` is its place in the file, "#<position>")
     side: str = ""  # what its train / val side is a hash of (split_key)
+    position: int = 0  # its place in the file (ids repeat: LLaVA-Instruct-150k's name an image, talked about up to 3 times)
+
+    @property
+    def where(self) -> str:
+        """The record as messages name it: its place, and its id where it has one."""
+        return f"record {self.position} (id {self.id})" if self.named else f"record {self.position}"
 
 
 def in_split(record_id: str, val_fraction: float, split: str) -> bool:
@@ -217,7 +223,7 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
     if not pairs or not pairs[-1][1]:
         records.bad("no assistant turn", f"{name} ends with a human turn that has no assistant answer")
         return None
-    return Conversation(record_id, image, pairs, tuple(dropped), named, split_key(record, position))
+    return Conversation(record_id, image, pairs, tuple(dropped), named, split_key(record, position), position)
 
 
 def read_llava(
@@ -276,15 +282,15 @@ def read_llava(
             conversation.image = existing_spelling(image_root, conversation.image)
     missing = [c for c in conversations if c.image is not None and not (image_root / c.image).is_file()]
     records.missing_images(
-        [(f"id {c.id}", image_root / c.image) for c in missing], sum(c.image is not None for c in conversations),
+        [(c.where, image_root / c.image) for c in missing], sum(c.image is not None for c in conversations),
         "conversations refer to images", image_root,
     )
     missing_ids = {id(c) for c in missing}
     return [c for c in conversations if id(c) not in missing_ids]
 
 
-def _undecodable(path: Path, ids: list[str], problem: str) -> list[str]:
-    return [f"id {record_id}: {path} cannot be decoded: {problem}" for record_id in ids]
+def _undecodable(path: Path, names: list[str], problem: str) -> list[str]:
+    return [f"{name}: {path} cannot be decoded: {problem}" for name in names]
 
 
 def write_instruct_split(
@@ -308,7 +314,7 @@ def write_instruct_split(
     lengths = template.first_question_lengths([conversation.turns[0][0] for conversation in conversations], tokenizer)
     for conversation, needed in zip(conversations, lengths):
         if needed >= max_length:
-            too_long[id(conversation)] = (f"id {conversation.id}: the first question needs {needed} tokens with the template, "
+            too_long[id(conversation)] = (f"{conversation.where}: the first question needs {needed} tokens with the template, "
                                           f"leaving no room for an answer within max_length={max_length}")
     records.all_at_once("too long", list(too_long.values()),
                         f"{len(too_long)} of {len(conversations)} conversations do not fit max_length={max_length}",
@@ -324,8 +330,8 @@ def write_instruct_split(
                 records.note(TEXT_ONLY, len(group))
                 yield None, group
                 continue
-            ids = [conversation.id for conversation in group]
-            yield {"file_name": image, "image": Unchecked(image_root / image, functools.partial(_undecodable, image_root / image, ids))}, group
+            names = [conversation.where for conversation in group]
+            yield {"file_name": image, "image": Unchecked(image_root / image, functools.partial(_undecodable, image_root / image, names))}, group
 
     def conversation_rows(image_index: int, group: list[Conversation]) -> Iterator[dict]:
         for conversation in group:
