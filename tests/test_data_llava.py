@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import unicodedata
 from pathlib import Path
@@ -251,6 +252,10 @@ def test_a_wrong_image_folder_is_named_with_the_path_tried_and_where_the_images_
                                             r"its image coco/train2017/000000000001\.jpg looked for as .*data/coco/coco/train2017/"
                                             r"000000000001\.jpg\)\. coco/train2017/000000000001\.jpg is under .*data: is that the image folder\?"):
             make_datamodule(backbones, (train, nested / "coco"), on_bad_record=policy).prepare_data()
+    # one level too high (the caption stage's data_dir, data/ for data/coco/...): the folder below is named
+    with pytest.raises(DataError, match=rf"looked for as {re.escape(str(nested.parent))}/coco/train2017/000000000001\.jpg\)\. "
+                                        rf"coco/train2017/000000000001\.jpg is under {re.escape(str(nested))}: is that the image folder\?"):
+        make_datamodule(backbones, (train, nested.parent)).prepare_data()
 
 
 def test_repeated_ids_are_separate_conversations_as_in_llava_instruct_150k(backbones, llava):

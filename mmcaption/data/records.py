@@ -230,7 +230,9 @@ class BadRecords:
             return
         name, path = missing[0]
         relative = path.relative_to(root) if path.is_relative_to(root) else path
-        hint = next((f" {relative} is under {folder}: is that the image folder?" for folder in list(root.parents)[:3]
+        # the folder given one level too high (data/coco for data/coco/train2017) or too deep: where the image is
+        below = sorted(folder for folder in root.iterdir() if folder.is_dir())[:200] if root.is_dir() else []
+        hint = next((f" {relative} is under {folder}: is that the image folder?" for folder in [*list(root.parents)[:3], *below]
                      if (folder / relative).is_file()), "")
         first = f"first: {name}, its image {relative} looked for as {path}"
         if self.on_bad_record == "error" or len(missing) == total:
