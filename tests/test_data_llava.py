@@ -81,6 +81,9 @@ def test_conversations_in_json_lines_read_as_the_json_list(backbones, llava, tmp
     records[0]["conversations"][1]["value"] += "\u2028"
     lines.write_text(json.dumps(records[0], ensure_ascii=False) + "\n", encoding="utf-8")
     assert [c.id for c in read_llava(lines, llava[1], BadRecords(str(lines)))] == [records[0]["id"]]
+    # the JSON list saved under a .jsonl name: read as the list (was "line 1: not valid JSON Lines")
+    lines.write_text(json.dumps(records[:3], indent=2))
+    assert [c.id for c in read_llava(lines, llava[1], BadRecords(str(lines)))] == [r["id"] for r in records[:3]]
 
 
 def test_validating_on_the_training_file_is_warned_of(backbones, llava):

@@ -3,6 +3,7 @@ and count when the user asked for that. Nothing is dropped silently."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -109,6 +110,10 @@ def read_json_list(path: Path, what: str) -> object:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise not_utf8(path, table=False) from None
+    if text.lstrip().startswith("[") and not text.lstrip().startswith("[]"):  # a JSON list named .jsonl
+        with contextlib.suppress(json.JSONDecodeError):
+            if isinstance(listed := json.loads(text), list):
+                return listed
     # lines end at "\n" only: U+2028 and the like may stand raw inside a JSON string
     for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
