@@ -381,6 +381,9 @@ def test_truncation_counts_every_cut_exactly(backbones, llava):
         "conversations with later turns dropped whole to fit max_length": 1,
         "first answers cut to fit max_length (kept, without their end-of-text token)": 1,
     }
+    # which record each happened to, as prepare's summary says it (it gave counts alone)
+    assert meta["note_examples"] == {"conversations with later turns dropped whole to fit max_length": "record 1 (id dropped)",
+                                     "first answers cut to fit max_length (kept, without their end-of-text token)": "record 2 (id cut)"}
     rows = {row["id"]: row for row in train_rows}
     assert rows["dropped"]["turns"] == 1 and rows["dropped"]["turns_dropped"] == 1
     assert rows["cut"]["labels"][-1] != dm.tokenizer.eos_token_id and len(rows["cut"]["input_ids"]) == fits + 4

@@ -351,7 +351,8 @@ def write_image_text_split(
         save_table(images, staging / "images")
         save_table(texts, staging / text_table)
         metadata = dict(metadata, image_size=image_size, images=len(images), rows=len(texts), skipped=records.summary(),
-                        skipped_examples=dict(records.examples), notes=dict(records.notes))
+                        skipped_examples=dict(records.examples), notes=dict(records.notes),
+                        note_examples=dict(records.note_examples))
         (staging / "meta.json").write_text(json.dumps(metadata, indent=2, default=str))  # paths given as Path
     records.warn_if_any()
     return target

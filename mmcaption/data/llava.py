@@ -258,13 +258,14 @@ def read_llava(
         key = (conversation.id if conversation.named else None, conversation.image, tuple(conversation.turns))
         if key in seen:
             if ours:  # counted on the side the copy would have gone to
-                records.note("duplicate records skipped (the same image and conversation as an earlier record, and its id or none)")
+                records.note("duplicate records skipped (the same image and conversation as an earlier record, and its id or none)",
+                             example=conversation.where)
             continue
         seen.add(key)
         if not ours:
             continue
         for kind in conversation.dropped:  # counted for the records this split keeps
-            records.note(kind)
+            records.note(kind, example=conversation.where)
         conversations.append(conversation)
 
     if split is not None and parsed_records and not conversations:  # "nothing usable" would blame the file
@@ -338,9 +339,9 @@ def write_instruct_split(
             # never raises here: conversations whose first question does not fit were taken out above
             input_ids, labels, kept, answer_cut = template.encode(conversation.turns, tokenizer, max_length)
             if kept < len(conversation.turns):
-                records.note(TURNS_DROPPED)
+                records.note(TURNS_DROPPED, example=conversation.where)
             if answer_cut:
-                records.note(ANSWER_CUT)
+                records.note(ANSWER_CUT, example=conversation.where)
             yield {
                 "image_index": image_index,
                 "id": conversation.id,

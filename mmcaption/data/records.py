@@ -182,6 +182,7 @@ class BadRecords:
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
         self.notes: Counter[str] = Counter()
+        self.note_examples: dict[str, str] = {}  # the first record of each kind noted, as messages name it
         self.deferred: dict[str, list[str]] = {}  # under "error": bad records found in a long pass, reported at its end
 
     def bad(self, kind: str, message: str) -> None:
@@ -249,16 +250,19 @@ class BadRecords:
         for name, path in missing:
             self.bad("missing image", f"{path} ({name}) does not exist")
 
-    def note(self, kind: str, count: int = 1) -> None:
-        """Count something done to a usable record that the user should hear of (e.g. truncation)."""
+    def note(self, kind: str, count: int = 1, example: str | None = None) -> None:
+        """Count something done to a usable record that the user should hear of (e.g. truncation), with the first
+        record it was done to when there is one to name."""
         self.notes[kind] += count
+        if example is not None:
+            self.note_examples.setdefault(kind, example)
 
     def summary(self) -> dict[str, int]:
         return dict(self.counts)
 
     def warn_if_any(self) -> None:
         for kind, n in self.notes.items():
-            rank_zero_warn(f"{self.source}: {n} x {kind}")
+            rank_zero_warn(f"{self.source}: {n} x {kind}" + (f" (first: {self.note_examples[kind]})" if kind in self.note_examples else ""))
         if self.counts:
             details = "; ".join(f"{n} x {kind} (first: {self.examples[kind]})" for kind, n in self.counts.items())
             rank_zero_warn(f"{self.source}: skipped {sum(self.counts.values())} bad records: {details}")

@@ -40,6 +40,7 @@ def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, A
         "skipped": meta.get("skipped") or {},
         "skipped_examples": meta.get("skipped_examples") or {},
         "notes": meta.get("notes") or {},
+        "note_examples": meta.get("note_examples") or {},
         "tokens": {"mean": float(lengths.mean()), "p99": float(np.percentile(lengths, 99)), "max": int(lengths.max())},
         "max_length": datamodule.max_length,
         "cut": cut,
@@ -60,7 +61,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [f"              first {kind}: {example}" for kind, example in summary["skipped_examples"].items()]
     else:
         lines.append("  skipped     none")
-    lines += [f"  note        {n:,} x {kind}" for kind, n in summary["notes"].items()]
+    lines += [f"  note        {n:,} x {kind}" + (f" (first: {summary['note_examples'][kind]})" if kind in summary["note_examples"]
+                                                  else "") for kind, n in summary["notes"].items()]
     tokens = summary["tokens"]
     lines.append(f"  tokens      mean {tokens['mean']:.1f}, p99 {tokens['p99']:.0f}, max {tokens['max']} per sample "
                  f"(max_length {summary['max_length']})")
