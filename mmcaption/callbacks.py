@@ -56,7 +56,8 @@ class ResumableStop(Callback):
     noted; at the end of the current optimizer step every process saves the checkpoint (the same state a
     step-end ``ModelCheckpoint`` save holds, so the resumed run repeats the uninterrupted one) and the
     command exits with 130 / 143 and one line saying how to resume. A second Ctrl-C stops at once,
-    without saving. A signal during validation is acted on at the next training step.
+    without saving. A signal during validation is acted on at the next training step, or, in the last
+    validation, as training ends (so a pipeline does not go on to its next stage).
 
     Args:
         every_minutes: also save ``last.ckpt`` when this many minutes of training passed since the last
@@ -117,13 +118,16 @@ class ResumableStop(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_handlers()
-        if trainer.fast_dev_run:  # a smoke test saves nothing ("checkpointing is suppressed", Lightning says)
-            return
-        callback = trainer.checkpoint_callback
-        # the steps after the last validation are kept too (ModelCheckpoint saves at validation only)
-        if isinstance(callback, ModelCheckpoint) and callback.save_last and trainer.global_step not in (
-                callback._last_global_step_saved, self._saved_step):  # not after this step's save: it holds the epoch open
-            save_resumable_checkpoint(trainer)
+        callback, path = trainer.checkpoint_callback, None
+        # the steps after the last validation are kept too (ModelCheckpoint saves at validation only); a smoke test
+        # (fast_dev_run) saves nothing, as Lightning says
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and not trainer.fast_dev_run and trainer.global_step \
+                not in (callback._last_global_step_saved, self._saved_step):  # not after this step's save: it holds the epoch open
+            path = save_resumable_checkpoint(trainer)
+        if self.signal is not None:  # it came after the last step (in the last validation): the command stops as asked,
+            # and a pipeline does not go on to its next stage
+            saved = path or (callback.last_model_path if isinstance(callback, ModelCheckpoint) else None)
+            raise RunInterrupted(self.signal, saved or None, trainer.global_step)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()

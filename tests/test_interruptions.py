@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from mmcaption.errors import (
     Interrupted,
     NotWritableError,
     OutputExistsError,
+    RunInterrupted,
     disk_full,
     one_line,
     out_of_memory,
@@ -521,6 +523,30 @@ def test_a_max_steps_stop_on_a_validation_step_keeps_that_validations_checkpoint
     trainer.fit(make_captioner(backbones), datamodule=data)
     last = load_checkpoint_file(folder / "last.ckpt")
     assert last["global_step"] == 3 and last["epoch"] == 0
+
+
+class SignalInLastValidation(Callback):
+    """Ctrl-C or ``docker stop`` while the run's last validation generates its captions, after its last step."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.global_step == trainer.max_steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_in_the_last_validation_stops_the_command_instead_of_being_dropped(backbones, coco_root, tmp_path):
+    # it was dropped: fit ended with exit 0, and mmcaption-pipeline went on to train the whole instruct stage
+    language_dir, vision_dir = backbones
+    folder = tmp_path / "checkpoints"
+    trainer = Trainer(accelerator="cpu", max_steps=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, val_check_interval=2,
+                      callbacks=[ModelCheckpoint(dirpath=folder, monitor="val/loss", save_last=True), ResumableStop(),
+                                 SignalInLastValidation()])
+    data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                             image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    with pytest.raises(RunInterrupted, match=rf"stopped by SIGTERM at step 2: saved {re.escape(str(folder / 'last.ckpt'))}"):
+        trainer.fit(make_captioner(backbones), datamodule=data)
+    assert load_checkpoint_file(folder / "last.ckpt")["global_step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_differs(backbones, coco_root, tmp_path, capsys):
