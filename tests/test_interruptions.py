@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -1640,3 +1641,15 @@ def test_resuming_with_a_max_time_already_spent_says_so(capsys, monkeypatch):
     callback._restore_handlers()
     assert ("note: checkpoints/caption/last.ckpt has trained for 0m06s, which trainer.max_time (0m06s) counts too: it ends "
             "at once. Raise --trainer.max_time to train on") in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_130(tmp_path):
+    # the first seconds of any command import torch and Lightning: a Ctrl-C there printed a KeyboardInterrupt traceback
+    # from inside Python's import machinery
+    process = subprocess.Popen([sys.executable, "-m", "mmcaption", "fit", "--help"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # started, and importing (seconds)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("stopped by SIGINT"), stderr[-3000:]
