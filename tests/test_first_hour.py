@@ -192,8 +192,25 @@ def test_the_demo_never_removes_a_users_folder_or_report_and_says_when_it_rewrit
     demo = prepare_demo_assets(tmp_path / "demo_data", train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
     capsys.readouterr()
     prepare_demo_assets(demo, train_images=10, val_images=4, pretrain_steps=0, clip_steps=0)
-    assert f"note: {demo} holds demo data written with other settings (train_images 8 -> 10): it is written again" in \
+    said = capsys.readouterr().err
+    assert f"note: {demo} holds demo data written with other settings (train_images 8 -> 10): it is written again" in said
+    assert "backbones change" not in said  # the same seed and steps: the same backbones, earlier checkpoints still fit
+    # a file of the user's kept in demo_data (predictions, notes): the whole folder was removed with the demo's data
+    (demo / "my_captions.jsonl").write_text("mine\n")
+    with pytest.raises(OutputExistsError, match=r"demo_data holds demo data written with other settings, and files the demo "
+                                                r"did not write \(my_captions\.jsonl\)"):
+        prepare_demo_assets(demo, train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
+    assert (demo / "my_captions.jsonl").read_text() == "mine\n"
+    (demo / "my_captions.jsonl").unlink()
+    prepare_demo_assets(demo, train_images=10, val_images=4, pretrain_steps=0, clip_steps=0, seed=1)
+    assert "its backbones change too, so checkpoints and exports trained on the earlier ones no longer fit them" in \
         capsys.readouterr().err
+    # --report naming a file: refused before anything trains (it failed with FileExistsError after both stages)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main(["--root", str(demo), "--report", str(tmp_path / "notes.txt")])
+    assert exit_info.value.code == 2 and "--report " in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
 
 
 def test_a_backbone_folder_moved_since_training_is_named_as_a_folder_not_a_hub_id(tmp_path):

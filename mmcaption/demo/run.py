@@ -35,9 +35,11 @@ from mmcaption.demo.options import CLIP_PRETRAINING_STEPS, LANGUAGE_PRETRAINING_
 from mmcaption.demo.synthetic import Scene, demo_corpus, write_coco_split, write_llava_split, write_multiple_choice_csv
 from mmcaption.demo.tiny import save_tiny_backbones
 from mmcaption.errors import OutputExistsError, user_errors_exit
+from mmcaption.folders import check_writable
 from mmcaption.pipeline import StageResult, run_pipeline
 
 DEMO_VERSION = 9
+DEMO_ENTRIES = ("coco", "llava", "backbones", "choice_val2017.csv", "meta.json")  # what the demo writes in its root
 
 
 def prepare_demo_assets(
@@ -64,9 +66,16 @@ def prepare_demo_assets(
             (root / name).is_dir() for name in ("coco", "llava", "backbones"))
         if not demo_data:  # a folder of the user's that happens to hold a meta.json: never removed
             raise OutputExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
+        others = sorted(entry.name for entry in root.iterdir() if entry.name not in DEMO_ENTRIES)
+        if others:  # the user's own files, kept in the demo's folder: never removed with it
+            raise OutputExistsError(f"{root} holds demo data written with other settings, and files the demo did not write "
+                                    f"({', '.join(others[:5])}): the demo would remove them with its data. Move them out, "
+                                    "or pick --root")
         changed = ", ".join(f"{key} {written.get(key)} -> {value}" for key, value in settings.items() if written.get(key) != value)
-        print(f"note: {root} holds demo data written with other settings ({changed}): it is written again",
-              file=sys.stderr, flush=True)
+        backbones = any(written.get(key) != settings[key] for key in ("version", "seed", "pretrain_steps", "clip_steps"))
+        print(f"note: {root} holds demo data written with other settings ({changed}): it is written again" + (
+              "; its backbones change too, so checkpoints and exports trained on the earlier ones no longer fit them"
+              if backbones else ""), file=sys.stderr, flush=True)
         shutil.rmtree(root)
     elif root.exists():
         raise OutputExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
@@ -169,6 +178,10 @@ REPORT_FILES = ("report.json", "examples.png")
 def check_report_folder(folder: Path) -> None:
     """Before anything runs: the report's files may replace an earlier demo report's, never files of the
     user's that bear their names (``--report .`` beside one's own ``report.json``)."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"--report {folder} is a file: the report is a folder (report.json, examples.png); pick "
+                                "another --report")
+    check_writable(folder, "the demo's report")
     report = folder / "report.json"
     try:
         earlier = json.loads(report.read_text()) if report.is_file() else None
