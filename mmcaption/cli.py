@@ -27,6 +27,7 @@ from mmcaption.data.summary import format_summary, split_summary
 from mmcaption.errors import ConfigError, MMCaptionError, causes, user_errors_exit
 from mmcaption.folders import (
     FolderLock,
+    check_named_runs_unused,
     check_writable,
     claim_run_folders,
     keyword_checkpoint,
@@ -47,6 +48,7 @@ from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
 from mmcaption.settings_checks import lightning_setting_errors, unlogged_monitor, usable_callbacks
 from mmcaption.slurm import requeued_checkpoint
+from mmcaption.usage import EPILOG, PREPARE_HELP
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
@@ -90,6 +92,8 @@ class MMCaptionCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
+            if subcommand == "fit" and not self.config_init["fit"].get("ckpt_path"):
+                check_named_runs_unused([lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger | CSVLogger)])
             if subcommand in ("fit", "test") and self.trainer.global_rank == 0:  # the run folders this run makes, made now
                 self._new_run_folders = claim_run_folders([logger for logger in self.trainer.loggers
                                                            if isinstance(logger, TensorBoardLogger | CSVLogger)])
@@ -294,10 +298,6 @@ def job_of_checkpoint(path: Path) -> str | None:
         return "unreadable"
 
 
-EPILOG = ("also: `mmcaption prepare --config C` checks and preprocesses a config's data and prints what it holds; "
-          "`mmcaption chat --model EXPORTED --image PHOTO` talks about a photo. Other commands: mmcaption-demo, "
-          "mmcaption-pipeline, mmcaption-export, mmcaption-app.")
-
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
     """Run ``mmcaption`` with ``args`` (``sys.argv`` when None) and return the finished CLI."""
     quiet_lightning()
@@ -337,11 +337,6 @@ def check_command(args: list[str], run_checks: bool = True) -> MMCaptionCLI:
                              auto_configure_optimizers=False, parser_class=MMCaptionParser,
                              # its tip names `mmcaption fit --help`, not the pipeline's or the demo's own --help
                              parser_kwargs={"prog": "mmcaption" if run_checks else "mmcaption fit"})
-
-
-PREPARE_HELP = ("Check and preprocess the data of a config (the same --config files and settings as `mmcaption fit`) "
-                "without loading the language model, and print what each split holds: records kept and skipped, tokens "
-                "per sample, the share cut to max_length, the padding. Exits 2 with the bad record named.")
 
 
 class _PrepareCLI(MMCaptionCLI):

@@ -235,6 +235,17 @@ def claim_run_folders(loggers: list) -> list[Path]:
     return made
 
 
+def check_named_runs_unused(loggers: list) -> None:
+    """A fresh run given a logger version by name (``--trainer.logger.init_args.version lr3e-3``) whose folder holds a run
+    already: refused, naming it. Lightning wrote the new run's config.yaml over the earlier one's and put both runs' curves
+    in one folder; resuming (``--ckpt_path``) goes on in it as it should."""
+    for logger in loggers:
+        folder = Path(logger.log_dir) if getattr(logger, "_version", None) is not None else None
+        if folder is not None and folder.is_dir() and any(folder.iterdir()):
+            raise OutputExistsError(f"{folder} holds a run already (logger version {logger.version!r}): give this run another "
+                                    "version name, or resume that run with --ckpt_path")
+
+
 def _claimed(logger) -> Path | None:
     numbered = logger._version is None  # Lightning's next free number, read when log_dir is first asked for
     for _ in range(10_000):

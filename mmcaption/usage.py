@@ -92,3 +92,13 @@ def pipeline_parser() -> argparse.ArgumentParser:
     parser.add_argument("--caption", default="configs/caption.yaml", type=path, help="fit config of the caption stage")
     parser.add_argument("--instruct", default="configs/instruct.yaml", type=path, help="fit config of the instruct stage")
     return parser
+
+
+# ``mmcaption``'s help: its epilog, and ``mmcaption prepare``'s description
+EPILOG = ("also: `mmcaption prepare --config C` checks and preprocesses a config's data and prints what it holds; "
+          "`mmcaption chat --model EXPORTED --image PHOTO` talks about a photo. Other commands: mmcaption-demo, "
+          "mmcaption-pipeline, mmcaption-export, mmcaption-app.")
+
+PREPARE_HELP = ("Check and preprocess the data of a config (the same --config files and settings as `mmcaption fit`) "
+                "without loading the language model, and print what each split holds: records kept and skipped, tokens "
+                "per sample, the share cut to max_length, the padding. Exits 2 with the bad record named.")

@@ -1653,3 +1653,17 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_130(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("stopped by SIGINT"), stderr[-3000:]
+
+
+def test_a_fresh_run_into_a_logger_version_named_by_a_run_before_is_refused(backbones, coco_root, tmp_path, monkeypatch, capsys):
+    # Lightning wrote the second run's config.yaml over the first's and put both runs' curves in one folder, silently
+    monkeypatch.chdir(tmp_path)
+    named = ["--trainer.logger.init_args.version", "lr3e-3"]
+    main([*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), *named])
+    run = tmp_path / "logs" / "lightning_logs" / "lr3e-3"
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "d"), *named,
+                                       "--model.learning_rate", "0.01"])
+    assert message == (f"error: {run} holds a run already (logger version 'lr3e-3'): give this run another version name, "
+                       "or resume that run with --ckpt_path")
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
