@@ -83,6 +83,16 @@ def check_backbone(name: str, setting: str) -> None:
                                 f"is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): {download_hint(name)}")
 
 
+def save_adapter(language_model: PeftModel, folder: Path) -> None:
+    """The LoRA adapter as PEFT saves it, its target modules sorted: PEFT writes them from a set, in an order that changes
+    from one process to the next, and two exports of one checkpoint differed."""
+    language_model.save_pretrained(folder)
+    settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if isinstance(settings.get("target_modules"), list):
+        settings["target_modules"] = sorted(settings["target_modules"])
+        (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+
+
 def context_problem(name: str, max_length: object) -> str | None:
     """Why ``data.max_length`` cannot be trained: longer than the language model's context (its config's
     ``max_position_embeddings``), positions it never learned. Read from its config.json; nothing is loaded."""

@@ -34,6 +34,7 @@ from mmcaption.model.backbones import (
     load_language_model,
     load_vision_model,
     refuse_casting_packed_weights,
+    save_adapter,
     torch_dtype,
 )
 from mmcaption.model.card import model_card
@@ -285,7 +286,7 @@ class MultimodalCausalLM(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with self.plain_decoder_layers():
-            self.language_model.save_pretrained(folder / "adapter")
+            save_adapter(self.language_model, folder / "adapter")
         weights = {k: v.detach().contiguous().cpu() for k, v in self.multimodal_state_dict().items()}
         save_file(weights, folder / "multimodal.safetensors")
         tokenizer.save_pretrained(folder / "tokenizer")
