@@ -117,5 +117,8 @@ def test_letters_are_asked_for_in_chinese_for_a_question_in_chinese_as_llava_ask
     asked = listed_options_question("图中的动物是什么？", ["猫", "狗"])
     assert asked == "图中的动物是什么？\nA. 猫\nB. 狗\n请直接回答选项字母。"
     assert listed_options_question("What is it?", ["a cat", "a dog"]).endswith("\nAnswer with the option's letter from the given choices directly.")
+    # an English question quoting a Chinese sign is English
+    assert listed_options_question("What does the sign reading 出口 on the door mean?", ["exit", "entrance"]).endswith(
+        "from the given choices directly.")
     # Japanese (kana beside its kanji) keeps the English instruction, as LLaVA has no Japanese one
     assert listed_options_question("この動物は何ですか？", ["猫", "犬"]).endswith("from the given choices directly.")
