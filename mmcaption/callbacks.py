@@ -124,10 +124,15 @@ class ResumableStop(Callback):
         if isinstance(callback, ModelCheckpoint) and callback.save_last and not trainer.fast_dev_run and trainer.global_step \
                 not in (callback._last_global_step_saved, self._saved_step):  # not after this step's save: it holds the epoch open
             path = save_resumable_checkpoint(trainer)
-        if self.signal is not None:  # it came after the last step (in the last validation): the command stops as asked,
-            # and a pipeline does not go on to its next stage
+        signum = self.signal
+        if trainer.world_size > 1:  # every process alike: one signalled process stops them all, as at a step's end
+            flags = trainer.strategy.reduce(torch.tensor([float(signum or 0)], device=pl_module.device), reduce_op="max")
+            signum = int(flags[0]) or None
+        if signum is not None:  # it came after the last step (in the last validation): the command stops as asked,
+            # and a pipeline does not go on to its next stage; SLURM's time-limit warning requeues the job, as at a step
             saved = path or (callback.last_model_path if isinstance(callback, ModelCheckpoint) else None)
-            raise RunInterrupted(self.signal, saved or None, trainer.global_step)
+            requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero else None
+            raise RunInterrupted(signum, saved or None, trainer.global_step, requeued)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()

@@ -550,6 +550,18 @@ def test_a_signal_in_the_last_validation_stops_the_command_instead_of_being_drop
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_slurms_time_limit_warning_after_the_last_step_requeues_the_job(monkeypatch):
+    # it stopped the command without requeueing: the job's next stage (a pipeline's) had to be resubmitted by hand
+    from types import SimpleNamespace
+
+    monkeypatch.setattr("mmcaption.callbacks.requeue_slurm_job", lambda: "SLURM job 42 is requeued")
+    callback = ResumableStop()
+    callback.signal = callback._requeue_signal = signal.SIGUSR1
+    trainer = SimpleNamespace(checkpoint_callback=None, fast_dev_run=0, world_size=1, global_step=500, is_global_zero=True)
+    with pytest.raises(RunInterrupted, match=r"stopped by SIGUSR1 at step 500: nothing saved\. SLURM job 42 is requeued"):
+        callback.on_train_end(trainer, None)
+
+
 def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_differs(backbones, coco_root, tmp_path, capsys):
     coco = Path(shutil.copytree(coco_root, tmp_path / "coco"))
     language_dir, vision_dir = backbones
