@@ -47,7 +47,7 @@ from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
 from mmcaption.settings_checks import lightning_setting_errors, unlogged_monitor, usable_callbacks
-from mmcaption.slurm import requeued_checkpoint
+from mmcaption.slurm import requeued, requeued_checkpoint
 from mmcaption.usage import EPILOG, PREPARE_HELP
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
@@ -92,7 +92,7 @@ class MMCaptionCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
-            if subcommand == "fit" and not self.config_init["fit"].get("ckpt_path"):
+            if subcommand == "fit" and not self.config_init["fit"].get("ckpt_path") and not requeued():  # a requeue: the same run
                 check_named_runs_unused([lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger | CSVLogger)])
             if subcommand in ("fit", "test") and self.trainer.global_rank == 0:  # the run folders this run makes, made now
                 self._new_run_folders = claim_run_folders([logger for logger in self.trainer.loggers

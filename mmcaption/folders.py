@@ -243,7 +243,7 @@ def check_named_runs_unused(loggers: list) -> None:
         folder = Path(logger.log_dir) if getattr(logger, "_version", None) is not None else None
         if folder is not None and folder.is_dir() and any(folder.iterdir()):
             raise OutputExistsError(f"{folder} holds a run already (logger version {logger.version!r}): give this run another "
-                                    "version name, or resume that run with --ckpt_path")
+                                    "version name, resume that run with --ckpt_path, or remove the folder to start it afresh")
 
 
 def _claimed(logger) -> Path | None:

@@ -51,6 +51,11 @@ def requeue_slurm_job() -> str:
     return f"SLURM job {job} is requeued: it runs the same command again, which resumes from this checkpoint"
 
 
+def requeued() -> bool:
+    """Whether this is a SLURM job run again after a requeue (its time limit, a node's failure): the same run."""
+    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
 def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: str | None = None) -> str | None:
     """For a ``fit``: the checkpoint a requeued SLURM job resumes from, said on rank 0 - this job's own newest save
     (``last*.ckpt`` or ``interrupted-step*.ckpt`` that records this job's id) in its checkpoint folder, over the command's
@@ -62,7 +67,7 @@ def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: 
     if not SLURMEnvironment.detect():
         return None
     callback = trainer.checkpoint_callback
-    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and isinstance(callback, ModelCheckpoint) and callback.dirpath:
+    if requeued() and isinstance(callback, ModelCheckpoint) and callback.dirpath:
         folder = Path(callback.dirpath)
         saved = [*folder.glob("last*.ckpt"), *folder.glob("interrupted-step*.ckpt")] if folder.is_dir() else []
         jobs = {path: saved_by(path) for path in saved}

@@ -1677,5 +1677,9 @@ def test_a_fresh_run_into_a_logger_version_named_by_a_run_before_is_refused(back
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "d"), *named,
                                        "--model.learning_rate", "0.01"])
     assert message == (f"error: {run} holds a run already (logger version 'lr3e-3'): give this run another version name, "
-                       "or resume that run with --ckpt_path")
+                       "resume that run with --ckpt_path, or remove the folder to start it afresh")
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+    # the same job requeued by SLURM before its first save (a node failed, `version: ${SLURM_JOB_ID}`): the same run goes on
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    main([*fit_config(tmp_path, coco_root, backbones, tmp_path / "e"), *named])
