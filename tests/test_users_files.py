@@ -762,3 +762,38 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
                                  ensure_ascii=False).encode("cp1252") + b"\n")
     with pytest.raises(DataError, match=r"local\.jsonl.*not UTF-8"):
         list(HubCaptions(str(local), "image", "caption").records("train", BadRecords("local.jsonl")))
+
+
+def test_a_folder_of_captioned_photos_reads_again_with_the_cache_and_outputs_inside_it(backbones, tmp_path):
+    def folder(name: str, count: int = 4) -> Path:
+        photos = tmp_path / name
+        photos.mkdir()
+        for index in range(count):
+            (photos / f"{index:09d}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (60 * index, 20, 20))))
+            (photos / f"{index:09d}.txt").write_text(f"photo {index}")
+        return photos
+
+    # the cache in the photos' own folder (data_dir there): the second run read its files as the dataset's tables
+    photos = folder("photos")
+    for _ in range(2):
+        data = CaptionDataModule(source="hub", hub_dataset=str(photos), data_dir=str(photos), tokenizer=str(backbones[0]),
+                                 image_processor=str(backbones[1]), batch_size=2, num_workers=0, hub_val_fraction=0.3)
+        data.prepare_data()
+        data.setup("fit")
+        assert sum(len(data.datasets[data.stage_splits()[side]].images) for side in ("train", "val")) == 4
+    # an unpacked webdataset shard: photo.jpg, photo.txt and photo.json each (img2dataset's metadata), and the shard's
+    # statistics: read as the photos and their captions (the .json files were taken for tables)
+    shard = folder("00000")
+    for index in range(4):
+        (shard / f"{index:09d}.json").write_text(json.dumps({"url": "https://example.invalid", "key": f"{index:09d}"}))
+    (shard / "00000_stats.json").write_text(json.dumps({"count": 4}))
+    assert len(list(HubCaptions(str(shard)).records("train", BadRecords("shard")))) == 4
+    # captions predict wrote into the photos' folder are its output, not the user's captions (it trained on them)
+    (shard / "captions.jsonl").write_text(json.dumps({"image": "000000000.jpg", "caption": "a guess"}) + "\n")
+    (shard / "captions.jsonl.summary.json").write_text(json.dumps({"rows": 1}))
+    rows = list(HubCaptions(str(shard)).records("train", BadRecords("shard")))
+    assert [c for _, _, _, captions in rows for _, c in captions] == [f"photo {i}" for i in range(4)]
+    # a table of the user's beside captioned photos: which captions are meant is asked, not guessed
+    (shard / "mine.csv").write_text("image,caption\n000000000.jpg,a red photo\n")
+    with pytest.raises(DataError, match=r"00000 holds photos with caption \.txt files beside them \(.*\) and a table \(mine\.csv\)"):
+        HubCaptions(str(shard))

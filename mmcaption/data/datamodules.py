@@ -92,8 +92,8 @@ class CaptionDataModule(PreprocessedDataModule):
         self.text_table = "captions"
         self.data_dir = Path(data_dir)
         self.source = source
-        self.hub = HubCaptions(hub_dataset, hub_image_column, hub_caption_column, hub_caption_separator, hub_val_fraction) \
-            if source == "hub" else None
+        self.hub = HubCaptions(hub_dataset, hub_image_column, hub_caption_column, hub_caption_separator, hub_val_fraction,
+                               str(self.cache_dir)) if source == "hub" else None
         self.splits = (train_split, val_split, test_split)
         self.caption_prompt, self.max_length, self.val_caption_images = caption_prompt, max_length, val_caption_images
         self.test_caption_images = test_caption_images
@@ -138,7 +138,8 @@ class CaptionDataModule(PreprocessedDataModule):
             local = Path(self.hub.dataset)  # one local file: its content, not datasets' fingerprint of its time
             content = file_signature(local) if local.is_file() else self.hub.load(split)[0]._fingerprint
             files = self.hub.image_files(split)  # rows that name image files: the files' content too
-            return {"hub": asdict(self.hub), "split": split, "fingerprint": content,
+            hub = {key: value for key, value in asdict(self.hub).items() if key != "cache_dir"}  # where, not what, it reads
+            return {"hub": hub, "split": split, "fingerprint": content,
                     "rows": "grouped by image",  # since rows of one image became one image, not one each
                     **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {})}
         if self.source == "karpathy":

@@ -26,6 +26,7 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.benchmarks import separator_hint
+from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, sidecar_dataset
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
@@ -37,11 +38,10 @@ from mmcaption.data.records import (
     read_json_list,
 )
 from mmcaption.errors import causes
-from mmcaption.images import IMAGE_SUFFIXES, is_hidden, is_url
+from mmcaption.images import IMAGE_SUFFIXES, is_url
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
-TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 # a caption "NA" or "None" is that text; a blank line a row (a CSV's lines are named by number)
 CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
 
@@ -64,26 +64,17 @@ class HubCaptions:
     caption_separator: str = "\n"
     val_fraction: float = 0.01
 
+    cache_dir: str | None = None  # a folder inside the dataset's that is never read as its files (the data module's cache)
+
     def __post_init__(self) -> None:
-        self._pairs: list[tuple[str, Path | None]] | None = None  # a folder of photos with caption .txt files beside them
         self._given: Path | None = None  # the folder given, when the one table in it is read
+        # a folder of photos with caption .txt files beside them: (photo, its .txt) each
+        self._pairs: list[tuple[str, Path | None]] | None = None
         path = Path(self.dataset).expanduser()
-        if not path.is_dir() or any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
-            return
-        files = [f for f in path.rglob("*") if f.is_file() and not any(is_hidden(Path(part)) for part in f.relative_to(path).parts)]
-        tables = [f for f in files if f.suffix.lower() in TABLE_SUFFIXES]
-        images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-        if len(tables) == 1 and tables[0].stem != "metadata" and images:  # captions.csv beside (or above) the photos:
-            # datasets would read the folder as an image folder whose captions it does not know
-            rank_zero_info(f"{path} holds photos and one table of them, {tables[0].relative_to(path)}: the table is read "
-                           f"(its image paths relative to {path}, or to the table's folder)")
-            self.dataset, self._given = str(tables[0]), path
-        elif not tables and images:  # photo1.jpg + photo1.txt, a layout datasets does not read: read here, one split
-            texts = {f.with_suffix(""): f for f in files if f.suffix.lower() == ".txt"}
-            if texts.keys() & {f.with_suffix("") for f in images}:  # a photo without its .txt: refused as uncaptioned
-                self._pairs = [(image.relative_to(path).as_posix(), texts.get(image.with_suffix(""))) for image in sorted(images)]
-                rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it "
-                               f"(columns {self.image_column!r} and {self.caption_column!r}; several lines: several captions)")
+        if path.is_dir() and not any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+            table, self._pairs = folder_layout(path, self.cache_dir, (self.image_column, self.caption_column))
+            if table is not None:
+                self.dataset, self._given = str(table), path
 
     def _saved(self) -> datasets.Dataset | datasets.DatasetDict | None:
         path = Path(self.dataset)
@@ -131,9 +122,7 @@ class HubCaptions:
         side = next((suffix for suffix in (REST, HELD_OUT) if split.endswith(suffix)), None)
         base = split[: -len(side)] if side else split
         if self._pairs is not None:
-            captions = [self._sidecar_text(text) if text else "" for _, text in self._pairs]
-            return datasets.Dataset.from_dict({self.image_column: [name for name, _ in self._pairs], self.caption_column: captions,
-                                               "__key__": [name for name, _ in self._pairs]}), side
+            return sidecar_dataset(self._pairs, self.image_column, self.caption_column), side
         saved = self._saved()
         if isinstance(saved, datasets.DatasetDict):
             return self._columns_named(saved[base]), side
@@ -145,13 +134,6 @@ class HubCaptions:
             return self._columns_named(datasets.load_dataset(self.dataset, split=base, **self._csv_options)), side
         except datasets.exceptions.DatasetGenerationError as error:
             raise self._unreadable(error) from None
-
-    @staticmethod
-    def _sidecar_text(path: Path) -> str:
-        try:
-            return path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            raise not_utf8(path, table=False) from None
 
     def _columns_named(self, data: datasets.Dataset) -> datasets.Dataset:
         """The image and caption columns as the settings name them, where the table heads them in another case or with

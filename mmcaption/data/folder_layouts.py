@@ -1,0 +1,68 @@
+"""Local folders of the user's own photos that ``datasets`` reads wrong: photos with one table of them (an image folder
+to ``datasets``, whose captions it does not know), and photos each with its caption in a ``.txt`` of its name beside it
+(``photo1.jpg`` + ``photo1.txt``: the webdataset layout unpacked, which ``datasets`` reads as a text or an image folder).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import datasets
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.data.records import DataError, not_utf8
+from mmcaption.images import IMAGE_SUFFIXES, is_hidden
+
+TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+
+
+def folder_layout(path: Path, cache_dir: str | None, columns: tuple[str, str]) -> tuple[Path | None, list[tuple[str, Path | None]] | None]:
+    """What a local dataset folder holds, when ``datasets`` would misread it: the one table of its photos to read in its
+    place, or its photos each with its caption file (``(photo, its .txt or None)``); ``(None, None)`` otherwise."""
+    files = user_files(path, cache_dir)
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    stems = {f.with_suffix("") for f in images}
+    # a table of the photos, not one photo's own metadata (an unpacked webdataset: photo.jpg, photo.txt, photo.json),
+    # img2dataset's shard statistics, or a predict output (with its .summary.json beside it)
+    tables = [f for f in files if f.suffix.lower() in TABLE_SUFFIXES and f.with_suffix("") not in stems
+              and not f.name.endswith(("_stats.json", ".summary.json")) and not f.with_name(f.name + ".summary.json").exists()]
+    texts = {f.with_suffix(""): f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") in stems}
+    if texts and tables:
+        raise DataError(f"{path} holds photos with caption .txt files beside them ({next(iter(texts.values())).name}) and "
+                        f"a table ({tables[0].relative_to(path)}): give the table itself as hub_dataset, or move it out")
+    if len(tables) == 1 and tables[0].stem != "metadata" and images:
+        rank_zero_info(f"{path} holds photos and one table of them, {tables[0].relative_to(path)}: the table is read "
+                       f"(its image paths relative to {path}, or to the table's folder)")
+        return tables[0], None
+    if not texts:
+        return None, None
+    rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it (columns "
+                   f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused)")
+    return None, [(image.relative_to(path).as_posix(), texts.get(image.with_suffix(""))) for image in sorted(images)]
+
+
+def user_files(path: Path, cache_dir: str | None) -> list[Path]:
+    """The files under a local dataset folder that are the user's: not hidden, not in mmcaption's cache (by default
+    ``<data_dir>/preprocessed``, which may be the photos' own folder) or another saved dataset."""
+    skip = {Path(cache_dir).expanduser().resolve()} if cache_dir else set()
+    files = []
+    for root, folders, names in os.walk(path):
+        folders[:] = [name for name in folders if not is_hidden(Path(name)) and name != "preprocessed"
+                      and (Path(root) / name).resolve() not in skip and not (Path(root) / name / "state.json").is_file()]
+        files += [Path(root) / name for name in names if not is_hidden(Path(name))]
+    return files
+
+
+def sidecar_dataset(pairs: list[tuple[str, Path | None]], image_column: str, caption_column: str) -> datasets.Dataset:
+    """The photos and their caption files as a dataset of paths (relative to the folder) and captions."""
+    captions = [_caption_file(text) if text else "" for _, text in pairs]
+    names = [name for name, _ in pairs]
+    return datasets.Dataset.from_dict({image_column: names, caption_column: captions, "__key__": names})
+
+
+def _caption_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise not_utf8(path, table=False) from None
