@@ -36,7 +36,7 @@ from mmcaption.evaluation.caption_metrics import caption_scores, metric_setup
 from mmcaption.evaluation.report import GENERATION_RECORDED, checkpoint_record, write_evaluation
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
-from mmcaption.model.config import absolute_if_local
+from mmcaption.model.config import absolute_if_local, check_known_settings
 from mmcaption.model.loss import chunked_cross_entropy
 from mmcaption.model.optim import adamw
 from mmcaption.predictions import PredictionWriter
@@ -79,6 +79,8 @@ class MultimodalCaptioner(LightningModule):
         super().__init__()
         # a checkpoint's hyper-parameters hold the config as a plain dict (loadable with weights_only)
         # local backbone folders and init_from are kept as absolute paths: the checkpoint works from anywhere
+        if isinstance(config, dict):  # a checkpoint's, or a notebook's: a setting this version lacks is named, not a TypeError
+            check_known_settings(config, "model.config")
         self.config = (MultimodalConfig(**config) if isinstance(config, dict) else replace(config)).with_absolute_paths()
         init_from = init_from and absolute_if_local(init_from)
         self.save_hyperparameters(ignore=["config"])

@@ -147,3 +147,11 @@ def test_caption_examples_reach_tensorboard_when_it_is_not_the_first_logger(back
     events = EventAccumulator(board.log_dir)
     events.Reload()
     assert "val/examples" in events.Tags()["images"] and events.Tags()["tensors"]  # the caption table is a text summary
+
+
+def test_a_model_config_dict_with_a_setting_this_version_lacks_is_refused_by_name(backbones):
+    from mmcaption.errors import ConfigError
+
+    language_dir, vision_dir = backbones
+    with pytest.raises(ConfigError, match=r"model.config: model settings \['lora_rank'\] are unknown to this version of mmcaption \(a typo"):  # was a TypeError
+        MultimodalCaptioner(config={"language_model": str(language_dir), "vision_model": str(vision_dir), "lora_rank": 8})

@@ -168,5 +168,5 @@ def check_known_settings(saved: dict[str, Any], source: str) -> None:
     model cannot be rebuilt as it was (and the CLI would blame an option the user never typed)."""
     unknown = sorted(set(saved) - {setting.name for setting in fields(MultimodalConfig)})
     if unknown:
-        raise ConfigError(f"{source}: its model settings {unknown} are unknown to this version of mmcaption; was it saved by "
-                          "another version? Install that version to use it")
+        raise ConfigError(f"{source}: model settings {unknown} are unknown to this version of mmcaption (a typo, or a "
+                          "checkpoint saved by another version: install that version to use it)")
