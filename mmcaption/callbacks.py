@@ -27,6 +27,7 @@ from mmcaption.errors import (
     ResumeError,
     RunInterrupted,
     leave_a_closed_terminal,
+    process_rank,
     stop_signals,
 )
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
@@ -108,8 +109,9 @@ class ResumableStop(Callback):
             return
         self.signal = signum
         with suppress(OSError):  # output whose reader is gone: the save must still happen
-            print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step "
-                  "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+            if process_rank() == 0:  # each process of a multi-process run got it: said once
+                print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step "
+                      "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():

@@ -46,7 +46,7 @@ from mmcaption.model.config import (
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
-from mmcaption.settings_checks import lightning_setting_errors, unlogged_monitor, usable_callbacks
+from mmcaption.settings_checks import lightning_setting_errors, strategy_problem, unlogged_monitor, usable_callbacks
 from mmcaption.slurm import requeued, requeued_checkpoint
 from mmcaption.usage import EPILOG, PREPARE_HELP
 
@@ -156,7 +156,8 @@ class MMCaptionCLI(LightningCLI):
                 "cross-attention and LoRA are untrained: the model would not see the images"
             )
         model = config.model.config
-        if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype):
+        if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
+                strategy_problem(config.trainer.get("strategy")):
             raise ConfigError(problem)
         check_backbone(model.language_model, "model.config.language_model")
         check_backbone(model.vision_model, "model.config.vision_model")

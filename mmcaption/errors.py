@@ -200,12 +200,13 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
                 # here, where a further signal still waits: a second Ctrl-C does not cut their shutdown short
                 gc.collect()
             with suppress(OSError):  # output whose reader is gone (a closed terminal's pipe)
-                print(stopped[0], file=sys.stderr, flush=True)
+                if process_rank() == 0:  # every process of a multi-process run stops alike: said once
+                    print(stopped[0], file=sys.stderr, flush=True)
             sys.exit(stopped[1])
         except MMCaptionError as error:
             if traceback_wanted():
                 raise
-            print(f"error: {one_line(error)}", file=sys.stderr)
+            said(f"error: {one_line(error)}")
             sys.exit(USER_ERROR_EXIT)
         except BrokenPipeError:
             if not reader_gone(sys.stdout):  # another pipe (a worker's, a socket's): a failure of its own
@@ -214,13 +215,37 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush has nowhere to fail
             sys.exit(128 + signal.SIGPIPE)
         except Exception as error:
+            if process_rank() > 0 and peer_gone(error) and not traceback_wanted():  # the process whose error it is says it
+                said("error: another process of this run stopped (its message is above)")
+                sys.exit(USER_ERROR_EXIT)
             message = resource_message(error)
             if message is None or traceback_wanted():
                 raise
-            print(f"error: {message}", file=sys.stderr)
+            said(f"error: {message}")
             sys.exit(USER_ERROR_EXIT)
 
     return wrapper
+
+
+def process_rank() -> int:
+    """This process's place in a multi-process run (0 alone, and for the process that launched the others)."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or os.environ.get("LOCAL_RANK") or 0)
+
+
+def said(line: str) -> None:
+    """One line on stderr in one write (two processes' lines do not run into one another), marked with its process
+    beside the first one's."""
+    rank = process_rank()
+    with suppress(OSError):
+        sys.stderr.write(f"{f'[rank {rank}] ' if rank else ''}{line}\n")
+        sys.stderr.flush()
+
+
+def peer_gone(error: BaseException) -> bool:
+    """A collective operation that failed because another process of the run stopped (gloo's "Connection closed by
+    peer", NCCL's watchdog): that process's own error is the one to read."""
+    return any(words in str(cause) for cause in causes(error) for words in (
+        "Connection closed by peer", "Connection reset by peer", "remote worker crashing", "NCCL communicator was aborted"))
 
 
 def reader_gone(stream: Any) -> bool:

@@ -251,8 +251,9 @@ class MultimodalCaptioner(LightningModule):
         self.val_loss.reset()
         self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/perplexity", torch.exp(loss), sync_dist=False)
-        captions = gather_objects(self.val_captions)
-        answers = gather_objects(self.val_answers)
+        # each image or question once: a split smaller than the processes is shared with repeats (data.base)
+        captions = list({row[0]: row for row in gather_objects(self.val_captions)}.values())
+        answers = list({(row[0], row[1], row[3]): row for row in gather_objects(self.val_answers)}.values())  # ids repeat
         self.val_captions, self.val_answers = [], []
         metrics: dict[str, float] = {"loss": float(loss), "perplexity": float(torch.exp(loss))}
         if captions:

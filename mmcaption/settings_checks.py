@@ -107,3 +107,13 @@ def unlogged_monitor(callbacks: list, datamodule: Any) -> str | None:
             return (f"{name} is computed only from answered validation questions: set data.init_args.val_answer_questions "
                     "(it is 0), or monitor val/loss")
     return None
+
+
+def strategy_problem(strategy: object) -> str | None:
+    """Why a trainer strategy cannot run mmcaption: those that start the processes apart from the command and hand the
+    trained weights back through it (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) reload the whole model's state, which
+    the lean checkpoints refuse after training, and each process takes the predict output's lock the command holds."""
+    if isinstance(strategy, str) and strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+        return (f"trainer.strategy {strategy} is not supported (its processes hand the model back to the command, whose "
+                "checkpoints and outputs are the processes' own): use --trainer.strategy ddp, which starts them alike")
+    return None

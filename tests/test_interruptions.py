@@ -1683,3 +1683,31 @@ def test_a_fresh_run_into_a_logger_version_named_by_a_run_before_is_refused(back
     for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1"}.items():
         monkeypatch.setenv(name, value)
     main([*fit_config(tmp_path, coco_root, backbones, tmp_path / "e"), *named])
+
+
+def test_a_multi_process_runs_other_processes_say_one_marked_line_not_a_collective_traceback(monkeypatch, capsys):
+    # rank 0 refused the data and left; rank 1, waiting in a barrier, printed gloo's 40-line traceback blaming "a remote
+    # worker crashing" under the real message, and both ranks' error lines ran into one line
+    monkeypatch.setenv("LOCAL_RANK", "1")
+
+    def barrier_broken():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:31630")
+
+    with pytest.raises(SystemExit) as exited:
+        user_errors_exit(barrier_broken, signals=False)()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "[rank 1] error: another process of this run stopped (its message is above)\n"
+
+    def refused():
+        raise ConfigError("a setting")
+
+    with pytest.raises(SystemExit):
+        user_errors_exit(refused, signals=False)()
+    assert capsys.readouterr().err == "[rank 1] error: a setting\n"
+
+    def stopped():
+        raise Interrupted(signal.SIGINT)
+
+    with pytest.raises(SystemExit) as exited:  # each process stops alike: rank 0 says it
+        user_errors_exit(stopped, signals=False)()
+    assert exited.value.code == 130 and capsys.readouterr().err == ""

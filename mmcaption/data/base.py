@@ -95,7 +95,8 @@ class BackbonesDataModule(LightningDataModule):
         """Each process's share of an evaluation split, every sample once. Lightning's own sampler repeats
         samples to give every process as many: a split that does not divide evenly had some scored twice
         (8 images in the results of 7, one id twice in the predictions, an answer's exact match counted
-        twice). A split smaller than the processes keeps Lightning's, so that none is left without a batch."""
+        twice). A split smaller than the processes keeps Lightning's, so that none is left without a batch: the
+        module scores each image or question once (by its id) all the same."""
         trainer = self.trainer
         if trainer is None or trainer.world_size == 1 or len(dataset) < trainer.world_size:
             return None
