@@ -81,6 +81,13 @@ def test_conversations_in_json_lines_read_as_the_json_list(backbones, llava, tmp
     records[0]["conversations"][1]["value"] += "\u2028"
     lines.write_text(json.dumps(records[0], ensure_ascii=False) + "\n", encoding="utf-8")
     assert [c.id for c in read_llava(lines, llava[1], BadRecords(str(lines)))] == [records[0]["id"]]
+    # a bad record of JSON Lines is named by its line, as an editor numbers it (was "record 1": counted from 0, blank
+    # lines left out)
+    broken = json.loads(json.dumps(records[1]))
+    broken["conversations"][0]["from"] = "model"
+    lines.write_text("\n" + json.dumps(records[0]) + "\n" + json.dumps(broken) + "\n")
+    with pytest.raises(DataError, match=rf"instruct_train2017\.jsonl: line 3 \(id {broken['id']}\): turn 0 is from 'model'"):
+        read_llava(lines, llava[1], BadRecords(str(lines)))
     # the JSON list saved under a .jsonl name: read as the list (was "line 1: not valid JSON Lines")
     lines.write_text(json.dumps(records[:3], indent=2))
     assert [c.id for c in read_llava(lines, llava[1], BadRecords(str(lines)))] == [r["id"] for r in records[:3]]

@@ -23,6 +23,7 @@ from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
     DataError,
+    JsonLines,
     existing_spelling,
     held_out,
     held_out_keys,
@@ -66,12 +67,13 @@ class Conversation:
     dropped: tuple[str, ...] = ()  # what was dropped from the record as LLaVA's training drops it (notes, counted if kept)
     named: bool = True  # the record has its own id (else ``id`` is its place in the file, "#<position>")
     side: str = ""  # what its train / val side is a hash of (split_key)
-    position: int = 0  # its place in the file (ids repeat: LLaVA-Instruct-150k's name an image, talked about up to 3 times)
+    place: str = ""  # "record 4" in a list, "line 5" in JSON Lines (ids repeat: LLaVA-Instruct-150k's name an image,
+    # talked about up to 3 times)
 
     @property
     def where(self) -> str:
         """The record as messages name it: its place, and its id where it has one."""
-        return f"record {self.position} (id {self.id})" if self.named else f"record {self.position}"
+        return f"{self.place} (id {self.id})" if self.named else self.place
 
 
 def in_split(record_id: str, val_fraction: float, split: str) -> bool:
@@ -166,14 +168,16 @@ def _text_of(content: object) -> object:
     return "\n".join(texts)
 
 
-def parse_record(position: int, record: object, records: BadRecords) -> Conversation | None:
-    """Check one record; ``None`` (after reporting it) if it cannot be used."""
+def parse_record(position: int, record: object, records: BadRecords, place: str | None = None) -> Conversation | None:
+    """Check one record; ``None`` (after reporting it) if it cannot be used. ``place``: how messages name its place
+    (its line in JSON Lines; ``record <position>`` by default)."""
+    place = place or f"record {position}"
     if not isinstance(record, dict):
-        records.bad("malformed record", f"record {position} is not an object")
+        records.bad("malformed record", f"{place} is not an object")
         return None
     named = record.get("id") not in (None, "")  # null: as if missing
     record_id = str(record["id"]) if named else f"#{position}"
-    name = f"record {position} (id {record_id})"
+    name = f"{place} (id {record_id})"
     usable, image = _image_of(record, name, records)
     turns = _turns_of(record, name, records) if usable else None
     if turns is None:
@@ -223,7 +227,7 @@ def parse_record(position: int, record: object, records: BadRecords) -> Conversa
     if not pairs or not pairs[-1][1]:
         records.bad("no assistant turn", f"{name} ends with a human turn that has no assistant answer")
         return None
-    return Conversation(record_id, image, pairs, tuple(dropped), named, split_key(record, position), position)
+    return Conversation(record_id, image, pairs, tuple(dropped), named, split_key(record, position), place)
 
 
 def read_llava(
@@ -244,7 +248,8 @@ def read_llava(
     for position, record in enumerate(content):
         # a bad record is counted on the side it would have gone to, once, not in both splits' reports
         on_side = split is None or in_split(split_key(record, position), val_fraction, split)
-        conversation = parse_record(position, record, records if on_side else elsewhere)
+        place = content.place(position) if isinstance(content, JsonLines) else None
+        conversation = parse_record(position, record, records if on_side else elsewhere, place)
         if conversation is not None:
             parsed_records.append(conversation)
     keys = {conversation.side for conversation in parsed_records}

@@ -24,7 +24,7 @@ import torch
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, separator_hint
 from mmcaption.data.image_sources import image_paths
 from mmcaption.data.predict import _ImageRows, _PredictDataModule
-from mmcaption.data.records import DataError, missing_file, not_utf8, read_json, read_json_list
+from mmcaption.data.records import DataError, JsonLines, missing_file, not_utf8, read_json, read_json_list
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
@@ -195,8 +195,9 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
             data = [data]  # one question alone: a POPE file of one line
         if not (isinstance(data, list) and annotations is None):
             return read_vqa_questions(path, annotations, data), True
-        questions = [_question(path, number, _lower_keys(path, f"record {number}", record), where=f"{path}, record {number}")
-                     for number, record in enumerate(data, start=1)]
+        places = [data.place(n) if isinstance(data, JsonLines) else f"record {n + 1}" for n in range(len(data))]  # its line
+        questions = [_question(path, number, _lower_keys(path, place, record), where=f"{path}, {place}")
+                     for number, (place, record) in enumerate(zip(places, data), start=1)]
         if not questions:
             raise DataError(f"{path} has no questions")
         return questions, False

@@ -92,9 +92,19 @@ def read_json(path: Path, what: str) -> object:
         raise DataError(f"{path} is not valid JSON: {error}") from error
 
 
+class JsonLines(list):
+    """The records of a JSON Lines file, with the line each stands on (``lines``), for messages to name."""
+
+    lines: list[int]
+
+    def place(self, index: int) -> str:
+        return f"line {self.lines[index]}"
+
+
 def read_json_list(path: Path, what: str) -> object:
     """A JSON file as :func:`read_json` reads it, or JSON Lines (one record per line, as many datasets ship
-    conversations) as the list of its records; a line that is not JSON is refused with its number."""
+    conversations) as the list of its records (:class:`JsonLines`: each one's line too); a line that is not JSON is
+    refused with its number."""
     if path.suffix.lower() != ".jsonl":
         try:
             return read_json(path, what)
@@ -105,7 +115,7 @@ def read_json_list(path: Path, what: str) -> object:
                 raise
     elif not path.is_file():
         return read_json(path, what)  # its message, with the archive hint
-    records = []
+    records = JsonLines()
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -114,6 +124,7 @@ def read_json_list(path: Path, what: str) -> object:
         with contextlib.suppress(json.JSONDecodeError):
             if isinstance(listed := json.loads(text), list):
                 return listed
+    records.lines = []
     # lines end at "\n" only: U+2028 and the like may stand raw inside a JSON string
     for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
@@ -121,6 +132,7 @@ def read_json_list(path: Path, what: str) -> object:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}, line {number}: not valid JSON Lines (one JSON record per line): {error}") from None
+            records.lines.append(number)
     return records
 
 
