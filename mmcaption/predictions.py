@@ -289,6 +289,9 @@ class PredictionWriter(BasePredictionWriter):
             message += f" (the shares of {self.merged_from} processes, put together)"
         if "resumed_after" in summary:
             message += f" (the first {summary['resumed_after']} from the interrupted run)"
+            meant = self.path.with_name(self.path.name.replace(".interrupted", "", 1))
+            if not why and meant != self.path:  # an interrupted --data.overwrite run's rows, completed: where they were going
+                message += f"; complete now: rename it (and its .summary.json) to {meant.name} to put it in place of the earlier output"
         if why and self.share:  # resume goes on from one output, which these shares are not
             message = (f"predict stopped ({why}); each process keeps the rows it did in its share ({summary['rows']} in "
                        f"{self.path}{earlier}, the first); ")

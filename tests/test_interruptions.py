@@ -1012,6 +1012,8 @@ def test_a_signal_in_predict_with_overwrite_keeps_the_earlier_output_and_the_row
             default_root_dir=tmp_path).predict(module, datamodule=dm)
     with kept.open() as handle:
         assert len(list(csv.DictReader(handle))) == 12  # the 2 rows kept, and the 10 after them
+    # where the completed rows were going is said (the output kept its .interrupted name without a word)
+    assert "complete now: rename it (and its .summary.json) to answers.csv to put it in place of the earlier output" in said[-1]
 
 
 def test_sigterm_while_preprocessing_removes_the_staging_folder_and_exits_143(tmp_path):
