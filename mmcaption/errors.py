@@ -215,8 +215,8 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush has nowhere to fail
             sys.exit(128 + signal.SIGPIPE)
         except Exception as error:
-            if process_rank() > 0 and peer_gone(error) and not traceback_wanted():  # the process whose error it is says it
-                said("error: another process of this run stopped (its message is above)")
+            if peer_gone(error) and not traceback_wanted():  # the process whose error it is says what it was
+                said("error: another process of this run stopped (see its message)")
                 sys.exit(USER_ERROR_EXIT)
             message = resource_message(error)
             if message is None or traceback_wanted():
@@ -228,8 +228,15 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
 
 
 def process_rank() -> int:
-    """This process's place in a multi-process run (0 alone, and for the process that launched the others)."""
-    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or os.environ.get("LOCAL_RANK") or 0)
+    """This process's place in a multi-process run (0 alone, and for the process that launched the others): the
+    process group's once it is formed, else the launcher's variables in Lightning's order (a SLURM_PROCID that a
+    shell inside ``srun`` passes to every process comes last), only where the run has more than one process."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        return distributed.get_rank()
+    if int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1) <= 1:
+        return 0
+    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_PROCID") or 0)
 
 
 def said(line: str) -> None:

@@ -80,7 +80,7 @@ class MultimodalCaptioner(LightningModule):
         # a checkpoint's hyper-parameters hold the config as a plain dict (loadable with weights_only)
         # local backbone folders and init_from are kept as absolute paths: the checkpoint works from anywhere
         if isinstance(config, dict):  # a checkpoint's, or a notebook's: a setting this version lacks is named, not a TypeError
-            check_known_settings(config, "model.config")
+            check_known_settings(config, "model.config", "a typo, or a checkpoint of another version of mmcaption")
         self.config = (MultimodalConfig(**config) if isinstance(config, dict) else replace(config)).with_absolute_paths()
         init_from = init_from and absolute_if_local(init_from)
         self.save_hyperparameters(ignore=["config"])
@@ -251,9 +251,11 @@ class MultimodalCaptioner(LightningModule):
         self.val_loss.reset()
         self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/perplexity", torch.exp(loss), sync_dist=False)
-        # each image or question once: a split smaller than the processes is shared with repeats (data.base)
-        captions = list({row[0]: row for row in gather_objects(self.val_captions)}.values())
-        answers = list({(row[0], row[1], row[3]): row for row in gather_objects(self.val_answers)}.values())  # ids repeat
+        captions, answers = gather_objects(self.val_captions), gather_objects(self.val_answers)
+        if 1 < len(captions) + len(answers) <= self.trainer.world_size:  # a split smaller than the processes is shared with
+            # repeats (data.base): each image or question once
+            captions = list({row[0]: row for row in captions}.values())
+            answers = list({(row[0], row[1], row[3]): row for row in answers}.values())  # ids repeat: the question too
         self.val_captions, self.val_answers = [], []
         metrics: dict[str, float] = {"loss": float(loss), "perplexity": float(torch.exp(loss))}
         if captions:

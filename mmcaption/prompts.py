@@ -188,8 +188,10 @@ def listed_options_question(question: str, options: list[str]) -> str:
     in Chinese, as LLaVA asks MMBench-CN's."""
     check_options(options)
     listed = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
-    letters = [c for c in question if c.isalpha()]  # mostly Chinese: a sign's 出口 in an English question is not
-    chinese = len(_HAN.findall(question)) * 2 > len(letters) and not _KANA.search(question)
+    # mostly Chinese, counting characters against English words: 出口 quoted in an English question is English, and a
+    # Golden Gate Bridge named in a Chinese one is Chinese
+    han = len(_HAN.findall(question))
+    chinese = han > 0 and han >= len(re.findall(r"[A-Za-z]+", question)) and not _KANA.search(question)
     return f"{question}\n{listed}\n" + ("请直接回答选项字母。" if chinese else "Answer with the option's letter from the given choices directly.")
 
 

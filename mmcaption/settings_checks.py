@@ -113,7 +113,11 @@ def strategy_problem(strategy: object) -> str | None:
     """Why a trainer strategy cannot run mmcaption: those that start the processes apart from the command and hand the
     trained weights back through it (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) reload the whole model's state, which
     the lean checkpoints refuse after training, and each process takes the predict output's lock the command holds."""
-    if isinstance(strategy, str) and strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+    settings = getattr(strategy, "init_args", None) or (strategy.get("init_args") if isinstance(strategy, dict) else None)
+    start = getattr(settings, "start_method", None) or (settings.get("start_method") if isinstance(settings, dict) else None)
+    if start in ("spawn", "fork", "forkserver"):  # DDPStrategy(start_method=...) in a config: ddp_spawn by another name
+        strategy = f"with start_method {start}"
+    if isinstance(strategy, str) and strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook", "with start_method")):
         return (f"trainer.strategy {strategy} is not supported (its processes hand the model back to the command, whose "
                 "checkpoints and outputs are the processes' own): use --trainer.strategy ddp, which starts them alike")
     return None

@@ -161,6 +161,8 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
     (["--data.init_args.max_length", "5000"], "error: data.max_length 5000 is longer than the language model's context"),
     # trained fully, then failed handing the model back ("220 unexpected keys"); predict's ranks locked each other out
     (["--trainer.strategy", "ddp_spawn"], "error: trainer.strategy ddp_spawn is not supported"),
+    (["--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy", "--trainer.strategy.start_method", "spawn"],
+     "error: trainer.strategy with start_method spawn is not supported"),
 ])
 def test_a_bad_data_setting_is_one_line_and_exit_2(demo_dir, capsys, setting, message):
     # the data module is built by jsonargparse, which wraps its errors: the user's message alone is shown

@@ -1691,6 +1691,8 @@ def test_a_multi_process_runs_other_processes_say_one_marked_line_not_a_collecti
     # rank 0 refused the data and left; rank 1, waiting in a barrier, printed gloo's 40-line traceback blaming "a remote
     # worker crashing" under the real message, and both ranks' error lines ran into one line
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("SLURM_PROCID", "0")  # a shell inside srun passes it to every process: Lightning's rank counts
 
     def barrier_broken():
         raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:31630")
@@ -1698,7 +1700,7 @@ def test_a_multi_process_runs_other_processes_say_one_marked_line_not_a_collecti
     with pytest.raises(SystemExit) as exited:
         user_errors_exit(barrier_broken, signals=False)()
     assert exited.value.code == 2
-    assert capsys.readouterr().err == "[rank 1] error: another process of this run stopped (its message is above)\n"
+    assert capsys.readouterr().err == "[rank 1] error: another process of this run stopped (see its message)\n"
 
     def refused():
         raise ConfigError("a setting")

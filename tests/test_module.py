@@ -153,5 +153,5 @@ def test_a_model_config_dict_with_a_setting_this_version_lacks_is_refused_by_nam
     from mmcaption.errors import ConfigError
 
     language_dir, vision_dir = backbones
-    with pytest.raises(ConfigError, match=r"model.config: model settings \['lora_rank'\] are unknown to this version of mmcaption \(a typo"):  # was a TypeError
+    with pytest.raises(ConfigError, match=r"model.config: model settings \['lora_rank'\] are unknown to this version of mmcaption \(a typo, or a checkpoint"):  # was a TypeError
         MultimodalCaptioner(config={"language_model": str(language_dir), "vision_model": str(vision_dir), "lora_rank": 8})

@@ -117,7 +117,9 @@ def test_letters_are_asked_for_in_chinese_for_a_question_in_chinese_as_llava_ask
     asked = listed_options_question("图中的动物是什么？", ["猫", "狗"])
     assert asked == "图中的动物是什么？\nA. 猫\nB. 狗\n请直接回答选项字母。"
     assert listed_options_question("What is it?", ["a cat", "a dog"]).endswith("\nAnswer with the option's letter from the given choices directly.")
-    # an English question quoting a Chinese sign is English
+    # a Chinese question naming something in English is Chinese; an English question quoting a Chinese sign is English
+    assert listed_options_question("下面哪个选项描述了图中的 Golden Gate Bridge?", ["a", "b"]).endswith("请直接回答选项字母。")
+    assert listed_options_question("图中的人在做什么?(What is the person doing?)", ["a", "b"]).endswith("请直接回答选项字母。")
     assert listed_options_question("What does the sign reading 出口 on the door mean?", ["exit", "entrance"]).endswith(
         "from the given choices directly.")
     # Japanese (kana beside its kanji) keeps the English instruction, as LLaVA has no Japanese one

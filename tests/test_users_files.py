@@ -781,6 +781,12 @@ def test_a_folder_of_captioned_photos_reads_again_with_the_cache_and_outputs_ins
         data.prepare_data()
         data.setup("fit")
         assert sum(len(data.datasets[data.stage_splits()[side]].images) for side in ("train", "val")) == 4
+    # a folder of the user's that happens to be named preprocessed is theirs (only the cache given is left out)
+    mine = folder("mine")
+    (mine / "preprocessed").mkdir()
+    (mine / "preprocessed" / "extra.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (20, 200, 20))))
+    (mine / "preprocessed" / "extra.txt").write_text("a green photo")
+    assert len(list(HubCaptions(str(mine), cache_dir=str(tmp_path / "cache")).records("train", BadRecords("mine")))) == 5
     # an unpacked webdataset shard: photo.jpg, photo.txt and photo.json each (img2dataset's metadata), and the shard's
     # statistics: read as the photos and their captions (the .json files were taken for tables)
     shard = folder("00000")

@@ -43,13 +43,13 @@ def folder_layout(path: Path, cache_dir: str | None, columns: tuple[str, str]) -
 
 
 def user_files(path: Path, cache_dir: str | None) -> list[Path]:
-    """The files under a local dataset folder that are the user's: not hidden, not in mmcaption's cache (by default
-    ``<data_dir>/preprocessed``, which may be the photos' own folder) or another saved dataset."""
+    """The files under a local dataset folder that are the user's: not hidden, not in mmcaption's cache (``cache_dir``;
+    by default ``<data_dir>/preprocessed``, which may be in the photos' own folder) or another saved dataset."""
     skip = {Path(cache_dir).expanduser().resolve()} if cache_dir else set()
     files = []
     for root, folders, names in os.walk(path):
-        folders[:] = [name for name in folders if not is_hidden(Path(name)) and name != "preprocessed"
-                      and (Path(root) / name).resolve() not in skip and not (Path(root) / name / "state.json").is_file()]
+        folders[:] = [name for name in folders if not is_hidden(Path(name)) and (Path(root) / name).resolve() not in skip
+                      and not (Path(root) / name / "state.json").is_file()]
         files += [Path(root) / name for name in names if not is_hidden(Path(name))]
     return files
 

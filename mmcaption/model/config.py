@@ -163,10 +163,10 @@ def precision_problem(precision: object, quantization: str, compute_dtype: str) 
             f"32-true{instead}")
 
 
-def check_known_settings(saved: dict[str, Any], source: str) -> None:
+def check_known_settings(saved: dict[str, Any], source: str, why: str = "saved by another version of mmcaption: install "
+                         "that version to use it") -> None:
     """Refuse a saved model config (a checkpoint's, another version of mmcaption's) with settings this version lacks: its
     model cannot be rebuilt as it was (and the CLI would blame an option the user never typed)."""
     unknown = sorted(set(saved) - {setting.name for setting in fields(MultimodalConfig)})
     if unknown:
-        raise ConfigError(f"{source}: model settings {unknown} are unknown to this version of mmcaption (a typo, or a "
-                          "checkpoint saved by another version: install that version to use it)")
+        raise ConfigError(f"{source}: model settings {unknown} are unknown to this version of mmcaption ({why})")
