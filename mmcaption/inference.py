@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from huggingface_hub import hf_hub_download, is_offline_mode, snapshot_download
 from PIL import Image
+from transformers.utils import logging as hf_logging
 
 from mmcaption.errors import NotAModelFolderError
 from mmcaption.evaluation.answers import LETTERS
@@ -80,7 +81,13 @@ class Captioner:
                                                      ("vision_model", vision_model)) if value is not None}
         overrides.update({name: os.path.expanduser(overrides[name]) for name in ("language_model", "vision_model")
                           if name in overrides})  # "~/models/phi-2", as the shell would read it
-        model = MultimodalCausalLM.from_pretrained(folder, device=device, **overrides)
+        bars = hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bar per file: gone in a second
+        hf_logging.disable_progress_bar()
+        try:
+            model = MultimodalCausalLM.from_pretrained(folder, device=device, **overrides)
+        finally:
+            if bars:  # the notebook's own setting, as it was
+                hf_logging.enable_progress_bar()
         processor = load_image_processor(str(folder / "image_processor"))
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
 

@@ -212,3 +212,18 @@ def test_a_model_shared_on_the_hub_loads_by_its_repository_id(exported, photos, 
     for local in ("./export", "../export", tmp_path / "you" / "export"):  # paths, not Hub ids: "no such folder", offline
         with pytest.raises(NotAModelFolderError, match=r"is not a saved mmcaption model folder \(no such folder\)"):
             Captioner.from_pretrained(local)
+
+
+def test_loading_a_model_folder_shows_no_loading_bars_and_keeps_the_notebooks_setting(trained_checkpoint, tmp_path, capsys):
+    # two "Loading weights: 100%|...| 61/61" bars came before the first caption, which the console scripts hide
+    from transformers.utils import logging as hf_logging
+
+    from mmcaption import Captioner
+    from mmcaption.export import main as export_main
+
+    export_main([str(trained_checkpoint), str(tmp_path / "export")])
+    capsys.readouterr()
+    hf_logging.enable_progress_bar()
+    Captioner.from_pretrained(tmp_path / "export")
+    assert "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the notebook's own setting, as it was
