@@ -131,10 +131,13 @@ class ResumableStop(Callback):
             flags = trainer.strategy.reduce(torch.tensor([float(signum or 0)], device=pl_module.device), reduce_op="max")
             signum = int(flags[0]) or None
         if signum is not None:  # it came after the last step (in the last validation): the command stops as asked,
-            # and a pipeline does not go on to its next stage; SLURM's time-limit warning requeues the job, as at a step
-            saved = path or (callback.last_model_path if isinstance(callback, ModelCheckpoint) else None)
-            requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero else None
-            raise RunInterrupted(signum, saved or None, trainer.global_step, requeued)
+            # and a pipeline does not go on to its next stage
+            self._stop(trainer, signum, path or (callback.last_model_path if isinstance(callback, ModelCheckpoint) else None))
+
+    def _stop(self, trainer, signum: int, path: str | None) -> None:
+        """End the command on ``signum`` with the checkpoint saved for it; SLURM's time-limit warning requeues the job."""
+        requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero else None
+        raise RunInterrupted(signum, path or None, trainer.global_step, requeued)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
@@ -168,10 +171,7 @@ class ResumableStop(Callback):
             self._restore_handlers()
             # this step's metrics reach the loggers, as the loop sends them after this hook: the curve has no gap
             trainer._logger_connector.update_train_step_metrics()
-            requeued = None
-            if self.signal is not None and self.signal == self._requeue_signal:
-                requeued = requeue_slurm_job() if trainer.is_global_zero else None
-            raise RunInterrupted(self.signal or signal.SIGTERM, path, trainer.global_step, requeued)
+            self._stop(trainer, self.signal or signal.SIGTERM, path)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._last_save = time.monotonic()

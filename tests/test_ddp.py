@@ -82,24 +82,23 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     # call of trainer.log_dir, which every process must make), each image once: 3 images do not divide between 2
     # processes, and Lightning's sampler gave one of them twice (4 images scored, an image id twice in the predictions)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    validate = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "validate", "--config", DEMO_CONFIG, "--ckpt_path", "checkpoints-ddp/last.ckpt",
-         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.limit_val_batches", "1",
-         "--trainer.enable_progress_bar", "false", "--data.init_args.val_caption_images", "3", "--data.init_args.num_workers", "0"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert validate.returncode == 0, validate.stderr[-3000:]
+
+    def validate(images: int) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "mmcaption", "validate", "--config", DEMO_CONFIG, "--ckpt_path", "checkpoints-ddp/last.ckpt",
+             "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.limit_val_batches", "1",
+             "--trainer.enable_progress_bar", "false", "--data.init_args.val_caption_images", str(images),
+             "--data.init_args.num_workers", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    validate(3)
     (results,) = tmp_path.glob("val-*.results.json")
     results = json.loads(results.read_text())
     assert results["images"] == 3 and results["references"] == 15
     predictions = [json.loads(line)["image_id"] for line in (tmp_path / results["predictions"]).read_text().splitlines()]
     assert sorted(predictions) == sorted(set(predictions)) and len(predictions) == 3
     # fewer images than processes: Lightning's sampler repeats one for the idle process; it is scored once (was twice)
-    one = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "validate", "--config", DEMO_CONFIG, "--ckpt_path", "checkpoints-ddp/last.ckpt",
-         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.limit_val_batches", "1",
-         "--trainer.enable_progress_bar", "false", "--data.init_args.val_caption_images", "1", "--data.init_args.num_workers", "0"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
+    validate(1)
     (results,) = [json.loads(p.read_text()) for p in tmp_path.glob("val-*.results.json") if json.loads(p.read_text())["images"] != 3]
     assert results["images"] == 1 and results["references"] == 5
     # predict on two processes: their shares put together in the output asked for, in the input's order, summed up as

@@ -26,7 +26,7 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.benchmarks import separator_hint
-from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, sidecar_dataset
+from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, sidecar_dataset, user_files
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
@@ -159,18 +159,23 @@ class HubCaptions:
     def _csv_options(self) -> dict:
         """:data:`CSV_OPTIONS` for a local folder of CSV tables (train.csv, test.csv), as for one CSV; not for an
         imagefolder's metadata.csv, which datasets' imagefolder reads with its own options."""
-        path = Path(self.dataset)
-        tables = [f for f in path.rglob("*") if f.suffix.lower() in TABLE_SUFFIXES] if path.is_dir() else []
-        plain = tables and all(f.suffix.lower() == ".csv" and f.stem != "metadata" for f in tables)
+        plain = self._tables and all(f.suffix.lower() == ".csv" and f.stem != "metadata" for f in self._tables)
         return CSV_OPTIONS if plain else {}
+
+    @functools.cached_property
+    def _tables(self) -> list[Path]:
+        """The tables of a local dataset folder, the user's own (:func:`~mmcaption.data.folder_layouts.user_files`: not
+        the cache kept in it, whose JSON files made a folder of CSV tables lose their CSV options)."""
+        path = Path(self.dataset)
+        files = user_files(path, self.cache_dir) if path.is_dir() else []
+        return sorted(f for f in files if f.suffix.lower() in TABLE_SUFFIXES)
 
     def _unreadable(self, error: BaseException) -> DataError:
         """What ``datasets`` could not read, said as the user can act on it: the file (in a folder, the first of its
         tables that does not read alone), its line, and what is wrong there."""
         path = Path(self.dataset)
         if path.is_dir():
-            tables = sorted(f for f in path.rglob("*") if f.suffix.lower() in TABLE_SUFFIXES and f.is_file())
-            for table in tables[:100]:
+            for table in self._tables[:100]:
                 try:
                     self._read_file(table)
                 except datasets.exceptions.DatasetGenerationError as inner:
