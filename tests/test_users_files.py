@@ -781,6 +781,21 @@ def test_a_folder_of_captioned_photos_reads_again_with_the_cache_and_outputs_ins
         data.prepare_data()
         data.setup("fit")
         assert sum(len(data.datasets[data.stage_splits()[side]].images) for side in ("train", "val")) == 4
+    # a folder of tables, train.csv and validation.csv, with the cache in it: datasets took the cache's
+    # preprocessed/train-<key>/meta.json for the train split (a ValueError traceback before validation was prepared)
+    tables = folder("tables", count=6)
+    for text in tables.glob("*.txt"):
+        text.unlink()
+    for split, rows in (("train", range(4)), ("validation", range(4, 6))):
+        (tables / f"{split}.csv").write_text("image,caption\n" + "".join(f"{i:09d}.jpg,photo {i}\n" for i in rows))
+    for _ in range(2):
+        data = CaptionDataModule(source="hub", hub_dataset=str(tables), data_dir=str(tables), tokenizer=str(backbones[0]),
+                                 image_processor=str(backbones[1]), batch_size=2, num_workers=0, hub_image_column="image",
+                                 hub_caption_column="caption")
+        data.prepare_data()
+        data.setup("fit")
+        assert data.stage_splits() == {"train": "train", "val": "validation", "test": "validation"}
+        assert {split: len(data.datasets[split].images) for split in ("train", "validation")} == {"train": 4, "validation": 2}
     # a folder of the user's that happens to be named preprocessed is theirs (only the cache given is left out)
     mine = folder("mine")
     (mine / "preprocessed").mkdir()

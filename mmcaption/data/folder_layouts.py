@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import datasets
+from datasets.data_files import _get_data_files_patterns, resolve_pattern
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError, not_utf8
@@ -52,6 +53,28 @@ def user_files(path: Path, cache_dir: str | None) -> list[Path]:
                       and not (Path(root) / name / "state.json").is_file()]
         files += [Path(root) / name for name in names if not is_hidden(Path(name))]
     return files
+
+
+def table_splits(path: Path, tables: list[Path]) -> tuple[str, dict[str, list[str]]] | None:
+    """The builder and each split's files (``train.csv``, ``data/validation-00000.parquet``) of a local folder of
+    tables, as ``datasets`` names them, among the user's own ``tables`` only: its own look at the folder also takes the
+    files of mmcaption's cache kept in it (``preprocessed/train-<key>/meta.json``, a "train" split of JSON files).
+    ``None`` for an image folder's ``metadata`` table, which ``datasets`` reads with the photos."""
+    kinds = {"parquet" if f.suffix.lower() == ".parquet" else f.suffix.lower().lstrip(".").replace("jsonl", "json")
+             for f in tables}
+    if not tables or len(kinds) > 1 or any(f.stem == "metadata" for f in tables):
+        return None
+    mine, base = {str(f.resolve()) for f in tables}, str(path.resolve())
+
+    def resolved(pattern: str) -> list[str]:
+        try:
+            return [f for f in resolve_pattern(pattern, base) if f in mine]
+        except FileNotFoundError:
+            return []
+
+    splits = {str(split): list(dict.fromkeys(f for pattern in patterns for f in resolved(pattern)))
+              for split, patterns in _get_data_files_patterns(resolved).items()}
+    return kinds.pop(), {split: files for split, files in splits.items() if files}
 
 
 def sidecar_dataset(pairs: list[tuple[str, Path | None]], image_column: str, caption_column: str) -> datasets.Dataset:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.benchmarks import separator_hint
-from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, sidecar_dataset, user_files
+from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, sidecar_dataset, table_splits, user_files
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
@@ -90,6 +90,8 @@ class HubCaptions:
             return list(saved)
         if saved is not None or Path(self.dataset).is_file():
             return ["train"]  # one Dataset saved alone, or one file
+        if self._table_splits:
+            return list(self._table_splits[1])
         try:
             return list(datasets.get_dataset_split_names(self.dataset))
         except Exception as error:  # noqa: BLE001 - datasets raises many kinds for a path or id it cannot read
@@ -131,6 +133,9 @@ class HubCaptions:
         try:
             if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
                 return self._columns_named(self._read_file(Path(self.dataset))), side
+            if self._table_splits:
+                builder, files = self._table_splits
+                return self._columns_named(datasets.load_dataset(builder, data_files=files, split=base, **self._csv_options)), side
             return self._columns_named(datasets.load_dataset(self.dataset, split=base, **self._csv_options)), side
         except datasets.exceptions.DatasetGenerationError as error:
             raise self._unreadable(error) from None
@@ -161,6 +166,11 @@ class HubCaptions:
         imagefolder's metadata.csv, which datasets' imagefolder reads with its own options."""
         plain = self._tables and all(f.suffix.lower() == ".csv" and f.stem != "metadata" for f in self._tables)
         return CSV_OPTIONS if plain else {}
+
+    @functools.cached_property
+    def _table_splits(self) -> tuple[str, dict[str, list[str]]] | None:
+        """A local folder of tables: the builder and each split's files (:func:`~mmcaption.data.folder_layouts.table_splits`)."""
+        return table_splits(Path(self.dataset), self._tables) if self._saved() is None else None
 
     @functools.cached_property
     def _tables(self) -> list[Path]:
@@ -310,7 +320,7 @@ class HubCaptions:
         the order datasets reads them."""
         if not self._csv_options:
             return {}
-        splits = datasets.load_dataset_builder(self.dataset, **self._csv_options).config.data_files
+        splits = self._table_splits[1] if self._table_splits else {}
         return {split: [(os.path.relpath(file, self.dataset), len(pd.read_csv(file, usecols=[0], **CSV_OPTIONS)))
                         for file in files] for split, files in splits.items()}
 
