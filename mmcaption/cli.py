@@ -352,16 +352,19 @@ def prepare(args: list[str]) -> int:
     feature cache) without loading the language model, and print what each split holds. Returns 0; a data or
     settings error is raised (``main`` prints its message and exits 2)."""
     quiet_lightning()  # in a log file, no bars of redrawn counts (fit's own lines stay as they are)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # also while preparing: its warnings are shown as fit shows them
         filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)  # argv minus 'prepare'
         cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,
                           auto_configure_optimizers=False, parser_class=MMCaptionParser,
                           parser_kwargs={"prog": "mmcaption prepare", "description": PREPARE_HELP})
-    datamodule = cli.datamodule
+        return _prepared(cli.datamodule, cli.model.config.language_model)
+
+
+def _prepared(datamodule: LightningDataModule, language_model: str) -> int:
     if not isinstance(datamodule, PreprocessedDataModule):
         raise ConfigError(f"{type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)")
-    if problem := context_problem(cli.model.config.language_model, getattr(datamodule, "max_length", None)):
+    if problem := context_problem(language_model, getattr(datamodule, "max_length", None)):
         raise ConfigError(problem)
     datamodule.prepare_data()
     summaries = [split_summary(datamodule, split) for split in dict.fromkeys(datamodule.stage_splits().values())]

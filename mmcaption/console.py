@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging as hf_logging
@@ -37,10 +38,25 @@ UNACTIONABLE_WARNINGS = (
 )
 
 
+PACKAGE = str(Path(__file__).resolve().parent)
+
+
 def filter_warnings() -> None:
-    """Inside a ``warnings.catch_warnings()`` block: drop :data:`UNACTIONABLE_WARNINGS`."""
+    """Inside a ``warnings.catch_warnings()`` block: drop :data:`UNACTIONABLE_WARNINGS`, and show mmcaption's own
+    warnings as their message alone (Python adds the file and the line of source that warned, which say nothing to a
+    user: ``records.py:280: UserWarning: captions.csv: skipped 2 bad records`` and ``rank_zero_warn(f"{self.source}...``)."""
     for message in UNACTIONABLE_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if not str(filename).startswith(PACKAGE):
+            return shown(message, category, filename, lineno, file, line)
+        file = file or sys.stderr
+        with contextlib.suppress(OSError, AttributeError):  # as Python's own: no stderr loses the warning, not the run
+            file.write(f"{category.__name__}: {message}\n")
+
+    warnings.showwarning = show
 
 
 def quiet_lightning() -> None:

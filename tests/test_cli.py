@@ -144,6 +144,9 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
     assert "(group_by_length false)" in out  # the demo config's
     # its output in a log file (stderr a pipe here): what it does, not bars of redrawn counts
     assert "Generating" not in result.stderr and "Saving the dataset" not in result.stderr and "it/s]" not in result.stderr
+    # the skipped records' warning is its message: Python showed records.py's line number and the line of source
+    assert "UserWarning: demo_data/coco/annotations/captions_train2017.json: skipped 2 bad records: 2 x missing" in result.stderr, result.stderr[-2000:]
+    assert "rank_zero_warn(" not in result.stderr and "records.py" not in result.stderr
 
     # with length grouping, the padding line names the group size it was computed with
     with pytest.raises(SystemExit) as exited:
