@@ -818,3 +818,48 @@ def test_a_folder_of_captioned_photos_reads_again_with_the_cache_and_outputs_ins
     (shard / "mine.csv").write_text("image,caption\n000000000.jpg,a red photo\n")
     with pytest.raises(DataError, match=r"00000 holds photos with caption \.txt files beside them \(.*\) and a table \(mine\.csv\)"):
         HubCaptions(str(shard))
+
+
+def test_caption_tables_as_spreadsheets_fill_them_read_every_cell_as_text(tmp_path):
+    folder = tmp_path / "sheet"
+    folder.mkdir()
+    for index in range(4):
+        (folder / f"{index}").write_bytes(jpeg(Image.new("RGB", (32, 32), (60 * index, 90, 20))))  # files named by number
+    # more than 10,000 rows, a spare rating column empty near the end: datasets typed it by the first 10,000 rows and
+    # refused the whole table (ArrowInvalid: Failed to parse string: '' as a scalar of type int64)
+    rows = [f"{i % 4},a shape {i},{i % 5}" if i < 10005 else f"{i % 4},a shape {i}," for i in range(10010)]
+    (folder / "big.csv").write_text("image,caption,rating\n" + "\n".join(rows) + "\n")
+    read = list(HubCaptions(str(folder / "big.csv"), "image", "caption").records("train", BadRecords("big.csv")))
+    assert [name for _, name, _, _ in read] == ["0", "1", "2", "3"]  # was "its 'image' is empty": 0-3 read as numbers
+    assert sum(len(captions) for *_, captions in read) == 10010
+    # captions of digits are captions (they were numbers, so "no caption")
+    (folder / "years.csv").write_text("image,caption\n0,1984\n1,2001\n")
+    read = list(HubCaptions(str(folder / "years.csv"), "image", "caption").records("train", BadRecords("years.csv")))
+    assert [[c for _, c in captions] for *_, captions in read] == [["1984"], ["2001"]]
+    # several caption columns: pandas read the second as caption.1, and its captions were left out without a word
+    (folder / "several.csv").write_text("image,caption,Caption\n0,a red photo,a photo in red\n")
+    with pytest.raises(DataError, match=r"several\.csv: column\(s\) \['Caption', 'caption'\] appear more than once in the "
+                                        r"header; several captions of a photo go one row each, or in one cell"):
+        list(HubCaptions(str(folder / "several.csv"), "image", "caption").records("train", BadRecords("several.csv")))
+
+
+def test_a_folder_of_photos_and_two_tables_reads_both_and_says_so(tmp_path, caplog):
+    # a browser's second download beside the first: datasets read the folder as an image folder with CSV options and
+    # raised ValueError ("doesn't have a 'keep_default_na' key")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"p{index}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (80 * index, 20, 20))))
+    (folder / "captions.csv").write_text("image,caption\np0.jpg,a black photo\np1.jpg,a dark red photo\n")
+    (folder / "captions (1).csv").write_text("image,caption\np2.jpg,a red photo\n")
+    read = list(HubCaptions(str(folder), "image", "caption").records("train", BadRecords("photos")))
+    assert sorted((name, [c for _, c in captions]) for _, name, _, captions in read) == [
+        ("p0.jpg", ["a black photo"]), ("p1.jpg", ["a dark red photo"]), ("p2.jpg", ["a red photo"])]
+    assert "its tables are read as split train: captions (1).csv, captions.csv" in caplog.text
+
+
+def test_a_questions_row_short_of_fields_is_said_to_miss_one(tmp_path):
+    sheet = tmp_path / "questions.csv"  # the message blamed an unquoted comma, which makes a row longer
+    sheet.write_text("image,question,answer,notes\na.png,What colour?,red,bright\nb.png,What shape?,round\n")
+    with pytest.raises(DataError, match=r"questions\.csv, line 3: 3 fields where the header has 4 \(a field is missing\)"):
+        read_questions(sheet)

@@ -21,7 +21,8 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.records import DataError, escapes_root, missing_file, not_utf8, read_json
+from mmcaption.data.records import DataError, escapes_root, missing_file, read_json
+from mmcaption.data.tables import read_table_rows, refuse_duplicate_columns
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -125,33 +126,6 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
 IMAGE_COLUMNS = ("image", "img_path")  # a questions file's image column; the second as in the original scripts' CSV
 
 
-def separator_hint(header: list[str]) -> str:
-    """``"; it looks separated by semicolons: ..."`` for a CSV header read as one cell because its separator
-    is another (Excel writes semicolons where the comma is the decimal mark), else ``""``."""
-    return next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
-                 (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
-
-
-def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The header (names stripped) and the rows, each with its first physical line, of a UTF-8 CSV or TSV
-    as spreadsheets write it (a byte-order mark is accepted); undecodable text or broken quoting is
-    refused with the file and the line."""
-    kind = "TSV" if delimiter == "\t" else "CSV"
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter=delimiter)
-            header = [name.strip() for name in next(reader, [])]
-            rows, start = [], reader.line_num + 1
-            for fields in reader:
-                rows.append((start, fields))
-                start = reader.line_num + 1
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
-    except csv.Error as error:
-        raise DataError(f"{path}, line {reader.line_num}: not valid {kind}: {error}") from error
-    return header, rows
-
-
 def _decode_image(text: str, images: dict[str, str]) -> bytes | str:
     """The bytes of a base64 ``image`` field (or of the row it names by its index), or why there are none."""
     if len(text) <= REFERENCE_LENGTH:
@@ -183,10 +157,8 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
         raise missing_file(path, "MMBench TSV")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a base64 image is one long field
     header, rows = read_table_rows(path, "\t")
+    refuse_duplicate_columns(path, header)
     folded = [name.lower() for name in header]
-    duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})
-    if duplicates:
-        raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
     missing = [name for name in MMBENCH_REQUIRED if name.lower() not in folded]
     if missing:
         raise DataError(f"{path} lacks column(s) {missing}: an MMBench TSV has {list(MMBENCH_REQUIRED)}, optional "

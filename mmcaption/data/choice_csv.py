@@ -13,11 +13,10 @@ from mmcaption.data.benchmarks import (
     ChoiceQuestion,
     absent_cell,
     option_columns,
-    read_table_rows,
     row_options,
-    separator_hint,
 )
 from mmcaption.data.records import DataError, missing_file
+from mmcaption.data.tables import field_count_problem, read_table_rows, refuse_duplicate_columns, separator_hint
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -42,10 +41,8 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     if not path.is_file():
         raise missing_file(path, "multiple-choice CSV")
     header, rows = read_table_rows(path)
+    refuse_duplicate_columns(path, header)
     folded = [name.lower() for name in header]  # columns without a name (a spreadsheet's trailing cells) are ignored
-    duplicates = sorted({name for name, low in zip(header, folded) if low and folded.count(low) > 1})
-    if duplicates:
-        raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
     earlier = [name for name, low in zip(header, folded) if low in RESULT_COLUMNS]
     if earlier and "prediction" not in folded:  # the user's own column, which the output's would replace
         raise DataError(f"{path}: column(s) {earlier} have the names predict writes its results under, and the file is not "
@@ -72,9 +69,8 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     for line, fields in rows:
         if not any(field.strip() for field in fields):
             continue  # a blank line
-        if len(fields) != len(header):
-            why = "a comma inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
-            raise DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} ({why})")
+        if problem := field_count_problem(path, line, fields, header):
+            raise problem
         values = {low: field.strip() for low, field in zip(folded, fields)}
         options, wrong = row_options(values, letters)
         problems = [f"empty {name}" for name, key in (("img_path", image), ("Question", "question")) if not values[key]] + wrong

@@ -25,7 +25,6 @@ import pandas as pd
 import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.benchmarks import separator_hint
 from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, sidecar_dataset, table_splits, user_files
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
@@ -37,13 +36,13 @@ from mmcaption.data.records import (
     not_utf8,
     read_json_list,
 )
+from mmcaption.data.tables import CSV_OPTIONS, csv_text_options, separator_hint
 from mmcaption.errors import causes
 from mmcaption.images import IMAGE_SUFFIXES, is_url
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
-# a caption "NA" or "None" is that text; a blank line a row (a CSV's lines are named by number)
-CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
+SEVERAL_CAPTIONS = "; several captions of a photo go one row each, or in one cell, one line each (hub_caption_separator)"
 
 
 @dataclass
@@ -136,7 +135,7 @@ class HubCaptions:
             if self._table_splits:
                 builder, files = self._table_splits
                 return self._columns_named(datasets.load_dataset(builder, data_files=files, split=base, **self._csv_options)), side
-            return self._columns_named(datasets.load_dataset(self.dataset, split=base, **self._csv_options)), side
+            return self._columns_named(datasets.load_dataset(self.dataset, split=base)), side
         except datasets.exceptions.DatasetGenerationError as error:
             raise self._unreadable(error) from None
 
@@ -158,19 +157,25 @@ class HubCaptions:
             tsv = "; a .tsv (as Conceptual Captions' image URLs come): save it comma-separated as .csv, with a header line " \
                   "naming its columns (image,caption)" if path.suffix.lower() == ".tsv" else ""
             raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file{tsv}")
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **(CSV_OPTIONS if builder == "csv" else {}))
+        options = csv_text_options([path], SEVERAL_CAPTIONS) if builder == "csv" else {}
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
 
     @functools.cached_property
     def _csv_options(self) -> dict:
-        """:data:`CSV_OPTIONS` for a local folder of CSV tables (train.csv, test.csv), as for one CSV; not for an
+        """How a local folder of CSV tables (train.csv, test.csv) reads: as one CSV does (every column as text); not an
         imagefolder's metadata.csv, which datasets' imagefolder reads with its own options."""
-        plain = self._tables and all(f.suffix.lower() == ".csv" and f.stem != "metadata" for f in self._tables)
-        return CSV_OPTIONS if plain else {}
+        if not self._table_splits or self._table_splits[0] != "csv":
+            return {}
+        return csv_text_options([Path(file) for files in self._table_splits[1].values() for file in files], SEVERAL_CAPTIONS)
 
     @functools.cached_property
     def _table_splits(self) -> tuple[str, dict[str, list[str]]] | None:
         """A local folder of tables: the builder and each split's files (:func:`~mmcaption.data.folder_layouts.table_splits`)."""
-        return table_splits(Path(self.dataset), self._tables) if self._saved() is None else None
+        found = table_splits(Path(self.dataset), self._tables) if self._saved() is None else None
+        if found and len(self._tables) > 1:  # which table is which split: two copies of one table are both read
+            rank_zero_info(f"{self.dataset}: its tables are read as " + "; ".join(
+                f"split {split}: {', '.join(os.path.relpath(file, self.dataset) for file in files)}" for split, files in found[1].items()))
+        return found
 
     @functools.cached_property
     def _tables(self) -> list[Path]:

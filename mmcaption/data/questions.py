@@ -12,7 +12,6 @@ have one (VQAv2's annotations do).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -21,10 +20,11 @@ from typing import Any
 
 import torch
 
-from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, separator_hint
+from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell
 from mmcaption.data.image_sources import image_paths
 from mmcaption.data.predict import _ImageRows, _PredictDataModule
 from mmcaption.data.records import DataError, JsonLines, missing_file, not_utf8, read_json, read_json_list
+from mmcaption.data.tables import field_count_problem, read_table_rows, refuse_duplicate_columns, separator_hint
 from mmcaption.errors import ConfigError
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
@@ -216,30 +216,22 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
                     raise DataError(f"{path}, line {line}: not JSON: {error}") from error
                 questions.append(_question(path, line, _lower_keys(path, f"line {line}", record)))
         elif path.suffix.lower() == ".csv":
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                reader = csv.reader(handle)
-                header = [name.strip().lower() for name in next(reader, [])]
-                duplicates = sorted({name for name in header if name and header.count(name) > 1})
-                if duplicates:
-                    raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header")
-                if not {"question", "text"} & set(header) or not any(name in header for name in IMAGE_COLUMNS):
-                    raise DataError(f"{path}: the header needs the columns image (or img_path) and question (or text), and it has "
-                                    f"{header}{separator_hint(header)}")
-                start = reader.line_num + 1
-                for fields in reader:
-                    if any(field.strip() for field in fields):
-                        if len(fields) != len(header):
-                            raise DataError(f"{path}, line {start}: {len(fields)} fields where the header has {len(header)} "
-                                            "(a comma inside a field must be quoted)")
-                        questions.append(_question(path, start, {k: v for k, v in zip(header, fields) if k}))
-                    start = reader.line_num + 1
+            header, rows = read_table_rows(path)
+            refuse_duplicate_columns(path, header)
+            header = [name.lower() for name in header]
+            if not {"question", "text"} & set(header) or not any(name in header for name in IMAGE_COLUMNS):
+                raise DataError(f"{path}: the header needs the columns image (or img_path) and question (or text), and it has "
+                                f"{header}{separator_hint(header)}")
+            for line, fields in rows:
+                if any(field.strip() for field in fields):
+                    if problem := field_count_problem(path, line, fields, header):
+                        raise problem
+                    questions.append(_question(path, line, {k: v for k, v in zip(header, fields) if k}))
         else:
             raise DataError(f"{path}: questions are read from .jsonl, .csv or .json files (VQAv2's official questions, a "
                             "list of question objects, or JSON Lines)")
     except UnicodeDecodeError:
         raise not_utf8(path) from None
-    except csv.Error as error:
-        raise DataError(f"{path}: not valid CSV: {error}") from error
     if not questions:
         raise DataError(f"{path} has no questions")
     return questions, False

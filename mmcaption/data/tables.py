@@ -1,0 +1,79 @@
+"""CSV and TSV tables as spreadsheets write them: a byte-order mark (Excel's "CSV UTF-8"), cells that look like numbers,
+a separator other than the comma; what cannot be read right is refused with the file and the line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+from mmcaption.data.records import DataError, not_utf8
+
+# pandas' options for a caption table: an empty cell, or one reading "NA" or "null", is that text (an empty caption is
+# reported as one), and a blank line is a row (its line number is the file's)
+CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
+
+
+def separator_hint(header: list[str]) -> str:
+    """``"; it looks separated by semicolons: ..."`` for a CSV header read as one cell because its separator
+    is another (Excel writes semicolons where the comma is the decimal mark), else ``""``."""
+    return next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
+                 (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
+
+
+def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (names stripped) and the rows, each with its first physical line, of a UTF-8 CSV or TSV
+    as spreadsheets write it (a byte-order mark is accepted); undecodable text or broken quoting is
+    refused with the file and the line."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            header = [name.strip() for name in next(reader, [])]
+            rows, start = [], reader.line_num + 1
+            for fields in reader:
+                rows.append((start, fields))
+                start = reader.line_num + 1
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    except csv.Error as error:
+        raise DataError(f"{path}, line {reader.line_num}: not valid {kind}: {error}") from error
+    return header, rows
+
+
+def field_count_problem(path: Path, line: int, fields: list[str], header: list[str]) -> DataError | None:
+    """A row whose number of fields is not the header's, said with its likely cause; ``None`` for a row that fits."""
+    if len(fields) == len(header):
+        return None
+    why = "a comma inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
+    return DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} ({why})")
+
+
+def refuse_duplicate_columns(path: Path, header: list[str], hint: str = "") -> None:
+    """A header naming a column twice (in any case) is refused: which of them is meant cannot be known (pandas reads
+    the second ``caption`` as ``caption.1``, and its cells were left out without a word)."""
+    folded = [name.strip().casefold() for name in header]
+    duplicates = sorted({name.strip() for name, low in zip(header, folded) if low and folded.count(low) > 1})
+    if duplicates:
+        raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header{hint}")
+
+
+def csv_text_options(files: list[Path], hint: str = "") -> dict:
+    """``datasets``' options for reading caption tables: :data:`CSV_OPTIONS`, and every column as text. Left to guess,
+    ``datasets`` types a column by the first 10,000 rows, and refused a whole table whose spare ``rating`` column is
+    empty further down (``ArrowInvalid``); a caption or a file name of digits (``1984``) was a number, so no caption."""
+    names: dict[str, None] = {}
+    for file in files:
+        refuse_duplicate_columns(file, _header(file), hint)
+        names.update(dict.fromkeys(pd.read_csv(file, nrows=0, encoding="utf-8-sig", **CSV_OPTIONS).columns))
+    return {**CSV_OPTIONS, "features": datasets.Features({name: datasets.Value("string") for name in names})}
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return next(csv.reader(handle), [])
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
