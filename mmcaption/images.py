@@ -36,6 +36,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".we
 # the largest image decoded: above every camera's and phone's photos (200 MP phones, 400 MP pixel-shift
 # modes), below what would take tens of gigabytes of memory (a gigapixel is 3 GB as RGB)
 MAX_PIXELS = 1_000_000_000
+# the longest strip read: an image processor scales an image's short side up to the model's size (224 pixels), and a
+# 104-byte 8000 x 1 PNG became 1.8 million x 224 pixels, 4.5 GB of memory (10000 x 50 panoramas are read)
+MAX_ASPECT = 500
 _LIMIT_LOCK = threading.RLock()
 # formats whose decoding never reads Pillow's limit (a GIF's frames and a TIFF's tiles do): decoded outside the lock, so
 # that threads shrinking photos while a split is preprocessed decode them at once
@@ -68,6 +71,12 @@ def opened(data: bytes) -> Iterator[Image.Image]:
                 raise Image.DecompressionBombError(
                     f"{width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,} mmcaption decodes "
                     "(mmcaption.images.MAX_PIXELS)")
+            if max(width, height) > MAX_ASPECT * min(width, height):
+                scaled = max(width, height) / min(width, height) * 224 ** 2 * 12  # bytes, as 3 channels of floats
+                raise Image.DecompressionBombError(
+                    f"{width} x {height} pixels, a strip longer than {MAX_ASPECT} times its width: scaled for the vision "
+                    f"model (its short side to 224 pixels) it would take {scaled / 2 ** 30:.1f} GB or more; crop it "
+                    "nearer to a square (mmcaption.images.MAX_ASPECT)")
             if image.format in _LIMIT_READ_AT_OPEN_ONLY:  # other threads may open theirs while this one decodes
                 Image.MAX_IMAGE_PIXELS, locked = default, False
                 _LIMIT_LOCK.release()

@@ -48,6 +48,16 @@ def test_photos_above_pillows_own_limit_decode_and_pillow_keeps_its_setting(monk
                                 "(mmcaption.images.MAX_PIXELS)"
 
 
+def test_a_thin_strip_is_refused_before_the_processor_scales_it_up():
+    strip = io.BytesIO()  # 104 bytes that took 4.5 GB once CLIP's processor scaled the short side up to 224 pixels
+    Image.new("RGB", (8000, 1)).save(strip, format="PNG")
+    assert check_image(strip.getvalue()).startswith("DecompressionBombError: 8000 x 1 pixels, a strip longer than 500 times "
+                                                     "its width: scaled for the vision model")
+    panorama = io.BytesIO()  # a long panorama is read
+    Image.new("RGB", (10000, 50)).save(panorama, format="PNG")
+    assert check_image(panorama.getvalue()) is None
+
+
 def test_heic_photos_are_read_and_found():
     from pillow_heif import register_heif_opener
 
@@ -863,3 +873,78 @@ def test_a_questions_row_short_of_fields_is_said_to_miss_one(tmp_path):
     sheet.write_text("image,question,answer,notes\na.png,What colour?,red,bright\nb.png,What shape?,round\n")
     with pytest.raises(DataError, match=r"questions\.csv, line 3: 3 fields where the header has 4 \(a field is missing\)"):
         read_questions(sheet)
+
+
+def test_phone_exports_linked_albums_and_image_folders_read_with_the_cache_inside(tmp_path):
+    def photos(folder: Path, first: int, count: int = 2) -> list[str]:
+        folder.mkdir(parents=True)
+        for index in range(first, first + count):
+            (folder / f"IMG_{index:04d}.JPG").write_bytes(jpeg(Image.new("RGB", (32, 32), (35 * index, 20, 20))))
+        return [f"IMG_{index:04d}.JPG" for index in range(first, first + count)]
+
+    # Google Takeout: IMG_0001.JPG.json beside each photo and an album's metadata.json (one object) were taken for
+    # tables, and the user's captions.csv was not read ("has no column(s) ['caption']")
+    takeout = tmp_path / "takeout"
+    names = photos(takeout / "Photos from 2024", 0)
+    for name in names:
+        (takeout / "Photos from 2024" / f"{name}.json").write_text(json.dumps({"title": name, "photoTakenTime": {"timestamp": "1"}}))
+    (takeout / "Photos from 2024" / "metadata.json").write_text(json.dumps({"title": "Photos from 2024", "access": "protected"}))
+    (takeout / "captions.csv").write_text("image,caption\n" + "".join(f"Photos from 2024/{n},photo {n}\n" for n in names))
+    read = list(HubCaptions(str(takeout), "image", "caption").records("train", BadRecords("takeout")))
+    assert [name for _, name, _, _ in read] == [f"Photos from 2024/{n}" for n in names]
+    # an album linked into the folder of captioned photos: its photos were left out without a word
+    album = tmp_path / "album"
+    for name in photos(album, 5):
+        (album / name).with_suffix(".txt").write_text(f"a linked photo {name}")
+    side = tmp_path / "side"
+    for name in photos(side, 0):
+        (side / name).with_suffix(".txt").write_text(f"photo {name}")
+    (side / "linked").symlink_to(album, target_is_directory=True)
+    read = list(HubCaptions(str(side)).records("train", BadRecords("side")))
+    assert sorted(name for _, name, _, _ in read) == ["IMG_0000.JPG", "IMG_0001.JPG", "linked/IMG_0005.JPG", "linked/IMG_0006.JPG"]
+    # datasets' image folder (photos and metadata.csv) with the cache in it (data_dir there): the held-out split read the
+    # cache's files as the dataset's (CastError), and every later run failed at once
+    folder = tmp_path / "imagefolder"
+    names = photos(folder, 0, count=4)
+    (folder / "metadata.csv").write_text("file_name,caption\n" + "".join(f"{n},photo {n}\n" for n in names))
+    for _ in range(2):
+        captions = HubCaptions(str(folder), "image", "caption", val_fraction=0.3, cache_dir=str(folder / "preprocessed"))
+        sides = captions.stage_splits(None, None, None)
+        counts = []
+        for side_split in (sides["train"], sides["val"]):
+            rows = list(captions.records(side_split, BadRecords("imagefolder")))
+            counts.append(len(rows))
+            (folder / "preprocessed" / side_split).mkdir(parents=True, exist_ok=True)  # the cache a run writes
+            (folder / "preprocessed" / side_split / "meta.json").write_text(json.dumps({"split": side_split, "image_size": 64}))
+        assert sum(counts) == 4 and min(counts) >= 1
+
+
+def test_workbooks_archives_and_mac_spreadsheets_are_named_for_what_they_are(tmp_path, image_folder, caplog):
+    import zipfile
+
+    workbook = tmp_path / "questions.xlsx"  # an Excel workbook is a zip of XML files
+    with zipfile.ZipFile(workbook, "w") as packed:
+        packed.writestr("xl/workbook.xml", "<workbook/>")
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as packed:
+        packed.writestr("photos/a.jpg", jpeg(Image.new("RGB", (32, 32))))
+    # each was "not UTF-8 text (byte 0x81 at 12), likely Windows' local code page"
+    with pytest.raises(DataError, match=r"questions\.xlsx is a spreadsheet workbook, not a text table: save it from the "
+                                        r"spreadsheet as CSV UTF-8"):
+        read_choice_csv(workbook)
+    with pytest.raises(DataError, match=r"questions\.xlsx is a spreadsheet workbook"):
+        HubCaptions(str(workbook), "image", "caption").load("train")
+    with pytest.raises(DataError, match=r"photos\.zip is a zip archive: unpack it first \(unzip -q .*photos\.zip -d <folder>\)"):
+        find_images(archive)
+    # Excel for Mac's "CSV (Macintosh)": Mac Roman, lines ending in \r alone (said to be line 1, and Windows')
+    mac = tmp_path / "mac.csv"
+    mac.write_bytes("img_path,Question,A,B\ra.png,Which?,café,naïve\r".encode("mac_roman"))
+    with pytest.raises(DataError, match=r"mac\.csv, line 2: not UTF-8 text \(byte 0x8e at \d+\), likely Mac Roman, as Excel "
+                                        r"for Mac's \"CSV \(Macintosh\)\" writes it; save it as \"CSV UTF-8\""):
+        read_choice_csv(mac)
+    # a one-column list of images saved from a spreadsheet: its header was predicted as an image ("image not found")
+    listed = tmp_path / "list.csv"
+    names = sorted(p.name for p in image_folder.iterdir())[:2]
+    listed.write_text("image\n" + "".join(f"{image_folder / name}\n" for name in names), encoding="utf-8-sig")
+    assert [p.name for p in find_images(listed)] == names
+    assert "its first line 'image' names the column, not an image: left out" in caplog.text

@@ -5,6 +5,7 @@ to ``datasets``, whose captions it does not know), and photos each with its capt
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from datasets.data_files import _get_data_files_patterns, resolve_pattern
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError, not_utf8
+from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, is_hidden
 
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
@@ -24,10 +26,7 @@ def folder_layout(path: Path, cache_dir: str | None, columns: tuple[str, str]) -
     files = user_files(path, cache_dir)
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     stems = {f.with_suffix("") for f in images}
-    # a table of the photos, not one photo's own metadata (an unpacked webdataset: photo.jpg, photo.txt, photo.json),
-    # img2dataset's shard statistics, or a predict output (with its .summary.json beside it)
-    tables = [f for f in files if f.suffix.lower() in TABLE_SUFFIXES and f.with_suffix("") not in stems
-              and not f.name.endswith(("_stats.json", ".summary.json")) and not f.with_name(f.name + ".summary.json").exists()]
+    tables = photo_tables(files, images)
     texts = {f.with_suffix(""): f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") in stems}
     if texts and tables:
         raise DataError(f"{path} holds photos with caption .txt files beside them ({next(iter(texts.values())).name}) and "
@@ -43,28 +42,55 @@ def folder_layout(path: Path, cache_dir: str | None, columns: tuple[str, str]) -
     return None, [(image.relative_to(path).as_posix(), texts.get(image.with_suffix(""))) for image in sorted(images)]
 
 
+def photo_tables(files: list[Path], images: list[Path]) -> list[Path]:
+    """The tables among ``files`` that may be a table of the photos: not one photo's own metadata (an unpacked
+    webdataset's ``photo.json`` beside ``photo.jpg``, Google Takeout's ``IMG_0001.JPG.json``, an album's
+    ``metadata.json``: one JSON object, no rows), img2dataset's shard statistics, or a predict output (with its
+    ``.summary.json`` beside it)."""
+    photos = set(images) | {f.with_suffix("") for f in images}
+    return [f for f in files if f.suffix.lower() in TABLE_SUFFIXES and f.with_suffix("") not in photos
+            and not f.name.endswith(("_stats.json", ".summary.json")) and not f.with_name(f.name + ".summary.json").exists()
+            and not _one_object(f)]
+
+
+def _one_object(path: Path) -> bool:
+    """A ``.json`` file holding one JSON object that is not a table's columns (lists): a record about something."""
+    if path.suffix.lower() != ".json" or path.stat().st_size > 1 << 20:
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines, or not text: read (and refused) as a table
+        return False
+    return isinstance(data, dict) and not all(isinstance(value, list) for value in data.values())
+
+
 def user_files(path: Path, cache_dir: str | None) -> list[Path]:
     """The files under a local dataset folder that are the user's: not hidden, not in mmcaption's cache (``cache_dir``;
-    by default ``<data_dir>/preprocessed``, which may be in the photos' own folder) or another saved dataset."""
+    by default ``<data_dir>/preprocessed``, which may be in the photos' own folder) or another saved dataset. Linked
+    folders are followed (an album linked in), each real folder once."""
     skip = {Path(cache_dir).expanduser().resolve()} if cache_dir else set()
     files = []
-    for root, folders, names in os.walk(path):
+    for root, folders, names in walk_through_links(path):
         folders[:] = [name for name in folders if not is_hidden(Path(name)) and (Path(root) / name).resolve() not in skip
                       and not (Path(root) / name / "state.json").is_file()]
         files += [Path(root) / name for name in names if not is_hidden(Path(name))]
     return files
 
 
-def table_splits(path: Path, tables: list[Path]) -> tuple[str, dict[str, list[str]]] | None:
-    """The builder and each split's files (``train.csv``, ``data/validation-00000.parquet``) of a local folder of
-    tables, as ``datasets`` names them, among the user's own ``tables`` only: its own look at the folder also takes the
-    files of mmcaption's cache kept in it (``preprocessed/train-<key>/meta.json``, a "train" split of JSON files).
-    ``None`` for an image folder's ``metadata`` table, which ``datasets`` reads with the photos."""
+def local_splits(path: Path, files: list[Path]) -> tuple[str, dict[str, list[str]]] | None:
+    """The builder and each split's files (``train.csv``, ``data/validation-00000.parquet``, ``train/cat.jpg``) of a
+    local folder of tables, or of photos with an image folder's ``metadata`` table, as ``datasets`` names them, among
+    the user's own ``files`` only: its own look at the folder also takes the files of mmcaption's cache kept in it
+    (``preprocessed/train-<key>/meta.json``, a "train" split of JSON files). ``None`` for a folder without tables, or
+    with tables of several kinds, which ``datasets`` is left to read."""
+    tables = [f for f in files if f.suffix.lower() in TABLE_SUFFIXES]
     kinds = {"parquet" if f.suffix.lower() == ".parquet" else f.suffix.lower().lstrip(".").replace("jsonl", "json")
              for f in tables}
-    if not tables or len(kinds) > 1 or any(f.stem == "metadata" for f in tables):
+    if any(f.stem == "metadata" for f in tables):  # datasets' image folder: the photos and their metadata table
+        kinds, tables = {"imagefolder"}, [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES or f.stem == "metadata"]
+    if not tables or len(kinds) > 1:
         return None
-    mine, base = {str(f.resolve()) for f in tables}, str(path.resolve())
+    mine, base = {os.path.abspath(f) for f in tables}, os.path.abspath(path)
 
     def resolved(pattern: str) -> list[str]:
         try:

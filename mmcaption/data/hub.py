@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, sidecar_dataset, table_splits, user_files
+from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, local_splits, sidecar_dataset, user_files
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
@@ -36,13 +36,12 @@ from mmcaption.data.records import (
     not_utf8,
     read_json_list,
 )
-from mmcaption.data.tables import CSV_OPTIONS, csv_text_options, separator_hint
+from mmcaption.data.tables import CSV_OPTIONS, SEVERAL_CAPTIONS, csv_text_options, read_table_file, separator_hint
 from mmcaption.errors import causes
 from mmcaption.images import IMAGE_SUFFIXES, is_url
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
-SEVERAL_CAPTIONS = "; several captions of a photo go one row each, or in one cell, one line each (hub_caption_separator)"
 
 
 @dataclass
@@ -131,7 +130,7 @@ class HubCaptions:
             return self._columns_named(saved), side
         try:
             if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
-                return self._columns_named(self._read_file(Path(self.dataset))), side
+                return self._columns_named(read_table_file(Path(self.dataset))), side
             if self._table_splits:
                 builder, files = self._table_splits
                 return self._columns_named(datasets.load_dataset(builder, data_files=files, split=base, **self._csv_options)), side
@@ -150,16 +149,6 @@ class HubCaptions:
                     loose[found[0]] = wanted
         return data.rename_columns(loose) if loose else data
 
-    @staticmethod
-    def _read_file(path: Path) -> datasets.Dataset:
-        builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
-        if builder is None:
-            tsv = "; a .tsv (as Conceptual Captions' image URLs come): save it comma-separated as .csv, with a header line " \
-                  "naming its columns (image,caption)" if path.suffix.lower() == ".tsv" else ""
-            raise DataError(f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file{tsv}")
-        options = csv_text_options([path], SEVERAL_CAPTIONS) if builder == "csv" else {}
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
-
     @functools.cached_property
     def _csv_options(self) -> dict:
         """How a local folder of CSV tables (train.csv, test.csv) reads: as one CSV does (every column as text); not an
@@ -170,20 +159,26 @@ class HubCaptions:
 
     @functools.cached_property
     def _table_splits(self) -> tuple[str, dict[str, list[str]]] | None:
-        """A local folder of tables: the builder and each split's files (:func:`~mmcaption.data.folder_layouts.table_splits`)."""
-        found = table_splits(Path(self.dataset), self._tables) if self._saved() is None else None
+        """A local folder of tables (or an image folder): the builder and each split's files, among the user's own
+        (:func:`~mmcaption.data.folder_layouts.local_splits`)."""
+        found = local_splits(Path(self.dataset), self._files) if self._saved() is None else None
         if found and len(self._tables) > 1:  # which table is which split: two copies of one table are both read
-            rank_zero_info(f"{self.dataset}: its tables are read as " + "; ".join(
-                f"split {split}: {', '.join(os.path.relpath(file, self.dataset) for file in files)}" for split, files in found[1].items()))
+            tables = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
+                      for split, files in found[1].items()}
+            rank_zero_info(f"{self.dataset}: its tables are read as "
+                           + "; ".join(f"split {split}: {', '.join(names)}" for split, names in tables.items()))
         return found
 
     @functools.cached_property
-    def _tables(self) -> list[Path]:
-        """The tables of a local dataset folder, the user's own (:func:`~mmcaption.data.folder_layouts.user_files`: not
+    def _files(self) -> list[Path]:
+        """The files of a local dataset folder, the user's own (:func:`~mmcaption.data.folder_layouts.user_files`: not
         the cache kept in it, whose JSON files made a folder of CSV tables lose their CSV options)."""
         path = Path(self.dataset)
-        files = user_files(path, self.cache_dir) if path.is_dir() else []
-        return sorted(f for f in files if f.suffix.lower() in TABLE_SUFFIXES)
+        return sorted(user_files(path, self.cache_dir)) if path.is_dir() else []
+
+    @functools.cached_property
+    def _tables(self) -> list[Path]:
+        return [f for f in self._files if f.suffix.lower() in TABLE_SUFFIXES]
 
     def _unreadable(self, error: BaseException) -> DataError:
         """What ``datasets`` could not read, said as the user can act on it: the file (in a folder, the first of its
@@ -192,7 +187,7 @@ class HubCaptions:
         if path.is_dir():
             for table in self._tables[:100]:
                 try:
-                    self._read_file(table)
+                    read_table_file(table)
                 except datasets.exceptions.DatasetGenerationError as inner:
                     return HubCaptions(str(table))._unreadable(inner)
         found = list(causes(error))

@@ -10,9 +10,12 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.records import DataError, existing_spelling
+from mmcaption.data.records import DataError, existing_spelling, packed_file
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
+
+# a one-column list saved from a spreadsheet starts with its column's name
+COLUMN_NAMES = {"image", "images", "img_path", "image_path", "path", "file", "filename", "file_name", "photo"}
 
 
 def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -80,13 +83,19 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
+        if packed := packed_file(path, data):
+            raise DataError(packed) from None
         raise DataError(f"{path} is neither an image nor a list of image paths in UTF-8 text (byte {error.start} is "
                         f"{data[error.start:error.start + 1]!r}): give a folder of images, one image, or a text file with "
                         "one image path per line, saved as UTF-8") from None
     names = [line.strip().strip('"').strip("'").strip() for line in text.splitlines()]
+    root = path.parent if regular else Path(".")
+    if names and names[0].lower() in COLUMN_NAMES and not user_path(names[0], root).is_file():  # a spreadsheet's column
+        rank_zero_info(f"{path}: its first line {names[0]!r} names the column, not an image: left out")
+        names = names[1:]
     if not any(names):
         raise DataError(f"image list {path} is empty")
-    return image_paths(list(filter(None, names)), path.parent if regular else Path("."), path, where="a line gives an absolute path")
+    return image_paths(list(filter(None, names)), root, path, where="a line gives an absolute path")
 
 
 def _counted(suffixes: Counter) -> str:

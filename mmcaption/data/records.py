@@ -4,9 +4,11 @@ and count when the user asked for that. Nothing is dropped silently."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
+import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -25,6 +27,24 @@ class DataError(MMCaptionError, ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
 
 
+def packed_file(path: Path, data: bytes) -> str | None:
+    """What a binary file given where text was asked for is, with what to do about it (a spreadsheet's workbook, an
+    archive); ``None`` for anything else."""
+    save = "not a text table: save it from the spreadsheet as CSV UTF-8 (File > Save As > CSV UTF-8)"
+    if data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):  # the Office 97-2003 container
+        return f"{path} is an Excel 97-2003 workbook (or another Office file), {save}"
+    if data.startswith(b"PK\x03\x04"):
+        with contextlib.suppress(zipfile.BadZipFile, OSError):
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = archive.namelist()
+            if any(name.startswith("xl/") for name in names) or "content.xml" in names:  # Excel's, or LibreOffice's
+                return f"{path} is a spreadsheet workbook, {save}"
+        return f"{path} is a zip archive: unpack it first (unzip -q {path} -d <folder>) and give what it holds"
+    if data.startswith(b"\x1f\x8b"):
+        return f"{path} is a gzip archive: unpack it first (tar -xzf {path}, or gunzip) and give what it holds"
+    return None
+
+
 def not_utf8(path: Path, table: bool = True) -> DataError:
     """A text file that is not UTF-8, named with the line and the byte: most often a spreadsheet saved in
     Windows' local code page (Excel's plain "CSV"), which UTF-8 cannot read back as written; a JSON file (``table``
@@ -33,6 +53,8 @@ def not_utf8(path: Path, table: bool = True) -> DataError:
     image = image_format(data)
     if image is not None:  # a photo given where a table was asked for: not an encoding problem
         return DataError(f"{path} is an image ({image}), not a text file")
+    if packed := packed_file(path, data):
+        return DataError(packed)
     saved_as = ('as Excel\'s "Unicode Text" saves it', 'save it as "CSV UTF-8" (or UTF-8 in any editor)') if table else (
         "as Windows PowerShell 5's > and Out-File write it", "write it as UTF-8 (Out-File -Encoding utf8; Python: "
         "open(..., 'w', encoding='utf-8'))")
@@ -43,10 +65,11 @@ def not_utf8(path: Path, table: bool = True) -> DataError:
         data[start:].decode("utf-8")
     except UnicodeDecodeError as error:
         start += error.start
-    line = data.count(b"\n", 0, start) + 1
-    local = ', as Excel\'s plain "CSV" writes it' if table else ""
-    return DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[start]:02x} at {start}), likely Windows' local code "
-                     f"page{local}; {saved_as[1]}")
+    line = len(data[:start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"))  # a Mac's lines end in \r alone
+    mac = b"\r" in data and b"\n" not in data
+    local = (" Mac Roman, as Excel for Mac's \"CSV (Macintosh)\" writes it" if mac and table else
+             " Windows' local code page" + (', as Excel\'s plain "CSV" writes it' if table else ""))
+    return DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[start]:02x} at {start}), likely{local}; {saved_as[1]}")
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")

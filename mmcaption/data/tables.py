@@ -9,11 +9,12 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
-from mmcaption.data.records import DataError, not_utf8
+from mmcaption.data.records import DataError, not_utf8, packed_file
 
 # pandas' options for a caption table: an empty cell, or one reading "NA" or "null", is that text (an empty caption is
 # reported as one), and a blank line is a row (its line number is the file's)
 CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
+SEVERAL_CAPTIONS = "; several captions of a photo go one row each, or in one cell, one line each (hub_caption_separator)"
 
 
 def separator_hint(header: list[str]) -> str:
@@ -69,6 +70,19 @@ def csv_text_options(files: list[Path], hint: str = "") -> dict:
         refuse_duplicate_columns(file, _header(file), hint)
         names.update(dict.fromkeys(pd.read_csv(file, nrows=0, encoding="utf-8-sig", **CSV_OPTIONS).columns))
     return {**CSV_OPTIONS, "features": datasets.Features({name: datasets.Value("string") for name in names})}
+
+
+def read_table_file(path: Path) -> datasets.Dataset:
+    """One file of captions (a parquet download, JSON Lines, a CSV as :func:`csv_text_options` reads it); a workbook, an
+    archive or a ``.tsv`` given in its place is refused saying what to do."""
+    builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
+    if builder is None:
+        tsv = "; a .tsv (as Conceptual Captions' image URLs come): save it comma-separated as .csv, with a header line " \
+              "naming its columns (image,caption)" if path.suffix.lower() == ".tsv" else ""
+        packed = packed_file(path, path.read_bytes()) if path.stat().st_size < 1 << 28 else None  # a workbook, a zip
+        raise DataError(packed or f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file{tsv}")
+    options = csv_text_options([path], SEVERAL_CAPTIONS) if builder == "csv" else {}
+    return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
 
 
 def _header(path: Path) -> list[str]:
