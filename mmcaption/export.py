@@ -29,8 +29,7 @@ from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, MMCaptionError, OutputExistsError, user_errors_exit
 from mmcaption.folders import as_umask_allows, check_new_folder, replace_folder, staging_folder
 from mmcaption.model.backbones import load_tokenizer
-from mmcaption.model.card import DATA_SETTINGS
-from mmcaption.model.multimodal import CONFIG_FILE
+from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.usage import backbones_given, export_parser
 

@@ -10,9 +10,12 @@ against decompression bombs stops at 179 megapixels.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import io
 import os
+import re
 import threading
 import unicodedata
 import urllib.error
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 import numpy as np
 import torch
@@ -157,28 +161,51 @@ def _names_in(folder: str, mtime: int) -> dict[str, list[str]]:
 
 
 def load_rgb(source: ImageSource) -> Image.Image:
-    """An upright 8-bit RGB image from bytes, a file path, an ``http(s)://`` URL, a PIL image, an array or a
-    tensor (see :func:`array_image`): EXIF orientation applied, 16/32-bit integer and floating-point images
+    """An upright 8-bit RGB image from bytes, a file opened ``'rb'``, a file path, an ``http(s)://`` or ``data:`` URL, a PIL
+    image, an array or a tensor (see :func:`array_image`): EXIF orientation applied, 16/32-bit integer and floating-point images
     scaled to 8 bits rather than clipped, transparent pixels on white, any other mode converted."""
     if isinstance(source, torch.Tensor):
         source = source.detach().cpu().float().numpy() if source.is_floating_point() else source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
         return array_image(source)
     if isinstance(source, Image.Image):
+        if 0 in source.size:  # an empty crop (a detector's box of no width): Pillow's scaling divides by it
+            raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
         return _to_rgb(ImageOps.exif_transpose(source))
-    if isinstance(source, bytes):
-        data, name = source, "the image's bytes"
+    if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is
+        source = source.read()
+        if isinstance(source, str):
+            raise TypeError("an image file is opened in binary mode: open(path, 'rb')")
+    if isinstance(source, str) and source[:5].lower() == "data:":  # a data: URL, as a web page or a notebook embeds one
+        source = data_url_bytes(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        data, name = bytes(source), "the image's bytes"
     elif isinstance(source, str | Path):
+        if isinstance(source, str) and (len(source) > 4096 or max(map(len, re.split(r"[/\\]", source))) > 255):  # no path
+            raise ValueError(f"an image path of {len(source):,} characters ({source[:24]}...) is no path: an image as base64 "
+                             "text goes as a data: URL ('data:image/jpeg;base64,' + text), or as base64.b64decode(text)")
         data = fetch(source) if is_url(source) else local_file(Path(source).expanduser()).read_bytes()  # a notebook's "~/..."
         name = f"image {source}"
     else:
-        raise TypeError(f"an image is a path, an http(s):// URL, bytes, a PIL image, an array or a tensor, not {type(source).__name__}")
+        raise TypeError(f"an image is a path, an http(s):// URL, bytes, a file opened 'rb', a PIL image, an array or a tensor, "
+                        f"not {type(source).__name__}")
     try:
         with opened(data) as image:
             return _to_rgb(ImageOps.exif_transpose(image))
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
         why = check_image(data) or f"{type(error).__name__}: {error}"
         raise UnidentifiedImageError(f"{name} cannot be decoded: {why}") from None
+
+
+def data_url_bytes(url: str) -> bytes:
+    """The bytes a ``data:`` URL holds (``data:image/jpeg;base64,...``)."""
+    header, comma, payload = url.partition(",")
+    try:
+        if not comma:
+            raise ValueError("no comma before its data")
+        return base64.b64decode(payload, validate=True) if header.lower().endswith(";base64") else unquote_to_bytes(payload)
+    except (ValueError, binascii.Error) as error:
+        raise ValueError(f"a data: URL that cannot be read ({url[:40]}...): {error}") from None
 
 
 def local_file(path: Path) -> Path:

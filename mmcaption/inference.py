@@ -31,8 +31,8 @@ from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import ImageSource, blank_pixels, load_rgb
 from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import check_device, load_image_processor, load_tokenizer
+from mmcaption.model.card import CONFIG_FILE, caption_stage
 from mmcaption.model.config import Quantization
-from mmcaption.model.multimodal import CONFIG_FILE
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompt
 from mmcaption.tasks import Tasks
 
@@ -57,6 +57,7 @@ class Captioner:
         self.template = ConversationTemplate(system=manifest["prompts"].get("system_prompt", ""))
         self.tasks = Tasks(model, tokenizer, manifest.get("generation", {}))
         self._lock = threading.Lock()  # generate() sets the images on the model's layers: one call at a time
+        self._asked = False  # whether a question was asked of it (a caption-stage model says once what to expect)
 
     @classmethod
     def from_pretrained(
@@ -90,6 +91,13 @@ class Captioner:
                 hf_logging.enable_progress_bar()
         processor = load_image_processor(str(folder / "image_processor"))
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
+
+    def _asking(self) -> None:
+        """A question asked of a caption-stage model: said once (``mmcaption chat`` and ``predict`` say it too)."""
+        if not self._asked and caption_stage(self.manifest):
+            warnings.warn("this is a caption-stage model: the instruct stage teaches it to answer questions and chat; "
+                          "expect captions, not answers", UserWarning, stacklevel=3)
+        self._asked = True
 
     def _pixels(self, images: list[ImageInput | None]) -> torch.Tensor:
         return self._images(images)[0]
@@ -139,9 +147,9 @@ class Captioner:
         frames are not all held at once)."""
         size = _batch_size(self.batch_size if batch_size is None else batch_size)
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
-        if isinstance(images, Iterable) and not isinstance(images, Sized):  # a generator, a streamed dataset's column:
-            images = iter(images)  # read a batch at a time, its length unknown (its images named by their place alone)
-        if isinstance(images, Iterator):
+        if isinstance(images, Iterable) and not isinstance(images, Sized) and not _one_image(images):  # a generator, a
+            images = iter(images)  # streamed dataset's column: read a batch at a time, its length unknown (its images named
+        if isinstance(images, Iterator) and not _one_image(images):  # by their place alone); not an open file's lines
             captions: list = []
             while chunk := list(itertools.islice(images, size)):
                 _caption_needs_images(chunk)
@@ -163,6 +171,7 @@ class Captioner:
         question). One image and question give a string; a list of images and a list of as many questions (or
         one question for them all) give a list, ``batch_size`` at a time (``num_return_sequences`` n > 1: n
         answers in place of each string)."""
+        self._asking()
         many, images, questions = _batch(images, questions)
         prompts = [self.template.prompt(question, self.tokenizer) for question in questions]
         answers = self._generate(prompts, images, batch_size, **generate_kwargs) if prompts else []
@@ -178,6 +187,7 @@ class Captioner:
                                     for turn in turns):
             raise ValueError(f"history is a list of (question, answer) pairs of strings, not {history!r}")
         _check_texts("question", [question])
+        self._asking()
         prompt = self.template.chat_prompt(turns, question, self.tokenizer)
         return self._generate([prompt], [image], **generate_kwargs)[0]
 
@@ -203,6 +213,7 @@ class Captioner:
     @torch.no_grad()
     def _choose(self, images, questions, options, batch_size: int | None = None
                 ) -> tuple[str | list[str], list[float] | list[list[float]]]:
+        self._asking()
         many, images, questions = _batch(images, questions)
         given = _option_rows(options) if hasattr(options, "columns") else (  # a DataFrame's option columns: a row each
             options.tolist() if isinstance(options, np.ndarray) and options.ndim == 2 else _as_batch(options))
@@ -272,7 +283,7 @@ def _as_batch(value: object) -> list | None:
     array)."""
     if isinstance(value, list | tuple):
         return list(value)
-    if isinstance(value, str | bytes | Path | Image.Image) or value is None:
+    if _one_image(value) or value is None:
         return None
     if isinstance(value, np.ndarray | torch.Tensor):
         return list(value) if value.ndim == 4 else value.tolist() if value.ndim == 1 else None
@@ -281,6 +292,11 @@ def _as_batch(value: object) -> list | None:
     if isinstance(value, Iterator | Sequence):  # a generator; a Hugging Face dataset's column
         return list(value)
     return None
+
+
+def _one_image(value: object) -> bool:
+    """A path, an image's bytes, an open file (a BytesIO of a download), a PIL image: one image, though iterable."""
+    return isinstance(value, str | bytes | bytearray | memoryview | Path | Image.Image) or hasattr(value, "read")
 
 
 def _caption_needs_images(images: list) -> None:

@@ -2,6 +2,7 @@
 one bad item among many, ``~`` paths, and casts that would ruin a 4-bit model."""
 
 import random
+import warnings
 import weakref
 
 import numpy as np
@@ -227,3 +228,48 @@ def test_loading_a_model_folder_shows_no_loading_bars_and_keeps_the_notebooks_se
     Captioner.from_pretrained(tmp_path / "export")
     assert "Loading weights" not in capsys.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # the notebook's own setting, as it was
+
+
+def test_images_as_notebooks_hold_them_and_misuse_said_plainly(captioner, photos, tmp_path):
+    import base64
+    import io
+
+    data = open(photos[0], "rb").read()
+    expected = captioner.caption(photos[0])
+    # a download's BytesIO, an open file, a bytearray: read as one image (were 71 "images", one per line, or 1661 ints)
+    assert captioner.caption(io.BytesIO(data)) == expected
+    with open(photos[0], "rb") as handle:
+        assert captioner.caption(handle) == expected
+    assert captioner.caption(bytearray(data)) == expected and captioner.caption([memoryview(data)]) == [expected]
+    with open(photos[0], encoding="latin-1") as text, pytest.raises(TypeError, match=r"opened in binary mode: open\(path, 'rb'\)"):
+        captioner.caption(text)
+    # a data: URL, as a web page embeds an image (was "File name too long" and a message of the whole string)
+    assert captioner.caption("data:image/png;base64," + base64.b64encode(data).decode()) == expected
+    bare = base64.b64encode(data * 20).decode()  # a photo's base64 text: thousands of characters
+    with pytest.raises(ValueError, match=r"an image path of [\d,]+ characters \(.{24}\.\.\.\) is no path: an image as base64 text "
+                                         r"goes as a data: URL") as refused:
+        captioner.caption(bare)
+    assert len(str(refused.value)) < 300
+    # an empty crop (a detector's box of no width): was a bare ZeroDivisionError without the item's place
+    with pytest.raises(ValueError, match=r"image 2 of 2: the image is 0 x 30 pixels: nothing to see"):
+        captioner.caption([photos[0], Image.open(photos[0]).crop((10, 10, 10, 40))])
+    # a whole-number setting given as a float (from JSON, or n / 2): was a TypeError from inside torch
+    with pytest.raises(ValueError, match=r"num_beams 2\.5 must be a whole number"):
+        captioner.caption(photos[0], num_beams=2.5)
+    # fit's checkpoints folder given for a model folder: the command that exports its checkpoint
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(NotAModelFolderError, match=r"checkpoints is not a saved mmcaption model folder \(no mmcaption\.json\); a "
+                                                   r"checkpoint of mmcaption fit becomes one with: mmcaption-export .*last\.ckpt"):
+        Captioner.from_pretrained(tmp_path / "checkpoints")
+
+
+def test_questions_asked_of_a_caption_stage_model_say_once_what_to_expect(exported, photos):
+    captioner = Captioner.from_pretrained(exported)  # the caption stage's: never taught to answer
+    with pytest.warns(UserWarning, match=r"caption-stage model: the instruct stage teaches it to answer questions and chat; "
+                                         r"expect captions, not answers"):
+        captioner.answer(photos[0], "What colour is the shape?", max_new_tokens=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not at every call
+        captioner.chat(photos[0], "What colour?", max_new_tokens=2)
+        captioner.choose(photos[0], "What colour?", ["red", "blue"])

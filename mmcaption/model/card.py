@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCardData
 
+from mmcaption.errors import NotAModelFolderError
+
+CONFIG_FILE = "mmcaption.json"  # a saved folder's manifest: model config, prompts, generation, provenance
 DATA_SETTINGS = ("data_dir", "source", "hub_dataset", "train_split", "train_file", "val_file", "image_root", "max_length",
                  "batch_size")
 
@@ -98,3 +102,19 @@ Exported from `{manifest['source'].get('checkpoint')}` (step {manifest['source']
 {training_section(manifest['source'])}
 The language model and the vision tower keep their own licenses, and so does the training data.
 """
+
+
+def is_pretrained_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :meth:`MultimodalCausalLM.save_pretrained`."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
+    if not is_pretrained_folder(folder):
+        path = Path(folder)  # a checkpoint, or a checkpoints folder of fit's (last.ckpt): the command that exports it
+        checkpoint = path if path.is_file() else min(path.glob("*.ckpt"), default=None) if path.is_dir() else None
+        export = f"; a checkpoint of mmcaption fit becomes one with: mmcaption-export {checkpoint} <new folder>" if checkpoint else ""
+        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder "
+                                   f"({'no ' + CONFIG_FILE if path.exists() else 'no such folder'}){export}")
+    return json.loads((Path(folder) / CONFIG_FILE).read_text())

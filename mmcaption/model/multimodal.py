@@ -27,7 +27,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationConfig, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from mmcaption.errors import ConfigError, NotAModelFolderError
+from mmcaption.errors import ConfigError
 from mmcaption.model.backbones import (
     add_lora,
     load_image_processor,
@@ -37,12 +37,11 @@ from mmcaption.model.backbones import (
     save_adapter,
     torch_dtype,
 )
-from mmcaption.model.card import model_card
+from mmcaption.model.card import CONFIG_FILE, model_card, read_manifest
 from mmcaption.model.config import MultimodalConfig, settings_diff
 from mmcaption.model.cross_attention import CrossAttentionDecoderLayer, GatedCrossAttentionBlock
 
 FOLDER_FORMAT = 1
-CONFIG_FILE = "mmcaption.json"
 
 
 class MultimodalCausalLM(nn.Module):
@@ -373,19 +372,6 @@ def select_features(hidden_states: tuple[torch.Tensor, ...], vision_feature_laye
     if len(layers) == 1:
         return hidden_states[layers[0]]
     return torch.cat([hidden_states[layer] for layer in layers], dim=-1)
-
-
-def is_pretrained_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a folder written by :meth:`MultimodalCausalLM.save_pretrained`."""
-    return (Path(path) / CONFIG_FILE).is_file()
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
-    if not is_pretrained_folder(folder):
-        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder ({'no ' + CONFIG_FILE if Path(folder).exists() else 'no such folder'})" + (
-            f"; a checkpoint of mmcaption fit becomes one with: mmcaption-export {folder} <new folder>" if Path(folder).is_file() else ""))
-    return json.loads((Path(folder) / CONFIG_FILE).read_text())
 
 
 def pretrained_config(folder: str | Path, **overrides: Any) -> MultimodalConfig:
