@@ -232,8 +232,13 @@ def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trai
     assert summary["rows"] == 12 and summary["resumed_after"] == 6 and "interrupted" not in summary
     assert summary["accuracy"] == json.loads((tmp_path / "whole.csv.summary.json").read_text())["accuracy"]
     # nothing to go on with, or another input's rows: refused, the output untouched
-    with pytest.raises(OutputExistsError, match=r"resume: .*answers\.csv is complete \(12 rows"):
+    with pytest.raises(OutputExistsError, match=r"resume: .*answers\.csv is complete \(12 rows") as refused:
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    assert "this input has" not in str(refused.value)
+    grown = write_csv(tmp_path / "grown.csv", QUESTIONS * 4)  # questions (or photos) added since: said, with the way on
+    with pytest.raises(OutputExistsError, match=r"complete \(12 rows.*; this input has 16 rows now: resume goes on with an "
+                                                r"interrupted run, so give the new ones their own --data.output"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, grown, output, resume=True))
     summary_file = output.with_name("answers.csv.summary.json")
     summary_file.write_text(json.dumps({**summary, "interrupted": "SIGTERM"}))
     other = write_csv(tmp_path / "other.csv", QUESTIONS[1:] * 4)

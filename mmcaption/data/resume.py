@@ -32,8 +32,10 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
                                 "interrupted predict; choose another --data.output, or replace it with --data.overwrite true")
     said = json.loads(summary.read_text(encoding="utf-8"))
     if not said.get("interrupted"):
+        grown = (f"; this input has {len(rows)} rows now: resume goes on with an interrupted run, so give the new ones their "
+                 "own --data.output, or predict all again with --data.overwrite true") if len(rows) != said.get("rows") else ""
         raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
-                                "interrupted): nothing to go on with")
+                                f"interrupted): nothing to go on with{grown}")
     written = read_output_rows(output)
     check_first_rows(written, rows, output)
     if len(written) == len(rows):
