@@ -211,6 +211,7 @@ class ResumableStop(Callback):
                 )
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
             saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}
+        saved = {"max_length": current.get("max_length"), **saved}  # checkpoints from before it was kept: the split tells
         changed = [f"{SAID.get(key, key)} {saved.get(key)!r} -> {current.get(key)!r}" for key in current if saved.get(key) != current.get(key)]
         if changed:
             raise ResumeError(

@@ -46,6 +46,7 @@ from mmcaption.model.config import (
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
+from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
 from mmcaption.settings_checks import lightning_setting_errors, strategy_problem, unlogged_monitor, usable_callbacks
 from mmcaption.slurm import requeued, requeued_checkpoint
 from mmcaption.usage import EPILOG, PREPARE_HELP
@@ -186,6 +187,8 @@ class MMCaptionCLI(LightningCLI):
             manifest = read_manifest(init_from)
             saved = {"config": asdict(pretrained_config(init_from)), "generation": manifest.get("generation") or {}}
             self._model_settings_from(f"model.init_from {init_from}", saved, subcommand, "export")
+        if str(ckpt_path) == "last":  # the file it names, as after_instantiate_classes finds it (None: fit starts afresh)
+            ckpt_path = keyword_checkpoint("last", checkpoint_folders(self.config[subcommand].trainer), subcommand)
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
             return
         checkpoint = load_checkpoint_file(ckpt_path)
@@ -291,8 +294,7 @@ class MMCaptionCLI(LightningCLI):
 
 
 def job_of_checkpoint(path: Path) -> str | None:
-    """The SLURM job that saved a checkpoint (:class:`~mmcaption.callbacks.ResumableStop` records it; None: it records
-    none, saved outside SLURM or by an earlier release)."""
+    """The SLURM job that saved a checkpoint (``ResumableStop`` records it; None: saved outside SLURM, or before)."""
     try:
         return load_checkpoint_file(path, mmap=True).get("slurm_job", None)
     except MMCaptionError:  # a damaged or half-written file is no save of any job's

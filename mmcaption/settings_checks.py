@@ -8,6 +8,7 @@ import difflib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -65,6 +66,14 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
 LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interval"),
                             ("Early stopping conditioned on metric", "the config's EarlyStopping monitor"),
                             ("requires a GPU accelerator", "trainer.strategy"))
+
+
+def configured_checkpoint_folders(trainer_settings: Any) -> list[Path]:
+    """The ``dirpath`` of each ModelCheckpoint in ``trainer.callbacks`` as configured, before they are built (where
+    ``--ckpt_path last`` looks)."""
+    callbacks = trainer_settings.get("callbacks") or []
+    return [Path(c.init_args.dirpath) for c in (callbacks if isinstance(callbacks, list) else [callbacks])
+            if str(c.get("class_path", "")).endswith("ModelCheckpoint") and c.get("init_args", {}).get("dirpath")]
 
 
 @contextmanager

@@ -409,6 +409,15 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
     assert cli.model.config.lora_r == 4 and cli.model.config.language_model == str(backbones[0])  # the rest: the checkpoint's
     assert "generation {'max_new_tokens': 2} (checkpoint: {'max_new_tokens': 8})" in capsys.readouterr().err
 
+    # --ckpt_path last: the same checkpoint, found in the config's checkpoint folder, read the same way (its settings were
+    # not read: a setting given was replaced without a word, and the checkpoint's stage not said)
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copyfile(trained_checkpoint, tmp_path / "checkpoints" / "last.ckpt")
+    folder = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", "checkpoints"]
+    cli = parse(["predict", "--ckpt_path", "last", "--model.generation", '{"max_new_tokens": 2}', *folder, *data])
+    assert cli.model.generation == {"max_new_tokens": 2} and cli.model.config.lora_r == 4
+    assert "generation {'max_new_tokens': 2} (checkpoint: {'max_new_tokens': 8})" in capsys.readouterr().err
+
     cli = parse(["predict", "--ckpt_path", str(trained_checkpoint), *data])  # nothing given: the checkpoint's, silently
     assert cli.model.generation == {"max_new_tokens": 8}
     # the run's own settings given again (its saved config.yaml): the same, so no note; a tuple is the list YAML gives back
@@ -595,6 +604,16 @@ def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_diff
     older = tmp_path / "older.ckpt"
     torch.save(saved, older)
     with pytest.raises(ResumeError, match=r"other data or batches than this run's \(length_group_batches 50 -> 100\)"):
+        fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
+                                                       ckpt_path=older)
+
+    # max_length changed: named as such (it was only the preprocessed split's new name, which reads as changed files)
+    with pytest.raises(ResumeError, match=r"other data or batches than this run's \(max_length \d+ -> 24[;)]"):
+        fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), ckpt_path=last,
+                                                       datamodule=CaptionDataModule(data_dir=str(coco), max_length=24, **names))
+    del saved["training_data"]["max_length"]  # a checkpoint from before it was kept resumes as it did
+    torch.save(saved, older)
+    with pytest.raises(ResumeError, match=r"other data or batches than this run's \(length_group_batches 50 -> 100\):"):
         fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
                                                        ckpt_path=older)
 

@@ -308,6 +308,7 @@ class PreprocessedDataModule(BackbonesDataModule):
         trainer = self.trainer
         return {
             "stage": self.training_stage,
+            "max_length": getattr(self, "max_length", None),  # named when it changed, not only as the split's new name
             "train_split": self.folders[split].name if split in self.folders else None,
             "samples": len(self.datasets[split]) if split in self.datasets else None,
             "batch_size": self.batch_size,
