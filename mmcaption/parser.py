@@ -17,7 +17,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
-from mmcaption.errors import USER_ERROR_EXIT
+from mmcaption.errors import USER_ERROR_EXIT, ConfigError
 
 
 class MMCaptionParser(LightningArgumentParser):
@@ -30,8 +30,13 @@ class MMCaptionParser(LightningArgumentParser):
         super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
-        global _ARGUMENTS
-        _ARGUMENTS = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        global _CONFIGS
+        arguments = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        # each config file as given and where it is: jsonargparse reads one from inside its folder, so a relative name
+        # read again for a message found another file there, or none
+        _CONFIGS = [(name, Path(name).expanduser().absolute()) for name in _config_files(arguments)]
+        for name, path in _CONFIGS:
+            check_config_file(name, path)
         return super().parse_args(args, *rest, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
@@ -40,7 +45,7 @@ class MMCaptionParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         lines = [f"error: {_bad_value(message) or message.strip().splitlines()[0]}"]
         if message.startswith("Problems parsing config"):  # YAML's own error says "<unicode string>": name the file
-            lines = [f"error: {problem}" for problem in _unreadable_configs(_ARGUMENTS)] or lines
+            lines = [f"error: {problem}" for problem in _unreadable_configs()] or lines
         detail = [line.strip() for line in message.splitlines()[1:]
                   if any(words in line for words in ("is not accepted", "not a valid", "unrecognized arguments"))]
         lines += [f"  {line}" for line in dict.fromkeys(detail[:2])]
@@ -59,11 +64,13 @@ class MMCaptionParser(LightningArgumentParser):
                      *(line for line in lines[1:] if "nrecognized arguments" not in line),
                      "  the shell gave a pattern (*.jpg) as file names, the first to the setting before them: give their "
                      "folder (--data.images photos) or a text file with one path per line"]
+        if "is not accepted before subcommand" in message:  # mmcaption --config x.yaml fit
+            lines.append("  settings go after the subcommand: mmcaption fit --config <file> ...")
         if re.search(r"arguments are required: .*\bdata\b", message):  # validate --ckpt_path X, with no config
             lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "
                          "demo's), or from --data <class> and its settings")
         for key, candidates in _unknown_keys(message, parser):
-            close, where = _closest(key, candidates), _written_in(key, _ARGUMENTS)
+            close, where = _closest(key, candidates), _written_in(key)
             if close or where:
                 lines.append(f"  --{key}:" + (f" did you mean {' or '.join('--' + c for c in close)}?" if close else "")
                              + (f" (written in {where})" if where else ""))
@@ -73,7 +80,8 @@ class MMCaptionParser(LightningArgumentParser):
         sys.exit(USER_ERROR_EXIT)
 
 
-_ARGUMENTS: list[str] = []  # the arguments of the last parse, to find the config file YAML could not read
+_CONFIGS: list[tuple[str, Path]] = []  # the config files of the last parse (as given, and where), for messages
+SECTIONS = ("trainer", "model", "data", "model.config", "data.init_args")  # settings a null would reset to defaults
 
 
 def _config_files(arguments: list[str]) -> list[str]:
@@ -82,36 +90,91 @@ def _config_files(arguments: list[str]) -> list[str]:
     return files + [argument.split("=", 1)[1] for argument in arguments if argument.startswith("--config=")]
 
 
-def _written_in(key: str, arguments: list[str]) -> str:
+def check_config_file(name: str, path: Path) -> None:
+    """Refuse a config file that would be read wrong, naming it: not UTF-8 text (PowerShell's ``>`` writes UTF-16; a
+    checkpoint given as ``--config``), no settings at all, a key written twice in one mapping (YAML keeps the second
+    without a word: a value added at the top of a ``--print_config`` dump was lost), or a section with nothing under
+    it (``trainer:`` above commented-out lines is null, which replaced the whole trainer of the configs before it)."""
+    if not path.is_file():
+        return  # jsonargparse says so (or reads the text as YAML itself)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        kind = ("a checkpoint (--ckpt_path takes it), not a config" if data.startswith(b"PK\x03\x04") else
+                "UTF-16 text (as Windows PowerShell's > writes it), not UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else
+                "not UTF-8 text (saved in a local code page?)")
+        raise ConfigError(f"config {name} is {kind}; a config is a YAML file saved as UTF-8") from None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return  # said with its line by error(), as jsonargparse meets it
+    if node is None:
+        raise ConfigError(f"config {name} holds no settings (it is empty, or only comments)")
+    if twice := next(_written_twice(node), None):
+        key, (first, second) = twice
+        raise ConfigError(f"config {name}: {key} is written twice (lines {first} and {second}); YAML keeps the second "
+                          "without a word: delete one")
+    for key in SECTIONS:
+        value, line = _node_at(node, key)
+        if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null"):
+            raise ConfigError(f"config {name}, line {line}: {key}: has nothing under it (its lines commented out?), and "
+                              "would replace the whole section of the configs before it with the defaults: delete the line, "
+                              "or write a setting under it")
+
+
+def _written_twice(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, tuple[int, int]]]:
+    """Each key written twice in one mapping of ``node``, dotted, with the lines of both."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _written_twice(item, prefix)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    lines: dict[str, int] = {}
+    for key, value in node.value:
+        name = f"{prefix}{getattr(key, 'value', key)}"
+        if name in lines:
+            yield name, (lines[name], key.start_mark.line + 1)
+        lines[name] = key.start_mark.line + 1
+        yield from _written_twice(value, f"{name}.")
+
+
+def _node_at(node: yaml.Node, key: str) -> tuple[yaml.Node | None, int | None]:
+    """The node of the dotted ``key`` in a composed YAML document, and the line of its key."""
+    line = None
+    for part in key.split("."):
+        pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None) \
+            if isinstance(node, yaml.MappingNode) else None
+        if pair is None:
+            return None, None
+        line, node = pair[0].start_mark.line + 1, pair[1]
+    return node, line
+
+
+def _written_in(key: str) -> str:
     """The config file (and line) that writes the dotted ``key``, the last one that does (it is the one read),
     or ``""`` when none does (a key given on the command line)."""
     found = ""
-    for name in _config_files(arguments):
+    for name, path in _CONFIGS:
         try:
-            node = yaml.compose(Path(name).read_text(encoding="utf-8-sig"))
+            node = yaml.compose(path.read_text(encoding="utf-8-sig"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        line = None
-        for part in key.split("."):
-            pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None) \
-                if isinstance(node, yaml.MappingNode) else None
-            if pair is None:
-                break
-            line, node = pair[0].start_mark.line + 1, pair[1]
-        else:
+        value, line = _node_at(node, key)
+        if value is not None:
             found = f"{name}, line {line}"
     return found
 
 
-def _unreadable_configs(arguments: list[str]) -> list[str]:
-    """Each config file among ``arguments`` that is not valid YAML, with where and why, as YAML says it (and
+def _unreadable_configs() -> list[str]:
+    """Each config file of the last parse that is not valid YAML, with where and why, as YAML says it (and
     that YAML indents with spaces, not tabs)."""
     problems = []
-    for name in _config_files(arguments):
+    for name, path in _CONFIGS:
         try:
-            yaml.safe_load(Path(name).read_text(encoding="utf-8-sig"))
+            yaml.safe_load(path.read_text(encoding="utf-8-sig"))
         except (OSError, UnicodeDecodeError):
-            continue  # jsonargparse says so itself
+            continue  # a missing one: jsonargparse says so itself; one not UTF-8 was refused before parsing
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

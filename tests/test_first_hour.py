@@ -485,3 +485,39 @@ def test_predict_from_an_export_alone_takes_its_settings_and_its_backbones(backb
     assert exit_info.value.code == 2
     assert (f"error: model.init_from {tmp_path / 'shared'} was trained with other structural settings than this run's "
             "(config.lora_r: export 4, given 8)") in capsys.readouterr().err
+
+
+def test_configs_as_people_edit_them_are_refused_naming_the_file_and_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base = str(REPO / "configs" / "demo" / "caption.yaml")
+
+    def refused(*configs: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", base, *(arg for config in configs for arg in ("--config", config)), "--print_config"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err
+
+    edits = tmp_path / "edits"
+    edits.mkdir()
+    # a section whose lines were all commented out is null: it replaced the base config's whole trainer with the defaults
+    # (accelerator, logger, checkpoint folder gone) and the run trained without a word
+    (edits / "commented.yaml").write_text("trainer:\n  # max_epochs: 1\nmodel:\n  learning_rate: 1.0e-3\n")
+    assert "error: config edits/commented.yaml, line 1: trainer: has nothing under it (its lines commented out?)" in refused(
+        "edits/commented.yaml")
+    (edits / "empty.yaml").write_text("# nothing yet\n")  # was "Unexpected config: # nothing yet", no file named
+    assert "error: config edits/empty.yaml holds no settings (it is empty, or only comments)" in refused("edits/empty.yaml")
+    # a value added at the top of a --print_config dump, the dump's own further down: the first was dropped silently
+    (edits / "twice.yaml").write_text("model:\n  learning_rate: 1.0e-2  # mine\n  weight_decay: 0.0\n  learning_rate: 3.0e-3\n")
+    assert "error: config edits/twice.yaml: model.learning_rate is written twice (lines 2 and 4)" in refused("edits/twice.yaml")
+    # saved by PowerShell 5's > (UTF-16), or a checkpoint given as a config: was an 80-line UnicodeDecodeError traceback
+    (edits / "ps.yaml").write_bytes("model:\n  learning_rate: 1.0e-3\n".encode("utf-16"))
+    assert "error: config edits/ps.yaml is UTF-16 text (as Windows PowerShell's > writes it), not UTF-8" in refused("edits/ps.yaml")
+    # a config in another folder with a YAML error: jsonargparse reads it from its own folder, so the message lost the file
+    (edits / "tab.yaml").write_text("trainer:\n\tmax_epochs: 1\n")
+    assert "error: edits/tab.yaml, line 2, column 1: not valid YAML" in refused("edits/tab.yaml")
+    # settings before the subcommand
+    with pytest.raises(SystemExit):
+        main(["--config", base, "fit"])
+    assert "settings go after the subcommand: mmcaption fit --config <file>" in capsys.readouterr().err
