@@ -34,7 +34,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_utilities.core.imports import RequirementCache
 
 from mmcaption.errors import MMCaptionError, disk_full
@@ -244,11 +244,16 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
                                   f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
     load_trainable_tensors(checkpoint, model)
+    step, planned = checkpoint.get("global_step"), checkpoint.get("planned_steps")
+    if step is not None and planned and step < planned:  # the stage before stopped early (Ctrl-C, a preemption)
+        rank_zero_warn(f"init_from {path} is from step {step} of the {planned} its run planned: this stage starts from a "
+                       "stage that did not finish (resume that run with --ckpt_path to finish it first)")
     return {
         "path": str(path.resolve()),
         "sha256": file_sha256(path),
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
+        "planned_steps": checkpoint.get("planned_steps"),
     }
 
 

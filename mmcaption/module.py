@@ -345,9 +345,8 @@ class MultimodalCaptioner(LightningModule):
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ConfigError("the linear schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, num_warmup_steps=int(self.warmup_ratio * total_steps), num_training_steps=int(total_steps)
-        )
+        self.planned_steps = int(total_steps)  # in its checkpoints: a next stage started from one says if it stopped early
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total_steps), int(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints ---------------------------------------------------------------------------------
@@ -359,6 +358,7 @@ class MultimodalCaptioner(LightningModule):
         checkpoint["model_config"] = self.model.config_dict()
         if self.init_source is not None:
             checkpoint["init_from"] = self.init_source
+        checkpoint["planned_steps"] = getattr(self, "planned_steps", None)
         # every process's generator states (Lightning saves checkpoints from all processes at once)
         checkpoint["random_states"] = gather_objects([random_state.capture()])
 

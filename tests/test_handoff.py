@@ -1,6 +1,7 @@
 """The caption -> instruct hand-off: initialisation from a checkpoint, not resumption."""
 
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,20 @@ def test_instruct_stage_starts_from_exactly_the_caption_weights_with_a_fresh_opt
     assert saved["init_from"]["global_step"] == 3
     assert saved["init_from"]["path"] == str(caption_checkpoint.resolve())
     assert len(saved["init_from"]["sha256"]) == 64
+
+
+def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_checkpoint, tmp_path):
+    source = torch.load(caption_checkpoint, weights_only=True)
+    assert (source["global_step"], source["planned_steps"]) == (3, 3)  # finished: started from without a word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_module(backbones, init_from=str(caption_checkpoint)).initialise_from_checkpoint()
+    # a caption stage stopped by Ctrl-C (or a preemption) at step 3 of 80: the next stage went on from it without a word
+    stopped = tmp_path / "stopped.ckpt"
+    torch.save({**source, "planned_steps": 80}, stopped)
+    with pytest.warns(UserWarning, match=r"stopped\.ckpt is from step 3 of the 80 its run planned: this stage starts from a "
+                                         r"stage that did not finish"):
+        make_module(backbones, init_from=str(stopped)).initialise_from_checkpoint()
 
 
 def test_resuming_the_instruct_stage_does_not_reinitialise(backbones, caption_checkpoint, instruct_data, tmp_path):
