@@ -285,9 +285,16 @@ def _bad_value(message: str) -> str | None:
     return f"{path}: {value!r} is not {' or '.join(dict.fromkeys(kinds))}"
 
 
+# the data modules whose settings a key may have meant (data has no default class, so its settings are not in the defaults)
+DATA_MODULES = ("CaptionDataModule", "InstructDataModule", "CaptionPredictDataModule", "MultipleChoiceDataModule",
+                "QuestionsPredictDataModule")
+
+
 def _unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[str, list[str]]]:
-    """The keys a parse error is about, each with the valid keys it may have meant."""
-    known = _flat_keys(parser.get_defaults().as_dict())
+    """The keys a parse error is about, each with the valid keys it may have meant: anywhere in the configuration (a
+    setting at the wrong level, ``lora_r`` under ``data``, is found by its name)."""
+    data = [f"data.init_args.{name}" for module in DATA_MODULES for name in _init_parameters(f"mmcaption.data.{module}")]
+    known = list(dict.fromkeys(_flat_keys(parser.get_defaults().as_dict()) + data))
     found = [(key, known) for key in re.findall(r"--([\w.]+)", message.split("nrecognized arguments:", 1)[-1])
              if "nrecognized arguments" in message]
     found += [(key, known) for key in re.findall(r"does not accept option '([\w.]+)'", message)]
@@ -295,7 +302,7 @@ def _unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[s
     class_path = re.search(r"given class_path '([\w.]+)'", message)
     if section and class_path:
         parameters = _init_parameters(class_path.group(1))
-        found += [(f"{section.group(1)}.init_args.{option}", [f"{section.group(1)}.init_args.{p}" for p in parameters])
+        found += [(f"{section.group(1)}.init_args.{option}", [f"{section.group(1)}.init_args.{p}" for p in parameters] + known)
                   for option in re.findall(r"Option '(\w+)' is not accepted", message)]
     return found
 
@@ -306,6 +313,8 @@ def _closest(key: str, candidates: list[str], n: int = 3) -> list[str]:
     by_name: dict[str, list[str]] = {}
     for candidate in candidates:
         by_name.setdefault(candidate.rsplit(".", 1)[-1], []).append(candidate)
-    names = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_name), n=n, cutoff=0.6)
-    close = difflib.get_close_matches(key, candidates, n=n, cutoff=0.75) + [c for name in names for c in by_name[name]]
+    name = key.rsplit(".", 1)[-1]
+    names = difflib.get_close_matches(name, list(by_name), n=n, cutoff=0.6)
+    close = by_name.get(name, []) + difflib.get_close_matches(key, candidates, n=n, cutoff=0.75) + [
+        c for name in names for c in by_name[name]]  # the same name elsewhere first: a setting at the wrong level
     return list(dict.fromkeys(close))[:n]

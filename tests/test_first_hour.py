@@ -88,6 +88,15 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
     said = capsys.readouterr().err
     assert "--model.config.lora_rnk: did you mean --model.config.lora_r" in said and f"(written in {typo}, line 3)" in said
 
+    # a setting at the wrong level: lora_r under data (was "did you mean --data.init_args.data_dir"), batch_size under
+    # model (no suggestion: data has no default class, so its settings were not looked at)
+    for written, meant in (("data:\n  init_args:\n    lora_r: 4\n", "--data.init_args.lora_r: did you mean --model.config.lora_r"),
+                           ("model:\n  batch_size: 4\n", "--model.batch_size: did you mean --data.init_args.batch_size")):
+        typo.write_text(written)
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", DEMO_CAPTION, "--config", str(typo)])
+        assert meant in capsys.readouterr().err
+
     with pytest.raises(SystemExit):  # a list's item by index: was 'Parser key "trainer.callbacks":' and nothing after
         main(["fit", "--config", DEMO_CAPTION, "--trainer.callbacks.0.init_args.dirpath", "elsewhere"])
     err = capsys.readouterr().err
