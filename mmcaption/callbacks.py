@@ -299,6 +299,34 @@ class PlainProgress(ProgressBar):
             self._last = time.monotonic()
             self._line(trainer, self._status(trainer))
 
+    # -- validation, test and predict: a line every every_seconds too (a folder of photos is hours of predicting) -----
+
+    def _evaluation_start(self, *args: Any) -> None:
+        self._evaluation_started = self._evaluation_last = time.monotonic()
+        self._evaluation_done = 0
+
+    def _evaluation_batch(self, trainer, what: str, totals: Any) -> None:
+        self._evaluation_done += 1
+        now = time.monotonic()
+        if trainer.sanity_checking or now - self._evaluation_last < self.every_seconds:
+            return
+        self._evaluation_last = now
+        total = sum(t for t in totals if t != float("inf")) if isinstance(totals, list) else totals
+        rate = self._evaluation_done / max(now - self._evaluation_started, 1e-9)
+        left = f", {format_seconds((total - self._evaluation_done) / rate)} left" if total else ""
+        self._line(trainer, f"{what}: batch {self._evaluation_done}/{total or '?'}, {rate:.2f} batches/s{left}")
+
+    on_validation_start = on_test_start = on_predict_start = _evaluation_start
+
+    def on_validation_batch_end(self, trainer, *args: Any, **kwargs: Any) -> None:
+        self._evaluation_batch(trainer, "validation", trainer.num_val_batches)
+
+    def on_test_batch_end(self, trainer, *args: Any, **kwargs: Any) -> None:
+        self._evaluation_batch(trainer, "test", trainer.num_test_batches)
+
+    def on_predict_batch_end(self, trainer, *args: Any, **kwargs: Any) -> None:
+        self._evaluation_batch(trainer, "predict", trainer.num_predict_batches)
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return

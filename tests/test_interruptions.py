@@ -1569,6 +1569,25 @@ def test_the_progress_line_counts_to_where_training_ends_by_max_epochs_or_max_st
         assert f"training starts at step 0 of {total}" in out, (settings, out)
 
 
+def test_predict_test_and_validate_in_a_log_file_say_how_far_they_are(tmp_path, capsys):
+    # a folder predict in a batch job's log sat at "Loaded model weights" for hours, then printed its last line
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from mmcaption.callbacks import PlainProgress
+
+    class Predicting(BoringModel):
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return self(batch)
+
+    trainer = Trainer(accelerator="cpu", limit_predict_batches=6, limit_test_batches=4, logger=False, enable_model_summary=False,
+                      enable_progress_bar=True, callbacks=[PlainProgress(every_seconds=0.0)], default_root_dir=tmp_path)
+    trainer.predict(Predicting())
+    out = capsys.readouterr().out
+    assert "predict: batch 1/6, " in out and "predict: batch 6/6, " in out and " batches/s" in out and " left" in out
+    trainer.test(BoringModel())
+    assert "test: batch 4/4, " in capsys.readouterr().out
+
+
 def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(backbones, coco_root, tmp_path, monkeypatch):
     # ModelCheckpoint(monitor=val/CIDEr) with no validation captions failed at the first validation (4,600 steps in at
     # the real config's interval), with no best checkpoint saved; in the pipeline, after the whole first stage

@@ -112,9 +112,12 @@ def is_pretrained_folder(path: str | Path) -> bool:
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
     if not is_pretrained_folder(folder):
-        path = Path(folder)  # a checkpoint, or a checkpoints folder of fit's (last.ckpt): the command that exports it
-        checkpoint = path if path.is_file() else min(path.glob("*.ckpt"), default=None) if path.is_dir() else None
+        path = Path(folder)  # a checkpoint, or a checkpoints folder of fit's (its last.ckpt first): the command that exports it
+        found = sorted(path.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", p.name)) if path.is_dir() else [path]
+        checkpoint = next((p for p in found if p.is_file()), None)
         export = f"; a checkpoint of mmcaption fit becomes one with: mmcaption-export {checkpoint} <new folder>" if checkpoint else ""
+        if checkpoint and path.is_dir():  # --model.init_from takes the checkpoint itself
+            export += f" (or give {checkpoint} itself where a checkpoint is taken: --ckpt_path, --model.init_from)"
         raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder "
                                    f"({'no ' + CONFIG_FILE if path.exists() else 'no such folder'}){export}")
     return json.loads((Path(folder) / CONFIG_FILE).read_text())
