@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,11 @@ from mmcaption.errors import (
     Interrupted,
     ResumeError,
     RunInterrupted,
-    leave_a_closed_terminal,
     process_rank,
     stop_signals,
 )
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
+from mmcaption.terminal import leave_a_closed_terminal, outlive_the_reader
 
 
 def save_resumable_checkpoint(trainer) -> str:
@@ -69,6 +70,7 @@ class ResumableStop(Callback):
         self.every_minutes = every_minutes
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self._streams_back: Callable[[], None] | None = None  # puts the console streams back (terminal.outlive_the_reader)
         self._last_save = time.monotonic()
         self._saved_step: int | None = None  # the step of this callback's last save
         self._requeue_signal: int | None = None
@@ -139,11 +141,18 @@ class ResumableStop(Callback):
         requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero else None
         raise RunInterrupted(signum, path or None, trainer.global_step, requeued)
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":  # before any callback writes a line: `| tee log` killed, training goes on to its saves
+            self._streams_back = self._streams_back or outlive_the_reader()
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_handlers()
+        self.teardown(trainer, pl_module, "fit")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._restore_handlers()
+        if self._streams_back is not None:
+            self._streams_back()
+            self._streams_back = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:

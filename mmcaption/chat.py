@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import TextIO
 
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     if caption_stage(captioner.manifest):  # as predict says of a caption-stage checkpoint
         print(f"note: {args.model} is a caption-stage model: the instruct stage teaches to answer questions and chat; "
               "expect captions, not answers", file=sys.stderr, flush=True)
+        warnings.filterwarnings("ignore", message="this is a caption-stage model")  # the API's own note: said just above
     if hasattr(sys.stdin, "reconfigure"):  # a line of other bytes is skipped, not the end of the chat
         sys.stdin.reconfigure(errors="surrogateescape")
     interactive = sys.stdin.isatty()

@@ -24,6 +24,8 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
+from mmcaption.terminal import leave_a_closed_terminal
+
 USER_ERROR_EXIT = 2
 TRACEBACK_VARIABLE = "MMCAPTION_TRACEBACK"
 
@@ -96,26 +98,6 @@ def stop_signals() -> list[int]:
     scheduler) and SIGHUP (the terminal closed, an SSH connection dropped), unless the process was started
     to ignore SIGHUP (``nohup``): it then goes on when the terminal closes, as it was asked to."""
     return [s for s in STOP_SIGNALS if not (s != signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN)]
-
-
-def leave_a_closed_terminal(signum: int) -> None:
-    """After SIGHUP the terminal is gone, and writing to it fails (EIO), as writing to a pipe whose reader went
-    with it does (``| tee log``: EPIPE): a progress bar's next line would stop the run before it saves. Output
-    that went to a terminal or a pipe goes nowhere from then on; a file it was redirected to keeps it."""
-    if signum != getattr(signal, "SIGHUP", None):
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            try:
-                mode = os.fstat(fd)
-            except OSError:
-                continue
-            terminal = stat.S_ISCHR(mode.st_mode) and mode.st_rdev != os.fstat(null).st_rdev  # not /dev/null
-            if terminal or stat.S_ISFIFO(mode.st_mode) or stat.S_ISSOCK(mode.st_mode):
-                os.dup2(null, fd)
-    finally:
-        os.close(null)
 
 
 class _StopState:

@@ -1569,6 +1569,28 @@ def test_the_progress_line_counts_to_where_training_ends_by_max_epochs_or_max_st
         assert f"training starts at step 0 of {total}" in out, (settings, out)
 
 
+def test_training_goes_on_to_its_checkpoint_when_the_reader_of_its_output_goes(tmp_path, monkeypatch):
+    # `mmcaption fit ... | tee log` with tee killed: the next progress line's BrokenPipeError ended the run (exit 141)
+    # 120 steps in, without a checkpoint or a word
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from mmcaption.callbacks import PlainProgress
+
+    reader, writer = os.pipe()
+    piped = os.fdopen(writer, "w")
+    os.close(reader)  # the reader is gone before the first line
+    monkeypatch.setattr(sys, "stdout", piped)
+    trainer = Trainer(accelerator="cpu", max_steps=4, limit_val_batches=0, logger=False, enable_model_summary=False,
+                      callbacks=[PlainProgress(every_seconds=0.0), ResumableStop(),
+                                 ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)],
+                      default_root_dir=tmp_path)
+    trainer.fit(BoringModel())
+    assert trainer.global_step == 4 and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert sys.stdout is piped  # put back after the run; its output goes nowhere now, without an error
+    print("after the run", flush=True)
+    piped.close()
+
+
 def test_predict_test_and_validate_in_a_log_file_say_how_far_they_are(tmp_path, capsys):
     # a folder predict in a batch job's log sat at "Loaded model weights" for hours, then printed its last line
     from lightning.pytorch.demos.boring_classes import BoringModel
