@@ -47,6 +47,9 @@ def filter_warnings() -> None:
     user: ``records.py:280: UserWarning: captions.csv: skipped 2 bad records`` and ``rank_zero_warn(f"{self.source}...``)."""
     for message in UNACTIONABLE_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    # jsonargparse's deprecations of what Lightning's CLI calls (add_instantiator, instantiate_classes: 4.49): `python
+    # -W error` stopped there
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:

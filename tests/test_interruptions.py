@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -955,6 +956,10 @@ def test_user_errors_are_one_line_with_exit_2_and_a_traceback_on_request(backbon
     torch.save({"pytorch-lightning_version": "2.6.0", "hyper_parameters": {}, "state_dict": {}}, resumed)
     check_command([*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--model.init_from", "nope.ckpt",
                    "--ckpt_path", str(resumed)])  # was "model.init_from nope.ckpt not found"
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "all")  # said each time, not once a process
+    with warnings.catch_warnings():  # `python -W error`: Lightning's CLI met jsonargparse's deprecation of what it calls
+        warnings.simplefilter("error")
+        check_command(fit_config(tmp_path, coco_root, backbones, tmp_path / "c"))
 
     missing = tmp_path / "missing.csv"
     message = user_error(capsys, main, ["prepare", "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(missing)])
