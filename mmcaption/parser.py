@@ -64,6 +64,8 @@ class MMCaptionParser(LightningArgumentParser):
                      *(line for line in lines[1:] if "nrecognized arguments" not in line),
                      "  the shell gave a pattern (*.jpg) as file names, the first to the setting before them: give their "
                      "folder (--data.images photos) or a text file with one path per line"]
+        if "argument subcommand: invalid choice" in message:  # the commands beyond Lightning's four
+            lines.append("  and mmcaption's own: prepare (preprocess the data), chat (talk about an image)")
         if "is not accepted before subcommand" in message:  # mmcaption --config x.yaml fit
             lines.append("  settings go after the subcommand: mmcaption fit --config <file> ...")
         if re.search(r"arguments are required: .*\bdata\b", message):  # validate --ckpt_path X, with no config

@@ -530,3 +530,6 @@ def test_configs_as_people_edit_them_are_refused_naming_the_file_and_line(tmp_pa
     with pytest.raises(SystemExit):
         main(["--config", base, "fit"])
     assert "settings go after the subcommand: mmcaption fit --config <file>" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a command that is none: mmcaption's own are named beside Lightning's four
+        main(["prepair"])
+    assert "and mmcaption's own: prepare (preprocess the data), chat" in capsys.readouterr().err
