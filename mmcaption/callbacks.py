@@ -192,11 +192,15 @@ class ResumableStop(Callback):
     # -- resuming -----------------------------------------------------------------------------------
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        """Refuse to resume another stage's checkpoint, or on training data other than the checkpoint's."""
+        """Refuse to resume another stage's checkpoint, or on training data other than the checkpoint's; say when
+        nothing is left to train (after those refusals, which matter more)."""
+        self._refuse_other_training(trainer, checkpoint)
         step = checkpoint.get("global_step", 0)
         if trainer.state.fn == "fit" and 0 <= trainer.max_steps <= step and trainer.is_global_zero:  # Lightning ends
             print(f"note: {trainer.ckpt_path} is at step {step}, and trainer.max_steps is {trainer.max_steps}: nothing "  # it silently
                   "is left to train. To train longer, give a larger one", file=sys.stderr, flush=True)
+
+    def _refuse_other_training(self, trainer, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("training_data")
         describe = getattr(trainer.datamodule, "training_data", None)
         if trainer.state.fn != "fit" or saved is None or describe is None:

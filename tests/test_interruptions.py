@@ -593,6 +593,10 @@ def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_diff
     with pytest.raises(ResumeError, match=rf"{last} is a checkpoint of the caption stage, and this run trains the instruct stage.*"
                                           rf"--model.init_from {last}"):
         fit_trainer(tmp_path / "instruct", steps=4).fit(make_captioner(backbones), datamodule=instruct, ckpt_path=last)
+    capsys.readouterr()
+    with pytest.raises(ResumeError, match=r"is a checkpoint of the caption stage"):  # without a note that does not matter
+        fit_trainer(tmp_path / "instruct", steps=2).fit(make_captioner(backbones), datamodule=instruct, ckpt_path=last)
+    assert "nothing is left to train" not in capsys.readouterr().err
 
     # resumed with a max_steps it has reached: Lightning ends the run at once, which the note says (nothing did)
     fit_trainer(tmp_path / "caption", steps=2).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
