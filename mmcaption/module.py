@@ -139,8 +139,9 @@ class MultimodalCaptioner(LightningModule):
         self.init_source = load_initial_weights(self.model, self.init_from)
         self.weights_loaded = True
         step = self.init_source.get("global_step")
+        training = self._trainer is not None and self._trainer.state.fn == "fit"  # predict has no optimizer to speak of
         rank_zero_info(f"Initialised from {self.init_from}" + (f" (its step {step})" if step is not None else "")
-                       + "; optimizer and schedule start fresh.")
+                       + ("; optimizer and schedule start fresh." if training else "."))
 
     def on_fit_start(self) -> None:
         self.initialise_from_checkpoint()

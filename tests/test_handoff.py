@@ -1,5 +1,6 @@
 """The caption -> instruct hand-off: initialisation from a checkpoint, not resumption."""
 
+import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -75,12 +76,15 @@ def test_instruct_stage_starts_from_exactly_the_caption_weights_with_a_fresh_opt
     assert len(saved["init_from"]["sha256"]) == 64
 
 
-def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_checkpoint, tmp_path):
+def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_checkpoint, tmp_path, caplog):
     source = torch.load(caption_checkpoint, weights_only=True)
     assert (source["global_step"], source["planned_steps"]) == (3, 3)  # finished: started from without a word
+    caplog.set_level(logging.INFO)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_module(backbones, init_from=str(caption_checkpoint)).initialise_from_checkpoint()
+    # outside training (predict from it) the line says nothing of an optimizer
+    assert f"Initialised from {caption_checkpoint} (its step 3)." in caplog.text and "optimizer" not in caplog.text
     # a caption stage stopped by Ctrl-C (or a preemption) at step 3 of 80: the next stage went on from it without a word
     stopped = tmp_path / "stopped.ckpt"
     torch.save({**source, "planned_steps": 80}, stopped)
