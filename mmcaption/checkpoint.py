@@ -41,7 +41,7 @@ from mmcaption.errors import MMCaptionError, disk_full
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.folders import umask
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
-from mmcaption.model.config import check_known_settings, settings_diff
+from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
 
 MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
@@ -212,7 +212,7 @@ def model_from_checkpoint(
     if saved is None:
         raise CheckpointFileError(f"{path}: no model config in it; is it a checkpoint of mmcaption fit?")
     check_known_settings(saved, str(path))
-    saved = {**saved, **backbones}
+    saved = {**saved, **{name: absolute_if_local(folder) for name, folder in backbones.items()}}  # as training keeps them
     if pretrained_weights:
         model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device)
         load_trainable_tensors(checkpoint, model)

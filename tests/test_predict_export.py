@@ -200,6 +200,10 @@ def test_export_command_with_merge_and_init_from_an_export(backbones, trained_ch
     assert "original bfloat16 weights although it was trained against their nf4 quantization" in card
     captioner = Captioner.from_pretrained(out)
     assert isinstance(captioner.caption(draw_scene(Scene("red", "circle", "left"), 64, random.Random(0))), str)
+    # computed with the merged weights as they are, as the card says (they were quantized to nf4 again, the trained
+    # change drowned in the rounding); quantized on request
+    assert captioner.model.config.quantization == "none"
+    assert Captioner.from_pretrained(out, quantization="nf4").model.config.quantization == "nf4"
 
     plain = tmp_path / "plain"
     export_main([str(trained_checkpoint), str(plain)])
@@ -805,10 +809,14 @@ def test_a_project_moved_since_training_exports_and_loads_with_the_backbones_new
     with pytest.raises(SystemExit):
         export_main([str(tmp_path / "old.ckpt"), str(tmp_path / "refused")])
     assert "give where it is now (--language_model / --vision_model of mmcaption-export" in capsys.readouterr().err
-    now = ["--language_model", str(moved / backbones[0].name), "--vision_model", str(moved / backbones[1].name)]
-    export_main([str(tmp_path / "old.ckpt"), str(tmp_path / "export"), *now])
+    # given relative to here, as people type them: recorded absolute (the export loaded only from this folder)
+    with pytest.MonkeyPatch.context() as here:
+        here.chdir(tmp_path)
+        now = ["--language_model", f"moved/{backbones[0].name}", "--vision_model", f"./moved/{backbones[1].name}"]
+        export_main([str(tmp_path / "old.ckpt"), str(tmp_path / "export"), *now])
     recorded = json.loads((tmp_path / "export" / "mmcaption.json").read_text())["model"]
     assert recorded["language_model"] == str(moved / backbones[0].name)  # the export records where they are now
+    assert recorded["vision_model"] == str(moved / backbones[1].name)
     image = Image.new("RGB", (32, 32), "red")
     expected = Captioner.from_pretrained(tmp_path / "export").caption(image)
     # that export moved on in turn: its recorded folders gone too
