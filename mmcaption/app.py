@@ -161,7 +161,8 @@ def build(captioner: Captioner, model_name: str = ""):
     import gradio as gr
 
     app = App(captioner)
-    with gr.Blocks(title=TITLE) as page:
+    # it serves this machine: no telemetry or version check sent to Gradio's servers (on by default)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
         gr.Markdown(f"## {TITLE}" + (f" - `{model_name}`" if model_name else ""))
         with gr.Row():
             with gr.Column(scale=1):

@@ -126,9 +126,10 @@ def _wait_for(page, expression: str, expected: str, timeout_s: float = 90) -> No
 
 
 def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported, tmp_path):
-    from mmcaption.app import App
+    from mmcaption.app import App, build
 
     app = App(Captioner.from_pretrained(exported))
+    assert build(app.captioner).analytics_enabled is False  # serving this machine: nothing sent to Gradio's servers
     settings = (8, 0, 1, False, 0.7)
     with pytest.raises(gr.Error, match="Upload an image first"):
         app.caption(None, *settings)
