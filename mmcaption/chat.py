@@ -97,6 +97,9 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
             continue
         if text.startswith("/image"):
             other = dropped_path(text.removeprefix("/image").strip())
+            if not other:  # was "image . is a folder"
+                out.write(f"(/image needs the image's path: /image photo.jpg; still about {image or 'no image'})\n")
+                continue
             try:
                 picture, image = read_image(other), other
             except ConfigError as error:

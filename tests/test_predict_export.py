@@ -624,8 +624,8 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
     captioner = Captioner.from_pretrained(out)
     settings = {"max_new_tokens": 5, "min_new_tokens": 5, "num_beams": 1, "do_sample": False}
     first, second = str(image_folder / "img0.png"), str(image_folder / "img1.png")
-    lines = io.StringIO(f"What colour is it?\nAnd the shape?\n/image {tmp_path / 'nope.png'}\n/image {second}\nWhat colour is it?\n"
-                        "/reset\nAnd the shape?\n")
+    lines = io.StringIO(f"What colour is it?\nAnd the shape?\n/image {tmp_path / 'nope.png'}\n/image\n/image {second}\n"
+                        "What colour is it?\n/reset\nAnd the shape?\n")
     printed = io.StringIO()
     calls, api_chat = [], captioner.chat
 
@@ -645,6 +645,7 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
                      (other, "What colour is it?", []), (other, "And the shape?", [])]  # /image and /reset: no history
     answers = [api_chat(*call, **settings) for call in calls]
     assert text == [answers[0], answers[1], f"(image not found: {tmp_path / 'nope.png'}; still about {first})",
+                    f"(/image needs the image's path: /image photo.jpg; still about {first})",  # was "image . is a folder"
                     f"(now about {second}: a new conversation)", answers[2], "(a new conversation)", answers[3]]
     assert all(answer.strip() for answer in answers)
 
