@@ -181,7 +181,8 @@ def load_rgb(source: ImageSource) -> Image.Image:
     if isinstance(source, bytes | bytearray | memoryview):
         data, name = bytes(source), "the image's bytes"
     elif isinstance(source, str | Path):
-        if isinstance(source, str) and (len(source) > 4096 or max(map(len, re.split(r"[/\\]", source))) > 255):  # no path
+        if isinstance(source, str) and not is_url(source) and (  # no file's path (a signed URL's may be this long)
+                len(source) > 4096 or max(map(len, re.split(r"[/\\]", source))) > 255):
             raise ValueError(f"an image path of {len(source):,} characters ({source[:24]}...) is no path: an image as base64 "
                              "text goes as a data: URL ('data:image/jpeg;base64,' + text), or as base64.b64decode(text)")
         data = fetch(source) if is_url(source) else local_file(Path(source).expanduser()).read_bytes()  # a notebook's "~/..."

@@ -240,6 +240,10 @@ def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trai
     with pytest.raises(OutputExistsError, match=r"complete \(12 rows.*; this input has 16 rows now: resume goes on with an "
                                                 r"interrupted run, so give the new ones their own --data.output"):
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, grown, output, resume=True))
+    shorter = write_csv(tmp_path / "shorter.csv", QUESTIONS * 2)  # not "the new ones": there are none
+    with pytest.raises(OutputExistsError, match=r"complete \(12 rows.*; this input has 8 rows: another input, or this one "
+                                                r"shortened since"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, shorter, output, resume=True))
     summary_file = output.with_name("answers.csv.summary.json")
     summary_file.write_text(json.dumps({**summary, "interrupted": "SIGTERM"}))
     other = write_csv(tmp_path / "other.csv", QUESTIONS[1:] * 4)

@@ -3,6 +3,7 @@ folders a Mac or Windows has been in, image lists saved by Notepad, paths relati
 
 import io
 import json
+import logging
 import os
 import shutil
 import unicodedata
@@ -56,6 +57,13 @@ def test_a_thin_strip_is_refused_before_the_processor_scales_it_up():
     panorama = io.BytesIO()  # a long panorama is read
     Image.new("RGB", (10000, 50)).save(panorama, format="PNG")
     assert check_image(panorama.getvalue()) is None
+
+
+def test_a_signed_url_of_hundreds_of_characters_is_fetched_not_taken_for_base64(monkeypatch):
+    data = jpeg(Image.new("RGB", (32, 32), "red"))
+    monkeypatch.setattr(images, "fetch", lambda url: data)  # a presigned S3 URL: its token is one long segment
+    signed = "https://bucket.s3.amazonaws.com/photo.jpg?X-Amz-Security-Token=" + "A" * 900
+    assert load_rgb(signed).size == (32, 32)  # was "an image path of 966 characters ... is no path"
 
 
 def test_heic_photos_are_read_and_found():
@@ -629,7 +637,7 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
         (photos / name).unlink()
     (photos / "metadata.csv").write_bytes("file_name,caption\nIMG_0.JPG,a caf\xe9\n".encode("cp1252"))
     with pytest.raises(DataError, match=r"photos/metadata\.csv, line 2: not UTF-8 text"):
-        HubCaptions(str(photos)).split_names()
+        list(HubCaptions(str(photos)).records("train", BadRecords("photos")))
     (photos / "metadata.csv").unlink()
     # two photos that do not decode: both named, with their paths, in one run
     (photos / "IMG_1.JPG").write_bytes(b"junk")
@@ -862,6 +870,7 @@ def test_a_folder_of_photos_and_two_tables_reads_both_and_says_so(tmp_path, capl
         (folder / f"p{index}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (80 * index, 20, 20))))
     (folder / "captions.csv").write_text("image,caption\np0.jpg,a black photo\np1.jpg,a dark red photo\n")
     (folder / "captions (1).csv").write_text("image,caption\np2.jpg,a red photo\n")
+    caplog.set_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero")  # as a run shows it
     read = list(HubCaptions(str(folder), "image", "caption").records("train", BadRecords("photos")))
     assert sorted((name, [c for _, c in captions]) for _, name, _, captions in read) == [
         ("p0.jpg", ["a black photo"]), ("p1.jpg", ["a dark red photo"]), ("p2.jpg", ["a red photo"])]
@@ -946,5 +955,60 @@ def test_workbooks_archives_and_mac_spreadsheets_are_named_for_what_they_are(tmp
     listed = tmp_path / "list.csv"
     names = sorted(p.name for p in image_folder.iterdir())[:2]
     listed.write_text("image\n" + "".join(f"{image_folder / name}\n" for name in names), encoding="utf-8-sig")
+    caplog.set_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero")  # as a run shows it
     assert [p.name for p in find_images(listed)] == names
     assert "its first line 'image' names the column, not an image: left out" in caplog.text
+
+
+def test_local_folders_split_as_datasets_splits_them_among_the_users_own_files(tmp_path):
+    import tarfile
+
+    def photos(folder: Path, first: int, count: int = 2) -> list[str]:
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(first, first + count):
+            (folder / f"p{index}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (30 * index, 20, 20))))
+        return [f"p{index}.jpg" for index in range(first, first + count)]
+
+    def metadata(folder: Path, names: list[str], captions: list[str] | None = None) -> None:
+        (folder / "metadata.csv").write_text("file_name,caption\n" + "".join(
+            f"{name},{caption}\n" for name, caption in zip(names, captions or [f"photo {n}" for n in names])))
+
+    # an image folder whose train/ is linked in: the train split was dropped, and the test photos trained on
+    linked = tmp_path / "linked"
+    metadata(tmp_path / "album", photos(tmp_path / "album", 0))
+    metadata(linked / "test", photos(linked / "test", 2))
+    (linked / "train").symlink_to(tmp_path / "album", target_is_directory=True)
+    assert HubCaptions(str(linked), "image", "caption").stage_splits(None, None, None) == {
+        "train": "train", "val": "test", "test": "test"}
+    # captions of digits in an image folder's metadata.csv are captions (were numbers: "has no caption")
+    years = tmp_path / "years"
+    metadata(years, photos(years, 0, 4), ["1984", "2001", "2002", "1999"])
+    read = list(HubCaptions(str(years), "image", "caption").records("train.rest", BadRecords("years")))
+    assert read and all(captions[0][1] in ("1984", "2001", "2002", "1999") for *_, captions in read)
+    # webdataset shards beside their sizes.json: the shards are the dataset (sizes.json was read as its one table)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for shard in range(2):
+        with tarfile.open(shards / f"train-{shard:04d}.tar", "w") as tar:
+            for index in range(3):
+                for suffix, data in ((".jpg", jpeg(Image.new("RGB", (32, 32), (40 * index + shard, 9, 9)))),
+                                     (".txt", f"photo {shard} {index}".encode())):
+                    info = tarfile.TarInfo(f"{shard}{index:03d}{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    (shards / "sizes.json").write_text(json.dumps({"train-0000.tar": 3, "train-0001.tar": 3}))
+    assert len(list(HubCaptions(str(shards)).records("train", BadRecords("shards")))) == 6
+    # a Takeout album's metadata.json beside the user's train.csv and validation.csv: not an image folder's metadata
+    takeout = tmp_path / "takeout [2024]"  # and a folder name with a glob's brackets (a traceback: "Couldn't resolve")
+    names = photos(takeout / "Photos from 2024", 0, 4)
+    (takeout / "Photos from 2024" / "metadata.json").write_text(json.dumps({"title": "Photos from 2024"}))
+    for split, rows in (("train", names[:3]), ("validation", names[3:])):
+        (takeout / f"{split}.csv").write_text("image,caption\n" + "".join(f"Photos from 2024/{n},photo {n}\n" for n in rows))
+    captions = HubCaptions(str(takeout), "image", "caption")
+    assert captions.stage_splits(None, None, None) == {"train": "train", "val": "validation", "test": "validation"}
+    assert len(list(captions.records("train", BadRecords("takeout")))) == 3
+    # tables of one dataset with other columns: named (datasets failed on a column, naming no file)
+    (takeout / "validation.csv").write_text("image,caption,notes\nPhotos from 2024/p3.jpg,photo,x\n")
+    with pytest.raises(DataError, match=r"validation\.csv has the columns \['image', 'caption', 'notes'\], and .*train\.csv has "
+                                        r"\['image', 'caption'\]: the tables of one dataset have the same columns"):
+        list(HubCaptions(str(takeout), "image", "caption").records("train", BadRecords("takeout")))

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import datasets
-from datasets.data_files import _get_data_files_patterns, resolve_pattern
+from datasets.data_files import _get_data_files_patterns
+from fsspec.utils import glob_translate
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError, not_utf8
@@ -77,30 +79,39 @@ def user_files(path: Path, cache_dir: str | None) -> list[Path]:
     return files
 
 
+METADATA_TABLES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # what datasets' image folder reads beside photos
+OTHER_DATA = (".tar", ".arrow", ".zip", ".gz", ".tgz")  # files datasets reads (webdataset shards, archives)
+
+
 def local_splits(path: Path, files: list[Path]) -> tuple[str, dict[str, list[str]]] | None:
     """The builder and each split's files (``train.csv``, ``data/validation-00000.parquet``, ``train/cat.jpg``) of a
-    local folder of tables, or of photos with an image folder's ``metadata`` table, as ``datasets`` names them, among
-    the user's own ``files`` only: its own look at the folder also takes the files of mmcaption's cache kept in it
-    (``preprocessed/train-<key>/meta.json``, a "train" split of JSON files). ``None`` for a folder without tables, or
-    with tables of several kinds, which ``datasets`` is left to read."""
-    tables = [f for f in files if f.suffix.lower() in TABLE_SUFFIXES]
-    kinds = {"parquet" if f.suffix.lower() == ".parquet" else f.suffix.lower().lstrip(".").replace("jsonl", "json")
-             for f in tables}
-    if any(f.stem == "metadata" for f in tables):  # datasets' image folder: the photos and their metadata table
-        kinds, tables = {"imagefolder"}, [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES or f.stem == "metadata"]
-    if not tables or len(kinds) > 1:
+    local folder of tables, or of photos with an image folder's ``metadata.csv``, as ``datasets`` names them, among
+    the user's own ``files`` only (linked folders included): its own look at the folder also takes the files of
+    mmcaption's cache kept in it (``preprocessed/train-<key>/meta.json``, a "train" split of JSON files). ``None``
+    for a folder of other data (webdataset shards), without tables, or with tables of several kinds, which
+    ``datasets`` is left to read."""
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    tables = photo_tables(files, images)  # not a photo's own metadata, nor an album's
+    if any(f.name.lower() in METADATA_TABLES for f in tables):  # datasets' image folder: the photos and their tables
+        kinds, tables = {"imagefolder"}, images + [f for f in tables if f.name.lower() in METADATA_TABLES]
+    else:
+        kinds = {"parquet" if f.suffix.lower() == ".parquet" else f.suffix.lower().lstrip(".").replace("jsonl", "json")
+                 for f in tables}
+    if not tables or len(kinds) > 1 or any(f.suffix.lower() in OTHER_DATA for f in files if f not in images):
         return None
-    mine, base = {os.path.abspath(f) for f in tables}, os.path.abspath(path)
+    relative = {Path(os.path.relpath(f, path)).as_posix(): str(f) for f in tables}  # as datasets' patterns are written
 
-    def resolved(pattern: str) -> list[str]:
-        try:
-            return [f for f in resolve_pattern(pattern, base) if f in mine]
-        except FileNotFoundError:
-            return []
+    def resolved(pattern: str) -> list[str]:  # matched among these files, not globbed again on disk
+        matches = re.compile(glob_translate(pattern)).fullmatch
+        return [file for name, file in relative.items() if matches(name)]
 
-    splits = {str(split): list(dict.fromkeys(f for pattern in patterns for f in resolved(pattern)))
-              for split, patterns in _get_data_files_patterns(resolved).items()}
-    return kinds.pop(), {split: files for split, files in splits.items() if files}
+    try:
+        patterns = _get_data_files_patterns(resolved)
+    except (ValueError, FileNotFoundError) as error:  # a split name datasets refuses (train-v2-00000-of-00001)
+        raise DataError(f"{path}: its files cannot be told apart into splits: {error}") from None
+    splits = {str(split): list(dict.fromkeys(f for pattern in split_patterns for f in resolved(pattern)))
+              for split, split_patterns in patterns.items()}
+    return kinds.pop(), {split: found for split, found in splits.items() if found}
 
 
 def sidecar_dataset(pairs: list[tuple[str, Path | None]], image_column: str, caption_column: str) -> datasets.Dataset:

@@ -13,6 +13,7 @@ image with all its captions) all read.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import os
 from collections import Counter
@@ -132,7 +133,8 @@ class HubCaptions:
             if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
                 return self._columns_named(read_table_file(Path(self.dataset))), side
             if self._table_splits:
-                builder, files = self._table_splits
+                builder, splits = self._table_splits  # each file as itself: datasets reads its name as a pattern ("[2024]")
+                files = {split: [glob.escape(file) for file in found] for split, found in splits.items()}
                 return self._columns_named(datasets.load_dataset(builder, data_files=files, split=base, **self._csv_options)), side
             return self._columns_named(datasets.load_dataset(self.dataset, split=base)), side
         except datasets.exceptions.DatasetGenerationError as error:
@@ -151,11 +153,13 @@ class HubCaptions:
 
     @functools.cached_property
     def _csv_options(self) -> dict:
-        """How a local folder of CSV tables (train.csv, test.csv) reads: as one CSV does (every column as text); not an
-        imagefolder's metadata.csv, which datasets' imagefolder reads with its own options."""
-        if not self._table_splits or self._table_splits[0] != "csv":
-            return {}
-        return csv_text_options([Path(file) for files in self._table_splits[1].values() for file in files], SEVERAL_CAPTIONS)
+        """How a local folder of CSV tables (train.csv, test.csv), or an image folder's metadata.csv, reads: every
+        column as text, as one CSV is read (:func:`~mmcaption.data.tables.csv_text_options`)."""
+        builder, splits = self._table_splits or (None, {})
+        tables = [Path(file) for files in splits.values() for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
+        if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() == ".csv" for table in tables):
+            return {}  # an image folder's metadata.jsonl or .parquet: its own types
+        return csv_text_options(tables, SEVERAL_CAPTIONS, image_folder=builder == "imagefolder")
 
     @functools.cached_property
     def _table_splits(self) -> tuple[str, dict[str, list[str]]] | None:
@@ -318,9 +322,9 @@ class HubCaptions:
     def _csv_tables(self) -> dict[str, list[tuple[str, int]]]:
         """A local folder of CSV tables (looked at when a row is bad): ``(table, rows)`` of each split's files, in
         the order datasets reads them."""
-        if not self._csv_options:
+        if not self._table_splits or self._table_splits[0] != "csv":
             return {}
-        splits = self._table_splits[1] if self._table_splits else {}
+        splits = self._table_splits[1]
         return {split: [(os.path.relpath(file, self.dataset), len(pd.read_csv(file, usecols=[0], **CSV_OPTIONS)))
                         for file in files] for split, files in splits.items()}
 

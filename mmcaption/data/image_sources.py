@@ -63,6 +63,8 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
         raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
                         "or a text file with one image path per line")
     regular = path.is_file()
+    if regular and (packed := packed_file(path)):  # a zip of the photos: said before it is read whole
+        raise DataError(packed)
     # a list piped in (/dev/stdin, <(ls)) is kept in ``piped`` when given, and read from there when asked for again: a
     # second read of /dev/stdin from a terminal would wait for more
     data = path.read_bytes() if regular or piped is None or str(path) not in piped else piped[str(path)]
@@ -83,8 +85,6 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        if packed := packed_file(path, data):
-            raise DataError(packed) from None
         raise DataError(f"{path} is neither an image nor a list of image paths in UTF-8 text (byte {error.start} is "
                         f"{data[error.start:error.start + 1]!r}): give a folder of images, one image, or a text file with "
                         "one image path per line, saved as UTF-8") from None

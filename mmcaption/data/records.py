@@ -27,15 +27,19 @@ class DataError(MMCaptionError, ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
 
 
-def packed_file(path: Path, data: bytes) -> str | None:
+def packed_file(path: Path, data: bytes | None = None) -> str | None:
     """What a binary file given where text was asked for is, with what to do about it (a spreadsheet's workbook, an
-    archive); ``None`` for anything else."""
+    archive); ``None`` for anything else. ``data``: its bytes when they were read, else its first bytes are (and a
+    zip's list of names: its end alone)."""
+    if data is None:
+        with contextlib.suppress(OSError), path.open("rb") as handle:
+            data = handle.read(8)
     save = "not a text table: save it from the spreadsheet as CSV UTF-8 (File > Save As > CSV UTF-8)"
     if data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):  # the Office 97-2003 container
         return f"{path} is an Excel 97-2003 workbook (or another Office file), {save}"
     if data.startswith(b"PK\x03\x04"):
         with contextlib.suppress(zipfile.BadZipFile, OSError):
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            with zipfile.ZipFile(path if len(data) <= 8 else io.BytesIO(data)) as archive:
                 names = archive.namelist()
             if any(name.startswith("xl/") for name in names) or "content.xml" in names:  # Excel's, or LibreOffice's
                 return f"{path} is a spreadsheet workbook, {save}"
@@ -65,7 +69,8 @@ def not_utf8(path: Path, table: bool = True) -> DataError:
         data[start:].decode("utf-8")
     except UnicodeDecodeError as error:
         start += error.start
-    line = len(data[:start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"))  # a Mac's lines end in \r alone
+    # lines end in \n, \r\n, or (a Mac's) \r alone: counted without copying the text
+    line = data.count(b"\n", 0, start) + data.count(b"\r", 0, start) - data.count(b"\r\n", 0, start) + 1
     mac = b"\r" in data and b"\n" not in data
     local = (" Mac Roman, as Excel for Mac's \"CSV (Macintosh)\" writes it" if mac and table else
              " Windows' local code page" + (', as Excel\'s plain "CSV" writes it' if table else ""))

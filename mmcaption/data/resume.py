@@ -32,8 +32,12 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
                                 "interrupted predict; choose another --data.output, or replace it with --data.overwrite true")
     said = json.loads(summary.read_text(encoding="utf-8"))
     if not said.get("interrupted"):
-        grown = (f"; this input has {len(rows)} rows now: resume goes on with an interrupted run, so give the new ones their "
-                 "own --data.output, or predict all again with --data.overwrite true") if len(rows) != said.get("rows") else ""
+        before = said.get("rows") or 0
+        grown = "" if len(rows) == before else (
+            f"; this input has {len(rows)} rows now: resume goes on with an interrupted run, so give the new ones their own "
+            "--data.output, or predict all again with --data.overwrite true" if len(rows) > before else
+            f"; this input has {len(rows)} rows: another input, or this one shortened since (--data.overwrite true predicts "
+            "it again)")
         raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
                                 f"interrupted): nothing to go on with{grown}")
     written = read_output_rows(output)

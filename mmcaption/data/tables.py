@@ -61,15 +61,24 @@ def refuse_duplicate_columns(path: Path, header: list[str], hint: str = "") -> N
         raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header{hint}")
 
 
-def csv_text_options(files: list[Path], hint: str = "") -> dict:
-    """``datasets``' options for reading caption tables: :data:`CSV_OPTIONS`, and every column as text. Left to guess,
-    ``datasets`` types a column by the first 10,000 rows, and refused a whole table whose spare ``rating`` column is
-    empty further down (``ArrowInvalid``); a caption or a file name of digits (``1984``) was a number, so no caption."""
-    names: dict[str, None] = {}
+def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = False) -> dict:
+    """``datasets``' options for reading caption tables: :data:`CSV_OPTIONS`, and every column as text (an image
+    folder's ``metadata.csv``: its columns as text beside the images). Left to guess, ``datasets`` types a column by
+    the first 10,000 rows, and refused a whole table whose spare ``rating`` column is empty further down
+    (``ArrowInvalid``); a caption or a file name of digits (``1984``) was a number, so no caption. The tables of one
+    dataset have the same columns; one that differs is named (``datasets`` failed on a column no file was named for)."""
+    names: list[str] = []
     for file in files:
         refuse_duplicate_columns(file, _header(file), hint)
-        names.update(dict.fromkeys(pd.read_csv(file, nrows=0, encoding="utf-8-sig", **CSV_OPTIONS).columns))
-    return {**CSV_OPTIONS, "features": datasets.Features({name: datasets.Value("string") for name in names})}
+        columns = list(pd.read_csv(file, nrows=0, encoding="utf-8-sig", **CSV_OPTIONS).columns)
+        if names and set(columns) != set(names):
+            raise DataError(f"{file} has the columns {columns}, and {files[0]} has {names}: the tables of one dataset "
+                            "have the same columns")
+        names = names or columns
+    text = {name: datasets.Value("string") for name in names}
+    if image_folder:  # datasets reads the images its file_name column names into an image column
+        return {"features": datasets.Features({"image": datasets.Image(), **{k: v for k, v in text.items() if k != "file_name"}})}
+    return {**CSV_OPTIONS, "features": datasets.Features(text)}
 
 
 def read_table_file(path: Path) -> datasets.Dataset:
@@ -79,7 +88,7 @@ def read_table_file(path: Path) -> datasets.Dataset:
     if builder is None:
         tsv = "; a .tsv (as Conceptual Captions' image URLs come): save it comma-separated as .csv, with a header line " \
               "naming its columns (image,caption)" if path.suffix.lower() == ".tsv" else ""
-        packed = packed_file(path, path.read_bytes()) if path.stat().st_size < 1 << 28 else None  # a workbook, a zip
+        packed = packed_file(path)  # a workbook, a zip
         raise DataError(packed or f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file{tsv}")
     options = csv_text_options([path], SEVERAL_CAPTIONS) if builder == "csv" else {}
     return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
