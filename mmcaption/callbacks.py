@@ -142,8 +142,8 @@ class ResumableStop(Callback):
         raise RunInterrupted(signum, path or None, trainer.global_step, requeued)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit":  # before any callback writes a line: `| tee log` killed, training goes on to its saves
-            self._streams_back = self._streams_back or outlive_the_reader()
+        # before any callback writes a line: `| tee log` killed, training goes on to its saves (predict to its rows)
+        self._streams_back = self._streams_back or outlive_the_reader()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")
@@ -172,7 +172,9 @@ class ResumableStop(Callback):
             return
         callback = trainer.checkpoint_callback
         saved_by_callback = getattr(callback, "_last_global_step_saved", None)
+        self._stopping = stop  # the save records it: a next stage started from it says it did not finish
         path = save_resumable_checkpoint(trainer)
+        self._stopping = False
         self._last_save, self._saved_step = time.monotonic(), trainer.global_step
         if saved_by_callback is not None:  # the checkpoint callback's own saves at this step (a validation's best,
             callback._last_global_step_saved = saved_by_callback  # every N steps) still happen: it skips a step marked saved
@@ -185,6 +187,8 @@ class ResumableStop(Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._last_save = time.monotonic()
         checkpoint["slurm_job"] = this_job() or ""  # a requeued job resumes from its own saves (slurm.requeued_checkpoint)
+        if getattr(self, "_stopping", False):
+            checkpoint["stopped_by"] = signal.Signals(self.signal or signal.SIGTERM).name
         describe = getattr(trainer.datamodule, "training_data", None)
         if describe is not None and trainer.state.fn == "fit":
             checkpoint["training_data"] = describe()

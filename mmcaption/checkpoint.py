@@ -244,10 +244,10 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
                                   f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
     load_trainable_tensors(checkpoint, model)
-    step, planned = checkpoint.get("global_step"), checkpoint.get("planned_steps")
-    if step is not None and planned and step < planned:  # the stage before stopped early (Ctrl-C, a preemption)
-        rank_zero_warn(f"init_from {path} is from step {step} of the {planned} its run planned: this stage starts from a "
-                       "stage that did not finish (resume that run with --ckpt_path to finish it first)")
+    if stopped := checkpoint.get("stopped_by"):  # saved as its run was stopped (Ctrl-C, a preemption); a best one is not
+        of = f" of {checkpoint['planned_steps']}" if checkpoint.get("planned_steps") else ""
+        rank_zero_warn(f"init_from {path} was saved as its run was stopped by {stopped}, at step {checkpoint.get('global_step')}"
+                       f"{of}: these weights are of a stage that did not finish (resume that run with --ckpt_path to finish it)")
     return {
         "path": str(path.resolve()),
         "sha256": file_sha256(path),

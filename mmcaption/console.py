@@ -43,23 +43,28 @@ PACKAGE = str(Path(__file__).resolve().parent)
 
 def filter_warnings() -> None:
     """Inside a ``warnings.catch_warnings()`` block: drop :data:`UNACTIONABLE_WARNINGS`, and show mmcaption's own
-    warnings as their message alone (Python adds the file and the line of source that warned, which say nothing to a
-    user: ``records.py:280: UserWarning: captions.csv: skipped 2 bad records`` and ``rank_zero_warn(f"{self.source}...``)."""
+    warnings as their message alone (:func:`_format_warning`)."""
     for message in UNACTIONABLE_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     # jsonargparse's deprecations of what Lightning's CLI calls (add_instantiator, instantiate_classes: 4.49): `python
     # -W error` stopped there
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
-    shown = warnings.showwarning
+    if not getattr(warnings.formatwarning, "mmcaption", False):
+        _format_warning.others = warnings.formatwarning  # Lightning's (its own warnings without their source line)
+        warnings.formatwarning = _format_warning
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if not str(filename).startswith(PACKAGE):
-            return shown(message, category, filename, lineno, file, line)
-        file = file or sys.stderr
-        with contextlib.suppress(OSError, AttributeError):  # as Python's own: no stderr loses the warning, not the run
-            file.write(f"{category.__name__}: {message}\n")
 
-    warnings.showwarning = show
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """mmcaption's own warnings as ``UserWarning: <message>``: Python adds the file and the line of source that warned,
+    which say nothing to a user (``records.py:280: UserWarning: captions.csv: skipped 2 bad records`` and
+    ``rank_zero_warn(f"{self.source}...``); others as before. Only the format: a warning recorded
+    (``catch_warnings(record=True)``, ``pytest.warns``) is recorded as ever."""
+    if str(filename).startswith(PACKAGE):
+        return f"{category.__name__}: {message}\n"
+    return _format_warning.others(message, category, filename, lineno, line)
+
+
+_format_warning.mmcaption = True
 
 
 def quiet_lightning() -> None:

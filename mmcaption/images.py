@@ -172,8 +172,11 @@ def load_rgb(source: ImageSource) -> Image.Image:
         if 0 in source.size:  # an empty crop (a detector's box of no width): Pillow's scaling divides by it
             raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
         return _to_rgb(ImageOps.exif_transpose(source))
-    if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is
-        source = source.read()
+    if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there
+        start = source.tell() if getattr(source, "seekable", lambda: False)() else None  # (captioned, then asked about)
+        source, handle = source.read(), source
+        if start is not None:
+            handle.seek(start)
         if isinstance(source, str):
             raise TypeError("an image file is opened in binary mode: open(path, 'rb')")
     if isinstance(source, str) and source[:5].lower() == "data:":  # a data: URL, as a web page or a notebook embeds one

@@ -97,8 +97,11 @@ def check_config_file(name: str, path: Path) -> None:
     checkpoint given as ``--config``), no settings at all, a key written twice in one mapping (YAML keeps the second
     without a word: a value added at the top of a ``--print_config`` dump was lost), or a section with nothing under
     it (``trainer:`` above commented-out lines is null, which replaced the whole trainer of the configs before it)."""
-    if not path.is_file():
-        return  # jsonargparse says so (or reads the text as YAML itself)
+    try:
+        if not path.is_file():
+            return  # jsonargparse says so (or reads the text as YAML itself)
+    except OSError:  # YAML given as the argument itself, longer than a file's name may be
+        return
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -319,4 +322,4 @@ def _closest(key: str, candidates: list[str], n: int = 3) -> list[str]:
     names = difflib.get_close_matches(name, list(by_name), n=n, cutoff=0.6)
     close = by_name.get(name, []) + difflib.get_close_matches(key, candidates, n=n, cutoff=0.75) + [
         c for name in names for c in by_name[name]]  # the same name elsewhere first: a setting at the wrong level
-    return list(dict.fromkeys(close))[:n]
+    return [c for c in dict.fromkeys(close) if c != key][:n]  # not the key refused (another data module's setting)

@@ -5,6 +5,7 @@ refused; and Lightning's own refusals of settings, said on one line (:class:`~mm
 from __future__ import annotations
 
 import difflib
+import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,7 +74,17 @@ def configured_checkpoint_folders(trainer_settings: Any) -> list[Path]:
     ``--ckpt_path last`` looks)."""
     callbacks = trainer_settings.get("callbacks") or []
     return [Path(c.init_args.dirpath) for c in (callbacks if isinstance(callbacks, list) else [callbacks])
-            if str(c.get("class_path", "")).endswith("ModelCheckpoint") and c.get("init_args", {}).get("dirpath")]
+            if _is_model_checkpoint(str(c.get("class_path", ""))) and c.get("init_args", {}).get("dirpath")]
+
+
+def _is_model_checkpoint(class_path: str) -> bool:
+    """Whether ``class_path`` names ModelCheckpoint or a class of its (a project's own ``KeepCheckpoint``)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(found, type) and issubclass(found, ModelCheckpoint)
 
 
 @contextmanager

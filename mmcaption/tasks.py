@@ -8,6 +8,7 @@ validation and ``predict``, the Python API and the demo's evaluation alike. Prom
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -99,7 +100,7 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
     problems += [f"{name} {number[name]} must be 1 or more" for name in ("max_new_tokens", "num_beams")
                  if name in number and number[name] < 1]
     problems += [f"{name} {number[name]!r} must be a whole number" for name in ("max_new_tokens", "min_new_tokens", "num_beams")
-                 if name in number and number[name] != int(number[name])]
+                 if name in number and not (math.isfinite(number[name]) and number[name] == int(number[name]))]
     if "min_new_tokens" in number and number["min_new_tokens"] > number.get("max_new_tokens", float("inf")):
         problems.append(f"min_new_tokens {number['min_new_tokens']} is above max_new_tokens {number['max_new_tokens']}")
     if given.get("do_sample") and number.get("temperature", 1.0) <= 0:

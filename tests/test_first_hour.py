@@ -96,6 +96,10 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
         with pytest.raises(SystemExit):
             main(["fit", "--config", DEMO_CAPTION, "--config", str(typo)])
         assert meant in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # another data module's setting: not suggested as itself
+        main(["predict", "--ckpt_path", "x.ckpt", "--data", "mmcaption.data.CaptionPredictDataModule", "--data.images", ".",
+              "--data.val_caption_images", "5"])
+    assert "did you mean --data.init_args.val_caption_images" not in capsys.readouterr().err
 
     with pytest.raises(SystemExit):  # a list's item by index: was 'Parser key "trainer.callbacks":' and nothing after
         main(["fit", "--config", DEMO_CAPTION, "--trainer.callbacks.0.init_args.dirpath", "elsewhere"])
@@ -530,6 +534,12 @@ def test_configs_as_people_edit_them_are_refused_naming_the_file_and_line(tmp_pa
     with pytest.raises(SystemExit):
         main(["--config", base, "fit"])
     assert "settings go after the subcommand: mmcaption fit --config <file>" in capsys.readouterr().err
+    # YAML given as the argument itself, longer than a file name may be: read as YAML (was an OSError traceback)
+    inline = "{trainer: {max_steps: 1, limit_val_batches: 1, limit_train_batches: 2, log_every_n_steps: 1, " + ", ".join(
+        f"num_sanity_val_steps: {n}" for n in range(1)) + "}, model: {learning_rate: 0.001, weight_decay: 0.0}}" + " " * 200
+    with pytest.raises(SystemExit) as printed:
+        main(["fit", "--config", base, "--config", inline, "--print_config"])
+    assert printed.value.code == 0 and "max_steps: 1" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # a command that is none: mmcaption's own are named beside Lightning's four
         main(["prepair"])
     assert "and mmcaption's own: prepare (preprocess the data), chat" in capsys.readouterr().err

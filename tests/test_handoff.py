@@ -85,11 +85,17 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
         make_module(backbones, init_from=str(caption_checkpoint)).initialise_from_checkpoint()
     # outside training (predict from it) the line says nothing of an optimizer
     assert f"Initialised from {caption_checkpoint} (its step 3)." in caplog.text and "optimizer" not in caplog.text
+    # a best checkpoint of a run that went on (step 3 of 80): no warning, the run was not stopped
+    best = tmp_path / "best.ckpt"
+    torch.save({**source, "planned_steps": 80}, best)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_module(backbones, init_from=str(best)).initialise_from_checkpoint()
     # a caption stage stopped by Ctrl-C (or a preemption) at step 3 of 80: the next stage went on from it without a word
     stopped = tmp_path / "stopped.ckpt"
-    torch.save({**source, "planned_steps": 80}, stopped)
-    with pytest.warns(UserWarning, match=r"stopped\.ckpt is from step 3 of the 80 its run planned: this stage starts from a "
-                                         r"stage that did not finish"):
+    torch.save({**source, "planned_steps": 80, "stopped_by": "SIGINT"}, stopped)
+    with pytest.warns(UserWarning, match=r"stopped\.ckpt was saved as its run was stopped by SIGINT, at step 3 of 80: these "
+                                         r"weights are of a stage that did not finish"):
         make_module(backbones, init_from=str(stopped)).initialise_from_checkpoint()
 
 

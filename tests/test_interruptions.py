@@ -389,6 +389,10 @@ def test_export_with_overwrite_never_deletes_the_checkpoint_it_reads_nor_replace
 # -- --ckpt_path: what the user typed wins, structure cannot change --------------------------------------
 
 
+class KeepCheckpoint(ModelCheckpoint):
+    """A project's own ModelCheckpoint, named by its class path in a config."""
+
+
 class ParseOnly(MMCaptionCLI):
     """The CLI up to its run: parsed, classes built, checks done."""
 
@@ -418,10 +422,11 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
     # not read: a setting given was replaced without a word, and the checkpoint's stage not said)
     (tmp_path / "checkpoints").mkdir()
     shutil.copyfile(trained_checkpoint, tmp_path / "checkpoints" / "last.ckpt")
-    folder = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath", "checkpoints"]
-    cli = parse(["predict", "--ckpt_path", "last", "--model.generation", '{"max_new_tokens": 2}', *folder, *data])
-    assert cli.model.generation == {"max_new_tokens": 2} and cli.model.config.lora_r == 4
-    assert "generation {'max_new_tokens': 2} (checkpoint: {'max_new_tokens': 8})" in capsys.readouterr().err
+    for checkpoints in ("lightning.pytorch.callbacks.ModelCheckpoint", f"{__name__}.KeepCheckpoint"):  # a project's own too
+        folder = [f"--trainer.callbacks+={checkpoints}", "--trainer.callbacks.dirpath", "checkpoints"]
+        cli = parse(["predict", "--ckpt_path", "last", "--model.generation", '{"max_new_tokens": 2}', *folder, *data])
+        assert cli.model.generation == {"max_new_tokens": 2} and cli.model.config.lora_r == 4
+        assert "generation {'max_new_tokens': 2} (checkpoint: {'max_new_tokens': 8})" in capsys.readouterr().err
 
     cli = parse(["predict", "--ckpt_path", str(trained_checkpoint), *data])  # nothing given: the checkpoint's, silently
     assert cli.model.generation == {"max_new_tokens": 8}
@@ -1601,6 +1606,26 @@ def test_training_goes_on_to_its_checkpoint_when_the_reader_of_its_output_goes(t
     assert trainer.global_step == 4 and (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert sys.stdout is piped  # put back after the run; its output goes nowhere now, without an error
     print("after the run", flush=True)
+    piped.close()
+
+
+def test_predict_goes_on_to_its_last_row_when_the_reader_of_its_output_goes(tmp_path, monkeypatch):
+    # its progress lines every 30 s met the closed pipe of a killed `| tee log`, and the predict ended there
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from mmcaption.callbacks import PlainProgress
+
+    class Predicting(BoringModel):
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return self(batch)
+
+    reader, writer = os.pipe()
+    piped = os.fdopen(writer, "w")
+    os.close(reader)
+    monkeypatch.setattr(sys, "stdout", piped)
+    trainer = Trainer(accelerator="cpu", limit_predict_batches=5, logger=False, enable_model_summary=False,
+                      callbacks=[PlainProgress(every_seconds=0.0), ResumableStop()], default_root_dir=tmp_path)
+    assert len(trainer.predict(Predicting())) == 5
     piped.close()
 
 

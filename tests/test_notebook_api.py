@@ -237,7 +237,9 @@ def test_images_as_notebooks_hold_them_and_misuse_said_plainly(captioner, photos
     data = open(photos[0], "rb").read()
     expected = captioner.caption(photos[0])
     # a download's BytesIO, an open file, a bytearray: read as one image (were 71 "images", one per line, or 1661 ints)
-    assert captioner.caption(io.BytesIO(data)) == expected
+    download = io.BytesIO(data)
+    assert captioner.caption(download) == expected
+    assert captioner.caption([download, download]) == [expected] * 2  # read again: it was empty after the first read
     with open(photos[0], "rb") as handle:
         assert captioner.caption(handle) == expected
     assert captioner.caption(bytearray(data)) == expected and captioner.caption([memoryview(data)]) == [expected]
@@ -254,8 +256,9 @@ def test_images_as_notebooks_hold_them_and_misuse_said_plainly(captioner, photos
     with pytest.raises(ValueError, match=r"image 2 of 2: the image is 0 x 30 pixels: nothing to see"):
         captioner.caption([photos[0], Image.open(photos[0]).crop((10, 10, 10, 40))])
     # a whole-number setting given as a float (from JSON, or n / 2): was a TypeError from inside torch
-    with pytest.raises(ValueError, match=r"num_beams 2\.5 must be a whole number"):
-        captioner.caption(photos[0], num_beams=2.5)
+    for beams in (2.5, float("inf"), float("nan")):  # infinity and NaN were an OverflowError / ValueError from int()
+        with pytest.raises(ValueError, match=rf"num_beams {beams!r} must be a whole number"):
+            captioner.caption(photos[0], num_beams=beams)
     # fit's checkpoints folder given for a model folder: the command that exports its checkpoint
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")

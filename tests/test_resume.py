@@ -145,7 +145,10 @@ def test_sigterm_or_ctrl_c_mid_epoch_saves_exits_non_zero_and_resumes_exactly(st
     last = workdir / f"checkpoints-{name}" / "last.ckpt"
     done = max(records(steps))
     assert done < MAX_STEPS, "the run finished before the signal"
-    assert load_checkpoint_file(last)["global_step"] == done  # saved at the end of the step it was in
+    saved = load_checkpoint_file(last)
+    assert saved["global_step"] == done  # saved at the end of the step it was in
+    # a next stage started from it says these weights did not finish training (one started from a best checkpoint does not)
+    assert saved["stopped_by"] == signal.Signals(signum).name and saved["planned_steps"] == MAX_STEPS
     message = stderr.strip().splitlines()[-1]
     assert message == (f"stopped by {signal.Signals(signum).name} at step {done}: saved {last}; "
                        f"resume by running the same command with --ckpt_path {last}")
