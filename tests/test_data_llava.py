@@ -142,6 +142,10 @@ BAD_RECORDS = {
     "image_url part": (lambda r: r["conversations"][0].update(value=[
         {"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}]),
         r"turn 0 has an 'image_url' part \(OpenAI's fine-tuning layout\), which is not downloaded: name the image in 'image'"),
+    # a conversation written for Qwen-VL: trained as text-only, its placeholder and the file's name as words
+    "another model's image placeholder": (lambda r: (r.pop("image"), r["conversations"][0].update(
+        value="Picture 1: <img>000000033471.jpg</img>\nWhat is it?")),
+        r"places its image as '<img>000000033471\.jpg</img>', another model's placeholder"),
 }
 
 
@@ -321,6 +325,10 @@ def test_sharegpt_and_openai_style_records_read_as_llavas(llava, tmp_path):
         # LLaMA-Factory's "system" column beside the turns: dropped without a word before
         {"id": "pirate", "system": "You are a pirate.", "conversations": [{"from": "human", "value": "Hi."},
                                                                           {"from": "gpt", "value": "Arr."}]},
+        # datasets' to_json of records of both layouts: the other layout's keys null beside these (its image was lost,
+        # its turns "no 'conversations' (or 'messages') list")
+        {"id": "both", "image": None, "images": ["train2017/000000000004.jpg"], "conversations": None, "messages": [
+            {"role": "user", "content": "<image>What shape?"}, {"role": "assistant", "content": "A circle."}]},
     ]
     file = tmp_path / "mine.json"
     file.write_text(json.dumps(records))
@@ -332,6 +340,7 @@ def test_sharegpt_and_openai_style_records_read_as_llavas(llava, tmp_path):
         ("#2", "train2017/" + accented.name, [("Compare with it.", "The same.")]),
         ("text", None, [("Say red.", "red")]),
         ("pirate", None, [("Hi.", "Arr.")]),
+        ("both", "train2017/000000000004.jpg", [("What shape?", "A circle.")]),
     ]
     assert {kind.split(":")[0].split(" (")[0]: n for kind, n in records_seen.notes.items()} == {
         "conversations with a system turn of their own": 2, "conversations with several <image> placeholders for their one image": 1}

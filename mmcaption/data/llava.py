@@ -31,7 +31,7 @@ from mmcaption.data.records import (
     outside_root,
     read_json_list,
 )
-from mmcaption.prompts import IMAGE_PLACEHOLDER, ConversationTemplate, strip_image_placeholder
+from mmcaption.prompts import IMAGE_PLACEHOLDER, OTHER_PLACEHOLDERS, ConversationTemplate, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
 CONVERSATION_FEATURES = datasets.Features(
@@ -87,11 +87,17 @@ def split_key(record: object, position: int) -> str:
     if isinstance(record, dict):
         if record.get("id") not in (None, ""):
             return str(record["id"])
-        image = record["image"] if "image" in record else record.get("images")
+        image = _either(record, "image", "images")
         image = image[0] if isinstance(image, list) and len(image) == 1 else image
         if isinstance(image, str) and image:
             return f"image {image}"
     return f"#{position}"
+
+
+def _either(record: dict, key: str, other: str) -> object:
+    """``record[key]``, else ``record[other]``: a ``null`` one is absent (``datasets``' ``to_json`` of records of both
+    layouts writes ``"image": null`` beside ``"images": [...]``, and the image was lost)."""
+    return record[key] if record.get(key) is not None else record.get(other)
 
 
 def _described(key: str) -> str:
@@ -103,7 +109,7 @@ def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str |
     files (LLaMA-Factory's), with one image; no image (missing, null, "" or []) is a text-only record. The path is
     relative to image_root; an absolute one (or one with ``..``) is read as written, as LLaVA's loader reads it
     (``os.path.join(image_folder, image)``)."""
-    image = record["image"] if "image" in record else record.get("images")
+    image = _either(record, "image", "images")
     if isinstance(image, list):
         if len(image) > 1:
             records.bad("several images", f"{name} has {len(image)} images: a conversation is trained with one")
@@ -128,7 +134,7 @@ def images_outside_root(file: Path, image_root: Path) -> list[tuple[str, str | N
 def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
     """``(role, text)`` of each turn: LLaVA's ``conversations`` of ``from`` / ``value``, or the ``messages``
     of ``role`` / ``content`` that OpenAI-style files have; roles as :data:`ROLES` names them (others as written)."""
-    turns = record["conversations"] if "conversations" in record else record.get("messages")
+    turns = _either(record, "conversations", "messages")
     if not isinstance(turns, list) or not turns:
         records.bad("malformed record", f"{name} has no 'conversations' (or 'messages') list")
         return None
@@ -195,6 +201,12 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
     placeholders = sum(len(IMAGE_PLACEHOLDER.findall(value)) for role, value in turns if role == "human")
     if placeholders and image is None:
         records.bad("<image> without an image", f"{name} asks about an <image> but names none (in 'image', or 'images')")
+        return None
+    other = next((m.group(0) for _, value in turns if (m := OTHER_PLACEHOLDERS.search(value))), None)
+    if other is not None:  # another model's way of placing the image: trained as that text, without the image
+        records.bad("another model's image placeholder",
+                    f"{name} places its image as {other[:40]!r}, another model's placeholder (Qwen-VL's <img>, MiniGPT-4's "
+                    "<ImageHere>): write <image> and name the image in 'image'")
         return None
     if placeholders > 1:
         dropped.append(SEVERAL_PLACEHOLDERS)
