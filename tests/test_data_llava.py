@@ -270,6 +270,12 @@ def test_a_wrong_image_folder_is_named_with_the_path_tried_and_where_the_images_
     with pytest.raises(DataError, match=rf"looked for as {re.escape(str(nested.parent))}/coco/train2017/000000000001\.jpg\)\. "
                                         rf"coco/train2017/000000000001\.jpg is under {re.escape(str(nested))}: is that the image folder\?"):
         make_datamodule(backbones, (train, nested.parent)).prepare_data()
+    # the image there under another suffix (LLaVA-1.5's ocr_vqa download leaves 140031996.png where the file says .jpg)
+    first = nested / "coco" / "train2017" / "000000000001.jpg"
+    first.rename(first.with_suffix(".png"))
+    with pytest.raises(DataError, match=r"looked for as .*000000000001\.jpg\)\. 000000000001\.png is there, the same name with "
+                                        r"another suffix: rename it to 000000000001\.jpg"):
+        make_datamodule(backbones, (train, nested)).prepare_data()
 
 
 def test_repeated_ids_are_separate_conversations_as_in_llava_instruct_150k(backbones, llava):

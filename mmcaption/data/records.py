@@ -4,6 +4,7 @@ and count when the user asked for that. Nothing is dropped silently."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -280,6 +281,9 @@ class BadRecords:
         below = sorted(folder for folder in root.iterdir() if folder.is_dir())[:200] if root.is_dir() else []
         hint = next((f" {relative} is under {folder}: is that the image folder?" for folder in [*list(root.parents)[:3], *below]
                      if (folder / relative).is_file()), "")
+        if not hint and path.parent.is_dir():  # LLaVA-1.5's ocr_vqa download: 140031996.png where the file says .jpg
+            other = next((p.name for p in sorted(path.parent.glob(glob.escape(path.stem) + ".*")) if p.is_file()), None)
+            hint = f" {other} is there, the same name with another suffix: rename it to {path.name}." if other else ""
         first = f"first: {name}, its image {relative} looked for as {path}"
         if self.on_bad_record == "error" or len(missing) == total:
             raise DataError(
