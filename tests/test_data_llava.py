@@ -533,13 +533,22 @@ def test_trl_content_parts_read_as_text_and_the_image_part_as_its_placeholder(ll
             {"role": "assistant", "content": [{"type": "text", "text": "A diamond."}]}]},
         {"id": "url", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.jpg"}}]},
                                    {"role": "assistant", "content": "x"}]},
+        # transformers' messages (and Qwen2-VL's, with "image") name the image in its part: was "names none"
+        {"id": "part", "messages": [
+            {"role": "user", "content": [{"type": "image", "path": "train2017/000000000002.jpg"}, {"type": "text", "text": "Which?"}]},
+            {"role": "assistant", "content": "A diamond."}]},
+        {"id": "qwen", "messages": [
+            {"role": "user", "content": [{"type": "image", "image": "train2017/000000000003.jpg"}, {"type": "text", "text": "Which?"}]},
+            {"role": "assistant", "content": "A circle."}]},
     ]
     file = tmp_path / "trl.json"
     file.write_text(json.dumps(records))
     seen = BadRecords(str(file), "skip")
     conversations = read_llava(file, image_root, seen)
     assert [(c.id, c.image, c.turns) for c in conversations] == [
-        ("trl", "train2017/000000000001.jpg", [("What colour is it?", "Yellow."), ("And its shape?", "A diamond.")])]
+        ("trl", "train2017/000000000001.jpg", [("What colour is it?", "Yellow."), ("And its shape?", "A diamond.")]),
+        ("part", "train2017/000000000002.jpg", [("Which?", "A diamond.")]),
+        ("qwen", "train2017/000000000003.jpg", [("Which?", "A circle.")])]
     assert seen.counts == {"image_url part": 1}  # refused, now with what to write in its place
     assert "put an {'type': 'image'} part (or <image>) where the image_url part was" in seen.examples["image_url part"]
 

@@ -106,10 +106,14 @@ def _described(key: str) -> str:
 
 def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | None]:
     """``(usable, image)`` of a record: LLaVA's ``image`` path, or the ``images`` list of ShareGPT-style
-    files (LLaMA-Factory's), with one image; no image (missing, null, "" or []) is a text-only record. The path is
+    files (LLaMA-Factory's), or the ``path`` (Qwen2-VL: ``image``) of a message's image part, with one image; no image (missing, null, "" or []) is a text-only record. The path is
     relative to image_root; an absolute one (or one with ``..``) is read as written, as LLaVA's loader reads it
     (``os.path.join(image_folder, image)``)."""
     image = _either(record, "image", "images")
+    if image is None:  # transformers' and Qwen2-VL's messages name it in their image part
+        image = [part.get("path") or part.get("image") for turn in _either(record, "conversations", "messages") or []
+                 if isinstance(turn, dict) and isinstance(turn.get("content"), list) for part in turn["content"]
+                 if isinstance(part, dict) and part.get("type") == "image" and (part.get("path") or part.get("image"))] or None
     if isinstance(image, list):
         if len(image) > 1:
             records.bad("several images", f"{name} has {len(image)} images: a conversation is trained with one")
