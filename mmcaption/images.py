@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import functools
 import io
 import os
@@ -188,7 +189,11 @@ def load_rgb(source: ImageSource) -> Image.Image:
                 len(source) > 4096 or max(map(len, re.split(r"[/\\]", source))) > 255):
             raise ValueError(f"an image path of {len(source):,} characters ({source[:24]}...) is no path: an image as base64 "
                              "text goes as a data: URL ('data:image/jpeg;base64,' + text), or as base64.b64decode(text)")
-        data = fetch(source) if is_url(source) else local_file(Path(source).expanduser()).read_bytes()  # a notebook's "~/..."
+        path = None if is_url(source) else local_file(Path(source).expanduser())  # a notebook's "~/..."
+        if path is not None and path.is_dir():  # where predict takes a folder, the API takes its images
+            raise IsADirectoryError(errno.EISDIR, "a folder, not an image: give its images (a list of their paths), or "
+                                    "caption it with mmcaption predict --data.images FOLDER", str(source))
+        data = fetch(source) if path is None else path.read_bytes()
         name = f"image {source}"
     else:
         raise TypeError(f"an image is a path, an http(s):// URL, bytes, a file opened 'rb', a PIL image, an array or a tensor, "

@@ -72,3 +72,11 @@ def test_language_pretraining_packs_sequences_without_letting_them_see_each_othe
         # and the loss is the padded batch's: the same tokens predicted, none across a boundary
         padded = collate([{"input_ids": torch.tensor(s), "labels": torch.tensor(s)} for s in sequences], pad_token_id=0)
         assert model(**packed).loss == pytest.approx(model(**padded).loss.item(), rel=1e-5)
+
+
+def test_pretraining_in_a_log_file_says_how_far_it_is(capsys):
+    # a logged demo (`mmcaption-demo > demo.log`) sat silent through the backbones' pretraining: 18 minutes on a busy machine
+    from mmcaption.demo.tiny import steps_bar
+
+    assert list(steps_bar(3, "tiny CLIP: contrastive pretraining", every_seconds=0.0)) == [0, 1, 2]
+    assert capsys.readouterr().out.splitlines() == [f"  tiny CLIP: contrastive pretraining: step {n}/3" for n in (1, 2, 3)]

@@ -255,6 +255,10 @@ def test_images_as_notebooks_hold_them_and_misuse_said_plainly(captioner, photos
     # an empty crop (a detector's box of no width): was a bare ZeroDivisionError without the item's place
     with pytest.raises(ValueError, match=r"image 2 of 2: the image is 0 x 30 pixels: nothing to see"):
         captioner.caption([photos[0], Image.open(photos[0]).crop((10, 10, 10, 40))])
+    # a folder, as predict takes one: was a bare IsADirectoryError traceback
+    with pytest.raises(IsADirectoryError, match=r"a folder, not an image: give its images \(a list of their paths\), or caption "
+                                                r"it with mmcaption predict --data.images FOLDER"):
+        captioner.caption(str(tmp_path))
     # a whole-number setting given as a float (from JSON, or n / 2): was a TypeError from inside torch
     for beams in (2.5, float("inf"), float("nan")):  # infinity and NaN were an OverflowError / ValueError from int()
         with pytest.raises(ValueError, match=rf"num_beams {beams!r} must be a whole number"):
