@@ -155,8 +155,7 @@ class HubCaptions:
     def _csv_options(self) -> dict:
         """How a local folder of CSV tables (train.csv, test.csv), or an image folder's metadata.csv, reads: every
         column as text, as one CSV is read (:func:`~mmcaption.data.tables.csv_text_options`)."""
-        builder, splits = self._table_splits or (None, {})
-        tables = [Path(file) for files in splits.values() for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
+        builder, tables = (self._table_splits or (None,))[0], self._split_tables
         if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() == ".csv" for table in tables):
             return {}  # an image folder's metadata.jsonl or .parquet: its own types
         return csv_text_options(tables, SEVERAL_CAPTIONS, image_folder=builder == "imagefolder")
@@ -166,12 +165,18 @@ class HubCaptions:
         """A local folder of tables (or an image folder): the builder and each split's files, among the user's own
         (:func:`~mmcaption.data.folder_layouts.local_splits`)."""
         found = local_splits(Path(self.dataset), self._files) if self._saved() is None else None
-        if found and len(self._tables) > 1:  # which table is which split: two copies of one table are both read
-            tables = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
-                      for split, files in found[1].items()}
+        tables = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
+                  for split, files in (found or (None, {}))[1].items()}
+        if sum(map(len, tables.values())) > 1:  # which table is which split: two copies of one table are both read
             rank_zero_info(f"{self.dataset}: its tables are read as "
                            + "; ".join(f"split {split}: {', '.join(names)}" for split, names in tables.items()))
         return found
+
+    @property
+    def _split_tables(self) -> list[Path]:
+        """The tables :attr:`_table_splits` reads (an image folder's metadata tables, not its photos)."""
+        splits = (self._table_splits or (None, {}))[1]
+        return [Path(file) for files in splits.values() for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
 
     @functools.cached_property
     def _files(self) -> list[Path]:
@@ -180,16 +185,12 @@ class HubCaptions:
         path = Path(self.dataset)
         return sorted(user_files(path, self.cache_dir)) if path.is_dir() else []
 
-    @functools.cached_property
-    def _tables(self) -> list[Path]:
-        return [f for f in self._files if f.suffix.lower() in TABLE_SUFFIXES]
-
     def _unreadable(self, error: BaseException) -> DataError:
         """What ``datasets`` could not read, said as the user can act on it: the file (in a folder, the first of its
         tables that does not read alone), its line, and what is wrong there."""
         path = Path(self.dataset)
         if path.is_dir():
-            for table in self._tables[:100]:
+            for table in (self._split_tables or [f for f in self._files if f.suffix.lower() in TABLE_SUFFIXES])[:100]:
                 try:
                     read_table_file(table)
                 except datasets.exceptions.DatasetGenerationError as inner:
