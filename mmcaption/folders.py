@@ -5,15 +5,17 @@ whole (never file by file) when the user asks for that.
   missing permission is found in the first seconds, not at the first checkpoint hours later.
 - :class:`FolderLock` keeps two runs from writing one checkpoint folder: the lock is an ``flock`` on
   ``.mmcaption.lock`` in it, released by the operating system when the process ends however it ends
-  (a kill leaves no stale lock); the file names the holder's PID and command.
+  (a kill leaves no stale lock); the file names the holder's PID, host, user and command.
 - :func:`replace_folder` puts a folder written elsewhere (a temporary sibling) in place of another in
   two renames: a reader never sees a half-written folder, and nothing of the old one is left in it.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -53,6 +55,16 @@ def check_writable(folder: str | Path, what: str) -> Path:
     return folder
 
 
+def lock_holder() -> str:
+    """What a lock file says of the run holding it: on a cluster's shared disk a PID alone is of another node, whose
+    user a teammate would look for (``4242 on node17, alice: mmcaption fit --config ...``)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container's)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "?"
+    return f"{os.getpid()} on {socket.gethostname()}, {user}: {' '.join(sys.argv)}"
+
+
 class FolderLock:
     """An exclusive lock on a folder (or, with ``name``, on one file's place in it) for this process's
     lifetime, re-entrant within the process. ``what`` and ``advice`` make the refusal's message."""
@@ -80,13 +92,13 @@ class FolderLock:
             except OSError:
                 holder = os.read(descriptor, 1000).decode(errors="replace").strip() or "unknown"
                 os.close(descriptor)
-                raise FolderLockedError(f"{self.what} is being written by another run (PID and command: {holder}); wait "
+                raise FolderLockedError(f"{self.what} is being written by another run (PID, host, user and command: {holder}); wait "
                                         f"for it to end, or {self.advice}") from None
             if _same_file(descriptor, self.path):
                 break
             os.close(descriptor)  # a file another run took over and replaced while this one opened it: again
         os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"{os.getpid()} {' '.join(sys.argv)}".encode())
+        os.write(descriptor, lock_holder().encode())
         self._held[self.path] = descriptor
 
     def _opened(self, fcntl) -> int:

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -840,7 +841,9 @@ def test_a_second_run_into_a_locked_checkpoint_folder_is_refused_naming_the_firs
     first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert first.stdout.readline().strip() == "locked"
-        with pytest.raises(FolderLockedError, match=rf"{folder} is being written by another run \(PID and command: {first.pid} "):
+        # on a cluster's shared disk the PID may be another node's: its host and user are named too
+        with pytest.raises(FolderLockedError, match=rf"{folder} is being written by another run \(PID, host, user and command: "
+                                                    rf"{first.pid} on {re.escape(socket.gethostname())}, "):
             run_cli(fit_config(tmp_path, coco_root, backbones, folder))
     finally:
         first.kill()
@@ -940,7 +943,7 @@ def test_a_second_predict_into_the_same_output_is_refused_naming_the_first(backb
                                     image_processor=str(backbones[1]))
     try:
         assert first.stdout.readline().strip() == "locked"
-        with pytest.raises(FolderLockedError, match=rf"output {output} is being written by another run \(PID and command: "
+        with pytest.raises(FolderLockedError, match=rf"output {output} is being written by another run \(PID, host, user and command: "
                                                     rf"{first.pid} .*\); wait for it to end, or give this run another --data.output"):
             data.check_output()
     finally:
@@ -1818,3 +1821,41 @@ def test_a_multi_process_runs_other_processes_say_one_marked_line_not_a_collecti
     with pytest.raises(SystemExit) as exited:  # each process stops alike: rank 0 says it
         user_errors_exit(stopped, signals=False)()
     assert exited.value.code == 130 and capsys.readouterr().err == ""
+
+
+def test_a_run_waiting_on_a_cache_build_says_whose_it_is_and_waits_on_a_lock_it_may_not_write(tmp_path, capsys, monkeypatch):
+    # "waiting for another process to finish preprocessing" named no one: on a cluster's shared disk, a teammate's job on
+    # another node; and a teammate's lock this user could not open to write made the run build alongside, and fail
+    import threading
+
+    from mmcaption.data.cache import built_once
+
+    target = tmp_path / "preprocessed" / "train-abc"
+    holding, release, waited = threading.Event(), threading.Event(), []
+
+    def holder() -> None:
+        with built_once(target, "preprocessing split train"):
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    holding.wait(30)
+    lock = target.parent / ".train-abc.lock"
+    assert f"{os.getpid()} on {socket.gethostname()}, " in lock.read_text()
+    opened = os.open
+
+    def a_teammates(path, flags, *args):  # their lock file: this user may read it, not write it (as root, by hand)
+        if str(path) == str(lock) and flags & os.O_RDWR and threading.current_thread() is threading.main_thread():
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", a_teammates)
+    later = threading.Timer(1.0, release.set)
+    later.start()
+    with built_once(target, "preprocessing split train"):  # another run of this process: flock locks per open file
+        waited.append(True)
+    thread.join(30)
+    assert waited and release.is_set()  # it waited for the holder, not building alongside
+    assert f"waiting for another process to finish preprocessing split train (PID, host, user and command: {os.getpid()} on " \
+           in capsys.readouterr().err

@@ -860,6 +860,25 @@ def test_caption_tables_as_spreadsheets_fill_them_read_every_cell_as_text(tmp_pa
         list(HubCaptions(str(folder / "several.csv"), "image", "caption").records("train", BadRecords("several.csv")))
 
 
+def test_a_users_own_tables_are_read_through_mmcaptions_cache_not_the_shared_datasets_cache(tmp_path, monkeypatch):
+    # a cluster's HF_DATASETS_CACHE, shared and read-only: a run whose own cache was complete failed there ("permission
+    # denied: .../_tmp_..._csv_default-....lock"), and the advice to set data.init_args.cache_dir did not help
+    import datasets
+
+    shared = tmp_path / "shared-hf-cache"
+    shared.mkdir()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", shared)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "p0.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), "red")))
+    (folder / "train.csv").write_text("image,caption\np0.jpg,a red photo\n")
+    (folder / "validation.csv").write_text("image,caption\np0.jpg,a red photo\n")
+    for dataset in (folder, folder / "train.csv"):  # a folder of tables, and one table
+        captions = HubCaptions(str(dataset), "image", "caption", cache_dir=str(tmp_path / "mine"))
+        assert len(list(captions.records("train", BadRecords("photos")))) == 1
+    assert not any(shared.iterdir()) and any((tmp_path / "mine" / "datasets").iterdir())
+
+
 def test_a_folder_of_photos_and_two_tables_reads_both_and_says_so(tmp_path, monkeypatch):
     # a browser's second download beside the first: datasets read the folder as an image folder with CSV options and
     # raised ValueError ("doesn't have a 'keep_default_na' key")

@@ -3,6 +3,7 @@ atomically, checked whole before they are reused."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import hashlib
@@ -21,7 +22,7 @@ import datasets
 
 from mmcaption.data.image_pass import checked_and_shrunk
 from mmcaption.data.records import BadRecords, DataError
-from mmcaption.folders import umask, walk_through_links
+from mmcaption.folders import lock_holder, umask, walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES
 
 
@@ -168,15 +169,20 @@ def built_once(target: Path, what: str) -> Iterator[None]:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # as the umask allows: a teammate's run may wait on it
-        except OSError:  # a read-only cache (reading a complete folder needs no lock; building fails by name)
-            yield
-            return
+        except OSError:
+            try:  # a teammate's lock this user may not write: waited on all the same (a lock holds on a file open to read)
+                descriptor = os.open(path, os.O_RDONLY)
+            except OSError:  # a read-only cache (reading a complete folder needs no lock; building fails by name)
+                yield
+                return
         try:
             try:
                 _flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if not said:
-                    print(f"waiting for another process to finish {what} ...", file=sys.stderr, flush=True)
+                if not said:  # whose run: on a cluster's shared disk, perhaps a teammate's job on another node
+                    holder = os.pread(descriptor, 1000, 0).decode(errors="replace").strip() or "unknown"
+                    print(f"waiting for another process to finish {what} (PID, host, user and command: {holder}) ...",
+                          file=sys.stderr, flush=True)
                     said = True
                 _flock(descriptor, fcntl.LOCK_EX)
         except OSError:  # a disk without working flock (NFS without lockd, Lustre without -o flock)
@@ -190,12 +196,16 @@ def built_once(target: Path, what: str) -> Iterator[None]:
         except FileNotFoundError:
             pass
         os.close(descriptor)
+    with contextlib.suppress(OSError):  # who holds it, for a run that waits (not written to a lock open to read)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, lock_holder().encode(), 0)
     _LOCKED.add(target.resolve())
     try:
         yield
     finally:
         _LOCKED.discard(target.resolve())
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a teammate's lock file, in a folder this user may not write to
+            path.unlink(missing_ok=True)
         os.close(descriptor)
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
+from mmcaption.data import tables
 from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, local_splits, sidecar_dataset, user_files
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
@@ -37,7 +38,6 @@ from mmcaption.data.records import (
     not_utf8,
     read_json_list,
 )
-from mmcaption.data.tables import CSV_OPTIONS, SEVERAL_CAPTIONS, csv_text_options, read_table_file, separator_hint
 from mmcaption.errors import causes
 from mmcaption.images import IMAGE_SUFFIXES, is_url
 
@@ -126,51 +126,50 @@ class HubCaptions:
             return sidecar_dataset(self._pairs, self.image_column, self.caption_column), side
         saved = self._saved()
         if isinstance(saved, datasets.DatasetDict):
-            return self._columns_named(saved[base]), side
+            return self._named_columns(saved[base]), side
         if saved is not None:
-            return self._columns_named(saved), side
+            return self._named_columns(saved), side
         try:
             if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
-                return self._columns_named(read_table_file(Path(self.dataset))), side
+                return self._named_columns(tables.read_table_file(Path(self.dataset), self._datasets_cache)), side
             if self._table_splits:
                 builder, splits = self._table_splits  # each file as itself: datasets reads its name as a pattern ("[2024]")
                 files = {split: [glob.escape(file) for file in found] for split, found in splits.items()}
-                return self._columns_named(datasets.load_dataset(builder, data_files=files, split=base, **self._csv_options)), side
-            return self._columns_named(datasets.load_dataset(self.dataset, split=base)), side
+                return self._named_columns(datasets.load_dataset(builder, data_files=files, split=base, cache_dir=self._datasets_cache,
+                                                                 **self._csv_options)), side
+            return self._named_columns(datasets.load_dataset(self.dataset, split=base)), side
         except datasets.exceptions.DatasetGenerationError as error:
             raise self._unreadable(error) from None
-
-    def _columns_named(self, data: datasets.Dataset) -> datasets.Dataset:
-        """The image and caption columns as the settings name them, where the table heads them in another case or with
-        spaces around (a sheet typed ``Image,Caption ``), as the other CSV readers take them."""
-        loose = {}
-        for wanted in (self.image_column, self.caption_column):
-            if wanted not in data.column_names:
-                found = [name for name in data.column_names if name.strip().casefold() == wanted.strip().casefold()]
-                if len(found) == 1:
-                    loose[found[0]] = wanted
-        return data.rename_columns(loose) if loose else data
 
     @functools.cached_property
     def _csv_options(self) -> dict:
         """How a local folder of CSV tables (train.csv, test.csv), or an image folder's metadata.csv, reads: every
         column as text, as one CSV is read (:func:`~mmcaption.data.tables.csv_text_options`)."""
-        builder, tables = (self._table_splits or (None,))[0], self._split_tables
-        if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() == ".csv" for table in tables):
+        builder, read = (self._table_splits or (None,))[0], self._split_tables
+        if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() == ".csv" for table in read):
             return {}  # an image folder's metadata.jsonl or .parquet: its own types
-        return csv_text_options(tables, SEVERAL_CAPTIONS, image_folder=builder == "imagefolder")
+        return tables.csv_text_options(read, tables.SEVERAL_CAPTIONS, image_folder=builder == "imagefolder")
 
     @functools.cached_property
     def _table_splits(self) -> tuple[str, dict[str, list[str]]] | None:
         """A local folder of tables (or an image folder): the builder and each split's files, among the user's own
         (:func:`~mmcaption.data.folder_layouts.local_splits`)."""
         found = local_splits(Path(self.dataset), self._files) if self._saved() is None else None
-        tables = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
-                  for split, files in (found or (None, {}))[1].items()}
-        if sum(map(len, tables.values())) > 1:  # which table is which split: two copies of one table are both read
+        named = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
+                 for split, files in (found or (None, {}))[1].items()}
+        if sum(map(len, named.values())) > 1:  # which table is which split: two copies of one table are both read
             rank_zero_info(f"{self.dataset}: its tables are read as "
-                           + "; ".join(f"split {split}: {', '.join(names)}" for split, names in tables.items()))
+                           + "; ".join(f"split {split}: {', '.join(names)}" for split, names in named.items()))
         return found
+
+    def _named_columns(self, data: datasets.Dataset) -> datasets.Dataset:
+        return tables.columns_named(data, (self.image_column, self.caption_column))
+
+    @property
+    def _datasets_cache(self) -> str | None:
+        """Where ``datasets`` keeps its reading of the user's own files: in mmcaption's cache (a cluster's shared
+        ``HF_DATASETS_CACHE`` is often read-only, and a run whose cache was complete failed there)."""
+        return str(Path(self.cache_dir).expanduser() / "datasets") if self.cache_dir else None
 
     @property
     def _split_tables(self) -> list[Path]:
@@ -192,7 +191,7 @@ class HubCaptions:
         if path.is_dir():
             for table in (self._split_tables or [f for f in self._files if f.suffix.lower() in TABLE_SUFFIXES])[:100]:
                 try:
-                    read_table_file(table)
+                    tables.read_table_file(table, self._datasets_cache)
                 except datasets.exceptions.DatasetGenerationError as inner:
                     return HubCaptions(str(table))._unreadable(inner)
         found = list(causes(error))
@@ -218,7 +217,7 @@ class HubCaptions:
         missing = {self.image_column, self.caption_column} - set(data.column_names)
         if missing:
             raise DataError(f"{records.source} has no column(s) {sorted(missing)} (hub_image_column, hub_caption_column); its "
-                            f"columns are {data.column_names}{separator_hint(data.column_names)}")
+                            f"columns are {data.column_names}{tables.separator_hint(data.column_names)}")
         if isinstance(data.features[self.image_column], datasets.Image):
             data = data.cast_column(self.image_column, datasets.Image(decode=False))
         columns = [self.image_column, self.caption_column, *(["__key__"] if "__key__" in data.column_names else [])]
@@ -326,7 +325,7 @@ class HubCaptions:
         if not self._table_splits or self._table_splits[0] != "csv":
             return {}
         splits = self._table_splits[1]
-        return {split: [(os.path.relpath(file, self.dataset), len(pd.read_csv(file, usecols=[0], **CSV_OPTIONS)))
+        return {split: [(os.path.relpath(file, self.dataset), len(pd.read_csv(file, usecols=[0], **tables.CSV_OPTIONS)))
                         for file in files] for split, files in splits.items()}
 
     @functools.cached_property

@@ -81,9 +81,10 @@ def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = Fal
     return {**CSV_OPTIONS, "features": datasets.Features(text)}
 
 
-def read_table_file(path: Path) -> datasets.Dataset:
-    """One file of captions (a parquet download, JSON Lines, a CSV as :func:`csv_text_options` reads it); a workbook, an
-    archive or a ``.tsv`` given in its place is refused saying what to do."""
+def read_table_file(path: Path, cache_dir: str | None = None) -> datasets.Dataset:
+    """One file of captions (a parquet download, JSON Lines, a CSV as :func:`csv_text_options` reads it), read through
+    ``datasets``' cache in ``cache_dir`` when given (else its own); a workbook, an archive or a ``.tsv`` given in its
+    place is refused saying what to do."""
     builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
     if builder is None:
         tsv = "; a .tsv (as Conceptual Captions' image URLs come): save it comma-separated as .csv, with a header line " \
@@ -91,7 +92,19 @@ def read_table_file(path: Path) -> datasets.Dataset:
         packed = packed_file(path)  # a workbook, a zip
         raise DataError(packed or f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file{tsv}")
     options = csv_text_options([path], SEVERAL_CAPTIONS) if builder == "csv" else {}
-    return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir, **options)
+
+
+def columns_named(data: datasets.Dataset, wanted: tuple[str, ...]) -> datasets.Dataset:
+    """The ``wanted`` columns as the settings name them, where the table heads them in another case or with spaces
+    around (a sheet typed ``Image,Caption ``), as the other CSV readers take them."""
+    loose = {}
+    for name in wanted:
+        if name not in data.column_names:
+            found = [column for column in data.column_names if column.strip().casefold() == name.strip().casefold()]
+            if len(found) == 1:
+                loose[found[0]] = name
+    return data.rename_columns(loose) if loose else data
 
 
 def _header(path: Path) -> list[str]:
