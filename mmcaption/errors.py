@@ -290,7 +290,10 @@ def permission_message(path: Path, why: str | None, advice: str = "") -> str:
         except (ImportError, KeyError):
             name = str(info.st_uid)
         owner = f"; {found} belongs to {name}, mode {stat.filemode(info.st_mode)}"
+    unreadable = found == path and path.is_file() and not os.access(path, os.R_OK)  # another's private checkpoint
     return (f"permission denied: {path} ({why or 'not allowed'}){owner}. " + (advice or (
+        "It is read, not written: its owner can make it readable (chmod g+r, in a group the two of you share), or give "
+        "you a copy" if unreadable else
         "Point the setting that names it (data.init_args.cache_dir, the checkpoint folder, the output) at a folder of your "
         "own; a team shares its files by working with umask 002 in a group folder")))
 

@@ -1859,3 +1859,16 @@ def test_a_run_waiting_on_a_cache_build_says_whose_it_is_and_waits_on_a_lock_it_
     assert waited and release.is_set()  # it waited for the holder, not building alongside
     assert f"waiting for another process to finish preprocessing split train (PID, host, user and command: {os.getpid()} on " \
            in capsys.readouterr().err
+
+
+def test_a_teammates_private_checkpoint_is_said_to_be_read_not_written(tmp_path, monkeypatch):
+    # "point the setting that names it at a folder of your own" meant nothing for a checkpoint to read (init_from, ckpt_path)
+    from mmcaption.errors import permission_message
+
+    private = tmp_path / "caption.ckpt"
+    private.write_bytes(b"weights")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # mode -rw------- of another user (root reads any file)
+    said = permission_message(private, "Permission denied")
+    assert "It is read, not written: its owner can make it readable (chmod g+r" in said and "folder of your own" not in said
+    monkeypatch.undo()
+    assert "folder of your own" in permission_message(tmp_path / "out" / "new.csv", "Permission denied")  # one to write
