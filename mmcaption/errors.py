@@ -274,28 +274,31 @@ def resource_message(error: BaseException) -> str | None:
 def permission_message(path: Path, why: str | None, advice: str = "") -> str:
     """A file or folder this user may not read or write (another user's cache, checkpoints or lock, made private by
     their umask), named with its owner and mode, not a traceback."""
-    found, info = None, None
-    for place in (path, *path.parents):  # inside another user's private folder even exists() is refused
+    owner = owner_of(path)
+    unreadable = path.is_file() and not os.access(path, os.R_OK)  # another's private checkpoint
+    return (f"permission denied: {path} ({why or 'not allowed'}){'; ' + owner if owner else ''}. " + (advice or (
+        "It is read, not written: its owner can make it readable (chmod g+r, in a group the two of you share), or give "
+        "you a copy" if unreadable else
+        "Point the setting that names it (data.init_args.cache_dir, the checkpoint folder, the output) at a folder of your "
+        "own; a team shares its files by working with umask 002 in a group folder")))
+
+
+def owner_of(path: Path) -> str:
+    """``"<path> belongs to alice, mode drwxr-xr-x"`` of ``path``, or of the nearest folder above it that this user may
+    look at (inside another user's private folder even ``exists()`` is refused); ``""`` when none."""
+    for place in (path, *path.parents):
         try:
-            found, info = place, place.stat()
-            break
+            info = place.stat()
         except OSError:
             continue
-    owner = ""
-    if found is not None:
         try:
             import pwd
 
             name = pwd.getpwuid(info.st_uid).pw_name
         except (ImportError, KeyError):
             name = str(info.st_uid)
-        owner = f"; {found} belongs to {name}, mode {stat.filemode(info.st_mode)}"
-    unreadable = found == path and path.is_file() and not os.access(path, os.R_OK)  # another's private checkpoint
-    return (f"permission denied: {path} ({why or 'not allowed'}){owner}. " + (advice or (
-        "It is read, not written: its owner can make it readable (chmod g+r, in a group the two of you share), or give "
-        "you a copy" if unreadable else
-        "Point the setting that names it (data.init_args.cache_dir, the checkpoint folder, the output) at a folder of your "
-        "own; a team shares its files by working with umask 002 in a group folder")))
+        return f"{place} belongs to {name}, mode {stat.filemode(info.st_mode)}"
+    return ""
 
 
 def causes(error: BaseException | None, context: bool = True) -> Iterator[BaseException]:

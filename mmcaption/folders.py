@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError
+from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError, owner_of
 
 LOCK_FILE = ".mmcaption.lock"
 
@@ -51,7 +51,8 @@ def check_writable(folder: str | Path, what: str) -> Path:
         with tempfile.TemporaryFile(dir=folder, prefix=".mmcaption-probe-"):
             pass
     except OSError as error:
-        raise NotWritableError(f"cannot write {what} to {folder}: {error.strerror or error}") from None
+        owner = f" ({owner_of(folder)})" if isinstance(error, PermissionError) else ""  # a teammate's: whose, its mode
+        raise NotWritableError(f"cannot write {what} to {folder}: {error.strerror or error}{owner}") from None
     return folder
 
 

@@ -1872,3 +1872,13 @@ def test_a_teammates_private_checkpoint_is_said_to_be_read_not_written(tmp_path,
     assert "It is read, not written: its owner can make it readable (chmod g+r" in said and "folder of your own" not in said
     monkeypatch.undo()
     assert "folder of your own" in permission_message(tmp_path / "out" / "new.csv", "Permission denied")  # one to write
+    # a teammate's checkpoint folder: whose it is and its mode (the message named neither)
+    from mmcaption.folders import check_writable
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("mmcaption.folders.tempfile.TemporaryFile", refused)
+    with pytest.raises(NotWritableError, match=rf"cannot write checkpoints to {tmp_path}: Permission denied \({tmp_path} belongs "
+                                               rf"to \w+, mode d"):
+        check_writable(tmp_path, "checkpoints")
