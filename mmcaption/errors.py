@@ -275,7 +275,10 @@ def permission_message(path: Path, why: str | None, advice: str = "") -> str:
     """A file or folder this user may not read or write (another user's cache, checkpoints or lock, made private by
     their umask), named with its owner and mode, not a traceback."""
     owner = owner_of(path)
-    unreadable = path.is_file() and not os.access(path, os.R_OK)  # another's private checkpoint
+    try:
+        unreadable = path.is_file() and not os.access(path, os.R_OK)  # another's private checkpoint
+    except OSError:  # inside another user's private folder
+        unreadable = False
     return (f"permission denied: {path} ({why or 'not allowed'}){'; ' + owner if owner else ''}. " + (advice or (
         "It is read, not written: its owner can make it readable (chmod g+r, in a group the two of you share), or give "
         "you a copy" if unreadable else
