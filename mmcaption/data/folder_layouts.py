@@ -22,10 +22,10 @@ from mmcaption.images import IMAGE_SUFFIXES, is_hidden
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 
 
-def folder_layout(path: Path, cache_dir: str | None, columns: tuple[str, str]) -> tuple[Path | None, list[tuple[str, Path | None]] | None]:
-    """What a local dataset folder holds, when ``datasets`` would misread it: the one table of its photos to read in its
-    place, or its photos each with its caption file (``(photo, its .txt or None)``); ``(None, None)`` otherwise."""
-    files = user_files(path, cache_dir)
+def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tuple[Path | None, list[tuple[str, Path | None]] | None]:
+    """What a local dataset folder holds (its ``files``: :func:`user_files`), when ``datasets`` would misread it: the
+    one table of its photos to read in its place, or its photos each with its caption file (``(photo, its .txt or
+    None)``); ``(None, None)`` otherwise."""
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     stems = {f.with_suffix("") for f in images}
     tables = photo_tables(files, images)

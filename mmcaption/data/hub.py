@@ -70,8 +70,11 @@ class HubCaptions:
         # a folder of photos with caption .txt files beside them: (photo, its .txt) each
         self._pairs: list[tuple[str, Path | None]] | None = None
         path = Path(self.dataset).expanduser()
+        # a local folder's own files (user_files: not the cache kept in it), walked once for its layout and its splits
+        self._files: list[Path] = []
         if path.is_dir() and not any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
-            table, self._pairs = folder_layout(path, self.cache_dir, (self.image_column, self.caption_column))
+            self._files = sorted(user_files(path, self.cache_dir))
+            table, self._pairs = folder_layout(path, self._files, (self.image_column, self.caption_column))
             if table is not None:
                 self.dataset, self._given = str(table), path
 
@@ -154,7 +157,7 @@ class HubCaptions:
     def _table_splits(self) -> tuple[str, dict[str, list[str]]] | None:
         """A local folder of tables (or an image folder): the builder and each split's files, among the user's own
         (:func:`~mmcaption.data.folder_layouts.local_splits`)."""
-        found = local_splits(Path(self.dataset), self._files) if self._saved() is None else None
+        found = local_splits(Path(self.dataset).expanduser(), self._files) if self._files and self._given is None else None
         named = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
                  for split, files in (found or (None, {}))[1].items()}
         if sum(map(len, named.values())) > 1:  # which table is which split: two copies of one table are both read
@@ -176,13 +179,6 @@ class HubCaptions:
         """The tables :attr:`_table_splits` reads (an image folder's metadata tables, not its photos)."""
         splits = (self._table_splits or (None, {}))[1]
         return [Path(file) for files in splits.values() for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
-
-    @functools.cached_property
-    def _files(self) -> list[Path]:
-        """The files of a local dataset folder, the user's own (:func:`~mmcaption.data.folder_layouts.user_files`: not
-        the cache kept in it, whose JSON files made a folder of CSV tables lose their CSV options)."""
-        path = Path(self.dataset)
-        return sorted(user_files(path, self.cache_dir)) if path.is_dir() else []
 
     def _unreadable(self, error: BaseException) -> DataError:
         """What ``datasets`` could not read, said as the user can act on it: the file (in a folder, the first of its
