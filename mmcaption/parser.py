@@ -120,6 +120,11 @@ def check_config_file(name: str, path: Path) -> None:
         key, (first, second) = twice
         raise ConfigError(f"config {name}: {key} is written twice (lines {first} and {second}); YAML keeps the second "
                           "without a word: delete one")
+    if found := next(_shell_variables(node), None):
+        key, line, text, expanded = found
+        raise ConfigError(f"config {name}, line {line}: {key}: {text} - a config is not read by a shell, so "
+                          f"environment variables stay as written{expanded}: write the path out, or give it on the "
+                          f"command line (--{key} \"{text}\"), where the shell expands it")
     for key in SECTIONS:
         value, line = _node_at(node, key)
         if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null"):
@@ -142,6 +147,28 @@ def _written_twice(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, tup
             yield name, (lines[name], key.start_mark.line + 1)
         lines[name] = key.start_mark.line + 1
         yield from _written_twice(value, f"{name}.")
+
+
+_VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")
+
+
+def _shell_variables(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, int, str, str]]:
+    """Each value of ``node`` that names an environment variable as a shell would (``$SCRATCH/coco``,
+    ``${HOME}/data``): one set here, or one that begins the value (a path). Yields the dotted key, its line, the
+    value and what the shell would make of it (``""`` when the variable is not set)."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _shell_variables(item, prefix)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield from _shell_variables(value, f"{prefix}{getattr(key, 'value', key)}.")
+    elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str) and node.style in (None, "", "'", '"'):
+        for match in _VARIABLE.finditer(node.value):
+            if match.group(2) in os.environ or match.start() == 0:
+                expanded = os.path.expandvars(node.value)
+                yield (prefix.rstrip("."), node.start_mark.line + 1, node.value,
+                       f" (a shell would read {expanded})" if expanded != node.value else "")
+                return
 
 
 def _node_at(node: yaml.Node, key: str) -> tuple[yaml.Node | None, int | None]:

@@ -530,6 +530,14 @@ def test_configs_as_people_edit_them_are_refused_naming_the_file_and_line(tmp_pa
     # a config in another folder with a YAML error: jsonargparse reads it from its own folder, so the message lost the file
     (edits / "tab.yaml").write_text("trainer:\n\tmax_epochs: 1\n")
     assert "error: edits/tab.yaml, line 2, column 1: not valid YAML" in refused("edits/tab.yaml")
+    # a path written as a job script would ($SCRATCH/coco): nothing expands it, so "not found: $SCRATCH/coco/..." said
+    # nothing of why; or an output folder named "$SCRATCH" made beside the run
+    monkeypatch.setenv("SCRATCH", "/scratch/me")
+    (edits / "var.yaml").write_text("model:\n  learning_rate: 1.0e-3\ndata:\n  init_args:\n    data_dir: ${SCRATCH}/coco\n")
+    assert ("error: config edits/var.yaml, line 5: data.init_args.data_dir: ${SCRATCH}/coco - a config is not read by a "
+            "shell, so environment variables stay as written (a shell would read /scratch/me/coco)") in refused("edits/var.yaml")
+    (edits / "unset.yaml").write_text("trainer:\n  default_root_dir: $NOT_SET_HERE/runs\n")
+    assert "line 2: trainer.default_root_dir: $NOT_SET_HERE/runs - a config is not read by a shell" in refused("edits/unset.yaml")
     # settings before the subcommand
     with pytest.raises(SystemExit):
         main(["--config", base, "fit"])
