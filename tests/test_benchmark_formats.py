@@ -148,6 +148,33 @@ def test_mmbench_tsv_is_read_with_hints_letters_categories_shared_images_and_wit
     assert [q.answer for q in choice_data(backbones, without_answers, tmp_path / "o.csv", format="mmbench").read_rows()] == [None, None]
 
 
+def test_mmbench_from_its_hugging_face_parquet_reads_as_its_tsv(backbones, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # lmms-lab/MMBench's parquet: an integer index, nulls for missing options and hints, the image as datasets stores
+    # one ({"bytes", "path"}), L2-category capitalised; it was taken for ScienceQA and refused
+    rows = [row for row in mmbench_rows() if row["index"] in ("0", "1")]
+    table = pa.table({
+        "index": [int(row["index"]) for row in rows], "question": [row["question"] for row in rows],
+        "hint": [None if row["hint"] == "nan" else row["hint"] for row in rows],
+        **{letter: [row[letter] for row in rows] for letter in "ABCD"}, "answer": [row["answer"] for row in rows],
+        "category": [row["category"] for row in rows],
+        "image": [{"bytes": base64.b64decode(row["image"]), "path": None} for row in rows],
+        "source": [row["source"] for row in rows], "L2-category": [row["l2-category"] for row in rows],
+        "comment": [None, None], "split": ["dev", "dev"]})
+    path = tmp_path / "dev-00000-of-00001.parquet"
+    pq.write_table(table, path)
+    questions = choice_data(backbones, path, tmp_path / "o.csv", format="mmbench").read_rows()
+    expected = choice_data(backbones, write_tsv(tmp_path / "dev.tsv", rows), tmp_path / "o.csv", format="mmbench").read_rows()
+    assert [(q.key, q.question, q.options, q.answer, q.image.data) for q in questions] == [
+        (q.key, q.question, q.options, q.answer, q.image.data) for q in expected]
+    assert questions[0].record["L2-category"] == FINE and questions[1].record["hint"] == ""
+    with pytest.raises(ConfigError, match=r"is a parquet file with MMBench's columns, so it reads as MMBench TSV \(or parquet "
+                                          r"file\): use --config configs/predict/mmbench.yaml"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa").read_rows()
+
+
 def test_scienceqa_reads_the_image_questions_of_one_split_with_their_context_and_subject(backbones, tmp_path):
     path = write_scienceqa(tmp_path / "data" / "scienceqa", SCIENCEQA)
     dm = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa")  # split: test by default
@@ -169,6 +196,11 @@ def test_scienceqa_reads_the_image_questions_of_one_split_with_their_context_and
     with pytest.raises(DataError, match=r"problems\.json has no split 'val' \(its splits: test, train; pid_splits\.json, which lists "
                                         r"the mini splits, is not beside it\)"):
         choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", split="val").read_rows()
+    # the split's own folder given, as LLaVA's scripts take it (--image-folder images/test): the message named the folder
+    # as the file's own, and not the one that holds the images
+    with pytest.raises(DataError, match=r"Images are relative to .*images/test \(given by --data.image_root\); it is under "
+                                        r".*images: give that folder"):
+        choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", image_root=str(path.parent / "images" / "test")).setup("predict")
     beside = write_scienceqa(tmp_path / "flat", SCIENCEQA, images=tmp_path / "flat")  # problems.json beside test/
     dm = choice_data(backbones, beside, tmp_path / "o.csv", format="scienceqa")
     dm.setup("predict")

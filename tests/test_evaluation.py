@@ -73,6 +73,26 @@ def test_karpathy_splits_train_on_train_and_restval_validate_on_val_test_on_test
     assert references == {102: karpathy[102], 103: karpathy[103]}  # keyed by cocoid, an integer as COCO has it
 
 
+def test_karpathy_splits_read_with_the_coco_2017_images_the_same_photos(backbones, coco_root, tmp_path):
+    # only COCO 2017's download (as the README's caption stage fetches): train2017/ and val2017/ hold 2014's photos, named
+    # by their id alone; every image was "missing" and the split refused
+    root = karpathy_root(coco_root, tmp_path / "coco2014")
+    (root / "train2017").mkdir()
+    (root / "val2017").mkdir()
+    for folder, target in (("train2014", "train2017"), ("val2014", "val2017")):
+        for image in sorted((root / folder).iterdir()):
+            image_id = int(image.stem.rsplit("_", 1)[1])
+            image.rename(root / (target if image_id % 2 else "val2017") / f"{image_id:012d}.jpg")  # 2017 re-split them
+        (root / folder).rmdir()
+    dm = karpathy_datamodule(backbones, root)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    image_ids = {split: set(dm.datasets[split].images["image_id"]) for split in ("train", "val", "test")}
+    assert image_ids == {"train": {1, 2, 3, 4, 5, 6}, "val": {100, 101}, "test": {102, 103}}
+    assert len(dm.datasets["train"]) == 6 * 5
+
+
 def test_karpathy_file_problems_are_named(backbones, coco_root, tmp_path):
     root = karpathy_root(coco_root, tmp_path / "coco2014")
     (root / "val2014" / "COCO_val2014_000000000102.jpg").unlink()
@@ -90,6 +110,10 @@ def test_karpathy_file_problems_are_named(backbones, coco_root, tmp_path):
         if (root / folder / entry["filename"]).is_file():
             shutil.copy(root / folder / entry["filename"], flickr / entry["filename"])
     (root / "dataset_flickr30k.json").write_text(json.dumps({**content, "dataset": "flickr30k"}))
+    (root / "dataset_coco.json").unlink()  # the Flickr file beside the images, karpathy_file not set: it is named
+    with pytest.raises(DataError, match=r"Karpathy split file not found: .*dataset_coco\.json \(dataset_flickr30k\.json is "
+                                        r"beside it: --data\.init_args\.karpathy_file .*dataset_flickr30k\.json\)"):
+        karpathy_datamodule(backbones, root).prepare_data()
     with pytest.raises(DataError, match=r"1 of 2 images of Karpathy's test split are missing.*first: imgid \d+, its image "
                                         r"COCO_val2014_000000000102"):
         karpathy_datamodule(backbones, flickr, karpathy_file=str(root / "dataset_flickr30k.json")).prepare_data()

@@ -542,6 +542,20 @@ def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_fr
         read_questions(asked, partial)
     with pytest.raises(DataError, match=r"none of the first 2 questions' images \(COCO_val2014_000000000042\.jpg, \.\.\.\) is in"):
         run(asked, notes, tmp_path / "never.jsonl", image_root=str(tmp_path / "elsewhere"))
+    # the two files given the other way round: each is named for what it is (it was "a .json questions file is ...")
+    with pytest.raises(DataError, match=r"annotations\.json is VQAv2's annotations file \(the human answers\), not its questions"):
+        read_questions(notes, asked)
+    with pytest.raises(DataError, match=r"questions\.json is a questions file, not VQAv2's annotations"):
+        read_questions(asked, asked)
+    # only COCO 2017's images: the same photos, named by their id alone, split anew into train2017/ and val2017/
+    coco2017 = tmp_path / "coco2017"
+    for image_id, folder in ((42, "train2017"), (7, "val2017")):
+        (coco2017 / folder).mkdir(parents=True)
+        shutil.copy(coco / f"COCO_val2014_{image_id:012d}.jpg", coco2017 / folder / f"{image_id:012d}.jpg")
+    rows = list(csv.DictReader(run(asked, notes, tmp_path / "from2017.csv", image_root=str(coco2017)).open(newline="", encoding="utf-8")))
+    assert [(r["image"], r["error"], float(r["vqa_accuracy"])) for r in rows] == [
+        ("COCO_val2014_000000000042.jpg", "", 1.0), ("COCO_val2014_000000000042.jpg", "", pytest.approx(two_of_ten)),
+        ("COCO_val2014_000000000007.jpg", "", 0.0)]
     # the first question's image missing (a partial download) is that question's error, not the whole file's
     partial_images = Path(shutil.copytree(coco, tmp_path / "partial_coco" / "val2014"))
     (partial_images / "COCO_val2014_000000000042.jpg").unlink()

@@ -109,6 +109,8 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     except OSError:
         return None
     if head.startswith(b"PAR1"):
+        if {name.lower() for name in MMBENCH_REQUIRED} <= {name.lower() for name in _parquet_columns(path)}:
+            return "mmbench", "is a parquet file with MMBench's columns"
         return "scienceqa", "is a parquet file"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text[:1] == b"[" or text[:1] == b"{" and b"\n" in text.rstrip() and _first_line_json(text):  # a list, JSON Lines
@@ -121,6 +123,39 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     if {"img_path", "question", "a", "b"} <= {name.strip() for name in line.split(",")}:
         return "csv", "has the original scripts' columns"
     return None
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq  # a dependency of datasets
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 - pyarrow's errors for a damaged file have no common base: its reader says why
+        return []
+
+
+def _read_parquet(path: Path) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except Exception as error:  # pyarrow's errors for a file that is not parquet have no common base
+        raise DataError(f"{path}: not a parquet file: {error}") from error
+
+
+def _parquet_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """A parquet file's columns and rows (numbered from 1), each cell as text as a TSV would hold it: an image
+    (``{"bytes", "path"}``, as ``datasets`` stores one) as base64, a null as an empty cell."""
+    table = _read_parquet(path)
+
+    def text(value: Any) -> str:
+        if isinstance(value, dict):  # an image
+            value = value.get("bytes") or value.get("path")
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode("ascii")
+        return "" if value is None else str(value)
+
+    return table.column_names, [(number, [text(v) for v in row.values()]) for number, row in enumerate(table.to_pylist(), 1)]
 
 
 IMAGE_COLUMNS = ("image", "img_path")  # a questions file's image column; the second as in the original scripts' CSV
@@ -143,7 +178,8 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     (absent in test splits), ``category``, ``l2-category``, ``image`` (base64 JPEG or PNG, or the index of
     the row whose image it shares) and what else it carries. A hint (neither empty nor NaN) comes before
     the question, ``f"{hint}\\n{question}"``, as LLaVA's MMBench evaluation asks it; missing options are
-    empty or NaN. The record keeps every column but the image.
+    empty or NaN. The record keeps every column but the image. The same columns are read from a parquet file
+    (the Hugging Face copy, ``lmms-lab/MMBench``: its images as ``datasets`` stores them; rows for lines).
 
     The official TSVs also carry each question's CircularEval passes, as rows ``index + k * 1,000,000`` (or
     grouped by a ``g_index`` column): they are kept with their question (:attr:`ChoiceQuestion.passes`),
@@ -156,7 +192,7 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     if not path.is_file():
         raise missing_file(path, "MMBench TSV")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a base64 image is one long field
-    header, rows = read_table_rows(path, "\t")
+    header, rows = _parquet_table(path) if path.suffix.lower() == ".parquet" else read_table_rows(path, "\t")
     refuse_duplicate_columns(path, header)
     folded = [name.lower() for name in header]
     missing = [name for name in MMBENCH_REQUIRED if name.lower() not in folded]
@@ -234,12 +270,7 @@ def _scienceqa_problems(path: Path, split: str | None) -> tuple[list[tuple[str, 
     for the splits it defines, e.g. ``minitest``) or from one split's parquet file as the Hugging Face
     copy (``derek-thomas/ScienceQA``) has it; and what was read, for messages."""
     if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq  # a dependency of datasets
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as error:  # pyarrow's errors for a file that is not parquet have no common base
-            raise DataError(f"{path}: not a parquet file: {error}") from error
+        rows = _read_parquet(path).to_pylist()
         # the Hugging Face copy has a file per split, named after it (test-00000-of-00001.parquet; test.parquet, as
         # to_parquet("test.parquet") names one)
         named = path.stem.split("-")[0]

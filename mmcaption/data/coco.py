@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.image_pass import Unchecked
+from mmcaption.data.image_sources import coco2017_copy
 from mmcaption.data.records import (
     BadRecords,
     DataError,
@@ -157,7 +158,8 @@ KARPATHY_SPLITS = {"train": ("train", "restval")}
 def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRecords) -> list[CocoImage]:
     """The images of ``split`` in Karpathy's ``dataset_coco.json`` (``images``: ``filepath``, ``filename``,
     ``split`` in train/restval/val/test, ``sentences`` with ``raw``, ``cocoid``), with their captions;
-    images are found at ``<image_root>/<filepath>/<filename>`` (COCO 2014's ``train2014/``, ``val2014/``).
+    images are found at ``<image_root>/<filepath>/<filename>`` (COCO 2014's ``train2014/``, ``val2014/``), or COCO
+    2017's copies of them (:func:`~mmcaption.data.image_sources.coco2017_copy`).
     Split ``train`` is train + restval, as the papers that report on Karpathy's test split train."""
     content = read_json(split_file, "Karpathy split file")
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
@@ -203,6 +205,8 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
         raise DataError(f"{split_file} has no images of split {split!r} (Karpathy's splits: train (with restval), val, test)")
     for image in images.values():  # in another case or Unicode form, as Windows and macOS find it
         image.file_name = existing_spelling(image_root, image.file_name)
+        if id_name == "cocoid" and not (image_root / image.file_name).is_file():  # only COCO 2017's download
+            image.file_name = coco2017_copy(image_root, image.image_id) or image.file_name
     missing = [image for image in images.values() if not (image_root / image.file_name).is_file()]
     records.missing_images([(f"{id_name} {image.image_id}", image_root / image.file_name) for image in missing],
                            len(images), f"images of Karpathy's {split} split are", image_root)

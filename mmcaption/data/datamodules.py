@@ -29,6 +29,7 @@ from mmcaption.data.datasets import (
     check_supervision,
 )
 from mmcaption.data.hub import HubCaptions
+from mmcaption.data.image_sources import COCO2017_FOLDERS
 from mmcaption.data.llava import images_outside_root, read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError
 from mmcaption.errors import ConfigError
@@ -40,7 +41,8 @@ class CaptionDataModule(PreprocessedDataModule):
 
     Args:
         data_dir: the COCO root: ``annotations/captions_<split>.json`` and ``<split>/`` image folders (for
-            ``karpathy``: COCO 2014's root, with ``train2014/`` and ``val2014/``).
+            ``karpathy``: COCO 2014's root, with ``train2014/`` and ``val2014/``, or COCO 2017's, whose
+            ``train2017/`` and ``val2017/`` hold the same photos).
         source: ``coco`` for that official layout; ``hub`` for a ``datasets`` dataset (``hub_dataset``);
             ``karpathy`` for Karpathy's splits of COCO 2014 (``karpathy_file``): splits ``train`` (his train
             and restval, 113,287 images), ``val`` and ``test`` (5,000 each), the split papers report on.
@@ -120,12 +122,12 @@ class CaptionDataModule(PreprocessedDataModule):
     def layout_hint(self) -> str:
         if self.source == "karpathy":
             return (" (Karpathy's splits: <data_dir>/dataset_coco.json, or karpathy_file, with COCO 2014's train2014/ and "
-                    "val2014/ in <data_dir>)")
+                    "val2014/, or COCO 2017's train2017/ and val2017/, in <data_dir>)")
         return " (the official layout is <data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
 
     def input_paths(self, split: str) -> list[tuple[Path, str]]:
         if self.source == "karpathy":
-            return [(self.karpathy_file, "Karpathy split file (dataset_coco.json)"), (self.data_dir, "COCO 2014 image root")]
+            return [(self.karpathy_file, "Karpathy split file (dataset_coco.json)"), (self.data_dir, "COCO image root")]
         return [(self.annotation_file(split), "COCO annotation file"), (self.data_dir / split, "COCO image folder")]
 
     def check_inputs(self, stage: str = "fit") -> None:
@@ -144,8 +146,11 @@ class CaptionDataModule(PreprocessedDataModule):
                     **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {})}
         if self.source == "karpathy":
             if not self.karpathy_file.is_file():
-                raise DataError(f"Karpathy split file not found: {self.karpathy_file}")
-            folders = [self.data_dir / name for name in ("train2014", "val2014") if (self.data_dir / name).is_dir()]
+                others = sorted(self.karpathy_file.parent.glob("dataset_*.json"))  # Flickr30k's and Flickr8k's files
+                raise DataError(f"Karpathy split file not found: {self.karpathy_file}" + (
+                    f" ({others[0].name} is beside it: --data.init_args.karpathy_file {others[0]})" if others else ""))
+            folders = ([self.data_dir / name for name in ("train2014", "val2014") if (self.data_dir / name).is_dir()]
+                       or [self.data_dir / name for name in COCO2017_FOLDERS if (self.data_dir / name).is_dir()])
             return {"karpathy": file_signature(self.karpathy_file), "split": split,
                     "images": [self.signed_folder(folder) for folder in folders or [self.data_dir]]}
         annotation_file = self.annotation_file(split)

@@ -111,13 +111,33 @@ def user_path(name: str, root: Path) -> Path | RemoteImage:
     return root / existing_spelling(root, name)
 
 
-def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder") -> list[Path | RemoteImage]:
-    """The images of a questions file's rows, relative to ``root``; refused, naming the first, when not one
-    of them is there (a wrong folder would otherwise give a run of "image not found" rows)."""
+def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder",
+                given: bool = False) -> list[Path | RemoteImage]:
+    """The images of a questions file's rows, relative to ``root`` (``given``: by ``--data.image_root``, else the
+    file's folder); refused, naming the first, when not one of them is there (a wrong folder would otherwise give a
+    run of "image not found" rows), with a folder above ``root`` that holds it (LLaVA's scripts take
+    ``images/test`` where the file names ``test/5/image.png``)."""
     paths = [user_path(name, root) for name in names]
     if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths):
         from_here = user_path(names[0], Path("."))
-        hint = f"; {from_here} is there relative to the working directory" if from_here.is_file() else ""
+        above = next((folder for folder in list(root.parents)[:2] if (folder / names[0]).is_file()), None)
+        hint = (f"; it is under {above}: give that folder" if above else
+                f"; {from_here} is there relative to the working directory" if from_here.is_file() else "")
         raise DataError(f"none of the {len(paths)} images of {file} was found: the first, {names[0]!r}, was looked for at "
-                        f"{paths[0]}. Images are relative to {root} (the file's folder, unless {where}){hint}")
+                        f"{paths[0]}. Images are relative to {root} " +
+                        ("(given by --data.image_root)" if given else f"(the file's folder, unless {where})") + hint)
     return paths
+
+
+def coco2017_copy(root: Path, image_id: int) -> str | None:
+    """COCO 2017's copy of a COCO 2014 image (``train2014/COCO_train2014_<id>.jpg``) under ``root``: 2017's train
+    and val folders hold the same 123,287 photos, named by their id alone (``val2017/<id, 12 digits>.jpg``), so
+    Karpathy's and VQAv2's files read with the images the COCO 2017 download gave."""
+    for folder in COCO2017_FOLDERS:
+        name = f"{folder}/{image_id:012d}.jpg"
+        if (root / name).is_file():
+            return name
+    return None
+
+
+COCO2017_FOLDERS = ("train2017", "val2017")

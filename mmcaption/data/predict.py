@@ -207,7 +207,7 @@ class CaptionPredictDataModule(_PredictDataModule):
         self.dataset = _CaptionRows(paths, self.image_processor, prompt)
 
 
-FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json (or parquet file)"}
+FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV (or parquet file)", "scienceqa": "ScienceQA problems.json (or parquet file)"}
 
 
 class MultipleChoiceDataModule(_PredictDataModule):
@@ -228,8 +228,9 @@ class MultipleChoiceDataModule(_PredictDataModule):
         batch_size: questions per batch.
         overwrite: replace ``output`` if it exists (by default an existing output is refused; the input
             CSV itself is always refused).
-        format: ``csv`` (the original scripts'), ``mmbench`` (its TSV, base64 images; accuracy per ``category``
-            and ``l2-category``) or ``scienceqa`` (its IMG questions; accuracy per ``subject`` and ``grade``).
+        format: ``csv`` (the original scripts'), ``mmbench`` (its TSV, base64 images, or a parquet file of its
+            Hugging Face copy; accuracy per ``category`` and ``l2-category``) or ``scienceqa`` (its IMG
+            questions; accuracy per ``subject`` and ``grade``).
         split: ScienceQA only: the split whose questions with an image are read (``null``: every split;
             the mini splits with ``pid_splits.json`` beside ``problems.json``; a parquet file is one split).
         circular: MMBench's CircularEval: a question with N options is asked N times, its options rotated,
@@ -307,7 +308,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
             prompts.append(prompt)
             option_ids.append(ids)
         # an absolute img_path stays as it is; an MMBench image is the file's own
-        files = iter(image_paths([q.image for q in questions if not isinstance(q.image, EmbeddedImage)], root, self.csv_file))
+        files = iter(image_paths([q.image for q in questions if not isinstance(q.image, EmbeddedImage)], root, self.csv_file,
+                                 given=self.image_root is not None))
         paths = [q.image if isinstance(q.image, EmbeddedImage) else next(files) for q in questions]
         self.dataset = _ChoiceRows([q.record for q in questions], paths, self.image_processor, prompts, option_ids,
                                    [q.options for q in questions], self.method)

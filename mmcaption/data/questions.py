@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell
-from mmcaption.data.image_sources import image_paths
+from mmcaption.data.image_sources import coco2017_copy, image_paths
 from mmcaption.data.predict import _ImageRows, _PredictDataModule
 from mmcaption.data.records import DataError, JsonLines, missing_file, not_utf8, read_json, read_json_list
 from mmcaption.data.tables import field_count_problem, read_table_rows, refuse_duplicate_columns, separator_hint
@@ -106,6 +106,10 @@ def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = 
     (or give another image), or an annotations file of another split is refused, naming the file and
     the question. ``data``: the questions file's content, when it is read already."""
     data = read_json(path, "questions file") if data is None else data
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list) and "questions" not in data:
+        raise DataError(f"{path} is VQAv2's annotations file (the human answers), not its questions: give it as "
+                        "--data.init_args.annotations_file, and the questions (v2_OpenEnded_mscoco_<split>_questions.json) "
+                        "as --data.init_args.questions_file")
     if not (isinstance(data, dict) and isinstance(data.get("questions"), list)):
         raise DataError(f"{path}: a .json questions file is VQAv2's official questions file "
                         '({"data_subtype": ..., "questions": [{"question_id", "image_id", "question"}, ...]}), a list of '
@@ -118,6 +122,9 @@ def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = 
     annotated: dict[int, dict[str, Any]] | None = None
     if annotations is not None:
         notes = read_json(annotations, "annotations file")
+        if isinstance(notes, dict) and isinstance(notes.get("questions"), list):
+            raise DataError(f"{annotations} is a questions file, not VQAv2's annotations (v2_mscoco_<split>_annotations.json, "
+                            "the human answers): give it as --data.init_args.questions_file")
         if not (isinstance(notes, dict) and isinstance(notes.get("annotations"), list)):
             raise DataError(f"{annotations}: not VQAv2's annotations file ({{\"annotations\": [{{\"question_id\", \"answers\", ...}}, ...]}})")
         if notes.get("data_subtype") not in (None, subtype):
@@ -159,7 +166,8 @@ VQA_IMAGES_LOOKED_FOR = 50
 def vqa_image_root(path: Path, questions: list[OpenQuestion], image_root: Path | None) -> Path:
     """Where a VQAv2 file's COCO images are: ``<root>/<folder>`` (``val2014/`` as COCO's zip unpacks), or
     ``<root>`` itself; the root is ``image_root``, by default the questions file's folder. The folder holding
-    any of the first images is taken (one image missing is that question's error, not the whole file's)."""
+    any of the first images is taken (one image missing is that question's error, not the whole file's). With none
+    there, COCO 2017's copies of the photos under the root are read (:func:`coco2017_copy`)."""
     root = image_root or path.parent
     folder = questions[0].image.split("_")[1]
     candidates = [root / folder, root]
@@ -167,8 +175,15 @@ def vqa_image_root(path: Path, questions: list[OpenQuestion], image_root: Path |
     for candidate in candidates:
         if any((candidate / image).is_file() for image in images):
             return candidate
+    ids = list(dict.fromkeys(question.record["image_id"] for question in questions))
+    if any(coco2017_copy(root, image_id) for image_id in ids[:VQA_IMAGES_LOOKED_FOR]):  # only COCO 2017's download
+        copies = {image_id: coco2017_copy(root, image_id) for image_id in ids}
+        for question in questions:
+            question.image = copies[question.record["image_id"]] or question.image
+        return root
     raise DataError(f"none of the first {len(images)} questions' images ({images[0]}, ...) is in {candidates[0]} or in "
-                    f"{candidates[1]}: give the folder that holds COCO's images with --data.image_root")
+                    f"{candidates[1]}, nor in COCO 2017's train2017/ or val2017/ there (the same photos): give the "
+                    "folder that holds COCO's images with --data.image_root")
 
 
 def _lower_keys(path: Path, where: str, record: Any) -> dict[str, Any]:
@@ -332,6 +347,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         template = ConversationTemplate(system=self.system_prompt)
         asked = [f"{q.question}\n{self.instruction}" if self.instruction else q.question for q in questions]
         prompts = [template.prompt(question, self.tokenizer) for question in asked]
-        paths = image_paths([q.image for q in questions], root, self.questions_file)  # an absolute one stays as it is
+        paths = image_paths([q.image for q in questions], root, self.questions_file,  # an absolute one stays as it is
+                            given=self.image_root is not None)
         records = [{**q.record, "answer": q.answer} if q.answer else q.record for q in questions]
         self.dataset = _QuestionRows(records, paths, self.image_processor, prompts)
