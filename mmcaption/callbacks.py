@@ -226,6 +226,16 @@ class ResumableStop(Callback):
                     f"{workers}: its place in the epoch is saved per worker. Resume with --data.init_args.num_workers "
                     f"{saved_workers} (the batches and their order do not depend on it)"
                 )
+        if saved.get("preprocessing") != current.get("preprocessing") and saved.get("train_split") != current.get("train_split"):
+            earlier = f"format {saved['preprocessing']}" if saved.get("preprocessing") else "an earlier format"
+            raise ResumeError(
+                f"{source} was trained on data that an earlier release of mmcaption preprocessed ({earlier}; this release's is "
+                f"{current.get('preprocessing')}), and this one reads the same files anew, into a cache whose rows need "
+                "not be the same: its place in the epoch would mean nothing there. Finish the run with the release that "
+                f"began it, or start a new run from its weights with --model.init_from {source}; the earlier cache "
+                f"({saved.get('train_split')}) may then be deleted"
+            )
+        saved = {**saved, "preprocessing": current.get("preprocessing")}  # checkpoints from before it was kept
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
             saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}
         saved = {"max_length": current.get("max_length"), **saved}  # checkpoints from before it was kept: the split tells

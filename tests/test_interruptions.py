@@ -632,6 +632,22 @@ def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_diff
         fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
                                                        ckpt_path=older)
 
+    # a checkpoint of a run that an earlier release preprocessed the data for: its cache had another name, and the message
+    # blamed the data ("resume with the data it was trained with", which the user did); said as the release's change
+    earlier = {**saved, "training_data": {**saved["training_data"], "preprocessing": 5, "train_split": "train2017-0123456789abcdef"}}
+    torch.save(earlier, older)
+    with pytest.raises(ResumeError, match=r"trained on data that an earlier release of mmcaption preprocessed \(format 5; this "
+                                          r"release's is \d+\).*Finish the run with the release that began it, or start a new run "
+                                          r"from its weights with --model.init_from .*older.ckpt; the earlier cache "
+                                          r"\(train2017-0123456789abcdef\) may then be deleted"):
+        fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
+                                                       ckpt_path=older)
+    del earlier["training_data"]["preprocessing"]  # one from before the format was kept
+    torch.save(earlier, older)
+    with pytest.raises(ResumeError, match=r"an earlier release of mmcaption preprocessed \(an earlier format; this release's"):
+        fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
+                                                       ckpt_path=older)
+
     # the same stage on data that lost two images since: refused, naming what changed, before any step
     annotations = coco / "annotations" / "captions_train2017.json"
     content = json.loads(annotations.read_text())

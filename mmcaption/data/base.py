@@ -39,7 +39,16 @@ from mmcaption.folders import check_writable
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
 STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}  # what each command reads
-PREPROCESSING_VERSION = 5  # 5: a special token's name in text tokenized as text
+# What a cache holds, as this release builds it: a change to the rows kept, their text, tokens or images is a new
+# version, so that a cache an earlier release built is not read as this one's (the split's name changes with it).
+# 5: a special token's name in text tokenized as text. 6: another model's image placeholder refused, a null key read as
+# absent, captions of digits or 'NA' kept as text, every cell of a caption table read as text, COCO 2017's copies of
+# Karpathy's images. tests/test_data_coco.py holds the digest of the code that builds caches, to ask for a new one.
+PREPROCESSING_VERSION = 6
+CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data.coco", "mmcaption.data.llava",
+                  "mmcaption.data.hub", "mmcaption.data.datamodules", "mmcaption.data.folder_layouts", "mmcaption.data.tables", "mmcaption.data.records",
+                  "mmcaption.data.image_pass", "mmcaption.data.image_sources", "mmcaption.data.features",
+                  "mmcaption.images", "mmcaption.prompts")
 
 
 def worker_init(worker_id: int, rank: int = 0) -> None:
@@ -308,6 +317,7 @@ class PreprocessedDataModule(BackbonesDataModule):
         trainer = self.trainer
         return {
             "stage": self.training_stage,
+            "preprocessing": PREPROCESSING_VERSION,  # the split's name changes with it: said as the release's change
             "max_length": getattr(self, "max_length", None),  # named when it changed, not only as the split's new name
             "train_split": self.folders[split].name if split in self.folders else None,
             "samples": len(self.datasets[split]) if split in self.datasets else None,
