@@ -18,6 +18,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 from mmcaption.errors import USER_ERROR_EXIT, ConfigError
+from mmcaption.usage import shipped_configs
 
 
 class MMCaptionParser(LightningArgumentParser):
@@ -32,6 +33,8 @@ class MMCaptionParser(LightningArgumentParser):
     def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         global _CONFIGS
         arguments = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        if arguments and (installed := _installed_configs(arguments)) != arguments:
+            args = arguments = installed
         # each config file as given and where it is: jsonargparse reads one from inside its folder, so a relative name
         # read again for a message found another file there, or none
         _CONFIGS = [(name, Path(name).expanduser().absolute()) for name in _config_files(arguments)]
@@ -84,6 +87,22 @@ class MMCaptionParser(LightningArgumentParser):
 
 _CONFIGS: list[tuple[str, Path]] = []  # the config files of the last parse (as given, and where), for messages
 SECTIONS = ("trainer", "model", "data", "model.config", "data.init_args")  # settings a null would reset to defaults
+
+
+def _installed_configs(arguments: list[str]) -> list[str]:
+    """``arguments`` with each shipped config named as the README names it (``configs/caption.yaml``) that is not in
+    the working directory read from where mmcaption is installed, with a note: a wheel's user has no checkout."""
+    given, out = set(_config_files(arguments)), []
+    for argument in arguments:
+        flag, equals, name = argument.partition("=") if argument.startswith("--config=") else ("", "", argument)
+        shipped = shipped_configs() / name.removeprefix("configs/")
+        if name in given and name.startswith("configs/") and not Path(name).exists() and shipped.is_file():
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # once, not by each process of a multi-GPU run
+                print(f"note: {name} is not in this folder: the one installed with mmcaption is read ({shipped}); copy "
+                      "it here to edit it", file=sys.stderr)
+            argument = f"{flag}{equals}{shipped}"
+        out.append(argument)
+    return out
 
 
 def _config_files(arguments: list[str]) -> list[str]:

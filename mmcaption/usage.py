@@ -19,6 +19,13 @@ def path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def shipped_configs() -> Path:
+    """The shipped configs: installed inside the package by a wheel (``pip install mmcaption``, ``pip install .``),
+    else ``configs/`` of the checkout the package runs from."""
+    installed = Path(__file__).resolve().parent / "configs"
+    return installed if installed.is_dir() else installed.parent.parent / "configs"
+
+
 def docstring(module: str) -> str | None:
     """``module``'s docstring, without importing it (and all it imports)."""
     spec = importlib.util.find_spec(module)

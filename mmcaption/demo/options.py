@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from mmcaption.usage import described, path
+from mmcaption.usage import described, path, shipped_configs
 
 LANGUAGE_PRETRAINING_STEPS = 300  # text-only, about a minute on 2 cores; the loss has flattened by then
 CLIP_PRETRAINING_STEPS = 2000  # contrastive image-text training of the tiny CLIP, ~2.5 minutes on 2 cores
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = shipped_configs()
 
 
 def demo_parser() -> argparse.ArgumentParser:

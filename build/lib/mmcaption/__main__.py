@@ -1,0 +1,3 @@
+from mmcaption.scripts import mmcaption
+
+mmcaption()

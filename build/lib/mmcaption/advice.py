@@ -1,0 +1,75 @@
+"""What a run that failed for want of a resource is told: out of memory, where it was and which of its
+settings take less; out of disk space, the checkpoint it resumes from. The console scripts print it on
+one line with the error (:func:`~mmcaption.errors.resource_message`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Callback
+from lightning.pytorch.trainer.states import RunningStage
+
+from mmcaption.errors import disk_full, out_of_memory
+
+
+class OutOfMemoryAdvice(Callback):
+    """A run out of memory (a GPU's or the CPU's RAM) gets a note on its error: where it was, which of its
+    settings take less memory, with their values, and the checkpoint kept. The console scripts print the
+    error's first sentences and the note on one line, not PyTorch's traceback and allocator statistics.
+    A training run stopped by a full disk gets the checkpoint kept: "the same command again" starts at step 0."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if out_of_memory(exception) is not None:
+            exception.add_note(memory_advice(trainer, pl_module))
+        elif disk_full(exception) is not None and trainer.state.fn == "fit" and (kept := kept_checkpoint(trainer)):
+            exception.add_note(f"--ckpt_path {kept} resumes from its last whole checkpoint, not from step 0")
+
+
+def kept_checkpoint(trainer) -> str:
+    """This run's last checkpoint on disk (a save that failed left the one before it whole), or ``""``."""
+    callback = trainer.checkpoint_callback
+    kept = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+    return kept if kept and Path(kept).is_file() else ""
+
+
+def memory_advice(trainer, pl_module) -> str:
+    """Where the run ran out of memory, the settings that take less (``--key (this run's value)``) and the
+    checkpoint kept."""
+    where, ways = _where_and_ways(trainer, pl_module)
+    note = f"It ran out {where}. To fit: {', or '.join(ways or ['use a device with more memory'])}."
+    kept = kept_checkpoint(trainer)
+    if trainer.state.fn == "fit" and kept:
+        note += (f" Kept: {kept}, saved before; --ckpt_path {kept} resumes it with the same batch and data settings, "
+                 f"--model.init_from {kept} starts from its weights with others.")
+    return note
+
+
+def _where_and_ways(trainer, pl_module) -> tuple[str, list[str]]:
+    data, stage, step, config = trainer.datamodule, trainer.state.stage, trainer.global_step, getattr(pl_module, "config", None)
+
+    def lower(key: str, name: str) -> list[str]:
+        value = getattr(data, name, None)
+        return [] if value is None else [f"lower --{key} ({value})"]
+
+    beams = (getattr(pl_module, "generation", None) or {}).get("num_beams") or 1
+    generating = [f"lower --model.generation.num_beams ({beams})"] if beams > 1 else []
+    if getattr(pl_module, "model", True) is None:  # before the model is there, where fit's stage already says training
+        if not getattr(pl_module, "loading", False):
+            return "preparing the data, before the model loads", lower("data.num_workers", "num_workers")
+        quantization = getattr(config, "quantization", "nf4")
+        return "loading the model", [] if quantization in ("nf4", "fp4") else [f"set --model.config.quantization nf4 ({quantization})"]
+    if stage == RunningStage.TRAINING:
+        ways = [f"{way} and raise --trainer.accumulate_grad_batches ({trainer.accumulate_grad_batches}) by as much to keep "
+                "the batch" for way in lower("data.batch_size", "batch_size")]
+        if config is not None and not getattr(config, "gradient_checkpointing", True):
+            ways.append("set --model.config.gradient_checkpointing true")
+        return f"in training step {step + 1:,}", ways + lower("data.max_length", "max_length")
+    if stage == RunningStage.PREDICTING:
+        return "in predict", lower("data.batch_size", "batch_size") + generating
+    where = {RunningStage.SANITY_CHECKING: "in the validation check before training", RunningStage.TESTING: "in test",
+             RunningStage.VALIDATING: f"in validation after training step {step:,}" if trainer.state.fn == "fit" else "in validation"}
+    if stage in where:
+        return where[stage], lower("data.eval_batch_size", "eval_batch_size") + generating
+    return "before the first batch", []
+
+

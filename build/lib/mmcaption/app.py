@@ -1,0 +1,234 @@
+"""``mmcaption-app``: a web page to try a trained model - caption an image, chat about it, pick an option.
+
+    pip install -e ".[app]"
+    mmcaption-app --model exported/demo                  # a folder of mmcaption-export
+    mmcaption-app --checkpoint checkpoints/demo-instruct/last.ckpt
+
+It serves on http://127.0.0.1:7860 (``--host 0.0.0.0`` to let other machines in, ``--port`` for
+another port). Three panels share one image and the generation settings: a caption, a conversation
+about the image (answers stream as they are generated; a new image starts a new conversation) and
+multiple choice (the letter of the most likely option, and every option's share of the likelihood).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mmcaption.console import quieted
+from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.evaluation.answers import LETTERS
+from mmcaption.images import check_image
+from mmcaption.inference import Captioner
+from mmcaption.model import is_pretrained_folder
+from mmcaption.usage import app_parser, backbones_given
+
+TITLE = "mmcaption"
+
+
+def check_source(model: str | None, checkpoint: str | None) -> None:
+    """Refuse a model the app cannot load, before anything heavy is imported or loaded."""
+    if (model is None) == (checkpoint is None):
+        raise ConfigError("give the model as --model FOLDER (of mmcaption-export) or --checkpoint FILE.ckpt")
+    if model is not None and not is_pretrained_folder(model):
+        raise ConfigError(f"{model} is not a model folder of mmcaption-export (no mmcaption.json in it)")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ConfigError(f"checkpoint not found: {checkpoint}")
+
+
+def load_captioner(model: str | None = None, checkpoint: str | None = None, device: str | None = None,
+                   **backbones: str) -> Captioner:
+    """The model of an exported folder, or of a training checkpoint (exported to a temporary folder
+    first: the checkpoint holds its config, the backbones load from the names it records, or ``backbones``)."""
+    check_source(model, checkpoint)
+    if model is not None:
+        return Captioner.from_pretrained(model, device=device, **backbones)
+    from mmcaption.export import export_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="mmcaption-app-") as folder:
+        export_checkpoint(checkpoint, Path(folder) / "model", **backbones)
+        return Captioner.from_pretrained(Path(folder) / "model", device=device)
+
+
+def generation_settings(max_new_tokens: float, min_new_tokens: float, num_beams: float, sampling: bool,
+                        temperature: float) -> dict[str, Any]:
+    """``generate`` keyword arguments from the page's settings (sampling turns beam search off)."""
+    settings: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "num_beams": 1 if sampling else int(num_beams),
+                                "do_sample": bool(sampling)}
+    if min_new_tokens:
+        settings["min_new_tokens"] = min(int(min_new_tokens), int(max_new_tokens))
+    if sampling:
+        settings["temperature"] = max(float(temperature), 1e-3)
+    return settings
+
+
+def _image(path: str | None, gr) -> bytes:
+    """The uploaded image's bytes, or a message on the page saying why there are none."""
+    if not path:
+        raise gr.Error("Upload an image first (drag it onto the image box or click it).")
+    data = Path(path).read_bytes()
+    problem = check_image(data)
+    if problem is not None:
+        raise gr.Error(f"This image cannot be read ({Path(path).name}): {problem}")
+    return data
+
+
+class App:
+    """What the page's buttons call; one model, one request at a time (the page queues the rest)."""
+
+    def __init__(self, captioner: Captioner) -> None:
+        import gradio as gr
+
+        self.gr, self.captioner = gr, captioner
+
+    def caption(self, image: str | None, *settings) -> str:
+        return self.captioner.caption(_image(image, self.gr), **generation_settings(*settings))
+
+    def chat(self, question: str, messages: list[dict], image: str | None, *settings) -> Iterator[tuple[list[dict], str]]:
+        """Streams the answer into the conversation; yields (conversation, question box)."""
+        from transformers import TextIteratorStreamer
+
+        question = (question or "").strip()
+        if not question:
+            yield messages, ""
+            return
+        picture = _image(image, self.gr)
+        history = _turns(messages)
+        messages = [*messages, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        settings = generation_settings(*settings)
+        streaming = settings["num_beams"] == 1
+        streamer = TextIteratorStreamer(self.captioner.tokenizer, skip_prompt=True, skip_special_tokens=True) if streaming else None
+        result: dict[str, Any] = {}
+
+        def answer() -> None:
+            try:
+                result["answer"] = self.captioner.chat(picture, question, history, **settings,
+                                                       **({"streamer": streamer} if streamer else {}))
+            except Exception as error:  # shown on the page; the streamer is ended so the page does not wait
+                result["error"] = error
+                if streamer is not None:
+                    streamer.end()
+
+        worker = threading.Thread(target=answer, daemon=True)
+        worker.start()
+        if streamer is not None:
+            text = ""
+            for piece in streamer:
+                text += piece
+                messages[-1] = {"role": "assistant", "content": text.strip()}
+                yield messages, ""
+        worker.join()
+        if "error" in result:
+            raise self.gr.Error(f"The model failed to answer: {result['error']}")
+        messages[-1] = {"role": "assistant", "content": result["answer"]}  # exactly what Captioner.chat returns
+        yield messages, ""
+
+    def choose(self, image: str | None, question: str, options_text: str) -> tuple[str, dict[str, float]]:
+        options = [line.strip() for line in (options_text or "").splitlines() if line.strip()]
+        if not 2 <= len(options) <= len(LETTERS):
+            raise self.gr.Error(f"Write 2 to {len(LETTERS)} options, one per line ({len(options)} given).")
+        if not (question or "").strip():
+            raise self.gr.Error("Write the question.")
+        picture = _image(image, self.gr)
+        scores = self.captioner.option_scores(picture, question.strip(), options)
+        best = max(range(len(options)), key=scores.__getitem__)
+        peak = max(scores)
+        weights = [math.exp(score - peak) for score in scores]
+        shares = {f"{LETTERS[i]}. {option}": weight / sum(weights) for i, (option, weight) in enumerate(zip(options, weights))}
+        return f"**{LETTERS[best]}** - {options[best]}", shares
+
+
+def _turns(messages: list[dict]) -> list[tuple[str, str]]:
+    """The page's conversation as the (question, answer) pairs ``Captioner.chat`` takes."""
+    turns, question = [], None
+    for message in messages:
+        content = message["content"] if isinstance(message["content"], str) else str(message["content"])
+        if message["role"] == "user":
+            question = content
+        elif question is not None:
+            turns.append((question, content))
+            question = None
+    return turns
+
+
+def build(captioner: Captioner, model_name: str = ""):
+    """The page (a ``gradio.Blocks``)."""
+    import gradio as gr
+
+    app = App(captioner)
+    # it serves this machine: no telemetry or version check sent to Gradio's servers (on by default)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+        gr.Markdown(f"## {TITLE}" + (f" - `{model_name}`" if model_name else ""))
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
+                                 elem_id="image", height=280)
+                with gr.Accordion("Generation settings", open=False):
+                    max_new_tokens = gr.Slider(1, 256, value=32, step=1, label="Max new tokens", elem_id="max-new-tokens")
+                    min_new_tokens = gr.Slider(0, 64, value=0, step=1, label="Min new tokens", elem_id="min-new-tokens")
+                    num_beams = gr.Slider(1, 8, value=1, step=1, label="Beams (without sampling)", elem_id="beams")
+                    sampling = gr.Checkbox(False, label="Sample", elem_id="sampling")
+                    temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (when sampling)")
+                settings = [max_new_tokens, min_new_tokens, num_beams, sampling, temperature]
+            with gr.Column(scale=2):
+                with gr.Tab("Caption"):
+                    caption_button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                    caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption")
+                with gr.Tab("Chat"):
+                    conversation = gr.Chatbot(label="Conversation", height=300, elem_id="conversation")
+                    question = gr.Textbox(label="Question", placeholder="Ask about the image and press Enter",
+                                          elem_id="question")
+                    with gr.Row():
+                        ask = gr.Button("Ask", variant="primary", elem_id="ask-button")
+                        gr.ClearButton([conversation, question], value="New conversation")
+                with gr.Tab("Multiple choice"):
+                    choice_question = gr.Textbox(label="Question", elem_id="choice-question")
+                    options = gr.Textbox(label="Options, one per line", lines=4, elem_id="options")
+                    choose = gr.Button("Choose", variant="primary", elem_id="choose-button")
+                    chosen = gr.Markdown(elem_id="chosen")
+                    shares = gr.Label(label="Share of the likelihood", elem_id="shares")
+        caption_button.click(app.caption, [image, *settings], caption)
+        for trigger in (ask.click, question.submit):
+            trigger(app.chat, [question, conversation, image, *settings], [conversation, question])
+        image.change(lambda: [], None, conversation)  # a new image: a new conversation
+        choose.click(app.choose, [image, choice_question, options], [chosen, shares])
+    return page
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on (the app started a second time, say), naming another: the
+    web server's own error, after the model has loaded, talks about its ``launch()`` and an environment variable."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))  # without SO_REUSEADDR, as the server's own check binds
+    except OSError as error:
+        raise ConfigError(f"cannot serve on {host}:{port}: {error.strerror or error} (another mmcaption-app, or another "
+                          f"server, is there?): give another port, --port {port + 1}") from None
+
+
+@user_errors_exit(signals=False)  # the web server stops on Ctrl-C its own way
+@quieted
+def main(argv: list[str] | None = None) -> None:
+    """``mmcaption-app``."""
+    args = app_parser().parse_args(argv)
+    check_port_free(args.host, args.port)  # before the model loads, not a minute later
+    check_source(args.model, args.checkpoint)  # and before Gradio's import
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ConfigError('the app needs Gradio: pip install "mmcaption[app]" (or pip install -e ".[app]")') from None
+    captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
+    page = build(captioner, Path(args.model or args.checkpoint).name)
+    shown = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host  # every interface: not an address to open
+    print(f"mmcaption-app: serving {args.model or args.checkpoint} on http://{shown}:{args.port}", flush=True)
+    page.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, show_error=True,
+                                                   footer_links=[], quiet=True)
+
+
+if __name__ == "__main__":
+    main()

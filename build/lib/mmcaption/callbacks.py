@@ -1,0 +1,376 @@
+"""Callbacks the CLI brings along: stopping on a signal with a checkpoint, and the progress shown
+(``mmcaption predict``'s writer is :mod:`mmcaption.predictions`)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    ModelCheckpoint,
+    ProgressBar,
+    Timer,
+    TQDMProgressBar,
+)
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+from mmcaption.errors import (
+    Interrupted,
+    ResumeError,
+    RunInterrupted,
+    process_rank,
+    stop_signals,
+)
+from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
+from mmcaption.terminal import leave_a_closed_terminal, outlive_the_reader
+
+
+def save_resumable_checkpoint(trainer) -> str:
+    """Save the run as it is now, resumable: as the checkpoint callback's ``last.ckpt`` when it keeps
+    one (with its bookkeeping, as its own saves do), else ``interrupted-step<N>.ckpt`` in its folder."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+        # Lightning < 2.7 (pinned): the method ModelCheckpoint saves its last checkpoint with
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        return callback.last_model_path
+    folder = Path(callback.dirpath) if isinstance(callback, ModelCheckpoint) and callback.dirpath else Path(trainer.default_root_dir)
+    path = folder / f"interrupted-step{trainer.global_step}.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+class ResumableStop(Callback):
+    """Stop a ``fit`` on Ctrl-C, SIGTERM or SIGHUP with a checkpoint it resumes from exactly, save ``last.ckpt``
+    every ``every_minutes``, and at the end of training; refuse to resume another stage's checkpoint or
+    on changed training data.
+
+    A signal (SIGINT from Ctrl-C, SIGTERM from ``docker stop``, ``kill``, ``timeout`` or a scheduler, SIGHUP
+    when the terminal closes or an SSH connection drops, unless ``nohup`` ignores it) is
+    noted; at the end of the current optimizer step every process saves the checkpoint (the same state a
+    step-end ``ModelCheckpoint`` save holds, so the resumed run repeats the uninterrupted one) and the
+    command exits with 130 / 143 and one line saying how to resume. A second Ctrl-C stops at once,
+    without saving. A signal during validation is acted on at the next training step, or, in the last
+    validation, as training ends (so a pipeline does not go on to its next stage).
+
+    Args:
+        every_minutes: also save ``last.ckpt`` when this many minutes of training passed since the last
+            save, so that even a hard kill (SIGKILL, a power cut) loses little; null: only at validation.
+    """
+
+    def __init__(self, every_minutes: float | None = 30.0) -> None:
+        self.every_minutes = every_minutes
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._streams_back: Callable[[], None] | None = None  # puts the console streams back (terminal.outlive_the_reader)
+        self._last_save = time.monotonic()
+        self._saved_step: int | None = None  # the step of this callback's last save
+        self._requeue_signal: int | None = None
+
+    # -- signals ------------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.signal, self._last_save, self._saved_step = None, time.monotonic(), None
+        ended = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)
+                      and c.stopping_reason != EarlyStoppingReason.NOT_STOPPED), None)
+        if ended is not None and trainer.ckpt_path:  # Lightning restores EarlyStopping's verdict, not the stop: it trained on
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"note: {trainer.ckpt_path} is of a run EarlyStopping ended ({ended.monitor}): it ends at once. To train "
+                      "on, resume without EarlyStopping, or start from its weights with --model.init_from", file=sys.stderr,
+                      flush=True)
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        left = timer.time_remaining() if timer is not None and trainer.ckpt_path else None
+        if left is not None and left <= 0 and trainer.is_global_zero:  # Lightning's own line: "Time limit reached", exit 0
+            print(f"note: {trainer.ckpt_path} has trained for {format_seconds(timer.time_elapsed())}, which trainer.max_time "
+                  f"({format_seconds(timer._duration)}) counts too: it ends at once. Raise --trainer.max_time to train on",
+                  file=sys.stderr, flush=True)
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        # and SLURM's warning before the time limit, in place of Lightning's handler: that one saved an hpc_ckpt in
+        # the middle of a step into the working directory, where any later run under SLURM resumed from it
+        self._requeue_signal = slurm_requeue_signal(trainer)
+        for signum in (*stop_signals(), *([self._requeue_signal] if self._requeue_signal else [])):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        leave_a_closed_terminal(signum)
+        if self.signal is not None and signum == signal.SIGINT:
+            self._restore_handlers()
+            raise Interrupted(signum, "stopped by a second Ctrl-C, without saving: the checkpoints saved before are kept")
+        if self.signal is not None:  # a second SIGTERM (docker stop, then the scheduler): the save is already due
+            return
+        self.signal = signum
+        with suppress(OSError):  # output whose reader is gone: the save must still happen
+            if process_rank() == 0:  # each process of a multi-process run got it: said once
+                print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step "
+                      "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+        callback, path = trainer.checkpoint_callback, None
+        # the steps after the last validation are kept too (ModelCheckpoint saves at validation only); a smoke test
+        # (fast_dev_run) saves nothing, as Lightning says
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and not trainer.fast_dev_run and trainer.global_step \
+                not in (callback._last_global_step_saved, self._saved_step):  # not after this step's save: it holds the epoch open
+            path = save_resumable_checkpoint(trainer)
+        signum = self.signal
+        if trainer.world_size > 1:  # every process alike: one signalled process stops them all, as at a step's end
+            flags = trainer.strategy.reduce(torch.tensor([float(signum or 0)], device=pl_module.device), reduce_op="max")
+            signum = int(flags[0]) or None
+        if signum is not None:  # it came after the last step (in the last validation): the command stops as asked,
+            # and a pipeline does not go on to its next stage
+            self._stop(trainer, signum, path or (callback.last_model_path if isinstance(callback, ModelCheckpoint) else None))
+
+    def _stop(self, trainer, signum: int, path: str | None) -> None:
+        """End the command on ``signum`` with the checkpoint saved for it; SLURM's time-limit warning requeues the job."""
+        requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero else None
+        raise RunInterrupted(signum, path or None, trainer.global_step, requeued)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # before any callback writes a line: `| tee log` killed, training goes on to its saves (predict to its rows)
+        self._streams_back = self._streams_back or outlive_the_reader()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore_handlers()
+        if self._streams_back is not None:
+            self._streams_back()
+            self._streams_back = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:
+            return  # mid-accumulation: the gradients gathered so far are not part of a checkpoint
+        due = self.every_minutes is not None and not trainer.fast_dev_run and time.monotonic() - self._last_save >= 60 * self.every_minutes
+        # max_steps reached mid-epoch: saved now, as the rest of the epoch is still to come. The end-of-training save
+        # comes after Lightning has closed the epoch, and a run resumed from it to train longer skipped the epoch's rest
+        due = due or (0 <= trainer.max_steps <= trainer.global_step and batch_idx + 1 != trainer.num_training_batches
+                      and not trainer.fast_dev_run and isinstance(trainer.checkpoint_callback, ModelCheckpoint)
+                      and trainer.checkpoint_callback.save_last)
+        stop = self.signal is not None
+        if trainer.world_size > 1:  # every process must decide alike: one signalled process stops them all
+            flags = torch.tensor([float(stop), float(due)], device=pl_module.device)
+            flags = trainer.strategy.reduce(flags, reduce_op="sum")
+            stop, due = bool(flags[0] > 0), bool(flags[1] > 0)
+        if not (stop or due):
+            return
+        callback = trainer.checkpoint_callback
+        saved_by_callback = getattr(callback, "_last_global_step_saved", None)
+        self._stopping = stop  # the save records it: a next stage started from it says it did not finish
+        path = save_resumable_checkpoint(trainer)
+        self._stopping = False
+        self._last_save, self._saved_step = time.monotonic(), trainer.global_step
+        if saved_by_callback is not None:  # the checkpoint callback's own saves at this step (a validation's best,
+            callback._last_global_step_saved = saved_by_callback  # every N steps) still happen: it skips a step marked saved
+        if stop:
+            self._restore_handlers()
+            # this step's metrics reach the loggers, as the loop sends them after this hook: the curve has no gap
+            trainer._logger_connector.update_train_step_metrics()
+            self._stop(trainer, self.signal or signal.SIGTERM, path)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._last_save = time.monotonic()
+        checkpoint["slurm_job"] = this_job() or ""  # a requeued job resumes from its own saves (slurm.requeued_checkpoint)
+        if getattr(self, "_stopping", False):
+            checkpoint["stopped_by"] = signal.Signals(self.signal or signal.SIGTERM).name
+        describe = getattr(trainer.datamodule, "training_data", None)
+        if describe is not None and trainer.state.fn == "fit":
+            checkpoint["training_data"] = describe()
+
+    # -- resuming -----------------------------------------------------------------------------------
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume another stage's checkpoint, or on training data other than the checkpoint's; say when
+        nothing is left to train (after those refusals, which matter more)."""
+        self._refuse_other_training(trainer, checkpoint)
+        step = checkpoint.get("global_step", 0)
+        if trainer.state.fn == "fit" and 0 <= trainer.max_steps <= step and trainer.is_global_zero:  # Lightning ends
+            print(f"note: {trainer.ckpt_path} is at step {step}, and trainer.max_steps is {trainer.max_steps}: nothing "  # it silently
+                  "is left to train. To train longer, give a larger one", file=sys.stderr, flush=True)
+
+    def _refuse_other_training(self, trainer, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("training_data")
+        describe = getattr(trainer.datamodule, "training_data", None)
+        if trainer.state.fn != "fit" or saved is None or describe is None:
+            return
+        current = describe()
+        source = trainer.ckpt_path or "the checkpoint"
+        if saved.get("stage") != current.get("stage"):
+            raise ResumeError(
+                f"{source} is a checkpoint of the {saved.get('stage')} stage, and this run trains the {current.get('stage')} "
+                f"stage: --ckpt_path resumes an interrupted run of the same stage. To start this stage from its weights "
+                f"(fresh optimizer, schedule and step count), use --model.init_from {source}"
+            )
+        workers = getattr(trainer.datamodule, "num_workers", None)
+        for state in _loader_states(checkpoint):  # torchdata refuses another count (a traceback, then a hang)
+            saved_workers = state["_snapshot"]["_main_snapshot"]["_num_workers"] if "_snapshot" in state else 0
+            if workers is not None and saved_workers != workers:
+                raise ResumeError(
+                    f"{source} was saved by a training loader with {saved_workers} worker processes, and this run asks for "
+                    f"{workers}: its place in the epoch is saved per worker. Resume with --data.init_args.num_workers "
+                    f"{saved_workers} (the batches and their order do not depend on it)"
+                )
+        if saved.get("preprocessing") != current.get("preprocessing") and saved.get("train_split") != current.get("train_split"):
+            earlier = f"format {saved['preprocessing']}" if saved.get("preprocessing") else "an earlier format"
+            raise ResumeError(
+                f"{source} was trained on data that an earlier release of mmcaption preprocessed ({earlier}; this release's is "
+                f"{current.get('preprocessing')}), and this one reads the same files anew, into a cache whose rows need "
+                "not be the same: its place in the epoch would mean nothing there. Finish the run with the release that "
+                f"began it, or start a new run from its weights with --model.init_from {source}; the earlier cache "
+                f"({saved.get('train_split')}) may then be deleted"
+            )
+        saved = {**saved, "preprocessing": current.get("preprocessing")}  # checkpoints from before it was kept
+        if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
+            saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}
+        saved = {"max_length": current.get("max_length"), **saved}  # checkpoints from before it was kept: the split tells
+        changed = [f"{SAID.get(key, key)} {saved.get(key)!r} -> {current.get(key)!r}" for key in current if saved.get(key) != current.get(key)]
+        if changed:
+            raise ResumeError(
+                f"{source} was trained on other data or batches than this run's ({'; '.join(changed)}): resuming would "
+                "repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
+                f"start a new run from its weights with --model.init_from {source}"
+            )
+
+
+SAID = {"train_split": "the training data's content (the preprocessed split it was read into)"}
+
+
+def _loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The saved states of the training loaders (torchdata's ``StatefulDataLoader``) in a checkpoint."""
+    states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or []
+    return [state for state in (states if isinstance(states, list) else [states]) if isinstance(state, dict)]
+
+
+def run_label(trainer) -> str:
+    """What a training run is, for its progress lines: its logger's name (``caption``, ``demo-instruct``,
+    ``demo-instruct-scratch``), else its data module's stage."""
+    logger = trainer.logger
+    name = getattr(logger, "name", None) if logger is not None else None
+    return name or getattr(trainer.datamodule, "training_stage", "") or "training"
+
+
+class StageProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, with the run it belongs to and the epoch counted from 1 of all:
+    ``demo-caption: epoch 2/3`` instead of ``Epoch 1``."""
+
+    def on_train_epoch_start(self, trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        self.train_progress_bar.set_description(f"{run_label(trainer)}: epoch {trainer.current_epoch + 1}{epochs}")
+
+
+class PlainProgress(ProgressBar):
+    """Progress as plain lines, for output that is not a terminal (a log file, a pipe, a scheduler's
+    log): every ``every_seconds`` and at each validation, one line with the step, loss, rate and time
+    left, flushed at once. Bars redrawn with carriage returns would show nothing until a stage ends.
+    """
+
+    def __init__(self, every_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.every_seconds = every_seconds
+        self._enabled = True
+        self._start = self._last = 0.0
+        self._first_step = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = self._last = time.monotonic()
+        self._first_step = trainer.global_step
+        self._line(trainer, f"training starts at step {trainer.global_step} of {self._total(trainer)}")
+
+    def _total(self, trainer) -> int | str:
+        total = trainer.estimated_stepping_batches  # max_steps or max_epochs, whichever ends first (and accumulation)
+        return int(total) if total != float("inf") else "?"
+
+    def _line(self, trainer, text: str) -> None:
+        if self._enabled and trainer.is_global_zero:
+            print(f"{run_label(trainer)}: {text}", flush=True)
+
+    def _status(self, trainer) -> str:
+        elapsed = time.monotonic() - self._start
+        done = trainer.global_step - self._first_step
+        rate = done / elapsed if elapsed > 0 else 0.0
+        total = self._total(trainer)
+        text = f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}/{total}"
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            text += f", loss {float(loss):.4f}"
+        text += f", {rate:.2f} steps/s"
+        if rate > 0 and isinstance(total, int):
+            text += f", {format_seconds((total - trainer.global_step) / rate)} left"
+        return text
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if time.monotonic() - self._last >= self.every_seconds:
+            self._last = time.monotonic()
+            self._line(trainer, self._status(trainer))
+
+    # -- validation, test and predict: a line every every_seconds too (a folder of photos is hours of predicting) -----
+
+    def _evaluation_start(self, *args: Any) -> None:
+        self._evaluation_started = self._evaluation_last = time.monotonic()
+        self._evaluation_done = 0
+
+    def _evaluation_batch(self, trainer, what: str, totals: Any) -> None:
+        self._evaluation_done += 1
+        now = time.monotonic()
+        if trainer.sanity_checking or now - self._evaluation_last < self.every_seconds:
+            return
+        self._evaluation_last = now
+        total = sum(t for t in totals if t != float("inf")) if isinstance(totals, list) else totals
+        rate = self._evaluation_done / max(now - self._evaluation_started, 1e-9)
+        left = f", {format_seconds((total - self._evaluation_done) / rate)} left" if total else ""
+        self._line(trainer, f"{what}: batch {self._evaluation_done}/{total or '?'}, {rate:.2f} batches/s{left}")
+
+    on_validation_start = on_test_start = on_predict_start = _evaluation_start
+
+    def on_validation_batch_end(self, trainer, *args: Any, **kwargs: Any) -> None:
+        self._evaluation_batch(trainer, "validation", trainer.num_val_batches)
+
+    def on_test_batch_end(self, trainer, *args: Any, **kwargs: Any) -> None:
+        self._evaluation_batch(trainer, "test", trainer.num_test_batches)
+
+    def on_predict_batch_end(self, trainer, *args: Any, **kwargs: Any) -> None:
+        self._evaluation_batch(trainer, "predict", trainer.num_predict_batches)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+        metrics = ", ".join(f"{k.removeprefix('val/')} {v:.4g}" for k, v in sorted(shown.items()))
+        self._line(trainer, f"validation at step {trainer.global_step}: {metrics}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        said = next((c.stopping_reason_message for c in trainer.callbacks if isinstance(c, EarlyStopping)
+                     and c.stopping_reason != EarlyStoppingReason.NOT_STOPPED and c.stopping_reason_message), None)
+        # Lightning says why only at its info level, which is kept quiet
+        why = f" - stopped by EarlyStopping: {said.replace(' Signaling Trainer to stop.', '').strip()}" if said else ""
+        self._line(trainer, f"training done at step {trainer.global_step} in "
+                            f"{format_seconds(time.monotonic() - self._start)}{why}")
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -1,0 +1,161 @@
+"""``mmcaption chat``: a conversation about an image with an exported model, in a terminal or a pipe.
+
+    mmcaption chat --model exported/mmcaption-phi2 --image photo.jpg
+    printf 'What is in the picture?\\nWhat colour is it?\\n' | mmcaption chat --model ... --image photo.jpg
+
+Each line is a question; the answer streams as it is generated, and earlier turns stay in the prompt
+(the instruct stage's layout). ``/image other.jpg`` switches to another image and starts a new
+conversation, ``/reset`` starts a new one about the same image, ``/quit`` (or end of input) ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+from typing import TextIO
+
+from transformers import TextStreamer
+
+from mmcaption.console import quieted
+from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.images import check_image, fetch, is_url, local_file
+from mmcaption.inference import Captioner
+from mmcaption.model import is_pretrained_folder
+from mmcaption.model.card import caption_stage
+from mmcaption.tasks import check_generation
+from mmcaption.usage import backbones_given, chat_parser
+
+HELP = "/image PATH: another image (a new conversation) - /reset: a new conversation - /quit: end"
+
+
+class _Stream(TextStreamer):
+    """Writes the decoded answer to ``out`` as the tokens come (the prompt is not repeated)."""
+
+    def __init__(self, tokenizer, out: TextIO) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.out, self.started = out, False
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if not self.started:  # the answer's leading space (" red" after "Assistant:"), as the API strips it
+            text = text.lstrip()
+            self.started = bool(text)
+        self.out.write(text.rstrip() if stream_end else text)
+        self.out.flush()
+
+
+def read_image(path: str) -> bytes:
+    """An image's bytes, from a file or an ``http(s)://`` URL, refusing with its name one that is missing,
+    a folder, or cannot be downloaded or decoded."""
+    if is_url(path):
+        try:
+            data = fetch(path)
+        except OSError as error:
+            raise ConfigError(str(error)) from None
+    else:
+        file = local_file(Path(path).expanduser())  # typed in the other Unicode form, or another case: as macOS finds it
+        if file.is_dir():
+            raise ConfigError(f"image {file} is a folder; chat talks about one image (/image PATH changes it)")
+        if not file.is_file():
+            raise ConfigError(f"image not found: {file}")
+        data = file.read_bytes()
+    problem = check_image(data)
+    if problem is not None:
+        raise ConfigError(f"image {path} cannot be decoded: {problem}")
+    return data
+
+
+def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, interactive: bool = False, **generate_kwargs) -> int:
+    """Answer the questions of ``lines`` about ``image`` (``None``: text-only), keeping the conversation;
+    returns how many questions were answered."""
+    picture = read_image(image) if image else None
+    history: list[tuple[str, str]] = []
+    answered = 0
+    streaming = generate_kwargs.get("num_beams", 1) == 1
+    while True:
+        if interactive:
+            out.write("you> ")
+            out.flush()
+        line = lines.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, kept by surrogateescape: said, and the next line read
+            out.write(f"(not UTF-8 text, skipped: {text.encode('utf-8', 'surrogateescape')!r})\n")
+            continue
+        if text in ("/quit", "/exit"):
+            break
+        if text == "/reset":
+            history = []
+            out.write("(a new conversation)\n")
+            continue
+        if text.startswith("/image"):
+            other = dropped_path(text.removeprefix("/image").strip())
+            if not other:  # was "image . is a folder"
+                out.write(f"(/image needs the image's path: /image photo.jpg; still about {image or 'no image'})\n")
+                continue
+            try:
+                picture, image = read_image(other), other
+            except ConfigError as error:
+                out.write(f"({error}; still about {image or 'no image'})\n")
+                continue
+            history = []
+            out.write(f"(now about {image}: a new conversation)\n")
+            continue
+        if text.startswith("/"):
+            out.write(f"({HELP})\n")
+            continue
+        if interactive:
+            out.write("model> ")
+        stream = {"streamer": _Stream(captioner.tokenizer, out)} if streaming else {}
+        answer = captioner.chat(picture, text, history, **stream, **generate_kwargs)
+        out.write(("" if streaming else answer) + "\n")
+        out.flush()
+        history.append((text, answer))
+        answered += 1
+    return answered
+
+
+def dropped_path(text: str) -> str:
+    """A path as typed (``~`` read as home), or as a terminal writes a dropped file: quoted, or its spaces escaped."""
+    if os.path.exists(os.path.expanduser(text)):  # as typed (a Windows path's backslashes too)
+        return os.path.expanduser(text)
+    try:
+        parts = shlex.split(text)
+    except ValueError:  # an unbalanced quote
+        return text
+    return os.path.expanduser(parts[0]) if len(parts) == 1 else text
+
+
+@user_errors_exit
+@quieted
+def main(argv: list[str] | None = None) -> None:
+    """``mmcaption chat``."""
+    args = chat_parser().parse_args(argv)
+    if not is_pretrained_folder(args.model):
+        raise ConfigError(f"{args.model} is not a model folder of mmcaption-export (no mmcaption.json in it)")
+    if args.image:
+        read_image(args.image)  # before the model loads
+    settings = {"max_new_tokens": args.max_new_tokens, "num_beams": 1, "do_sample": args.temperature != 0}
+    if args.temperature != 0:
+        settings.update(temperature=args.temperature, top_p=args.top_p)
+    if args.min_new_tokens is not None:
+        settings["min_new_tokens"] = args.min_new_tokens
+    check_generation(settings, "mmcaption chat")
+    captioner = Captioner.from_pretrained(args.model, device=args.device, **backbones_given(args))
+    if caption_stage(captioner.manifest):  # as predict says of a caption-stage checkpoint
+        print(f"note: {args.model} is a caption-stage model: the instruct stage teaches to answer questions and chat; "
+              "expect captions, not answers", file=sys.stderr, flush=True)
+        warnings.filterwarnings("ignore", message="this is a caption-stage model")  # the API's own note: said just above
+    if hasattr(sys.stdin, "reconfigure"):  # a line of other bytes is skipped, not the end of the chat
+        sys.stdin.reconfigure(errors="surrogateescape")
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"mmcaption chat about {args.image or 'no image'} ({HELP})")
+    chat(captioner, args.image, sys.stdin, sys.stdout, interactive=interactive, **settings)

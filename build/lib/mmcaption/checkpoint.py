@@ -1,0 +1,399 @@
+"""Checkpoints: files written atomically and read without running code, and the policy of what a
+checkpoint may be loaded into (its tensors and structural settings checked against the model).
+
+Lightning writes a checkpoint through a temporary file in the system's temp folder and then
+``shutil.move``-s it into place; when that folder is on another file system the move is a copy,
+and a process killed during it leaves a truncated ``last.ckpt``. :class:`AtomicCheckpointIO`
+writes beside the target, syncs, and renames over it (``os.replace`` is atomic on POSIX and
+Windows): a kill or a full disk at any moment leaves the previous checkpoint whole, and no
+half-written file under the checkpoint's name. The ``mmcaption`` CLI installs it by default.
+
+Reading goes through :func:`load_checkpoint_file` (``torch.load(weights_only=True)``): tensors and
+plain containers only, so a checkpoint from elsewhere cannot run code; a pickled payload is refused
+with a message that names the file.
+
+Checkpoints hold the trainable tensors only (the frozen 4-bit backbones are reloaded from their
+source), so Lightning's non-strict loading would silently ignore a checkpoint of another model:
+:func:`check_trainable_state` refuses any difference and names it, and :func:`load_initial_weights`
+starts a stage from an earlier stage's checkpoint or saved folder (``model.init_from``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch import Trainer
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning_utilities.core.imports import RequirementCache
+
+from mmcaption.errors import MMCaptionError, disk_full
+from mmcaption.evaluation.report import file_sha256
+from mmcaption.folders import umask
+from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
+from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
+from mmcaption.model.structure import assign_trainable_tensors, model_structure
+
+MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
+
+
+class CheckpointFileError(MMCaptionError, RuntimeError):
+    """A checkpoint file that cannot be read (truncated, not a torch file)."""
+
+
+class UnsafeCheckpointError(CheckpointFileError):
+    """A checkpoint holds objects that only unpickling arbitrary code could rebuild."""
+
+
+class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
+    """A checkpoint path that names no file."""
+
+
+class CheckpointMismatchError(MMCaptionError, RuntimeError):
+    """A checkpoint whose tensors do not fit the model being built."""
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; refuse pickled code, naming the file, and any file
+    that is not a readable checkpoint (truncated, corrupted, another kind of file), whatever error the
+    unpickler met in it. ``mmap``: tensors are read from the file only when used (to read its metadata)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointNotFoundError(f"{path} is a folder, not a checkpoint file: a checkpoint of mmcaption fit is a .ckpt "
+                                      "file (checkpoints/<stage>/last.ckpt); a folder written by mmcaption-export is "
+                                      "given as --model.init_from")
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):  # a torch file is a zip, or a pickle (older ones)
+        raise CheckpointFileError(f"{path}: not a checkpoint - not a file torch.save writes (it starts {head!r}); "
+                                  "a checkpoint of mmcaption fit is a .ckpt file (checkpoints/<stage>/last.ckpt)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"{path}: refused - it contains pickled objects other than tensors and plain containers, which "
+            f"could run code when loaded. mmcaption checkpoints never do; only load files you trust. ({error})"
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a corrupted file makes the unpickler fail in many ways
+        raise CheckpointFileError(
+            f"{path}: not a readable checkpoint (truncated or not a torch file): {type(error).__name__}: {error}"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointFileError(f"{path}: not a checkpoint: it holds a {type(checkpoint).__name__}, not a dictionary")
+    return checkpoint
+
+
+def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        os.chmod(temporary, 0o666 & ~umask())  # mkstemp makes the file private; a checkpoint is not
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        full = disk_full(error)  # torch.save's writer wraps the write's error, which names no file: this one is named
+        if full is not None and full.filename is None and full.errno is not None:
+            raise OSError(full.errno, full.strerror, str(path)) from error
+        raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with atomic local writes and ``weights_only`` reads.
+
+    Remote paths (``s3://``, ...) keep Lightning's own fsspec handling.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        save_atomically(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not _is_local_file_protocol(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return load_checkpoint_file(path, map_location=map_location or "cpu")
+
+
+def install_atomic_checkpoint_io(trainer: Trainer) -> None:
+    """Replace Lightning's default checkpoint I/O (also inside an async wrapper) by the atomic one."""
+    io = trainer.strategy.checkpoint_io
+    if type(io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    elif isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
+        io.checkpoint_io = AtomicCheckpointIO()
+
+
+def check_trainable_state(
+    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "", settings_diff: list[str] = ()
+) -> None:
+    """Refuse a state dict that is not exactly the model's trainable tensors (names and shapes).
+
+    Lightning's non-strict loading would silently ignore such keys; here every difference is named,
+    and so is every structural setting (``settings_diff``) in which the checkpoint's model differs.
+    """
+    expected = {f"{prefix}{name}": p for name, p in model.named_parameters() if p.requires_grad}
+    unexpected = sorted(set(state_dict) - set(expected))
+    missing = sorted(set(expected) - set(state_dict))
+    mismatched = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(state_dict) & set(expected))
+        if state_dict[key].shape != expected[key].shape
+    ]
+    problems = list(settings_diff)
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+    if missing:
+        problems.append(f"{len(missing)} trainable tensor(s) missing, e.g. {missing[:3]}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:3]}")
+    if problems:
+        raise CheckpointMismatchError(
+            "checkpoint does not match the model (other backbones, injected layers or LoRA settings?): "
+            + "; ".join(problems)
+        )
+
+
+def check_checkpoint(checkpoint: dict[str, Any], model: MultimodalCausalLM) -> None:
+    """Refuse a Lightning checkpoint whose trainable tensors or structural settings differ from ``model``'s."""
+    differences = settings_diff(checkpoint.get("model_config", {}), model.config_dict())
+    check_trainable_state(checkpoint["state_dict"], model, prefix=MODEL_PREFIX, settings_diff=differences)
+
+
+def load_trainable_tensors(checkpoint: dict[str, Any], model: MultimodalCausalLM) -> None:
+    """Put a Lightning checkpoint's trainable tensors into ``model``, after :func:`check_checkpoint`."""
+    check_checkpoint(checkpoint, model)
+    model.load_state_dict({k.removeprefix(MODEL_PREFIX): v for k, v in checkpoint["state_dict"].items()}, strict=False)
+
+
+def model_from_checkpoint(
+    path: str | Path, device: torch.device | str | None = None, pretrained_weights: bool = True, **backbones: str
+) -> tuple[MultimodalCausalLM, dict[str, Any]]:
+    """The model a Lightning checkpoint of ``mmcaption fit`` holds (built from the config it stores, with
+    ``backbones``' folders where they moved), and the checkpoint itself. Without ``pretrained_weights`` only the
+    checkpoint's trained tensors have values (the backbones' weights are never read;
+    :func:`mmcaption.model.structure.model_structure`): enough to write them out, not to run the model."""
+    checkpoint = load_checkpoint_file(path)
+    saved = checkpoint.get("model_config") or checkpoint.get("hyper_parameters", {}).get("config")
+    if saved is None:
+        raise CheckpointFileError(f"{path}: no model config in it; is it a checkpoint of mmcaption fit?")
+    check_known_settings(saved, str(path))
+    saved = {**saved, **{name: absolute_if_local(folder) for name, folder in backbones.items()}}  # as training keeps them
+    if pretrained_weights:
+        model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device)
+        load_trainable_tensors(checkpoint, model)
+    else:
+        model = model_structure(MultimodalConfig(**saved))
+        check_checkpoint(checkpoint, model)
+        assign_trainable_tensors(model, {k.removeprefix(MODEL_PREFIX): v for k, v in checkpoint["state_dict"].items()})
+    return model, checkpoint
+
+
+def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[str, Any]:
+    """Start ``model`` from the trained weights of an earlier stage: a Lightning checkpoint (its
+    trainable tensors, checked) or a folder of ``mmcaption-export``. Returns where they came from, as
+    checkpoints of the new stage record it."""
+    path = Path(source)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        differences = settings_diff(manifest["model"], model.config_dict(), saved_name="exported")
+        if differences:
+            raise CheckpointMismatchError(f"exported model {path} does not match this model: " + "; ".join(differences))
+        model.load_pretrained_weights(path)
+        return {"path": str(path.resolve()), "export": manifest["source"]}
+    if not path.is_file():
+        raise CheckpointNotFoundError(
+            f"init_from checkpoint not found: {path} (train the caption stage first, or point init_from at its checkpoint)"
+        )
+    checkpoint = load_checkpoint_file(path)
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
+                                  f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
+    load_trainable_tensors(checkpoint, model)
+    if stopped := checkpoint.get("stopped_by"):  # saved as its run was stopped (Ctrl-C, a preemption); a best one is not
+        of = f" of {checkpoint['planned_steps']}" if checkpoint.get("planned_steps") else ""
+        rank_zero_warn(f"init_from {path} was saved as its run was stopped by {stopped}, at step {checkpoint.get('global_step')}"
+                       f"{of}: these weights are of a stage that did not finish (resume that run with --ckpt_path to finish it)")
+    return {
+        "path": str(path.resolve()),
+        "sha256": file_sha256(path),
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "planned_steps": checkpoint.get("planned_steps"),
+    }
+
+
+# Lightning issue #20550 (open; fixes proposed in PRs #21765 and #21770): a stateful training loader's
+# saved position is never loaded when configure_optimizers asks for estimated_stepping_batches. Needed
+# on the Lightning releases this package allows (pyproject: lightning<2.7). When raising that bound,
+# run tests/test_resume.py without this workaround; once a release passes, delete it and its call.
+LOADER_POSITION_WORKAROUND = not RequirementCache("lightning>=2.7")
+
+
+# Lightning issue #19617 (open): a run whose max_steps stopped it at an epoch's last batch, resumed with a larger
+# max_steps, counts that epoch's end twice. Same bound and the same way out as LOADER_POSITION_WORKAROUND.
+FINISHED_EPOCH_WORKAROUND = not RequirementCache("lightning>=2.7")
+
+
+def _count_the_finished_epoch_once(fit_loop) -> None:
+    """A resume from a checkpoint saved at an epoch's end, under ``max_steps``: Lightning
+    (2.6) ends that epoch again and adds it to the epochs processed a second time. The next epoch was then shuffled
+    as the one after it (the sampler's order is the seed plus that count), and ``max_epochs`` came an epoch early:
+    a run resumed to train longer trained nothing and wrote no checkpoint. Taken back here, before Lightning adds it
+    and before the loader is given the next epoch."""
+    if FINISHED_EPOCH_WORKAROUND and fit_loop.restarted_on_epoch_end:  # only a max_steps run restarts at an epoch's end
+        for counts in (fit_loop.epoch_progress.current, fit_loop.epoch_progress.total):
+            counts.processed -= 1
+
+
+def restore_loader_position(trainer) -> None:
+    """Put a resumed run's training loader where the checkpoint left it (call from ``on_train_start``).
+
+    Lightning (2.6) saves the state of a stateful training loader in the checkpoint but, when
+    ``configure_optimizers`` asks for ``trainer.estimated_stepping_batches`` (as the LR schedule must),
+    builds the loader before the checkpoint is read and never loads that state (Lightning issue
+    #20550): the resumed run would restart the epoch. Its first iterator is also created before the
+    sampler learns the epoch. This loads the pending state and re-creates the iterator, with the
+    epoch set, as the upstream fix does. A no-op when nothing is pending (fresh runs, fixed Lightning). A resume at
+    an epoch's end first has that epoch counted once (:func:`_count_the_finished_epoch_once`).
+    """
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    fit_loop = trainer.fit_loop
+    _count_the_finished_epoch_once(fit_loop)
+    if not LOADER_POSITION_WORKAROUND:
+        return
+    if not (fit_loop.restarting and getattr(fit_loop, "_combined_loader_states_to_load", None)):
+        return
+    # saved at its epoch's last batch, the epoch closed by now (the max_steps save after it, or a save at that batch's
+    # end, which Lightning closes on resuming): loading that epoch's end left the next epoch empty. It starts from its
+    # first batch, in its own order, counting its batches from 0 (after a save at the batch's end Lightning resets
+    # that count itself). A save before the epoch was closed - at a validation's end on the last batch, or inside the
+    # epoch's end - loads it: Lightning runs the rest of that epoch first, and finds no batch left.
+    progress, loop = fit_loop.epoch_progress.current, fit_loop.epoch_loop
+    ended = loop.batch_progress.is_last_batch and progress.processed == progress.started == progress.completed
+    if ended:
+        fit_loop._combined_loader_states_to_load = []
+        if not loop.restarted_on_train_batch_end:
+            for counts in (loop.batch_progress, loop.scheduler_progress, loop.automatic_optimization.optim_progress):
+                counts.reset_on_run()
+    for loader in fit_loop._combined_loader.flattened:
+        _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
+    fit_loop._load_combined_loader_states()  # (none left to load after an epoch's end)
+    iter(fit_loop._data_fetcher)  # Lightning makes no new iterator for a resumed run's first epoch
+
+
+def schedule_from_here(trainer, learning_rate: float) -> None:
+    """After a resume, train at the ``learning_rate`` given now, on the schedule of this run's length (call from
+    ``on_train_start``). The restored optimizer and scheduler keep the checkpoint's base rate, and the rate the
+    old schedule had reached: 0 at its end, so a run resumed to train longer took its first step at 0."""
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # the schedule configure_optimizers builds
+            continue
+        groups = scheduler.optimizer.param_groups
+        if any(base != learning_rate for base in scheduler.base_lrs):
+            rank_zero_info(f"learning rate {learning_rate:g} (the checkpoint's: {scheduler.base_lrs[0]:g}), on the schedule "
+                           f"from step {scheduler.last_epoch}")
+        scheduler.base_lrs = [learning_rate] * len(groups)
+        rates = [learning_rate * rate(scheduler.last_epoch) for rate in scheduler.lr_lambdas]
+        for group, rate in zip(groups, rates):
+            group["initial_lr"], group["lr"] = learning_rate, rate
+        scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read
+
+
+def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
+    """Say so when a new ``fit`` (no ``--ckpt_path``) saves into a folder holding an earlier run's
+    checkpoints: it starts at step 0 and Lightning names its files beside them (``last-v1.ckpt``), so
+    ``last.ckpt`` stays the earlier run's - which ``init_from`` or a script may point at. ``saves_last``:
+    whether this run's checkpoint callback writes a ``last`` checkpoint."""
+    earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not earlier:
+        return
+    last = folder / "last.ckpt"
+    step = ""
+    names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+    if last.is_file():  # Lightning's next free version of the name: last-v1.ckpt, last-v2.ckpt when a third run writes
+        # with several runs' last-vN.ckpt, the one to continue is the newest (it was last.ckpt, the oldest run's)
+        newest = max(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        which = "last.ckpt" if newest == last else f"the newest, {newest.name},"
+        with contextlib.suppress(MMCaptionError):
+            step = f"; {which} is at step {load_checkpoint_file(newest, mmap=True).get('global_step')}"
+        ours = next(name for name in (f"last-v{n}.ckpt" for n in itertools.count(1)) if not (folder / name).exists())
+        # Lightning's "last" is the newest last*.ckpt: with a last-v1.ckpt beside it, named by its file
+        keyword = "last" if not any(folder.glob("last-v*.ckpt")) else str(newest)
+        earlier_run = f"last.ckpt stays the earlier run's. To continue {'that' if newest == last else 'the newest'} run " \
+                      f"instead, stop and add --ckpt_path {keyword}"
+    else:  # only named checkpoints (epoch=..., interrupted-step...): this run's last is last.ckpt
+        ours = "last.ckpt"
+        newest = max(earlier, key=lambda p: p.stat().st_mtime)
+        earlier_run = f"to continue that run instead, stop and add --ckpt_path {newest}"
+    beside = f"under new names ({ours}, ...)" if saves_last else "under its own names"
+    print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
+          f"beside them {beside}; {earlier_run}; to keep the runs apart, give this one another "
+          "checkpoint folder.",
+          file=sys.stderr, flush=True)
+
+
+def follow_a_moved_checkpoint_folder(trainer, checkpoint: dict[str, Any]) -> None:
+    """Resuming from a checkpoint folder that has moved since it was written (the project moved or copied, a
+    container mounting it elsewhere): each ``ModelCheckpoint``'s state names its files at the old absolute
+    path, so Lightning forgot them - it wrote ``last-v1.ckpt`` beside ``last.ckpt`` and never removed the old
+    best. When the checkpoint resumed from lies in that callback's folder, its files are taken as moved with
+    it: the state is rewritten to the folder's present place (call from ``on_load_checkpoint``, in ``fit``)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    resumed = Path(trainer.ckpt_path).resolve().parent if trainer.ckpt_path else None
+    states = checkpoint.get("callbacks") or {}
+    for callback in trainer.checkpoint_callbacks:
+        state = states.get(callback.state_key) if isinstance(callback, ModelCheckpoint) else None
+        old, new = (state or {}).get("dirpath"), callback.dirpath
+        if not old or not new or old == new or resumed != Path(new).resolve():
+            continue
+
+        state["dirpath"] = new
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            state[key] = _moved_file(state.get(key), old, new)
+        moved_best = {_moved_file(path, old, new): score for path, score in (state.get("best_k_models") or {}).items()}
+        state["best_k_models"] = {path: score for path, score in moved_best.items() if path}
+        rank_zero_info(f"{new} was {old} when this checkpoint was written: its best and last checkpoints are followed here")
+
+
+def _moved_file(path: str | None, old: str, new: str) -> str:
+    """A file of folder ``old`` where it is now, in folder ``new``; "" when it is not there."""
+    moved = Path(new) / Path(path).relative_to(old) if path and Path(old) in Path(path).parents else None
+    return str(moved) if moved is not None and moved.is_file() else ""

@@ -1,0 +1,400 @@
+"""``mmcaption fit | validate | test | predict``: LightningCLI over the captioner and a data module."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from mmcaption.advice import OutOfMemoryAdvice
+from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
+from mmcaption.checkpoint import earlier_checkpoints_note, install_atomic_checkpoint_io, load_checkpoint_file
+from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
+from mmcaption.data.base import PreprocessedDataModule
+from mmcaption.data.summary import format_summary, split_summary
+from mmcaption.errors import ConfigError, MMCaptionError, causes, user_errors_exit
+from mmcaption.folders import (
+    FolderLock,
+    check_named_runs_unused,
+    check_writable,
+    claim_run_folders,
+    keyword_checkpoint,
+    locks_released_after,
+    remove_unused_run,
+)
+from mmcaption.model import is_pretrained_folder, read_manifest
+from mmcaption.model.backbones import check_backbone, context_problem
+from mmcaption.model.config import (
+    check_known_settings,
+    flat_settings,
+    merged_settings,
+    nested_settings,
+    precision_problem,
+)
+from mmcaption.model.multimodal import pretrained_config
+from mmcaption.module import MultimodalCaptioner
+from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
+from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
+from mmcaption.settings_checks import lightning_setting_errors, strategy_problem, unlogged_monitor, usable_callbacks
+from mmcaption.slurm import requeued, requeued_checkpoint
+from mmcaption.usage import EPILOG, PREPARE_HELP
+
+# ``--ckpt_path`` values Lightning resolves itself rather than as files
+CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+class MMCaptionCLI(LightningCLI):
+    """LightningCLI whose data module follows the model's config, one way.
+
+    The tokenizer, the image processor and the vision features a cache holds must be those of the
+    model, so the CLI hands ``model.config.language_model``, ``model.config.vision_model`` and
+    ``model.config.vision_feature_layer`` to the data module (``data.init_args.tokenizer``,
+    ``image_processor``, ``vision_feature_layer``; a data module without such an argument ignores it)
+    instead of asking for them twice; the data module loads them with the model's factory.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.config.language_model", "data.init_args.tokenizer")
+        parser.link_arguments("model.config.vision_model", "data.init_args.image_processor")
+        parser.link_arguments("model.config.vision_feature_layer", "data.init_args.vision_feature_layer")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        asked = [a for a in getattr(self, "_arguments", None) or [] if isinstance(a, str) and a.startswith("--trainer.logger")]
+        if self.subcommand in ("predict", "validate") and not asked:  # their results are printed and written: no empty
+            kwargs.setdefault("logger", False)  # TensorBoard run of the config's; one asked for on the command line is kept
+        with lightning_setting_errors():  # e.g. a strategy whose package is missing, or that needs a GPU
+            trainer = super().instantiate_trainer(**kwargs)
+        if trainer.logger is None:  # no run folder: Lightning would write the config as config.yaml in the working
+            # directory, over whatever file of that name the user keeps there
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
+        install_atomic_checkpoint_io(trainer)
+        if not any(isinstance(callback, ResumableStop) for callback in trainer.callbacks):
+            # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
+            # list its own to change every_minutes
+            trainer.callbacks.append(ResumableStop())
+        trainer.callbacks.append(OutOfMemoryAdvice())
+        for index, callback in enumerate(trainer.callbacks):
+            if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's default: named bars, or plain lines
+                # off a terminal
+                trainer.callbacks[index] = StageProgressBar() if sys.stderr.isatty() else PlainProgress()
+        return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            if subcommand == "fit" and not self.config_init["fit"].get("ckpt_path") and not requeued():  # a requeue: the same run
+                check_named_runs_unused([lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger | CSVLogger)])
+            if subcommand in ("fit", "test") and self.trainer.global_rank == 0:  # the run folders this run makes, made now
+                self._new_run_folders = claim_run_folders([logger for logger in self.trainer.loggers
+                                                           if isinstance(logger, TensorBoardLogger | CSVLogger)])
+            with lightning_setting_errors():
+                super()._run_subcommand(subcommand)
+        except BaseException:  # a fit that failed before its first step (a test, before its end) leaves no empty run
+            if subcommand == "test" or self.trainer.global_step == 0:
+                for folder in getattr(self, "_new_run_folders", ()):
+                    remove_unused_run(folder)
+            raise
+
+    def validate(self, verbose: bool = True, **kwargs: Any) -> None:
+        print_metrics(self.trainer.validate(verbose=False, **kwargs), verbose)
+
+    def test(self, verbose: bool = True, **kwargs: Any) -> None:
+        print_metrics(self.trainer.test(verbose=False, **kwargs), verbose)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # jsonargparse wraps what a data module's __init__ raises in its own error, and the
+            # user's message would come after two tracebacks: the settings error itself is what to show
+            user_error = next((cause for cause in causes(error) if isinstance(cause, MMCaptionError)), error)
+            if user_error is error:
+                raise
+            raise user_error from None
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        # Lightning < 2.7 (pinned): where the trainer's settings meet the config's callbacks. Where --ckpt_path last
+        # looks: the config's checkpoint folders, also when fast_dev_run or enable_checkpointing false leaves them out
+        given = config.get("callbacks") or []
+        self._checkpoint_folders = [Path(c.dirpath) for c in (given if isinstance(given, list) else [given])
+                                    if isinstance(c, ModelCheckpoint) and c.dirpath]
+        config["callbacks"] = usable_callbacks(config, fit=self.subcommand == "fit")
+        return super()._instantiate_trainer(config, callbacks)
+
+    def before_instantiate_classes(self) -> None:
+        """Before anything is built: the accelerator asked for exists, and each backbone can be found."""
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        accelerator = config.trainer.get("accelerator")
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.accelerator is {accelerator!r}, and PyTorch sees no GPU on this machine (torch {torch.__version__}, "
+                "torch.cuda.is_available() is False). Run it where there is one, or add --trainer.accelerator cpu to try "
+                "it on the CPU (slow at the real shapes; mmcaption-demo trains the whole model offline in minutes)"
+            )
+        if self.subcommand != "fit":  # about resuming training from the checkpoint: nothing to act on here
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path") and config.model.get("init_from"):
+            if rank_zero_only.rank == 0:  # a config's init_from is the stage before's: say whose weights these are
+                print(f"note: no --ckpt_path: {self.subcommand} uses the trained weights of model.init_from, "
+                      f"{config.model.init_from}", file=sys.stderr, flush=True)
+        elif self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path"):
+            raise ConfigError(
+                f"{self.subcommand} needs trained weights: give --ckpt_path (a checkpoint of mmcaption fit) or "
+                "--model.init_from (a checkpoint, or a folder written by mmcaption-export). Without them the projection, "
+                "cross-attention and LoRA are untrained: the model would not see the images"
+            )
+        model = config.model.config
+        if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
+                strategy_problem(config.trainer.get("strategy")):
+            raise ConfigError(problem)
+        check_backbone(model.language_model, "model.config.language_model")
+        check_backbone(model.vision_model, "model.config.vision_model")
+        data = config.get("data")
+        if problem := context_problem(model.language_model, getattr(data, "init_args", {}).get("max_length") if data else None):
+            raise ConfigError(problem)
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``: the checkpoint's model settings, except those the user set.
+
+        LightningCLI lays the checkpoint's saved hyper-parameters over the command line, so a setting
+        given with ``--model.*`` or in the config would be silently ignored. Here what the user set (in a
+        config or on the command line, even to its default value) wins and is listed against the
+        checkpoint's value; the checkpoint
+        fills in the rest (so ``predict --ckpt_path X`` needs no config). A structural setting that
+        differs (LoRA rank, injected layers, ...) is refused naming both values, as the trained tensors
+        would not fit. The file is read with ``weights_only`` (a pickled payload is refused by name).
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        init_from = self.config[subcommand]["model"].get("init_from")
+        if not ckpt_path and subcommand != "fit" and init_from and is_pretrained_folder(init_from):
+            # predict (validate, test) from an export alone: its model settings and backbones, as a checkpoint's
+            manifest = read_manifest(init_from)
+            saved = {"config": asdict(pretrained_config(init_from)), "generation": manifest.get("generation") or {}}
+            self._model_settings_from(f"model.init_from {init_from}", saved, subcommand, "export")
+        if str(ckpt_path) == "last":  # the file it names, as after_instantiate_classes finds it (None: fit starts afresh)
+            ckpt_path = keyword_checkpoint("last", checkpoint_folders(self.config[subcommand].trainer), subcommand)
+        if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
+            return
+        checkpoint = load_checkpoint_file(ckpt_path)
+        self._checkpoint_stage = (checkpoint.get("training_data") or {}).get("stage")
+        if "pytorch-lightning_version" not in checkpoint:
+            raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit (Lightning did not write it): "
+                              "give a .ckpt file from a run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
+        saved = dict(checkpoint.get("hyper_parameters") or {})
+        check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
+        for key in ("_instantiator", "_class_path"):
+            saved.pop(key, None)
+        if saved:
+            self._model_settings_from(f"--ckpt_path {ckpt_path}", saved, subcommand, "checkpoint")
+
+    def _model_settings_from(self, source: str, saved: dict[str, Any], subcommand: str, saved_name: str) -> None:
+        """The model settings of a checkpoint or an export (``saved``), except those the user set (listed against the
+        saved value); a structural setting that differs is refused naming both values."""
+        given = flat_settings(self.config[subcommand]["model"].as_dict())
+        defaults = flat_settings(self._subcommand_parsers[subcommand].get_defaults()["model"].as_dict())
+        merged, notes, refused = merged_settings(flat_settings(saved), given, self._written_model_settings(subcommand), defaults,
+                                                 saved_name)
+        if refused:
+            raise ConfigError(
+                f"{source} was trained with other structural settings than this run's ({'; '.join(refused)}); its "
+                f"tensors cannot fit. Drop these settings to use the {saved_name}'s, or train a new run"
+            )
+        if notes and rank_zero_only.rank == 0:  # the CLI's own note, as its errors: straight to the console
+            print(f"{source}: using the settings you gave instead of the {saved_name}'s: {'; '.join(notes)}",
+                  file=sys.stderr, flush=True)
+        self.config = self.parser.parse_object({subcommand: {"model": nested_settings(merged)}}, self.config)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._arguments = sys.argv[1:] if args is None else args
+        with print_config_held(self._arguments) as held:  # with --ckpt_path: printed once its settings are in
+            super().parse_arguments(parser, args)
+            expand_home(self.config)
+            if held:
+                self._parse_ckpt_path()
+        if held:
+            print_held_config(parser, self.config)
+
+    def _written_model_settings(self, subcommand: str) -> set[str] | None:
+        """The model settings the user wrote, in a config or on the command line - whatever their value, so
+        a setting given equal to its default still wins over the checkpoint's (``None``: unknown)."""
+        if not isinstance(getattr(self, "_arguments", None), list):
+            return None
+        try:  # parsed again without the defaults; the links (model -> data) need settings this parse lacks
+            from jsonargparse._link_arguments import skip_apply_links
+
+            with skip_apply_links(), contextlib.redirect_stderr(io.StringIO()):
+                written = self.parser.parse_args(self._arguments, defaults=False)[subcommand].get("model")
+        except (SystemExit, Exception):  # noqa: BLE001 - parsed once already; fall back to comparing with defaults
+            return None
+        return set(flat_settings(written.as_dict())) if written is not None else set()
+
+    def after_instantiate_classes(self) -> None:
+        """Before anything is loaded: every folder the run will write is writable, a checkpoint folder
+        is not being written by another run, a predict output is not an input or an existing file."""
+        if self.subcommand is None:
+            return
+        trainer = self.trainer
+        check_inputs = getattr(self.datamodule, "check_inputs", None)
+        if check_inputs is not None:
+            check_inputs(self.subcommand)
+        folders = getattr(self, "_checkpoint_folders", None)
+        if (resolved := keyword_checkpoint(self.config[self.subcommand].get("ckpt_path"), folders, self.subcommand)) is not None:
+            self.config[self.subcommand]["ckpt_path"] = self.config_init[self.subcommand]["ckpt_path"] = str(resolved)
+        if self.subcommand == "fit":  # a SLURM job requeued after its time-limit signal: from its own last save
+            resume = requeued_checkpoint(trainer, job_of_checkpoint, given=self.config["fit"].get("ckpt_path"))
+            if resume is not None:
+                self.config["fit"]["ckpt_path"] = self.config_init["fit"]["ckpt_path"] = resume
+        if self.subcommand == "fit":
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                    # Lightning would only warn that the folder "exists and is not empty" (a lock left by a kill
+                    # counts): earlier checkpoints are named below, with what this run does beside them
+                    warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(callback.dirpath))} exists")
+                    check_writable(callback.dirpath, "checkpoints")
+                    if trainer.global_rank == 0:  # refused first if another run is writing there: not told to continue it
+                        FolderLock(callback.dirpath).acquire()
+                    if not self.config[self.subcommand].get("ckpt_path") and trainer.global_rank == 0:
+                        earlier_checkpoints_note(Path(callback.dirpath), saves_last=bool(callback.save_last))
+            init_from = getattr(self.model, "init_from", None)
+            if problem := unlogged_monitor(trainer.callbacks, self.datamodule):
+                raise ConfigError(problem)
+            if init_from and not self.config["fit"].get("ckpt_path") and not Path(init_from).exists():  # a resume's unused
+                raise ConfigError(f"model.init_from {init_from} not found (train the caption stage first, or point "
+                                  "init_from at its checkpoint or exported folder)")
+        if self.subcommand in ("fit", "validate", "test"):
+            for logger in trainer.loggers:
+                folder = getattr(logger, "save_dir", None) or getattr(logger, "root_dir", None)
+                if folder:
+                    check_writable(folder, "logs")
+            if trainer.logger is None:  # the results of each evaluation go here: found now, not after generating
+                check_writable(trainer.default_root_dir, "evaluation results (trainer.default_root_dir)")
+        stage, needed = getattr(self, "_checkpoint_stage", None), getattr(self.datamodule, "stage_needed", "")
+        if self.subcommand != "fit" and stage and needed and stage != needed and trainer.global_rank == 0:
+            print(f"note: {self.config[self.subcommand].ckpt_path} is a checkpoint of the {stage} stage; "
+                  f"{type(self.datamodule).__name__}'s questions are what the {needed} stage teaches to answer",
+                  file=sys.stderr, flush=True)
+        if self.subcommand == "predict" and hasattr(self.datamodule, "check_output"):
+            self.datamodule.check_output(trainer.world_size, trainer.global_rank)
+
+
+def job_of_checkpoint(path: Path) -> str | None:
+    """The SLURM job that saved a checkpoint (``ResumableStop`` records it; None: saved outside SLURM, or before)."""
+    try:
+        return load_checkpoint_file(path, mmap=True).get("slurm_job", None)
+    except MMCaptionError:  # a damaged or half-written file is no save of any job's
+        return "unreadable"
+
+
+def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
+    """Run ``mmcaption`` with ``args`` (``sys.argv`` when None) and return the finished CLI."""
+    quiet_lightning()
+    with warnings.catch_warnings(), locks_released_after():
+        filter_warnings()
+        if args is not None:  # the pipeline's and the demo's stages: their own arguments, not the command line's
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
+        return MMCaptionCLI(
+            MultimodalCaptioner,
+            LightningDataModule,
+            subclass_mode_data=True,
+            args=args,
+            parser_kwargs={"epilog": EPILOG, "prog": "mmcaption"},  # also when the pipeline or the demo runs a stage
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_class=MMCaptionParser,
+        )
+
+
+class _CheckOnlyCLI(MMCaptionCLI):
+    """A command parsed, built and checked as it would be before running, and not run."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def check_command(args: list[str], run_checks: bool = True) -> MMCaptionCLI:
+    """Check a command of ``mmcaption`` without running it: its settings (typos get the closest valid
+    names) and, with ``run_checks``, what the command itself checks before loading anything
+    (accelerator, backbones, data files, folders). The pipeline checks its second stage this way
+    before the first starts; the demo checks the arguments it passes on before building its data."""
+    quiet_lightning()
+    with warnings.catch_warnings(), locks_released_after(), lightning_info_hidden():
+        filter_warnings()
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
+        return _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,
+                             auto_configure_optimizers=False, parser_class=MMCaptionParser,
+                             # its tip names `mmcaption fit --help`, not the pipeline's or the demo's own --help
+                             parser_kwargs={"prog": "mmcaption" if run_checks else "mmcaption fit"})
+
+
+class _PrepareCLI(MMCaptionCLI):
+    """The same configuration, without a Trainer: preparing data needs no accelerator."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> None:
+        return None
+
+
+def prepare(args: list[str]) -> int:
+    """``mmcaption prepare --config ...``: preprocess the configured data module's splits (and its
+    feature cache) without loading the language model, and print what each split holds. Returns 0; a data or
+    settings error is raised (``main`` prints its message and exits 2)."""
+    quiet_lightning()  # in a log file, no bars of redrawn counts (fit's own lines stay as they are)
+    with warnings.catch_warnings():  # also while preparing: its warnings are shown as fit shows them
+        filter_warnings()
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)  # argv minus 'prepare'
+        cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,
+                          auto_configure_optimizers=False, parser_class=MMCaptionParser,
+                          parser_kwargs={"prog": "mmcaption prepare", "description": PREPARE_HELP})
+        return _prepared(cli.datamodule, cli.model.config.language_model)
+
+
+def _prepared(datamodule: LightningDataModule, language_model: str) -> int:
+    if not isinstance(datamodule, PreprocessedDataModule):
+        raise ConfigError(f"{type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)")
+    if problem := context_problem(language_model, getattr(datamodule, "max_length", None)):
+        raise ConfigError(problem)
+    datamodule.prepare_data()
+    summaries = [split_summary(datamodule, split) for split in dict.fromkeys(datamodule.stage_splits().values())]
+    print("\n".join(format_summary(summary) for summary in summaries))
+    return 0
+
+
+@user_errors_exit
+def main(args: list[str] | None = None) -> None:
+    """The ``mmcaption`` console script: LightningCLI's subcommands, ``prepare`` and ``chat``.
+
+    Exit status: 0 done; 2 a user error (one line naming the file or setting; ``MMCAPTION_TRACEBACK=1``
+    adds the traceback); 130 / 143 stopped by Ctrl-C / SIGTERM (during ``fit``, after saving a checkpoint
+    to resume from; elsewhere after removing what was half-written); 1 anything else (a bug: its traceback
+    is printed).
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["prepare"]:
+        sys.exit(prepare(argv[1:]))
+    if argv[:1] == ["chat"]:
+        from mmcaption.chat import main as chat_main
+
+        return chat_main(argv[1:])
+    finished = run_cli(args)  # Ctrl-C and SIGTERM: user_errors_exit's handlers, which Lightning leaves in place of its own
+    failed = [c.failure for c in getattr(finished.trainer, "callbacks", []) if getattr(c, "failure", None)]
+    if failed:  # `mmcaption predict ... && upload` stops
+        raise MMCaptionError(failed[0])
+
+
+if __name__ == "__main__":
+    main()

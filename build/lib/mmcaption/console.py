@@ -1,0 +1,121 @@
+"""What the commands keep quiet: the libraries' console lines and warnings that say nothing a user of
+mmcaption can act on (each checked against the versions pinned in pyproject.toml; a new one is worth
+reading before it is added here)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from transformers.utils import logging as hf_logging
+
+
+class _DropLines(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+UNACTIONABLE_WARNINGS = (
+    re.escape("'set_vital' is deprecated"),  # torchdata 0.11 calls a deprecated torch function at every epoch
+    re.escape("`is_gradient_checkpointing` is deprecated"),  # peft asks transformers with the old name
+    re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),  # Lightning's pytree helper on newer torch
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen vision tower, on purpose
+    # the evaluation metrics are computed from every process's outputs, gathered, and logged once: nothing to sum
+    r"It is recommended to use `self\.log\('(val|test)/",
+)
+
+
+PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def filter_warnings() -> None:
+    """Inside a ``warnings.catch_warnings()`` block: drop :data:`UNACTIONABLE_WARNINGS`, and show mmcaption's own
+    warnings as their message alone (:func:`_format_warning`)."""
+    for message in UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    # jsonargparse's deprecations of what Lightning's CLI calls (add_instantiator, instantiate_classes: 4.49): `python
+    # -W error` stopped there
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+    if not getattr(warnings.formatwarning, "mmcaption", False):
+        _format_warning.others = warnings.formatwarning  # Lightning's (its own warnings without their source line)
+        warnings.formatwarning = _format_warning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """mmcaption's own warnings as ``UserWarning: <message>``: Python adds the file and the line of source that warned,
+    which say nothing to a user (``records.py:280: UserWarning: captions.csv: skipped 2 bad records`` and
+    ``rank_zero_warn(f"{self.source}...``); others as before. Only the format: a warning recorded
+    (``catch_warnings(record=True)``, ``pytest.warns``) is recorded as ever."""
+    if str(filename).startswith(PACKAGE):
+        return f"{category.__name__}: {message}\n"
+    return _format_warning.others(message, category, filename, lineno, line)
+
+
+_format_warning.mmcaption = True
+
+
+def quiet_lightning() -> None:
+    """Lightning's console lines that say nothing to a user of mmcaption: an advertisement for a cloud
+    logger, and the TPU line on machines without TPUs. The GPU line and everything else stays. Off a
+    terminal, also the progress bars of ``datasets`` (the phase lines say what is being built)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLines) for f in logger.filters):
+        logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "💡 Tip: For seamless cloud uploads", "TPU available: False"))
+    hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
+    if not sys.stderr.isatty():  # in a log file a bar is one long line of redrawn counts per table built
+        import datasets  # here: chat and the app, which quieted() serves, never load it
+
+        datasets.disable_progress_bars()
+
+
+@contextlib.contextmanager
+def lightning_info_hidden() -> Iterator[None]:
+    """Lightning's info lines ("Seed set to 0", "GPU available: ...") belong to the run, not to its check."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def quieted(main: Callable[..., Any]) -> Callable[..., Any]:
+    """A console script run without :data:`UNACTIONABLE_WARNINGS` and transformers' loading bars (a bar per
+    weight file, gone in a second): ``mmcaption-export``, ``mmcaption chat``, ``mmcaption-app``."""
+    @wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hf_logging.disable_progress_bar()
+        with warnings.catch_warnings():
+            filter_warnings()
+            return main(*args, **kwargs)
+
+    return wrapper
+
+
+def print_metrics(results: list[dict[str, float]], verbose: bool = True) -> None:
+    """``validate``'s and ``test``'s metrics, one row each. Lightning's own table gives every data loader a
+    column, and metrics computed at the epoch's end (all of mmcaption's) appear once per loader: the loss
+    beside the generation loader that has none."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    merged = {name.split("/dataloader_idx_")[0]: value for result in results for name, value in result.items()}
+    if not verbose or not merged or rank_zero_only.rank != 0:
+        return
+    width = max(len(name) for name in merged)
+    print("\n".join([f"{'metric':<{width}}  value"] + [f"{name:<{width}}  {value:.4f}" for name, value in sorted(merged.items())]))

@@ -1,0 +1,111 @@
+"""The original scripts' multiple-choice CSV, as spreadsheets write it: ``img_path, Question, A, B`` (and
+``C`` ... ``H``, optional ``answer``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from mmcaption.data.benchmarks import (
+    IMAGE_COLUMNS,
+    ChoiceQuestion,
+    absent_cell,
+    option_columns,
+    row_options,
+)
+from mmcaption.data.records import DataError, missing_file
+from mmcaption.data.tables import field_count_problem, read_table_rows, refuse_duplicate_columns, separator_hint
+from mmcaption.evaluation.answers import LETTERS
+from mmcaption.tasks import RESULT_COLUMNS
+
+REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
+ANSWER_KEY_NAMES = ("correct_answer", "answer_key", "label", "gt", "ground_truth", "gt_answer", "key", "solution")
+_LETTER_ANSWER = re.compile(r"\(?([A-Ha-h])[).:]?")  # B, b, B), (B), B., B: as answer keys are written
+
+
+def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
+    """Read a multiple-choice CSV as spreadsheets write it, refusing what would be read wrong.
+
+    Columns are matched without regard to case, and the image's may be named ``image``, as in questions files;
+    a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted. An answer may be written as the letter
+    (``B``, ``b``, ``B)``, ``(B)``, ``B.``) or as the text of its option; the letter it names is what the
+    prediction is scored against, and what the output's ``answer`` column holds. A ``nan`` cell (pandas' NaN
+    written as text) is an empty one. A duplicate column, a row whose
+    number of fields differs from the header's (an unquoted comma shifts the question into the options),
+    an empty question, fewer than two options, a gap between options or an answer that names no option
+    is refused with the file and the physical line; a file in another encoding or separated by
+    semicolons (Excel in many countries) is refused saying so.
+    """
+    if not path.is_file():
+        raise missing_file(path, "multiple-choice CSV")
+    header, rows = read_table_rows(path)
+    refuse_duplicate_columns(path, header)
+    folded = [name.lower() for name in header]  # columns without a name (a spreadsheet's trailing cells) are ignored
+    earlier = [name for name, low in zip(header, folded) if low in RESULT_COLUMNS]
+    if earlier and "prediction" not in folded:  # the user's own column, which the output's would replace
+        raise DataError(f"{path}: column(s) {earlier} have the names predict writes its results under, and the file is not "
+                        "an earlier predict's output (it has no 'prediction' column); if one holds the answer key, name it "
+                        "'answer', otherwise rename it so that the output keeps it")
+    if earlier:
+        rank_zero_info(f"{path}: columns {earlier} are an earlier predict's results; they are not read, and are replaced")
+    column = {low: i for i, low in enumerate(folded)}
+    keys = [name for name, low in zip(header, folded) if low in ANSWER_KEY_NAMES]
+    if keys and "answer" not in column:
+        rank_zero_info(f"{path}: no 'answer' column, so no accuracy; column {keys[0]!r} is kept as it is, not read as the "
+                       "answer key: name it 'answer' if it is one")
+    image = next((name for name in ("img_path", *IMAGE_COLUMNS) if name in column), "img_path")  # the questions files' names too
+    missing = [name for name in REQUIRED_COLUMNS if (image if name == "img_path" else name.lower()) not in column]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}, then optional C-H and "
+                        f"'answer'; it has {header}{separator_hint(header)}")
+    letters, option_keys = option_columns(path, header)
+    beyond = [name for name, low in zip(header, folded) if len(low) == 1 and "i" <= low <= "z"]
+    if beyond and LETTERS[-1].lower() in column:  # options I, J, ... after H: left out, they made the questions easier
+        raise DataError(f"{path}: column(s) {beyond} follow option {LETTERS[-1]}, and a question has at most "
+                        f"{len(LETTERS)} options ({', '.join(LETTERS)})")
+    questions, ambiguous = [], []
+    for line, fields in rows:
+        if not any(field.strip() for field in fields):
+            continue  # a blank line
+        if problem := field_count_problem(path, line, fields, header):
+            raise problem
+        values = {low: field.strip() for low, field in zip(folded, fields)}
+        options, wrong = row_options(values, letters)
+        problems = [f"empty {name}" for name, key in (("img_path", image), ("Question", "question")) if not values[key]] + wrong
+        given = "" if absent_cell(values.get("answer", "")) else values["answer"]
+        answer = _answer_letter(given, options)
+        texts = [option.casefold() for option in options]
+        if answer and given.casefold() in texts and texts.index(given.casefold()) != LETTERS.index(answer):
+            ambiguous.append((line, given, answer, LETTERS[texts.index(given.casefold())], options))  # "b" among d, c, b, a
+        if answer is None:
+            problems.append(f"answer {values['answer']!r} is neither one of {', '.join(LETTERS[: len(options)])} nor an option's text")
+        if problems:
+            raise DataError(f"{path}, line {line}: " + "; ".join(problems))
+        record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded)
+                  if low and low not in RESULT_COLUMNS}
+        if "answer" in record:  # the letter it names, which the prediction is scored against: (C), c, C. or white -> C
+            record["answer"] = answer
+        questions.append(ChoiceQuestion(line, record, values[image], values["question"], options, answer or None,
+                                        option_keys=option_keys))
+    if not questions:
+        raise DataError(f"{path} has no questions")
+    if ambiguous:
+        line, given, answer, other, options = ambiguous[0]
+        rank_zero_warn(f"{path}: {len(ambiguous)} answer(s) are both an option's letter and another option's text, and are "
+                       f"read as the letter (line {line}: {given!r} is read as option {answer}, "
+                       f"{options[LETTERS.index(answer)]!r}, not as option {other}, {options[LETTERS.index(other)]!r}); "
+                       "check that the answer key means letters")
+    return questions
+
+
+def _answer_letter(answer: str, options: list[str]) -> str | None:
+    """The letter an answer cell names ("" for none given, None for none of the options)."""
+    if not answer:
+        return ""
+    letter = _LETTER_ANSWER.fullmatch(answer)
+    if letter and letter.group(1).upper() in LETTERS[: len(options)]:
+        return letter.group(1).upper()
+    texts = [option.casefold() for option in options]
+    return LETTERS[texts.index(answer.casefold())] if answer.casefold() in texts else None

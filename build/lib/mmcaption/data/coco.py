@@ -1,0 +1,239 @@
+"""COCO Captions: read the official layout or the hub layout, check it, and preprocess it once into
+memory-mapped Arrow folders (each image stored once, captions tokenized)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from mmcaption.data.cache import write_image_text_split
+from mmcaption.data.image_pass import Unchecked
+from mmcaption.data.image_sources import coco2017_copy
+from mmcaption.data.records import (
+    BadRecords,
+    DataError,
+    archive_hint,
+    escapes_root,
+    existing_spelling,
+    may_name_paths_outside,
+    outside_root,
+    read_json,
+)
+from mmcaption.prompts import text_ids
+
+IMAGE_FEATURES = datasets.Features(
+    {"image_id": datasets.Value("int64"), "file_name": datasets.Value("string"), "image": datasets.Value("binary")}
+)
+CAPTION_FEATURES = datasets.Features(
+    {
+        "image_index": datasets.Value("int32"),
+        "caption_id": datasets.Value("int64"),
+        "caption": datasets.Value("string"),
+        "token_ids": datasets.Sequence(datasets.Value("int32")),
+    }
+)
+
+
+@dataclass
+class CocoImage:
+    image_id: int
+    file_name: str
+    captions: list[tuple[int, str]]  # (annotation id, caption)
+
+
+def require_annotation_file(annotation_file: Path) -> None:
+    if not annotation_file.is_file():
+        raise DataError(
+            f"COCO annotation file not found: {annotation_file} (the official layout is "
+            f"<data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/).{archive_hint(annotation_file)}"
+        )
+
+
+def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRecords) -> list[CocoImage]:
+    """Parse and check ``captions_*.json``: structure, captions, and that every image file exists.
+
+    Missing images are counted all at once, so the message says how many there are.
+    """
+    require_annotation_file(annotation_file)
+    content = read_json(annotation_file, "COCO annotation file")
+    if not isinstance(content, dict) or not isinstance(content.get("images"), list) or not isinstance(
+        content.get("annotations"), list
+    ):
+        raise DataError(f"{annotation_file} has no 'images' and 'annotations' lists: is it a COCO captions file?")
+
+    images: dict[int, CocoImage] = {}
+    for position, entry in enumerate(content["images"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not isinstance(
+            entry.get("file_name"), str
+        ):
+            records.bad("malformed image entry", f"images[{position}] needs an integer 'id' and a 'file_name'")
+            continue
+        if entry["id"] in images:
+            records.bad("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
+            continue
+        file_name = existing_spelling(image_dir, entry["file_name"])  # or with a Windows exporter's backslashes
+        parts = Path(file_name).parts
+        if len(parts) > 1 and parts[0] == image_dir.name and not (image_dir / file_name).exists():
+            file_name = str(Path(*parts[1:]))  # "train2017/x.jpg", as some exporters write it
+        images[entry["id"]] = CocoImage(entry["id"], file_name, [])
+
+    seen: dict[object, set[tuple[int, str]]] = {}  # annotation id -> the (image id, caption) pairs given it
+    for position, entry in enumerate(content["annotations"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image_id"), int):
+            records.bad("malformed annotation", f"annotations[{position}] needs an integer 'image_id'")
+            continue
+        annotation_id = entry.get("id", position)
+        caption = entry.get("caption")
+        if not isinstance(caption, str):
+            records.bad("malformed annotation", f"annotation id {annotation_id}: 'caption' is not a string")
+            continue
+        if not caption.strip():
+            records.bad("empty caption", f"annotation id {annotation_id} (image id {entry['image_id']}) has an empty caption")
+            continue
+        image = images.get(entry["image_id"])
+        if image is None:
+            records.bad("unknown image id", f"annotation id {annotation_id} refers to image id {entry['image_id']}, which is not in 'images'")
+            continue
+        if isinstance(entry.get("id"), (int, str)):  # a file merged twice, or edited by hand: the same annotation again, or one id for two
+            key, given = (entry["image_id"], caption.strip()), seen.setdefault(annotation_id, set())
+            if key in given:
+                records.note("duplicate annotations skipped (same id, image and caption as an earlier one)")
+                continue
+            if given:
+                records.note("annotation ids given to more than one caption (each caption kept)")
+            given.add(key)
+        # stored by its id; a labelling tool's string id ("ann-1", a UUID) by its place in the file
+        image.captions.append((annotation_id if isinstance(annotation_id, int) else position, caption.strip()))
+
+    missing = [image for image in images.values() if not (image_dir / image.file_name).is_file()]
+    records.missing_images(
+        [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing],
+        len(images), "referenced images are", image_dir,
+    )
+    missing_ids = {image.image_id for image in missing}
+    found = [image for image in images.values() if image.image_id not in missing_ids]
+    uncaptioned = [image for image in found if not image.captions]
+    if uncaptioned:  # nothing to learn from, but the user should know they are not trained on
+        first = uncaptioned[0]
+        records.note(f"images without a caption left out (first: image id {first.image_id}, {first.file_name})", len(uncaptioned))
+    return [image for image in found if image.captions]
+
+
+def images_outside_folder(annotation_file: Path, image_dir: Path) -> list[tuple[str, str | None]]:
+    """The images ``annotation_file`` names outside ``image_dir`` (a labelling tool's absolute paths), for the
+    cache to follow their content as it follows the folder's."""
+    if not annotation_file.is_file() or not may_name_paths_outside(annotation_file, rb'"file_name"\s*:\s*'):
+        return []
+    content = read_json(annotation_file, "COCO annotation file")
+    entries = content.get("images") if isinstance(content, dict) else None
+    names = (entry.get("file_name") for entry in entries or [] if isinstance(entry, dict))
+    return outside_root((name for name in names if isinstance(name, str)), image_dir)
+
+
+def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
+    """``(image_id, file_name, image, captions)`` of the official layout (see :func:`image_records`)."""
+    return image_records(read_coco_annotations(annotation_file, image_dir, records), image_dir)
+
+
+def image_records(images: list[CocoImage], image_dir: Path) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
+    """``(image_id, file_name, image, captions)``: each image read and checked by the image pass's threads."""
+    for image in images:
+        path = image_dir / image.file_name
+        yield image.image_id, image.file_name, Unchecked(path, functools.partial(_undecodable, path, image.image_id)), image.captions
+
+
+def _undecodable(path: Path, image_id: int, problem: str) -> list[str]:
+    return [f"{path} (image id {image_id}) cannot be decoded: {problem}"]
+
+
+# Karpathy's splits of COCO 2014: "train" is his train and restval (113,287 images), as papers train on.
+KARPATHY_SPLITS = {"train": ("train", "restval")}
+
+
+def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRecords) -> list[CocoImage]:
+    """The images of ``split`` in Karpathy's ``dataset_coco.json`` (``images``: ``filepath``, ``filename``,
+    ``split`` in train/restval/val/test, ``sentences`` with ``raw``, ``cocoid``), with their captions;
+    images are found at ``<image_root>/<filepath>/<filename>`` (COCO 2014's ``train2014/``, ``val2014/``), or COCO
+    2017's copies of them (:func:`~mmcaption.data.image_sources.coco2017_copy`).
+    Split ``train`` is train + restval, as the papers that report on Karpathy's test split train."""
+    content = read_json(split_file, "Karpathy split file")
+    if not isinstance(content, dict) or not isinstance(content.get("images"), list):
+        raise DataError(f"{split_file} has no 'images' list: is it Karpathy's dataset_coco.json?")
+    wanted = KARPATHY_SPLITS.get(split, (split,))
+    images: dict[int, CocoImage] = {}
+    id_name = "cocoid"  # Flickr30k's and Flickr8k's files in the same format number their images by imgid only
+    for position, entry in enumerate(content["images"]):
+        where = f"images[{position}]"
+        if not isinstance(entry, dict) or entry.get("split") not in {"train", "restval", "val", "test"}:
+            records.bad("malformed image entry", f"{where} needs a 'split' of train, restval, val or test")
+            continue
+        if entry["split"] not in wanted:
+            continue
+        id_name = "cocoid" if "cocoid" in entry else "imgid"
+        image_id = entry.get(id_name)
+        names = (entry.get("filepath", ""), entry.get("filename"))
+        if not isinstance(image_id, int) or not all(isinstance(n, str) for n in names) or not names[1]:
+            records.bad("malformed image entry", f"{where} needs an integer 'cocoid' (or 'imgid') and a 'filename' (in its 'filepath' if it has one)")
+            continue
+        where += f" ({id_name} {image_id})"
+        file_name = f"{names[0]}/{names[1]}" if names[0] else names[1]
+        if escapes_root(file_name):
+            records.bad("image path escapes root", f"{where}: {file_name!r} escapes the image folder")
+            continue
+        if image_id in images:
+            records.bad("duplicate image id", f"{where} repeats {id_name} {image_id}")
+            continue
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list):
+            records.bad("malformed image entry", f"{where} has no 'sentences' list")
+            continue
+        captions = []
+        for number, sentence in enumerate(sentences):
+            raw = sentence.get("raw") if isinstance(sentence, dict) else None
+            if not isinstance(raw, str) or not raw.strip():
+                records.bad("empty caption", f"{where}, sentences[{number}] has no 'raw' text")
+                continue
+            captions.append((sentence.get("sentid", image_id * 100 + number), raw.strip()))
+        if captions:
+            images[image_id] = CocoImage(image_id, file_name, captions)
+    if not images:
+        raise DataError(f"{split_file} has no images of split {split!r} (Karpathy's splits: train (with restval), val, test)")
+    for image in images.values():  # in another case or Unicode form, as Windows and macOS find it
+        image.file_name = existing_spelling(image_root, image.file_name)
+        if id_name == "cocoid" and not (image_root / image.file_name).is_file():  # only COCO 2017's download
+            image.file_name = coco2017_copy(image_root, image.image_id) or image.file_name
+    missing = [image for image in images.values() if not (image_root / image.file_name).is_file()]
+    records.missing_images([(f"{id_name} {image.image_id}", image_root / image.file_name) for image in missing],
+                           len(images), f"images of Karpathy's {split} split are", image_root)
+    missing_ids = {image.image_id for image in missing}
+    return [image for image in images.values() if image.image_id not in missing_ids]
+
+
+def write_caption_split(
+    entries: Iterator[tuple[int, str, bytes | Unchecked, list[tuple[int, str]]]],
+    tokenizer: PreTrainedTokenizerBase,
+    target: Path,
+    records: BadRecords,
+    metadata: dict,
+    image_size: int | None = None,
+) -> Path:
+    """Write ``target/images`` (one row per image, shrunk to ``image_size`` if given) and
+    ``target/captions`` (one row per caption, with its image's row index and its tokens), atomically."""
+
+    def images():
+        for image_id, file_name, data, captions in entries:
+            yield {"image_id": image_id, "file_name": file_name, "image": data}, captions
+
+    def caption_rows(image_index: int, captions: list[tuple[int, str]]):
+        token_ids = text_ids(tokenizer, [c for _, c in captions])
+        for (caption_id, caption), ids in zip(captions, token_ids):
+            yield {"image_index": image_index, "caption_id": caption_id, "caption": caption, "token_ids": ids}
+
+    return write_image_text_split(
+        target, images(), caption_rows, IMAGE_FEATURES, "captions", CAPTION_FEATURES, records, metadata, image_size
+    )

@@ -1,0 +1,328 @@
+"""The training data modules: COCO-style captions (stage 1) and LLaVA-style conversations (stage 2),
+each preprocessed once into memory-mapped Arrow splits (see :class:`~mmcaption.data.base.PreprocessedDataModule`)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+
+from mmcaption.data.base import PreprocessedDataModule
+from mmcaption.data.cache import file_signature, files_signature
+from mmcaption.data.coco import (
+    coco_records,
+    image_records,
+    images_outside_folder,
+    read_karpathy,
+    require_annotation_file,
+    write_caption_split,
+)
+from mmcaption.data.datasets import (
+    CaptionDataset,
+    CaptionImagesDataset,
+    ConversationDataset,
+    QuestionsDataset,
+    check_supervision,
+)
+from mmcaption.data.hub import HubCaptions
+from mmcaption.data.image_sources import COCO2017_FOLDERS
+from mmcaption.data.llava import images_outside_root, read_llava, write_instruct_split
+from mmcaption.data.records import BadRecords, DataError
+from mmcaption.errors import ConfigError
+from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
+
+
+class CaptionDataModule(PreprocessedDataModule):
+    """COCO Captions 2017 (or any set in its layout), preprocessed once and memory-mapped.
+
+    Args:
+        data_dir: the COCO root: ``annotations/captions_<split>.json`` and ``<split>/`` image folders (for
+            ``karpathy``: COCO 2014's root, with ``train2014/`` and ``val2014/``, or COCO 2017's, whose
+            ``train2017/`` and ``val2017/`` hold the same photos).
+        source: ``coco`` for that official layout; ``hub`` for a ``datasets`` dataset (``hub_dataset``);
+            ``karpathy`` for Karpathy's splits of COCO 2014 (``karpathy_file``): splits ``train`` (his train
+            and restval, 113,287 images), ``val`` and ``test`` (5,000 each), the split papers report on.
+        karpathy_file: Karpathy's ``dataset_coco.json`` (null: ``<data_dir>/dataset_coco.json``).
+        hub_dataset: hub id or local folder (``save_to_disk``, parquet files, webdataset tars) of the ``hub`` source.
+        hub_image_column: the ``hub`` dataset's image column.
+        hub_caption_column: its caption column: a string (several captions split at ``hub_caption_separator``)
+            or a list of strings.
+        hub_caption_separator: what separates several captions in one string.
+        hub_val_fraction: share of a single-split ``hub`` dataset held out for validation.
+        train_split: split used by ``fit`` (null: ``train2017`` for coco, ``train`` for karpathy, the dataset's
+            ``train`` for hub).
+        val_split: split used by validation, and by ``test`` when ``test_split`` is not set (null: ``val2017``
+            for coco; for hub the dataset's validation/val/test split, or a held-out share of a single split).
+        test_split: split used by ``test`` (null: ``test`` for karpathy, else the validation split).
+        caption_prompt: text between ``<bos>`` and the caption, not supervised (empty: none).
+        max_length: longest sequence in tokens, prompt and special tokens included; longer captions are cut.
+        val_caption_images: how many val images to caption at each validation for CIDEr, BLEU-4,
+            METEOR, ROUGE-L (0: none, null: all).
+        test_caption_images: how many images of the test split ``mmcaption test`` captions and scores
+            (null: all; 0: the loss only); the scores and captions are written beside the run's logs.
+    """
+
+    training_stage = "caption"
+
+    def __init__(
+        self,
+        data_dir: str = "data/coco",
+        source: Literal["coco", "hub", "karpathy"] = "coco",
+        karpathy_file: str | None = None,
+        hub_dataset: str | None = None,
+        hub_image_column: str = "jpg",
+        hub_caption_column: str = "txt",
+        hub_caption_separator: str = "\n",
+        hub_val_fraction: float = 0.01,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        test_split: str | None = None,
+        caption_prompt: str = "",
+        max_length: int = 64,
+        val_caption_images: int | None = 0,
+        test_caption_images: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if source == "hub" and not hub_dataset:
+            raise ConfigError("source: hub needs hub_dataset (a hub id or a local dataset folder)")
+        self.save_hyperparameters()  # recorded in checkpoints: export reads the caption prompt from them
+        self.text_table = "captions"
+        self.data_dir = Path(data_dir)
+        self.source = source
+        self.hub = HubCaptions(hub_dataset, hub_image_column, hub_caption_column, hub_caption_separator, hub_val_fraction,
+                               str(self.cache_dir)) if source == "hub" else None
+        self.splits = (train_split, val_split, test_split)
+        self.caption_prompt, self.max_length, self.val_caption_images = caption_prompt, max_length, val_caption_images
+        self.test_caption_images = test_caption_images
+        self.karpathy_file = Path(karpathy_file) if karpathy_file else self.data_dir / "dataset_coco.json"
+
+    @property
+    def default_cache_dir(self) -> Path:
+        return self.data_dir / "preprocessed"
+
+    @functools.cache  # noqa: B019 - one data module, a few calls; listing a hub dataset's splits reads files
+    def stage_splits(self) -> dict[str, str]:
+        train, val, test = self.splits
+        if self.hub is not None:
+            return self.hub.stage_splits(train, val, test)
+        if self.source == "karpathy":
+            return {"train": train or "train", "val": val or "val", "test": test or "test"}
+        val = val or "val2017"
+        return {"train": train or "train2017", "val": val, "test": test or val}
+
+    def annotation_file(self, split: str) -> Path:
+        return self.data_dir / "annotations" / f"captions_{split}.json"
+
+    @property
+    def layout_hint(self) -> str:
+        if self.source == "karpathy":
+            return (" (Karpathy's splits: <data_dir>/dataset_coco.json, or karpathy_file, with COCO 2014's train2014/ and "
+                    "val2014/, or COCO 2017's train2017/ and val2017/, in <data_dir>)")
+        return " (the official layout is <data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
+
+    def input_paths(self, split: str) -> list[tuple[Path, str]]:
+        if self.source == "karpathy":
+            return [(self.karpathy_file, "Karpathy split file (dataset_coco.json)"), (self.data_dir, "COCO image root")]
+        return [(self.annotation_file(split), "COCO annotation file"), (self.data_dir / split, "COCO image folder")]
+
+    def check_inputs(self, stage: str = "fit") -> None:
+        if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself
+            super().check_inputs(stage)
+
+    def split_inputs(self, split: str) -> dict:
+        if self.hub is not None:
+            # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
+            local = Path(self.hub.dataset)  # one local file: its content, not datasets' fingerprint of its time
+            content = file_signature(local) if local.is_file() else self.hub.load(split)[0]._fingerprint
+            files = self.hub.image_files(split)  # rows that name image files: the files' content too
+            hub = {key: value for key, value in asdict(self.hub).items() if key != "cache_dir"}  # where, not what, it reads
+            return {"hub": hub, "split": split, "fingerprint": content,
+                    "rows": "grouped by image",  # since rows of one image became one image, not one each
+                    **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {})}
+        if self.source == "karpathy":
+            if not self.karpathy_file.is_file():
+                others = sorted(self.karpathy_file.parent.glob("dataset_*.json"))  # Flickr30k's and Flickr8k's files
+                raise DataError(f"Karpathy split file not found: {self.karpathy_file}" + (
+                    f" ({others[0].name} is beside it: --data.init_args.karpathy_file {others[0]})" if others else ""))
+            folders = ([self.data_dir / name for name in ("train2014", "val2014") if (self.data_dir / name).is_dir()]
+                       or [self.data_dir / name for name in COCO2017_FOLDERS if (self.data_dir / name).is_dir()])
+            return {"karpathy": file_signature(self.karpathy_file), "split": split,
+                    "images": [self.signed_folder(folder) for folder in folders or [self.data_dir]]}
+        annotation_file = self.annotation_file(split)
+        require_annotation_file(annotation_file)
+        signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(self.data_dir / split)}
+        outside = images_outside_folder(annotation_file, self.data_dir / split)
+        if outside:  # a labelling tool's absolute file names (none in the official files, whose caches keep their names)
+            signature["outside the image folder"] = files_signature(outside, str(annotation_file.resolve()), self.cache_dir)
+        return signature
+
+    def write_split(self, split: str, folder: Path) -> Path:
+        if self.source == "coco":
+            annotation_file = self.annotation_file(split)
+            records = BadRecords(annotation_file, self.on_bad_record)
+            entries = coco_records(annotation_file, self.data_dir / split, records)
+            source = {"source": "coco", "annotations": str(annotation_file), "images": str(self.data_dir / split)}
+        elif self.source == "karpathy":
+            records = BadRecords(f"{self.karpathy_file} [{split}]", self.on_bad_record)
+            entries = image_records(read_karpathy(self.karpathy_file, self.data_dir, split, records), self.data_dir)
+            source = {"source": "karpathy", "split_file": str(self.karpathy_file), "split": split, "images": str(self.data_dir)}
+        else:
+            records = BadRecords(f"{self.hub.dataset} [{split}]", self.on_bad_record)
+            entries = self.hub.records(split, records)
+            source = {"source": "hub", "dataset": self.hub.dataset, "split": split}
+        return write_caption_split(entries, self.tokenizer, folder, records, dict(source, tokenizer=self.tokenizer_name),
+                                   self.stored_image_size())
+
+    def make_dataset(self, folder: Path) -> CaptionDataset:
+        return CaptionDataset(
+            folder, self.image_processor, self.tokenizer, self.caption_prompt, self.max_length
+        )
+
+    def caption_images_loader(self, split: str, limit: int | None) -> DataLoader:
+        """Images of ``split`` with their references, left-padded prompts for generation."""
+        dataset = CaptionImagesDataset(
+            self.datasets[split].folder, self.image_processor, self.tokenizer, self.caption_prompt, limit
+        )
+        return self.generation_loader(dataset, self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val captions for the loss; with ``val_caption_images``, also val images to caption."""
+        loss_loader = self._loader("val")
+        if self.val_caption_images == 0:
+            return loss_loader
+        return [loss_loader, self.caption_images_loader(self.stage_splits()["val"], self.val_caption_images)]
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test captions for the loss; unless ``test_caption_images`` is 0, also its images to caption."""
+        loss_loader = self._loader("test")
+        if self.test_caption_images == 0:
+            return loss_loader
+        return [loss_loader, self.caption_images_loader(self.stage_splits()["test"], self.test_caption_images)]
+
+
+class InstructDataModule(PreprocessedDataModule):
+    """LLaVA-Instruct conversations (one sequence each, loss on every assistant turn), preprocessed once.
+
+    Args:
+        train_file: LLaVA JSON of the training conversations.
+        val_file: LLaVA JSON of validation conversations; if null, ``val_fraction`` of ``train_file``
+            is held out by a stable hash of the record id.
+        val_fraction: share of ``train_file`` held out for validation when ``val_file`` is null (at least one
+            id's conversations, in a file too small for the share to hold any out).
+        image_root: folder that the records' ``image`` paths are relative to (COCO ``train2017/``); an absolute
+            path is read as written.
+        system_prompt: first line of every conversation (empty: none).
+        max_length: longest sequence in tokens; later whole turns are dropped to fit, and counted.
+        val_answer_questions: how many val questions to answer (each asked alone) at each validation
+            for ``val/answer_exact_match`` (0: none, null: all).
+        test_answer_questions: how many questions of the validation conversations ``mmcaption test``
+            answers and scores by exact match (null: all; 0: the loss only); the answers are written beside
+            the run's logs.
+    """
+
+    training_stage = stage_needed = "instruct"
+
+    def __init__(
+        self,
+        train_file: str = "data/llava/llava_instruct_150k.json",
+        val_file: str | None = None,
+        val_fraction: float = 0.01,
+        image_root: str = "data/coco/train2017",
+        system_prompt: str = DEFAULT_SYSTEM,
+        max_length: int = 512,
+        val_answer_questions: int | None = 0,
+        test_answer_questions: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if val_file is None and not 0 < val_fraction < 1:
+            raise ConfigError("without val_file, val_fraction must be between 0 and 1")
+        self.save_hyperparameters()  # recorded in checkpoints: export reads the system prompt from them
+        self.text_table = "conversations"
+        self.train_file, self.val_file, self.val_fraction = Path(train_file), val_file and Path(val_file), val_fraction
+        self.image_root, self.max_length, self.val_answer_questions = Path(image_root), max_length, val_answer_questions
+        self.test_answer_questions = test_answer_questions
+        self.template = ConversationTemplate(system=system_prompt)
+        if self.val_file is not None and self.val_file.resolve() == self.train_file.resolve():
+            rank_zero_warn(f"val_file is train_file ({train_file}): validation measures the training conversations; "
+                           "give val_file null to hold out val_fraction of them")
+
+    @property
+    def default_cache_dir(self) -> Path:
+        return self.train_file.parent / "preprocessed"
+
+    def stage_splits(self) -> dict[str, str]:
+        return {"train": "train", "val": "val", "test": "val"}
+
+    def _source(self, split: str) -> tuple[Path, str | None]:
+        """The file a split is read from, and the hash-split side of it (None: the whole file)."""
+        if self.val_file is not None:
+            return (self.train_file if split == "train" else self.val_file), None
+        return self.train_file, split
+
+    def input_paths(self, split: str) -> list[tuple[Path, str]]:
+        return [(self._source(split)[0], "LLaVA conversation file"), (self.image_root, "image folder (image_root)")]
+
+    def split_inputs(self, split: str) -> dict:
+        file, side = self._source(split)
+        tabular = file.is_dir() or file.suffix.lower() in (".parquet", ".arrow")
+        if tabular and file.exists():  # a datasets folder (save_to_disk) or its parquet: not conversations as LLaVA ships them
+            raise DataError(f"{file} is {'a folder' if file.is_dir() else 'a ' + file.suffix[1:] + ' file'}: the instruct "
+                            "stage reads conversations from a JSON or JSON Lines file (LLaVA's layout); write one with "
+                            "datasets' Dataset.to_json(\"conversations.jsonl\"), images as paths under image_root")
+        if not file.is_file():
+            raise DataError(f"LLaVA conversation file not found: {file}")
+        signature = {"file": file_signature(file), "side": side, "images": self.signed_folder(self.image_root)}
+        outside = self.looked_at(("outside", file), lambda: images_outside_root(file, self.image_root))
+        if outside:  # absolute image paths (none in LLaVA's own files, whose caches keep their names)
+            signature["outside image_root"] = files_signature(outside, str(file.resolve()), self.cache_dir)
+        return signature
+
+    def preprocess_settings(self) -> dict:
+        return {**super().preprocess_settings(), "template": repr(self.template), "max_length": self.max_length,
+                "val_fraction": self.val_fraction if self.val_file is None else None,
+                **({"held_out_by": "id, else image"} if self.val_file is None else {})}  # records without ids: by place before
+
+    def write_split(self, split: str, folder: Path) -> Path:
+        file, side = self._source(split)
+        image_root = self.image_root
+        records = BadRecords(file, self.on_bad_record)
+        if file.is_file() and file.stat().st_size > 1 << 24:  # LLaVA-Instruct-150k's 230 MB: seconds before a bar moves
+            rank_zero_info(f"reading and checking the {file.stat().st_size / 2**20:,.0f} MB of {file} ...")
+        conversations = read_llava(file, image_root, records, split=side, val_fraction=self.val_fraction)
+        metadata = {"source": "llava", "file": str(file), "side": side, "image_root": str(image_root),
+                    "tokenizer": self.tokenizer_name, "template": repr(self.template)}
+        return write_instruct_split(
+            conversations, image_root, self.tokenizer, self.template, self.max_length, folder, records, metadata,
+            self.stored_image_size(),
+        )
+
+    def make_dataset(self, folder: Path) -> ConversationDataset:
+        dataset = ConversationDataset(folder, self.image_processor)
+        check_supervision(dataset)
+        return dataset
+
+    def questions_loader(self, split: str, limit: int | None) -> DataLoader:
+        """Val questions asked one at a time, left-padded prompts for generation."""
+        dataset = QuestionsDataset(self.datasets[split].folder, self.image_processor, self.tokenizer, self.template, limit)
+        return self.generation_loader(dataset, self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val conversations for the loss; with ``val_answer_questions``, also questions to answer."""
+        loss_loader = self._loader("val")
+        if self.val_answer_questions == 0:
+            return loss_loader
+        return [loss_loader, self.questions_loader("val", self.val_answer_questions)]
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val conversations for the loss; unless ``test_answer_questions`` is 0, also their questions to
+        answer (a LLaVA file has no test split: ``test`` reads the validation conversations)."""
+        loss_loader = self._loader("test")
+        if self.test_answer_questions == 0:
+            return loss_loader
+        return [loss_loader, self.questions_loader(self.stage_splits()["test"], self.test_answer_questions)]

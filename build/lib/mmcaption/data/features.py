@@ -1,0 +1,106 @@
+"""Frozen vision-tower outputs, computed once per image at preprocessing and stored in float16.
+
+The CLIP tower is frozen, so its output for an image never changes: with ``cache_image_features``
+the data modules run it once over each preprocessed split (on a GPU when there is one) and training
+reads ``(image_tokens, vision_width)`` float16 arrays instead of decoding, resizing and encoding
+images every step. The cache sits inside the split's folder, named by the vision model's files and
+the feature layer, and is published atomically like the split itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.data.cache import damage, fingerprint, is_complete, load_table, publish_atomically, save_table
+from mmcaption.images import load_rgb
+
+
+def model_signature(name_or_path: str) -> dict:
+    """What identifies a vision model's weights: its files' names, sizes and times for a local folder (not the
+    folder's path: a moved project kept its features, and recomputed them all), else its name."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return {"name": name_or_path}
+    files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"})
+    return {"files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
+def features_folder(split_folder: Path, vision_model: str, feature_layer: int | list[int]) -> Path:
+    key = fingerprint(vision=model_signature(vision_model), layer=feature_layer, dtype="float16")
+    return split_folder / f"features-{key}"
+
+
+def write_image_features(
+    split_folder: Path, vision_model: str, feature_layer: int | list[int], batch_size: int = 64, device: str | None = None
+) -> Path:
+    """Compute the features of every image of a preprocessed split (if not cached yet); returns their folder."""
+    from mmcaption.model.backbones import load_image_processor, load_vision_model
+    from mmcaption.model.multimodal import feature_layers, select_features
+
+    target = features_folder(split_folder, vision_model, feature_layer)
+    if is_complete(target):
+        problem = damage(target, {"data": "images"})
+        if problem is None:
+            return target
+        rank_zero_info(f"the feature cache {target} is damaged ({problem}); computing it again")
+        shutil.rmtree(target)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    images = load_table(split_folder / "images")
+    processor = load_image_processor(vision_model)
+    tower = load_vision_model(vision_model, device=device)
+    if device != "cpu":
+        tower = tower.half()
+    config = tower.config
+    tokens = (config.image_size // config.patch_size) ** 2 + 1
+    width = config.hidden_size * len(feature_layers(feature_layer))
+    schema = datasets.Features({"features": datasets.Array2D((tokens, width), "float16")})
+    rank_zero_info(f"caching the vision tower's features of the {len(images)} images of {split_folder.name} on {device} "
+                   "(once; later runs reuse them) ...")
+    start = time.perf_counter()
+
+    def rows():
+        for start in range(0, len(images), batch_size):
+            pictures = [load_rgb(row) for row in images[start:start + batch_size]["image"]]
+            pixels = processor(images=pictures, return_tensors="pt")["pixel_values"].to(device, tower.dtype)
+            with torch.no_grad():
+                hidden = select_features(tower(pixel_values=pixels, output_hidden_states=True).hidden_states, feature_layer)
+            for array in hidden.to(torch.float16).cpu().numpy():
+                yield {"features": array}
+
+    with publish_atomically(target) as staging:
+        if len(images):
+            table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(staging / "build"),
+                                                    fingerprint=f"{target.name}-features")
+        else:  # every record of the split is text-only
+            table = datasets.Dataset.from_dict({"features": []}, features=schema)
+        save_table(table, staging / "data")
+        (staging / "meta.json").write_text(json.dumps(
+            {"vision_model": vision_model, "feature_layer": feature_layer, "dtype": "float16",
+             "shape": [tokens, width], "images": len(table)}, indent=2, default=str))
+    rank_zero_info(f"caching the vision tower's features of {split_folder.name}: done in {time.perf_counter() - start:.0f} s")
+    return target
+
+
+def load_image_features(folder: Path) -> datasets.Dataset:
+    """The cached features, read as float16 tensors (``datasets`` would upcast them to float32 unasked)."""
+    return load_table(folder / "data").with_format("torch", dtype=torch.float16)
+
+
+def gather_features(features: datasets.Dataset, indices: list[int]) -> torch.Tensor:
+    """Rows ``indices`` of the cached features as one ``(rows, image_tokens, width)`` float16 tensor:
+    one Arrow ``take`` and one conversion (``datasets``' formatting converts row by row, 2.7x slower
+    on a batch of 32: 9.7 vs 3.6 ms with the demo's features)."""
+    if features._indices is not None:  # a selected or shuffled view: datasets maps its rows
+        return torch.stack(list(features[indices]["features"]))
+    column = features.data.column("features").take(pa.array(indices, type=pa.int64()))
+    arrays = [chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    return torch.from_numpy(np.concatenate(arrays)).to(torch.float16)

@@ -1,0 +1,128 @@
+"""Local folders of the user's own photos that ``datasets`` reads wrong: photos with one table of them (an image folder
+to ``datasets``, whose captions it does not know), and photos each with its caption in a ``.txt`` of its name beside it
+(``photo1.jpg`` + ``photo1.txt``: the webdataset layout unpacked, which ``datasets`` reads as a text or an image folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import datasets
+from datasets.data_files import _get_data_files_patterns
+from fsspec.utils import glob_translate
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.data.records import DataError, not_utf8
+from mmcaption.folders import walk_through_links
+from mmcaption.images import IMAGE_SUFFIXES, is_hidden
+
+TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+
+
+def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tuple[Path | None, list[tuple[str, Path | None]] | None]:
+    """What a local dataset folder holds (its ``files``: :func:`user_files`), when ``datasets`` would misread it: the
+    one table of its photos to read in its place, or its photos each with its caption file (``(photo, its .txt or
+    None)``); ``(None, None)`` otherwise."""
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    stems = {f.with_suffix("") for f in images}
+    tables = photo_tables(files, images)
+    texts = {f.with_suffix(""): f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") in stems}
+    if texts and tables:
+        raise DataError(f"{path} holds photos with caption .txt files beside them ({next(iter(texts.values())).name}) and "
+                        f"a table ({tables[0].relative_to(path)}): give the table itself as hub_dataset, or move it out")
+    if len(tables) == 1 and tables[0].stem != "metadata" and images:
+        rank_zero_info(f"{path} holds photos and one table of them, {tables[0].relative_to(path)}: the table is read "
+                       f"(its image paths relative to {path}, or to the table's folder)")
+        return tables[0], None
+    if not texts:
+        return None, None
+    rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it (columns "
+                   f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused)")
+    return None, [(image.relative_to(path).as_posix(), texts.get(image.with_suffix(""))) for image in sorted(images)]
+
+
+def photo_tables(files: list[Path], images: list[Path]) -> list[Path]:
+    """The tables among ``files`` that may be a table of the photos: not one photo's own metadata (an unpacked
+    webdataset's ``photo.json`` beside ``photo.jpg``, Google Takeout's ``IMG_0001.JPG.json``, an album's
+    ``metadata.json``: one JSON object, no rows), img2dataset's shard statistics, or a predict output (with its
+    ``.summary.json`` beside it)."""
+    photos = set(images) | {f.with_suffix("") for f in images}
+    return [f for f in files if f.suffix.lower() in TABLE_SUFFIXES and f.with_suffix("") not in photos
+            and not f.name.endswith(("_stats.json", ".summary.json")) and not f.with_name(f.name + ".summary.json").exists()
+            and not _one_object(f)]
+
+
+def _one_object(path: Path) -> bool:
+    """A ``.json`` file holding one JSON object that is not a table's columns (lists): a record about something."""
+    if path.suffix.lower() != ".json" or path.stat().st_size > 1 << 20:
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines, or not text: read (and refused) as a table
+        return False
+    return isinstance(data, dict) and not all(isinstance(value, list) for value in data.values())
+
+
+def user_files(path: Path, cache_dir: str | None) -> list[Path]:
+    """The files under a local dataset folder that are the user's: not hidden, not in mmcaption's cache (``cache_dir``;
+    by default ``<data_dir>/preprocessed``, which may be in the photos' own folder) or another saved dataset. Linked
+    folders are followed (an album linked in), each real folder once."""
+    skip = {Path(cache_dir).expanduser().resolve()} if cache_dir else set()
+    files = []
+    for root, folders, names in walk_through_links(path):
+        folders[:] = [name for name in folders if not is_hidden(Path(name)) and (Path(root) / name).resolve() not in skip
+                      and not (Path(root) / name / "state.json").is_file()]
+        files += [Path(root) / name for name in names if not is_hidden(Path(name))]
+    return files
+
+
+METADATA_TABLES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # what datasets' image folder reads beside photos
+OTHER_DATA = (".tar", ".arrow", ".zip", ".gz", ".tgz")  # files datasets reads (webdataset shards, archives)
+
+
+def local_splits(path: Path, files: list[Path]) -> tuple[str, dict[str, list[str]]] | None:
+    """The builder and each split's files (``train.csv``, ``data/validation-00000.parquet``, ``train/cat.jpg``) of a
+    local folder of tables, or of photos with an image folder's ``metadata.csv``, as ``datasets`` names them, among
+    the user's own ``files`` only (linked folders included): its own look at the folder also takes the files of
+    mmcaption's cache kept in it (``preprocessed/train-<key>/meta.json``, a "train" split of JSON files). ``None``
+    for a folder of other data (webdataset shards), without tables, or with tables of several kinds, which
+    ``datasets`` is left to read."""
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    tables = photo_tables(files, images)  # not a photo's own metadata, nor an album's
+    if any(f.name.lower() in METADATA_TABLES for f in tables):  # datasets' image folder: the photos and their tables
+        kinds, tables = {"imagefolder"}, images + [f for f in tables if f.name.lower() in METADATA_TABLES]
+    else:
+        kinds = {"parquet" if f.suffix.lower() == ".parquet" else f.suffix.lower().lstrip(".").replace("jsonl", "json")
+                 for f in tables}
+    if not tables or len(kinds) > 1 or any(f.suffix.lower() in OTHER_DATA for f in files if f not in images):
+        return None
+    relative = {Path(os.path.relpath(f, path)).as_posix(): str(f) for f in tables}  # as datasets' patterns are written
+
+    def resolved(pattern: str) -> list[str]:  # matched among these files, not globbed again on disk
+        matches = re.compile(glob_translate(pattern)).fullmatch
+        return [file for name, file in relative.items() if matches(name)]
+
+    try:
+        patterns = _get_data_files_patterns(resolved)
+    except (ValueError, FileNotFoundError) as error:  # a split name datasets refuses (train-v2-00000-of-00001)
+        raise DataError(f"{path}: its files cannot be told apart into splits: {error}") from None
+    splits = {str(split): list(dict.fromkeys(f for pattern in split_patterns for f in resolved(pattern)))
+              for split, split_patterns in patterns.items()}
+    return kinds.pop(), {split: found for split, found in splits.items() if found}
+
+
+def sidecar_dataset(pairs: list[tuple[str, Path | None]], image_column: str, caption_column: str) -> datasets.Dataset:
+    """The photos and their caption files as a dataset of paths (relative to the folder) and captions."""
+    captions = [_caption_file(text) if text else "" for _, text in pairs]
+    names = [name for name, _ in pairs]
+    return datasets.Dataset.from_dict({image_column: names, caption_column: captions, "__key__": names})
+
+
+def _caption_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise not_utf8(path, table=False) from None

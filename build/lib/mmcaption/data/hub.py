@@ -1,0 +1,394 @@
+"""Captions from a Hugging Face ``datasets`` dataset: a hub id, a ``save_to_disk`` folder, a local
+folder of parquet files or webdataset tars (``datasets`` infers the splits from the file names), or
+one parquet, JSON Lines or CSV file.
+
+Split names default to what the dataset has (``train``; ``validation``, ``val`` or ``test`` to
+validate); a dataset with one split gets a stable held-out share of its images for validation, with a
+note, never the same image on both sides. The image and caption columns are settings, so COCO (``jpg`` +
+``txt``, as ``clip-benchmark/wds_mscoco_captions2017``), Flickr30k-style (``image`` + a list of captions),
+CC3M-style (one caption a row) and one-row-per-caption copies of COCO (rows of the same image are one
+image with all its captions) all read.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pyarrow as pa
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.data import tables
+from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, local_splits, sidecar_dataset, user_files
+from mmcaption.data.image_pass import Unchecked
+from mmcaption.data.records import (
+    BadRecords,
+    DataError,
+    existing_spelling,
+    held_out,
+    held_out_keys,
+    not_utf8,
+    read_json_list,
+)
+from mmcaption.errors import causes
+from mmcaption.images import IMAGE_SUFFIXES, is_url
+
+VAL_NAMES = ("validation", "val", "valid", "dev", "test")
+REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
+
+
+@dataclass
+class HubCaptions:
+    """Where the captions come from and how its rows read.
+
+    Args:
+        dataset: hub id or local folder.
+        image_column: the image (an ``Image`` feature, bytes, or a path).
+        caption_column: the caption(s): a string (split at ``caption_separator``) or a list of strings.
+        caption_separator: what separates several captions in one string.
+        val_fraction: share held out for validation when the dataset has one split.
+    """
+
+    dataset: str
+    image_column: str = "jpg"
+    caption_column: str = "txt"
+    caption_separator: str = "\n"
+    val_fraction: float = 0.01
+
+    cache_dir: str | None = None  # a folder inside the dataset's that is never read as its files (the data module's cache)
+
+    def __post_init__(self) -> None:
+        self._given: Path | None = None  # the folder given, when the one table in it is read
+        # a folder of photos with caption .txt files beside them: (photo, its .txt) each
+        self._pairs: list[tuple[str, Path | None]] | None = None
+        path = Path(self.dataset).expanduser()
+        # a local folder's own files (user_files: not the cache kept in it), walked once for its layout and its splits
+        self._files: list[Path] = []
+        if path.is_dir() and not any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+            self._files = sorted(user_files(path, self.cache_dir))
+            table, self._pairs = folder_layout(path, self._files, (self.image_column, self.caption_column))
+            if table is not None:
+                self.dataset, self._given = str(table), path
+
+    def _saved(self) -> datasets.Dataset | datasets.DatasetDict | None:
+        path = Path(self.dataset)
+        if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+            return datasets.load_from_disk(str(path))
+        return None
+
+    def split_names(self) -> list[str]:
+        if self._pairs is not None:
+            return ["train"]
+        saved = self._saved()
+        if isinstance(saved, datasets.DatasetDict):
+            return list(saved)
+        if saved is not None or Path(self.dataset).is_file():
+            return ["train"]  # one Dataset saved alone, or one file
+        if self._table_splits:
+            return list(self._table_splits[1])
+        try:
+            return list(datasets.get_dataset_split_names(self.dataset))
+        except Exception as error:  # noqa: BLE001 - datasets raises many kinds for a path or id it cannot read
+            if Path(self.dataset).is_dir():  # a folder's metadata.csv not UTF-8, or a line of it not parsed
+                raise self._unreadable(error) from None
+            raise DataError(f"cannot read the dataset {self.dataset!r}: {type(error).__name__}: {error}") from None
+
+    def stage_splits(self, train: str | None, val: str | None, test: str | None) -> dict[str, str]:
+        """The split for each of train, val and test, from the configured names or the dataset's own."""
+        names = self.split_names()
+        for given in (train, val, test):
+            if given is not None and given not in names:
+                raise DataError(f"{self.dataset} has splits {names}, not {given!r} (set train_split / val_split, or null "
+                                "for the dataset's own)")
+        train = train or ("train" if "train" in names else names[0] if len(names) == 1 else None)
+        if train is None:
+            raise DataError(f"{self.dataset} has splits {names} and none is 'train': set train_split")
+        val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
+        if val is None:
+            has = f"one split ({train!r})" if len(names) == 1 else (
+                f"splits {names}, none named {', '.join(VAL_NAMES)} (val_split names the one to validate on)")
+            rank_zero_info(f"{self.dataset} has {has}: {self.val_fraction:.1%} of the images of {train!r} are held out "
+                           "for validation (hub_val_fraction), by a stable hash of each image")
+            return {"train": train + REST, "val": train + HELD_OUT, "test": test or train + HELD_OUT}
+        return {"train": train, "val": val, "test": test or val}
+
+    def load(self, split: str) -> tuple[datasets.Dataset, str | None]:
+        """The dataset split that ``split`` (as ``stage_splits`` names it) comes from, and the side of it
+        (:data:`REST`, :data:`HELD_OUT`, or ``None`` for all of it)."""
+        side = next((suffix for suffix in (REST, HELD_OUT) if split.endswith(suffix)), None)
+        base = split[: -len(side)] if side else split
+        if self._pairs is not None:
+            return sidecar_dataset(self._pairs, self.image_column, self.caption_column), side
+        saved = self._saved()
+        if isinstance(saved, datasets.DatasetDict):
+            return self._named_columns(saved[base]), side
+        if saved is not None:
+            return self._named_columns(saved), side
+        try:
+            if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
+                return self._named_columns(tables.read_table_file(Path(self.dataset), self._datasets_cache)), side
+            if self._table_splits:
+                builder, splits = self._table_splits  # each file as itself: datasets reads its name as a pattern ("[2024]")
+                files = {split: [glob.escape(file) for file in found] for split, found in splits.items()}
+                return self._named_columns(datasets.load_dataset(builder, data_files=files, split=base, cache_dir=self._datasets_cache,
+                                                                 **self._csv_options)), side
+            return self._named_columns(datasets.load_dataset(self.dataset, split=base)), side
+        except datasets.exceptions.DatasetGenerationError as error:
+            raise self._unreadable(error) from None
+
+    @functools.cached_property
+    def _csv_options(self) -> dict:
+        """How a local folder of CSV tables (train.csv, test.csv), or an image folder's metadata.csv, reads: every
+        column as text, as one CSV is read (:func:`~mmcaption.data.tables.csv_text_options`)."""
+        builder, read = (self._table_splits or (None,))[0], self._split_tables
+        if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() == ".csv" for table in read):
+            return {}  # an image folder's metadata.jsonl or .parquet: its own types
+        return tables.csv_text_options(read, tables.SEVERAL_CAPTIONS, image_folder=builder == "imagefolder")
+
+    @functools.cached_property
+    def _table_splits(self) -> tuple[str, dict[str, list[str]]] | None:
+        """A local folder of tables (or an image folder): the builder and each split's files, among the user's own
+        (:func:`~mmcaption.data.folder_layouts.local_splits`)."""
+        found = local_splits(Path(self.dataset).expanduser(), self._files) if self._files and self._given is None else None
+        named = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
+                 for split, files in (found or (None, {}))[1].items()}
+        if sum(map(len, named.values())) > 1:  # which table is which split: two copies of one table are both read
+            rank_zero_info(f"{self.dataset}: its tables are read as "
+                           + "; ".join(f"split {split}: {', '.join(names)}" for split, names in named.items()))
+        return found
+
+    def _named_columns(self, data: datasets.Dataset) -> datasets.Dataset:
+        return tables.columns_named(data, (self.image_column, self.caption_column))
+
+    @property
+    def _datasets_cache(self) -> str | None:
+        """Where ``datasets`` keeps its reading of the user's own files: in mmcaption's cache (a cluster's shared
+        ``HF_DATASETS_CACHE`` is often read-only, and a run whose cache was complete failed there)."""
+        return str(Path(self.cache_dir).expanduser() / "datasets") if self.cache_dir else None
+
+    @property
+    def _split_tables(self) -> list[Path]:
+        """The tables :attr:`_table_splits` reads (an image folder's metadata tables, not its photos)."""
+        splits = (self._table_splits or (None, {}))[1]
+        return [Path(file) for files in splits.values() for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
+
+    def _unreadable(self, error: BaseException) -> DataError:
+        """What ``datasets`` could not read, said as the user can act on it: the file (in a folder, the first of its
+        tables that does not read alone), its line, and what is wrong there."""
+        path = Path(self.dataset)
+        if path.is_dir():
+            for table in (self._split_tables or [f for f in self._files if f.suffix.lower() in TABLE_SUFFIXES])[:100]:
+                try:
+                    tables.read_table_file(table, self._datasets_cache)
+                except datasets.exceptions.DatasetGenerationError as inner:
+                    return HubCaptions(str(table))._unreadable(inner)
+        found = list(causes(error))
+        if path.is_file() and any(isinstance(cause, UnicodeDecodeError) for cause in found):  # Excel's plain "CSV"
+            return not_utf8(path, table=path.suffix.lower() == ".csv")
+        if path.is_file() and path.suffix.lower() in (".json", ".jsonl"):
+            read_json_list(path, "dataset")  # refuses the file naming the line that is not JSON
+        cause = found[-1]
+        text = str(cause).strip()
+        hint = ("; a caption with a comma (or a quote) must be in quotes, as a spreadsheet saves it"
+                if "Expected" in text and "fields" in text else "")
+        return DataError(f"{self.dataset}: cannot be read as a dataset: {type(cause).__name__}: {text}{hint}")
+
+    def records(self, split: str, records: BadRecords) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
+        """``(row, name, image, captions)`` of each usable image (its name: the path the row gives it, else the
+        row's key); bad rows reported by name.
+
+        Rows that hold the same image (the same bytes, or the same file) are one image with all their
+        captions: many copies of COCO on the hub have a row per caption, and read row by row every
+        reference would be scored alone and one image could be trained on and held out at once. A
+        single split's held-out side is chosen by image for the same reason, at least one image held out."""
+        data, side = self.load(split)
+        missing = {self.image_column, self.caption_column} - set(data.column_names)
+        if missing:
+            raise DataError(f"{records.source} has no column(s) {sorted(missing)} (hub_image_column, hub_caption_column); its "
+                            f"columns are {data.column_names}{tables.separator_hint(data.column_names)}")
+        if isinstance(data.features[self.image_column], datasets.Image):
+            data = data.cast_column(self.image_column, datasets.Image(decode=False))
+        columns = [self.image_column, self.caption_column, *(["__key__"] if "__key__" in data.column_names else [])]
+        # image digest -> first row, its key, captions, and what its later rows brought (counted on its side)
+        images: dict[str, tuple[int, str, list[tuple[int, str]], Counter]] = {}
+        counts, not_found = Counter(), []
+        for row_index, row in enumerate(self._rows(data.select_columns(columns))):
+            key = str(row.get("__key__") or row_index)
+            texts = self._captions(row[self.caption_column])
+            image = self._image_bytes(row[self.image_column])
+            if image is None:
+                ours = side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT)  # counted on one side,
+                if not texts and self._named(row[self.image_column]) is None:
+                    counts["empty rows (no image, no caption) left out"] += ours  # a spreadsheet's cleared line
+                else:  # all named in the one message that refuses them; those of this side counted when skipped
+                    not_found.append((ours, f"{self._row(row_index, key, split)}: its {self.image_column!r} is "
+                                            f"{self._described(row[self.image_column])}"))
+                continue
+            first, _, captions, later = images.setdefault(hashlib.blake2b(image, digest_size=16).hexdigest(),
+                                                          (row_index, key, [], Counter()))
+            if first != row_index:  # a caption that an earlier row already gave this image is that row again
+                later["rows that repeat an earlier row's image: their captions go with that image"] += 1
+                known = {c for _, c in captions}
+                later["captions skipped that an earlier row gave the same image"] += sum(c in known for c in texts)
+                texts = [c if c not in known else None for c in texts]
+                later["rows that repeat an earlier row's image without a caption of their own"] += not any(texts)
+            captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
+        named = [said for ours, said in not_found if ours or records.on_bad_record == "error" or not images]
+        records.all_at_once("missing image", named, f"{len(named)} of {len(data):,} rows name no image that is "
+                            "there", "Fix their paths (relative to the dataset's folder) or remove the rows", every=not images)
+        if side != REST:  # counted once, not by both sides of a single split
+            self._note_unlisted(data, records)
+        if side is not None:
+            captioned = {digest for digest, (_, _, captions, _) in images.items() if captions}
+            held = held_out_keys(captioned, self.val_fraction)  # at least one, in a small set
+            if len(captioned) == 1:
+                raise DataError(f"{records.source}: one image with captions cannot be split into training and validation; "
+                                "give the dataset more images, or a validation split")
+            if captioned and (not held or len(held) == len(captioned)):  # (no image at all: each row was reported above)
+                other = "raise hub_val_fraction" if not held else "lower hub_val_fraction"
+                raise DataError(f"{records.source}: with hub_val_fraction {self.val_fraction}, "
+                                f"{'none' if not held else 'every one'} of its {len(captioned):,} images falls on the held-out "
+                                f"side (chosen by a hash of each image); {other}, or give the dataset a validation split")
+            # an image without captions (refused below) is on the side its hash gives
+            images = {digest: image for digest, image in images.items()
+                      if (digest in held or digest not in captioned and held_out(digest, self.val_fraction)) == (side == HELD_OUT)}
+        for *_, later in images.values():
+            counts.update(later)
+        for kind, count in counts.items():
+            if count:
+                records.note(kind, count)
+        for row_index, key, captions, _ in images.values():
+            if not captions:
+                records.bad("empty caption", f"{self._row(row_index, key, split)} has no caption")
+                continue
+            value = data[row_index][self.image_column]
+            named = self._named(value)
+            # checked by the image pass's threads; one that cannot be decoded is named at the pass's end
+            blame = functools.partial(self._undecodable, row_index, key, split, named)
+            yield row_index, named or key, Unchecked(self._image_bytes(value), blame), captions  # a path as the table writes it
+
+    def _rows(self, data: datasets.Dataset) -> Iterator[dict]:
+        """The rows of ``data``; a file whose text is not UTF-8, found only as its rows are read (a JSON file saved in
+        Windows' code page), is refused naming it, as :meth:`_unreadable` names it."""
+        try:
+            yield from data
+        except UnicodeDecodeError as error:
+            raise self._unreadable(error) from None
+
+    def _undecodable(self, index: int, key: str, split: str, named: str | None, problem: str) -> list[str]:
+        return [f"{self._row(index, key, split)}: {'its image ' + repr(named) if named else 'its image'} cannot be decoded: "
+                f"{problem}"]
+
+    def _note_unlisted(self, data: datasets.Dataset, records: BadRecords) -> None:
+        """An imagefolder's photos that its metadata file does not list: datasets leaves them out without a word."""
+        if not Path(self.dataset).is_dir() or not any(Path(self.dataset).glob("**/metadata.*")):
+            return
+        column = data.data.column(self.image_column)
+        if not pa.types.is_struct(column.type):
+            return
+        # each as it is found: a metadata file's IMG_0001.jpg names the camera's IMG_0001.JPG, which is not left out
+        listed = {Path(self._found(path) or path) for chunk in column.chunks for path in chunk.field("path").to_pylist() if path}
+        unlisted = sorted(file for folder in {path.parent for path in listed} for file in folder.iterdir()
+                          if file.suffix.lower() in IMAGE_SUFFIXES and file not in listed)
+        if unlisted:
+            records.note(f"images beside the listed ones that the metadata file does not list, left out (first: {unlisted[0]})",
+                         len(unlisted))
+
+    def _row(self, index: int, key: str, split: str) -> str:
+        """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1); in a folder
+        of CSV tables, its table's name and line."""
+        if self.dataset.lower().endswith(".csv"):
+            return f"line {index + 2}"
+        within = index
+        for table, rows in self._csv_tables.get(split.removesuffix(REST).removesuffix(HELD_OUT), []):
+            if within < rows:
+                return f"{table}, line {within + 2}"
+            within -= rows
+        return f"row {index} (key {key})"
+
+    @functools.cached_property
+    def _csv_tables(self) -> dict[str, list[tuple[str, int]]]:
+        """A local folder of CSV tables (looked at when a row is bad): ``(table, rows)`` of each split's files, in
+        the order datasets reads them."""
+        if not self._table_splits or self._table_splits[0] != "csv":
+            return {}
+        splits = self._table_splits[1]
+        return {split: [(os.path.relpath(file, self.dataset), len(pd.read_csv(file, usecols=[0], **tables.CSV_OPTIONS)))
+                        for file in files] for split, files in splits.items()}
+
+    @functools.cached_property
+    def _folders(self) -> list[Path]:
+        """The local folders image paths in its rows may be relative to: the folder given (when the one table in it is
+        read), and the one the dataset's files are in."""
+        path = Path(self.dataset)
+        own = path if path.is_dir() else path.parent if path.is_file() else None
+        return list(dict.fromkeys(folder for folder in (self._given, own) if folder is not None))
+
+    @staticmethod
+    def _named(value) -> str | None:
+        """The path a row's image names (a string, or an undecoded Image feature's path), if it names one."""
+        value = value.get("path") if isinstance(value, dict) else value
+        return value if isinstance(value, str) and value else None
+
+    def _described(self, value) -> str:
+        name = self._named(value)
+        if name is None:
+            return "empty"
+        if is_url(name):  # a Conceptual-Captions-style table: predict reads URLs, training reads files
+            return (f"{name!r}, a URL: training reads images from files; download them first (img2dataset does it for "
+                    "such tables) and give the table the files' paths")
+        return f"{name!r}, not a file (looked for from " + "".join(f"{folder} and from " for folder in self._folders) + "the current folder)"
+
+    def _image_bytes(self, value) -> bytes | None:
+        if isinstance(value, dict) and value.get("bytes"):  # an Image feature, undecoded
+            return value["bytes"]
+        if isinstance(value, bytes):
+            return value
+        path = self._found(self._named(value))
+        return None if path is None else Path(path).read_bytes()
+
+    def _found(self, value: object) -> str | None:
+        """Where the image file a row names is: relative to the dataset's own folder, as its files write paths
+        (first: a photo of the same name where the command runs is another photo), or from where the command
+        runs; a Windows path's backslashes and macOS's decomposed accents read too. ``None`` if neither."""
+        if not isinstance(value, str) or not value:
+            return None
+        places = [place for name in dict.fromkeys([value, value.strip()])  # a cell with a space typed after the name
+                  for place in [*(folder / existing_spelling(folder, name) for folder in self._folders),
+                                Path(existing_spelling(Path("."), name))]]
+        return next((str(path) for path in places if path.is_file()), None)
+
+    def image_files(self, split: str) -> list[tuple[str, str | None]]:
+        """The image files the rows of ``split`` name, when they hold paths rather than the images' bytes:
+        ``(path as written, where it was found or None)`` each, for the cache to follow (a replaced photo
+        makes a new one). Read from the Arrow table, so an image column of bytes is not read."""
+        data, _ = self.load(split)
+        if self.image_column not in data.column_names:
+            return []
+        column = data.data.column(self.image_column)
+        if pa.types.is_struct(column.type):  # an Image feature: {bytes, path}, bytes null where a file is named
+            fields = [column.type.field(i).name for i in range(column.type.num_fields)]
+            if not {"bytes", "path"} <= set(fields):
+                pandas = " (pandas' to_json() writes a column per key unless given orient='records', lines=True)" \
+                    if fields and all(name.isdigit() for name in fields) else ""
+                raise DataError(f"{self.dataset}: its {self.image_column!r} column holds objects with the keys "
+                                f"{fields[:5]}{'...' if len(fields) > 5 else ''}, not images or image paths{pandas}")
+            names = [path for chunk in column.chunks
+                     for path, named in zip(chunk.field("path").to_pylist(), chunk.field("bytes").is_null().to_pylist()) if named]
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            names = column.to_pylist()
+        else:
+            return []
+        return [(name, self._found(name)) for name in dict.fromkeys(n for n in names if isinstance(n, str) and n)]
+
+    def _captions(self, value) -> list[str]:
+        texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+        return [part.strip() for text in texts if isinstance(text, str) for part in text.split(self.caption_separator) if part.strip()]

@@ -1,0 +1,143 @@
+"""Where the images to predict come from: a folder (searched recursively), one image or URL, or a text file listing
+them, one per line (``ls *.jpg > list.txt``, or piped in as ``/dev/stdin``); and the images a questions file's rows
+name, relative to its folder. Names are found as Windows and macOS find them (:func:`mmcaption.images.existing_spelling`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.data.records import DataError, existing_spelling, packed_file
+from mmcaption.folders import walk_through_links
+from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
+
+# a one-column list saved from a spreadsheet starts with its column's name
+COLUMN_NAMES = {"image", "images", "img_path", "image_path", "path", "file", "filename", "file_name", "photo"}
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The files under ``folder`` and its subfolders, linked ones included (each real folder once: a link
+    back up is not a loop), hidden files and folders left out; and the links that point nowhere."""
+    files, broken = [], []
+    for root, folders, names in walk_through_links(folder):
+        folders[:] = sorted(name for name in folders if not is_hidden(Path(name)))
+        for name in names:
+            file = Path(root) / name
+            if not is_hidden(file):
+                (files if file.is_file() else broken if not file.exists() else []).append(file)
+    return files, broken
+
+
+def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None = None) -> list[Path]:
+    """Images named by ``source``: a folder (searched recursively; hidden files and folders left out, and
+    ``note`` told how many other files were), a text file with one path per line (relative to the
+    file; as Windows writes it: a byte-order mark, quoted paths, backslashes; ``http(s)://`` URLs), or a
+    single image (a file or a URL)."""
+    if is_url(source):
+        return [RemoteImage(source)]
+    path = local_file(Path(source))  # in another case or Unicode form, as Windows and macOS find it
+    if path.is_dir():
+        files, broken = _folder_files(path)
+        images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+        others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
+        if broken:
+            others["links to nothing"] = len(broken)
+        if not images:
+            raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in folder {path}"
+                            + (f"; it has {_counted(others)}" if others else ""))
+        dangling = others.pop("links to nothing", 0)
+        if others and note is not None:
+            note(f"{path}: {sum(others.values())} files left out, not images by their names ({_counted(others)}); "
+                 f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
+        if dangling and note is not None:
+            note(f"{path}: {dangling} links left out that point to nothing (the first: {broken[0]})")
+        return images
+    if not path.exists():
+        raise DataError(f"image source not found: {path}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return [path]
+    if path.suffix.lower() in (".json", ".jsonl"):
+        raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
+                        "or a text file with one image path per line")
+    regular = path.is_file()
+    if regular and (packed := packed_file(path)):  # a zip of the photos: said before it is read whole
+        raise DataError(packed)
+    # a list piped in (/dev/stdin, <(ls)) is kept in ``piped`` when given, and read from there when asked for again: a
+    # second read of /dev/stdin from a terminal would wait for more
+    data = path.read_bytes() if regular or piped is None or str(path) not in piped else piped[str(path)]
+    if not regular and piped is not None:
+        piped[str(path)] = data
+    header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip()  # a table's header: of questions, most likely
+    if path.suffix.lower() in (".csv", ".tsv") and ("," in header or "\t" in header) and not (
+            is_url(header) or user_path(header, path.parent).is_file()):
+        captioned = "caption" in header.lower()  # an image,caption sheet: captioned and scored against its captions by test
+        raise DataError(f"{path} is a table, not an image list: " + (
+                        f"a table of images and their captions is captioned and scored by mmcaption test with "
+                        f"--data.init_args.source hub --data.init_args.hub_dataset {path} (see the README's Data)" if captioned else
+                        "questions about images go to --data.csv_file with --config configs/predict/multiple_choice.yaml "
+                        "(multiple choice) or --data.questions_file with configs/predict/questions.yaml") +
+                        "; --data.images takes a folder of images, one image, or a text file with one image path per line")
+    if check_image(data) is None:  # an image under another name (a download's .jpg_large, no suffix)
+        return [path]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is neither an image nor a list of image paths in UTF-8 text (byte {error.start} is "
+                        f"{data[error.start:error.start + 1]!r}): give a folder of images, one image, or a text file with "
+                        "one image path per line, saved as UTF-8") from None
+    names = [line.strip().strip('"').strip("'").strip() for line in text.splitlines()]
+    root = path.parent if regular else Path(".")
+    if names and names[0].lower() in COLUMN_NAMES and not user_path(names[0], root).is_file():  # a spreadsheet's column
+        rank_zero_info(f"{path}: its first line {names[0]!r} names the column, not an image: left out")
+        names = names[1:]
+    if not any(names):
+        raise DataError(f"image list {path} is empty")
+    return image_paths(list(filter(None, names)), root, path, where="a line gives an absolute path")
+
+
+def _counted(suffixes: Counter) -> str:
+    return ", ".join(f"{count} x {suffix}" for suffix, count in suffixes.most_common())
+
+
+def user_path(name: str, root: Path) -> Path | RemoteImage:
+    """The image a file names: relative to ``root`` unless absolute, or a URL, as it is. When the name as
+    written is not there, a Windows path's backslashes are read as separators, and an accented name is
+    looked for in its other Unicode form (macOS writes decomposed names: ``é`` as ``e`` and an accent)."""
+    if is_url(name):
+        return RemoteImage(name)
+    return root / existing_spelling(root, name)
+
+
+def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder",
+                given: bool = False) -> list[Path | RemoteImage]:
+    """The images of a questions file's rows, relative to ``root`` (``given``: by ``--data.image_root``, else the
+    file's folder); refused, naming the first, when not one of them is there (a wrong folder would otherwise give a
+    run of "image not found" rows), with a folder above ``root`` that holds it (LLaVA's scripts take
+    ``images/test`` where the file names ``test/5/image.png``)."""
+    paths = [user_path(name, root) for name in names]
+    if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths):
+        from_here = user_path(names[0], Path("."))
+        above = next((folder for folder in list(root.parents)[:2] if (folder / names[0]).is_file()), None)
+        hint = (f"; it is under {above}: give that folder" if above else
+                f"; {from_here} is there relative to the working directory" if from_here.is_file() else "")
+        raise DataError(f"none of the {len(paths)} images of {file} was found: the first, {names[0]!r}, was looked for at "
+                        f"{paths[0]}. Images are relative to {root} " +
+                        ("(given by --data.image_root)" if given else f"(the file's folder, unless {where})") + hint)
+    return paths
+
+
+def coco2017_copy(root: Path, image_id: int) -> str | None:
+    """COCO 2017's copy of a COCO 2014 image (``train2014/COCO_train2014_<id>.jpg``) under ``root``: 2017's train
+    and val folders hold the same 123,287 photos, named by their id alone (``val2017/<id, 12 digits>.jpg``), so
+    Karpathy's and VQAv2's files read with the images the COCO 2017 download gave."""
+    for folder in COCO2017_FOLDERS:
+        name = f"{folder}/{image_id:012d}.jpg"
+        if (root / name).is_file():
+            return name
+    return None
+
+
+COCO2017_FOLDERS = ("train2017", "val2017")

@@ -1,0 +1,380 @@
+"""LLaVA-Instruct: read the conversation JSON, check every record, preprocess into Arrow.
+
+A record is ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}`` with
+``image`` relative to an image root (COCO ``train2017/`` for LLaVA-Instruct-150k); ShareGPT-style
+files' ``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assistant"|"system",
+"content"}`` read alike, ``content`` a string or a list of text and image parts (TRL's layout). Each conversation stays whole: one sequence, loss on every assistant turn
+(see ``templates.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from lightning.pytorch.utilities import rank_zero_info
+from transformers import PreTrainedTokenizerBase
+
+from mmcaption.data.cache import write_image_text_split
+from mmcaption.data.image_pass import Unchecked
+from mmcaption.data.records import (
+    BadRecords,
+    DataError,
+    JsonLines,
+    existing_spelling,
+    held_out,
+    held_out_keys,
+    may_name_paths_outside,
+    outside_root,
+    read_json_list,
+)
+from mmcaption.prompts import IMAGE_PLACEHOLDER, OTHER_PLACEHOLDERS, ConversationTemplate, strip_image_placeholder
+
+IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
+CONVERSATION_FEATURES = datasets.Features(
+    {
+        "image_index": datasets.Value("int32"),
+        "id": datasets.Value("string"),
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "labels": datasets.Sequence(datasets.Value("int32")),
+        "turns": datasets.Value("int16"),
+        "turns_dropped": datasets.Value("int16"),
+        "questions": datasets.Sequence(datasets.Value("string")),
+        "answers": datasets.Sequence(datasets.Value("string")),
+    }
+)
+# What max_length does to a conversation that does not fit, as counted in the split's summary.
+TURNS_DROPPED = "conversations with later turns dropped whole to fit max_length"
+ANSWER_CUT = "first answers cut to fit max_length (kept, without their end-of-text token)"
+TEXT_ONLY = "text-only conversations (no image: the cross-attention is skipped for them)"
+ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
+LEADING_ANSWER = "conversations that open with an assistant turn: that turn dropped (as LLaVA's training does)"
+UNANSWERED_LAST = "conversations that end with an unanswered question: that question dropped, the turns before kept"
+SYSTEM_DROPPED = ("conversations with a system turn of their own (or a \"system\" key): that turn dropped (data.system_prompt "
+                  "is the one used)")
+EMPTY_TURN_CUT = "conversations cut at an empty turn (after the first answer): the turns before it kept"
+SEVERAL_PLACEHOLDERS = "conversations with several <image> placeholders for their one image (seen once, through cross-attention)"
+
+
+@dataclass
+class Conversation:
+    id: str
+    image: str | None  # None: a text-only conversation (LLaVA-1.5's mix has tens of thousands)
+    turns: list[tuple[str, str]]  # (question, answer)
+    dropped: tuple[str, ...] = ()  # what was dropped from the record as LLaVA's training drops it (notes, counted if kept)
+    named: bool = True  # the record has its own id (else ``id`` is its place in the file, "#<position>")
+    side: str = ""  # what its train / val side is a hash of (split_key)
+    place: str = ""  # "record 4" in a list, "line 5" in JSON Lines (ids repeat: LLaVA-Instruct-150k's name an image,
+    # talked about up to 3 times)
+
+    @property
+    def where(self) -> str:
+        """The record as messages name it: its place, and its id where it has one."""
+        return f"{self.place} (id {self.id})" if self.named else self.place
+
+
+def in_split(record_id: str, val_fraction: float, split: str) -> bool:
+    """Stable hash split of one file into train and val: the same on every run and every rank."""
+    return held_out(record_id, val_fraction) == (split == "val")
+
+
+def split_key(record: object, position: int) -> str:
+    """What a record's side is a hash of: its id; without one, its image, so that no picture is both trained on
+    and validated (ShareGPT-style files have no ids, and several conversations about each image); else its place."""
+    if isinstance(record, dict):
+        if record.get("id") not in (None, ""):
+            return str(record["id"])
+        image = _either(record, "image", "images")
+        image = image[0] if isinstance(image, list) and len(image) == 1 else image
+        if isinstance(image, str) and image:
+            return f"image {image}"
+    return f"#{position}"
+
+
+def _either(record: dict, key: str, other: str) -> object:
+    """``record[key]``, else ``record[other]``: a ``null`` one is absent (``datasets``' ``to_json`` of records of both
+    layouts writes ``"image": null`` beside ``"images": [...]``, and the image was lost)."""
+    return record[key] if record.get(key) is not None else record.get(other)
+
+
+def _described(key: str) -> str:
+    return f"image {key[6:]!r}" if key.startswith("image ") else f"record {key[1:]}" if key.startswith("#") else f"id {key!r}"
+
+
+def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | None]:
+    """``(usable, image)`` of a record: LLaVA's ``image`` path, or the ``images`` list of ShareGPT-style
+    files (LLaMA-Factory's), or the ``path`` (Qwen2-VL: ``image``) of a message's image part, with one image; no image (missing, null, "" or []) is a text-only record. The path is
+    relative to image_root; an absolute one (or one with ``..``) is read as written, as LLaVA's loader reads it
+    (``os.path.join(image_folder, image)``)."""
+    image = _either(record, "image", "images")
+    if image is None:  # transformers' and Qwen2-VL's messages name it in their image part
+        image = [part.get("path") or part.get("image") for turn in _either(record, "conversations", "messages") or []
+                 if isinstance(turn, dict) and isinstance(turn.get("content"), list) for part in turn["content"]
+                 if isinstance(part, dict) and part.get("type") == "image" and (part.get("path") or part.get("image"))] or None
+    if isinstance(image, list):
+        if len(image) > 1:
+            records.bad("several images", f"{name} has {len(image)} images: a conversation is trained with one")
+            return False, None
+        image = image[0] if image else None
+    if image is not None and not isinstance(image, str):
+        records.bad("malformed record", f"{name}: 'image' is not a path")
+        return False, None
+    return True, image or None
+
+
+def images_outside_root(file: Path, image_root: Path) -> list[tuple[str, str | None]]:
+    """The images ``file`` names outside ``image_root``, ``(path as written, where it is or None)`` each, for the
+    cache to follow their content as it follows the image folder's."""
+    if not may_name_paths_outside(file, rb'"images?"\s*:\s*\[?\s*'):
+        return []
+    content = read_json_list(file, "LLaVA conversation file")
+    scratch = BadRecords(file, "skip")
+    return outside_root((_image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)), image_root)
+
+
+def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
+    """``(role, text)`` of each turn: LLaVA's ``conversations`` of ``from`` / ``value``, or the ``messages``
+    of ``role`` / ``content`` that OpenAI-style files have; roles as :data:`ROLES` names them (others as written)."""
+    turns = _either(record, "conversations", "messages")
+    if not isinstance(turns, list) or not turns:
+        records.bad("malformed record", f"{name} has no 'conversations' (or 'messages') list")
+        return None
+    parsed = []
+    for index, turn in enumerate(turns):
+        content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+        value = _text_of(content)
+        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") == "image_url" for part in content):
+            records.bad("image_url part", f"{name}: turn {index} has an 'image_url' part (OpenAI's fine-tuning layout), which is "
+                                          "not downloaded: name the image in 'image' (a path under image_root) and put an "
+                                          "{'type': 'image'} part (or <image>) where the image_url part was")
+            return None
+        if not isinstance(value, str):
+            records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value' (or 'role' and 'content': "
+                                          "a string, or a list of {'type': 'text', 'text': ...} and {'type': 'image'} parts)")
+            return None
+        role = str(turn.get("from", turn.get("role", "")))
+        parsed.append((ROLES.get(role.lower(), role), value))
+    return parsed
+
+
+def _text_of(content: object) -> object:
+    """A turn's text: a string as it is; OpenAI-style content parts (``[{"type": "image"}, {"type": "text",
+    "text": ...}]``, as TRL's and Hugging Face's chat datasets write turns) as their texts joined, an image
+    part standing as LLaVA's ``<image>``; anything else as it is (refused by the caller)."""
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        return content
+    texts = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "image":
+            texts.append("<image>")
+        elif kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            return None
+    return "\n".join(texts)
+
+
+def parse_record(position: int, record: object, records: BadRecords, place: str | None = None) -> Conversation | None:
+    """Check one record; ``None`` (after reporting it) if it cannot be used. ``place``: how messages name its place
+    (its line in JSON Lines; ``record <position>`` by default)."""
+    place = place or f"record {position}"
+    if not isinstance(record, dict):
+        records.bad("malformed record", f"{place} is not an object")
+        return None
+    named = record.get("id") not in (None, "")  # null: as if missing
+    record_id = str(record["id"]) if named else f"#{position}"
+    name = f"{place} (id {record_id})"
+    usable, image = _image_of(record, name, records)
+    turns = _turns_of(record, name, records) if usable else None
+    if turns is None:
+        return None
+    dropped: list[str] = []
+    start = 0
+    if turns[0][0] == "system" and len(turns) > 1:
+        start = 1  # its own system prompt: the template's (data.system_prompt) is the one trained and used
+        dropped.append(SYSTEM_DROPPED)
+    elif isinstance(record.get("system"), str) and record["system"].strip():  # LLaMA-Factory's "system" column
+        dropped.append(SYSTEM_DROPPED)
+    if turns[start][0] == "gpt" and len(turns) > start + 1:
+        start += 1  # an assistant turn before any question: dropped, as LLaVA's own training drops it
+        dropped.append(LEADING_ANSWER)
+    placeholders = sum(len(IMAGE_PLACEHOLDER.findall(value)) for role, value in turns if role == "human")
+    if placeholders and image is None:
+        records.bad("<image> without an image", f"{name} asks about an <image> but names none (in 'image', or 'images')")
+        return None
+    other = next((m.group(0) for _, value in turns if (m := OTHER_PLACEHOLDERS.search(value))), None)
+    if other is not None:  # another model's way of placing the image: trained as that text, without the image
+        records.bad("another model's image placeholder",
+                    f"{name} places its image as {other[:40]!r}, another model's placeholder (Qwen-VL's <img>, MiniGPT-4's "
+                    "<ImageHere>): write <image> and name the image in 'image'")
+        return None
+    if placeholders > 1:
+        dropped.append(SEVERAL_PLACEHOLDERS)
+    pairs: list[tuple[str, str]] = []
+    for index, (role, value) in enumerate(turns[start:], start=start):
+        expected = "human" if (index - start) % 2 == 0 else "gpt"
+        if role != expected:
+            records.bad(
+                "turns do not alternate",
+                f"{name}: turn {index} is from {role!r}, expected {expected!r}"
+                " (turns must alternate human, gpt, human, ...)",
+            )
+            return None
+        text = strip_image_placeholder(value) if role == "human" else value.strip()
+        if not text and not (role == "human" and IMAGE_PLACEHOLDER.search(value)):  # "<image>" alone asks about the image
+            if len(pairs) > 1 or pairs and pairs[0][1]:  # the turns before it are whole: kept, the rest dropped
+                if role == "gpt":
+                    pairs.pop()  # the question left without its answer
+                dropped.append(EMPTY_TURN_CUT)
+                break
+            records.bad("empty turn", f"{name}: turn {index} ({role}) is empty")
+            return None
+        if role == "human":
+            pairs.append((text, ""))
+        else:
+            pairs[-1] = (pairs[-1][0], text)
+    if len(pairs) > 1 and not pairs[-1][1]:
+        pairs.pop()  # a last question without its answer: nothing to learn from it; the turns before are kept
+        dropped.append(UNANSWERED_LAST)
+    if not pairs or not pairs[-1][1]:
+        records.bad("no assistant turn", f"{name} ends with a human turn that has no assistant answer")
+        return None
+    return Conversation(record_id, image, pairs, tuple(dropped), named, split_key(record, position), place)
+
+
+def read_llava(
+    file: Path, image_root: Path, records: BadRecords, split: str | None = None, val_fraction: float = 0.0
+) -> list[Conversation]:
+    """Parse and check a LLaVA JSON file; missing images are counted all at once."""
+    content = read_json_list(file, "LLaVA conversation file")  # a JSON list, or JSON Lines
+    if not isinstance(content, list):
+        raise DataError(f"{file} is not a JSON list of conversations")
+    # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets
+    # (conversation, detail, reasoning) talk about the same images. A record is what it says; only a
+    # record that repeats both the id and the conversation of an earlier one is a duplicate (skipped and
+    # counted, never fatal). The hash split is by id, so an image's conversations stay on one side; records
+    # without ids are split by their image for the same reason (split_key). Records without ids (a file
+    # concatenated twice, say) are duplicates by image and conversation alone.
+    parsed_records = []
+    elsewhere = BadRecords(records.source, records.on_bad_record)  # the other side's: raised alike, counted by that side
+    for position, record in enumerate(content):
+        # a bad record is counted on the side it would have gone to, once, not in both splits' reports
+        on_side = split is None or in_split(split_key(record, position), val_fraction, split)
+        place = content.place(position) if isinstance(content, JsonLines) else None
+        conversation = parse_record(position, record, records if on_side else elsewhere, place)
+        if conversation is not None:
+            parsed_records.append(conversation)
+    keys = {conversation.side for conversation in parsed_records}
+    held = held_out_keys(keys, val_fraction) if split is not None else set()
+    if split is not None and held and not any(in_split(key, val_fraction, "val") for key in held):
+        rank_zero_info(f"{file}: with val_fraction {val_fraction}, the hash holds none of its {len(parsed_records):,} "
+                       f"records out for validation; the conversations of {_described(next(iter(held)))} are held out instead")
+    conversations, seen = [], set()
+    for conversation in parsed_records:
+        ours = split is None or (conversation.side in held) == (split == "val")
+        key = (conversation.id if conversation.named else None, conversation.image, tuple(conversation.turns))
+        if key in seen:
+            if ours:  # counted on the side the copy would have gone to
+                records.note("duplicate records skipped (the same image and conversation as an earlier record, and its id or none)",
+                             example=conversation.where)
+            continue
+        seen.add(key)
+        if not ours:
+            continue
+        for kind in conversation.dropped:  # counted for the records this split keeps
+            records.note(kind, example=conversation.where)
+        conversations.append(conversation)
+
+    if split is not None and parsed_records and not conversations:  # "nothing usable" would blame the file
+        advice = "raise val_fraction, or give val_file" if split == "val" else "lower val_fraction"
+        if len(keys) == 1:  # every record on one side, whatever the fraction
+            only = next(iter(keys))
+            advice = (f"all of them are about the {_described(only)} and have no id: give each record its own id, or give "
+                      "val_file" if only.startswith("image ") else
+                      f"all of them have the {_described(only)}: give each record its own id (or none), or give val_file")
+        raise DataError(f"{file}: with val_fraction {val_fraction}, none of its {len(parsed_records):,} usable records "
+                        f"falls on the {split} side (a record's side is a hash of its id, or of its image if it has "
+                        f"none); {advice}")
+    for conversation in conversations:  # as written, or with Windows' backslashes or the other Unicode form (macOS)
+        if conversation.image is not None:
+            conversation.image = existing_spelling(image_root, conversation.image)
+    missing = [c for c in conversations if c.image is not None and not (image_root / c.image).is_file()]
+    records.missing_images(
+        [(c.where, image_root / c.image) for c in missing], sum(c.image is not None for c in conversations),
+        "conversations refer to images", image_root,
+    )
+    missing_ids = {id(c) for c in missing}
+    return [c for c in conversations if id(c) not in missing_ids]
+
+
+def _undecodable(path: Path, names: list[str], problem: str) -> list[str]:
+    return [f"{name}: {path} cannot be decoded: {problem}" for name in names]
+
+
+def write_instruct_split(
+    conversations: list[Conversation],
+    image_root: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    template: ConversationTemplate,
+    max_length: int,
+    target: Path,
+    records: BadRecords,
+    metadata: dict,
+    image_size: int | None = None,
+) -> Path:
+    """Write ``target/images`` (each image once, shrunk to ``image_size`` if given) and
+    ``target/conversations`` (tokens and labels).
+
+    Conversations whose first question leaves no room for an answer within ``max_length`` are found
+    before any image is read, all at once; images that cannot be decoded all at the end of the image pass
+    (under ``on_bad_record: error``, one run names every bad record, not one per run)."""
+    too_long = {}
+    lengths = template.first_question_lengths([conversation.turns[0][0] for conversation in conversations], tokenizer)
+    for conversation, needed in zip(conversations, lengths):
+        if needed >= max_length:
+            too_long[id(conversation)] = (f"{conversation.where}: the first question needs {needed} tokens with the template, "
+                                          f"leaving no room for an answer within max_length={max_length}")
+    records.all_at_once("too long", list(too_long.values()),
+                        f"{len(too_long)} of {len(conversations)} conversations do not fit max_length={max_length}",
+                        "Raise max_length, or shorten them")
+    conversations = [c for c in conversations if id(c) not in too_long]
+    by_image: dict[str, list[Conversation]] = {}
+    for conversation in conversations:
+        by_image.setdefault(conversation.image, []).append(conversation)
+
+    def entries() -> Iterator[tuple[dict | None, list[Conversation]]]:
+        for image, group in by_image.items():
+            if image is None:  # text-only conversations: no image row
+                records.note(TEXT_ONLY, len(group))
+                yield None, group
+                continue
+            names = [conversation.where for conversation in group]
+            yield {"file_name": image, "image": Unchecked(image_root / image, functools.partial(_undecodable, image_root / image, names))}, group
+
+    def conversation_rows(image_index: int, group: list[Conversation]) -> Iterator[dict]:
+        for conversation in group:
+            # never raises here: conversations whose first question does not fit were taken out above
+            input_ids, labels, kept, answer_cut = template.encode(conversation.turns, tokenizer, max_length)
+            if kept < len(conversation.turns):
+                records.note(TURNS_DROPPED, example=conversation.where)
+            if answer_cut:
+                records.note(ANSWER_CUT, example=conversation.where)
+            yield {
+                "image_index": image_index,
+                "id": conversation.id,
+                "input_ids": input_ids,
+                "labels": labels,
+                "turns": kept,
+                "turns_dropped": len(conversation.turns) - kept,
+                "questions": [question for question, _ in conversation.turns[:kept]],
+                "answers": [answer for _, answer in conversation.turns[:kept]],
+            }
+
+    return write_image_text_split(
+        target, entries(), conversation_rows, IMAGE_FEATURES, "conversations", CONVERSATION_FEATURES, records, metadata,
+        image_size,
+    )

@@ -1,0 +1,315 @@
+"""What ``mmcaption predict`` reads: images to caption, or multiple-choice questions: a CSV in the original
+scripts' format, MMBench's TSV or ScienceQA's ``problems.json`` (:mod:`mmcaption.data.benchmarks`).
+
+A bad image does not stop a run: its row carries the error into the output and the other rows are
+predicted. A bad file (no images found, a CSV without the required columns, a row that does not
+fit its header, an answer that names no option) stops it at once with a message that names the
+file and its line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mmcaption.data.base import BackbonesDataModule
+from mmcaption.data.benchmarks import (
+    ChoiceQuestion,
+    EmbeddedImage,
+    circular_passes,
+    read_mmbench_tsv,
+    read_scienceqa,
+    scienceqa_image_root,
+    sniffed_format,
+)
+from mmcaption.data.choice_csv import read_choice_csv
+from mmcaption.data.image_sources import find_images, image_paths
+from mmcaption.data.records import missing_file
+from mmcaption.data.resume import check_made_alike, interrupted_rows, output_exists_advice, put_shares_together
+from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
+from mmcaption.evaluation.report import prediction_record
+from mmcaption.folders import output_lock
+from mmcaption.images import (
+    blank_pixels,
+    check_image,
+    load_rgb,
+)
+from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
+
+OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV for .csv, JSON Lines for the rest
+
+
+class _ImageRows(Dataset):
+    """Rows with an image each (a file, or the bytes the questions file carries); an image that cannot be
+    read yields the row with its error."""
+
+    def __init__(self, rows: list[dict[str, Any]], image_paths: list[Path | EmbeddedImage], image_processor) -> None:
+        self.rows, self.image_paths, self.image_processor = rows, image_paths, image_processor
+        self.blank = blank_pixels(image_processor)  # a row whose image cannot be read: batched with the others, not used
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def text(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.image_paths[index]
+        error, data = None, b""
+        if isinstance(path, Path) and not path.is_file():
+            error = f"image not found: {path}"
+        else:
+            try:
+                data = path.read_bytes() if isinstance(path, Path) else path.data  # embedded, or downloaded
+            except OSError as failure:  # a download that failed, said with its URL
+                error = str(failure)
+            problem = None if error else check_image(data)
+            if problem is not None:
+                error = f"image {path} cannot be decoded: {problem}"
+        pixel_values = self.blank if error else \
+            self.image_processor(images=load_rgb(data), return_tensors="pt")["pixel_values"][0]
+        return {"record": self.rows[index], "error": error, "pixel_values": pixel_values, **self.text(index)}
+
+
+class _CaptionRows(_ImageRows):
+    def __init__(self, image_paths, image_processor, prompt_ids: list[int]) -> None:
+        super().__init__([{"image": str(p)} for p in image_paths], image_paths, image_processor)
+        self.prompt_ids = torch.tensor(prompt_ids)
+
+    def text(self, index: int) -> dict[str, Any]:
+        return {"task": "caption", "input_ids": self.prompt_ids}
+
+
+class _ChoiceRows(_ImageRows):
+    def __init__(self, rows, image_paths, image_processor, prompts: list[list[int]], option_ids: list[list[list[int]]],
+                 options: list[list[str]], method) -> None:
+        super().__init__(rows, image_paths, image_processor)
+        self.prompts, self.option_ids, self.options, self.method = prompts, option_ids, options, method
+
+    def text(self, index: int) -> dict[str, Any]:
+        return {"task": f"choice-{self.method}", "input_ids": torch.tensor(self.prompts[index]),
+                "option_ids": self.option_ids[index], "options": self.options[index]}
+
+
+class _PredictDataModule(BackbonesDataModule):
+    """Shared by all: tokenizer, image processor, the output path the prediction writer uses.
+
+    Args:
+        resume: go on from the output an interrupted predict left (Ctrl-C, a job's time limit): its rows are
+            kept and not asked again, the others are added. Refused when that output is complete or holds
+            another input's rows; with no output yet, predict starts at the first row.
+    """
+
+    def __init__(self, output: str, batch_size: int, overwrite: bool = False, resume: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.output, self.batch_size, self.overwrite, self.resume = Path(output), batch_size, overwrite, resume
+        self.dataset: Dataset | None = None
+        self.done: list[dict[str, Any]] = []  # with resume: the rows the interrupted run wrote
+
+    def input_files(self) -> list[Path]:
+        """The files this module reads, which its output must never be."""
+        raise NotImplementedError
+
+    def output_path(self, world_size: int = 1, rank: int = 0) -> Path:
+        """Where this process writes: ``output``, or ``<stem>.rank<r><suffix>`` for each of several processes."""
+        if world_size > 1:
+            return self.output.with_name(f"{self.output.stem}.rank{rank}{self.output.suffix}")
+        return self.output
+
+    def check_output(self, world_size: int = 1, rank: int = 0) -> Path:
+        """The output path, after refusing one that is an input, or that exists without ``overwrite``,
+        or whose folder cannot be written. Called before anything is loaded, and again by the writer."""
+        output = self.output_path(world_size, rank)
+        for source in self.input_files():
+            if source.exists() and output.resolve() == source.resolve():
+                raise OutputExistsError(f"output {output} is the input {source}: predict never writes over its input; "
+                                        "choose another --data.output")
+        if output.is_dir():
+            raise OutputExistsError(f"output {output} is a folder; --data.output names the file to write")
+        if output.suffix.lower() not in OUTPUT_SUFFIXES:  # .tsv, .xlsx, .json, .txt would hold JSON Lines under their name
+            why = "to a file, not to the terminal (where its progress and summary go)" if str(self.output) in ("-", "/dev/stdout") \
+                else f"and a {output.suffix or 'name without a suffix'} would not be what its name says"
+            raise ConfigError(f"output {output}: predict writes rows as a table (.csv, which spreadsheets open) or as JSON "
+                              f"Lines (.jsonl, one object per line), {why}; choose another --data.output")
+        if self.resume and self.overwrite:
+            interrupted = sorted(output.parent.glob(f"{output.stem}.interrupted*{output.suffix}"))
+            hint = f"; an interrupted --data.overwrite run kept its rows in {interrupted[-1]}: give it as --data.output" \
+                if interrupted else ""
+            raise ConfigError(f"--data.resume true goes on from an interrupted output and --data.overwrite true starts it "
+                              f"afresh: give one of them{hint}")
+        if self.resume and world_size > 1:
+            raise ConfigError("resume runs on one device (--trainer.devices 1); it goes on from an interrupted run on "
+                              "several processes too, putting their shares together first")
+        for written in (output, self.output) if world_size > 1 else (output,):  # several processes: their shares, put
+            if written.exists() and not (self.overwrite or self.resume):  # together in output at the end
+                raise OutputExistsError(output_exists_advice(written, share=written != self.output))
+        folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")
+        output_lock(output).acquire()  # held while this run writes it
+        return output
+
+    def predict_dataloader(self) -> DataLoader:
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        if len(self.dataset) < processes:  # Lightning's sampler asserts, and the other processes hang up
+            raise ConfigError(f"{len(self.dataset)} row(s) to predict for {processes} processes, which need one each at "
+                              f"least: predict with --trainer.devices {len(self.dataset)}")
+        now = prediction_record(self.trainer) if self.resume and self.trainer is not None else None
+        if self.resume and processes == 1 and (put_together := put_shares_together(self.output, self.dataset.rows, now)):
+            rank_zero_info(f"resume: {put_together}")
+        killed = self.output.with_name(f".{self.output.name}.partial")  # the writer's file, left by a hard kill
+        if self.resume and not self.output.exists() and killed.exists():
+            rank_zero_info(f"resume: no {self.output}, only {killed}, which a killed run (SIGKILL, out of memory) leaves without "
+                           "a summary: starting at the first row")
+        if self.resume and self.output.exists():
+            self.done = interrupted_rows(self.output, self.dataset.rows)
+            if now is not None:
+                check_made_alike(self.output, now)
+            rank_zero_info(f"resume: the {len(self.done)} rows of {self.output} are kept; {len(self.dataset) - len(self.done)} to go")
+            return self.generation_loader(Subset(self.dataset, range(len(self.done), len(self.dataset))), self.batch_size)
+        return self.generation_loader(self.dataset, self.batch_size)
+
+
+class CaptionPredictDataModule(_PredictDataModule):
+    """Caption images: ``mmcaption predict`` writes one JSON line per image to ``output``.
+
+    Args:
+        images: a folder of images (recursive), a text file listing image paths, or one image.
+        output: the JSON Lines file to write (``{"image": ..., "caption": ...}`` or ``"error"``).
+        caption_prompt: the caption stage's prompt (empty: none).
+        batch_size: images per batch.
+        overwrite: replace ``output`` if it exists (by default an existing output is refused).
+    """
+
+    def __init__(self, images: str, output: str = "predictions/captions.jsonl", caption_prompt: str = "", batch_size: int = 16,
+                 overwrite: bool = False, **kwargs: Any) -> None:
+        super().__init__(output, batch_size, overwrite, **kwargs)
+        self.save_hyperparameters()
+        self.images, self.caption_prompt = images, caption_prompt
+        self.piped: dict[str, bytes] = {}  # an image list piped in, read when checked and kept for setup
+
+    def input_files(self) -> list[Path]:
+        return [Path(self.images)] if Path(self.images).is_file() else []
+
+    def check_inputs(self, stage: str = "predict") -> None:
+        find_images(self.images, note=None, piped=self.piped)
+
+    def setup(self, stage: str) -> None:
+        paths = find_images(self.images, piped=self.piped)
+        prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
+        self.dataset = _CaptionRows(paths, self.image_processor, prompt)
+
+
+FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV (or parquet file)", "scienceqa": "ScienceQA problems.json (or parquet file)"}
+
+
+class MultipleChoiceDataModule(_PredictDataModule):
+    """Answer multiple-choice questions: a CSV in the original scripts' format (``img_path, Question, A, B,
+    C, D`` and optionally ``answer``), MMBench's TSV or ScienceQA's ``problems.json``; ``mmcaption predict``
+    writes the questions back with the chosen letter and, with answers, reports accuracy, per category
+    where the rows have one, and under MMBench's CircularEval with ``circular``.
+
+    Args:
+        csv_file: the questions: the CSV, the MMBench TSV or ScienceQA's ``problems.json`` or one split's
+            parquet file of its Hugging Face copy (see ``format``).
+        image_root: folder that ``img_path`` is relative to (default: the CSV's folder); for ScienceQA, the
+            folder of ``<split>/<id>/image.png`` (default: ``images`` beside ``problems.json``, else its folder).
+        output: the CSV to write: the input columns, ``prediction``, ``correct`` and ``error``.
+        method: ``likelihood`` scores each option's text given image and question (robust);
+            ``generation`` lists the options and generates a letter (the original scripts' way).
+        system_prompt: the instruct stage's system prompt.
+        batch_size: questions per batch.
+        overwrite: replace ``output`` if it exists (by default an existing output is refused; the input
+            CSV itself is always refused).
+        format: ``csv`` (the original scripts'), ``mmbench`` (its TSV, base64 images, or a parquet file of its
+            Hugging Face copy; accuracy per ``category`` and ``l2-category``) or ``scienceqa`` (its IMG
+            questions; accuracy per ``subject`` and ``grade``).
+        split: ScienceQA only: the split whose questions with an image are read (``null``: every split;
+            the mini splits with ``pid_splits.json`` beside ``problems.json``; a parquet file is one split).
+        circular: MMBench's CircularEval: a question with N options is asked N times, its options rotated,
+            and is right only if every rotation is; the summary adds ``circular_accuracy`` (on several processes,
+            once their shares are put together).
+    """
+
+    stage_needed = "instruct"
+
+    def __init__(
+        self,
+        csv_file: str,
+        image_root: str | None = None,
+        output: str = "predictions/answers.csv",
+        method: Literal["likelihood", "generation"] = "likelihood",
+        system_prompt: str = DEFAULT_SYSTEM,
+        batch_size: int = 8,
+        overwrite: bool = False,
+        format: Literal["csv", "mmbench", "scienceqa"] = "csv",
+        split: str | None = "test",
+        circular: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(output, batch_size, overwrite, **kwargs)
+        self.save_hyperparameters()
+        if format not in FORMATS:
+            raise ConfigError(f"format {format!r} is not one of {', '.join(FORMATS)}")
+        self.csv_file, self.image_root = Path(csv_file), image_root and Path(image_root)
+        self.method, self.system_prompt = method, system_prompt
+        self.format, self.split, self.circular = format, split, circular
+
+    @property
+    def category_columns(self) -> dict[str, str]:
+        """The summary's per-category accuracies, each with the column of the rows it groups by."""
+        if self.format == "mmbench":
+            return {"per_category": "category", "per_l2_category": "l2-category"}
+        if self.format == "scienceqa":  # as its paper reports: natural, social and language science; G1-6, G7-12
+            return {"per_subject": "subject", "per_grades": "grades", "per_grade": "grade"}
+        return {"per_category": "category"}
+
+    def input_files(self) -> list[Path]:
+        return [self.csv_file]
+
+    def check_inputs(self, stage: str = "predict") -> None:
+        if not self.csv_file.is_file():
+            raise missing_file(self.csv_file, FORMATS[self.format])
+
+    def read_rows(self) -> list[ChoiceQuestion]:
+        """The questions as asked: with ``circular``, each of its rotations."""
+        sniffed = sniffed_format(self.csv_file)
+        if sniffed is not None and sniffed[0] == "questions":
+            raise ConfigError(f"{self.csv_file} {sniffed[1]}: free-form questions, answered with --config "
+                              f"configs/predict/questions.yaml --data.questions_file {self.csv_file}, not multiple choice")
+        if sniffed is not None and sniffed[0] != self.format:  # the other format's reader would say only what is missing
+            config = {"csv": "multiple_choice"}.get(sniffed[0], sniffed[0])
+            raise ConfigError(f"{self.csv_file} {sniffed[1]}, so it reads as {FORMATS[sniffed[0]]}: use --config configs/predict/"
+                              f"{config}.yaml (or --data.format {sniffed[0]}); data.format is {self.format!r}, {FORMATS[self.format]}")
+        if self.format == "mmbench":
+            questions = read_mmbench_tsv(self.csv_file)
+        elif self.format == "scienceqa":
+            questions = read_scienceqa(self.csv_file, self.split)
+        else:
+            questions = read_choice_csv(self.csv_file)
+        return circular_passes(questions) if self.circular else questions
+
+    def setup(self, stage: str) -> None:
+        questions = self.read_rows()
+        root = self.image_root or self.csv_file.parent
+        if self.format == "scienceqa" and self.image_root is None and not all(isinstance(q.image, EmbeddedImage) for q in questions):
+            root = scienceqa_image_root(self.csv_file, questions)
+        template = ConversationTemplate(system=self.system_prompt)
+        prompts, option_ids = [], []
+        for question in questions:
+            prompt, ids = choice_prompt(template, self.tokenizer, question.question, question.options, self.method)
+            prompts.append(prompt)
+            option_ids.append(ids)
+        # an absolute img_path stays as it is; an MMBench image is the file's own
+        files = iter(image_paths([q.image for q in questions if not isinstance(q.image, EmbeddedImage)], root, self.csv_file,
+                                 given=self.image_root is not None))
+        paths = [q.image if isinstance(q.image, EmbeddedImage) else next(files) for q in questions]
+        self.dataset = _ChoiceRows([q.record for q in questions], paths, self.image_processor, prompts, option_ids,
+                                   [q.options for q in questions], self.method)

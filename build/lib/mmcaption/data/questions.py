@@ -1,0 +1,353 @@
+"""Free-form questions for ``mmcaption predict``: a CSV or JSON Lines file of (image, question[, answer]),
+or VQAv2's official files (``v2_OpenEnded_mscoco_<split>_questions.json`` with, to score, its
+``v2_mscoco_<split>_annotations.json``).
+
+The answers are generated as the instruct stage was taught to answer; with a reference ``answer``, each
+row is scored by exact match after the VQA evaluation's normalisation (case, punctuation, articles,
+number words), and the run's summary gives the accuracy; with VQAv2-style human ``answers`` (a list),
+by the VQA accuracy (``min(#humans who gave it / 3, 1)``, as :func:`~mmcaption.evaluation.answers.vqa_accuracy`
+computes it), averaged in the summary, and per ``answer_type`` (yes/no, number, other) where the records
+have one (VQAv2's annotations do).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell
+from mmcaption.data.image_sources import coco2017_copy, image_paths
+from mmcaption.data.predict import _ImageRows, _PredictDataModule
+from mmcaption.data.records import DataError, JsonLines, missing_file, not_utf8, read_json, read_json_list
+from mmcaption.data.tables import field_count_problem, read_table_rows, refuse_duplicate_columns, separator_hint
+from mmcaption.errors import ConfigError
+from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
+from mmcaption.tasks import RESULT_COLUMNS
+
+
+@dataclass
+class OpenQuestion:
+    """One question of the file: where it is (physical line), the record as written, and what it asks."""
+
+    line: int
+    record: dict[str, Any]
+    image: str
+    question: str
+    answer: str | None
+
+
+def _question(path: Path, line: int, record: dict[str, Any], where: str | None = None) -> OpenQuestion:
+    """Check one record (keys already lower case) and take its image, question and answer; a problem is
+    refused naming ``where`` (by default the file and the line)."""
+    image = next((str(record[name]).strip() for name in IMAGE_COLUMNS if record.get(name) not in (None, "")), "")
+    # "text": LLaVA's own evaluation files (question_id, image, text, category), as its model_vqa.py reads them
+    question = str(record.get("question") or record.get("text") or "").strip()
+    # "label": POPE's yes/no key (as the multiple-choice reader takes it for an answer key)
+    answer, answers = _text(record.get("answer", record.get("label"))), record.get("answers")
+    problems = [f"no {what}" for what, value in (("image (column image or img_path)", image),
+                                                 ("question (column question, or text as LLaVA's evaluation files)", question))
+                if not value]
+    if answer is not None and not isinstance(answer, str):
+        problems.append(f"answer {answer!r} is not a string or a number")
+    if _text(answers) is None or isinstance(answers, str) and absent_cell(answers):  # pandas' NaN: no human answers
+        answers = None
+        record = {k: v for k, v in record.items() if k != "answers"}
+    if isinstance(answers, str):  # a CSV cell: a JSON list, as ``mmcaption predict`` writes lists to a CSV
+        try:
+            answers = json.loads(answers) if answers.strip() else None
+        except json.JSONDecodeError:
+            answers = answers if answers.strip() else None
+    if answers is not None:  # VQAv2-style: the human answers, as strings or as {"answer": ...} objects
+        answers = [_text(a.get("answer") if isinstance(a, dict) else a) for a in answers] if isinstance(answers, list) else None
+        if not answers or not all(isinstance(a, str) for a in answers):
+            problems.append("answers must be a non-empty list of strings (or numbers) or of {\"answer\": ...} objects "
+                            "(in a CSV cell: a JSON list, [\"two\", \"2\", ...])")
+        else:
+            record = {**record, "answers": answers}
+    if problems:
+        raise DataError(f"{where or f'{path}, line {line}'}: " + "; ".join(problems))
+    kept = {k: v for k, v in record.items() if k not in RESULT_COLUMNS}
+    answer = None if answer is None or absent_cell(answer) else answer.strip()  # pandas' NaN: no reference answer
+    if "answer" in kept:  # the answer the prediction is scored against, as it was read
+        kept["answer"] = answer
+    return OpenQuestion(line, kept, image, question, answer)
+
+
+def _text(value: Any) -> Any:
+    """A JSON number as the text a CSV cell would hold (``2`` -> ``"2"``, ``2.0`` -> ``"2"``; ``NaN``, as pandas
+    writes a missing value, -> None); anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if math.isnan(value):
+        return None
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def vqa_image_folder(subtype: str) -> str:
+    """The COCO image folder (and file-name part) of a VQAv2 split: ``val2014`` for ``val2014``;
+    ``test-dev2015``'s images are ``test2015``'s."""
+    return "test2015" if subtype.startswith("test") else subtype
+
+
+def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = None) -> list[OpenQuestion]:
+    """VQAv2's official questions file (``{"data_subtype": "val2014", "questions": [{"question_id",
+    "image_id", "question"}, ...]}``), with its annotations file (``{"annotations": [{"question_id",
+    "image_id", "answers": [{"answer", ...}, ...], "answer_type", "question_type",
+    "multiple_choice_answer"}, ...]}``) when given: joined on ``question_id``, each question then carries
+    its ten human ``answers`` and its ``answer_type``. The image of a question is COCO's
+    ``COCO_<folder>_<image_id, 12 digits>.jpg`` (:func:`vqa_image_folder`).
+
+    A question without ``question_id``, ``image_id`` or text, a question the annotations do not have
+    (or give another image), or an annotations file of another split is refused, naming the file and
+    the question. ``data``: the questions file's content, when it is read already."""
+    data = read_json(path, "questions file") if data is None else data
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list) and "questions" not in data:
+        raise DataError(f"{path} is VQAv2's annotations file (the human answers), not its questions: give it as "
+                        "--data.init_args.annotations_file, and the questions (v2_OpenEnded_mscoco_<split>_questions.json) "
+                        "as --data.init_args.questions_file")
+    if not (isinstance(data, dict) and isinstance(data.get("questions"), list)):
+        raise DataError(f"{path}: a .json questions file is VQAv2's official questions file "
+                        '({"data_subtype": ..., "questions": [{"question_id", "image_id", "question"}, ...]}), a list of '
+                        "question objects, or JSON Lines; other questions are read from .jsonl or .csv files")
+    subtype = str(data.get("data_subtype") or "")
+    if data.get("data_type", "mscoco") != "mscoco" or not subtype:
+        raise DataError(f"{path}: VQA questions on COCO images are read (data_type mscoco, a data_subtype such as "
+                        f"val2014); this file has data_type {data.get('data_type')!r}, data_subtype {subtype!r}")
+    folder = vqa_image_folder(subtype)
+    annotated: dict[int, dict[str, Any]] | None = None
+    if annotations is not None:
+        notes = read_json(annotations, "annotations file")
+        if isinstance(notes, dict) and isinstance(notes.get("questions"), list):
+            raise DataError(f"{annotations} is a questions file, not VQAv2's annotations (v2_mscoco_<split>_annotations.json, "
+                            "the human answers): give it as --data.init_args.questions_file")
+        if not (isinstance(notes, dict) and isinstance(notes.get("annotations"), list)):
+            raise DataError(f"{annotations}: not VQAv2's annotations file ({{\"annotations\": [{{\"question_id\", \"answers\", ...}}, ...]}})")
+        if notes.get("data_subtype") not in (None, subtype):
+            raise DataError(f"{annotations} annotates {notes['data_subtype']!r}, {path} asks {subtype!r}: give the annotations "
+                            "of the questions' split")
+        annotated = {a.get("question_id"): a for a in notes["annotations"] if isinstance(a, dict)}
+    questions, missing = [], []
+    for number, entry in enumerate(data["questions"], start=1):
+        entry = entry if isinstance(entry, dict) else {}
+        qid, image_id, text = entry.get("question_id"), entry.get("image_id"), entry.get("question")
+        if type(qid) is not int or type(image_id) is not int or not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, question {number} ({qid!r}): needs an integer question_id and image_id and a question")
+        record: dict[str, Any] = {"question_id": qid, "image_id": image_id, "question": text.strip(),
+                                  "image": f"COCO_{folder}_{image_id:012d}.jpg"}
+        if annotated is not None:
+            note = annotated.get(qid)
+            if note is None:
+                missing.append(qid)
+                continue
+            if note.get("image_id") != image_id:
+                raise DataError(f"{annotations}: question {qid} is about image {note.get('image_id')!r}, {path} says {image_id}")
+            if not isinstance(note.get("answers"), list):
+                raise DataError(f"{annotations}, question {qid}: no answers (a list of the human answers) to score it by")
+            record.update(answers=note.get("answers"), answer_type=note.get("answer_type"),
+                          question_type=note.get("question_type"), multiple_choice_answer=note.get("multiple_choice_answer"))
+        questions.append(_question(path, 0, record, where=f"{annotations if annotated is not None else path}, question {qid}"))
+    if missing:
+        raise DataError(f"{annotations} has no annotation for {len(missing)} of the {len(data['questions'])} questions of {path} "
+                        f"(question_id {', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}): "
+                        "give the annotations of the same split, or no annotations_file to answer without scoring")
+    if not questions:
+        raise DataError(f"{path} has no questions")
+    return questions
+
+
+VQA_IMAGES_LOOKED_FOR = 50
+
+
+def vqa_image_root(path: Path, questions: list[OpenQuestion], image_root: Path | None) -> Path:
+    """Where a VQAv2 file's COCO images are: ``<root>/<folder>`` (``val2014/`` as COCO's zip unpacks), or
+    ``<root>`` itself; the root is ``image_root``, by default the questions file's folder. The folder holding
+    any of the first images is taken (one image missing is that question's error, not the whole file's). With none
+    there, COCO 2017's copies of the photos under the root are read (:func:`coco2017_copy`)."""
+    root = image_root or path.parent
+    folder = questions[0].image.split("_")[1]
+    candidates = [root / folder, root]
+    images = list(dict.fromkeys(question.image for question in questions))[:VQA_IMAGES_LOOKED_FOR]
+    for candidate in candidates:
+        if any((candidate / image).is_file() for image in images):
+            return candidate
+    ids = list(dict.fromkeys(question.record["image_id"] for question in questions))
+    if any(coco2017_copy(root, image_id) for image_id in ids[:VQA_IMAGES_LOOKED_FOR]):  # only COCO 2017's download
+        copies = {image_id: coco2017_copy(root, image_id) for image_id in ids}
+        for question in questions:
+            question.image = copies[question.record["image_id"]] or question.image
+        return root
+    raise DataError(f"none of the first {len(images)} questions' images ({images[0]}, ...) is in {candidates[0]} or in "
+                    f"{candidates[1]}, nor in COCO 2017's train2017/ or val2017/ there (the same photos): give the "
+                    "folder that holds COCO's images with --data.image_root")
+
+
+def _lower_keys(path: Path, where: str, record: Any) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise DataError(f"{path}, {where}: a JSON object is needed, not {type(record).__name__}")
+    return {str(k).lower(): v for k, v in record.items()}
+
+
+def read_question_file(path: Path, annotations: Path | None = None) -> tuple[list[OpenQuestion], bool]:
+    """Questions from a ``.jsonl`` file (one object per line: ``image`` or ``img_path``, ``question``,
+    optional ``answer``, or VQAv2-style ``answers``: the human answers; JSON Lines named ``.json``, as POPE's label
+    files are, and a ``.json`` list of such objects too) or a ``.csv`` with those columns, in any case, as spreadsheets write it (a
+    UTF-8 byte-order mark is accepted; ``answers`` as a JSON list in its cell), or VQAv2's official
+    ``.json`` files (:func:`read_vqa_questions`; ``annotations`` goes with them only). A line that is
+    not JSON, a row whose fields do not fit the header, a duplicate column or a record without image or
+    question is refused, naming the file and its physical line. Returns the questions, and whether the file is VQAv2's
+    official questions file."""
+    if not path.is_file():
+        raise missing_file(path, "questions file")
+    if path.suffix.lower() == ".json":
+        data = read_json_list(path, "questions file")  # an object, a list, or JSON Lines (POPE's files, named .json)
+        if isinstance(data, dict) and not isinstance(data.get("questions"), list) and {"question", "text"} & {
+                str(key).lower() for key in data}:
+            data = [data]  # one question alone: a POPE file of one line
+        if not (isinstance(data, list) and annotations is None):
+            return read_vqa_questions(path, annotations, data), True
+        places = [data.place(n) if isinstance(data, JsonLines) else f"record {n + 1}" for n in range(len(data))]  # its line
+        questions = [_question(path, number, _lower_keys(path, place, record), where=f"{path}, {place}")
+                     for number, (place, record) in enumerate(zip(places, data), start=1)]
+        if not questions:
+            raise DataError(f"{path} has no questions")
+        return questions, False
+    if annotations is not None:
+        raise DataError(f"annotations_file {annotations} goes with VQAv2's official questions file (.json), not with {path}: "
+                        "a .jsonl or .csv carries its answers in its own answer or answers column")
+    questions = []
+    try:
+        if path.suffix.lower() == ".jsonl":
+            for line, text in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+                if not text.strip():
+                    continue
+                try:
+                    record = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}, line {line}: not JSON: {error}") from error
+                questions.append(_question(path, line, _lower_keys(path, f"line {line}", record)))
+        elif path.suffix.lower() == ".csv":
+            header, rows = read_table_rows(path)
+            refuse_duplicate_columns(path, header)
+            header = [name.lower() for name in header]
+            if not {"question", "text"} & set(header) or not any(name in header for name in IMAGE_COLUMNS):
+                raise DataError(f"{path}: the header needs the columns image (or img_path) and question (or text), and it has "
+                                f"{header}{separator_hint(header)}")
+            for line, fields in rows:
+                if any(field.strip() for field in fields):
+                    if problem := field_count_problem(path, line, fields, header):
+                        raise problem
+                    questions.append(_question(path, line, {k: v for k, v in zip(header, fields) if k}))
+        else:
+            raise DataError(f"{path}: questions are read from .jsonl, .csv or .json files (VQAv2's official questions, a "
+                            "list of question objects, or JSON Lines)")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    if not questions:
+        raise DataError(f"{path} has no questions")
+    return questions, False
+
+
+def read_questions(path: Path, annotations: Path | None = None) -> list[OpenQuestion]:
+    """The questions of a file, as :func:`read_question_file` reads them."""
+    return read_question_file(path, annotations)[0]
+
+
+class _QuestionRows(_ImageRows):
+    def __init__(self, rows, image_paths, image_processor, prompts: list[list[int]]) -> None:
+        super().__init__(rows, image_paths, image_processor)
+        self.prompts = prompts
+
+    def text(self, index: int) -> dict[str, Any]:
+        return {"task": "answer", "input_ids": torch.tensor(self.prompts[index])}
+
+
+class QuestionsPredictDataModule(_PredictDataModule):
+    """Answer free-form questions about images: ``mmcaption predict`` writes each record with its
+    ``prediction`` (and ``correct``, when the file gives an ``answer``) and reports the exact match.
+
+    Args:
+        questions_file: a ``.jsonl`` or ``.csv`` file of ``image`` (or ``img_path``), ``question`` and
+            optional ``answer`` (VQA-style exact match after normalisation) or ``answers`` (the human
+            answers: VQA accuracy); or VQAv2's official questions ``.json``.
+        annotations_file: with VQAv2's questions file, its annotations file (the human answers and
+            answer types, to score); without it, the questions are answered and not scored.
+        submission_questions_file: for VQAv2's test-dev, test2015's questions file: VQA's evaluation
+            server wants every test2015 question answered, so the results file gives the ones not asked
+            an empty answer.
+        image_root: folder the images are relative to (default: the file's folder; for VQAv2, the folder
+            that holds ``val2014/`` or the images themselves).
+        output: the file to write (``.jsonl``, or ``.csv``): the input fields, ``prediction``, ``correct``, ``error``.
+        system_prompt: the instruct stage's system prompt.
+        batch_size: questions per batch.
+        overwrite: replace ``output`` if it exists (by default an existing output is refused; the input
+            itself is always refused).
+    """
+
+    stage_needed = "instruct"
+
+    def __init__(
+        self,
+        questions_file: str,
+        annotations_file: str | None = None,
+        submission_questions_file: str | None = None,
+        image_root: str | None = None,
+        output: str = "predictions/answers.jsonl",
+        system_prompt: str = DEFAULT_SYSTEM,
+        batch_size: int = 8,
+        overwrite: bool = False,
+        instruction: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``instruction``: a line asked after each question, as LLaVA-1.5's evaluation asks VQAv2's with
+        "Answer the question using a single word or phrase." (scored against short human answers, a sentence
+        gets no credit); None asks the questions as written."""
+        super().__init__(output, batch_size, overwrite, **kwargs)
+        self.save_hyperparameters()
+        self.questions_file, self.image_root = Path(questions_file), image_root and Path(image_root)
+        self.annotations_file = annotations_file and Path(annotations_file)
+        # VQAv2's official questions file: predict also writes the answers as its evaluation server takes them
+        self.official_vqa = False  # VQAv2's official questions file: known once it is read (setup)
+        self.submission_questions_file = submission_questions_file and Path(submission_questions_file)
+        if self.submission_questions_file and self.questions_file.suffix.lower() != ".json":
+            raise ConfigError("submission_questions_file goes with VQAv2's official questions file (.json), which "
+                              f"questions_file {self.questions_file} is not")
+        self.system_prompt, self.instruction = system_prompt, instruction and instruction.strip()
+
+    def submission_question_ids(self) -> list[int]:
+        """The question ids the evaluation server's results file must hold: those of
+        ``submission_questions_file`` (every test2015 question for test-dev), else none beyond the asked."""
+        if self.submission_questions_file is None:
+            return []
+        return [q.record["question_id"] for q in read_vqa_questions(self.submission_questions_file)]
+
+    # the summary's accuracies per category, and per answer type (VQAv2's yes/no, number, other) as VQA's evaluation reports them
+    category_columns = {"per_category": "category", "per_answer_type": "answer_type"}
+
+    def input_files(self) -> list[Path]:
+        extra = [p for p in (self.annotations_file, self.submission_questions_file) if p]
+        return [self.questions_file, *extra]
+
+    def check_inputs(self, stage: str = "predict") -> None:
+        if not self.questions_file.is_file():
+            raise missing_file(self.questions_file, "questions file")
+        for name, file in (("annotations", self.annotations_file), ("submission questions", self.submission_questions_file)):
+            if file and not file.is_file():
+                raise missing_file(file, f"{name} file")
+
+    def setup(self, stage: str) -> None:
+        questions, self.official_vqa = read_question_file(self.questions_file, self.annotations_file)
+        root = self.image_root or self.questions_file.parent
+        if self.official_vqa:
+            root = vqa_image_root(self.questions_file, questions, self.image_root)
+        template = ConversationTemplate(system=self.system_prompt)
+        asked = [f"{q.question}\n{self.instruction}" if self.instruction else q.question for q in questions]
+        prompts = [template.prompt(question, self.tokenizer) for question in asked]
+        paths = image_paths([q.image for q in questions], root, self.questions_file,  # an absolute one stays as it is
+                            given=self.image_root is not None)
+        records = [{**q.record, "answer": q.answer} if q.answer else q.record for q in questions]
+        self.dataset = _QuestionRows(records, paths, self.image_processor, prompts)

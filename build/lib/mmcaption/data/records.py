@@ -1,0 +1,312 @@
+"""Bad-record policy shared by the loaders: raise with a message that names the record, or skip
+and count when the user asked for that. Nothing is dropped silently."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import json
+import os
+import re
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path, PureWindowsPath
+from typing import Literal
+
+from lightning.pytorch.utilities import rank_zero_warn
+
+from mmcaption.errors import MMCaptionError
+from mmcaption.images import existing_spelling, image_format
+
+OnBadRecord = Literal["error", "skip"]
+
+
+class DataError(MMCaptionError, ValueError):
+    """Input data that cannot be used, with a message that names the file or record."""
+
+
+def packed_file(path: Path, data: bytes | None = None) -> str | None:
+    """What a binary file given where text was asked for is, with what to do about it (a spreadsheet's workbook, an
+    archive); ``None`` for anything else. ``data``: its bytes when they were read, else its first bytes are (and a
+    zip's list of names: its end alone)."""
+    if data is None:
+        with contextlib.suppress(OSError), path.open("rb") as handle:
+            data = handle.read(8)
+    save = "not a text table: save it from the spreadsheet as CSV UTF-8 (File > Save As > CSV UTF-8)"
+    if data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):  # the Office 97-2003 container
+        return f"{path} is an Excel 97-2003 workbook (or another Office file), {save}"
+    if data.startswith(b"PK\x03\x04"):
+        with contextlib.suppress(zipfile.BadZipFile, OSError):
+            with zipfile.ZipFile(path if len(data) <= 8 else io.BytesIO(data)) as archive:
+                names = archive.namelist()
+            if any(name.startswith("xl/") for name in names) or "content.xml" in names:  # Excel's, or LibreOffice's
+                return f"{path} is a spreadsheet workbook, {save}"
+        return f"{path} is a zip archive: unpack it first (unzip -q {path} -d <folder>) and give what it holds"
+    if data.startswith(b"\x1f\x8b"):
+        return f"{path} is a gzip archive: unpack it first (tar -xzf {path}, or gunzip) and give what it holds"
+    return None
+
+
+def not_utf8(path: Path, table: bool = True) -> DataError:
+    """A text file that is not UTF-8, named with the line and the byte: most often a spreadsheet saved in
+    Windows' local code page (Excel's plain "CSV"), which UTF-8 cannot read back as written; a JSON file (``table``
+    false) written by Windows PowerShell 5 (UTF-16) or a Windows program's default encoding."""
+    data = path.read_bytes()
+    image = image_format(data)
+    if image is not None:  # a photo given where a table was asked for: not an encoding problem
+        return DataError(f"{path} is an image ({image}), not a text file")
+    if packed := packed_file(path, data):
+        return DataError(packed)
+    saved_as = ('as Excel\'s "Unicode Text" saves it', 'save it as "CSV UTF-8" (or UTF-8 in any editor)') if table else (
+        "as Windows PowerShell 5's > and Out-File write it", "write it as UTF-8 (Out-File -Encoding utf8; Python: "
+        "open(..., 'w', encoding='utf-8'))")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode Text", Notepad's "Unicode"
+        return DataError(f"{path} is UTF-16 text ({saved_as[0]}), not UTF-8; {saved_as[1]}")
+    start = data.startswith(b"\xef\xbb\xbf") * 3
+    try:
+        data[start:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        start += error.start
+    # lines end in \n, \r\n, or (a Mac's) \r alone: counted without copying the text
+    line = data.count(b"\n", 0, start) + data.count(b"\r", 0, start) - data.count(b"\r\n", 0, start) + 1
+    mac = b"\r" in data and b"\n" not in data
+    local = (" Mac Roman, as Excel for Mac's \"CSV (Macintosh)\" writes it" if mac and table else
+             " Windows' local code page" + (', as Excel\'s plain "CSV" writes it' if table else ""))
+    return DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[start]:02x} at {start}), likely{local}; {saved_as[1]}")
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def archive_hint(path: Path) -> str:
+    """For a file or folder that does not exist: the downloaded archive that would hold it, when one lies in
+    the deepest folder above it that exists (COCO's ``train2017.zip`` beside a missing ``train2017/``,
+    ``annotations_trainval2017.zip`` beside a missing ``annotations/``), with the command that unpacks it
+    there; else ``""``."""
+    folder = next((p for p in path.parents if p.is_dir()), None)
+    if folder is None or path.exists():
+        return ""
+    missing = path.relative_to(folder).parts[0] if path.is_relative_to(folder) else path.name
+    archives = sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(missing)
+                      and p.name.lower().endswith(ARCHIVE_SUFFIXES))
+    if not archives:
+        return ""
+    archive = archives[0]
+    command = (f"unzip -q {archive} -d {folder}" if archive.name.lower().endswith(".zip")
+               else f"tar -xf {archive} -C {folder}")
+    return f" {archive} is there, not unpacked: {command}"
+
+
+def missing_file(path: Path, what: str) -> DataError:
+    """``what`` (a file) not found at ``path``: a folder given in its place said as such, and the archive it
+    is still in, if one is beside it."""
+    if path.is_dir():
+        return DataError(f"{path} is a folder: the {what} is one file")
+    return DataError(f"{what} not found: {path}{archive_hint(path)}")
+
+
+def read_json(path: Path, what: str) -> object:
+    """A JSON file the user gave (a UTF-8 byte-order mark accepted); a missing file or one that is not JSON
+    is refused naming it and ``what`` it should be (and the archive it is still in, if it is beside it)."""
+    if not path.is_file():
+        raise missing_file(path, what)
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise not_utf8(path, table=False) from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path} is not valid JSON: {error}") from error
+
+
+class JsonLines(list):
+    """The records of a JSON Lines file, with the line each stands on (``lines``), for messages to name."""
+
+    lines: list[int]
+
+    def place(self, index: int) -> str:
+        return f"line {self.lines[index]}"
+
+
+def read_json_list(path: Path, what: str) -> object:
+    """A JSON file as :func:`read_json` reads it, or JSON Lines (one record per line, as many datasets ship
+    conversations) as the list of its records (:class:`JsonLines`: each one's line too); a line that is not JSON is
+    refused with its number."""
+    if path.suffix.lower() != ".jsonl":
+        try:
+            return read_json(path, what)
+        except DataError as error:
+            cause = error.__cause__
+            # a list with something after it (a stray bracket, two files joined) is no JSON Lines: its own error says where
+            if not isinstance(cause, json.JSONDecodeError) or not cause.msg.startswith("Extra data") or cause.doc.lstrip().startswith("["):
+                raise
+    elif not path.is_file():
+        return read_json(path, what)  # its message, with the archive hint
+    records = JsonLines()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise not_utf8(path, table=False) from None
+    if text.lstrip().startswith("[") and not text.lstrip().startswith("[]"):  # a JSON list named .jsonl
+        with contextlib.suppress(json.JSONDecodeError):
+            if isinstance(listed := json.loads(text), list):
+                return listed
+    records.lines = []
+    # lines end at "\n" only: U+2028 and the like may stand raw inside a JSON string
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}, line {number}: not valid JSON Lines (one JSON record per line): {error}") from None
+            records.lines.append(number)
+    return records
+
+
+def _hash_place(key: str) -> int:
+    return zlib.crc32(key.encode()) % 10_000
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """Stable hash split: the same records (or images) are held out on every run and every rank."""
+    return _hash_place(key) < fraction * 10_000
+
+
+def held_out_keys(keys: set[str], fraction: float) -> set[str]:
+    """The keys held out for validation: those the hash puts there, or in a set too small for the fraction to
+    hold any out (a first try on 50 records at 1%), the one nearest to it, so that a sample of a large set trains
+    as the set would; the same on both sides and every rank."""
+    held = {key for key in keys if held_out(key, fraction)}
+    if not held and len(keys) > 1 and fraction > 0:
+        held = {min(keys, key=lambda key: (_hash_place(key), key))}
+    return held
+
+
+def escapes_root(relative: str) -> bool:
+    """Whether a record's image path is read from outside its image folder (absolute, or climbing out with
+    ``..``), as LLaVA's and some labelling tools' files write them: read as written, followed by the cache."""
+    path = Path(relative.replace("\\", "/") if os.sep == "/" else relative)  # a Windows exporter's ..\\photos too
+    return path.is_absolute() or bool(PureWindowsPath(relative).drive) or ".." in path.parts
+
+
+def may_name_paths_outside(file: Path, key: bytes) -> bool:
+    """A cheap look at ``file``'s raw bytes: whether a ``key`` of its JSON may hold an image path that leaves its
+    folder (absolute, a Windows drive, or with ``..``). Only then is the file parsed for them (:func:`outside_root`):
+    the official COCO and LLaVA files have none (LLaVA-Instruct-150k's 229 MB take 0.27 s to look at)."""
+    return re.search(key + rb'"(?:/|\\\\|[A-Za-z]:|[^"]*\.\.)', file.read_bytes()) is not None
+
+
+def outside_root(names: Iterable[str | None], root: Path) -> list[tuple[str, str | None]]:
+    """The image paths among ``names`` that are read from outside ``root`` (absolute, or climbing out with
+    ``..``), ``(path as written, where it is or None)`` each: a cache follows their content as it follows the
+    image folder's (:func:`mmcaption.data.cache.files_signature`)."""
+    outside = sorted({name for name in names if name and escapes_root(name)})
+    found = [(name, root / existing_spelling(root, name)) for name in outside]
+    return [(name, str(path) if path.is_file() else None) for name, path in found]
+
+
+class BadRecords:
+    """Collects bad records under ``on_bad_record="skip"``; raises on the first one otherwise.
+
+    Args:
+        source: the file or dataset the records come from, named in every message.
+        on_bad_record: ``"error"`` raises :class:`DataError`; ``"skip"`` counts and goes on.
+    """
+
+    def __init__(self, source: str | Path, on_bad_record: OnBadRecord = "error") -> None:
+        if on_bad_record not in ("error", "skip"):
+            raise DataError(f"on_bad_record must be 'error' or 'skip', not {on_bad_record!r}")
+        self.source = str(source)
+        self.on_bad_record = on_bad_record
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}
+        self.notes: Counter[str] = Counter()
+        self.note_examples: dict[str, str] = {}  # the first record of each kind noted, as messages name it
+        self.deferred: dict[str, list[str]] = {}  # under "error": bad records found in a long pass, reported at its end
+
+    def bad(self, kind: str, message: str) -> None:
+        """Report one bad record of ``kind`` (e.g. ``"missing image"``)."""
+        if self.on_bad_record == "error":
+            raise DataError(
+                f"{self.source}: {message}. Fix the record, or set on_bad_record: skip to skip such records "
+                "and have them counted."
+            )
+        self.counts[kind] += 1
+        self.examples.setdefault(kind, message)
+
+    def all_at_once(self, kind: str, messages: list[str], summary: str, fix: str, every: bool = False) -> None:
+        """Report every bad record of ``kind`` found by one check: all in one message (their count and the
+        first three) when ``on_bad_record`` is ``error``, so one run shows them all; each counted under ``skip``.
+        ``every``: no record passed the check, so skipping them is no way out, and the message does not offer it."""
+        if not messages:
+            return
+        if self.on_bad_record == "error" or every:
+            first = "; ".join(messages[:3]) + ("; ..." if len(messages) > 3 else "")
+            way = "" if every else ", or set on_bad_record: skip to skip them and have them counted"
+            raise DataError(f"{self.source}: {summary} (first: {first}). {fix}{way}.")
+        for message in messages:
+            self.bad(kind, message)
+
+    def defer(self, kind: str, message: str) -> None:
+        """A bad record found during a long pass (decoding every image): under ``error`` it is kept and
+        :meth:`raise_deferred` reports all of them at the pass's end, instead of one per run."""
+        if self.on_bad_record == "error":
+            self.deferred.setdefault(kind, []).append(message)
+        else:
+            self.bad(kind, message)
+
+    def raise_deferred(self) -> None:
+        deferred, self.deferred = self.deferred, {}
+        for kind, messages in deferred.items():
+            self.all_at_once(kind, messages, f"{len(messages)} x {kind}", "Fix or remove them")
+
+    def missing_images(self, missing: list[tuple[str, Path]], total: int, what: str, root: Path) -> None:
+        """Report records whose image file does not exist: all at once with their count when
+        ``on_bad_record`` is ``error``, each counted when it is ``skip``. None of them found at all is
+        refused even under ``skip``: that is a wrong image folder, not a few bad records.
+
+        Args:
+            missing: ``(record name, image path)`` of each such record.
+            total: how many records there are, for the count in the message.
+            what: how the records read in the message, e.g. ``"referenced images are"``.
+            root: the folder the images were looked for in.
+        """
+        if not missing:
+            return
+        name, path = missing[0]
+        relative = path.relative_to(root) if path.is_relative_to(root) else path
+        # the folder given one level too high (data/coco for data/coco/train2017) or too deep: where the image is
+        below = sorted(folder for folder in root.iterdir() if folder.is_dir())[:200] if root.is_dir() else []
+        hint = next((f" {relative} is under {folder}: is that the image folder?" for folder in [*list(root.parents)[:3], *below]
+                     if (folder / relative).is_file()), "")
+        if not hint and path.parent.is_dir():  # LLaVA-1.5's ocr_vqa download: 140031996.png where the file says .jpg
+            other = next((p.name for p in sorted(path.parent.glob(glob.escape(path.stem) + ".*")) if p.is_file()), None)
+            hint = f" {other} is there, the same name with another suffix: rename it to {path.name}." if other else ""
+        first = f"first: {name}, its image {relative} looked for as {path}"
+        if self.on_bad_record == "error" or len(missing) == total:
+            raise DataError(
+                f"{self.source}: {len(missing)} of {total} {what} missing under {root} ({first}).{hint} Fix the image "
+                "folder" + (", or set on_bad_record: skip to skip them and have them counted." if len(missing) < total else ".")
+                + (archive_hint(root) if len(missing) == total else "")
+            )
+        for name, path in missing:
+            self.bad("missing image", f"{path} ({name}) does not exist")
+
+    def note(self, kind: str, count: int = 1, example: str | None = None) -> None:
+        """Count something done to a usable record that the user should hear of (e.g. truncation), with the first
+        record it was done to when there is one to name."""
+        self.notes[kind] += count
+        if example is not None:
+            self.note_examples.setdefault(kind, example)
+
+    def summary(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def warn_if_any(self) -> None:
+        for kind, n in self.notes.items():
+            rank_zero_warn(f"{self.source}: {n} x {kind}" + (f" (first: {self.note_examples[kind]})" if kind in self.note_examples else ""))
+        if self.counts:
+            details = "; ".join(f"{n} x {kind} (first: {self.examples[kind]})" for kind, n in self.counts.items())
+            rank_zero_warn(f"{self.source}: skipped {sum(self.counts.values())} bad records: {details}")

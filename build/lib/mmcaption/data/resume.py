@@ -1,0 +1,148 @@
+"""Going on from an interrupted ``mmcaption predict``: the rows its output holds, read back as they were
+written, after checking that they are the first rows of the input asked again - or, from a run on several
+processes, the rows of their shares, put together first."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from mmcaption.errors import OutputExistsError
+from mmcaption.evaluation.report import (
+    NAMES_AS_BYTES,
+    json_line,
+    read_output_rows,
+    record_differences,
+    starts_with_bom,
+    summary_path,
+)
+
+
+def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows an interrupted predict wrote to ``output``, refusing an output that was not interrupted
+    (no summary, or one that says the run finished) or whose rows are not the first of ``rows`` (another
+    input, or the same one changed since)."""
+    summary = summary_path(output)
+    if not summary.is_file():
+        raise OutputExistsError(f"resume: {output} has no {summary.name} beside it, so it is not the output of an "
+                                "interrupted predict; choose another --data.output, or replace it with --data.overwrite true")
+    said = json.loads(summary.read_text(encoding="utf-8"))
+    if not said.get("interrupted"):
+        before = said.get("rows") or 0
+        grown = "" if len(rows) == before else (
+            f"; this input has {len(rows)} rows now: resume goes on with an interrupted run, so give the new ones their own "
+            "--data.output, or predict all again with --data.overwrite true" if len(rows) > before else
+            f"; this input has {len(rows)} rows: another input, or this one shortened since (--data.overwrite true predicts "
+            "it again)")
+        raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
+                                f"interrupted): nothing to go on with{grown}")
+    written = read_output_rows(output)
+    check_first_rows(written, rows, output)
+    if len(written) == len(rows):
+        raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
+                                "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
+    if len(written) > len(rows):
+        raise OutputExistsError(f"resume: {output} holds {len(written)} rows, more than the {len(rows)} this input has: "
+                                "it is the output of another input")
+    return written
+
+
+def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path | str) -> None:
+    """Refuse rows ``written`` to ``output`` that are not the first of this input's ``rows`` (compared as written)."""
+    for number, (row, record) in enumerate(zip(written, rows), start=1):
+        differs = next((key for key, value in record.items() if isinstance(value, str) and str(row.get(key, value)) != value), None)
+        if differs is not None:
+            raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
+                                    f"row {number} has {record[differs]!r}: it is the output of another input, or of this "
+                                    "one before it changed; replace it with --data.overwrite true")
+
+
+def check_made_alike(output: Path, now: dict[str, Any], earlier: dict[str, Any] | None = None) -> None:
+    """Refuse to go on from ``output`` when its rows were predicted by other weights or settings than
+    ``now`` (:func:`~mmcaption.evaluation.report.prediction_record`): the two runs' rows would make one
+    accuracy of two models. An output of a version that did not record them is gone on from. ``earlier``:
+    its summary's record, when it has no summary file yet."""
+    earlier = earlier if earlier is not None else json.loads(summary_path(output).read_text(encoding="utf-8")).get("made_by")
+    differences = record_differences(earlier, now) if earlier else []
+    if differences:
+        raise OutputExistsError(f"resume: the rows of {output} came from other weights or settings - {'; '.join(differences)}: "
+                                "with this run's they would be one result of two; go on with the same --ckpt_path and "
+                                "settings, or replace it with --data.overwrite true")
+
+
+def output_exists_advice(output: Path, share: bool = False) -> str:
+    """What to do about an existing ``output``: an interrupted run's (its summary says so) is gone on from with
+    ``--data.resume true``, which ``--data.overwrite true`` would throw away - unless it is one ``share`` of several
+    processes' output, which resume does not go on from."""
+    try:
+        interrupted = json.loads(summary_path(output).read_text(encoding="utf-8")).get("interrupted")
+    except (OSError, ValueError, AttributeError):
+        interrupted = None
+    if interrupted and share:
+        return (f"output {output} exists, one process's share of a run on several processes that was interrupted "
+                f"({interrupted}): go on from the shares with --data.resume true on one device (--trainer.devices 1), "
+                "predict them again with --data.overwrite true, or choose another --data.output")
+    if interrupted:
+        return (f"output {output} exists, left by an interrupted run ({interrupted}): go on from it with "
+                "--data.resume true, choose another --data.output, or replace it with --data.overwrite true")
+    return f"output {output} exists; choose another --data.output, or replace it with --data.overwrite true"
+
+
+def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str, Any] | None) -> str | None:
+    """Before a resume on one process: a run on several processes that was interrupted left each one's share of
+    ``output`` (``<stem>.rank<r><suffix>``, rows r, r + N, ..., its summary naming its rank and N; a process
+    stopped before its first row left none) and no ``output``. Once checked to be the first of this input's
+    ``rows``, predicted as ``now`` would, they become ``output``: its rows in the input's order up to the first
+    that no share holds (those after it are predicted again), with a summary saying what made them and that the
+    run was interrupted; the shares go. Returns what was done, for a note; ``None`` when there are no shares."""
+    if output.exists():
+        return None
+    shares: dict[int, tuple[Path, dict[str, Any]]] = {}
+    for path in output.parent.glob(f"{glob.escape(output.stem)}.rank*{glob.escape(output.suffix)}"):
+        try:
+            said = json.loads(summary_path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(said, dict) and isinstance(said.get("share"), dict):
+            shares[said["share"]["rank"]] = (path, said)
+    if not shares:
+        return None
+    processes = {said["share"]["processes"] for _, said in shares.values()}
+    if len(processes) > 1:
+        raise OutputExistsError(f"resume: the shares of {output} ({', '.join(sorted(p.name for p, _ in shares.values()))}) "
+                                "come from runs on different numbers of processes; remove those of the older run")
+    (count,) = processes
+    parts = [read_output_rows(shares[rank][0]) if rank in shares else [] for rank in range(count)]
+    done = []
+    for place in itertools.count():
+        part = parts[place % count]
+        if place // count >= len(part):
+            break
+        done.append(part[place // count])
+    first, said = next(iter(shares.values()))
+    check_first_rows(done, rows, f"the shares of {output}")
+    if now is not None:
+        check_made_alike(output, now, said.get("made_by") or {})
+    partial = output.with_name(f".{output.name}.partial")
+    if output.suffix.lower() == ".csv":
+        columns = list(dict.fromkeys(key for part in parts for row in part for key in row))
+        encoding = "utf-8-sig" if starts_with_bom(first) else "utf-8"  # Excel's byte-order mark, if the shares have it
+        with partial.open("w", newline="", encoding=encoding, errors=NAMES_AS_BYTES) as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(done)
+    else:
+        partial.write_text("".join(json_line(row) for row in done), encoding="utf-8")
+    summary_path(output).write_text(json.dumps({"rows": len(done), "output": str(output), "made_by": said.get("made_by"),
+                                                "interrupted": said.get("interrupted") or "put together from shares"}))
+    partial.replace(output)
+    for path, _ in shares.values():
+        path.unlink()
+        summary_path(path).unlink(missing_ok=True)
+    later = sum(map(len, parts)) - len(done)
+    return (f"the shares of {count} processes put together in {output}: {len(done)} rows in the input's order"
+            + (f" ({later} done after the first row that no share holds are predicted again)" if later else ""))

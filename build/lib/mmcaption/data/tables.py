@@ -1,0 +1,115 @@
+"""CSV and TSV tables as spreadsheets write them: a byte-order mark (Excel's "CSV UTF-8"), cells that look like numbers,
+a separator other than the comma; what cannot be read right is refused with the file and the line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+from mmcaption.data.records import DataError, not_utf8, packed_file
+
+# pandas' options for a caption table: an empty cell, or one reading "NA" or "null", is that text (an empty caption is
+# reported as one), and a blank line is a row (its line number is the file's)
+CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
+SEVERAL_CAPTIONS = "; several captions of a photo go one row each, or in one cell, one line each (hub_caption_separator)"
+
+
+def separator_hint(header: list[str]) -> str:
+    """``"; it looks separated by semicolons: ..."`` for a CSV header read as one cell because its separator
+    is another (Excel writes semicolons where the comma is the decimal mark), else ``""``."""
+    return next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
+                 (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
+
+
+def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (names stripped) and the rows, each with its first physical line, of a UTF-8 CSV or TSV
+    as spreadsheets write it (a byte-order mark is accepted); undecodable text or broken quoting is
+    refused with the file and the line."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            header = [name.strip() for name in next(reader, [])]
+            rows, start = [], reader.line_num + 1
+            for fields in reader:
+                rows.append((start, fields))
+                start = reader.line_num + 1
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    except csv.Error as error:
+        raise DataError(f"{path}, line {reader.line_num}: not valid {kind}: {error}") from error
+    return header, rows
+
+
+def field_count_problem(path: Path, line: int, fields: list[str], header: list[str]) -> DataError | None:
+    """A row whose number of fields is not the header's, said with its likely cause; ``None`` for a row that fits."""
+    if len(fields) == len(header):
+        return None
+    why = "a comma inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
+    return DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} ({why})")
+
+
+def refuse_duplicate_columns(path: Path, header: list[str], hint: str = "") -> None:
+    """A header naming a column twice (in any case) is refused: which of them is meant cannot be known (pandas reads
+    the second ``caption`` as ``caption.1``, and its cells were left out without a word)."""
+    folded = [name.strip().casefold() for name in header]
+    duplicates = sorted({name.strip() for name, low in zip(header, folded) if low and folded.count(low) > 1})
+    if duplicates:
+        raise DataError(f"{path}: column(s) {duplicates} appear more than once in the header{hint}")
+
+
+def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = False) -> dict:
+    """``datasets``' options for reading caption tables: :data:`CSV_OPTIONS`, and every column as text (an image
+    folder's ``metadata.csv``: its columns as text beside the images). Left to guess, ``datasets`` types a column by
+    the first 10,000 rows, and refused a whole table whose spare ``rating`` column is empty further down
+    (``ArrowInvalid``); a caption or a file name of digits (``1984``) was a number, so no caption. The tables of one
+    dataset have the same columns; one that differs is named (``datasets`` failed on a column no file was named for)."""
+    names: list[str] = []
+    for file in files:
+        refuse_duplicate_columns(file, _header(file), hint)
+        columns = list(pd.read_csv(file, nrows=0, encoding="utf-8-sig", **CSV_OPTIONS).columns)
+        if names and set(columns) != set(names):
+            raise DataError(f"{file} has the columns {columns}, and {files[0]} has {names}: the tables of one dataset "
+                            "have the same columns")
+        names = names or columns
+    text = {name: datasets.Value("string") for name in names}
+    if image_folder:  # datasets reads the images its file_name column names into an image column
+        return {"features": datasets.Features({"image": datasets.Image(), **{k: v for k, v in text.items() if k != "file_name"}})}
+    return {**CSV_OPTIONS, "features": datasets.Features(text)}
+
+
+def read_table_file(path: Path, cache_dir: str | None = None) -> datasets.Dataset:
+    """One file of captions (a parquet download, JSON Lines, a CSV as :func:`csv_text_options` reads it), read through
+    ``datasets``' cache in ``cache_dir`` when given (else its own); a workbook, an archive or a ``.tsv`` given in its
+    place is refused saying what to do."""
+    builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
+    if builder is None:
+        tsv = "; a .tsv (as Conceptual Captions' image URLs come): save it comma-separated as .csv, with a header line " \
+              "naming its columns (image,caption)" if path.suffix.lower() == ".tsv" else ""
+        packed = packed_file(path)  # a workbook, a zip
+        raise DataError(packed or f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file{tsv}")
+    options = csv_text_options([path], SEVERAL_CAPTIONS) if builder == "csv" else {}
+    return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir, **options)
+
+
+def columns_named(data: datasets.Dataset, wanted: tuple[str, ...]) -> datasets.Dataset:
+    """The ``wanted`` columns as the settings name them, where the table heads them in another case or with spaces
+    around (a sheet typed ``Image,Caption ``), as the other CSV readers take them."""
+    loose = {}
+    for name in wanted:
+        if name not in data.column_names:
+            found = [column for column in data.column_names if column.strip().casefold() == name.strip().casefold()]
+            if len(found) == 1:
+                loose[found[0]] = name
+    return data.rename_columns(loose) if loose else data
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return next(csv.reader(handle), [])
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None

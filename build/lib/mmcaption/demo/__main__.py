@@ -1,0 +1,3 @@
+from mmcaption.demo.run import main
+
+main()

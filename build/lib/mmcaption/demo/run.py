@@ -1,0 +1,265 @@
+"""The offline demo: synthetic shapes, tiny backbones, and both training stages through the real code path.
+
+``mmcaption-demo`` writes (once) under ``demo_data/`` a synthetic captioning set in the official COCO
+layout, conversations about the same images in the LLaVA layout, and tiny Phi / CLIP backbones with a
+tokenizer in Hugging Face format. It then runs the pipeline - ``configs/demo/caption.yaml``, then
+``configs/demo/instruct.yaml`` started from the caption stage's checkpoint - with the same 4-bit
+loading, LoRA, cross-attention, data modules and CLI that train the real model. Extra arguments go
+to both stages' ``mmcaption fit``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mmcaption.callbacks import format_seconds
+from mmcaption.cli import check_command, run_cli
+from mmcaption.data.cache import is_complete, publish_atomically
+from mmcaption.data.predict import MultipleChoiceDataModule
+from mmcaption.demo.evaluation import (
+    evaluate_answers,
+    evaluate_captions,
+    evaluate_choices,
+    question_attributes,
+    render_examples,
+    steps_to_reach,
+    train_answer_counts,
+)
+from mmcaption.demo.options import CLIP_PRETRAINING_STEPS, LANGUAGE_PRETRAINING_STEPS, demo_parser
+from mmcaption.demo.synthetic import Scene, demo_corpus, write_coco_split, write_llava_split, write_multiple_choice_csv
+from mmcaption.demo.tiny import save_tiny_backbones
+from mmcaption.errors import OutputExistsError, user_errors_exit
+from mmcaption.folders import check_writable
+from mmcaption.pipeline import StageResult, run_pipeline
+
+DEMO_VERSION = 9
+DEMO_ENTRIES = ("coco", "llava", "backbones", "choice_val2017.csv", "meta.json")  # what the demo writes in its root
+
+
+def prepare_demo_assets(
+    root: str | Path = "demo_data",
+    seed: int = 0,
+    train_images: int = 3000,
+    val_images: int = 200,
+    pretrain_steps: int = LANGUAGE_PRETRAINING_STEPS,
+    clip_steps: int = CLIP_PRETRAINING_STEPS,
+) -> Path:
+    """Write ``root/coco`` (synthetic COCO layout), ``root/llava`` (conversations about the same images)
+    and ``root/backbones`` (tiny LM and CLIP) unless they are already there for this seed and size."""
+    root = Path(root)
+    settings = {"version": DEMO_VERSION, "seed": seed, "train_images": train_images, "val_images": val_images,
+                "pretrain_steps": pretrain_steps, "clip_steps": clip_steps}
+    if is_complete(root):
+        try:
+            written = json.loads((root / "meta.json").read_text())
+        except (OSError, ValueError):
+            written = None
+        if written == settings:
+            return root
+        demo_data = isinstance(written, dict) and {"version", "seed"} <= set(written) and all(
+            (root / name).is_dir() for name in ("coco", "llava", "backbones"))
+        if not demo_data:  # a folder of the user's that happens to hold a meta.json: never removed
+            raise OutputExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
+        others = sorted(entry.name for entry in root.iterdir() if entry.name not in DEMO_ENTRIES)
+        if others:  # the user's own files, kept in the demo's folder: never removed with it
+            raise OutputExistsError(f"{root} holds demo data written with other settings, and files the demo did not write "
+                                    f"({', '.join(others[:5])}): the demo would remove them with its data. Move them out, "
+                                    "or pick --root")
+        changed = ", ".join(f"{key} {written.get(key)} -> {value}" for key, value in settings.items() if written.get(key) != value)
+        backbones = any(written.get(key) != settings[key] for key in ("version", "seed", "pretrain_steps", "clip_steps"))
+        print(f"note: {root} holds demo data written with other settings ({changed}): it is written again" + (
+              "; its backbones change too, so checkpoints and exports trained on the earlier ones no longer fit them"
+              if backbones else ""), file=sys.stderr, flush=True)
+        shutil.rmtree(root)
+    elif root.exists():
+        raise OutputExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
+    with publish_atomically(root) as staging:
+        with phase(f"demo data: {train_images:,} training and {val_images:,} held-out images in the COCO layout"):
+            write_coco_split(staging / "coco", "train2017", train_images, seed=seed)
+            write_coco_split(staging / "coco", "val2017", val_images, seed=seed, first_image_id=train_images + 1)
+        with phase("demo data: conversations in the LLaVA layout, and a multiple-choice CSV"):
+            for split in ("train2017", "val2017"):
+                write_llava_split(staging / "llava", staging / "coco", split, seed=seed)
+            write_multiple_choice_csv(staging / "choice_val2017.csv", staging / "coco", "val2017", seed=seed)
+        with phase(f"demo backbones: a tiny language model ({pretrain_steps} pretraining steps) and a tiny CLIP "
+                   f"({clip_steps} contrastive steps), saved in Hugging Face format"):
+            save_tiny_backbones(
+                staging / "backbones", demo_corpus(seed), seed=seed, pretrain_steps=pretrain_steps, clip_steps=clip_steps
+            )
+        (staging / "meta.json").write_text(json.dumps(settings))
+    return root
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Say that a long phase starts, and when it is done, how long it took (flushed: a log file shows it
+    as it happens)."""
+    print(f"{name} ...", flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"{name}: done in {format_seconds(time.perf_counter() - start)}", flush=True)
+
+
+def scalar_series(log_dir: str | Path, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of one scalar from the TensorBoard event files in ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags()["scalars"]:
+        return []
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def root_arguments(root: Path) -> dict[str, list[str]]:
+    """Each stage's paths under ``--root`` (the demo configs name ``demo_data/``, the default)."""
+    model = ["--model.config.language_model", str(root / "backbones" / "language_model"),
+             "--model.config.vision_model", str(root / "backbones" / "vision_model")]
+    return {
+        "caption": [*model, "--data.init_args.data_dir", str(root / "coco")],
+        "instruct": [*model, "--data.init_args.train_file", str(root / "llava" / "instruct_train2017.json"),
+                     "--data.init_args.val_file", str(root / "llava" / "instruct_val2017.json"),
+                     "--data.init_args.image_root", str(root / "coco")],
+    }
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    """The ``mmcaption-demo`` console script."""
+    run_demo(argv)
+
+
+def run_demo(argv: list[str] | None = None) -> dict:
+    """Run the demo with command-line ``argv``; returns the report it printed."""
+    parser = demo_parser()
+    args, fit_args = parser.parse_known_args(argv)
+    for name in ("language_steps", "clip_steps"):
+        if 0 < getattr(args, name) < 4:
+            parser.error(f"--{name} must be 0 (no pretraining) or at least 4")
+
+    # the demo's own configs follow --root; a config of the user's only when --root is given
+    paths = root_arguments(Path(args.root))
+    stage_args = {name: paths[name] if args.root != parser.get_default("root") or config == parser.get_default(name) else []
+                  for name, config in (("caption", args.caption), ("instruct", args.instruct))}
+    for name, stage in (("caption", args.caption), ("instruct", args.instruct)):  # a mistyped setting is found now,
+        check_command(["--config", stage, *stage_args[name], *fit_args], run_checks=False)  # not after the data is built
+    check_report_folder(Path(args.report))
+    start = time.perf_counter()
+    root = prepare_demo_assets(args.root, args.seed, args.train_images, args.val_images, args.language_steps, args.clip_steps)
+    caption, instruct = run_pipeline(args.caption, args.instruct, fit_args, stage_args=stage_args)
+    scratch = None
+    if args.scratch_control:  # the control: the same instruct stage without the caption stage's weights
+        print("== the control: the instruct stage from scratch, without the caption stage's weights ==", flush=True)
+        scratch = run_cli([
+            "fit", "--config", args.instruct, *stage_args["instruct"], "--model.init_from", "null",
+            "--trainer.enable_checkpointing", "false",
+            "--trainer.callbacks", "[]", "--trainer.logger.init_args.name", "demo-instruct-scratch", *fit_args,
+        ])
+    training_time = time.perf_counter() - start
+
+    with phase("held-out evaluation: captions, answers and multiple choice, each with its blind control"):
+        report = evaluate(root, caption, instruct, scratch, Path(args.report))
+    report["wall_time_s"] = time.perf_counter() - start
+    report["training_time_s"] = training_time
+    (Path(args.report) / "report.json").write_text(json.dumps(report, indent=2))
+    print_report(report)
+    return report
+
+
+REPORT_FILES = ("report.json", "examples.png")
+
+
+def check_report_folder(folder: Path) -> None:
+    """Before anything runs: the report's files may replace an earlier demo report's, never files of the
+    user's that bear their names (``--report .`` beside one's own ``report.json``)."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"--report {folder} is a file: the report is a folder (report.json, examples.png); pick "
+                                "another --report")
+    check_writable(folder, "the demo's report")
+    report = folder / "report.json"
+    try:
+        earlier = json.loads(report.read_text()) if report.is_file() else None
+    except (OSError, ValueError):
+        earlier = None
+    ours = isinstance(earlier, dict) and {"captions", "multiple_choice", "examples_png"} <= set(earlier)
+    taken = [folder / name for name in REPORT_FILES if (folder / name).exists()]
+    if taken and not ours:
+        raise OutputExistsError(f"{', '.join(map(str, taken))}: not an earlier demo report's, and the demo would write over "
+                                "it; pick another --report folder")
+    if taken:
+        print(f"note: the earlier demo report in {folder} is replaced at the end of this run", file=sys.stderr, flush=True)
+
+
+def evaluate(root: Path, caption: StageResult, instruct: StageResult, scratch, report_dir: Path) -> dict:
+    """Held-out evaluation of both stages, with blind controls (see ``mmcaption.demo.evaluation``)."""
+    scenes = {image["id"]: Scene(**image["scene"]) for image in
+              json.loads((root / "coco" / "annotations" / "captions_val2017.json").read_text())["images"]}
+    caption_dm = caption.cli.datamodule
+    captions = evaluate_captions(caption.cli.model.tasks, caption_dm.caption_images_loader("val2017", None), scenes)
+    png = render_examples(captions.pop("examples"), report_dir / "examples.png")
+
+    instruct_dm = instruct.cli.datamodule
+    answers = evaluate_answers(
+        instruct.cli.model.tasks, instruct_dm.questions_loader("val", None),
+        question_attributes(root / "llava" / "instruct_val2017.json"), train_answer_counts(root / "llava" / "instruct_train2017.json"),
+    )
+    choice_dm = MultipleChoiceDataModule(
+        csv_file=str(root / "choice_val2017.csv"), tokenizer=instruct_dm.tokenizer_name,
+        image_processor=instruct_dm.image_processor_name, system_prompt=instruct_dm.template.system,
+        batch_size=32, num_workers=0,
+    )
+    choices = evaluate_choices(instruct.cli.model.tasks, choice_dm)
+
+    curves = {"from caption": scalar_series(instruct.cli.trainer.logger.log_dir, "val/answer_exact_match")}
+    if scratch is not None:
+        curves["from scratch"] = scalar_series(scratch.trainer.logger.log_dir, "val/answer_exact_match")
+    return {
+        "captions": captions,
+        "answers": answers,
+        "multiple_choice": choices,
+        "steps_to_80_percent": {name: steps_to_reach(curve, 0.8) for name, curve in curves.items()},
+        "last_logged_step": {name: curve[-1][0] if curve else None for name, curve in curves.items()},
+        "gates": {stage.name: stage.cli.model.model.gate_values() for stage in (caption, instruct)},
+        "checkpoints": {stage.name: stage.checkpoint for stage in (caption, instruct)},
+        "logs": {stage.name: stage.cli.trainer.logger.log_dir for stage in (caption, instruct)},
+        "examples_png": str(png),
+    }
+
+
+def print_report(report: dict) -> None:
+    def pct(value: float) -> str:
+        return f"{100 * value:5.1f}%"
+
+    captions, answers, choices = report["captions"], report["answers"], report["multiple_choice"]
+    print("\n== mmcaption demo: does the model see? (held-out images) ==")
+    print(f"captions ({captions['images']} images): " + ", ".join(f"{k} {v:.3f}" for k, v in captions["metrics"].items()))
+    print(f"  {'attribute':<10} {'seeing':>7} {'blind':>7} {'chance':>7}")
+    for name, value in captions["accuracy"].items():
+        print(f"  {name:<10} {pct(value):>7} {pct(captions['blind'][name]):>7} {pct(captions['chance'][name]):>7}")
+    print(f"answers ({answers['questions']} questions, exact match): seeing {pct(answers['exact_match'])}, "
+          f"blind {pct(answers['blind'])}, chance {pct(answers['chance'])}")
+    print("  by attribute: " + ", ".join(f"{k} {pct(v)}" for k, v in answers["by_attribute"].items()))
+    print(f"multiple choice: likelihood {pct(choices['likelihood'])} (blind {pct(choices['likelihood_blind'])}), "
+          f"generation {pct(choices['generation'])} (blind {pct(choices['generation_blind'])}), chance {pct(choices['chance'])}")
+    for name, step in report["steps_to_80_percent"].items():
+        reached = f"at step {step}" if step is not None else f"not reached by step {report['last_logged_step'][name]}"
+        print(f"instruct stage {name}: 80% exact match {reached}")
+    if "from scratch" not in report["steps_to_80_percent"]:
+        print("  (the same stage from scratch, for comparison: mmcaption-demo --scratch_control, ~3 minutes more)")
+    for stage, gates in report["gates"].items():
+        print(f"tanh(gate) after {stage}: " + ", ".join(f"layer {i}: {g['attn']:+.3f}" for i, g in gates.items()))
+    print(f"wall time {report['wall_time_s']:.0f} s (training {report['training_time_s']:.0f} s)")
+    for stage in report["checkpoints"]:
+        print(f"{stage}: checkpoint {report['checkpoints'][stage]}, logs {report['logs'][stage]}")
+    print(f"examples: {report['examples_png']}; report: {Path(report['examples_png']).parent / 'report.json'}")
+    print("TensorBoard: tensorboard --logdir lightning_logs")
+
+
+if __name__ == "__main__":
+    main()

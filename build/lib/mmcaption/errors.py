@@ -1,0 +1,374 @@
+"""What can go wrong because of what a user gave: one base class, one way of reporting.
+
+Every error the user can fix (bad data, a checkpoint that does not fit, a setting that cannot work, a
+file that must not be overwritten, a folder that cannot be written) is an :class:`MMCaptionError`.
+The command-line tools print its message on one line and exit with status 2; anything else is a bug
+and keeps its traceback. ``MMCAPTION_TRACEBACK=1`` shows the traceback of user errors too, for bug
+reports.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import select
+import shutil
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from mmcaption.terminal import leave_a_closed_terminal
+
+USER_ERROR_EXIT = 2
+TRACEBACK_VARIABLE = "MMCAPTION_TRACEBACK"
+
+
+class MMCaptionError(Exception):
+    """A problem with the user's input, files or settings; its message names the file or setting."""
+
+
+class ConfigError(MMCaptionError, ValueError):
+    """Settings that cannot work together, or a value that cannot be used."""
+
+
+class NotAModelFolderError(MMCaptionError, FileNotFoundError):
+    """A folder given as a saved model that ``save_pretrained`` did not write."""
+
+
+class NonFiniteLossError(MMCaptionError, FloatingPointError):
+    """Training met a NaN or infinite loss (``model.on_nonfinite_loss: error``)."""
+
+
+class OutputExistsError(MMCaptionError, FileExistsError):
+    """A file or folder would be written over without the user asking for it."""
+
+
+class NotWritableError(MMCaptionError, PermissionError):
+    """A folder the run must write to cannot be written."""
+
+
+class ResumeError(MMCaptionError):
+    """A checkpoint resumed with another stage's data, or with training data that changed."""
+
+
+class FolderLockedError(MMCaptionError):
+    """Another run is writing to the same checkpoint folder."""
+
+
+class Interrupted(BaseException):
+    """The command was stopped by Ctrl-C (SIGINT), SIGTERM (``docker stop``, ``kill``, a scheduler) or SIGHUP
+    (its terminal closed): it exits with 130 / 143 / 129, as a shell reports a process killed by the signal,
+    after one line saying so. A
+    ``BaseException``, as ``KeyboardInterrupt`` is: no library's ``except Exception`` takes it for an error
+    of its own (``datasets`` would wrap it in a generation error)."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        self.signum = signum
+        _stop.under_way = True  # the command is stopping: a further signal waits for its cleanup (signals_stop)
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class RunInterrupted(Interrupted):
+    """Training stopped on a signal after saving a checkpoint it can be resumed from."""
+
+    def __init__(self, signum: int, checkpoint: str | None, step: int, requeued: str | None = None) -> None:
+        self.checkpoint, self.step = checkpoint, step
+        name = signal.Signals(signum).name
+        where = f"saved {checkpoint}" if checkpoint else "nothing saved"
+        resume = f"; resume by running the same command with --ckpt_path {checkpoint}" if checkpoint else ""
+        super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}" + (f". {requeued}" if requeued else ""))
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+
+
+def stop_signals() -> list[int]:
+    """The signals that stop a command cleanly: Ctrl-C, SIGTERM (``docker stop``, ``kill``, ``timeout``, a
+    scheduler) and SIGHUP (the terminal closed, an SSH connection dropped), unless the process was started
+    to ignore SIGHUP (``nohup``): it then goes on when the terminal closes, as it was asked to."""
+    return [s for s in STOP_SIGNALS if not (s != signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN)]
+
+
+class _StopState:
+    under_way = False  # an Interrupted was raised: the command is cleaning up
+    noted = False  # the note that a further signal waits was printed
+
+
+_stop = _StopState()
+
+
+@contextmanager
+def signals_stop() -> Iterator[None]:
+    """For the block, Ctrl-C, SIGTERM and SIGHUP (:func:`stop_signals`) raise :class:`Interrupted` in this process: what is running
+    cleans up as after any error (a staging folder removed, the rows done kept), where SIGTERM's default
+    kills the process on the spot and Ctrl-C ends in a traceback, or in Lightning's exit status 1.
+    Training sets its own handlers inside the block (:class:`~mmcaption.callbacks.ResumableStop`) and
+    puts these back. A forked copy of the process (a DataLoader worker without its own handlers) gets the
+    handling it had before (SIGTERM's default, Ctrl-C's KeyboardInterrupt).
+
+    Once the command is stopping (any :class:`Interrupted` raised), a further signal waits: raised again in
+    the middle of the cleanup, it cut the DataLoader's worker shutdown short, and the process then hung at
+    exit on workers that ignore signals (they leave stopping to this process) and never got told to end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+    _stop.under_way = _stop.noted = False
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked process: the handling it had before, the signal sent again to it
+            previous_handler = previous[signum]
+            signal.signal(signum, previous_handler if previous_handler is not None else signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        leave_a_closed_terminal(signum)
+        if _stop.under_way:
+            if not _stop.noted:
+                _stop.noted = True
+                with suppress(OSError):  # output whose reader is gone
+                    print(f"{signal.Signals(signum).name} received while stopping: finishing the cleanup first "
+                          "(kill -9 stops at once)", file=sys.stderr, flush=True)
+            return
+        raise Interrupted(signum)
+
+    previous = {signum: signal.getsignal(signum) for signum in stop_signals()}
+    for signum in previous:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line. An error re-raised from a DataLoader worker carries the
+    worker's whole traceback in its message: keep the original message only."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+
+
+def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = True) -> Any:
+    """Wrap a console script: a user error prints ``error: <message>`` and exits 2, a command stopped by
+    Ctrl-C or SIGTERM prints what was kept (how to resume a training run) and exits 130 / 143 (with
+    ``signals``, the signals are turned into :class:`Interrupted` while it runs: :func:`signals_stop`);
+    everything else propagates with its traceback."""
+    if main is None:
+        return lambda function: user_errors_exit(function, signals=signals)
+
+    @wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with signals_stop() if signals else nullcontext():
+                try:
+                    return main(*args, **kwargs)
+                except Interrupted as interrupted:
+                    stopped = (str(interrupted), interrupted.exit_code)
+                # the stopped command's frames (DataLoader iterators with worker processes among them) are freed
+                # here, where a further signal still waits: a second Ctrl-C does not cut their shutdown short
+                gc.collect()
+            with suppress(OSError):  # output whose reader is gone (a closed terminal's pipe)
+                if process_rank() == 0:  # every process of a multi-process run stops alike: said once
+                    print(stopped[0], file=sys.stderr, flush=True)
+            sys.exit(stopped[1])
+        except MMCaptionError as error:
+            if traceback_wanted():
+                raise
+            said(f"error: {one_line(error)}")
+            sys.exit(USER_ERROR_EXIT)
+        except BrokenPipeError:
+            if not reader_gone(sys.stdout):  # another pipe (a worker's, a socket's): a failure of its own
+                raise
+            # `mmcaption test ... | head`: the reader has what it wanted; end quietly, as a program SIGPIPE stops does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush has nowhere to fail
+            sys.exit(128 + signal.SIGPIPE)
+        except Exception as error:
+            if peer_gone(error) and not traceback_wanted():  # the process whose error it is says what it was
+                said("error: another process of this run stopped (see its message)")
+                sys.exit(USER_ERROR_EXIT)
+            message = resource_message(error)
+            if message is None or traceback_wanted():
+                raise
+            said(f"error: {message}")
+            sys.exit(USER_ERROR_EXIT)
+
+    return wrapper
+
+
+def process_rank() -> int:
+    """This process's place in a multi-process run (0 alone, and for the process that launched the others): the
+    process group's once it is formed, else the launcher's variables in Lightning's order (a SLURM_PROCID that a
+    shell inside ``srun`` passes to every process comes last), only where the run has more than one process."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        return distributed.get_rank()
+    if int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1) <= 1:
+        return 0
+    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
+def said(line: str) -> None:
+    """One line on stderr in one write (two processes' lines do not run into one another), marked with its process
+    beside the first one's."""
+    rank = process_rank()
+    with suppress(OSError):
+        sys.stderr.write(f"{f'[rank {rank}] ' if rank else ''}{line}\n")
+        sys.stderr.flush()
+
+
+def peer_gone(error: BaseException) -> bool:
+    """A collective operation that failed because another process of the run stopped (gloo's "Connection closed by
+    peer", NCCL's watchdog): that process's own error is the one to read."""
+    return any(words in str(cause) for cause in causes(error) for words in (
+        "Connection closed by peer", "Connection reset by peer", "remote worker crashing", "NCCL communicator was aborted"))
+
+
+def reader_gone(stream: Any) -> bool:
+    """Whether ``stream`` is a pipe whose reading end was closed (``| head`` once it has its lines)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file behind it, or no poll on this platform
+        return False
+
+
+def traceback_wanted() -> bool:
+    """``MMCAPTION_TRACEBACK=1``: a user error keeps its traceback too, for a bug report."""
+    return os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0")
+
+
+def resource_message(error: BaseException) -> str | None:
+    """One line for a command stopped by a full disk or by running out of memory (what the user changes
+    to go on), or None when ``error`` is neither."""
+    full = disk_full(error)
+    if full is not None:
+        return disk_full_message(full, getattr(error, "__notes__", []))
+    memory = out_of_memory(error)
+    if memory is not None:
+        return out_of_memory_message(memory, getattr(error, "__notes__", []))
+    for cause in causes(error):
+        if isinstance(cause, OSError) and cause.errno == errno.EFBIG:  # a FAT32 drive's 4 GB, or `ulimit -f`
+            return (f"{cause.filename or 'a file'} grew larger than its disk or this process may write ({cause.strerror}): "
+                    "FAT32 drives hold files of up to 4 GB, and `ulimit -f` limits them too. What was complete before stays "
+                    "whole; write to another disk, or raise the limit")
+        if isinstance(cause, PermissionError) and cause.filename:
+            return permission_message(Path(cause.filename), cause.strerror)
+    return None
+
+
+def permission_message(path: Path, why: str | None, advice: str = "") -> str:
+    """A file or folder this user may not read or write (another user's cache, checkpoints or lock, made private by
+    their umask), named with its owner and mode, not a traceback."""
+    owner = owner_of(path)
+    try:
+        unreadable = path.is_file() and not os.access(path, os.R_OK)  # another's private checkpoint
+    except OSError:  # inside another user's private folder
+        unreadable = False
+    return (f"permission denied: {path} ({why or 'not allowed'}){'; ' + owner if owner else ''}. " + (advice or (
+        "It is read, not written: its owner can make it readable (chmod g+r, in a group the two of you share), or give "
+        "you a copy" if unreadable else
+        "Point the setting that names it (data.init_args.cache_dir, the checkpoint folder, the output) at a folder of your "
+        "own; a team shares its files by working with umask 002 in a group folder")))
+
+
+def owner_of(path: Path) -> str:
+    """``"<path> belongs to alice, mode drwxr-xr-x"`` of ``path``, or of the nearest folder above it that this user may
+    look at (inside another user's private folder even ``exists()`` is refused); ``""`` when none."""
+    for place in (path, *path.parents):
+        try:
+            info = place.stat()
+        except OSError:
+            continue
+        try:
+            import pwd
+
+            name = pwd.getpwuid(info.st_uid).pw_name
+        except (ImportError, KeyError):
+            name = str(info.st_uid)
+        return f"{place} belongs to {name}, mode {stat.filemode(info.st_mode)}"
+    return ""
+
+
+def causes(error: BaseException | None, context: bool = True) -> Iterator[BaseException]:
+    """``error`` and the errors behind it, each once: its ``__cause__`` (raised from it), else, with
+    ``context``, its ``__context__`` (met while handling it)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or (error.__context__ if context else None)
+
+
+# PyTorch's words: torch.OutOfMemoryError (CUDA, XPU), the CPU allocator's and the Apple MPS backend's RuntimeErrors
+_OUT_OF_MEMORY = ("out of memory", "DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def out_of_memory(error: BaseException) -> BaseException | None:
+    """The out-of-memory error behind ``error`` (a GPU's or the CPU allocator's), if that stopped the command."""
+    for cause in causes(error, context=False):  # a wrapper's cause; not an error met while handling another
+        if type(cause).__name__ == "OutOfMemoryError" or (
+            isinstance(cause, RuntimeError) and any(words in str(cause) for words in _OUT_OF_MEMORY)
+        ):
+            return cause
+    return None
+
+
+def out_of_memory_message(error: BaseException, notes: list[str]) -> str:
+    """What ran out and how much was asked (PyTorch's first sentences: its allocator statistics and hints
+    follow, and ``MMCAPTION_TRACEBACK=1`` shows them), then ``notes``: where the run was and which settings
+    take less memory (:class:`~mmcaption.advice.OutOfMemoryAdvice` adds them)."""
+    text = " ".join(str(error).split())
+    if "DefaultCPUAllocator" in text:
+        text = "out of memory in RAM: " + text.split("DefaultCPUAllocator: ", 1)[1].split(". Error code")[0]
+    else:
+        text = ". ".join(text.split(". ")[:3]).rstrip(".")
+    return " ".join([f"{text}.", *notes]) if notes else (
+        f"{text}. Close what else uses that memory, or use a device with more")
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The "no space left" (or "disk quota exceeded") error behind ``error``, if that is what stopped the
+    command: found through the chain of causes (``datasets`` wraps what its writer raised; pyarrow's
+    errors carry the errno in their message only)."""
+    for cause in causes(error):
+        if isinstance(cause, OSError) and (
+            cause.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(cause) or "Disk quota exceeded" in str(cause)
+        ):
+            return cause
+    return None
+
+
+def disk_full_message(error: OSError, notes: list[str] = ()) -> str:
+    """A full disk said as such: the file being written and the space left where it is, not a traceback,
+    then ``notes`` (how a training run resumes: :class:`~mmcaption.advice.OutOfMemoryAdvice` adds it).
+    Whatever was being written is removed or left beside the complete copy (preprocessed splits and
+    checkpoints are written to a temporary file or folder first and renamed when whole)."""
+    where = Path(error.filename) if isinstance(error.filename, str) else None
+    folder = next((p for p in ([where, *where.parents] if where else []) if p.is_dir()), None)
+    free = ""
+    if folder is not None:
+        try:
+            free = f"; {shutil.disk_usage(folder).free / 2**30:.1f} GB free there now"
+        except OSError:
+            pass
+    writing = f" while writing {where}" if where else ""
+    return (f"the disk is full{writing} ({error.strerror or error}){free}. What was complete before stays whole "
+            "(preprocessed splits and checkpoints are written aside and renamed once whole). Free some space, or point "
+            "the folder it was writing (data.init_args.cache_dir for preprocessed splits, the checkpoint folder, the "
+            "output) at a larger disk, and run the same command again"
+            + "".join(f"; {note}" for note in notes))

@@ -1,0 +1,1 @@
+"""Evaluation: caption metrics (the COCO caption evaluation code) and multiple-choice scoring."""

@@ -1,0 +1,179 @@
+"""Scoring short answers: normalisation as the VQA evaluation does it, exact match, reading the
+letter out of a generated multiple-choice answer as the common evaluation kits do, and POPE's yes/no metrics.
+
+Plain string functions: no model, no tokenizer.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+
+# The VQA evaluation's normalisation (Antol et al., 2015; the official vqaEval.py): punctuation,
+# number words, articles and common contractions written without their apostrophe.
+_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's",
+    "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itll": "it'll", "let's": "let's", "maam": "ma'am",
+    "mightnt": "mightn't", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't",
+    "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't", "shant": "shan't", "shed": "she'd",
+    "shes": "she's", "shouldve": "should've", "shouldnt": "shouldn't", "somebodys": "somebody's",
+    "someones": "someone's", "somethings": "something's", "thats": "that's", "thered": "there'd",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyll": "they'll", "theyre": "they're",
+    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "weve": "we've", "werent": "weren't",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "wholl": "who'll", "whos": "who's",
+    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've",
+    "wouldnt": "wouldn't", "yall": "y'all", "youd": "you'd", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = {"a", "an", "the"}
+_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+# Chinese and Japanese characters (and Korean's Hangul, for letters written against them): written without spaces, so
+# a letter or an option's text next to them stands alone although regular expressions' \w and \b count them as letters
+CHINESE_JAPANESE = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = rf"[^\W{CHINESE_JAPANESE}\uac00-\ud7af]"  # a letter, digit or _ of a script that puts spaces between words
+_CJK = re.compile(rf"[{CHINESE_JAPANESE}\uac00-\ud7af]")
+
+
+def _unified(text: str) -> str:
+    """Full-width letters, digits and punctuation (``Ｂ``, ``？``, Chinese ``，``) as their ASCII twins, an accent written
+    as a separate mark (macOS, some keyboards) joined to its letter, and the ideographic full stop and comma as ``.``
+    and ``,``: NFKC, as answers typed on other keyboards compare."""
+    return unicodedata.normalize("NFKC", text).replace("\u3002", ".").replace("\u3001", ",")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+
+
+def _without_punctuation(original: str) -> str:
+    """The VQA evaluation's ``processPunctuation``: punctuation dropped or made a space (a comma between
+    digits kept), the case and the words as they are."""
+    keeps_commas = _COMMA_STRIP.search(original) is not None
+    text = original
+    for mark in _PUNCTUATION:  # whether a mark is dropped or becomes a space depends on the text as given
+        if f"{mark} " in original or f" {mark}" in original or keeps_commas:
+            text = text.replace(mark, "")
+        else:
+            text = text.replace(mark, " ")
+    return _PERIOD_STRIP.sub("", text)
+
+
+def normalise_answer(text: str) -> str:
+    """An answer as the VQA evaluation compares it: lower case, punctuation dropped (a comma between
+    digits kept), number words as digits, articles dropped, ``dont`` -> ``don't``; first, unlike it, NFKC (full-width
+    ``Ｂ`` as ``B``, and so ``m²`` as ``m2``) and Chinese punctuation as ASCII's, which VQAv2's English answers never hold."""
+    text = _without_punctuation(_unified(text).replace("\n", " ").replace("\t", " ").strip().lower())
+    words = [_NUMBERS.get(word, word) for word in text.split()]
+    words = [_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES]
+    return " ".join(words)
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    """Share of answers equal to the reference after :func:`normalise_answer`."""
+    pairs = list(zip(predictions, references, strict=True))
+    return sum(normalise_answer(p) == normalise_answer(r) for p, r in pairs) / max(len(pairs), 1)
+
+
+LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")  # option letters; a question has 2 to 8 options
+
+
+def parse_choice(text: str, options: list[str] | None = None) -> str | None:
+    """The option letter a generated answer gives, or ``None`` when it gives none or several.
+
+    Reads, in this order: a bare letter (``"B"``, ``"(B)"``, ``"B."``); a statement (``"Answer: B"``,
+    ``"The answer is (B)"``, ``"Option B"``); a letter that opens the answer as a label (``"B. blue"``,
+    ``"(B) blue"``); a single stand-alone capital letter (``"I think B"``; the article in ``"A red
+    circle"`` is not option A); and, with ``options``, the text of exactly one option.
+    """
+    letters = "".join(LETTERS[: len(options)] if options else LETTERS[:4])
+    answer = _unified(text).strip()
+    if not answer:
+        return None
+    bare = re.fullmatch(rf"[\(\[]?([{letters}])[\)\]]?[.:]?", answer)
+    if bare:
+        return bare.group(1)
+    stated = re.search(rf"(?i:answer|option|choice)(?:\s+(?i:is))?\s*:?\s*(?:(?i:option)\s+)?[\(\[]?([{letters}])(?![\w'])", answer)
+    if stated:
+        return stated.group(1)
+    label = re.match(rf"[\(\[]([{letters}])[\)\]]|([{letters}])\s*[.):]\s", answer)
+    if label:
+        return label.group(1) or label.group(2)
+    standalone = {
+        match.group(1)
+        for match in re.finditer(rf"(?<!{_WORD})(?<!')([{letters}])(?!{_WORD}|')", answer)  # "答案是B" too
+        if not (match.group(1) == "A" and re.match(r"\s+(?!(?:and|or)\b)[a-z]", answer[match.end():]))  # the article
+    }
+    if standalone:
+        return standalone.pop() if len(standalone) == 1 else None
+    if options:
+        said = normalise_answer(answer)
+        texts = [normalise_answer(option) for option in options]
+        for matches in ([t == said for t in texts], [bool(t) and _said_in(t, said) for t in texts]):
+            if sum(matches) == 1:
+                return letters[matches.index(True)]
+    return None
+
+
+def _said_in(option: str, answer: str) -> bool:
+    """Whether ``option`` is said in ``answer`` as words of its own: bounded by spaces or punctuation, or, at an end that
+    is a Chinese or Japanese character, by anything ("是绿色的" says "绿色")."""
+    left = "" if _CJK.match(option[0]) else r"\b"
+    right = "" if _CJK.match(option[-1]) else r"\b"
+    return re.search(left + re.escape(option) + right, answer) is not None
+
+
+def vqa_accuracy(prediction: str, answers: list[str]) -> float:
+    """The VQA accuracy of ``prediction`` against the human ``answers`` (VQAv2 has 10 per question):
+    ``min(#humans who gave it / 3, 1)``, averaged over the subsets that leave out one human each.
+
+    As the official ``vqaEval.py`` (and EvalAI's VQA server, which runs it) scores: the prediction is
+    compared after :func:`normalise_answer`; the human answers lose their punctuation only, and only when
+    they disagree - their case, number words and articles stay. So ten humans who all wrote ``t-shirt``
+    score ``t shirt`` 0, ten who all wrote ``two`` score ``two`` (normalised: ``2``) 0, and ``white``
+    scores 0 against five humans' ``the white`` and five ``gray``. With a single reference answer (not
+    VQAv2's layout), both are normalised and compared.
+    """
+    if not answers:
+        raise ValueError("VQA accuracy needs at least one human answer")
+    given = normalise_answer(prediction)
+    if len(answers) == 1:
+        return float(given == normalise_answer(answers[0]))
+    if len(set(answers)) > 1:
+        humans = [_without_punctuation(answer) for answer in answers]
+    else:
+        humans = [answer.replace("\n", " ").replace("\t", " ").strip() for answer in answers]
+    scores = [min(1.0, sum(other == given for other in humans[:i] + humans[i + 1:]) / 3) for i in range(len(humans))]
+    return sum(scores) / len(scores)
+
+
+def pope_answer(text: str) -> str:
+    """``yes`` or ``no`` as POPE's evaluation reads a model's answer (LLaVA's ``eval_pope.py``): its first sentence
+    says no when it has the word "no" or "not", and yes otherwise."""
+    words = text.split(".")[0].replace(",", "").split(" ")
+    return "no" if {"No", "no", "not"} & set(words) else "yes"
+
+
+@dataclass
+class YesNoTally:
+    """POPE's metrics over yes/no questions: accuracy, and precision, recall and F1 of "yes" (the object is there),
+    with the share of yes answers, the numbers its paper and LLaVA's evaluation report. Answers are read as
+    :func:`pope_answer` reads them."""
+
+    counts: Counter = field(default_factory=Counter)  # (label, answer read) -> questions
+
+    def add(self, prediction: str, label: str) -> None:
+        self.counts[(label, pope_answer(prediction))] += 1
+
+    def metrics(self) -> dict[str, float | int]:
+        tp, fp = self.counts[("yes", "yes")], self.counts[("no", "yes")]
+        tn, fn = self.counts[("no", "no")], self.counts[("yes", "no")]
+        total = tp + fp + tn + fn
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        return {"accuracy": (tp + tn) / total if total else 0.0, "precision": precision, "recall": recall,
+                "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+                "yes_ratio": (tp + fp) / total if total else 0.0, "questions": total}

@@ -1,0 +1,312 @@
+"""Caption metrics by the standard COCO caption evaluation code (pycocoevalcap), not re-implemented.
+
+BLEU-1..4, ROUGE-L and CIDEr always; METEOR and the PTB tokenizer where Java is present (both are
+Java programs); SPICE where Java and its Stanford CoreNLP models are present (pycocoevalcap fetches
+those on first use, which an offline machine cannot). Without Java, captions are tokenized the way
+the PTB tokenizer treats plain captions: lower-cased, punctuation dropped.
+
+METEOR's Java process is started at the first score and kept for the next ones (it spends ~10 s of CPU
+loading its paraphrase tables at each start, which every validation paid); it holds about 1 GB of
+memory until the process exits or :func:`close_meteor` is called.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import unicodedata
+import warnings
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor import meteor as meteor_tool
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.spice import spice as spice_tool
+from pycocoevalcap.tokenizer import ptbtokenizer
+
+from mmcaption.evaluation.answers import CHINESE_JAPANESE
+
+# The punctuation pycocoevalcap's PTBTokenizer removes.
+_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+
+
+NO_JAVA = (
+    "Java was not found, so the caption metrics are not the COCO evaluation's: METEOR and SPICE are not computed "
+    "(both are Java programs) and captions are tokenized by a plain fallback instead of the PTB tokenizer, which "
+    "can move BLEU, ROUGE-L and CIDEr slightly. Install a Java runtime (Debian or Ubuntu: apt-get install "
+    "default-jre-headless; conda: conda install openjdk) for numbers comparable with papers'."
+)
+_warned_no_java = False
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def warn_once_without_java() -> None:
+    """Say once per process, loudly, which metrics are lost without Java."""
+    global _warned_no_java
+    if not java_available() and not _warned_no_java:
+        _warned_no_java = True
+        warnings.warn(NO_JAVA, UserWarning, stacklevel=3)
+
+
+# what caption_scores can return, in the order results list them: the last two need Java (SPICE also its models)
+CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "METEOR", "SPICE")
+
+
+def metric_setup(spice: bool | None = None) -> dict:
+    """How :func:`caption_scores` scores on this machine: the tokenizer, the metrics it computes and
+    those it skips with the reason - for the results file, so that a number says how it was made."""
+    java = java_available()
+    run = [metric for metric in CAPTION_METRICS if metric not in ("METEOR", "SPICE")]
+    skipped = {}
+    if java:
+        run.append("METEOR")
+    else:
+        skipped["METEOR"] = "no Java found (METEOR is a Java program)"
+    if spice if spice is not None else spice_available():
+        run.append("SPICE")
+    else:
+        skipped["SPICE"] = "no Java found" if not java else (
+            "its Stanford CoreNLP models are not installed (pycocoevalcap fetches them on its first SPICE run, online)")
+    tokenizer = ("PTB (Stanford CoreNLP, Java), as the COCO caption evaluation" if java else
+                 "fallback without Java: lower-cased, punctuation dropped") + "; Chinese and Japanese characters one token each"
+    return {"tokenizer": tokenizer, "metrics": run, "skipped": skipped, "pycocoevalcap": version("pycocoevalcap")}
+
+
+def spice_available() -> bool:
+    return java_available() and (Path(spice_tool.__file__).parent / "lib" / "stanford-corenlp-3.6.0.jar").is_file()
+
+
+def _simple_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
+    return {key: [" ".join(w for w in _words(c.lower()) if w not in _PUNCTUATION) for c in values]
+            for key, values in captions.items()}
+
+
+def _words(text: str) -> Iterator[str]:
+    """Words (letters, digits, the marks that combine with them - Hindi's and Thai's vowel signs - and apostrophes)
+    and each other character, as the PTB tokenizer splits plain captions."""
+    for chunk in text.split():
+        word = ""
+        for character in chunk:
+            if character in "'_" or unicodedata.category(character)[0] in "LNM":
+                word += character
+                continue
+            if word:
+                yield word
+            word = ""
+            yield character
+        if word:
+            yield word
+
+
+# Chinese and Japanese are written without spaces between words: each of their characters is scored as a token, as
+# sacreBLEU's "zh" tokenizer does; read whole, a caption was one word, and an exact match scored BLEU-4 0.00003
+_CJK = re.compile(f"([{CHINESE_JAPANESE}\U00020000-\U0002fa1f])")
+# their punctuation (。，、「」！？ and the full-width forms), dropped as the PTB tokenizer drops ASCII punctuation
+_CJK_PUNCTUATION = re.compile("[\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65]")
+
+
+def _ptb_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
+    """pycocoevalcap's ``PTBTokenizer().tokenize``, the same Java command and the same punctuation dropped, with its
+    temporary file in the system's temporary folder: pycocoevalcap writes it into its own package folder, which a
+    shared or system-wide install does not let its users write (validation failed with a PermissionError)."""
+    keys = [key for key, values in captions.items() for _ in values]
+    sentences = "\n".join(caption.replace("\n", " ") for values in captions.values() for caption in values)
+    jar = Path(ptbtokenizer.__file__).with_name(ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+    with tempfile.NamedTemporaryFile("wb", prefix="mmcaption-ptb-", suffix=".txt", delete=False) as handle:
+        handle.write(sentences.encode())
+    try:
+        lines = subprocess.run(["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+                                "-lowerCase", handle.name], stdout=subprocess.PIPE, check=True,
+                               start_new_session=True).stdout.decode().split("\n")  # as _OwnSession starts the others
+    finally:
+        os.remove(handle.name)
+    tokenized: dict[Hashable, list[str]] = {}
+    for key, line in zip(keys, lines):
+        tokenized.setdefault(key, []).append(" ".join(w for w in line.rstrip().split(" ") if w not in ptbtokenizer.PUNCTUATIONS))
+    return tokenized
+
+
+@contextmanager
+def java_output_kept_back() -> Iterator[None]:
+    """The Java tools print progress ("PTBTokenizer tokenized 170 tokens at ...") and a warning for each
+    character they drop on the process's standard error, at every validation. Kept out of the console;
+    shown when the tool fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode(errors="replace")[-4000:])
+
+
+class _OwnSession:
+    """The ``subprocess`` module as pycocoevalcap's Java tools call it, their Java process started in a session
+    of its own. A terminal's Ctrl-C goes to its whole foreground process group: it killed METEOR midway, whose
+    reader then failed on an empty line with its lock held, and the process hung where it should have saved
+    a checkpoint; mmcaption acts on the signal itself."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs) -> subprocess.Popen:  # noqa: N802 - the name the tools call
+        return subprocess.Popen(*args, **kwargs, start_new_session=True)
+
+    @staticmethod
+    def check_call(*args, **kwargs) -> int:
+        return subprocess.check_call(*args, **kwargs, start_new_session=True)
+
+
+# set once, for every use of these tools in the process (each looks ``subprocess`` up when it starts Java)
+meteor_tool.subprocess = spice_tool.subprocess = _OwnSession()
+
+
+class _Meteor(meteor_tool.Meteor):
+    """pycocoevalcap's METEOR scorer with a ``close`` that ends its Java process (its own ``__del__`` waits for a
+    lock that an interrupted score still holds, forever), and Java's messages in a file rather than a pipe
+    nobody reads, which a long-lived process could fill and then block on."""
+
+    def __init__(self) -> None:
+        self.java = shutil.which("java")
+        self.owner = os.getpid()  # a forked DataLoader worker inherits the object, not the right to use it
+        self.messages = tempfile.TemporaryFile()
+        self.meteor_p = _OwnSession.Popen(
+            self.meteor_cmd, cwd=Path(meteor_tool.__file__).parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.messages)
+        self.lock = threading.Lock()
+
+    meteor_cmd = ["java", "-jar", "-Xmx2G", meteor_tool.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
+
+    def usable(self) -> bool:
+        return self.owner == os.getpid() and self.java == shutil.which("java") and self.meteor_p.poll() is None
+
+    def last_messages(self) -> str:
+        self.messages.seek(0)
+        return self.messages.read().decode(errors="replace")[-4000:]
+
+    def close(self) -> None:
+        self.meteor_p.kill()
+        self.meteor_p.wait()
+        for stream in (self.meteor_p.stdin, self.meteor_p.stdout, self.messages):
+            try:
+                stream.close()
+            except OSError:  # a pipe to the ended process, with bytes still buffered
+                pass
+
+    def __del__(self) -> None:
+        pass  # closed by close()
+
+
+_meteor: _Meteor | None = None
+_meteor_guard = threading.RLock()
+
+
+def meteor_score(refs: dict[Hashable, list[str]], preds: dict[Hashable, list[str]]) -> float:
+    """METEOR of PTB-tokenized ``preds`` against ``refs``, by the process's one METEOR Java process, started
+    here when there is none (or it ended). A score that fails or is interrupted ends it: the exchange with it
+    is then midway, and pycocoevalcap's lock still held."""
+    global _meteor
+    with _meteor_guard:
+        if _meteor is not None and not _meteor.usable():
+            close_meteor()
+        if _meteor is None:
+            _meteor = _Meteor()
+        try:
+            return float(_meteor.compute_score(refs, preds)[0])
+        except BaseException as error:
+            messages = _meteor.last_messages()
+            close_meteor()
+            if isinstance(error, Exception) and messages:
+                sys.stderr.write(messages)
+            raise
+
+
+def close_meteor() -> None:
+    """End METEOR's Java process (and free its memory); the next score starts another."""
+    global _meteor
+    with _meteor_guard:  # not while another thread scores with it
+        if _meteor is not None and _meteor.owner == os.getpid():
+            _meteor.close()
+        _meteor = None
+
+
+atexit.register(close_meteor)
+
+
+def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
+    """PTB-tokenize ``{key: [caption, ...]}`` as the COCO evaluation does (plain fallback without Java); Chinese and
+    Japanese characters one token each."""
+    captions = {key: [_CJK.sub(r" \1 ", _CJK_PUNCTUATION.sub(" ", caption)) for caption in values]
+                for key, values in captions.items()}
+    if not java_available():
+        return _simple_tokenize(captions)
+    with java_output_kept_back():
+        return _ptb_tokenize(captions)
+
+
+def caption_scores(
+    predictions: dict[Hashable, str], references: dict[Hashable, list[str]], spice: bool | None = None
+) -> dict[str, float]:
+    """Corpus-level scores of one predicted caption per key against its reference captions.
+
+    Returns ``BLEU-1``..``BLEU-4``, ``ROUGE-L``, ``CIDEr``, and ``METEOR`` / ``SPICE`` when they can run
+    (``spice=None`` runs SPICE only if its models are already present).
+    """
+    missing = set(predictions) ^ set(references)
+    if missing:
+        raise ValueError(f"predictions and references differ in {len(missing)} keys, e.g. {sorted(map(str, missing))[:3]}")
+    if not predictions:
+        raise ValueError("no captions to score")
+    warn_once_without_java()
+    keys = list(predictions)
+    refs = tokenize({k: list(references[k]) for k in keys})
+    preds = tokenize({k: [predictions[k]] for k in keys})
+    scores: dict[str, float] = {}
+    bleu, _ = Bleu(4).compute_score(refs, preds, verbose=0)
+    scores.update({f"BLEU-{n}": float(value) for n, value in enumerate(bleu, start=1)})
+    scores["ROUGE-L"] = float(Rouge().compute_score(refs, preds)[0])
+    scores["CIDEr"] = float(Cider().compute_score(refs, preds)[0])
+    if java_available():
+        scores["METEOR"] = meteor_score(refs, preds)
+    if spice if spice is not None else spice_available():
+        with java_output_kept_back(), _spice_folders_writable():
+            scores["SPICE"] = float(spice_tool.Spice().compute_score(refs, preds)[0])
+    return scores
+
+
+@contextmanager
+def _spice_folders_writable() -> Iterator[None]:
+    """SPICE's temporary files in the system's temporary folder, and its parse cache in the user's cache folder when
+    pycocoevalcap's own package folder (where it keeps both) cannot be written: a shared install's."""
+    saved = spice_tool.TEMP_DIR, spice_tool.CACHE_DIR
+    spice_tool.TEMP_DIR = tempfile.mkdtemp(prefix="mmcaption-spice-")  # this call's own (os.path.join keeps an absolute path)
+    if not os.access(Path(spice_tool.__file__).parent, os.W_OK):
+        spice_tool.CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "mmcaption", "spice")
+    try:
+        yield
+    finally:
+        shutil.rmtree(spice_tool.TEMP_DIR, ignore_errors=True)
+        spice_tool.TEMP_DIR, spice_tool.CACHE_DIR = saved

@@ -1,0 +1,171 @@
+"""``mmcaption-export``: a checkpoint of ``mmcaption fit`` to a folder a user can share.
+
+    mmcaption-export checkpoints/instruct/last.ckpt exported/mmcaption-phi2 [--merge] [--overwrite]
+
+The folder's format belongs to the model (:meth:`mmcaption.model.MultimodalCausalLM.save_pretrained`):
+a PEFT adapter, ``multimodal.safetensors``, ``mmcaption.json`` (the config that rebuilds it), the
+tokenizer and image processor, a model card, and with ``--merge`` the language model with LoRA merged
+in. ``Captioner.from_pretrained`` and ``model.init_from`` read it back.
+
+A folder that exists with something in it is refused unless ``--overwrite`` is given. The export is
+written to a hidden sibling folder and renamed into place when complete: an interrupted export leaves
+the destination as it was, and a replaced export keeps nothing of its old files; what the export does not write (a
+Hub clone's ``.git``) stays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import is_offline_mode, snapshot_download
+
+from mmcaption.checkpoint import load_checkpoint_file, model_from_checkpoint
+from mmcaption.console import quieted
+from mmcaption.errors import ConfigError, MMCaptionError, OutputExistsError, user_errors_exit
+from mmcaption.folders import as_umask_allows, check_new_folder, replace_folder, staging_folder
+from mmcaption.model.backbones import load_tokenizer
+from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS
+from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
+from mmcaption.usage import backbones_given, export_parser
+
+
+def epochs_completed(checkpoint: dict[str, Any]) -> int | None:
+    """The epochs a checkpoint's run went through. ``epoch`` is the one in progress: a validation's save at the
+    last batch of an epoch (the usual best checkpoint) comes before Lightning closes it, and counted one short."""
+    epoch = checkpoint.get("epoch")
+    loops = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    progress = (loops.get("epoch_progress") or {}).get("total") or {}
+    batches = ((loops.get("epoch_loop.batch_progress") or {}).get("current") or {}).get("completed")
+    data = checkpoint.get("training_data") or {}
+    if not (progress and batches and data.get("samples") and data.get("batch_size")):
+        return epoch
+    per_epoch = data["samples"] // (data["batch_size"] * (data.get("devices") or 1))  # the fewest an epoch has
+    open_epoch_done = progress.get("started", 0) > progress.get("completed", 0) and batches >= max(per_epoch, 1)
+    return progress.get("completed", 0) + int(open_epoch_done)
+
+
+def training_summary(checkpoint: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
+    """What a checkpoint records of its training, for the model card: the stage, the epochs completed,
+    the data settings, and the best value of each monitored validation metric (``metrics_of``: the file it was
+    measured for, when that is not this checkpoint ``path`` - a last.ckpt exported after a worse validation)."""
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    metrics, metrics_of = {}, {}
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
+            metrics[state["monitor"]] = float(state["best_model_score"])
+            best = Path(state.get("best_model_path") or "")
+            if path is not None and best.name and not _same_save(best, Path(path), checkpoint):
+                metrics_of[state["monitor"]] = best.name
+    return {
+        **({"metrics_of": metrics_of} if metrics_of else {}),
+        # what its run said it trained (mmcaption fit records it), else its data module's settings say
+        "stage": (checkpoint.get("training_data") or {}).get("stage") or (
+            "instruct" if "Instruct" in str(data.get("_class_path", "")) or "val_answer_questions" in data else
+            "caption" if data.get("_class_path") or "val_caption_images" in data else None),
+        "epochs": epochs_completed(checkpoint),
+        "data": {k: data[k] for k in DATA_SETTINGS if data.get(k) not in (None, "")},
+        "metrics": metrics,
+    }
+
+
+def _same_save(best: Path, path: Path, checkpoint: dict[str, Any]) -> bool:
+    """Whether the run's best checkpoint is this one's save: the same file (a last.ckpt link), or a file at the same
+    step (last.ckpt written at the validation that was the best); by name when the best is not there to read."""
+    if not best.is_file():
+        return best.name == path.name
+    try:
+        return (path.exists() and best.samefile(path)
+                or load_checkpoint_file(best, mmap=True).get("global_step") == checkpoint.get("global_step"))
+    except (OSError, MMCaptionError):
+        return best.name == path.name
+
+
+def copy_backbone(name: str, target: Path) -> str:
+    """Copy a backbone's files (a local folder, or a Hub id's snapshot in the Hugging Face cache) to
+    ``target``; returns ``target``'s path relative to the export folder."""
+    source = Path(name).expanduser()
+    if not source.is_dir():
+        try:
+            source = Path(snapshot_download(name, local_files_only=is_offline_mode()))
+        except Exception as error:  # noqa: BLE001 - the hub's many errors all mean the same here
+            raise ConfigError(f"cannot copy the backbone {name!r} into the export: {error}") from error
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))  # a cache's symlinks are copied as files
+    return str(target.relative_to(target.parent.parent))
+
+
+def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False,
+                      license: str = "apache-2.0", include_backbones: bool = False, **backbones: str) -> Path:
+    """Write the model of a Lightning checkpoint, with the prompts and generation settings it was
+    trained and validated with, to the folder ``out`` (refused when it holds anything, unless ``overwrite``).
+    ``license`` is the Hub license id the model card declares for what was trained. With
+    ``include_backbones`` the language model and the vision tower are copied into ``backbones/`` and the
+    folder loads from them: it works with nothing else, offline. ``backbones``: ``language_model`` / ``vision_model``
+    folders where they are now, when they moved since training (the export records these)."""
+    out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,))
+    model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False, **backbones)  # the trained tensors suffice
+    # again, now that the backbones' folders are known, and with --overwrite only over an earlier export (the check
+    # above refuses before the checkpoint is read)
+    local_backbones = [name for name in (model.config.language_model, model.config.vision_model) if Path(name).exists()]
+    check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path, *local_backbones), marker=CONFIG_FILE)
+    hparams = checkpoint.get("hyper_parameters", {})
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}
+    source = {"checkpoint": str(Path(checkpoint_path).resolve()), "global_step": checkpoint.get("global_step"),
+              "init_from": checkpoint.get("init_from"), "license": license,
+              "training": training_summary(checkpoint, checkpoint_path)}
+    tokenizer = load_tokenizer(model.config.language_model)
+    # the instruct stage's layout, for apply_chat_template (and the Hub's chat widgets)
+    tokenizer.chat_template = ConversationTemplate(system=prompts["system_prompt"]).chat_template()
+    staging, kept = staging_folder(out), []
+    try:
+        model.save_pretrained(staging, tokenizer, prompts, hparams.get("generation") or {}, source, merge=merge)
+        if include_backbones:
+            manifest = json.loads((staging / CONFIG_FILE).read_text())
+            manifest["backbones"] = {name: copy_backbone(getattr(model.config, name), staging / "backbones" / name)
+                                     for name in ("language_model", "vision_model")}
+            (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
+        as_umask_allows(staging)
+        if not overwrite and out.is_dir() and any(out.iterdir()):  # another export (or anything) came there meanwhile:
+            raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "
+                                    "exports into one folder?); it is left as it is. Give another folder, or --overwrite")
+        kept = _keep_what_the_export_does_not_write(out, staging, kept)
+    except BaseException:
+        for name in kept:  # put back what was moved over before it failed (Ctrl-C): a Hub clone's .git is not lost
+            os.replace(staging / name, out / name)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if kept:
+        print(f"note: kept in {out} what the export does not write: {', '.join(kept)}", file=sys.stderr)
+    return replace_folder(staging, out)
+
+
+def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[str]) -> list[str]:
+    """Move what an earlier export's folder holds besides an export's own files (a Hub clone's ``.git`` and
+    ``.gitattributes``, examples added beside the model) into the new folder: ``--overwrite`` replaces the export, not
+    them. An earlier export's own files (a merged ``language_model/`` this one does not write) go."""
+    if not out.is_dir():
+        return []
+    own = {entry.name for entry in staging.iterdir()} | {"language_model", "backbones"}  # those of every kind of export
+    for name in sorted(entry.name for entry in out.iterdir() if entry.name not in own):
+        os.replace(out / name, staging / name)
+        kept.append(name)  # one by one: what was moved is put back if the export fails before it is in place
+    return kept
+
+
+@user_errors_exit
+@quieted
+def main(argv: list[str] | None = None) -> None:
+    """The ``mmcaption-export`` console script."""
+    args = export_parser().parse_args(argv)
+    out = export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite, args.license, args.include_backbones,
+                            **backbones_given(args))
+    print(f"exported to {out}")
+
+
+if __name__ == "__main__":
+    main()

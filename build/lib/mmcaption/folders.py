@@ -1,0 +1,312 @@
+"""Folders a run writes: checked before any work starts, locked while a run writes them, and replaced
+whole (never file by file) when the user asks for that.
+
+- :func:`check_writable` creates a folder and writes a probe file in it, so a read-only mount or a
+  missing permission is found in the first seconds, not at the first checkpoint hours later.
+- :class:`FolderLock` keeps two runs from writing one checkpoint folder: the lock is an ``flock`` on
+  ``.mmcaption.lock`` in it, released by the operating system when the process ends however it ends
+  (a kill leaves no stale lock); the file names the holder's PID, host, user and command.
+- :func:`replace_folder` puts a folder written elsewhere (a temporary sibling) in place of another in
+  two renames: a reader never sees a half-written folder, and nothing of the old one is left in it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError, owner_of
+
+LOCK_FILE = ".mmcaption.lock"
+
+
+def walk_through_links(folder: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of ``folder`` into linked folders too (datasets are linked in as people share them), each
+    real folder once: a link back up is not a loop. The caller may prune the folders it is given, as with
+    ``os.walk``."""
+    seen = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        yield root, folders, files
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` (and its parents) and write a probe file in it; refuse with a message naming
+    ``what`` the folder is for when that fails."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".mmcaption-probe-"):
+            pass
+    except OSError as error:
+        owner = f" ({owner_of(folder)})" if isinstance(error, PermissionError) else ""  # a teammate's: whose, its mode
+        raise NotWritableError(f"cannot write {what} to {folder}: {error.strerror or error}{owner}") from None
+    return folder
+
+
+def lock_holder() -> str:
+    """What a lock file says of the run holding it: on a cluster's shared disk a PID alone is of another node, whose
+    user a teammate would look for (``4242 on node17, alice: mmcaption fit --config ...``)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container's)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "?"
+    return f"{os.getpid()} on {socket.gethostname()}, {user}: {' '.join(sys.argv)}"
+
+
+class FolderLock:
+    """An exclusive lock on a folder (or, with ``name``, on one file's place in it) for this process's
+    lifetime, re-entrant within the process. ``what`` and ``advice`` make the refusal's message."""
+
+    _held: dict[Path, int] = {}  # lock file -> open descriptor, per process
+
+    def __init__(self, folder: str | Path, name: str = LOCK_FILE, what: str | None = None,
+                 advice: str = "give this run another checkpoint folder (the ModelCheckpoint callback's dirpath)") -> None:
+        self.folder = Path(folder).resolve()
+        self.path = self.folder / name
+        self.what, self.advice = what or str(self.folder), advice
+
+    def acquire(self) -> None:
+        if self.path in self._held:
+            return
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; the folder is not locked
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            descriptor = self._opened(fcntl)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(descriptor, 1000).decode(errors="replace").strip() or "unknown"
+                os.close(descriptor)
+                raise FolderLockedError(f"{self.what} is being written by another run (PID, host, user and command: {holder}); wait "
+                                        f"for it to end, or {self.advice}") from None
+            if _same_file(descriptor, self.path):
+                break
+            os.close(descriptor)  # a file another run took over and replaced while this one opened it: again
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, lock_holder().encode())
+        self._held[self.path] = descriptor
+
+    def _opened(self, fcntl) -> int:
+        """The lock file, open: made as the umask allows (a teammate's run may take it after this one), and one another
+        user's killed run left, that this user cannot open to write, taken over once no run holds it."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            left = os.open(self.path, os.O_RDONLY)  # a lock is taken on a file open to read too
+        try:
+            fcntl.flock(left, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return left  # held: refused by acquire, naming its run
+        try:
+            if _same_file(left, self.path):  # not one another run took over and replaced meanwhile
+                self.path.unlink()
+        finally:
+            os.close(left)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+
+    def release(self) -> None:
+        self.release_file(self.path)
+
+    @classmethod
+    def release_file(cls, path: Path) -> None:
+        descriptor = cls._held.pop(path, None)
+        if descriptor is not None:
+            path.unlink(missing_ok=True)
+            os.close(descriptor)
+
+    @classmethod
+    def held(cls) -> set[Path]:
+        """The lock files this process holds."""
+        return set(cls._held)
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.fstat(descriptor).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def output_lock(output: Path) -> FolderLock:
+    """The lock a predict holds on its output's place while it writes it: two predicts into one output wrote
+    one partial file, and left mixed rows under the second one's summary."""
+    return FolderLock(output.parent, f".{output.name}.lock", what=f"output {output}", advice="give this run another --data.output")
+
+
+@contextmanager
+def locks_released_after() -> Iterator[None]:
+    """Release, when the block ends however it ends, the folder locks taken inside it (a run's locks end
+    with the run, also when several runs follow each other in one process)."""
+    before = FolderLock.held()
+    try:
+        yield
+    finally:
+        for path in FolderLock.held() - before:
+            FolderLock.release_file(path)
+
+
+def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str, keep: tuple[str | Path, ...] = (),
+                     marker: str | None = None) -> Path:
+    """Refuse a ``folder`` that exists with something in it, unless ``overwrite``; refuse a file; refuse, even
+    with ``overwrite``, the working directory or a folder above it (it cannot be replaced), a folder
+    that holds one of the inputs in ``keep`` (replacing it would delete them), and one without the file
+    ``marker`` that an earlier output of the command holds (a mistyped parent folder of the user's). A link
+    to a folder stands for the folder it points to, which is returned: replacing the link would leave the
+    old model there."""
+    folder = Path(folder)
+    if folder.is_symlink() and folder.is_dir():
+        folder = folder.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{what} {folder} is a file, not a folder")
+    resolved = folder.resolve()
+    if Path.cwd().is_relative_to(resolved):
+        raise OutputExistsError(f"{what} {folder} is the working directory or holds it; name a new folder, as {folder / 'export'}")
+    for path in keep:
+        if Path(path).resolve().is_relative_to(resolved):
+            raise OutputExistsError(f"{what} {folder} holds {path}, which this command reads: replacing the folder would "
+                                    "delete it; choose another folder")
+    filled = folder.is_dir() and any(folder.iterdir())
+    if filled and not overwrite:
+        raise OutputExistsError(f"{what} {folder} exists and is not empty; choose another folder, or replace it with {option}")
+    if filled and marker is not None and not (folder / marker).is_file():
+        held = sorted(p.name for p in folder.iterdir())
+        raise OutputExistsError(f"{what} {folder} holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} and no "
+                                f"{marker}: it is not an earlier {what}'s, and {option} replaces only one of those; choose "
+                                "another folder")
+    check_writable(folder.parent if folder.parent != folder else folder, what)
+    return folder
+
+
+def staging_folder(folder: str | Path) -> Path:
+    """An empty hidden sibling of ``folder`` to write into before :func:`replace_folder`."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it: put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_umask_allows(folder: Path) -> None:
+    """Give ``folder`` and everything in it the permissions a new file gets here (the umask's): a temporary
+    folder is private, and ``safetensors`` writes its files private too, which a folder to share is not."""
+    mask = umask()
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def replace_folder(staging: Path, folder: str | Path) -> Path:
+    """Put ``staging`` in place of ``folder`` (which may exist), leaving nothing of the old one."""
+    folder = Path(folder)
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.replace(folder, old / folder.name)
+    os.replace(staging, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def claim_run_folders(loggers: list) -> list[Path]:
+    """Make the run folders (``lightning_logs/NAME/version_N``) of a run's TensorBoard and CSV loggers now, each in one
+    step that only one process can win: runs started at the same moment (a sweep, an array job) each read the same next
+    free number, and wrote into one folder - each other's ``config.yaml``, two runs' curves in one place, and a run that
+    failed at its start removed the other's event file. Loggers of one folder (TensorBoard's and CSV's, by default)
+    share its version, as before. The folders this run made (not one a version given by name found there)."""
+    made, versions = [], {}
+    for logger in loggers:
+        root = str(Path(logger.root_dir).resolve())
+        if root in versions:
+            logger._version = versions[root]
+            continue
+        folder = _claimed(logger)
+        versions[root] = logger.version
+        if folder is not None:
+            made.append(folder)
+    return made
+
+
+def check_named_runs_unused(loggers: list) -> None:
+    """A fresh run given a logger version by name (``--trainer.logger.init_args.version lr3e-3``) whose folder holds a run
+    already: refused, naming it. Lightning wrote the new run's config.yaml over the earlier one's and put both runs' curves
+    in one folder; resuming (``--ckpt_path``) goes on in it as it should."""
+    for logger in loggers:
+        folder = Path(logger.log_dir) if getattr(logger, "_version", None) is not None else None
+        if folder is not None and folder.is_dir() and any(folder.iterdir()):
+            raise OutputExistsError(f"{folder} holds a run already (logger version {logger.version!r}): give this run another "
+                                    "version name, resume that run with --ckpt_path, or remove the folder to start it afresh")
+
+
+def _claimed(logger) -> Path | None:
+    numbered = logger._version is None  # Lightning's next free number, read when log_dir is first asked for
+    for _ in range(10_000):
+        folder = Path(logger.log_dir)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            if not numbered:
+                return None
+            taken = logger.version  # another run took this number since it was read; Lightning's next counts folders
+            logger._version = None  # only, and a file or a link to an unmounted disk has a version's name too
+            logger._version = max(logger.version, taken + 1)
+    raise NotWritableError(f"no free run folder under {Path(logger.log_dir).parent}")
+
+
+def remove_unused_run(folder: str | Path) -> bool:
+    """Remove a logger's run folder (``lightning_logs/NAME/version_N``) that holds only what a logger writes as
+    a run starts: its ``config.yaml``, ``hparams.yaml`` and TensorBoard event files. Called for a folder this run made
+    (:func:`claim_run_folders`: no other run writes there), when it failed before its first training step (a wrong setting, refused data): left, each such try
+    took a version number and listed an empty run in TensorBoard. A folder holding anything else is kept."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    if any(not f.is_file() or not (f.name in ("config.yaml", "hparams.yaml") or f.name.startswith("events.out.tfevents."))
+           for f in folder.iterdir()):
+        return False
+    shutil.rmtree(folder)
+    return True
+
+
+def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: str) -> Path | None:
+    """The file ``--ckpt_path last`` names: the newest ``last*.ckpt`` in the config's checkpoint ``folders`` (as Lightning
+    picks it), found also when the run leaves its ModelCheckpoint out (fast_dev_run). Without one, fit starts afresh
+    with Lightning's warning; validate, test and predict, where Lightning would run the untrained model, are refused, as
+    ``best`` is everywhere (only the process that trained knows it: Lightning failed with a traceback)."""
+    if ckpt_path not in ("last", "best"):
+        return None
+    folders = folders or []
+    found = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.ckpt"))
+    lasts = [p for p in found if p.name.startswith("last")]
+    if ckpt_path == "last" and lasts:
+        return max(lasts, key=lambda p: p.stat().st_mtime)
+    if ckpt_path == "last" and subcommand == "fit":
+        return None
+    holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
+    why = "there is no last.ckpt in" if ckpt_path == "last" else "only the run that trained knows which checkpoint was best in"
+    where = (f"{why} {', '.join(str(folder) for folder in folders)}, under {Path.cwd()}{holds}" if folders else
+             "the config has no ModelCheckpoint folder to look in")
+    raise ConfigError(f"{subcommand} --ckpt_path {ckpt_path}: {where}. Give the checkpoint's path")

@@ -1,0 +1,335 @@
+"""Images, read one way everywhere: preprocessing for training, ``predict`` and the Python API.
+
+Every path decodes with :func:`load_rgb`: EXIF orientation applied (phones store a photo sideways and
+say so in its EXIF), 16/32-bit and floating-point images scaled to 8 bits rather than clipped, every
+other mode (grayscale, palette, RGBA, CMYK) converted to RGB. So a photo reaches the model the way a
+person sees it. iPhones' HEIC photos are read too (``pillow-heif``), and a photo of up to
+:data:`MAX_PIXELS` pixels (a 200-megapixel phone's is 16320 x 12240) decodes, where Pillow's own guard
+against decompression bombs stops at 179 megapixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import functools
+import io
+import os
+import re
+import threading
+import unicodedata
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+from pillow_heif import register_heif_opener
+
+register_heif_opener()  # .heic/.heif: what iPhones save by default
+
+ImageSource = bytes | str | Path | Image.Image | np.ndarray | torch.Tensor
+# what cameras, phones, scanners and the web save; a folder's other files are not images
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif",
+                  *([".avif"] if features.check("avif") else [])}  # AVIF: Pillow 11.3 and later
+# the largest image decoded: above every camera's and phone's photos (200 MP phones, 400 MP pixel-shift
+# modes), below what would take tens of gigabytes of memory (a gigapixel is 3 GB as RGB)
+MAX_PIXELS = 1_000_000_000
+# the longest strip read: an image processor scales an image's short side up to the model's size (224 pixels), and a
+# 104-byte 8000 x 1 PNG became 1.8 million x 224 pixels, 4.5 GB of memory (10000 x 50 panoramas are read)
+MAX_ASPECT = 500
+_LIMIT_LOCK = threading.RLock()
+# formats whose decoding never reads Pillow's limit (a GIF's frames and a TIFF's tiles do): decoded outside the lock, so
+# that threads shrinking photos while a split is preprocessed decode them at once
+_LIMIT_READ_AT_OPEN_ONLY = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "HEIF", "AVIF"}
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def is_hidden(path: Path) -> bool:
+    """A hidden file or folder (``.DS_Store``, macOS's ``._IMG_0001.JPG`` copies of a photo's metadata,
+    ``.thumbnails/``): never an image of the user's."""
+    return path.name.startswith(".")
+
+
+@contextmanager
+def opened(data: bytes) -> Iterator[Image.Image]:
+    """``data`` opened with Pillow, refused (as a ``DecompressionBombError``) above :data:`MAX_PIXELS`
+    rather than at Pillow's default limit; an empty file says so. Pillow reads its own limit from a
+    module global when it opens an image and again while decoding some (a TIFF's tiles, a GIF's frames):
+    it is ours under a lock - while opening, and for those formats the whole block - and the user's setting
+    is put back after."""
+    if not data:
+        raise UnidentifiedImageError("the file is empty (0 bytes)")
+    _LIMIT_LOCK.acquire()
+    locked = True
+    default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, with its own message
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,} mmcaption decodes "
+                    "(mmcaption.images.MAX_PIXELS)")
+            if max(width, height) > MAX_ASPECT * min(width, height):
+                scaled = max(width, height) / min(width, height) * 224 ** 2 * 12  # bytes, as 3 channels of floats
+                raise Image.DecompressionBombError(
+                    f"{width} x {height} pixels, a strip longer than {MAX_ASPECT} times its width: scaled for the vision "
+                    f"model (its short side to 224 pixels) it would take {scaled / 2 ** 30:.1f} GB or more; crop it "
+                    "nearer to a square (mmcaption.images.MAX_ASPECT)")
+            if image.format in _LIMIT_READ_AT_OPEN_ONLY:  # other threads may open theirs while this one decodes
+                Image.MAX_IMAGE_PIXELS, locked = default, False
+                _LIMIT_LOCK.release()
+            else:
+                Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # what decoding checks (a TIFF's tiles): no more than the image
+            yield image
+    finally:
+        if locked:
+            Image.MAX_IMAGE_PIXELS = default
+            _LIMIT_LOCK.release()
+
+
+def check_image(data: bytes) -> str | None:
+    """``None`` if ``data`` decodes to an image, else why it does not (empty, truncated, corrupt, not an
+    image, or above :data:`MAX_PIXELS`)."""
+    try:
+        with opened(data) as image:
+            image.load()
+    except DECODE_ERRORS as error:
+        if isinstance(error, UnidentifiedImageError) and data:
+            return f"not an image Pillow can read (it starts {data[:12]!r})"
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def image_format(data: bytes) -> str | None:
+    """The format Pillow recognises ``data`` as (``"JPEG"``, ``"PNG"``, ...), or ``None`` if it is no image."""
+    try:
+        with opened(data) as image:
+            return image.format
+    except DECODE_ERRORS:
+        return None
+
+
+def existing_spelling(root: Path, name: str) -> str:
+    """``name`` as written when ``root / name`` exists; else the first other spelling of it that exists there, as
+    Windows and macOS would find it - a Windows path's backslashes read as separators, each part in either Unicode
+    form (macOS writes decomposed names: ``é`` as ``e`` and an accent) and in any case (a spreadsheet made on Windows
+    names ``IMG_001.jpg`` what the camera wrote ``IMG_001.JPG``) - or ``name`` itself if none does."""
+    if (root / name).exists():
+        return name
+    spelling = name.replace("\\", "/") if "\\" in name and os.sep == "/" else name
+    if (root / spelling).exists():
+        return spelling
+    found, parts = root, Path(spelling).parts
+    for part in parts:
+        if part in ("/", "..", ".") or (found / part).exists():
+            found = found / part
+            continue
+        matches = _names_in(os.path.abspath(found), _mtime(found)).get(_folded(part), [])
+        if len(matches) != 1:  # none there, or two that differ only in case: not guessed
+            return spelling
+        found = found / matches[0]
+    return str(found.relative_to(root)) if not Path(spelling).is_absolute() else str(found)
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _mtime(folder: Path) -> int:
+    try:
+        return folder.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@functools.lru_cache(maxsize=64)
+def _names_in(folder: str, mtime: int) -> dict[str, list[str]]:
+    """A folder's names by their case-folded NFC spelling, read once per folder as it is (``mtime``)."""
+    names: dict[str, list[str]] = {}
+    try:
+        for entry in os.scandir(folder):
+            names.setdefault(_folded(entry.name), []).append(entry.name)
+    except OSError:
+        pass
+    return names
+
+
+def load_rgb(source: ImageSource) -> Image.Image:
+    """An upright 8-bit RGB image from bytes, a file opened ``'rb'``, a file path, an ``http(s)://`` or ``data:`` URL, a PIL
+    image, an array or a tensor (see :func:`array_image`): EXIF orientation applied, 16/32-bit integer and floating-point images
+    scaled to 8 bits rather than clipped, transparent pixels on white, any other mode converted."""
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().float().numpy() if source.is_floating_point() else source.detach().cpu().numpy()
+    if isinstance(source, np.ndarray):
+        return array_image(source)
+    if isinstance(source, Image.Image):
+        if 0 in source.size:  # an empty crop (a detector's box of no width): Pillow's scaling divides by it
+            raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
+        return _to_rgb(ImageOps.exif_transpose(source))
+    if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there
+        start = source.tell() if getattr(source, "seekable", lambda: False)() else None  # (captioned, then asked about)
+        source, handle = source.read(), source
+        if start is not None:
+            handle.seek(start)
+        if isinstance(source, str):
+            raise TypeError("an image file is opened in binary mode: open(path, 'rb')")
+    if isinstance(source, str) and source[:5].lower() == "data:":  # a data: URL, as a web page or a notebook embeds one
+        source = data_url_bytes(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        data, name = bytes(source), "the image's bytes"
+    elif isinstance(source, str | Path):
+        if isinstance(source, str) and not is_url(source) and (  # no file's path (a signed URL's may be this long)
+                len(source) > 4096 or max(map(len, re.split(r"[/\\]", source))) > 255):
+            raise ValueError(f"an image path of {len(source):,} characters ({source[:24]}...) is no path: an image as base64 "
+                             "text goes as a data: URL ('data:image/jpeg;base64,' + text), or as base64.b64decode(text)")
+        path = None if is_url(source) else local_file(Path(source).expanduser())  # a notebook's "~/..."
+        if path is not None and path.is_dir():  # where predict takes a folder, the API takes its images
+            raise IsADirectoryError(errno.EISDIR, "a folder, not an image: give its images (a list of their paths), or "
+                                    "caption it with mmcaption predict --data.images FOLDER", str(source))
+        data = fetch(source) if path is None else path.read_bytes()
+        name = f"image {source}"
+    else:
+        raise TypeError(f"an image is a path, an http(s):// URL, bytes, a file opened 'rb', a PIL image, an array or a tensor, "
+                        f"not {type(source).__name__}")
+    try:
+        with opened(data) as image:
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
+        why = check_image(data) or f"{type(error).__name__}: {error}"
+        raise UnidentifiedImageError(f"{name} cannot be decoded: {why}") from None
+
+
+def data_url_bytes(url: str) -> bytes:
+    """The bytes a ``data:`` URL holds (``data:image/jpeg;base64,...``)."""
+    header, comma, payload = url.partition(",")
+    try:
+        if not comma:
+            raise ValueError("no comma before its data")
+        return base64.b64decode(payload, validate=True) if header.lower().endswith(";base64") else unquote_to_bytes(payload)
+    except (ValueError, binascii.Error) as error:
+        raise ValueError(f"a data: URL that cannot be read ({url[:40]}...): {error}") from None
+
+
+def local_file(path: Path) -> Path:
+    """``path`` as typed, else as :func:`existing_spelling` finds it (the other Unicode form, another case)."""
+    if path.exists():
+        return path
+    root = Path(path.anchor) if path.is_absolute() else Path(".")
+    return root / existing_spelling(root, str(path.relative_to(root)) if path.is_absolute() else str(path))
+
+
+FETCH_TIMEOUT_S = 60
+
+
+def is_url(source: object) -> bool:
+    """An ``http(s)://`` address given where an image is expected."""
+    return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    """An image a list or questions file gives as an ``http(s)://`` URL: downloaded when its row is read
+    (a failure is that row's ``error``, as an unreadable file's is)."""
+
+    url: str
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def data(self) -> bytes:
+        """The image's bytes, downloaded now (as :class:`~mmcaption.data.benchmarks.EmbeddedImage` holds its own)."""
+        return fetch(self.url)
+
+
+def fetch(url: str) -> bytes:
+    """The bytes at an ``http(s)://`` URL given as an image (the Python API's ``caption("https://...")``);
+    a failure names the URL and why (status, or the network's error)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "mmcaption"})  # some hosts refuse Python's default
+    try:
+        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        raise OSError(f"image {url} could not be downloaded: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise OSError(f"image {url} could not be downloaded: {getattr(error, 'reason', error)}") from None
+
+
+def array_image(array: np.ndarray) -> Image.Image:
+    """An RGB image from an array as NumPy, PIL, OpenCV or torch hold images: ``HxW``, ``HxWxC`` or ``CxHxW`` with
+    1, 3 or 4 channels (4: transparency, seen on white); uint8; booleans; floats in [0, 1] or 0-255 (as
+    ``astype(float32)`` leaves a photo), with the overshoot of a bicubic resize clipped; 16/32-bit integers scaled as
+    16-bit files are, or as 8-bit ones when no value is above 255 (``astype(np.uint16)`` of a photo)."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):  # CxHxW: torch's layout
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+        raise ValueError(f"an image array is HxW, HxWxC or CxHxW with 1, 3 or 4 channels; this one has shape {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype.kind == "f":
+        values = np.nan_to_num(array.astype(np.float64))
+        low, high = values.min(), values.max()
+        # a bicubic resize over- and undershoots its input's range by up to a tenth or so; a normalized image spans
+        # about -2 to 2.6 (CLIP's, ImageNet's mean and std), which neither range holds
+        if low >= -0.25 and high <= 1.25:
+            scale = 255.0
+        elif low >= (-64 if high > 16 else -0.25):  # 0-255: a dark frame's too (no value above 16), whose undershoot
+            scale = 1.0  # a resize leaves is as small
+        else:
+            raise ValueError(f"an image array of floats is in [0, 1] or 0-255; this one spans {low:.3g} to {high:.3g} (one "
+                             "normalized for a model?): give the image before normalization")
+        array = (values * scale).clip(0, 255).round()
+    elif array.dtype.kind in "iu" and array.dtype.itemsize > 1:  # 16/32-bit: scaled, as 16-bit files are
+        peak = 65535.0 if array.max() > 255 else 255.0
+        array = (array.astype(np.float64) * (255.0 / peak)).clip(0, 255)  # as _to_rgb scales 16-bit files
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"an image array holds numbers; this one holds {array.dtype}")
+    return _to_rgb(Image.fromarray(array.astype(np.uint8)))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "F":  # 32-bit floating point (TIFF): [0, 1] as arrays are, else 0-255
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        return Image.fromarray(np.nan_to_num(values * scale).clip(0, 255).round().astype(np.uint8)).convert("RGB")
+    if image.mode.startswith("I"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return Image.fromarray((values * (255.0 / peak)).clip(0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        # On white, as a page shows it: dropping the alpha leaves what transparent pixels happen to hold,
+        # black in most PNGs, so a black logo or diagram on a transparent background became a black square.
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def shrink_image(data: bytes, shortest_side: int, quality: int = 95) -> bytes:
+    """``data`` re-encoded as JPEG with its shorter side ``shortest_side`` (bicubic, as CLIP's processor
+    resizes), or unchanged when it is no larger than that: what the model sees, at a fraction of
+    the bytes of a full-size photo. The re-encoded image is upright (EXIF orientation applied before
+    resizing, since the new file carries no EXIF)."""
+    with opened(data) as image:
+        if min(image.size) <= shortest_side:  # the shorter side does not depend on the orientation
+            return data
+    upright = load_rgb(data)
+    width, height = upright.size
+    scale = shortest_side / min(width, height)
+    size = (max(shortest_side, round(width * scale)), max(shortest_side, round(height * scale)))
+    out = io.BytesIO()
+    upright.resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def blank_pixels(image_processor) -> torch.Tensor:
+    """What a text-only sample carries where an image would be: zeros of the processor's output shape."""
+    return torch.zeros_like(image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")["pixel_values"][0])

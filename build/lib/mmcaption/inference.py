@@ -1,0 +1,340 @@
+"""A small Python API over a saved model folder (``mmcaption-export``).
+
+    from mmcaption import Captioner
+    captioner = Captioner.from_pretrained("exported/mmcaption-phi2")
+    print(captioner.caption("photo.jpg"))
+
+It needs the model and the task layer only: no Lightning, no ``datasets``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import os
+import re
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import torch
+from huggingface_hub import hf_hub_download, is_offline_mode, snapshot_download
+from PIL import Image
+from transformers.utils import logging as hf_logging
+
+from mmcaption.errors import NotAModelFolderError
+from mmcaption.evaluation.answers import LETTERS
+from mmcaption.images import ImageSource, blank_pixels, load_rgb
+from mmcaption.model import MultimodalCausalLM, read_manifest
+from mmcaption.model.backbones import check_device, load_image_processor, load_tokenizer
+from mmcaption.model.card import CONFIG_FILE, caption_stage
+from mmcaption.model.config import Quantization
+from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompt
+from mmcaption.tasks import Tasks
+
+ImageInput = ImageSource  # a path, an http(s):// URL, bytes, a PIL image or an array
+FOLDER_PARTS = ("adapter/adapter_model.safetensors", "multimodal.safetensors", "tokenizer", "image_processor")
+
+
+class Captioner:
+    """Captions images, answers questions about them and picks multiple-choice options.
+
+    ``generate_kwargs`` are Hugging Face ``generate`` settings (or a ``generation_config``) over the folder's
+    own. One captioner may serve several threads: their calls take turns."""
+
+    batch_size = 16  # images generated for (or scored) at a time, unless a call says otherwise
+
+    def __init__(self, model: MultimodalCausalLM, tokenizer, image_processor, manifest: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.manifest = manifest  # the saved folder's mmcaption.json: its settings, prompts and how it was trained
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.caption_prompt = manifest["prompts"].get("caption_prompt", "")
+        self.template = ConversationTemplate(system=manifest["prompts"].get("system_prompt", ""))
+        self.tasks = Tasks(model, tokenizer, manifest.get("generation", {}))
+        self._lock = threading.Lock()  # generate() sets the images on the model's layers: one call at a time
+        self._asked = False  # whether a question was asked of it (a caption-stage model says once what to expect)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, device: str | torch.device | None = None, quantization: Quantization | None = None,
+        language_model: str | None = None, vision_model: str | None = None,
+    ) -> Captioner:
+        """Rebuild the model of a saved folder (backbones from their own names, trained parts from the
+        folder), optionally with another quantization for inference. ``language_model`` / ``vision_model``: where a
+        backbone is now, when its folder moved since training (a merged export holds its language model)."""
+        folder = _model_folder(folder)
+        check_device(device)
+        if quantization is not None and quantization not in get_args(Quantization):
+            raise ValueError(f"quantization is one of {', '.join(get_args(Quantization))} (or None for the folder's own), "
+                             f"not {quantization!r}")
+        manifest = read_manifest(folder)  # refuses, saying so, a folder that is not a saved model's
+        parts = [*FOLDER_PARTS, *(["language_model"] if manifest.get("merged") else [])]
+        missing = [part for part in parts if not (folder / part).exists()]
+        if missing:  # found before the model loads; a missing tokenizer/ was looked for on the Hub
+            raise NotAModelFolderError(f"{folder} lacks {', '.join(missing)} of a saved model folder (copied in part?); "
+                                       "write it again with mmcaption-export")
+        overrides = {name: value for name, value in (("quantization", quantization), ("language_model", language_model),
+                                                     ("vision_model", vision_model)) if value is not None}
+        overrides.update({name: os.path.expanduser(overrides[name]) for name in ("language_model", "vision_model")
+                          if name in overrides})  # "~/models/phi-2", as the shell would read it
+        bars = hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bar per file: gone in a second
+        hf_logging.disable_progress_bar()
+        try:
+            model = MultimodalCausalLM.from_pretrained(folder, device=device, **overrides)
+        finally:
+            if bars:  # the notebook's own setting, as it was
+                hf_logging.enable_progress_bar()
+        processor = load_image_processor(str(folder / "image_processor"))
+        return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
+
+    def _asking(self) -> None:
+        """A question asked of a caption-stage model: said once (``mmcaption chat`` and ``predict`` say it too)."""
+        if not self._asked and caption_stage(self.manifest):
+            warnings.warn("this is a caption-stage model: the instruct stage teaches it to answer questions and chat; "
+                          "expect captions, not answers", UserWarning, stacklevel=3)
+        self._asked = True
+
+    def _pixels(self, images: list[ImageInput | None]) -> torch.Tensor:
+        return self._images(images)[0]
+
+    def _images(self, images: list[ImageInput | None], first: int = 0, total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels of each image (zeros for ``None``) and the mask of those that are there. Each image is decoded and
+        made the model's size before the next is read: a list of 12-megapixel photos never sits in memory at full size.
+        ``first`` and ``total``: where these images are in the caller's list, to name one that cannot be read."""
+        total = len(images) if total is None else total
+        rows = [None if image is None else self._pixels_of(image, first + i, total) for i, image in enumerate(images)]
+        present = next((row for row in rows if row is not None), None)
+        blank = torch.zeros_like(present) if present is not None else blank_pixels(self.image_processor)
+        return torch.stack([blank if row is None else row for row in rows]), torch.tensor([row is not None for row in rows])
+
+    def _pixels_of(self, image: ImageInput, index: int, total: int) -> torch.Tensor:
+        try:
+            picture = load_rgb(image)
+        except (OSError, ValueError, TypeError) as error:
+            if total == 1:
+                raise
+            place = f"image {index + 1}" + (f" of {total}" if total else "")  # which one of a long list
+            if isinstance(error, OSError) and error.errno is not None:  # its errno and file kept, for code that reads them
+                raise type(error)(error.errno, f"{place}: {error.strerror}", error.filename) from error
+            raise type(error)(f"{place}: {error}") from error
+        return self.image_processor(images=[picture], return_tensors="pt")["pixel_values"][0]
+
+    def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], batch_size: int | None = None,
+                  first: int = 0, total: int | None = None, **generate_kwargs) -> list[str] | list[list[str]]:
+        """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt; ``batch_size`` at a
+        time (:attr:`batch_size` by default). ``first``, ``total``: where these images are in the caller's (0: unknown)."""
+        size = _batch_size(self.batch_size if batch_size is None else batch_size)
+        texts = []
+        for start in range(0, len(prompts), size):
+            batch = self.tasks.prompt_batch(prompts[start:start + size])
+            pixels, mask = self._images(images[start:start + size], first + start, len(images) if total is None else total)
+            with self._lock:  # threads (a web server's) take turns: they got each other's images
+                texts += self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask,
+                                             **generate_kwargs)
+        n = len(texts) // max(len(prompts), 1)  # num_return_sequences, however it was given
+        return texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
+
+    def caption(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
+                **generate_kwargs) -> str | list[str]:
+        """A caption per image (a string for one image; a list for a list, a tuple, a pandas Series, an array of
+        paths or of images, or a generator; with ``num_return_sequences`` n > 1, a list of n captions in place of each
+        string), ``batch_size`` images at a time (:attr:`batch_size` by default; a generator is read so, too: video
+        frames are not all held at once)."""
+        size = _batch_size(self.batch_size if batch_size is None else batch_size)
+        prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
+        if isinstance(images, Iterable) and not isinstance(images, Sized) and not _one_image(images):  # a generator, a
+            images = iter(images)  # streamed dataset's column: read a batch at a time, its length unknown (its images named
+        if isinstance(images, Iterator) and not _one_image(images):  # by their place alone); not an open file's lines
+            captions: list = []
+            while chunk := list(itertools.islice(images, size)):
+                _caption_needs_images(chunk)
+                captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0, **generate_kwargs)
+            return captions
+        batch = _as_batch(images)
+        images = [images] if batch is None else batch
+        if not images:
+            return []
+        _caption_needs_images(images)
+        captions = self._generate([prompt] * len(images), images, size, **generate_kwargs)
+        return captions if batch is not None else captions[0]
+
+    def answer(
+        self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
+        batch_size: int | None = None, **generate_kwargs,
+    ) -> str | list[str]:
+        """A free-form answer, as the instruct stage was taught to give (an image of ``None``: a text-only
+        question). One image and question give a string; a list of images and a list of as many questions (or
+        one question for them all) give a list, ``batch_size`` at a time (``num_return_sequences`` n > 1: n
+        answers in place of each string)."""
+        self._asking()
+        many, images, questions = _batch(images, questions)
+        prompts = [self.template.prompt(question, self.tokenizer) for question in questions]
+        answers = self._generate(prompts, images, batch_size, **generate_kwargs) if prompts else []
+        return answers if many else answers[0]
+
+    def chat(self, image: ImageInput | None, question: str, history: Sequence[tuple[str, str]] | None = None,
+             **generate_kwargs) -> str | list[str]:
+        """The answer to ``question`` after the earlier ``(question, answer)`` turns of ``history``, all
+        about ``image``, laid out as the instruct stage's conversations (the exported ``chat_template``); with
+        ``num_return_sequences`` n > 1, a list of n answers."""
+        turns = [] if history is None else _as_batch(history)
+        if turns is None or not all(isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
+                                    for turn in turns):
+            raise ValueError(f"history is a list of (question, answer) pairs of strings, not {history!r}")
+        _check_texts("question", [question])
+        self._asking()
+        prompt = self.template.chat_prompt(turns, question, self.tokenizer)
+        return self._generate([prompt], [image], **generate_kwargs)[0]
+
+    def choose(
+        self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
+        options: Sequence[str] | Sequence[Sequence[str]], batch_size: int | None = None,
+    ) -> str | list[str]:
+        """The letter (A, B, ...) of the most likely option given the image and question; 2 to 8 options.
+        A list of images with a list of as many questions and option lists (or one question and one option list
+        for them all) gives a list of letters, scored ``batch_size`` at a time."""
+        letters, _ = self._choose(images, questions, options, batch_size)
+        return letters
+
+    def option_scores(
+        self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
+        options: Sequence[str] | Sequence[Sequence[str]], batch_size: int | None = None,
+    ) -> list[float] | list[list[float]]:
+        """Each option's mean log-probability per token (the scores ``choose`` picks the highest of),
+        for one question or, with lists, for each."""
+        _, scores = self._choose(images, questions, options, batch_size)
+        return scores
+
+    @torch.no_grad()
+    def _choose(self, images, questions, options, batch_size: int | None = None
+                ) -> tuple[str | list[str], list[float] | list[list[float]]]:
+        self._asking()
+        many, images, questions = _batch(images, questions)
+        given = _option_rows(options) if hasattr(options, "columns") else (  # a DataFrame's option columns: a row each
+            options.tolist() if isinstance(options, np.ndarray) and options.ndim == 2 else _as_batch(options))
+        if given is None:
+            shown = repr(options) if len(repr(options)) <= 80 else type(options).__name__  # not a whole array's dump
+            raise ValueError(f"options is a list of the options' texts (or, with many questions, a list of them, a 2-D "
+                             f"array or a DataFrame of a row each), not {shown}")
+        nested = [_as_batch(o) for o in given]
+        if not many or all(isinstance(o, str) for o in given):  # one option list, for each question if there are many
+            option_lists = [given] * len(questions)
+        elif len(given) != len(questions) or any(o is None for o in nested):
+            raise ValueError(f"choose with {len(questions)} questions needs a list of options per question, or one list of "
+                             "options for all of them")
+        else:
+            option_lists = nested
+        for opts in option_lists:
+            _check_texts("option", opts)
+            for text in dict.fromkeys(option for option in opts if opts.count(option) > 1):  # equal scores: the first wins
+                same = [letter for letter, option in zip(LETTERS, opts) if option == text]
+                warnings.warn(f"options {', '.join(same)} are the same text ({text!r}): no model can tell them apart, and "
+                              f"{same[0]} is chosen whenever any of them is likeliest", stacklevel=3)
+        if not questions:
+            return [], []
+        prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
+                                    for question, opts in zip(questions, option_lists)))
+        size, letters, per_question = _batch_size(self.batch_size if batch_size is None else batch_size), [], []
+        for start in range(0, len(prompts), size):
+            pixels, mask = self._images(images[start:start + size], start, len(images))
+            with self._lock:
+                image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
+                chosen, scores = self.tasks.choose(list(prompts[start:start + size]), list(option_ids[start:start + size]),
+                                                   image_embeds, image_mask=mask)
+            letters += chosen
+            per_question += [row[: len(opts)].tolist() for row, opts in zip(scores.float().cpu(), option_lists[start:start + size])]
+        return (letters, per_question) if many else (letters[0], per_question[0])
+
+
+def _model_folder(name: str | Path) -> Path:
+    """A saved model's folder: a local one (``~`` read as the home folder), or a Hugging Face Hub repository's
+    (``owner/name`` given as a string, as the model card's snippet names it), downloaded as ``huggingface_hub`` does
+    (offline: its cache) once its ``mmcaption.json`` says it is a saved model."""
+    folder = Path(name).expanduser()
+    if folder.exists() or not isinstance(name, str) or not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
+        return folder
+    try:
+        hf_hub_download(name, CONFIG_FILE, local_files_only=is_offline_mode())  # not a whole repository of another kind
+        return Path(snapshot_download(name, local_files_only=is_offline_mode()))
+    except Exception as error:  # noqa: BLE001 - the hub's many errors (offline, not found, gated) all mean the same here
+        why = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise NotAModelFolderError(f"{name} is no folder here ({folder.resolve()}), and no saved mmcaption model could be "
+                                   f"had from the Hugging Face Hub under that name ({why}); download it (hf download {name} "
+                                   "--local-dir <folder>) and give the folder") from None
+
+
+def _option_rows(sheet: Any) -> list[list]:
+    """A DataFrame's option columns (``A``, ``B``, ... when it has them: a benchmark sheet's question and answer are
+    not options), a row each, a row's empty cells (fewer options than columns) left out."""
+    lettered = [column for column in sheet.columns if str(column).strip().upper() in LETTERS]
+    rows = (sheet[lettered] if lettered else sheet).to_numpy().tolist()
+    return [[cell for cell in row if not (cell is None or isinstance(cell, float) and math.isnan(cell)
+                                          or isinstance(cell, str) and not cell.strip())] for row in rows]
+
+
+def _as_batch(value: object) -> list | None:
+    """``value`` as a list when it is a batch - a list, a tuple, a pandas Series, a 1-D array of paths or texts, a 4-D
+    array or tensor of images, a generator - or ``None`` when it is one item (a path, bytes, an image, a 2-D or 3-D
+    array)."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    if _one_image(value) or value is None:
+        return None
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return list(value) if value.ndim == 4 else value.tolist() if value.ndim == 1 else None
+    if hasattr(value, "tolist") and hasattr(value, "__len__") and not hasattr(value, "columns"):  # pandas' Series, Index
+        return list(value.tolist())  # and arrays (pandas 3's text column's .values is an ArrowStringArray)
+    if isinstance(value, Iterator | Sequence):  # a generator; a Hugging Face dataset's column
+        return list(value)
+    return None
+
+
+def _one_image(value: object) -> bool:
+    """A path, an image's bytes, an open file (a BytesIO of a download), a PIL image: one image, though iterable."""
+    return isinstance(value, str | bytes | bytearray | memoryview | Path | Image.Image) or hasattr(value, "read")
+
+
+def _caption_needs_images(images: list) -> None:
+    if any(image is None for image in images):  # a caption of no image would be made up from the prompt alone
+        raise ValueError("caption needs an image for each item; None is for text-only questions (answer, choose, chat)")
+
+
+def _batch(images, questions) -> tuple[bool, list, list[str]]:
+    """(whether a batch was given, the images, the questions): one of each; a batch of images and as many questions;
+    or a batch of images and one question asked of each."""
+    image_batch, question_batch = _as_batch(images), _as_batch(questions)
+    if question_batch is None and image_batch is not None:
+        question_batch = [questions] * len(image_batch)
+    if question_batch is None:
+        many, images, questions = False, [images], [questions]
+    else:
+        many, questions = True, question_batch
+        if image_batch is None or len(image_batch) != len(questions):
+            raise ValueError(f"{len(questions)} questions need a list of as many images (None for a text-only question)")
+        images = image_batch
+    _check_texts("question", questions)
+    return many, images, questions
+
+
+def _batch_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"batch_size is a whole number of images of at least 1, not {size!r}")
+    return int(size)
+
+
+def _check_texts(what: str, texts: list) -> None:
+    """Questions and options are text that says something: an empty one would leave the model to make it up."""
+    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if empty:
+        raise ValueError(f"{what} {empty[0]} is {texts[empty[0]]!r}: each {what} is a non-empty string")
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # bytes a terminal or file decoded with surrogateescape
+            raise ValueError(f"{what} {i} is not text: {text!r} holds bytes that are not UTF-8 ({error.reason} at "
+                             f"character {error.start})") from None

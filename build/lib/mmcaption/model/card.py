@@ -1,0 +1,123 @@
+"""The model card (``README.md``) written into every saved model folder."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCardData
+
+from mmcaption.errors import NotAModelFolderError
+
+CONFIG_FILE = "mmcaption.json"  # a saved folder's manifest: model config, prompts, generation, provenance
+DATA_SETTINGS = ("data_dir", "source", "hub_dataset", "train_split", "train_file", "val_file", "image_root", "max_length",
+                 "batch_size")
+
+
+def hub_ids(*names: str) -> list[str] | None:
+    """The names that are Hub model ids (``owner/name``), not local folders: what ``base_model`` may list."""
+    ids = [name for name in names if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not Path(name).exists()]
+    return ids or None
+
+
+def card_metadata(manifest: dict[str, Any]) -> str:
+    """The card's Hub metadata (YAML front matter, by ``huggingface_hub.ModelCardData``). Backbones
+    given as local folders are left out of ``base_model``, which names Hub models only."""
+    model, source = manifest["model"], manifest["source"]
+    data = source.get("training", {}).get("data", {})
+    return ModelCardData(
+        license=source.get("license", "apache-2.0"),
+        base_model=hub_ids(manifest["base_language_model"], model["vision_model"]),
+        datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None,
+        library_name="peft",
+        pipeline_tag="image-text-to-text",
+        tags=["mmcaption", "image-captioning", *(["visual-question-answering"] if not caption_stage(manifest) else []),
+              "lora", "gated-cross-attention",
+              *(["4-bit", model["quantization"]] if model["quantization"] != "none" else [])],
+    ).to_yaml()
+
+
+def training_section(source: dict[str, Any]) -> str:
+    """How the exported checkpoint was trained and what it measured, from what the checkpoint records."""
+    training = source.get("training")
+    if not training:
+        return ""
+    stage = f"{training['stage']} stage: " if training.get("stage") else ""
+    lines = [f"- {stage}{source.get('global_step')} optimizer steps, {training['epochs']} epoch(s) "
+             f"completed, from `{source.get('checkpoint')}`"]
+    start = source.get("init_from")
+    if start:
+        lines.append(f"- started from the trained weights of `{start.get('path')}` (its step {start.get('global_step')})")
+    data = training.get("data", {})
+    if data:
+        lines.append("- data: " + ", ".join(f"{k} `{v}`" for k, v in data.items()))
+    for name, value in training.get("metrics", {}).items():
+        of = training.get("metrics_of", {}).get(name)
+        lines.append(f"- {name}: {value:.4f} (the checkpoint callback's best; measured on the validation split" + (
+            f", for the run's `{of}`, not this model's checkpoint)" if of else ")"))
+    return "\n## Training\n\n" + "\n".join(lines) + "\n"
+
+
+def caption_stage(manifest: dict[str, Any]) -> bool:
+    """Whether a saved folder holds a caption-stage model, which was never taught the instruct stage's conversations."""
+    return ((manifest.get("source") or {}).get("training") or {}).get("stage") == "caption"
+
+
+def model_card(manifest: dict[str, Any]) -> str:
+    """A short card from a saved folder's manifest: what it is made of and how to use it."""
+    model = manifest["model"]
+    adapter = "The LoRA adapter is in `adapter/` (a PEFT folder)."
+    if manifest["merged"]:
+        adapter = "The LoRA adapter is merged into `language_model/`"
+        if model["quantization"] != "none":
+            adapter += (
+                f", folded into the base model's original {model['compute_dtype']} weights although it was trained"
+                f" against their {model['quantization']} quantization: the merged model computes with the"
+                " unquantized weights, so its outputs differ slightly from the trained model's"
+                " (`adapter/` with the quantized base reproduces them exactly)"
+            )
+        adapter += "."
+    return f"""---
+{card_metadata(manifest)}
+---
+
+# mmcaption model
+
+{"A captioning model (the caption stage; not instruction-tuned: it was not taught to answer questions or chat)"
+ if caption_stage(manifest) else "A captioning and visual question answering model"} trained with mmcaption: the language model
+`{manifest['base_language_model']}` ({model['quantization']} during training), the frozen vision tower
+`{model['vision_model']}`, gated cross-attention after decoder layers {model['cross_attention_layers']},
+and LoRA (r={model['lora_r']}, alpha={model['lora_alpha']}) on {', '.join(model['lora_target_modules'])}.
+{adapter}
+
+```python
+from mmcaption import Captioner
+captioner = Captioner.from_pretrained("path/to/this/folder")
+print(captioner.caption("photo.jpg"))
+```
+
+Exported from `{manifest['source'].get('checkpoint')}` (step {manifest['source'].get('global_step')}).
+{training_section(manifest['source'])}
+The language model and the vision tower keep their own licenses, and so does the training data.
+"""
+
+
+def is_pretrained_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :meth:`MultimodalCausalLM.save_pretrained`."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
+    if not is_pretrained_folder(folder):
+        path = Path(folder)  # a checkpoint, or a checkpoints folder of fit's (its last.ckpt first): the command that exports it
+        found = sorted(path.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", p.name)) if path.is_dir() else [path]
+        checkpoint = next((p for p in found if p.is_file()), None)
+        export = f"; a checkpoint of mmcaption fit becomes one with: mmcaption-export {checkpoint} <new folder>" if checkpoint else ""
+        if checkpoint and path.is_dir():  # --model.init_from takes the checkpoint itself
+            export += f" (or give {checkpoint} itself where a checkpoint is taken: --ckpt_path, --model.init_from)"
+        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder "
+                                   f"({'no ' + CONFIG_FILE if path.exists() else 'no such folder'}){export}")
+    return json.loads((Path(folder) / CONFIG_FILE).read_text())

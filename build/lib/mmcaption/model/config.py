@@ -1,0 +1,172 @@
+"""The model's settings: one dataclass, declared and documented here only.
+
+The LightningModule takes it whole (``model.config.*`` in YAML, ``--model.config.lora_r 16`` on the
+command line), checkpoints store it (``model_config``), exported folders write it (``mmcaption.json``),
+and :meth:`~mmcaption.model.MultimodalCausalLM.from_config` builds the model from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from mmcaption.errors import ConfigError
+
+Quantization = Literal["nf4", "fp4", "int8", "none"]
+DType = Literal["bfloat16", "float16", "float32"]
+
+
+@dataclass
+class MultimodalConfig:
+    """Everything needed to rebuild the model around its pretrained backbones.
+
+    Attributes:
+        language_model: ``from_pretrained`` name or folder of the causal language model (and its tokenizer).
+        vision_model: ``from_pretrained`` name or folder of the CLIP model (full or vision-only) and its
+            image processor; frozen.
+        quantization: how the language model's weights are stored: nf4, fp4, int8 or none (bf16 LoRA).
+        compute_dtype: dtype of the quantized matmuls (and of the whole LM without quantization).
+        cross_attention_layers: decoder layers wrapped with gated cross-attention (negative: from the end).
+        cross_attention_heads: heads of each cross-attention block (null: the language model's).
+        cross_attention_ffn_mult: width multiplier of a Flamingo-style gated feed-forward after each
+            block (0: none).
+        vision_feature_layer: hidden state of the vision tower used as image tokens (-1: the last, -2:
+            the penultimate, as LLaVA); a list (``[-2, -1]``) concatenates several along the width.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: dropout on the LoRA input.
+        lora_target_modules: names of the language model's linear layers that get LoRA adapters.
+        gradient_checkpointing: recompute the language model's activations in backward (less memory,
+            ~30% slower).
+    """
+
+    language_model: str = "microsoft/phi-2"
+    vision_model: str = "openai/clip-vit-base-patch32"
+    quantization: Quantization = "nf4"
+    compute_dtype: DType = "bfloat16"
+    cross_attention_layers: list[int] = field(default_factory=lambda: [-4, -3, -2, -1])
+    cross_attention_heads: int | None = None
+    cross_attention_ffn_mult: int = 0
+    vision_feature_layer: int | list[int] = -1
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense"])
+    gradient_checkpointing: bool = False
+
+    def with_absolute_paths(self) -> MultimodalConfig:
+        """The same config with backbone folders that exist from here made absolute (hub ids kept), so
+        that a checkpoint or export storing it loads from any working directory."""
+        return replace(self, language_model=absolute_if_local(self.language_model),
+                       vision_model=absolute_if_local(self.vision_model))
+
+
+def absolute_if_local(name: str) -> str:
+    """``name`` as an absolute path when it names an existing file or folder, else unchanged (a hub id)."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")
+
+
+def same_setting(key: str, given: Any, saved: Any) -> bool:
+    """Whether a setting given equals the checkpoint's (a relative folder equals its absolute path; a tuple, the list a
+    saved config.yaml gives back)."""
+    if key in PATH_SETTINGS and isinstance(given, str) and isinstance(saved, str):
+        return absolute_if_local(given) == absolute_if_local(saved)
+    if isinstance(given, tuple | list) and isinstance(saved, tuple | list):
+        return len(given) == len(saved) and all(same_setting(key, a, b) for a, b in zip(given, saved))
+    return given == saved
+
+
+def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"config": {"lora_r": 8}}`` -> ``{"config.lora_r": 8}`` (the model's config only; other dicts,
+    like ``generation``, are one setting)."""
+    flat = {}
+    for key, value in settings.items():
+        if key == "config" and isinstance(value, dict) and not prefix:
+            flat.update(flat_settings(value, "config."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def nested_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`flat_settings` flattened, nested again."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key.startswith("config."):
+            nested.setdefault("config", {})[key.removeprefix("config.")] = value
+        else:
+            nested[key] = value
+    return nested
+
+
+# Settings that change what a trained tensor means: weights trained with others do not fit.
+STRUCTURAL_SETTINGS = (
+    "cross_attention_layers",
+    "cross_attention_heads",
+    "cross_attention_ffn_mult",
+    "vision_feature_layer",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_modules",
+)
+
+
+def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[str] | None, defaults: dict[str, Any],
+                    saved_name: str = "checkpoint") -> tuple[dict[str, Any], list[str], list[str]]:
+    """Flat model settings a checkpoint or an export (``saved``) gives, with those the user set (``written``, or where
+    unknown, ``given`` values other than the ``defaults``) in their place: (the settings, notes on each one the user's
+    value replaced, the structural ones that differ - the trained tensors would not fit them)."""
+    merged, notes, refused = dict(saved), [], []
+    for key, value in given.items():
+        unset = key not in written if written is not None else value == defaults.get(key)
+        if unset or key not in merged or same_setting(key, value, merged[key]) or key == "init_from":
+            continue  # not set by the user, unknown to the checkpoint, the same, or unused (its weights are replaced)
+        if key == "config.cross_attention_layers":  # an export holds them resolved ([28, ..., 31] for [-4, ..., -1]): the
+            merged[key] = value  # loaded model compares them resolved, and refuses layers that differ
+            continue
+        if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
+            refused.append(f"{key}: {saved_name} {merged[key]!r}, given {value!r}")
+        else:
+            notes.append(f"{key} {value!r} ({saved_name}: {merged[key]!r})")
+            merged[key] = value
+    return merged, notes, refused
+
+
+def settings_diff(saved: dict, current: dict, saved_name: str = "checkpoint") -> list[str]:
+    """``"lora_r: checkpoint 4, model 8"`` for each structural setting in which two configs differ."""
+    return [
+        f"{key}: {saved_name} {saved[key]!r}, model {current.get(key)!r}"
+        for key in STRUCTURAL_SETTINGS
+        if key in saved and not same_setting(key, current.get(key), saved[key])
+    ]
+
+
+# Lightning's precisions that cast the whole module, and the dtype they cast it to
+CASTING_PRECISIONS = {"bf16-true": "bfloat16", "16-true": "float16", "64-true": "float64", "64": "float64"}
+
+
+def precision_problem(precision: object, quantization: str, compute_dtype: str) -> str | None:
+    """Why ``trainer.precision`` cannot run this model, or ``None``. A ``*-true`` precision casts every weight,
+    and 4-bit weights are packed bytes stored in ``compute_dtype``: cast to another dtype they are scrambled (a
+    bf16 store read as float16 computed garbage without a word; a float32 one failed in a reshape)."""
+    cast = CASTING_PRECISIONS.get(str(precision))
+    if quantization not in ("nf4", "fp4") or cast is None or cast == compute_dtype:
+        return None
+    instead = f", or keep {precision} with model.config.compute_dtype {cast}" if cast in ("bfloat16", "float16") else ""
+    return (f"trainer.precision {precision} casts every weight to {cast}, the {quantization} weights' packed bytes too (stored "
+            f"as model.config.compute_dtype {compute_dtype}): they would be scrambled. Use bf16-mixed (as the real configs) or "
+            f"32-true{instead}")
+
+
+def check_known_settings(saved: dict[str, Any], source: str, why: str = "saved by another version of mmcaption: install "
+                         "that version to use it") -> None:
+    """Refuse a saved model config (a checkpoint's, another version of mmcaption's) with settings this version lacks: its
+    model cannot be rebuilt as it was (and the CLI would blame an option the user never typed)."""
+    unknown = sorted(set(saved) - {setting.name for setting in fields(MultimodalConfig)})
+    if unknown:
+        raise ConfigError(f"{source}: model settings {unknown} are unknown to this version of mmcaption ({why})")

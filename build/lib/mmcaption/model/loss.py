@@ -1,0 +1,46 @@
+"""Next-token cross-entropy that never holds the whole batch's logits.
+
+At Phi-2's shapes one instruct batch's float32 logits are 16 x 512 x 51,200 x 4 B = 1.7 GB, and the
+plain loss keeps them (and a float32 copy of their gradient) alive through backward. Here the output
+head runs only on the positions that have a label, a chunk at a time, and each chunk's logits are
+recomputed in backward instead of kept (litgpt's ``chunked_cross_entropy`` does the same over the
+sequence). The loss and gradients are the plain ones (``benchmarks/loss_memory.py`` measures the
+memory; ``tests/test_model.py`` checks the equality).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100  # PyTorch's default ignore_index, and Hugging Face's label for "not supervised"
+
+
+def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy of ``head(hidden)`` against ``labels`` (both ``(batch, seq)``
+    aligned; the shift happens here), and the number of supervised tokens.
+
+    Only positions whose next label is not ``IGNORE_INDEX`` reach the head, ``chunk_size`` at a time;
+    under autograd each chunk is checkpointed, so at most one chunk's logits exist at once.
+    """
+    targets = labels[:, 1:]
+    supervised = targets != IGNORE_INDEX
+    rows, wanted = hidden[:, :-1][supervised], targets[supervised]
+    # zero, but on the graph through the head too: a batch without labels still backpropagates, and a
+    # trainable head (lm_head among the LoRA targets) still gets its (zero) gradient for DDP
+    total = head(hidden[:, :0]).sum().float()
+    for start in range(0, rows.size(0), chunk_size):
+        chunk, chunk_targets = rows[start:start + chunk_size], wanted[start:start + chunk_size]
+        if torch.is_grad_enabled() and chunk.requires_grad:
+            total = total + checkpoint(_chunk_loss, head, chunk, chunk_targets, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(head, chunk, chunk_targets)
+    return total, supervised.sum()

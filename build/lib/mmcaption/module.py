@@ -1,0 +1,400 @@
+"""The LightningModule: training and validation steps, optimizer and schedule, lean checkpoints.
+
+The model is built from its config (``model.config.*``) in ``configure_model``; prompts, generation
+and answer parsing are the task layer's (:mod:`mmcaption.tasks`), checkpoint policy is
+:mod:`mmcaption.checkpoint`'s. What is left here is what Lightning asks of a module.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torchmetrics import MeanMetric
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from mmcaption import random_state
+from mmcaption.checkpoint import (
+    check_checkpoint,
+    check_trainable_state,
+    follow_a_moved_checkpoint_folder,
+    load_initial_weights,
+    restore_loader_position,
+    schedule_from_here,
+)
+from mmcaption.errors import ConfigError, NonFiniteLossError
+from mmcaption.evaluation.answers import exact_match
+from mmcaption.evaluation.caption_metrics import caption_scores, metric_setup
+from mmcaption.evaluation.report import GENERATION_RECORDED, checkpoint_record, write_evaluation
+from mmcaption.model import MultimodalCausalLM, MultimodalConfig
+from mmcaption.model.backbones import load_tokenizer
+from mmcaption.model.config import absolute_if_local, check_known_settings
+from mmcaption.model.loss import chunked_cross_entropy
+from mmcaption.model.optim import adamw
+from mmcaption.predictions import PredictionWriter
+from mmcaption.tasks import Tasks, check_generation
+
+
+class MultimodalCaptioner(LightningModule):
+    """Phi-2 (4-bit) + frozen CLIP + gated cross-attention, adapted with LoRA.
+
+    Args:
+        config: the model (backbones, quantization, cross-attention, LoRA); see ``MultimodalConfig``.
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay on matrices (not on biases, norms and gates).
+        warmup_ratio: fraction of all optimizer steps spent warming up linearly from 0.
+        adam_betas: AdamW betas.
+        generation: Hugging Face ``generate`` settings (``max_new_tokens``, ``num_beams``, ``do_sample``,
+            ``temperature``, ``top_p``, ...) for validation captions and ``predict``.
+        on_nonfinite_loss: a NaN/inf training loss stops the run naming the step and batch
+            (``error``), or skips that batch's update and counts it (``skip``).
+        init_from: a checkpoint (of the caption stage) or exported folder whose trained weights start
+            this run. Only the weights are taken: optimizer, schedule and step count start fresh, unlike
+            ``--ckpt_path``, which resumes. Ignored when a checkpoint is being restored.
+        compile: ``torch.compile`` each decoder layer (dynamic shapes: batches padded to their own
+            length do not recompile). Off by default: compiling takes minutes before the first step.
+            Measured by ``benchmarks/compile.py``.
+    """
+
+    def __init__(
+        self,
+        config: MultimodalConfig = MultimodalConfig(),  # noqa: B008 (jsonargparse shows the default)
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        generation: dict[str, Any] | None = None,
+        on_nonfinite_loss: Literal["error", "skip"] = "error",
+        init_from: str | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        # a checkpoint's hyper-parameters hold the config as a plain dict (loadable with weights_only)
+        # local backbone folders and init_from are kept as absolute paths: the checkpoint works from anywhere
+        if isinstance(config, dict):  # a checkpoint's, or a notebook's: a setting this version lacks is named, not a TypeError
+            check_known_settings(config, "model.config", "a typo, or a checkpoint of another version of mmcaption")
+        self.config = (MultimodalConfig(**config) if isinstance(config, dict) else replace(config)).with_absolute_paths()
+        init_from = init_from and absolute_if_local(init_from)
+        self.save_hyperparameters(ignore=["config"])
+        self.hparams["config"] = asdict(self.config)
+        self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
+        self.adam_betas = tuple(adam_betas)
+        self.generation = dict(generation or {})
+        check_generation(self.generation, "model.generation")  # before the model loads
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.init_from = init_from
+        self.compile = compile
+        self.model: MultimodalCausalLM | None = None
+        self.loading = False  # while configure_model loads it: what an error then is said to be (OutOfMemoryAdvice)
+        # Checkpoints hold trainable tensors only; load_state_dict checks their keys itself.
+        self.strict_loading = False
+        self.val_loss = MeanMetric()
+        self.weights_loaded = False  # set once any checkpoint's tensors are in the model
+        self._resumed_random_state: dict[str, Any] | None = None
+        self.init_source: dict[str, Any] | None = None
+        self.val_captions: list[tuple[int, str, list[str], str]] = []  # (COCO image id, generated, references, file)
+        self.val_answers: list[tuple[str, str, str, str]] = []  # (conversation id, question, generated, reference)
+        self.skipped_batches = 0
+        self.flops_per_batch: int | None = None  # the last training batch's, for TrainingThroughput's MFU
+        self._flops_per_token: int | None = None
+        self.val_examples: tuple[torch.Tensor, list[str], list[list[str]]] | None = None
+
+    # -- building ---------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Load the backbones on this process's device (each DDP rank loads its own 4-bit copy)."""
+        if self.model is not None:
+            return
+        device = self.trainer.strategy.root_device if self._trainer is not None else None
+        self.loading = True
+        self.model = MultimodalCausalLM.from_config(self.config, device=device)
+        self.loading = False
+        if self.compile:  # block by block, as litgpt and torchtitan compile: the injected cross-attention included
+            for layer in self.model.decoder_layers:
+                layer.compile(dynamic=True)
+
+    @functools.cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.config.language_model)
+
+    @property
+    def tasks(self) -> Tasks:
+        """Generation, option scoring and result rows with this model, its tokenizer and ``generation``."""
+        self.configure_model()
+        return Tasks(self.model, self.tokenizer, self.generation)
+
+    def initialise_from_checkpoint(self) -> None:
+        """Load ``init_from``'s trained weights, once, unless a checkpoint was restored already."""
+        if self.init_from is None or self.weights_loaded:
+            return
+        self.configure_model()
+        self.init_source = load_initial_weights(self.model, self.init_from)
+        self.weights_loaded = True
+        step = self.init_source.get("global_step")
+        training = self._trainer is not None and self._trainer.state.fn == "fit"  # predict has no optimizer to speak of
+        rank_zero_info(f"Initialised from {self.init_from}" + (f" (its step {step})" if step is not None else "")
+                       + ("; optimizer and schedule start fresh." if training else "."))
+
+    def on_fit_start(self) -> None:
+        self.initialise_from_checkpoint()
+
+    def on_validation_start(self) -> None:
+        self.initialise_from_checkpoint()
+
+    def on_test_start(self) -> None:
+        self.initialise_from_checkpoint()
+
+    def on_predict_start(self) -> None:
+        self.initialise_from_checkpoint()
+
+    # -- steps --------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            pixel_values=batch.get("pixel_values"), vision_features=batch.get("vision_features"),
+            image_mask=batch.get("image_mask"),
+        ).logits
+
+    def token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over supervised tokens, and how many there are (chunked:
+        the batch's full logits never exist, see ``mmcaption.model.loss``)."""
+        hidden = self.model.hidden_states(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            pixel_values=batch.get("pixel_values"), vision_features=batch.get("vision_features"),
+            image_mask=batch.get("image_mask"),
+        )
+        return chunked_cross_entropy(hidden, self.model.output_head, batch["labels"])
+
+    def on_train_start(self) -> None:
+        restore_loader_position(self.trainer)  # a resume continues with the next batch, or at an epoch's end the next epoch
+        if self.trainer.ckpt_path:
+            schedule_from_here(self.trainer, self.learning_rate)
+            for optimizer in self.trainer.optimizers:  # given on resume: the restored state kept the saved ones
+                optimizer.param_groups[0]["weight_decay"] = self.weight_decay  # the matrices' group (configure_optimizers)
+                for group in optimizer.param_groups:
+                    group["betas"] = tuple(self.adam_betas)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # After a resume, the generators continue from the checkpoint's states: set here, once the
+        # loader's iterator (whose creation draws a seed) exists, as it did when the state was saved.
+        if self._resumed_random_state is not None:
+            random_state.restore(self._resumed_random_state)
+            self._resumed_random_state = None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """Mean cross-entropy over the supervised tokens of the *global* batch.
+
+        Under DDP each process holds a share of the batch with its own number of supervised tokens;
+        dividing by the global count (and multiplying by the world size, as DDP averages gradients)
+        gives exactly the gradient of a single process running the whole batch, whatever the split.
+        """
+        loss_sum, tokens = self.token_losses(batch)
+        if self._flops_per_token is None:
+            self._flops_per_token = self.model.training_flops_per_token()
+        self.flops_per_batch = self._flops_per_token * int(batch["attention_mask"].sum())
+        world_size = self.trainer.world_size
+        totals = torch.stack([loss_sum.detach(), tokens.to(loss_sum.dtype)])
+        global_sum, global_tokens = self.trainer.strategy.reduce(totals, reduce_op="sum") if world_size > 1 else totals
+        if global_tokens == 0:
+            raise ValueError(f"training batch {batch_idx} has no supervised token: every label is masked")
+        mean_loss = global_sum / global_tokens
+        if not torch.isfinite(mean_loss):  # decided on the global value: every process skips, or none does
+            where = f"step {self.global_step}, epoch {self.current_epoch}, batch {batch_idx}"
+            if self.on_nonfinite_loss == "error":
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({mean_loss.item()}) at {where}; set model.on_nonfinite_loss: skip "
+                    "to skip such batches (they are counted in train/skipped_batches)"
+                )
+            self.skipped_batches += 1
+            self.log("train/skipped_batches", float(self.skipped_batches), batch_size=batch["input_ids"].size(0))
+            rank_zero_warn(f"skipping the batch at {where}: non-finite training loss")
+            return None  # Lightning skips the optimizer step
+        batch_size = batch["input_ids"].size(0)
+        self.log("train/loss", mean_loss, prog_bar=True, batch_size=batch_size)  # already global: no sync_dist
+        for index, gates in self.model.gate_values().items():
+            for name, value in gates.items():
+                self.log(f"gate/layer_{index}_{name}", value, batch_size=batch_size)
+        return {"loss": loss_sum * world_size / global_tokens, "mean_loss": mean_loss}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:  # generation: val images to caption, or val questions to answer
+            if self.trainer.sanity_checking:  # the start-up check tests the loss path; generating there
+                return                        # (beam search at Phi-2's shapes) only delays the first step
+            generated = self.tasks.generate_batch(batch)
+            if batch["task"][0] == "caption":
+                self.val_captions.extend(zip(batch["image_id"], generated, batch["references"], batch["file_name"]))
+                if self.val_examples is None:
+                    self.val_examples = (batch["display"][:4], generated[:4], batch["references"][:4])
+            else:
+                self.val_answers.extend(zip(batch["id"], batch["question"], generated, batch["answer"]))
+            return
+        loss_sum, tokens = self.token_losses(batch)
+        if tokens > 0:
+            self.val_loss.update(loss_sum / tokens, weight=tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_end("val")
+
+    def _evaluation_end(self, prefix: str) -> None:
+        """Log the loss and, when there were generation batches, caption metrics or exact match; after
+        ``mmcaption validate`` or ``test``, write the predictions and a results file that says how the
+        numbers were made (:mod:`mmcaption.evaluation.report`)."""
+        loss = self.val_loss.compute()  # token-weighted over all batches and all ranks
+        self.val_loss.reset()
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
+        self.log(f"{prefix}/perplexity", torch.exp(loss), sync_dist=False)
+        captions, answers = gather_objects(self.val_captions), gather_objects(self.val_answers)
+        if 1 < len(captions) + len(answers) <= self.trainer.world_size:  # a split smaller than the processes is shared with
+            # repeats (data.base): each image or question once
+            captions = list({row[0]: row for row in captions}.values())
+            answers = list({(row[0], row[1], row[3]): row for row in answers}.values())  # ids repeat: the question too
+        self.val_captions, self.val_answers = [], []
+        metrics: dict[str, float] = {"loss": float(loss), "perplexity": float(torch.exp(loss))}
+        if captions:
+            scores = None
+            if self.trainer.is_global_zero:
+                scores = caption_scores({i: c for i, c, *_ in captions}, {i: r for i, _, r, _ in captions})
+            scores = self.trainer.strategy.broadcast(scores, src=0)
+            for name, value in scores.items():
+                self.log(f"{prefix}/{name}", value, sync_dist=False, prog_bar=name == "CIDEr")
+            metrics.update(scores)
+            if prefix == "val":
+                self.log_caption_examples()
+        if answers:
+            accuracy = exact_match([p for *_, p, _ in answers], [r for *_, r in answers])
+            self.log(f"{prefix}/answer_exact_match", accuracy, sync_dist=False, prog_bar=True)
+            metrics["answer_exact_match"] = accuracy
+        self.val_examples = None
+        if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and not self.trainer.sanity_checking:
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # on every process: log_dir is a broadcast
+            if self.trainer.is_global_zero:
+                self.write_results(folder, prefix, metrics, captions, answers)
+
+    def write_results(self, folder: Path, prefix: str, metrics: dict[str, float], captions: list, answers: list) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
+        generation = self.tasks.generation.to_dict()
+        results: dict[str, Any] = {
+            "stage": self.trainer.state.fn.value, "split": split, "metrics": metrics,
+            "checkpoint": checkpoint_record(self.trainer.ckpt_path, self.init_from),
+            "data": {"module": type(datamodule).__name__, **dict(getattr(datamodule, "hparams", {}))},
+        }
+        if captions:
+            results.update(images=len(captions), references=sum(len(r) for _, _, r, _ in captions), caption_metrics=metric_setup())
+        if answers:
+            results["questions"] = len(answers)
+        if captions or answers:
+            results["generation"] = {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}
+        setting = "limit_test_batches" if prefix == "test" else "limit_val_batches"  # fast_dev_run sets it too
+        limit = getattr(self.trainer, setting)
+        if isinstance(limit, int) or limit != 1.0:  # a number of batches, or a share below 1.0: part of the split
+            results["limited_by"] = f"trainer.{setting} {limit}"
+        rows = [{"image_id": i, "file_name": f, "caption": c, "references": r} for i, c, r, f in captions]
+        rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
+        predictions, summary = write_evaluation(folder, f"{prefix}-{split or 'split'}", rows, results)
+        limited = f"; {results['limited_by']}: part of the split" if "limited_by" in results else ""
+        rank_zero_info(f"{prefix} results: {summary} (predictions: {predictions.name}{limited})")
+
+    def log_caption_examples(self) -> None:
+        """A few val images with their generated and reference captions, in TensorBoard."""
+        board = next((logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)), None)  # also beside a CSV one
+        if self.val_examples is None or board is None or not self.trainer.is_global_zero:
+            return
+        images, captions, references = self.val_examples
+        # the step Lightning gives this validation's scalars (optimizer steps before this one; global_step counts it)
+        step = getattr(self.trainer.fit_loop.epoch_loop, "_batches_that_stepped", self.global_step)
+        board.experiment.add_image("val/examples", torch.cat(list(images), dim=2), step)
+        rows = [f"| {i} | {c} | {' / '.join(r)} |" for i, (c, r) in enumerate(zip(captions, references))]
+        table = "| image | generated | references |\n|---|---|---|\n" + "\n".join(rows)
+        board.experiment.add_text("val/captions", table, step)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Captions, answers or chosen letters for the rows whose image could be read; the other rows
+        come back with their error (see :meth:`mmcaption.tasks.Tasks.predict`)."""
+        return self.tasks.predict(batch)
+
+    def configure_callbacks(self) -> list:
+        return [PredictionWriter()]
+
+    # -- optimization ---------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        optimizer = adamw(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.learning_rate,
+            betas=self.adam_betas,
+        )
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ConfigError("the linear schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
+        self.planned_steps = int(total_steps)  # in its checkpoints: a next stage started from one says if it stopped early
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total_steps), int(total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the trainable tensors only: the frozen (4-bit) backbones are reloaded from their source."""
+        trainable = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["model_config"] = self.model.config_dict()
+        if self.init_source is not None:
+            checkpoint["init_from"] = self.init_source
+        checkpoint["planned_steps"] = getattr(self, "planned_steps", None)
+        # every process's generator states (Lightning saves checkpoints from all processes at once)
+        checkpoint["random_states"] = gather_objects([random_state.capture()])
+
+    def trainable_state_keys(self) -> set[str]:
+        """The state-dict keys a checkpoint keeps: LoRA, projection, cross-attention, gates."""
+        return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before restoring: refuse a checkpoint of another model, naming the settings that differ."""
+        self.configure_model()
+        check_checkpoint(checkpoint, self.model)
+        self.init_source = checkpoint.get("init_from")
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            follow_a_moved_checkpoint_folder(self.trainer, checkpoint)
+        states = checkpoint.get("random_states") or []
+        if states and self._trainer is not None and self.trainer.state.fn == "fit":
+            self._resumed_random_state = states[min(self.global_rank, len(states) - 1)]
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load a checkpoint's trainable tensors after checking they are exactly the model's.
+
+        The frozen backbones are not in checkpoints, so they are never reported missing; any other
+        difference (an unknown key, a missing trainable tensor, a shape) is refused whatever ``strict`` says.
+        """
+        self.configure_model()
+        check_trainable_state(state_dict, self.model, prefix="model.")
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        self.weights_loaded = True
+        return result._replace(missing_keys=[])
+
+
+def gather_objects(items: list) -> list:
+    """Concatenate a list from every process (the list itself when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return items
+    gathered: list[list] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]

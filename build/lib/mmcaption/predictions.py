@@ -1,0 +1,382 @@
+"""``mmcaption predict``'s output: rows written as they come, a summary (accuracies, per category,
+CircularEval, VQA accuracy) beside them, and VQA's results file for its evaluation server."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.errors import Interrupted
+from mmcaption.evaluation.answers import YesNoTally, normalise_answer
+from mmcaption.evaluation.report import (
+    NAMES_AS_BYTES,
+    json_line,
+    json_text,
+    prediction_record,
+    scores_said,
+    software_record,
+    starts_with_bom,
+    summary_path,
+)
+from mmcaption.folders import output_lock
+from mmcaption.tasks import NO_OPTION, RESULT_COLUMNS
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``mmcaption predict`` results to the data module's ``output`` as they come, batch by
+    batch (JSON Lines, or CSV for ``.csv``), into a hidden ``.<name>.partial`` beside it that is renamed
+    to ``output`` at the end; at the end, a summary (rows, errors, accuracy when answers were given)
+    next to it and on the console.
+
+    Rows with a category (the data module's ``category_columns``, else a ``category`` column) add the
+    accuracy per category (``per_category``: ``{name: {correct, answered, accuracy}}``; MMBench's also
+    ``per_l2_category``). Rows of MMBench's CircularEval (``circular_index``, ``rotation``) add
+    ``circular_accuracy``: the questions right under every rotation, a row without an answer counted wrong;
+    the per-category accuracies then count questions so judged (``per_category_over``). Rows scored by
+    VQA accuracy add its mean per category too (``vqa_per_answer_type``: VQAv2's yes/no, number, other).
+    Questions from VQAv2's official file also give ``<output>.vqa_results.json``, the ``[{"question_id",
+    "answer"}]`` its evaluation server takes (test-dev is scored there), each answer normalised as scored.
+
+    Interrupted (Ctrl-C, SIGTERM, an error), the rows done so far are kept under ``output`` with the summary so
+    far; when ``output`` held an earlier run's rows (``overwrite``), they stay, and the rows done go to
+    ``<stem>.interrupted<suffix>`` instead. The data module's ``check_output`` refuses an output that is one of its inputs, or that exists
+    without ``overwrite``, before anything is written.
+
+    On several processes (DDP), each writes its share of the rows to ``<stem>.rank<r><suffix>``; at the end the first
+    one puts them together in ``output``, in the input's order, and sums them up as one process would have, and the
+    shares go. An interrupted run keeps its shares as they are."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="batch")
+        self.path: Path | None = None
+        self.partial: Path | None = None
+        self.handle = None
+        self.writer = None
+        self.counts: dict[str, float] = {}
+        self.late_columns: dict[int, dict[str, Any]] = {}
+        self.category_columns: dict[str, str] = {}
+        self.categories: dict[str, dict[str, list[int]]] = {}  # summary key -> category -> [correct, answered]
+        self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
+        self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
+        self.yes_no, self.yes_no_rows = YesNoTally(), 0  # POPE's metrics, when every answer key is yes or no
+        self.vqa_results: list[dict[str, Any]] | None = None
+        self.official = self.replacing = False
+        self.encoding = "utf-8"
+        self.first_error: str | None = None
+        self.failure: str | None = None  # not one row predicted: the command exits as a user error (a script stops)
+        self.submission_ids: list[int] = []
+        self.expected_rows: int | None = None
+        self.share_rows: list[tuple[int | None, dict[str, Any]]] = []  # a share's rows, with their places in the input
+        self.merged_from = 0
+        self.share: dict[str, int] | None = None  # one of several processes' shares: its rank and the processes
+        self.asked: Path | None = None  # the output asked for (a share's is beside it)
+        self.made_by: dict[str, Any] = {}
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        datamodule = trainer.datamodule
+        if getattr(datamodule, "output", None) is None:
+            self.path = None
+            return
+        self._start(trainer, datamodule.check_output(trainer.world_size, trainer.global_rank), trainer.world_size)
+
+    def _start(self, trainer, output: Path, processes: int) -> None:
+        """Start writing ``output``: of ``processes`` processes, this one writes its share there."""
+        datamodule = trainer.datamodule
+        self.asked = datamodule.output
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.partial = output, output.with_name(f".{output.name}.partial")
+        self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
+        # A CSV for Excel, whose questions came from Excel ("CSV UTF-8" starts with a byte-order mark), gets the mark
+        # too: without it Excel reads UTF-8 as the local code page, and "café" shows as "cafÃ©"
+        self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and any(
+            starts_with_bom(source) for source in datamodule.input_files()) else "utf-8"
+        self.handle = self.partial.open("w", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES)
+        self.writer = None
+        self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
+        self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
+        self.first_error = self.failure = None
+        self.share_rows, self.merged_from = [], 0
+        self.share = {"rank": trainer.global_rank, "processes": processes} if processes > 1 else None
+        self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
+        self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
+        self.categories, self.questions, self.vqa_categories = {}, {}, {}
+        # CircularEval: each question's passes in the input, and how many of them are done
+        rows = getattr(getattr(datamodule, "dataset", None), "rows", None) or []
+        self.passes = Counter(str(r["circular_index"]) for r in rows if isinstance(r, dict) and r.get("circular_index") not in (None, ""))
+        self.passes_done: Counter[str] = Counter()
+        # VQAv2's official questions: the answers as its evaluation server takes them, written with the whole output
+        # (by the first of several processes, once it has put their shares together); a previous run's file goes
+        # now - or, when that run's output is being replaced, once this run has finished (an interrupted one keeps both)
+        official = self.official = getattr(datamodule, "official_vqa", False)
+        self.vqa_results = [] if official and processes == 1 else None
+        self.submission_ids = datamodule.submission_question_ids() if self.vqa_results is not None else []
+        if official and not self.replacing and processes == 1:
+            self.vqa_results_path(output).unlink(missing_ok=True)
+        dataset = getattr(datamodule, "dataset", None)  # one row each; several processes each answer a share
+        self.expected_rows = len(dataset) if dataset is not None and processes == 1 else None
+        if getattr(datamodule, "done", None):  # resume: the interrupted run's rows come first, and count in the summary
+            self._go_on_from(output, datamodule.done)
+
+    def _go_on_from(self, output: Path, done: list[dict[str, Any]]) -> None:
+        self.handle.close()
+        shutil.copyfile(output, self.partial)
+        self.handle = self.partial.open("a", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES)  # no second mark
+        if output.suffix.lower() == ".csv":  # the rows read back have the file's columns, in its order
+            self.writer = csv.DictWriter(self.handle, fieldnames=list(done[0]), extrasaction="ignore")
+        for row in done:
+            self._count(row)
+        self.counts["resumed_after"] = len(done)
+        self.replacing = False  # stopped again, the rows of both runs are in the partial file: it takes output's place
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        if self.path is None:
+            return
+        if self.share:  # kept for the first process, which puts the shares together (on another node, maybe)
+            places = batch_indices if batch_indices is not None and len(batch_indices) == len(prediction) else [None] * len(prediction)
+            self.share_rows.extend(zip(places, prediction))
+        self._write(prediction)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self._count(row)
+            if self.path.suffix.lower() == ".csv":
+                if self.writer is None:
+                    # the result columns this task writes (a caption: none but error): a later row's own are added at the end
+                    columns = [c for c in row if c not in RESULT_COLUMNS] + [c for c in RESULT_COLUMNS if c in row or c == "error"]
+                    self.writer = csv.DictWriter(self.handle, fieldnames=columns, extrasaction="ignore")
+                    self.writer.writeheader()
+                values = {k: json_text(v) if isinstance(v, list) else v for k, v in row.items()}
+                late = {k: v for k, v in values.items() if k not in self.writer.fieldnames}
+                if late:  # a column the first row did not have: kept, and added to the header at the end
+                    self.late_columns[self.counts["rows"] - 1] = late
+                self.writer.writerow(values)
+            else:
+                self.handle.write(json_line(row))
+        self.handle.flush()
+
+    @staticmethod
+    def vqa_results_path(output: Path) -> Path:
+        return output.with_name(output.name + ".vqa_results.json")
+
+    def _count(self, row: dict[str, Any]) -> None:
+        self.counts["rows"] += 1
+        if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
+            self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "")})
+        if row.get("error"):  # no image, or (by generation) an answer that names no option: wrong, but predicted
+            failed = not str(row["error"]).startswith(NO_OPTION)
+            self.counts["errors" if failed else "no_option"] += 1
+            self.first_error = self.first_error or (str(row["error"]) if failed else None)
+        if row.get("correct") is not None:  # rows with a reference answer; those given none count as wrong
+            if normalise_answer(str(row["answer"])) in ("yes", "no"):
+                self.yes_no_rows += 1
+                if row.get("prediction") is not None:
+                    self.yes_no.add(row["prediction"], normalise_answer(str(row["answer"])))
+            self.counts["answered"] += 1
+            self.counts["correct"] += int(row["correct"])
+            self.counts["unanswered"] += int(row.get("prediction") is None)
+        groups = {key: str(row[column]) for key, column in self.category_columns.items() if row.get(column) not in (None, "")}
+        if row.get("vqa_accuracy") is not None:
+            self.counts["vqa_scored"] = self.counts.get("vqa_scored", 0) + 1
+            self.counts["vqa_accuracy_sum"] = self.counts.get("vqa_accuracy_sum", 0.0) + row["vqa_accuracy"]
+            for key, name in groups.items():  # e.g. VQAv2's answer types: [sum of accuracies, questions]
+                sums = self.vqa_categories.setdefault(key, {}).setdefault(name, [0.0, 0])
+                sums[0] += row["vqa_accuracy"]
+                sums[1] += 1
+        if row.get("correct") is None:
+            return
+        if row.get("circular_index") not in (None, ""):  # a question is right if every rotation of it is
+            right, _ = self.questions.get(str(row["circular_index"]), (True, groups))
+            self.questions[str(row["circular_index"])] = (right and bool(row["correct"]), groups)
+            self.passes_done[str(row["circular_index"])] += 1
+        else:
+            self._tally(self.categories, groups, bool(row["correct"]))
+
+    @staticmethod
+    def _tally(categories: dict[str, dict[str, list[int]]], groups: dict[str, str], right: bool) -> None:
+        for key, name in groups.items():
+            counts = categories.setdefault(key, {}).setdefault(name, [0, 0])
+            counts[0] += int(right)
+            counts[1] += 1
+
+    def summary(self) -> dict[str, Any]:
+        summary = dict(self.counts, output=str(self.path))
+        if self.counts["answered"]:  # rows scored against their answer key
+            summary["accuracy"] = self.counts["correct"] / self.counts["answered"]
+        else:  # no answer key (captions, questions without answers): "answered": 0 read as nothing answered
+            for key in ("answered", "correct", "unanswered"):
+                del summary[key]
+        if self.yes_no.counts and self.yes_no_rows == self.counts["answered"]:  # a yes/no set: POPE's numbers too
+            summary["pope"] = self.yes_no.metrics()
+        if self.counts.get("vqa_scored"):
+            summary["vqa_accuracy"] = summary.pop("vqa_accuracy_sum") / self.counts["vqa_scored"]
+        for key, sums in self.vqa_categories.items():
+            summary[f"vqa_{key}"] = {name: {"vqa_accuracy": total / n, "questions": n} for name, (total, n) in sorted(sums.items())}
+        categories = self.categories
+        # a question is judged once every pass of it is done: a run stopped midway has some half asked
+        judged = {key: value for key, value in self.questions.items() if self.passes_done[key] >= self.passes.get(key, 0)}
+        if judged:
+            right = sum(r for r, _ in judged.values())
+            summary.update(circular_questions=len(judged), circular_correct=right, circular_accuracy=right / len(judged))
+            categories = {}
+            for r, groups in judged.values():
+                self._tally(categories, groups, r)
+        if len(judged) < len(self.questions):
+            summary["circular_unfinished"] = len(self.questions) - len(judged)
+        for key in self.category_columns:
+            if categories.get(key):
+                summary[key] = {name: {"correct": c, "answered": n, "accuracy": c / n} for name, (c, n) in sorted(categories[key].items())}
+        if any(key in summary for key in self.category_columns):
+            summary["per_category_over"] = "questions, right only if every rotation is (CircularEval)" if self.questions else "rows"
+        summary["made_by"] = self.made_by
+        return summary
+
+    def _finish(self, interrupted: BaseException | None = None, stopped: str | None = None, announce: bool = True) -> None:
+        """Close the partial file and put it in place (with what was written, when interrupted or ``stopped``
+        short of the input's end by a setting); then let another run have the output."""
+        if self.path is None or self.handle is None:
+            return
+        lock = output_lock(self.path)  # the data module's check_output took it
+        try:
+            self._put_in_place(interrupted, stopped, announce)
+        finally:
+            lock.release()
+
+    def _put_in_place(self, interrupted: BaseException | None, stopped: str | None, announce: bool = True) -> None:
+        self.handle.close()
+        self.handle = None
+        summary = self.summary()
+        why = stopped or interrupted and (signal.Signals(interrupted.signum).name if isinstance(interrupted, Interrupted)
+                                          else type(interrupted).__name__)
+        if why and not summary["rows"]:
+            self.partial.unlink(missing_ok=True)
+            rank_zero_info(f"predict stopped ({why}) before any row was done; {self.path} not written")
+            return
+        if self.late_columns:
+            self._add_late_columns()
+        earlier = ""
+        if why and self.replacing:  # the complete output of an earlier run stays
+            earlier = f" ({self.path}, from an earlier run, is unchanged)"
+            self.path = unused_name(self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix}"))
+        os.replace(self.partial, self.path)
+        summary["output"] = str(self.path)
+        if why:  # what resume goes on from
+            summary["interrupted"] = why
+        if self.merged_from:
+            summary["processes"] = self.merged_from
+        if self.share:  # what a resume on one device puts together
+            summary["share"] = self.share
+        summary_path(self.path).write_text(json_text(summary, indent=2), encoding="utf-8")
+        if self.vqa_results is not None and not why:
+            asked = {entry["question_id"] for entry in self.vqa_results}
+            padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
+            self.vqa_results_path(self.path).write_text(json.dumps(self.vqa_results + padding))
+            self.counts["vqa_results_padded"] = len(padding)
+        elif not why and (self.official or self.replacing):  # several processes, or other questions in place of an
+            self.vqa_results_path(self.path).unlink(missing_ok=True)  # earlier VQAv2 run's output: none of its results
+        message = f"predictions: {summary['rows']} rows -> {self.path}"
+        if self.merged_from:
+            message += f" (the shares of {self.merged_from} processes, put together)"
+        if "resumed_after" in summary:
+            message += f" (the first {summary['resumed_after']} from the interrupted run)"
+            meant = self.path.with_name(self.path.name.replace(".interrupted", "", 1))
+            if not why and meant != self.path:  # an interrupted --data.overwrite run's rows, completed: where they were going
+                message += f"; complete now: rename it (and its .summary.json) to {meant.name} to put it in place of the earlier output"
+        if why and self.share:  # resume goes on from one output, which these shares are not
+            message = (f"predict stopped ({why}); each process keeps the rows it did in its share ({summary['rows']} in "
+                       f"{self.path}{earlier}, the first); ")
+            message += (f"{self.asked}, from an earlier run, is unchanged: to go on from the shares, move it away and run the "
+                        "same command on one device (--trainer.devices 1) with --data.resume true in place of --data.overwrite "
+                        "true") if self.asked is not None and self.asked.exists() else (
+                        "the same command with --data.resume true on one device (--trainer.devices 1) puts them together "
+                        "and goes on from them")
+        elif why:
+            message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
+            message += (f"; the same command with --data.output {self.path} --data.resume true, in place of --data.overwrite "
+                        "true, goes on from them") if earlier else "; the same command with --data.resume true goes on from them"
+        message += scores_said(summary, [key for key in self.category_columns if key in summary])
+        if self.vqa_results is not None and not why:
+            message += (f"\n  answers for VQA's evaluation server ([{{question_id, answer}}], normalised as scored): "
+                        f"{self.vqa_results_path(self.path)}")
+            if self.submission_ids:
+                message += f" ({self.counts['vqa_results_padded']} questions not asked here given an empty answer, as the server wants all)"
+        if announce:  # the whole output (not one process's share)
+            rank_zero_info(message)
+            if not why and summary["rows"] and summary["errors"] == summary["rows"]:
+                self.failure = (f"not one of the {summary['rows']} rows could be predicted (the first: {self.first_error}); "
+                                f"{self.path} holds their errors")
+
+    def _add_late_columns(self) -> None:
+        """Rewrite the CSV with the columns that only later rows had (before the result columns)."""
+        with self.partial.open(newline="", encoding="utf-8-sig", errors=NAMES_AS_BYTES) as handle:
+            reader = csv.DictReader(handle)
+            header, rows = list(reader.fieldnames or []), list(reader)
+        added = list(dict.fromkeys(k for late in self.late_columns.values() for k in late))
+        results = [c for c in RESULT_COLUMNS if c in header or c in added]  # last, in their usual order
+        columns = [c for c in header if c not in RESULT_COLUMNS] + [c for c in added if c not in RESULT_COLUMNS] + results
+        rewritten = self.partial.with_name(self.partial.name + ".columns")
+        with rewritten.open("w", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES) as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({**row, **self.late_columns.get(i, {})} for i, row in enumerate(rows))
+        os.replace(rewritten, self.partial)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1 and self.path is not None:
+            share = self.path
+            self._finish(announce=False)  # this process's share, in its own file until the output is whole
+            shares: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, self.share_rows)  # the rows themselves: a node may not see another's files
+            whole = False
+            try:
+                if trainer.is_global_zero:
+                    self._put_together(trainer, shares)
+                    whole = True
+            finally:  # the others wait for it, also when it fails; each removes its share once the output is whole
+                whole = trainer.strategy.broadcast(whole, src=0)
+            if whole:
+                share.unlink(missing_ok=True)
+                summary_path(share).unlink(missing_ok=True)
+            return
+        self._end(trainer)
+
+    def _end(self, trainer) -> None:
+        # a setting that asks fewer batches than the input has (fast_dev_run, limit_predict_batches): said, and the output
+        # is left as an interrupted one, which resume completes; it was written and summed up as the whole input's
+        short = self.expected_rows is not None and self.counts["rows"] < self.expected_rows
+        setting = (f"trainer.fast_dev_run {trainer.fast_dev_run}" if trainer.fast_dev_run
+                   else f"trainer.limit_predict_batches {trainer.limit_predict_batches}")
+        self._finish(stopped=f"{setting}: {self.counts['rows']} of {self.expected_rows} rows asked" if short else None)
+
+    def _put_together(self, trainer, shares: list[list[tuple[int | None, dict[str, Any]]]]) -> None:
+        """The processes' shares as one output, in the input's order (each row's place, as Lightning's
+        sampler gave it), written and summed up as one process would have."""
+        rows = [pair for share in shares for pair in share]
+        if all(place is not None for place, _ in rows):
+            rows.sort(key=lambda pair: pair[0])
+        else:
+            rank_zero_info(f"note: Lightning gave no row places, so {trainer.datamodule.output} holds the processes' shares one "
+                           "after the other, not in the input's order")
+        self._start(trainer, trainer.datamodule.check_output(), processes=1)
+        self.merged_from = len(shares)
+        self._write([row for _, row in rows])
+        self._end(trainer)  # as one process: a short input is said, and kept as interrupted
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._finish(interrupted=exception)
+
+
+def unused_name(path: Path) -> Path:
+    """``path``, or ``<stem>-2<suffix>``, ``-3``, ... the first that does not exist."""
+    candidates = (path.with_name(f"{path.stem}-{n}{path.suffix}") for n in itertools.count(2))
+    return path if not path.exists() else next(p for p in candidates if not p.exists())

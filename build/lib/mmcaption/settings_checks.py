@@ -1,0 +1,143 @@
+"""The trainer's settings against the config's callbacks, checked before a run starts: callbacks the settings turn
+off are left out (with a note), a monitor that will never be logged and a callback that cannot work with this model are
+refused; and Lightning's own refusals of settings, said on one line (:class:`~mmcaption.errors.ConfigError`)."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, StochasticWeightAveraging
+from lightning.pytorch.utilities import rank_zero_only
+
+from mmcaption.errors import ConfigError, MMCaptionError, one_line
+
+
+def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callback]:
+    """The config's callbacks less those the trainer's own settings turn off: a ``LearningRateMonitor``
+    when ``logger`` is false (it has nothing to log to, and Lightning stops the run at its first step), a
+    ``ModelCheckpoint`` when ``enable_checkpointing`` is false (Lightning refuses the pair) or ``fast_dev_run``
+    is set: a quick run without logs or checkpoints needs no edit of the config. In ``fit``, a note says what
+    was left out."""
+    callbacks = trainer_settings.get("callbacks") or []
+    if any(isinstance(c, StochasticWeightAveraging) for c in (callbacks if isinstance(callbacks, list) else [callbacks])):
+        # it copies the module in its setup, before configure_model builds the model: it averaged nothing, silently
+        raise ConfigError("trainer.callbacks: StochasticWeightAveraging cannot average this model (it copies the "
+                          "LightningModule before mmcaption builds the model in configure_model, so it would average no "
+                          "weight); leave it out")
+    turned_off = [(LearningRateMonitor, "logger is false")] if trainer_settings.get("logger") is False else []
+    turned_off += [(ModelCheckpoint, "enable_checkpointing is false")] if trainer_settings.get("enable_checkpointing") is False else []
+    # Lightning says a fast_dev_run saves nothing, and its ModelCheckpoint still writes last.ckpt at the end
+    fast = trainer_settings.get("fast_dev_run")
+    turned_off += [(ModelCheckpoint, f"fast_dev_run is {'true' if fast is True else fast}")] if fast else []
+    kept = []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        setting = next((said for kind, said in turned_off if isinstance(callback, kind)), None)
+        if setting is None:
+            kept.append(callback)
+        elif fit and rank_zero_only.rank == 0:
+            print(f"note: trainer.{setting}: the config's {type(callback).__name__} is left out", file=sys.stderr, flush=True)
+    if fit and trainer_settings.get("enable_progress_bar") is False and rank_zero_only.rank == 0:
+        print("note: trainer.enable_progress_bar is false, so mmcaption's progress lines are off too (training starts, the "
+              "step and loss every 30 s, each validation's metrics, training done). Off a terminal they are plain lines, not "
+              "a bar, with the setting left on", file=sys.stderr, flush=True)
+    checkpoints_off = any(kind is ModelCheckpoint for kind, _ in turned_off)
+    if fit and not checkpoints_off and not any(isinstance(c, ModelCheckpoint) for c in kept) and rank_zero_only.rank == 0:
+        print("note: trainer.callbacks has no ModelCheckpoint, so Lightning's default one keeps a single checkpoint, saved at "
+              "each validation (at each epoch's end when there is none), and no last.ckpt: a run that stops at max_steps before "
+              "its first validation keeps nothing, and --ckpt_path last finds nothing. A callbacks list in a later config file "
+              "replaces the earlier one's: write `callbacks+:` there to add to it", file=sys.stderr, flush=True)
+    for callback in kept if fit and rank_zero_only.rank == 0 else []:
+        if isinstance(callback, ModelCheckpoint) and not callback.save_last:
+            print(f"note: the ModelCheckpoint saving to {callback.dirpath or 'the log folder'} has save_last off: no last.ckpt, so a "
+                  "run that stops at max_steps before a validation saves keeps nothing there, and --ckpt_path last finds "
+                  "nothing. Add `save_last: true` to its init_args to keep the last step (the shipped configs do)",
+                  file=sys.stderr, flush=True)
+    return kept
+
+
+# Lightning's plain ValueError / RuntimeError that are about a setting: (words in the message, the setting)
+LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interval"),
+                            ("Early stopping conditioned on metric", "the config's EarlyStopping monitor"),
+                            ("requires a GPU accelerator", "trainer.strategy"))
+
+
+def configured_checkpoint_folders(trainer_settings: Any) -> list[Path]:
+    """The ``dirpath`` of each ModelCheckpoint in ``trainer.callbacks`` as configured, before they are built (where
+    ``--ckpt_path last`` looks)."""
+    callbacks = trainer_settings.get("callbacks") or []
+    return [Path(c.init_args.dirpath) for c in (callbacks if isinstance(callbacks, list) else [callbacks])
+            if _is_model_checkpoint(str(c.get("class_path", ""))) and c.get("init_args", {}).get("dirpath")]
+
+
+def _is_model_checkpoint(class_path: str) -> bool:
+    """Whether ``class_path`` names ModelCheckpoint or a class of its (a project's own ``KeepCheckpoint``)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(found, type) and issubclass(found, ModelCheckpoint)
+
+
+@contextmanager
+def lightning_setting_errors() -> Iterator[None]:
+    """Lightning's refusals of settings (its ``MisconfigurationException``, and the plain errors above) as
+    one-line :class:`ConfigError`: building the trainer or running it, they were tracebacks."""
+    try:
+        yield
+    except MisconfigurationException as error:  # Lightning's word for settings that cannot work together
+        raise ConfigError(one_line(error)) from error
+    except (ValueError, RuntimeError) as error:
+        setting = next((key for words, key in LIGHTNING_SETTING_ERRORS if words in str(error)), None)
+        if setting is None or isinstance(error, MMCaptionError):
+            raise
+        raise ConfigError(f"{setting}: {one_line(error)}") from error
+
+
+def unlogged_monitor(callbacks: list, datamodule: Any) -> str | None:
+    """Why a callback's ``monitor`` (ModelCheckpoint's, EarlyStopping's) will never be logged with these settings (a
+    typo, too), or ``None``: found now, not at the first validation, thousands of steps in, with no best saved."""
+    from mmcaption.evaluation.caption_metrics import CAPTION_METRICS, java_available, spice_available  # noqa: PLC0415 - Java is looked for
+
+    logged = [f"val/{metric}" for metric in ("loss", "perplexity", *CAPTION_METRICS, "answer_exact_match")]
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        name = f"{type(callback).__name__}'s monitor {monitor}"
+        # a typo, another case or Lightning's docs' val_loss (training's own curves, epoch and step are left to Lightning)
+        if isinstance(monitor, str) and not monitor.startswith(("train/", "gate/", "lr-")) and monitor not in (
+                *logged, "epoch", "step"):
+            close = "".join(f": did you mean {m}?" for m in difflib.get_close_matches(monitor, logged, n=1, cutoff=0.5))
+            return f"{name} is never logged{close or '.'} Validation logs {', '.join(logged)}"
+        if monitor in {f"val/{metric}" for metric in CAPTION_METRICS}:
+            if getattr(datamodule, "val_caption_images", 0) == 0:  # the instruct stage has none (a pipeline's fit args)
+                return (f"{name} is computed only from validation captions: set data.init_args.val_caption_images (images "
+                        "captioned at each validation; it is 0), or monitor val/loss")
+            if monitor == "val/METEOR" and not java_available() or monitor == "val/SPICE" and not spice_available():
+                return (f"{name} is not computed on this machine: METEOR needs Java, SPICE Java and its models "
+                        "(see the README's caption metrics); monitor val/CIDEr")
+        if monitor == "val/answer_exact_match" and getattr(datamodule, "val_answer_questions", 0) == 0:
+            return (f"{name} is computed only from answered validation questions: set data.init_args.val_answer_questions "
+                    "(it is 0), or monitor val/loss")
+    return None
+
+
+def strategy_problem(strategy: object) -> str | None:
+    """Why a trainer strategy cannot run mmcaption: those that start the processes apart from the command and hand the
+    trained weights back through it (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) reload the whole model's state, which
+    the lean checkpoints refuse after training, and each process takes the predict output's lock the command holds."""
+    settings = getattr(strategy, "init_args", None) or (strategy.get("init_args") if isinstance(strategy, dict) else None)
+    start = getattr(settings, "start_method", None) or (settings.get("start_method") if isinstance(settings, dict) else None)
+    if start in ("spawn", "fork", "forkserver"):  # DDPStrategy(start_method=...) in a config: ddp_spawn by another name
+        strategy = f"with start_method {start}"
+    if isinstance(strategy, str) and strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook", "with start_method")):
+        return (f"trainer.strategy {strategy} is not supported (its processes hand the model back to the command, whose "
+                "checkpoints and outputs are the processes' own): use --trainer.strategy ddp, which starts them alike")
+    return None

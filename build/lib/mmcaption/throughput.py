@@ -1,0 +1,68 @@
+"""Training speed and memory in TensorBoard: Lightning's ``ThroughputMonitor`` on the training steps,
+with the step time and the peak memory beside it."""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+
+
+def batch_samples(batch: dict[str, Any]) -> int:
+    return batch["input_ids"].size(0)
+
+
+def batch_real_tokens(batch: dict[str, Any]) -> int:
+    """Tokens that are not padding: what ``train/items_per_sec`` counts."""
+    return int(batch["attention_mask"].sum())
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """The most memory this process has held: CUDA's max allocated on a GPU, the peak resident set
+    size on the CPU (Linux reports it in KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class TrainingThroughput(ThroughputMonitor):
+    """Logs, every ``log_every_n_steps`` training steps once ``window_size`` steps have run, this
+    process's ``train/device/samples_per_sec``, ``train/device/items_per_sec`` (real tokens, padding
+    excluded), ``train/device/batches_per_sec``, ``train/device/flops_per_sec`` and, on a GPU whose peak
+    FLOPs Lightning knows, ``train/device/mfu`` (from the module's ``flops_per_batch``); under DDP also
+    rank 0's rates times the number of processes (``train/samples_per_sec``, ...); and every logged step
+    ``train/step_seconds`` (that step's wall time, data loading excluded) and ``train/peak_memory_gb``.
+    Validation time is left out of the rates (the checkpoint saved after a validation is not);
+    validation batches (a loss loader beside a generation loader) are not measured.
+    """
+
+    def __init__(self, window_size: int = 50) -> None:
+        super().__init__(batch_size_fn=batch_samples, length_fn=batch_real_tokens, window_size=window_size, separator="/")
+        self._step_started = 0.0
+        self._validation_started: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        size = batch_samples(batch)
+        pl_module.log("train/step_seconds", time.perf_counter() - self._step_started, batch_size=size)
+        pl_module.log("train/peak_memory_gb", peak_memory_gb(pl_module.device), batch_size=size)
+
+    def on_validation_start(self, trainer, *_: Any) -> None:
+        self._validation_started = time.perf_counter()
+
+    def on_validation_batch_end(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def on_validation_end(self, trainer, *_: Any) -> None:
+        started, self._validation_started = self._validation_started, None
+        if started is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if RunningStage.TRAINING in self._t0s:  # the rates count training time only
+            self._t0s[RunningStage.TRAINING] += time.perf_counter() - started
