@@ -41,6 +41,20 @@ def test_scores_of_a_hand_made_set_equal_the_reference_implementation_numbers():
     assert scores["CIDEr"] == pytest.approx(5.910718537634697, abs=1e-9)
 
 
+@pytest.mark.skipif(not caption_metrics.java_available(), reason="METEOR needs Java")
+def test_meteor_scores_the_same_under_a_decimal_comma_locale(monkeypatch):
+    """Java takes its locale from LANG: on a German or French machine METEOR's scanner read "0.5" as no number, and
+    training died at its first validation without a checkpoint. JAVA_TOOL_OPTIONS sets that default locale here, whichever
+    locales this machine has (the command line's own settings come after it)."""
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Duser.language=de -Duser.country=DE")
+    caption_metrics.close_meteor()  # a Java started before has the locale it had
+    try:
+        scores = caption_scores({k: PREDICTIONS[k] for k in (1, 2)}, {k: REFERENCES[k] for k in (1, 2)})
+    finally:
+        caption_metrics.close_meteor()
+    assert scores["METEOR"] == pytest.approx(0.5634537451723508, abs=1e-6)
+
+
 def test_plain_tokenizer_without_java_agrees_with_ptb_on_plain_captions(monkeypatch):
     with_java = caption_metrics.tokenize(REFERENCES) if caption_metrics.java_available() else None
     monkeypatch.setattr(caption_metrics, "java_available", lambda: False)

@@ -26,6 +26,7 @@ from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -128,7 +129,7 @@ def _ptb_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[st
     with tempfile.NamedTemporaryFile("wb", prefix="mmcaption-ptb-", suffix=".txt", delete=False) as handle:
         handle.write(sentences.encode())
     try:
-        lines = subprocess.run(["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+        lines = subprocess.run(["java", *JAVA_LOCALE, "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
                                 "-lowerCase", handle.name], stdout=subprocess.PIPE, check=True,
                                start_new_session=True).stdout.decode().split("\n")  # as _OwnSession starts the others
     finally:
@@ -162,22 +163,32 @@ def java_output_kept_back() -> Iterator[None]:
                 sys.stderr.write(capture.read().decode(errors="replace")[-4000:])
 
 
+# Java reads numbers in its default locale, which it takes from LANG: under a decimal-comma one (de_DE, fr_FR) METEOR's
+# scanner failed on the "0.5" it is sent and the run died at its first validation, with no checkpoint saved
+JAVA_LOCALE = ["-Duser.language=en", "-Duser.country=US"]
+
+
+def _in_english(command: Any) -> Any:
+    """A Java command line with :data:`JAVA_LOCALE` set."""
+    return [command[0], *JAVA_LOCALE, *command[1:]] if isinstance(command, list) and command[:1] == ["java"] else command
+
+
 class _OwnSession:
     """The ``subprocess`` module as pycocoevalcap's Java tools call it, their Java process started in a session
-    of its own. A terminal's Ctrl-C goes to its whole foreground process group: it killed METEOR midway, whose
-    reader then failed on an empty line with its lock held, and the process hung where it should have saved
-    a checkpoint; mmcaption acts on the signal itself."""
+    of its own and in English (:data:`JAVA_LOCALE`). A terminal's Ctrl-C goes to its whole foreground process group:
+    it killed METEOR midway, whose reader then failed on an empty line with its lock held, and the process hung where
+    it should have saved a checkpoint; mmcaption acts on the signal itself."""
 
     def __getattr__(self, name: str):
         return getattr(subprocess, name)
 
     @staticmethod
-    def Popen(*args, **kwargs) -> subprocess.Popen:  # noqa: N802 - the name the tools call
-        return subprocess.Popen(*args, **kwargs, start_new_session=True)
+    def Popen(command, *args, **kwargs) -> subprocess.Popen:  # noqa: N802 - the name the tools call
+        return subprocess.Popen(_in_english(command), *args, **kwargs, start_new_session=True)
 
     @staticmethod
-    def check_call(*args, **kwargs) -> int:
-        return subprocess.check_call(*args, **kwargs, start_new_session=True)
+    def check_call(command, *args, **kwargs) -> int:
+        return subprocess.check_call(_in_english(command), *args, **kwargs, start_new_session=True)
 
 
 # set once, for every use of these tools in the process (each looks ``subprocess`` up when it starts Java)
