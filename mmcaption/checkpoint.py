@@ -317,25 +317,6 @@ def restore_loader_position(trainer) -> None:
     iter(fit_loop._data_fetcher)  # Lightning makes no new iterator for a resumed run's first epoch
 
 
-def schedule_from_here(trainer, learning_rate: float) -> None:
-    """After a resume, train at the ``learning_rate`` given now, on the schedule of this run's length (call from
-    ``on_train_start``). The restored optimizer and scheduler keep the checkpoint's base rate, and the rate the
-    old schedule had reached: 0 at its end, so a run resumed to train longer took its first step at 0."""
-    for config in trainer.lr_scheduler_configs:
-        scheduler = config.scheduler
-        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # the schedule configure_optimizers builds
-            continue
-        groups = scheduler.optimizer.param_groups
-        if any(base != learning_rate for base in scheduler.base_lrs):
-            rank_zero_info(f"learning rate {learning_rate:g} (the checkpoint's: {scheduler.base_lrs[0]:g}), on the schedule "
-                           f"from step {scheduler.last_epoch}")
-        scheduler.base_lrs = [learning_rate] * len(groups)
-        rates = [learning_rate * rate(scheduler.last_epoch) for rate in scheduler.lr_lambdas]
-        for group, rate in zip(groups, rates):
-            group["initial_lr"], group["lr"] = learning_rate, rate
-        scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read
-
-
 def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
     """Say so when a new ``fit`` (no ``--ckpt_path``) saves into a folder holding an earlier run's
     checkpoints: it starts at step 0 and Lightning names its files beside them (``last-v1.ckpt``), so

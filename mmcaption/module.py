@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
-from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import PreTrainedTokenizerBase
 
 from mmcaption import random_state
 from mmcaption.checkpoint import (
@@ -28,7 +28,6 @@ from mmcaption.checkpoint import (
     follow_a_moved_checkpoint_folder,
     load_initial_weights,
     restore_loader_position,
-    schedule_from_here,
 )
 from mmcaption.errors import ConfigError, NonFiniteLossError
 from mmcaption.evaluation.answers import exact_match
@@ -40,6 +39,7 @@ from mmcaption.model.config import absolute_if_local, check_known_settings
 from mmcaption.model.loss import chunked_cross_entropy
 from mmcaption.model.optim import adamw
 from mmcaption.predictions import PredictionWriter
+from mmcaption.schedule import linear_schedule, schedule_from_here
 from mmcaption.tasks import Tasks, check_generation
 
 
@@ -177,7 +177,7 @@ class MultimodalCaptioner(LightningModule):
     def on_train_start(self) -> None:
         restore_loader_position(self.trainer)  # a resume continues with the next batch, or at an epoch's end the next epoch
         if self.trainer.ckpt_path:
-            schedule_from_here(self.trainer, self.learning_rate)
+            self.planned_steps = schedule_from_here(self.trainer, self.learning_rate, self.warmup_ratio) or self.planned_steps
             for optimizer in self.trainer.optimizers:  # given on resume: the restored state kept the saved ones
                 optimizer.param_groups[0]["weight_decay"] = self.weight_decay  # the matrices' group (configure_optimizers)
                 for group in optimizer.param_groups:
@@ -347,7 +347,7 @@ class MultimodalCaptioner(LightningModule):
         if not math.isfinite(total_steps):
             raise ConfigError("the linear schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
         self.planned_steps = int(total_steps)  # in its checkpoints: a next stage started from one says if it stopped early
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total_steps), int(total_steps))
+        scheduler = linear_schedule(optimizer, self.warmup_ratio, int(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints ---------------------------------------------------------------------------------

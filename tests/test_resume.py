@@ -284,6 +284,29 @@ def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_le
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("resume")
+def test_a_run_resumed_for_more_epochs_with_other_accumulation_trains_them_on_a_schedule_of_its_length(straight):
+    # the schedule was counted from step 0 under the new settings: 2 epochs of 10 batches accumulating 2 made 10 steps,
+    # reached already, and the second epoch trained at a rate of 0 without a word
+    workdir, _ = straight
+    epochs = ("--trainer.max_steps", "-1", "--trainer.max_epochs")
+    run(fit_command(workdir, "one-epoch", extra=(*epochs, "1")), workdir)
+    last = workdir / "checkpoints-one-epoch" / "last.ckpt"
+    assert load_checkpoint_file(last)["global_step"] == STEPS_PER_EPOCH
+    result = subprocess.run(fit_command(workdir, "accumulated", ckpt_path=last, extra=(*epochs, "2", "--trainer.accumulate_grad_batches", "2")),
+                            cwd=workdir, env=subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    end = STEPS_PER_EPOCH + STEPS_PER_EPOCH // 2
+    assert (f"the learning-rate schedule ends at step {end}: this run's epochs from step {STEPS_PER_EPOCH} ({STEPS_PER_EPOCH} "
+            f"batches, accumulate_grad_batches 2); counted from step 0 it would end at step {STEPS_PER_EPOCH}") in result.stderr
+    steps = records(workdir / "accumulated.jsonl")
+    assert sorted(steps) == list(range(STEPS_PER_EPOCH + 1, end + 1))
+    base = yaml.safe_load(Path(DEMO_CONFIG).read_text())["model"]["learning_rate"]
+    assert [steps[s]["lr"] for s in sorted(steps)] == pytest.approx([base * (end - s) / end for s in range(STEPS_PER_EPOCH, end)])
+    assert load_checkpoint_file(workdir / "checkpoints-accumulated" / "last.ckpt")["planned_steps"] == end
+
+
+@pytest.mark.slow
 @pytest.mark.xdist_group("resume")  # shares the module's uninterrupted run
 def test_training_longer_from_a_max_steps_stop_at_an_epochs_end_goes_on_with_the_next_epochs_order(straight):
     # Lightning counted the finished epoch twice (its issue #19617): the next epoch was shuffled as the one after it,

@@ -1,0 +1,61 @@
+"""The learning-rate schedule: linear warm-up then decay over the run's optimizer steps, and where a resumed run takes
+it up (the rate given now, the length of this run)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from transformers import get_linear_schedule_with_warmup
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_ratio: float, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' linear schedule: ``warmup_ratio`` of ``steps`` warming up from 0, then down to 0 at ``steps``."""
+    return get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), int(steps))
+
+
+def run_length(trainer) -> int:
+    """The optimizer step a resumed run ends at: the step reached, then the rest of this epoch and the epochs after it
+    with this run's batches per epoch and accumulation (or ``max_steps``, if sooner). Lightning's
+    ``estimated_stepping_batches`` counts every epoch under this run's settings from step 0: a run resumed with another
+    ``accumulate_grad_batches`` or ``limit_train_batches`` had its schedule end at the step reached, and trained its
+    remaining epochs at a rate of 0 (or ended before its schedule did)."""
+    step, total = trainer.global_step, math.inf
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0 and math.isfinite(trainer.num_training_batches):
+        per_epoch, accumulate = int(trainer.num_training_batches), trainer.accumulate_grad_batches
+        epoch = trainer.fit_loop.epoch_progress.current  # an epoch begun and not ended: the batches trained of it
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready if epoch.started > epoch.completed else 0
+        total = step + math.ceil(max(per_epoch - done, 0) / accumulate) + math.ceil(per_epoch / accumulate) * max(
+            trainer.max_epochs - trainer.current_epoch - 1, 0)
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        total = min(total, trainer.max_steps)
+    return int(total)
+
+
+def schedule_from_here(trainer, learning_rate: float, warmup_ratio: float) -> int | None:
+    """After a resume, train at the ``learning_rate`` given now, on the schedule of this run's length (call from
+    ``on_train_start``). The restored optimizer and scheduler keep the checkpoint's base rate, and the rate the
+    old schedule had reached: 0 at its end, so a run resumed to train longer took its first step at 0. Returns the
+    schedule's new length when it is not the one ``configure_optimizers`` planned (:func:`run_length`)."""
+    planned, length = int(trainer.estimated_stepping_batches), run_length(trainer)
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # the schedule configure_optimizers builds
+            continue
+        groups = scheduler.optimizer.param_groups
+        if length != planned:  # the same schedule as configure_optimizers builds, of this run's length
+            fresh = linear_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), warmup_ratio, length)
+            scheduler.lr_lambdas = fresh.lr_lambdas * len(groups)
+            rank_zero_info(f"the learning-rate schedule ends at step {length}: this run's epochs from step "
+                           f"{scheduler.last_epoch} ({trainer.num_training_batches} batches, accumulate_grad_batches "
+                           f"{trainer.accumulate_grad_batches}); counted from step 0 it would end at step {planned}")
+        if any(base != learning_rate for base in scheduler.base_lrs):
+            rank_zero_info(f"learning rate {learning_rate:g} (the checkpoint's: {scheduler.base_lrs[0]:g}), on the schedule "
+                           f"from step {scheduler.last_epoch}")
+        scheduler.base_lrs = [learning_rate] * len(groups)
+        rates = [learning_rate * rate(scheduler.last_epoch) for rate in scheduler.lr_lambdas]
+        for group, rate in zip(groups, rates):
+            group["initial_lr"], group["lr"] = learning_rate, rate
+        scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read
+    return length if length != planned else None
