@@ -123,6 +123,10 @@ def unlogged_monitor(callbacks: list, datamodule: Any) -> str | None:
             if monitor == "val/METEOR" and not java_available() or monitor == "val/SPICE" and not spice_available():
                 return (f"{name} is not computed on this machine: METEOR needs Java, SPICE Java and its models "
                         "(see the README's caption metrics); monitor val/CIDEr")
+        better = getattr(callback, "mode", None)  # EarlyStopping and ModelCheckpoint: "min" unless given
+        if monitor in {f"val/{metric}" for metric in (*CAPTION_METRICS, "answer_exact_match")} and better == "min":
+            return (f"{name} is a score, higher when better, and its mode is min: it would keep the worst checkpoint, or "
+                    "stop when the score rises. Set mode: max on it")
         if monitor == "val/answer_exact_match" and getattr(datamodule, "val_answer_questions", 0) == 0:
             return (f"{name} is computed only from answered validation questions: set data.init_args.val_answer_questions "
                     "(it is 0), or monitor val/loss")

@@ -1679,6 +1679,10 @@ def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(
                                           r"set data.init_args.val_caption_images"):
         check_command([*command, "--data.init_args.val_caption_images", "0"])
     check_command([*command, "--data.init_args.val_caption_images", "4"])  # computed: fine
+    # a score monitored with Lightning's default mode, min: the worst checkpoint kept as best, early stopping when it rose
+    with pytest.raises(ConfigError, match=r"ModelCheckpoint's monitor val/CIDEr is a score, higher when better, and its mode "
+                                          r"is min: .* Set mode: max on it"):
+        check_command([*command[:-1], "--data.init_args.val_caption_images", "4"])
     # a pipeline's fit arguments reach both stages: the instruct stage logs no caption metric at all
     from types import SimpleNamespace
 
@@ -1687,6 +1691,10 @@ def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(
     instruct = SimpleNamespace(val_answer_questions=100)
     assert "computed only from validation captions" in unlogged_monitor([SimpleNamespace(monitor="val/CIDEr")], instruct)
     assert unlogged_monitor([SimpleNamespace(monitor="val/answer_exact_match")], instruct) is None
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    assert "EarlyStopping's monitor val/answer_exact_match is a score" in unlogged_monitor([EarlyStopping("val/answer_exact_match")], instruct)
+    assert unlogged_monitor([EarlyStopping("val/answer_exact_match", mode="max"), EarlyStopping("val/loss")], instruct) is None
     # a typo or another case, refused before the first step with the name meant (was stopped at the first validation)
     for typed, meant in (("val/cider", "val/CIDEr"), ("val/los", "val/loss"), ("val/Bleu-4", "val/BLEU-4"), ("val_loss", "val/loss")):
         said = unlogged_monitor([SimpleNamespace(monitor=typed)], instruct)
