@@ -587,6 +587,11 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
     table.write_text("image;caption\nIMG_001.JPG;a street\n")
     with pytest.raises(DataError, match=r"its columns are \['image;caption'\]; it looks separated by semicolons: save it comma-separated"):
         read()
+    # and with a comma inside a caption, as European captions have: pandas fails on that line, and the advice was to quote it
+    table.write_text("image;caption\nIMG_001.JPG;a street\nIMG_002.JPG;a dog, asleep\n")
+    with pytest.raises(DataError, match=r"Expected 1 fields in line 3, saw 2; it looks separated by semicolons: save it "
+                                        r"comma-separated$"):
+        read()
 
 
 def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_photo_at_once(backbones, tmp_path):

@@ -197,8 +197,11 @@ class HubCaptions:
             read_json_list(path, "dataset")  # refuses the file naming the line that is not JSON
         cause = found[-1]
         text = str(cause).strip()
-        hint = ("; a caption with a comma (or a quote) must be in quotes, as a spreadsheet saves it"
-                if "Expected" in text and "fields" in text else "")
+        hint = ""
+        if "Expected" in text and "fields" in text:  # a header of one cell is another separator's (a comma in a caption)
+            header = tables.read_table_rows(path)[0] if path.is_file() else []
+            hint = (len(header) == 1 and tables.separator_hint(header)) or (
+                "; a caption with a comma (or a quote) must be in quotes, as a spreadsheet saves it")
         return DataError(f"{self.dataset}: cannot be read as a dataset: {type(cause).__name__}: {text}{hint}")
 
     def records(self, split: str, records: BadRecords) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
