@@ -51,10 +51,15 @@ _LIMIT_READ_AT_OPEN_ONLY = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "HEIF", "AVIF"}
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+# folders systems keep beside the user's photos: a Synology NAS's thumbnails of each photo (@eaDir/IMG_0001.JPG/
+# SYNOPHOTO_THUMB_XL.jpg) and recycle bin, Windows' recycle bin and restore points on a drive, a Mac zip's metadata
+SYSTEM_FOLDERS = {"@eadir", "#recycle", "#snapshot", "$recycle.bin", "system volume information", "__macosx"}
+
+
 def is_hidden(path: Path) -> bool:
-    """A hidden file or folder (``.DS_Store``, macOS's ``._IMG_0001.JPG`` copies of a photo's metadata,
-    ``.thumbnails/``): never an image of the user's."""
-    return path.name.startswith(".")
+    """A hidden or system file or folder (``.DS_Store``, macOS's ``._IMG_0001.JPG`` copies of a photo's metadata,
+    ``.thumbnails/``, :data:`SYSTEM_FOLDERS`): never an image of the user's."""
+    return path.name.startswith(".") or path.name.lower() in SYSTEM_FOLDERS
 
 
 @contextmanager

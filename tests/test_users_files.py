@@ -119,6 +119,11 @@ def test_a_folder_leaves_out_hidden_files_and_says_what_else_it_left_out(tmp_pat
     (folder / "notes.txt").write_text("holiday")
     (folder / "clip.mov").write_bytes(b"\x00" * 16)
     (folder / ".DS_Store").write_bytes(b"\x00" * 16)
+    # a Synology share's thumbnails of each photo, a Windows drive's recycle bin: captioned as photos, 4 rows a photo
+    for name in ("@eaDir/IMG_0001.JPG/SYNOPHOTO_THUMB_XL.jpg", "$RECYCLE.BIN/S-1-5-21/$RABC123.jpg",
+                 "System Volume Information/x.jpg", "__MACOSX/2024/IMG_0002.jpe"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(photo)
     notes = []
     found = find_images(str(folder), note=notes.append)
     assert [p.relative_to(folder).as_posix() for p in found] == ["2024/IMG_0002.jpe", "IMG_0001.JPG", "download.jfif"]
@@ -192,12 +197,19 @@ def test_an_image_list_as_windows_saves_it(tmp_path, monkeypatch):
     found = find_images(str(accented))
     assert len(found) == 1 and found[0].is_file() and found[0].name == unicodedata.normalize("NFD", "café.jpg")
 
+    home = tmp_path / "home"  # a list written by hand, its paths from the home folder as a shell reads them
+    (home / "photos").mkdir(parents=True)
+    (home / "photos" / "a.jpg").write_bytes(jpeg(upright_picture(32, 32)))
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "mine.txt").write_text("~/photos/a.jpg\n")
+    assert find_images(str(tmp_path / "mine.txt")) == [home / "photos" / "a.jpg"]
+
     unnamed = tmp_path / "photo_from_a_browser"  # an image without a suffix, given as the one image
     unnamed.write_bytes(jpeg(upright_picture(32, 32)))
     assert find_images(str(unnamed)) == [unnamed]
 
 
-def test_an_image_list_piped_in_is_read_once_and_its_paths_are_from_here(image_folder, monkeypatch):
+def test_an_image_list_piped_in_is_read_once_and_its_paths_are_from_here(backbones, image_folder, monkeypatch):
     # `ls *.jpg | mmcaption predict --data.images /dev/stdin`: the list was read twice (checked, then used) and
     # found empty the second time ("image list /dev/stdin is empty"); relative paths were looked for under /dev/fd/
     monkeypatch.chdir(image_folder.parent)
@@ -212,6 +224,13 @@ def test_an_image_list_piped_in_is_read_once_and_its_paths_are_from_here(image_f
 
     first = piped(f"{image_folder.name}/img0.png\n{image_folder / 'img1.png'}\n")
     try:
+        assert find_images("-", piped={"/dev/stdin": f"{image_folder.name}/img0.png\n".encode()}) == [
+            Path(image_folder.name) / "img0.png"]  # `-` is the standard input, as other tools read it
+        from mmcaption.data.predict import _CaptionRows
+        from mmcaption.model.backbones import load_image_processor
+
+        listed = _CaptionRows([image_folder], load_image_processor(str(backbones[1])), [])  # a folder on a list's line
+        assert listed[0]["error"] == f"{image_folder} is a folder, not an image: give the folder itself as --data.images, or list its images"
         first.check_inputs()
         assert find_images("/dev/fd/99", piped=first.piped) == [Path(image_folder.name) / "img0.png", image_folder / "img1.png"]
         # a second run in the same process (a notebook, a pipeline) reads its own list, not the first run's

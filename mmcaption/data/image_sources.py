@@ -38,7 +38,8 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
     single image (a file or a URL)."""
     if is_url(source):
         return [RemoteImage(source)]
-    path = local_file(Path(source))  # in another case or Unicode form, as Windows and macOS find it
+    # in another case or Unicode form, as Windows and macOS find it; "-" is the standard input, as in `ls | ... -`
+    path = local_file(Path("/dev/stdin" if source == "-" else source))
     if path.is_dir():
         files, broken = _folder_files(path)
         images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -108,6 +109,8 @@ def user_path(name: str, root: Path) -> Path | RemoteImage:
     looked for in its other Unicode form (macOS writes decomposed names: ``é`` as ``e`` and an accent)."""
     if is_url(name):
         return RemoteImage(name)
+    if name.startswith("~"):  # a list written by hand: ~/photos/a.jpg, as the shell would read it
+        name = str(Path(name).expanduser())
     return root / existing_spelling(root, name)
 
 

@@ -62,7 +62,8 @@ class _ImageRows(Dataset):
         path = self.image_paths[index]
         error, data = None, b""
         if isinstance(path, Path) and not path.is_file():
-            error = f"image not found: {path}"
+            error = (f"{path} is a folder, not an image: give the folder itself as --data.images, or list its images"
+                     if path.is_dir() else f"image not found: {path}")
         else:
             try:
                 data = path.read_bytes() if isinstance(path, Path) else path.data  # embedded, or downloaded
