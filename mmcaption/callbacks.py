@@ -258,11 +258,12 @@ def _loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run_label(trainer) -> str:
-    """What a training run is, for its progress lines: its logger's name (``caption``, ``demo-instruct``,
-    ``demo-instruct-scratch``), else its data module's stage."""
+    """What a run is, for its progress lines: its logger's name (``caption``, ``demo-instruct``,
+    ``demo-instruct-scratch``), else its data module's stage, else ``training`` in ``fit`` (and nothing in
+    ``predict``, whose lines say ``predict: batch ...``: they read ``training: predict: ...``)."""
     logger = trainer.logger
     name = getattr(logger, "name", None) if logger is not None else None
-    return name or getattr(trainer.datamodule, "training_stage", "") or "training"
+    return name or getattr(trainer.datamodule, "training_stage", "") or ("training" if trainer.state.fn == "fit" else "")
 
 
 class StageProgressBar(TQDMProgressBar):
@@ -305,7 +306,8 @@ class PlainProgress(ProgressBar):
 
     def _line(self, trainer, text: str) -> None:
         if self._enabled and trainer.is_global_zero:
-            print(f"{run_label(trainer)}: {text}", flush=True)
+            label = run_label(trainer)
+            print(f"{label}: {text}" if label else text, flush=True)
 
     def _status(self, trainer) -> str:
         elapsed = time.monotonic() - self._start

@@ -1663,6 +1663,7 @@ def test_predict_test_and_validate_in_a_log_file_say_how_far_they_are(tmp_path, 
     trainer.predict(Predicting())
     out = capsys.readouterr().out
     assert "predict: batch 1/6, " in out and "predict: batch 6/6, " in out and " batches/s" in out and " left" in out
+    assert "training: " not in out  # a predict is no training run ("training: predict: batch 34/108")
     trainer.test(BoringModel())
     assert "test: batch 4/4, " in capsys.readouterr().out
 
