@@ -159,6 +159,8 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
 @pytest.mark.parametrize("setting, message", [
     (["--data.init_args.length_group_batches", "0"], "error: data.length_group_batches must be at least 1, got 0"),
     (["--data.init_args.batch_size", "-4"], "error: data.batch_size must be at least 1, got -4"),
+    # joblib's "every core": torch refused it after the model had loaded, in a 70-line traceback
+    (["--data.init_args.num_workers", "-1"], "error: data.num_workers must be 0 (load in the main process) or more, got -1"),
     (["--data.init_args.source", "hub"], "error: source: hub needs hub_dataset"),
     # LLaVA-NeXT's 4096 copied onto a model of a shorter context trained quietly on positions it never saw
     (["--data.init_args.max_length", "5000"], "error: data.max_length 5000 is longer than the language model's context"),

@@ -87,6 +87,9 @@ class BackbonesDataModule(LightningDataModule):
         self, tokenizer: str = "microsoft/phi-2", image_processor: str = "openai/clip-vit-base-patch32", num_workers: int = 4
     ) -> None:
         super().__init__()
+        if num_workers < 0:  # joblib's -1, "every core": torch's refusal came after the model had loaded, as a traceback
+            raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}; "
+                              f"this machine has {os.cpu_count()} cores")
         self.tokenizer_name, self.image_processor_name, self.num_workers = tokenizer, image_processor, num_workers
 
     @functools.cached_property
