@@ -23,9 +23,11 @@ from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
     json_line,
     json_text,
+    partial_path,
     prediction_record,
     scores_said,
     software_record,
+    started_record,
     starts_with_bom,
     summary_path,
 )
@@ -95,7 +97,7 @@ class PredictionWriter(BasePredictionWriter):
         datamodule = trainer.datamodule
         self.asked = datamodule.output
         output.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.partial = output, output.with_name(f".{output.name}.partial")
+        self.path, self.partial = output, partial_path(output)
         self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
         # A CSV for Excel, whose questions came from Excel ("CSV UTF-8" starts with a byte-order mark), gets the mark
         # too: without it Excel reads UTF-8 as the local code page, and "café" shows as "cafÃ©"
@@ -109,6 +111,7 @@ class PredictionWriter(BasePredictionWriter):
         self.share_rows, self.merged_from = [], 0
         self.share = {"rank": trainer.global_rank, "processes": processes} if processes > 1 else None
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
+        started_record(output).write_text(json_text(self.made_by), encoding="utf-8")  # a killed run leaves no summary
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
         # CircularEval: each question's passes in the input, and how many of them are done
@@ -255,6 +258,7 @@ class PredictionWriter(BasePredictionWriter):
     def _put_in_place(self, interrupted: BaseException | None, stopped: str | None, announce: bool = True) -> None:
         self.handle.close()
         self.handle = None
+        started_record(self.path).unlink(missing_ok=True)  # the summary says it now
         summary = self.summary()
         why = stopped or interrupted and (signal.Signals(interrupted.signum).name if isinstance(interrupted, Interrupted)
                                           else type(interrupted).__name__)

@@ -254,6 +254,55 @@ def test_ctrl_c_in_predict_keeps_the_rows_done_and_their_summary(backbones, trai
     assert output.read_bytes().startswith(stopped) and len(output.read_text().splitlines()) == 13
 
 
+class KilledAtBatch(Callback):
+    """What a SIGKILL (the out-of-memory killer, a scheduler's hard kill) leaves at the end of ``batch``: the files as
+    they are then, nothing cleaned up. Kept aside and put back once the run has ended."""
+
+    def __init__(self, batch: int, output: Path, keep: Path) -> None:
+        self.batch, self.output, self.keep = batch, output, keep
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == self.batch:
+            self.keep.mkdir()
+            for name in (f".{self.output.name}.partial", f".{self.output.name}.partial.made_by.json"):
+                shutil.copy(self.output.with_name(name), self.keep / name)
+
+    def left(self, torn: bytes = b"") -> None:
+        for path in (self.output, self.output.with_name(self.output.name + ".summary.json")):
+            path.unlink()
+        for kept in self.keep.iterdir():
+            shutil.copy(kept, self.output.with_name(kept.name))
+        with self.output.with_name(f".{self.output.name}.partial").open("ab") as handle:
+            handle.write(torn)  # a row the kill cut short
+
+
+def test_a_killed_predict_keeps_its_complete_rows_and_resume_goes_on_from_them(backbones, trained_checkpoint, image_folder,
+                                                                                tmp_path, monkeypatch):
+    # a hard kill left only the hidden partial file: resume said "starting at the first row" and wrote over it (hours of
+    # a large folder's captions lost to the out-of-memory killer)
+    infos = []
+    monkeypatch.setattr("mmcaption.data.predict.rank_zero_info", infos.append)
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)  # 12 questions, 6 batches of 2
+    output = tmp_path / "answers.csv"
+    killed = KilledAtBatch(2, output, tmp_path / "at-kill")
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+            callbacks=[killed]).predict(module, datamodule=choice_data(backbones, questions, output))
+    whole = output.read_text()
+    killed.left(torn=b"images/img0.png,What colour")
+    with pytest.raises(OutputExistsError, match=r"resume: the rows of .*answers\.csv came from other weights or settings - "
+                                                r"method \('likelihood' then, 'generation' now\)"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, method="generation", resume=True))
+    assert not output.exists() and (tmp_path / ".answers.csv.partial").is_file()  # nothing lost by the refusal
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    assert any(f"{output}: the 4 complete rows of .answers.csv.partial, which a killed run (SIGKILL, out of memory) left, are "
+               "kept (27 bytes of a row it was writing are left out)" in line for line in infos), infos
+    assert output.read_text() == whole  # the same rows as the run that was not killed
+    summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
+    assert summary["rows"] == 12 and summary["resumed_after"] == 4 and "interrupted" not in summary  # batches 0 and 1
+    assert not list(tmp_path.glob(".answers.csv*"))
+
+
 def test_a_predict_asked_fewer_batches_than_its_input_says_so_and_resume_completes_it(
     backbones, trained_checkpoint, image_folder, tmp_path
 ):

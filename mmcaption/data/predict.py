@@ -30,7 +30,13 @@ from mmcaption.data.benchmarks import (
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.image_sources import find_images, image_paths
 from mmcaption.data.records import missing_file
-from mmcaption.data.resume import check_made_alike, interrupted_rows, output_exists_advice, put_shares_together
+from mmcaption.data.resume import (
+    check_made_alike,
+    interrupted_rows,
+    output_exists_advice,
+    put_shares_together,
+    recover_killed,
+)
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import prediction_record
 from mmcaption.folders import output_lock
@@ -165,10 +171,8 @@ class _PredictDataModule(BackbonesDataModule):
         now = prediction_record(self.trainer) if self.resume and self.trainer is not None else None
         if self.resume and processes == 1 and (put_together := put_shares_together(self.output, self.dataset.rows, now)):
             rank_zero_info(f"resume: {put_together}")
-        killed = self.output.with_name(f".{self.output.name}.partial")  # the writer's file, left by a hard kill
-        if self.resume and not self.output.exists() and killed.exists():
-            rank_zero_info(f"resume: no {self.output}, only {killed}, which a killed run (SIGKILL, out of memory) leaves without "
-                           "a summary: starting at the first row")
+        if self.resume and processes == 1 and (recovered := recover_killed(self.output, self.dataset.rows, now)):
+            rank_zero_info(f"resume: {recovered}")
         if self.resume and self.output.exists():
             self.done = interrupted_rows(self.output, self.dataset.rows)
             if now is not None:

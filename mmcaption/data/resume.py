@@ -1,6 +1,6 @@
 """Going on from an interrupted ``mmcaption predict``: the rows its output holds, read back as they were
 written, after checking that they are the first rows of the input asked again - or, from a run on several
-processes, the rows of their shares, put together first."""
+processes, the rows of their shares, put together first; or from a killed run's partial file."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from mmcaption.errors import OutputExistsError
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
     json_line,
+    partial_path,
     read_output_rows,
     record_differences,
+    started_record,
     starts_with_bom,
     summary_path,
 )
@@ -127,7 +129,7 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
     check_first_rows(done, rows, f"the shares of {output}")
     if now is not None:
         check_made_alike(output, now, said.get("made_by") or {})
-    partial = output.with_name(f".{output.name}.partial")
+    partial = partial_path(output)
     if output.suffix.lower() == ".csv":
         columns = list(dict.fromkeys(key for part in parts for row in part for key in row))
         encoding = "utf-8-sig" if starts_with_bom(first) else "utf-8"  # Excel's byte-order mark, if the shares have it
@@ -146,3 +148,42 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
     later = sum(map(len, parts)) - len(done)
     return (f"the shares of {count} processes put together in {output}: {len(done)} rows in the input's order"
             + (f" ({later} done after the first row that no share holds are predicted again)" if later else ""))
+
+
+def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any] | None) -> str | None:
+    """Before a resume: a run killed outright (SIGKILL, the out-of-memory killer, a scheduler's hard kill, a power
+    cut) left no ``output``, only its partial file, whose complete rows are kept. Once checked to be the first of
+    this input's ``rows``, made as ``now`` would make them (the record the run wrote when it started), they become
+    ``output``, with a summary saying the run was killed; a row cut by the kill is predicted again. Returns what
+    was done, for a note; ``None`` when there is no such file."""
+    partial, record = partial_path(output), started_record(output)
+    if output.exists() or not partial.is_file():
+        return None
+    data = partial.read_bytes()
+    end = data.rfind(b"\n") + 1  # each row ends its line: what follows the last end is a row the kill cut
+    kept = output.with_name(f".{output.stem}.recovered{output.suffix}")  # read back as the output's kind of file
+    kept.write_bytes(data[:end])
+    try:
+        done = read_output_rows(kept)
+    except (ValueError, csv.Error) as error:
+        kept.unlink(missing_ok=True)
+        raise OutputExistsError(f"resume: {partial}, left by a killed run, cannot be read back ({error}): predict it "
+                                "again with --data.overwrite true") from None
+    try:
+        made_by = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    except (OSError, ValueError):
+        made_by = None
+    if not done:
+        kept.unlink()
+        return f"{partial}, left by a killed run, holds no complete row: starting at the first row"
+    check_first_rows(done, rows, partial)
+    if now is not None and made_by:
+        check_made_alike(output, now, made_by)
+    summary_path(output).write_text(json.dumps({"rows": len(done), "output": str(output), "made_by": made_by,
+                                                "interrupted": "killed (no summary written)"}), encoding="utf-8")
+    kept.replace(output)
+    partial.unlink()
+    record.unlink(missing_ok=True)
+    cut = len(data) - end
+    return (f"{output}: the {len(done)} complete rows of {partial.name}, which a killed run (SIGKILL, out of memory) left, "
+            "are kept" + (f" ({cut} bytes of a row it was writing are left out)" if cut else ""))

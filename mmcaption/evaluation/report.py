@@ -52,6 +52,16 @@ def summary_path(output: Path) -> Path:
     return output.with_name(output.name + ".summary.json")
 
 
+def partial_path(output: Path) -> Path:
+    """The hidden file a running predict writes ``output``'s rows to, renamed to ``output`` when the run ends."""
+    return output.with_name(f".{output.name}.partial")
+
+
+def started_record(output: Path) -> Path:
+    """Beside the partial file while a run writes it: what makes its rows (a killed run leaves no summary)."""
+    return output.with_name(f".{output.name}.partial.made_by.json")
+
+
 # result columns a CSV holds as text: read back as the values the rows had ("" is a value left out)
 _CSV_VALUES = {"correct": {"True": True, "False": False}.get, "vqa_accuracy": float,
                "question_id": lambda text: int(text) if text.isdigit() and str(int(text)) == text else text}  # VQAv2's: numbers
