@@ -1,5 +1,6 @@
 import os
 import shutil
+import unicodedata
 
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
@@ -39,6 +40,15 @@ def test_scores_of_a_hand_made_set_equal_the_reference_implementation_numbers():
     assert scores["METEOR"] == pytest.approx(0.5634537451723508, abs=1e-6)
     assert scores["ROUGE-L"] == pytest.approx(0.8333333333333333, abs=1e-9)
     assert scores["CIDEr"] == pytest.approx(5.910718537634697, abs=1e-9)
+
+
+def test_the_same_words_in_another_unicode_form_or_full_width_score_as_the_same_words():
+    # a Vietnamese reference in NFD (as macOS writes it) against the NFC prediction: BLEU-4 0, METEOR 0.04; full-width
+    # Latin against ASCII: 0 on every metric
+    nfc = "một con mèo đỏ ngồi trên ghế"
+    references = {1: [unicodedata.normalize("NFD", nfc)], 2: ["ａ ｒｅｄ ｂａｌｌ ｏｎ ｔｈｅ ｇｒａｓｓ"]}
+    scores = caption_scores({1: nfc, 2: "a red ball on the grass"}, references)
+    assert scores["BLEU-4"] == pytest.approx(1.0) and scores["ROUGE-L"] == pytest.approx(1.0)
 
 
 @pytest.mark.skipif(not caption_metrics.java_available(), reason="METEOR needs Java")

@@ -82,7 +82,8 @@ def metric_setup(spice: bool | None = None) -> dict:
         skipped["SPICE"] = "no Java found" if not java else (
             "its Stanford CoreNLP models are not installed (pycocoevalcap fetches them on its first SPICE run, online)")
     tokenizer = ("PTB (Stanford CoreNLP, Java), as the COCO caption evaluation" if java else
-                 "fallback without Java: lower-cased, punctuation dropped") + "; Chinese and Japanese characters one token each"
+                 "fallback without Java: lower-cased, punctuation dropped") + (
+        "; text NFKC-normalised first; Chinese and Japanese characters one token each")
     return {"tokenizer": tokenizer, "metrics": run, "skipped": skipped, "pycocoevalcap": version("pycocoevalcap")}
 
 
@@ -269,8 +270,9 @@ atexit.register(close_meteor)
 
 def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
     """PTB-tokenize ``{key: [caption, ...]}`` as the COCO evaluation does (plain fallback without Java); Chinese and
-    Japanese characters one token each."""
-    captions = {key: [_CJK.sub(r" \1 ", _CJK_PUNCTUATION.sub(" ", caption)) for caption in values]
+    Japanese characters one token each. Text is first NFKC-normalised, as answers are: the same words typed in another
+    Unicode form (an accent as its own character, as macOS writes it) or in full-width letters scored as other words."""
+    captions = {key: [_CJK.sub(r" \1 ", _CJK_PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", caption))) for caption in values]
                 for key, values in captions.items()}
     if not java_available():
         return _simple_tokenize(captions)
