@@ -36,7 +36,7 @@ from mmcaption.evaluation.report import GENERATION_RECORDED, checkpoint_record, 
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local, check_known_settings
-from mmcaption.model.loss import chunked_cross_entropy
+from mmcaption.model.loss import AccumulatedTokens, chunked_cross_entropy
 from mmcaption.model.optim import adamw
 from mmcaption.predictions import PredictionWriter
 from mmcaption.schedule import linear_schedule, schedule_from_here
@@ -103,6 +103,7 @@ class MultimodalCaptioner(LightningModule):
         self.val_captions: list[tuple[int, str, list[str], str]] = []  # (COCO image id, generated, references, file)
         self.val_answers: list[tuple[str, str, str, str]] = []  # (conversation id, question, generated, reference)
         self.skipped_batches = 0
+        self.window = AccumulatedTokens()  # with accumulate_grad_batches: every token of the window weighs the same
         self.flops_per_batch: int | None = None  # the last training batch's, for TrainingThroughput's MFU
         self._flops_per_token: int | None = None
         self.val_examples: tuple[torch.Tensor, list[str], list[list[str]]] | None = None
@@ -195,7 +196,8 @@ class MultimodalCaptioner(LightningModule):
 
         Under DDP each process holds a share of the batch with its own number of supervised tokens;
         dividing by the global count (and multiplying by the world size, as DDP averages gradients)
-        gives exactly the gradient of a single process running the whole batch, whatever the split.
+        gives exactly the gradient of a single process running the whole batch, whatever the split; and
+        with gradient accumulation, of one batch of the window's micro-batches (:class:`AccumulatedTokens`).
         """
         loss_sum, tokens = self.token_losses(batch)
         if self._flops_per_token is None:
@@ -223,7 +225,11 @@ class MultimodalCaptioner(LightningModule):
         for index, gates in self.model.gate_values().items():
             for name, value in gates.items():
                 self.log(f"gate/layer_{index}_{name}", value, batch_size=batch_size)
-        return {"loss": loss_sum * world_size / global_tokens, "mean_loss": mean_loss}
+        divisor = self.window.divisor(global_tokens, self.trainer.accumulate_grad_batches)
+        return {"loss": loss_sum * world_size / divisor, "mean_loss": mean_loss}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.window.rescale(self.model.parameters())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if dataloader_idx == 1:  # generation: val images to caption, or val questions to answer
@@ -252,7 +258,7 @@ class MultimodalCaptioner(LightningModule):
         self.val_loss.reset()
         self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/perplexity", torch.exp(loss), sync_dist=False)
-        captions, answers = gather_objects(self.val_captions), gather_objects(self.val_answers)
+        captions, answers = random_state.gather_objects(self.val_captions), random_state.gather_objects(self.val_answers)
         if 1 < len(captions) + len(answers) <= self.trainer.world_size:  # a split smaller than the processes is shared with
             # repeats (data.base): each image or question once
             captions = list({row[0]: row for row in captions}.values())
@@ -361,7 +367,7 @@ class MultimodalCaptioner(LightningModule):
             checkpoint["init_from"] = self.init_source
         checkpoint["planned_steps"] = getattr(self, "planned_steps", None)
         # every process's generator states (Lightning saves checkpoints from all processes at once)
-        checkpoint["random_states"] = gather_objects([random_state.capture()])
+        checkpoint["random_states"] = random_state.gather_objects([random_state.capture()])
 
     def trainable_state_keys(self) -> set[str]:
         """The state-dict keys a checkpoint keeps: LoRA, projection, cross-attention, gates."""
@@ -390,11 +396,3 @@ class MultimodalCaptioner(LightningModule):
         self.weights_loaded = True
         return result._replace(missing_keys=[])
 
-
-def gather_objects(items: list) -> list:
-    """Concatenate a list from every process (the list itself when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return items
-    gathered: list[list] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, items)
-    return [item for part in gathered for item in part]
