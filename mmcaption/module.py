@@ -225,7 +225,7 @@ class MultimodalCaptioner(LightningModule):
         for index, gates in self.model.gate_values().items():
             for name, value in gates.items():
                 self.log(f"gate/layer_{index}_{name}", value, batch_size=batch_size)
-        divisor = self.window.divisor(global_tokens, self.trainer.accumulate_grad_batches)
+        divisor = self.window.divisor(global_tokens, self.trainer.accumulate_grad_batches, batch_idx)
         return {"loss": loss_sum * world_size / divisor, "mean_loss": mean_loss}
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -60,10 +60,12 @@ class AccumulatedTokens:
         self.reference: float | None = None
         self.tokens = 0.0
 
-    def divisor(self, tokens: torch.Tensor, accumulate: int) -> torch.Tensor:
+    def divisor(self, tokens: torch.Tensor, accumulate: int, batch_idx: int) -> torch.Tensor:
         """What this micro-batch's loss sum is divided by, given its (global) number of supervised ``tokens``."""
         if accumulate == 1:
             return tokens
+        if batch_idx % accumulate == 0:  # a window starts (a skipped non-finite batch may have ended one unstepped)
+            self.reference, self.tokens = None, 0.0
         self.reference = self.reference or float(tokens)
         self.tokens += float(tokens)
         return tokens.new_tensor(self.reference / accumulate)  # Lightning divides by accumulate after
