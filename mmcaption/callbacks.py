@@ -98,7 +98,7 @@ class ResumableStop(Callback):
         # and SLURM's warning before the time limit, in place of Lightning's handler: that one saved an hpc_ckpt in
         # the middle of a step into the working directory, where any later run under SLURM resumed from it
         self._requeue_signal = slurm_requeue_signal(trainer)
-        for signum in (*stop_signals(), *([self._requeue_signal] if self._requeue_signal else [])):
+        for signum in dict.fromkeys((*stop_signals(), *([self._requeue_signal] if self._requeue_signal else []))):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 

@@ -96,8 +96,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(sign
 def stop_signals() -> list[int]:
     """The signals that stop a command cleanly: Ctrl-C, SIGTERM (``docker stop``, ``kill``, ``timeout``, a
     scheduler) and SIGHUP (the terminal closed, an SSH connection dropped), unless the process was started
-    to ignore SIGHUP (``nohup``): it then goes on when the terminal closes, as it was asked to."""
-    return [s for s in STOP_SIGNALS if not (s != signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN)]
+    to ignore SIGHUP (``nohup``): it then goes on when the terminal closes, as it was asked to. In a SLURM job,
+    SIGUSR1 too (``#SBATCH --signal=SIGUSR1@90``, before the time limit): its default ended the process on the spot
+    (preprocessing, or a job Lightning does not take for SLURM's, without SLURM_NTASKS), and in predict Lightning's
+    own handler saved an hpc_ckpt that later runs in the folder were refused for."""
+    usr1 = [signal.SIGUSR1] if hasattr(signal, "SIGUSR1") and os.environ.get("SLURM_JOB_ID") else []
+    return [s for s in (*STOP_SIGNALS, *usr1) if not (s != signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN)]
 
 
 class _StopState:

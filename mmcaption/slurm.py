@@ -11,6 +11,7 @@ above 0) resumes from that checkpoint without being told.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,7 +29,9 @@ def slurm_requeue_signal(trainer) -> int | None:
     environment = trainer._accelerator_connector.cluster_environment  # Lightning < 2.7 (pinned)
     if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal is not None:
         return environment.requeue_signal
-    return None
+    # a job Lightning does not take for SLURM's (no SLURM_NTASKS: a one-task script without --ntasks) still has its time
+    # limit's warning, and requeues as well
+    return signal.SIGUSR1 if this_job() and hasattr(signal, "SIGUSR1") else None
 
 
 def this_job() -> str | None:
@@ -53,7 +56,7 @@ def requeue_slurm_job() -> str:
 
 def requeued() -> bool:
     """Whether this is a SLURM job run again after a requeue (its time limit, a node's failure): the same run."""
-    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    return bool(this_job()) and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
 def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: str | None = None) -> str | None:
@@ -64,17 +67,17 @@ def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: 
     Without ``given``, refuses an ``hpc_ckpt_N.ckpt`` in the run's root folder, which Lightning would otherwise resume
     from unasked. ``saved_by``: the job a checkpoint records (:class:`~mmcaption.callbacks.ResumableStop` writes it), None
     if it records none, anything else for a file that cannot be read."""
-    if not SLURMEnvironment.detect():
+    if not this_job():
         return None
     callback = trainer.checkpoint_callback
-    if requeued() and isinstance(callback, ModelCheckpoint) and callback.dirpath:
-        folder = Path(callback.dirpath)
+    if requeued():  # the checkpoint callback's folder, or without one the run's, where a stop saves (save_resumable_checkpoint)
+        folder = Path(callback.dirpath if isinstance(callback, ModelCheckpoint) and callback.dirpath else trainer.default_root_dir)
         saved = [*folder.glob("last*.ckpt"), *folder.glob("interrupted-step*.ckpt")] if folder.is_dir() else []
         jobs = {path: saved_by(path) for path in saved}
         ours = [path for path, job in jobs.items() if job == this_job()]
         # saved before checkpoints recorded their job (an earlier release, or a run upgraded while it ran): as before, the
         # newest of them, unless this job has saves of its own
-        untold = [path for path, job in jobs.items() if job is None]
+        untold = [path for path, job in jobs.items() if job is None and isinstance(callback, ModelCheckpoint)]
         restart = f"SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']})"
         if ours or untold:
             newest = str(max(ours or untold, key=lambda p: p.stat().st_mtime))
@@ -86,7 +89,7 @@ def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: 
         if saved and trainer.global_rank == 0:
             print(f"note: {restart}, which saved no checkpoint yet: it starts as its command says; the checkpoints in "
                   f"{folder} are other jobs'", file=sys.stderr, flush=True)
-    if given is not None:
+    if given is not None or not SLURMEnvironment.detect():
         return None
     hpc = trainer._checkpoint_connector._hpc_resume_path  # Lightning < 2.7 (pinned)
     if hpc is not None:

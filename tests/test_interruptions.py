@@ -1637,6 +1637,34 @@ def test_a_requeued_slurm_job_resumes_from_its_own_last_save_not_another_jobs_no
     torch.save({"slurm_job": "", "global_step": 3100}, folder / "last-v2.ckpt")  # a run outside SLURM: never a job's
     assert requeued_checkpoint(trainer, job_of_checkpoint) == str(folder / "interrupted-step3000.ckpt")
     assert "it resumes from the newest save, which records no job (an earlier release's)" in capsys.readouterr().err
+    # a job Lightning does not take for SLURM's (no SLURM_NTASKS), run without a ModelCheckpoint: its stop saved into the
+    # run's folder, and the requeued job started again at step 0
+    monkeypatch.delenv("SLURM_NTASKS")
+    torch.save({"slurm_job": "127", "global_step": 410}, tmp_path / "interrupted-step410.ckpt")
+    torch.save({"global_step": 9}, tmp_path / "last.ckpt")  # not a checkpoint folder's: no job's save to guess at
+    bare = SimpleNamespace(checkpoint_callback=None, global_rank=0, default_root_dir=tmp_path,
+                           _checkpoint_connector=SimpleNamespace(_hpc_resume_path=None))
+    assert requeued_checkpoint(bare, job_of_checkpoint) == str(tmp_path / "interrupted-step410.ckpt")
+
+
+def test_slurms_time_limit_signal_stops_every_command_cleanly_in_a_slurm_job(monkeypatch, tmp_path):
+    # SIGUSR1 (#SBATCH --signal=SIGUSR1@90) killed preprocessing and a job Lightning did not take for SLURM's on the
+    # spot; in predict Lightning's own handler saved an hpc_ckpt into the folder, which every later fit there was refused for
+    from mmcaption.errors import Interrupted, signals_stop, stop_signals
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert signal.SIGUSR1 not in stop_signals()  # outside SLURM, SIGUSR1 is left alone
+    for name, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train.sh"}.items():
+        monkeypatch.setenv(name, value)
+    assert signal.SIGUSR1 in stop_signals()
+    with signals_stop():
+        trainer = Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path)
+        trainer._signal_connector.register_signal_handlers()  # as Lightning does when a run starts
+        with pytest.raises(Interrupted) as stopped:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        trainer._signal_connector.teardown()
+    assert stopped.value.signum == signal.SIGUSR1
+    assert not list(tmp_path.glob("hpc_ckpt_*.ckpt"))
 
 
 def test_the_progress_line_counts_to_where_training_ends_by_max_epochs_or_max_steps(tmp_path, capsys):
