@@ -1,6 +1,7 @@
 """Files as users have them, for predict and training: iPhones' HEIC photos, 200-megapixel phone photos,
 folders a Mac or Windows has been in, image lists saved by Notepad, paths relative to the wrong folder."""
 
+import csv
 import io
 import json
 import os
@@ -1056,3 +1057,64 @@ def test_local_folders_split_as_datasets_splits_them_among_the_users_own_files(t
     with pytest.raises(DataError, match=r"validation\.csv has the columns \['image', 'caption', 'notes'\], and .*train\.csv has "
                                         r"\['image', 'caption'\]: the tables of one dataset have the same columns"):
         list(HubCaptions(str(takeout), "image", "caption").records("train", BadRecords("takeout")))
+
+
+def test_hub_datasets_as_published_read_their_captions_and_their_cards_splits(tmp_path):
+    # as the hub's caption datasets lay them out: captions inside objects (HuggingFaceM4/COCO's sentences {raw, tokens},
+    # Karpathy-style [{raw, tokens}]), one column per caption (jxie/flickr8k), a CSV cell holding a JSON list
+    # (nlphuji/flickr30k's raw CSV); and a folder whose README.md names its splits and configurations
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    photos = [jpeg(upright_picture(24 + i, 24)) for i in range(4)]
+    image = [{"bytes": data, "path": f"{i}.jpg"} for i, data in enumerate(photos)]
+
+    def captions_of(dataset, column, split="train"):
+        rows = HubCaptions(str(dataset), "image", column).records(split, BadRecords(str(dataset)))
+        return [[text for _, text in captions] for *_, captions in rows]
+
+    struct = tmp_path / "m4coco.parquet"
+    pq.write_table(pa.table({"image": image, "sentences": [{"raw": [f"a dog {i}.", f"the dog {i}."], "tokens": [["a"], ["the"]]}
+                                                            for i in range(4)]}), struct)
+    assert captions_of(struct, "sentences.raw")[0] == ["a dog 0.", "the dog 0."]
+    with pytest.raises(DataError, match=r"its 'sentences' holds objects with the keys \['raw', 'tokens'\], not text: name the key "
+                                        r"of the text in hub_caption_column, e.g. sentences\.raw"):
+        captions_of(struct, "sentences")  # was "row 0 has no caption"
+    listed = tmp_path / "karpathy.parquet"
+    pq.write_table(pa.table({"image": image, "sentences": [[{"raw": f"a cat {i}.", "tokens": ["a"]}, {"raw": f"one cat {i}.", "tokens": ["one"]}]
+                                                            for i in range(4)]}), listed)
+    assert captions_of(listed, "sentences.raw")[1] == ["a cat 1.", "one cat 1."]
+    columns = tmp_path / "flickr8k.parquet"
+    pq.write_table(pa.table({"image": image, **{f"caption_{k}": [f"caption {k} of {i}" for i in range(4)] for k in range(3)}}), columns)
+    assert captions_of(columns, ["caption_0", "caption_1", "caption_2"])[2] == ["caption 0 of 2", "caption 1 of 2", "caption 2 of 2"]
+    flickr = tmp_path / "flickr30k"  # flickr_annotations_30k.csv: raw is a JSON list of the five captions
+    flickr.mkdir()
+    for i, data in enumerate(photos):
+        (flickr / f"{1000 + i}.jpg").write_bytes(data)
+    with (flickr / "flickr_annotations_30k.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["raw", "sentids", "split", "image", "img_id"])
+        for i in range(4):
+            writer.writerow([json.dumps([f"Two dogs, {i}, play.", f"Dogs {i} run."]), "[1, 2]", "test", f"{1000 + i}.jpg", i])
+    assert captions_of(flickr / "flickr_annotations_30k.csv", "raw")[0] == ["Two dogs, 0, play.", "Dogs 0 run."]  # was one caption
+
+    carded = tmp_path / "carded"  # its card names the splits: the held-out file was read as training data
+    (carded / "shards").mkdir(parents=True)
+    for name, rows in (("part-0", range(3)), ("heldout-0", range(3, 4))):
+        pq.write_table(pa.table({"image": [image[i] for i in rows], "caption": [f"photo {i}" for i in rows]}),
+                       carded / "shards" / f"{name}.parquet")
+    (carded / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: "
+                                      "shards/part-*.parquet\n  - split: validation\n    path: shards/heldout-*.parquet\n---\n# A card\n")
+    assert HubCaptions(str(carded), "image", "caption").stage_splits(None, None, None) == {
+        "train": "train", "val": "validation", "test": "validation"}
+    assert captions_of(carded, "caption", "validation") == [["photo 3"]]
+    two = tmp_path / "two-years"  # two configurations: named by hub_config, and asked for when none is
+    for year in ("2014", "2017"):
+        (two / year).mkdir(parents=True)
+        pq.write_table(pa.table({"image": image, "caption": [f"{year} photo {i}" for i in range(4)]}), two / year / "train.parquet")
+    (two / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: '{year}'\n  data_files:\n  - split: train\n    path: {year}/train.parquet\n" for year in ("2014", "2017")) + "---\n")
+    with pytest.raises(DataError, match=r"set data.init_args.hub_config to the one to read"):
+        HubCaptions(str(two), "image", "caption").split_names()
+    chosen = HubCaptions(str(two), "image", "caption", config="2017")
+    assert [[text for _, text in c] for *_, c in chosen.records("train", BadRecords(str(two)))][0] == ["2017 photo 0"]

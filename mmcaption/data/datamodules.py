@@ -49,10 +49,13 @@ class CaptionDataModule(PreprocessedDataModule):
         karpathy_file: Karpathy's ``dataset_coco.json`` (null: ``<data_dir>/dataset_coco.json``).
         hub_dataset: hub id or local folder (``save_to_disk``, parquet files, webdataset tars) of the ``hub`` source.
         hub_image_column: the ``hub`` dataset's image column.
-        hub_caption_column: its caption column: a string (several captions split at ``hub_caption_separator``)
-            or a list of strings.
+        hub_caption_column: its caption column: a string (several captions split at ``hub_caption_separator``; a
+            JSON list), a list of strings, objects (``sentences.raw``: the ``raw`` of each), or several columns
+            (``[caption_0, caption_1]``).
         hub_caption_separator: what separates several captions in one string.
         hub_val_fraction: share of a single-split ``hub`` dataset held out for validation.
+        hub_config: the ``hub`` dataset's configuration (subset; ``load_dataset``'s second argument), for a dataset
+            with several.
         train_split: split used by ``fit`` (null: ``train2017`` for coco, ``train`` for karpathy, the dataset's
             ``train`` for hub).
         val_split: split used by validation, and by ``test`` when ``test_split`` is not set (null: ``val2017``
@@ -75,9 +78,10 @@ class CaptionDataModule(PreprocessedDataModule):
         karpathy_file: str | None = None,
         hub_dataset: str | None = None,
         hub_image_column: str = "jpg",
-        hub_caption_column: str = "txt",
+        hub_caption_column: str | list[str] = "txt",
         hub_caption_separator: str = "\n",
         hub_val_fraction: float = 0.01,
+        hub_config: str | None = None,
         train_split: str | None = None,
         val_split: str | None = None,
         test_split: str | None = None,
@@ -95,7 +99,7 @@ class CaptionDataModule(PreprocessedDataModule):
         self.data_dir = Path(data_dir)
         self.source = source
         self.hub = HubCaptions(hub_dataset, hub_image_column, hub_caption_column, hub_caption_separator, hub_val_fraction,
-                               str(self.cache_dir)) if source == "hub" else None
+                               str(self.cache_dir), hub_config) if source == "hub" else None
         self.splits = (train_split, val_split, test_split)
         self.caption_prompt, self.max_length, self.val_caption_images = caption_prompt, max_length, val_caption_images
         self.test_caption_images = test_caption_images

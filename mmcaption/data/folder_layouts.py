@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import datasets
+import yaml
 from datasets.data_files import _get_data_files_patterns
 from fsspec.utils import glob_translate
 from lightning.pytorch.utilities import rank_zero_info
@@ -112,6 +113,24 @@ def local_splits(path: Path, files: list[Path]) -> tuple[str, dict[str, list[str
     splits = {str(split): list(dict.fromkeys(f for pattern in split_patterns for f in resolved(pattern)))
               for split, split_patterns in patterns.items()}
     return kinds.pop(), {split: found for split, found in splits.items() if found}
+
+
+def declares_configs(path: Path) -> bool:
+    """Whether a dataset folder's card (``README.md``, as the hub's datasets have one) names its configurations and
+    their files (``configs: [{config_name, data_files: [{split, path}]}]``): ``datasets`` follows it, and reading the
+    folder by file names alone took a ``heldout-0.parquet`` it declares the validation split for training."""
+    card = path / "README.md"
+    try:
+        text = card.read_text(encoding="utf-8-sig") if card.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not text.startswith("---"):
+        return False
+    try:
+        header = yaml.safe_load(text.split("---", 2)[1])
+    except (yaml.YAMLError, IndexError):
+        return False
+    return isinstance(header, dict) and bool(header.get("configs"))
 
 
 def sidecar_dataset(pairs: list[tuple[str, Path | None]], image_column: str, caption_column: str) -> datasets.Dataset:

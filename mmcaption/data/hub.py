@@ -27,43 +27,54 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data import tables
-from mmcaption.data.folder_layouts import TABLE_SUFFIXES, folder_layout, local_splits, sidecar_dataset, user_files
+from mmcaption.data.caption_cells import caption_settings, column_and_key, texts_of
+from mmcaption.data.folder_layouts import (
+    TABLE_SUFFIXES,
+    declares_configs,
+    folder_layout,
+    local_splits,
+    sidecar_dataset,
+    user_files,
+)
+from mmcaption.data.hub_images import RowImages
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
     DataError,
-    existing_spelling,
     held_out,
     held_out_keys,
     not_utf8,
     read_json_list,
 )
-from mmcaption.errors import causes
-from mmcaption.images import IMAGE_SUFFIXES, is_url
+from mmcaption.errors import causes, one_line
+from mmcaption.images import IMAGE_SUFFIXES
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
 
 
 @dataclass
-class HubCaptions:
+class HubCaptions(RowImages):
     """Where the captions come from and how its rows read.
 
     Args:
         dataset: hub id or local folder.
         image_column: the image (an ``Image`` feature, bytes, or a path).
-        caption_column: the caption(s): a string (split at ``caption_separator``) or a list of strings.
+        caption_column: the caption(s): a string (split at ``caption_separator``; a JSON list), a list of strings,
+            objects (``sentences.raw``: the ``raw`` of each), or several columns (a list of names); see
+            :mod:`~mmcaption.data.caption_cells`.
         caption_separator: what separates several captions in one string.
         val_fraction: share held out for validation when the dataset has one split.
     """
 
     dataset: str
     image_column: str = "jpg"
-    caption_column: str = "txt"
+    caption_column: str | list[str] = "txt"
     caption_separator: str = "\n"
     val_fraction: float = 0.01
 
     cache_dir: str | None = None  # a folder inside the dataset's that is never read as its files (the data module's cache)
+    config: str | None = None  # the dataset's configuration (subset), for one that has several
 
     def __post_init__(self) -> None:
         self._given: Path | None = None  # the folder given, when the one table in it is read
@@ -74,7 +85,7 @@ class HubCaptions:
         self._files: list[Path] = []
         if path.is_dir() and not any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
             self._files = sorted(user_files(path, self.cache_dir))
-            table, self._pairs = folder_layout(path, self._files, (self.image_column, self.caption_column))
+            table, self._pairs = folder_layout(path, self._files, (self.image_column, caption_settings(self.caption_column)[0]))
             if table is not None:
                 self.dataset, self._given = str(table), path
 
@@ -95,11 +106,12 @@ class HubCaptions:
         if self._table_splits:
             return list(self._table_splits[1])
         try:
-            return list(datasets.get_dataset_split_names(self.dataset))
+            return list(datasets.get_dataset_split_names(self.dataset, self.config))
         except Exception as error:  # noqa: BLE001 - datasets raises many kinds for a path or id it cannot read
-            if Path(self.dataset).is_dir():  # a folder's metadata.csv not UTF-8, or a line of it not parsed
+            if Path(self.dataset).is_dir() and "config" not in str(error).lower():  # a metadata.csv not UTF-8, a line not parsed
                 raise self._unreadable(error) from None
-            raise DataError(f"cannot read the dataset {self.dataset!r}: {type(error).__name__}: {error}") from None
+            several = "; set data.init_args.hub_config to the one to read" if "config" in str(error).lower() else ""
+            raise DataError(f"cannot read the dataset {self.dataset!r}: {type(error).__name__}: {one_line(error)}{several}") from None
 
     def stage_splits(self, train: str | None, val: str | None, test: str | None) -> dict[str, str]:
         """The split for each of train, val and test, from the configured names or the dataset's own."""
@@ -126,7 +138,7 @@ class HubCaptions:
         side = next((suffix for suffix in (REST, HELD_OUT) if split.endswith(suffix)), None)
         base = split[: -len(side)] if side else split
         if self._pairs is not None:
-            return sidecar_dataset(self._pairs, self.image_column, self.caption_column), side
+            return sidecar_dataset(self._pairs, self.image_column, caption_settings(self.caption_column)[0]), side
         saved = self._saved()
         if isinstance(saved, datasets.DatasetDict):
             return self._named_columns(saved[base]), side
@@ -140,7 +152,7 @@ class HubCaptions:
                 files = {split: [glob.escape(file) for file in found] for split, found in splits.items()}
                 return self._named_columns(datasets.load_dataset(builder, data_files=files, split=base, cache_dir=self._datasets_cache,
                                                                  **self._csv_options)), side
-            return self._named_columns(datasets.load_dataset(self.dataset, split=base)), side
+            return self._named_columns(datasets.load_dataset(self.dataset, self.config, split=base)), side
         except datasets.exceptions.DatasetGenerationError as error:
             raise self._unreadable(error) from None
 
@@ -157,7 +169,8 @@ class HubCaptions:
     def _table_splits(self) -> tuple[str, dict[str, list[str]]] | None:
         """A local folder of tables (or an image folder): the builder and each split's files, among the user's own
         (:func:`~mmcaption.data.folder_layouts.local_splits`)."""
-        found = local_splits(Path(self.dataset).expanduser(), self._files) if self._files and self._given is None else None
+        found = local_splits(Path(self.dataset).expanduser(), self._files) if self._files and self._given is None and not \
+            declares_configs(Path(self.dataset)) else None  # a dataset card's own splits are datasets' to read
         named = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
                  for split, files in (found or (None, {}))[1].items()}
         if sum(map(len, named.values())) > 1:  # which table is which split: two copies of one table are both read
@@ -166,7 +179,7 @@ class HubCaptions:
         return found
 
     def _named_columns(self, data: datasets.Dataset) -> datasets.Dataset:
-        return tables.columns_named(data, (self.image_column, self.caption_column))
+        return tables.columns_named(data, (self.image_column, *caption_settings(self.caption_column)))
 
     @property
     def _datasets_cache(self) -> str | None:
@@ -213,19 +226,24 @@ class HubCaptions:
         reference would be scored alone and one image could be trained on and held out at once. A
         single split's held-out side is chosen by image for the same reason, at least one image held out."""
         data, side = self.load(split)
-        missing = {self.image_column, self.caption_column} - set(data.column_names)
+        read = [column_and_key(name, data.column_names) for name in caption_settings(self.caption_column)]
+        missing = {self.image_column, *(column for column, _ in read)} - set(data.column_names)
         if missing:
             raise DataError(f"{records.source} has no column(s) {sorted(missing)} (hub_image_column, hub_caption_column); its "
                             f"columns are {data.column_names}{tables.separator_hint(data.column_names)}")
         if isinstance(data.features[self.image_column], datasets.Image):
             data = data.cast_column(self.image_column, datasets.Image(decode=False))
-        columns = [self.image_column, self.caption_column, *(["__key__"] if "__key__" in data.column_names else [])]
+        columns = list(dict.fromkeys([self.image_column, *(column for column, _ in read),
+                                      *(["__key__"] if "__key__" in data.column_names else [])]))
         # image digest -> first row, its key, captions, and what its later rows brought (counted on its side)
         images: dict[str, tuple[int, str, list[tuple[int, str]], Counter]] = {}
         counts, not_found = Counter(), []
         for row_index, row in enumerate(self._rows(data.select_columns(columns))):
             key = str(row.get("__key__") or row_index)
-            texts = self._captions(row[self.caption_column])
+            try:
+                texts = [text for column, key in read for text in texts_of(row[column], key, self.caption_separator, column)]
+            except DataError as error:
+                raise DataError(f"{records.source}: {error}") from None
             image = self._image_bytes(row[self.image_column])
             if image is None:
                 ours = side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT)  # counted on one side,
@@ -326,72 +344,3 @@ class HubCaptions:
         splits = self._table_splits[1]
         return {split: [(os.path.relpath(file, self.dataset), len(pd.read_csv(file, usecols=[0], **tables.CSV_OPTIONS)))
                         for file in files] for split, files in splits.items()}
-
-    @functools.cached_property
-    def _folders(self) -> list[Path]:
-        """The local folders image paths in its rows may be relative to: the folder given (when the one table in it is
-        read), and the one the dataset's files are in."""
-        path = Path(self.dataset)
-        own = path if path.is_dir() else path.parent if path.is_file() else None
-        return list(dict.fromkeys(folder for folder in (self._given, own) if folder is not None))
-
-    @staticmethod
-    def _named(value) -> str | None:
-        """The path a row's image names (a string, or an undecoded Image feature's path), if it names one."""
-        value = value.get("path") if isinstance(value, dict) else value
-        return value if isinstance(value, str) and value else None
-
-    def _described(self, value) -> str:
-        name = self._named(value)
-        if name is None:
-            return "empty"
-        if is_url(name):  # a Conceptual-Captions-style table: predict reads URLs, training reads files
-            return (f"{name!r}, a URL: training reads images from files; download them first (img2dataset does it for "
-                    "such tables) and give the table the files' paths")
-        return f"{name!r}, not a file (looked for from " + "".join(f"{folder} and from " for folder in self._folders) + "the current folder)"
-
-    def _image_bytes(self, value) -> bytes | None:
-        if isinstance(value, dict) and value.get("bytes"):  # an Image feature, undecoded
-            return value["bytes"]
-        if isinstance(value, bytes):
-            return value
-        path = self._found(self._named(value))
-        return None if path is None else Path(path).read_bytes()
-
-    def _found(self, value: object) -> str | None:
-        """Where the image file a row names is: relative to the dataset's own folder, as its files write paths
-        (first: a photo of the same name where the command runs is another photo), or from where the command
-        runs; a Windows path's backslashes and macOS's decomposed accents read too. ``None`` if neither."""
-        if not isinstance(value, str) or not value:
-            return None
-        places = [place for name in dict.fromkeys([value, value.strip()])  # a cell with a space typed after the name
-                  for place in [*(folder / existing_spelling(folder, name) for folder in self._folders),
-                                Path(existing_spelling(Path("."), name))]]
-        return next((str(path) for path in places if path.is_file()), None)
-
-    def image_files(self, split: str) -> list[tuple[str, str | None]]:
-        """The image files the rows of ``split`` name, when they hold paths rather than the images' bytes:
-        ``(path as written, where it was found or None)`` each, for the cache to follow (a replaced photo
-        makes a new one). Read from the Arrow table, so an image column of bytes is not read."""
-        data, _ = self.load(split)
-        if self.image_column not in data.column_names:
-            return []
-        column = data.data.column(self.image_column)
-        if pa.types.is_struct(column.type):  # an Image feature: {bytes, path}, bytes null where a file is named
-            fields = [column.type.field(i).name for i in range(column.type.num_fields)]
-            if not {"bytes", "path"} <= set(fields):
-                pandas = " (pandas' to_json() writes a column per key unless given orient='records', lines=True)" \
-                    if fields and all(name.isdigit() for name in fields) else ""
-                raise DataError(f"{self.dataset}: its {self.image_column!r} column holds objects with the keys "
-                                f"{fields[:5]}{'...' if len(fields) > 5 else ''}, not images or image paths{pandas}")
-            names = [path for chunk in column.chunks
-                     for path, named in zip(chunk.field("path").to_pylist(), chunk.field("bytes").is_null().to_pylist()) if named]
-        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            names = column.to_pylist()
-        else:
-            return []
-        return [(name, self._found(name)) for name in dict.fromkeys(n for n in names if isinstance(n, str) and n)]
-
-    def _captions(self, value) -> list[str]:
-        texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
-        return [part.strip() for text in texts if isinstance(text, str) for part in text.split(self.caption_separator) if part.strip()]

@@ -1,0 +1,46 @@
+"""What a dataset's caption column holds, read as captions: a string (several captions split at the separator, or a
+JSON list as a CSV cell holds one, ``["a dog.", "a dog on grass."]``, as Flickr30k's CSV has them), a list of strings,
+objects whose text is named by a dotted setting (``sentences.raw``: HuggingFaceM4/COCO's ``{raw, tokens, ...}``,
+Karpathy's ``[{raw, tokens}, ...]``), or several columns (Flickr8k's ``caption_0`` ... ``caption_4``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mmcaption.data.records import DataError
+
+
+def caption_settings(setting: str | list[str]) -> list[str]:
+    """The caption columns a setting names: one, or several."""
+    return [setting] if isinstance(setting, str) else list(setting)
+
+
+def column_and_key(name: str, columns: list[str]) -> tuple[str, str | None]:
+    """The column a caption setting reads and the key of the text in its objects: a column of that very name first
+    (``caption.1``, as pandas names a second ``caption``), else ``sentences.raw`` as the ``raw`` of ``sentences``."""
+    if name in columns or "." not in name:
+        return name, None
+    column, key = name.split(".", 1)
+    return (column, key) if column in columns else (name, None)
+
+
+def texts_of(value: Any, key: str | None, separator: str, column: str) -> list[str]:
+    """The captions one cell holds (see the module); objects without a ``key`` named are refused with their keys."""
+    if key is not None:
+        value = value.get(key) if isinstance(value, dict) else (
+            [item.get(key) for item in value if isinstance(item, dict)] if isinstance(value, list) else None)
+    elif isinstance(value, dict) or isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        keys = list(value if isinstance(value, dict) else next(item for item in value if isinstance(item, dict)))
+        text = next((k for k in ("raw", "caption", "text", "sentence") if k in keys), keys[0] if keys else "raw")
+        raise DataError(f"its {column!r} holds objects with the keys {keys[:8]}, not text: name the key of the text in "
+                        f"hub_caption_column, e.g. {column}.{text}")
+    if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+        try:
+            listed = json.loads(value)
+        except ValueError:
+            listed = None
+        if isinstance(listed, list) and listed and all(isinstance(text, str) for text in listed):
+            value = listed
+    texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+    return [part.strip() for text in texts if isinstance(text, str) for part in text.split(separator) if part.strip()]

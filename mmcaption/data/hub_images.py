@@ -1,0 +1,95 @@
+"""Where the images a dataset's rows hold are: the bytes of an ``Image`` feature, or a file the row names, relative to
+the dataset's own folder (or to where the command runs), found as Windows and macOS find names; and the image files
+a split names, for the cache to follow."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pyarrow as pa
+
+from mmcaption.data.records import DataError, existing_spelling
+from mmcaption.images import is_url
+
+
+class RowImages:
+    """The image side of :class:`~mmcaption.data.hub.HubCaptions` (``dataset``, ``image_column``, ``load``, the folder
+    given ``_given`` and its own files ``_files``)."""
+
+    @functools.cached_property
+    def _folders(self) -> list[Path]:
+        """The local folders image paths in its rows may be relative to: the folder given (when the one table in it is
+        read), and the one the dataset's files are in."""
+        path = Path(self.dataset)
+        own = path if path.is_dir() else path.parent if path.is_file() else None
+        return list(dict.fromkeys(folder for folder in (self._given, own) if folder is not None))
+
+    @staticmethod
+    def _named(value) -> str | None:
+        """The path a row's image names (a string, or an undecoded Image feature's path), if it names one."""
+        value = value.get("path") if isinstance(value, dict) else value
+        return value if isinstance(value, str) and value else None
+
+    def _described(self, value) -> str:
+        name = self._named(value)
+        if name is None:
+            return "empty"
+        if is_url(name):  # a Conceptual-Captions-style table: predict reads URLs, training reads files
+            return (f"{name!r}, a URL: training reads images from files; download them first (img2dataset does it for "
+                    "such tables) and give the table the files' paths")
+        elsewhere = self._files_named.get(Path(name.replace("\\", "/")).name)  # a folder down: its table's paths are not from there
+        beside = f"; {elsewhere} has that name: run from {elsewhere.parent}, or write the paths from {self._folders[0]}" \
+            if elsewhere is not None and self._folders else ""
+        return (f"{name!r}, not a file (looked for from " + "".join(f"{folder} and from " for folder in self._folders)
+                + f"the current folder){beside}")
+
+    @functools.cached_property
+    def _files_named(self) -> dict[str, Path]:
+        """The dataset folder's own files by name (the first of each name), for a message."""
+        named: dict[str, Path] = {}
+        for file in getattr(self, "_files", []):
+            named.setdefault(file.name, file)
+        return named
+
+    def _image_bytes(self, value) -> bytes | None:
+        if isinstance(value, dict) and value.get("bytes"):  # an Image feature, undecoded
+            return value["bytes"]
+        if isinstance(value, bytes):
+            return value
+        path = self._found(self._named(value))
+        return None if path is None else Path(path).read_bytes()
+
+    def _found(self, value: object) -> str | None:
+        """Where the image file a row names is: relative to the dataset's own folder, as its files write paths
+        (first: a photo of the same name where the command runs is another photo), or from where the command
+        runs; a Windows path's backslashes and macOS's decomposed accents read too. ``None`` if neither."""
+        if not isinstance(value, str) or not value:
+            return None
+        places = [place for name in dict.fromkeys([value, value.strip()])  # a cell with a space typed after the name
+                  for place in [*(folder / existing_spelling(folder, name) for folder in self._folders),
+                                Path(existing_spelling(Path("."), name))]]
+        return next((str(path) for path in places if path.is_file()), None)
+
+    def image_files(self, split: str) -> list[tuple[str, str | None]]:
+        """The image files the rows of ``split`` name, when they hold paths rather than the images' bytes:
+        ``(path as written, where it was found or None)`` each, for the cache to follow (a replaced photo
+        makes a new one). Read from the Arrow table, so an image column of bytes is not read."""
+        data, _ = self.load(split)
+        if self.image_column not in data.column_names:
+            return []
+        column = data.data.column(self.image_column)
+        if pa.types.is_struct(column.type):  # an Image feature: {bytes, path}, bytes null where a file is named
+            fields = [column.type.field(i).name for i in range(column.type.num_fields)]
+            if not {"bytes", "path"} <= set(fields):
+                pandas = " (pandas' to_json() writes a column per key unless given orient='records', lines=True)" \
+                    if fields and all(name.isdigit() for name in fields) else ""
+                raise DataError(f"{self.dataset}: its {self.image_column!r} column holds objects with the keys "
+                                f"{fields[:5]}{'...' if len(fields) > 5 else ''}, not images or image paths{pandas}")
+            names = [path for chunk in column.chunks
+                     for path, named in zip(chunk.field("path").to_pylist(), chunk.field("bytes").is_null().to_pylist()) if named]
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            names = column.to_pylist()
+        else:
+            return []
+        return [(name, self._found(name)) for name in dict.fromkeys(n for n in names if isinstance(n, str) and n)]
