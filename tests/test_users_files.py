@@ -1118,3 +1118,31 @@ def test_hub_datasets_as_published_read_their_captions_and_their_cards_splits(tm
         HubCaptions(str(two), "image", "caption").split_names()
     chosen = HubCaptions(str(two), "image", "caption", config="2017")
     assert [[text for _, text in c] for *_, c in chosen.records("train", BadRecords(str(two)))][0] == ["2017 photo 0"]
+
+
+def test_a_hub_dataset_whose_test_split_has_no_captions_says_what_to_validate_on(tmp_path, monkeypatch):
+    # lmms-lab/COCO-Caption2017: 'val' with captions and a 'test' without (its references kept private). test was taken
+    # to validate on ("row 0 has no caption. Fix the record"), and val_split val, as train_split, trained and validated on
+    # the same images without a word
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    infos = []
+    monkeypatch.setattr("mmcaption.data.hub.rank_zero_info", infos.append)
+    root = tmp_path / "coco2017"
+    (root / "data").mkdir(parents=True)
+    image = [{"bytes": jpeg(upright_picture(24 + i, 24)), "path": f"{i}.jpg"} for i in range(6)]
+    pq.write_table(pa.table({"image": image, "answer": [[f"photo {i}."] for i in range(6)]}), root / "data" / "val-00000-of-00001.parquet")
+    pq.write_table(pa.table({"image": image, "answer": pa.array([[] for _ in range(6)], pa.list_(pa.string()))}),
+                   root / "data" / "test-00000-of-00001.parquet")
+    hub = HubCaptions(str(root), "image", "answer", val_fraction=0.3)
+    splits = hub.stage_splits("val", None, None)
+    assert splits["val"] == "test"
+    with pytest.raises(DataError, match=r"none of its 6 images has a caption \(a benchmark's test split keeps its references to "
+                                        r"itself\): validate on a split with captions \(val_split\), or give val_split the "
+                                        r"training split's name to hold out hub_val_fraction of it"):
+        list(hub.records(splits["val"], BadRecords(f"{root} [test]")))
+    assert hub.stage_splits("val", "val", None) == {"train": "val.rest", "val": "val.heldout", "test": "val.heldout"}
+    assert any("val_split 'val', its training split: 30.0% of the images of 'val' are held out" in line for line in infos)
+    rest, held = ({i for i, *_ in hub.records(f"val{side}", BadRecords(str(root)))} for side in (".rest", ".heldout"))
+    assert rest and held and not rest & held

@@ -124,8 +124,8 @@ class HubCaptions(RowImages):
         if train is None:
             raise DataError(f"{self.dataset} has splits {names} and none is 'train': set train_split")
         val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
-        if val is None:
-            has = f"one split ({train!r})" if len(names) == 1 else (
+        if val is None or val == train:  # val_split the training split's own name: part of it held out, not both sides
+            has = f"one split ({train!r})" if len(names) == 1 else f"val_split {train!r}, its training split" if val else (
                 f"splits {names}, none named {', '.join(VAL_NAMES)} (val_split names the one to validate on)")
             rank_zero_info(f"{self.dataset} has {has}: {self.val_fraction:.1%} of the images of {train!r} are held out "
                            "for validation (hub_val_fraction), by a stable hash of each image")
@@ -286,6 +286,10 @@ class HubCaptions(RowImages):
         for kind, count in counts.items():
             if count:
                 records.note(kind, count)
+        if images and not any(captions for _, _, captions, _ in images.values()) and side is None:
+            raise DataError(f"{records.source}: none of its {len(images):,} images has a caption (a benchmark's test split "
+                            "keeps its references to itself): validate on a split with captions (val_split), or give "
+                            "val_split the training split's name to hold out hub_val_fraction of it")
         for row_index, key, captions, _ in images.values():
             if not captions:
                 records.bad("empty caption", f"{self._row(row_index, key, split)} has no caption")
