@@ -1146,3 +1146,25 @@ def test_a_hub_dataset_whose_test_split_has_no_captions_says_what_to_validate_on
     assert any("val_split 'val', its training split: 30.0% of the images of 'val' are held out" in line for line in infos)
     rest, held = ({i for i, *_ in hub.records(f"val{side}", BadRecords(str(root)))} for side in (".rest", ".heldout"))
     assert rest and held and not rest & held
+
+
+def test_a_hub_dataset_downloaded_with_hf_download_is_read_offline_by_its_id(tmp_path, monkeypatch):
+    # `hf download lmms-lab/COCO-Caption2017 --repo-type dataset`, as the README downloads LLaVA: offline, datasets knows
+    # only its own cache of what it loaded, and the id was "Couldn't reach ... on the Hub (OfflineModeIsEnabled)"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "datasets--someone--captions"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    (snapshot / "data").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    image = [{"bytes": jpeg(upright_picture(24 + i, 24)), "path": f"{i}.jpg"} for i in range(4)]
+    pq.write_table(pa.table({"image": image, "caption": [f"photo {i}." for i in range(4)]}), snapshot / "data" / "train-00000-of-00001.parquet")
+    hub = HubCaptions("someone/captions", "image", "caption")
+    assert hub.dataset == str(snapshot) and hub.split_names() == ["train"]
+    assert [c for *_, c in hub.records("train.rest", BadRecords("someone/captions"))]
+    assert HubCaptions("someone/other", "image", "caption").dataset == "someone/other"  # not downloaded: as given

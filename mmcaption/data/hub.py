@@ -53,6 +53,21 @@ VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
 
 
+def downloaded_snapshot(name: str) -> str | None:
+    """Offline, the folder a hub dataset id was downloaded to (``hf download <id> --repo-type dataset``: its snapshot in
+    the Hugging Face cache), which ``datasets`` does not look in (it knows only its own cache of what it loaded); else
+    None."""
+    from huggingface_hub import constants, snapshot_download
+
+    if not constants.HF_HUB_OFFLINE or Path(name).expanduser().exists() or name.count("/") != 1:
+        return None  # online, datasets reads the hub (and its newer revisions) itself
+
+    try:
+        return snapshot_download(name, repo_type="dataset", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not downloaded (LocalEntryNotFoundError), or not an id at all
+        return None
+
+
 @dataclass
 class HubCaptions(RowImages):
     """Where the captions come from and how its rows read.
@@ -77,6 +92,9 @@ class HubCaptions(RowImages):
     config: str | None = None  # the dataset's configuration (subset), for one that has several
 
     def __post_init__(self) -> None:
+        if (snapshot := downloaded_snapshot(self.dataset)) is not None:  # `hf download --repo-type dataset`, offline
+            rank_zero_info(f"{self.dataset}: read from its download in the Hugging Face cache, {snapshot}")
+            self.dataset = snapshot
         self._given: Path | None = None  # the folder given, when the one table in it is read
         # a folder of photos with caption .txt files beside them: (photo, its .txt) each
         self._pairs: list[tuple[str, Path | None]] | None = None
