@@ -776,6 +776,14 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
     rows = list(HubCaptions(str(sidecars)).records("train", BadRecords("sidecars")))
     assert [(name, [c for _, c in captions]) for _, name, _, captions in rows] == [
         ("photo0.jpg", ["photo 0"]), ("photo1.jpg", ["photo 1", "another caption"]), ("photo2.jpg", ["photo 2"])]
+    # a photo and its caption named in another case or Unicode form (a camera's IMG_0003.JPG, a caption typed as
+    # img_0003.txt; macOS's decomposed Café.jpg, the caption composed): "row 0 has no caption", or read as a text dataset
+    (sidecars / "photo0.jpg").rename(sidecars / "IMG_0003.JPG")
+    (sidecars / "photo0.txt").rename(sidecars / "img_0003.txt")
+    (sidecars / "photo1.jpg").rename(sidecars / unicodedata.normalize("NFD", "Café.jpg"))
+    (sidecars / "photo1.txt").rename(sidecars / unicodedata.normalize("NFC", "Café.txt"))
+    rows = list(HubCaptions(str(sidecars)).records("train", BadRecords("sidecars")))
+    assert sorted(c for _, _, _, captions in rows for _, c in captions) == ["another caption", "photo 0", "photo 1", "photo 2"]
     (sidecars / "photo2.txt").unlink()  # a photo without its caption file: named, not dropped without a word
     seen = BadRecords("sidecars", "skip")
     assert len(list(HubCaptions(str(sidecars)).records("train", seen))) == 2

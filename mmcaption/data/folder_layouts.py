@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 import datasets
@@ -28,9 +29,9 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     one table of its photos to read in its place, or its photos each with its caption file (``(photo, its .txt or
     None)``); ``(None, None)`` otherwise."""
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-    stems = {f.with_suffix("") for f in images}
+    stems = {_stem(f) for f in images}
     tables = photo_tables(files, images)
-    texts = {f.with_suffix(""): f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") in stems}
+    texts = {_stem(f): f for f in files if f.suffix.lower() == ".txt" and _stem(f) in stems}
     if texts and tables:
         raise DataError(f"{path} holds photos with caption .txt files beside them ({next(iter(texts.values())).name}) and "
                         f"a table ({tables[0].relative_to(path)}): give the table itself as hub_dataset, or move it out")
@@ -42,7 +43,14 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
         return None, None
     rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it (columns "
                    f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused)")
-    return None, [(image.relative_to(path).as_posix(), texts.get(image.with_suffix(""))) for image in sorted(images)]
+    return None, [(image.relative_to(path).as_posix(), texts.get(_stem(image))) for image in sorted(images)]
+
+
+def _stem(file: Path) -> str:
+    """A photo's or caption file's path without its suffix, as Windows and macOS match names: in either Unicode form
+    (macOS writes ``Café.jpg`` decomposed, a caption typed elsewhere names it composed) and any case (``IMG_0001.JPG``
+    beside ``img_0001.txt``)."""
+    return unicodedata.normalize("NFC", str(file.with_suffix(""))).casefold()
 
 
 def photo_tables(files: list[Path], images: list[Path]) -> list[Path]:
