@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
@@ -125,7 +125,8 @@ def existing_spelling(root: Path, name: str) -> str:
     """``name`` as written when ``root / name`` exists; else the first other spelling of it that exists there, as
     Windows and macOS would find it - a Windows path's backslashes read as separators, each part in either Unicode
     form (macOS writes decomposed names: ``é`` as ``e`` and an accent) and in any case (a spreadsheet made on Windows
-    names ``IMG_001.jpg`` what the camera wrote ``IMG_001.JPG``) - or ``name`` itself if none does."""
+    names ``IMG_001.jpg`` what the camera wrote ``IMG_001.JPG``), or a Windows machine's absolute path by its end
+    (:func:`_from_windows`) - or ``name`` itself if none does."""
     if (root / name).exists():
         return name
     spelling = name.replace("\\", "/") if "\\" in name and os.sep == "/" else name
@@ -138,9 +139,24 @@ def existing_spelling(root: Path, name: str) -> str:
             continue
         matches = _names_in(os.path.abspath(found), _mtime(found)).get(_folded(part), [])
         if len(matches) != 1:  # none there, or two that differ only in case: not guessed
-            return spelling
+            return _from_windows(root, name) or spelling
         found = found / matches[0]
     return str(found.relative_to(root)) if not Path(spelling).is_absolute() else str(found)
+
+
+def _from_windows(root: Path, name: str) -> str | None:
+    """A Windows machine's absolute path (``C:\\Users\\me\\coco\\train2017\\1.jpg``, a share's ``\\\\nas\\...``) read on Linux or
+    macOS: the longest end of it that is under ``root`` (``1.jpg`` in the image folder), as the files were copied
+    over; else None."""
+    windows = PureWindowsPath(name)
+    if os.sep != "/" or not windows.drive:
+        return None
+    parts = windows.parts[1:]
+    for start in range(len(parts)):
+        tail = existing_spelling(root, "/".join(parts[start:]))
+        if (root / tail).is_file():
+            return tail
+    return None
 
 
 def _folded(name: str) -> str:

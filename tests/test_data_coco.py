@@ -93,6 +93,15 @@ def test_file_names_that_start_with_the_split_folder_are_found(backbones, coco_c
     dm.prepare_data()  # was "12 of 12 referenced images are missing", looked for under train2017/train2017/
     assert len(datasets.load_from_disk(str(dm.split_folder("train2017") / "images"))) == 12
 
+    def windows(content):  # exported on a Windows machine, its absolute paths, the photos copied over with the file
+        for image in content["images"]:
+            name = image["file_name"].replace("/", chr(92)).split(chr(92))[-1]
+            image["file_name"] = f"C:\\Users\\Jürgen\\Bilder\\coco\\train2017\\{name}"
+    edit_annotations(coco_copy, "train2017", windows)
+    dm = make_datamodule(backbones, coco_copy)
+    dm.prepare_data()  # was "12 of 12 referenced images are missing", looked for as train2017/C:/Users/...
+    assert len(datasets.load_from_disk(str(dm.split_folder("train2017") / "images"))) == 12
+
 
 def test_absolute_file_names_as_labelling_tools_write_them_train_and_their_content_is_followed(backbones, coco_copy, tmp_path):
     # a COCO export with the photos' absolute paths (Label Studio's "/data/upload/...", a script's own) was refused:
