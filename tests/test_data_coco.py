@@ -594,3 +594,17 @@ def test_a_cache_built_by_an_earlier_release_is_not_read_as_this_ones(backbones,
         f"{base.PREPROCESSING_VERSION} was recorded: if a cache it builds now differs (the rows kept, their text, tokens or "
         f"images), raise PREPROCESSING_VERSION in mmcaption/data/base.py and say why there; either way, record "
         f"{{{base.PREPROCESSING_VERSION}: {digest!r}}} in CACHE_CODE (tests/test_data_coco.py)")
+
+
+def test_a_data_folder_typed_in_the_other_unicode_form_than_a_mac_wrote_it_is_found(backbones, coco_root, tmp_path):
+    # copied from a Mac, "Bilder München" is decomposed on disk; typed (YAML, the command line) it is composed: the
+    # annotation file was "not found" in a folder that looks the same
+    import unicodedata
+
+    on_disk = tmp_path / unicodedata.normalize("NFD", "Bilder München")
+    shutil.copytree(coco_root, on_disk)
+    typed = tmp_path / unicodedata.normalize("NFC", "Bilder München")
+    assert not typed.exists()
+    dm = make_datamodule(backbones, typed)
+    dm.prepare_data()
+    assert len(datasets.load_from_disk(str(dm.split_folder("train2017") / "images"))) == 12

@@ -33,6 +33,7 @@ from mmcaption.data.image_sources import COCO2017_FOLDERS
 from mmcaption.data.llava import images_outside_root, read_llava, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError
 from mmcaption.errors import ConfigError
+from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 
 
@@ -96,14 +97,14 @@ class CaptionDataModule(PreprocessedDataModule):
             raise ConfigError("source: hub needs hub_dataset (a hub id or a local dataset folder)")
         self.save_hyperparameters()  # recorded in checkpoints: export reads the caption prompt from them
         self.text_table = "captions"
-        self.data_dir = Path(data_dir)
+        self.data_dir = local_file(Path(data_dir))  # typed in the other Unicode form than a Mac wrote it: found
         self.source = source
         self.hub = HubCaptions(hub_dataset, hub_image_column, hub_caption_column, hub_caption_separator, hub_val_fraction,
                                str(self.cache_dir), hub_config) if source == "hub" else None
         self.splits = (train_split, val_split, test_split)
         self.caption_prompt, self.max_length, self.val_caption_images = caption_prompt, max_length, val_caption_images
         self.test_caption_images = test_caption_images
-        self.karpathy_file = Path(karpathy_file) if karpathy_file else self.data_dir / "dataset_coco.json"
+        self.karpathy_file = local_file(Path(karpathy_file)) if karpathy_file else self.data_dir / "dataset_coco.json"
 
     @property
     def default_cache_dir(self) -> Path:
@@ -248,8 +249,8 @@ class InstructDataModule(PreprocessedDataModule):
             raise ConfigError("without val_file, val_fraction must be between 0 and 1")
         self.save_hyperparameters()  # recorded in checkpoints: export reads the system prompt from them
         self.text_table = "conversations"
-        self.train_file, self.val_file, self.val_fraction = Path(train_file), val_file and Path(val_file), val_fraction
-        self.image_root, self.max_length, self.val_answer_questions = Path(image_root), max_length, val_answer_questions
+        self.train_file, self.val_file, self.val_fraction = local_file(Path(train_file)), val_file and local_file(Path(val_file)), val_fraction
+        self.image_root, self.max_length, self.val_answer_questions = local_file(Path(image_root)), max_length, val_answer_questions
         self.test_answer_questions = test_answer_questions
         self.template = ConversationTemplate(system=system_prompt)
         if self.val_file is not None and self.val_file.resolve() == self.train_file.resolve():

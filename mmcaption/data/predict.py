@@ -44,6 +44,7 @@ from mmcaption.images import (
     blank_pixels,
     check_image,
     load_rgb,
+    local_file,
 )
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
@@ -263,7 +264,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
         self.save_hyperparameters()
         if format not in FORMATS:
             raise ConfigError(f"format {format!r} is not one of {', '.join(FORMATS)}")
-        self.csv_file, self.image_root = Path(csv_file), image_root and Path(image_root)
+        self.csv_file, self.image_root = local_file(Path(csv_file)), image_root and local_file(Path(image_root))
         self.method, self.system_prompt = method, system_prompt
         self.format, self.split, self.circular = format, split, circular
 

@@ -26,6 +26,7 @@ from mmcaption.data.predict import _ImageRows, _PredictDataModule
 from mmcaption.data.records import DataError, JsonLines, missing_file, not_utf8, read_json, read_json_list
 from mmcaption.data.tables import field_count_problem, read_table_rows, refuse_duplicate_columns, separator_hint
 from mmcaption.errors import ConfigError
+from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -308,7 +309,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         gets no credit); None asks the questions as written."""
         super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
-        self.questions_file, self.image_root = Path(questions_file), image_root and Path(image_root)
+        self.questions_file, self.image_root = local_file(Path(questions_file)), image_root and local_file(Path(image_root))
         self.annotations_file = annotations_file and Path(annotations_file)
         # VQAv2's official questions file: predict also writes the answers as its evaluation server takes them
         self.official_vqa = False  # VQAv2's official questions file: known once it is read (setup)
