@@ -102,21 +102,33 @@ class Captioner:
     def _pixels(self, images: list[ImageInput | None]) -> torch.Tensor:
         return self._images(images)[0]
 
-    def _images(self, images: list[ImageInput | None], first: int = 0, total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixels of each image (zeros for ``None``) and the mask of those that are there. Each image is decoded and
-        made the model's size before the next is read: a list of 12-megapixel photos never sits in memory at full size.
-        ``first`` and ``total``: where these images are in the caller's list, to name one that cannot be read."""
+    def _images(self, images: list[ImageInput | None], first: int = 0, total: int | None = None,
+                skip: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Pixels of each image (zeros for ``None``), the mask of those that are there, and (``skip``) the places of those
+        that cannot be read, each warned of (else the first is raised). Each image is decoded and made the model's
+        size before the next is read: a list of 12-megapixel photos never sits in memory at full size. ``first`` and
+        ``total``: where these images are in the caller's list, to name one that cannot be read."""
         total = len(images) if total is None else total
-        rows = [None if image is None else self._pixels_of(image, first + i, total) for i, image in enumerate(images)]
+        rows, unreadable = [], []
+        for i, image in enumerate(images):
+            try:
+                rows.append(None if image is None else self._pixels_of(image, first + i, total, skip))
+            except (OSError, ValueError, TypeError) as error:
+                if not skip:
+                    raise
+                warnings.warn(f"{error}: its result is None", UserWarning, stacklevel=4)
+                rows.append(None)
+                unreadable.append(i)
         present = next((row for row in rows if row is not None), None)
         blank = torch.zeros_like(present) if present is not None else blank_pixels(self.image_processor)
-        return torch.stack([blank if row is None else row for row in rows]), torch.tensor([row is not None for row in rows])
+        mask = torch.tensor([row is not None for row in rows])
+        return torch.stack([blank if row is None else row for row in rows]), mask, unreadable
 
-    def _pixels_of(self, image: ImageInput, index: int, total: int) -> torch.Tensor:
+    def _pixels_of(self, image: ImageInput, index: int, total: int, skip: bool = False) -> torch.Tensor:
         try:
             picture = load_rgb(image)
         except (OSError, ValueError, TypeError) as error:
-            if total == 1:
+            if total == 1 and not skip:
                 raise
             place = f"image {index + 1}" + (f" of {total}" if total else "")  # which one of a long list
             if isinstance(error, OSError) and error.errno is not None:  # its errno and file kept, for code that reads them
@@ -125,26 +137,33 @@ class Captioner:
         return self.image_processor(images=[picture], return_tensors="pt")["pixel_values"][0]
 
     def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], batch_size: int | None = None,
-                  first: int = 0, total: int | None = None, **generate_kwargs) -> list[str] | list[list[str]]:
+                  first: int = 0, total: int | None = None, skip_unreadable: bool = False,
+                  **generate_kwargs) -> list[str] | list[list[str]]:
         """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt; ``batch_size`` at a
-        time (:attr:`batch_size` by default). ``first``, ``total``: where these images are in the caller's (0: unknown)."""
+        time (:attr:`batch_size` by default); ``None`` in place of one whose image cannot be read, with
+        ``skip_unreadable``. ``first``, ``total``: where these images are in the caller's (0: unknown)."""
         size = _batch_size(self.batch_size if batch_size is None else batch_size)
-        texts = []
+        texts: list = []
         for start in range(0, len(prompts), size):
             batch = self.tasks.prompt_batch(prompts[start:start + size])
-            pixels, mask = self._images(images[start:start + size], first + start, len(images) if total is None else total)
+            pixels, mask, unreadable = self._images(images[start:start + size], first + start,
+                                                    len(images) if total is None else total, skip_unreadable)
             with self._lock:  # threads (a web server's) take turns: they got each other's images
-                texts += self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask,
-                                             **generate_kwargs)
+                made = self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask,
+                                           **generate_kwargs)
+            n = len(made) // len(batch["input_ids"])
+            texts += [None if i // n in unreadable else text for i, text in enumerate(made)]
         n = len(texts) // max(len(prompts), 1)  # num_return_sequences, however it was given
         return texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
 
     def caption(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
-                **generate_kwargs) -> str | list[str]:
+                skip_unreadable: bool = False, **generate_kwargs) -> str | list[str]:
         """A caption per image (a string for one image; a list for a list, a tuple, a pandas Series, an array of
         paths or of images, or a generator; with ``num_return_sequences`` n > 1, a list of n captions in place of each
         string), ``batch_size`` images at a time (:attr:`batch_size` by default; a generator is read so, too: video
-        frames are not all held at once)."""
+        frames are not all held at once). An image that cannot be read is raised, named by its place; with
+        ``skip_unreadable``, its caption is ``None`` (with a warning) and the others are made: a folder's one broken
+        file does not lose hours of captions."""
         size = _batch_size(self.batch_size if batch_size is None else batch_size)
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
         if isinstance(images, Iterable) and not isinstance(images, Sized) and not _one_image(images):  # a generator, a
@@ -153,28 +172,29 @@ class Captioner:
             captions: list = []
             while chunk := list(itertools.islice(images, size)):
                 _caption_needs_images(chunk)
-                captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0, **generate_kwargs)
+                captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0,
+                                           skip_unreadable=skip_unreadable, **generate_kwargs)
             return captions
         batch = _as_batch(images)
         images = [images] if batch is None else batch
         if not images:
             return []
         _caption_needs_images(images)
-        captions = self._generate([prompt] * len(images), images, size, **generate_kwargs)
+        captions = self._generate([prompt] * len(images), images, size, skip_unreadable=skip_unreadable, **generate_kwargs)
         return captions if batch is not None else captions[0]
 
     def answer(
         self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
-        batch_size: int | None = None, **generate_kwargs,
+        batch_size: int | None = None, skip_unreadable: bool = False, **generate_kwargs,
     ) -> str | list[str]:
         """A free-form answer, as the instruct stage was taught to give (an image of ``None``: a text-only
         question). One image and question give a string; a list of images and a list of as many questions (or
         one question for them all) give a list, ``batch_size`` at a time (``num_return_sequences`` n > 1: n
-        answers in place of each string)."""
+        answers in place of each string); ``skip_unreadable`` as :meth:`caption` has it."""
         self._asking()
         many, images, questions = _batch(images, questions)
         prompts = [self.template.prompt(question, self.tokenizer) for question in questions]
-        answers = self._generate(prompts, images, batch_size, **generate_kwargs) if prompts else []
+        answers = self._generate(prompts, images, batch_size, skip_unreadable=skip_unreadable, **generate_kwargs) if prompts else []
         return answers if many else answers[0]
 
     def chat(self, image: ImageInput | None, question: str, history: Sequence[tuple[str, str]] | None = None,
@@ -241,7 +261,7 @@ class Captioner:
                                     for question, opts in zip(questions, option_lists)))
         size, letters, per_question = _batch_size(self.batch_size if batch_size is None else batch_size), [], []
         for start in range(0, len(prompts), size):
-            pixels, mask = self._images(images[start:start + size], start, len(images))
+            pixels, mask, _ = self._images(images[start:start + size], start, len(images))
             with self._lock:
                 image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
                 chosen, scores = self.tasks.choose(list(prompts[start:start + size]), list(option_ids[start:start + size]),

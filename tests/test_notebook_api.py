@@ -146,6 +146,14 @@ def test_a_bad_item_among_many_is_named_by_its_place(captioner, photos, tmp_path
     assert caught.value.errno == 2 and caught.value.filename == str(tmp_path / "missing.jpg")  # kept for code that reads them
     with pytest.raises(UnidentifiedImageError, match=r"^the image's bytes cannot be decoded"):  # one image: no place to name
         captioner.caption(b"notanimage")
+    # a large folder's one broken file lost every caption made before it: with skip_unreadable, None in its place
+    whole = captioner.caption([photos[0], photos[1]])
+    with pytest.warns(UserWarning, match=r"image 2 of 4: the image's bytes cannot be decoded.*: its result is None"):
+        kept = captioner.caption([photos[0], b"notanimage", photos[1], str(tmp_path / "missing.jpg")], batch_size=2,
+                                 skip_unreadable=True)
+    assert kept == [whole[0], None, whole[1], None]
+    assert captioner.caption((p for p in [b"notanimage", photos[0]]), skip_unreadable=True) == [None, whole[0]]  # a generator
+    assert captioner.answer([b"notanimage", photos[0]], "What is it?", skip_unreadable=True)[0] is None
 
 
 def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, photos, backbones, monkeypatch, tmp_path):
