@@ -74,7 +74,14 @@ class MMCaptionParser(LightningArgumentParser):
         if re.search(r"arguments are required: .*\bdata\b", message):  # validate --ckpt_path X, with no config
             lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "
                          "demo's), or from --data <class> and its settings")
+        given = re.search(r"given class_path '[\w.]+\.(\w+)'", message)
         for key, candidates in _unknown_keys(message, parser):
+            owners = [m for m in DATA_MODULES if key.startswith("data.init_args.") and given and m != given.group(1)
+                      and key.rsplit(".", 1)[-1] in _init_parameters(f"mmcaption.data.{m}")]
+            if owners:  # another stage's data setting: the modules that have it, not their settings near its name
+                lines.append(f"  --{key} is a setting of {' and '.join(owners)}, not of {given.group(1)}, the data "
+                             "this command's config reads (see its settings with --help)")
+                continue
             close, where = _closest(key, candidates), _written_in(key)
             if close or where:
                 lines.append(f"  --{key}:" + (f" did you mean {' or '.join('--' + c for c in close)}?" if close else "")

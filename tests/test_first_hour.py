@@ -100,6 +100,11 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
         main(["predict", "--ckpt_path", "x.ckpt", "--data", "mmcaption.data.CaptionPredictDataModule", "--data.images", ".",
               "--data.val_caption_images", "5"])
     assert "did you mean --data.init_args.val_caption_images" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the caption stage's hub source asked of the instruct stage: suggestions went in a circle
+        main(["fit", "--config", str(REPO / "configs" / "demo" / "instruct.yaml"), "--data.init_args.source", "hub"])
+    said = capsys.readouterr().err
+    assert ("--data.init_args.source is a setting of CaptionDataModule, not of InstructDataModule, the data this command's "
+            "config reads") in said and "did you mean" not in said
 
     with pytest.raises(SystemExit):  # a list's item by index: was 'Parser key "trainer.callbacks":' and nothing after
         main(["fit", "--config", DEMO_CAPTION, "--trainer.callbacks.0.init_args.dirpath", "elsewhere"])
