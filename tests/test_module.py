@@ -179,3 +179,32 @@ def test_gradient_accumulation_gives_the_gradient_of_the_batch_it_stands_for(bac
         parts = first_moments(batch_size, accumulate)
         difference = torch.cat([(a - b).flatten() for a, b in zip(parts, whole)]).norm()
         assert difference / torch.cat([w.flatten() for w in whole]).norm() < 1e-4, (batch_size, accumulate)
+
+
+def test_a_validation_setting_leaves_the_training_curve_as_it_is(backbones, coco_root, tmp_path):
+    # each evaluation loader drew its seed from the process's generator: captioning val images at each validation (or
+    # not) moved the dropout masks of every later training step, and one seed gave two training curves
+    from lightning.pytorch.callbacks import Callback
+
+    language_dir, vision_dir = backbones
+
+    class Losses(Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["mean_loss"]))
+
+    def curve(val_caption_images: int) -> list[float]:
+        dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                               image_processor=str(vision_dir), batch_size=4, num_workers=0, val_caption_images=val_caption_images)
+        torch.manual_seed(0)
+        module = make_module(backbones, lora_dropout=0.3, compute_dtype="float32")
+        module.generation.update(max_new_tokens=3)
+        losses = Losses()
+        Trainer(accelerator="cpu", max_steps=6, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[losses],
+                default_root_dir=tmp_path).fit(module, datamodule=dm)
+        return losses.losses
+
+    assert curve(0) == curve(2)

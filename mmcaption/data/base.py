@@ -67,6 +67,13 @@ def worker_init(worker_id: int, rank: int = 0) -> None:
         pl_worker_init_function(worker_id, rank)
 
 
+def evaluation_generator() -> torch.Generator:
+    """An evaluation loader's own generator: each of its iterators draws a seed, from the process's generator when a
+    loader has none, which moved the training's dropout masks after each validation by how many evaluation loaders
+    there were (``val_caption_images`` 0 or 40 gave two training curves under one seed)."""
+    return torch.Generator().manual_seed(default_seed())
+
+
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:
     vocabulary = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return hashlib.sha256(vocabulary.encode()).hexdigest()[:16]
@@ -125,6 +132,7 @@ class BackbonesDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
             worker_init_fn=self._worker_init(),
+            generator=evaluation_generator(),
         )
 
 
@@ -345,7 +353,8 @@ class PreprocessedDataModule(BackbonesDataModule):
 
     def _loader(self, stage: str) -> DataLoader:
         dataset = self.datasets[self.stage_splits()[stage]]
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=self.evaluation_sampler(dataset), **self._loader_settings())
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=self.evaluation_sampler(dataset),
+                          generator=evaluation_generator(), **self._loader_settings())
 
     def train_dataloader(self) -> StatefulDataLoader:
         """Shuffled per epoch from the run's seed, grouped by length (``group_by_length``), each DDP
