@@ -170,8 +170,8 @@ def test_mmbench_from_its_hugging_face_parquet_reads_as_its_tsv(backbones, tmp_p
     assert [(q.key, q.question, q.options, q.answer, q.image.data) for q in questions] == [
         (q.key, q.question, q.options, q.answer, q.image.data) for q in expected]
     assert questions[0].record["L2-category"] == FINE and questions[1].record["hint"] == ""
-    with pytest.raises(ConfigError, match=r"is a parquet file with MMBench's columns, so it reads as MMBench TSV \(or parquet "
-                                          r"file\): use --config configs/predict/mmbench.yaml"):
+    with pytest.raises(ConfigError, match=r"is a parquet file with MMBench's columns, so it reads as MMBench TSV: use --config "
+                                          r"configs/predict/mmbench.yaml"):
         choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa").read_rows()
 
 

@@ -124,8 +124,8 @@ def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.i
     if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths):
         from_here = user_path(names[0], Path("."))
         above = next((folder for folder in list(root.parents)[:2] if (folder / names[0]).is_file()), None)
-        hint = (f"; it is under {above}: give that folder" if above else
-                f"; {from_here} is there relative to the working directory" if from_here.is_file() else "")
+        hint = (f"; {from_here} is there relative to the working directory" if from_here.is_file() else
+                f"; it is under {above}: give that folder" if above else "")
         raise DataError(f"none of the {len(paths)} images of {file} was found: the first, {names[0]!r}, was looked for at "
                         f"{paths[0]}. Images are relative to {root} " +
                         ("(given by --data.image_root)" if given else f"(the file's folder, unless {where})") + hint)

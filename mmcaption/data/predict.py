@@ -213,7 +213,7 @@ class CaptionPredictDataModule(_PredictDataModule):
         self.dataset = _CaptionRows(paths, self.image_processor, prompt)
 
 
-FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV (or parquet file)", "scienceqa": "ScienceQA problems.json (or parquet file)"}
+FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json (or parquet file)"}
 
 
 class MultipleChoiceDataModule(_PredictDataModule):
