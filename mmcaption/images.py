@@ -195,6 +195,9 @@ def load_rgb(source: ImageSource) -> Image.Image:
             raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
         return _to_rgb(ImageOps.exif_transpose(source))
     if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there
+        mode = getattr(source, "mode", "b")  # a file opened 'r': its read() fails on an image's bytes
+        if isinstance(source, io.TextIOBase) or isinstance(mode, str) and "b" not in mode:
+            raise TypeError("an image file is opened in binary mode: open(path, 'rb')")
         start = source.tell() if getattr(source, "seekable", lambda: False)() else None  # (captioned, then asked about)
         source, handle = source.read(), source
         if start is not None:

@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import re
+import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence, Sized
@@ -59,6 +60,12 @@ class Captioner:
         self._lock = threading.Lock()  # generate() sets the images on the model's layers: one call at a time
         self._asked = False  # whether a question was asked of it (a caption-stage model says once what to expect)
 
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy: a replica for another thread, with a lock of its own
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     @classmethod
     def from_pretrained(
         cls, folder: str | Path, device: str | torch.device | None = None, quantization: Quantization | None = None,
@@ -96,7 +103,7 @@ class Captioner:
         """A question asked of a caption-stage model: said once (``mmcaption chat`` and ``predict`` say it too)."""
         if not self._asked and caption_stage(self.manifest):
             warnings.warn("this is a caption-stage model: the instruct stage teaches it to answer questions and chat; "
-                          "expect captions, not answers", UserWarning, stacklevel=3)
+                          "expect captions, not answers", UserWarning, stacklevel=_callers_level())
         self._asked = True
 
     def _pixels(self, images: list[ImageInput | None]) -> torch.Tensor:
@@ -116,7 +123,7 @@ class Captioner:
             except (OSError, ValueError, TypeError) as error:
                 if not skip:
                     raise
-                warnings.warn(f"{error}: its result is None", UserWarning, stacklevel=4)
+                warnings.warn(f"{error}: its result is None", UserWarning, stacklevel=_callers_level())
                 rows.append(None)
                 unreadable.append(i)
         present = next((row for row in rows if row is not None), None)
@@ -133,7 +140,11 @@ class Captioner:
             place = f"image {index + 1}" + (f" of {total}" if total else "")  # which one of a long list
             if isinstance(error, OSError) and error.errno is not None:  # its errno and file kept, for code that reads them
                 raise type(error)(error.errno, f"{place}: {error.strerror}", error.filename) from error
-            raise type(error)(f"{place}: {error}") from error
+            try:
+                placed = type(error)(f"{place}: {error}")
+            except TypeError:  # an error built otherwise (UnicodeDecodeError takes five arguments)
+                placed = ValueError(f"{place}: {error}")
+            raise placed from error
         return self.image_processor(images=[picture], return_tensors="pt")["pixel_values"][0]
 
     def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], batch_size: int | None = None,
@@ -249,12 +260,15 @@ class Captioner:
                              "options for all of them")
         else:
             option_lists = nested
-        for opts in option_lists:
+        repeated: dict[tuple[str, ...], list[str]] = {}  # the same option twice: said once a call, its questions counted
+        for question, opts in zip(questions, option_lists):
             _check_texts("option", opts)
             for text in dict.fromkeys(option for option in opts if opts.count(option) > 1):  # equal scores: the first wins
-                same = [letter for letter, option in zip(LETTERS, opts) if option == text]
-                warnings.warn(f"options {', '.join(same)} are the same text ({text!r}): no model can tell them apart, and "
-                              f"{same[0]} is chosen whenever any of them is likeliest", stacklevel=3)
+                repeated.setdefault((text, *(letter for letter, option in zip(LETTERS, opts) if option == text)), []).append(question)
+        for (text, *same), asked in repeated.items():
+            where = f"{asked[0]!r}" + (f" and {len(asked) - 1} other questions" if len(asked) > 1 else "")
+            warnings.warn(f"{where}: options {', '.join(same)} are the same text ({text!r}): no model can tell them apart, and "
+                          f"{same[0]} is chosen whenever any of them is likeliest", stacklevel=_callers_level())
         if not questions:
             return [], []
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
@@ -317,6 +331,16 @@ def _as_batch(value: object) -> list | None:
 def _one_image(value: object) -> bool:
     """A path, an image's bytes, an open file (a BytesIO of a download), a PIL image: one image, though iterable."""
     return isinstance(value, str | bytes | bytearray | memoryview | Path | Image.Image) or hasattr(value, "read")
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of a warning that names the line calling the API (its frames, and torch's ``no_grad``, left
+    out): a fixed level named a line inside, and Python shows a warning once per line, so the second question's
+    same options went unsaid."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("mmcaption.", "torch.")):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _caption_needs_images(images: list) -> None:

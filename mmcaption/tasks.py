@@ -131,12 +131,14 @@ def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any],
     """A call's own ``generate`` settings as :meth:`Tasks.generate` passes them on: a ``generation_config``
     of its own is read as the settings it changes, NumPy numbers become Python's, ``max_length`` replaces
     the model's ``max_new_tokens`` (which transformers would let win), ``stop_strings`` get the tokenizer
-    they need; options that would return scores instead of texts are refused."""
+    they need, a setting given as ``None`` is the model's own; options that would return scores instead of texts are
+    refused."""
     own = generate_kwargs.pop("generation_config", None)
     if own is not None and not isinstance(own, GenerationConfig):
         raise ConfigError(f"generation_config is a transformers GenerationConfig, not {type(own).__name__}")
     changed = {key: value for key, value in (own.to_diff_dict() if own is not None else {}).items() if key != "transformers_version"}
-    settings = {key: plain(value) for key, value in {**changed, **generate_kwargs}.items()}
+    given = {key: value for key, value in generate_kwargs.items() if value is not None}  # None: the model's own (a
+    settings = {key: plain(value) for key, value in {**changed, **given}.items()}  # service's optional field, passed on)
     returns = [key for key in _RETURN_OPTIONS if settings.get(key)]
     if returns:
         raise ConfigError(f"{', '.join(returns)}: the task methods return texts; for scores use option_scores, or call "

@@ -146,6 +146,15 @@ def test_a_bad_item_among_many_is_named_by_its_place(captioner, photos, tmp_path
     assert caught.value.errno == 2 and caught.value.filename == str(tmp_path / "missing.jpg")  # kept for code that reads them
     with pytest.raises(UnidentifiedImageError, match=r"^the image's bytes cannot be decoded"):  # one image: no place to name
         captioner.caption(b"notanimage")
+    with open(photos[0]) as text:  # opened without 'rb': a UnicodeDecodeError alone, and in a list a TypeError of arguments
+        with pytest.raises(TypeError, match=r"^an image file is opened in binary mode: open\(path, 'rb'\)$"):
+            captioner.caption(text)
+        with pytest.raises(TypeError, match=r"^image 2 of 2: an image file is opened in binary mode"):
+            captioner.caption([photos[0], text])
+    import copy  # a replica per worker thread, as calls to one take turns: "cannot pickle '_thread.lock' object"
+
+    replica = copy.deepcopy(captioner)
+    assert replica.model is not captioner.model and replica.caption(photos[0]) == captioner.caption(photos[0])
     # a large folder's one broken file lost every caption made before it: with skip_unreadable, None in its place
     whole = captioner.caption([photos[0], photos[1]])
     with pytest.warns(UserWarning, match=r"image 2 of 4: the image's bytes cannot be decoded.*: its result is None"):
@@ -164,6 +173,16 @@ def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, phot
     (exported.parent / "bb").symlink_to(backbones[0].parent)  # backbones named from home: "the folder lacks its files"
     moved = Captioner.from_pretrained(exported, language_model=f"~/bb/{backbones[0].name}", vision_model=f"~/bb/{backbones[1].name}")
     assert moved.caption(photos[0]) == captioner.caption(photos[0])
+    # another language model than it was trained on (phi-1_5 for phi-2): 32 lines of RuntimeError shapes, chat exited 1
+    from mmcaption.demo.synthetic import demo_corpus
+    from mmcaption.demo.tiny import save_tiny_backbones
+    from mmcaption.errors import ConfigError
+
+    other, _ = save_tiny_backbones(tmp_path / "other", demo_corpus(seed=1, num_scenes=50), seed=1, lm_hidden_size=32)
+    with pytest.raises(ConfigError, match=rf"the language model {other} is not the one .*export was trained on, whose LoRA "
+                                          rf"weights do not fit it \(size mismatch for .*\): give the language model it was "
+                                          rf"trained with, {backbones[0]}"):
+        Captioner.from_pretrained(exported, language_model=str(other), vision_model=str(backbones[1]))
     # the command-line tools too: the shell leaves "~" as it is after "--model=" (were "~/export is not a model folder")
     from mmcaption.usage import app_parser, chat_parser, export_parser
 

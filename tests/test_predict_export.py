@@ -268,6 +268,16 @@ def test_captioner_with_five_options_and_no_images(backbones, trained_checkpoint
     assert captioner.choose(None, "Which shape?", ["circle", "square"]) in "AB"
     with pytest.warns(UserWarning, match=r"options A, C are the same text \('circle'\): no model can tell them apart"):
         captioner.choose(image, "Which shape?", ["circle", "square", "circle"])  # was 'A', quietly, whichever was meant
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # said at the caller's line, each time: a line inside the
+        warnings.simplefilter("default")                   # package was named, and Python said it once for all calls
+        for question in ("Which shape?", "Which one?"):
+            captioner.choose(image, question, ["circle", "circle"])
+    said = [w for w in caught if "same text" in str(w.message)]
+    assert len(said) == 2 and all(w.filename == __file__ for w in said)
+    # None for a setting, as a service passes an optional field on: the model's own (was transformers' max_length 20)
+    assert captioner.caption(image, max_new_tokens=None) == captioner.caption(image)
     with pytest.raises(ValueError, match="caption needs an image for each item"):  # was a caption made up from no image
         captioner.caption([image, None])
     with pytest.raises(ValueError, match="needs 2 to 8 options"):

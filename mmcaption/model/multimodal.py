@@ -336,7 +336,13 @@ class MultimodalCausalLM(nn.Module):
         if not merged_in:
             adapter = load_file(folder / "adapter" / "adapter_model.safetensors")
             with self.plain_decoder_layers():
-                result = set_peft_model_state_dict(self.language_model, adapter)
+                try:
+                    result = set_peft_model_state_dict(self.language_model, adapter)
+                except RuntimeError as error:  # another language model than it was trained on: 32 lines of shapes
+                    first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error))
+                    raise ConfigError(f"the language model {self.config.language_model} is not the one {folder} was trained "
+                                      f"on, whose LoRA weights do not fit it ({first}): give the language model it "
+                                      f"was trained with, {manifest.get('base_language_model')}") from None
             if result.unexpected_keys:
                 raise ConfigError(f"{folder / 'adapter'} has weights this model lacks: {result.unexpected_keys[:3]}")
         self.load_multimodal_state_dict(load_file(folder / "multimodal.safetensors"))
