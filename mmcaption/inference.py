@@ -31,7 +31,7 @@ from mmcaption.errors import NotAModelFolderError
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import ImageSource, blank_pixels, load_rgb
 from mmcaption.model import MultimodalCausalLM, read_manifest
-from mmcaption.model.backbones import check_device, load_image_processor, load_tokenizer
+from mmcaption.model.backbones import check_device, is_local_path, load_image_processor, load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, caption_stage
 from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompt
@@ -89,6 +89,11 @@ class Captioner:
                                                      ("vision_model", vision_model)) if value is not None}
         overrides.update({name: os.path.expanduser(overrides[name]) for name in ("language_model", "vision_model")
                           if name in overrides})  # "~/models/phi-2", as the shell would read it
+        for name in ("language_model", "vision_model"):  # a typo of one's own: not "the folder it recorded moved; link it"
+            given = overrides.get(name)
+            if given is not None and is_local_path(given) and not Path(given).is_dir():
+                raise FileNotFoundError(f"the {name} given, {given}, is no folder" + (
+                    " (a file: a backbone is the folder holding its config.json)" if Path(given).is_file() else ""))
         bars = hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bar per file: gone in a second
         hf_logging.disable_progress_bar()
         try:

@@ -173,6 +173,9 @@ def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, phot
     (exported.parent / "bb").symlink_to(backbones[0].parent)  # backbones named from home: "the folder lacks its files"
     moved = Captioner.from_pretrained(exported, language_model=f"~/bb/{backbones[0].name}", vision_model=f"~/bb/{backbones[1].name}")
     assert moved.caption(photos[0]) == captioner.caption(photos[0])
+    # a folder of one's own mistyped: was "... is no folder (any more). A checkpoint or an export records ...: link it"
+    with pytest.raises(FileNotFoundError, match=rf"the language_model given, {tmp_path}/languag_model, is no folder$"):
+        Captioner.from_pretrained(exported, language_model=str(tmp_path / "languag_model"))
     # another language model than it was trained on (phi-1_5 for phi-2): 32 lines of RuntimeError shapes, chat exited 1
     from mmcaption.demo.synthetic import demo_corpus
     from mmcaption.demo.tiny import save_tiny_backbones
