@@ -15,6 +15,7 @@ import binascii
 import errno
 import functools
 import io
+import math
 import os
 import re
 import threading
@@ -182,10 +183,26 @@ def _names_in(folder: str, mtime: int) -> dict[str, list[str]]:
     return names
 
 
-def load_rgb(source: ImageSource) -> Image.Image:
+def processor_side(image_processor) -> int | None:
+    """The shorter side an image processor resizes images to (CLIP's ``shortest_edge``, else its height and width)."""
+    size = getattr(image_processor, "size", None) or {}
+    return int(size.get("shortest_edge") or min(size.get("height", 0), size.get("width", 0))) or None
+
+
+def _smaller(image: Image.Image, shortest_side: int | None) -> Image.Image:
+    """``image`` made smaller by a whole factor (Pillow's ``reduce``: each k x k block's mean) while its shorter side
+    stays at least twice ``shortest_side``, the size the model's processor then resizes it to; as it is otherwise."""
+    factor = min(image.size) // (2 * shortest_side) if shortest_side else 0
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Image:
     """An upright 8-bit RGB image from bytes, a file opened ``'rb'``, a file path, an ``http(s)://`` or ``data:`` URL, a PIL
     image, an array or a tensor (see :func:`array_image`): EXIF orientation applied, 16/32-bit integer and floating-point images
-    scaled to 8 bits rather than clipped, transparent pixels on white, any other mode converted."""
+    scaled to 8 bits rather than clipped, transparent pixels on white, any other mode converted. With ``shortest_side``
+    (the model's input size), a large image is decoded and converted smaller (:func:`_smaller`; a JPEG at a fraction of
+    its size): a 200-megapixel photo, or a 20000 x 20000 PNG of a few hundred KB, took 3-6 GB on its way to a model
+    that sees 224 pixels."""
     if isinstance(source, torch.Tensor):
         source = source.detach().cpu().float().numpy() if source.is_floating_point() else source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
@@ -193,7 +210,7 @@ def load_rgb(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         if 0 in source.size:  # an empty crop (a detector's box of no width): Pillow's scaling divides by it
             raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
-        return _to_rgb(ImageOps.exif_transpose(source))
+        return _to_rgb(_smaller(ImageOps.exif_transpose(source), shortest_side))
     if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there
         mode = getattr(source, "mode", "b")  # a file opened 'r': its read() fails on an image's bytes
         if isinstance(source, io.TextIOBase) or isinstance(mode, str) and "b" not in mode:
@@ -224,7 +241,10 @@ def load_rgb(source: ImageSource) -> Image.Image:
                         f"not {type(source).__name__}")
     try:
         with opened(data) as image:
-            return _to_rgb(ImageOps.exif_transpose(image))
+            if shortest_side and image.format == "JPEG":  # decoded at 1/2, 1/4 or 1/8 of its size, still at least 2x it
+                scale = 2 * shortest_side / min(image.size)
+                image.draft(image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+            return _to_rgb(_smaller(ImageOps.exif_transpose(image), shortest_side))
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
         why = check_image(data) or f"{type(error).__name__}: {error}"
         raise UnidentifiedImageError(f"{name} cannot be decoded: {why}") from None

@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from mmcaption.errors import NotAModelFolderError
 from mmcaption.evaluation.answers import LETTERS
-from mmcaption.images import ImageSource, blank_pixels, load_rgb
+from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import check_device, is_local_path, load_image_processor, load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, caption_stage
@@ -138,7 +138,7 @@ class Captioner:
 
     def _pixels_of(self, image: ImageInput, index: int, total: int, skip: bool = False) -> torch.Tensor:
         try:
-            picture = load_rgb(image)
+            picture = load_rgb(image, processor_side(self.image_processor))
         except (OSError, ValueError, TypeError) as error:
             if total == 1 and not skip:
                 raise

@@ -103,3 +103,20 @@ def test_training_predict_and_the_api_see_the_same_pixels(backbones, model, phot
     assert torch.equal(predicted["phone_large.jpg"], api["phone_large.jpg"])
     red_left = api["phone_small.jpg"][0, 32, 4] > 1.0 > api["phone_small.jpg"][2, 32, 4]  # normalised channels
     assert red_left
+
+
+def test_a_huge_image_reaches_the_model_decoded_and_converted_small():
+    # a 200-megapixel photo, or a few hundred KB of PNG at 20000 x 20000, went whole to the processor: 3-6 GB for a model
+    # that sees 64 (here) or 224 pixels
+    big = io.BytesIO()
+    Image.new("L", (12000, 9000), 90).save(big, format="PNG")
+    reduced = load_rgb(big.getvalue(), shortest_side=64)
+    assert reduced.mode == "RGB" and 128 <= min(reduced.size) < 256 and reduced.size[0] > reduced.size[1]
+    photo = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(photo, format="JPEG")
+    decoded = load_rgb(photo.getvalue(), shortest_side=224)
+    assert 448 <= min(decoded.size) < 896 and abs(decoded.size[0] / decoded.size[1] - 4 / 3) < 0.01
+    assert load_rgb(photo.getvalue()).size == (4000, 3000)  # without the model's size: as it is
+    small = io.BytesIO()
+    Image.new("RGB", (300, 200), (0, 0, 255)).save(small, format="PNG")
+    assert load_rgb(small.getvalue(), shortest_side=224).size == (300, 200)  # no larger than twice it: untouched

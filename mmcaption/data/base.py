@@ -36,6 +36,7 @@ from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
 from mmcaption.errors import ConfigError, NotWritableError
 from mmcaption.folders import check_writable
+from mmcaption.images import processor_side
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
 STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}  # what each command reads
@@ -234,11 +235,7 @@ class PreprocessedDataModule(BackbonesDataModule):
 
     def stored_image_size(self) -> int | None:
         """Shorter side images are stored at: the image processor's resize target (``resize_images``)."""
-        if not self.resize_images:
-            return None
-        size = getattr(self.image_processor, "size", None) or {}
-        side = size.get("shortest_edge") or min(size.get("height", 0), size.get("width", 0))
-        return int(side) or None
+        return processor_side(self.image_processor) if self.resize_images else None
 
     def split_folder(self, split: str) -> Path:
         """The preprocessed folder of ``split``; its name changes whenever its inputs do."""

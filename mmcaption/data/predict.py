@@ -45,6 +45,7 @@ from mmcaption.images import (
     check_image,
     load_rgb,
     local_file,
+    processor_side,
 )
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
 
@@ -80,7 +81,7 @@ class _ImageRows(Dataset):
             if problem is not None:
                 error = f"image {path} cannot be decoded: {problem}"
         pixel_values = self.blank if error else \
-            self.image_processor(images=load_rgb(data), return_tensors="pt")["pixel_values"][0]
+            self.image_processor(images=load_rgb(data, processor_side(self.image_processor)), return_tensors="pt")["pixel_values"][0]
         return {"record": self.rows[index], "error": error, "pixel_values": pixel_values, **self.text(index)}
 
 
