@@ -173,13 +173,18 @@ def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, phot
     (exported.parent / "bb").symlink_to(backbones[0].parent)  # backbones named from home: "the folder lacks its files"
     moved = Captioner.from_pretrained(exported, language_model=f"~/bb/{backbones[0].name}", vision_model=f"~/bb/{backbones[1].name}")
     assert moved.caption(photos[0]) == captioner.caption(photos[0])
+    from mmcaption.errors import ConfigError
+
     # a folder of one's own mistyped: was "... is no folder (any more). A checkpoint or an export records ...: link it"
     with pytest.raises(FileNotFoundError, match=rf"the language_model given, {tmp_path}/languag_model, is no folder$"):
         Captioner.from_pretrained(exported, language_model=str(tmp_path / "languag_model"))
+    with pytest.raises(ConfigError, match=r"cannot load the language model .*vision_model: it is a CLIPVision model\. Is it "
+                                          r"the vision model \(language_model and vision_model the other way round\)\?"):
+        Captioner.from_pretrained(exported, language_model=str(backbones[1]), vision_model=str(backbones[0]))  # swapped:
+    # transformers' list of every causal LM class, 3,329 characters
     # another language model than it was trained on (phi-1_5 for phi-2): 32 lines of RuntimeError shapes, chat exited 1
     from mmcaption.demo.synthetic import demo_corpus
     from mmcaption.demo.tiny import save_tiny_backbones
-    from mmcaption.errors import ConfigError
 
     other, _ = save_tiny_backbones(tmp_path / "other", demo_corpus(seed=1, num_scenes=50), seed=1, lm_hidden_size=32)
     with pytest.raises(ConfigError, match=rf"the language model {other} is not the one .*export was trained on, whose LoRA "

@@ -113,6 +113,13 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
     traceback ending in a connection error."""
     try:
         yield
+    except ValueError as error:  # transformers' "Unrecognized configuration class ..." and its 3,000 characters of models
+        kind = re.search(r"configuration class <class '[\w.]+\.(\w+)Config'>", str(error))
+        if kind is None:
+            raise
+        other = "vision model" if "language" in what else "language model"
+        raise ConfigError(f"cannot load the {what} {name}: it is a {kind.group(1)} model. Is it the {other} "
+                          "(language_model and vision_model the other way round)?") from None
     except OSError as error:
         if is_local_path(name) and not Path(name).expanduser().exists():  # not a hub id: downloading would not help
             raise BackboneNotFoundError(
