@@ -153,7 +153,10 @@ def _from_windows(root: Path, name: str) -> str | None:
     if os.sep != "/" or not windows.drive:
         return None
     parts = windows.parts[1:]
-    for start in range(len(parts)):
+    # the file's name alone only where its folder is the image folder's name (...\train2017\1.jpg in train2017/): a
+    # camera's IMG_0001.JPG of another year's folder is not this one
+    alone_too = len(parts) > 1 and _folded(parts[-2]) == _folded(root.name)
+    for start in range(len(parts) - (0 if alone_too else 1)):
         tail = existing_spelling(root, "/".join(parts[start:]))
         if (root / tail).is_file():
             return tail
@@ -193,7 +196,12 @@ def _smaller(image: Image.Image, shortest_side: int | None) -> Image.Image:
     """``image`` made smaller by a whole factor (Pillow's ``reduce``: each k x k block's mean) while its shorter side
     stays at least twice ``shortest_side``, the size the model's processor then resizes it to; as it is otherwise."""
     factor = min(image.size) // (2 * shortest_side) if shortest_side else 0
-    return image.reduce(factor) if factor >= 2 else image
+    if factor < 2:
+        return image
+    try:
+        return image.reduce(factor)
+    except ValueError:  # a mode reduce does not take (a palette, 1-bit, 16-bit): made 8-bit RGB first, at full size
+        return _to_rgb(image).reduce(factor)
 
 
 def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Image:
@@ -212,15 +220,14 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Ima
             raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
         return _to_rgb(_smaller(ImageOps.exif_transpose(source), shortest_side))
     if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there
-        mode = getattr(source, "mode", "b")  # a file opened 'r': its read() fails on an image's bytes
-        if isinstance(source, io.TextIOBase) or isinstance(mode, str) and "b" not in mode:
-            raise TypeError("an image file is opened in binary mode: open(path, 'rb')")
+        if isinstance(source, io.TextIOBase):  # a file opened 'r': its read() fails on an image's bytes
+            raise TypeError("an image file must be opened in binary mode: open(path, 'rb')")
         start = source.tell() if getattr(source, "seekable", lambda: False)() else None  # (captioned, then asked about)
         source, handle = source.read(), source
         if start is not None:
             handle.seek(start)
         if isinstance(source, str):
-            raise TypeError("an image file is opened in binary mode: open(path, 'rb')")
+            raise TypeError("an image file must be opened in binary mode: open(path, 'rb')")
     if isinstance(source, str) and source[:5].lower() == "data:":  # a data: URL, as a web page or a notebook embeds one
         source = data_url_bytes(source)
     if isinstance(source, bytes | bytearray | memoryview):

@@ -101,6 +101,11 @@ def test_file_names_that_start_with_the_split_folder_are_found(backbones, coco_c
     dm = make_datamodule(backbones, coco_copy)
     dm.prepare_data()  # was "12 of 12 referenced images are missing", looked for as train2017/C:/Users/...
     assert len(datasets.load_from_disk(str(dm.split_folder("train2017") / "images"))) == 12
+    # a path of another folder than the image folder's name, whose photo was not copied over: not taken for the one of
+    # the same name here (a camera's IMG_0001.JPG of another year)
+    from mmcaption.images import existing_spelling
+
+    assert existing_spelling(coco_copy / "train2017", "C:\\Photos\\2023\\000000000001.jpg") != "000000000001.jpg"
 
 
 def test_absolute_file_names_as_labelling_tools_write_them_train_and_their_content_is_followed(backbones, coco_copy, tmp_path):

@@ -120,3 +120,17 @@ def test_a_huge_image_reaches_the_model_decoded_and_converted_small():
     small = io.BytesIO()
     Image.new("RGB", (300, 200), (0, 0, 255)).save(small, format="PNG")
     assert load_rgb(small.getvalue(), shortest_side=224).size == (300, 200)  # no larger than twice it: untouched
+
+    # modes Pillow's reduce does not take (a chart's palette PNG, a 1-bit scan, a 16-bit PNG): were refused as undecodable
+    for mode in ("P", "1", "I;16"):
+        data = io.BytesIO()
+        Image.new(mode, (2000, 1600)).save(data, format="PNG")
+        assert load_rgb(data.getvalue(), shortest_side=224).mode == "RGB", mode
+    # a zip's member, read as bytes though its mode says 'r': was refused as "not binary"
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("red.jpg", photo.getvalue())
+    with zipfile.ZipFile(archive) as zipped, zipped.open("red.jpg") as member:
+        assert load_rgb(member).size == (4000, 3000)

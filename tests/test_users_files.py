@@ -198,6 +198,9 @@ def test_an_image_list_as_windows_saves_it(tmp_path, monkeypatch):
     found = find_images(str(accented))
     assert len(found) == 1 and found[0].is_file() and found[0].name == unicodedata.normalize("NFD", "café.jpg")
 
+    (tmp_path / "photos" / "~1.jpg").write_bytes(jpeg(upright_picture(32, 32)))  # a name that starts with ~: no home
+    (tmp_path / "tilde.txt").write_text("photos/~1.jpg\n")
+    assert find_images(str(tmp_path / "tilde.txt")) == [tmp_path / "photos" / "~1.jpg"]
     home = tmp_path / "home"  # a list written by hand, its paths from the home folder as a shell reads them
     (home / "photos").mkdir(parents=True)
     (home / "photos" / "a.jpg").write_bytes(jpeg(upright_picture(32, 32)))
@@ -784,6 +787,13 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
     (sidecars / "photo1.txt").rename(sidecars / unicodedata.normalize("NFC", "Café.txt"))
     rows = list(HubCaptions(str(sidecars)).records("train", BadRecords("sidecars")))
     assert sorted(c for _, _, _, captions in rows for _, c in captions) == ["another caption", "photo 0", "photo 1", "photo 2"]
+    pairs = tmp_path / "pairs"  # two photos that differ in case only: each its own caption, never one for both
+    pairs.mkdir()
+    for name, caption in (("Dog", "a red square"), ("dog", "a blue square")):
+        (pairs / f"{name}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (200 if name == "Dog" else 0, 0, 0))))
+        (pairs / f"{name}.txt").write_text(caption)
+    assert sorted(c for *_, captions in HubCaptions(str(pairs)).records("train", BadRecords("pairs")) for _, c in captions) == [
+        "a blue square", "a red square"]
     (sidecars / "photo2.txt").unlink()  # a photo without its caption file: named, not dropped without a word
     seen = BadRecords("sidecars", "skip")
     assert len(list(HubCaptions(str(sidecars)).records("train", seen))) == 2
@@ -1116,6 +1126,17 @@ def test_hub_datasets_as_published_read_their_captions_and_their_cards_splits(tm
     assert HubCaptions(str(carded), "image", "caption").stage_splits(None, None, None) == {
         "train": "train", "val": "validation", "test": "validation"}
     assert captions_of(carded, "caption", "validation") == [["photo 3"]]
+    sheets = tmp_path / "sheets"  # a card over CSV tables: read as mmcaption reads tables (every cell text: "NA" a caption)
+    sheets.mkdir()
+    for name, rows in (("train", range(3)), ("heldout", range(3, 4))):
+        (sheets / f"{name}.csv").write_text("file,caption\n" + "".join(f"{i}.jpg,{'NA' if i == 1 else f'photo {i}'}\n" for i in rows))
+    for i in range(4):
+        (sheets / f"{i}.jpg").write_bytes(photos[i])
+    (sheets / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: "
+                                      "train.csv\n  - split: validation\n    path: heldout.csv\n---\n")
+    carded_sheets = HubCaptions(str(sheets), "file", "caption", cache_dir=str(sheets / "cache"))
+    assert [[t for _, t in c] for *_, c in carded_sheets.records("train", BadRecords("sheets"))] == [["photo 0"], ["NA"], ["photo 2"]]
+    assert (sheets / "cache" / "datasets").is_dir()  # in mmcaption's cache, not a cluster's shared (often read-only) one
     two = tmp_path / "two-years"  # two configurations: named by hub_config, and asked for when none is
     for year in ("2014", "2017"):
         (two / year).mkdir(parents=True)

@@ -29,9 +29,8 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     one table of its photos to read in its place, or its photos each with its caption file (``(photo, its .txt or
     None)``); ``(None, None)`` otherwise."""
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-    stems = {_stem(f) for f in images}
     tables = photo_tables(files, images)
-    texts = {_stem(f): f for f in files if f.suffix.lower() == ".txt" and _stem(f) in stems}
+    texts = _caption_files(images, [f for f in files if f.suffix.lower() == ".txt"])
     if texts and tables:
         raise DataError(f"{path} holds photos with caption .txt files beside them ({next(iter(texts.values())).name}) and "
                         f"a table ({tables[0].relative_to(path)}): give the table itself as hub_dataset, or move it out")
@@ -43,14 +42,32 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
         return None, None
     rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it (columns "
                    f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused)")
-    return None, [(image.relative_to(path).as_posix(), texts.get(_stem(image))) for image in sorted(images)]
+    return None, [(image.relative_to(path).as_posix(), texts.get(image)) for image in sorted(images)]
 
 
-def _stem(file: Path) -> str:
-    """A photo's or caption file's path without its suffix, as Windows and macOS match names: in either Unicode form
-    (macOS writes ``Café.jpg`` decomposed, a caption typed elsewhere names it composed) and any case (``IMG_0001.JPG``
-    beside ``img_0001.txt``)."""
-    return unicodedata.normalize("NFC", str(file.with_suffix(""))).casefold()
+def _caption_files(images: list[Path], texts: list[Path]) -> dict[Path, Path]:
+    """Each photo's caption file: of its very name, else the one name that matches it as Windows and macOS match
+    names, in either Unicode form (macOS writes ``Café.jpg`` decomposed, a caption typed elsewhere names it composed) and
+    any case (``IMG_0001.JPG`` beside ``img_0001.txt``). Where ``Dog.jpg`` and ``dog.jpg`` are both there, each has
+    only its own: one caption is never given to two photos."""
+    def folded(file: Path) -> str:
+        return unicodedata.normalize("NFC", str(file.with_suffix(""))).casefold()
+
+    exact = {text.with_suffix(""): text for text in texts}
+    by_folded: dict[str, list[Path]] = {}
+    for text in texts:
+        by_folded.setdefault(folded(text), []).append(text)
+    photos: dict[str, int] = {}
+    for image in images:
+        photos[folded(image)] = photos.get(folded(image), 0) + 1
+    found = {}
+    for image in images:
+        text = exact.get(image.with_suffix(""))
+        if text is None and len(by_folded.get(folded(image), [])) == 1 and photos[folded(image)] == 1:
+            text = by_folded[folded(image)][0]
+        if text is not None:
+            found[image] = text
+    return found
 
 
 def photo_tables(files: list[Path], images: list[Path]) -> list[Path]:
@@ -92,13 +109,13 @@ METADATA_TABLES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # what
 OTHER_DATA = (".tar", ".arrow", ".zip", ".gz", ".tgz")  # files datasets reads (webdataset shards, archives)
 
 
-def local_splits(path: Path, files: list[Path]) -> tuple[str, dict[str, list[str]]] | None:
+def local_splits(path: Path, files: list[Path], config: str | None = None) -> tuple[str, dict[str, list[str]]] | None:
     """The builder and each split's files (``train.csv``, ``data/validation-00000.parquet``, ``train/cat.jpg``) of a
-    local folder of tables, or of photos with an image folder's ``metadata.csv``, as ``datasets`` names them, among
-    the user's own ``files`` only (linked folders included): its own look at the folder also takes the files of
-    mmcaption's cache kept in it (``preprocessed/train-<key>/meta.json``, a "train" split of JSON files). ``None``
-    for a folder of other data (webdataset shards), without tables, or with tables of several kinds, which
-    ``datasets`` is left to read."""
+    local folder of tables, or of photos with an image folder's ``metadata.csv``, as ``datasets`` names them - or as
+    the folder's dataset card names them (:func:`card_patterns`, ``config`` among several) - among the user's own
+    ``files`` only (linked folders included): its own look at the folder also takes the files of mmcaption's cache
+    kept in it (``preprocessed/train-<key>/meta.json``, a "train" split of JSON files). ``None`` for a folder of other
+    data (webdataset shards), without tables, or with tables of several kinds, which ``datasets`` is left to read."""
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     tables = photo_tables(files, images)  # not a photo's own metadata, nor an album's
     if any(f.name.lower() in METADATA_TABLES for f in tables):  # datasets' image folder: the photos and their tables
@@ -115,7 +132,7 @@ def local_splits(path: Path, files: list[Path]) -> tuple[str, dict[str, list[str
         return [file for name, file in relative.items() if matches(name)]
 
     try:
-        patterns = _get_data_files_patterns(resolved)
+        patterns = card_patterns(path, config) or _get_data_files_patterns(resolved)
     except (ValueError, FileNotFoundError) as error:  # a split name datasets refuses (train-v2-00000-of-00001)
         raise DataError(f"{path}: its files cannot be told apart into splits: {error}") from None
     splits = {str(split): list(dict.fromkeys(f for pattern in split_patterns for f in resolved(pattern)))
@@ -123,22 +140,31 @@ def local_splits(path: Path, files: list[Path]) -> tuple[str, dict[str, list[str
     return kinds.pop(), {split: found for split, found in splits.items() if found}
 
 
-def declares_configs(path: Path) -> bool:
-    """Whether a dataset folder's card (``README.md``, as the hub's datasets have one) names its configurations and
-    their files (``configs: [{config_name, data_files: [{split, path}]}]``): ``datasets`` follows it, and reading the
-    folder by file names alone took a ``heldout-0.parquet`` it declares the validation split for training."""
+def card_patterns(path: Path, config: str | None) -> dict[str, list[str]] | None:
+    """Each split's file patterns as a dataset folder's card (``README.md``, as the hub's datasets have one) declares
+    them (``configs: [{config_name, data_files: [{split, path}]}]``), of ``config`` (or the only one, or ``default``);
+    None without such a card. Read by file names alone, a folder's ``heldout-0.parquet`` that the card declares the
+    validation split was trained on."""
     card = path / "README.md"
     try:
         text = card.read_text(encoding="utf-8-sig") if card.is_file() else ""
-    except (OSError, UnicodeDecodeError):
-        return False
-    if not text.startswith("---"):
-        return False
-    try:
-        header = yaml.safe_load(text.split("---", 2)[1])
-    except (yaml.YAMLError, IndexError):
-        return False
-    return isinstance(header, dict) and bool(header.get("configs"))
+        header = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, IndexError):
+        return None
+    configs = header.get("configs") if isinstance(header, dict) else None
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs) or not configs:
+        return None
+    names = [str(c.get("config_name", "default")) for c in configs]
+    if config is None and len(configs) > 1 and "default" not in names:
+        raise DataError(f"{path}: its card names the configurations {names}: set data.init_args.hub_config to the one to read")
+    wanted = config if config is not None else "default" if "default" in names else names[0]
+    if wanted not in names:
+        raise DataError(f"{path}: its card names the configurations {names}, not {wanted!r} (hub_config)")
+    files = configs[names.index(wanted)].get("data_files")
+    entries = [{"split": "train", "path": files}] if isinstance(files, str | list) and not (
+        isinstance(files, list) and files and isinstance(files[0], dict)) else files or []
+    return {str(entry.get("split", "train")): [entry["path"]] if isinstance(entry.get("path"), str) else list(entry.get("path") or [])
+            for entry in entries if isinstance(entry, dict)}
 
 
 def sidecar_dataset(pairs: list[tuple[str, Path | None]], image_column: str, caption_column: str) -> datasets.Dataset:

@@ -30,7 +30,6 @@ from mmcaption.data import tables
 from mmcaption.data.caption_cells import caption_settings, column_and_key, texts_of
 from mmcaption.data.folder_layouts import (
     TABLE_SUFFIXES,
-    declares_configs,
     folder_layout,
     local_splits,
     sidecar_dataset,
@@ -187,8 +186,8 @@ class HubCaptions(RowImages):
     def _table_splits(self) -> tuple[str, dict[str, list[str]]] | None:
         """A local folder of tables (or an image folder): the builder and each split's files, among the user's own
         (:func:`~mmcaption.data.folder_layouts.local_splits`)."""
-        found = local_splits(Path(self.dataset).expanduser(), self._files) if self._files and self._given is None and not \
-            declares_configs(Path(self.dataset)) else None  # a dataset card's own splits are datasets' to read
+        found = local_splits(Path(self.dataset).expanduser(), self._files, self.config) if self._files and self._given is None \
+            else None
         named = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
                  for split, files in (found or (None, {}))[1].items()}
         if sum(map(len, named.values())) > 1:  # which table is which split: two copies of one table are both read

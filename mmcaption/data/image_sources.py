@@ -109,7 +109,7 @@ def user_path(name: str, root: Path) -> Path | RemoteImage:
     looked for in its other Unicode form (macOS writes decomposed names: ``é`` as ``e`` and an accent)."""
     if is_url(name):
         return RemoteImage(name)
-    if name.startswith("~"):  # a list written by hand: ~/photos/a.jpg, as the shell would read it
+    if name.startswith(("~/", "~\\")):  # a list written by hand: ~/photos/a.jpg, as the shell would read it
         name = str(Path(name).expanduser())
     return root / existing_spelling(root, name)
 
