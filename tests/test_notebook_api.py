@@ -123,8 +123,8 @@ def test_a_long_list_of_photos_is_never_held_at_full_size_all_at_once(captioner,
     live, most = [], [0]
     real = inference.load_rgb
 
-    def counting(source):
-        picture = real(source)
+    def counting(source, *settings):
+        picture = real(source, *settings)
         live.append(weakref.ref(picture))
         most[0] = max(most[0], sum(ref() is not None for ref in live))
         return picture

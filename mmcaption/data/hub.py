@@ -141,6 +141,10 @@ class HubCaptions(RowImages):
         if train is None:
             raise DataError(f"{self.dataset} has splits {names} and none is 'train': set train_split")
         val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
+        if val == train and not self.val_fraction:  # asked for: validation on the images it trains on (a check of fitting)
+            rank_zero_info(f"{self.dataset}: val_split {val!r} is the training split and hub_val_fraction 0: it validates on "
+                           "the images it trains on")
+            return {"train": train, "val": val, "test": test or val}
         if val is None or val == train:  # val_split the training split's own name: part of it held out, not both sides
             has = f"one split ({train!r})" if len(names) == 1 else f"val_split {train!r}, its training split" if val else (
                 f"splits {names}, none named {', '.join(VAL_NAMES)} (val_split names the one to validate on)")
