@@ -1,3 +1,0 @@
-from mmcaption.scripts import mmcaption
-
-mmcaption()

@@ -1,3 +1,0 @@
-from mmcaption.demo.run import main
-
-main()

@@ -1,1 +1,0 @@
-"""Evaluation: caption metrics (the COCO caption evaluation code) and multiple-choice scoring."""
