@@ -147,10 +147,11 @@ def check_config_file(name: str, path: Path) -> None:
         raise ConfigError(f"config {name}: {key} is written twice (lines {first} and {second}); YAML keeps the second "
                           "without a word: delete one")
     if found := next(_shell_variables(node), None):
-        key, line, text, expanded = found
+        key, line, text, expanded, listed = found
+        # a list's item (a callback's dirpath) cannot be given on the command line: only written out
+        there = "" if listed else f", or give it on the command line (--{key} \"{text}\"), where the shell expands it"
         raise ConfigError(f"config {name}, line {line}: {key}: {text} - a config is not read by a shell, so "
-                          f"environment variables stay as written{expanded}: write the path out, or give it on the "
-                          f"command line (--{key} \"{text}\"), where the shell expands it")
+                          f"environment variables stay as written{expanded}: write the path out{there}")
     for key in SECTIONS:
         value, line = _node_at(node, key)
         if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null"):
@@ -178,22 +179,22 @@ def _written_twice(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, tup
 _VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")
 
 
-def _shell_variables(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, int, str, str]]:
+def _shell_variables(node: yaml.Node, prefix: str = "", listed: bool = False) -> Iterator[tuple[str, int, str, str, bool]]:
     """Each value of ``node`` that names an environment variable as a shell would (``$SCRATCH/coco``,
     ``${HOME}/data``): one set here, or one that begins the value (a path). Yields the dotted key, its line, the
-    value and what the shell would make of it (``""`` when the variable is not set)."""
+    value, what the shell would make of it (``""`` when the variable is not set) and whether it is in a list."""
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            yield from _shell_variables(item, prefix)
+            yield from _shell_variables(item, prefix, True)
     elif isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            yield from _shell_variables(value, f"{prefix}{getattr(key, 'value', key)}.")
+            yield from _shell_variables(value, f"{prefix}{getattr(key, 'value', key)}.", listed)
     elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str) and node.style in (None, "", "'", '"'):
         for match in _VARIABLE.finditer(node.value):
             if match.group(2) in os.environ or match.start() == 0:
                 expanded = os.path.expandvars(node.value)
                 yield (prefix.rstrip("."), node.start_mark.line + 1, node.value,
-                       f" (a shell would read {expanded})" if expanded != node.value else "")
+                       f" (a shell would read {expanded})" if expanded != node.value else "", listed)
                 return
 
 

@@ -26,8 +26,8 @@ def run_length(trainer) -> int:
         per_epoch, accumulate = int(trainer.num_training_batches), trainer.accumulate_grad_batches
         epoch = trainer.fit_loop.epoch_progress.current  # an epoch begun and not ended: the batches trained of it
         done = trainer.fit_loop.epoch_loop.batch_progress.current.ready if epoch.started > epoch.completed else 0
-        total = step + math.ceil(max(per_epoch - done, 0) / accumulate) + math.ceil(per_epoch / accumulate) * max(
-            trainer.max_epochs - trainer.current_epoch - 1, 0)
+        windows = math.ceil(per_epoch / accumulate)  # an epoch's optimizer steps: windows counted from its first batch
+        total = step + max(windows - done // accumulate, 0) + windows * max(trainer.max_epochs - trainer.current_epoch - 1, 0)
     if trainer.max_steps is not None and trainer.max_steps >= 0:
         total = min(total, trainer.max_steps)
     return int(total)

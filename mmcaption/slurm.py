@@ -30,8 +30,11 @@ def slurm_requeue_signal(trainer) -> int | None:
     if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal is not None:
         return environment.requeue_signal
     # a job Lightning does not take for SLURM's (no SLURM_NTASKS: a one-task script without --ntasks) still has its time
-    # limit's warning, and requeues as well
-    return signal.SIGUSR1 if this_job() and hasattr(signal, "SIGUSR1") else None
+    # limit's warning, and requeues as well; not one Lightning was told not to requeue, nor an interactive session
+    interactive = SLURMEnvironment.job_name() in ("bash", "interactive")
+    if isinstance(environment, SLURMEnvironment) or interactive or not this_job() or not hasattr(signal, "SIGUSR1"):
+        return None
+    return signal.SIGUSR1
 
 
 def this_job() -> str | None:
@@ -59,6 +62,14 @@ def requeued() -> bool:
     return bool(this_job()) and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
+def logger_checkpoint_folders(trainer) -> list[Path]:
+    """The checkpoint folders of the run's logger's versions (``<save_dir>/<name>/version_*/checkpoints``), where a
+    ModelCheckpoint without ``dirpath`` saves."""
+    logger = getattr(trainer, "logger", None)
+    save_dir, name = getattr(logger, "save_dir", None), getattr(logger, "name", None)
+    return sorted(Path(save_dir, name or "").glob("*/checkpoints")) if save_dir else []
+
+
 def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: str | None = None) -> str | None:
     """For a ``fit``: the checkpoint a requeued SLURM job resumes from, said on rank 0 - this job's own newest save
     (``last*.ckpt`` or ``interrupted-step*.ckpt`` that records this job's id) in its checkpoint folder, over the command's
@@ -71,13 +82,18 @@ def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: 
         return None
     callback = trainer.checkpoint_callback
     if requeued():  # the checkpoint callback's folder, or without one the run's, where a stop saves (save_resumable_checkpoint)
-        folder = Path(callback.dirpath if isinstance(callback, ModelCheckpoint) and callback.dirpath else trainer.default_root_dir)
-        saved = [*folder.glob("last*.ckpt"), *folder.glob("interrupted-step*.ckpt")] if folder.is_dir() else []
+        given_folder = isinstance(callback, ModelCheckpoint) and callback.dirpath
+        folder = Path(callback.dirpath if given_folder else trainer.default_root_dir)
+        # a ModelCheckpoint without dirpath saves into its logger's version folder, not resolved yet: looked for there
+        folders = [folder] if given_folder else [folder, *folder.glob("lightning_logs/*/checkpoints"),
+                                                 *logger_checkpoint_folders(trainer)]
+        saved = [path for place in folders if place.is_dir()
+                 for path in (*place.glob("last*.ckpt"), *place.glob("interrupted-step*.ckpt"))]
         jobs = {path: saved_by(path) for path in saved}
         ours = [path for path, job in jobs.items() if job == this_job()]
         # saved before checkpoints recorded their job (an earlier release, or a run upgraded while it ran): as before, the
         # newest of them, unless this job has saves of its own
-        untold = [path for path, job in jobs.items() if job is None and isinstance(callback, ModelCheckpoint)]
+        untold = [path for path, job in jobs.items() if job is None and given_folder]
         restart = f"SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']})"
         if ours or untold:
             newest = str(max(ours or untold, key=lambda p: p.stat().st_mtime))

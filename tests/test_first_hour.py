@@ -541,6 +541,10 @@ def test_configs_as_people_edit_them_are_refused_naming_the_file_and_line(tmp_pa
     (edits / "var.yaml").write_text("model:\n  learning_rate: 1.0e-3\ndata:\n  init_args:\n    data_dir: ${SCRATCH}/coco\n")
     assert ("error: config edits/var.yaml, line 5: data.init_args.data_dir: ${SCRATCH}/coco - a config is not read by a "
             "shell, so environment variables stay as written (a shell would read /scratch/me/coco)") in refused("edits/var.yaml")
+    (edits / "listed.yaml").write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                                       "      init_args:\n        dirpath: $SCRATCH/checkpoints\n")
+    said = refused("edits/listed.yaml")  # a list's item: the command line cannot set it, so not offered
+    assert "trainer.callbacks.init_args.dirpath: $SCRATCH/checkpoints" in said and "on the command line" not in said
     (edits / "unset.yaml").write_text("trainer:\n  default_root_dir: $NOT_SET_HERE/runs\n")
     assert "line 2: trainer.default_root_dir: $NOT_SET_HERE/runs - a config is not read by a shell" in refused("edits/unset.yaml")
     # settings before the subcommand

@@ -301,6 +301,15 @@ def test_a_killed_predict_keeps_its_complete_rows_and_resume_goes_on_from_them(b
     summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
     assert summary["rows"] == 12 and summary["resumed_after"] == 4 and "interrupted" not in summary  # batches 0 and 1
     assert not list(tmp_path.glob(".answers.csv*"))
+    # killed inside a quoted cell of two lines (an answer, a hint): the line break there ends no row
+    from mmcaption.data.resume import recover_killed
+
+    rows = [{"image": "a.png", "question": "Describe it."}, {"image": "b.png", "question": "Describe it."}]
+    text = tmp_path / "text.csv"
+    text.with_name(".text.csv.partial").write_text('image,question,prediction\na.png,Describe it.,"Red.\nOn the left."\n'
+                                                   'b.png,Describe it.,"Blue.\n')
+    assert recover_killed(text, rows, None).startswith(f"{text}: the 1 complete rows of .text.csv.partial")
+    assert [row["prediction"] for row in csv.DictReader(text.open(newline=""))] == ["Red.\nOn the left."]
 
 
 def test_a_predict_asked_fewer_batches_than_its_input_says_so_and_resume_completes_it(
@@ -1645,6 +1654,13 @@ def test_a_requeued_slurm_job_resumes_from_its_own_last_save_not_another_jobs_no
     bare = SimpleNamespace(checkpoint_callback=None, global_rank=0, default_root_dir=tmp_path,
                            _checkpoint_connector=SimpleNamespace(_hpc_resume_path=None))
     assert requeued_checkpoint(bare, job_of_checkpoint) == str(tmp_path / "interrupted-step410.ckpt")
+    # Lightning's own ModelCheckpoint, without dirpath: it saved into its logger's version folder, resolved only later
+    versioned = tmp_path / "logs" / "lightning_logs" / "version_127" / "checkpoints"
+    versioned.mkdir(parents=True)
+    torch.save({"slurm_job": "127", "global_step": 500}, versioned / "interrupted-step500.ckpt")
+    logged = SimpleNamespace(checkpoint_callback=ModelCheckpoint(), global_rank=0, default_root_dir=tmp_path / "logs",
+                             logger=None, _checkpoint_connector=SimpleNamespace(_hpc_resume_path=None))
+    assert requeued_checkpoint(logged, job_of_checkpoint) == str(versioned / "interrupted-step500.ckpt")
 
 
 def test_slurms_time_limit_signal_stops_every_command_cleanly_in_a_slurm_job(monkeypatch, tmp_path):
@@ -1665,6 +1681,22 @@ def test_slurms_time_limit_signal_stops_every_command_cleanly_in_a_slurm_job(mon
         trainer._signal_connector.teardown()
     assert stopped.value.signum == signal.SIGUSR1
     assert not list(tmp_path.glob("hpc_ckpt_*.ckpt"))
+    # who requeues on it: a job Lightning does not take for SLURM's does; one it was told not to requeue, or an
+    # interactive session, does not
+    from types import SimpleNamespace
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from mmcaption.slurm import slurm_requeue_signal
+
+    def told(environment) -> SimpleNamespace:
+        return SimpleNamespace(_accelerator_connector=SimpleNamespace(cluster_environment=environment))
+
+    monkeypatch.delenv("SLURM_NTASKS")
+    assert slurm_requeue_signal(told(None)) == signal.SIGUSR1
+    assert slurm_requeue_signal(told(SLURMEnvironment(auto_requeue=False))) is None
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")
+    assert slurm_requeue_signal(told(None)) is None
 
 
 def test_the_progress_line_counts_to_where_training_ends_by_max_epochs_or_max_steps(tmp_path, capsys):

@@ -208,3 +208,23 @@ def test_a_validation_setting_leaves_the_training_curve_as_it_is(backbones, coco
         return losses.losses
 
     assert curve(0) == curve(2)
+
+
+def test_a_resumed_runs_schedule_counts_the_steps_left_by_the_epochs_accumulation_windows():
+    from types import SimpleNamespace
+
+    from mmcaption.schedule import run_length
+
+    def resumed(step: int, done: int, epoch: int, accumulate: int = 2, per_epoch: int = 5, in_epoch: bool = True):
+        progress = SimpleNamespace(started=epoch + in_epoch, completed=epoch)
+        return SimpleNamespace(global_step=step, max_epochs=2, max_steps=-1, num_training_batches=per_epoch,
+                               accumulate_grad_batches=accumulate, current_epoch=epoch,
+                               fit_loop=SimpleNamespace(epoch_progress=SimpleNamespace(current=progress),
+                                                        epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(
+                                                            current=SimpleNamespace(ready=done)))))
+
+    # 5 batches an epoch in windows of 2: 3 steps an epoch, 6 in all, whereever the run was saved
+    assert run_length(resumed(step=1, done=3, epoch=0)) == 6  # at a validation after batch 3, mid-window (was 5)
+    assert run_length(resumed(step=2, done=4, epoch=0)) == 6
+    assert run_length(resumed(step=3, done=0, epoch=1, in_epoch=False)) == 6  # at the epoch's end
+    assert run_length(resumed(step=3, done=0, epoch=1, in_epoch=False, accumulate=1)) == 8  # one step a batch from here

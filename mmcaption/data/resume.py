@@ -161,6 +161,9 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
         return None
     data = partial.read_bytes()
     end = data.rfind(b"\n") + 1  # each row ends its line: what follows the last end is a row the kill cut
+    if output.suffix.lower() == ".csv":  # a line break inside a quoted cell (an answer of two lines) ends no row: the
+        while end and data[:end].count(b'"') % 2:  # last row's end is the last line break outside quotes
+            end = data.rfind(b"\n", 0, end - 1) + 1
     kept = output.with_name(f".{output.stem}.recovered{output.suffix}")  # read back as the output's kind of file
     kept.write_bytes(data[:end])
     try:
