@@ -147,9 +147,9 @@ def test_a_bad_item_among_many_is_named_by_its_place(captioner, photos, tmp_path
     with pytest.raises(UnidentifiedImageError, match=r"^the image's bytes cannot be decoded"):  # one image: no place to name
         captioner.caption(b"notanimage")
     with open(photos[0]) as text:  # opened without 'rb': a UnicodeDecodeError alone, and in a list a TypeError of arguments
-        with pytest.raises(TypeError, match=r"^an image file is opened in binary mode: open\(path, 'rb'\)$"):
+        with pytest.raises(TypeError, match=r"^an image file must be opened in binary mode: open\(path, 'rb'\)$"):
             captioner.caption(text)
-        with pytest.raises(TypeError, match=r"^image 2 of 2: an image file is opened in binary mode"):
+        with pytest.raises(TypeError, match=r"^image 2 of 2: an image file must be opened in binary mode"):
             captioner.caption([photos[0], text])
     import copy  # a replica per worker thread, as calls to one take turns: "cannot pickle '_thread.lock' object"
 
