@@ -100,6 +100,9 @@ def test_the_page_in_a_browser_captions_and_chats_as_the_python_api_does(exporte
             minimum.fill("6")
             minimum.press("Enter")
             page.locator("#image input[type=file]").set_input_files(str(image))
+            # the upload done (its preview shown) before the click: on a busy machine the click came first, and the page
+            # said "upload an image first" while the test waited for a caption
+            page.locator("#image img").first.wait_for(timeout=90_000)
             page.locator("#caption-button").click()
             caption = page.locator("#caption textarea")
             _wait_for(page, "document.querySelector('#caption textarea').value", expected_caption)
