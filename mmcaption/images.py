@@ -138,7 +138,7 @@ def existing_spelling(root: Path, name: str) -> str:
         if part in ("/", "..", ".") or (found / part).exists():
             found = found / part
             continue
-        matches = _names_in(os.path.abspath(found), _mtime(found)).get(_folded(part), [])
+        matches = _names_in(os.path.abspath(found), _mtime(found)).get(folded_name(part), [])
         if len(matches) != 1:  # none there, or two that differ only in case: not guessed
             return _from_windows(root, name) or spelling
         found = found / matches[0]
@@ -155,7 +155,7 @@ def _from_windows(root: Path, name: str) -> str | None:
     parts = windows.parts[1:]
     # the file's name alone only where its folder is the image folder's name (...\train2017\1.jpg in train2017/): a
     # camera's IMG_0001.JPG of another year's folder is not this one
-    alone_too = len(parts) > 1 and _folded(parts[-2]) == _folded(root.name)
+    alone_too = len(parts) > 1 and folded_name(parts[-2]) == folded_name(root.name)
     for start in range(len(parts) - (0 if alone_too else 1)):
         tail = existing_spelling(root, "/".join(parts[start:]))
         if (root / tail).is_file():
@@ -163,7 +163,8 @@ def _from_windows(root: Path, name: str) -> str | None:
     return None
 
 
-def _folded(name: str) -> str:
+def folded_name(name: str) -> str:
+    """``name`` as Windows and macOS compare names: in either Unicode form and any case."""
     return unicodedata.normalize("NFC", name).casefold()
 
 
@@ -180,7 +181,7 @@ def _names_in(folder: str, mtime: int) -> dict[str, list[str]]:
     names: dict[str, list[str]] = {}
     try:
         for entry in os.scandir(folder):
-            names.setdefault(_folded(entry.name), []).append(entry.name)
+            names.setdefault(folded_name(entry.name), []).append(entry.name)
     except OSError:
         pass
     return names

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError, not_utf8
 from mmcaption.folders import walk_through_links
-from mmcaption.images import IMAGE_SUFFIXES, is_hidden
+from mmcaption.images import IMAGE_SUFFIXES, folded_name, is_hidden
 
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 
@@ -51,20 +51,17 @@ def _caption_files(images: list[Path], texts: list[Path]) -> dict[Path, Path]:
     any case (``IMG_0001.JPG`` beside ``img_0001.txt``). Where ``Dog.jpg`` and ``dog.jpg`` are both there, each has
     only its own: one caption is never given to two photos."""
     def folded(file: Path) -> str:
-        return unicodedata.normalize("NFC", str(file.with_suffix(""))).casefold()
+        return folded_name(str(file.with_suffix("")))
 
     exact = {text.with_suffix(""): text for text in texts}
     by_folded: dict[str, list[Path]] = {}
     for text in texts:
         by_folded.setdefault(folded(text), []).append(text)
-    photos: dict[str, int] = {}
-    for image in images:
-        photos[folded(image)] = photos.get(folded(image), 0) + 1
+    photos = Counter(folded(image) for image in images)
     found = {}
     for image in images:
-        text = exact.get(image.with_suffix(""))
-        if text is None and len(by_folded.get(folded(image), [])) == 1 and photos[folded(image)] == 1:
-            text = by_folded[folded(image)][0]
+        alike = by_folded.get(folded(image), [])
+        text = exact.get(image.with_suffix("")) or (alike[0] if len(alike) == 1 and photos[folded(image)] == 1 else None)
         if text is not None:
             found[image] = text
     return found

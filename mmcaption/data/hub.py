@@ -233,7 +233,7 @@ class HubCaptions(RowImages):
         text = str(cause).strip()
         hint = ""
         if "Expected" in text and "fields" in text:  # a header of one cell is another separator's (a comma in a caption)
-            header = tables.read_table_rows(path)[0] if path.is_file() else []
+            header = tables.header_of(path) if path.is_file() else []
             hint = (len(header) == 1 and tables.separator_hint(header)) or (
                 "; a caption with a comma (or a quote) must be in quotes, as a spreadsheet saves it")
         return DataError(f"{self.dataset}: cannot be read as a dataset: {type(cause).__name__}: {text}{hint}")

@@ -69,7 +69,7 @@ def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = Fal
     dataset have the same columns; one that differs is named (``datasets`` failed on a column no file was named for)."""
     names: list[str] = []
     for file in files:
-        refuse_duplicate_columns(file, _header(file), hint)
+        refuse_duplicate_columns(file, header_of(file), hint)
         columns = list(pd.read_csv(file, nrows=0, encoding="utf-8-sig", **CSV_OPTIONS).columns)
         if names and set(columns) != set(names):
             raise DataError(f"{file} has the columns {columns}, and {files[0]} has {names}: the tables of one dataset "
@@ -107,7 +107,8 @@ def columns_named(data: datasets.Dataset, wanted: tuple[str, ...]) -> datasets.D
     return data.rename_columns(loose) if loose else data
 
 
-def _header(path: Path) -> list[str]:
+def header_of(path: Path) -> list[str]:
+    """A CSV's header line, its cells as written (the rest of the file is not read)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             return next(csv.reader(handle), [])
