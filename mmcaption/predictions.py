@@ -32,6 +32,7 @@ from mmcaption.evaluation.report import (
     summary_path,
 )
 from mmcaption.folders import output_lock
+from mmcaption.slurm import this_job
 from mmcaption.tasks import NO_OPTION, RESULT_COLUMNS
 
 
@@ -111,6 +112,8 @@ class PredictionWriter(BasePredictionWriter):
         self.share_rows, self.merged_from = [], 0
         self.share = {"rank": trainer.global_rank, "processes": processes} if processes > 1 else None
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
+        if this_job():  # a requeued SLURM job goes on from what it left (check_output)
+            self.made_by["slurm_job"] = this_job()
         started_record(output).write_text(json_text(self.made_by), encoding="utf-8")  # a killed run leaves no summary
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.categories, self.questions, self.vqa_categories = {}, {}, {}

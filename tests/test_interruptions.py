@@ -312,6 +312,43 @@ def test_a_killed_predict_keeps_its_complete_rows_and_resume_goes_on_from_them(b
     assert [row["prediction"] for row in csv.DictReader(text.open(newline=""))] == ["Red.\nOn the left."]
 
 
+def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_a_requeued_slurm_job_goes_on(
+    backbones, trained_checkpoint, image_folder, tmp_path, monkeypatch
+):
+    # run again as it was (a notebook cell, the shell's history), the command wrote its first batch over the rows a
+    # killed run left: they were gone without a word; a SLURM job requeued after a lost node did the same
+    infos = []
+    monkeypatch.setattr("mmcaption.data.predict.rank_zero_info", infos.append)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)  # 12 questions, 6 batches of 2
+    output = tmp_path / "answers.csv"
+    killed = KilledAtBatch(2, output, tmp_path / "at-kill")
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+            callbacks=[killed]).predict(module, datamodule=choice_data(backbones, questions, output))
+    whole = output.read_text()
+    killed.left()
+    left = (tmp_path / ".answers.csv.partial").read_bytes()
+    with pytest.raises(OutputExistsError, match=r"\.answers\.csv\.partial holds the rows a killed run \(SIGKILL, out of memory, "
+                                                r"a lost node\) wrote before it ended: go on from them with --data\.resume true"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
+    assert (tmp_path / ".answers.csv.partial").read_bytes() == left and not output.exists()
+    monkeypatch.setenv("SLURM_JOB_ID", "777")  # another job's leftovers are not this job's to go on from
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.raises(OutputExistsError, match="holds the rows a killed run"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the job that was killed, run again by SLURM: it goes on by itself
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
+    assert output.read_text() == whole
+    assert any("SLURM requeued this job (restart 1): it goes on from the rows it left in" in line for line in infos), infos
+    summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
+    assert summary["resumed_after"] == 4 and summary["made_by"]["slurm_job"] == "4242"
+    # --data.overwrite true starts afresh, as asked
+    killed.left()
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))
+    assert "resumed_after" not in json.loads(output.with_name("answers.csv.summary.json").read_text())
+
+
 def test_a_predict_asked_fewer_batches_than_its_input_says_so_and_resume_completes_it(
     backbones, trained_checkpoint, image_folder, tmp_path
 ):

@@ -33,12 +33,14 @@ from mmcaption.data.records import missing_file
 from mmcaption.data.resume import (
     check_made_alike,
     interrupted_rows,
+    killed_run_advice,
+    left_by_job,
     output_exists_advice,
     put_shares_together,
     recover_killed,
 )
 from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
-from mmcaption.evaluation.report import prediction_record
+from mmcaption.evaluation.report import partial_path, prediction_record
 from mmcaption.folders import output_lock
 from mmcaption.images import (
     blank_pixels,
@@ -48,6 +50,7 @@ from mmcaption.images import (
     processor_side,
 )
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
+from mmcaption.slurm import requeued, this_job
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV for .csv, JSON Lines for the rest
 
@@ -156,6 +159,12 @@ class _PredictDataModule(BackbonesDataModule):
         if self.resume and world_size > 1:
             raise ConfigError("resume runs on one device (--trainer.devices 1); it goes on from an interrupted run on "
                               "several processes too, putting their shares together first")
+        left = output.exists() or partial_path(output).is_file()
+        if left and world_size == 1 and not (self.overwrite or self.resume) and requeued() and left_by_job(output) == this_job():
+            # SLURM ran this job's command again (a lost node, scontrol requeue): the same run, which goes on
+            rank_zero_info(f"note: SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']}): it goes on from "
+                           f"the rows it left in {output if output.exists() else partial_path(output)}")
+            self.resume = True
         for written in (output, self.output) if world_size > 1 else (output,):  # several processes: their shares, put
             if written.exists() and not (self.overwrite or self.resume):  # together in output at the end
                 raise OutputExistsError(output_exists_advice(written, share=written != self.output))
@@ -163,6 +172,8 @@ class _PredictDataModule(BackbonesDataModule):
         if not os.access(folder, os.W_OK | os.X_OK):
             raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")
         output_lock(output).acquire()  # held while this run writes it
+        if partial_path(output).is_file() and not (self.overwrite or self.resume):  # the lock is ours:
+            raise OutputExistsError(killed_run_advice(output, share=world_size > 1))  # no run writes it; a killed one did
         return output
 
     def predict_dataloader(self) -> DataLoader:
@@ -170,6 +181,8 @@ class _PredictDataModule(BackbonesDataModule):
         if len(self.dataset) < processes:  # Lightning's sampler asserts, and the other processes hang up
             raise ConfigError(f"{len(self.dataset)} row(s) to predict for {processes} processes, which need one each at "
                               f"least: predict with --trainer.devices {len(self.dataset)}")
+        if self.trainer is not None:  # before the loader is made (a requeued job goes on): the CLI checked it, the API not
+            self.check_output(processes, self.trainer.global_rank)
         now = prediction_record(self.trainer) if self.resume and self.trainer is not None else None
         if self.resume and processes == 1 and (put_together := put_shares_together(self.output, self.dataset.rows, now)):
             rank_zero_info(f"resume: {put_together}")

@@ -94,6 +94,31 @@ def output_exists_advice(output: Path, share: bool = False) -> str:
     return f"output {output} exists; choose another --data.output, or replace it with --data.overwrite true"
 
 
+def killed_run_advice(output: Path, share: bool = False) -> str:
+    """What to do about the partial file a killed predict left beside ``output`` (SIGKILL, the out-of-memory killer, a
+    lost node), which a run starting afresh would write over."""
+    partial = partial_path(output)
+    if share:
+        return (f"{partial} holds the rows one process of a killed run on several processes wrote: a resume does not go on "
+                "from them; move it away to keep them, or predict them again with --data.overwrite true")
+    return (f"{partial} holds the rows a killed run (SIGKILL, out of memory, a lost node) wrote before it ended: go on from "
+            "them with --data.resume true, or start afresh with --data.overwrite true, which deletes them")
+
+
+def left_by_job(output: Path) -> str | None:
+    """The SLURM job that left ``output`` interrupted, or its partial file killed (what it recorded when it started;
+    None: not a SLURM job's, or nothing left)."""
+    for record in (summary_path(output), started_record(output)):
+        try:
+            said = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        said = said.get("made_by", said) if record == summary_path(output) and isinstance(said, dict) else said
+        if isinstance(said, dict) and said.get("slurm_job"):
+            return str(said["slurm_job"])
+    return None
+
+
 def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str, Any] | None) -> str | None:
     """Before a resume on one process: a run on several processes that was interrupted left each one's share of
     ``output`` (``<stem>.rank<r><suffix>``, rows r, r + N, ..., its summary naming its rank and N; a process
