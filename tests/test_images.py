@@ -74,6 +74,39 @@ def test_the_loader_applies_exif_orientation_and_scales_16_bit(photos):
     assert shrunk.size == (64, 85) and is_upright(shrunk)
 
 
+def test_scientific_images_are_scaled_from_the_range_their_values_use(tmp_path):
+    # a 12-bit microscope's image in a 16-bit file was divided by 65535: 16 grey levels, near black, to training and
+    # predict alike; a float TIFF of reflectance just above 1 was black, and a height map in metres flat white
+    cell = np.zeros((32, 32), dtype=np.uint16)
+    cell[:, :16] = 4000  # a bright cell on the left, on a 12-bit camera's dark background
+    cell[:, 16:] = 100
+    Image.fromarray(cell).save(tmp_path / "micro12bit.png")
+    Image.fromarray(cell).save(tmp_path / "micro12bit.tif")
+    for name in ("micro12bit.png", "micro12bit.tif"):
+        seen = np.asarray(load_rgb(tmp_path / name))
+        assert seen[0, 0, 0] == round(4000 * 255 / 4095) and seen[0, 31, 0] == round(100 * 255 / 4095), name
+    labels = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint16)  # a 16-bit file of 0-255 values: was black
+    Image.fromarray(labels).save(tmp_path / "labels16.png")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "labels16.png"))[..., 0], labels)
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "labels16.png")), np.asarray(load_rgb(labels)))  # file = array
+    full = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)  # the whole 16-bit range: as before
+    assert np.asarray(load_rgb(full)).max() == 255 and np.asarray(load_rgb(full)).min() == 0
+
+    reflectance = np.linspace(0, 1.05, 32 * 32, dtype=np.float32).reshape(32, 32)  # clouds, glint: a little above 1
+    Image.fromarray(reflectance, mode="F").save(tmp_path / "refl.tif")
+    from_file = np.asarray(load_rgb(tmp_path / "refl.tif"))
+    assert np.array_equal(from_file, np.asarray(load_rgb(reflectance))) and from_file.max() == 255 and 100 < from_file.mean() < 140
+    height = np.linspace(0, 4000, 32 * 32, dtype=np.float32).reshape(32, 32)  # metres
+    Image.fromarray(height, mode="F").save(tmp_path / "dem.tif")
+    terrain = np.asarray(load_rgb(tmp_path / "dem.tif"))[..., 0]
+    assert terrain.max() == 255 and 120 < terrain.mean() < 135 and len(np.unique(terrain)) > 200  # was 255 above 255 m
+    signed = np.linspace(-500, 1500, 32 * 32).reshape(32, 32).astype(np.int16)  # below zero: from its own range
+    Image.fromarray(signed.astype(np.int32), mode="I").save(tmp_path / "signed.tif")
+    for source in (tmp_path / "signed.tif", signed):
+        seen = np.asarray(load_rgb(source))[..., 0]
+        assert seen.min() == 0 and seen.max() == 255, source
+
+
 def test_training_predict_and_the_api_see_the_same_pixels(backbones, model, photos, tmp_path):
     folder, names = photos
     language_dir, vision_dir = backbones
