@@ -28,12 +28,14 @@ from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, O
 LOCK_FILE = ".mmcaption.lock"
 
 
-def walk_through_links(folder: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
+def walk_through_links(folder: str | Path, unreadable: list[Path] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk`` of ``folder`` into linked folders too (datasets are linked in as people share them), each
     real folder once: a link back up is not a loop. The caller may prune the folders it is given, as with
-    ``os.walk``."""
+    ``os.walk``. The folders that cannot be listed (a teammate's private one: permission denied) are added to
+    ``unreadable``, for the caller to say; ``os.walk`` passes them over without a word."""
     seen = set()
-    for root, folders, files in os.walk(folder, followlinks=True):
+    said = None if unreadable is None else (lambda error: unreadable.append(Path(error.filename)))
+    for root, folders, files in os.walk(folder, followlinks=True, onerror=said):
         real = os.path.realpath(root)
         if real in seen:
             folders[:] = []

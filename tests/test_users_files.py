@@ -678,6 +678,52 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
         dm.prepare_data()
 
 
+def private(monkeypatch, *folders: Path) -> None:
+    """``folders`` as another user's private ones look to this one (tests may run as root, whom permissions do not stop)."""
+    scandir, stat = os.scandir, Path.stat
+    refused = {str(folder) for folder in folders}
+
+    def listed(path="."):
+        if os.fspath(path) in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    def looked_at(path, *args, **kwargs):
+        if str(path.parent) in refused:
+            raise PermissionError(13, "Permission denied", str(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", listed)
+    monkeypatch.setattr(Path, "stat", looked_at)
+
+
+def test_a_folder_that_cannot_be_read_is_said_not_passed_over(tmp_path, monkeypatch):
+    # a teammate's private subfolder: predict captioned the rest and never said 3 photos were left out; training was
+    # refused naming a "state.json" the user never had, with advice about the cache folder
+    folder = tmp_path / "scans"
+    (folder / "private").mkdir(parents=True)
+    photo = jpeg(upright_picture(32, 32))
+    for name in ("a.jpg", "b.jpg", "private/c.jpg", "private/d.jpg"):
+        (folder / name).write_bytes(photo)
+        (folder / name).with_suffix(".txt").write_text("a cell")
+    private(monkeypatch, folder / "private")
+    notes = []
+    assert [p.name for p in find_images(str(folder), note=notes.append)] == ["a.jpg", "b.jpg"]
+    said = f"{folder}: 1 folder could not be read (permission denied, the first: {folder / 'private'}): the images in it are left out"
+    assert notes[-1] == said
+    infos = []
+    monkeypatch.setattr("mmcaption.data.folder_layouts.rank_zero_info", infos.append)
+    from mmcaption.data.folder_layouts import user_files
+
+    assert sorted(p.name for p in user_files(folder, None)) == ["a.jpg", "a.txt", "b.jpg", "b.txt"]
+    assert infos == [said]
+    private(monkeypatch, folder)
+    with pytest.raises(DataError, match=f"folder {folder} cannot be read \\(permission denied\\)"):
+        find_images(str(folder))
+    with pytest.raises(DataError, match=f"folder {folder} cannot be read \\(permission denied\\)"):
+        user_files(folder, None)
+
+
 def test_photos_an_imagefolders_metadata_does_not_list_are_counted(tmp_path):
     # datasets' imagefolder leaves out a photo its metadata.csv has no line for; the summary said "skipped none"
     for index in range(4):

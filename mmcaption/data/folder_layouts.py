@@ -17,7 +17,9 @@ from datasets.data_files import _get_data_files_patterns
 from fsspec.utils import glob_translate
 from lightning.pytorch.utilities import rank_zero_info
 
+from mmcaption.data.image_sources import unreadable_folders_said
 from mmcaption.data.records import DataError, not_utf8
+from mmcaption.errors import owner_of
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, folded_name, is_hidden
 
@@ -94,12 +96,25 @@ def user_files(path: Path, cache_dir: str | None) -> list[Path]:
     by default ``<data_dir>/preprocessed``, which may be in the photos' own folder) or another saved dataset. Linked
     folders are followed (an album linked in), each real folder once."""
     skip = {Path(cache_dir).expanduser().resolve()} if cache_dir else set()
-    files = []
-    for root, folders, names in walk_through_links(path):
+    files, unreadable = [], []
+    for root, folders, names in walk_through_links(path, unreadable):
         folders[:] = [name for name in folders if not is_hidden(Path(name)) and (Path(root) / name).resolve() not in skip
-                      and not (Path(root) / name / "state.json").is_file()]
+                      and not _saved_dataset(Path(root) / name)]
         files += [Path(root) / name for name in names if not is_hidden(Path(name))]
+    if path in unreadable:
+        raise DataError(f"folder {path} cannot be read (permission denied): {owner_of(path)}")
+    if unreadable:
+        rank_zero_info(unreadable_folders_said(path, unreadable))
     return files
+
+
+def _saved_dataset(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset ``datasets`` saved (its ``state.json``); one that cannot be read is walked, to be
+    said as such, not taken for a file the user never had."""
+    try:
+        return (folder / "state.json").is_file()
+    except PermissionError:
+        return False
 
 
 METADATA_TABLES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # what datasets' image folder reads beside photos

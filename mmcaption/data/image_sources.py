@@ -11,6 +11,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError, existing_spelling, packed_file
+from mmcaption.errors import owner_of
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
 
@@ -18,17 +19,24 @@ from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden
 COLUMN_NAMES = {"image", "images", "img_path", "image_path", "path", "file", "filename", "file_name", "photo"}
 
 
-def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
+def _folder_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """The files under ``folder`` and its subfolders, linked ones included (each real folder once: a link
-    back up is not a loop), hidden files and folders left out; and the links that point nowhere."""
-    files, broken = [], []
-    for root, folders, names in walk_through_links(folder):
+    back up is not a loop), hidden files and folders left out; the links that point nowhere; and the folders that
+    cannot be read."""
+    files, broken, unreadable = [], [], []
+    for root, folders, names in walk_through_links(folder, unreadable):
         folders[:] = sorted(name for name in folders if not is_hidden(Path(name)))
         for name in names:
             file = Path(root) / name
             if not is_hidden(file):
                 (files if file.is_file() else broken if not file.exists() else []).append(file)
-    return files, broken
+    return files, broken, unreadable
+
+
+def unreadable_folders_said(folder: Path, unreadable: list[Path]) -> str:
+    """A note of the folders under ``folder`` that could not be read (their images are not there to be used)."""
+    return (f"{folder}: {len(unreadable)} folder{'s' if len(unreadable) > 1 else ''} could not be read (permission denied, "
+            f"the first: {unreadable[0]}): the images in {'them' if len(unreadable) > 1 else 'it'} are left out")
 
 
 def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None = None) -> list[Path]:
@@ -41,7 +49,9 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
     # in another case or Unicode form, as Windows and macOS find it; "-" is the standard input, as in `ls | ... -`
     path = local_file(Path("/dev/stdin" if source == "-" else source))
     if path.is_dir():
-        files, broken = _folder_files(path)
+        files, broken, unreadable = _folder_files(path)
+        if path in unreadable:
+            raise DataError(f"folder {path} cannot be read (permission denied): {owner_of(path)}")
         images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
         others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
         if broken:
@@ -55,6 +65,8 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
                  f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
         if dangling and note is not None:
             note(f"{path}: {dangling} links left out that point to nothing (the first: {broken[0]})")
+        if unreadable and note is not None:
+            note(unreadable_folders_said(path, unreadable))
         return images
     if not path.exists():
         raise DataError(f"image source not found: {path}")
