@@ -1243,3 +1243,64 @@ def test_a_hub_dataset_downloaded_with_hf_download_is_read_offline_by_its_id(tmp
     assert hub.dataset == str(snapshot) and hub.split_names() == ["train"]
     assert [c for *_, c in hub.records("train.rest", BadRecords("someone/captions"))]
     assert HubCaptions("someone/other", "image", "caption").dataset == "someone/other"  # not downloaded: as given
+
+
+def test_img2datasets_output_folders_read_as_it_writes_them(tmp_path, monkeypatch):
+    # img2dataset's output, as it writes it: its record of each shard (00000.parquet: URL, status, error) was read as the
+    # table of the photos - the webdataset shards beside it passed over, the files layout refused with advice that led
+    # to its URLs - and the downloads that failed were not counted
+    import tarfile
+
+    import datasets
+
+    infos = []
+    monkeypatch.setattr("mmcaption.data.folder_layouts.rank_zero_info", infos.append)
+    samples = [(f"{i:09d}", jpeg(Image.new("RGB", (32, 32), (40 * i, 9, 9))) if i < 4 else None, f"photo {i}") for i in range(6)]
+
+    def shard_record(folder: Path) -> None:
+        datasets.Dataset.from_dict({
+            "url": [f"https://example.invalid/{key}.jpg" for key, _, _ in samples], "caption": [c for *_, c in samples],
+            "key": [key for key, _, _ in samples], "status": ["success" if data else "failed_to_download" for _, data, _ in samples],
+            "error_message": [None if data else "HTTP Error 404: Not Found" for _, data, _ in samples]}).to_parquet(folder / "00000.parquet")
+        (folder / "00000_stats.json").write_text(json.dumps({"count": 6, "successes": 4, "failed_to_download": 2}))
+
+    files = tmp_path / "files"  # --output_format files
+    (files / "00000").mkdir(parents=True)
+    for key, data, caption in samples:  # a sample that failed is only in the shard's record
+        if data:
+            (files / "00000" / f"{key}.jpg").write_bytes(data)
+            (files / "00000" / f"{key}.txt").write_text(caption)
+            (files / "00000" / f"{key}.json").write_text(json.dumps({"key": key, "status": "success"}))
+    shard_record(files)
+    read = list(HubCaptions(str(files)).records("train", BadRecords("files")))
+    assert sorted((name, captions[0][1]) for _, name, _, captions in read) == [(f"00000/{i:09d}.jpg", f"photo {i}") for i in range(4)]
+    failed = (f"2 of the 6 samples img2dataset listed are not in its shards, their download failed (2 x failed_to_download: "
+              "HTTP Error 404: Not Found): left out")
+    assert f"{files}: {failed}" in infos, infos
+    (files / "00000" / "000000000.jpg").unlink()  # a photo deleted: its caption is not passed over without a word
+    HubCaptions(str(files))
+    assert f"{files}: 1 caption file(s) without a photo of the same name, left out (the first: {files / '00000' / '000000000.txt'})" in infos
+
+    shards = tmp_path / "webdataset"  # --output_format webdataset
+    shards.mkdir()
+    with tarfile.open(shards / "00000.tar", "w") as tar:
+        for key, data, caption in samples:
+            for suffix, content in ((".jpg", data), (".txt", caption.encode())):
+                if data:
+                    info = tarfile.TarInfo(f"{key}{suffix}")
+                    info.size = len(content)
+                    tar.addfile(info, io.BytesIO(content))
+    shard_record(shards)
+    read = list(HubCaptions(str(shards), cache_dir=str(tmp_path / "cache")).records("train", BadRecords("webdataset")))
+    assert sorted(captions[0][1] for *_, captions in read) == [f"photo {i}" for i in range(4)]
+    assert f"{shards}: {failed}" in infos
+    with pytest.raises(DataError, match=r"00000\.parquet is img2dataset's record of the shard beside it \(each sample's URL, "
+                                        r"status and error\), not its photos: give the folder of its output"):
+        HubCaptions(str(shards / "00000.parquet"))  # where "give the table itself" led
+
+    tsv = tmp_path / "cc"  # Conceptual Captions' TSV in its folder: its first caption was taken for a column's name
+    tsv.mkdir()
+    (tsv / "Train_GCC-training.tsv").write_text("a dog on a beach\thttp://example.invalid/1.jpg\n")
+    with pytest.raises(DataError, match=r"Train_GCC-training\.tsv: a \.tsv \(as Conceptual Captions' image URLs come\) is not "
+                                        r"read: save it comma-separated as \.csv"):
+        HubCaptions(str(tsv))

@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from datasets.data_files import _get_data_files_patterns
 from fsspec.utils import glob_translate
@@ -32,7 +34,14 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     None)``); ``(None, None)`` otherwise."""
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     tables = photo_tables(files, images)
-    texts = _caption_files(images, [f for f in files if f.suffix.lower() == ".txt"])
+    if tsv := next((f for f in files if f.suffix.lower() == ".tsv"), None):  # datasets reads it as text, or passes it over
+        raise DataError(f"{tsv}: a .tsv (as Conceptual Captions' image URLs come) is not read: save it comma-separated as "
+                        ".csv, with a header line naming its columns (image,caption)")
+    captions = [f for f in files if f.suffix.lower() == ".txt"]
+    texts = _caption_files(images, captions)
+    if texts:
+        _say_captions_without_photos(path, [f for f in captions if f not in set(texts.values())])
+    _say_failed_downloads(path, [f for f in files if shard_record(f)])
     if texts and tables:
         raise DataError(f"{path} holds photos with caption .txt files beside them ({next(iter(texts.values())).name}) and "
                         f"a table ({tables[0].relative_to(path)}): give the table itself as hub_dataset, or move it out")
@@ -45,6 +54,31 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it (columns "
                    f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused)")
     return None, [(image.relative_to(path).as_posix(), texts.get(image)) for image in sorted(images)]
+
+
+def _say_captions_without_photos(path: Path, captions: list[Path]) -> None:
+    """A note of the caption files that no photo has (a photo deleted, or renamed), which are left out."""
+    if captions:
+        rank_zero_info(f"{path}: {len(captions)} caption file(s) without a photo of the same name, left out (the first: "
+                       f"{captions[0]})")
+
+
+def _say_failed_downloads(path: Path, records: list[Path]) -> None:
+    """A note of the samples img2dataset could not download, which its shards do not hold: its record of each shard
+    (:func:`_shard_record`) lists every sample with its status and error."""
+    why: Counter[str] = Counter()
+    total = 0
+    for record in records:
+        try:
+            table = pq.read_table(record, columns=["status", "error_message"]).to_pydict()
+        except (OSError, ValueError, pa.ArrowException):  # another's parquet of that name: not img2dataset's record
+            continue
+        total += len(table["status"])
+        why.update(f"{status}: {str(error or '').strip()[:80] or 'no message'}"
+                   for status, error in zip(table["status"], table["error_message"], strict=True) if status != "success")
+    if why:
+        rank_zero_info(f"{path}: {sum(why.values())} of the {total} samples img2dataset listed are not in its shards, their "
+                       f"download failed ({'; '.join(f'{n} x {w}' for w, n in why.most_common(3))}): left out")
 
 
 def _caption_files(images: list[Path], texts: list[Path]) -> dict[Path, Path]:
@@ -77,7 +111,14 @@ def photo_tables(files: list[Path], images: list[Path]) -> list[Path]:
     photos = set(images) | {f.with_suffix("") for f in images}
     return [f for f in files if f.suffix.lower() in TABLE_SUFFIXES and f.with_suffix("") not in photos
             and not f.name.endswith(("_stats.json", ".summary.json")) and not f.with_name(f.name + ".summary.json").exists()
-            and not _one_object(f)]
+            and not shard_record(f) and not _one_object(f)]
+
+
+def shard_record(path: Path) -> bool:
+    """img2dataset's record of one shard it wrote beside it (``00000.parquet``: each sample's URL, status and error,
+    beside the shard ``00000.tar`` or folder ``00000/``): not a table of the photos, whose captions are in the shard."""
+    shard = re.fullmatch(r"(\d{5,})\.parquet", path.name)
+    return bool(shard) and ((path.parent / shard[1]).is_dir() or (path.parent / f"{shard[1]}.tar").is_file())
 
 
 def _one_object(path: Path) -> bool:
@@ -135,7 +176,10 @@ def local_splits(path: Path, files: list[Path], config: str | None = None) -> tu
     else:
         kinds = {"parquet" if f.suffix.lower() == ".parquet" else f.suffix.lower().lstrip(".").replace("jsonl", "json")
                  for f in tables}
-    if not tables or len(kinds) > 1 or any(f.suffix.lower() in OTHER_DATA for f in files if f not in images):
+    others = {f.suffix.lower() for f in files if f not in images and f.suffix.lower() in OTHER_DATA}
+    if not tables and others == {".tar"}:  # webdataset's shards (img2dataset's, with its records of them left out)
+        kinds, tables = {"webdataset"}, [f for f in files if f.suffix.lower() == ".tar"]
+    elif not tables or len(kinds) > 1 or others:
         return None
     relative = {Path(os.path.relpath(f, path)).as_posix(): str(f) for f in tables}  # as datasets' patterns are written
 

@@ -32,6 +32,7 @@ from mmcaption.data.folder_layouts import (
     TABLE_SUFFIXES,
     folder_layout,
     local_splits,
+    shard_record,
     sidecar_dataset,
     user_files,
 )
@@ -98,6 +99,9 @@ class HubCaptions(RowImages):
         # a folder of photos with caption .txt files beside them: (photo, its .txt) each
         self._pairs: list[tuple[str, Path | None]] | None = None
         path = Path(self.dataset).expanduser()
+        if path.is_file() and shard_record(path):
+            raise DataError(f"{path} is img2dataset's record of the shard beside it (each sample's URL, status and error), "
+                            f"not its photos: give the folder of its output, {path.parent}")
         # a local folder's own files (user_files: not the cache kept in it), walked once for its layout and its splits
         self._files: list[Path] = []
         if path.is_dir() and not any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
