@@ -378,3 +378,11 @@ def _moved_file(path: str | None, old: str, new: str) -> str:
     """A file of folder ``old`` where it is now, in folder ``new``; "" when it is not there."""
     moved = Path(new) / Path(path).relative_to(old) if path and Path(old) in Path(path).parents else None
     return str(moved) if moved is not None and moved.is_file() else ""
+
+
+def job_of_checkpoint(path: Path) -> str | None:
+    """The SLURM job that saved a checkpoint (``ResumableStop`` records it; None: saved outside SLURM, or before)."""
+    try:
+        return load_checkpoint_file(path, mmap=True).get("slurm_job", None)
+    except MMCaptionError:  # a damaged or half-written file is no save of any job's
+        return "unreadable"

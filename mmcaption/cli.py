@@ -20,10 +20,14 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
-from mmcaption.checkpoint import earlier_checkpoints_note, install_atomic_checkpoint_io, load_checkpoint_file
+from mmcaption.checkpoint import (
+    earlier_checkpoints_note,
+    install_atomic_checkpoint_io,
+    job_of_checkpoint,
+    load_checkpoint_file,
+)
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
-from mmcaption.data.base import PreprocessedDataModule
-from mmcaption.data.summary import format_summary, split_summary
+from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, causes, user_errors_exit
 from mmcaption.folders import (
     FolderLock,
@@ -46,8 +50,14 @@ from mmcaption.model.config import (
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
+from mmcaption.settings_checks import (
+    ask_as_trained,
+    lightning_setting_errors,
+    strategy_problem,
+    unlogged_monitor,
+    usable_callbacks,
+)
 from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
-from mmcaption.settings_checks import lightning_setting_errors, strategy_problem, unlogged_monitor, usable_callbacks
 from mmcaption.slurm import requeued, requeued_checkpoint
 from mmcaption.usage import EPILOG, PREPARE_HELP
 
@@ -187,6 +197,7 @@ class MMCaptionCLI(LightningCLI):
             manifest = read_manifest(init_from)
             saved = {"config": asdict(pretrained_config(init_from)), "generation": manifest.get("generation") or {}}
             self._model_settings_from(f"model.init_from {init_from}", saved, subcommand, "export")
+            ask_as_trained(self.config[subcommand].get("data"), manifest.get("prompts") or {}, f"model.init_from {init_from}")
         if str(ckpt_path) == "last":  # the file it names, as after_instantiate_classes finds it (None: fit starts afresh)
             ckpt_path = keyword_checkpoint("last", checkpoint_folders(self.config[subcommand].trainer), subcommand)
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
@@ -196,6 +207,7 @@ class MMCaptionCLI(LightningCLI):
         if "pytorch-lightning_version" not in checkpoint:
             raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit (Lightning did not write it): "
                               "give a .ckpt file from a run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
+        ask_as_trained(self.config[subcommand].get("data"), checkpoint.get("datamodule_hyper_parameters") or {}, ckpt_path)
         saved = dict(checkpoint.get("hyper_parameters") or {})
         check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
         for key in ("_instantiator", "_class_path"):
@@ -293,14 +305,6 @@ class MMCaptionCLI(LightningCLI):
             self.datamodule.check_output(trainer.world_size, trainer.global_rank)
 
 
-def job_of_checkpoint(path: Path) -> str | None:
-    """The SLURM job that saved a checkpoint (``ResumableStop`` records it; None: saved outside SLURM, or before)."""
-    try:
-        return load_checkpoint_file(path, mmap=True).get("slurm_job", None)
-    except MMCaptionError:  # a damaged or half-written file is no save of any job's
-        return "unreadable"
-
-
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
     """Run ``mmcaption`` with ``args`` (``sys.argv`` when None) and return the finished CLI."""
     quiet_lightning()
@@ -360,18 +364,7 @@ def prepare(args: list[str]) -> int:
         cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,
                           auto_configure_optimizers=False, parser_class=MMCaptionParser,
                           parser_kwargs={"prog": "mmcaption prepare", "description": PREPARE_HELP})
-        return _prepared(cli.datamodule, cli.model.config.language_model)
-
-
-def _prepared(datamodule: LightningDataModule, language_model: str) -> int:
-    if not isinstance(datamodule, PreprocessedDataModule):
-        raise ConfigError(f"{type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)")
-    if problem := context_problem(language_model, getattr(datamodule, "max_length", None)):
-        raise ConfigError(problem)
-    datamodule.prepare_data()
-    summaries = [split_summary(datamodule, split) for split in dict.fromkeys(datamodule.stage_splits().values())]
-    print("\n".join(format_summary(summary) for summary in summaries))
-    return 0
+        return prepare_splits(cli.datamodule, cli.model.config.language_model)
 
 
 @user_errors_exit

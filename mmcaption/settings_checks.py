@@ -145,3 +145,22 @@ def strategy_problem(strategy: object) -> str | None:
         return (f"trainer.strategy {strategy} is not supported (its processes hand the model back to the command, whose "
                 "checkpoints and outputs are the processes' own): use --trainer.strategy ddp, which starts them alike")
     return None
+
+
+PROMPTS = ("caption_prompt", "system_prompt")  # what a model was trained to be asked with
+
+
+def ask_as_trained(data: Any, trained: dict[str, Any], source: str) -> None:
+    """A predict's prompts (``data``: its data module's settings) as the model was trained with them (``trained``: its
+    checkpoint's data settings, or its export's prompts), where the run leaves them unset (null): the predict configs
+    asked every model with the default prompts, whatever it learned. A prompt set to another text than the trained
+    one is kept, with a note."""
+    settings = getattr(data, "init_args", None)
+    for name in PROMPTS:
+        if settings is None or name not in settings or not isinstance(trained.get(name), str):
+            continue
+        if settings[name] is None:
+            settings[name] = trained[name]
+        elif settings[name] != trained[name] and rank_zero_only.rank == 0:
+            print(f"note: {source} was trained with {name} {trained[name]!r}; this run asks with {settings[name]!r}, as "
+                  f"set (null asks as trained)", file=sys.stderr, flush=True)

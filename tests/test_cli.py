@@ -185,3 +185,30 @@ def test_fit_refuses_a_max_length_beyond_the_language_models_context_before_load
     with pytest.raises(ConfigError, match=r"data.max_length 5000 is longer than the language model's context \(.*language_model: "
                                           r"max_position_embeddings \d+\)"):
         check_command(["fit", "--config", DEMO_CONFIG, "--data.init_args.max_length", "5000"])
+
+
+def test_predict_asks_a_model_with_the_prompts_it_was_trained_with(trained_checkpoint, tmp_path, capsys):
+    # the predict configs set the default prompts: a model trained with its own system prompt (or caption prompt) was
+    # asked with the default by `mmcaption predict`, where the Python API asked it with its own
+    checkpoint = torch.load(trained_checkpoint, weights_only=False)
+    checkpoint["datamodule_hyper_parameters"].update(system_prompt="ROLE: You answer about images.", caption_prompt="A picture of")
+    torch.save(checkpoint, tmp_path / "prompted.ckpt")
+    for config, shown in (("multiple_choice.yaml", "system_prompt: 'ROLE: You answer about images.'"),
+                          ("questions.yaml", "system_prompt: 'ROLE: You answer about images.'"),
+                          ("captions.yaml", "caption_prompt: A picture of")):
+        out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "predict" / config),
+                           "--ckpt_path", str(tmp_path / "prompted.ckpt"))
+        assert shown in out, (config, out)
+    from mmcaption.export import export_checkpoint  # an export's manifest holds them as well
+
+    export_checkpoint(tmp_path / "prompted.ckpt", tmp_path / "exported")
+    out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "predict" / "multiple_choice.yaml"),
+                       "--model.init_from", str(tmp_path / "exported"))
+    assert "system_prompt: 'ROLE: You answer about images.'" in out
+    # one set on purpose is kept, and said against the trained one
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", str(REPO / "configs" / "predict" / "multiple_choice.yaml"), "--ckpt_path",
+              str(tmp_path / "prompted.ckpt"), "--data.init_args.system_prompt", "Be brief.", "--print_config"])
+    out, err = capsys.readouterr()
+    assert "system_prompt: Be brief." in out
+    assert "was trained with system_prompt 'ROLE: You answer about images.'; this run asks with 'Be brief.', as set" in err

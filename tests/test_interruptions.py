@@ -1657,7 +1657,7 @@ def test_a_requeued_slurm_job_resumes_from_its_own_last_save_not_another_jobs_no
     # given --ckpt_path went back to it, redoing 926 steps and then writing over its own later save
     from types import SimpleNamespace
 
-    from mmcaption.cli import job_of_checkpoint
+    from mmcaption.checkpoint import job_of_checkpoint
     from mmcaption.slurm import requeued_checkpoint
 
     folder = tmp_path / "checkpoints"

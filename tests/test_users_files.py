@@ -1274,7 +1274,7 @@ def test_img2datasets_output_folders_read_as_it_writes_them(tmp_path, monkeypatc
     shard_record(files)
     read = list(HubCaptions(str(files)).records("train", BadRecords("files")))
     assert sorted((name, captions[0][1]) for _, name, _, captions in read) == [(f"00000/{i:09d}.jpg", f"photo {i}") for i in range(4)]
-    failed = (f"2 of the 6 samples img2dataset listed are not in its shards, their download failed (2 x failed_to_download: "
+    failed = ("2 of the 6 samples img2dataset listed are not in its shards, their download failed (2 x failed_to_download: "
               "HTTP Error 404: Not Found): left out")
     assert f"{files}: {failed}" in infos, infos
     (files / "00000" / "000000000.jpg").unlink()  # a photo deleted: its caption is not passed over without a word

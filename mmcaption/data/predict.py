@@ -203,16 +203,18 @@ class CaptionPredictDataModule(_PredictDataModule):
     Args:
         images: a folder of images (recursive), a text file listing image paths, or one image.
         output: the JSON Lines file to write (``{"image": ..., "caption": ...}`` or ``"error"``).
-        caption_prompt: the caption stage's prompt (empty: none).
+        caption_prompt: the caption stage's prompt (empty: none; None: the one the model was trained with, which
+            ``mmcaption predict`` reads from its checkpoint or export, else none).
         batch_size: images per batch.
         overwrite: replace ``output`` if it exists (by default an existing output is refused).
     """
 
-    def __init__(self, images: str, output: str = "predictions/captions.jsonl", caption_prompt: str = "", batch_size: int = 16,
-                 overwrite: bool = False, **kwargs: Any) -> None:
+    def __init__(self, images: str, output: str = "predictions/captions.jsonl", caption_prompt: str | None = None,
+                 batch_size: int = 16, overwrite: bool = False, **kwargs: Any) -> None:
         super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
-        self.images, self.caption_prompt = images, caption_prompt
+        self.images, self.caption_prompt = images, "" if caption_prompt is None else caption_prompt
+        self.hparams["caption_prompt"] = self.caption_prompt  # what asked it, in the summary
         self.piped: dict[str, bytes] = {}  # an image list piped in, read when checked and kept for setup
 
     def input_files(self) -> list[Path]:
@@ -244,7 +246,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
         output: the CSV to write: the input columns, ``prediction``, ``correct`` and ``error``.
         method: ``likelihood`` scores each option's text given image and question (robust);
             ``generation`` lists the options and generates a letter (the original scripts' way).
-        system_prompt: the instruct stage's system prompt.
+        system_prompt: the instruct stage's system prompt (None: the one the model was trained with, which ``mmcaption
+            predict`` reads from its checkpoint or export, else LLaVA's).
         batch_size: questions per batch.
         overwrite: replace ``output`` if it exists (by default an existing output is refused; the input
             CSV itself is always refused).
@@ -266,7 +269,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
         image_root: str | None = None,
         output: str = "predictions/answers.csv",
         method: Literal["likelihood", "generation"] = "likelihood",
-        system_prompt: str = DEFAULT_SYSTEM,
+        system_prompt: str | None = None,
         batch_size: int = 8,
         overwrite: bool = False,
         format: Literal["csv", "mmbench", "scienceqa"] = "csv",
@@ -279,7 +282,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
         if format not in FORMATS:
             raise ConfigError(f"format {format!r} is not one of {', '.join(FORMATS)}")
         self.csv_file, self.image_root = local_file(Path(csv_file)), image_root and local_file(Path(image_root))
-        self.method, self.system_prompt = method, system_prompt
+        self.method, self.system_prompt = method, DEFAULT_SYSTEM if system_prompt is None else system_prompt
+        self.hparams["system_prompt"] = self.system_prompt  # what asked it, in the summary
         self.format, self.split, self.circular = format, split, circular
 
     @property

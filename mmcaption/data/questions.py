@@ -283,7 +283,8 @@ class QuestionsPredictDataModule(_PredictDataModule):
         image_root: folder the images are relative to (default: the file's folder; for VQAv2, the folder
             that holds ``val2014/`` or the images themselves).
         output: the file to write (``.jsonl``, or ``.csv``): the input fields, ``prediction``, ``correct``, ``error``.
-        system_prompt: the instruct stage's system prompt.
+        system_prompt: the instruct stage's system prompt (None: the one the model was trained with, which ``mmcaption
+            predict`` reads from its checkpoint or export, else LLaVA's).
         batch_size: questions per batch.
         overwrite: replace ``output`` if it exists (by default an existing output is refused; the input
             itself is always refused).
@@ -298,7 +299,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         submission_questions_file: str | None = None,
         image_root: str | None = None,
         output: str = "predictions/answers.jsonl",
-        system_prompt: str = DEFAULT_SYSTEM,
+        system_prompt: str | None = None,
         batch_size: int = 8,
         overwrite: bool = False,
         instruction: str | None = None,
@@ -317,7 +318,9 @@ class QuestionsPredictDataModule(_PredictDataModule):
         if self.submission_questions_file and self.questions_file.suffix.lower() != ".json":
             raise ConfigError("submission_questions_file goes with VQAv2's official questions file (.json), which "
                               f"questions_file {self.questions_file} is not")
-        self.system_prompt, self.instruction = system_prompt, instruction and instruction.strip()
+        self.system_prompt = DEFAULT_SYSTEM if system_prompt is None else system_prompt
+        self.hparams["system_prompt"] = self.system_prompt  # what asked it, in the summary
+        self.instruction = instruction and instruction.strip()
 
     def submission_question_ids(self) -> list[int]:
         """The question ids the evaluation server's results file must hold: those of

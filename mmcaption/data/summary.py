@@ -10,6 +10,8 @@ import numpy as np
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.llava import ANSWER_CUT
 from mmcaption.data.sampling import LengthGroupedSampler, padding_efficiency
+from mmcaption.errors import ConfigError
+from mmcaption.model.backbones import context_problem
 
 
 def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, Any]:
@@ -72,3 +74,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  padding     {summary['padding_efficiency']:.3f} of computed tokens are real at batch {summary['batch_size']} "
                  f"({grouping})")
     return "\n".join(lines)
+
+
+def prepare_splits(datamodule: Any, language_model: str) -> int:
+    """``mmcaption prepare``: preprocess ``datamodule``'s splits (refusing a data module with nothing to prepare, and a
+    ``max_length`` beyond the language model's context) and print what each split holds. Returns 0."""
+    if not isinstance(datamodule, PreprocessedDataModule):
+        raise ConfigError(f"{type(datamodule).__name__} has nothing to prepare (it reads its input at predict time)")
+    if problem := context_problem(language_model, getattr(datamodule, "max_length", None)):
+        raise ConfigError(problem)
+    datamodule.prepare_data()
+    summaries = [split_summary(datamodule, split) for split in dict.fromkeys(datamodule.stage_splits().values())]
+    print("\n".join(format_summary(summary) for summary in summaries))
+    return 0
