@@ -94,7 +94,7 @@ class ConversationTemplate:
         ``{"role": "user" | "assistant", "content": ...}`` messages, optionally led by a ``system``
         message that replaces :attr:`system`. The rendered text tokenizes to the ids :meth:`encode`
         gives (tested); the image is not in the text (it reaches the model through cross-attention), so
-        messages carry no ``<image>`` placeholder. The prompt for a reply ends with the user's message,
+        a question's ``<image>`` placeholder is left out, as training leaves it out. The prompt for a reply ends with the user's message,
         whose assistant marker is part of it: ``add_generation_prompt`` adds nothing."""
         def literal(text: str) -> str:
             return json.dumps(text, ensure_ascii=False)
@@ -105,6 +105,10 @@ class ConversationTemplate:
             "{% macro text(content) %}{% if content is string %}{{ content }}{% else %}"
             "{{ content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') }}{% endif %}"
             "{% endmacro %}"
+            # a question's <image> placeholder left out, as training leaves it out (strip_image_placeholder)
+            "{% macro question(content) %}{% set kept = namespace(text=text(content)) %}"
+            "{% for tag in ['<image>', '<Image>', '<IMAGE>'] %}{% set kept.text = kept.text | replace(tag + '\\n', '') | "
+            "replace('\\n' + tag, '') | replace(tag, ' ') %}{% endfor %}{{ kept.text | trim }}{% endmacro %}"
             "{{ bos_token }}"
             "{% if messages and messages[0]['role'] == 'system' %}"
             "{% set system = text(messages[0]['content']) %}{% set turns = messages[1:] %}"
@@ -113,7 +117,7 @@ class ConversationTemplate:
             "{% for message in turns %}"
             "{% if message['role'] == 'user' %}"
             f"{{% if not loop.first %}}{{{{ '\\n' }}}}{{% endif %}}{{{{ {literal(self.user)} }}}}"
-            f"{{{{ text(message['content']) }}}}{{{{ {literal(self.assistant)} }}}}"
+            f"{{{{ question(message['content']) }}}}{{{{ {literal(self.assistant)} }}}}"
             "{% elif message['role'] == 'assistant' %}{{ ' ' }}{{ text(message['content']) }}{{ eos_token }}"
             "{% endif %}{% endfor %}"
         )
@@ -122,7 +126,9 @@ class ConversationTemplate:
         return list(_context_ids(self.system, tokenizer))
 
     def _question_text(self, question: str, first: bool) -> str:
-        return ("" if first else "\n") + self.user + question + self.assistant
+        # LLaVA's <image> placeholder, as training leaves it out: a question asked as the original scripts asked theirs
+        # ("<Image>\nWhat is ...") asked the model with text it never saw
+        return ("" if first else "\n") + self.user + strip_image_placeholder(question) + self.assistant
 
     def _question(self, question: str, tokenizer: PreTrainedTokenizerBase, first: bool) -> list[int]:
         return text_ids(tokenizer, self._question_text(question, first))

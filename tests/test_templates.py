@@ -109,6 +109,12 @@ def test_the_exported_chat_template_renders_the_training_layout_token_for_token(
         parts = [{**m, "content": [{"type": "image"}, {"type": "text", "text": m["content"]}] if m["role"] == "user" else
                   [{"type": "text", "text": m["content"]}]} for m in given]
         assert exported.apply_chat_template(parts, tokenize=True, return_dict=False) == expected, system
+        # LLaVA's placeholder, and the original scripts' "<Image>\n" before a question: left out, as training leaves it
+        # (was asked as text the model never saw)
+        placed = [{**m, "content": ("<Image>\n" if i % 2 else "<image>\n") + m["content"]} if m["role"] == "user" else m
+                  for i, m in enumerate(given)]
+        assert exported.apply_chat_template(placed, tokenize=True, return_dict=False) == expected, system
+        assert template.prompt("<Image>\n" + turns[0][0], plain) == template.prompt(turns[0][0], plain)
 
 
 def test_letters_are_asked_for_in_chinese_for_a_question_in_chinese_as_llava_asks_mmbench_cn():
