@@ -341,7 +341,11 @@ def _bad_value(message: str) -> str | None:
         kinds.remove("a whole number")
     if choices:
         kinds.insert(0, "one of " + ", ".join(dict.fromkeys(choices)))
-    return f"{path}: {value!r} is not {' or '.join(dict.fromkeys(kinds))}"
+    said = f"{path}: {value!r} is not {' or '.join(dict.fromkeys(kinds))}"
+    if "text" in kinds and value.startswith("{"):  # "ROLE: You are ..." (the original scripts' prompts): read as a mapping
+        said += (f"; on the command line a text with ': ' in it is read as a mapping (and quotes around it stay in the "
+                 f"text): write it in a config file, quoted ({path.rsplit('.', 1)[-1]}: \"ROLE: ...\")")
+    return said
 
 
 # the data modules whose settings a key may have meant (data has no default class, so its settings are not in the defaults)

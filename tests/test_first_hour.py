@@ -127,6 +127,10 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
     ("--trainer.max_steps", "abc", "trainer.max_steps: 'abc' is not a whole number"),
     ("--trainer.gradient_clip_val", "big", "trainer.gradient_clip_val: 'big' is not a number or null"),
     ("--model.config.quantization", "nf5", "model.config.quantization: 'nf5' is not one of nf4, fp4, int8, none"),
+    # the original scripts' prompts: refused without a word of why, or of how to give it
+    ("--data.init_args.caption_prompt", "ROLE: describe.", "data.init_args.caption_prompt: \"{'ROLE': 'describe.'}\" is not "
+     "text; on the command line a text with ': ' in it is read as a mapping (and quotes around it stay in the text): "
+     "write it in a config file, quoted (caption_prompt: \"ROLE: ...\")"),
 ])
 def test_a_value_of_the_wrong_kind_is_named_with_what_the_setting_takes(tmp_path, monkeypatch, capsys, setting, value, said):
     monkeypatch.chdir(tmp_path)  # was `error: Parser key "data":` alone, the reason dropped
