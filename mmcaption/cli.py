@@ -59,6 +59,7 @@ from mmcaption.settings_checks import (
 )
 from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
 from mmcaption.slurm import requeued, requeued_checkpoint
+from mmcaption.terminal import draws_bars
 from mmcaption.usage import EPILOG, PREPARE_HELP
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
@@ -98,7 +99,7 @@ class MMCaptionCLI(LightningCLI):
         for index, callback in enumerate(trainer.callbacks):
             if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's default: named bars, or plain lines
                 # off a terminal
-                trainer.callbacks[index] = StageProgressBar() if sys.stderr.isatty() else PlainProgress()
+                trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:

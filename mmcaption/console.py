@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from functools import wraps
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging as hf_logging
+
+from mmcaption.terminal import draws_bars
 
 
 class _DropLines(logging.Filter):
@@ -75,7 +76,7 @@ def quiet_lightning() -> None:
     if not any(isinstance(f, _DropLines) for f in logger.filters):
         logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "💡 Tip: For seamless cloud uploads", "TPU available: False"))
     hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
-    if not sys.stderr.isatty():  # in a log file a bar is one long line of redrawn counts per table built
+    if not draws_bars():  # in a log file a bar is one long line of redrawn counts per table built
         import datasets  # here: chat and the app, which quieted() serves, never load it
 
         datasets.disable_progress_bars()

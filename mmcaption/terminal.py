@@ -78,3 +78,13 @@ def outlive_the_reader() -> Callable[[], None]:
         sys.stdout, sys.stderr = streams
 
     return put_back
+
+
+def draws_bars() -> bool:
+    """Whether progress bars can be drawn on the standard error: a terminal that says how wide it is. Colab's ``!``
+    runs a command on a pseudo-terminal of 0 columns, where tqdm drew empty frames: a run of hours showed no step, loss
+    or validation at all. There, as off a terminal, progress goes as plain lines."""
+    try:
+        return sys.stderr.isatty() and os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):  # a stream without a descriptor (a notebook's, a test's)
+        return False

@@ -2055,3 +2055,31 @@ def test_a_teammates_private_checkpoint_is_said_to_be_read_not_written(tmp_path,
     with pytest.raises(NotWritableError, match=rf"cannot write checkpoints to {tmp_path}: Permission denied \({tmp_path} belongs "
                                                rf"to \w+, mode d"):
         check_writable(tmp_path, "checkpoints")
+
+
+def test_a_terminal_that_says_no_width_gets_progress_as_plain_lines(backbones, coco_root, tmp_path, monkeypatch):
+    # Colab's `!mmcaption fit` runs on a pseudo-terminal of 0 columns: tqdm drew empty frames, and a run of hours showed
+    # no step, loss or validation at all
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from mmcaption.callbacks import PlainProgress, StageProgressBar
+    from mmcaption.cli import check_command
+    from mmcaption.terminal import draws_bars
+
+    monkeypatch.chdir(tmp_path)
+    leader, follower = pty.openpty()
+    stream = os.fdopen(follower, "w")
+    monkeypatch.setattr(sys, "stderr", stream)
+    command = [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--trainer.enable_progress_bar", "true"]
+    try:
+        for rows, columns, bar in ((0, 0, PlainProgress), (40, 120, StageProgressBar)):
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+            assert draws_bars() == (columns > 0)
+            progress = [c for c in check_command(command).trainer.callbacks if isinstance(c, (PlainProgress, StageProgressBar))]
+            assert [type(c) for c in progress] == [bar], columns
+    finally:
+        stream.close()
+        os.close(leader)
