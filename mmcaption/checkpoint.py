@@ -335,10 +335,10 @@ def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
         with contextlib.suppress(MMCaptionError):
             step = f"; {which} is at step {load_checkpoint_file(newest, mmap=True).get('global_step')}"
         ours = next(name for name in (f"last-v{n}.ckpt" for n in itertools.count(1)) if not (folder / name).exists())
-        # Lightning's "last" is the newest last*.ckpt: with a last-v1.ckpt beside it, named by its file
-        keyword = "last" if not any(folder.glob("last-v*.ckpt")) else str(newest)
+        # named by its file: Lightning's "last" is the newest last*.ckpt, which is this run's once it saved (a validation,
+        # or the stop the note asks for, writes last-v1.ckpt), and resumed the run stopped a few steps in
         earlier_run = f"last.ckpt stays the earlier run's. To continue {'that' if newest == last else 'the newest'} run " \
-                      f"instead, stop and add --ckpt_path {keyword}"
+                      f"instead, stop and add --ckpt_path {newest}"
     else:  # only named checkpoints (epoch=..., interrupted-step...): this run's last is last.ckpt
         ours = "last.ckpt"
         newest = max(earlier, key=lambda p: p.stat().st_mtime)

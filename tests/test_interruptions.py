@@ -1473,7 +1473,8 @@ def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_co
     earlier_checkpoints_note(folder)
     err = capsys.readouterr().err
     assert f"note: {folder} holds an earlier run's checkpoints (last.ckpt; last.ckpt is at step 16). This run starts at step 0" in err
-    assert "last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path last" in err
+    # named by its file: the keyword "last" is this run's last-v1.ckpt once the stop the note asks for has saved it
+    assert f"last.ckpt stays the earlier run's. To continue that run instead, stop and add --ckpt_path {folder / 'last.ckpt'}" in err
     assert "saves beside them under new names (last-v1.ckpt, ...)" in err
     torch.save({"global_step": 8, "state_dict": {}}, folder / "last-v1.ckpt")  # a third run: Lightning writes last-v2
     os.utime(folder / "last.ckpt", (1_000_000, 1_000_000))  # the first run's, older than the second's
