@@ -199,10 +199,17 @@ def _smaller(image: Image.Image, shortest_side: int | None) -> Image.Image:
     factor = min(image.size) // (2 * shortest_side) if shortest_side else 0
     if factor < 2:
         return image
+    if image.mode in REDUCIBLE_AS:  # a mode reduce does not take (1-bit, a palette, 16-bit): the nearest it takes first,
+        image = image.convert(REDUCIBLE_AS[image.mode])  # not 8-bit RGB through floats (16-bit: 8 bytes a pixel)
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
     try:
         return image.reduce(factor)
-    except ValueError:  # a mode reduce does not take (a palette, 1-bit, 16-bit): made 8-bit RGB first, at full size
+    except ValueError:  # any other mode reduce does not take: made 8-bit RGB first, at full size
         return _to_rgb(image).reduce(factor)
+
+
+REDUCIBLE_AS = {"1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}  # what reduce takes, the values kept
 
 
 def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Image:
@@ -252,7 +259,10 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Ima
             if shortest_side and image.format == "JPEG":  # decoded at 1/2, 1/4 or 1/8 of its size, still at least 2x it
                 scale = 2 * shortest_side / min(image.size)
                 image.draft(image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-            return _to_rgb(_smaller(ImageOps.exif_transpose(image), shortest_side))
+            ImageOps.exif_transpose(image, in_place=True)  # a copy of the whole image when it has no orientation
+            return _to_rgb(_smaller(image, shortest_side))
+    except MemoryError:  # a small PNG that declares a huge image: this image's error, not the run's end
+        raise UnidentifiedImageError(f"{name} cannot be decoded: it needs more memory than there is") from None
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
         why = check_image(data) or f"{type(error).__name__}: {error}"
         raise UnidentifiedImageError(f"{name} cannot be decoded: {why}") from None
