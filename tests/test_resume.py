@@ -132,6 +132,30 @@ def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_batches_and_los
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("resume")
+def test_a_checkpoint_saved_at_an_epochs_last_step_resumes_exactly(straight):
+    # the training loader drew its iterator's seed from the process's generator: resumed from a save at an epoch's
+    # last step (the config's own last.ckpt after its end-of-epoch validation, every_n_train_steps landing there), the
+    # next epoch's draw came before the saved random state was put back, and every later dropout mask differed
+    workdir, _ = straight
+    epochs_of_5 = ("--data.init_args.num_workers", "0", "--trainer.limit_train_batches", "5")
+    command = fit_command(workdir, "boundary", max_steps=8, extra=epochs_of_5)
+    config = workdir / "boundary.yaml"
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"]["callbacks"][0]["init_args"].update(every_n_train_steps=5, save_top_k=-1)
+    config.write_text(yaml.safe_dump(settings))
+    run(command, workdir)  # uninterrupted, saving at step 5: the end of its first epoch
+    uninterrupted = records(workdir / "boundary.jsonl")
+    (saved,) = (workdir / "checkpoints-boundary").glob("*step=5.ckpt")
+    run(fit_command(workdir, "boundary-resumed", ckpt_path=saved, max_steps=8, extra=epochs_of_5), workdir)
+    resumed = records(workdir / "boundary-resumed.jsonl")
+    assert sorted(resumed) == [6, 7, 8]
+    for step, row in resumed.items():
+        assert row["first_ids"] == uninterrupted[step]["first_ids"], step
+        assert row["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-6, abs=1e-7), step
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("resume")
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_or_ctrl_c_mid_epoch_saves_exits_non_zero_and_resumes_exactly(straight, signum, exit_code):
     workdir, straight_steps = straight

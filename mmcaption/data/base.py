@@ -69,10 +69,12 @@ def worker_init(worker_id: int, rank: int = 0) -> None:
         pl_worker_init_function(worker_id, rank)
 
 
-def evaluation_generator() -> torch.Generator:
-    """An evaluation loader's own generator: each of its iterators draws a seed, from the process's generator when a
-    loader has none, which moved the training's dropout masks after each validation by how many evaluation loaders
-    there were (``val_caption_images`` 0 or 40 gave two training curves under one seed)."""
+def loader_generator() -> torch.Generator:
+    """A loader's own generator: each of its iterators draws a seed, from the process's generator when a loader has
+    none. An evaluation loader's draw moved the training's dropout masks after each validation by how many evaluation
+    loaders there were (``val_caption_images`` 0 or 40 gave two training curves under one seed); the training loader's,
+    at each epoch's start, came before the random state a resume puts back when the run was saved at an epoch's end (the
+    config's own last.ckpt after its end-of-epoch validation), and every later dropout mask differed."""
     return torch.Generator().manual_seed(default_seed())
 
 
@@ -134,7 +136,7 @@ class BackbonesDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
             worker_init_fn=self._worker_init(),
-            generator=evaluation_generator(),
+            generator=loader_generator(),
         )
 
 
@@ -352,7 +354,7 @@ class PreprocessedDataModule(BackbonesDataModule):
     def _loader(self, stage: str) -> DataLoader:
         dataset = self.datasets[self.stage_splits()[stage]]
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=self.evaluation_sampler(dataset),
-                          generator=evaluation_generator(), **self._loader_settings())
+                          generator=loader_generator(), **self._loader_settings())
 
     def train_dataloader(self) -> StatefulDataLoader:
         """Shuffled per epoch from the run's seed, grouped by length (``group_by_length``), each DDP
@@ -366,7 +368,8 @@ class PreprocessedDataModule(BackbonesDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             seed=default_seed(), group_by_length=self.group_by_length, mega_batch=self.length_group_batches,
         )
-        return StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_settings())
+        return StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(),
+                                  **self._loader_settings())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
