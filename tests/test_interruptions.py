@@ -596,6 +596,15 @@ def test_a_checkpoint_made_with_relative_backbone_paths_works_from_any_folder(ba
     monkeypatch.chdir(language_dir.parent)
     module = make_captioner((Path(language_dir.name), Path(vision_dir.name)))
     assert module.hparams["config"]["language_model"] == str(language_dir.resolve())
+    # what Lightning logs (hparams.yaml, TensorBoard's HPARAMS) holds the model's config: a LoRA-rank ablation's runs
+    # could not be told apart there
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path / "logs", name="ablation")
+    logger.log_hyperparams(module.hparams_initial)
+    logger.save()
+    logged = yaml.full_load((Path(logger.log_dir) / "hparams.yaml").read_text())  # as Lightning reads it
+    assert logged["config"]["lora_r"] == module.config.lora_r and logged["config"]["language_model"] == str(language_dir.resolve())
     dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=language_dir.name,
                            image_processor=vision_dir.name, batch_size=4, num_workers=0)
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
