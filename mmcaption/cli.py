@@ -54,6 +54,7 @@ from mmcaption.settings_checks import (
     ask_as_trained,
     lightning_setting_errors,
     strategy_problem,
+    under_root_folder,
     unlogged_monitor,
     usable_callbacks,
 )
@@ -238,6 +239,9 @@ class MMCaptionCLI(LightningCLI):
         with print_config_held(self._arguments) as held:  # with --ckpt_path: printed once its settings are in
             super().parse_arguments(parser, args)
             expand_home(self.config)
+            if (subcommand := self.config.get("subcommand")) and (moved := under_root_folder(self.config[subcommand].trainer)) \
+                    and rank_zero_only.rank == 0:
+                print(f"note: under trainer.default_root_dir: {', '.join(moved)}", file=sys.stderr, flush=True)
             if held:
                 self._parse_ckpt_path()
         if held:

@@ -164,3 +164,25 @@ def ask_as_trained(data: Any, trained: dict[str, Any], source: str) -> None:
         elif settings[name] != trained[name] and rank_zero_only.rank == 0:
             print(f"note: {source} was trained with {name} {trained[name]!r}; this run asks with {settings[name]!r}, as "
                   f"set (null asks as trained)", file=sys.stderr, flush=True)
+
+
+def under_root_folder(trainer_settings: Any) -> list[str]:
+    """With ``trainer.default_root_dir`` given, the relative folders the config names for its loggers (``save_dir``) and
+    ModelCheckpoints (``dirpath``) go under it, as Lightning puts them when none is named: the shipped configs name them
+    (``lightning_logs``, ``checkpoints/<stage>``), so a run given its own root wrote its logs and checkpoints beside every
+    other run's, and the root stayed empty. Returns the folders as they now are, for a note."""
+    root = trainer_settings.get("default_root_dir")
+    if not root:
+        return []
+    moved = []
+    for setting, key in (("logger", "save_dir"), ("callbacks", "dirpath")):
+        items = trainer_settings.get(setting)
+        for item in items if isinstance(items, list) else [items]:
+            settings = getattr(item, "init_args", None) if not isinstance(item, bool | type(None)) else None
+            if setting == "callbacks" and not _is_model_checkpoint(str(getattr(item, "class_path", "") or "")):
+                continue
+            folder = settings.get(key) if settings is not None else None
+            if folder and not Path(str(folder)).expanduser().is_absolute() and not Path(str(folder)).is_relative_to(root):
+                settings[key] = str(Path(root) / str(folder))
+                moved.append(settings[key])
+    return moved

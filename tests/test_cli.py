@@ -212,3 +212,18 @@ def test_predict_asks_a_model_with_the_prompts_it_was_trained_with(trained_check
     out, err = capsys.readouterr()
     assert "system_prompt: Be brief." in out
     assert "was trained with system_prompt 'ROLE: You answer about images.'; this run asks with 'Be brief.', as set" in err
+
+
+def test_a_root_folder_given_holds_the_logs_and_checkpoints_the_config_names(demo_dir, capsys):
+    # the shipped configs name lightning_logs and checkpoints/<stage>: --trainer.default_root_dir runA was ignored, its
+    # logs and checkpoints written beside every other experiment's, runA never made
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO_CONFIG, "--trainer.default_root_dir", "runA", "--print_config"])
+    out, err = capsys.readouterr()
+    assert "save_dir: runA/lightning_logs" in out and "dirpath: runA/checkpoints/demo-caption" in out
+    assert "note: under trainer.default_root_dir: runA/lightning_logs, runA/checkpoints/demo-caption" in err
+    with pytest.raises(SystemExit):  # a folder named absolutely stays where it is named
+        main(["fit", "--config", DEMO_CONFIG, "--trainer.default_root_dir", "runA", "--trainer.logger.init_args.save_dir",
+              "/tmp/elsewhere", "--print_config"])
+    out, err = capsys.readouterr()
+    assert "save_dir: /tmp/elsewhere" in out and "dirpath: runA/checkpoints/demo-caption" in out
