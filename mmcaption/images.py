@@ -33,6 +33,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 from pillow_heif import register_heif_opener
 
+from mmcaption.pixel_levels import array_image, to_rgb
+
 register_heif_opener()  # .heic/.heif: what iPhones save by default
 
 ImageSource = bytes | str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -108,9 +110,31 @@ def check_image(data: bytes) -> str | None:
             image.load()
     except DECODE_ERRORS as error:
         if isinstance(error, UnidentifiedImageError) and data:
-            return f"not an image Pillow can read (it starts {data[:12]!r})"
+            return f"not an image Pillow can read ({_kind_of_file(data)})"
         return f"{type(error).__name__}: {error}"
     return None
+
+
+# files that come where an image was meant (a download that answered with a web page, an archive): named by their
+# signature, where the first bytes were shown, which put a reply's or a linked file's contents in a results file
+_SIGNATURES = ((b"%PDF", "a PDF"), (b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "gzip-compressed data"),
+               (b"{", "JSON text"), (b"[", "JSON text"))
+
+
+def _kind_of_file(data: bytes) -> str:
+    """What ``data`` that is no image looks like, without quoting it."""
+    head = data[:512].lstrip()
+    if head[:15].lower().startswith((b"<!doctype html", b"<html")):
+        return "a web page (HTML)"
+    if data[4:8] == b"ftyp":
+        return f"an ISO media file ({data[8:12].decode('ascii', 'replace').strip()}: a video, or a HEIF photo)"
+    kind = next((name for signature, name in _SIGNATURES if head.startswith(signature)), None)
+    if kind is None:
+        try:
+            kind = "text" if head.decode("utf-8").isprintable() or "\n" in head.decode("utf-8") else None
+        except UnicodeDecodeError:
+            kind = None
+    return kind or f"its first bytes are {data[:4].hex(' ')}"
 
 
 def image_format(data: bytes) -> str | None:
@@ -206,7 +230,7 @@ def _smaller(image: Image.Image, shortest_side: int | None) -> Image.Image:
     try:
         return image.reduce(factor)
     except ValueError:  # any other mode reduce does not take: made 8-bit RGB first, at full size
-        return _to_rgb(image).reduce(factor)
+        return to_rgb(image).reduce(factor)
 
 
 REDUCIBLE_AS = {"1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}  # what reduce takes, the values kept
@@ -226,7 +250,7 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Ima
     if isinstance(source, Image.Image):
         if 0 in source.size:  # an empty crop (a detector's box of no width): Pillow's scaling divides by it
             raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
-        return _to_rgb(_smaller(ImageOps.exif_transpose(source), shortest_side))
+        return to_rgb(_smaller(ImageOps.exif_transpose(source), shortest_side))
     if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there
         if isinstance(source, io.TextIOBase):  # a file opened 'r': its read() fails on an image's bytes
             raise TypeError("an image file must be opened in binary mode: open(path, 'rb')")
@@ -260,7 +284,7 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Ima
                 scale = 2 * shortest_side / min(image.size)
                 image.draft(image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             ImageOps.exif_transpose(image, in_place=True)  # a copy of the whole image when it has no orientation
-            return _to_rgb(_smaller(image, shortest_side))
+            return to_rgb(_smaller(image, shortest_side))
     except MemoryError:  # a small PNG that declares a huge image: this image's error, not the run's end
         raise UnidentifiedImageError(f"{name} cannot be decoded: it needs more memory than there is") from None
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
@@ -322,76 +346,6 @@ def fetch(url: str) -> bytes:
         raise OSError(f"image {url} could not be downloaded: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         raise OSError(f"image {url} could not be downloaded: {getattr(error, 'reason', error)}") from None
-
-
-def array_image(array: np.ndarray) -> Image.Image:
-    """An RGB image from an array as NumPy, PIL, OpenCV or torch hold images: ``HxW``, ``HxWxC`` or ``CxHxW`` with
-    1, 3 or 4 channels (4: transparency, seen on white); uint8; booleans; floats in [0, 1] or 0-255 (as
-    ``astype(float32)`` leaves a photo), with the overshoot of a bicubic resize clipped; 16/32-bit integers scaled from
-    the bit depth they use, as such files are (:func:`_integer_levels`)."""
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):  # CxHxW: torch's layout
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
-        raise ValueError(f"an image array is HxW, HxWxC or CxHxW with 1, 3 or 4 channels; this one has shape {array.shape}")
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype.kind == "f":
-        values = np.nan_to_num(array.astype(np.float64))
-        low, high = values.min(), values.max()
-        # a normalized image spans about -2 to 2.6 (CLIP's, ImageNet's mean and std): refused, where a file's is read
-        if not (low >= -0.25 and high <= 1.25) and low < (-64 if high > 16 else -0.25):
-            raise ValueError(f"an image array of floats is in [0, 1] or 0-255; this one spans {low:.3g} to {high:.3g} (one "
-                             "normalized for a model?): give the image before normalization")
-        array = _float_levels(values)
-    elif array.dtype.kind in "iu" and array.dtype.itemsize > 1:  # 16/32-bit: scaled, as 16-bit files are
-        array = _integer_levels(array.astype(np.float64))
-    elif array.dtype.kind not in "iu":
-        raise ValueError(f"an image array holds numbers; this one holds {array.dtype}")
-    return _to_rgb(Image.fromarray(array.astype(np.uint8)))
-
-
-BIT_DEPTHS = (255, 1023, 4095, 16383, 65535)  # 8, 10, 12, 14 and 16 bits: cameras', microscopes' and scanners' sensors
-
-
-def _integer_levels(values: np.ndarray) -> np.ndarray:
-    """Integer pixels (16 or 32 bits) as 0-255, scaled from the bit depth they use: the smallest of 8, 10, 12, 14 and 16
-    bits that holds their largest value. A 12-bit microscope's or camera's image in a 16-bit file fills the range,
-    where scaling from 16 bits left it 16 grey levels, near black; values of 0-255 (a photo's ``astype(np.uint16)``,
-    a label image) stay as they are. Signed values below zero are scaled from their own range."""
-    low, high = float(values.min(initial=0)), float(values.max(initial=0))
-    if low < 0:
-        return ((values - low) * (255.0 / max(high - low, 1.0))).round()
-    peak = next((depth for depth in BIT_DEPTHS if high <= depth), high)  # 32-bit values beyond 16 bits: their largest
-    return (values * (255.0 / peak)).clip(0, 255).round()
-
-
-def _float_levels(values: np.ndarray) -> np.ndarray:
-    """Floating-point pixels as 0-255: [0, 1], or 0-255 as they are, either with the overshoot of a bicubic resize past
-    its ends (up to a tenth or so) clipped; values beyond 255 (a height map's metres, reflectance x 10,000) scaled from
-    their largest, and below zero from their own range, where clipping left them flat white or black."""
-    low, high = float(values.min(initial=0)), float(values.max(initial=0))
-    if low >= -0.25 and high <= 1.25:
-        return (values * 255.0).clip(0, 255).round()
-    if low >= (-64 if high > 16 else -0.25) and high <= 280:  # 0-255: a dark frame's too (no value above 16), whose
-        return values.clip(0, 255).round()  # undershoot a resize leaves is as small
-    low = min(low, 0.0) if low >= -64 else low
-    return ((values - low) * (255.0 / max(high - low, 1e-12))).clip(0, 255).round()
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "F":  # 32-bit floating point (TIFF): scaled as arrays of floats are
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        return Image.fromarray(_float_levels(values).astype(np.uint8)).convert("RGB")
-    if image.mode.startswith("I"):
-        return Image.fromarray(_integer_levels(np.asarray(image, dtype=np.float64)).astype(np.uint8)).convert("RGB")
-    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
-        # On white, as a page shows it: dropping the alpha leaves what transparent pixels happen to hold,
-        # black in most PNGs, so a black logo or diagram on a transparent background became a black square.
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def shrink_image(data: bytes, shortest_side: int, quality: int = 95) -> bytes:

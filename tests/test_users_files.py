@@ -78,7 +78,10 @@ def test_heic_photos_are_read_and_found():
 
 def test_empty_files_and_other_files_say_what_they_are(tmp_path):
     assert check_image(b"") == "UnidentifiedImageError: the file is empty (0 bytes)"
-    assert check_image(b"this is not an image\n") == "not an image Pillow can read (it starts b'this is not ')"
+    # what it is, not what it holds: its first bytes put a reply's contents (a metadata service's key) in a results file
+    assert check_image(b"this is not an image\n") == "not an image Pillow can read (text)"
+    assert check_image(b"\n<!DOCTYPE html><html>Access denied") == "not an image Pillow can read (a web page (HTML))"
+    assert check_image(b"AKIA-SECRET-\x00\x01") == "not an image Pillow can read (its first bytes are 41 4b 49 41)"
     notes = tmp_path / "README.md"  # given to the Python API as an image: named, not "<_io.BytesIO object at 0x...>"
     notes.write_text("this is not an image\n")
     with pytest.raises(OSError, match=rf"image {notes} cannot be decoded: not an image Pillow can read"):

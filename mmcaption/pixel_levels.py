@@ -1,0 +1,78 @@
+"""Pixels of any depth as the 8-bit RGB a model's image processor takes: arrays as NumPy, PIL, OpenCV and torch hold
+images, and images of more than 8 bits (16/32-bit integers, floating point) scaled from the range their values use,
+not clipped; transparent pixels seen on white."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def array_image(array: np.ndarray) -> Image.Image:
+    """An RGB image from an array as NumPy, PIL, OpenCV or torch hold images: ``HxW``, ``HxWxC`` or ``CxHxW`` with
+    1, 3 or 4 channels (4: transparency, seen on white); uint8; booleans; floats in [0, 1] or 0-255 (as
+    ``astype(float32)`` leaves a photo), with the overshoot of a bicubic resize clipped; 16/32-bit integers scaled from
+    the bit depth they use, as such files are (:func:`_integer_levels`)."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):  # CxHxW: torch's layout
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+        raise ValueError(f"an image array is HxW, HxWxC or CxHxW with 1, 3 or 4 channels; this one has shape {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype.kind == "f":
+        values = np.nan_to_num(array.astype(np.float64))
+        low, high = values.min(), values.max()
+        # a normalized image spans about -2 to 2.6 (CLIP's, ImageNet's mean and std): refused, where a file's is read
+        if not (low >= -0.25 and high <= 1.25) and low < (-64 if high > 16 else -0.25):
+            raise ValueError(f"an image array of floats is in [0, 1] or 0-255; this one spans {low:.3g} to {high:.3g} (one "
+                             "normalized for a model?): give the image before normalization")
+        array = _float_levels(values)
+    elif array.dtype.kind in "iu" and array.dtype.itemsize > 1:  # 16/32-bit: scaled, as 16-bit files are
+        array = _integer_levels(array.astype(np.float64))
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"an image array holds numbers; this one holds {array.dtype}")
+    return to_rgb(Image.fromarray(array.astype(np.uint8)))
+
+
+BIT_DEPTHS = (255, 1023, 4095, 16383, 65535)  # 8, 10, 12, 14 and 16 bits: cameras', microscopes' and scanners' sensors
+
+
+def _integer_levels(values: np.ndarray) -> np.ndarray:
+    """Integer pixels (16 or 32 bits) as 0-255, scaled from the bit depth they use: the smallest of 8, 10, 12, 14 and 16
+    bits that holds their largest value. A 12-bit microscope's or camera's image in a 16-bit file fills the range,
+    where scaling from 16 bits left it 16 grey levels, near black; values of 0-255 (a photo's ``astype(np.uint16)``,
+    a label image) stay as they are. Signed values below zero are scaled from their own range."""
+    low, high = float(values.min(initial=0)), float(values.max(initial=0))
+    if low < 0:
+        return ((values - low) * (255.0 / max(high - low, 1.0))).round()
+    peak = next((depth for depth in BIT_DEPTHS if high <= depth), high)  # 32-bit values beyond 16 bits: their largest
+    return (values * (255.0 / peak)).clip(0, 255).round()
+
+
+def _float_levels(values: np.ndarray) -> np.ndarray:
+    """Floating-point pixels as 0-255: [0, 1], or 0-255 as they are, either with the overshoot of a bicubic resize past
+    its ends (up to a tenth or so) clipped; values beyond 255 (a height map's metres, reflectance x 10,000) scaled from
+    their largest, and below zero from their own range, where clipping left them flat white or black."""
+    low, high = float(values.min(initial=0)), float(values.max(initial=0))
+    if low >= -0.25 and high <= 1.25:
+        return (values * 255.0).clip(0, 255).round()
+    if low >= (-64 if high > 16 else -0.25) and high <= 280:  # 0-255: a dark frame's too (no value above 16), whose
+        return values.clip(0, 255).round()  # undershoot a resize leaves is as small
+    low = min(low, 0.0) if low >= -64 else low
+    return ((values - low) * (255.0 / max(high - low, 1e-12))).clip(0, 255).round()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "F":  # 32-bit floating point (TIFF): scaled as arrays of floats are
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        return Image.fromarray(_float_levels(values).astype(np.uint8)).convert("RGB")
+    if image.mode.startswith("I"):
+        return Image.fromarray(_integer_levels(np.asarray(image, dtype=np.float64)).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        # On white, as a page shows it: dropping the alpha leaves what transparent pixels happen to hold,
+        # black in most PNGs, so a black logo or diagram on a transparent background became a black square.
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
