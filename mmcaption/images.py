@@ -312,6 +312,7 @@ def local_file(path: Path) -> Path:
 
 
 FETCH_TIMEOUT_S = 60
+FETCH_MAX_BYTES = 256 << 20  # a 200-megapixel phone's JPEG is about 60 MB
 
 
 def is_url(source: object) -> bool:
@@ -341,11 +342,15 @@ def fetch(url: str) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "mmcaption"})  # some hosts refuse Python's default
     try:
         with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
-            return response.read()
+            data = response.read(FETCH_MAX_BYTES + 1)  # a reply of gigabytes (a wrong URL, a hostile list) is not held
     except urllib.error.HTTPError as error:
         raise OSError(f"image {url} could not be downloaded: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         raise OSError(f"image {url} could not be downloaded: {getattr(error, 'reason', error)}") from None
+    if len(data) > FETCH_MAX_BYTES:
+        raise OSError(f"image {url} could not be downloaded: it is larger than {FETCH_MAX_BYTES >> 20} MB, more than any "
+                      "photo; download it yourself and give its file")
+    return data
 
 
 def shrink_image(data: bytes, shortest_side: int, quality: int = 95) -> bytes:

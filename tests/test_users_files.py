@@ -366,7 +366,7 @@ def web_server(tmp_path):
     server.server_close()
 
 
-def test_images_given_as_urls_are_downloaded_and_a_failure_names_the_url(web_server, tmp_path):
+def test_images_given_as_urls_are_downloaded_and_a_failure_names_the_url(web_server, tmp_path, monkeypatch):
     import socket
 
     upright_picture(48, 32).save(tmp_path / "web" / "photo.png")
@@ -375,8 +375,15 @@ def test_images_given_as_urls_are_downloaded_and_a_failure_names_the_url(web_ser
     assert image.size == (48, 32) and is_upright(image)
     with pytest.raises(OSError, match=rf"image {web_server}/missing.jpg could not be downloaded: HTTP 404"):
         load_rgb(f"{web_server}/missing.jpg")
-    with pytest.raises(OSError, match=rf"image {web_server}/page.html cannot be decoded: .*not an image"):
+    with pytest.raises(OSError, match=rf"image {web_server}/page.html cannot be decoded: .*not an image Pillow can read "
+                                      r"\(a web page \(HTML\)\)"):
         load_rgb(f"{web_server}/page.html")
+    # a reply of gigabytes (a wrong URL, a hostile list) was held whole in memory: read no further than any photo's size
+    (tmp_path / "web" / "huge.jpg").write_bytes(b"\0" * (3 << 20))
+    monkeypatch.setattr(images, "FETCH_MAX_BYTES", 2 << 20)
+    with pytest.raises(OSError, match=rf"image {web_server}/huge.jpg could not be downloaded: it is larger than 2 MB"):
+        load_rgb(f"{web_server}/huge.jpg")
+    monkeypatch.undo()
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
