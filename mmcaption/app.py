@@ -29,6 +29,7 @@ from mmcaption.model import is_pretrained_folder
 from mmcaption.usage import app_parser, backbones_given
 
 TITLE = "mmcaption"
+MAX_UPLOAD = "100mb"  # past any photo: a 200-megapixel phone's JPEG is about 60 MB
 
 
 def check_source(model: str | None, checkpoint: str | None) -> None:
@@ -162,7 +163,7 @@ def build(captioner: Captioner, model_name: str = ""):
 
     app = App(captioner)
     # it serves this machine: no telemetry or version check sent to Gradio's servers (on by default)
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(f"## {TITLE}" + (f" - `{model_name}`" if model_name else ""))
         with gr.Row():
             with gr.Column(scale=1):
@@ -226,8 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     page = build(captioner, Path(args.model or args.checkpoint).name)
     shown = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host  # every interface: not an address to open
     print(f"mmcaption-app: serving {args.model or args.checkpoint} on http://{shown}:{args.port}", flush=True)
+    # an upload past a photo's size is refused; uploads are deleted after an hour (Gradio kept every one, for good)
     page.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, show_error=True,
-                                                   footer_links=[], quiet=True)
+                                                   footer_links=[], quiet=True, max_file_size=MAX_UPLOAD)
 
 
 if __name__ == "__main__":

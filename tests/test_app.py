@@ -196,3 +196,23 @@ def test_a_port_in_use_is_refused_before_the_model_loads_naming_another(tmp_path
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot serve on 127.0.0.1:{port}: ") and err.endswith(f"give another port, --port {port + 1}")
+
+
+@pytest.mark.slow
+def test_the_app_refuses_an_upload_past_a_photos_size(served):
+    # an upload of any size was kept, for good: anyone who could reach the port could fill the disk
+    boundary = "mmcaption-upload"
+
+    def upload(size: int) -> int:
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="photo.jpg"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"{served}/gradio_api/upload", data=body,
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert upload(1 << 20) == 200
+    assert upload(101 << 20) == 413
