@@ -210,6 +210,7 @@ class Captioner:
         self._asking()
         many, images, questions = _batch(images, questions)
         prompts = [self.template.prompt(question, self.tokenizer) for question in questions]
+        self.tasks.check_context(prompts)
         answers = self._generate(prompts, images, batch_size, skip_unreadable=skip_unreadable, **generate_kwargs) if prompts else []
         return answers if many else answers[0]
 
@@ -225,6 +226,7 @@ class Captioner:
         _check_texts("question", [question])
         self._asking()
         prompt = self.template.chat_prompt(turns, question, self.tokenizer)
+        self.tasks.check_context([prompt], "conversation", "start a new one (no history), or ask a shorter question")
         return self._generate([prompt], [image], **generate_kwargs)[0]
 
     def choose(
@@ -278,6 +280,7 @@ class Captioner:
             return [], []
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
                                     for question, opts in zip(questions, option_lists)))
+        self.tasks.check_context([prompt + max(opts, key=len) for prompt, opts in zip(prompts, option_ids)])
         size, letters, per_question = _batch_size(self.batch_size if batch_size is None else batch_size), [], []
         for start in range(0, len(prompts), size):
             pixels, mask, _ = self._images(images[start:start + size], start, len(images))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -201,6 +202,17 @@ class Tasks:
         optionally ``image_mask``)."""
         return self.generate(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), image_embeds,
                              batch.get("image_mask"))
+
+    def check_context(self, prompts: Sequence[Sequence[int]], asked: str = "question", advice: str = "ask a shorter one") -> None:
+        """Refuse a prompt the language model's context cannot hold (a question of 100,000 words held a web server's one
+        worker for minutes, and at Phi-2's size ran the GPU out of memory), naming which and by how much."""
+        config = getattr(self.model.language_model, "config", None)
+        context = getattr(config, "max_position_embeddings", None)
+        for index, prompt in enumerate(prompts):
+            if isinstance(context, int) and len(prompt) >= context:
+                which = f"{asked} {index + 1} of {len(prompts)}" if len(prompts) > 1 else f"the {asked}"
+                raise ValueError(f"{which} takes {len(prompt):,} tokens with the prompt, and the language model reads "
+                                 f"{context:,} at most: {advice}")
 
     def prompt_batch(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
         """Left-padded prompts, as generation needs them."""

@@ -315,3 +315,19 @@ def test_questions_asked_of_a_caption_stage_model_say_once_what_to_expect(export
         warnings.simplefilter("error")  # said once, not at every call
         captioner.chat(photos[0], "What colour?", max_new_tokens=2)
         captioner.choose(photos[0], "What colour?", ["red", "blue"])
+
+
+def test_a_question_past_the_language_models_context_is_refused_before_generating(captioner, photos):
+    # a question of 100,000 words was asked: 4 minutes of one web server worker, and past Phi-2's 2,048 tokens
+    context = captioner.model.language_model.config.max_position_embeddings
+    long = "what " * context
+    with pytest.raises(ValueError, match=rf"the question takes [\d,]+ tokens with the prompt, and the language model reads "
+                                         rf"{context:,} at most: ask a shorter one"):
+        captioner.answer(photos[0], long)
+    with pytest.raises(ValueError, match=r"question 2 of 2 takes .* ask a shorter one"):
+        captioner.answer([photos[0], photos[1]], ["What is it?", long])
+    with pytest.raises(ValueError, match=r"the conversation takes .* start a new one \(no history\), or ask a shorter question"):
+        captioner.chat(photos[0], "And then?", history=[(long, "A square.")])
+    with pytest.raises(ValueError, match=r"the question takes .* ask a shorter one"):
+        captioner.choose(photos[0], long, ["red", "blue"])
+    assert isinstance(captioner.answer(photos[0], "What is it?", max_new_tokens=2), str)  # a question that fits is asked
