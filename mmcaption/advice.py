@@ -20,9 +20,14 @@ class OutOfMemoryAdvice(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if out_of_memory(exception) is not None:
-            exception.add_note(memory_advice(trainer, pl_module))
+            _add_note(exception, memory_advice(trainer, pl_module))
         elif disk_full(exception) is not None and trainer.state.fn == "fit" and (kept := kept_checkpoint(trainer)):
-            exception.add_note(f"--ckpt_path {kept} resumes from its last whole checkpoint, not from step 0")
+            _add_note(exception, f"--ckpt_path {kept} resumes from its last whole checkpoint, not from step 0")
+
+
+def _add_note(exception: BaseException, note: str) -> None:
+    """``exception.add_note(note)``, which Python 3.10 (supported) lacks: the advice was an AttributeError there."""
+    exception.__notes__ = [*getattr(exception, "__notes__", []), note]
 
 
 def kept_checkpoint(trainer) -> str:
