@@ -32,7 +32,7 @@ from mmcaption.checkpoint import (
 from mmcaption.errors import ConfigError, NonFiniteLossError
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores, metric_setup
-from mmcaption.evaluation.report import GENERATION_RECORDED, checkpoint_record, write_evaluation
+from mmcaption.evaluation.report import checkpoint_record, generation_record, write_evaluation
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local, check_known_settings
@@ -299,7 +299,7 @@ class MultimodalCaptioner(LightningModule):
         if answers:
             results["questions"] = len(answers)
         if captions or answers:
-            results["generation"] = {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}
+            results["generation"] = generation_record(generation)
         setting = "limit_test_batches" if prefix == "test" else "limit_val_batches"  # fast_dev_run sets it too
         limit = getattr(self.trainer, setting)
         if isinstance(limit, int) or limit != 1.0:  # a number of batches, or a share below 1.0: part of the split

@@ -466,3 +466,16 @@ def test_resuming_on_an_edited_questions_file_is_refused_by_its_hash():
     assert record_differences(then, {"inputs": [{"path": "/data/MMBench_DEV_EN.tsv", "sha256": "bb"}]}) == [
         "the input files (/data/MMBench_DEV_EN.tsv then; /data/MMBench_DEV_EN.tsv now, edited or other)"]
     assert record_differences({}, {"inputs": [{"path": "/data/x.tsv", "sha256": "bb"}]}) == []  # an output of an earlier release
+
+
+def test_a_sampled_outputs_record_holds_the_seed_that_sampled_it(monkeypatch):
+    # sampled captions of seeds 5 and 6 differ, and the summary did not say which seed made them: a resume with another
+    # seed put two runs' samples together as one output
+    from mmcaption.evaluation.report import generation_record
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    sampled = generation_record({"do_sample": True, "temperature": 1.5, "max_new_tokens": 8})
+    assert sampled == {"do_sample": True, "temperature": 1.5, "max_new_tokens": 8, "seed": 5}
+    assert "seed" not in generation_record({"do_sample": False, "num_beams": 3})  # greedy and beams: no seed changes them
+    monkeypatch.setenv("PL_GLOBAL_SEED", "6")
+    assert record_differences({"generation": sampled}, {"generation": generation_record(dict(sampled))}) == ["seed (5 then, 6 now)"]

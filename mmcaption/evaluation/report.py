@@ -126,6 +126,15 @@ def _free_stem(folder: Path, stem: str) -> str:
     return candidate
 
 
+def generation_record(generation: dict[str, Any]) -> dict[str, Any]:
+    """The generation settings that change what is generated, and with sampling the run's seed (``seed_everything``):
+    two runs of other seeds sample other texts, which a resume would have put together as one output."""
+    recorded = {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}
+    if recorded.get("do_sample") and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
+        recorded["seed"] = int(os.environ["PL_GLOBAL_SEED"])
+    return recorded
+
+
 def prediction_record(trainer) -> dict[str, Any]:
     """What made a predict output's rows: the weights (:func:`checkpoint_record`), the data settings that
     change predictions, and the generation settings."""
@@ -138,7 +147,7 @@ def prediction_record(trainer) -> dict[str, Any]:
         inputs = []
     return {"checkpoint": checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None)),
             "settings": {k: settings[k] for k in PREDICTION_SETTINGS if k in settings},
-            "generation": {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None},
+            "generation": generation_record(generation),
             # the files questioned (a benchmark's TSV, a questions file and its annotations): which, and which version
             "inputs": [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in inputs if p.is_file()]}
 
