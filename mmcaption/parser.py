@@ -325,6 +325,12 @@ def _bad_value(message: str) -> str | None:
         if len(line) - len(line.lstrip()) <= indent:
             break
         reason.append(line.strip())
+    for line, cause in zip(reason, reason[1:]):  # a class that cannot be made as given (EarlyStopping without monitor):
+        if (given := re.search(r"Problem with given class_path '([^']+)':", line)) and "required" in cause:  # its reason,
+            name = given.group(1).rsplit(".", 1)[-1]  # not the whole list said to be no null
+            key = re.search(r"required: (\w+)", cause)
+            fix = f" (--{path}.{key.group(1)} VALUE after it on the command line, or its init_args in a config)" if key else ""
+            return f"{path}: {name}: {cause}{fix}"
     value = next((m.group(1) for line in reason if (m := re.search(r"(?:Got|Given) value: (.*)$", line))), None)
     expected = [m.group(1) for line in reason if (m := re.match(r"(?:- )?Expected an? (.+?)(?:\. Got value: .*)?$", line))]
     if value is None or value.startswith("NestedArg(") or not expected:  # NestedArg: an unknown key, said otherwise

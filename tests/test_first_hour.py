@@ -127,6 +127,9 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
     ("--trainer.max_steps", "abc", "trainer.max_steps: 'abc' is not a whole number"),
     ("--trainer.gradient_clip_val", "big", "trainer.gradient_clip_val: 'big' is not a number or null"),
     ("--model.config.quantization", "nf5", "model.config.quantization: 'nf5' is not one of nf4, fp4, int8, none"),
+    # a callback added without what it needs: the whole list was said to be "not null"
+    ("--trainer.callbacks+=EarlyStopping", None, "trainer.callbacks: EarlyStopping: the following arguments are required: "
+     "monitor (--trainer.callbacks.monitor VALUE after it on the command line, or its init_args in a config)"),
     # the original scripts' prompts: refused without a word of why, or of how to give it
     ("--data.init_args.caption_prompt", "ROLE: describe.", "data.init_args.caption_prompt: \"{'ROLE': 'describe.'}\" is not "
      "text; on the command line a text with ': ' in it is read as a mapping (and quotes around it stay in the text): "
@@ -135,7 +138,7 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
 def test_a_value_of_the_wrong_kind_is_named_with_what_the_setting_takes(tmp_path, monkeypatch, capsys, setting, value, said):
     monkeypatch.chdir(tmp_path)  # was `error: Parser key "data":` alone, the reason dropped
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", DEMO_CAPTION, setting, value])
+        main(["fit", "--config", DEMO_CAPTION, setting, *([] if value is None else [value])])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[0] == f"error: {said}"
 
