@@ -42,7 +42,8 @@ class _Stream(TextStreamer):
         if not self.started:  # the answer's leading space (" red" after "Assistant:"), as the API strips it
             text = text.lstrip()
             self.started = bool(text)
-        self.out.write(text.rstrip() if stream_end else text)
+        # at the end, as the API's answer ends: a character cut in half by max_new_tokens (U+FFFD) dropped, then spaces
+        self.out.write(text.rstrip().rstrip("\ufffd").rstrip() if stream_end else text)
         self.out.flush()
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mmcaption.evaluation.answers import exact_match, normalise_answer, parse_choice
+from mmcaption.evaluation.answers import exact_match, normalise_answer, parse_choice, vqa_accuracy
 
 OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
 
@@ -127,3 +127,14 @@ def test_pope_reads_answers_as_its_evaluation_and_reports_precision_recall_f1_an
     # true positives 2, false negatives 1, true negatives 2, false positives 1
     assert tally.metrics() == {"accuracy": pytest.approx(4 / 6), "precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3),
                                "f1": pytest.approx(2 / 3), "yes_ratio": pytest.approx(0.5), "questions": 6}
+
+
+def test_human_answers_in_another_unicode_form_score_as_the_prediction_in_its_own():
+    # the prediction was NFKC-normalised and the human answers not: NFD "màu đỏ" (macOS) scored 0 against itself
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "màu đỏ")
+    assert vqa_accuracy(decomposed, [decomposed] * 10) == 1.0
+    assert vqa_accuracy("màu đỏ", [decomposed] * 10) == 1.0
+    assert vqa_accuracy("２", ["２"] * 10) == 1.0  # full-width
+    assert vqa_accuracy("红色", ["红色。"] * 5 + ["红"] * 5) == 1.0  # the ideographic full stop, as "." is

@@ -210,3 +210,22 @@ def test_chinese_punctuation_is_dropped_as_the_ptb_tokenizer_drops_ascii_punctua
     references = {1: ["一只狗在草地上跑"], 2: ["两只猫在沙发上睡觉"]}
     scores = caption_scores({1: "一只狗在草地上跑。", 2: "两只猫在沙发上睡觉！"}, references, spice=False)
     assert scores["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_arabic_and_devanagari_punctuation_is_dropped_as_other_scripts_punctuation_is(monkeypatch):
+    # "،" "؟" and "।" were tokens of their own: an exact caption scored BLEU-4 0 against one with its own comma
+    for java in (True, False):
+        monkeypatch.setattr(caption_metrics, "java_available", lambda java=java: java and shutil.which("java") is not None)
+        assert caption_metrics.tokenize({1: ["قطة، تجلس على الطاولة؟"], 2: ["एक बिल्ली मेज़ पर बैठी है।"]}) == {
+            1: ["قطة تجلس على الطاولة"], 2: ["एक बिल्ली मेज़ पर बैठी है"]}, java
+
+
+def test_a_line_break_inside_a_caption_scores_as_a_space_and_moves_no_reference(monkeypatch):
+    # a reference with "\r\n" or U+2028 inside (COCO files keep them) ended a line in the PTB tokenizer too: every later
+    # image was scored against the references of the one before, the last ones dropped (CIDEr 4.17 -> 0.18)
+    captions = {0: ["a red\r\ncircle"], 1: ["a blue square"], 2: ["a green\u2028triangle", "a\x0bgreen\x0ctriangle"],
+                3: ["a yellow star"]}
+    expected = {0: ["a red circle"], 1: ["a blue square"], 2: ["a green triangle", "a green triangle"], 3: ["a yellow star"]}
+    for java in (True, False):
+        monkeypatch.setattr(caption_metrics, "java_available", lambda java=java: java and shutil.which("java") is not None)
+        assert caption_metrics.tokenize(captions) == expected, java

@@ -886,3 +886,20 @@ def test_a_row_whose_image_cannot_be_read_has_the_processors_own_shape(image_fol
     rows = _CaptionRows([image_folder / "img0.png", tmp_path / "missing.png"], processor, [1, 2])
     assert rows[1]["error"] and rows[1]["pixel_values"].shape == rows[0]["pixel_values"].shape == (3, 32, 48)
     assert collate([rows[0], rows[1]], pad_token_id=0)["pixel_values"].shape == (2, 3, 32, 48)
+
+
+def test_chat_streams_its_answer_ending_as_the_api_ends_it():
+    # max_new_tokens cut a character of several tokens in half: the terminal showed "猫がテーブ�" where the API (and
+    # the history kept) had "猫がテーブ"
+    import io
+
+    from mmcaption.chat import _Stream
+
+    class Tokenizer:  # what TextStreamer's constructor reads
+        pass
+
+    out = io.StringIO()
+    stream = _Stream(Tokenizer(), out)
+    stream.on_finalized_text(" 猫が")
+    stream.on_finalized_text("テーブ\ufffd", stream_end=True)
+    assert out.getvalue() == "猫がテーブ"

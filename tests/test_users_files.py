@@ -442,6 +442,10 @@ def test_a_multiple_choice_sheet_as_people_write_it(tmp_path):
                      "a.png,What shape?,circle,square,triangle,diamond,\n", encoding="utf-8")
     questions = read_choice_csv(sheet)
     assert [q.answer for q in questions] == ["C", "B", "D", "B", None] and questions[0].image == "a.png"
+    # the key typed on a Mac (its accent a mark of its own) names the option written with the accented letter
+    sheet.write_text("img_path,Question,A,B,C,answer\na.png,Màu gì?,đỏ,xanh,vàng,"
+                     + unicodedata.normalize("NFD", "Vàng") + "\n", encoding="utf-8")
+    assert [q.answer for q in read_choice_csv(sheet)] == ["C"]  # was "is neither one of A, B, C nor an option's text"
 
     sheet.write_text("img_path,Question,A,B,answer\na.png,What colour?,red,blue,purple\n")
     with pytest.raises(DataError, match=r"line 2: answer 'purple' is neither one of A, B nor an option's text"):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -76,9 +77,9 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
         problems = [f"empty {name}" for name, key in (("img_path", image), ("Question", "question")) if not values[key]] + wrong
         given = "" if absent_cell(values.get("answer", "")) else values["answer"]
         answer = _answer_letter(given, options)
-        texts = [option.casefold() for option in options]
-        if answer and given.casefold() in texts and texts.index(given.casefold()) != LETTERS.index(answer):
-            ambiguous.append((line, given, answer, LETTERS[texts.index(given.casefold())], options))  # "b" among d, c, b, a
+        texts = [_folded(option) for option in options]
+        if answer and _folded(given) in texts and texts.index(_folded(given)) != LETTERS.index(answer):
+            ambiguous.append((line, given, answer, LETTERS[texts.index(_folded(given))], options))  # "b" among d, c, b, a
         if answer is None:
             problems.append(f"answer {values['answer']!r} is neither one of {', '.join(LETTERS[: len(options)])} nor an option's text")
         if problems:
@@ -107,5 +108,10 @@ def _answer_letter(answer: str, options: list[str]) -> str | None:
     letter = _LETTER_ANSWER.fullmatch(answer)
     if letter and letter.group(1).upper() in LETTERS[: len(options)]:
         return letter.group(1).upper()
-    texts = [option.casefold() for option in options]
-    return LETTERS[texts.index(answer.casefold())] if answer.casefold() in texts else None
+    texts = [_folded(option) for option in options]
+    return LETTERS[texts.index(_folded(answer))] if _folded(answer) in texts else None
+
+
+def _folded(text: str) -> str:
+    """Text as an answer key's and an option's compare: in any case and Unicode form (an accent typed as its own mark)."""
+    return unicodedata.normalize("NFKC", text).casefold()

@@ -142,6 +142,7 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     given = normalise_answer(prediction)
     if len(answers) == 1:
         return float(given == normalise_answer(answers[0]))
+    answers = [_unified(answer) for answer in answers]  # in the prediction's Unicode form: NFD 'màu đỏ' scored 0 against itself
     if len(set(answers)) > 1:
         humans = [_without_punctuation(answer) for answer in answers]
     else:

@@ -116,8 +116,10 @@ def _words(text: str) -> Iterator[str]:
 # Chinese and Japanese are written without spaces between words: each of their characters is scored as a token, as
 # sacreBLEU's "zh" tokenizer does; read whole, a caption was one word, and an exact match scored BLEU-4 0.00003
 _CJK = re.compile(f"([{CHINESE_JAPANESE}\U00020000-\U0002fa1f])")
-# their punctuation (。，、「」！？ and the full-width forms), dropped as the PTB tokenizer drops ASCII punctuation
-_CJK_PUNCTUATION = re.compile("[\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65]")
+# their punctuation (。，、「」！？ and the full-width forms), and Arabic's (، ؛ ؟ ۔) and Devanagari's (। ॥), dropped as the
+# PTB tokenizer drops ASCII punctuation: kept as tokens, an exact caption scored BLEU-4 0 against one with its full stop
+_CJK_PUNCTUATION = re.compile("[\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+                              "\u060c\u061b\u061f\u06d4\u0964\u0965]")
 
 
 def _ptb_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
@@ -125,7 +127,9 @@ def _ptb_tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[st
     temporary file in the system's temporary folder: pycocoevalcap writes it into its own package folder, which a
     shared or system-wide install does not let its users write (validation failed with a PermissionError)."""
     keys = [key for key, values in captions.items() for _ in values]
-    sentences = "\n".join(caption.replace("\n", " ") for values in captions.values() for caption in values)
+    # one line a caption: any line break in one (\r, U+2028 of a COCO file's caption) ended a line in Java too, and every
+    # later image was scored against the references of the one before
+    sentences = "\n".join(" ".join(caption.splitlines()) for values in captions.values() for caption in values)
     jar = Path(ptbtokenizer.__file__).with_name(ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
     with tempfile.NamedTemporaryFile("wb", prefix="mmcaption-ptb-", suffix=".txt", delete=False) as handle:
         handle.write(sentences.encode())
