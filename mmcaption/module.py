@@ -82,9 +82,9 @@ class MultimodalCaptioner(LightningModule):
         if isinstance(config, dict):  # a checkpoint's, or a notebook's: a setting this version lacks is named, not a TypeError
             check_known_settings(config, "model.config", "a typo, or a checkpoint of another version of mmcaption")
         self.config = (MultimodalConfig(**config) if isinstance(config, dict) else replace(config)).with_absolute_paths()
-        config = asdict(self.config)  # saved as this dict: in hparams.yaml and TensorBoard's HPARAMS too (lora_r, layers)
         init_from = init_from and absolute_if_local(init_from)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["config"])  # LightningCLI's own would keep the paths as typed: relative ones
+        self.hparams["config"], self._hparams_initial["config"] = asdict(self.config), asdict(self.config)  # HPARAMS too
         self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
         self.adam_betas = tuple(adam_betas)
         self.generation = dict(generation or {})

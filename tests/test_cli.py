@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mmcaption.cli import main, run_cli
@@ -33,8 +34,13 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 3
     assert set(checkpoint["state_dict"]) == cli.model.trainable_state_keys()
+    # the backbones by absolute paths (the config names them relative to the working folder): it loads from anywhere
+    saved = checkpoint["hyper_parameters"]["config"]
+    assert saved["language_model"] == str((demo_dir / "demo_data" / "backbones" / "language_model").resolve()), saved
 
     log_dir = demo_dir / "lightning_logs" / "demo-caption" / "version_0"
+    logged = yaml.full_load((log_dir / "hparams.yaml").read_text())  # as Lightning reads it; the model's config in it
+    assert logged["config"]["lora_r"] == saved["lora_r"] and logged["config"]["language_model"] == saved["language_model"]
     assert list(log_dir.glob("events.out.tfevents.*"))
     assert len(scalar_series(log_dir, "train/loss")) >= 1
     assert scalar_series(log_dir, "gate/layer_2_attn") and scalar_series(log_dir, "gate/layer_3_attn")
