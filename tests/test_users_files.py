@@ -736,6 +736,8 @@ def test_a_folder_that_cannot_be_read_is_said_not_passed_over(tmp_path, monkeypa
         find_images(str(folder))
     with pytest.raises(DataError, match=f"folder {folder} cannot be read \\(permission denied\\)"):
         user_files(folder, None)
+    with pytest.raises(DataError, match=f"folder {folder} cannot be read \\(permission denied\\)"):  # as training reads it
+        HubCaptions(str(folder))  # (was "permission denied: .../dataset_dict.json", a file the user never had)
 
 
 def test_photos_an_imagefolders_metadata_does_not_list_are_counted(tmp_path):
@@ -1318,3 +1320,5 @@ def test_img2datasets_output_folders_read_as_it_writes_them(tmp_path, monkeypatc
     with pytest.raises(DataError, match=r"Train_GCC-training\.tsv: a \.tsv \(as Conceptual Captions' image URLs come\) is not "
                                         r"read: save it comma-separated as \.csv"):
         HubCaptions(str(tsv))
+    (files / "labels.tsv").write_text("id\tname\n1\tcat\n")  # a stray table beside the data is no reason to refuse it
+    assert len(list(HubCaptions(str(files)).records("train", BadRecords("files")))) == 3

@@ -34,13 +34,15 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     None)``); ``(None, None)`` otherwise."""
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     tables = photo_tables(files, images)
-    if tsv := next((f for f in files if f.suffix.lower() == ".tsv"), None):  # datasets reads it as text, or passes it over
+    tsv = next((f for f in files if f.suffix.lower() == ".tsv"), None)  # datasets reads one as a CSV of its first line's
+    if tsv and not images and not tables and not any(f.suffix.lower() in OTHER_DATA for f in files):  # names: the data
         raise DataError(f"{tsv}: a .tsv (as Conceptual Captions' image URLs come) is not read: save it comma-separated as "
                         ".csv, with a header line naming its columns (image,caption)")
     captions = [f for f in files if f.suffix.lower() == ".txt"]
     texts = _caption_files(images, captions)
     if texts:
-        _say_captions_without_photos(path, [f for f in captions if f not in set(texts.values())])
+        paired = set(texts.values())
+        _say_captions_without_photos(path, [f for f in captions if f not in paired])
     _say_failed_downloads(path, [f for f in files if shard_record(f)])
     if texts and tables:
         raise DataError(f"{path} holds photos with caption .txt files beside them ({next(iter(texts.values())).name}) and "
@@ -140,7 +142,7 @@ def user_files(path: Path, cache_dir: str | None) -> list[Path]:
     files, unreadable = [], []
     for root, folders, names in walk_through_links(path, unreadable):
         folders[:] = [name for name in folders if not is_hidden(Path(name)) and (Path(root) / name).resolve() not in skip
-                      and not _saved_dataset(Path(root) / name)]
+                      and not saved_dataset(Path(root) / name, marker="state.json")]
         files += [Path(root) / name for name in names if not is_hidden(Path(name))]
     if path in unreadable:
         raise DataError(f"folder {path} cannot be read (permission denied): {owner_of(path)}")
@@ -149,11 +151,11 @@ def user_files(path: Path, cache_dir: str | None) -> list[Path]:
     return files
 
 
-def _saved_dataset(folder: Path) -> bool:
-    """Whether ``folder`` is a dataset ``datasets`` saved (its ``state.json``); one that cannot be read is walked, to be
-    said as such, not taken for a file the user never had."""
+def saved_dataset(folder: Path, marker: str | None = None) -> bool:
+    """Whether ``folder`` is a dataset ``datasets`` saved (its ``dataset_dict.json`` or ``state.json``, or ``marker``
+    alone); one that cannot be read is no such dataset, to be said as unreadable, not by a file the user never had."""
     try:
-        return (folder / "state.json").is_file()
+        return any((folder / name).is_file() for name in ([marker] if marker else ["dataset_dict.json", "state.json"]))
     except PermissionError:
         return False
 

@@ -32,6 +32,7 @@ from mmcaption.data.folder_layouts import (
     TABLE_SUFFIXES,
     folder_layout,
     local_splits,
+    saved_dataset,
     shard_record,
     sidecar_dataset,
     user_files,
@@ -104,7 +105,7 @@ class HubCaptions(RowImages):
                             f"not its photos: give the folder of its output, {path.parent}")
         # a local folder's own files (user_files: not the cache kept in it), walked once for its layout and its splits
         self._files: list[Path] = []
-        if path.is_dir() and not any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+        if path.is_dir() and not saved_dataset(path):
             self._files = sorted(user_files(path, self.cache_dir))
             table, self._pairs = folder_layout(path, self._files, (self.image_column, caption_settings(self.caption_column)[0]))
             if table is not None:
@@ -112,7 +113,7 @@ class HubCaptions(RowImages):
 
     def _saved(self) -> datasets.Dataset | datasets.DatasetDict | None:
         path = Path(self.dataset)
-        if path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+        if path.is_dir() and saved_dataset(path):
             return datasets.load_from_disk(str(path))
         return None
 
