@@ -347,6 +347,11 @@ def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_
     killed.left()
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))
     assert "resumed_after" not in json.loads(output.with_name("answers.csv.summary.json").read_text())
+    # killed before its first row (out of memory at once): nothing to keep, and the same command runs again as it was
+    other = tmp_path / "other.csv"
+    other.with_name(".other.csv.partial").write_text("img_path,Question,A,B,C,D,answer,prediction\n")
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, other))
+    assert other.read_text() == whole and not other.with_name(".other.csv.partial").exists()
 
 
 def test_a_predict_asked_fewer_batches_than_its_input_says_so_and_resume_completes_it(

@@ -32,6 +32,7 @@ from mmcaption.data.image_sources import find_images, image_paths
 from mmcaption.data.records import missing_file
 from mmcaption.data.resume import (
     check_made_alike,
+    complete_rows,
     interrupted_rows,
     killed_run_advice,
     left_by_job,
@@ -172,8 +173,11 @@ class _PredictDataModule(BackbonesDataModule):
         if not os.access(folder, os.W_OK | os.X_OK):
             raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")
         output_lock(output).acquire()  # held while this run writes it
-        if partial_path(output).is_file() and not (self.overwrite or self.resume):  # the lock is ours:
-            raise OutputExistsError(killed_run_advice(output, share=world_size > 1))  # no run writes it; a killed one did
+        if partial_path(output).is_file() and not (self.overwrite or self.resume):  # the lock is ours: no run writes it
+            if not complete_rows(partial_path(output)):  # a run killed before its first row (out of memory at once)
+                partial_path(output).unlink()
+            else:
+                raise OutputExistsError(killed_run_advice(output, share=world_size > 1))
         return output
 
     def predict_dataloader(self) -> DataLoader:

@@ -105,6 +105,16 @@ def killed_run_advice(output: Path, share: bool = False) -> str:
             "them with --data.resume true, or start afresh with --data.overwrite true, which deletes them")
 
 
+def complete_rows(partial: Path) -> bool:
+    """Whether a killed run's partial file holds a complete row: a line beyond a CSV's header."""
+    try:
+        with partial.open("rb") as handle:
+            ends = handle.read(1 << 20).count(b"\n")
+    except OSError:
+        return False
+    return ends > (1 if partial.name.lower().endswith(".csv.partial") else 0)
+
+
 def left_by_job(output: Path) -> str | None:
     """The SLURM job that left ``output`` interrupted, or its partial file killed (what it recorded when it started;
     None: not a SLURM job's, or nothing left)."""
