@@ -33,7 +33,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 from pillow_heif import register_heif_opener
 
-from mmcaption.pixel_levels import array_image, to_rgb
+from mmcaption.pixel_levels import array_image, levels, to_rgb
 
 register_heif_opener()  # .heic/.heif: what iPhones save by default
 
@@ -129,11 +129,10 @@ def _kind_of_file(data: bytes) -> str:
     if data[4:8] == b"ftyp":
         return f"an ISO media file ({data[8:12].decode('ascii', 'replace').strip()}: a video, or a HEIF photo)"
     kind = next((name for signature, name in _SIGNATURES if head.startswith(signature)), None)
-    if kind is None:
-        try:
-            kind = "text" if head.decode("utf-8").isprintable() or "\n" in head.decode("utf-8") else None
-        except UnicodeDecodeError:
-            kind = None
+    text = head.decode("utf-8", errors="ignore")  # a character the 512 bytes cut is left out, not a reason to say bytes
+    if kind is None and text and len(text.encode()) >= len(head) - 3 and (text.replace("\t", "").replace("\r", "")
+                                                                            .replace("\n", "").isprintable()):
+        kind = "text"
     return kind or f"its first bytes are {data[:4].hex(' ')}"
 
 
@@ -250,7 +249,8 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Ima
     if isinstance(source, Image.Image):
         if 0 in source.size:  # an empty crop (a detector's box of no width): Pillow's scaling divides by it
             raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
-        return to_rgb(_smaller(ImageOps.exif_transpose(source), shortest_side))
+        upright = ImageOps.exif_transpose(source)
+        return to_rgb(_smaller(upright, shortest_side), levels(upright))
     if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there
         if isinstance(source, io.TextIOBase):  # a file opened 'r': its read() fails on an image's bytes
             raise TypeError("an image file must be opened in binary mode: open(path, 'rb')")
@@ -284,7 +284,7 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Ima
                 scale = 2 * shortest_side / min(image.size)
                 image.draft(image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             ImageOps.exif_transpose(image, in_place=True)  # a copy of the whole image when it has no orientation
-            return to_rgb(_smaller(image, shortest_side))
+            return to_rgb(_smaller(image, shortest_side), levels(image))
     except MemoryError:  # a small PNG that declares a huge image: this image's error, not the run's end
         raise UnidentifiedImageError(f"{name} cannot be decoded: it needs more memory than there is") from None
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are

@@ -39,23 +39,25 @@ def array_image(array: np.ndarray) -> Image.Image:
 BIT_DEPTHS = (255, 1023, 4095, 16383, 65535)  # 8, 10, 12, 14 and 16 bits: cameras', microscopes' and scanners' sensors
 
 
-def _integer_levels(values: np.ndarray) -> np.ndarray:
+def _integer_levels(values: np.ndarray, extrema: tuple[float, float] | None = None) -> np.ndarray:
     """Integer pixels (16 or 32 bits) as 0-255, scaled from the bit depth they use: the smallest of 8, 10, 12, 14 and 16
     bits that holds their largest value. A 12-bit microscope's or camera's image in a 16-bit file fills the range,
     where scaling from 16 bits left it 16 grey levels, near black; values of 0-255 (a photo's ``astype(np.uint16)``,
-    a label image) stay as they are. Signed values below zero are scaled from their own range."""
-    low, high = float(values.min(initial=0)), float(values.max(initial=0))
+    a label image) stay as they are. Signed values below zero are scaled from their own range. ``extrema``: the range of
+    the image these values were reduced from (a block's mean is below the image's largest value)."""
+    low, high = extrema or (float(values.min(initial=0)), float(values.max(initial=0)))
     if low < 0:
         return ((values - low) * (255.0 / max(high - low, 1.0))).round()
     peak = next((depth for depth in BIT_DEPTHS if high <= depth), high)  # 32-bit values beyond 16 bits: their largest
     return (values * (255.0 / peak)).clip(0, 255).round()
 
 
-def _float_levels(values: np.ndarray) -> np.ndarray:
+def _float_levels(values: np.ndarray, extrema: tuple[float, float] | None = None) -> np.ndarray:
     """Floating-point pixels as 0-255: [0, 1], or 0-255 as they are, either with the overshoot of a bicubic resize past
     its ends (up to a tenth or so) clipped; values beyond 255 (a height map's metres, reflectance x 10,000) scaled from
-    their largest, and below zero from their own range, where clipping left them flat white or black."""
-    low, high = float(values.min(initial=0)), float(values.max(initial=0))
+    their largest, and below zero from their own range, where clipping left them flat white or black. ``extrema`` as
+    :func:`_integer_levels` takes it."""
+    low, high = extrema or (float(values.min(initial=0)), float(values.max(initial=0)))
     if low >= -0.25 and high <= 1.25:
         return (values * 255.0).clip(0, 255).round()
     if low >= (-64 if high > 16 else -0.25) and high <= 280:  # 0-255: a dark frame's too (no value above 16), whose
@@ -64,12 +66,19 @@ def _float_levels(values: np.ndarray) -> np.ndarray:
     return ((values - low) * (255.0 / max(high - low, 1e-12))).clip(0, 255).round()
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def levels(image: Image.Image) -> tuple[float, float] | None:
+    """The range of an image's values that :func:`to_rgb` scales from (its integer or floating-point ones), taken before
+    it is made smaller: the same picture reaches the model at the same brightness whatever its size."""
+    return tuple(map(float, image.getextrema())) if image.mode == "F" or image.mode.startswith("I") else None
+
+
+def to_rgb(image: Image.Image, extrema: tuple[float, float] | None = None) -> Image.Image:
+    """``image`` as 8-bit RGB (``extrema``: :func:`levels` of the image it was made smaller from)."""
     if image.mode == "F":  # 32-bit floating point (TIFF): scaled as arrays of floats are
         values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        return Image.fromarray(_float_levels(values).astype(np.uint8)).convert("RGB")
+        return Image.fromarray(_float_levels(values, extrema).astype(np.uint8)).convert("RGB")
     if image.mode.startswith("I"):
-        return Image.fromarray(_integer_levels(np.asarray(image, dtype=np.float64)).astype(np.uint8)).convert("RGB")
+        return Image.fromarray(_integer_levels(np.asarray(image, dtype=np.float64), extrema).astype(np.uint8)).convert("RGB")
     if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
         # On white, as a page shows it: dropping the alpha leaves what transparent pixels happen to hold,
         # black in most PNGs, so a black logo or diagram on a transparent background became a black square.

@@ -82,6 +82,8 @@ def test_empty_files_and_other_files_say_what_they_are(tmp_path):
     assert check_image(b"this is not an image\n") == "not an image Pillow can read (text)"
     assert check_image(b"\n<!DOCTYPE html><html>Access denied") == "not an image Pillow can read (a web page (HTML))"
     assert check_image(b"AKIA-SECRET-\x00\x01") == "not an image Pillow can read (its first bytes are 41 4b 49 41)"
+    assert check_image(("图片说明，" * 60).encode()) == "not an image Pillow can read (text)"  # cut in a character
+    assert check_image(b"a.jpg\ta caption\r\n") == "not an image Pillow can read (text)"
     notes = tmp_path / "README.md"  # given to the Python API as an image: named, not "<_io.BytesIO object at 0x...>"
     notes.write_text("this is not an image\n")
     with pytest.raises(OSError, match=rf"image {notes} cannot be decoded: not an image Pillow can read"):
