@@ -386,3 +386,12 @@ def job_of_checkpoint(path: Path) -> str | None:
         return load_checkpoint_file(path, mmap=True).get("slurm_job", None)
     except MMCaptionError:  # a damaged or half-written file is no save of any job's
         return "unreadable"
+
+
+def data_settings(path: str | Path) -> dict[str, Any]:
+    """The data module's settings a checkpoint was trained with (its prompts), ``{}`` when it cannot be read (said where
+    its weights are loaded)."""
+    try:
+        return load_checkpoint_file(path, mmap=True).get("datamodule_hyper_parameters") or {}
+    except MMCaptionError:
+        return {}

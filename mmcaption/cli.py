@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
 from mmcaption.checkpoint import (
+    data_settings,
     earlier_checkpoints_note,
     install_atomic_checkpoint_io,
     job_of_checkpoint,
@@ -98,8 +99,7 @@ class MMCaptionCLI(LightningCLI):
             trainer.callbacks.append(ResumableStop())
         trainer.callbacks.append(OutOfMemoryAdvice())
         for index, callback in enumerate(trainer.callbacks):
-            if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's default: named bars, or plain lines
-                # off a terminal
+            if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
                 trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
         return trainer
 
@@ -121,7 +121,7 @@ class MMCaptionCLI(LightningCLI):
     def validate(self, verbose: bool = True, **kwargs: Any) -> None:
         print_metrics(self.trainer.validate(verbose=False, **kwargs), verbose)
 
-    def test(self, verbose: bool = True, **kwargs: Any) -> None:
+    def test(self, verbose: bool = True, **kwargs: Any) -> None:  # the metrics as one table, as validate's
         print_metrics(self.trainer.test(verbose=False, **kwargs), verbose)
 
     def instantiate_classes(self) -> None:
@@ -199,7 +199,9 @@ class MMCaptionCLI(LightningCLI):
             manifest = read_manifest(init_from)
             saved = {"config": asdict(pretrained_config(init_from)), "generation": manifest.get("generation") or {}}
             self._model_settings_from(f"model.init_from {init_from}", saved, subcommand, "export")
-            ask_as_trained(self.config[subcommand].get("data"), manifest.get("prompts") or {}, f"model.init_from {init_from}")
+            ask_as_trained(subcommand, self.config[subcommand].get("data"), manifest.get("prompts") or {}, f"model.init_from {init_from}")
+        elif not ckpt_path and init_from and Path(init_from).is_file():  # a checkpoint's data settings: its prompts
+            ask_as_trained(subcommand, self.config[subcommand].get("data"), data_settings(init_from), f"model.init_from {init_from}")
         if str(ckpt_path) == "last":  # the file it names, as after_instantiate_classes finds it (None: fit starts afresh)
             ckpt_path = keyword_checkpoint("last", checkpoint_folders(self.config[subcommand].trainer), subcommand)
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
@@ -209,7 +211,7 @@ class MMCaptionCLI(LightningCLI):
         if "pytorch-lightning_version" not in checkpoint:
             raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit (Lightning did not write it): "
                               "give a .ckpt file from a run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
-        ask_as_trained(self.config[subcommand].get("data"), checkpoint.get("datamodule_hyper_parameters") or {}, ckpt_path)
+        ask_as_trained(subcommand, self.config[subcommand].get("data"), checkpoint.get("datamodule_hyper_parameters") or {}, ckpt_path)
         saved = dict(checkpoint.get("hyper_parameters") or {})
         check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
         for key in ("_instantiator", "_class_path"):
@@ -239,8 +241,8 @@ class MMCaptionCLI(LightningCLI):
         with print_config_held(self._arguments) as held:  # with --ckpt_path: printed once its settings are in
             super().parse_arguments(parser, args)
             expand_home(self.config)
-            if (subcommand := self.config.get("subcommand")) and (moved := under_root_folder(self.config[subcommand].trainer)) \
-                    and rank_zero_only.rank == 0:
+            if (subcommand := self.config.get("subcommand")) and (moved := under_root_folder(  # every rank: its paths
+                    self.config[subcommand].trainer, self.config[subcommand].get("ckpt_path"))) and rank_zero_only.rank == 0:
                 print(f"note: under trainer.default_root_dir: {', '.join(moved)}", file=sys.stderr, flush=True)
             if held:
                 self._parse_ckpt_path()

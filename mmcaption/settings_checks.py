@@ -150,12 +150,12 @@ def strategy_problem(strategy: object) -> str | None:
 PROMPTS = ("caption_prompt", "system_prompt")  # what a model was trained to be asked with
 
 
-def ask_as_trained(data: Any, trained: dict[str, Any], source: str) -> None:
+def ask_as_trained(subcommand: str, data: Any, trained: dict[str, Any], source: str) -> None:
     """A predict's prompts (``data``: its data module's settings) as the model was trained with them (``trained``: its
     checkpoint's data settings, or its export's prompts), where the run leaves them unset (null): the predict configs
     asked every model with the default prompts, whatever it learned. A prompt set to another text than the trained
-    one is kept, with a note."""
-    settings = getattr(data, "init_args", None)
+    one is kept, with a note. Other commands evaluate with their config's data module, as it is given."""
+    settings = getattr(data, "init_args", None) if subcommand == "predict" else None
     for name in PROMPTS:
         if settings is None or name not in settings or not isinstance(trained.get(name), str):
             continue
@@ -166,11 +166,13 @@ def ask_as_trained(data: Any, trained: dict[str, Any], source: str) -> None:
                   f"set (null asks as trained)", file=sys.stderr, flush=True)
 
 
-def under_root_folder(trainer_settings: Any) -> list[str]:
+def under_root_folder(trainer_settings: Any, ckpt_path: Any = None) -> list[str]:
     """With ``trainer.default_root_dir`` given, the relative folders the config names for its loggers (``save_dir``) and
     ModelCheckpoints (``dirpath``) go under it, as Lightning puts them when none is named: the shipped configs name them
     (``lightning_logs``, ``checkpoints/<stage>``), so a run given its own root wrote its logs and checkpoints beside every
-    other run's, and the root stayed empty. Returns the folders as they now are, for a note."""
+    other run's, and the root stayed empty. Returns the folders as they now are, for a note. With ``ckpt_path`` last,
+    refuses a root that holds no last checkpoint where the folder as named holds one (a run begun before a root was
+    given): it would start at step 0."""
     root = trainer_settings.get("default_root_dir")
     if not root:
         return []
@@ -182,7 +184,13 @@ def under_root_folder(trainer_settings: Any) -> list[str]:
             if setting == "callbacks" and not _is_model_checkpoint(str(getattr(item, "class_path", "") or "")):
                 continue
             folder = settings.get(key) if settings is not None else None
-            if folder and not Path(str(folder)).expanduser().is_absolute() and not Path(str(folder)).is_relative_to(root):
-                settings[key] = str(Path(root) / str(folder))
-                moved.append(settings[key])
+            if not folder or Path(str(folder)).expanduser().is_absolute() or \
+                    Path(str(folder)).resolve().is_relative_to(Path(str(root)).expanduser().resolve()):
+                continue
+            settings[key] = str(Path(root) / str(folder))
+            moved.append(settings[key])
+            if setting == "callbacks" and str(ckpt_path) == "last" and not any(Path(settings[key]).glob("last*.ckpt")) \
+                    and any(Path(str(folder)).glob("last*.ckpt")):
+                raise ConfigError(f"--ckpt_path last looks in {settings[key]}, under trainer.default_root_dir, which holds no "
+                                  f"last checkpoint; {folder} holds a run's: give --ckpt_path {Path(str(folder)) / 'last.ckpt'}")
     return moved

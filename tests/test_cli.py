@@ -211,6 +211,9 @@ def test_predict_asks_a_model_with_the_prompts_it_was_trained_with(trained_check
     out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "predict" / "multiple_choice.yaml"),
                        "--model.init_from", str(tmp_path / "exported"))
     assert "system_prompt: 'ROLE: You answer about images.'" in out
+    out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "predict" / "multiple_choice.yaml"),
+                       "--model.init_from", str(tmp_path / "prompted.ckpt"))  # a checkpoint as init_from: its data settings
+    assert "system_prompt: 'ROLE: You answer about images.'" in out
     # one set on purpose is kept, and said against the trained one
     with pytest.raises(SystemExit):
         main(["predict", "--config", str(REPO / "configs" / "predict" / "multiple_choice.yaml"), "--ckpt_path",
@@ -233,3 +236,18 @@ def test_a_root_folder_given_holds_the_logs_and_checkpoints_the_config_names(dem
               "/tmp/elsewhere", "--print_config"])
     out, err = capsys.readouterr()
     assert "save_dir: /tmp/elsewhere" in out and "dirpath: runA/checkpoints/demo-caption" in out
+    with pytest.raises(SystemExit):  # a folder already under the root, named from here: not put under it twice
+        main(["fit", "--config", DEMO_CONFIG, "--trainer.default_root_dir", str(demo_dir / "runA"),
+              "--trainer.logger.init_args.save_dir", "runA/lightning_logs", "--print_config"])
+    assert "save_dir: runA/lightning_logs" in capsys.readouterr().out
+    # a run begun before the root was given: --ckpt_path last would find nothing under the root and start at step 0
+    (demo_dir / "checkpoints" / "demo-caption").mkdir(parents=True, exist_ok=True)
+    (demo_dir / "checkpoints" / "demo-caption" / "last.ckpt").write_bytes(b"")
+    try:
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", DEMO_CONFIG, "--trainer.default_root_dir", "runB", "--ckpt_path", "last"])
+        assert ("--ckpt_path last looks in runB/checkpoints/demo-caption, under trainer.default_root_dir, which holds no last "
+                "checkpoint; checkpoints/demo-caption holds a run's: give --ckpt_path checkpoints/demo-caption/last.ckpt") in \
+            capsys.readouterr().err
+    finally:
+        (demo_dir / "checkpoints" / "demo-caption" / "last.ckpt").unlink()
