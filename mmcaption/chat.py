@@ -115,7 +115,11 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
         if interactive:
             out.write("model> ")
         stream = {"streamer": _Stream(captioner.tokenizer, out)} if streaming else {}
-        answer = captioner.chat(picture, text, history, **stream, **generate_kwargs)
+        try:
+            answer = captioner.chat(picture, text, history, **stream, **generate_kwargs)
+        except ValueError as error:  # past the model's context: said, and the conversation goes on (a traceback ended it)
+            out.write(f"({error}{'; /reset starts a new conversation' if history else ''})\n")
+            continue
         out.write(("" if streaming else answer) + "\n")
         out.flush()
         history.append((text, answer))

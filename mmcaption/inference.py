@@ -226,7 +226,8 @@ class Captioner:
         _check_texts("question", [question])
         self._asking()
         prompt = self.template.chat_prompt(turns, question, self.tokenizer)
-        self.tasks.check_context([prompt], "conversation", "start a new one (no history), or ask a shorter question")
+        self.tasks.check_context([prompt], *(("conversation", "start a new one (no history), or ask a shorter question")
+                                             if turns else ()))
         return self._generate([prompt], [image], **generate_kwargs)[0]
 
     def choose(

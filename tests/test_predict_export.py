@@ -672,6 +672,14 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
                     f"(/image needs the image's path: /image photo.jpg; still about {first})",  # was "image . is a folder"
                     f"(now about {second}: a new conversation)", answers[2], "(a new conversation)", answers[3]]
     assert all(answer.strip() for answer in answers)
+    # a conversation grown past the language model's context is said, and the chat goes on (it ended in a traceback)
+    context = captioner.model.language_model.config.max_position_embeddings
+    printed = io.StringIO()
+    long = "what " * context
+    assert chat(captioner, first, io.StringIO(f"What colour is it?\n{long}\n/reset\nAnd the shape?\n"), printed, **settings) == 2
+    said = printed.getvalue().splitlines()[1]
+    assert said.startswith("(the conversation takes ") and said.endswith(
+        "ask a shorter question; /reset starts a new conversation)"), said
 
     # the console command through a pipe; a folder that is not a model is refused in one line
     # (a line of other bytes, Latin-1 from an old file, is skipped with a note: it ended the chat in a traceback)
