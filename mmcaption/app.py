@@ -72,6 +72,8 @@ def _image(path: str | None, gr) -> bytes:
     """The uploaded image's bytes, or a message on the page saying why there are none."""
     if not path:
         raise gr.Error("Upload an image first (drag it onto the image box or click it).")
+    if not Path(path).is_file():  # uploads are deleted an hour after they were made
+        raise gr.Error("This upload was cleared after an hour: upload the image again.")
     data = Path(path).read_bytes()
     problem = check_image(data)
     if problem is not None:
@@ -136,7 +138,10 @@ class App:
         if not (question or "").strip():
             raise self.gr.Error("Write the question.")
         picture = _image(image, self.gr)
-        scores = self.captioner.option_scores(picture, question.strip(), options)
+        try:
+            scores = self.captioner.option_scores(picture, question.strip(), options)
+        except ValueError as error:  # a question past the model's context: said on the page
+            raise self.gr.Error(str(error)) from None
         best = max(range(len(options)), key=scores.__getitem__)
         peak = max(scores)
         weights = [math.exp(score - peak) for score in scores]

@@ -85,6 +85,6 @@ def draws_bars() -> bool:
     runs a command on a pseudo-terminal of 0 columns, where tqdm drew empty frames: a run of hours showed no step, loss
     or validation at all. There, as off a terminal, progress goes as plain lines."""
     try:
-        return sys.stderr.isatty() and os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        return sys.stderr.isatty() and min(os.get_terminal_size(sys.stderr.fileno())) > 0  # columns and lines
     except (OSError, ValueError, AttributeError):  # a stream without a descriptor (a notebook's, a test's)
         return False

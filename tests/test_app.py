@@ -143,6 +143,10 @@ def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported
         app.caption(str(broken), *settings)
     with pytest.raises(gr.Error, match="2 to 8 options"):
         app.choose(str(good), "Which shape?", "square\n\n")
+    with pytest.raises(gr.Error, match="This upload was cleared after an hour: upload the image again"):  # was Errno 2
+        app.caption(str(tmp_path / "swept.png"), *settings)
+    with pytest.raises(gr.Error, match=r"the question takes .* tokens with the prompt"):  # was a bare ValueError
+        app.choose(str(good), "what " * app.captioner.model.language_model.config.max_position_embeddings, "red\nblue")
 
     letter, shares = app.choose(str(good), "Which shape is it?", "circle\nsquare\ntriangle")
     expected = app.captioner.choose(str(good), "Which shape is it?", ["circle", "square", "triangle"])

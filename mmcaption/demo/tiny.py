@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -40,6 +39,7 @@ from mmcaption.demo.synthetic import SHAPES, Scene, captions_for, draw_scene, la
 from mmcaption.folders import as_umask_allows
 from mmcaption.model.backbones import fuse_gelu
 from mmcaption.model.optim import adamw
+from mmcaption.terminal import draws_bars
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -101,7 +101,7 @@ def build_vision_model(
 def steps_bar(steps: int, name: str, every_seconds: float = 60.0) -> Iterable[int]:
     """``range(steps)`` with a progress bar on a terminal; in a log file, a line every ``every_seconds`` (the
     backbones' pretraining sat silent in a logged demo for 18 minutes on a busy machine)."""
-    if sys.stderr.isatty():
+    if draws_bars():  # a terminal that says its width (Colab's ! says 0 columns: lines there, as in a log)
         yield from tqdm(range(steps), desc=name, unit="step", leave=False)
         return
     last = time.monotonic()
