@@ -14,6 +14,7 @@ import base64
 import binascii
 import errno
 import functools
+import http.client
 import io
 import math
 import os
@@ -21,6 +22,7 @@ import re
 import threading
 import unicodedata
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -339,13 +341,16 @@ class RemoteImage:
 def fetch(url: str) -> bytes:
     """The bytes at an ``http(s)://`` URL given as an image (the Python API's ``caption("https://...")``);
     a failure names the URL and why (status, or the network's error)."""
-    request = urllib.request.Request(url, headers={"User-Agent": "mmcaption"})  # some hosts refuse Python's default
+    # a space or an accent in it, as a browser takes them (a CMS's "hero image.jpg"), quoted as a browser sends them:
+    # http.client refused the URL, and the run stopped there
+    quoted = urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")
+    request = urllib.request.Request(quoted, headers={"User-Agent": "mmcaption"})  # some hosts refuse Python's default
     try:
         with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
             data = response.read(FETCH_MAX_BYTES + 1)  # a reply of gigabytes (a wrong URL, a hostile list) is not held
     except urllib.error.HTTPError as error:
         raise OSError(f"image {url} could not be downloaded: HTTP {error.code} {error.reason}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
+    except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException, ValueError) as error:
         raise OSError(f"image {url} could not be downloaded: {getattr(error, 'reason', error)}") from None
     if len(data) > FETCH_MAX_BYTES:
         raise OSError(f"image {url} could not be downloaded: it is larger than {FETCH_MAX_BYTES >> 20} MB, more than any "

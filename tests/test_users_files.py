@@ -386,6 +386,13 @@ def test_images_given_as_urls_are_downloaded_and_a_failure_names_the_url(web_ser
     with pytest.raises(OSError, match=rf"image {web_server}/huge.jpg could not be downloaded: it is larger than 2 MB"):
         load_rgb(f"{web_server}/huge.jpg")
     monkeypatch.undo()
+    # a space and an accent, as a CMS's export writes them and a browser takes them: the run stopped on http.client's
+    # InvalidURL (an error no row caught); quoted as a browser sends them, they are read
+    upright_picture(48, 32).save(tmp_path / "web" / "hero image café.png")
+    assert load_rgb(f"{web_server}/hero image café.png").size == (48, 32)
+    assert load_rgb(f"{web_server}/hero%20image%20caf%C3%A9.png").size == (48, 32)  # quoted already: as it is
+    with pytest.raises(OSError, match="could not be downloaded"):  # a control character: this image's error only
+        load_rgb(f"{web_server}/photo.png\x00")
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -1085,6 +1092,8 @@ def test_workbooks_archives_and_mac_spreadsheets_are_named_for_what_they_are(tmp
     monkeypatch.setattr("mmcaption.data.image_sources.rank_zero_info", said.append)
     assert [p.name for p in find_images(listed)] == names
     assert any("its first line 'image' names the column, not an image: left out" in line for line in said), said
+    listed.write_text("url\n" + "".join(f"{image_folder / name}\n" for name in names))  # pandas' to_csv of a CMS's url column
+    assert [p.name for p in find_images(listed)] == names  # was a row of its own: "image not found: url"
 
 
 def test_local_folders_split_as_datasets_splits_them_among_the_users_own_files(tmp_path):

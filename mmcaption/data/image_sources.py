@@ -16,7 +16,8 @@ from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
 
 # a one-column list saved from a spreadsheet starts with its column's name
-COLUMN_NAMES = {"image", "images", "img_path", "image_path", "path", "file", "filename", "file_name", "photo"}
+COLUMN_NAMES = {"image", "images", "img_path", "image_path", "path", "file", "filename", "file_name", "photo", "url", "urls",
+                "image_url", "src", "uri", "link"}  # a CMS's or pandas' export of a URL column
 
 
 def _folder_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
