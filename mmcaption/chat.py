@@ -158,8 +158,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: {args.model} is a caption-stage model: the instruct stage teaches to answer questions and chat; "
               "expect captions, not answers", file=sys.stderr, flush=True)
         warnings.filterwarnings("ignore", message="this is a caption-stage model")  # the API's own note: said just above
-    if hasattr(sys.stdin, "reconfigure"):  # a line of other bytes is skipped, not the end of the chat
-        sys.stdin.reconfigure(errors="surrogateescape")
+    # piped in and out as UTF-8 (Windows reads and writes a pipe in its code page: an accent or emoji ended the chat),
+    # and a line of other bytes is skipped, not the end of the chat
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "strict")):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=errors, **({} if stream.isatty() else {"encoding": "utf-8"}))
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"mmcaption chat about {args.image or 'no image'} ({HELP})")

@@ -3,7 +3,6 @@ with the step time and the peak memory beside it."""
 
 from __future__ import annotations
 
-import resource
 import time
 from typing import Any
 
@@ -26,6 +25,12 @@ def peak_memory_gb(device: torch.device) -> float:
     size on the CPU (Linux reports it in KiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource  # not on Windows, where every config's callback failed to import and no command ran
+    except ImportError:
+        import psutil  # Windows reports the peak working set (psutil comes with Lightning's dependencies)
+
+        return getattr(psutil.Process().memory_info(), "peak_wset", 0) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 

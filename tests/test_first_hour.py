@@ -61,6 +61,10 @@ def test_a_backbone_that_is_not_downloaded_is_named_with_the_download_command(ba
                                    "--model.config.vision_model", "no/such/folder"])
     # a relative path is the working directory's, not the config file's: the message says which folder that is
     assert f"model.config.vision_model no/such/folder: no such folder (relative to the working directory, {tmp_path})" in err
+    for windows in ("C:\\Users\\me\\models\\phi2", "models\\phi2"):  # a Windows path: was checked as a hub id, a traceback
+        err = user_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--model.config.language_model", windows,
+                                       "--model.config.vision_model", str(backbones[1])])
+        assert f"model.config.language_model {windows}: no such folder" in err, err
 
 
 def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, monkeypatch, capsys):

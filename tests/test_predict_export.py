@@ -694,6 +694,12 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
     assert f"note: {out} is a caption-stage model: the instruct stage teaches to answer questions and chat" in result.stderr
     result = subprocess.run([sys.executable, "-m", "mmcaption", "chat", "--model", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "is not a model folder" in result.stderr
+    # into a file where the console's code page is not UTF-8 (Windows' cp1252): text beyond it ended the chat
+    result = subprocess.run([sys.executable, "-m", "mmcaption", "chat", "--model", str(out), "--image", first, "--max_new_tokens", "2"],
+                            input="/image 图.png\n".encode(), capture_output=True, timeout=300,
+                            env={**os.environ, "PYTHONIOENCODING": "cp1252"})
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    assert result.stdout.decode("utf-8").startswith("(image not found: 图.png")
 
 
 def test_the_python_api_takes_hugging_face_habits_and_threads(trained_checkpoint, tmp_path):

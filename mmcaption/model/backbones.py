@@ -14,7 +14,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import bitsandbytes as bnb
 import torch
@@ -143,8 +143,9 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
 
 
 def is_local_path(name: str) -> bool:
-    """A backbone named by a path (``/...``, ``./...``, ``~/...``, ``a/b/c``), not a hub id (``owner/name``)."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
+    """A backbone named by a path (``/...``, ``./...``, ``~/...``, ``a/b/c``; Windows' ``C:\\models\\phi-2``,
+    ``\\\\nas\\models``, ``models\\phi-2``), not a hub id (``owner/name``): a Windows path was checked as a hub id, a traceback."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or bool(PureWindowsPath(name).drive)
 
 
 def torch_dtype(name: str) -> torch.dtype:
