@@ -82,3 +82,32 @@ def test_cached_features_are_found_again_after_the_project_folder_moves(backbone
     weights.write_bytes(weights.read_bytes())  # other weights (a new time): other features
     assert features_folder(split, str(moved), -2) != features_folder(split, str(backbones[1]), -2)
 
+
+
+def test_a_build_lets_go_of_the_files_it_maps_before_its_folder_is_renamed_into_place(backbones, coco_root, tmp_path,
+                                                                                         monkeypatch):
+    # the tables a build made still mapped their files in its staging folder when it was renamed: Windows refuses to
+    # rename a folder that holds a mapped file, and the first preprocessing failed there ("Access is denied")
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    from mmcaption.data import cache
+
+    if not Path("/proc/self/maps").is_file():
+        pytest.skip("reads what this process maps from /proc (Linux)")
+    renamed, replace = [], os.replace
+
+    def checked(source, target, *args, **kwargs):
+        if Path(source).is_dir():
+            mapped = [line.split(maxsplit=5)[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                      if str(Path(source).resolve()) in line]
+            renamed.append((Path(target).name, mapped))
+        return replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(cache.os, "replace", checked)
+    language_dir, vision_dir = backbones
+    CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), cache_image_features=True,
+                      tokenizer=str(language_dir), image_processor=str(vision_dir), num_workers=0).prepare_data()
+    assert len(renamed) >= 4 and all(not mapped for _, mapped in renamed), renamed  # splits, and their features

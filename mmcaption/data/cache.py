@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import glob
 import hashlib
 import json
@@ -226,6 +227,12 @@ def remove_leftovers(target: Path) -> None:
                   file=sys.stderr, flush=True)
 
 
+def released() -> None:
+    """The tables a build made let go of the files they map in its staging folder, before it is published: Windows
+    neither deletes a mapped file nor renames a folder that holds one (the first preprocessing failed there)."""
+    gc.collect()
+
+
 @contextmanager
 def publish_atomically(target: Path) -> Iterator[Path]:
     """Yield a staging folder beside ``target``; rename it to ``target`` only if the block completes.
@@ -364,6 +371,8 @@ def write_image_text_split(
                         skipped_examples=dict(records.examples), notes=dict(records.notes),
                         note_examples=dict(records.note_examples))
         (staging / "meta.json").write_text(json.dumps(metadata, indent=2, default=str))  # paths given as Path
+        del images, texts
+        released()
     records.warn_if_any()
     return target
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.cache import damage, fingerprint, is_complete, load_table, publish_atomically, save_table
+from mmcaption.data.cache import damage, fingerprint, is_complete, load_table, publish_atomically, released, save_table
 from mmcaption.images import load_rgb
 
 
@@ -86,6 +86,8 @@ def write_image_features(
         (staging / "meta.json").write_text(json.dumps(
             {"vision_model": vision_model, "feature_layer": feature_layer, "dtype": "float16",
              "shape": [tokens, width], "images": len(table)}, indent=2, default=str))
+        del table
+        released()
     rank_zero_info(f"caching the vision tower's features of {split_folder.name}: done in {time.perf_counter() - start:.0f} s")
     return target
 
