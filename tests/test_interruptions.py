@@ -276,19 +276,25 @@ class KilledAtBatch(Callback):
             handle.write(torn)  # a row the kill cut short
 
 
+def predicted_with_a_kill_at_batch_2(backbones, trained_checkpoint, tmp_path):
+    """A whole predict of 12 questions (6 batches of 2) into answers.csv, with what a kill after its third batch leaves
+    kept aside (``killed.left()`` puts it in place): the module, the questions, the output, the kill, the whole output."""
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)
+    output = tmp_path / "answers.csv"
+    killed = KilledAtBatch(2, output, tmp_path / "at-kill")
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+            callbacks=[killed]).predict(module, datamodule=choice_data(backbones, questions, output))
+    return module, questions, output, killed, output.read_text()
+
+
 def test_a_killed_predict_keeps_its_complete_rows_and_resume_goes_on_from_them(backbones, trained_checkpoint, image_folder,
                                                                                 tmp_path, monkeypatch):
     # a hard kill left only the hidden partial file: resume said "starting at the first row" and wrote over it (hours of
     # a large folder's captions lost to the out-of-memory killer)
     infos = []
     monkeypatch.setattr("mmcaption.data.predict.rank_zero_info", infos.append)
-    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
-    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)  # 12 questions, 6 batches of 2
-    output = tmp_path / "answers.csv"
-    killed = KilledAtBatch(2, output, tmp_path / "at-kill")
-    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-            callbacks=[killed]).predict(module, datamodule=choice_data(backbones, questions, output))
-    whole = output.read_text()
+    module, questions, output, killed, whole = predicted_with_a_kill_at_batch_2(backbones, trained_checkpoint, tmp_path)
     killed.left(torn=b"images/img0.png,What colour")
     with pytest.raises(OutputExistsError, match=r"resume: the rows of .*answers\.csv came from other weights or settings - "
                                                 r"method \('likelihood' then, 'generation' now\)"):
@@ -320,13 +326,7 @@ def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_
     infos = []
     monkeypatch.setattr("mmcaption.data.predict.rank_zero_info", infos.append)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
-    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)  # 12 questions, 6 batches of 2
-    output = tmp_path / "answers.csv"
-    killed = KilledAtBatch(2, output, tmp_path / "at-kill")
-    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-            callbacks=[killed]).predict(module, datamodule=choice_data(backbones, questions, output))
-    whole = output.read_text()
+    module, questions, output, killed, whole = predicted_with_a_kill_at_batch_2(backbones, trained_checkpoint, tmp_path)
     killed.left()
     left = (tmp_path / ".answers.csv.partial").read_bytes()
     with pytest.raises(OutputExistsError, match=r"\.answers\.csv\.partial holds the rows a killed run \(SIGKILL, out of memory, "
