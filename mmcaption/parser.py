@@ -376,14 +376,23 @@ def _unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[s
     return found
 
 
+# the names Hugging Face's Trainer (and the original scripts) give these settings: no spelling is close to them
+KNOWN_AS = {"lr": "learning_rate", "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+            "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "accumulate_grad_batches",
+            "num_train_epochs": "max_epochs", "epochs": "max_epochs", "max_grad_norm": "gradient_clip_val",
+            "logging_steps": "log_every_n_steps", "eval_steps": "val_check_interval", "output_dir": "default_root_dir",
+            "warmup_steps": "warmup_ratio", "lora_rank": "lora_r", "max_seq_length": "max_length"}
+
+
 def _closest(key: str, candidates: list[str], n: int = 3) -> list[str]:
     """Valid keys close to ``key``: by the whole key, and by its last part (``model.lora_rank`` ->
-    ``model.config.lora_r``)."""
+    ``model.config.lora_r``), and by what Hugging Face's Trainer calls them (``model.lr`` -> ``model.learning_rate``)."""
     by_name: dict[str, list[str]] = {}
     for candidate in candidates:
         by_name.setdefault(candidate.rsplit(".", 1)[-1], []).append(candidate)
     name = key.rsplit(".", 1)[-1]
     names = difflib.get_close_matches(name, list(by_name), n=n, cutoff=0.6)
-    close = by_name.get(name, []) + difflib.get_close_matches(key, candidates, n=n, cutoff=0.75) + [
+    close = by_name.get(name, []) + by_name.get(KNOWN_AS.get(name, ""), []) + difflib.get_close_matches(key, candidates, n=n,
+                                                                                                        cutoff=0.75) + [
         c for name in names for c in by_name[name]]  # the same name elsewhere first: a setting at the wrong level
     return [c for c in dict.fromkeys(close) if c != key][:n]  # not the key refused (another data module's setting)

@@ -80,6 +80,14 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
         main(["fit", "--config", DEMO_CAPTION, "--data.init_args.batch_sise", "8"])
     assert "did you mean --data.init_args.batch_size" in capsys.readouterr().err
 
+    # Hugging Face Trainer's names for settings (the original scripts'): no spelling is close to them, no suggestion was made
+    for written, meant in (("--model.lr", "--model.learning_rate"), ("--trainer.gradient_accumulation_steps",
+                                                                    "--trainer.accumulate_grad_batches"),
+                           ("--data.init_args.per_device_train_batch_size", "--data.init_args.batch_size")):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", DEMO_CAPTION, written, "4"])
+        assert f"{written}: did you mean {meant}" in capsys.readouterr().err
+
     with pytest.raises(SystemExit):  # a key cut short is refused, not taken for the one it begins (argparse's abbreviations)
         main(["fit", "--config", DEMO_CAPTION, "--trainer.max_step", "5"])
     assert "--trainer.max_step: did you mean --trainer.max_steps" in capsys.readouterr().err
