@@ -380,18 +380,21 @@ def _moved_file(path: str | None, old: str, new: str) -> str:
     return str(moved) if moved is not None and moved.is_file() else ""
 
 
-def job_of_checkpoint(path: Path) -> str | None:
-    """The SLURM job that saved a checkpoint (``ResumableStop`` records it; None: saved outside SLURM, or before)."""
+def _recorded(path: str | Path, key: str, unreadable: Any) -> Any:
+    """What a checkpoint records under ``key`` (None when nothing), read without its tensors; ``unreadable`` for a
+    damaged or half-written file (said where its weights are loaded)."""
     try:
-        return load_checkpoint_file(path, mmap=True).get("slurm_job", None)
-    except MMCaptionError:  # a damaged or half-written file is no save of any job's
-        return "unreadable"
+        return load_checkpoint_file(path, mmap=True).get(key)
+    except MMCaptionError:
+        return unreadable
+
+
+def job_of_checkpoint(path: Path) -> str | None:
+    """The SLURM job that saved a checkpoint (``ResumableStop`` records it; None: saved outside SLURM, or before); a
+    damaged or half-written file is no save of any job's."""
+    return _recorded(path, "slurm_job", "unreadable")
 
 
 def data_settings(path: str | Path) -> dict[str, Any]:
-    """The data module's settings a checkpoint was trained with (its prompts), ``{}`` when it cannot be read (said where
-    its weights are loaded)."""
-    try:
-        return load_checkpoint_file(path, mmap=True).get("datamodule_hyper_parameters") or {}
-    except MMCaptionError:
-        return {}
+    """The data module's settings a checkpoint was trained with (its prompts), ``{}`` when it records none."""
+    return _recorded(path, "datamodule_hyper_parameters", {}) or {}

@@ -28,7 +28,7 @@ def peak_memory_gb(device: torch.device) -> float:
     try:
         import resource  # not on Windows, where every config's callback failed to import and no command ran
     except ImportError:
-        import psutil  # Windows reports the peak working set (psutil comes with Lightning's dependencies)
+        import psutil  # Windows reports the peak working set (psutil comes with peft's dependencies)
 
         return getattr(psutil.Process().memory_info(), "peak_wset", 0) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

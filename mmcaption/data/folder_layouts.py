@@ -19,9 +19,8 @@ from datasets.data_files import _get_data_files_patterns
 from fsspec.utils import glob_translate
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.image_sources import unreadable_folders_said
+from mmcaption.data.image_sources import unreadable_note
 from mmcaption.data.records import DataError, not_utf8
-from mmcaption.errors import owner_of
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, folded_name, is_hidden
 
@@ -144,10 +143,8 @@ def user_files(path: Path, cache_dir: str | None) -> list[Path]:
         folders[:] = [name for name in folders if not is_hidden(Path(name)) and (Path(root) / name).resolve() not in skip
                       and not saved_dataset(Path(root) / name, marker="state.json")]
         files += [Path(root) / name for name in names if not is_hidden(Path(name))]
-    if path in unreadable:
-        raise DataError(f"folder {path} cannot be read (permission denied): {owner_of(path)}")
-    if unreadable:
-        rank_zero_info(unreadable_folders_said(path, unreadable))
+    if passed_over := unreadable_note(path, unreadable):
+        rank_zero_info(passed_over)
     return files
 
 

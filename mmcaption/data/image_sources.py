@@ -34,10 +34,14 @@ def _folder_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
     return files, broken, unreadable
 
 
-def unreadable_folders_said(folder: Path, unreadable: list[Path]) -> str:
-    """A note of the folders under ``folder`` that could not be read (their images are not there to be used)."""
+def unreadable_note(folder: Path, unreadable: list[Path]) -> str | None:
+    """A note of the folders under ``folder`` that could not be read (their images are not there to be used), None
+    when there are none; ``folder`` itself unreadable is refused, naming its owner."""
+    if folder in unreadable:
+        raise DataError(f"folder {folder} cannot be read (permission denied): {owner_of(folder)}")
     return (f"{folder}: {len(unreadable)} folder{'s' if len(unreadable) > 1 else ''} could not be read (permission denied, "
-            f"the first: {unreadable[0]}): the images in {'them' if len(unreadable) > 1 else 'it'} are left out")
+            f"the first: {unreadable[0]}): the images in {'them' if len(unreadable) > 1 else 'it'} are left out"
+            ) if unreadable else None
 
 
 def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None = None) -> list[Path]:
@@ -51,8 +55,7 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
     path = local_file(Path("/dev/stdin" if source == "-" else source))
     if path.is_dir():
         files, broken, unreadable = _folder_files(path)
-        if path in unreadable:
-            raise DataError(f"folder {path} cannot be read (permission denied): {owner_of(path)}")
+        passed_over = unreadable_note(path, unreadable)
         images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
         others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
         if broken:
@@ -66,8 +69,8 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
                  f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
         if dangling and note is not None:
             note(f"{path}: {dangling} links left out that point to nothing (the first: {broken[0]})")
-        if unreadable and note is not None:
-            note(unreadable_folders_said(path, unreadable))
+        if passed_over and note is not None:
+            note(passed_over)
         return images
     if not path.exists():
         raise DataError(f"image source not found: {path}")

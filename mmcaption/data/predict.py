@@ -174,7 +174,7 @@ class _PredictDataModule(BackbonesDataModule):
             raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")
         output_lock(output).acquire()  # held while this run writes it
         if partial_path(output).is_file() and not (self.overwrite or self.resume):  # the lock is ours: no run writes it
-            if not complete_rows(partial_path(output)):  # a run killed before its first row (out of memory at once)
+            if not complete_rows(output):  # a run killed before its first row (out of memory at once)
                 partial_path(output).unlink()
             else:
                 raise OutputExistsError(killed_run_advice(output, share=world_size > 1))

@@ -105,14 +105,24 @@ def killed_run_advice(output: Path, share: bool = False) -> str:
             "them with --data.resume true, or start afresh with --data.overwrite true, which deletes them")
 
 
-def complete_rows(partial: Path) -> bool:
-    """Whether a killed run's partial file holds a complete row: a line beyond a CSV's header."""
+def _rows_end(data: bytes, csv_rows: bool) -> int:
+    """Where the complete rows of a killed run's partial file end: each row ends its line, and in a CSV a line break
+    inside a quoted cell (an answer of two lines) ends no row; what follows is a row the kill cut."""
+    end = data.rfind(b"\n") + 1
+    while csv_rows and end and data[:end].count(b'"') % 2:  # the last line break outside quotes
+        end = data.rfind(b"\n", 0, end - 1) + 1
+    return end
+
+
+def complete_rows(output: Path) -> bool:
+    """Whether the partial file a killed run left beside ``output`` holds a complete row (in a CSV, beyond its header)."""
     try:
-        with partial.open("rb") as handle:
-            ends = handle.read(1 << 20).count(b"\n")
+        with partial_path(output).open("rb") as handle:
+            head = handle.read(1 << 20)
     except OSError:
         return False
-    return ends > (1 if partial.name.lower().endswith(".csv.partial") else 0)
+    csv_rows = output.suffix.lower() == ".csv"
+    return _rows_end(head, csv_rows) > (head.find(b"\n") + 1 if csv_rows else 0)
 
 
 def left_by_job(output: Path) -> str | None:
@@ -195,10 +205,7 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
     if output.exists() or not partial.is_file():
         return None
     data = partial.read_bytes()
-    end = data.rfind(b"\n") + 1  # each row ends its line: what follows the last end is a row the kill cut
-    if output.suffix.lower() == ".csv":  # a line break inside a quoted cell (an answer of two lines) ends no row: the
-        while end and data[:end].count(b'"') % 2:  # last row's end is the last line break outside quotes
-            end = data.rfind(b"\n", 0, end - 1) + 1
+    end = _rows_end(data, output.suffix.lower() == ".csv")
     kept = output.with_name(f".{output.stem}.recovered{output.suffix}")  # read back as the output's kind of file
     kept.write_bytes(data[:end])
     try:
