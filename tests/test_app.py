@@ -96,9 +96,7 @@ def test_the_page_in_a_browser_captions_and_chats_as_the_python_api_does(exporte
             page = browser.new_page(viewport={"width": 1200, "height": 760})
             page.goto(served)
             page.get_by_text("Generation settings").click()
-            minimum = page.locator("#min-new-tokens input[type=number]")
-            minimum.fill("6")
-            minimum.press("Enter")
+            _set_slider(page, "min-new-tokens", 6)
             page.locator("#image input[type=file]").set_input_files(str(image))
             # the upload done (its preview shown) before the click: on a busy machine the click came first, and the page
             # said "upload an image first" while the test waited for a caption
@@ -118,6 +116,20 @@ def test_the_page_in_a_browser_captions_and_chats_as_the_python_api_does(exporte
         finally:
             browser.close()
     assert (ARTIFACTS / "app.png").stat().st_size > 0
+
+
+def _set_slider(page, elem_id: str, value: int, timeout_s: float = 30) -> None:
+    """Types ``value`` into a slider's number box until the slider holds it: just after the accordion opened, Gradio
+    sometimes set the box back to its old value, and the caption was asked for with the old setting (1 run in 10)."""
+    box, slider = page.locator(f"#{elem_id} input[type=number]"), page.locator(f"#{elem_id} input[type=range]")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        box.fill(str(value))
+        box.press("Enter")
+        if slider.input_value() == str(value) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert slider.input_value() == str(value), f"the page's {elem_id} slider did not take {value}"
 
 
 def _wait_for(page, expression: str, expected: str, timeout_s: float = 90) -> None:
