@@ -3,6 +3,7 @@ import json
 import os
 import random
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,25 @@ def test_image_list_with_a_missing_file_and_an_empty_folder(backbones, trained_c
     empty.mkdir()
     with pytest.raises(DataError, match=r"no images .* found in folder .*empty"):
         caption_data(backbones, empty, output).setup("predict")
+
+
+def test_captions_of_a_list_name_each_image_as_its_line_is_written(backbones, trained_checkpoint, tmp_path):
+    # a CMS's export of its media, the list beside it: the captions are joined back onto the list's lines (pandas'
+    # merge on the column); they came back as the files found, "export/media/UPPER.JPG" for "media/upper.jpg"
+    export = tmp_path / "export"
+    (export / "media").mkdir(parents=True)
+    found = {"media/upper.jpg": "media/UPPER.JPG", "./a.jpg": "a.jpg",
+             unicodedata.normalize("NFC", "media/café.png"): unicodedata.normalize("NFD", "media/café.png")}
+    for number, name in enumerate(found.values()):
+        draw_scene(Scene("red", "circle", "left"), 32, random.Random(number)).save(export / name, format="PNG")
+    listing = export / "list.txt"
+    listing.write_text("".join(f"{line}\n" for line in found), encoding="utf-8")
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    for output in (tmp_path / "captions.jsonl", tmp_path / "captions.csv"):
+        predictor(tmp_path).predict(module, datamodule=caption_data(backbones, listing, output))
+        rows = read_output_rows(output)
+        assert [row["image"] for row in rows] == list(found)
+        assert all(row.get("caption") is not None and not row.get("error") for row in rows)
 
 
 def write_csv(path: Path, rows: list[dict], columns=("img_path", "Question", "A", "B", "C", "D", "answer")) -> Path:
@@ -897,7 +917,7 @@ def test_a_row_whose_image_cannot_be_read_has_the_processors_own_shape(image_fol
     from mmcaption.data.predict import _CaptionRows
 
     processor = CLIPImageProcessor(do_center_crop=False, size={"height": 32, "width": 48})
-    rows = _CaptionRows([image_folder / "img0.png", tmp_path / "missing.png"], processor, [1, 2])
+    rows = _CaptionRows([("img0.png", image_folder / "img0.png"), ("missing.png", tmp_path / "missing.png")], processor, [1, 2])
     assert rows[1]["error"] and rows[1]["pixel_values"].shape == rows[0]["pixel_values"].shape == (3, 32, 48)
     assert collate([rows[0], rows[1]], pad_token_id=0)["pixel_values"].shape == (2, 3, 32, 48)
 

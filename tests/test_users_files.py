@@ -238,7 +238,7 @@ def test_an_image_list_piped_in_is_read_once_and_its_paths_are_from_here(backbon
         from mmcaption.data.predict import _CaptionRows
         from mmcaption.model.backbones import load_image_processor
 
-        listed = _CaptionRows([image_folder], load_image_processor(str(backbones[1])), [])  # a folder on a list's line
+        listed = _CaptionRows([(image_folder.name, image_folder)], load_image_processor(str(backbones[1])), [])  # a folder on a list's line
         assert listed[0]["error"] == f"{image_folder} is a folder, not an image: give the folder itself as --data.images, or list its images"
         first.check_inputs()
         assert find_images("/dev/fd/99", piped=first.piped) == [Path(image_folder.name) / "img0.png", image_folder / "img1.png"]

@@ -49,8 +49,15 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
     ``note`` told how many other files were), a text file with one path per line (relative to the
     file; as Windows writes it: a byte-order mark, quoted paths, backslashes; ``http(s)://`` URLs), or a
     single image (a file or a URL)."""
+    return [path for _, path in named_images(source, note, piped)]
+
+
+def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None = None) -> list[tuple[str, Path]]:
+    """:func:`find_images`, each image with the name the user gave it: a list's line as written (what a join of the
+    captions back onto the list matches; the file found may be spelled otherwise, or lie relative to the list's
+    folder), the image or URL given, or the path in the folder given."""
     if is_url(source):
-        return [RemoteImage(source)]
+        return [(source, RemoteImage(source))]
     # in another case or Unicode form, as Windows and macOS find it; "-" is the standard input, as in `ls | ... -`
     path = local_file(Path("/dev/stdin" if source == "-" else source))
     if path.is_dir():
@@ -71,11 +78,11 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
             note(f"{path}: {dangling} links left out that point to nothing (the first: {broken[0]})")
         if passed_over and note is not None:
             note(passed_over)
-        return images
+        return [(str(image), image) for image in images]
     if not path.exists():
         raise DataError(f"image source not found: {path}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return [path]
+        return [(source, path)]
     if path.suffix.lower() in (".json", ".jsonl"):
         raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
                         "or a text file with one image path per line")
@@ -98,7 +105,7 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
                         "(multiple choice) or --data.questions_file with configs/predict/questions.yaml") +
                         "; --data.images takes a folder of images, one image, or a text file with one image path per line")
     if check_image(data) is None:  # an image under another name (a download's .jpg_large, no suffix)
-        return [path]
+        return [(source, path)]
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -110,9 +117,10 @@ def find_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | None
     if names and names[0].lower() in COLUMN_NAMES and not user_path(names[0], root).is_file():  # a spreadsheet's column
         rank_zero_info(f"{path}: its first line {names[0]!r} names the column, not an image: left out")
         names = names[1:]
-    if not any(names):
+    names = list(filter(None, names))
+    if not names:
         raise DataError(f"image list {path} is empty")
-    return image_paths(list(filter(None, names)), root, path, where="a line gives an absolute path")
+    return list(zip(names, image_paths(names, root, path, where="a line gives an absolute path")))
 
 
 def _counted(suffixes: Counter) -> str:

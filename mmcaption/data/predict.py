@@ -28,7 +28,7 @@ from mmcaption.data.benchmarks import (
     sniffed_format,
 )
 from mmcaption.data.choice_csv import read_choice_csv
-from mmcaption.data.image_sources import find_images, image_paths
+from mmcaption.data.image_sources import find_images, image_paths, named_images
 from mmcaption.data.records import missing_file
 from mmcaption.data.resume import (
     check_made_alike,
@@ -90,8 +90,8 @@ class _ImageRows(Dataset):
 
 
 class _CaptionRows(_ImageRows):
-    def __init__(self, image_paths, image_processor, prompt_ids: list[int]) -> None:
-        super().__init__([{"image": str(p)} for p in image_paths], image_paths, image_processor)
+    def __init__(self, images: list[tuple[str, Path]], image_processor, prompt_ids: list[int]) -> None:
+        super().__init__([{"image": name} for name, _ in images], [path for _, path in images], image_processor)
         self.prompt_ids = torch.tensor(prompt_ids)
 
     def text(self, index: int) -> dict[str, Any]:
@@ -206,7 +206,8 @@ class CaptionPredictDataModule(_PredictDataModule):
 
     Args:
         images: a folder of images (recursive), a text file listing image paths, or one image.
-        output: the JSON Lines file to write (``{"image": ..., "caption": ...}`` or ``"error"``).
+        output: the JSON Lines file to write (``{"image": ..., "caption": ...}`` or ``"error"``; ``image`` as the user
+            named it: a list's line as written, the image given, or its path in the folder given).
         caption_prompt: the caption stage's prompt (empty: none; None: the one the model was trained with, which
             ``mmcaption predict`` reads from its checkpoint or export, else none).
         batch_size: images per batch.
@@ -228,9 +229,9 @@ class CaptionPredictDataModule(_PredictDataModule):
         find_images(self.images, note=None, piped=self.piped)
 
     def setup(self, stage: str) -> None:
-        paths = find_images(self.images, piped=self.piped)
+        images = named_images(self.images, piped=self.piped)  # each row named as the user named it
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
-        self.dataset = _CaptionRows(paths, self.image_processor, prompt)
+        self.dataset = _CaptionRows(images, self.image_processor, prompt)
 
 
 FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json (or parquet file)"}
