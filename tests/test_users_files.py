@@ -685,6 +685,18 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
         list(HubCaptions(str(photos), "image", "caption").records("train", BadRecords("photos")))
     for name in ("train-00000-of-00002.csv", "train-00001-of-00002.csv"):
         (photos / name).unlink()
+    # JSON Lines as an editor numbers its lines, a blank one included (was "row 2 (key 2)", counted from 0)
+    jsonl_rows = ['{"image": "IMG_0.JPG", "caption": "a street"}', "", '{"image": "IMG_1.JPG", "caption": "a wall"}',
+                  '{"image": "IMG_9.JPG", "caption": "a car"}']
+    (photos / "captions.jsonl").write_text("\n".join(jsonl_rows) + "\n")
+    with pytest.raises(DataError, match=r"line 4: its 'image' is 'IMG_9\.JPG'"):
+        list(HubCaptions(str(photos / "captions.jsonl"), "image", "caption").records("train", BadRecords("captions.jsonl")))
+    (photos / "captions.jsonl").rename(photos / "train-00001-of-00002.jsonl")
+    (photos / "train-00000-of-00002.jsonl").write_text(jsonl_rows[0] + "\n")
+    with pytest.raises(DataError, match=r"train-00001-of-00002\.jsonl, line 4: its 'image' is 'IMG_9\.JPG'"):
+        list(HubCaptions(str(photos), "image", "caption").records("train", BadRecords("photos")))
+    for name in ("train-00000-of-00002.jsonl", "train-00001-of-00002.jsonl"):
+        (photos / name).unlink()
     (photos / "metadata.csv").write_bytes("file_name,caption\nIMG_0.JPG,a caf\xe9\n".encode("cp1252"))
     with pytest.raises(DataError, match=r"photos/metadata\.csv, line 2: not UTF-8 text"):
         list(HubCaptions(str(photos)).records("train", BadRecords("photos")))

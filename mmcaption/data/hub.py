@@ -354,23 +354,39 @@ class HubCaptions(RowImages):
                          len(unlisted))
 
     def _row(self, index: int, key: str, split: str) -> str:
-        """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1); in a folder
-        of CSV tables, its table's name and line."""
+        """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1), a JSON Lines
+        file's line, as an editor numbers it; in a folder of such tables, its table's name and line."""
         if self.dataset.lower().endswith(".csv"):
             return f"line {index + 2}"
+        if self.dataset.lower().endswith(".jsonl"):
+            return f"line {_jsonl_line(self.dataset, index)}"
         within = index
-        for table, rows in self._csv_tables.get(split.removesuffix(REST).removesuffix(HELD_OUT), []):
+        for table, rows in self._line_tables.get(split.removesuffix(REST).removesuffix(HELD_OUT), []):
             if within < rows:
-                return f"{table}, line {within + 2}"
+                line = within + 2 if table.lower().endswith(".csv") else _jsonl_line(os.path.join(self.dataset, table), within)
+                return f"{table}, line {line}"
             within -= rows
         return f"row {index} (key {key})"
 
     @functools.cached_property
-    def _csv_tables(self) -> dict[str, list[tuple[str, int]]]:
-        """A local folder of CSV tables (looked at when a row is bad): ``(table, rows)`` of each split's files, in
-        the order datasets reads them."""
-        if not self._table_splits or self._table_splits[0] != "csv":
+    def _line_tables(self) -> dict[str, list[tuple[str, int]]]:
+        """A local folder of CSV or JSON Lines tables (looked at when a row is bad): ``(table, rows)`` of each split's
+        files, in the order datasets reads them."""
+        if not self._table_splits or not all(Path(file).suffix.lower() in (".csv", ".jsonl")
+                                             for files in self._table_splits[1].values() for file in files):
             return {}
-        splits = self._table_splits[1]
-        return {split: [(os.path.relpath(file, self.dataset), len(pd.read_csv(file, usecols=[0], **tables.CSV_OPTIONS)))
-                        for file in files] for split, files in splits.items()}
+
+        def rows(file: str) -> int:
+            if file.lower().endswith(".csv"):
+                return len(pd.read_csv(file, usecols=[0], **tables.CSV_OPTIONS))
+            with open(file, "rb") as lines:
+                return sum(1 for line in lines if line.strip())
+        return {split: [(os.path.relpath(file, self.dataset), rows(file)) for file in files]
+                for split, files in self._table_splits[1].items()}
+
+
+def _jsonl_line(path: str, index: int) -> int:
+    """The line (from 1) of a JSON Lines file's row ``index`` (from 0): blank lines are not rows."""
+    with open(path, "rb") as lines:
+        rows = (number for number, line in enumerate(lines, start=1) if line.strip())
+        return next((number for row, number in enumerate(rows) if row == index), index + 1)
