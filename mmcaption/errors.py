@@ -62,6 +62,11 @@ class FolderLockedError(MMCaptionError):
     """Another run is writing to the same checkpoint folder."""
 
 
+class AlreadyDone(MMCaptionError):
+    """Nothing is left to do (a requeued job whose output is finished): said as a note, and the command ends as a
+    success, exit 0, so that a job script goes on with its next step."""
+
+
 class Interrupted(BaseException):
     """The command was stopped by Ctrl-C (SIGINT), SIGTERM (``docker stop``, ``kill``, a scheduler) or SIGHUP
     (its terminal closed): it exits with 130 / 143 / 129, as a shell reports a process killed by the signal,
@@ -189,6 +194,9 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
                 if process_rank() == 0:  # every process of a multi-process run stops alike: said once
                     print(stopped[0], file=sys.stderr, flush=True)
             sys.exit(stopped[1])
+        except AlreadyDone as done:
+            said(f"note: {one_line(done)}")
+            sys.exit(0)
         except MMCaptionError as error:
             if traceback_wanted():
                 raise

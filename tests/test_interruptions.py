@@ -319,7 +319,7 @@ def test_a_killed_predict_keeps_its_complete_rows_and_resume_goes_on_from_them(b
 
 
 def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_a_requeued_slurm_job_goes_on(
-    backbones, trained_checkpoint, image_folder, tmp_path, monkeypatch
+    backbones, trained_checkpoint, image_folder, tmp_path, monkeypatch, capsys
 ):
     # run again as it was (a notebook cell, the shell's history), the command wrote its first batch over the rows a
     # killed run left: they were gone without a word; a SLURM job requeued after a lost node did the same
@@ -343,6 +343,15 @@ def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_
     assert any("SLURM requeued this job (restart 1): it goes on from the rows it left in" in line for line in infos), infos
     summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
     assert summary["resumed_after"] == 4 and summary["made_by"]["slurm_job"] == "4242"
+    # requeued once more after it had finished (a later step of the job script failed on a lost node): a note, and the
+    # command succeeds so that the script goes on (it was refused, exit 2: "complete: nothing to go on with")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # as mmcaption predict ends
+        user_errors_exit(lambda: predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output)))()
+    assert exit_info.value.code == 0 and output.read_text() == whole
+    assert capsys.readouterr().err.strip() == (f"note: SLURM requeued this job (restart 2) after this predict had finished: "
+                                               f"{output} holds its 12 rows, kept as they are")
     # --data.overwrite true starts afresh, as asked
     killed.left()
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))

@@ -33,6 +33,7 @@ from mmcaption.data.records import missing_file
 from mmcaption.data.resume import (
     check_made_alike,
     complete_rows,
+    finished_rows,
     interrupted_rows,
     killed_run_advice,
     left_by_job,
@@ -40,7 +41,7 @@ from mmcaption.data.resume import (
     put_shares_together,
     recover_killed,
 )
-from mmcaption.errors import ConfigError, NotWritableError, OutputExistsError
+from mmcaption.errors import AlreadyDone, ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import partial_path, prediction_record
 from mmcaption.folders import output_lock
 from mmcaption.images import (
@@ -163,6 +164,9 @@ class _PredictDataModule(BackbonesDataModule):
         left = output.exists() or partial_path(output).is_file()
         if left and world_size == 1 and not (self.overwrite or self.resume) and requeued() and left_by_job(output) == this_job():
             # SLURM ran this job's command again (a lost node, scontrol requeue): the same run, which goes on
+            if (rows := finished_rows(output)) is not None:  # or had finished: the job script goes on to its next step
+                raise AlreadyDone(f"SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']}) after this predict "
+                                  f"had finished: {output} holds its {rows} rows, kept as they are")
             rank_zero_info(f"note: SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']}): it goes on from "
                            f"the rows it left in {output if output.exists() else partial_path(output)}")
             self.resume = True

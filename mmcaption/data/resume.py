@@ -125,6 +125,15 @@ def complete_rows(output: Path) -> bool:
     return _rows_end(head, csv_rows) > (head.find(b"\n") + 1 if csv_rows else 0)
 
 
+def finished_rows(output: Path) -> int | None:
+    """The rows of ``output`` when the run that wrote it finished (its summary says so), else None."""
+    try:
+        said = json.loads(summary_path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return said.get("rows") if output.is_file() and isinstance(said, dict) and not said.get("interrupted") else None
+
+
 def left_by_job(output: Path) -> str | None:
     """The SLURM job that left ``output`` interrupted, or its partial file killed (what it recorded when it started;
     None: not a SLURM job's, or nothing left)."""
