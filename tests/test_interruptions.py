@@ -347,9 +347,11 @@ def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_
     # command succeeds so that the script goes on (it was refused, exit 2: "complete: nothing to go on with")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     capsys.readouterr()
+    said = output.with_name("answers.csv.summary.json").read_text()
     with pytest.raises(SystemExit) as exit_info:  # as mmcaption predict ends
         user_errors_exit(lambda: predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output)))()
     assert exit_info.value.code == 0 and output.read_text() == whole
+    assert output.with_name("answers.csv.summary.json").read_text() == said and not list(tmp_path.glob(".answers.csv*"))
     assert capsys.readouterr().err.strip() == (f"note: SLURM requeued this job (restart 2) after this predict had finished: "
                                                f"{output} holds its 12 rows, kept as they are")
     # --data.overwrite true starts afresh, as asked
