@@ -116,6 +116,7 @@ class PredictionWriter(BasePredictionWriter):
             self.made_by["slurm_job"] = this_job()
         started_record(output).write_text(json_text(self.made_by), encoding="utf-8")  # a killed run leaves no summary
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
+        self.input_notes = list(getattr(datamodule, "input_notes", None) or [])  # files of the input left out, and why
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
         # CircularEval: each question's passes in the input, and how many of them are done
         rows = getattr(getattr(datamodule, "dataset", None), "rows", None) or []
@@ -244,6 +245,8 @@ class PredictionWriter(BasePredictionWriter):
                 summary[key] = {name: {"correct": c, "answered": n, "accuracy": c / n} for name, (c, n) in sorted(categories[key].items())}
         if any(key in summary for key in self.category_columns):
             summary["per_category_over"] = "questions, right only if every rotation is (CircularEval)" if self.questions else "rows"
+        if self.input_notes:  # what the console said of the input, kept where a batch job's results are read
+            summary["input_notes"] = self.input_notes
         summary["made_by"] = self.made_by
         return summary
 

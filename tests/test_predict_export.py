@@ -19,6 +19,7 @@ from mmcaption.errors import ConfigError, NotAModelFolderError
 from mmcaption.evaluation.answers import pope_answer
 from mmcaption.evaluation.report import read_output_rows
 from mmcaption.export import main as export_main
+from mmcaption.images import IMAGE_SUFFIXES
 from mmcaption.model.backbones import load_language_model
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.prompts import caption_prompt_ids
@@ -122,6 +123,21 @@ def test_captions_of_a_list_name_each_image_as_its_line_is_written(backbones, tr
         rows = read_output_rows(output)
         assert [row["image"] for row in rows] == list(found)
         assert all(row.get("caption") is not None and not row.get("error") for row in rows)
+
+
+def test_the_files_a_folders_captions_leave_out_are_in_the_summary(backbones, trained_checkpoint, tmp_path):
+    # a night's batch job read from its summary: the folder's PDFs and notes left out were said only on the console
+    folder = tmp_path / "media"
+    folder.mkdir()
+    draw_scene(Scene("red", "circle", "left"), 32, random.Random(0)).save(folder / "a.png")
+    (folder / "brochure.pdf").write_bytes(b"%PDF-1.4")
+    (folder / "notes.txt").write_text("to caption")
+    output = tmp_path / "captions.jsonl"
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    predictor(tmp_path).predict(module, datamodule=caption_data(backbones, folder, output))
+    summary = json.loads(output.with_name("captions.jsonl.summary.json").read_text())
+    assert summary["rows"] == 1 and [note.split(": ", 1)[1] for note in summary["input_notes"]] == [
+        "2 files left out, not images by their names (1 x .pdf, 1 x .txt); images are " + ", ".join(sorted(IMAGE_SUFFIXES))]
 
 
 def write_csv(path: Path, rows: list[dict], columns=("img_path", "Question", "A", "B", "C", "D", "answer")) -> Path:

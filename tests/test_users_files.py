@@ -1073,7 +1073,7 @@ def test_phone_exports_linked_albums_and_image_folders_read_with_the_cache_insid
         assert sum(counts) == 4 and min(counts) >= 1
 
 
-def test_workbooks_archives_and_mac_spreadsheets_are_named_for_what_they_are(tmp_path, image_folder, monkeypatch):
+def test_workbooks_archives_and_mac_spreadsheets_are_named_for_what_they_are(tmp_path, image_folder):
     import zipfile
 
     workbook = tmp_path / "questions.xlsx"  # an Excel workbook is a zip of XML files
@@ -1101,8 +1101,7 @@ def test_workbooks_archives_and_mac_spreadsheets_are_named_for_what_they_are(tmp
     names = sorted(p.name for p in image_folder.iterdir())[:2]
     listed.write_text("image\n" + "".join(f"{image_folder / name}\n" for name in names), encoding="utf-8-sig")
     said: list[str] = []
-    monkeypatch.setattr("mmcaption.data.image_sources.rank_zero_info", said.append)
-    assert [p.name for p in find_images(listed)] == names
+    assert [p.name for p in find_images(listed, note=said.append)] == names
     assert any("its first line 'image' names the column, not an image: left out" in line for line in said), said
     listed.write_text("url\n" + "".join(f"{image_folder / name}\n" for name in names))  # pandas' to_csv of a CMS's url column
     assert [p.name for p in find_images(listed)] == names  # was a row of its own: "image not found: url"

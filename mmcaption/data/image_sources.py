@@ -115,7 +115,8 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
     names = [line.strip().strip('"').strip("'").strip() for line in text.splitlines()]
     root = path.parent if regular else Path(".")
     if names and names[0].lower() in COLUMN_NAMES and not user_path(names[0], root).is_file():  # a spreadsheet's column
-        rank_zero_info(f"{path}: its first line {names[0]!r} names the column, not an image: left out")
+        if note is not None:
+            note(f"{path}: its first line {names[0]!r} names the column, not an image: left out")
         names = names[1:]
     names = list(filter(None, names))
     if not names:

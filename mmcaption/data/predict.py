@@ -233,7 +233,12 @@ class CaptionPredictDataModule(_PredictDataModule):
         find_images(self.images, note=None, piped=self.piped)
 
     def setup(self, stage: str) -> None:
-        images = named_images(self.images, piped=self.piped)  # each row named as the user named it
+        self.input_notes: list[str] = []  # said now, and kept in the output's summary
+
+        def note(text: str) -> None:
+            rank_zero_info(text)
+            self.input_notes.append(text)
+        images = named_images(self.images, note=note, piped=self.piped)  # each row named as the user named it
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
         self.dataset = _CaptionRows(images, self.image_processor, prompt)
 
