@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
 import os
 import re
 import sys
@@ -18,6 +15,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 from mmcaption.errors import USER_ERROR_EXIT, ConfigError
+from mmcaption.setting_names import another_modules, closest, unknown_keys
 from mmcaption.usage import shipped_configs
 
 
@@ -75,14 +73,11 @@ class MMCaptionParser(LightningArgumentParser):
             lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "
                          "demo's), or from --data <class> and its settings")
         given = re.search(r"given class_path '[\w.]+\.(\w+)'", message)
-        for key, candidates in _unknown_keys(message, parser):
-            owners = [m for m in DATA_MODULES if key.startswith("data.init_args.") and given and m != given.group(1)
-                      and key.rsplit(".", 1)[-1] in _init_parameters(f"mmcaption.data.{m}")]
-            if owners:  # another stage's data setting: the modules that have it, not their settings near its name
-                lines.append(f"  --{key} is a setting of {' and '.join(owners)}, not of {given.group(1)}, the data "
-                             "this command's config reads (see its settings with --help)")
+        for key, candidates in unknown_keys(message, parser):
+            if key.startswith("data.init_args.") and given and (elsewhere := another_modules(key, given.group(1))):
+                lines.append(elsewhere)
                 continue
-            close, where = _closest(key, candidates), _written_in(key)
+            close, where = closest(key, candidates), _written_in(key)
             if close or where:
                 lines.append(f"  --{key}:" + (f" did you mean {' or '.join('--' + c for c in close)}?" if close else "")
                              + (f" (written in {where})" if where else ""))
@@ -280,27 +275,6 @@ def expand_home(config: Any) -> None:
             expand_home(value)
 
 
-def _flat_keys(value: Any, prefix: str = "") -> list[str]:
-    if isinstance(value, dict) and value:
-        return [key for name, child in value.items() for key in _flat_keys(child, f"{prefix}{name}.")]
-    return [prefix.rstrip(".")]
-
-
-def _init_parameters(class_path: str) -> list[str]:
-    """The constructor arguments of a class and of the classes it passes ``**kwargs`` on to."""
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        return []
-    names = []
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            names += [p.name for p in inspect.signature(klass.__init__).parameters.values()
-                      if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return list(dict.fromkeys(names))
-
-
 _KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text", "NoneType": "null",
           "pathlib.Path": "a path", "list": "a list", "dict": "a mapping (key: value)", "tuple": "a list"}
 
@@ -352,47 +326,3 @@ def _bad_value(message: str) -> str | None:
         said += (f"; on the command line a text with ': ' in it is read as a mapping (and quotes around it stay in the "
                  f"text): write it in a config file, quoted ({path.rsplit('.', 1)[-1]}: \"ROLE: ...\")")
     return said
-
-
-# the data modules whose settings a key may have meant (data has no default class, so its settings are not in the defaults)
-DATA_MODULES = ("CaptionDataModule", "InstructDataModule", "CaptionPredictDataModule", "MultipleChoiceDataModule",
-                "QuestionsPredictDataModule")
-
-
-def _unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[str, list[str]]]:
-    """The keys a parse error is about, each with the valid keys it may have meant: anywhere in the configuration (a
-    setting at the wrong level, ``lora_r`` under ``data``, is found by its name)."""
-    data = [f"data.init_args.{name}" for module in DATA_MODULES for name in _init_parameters(f"mmcaption.data.{module}")]
-    known = list(dict.fromkeys(_flat_keys(parser.get_defaults().as_dict()) + data))
-    found = [(key, known) for key in re.findall(r"--([\w.]+)", message.split("nrecognized arguments:", 1)[-1])
-             if "nrecognized arguments" in message]
-    found += [(key, known) for key in re.findall(r"does not accept option '([\w.]+)'", message)]
-    section = re.match(r'Parser key "(\w+)"', message.strip())
-    class_path = re.search(r"given class_path '([\w.]+)'", message)
-    if section and class_path:
-        parameters = _init_parameters(class_path.group(1))
-        found += [(f"{section.group(1)}.init_args.{option}", [f"{section.group(1)}.init_args.{p}" for p in parameters] + known)
-                  for option in re.findall(r"Option '(\w+)' is not accepted", message)]
-    return found
-
-
-# the names Hugging Face's Trainer (and the original scripts) give these settings: no spelling is close to them
-KNOWN_AS = {"lr": "learning_rate", "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
-            "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "accumulate_grad_batches",
-            "num_train_epochs": "max_epochs", "epochs": "max_epochs", "max_grad_norm": "gradient_clip_val",
-            "logging_steps": "log_every_n_steps", "eval_steps": "val_check_interval", "output_dir": "default_root_dir",
-            "warmup_steps": "warmup_ratio", "lora_rank": "lora_r", "max_seq_length": "max_length"}
-
-
-def _closest(key: str, candidates: list[str], n: int = 3) -> list[str]:
-    """Valid keys close to ``key``: by the whole key, and by its last part (``model.lora_rank`` ->
-    ``model.config.lora_r``), and by what Hugging Face's Trainer calls them (``model.lr`` -> ``model.learning_rate``)."""
-    by_name: dict[str, list[str]] = {}
-    for candidate in candidates:
-        by_name.setdefault(candidate.rsplit(".", 1)[-1], []).append(candidate)
-    name = key.rsplit(".", 1)[-1]
-    names = difflib.get_close_matches(name, list(by_name), n=n, cutoff=0.6)
-    close = by_name.get(name, []) + by_name.get(KNOWN_AS.get(name, ""), []) + difflib.get_close_matches(key, candidates, n=n,
-                                                                                                        cutoff=0.75) + [
-        c for name in names for c in by_name[name]]  # the same name elsewhere first: a setting at the wrong level
-    return [c for c in dict.fromkeys(close) if c != key][:n]  # not the key refused (another data module's setting)

@@ -117,6 +117,15 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
     said = capsys.readouterr().err
     assert ("--data.init_args.source is a setting of CaptionDataModule, not of InstructDataModule, the data this command's "
             "config reads") in said and "did you mean" not in said
+    with pytest.raises(SystemExit):  # another stage's setting mistyped: was offered the caption data's image_processor
+        main(["fit", "--config", DEMO_CAPTION, "--data.init_args.image_rot", "photos"])
+    said = capsys.readouterr().err
+    assert ("--data.init_args.image_rot: image_root is a setting of InstructDataModule and MultipleChoiceDataModule and "
+            "QuestionsPredictDataModule, not of CaptionDataModule") in said and "did you mean" not in said
+    with pytest.raises(SystemExit):  # a mistyped setting of its own (predict's data has one of that name too): its own
+        main(["fit", "--config", DEMO_CAPTION, "--data.init_args.caption_promt", "a photo of"])
+    said = capsys.readouterr().err
+    assert "--data.init_args.caption_promt: did you mean --data.init_args.caption_prompt" in said and "Predict" not in said
 
     with pytest.raises(SystemExit):  # a list's item by index: was 'Parser key "trainer.callbacks":' and nothing after
         main(["fit", "--config", DEMO_CAPTION, "--trainer.callbacks.0.init_args.dirpath", "elsewhere"])
