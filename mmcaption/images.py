@@ -128,6 +128,8 @@ def _kind_of_file(data: bytes) -> str:
     head = data[:512].lstrip()
     if head[:15].lower().startswith((b"<!doctype html", b"<html")):
         return "a web page (HTML)"
+    if data[128:132] == b"DICM":  # a scanner's file: its pixels want a window (levels) chosen for them
+        return "a DICOM file: convert it to PNG first (pydicom reads it, with its window applied)"
     if data[4:8] == b"ftyp":
         return f"an ISO media file ({data[8:12].decode('ascii', 'replace').strip()}: a video, or a HEIF photo)"
     kind = next((name for signature, name in _SIGNATURES if head.startswith(signature)), None)

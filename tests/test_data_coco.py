@@ -2,6 +2,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,6 +34,24 @@ def edit_annotations(root: Path, split: str, edit) -> None:
     content = json.loads(path.read_text())
     edit(content)
     path.write_text(json.dumps(content))
+
+
+def test_captions_longer_than_max_length_are_said_to_be_cut_when_training_reads_them(backbones, coco_copy):
+    # report-length captions (a radiology set's 500 words) were cut at max_length and learned to end there without a
+    # word: only `mmcaption prepare` counted them
+    def lengthen(content):
+        for annotation in content["annotations"][:30]:
+            annotation["caption"] = " ".join([annotation["caption"]] * 20)
+    edit_annotations(coco_copy, "train2017", lengthen)
+    dm = make_datamodule(backbones, coco_copy, max_length=32)
+    dm.prepare_data()
+    with pytest.warns(UserWarning, match=r"split train2017: 30 of 60 captions \(50\.0%\) are longer than max_length 32 allows "
+                                         r"\(30 caption tokens\): they are cut there and learned to end there\. The longest has "
+                                         r"\d+ tokens, 99% have \d+ or fewer: raise --data\.init_args\.max_length"):
+        dm.setup("fit")
+    with warnings.catch_warnings():  # room for all of them: nothing to say
+        warnings.simplefilter("error")
+        make_datamodule(backbones, coco_copy, max_length=1024).setup("fit")
 
 
 def test_preprocessing_stores_each_image_once_and_tokenizes_every_caption(backbones, coco_copy, capfd):

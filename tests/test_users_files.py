@@ -778,6 +778,24 @@ def test_photos_an_imagefolders_metadata_does_not_list_are_counted(tmp_path):
     assert not seen.notes
 
 
+def test_a_radiologists_dicom_scans_are_named_for_what_they_are(tmp_path):
+    # case0.dcm + case0.txt was read by datasets as a text dataset ("has no column(s) ['jpg', 'txt']; its columns are
+    # ['text']", the scans never named), and a table naming the scans said "its first bytes are 00 00 00 00"
+    scan = b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00" + b"\0" * 64  # the preamble, then the magic
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for case in range(3):
+        (folder / f"case{case}.dcm").write_bytes(scan)
+        (folder / f"case{case}.txt").write_text("no acute findings")
+    with pytest.raises(DataError, match=rf"{folder}: its caption \.txt files are beside 3 files that are not images by their "
+                                        r"names \(\.dcm; the first, case0\.dcm: not an image Pillow can read \(a DICOM file: "
+                                        r"convert it to PNG first"):
+        HubCaptions(str(folder)).load("train")
+    # a table naming them: each row's error (training's, predict's) says what the file is
+    assert check_image(scan) == ("not an image Pillow can read (a DICOM file: convert it to PNG first (pydicom reads it, "
+                                 "with its window applied))")
+
+
 def test_popes_label_is_the_answer_a_question_is_scored_against(tmp_path):
     # POPE's files ({"question_id", "image", "text", "label": "yes"}) ran unscored, the label unread, without a word
     pope = tmp_path / "pope.jsonl"

@@ -316,11 +316,15 @@ class PreprocessedDataModule(BackbonesDataModule):
                     raise DataError(f"split {split!r} is not preprocessed in {self.cache_dir}: run prepare_data() first")
                 self.datasets[split] = self.make_dataset(folder)
                 self.folders[split] = folder
+                self.say_cut(split, self.datasets[split])
                 if self.cache_image_features:
                     cached = self.features_folder(folder)
                     if not is_complete(cached):
                         raise DataError(f"image features of split {split!r} are not cached in {folder}: run prepare_data() first")
                     self.datasets[split].features = load_image_features(cached)
+
+    def say_cut(self, split: str, dataset: ImageTextDataset) -> None:
+        """Warn of the samples ``max_length`` cuts, when it cuts them as the data is read (not when it is preprocessed)."""
 
     def training_data(self) -> dict[str, Any]:
         """What a checkpoint must be resumed with: the stage, the preprocessed training split (its name

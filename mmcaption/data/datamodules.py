@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -187,6 +188,18 @@ class CaptionDataModule(PreprocessedDataModule):
         return CaptionDataset(
             folder, self.image_processor, self.tokenizer, self.caption_prompt, self.max_length
         )
+
+    def say_cut(self, split: str, dataset: CaptionDataset) -> None:
+        """Captions longer than ``max_length`` allows are cut as they are read (the cache keeps them whole): said when
+        more than one in a thousand are (COCO's longest few are), with their lengths; only ``prepare`` counted them."""
+        lengths = dataset._column_lengths("token_ids")
+        room = self.max_length - 2 - len(dataset.prompt_ids)  # <bos>, the prompt, <eos>
+        cut = int((lengths > room).sum())
+        if cut > len(lengths) / 1000:
+            rank_zero_warn(f"split {split}: {cut:,} of {len(lengths):,} captions ({cut / len(lengths):.1%}) are longer than "
+                           f"max_length {self.max_length} allows ({room} caption tokens): they are cut there and learned to "
+                           f"end there. The longest has {int(lengths.max()):,} tokens, 99% have {np.percentile(lengths, 99):.0f} "
+                           "or fewer: raise --data.init_args.max_length to keep them whole")
 
     def caption_images_loader(self, split: str, limit: int | None) -> DataLoader:
         """Images of ``split`` with their references, left-padded prompts for generation."""

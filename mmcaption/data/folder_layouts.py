@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mmcaption.data.image_sources import unreadable_note
 from mmcaption.data.records import DataError, not_utf8
 from mmcaption.folders import walk_through_links
-from mmcaption.images import IMAGE_SUFFIXES, folded_name, is_hidden
+from mmcaption.images import IMAGE_SUFFIXES, check_image, folded_name, is_hidden
 
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 
@@ -39,6 +39,8 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
                         ".csv, with a header line naming its columns (image,caption)")
     captions = [f for f in files if f.suffix.lower() == ".txt"]
     texts = _caption_files(images, captions)
+    if captions and not images:  # captions beside scans (.dcm) or raw files: datasets would read the .txt as the data
+        _refuse_captioned_others(path, files, captions)
     if texts:
         paired = set(texts.values())
         _say_captions_without_photos(path, [f for f in captions if f not in paired])
@@ -55,6 +57,18 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it (columns "
                    f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused)")
     return None, [(image.relative_to(path).as_posix(), texts.get(image)) for image in sorted(images)]
+
+
+def _refuse_captioned_others(path: Path, files: list[Path], captions: list[Path]) -> None:
+    """Refuse caption files beside files of their names that are not images mmcaption reads, saying what they are."""
+    named = {caption.with_suffix("") for caption in captions}
+    others = [f for f in files if f.suffix.lower() != ".txt" and f.with_suffix("") in named]
+    if others:
+        with open(others[0], "rb") as file:
+            problem = check_image(file.read(1 << 16)) or "an image whose name is not an image's"
+        raise DataError(f"{path}: its caption .txt files are beside {len(others)} files that are not images by their names "
+                        f"({', '.join(sorted({f.suffix.lower() or 'no suffix' for f in others}))}; the first, {others[0].name}: "
+                        f"{problem}); images are {', '.join(sorted(IMAGE_SUFFIXES))}")
 
 
 def _say_captions_without_photos(path: Path, captions: list[Path]) -> None:
