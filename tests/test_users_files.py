@@ -778,6 +778,37 @@ def test_photos_an_imagefolders_metadata_does_not_list_are_counted(tmp_path):
     assert not seen.notes
 
 
+def test_a_catalogs_paths_from_another_machine_or_without_a_suffix_get_advice_that_finds_the_photo(tmp_path):
+    # "run from <folder>" was said of an absolute path, which no working folder changes, and a product id without its
+    # ".jpg" was not said to have a photo of that name beside it
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    for sku in ("SKU1000", "SKU1001"):
+        (folder / f"{sku}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (200, 30, 30))))
+    table = folder / "products.csv"
+    table.write_text("image,caption\nC:\\Users\\anna\\Desktop\\Katalog\\Bilder\\SKU1000.jpg,a red mug\nSKU1001,a red lamp\n")
+    with pytest.raises(DataError) as refused:
+        list(HubCaptions(str(table), "image", "caption").records("train", BadRecords(str(table))))
+    said = str(refused.value)
+    assert (f"{folder / 'SKU1000.jpg'} has that name: an absolute path is read where it points, so write it relative to "
+            f"{folder} (SKU1000.jpg)") in said and "run from" not in said
+    assert "its 'image' is 'SKU1001', not a file" in said
+    assert f"{folder / 'SKU1001.jpg'} is there: write the names with their suffix (SKU1001.jpg)" in said
+
+
+def test_a_table_without_the_configs_column_names_is_told_its_own(tmp_path):
+    # a catalog's export (id,image,price,caption) with the caption config's defaults (jpg, txt): the columns were listed,
+    # not which settings would read them
+    table = tmp_path / "products.csv"
+    table.write_text("id,Image,price,Caption\n1,a.jpg,\"3,50\",a red mug\n")
+    with pytest.raises(DataError, match=r"has no column\(s\) \['jpg', 'txt'\] .*; its columns by their names: "
+                                        r"--data\.init_args\.hub_image_column Image --data\.init_args\.hub_caption_column Caption$"):
+        list(HubCaptions(str(table)).records("train", BadRecords(str(table))))
+    table.write_text("id,sku,price\n1,a,3\n")  # nothing to guess from: the columns alone, as before
+    with pytest.raises(DataError, match=r"its columns are \['id', 'sku', 'price'\]$"):
+        list(HubCaptions(str(table)).records("train", BadRecords(str(table))))
+
+
 def test_a_radiologists_dicom_scans_are_named_for_what_they_are(tmp_path):
     # case0.dcm + case0.txt was read by datasets as a text dataset ("has no column(s) ['jpg', 'txt']; its columns are
     # ['text']", the scans never named), and a table naming the scans said "its first bytes are 00 00 00 00"

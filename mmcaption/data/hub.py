@@ -256,7 +256,8 @@ class HubCaptions(RowImages):
         missing = {self.image_column, *(column for column, _ in read)} - set(data.column_names)
         if missing:
             raise DataError(f"{records.source} has no column(s) {sorted(missing)} (hub_image_column, hub_caption_column); its "
-                            f"columns are {data.column_names}{tables.separator_hint(data.column_names)}")
+                            f"columns are {data.column_names}{tables.separator_hint(data.column_names)}"
+                            f"{tables.columns_hint(missing, data.column_names, self.image_column)}")
         if isinstance(data.features[self.image_column], datasets.Image):
             data = data.cast_column(self.image_column, datasets.Image(decode=False))
         columns = list(dict.fromkeys([self.image_column, *(column for column, _ in read),
@@ -282,11 +283,16 @@ class HubCaptions(RowImages):
             first, _, captions, later = images.setdefault(hashlib.blake2b(image, digest_size=16).hexdigest(),
                                                           (row_index, key, [], Counter()))
             if first != row_index:  # a caption that an earlier row already gave this image is that row again
-                later["rows that repeat an earlier row's image: their captions go with that image"] += 1
                 known = {c for _, c in captions}
-                later["captions skipped that an earlier row gave the same image"] += sum(c in known for c in texts)
+                again = sum(c in known for c in texts)
+                if texts and again == len(texts):  # the same row twice (a file joined twice, a row pasted again)
+                    later["rows that repeat an earlier row, its image and its captions: left out"] += 1
+                elif not texts:
+                    later["rows that repeat an earlier row's image without a caption of their own"] += 1
+                else:
+                    later["rows that repeat an earlier row's image: their captions go with that image"] += 1
+                    later["captions skipped that an earlier row gave the same image"] += again
                 texts = [c if c not in known else None for c in texts]
-                later["rows that repeat an earlier row's image without a caption of their own"] += not any(texts)
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
         named = [said for ours, said in not_found if ours or records.on_bad_record == "error" or not images]
         records.all_at_once("missing image", named, f"{len(named)} of {len(data):,} rows name no image that is "

@@ -5,7 +5,9 @@ a split names, for the cache to follow."""
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import itertools
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pyarrow as pa
 
@@ -38,19 +40,36 @@ class RowImages:
         if is_url(name):  # a Conceptual-Captions-style table: predict reads URLs, training reads files
             return (f"{name!r}, a URL: training reads images from files; download them first (img2dataset does it for "
                     "such tables) and give the table the files' paths")
-        elsewhere = self._files_named.get(Path(name.replace("\\", "/")).name)  # a folder down: its table's paths are not from there
-        beside = f"; {elsewhere} has that name: run from {elsewhere.parent}, or write the paths from {self._folders[0]}" \
-            if elsewhere is not None and self._folders else ""
+        written = PureWindowsPath(name) if "\\" in name or PureWindowsPath(name).drive else PurePosixPath(name)
+        elsewhere = self._files_named.get(written.name)  # a folder down: its table's paths are not from there
+        suffixed = [file for file in self._nearby_files if not written.suffix and file.stem == written.name]  # SKU1000
+        if elsewhere is not None and self._folders and written.is_absolute():  # another machine's folder (C:\Users\...)
+            beside = (f"; {elsewhere[0]} has that name: an absolute path is read where it points, so write it relative to "
+                      f"{self._folders[0]} ({Path(os.path.relpath(elsewhere[0], self._folders[0])).as_posix()})")
+        elif elsewhere is not None and self._folders:
+            beside = f"; {elsewhere[0]} has that name: run from {elsewhere[0].parent}, or write the paths from {self._folders[0]}"
+        elif suffixed:
+            beside = f"; {suffixed[0]} is there: write the names with their suffix ({suffixed[0].name})"
+        else:
+            beside = ""
         return (f"{name!r}, not a file (looked for from " + "".join(f"{folder} and from " for folder in self._folders)
                 + f"the current folder){beside}")
 
     @functools.cached_property
-    def _files_named(self) -> dict[str, Path]:
-        """The dataset folder's own files by name (the first of each name), for a message."""
-        named: dict[str, Path] = {}
-        for file in getattr(self, "_files", []):
-            named.setdefault(file.name, file)
+    def _files_named(self) -> dict[str, list[Path]]:
+        """The dataset folder's own files by name, for a message."""
+        named: dict[str, list[Path]] = {}
+        for file in self._nearby_files:
+            named.setdefault(file.name, []).append(file)
         return named
+
+    @functools.cached_property
+    def _nearby_files(self) -> list[Path]:
+        """The dataset folder's own files, or those under a table's folder (the first 100,000: a table in a home folder),
+        for a message."""
+        if getattr(self, "_files", None) or not self._folders:
+            return list(getattr(self, "_files", []))
+        return list(itertools.islice((p for p in self._folders[-1].rglob("*") if p.is_file()), 100_000))
 
     def _image_bytes(self, value) -> bytes | None:
         if isinstance(value, dict) and value.get("bytes"):  # an Image feature, undecoded

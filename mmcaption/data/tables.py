@@ -24,6 +24,25 @@ def separator_hint(header: list[str]) -> str:
                  (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
 
 
+# the names tables give their image and caption columns (a CMS's export, a spreadsheet's, datasets' imagefolder)
+IMAGE_COLUMNS = ("image", "images", "img", "img_path", "image_path", "file_name", "filename", "file", "path", "photo", "jpg",
+                 "png", "image_url", "url")
+CAPTION_COLUMNS = ("caption", "captions", "text", "txt", "description", "alt", "alt_text", "sentence", "sentences")
+
+
+def columns_hint(missing: set[str], columns: list[str], image_column: str) -> str:
+    """``"; give ... --data.init_args.hub_image_column image ..."`` for the missing columns that a column of the
+    table's, by its name, likely is (case and spaces aside), else ``""``."""
+    by_name = {column.strip().lower(): column for column in columns}
+    settings = []
+    for missing_column in sorted(missing):
+        names = IMAGE_COLUMNS if missing_column == image_column else CAPTION_COLUMNS
+        found = next((by_name[name] for name in names if name in by_name), None)
+        if found is not None:
+            settings.append(f"--data.init_args.{'hub_image_column' if names is IMAGE_COLUMNS else 'hub_caption_column'} {found}")
+    return f"; its columns by their names: {' '.join(settings)}" if settings else ""
+
+
 def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header (names stripped) and the rows, each with its first physical line, of a UTF-8 CSV or TSV
     as spreadsheets write it (a byte-order mark is accepted); undecodable text or broken quoting is
