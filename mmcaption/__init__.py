@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 # any part of mmcaption imports bitsandbytes, so that its other messages still show.
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())
 
-__all__ = ["Captioner"]
+__all__ = ["Captioner", "MMCaptionError"]
 
 
 def __getattr__(name: str):
@@ -19,4 +19,8 @@ def __getattr__(name: str):
         from mmcaption.inference import Captioner
 
         return Captioner
+    if name == "MMCaptionError":  # what a caller's mistake raises (a service's 400)
+        from mmcaption.errors import MMCaptionError
+
+        return MMCaptionError
     raise AttributeError(name)

@@ -10,6 +10,7 @@ reports.
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import os
 import select
@@ -60,6 +61,36 @@ class ResumeError(MMCaptionError):
 
 class FolderLockedError(MMCaptionError):
     """Another run is writing to the same checkpoint folder."""
+
+
+class ImageInputError(MMCaptionError):
+    """An image given to the Python API that cannot be read (not found, not an image, a failed download, an object
+    that is no image). Raised as the error it is too (``FileNotFoundError``, PIL's ``UnidentifiedImageError``,
+    ``TypeError``, ...: :func:`image_input_error`), so that a service tells a request's bad image
+    (``except MMCaptionError``) from a failure of its own."""
+
+    def __reduce__(self) -> tuple[Any, ...]:  # across processes, as the error it is
+        return next(kind for kind in type(self).__mro__ if not issubclass(kind, MMCaptionError)), self.args
+
+
+@functools.cache
+def _image_input_type(kind: type[BaseException]) -> type[BaseException]:
+    """``kind`` and :class:`ImageInputError` at once, named as ``kind`` is (a traceback says ``FileNotFoundError``)."""
+    if issubclass(kind, ImageInputError):
+        return kind
+    return type(kind.__name__, (ImageInputError, kind), {"__module__": kind.__module__, "__qualname__": kind.__qualname__})
+
+
+def image_input_error(error: BaseException, message: str | None = None) -> BaseException:
+    """``error`` (or one like it, saying ``message``) as an :class:`ImageInputError` as well as its own type; its
+    ``errno`` and file name kept, for code that reads them."""
+    kind = _image_input_type(type(error))
+    if isinstance(error, OSError) and error.errno is not None:  # message: its strerror
+        return kind(error.errno, error.strerror if message is None else message, error.filename)
+    try:
+        return kind(str(error) if message is None else message)
+    except TypeError:  # an error built otherwise (UnicodeDecodeError takes five arguments)
+        return _image_input_type(ValueError)(str(error) if message is None else message)
 
 
 class AlreadyDone(MMCaptionError):

@@ -239,6 +239,10 @@ def _smaller(image: Image.Image, shortest_side: int | None) -> Image.Image:
 REDUCIBLE_AS = {"1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}  # what reduce takes, the values kept
 
 
+# how images' base64 text starts: JPEG ("/9j/", which reads as an absolute path), PNG, GIF, WebP
+BASE64_STARTS = ("/9j/", "iVBORw0KGgo", "R0lGOD", "UklGR")
+
+
 def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Image:
     """An upright 8-bit RGB image from bytes, a file opened ``'rb'``, a file path, an ``http(s)://`` or ``data:`` URL, a PIL
     image, an array or a tensor (see :func:`array_image`): EXIF orientation applied, 16/32-bit integer and floating-point images
@@ -269,8 +273,11 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Ima
     if isinstance(source, bytes | bytearray | memoryview):
         data, name = bytes(source), "the image's bytes"
     elif isinstance(source, str | Path):
-        if isinstance(source, str) and not is_url(source) and (  # no file's path (a signed URL's may be this long)
-                len(source) > 4096 or max(map(len, re.split(r"[/\\]", source))) > 255):
+        if isinstance(source, str) and not source.strip():
+            raise ValueError("an empty text is no image path")
+        if isinstance(source, str) and not is_url(source) and (  # no file's path (a signed URL's may be this long), or
+                len(source) > 4096 or max(map(len, re.split(r"[/\\]", source))) > 255  # a JPEG's base64 ("/9j/...", an
+                or source.startswith(BASE64_STARTS) and not Path(source).exists()):  # absolute path to look for)
             raise ValueError(f"an image path of {len(source):,} characters ({source[:24]}...) is no path: an image as base64 "
                              "text goes as a data: URL ('data:image/jpeg;base64,' + text), or as base64.b64decode(text)")
         path = None if is_url(source) else local_file(Path(source).expanduser())  # a notebook's "~/..."

@@ -27,7 +27,7 @@ from huggingface_hub import hf_hub_download, is_offline_mode, snapshot_download
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
-from mmcaption.errors import NotAModelFolderError
+from mmcaption.errors import ConfigError, NotAModelFolderError, image_input_error
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, read_manifest
@@ -77,7 +77,7 @@ class Captioner:
         folder = _model_folder(folder)
         check_device(device)
         if quantization is not None and quantization not in get_args(Quantization):
-            raise ValueError(f"quantization is one of {', '.join(get_args(Quantization))} (or None for the folder's own), "
+            raise ConfigError(f"quantization is one of {', '.join(get_args(Quantization))} (or None for the folder's own), "
                              f"not {quantization!r}")
         manifest = read_manifest(folder)  # refuses, saying so, a folder that is not a saved model's
         parts = [*FOLDER_PARTS, *(["language_model"] if manifest.get("merged") else [])]
@@ -115,9 +115,9 @@ class Captioner:
         return self._images(images)[0]
 
     def _images(self, images: list[ImageInput | None], first: int = 0, total: int | None = None,
-                skip: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+                skip: bool = False, errors: list | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Pixels of each image (zeros for ``None``), the mask of those that are there, and (``skip``) the places of those
-        that cannot be read, each warned of (else the first is raised). Each image is decoded and made the model's
+        that cannot be read, each warned of, or added to ``errors`` (else the first is raised). Each image is decoded and made the model's
         size before the next is read: a list of 12-megapixel photos never sits in memory at full size. ``first`` and
         ``total``: where these images are in the caller's list, to name one that cannot be read."""
         total = len(images) if total is None else total
@@ -128,7 +128,10 @@ class Captioner:
             except (OSError, ValueError, TypeError) as error:
                 if not skip:
                     raise
-                warnings.warn(f"{error}: its result is None", UserWarning, stacklevel=_callers_level())
+                if errors is not None:  # this call's own list: a service's requests each get their own reasons
+                    errors.append((first + i, str(error)))
+                else:
+                    warnings.warn(f"{error}: its result is None", UserWarning, stacklevel=_callers_level())
                 rows.append(None)
                 unreadable.append(i)
         present = next((row for row in rows if row is not None), None)
@@ -139,21 +142,16 @@ class Captioner:
     def _pixels_of(self, image: ImageInput, index: int, total: int, skip: bool = False) -> torch.Tensor:
         try:
             picture = load_rgb(image, processor_side(self.image_processor))
-        except (OSError, ValueError, TypeError) as error:
+        except (OSError, ValueError, TypeError) as error:  # the caller's image: an ImageInputError too (a service's 400)
             if total == 1 and not skip:
-                raise
+                raise image_input_error(error) from error
             place = f"image {index + 1}" + (f" of {total}" if total else "")  # which one of a long list
-            if isinstance(error, OSError) and error.errno is not None:  # its errno and file kept, for code that reads them
-                raise type(error)(error.errno, f"{place}: {error.strerror}", error.filename) from error
-            try:
-                placed = type(error)(f"{place}: {error}")
-            except TypeError:  # an error built otherwise (UnicodeDecodeError takes five arguments)
-                placed = ValueError(f"{place}: {error}")
-            raise placed from error
+            numbered = isinstance(error, OSError) and error.errno is not None  # its errno and file kept
+            raise image_input_error(error, f"{place}: {error.strerror if numbered else error}") from error
         return self.image_processor(images=[picture], return_tensors="pt")["pixel_values"][0]
 
     def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], batch_size: int | None = None,
-                  first: int = 0, total: int | None = None, skip_unreadable: bool = False,
+                  first: int = 0, total: int | None = None, skip_unreadable: bool = False, errors: list | None = None,
                   **generate_kwargs) -> list[str] | list[list[str]]:
         """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt; ``batch_size`` at a
         time (:attr:`batch_size` by default); ``None`` in place of one whose image cannot be read, with
@@ -163,9 +161,9 @@ class Captioner:
         for start in range(0, len(prompts), size):
             batch = self.tasks.prompt_batch(prompts[start:start + size])
             pixels, mask, unreadable = self._images(images[start:start + size], first + start,
-                                                    len(images) if total is None else total, skip_unreadable)
+                                                    len(images) if total is None else total, skip_unreadable, errors)
             with self._lock:  # threads (a web server's) take turns: they got each other's images
-                made = self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, image_mask=mask,
+                made = self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, None, mask,
                                            **generate_kwargs)
             n = len(made) // len(batch["input_ids"])
             texts += [None if i // n in unreadable else text for i, text in enumerate(made)]
@@ -173,13 +171,14 @@ class Captioner:
         return texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
 
     def caption(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
-                skip_unreadable: bool = False, **generate_kwargs) -> str | list[str]:
+                skip_unreadable: bool = False, errors: list | None = None, **generate_kwargs) -> str | list[str]:
         """A caption per image (a string for one image; a list for a list, a tuple, a pandas Series, an array of
         paths or of images, or a generator; with ``num_return_sequences`` n > 1, a list of n captions in place of each
         string), ``batch_size`` images at a time (:attr:`batch_size` by default; a generator is read so, too: video
         frames are not all held at once). An image that cannot be read is raised, named by its place; with
         ``skip_unreadable``, its caption is ``None`` (with a warning) and the others are made: a folder's one broken
-        file does not lose hours of captions."""
+        file does not lose hours of captions. ``errors``: a list that gets ``(index, reason)`` of each image skipped,
+        in place of the warning (a web service's requests each get their own; warnings are the process's)."""
         size = _batch_size(self.batch_size if batch_size is None else batch_size)
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
         if isinstance(images, Iterable) and not isinstance(images, Sized) and not _one_image(images):  # a generator, a
@@ -189,29 +188,31 @@ class Captioner:
             while chunk := list(itertools.islice(images, size)):
                 _caption_needs_images(chunk)
                 captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0,
-                                           skip_unreadable=skip_unreadable, **generate_kwargs)
+                                           skip_unreadable=skip_unreadable, errors=errors, **generate_kwargs)
             return captions
         batch = _as_batch(images)
         images = [images] if batch is None else batch
         if not images:
             return []
         _caption_needs_images(images)
-        captions = self._generate([prompt] * len(images), images, size, skip_unreadable=skip_unreadable, **generate_kwargs)
+        captions = self._generate([prompt] * len(images), images, size, skip_unreadable=skip_unreadable, errors=errors,
+                                  **generate_kwargs)
         return captions if batch is not None else captions[0]
 
     def answer(
         self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
-        batch_size: int | None = None, skip_unreadable: bool = False, **generate_kwargs,
+        batch_size: int | None = None, skip_unreadable: bool = False, errors: list | None = None, **generate_kwargs,
     ) -> str | list[str]:
         """A free-form answer, as the instruct stage was taught to give (an image of ``None``: a text-only
         question). One image and question give a string; a list of images and a list of as many questions (or
         one question for them all) give a list, ``batch_size`` at a time (``num_return_sequences`` n > 1: n
-        answers in place of each string); ``skip_unreadable`` as :meth:`caption` has it."""
+        answers in place of each string); ``skip_unreadable`` and ``errors`` as :meth:`caption` has them."""
         self._asking()
         many, images, questions = _batch(images, questions)
         prompts = [self.template.prompt(question, self.tokenizer) for question in questions]
         self.tasks.check_context(prompts)
-        answers = self._generate(prompts, images, batch_size, skip_unreadable=skip_unreadable, **generate_kwargs) if prompts else []
+        answers = self._generate(prompts, images, batch_size, skip_unreadable=skip_unreadable, errors=errors,
+                                 **generate_kwargs) if prompts else []
         return answers if many else answers[0]
 
     def chat(self, image: ImageInput | None, question: str, history: Sequence[tuple[str, str]] | None = None,
@@ -222,7 +223,7 @@ class Captioner:
         turns = [] if history is None else _as_batch(history)
         if turns is None or not all(isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
                                     for turn in turns):
-            raise ValueError(f"history is a list of (question, answer) pairs of strings, not {history!r}")
+            raise ConfigError(f"history is a list of (question, answer) pairs of strings, not {history!r}")
         _check_texts("question", [question])
         self._asking()
         prompt = self.template.chat_prompt(turns, question, self.tokenizer)
@@ -258,13 +259,13 @@ class Captioner:
             options.tolist() if isinstance(options, np.ndarray) and options.ndim == 2 else _as_batch(options))
         if given is None:
             shown = repr(options) if len(repr(options)) <= 80 else type(options).__name__  # not a whole array's dump
-            raise ValueError(f"options is a list of the options' texts (or, with many questions, a list of them, a 2-D "
+            raise ConfigError(f"options is a list of the options' texts (or, with many questions, a list of them, a 2-D "
                              f"array or a DataFrame of a row each), not {shown}")
         nested = [_as_batch(o) for o in given]
         if not many or all(isinstance(o, str) for o in given):  # one option list, for each question if there are many
             option_lists = [given] * len(questions)
         elif len(given) != len(questions) or any(o is None for o in nested):
-            raise ValueError(f"choose with {len(questions)} questions needs a list of options per question, or one list of "
+            raise ConfigError(f"choose with {len(questions)} questions needs a list of options per question, or one list of "
                              "options for all of them")
         else:
             option_lists = nested
@@ -354,7 +355,7 @@ def _callers_level() -> int:
 
 def _caption_needs_images(images: list) -> None:
     if any(image is None for image in images):  # a caption of no image would be made up from the prompt alone
-        raise ValueError("caption needs an image for each item; None is for text-only questions (answer, choose, chat)")
+        raise ConfigError("caption needs an image for each item; None is for text-only questions (answer, choose, chat)")
 
 
 def _batch(images, questions) -> tuple[bool, list, list[str]]:
@@ -368,7 +369,7 @@ def _batch(images, questions) -> tuple[bool, list, list[str]]:
     else:
         many, questions = True, question_batch
         if image_batch is None or len(image_batch) != len(questions):
-            raise ValueError(f"{len(questions)} questions need a list of as many images (None for a text-only question)")
+            raise ConfigError(f"{len(questions)} questions need a list of as many images (None for a text-only question)")
         images = image_batch
     _check_texts("question", questions)
     return many, images, questions
@@ -376,7 +377,7 @@ def _batch(images, questions) -> tuple[bool, list, list[str]]:
 
 def _batch_size(size: object) -> int:
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"batch_size is a whole number of images of at least 1, not {size!r}")
+        raise ConfigError(f"batch_size is a whole number of images of at least 1, not {size!r}")
     return int(size)
 
 
@@ -384,10 +385,10 @@ def _check_texts(what: str, texts: list) -> None:
     """Questions and options are text that says something: an empty one would leave the model to make it up."""
     empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
     if empty:
-        raise ValueError(f"{what} {empty[0]} is {texts[empty[0]]!r}: each {what} is a non-empty string")
+        raise ConfigError(f"{what} {empty[0]} is {texts[empty[0]]!r}: each {what} is a non-empty string")
     for i, text in enumerate(texts):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as error:  # bytes a terminal or file decoded with surrogateescape
-            raise ValueError(f"{what} {i} is not text: {text!r} holds bytes that are not UTF-8 ({error.reason} at "
+            raise ConfigError(f"{what} {i} is not text: {text!r} holds bytes that are not UTF-8 ({error.reason} at "
                              f"character {error.start})") from None

@@ -8,6 +8,9 @@ validation and ``predict``, the Python API and the demo's evaluation alike. Prom
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import math
 import numbers
 from collections.abc import Sequence
@@ -86,8 +89,16 @@ def option_scores(
     return scores
 
 
-CHECKED_SETTINGS = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p")
-_NUMBERS = tuple(name for name in CHECKED_SETTINGS if name != "do_sample")
+# the generate() settings checked before generation, by kind (a request's JSON gives "false" and "5" as text: "false"
+# turned sampling on, and "5" failed inside transformers, a TypeError a service could not tell from its own)
+_WHOLE = ("max_new_tokens", "min_new_tokens", "num_beams", "num_return_sequences", "max_length", "min_length", "top_k",
+          "no_repeat_ngram_size", "num_beam_groups")
+_NUMBERS = ("temperature", "top_p", "repetition_penalty", "length_penalty", "typical_p", "diversity_penalty", "min_p",
+            "epsilon_cutoff", "eta_cutoff", *_WHOLE)
+_SWITCHES = ("do_sample", "renormalize_logits", "remove_invalid_values")
+CHECKED_SETTINGS = (*_NUMBERS, *_SWITCHES)
+# what the task methods set themselves
+_TASKS_OWN = ("input_ids", "attention_mask", "pixel_values", "image_embeds", "image_mask", "inputs")
 
 
 def check_generation(settings: dict[str, Any], where: str = "generation") -> None:
@@ -98,9 +109,11 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
     number = {key: value for key, value in given.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     problems = [f"{name} {given[name]!r} is not a number" for name in _NUMBERS
                 if name in given and name not in number]
-    problems += [f"{name} {number[name]} must be 1 or more" for name in ("max_new_tokens", "num_beams")
+    problems += [f"{name} {given[name]!r} is not true or false" for name in _SWITCHES
+                 if name in given and not isinstance(given[name], bool)]
+    problems += [f"{name} {number[name]} must be 1 or more" for name in ("max_new_tokens", "num_beams", "num_return_sequences")
                  if name in number and number[name] < 1]
-    problems += [f"{name} {number[name]!r} must be a whole number" for name in ("max_new_tokens", "min_new_tokens", "num_beams")
+    problems += [f"{name} {number[name]!r} must be a whole number" for name in _WHOLE
                  if name in number and not (math.isfinite(number[name]) and number[name] == int(number[name]))]
     if "min_new_tokens" in number and number["min_new_tokens"] > number.get("max_new_tokens", float("inf")):
         problems.append(f"min_new_tokens {number['min_new_tokens']} is above max_new_tokens {number['max_new_tokens']}")
@@ -140,6 +153,12 @@ def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any],
     changed = {key: value for key, value in (own.to_diff_dict() if own is not None else {}).items() if key != "transformers_version"}
     given = {key: value for key, value in generate_kwargs.items() if value is not None}  # None: the model's own (a
     settings = {key: plain(value) for key, value in {**changed, **given}.items()}  # service's optional field, passed on)
+    unknown = [key for key in settings if key not in _known_settings()]
+    if unknown:  # transformers' "model_kwargs are not used", or a TypeError for one the task methods set
+        near = [f" (did you mean {', '.join(close)}?)" if (close := difflib.get_close_matches(key, _known_settings(), n=2))
+                else "" for key in unknown]
+        raise ConfigError("; ".join(f"{key}: set by the task methods themselves" if key in _TASKS_OWN else
+                                    f"{key} is no setting of Hugging Face's generate{hint}" for key, hint in zip(unknown, near)))
     returns = [key for key in _RETURN_OPTIONS if settings.get(key)]
     if returns:
         raise ConfigError(f"{', '.join(returns)}: the task methods return texts; for scores use option_scores, or call "
@@ -149,6 +168,16 @@ def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any],
     if settings.get("stop_strings"):
         settings.setdefault("tokenizer", tokenizer)
     return settings
+
+
+@functools.cache
+def _known_settings() -> frozenset[str]:
+    """What a task method's ``**generate_kwargs`` may set: GenerationConfig's settings and generate()'s own
+    arguments (a streamer, stopping criteria, ...), but what the task methods set themselves."""
+    from transformers.generation.utils import GenerationMixin
+
+    own = set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs", *_TASKS_OWN}
+    return frozenset(set(GenerationConfig().to_dict()) | own | {"tokenizer"})
 
 
 class Tasks:
@@ -181,7 +210,7 @@ class Tasks:
     @torch.no_grad()
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None, image_mask: torch.Tensor | None = None, **generate_kwargs: Any,
+        image_embeds: torch.Tensor | None = None, image_mask: torch.Tensor | None = None, /, **generate_kwargs: Any,
     ) -> list[str]:
         """The decoded continuations of left-padded prompts, one image (pixels or embeddings) each;
         rows whose ``image_mask`` is False are text-only."""
@@ -189,6 +218,7 @@ class Tasks:
         checked = {key: value for key, value in generate_kwargs.items() if key in CHECKED_SETTINGS}
         if checked:  # a call's own settings (the Python API's, chat's), over this model's
             check_generation({**{key: getattr(self.generation, key) for key in CHECKED_SETTINGS}, **checked})
+        self._within_context(input_ids.shape[1], generate_kwargs)
         device = self.device
         tokens = self.model.generate(
             input_ids.to(device), attention_mask.to(device),
@@ -203,15 +233,35 @@ class Tasks:
         return self.generate(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), image_embeds,
                              batch.get("image_mask"))
 
+    @property
+    def context(self) -> int | None:
+        """The tokens the language model reads at most (its ``max_position_embeddings``), None if it does not say."""
+        context = getattr(getattr(self.model.language_model, "config", None), "max_position_embeddings", None)
+        return context if isinstance(context, int) else None
+
+    def _within_context(self, prompt_length: int, settings: dict[str, Any]) -> None:
+        """Generation ends at the language model's context (``max_new_tokens=10**9`` generated past it for minutes,
+        holding a service's one model); a ``min_new_tokens`` that cannot end within it is refused."""
+        if self.context is None:
+            return
+        room = self.context - prompt_length
+        least = settings.get("min_new_tokens", self.generation.min_new_tokens) or 0
+        if least > room:
+            raise ConfigError(f"min_new_tokens {least} goes past the language model's context ({self.context:,} tokens, "
+                              f"{prompt_length:,} of them the prompt): at most {max(room, 0)}")
+        if settings.get("max_length") is not None:  # counts the prompt too
+            settings["max_length"] = min(settings["max_length"], self.context)
+        elif (settings.get("max_new_tokens") or self.generation.max_new_tokens or 0) > room:
+            settings["max_new_tokens"] = room
+
     def check_context(self, prompts: Sequence[Sequence[int]], asked: str = "question", advice: str = "ask a shorter one") -> None:
         """Refuse a prompt the language model's context cannot hold (a question of 100,000 words held a web server's one
         worker for minutes, and at Phi-2's size ran the GPU out of memory), naming which and by how much."""
-        config = getattr(self.model.language_model, "config", None)
-        context = getattr(config, "max_position_embeddings", None)
+        context = self.context
         for index, prompt in enumerate(prompts):
-            if isinstance(context, int) and len(prompt) >= context:
+            if context is not None and len(prompt) >= context:
                 which = f"{asked} {index + 1} of {len(prompts)}" if len(prompts) > 1 else f"the {asked}"
-                raise ValueError(f"{which} takes {len(prompt):,} tokens with the prompt, and the language model reads "
+                raise ConfigError(f"{which} takes {len(prompt):,} tokens with the prompt, and the language model reads "
                                  f"{context:,} at most: {advice}")
 
     def prompt_batch(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:

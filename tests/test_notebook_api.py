@@ -1,6 +1,7 @@
 """The Python API as a notebook user calls it: batches as pandas and NumPy hold them, long lists of photos,
 one bad item among many, ``~`` paths, and casts that would ruin a 4-bit model."""
 
+import pickle
 import random
 import warnings
 import weakref
@@ -11,10 +12,11 @@ import pytest
 import torch
 from PIL import Image, UnidentifiedImageError
 
+import mmcaption
 import mmcaption.inference as inference
 from mmcaption import Captioner
 from mmcaption.demo.synthetic import Scene, draw_scene
-from mmcaption.errors import NotAModelFolderError
+from mmcaption.errors import ConfigError, ImageInputError, NotAModelFolderError
 from mmcaption.export import main as export_main
 
 
@@ -163,6 +165,49 @@ def test_a_bad_item_among_many_is_named_by_its_place(captioner, photos, tmp_path
     assert kept == [whole[0], None, whole[1], None]
     assert captioner.caption((p for p in [b"notanimage", photos[0]]), skip_unreadable=True) == [None, whole[0]]  # a generator
     assert captioner.answer([b"notanimage", photos[0]], "What is it?", skip_unreadable=True)[0] is None
+
+
+def test_a_services_requests_get_their_own_reasons_and_a_bad_request_is_told_from_a_failure(captioner, photos, tmp_path):
+    # with skip_unreadable the reasons were warnings only, which a service's threads read from one process-wide list (a
+    # request got another's private path); a request's mistake raised TypeError or ValueError from inside transformers,
+    # which a service could not tell from a failure of its own; "false" from a request's JSON turned sampling on
+    errors: list = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the reasons are this call's, not the process's warnings
+        kept = captioner.caption([photos[0], b"notanimage", str(tmp_path / "missing.jpg")], skip_unreadable=True, errors=errors)
+    assert kept[1:] == [None, None] and [index for index, _ in errors] == [1, 2]
+    assert errors[0][1].startswith("image 2 of 3: the image's bytes cannot be decoded") and "missing.jpg" in errors[1][1]
+    answered: list = []
+    assert captioner.answer([b"notanimage"], "What is it?", skip_unreadable=True, errors=answered) == [None]
+    assert answered[0][0] == 0
+    for bad, kind in ((b"notanimage", UnidentifiedImageError), (str(tmp_path / "missing.jpg"), FileNotFoundError),
+                      (12, TypeError), ("", ValueError), ("/9j/4AAQSkZJRgABAQ", ValueError)):
+        with pytest.raises(kind) as raised:  # the error it is, and the caller's mistake
+            captioner.caption(bad)
+        assert isinstance(raised.value, mmcaption.MMCaptionError), (bad, type(raised.value).__mro__)
+    with pytest.raises(ImageInputError, match=r"base64 text goes as a data: URL") as raised:  # a small JPEG's base64: was
+        captioner.caption("/9j/4AAQSkZJRgABAQAAAQABAAD")  # a path tried, "No such file or directory: '/9j/...'"
+    assert type(pickle.loads(pickle.dumps(raised.value))) is ValueError  # across processes, as the error it is
+    for settings, said in (({"do_sample": "false"}, r"do_sample 'false' is not true or false"),
+                           ({"num_return_sequences": "2"}, r"num_return_sequences '2' is not a number"),
+                           ({"length_penalty": "1.0"}, r"length_penalty '1.0' is not a number"),
+                           ({"max_lenght": 10}, r"max_lenght is no setting of Hugging Face's generate \(did you mean max_length"),
+                           ({"input_ids": [1]}, r"input_ids: set by the task methods themselves")):
+        with pytest.raises(ConfigError, match=said):
+            captioner.caption(photos[0], **settings)
+    with pytest.raises(ConfigError, match=r"history is a list of \(question, answer\) pairs"):
+        captioner.chat(photos[0], "What is it?", history=["hello"])
+
+
+def test_generation_ends_at_the_language_models_context(captioner, photos):
+    # max_new_tokens=10**9 generated past the context for minutes, holding a service's one model
+    context = captioner.model.language_model.config.max_position_embeddings
+    tokens = captioner.tokenizer(captioner.caption(photos[0], max_new_tokens=10**9, min_new_tokens=context - 8),
+                                 add_special_tokens=False)["input_ids"]
+    assert context - 8 <= len(tokens) + 2 and len(tokens) < context  # up to the context, not past it
+    with pytest.raises(ConfigError, match=rf"min_new_tokens {context} goes past the language model's context \({context} "
+                                          r"tokens, \d+ of them the prompt\): at most \d+"):
+        captioner.caption(photos[0], min_new_tokens=context, max_new_tokens=context)
 
 
 def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, photos, backbones, monkeypatch, tmp_path):
