@@ -377,9 +377,13 @@ def test_a_predict_asked_fewer_batches_than_its_input_says_so_and_resume_complet
             limit_predict_batches=1).predict(module, datamodule=choice_data(backbones, questions, output))
     summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
     assert summary["rows"] == 2 and summary["interrupted"] == "trainer.limit_predict_batches 1: 2 of 8 rows asked"
+    earlier = {"version": "0.0.9", "commit": "5d4316f"}  # begun by an earlier release: its rows are said to be its
+    summary["made_by"]["software"] = earlier
+    output.with_name("answers.csv.summary.json").write_text(json.dumps(summary))
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
     summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
     assert summary["rows"] == 8 and summary["resumed_after"] == 2 and "interrupted" not in summary
+    assert summary["made_by"]["first_rows_software"] == {"rows": 2, **earlier} != summary["made_by"]["software"]
     assert len(output.read_text().splitlines()) == 9
 
 
