@@ -804,6 +804,12 @@ def test_a_table_without_the_configs_column_names_is_told_its_own(tmp_path):
     with pytest.raises(DataError, match=r"has no column\(s\) \['jpg', 'txt'\] .*; its columns by their names: "
                                         r"--data\.init_args\.hub_image_column Image --data\.init_args\.hub_caption_column Caption$"):
         list(HubCaptions(str(table)).records("train", BadRecords(str(table))))
+    studio = tmp_path / "project-1-at-2026-11-30.json"  # Label Studio's JSON export: the image and texts nested in each task
+    studio.write_text(json.dumps([{"id": 1, "data": {"image": "/data/upload/1/a.jpg"}, "annotations": [
+        {"result": [{"value": {"text": ["a red mug"]}, "from_name": "caption", "type": "textarea"}]}], "predictions": []}]))
+    with pytest.raises(DataError, match=r"it is a Label Studio export \(tasks with 'data' and 'annotations'\): export the "
+                                        r"project as CSV or JSON-MIN instead"):
+        list(HubCaptions(str(studio)).records("train", BadRecords(str(studio))))
     table.write_text("id,sku,price\n1,a,3\n")  # nothing to guess from: the columns alone, as before
     with pytest.raises(DataError, match=r"its columns are \['id', 'sku', 'price'\]$"):
         list(HubCaptions(str(table)).records("train", BadRecords(str(table))))

@@ -34,6 +34,9 @@ def columns_hint(missing: set[str], columns: list[str], image_column: str) -> st
     """``"; give ... --data.init_args.hub_image_column image ..."`` for the missing columns that a column of the
     table's, by its name, likely is (case and spaces aside), else ``""``."""
     by_name = {column.strip().lower(): column for column in columns}
+    if {"data", "annotations"} <= set(by_name):  # its tasks nest the image and the texts: no column holds either
+        return ("; it is a Label Studio export (tasks with 'data' and 'annotations'): export the project as CSV or JSON-MIN "
+                "instead (a row per image, its path and caption in columns)")
     settings = []
     for missing_column in sorted(missing):
         names = IMAGE_COLUMNS if missing_column == image_column else CAPTION_COLUMNS
