@@ -35,7 +35,7 @@ from mmcaption.model.backbones import check_device, is_local_path, load_image_pr
 from mmcaption.model.card import CONFIG_FILE, caption_stage
 from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompt
-from mmcaption.tasks import Tasks
+from mmcaption.tasks import Tasks, evaluating
 
 ImageInput = ImageSource  # a path, an http(s):// URL, bytes, a PIL image or an array
 FOLDER_PARTS = ("adapter/adapter_model.safetensors", "multimodal.safetensors", "tokenizer", "image_processor")
@@ -162,7 +162,7 @@ class Captioner:
             batch = self.tasks.prompt_batch(prompts[start:start + size])
             pixels, mask, unreadable = self._images(images[start:start + size], first + start,
                                                     len(images) if total is None else total, skip_unreadable, errors)
-            with self._lock:  # threads (a web server's) take turns: they got each other's images
+            with self._lock, evaluating(self.model):  # threads (a web server's) take turns: they got each other's images
                 made = self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, None, mask,
                                            **generate_kwargs)
             n = len(made) // len(batch["input_ids"])
@@ -286,7 +286,7 @@ class Captioner:
         size, letters, per_question = _batch_size(self.batch_size if batch_size is None else batch_size), [], []
         for start in range(0, len(prompts), size):
             pixels, mask, _ = self._images(images[start:start + size], start, len(images))
-            with self._lock:
+            with self._lock, evaluating(self.model):
                 image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
                 chosen, scores = self.tasks.choose(list(prompts[start:start + size]), list(option_ids[start:start + size]),
                                                    image_embeds, image_mask=mask)

@@ -13,7 +13,8 @@ import functools
 import inspect
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -168,6 +169,19 @@ def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any],
     if settings.get("stop_strings"):
         settings.setdefault("tokenizer", tokenizer)
     return settings
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for a call (after a caller's ``model.train()``, dropout changed greedy captions), each
+    module's own mode put back after it (a frozen tower stays in eval mode while the rest trains)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 @functools.cache

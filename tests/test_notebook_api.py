@@ -199,6 +199,21 @@ def test_a_services_requests_get_their_own_reasons_and_a_bad_request_is_told_fro
         captioner.chat(photos[0], "What is it?", history=["hello"])
 
 
+def test_a_model_put_in_training_mode_captions_as_in_eval_mode_and_stays_as_it_was_put(captioner, photos):
+    # after captioner.model.train() (a fine-tuning step in the same notebook), dropout changed the greedy captions
+    settings = {"min_new_tokens": 4, "max_new_tokens": 6}
+    expected = captioner.caption(photos[0], **settings)
+    vision_mode = captioner.model.vision_model.training
+    captioner.model.train()
+    captioner.model.vision_model.eval()  # a frozen tower kept in eval mode, as training does
+    try:
+        assert [captioner.caption(photos[0], **settings) for _ in range(3)] == [expected] * 3
+        assert captioner.model.training and not captioner.model.vision_model.training  # each module as it was put
+    finally:
+        captioner.model.eval()
+        captioner.model.vision_model.train(vision_mode)
+
+
 def test_generation_ends_at_the_language_models_context(captioner, photos):
     # max_new_tokens=10**9 generated past the context for minutes, holding a service's one model
     context = captioner.model.language_model.config.max_position_embeddings
