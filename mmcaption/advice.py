@@ -1,6 +1,6 @@
 """What a run that failed for want of a resource is told: out of memory, where it was and which of its
 settings take less; out of disk space, the checkpoint it resumes from. The console scripts print it on
-one line with the error (:func:`~mmcaption.errors.resource_message`)."""
+one line with the error (:func:`~mmcaption.resources.resource_message`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import RunningStage
 
-from mmcaption.errors import disk_full, out_of_memory
+from mmcaption.resources import disk_full, out_of_memory
 
 
 class OutOfMemoryAdvice(Callback):

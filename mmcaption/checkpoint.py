@@ -37,12 +37,13 @@ from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_utilities.core.imports import RequirementCache
 
-from mmcaption.errors import MMCaptionError, disk_full
+from mmcaption.errors import MMCaptionError
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.folders import umask
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
+from mmcaption.resources import disk_full
 
 MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
 
@@ -248,13 +249,8 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         of = f" of {checkpoint['planned_steps']}" if checkpoint.get("planned_steps") else ""
         rank_zero_warn(f"init_from {path} was saved as its run was stopped by {stopped}, at step {checkpoint.get('global_step')}"
                        f"{of}: these weights are of a stage that did not finish (resume that run with --ckpt_path to finish it)")
-    return {
-        "path": str(path.resolve()),
-        "sha256": file_sha256(path),
-        "epoch": checkpoint.get("epoch"),
-        "global_step": checkpoint.get("global_step"),
-        "planned_steps": checkpoint.get("planned_steps"),
-    }
+    return {"path": str(path.resolve()), "sha256": file_sha256(path), "epoch": checkpoint.get("epoch"),
+            "global_step": checkpoint.get("global_step"), "planned_steps": checkpoint.get("planned_steps")}
 
 
 # Lightning issue #20550 (open; fixes proposed in PRs #21765 and #21770): a stateful training loader's

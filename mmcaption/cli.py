@@ -29,7 +29,7 @@ from mmcaption.checkpoint import (
 )
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
-from mmcaption.errors import ConfigError, MMCaptionError, causes, user_errors_exit
+from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
 from mmcaption.folders import (
     FolderLock,
     check_named_runs_unused,
@@ -51,6 +51,7 @@ from mmcaption.model.config import (
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
+from mmcaption.resources import causes
 from mmcaption.settings_checks import (
     ask_as_trained,
     lightning_setting_errors,
@@ -227,10 +228,8 @@ class MMCaptionCLI(LightningCLI):
         merged, notes, refused = merged_settings(flat_settings(saved), given, self._written_model_settings(subcommand), defaults,
                                                  saved_name)
         if refused:
-            raise ConfigError(
-                f"{source} was trained with other structural settings than this run's ({'; '.join(refused)}); its "
-                f"tensors cannot fit. Drop these settings to use the {saved_name}'s, or train a new run"
-            )
+            raise ConfigError(f"{source} was trained with other structural settings than this run's ({'; '.join(refused)}); "
+                              f"its tensors cannot fit. Drop these settings to use the {saved_name}'s, or train a new run")
         if notes and rank_zero_only.rank == 0:  # the CLI's own note, as its errors: straight to the console
             print(f"{source}: using the settings you gave instead of the {saved_name}'s: {'; '.join(notes)}",
                   file=sys.stderr, flush=True)

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError, owner_of
+from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError
+from mmcaption.resources import owner_of
 
 LOCK_FILE = ".mmcaption.lock"
 

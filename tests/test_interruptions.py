@@ -39,9 +39,7 @@ from mmcaption.errors import (
     NotWritableError,
     OutputExistsError,
     RunInterrupted,
-    disk_full,
     one_line,
-    out_of_memory,
     user_errors_exit,
 )
 from mmcaption.export import export_checkpoint
@@ -49,6 +47,7 @@ from mmcaption.export import main as export_main
 from mmcaption.folders import FolderLock
 from mmcaption.model import MultimodalCausalLM
 from mmcaption.module import MultimodalCaptioner
+from mmcaption.resources import disk_full, out_of_memory
 
 from .conftest import REPO, make_captioner
 from .test_predict_export import QUESTIONS, choice_data, predictor, write_csv
@@ -1032,7 +1031,7 @@ def test_a_teammates_lock_file_follows_the_umask_and_one_left_by_a_killed_run_is
 
 
 def test_files_of_another_user_and_too_large_files_are_one_line(tmp_path):
-    from mmcaption.errors import resource_message
+    from mmcaption.resources import resource_message
 
     cache = tmp_path / "cache" / "train2017-0123"
     cache.mkdir(parents=True)
@@ -2066,7 +2065,7 @@ def test_a_run_waiting_on_a_cache_build_says_whose_it_is_and_waits_on_a_lock_it_
 
 def test_a_teammates_private_checkpoint_is_said_to_be_read_not_written(tmp_path, monkeypatch):
     # "point the setting that names it at a folder of your own" meant nothing for a checkpoint to read (init_from, ckpt_path)
-    from mmcaption.errors import permission_message
+    from mmcaption.resources import permission_message
 
     private = tmp_path / "caption.ckpt"
     private.write_bytes(b"weights")

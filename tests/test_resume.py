@@ -28,8 +28,8 @@ from mmcaption.checkpoint import (
     save_atomically,
 )
 from mmcaption.demo import prepare_demo_assets
-from mmcaption.errors import resource_message
 from mmcaption.folders import LOCK_FILE
+from mmcaption.resources import resource_message
 
 from .conftest import REPO
 

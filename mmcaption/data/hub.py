@@ -47,8 +47,9 @@ from mmcaption.data.records import (
     not_utf8,
     read_json_list,
 )
-from mmcaption.errors import causes, one_line
+from mmcaption.errors import one_line
 from mmcaption.images import IMAGE_SUFFIXES
+from mmcaption.resources import causes
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split

@@ -11,9 +11,9 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError, existing_spelling, packed_file
-from mmcaption.errors import owner_of
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
+from mmcaption.resources import owner_of
 
 # a one-column list saved from a spreadsheet starts with its column's name
 COLUMN_NAMES = {"image", "images", "img_path", "image_path", "path", "file", "filename", "file_name", "photo", "url", "urls",

@@ -33,8 +33,9 @@ from transformers import (
 from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.utils import is_torchvision_available
 
-from mmcaption.errors import ConfigError, permission_message
+from mmcaption.errors import ConfigError
 from mmcaption.model.config import DType, Quantization
+from mmcaption.resources import permission_message
 
 
 class BackboneNotFoundError(ConfigError):

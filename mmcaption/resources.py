@@ -1,0 +1,133 @@
+"""What the machine's limits are said as: a full disk, memory run out, a file another user's permissions keep from
+this one, each named with what to change to go on (:func:`resource_message`), not a traceback."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def resource_message(error: BaseException) -> str | None:
+    """One line for a command stopped by a full disk or by running out of memory (what the user changes
+    to go on), or None when ``error`` is neither."""
+    full = disk_full(error)
+    if full is not None:
+        return disk_full_message(full, getattr(error, "__notes__", []))
+    memory = out_of_memory(error)
+    if memory is not None:
+        return out_of_memory_message(memory, getattr(error, "__notes__", []))
+    for cause in causes(error):
+        if isinstance(cause, OSError) and cause.errno == errno.EFBIG:  # a FAT32 drive's 4 GB, or `ulimit -f`
+            return (f"{cause.filename or 'a file'} grew larger than its disk or this process may write ({cause.strerror}): "
+                    "FAT32 drives hold files of up to 4 GB, and `ulimit -f` limits them too. What was complete before stays "
+                    "whole; write to another disk, or raise the limit")
+        if isinstance(cause, PermissionError) and cause.filename:
+            return permission_message(Path(cause.filename), cause.strerror)
+    return None
+
+
+def permission_message(path: Path, why: str | None, advice: str = "") -> str:
+    """A file or folder this user may not read or write (another user's cache, checkpoints or lock, made private by
+    their umask), named with its owner and mode, not a traceback."""
+    owner = owner_of(path)
+    try:
+        unreadable = path.is_file() and not os.access(path, os.R_OK)  # another's private checkpoint
+    except OSError:  # inside another user's private folder
+        unreadable = False
+    return (f"permission denied: {path} ({why or 'not allowed'}){'; ' + owner if owner else ''}. " + (advice or (
+        "It is read, not written: its owner can make it readable (chmod g+r, in a group the two of you share), or give "
+        "you a copy" if unreadable else
+        "Point the setting that names it (data.init_args.cache_dir, the checkpoint folder, the output) at a folder of your "
+        "own; a team shares its files by working with umask 002 in a group folder")))
+
+
+def owner_of(path: Path) -> str:
+    """``"<path> belongs to alice, mode drwxr-xr-x"`` of ``path``, or of the nearest folder above it that this user may
+    look at (inside another user's private folder even ``exists()`` is refused); ``""`` when none."""
+    for place in (path, *path.parents):
+        try:
+            info = place.stat()
+        except OSError:
+            continue
+        try:
+            import pwd
+
+            name = pwd.getpwuid(info.st_uid).pw_name
+        except (ImportError, KeyError):
+            name = str(info.st_uid)
+        return f"{place} belongs to {name}, mode {stat.filemode(info.st_mode)}"
+    return ""
+
+
+def causes(error: BaseException | None, context: bool = True) -> Iterator[BaseException]:
+    """``error`` and the errors behind it, each once: its ``__cause__`` (raised from it), else, with
+    ``context``, its ``__context__`` (met while handling it)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or (error.__context__ if context else None)
+
+
+# PyTorch's words: torch.OutOfMemoryError (CUDA, XPU), the CPU allocator's and the Apple MPS backend's RuntimeErrors
+_OUT_OF_MEMORY = ("out of memory", "DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def out_of_memory(error: BaseException) -> BaseException | None:
+    """The out-of-memory error behind ``error`` (a GPU's or the CPU allocator's), if that stopped the command."""
+    for cause in causes(error, context=False):  # a wrapper's cause; not an error met while handling another
+        if type(cause).__name__ == "OutOfMemoryError" or (
+            isinstance(cause, RuntimeError) and any(words in str(cause) for words in _OUT_OF_MEMORY)
+        ):
+            return cause
+    return None
+
+
+def out_of_memory_message(error: BaseException, notes: list[str]) -> str:
+    """What ran out and how much was asked (PyTorch's first sentences: its allocator statistics and hints
+    follow, and ``MMCAPTION_TRACEBACK=1`` shows them), then ``notes``: where the run was and which settings
+    take less memory (:class:`~mmcaption.advice.OutOfMemoryAdvice` adds them)."""
+    text = " ".join(str(error).split())
+    if "DefaultCPUAllocator" in text:
+        text = "out of memory in RAM: " + text.split("DefaultCPUAllocator: ", 1)[1].split(". Error code")[0]
+    else:
+        text = ". ".join(text.split(". ")[:3]).rstrip(".")
+    return " ".join([f"{text}.", *notes]) if notes else (
+        f"{text}. Close what else uses that memory, or use a device with more")
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The "no space left" (or "disk quota exceeded") error behind ``error``, if that is what stopped the
+    command: found through the chain of causes (``datasets`` wraps what its writer raised; pyarrow's
+    errors carry the errno in their message only)."""
+    for cause in causes(error):
+        if isinstance(cause, OSError) and (
+            cause.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(cause) or "Disk quota exceeded" in str(cause)
+        ):
+            return cause
+    return None
+
+
+def disk_full_message(error: OSError, notes: list[str] = ()) -> str:
+    """A full disk said as such: the file being written and the space left where it is, not a traceback,
+    then ``notes`` (how a training run resumes: :class:`~mmcaption.advice.OutOfMemoryAdvice` adds it).
+    Whatever was being written is removed or left beside the complete copy (preprocessed splits and
+    checkpoints are written to a temporary file or folder first and renamed when whole)."""
+    where = Path(error.filename) if isinstance(error.filename, str) else None
+    folder = next((p for p in ([where, *where.parents] if where else []) if p.is_dir()), None)
+    free = ""
+    if folder is not None:
+        try:
+            free = f"; {shutil.disk_usage(folder).free / 2**30:.1f} GB free there now"
+        except OSError:
+            pass
+    writing = f" while writing {where}" if where else ""
+    return (f"the disk is full{writing} ({error.strerror or error}){free}. What was complete before stays whole "
+            "(preprocessed splits and checkpoints are written aside and renamed once whole). Free some space, or point "
+            "the folder it was writing (data.init_args.cache_dir for preprocessed splits, the checkpoint folder, the "
+            "output) at a larger disk, and run the same command again"
+            + "".join(f"; {note}" for note in notes))
