@@ -2112,3 +2112,25 @@ def test_a_terminal_that_says_no_width_gets_progress_as_plain_lines(backbones, c
     finally:
         stream.close()
         os.close(leader)
+
+
+LOADER_LEFT_RUNNING = """
+import sys, torch
+from torch.utils.data import DataLoader
+from mmcaption.data.base import end_workers_at_exit, worker_init
+end_workers_at_exit()  # as every mmcaption loader with workers does
+loader = DataLoader(list(range(64)), batch_size=2, num_workers=1, persistent_workers=True, worker_init_fn=worker_init)
+batches = iter(loader)
+next(batches)  # a run stopped by an error between two batches: its frames keep the loader and its worker
+print("error: the disk is full", file=sys.stderr)
+sys.exit(2)
+"""
+
+
+def test_a_command_stopped_by_an_error_exits_while_its_loader_workers_run():
+    # a full disk at a checkpoint after a validation printed its line, and then the process waited on the training
+    # loader's worker for ever: the workers ignore SIGTERM, which is how Python's exit ends them (a crashed container
+    # job held its GPUs until someone killed it)
+    result = subprocess.run([sys.executable, "-c", LOADER_LEFT_RUNNING], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 2 and result.stderr.strip() == "error: the disk is full"  # and nothing after it

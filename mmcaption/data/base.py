@@ -8,9 +8,11 @@ The arguments shared by the data modules are declared here once; the subclasses 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -69,6 +71,28 @@ def worker_init(worker_id: int, rank: int = 0) -> None:
         pl_worker_init_function(worker_id, rank)
 
 
+@functools.cache
+def end_workers_at_exit() -> None:
+    """At the process's exit, end the loader workers still running: a run stopped by an error keeps its loaders (the
+    error's frames hold them), and multiprocessing ends their workers with SIGTERM, which :func:`worker_init` has them
+    ignore: the process printed its error and then waited on them for ever (a crashed job held its GPUs)."""
+    atexit.register(_end_workers)  # after multiprocessing's own exit function, so it runs before it
+
+
+def _end_workers() -> None:
+    """What multiprocessing does to daemonic children at exit (SIGTERM), then SIGKILL for those that ignore it."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if children and hasattr(signal, "SIGCHLD"):  # torch's handler would say each worker's end as a failure
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + 2
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0))
+        if child.is_alive():
+            child.kill()
+
+
 def loader_generator() -> torch.Generator:
     """A loader's own generator: each of its iterators draws a seed, from the process's generator when a loader has
     none. An evaluation loader's draw moved the training's dropout masks after each validation by how many evaluation
@@ -114,6 +138,7 @@ class BackbonesDataModule(LightningDataModule):
         return load_image_processor(self.image_processor_name)
 
     def _worker_init(self):
+        end_workers_at_exit()
         return functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer is not None else 0)
 
     def evaluation_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
