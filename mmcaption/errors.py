@@ -66,8 +66,10 @@ class ImageInputError(MMCaptionError):
     ``TypeError``, ...: :func:`image_input_error`), so that a service tells a request's bad image
     (``except MMCaptionError``) from a failure of its own."""
 
-    def __reduce__(self) -> tuple[Any, ...]:  # across processes, as the error it is
-        return next(kind for kind in type(self).__mro__ if not issubclass(kind, MMCaptionError)), self.args
+    def __reduce__(self) -> tuple[Any, ...]:  # across processes, as the error it is (an OSError with its file name)
+        kind = next(kind for kind in type(self).__mro__ if not issubclass(kind, MMCaptionError))
+        named = isinstance(self, OSError) and self.filename is not None
+        return kind, (self.errno, self.strerror, self.filename) if named else self.args
 
 
 @functools.cache

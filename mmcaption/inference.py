@@ -143,8 +143,8 @@ class Captioner:
         try:
             picture = load_rgb(image, processor_side(self.image_processor))
         except (OSError, ValueError, TypeError) as error:  # the caller's image: an ImageInputError too (a service's 400)
-            if total == 1 and not skip:
-                raise image_input_error(error) from error
+            if total == 1 and not skip:  # the error as it was raised, said once
+                raise image_input_error(error).with_traceback(error.__traceback__) from None
             place = f"image {index + 1}" + (f" of {total}" if total else "")  # which one of a long list
             numbered = isinstance(error, OSError) and error.errno is not None  # its errno and file kept
             raise image_input_error(error, f"{place}: {error.strerror if numbered else error}") from error

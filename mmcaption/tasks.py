@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase
@@ -95,8 +96,8 @@ def option_scores(
 _WHOLE = ("max_new_tokens", "min_new_tokens", "num_beams", "num_return_sequences", "max_length", "min_length", "top_k",
           "no_repeat_ngram_size", "num_beam_groups")
 _NUMBERS = ("temperature", "top_p", "repetition_penalty", "length_penalty", "typical_p", "diversity_penalty", "min_p",
-            "epsilon_cutoff", "eta_cutoff", *_WHOLE)
-_SWITCHES = ("do_sample", "renormalize_logits", "remove_invalid_values")
+            "epsilon_cutoff", "eta_cutoff", "max_time", *_WHOLE)
+_SWITCHES = ("do_sample", "renormalize_logits", "remove_invalid_values", "use_cache")
 CHECKED_SETTINGS = (*_NUMBERS, *_SWITCHES)
 # what the task methods set themselves
 _TASKS_OWN = ("input_ids", "attention_mask", "pixel_values", "image_embeds", "image_mask", "inputs")
@@ -132,8 +133,11 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
 
 
 def plain(value: Any) -> Any:
-    """A NumPy or torch number as the Python number it is (``np.int64(5)`` -> ``5``); anything else as it is."""
-    if isinstance(value, numbers.Number) and not isinstance(value, bool | int | float) and hasattr(value, "item"):
+    """A NumPy or torch number or truth value as Python's (``np.int64(5)`` -> ``5``, ``np.bool_(False)`` -> ``False``); anything
+    else as it is."""
+    if isinstance(value, numbers.Number | np.bool_) and not isinstance(value, bool | int | float) and hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dim() == 0:  # torch.tensor(False), a 0-d number
         return value.item()
     return value
 
@@ -164,6 +168,9 @@ def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any],
     if returns:
         raise ConfigError(f"{', '.join(returns)}: the task methods return texts; for scores use option_scores, or call "
                           "the model's own generate (captioner.model.generate)")
+    for key in _WHOLE:  # num_beams=2.0 (a JSON number): torch and transformers take whole numbers only
+        if isinstance(settings.get(key), float) and settings[key].is_integer():
+            settings[key] = int(settings[key])
     if settings.get("max_length") is not None and "max_new_tokens" not in settings and generation.max_new_tokens is not None:
         settings["max_new_tokens"] = None  # max_length counts the prompt's tokens too, as in transformers
     if settings.get("stop_strings"):
@@ -190,8 +197,10 @@ def _known_settings() -> frozenset[str]:
     arguments (a streamer, stopping criteria, ...), but what the task methods set themselves."""
     from transformers.generation.utils import GenerationMixin
 
-    own = set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs", *_TASKS_OWN}
-    return frozenset(set(GenerationConfig().to_dict()) | own | {"tokenizer"})
+    own = set(inspect.signature(GenerationMixin.generate).parameters) | set(inspect.signature(MultimodalCausalLM.generate).parameters)
+    # what generate() takes through its **kwargs: assisted decoding's tokenizers, a hub generation method's code
+    passed = {"tokenizer", "assistant_tokenizer", "trust_remote_code"}
+    return frozenset((set(GenerationConfig().to_dict()) | own | passed) - {"self", "kwargs", *_TASKS_OWN})
 
 
 class Tasks:
@@ -254,19 +263,18 @@ class Tasks:
         return context if isinstance(context, int) else None
 
     def _within_context(self, prompt_length: int, settings: dict[str, Any]) -> None:
-        """Generation ends at the language model's context (``max_new_tokens=10**9`` generated past it for minutes,
-        holding a service's one model); a ``min_new_tokens`` that cannot end within it is refused."""
+        """No more new tokens than the language model's context holds (``max_new_tokens=10**9`` generated past it for
+        minutes, holding a service's one model); a ``min_new_tokens`` past it is refused. Settings within it are left as
+        they are (``prompt_length``: the batch's padded length, which a shorter prompt of the batch does not have)."""
         if self.context is None:
             return
-        room = self.context - prompt_length
         least = settings.get("min_new_tokens", self.generation.min_new_tokens) or 0
-        if least > room:
-            raise ConfigError(f"min_new_tokens {least} goes past the language model's context ({self.context:,} tokens, "
-                              f"{prompt_length:,} of them the prompt): at most {max(room, 0)}")
-        if settings.get("max_length") is not None:  # counts the prompt too
-            settings["max_length"] = min(settings["max_length"], self.context)
-        elif (settings.get("max_new_tokens") or self.generation.max_new_tokens or 0) > room:
-            settings["max_new_tokens"] = room
+        if least > self.context:
+            raise ConfigError(f"min_new_tokens {least} is past the language model's context ({self.context:,} tokens)")
+        if (settings.get("max_new_tokens") or self.generation.max_new_tokens or 0) > self.context:
+            settings["max_new_tokens"] = self.context
+        if (settings.get("max_length") or 0) > prompt_length + self.context:  # it counts the prompt too
+            settings["max_length"] = prompt_length + self.context
 
     def check_context(self, prompts: Sequence[Sequence[int]], asked: str = "question", advice: str = "ask a shorter one") -> None:
         """Refuse a prompt the language model's context cannot hold (a question of 100,000 words held a web server's one

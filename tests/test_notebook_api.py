@@ -188,11 +188,16 @@ def test_a_services_requests_get_their_own_reasons_and_a_bad_request_is_told_fro
     with pytest.raises(ImageInputError, match=r"base64 text goes as a data: URL") as raised:  # a small JPEG's base64: was
         captioner.caption("/9j/4AAQSkZJRgABAQAAAQABAAD")  # a path tried, "No such file or directory: '/9j/...'"
     assert type(pickle.loads(pickle.dumps(raised.value))) is ValueError  # across processes, as the error it is
+    with pytest.raises(FileNotFoundError) as raised:
+        captioner.caption(str(tmp_path / "missing.jpg"))
+    sent = pickle.loads(pickle.dumps(raised.value))
+    assert type(sent) is FileNotFoundError and str(sent) == str(raised.value) and sent.filename == str(tmp_path / "missing.jpg")
     for settings, said in (({"do_sample": "false"}, r"do_sample 'false' is not true or false"),
                            ({"num_return_sequences": "2"}, r"num_return_sequences '2' is not a number"),
                            ({"length_penalty": "1.0"}, r"length_penalty '1.0' is not a number"),
                            ({"max_lenght": 10}, r"max_lenght is no setting of Hugging Face's generate \(did you mean max_length"),
-                           ({"input_ids": [1]}, r"input_ids: set by the task methods themselves")):
+                           ({"input_ids": [1]}, r"input_ids: set by the task methods themselves"),
+                           ({"max_time": "5"}, r"max_time '5' is not a number")):
         with pytest.raises(ConfigError, match=said):
             captioner.caption(photos[0], **settings)
     with pytest.raises(ConfigError, match=r"history is a list of \(question, answer\) pairs"):
@@ -219,10 +224,19 @@ def test_generation_ends_at_the_language_models_context(captioner, photos):
     context = captioner.model.language_model.config.max_position_embeddings
     tokens = captioner.tokenizer(captioner.caption(photos[0], max_new_tokens=10**9, min_new_tokens=context - 8),
                                  add_special_tokens=False)["input_ids"]
-    assert context - 8 <= len(tokens) + 2 and len(tokens) < context  # up to the context, not past it
-    with pytest.raises(ConfigError, match=rf"min_new_tokens {context} goes past the language model's context \({context} "
-                                          r"tokens, \d+ of them the prompt\): at most \d+"):
-        captioner.caption(photos[0], min_new_tokens=context, max_new_tokens=context)
+    assert context - 8 <= len(tokens) + 2 and len(tokens) <= context  # up to the context, not past it
+    with pytest.raises(ConfigError, match=rf"min_new_tokens {context + 1} is past the language model's context \({context} "):
+        captioner.caption(photos[0], min_new_tokens=context + 1, max_new_tokens=context + 1)
+    # settings within the context are left as they are, whatever the batch's other prompts (a long question beside a
+    # short one cut the short one's answer to the long one's room)
+    short, words = "What is it?", context
+    while len(captioner.template.prompt("what " * words, captioner.tokenizer)) > context - 6:  # 6 tokens of room
+        words -= 1
+    long = "what " * words
+    settings = {"max_new_tokens": 12, "min_new_tokens": 12}
+    assert captioner.answer([photos[0], photos[0]], [short, long], **settings)[0] == captioner.answer(photos[0], short, **settings)
+    # the kinds a request's JSON and a pandas sheet give: whole numbers as 2.0, numpy's truth values
+    assert captioner.caption(photos[0], num_beams=2.0, do_sample=np.bool_(False)) == captioner.caption(photos[0], num_beams=2)
 
 
 def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, photos, backbones, monkeypatch, tmp_path):
