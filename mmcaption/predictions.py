@@ -137,11 +137,12 @@ class PredictionWriter(BasePredictionWriter):
 
     def _go_on_from(self, output: Path, done: list[dict[str, Any]]) -> None:
         try:  # the release that made the first rows, when another made them (a resume after an upgrade)
-            earlier = json.loads(summary_path(output).read_text(encoding="utf-8")).get("made_by", {}).get("software")
+            made_by = json.loads(summary_path(output).read_text(encoding="utf-8")).get("made_by", {})
         except (OSError, ValueError, AttributeError):
-            earlier = None
-        if earlier and earlier != self.made_by["software"]:
-            self.made_by["first_rows_software"] = {"rows": len(done), **earlier}
+            made_by = {}
+        earlier = made_by.get("first_rows_software") or made_by.get("software")  # resumed before: the first release
+        if earlier and {k: v for k, v in earlier.items() if k != "rows"} != self.made_by["software"]:
+            self.made_by["first_rows_software"] = {"rows": earlier.get("rows", len(done)), **earlier}
         self.handle.close()
         shutil.copyfile(output, self.partial)
         self.handle = self.partial.open("a", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES)  # no second mark

@@ -351,6 +351,14 @@ def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_
         user_errors_exit(lambda: predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output)))()
     assert exit_info.value.code == 0 and output.read_text() == whole
     assert output.with_name("answers.csv.summary.json").read_text() == said and not list(tmp_path.glob(".answers.csv*"))
+    # ... but not when its input has more rows since (said, exit 2), nor when its rows were all errors
+    longer = write_csv(tmp_path / "longer.csv", [*csv.DictReader(questions.open()), *QUESTIONS])
+    with pytest.raises(OutputExistsError, match=r"complete \(12 rows.*this input has 16 rows now"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, longer, output))
+    summary = json.loads(said)
+    output.with_name("answers.csv.summary.json").write_text(json.dumps({**summary, "errors": summary["rows"]}))
+    with pytest.raises(OutputExistsError, match=r"complete \(12 rows"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
     assert capsys.readouterr().err.strip() == (f"note: SLURM requeued this job (restart 2) after this predict had finished: "
                                                f"{output} holds its 12 rows, kept as they are")
     # --data.overwrite true starts afresh, as asked

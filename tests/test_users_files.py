@@ -790,8 +790,8 @@ def test_a_catalogs_paths_from_another_machine_or_without_a_suffix_get_advice_th
     with pytest.raises(DataError) as refused:
         list(HubCaptions(str(table), "image", "caption").records("train", BadRecords(str(table))))
     said = str(refused.value)
-    assert (f"{folder / 'SKU1000.jpg'} has that name: an absolute path is read where it points, so write it relative to "
-            f"{folder} (SKU1000.jpg)") in said and "run from" not in said
+    assert (f"{folder / 'SKU1000.jpg'} has that name, not that folder: write the path relative to {folder} (SKU1000.jpg)"
+            in said and "run from" not in said)
     assert "its 'image' is 'SKU1001', not a file" in said
     assert f"{folder / 'SKU1001.jpg'} is there: write the names with their suffix (SKU1001.jpg)" in said
 
@@ -825,9 +825,19 @@ def test_a_radiologists_dicom_scans_are_named_for_what_they_are(tmp_path):
         (folder / f"case{case}.dcm").write_bytes(scan)
         (folder / f"case{case}.txt").write_text("no acute findings")
     with pytest.raises(DataError, match=rf"{folder}: its caption \.txt files are beside 3 files that are not images by their "
-                                        r"names \(\.dcm; the first, case0\.dcm: not an image Pillow can read \(a DICOM file: "
+                                        r"names \(\.dcm; case0\.dcm: not an image Pillow can read \(a DICOM file: "
                                         r"convert it to PNG first"):
         HubCaptions(str(folder)).load("train")
+    # a table with its text export beside it (Excel's "Text (Tab delimited)"), a licence: read as before, not refused
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "products.csv").write_text("image,caption\n../scans/a.png,a red mug\n")
+    (tables / "products.txt").write_text("image\tcaption\n../scans/a.png\ta red mug\n")
+    (tables / "LICENSE").write_text("CC BY 4.0")
+    (tables / "LICENSE.txt").write_text("CC BY 4.0")
+    from mmcaption.data.folder_layouts import folder_layout
+
+    assert folder_layout(tables, sorted(tables.iterdir()), ("image", "caption")) == (None, None)
     # a table naming them: each row's error (training's, predict's) says what the file is
     assert check_image(scan) == ("not an image Pillow can read (a DICOM file: convert it to PNG first (pydicom reads it, "
                                  "with its window applied))")

@@ -62,13 +62,14 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
 def _refuse_captioned_others(path: Path, files: list[Path], captions: list[Path]) -> None:
     """Refuse caption files beside files of their names that are not images mmcaption reads, saying what they are."""
     named = {caption.with_suffix("") for caption in captions}
-    others = [f for f in files if f.suffix.lower() != ".txt" and f.with_suffix("") in named]
-    if others:
-        with open(others[0], "rb") as file:
+    others = [f for f in files if f.suffix.lower() not in (".txt", *TABLE_SUFFIXES) and f.with_suffix("") in named]
+    for other in others:  # a table's text export beside it (products.csv, products.txt), a LICENSE: not what is meant
+        with open(other, "rb") as file:
             problem = check_image(file.read(1 << 16)) or "an image whose name is not an image's"
-        raise DataError(f"{path}: its caption .txt files are beside {len(others)} files that are not images by their names "
-                        f"({', '.join(sorted({f.suffix.lower() or 'no suffix' for f in others}))}; the first, {others[0].name}: "
-                        f"{problem}); images are {', '.join(sorted(IMAGE_SUFFIXES))}")
+        if not problem.endswith(("(text)", "(JSON text)")):
+            raise DataError(f"{path}: its caption .txt files are beside {len(others)} files that are not images by their "
+                            f"names ({', '.join(sorted({f.suffix.lower() or 'no suffix' for f in others}))}; {other.name}: "
+                            f"{problem}); images are {', '.join(sorted(IMAGE_SUFFIXES))}")
 
 
 def _say_captions_without_photos(path: Path, captions: list[Path]) -> None:

@@ -366,11 +366,11 @@ class HubCaptions(RowImages):
         if self.dataset.lower().endswith(".csv"):
             return f"line {index + 2}"
         if self.dataset.lower().endswith(".jsonl"):
-            return f"line {_jsonl_line(self.dataset, index)}"
+            return f"line {tables.jsonl_line(self.dataset, index)}"
         within = index
         for table, rows in self._line_tables.get(split.removesuffix(REST).removesuffix(HELD_OUT), []):
             if within < rows:
-                line = within + 2 if table.lower().endswith(".csv") else _jsonl_line(os.path.join(self.dataset, table), within)
+                line = within + 2 if table.lower().endswith(".csv") else tables.jsonl_line(os.path.join(self.dataset, table), within)
                 return f"{table}, line {line}"
             within -= rows
         return f"row {index} (key {key})"
@@ -390,10 +390,3 @@ class HubCaptions(RowImages):
                 return sum(1 for line in lines if line.strip())
         return {split: [(os.path.relpath(file, self.dataset), rows(file)) for file in files]
                 for split, files in self._table_splits[1].items()}
-
-
-def _jsonl_line(path: str, index: int) -> int:
-    """The line (from 1) of a JSON Lines file's row ``index`` (from 0): blank lines are not rows."""
-    with open(path, "rb") as lines:
-        rows = (number for number, line in enumerate(lines, start=1) if line.strip())
-        return next((number for row, number in enumerate(rows) if row == index), index + 1)

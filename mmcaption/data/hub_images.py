@@ -42,10 +42,12 @@ class RowImages:
                     "such tables) and give the table the files' paths")
         written = PureWindowsPath(name) if "\\" in name or PureWindowsPath(name).drive else PurePosixPath(name)
         elsewhere = self._files_named.get(written.name)  # a folder down: its table's paths are not from there
-        suffixed = [file for file in self._nearby_files if not written.suffix and file.stem == written.name]  # SKU1000
+        suffixed = self._files_by_stem.get(written.name, []) if not written.suffix else []  # a product id: SKU1000
         if elsewhere is not None and self._folders and written.is_absolute():  # another machine's folder (C:\Users\...)
-            beside = (f"; {elsewhere[0]} has that name: an absolute path is read where it points, so write it relative to "
-                      f"{self._folders[0]} ({Path(os.path.relpath(elsewhere[0], self._folders[0])).as_posix()})")
+            relative = [Path(os.path.relpath(file, self._folders[0])).as_posix() for file in elsewhere[:3]]
+            beside = (f"; {' and '.join(map(str, elsewhere[:3]))}{' ...' * (len(elsewhere) > 3)} "
+                      f"{'has' if len(elsewhere) == 1 else 'have'} that name, not that folder: write the path relative to "
+                      f"{self._folders[0]} ({' or '.join(relative)})")
         elif elsewhere is not None and self._folders:
             beside = f"; {elsewhere[0]} has that name: run from {elsewhere[0].parent}, or write the paths from {self._folders[0]}"
         elif suffixed:
@@ -61,6 +63,14 @@ class RowImages:
         named: dict[str, list[Path]] = {}
         for file in self._nearby_files:
             named.setdefault(file.name, []).append(file)
+        return named
+
+    @functools.cached_property
+    def _files_by_stem(self) -> dict[str, list[Path]]:
+        """The dataset folder's own files by name without its suffix, for a message."""
+        named: dict[str, list[Path]] = {}
+        for file in self._nearby_files:
+            named.setdefault(file.stem, []).append(file)
         return named
 
     @functools.cached_property

@@ -126,6 +126,7 @@ class _PredictDataModule(BackbonesDataModule):
         self.output, self.batch_size, self.overwrite, self.resume = Path(output), batch_size, overwrite, resume
         self.dataset: Dataset | None = None
         self.done: list[dict[str, Any]] = []  # with resume: the rows the interrupted run wrote
+        self.finished_before: int | None = None  # a requeued SLURM job's: the rows its finished run wrote
 
     def input_files(self) -> list[Path]:
         """The files this module reads, which its output must never be."""
@@ -164,11 +165,10 @@ class _PredictDataModule(BackbonesDataModule):
         left = output.exists() or partial_path(output).is_file()
         if left and world_size == 1 and not (self.overwrite or self.resume) and requeued() and left_by_job(output) == this_job():
             # SLURM ran this job's command again (a lost node, scontrol requeue): the same run, which goes on
-            if (rows := finished_rows(output)) is not None:  # or had finished: the job script goes on to its next step
-                raise AlreadyDone(f"SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']}) after this predict "
-                                  f"had finished: {output} holds its {rows} rows, kept as they are")
-            rank_zero_info(f"note: SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']}): it goes on from "
-                           f"the rows it left in {output if output.exists() else partial_path(output)}")
+            self.finished_before = finished_rows(output)  # or had finished: said once the input's rows are known
+            if self.finished_before is None:
+                rank_zero_info(f"note: SLURM requeued this job (restart {os.environ['SLURM_RESTART_COUNT']}): it goes on from "
+                               f"the rows it left in {output if output.exists() else partial_path(output)}")
             self.resume = True
         for written in (output, self.output) if world_size > 1 else (output,):  # several processes: their shares, put
             if written.exists() and not (self.overwrite or self.resume):  # together in output at the end
@@ -197,6 +197,10 @@ class _PredictDataModule(BackbonesDataModule):
         if self.resume and processes == 1 and (recovered := recover_killed(self.output, self.dataset.rows, now)):
             rank_zero_info(f"resume: {recovered}")
         if self.resume and self.output.exists():
+            if self.finished_before == len(self.dataset.rows):  # requeued after it finished: the job script goes on
+                output_lock(self.output).release()  # nothing written: its lock ends here, with nothing left beside it
+                raise AlreadyDone(f"SLURM requeued this job (restart {os.environ.get('SLURM_RESTART_COUNT')}) after this "
+                                  f"predict had finished: {self.output} holds its {self.finished_before} rows, kept as they are")
             self.done = interrupted_rows(self.output, self.dataset.rows)
             if now is not None:
                 check_made_alike(self.output, now)

@@ -126,12 +126,15 @@ def complete_rows(output: Path) -> bool:
 
 
 def finished_rows(output: Path) -> int | None:
-    """The rows of ``output`` when the run that wrote it finished (its summary says so), else None."""
+    """The rows of ``output`` when the run that wrote it finished (its summary says so) with rows that are not all
+    errors (a run that could predict none failed), else None."""
     try:
         said = json.loads(summary_path(output).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return said.get("rows") if output.is_file() and isinstance(said, dict) and not said.get("interrupted") else None
+    if not output.is_file() or not isinstance(said, dict) or said.get("interrupted"):
+        return None
+    return said.get("rows") if (said.get("errors") or 0) < (said.get("rows") or 0) else None
 
 
 def left_by_job(output: Path) -> str | None:

@@ -4,6 +4,8 @@ a separator other than the comma; what cannot be read right is refused with the 
 from __future__ import annotations
 
 import csv
+import functools
+import os
 from pathlib import Path
 
 import datasets
@@ -136,3 +138,17 @@ def header_of(path: Path) -> list[str]:
             return next(csv.reader(handle), [])
     except UnicodeDecodeError:
         raise not_utf8(path) from None
+
+
+def jsonl_line(path: str, index: int) -> int:
+    """The line (from 1) of a JSON Lines file's row ``index`` (from 0): blank lines are not rows."""
+    stamp = os.stat(path)
+    lines = _jsonl_lines(path, stamp.st_size, stamp.st_mtime_ns)
+    return lines[index] if index < len(lines) else index + 1
+
+
+@functools.lru_cache(maxsize=8)
+def _jsonl_lines(path: str, *stamp: int) -> list[int]:
+    """The line of each row of a JSON Lines file (as it is: ``stamp``, its size and time), read once for its bad rows."""
+    with open(path, "rb") as lines:
+        return [number for number, line in enumerate(lines, start=1) if line.strip()]
