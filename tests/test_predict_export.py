@@ -123,6 +123,16 @@ def test_captions_of_a_list_name_each_image_as_its_line_is_written(backbones, tr
         rows = read_output_rows(output)
         assert [row["image"] for row in rows] == list(found)
         assert all(row.get("caption") is not None and not row.get("error") for row in rows)
+    # an output an earlier release began (its rows named by the file found) and was stopped in: gone on from, not
+    # refused as "the output of another input"
+    output = tmp_path / "captions.jsonl"
+    first = {**read_output_rows(output)[0], "image": str(export / "media" / "UPPER.JPG")}
+    output.write_text(json.dumps(first) + "\n")
+    output.with_name("captions.jsonl.summary.json").write_text(json.dumps({"rows": 1, "interrupted": "SIGINT"}))
+    datamodule = caption_data(backbones, listing, output)
+    datamodule.resume = True
+    predictor(tmp_path).predict(module, datamodule=datamodule)
+    assert [row["image"] for row in read_output_rows(output)] == [first["image"], *list(found)[1:]]
 
 
 def test_the_files_a_folders_captions_leave_out_are_in_the_summary(backbones, trained_checkpoint, tmp_path):

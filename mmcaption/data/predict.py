@@ -93,6 +93,7 @@ class _ImageRows(Dataset):
 class _CaptionRows(_ImageRows):
     def __init__(self, images: list[tuple[str, Path]], image_processor, prompt_ids: list[int]) -> None:
         super().__init__([{"image": name} for name, _ in images], [path for _, path in images], image_processor)
+        self.earlier_names = [{"image": str(path)} for _, path in images]  # as earlier releases named them: gone on from
         self.prompt_ids = torch.tensor(prompt_ids)
 
     def text(self, index: int) -> dict[str, Any]:
@@ -201,7 +202,7 @@ class _PredictDataModule(BackbonesDataModule):
                 output_lock(self.output).release()  # nothing written: its lock ends here, with nothing left beside it
                 raise AlreadyDone(f"SLURM requeued this job (restart {os.environ.get('SLURM_RESTART_COUNT')}) after this "
                                   f"predict had finished: {self.output} holds its {self.finished_before} rows, kept as they are")
-            self.done = interrupted_rows(self.output, self.dataset.rows)
+            self.done = interrupted_rows(self.output, self.dataset.rows, getattr(self.dataset, "earlier_names", None))
             if now is not None:
                 check_made_alike(self.output, now)
             rank_zero_info(f"resume: the {len(self.done)} rows of {self.output} are kept; {len(self.dataset) - len(self.done)} to go")

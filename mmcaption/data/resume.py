@@ -24,7 +24,7 @@ from mmcaption.evaluation.report import (
 )
 
 
-def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The rows an interrupted predict wrote to ``output``, refusing an output that was not interrupted
     (no summary, or one that says the run finished) or whose rows are not the first of ``rows`` (another
     input, or the same one changed since)."""
@@ -43,7 +43,7 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
         raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
                                 f"interrupted): nothing to go on with{grown}")
     written = read_output_rows(output)
-    check_first_rows(written, rows, output)
+    check_first_rows(written, rows, output, also)
     if len(written) == len(rows):
         raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
                                 "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
@@ -53,10 +53,14 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]]) -> list[dict[str,
     return written
 
 
-def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path | str) -> None:
-    """Refuse rows ``written`` to ``output`` that are not the first of this input's ``rows`` (compared as written)."""
+def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path | str,
+                     also: list[dict[str, Any]] | None = None) -> None:
+    """Refuse rows ``written`` to ``output`` that are not the first of this input's ``rows`` (compared as written, or as
+    an earlier release wrote them: ``also``, a row's other accepted values)."""
     for number, (row, record) in enumerate(zip(written, rows), start=1):
-        differs = next((key for key, value in record.items() if isinstance(value, str) and str(row.get(key, value)) != value), None)
+        earlier = also[number - 1] if also else {}
+        differs = next((key for key, value in record.items() if isinstance(value, str)
+                        and str(row.get(key, value)) not in (value, earlier.get(key, value))), None)
         if differs is not None:
             raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
                                     f"row {number} has {record[differs]!r}: it is the output of another input, or of this "
