@@ -284,7 +284,7 @@ class MMCaptionCLI(LightningCLI):
                     # Lightning would only warn that the folder "exists and is not empty" (a lock left by a kill
                     # counts): earlier checkpoints are named below, with what this run does beside them
                     warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(callback.dirpath))} exists")
-                    check_writable(callback.dirpath, "checkpoints")
+                    check_writable(callback.dirpath, "checkpoints (ModelCheckpoint's dirpath, or trainer.default_root_dir)")
                     if trainer.global_rank == 0:  # refused first if another run is writing there: not told to continue it
                         FolderLock(callback.dirpath).acquire()
                     if not self.config[self.subcommand].get("ckpt_path") and trainer.global_rank == 0:
@@ -299,7 +299,7 @@ class MMCaptionCLI(LightningCLI):
             for logger in trainer.loggers:
                 folder = getattr(logger, "save_dir", None) or getattr(logger, "root_dir", None)
                 if folder:
-                    check_writable(folder, "logs")
+                    check_writable(folder, "logs (trainer.logger's save_dir, or trainer.default_root_dir)")
             if trainer.logger is None:  # the results of each evaluation go here: found now, not after generating
                 check_writable(trainer.default_root_dir, "evaluation results (trainer.default_root_dir)")
         stage, needed = getattr(self, "_checkpoint_stage", None), getattr(self.datamodule, "stage_needed", "")

@@ -229,3 +229,20 @@ def test_a_line_break_inside_a_caption_scores_as_a_space_and_moves_no_reference(
     for java in (True, False):
         monkeypatch.setattr(caption_metrics, "java_available", lambda java=java: java and shutil.which("java") is not None)
         assert caption_metrics.tokenize(captions) == expected, java
+
+
+def test_spices_parse_cache_has_a_folder_where_the_user_has_no_home(tmp_path, monkeypatch):
+    # a container's user without a home (or HOME=/): "Could not determine home directory", or "permission denied: /.cache"
+    # with advice about mmcaption's own folders; a run's temporary folder serves then, XDG_CACHE_HOME where it is set
+    from mmcaption.evaluation.caption_metrics import _user_cache
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(blocker))  # no folder can be made there, even by root
+    assert _user_cache("spice") is None
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr("pathlib.Path.home", lambda: (_ for _ in ()).throw(RuntimeError("Could not determine home directory")))
+    assert _user_cache("spice") is None
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert _user_cache("spice") == str(tmp_path / "cache" / "mmcaption" / "spice")

@@ -950,9 +950,12 @@ def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones,
     no_backbones(monkeypatch)
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a folder cannot be made under a file, even by root (who may write anywhere else)
-    with pytest.raises(NotWritableError, match=rf"cannot write checkpoints to {blocker}/checkpoints"):
+    # the settings that name the folders said (a container's read-only working folder: which to change was a guess)
+    with pytest.raises(NotWritableError, match=rf"cannot write checkpoints \(ModelCheckpoint's dirpath, or "
+                                               rf"trainer.default_root_dir\) to {blocker}/checkpoints"):
         run_cli(fit_config(tmp_path, coco_root, backbones, blocker / "checkpoints"))
-    with pytest.raises(NotWritableError, match=rf"cannot write logs to {blocker}/logs"):
+    with pytest.raises(NotWritableError, match=rf"cannot write logs \(trainer.logger's save_dir, or trainer.default_root_dir\) "
+                                               rf"to {blocker}/logs"):
         run_cli(fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints", log_dir=blocker / "logs"))
     # validate writes its results where it runs (no logger): refused before the model loads, not after generating
     validate = ["validate", *fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints")[1:]]

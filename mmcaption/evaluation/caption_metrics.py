@@ -314,6 +314,17 @@ def caption_scores(
     return scores
 
 
+def _user_cache(name: str) -> str | None:
+    """``$XDG_CACHE_HOME/mmcaption/<name>`` (or under ``~/.cache``), made; None where there is no such folder to make (a
+    container's user without a home, or with ``HOME=/``): a run's own temporary folder serves, and SPICE parses anew."""
+    try:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmcaption" / name
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):  # RuntimeError: "Could not determine home directory"
+        return None
+    return str(folder) if os.access(folder, os.W_OK) else None
+
+
 @contextmanager
 def _spice_folders_writable() -> Iterator[None]:
     """SPICE's temporary files in the system's temporary folder, and its parse cache in the user's cache folder when
@@ -321,7 +332,7 @@ def _spice_folders_writable() -> Iterator[None]:
     saved = spice_tool.TEMP_DIR, spice_tool.CACHE_DIR
     spice_tool.TEMP_DIR = tempfile.mkdtemp(prefix="mmcaption-spice-")  # this call's own (os.path.join keeps an absolute path)
     if not os.access(Path(spice_tool.__file__).parent, os.W_OK):
-        spice_tool.CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "mmcaption", "spice")
+        spice_tool.CACHE_DIR = _user_cache("spice") or os.path.join(spice_tool.TEMP_DIR, "cache")
     try:
         yield
     finally:
