@@ -60,18 +60,12 @@ class RowImages:
     @functools.cached_property
     def _files_named(self) -> dict[str, list[Path]]:
         """The dataset folder's own files by name, for a message."""
-        named: dict[str, list[Path]] = {}
-        for file in self._nearby_files:
-            named.setdefault(file.name, []).append(file)
-        return named
+        return _grouped(self._nearby_files, "name")
 
     @functools.cached_property
     def _files_by_stem(self) -> dict[str, list[Path]]:
         """The dataset folder's own files by name without its suffix, for a message."""
-        named: dict[str, list[Path]] = {}
-        for file in self._nearby_files:
-            named.setdefault(file.stem, []).append(file)
-        return named
+        return _grouped(self._nearby_files, "stem")
 
     @functools.cached_property
     def _nearby_files(self) -> list[Path]:
@@ -122,3 +116,11 @@ class RowImages:
         else:
             return []
         return [(name, self._found(name)) for name in dict.fromkeys(n for n in names if isinstance(n, str) and n)]
+
+
+def _grouped(files: list[Path], part: str) -> dict[str, list[Path]]:
+    """``files`` by their ``part`` (``name``, ``stem``), each in the order found."""
+    grouped: dict[str, list[Path]] = {}
+    for file in files:
+        grouped.setdefault(getattr(file, part), []).append(file)
+    return grouped
