@@ -29,8 +29,8 @@ from mmcaption.callbacks import ResumableStop, ResumeError
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import MMCaptionCLI, main, run_cli
 from mmcaption.data import CaptionDataModule, InstructDataModule
-from mmcaption.data.base import worker_init
 from mmcaption.data.cache import is_complete, publish_atomically
+from mmcaption.data.workers import worker_init
 from mmcaption.demo.synthetic import write_llava_split
 from mmcaption.errors import (
     ConfigError,
@@ -2128,7 +2128,7 @@ def test_a_terminal_that_says_no_width_gets_progress_as_plain_lines(backbones, c
 LOADER_LEFT_RUNNING = """
 import sys, torch
 from torch.utils.data import DataLoader
-from mmcaption.data.base import end_workers_at_exit, worker_init
+from mmcaption.data.workers import end_workers_at_exit, worker_init
 end_workers_at_exit()  # as every mmcaption loader with workers does
 loader = DataLoader(list(range(64)), batch_size=2, num_workers=1, persistent_workers=True, worker_init_fn=worker_init)
 batches = iter(loader)

@@ -1,0 +1,61 @@
+"""The data loaders' worker processes: what signals they leave to the main process, how they are seeded, the
+generator a loader draws its order from, and their end at the process's exit."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import multiprocessing
+import os
+import signal
+import time
+
+import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
+
+from mmcaption.data.sampling import default_seed
+
+
+def worker_init(worker_id: int, rank: int = 0) -> None:
+    """Data loader workers leave Ctrl-C, SIGTERM, SIGHUP and SLURM's SIGUSR1 to the main process, which stops the run cleanly
+    and then ends them (a terminal's Ctrl-C, and some schedulers' SIGTERM, reach every process of the
+    job: a worker that died of it would fail the checkpoint the main process is about to write).
+    Seeded as Lightning seeds workers when ``seed_everything(workers=True)`` asked for it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for name in ("SIGUSR1", "SIGHUP"):  # SLURM's warning before the time limit (--signal=SIGUSR1@90), sent to every
+        if hasattr(signal, name):       # process; a closed terminal's hang-up, sent to its whole foreground group
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id, rank)
+
+
+@functools.cache
+def end_workers_at_exit() -> None:
+    """At the process's exit, end the loader workers still running: a run stopped by an error keeps its loaders (the
+    error's frames hold them), and multiprocessing ends their workers with SIGTERM, which :func:`worker_init` has them
+    ignore: the process printed its error and then waited on them for ever (a crashed job held its GPUs)."""
+    atexit.register(_end_workers)  # after multiprocessing's own exit function, so it runs before it
+
+
+def _end_workers() -> None:
+    """What multiprocessing does to daemonic children at exit (SIGTERM), then SIGKILL for those that ignore it."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if children and hasattr(signal, "SIGCHLD"):  # torch's handler would say each worker's end as a failure
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + 2
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0))
+        if child.is_alive():
+            child.kill()
+
+
+def loader_generator() -> torch.Generator:
+    """A loader's own generator: each of its iterators draws a seed, from the process's generator when a loader has
+    none. An evaluation loader's draw moved the training's dropout masks after each validation by how many evaluation
+    loaders there were (``val_caption_images`` 0 or 40 gave two training curves under one seed); the training loader's,
+    at each epoch's start, came before the random state a resume puts back when the run was saved at an epoch's end (the
+    config's own last.ckpt after its end-of-epoch validation), and every later dropout mask differed."""
+    return torch.Generator().manual_seed(default_seed())
