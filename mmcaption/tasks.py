@@ -271,7 +271,8 @@ class Tasks:
         least = settings.get("min_new_tokens", self.generation.min_new_tokens) or 0
         if least > self.context:
             raise ConfigError(f"min_new_tokens {least} is past the language model's context ({self.context:,} tokens)")
-        if (settings.get("max_new_tokens") or self.generation.max_new_tokens or 0) > self.context:
+        in_effect = settings["max_new_tokens"] if "max_new_tokens" in settings else self.generation.max_new_tokens
+        if (in_effect or 0) > self.context:  # None: a call's max_length, in effect instead
             settings["max_new_tokens"] = self.context
         if (settings.get("max_length") or 0) > prompt_length + self.context:  # it counts the prompt too
             settings["max_length"] = prompt_length + self.context

@@ -2145,3 +2145,32 @@ def test_a_command_stopped_by_an_error_exits_while_its_loader_workers_run():
     result = subprocess.run([sys.executable, "-c", LOADER_LEFT_RUNNING], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 2 and result.stderr.strip() == "error: the disk is full"  # and nothing after it
+
+
+SLOW_TO_END = """
+import multiprocessing, signal, sys, time
+from mmcaption.data.workers import end_workers_at_exit
+
+def writer(path):
+    def flush(*_):
+        time.sleep(3)  # a buffer written out on SIGTERM
+        open(path, "w").write("flushed")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, flush)
+    while True:
+        time.sleep(0.1)
+
+if __name__ == "__main__":
+    end_workers_at_exit()  # what building any mmcaption loader does
+    multiprocessing.Process(target=writer, args=(sys.argv[1],), daemon=True).start()
+    time.sleep(0.5)
+"""
+
+
+def test_the_exit_hook_leaves_a_programs_own_daemonic_process_to_end_as_python_ends_it(tmp_path):
+    # it killed every daemonic child after 2 s, a library user's own process (flushing on SIGTERM) among them
+    script, flushed = tmp_path / "slow.py", tmp_path / "flushed"
+    script.write_text(SLOW_TO_END)
+    subprocess.run([sys.executable, str(script), str(flushed)], timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                   check=True)
+    assert flushed.read_text() == "flushed"

@@ -235,6 +235,19 @@ def test_generation_ends_at_the_language_models_context(captioner, photos):
     long = "what " * words
     settings = {"max_new_tokens": 12, "min_new_tokens": 12}
     assert captioner.answer([photos[0], photos[0]], [short, long], **settings)[0] == captioner.answer(photos[0], short, **settings)
+    # a call's max_length stays in effect where the model's own max_new_tokens is past the context (it was capped over it)
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from mmcaption.tasks import Tasks, call_settings
+
+    model_settings = GenerationConfig(max_new_tokens=4096)
+    stub = SimpleNamespace(context=2048, generation=model_settings)
+    for given, expected in (({"max_length": 50}, {"max_length": 50, "max_new_tokens": None}), ({}, {"max_new_tokens": 2048})):
+        settings = call_settings(model_settings, given, None)
+        Tasks._within_context(stub, 20, settings)
+        assert settings == expected
     # the kinds a request's JSON and a pandas sheet give: whole numbers as 2.0, numpy's truth values
     assert captioner.caption(photos[0], num_beams=2.0, do_sample=np.bool_(False)) == captioner.caption(photos[0], num_beams=2)
 

@@ -39,8 +39,9 @@ def end_workers_at_exit() -> None:
 
 
 def _end_workers() -> None:
-    """What multiprocessing does to daemonic children at exit (SIGTERM), then SIGKILL for those that ignore it."""
-    children = [child for child in multiprocessing.active_children() if child.daemon]
+    """What multiprocessing does to daemonic children at exit (SIGTERM), then SIGKILL, for those that ignore SIGTERM as
+    loader workers do (all daemonic children where the system does not say: not Linux); others are left to it."""
+    children = [child for child in multiprocessing.active_children() if child.daemon and _ignores_sigterm(child.pid) is not False]
     if children and hasattr(signal, "SIGCHLD"):  # torch's handler would say each worker's end as a failure
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in children:
@@ -59,3 +60,13 @@ def loader_generator() -> torch.Generator:
     at each epoch's start, came before the random state a resume puts back when the run was saved at an epoch's end (the
     config's own last.ckpt after its end-of-epoch validation), and every later dropout mask differed."""
     return torch.Generator().manual_seed(default_seed())
+
+
+def _ignores_sigterm(pid: int | None) -> bool | None:
+    """Whether process ``pid`` ignores SIGTERM (Linux's ``/proc/<pid>/status``), None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            ignored = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return bool(ignored >> (signal.SIGTERM - 1) & 1)
