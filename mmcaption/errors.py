@@ -86,10 +86,11 @@ def image_input_error(error: BaseException, message: str | None = None) -> BaseE
     kind = _image_input_type(type(error))
     if isinstance(error, OSError) and error.errno is not None:  # message: its strerror
         return kind(error.errno, error.strerror if message is None else message, error.filename)
+    said = str(error) if message is None else message
     try:
-        return kind(str(error) if message is None else message)
+        return kind(said)
     except TypeError:  # an error built otherwise (UnicodeDecodeError takes five arguments)
-        return _image_input_type(ValueError)(str(error) if message is None else message)
+        return _image_input_type(ValueError)(said)
 
 
 class AlreadyDone(MMCaptionError):

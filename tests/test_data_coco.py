@@ -46,7 +46,7 @@ def test_captions_longer_than_max_length_are_said_to_be_cut_when_training_reads_
     dm = make_datamodule(backbones, coco_copy, max_length=32)
     dm.prepare_data()
     with pytest.warns(UserWarning, match=r"split train2017: 30 of 60 captions \(50\.0%\) are longer than max_length 32 allows "
-                                         r"\(30 caption tokens\): they are cut there and learned to end there\. The longest has "
+                                         r"\(30 caption tokens\): they are cut there \(training learns them to end there\)\. The longest has "
                                          r"\d+ tokens, 99% have \d+ or fewer: raise --data\.init_args\.max_length"):
         dm.setup("fit")
     with warnings.catch_warnings():  # room for all of them: nothing to say

@@ -197,8 +197,8 @@ class CaptionDataModule(PreprocessedDataModule):
         cut = int((lengths > room).sum())
         if cut > len(lengths) / 1000:
             rank_zero_warn(f"split {split}: {cut:,} of {len(lengths):,} captions ({cut / len(lengths):.1%}) are longer than "
-                           f"max_length {self.max_length} allows ({room} caption tokens): they are cut there and learned to "
-                           f"end there. The longest has {int(lengths.max()):,} tokens, 99% have {np.percentile(lengths, 99):.0f} "
+                           f"max_length {self.max_length} allows ({room} caption tokens): they are cut there (training learns "
+                           f"them to end there). The longest has {int(lengths.max()):,} tokens, 99% have {np.percentile(lengths, 99):.0f} "
                            "or fewer: raise --data.init_args.max_length to keep them whole")
 
     def caption_images_loader(self, split: str, limit: int | None) -> DataLoader:

@@ -27,7 +27,7 @@ from mmcaption.evaluation.report import (
 def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The rows an interrupted predict wrote to ``output``, refusing an output that was not interrupted
     (no summary, or one that says the run finished) or whose rows are not the first of ``rows`` (another
-    input, or the same one changed since)."""
+    input, or the same one changed since; ``also``: each row's values as an earlier release wrote them)."""
     summary = summary_path(output)
     if not summary.is_file():
         raise OutputExistsError(f"resume: {output} has no {summary.name} beside it, so it is not the output of an "
