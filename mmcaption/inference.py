@@ -10,25 +10,29 @@ It needs the model and the task layer only: no Lightning, no ``datasets``.
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 import os
 import re
-import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any, get_args
 
-import numpy as np
 import torch
 from huggingface_hub import hf_hub_download, is_offline_mode, snapshot_download
-from PIL import Image
 from transformers.utils import logging as hf_logging
 
+from mmcaption.api_inputs import (
+    as_batch,
+    callers_level,
+    caption_needs_images,
+    check_texts,
+    checked_batch_size,
+    one_image,
+    pair_questions,
+    per_question_options,
+)
 from mmcaption.errors import ConfigError, NotAModelFolderError, image_input_error
-from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import check_device, is_local_path, load_image_processor, load_tokenizer
@@ -108,7 +112,7 @@ class Captioner:
         """A question asked of a caption-stage model: said once (``mmcaption chat`` and ``predict`` say it too)."""
         if not self._asked and caption_stage(self.manifest):
             warnings.warn("this is a caption-stage model: the instruct stage teaches it to answer questions and chat; "
-                          "expect captions, not answers", UserWarning, stacklevel=_callers_level())
+                          "expect captions, not answers", UserWarning, stacklevel=callers_level())
         self._asked = True
 
     def _pixels(self, images: list[ImageInput | None]) -> torch.Tensor:
@@ -131,7 +135,7 @@ class Captioner:
                 if errors is not None:  # this call's own list: a service's requests each get their own reasons
                     errors.append((first + i, str(error)))
                 else:
-                    warnings.warn(f"{error}: its result is None", UserWarning, stacklevel=_callers_level())
+                    warnings.warn(f"{error}: its result is None", UserWarning, stacklevel=callers_level())
                 rows.append(None)
                 unreadable.append(i)
         present = next((row for row in rows if row is not None), None)
@@ -156,7 +160,7 @@ class Captioner:
         """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt; ``batch_size`` at a
         time (:attr:`batch_size` by default); ``None`` in place of one whose image cannot be read, with
         ``skip_unreadable``. ``first``, ``total``: where these images are in the caller's (0: unknown)."""
-        size = _batch_size(self.batch_size if batch_size is None else batch_size)
+        size = checked_batch_size(self.batch_size if batch_size is None else batch_size)
         texts: list = []
         for start in range(0, len(prompts), size):
             batch = self.tasks.prompt_batch(prompts[start:start + size])
@@ -179,22 +183,22 @@ class Captioner:
         ``skip_unreadable``, its caption is ``None`` (with a warning) and the others are made: a folder's one broken
         file does not lose hours of captions. ``errors``: a list that gets ``(index, reason)`` of each image skipped,
         in place of the warning (a web service's requests each get their own; warnings are the process's)."""
-        size = _batch_size(self.batch_size if batch_size is None else batch_size)
+        size = checked_batch_size(self.batch_size if batch_size is None else batch_size)
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
-        if isinstance(images, Iterable) and not isinstance(images, Sized) and not _one_image(images):  # a generator, a
+        if isinstance(images, Iterable) and not isinstance(images, Sized) and not one_image(images):  # a generator, a
             images = iter(images)  # streamed dataset's column: read a batch at a time, its length unknown (its images named
-        if isinstance(images, Iterator) and not _one_image(images):  # by their place alone); not an open file's lines
+        if isinstance(images, Iterator) and not one_image(images):  # by their place alone); not an open file's lines
             captions: list = []
             while chunk := list(itertools.islice(images, size)):
-                _caption_needs_images(chunk)
+                caption_needs_images(chunk)
                 captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0,
                                            skip_unreadable=skip_unreadable, errors=errors, **generate_kwargs)
             return captions
-        batch = _as_batch(images)
+        batch = as_batch(images)
         images = [images] if batch is None else batch
         if not images:
             return []
-        _caption_needs_images(images)
+        caption_needs_images(images)
         captions = self._generate([prompt] * len(images), images, size, skip_unreadable=skip_unreadable, errors=errors,
                                   **generate_kwargs)
         return captions if batch is not None else captions[0]
@@ -208,7 +212,7 @@ class Captioner:
         one question for them all) give a list, ``batch_size`` at a time (``num_return_sequences`` n > 1: n
         answers in place of each string); ``skip_unreadable`` and ``errors`` as :meth:`caption` has them."""
         self._asking()
-        many, images, questions = _batch(images, questions)
+        many, images, questions = pair_questions(images, questions)
         prompts = [self.template.prompt(question, self.tokenizer) for question in questions]
         self.tasks.check_context(prompts)
         answers = self._generate(prompts, images, batch_size, skip_unreadable=skip_unreadable, errors=errors,
@@ -220,11 +224,11 @@ class Captioner:
         """The answer to ``question`` after the earlier ``(question, answer)`` turns of ``history``, all
         about ``image``, laid out as the instruct stage's conversations (the exported ``chat_template``); with
         ``num_return_sequences`` n > 1, a list of n answers."""
-        turns = [] if history is None else _as_batch(history)
+        turns = [] if history is None else as_batch(history)
         if turns is None or not all(isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
                                     for turn in turns):
             raise ConfigError(f"history is a list of (question, answer) pairs of strings, not {history!r}")
-        _check_texts("question", [question])
+        check_texts("question", [question])
         self._asking()
         prompt = self.template.chat_prompt(turns, question, self.tokenizer)
         self.tasks.check_context([prompt], *(("conversation", "start a new one (no history), or ask a shorter question")
@@ -233,65 +237,47 @@ class Captioner:
 
     def choose(
         self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
-        options: Sequence[str] | Sequence[Sequence[str]], batch_size: int | None = None,
+        options: Sequence[str] | Sequence[Sequence[str]], batch_size: int | None = None, skip_unreadable: bool = False,
+        errors: list | None = None,
     ) -> str | list[str]:
         """The letter (A, B, ...) of the most likely option given the image and question; 2 to 8 options.
         A list of images with a list of as many questions and option lists (or one question and one option list
-        for them all) gives a list of letters, scored ``batch_size`` at a time."""
-        letters, _ = self._choose(images, questions, options, batch_size)
+        for them all) gives a list of letters, scored ``batch_size`` at a time; ``skip_unreadable`` (``None`` in place of
+        the letter of an image that cannot be read) and ``errors`` as :meth:`caption` has them."""
+        letters, _ = self._choose(images, questions, options, batch_size, skip_unreadable, errors)
         return letters
 
     def option_scores(
         self, images: ImageInput | None | Sequence[ImageInput | None], questions: str | Sequence[str],
-        options: Sequence[str] | Sequence[Sequence[str]], batch_size: int | None = None,
+        options: Sequence[str] | Sequence[Sequence[str]], batch_size: int | None = None, skip_unreadable: bool = False,
+        errors: list | None = None,
     ) -> list[float] | list[list[float]]:
         """Each option's mean log-probability per token (the scores ``choose`` picks the highest of),
-        for one question or, with lists, for each."""
-        _, scores = self._choose(images, questions, options, batch_size)
+        for one question or, with lists, for each; ``skip_unreadable`` and ``errors`` as :meth:`choose` has them."""
+        _, scores = self._choose(images, questions, options, batch_size, skip_unreadable, errors)
         return scores
 
     @torch.no_grad()
-    def _choose(self, images, questions, options, batch_size: int | None = None
-                ) -> tuple[str | list[str], list[float] | list[list[float]]]:
+    def _choose(self, images, questions, options, batch_size: int | None = None, skip_unreadable: bool = False,
+                errors: list | None = None) -> tuple[str | list[str], list[float] | list[list[float]]]:
         self._asking()
-        many, images, questions = _batch(images, questions)
-        given = _option_rows(options) if hasattr(options, "columns") else (  # a DataFrame's option columns: a row each
-            options.tolist() if isinstance(options, np.ndarray) and options.ndim == 2 else _as_batch(options))
-        if given is None:
-            shown = repr(options) if len(repr(options)) <= 80 else type(options).__name__  # not a whole array's dump
-            raise ConfigError(f"options is a list of the options' texts (or, with many questions, a list of them, a 2-D "
-                             f"array or a DataFrame of a row each), not {shown}")
-        nested = [_as_batch(o) for o in given]
-        if not many or all(isinstance(o, str) for o in given):  # one option list, for each question if there are many
-            option_lists = [given] * len(questions)
-        elif len(given) != len(questions) or any(o is None for o in nested):
-            raise ConfigError(f"choose with {len(questions)} questions needs a list of options per question, or one list of "
-                             "options for all of them")
-        else:
-            option_lists = nested
-        repeated: dict[tuple[str, ...], list[str]] = {}  # the same option twice: said once a call, its questions counted
-        for question, opts in zip(questions, option_lists):
-            _check_texts("option", opts)
-            for text in dict.fromkeys(option for option in opts if opts.count(option) > 1):  # equal scores: the first wins
-                repeated.setdefault((text, *(letter for letter, option in zip(LETTERS, opts) if option == text)), []).append(question)
-        for (text, *same), asked in repeated.items():
-            where = f"{asked[0]!r}" + (f" and {len(asked) - 1} other questions" if len(asked) > 1 else "")
-            warnings.warn(f"{where}: options {', '.join(same)} are the same text ({text!r}): no model can tell them apart, and "
-                          f"{same[0]} is chosen whenever any of them is likeliest", stacklevel=_callers_level())
+        many, images, questions = pair_questions(images, questions)
+        option_lists = per_question_options(options, questions, many)
         if not questions:
             return [], []
         prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
                                     for question, opts in zip(questions, option_lists)))
         self.tasks.check_context([prompt + max(opts, key=len) for prompt, opts in zip(prompts, option_ids)])
-        size, letters, per_question = _batch_size(self.batch_size if batch_size is None else batch_size), [], []
+        size, letters, per_question = checked_batch_size(self.batch_size if batch_size is None else batch_size), [], []
         for start in range(0, len(prompts), size):
-            pixels, mask, _ = self._images(images[start:start + size], start, len(images))
+            pixels, mask, unreadable = self._images(images[start:start + size], start, len(images), skip_unreadable, errors)
             with self._lock, evaluating(self.model):
                 image_embeds = self.model.encode_images(pixels.to(self.tasks.device))
                 chosen, scores = self.tasks.choose(list(prompts[start:start + size]), list(option_ids[start:start + size]),
                                                    image_embeds, image_mask=mask)
-            letters += chosen
-            per_question += [row[: len(opts)].tolist() for row, opts in zip(scores.float().cpu(), option_lists[start:start + size])]
+            letters += [None if i in unreadable else letter for i, letter in enumerate(chosen)]
+            per_question += [None if i in unreadable else row[: len(opts)].tolist()
+                             for i, (row, opts) in enumerate(zip(scores.float().cpu(), option_lists[start:start + size]))]
         return (letters, per_question) if many else (letters[0], per_question[0])
 
 
@@ -310,85 +296,3 @@ def _model_folder(name: str | Path) -> Path:
         raise NotAModelFolderError(f"{name} is no folder here ({folder.resolve()}), and no saved mmcaption model could be "
                                    f"had from the Hugging Face Hub under that name ({why}); download it (hf download {name} "
                                    "--local-dir <folder>) and give the folder") from None
-
-
-def _option_rows(sheet: Any) -> list[list]:
-    """A DataFrame's option columns (``A``, ``B``, ... when it has them: a benchmark sheet's question and answer are
-    not options), a row each, a row's empty cells (fewer options than columns) left out."""
-    lettered = [column for column in sheet.columns if str(column).strip().upper() in LETTERS]
-    rows = (sheet[lettered] if lettered else sheet).to_numpy().tolist()
-    return [[cell for cell in row if not (cell is None or isinstance(cell, float) and math.isnan(cell)
-                                          or isinstance(cell, str) and not cell.strip())] for row in rows]
-
-
-def _as_batch(value: object) -> list | None:
-    """``value`` as a list when it is a batch - a list, a tuple, a pandas Series, a 1-D array of paths or texts, a 4-D
-    array or tensor of images, a generator - or ``None`` when it is one item (a path, bytes, an image, a 2-D or 3-D
-    array)."""
-    if isinstance(value, list | tuple):
-        return list(value)
-    if _one_image(value) or value is None:
-        return None
-    if isinstance(value, np.ndarray | torch.Tensor):
-        return list(value) if value.ndim == 4 else value.tolist() if value.ndim == 1 else None
-    if hasattr(value, "tolist") and hasattr(value, "__len__") and not hasattr(value, "columns"):  # pandas' Series, Index
-        return list(value.tolist())  # and arrays (pandas 3's text column's .values is an ArrowStringArray)
-    if isinstance(value, Iterator | Sequence):  # a generator; a Hugging Face dataset's column
-        return list(value)
-    return None
-
-
-def _one_image(value: object) -> bool:
-    """A path, an image's bytes, an open file (a BytesIO of a download), a PIL image: one image, though iterable."""
-    return isinstance(value, str | bytes | bytearray | memoryview | Path | Image.Image) or hasattr(value, "read")
-
-
-def _callers_level() -> int:
-    """The ``stacklevel`` of a warning that names the line calling the API (its frames, and torch's ``no_grad``, left
-    out): a fixed level named a line inside, and Python shows a warning once per line, so the second question's
-    same options went unsaid."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("mmcaption.", "torch.")):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def _caption_needs_images(images: list) -> None:
-    if any(image is None for image in images):  # a caption of no image would be made up from the prompt alone
-        raise ConfigError("caption needs an image for each item; None is for text-only questions (answer, choose, chat)")
-
-
-def _batch(images, questions) -> tuple[bool, list, list[str]]:
-    """(whether a batch was given, the images, the questions): one of each; a batch of images and as many questions;
-    or a batch of images and one question asked of each."""
-    image_batch, question_batch = _as_batch(images), _as_batch(questions)
-    if question_batch is None and image_batch is not None:
-        question_batch = [questions] * len(image_batch)
-    if question_batch is None:
-        many, images, questions = False, [images], [questions]
-    else:
-        many, questions = True, question_batch
-        if image_batch is None or len(image_batch) != len(questions):
-            raise ConfigError(f"{len(questions)} questions need a list of as many images (None for a text-only question)")
-        images = image_batch
-    _check_texts("question", questions)
-    return many, images, questions
-
-
-def _batch_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ConfigError(f"batch_size is a whole number of images of at least 1, not {size!r}")
-    return int(size)
-
-
-def _check_texts(what: str, texts: list) -> None:
-    """Questions and options are text that says something: an empty one would leave the model to make it up."""
-    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
-    if empty:
-        raise ConfigError(f"{what} {empty[0]} is {texts[empty[0]]!r}: each {what} is a non-empty string")
-    for i, text in enumerate(texts):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:  # bytes a terminal or file decoded with surrogateescape
-            raise ConfigError(f"{what} {i} is not text: {text!r} holds bytes that are not UTF-8 ({error.reason} at "
-                             f"character {error.start})") from None

@@ -165,6 +165,19 @@ def test_a_bad_item_among_many_is_named_by_its_place(captioner, photos, tmp_path
     assert kept == [whole[0], None, whole[1], None]
     assert captioner.caption((p for p in [b"notanimage", photos[0]]), skip_unreadable=True) == [None, whole[0]]  # a generator
     assert captioner.answer([b"notanimage", photos[0]], "What is it?", skip_unreadable=True)[0] is None
+    # multiple choice had no skip_unreadable: a benchmark sheet's one broken image lost the whole sheet's letters
+    options = ["a red square", "a blue circle"]
+    letters = captioner.choose([photos[0], photos[1]], "What is shown?", options)
+    scores = captioner.option_scores([photos[0], photos[1]], "What is shown?", options)
+    skipped: list = []
+    assert captioner.choose([photos[0], b"notanimage", photos[1]], "What is shown?", options, batch_size=2,
+                            skip_unreadable=True, errors=skipped) == [letters[0], None, letters[1]]
+    assert [index for index, _ in skipped] == [1] and skipped[0][1].startswith("image 2 of 3: the image's bytes")
+    with pytest.warns(UserWarning, match=r"image 1 of 2: .*: its result is None"):
+        kept_scores = captioner.option_scores([b"notanimage", photos[1]], "What is shown?", options, skip_unreadable=True)
+    assert kept_scores[0] is None and kept_scores[1] == pytest.approx(scores[1], abs=1e-5)
+    with pytest.raises(UnidentifiedImageError, match=r"image 2 of 2"):  # without it, raised as before
+        captioner.choose([photos[0], b"notanimage"], "What is shown?", options)
 
 
 def test_a_services_requests_get_their_own_reasons_and_a_bad_request_is_told_from_a_failure(captioner, photos, tmp_path):
