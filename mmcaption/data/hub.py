@@ -23,7 +23,6 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
-import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data import tables
@@ -48,7 +47,6 @@ from mmcaption.data.records import (
     read_json_list,
 )
 from mmcaption.errors import one_line
-from mmcaption.images import IMAGE_SUFFIXES
 from mmcaption.resources import causes
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
@@ -265,7 +263,7 @@ class HubCaptions(RowImages):
                                       *(["__key__"] if "__key__" in data.column_names else [])]))
         # image digest -> first row, its key, captions, and what its later rows brought (counted on its side)
         images: dict[str, tuple[int, str, list[tuple[int, str]], Counter]] = {}
-        counts, not_found = Counter(), []
+        counts, not_found, examples = Counter(), [], {}
         for row_index, row in enumerate(self._rows(data.select_columns(columns))):
             key = str(row.get("__key__") or row_index)
             try:
@@ -286,7 +284,14 @@ class HubCaptions(RowImages):
             if first != row_index:  # a caption that an earlier row already gave this image is that row again
                 known = {c for _, c in captions}
                 again = sum(c in known for c in texts)
-                if texts and again == len(texts):  # the same row twice (a file joined twice, a row pasted again)
+                earlier, this = self._named(data[first][self.image_column]), self._named(row[self.image_column])
+                if earlier and this and earlier != this and texts:  # one photo under two names (an album's copy, photo(1).jpg)
+                    kind = "rows whose image is the same file as an earlier row's under another name: their captions go " \
+                           "with that image, which evaluation and predictions name by the earlier row's name"
+                    later[kind] += 1
+                    examples.setdefault(kind, f" (first: {this!r} is {earlier!r})")
+                    later["captions skipped that an earlier row gave the same image"] += again
+                elif texts and again == len(texts):  # the same row twice (a file joined twice, a row pasted again)
                     later["rows that repeat an earlier row, its image and its captions: left out"] += 1
                 elif not texts:
                     later["rows that repeat an earlier row's image without a caption of their own"] += 1
@@ -318,7 +323,7 @@ class HubCaptions(RowImages):
             counts.update(later)
         for kind, count in counts.items():
             if count:
-                records.note(kind, count)
+                records.note(kind + examples.get(kind, ""), count)
         if images and not any(captions for _, _, captions, _ in images.values()) and side is None:
             raise DataError(f"{records.source}: none of its {len(images):,} images has a caption (a benchmark's test split "
                             "keeps its references to itself): validate on a split with captions (val_split), or give "
@@ -345,21 +350,6 @@ class HubCaptions(RowImages):
         return [f"{self._row(index, key, split)}: {'its image ' + repr(named) if named else 'its image'} cannot be decoded: "
                 f"{problem}"]
 
-    def _note_unlisted(self, data: datasets.Dataset, records: BadRecords) -> None:
-        """An imagefolder's photos that its metadata file does not list: datasets leaves them out without a word."""
-        if not Path(self.dataset).is_dir() or not any(Path(self.dataset).glob("**/metadata.*")):
-            return
-        column = data.data.column(self.image_column)
-        if not pa.types.is_struct(column.type):
-            return
-        # each as it is found: a metadata file's IMG_0001.jpg names the camera's IMG_0001.JPG, which is not left out
-        listed = {Path(self._found(path) or path) for chunk in column.chunks for path in chunk.field("path").to_pylist() if path}
-        unlisted = sorted(file for folder in {path.parent for path in listed} for file in folder.iterdir()
-                          if file.suffix.lower() in IMAGE_SUFFIXES and file not in listed)
-        if unlisted:
-            records.note(f"images beside the listed ones that the metadata file does not list, left out (first: {unlisted[0]})",
-                         len(unlisted))
-
     def _row(self, index: int, key: str, split: str) -> str:
         """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1), a JSON Lines
         file's line, as an editor numbers it; in a folder of such tables, its table's name and line."""
@@ -377,10 +367,14 @@ class HubCaptions(RowImages):
 
     @functools.cached_property
     def _line_tables(self) -> dict[str, list[tuple[str, int]]]:
-        """A local folder of CSV or JSON Lines tables (looked at when a row is bad): ``(table, rows)`` of each split's
-        files, in the order datasets reads them."""
-        if not self._table_splits or not all(Path(file).suffix.lower() in (".csv", ".jsonl")
-                                             for files in self._table_splits[1].values() for file in files):
+        """A local folder of CSV or JSON Lines tables, or an image folder with one metadata table a split (looked at when
+        a row is bad; its rows are the table's, in order): ``(table, rows)`` of each split's tables, in the order datasets
+        reads them."""
+        splits = {split: [file for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
+                  for split, files in (self._table_splits or (None, {}))[1].items()}
+        photos = any(len(splits[split]) < len(files) for split, files in self._table_splits[1].items()) if splits else False
+        if not splits or not all(Path(file).suffix.lower() in (".csv", ".jsonl") for files in splits.values() for file in files) \
+                or photos and any(len(tables) != 1 for tables in splits.values()):  # several metadata files: datasets' order
             return {}
 
         def rows(file: str) -> int:
@@ -388,5 +382,4 @@ class HubCaptions(RowImages):
                 return len(pd.read_csv(file, usecols=[0], **tables.CSV_OPTIONS))
             with open(file, "rb") as lines:
                 return sum(1 for line in lines if line.strip())
-        return {split: [(os.path.relpath(file, self.dataset), rows(file)) for file in files]
-                for split, files in self._table_splits[1].items()}
+        return {split: [(os.path.relpath(file, self.dataset), rows(file)) for file in files] for split, files in splits.items()}

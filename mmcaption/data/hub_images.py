@@ -7,12 +7,13 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pyarrow as pa
 
 from mmcaption.data.records import DataError, existing_spelling
-from mmcaption.images import is_url
+from mmcaption.images import IMAGE_SUFFIXES, is_hidden, is_url
 
 
 class RowImages:
@@ -41,15 +42,14 @@ class RowImages:
             return (f"{name!r}, a URL: training reads images from files; download them first (img2dataset does it for "
                     "such tables) and give the table the files' paths")
         written = PureWindowsPath(name) if "\\" in name or PureWindowsPath(name).drive else PurePosixPath(name)
-        elsewhere = self._files_named.get(written.name)  # a folder down: its table's paths are not from there
-        suffixed = self._files_by_stem.get(written.name, []) if not written.suffix else []  # a product id: SKU1000
-        if elsewhere is not None and self._folders and written.is_absolute():  # another machine's folder (C:\Users\...)
+        # a folder down (a bare name; its table's paths are not from there), in any case as Windows and macOS find it
+        elsewhere = self._files_named.get(_folded(written.name))
+        suffixed = self._files_by_stem.get(_folded(written.name), []) if not written.suffix else []  # a product id: SKU1000
+        if elsewhere is not None and self._folders:  # another machine's folder (C:\Users\...), or a photo's bare name
             relative = [Path(os.path.relpath(file, self._folders[0])).as_posix() for file in elsewhere[:3]]
             beside = (f"; {' and '.join(map(str, elsewhere[:3]))}{' ...' * (len(elsewhere) > 3)} "
-                      f"{'has' if len(elsewhere) == 1 else 'have'} that name, not that folder: write the path relative to "
-                      f"{self._folders[0]} ({' or '.join(relative)})")
-        elif elsewhere is not None and self._folders:
-            beside = f"; {elsewhere[0]} has that name: run from {elsewhere[0].parent}, or write the paths from {self._folders[0]}"
+                      f"{'has' if len(elsewhere) == 1 else 'have'} that name{', not that folder' * written.is_absolute()}: "
+                      f"write the path relative to {self._folders[0]} ({' or '.join(relative)})")
         elif suffixed:
             beside = f"; {suffixed[0]} is there: write the names with their suffix ({suffixed[0].name})"
         else:
@@ -74,6 +74,21 @@ class RowImages:
         if getattr(self, "_files", None) or not self._folders:
             return list(getattr(self, "_files", []))
         return list(itertools.islice((p for p in self._folders[-1].rglob("*") if p.is_file()), 100_000))
+
+    def _note_unlisted(self, data, records) -> None:
+        """An imagefolder's photos that its metadata file does not list: datasets leaves them out without a word."""
+        if not Path(self.dataset).is_dir() or not any(Path(self.dataset).glob("**/metadata.*")):
+            return
+        column = data.data.column(self.image_column)
+        if not pa.types.is_struct(column.type):
+            return
+        # each as it is found: a metadata file's IMG_0001.jpg names the camera's IMG_0001.JPG, which is not left out
+        listed = {Path(self._found(path) or path) for chunk in column.chunks for path in chunk.field("path").to_pylist() if path}
+        unlisted = sorted(file for folder in {path.parent for path in listed} for file in folder.iterdir()
+                          if file.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(file) and file not in listed)
+        if unlisted:
+            records.note(f"images beside the listed ones that the metadata file does not list, left out (first: {unlisted[0]})",
+                         len(unlisted))
 
     def _image_bytes(self, value) -> bytes | None:
         if isinstance(value, dict) and value.get("bytes"):  # an Image feature, undecoded
@@ -119,8 +134,13 @@ class RowImages:
 
 
 def _grouped(files: list[Path], part: str) -> dict[str, list[Path]]:
-    """``files`` by their ``part`` (``name``, ``stem``), each in the order found."""
+    """``files`` by their ``part`` (``name``, ``stem``; :func:`_folded`), each in the order found."""
     grouped: dict[str, list[Path]] = {}
     for file in files:
-        grouped.setdefault(getattr(file, part), []).append(file)
+        grouped.setdefault(_folded(getattr(file, part)), []).append(file)
     return grouped
+
+
+def _folded(name: str) -> str:
+    """A file name as Windows and macOS match it: in any case and Unicode form."""
+    return unicodedata.normalize("NFC", name).casefold()

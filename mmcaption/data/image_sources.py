@@ -5,6 +5,7 @@ name, relative to its folder. Names are found as Windows and macOS find them (:f
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -15,23 +16,29 @@ from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
 from mmcaption.resources import owner_of
 
+# a preprocessed split's folder in mmcaption's cache: the split, the side and the fingerprint of what made it
+_SPLIT_FOLDER = re.compile(r"[\w.]+-[0-9a-f]{16}")
 # a one-column list saved from a spreadsheet starts with its column's name
 COLUMN_NAMES = {"image", "images", "img_path", "image_path", "path", "file", "filename", "file_name", "photo", "url", "urls",
                 "image_url", "src", "uri", "link"}  # a CMS's or pandas' export of a URL column
 
 
-def _folder_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+def _folder_files(folder: Path) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
     """The files under ``folder`` and its subfolders, linked ones included (each real folder once: a link
-    back up is not a loop), hidden files and folders left out; the links that point nowhere; and the folders that
-    cannot be read."""
-    files, broken, unreadable = [], [], []
+    back up is not a loop), hidden files and folders and mmcaption's own caches left out; the links that point nowhere;
+    the folders that cannot be read; and the caches left out."""
+    files, broken, unreadable, caches = [], [], [], []
     for root, folders, names in walk_through_links(folder, unreadable):
+        if any(_SPLIT_FOLDER.fullmatch(name) and (Path(root) / name / "meta.json").is_file() for name in folders):
+            caches.append(Path(root))  # a data folder's preprocessed/, trained on from this folder: its files are not photos
+            folders[:] = []
+            continue
         folders[:] = sorted(name for name in folders if not is_hidden(Path(name)))
         for name in names:
             file = Path(root) / name
             if not is_hidden(file):
                 (files if file.is_file() else broken if not file.exists() else []).append(file)
-    return files, broken, unreadable
+    return files, broken, unreadable, caches
 
 
 def unreadable_note(folder: Path, unreadable: list[Path]) -> str | None:
@@ -61,7 +68,7 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
     # in another case or Unicode form, as Windows and macOS find it; "-" is the standard input, as in `ls | ... -`
     path = local_file(Path("/dev/stdin" if source == "-" else source))
     if path.is_dir():
-        files, broken, unreadable = _folder_files(path)
+        files, broken, unreadable, caches = _folder_files(path)
         passed_over = unreadable_note(path, unreadable)
         images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
         others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
@@ -78,6 +85,8 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
             note(f"{path}: {dangling} links left out that point to nothing (the first: {broken[0]})")
         if passed_over and note is not None:
             note(passed_over)
+        if caches and note is not None:
+            note(f"{path}: mmcaption's preprocessed data left out ({', '.join(map(str, caches))}), not photos")
         return [(str(image), image) for image in images]
     if not path.exists():
         raise DataError(f"image source not found: {path}")

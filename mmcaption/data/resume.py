@@ -36,8 +36,8 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[s
     if not said.get("interrupted"):
         before = said.get("rows") or 0
         grown = "" if len(rows) == before else (
-            f"; this input has {len(rows)} rows now: resume goes on with an interrupted run, so give the new ones their own "
-            "--data.output, or predict all again with --data.overwrite true" if len(rows) > before else
+            f"; this input has {len(rows)} rows now: resume goes on with an interrupted run, so {_new_ones(output, rows)}, "
+            "or predict all again with --data.overwrite true" if len(rows) > before else
             f"; this input has {len(rows)} rows: another input, or this one shortened since (--data.overwrite true predicts "
             "it again)")
         raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
@@ -51,6 +51,21 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[s
         raise OutputExistsError(f"resume: {output} holds {len(written)} rows, more than the {len(rows)} this input has: "
                                 "it is the output of another input")
     return written
+
+
+def _new_ones(output: Path, rows: list[dict[str, Any]]) -> str:
+    """What to do with the rows of an input that a finished ``output`` does not hold: the images added to a folder since
+    (named; a folder's new photos sort among the old ones), put in a list of their own."""
+    try:
+        written = {str(row.get("image")) for row in read_output_rows(output)}
+    except (OSError, ValueError):
+        written = set()
+    new = [row["image"] for row in rows if "image" in row and row["image"] not in written]
+    if not written or not new:
+        return "give the new ones their own --data.output"
+    return (f"to caption the {len(new)} image{'s' * (len(new) > 1)} not in it ({', '.join(map(str, new[:3]))}"
+            f"{', ...' * (len(new) > 3)}), list {'them' if len(new) > 1 else 'it'} in a text file, one per line, and predict "
+            "that (--data.images <list>) into its own --data.output")
 
 
 def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path | str,
