@@ -31,13 +31,13 @@ from mmcaption.console import filter_warnings, lightning_info_hidden, print_metr
 from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
 from mmcaption.folders import (
-    FolderLock,
     check_named_runs_unused,
     check_writable,
     claim_run_folders,
     keyword_checkpoint,
     locks_released_after,
     remove_unused_run,
+    take_checkpoint_folder,
 )
 from mmcaption.model import is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import check_backbone, context_problem
@@ -286,7 +286,7 @@ class MMCaptionCLI(LightningCLI):
                     warnings.filterwarnings("ignore", message=f"Checkpoint directory {re.escape(str(callback.dirpath))} exists")
                     check_writable(callback.dirpath, "checkpoints (ModelCheckpoint's dirpath, or trainer.default_root_dir)")
                     if trainer.global_rank == 0:  # refused first if another run is writing there: not told to continue it
-                        FolderLock(callback.dirpath).acquire()
+                        take_checkpoint_folder(callback.dirpath)  # and a killed run's unfinished saves removed
                     if not self.config[self.subcommand].get("ckpt_path") and trainer.global_rank == 0:
                         earlier_checkpoints_note(Path(callback.dirpath), saves_last=bool(callback.save_last))
             init_from = getattr(self.model, "init_from", None)

@@ -143,6 +143,9 @@ def stop_signals() -> list[int]:
 class _StopState:
     under_way = False  # an Interrupted was raised: the command is cleaning up
     noted = False  # the note that a further signal waits was printed
+    pending: int | None = None  # the signal of the last Interrupted raised by the handler (see raise_if_stopped)
+    holding = False  # inside stops_held: a signal waits for the block's end
+    held: int | None = None
 
 
 _stop = _StopState()
@@ -165,6 +168,7 @@ def signals_stop() -> Iterator[None]:
         return
     owner = os.getpid()
     _stop.under_way = _stop.noted = False
+    _stop.pending = None
 
     def stop(signum: int, frame: Any) -> None:
         if os.getpid() != owner:  # a forked process: the handling it had before, the signal sent again to it
@@ -173,6 +177,9 @@ def signals_stop() -> Iterator[None]:
             os.kill(os.getpid(), signum)
             return
         leave_a_closed_terminal(signum)
+        if _stop.holding:  # two renames that must both happen: acted on once they have
+            _stop.held = _stop.held or signum
+            return
         if _stop.under_way:
             if not _stop.noted:
                 _stop.noted = True
@@ -180,6 +187,7 @@ def signals_stop() -> Iterator[None]:
                     print(f"{signal.Signals(signum).name} received while stopping: finishing the cleanup first "
                           "(kill -9 stops at once)", file=sys.stderr, flush=True)
             return
+        _stop.pending = signum
         raise Interrupted(signum)
 
     previous = {signum: signal.getsignal(signum) for signum in stop_signals()}
@@ -190,6 +198,30 @@ def signals_stop() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def stops_held() -> Iterator[None]:
+    """A stop signal during the block is acted on at its end, when the block ends without an error of its own: an
+    export's old folder moved aside and the new one not yet in its place left no folder at all."""
+    was, _stop.holding = _stop.holding, True
+    try:
+        yield
+    finally:
+        _stop.holding = was
+    if not was and _stop.held is not None:
+        signum, _stop.held = _stop.held, None
+        raise Interrupted(signum)
+
+
+def raise_if_stopped() -> None:
+    """Raise again the :class:`Interrupted` of a signal whose handler ran where Python drops exceptions - inside a
+    fork's at-fork hooks, as a DataLoader starts its workers: the command went on to its end and exited 0, and a second
+    signal waited for a cleanup that never came. Called at each batch: an Interrupted raised as it should be never
+    gets there."""
+    if _stop.pending is not None:
+        signum, _stop.pending = _stop.pending, None
+        raise Interrupted(signum)
 
 
 def one_line(error: BaseException) -> str:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError
+from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError, stops_held
 from mmcaption.resources import owner_of
 
 LOCK_FILE = ".mmcaption.lock"
@@ -146,6 +146,19 @@ def _same_file(descriptor: int, path: Path) -> bool:
         return False
 
 
+def take_checkpoint_folder(folder: str | Path) -> None:
+    """Lock a run's checkpoint folder (:class:`FolderLock`), then remove the unfinished saves a killed run left there
+    (``.<name>.ckpt.<random>.partial``: a save is written aside and renamed once whole), said once; no run writes there
+    but this one now. They stayed for good, each as large as a checkpoint with its optimizer state."""
+    FolderLock(folder).acquire()
+    left = sorted(Path(folder).glob(".*.ckpt.*.partial"))
+    for path in left:
+        path.unlink(missing_ok=True)
+    if left:
+        print(f"note: removed {len(left)} unfinished checkpoint save{'s' * (len(left) > 1)} a killed run left in {folder} "
+              f"({', '.join(p.name for p in left[:3])}{', ...' * (len(left) > 3)})", file=sys.stderr, flush=True)
+
+
 def output_lock(output: Path) -> FolderLock:
     """The lock a predict holds on its output's place while it writes it: two predicts into one output wrote
     one partial file, and left mixed rows under the second one's summary."""
@@ -220,15 +233,24 @@ def as_umask_allows(folder: Path) -> None:
 
 
 def replace_folder(staging: Path, folder: str | Path) -> Path:
-    """Put ``staging`` in place of ``folder`` (which may exist), leaving nothing of the old one."""
+    """Put ``staging`` in place of ``folder`` (which may exist), leaving nothing of the old one. A Ctrl-C or SIGTERM
+    between the two renames is acted on after both (it left neither folder in place, the old one hidden beside it)."""
     folder = Path(folder)
     old = None
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        os.replace(folder, old / folder.name)
-    os.replace(staging, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        with stops_held():
+            if folder.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+                os.replace(folder, old / folder.name)
+            try:
+                os.replace(staging, folder)
+            except OSError:
+                if old is not None:  # the old one back where it was
+                    os.replace(old / folder.name, folder)
+                raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

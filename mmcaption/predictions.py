@@ -4,7 +4,6 @@ CircularEval, VQA accuracy) beside them, and VQA's results file for its evaluati
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import YesNoTally, normalise_answer
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
+    add_late_columns,
     json_line,
     json_text,
     partial_path,
@@ -30,8 +30,10 @@ from mmcaption.evaluation.report import (
     started_record,
     starts_with_bom,
     summary_path,
+    unused_name,
 )
 from mmcaption.folders import output_lock
+from mmcaption.resources import disk_full
 from mmcaption.slurm import this_job
 from mmcaption.tasks import NO_OPTION, RESULT_COLUMNS
 
@@ -104,7 +106,6 @@ class PredictionWriter(BasePredictionWriter):
         # too: without it Excel reads UTF-8 as the local code page, and "café" shows as "cafÃ©"
         self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and any(
             starts_with_bom(source) for source in datamodule.input_files()) else "utf-8"
-        self.handle = self.partial.open("w", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES)
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
@@ -114,7 +115,6 @@ class PredictionWriter(BasePredictionWriter):
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
         if this_job():  # a requeued SLURM job goes on from what it left (check_output)
             self.made_by["slurm_job"] = this_job()
-        started_record(output).write_text(json_text(self.made_by), encoding="utf-8")  # a killed run leaves no summary
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         self.input_notes = list(getattr(datamodule, "input_notes", None) or [])  # files of the input left out, and why
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
@@ -132,6 +132,10 @@ class PredictionWriter(BasePredictionWriter):
             self.vqa_results_path(output).unlink(missing_ok=True)
         dataset = getattr(datamodule, "dataset", None)  # one row each; several processes each answer a share
         self.expected_rows = len(dataset) if dataset is not None and processes == 1 else None
+        # the files last, once all the summary needs is set: a signal while the records were made (git's status) ended
+        # in an AttributeError of the summary, and a hidden empty partial file
+        started_record(output).write_text(json_text(self.made_by), encoding="utf-8")  # a killed run leaves no summary
+        self.handle = self.partial.open("w", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES)
         if getattr(datamodule, "done", None):  # resume: the interrupted run's rows come first, and count in the summary
             self._go_on_from(output, datamodule.done)
 
@@ -260,9 +264,12 @@ class PredictionWriter(BasePredictionWriter):
     def _finish(self, interrupted: BaseException | None = None, stopped: str | None = None, announce: bool = True) -> None:
         """Close the partial file and put it in place (with what was written, when interrupted or ``stopped``
         short of the input's end by a setting); then let another run have the output."""
-        if self.path is None or self.handle is None:
+        if self.path is None:
             return
         lock = output_lock(self.path)  # the data module's check_output took it
+        if self.handle is None:  # stopped before the output was begun (or put in place already)
+            lock.release()
+            return
         try:
             self._put_in_place(interrupted, stopped, announce)
         finally:
@@ -280,7 +287,7 @@ class PredictionWriter(BasePredictionWriter):
             rank_zero_info(f"predict stopped ({why}) before any row was done; {self.path} not written")
             return
         if self.late_columns:
-            self._add_late_columns()
+            add_late_columns(self.partial, self.encoding, self.late_columns, RESULT_COLUMNS)
         earlier = ""
         if why and self.replacing:  # the complete output of an earlier run stays
             earlier = f" ({self.path}, from an earlier run, is unchanged)"
@@ -333,21 +340,6 @@ class PredictionWriter(BasePredictionWriter):
                 self.failure = (f"not one of the {summary['rows']} rows could be predicted (the first: {self.first_error}); "
                                 f"{self.path} holds their errors")
 
-    def _add_late_columns(self) -> None:
-        """Rewrite the CSV with the columns that only later rows had (before the result columns)."""
-        with self.partial.open(newline="", encoding="utf-8-sig", errors=NAMES_AS_BYTES) as handle:
-            reader = csv.DictReader(handle)
-            header, rows = list(reader.fieldnames or []), list(reader)
-        added = list(dict.fromkeys(k for late in self.late_columns.values() for k in late))
-        results = [c for c in RESULT_COLUMNS if c in header or c in added]  # last, in their usual order
-        columns = [c for c in header if c not in RESULT_COLUMNS] + [c for c in added if c not in RESULT_COLUMNS] + results
-        rewritten = self.partial.with_name(self.partial.name + ".columns")
-        with rewritten.open("w", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES) as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows({**row, **self.late_columns.get(i, {})} for i, row in enumerate(rows))
-        os.replace(rewritten, self.partial)
-
     def on_predict_end(self, trainer, pl_module) -> None:
         if trainer.world_size > 1 and self.path is not None:
             share = self.path
@@ -390,10 +382,13 @@ class PredictionWriter(BasePredictionWriter):
         self._end(trainer)  # as one process: a short input is said, and kept as interrupted
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._finish(interrupted=exception)
-
-
-def unused_name(path: Path) -> Path:
-    """``path``, or ``<stem>-2<suffix>``, ``-3``, ... the first that does not exist."""
-    candidates = (path.with_name(f"{path.stem}-{n}{path.suffix}") for n in itertools.count(2))
-    return path if not path.exists() else next(p for p in candidates if not p.exists())
+        writing = self.path is not None and self.handle is not None
+        try:
+            self._finish(interrupted=exception)
+        except OSError as error:  # the disk full: the rows stay in the partial file, which a resume goes on from
+            if disk_full(error) is None:
+                raise
+        if writing and disk_full(exception) is not None:  # "run the same command again" was then refused
+            exception.__notes__ = [*getattr(exception, "__notes__", []),
+                                   "predict: the rows done are kept; once there is room, the same command with --data.resume "
+                                   "true goes on from them"]

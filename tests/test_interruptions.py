@@ -317,6 +317,26 @@ def test_a_killed_predict_keeps_its_complete_rows_and_resume_goes_on_from_them(b
     assert [row["prediction"] for row in csv.DictReader(text.open(newline=""))] == ["Red.\nOn the left."]
 
 
+def test_a_resume_that_was_killed_keeps_the_rows_it_added(backbones, trained_checkpoint, image_folder, tmp_path, monkeypatch):
+    # Ctrl-C, then a resume killed outright (out of memory): the next resume went on from the Ctrl-C's rows and wrote
+    # over the killed resume's partial file without a word, its rows predicted again
+    infos = []
+    monkeypatch.setattr("mmcaption.data.predict.rank_zero_info", infos.append)
+    module, questions, output, _, whole = predicted_with_a_kill_at_batch_2(backbones, trained_checkpoint, tmp_path)
+    lines = whole.splitlines(keepends=True)  # the header and 12 rows
+    summary = output.with_name("answers.csv.summary.json")
+    made_by = json.loads(summary.read_text())["made_by"]
+    output.write_text("".join(lines[:5]))  # stopped by Ctrl-C after 4 rows
+    summary.write_text(json.dumps({"rows": 4, "interrupted": "SIGINT", "made_by": made_by}))
+    output.with_name(".answers.csv.partial").write_text("".join(lines[:9]) + "images/img0.png,What col")  # its resume,
+    output.with_name(".answers.csv.partial.made_by.json").write_text(json.dumps(made_by))  # killed after 4 rows more
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    assert output.read_text() == whole
+    assert any("the 8 complete rows of .answers.csv.partial, which a killed run (SIGKILL, out of memory) left, are kept (4 "
+               "more than the output held: that run was a resume)" in line for line in infos), infos
+    assert json.loads(summary.read_text())["resumed_after"] == 8 and not list(tmp_path.glob(".answers.csv*"))
+
+
 def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_a_requeued_slurm_job_goes_on(
     backbones, trained_checkpoint, image_folder, tmp_path, monkeypatch, capsys
 ):
@@ -328,13 +348,14 @@ def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_
     module, questions, output, killed, whole = predicted_with_a_kill_at_batch_2(backbones, trained_checkpoint, tmp_path)
     killed.left()
     left = (tmp_path / ".answers.csv.partial").read_bytes()
-    with pytest.raises(OutputExistsError, match=r"\.answers\.csv\.partial holds the rows a killed run \(SIGKILL, out of memory, "
-                                                r"a lost node\) wrote before it ended: go on from them with --data\.resume true"):
+    with pytest.raises(OutputExistsError, match=r"\.answers\.csv\.partial holds the rows a run wrote before it ended without "
+                                                r"finishing its output \(killed: SIGKILL, out of memory, "
+                                                r"a lost node; or a full disk\): go on from them with --data\.resume true"):
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
     assert (tmp_path / ".answers.csv.partial").read_bytes() == left and not output.exists()
     monkeypatch.setenv("SLURM_JOB_ID", "777")  # another job's leftovers are not this job's to go on from
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    with pytest.raises(OutputExistsError, match="holds the rows a killed run"):
+    with pytest.raises(OutputExistsError, match="holds the rows a run wrote before it ended without finishing its output"):
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
     monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the job that was killed, run again by SLURM: it goes on by itself
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
@@ -2174,3 +2195,116 @@ def test_the_exit_hook_leaves_a_programs_own_daemonic_process_to_end_as_python_e
     subprocess.run([sys.executable, str(script), str(flushed)], timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)),
                    check=True)
     assert flushed.read_text() == "flushed"
+
+
+@pytest.mark.slow
+def test_a_signal_as_predicts_loader_workers_start_stops_it(trained_checkpoint, image_folder, tmp_path):
+    # Ctrl-C or `docker stop` just as the loader forked its workers ran the handler inside the fork's at-fork hooks,
+    # where Python prints an exception and drops it: the run went on to its end and exited 0 (7 times of 8, by hand)
+    script = ("import os, signal, sys\n"
+              "sent = []\n"
+              "def at_fork():\n"
+              "    if not sent:\n"
+              "        sent.append(1)\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "os.register_at_fork(after_in_parent=at_fork)\n"
+              "sys.argv = ['mmcaption', *sys.argv[1:]]\n"
+              "from mmcaption.scripts import mmcaption\n"
+              "mmcaption()\n")
+    output = tmp_path / "captions.jsonl"
+    args = ["predict", "--ckpt_path", str(trained_checkpoint), "--data", "mmcaption.data.CaptionPredictDataModule",
+            "--data.images", str(image_folder), "--data.output", str(output), "--data.batch_size", "1",
+            "--data.num_workers", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert "Exception ignored" in done.stderr  # the handler did run where its exception is dropped
+    assert "predict stopped (SIGTERM) before any row was done" in done.stdout + done.stderr
+    assert not output.exists() and not list(tmp_path.glob(".captions.jsonl*"))
+
+
+def test_a_signal_between_an_exports_two_renames_is_acted_on_after_both(tmp_path, monkeypatch):
+    # `mmcaption-export --overwrite` moved the earlier export aside, and a Ctrl-C before the new one was put in its place
+    # left no export folder at all: the old one hidden as .export.old-*, the new one as a staging folder
+    from mmcaption import folders
+    from mmcaption.errors import signals_stop
+
+    target, staging = tmp_path / "export", tmp_path / ".export.partial-1"
+    for folder, name in ((target, "old.txt"), (staging, "new.txt")):
+        folder.mkdir()
+        (folder / name).write_text(name)
+    real = os.replace
+
+    def replace(source, destination):
+        real(source, destination)
+        if Path(source) == target:  # the earlier export moved aside: the signal comes now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with signals_stop(), pytest.raises(Interrupted, match="stopped by SIGTERM"):
+        folders.replace_folder(staging, target)
+    assert [p.name for p in target.iterdir()] == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_killed_runs_unfinished_checkpoint_saves_are_removed_when_the_next_run_takes_the_folder(tmp_path, capsys):
+    # a kill during a save left .epoch=0-step=30.ckpt.<random>.partial, as large as a checkpoint with its optimizer
+    # state, for good: later runs, fresh or resumed, said nothing of it
+    from mmcaption.folders import locks_released_after, take_checkpoint_folder
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    files = {"last.ckpt": b"whole", ".epoch=0-step=30.ckpt.8zyw_hk1.partial": b"x" * 1000, ".last.ckpt.o8twwdqe.partial": b"",
+             "notes.partial": b"the user's"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    with locks_released_after():
+        take_checkpoint_folder(folder)
+        assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) == ["last.ckpt", "notes.partial"]
+    assert (f"note: removed 2 unfinished checkpoint saves a killed run left in {folder} (.epoch=0-step=30.ckpt.8zyw_hk1.partial, "
+            ".last.ckpt.o8twwdqe.partial)") in capsys.readouterr().err
+
+
+def test_a_signal_as_predict_starts_its_output_is_one_line_and_leaves_no_empty_partial_file(backbones, trained_checkpoint,
+                                                                                           image_folder, tmp_path, monkeypatch):
+    # SIGTERM while the writer recorded the software (git's status) came after the partial file was opened and before
+    # what its summary reads was set: an AttributeError's 60 lines, exit 1, and an empty hidden .partial left
+    def stopped():
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr("mmcaption.predictions.software_record", stopped)
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    output = tmp_path / "answers.csv"
+    with pytest.raises(Interrupted, match="stopped by SIGTERM"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, write_csv(tmp_path / "q.csv", QUESTIONS), output))
+    assert not output.exists() and not list(tmp_path.glob(".answers.csv*"))
+
+
+def test_a_full_disk_in_predict_says_to_resume_and_resuming_completes_the_output(backbones, trained_checkpoint, image_folder,
+                                                                                 tmp_path, monkeypatch):
+    # "the disk is full ... run the same command again", and the same command was then refused as "a killed run's" rows
+    import errno
+
+    from mmcaption.predictions import PredictionWriter
+    from mmcaption.resources import resource_message
+
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions, output = write_csv(tmp_path / "q.csv", QUESTIONS * 2), tmp_path / "answers.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, tmp_path / "whole.csv"))
+    real, batches = PredictionWriter._write, []
+
+    def write(self, rows):
+        batches.append(rows)
+        if len(batches) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, rows)
+
+    monkeypatch.setattr(PredictionWriter, "_write", write)
+    with pytest.raises(OSError) as full:
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
+    said = resource_message(full.value)
+    assert said.startswith("the disk is full") and said.endswith("; predict: the rows done are kept; once there is room, "
+                                                                 "the same command with --data.resume true goes on from them")
+    monkeypatch.setattr(PredictionWriter, "_write", real)  # room again
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    assert output.read_text() == (tmp_path / "whole.csv").read_text()

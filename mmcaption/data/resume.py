@@ -120,8 +120,9 @@ def killed_run_advice(output: Path, share: bool = False) -> str:
     if share:
         return (f"{partial} holds the rows one process of a killed run on several processes wrote: a resume does not go on "
                 "from them; move it away to keep them, or predict them again with --data.overwrite true")
-    return (f"{partial} holds the rows a killed run (SIGKILL, out of memory, a lost node) wrote before it ended: go on from "
-            "them with --data.resume true, or start afresh with --data.overwrite true, which deletes them")
+    return (f"{partial} holds the rows a run wrote before it ended without finishing its output (killed: SIGKILL, out of "
+            "memory, a lost node; or a full disk): go on from them with --data.resume true, or start afresh with "
+            "--data.overwrite true, which deletes them")
 
 
 def _rows_end(data: bytes, csv_rows: bool) -> int:
@@ -233,8 +234,17 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
     ``output``, with a summary saying the run was killed; a row cut by the kill is predicted again. Returns what
     was done, for a note; ``None`` when there is no such file."""
     partial, record = partial_path(output), started_record(output)
-    if output.exists() or not partial.is_file():
+    if not partial.is_file():
         return None
+    before = 0  # a killed resume: its partial file begins with the interrupted output's rows, and goes on past them
+    if output.exists():
+        try:
+            said = json.loads(summary_path(output).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(said, dict) or not said.get("interrupted"):
+            return None
+        before = len(read_output_rows(output))
     data = partial.read_bytes()
     end = _rows_end(data, output.suffix.lower() == ".csv")
     kept = output.with_name(f".{output.stem}.recovered{output.suffix}")  # read back as the output's kind of file
@@ -249,9 +259,9 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
         made_by = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
     except (OSError, ValueError):
         made_by = None
-    if not done:
+    if len(done) <= before:  # killed before it added a row: the output is what there is
         kept.unlink()
-        return f"{partial}, left by a killed run, holds no complete row: starting at the first row"
+        return None if before else f"{partial}, left by a killed run, holds no complete row: starting at the first row"
     check_first_rows(done, rows, partial)
     if now is not None and made_by:
         check_made_alike(output, now, made_by)
@@ -262,4 +272,5 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
     record.unlink(missing_ok=True)
     cut = len(data) - end
     return (f"{output}: the {len(done)} complete rows of {partial.name}, which a killed run (SIGKILL, out of memory) left, "
-            "are kept" + (f" ({cut} bytes of a row it was writing are left out)" if cut else ""))
+            "are kept" + (f" ({len(done) - before} more than the output held: that run was a resume)" if before else "")
+            + (f" ({cut} bytes of a row it was writing are left out)" if cut else ""))

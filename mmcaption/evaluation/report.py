@@ -15,6 +15,7 @@ import csv
 import datetime
 import functools
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -126,10 +127,26 @@ def _free_stem(folder: Path, stem: str) -> str:
     return candidate
 
 
+# generate() settings that say how it returns what it makes, or what the model's tokenizer gives, not what is made
+_NOT_RECORDED = {"transformers_version", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+                 "return_dict_in_generate", "output_scores", "output_logits", "output_attentions", "output_hidden_states",
+                 "use_cache", "cache_implementation", "cache_config", "compile_config"}
+
+
+@functools.lru_cache(maxsize=1)
+def _default_generation() -> dict[str, Any]:
+    from transformers import GenerationConfig  # transformers' own defaults
+
+    return GenerationConfig().to_dict()
+
+
 def generation_record(generation: dict[str, Any]) -> dict[str, Any]:
     """The generation settings that change what is generated, and with sampling the run's seed (``seed_everything``):
     two runs of other seeds sample other texts, which a resume would have put together as one output."""
     recorded = {k: generation[k] for k in GENERATION_RECORDED if generation.get(k) is not None}
+    defaults = _default_generation()  # and any other setting given (early_stopping, top_k, a beam search's groups)
+    recorded |= {k: v for k, v in generation.items() if k not in recorded and k not in _NOT_RECORDED and not k.startswith("_")
+                 and k in defaults and v != defaults[k]}
     if recorded.get("do_sample") and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
         recorded["seed"] = int(os.environ["PL_GLOBAL_SEED"])
     return recorded
@@ -268,3 +285,26 @@ def scores_said(summary: dict[str, Any], category_keys: list[str]) -> str:
         accuracies = ", ".join(f"{name} {s['accuracy']:.3f} ({s['correct']}/{s['answered']})" for name, s in summary[key].items())
         said += f"\n  accuracy {key.replace('_', ' ')} (over {summary['per_category_over'].split(',')[0]}): {accuracies}"
     return said
+
+
+def add_late_columns(partial: Path, encoding: str, late_columns: dict[int, dict[str, Any]], result_columns: tuple[str, ...]) -> None:
+    """Rewrite the CSV ``partial`` with the columns that only later rows had (``late_columns``: row -> its values of
+    them), before the ``result_columns``."""
+    with partial.open(newline="", encoding="utf-8-sig", errors=NAMES_AS_BYTES) as handle:
+        reader = csv.DictReader(handle)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    added = list(dict.fromkeys(k for late in late_columns.values() for k in late))
+    results = [c for c in result_columns if c in header or c in added]  # last, in their usual order
+    columns = [c for c in header if c not in result_columns] + [c for c in added if c not in result_columns] + results
+    rewritten = partial.with_name(partial.name + ".columns")
+    with rewritten.open("w", newline="", encoding=encoding, errors=NAMES_AS_BYTES) as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({**row, **late_columns.get(i, {})} for i, row in enumerate(rows))
+    os.replace(rewritten, partial)
+
+
+def unused_name(path: Path) -> Path:
+    """``path``, or ``<stem>-2<suffix>``, ``-3``, ... the first that does not exist."""
+    candidates = (path.with_name(f"{path.stem}-{n}{path.suffix}") for n in itertools.count(2))
+    return path if not path.exists() else next(p for p in candidates if not p.exists())
