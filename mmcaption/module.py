@@ -29,18 +29,19 @@ from mmcaption.checkpoint import (
     load_initial_weights,
     restore_loader_position,
 )
-from mmcaption.errors import ConfigError, NonFiniteLossError
+from mmcaption.errors import ConfigError, NonFiniteLossError, raise_if_stopped
 from mmcaption.evaluation.answers import exact_match
-from mmcaption.evaluation.caption_metrics import caption_scores, metric_setup
-from mmcaption.evaluation.report import checkpoint_record, generation_record, write_evaluation
+from mmcaption.evaluation.caption_metrics import caption_scores
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local, check_known_settings
 from mmcaption.model.loss import AccumulatedTokens, chunked_cross_entropy
 from mmcaption.model.optim import adamw
 from mmcaption.predictions import PredictionWriter
+from mmcaption.results import write_results
 from mmcaption.schedule import linear_schedule, schedule_from_here
-from mmcaption.tasks import Tasks, check_generation
+from mmcaption.settings_checks import strategy_problem
+from mmcaption.tasks import Tasks, check_run_generation
 
 
 class MultimodalCaptioner(LightningModule):
@@ -88,7 +89,7 @@ class MultimodalCaptioner(LightningModule):
         self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
         self.adam_betas = tuple(adam_betas)
         self.generation = dict(generation or {})
-        check_generation(self.generation, "model.generation")  # before the model loads
+        check_run_generation(self.generation, "model.generation")  # before the model loads
         self.on_nonfinite_loss = on_nonfinite_loss
         self.init_from = init_from
         self.compile = compile
@@ -111,7 +112,14 @@ class MultimodalCaptioner(LightningModule):
     # -- building ---------------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        """Load the backbones on this process's device (each DDP rank loads its own 4-bit copy)."""
+        """Load the backbones on this process's device (each DDP rank loads its own 4-bit copy). Called outside a Trainer
+        (a script's own loop, before its optimizer is made), it loads ``init_from``'s weights too: a Trainer's
+        hooks do that, after a checkpoint it resumes has had its say."""
+        self._build()
+        if self._trainer is None:
+            self.initialise_from_checkpoint()
+
+    def _build(self) -> None:
         if self.model is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
@@ -136,13 +144,21 @@ class MultimodalCaptioner(LightningModule):
         """Load ``init_from``'s trained weights, once, unless a checkpoint was restored already."""
         if self.init_from is None or self.weights_loaded:
             return
-        self.configure_model()
+        self._build()
         self.init_source = load_initial_weights(self.model, self.init_from)
         self.weights_loaded = True
         step = self.init_source.get("global_step")
         training = self._trainer is not None and self._trainer.state.fn == "fit"  # predict has no optimizer to speak of
         rank_zero_info(f"Initialised from {self.init_from}" + (f" (its step {step})" if step is not None else "")
                        + ("; optimizer and schedule start fresh." if training else "."))
+
+    def setup(self, stage: str) -> None:
+        start = getattr(self.trainer.strategy, "_start_method", None)  # a script's Trainer(strategy="ddp_spawn"): the CLI
+        if start in ("spawn", "fork", "forkserver") and (problem := strategy_problem(f"with start_method {start}")):
+            raise ConfigError(problem)  # refuses it, and training ended in a refusal to take the weights back
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "backbones_problem") and (problem := datamodule.backbones_problem(self.config, self.tokenizer)):
+            raise ConfigError(problem)
 
     def on_fit_start(self) -> None:
         self.initialise_from_checkpoint()
@@ -159,6 +175,7 @@ class MultimodalCaptioner(LightningModule):
     # -- steps --------------------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.configure_model()  # outside a Trainer, on first use
         return self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             pixel_values=batch.get("pixel_values"), vision_features=batch.get("vision_features"),
@@ -232,6 +249,7 @@ class MultimodalCaptioner(LightningModule):
         self.window.rescale(self.model.parameters())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        raise_if_stopped()  # a signal as the loader's workers started (validate, test)
         if dataloader_idx == 1:  # generation: val images to caption, or val questions to answer
             if self.trainer.sanity_checking:  # the start-up check tests the loss path; generating there
                 return                        # (beam search at Phi-2's shapes) only delays the first step
@@ -283,32 +301,7 @@ class MultimodalCaptioner(LightningModule):
         if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and not self.trainer.sanity_checking:
             folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # on every process: log_dir is a broadcast
             if self.trainer.is_global_zero:
-                self.write_results(folder, prefix, metrics, captions, answers)
-
-    def write_results(self, folder: Path, prefix: str, metrics: dict[str, float], captions: list, answers: list) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
-        generation = self.tasks.generation.to_dict()
-        results: dict[str, Any] = {
-            "stage": self.trainer.state.fn.value, "split": split, "metrics": metrics,
-            "checkpoint": checkpoint_record(self.trainer.ckpt_path, self.init_from),
-            "data": {"module": type(datamodule).__name__, **dict(getattr(datamodule, "hparams", {}))},
-        }
-        if captions:
-            results.update(images=len(captions), references=sum(len(r) for _, _, r, _ in captions), caption_metrics=metric_setup())
-        if answers:
-            results["questions"] = len(answers)
-        if captions or answers:
-            results["generation"] = generation_record(generation)
-        setting = "limit_test_batches" if prefix == "test" else "limit_val_batches"  # fast_dev_run sets it too
-        limit = getattr(self.trainer, setting)
-        if isinstance(limit, int) or limit != 1.0:  # a number of batches, or a share below 1.0: part of the split
-            results["limited_by"] = f"trainer.{setting} {limit}"
-        rows = [{"image_id": i, "file_name": f, "caption": c, "references": r} for i, c, r, f in captions]
-        rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
-        predictions, summary = write_evaluation(folder, f"{prefix}-{split or 'split'}", rows, results)
-        limited = f"; {results['limited_by']}: part of the split" if "limited_by" in results else ""
-        rank_zero_info(f"{prefix} results: {summary} (predictions: {predictions.name}{limited})")
+                write_results(self.trainer, self.tasks.generation.to_dict(), folder, prefix, metrics, captions, answers)
 
     def log_caption_examples(self) -> None:
         """A few val images with their generated and reference captions, in TensorBoard."""
@@ -332,6 +325,7 @@ class MultimodalCaptioner(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Captions, answers or chosen letters for the rows whose image could be read; the other rows
         come back with their error (see :meth:`mmcaption.tasks.Tasks.predict`)."""
+        raise_if_stopped()  # a signal as the loader's workers started
         return self.tasks.predict(batch)
 
     def configure_callbacks(self) -> list:
@@ -375,7 +369,7 @@ class MultimodalCaptioner(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before restoring: refuse a checkpoint of another model, naming the settings that differ."""
-        self.configure_model()
+        self._build()  # its own weights, not init_from's
         check_checkpoint(checkpoint, self.model)
         self.init_source = checkpoint.get("init_from")
         if self._trainer is not None and self.trainer.state.fn == "fit":
@@ -390,7 +384,7 @@ class MultimodalCaptioner(LightningModule):
         The frozen backbones are not in checkpoints, so they are never reported missing; any other
         difference (an unknown key, a missing trainable tensor, a shape) is refused whatever ``strict`` says.
         """
-        self.configure_model()
+        self._build()
         check_trainable_state(state_dict, self.model, prefix="model.")
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         self.weights_loaded = True

@@ -132,6 +132,22 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
         raise ConfigError(f"{where}: {'; '.join(problems)}")
 
 
+def check_run_generation(settings: dict[str, Any], where: str = "model.generation") -> None:
+    """:func:`check_generation` of the settings validation, test and ``predict`` generate with: one text per image or
+    question (each is scored and written against its own row: several were matched with the next rows' references),
+    and one length limit (transformers lets ``max_new_tokens`` win over ``max_length`` with a warning alone)."""
+    check_generation(settings, where)
+    given = {key: plain(value) for key, value in settings.items() if value is not None}
+    if (given.get("num_return_sequences") or 1) > 1:
+        raise ConfigError(f"{where}: num_return_sequences {given['num_return_sequences']}: validation, test and predict "
+                          "score and write one text per image or question; the Python API gives several "
+                          "(Captioner.caption(image, num_return_sequences=n))")
+    if "max_length" in given and "max_new_tokens" in given:
+        raise ConfigError(f"{where}: max_length {given['max_length']} (the prompt's tokens and the new ones) and "
+                          f"max_new_tokens {given['max_new_tokens']} (the new ones) both limit the text, and max_new_tokens "
+                          "wins: give one of them (--model.generation.max_new_tokens null to use max_length)")
+
+
 def plain(value: Any) -> Any:
     """A NumPy or torch number or truth value as Python's (``np.int64(5)`` -> ``5``, ``np.bool_(False)`` -> ``False``); anything
     else as it is."""
@@ -216,9 +232,10 @@ class Tasks:
         self.model = model
         self.tokenizer = tokenizer
         check_generation(generation or {})
+        defaults = {k: v for k, v in DEFAULT_GENERATION.items()  # a max_length given alone is the limit: not our default's
+                    if not (k == "max_new_tokens" and (generation or {}).get("max_length") is not None)}
         self.generation = GenerationConfig(**{
-            **DEFAULT_GENERATION, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-            **(generation or {}),
+            **defaults, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **(generation or {}),
         })
 
     @property

@@ -173,6 +173,39 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     assert (folder / "test-test.results.json").read_text() == first
     assert json.loads(again_results.read_text())["predictions"] == "test-test-2.predictions.jsonl"
 
+    # part of the split, by test_caption_images, is said (CIDEr's document frequencies are the images scored): it was
+    # limited_by null; and a paper's settings beyond the usual ones (early_stopping) are recorded
+    part = make_captioner(backbones, generation={"max_new_tokens": 8, "num_beams": 3, "early_stopping": True})
+    tester = Trainer(accelerator="cpu", default_root_dir=tmp_path / "part", enable_progress_bar=False, enable_model_summary=False)
+    tester.test(part, datamodule=karpathy_datamodule(backbones, root, test_caption_images=1), ckpt_path=str(trained_checkpoint))
+    results = json.loads((Path(tester.log_dir) / "test-test.results.json").read_text())
+    assert results["images"] == 1 and results["limited_by"] == ("data.test_caption_images 1 (of the split's 2 images; "
+                                                                "CIDEr's document frequencies come from those scored)")
+    assert results["generation"]["early_stopping"] is True
+    # an image its data left out (on_bad_record skip) is in the results: a 4,999-image score read as the standard 5,000
+    (root / "val2014" / "COCO_val2014_000000000103.jpg").unlink()
+    tester = Trainer(accelerator="cpu", default_root_dir=tmp_path / "skipped", enable_progress_bar=False,
+                     enable_model_summary=False)
+    tester.test(module, datamodule=karpathy_datamodule(backbones, root, on_bad_record="skip"), ckpt_path=str(trained_checkpoint))
+    results = json.loads((Path(tester.log_dir) / "test-test.results.json").read_text())
+    assert results["images"] == 1 and results["left_out_of_split"] == {"missing image": 1}
+
+
+def test_evaluation_refuses_several_texts_per_image_and_two_length_limits(backbones):
+    # num_return_sequences 3 scored image 103 with the second beam of image 102 (the texts were zipped with the batch's
+    # ids); max_length 6 lost to the config's max_new_tokens 20 with transformers' warning alone
+    from mmcaption.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.generation: num_return_sequences 3: validation, test and predict score "
+                                          r"and write one text per image or question"):
+        make_captioner(backbones, generation={"num_beams": 3, "num_return_sequences": 3})
+    with pytest.raises(ConfigError, match=r"max_length 6 .* and max_new_tokens 20 .* both limit the text.*"
+                                          r"--model.generation.max_new_tokens null"):
+        make_captioner(backbones, generation={"max_length": 6, "max_new_tokens": 20})
+    for given in ({"max_length": 6, "max_new_tokens": None}, {"max_length": 6}):  # alone, max_length is the limit
+        generation = make_captioner(backbones, generation=given).tasks.generation
+        assert (generation.max_length, generation.max_new_tokens) == (6, None)
+
 def test_without_java_one_loud_warning_names_what_is_lost_and_the_setup_records_it(monkeypatch):
     monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
     monkeypatch.setattr(caption_metrics, "_warned_no_java", False)

@@ -55,12 +55,15 @@ def test_instruct_stage_starts_from_exactly_the_caption_weights_with_a_fresh_opt
 ):
     source = torch.load(caption_checkpoint, weights_only=True)
     module = make_module(backbones, init_from=str(caption_checkpoint))
-    module.configure_model()
-    module.initialise_from_checkpoint()
+    module.configure_model()  # outside a Trainer (a script's own loop): init_from's weights are loaded with the model
     state = module.state_dict()
     assert set(source["state_dict"]) == module.trainable_state_keys()
     for key, value in source["state_dict"].items():
         assert torch.equal(state[key], value), key
+    # and on first use, unasked: a script's torch.no_grad() captions came from an untrained model (its gates at 0)
+    used = make_module(backbones, init_from=str(caption_checkpoint))
+    assert used.tasks is not None and used.weights_loaded
+    assert all(torch.equal(used.state_dict()[key], value) for key, value in source["state_dict"].items())
 
     t = trainer(tmp_path, 2)
     t.fit(make_module(backbones, init_from=str(caption_checkpoint)), datamodule=instruct_data)

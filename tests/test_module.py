@@ -228,3 +228,41 @@ def test_a_resumed_runs_schedule_counts_the_steps_left_by_the_epochs_accumulatio
     assert run_length(resumed(step=2, done=4, epoch=0)) == 6
     assert run_length(resumed(step=3, done=0, epoch=1, in_epoch=False)) == 6  # at the epoch's end
     assert run_length(resumed(step=3, done=0, epoch=1, in_epoch=False, accumulate=1)) == 8  # one step a batch from here
+
+
+def test_a_scripts_own_trainer_is_refused_data_read_otherwise_than_the_model_and_a_spawning_strategy(backbones, coco_root,
+                                                                                                     tmp_path):
+    # the CLI links the data module's tokenizer, image processor and feature layer to the model's; a script's Trainer
+    # trained with another vocabulary's ids, or on cached features of another layer than predict feeds, without a word,
+    # and with ddp_spawn it trained, then failed to take the weights back ("220 unexpected key(s)")
+    from mmcaption.demo.tiny import save_tiny_backbones
+    from mmcaption.errors import ConfigError
+
+    language_dir, vision_dir = backbones
+    other_language, _ = save_tiny_backbones(tmp_path / "other", ["zebra quartz violin", "a quiet harbour at dusk"] * 20,
+                                            seed=1, lm_hidden_size=64)
+
+    def fit(module, **data):
+        settings = dict(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                        image_processor=str(vision_dir), batch_size=4, num_workers=0)
+        Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                default_root_dir=tmp_path).fit(module, datamodule=CaptionDataModule(**{**settings, **data}))
+        return module
+
+    with pytest.raises(ConfigError, match=rf"the data module's tokenizer '{other_language}' is not the model's "
+                                          rf"\('{language_dir}'\): its token ids mean other words"):
+        fit(make_module(backbones), tokenizer=str(other_language))
+    with pytest.raises(ConfigError, match=r"the data module caches the vision tower's layer -1 and the model reads layer -2"):
+        fit(make_module(backbones, vision_feature_layer=-2), cache_image_features=True)
+    copy = tmp_path / "copy_of_the_tokenizer"  # the same tokenizer by another name: trains
+    copy.mkdir()
+    for file in language_dir.iterdir():
+        if file.is_file():
+            (copy / file.name).write_bytes(file.read_bytes())
+    assert fit(make_module(backbones), tokenizer=str(copy)).global_step == 1
+    spawning = make_module(backbones)
+    spawning.trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False)
+    with pytest.raises(ConfigError, match=r"trainer.strategy with start_method spawn is not supported .* use "
+                                          r"--trainer.strategy ddp"):
+        spawning.setup("fit")

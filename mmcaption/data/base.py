@@ -89,6 +89,32 @@ class BackbonesDataModule(LightningDataModule):
     def image_processor(self):
         return load_image_processor(self.image_processor_name)
 
+    def backbones_problem(self, config: Any, tokenizer: PreTrainedTokenizerBase) -> str | None:
+        """Why this module does not read as the model ``config`` (its ``tokenizer``) does, or None: a script's own
+        Trainer gets no link from the model's settings as the CLI's does (a vocabulary of other ids trained without a
+        word; cached features of another layer than the tower gives at predict)."""
+        if self.tokenizer_name != config.language_model:  # the same one by other names (a local copy) is fine
+            try:
+                same = tokenizer_signature(self.tokenizer) == tokenizer_signature(tokenizer)
+            except Exception as error:  # noqa: BLE001 - what a tokenizer that cannot load raises, it is not the model's
+                return f"the data module's tokenizer {self.tokenizer_name!r} cannot be loaded ({error}); give it the model's: " \
+                       f"tokenizer={config.language_model!r}"
+            if not same:
+                return (f"the data module's tokenizer {self.tokenizer_name!r} is not the model's ({config.language_model!r}): "
+                        f"its token ids mean other words to the model; give it tokenizer={config.language_model!r}")
+        if self.image_processor_name != config.vision_model:
+            kept = ("size", "crop_size", "image_mean", "image_std", "rescale_factor", "do_resize", "do_center_crop", "do_normalize")
+            mine, model = (load_image_processor(name).to_dict() for name in (self.image_processor_name, config.vision_model))
+            if any(mine.get(key) != model.get(key) for key in kept):
+                return (f"the data module's image processor {self.image_processor_name!r} is not the model's "
+                        f"({config.vision_model!r}): give it image_processor={config.vision_model!r}")
+        layer = getattr(self, "vision_feature_layer", None)
+        if getattr(self, "cache_image_features", False) and layer != config.vision_feature_layer:
+            return (f"the data module caches the vision tower's layer {layer} and the model reads layer "
+                    f"{config.vision_feature_layer} (predict and the API take the model's): give it "
+                    f"vision_feature_layer={config.vision_feature_layer}")
+        return None
+
     def _worker_init(self):
         end_workers_at_exit()
         return functools.partial(worker_init, rank=self.trainer.global_rank if self.trainer is not None else 0)

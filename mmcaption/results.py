@@ -1,0 +1,64 @@
+"""The results file of ``mmcaption validate`` and ``test``: the metrics, the predictions they were computed on, and
+what a reader needs to compare them with another's - the split and how much of it was scored, the images its data left
+out, the weights, the generation settings and how each metric was computed (:mod:`mmcaption.evaluation.report`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.evaluation.caption_metrics import metric_setup
+from mmcaption.evaluation.report import checkpoint_record, generation_record, write_evaluation
+
+
+def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str, metrics: dict[str, float], captions: list,
+                  answers: list) -> None:
+    """Write the predictions (``captions``: (image id, caption, references, file); ``answers``: (id, question,
+    prediction, answer)) and the results file into ``folder``, and say where."""
+    module, datamodule = trainer.lightning_module, getattr(trainer, "datamodule", None)
+    split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
+    settings = dict(getattr(datamodule, "hparams", {}))
+    results: dict[str, Any] = {
+        "stage": trainer.state.fn.value, "split": split, "metrics": metrics,
+        "checkpoint": checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None)),
+        "data": {"module": type(datamodule).__name__, **settings},
+    }
+    if captions:
+        results.update(images=len(captions), references=sum(len(r) for _, _, r, _ in captions), caption_metrics=metric_setup())
+    if answers:
+        results["questions"] = len(answers)
+    if captions or answers:
+        results["generation"] = generation_record(generation)
+    made = _split_record(datamodule, split)
+    limits = []
+    setting = "limit_test_batches" if prefix == "test" else "limit_val_batches"  # fast_dev_run sets it too
+    limit = getattr(trainer, setting)
+    if isinstance(limit, int) or limit != 1.0:  # a number of batches, or a share below 1.0: part of the split
+        limits.append(f"trainer.{setting} {limit}")
+    side = "test" if prefix == "test" else "val"
+    if captions and settings.get(f"{side}_caption_images") and made.get("images", 0) > len(captions):  # the first N images
+        limits.append(f"data.{side}_caption_images {settings[f'{side}_caption_images']} (of the split's {made['images']:,} "
+                      "images; CIDEr's document frequencies come from those scored)")
+    if limits:
+        results["limited_by"] = "; ".join(limits)
+    if made.get("skipped"):  # records its data left out (on_bad_record skip): a 4,999-image score is not the standard 5,000
+        results["left_out_of_split"] = made["skipped"]
+    rows = [{"image_id": i, "file_name": f, "caption": c, "references": r} for i, c, r, f in captions]
+    rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
+    predictions, summary = write_evaluation(folder, f"{prefix}-{split or 'split'}", rows, results)
+    limited = f"; {results['limited_by']}: part of the split" if "limited_by" in results else ""
+    left = (f"; its data left out {sum(made['skipped'].values()):,} bad record(s) ({', '.join(made['skipped'])})"
+            if made.get("skipped") else "")
+    rank_zero_info(f"{prefix} results: {summary} (predictions: {predictions.name}{limited}{left})")
+
+
+def _split_record(datamodule, split: str | None) -> dict[str, Any]:
+    """What preprocessing recorded of ``split`` (its ``meta.json``: images, records skipped), or nothing."""
+    folder = getattr(datamodule, "folders", {}).get(split) if split else None
+    try:
+        return json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8")) if folder else {}
+    except (OSError, ValueError):
+        return {}
