@@ -236,7 +236,7 @@ def replace_folder(staging: Path, folder: str | Path) -> Path:
     """Put ``staging`` in place of ``folder`` (which may exist), leaving nothing of the old one. A Ctrl-C or SIGTERM
     between the two renames is acted on after both (it left neither folder in place, the old one hidden beside it)."""
     folder = Path(folder)
-    old = None
+    old, swapped = None, False
     try:
         with stops_held():
             if folder.exists():
@@ -244,12 +244,13 @@ def replace_folder(staging: Path, folder: str | Path) -> Path:
                 os.replace(folder, old / folder.name)
             try:
                 os.replace(staging, folder)
-            except OSError:
+                swapped = True
+            except BaseException:
                 if old is not None:  # the old one back where it was
                     os.replace(old / folder.name, folder)
                 raise
     finally:
-        if old is not None:
+        if old is not None and (swapped or not (old / folder.name).exists()):  # never the old one, unless replaced
             shutil.rmtree(old, ignore_errors=True)
     return folder
 

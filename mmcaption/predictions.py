@@ -388,7 +388,7 @@ class PredictionWriter(BasePredictionWriter):
         except OSError as error:  # the disk full: the rows stay in the partial file, which a resume goes on from
             if disk_full(error) is None:
                 raise
-        if writing and disk_full(exception) is not None:  # "run the same command again" was then refused
-            exception.__notes__ = [*getattr(exception, "__notes__", []),
+        if writing and not (self.replacing or self.share) and disk_full(exception) is not None:  # "run the same command
+            exception.__notes__ = [*getattr(exception, "__notes__", []),  # again" was then refused
                                    "predict: the rows done are kept; once there is room, the same command with --data.resume "
                                    "true goes on from them"]

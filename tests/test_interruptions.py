@@ -335,6 +335,15 @@ def test_a_resume_that_was_killed_keeps_the_rows_it_added(backbones, trained_che
     assert any("the 8 complete rows of .answers.csv.partial, which a killed run (SIGKILL, out of memory) left, are kept (4 "
                "more than the output held: that run was a resume)" in line for line in infos), infos
     assert json.loads(summary.read_text())["resumed_after"] == 8 and not list(tmp_path.glob(".answers.csv*"))
+    # a killed --data.overwrite run's partial file is no resume of the output: its rows are kept aside, not taken for the
+    # output's (a resume was refused for its other weights) nor written over
+    output.write_text("".join(lines[:5]))
+    summary.write_text(json.dumps({"rows": 4, "interrupted": "SIGINT", "made_by": made_by}))
+    output.with_name(".answers.csv.partial").write_text(lines[0] + "".join(lines[5:8]))
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    assert output.read_text() == whole and (tmp_path / "answers.killed.csv").read_text() == lines[0] + "".join(lines[5:8])
+    assert any(".answers.csv.partial, which a killed run left, does not go on from answers.csv (a --data.overwrite run's?): "
+               "its 3 complete rows are kept as answers.killed.csv" in line for line in infos), infos
 
 
 def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_a_requeued_slurm_job_goes_on(
@@ -2245,6 +2254,18 @@ def test_a_signal_between_an_exports_two_renames_is_acted_on_after_both(tmp_path
     with signals_stop(), pytest.raises(Interrupted, match="stopped by SIGTERM"):
         folders.replace_folder(staging, target)
     assert [p.name for p in target.iterdir()] == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    # a Ctrl-C there without the command's handlers (the Python API): the earlier export stays, it is not deleted
+    staging.mkdir()
+
+    def interrupted(source, destination):
+        if Path(source) == staging:
+            raise KeyboardInterrupt
+        real(source, destination)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        folders.replace_folder(staging, target)
+    assert [p.name for p in target.iterdir()] == ["new.txt"] and not list(tmp_path.glob(".export.old-*"))
 
 
 def test_a_killed_runs_unfinished_checkpoint_saves_are_removed_when_the_next_run_takes_the_folder(tmp_path, capsys):
@@ -2308,3 +2329,9 @@ def test_a_full_disk_in_predict_says_to_resume_and_resuming_completes_the_output
     monkeypatch.setattr(PredictionWriter, "_write", real)  # room again
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
     assert output.read_text() == (tmp_path / "whole.csv").read_text()
+    # an --data.overwrite run's rows go to answers.interrupted.csv (said then): resuming answers.csv is no advice for it
+    batches.clear()
+    monkeypatch.setattr(PredictionWriter, "_write", write)
+    with pytest.raises(OSError) as full:
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))
+    assert "--data.resume" not in resource_message(full.value) and (tmp_path / "answers.interrupted.csv").is_file()

@@ -120,6 +120,12 @@ def test_a_folder_trained_on_and_then_captioned_leaves_its_preprocessed_data_out
     assert [name for name, _ in images] == [str(folder / "IMG_0001.JPG")]
     assert notes[0].startswith(f"{folder}: 1 files left out, not images by their names (1 x .mov)")
     assert notes[1] == f"{folder}: mmcaption's preprocessed data left out ({folder / 'preprocessed'}), not photos"
+    # a cache_dir given as the photos' own folder: its split folders are left out, not the photos beside them
+    (folder / "trips").mkdir()
+    (folder / "trips" / "IMG_0002.JPG").write_bytes(jpeg((5, 200, 5)))
+    split.rename(folder / "train.rest-0123456789abcdef")
+    images = named_images(str(folder), note=None)
+    assert [name for name, _ in images] == [str(folder / "IMG_0001.JPG"), str(folder / "trips" / "IMG_0002.JPG")]
 
 
 def test_resuming_a_finished_folders_output_after_new_photos_names_them_and_advice_that_works_for_a_folder(tmp_path):

@@ -29,10 +29,10 @@ def _folder_files(folder: Path) -> tuple[list[Path], list[Path], list[Path], lis
     the folders that cannot be read; and the caches left out."""
     files, broken, unreadable, caches = [], [], [], []
     for root, folders, names in walk_through_links(folder, unreadable):
-        if any(_SPLIT_FOLDER.fullmatch(name) and (Path(root) / name / "meta.json").is_file() for name in folders):
-            caches.append(Path(root))  # a data folder's preprocessed/, trained on from this folder: its files are not photos
-            folders[:] = []
-            continue
+        splits = [name for name in folders if _SPLIT_FOLDER.fullmatch(name) and (Path(root) / name / "meta.json").is_file()]
+        if splits:  # a data folder's preprocessed/ (trained on from this folder), or a cache_dir given here: not photos
+            caches.append(Path(root))
+            folders[:] = [name for name in folders if name not in {*splits, "image-hashes", "datasets"}]
         folders[:] = sorted(name for name in folders if not is_hidden(Path(name)))
         for name in names:
             file = Path(root) / name

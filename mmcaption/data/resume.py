@@ -21,6 +21,7 @@ from mmcaption.evaluation.report import (
     started_record,
     starts_with_bom,
     summary_path,
+    unused_name,
 )
 
 
@@ -244,7 +245,8 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
             return None
         if not isinstance(said, dict) or not said.get("interrupted"):
             return None
-        before = len(read_output_rows(output))
+        earlier = read_output_rows(output)
+        before = len(earlier)
     data = partial.read_bytes()
     end = _rows_end(data, output.suffix.lower() == ".csv")
     kept = output.with_name(f".{output.stem}.recovered{output.suffix}")  # read back as the output's kind of file
@@ -259,6 +261,13 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
         made_by = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
     except (OSError, ValueError):
         made_by = None
+    if before and done and done[:before] != earlier:  # a killed --data.overwrite run's rows, not a resume's: kept aside
+        aside = unused_name(output.with_name(f"{output.stem}.killed{output.suffix}"))
+        kept.replace(aside)
+        partial.unlink()
+        record.unlink(missing_ok=True)
+        return (f"{partial.name}, which a killed run left, does not go on from {output.name} (a --data.overwrite run's?): "
+                f"its {len(done)} complete rows are kept as {aside.name}; going on from {output.name}")
     if len(done) <= before:  # killed before it added a row: the output is what there is
         kept.unlink()
         return None if before else f"{partial}, left by a killed run, holds no complete row: starting at the first row"
