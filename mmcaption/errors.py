@@ -196,6 +196,7 @@ def signals_stop() -> Iterator[None]:
     try:
         yield
     finally:
+        _stop.pending = _stop.held = None  # what a later run in this process (a script's next predict) must not raise
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 

@@ -112,14 +112,9 @@ class MultimodalCaptioner(LightningModule):
     # -- building ---------------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        """Load the backbones on this process's device (each DDP rank loads its own 4-bit copy). Called outside a Trainer
-        (a script's own loop, before its optimizer is made), it loads ``init_from``'s weights too: a Trainer's
-        hooks do that, after a checkpoint it resumes has had its say."""
-        self._build()
-        if self._trainer is None:
-            self.initialise_from_checkpoint()
-
-    def _build(self) -> None:
+        """Load the backbones on this process's device (each DDP rank loads its own 4-bit copy). ``init_from``'s weights
+        come once a checkpoint restored has had its say: a Trainer's hooks load them, and outside a Trainer (a script's
+        own loop) the first ``forward`` or :attr:`tasks` does, into the same parameters an optimizer already holds."""
         if self.model is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
@@ -137,14 +132,21 @@ class MultimodalCaptioner(LightningModule):
     @property
     def tasks(self) -> Tasks:
         """Generation, option scoring and result rows with this model, its tokenizer and ``generation``."""
-        self.configure_model()
+        self._ready_outside_a_trainer()
         return Tasks(self.model, self.tokenizer, self.generation)
+
+    def _ready_outside_a_trainer(self) -> None:
+        """The model built, and outside a Trainer ``init_from``'s weights in it (a script's torch.no_grad() captions came
+        from an untrained model, its gates at 0): unless a checkpoint's weights were loaded (``load_from_checkpoint``)."""
+        self.configure_model()
+        if self._trainer is None:
+            self.initialise_from_checkpoint()
 
     def initialise_from_checkpoint(self) -> None:
         """Load ``init_from``'s trained weights, once, unless a checkpoint was restored already."""
         if self.init_from is None or self.weights_loaded:
             return
-        self._build()
+        self.configure_model()
         self.init_source = load_initial_weights(self.model, self.init_from)
         self.weights_loaded = True
         step = self.init_source.get("global_step")
@@ -156,9 +158,6 @@ class MultimodalCaptioner(LightningModule):
         start = getattr(self.trainer.strategy, "_start_method", None)  # a script's Trainer(strategy="ddp_spawn"): the CLI
         if start in ("spawn", "fork", "forkserver") and (problem := strategy_problem(f"with start_method {start}")):
             raise ConfigError(problem)  # refuses it, and training ended in a refusal to take the weights back
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if hasattr(datamodule, "backbones_problem") and (problem := datamodule.backbones_problem(self.config, self.tokenizer)):
-            raise ConfigError(problem)
 
     def on_fit_start(self) -> None:
         self.initialise_from_checkpoint()
@@ -175,7 +174,7 @@ class MultimodalCaptioner(LightningModule):
     # -- steps --------------------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        self.configure_model()  # outside a Trainer, on first use
+        self._ready_outside_a_trainer()
         return self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             pixel_values=batch.get("pixel_values"), vision_features=batch.get("vision_features"),
@@ -329,6 +328,11 @@ class MultimodalCaptioner(LightningModule):
         return self.tasks.predict(batch)
 
     def configure_callbacks(self) -> list:
+        # Lightning's one hook of the module before the data module's prepare_data (hours of tokenising and of vision
+        # features): a data module that reads otherwise than the model is refused here, not after them
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "backbones_problem") and (problem := datamodule.backbones_problem(self.config, self.tokenizer)):
+            raise ConfigError(problem)
         return [PredictionWriter()]
 
     # -- optimization ---------------------------------------------------------------------------------
@@ -369,7 +373,7 @@ class MultimodalCaptioner(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before restoring: refuse a checkpoint of another model, naming the settings that differ."""
-        self._build()  # its own weights, not init_from's
+        self.configure_model()
         check_checkpoint(checkpoint, self.model)
         self.init_source = checkpoint.get("init_from")
         if self._trainer is not None and self.trainer.state.fn == "fit":
@@ -384,7 +388,7 @@ class MultimodalCaptioner(LightningModule):
         The frozen backbones are not in checkpoints, so they are never reported missing; any other
         difference (an unknown key, a missing trainable tensor, a shape) is refused whatever ``strict`` says.
         """
-        self._build()
+        self.configure_model()
         check_trainable_state(state_dict, self.model, prefix="model.")
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         self.weights_loaded = True

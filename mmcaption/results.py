@@ -42,6 +42,9 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     if captions and settings.get(f"{side}_caption_images") and made.get("images", 0) > len(captions):  # the first N images
         limits.append(f"data.{side}_caption_images {settings[f'{side}_caption_images']} (of the split's {made['images']:,} "
                       "images; CIDEr's document frequencies come from those scored)")
+    asked = settings.get(f"{side}_answer_questions")
+    if answers and asked and len(answers) >= asked:  # the first N questions of the split's conversations
+        limits.append(f"data.{side}_answer_questions {asked} (the split's first {asked:,} questions)")
     if limits:
         results["limited_by"] = "; ".join(limits)
     if made.get("skipped"):  # records its data left out (on_bad_record skip): a 4,999-image score is not the standard 5,000

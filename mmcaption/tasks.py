@@ -13,6 +13,7 @@ import functools
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -134,18 +135,18 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
 
 def check_run_generation(settings: dict[str, Any], where: str = "model.generation") -> None:
     """:func:`check_generation` of the settings validation, test and ``predict`` generate with: one text per image or
-    question (each is scored and written against its own row: several were matched with the next rows' references),
-    and one length limit (transformers lets ``max_new_tokens`` win over ``max_length`` with a warning alone)."""
+    question (each is scored and written against its own row: several were matched with the next rows' references);
+    both length limits given are said (``max_new_tokens`` wins over ``max_length``, which transformers says in passing)."""
     check_generation(settings, where)
     given = {key: plain(value) for key, value in settings.items() if value is not None}
     if (given.get("num_return_sequences") or 1) > 1:
         raise ConfigError(f"{where}: num_return_sequences {given['num_return_sequences']}: validation, test and predict "
                           "score and write one text per image or question; the Python API gives several "
                           "(Captioner.caption(image, num_return_sequences=n))")
-    if "max_length" in given and "max_new_tokens" in given:
-        raise ConfigError(f"{where}: max_length {given['max_length']} (the prompt's tokens and the new ones) and "
-                          f"max_new_tokens {given['max_new_tokens']} (the new ones) both limit the text, and max_new_tokens "
-                          "wins: give one of them (--model.generation.max_new_tokens null to use max_length)")
+    if "max_length" in given and "max_new_tokens" in given:  # warned, not refused: a checkpoint's settings stay loadable
+        warnings.warn(f"{where}: max_length {given['max_length']} (the prompt's tokens and the new ones) and max_new_tokens "
+                      f"{given['max_new_tokens']} (the new ones) both limit the text: max_new_tokens {given['max_new_tokens']} is "
+                      "the limit (--model.generation.max_new_tokens null makes it max_length)", UserWarning, stacklevel=2)
 
 
 def plain(value: Any) -> Any:

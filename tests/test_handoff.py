@@ -55,15 +55,31 @@ def test_instruct_stage_starts_from_exactly_the_caption_weights_with_a_fresh_opt
 ):
     source = torch.load(caption_checkpoint, weights_only=True)
     module = make_module(backbones, init_from=str(caption_checkpoint))
-    module.configure_model()  # outside a Trainer (a script's own loop): init_from's weights are loaded with the model
+    module.configure_model()
+    module.initialise_from_checkpoint()
     state = module.state_dict()
     assert set(source["state_dict"]) == module.trainable_state_keys()
     for key, value in source["state_dict"].items():
         assert torch.equal(state[key], value), key
-    # and on first use, unasked: a script's torch.no_grad() captions came from an untrained model (its gates at 0)
-    used = make_module(backbones, init_from=str(caption_checkpoint))
-    assert used.tasks is not None and used.weights_loaded
-    assert all(torch.equal(used.state_dict()[key], value) for key, value in source["state_dict"].items())
+    # and outside a Trainer on first use, unasked: a script's torch.no_grad() captions came from an untrained model
+    # (its gates at 0); loaded into the parameters an optimizer made after configure_model holds
+    from PIL import Image
+
+    from mmcaption.model.backbones import load_image_processor
+
+    pixels = load_image_processor(str(backbones[1]))(images=[Image.new("RGB", (32, 32))], return_tensors="pt")["pixel_values"]
+    for first_use in ("tasks", "forward"):
+        used = make_module(backbones, init_from=str(caption_checkpoint))
+        used.configure_model()
+        held = [p for p in used.parameters() if p.requires_grad]
+        if first_use == "tasks":
+            assert used.tasks is not None
+        else:
+            ids = used.tokenizer("a photo of", return_tensors="pt")["input_ids"]
+            used({"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels})
+        state = used.state_dict()
+        assert used.weights_loaded and all(torch.equal(state[key], value) for key, value in source["state_dict"].items())
+        assert [p for p in used.parameters() if p.requires_grad] == held  # the same tensors, not new ones
 
     t = trainer(tmp_path, 2)
     t.fit(make_module(backbones, init_from=str(caption_checkpoint)), datamodule=instruct_data)
@@ -168,3 +184,23 @@ def test_a_run_resumed_after_its_project_moved_keeps_one_last_and_one_best_check
     assert "last-v1.ckpt" not in names and len(names) == 2 and "last.ckpt" in names, names  # one best, one last
     assert Path(saver.best_model_path).parent == folder and saver.best_model_path == str(folder / names[0])
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_a_stage_two_checkpoint_loads_in_a_script_after_its_init_from_is_gone(backbones, caption_checkpoint, instruct_data,
+                                                                              tmp_path):
+    # load_from_checkpoint builds the model outside a Trainer: init_from (saved as an absolute path) must not be read
+    # there - the checkpoint holds every trained tensor, and on another machine the stage-1 file is not there
+    import shutil
+
+    from mmcaption.module import MultimodalCaptioner
+
+    stage1 = tmp_path / "stage1.ckpt"
+    shutil.copy(caption_checkpoint, stage1)
+    t = trainer(tmp_path, 1)
+    t.fit(make_module(backbones, init_from=str(stage1)), datamodule=instruct_data)
+    t.save_checkpoint(tmp_path / "stage2.ckpt")
+    stage1.unlink()
+    loaded = MultimodalCaptioner.load_from_checkpoint(tmp_path / "stage2.ckpt")
+    assert loaded.tasks is not None and loaded.weights_loaded
+    saved = torch.load(tmp_path / "stage2.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in saved.items())

@@ -253,6 +253,7 @@ def test_a_scripts_own_trainer_is_refused_data_read_otherwise_than_the_model_and
     with pytest.raises(ConfigError, match=rf"the data module's tokenizer '{other_language}' is not the model's "
                                           rf"\('{language_dir}'\): its token ids mean other words"):
         fit(make_module(backbones), tokenizer=str(other_language))
+    assert not (tmp_path / "cache").exists()  # refused before preprocessing (hours of tokenising at COCO's scale)
     with pytest.raises(ConfigError, match=r"the data module caches the vision tower's layer -1 and the model reads layer -2"):
         fit(make_module(backbones, vision_feature_layer=-2), cache_image_features=True)
     copy = tmp_path / "copy_of_the_tokenizer"  # the same tokenizer by another name: trains

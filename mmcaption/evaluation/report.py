@@ -186,6 +186,8 @@ def record_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str
     for group in ("settings", "generation"):
         before, after = earlier.get(group, {}), now.get(group, {})
         for setting in sorted(set(before) | set(after)):
+            if group == "generation" and setting not in (*GENERATION_RECORDED, "seed") and not (setting in before and setting in after):
+                continue  # a setting recorded only when given: an earlier release's record lacks it (gone on from, as before)
             if before.get(setting) != after.get(setting):
                 differences.append(f"{setting} ({before.get(setting)!r} then, {after.get(setting)!r} now)")
     return differences
