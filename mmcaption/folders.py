@@ -151,6 +151,8 @@ def take_checkpoint_folder(folder: str | Path) -> None:
     (``.<name>.ckpt.<random>.partial``: a save is written aside and renamed once whole), said once; no run writes there
     but this one now. They stayed for good, each as large as a checkpoint with its optimizer state."""
     FolderLock(folder).acquire()
+    if FolderLock(folder).path not in FolderLock.held():  # no locking here (Windows): another run's save may be live
+        return
     left = sorted(Path(folder).glob(".*.ckpt.*.partial"))
     for path in left:
         path.unlink(missing_ok=True)
