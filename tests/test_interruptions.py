@@ -2335,3 +2335,21 @@ def test_a_full_disk_in_predict_says_to_resume_and_resuming_completes_the_output
     with pytest.raises(OSError) as full:
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))
     assert "--data.resume" not in resource_message(full.value) and (tmp_path / "answers.interrupted.csv").is_file()
+
+
+def test_resuming_a_finished_folders_captions_is_refused_before_the_model_loads(trained_checkpoint, image_folder, tmp_path,
+                                                                                monkeypatch, capsys):
+    # new photos added to a folder captioned already: the refusal came after the checkpoint had loaded (a minute with
+    # Phi-2), and its advice ("give the new ones their own --data.output") captioned the whole folder again
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "captions.jsonl"
+    names = sorted(str(p) for p in image_folder.iterdir())
+    output.write_text("".join(json.dumps({"image": name, "caption": "a shape"}) + "\n" for name in names[:2]))
+    output.with_name("captions.jsonl.summary.json").write_text(json.dumps({"rows": 2, "errors": 0}))
+    no_backbones(monkeypatch)
+    message = user_error(capsys, main, ["predict", "--ckpt_path", str(trained_checkpoint), "--data",
+                                        "mmcaption.data.CaptionPredictDataModule", "--data.images", str(image_folder),
+                                        "--data.output", str(output), "--data.resume", "true", "--trainer.logger", "false"])
+    assert message.startswith(f"error: resume: {output} is complete (2 rows") and (
+        f"this input has 3 rows now: resume goes on with an interrupted run, so to caption the 1 image not in it ({names[2]}), "
+        "list it in a text file, one per line, and predict that (--data.images <list>) into its own --data.output") in message

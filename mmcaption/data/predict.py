@@ -40,6 +40,7 @@ from mmcaption.data.resume import (
     output_exists_advice,
     put_shares_together,
     recover_killed,
+    refuse_a_finished_output,
 )
 from mmcaption.errors import AlreadyDone, ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import partial_path, prediction_record
@@ -183,7 +184,14 @@ class _PredictDataModule(BackbonesDataModule):
                 partial_path(output).unlink()
             else:
                 raise OutputExistsError(killed_run_advice(output, share=world_size > 1))
+        if self.resume and world_size == 1 and self.finished_before is None and finished_rows(output) is not None \
+                and (rows := self.rows_before_loading()) is not None:  # said before the model loads, not a minute after
+            refuse_a_finished_output(output, rows)
         return output
+
+    def rows_before_loading(self) -> list[dict[str, Any]] | None:
+        """This input's rows, where they are had cheaply before the model loads (None: not here)."""
+        return None
 
     def predict_dataloader(self) -> DataLoader:
         processes = self.trainer.world_size if self.trainer is not None else 1
@@ -236,6 +244,9 @@ class CaptionPredictDataModule(_PredictDataModule):
 
     def check_inputs(self, stage: str = "predict") -> None:
         find_images(self.images, note=None, piped=self.piped)
+
+    def rows_before_loading(self) -> list[dict[str, Any]]:
+        return [{"image": name} for name, _ in named_images(self.images, note=None, piped=self.piped)]
 
     def setup(self, stage: str) -> None:
         self.input_notes: list[str] = []  # said now, and kept in the output's summary

@@ -29,6 +29,21 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[s
     """The rows an interrupted predict wrote to ``output``, refusing an output that was not interrupted
     (no summary, or one that says the run finished) or whose rows are not the first of ``rows`` (another
     input, or the same one changed since; ``also``: each row's values as an earlier release wrote them)."""
+    refuse_a_finished_output(output, rows)
+    written = read_output_rows(output)
+    check_first_rows(written, rows, output, also)
+    if len(written) == len(rows):
+        raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
+                                "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
+    if len(written) > len(rows):
+        raise OutputExistsError(f"resume: {output} holds {len(written)} rows, more than the {len(rows)} this input has: "
+                                "it is the output of another input")
+    return written
+
+
+def refuse_a_finished_output(output: Path, rows: list[dict[str, Any]]) -> None:
+    """Refuse to resume ``output`` unless an interrupted predict wrote it (its summary says so), saying how this input's
+    ``rows`` differ from it. Also said before the model loads (:meth:`check_output`): a minute at Phi-2's size."""
     summary = summary_path(output)
     if not summary.is_file():
         raise OutputExistsError(f"resume: {output} has no {summary.name} beside it, so it is not the output of an "
@@ -43,15 +58,6 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[s
             "it again)")
         raise OutputExistsError(f"resume: {output} is complete ({said.get('rows')} rows; its summary does not say it was "
                                 f"interrupted): nothing to go on with{grown}")
-    written = read_output_rows(output)
-    check_first_rows(written, rows, output, also)
-    if len(written) == len(rows):
-        raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
-                                "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
-    if len(written) > len(rows):
-        raise OutputExistsError(f"resume: {output} holds {len(written)} rows, more than the {len(rows)} this input has: "
-                                "it is the output of another input")
-    return written
 
 
 def _new_ones(output: Path, rows: list[dict[str, Any]]) -> str:
