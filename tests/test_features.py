@@ -111,3 +111,22 @@ def test_a_build_lets_go_of_the_files_it_maps_before_its_folder_is_renamed_into_
     CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), cache_image_features=True,
                       tokenizer=str(language_dir), image_processor=str(vision_dir), num_workers=0).prepare_data()
     assert len(renamed) >= 4 and all(not mapped for _, mapped in renamed), renamed  # splits, and their features
+
+
+def test_caching_features_in_a_jobs_log_says_how_far_it_has_come(backbones, coco_root, tmp_path, monkeypatch):
+    # off a terminal (SLURM, nohup) datasets' bar is off: 99,007 images were a start line, then minutes of nothing (hours
+    # with CLIP on a CPU) before the end line
+    import mmcaption.data.features as features
+
+    language_dir, vision_dir = backbones
+    said = []
+    monkeypatch.setattr(features, "draws_bars", lambda: False)
+    monkeypatch.setattr(features, "PROGRESS_SECONDS", 0)
+    monkeypatch.setattr(features, "rank_zero_info", said.append)
+    dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                           image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    dm.prepare_data()
+    features.write_image_features(dm.split_folder("train2017"), str(vision_dir), -1, batch_size=4)
+    progress = [line for line in said if " of 12 images, " in line]
+    assert progress and progress[0].startswith("caching the vision tower's features of train2017") and "min left" in progress[0]
+    assert [line.split(": ")[1].split(" of ")[0] for line in progress] == ["4", "8"]

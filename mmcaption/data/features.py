@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.cache import damage, fingerprint, is_complete, load_table, publish_atomically, released, save_table
 from mmcaption.images import load_rgb
+from mmcaption.terminal import draws_bars
 
 
 def model_signature(name_or_path: str) -> dict:
@@ -37,6 +38,9 @@ def model_signature(name_or_path: str) -> dict:
 def features_folder(split_folder: Path, vision_model: str, feature_layer: int | list[int]) -> Path:
     key = fingerprint(vision=model_signature(vision_model), layer=feature_layer, dtype="float16")
     return split_folder / f"features-{key}"
+
+
+PROGRESS_SECONDS = 60  # how often a log hears how far caching the features has come
 
 
 def write_image_features(
@@ -67,9 +71,16 @@ def write_image_features(
                    "(once; later runs reuse them) ...")
     start = time.perf_counter()
 
+    said = [time.perf_counter()]
+    bars = draws_bars()  # off a terminal (a job's log) datasets' bar is off: minutes (hours with CLIP on a CPU) unsaid
+
     def rows():
-        for start in range(0, len(images), batch_size):
-            pictures = [load_rgb(row) for row in images[start:start + batch_size]["image"]]
+        for first in range(0, len(images), batch_size):
+            if not bars and time.perf_counter() - said[0] >= PROGRESS_SECONDS and first:
+                said[0], rate = time.perf_counter(), first / (time.perf_counter() - start)
+                rank_zero_info(f"caching the vision tower's features of {split_folder.name}: {first:,} of {len(images):,} "
+                               f"images, {rate:.0f} images/s, about {(len(images) - first) / rate / 60:.0f} min left")
+            pictures = [load_rgb(row) for row in images[first:first + batch_size]["image"]]
             pixels = processor(images=pictures, return_tensors="pt")["pixel_values"].to(device, tower.dtype)
             with torch.no_grad():
                 hidden = select_features(tower(pixel_values=pixels, output_hidden_states=True).hidden_states, feature_layer)
