@@ -38,7 +38,7 @@ from mmcaption.model import MultimodalCausalLM, read_manifest
 from mmcaption.model.backbones import check_device, is_local_path, load_image_processor, load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, caption_stage
 from mmcaption.model.config import Quantization
-from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompt
+from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.tasks import Tasks, evaluating
 
 ImageInput = ImageSource  # a path, an http(s):// URL, bytes, a PIL image or an array
@@ -265,8 +265,7 @@ class Captioner:
         option_lists = per_question_options(options, questions, many)
         if not questions:
             return [], []
-        prompts, option_ids = zip(*(choice_prompt(self.template, self.tokenizer, question, opts, "likelihood")
-                                    for question, opts in zip(questions, option_lists)))
+        prompts, option_ids = choice_prompts(self.template, self.tokenizer, questions, option_lists, "likelihood")
         self.tasks.check_context([prompt + max(opts, key=len) for prompt, opts in zip(prompts, option_ids)])
         size, letters, per_question = checked_batch_size(self.batch_size if batch_size is None else batch_size), [], []
         for start in range(0, len(prompts), size):

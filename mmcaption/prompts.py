@@ -137,6 +137,12 @@ class ConversationTemplate:
         """Tokens that ask one question; generation continues with the answer."""
         return self._context(tokenizer) + self._question(question, tokenizer, first=True)
 
+    def prompts(self, questions: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+        """:meth:`prompt` of each question, tokenized in one call (a benchmark's 50,000, a call each, were 18 s)."""
+        context = self._context(tokenizer)
+        texts = [self._question_text(question, first=True) for question in questions]
+        return [context + ids for ids in text_ids(tokenizer, texts)] if texts else []
+
     def chat_prompt(self, history: list[tuple[str, str]], question: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         """Tokens of the earlier ``(question, answer)`` turns, whole, then ``question``: generation
         continues with its answer. With no history it is :meth:`prompt`."""
@@ -203,16 +209,26 @@ def listed_options_question(question: str, options: list[str]) -> str:
     return f"{question}\n{listed}\n" + ("请直接回答选项字母。" if chinese else "Answer with the option's letter from the given choices directly.")
 
 
+def choice_prompts(template: ConversationTemplate, tokenizer: PreTrainedTokenizerBase, questions: list[str],
+                   option_lists: list[list[str]], method: str) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """:func:`choice_prompt` of many questions, their prompts and options each tokenized in one call (a call per option
+    made a 50,000-question benchmark wait 22 s before its first answer). Each option is the answer the template would
+    supervise: a leading space, the text, end-of-text."""
+    for options in option_lists:
+        check_options(options)
+    if method != "likelihood":
+        return template.prompts([listed_options_question(q, o) for q, o in zip(questions, option_lists)], tokenizer), \
+            [[] for _ in questions]
+    flat = [" " + option for options in option_lists for option in options]
+    tokens = iter(text_ids(tokenizer, flat) if flat else [])
+    return template.prompts(questions, tokenizer), [[next(tokens) + [tokenizer.eos_token_id] for _ in options]
+                                                    for options in option_lists]
+
+
 def check_options(options: list[str]) -> None:
     """Refuse what no letter can name: fewer than 2 options or more than ``len(LETTERS)``."""
     if not 2 <= len(options) <= len(LETTERS):
         raise ValueError(f"a multiple-choice question needs 2 to {len(LETTERS)} options ({', '.join(LETTERS)}), got {len(options)}")
-
-
-def option_ids(tokenizer: PreTrainedTokenizerBase, options: list[str]) -> list[list[int]]:
-    """Each option as the answer the template would supervise: a leading space, the text, end-of-text."""
-    check_options(options)
-    return [text_ids(tokenizer, " " + option) + [tokenizer.eos_token_id] for option in options]
 
 
 def choice_prompt(
@@ -220,6 +236,5 @@ def choice_prompt(
 ) -> tuple[list[int], list[list[int]]]:
     """Prompt and option tokens of a multiple-choice question: ``likelihood`` asks the question and
     scores each option's text; ``generation`` lists the options and asks for a letter (no option tokens)."""
-    if method == "likelihood":
-        return template.prompt(question, tokenizer), option_ids(tokenizer, options)
-    return template.prompt(listed_options_question(question, options), tokenizer), []
+    prompts, options_ids = choice_prompts(template, tokenizer, [question], [options], method)
+    return prompts[0], options_ids[0]

@@ -52,7 +52,7 @@ from mmcaption.images import (
     local_file,
     processor_side,
 )
-from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompt
+from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.slurm import requeued, this_job
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV for .csv, JSON Lines for the rest
@@ -356,11 +356,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
         if self.format == "scienceqa" and self.image_root is None and not all(isinstance(q.image, EmbeddedImage) for q in questions):
             root = scienceqa_image_root(self.csv_file, questions)
         template = ConversationTemplate(system=self.system_prompt)
-        prompts, option_ids = [], []
-        for question in questions:
-            prompt, ids = choice_prompt(template, self.tokenizer, question.question, question.options, self.method)
-            prompts.append(prompt)
-            option_ids.append(ids)
+        prompts, option_ids = choice_prompts(template, self.tokenizer, [q.question for q in questions],
+                                             [q.options for q in questions], self.method)
         # an absolute img_path stays as it is; an MMBench image is the file's own
         files = iter(image_paths([q.image for q in questions if not isinstance(q.image, EmbeddedImage)], root, self.csv_file,
                                  given=self.image_root is not None))
