@@ -897,7 +897,7 @@ def test_a_sheet_made_on_windows_or_macos_finds_its_photos_on_linux(tmp_path, mo
     assert found.is_file() and found.samefile(folder / unicodedata.normalize("NFC", "café rouge.JPG"))
 
 
-def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsys):
+def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsys, monkeypatch):
     import datasets
 
     def photos(folder: Path, count: int = 3) -> Path:
@@ -944,8 +944,13 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
         "a blue square", "a red square"]
     (sidecars / "photo2.txt").unlink()  # a photo without its caption file: named, not dropped without a word
     seen = BadRecords("sidecars", "skip")
+    said = []
+    monkeypatch.setattr("mmcaption.data.folder_layouts.rank_zero_info", said.append)
     assert len(list(HubCaptions(str(sidecars)).records("train", seen))) == 2
     assert seen.counts == {"empty caption": 1} and "photo2.jpg" in seen.examples["empty caption"]
+    # and counted as the folder is listed: 3,000 such photos of a webdataset's folder were found one by one as read
+    assert any(line.endswith("a photo without one is refused, or left out with on_bad_record skip: 1 has none, the first "
+                             "photo2.jpg)") for line in said), said
     # a DatasetDict with train and dev: dev is the validation split (was "has one split", dev never used)
     table = {"image": [str(project / "images" / f"photo{i}.jpg") for i in range(3)], "caption": ["a", "b", "c"]}
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(table), "dev": datasets.Dataset.from_dict(table)}).save_to_disk(
