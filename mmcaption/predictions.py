@@ -92,6 +92,8 @@ class PredictionWriter(BasePredictionWriter):
         datamodule = trainer.datamodule
         if getattr(datamodule, "output", None) is None:
             self.path = None
+            if hasattr(datamodule, "output"):  # output=None: a script that takes trainer.predict's rows
+                rank_zero_info("predict: no output file (data.output is None): the rows are returned, not written")
             return
         self._start(trainer, datamodule.check_output(trainer.world_size, trainer.global_rank), trainer.world_size)
 

@@ -970,3 +970,22 @@ def test_chat_streams_its_answer_ending_as_the_api_ends_it():
     stream.on_finalized_text(" 猫が")
     stream.on_finalized_text("テーブ\ufffd", stream_end=True)
     assert out.getvalue() == "猫がテーブ"
+
+
+def test_a_script_predicts_without_an_output_file_and_takes_the_rows(backbones, trained_checkpoint, image_folder, tmp_path,
+                                                                     monkeypatch):
+    # trainer.predict in a script always wrote ./predictions/captions.jsonl, a second call was refused with CLI flags, and
+    # output=None was a TypeError
+    from mmcaption.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    data = CaptionPredictDataModule(images=str(image_folder), output=None, tokenizer=str(backbones[0]),
+                                    image_processor=str(backbones[1]), batch_size=2, num_workers=0)
+    for _ in range(2):  # and again, on the same objects
+        rows = [row for batch in predictor(tmp_path).predict(module, datamodule=data) for row in batch]
+        assert [Path(row["image"]).name for row in rows] == ["img0.png", "img1.png", "img2.png"]
+        assert all(isinstance(row["caption"], str) and not row.get("error") for row in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # nothing written
+    with pytest.raises(ConfigError, match="resume goes on from an output"):
+        CaptionPredictDataModule(images=str(image_folder), output=None, resume=True)

@@ -121,11 +121,15 @@ class _PredictDataModule(BackbonesDataModule):
             another input's rows; with no output yet, predict starts at the first row.
     """
 
-    def __init__(self, output: str, batch_size: int, overwrite: bool = False, resume: bool = False, **kwargs: Any) -> None:
+    def __init__(self, output: str | None, batch_size: int, overwrite: bool = False, resume: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
-        self.output, self.batch_size, self.overwrite, self.resume = Path(output), batch_size, overwrite, resume
+        if output is None and resume:
+            raise ConfigError("resume goes on from an output: give the output an interrupted predict left")
+        # None (a script's): trainer.predict returns the rows, and nothing is written
+        self.output = None if output is None else Path(output)
+        self.batch_size, self.overwrite, self.resume = batch_size, overwrite, resume
         self.dataset: Dataset | None = None
         self.done: list[dict[str, Any]] = []  # with resume: the rows the interrupted run wrote
         self.finished_before: int | None = None  # a requeued SLURM job's: the rows its finished run wrote
@@ -140,9 +144,11 @@ class _PredictDataModule(BackbonesDataModule):
             return self.output.with_name(f"{self.output.stem}.rank{rank}{self.output.suffix}")
         return self.output
 
-    def check_output(self, world_size: int = 1, rank: int = 0) -> Path:
+    def check_output(self, world_size: int = 1, rank: int = 0) -> Path | None:
         """The output path, after refusing one that is an input, or that exists without ``overwrite``,
         or whose folder cannot be written. Called before anything is loaded, and again by the writer."""
+        if self.output is None:
+            return None
         output = self.output_path(world_size, rank)
         for source in self.input_files():
             if source.exists() and output.resolve() == source.resolve():
@@ -224,14 +230,15 @@ class CaptionPredictDataModule(_PredictDataModule):
     Args:
         images: a folder of images (recursive), a text file listing image paths, or one image.
         output: the JSON Lines file to write (``{"image": ..., "caption": ...}`` or ``"error"``; ``image`` as the user
-            named it: a list's line as written, the image given, or its path in the folder given).
+            named it: a list's line as written, the image given, or its path in the folder given); None (a script's
+            own Trainer): nothing written, ``trainer.predict`` returns the rows.
         caption_prompt: the caption stage's prompt (empty: none; None: the one the model was trained with, which
             ``mmcaption predict`` reads from its checkpoint or export, else none).
         batch_size: images per batch.
         overwrite: replace ``output`` if it exists (by default an existing output is refused).
     """
 
-    def __init__(self, images: str, output: str = "predictions/captions.jsonl", caption_prompt: str | None = None,
+    def __init__(self, images: str, output: str | None = "predictions/captions.jsonl", caption_prompt: str | None = None,
                  batch_size: int = 16, overwrite: bool = False, **kwargs: Any) -> None:
         super().__init__(output, batch_size, overwrite, **kwargs)
         self.save_hyperparameters()
@@ -273,7 +280,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
             parquet file of its Hugging Face copy (see ``format``).
         image_root: folder that ``img_path`` is relative to (default: the CSV's folder); for ScienceQA, the
             folder of ``<split>/<id>/image.png`` (default: ``images`` beside ``problems.json``, else its folder).
-        output: the CSV to write: the input columns, ``prediction``, ``correct`` and ``error``.
+        output: the CSV to write: the input columns, ``prediction``, ``correct`` and ``error``; None: nothing written
+            (``trainer.predict`` returns the rows).
         method: ``likelihood`` scores each option's text given image and question (robust);
             ``generation`` lists the options and generates a letter (the original scripts' way).
         system_prompt: the instruct stage's system prompt (None: the one the model was trained with, which ``mmcaption
@@ -297,7 +305,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
         self,
         csv_file: str,
         image_root: str | None = None,
-        output: str = "predictions/answers.csv",
+        output: str | None = "predictions/answers.csv",
         method: Literal["likelihood", "generation"] = "likelihood",
         system_prompt: str | None = None,
         batch_size: int = 8,

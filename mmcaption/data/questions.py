@@ -282,7 +282,8 @@ class QuestionsPredictDataModule(_PredictDataModule):
             an empty answer.
         image_root: folder the images are relative to (default: the file's folder; for VQAv2, the folder
             that holds ``val2014/`` or the images themselves).
-        output: the file to write (``.jsonl``, or ``.csv``): the input fields, ``prediction``, ``correct``, ``error``.
+        output: the file to write (``.jsonl``, or ``.csv``): the input fields, ``prediction``, ``correct``, ``error``;
+            None: nothing written (``trainer.predict`` returns the rows).
         system_prompt: the instruct stage's system prompt (None: the one the model was trained with, which ``mmcaption
             predict`` reads from its checkpoint or export, else LLaVA's).
         batch_size: questions per batch.
@@ -298,7 +299,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         annotations_file: str | None = None,
         submission_questions_file: str | None = None,
         image_root: str | None = None,
-        output: str = "predictions/answers.jsonl",
+        output: str | None = "predictions/answers.jsonl",
         system_prompt: str | None = None,
         batch_size: int = 8,
         overwrite: bool = False,
