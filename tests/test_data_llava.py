@@ -137,7 +137,10 @@ BAD_RECORDS = {
     # ShareGPT-style 'images' with two: one image per conversation is what trains
     "several images": (lambda r: r.update(images=[r.pop("image")] * 2), r"has 2 images: a conversation is trained with one"),
     # an image under a key no reader knows: the '<image>' it asks about was trained as a text-only conversation
-    "<image> without an image": (lambda r: r.update(picture=r.pop("image")), r"asks about an <image> but names none"),
+    "<image> without an image": (lambda r: r.update(notes=r.pop("image")), r"asks about an <image> but names none"),
+    # and one under a key other tools name images by, said as such (with or without an '<image>' in the question)
+    "image under another key": (lambda r: r.update(picture=r.pop("image")), r"its image is under 'picture', not read \(the "
+                                r"conversation would be trained as text alone\): name an image 'image'"),
     # OpenAI's vision fine-tuning layout: was "needs 'from' and a string 'value'", which it has in another form
     "image_url part": (lambda r: r["conversations"][0].update(value=[
         {"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}]),
@@ -610,3 +613,55 @@ def test_the_image_folder_is_walked_once_per_prepare_data_not_at_each_place_that
     first = dm.split_folder("train")
     dm.prepare_data()  # a later prepare_data looks again: images added since are not missed
     assert walked == [llava[1]] * 2 and dm.split_folder("train") != first
+
+
+def test_chat_files_as_todays_tools_write_them_read_or_are_refused_naming_the_field(llava, tmp_path):
+    """An image under a key this reader does not read trained the whole file as text alone; OpenAI's weight-0 answers
+    (not to train on) were trained; datasets' to_json of an Image column, Qwen2-VL's file:// URIs and OpenAI's developer
+    turns were refused with messages that named another key, or the image folder."""
+    _, image_root = llava
+    image = str(image_root / "train2017" / "000000000001.jpg")
+    ask = [{"role": "user", "content": "What colour is it?"}, {"role": "assistant", "content": "Yellow."}]
+    read = [
+        {"id": "to_json", "images": [{"bytes": None, "path": image}], "messages": ask},
+        {"id": "qwen", "messages": [{"role": "user", "content": [{"type": "image", "image": "file://" + image},
+                                                                 {"type": "text", "text": "What colour is it?"}]},
+                                    {"role": "assistant", "content": "Yellow."}]},
+        {"id": "developer", "image": image, "messages": [{"role": "developer", "content": "Be brief."}, *ask]},
+    ]
+    refused = [
+        ({"id": "key", "image_path": "train2017/000000000001.jpg", "messages": ask},
+         "its image is under 'image_path', not read (the conversation would be trained as text alone): name an image 'image'"),
+        ({"id": "video", "video": "videos/v0.mp4", "conversations": [{"from": "human", "value": "<video>\nWhat happens?"},
+                                                                     {"from": "gpt", "value": "A dog runs."}]},
+         "its video is under 'video', a video, which is not read"),
+        ({"id": "weight", "image": image, "messages": [ask[0], {"role": "assistant", "content": "Wrong.", "weight": 0},
+                                                       {"role": "user", "content": "Again?"}, ask[1]]},
+         "turn 1 has weight 0 (an answer not to train on), which is not read"),
+        ({"id": "answer", "image": image, "messages": [ask[0], {"role": "assistant", "content": "Here <image> it is."}]},
+         "turn 1 (an answer) holds <image> (or an image part): the image goes with a question"),
+        ({"id": "bytes", "images": [{"bytes": "iVBORw0KGgo=", "path": None}], "messages": ask},
+         "its 'images' is not a path (its bytes in the file, as datasets writes an Image column: save the images as files)"),
+        ({"id": "inline", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+                                                                    {"type": "text", "text": "What?"}]}, ask[1]]},
+         "which is inline (a data: URL) and not read: save the image as a file"),
+        ({"id": "middle", "image": image, "messages": [*ask, {"role": "system", "content": "Now in French."}, *ask]},
+         "turn 2 is from 'system', expected 'human' (a system turn is read first only: fold it into the next question"),
+    ]
+    file = tmp_path / "chat.json"
+    file.write_text(json.dumps(read))
+    conversations = read_llava(file, image_root, BadRecords(str(file)))
+    assert [(c.id, c.image, c.turns) for c in conversations] == [
+        ("to_json", image, [("What colour is it?", "Yellow.")]), ("qwen", image, [("What colour is it?", "Yellow.")]),
+        ("developer", image, [("What colour is it?", "Yellow.")])]
+    for record, message in refused:
+        one = tmp_path / f"{record['id']}.json"
+        one.write_text(json.dumps([*read, record]))
+        seen = BadRecords(str(one), "skip")
+        assert len(read_llava(one, image_root, seen)) == 3
+        [said] = seen.examples.values()
+        assert f"(id {record['id']})" in said and message in said, (record["id"], said)
+    # a file the earlier reader read otherwise builds its cache again (its earlier cache trained these as text alone)
+    from mmcaption.data.conversation_fields import read_otherwise_now
+
+    assert read_otherwise_now(tmp_path / "key.json") and not read_otherwise_now(llava[0])

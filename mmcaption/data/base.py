@@ -51,7 +51,8 @@ CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data
                   "mmcaption.data.hub", "mmcaption.data.hub_images", "mmcaption.data.caption_cells",
                   "mmcaption.data.datamodules", "mmcaption.data.folder_layouts", "mmcaption.data.tables",
                   "mmcaption.data.records", "mmcaption.data.image_pass", "mmcaption.data.image_sources",
-                  "mmcaption.data.features", "mmcaption.images", "mmcaption.pixel_levels", "mmcaption.prompts")
+                  "mmcaption.data.features", "mmcaption.images", "mmcaption.pixel_levels", "mmcaption.prompts",
+                  "mmcaption.data.conversation_fields")
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:

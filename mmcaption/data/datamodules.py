@@ -22,6 +22,7 @@ from mmcaption.data.coco import (
     require_annotation_file,
     write_caption_split,
 )
+from mmcaption.data.conversation_fields import read_otherwise_now
 from mmcaption.data.datasets import (
     CaptionDataset,
     CaptionImagesDataset,
@@ -296,6 +297,8 @@ class InstructDataModule(PreprocessedDataModule):
         if not file.is_file():
             raise DataError(f"LLaVA conversation file not found: {file}")
         signature = {"file": file_signature(file), "side": side, "images": self.signed_folder(self.image_root)}
+        if self.looked_at(("read otherwise", file), lambda: read_otherwise_now(file)):  # not the cache of an earlier reading
+            signature["reader"] = 2
         outside = self.looked_at(("outside", file), lambda: images_outside_root(file, self.image_root))
         if outside:  # absolute image paths (none in LLaVA's own files, whose caches keep their names)
             signature["outside image_root"] = files_signature(outside, str(file.resolve()), self.cache_dir)

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
+from mmcaption.data.conversation_fields import either, image_of, turns_of
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
@@ -50,7 +51,6 @@ CONVERSATION_FEATURES = datasets.Features(
 TURNS_DROPPED = "conversations with later turns dropped whole to fit max_length"
 ANSWER_CUT = "first answers cut to fit max_length (kept, without their end-of-text token)"
 TEXT_ONLY = "text-only conversations (no image: the cross-attention is skipped for them)"
-ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system"}
 LEADING_ANSWER = "conversations that open with an assistant turn: that turn dropped (as LLaVA's training does)"
 UNANSWERED_LAST = "conversations that end with an unanswered question: that question dropped, the turns before kept"
 SYSTEM_DROPPED = ("conversations with a system turn of their own (or a \"system\" key): that turn dropped (data.system_prompt "
@@ -87,42 +87,15 @@ def split_key(record: object, position: int) -> str:
     if isinstance(record, dict):
         if record.get("id") not in (None, ""):
             return str(record["id"])
-        image = _either(record, "image", "images")
+        image = either(record, "image", "images")
         image = image[0] if isinstance(image, list) and len(image) == 1 else image
         if isinstance(image, str) and image:
             return f"image {image}"
     return f"#{position}"
 
 
-def _either(record: dict, key: str, other: str) -> object:
-    """``record[key]``, else ``record[other]``: a ``null`` one is absent (``datasets``' ``to_json`` of records of both
-    layouts writes ``"image": null`` beside ``"images": [...]``, and the image was lost)."""
-    return record[key] if record.get(key) is not None else record.get(other)
-
-
 def _described(key: str) -> str:
     return f"image {key[6:]!r}" if key.startswith("image ") else f"record {key[1:]}" if key.startswith("#") else f"id {key!r}"
-
-
-def _image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | None]:
-    """``(usable, image)`` of a record: LLaVA's ``image`` path, or the ``images`` list of ShareGPT-style
-    files (LLaMA-Factory's), or the ``path`` (Qwen2-VL: ``image``) of a message's image part, with one image; no image (missing, null, "" or []) is a text-only record. The path is
-    relative to image_root; an absolute one (or one with ``..``) is read as written, as LLaVA's loader reads it
-    (``os.path.join(image_folder, image)``)."""
-    image = _either(record, "image", "images")
-    if image is None:  # transformers' and Qwen2-VL's messages name it in their image part
-        image = [part.get("path") or part.get("image") for turn in _either(record, "conversations", "messages") or []
-                 if isinstance(turn, dict) and isinstance(turn.get("content"), list) for part in turn["content"]
-                 if isinstance(part, dict) and part.get("type") == "image" and (part.get("path") or part.get("image"))] or None
-    if isinstance(image, list):
-        if len(image) > 1:
-            records.bad("several images", f"{name} has {len(image)} images: a conversation is trained with one")
-            return False, None
-        image = image[0] if image else None
-    if image is not None and not isinstance(image, str):
-        records.bad("malformed record", f"{name}: 'image' is not a path")
-        return False, None
-    return True, image or None
 
 
 def images_outside_root(file: Path, image_root: Path) -> list[tuple[str, str | None]]:
@@ -132,50 +105,7 @@ def images_outside_root(file: Path, image_root: Path) -> list[tuple[str, str | N
         return []
     content = read_json_list(file, "LLaVA conversation file")
     scratch = BadRecords(file, "skip")
-    return outside_root((_image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)), image_root)
-
-
-def _turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
-    """``(role, text)`` of each turn: LLaVA's ``conversations`` of ``from`` / ``value``, or the ``messages``
-    of ``role`` / ``content`` that OpenAI-style files have; roles as :data:`ROLES` names them (others as written)."""
-    turns = _either(record, "conversations", "messages")
-    if not isinstance(turns, list) or not turns:
-        records.bad("malformed record", f"{name} has no 'conversations' (or 'messages') list")
-        return None
-    parsed = []
-    for index, turn in enumerate(turns):
-        content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
-        value = _text_of(content)
-        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") == "image_url" for part in content):
-            records.bad("image_url part", f"{name}: turn {index} has an 'image_url' part (OpenAI's fine-tuning layout), which is "
-                                          "not downloaded: name the image in 'image' (a path under image_root) and put an "
-                                          "{'type': 'image'} part (or <image>) where the image_url part was")
-            return None
-        if not isinstance(value, str):
-            records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value' (or 'role' and 'content': "
-                                          "a string, or a list of {'type': 'text', 'text': ...} and {'type': 'image'} parts)")
-            return None
-        role = str(turn.get("from", turn.get("role", "")))
-        parsed.append((ROLES.get(role.lower(), role), value))
-    return parsed
-
-
-def _text_of(content: object) -> object:
-    """A turn's text: a string as it is; OpenAI-style content parts (``[{"type": "image"}, {"type": "text",
-    "text": ...}]``, as TRL's and Hugging Face's chat datasets write turns) as their texts joined, an image
-    part standing as LLaVA's ``<image>``; anything else as it is (refused by the caller)."""
-    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
-        return content
-    texts = []
-    for part in content:
-        kind = part.get("type")
-        if kind == "image":
-            texts.append("<image>")
-        elif kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        else:
-            return None
-    return "\n".join(texts)
+    return outside_root((image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)), image_root)
 
 
 def parse_record(position: int, record: object, records: BadRecords, place: str | None = None) -> Conversation | None:
@@ -188,8 +118,8 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
     named = record.get("id") not in (None, "")  # null: as if missing
     record_id = str(record["id"]) if named else f"#{position}"
     name = f"{place} (id {record_id})"
-    usable, image = _image_of(record, name, records)
-    turns = _turns_of(record, name, records) if usable else None
+    usable, image = image_of(record, name, records)
+    turns = turns_of(record, name, records) if usable else None
     if turns is None:
         return None
     dropped: list[str] = []
@@ -202,6 +132,11 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
     if turns[start][0] == "gpt" and len(turns) > start + 1:
         start += 1  # an assistant turn before any question: dropped, as LLaVA's own training drops it
         dropped.append(LEADING_ANSWER)
+    answered = next((index for index, (role, value) in enumerate(turns) if role == "gpt" and IMAGE_PLACEHOLDER.search(value)), None)
+    if answered is not None:  # trained as the text "<image>", which the model would learn to write
+        records.bad("<image> in an answer", f"{name}: turn {answered} (an answer) holds <image> (or an image part): the "
+                                            "image goes with a question")
+        return None
     placeholders = sum(len(IMAGE_PLACEHOLDER.findall(value)) for role, value in turns if role == "human")
     if placeholders and image is None:
         records.bad("<image> without an image", f"{name} asks about an <image> but names none (in 'image', or 'images')")
@@ -221,7 +156,8 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
             records.bad(
                 "turns do not alternate",
                 f"{name}: turn {index} is from {role!r}, expected {expected!r}"
-                " (turns must alternate human, gpt, human, ...)",
+                + (" (a system turn is read first only: fold it into the next question, or remove it)" if role == "system" else
+                   " (turns must alternate human, gpt, human, ...)"),
             )
             return None
         text = strip_image_placeholder(value) if role == "human" else value.strip()

@@ -1,0 +1,117 @@
+"""A conversation record's fields as the tools that write them name them: its image (LLaVA's ``image``, ShareGPT's
+``images``, a message's image part, ``datasets``' ``{"bytes", "path"}``, a ``file://`` URI; another key, which would
+be trained as text alone, refused), and its turns (``conversations`` of ``from`` / ``value``, or ``messages`` of
+``role`` / ``content`` as a string or as OpenAI-style parts)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from mmcaption.data.records import BadRecords
+
+ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system", "developer": "system"}
+# keys other tools name a record's image by, which this reader does not read: a text-only conversation trained unsaid
+OTHER_IMAGE_KEYS = ("image_path", "img", "img_path", "image_file", "imagePath", "file_name", "filename", "photo", "picture",
+                    "video", "videos")
+
+
+def either(record: dict, key: str, other: str) -> object:
+    """``record[key]``, else ``record[other]``: a ``null`` one is absent (``datasets``' ``to_json`` of records of both
+    layouts writes ``"image": null`` beside ``"images": [...]``, and the image was lost)."""
+    return record[key] if record.get(key) is not None else record.get(other)
+
+
+def image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | None]:
+    """``(usable, image)`` of a record: LLaVA's ``image`` path, or the ``images`` list of ShareGPT-style
+    files (LLaMA-Factory's), or the ``path`` (Qwen2-VL: ``image``) of a message's image part, with one image; no image (missing, null, "" or []) is a text-only record. The path is
+    relative to image_root; an absolute one (or one with ``..``) is read as written, as LLaVA's loader reads it
+    (``os.path.join(image_folder, image)``)."""
+    image = either(record, "image", "images")
+    other = next((key for key in OTHER_IMAGE_KEYS if image is None and record.get(key) not in (None, "", [])), None)
+    if other is not None:
+        what = "a video, which is not read" if other.startswith("video") else "not read"
+        records.bad("image under another key", f"{name}: its {'video' if other.startswith('video') else 'image'} is under "
+                                               f"{other!r}, {what} (the conversation would be trained as text alone): name an "
+                                               "image 'image' (a path under image_root)")
+        return False, None
+    if image is None:  # transformers' and Qwen2-VL's messages name it in their image part
+        image = [part.get("path") or part.get("image") for turn in either(record, "conversations", "messages") or []
+                 if isinstance(turn, dict) and isinstance(turn.get("content"), list) for part in turn["content"]
+                 if isinstance(part, dict) and part.get("type") == "image" and (part.get("path") or part.get("image"))] or None
+    if isinstance(image, list):
+        if len(image) > 1:
+            records.bad("several images", f"{name} has {len(image)} images: a conversation is trained with one")
+            return False, None
+        image = image[0] if image else None
+    if isinstance(image, dict) and isinstance(image.get("path"), str) and image["path"]:  # datasets' to_json of an Image
+        image = image["path"]  # column: {"bytes": null, "path": ...}
+    if isinstance(image, str) and image.startswith("file://"):  # Qwen2-VL's documented layout names files as URIs
+        image = unquote(urlsplit(image).path)
+    if image is not None and not isinstance(image, str):
+        key = "image" if record.get("image") is not None else "images" if record.get("images") is not None else "image part"
+        inline = " (its bytes in the file, as datasets writes an Image column: save the images as files)" \
+            if isinstance(image, dict) and image.get("bytes") else ""
+        records.bad("malformed record", f"{name}: its {key!r} is not a path{inline}")
+        return False, None
+    return True, image or None
+
+
+def turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
+    """``(role, text)`` of each turn: LLaVA's ``conversations`` of ``from`` / ``value``, or the ``messages``
+    of ``role`` / ``content`` that OpenAI-style files have; roles as :data:`ROLES` names them (others as written)."""
+    turns = either(record, "conversations", "messages")
+    if not isinstance(turns, list) or not turns:
+        records.bad("malformed record", f"{name} has no 'conversations' (or 'messages') list")
+        return None
+    parsed = []
+    for index, turn in enumerate(turns):
+        content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+        value = _text_of(content)
+        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") == "image_url" for part in content):
+            inline = any(str((part.get("image_url") or {}).get("url", "")).startswith("data:") for part in content
+                         if isinstance(part, dict) and isinstance(part.get("image_url"), dict))
+            records.bad("image_url part", f"{name}: turn {index} has an 'image_url' part (OpenAI's fine-tuning layout), which is "
+                                          + ("inline (a data: URL) and not read: save the image as a file" if inline else
+                                             "not downloaded") + ": name the image in 'image' (a path under image_root) and "
+                                          "put an {'type': 'image'} part (or <image>) where the image_url part was")
+            return None
+        if not isinstance(value, str):
+            records.bad("malformed turn", f"{name}: turn {index} needs 'from' and a string 'value' (or 'role' and 'content': "
+                                          "a string, or a list of {'type': 'text', 'text': ...} and {'type': 'image'} parts)")
+            return None
+        role = str(turn.get("from", turn.get("role", "")))
+        if turn.get("weight") == 0:  # OpenAI's answer not to train on: trained, it taught what the file said not to
+            records.bad("weight 0 turn", f"{name}: turn {index} has weight 0 (an answer not to train on), which is not "
+                                         "read: remove that question and answer, or the record")
+            return None
+        parsed.append((ROLES.get(role.lower(), role), value))
+    return parsed
+
+
+def _text_of(content: object) -> object:
+    """A turn's text: a string as it is; OpenAI-style content parts (``[{"type": "image"}, {"type": "text",
+    "text": ...}]``, as TRL's and Hugging Face's chat datasets write turns) as their texts joined, an image
+    part standing as LLaVA's ``<image>``; anything else as it is (refused by the caller)."""
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        return content
+    texts = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "image":
+            texts.append("<image>")
+        elif kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            return None
+    return "\n".join(texts)
+
+
+def read_otherwise_now(file: Path) -> bool:
+    """A cheap look at ``file``'s bytes: whether it has what this reader reads otherwise than earlier releases did (an
+    image under another key, a turn's ``weight``, a developer turn, an image as ``{"path": ...}`` or a ``file://`` URI),
+    for its cache to be built again rather than reused as those releases built it."""
+    keys = "|".join(re.escape(key) for key in (*OTHER_IMAGE_KEYS, "weight"))
+    pattern = rb'"(?:' + keys.encode() + rb')"\s*:|"developer"|"path"\s*:|"file://'
+    return re.search(pattern, file.read_bytes()) is not None
