@@ -87,6 +87,13 @@ class ResumableStop(Callback):
                 print(f"note: {trainer.ckpt_path} is of a run EarlyStopping ended ({ended.monitor}): it ends at once. To train "
                       "on, resume without EarlyStopping, or start from its weights with --model.init_from", file=sys.stderr,
                       flush=True)
+        for stopper in (c for c in trainer.callbacks if isinstance(c, EarlyStopping)):  # a patience changed on resume
+            given = getattr(self, "_patience", {}).get(id(stopper), stopper.patience)  # was the checkpoint's, unsaid
+            if given != stopper.patience and trainer.is_global_zero:
+                print(f"note: EarlyStopping's patience {given} is used, not {stopper.patience} as {trainer.ckpt_path} "
+                      f"recorded ({stopper.wait_count} validation(s) without improvement counted so far)", file=sys.stderr,
+                      flush=True)
+            stopper.patience = given
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         left = timer.time_remaining() if timer is not None and trainer.ckpt_path else None
         if left is not None and left <= 0 and trainer.is_global_zero:  # Lightning's own line: "Time limit reached", exit 0
@@ -144,6 +151,8 @@ class ResumableStop(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         # before any callback writes a line: `| tee log` killed, training goes on to its saves (predict to its rows)
         self._streams_back = self._streams_back or outlive_the_reader()
+        # as configured, before a checkpoint's state replaces it (Lightning restores EarlyStopping's patience too)
+        self._patience = {id(c): c.patience for c in trainer.callbacks if isinstance(c, EarlyStopping)}
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")

@@ -323,18 +323,42 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
     """The file ``--ckpt_path last`` names: the newest ``last*.ckpt`` in the config's checkpoint ``folders`` (as Lightning
     picks it), found also when the run leaves its ModelCheckpoint out (fast_dev_run). Without one, fit starts afresh
     with Lightning's warning; validate, test and predict, where Lightning would run the untrained model, are refused, as
-    ``best`` is everywhere (only the process that trained knows it: Lightning failed with a traceback)."""
+    ``best``: the best checkpoint the newest ``last*.ckpt`` recorded (its ModelCheckpoint's, per run: right in a folder
+    several runs share), said; without one, refused (Lightning failed with a traceback)."""
     if ckpt_path not in ("last", "best"):
         return None
     folders = folders or []
-    found = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.ckpt"))
+    found = sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*.ckpt"))  # a {val/CIDEr} name: a folder
     lasts = [p for p in found if p.name.startswith("last")]
     if ckpt_path == "last" and lasts:
         return max(lasts, key=lambda p: p.stat().st_mtime)
+    if ckpt_path == "best" and lasts and (best := _recorded_best(max(lasts, key=lambda p: p.stat().st_mtime))):
+        return best
     if ckpt_path == "last" and subcommand == "fit":
         return None
     holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
-    why = "there is no last.ckpt in" if ckpt_path == "last" else "only the run that trained knows which checkpoint was best in"
+    why = "there is no last.ckpt in" if ckpt_path == "last" else "no last.ckpt records a best checkpoint that is there, in"
     where = (f"{why} {', '.join(str(folder) for folder in folders)}, under {Path.cwd()}{holds}" if folders else
              "the config has no ModelCheckpoint folder to look in")
     raise ConfigError(f"{subcommand} --ckpt_path {ckpt_path}: {where}. Give the checkpoint's path")
+
+
+def _recorded_best(last: Path) -> Path | None:
+    """The best checkpoint the run that saved ``last`` recorded (its ModelCheckpoint's ``best_model_path``, looked for
+    beside ``last`` too: a project moved), said as it is taken; None if it recorded none that is there."""
+    import torch
+
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a file torch cannot read records nothing to go by
+        return None
+    for key, value in (state.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and isinstance(value, dict) and value.get("best_model_path"):
+            path = Path(value["best_model_path"])
+            path = path if path.is_file() else last.parent / path.name
+            if path.is_file():
+                print(f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'} "
+                      f"{float(value.get('best_model_score') or float('nan')):.4f}, as {last.name} recorded it)",
+                      file=sys.stderr, flush=True)
+                return path
+    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,7 +67,9 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
 # Lightning's plain ValueError / RuntimeError that are about a setting: (words in the message, the setting)
 LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interval"),
                             ("Early stopping conditioned on metric", "the config's EarlyStopping monitor"),
-                            ("requires a GPU accelerator", "trainer.strategy"))
+                            ("requires a GPU accelerator", "trainer.strategy"),
+                            ("more than one stateful callback of type", "trainer.callbacks (two alike: give one another "
+                             "monitor or mode, or change the config's instead of adding one)"))
 
 
 def configured_checkpoint_folders(trainer_settings: Any) -> list[Path]:
@@ -123,10 +126,23 @@ def unlogged_monitor(callbacks: list, datamodule: Any) -> str | None:
             if monitor == "val/METEOR" and not java_available() or monitor == "val/SPICE" and not spice_available():
                 return (f"{name} is not computed on this machine: METEOR needs Java, SPICE Java and its models "
                         "(see the README's caption metrics); monitor val/CIDEr")
+        filename = getattr(callback, "filename", None)  # ModelCheckpoint's {val/CIDEr:.3f}: a folder, or always 0.000
+        for field in re.findall(r"\{([^}:]+)", filename or ""):
+            if field not in (*logged, "epoch", "step") and not field.startswith(("train/", "gate/", "lr-")):
+                close = "".join(f": did you mean {m}?" for m in difflib.get_close_matches(field, logged, n=1, cutoff=0.5))
+                return (f"{type(callback).__name__}'s filename {filename!r} names {field}, which is never logged (its "
+                        f"value would be written as 0){close or '.'} Validation logs {', '.join(logged)}")
+            if "/" in field and getattr(callback, "auto_insert_metric_name", False):
+                return (f"{type(callback).__name__}'s filename {filename!r} would write '{field}=' into each name, and its "
+                        "'/' makes a folder of it: add auto_insert_metric_name: false and write the name you want "
+                        f"(e.g. {{epoch}}-{{step}}-{field.split('/')[-1].lower()}{{{field}:.3f}})")
         better = getattr(callback, "mode", None)  # EarlyStopping and ModelCheckpoint: "min" unless given
         if monitor in {f"val/{metric}" for metric in (*CAPTION_METRICS, "answer_exact_match")} and better == "min":
             return (f"{name} is a score, higher when better, and its mode is min: it would keep the worst checkpoint, or "
                     "stop when the score rises. Set mode: max on it")
+        if monitor in ("val/loss", "val/perplexity", "train/loss") and better == "max":  # a CIDEr config's mode, left
+            return (f"{name} is a loss, lower when better, and its mode is max: it would keep the worst checkpoint, or "
+                    "stop when the loss falls. Set mode: min on it")
         if monitor == "val/answer_exact_match" and getattr(datamodule, "val_answer_questions", 0) == 0:
             return (f"{name} is computed only from answered validation questions: set data.init_args.val_answer_questions "
                     "(it is 0), or monitor val/loss")

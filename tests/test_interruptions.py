@@ -617,10 +617,22 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
     folder.mkdir()
     (folder / "epoch=0-step=8.ckpt").write_bytes(b"")
     message = user_error(capsys, main, ["test", *config, "--ckpt_path", "best"])  # was Lightning's traceback
-    assert message.startswith("error: test --ckpt_path best: only the run that trained knows which checkpoint was best")
+    assert message.startswith("error: test --ckpt_path best: no last.ckpt records a best checkpoint that is there, in")
     assert message.endswith("; it holds epoch=0-step=8.ckpt. Give the checkpoint's path")
     message = user_error(capsys, main, ["fit", *config, "--ckpt_path", "best"])  # was Lightning's ValueError, exit 1
-    assert message.startswith("error: fit --ckpt_path best: only the run that trained knows which checkpoint was best")
+    assert message.startswith("error: fit --ckpt_path best: no last.ckpt records a best checkpoint that is there, in")
+    # the best a run recorded in its last.ckpt (per run: right in a folder two runs share), its name a folder's as
+    # Lightning writes {val/CIDEr} into it: it was "only the run that trained knows", listing last.ckpt alone
+    from mmcaption.folders import keyword_checkpoint
+
+    best = folder / "epoch=1-step=16-val" / "CIDEr=0.1187.ckpt"
+    best.parent.mkdir()
+    best.write_bytes(b"")
+    torch.save({"callbacks": {"ModelCheckpoint{'monitor': 'val/CIDEr', 'mode': 'max'}": {
+        "monitor": "val/CIDEr", "best_model_score": torch.tensor(0.1187), "best_model_path": str(best)}}}, folder / "last-v1.ckpt")
+    assert keyword_checkpoint("best", [folder], "test") == best
+    assert f"note: --ckpt_path best: {best} (val/CIDEr 0.1187, as last-v1.ckpt recorded it)" in capsys.readouterr().err
+    (folder / "last-v1.ckpt").unlink()
     # a quick check with fast_dev_run (which leaves the config's ModelCheckpoint out) still finds the folder's last.ckpt:
     # it was "there is no last.ckpt" in validate, and a fit that silently started afresh
     (folder / "last.ckpt").write_bytes(b"not a checkpoint")
@@ -1902,6 +1914,34 @@ def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(
     with pytest.raises(ConfigError, match=r"ModelCheckpoint's monitor val/CIDEr is a score, higher when better, and its mode "
                                           r"is min: .* Set mode: max on it"):
         check_command([*command[:-1], "--data.init_args.val_caption_images", "4"])
+    # and a loss with a CIDEr config's mode, max, left as it was: the highest loss kept as best, and a run stopped early
+    # while its loss fell
+    with pytest.raises(ConfigError, match=r"ModelCheckpoint's monitor val/loss is a loss, lower when better, and its mode "
+                                          r"is max: .* Set mode: min on it"):
+        check_command([*command[:-2], "--trainer.callbacks.monitor=val/loss", "--trainer.callbacks.mode=max"])
+    # a ModelCheckpoint filename naming a metric: with its '/' a folder per checkpoint (epoch=0-step=2-val/CIDEr=0.008.ckpt,
+    # where the next run's earlier-checkpoints note never looked), or a Lightning-docs name never logged, written as 0.000
+    base = [*command[:-2], "--data.init_args.val_caption_images", "4", "--trainer.callbacks.mode=max"]
+    with pytest.raises(ConfigError, match=r"ModelCheckpoint's filename '\{epoch\}-\{val/CIDEr:\.3f\}' would write "
+                                          r"'val/CIDEr=' into each name, and its '/' makes a folder of it: add "
+                                          r"auto_insert_metric_name: false"):
+        check_command([*base, "--trainer.callbacks.monitor=val/CIDEr", "--trainer.callbacks.filename={epoch}-{val/CIDEr:.3f}"])
+    with pytest.raises(ConfigError, match=r"filename '\{epoch\}-\{val_loss:\.3f\}' names val_loss, which is never logged "
+                                          r"\(its value would be written as 0\): did you mean val/loss\?"):
+        check_command([*base, "--trainer.callbacks.monitor=val/CIDEr", "--trainer.callbacks.filename={epoch}-{val_loss:.3f}"])
+    check_command([*base, "--trainer.callbacks.monitor=val/CIDEr", "--trainer.callbacks.filename=e{epoch}-cider{val/CIDEr:.3f}",
+                   "--trainer.callbacks.auto_insert_metric_name=false"])  # Lightning's own way: fine
+    # a second ModelCheckpoint alike the config's, for a filename or top-k of one's own: an 18-frame traceback, exit 1
+    from mmcaption.settings_checks import lightning_setting_errors
+
+    with pytest.raises(ConfigError, match=r"^trainer\.callbacks \(two alike: give one another monitor or mode, or change the "
+                                          r"config's instead of adding one\): Found more than one stateful callback"):
+        with lightning_setting_errors():
+            Trainer(accelerator="cpu", logger=False, callbacks=[ModelCheckpoint(monitor="val/loss"),
+                                                                ModelCheckpoint(monitor="val/loss")]).fit(
+                make_captioner(backbones), datamodule=CaptionDataModule(
+                    data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                    image_processor=str(backbones[1]), batch_size=4, num_workers=0))
     # a pipeline's fit arguments reach both stages: the instruct stage logs no caption metric at all
     from types import SimpleNamespace
 
@@ -2353,3 +2393,27 @@ def test_resuming_a_finished_folders_captions_is_refused_before_the_model_loads(
     assert message.startswith(f"error: resume: {output} is complete (2 rows") and (
         f"this input has 3 rows now: resume goes on with an interrupted run, so to caption the 1 image not in it ({names[2]}), "
         "list it in a text file, one per line, and predict that (--data.images <list>) into its own --data.output") in message
+
+
+def test_a_patience_changed_on_resume_is_the_one_used_and_said(backbones, coco_root, tmp_path, capsys):
+    # Lightning restores EarlyStopping's patience from the checkpoint: raising it to let a run go further was ignored,
+    # without a word (a learning rate changed on resume wins, and is said)
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    language_dir, vision_dir = backbones
+    folder = tmp_path / "checkpoints"
+
+    def run(steps: int, patience: int, resume: bool) -> EarlyStopping:
+        stopper = EarlyStopping(monitor="val/loss", patience=patience)
+        Trainer(accelerator="cpu", max_steps=steps, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, val_check_interval=2,
+                callbacks=[ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0), ResumableStop(), stopper]).fit(
+            make_captioner(backbones), ckpt_path=str(folder / "last.ckpt") if resume else None,
+            datamodule=CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                                         image_processor=str(vision_dir), batch_size=4, num_workers=0))
+        return stopper
+
+    run(2, patience=1, resume=False)
+    capsys.readouterr()
+    assert run(4, patience=5, resume=True).patience == 5
+    assert "note: EarlyStopping's patience 5 is used, not 1 as " in capsys.readouterr().err
