@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import RunningStage
 
-from mmcaption.resources import disk_full, out_of_memory
+from mmcaption.resources import add_note, disk_full, out_of_memory
 
 
 class OutOfMemoryAdvice(Callback):
@@ -20,14 +20,9 @@ class OutOfMemoryAdvice(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if out_of_memory(exception) is not None:
-            _add_note(exception, memory_advice(trainer, pl_module))
+            add_note(exception, memory_advice(trainer, pl_module))
         elif disk_full(exception) is not None and trainer.state.fn == "fit" and (kept := kept_checkpoint(trainer)):
-            _add_note(exception, f"--ckpt_path {kept} resumes from its last whole checkpoint, not from step 0")
-
-
-def _add_note(exception: BaseException, note: str) -> None:
-    """``exception.add_note(note)``, which Python 3.10 (supported) lacks: the advice was an AttributeError there."""
-    exception.__notes__ = [*getattr(exception, "__notes__", []), note]
+            add_note(exception, f"--ckpt_path {kept} resumes from its last whole checkpoint, not from step 0")
 
 
 def kept_checkpoint(trainer) -> str:

@@ -74,6 +74,7 @@ class ResumableStop(Callback):
         self._last_save = time.monotonic()
         self._saved_step: int | None = None  # the step of this callback's last save
         self._requeue_signal: int | None = None
+        self._patience: dict[int, int] = {}  # each EarlyStopping's patience as configured (setup), before a resume
 
     # -- signals ------------------------------------------------------------------------------------
 
@@ -88,7 +89,7 @@ class ResumableStop(Callback):
                       "on, resume without EarlyStopping, or start from its weights with --model.init_from", file=sys.stderr,
                       flush=True)
         for stopper in (c for c in trainer.callbacks if isinstance(c, EarlyStopping)):  # a patience changed on resume
-            given = getattr(self, "_patience", {}).get(id(stopper), stopper.patience)  # was the checkpoint's, unsaid
+            given = self._patience.get(id(stopper), stopper.patience)  # was the checkpoint's, unsaid
             if given != stopper.patience and trainer.is_global_zero:
                 print(f"note: EarlyStopping's patience {given} is used, not {stopper.patience} as {trainer.ckpt_path} "
                       f"recorded ({stopper.wait_count} validation(s) without improvement counted so far)", file=sys.stderr,

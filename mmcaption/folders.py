@@ -150,8 +150,9 @@ def take_checkpoint_folder(folder: str | Path) -> None:
     """Lock a run's checkpoint folder (:class:`FolderLock`), then remove the unfinished saves a killed run left there
     (``.<name>.ckpt.<random>.partial``: a save is written aside and renamed once whole), said once; no run writes there
     but this one now. They stayed for good, each as large as a checkpoint with its optimizer state."""
-    FolderLock(folder).acquire()
-    if FolderLock(folder).path not in FolderLock.held():  # no locking here (Windows): another run's save may be live
+    lock = FolderLock(folder)
+    lock.acquire()
+    if lock.path not in FolderLock.held():  # no locking here (Windows): another run's save may be live
         return
     left = sorted(Path(folder).glob(".*.ckpt.*.partial"))
     for path in left:
@@ -357,8 +358,9 @@ def _recorded_best(last: Path) -> Path | None:
             path = Path(value["best_model_path"])
             path = path if path.is_file() else last.parent / path.name
             if path.is_file():
-                print(f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'} "
-                      f"{float(value.get('best_model_score') or float('nan')):.4f}, as {last.name} recorded it)",
+                score = value.get("best_model_score")
+                print(f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'}"
+                      + (f" {float(score):.4f}" if score is not None else "") + f", as {last.name} recorded it)",
                       file=sys.stderr, flush=True)
                 return path
     return None

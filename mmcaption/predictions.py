@@ -33,7 +33,7 @@ from mmcaption.evaluation.report import (
     unused_name,
 )
 from mmcaption.folders import output_lock
-from mmcaption.resources import disk_full
+from mmcaption.resources import add_note, disk_full
 from mmcaption.slurm import this_job
 from mmcaption.tasks import NO_OPTION, RESULT_COLUMNS
 
@@ -391,6 +391,5 @@ class PredictionWriter(BasePredictionWriter):
             if disk_full(error) is None:
                 raise
         if writing and not (self.replacing or self.share) and disk_full(exception) is not None:  # "run the same command
-            exception.__notes__ = [*getattr(exception, "__notes__", []),  # again" was then refused
-                                   "predict: the rows done are kept; once there is room, the same command with --data.resume "
-                                   "true goes on from them"]
+            add_note(exception, "predict: the rows done are kept; once there is room, the same command with "  # again"
+                     "--data.resume true goes on from them")  # was then refused

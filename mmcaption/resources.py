@@ -11,6 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def add_note(exception: BaseException, note: str) -> None:
+    """``exception.add_note(note)``, which Python 3.10 (supported) lacks; :func:`resource_message` says the notes after
+    its line (how a run resumes from a full disk or running out of memory)."""
+    exception.__notes__ = [*getattr(exception, "__notes__", []), note]
+
+
 def resource_message(error: BaseException) -> str | None:
     """One line for a command stopped by a full disk or by running out of memory (what the user changes
     to go on), or None when ``error`` is neither."""

@@ -71,13 +71,13 @@ def write_image_features(
                    "(once; later runs reuse them) ...")
     start = time.perf_counter()
 
-    said = [time.perf_counter()]
     bars = draws_bars()  # off a terminal (a job's log) datasets' bar is off: minutes (hours with CLIP on a CPU) unsaid
 
     def rows():
+        said = time.perf_counter()
         for first in range(0, len(images), batch_size):
-            if not bars and time.perf_counter() - said[0] >= PROGRESS_SECONDS and first:
-                said[0], rate = time.perf_counter(), first / (time.perf_counter() - start)
+            if not bars and time.perf_counter() - said >= PROGRESS_SECONDS and first:
+                said, rate = time.perf_counter(), first / (time.perf_counter() - start)
                 rank_zero_info(f"caching the vision tower's features of {split_folder.name}: {first:,} of {len(images):,} "
                                f"images, {rate:.0f} images/s, about {(len(images) - first) / rate / 60:.0f} min left")
             pictures = [load_rgb(row) for row in images[first:first + batch_size]["image"]]

@@ -155,13 +155,19 @@ def complete_rows(output: Path) -> bool:
 def finished_rows(output: Path) -> int | None:
     """The rows of ``output`` when the run that wrote it finished (its summary says so) with rows that are not all
     errors (a run that could predict none failed), else None."""
+    said = _summary(output)
+    if not output.is_file() or said is None or said.get("interrupted"):
+        return None
+    return said.get("rows") if (said.get("errors") or 0) < (said.get("rows") or 0) else None
+
+
+def _summary(output: Path) -> dict[str, Any] | None:
+    """What ``output``'s summary says, None where it has none that reads."""
     try:
         said = json.loads(summary_path(output).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not output.is_file() or not isinstance(said, dict) or said.get("interrupted"):
-        return None
-    return said.get("rows") if (said.get("errors") or 0) < (said.get("rows") or 0) else None
+    return said if isinstance(said, dict) else None
 
 
 def left_by_job(output: Path) -> str | None:
@@ -245,11 +251,8 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
         return None
     before = 0  # a killed resume: its partial file begins with the interrupted output's rows, and goes on past them
     if output.exists():
-        try:
-            said = json.loads(summary_path(output).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(said, dict) or not said.get("interrupted"):
+        said = _summary(output)
+        if said is None or not said.get("interrupted"):
             return None
         earlier = read_output_rows(output)
         before = len(earlier)
