@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, StochasticWeightAveraging
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, StochasticWeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.errors import ConfigError, MMCaptionError, one_line
@@ -55,6 +55,13 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
               "each validation (at each epoch's end when there is none), and no last.ckpt: a run that stops at max_steps before "
               "its first validation keeps nothing, and --ckpt_path last finds nothing. A callbacks list in a later config file "
               "replaces the earlier one's: write `callbacks+:` there to add to it", file=sys.stderr, flush=True)
+    for callback in kept:
+        # Left to itself, an EarlyStopping checks at each epoch's end when validation runs there: a max_steps stop
+        # mid-epoch, before any validation, then failed the finished run on a metric not yet logged, before the
+        # ModelCheckpoint after it had saved. A validation metric is checked when validation ends, as often.
+        if (isinstance(callback, EarlyStopping) and str(callback.monitor).startswith("val/")
+                and getattr(callback, "_check_on_train_epoch_end", False) is None):
+            callback._check_on_train_epoch_end = False
     for callback in kept if fit and rank_zero_only.rank == 0 else []:
         if isinstance(callback, ModelCheckpoint) and not callback.save_last:
             print(f"note: the ModelCheckpoint saving to {callback.dirpath or 'the log folder'} has save_last off: no last.ckpt, so a "

@@ -952,6 +952,11 @@ def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, 
                                        "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=train/los",
                                        "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1"])
     assert message.startswith("error: the config's EarlyStopping monitor: Early stopping conditioned on metric `train/los`")
+    # a validation metric with a max_steps stop mid-epoch, before any validation: the run was failed after its
+    # steps on a metric not yet logged, and its last.ckpt was not written
+    main([*fit_config(tmp_path, coco_root, backbones, tmp_path / "h"), "--trainer.callbacks+=EarlyStopping",
+          "--trainer.callbacks.monitor=val/loss"])
+    assert "error" not in capsys.readouterr().err and (tmp_path / "h" / "last.ckpt").is_file()
     # a validation metric's name mistyped is refused before the first step (names of validation metrics are known)
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "g"),
                                        "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/los"])
