@@ -50,8 +50,7 @@ from mmcaption.model.config import (
 )
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
-from mmcaption.parser import MMCaptionParser, expand_home, print_config_held, print_held_config
-from mmcaption.resources import causes
+from mmcaption.parser import MMCaptionParser, expand_home, instantiation_error, print_config_held, print_held_config
 from mmcaption.settings_checks import (
     ask_as_trained,
     lightning_setting_errors,
@@ -128,12 +127,10 @@ class MMCaptionCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except ValueError as error:  # jsonargparse wraps what a data module's __init__ raises in its own error, and the
-            # user's message would come after two tracebacks: the settings error itself is what to show
-            user_error = next((cause for cause in causes(error) if isinstance(cause, MMCaptionError)), error)
-            if user_error is error:
+        except ValueError as error:  # wrapped by jsonargparse: a data module's own refusal, a logger's missing package
+            if (said := instantiation_error(error)) is None:
                 raise
-            raise user_error from None
+            raise said from None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         # Lightning < 2.7 (pinned): where the trainer's settings meet the config's callbacks. Where --ckpt_path last

@@ -14,7 +14,8 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
-from mmcaption.errors import USER_ERROR_EXIT, ConfigError
+from mmcaption.errors import USER_ERROR_EXIT, ConfigError, MMCaptionError, one_line
+from mmcaption.resources import causes
 from mmcaption.setting_names import another_modules, closest, unknown_keys
 from mmcaption.usage import shipped_configs
 
@@ -273,6 +274,21 @@ def expand_home(config: Any) -> None:
                     expand_home(item)
         elif isinstance(value, Namespace):
             expand_home(value)
+
+
+def instantiation_error(error: BaseException) -> BaseException | None:
+    """What to say when a class the config names could not be made, or ``None`` when it is not the user's to mend:
+    jsonargparse wraps it in its own errors, and the user's message came after two tracebacks. A settings error of
+    mmcaption's own (a data module's ``__init__``), or a class whose package is not installed (``WandbLogger``
+    without wandb: 95 lines of the union types it tried)."""
+    chain = list(causes(error))
+    if (own := next((cause for cause in chain if isinstance(cause, MMCaptionError)), None)) is not None:
+        return own
+    missing = next((cause for cause in chain if isinstance(cause, ImportError)), None)
+    given = next((m.group(1) for cause in chain if (m := re.search(r"given class_path '([^']+)'", str(cause)))), None)
+    if missing is None or given is None:
+        return None
+    return ConfigError(f"{given.rsplit('.', 1)[-1]} ({given}) needs a package that is not installed: {one_line(missing)}")
 
 
 _KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text", "NoneType": "null",

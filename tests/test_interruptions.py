@@ -870,6 +870,20 @@ def test_a_quick_run_without_logs_or_checkpoints_leaves_out_the_configs_callback
     assert not folder.exists()  # was a one-step last.ckpt, where the real run's goes ("checkpointing is suppressed")
 
 
+def test_a_logger_whose_package_is_not_installed_is_one_line_with_what_to_install(
+    backbones, coco_root, tmp_path, monkeypatch, capsys
+):
+    from lightning.pytorch.loggers import wandb
+    from lightning_utilities.core.imports import RequirementCache
+
+    monkeypatch.chdir(tmp_path)  # was 95 lines: two tracebacks and each type jsonargparse tried for trainer.logger
+    monkeypatch.setattr(wandb, "_WANDB_AVAILABLE", RequirementCache("wandb>=999"))  # not installed, wherever this runs
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"),
+                                       "--trainer.logger", "WandbLogger"])
+    assert message == ("error: WandbLogger (lightning.pytorch.loggers.WandbLogger) needs a package that is not installed: "
+                       "Requirement 'wandb>=999' not met. HINT: Try running `pip install -U 'wandb>=999'`")
+
+
 def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_list(capsys):
     from lightning.pytorch.callbacks import EarlyStopping
 
