@@ -885,7 +885,7 @@ def test_a_logger_whose_package_is_not_installed_is_one_line_with_what_to_instal
 
 
 def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_list(capsys):
-    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
     from mmcaption.settings_checks import usable_callbacks
 
@@ -896,6 +896,9 @@ def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_lis
     for settings in ({"callbacks": [ModelCheckpoint(save_last=True)]}, {"callbacks": [], "enable_checkpointing": False}):
         usable_callbacks(settings, fit=True)
         assert "no ModelCheckpoint" not in capsys.readouterr().err
+    monitors = [LearningRateMonitor(), LearningRateMonitor(logging_interval="step")]  # callbacks+= over the config's
+    assert usable_callbacks({"callbacks": [ModelCheckpoint(), *monitors]}, fit=True)[1:] == monitors[:1]  # was each rate twice
+    assert "note: trainer.callbacks has two LearningRateMonitors (the config has one): the second is left out" in capsys.readouterr().err
     usable_callbacks({"callbacks": [ModelCheckpoint()], "fast_dev_run": 5}, fit=True)  # said "fast_dev_run is true"
     assert "note: trainer.fast_dev_run is 5: the config's ModelCheckpoint is left out" in capsys.readouterr().err
     # the flag also turns off mmcaption's own lines (a scheduler's log kept no validation metrics), which are plain
