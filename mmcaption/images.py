@@ -132,6 +132,8 @@ def _kind_of_file(data: bytes) -> str:
     head = data[:512].lstrip()
     if head[:15].lower().startswith((b"<!doctype html", b"<html")):
         return "a web page (HTML)"
+    if b"<svg" in head.lower():  # a logo or an icon drawn as vectors, often after an <?xml ...?> line or a comment
+        return "an SVG drawing (vectors, no pixels): convert it to PNG first"
     if data[128:132] == b"DICM":  # a scanner's file: its pixels want a window (levels) chosen for them
         return "a DICOM file: convert it to PNG first (pydicom reads it, with its window applied)"
     if data[4:8] == b"ftyp":

@@ -1,11 +1,17 @@
 """Pixels of any depth as the 8-bit RGB a model's image processor takes: arrays as NumPy, PIL, OpenCV and torch hold
 images, and images of more than 8 bits (16/32-bit integers, floating point) scaled from the range their values use,
-not clipped; transparent pixels seen on white."""
+not clipped; transparent pixels seen on white; colours of another colour space than sRGB seen as a colour-managed viewer
+shows them."""
 
 from __future__ import annotations
 
+import functools
+import io
+
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageCms
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def array_image(array: np.ndarray) -> Image.Image:
@@ -72,8 +78,26 @@ def levels(image: Image.Image) -> tuple[float, float] | None:
     return tuple(map(float, image.getextrema())) if image.mode == "F" or image.mode.startswith("I") else None
 
 
+@functools.lru_cache(maxsize=16)  # a camera's or a phone's photos share their profile
+def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from an image's embedded colour profile to sRGB, or ``None``: sRGB already, or a profile that
+    cannot be read (or not of the image's mode: an RGB one on a greyscale image), the pixels then taken as they are."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        if "srgb" in ImageCms.getProfileDescription(source).lower().replace(" ", ""):  # "sRGB IEC61966-2.1", "sRGB built-in"
+            return None
+        return ImageCms.buildTransform(source, _SRGB, mode, "RGBA" if mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None
+
+
 def to_rgb(image: Image.Image, extrema: tuple[float, float] | None = None) -> Image.Image:
-    """``image`` as 8-bit RGB (``extrema``: :func:`levels` of the image it was made smaller from)."""
+    """``image`` as 8-bit RGB (``extrema``: :func:`levels` of the image it was made smaller from). An embedded colour
+    profile other than sRGB's (Adobe RGB from Photoshop or a camera, Display P3 from a phone, a printer's CMYK) is
+    converted to sRGB, what CLIP was trained on and a browser shows: its pixels as they are looked duller or shifted."""
+    profile = image.info.get("icc_profile")
+    if profile and image.mode in ("RGB", "RGBA", "CMYK", "L") and (transform := _to_srgb(bytes(profile), image.mode)):
+        image = ImageCms.applyTransform(image, transform)
     if image.mode == "F":  # 32-bit floating point (TIFF): scaled as arrays of floats are
         values = np.nan_to_num(np.asarray(image, dtype=np.float64))
         return Image.fromarray(_float_levels(values, extrema).astype(np.uint8)).convert("RGB")

@@ -81,6 +81,8 @@ def test_empty_files_and_other_files_say_what_they_are(tmp_path):
     # what it is, not what it holds: its first bytes put a reply's contents (a metadata service's key) in a results file
     assert check_image(b"this is not an image\n") == "not an image Pillow can read (text)"
     assert check_image(b"\n<!DOCTYPE html><html>Access denied") == "not an image Pillow can read (a web page (HTML))"
+    assert check_image(b'<?xml version="1.0"?>\n<!-- Illustrator -->\n<svg xmlns="http://www.w3.org/2000/svg"/>') == (
+        "not an image Pillow can read (an SVG drawing (vectors, no pixels): convert it to PNG first)")  # was "(text)"
     assert check_image(b"AKIA-SECRET-\x00\x01") == "not an image Pillow can read (its first bytes are 41 4b 49 41)"
     assert check_image(("图片说明，" * 60).encode()) == "not an image Pillow can read (text)"  # cut in a character
     assert check_image(b"a.jpg\ta caption\r\n") == "not an image Pillow can read (text)"
@@ -94,6 +96,55 @@ def test_floating_point_tiffs_are_scaled_not_black(tmp_path):
     path = tmp_path / "scan.tif"
     Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32), mode="F").save(path)
     assert np.asarray(load_rgb(path))[0, 0].tolist() == [128, 128, 128]
+
+
+def adobe_rgb_profile() -> bytes:
+    """Adobe RGB (1998) as an ICC profile (matrix and gamma, D50-adapted colorants), as Photoshop and cameras embed it."""
+    import struct
+
+    def number(x):
+        return struct.pack(">i", round(x * 65536))
+
+    def xyz(x, y, z):
+        return b"XYZ \0\0\0\0" + number(x) + number(y) + number(z)
+
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(2.19921875 * 256)) + b"\0\0"
+    name = b"Adobe RGB (1998)\0"
+    tags = [(b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(name)) + name + b"\0" * 78),
+            (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"rXYZ", xyz(0.6097, 0.3111, 0.0195)),
+            (b"gXYZ", xyz(0.2053, 0.6257, 0.0609)), (b"bXYZ", xyz(0.1492, 0.0632, 0.7446)),
+            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve), (b"cprt", b"text\0\0\0\0none\0")]
+    table, data = b"", b""
+    for signature, body in tags:
+        data += b"\0" * (-(132 + 12 * len(tags) + len(data)) % 4)
+        table += signature + struct.pack(">II", 132 + 12 * len(tags) + len(data), len(body))
+        data += body
+    body = struct.pack(">I", len(tags)) + table + data
+    header = (struct.pack(">I", 128 + len(body)) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12 + b"acspAPPL"
+              + b"\0" * 24 + struct.pack(">I", 0) + number(0.9642) + number(1.0) + number(0.8249) + b"\0" * 44)
+    return header + body
+
+
+def test_colours_of_another_colour_space_reach_the_model_as_a_viewer_shows_them(tmp_path):
+    # Photoshop's and cameras' Adobe RGB (a phone's Display P3 likewise) was taken as sRGB: duller than people see it
+    from PIL import ImageCms
+
+    profile = adobe_rgb_profile()
+    picture = Image.new("RGB", (64, 32), (200, 0, 0))
+    picture.paste((120, 160, 100), (32, 0, 64, 32))
+    for suffix in ("jpg", "png"):
+        picture.save(tmp_path / f"adobe.{suffix}", icc_profile=profile, **({"quality": 98} if suffix == "jpg" else {}))
+        with Image.open(tmp_path / f"adobe.{suffix}") as opened_file:  # a colour-managed viewer's sRGB, by LittleCMS
+            shown = ImageCms.profileToProfile(opened_file, ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+                                              ImageCms.createProfile("sRGB"), outputMode="RGB")
+        seen = load_rgb(tmp_path / f"adobe.{suffix}")
+        for place in ((8, 16), (48, 16)):
+            assert seen.getpixel(place) == shown.getpixel(place), (suffix, place)
+        assert seen.getpixel((8, 16))[0] > 225  # 200 in Adobe RGB is about 234 in sRGB (was 200)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for embedded in (srgb, b"not a profile" * 8):  # sRGB as it is, a damaged profile taken as sRGB
+        picture.save(tmp_path / "plain.png", icc_profile=embedded)
+        assert load_rgb(tmp_path / "plain.png").getpixel((8, 16)) == (200, 0, 0)
 
 
 def test_transparent_images_are_seen_on_white_not_black(tmp_path):

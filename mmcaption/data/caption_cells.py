@@ -5,10 +5,36 @@ Karpathy's ``[{raw, tokens}, ...]``), or several columns (Flickr8k's ``caption_0
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from typing import Any
 
-from mmcaption.data.records import DataError
+from mmcaption.data.records import BadRecords, DataError
+
+# blanks around a caption, invisible ones too, as text copied from a web page brings them: zero-width spaces and
+# joiners, word joiners, byte order marks (str.strip keeps them: a caption of one zero-width space was trained on)
+_EDGES = re.compile(r"^[\s\u200b-\u200d\u2060\ufeff]+|[\s\u200b-\u200d\u2060\ufeff]+$")
+# what a scraped caption keeps of its page: character references (&amp; &#39;) and line or style tags
+_HTML = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);|</?(?:br|p|b|i|u|em|strong|span|div|a|sup|sub)\b[^<>]*>",
+                   re.IGNORECASE)
+HTML_NOTE = "captions holding HTML (a character reference such as &amp; or a tag such as <br>), trained on as written"
+
+
+def caption_text(text: str) -> str:
+    """A caption without the blanks around it, invisible ones included."""
+    return _EDGES.sub("", text)
+
+
+def html_in(text: str) -> str | None:
+    """The first piece of HTML in a caption (``&amp;``, ``<br>``), or ``None``: a ``&word;`` HTML does not know is text."""
+    return next((m.group() for m in _HTML.finditer(text) if m.group().startswith("<") or html.unescape(m.group()) != m.group()), None)
+
+
+def note_html(records: BadRecords, text: str, where: str) -> None:
+    """Count a caption that holds HTML, naming the first (the model learns to write ``&amp;`` as it reads it)."""
+    if (found := html_in(text)) is not None:
+        records.note(HTML_NOTE, example=f"{where}: {found!r} in {text[:60]!r}")
 
 
 def caption_settings(setting: str | list[str]) -> list[str]:
@@ -43,4 +69,4 @@ def texts_of(value: Any, key: str | None, separator: str, column: str) -> list[s
         if isinstance(listed, list) and listed and all(isinstance(text, str) for text in listed):
             value = listed
     texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
-    return [part.strip() for text in texts if isinstance(text, str) for part in text.split(separator) if part.strip()]
+    return [caption_text(part) for text in texts if isinstance(text, str) for part in text.split(separator) if caption_text(part)]

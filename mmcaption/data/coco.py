@@ -12,6 +12,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
+from mmcaption.data.caption_cells import caption_text, note_html
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.image_sources import coco2017_copy
 from mmcaption.data.records import (
@@ -71,10 +72,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not isinstance(
             entry.get("file_name"), str
         ):
-            records.bad("malformed image entry", f"images[{position}] needs an integer 'id' and a 'file_name'")
+            records.defer("malformed image entry", f"images[{position}] needs an integer 'id' and a 'file_name'")
             continue
         if entry["id"] in images:
-            records.bad("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
+            records.defer("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
             continue
         file_name = existing_spelling(image_dir, entry["file_name"])  # or with a Windows exporter's backslashes
         parts = Path(file_name).parts
@@ -85,22 +86,22 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     seen: dict[object, set[tuple[int, str]]] = {}  # annotation id -> the (image id, caption) pairs given it
     for position, entry in enumerate(content["annotations"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("image_id"), int):
-            records.bad("malformed annotation", f"annotations[{position}] needs an integer 'image_id'")
+            records.defer("malformed annotation", f"annotations[{position}] needs an integer 'image_id'")
             continue
         annotation_id = entry.get("id", position)
         caption = entry.get("caption")
         if not isinstance(caption, str):
-            records.bad("malformed annotation", f"annotation id {annotation_id}: 'caption' is not a string")
+            records.defer("malformed annotation", f"annotation id {annotation_id}: 'caption' is not a string")
             continue
-        if not caption.strip():
-            records.bad("empty caption", f"annotation id {annotation_id} (image id {entry['image_id']}) has an empty caption")
+        if not caption_text(caption):  # blank, or only invisible characters copied from a web page
+            records.defer("empty caption", f"annotation id {annotation_id} (image id {entry['image_id']}) has an empty caption")
             continue
         image = images.get(entry["image_id"])
         if image is None:
-            records.bad("unknown image id", f"annotation id {annotation_id} refers to image id {entry['image_id']}, which is not in 'images'")
+            records.defer("unknown image id", f"annotation id {annotation_id} refers to image id {entry['image_id']}, which is not in 'images'")
             continue
         if isinstance(entry.get("id"), (int, str)):  # a file merged twice, or edited by hand: the same annotation again, or one id for two
-            key, given = (entry["image_id"], caption.strip()), seen.setdefault(annotation_id, set())
+            key, given = (entry["image_id"], caption_text(caption)), seen.setdefault(annotation_id, set())
             if key in given:
                 records.note("duplicate annotations skipped (same id, image and caption as an earlier one)")
                 continue
@@ -108,8 +109,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
                 records.note("annotation ids given to more than one caption (each caption kept)")
             given.add(key)
         # stored by its id; a labelling tool's string id ("ann-1", a UUID) by its place in the file
-        image.captions.append((annotation_id if isinstance(annotation_id, int) else position, caption.strip()))
+        image.captions.append((annotation_id if isinstance(annotation_id, int) else position, caption_text(caption)))
+        note_html(records, caption, f"annotation id {annotation_id}")
 
+    records.raise_deferred()  # every bad record of a kind at once, not one per run
     missing = [image for image in images.values() if not (image_dir / image.file_name).is_file()]
     records.missing_images(
         [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing],
@@ -170,7 +173,7 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
     for position, entry in enumerate(content["images"]):
         where = f"images[{position}]"
         if not isinstance(entry, dict) or entry.get("split") not in {"train", "restval", "val", "test"}:
-            records.bad("malformed image entry", f"{where} needs a 'split' of train, restval, val or test")
+            records.defer("malformed image entry", f"{where} needs a 'split' of train, restval, val or test")
             continue
         if entry["split"] not in wanted:
             continue
@@ -178,29 +181,31 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
         image_id = entry.get(id_name)
         names = (entry.get("filepath", ""), entry.get("filename"))
         if not isinstance(image_id, int) or not all(isinstance(n, str) for n in names) or not names[1]:
-            records.bad("malformed image entry", f"{where} needs an integer 'cocoid' (or 'imgid') and a 'filename' (in its 'filepath' if it has one)")
+            records.defer("malformed image entry", f"{where} needs an integer 'cocoid' (or 'imgid') and a 'filename' (in its 'filepath' if it has one)")
             continue
         where += f" ({id_name} {image_id})"
         file_name = f"{names[0]}/{names[1]}" if names[0] else names[1]
         if escapes_root(file_name):
-            records.bad("image path escapes root", f"{where}: {file_name!r} escapes the image folder")
+            records.defer("image path escapes root", f"{where}: {file_name!r} escapes the image folder")
             continue
         if image_id in images:
-            records.bad("duplicate image id", f"{where} repeats {id_name} {image_id}")
+            records.defer("duplicate image id", f"{where} repeats {id_name} {image_id}")
             continue
         sentences = entry.get("sentences")
         if not isinstance(sentences, list):
-            records.bad("malformed image entry", f"{where} has no 'sentences' list")
+            records.defer("malformed image entry", f"{where} has no 'sentences' list")
             continue
         captions = []
         for number, sentence in enumerate(sentences):
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
-            if not isinstance(raw, str) or not raw.strip():
-                records.bad("empty caption", f"{where}, sentences[{number}] has no 'raw' text")
+            if not isinstance(raw, str) or not caption_text(raw):
+                records.defer("empty caption", f"{where}, sentences[{number}] has no 'raw' text")
                 continue
-            captions.append((sentence.get("sentid", image_id * 100 + number), raw.strip()))
+            captions.append((sentence.get("sentid", image_id * 100 + number), caption_text(raw)))
+            note_html(records, raw, f"{where}, sentences[{number}]")
         if captions:
             images[image_id] = CocoImage(image_id, file_name, captions)
+    records.raise_deferred()
     if not images:
         raise DataError(f"{split_file} has no images of split {split!r} (Karpathy's splits: train (with restval), val, test)")
     for image in images.values():  # in another case or Unicode form, as Windows and macOS find it

@@ -26,7 +26,7 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data import tables
-from mmcaption.data.caption_cells import caption_settings, column_and_key, texts_of
+from mmcaption.data.caption_cells import HTML_NOTE, caption_settings, column_and_key, html_in, texts_of
 from mmcaption.data.folder_layouts import (
     TABLE_SUFFIXES,
     folder_layout,
@@ -300,6 +300,9 @@ class HubCaptions(RowImages):
                     later["captions skipped that an earlier row gave the same image"] += again
                 texts = [c if c not in known else None for c in texts]
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
+            if html := [(found, c) for c in texts if c is not None and (found := html_in(c))]:  # counted on its side
+                later[HTML_NOTE] += len(html)
+                examples.setdefault(HTML_NOTE, f" (first: {self._row(row_index, key, split)}: {html[0][0]!r} in {html[0][1][:60]!r})")
         named = [said for ours, said in not_found if ours or records.on_bad_record == "error" or not images]
         records.all_at_once("missing image", named, f"{len(named)} of {len(data):,} rows name no image that is "
                             "there", "Fix their paths (relative to the dataset's folder) or remove the rows", every=not images)
