@@ -45,10 +45,12 @@ STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]} 
 # absent, captions of digits or 'NA' kept as text, every cell of a caption table read as text, COCO 2017's copies of
 # Karpathy's images, a caption cell's JSON list read as its captions, a dataset card's splits. 7: images of more than 8
 # bits scaled from the bit depth their values use (a 12-bit microscope's image in a 16-bit file was near black).
-# 8: an image's colour profile other than sRGB's converted to sRGB (Adobe RGB, a phone's Display P3, a printer's CMYK
-# were taken as sRGB, duller), invisible characters around a caption removed (a zero-width space alone was a caption).
+# Not a new version, so that runs begun earlier resume (a new version refuses them): invisible characters around a
+# caption removed, which changes the signature of only the caption files that hold one (the cache of the rest stays
+# valid); an image's colour profile other than sRGB's converted to sRGB, which a cache built earlier keeps as it read
+# them (taken as sRGB), to be told by no cheap look at its files.
 # tests/test_data_coco.py holds the digest of the code that builds caches, to ask for a new version when it changes.
-PREPROCESSING_VERSION = 8
+PREPROCESSING_VERSION = 7
 CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data.coco", "mmcaption.data.llava",
                   "mmcaption.data.hub", "mmcaption.data.hub_images", "mmcaption.data.caption_cells",
                   "mmcaption.data.datamodules", "mmcaption.data.folder_layouts", "mmcaption.data.tables",

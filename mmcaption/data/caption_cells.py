@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from mmcaption.data.records import BadRecords, DataError
@@ -19,6 +20,17 @@ _EDGES = re.compile(r"^[\s\u200b-\u200d\u2060\ufeff]+|[\s\u200b-\u200d\u2060\ufe
 _HTML = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);|</?(?:br|p|b|i|u|em|strong|span|div|a|sup|sub)\b[^<>]*>",
                    re.IGNORECASE)
 HTML_NOTE = "captions holding HTML (a character reference such as &amp; or a tag such as <br>), trained on as written"
+
+
+# those characters as UTF-8 and as the escapes json.dump writes by default; a byte order mark at a file's start is the file's
+_INVISIBLE = re.compile(rb"\xe2\x80[\x8b-\x8d]|\xe2\x81\xa0|\xef\xbb\xbf|\\u200[bcdBCD]|\\u2060|\\u[fF][eE][fF][fF]")
+
+
+def invisible_characters_in(file: Path) -> bool:
+    """Whether a caption file holds a character :func:`caption_text` removes and earlier releases kept (a cache they
+    built from it is built again; that of any other file stays valid)."""
+    data = file.read_bytes()
+    return _INVISIBLE.search(data, 3 if data.startswith(b"\xef\xbb\xbf") else 0) is not None
 
 
 def caption_text(text: str) -> str:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature
+from mmcaption.data.caption_cells import invisible_characters_in
 from mmcaption.data.coco import (
     coco_records,
     image_records,
@@ -141,6 +142,12 @@ class CaptionDataModule(PreprocessedDataModule):
         if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself
             super().check_inputs(stage)
 
+    def _read_otherwise_now(self, file: Path) -> dict:
+        """A caption file that this release reads otherwise than earlier ones (:func:`invisible_characters_in`): its
+        cache is not one they built."""
+        found = file.is_file() and self.looked_at(("invisible", file), lambda: invisible_characters_in(file))
+        return {"captions": "invisible characters around them removed"} if found else {}
+
     def split_inputs(self, split: str) -> dict:
         if self.hub is not None:
             # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
@@ -150,7 +157,8 @@ class CaptionDataModule(PreprocessedDataModule):
             hub = {key: value for key, value in asdict(self.hub).items() if key != "cache_dir"}  # where, not what, it reads
             return {"hub": hub, "split": split, "fingerprint": content,
                     "rows": "grouped by image",  # since rows of one image became one image, not one each
-                    **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {})}
+                    **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {}),
+                    **self._read_otherwise_now(local)}
         if self.source == "karpathy":
             if not self.karpathy_file.is_file():
                 others = sorted(self.karpathy_file.parent.glob("dataset_*.json"))  # Flickr30k's and Flickr8k's files
@@ -159,10 +167,12 @@ class CaptionDataModule(PreprocessedDataModule):
             folders = ([self.data_dir / name for name in ("train2014", "val2014") if (self.data_dir / name).is_dir()]
                        or [self.data_dir / name for name in COCO2017_FOLDERS if (self.data_dir / name).is_dir()])
             return {"karpathy": file_signature(self.karpathy_file), "split": split,
-                    "images": [self.signed_folder(folder) for folder in folders or [self.data_dir]]}
+                    "images": [self.signed_folder(folder) for folder in folders or [self.data_dir]],
+                    **self._read_otherwise_now(self.karpathy_file)}
         annotation_file = self.annotation_file(split)
         require_annotation_file(annotation_file)
-        signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(self.data_dir / split)}
+        signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(self.data_dir / split),
+                     **self._read_otherwise_now(annotation_file)}
         outside = images_outside_folder(annotation_file, self.data_dir / split)
         if outside:  # a labelling tool's absolute file names (none in the official files, whose caches keep their names)
             signature["outside the image folder"] = files_signature(outside, str(annotation_file.resolve()), self.cache_dir)
