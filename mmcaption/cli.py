@@ -13,13 +13,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mmcaption.advice import OutOfMemoryAdvice
-from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
 from mmcaption.checkpoint import (
     data_settings,
     earlier_checkpoints_note,
@@ -27,6 +25,7 @@ from mmcaption.checkpoint import (
     job_of_checkpoint,
     load_checkpoint_file,
 )
+from mmcaption.config_files import configured_logger
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
@@ -51,6 +50,7 @@ from mmcaption.model.config import (
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, instantiation_error, print_config_held, print_held_config
+from mmcaption.run_callbacks import KeptConfig, add_run_callbacks
 from mmcaption.settings_checks import (
     ask_as_trained,
     lightning_setting_errors,
@@ -61,7 +61,6 @@ from mmcaption.settings_checks import (
 )
 from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
 from mmcaption.slurm import requeued, requeued_checkpoint
-from mmcaption.terminal import draws_bars
 from mmcaption.usage import EPILOG, PREPARE_HELP
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
@@ -87,20 +86,16 @@ class MMCaptionCLI(LightningCLI):
         asked = [a for a in getattr(self, "_arguments", None) or [] if isinstance(a, str) and a.startswith("--trainer.logger")]
         if self.subcommand in ("predict", "validate") and not asked:  # their results are printed and written: no empty
             kwargs.setdefault("logger", False)  # TensorBoard run of the config's; one asked for on the command line is kept
+        if self.subcommand and self.config[self.subcommand].trainer.get("logger") is True and (
+                logger := configured_logger(getattr(self, "_arguments", None) or [])):  # the config's, not Lightning's own
+            kwargs["logger"] = instantiate_class((), logger)
         with lightning_setting_errors():  # e.g. a strategy whose package is missing, or that needs a GPU
             trainer = super().instantiate_trainer(**kwargs)
         if trainer.logger is None:  # no run folder: Lightning would write the config as config.yaml in the working
             # directory, over whatever file of that name the user keeps there
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         install_atomic_checkpoint_io(trainer)
-        if not any(isinstance(callback, ResumableStop) for callback in trainer.callbacks):
-            # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
-            # list its own to change every_minutes
-            trainer.callbacks.append(ResumableStop())
-        trainer.callbacks.append(OutOfMemoryAdvice())
-        for index, callback in enumerate(trainer.callbacks):
-            if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
-                trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
+        add_run_callbacks(trainer)
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -112,6 +107,9 @@ class MMCaptionCLI(LightningCLI):
                                                            if isinstance(logger, TensorBoardLogger | CSVLogger)])
             with lightning_setting_errors():
                 super()._run_subcommand(subcommand)
+            if subcommand == "fit" and any(getattr(c, "trained", None) is False for c in self.trainer.callbacks):  # resumed at its
+                for folder in getattr(self, "_new_run_folders", ()):  # end: no run of nothing listed in TensorBoard
+                    remove_unused_run(folder)
         except BaseException:  # a fit that failed before its first step (a test, before its end) leaves no empty run
             if subcommand == "test" or self.trainer.global_step == 0:
                 for folder in getattr(self, "_new_run_folders", ()):
@@ -321,6 +319,7 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
             subclass_mode_data=True,
             args=args,
             parser_kwargs={"epilog": EPILOG, "prog": "mmcaption"},  # also when the pipeline or the demo runs a stage
+            save_config_callback=KeptConfig,  # beside an earlier command's config in the same run folder, not over it
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_class=MMCaptionParser,

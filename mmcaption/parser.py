@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import os
 import re
 import sys
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
 from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from mmcaption.config_files import (
+    check_config_file,
+    config_files,
+    empty_settings,
+    generation_kept,
+    installed_configs,
+    replaced_by_a_later_config,
+    unreadable_configs,
+    written_in,
+)
 from mmcaption.errors import USER_ERROR_EXIT, ConfigError, MMCaptionError, one_line
 from mmcaption.resources import causes
 from mmcaption.setting_names import another_modules, closest, unknown_keys
-from mmcaption.usage import shipped_configs
 
 
 class MMCaptionParser(LightningArgumentParser):
@@ -30,16 +43,23 @@ class MMCaptionParser(LightningArgumentParser):
         super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
-        global _CONFIGS
+        global _CONFIGS, _ARGUMENTS
         arguments = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
-        if arguments and (installed := _installed_configs(arguments)) != arguments:
+        if arguments and (installed := installed_configs(arguments)) != arguments:
             args = arguments = installed
         # each config file as given and where it is: jsonargparse reads one from inside its folder, so a relative name
         # read again for a message found another file there, or none
-        _CONFIGS = [(name, Path(name).expanduser().absolute()) for name in _config_files(arguments)]
+        _CONFIGS, _ARGUMENTS = [(name, Path(name).expanduser().absolute()) for name in config_files(arguments)], arguments
         for name, path in _CONFIGS:
             check_config_file(name, path)
-        return super().parse_args(args, *rest, **kwargs)
+        if problem := replaced_by_a_later_config(arguments):
+            raise ConfigError(problem)
+        if arguments and (kept := generation_kept(arguments)) != arguments:
+            args = kept
+        config = super().parse_args(args, *rest, **kwargs)
+        if problem := _empty_setting_problem(self, config) or _predict_data_problem(config):
+            raise ConfigError(problem)
+        return config
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # a parser whose caller handles the error (nested parsing)
@@ -47,7 +67,7 @@ class MMCaptionParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         lines = [f"error: {_bad_value(message) or message.strip().splitlines()[0]}"]
         if message.startswith("Problems parsing config"):  # YAML's own error says "<unicode string>": name the file
-            lines = [f"error: {problem}" for problem in _unreadable_configs()] or lines
+            lines = [f"error: {problem}" for problem in unreadable_configs(_CONFIGS)] or lines
         detail = [line.strip() for line in message.splitlines()[1:]
                   if any(words in line for words in ("is not accepted", "not a valid", "unrecognized arguments"))]
         lines += [f"  {line}" for line in dict.fromkeys(detail[:2])]
@@ -78,7 +98,7 @@ class MMCaptionParser(LightningArgumentParser):
             if key.startswith("data.init_args.") and given and (elsewhere := another_modules(key, given.group(1))):
                 lines.append(elsewhere)
                 continue
-            close, where = closest(key, candidates), _written_in(key)
+            close, where = closest(key, candidates), written_in(_CONFIGS, key)
             if close or where:
                 lines.append(f"  --{key}:" + (f" did you mean {' or '.join('--' + c for c in close)}?" if close else "")
                              + (f" (written in {where})" if where else ""))
@@ -88,157 +108,74 @@ class MMCaptionParser(LightningArgumentParser):
         sys.exit(USER_ERROR_EXIT)
 
 
-_CONFIGS: list[tuple[str, Path]] = []  # the config files of the last parse (as given, and where), for messages
-SECTIONS = ("trainer", "model", "data", "model.config", "data.init_args")  # settings a null would reset to defaults
-
-
-def _installed_configs(arguments: list[str]) -> list[str]:
-    """``arguments`` with each shipped config named as the README names it (``configs/caption.yaml``) that is not in
-    the working directory read from where mmcaption is installed, with a note: a wheel's user has no checkout."""
-    given, out = set(_config_files(arguments)), []
-    for argument in arguments:
-        flag, equals, name = argument.partition("=") if argument.startswith("--config=") else ("", "", argument)
-        shipped = shipped_configs() / name.removeprefix("configs/")
-        if name in given and name.startswith("configs/") and not Path(name).exists() and shipped.is_file():
-            if os.environ.get("LOCAL_RANK", "0") == "0":  # once, not by each process of a multi-GPU run
-                print(f"note: {name} is not in this folder: the one installed with mmcaption is read ({shipped}); copy "
-                      "it here to edit it", file=sys.stderr)
-            argument = f"{flag}{equals}{shipped}"
-        out.append(argument)
-    return out
-
-
-def _config_files(arguments: list[str]) -> list[str]:
-    """The config files among ``arguments``: ``--config F``, ``-c F``, ``--config=F``."""
-    files = [value for flag, value in zip(arguments, arguments[1:]) if flag in ("--config", "-c")]
-    return files + [argument.split("=", 1)[1] for argument in arguments if argument.startswith("--config=")]
-
-
-def check_config_file(name: str, path: Path) -> None:
-    """Refuse a config file that would be read wrong, naming it: not UTF-8 text (PowerShell's ``>`` writes UTF-16; a
-    checkpoint given as ``--config``), no settings at all, a key written twice in one mapping (YAML keeps the second
-    without a word: a value added at the top of a ``--print_config`` dump was lost), or a section with nothing under
-    it (``trainer:`` above commented-out lines is null, which replaced the whole trainer of the configs before it)."""
-    try:
-        if not path.is_file():
-            return  # jsonargparse says so (or reads the text as YAML itself)
-    except OSError:  # YAML given as the argument itself, longer than a file's name may be
-        return
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        kind = ("a checkpoint (--ckpt_path takes it), not a config" if data.startswith(b"PK\x03\x04") else
-                "UTF-16 text (as Windows PowerShell's > writes it), not UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else
-                "not UTF-8 text (saved in a local code page?)")
-        raise ConfigError(f"config {name} is {kind}; a config is a YAML file saved as UTF-8") from None
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return  # said with its line by error(), as jsonargparse meets it
-    if node is None:
-        raise ConfigError(f"config {name} holds no settings (it is empty, or only comments)")
-    if twice := next(_written_twice(node), None):
-        key, (first, second) = twice
-        raise ConfigError(f"config {name}: {key} is written twice (lines {first} and {second}); YAML keeps the second "
-                          "without a word: delete one")
-    if found := next(_shell_variables(node), None):
-        key, line, text, expanded, listed = found
-        # a list's item (a callback's dirpath) cannot be given on the command line: only written out
-        there = "" if listed else f", or give it on the command line (--{key} \"{text}\"), where the shell expands it"
-        raise ConfigError(f"config {name}, line {line}: {key}: {text} - a config is not read by a shell, so "
-                          f"environment variables stay as written{expanded}: write the path out{there}")
-    for key in SECTIONS:
-        value, line = _node_at(node, key)
-        if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null"):
-            raise ConfigError(f"config {name}, line {line}: {key}: has nothing under it (its lines commented out?), and "
-                              "would replace the whole section of the configs before it with the defaults: delete the line, "
-                              "or write a setting under it")
-
-
-def _written_twice(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, tuple[int, int]]]:
-    """Each key written twice in one mapping of ``node``, dotted, with the lines of both."""
-    if isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            yield from _written_twice(item, prefix)
-    if not isinstance(node, yaml.MappingNode):
-        return
-    lines: dict[str, int] = {}
-    for key, value in node.value:
-        name = f"{prefix}{getattr(key, 'value', key)}"
-        if name in lines:
-            yield name, (lines[name], key.start_mark.line + 1)
-        lines[name] = key.start_mark.line + 1
-        yield from _written_twice(value, f"{name}.")
-
-
-_VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")
-
-
-def _shell_variables(node: yaml.Node, prefix: str = "", listed: bool = False) -> Iterator[tuple[str, int, str, str, bool]]:
-    """Each value of ``node`` that names an environment variable as a shell would (``$SCRATCH/coco``,
-    ``${HOME}/data``): one set here, or one that begins the value (a path). Yields the dotted key, its line, the
-    value, what the shell would make of it (``""`` when the variable is not set) and whether it is in a list."""
-    if isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            yield from _shell_variables(item, prefix, True)
-    elif isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            yield from _shell_variables(value, f"{prefix}{getattr(key, 'value', key)}.", listed)
-    elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str) and node.style in (None, "", "'", '"'):
-        for match in _VARIABLE.finditer(node.value):
-            if match.group(2) in os.environ or match.start() == 0:
-                expanded = os.path.expandvars(node.value)
-                yield (prefix.rstrip("."), node.start_mark.line + 1, node.value,
-                       f" (a shell would read {expanded})" if expanded != node.value else "", listed)
-                return
-
-
-def _node_at(node: yaml.Node, key: str) -> tuple[yaml.Node | None, int | None]:
-    """The node of the dotted ``key`` in a composed YAML document, and the line of its key."""
-    line = None
-    for part in key.split("."):
-        pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None) \
-            if isinstance(node, yaml.MappingNode) else None
-        if pair is None:
-            return None, None
-        line, node = pair[0].start_mark.line + 1, pair[1]
-    return node, line
-
-
-def _written_in(key: str) -> str:
-    """The config file (and line) that writes the dotted ``key``, the last one that does (it is the one read),
-    or ``""`` when none does (a key given on the command line)."""
-    found = ""
-    for name, path in _CONFIGS:
-        try:
-            node = yaml.compose(path.read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+def _empty_setting_problem(parser: LightningArgumentParser, config: Any) -> str | None:
+    """A setting a config file leaves empty (null) that takes a value: jsonargparse takes a file's null for any type
+    (the command line's is refused), and ``batch_size:`` failed as a TypeError after the model had loaded."""
+    subcommand = config.get("subcommand") if isinstance(config, Namespace) else None
+    action = getattr(parser, "_subcommands_action", None)
+    settings = getattr(action, "_name_parser_map", {}).get(subcommand)
+    for name, key, line in empty_settings(_CONFIGS) if settings is not None else ():
+        if config[subcommand].get(key, "") is not None:  # set again after it, or no setting at all
             continue
-        value, line = _node_at(node, key)
-        if value is not None:
-            found = f"{name}, line {line}"
-    return found
+        if key.startswith("data.init_args."):
+            hint = _init_hint(config[subcommand].get("data.class_path"), key.split(".", 2)[2])
+        else:
+            hint = getattr(settings._option_string_actions.get(f"--{key}"), "_typehint", Any)
+        if hint is not Any and hint is not type(None) and type(None) not in typing.get_args(hint):
+            kind = getattr(hint, "__name__", str(hint))
+            return (f"config {name}, line {line}: {key} is empty, and takes {_KINDS.get(kind, kind)}: give it a value, or "
+                    "delete the line to keep its default")
+    return None
 
 
-def _unreadable_configs() -> list[str]:
-    """Each config file of the last parse that is not valid YAML, with where and why, as YAML says it (and
-    that YAML indents with spaces, not tabs)."""
-    problems = []
-    for name, path in _CONFIGS:
-        try:
-            yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError):
-            continue  # a missing one: jsonargparse says so itself; one not UTF-8 was refused before parsing
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            tab = mark is not None and mark.buffer and mark.pointer < len(mark.buffer) and mark.buffer[mark.pointer] == "\t"
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            problems.append(f"{name}{where}: not valid YAML: {problem}" + (" (a tab: YAML indents with spaces)" if tab else ""))
-    return problems
+def _predict_data_problem(config: Any) -> str | None:
+    """``predict`` with a training stage's data module (its config alone, or a ``--print_config`` of a fit): Lightning said
+    "`predict_dataloader` must be implemented" once the model had loaded (and a first run had preprocessed the data)."""
+    if not isinstance(config, Namespace) or config.get("subcommand") != "predict" or not config["predict"].get("data.class_path"):
+        return None
+    module, _, name = str(config["predict"].get("data.class_path")).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    if not isinstance(found, type) or not issubclass(found, LightningDataModule) or is_overridden("predict_dataloader", found, LightningDataModule):
+        return None
+    return (f"predict reads images to caption or questions to answer, and data {name} is a training stage's: add a predict "
+            "config after the stage's, --config configs/predict/captions.yaml (with --data.images FOLDER or a list), "
+            "configs/predict/multiple_choice.yaml or configs/predict/questions.yaml")
 
 
+def _no_such_class(module: str | None, name: str | None, missing_module: str | None) -> str:
+    """What a mistyped ``class_path`` names, with the closest class of its module (``EarlyStoping``: EarlyStopping)."""
+    if missing_module:
+        return f"there is no module {missing_module} (is its package installed, and the name spelled right?)"
+    try:
+        names = [n for n, value in vars(importlib.import_module(module)).items() if isinstance(value, type)]
+    except ImportError:
+        names = []
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f"{module} has no class {name}" + (f"; did you mean {module}.{close[0]}?" if close else "")
+
+
+def _where(key: str) -> str:
+    """Where a config file writes ``key``, unless the command line gives it (its value is the one read)."""
+    if any(argument.startswith(f"--{key}") for argument in _ARGUMENTS):
+        return ""
+    return f" (written in {where})" if (where := written_in(_CONFIGS, key)) else ""
+
+
+def _init_hint(class_path: object, name: str) -> Any:
+    """The type a data module's ``__init__`` gives its argument ``name`` (``Any`` when it cannot be told)."""
+    module, _, attribute = str(class_path).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), attribute)
+        return next((hints[name] for kind in found.__mro__ if name in (hints := typing.get_type_hints(kind.__init__))), Any)
+    except Exception:  # noqa: BLE001 - a class jsonargparse built already; its hints are only for this message
+        return Any
+
+
+_ARGUMENTS: list[str] = []  # the command line of the last parse
+_CONFIGS: list[tuple[str, Path]] = []  # the config files of the last parse (as given, and where), for messages
 try:  # jsonargparse's own print action, held back by held_print_config (private: without it, jsonargparse prints)
     from jsonargparse._actions import _ActionPrintConfig
 except ImportError:  # pragma: no cover
@@ -312,10 +249,16 @@ def _bad_value(message: str) -> str | None:
     start, indent = keys[-1][0], keys[-1][1]
     reason = []
     for line in lines[start + 1:]:
-        if len(line) - len(line.lstrip()) <= indent:
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:  # (a value from the command line: a blank line first)
             break
         reason.append(line.strip())
+    short = next((m.group(1) for line in reason if (m := re.match(r"- Expected a dot import path string: (\w+)$", line))), None)
+    if short and (module := {"trainer.callbacks": "lightning.pytorch.callbacks", "trainer.logger": "lightning.pytorch.loggers"}.get(path)):
+        return f"{path}: {_no_such_class(module, short, None)}"  # --trainer.callbacks+=EarlyStoping
     for line, cause in zip(reason, reason[1:]):  # a class that cannot be made as given (EarlyStopping without monitor):
+        missing = re.search(r"(?:module '([\w.]+)' has no attribute '(\w+)'|No module named '([\w.]+)')", cause)
+        if (given := re.search(r"Problem with given class_path '([^']+)':", line)) and missing:  # a class name mistyped: "is
+            return f"{path}: {given.group(1)}: {_no_such_class(*missing.groups())}{_where(path)}"  # not null" said nothing
         if (given := re.search(r"Problem with given class_path '([^']+)':", line)) and "required" in cause:  # its reason,
             name = given.group(1).rsplit(".", 1)[-1]  # not the whole list said to be no null
             key = re.search(r"required: (\w+)", cause)
@@ -341,4 +284,6 @@ def _bad_value(message: str) -> str | None:
     if "text" in kinds and value.startswith("{"):  # "ROLE: You are ..." (the original scripts' prompts): read as a mapping
         said += (f"; on the command line a text with ': ' in it is read as a mapping (and quotes around it stay in the "
                  f"text): write it in a config file, quoted ({path.rsplit('.', 1)[-1]}: \"ROLE: ...\")")
-    return said
+    if "text" in kinds and value in ("True", "False"):  # `name: off` in a config
+        said += f"; YAML reads yes, no, on and off unquoted as true or false: quote the text ({path.rsplit('.', 1)[-1]}: \"off\")"
+    return said + _where(path)

@@ -62,7 +62,7 @@ def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[st
     found = [(key, known) for key in re.findall(r"--([\w.]+)", message.split("nrecognized arguments:", 1)[-1])
              if "nrecognized arguments" in message]
     found += [(key, known) for key in re.findall(r"does not accept option '([\w.]+)'", message)]
-    section = re.match(r'Parser key "(\w+)"', message.strip())
+    section = re.match(r'Parser key "([\w.]+)"', message.strip())  # trainer.callbacks: a callback's own settings
     class_path = re.search(r"given class_path '([\w.]+)'", message)
     if section and class_path:
         parameters = init_parameters(class_path.group(1))

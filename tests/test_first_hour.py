@@ -164,6 +164,61 @@ def test_a_value_of_the_wrong_kind_is_named_with_what_the_setting_takes(tmp_path
     assert capsys.readouterr().err.splitlines()[0] == f"error: {said}"
 
 
+def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file_and_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def refused(*arguments: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", DEMO_CAPTION, *arguments])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err
+        return err.splitlines()[0]
+
+    def written(name: str, text: str) -> str:
+        (tmp_path / name).write_text(text)
+        return name
+
+    # a value still to write: a TypeError in the sampler after the model had loaded (a file's null passed every check)
+    empty = written("empty.yaml", "data:\n  init_args:\n    batch_size:\n    val_caption_images: null\nmodel:\n  learning_rate:\n")
+    assert refused("--config", empty) == ("error: config empty.yaml, line 3: data.init_args.batch_size is empty, and takes a "
+                                          "whole number: give it a value, or delete the line to keep its default")
+    assert refused("--config", empty, "--data.init_args.batch_size", "4").startswith(
+        "error: config empty.yaml, line 6: model.learning_rate is empty, and takes a number")
+    # a setting typed before the config that writes it: the file's 3 epochs trained, unsaid
+    assert refused("--trainer.max_epochs", "1", "--config", DEMO_CAPTION) == (
+        f"error: --trainer.max_epochs comes before --config {DEMO_CAPTION}, which writes trainer.max_epochs too (line 9): a "
+        "later source replaces an earlier one, so the file's value would be used, not yours. Put the setting after the "
+        "config files")
+    # a class name mistyped was "... is not null"; from the command line, the bare key
+    typo = written("typo.yaml", "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStoping\n"
+                                "      init_args:\n        monitor: val/loss\n")
+    assert refused("--config", typo) == (
+        "error: trainer.callbacks: lightning.pytorch.callbacks.EarlyStoping: lightning.pytorch.callbacks has no class "
+        "EarlyStoping; did you mean lightning.pytorch.callbacks.EarlyStopping? (written in typo.yaml, line 2)")
+    assert refused("--trainer.logger", "CSVLoger") == ("error: trainer.logger: lightning.pytorch.loggers has no class "
+                                                       "CSVLoger; did you mean lightning.pytorch.loggers.CSVLogger?")
+    # YAML's `off` for a text: 'False', with no word of YAML or of where
+    off = written("off.yaml", "trainer:\n  logger:\n    init_args:\n      name: off\n")
+    assert refused("--config", off) == (
+        "error: trainer.logger.init_args.name: 'False' is not text or null; YAML reads yes, no, on and off unquoted as true "
+        "or false: quote the text (name: \"off\") (written in off.yaml, line 4)")
+    # a callback's own setting mistyped: no closest name was offered
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO_CAPTION, "--config", written("key.yaml", "trainer:\n  callbacks:\n    - class_path: "
+                                                                   "lightning.pytorch.callbacks.ModelCheckpoint\n      init_args:\n        dirpaht: ck\n")])
+    assert "--trainer.callbacks.init_args.dirpaht: did you mean --trainer.callbacks.init_args.dirpath" in capsys.readouterr().err
+    # predict with a training stage's config alone: Lightning's "`predict_dataloader` must be implemented", after loading
+    message = user_error(capsys, main, ["predict", "--config", DEMO_CAPTION, "--ckpt_path", "last.ckpt"])
+    assert message.startswith("error: predict reads images to caption or questions to answer, and data CaptionDataModule "
+                              "is a training stage's: add a predict config after the stage's, --config configs/predict/captions.yaml")
+    # a later config's generation settings add to the stage's (its 3 beams were dropped: greedy captions, unsaid)
+    more = written("more.yaml", "model:\n  generation:\n    max_new_tokens: 16\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "configs" / "caption.yaml"), "--config", more, "--print_config"])
+    generation = yaml.safe_load(capsys.readouterr().out)["model"]["generation"]
+    assert generation == {"max_new_tokens": 16, "num_beams": 3, "do_sample": False}
+
+
 def test_a_pattern_the_shell_expanded_into_file_names_is_said_as_such(tmp_path, monkeypatch, capsys):
     # `--data.images photos/*.jpg` unquoted: "unrecognized arguments:" and every photo's name on one line
     monkeypatch.chdir(tmp_path)
@@ -193,7 +248,8 @@ def test_a_value_of_the_wrong_kind_in_a_config_file_is_named_too(tmp_path, monke
     bad.write_text("data:\n  init_args:\n    on_bad_record: skipp\n")
     with pytest.raises(SystemExit):
         main(["fit", "--config", DEMO_CAPTION, "--config", str(bad)])
-    assert capsys.readouterr().err.splitlines()[0] == "error: data.init_args.on_bad_record: 'skipp' is not one of error, skip"
+    assert capsys.readouterr().err.splitlines()[0] == ("error: data.init_args.on_bad_record: 'skipp' is not one of error, skip "
+                                                       f"(written in {bad}, line 3)")
 
 
 def test_generation_settings_and_devices_that_cannot_work_are_refused_before_a_model_loads(
@@ -382,6 +438,10 @@ def test_predict_and_validate_write_no_tensorboard_run(tmp_path, monkeypatch):
         cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
                     args=[subcommand, "--config", DEMO_CAPTION])
         assert cli.trainer.logger is None, subcommand
+        # asked for with `true`: the config's, in the stage's folder (was Lightning's own, lightning_logs/version_N)
+        cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
+                    args=[subcommand, "--config", DEMO_CAPTION, "--trainer.logger", "true"])
+        assert cli.trainer.logger.name == "demo-caption" and cli.trainer.logger.save_dir == "lightning_logs", subcommand
     cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
                 args=["fit", "--config", DEMO_CAPTION])
     assert cli.trainer.logger is not None

@@ -920,6 +920,28 @@ def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_lis
         usable_callbacks({"callbacks": [ModelCheckpoint(), StochasticWeightAveraging(swa_lrs=1e-3)]}, fit=True)
 
 
+def test_a_later_command_in_a_runs_folder_keeps_its_config_and_a_resume_with_nothing_left_says_so(
+    backbones, coco_root, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    fit = fit_config(tmp_path, coco_root, backbones, tmp_path / "c")
+    main(fit)  # max_steps 1
+    run = tmp_path / "logs" / "lightning_logs" / "version_0"
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 1
+    capsys.readouterr()
+    # resumed at its end (a finished run, or a resumed run's own config run again): "`Trainer.fit` stopped", exit 0, and
+    # a run of nothing listed in TensorBoard
+    main([*fit, "--ckpt_path", "last"])
+    assert f"note: {tmp_path / 'c' / 'last.ckpt'} is at step 1 (epoch 0), the end of trainer.max_steps 1: nothing was left " \
+           "to train. To train on, raise it (--trainer.max_steps above 1)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "logs" / "lightning_logs").iterdir()) == ["version_0"]
+    # a resume given the run's own folder: its config.yaml was replaced by the resume's (max_steps 2, and a learning rate
+    # the first steps were not trained with)
+    main([*fit, "--ckpt_path", "last", "--trainer.max_steps", "2", "--trainer.logger.init_args.version", "version_0"])
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 1
+    assert yaml.safe_load((run / "config-2.yaml").read_text())["trainer"]["max_steps"] == 2
+
+
 def test_runs_started_at_the_same_moment_get_their_own_run_folders(tmp_path, monkeypatch):
     # a sweep's runs each read the same next version: they wrote into one folder, and one refused at its start removed
     # the folder with the other's live event file, which then crashed

@@ -1,0 +1,245 @@
+"""Config files as written, read before jsonargparse reads them: refused when they would be read otherwise than meant
+(not UTF-8, a key written twice, a section left empty, a shell's variable, an empty setting that takes a value), and
+where a setting is written, for messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from mmcaption.errors import ConfigError
+from mmcaption.usage import shipped_configs
+
+SECTIONS = ("trainer", "model", "data", "model.config", "data.init_args")  # settings a null would reset to defaults
+
+
+def installed_configs(arguments: list[str]) -> list[str]:
+    """``arguments`` with each shipped config named as the README names it (``configs/caption.yaml``) that is not in
+    the working directory read from where mmcaption is installed, with a note: a wheel's user has no checkout."""
+    given, out = set(config_files(arguments)), []
+    for argument in arguments:
+        flag, equals, name = argument.partition("=") if argument.startswith("--config=") else ("", "", argument)
+        shipped = shipped_configs() / name.removeprefix("configs/")
+        if name in given and name.startswith("configs/") and not Path(name).exists() and shipped.is_file():
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # once, not by each process of a multi-GPU run
+                print(f"note: {name} is not in this folder: the one installed with mmcaption is read ({shipped}); copy "
+                      "it here to edit it", file=sys.stderr)
+            argument = f"{flag}{equals}{shipped}"
+        out.append(argument)
+    return out
+
+
+def config_files(arguments: list[str]) -> list[str]:
+    """The config files among ``arguments``: ``--config F``, ``-c F``, ``--config=F``."""
+    files = [value for flag, value in zip(arguments, arguments[1:]) if flag in ("--config", "-c")]
+    return files + [argument.split("=", 1)[1] for argument in arguments if argument.startswith("--config=")]
+
+
+def check_config_file(name: str, path: Path) -> None:
+    """Refuse a config file that would be read wrong, naming it: not UTF-8 text (PowerShell's ``>`` writes UTF-16; a
+    checkpoint given as ``--config``), no settings at all, a key written twice in one mapping (YAML keeps the second
+    without a word: a value added at the top of a ``--print_config`` dump was lost), or a section with nothing under
+    it (``trainer:`` above commented-out lines is null, which replaced the whole trainer of the configs before it)."""
+    try:
+        if not path.is_file():
+            return  # jsonargparse says so (or reads the text as YAML itself)
+    except OSError:  # YAML given as the argument itself, longer than a file's name may be
+        return
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        kind = ("a checkpoint (--ckpt_path takes it), not a config" if data.startswith(b"PK\x03\x04") else
+                "UTF-16 text (as Windows PowerShell's > writes it), not UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else
+                "not UTF-8 text (saved in a local code page?)")
+        raise ConfigError(f"config {name} is {kind}; a config is a YAML file saved as UTF-8") from None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return  # said with its line by error(), as jsonargparse meets it
+    if node is None:
+        raise ConfigError(f"config {name} holds no settings (it is empty, or only comments)")
+    if twice := next(_written_twice(node), None):
+        key, (first, second) = twice
+        raise ConfigError(f"config {name}: {key} is written twice (lines {first} and {second}); YAML keeps the second "
+                          "without a word: delete one")
+    if found := next(_shell_variables(node), None):
+        key, line, text, expanded, listed = found
+        # a list's item (a callback's dirpath) cannot be given on the command line: only written out
+        there = "" if listed else f", or give it on the command line (--{key} \"{text}\"), where the shell expands it"
+        raise ConfigError(f"config {name}, line {line}: {key}: {text} - a config is not read by a shell, so "
+                          f"environment variables stay as written{expanded}: write the path out{there}")
+    for key in SECTIONS:
+        value, line = _node_at(node, key)
+        if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null"):
+            raise ConfigError(f"config {name}, line {line}: {key}: has nothing under it (its lines commented out?), and "
+                              "would replace the whole section of the configs before it with the defaults: delete the line, "
+                              "or write a setting under it")
+
+
+def _written_twice(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, tuple[int, int]]]:
+    """Each key written twice in one mapping of ``node``, dotted, with the lines of both."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _written_twice(item, prefix)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    lines: dict[str, int] = {}
+    for key, value in node.value:
+        name = f"{prefix}{getattr(key, 'value', key)}"
+        if name in lines:
+            yield name, (lines[name], key.start_mark.line + 1)
+        lines[name] = key.start_mark.line + 1
+        yield from _written_twice(value, f"{name}.")
+
+
+_VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")
+
+
+def _shell_variables(node: yaml.Node, prefix: str = "", listed: bool = False) -> Iterator[tuple[str, int, str, str, bool]]:
+    """Each value of ``node`` that names an environment variable as a shell would (``$SCRATCH/coco``,
+    ``${HOME}/data``): one set here, or one that begins the value (a path). Yields the dotted key, its line, the
+    value, what the shell would make of it (``""`` when the variable is not set) and whether it is in a list."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _shell_variables(item, prefix, True)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield from _shell_variables(value, f"{prefix}{getattr(key, 'value', key)}.", listed)
+    elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str) and node.style in (None, "", "'", '"'):
+        for match in _VARIABLE.finditer(node.value):
+            if match.group(2) in os.environ or match.start() == 0:
+                expanded = os.path.expandvars(node.value)
+                yield (prefix.rstrip("."), node.start_mark.line + 1, node.value,
+                       f" (a shell would read {expanded})" if expanded != node.value else "", listed)
+                return
+
+
+def _node_at(node: yaml.Node, key: str) -> tuple[yaml.Node | None, int | None]:
+    """The node of the dotted ``key`` in a composed YAML document, and the line of its key."""
+    line = None
+    for part in key.split("."):
+        pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None) \
+            if isinstance(node, yaml.MappingNode) else None
+        if pair is None:
+            return None, None
+        line, node = pair[0].start_mark.line + 1, pair[1]
+    return node, line
+
+
+def written_in(configs: list[tuple[str, Path]], key: str) -> str:
+    """The config file (and line) that writes the dotted ``key``, the last one that does (it is the one read),
+    or ``""`` when none does (a key given on the command line)."""
+    found = ""
+    for name, path in configs:
+        try:
+            node = yaml.compose(path.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        value, line = _node_at(node, key)
+        if value is not None:
+            found = f"{name}, line {line}"
+    return found
+
+
+def unreadable_configs(configs: list[tuple[str, Path]]) -> list[str]:
+    """Each config file of the last parse that is not valid YAML, with where and why, as YAML says it (and
+    that YAML indents with spaces, not tabs)."""
+    problems = []
+    for name, path in configs:
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError):
+            continue  # a missing one: jsonargparse says so itself; one not UTF-8 was refused before parsing
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            tab = mark is not None and mark.buffer and mark.pointer < len(mark.buffer) and mark.buffer[mark.pointer] == "\t"
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            problems.append(f"{name}{where}: not valid YAML: {problem}" + (" (a tab: YAML indents with spaces)" if tab else ""))
+    return problems
+
+
+
+
+def _composed(path: Path) -> yaml.Node | None:
+    try:
+        return yaml.compose(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def empty_settings(configs: list[tuple[str, Path]]) -> Iterator[tuple[str, str, int]]:
+    """Each setting a config file leaves empty or null (``batch_size:`` with its value still to write, or commented
+    out), as (file, dotted key, line); lists' items left out."""
+    def nulls(node: yaml.Node | None, prefix: str) -> Iterator[tuple[str, int]]:
+        for key, value in node.value if isinstance(node, yaml.MappingNode) else ():
+            name = f"{prefix}{getattr(key, 'value', key)}"
+            if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null"):
+                yield name, key.start_mark.line + 1
+            else:
+                yield from nulls(value, name + ".")
+
+    for name, path in configs:
+        yield from ((name, key, line) for key, line in nulls(_composed(path), ""))
+
+
+def replaced_by_a_later_config(arguments: list[str]) -> str | None:
+    """Why a setting given before a ``--config`` is not used: that file writes it too, and a later source replaces an
+    earlier one (``mmcaption fit --trainer.max_epochs 1 --config c.yaml`` trained the file's 3 epochs, unsaid)."""
+    given: list[tuple[int, str]] = []
+    for index, argument in enumerate(arguments):
+        flag = argument.split("=", 1)[0]
+        if flag in ("--config", "-c") and (name := argument[9:] if "=" in argument else next(iter(arguments[index + 1:]), None)):
+            for place, key in given:
+                keys = [key] + ([key.replace("data.", "data.init_args.", 1)] if key.startswith("data.") else [])
+                found = next(((k, line) for k in keys for node in [_composed(Path(name).expanduser())] if node is not None
+                              for value, line in [_node_at(node, k)] if value is not None), None)
+                if found:
+                    return (f"{arguments[place].split('=', 1)[0]} comes before --config {name}, which writes {found[0]} too "
+                            f"(line {found[1]}): a later source replaces an earlier one, so the file's value would be used, "
+                            "not yours. Put the setting after the config files")
+        elif flag.startswith("--") and not flag.startswith(("--config", "--print_config")) and "+" not in flag:
+            given.append((index, flag[2:]))
+    return None
+
+
+def generation_kept(arguments: list[str]) -> list[str]:
+    """``arguments`` with the ``model.generation`` settings an earlier config file gives and a later one's
+    ``generation`` leaves out given again right after that later file: a mapping setting is replaced whole by a later
+    file (``num_beams: 3`` of configs/caption.yaml fell back to greedy under a file giving only ``max_new_tokens``),
+    where the settings of every other section are merged."""
+    out: list[str] = []
+    earlier: dict = {}
+    for index, argument in enumerate(arguments):
+        out.append(argument)
+        name = argument[9:] if argument.startswith("--config=") else (
+            argument if index and arguments[index - 1] in ("--config", "-c") else None)
+        try:
+            given = ((yaml.safe_load(Path(name).expanduser().read_text(encoding="utf-8-sig")) or {}).get("model") or {}).get("generation")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
+            continue
+        if isinstance(given, dict):
+            out += [part for key, value in earlier.items() if key not in given for part in (f"--model.generation.{key}", json.dumps(value))]
+            earlier = {**earlier, **given}
+    return out
+
+
+def configured_logger(arguments: list[str]) -> dict | None:
+    """The ``trainer.logger`` the last config file among ``arguments`` that sets one writes (``class_path`` and
+    ``init_args``), or ``None``: what ``--trainer.logger true`` asks for (Lightning's own logger, in lightning_logs/version_N
+    beside the stages' folders, is not what validate's "keeps no logs unless asked" meant)."""
+    found = None
+    for name in config_files(arguments):
+        try:
+            logger = ((yaml.safe_load(Path(name).expanduser().read_text(encoding="utf-8-sig")) or {}).get("trainer") or {}).get("logger")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+            continue
+        found = logger if isinstance(logger, dict) and "class_path" in logger else found
+    return found

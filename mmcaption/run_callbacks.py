@@ -1,0 +1,67 @@
+"""The callbacks every command's trainer gets beside the config's: the resumable stop, out-of-memory advice, mmcaption's
+progress display, a note when a resumed run has nothing left to train, and the run's config saved without writing over
+an earlier command's."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import SaveConfigCallback
+
+from mmcaption.advice import OutOfMemoryAdvice
+from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
+from mmcaption.terminal import draws_bars
+
+
+def add_run_callbacks(trainer: Trainer) -> None:
+    """Add mmcaption's own callbacks to ``trainer``, and put its progress display in place of Lightning's bars."""
+    if not any(isinstance(callback, ResumableStop) for callback in trainer.callbacks):
+        # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
+        # list its own to change every_minutes
+        trainer.callbacks.append(ResumableStop())
+    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain()]
+    for index, callback in enumerate(trainer.callbacks):
+        if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
+            trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
+
+
+class NothingLeftToTrain(Callback):
+    """Says when a ``fit`` resumed from a checkpoint at its ``max_epochs`` or ``max_steps`` trained nothing: Lightning
+    only said "`Trainer.fit` stopped: `max_epochs=3` reached" and exited 0 (a finished run resumed, or a resumed run's
+    own config.yaml run again, whose ``ckpt_path`` names a last.ckpt that has moved on). ``trained`` tells the CLI
+    whether this run's new log folder holds anything."""
+
+    def __init__(self) -> None:
+        self.trained = False
+
+    def on_train_start(self, trainer: Trainer, pl_module) -> None:  # not called when the loop is done already
+        self.trained = True
+
+    def on_fit_end(self, trainer: Trainer, pl_module) -> None:
+        if self.trained or not trainer.ckpt_path or not trainer.is_global_zero:
+            return
+        steps, epochs = trainer.max_steps, trainer.max_epochs
+        limit = (("max_steps", steps) if steps not in (None, -1) and trainer.global_step >= steps else
+                 ("max_epochs", epochs) if epochs not in (None, -1) and trainer.current_epoch >= epochs else None)
+        if limit is not None:
+            print(f"note: {trainer.ckpt_path} is at step {trainer.global_step} (epoch {trainer.current_epoch}), the end of "
+                  f"trainer.{limit[0]} {limit[1]}: nothing was left to train. To train on, raise it (--trainer.{limit[0]} "
+                  f"above {limit[1]})", file=sys.stderr, flush=True)
+
+
+class KeptConfig(SaveConfigCallback):
+    """Lightning's SaveConfigCallback, never writing over the config an earlier command saved in the same run folder: a
+    resume, ``test`` or ``validate`` given the training run's folder (``--trainer.logger.init_args.version``) replaced
+    its config.yaml with its own, and the folder then recorded settings the model was not trained with. A later
+    command's config goes beside it, as config-2.yaml, config-3.yaml, ..."""
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir and trainer.is_global_zero and trainer.log_dir:
+            folder, self.config_filename, number = Path(trainer.log_dir), "config.yaml", 1
+            while (folder / self.config_filename).exists():
+                number += 1
+                self.config_filename = f"config-{number}.yaml"
+        super().setup(trainer, pl_module, stage)
