@@ -38,8 +38,9 @@ from mmcaption.folders import (
     remove_unused_run,
     take_checkpoint_folder,
 )
-from mmcaption.model import is_pretrained_folder, read_manifest
+from mmcaption.model import MultimodalConfig, is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import check_backbone, context_problem
+from mmcaption.model.compatibility import structure_problem
 from mmcaption.model.config import (
     check_known_settings,
     flat_settings,
@@ -164,15 +165,13 @@ class MMCaptionCLI(LightningCLI):
                 "--model.init_from (a checkpoint, or a folder written by mmcaption-export). Without them the projection, "
                 "cross-attention and LoRA are untrained: the model would not see the images"
             )
-        model = config.model.config
-        if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
-                strategy_problem(config.trainer.get("strategy")):
-            raise ConfigError(problem)
+        model, data = config.model.config, config.get("data")
         check_backbone(model.language_model, "model.config.language_model")
         check_backbone(model.vision_model, "model.config.vision_model")
-        data = config.get("data")
-        if problem := context_problem(model.language_model, getattr(data, "init_args", {}).get("max_length") if data else None):
-            raise ConfigError(problem)
+        if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
+                strategy_problem(config.trainer.get("strategy")) or structure_problem(MultimodalConfig(**model.as_dict())) or \
+                context_problem(model.language_model, getattr(data, "init_args", {}).get("max_length") if data else None):
+            raise ConfigError(problem)  # all before anything loads: the data is preprocessed before the model is built
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``: the checkpoint's model settings, except those the user set.

@@ -38,6 +38,7 @@ from mmcaption.model.backbones import (
     torch_dtype,
 )
 from mmcaption.model.card import CONFIG_FILE, model_card, read_manifest
+from mmcaption.model.compatibility import check_structure
 from mmcaption.model.config import MultimodalConfig, settings_diff
 from mmcaption.model.cross_attention import CrossAttentionDecoderLayer, GatedCrossAttentionBlock
 
@@ -82,6 +83,7 @@ class MultimodalCausalLM(nn.Module):
     @classmethod
     def from_config(cls, config: MultimodalConfig, device: torch.device | str | None = None) -> MultimodalCausalLM:
         """Load the backbones named in ``config`` and add LoRA, projection and cross-attention."""
+        check_structure(config)  # backbones and settings that do not fit, said before they load
         language_model = load_language_model(
             config.language_model, config.quantization, config.compute_dtype, device=device
         )

@@ -1,0 +1,204 @@
+"""Backbones and model settings that do not fit together are refused before anything loads, in one line naming the
+setting, what is wrong and what to write instead: other language models (a Llama with Phi-2's LoRA targets, a GPT-2),
+other vision towers (SigLIP, ViT, DINOv2), grown tokenizers, mismatched image processors and layer indices beyond the
+backbones' all failed after the data was preprocessed (hours at COCO's scale), in a traceback, or not at all."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPVisionConfig,
+    Dinov2Config,
+    GPT2Config,
+    LlamaConfig,
+    Phi3Config,
+    PhiConfig,
+    Qwen2Config,
+    SiglipConfig,
+    SiglipVisionConfig,
+    ViTConfig,
+)
+
+from mmcaption.cli import main
+from mmcaption.errors import ConfigError
+from mmcaption.model import MultimodalCausalLM, MultimodalConfig
+
+from .conftest import REPO
+from .test_interruptions import fit_config, user_error
+
+PHI2_TARGETS = ["q_proj", "k_proj", "v_proj", "dense"]
+
+
+def problem(config: MultimodalConfig) -> str | None:
+    """What the CLI says of ``config`` (imported here: each test fails alone on a version without the check)."""
+    from mmcaption.model.compatibility import structure_problem
+
+    return structure_problem(config)
+
+
+def settings(backbones, language_model: Path | None = None, vision_model: Path | None = None, **given) -> MultimodalConfig:
+    return MultimodalConfig(**{"language_model": str(language_model or backbones[0]), "vision_model": str(vision_model or backbones[1]),
+                               "cross_attention_layers": [-2, -1], **given})
+
+
+@pytest.fixture(scope="module")
+def other(backbones, tmp_path_factory) -> dict[str, Path]:
+    """Folders of other backbones: config.json (and the tiny Phi's tokenizer for the language models), no weights."""
+    root = tmp_path_factory.mktemp("other_backbones")
+    tokenizer = AutoTokenizer.from_pretrained(backbones[0])
+    tokens = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
+              "pad_token_id": tokenizer.eos_token_id}
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, **tokens}
+    language = {"llama": LlamaConfig(**small), "qwen2": Qwen2Config(**small), "phi3": Phi3Config(**small),
+                "gpt2": GPT2Config(n_embd=64, n_layer=2, n_head=4, **tokens),
+                "phi-2": PhiConfig(**{**tokens, "vocab_size": 51200}, hidden_size=2560, intermediate_size=10240,
+                                   num_hidden_layers=32, num_attention_heads=32, partial_rotary_factor=0.4)}
+    vision = {"siglip": SiglipVisionConfig(), "siglip-full": SiglipConfig(), "vit": ViTConfig(), "dinov2": Dinov2Config(),
+              "clip-vit-base-patch32": CLIPVisionConfig(image_size=224, patch_size=32)}
+    for name, config in {**language, **vision}.items():
+        config.save_pretrained(root / name)
+        if name in language:
+            tokenizer.save_pretrained(root / name)
+    processor = AutoImageProcessor.from_pretrained(backbones[1])
+    type(processor)(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(
+        root / "clip-vit-base-patch32")
+    return {path.name: path for path in root.iterdir()}
+
+
+def test_the_tiny_backbones_and_the_shipped_settings_on_phi_2_and_clip_shapes_pass(backbones, other):
+    assert problem(settings(backbones, vision_feature_layer=-2)) is None
+    assert problem(settings(backbones, cross_attention_layers=[-4, -3, -2, -1], vision_feature_layer=[-2, -1])) is None
+    names = {f.name for f in fields(MultimodalConfig)}
+    for file in [*REPO.glob("configs/*.yaml"), *REPO.glob("configs/demo/*.yaml")]:
+        shipped = {k: v for k, v in ((yaml.safe_load(file.read_text()).get("model") or {}).get("config") or {}).items() if k in names}
+        demo = file.parent.name == "demo"  # the tiny backbones; the real configs' Phi-2 and CLIP ViT-B/32, as configs
+        language_model, vision_model = backbones if demo else (other["phi-2"], other["clip-vit-base-patch32"])
+        shipped.update(language_model=str(language_model), vision_model=str(vision_model))
+        assert problem(MultimodalConfig(**shipped)) is None, file
+
+
+def test_llama_qwen2_and_phi3_with_their_own_lora_targets_pass(backbones, other):
+    assert problem(settings(backbones, other["llama"], lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])) is None
+    assert problem(settings(backbones, other["qwen2"], lora_target_modules=["q_proj", "v_proj"])) is None
+    assert problem(settings(backbones, other["phi3"], lora_target_modules=["qkv_proj", "o_proj"])) is None
+
+
+def test_lora_targets_that_match_no_module_are_refused_with_the_models_linear_layers(backbones, other):
+    # a Llama with Phi-2's targets trained LoRA without dense, while its adapter config and model card list it
+    assert problem(settings(backbones, other["llama"], lora_target_modules=PHI2_TARGETS)) == (
+        f"model.config.lora_target_modules has dense: no module of {other['llama']} (a LlamaForCausalLM) is named so (its "
+        "linear layers: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head). Write [q_proj, k_proj, "
+        "v_proj, o_proj] instead (its attention's; q_proj, k_proj, v_proj, dense are Phi-2's)")
+    # none of them: PEFT's 60-line traceback
+    assert problem(settings(backbones, other["phi3"], lora_target_modules=PHI2_TARGETS)).startswith(
+        f"model.config.lora_target_modules has q_proj, k_proj, v_proj, dense: no module of {other['phi3']} (a "
+        "Phi3ForCausalLM) is named so (its linear layers: o_proj, qkv_proj, gate_up_proj, down_proj, lm_head). Write "
+        "[o_proj, qkv_proj] instead")
+    assert "has o_proj: no module of" in problem(settings(backbones, lora_target_modules=["q_proj", "o_proj"]))  # the tiny Phi
+
+
+def test_a_language_model_whose_decoder_layers_are_elsewhere_is_refused_naming_the_layouts_that_work(backbones, other):
+    # was AttributeError: 'MultimodalCausalLM' object has no attribute 'decoder_layers', after preprocessing
+    assert problem(settings(backbones, other["gpt2"], lora_target_modules=["c_attn"])) == (
+        f"model.config.language_model {other['gpt2']} is a GPT2LMHeadModel, whose decoder layers are at transformer.h, not "
+        "at model.layers where mmcaption injects cross-attention: use a language model with its decoder layers there "
+        "(Phi, Llama, Mistral, Qwen2, Phi-3, Gemma, ...)")
+
+
+def test_cross_attention_layers_none_beyond_the_language_model_or_one_twice_are_refused(backbones):
+    assert problem(settings(backbones, cross_attention_layers=[])) == (  # trained a model that never sees the image
+        "model.config.cross_attention_layers is empty: the language model would never see the image. Name the decoder "
+        "layers that read it, e.g. [-4, -3, -2, -1] (the last four)")
+    assert problem(settings(backbones, cross_attention_layers=[-2, 4])) == (  # the tiny Phi has 4
+        f"model.config.cross_attention_layers has 4, but {backbones[0]} has 4 decoder layers: give indices from -4 to 3 "
+        "(negative from the end: [-4, -3, -2, -1] for the last four)")
+    assert problem(settings(backbones, cross_attention_layers=[3, -1])) == (
+        "model.config.cross_attention_layers [3, -1] names layer 3 twice (3 and -1, of 4 decoder layers): name each layer once")
+    assert problem(settings(backbones, cross_attention_heads=5)) == (
+        f"model.config.cross_attention_heads 5 does not divide {backbones[0]}'s hidden_size 64: give a divisor of it, "
+        "or null for the model's own (4)")
+
+
+def test_a_vision_feature_layer_beyond_the_towers_hidden_states_is_refused(backbones, other):
+    # the tiny CLIP has 2 layers, 3 hidden states: was a bare IndexError at the first step
+    assert problem(settings(backbones, vision_feature_layer=3)) == (
+        f"model.config.vision_feature_layer is 3, but {backbones[1]} has 3 hidden states (the embeddings' and its 2 "
+        "layers'): give -3 to 2 (-1: the last, -2: the penultimate, as LLaVA)")
+    assert problem(settings(backbones, vision_feature_layer=[-4, -1])).startswith("model.config.vision_feature_layer has -4, but")
+    assert problem(settings(backbones, vision_feature_layer=[])).startswith("model.config.vision_feature_layer is empty")
+    assert problem(settings(backbones, vision_feature_layer=-3)) is None  # the embeddings'
+
+
+def test_a_vision_model_that_is_not_clip_is_refused(backbones, other):
+    for name, kind in [("siglip", "siglip_vision_model"), ("siglip-full", "siglip"), ("vit", "vit"), ("dinov2", "dinov2")]:
+        assert problem(settings(backbones, vision_model=other[name])) == (
+            f"model.config.vision_model {other[name]} is not a CLIP model (its config.json's model_type is {kind}): the "
+            "vision tower must be a CLIP vision model; give a CLIPVisionModel's folder or a full CLIP checkpoint (as "
+            "openai/clip-vit-base-patch32)")
+    full = other["siglip"].parent / "clip-full"  # a full CLIP checkpoint's config holds the tower's
+    CLIPConfig(vision_config={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                              "image_size": 64, "patch_size": 16}).save_pretrained(full)
+    shutil.copy(backbones[1] / "preprocessor_config.json", full)
+    assert problem(settings(backbones, vision_model=full, vision_feature_layer=-3)) is None
+
+
+def test_a_tokenizer_beyond_the_models_embeddings_or_without_an_end_of_text_token_is_refused(backbones, tmp_path):
+    grown, no_end = tmp_path / "grown", tmp_path / "no_eos"
+    for folder in (grown, no_end):
+        shutil.copytree(backbones[0], folder)
+    tokenizer = AutoTokenizer.from_pretrained(grown)
+    size = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<|im_end|>"]})  # no resize_token_embeddings
+    tokenizer.save_pretrained(grown)
+    assert problem(settings(backbones, grown)) == (  # was an IndexError in F.embedding
+        f"model.config.language_model {grown}: its tokenizer has {size + 2} tokens, more than the model's {size} input "
+        "embeddings (tokens added to it without resizing the model): save the model resized beside it "
+        "(model.resize_token_embeddings(len(tokenizer)), then model.save_pretrained), or use the tokenizer it came with")
+    tokenizer = AutoTokenizer.from_pretrained(no_end)
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(no_end)
+    assert problem(settings(backbones, no_end)) == (  # was "RuntimeError: Could not infer dtype of NoneType" in collate
+        f"model.config.language_model {no_end}: its tokenizer has no eos token, which ends every caption and answer: set "
+        "the model's end-of-text token (tokenizer.eos_token = \"<|endoftext|>\" for Phi-2's) and save it there "
+        "(tokenizer.save_pretrained)")
+
+
+def test_an_image_processor_of_another_size_than_the_tower_is_refused(backbones, tmp_path):
+    folder = tmp_path / "vision"
+    shutil.copytree(backbones[1], folder)
+    kind = type(AutoImageProcessor.from_pretrained(folder))
+    kind(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}).save_pretrained(folder)
+    assert problem(settings(backbones, vision_model=folder)) == (  # was "Input image size (48*48) doesn't match model (64*64)"
+        f"model.config.vision_model {folder}: its image processor makes 48x48 images (its crop_size), and the tower takes "
+        "64x64 (its config's image_size): write crop_size {\"height\": 64, \"width\": 64}, do_center_crop true and size "
+        "{\"shortest_edge\": 64} in its preprocessor_config.json")
+    kind(size={"shortest_edge": 64}, do_center_crop=False).save_pretrained(folder)
+    assert "its image processor makes images of no fixed size (its size shortest_edge 64, no center crop)" in problem(
+        settings(backbones, vision_model=folder))
+
+
+def test_the_python_api_refuses_before_loading(backbones, other):
+    # the settings named as the Python API's; the Llama folder has no weights: nothing was loaded
+    with pytest.raises(ConfigError, match=r"^lora_target_modules has dense: no module of .*llama \(a LlamaForCausalLM\)"):
+        MultimodalCausalLM.from_config(settings(backbones, other["llama"]))
+
+
+def test_the_cli_refuses_before_preprocessing(backbones, coco_root, tmp_path, monkeypatch, capsys, other):
+    monkeypatch.chdir(tmp_path)
+    command = fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints")
+    message = user_error(capsys, main, [*command, "--model.config.language_model", str(other["llama"])])
+    assert message.startswith(f"error: model.config.lora_target_modules has dense: no module of {other['llama']} (a "
+                              "LlamaForCausalLM) is named so")
+    message = user_error(capsys, main, [*command, "--model.config.cross_attention_layers", "[]"])
+    assert message.startswith("error: model.config.cross_attention_layers is empty: the language model would never see")
+    assert not (tmp_path / "cache").exists() and not (coco_root / "preprocessed").exists()
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "logs").exists()
