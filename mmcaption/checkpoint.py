@@ -215,7 +215,7 @@ def model_from_checkpoint(
     check_known_settings(saved, str(path))
     saved = {**saved, **{name: absolute_if_local(folder) for name, folder in backbones.items()}}  # as training keeps them
     if pretrained_weights:
-        model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device)
+        model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device, trained=True)
         load_trainable_tensors(checkpoint, model)
     else:
         model = model_structure(MultimodalConfig(**saved))

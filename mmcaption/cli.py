@@ -168,8 +168,10 @@ class MMCaptionCLI(LightningCLI):
         model, data = config.model.config, config.get("data")
         check_backbone(model.language_model, "model.config.language_model")
         check_backbone(model.vision_model, "model.config.vision_model")
+        trained = self.subcommand != "fit" or bool(config.get("ckpt_path"))  # its LoRA targets as trained
         if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
-                strategy_problem(config.trainer.get("strategy")) or structure_problem(MultimodalConfig(**model.as_dict())) or \
+                strategy_problem(config.trainer.get("strategy")) or \
+                structure_problem(MultimodalConfig(**model.as_dict()), trained=trained) or \
                 context_problem(model.language_model, getattr(data, "init_args", {}).get("max_length") if data else None):
             raise ConfigError(problem)  # all before anything loads: the data is preprocessed before the model is built
 

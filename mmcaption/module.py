@@ -119,7 +119,7 @@ class MultimodalCaptioner(LightningModule):
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
         self.loading = True
-        self.model = MultimodalCausalLM.from_config(self.config, device=device)
+        self.model = MultimodalCausalLM.from_config(self.config, device=device, trained=True)  # (a fresh fit: the CLI's check)
         self.loading = False
         if self.compile:  # block by block, as litgpt and torchtitan compile: the injected cross-attention included
             for layer in self.model.decoder_layers:

@@ -104,6 +104,11 @@ def test_lora_targets_that_match_no_module_are_refused_with_the_models_linear_la
         "Phi3ForCausalLM) is named so (its linear layers: o_proj, qkv_proj, gate_up_proj, down_proj, lm_head). Write "
         "[o_proj, qkv_proj] instead")
     assert "has o_proj: no module of" in problem(settings(backbones, lora_target_modules=["q_proj", "o_proj"]))  # the tiny Phi
+    # weights trained so before this check (a resume, a checkpoint or an export loaded) stay loadable; none matching never
+    from mmcaption.model.compatibility import structure_problem
+
+    assert structure_problem(settings(backbones, other["llama"], lora_target_modules=PHI2_TARGETS), trained=True) is None
+    assert structure_problem(settings(backbones, other["phi3"], lora_target_modules=PHI2_TARGETS), trained=True) is not None
 
 
 def test_a_language_model_whose_decoder_layers_are_elsewhere_is_refused_naming_the_layouts_that_work(backbones, other):

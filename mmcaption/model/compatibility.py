@@ -33,9 +33,11 @@ CLIP_TYPES = ("clip", "clip_vision_model")  # a full CLIP checkpoint's config.js
 LAYOUTS = "Phi, Llama, Mistral, Qwen2, Phi-3, Gemma, ..."  # decoder layers at model.layers, where cross-attention goes
 
 
-def structure_problem(config: MultimodalConfig, prefix: str = "model.config.") -> str | None:
+def structure_problem(config: MultimodalConfig, prefix: str = "model.config.", trained: bool = False) -> str | None:
     """Why ``config``'s backbones and settings cannot make a model (one line naming the setting, what is wrong and what
-    to write instead), or ``None``. ``prefix``: how the settings are named to the user."""
+    to write instead), or ``None``. ``prefix``: how the settings are named to the user. ``trained``: the settings of
+    weights trained already (a resume, a checkpoint or an export loaded), whose LoRA targets some of which matched
+    nothing are what they were trained with: kept loadable."""
     if not config.cross_attention_layers:
         return (f"{prefix}cross_attention_layers is empty: the language model would never see the image. Name the decoder "
                 "layers that read it, e.g. [-4, -3, -2, -1] (the last four)")
@@ -47,7 +49,7 @@ def structure_problem(config: MultimodalConfig, prefix: str = "model.config.") -
         return str(error)
     if language_model is None:
         return vision_problem(config, prefix)
-    return (language_problem(config, language_model, prefix) or vision_problem(config, prefix)
+    return (language_problem(config, language_model, prefix, trained) or vision_problem(config, prefix)
             or tokenizer_problem(config, language_model, prefix))
 
 
@@ -64,7 +66,7 @@ def meta_language_model(name: str) -> PreTrainedModel | None:
         return None
 
 
-def language_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: str) -> str | None:
+def language_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: str, trained: bool = False) -> str | None:
     name, kind = config.language_model, type(model).__name__
     layers = getattr(getattr(model, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList):
@@ -85,10 +87,10 @@ def language_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: s
     if heads is not None and (heads < 1 or hidden % heads):
         return (f"{prefix}cross_attention_heads {heads} does not divide {name}'s hidden_size {hidden}: give a divisor "
                 f"of it, or null for the model's own ({model.config.num_attention_heads})")
-    return lora_problem(config, model, prefix)
+    return lora_problem(config, model, prefix, trained)
 
 
-def lora_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: str) -> str | None:
+def lora_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: str, trained: bool = False) -> str | None:
     """A LoRA target that matches no module: PEFT matches a name by its last parts (``dense``: ``*.dense``), leaves one
     that matches nothing out without a word while the adapter's config and the model card list it, and raises a
     60-line traceback when none matches."""
@@ -96,7 +98,7 @@ def lora_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: str) 
         return None
     names = [n for n, _ in model.named_modules()]
     missing = [t for t in config.lora_target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
-    if not missing:
+    if not missing or trained and len(missing) < len(config.lora_target_modules):  # trained so: PEFT skipped the others
         return None
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)]
     suffixes = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in linear))
@@ -168,7 +170,7 @@ def tokenizer_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: 
     return None
 
 
-def check_structure(config: MultimodalConfig, prefix: str = "") -> None:
+def check_structure(config: MultimodalConfig, prefix: str = "", trained: bool = False) -> None:
     """Raise :func:`structure_problem`'s message as a :class:`~mmcaption.errors.ConfigError`."""
-    if problem := structure_problem(config, prefix):
+    if problem := structure_problem(config, prefix, trained):
         raise ConfigError(problem)

@@ -81,9 +81,10 @@ class MultimodalCausalLM(nn.Module):
             block.to(device)
 
     @classmethod
-    def from_config(cls, config: MultimodalConfig, device: torch.device | str | None = None) -> MultimodalCausalLM:
-        """Load the backbones named in ``config`` and add LoRA, projection and cross-attention."""
-        check_structure(config)  # backbones and settings that do not fit, said before they load
+    def from_config(cls, config: MultimodalConfig, device: torch.device | str | None = None, trained: bool = False) -> MultimodalCausalLM:
+        """Load the backbones named in ``config`` and add LoRA, projection and cross-attention (``trained``: for weights
+        trained with these settings, loaded next: LoRA targets some of which match nothing are as they were trained)."""
+        check_structure(config, trained=trained)  # backbones and settings that do not fit, said before they load
         language_model = load_language_model(
             config.language_model, config.quantization, config.compute_dtype, device=device
         )
@@ -317,7 +318,7 @@ class MultimodalCausalLM(nn.Module):
     ) -> MultimodalCausalLM:
         """Rebuild a saved model: backbones from their own names (or the merged language model in the
         folder), trained parts from the folder. ``overrides`` replace config settings (``quantization``)."""
-        model = cls.from_config(pretrained_config(folder, **overrides), device=device)
+        model = cls.from_config(pretrained_config(folder, **overrides), device=device, trained=True)
         model.load_pretrained_weights(folder)
         return model
 
