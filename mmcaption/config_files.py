@@ -243,3 +243,21 @@ def configured_logger(arguments: list[str]) -> dict | None:
             continue
         found = logger if isinstance(logger, dict) and "class_path" in logger else found
     return found
+
+
+def written_text(arguments: list[str], key: str) -> str | None:
+    """The text a setting was given as, where the value read comes from: its last occurrence on the command line, else
+    the last config file that writes it (a YAML scalar as typed: ``1`` or ``1.0``); ``None`` when neither gives it."""
+    flag, text = f"--{key}", None
+    for index, argument in enumerate(arguments):
+        if argument == flag and index + 1 < len(arguments):
+            text = arguments[index + 1]
+        elif argument.startswith(flag + "="):
+            text = argument.split("=", 1)[1]
+    if text is not None:
+        return text
+    for name in config_files(arguments):
+        node = _composed(Path(name).expanduser())
+        value, _ = _node_at(node, key) if node is not None else (None, None)
+        text = value.value if isinstance(value, yaml.ScalarNode) else text
+    return text

@@ -27,6 +27,7 @@ from mmcaption.config_files import (
     replaced_by_a_later_config,
     unreadable_configs,
     written_in,
+    written_text,
 )
 from mmcaption.errors import USER_ERROR_EXIT, ConfigError, MMCaptionError, one_line
 from mmcaption.resources import causes
@@ -57,6 +58,7 @@ class MMCaptionParser(LightningArgumentParser):
         if arguments and (kept := generation_kept(arguments)) != arguments:
             args = kept
         config = super().parse_args(args, *rest, **kwargs)
+        _whole_numbers_as_written(config)
         if problem := _empty_setting_problem(self, config) or _predict_data_problem(config):
             raise ConfigError(problem)
         return config
@@ -126,6 +128,23 @@ def _empty_setting_problem(parser: LightningArgumentParser, config: Any) -> str 
             return (f"config {name}, line {line}: {key} is empty, and takes {_KINDS.get(kind, kind)}: give it a value, or "
                     "delete the line to keep its default")
     return None
+
+
+# Lightning's settings of a count of batches (an int) or a fraction of them (a float): jsonargparse read a 1 typed
+# as the float 1.0, all of the batches, where typing had met Union[float, int] before Union[int, float] (torch 2.6,
+# huggingface_hub 1.x): a one-batch smoke test ran a whole epoch
+COUNT_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                     "val_check_interval", "overfit_batches")
+
+
+def _whole_numbers_as_written(config: Any) -> None:
+    """Each of :data:`COUNT_OR_FRACTION` given as a whole number (``1``, not ``1.0``) is that count, however it parsed."""
+    subcommand = config.get("subcommand") if isinstance(config, Namespace) else None
+    for name in COUNT_OR_FRACTION if subcommand else ():
+        key = f"{subcommand}.trainer.{name}"
+        if isinstance(value := config.get(key), float) and value.is_integer() and \
+                re.fullmatch(r"\s*[0-9]+\s*", written_text(_ARGUMENTS, f"trainer.{name}") or ""):
+            config[key] = int(value)
 
 
 def _predict_data_problem(config: Any) -> str | None:

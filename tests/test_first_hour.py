@@ -219,6 +219,25 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
     assert generation == {"max_new_tokens": 16, "num_beams": 3, "do_sample": False}
 
 
+def test_a_count_of_batches_typed_as_a_whole_number_is_that_count_however_it_parsed(tmp_path, monkeypatch):
+    # where typing had met Union[float, int] first (torch 2.6, huggingface_hub 1.x), jsonargparse read the 1 of a one-batch
+    # smoke test as 1.0, every batch: a whole epoch, hours at COCO's scale
+    from jsonargparse import Namespace
+
+    from mmcaption import parser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick.yaml").write_text("trainer:\n  limit_val_batches: 2\n  limit_test_batches: 0.5\n")
+    monkeypatch.setattr(parser, "_ARGUMENTS", ["fit", "--config", "quick.yaml", "--trainer.limit_train_batches", "1",
+                                               "--trainer.val_check_interval=1.0"])
+    parsed = Namespace(limit_train_batches=1.0, limit_val_batches=2.0, limit_test_batches=0.5, val_check_interval=1.0)
+    config = Namespace(subcommand="fit", fit=Namespace(trainer=parsed))
+    parser._whole_numbers_as_written(config)
+    assert config.fit.trainer == Namespace(limit_train_batches=1, limit_val_batches=2, limit_test_batches=0.5,
+                                           val_check_interval=1.0)  # 1.0 written: the fraction, all of it
+    assert isinstance(config.fit.trainer.limit_train_batches, int) and isinstance(config.fit.trainer.val_check_interval, float)
+
+
 def test_a_pattern_the_shell_expanded_into_file_names_is_said_as_such(tmp_path, monkeypatch, capsys):
     # `--data.images photos/*.jpg` unquoted: "unrecognized arguments:" and every photo's name on one line
     monkeypatch.chdir(tmp_path)
