@@ -70,6 +70,7 @@ def training_summary(checkpoint: dict[str, Any], path: str | Path | None = None)
         "epochs": epochs_completed(checkpoint),
         "data": {k: data[k] for k in DATA_SETTINGS if data.get(k) not in (None, "")},
         "metrics": metrics,
+        **({"run": checkpoint["run"]} if isinstance(checkpoint.get("run"), dict) else {}),  # mmcaption fit records it
     }
 
 

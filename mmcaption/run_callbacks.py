@@ -4,8 +4,10 @@ an earlier command's."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
@@ -22,7 +24,7 @@ def add_run_callbacks(trainer: Trainer) -> None:
         # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
         # list its own to change every_minutes
         trainer.callbacks.append(ResumableStop())
-    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain()]
+    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord()]
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
@@ -65,3 +67,16 @@ class KeptConfig(SaveConfigCallback):
                 number += 1
                 self.config_filename = f"config-{number}.yaml"
         super().setup(trainer, pl_module, stage)
+
+
+class RunRecord(Callback):
+    """What a checkpoint holds of the run that saved it, beside its model settings: the run's log folder (TensorBoard's
+    curves and config.yaml; a checkpoint folder shared by runs named none of them), its seed, learning rate and the
+    trainer settings that decide what one step and one epoch are. ``mmcaption-export`` puts them on the model card."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        settings = ("max_epochs", "max_steps", "accumulate_grad_batches", "limit_train_batches", "precision", "world_size")
+        checkpoint["run"] = {"log_dir": trainer.log_dir if trainer.logger is not None else None,
+                             "seed": os.environ.get("PL_GLOBAL_SEED"),
+                             "learning_rate": getattr(pl_module, "learning_rate", None),
+                             "trainer": {name: getattr(trainer, name, None) for name in settings}}

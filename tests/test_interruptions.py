@@ -928,6 +928,8 @@ def test_a_later_command_in_a_runs_folder_keeps_its_config_and_a_resume_with_not
     main(fit)  # max_steps 1
     run = tmp_path / "logs" / "lightning_logs" / "version_0"
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 1
+    recorded = torch.load(tmp_path / "c" / "last.ckpt", weights_only=False)["run"]  # which run saved it: nothing said so
+    assert recorded["log_dir"] == str(run) and recorded["trainer"]["max_steps"] == 1 and recorded["learning_rate"] > 0
     capsys.readouterr()
     # resumed at its end (a finished run, or a resumed run's own config run again): "`Trainer.fit` stopped", exit 0, and
     # a run of nothing listed in TensorBoard

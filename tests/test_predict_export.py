@@ -643,6 +643,8 @@ def test_export_card_has_hub_metadata_and_says_how_the_model_was_trained(backbon
     checkpoint = torch.load(trained_checkpoint, weights_only=False)
     # as a fit with a ModelCheckpoint callback monitoring val/loss records it
     checkpoint["callbacks"] = {"ModelCheckpoint{'monitor': 'val/loss'}": {"monitor": "val/loss", "best_model_score": torch.tensor(1.2345)}}
+    checkpoint["run"] = {"log_dir": "lightning_logs/caption/version_3", "seed": "0", "learning_rate": 0.0002,  # as fit records it
+                         "trainer": {"max_epochs": 1, "max_steps": -1, "accumulate_grad_batches": 4, "precision": "bf16-mixed"}}
     torch.save(checkpoint, tmp_path / "with_metrics.ckpt")
     export_main([str(tmp_path / "with_metrics.ckpt"), str(tmp_path / "export"), "--license", "mit"])
 
@@ -655,6 +657,9 @@ def test_export_card_has_hub_metadata_and_says_how_the_model_was_trained(backbon
     assert "A captioning model (the caption stage; not instruction-tuned" in card.text
     assert "visual-question-answering" not in card.data.tags
     assert "val/loss: 1.2345" in card.text
+    # which run it came from (a checkpoint folder several runs share named none) and what a step was
+    assert ("- run: logs `lightning_logs/caption/version_3`, seed 0, learning rate 0.0002, max_epochs 1, max_steps -1, "
+            "accumulate_grad_batches 4, precision bf16-mixed") in card.text
     assert f"data_dir `{checkpoint['datamodule_hyper_parameters']['data_dir']}`" in card.text
 
 

@@ -50,6 +50,13 @@ def training_section(source: dict[str, Any]) -> str:
     start = source.get("init_from")
     if start:
         lines.append(f"- started from the trained weights of `{start.get('path')}` (its step {start.get('global_step')})")
+    run = training.get("run") or {}
+    if run:  # the run that saved it, as the checkpoint records it
+        trainer = {k: v for k, v in (run.get("trainer") or {}).items() if v is not None}
+        lines.append("- run: " + ", ".join([*([f"logs `{run['log_dir']}`"] if run.get("log_dir") else []),
+                                            *([f"seed {run['seed']}"] if run.get("seed") is not None else []),
+                                            *([f"learning rate {run['learning_rate']}"] if run.get("learning_rate") else []),
+                                            *(f"{k} {v}" for k, v in trainer.items())]))
     data = training.get("data", {})
     if data:
         lines.append("- data: " + ", ".join(f"{k} `{v}`" for k, v in data.items()))
