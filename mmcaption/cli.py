@@ -25,7 +25,6 @@ from mmcaption.checkpoint import (
     job_of_checkpoint,
     load_checkpoint_file,
 )
-from mmcaption.config_files import configured_logger
 from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
@@ -88,7 +87,7 @@ class MMCaptionCLI(LightningCLI):
         if self.subcommand in ("predict", "validate") and not asked:  # their results are printed and written: no empty
             kwargs.setdefault("logger", False)  # TensorBoard run of the config's; one asked for on the command line is kept
         if self.subcommand and self.config[self.subcommand].trainer.get("logger") is True and (
-                logger := configured_logger(getattr(self, "_arguments", None) or [])):  # the config's, not Lightning's own
+                logger := getattr(self.parser, "configured_logger", lambda _: None)(self.subcommand)):  # the configs'
             kwargs["logger"] = instantiate_class((), logger)
         with lightning_setting_errors():  # e.g. a strategy whose package is missing, or that needs a GPU
             trainer = super().instantiate_trainer(**kwargs)
@@ -168,7 +167,7 @@ class MMCaptionCLI(LightningCLI):
         model, data = config.model.config, config.get("data")
         check_backbone(model.language_model, "model.config.language_model")
         check_backbone(model.vision_model, "model.config.vision_model")
-        trained = self.subcommand != "fit" or bool(config.get("ckpt_path"))  # its LoRA targets as trained
+        trained = self.subcommand != "fit" or bool(config.get("ckpt_path") or config.model.get("init_from"))  # LoRA as trained
         if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
                 strategy_problem(config.trainer.get("strategy")) or \
                 structure_problem(MultimodalConfig(**model.as_dict()), trained=trained) or \

@@ -4,6 +4,7 @@ where a setting is written, for messages."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -216,9 +217,13 @@ def generation_kept(arguments: list[str]) -> list[str]:
     file (``num_beams: 3`` of configs/caption.yaml fell back to greedy under a file giving only ``max_new_tokens``),
     where the settings of every other section are merged."""
     out: list[str] = []
-    earlier: dict = {}
+    earlier: dict = {}  # what the files and the command line gave so far (a --model.generation.num_beams 5 between files)
     for index, argument in enumerate(arguments):
         out.append(argument)
+        flag, equals, text = argument.partition("=")
+        if flag.startswith("--model.generation.") and (equals or index + 1 < len(arguments)):
+            with contextlib.suppress(yaml.YAMLError):
+                earlier[flag.removeprefix("--model.generation.")] = yaml.safe_load(text if equals else arguments[index + 1])
         name = argument[9:] if argument.startswith("--config=") else (
             argument if index and arguments[index - 1] in ("--config", "-c") else None)
         try:
@@ -229,20 +234,6 @@ def generation_kept(arguments: list[str]) -> list[str]:
             out += [part for key, value in earlier.items() if key not in given for part in (f"--model.generation.{key}", json.dumps(value))]
             earlier = {**earlier, **given}
     return out
-
-
-def configured_logger(arguments: list[str]) -> dict | None:
-    """The ``trainer.logger`` the last config file among ``arguments`` that sets one writes (``class_path`` and
-    ``init_args``), or ``None``: what ``--trainer.logger true`` asks for (Lightning's own logger, in lightning_logs/version_N
-    beside the stages' folders, is not what validate's "keeps no logs unless asked" meant)."""
-    found = None
-    for name in config_files(arguments):
-        try:
-            logger = ((yaml.safe_load(Path(name).expanduser().read_text(encoding="utf-8-sig")) or {}).get("trainer") or {}).get("logger")
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
-            continue
-        found = logger if isinstance(logger, dict) and "class_path" in logger else found
-    return found
 
 
 def written_text(arguments: list[str], key: str) -> str | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+import io
 import os
 import re
 import sys
@@ -63,6 +65,21 @@ class MMCaptionParser(LightningArgumentParser):
             raise ConfigError(problem)
         return config
 
+    def configured_logger(self, subcommand: str) -> dict | None:
+        """The ``trainer.logger`` the config files give, settings of later files laid over earlier ones' (``name:
+        caption-karpathy``), as a parse of the last command line without its ``--trainer.logger true`` reads it; ``None``
+        without one. What ``--trainer.logger true`` asks for: Lightning's own, in lightning_logs/version_N beside the
+        stages' folders, is not what validate's "keeps no logs unless asked" meant."""
+        arguments = [a for i, a in enumerate(_ARGUMENTS) if a != "--trainer.logger=true" and not (
+            a == "--trainer.logger" or i and _ARGUMENTS[i - 1] == "--trainer.logger" and a.lower() == "true")]
+        arguments = arguments if arguments[:1] == [subcommand] else [subcommand, *arguments]  # (a subcommand's own parse)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                logger = self.parse_args(arguments)[subcommand].trainer.get("logger")
+        except SystemExit:
+            return None
+        return logger.as_dict() if isinstance(logger, Namespace) and logger.get("class_path") else None
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # a parser whose caller handles the error (nested parsing)
             super().error(message, ex)
@@ -117,6 +134,8 @@ def _empty_setting_problem(parser: LightningArgumentParser, config: Any) -> str 
     action = getattr(parser, "_subcommands_action", None)
     settings = getattr(action, "_name_parser_map", {}).get(subcommand)
     for name, key, line in empty_settings(_CONFIGS) if settings is not None else ():
+        if key.startswith("data.") and key.split(".")[1] not in ("class_path", "init_args"):  # `data: batch_size:`
+            key = key.replace("data.", "data.init_args.", 1)
         if config[subcommand].get(key, "") is not None:  # set again after it, or no setting at all
             continue
         if key.startswith("data.init_args."):
@@ -125,7 +144,9 @@ def _empty_setting_problem(parser: LightningArgumentParser, config: Any) -> str 
             hint = getattr(settings._option_string_actions.get(f"--{key}"), "_typehint", Any)
         if hint is not Any and hint is not type(None) and type(None) not in typing.get_args(hint):
             kind = getattr(hint, "__name__", str(hint))
-            return (f"config {name}, line {line}: {key} is empty, and takes {_KINDS.get(kind, kind)}: give it a value, or "
+            kind = ("one of " + ", ".join(map(str, typing.get_args(hint)))) if typing.get_origin(hint) is typing.Literal \
+                else _KINDS.get(kind, kind.replace("typing.", ""))
+            return (f"config {name}, line {line}: {key} is empty, and takes {kind}: give it a value, or "
                     "delete the line to keep its default")
     return None
 
@@ -304,5 +325,5 @@ def _bad_value(message: str) -> str | None:
         said += (f"; on the command line a text with ': ' in it is read as a mapping (and quotes around it stay in the "
                  f"text): write it in a config file, quoted ({path.rsplit('.', 1)[-1]}: \"ROLE: ...\")")
     if "text" in kinds and value in ("True", "False"):  # `name: off` in a config
-        said += f"; YAML reads yes, no, on and off unquoted as true or false: quote the text ({path.rsplit('.', 1)[-1]}: \"off\")"
+        said += f"; YAML reads yes, no, on and off unquoted as true or false: quote the word (e.g. {path.rsplit('.', 1)[-1]}: \"off\")"
     return said + _where(path)

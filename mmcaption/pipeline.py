@@ -156,7 +156,8 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
 def main(argv: list[str] | None = None) -> None:
     args, fit_args = pipeline_parser().parse_known_args(argv)
     for stage in run_pipeline(args.caption, args.instruct, fit_args):
-        print(f"{stage.name}: checkpoint {stage.checkpoint}, logs {stage.cli.trainer.logger.log_dir}")
+        logs = stage.cli.trainer.logger.log_dir if stage.cli.trainer.logger is not None else None
+        print(f"{stage.name}: checkpoint {stage.checkpoint}" + (f", logs {logs}" if logs and Path(logs).is_dir() else ""))
 
 
 if __name__ == "__main__":

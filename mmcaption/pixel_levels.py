@@ -96,6 +96,8 @@ def to_rgb(image: Image.Image, extrema: tuple[float, float] | None = None) -> Im
     profile other than sRGB's (Adobe RGB from Photoshop or a camera, Display P3 from a phone, a printer's CMYK) is
     converted to sRGB, what CLIP was trained on and a browser shows: its pixels as they are looked duller or shifted."""
     profile = image.info.get("icc_profile")
+    if profile and (image.mode in ("P", "PA") or "transparency" in image.info):  # a palette's colours, and a transparent
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")  # colour as alpha
     if profile and image.mode in ("RGB", "RGBA", "CMYK", "L") and (transform := _to_srgb(bytes(profile), image.mode)):
         image = ImageCms.applyTransform(image, transform)
     if image.mode == "F":  # 32-bit floating point (TIFF): scaled as arrays of floats are

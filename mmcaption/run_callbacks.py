@@ -50,7 +50,7 @@ class NothingLeftToTrain(Callback):
                  ("max_epochs", epochs) if epochs not in (None, -1) and trainer.current_epoch >= epochs else None)
         if limit is not None:
             print(f"note: {trainer.ckpt_path} is at step {trainer.global_step} (epoch {trainer.current_epoch}), the end of "
-                  f"trainer.{limit[0]} {limit[1]}: nothing was left to train. To train on, raise it (--trainer.{limit[0]} "
+                  f"trainer.{limit[0]} {limit[1]}: this fit trained nothing more (to train on, raise --trainer.{limit[0]} "
                   f"above {limit[1]})", file=sys.stderr, flush=True)
 
 
@@ -63,9 +63,14 @@ class KeptConfig(SaveConfigCallback):
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
         if not self.already_saved and self.save_to_log_dir and trainer.is_global_zero and trainer.log_dir:
             folder, self.config_filename, number = Path(trainer.log_dir), "config.yaml", 1
-            while (folder / self.config_filename).exists():
-                number += 1
-                self.config_filename = f"config-{number}.yaml"
+            folder.mkdir(parents=True, exist_ok=True)
+            while True:  # the name taken at once: two commands started together in one folder do not pick the same
+                try:
+                    (folder / self.config_filename).open("x").close()
+                    break
+                except FileExistsError:
+                    number += 1
+                    self.config_filename = f"config-{number}.yaml"
         super().setup(trainer, pl_module, stage)
 
 

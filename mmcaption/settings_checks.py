@@ -42,9 +42,10 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
     for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
         setting = next((said for kind, said in turned_off if isinstance(callback, kind)), None)
         if setting is None and isinstance(callback, LearningRateMonitor) and any(isinstance(c, LearningRateMonitor) for c in kept):
-            if fit and rank_zero_only.rank == 0:  # callbacks+=LearningRateMonitor over the shipped configs' one
-                print("note: trainer.callbacks has two LearningRateMonitors (the config has one): the second is left out, "
-                      "as each rate was logged twice", file=sys.stderr, flush=True)
+            kept = [c for c in kept if not isinstance(c, LearningRateMonitor)] + [callback]  # the later one's settings
+            if fit and rank_zero_only.rank == 0:  # (callbacks+=LearningRateMonitor over the shipped configs' one)
+                print("note: trainer.callbacks has two LearningRateMonitors: the later one is used (with both, each rate "
+                      "was logged twice)", file=sys.stderr, flush=True)
         elif setting is None:
             kept.append(callback)
         elif fit and rank_zero_only.rank == 0:

@@ -34,6 +34,7 @@ from .test_interruptions import user_error
 
 DEMO_CAPTION = str(REPO / "configs" / "demo" / "caption.yaml")
 DEMO_INSTRUCT = str(REPO / "configs" / "demo" / "instruct.yaml")
+PREDICT_CAPTIONS = str(REPO / "configs" / "predict" / "captions.yaml")
 
 
 @pytest.fixture
@@ -180,6 +181,9 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
 
     # a value still to write: a TypeError in the sampler after the model had loaded (a file's null passed every check)
     empty = written("empty.yaml", "data:\n  init_args:\n    batch_size:\n    val_caption_images: null\nmodel:\n  learning_rate:\n")
+    assert refused("--config", written("choice.yaml", "data:\n  on_bad_record:\n")) == (  # data's shorthand, a choice
+        "error: config choice.yaml, line 2: data.init_args.on_bad_record is empty, and takes one of error, skip: give it a "
+        "value, or delete the line to keep its default")
     assert refused("--config", empty) == ("error: config empty.yaml, line 3: data.init_args.batch_size is empty, and takes a "
                                           "whole number: give it a value, or delete the line to keep its default")
     assert refused("--config", empty, "--data.init_args.batch_size", "4").startswith(
@@ -201,7 +205,7 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
     off = written("off.yaml", "trainer:\n  logger:\n    init_args:\n      name: off\n")
     assert refused("--config", off) == (
         "error: trainer.logger.init_args.name: 'False' is not text or null; YAML reads yes, no, on and off unquoted as true "
-        "or false: quote the text (name: \"off\") (written in off.yaml, line 4)")
+        "or false: quote the word (e.g. name: \"off\") (written in off.yaml, line 4)")
     # a callback's own setting mistyped: no closest name was offered
     with pytest.raises(SystemExit):
         main(["fit", "--config", DEMO_CAPTION, "--config", written("key.yaml", "trainer:\n  callbacks:\n    - class_path: "
@@ -217,6 +221,10 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
         main(["fit", "--config", str(REPO / "configs" / "caption.yaml"), "--config", more, "--print_config"])
     generation = yaml.safe_load(capsys.readouterr().out)["model"]["generation"]
     assert generation == {"max_new_tokens": 16, "num_beams": 3, "do_sample": False}
+    with pytest.raises(SystemExit):  # one given between the files is kept too (the earlier file's was put back over it)
+        main(["fit", "--config", str(REPO / "configs" / "caption.yaml"), "--model.generation.num_beams", "5", "--config", more,
+              "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["generation"]["num_beams"] == 5
 
 
 def test_a_count_of_batches_typed_as_a_whole_number_is_that_count_however_it_parsed(tmp_path, monkeypatch):
@@ -439,6 +447,7 @@ def test_a_short_fit_prints_what_happens_and_no_known_noise(tmp_path):
 def test_predict_and_validate_write_no_tensorboard_run(tmp_path, monkeypatch):
     from mmcaption.cli import MMCaptionCLI
     from mmcaption.module import MultimodalCaptioner
+    from mmcaption.parser import MMCaptionParser
 
     class Built(MMCaptionCLI):
         def _run_subcommand(self, subcommand):
@@ -457,10 +466,16 @@ def test_predict_and_validate_write_no_tensorboard_run(tmp_path, monkeypatch):
         cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
                     args=[subcommand, "--config", DEMO_CAPTION])
         assert cli.trainer.logger is None, subcommand
-        # asked for with `true`: the config's, in the stage's folder (was Lightning's own, lightning_logs/version_N)
+        # asked for with `true`: the configs', in the stage's folder (was Lightning's own, lightning_logs/version_N), a
+        # later config's settings of it laid over the earlier one's (the Karpathy config names its own)
         cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
-                    args=[subcommand, "--config", DEMO_CAPTION, "--trainer.logger", "true"])
+                    args=[subcommand, "--config", DEMO_CAPTION, *(["--config", PREDICT_CAPTIONS] if subcommand == "predict" else []),
+                          "--trainer.logger", "true"], parser_class=MMCaptionParser)
         assert cli.trainer.logger.name == "demo-caption" and cli.trainer.logger.save_dir == "lightning_logs", subcommand
+    cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
+                args=["validate", "--config", "configs/caption.yaml", "--config", "configs/caption_karpathy.yaml",
+                      "--trainer.logger=true", "--trainer.accelerator", "cpu"], parser_class=MMCaptionParser)  # as installed
+    assert cli.trainer.logger.name == "caption-karpathy"
     cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
                 args=["fit", "--config", DEMO_CAPTION])
     assert cli.trainer.logger is not None

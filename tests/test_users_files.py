@@ -141,6 +141,15 @@ def test_colours_of_another_colour_space_reach_the_model_as_a_viewer_shows_them(
         for place in ((8, 16), (48, 16)):
             assert seen.getpixel(place) == shown.getpixel(place), (suffix, place)
         assert seen.getpixel((8, 16))[0] > 225  # 200 in Adobe RGB is about 234 in sRGB (was 200)
+    # a transparent colour (PNG's tRNS) stays on white, and a palette's colours are converted at any size
+    keyed = Image.new("RGB", (40, 40), (200, 0, 0))
+    keyed.paste((0, 0, 0), (0, 20, 40, 40))
+    keyed.save(tmp_path / "keyed.png", transparency=(0, 0, 0), icc_profile=profile)
+    assert load_rgb(tmp_path / "keyed.png").getpixel((5, 30)) == (255, 255, 255)  # was black: the conversion dropped it
+    palette = Image.new("RGB", (40, 40), (200, 0, 0)).convert("P")
+    for size in (40, 1000):
+        palette.resize((size, size)).save(tmp_path / "palette.png", icc_profile=profile)
+        assert load_rgb(tmp_path / "palette.png", shortest_side=224).getpixel((5, 5))[0] > 225, size  # 40 px: as sRGB
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     for embedded in (srgb, b"not a profile" * 8):  # sRGB as it is, a damaged profile taken as sRGB
         picture.save(tmp_path / "plain.png", icc_profile=embedded)

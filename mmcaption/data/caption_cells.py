@@ -15,27 +15,31 @@ from mmcaption.data.records import BadRecords, DataError
 
 # blanks around a caption, invisible ones too, as text copied from a web page brings them: zero-width spaces and
 # joiners, word joiners, byte order marks (str.strip keeps them: a caption of one zero-width space was trained on)
-_EDGES = re.compile(r"^[\s\u200b-\u200d\u2060\ufeff]+|[\s\u200b-\u200d\u2060\ufeff]+$")
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
 # what a scraped caption keeps of its page: character references (&amp; &#39;) and line or style tags
 _HTML = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);|</?(?:br|p|b|i|u|em|strong|span|div|a|sup|sub)\b[^<>]*>",
                    re.IGNORECASE)
 HTML_NOTE = "captions holding HTML (a character reference such as &amp; or a tag such as <br>), trained on as written"
 
 
-# those characters as UTF-8 and as the escapes json.dump writes by default; a byte order mark at a file's start is the file's
-_INVISIBLE = re.compile(rb"\xe2\x80[\x8b-\x8d]|\xe2\x81\xa0|\xef\xbb\xbf|\\u200[bcdBCD]|\\u2060|\\u[fF][eE][fF][fF]")
+# one of those characters at a caption's edge, as UTF-8 or as the escape json.dump writes by default: after or before a
+# quote, a table's separator or a line's end (inside a word they are kept: Persian's ZWNJ, an emoji's ZWJ)
+_CHARACTER = rb"(?:\xe2\x80[\x8b-\x8d]|\xe2\x81\xa0|\xef\xbb\xbf|\\u200[bcdBCD]|\\u2060|\\u[fF][eE][fF][fF])"
+_AT_AN_EDGE = re.compile(rb"(?m)(?:^|[\"\t,;|\r\n])[ \t]*" + _CHARACTER + rb"|" + _CHARACTER + rb"[ \t]*(?:[\"\t,;|\r\n]|$)")
 
 
 def invisible_characters_in(file: Path) -> bool:
     """Whether a caption file holds a character :func:`caption_text` removes and earlier releases kept (a cache they
     built from it is built again; that of any other file stays valid)."""
     data = file.read_bytes()
-    return _INVISIBLE.search(data, 3 if data.startswith(b"\xef\xbb\xbf") else 0) is not None
+    return _AT_AN_EDGE.search(data, 3 if data.startswith(b"\xef\xbb\xbf") else 0) is not None
 
 
 def caption_text(text: str) -> str:
     """A caption without the blanks around it, invisible ones included."""
-    return _EDGES.sub("", text)
+    while (stripped := text.strip().strip(INVISIBLE)) != text:  # (a regular expression took seconds over long blanks)
+        text = stripped
+    return text
 
 
 def html_in(text: str) -> str | None:

@@ -143,9 +143,11 @@ class CaptionDataModule(PreprocessedDataModule):
             super().check_inputs(stage)
 
     def _read_otherwise_now(self, file: Path) -> dict:
-        """A caption file that this release reads otherwise than earlier ones (:func:`invisible_characters_in`): its
-        cache is not one they built."""
-        found = file.is_file() and self.looked_at(("invisible", file), lambda: invisible_characters_in(file))
+        """A caption file (or a folder's tables) that this release reads otherwise than earlier ones
+        (:func:`invisible_characters_in`): its cache is not one they built."""
+        tables = [file] if file.is_file() else [p for p in [*file.glob("*"), *file.glob("*/metadata.*")] if p.is_file() and
+                                                 p.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl")] if file.is_dir() else []
+        found = any(self.looked_at(("invisible", table), lambda t=table: invisible_characters_in(t)) for table in tables)
         return {"captions": "invisible characters around them removed"} if found else {}
 
     def split_inputs(self, split: str) -> dict:
