@@ -35,7 +35,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 from pillow_heif import register_heif_opener
 
-from mmcaption.pixel_levels import array_image, levels, to_rgb
+from mmcaption.file_kinds import kind_of_file
+from mmcaption.pixel_levels import array_image, as_srgb, levels, to_rgb
 
 register_heif_opener()  # .heic/.heif: what iPhones save by default
 
@@ -112,43 +113,9 @@ def check_image(data: bytes) -> str | None:
             image.load()
     except DECODE_ERRORS as error:
         if isinstance(error, UnidentifiedImageError) and data:
-            return f"not an image Pillow can read ({_kind_of_file(data)})"
+            return f"not an image Pillow can read ({kind_of_file(data)})"
         return f"{type(error).__name__}: {error}"
     return None
-
-
-# files that come where an image was meant (a download that answered with a web page, an archive): named by their
-# signature, where the first bytes were shown, which put a reply's or a linked file's contents in a results file
-_SIGNATURES = ((b"%PDF", "a PDF"), (b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "gzip-compressed data"),
-               (b"{", "JSON text"), (b"[", "JSON text"))
-
-
-# an ISO media file's brands of still images (HEIC, HEIF, AVIF and their sequences); others (qt, isom, mp42...) are videos
-_HEIF_BRANDS = {"heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1", "avif", "avis"}
-
-
-def _kind_of_file(data: bytes) -> str:
-    """What ``data`` that is no image looks like, without quoting it."""
-    head = data[:512].lstrip()
-    if head[:15].lower().startswith((b"<!doctype html", b"<html")):
-        return "a web page (HTML)"
-    if b"<svg" in head.lower():  # a logo or an icon drawn as vectors, often after an <?xml ...?> line or a comment
-        return "an SVG drawing (vectors, no pixels): convert it to PNG first"
-    if data[128:132] == b"DICM":  # a scanner's file: its pixels want a window (levels) chosen for them
-        return "a DICOM file: convert it to PNG first (pydicom reads it, with its window applied)"
-    if data[4:8] == b"ftyp":
-        brand = data[8:12].decode("ascii", "replace").strip()
-        if brand in _HEIF_BRANDS:  # pillow-heif reads these: this one is damaged, or cut short in a transfer
-            return f"a HEIF photo ({brand}) that cannot be decoded: damaged, or cut short (copy it again from the phone)"
-        return f"a video ({brand}{': QuickTime, as a Live Photo is beside its photo' * (brand == 'qt')}), not a photo"
-    if data[:4] == b"\x00\x05\x16\x07":  # AppleDouble: a Mac's copy of a photo's metadata, written where it cannot keep it
-        return "a macOS metadata file (AppleDouble, a '._' copy), not the photo"
-    kind = next((name for signature, name in _SIGNATURES if head.startswith(signature)), None)
-    text = head.decode("utf-8", errors="ignore")  # a character the 512 bytes cut is left out, not a reason to say bytes
-    if kind is None and text and len(text.encode()) >= len(head) - 3 and (text.replace("\t", "").replace("\r", "")
-                                                                            .replace("\n", "").isprintable()):
-        kind = "text"
-    return kind or f"its first bytes are {data[:4].hex(' ')}"
 
 
 def image_format(data: bytes) -> str | None:
@@ -244,7 +211,7 @@ def _smaller(image: Image.Image, shortest_side: int | None) -> Image.Image:
     try:
         return image.reduce(factor)
     except ValueError:  # any other mode reduce does not take: made 8-bit RGB first, at full size
-        return to_rgb(image).reduce(factor)
+        return to_rgb(image, srgb=False).reduce(factor)  # (its colour profile applied once, made smaller)
 
 
 REDUCIBLE_AS = {"1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}  # what reduce takes, the values kept
@@ -254,13 +221,13 @@ REDUCIBLE_AS = {"1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
 BASE64_STARTS = ("/9j/", "iVBORw0KGgo", "R0lGOD", "UklGR")
 
 
-def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Image:
+def load_rgb(source: ImageSource, shortest_side: int | None = None, srgb: bool = True) -> Image.Image:
     """An upright 8-bit RGB image from bytes, a file opened ``'rb'``, a file path, an ``http(s)://`` or ``data:`` URL, a PIL
     image, an array or a tensor (see :func:`array_image`): EXIF orientation applied, 16/32-bit integer and floating-point images
     scaled to 8 bits rather than clipped, transparent pixels on white, any other mode converted. With ``shortest_side``
     (the model's input size), a large image is decoded and converted smaller (:func:`_smaller`; a JPEG at a fraction of
     its size): a 200-megapixel photo, or a 20000 x 20000 PNG of a few hundred KB, took 3-6 GB on its way to a model
-    that sees 224 pixels."""
+    that sees 224 pixels. ``srgb`` false: a colour profile is not applied, but kept in ``info`` (:func:`as_srgb`)."""
     if isinstance(source, torch.Tensor):
         source = source.detach().cpu().float().numpy() if source.is_floating_point() else source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
@@ -269,7 +236,7 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Ima
         if 0 in source.size:  # an empty crop (a detector's box of no width): Pillow's scaling divides by it
             raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
         upright = ImageOps.exif_transpose(source)
-        return to_rgb(_smaller(upright, shortest_side), levels(upright))
+        return to_rgb(_smaller(upright, shortest_side), levels(upright), srgb)
     if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there
         if isinstance(source, io.TextIOBase):  # a file opened 'r': its read() fails on an image's bytes
             raise TypeError("an image file must be opened in binary mode: open(path, 'rb')")
@@ -306,7 +273,7 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None) -> Image.Ima
                 scale = 2 * shortest_side / min(image.size)
                 image.draft(image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             ImageOps.exif_transpose(image, in_place=True)  # a copy of the whole image when it has no orientation
-            return to_rgb(_smaller(image, shortest_side), levels(image))
+            return to_rgb(_smaller(image, shortest_side), levels(image), srgb)
     except MemoryError:  # a small PNG that declares a huge image: this image's error, not the run's end
         raise UnidentifiedImageError(f"{name} cannot be decoded: it needs more memory than there is") from None
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
@@ -386,12 +353,12 @@ def shrink_image(data: bytes, shortest_side: int, quality: int = 95) -> bytes:
     with opened(data) as image:
         if min(image.size) <= shortest_side:  # the shorter side does not depend on the orientation
             return data
-    upright = load_rgb(data)
+    upright = load_rgb(data, srgb=False)  # its colour profile applied once smaller (a phone's 12 MP: 2.6x the time)
     width, height = upright.size
     scale = shortest_side / min(width, height)
     size = (max(shortest_side, round(width * scale)), max(shortest_side, round(height * scale)))
     out = io.BytesIO()
-    upright.resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=quality)
+    as_srgb(upright.resize(size, Image.Resampling.BICUBIC)).save(out, format="JPEG", quality=quality)
     return out.getvalue()
 
 

@@ -91,15 +91,30 @@ def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
         return None
 
 
-def to_rgb(image: Image.Image, extrema: tuple[float, float] | None = None) -> Image.Image:
-    """``image`` as 8-bit RGB (``extrema``: :func:`levels` of the image it was made smaller from). An embedded colour
-    profile other than sRGB's (Adobe RGB from Photoshop or a camera, Display P3 from a phone, a printer's CMYK) is
-    converted to sRGB, what CLIP was trained on and a browser shows: its pixels as they are looked duller or shifted."""
+def as_srgb(image: Image.Image) -> Image.Image:
+    """``image`` in sRGB, what CLIP was trained on and a browser shows: an embedded colour profile other than sRGB's
+    (Adobe RGB from Photoshop or a camera, Display P3 from a phone, a printer's CMYK) converted; its pixels as they are
+    looked duller or shifted. Without such a profile, ``image`` itself."""
     profile = image.info.get("icc_profile")
     if profile and (image.mode in ("P", "PA") or "transparency" in image.info):  # a palette's colours, and a transparent
         image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")  # colour as alpha
     if profile and image.mode in ("RGB", "RGBA", "CMYK", "L") and (transform := _to_srgb(bytes(profile), image.mode)):
         image = ImageCms.applyTransform(image, transform)
+        image.info.pop("icc_profile", None)  # sRGB now: not converted a second time
+    return image
+
+
+def to_rgb(image: Image.Image, extrema: tuple[float, float] | None = None, srgb: bool = True) -> Image.Image:
+    """``image`` as 8-bit RGB (``extrema``: :func:`levels` of the image it was made smaller from), in sRGB
+    (:func:`as_srgb`) unless ``srgb`` is false (its profile kept in ``info``, to convert once made smaller)."""
+    profile = None if srgb else image.info.get("icc_profile")
+    rgb = _eight_bit_rgb(as_srgb(image) if srgb else image, extrema)
+    if profile:
+        rgb.info["icc_profile"] = profile
+    return rgb
+
+
+def _eight_bit_rgb(image: Image.Image, extrema: tuple[float, float] | None) -> Image.Image:
     if image.mode == "F":  # 32-bit floating point (TIFF): scaled as arrays of floats are
         values = np.nan_to_num(np.asarray(image, dtype=np.float64))
         return Image.fromarray(_float_levels(values, extrema).astype(np.uint8)).convert("RGB")

@@ -21,7 +21,7 @@ from mmcaption.data.hub import HubCaptions
 from mmcaption.data.image_sources import find_images
 from mmcaption.data.questions import read_questions
 from mmcaption.data.records import BadRecords
-from mmcaption.images import check_image, load_rgb
+from mmcaption.images import check_image, load_rgb, shrink_image
 
 from .test_images import is_upright, upright_picture
 
@@ -150,6 +150,10 @@ def test_colours_of_another_colour_space_reach_the_model_as_a_viewer_shows_them(
     for size in (40, 1000):
         palette.resize((size, size)).save(tmp_path / "palette.png", icc_profile=profile)
         assert load_rgb(tmp_path / "palette.png", shortest_side=224).getpixel((5, 5))[0] > 225, size  # 40 px: as sRGB
+    # the cache's smaller copy: converted once made smaller (at a phone photo's full size it took 2.6x the time), and once
+    Image.new("RGB", (1200, 900), (200, 0, 0)).save(tmp_path / "big.jpg", icc_profile=profile, quality=98)
+    shrunk = Image.open(io.BytesIO(shrink_image((tmp_path / "big.jpg").read_bytes(), 224)))
+    assert shrunk.size == (299, 224) and 225 < shrunk.getpixel((5, 5))[0] and shrunk.getpixel((5, 5))[1] < 8
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     for embedded in (srgb, b"not a profile" * 8):  # sRGB as it is, a damaged profile taken as sRGB
         picture.save(tmp_path / "plain.png", icc_profile=embedded)
