@@ -41,6 +41,7 @@ from mmcaption.model import MultimodalConfig, is_pretrained_folder, read_manifes
 from mmcaption.model.backbones import check_backbone, context_problem
 from mmcaption.model.compatibility import structure_problem
 from mmcaption.model.config import (
+    TRAINING_ONLY,
     check_known_settings,
     flat_settings,
     merged_settings,
@@ -225,7 +226,7 @@ class MMCaptionCLI(LightningCLI):
         if refused:
             raise ConfigError(f"{source} was trained with other structural settings than this run's ({'; '.join(refused)}); "
                               f"its tensors cannot fit. Drop these settings to use the {saved_name}'s, or train a new run")
-        if notes and rank_zero_only.rank == 0:  # the CLI's own note, as its errors: straight to the console
+        if (notes := [n for n in notes if subcommand == "fit" or n.split(" ")[0] not in TRAINING_ONLY]) and rank_zero_only.rank == 0:
             print(f"{source}: using the settings you gave instead of the {saved_name}'s: {'; '.join(notes)}",
                   file=sys.stderr, flush=True)
         self.config = self.parser.parse_object({subcommand: {"model": nested_settings(merged)}}, self.config)

@@ -55,7 +55,8 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     limited = f"; {results['limited_by']}: part of the split" if "limited_by" in results else ""
     left = (f"; its data left out {sum(made['skipped'].values()):,} bad record(s) ({', '.join(made['skipped'])})"
             if made.get("skipped") else "")
-    rank_zero_info(f"{prefix} results: {summary} (predictions: {predictions.name}{limited}{left})")
+    said = f"predictions: {predictions.name}" if predictions else "the loss alone: nothing generated"
+    rank_zero_info(f"{prefix} results: {summary} ({said}{limited}{left})")
 
 
 def _split_record(datamodule, split: str | None) -> dict[str, Any]:

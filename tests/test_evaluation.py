@@ -172,6 +172,10 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
         (folder / "test-test.coco_results.json").read_text())
     assert (folder / "test-test.results.json").read_text() == first
     assert json.loads(again_results.read_text())["predictions"] == "test-test-2.predictions.jsonl"
+    # the loss alone (test_caption_images 0): no predictions file, empty and named in the results, as there was
+    loss_only, loss_results = write_evaluation(folder, "test-test", [], {"split": "test", "loss": 1.5})
+    assert loss_only is None and "predictions" not in json.loads(loss_results.read_text())
+    assert not (folder / "test-test-3.predictions.jsonl").exists() and loss_results.name == "test-test-3.results.json"
 
     # part of the split, by test_caption_images, is said (CIDEr's document frequencies are the images scored): it was
     # limited_by null; and a paper's settings beyond the usual ones (early_stopping) are recorded

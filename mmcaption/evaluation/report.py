@@ -11,6 +11,7 @@ COCO's evaluation server take). No file is ever written over: a name that exists
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime
 import functools
@@ -208,15 +209,15 @@ def checkpoint_record(path: str | Path | None, init_from: str | None = None) -> 
 
 def write_evaluation(
     folder: str | Path, stem: str, rows: list[dict[str, Any]], results: dict[str, Any],
-) -> tuple[Path, Path]:
-    """Write ``rows`` to ``<stem>.predictions.jsonl``, their captions to ``<stem>.coco_results.json``, and
-    ``results`` (with the time and mmcaption's version added, and those files named) to ``<stem>.results.json``
-    in ``folder``."""
+) -> tuple[Path | None, Path]:
+    """Write ``rows`` to ``<stem>.predictions.jsonl`` (none without rows: the loss alone was measured), their captions
+    to ``<stem>.coco_results.json``, and ``results`` (with the time and mmcaption's version added, and those files
+    named) to ``<stem>.results.json`` in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = _free_stem(folder, stem)
-    predictions, summary = folder / f"{stem}.predictions.jsonl", folder / f"{stem}.results.json"
-    with open(predictions, "x", encoding="utf-8") as handle:
+    predictions, summary = (folder / f"{stem}.predictions.jsonl" if rows else None), folder / f"{stem}.results.json"
+    with open(predictions, "x", encoding="utf-8") if predictions else contextlib.nullcontext() as handle:
         for row in rows:
             handle.write(json_text(row, default=str) + "\n")
     captions = [{"image_id": row["image_id"], "caption": row["caption"]} for row in rows if "caption" in row]
@@ -225,7 +226,8 @@ def write_evaluation(
         with open(coco_results, "x", encoding="utf-8") as handle:
             json.dump(captions, handle)
         results = {**results, "coco_results": coco_results.name}
-    results = {**results, "predictions": predictions.name, "mmcaption": _version("mmcaption"), "software": software_record(),
+    results = {**results, **({"predictions": predictions.name} if predictions else {}), "mmcaption": _version("mmcaption"),
+               "software": software_record(),
                "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     with open(summary, "x", encoding="utf-8") as handle:
         handle.write(json_text(results, indent=2, default=str) + "\n")

@@ -116,6 +116,10 @@ STRUCTURAL_SETTINGS = (
 )
 
 
+# the module's settings only training reads: a test's or a predict's own value of them is no change worth a note
+TRAINING_ONLY = ("learning_rate", "weight_decay", "warmup_ratio", "adam_betas", "on_nonfinite_loss")
+
+
 def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[str] | None, defaults: dict[str, Any],
                     saved_name: str = "checkpoint") -> tuple[dict[str, Any], list[str], list[str]]:
     """Flat model settings a checkpoint or an export (``saved``) gives, with those the user set (``written``, or where
