@@ -109,6 +109,9 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
                 records.note("annotation ids given to more than one caption (each caption kept)")
             given.add(key)
         # stored by its id; a labelling tool's string id ("ann-1", a UUID) by its place in the file
+        if any(text == caption_text(caption) for _, text in image.captions):  # a crowd worker's copy: trained on twice
+            records.note("captions that repeat an earlier caption of their image word for word (each kept)",
+                         example=f"annotation id {annotation_id} (image id {entry['image_id']})")
         image.captions.append((annotation_id if isinstance(annotation_id, int) else position, caption_text(caption)))
         note_html(records, caption, f"annotation id {annotation_id}")
 
