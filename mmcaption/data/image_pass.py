@@ -8,6 +8,7 @@ it cannot be decoded, so that the check runs in the pool too, not in the reader'
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from mmcaption.data.records import BadRecords
-from mmcaption.images import DECODE_ERRORS, check_image, shrink_image
+from mmcaption.images import DECODE_ERRORS, check_image, opened, shrink_image
 
 UNREADABLE = "unreadable image"
+TINY = 8  # pixels on the shorter side
+TINY_NOTE = f"images smaller than {TINY} pixels on a side (a web page's tracking pixel or spacer?), trained on"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ def _prepared(image: bytes | Unchecked, image_size: int | None) -> tuple[bytes, 
     if not isinstance(image, Unchecked):
         return (image if image_size is None else shrink_image(image, image_size)), None
     data = image.source.read_bytes() if isinstance(image.source, Path) else image.source
+    with contextlib.suppress(*DECODE_ERRORS), opened(data) as header:  # a web page's tracking pixel or spacer: said
+        if min(header.size) < TINY:
+            return data, check_image(data) or TINY_NOTE
     if image_size is not None:
         try:
             shrunk = shrink_image(data, image_size)
@@ -69,7 +75,9 @@ def checked_and_shrunk(
             yield None, items
             return
         data, problem = future.result()
-        if problem is None:
+        if problem in (None, TINY_NOTE):
+            if problem:  # trained on, as the record gives it
+                records.note(TINY_NOTE, example=str(image_row.get("file_name") or image_row.get("image_id") or ""))
             yield dict(image_row, image=data), items
             return
         for message in image_row["image"].blame(problem):
