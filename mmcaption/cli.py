@@ -39,7 +39,7 @@ from mmcaption.folders import (
 )
 from mmcaption.model import MultimodalConfig, is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import check_backbone, context_problem
-from mmcaption.model.compatibility import structure_problem
+from mmcaption.model.compatibility import check_structure, structure_problem
 from mmcaption.model.config import (
     TRAINING_ONLY,
     check_known_settings,
@@ -367,6 +367,7 @@ def prepare(args: list[str]) -> int:
         cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,
                           auto_configure_optimizers=False, parser_class=MMCaptionParser,
                           parser_kwargs={"prog": "mmcaption prepare", "description": PREPARE_HELP})
+        check_structure(cli.model.config, "model.config.", trained=True)  # a vision_feature_layer its features cannot have
         return prepare_splits(cli.datamodule, cli.model.config.language_model)
 
 

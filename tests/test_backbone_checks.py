@@ -205,5 +205,9 @@ def test_the_cli_refuses_before_preprocessing(backbones, coco_root, tmp_path, mo
                               "LlamaForCausalLM) is named so")
     message = user_error(capsys, main, [*command, "--model.config.cross_attention_layers", "[]"])
     assert message.startswith("error: model.config.cross_attention_layers is empty: the language model would never see")
+    # prepare too: a vision_feature_layer the tower lacks failed while its features were cached (DatasetGenerationError)
+    message = user_error(capsys, main, ["prepare", *command[1:], "--model.config.vision_feature_layer", "5",
+                                        "--data.init_args.cache_image_features", "true"])
+    assert message.startswith("error: model.config.vision_feature_layer is 5, but")
     assert not (tmp_path / "cache").exists() and not (coco_root / "preprocessed").exists()
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "logs").exists()
