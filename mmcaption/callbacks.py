@@ -378,6 +378,8 @@ class PlainProgress(ProgressBar):
                      and c.stopping_reason != EarlyStoppingReason.NOT_STOPPED and c.stopping_reason_message), None)
         # Lightning says why only at its info level, which is kept quiet
         why = f" - stopped by EarlyStopping: {said.replace(' Signaling Trainer to stop.', '').strip()}" if said else ""
+        skipped = getattr(pl_module, "skipped_batches", 0)  # on_nonfinite_loss skip: was said only batch by batch
+        why += f" ({skipped} batch(es) skipped for a non-finite loss: train/skipped_batches)" if skipped else ""
         self._line(trainer, f"training done at step {trainer.global_step} in "
                             f"{format_seconds(time.monotonic() - self._start)}{why}")
 

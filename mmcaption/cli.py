@@ -55,6 +55,7 @@ from mmcaption.run_callbacks import KeptConfig, add_run_callbacks
 from mmcaption.settings_checks import (
     ask_as_trained,
     lightning_setting_errors,
+    optimizer_problem,
     strategy_problem,
     under_root_folder,
     unlogged_monitor,
@@ -170,7 +171,8 @@ class MMCaptionCLI(LightningCLI):
         check_backbone(model.vision_model, "model.config.vision_model")
         trained = self.subcommand != "fit" or bool(config.get("ckpt_path") or config.model.get("init_from"))  # LoRA as trained
         if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
-                strategy_problem(config.trainer.get("strategy")) or \
+                strategy_problem(config.trainer.get("strategy")) or (self.subcommand == "fit" and optimizer_problem(
+                    config.model, config.trainer)) or \
                 structure_problem(MultimodalConfig(**model.as_dict()), trained=trained) or \
                 context_problem(model.language_model, getattr(data, "init_args", {}).get("max_length") if data else None):
             raise ConfigError(problem)  # all before anything loads: the data is preprocessed before the model is built

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from transformers import PreTrainedTokenizerBase
 
@@ -29,7 +29,7 @@ from mmcaption.checkpoint import (
     load_initial_weights,
     restore_loader_position,
 )
-from mmcaption.errors import ConfigError, NonFiniteLossError, raise_if_stopped
+from mmcaption.errors import ConfigError, raise_if_stopped
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
@@ -37,6 +37,7 @@ from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local, check_known_settings
 from mmcaption.model.loss import AccumulatedTokens, chunked_cross_entropy
 from mmcaption.model.optim import adamw
+from mmcaption.nonfinite import skip_nonfinite
 from mmcaption.predictions import PredictionWriter
 from mmcaption.results import write_results
 from mmcaption.schedule import linear_schedule, schedule_from_here
@@ -226,15 +227,7 @@ class MultimodalCaptioner(LightningModule):
             raise ValueError(f"training batch {batch_idx} has no supervised token: every label is masked")
         mean_loss = global_sum / global_tokens
         if not torch.isfinite(mean_loss):  # decided on the global value: every process skips, or none does
-            where = f"step {self.global_step}, epoch {self.current_epoch}, batch {batch_idx}"
-            if self.on_nonfinite_loss == "error":
-                raise NonFiniteLossError(
-                    f"non-finite training loss ({mean_loss.item()}) at {where}; set model.on_nonfinite_loss: skip "
-                    "to skip such batches (they are counted in train/skipped_batches)"
-                )
-            self.skipped_batches += 1
-            self.log("train/skipped_batches", float(self.skipped_batches), batch_size=batch["input_ids"].size(0))
-            rank_zero_warn(f"skipping the batch at {where}: non-finite training loss")
+            skip_nonfinite(self, mean_loss, batch_idx, batch["input_ids"].size(0))
             return None  # Lightning skips the optimizer step
         batch_size = batch["input_ids"].size(0)
         self.log("train/loss", mean_loss, prog_bar=True, batch_size=batch_size)  # already global: no sync_dist

@@ -222,3 +222,24 @@ def under_root_folder(trainer_settings: Any, ckpt_path: Any = None) -> list[str]
                 raise ConfigError(f"--ckpt_path last looks in {settings[key]}, under trainer.default_root_dir, which holds no "
                                   f"last checkpoint; {folder} holds a run's: give --ckpt_path {Path(str(folder)) / 'last.ckpt'}")
     return moved
+
+
+def optimizer_problem(model: Any, trainer: Any) -> str | None:
+    """A training setting no run learns with, said before anything loads: torch refused some once the model had loaded
+    (a negative learning rate, a beta of 1.5), and the others were taken without a word (a learning rate of 0, a
+    warmup_ratio beyond 1 that lowered the peak, a negative weight decay or clipping value)."""
+    rate, decay, warmup = model.get("learning_rate"), model.get("weight_decay"), model.get("warmup_ratio")
+    betas, clip = list(model.get("adam_betas") or []), trainer.get("gradient_clip_val")
+    if isinstance(rate, int | float) and rate <= 0:
+        return f"model.learning_rate {rate}: training moves the weights by it, so it is above 0 (the configs: 2e-4)"
+    if isinstance(decay, int | float) and decay < 0:
+        return f"model.weight_decay {decay}: a decay is 0 or above (0 in the configs)"
+    if isinstance(warmup, int | float) and not 0 <= warmup <= 1:
+        return (f"model.warmup_ratio {warmup} is the fraction of the steps spent warming up: give 0 to 1 (beyond, the "
+                "learning rate never reached its peak)")
+    if not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas):
+        return f"model.adam_betas {betas}: each from 0 to below 1 (the configs: [0.9, 0.999])"
+    if isinstance(clip, int | float) and clip < 0:
+        return (f"trainer.gradient_clip_val {clip}: Lightning clips nothing below 0; give the norm to clip at (1.0), or "
+                "null for none")
+    return None

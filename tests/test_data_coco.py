@@ -15,6 +15,7 @@ from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import CaptionDataModule, DataError
 from mmcaption.data.cache import IMAGE_HASHES
 from mmcaption.demo.synthetic import write_coco_split
+from mmcaption.errors import ConfigError
 
 
 @pytest.fixture
@@ -315,6 +316,15 @@ def test_unreadable_image_is_named(backbones, coco_copy):
     dm = make_datamodule(backbones, coco_copy, on_bad_record="skip")
     with pytest.warns(UserWarning, match="1 x unreadable image"):
         dm.prepare_data()
+
+
+def test_a_max_length_with_no_room_for_a_caption_is_refused_when_the_data_is_set_up(backbones, coco_root, tmp_path):
+    # was a warning of captions "cut to -1 tokens", then a refusal at the first batch, once the model had loaded
+    dm = make_datamodule(backbones, coco_root, cache_dir=str(tmp_path / "cache"), max_length=2)
+    dm.prepare_data()
+    with pytest.raises(ConfigError, match=r"data.init_args.max_length 2 leaves no room for a caption after the 0-token "
+                                          r"prompt and the start and end tokens: give at least 3"):
+        dm.setup("fit")
 
 
 def test_a_tracking_pixel_among_the_images_is_said(backbones, coco_copy):
@@ -627,7 +637,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "cdb0fcdc74efc907"}
+CACHE_CODE = {7: "f6d127d16758d36c"}
 
 
 def cache_code_digest() -> str:

@@ -871,6 +871,26 @@ def test_a_quick_run_without_logs_or_checkpoints_leaves_out_the_configs_callback
     assert not folder.exists()  # was a one-step last.ckpt, where the real run's goes ("checkpointing is suppressed")
 
 
+def test_settings_no_run_learns_with_are_refused_before_anything_loads(backbones, coco_root, tmp_path, monkeypatch, capsys):
+    # torch's traceback once the model had loaded (a negative rate, a beta of 1.5, PEFT's for a rank of 0), or taken
+    # without a word: a rate of 0, a warmup_ratio of 1.5 (the peak never reached), an alpha of 0 (no adapter trained)
+    monkeypatch.chdir(tmp_path)
+    fit = fit_config(tmp_path, coco_root, backbones, tmp_path / "c")
+    for setting, value, said in (
+        ("--model.learning_rate", "0", "model.learning_rate 0.0: training moves the weights by it, so it is above 0"),
+        ("--model.learning_rate", "-1e-3", "model.learning_rate -0.001: training moves the weights by it"),
+        ("--model.warmup_ratio", "1.5", "model.warmup_ratio 1.5 is the fraction of the steps spent warming up: give 0 to 1"),
+        ("--model.weight_decay", "-0.1", "model.weight_decay -0.1: a decay is 0 or above"),
+        ("--model.adam_betas", "[0.9, 1.5]", "model.adam_betas [0.9, 1.5]: each from 0 to below 1"),
+        ("--trainer.gradient_clip_val", "-1", "trainer.gradient_clip_val -1: Lightning clips nothing below 0"),
+        ("--model.config.lora_r", "0", "model.config.lora_r 0, lora_alpha 8, lora_dropout 0.05: LoRA's rank is at least 1"),
+        ("--model.config.lora_alpha", "0", "model.config.lora_r 4, lora_alpha 0, lora_dropout 0.05: LoRA's rank is at least 1"),
+        ("--model.config.lora_dropout", "1.0", "model.config.lora_r 4, lora_alpha 8, lora_dropout 1.0: LoRA's rank is at least"),
+    ):
+        assert user_error(capsys, main, [*fit, f"{setting}={value}"]).startswith(f"error: {said}"), setting
+    assert not (tmp_path / "cache").exists()  # nothing preprocessed, nothing loaded
+
+
 def test_a_logger_whose_package_is_not_installed_is_one_line_with_what_to_install(
     backbones, coco_root, tmp_path, monkeypatch, capsys
 ):
@@ -2028,6 +2048,10 @@ def test_a_run_that_early_stopping_ended_says_so_in_its_last_line(capsys):
     progress.on_train_end(trainer, None)
     assert ("training done at step 14 in" in (out := capsys.readouterr().out) and out.rstrip().endswith(
         " - stopped by EarlyStopping: Monitored metric val/CIDEr did not improve in the last 2 records. Best score: 0.412."))
+    # batches skipped for a non-finite loss (on_nonfinite_loss skip) are counted there too: said only one by one before
+    trainer.callbacks = []
+    progress.on_train_end(trainer, SimpleNamespace(skipped_batches=3))
+    assert capsys.readouterr().out.rstrip().endswith(" (3 batch(es) skipped for a non-finite loss: train/skipped_batches)")
 
 
 def test_resuming_a_run_early_stopping_ended_ends_at_once_saying_so(capsys, monkeypatch):

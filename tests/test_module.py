@@ -122,6 +122,31 @@ def test_non_finite_loss_stops_naming_the_step_or_is_skipped(backbones, coco_roo
         assert all(torch.isfinite(p).all() for p in module.parameters() if p.requires_grad)
 
 
+def test_a_diverged_run_stops_even_when_non_finite_batches_are_skipped(backbones, coco_root, tmp_path, monkeypatch):
+    # a learning rate far too high: once an update made the weights NaN, "skip" skipped every batch after it and the run
+    # ended "done" (exit 0), its last.ckpt all NaN; and "error" advised skipping
+    language_dir, vision_dir = backbones
+    dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                           image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    module = make_module(backbones, on_nonfinite_loss="skip")
+    original = MultimodalCaptioner.token_losses
+
+    def diverged(self, batch):
+        if self.global_step == 1 and self.training:  # as an update of step 0 left them
+            with torch.no_grad():
+                next(p for p in self.parameters() if p.requires_grad).fill_(float("nan"))
+        loss_sum, tokens = original(self, batch)
+        return (loss_sum * float("nan"), tokens) if self.global_step == 1 and self.training else (loss_sum, tokens)
+
+    monkeypatch.setattr(MultimodalCaptioner, "token_losses", diverged)
+    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+    with pytest.raises(FloatingPointError, match=r"at step 1, epoch 0, batch 1: the trained weights themselves are no longer "
+                                                 r"finite \(.*\), so skipping batches cannot help.* Lower model.learning_rate"):
+        trainer.fit(module, datamodule=dm)
+    assert module.skipped_batches == 0
+
+
 def test_compile_option_compiles_every_decoder_layer_and_keeps_the_checkpoint_keys(backbones):
     # (the compiled model's speed and losses against eager's: benchmarks/compile.py; compiling here would take minutes)
     eager, compiled = make_captioner(backbones), make_captioner(backbones, compile=True)

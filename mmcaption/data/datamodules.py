@@ -207,6 +207,10 @@ class CaptionDataModule(PreprocessedDataModule):
         more than one in a thousand are (COCO's longest few are), with their lengths; only ``prepare`` counted them."""
         lengths = dataset._column_lengths("token_ids")
         room = self.max_length - 2 - len(dataset.prompt_ids)  # <bos>, the prompt, <eos>
+        if room < 1:  # was said as "cut to -1 caption tokens", and refused at the first batch, once the model had loaded
+            raise ConfigError(f"data.init_args.max_length {self.max_length} leaves no room for a caption after the "
+                              f"{len(dataset.prompt_ids)}-token prompt and the start and end tokens: give at least "
+                              f"{len(dataset.prompt_ids) + 3}")
         cut = int((lengths > room).sum())
         if cut > len(lengths) / 1000:
             rank_zero_warn(f"split {split}: {cut:,} of {len(lengths):,} captions ({cut / len(lengths):.1%}) are longer than "

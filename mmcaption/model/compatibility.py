@@ -38,6 +38,11 @@ def structure_problem(config: MultimodalConfig, prefix: str = "model.config.", t
     to write instead), or ``None``. ``prefix``: how the settings are named to the user. ``trained``: the settings of
     weights trained already (a resume, a checkpoint or an export loaded), whose LoRA targets some of which matched
     nothing are what they were trained with: kept loadable."""
+    # a rank of 0 was PEFT's traceback after preprocessing; an alpha of 0 or a dropout of 1 trained no adapter, unsaid
+    if config.lora_r < 1 or config.lora_alpha <= 0 or not 0 <= config.lora_dropout < 1:
+        return (f"{prefix}lora_r {config.lora_r}, lora_alpha {config.lora_alpha}, lora_dropout {config.lora_dropout}: "
+                "LoRA's rank is at least 1, its alpha above 0 and its dropout from 0 to below 1 (an alpha of 0 or a "
+                "dropout of 1 leaves the adapters untrained); the configs: 32, 64, 0.05")
     if not config.cross_attention_layers:
         return (f"{prefix}cross_attention_layers is empty: the language model would never see the image. Name the decoder "
                 "layers that read it, e.g. [-4, -3, -2, -1] (the last four)")
