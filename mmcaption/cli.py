@@ -51,7 +51,7 @@ from mmcaption.model.config import (
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, instantiation_error, print_config_held, print_held_config
-from mmcaption.run_callbacks import KeptConfig, add_run_callbacks
+from mmcaption.run_callbacks import KeptConfig, add_run_callbacks, forget_earlier_seed
 from mmcaption.settings_checks import (
     ask_as_trained,
     lightning_setting_errors,
@@ -312,6 +312,7 @@ class MMCaptionCLI(LightningCLI):
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
     """Run ``mmcaption`` with ``args`` (``sys.argv`` when None) and return the finished CLI."""
     quiet_lightning()
+    forget_earlier_seed()  # a run before it in this process: its seed is not this one's
     with warnings.catch_warnings(), locks_released_after():
         filter_warnings()
         if args is not None:  # the pipeline's and the demo's stages: their own arguments, not the command line's

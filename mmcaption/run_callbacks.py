@@ -17,6 +17,18 @@ from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
 from mmcaption.terminal import draws_bars
 
+_SEED_GIVEN = os.environ.get("PL_GLOBAL_SEED")  # the environment's, as the process began: not an earlier run's
+
+
+def forget_earlier_seed() -> None:
+    """``PL_GLOBAL_SEED`` put back as the process began: Lightning leaves a run's seed there, and a later run in the same
+    process with ``seed_everything: false`` (a sweep's next trial) took it for its own: its data order, and the seed
+    its checkpoint records, so that resuming it in a new process was refused."""
+    if _SEED_GIVEN is None:
+        os.environ.pop("PL_GLOBAL_SEED", None)
+    else:
+        os.environ["PL_GLOBAL_SEED"] = _SEED_GIVEN
+
 
 def add_run_callbacks(trainer: Trainer) -> None:
     """Add mmcaption's own callbacks to ``trainer``, and put its progress display in place of Lightning's bars."""

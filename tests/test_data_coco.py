@@ -318,6 +318,20 @@ def test_unreadable_image_is_named(backbones, coco_copy):
         dm.prepare_data()
 
 
+def test_a_data_module_is_freed_once_its_run_is_done_with_it(backbones, coco_root):
+    # a cache on its method kept every data module (and its trainer, model and optimizer) for the process's life: a sweep
+    # of trials in one process grew by a model each
+    import gc
+    import weakref
+
+    dm = make_datamodule(backbones, coco_root)
+    assert dm.stage_splits()["val"] == "val2017"
+    gone = weakref.ref(dm)
+    del dm
+    gc.collect()
+    assert gone() is None
+
+
 def test_a_max_length_with_no_room_for_a_caption_is_refused_when_the_data_is_set_up(backbones, coco_root, tmp_path):
     # was a warning of captions "cut to -1 tokens", then a refusal at the first batch, once the model had loaded
     dm = make_datamodule(backbones, coco_root, cache_dir=str(tmp_path / "cache"), max_length=2)

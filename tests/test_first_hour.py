@@ -246,6 +246,20 @@ def test_a_count_of_batches_typed_as_a_whole_number_is_that_count_however_it_par
     assert isinstance(config.fit.trainer.limit_train_batches, int) and isinstance(config.fit.trainer.val_check_interval, float)
 
 
+def test_a_run_in_a_process_that_ran_another_does_not_take_its_seed(monkeypatch):
+    # a sweep's trial with seed_everything false took the trial before's seed (Lightning leaves it in PL_GLOBAL_SEED):
+    # its data order and the seed its checkpoint records, so that resuming it in a new process was refused
+    from mmcaption import run_callbacks
+
+    monkeypatch.setattr(run_callbacks, "_SEED_GIVEN", None)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # as a run before left it
+    run_callbacks.forget_earlier_seed()
+    assert "PL_GLOBAL_SEED" not in os.environ
+    monkeypatch.setattr(run_callbacks, "_SEED_GIVEN", "7")  # one the user's environment gave: kept
+    run_callbacks.forget_earlier_seed()
+    assert os.environ["PL_GLOBAL_SEED"] == "7"
+
+
 def test_a_pattern_the_shell_expanded_into_file_names_is_said_as_such(tmp_path, monkeypatch, capsys):
     # `--data.images photos/*.jpg` unquoted: "unrecognized arguments:" and every photo's name on one line
     monkeypatch.chdir(tmp_path)

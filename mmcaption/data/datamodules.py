@@ -3,7 +3,6 @@ each preprocessed once into memory-mapped Arrow splits (see :class:`~mmcaption.d
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -113,8 +112,14 @@ class CaptionDataModule(PreprocessedDataModule):
     def default_cache_dir(self) -> Path:
         return self.data_dir / "preprocessed"
 
-    @functools.cache  # noqa: B019 - one data module, a few calls; listing a hub dataset's splits reads files
     def stage_splits(self) -> dict[str, str]:
+        # once per data module (listing a hub dataset's splits reads files), kept on it: functools.cache on the method
+        # kept every data module, its trainer and model with it, for the process's life (a sweep's trials piled up)
+        if "_stage_splits" not in self.__dict__:
+            self._stage_splits = self._find_stage_splits()
+        return self._stage_splits
+
+    def _find_stage_splits(self) -> dict[str, str]:
         train, val, test = self.splits
         if self.hub is not None:
             return self.hub.stage_splits(train, val, test)
