@@ -245,6 +245,12 @@ class ResumableStop(Callback):
                 f"began it, or start a new run from its weights with --model.init_from {source}; the earlier cache "
                 f"({saved.get('train_split')}) may then be deleted"
             )
+        if "captions" in current and "captions" not in saved:  # the same caption file, read anew by this release
+            raise ResumeError(
+                f"{source} was trained on captions that an earlier release of mmcaption read with the invisible characters "
+                "around them (zero-width spaces, byte order marks), which this one removes, into a new cache: its place "
+                "in the epoch would mean nothing there. Finish the run with the release that began it, or start a new "
+                f"run from its weights with --model.init_from {source}")
         saved = {**saved, "preprocessing": current.get("preprocessing")}  # checkpoints from before it was kept
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
             saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}

@@ -195,10 +195,11 @@ def replaced_by_a_later_config(arguments: list[str]) -> str | None:
     """Why a setting given before a ``--config`` is not used: that file writes it too, and a later source replaces an
     earlier one (``mmcaption fit --trainer.max_epochs 1 --config c.yaml`` trained the file's 3 epochs, unsaid)."""
     given: list[tuple[int, str]] = []
+    last = {argument.split("=", 1)[0]: index for index, argument in enumerate(arguments)}  # given again later: that one
     for index, argument in enumerate(arguments):
         flag = argument.split("=", 1)[0]
         if flag in ("--config", "-c") and (name := argument[9:] if "=" in argument else next(iter(arguments[index + 1:]), None)):
-            for place, key in given:
+            for place, key in [(place, key) for place, key in given if last[f"--{key}"] < index]:
                 keys = [key] + ([key.replace("data.", "data.init_args.", 1)] if key.startswith("data.") else [])
                 found = next(((k, line) for k in keys for node in [_composed(Path(name).expanduser())] if node is not None
                               for value, line in [_node_at(node, k)] if value is not None), None)

@@ -9,6 +9,7 @@ import io
 import os
 import re
 import sys
+import types
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -134,6 +135,8 @@ def _empty_setting_problem(parser: LightningArgumentParser, config: Any) -> str 
     action = getattr(parser, "_subcommands_action", None)
     settings = getattr(action, "_name_parser_map", {}).get(subcommand)
     for name, key, line in empty_settings(_CONFIGS) if settings is not None else ():
+        if not key.startswith(("model.", "data.", "trainer.")):  # seed_everything: null was a seed, as Lightning reads it
+            continue
         if key.startswith("data.") and key.split(".")[1] not in ("class_path", "init_args"):  # `data: batch_size:`
             key = key.replace("data.", "data.init_args.", 1)
         if config[subcommand].get(key, "") is not None:  # set again after it, or no setting at all
@@ -143,10 +146,7 @@ def _empty_setting_problem(parser: LightningArgumentParser, config: Any) -> str 
         else:
             hint = getattr(settings._option_string_actions.get(f"--{key}"), "_typehint", Any)
         if hint is not Any and hint is not type(None) and type(None) not in typing.get_args(hint):
-            kind = getattr(hint, "__name__", str(hint))
-            kind = ("one of " + ", ".join(map(str, typing.get_args(hint)))) if typing.get_origin(hint) is typing.Literal \
-                else _KINDS.get(kind, kind.replace("typing.", ""))
-            return (f"config {name}, line {line}: {key} is empty, and takes {kind}: give it a value, or "
+            return (f"config {name}, line {line}: {key} is empty, and takes {_kind_of(hint)}: give it a value, or "
                     "delete the line to keep its default")
     return None
 
@@ -202,6 +202,16 @@ def _where(key: str) -> str:
     if any(argument.startswith(f"--{key}") for argument in _ARGUMENTS):
         return ""
     return f" (written in {where})" if (where := written_in(_CONFIGS, key)) else ""
+
+
+def _kind_of(hint: Any) -> str:
+    """What a type takes, in words (``Union[bool, int]``: true or false or a whole number)."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_kind_of(a) for a in typing.get_args(hint) if a is not type(None)))
+    name = getattr(hint, "__name__", str(hint))
+    return _KINDS.get(name, name.replace("typing.", ""))
 
 
 def _init_hint(class_path: object, name: str) -> Any:

@@ -193,6 +193,14 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
         f"error: --trainer.max_epochs comes before --config {DEMO_CAPTION}, which writes trainer.max_epochs too (line 9): a "
         "later source replaces an earlier one, so the file's value would be used, not yours. Put the setting after the "
         "config files")
+    # given again after the files (a wrapper script's `mmcaption fit $COMMON --config x.yaml "$@"`): that one is used
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--trainer.max_epochs", "1", "--config", DEMO_CAPTION, "--trainer.max_epochs", "2", "--print_config"])
+    assert exit_info.value.code == 0 and yaml.safe_load(capsys.readouterr().out)["trainer"]["max_epochs"] == 2
+    # a null seed is a seed as Lightning reads it (it ran before); a union of kinds said in words ("takes Union")
+    assert refused("--config", written("seed.yaml", "seed_everything:\ntrainer:\n  devices:\n")) == (
+        "error: config seed.yaml, line 3: trainer.devices is empty, and takes a list or text or a whole number: give it a "
+        "value, or delete the line to keep its default")
     # a class name mistyped was "... is not null"; from the command line, the bare key
     typo = written("typo.yaml", "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStoping\n"
                                 "      init_args:\n        monitor: val/loss\n")

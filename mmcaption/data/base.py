@@ -351,6 +351,7 @@ class PreprocessedDataModule(BackbonesDataModule):
             "group_by_length": self.group_by_length,
             "length_group_batches": self.length_group_batches if self.group_by_length else None,
             "seed": default_seed(),
+            **({"captions": "read anew"} if getattr(self, "read_anew", {}).get(split) else {}),  # (see ResumableStop)
         }
 
     def _loader_settings(self) -> dict[str, Any]:

@@ -147,12 +147,13 @@ class CaptionDataModule(PreprocessedDataModule):
         if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself
             super().check_inputs(stage)
 
-    def _read_otherwise_now(self, file: Path) -> dict:
+    def _read_otherwise_now(self, file: Path, split: str) -> dict:
         """A caption file (or a folder's tables) that this release reads otherwise than earlier ones
-        (:func:`invisible_characters_in`): its cache is not one they built."""
+        (:func:`invisible_characters_in`): its cache is not one they built, nor a run's place in it (``training_data``)."""
         tables = [file] if file.is_file() else [p for p in [*file.glob("*"), *file.glob("*/metadata.*")] if p.is_file() and
                                                  p.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl")] if file.is_dir() else []
         found = any(self.looked_at(("invisible", table), lambda t=table: invisible_characters_in(t)) for table in tables)
+        self.read_anew = {**getattr(self, "read_anew", {}), split: found}
         return {"captions": "invisible characters around them removed"} if found else {}
 
     def split_inputs(self, split: str) -> dict:
@@ -165,7 +166,7 @@ class CaptionDataModule(PreprocessedDataModule):
             return {"hub": hub, "split": split, "fingerprint": content,
                     "rows": "grouped by image",  # since rows of one image became one image, not one each
                     **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {}),
-                    **self._read_otherwise_now(local)}
+                    **self._read_otherwise_now(local, split)}
         if self.source == "karpathy":
             if not self.karpathy_file.is_file():
                 others = sorted(self.karpathy_file.parent.glob("dataset_*.json"))  # Flickr30k's and Flickr8k's files
@@ -175,11 +176,11 @@ class CaptionDataModule(PreprocessedDataModule):
                        or [self.data_dir / name for name in COCO2017_FOLDERS if (self.data_dir / name).is_dir()])
             return {"karpathy": file_signature(self.karpathy_file), "split": split,
                     "images": [self.signed_folder(folder) for folder in folders or [self.data_dir]],
-                    **self._read_otherwise_now(self.karpathy_file)}
+                    **self._read_otherwise_now(self.karpathy_file, split)}
         annotation_file = self.annotation_file(split)
         require_annotation_file(annotation_file)
         signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(self.data_dir / split),
-                     **self._read_otherwise_now(annotation_file)}
+                     **self._read_otherwise_now(annotation_file, split)}
         outside = images_outside_folder(annotation_file, self.data_dir / split)
         if outside:  # a labelling tool's absolute file names (none in the official files, whose caches keep their names)
             signature["outside the image folder"] = files_signature(outside, str(annotation_file.resolve()), self.cache_dir)
