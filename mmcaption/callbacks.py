@@ -245,7 +245,7 @@ class ResumableStop(Callback):
                 f"began it, or start a new run from its weights with --model.init_from {source}; the earlier cache "
                 f"({saved.get('train_split')}) may then be deleted"
             )
-        if "captions" in current and "captions" not in saved:  # the same caption file, read anew by this release
+        if "captions" in current and "captions" not in saved and saved.get("train_split") != current.get("train_split"):
             raise ResumeError(
                 f"{source} was trained on captions that an earlier release of mmcaption read with the invisible characters "
                 "around them (zero-width spaces, byte order marks), which this one removes, into a new cache: its place "

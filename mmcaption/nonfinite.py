@@ -15,6 +15,11 @@ def skip_nonfinite(module, loss: torch.Tensor, batch_idx: int, batch_size: int) 
     where = f"step {module.global_step}, epoch {module.current_epoch}, batch {batch_idx}"
     broken = next((name for name, tensor in module.named_parameters() if tensor.requires_grad
                    and not torch.isfinite(tensor).all()), None)  # looked at only now: the check is not free
+    if broken is not None and module.global_step == 0:  # no update of this run yet: they came so from a checkpoint
+        raise NonFiniteLossError(
+            f"non-finite training loss ({loss.item()}) at {where}: the trained weights were not finite before this run's "
+            f"first update ({broken}): the checkpoint it started from (model.init_from, or --ckpt_path) holds them so, "
+            "from a run that diverged. Start from a checkpoint saved before that run's loss went wrong, or afresh")
     if broken is not None:
         lr = module.learning_rate
         raise NonFiniteLossError(

@@ -107,6 +107,7 @@ def as_srgb(image: Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image, extrema: tuple[float, float] | None = None, srgb: bool = True) -> Image.Image:
     """``image`` as 8-bit RGB (``extrema``: :func:`levels` of the image it was made smaller from), in sRGB
     (:func:`as_srgb`) unless ``srgb`` is false (its profile kept in ``info``, to convert once made smaller)."""
+    srgb = srgb or image.mode not in ("RGB", "RGBA", "P", "PA")  # a CMYK or grey profile fits no RGB image: now
     profile = None if srgb else image.info.get("icc_profile")
     rgb = _eight_bit_rgb(as_srgb(image) if srgb else image, extrema)
     if profile:

@@ -145,6 +145,21 @@ def test_a_diverged_run_stops_even_when_non_finite_batches_are_skipped(backbones
                                                  r"finite \(.*\), so skipping batches cannot help.* Lower model.learning_rate"):
         trainer.fit(module, datamodule=dm)
     assert module.skipped_batches == 0
+    # NaN before any update of this run: they came so from the checkpoint it started from (a diverged stage's last.ckpt)
+    module = make_module(backbones, on_nonfinite_loss="skip")
+
+    def loaded_so(self, batch):
+        with torch.no_grad():
+            for parameter in (p for p in self.parameters() if p.requires_grad):
+                parameter.fill_(float("nan"))
+        return original(self, batch)
+
+    monkeypatch.setattr(MultimodalCaptioner, "token_losses", loaded_so)
+    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+    with pytest.raises(FloatingPointError, match=r"at step 0, .*the trained weights were not finite before this run's first "
+                                                 r"update .*the checkpoint it started from"):
+        trainer.fit(module, datamodule=dm)
 
 
 def test_compile_option_compiles_every_decoder_layer_and_keeps_the_checkpoint_keys(backbones):

@@ -98,8 +98,9 @@ def test_floating_point_tiffs_are_scaled_not_black(tmp_path):
     assert np.asarray(load_rgb(path))[0, 0].tolist() == [128, 128, 128]
 
 
-def adobe_rgb_profile() -> bytes:
-    """Adobe RGB (1998) as an ICC profile (matrix and gamma, D50-adapted colorants), as Photoshop and cameras embed it."""
+def adobe_rgb_profile(grey: bool = False) -> bytes:
+    """Adobe RGB (1998) as an ICC profile (matrix and gamma, D50-adapted colorants), as Photoshop and cameras embed it;
+    ``grey``: a greyscale one of gamma 1.0 (Photoshop's "Gray Gamma" kind)."""
     import struct
 
     def number(x):
@@ -108,19 +109,21 @@ def adobe_rgb_profile() -> bytes:
     def xyz(x, y, z):
         return b"XYZ \0\0\0\0" + number(x) + number(y) + number(z)
 
-    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(2.19921875 * 256)) + b"\0\0"
-    name = b"Adobe RGB (1998)\0"
-    tags = [(b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(name)) + name + b"\0" * 78),
-            (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"rXYZ", xyz(0.6097, 0.3111, 0.0195)),
-            (b"gXYZ", xyz(0.2053, 0.6257, 0.0609)), (b"bXYZ", xyz(0.1492, 0.0632, 0.7446)),
-            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve), (b"cprt", b"text\0\0\0\0none\0")]
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round((1.0 if grey else 2.19921875) * 256)) + b"\0\0"
+    name = b"Gray Gamma 1.0\0" if grey else b"Adobe RGB (1998)\0"
+    tags = [(b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(name)) + name + b"\0" * 78), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            *([(b"kTRC", curve)] if grey else [(b"rXYZ", xyz(0.6097, 0.3111, 0.0195)), (b"gXYZ", xyz(0.2053, 0.6257, 0.0609)),
+                                              (b"bXYZ", xyz(0.1492, 0.0632, 0.7446)), (b"rTRC", curve), (b"gTRC", curve),
+                                              (b"bTRC", curve)]),
+            (b"cprt", b"text\0\0\0\0none\0")]
     table, data = b"", b""
     for signature, body in tags:
         data += b"\0" * (-(132 + 12 * len(tags) + len(data)) % 4)
         table += signature + struct.pack(">II", 132 + 12 * len(tags) + len(data), len(body))
         data += body
     body = struct.pack(">I", len(tags)) + table + data
-    header = (struct.pack(">I", 128 + len(body)) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12 + b"acspAPPL"
+    header = (struct.pack(">I", 128 + len(body)) + b"none" + bytes([2, 0x10, 0, 0]) + (b"mntrGRAYXYZ " if grey else b"mntrRGB XYZ ")
+              + b"\0" * 12 + b"acspAPPL"
               + b"\0" * 24 + struct.pack(">I", 0) + number(0.9642) + number(1.0) + number(0.8249) + b"\0" * 44)
     return header + body
 
@@ -154,6 +157,10 @@ def test_colours_of_another_colour_space_reach_the_model_as_a_viewer_shows_them(
     Image.new("RGB", (1200, 900), (200, 0, 0)).save(tmp_path / "big.jpg", icc_profile=profile, quality=98)
     shrunk = Image.open(io.BytesIO(shrink_image((tmp_path / "big.jpg").read_bytes(), 224)))
     assert shrunk.size == (299, 224) and 225 < shrunk.getpixel((5, 5))[0] and shrunk.getpixel((5, 5))[1] < 8
+    # a greyscale photo with its own profile (a CMYK one likewise): no RGB profile fits its RGB copy, so converted first
+    Image.new("L", (1200, 900), 100).save(tmp_path / "grey.jpg", icc_profile=adobe_rgb_profile(grey=True), quality=98)
+    seen = load_rgb(tmp_path / "grey.jpg").getpixel((5, 5))
+    assert seen[0] > 150 and Image.open(io.BytesIO(shrink_image((tmp_path / "grey.jpg").read_bytes(), 224))).getpixel((5, 5)) == seen
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     for embedded in (srgb, b"not a profile" * 8):  # sRGB as it is, a damaged profile taken as sRGB
         picture.save(tmp_path / "plain.png", icc_profile=embedded)
