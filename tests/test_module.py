@@ -97,6 +97,12 @@ def test_training_reduces_the_loss_on_a_repeated_batch(backbones, coco_root, tmp
     assert losses[-1] < losses[0] - 0.5
 
 
+def three_steps(tmp_path) -> Trainer:
+    """A trainer of three steps, nothing saved or validated: the non-finite loss tests'."""
+    return Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+
+
 @pytest.mark.parametrize("policy", ["error", "skip"])
 def test_non_finite_loss_stops_naming_the_step_or_is_skipped(backbones, coco_root, tmp_path, monkeypatch, policy):
     language_dir, vision_dir = backbones
@@ -110,8 +116,7 @@ def test_non_finite_loss_stops_naming_the_step_or_is_skipped(backbones, coco_roo
         return (loss_sum * float("nan"), tokens) if self.global_step == 1 and self.training else (loss_sum, tokens)
 
     monkeypatch.setattr(MultimodalCaptioner, "token_losses", poisoned)
-    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = three_steps(tmp_path)
     if policy == "error":
         with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at step 1, epoch 0, batch 1"):
             trainer.fit(module, datamodule=dm)
@@ -139,8 +144,7 @@ def test_a_diverged_run_stops_even_when_non_finite_batches_are_skipped(backbones
         return (loss_sum * float("nan"), tokens) if self.global_step == 1 and self.training else (loss_sum, tokens)
 
     monkeypatch.setattr(MultimodalCaptioner, "token_losses", diverged)
-    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = three_steps(tmp_path)
     with pytest.raises(FloatingPointError, match=r"at step 1, epoch 0, batch 1: the trained weights themselves are no longer "
                                                  r"finite \(.*\), so skipping batches cannot help.* Lower model.learning_rate"):
         trainer.fit(module, datamodule=dm)
@@ -155,8 +159,7 @@ def test_a_diverged_run_stops_even_when_non_finite_batches_are_skipped(backbones
         return original(self, batch)
 
     monkeypatch.setattr(MultimodalCaptioner, "token_losses", loaded_so)
-    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = three_steps(tmp_path)
     with pytest.raises(FloatingPointError, match=r"at step 0, .*the trained weights were not finite before this run's first "
                                                  r"update .*the checkpoint it started from"):
         trainer.fit(module, datamodule=dm)
