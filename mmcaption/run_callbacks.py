@@ -1,6 +1,6 @@
 """The callbacks every command's trainer gets beside the config's: the resumable stop, out-of-memory advice, mmcaption's
-progress display, a note when a resumed run has nothing left to train, and the run's config saved without writing over
-an earlier command's."""
+progress display, a note when a resumed run has nothing left to train, what a checkpoint records of its run, and the
+run's config saved without writing over an earlier command's; and a run's seed not left to the next run in the process."""
 
 from __future__ import annotations
 
