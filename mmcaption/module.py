@@ -268,6 +268,8 @@ class MultimodalCaptioner(LightningModule):
         self.val_loss.reset()
         self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/perplexity", torch.exp(loss), sync_dist=False)
+        if prefix == "val" and self.trainer.state.fn == TrainerFn.FITTING:  # TensorBoard's HPARAMS tab compares runs by it
+            self.log("hp_metric", loss, sync_dist=False)  # (Lightning's -1, never updated, was its only column)
         captions, answers = random_state.gather_objects(self.val_captions), random_state.gather_objects(self.val_answers)
         if 1 < len(captions) + len(answers) <= self.trainer.world_size:  # a split smaller than the processes is shared with
             # repeats (data.base): each image or question once

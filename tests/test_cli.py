@@ -46,6 +46,8 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     assert scalar_series(log_dir, "gate/layer_2_attn") and scalar_series(log_dir, "gate/layer_3_attn")
     assert scalar_series(log_dir, "lr-AdamW/pg1")  # LearningRateMonitor, one curve per parameter group
     assert scalar_series(log_dir, "val/perplexity")
+    # TensorBoard's HPARAMS tab compares runs by hp_metric: Lightning's -1, never updated, was its only column
+    assert scalar_series(log_dir, "hp_metric")[-1][1] == pytest.approx(scalar_series(log_dir, "val/loss")[-1][1])
     # the example captions sit at the step of the validation scalars they belong to, not one step after
     events = EventAccumulator(str(log_dir))
     events.Reload()
