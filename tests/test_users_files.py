@@ -1019,6 +1019,11 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
     monkeypatch.setattr("mmcaption.data.folder_layouts.rank_zero_info", said.append)
     assert len(list(HubCaptions(str(sidecars)).records("train", seen))) == 2
     assert seen.counts == {"empty caption": 1} and "photo2.jpg" in seen.examples["empty caption"]
+    # under error, every photo without a caption at once, not one per run
+    (sidecars / "img_0003.txt").rename(sidecars / "img_0003.bak")
+    with pytest.raises(DataError, match=r"sidecars: 2 of its images have no caption \(first: .*IMG_0003.*; .*photo2.*\)"):
+        list(HubCaptions(str(sidecars)).records("train", BadRecords("sidecars")))
+    (sidecars / "img_0003.bak").rename(sidecars / "img_0003.txt")
     # and counted as the folder is listed: 3,000 such photos of a webdataset's folder were found one by one as read
     assert any(line.endswith("a photo without one is refused, or left out with on_bad_record skip: 1 has none, the first "
                              "photo2.jpg)") for line in said), said

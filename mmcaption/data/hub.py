@@ -331,10 +331,9 @@ class HubCaptions(RowImages):
             raise DataError(f"{records.source}: none of its {len(images):,} images has a caption (a benchmark's test split "
                             "keeps its references to itself): validate on a split with captions (val_split), or give "
                             "val_split the training split's name to hold out hub_val_fraction of it")
-        for row_index, key, captions, _ in images.values():
-            if not captions:
-                records.bad("empty caption", f"{self._row(row_index, key, split)} has no caption")
-                continue
+        empty = [f"{self._row(row_index, key, split)} has no caption" for row_index, key, captions, _ in images.values() if not captions]
+        records.all_at_once("empty caption", empty, f"{len(empty)} of its images have no caption", "Give them one, or remove their rows")
+        for row_index, key, captions, _ in (image for image in images.values() if image[2]):  # (skipped, each counted)
             value = data[row_index][self.image_column]
             named = self._named(value)
             # checked by the image pass's threads; one that cannot be decoded is named at the pass's end
