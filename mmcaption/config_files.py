@@ -5,6 +5,7 @@ where a setting is written, for messages."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -139,11 +140,7 @@ def written_in(configs: list[tuple[str, Path]], key: str) -> str:
     or ``""`` when none does (a key given on the command line)."""
     found = ""
     for name, path in configs:
-        try:
-            node = yaml.compose(path.read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
-        value, line = _node_at(node, key)
+        value, line = _node_at(node, key) if (node := _composed(path)) is not None else (None, None)
         if value is not None:
             found = f"{name}, line {line}"
     return found
@@ -167,11 +164,21 @@ def unreadable_configs(configs: list[tuple[str, Path]]) -> list[str]:
     return problems
 
 
-
-
 def _composed(path: Path) -> yaml.Node | None:
+    """A config file composed (its nodes know their lines), or ``None`` when it cannot be read; read once per version
+    of the file, though each parse asks for it several times (for each setting given before it, each count of batches,
+    each message)."""
     try:
-        return yaml.compose(path.read_text(encoding="utf-8-sig"))
+        stat = path.stat()
+    except OSError:
+        return None
+    return _composed_version(str(path.expanduser().resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _composed_version(path: str, modified: int, size: int) -> yaml.Node | None:
+    try:
+        return yaml.compose(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
 
@@ -227,11 +234,10 @@ def generation_kept(arguments: list[str]) -> list[str]:
                 earlier[flag.removeprefix("--model.generation.")] = yaml.safe_load(text if equals else arguments[index + 1])
         name = argument[9:] if argument.startswith("--config=") else (
             argument if index and arguments[index - 1] in ("--config", "-c") else None)
-        try:
-            given = ((yaml.safe_load(Path(name).expanduser().read_text(encoding="utf-8-sig")) or {}).get("model") or {}).get("generation")
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
-            continue
-        if isinstance(given, dict):
+        node = _composed(Path(name).expanduser()) if name else None
+        section, _ = _node_at(node, "model.generation") if node is not None else (None, None)
+        if isinstance(section, yaml.MappingNode):
+            given = yaml.safe_load(yaml.serialize(section))
             out += [part for key, value in earlier.items() if key not in given for part in (f"--model.generation.{key}", json.dumps(value))]
             earlier = {**earlier, **given}
     return out
