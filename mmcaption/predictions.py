@@ -21,6 +21,7 @@ from mmcaption.evaluation.answers import YesNoTally, normalise_answer
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
     add_late_columns,
+    column_value,
     json_line,
     json_text,
     partial_path,
@@ -205,7 +206,8 @@ class PredictionWriter(BasePredictionWriter):
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
             self.counts["unanswered"] += int(row.get("prediction") is None)
-        groups = {key: str(row[column]) for key, column in self.category_columns.items() if row.get(column) not in (None, "")}
+        groups = {key: str(value) for key, column in self.category_columns.items()
+                  if (value := column_value(row, column)) not in (None, "")}
         if row.get("vqa_accuracy") is not None:
             self.counts["vqa_scored"] = self.counts.get("vqa_scored", 0) + 1
             self.counts["vqa_accuracy_sum"] = self.counts.get("vqa_accuracy_sum", 0.0) + row["vqa_accuracy"]

@@ -327,6 +327,19 @@ def test_mmbench_circular_eval_with_a_model_that_always_picks_blue(backbones, tr
     assert summary["circular_unfinished"] == 1
 
 
+def test_per_l2_category_whatever_the_case_of_its_column(backbones, trained_checkpoint, tmp_path):
+    # lmms-lab's MMBench copy names the column "L2-category": the summary had per_category and, silently, no
+    # per_l2_category. The column keeps its name in the output
+    rows = [{("L2-category" if name == "l2-category" else name): value for name, value in row.items()}
+            for row in mmbench_rows()[:2]]
+    columns = tuple("L2-category" if name == "l2-category" else name for name in MMBENCH_COLUMNS)
+    path, output = write_tsv(tmp_path / "capital.tsv", rows, columns), tmp_path / "capital.csv"
+    predictor(tmp_path).predict(rigged(trained_checkpoint, " blue"), datamodule=choice_data(backbones, path, output, format="mmbench"))
+    rows, summary = read_output(output)
+    assert "L2-category" in rows[0] and "l2-category" not in rows[0]
+    assert summary["per_l2_category"] == {FINE: {"correct": 1, "answered": 2, "accuracy": 0.5}}
+
+
 def test_mmbench_circular_eval_asks_the_passes_the_file_has_as_vlmevalkit_does(backbones, trained_checkpoint, tmp_path):
     module = rigged(trained_checkpoint, " blue")
     rows = mmbench_rows()

@@ -49,6 +49,13 @@ def _sha256(path: str, size: int, modified: int) -> str:  # a checkpoint of GBs 
     return digest.hexdigest()
 
 
+def column_value(row: dict[str, Any], column: str) -> Any:
+    """A row's cell of ``column`` in whatever case its file writes the name (lmms-lab's MMBench has ``L2-category``)."""
+    if column in row:
+        return row[column]
+    return next((value for name, value in row.items() if name.lower() == column), None)
+
+
 def summary_path(output: Path) -> Path:
     """Where ``mmcaption predict`` writes the summary of ``output``'s rows (counts, accuracies, whether it stopped)."""
     return output.with_name(output.name + ".summary.json")
