@@ -145,6 +145,13 @@ BAD_RECORDS = {
     "image_url part": (lambda r: r["conversations"][0].update(value=[
         {"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}]),
         r"turn 0 has an 'image_url' part \(OpenAI's fine-tuning layout\), which is not downloaded: name the image in 'image'"),
+    # images written into the file (Qwen2-VL's layout allows data: and http(s):, some exports put base64 in 'image'):
+    # a bare "File name too long" traceback under skip too, or "missing image" quoting the whole base64
+    "image as a data URI": (lambda r: r.update(image="data:image/jpeg;base64," + "A" * 5000),
+                            r"its image is inline data \(a data: URI\), which is not read: save the image as a file"),
+    "image as base64": (lambda r: r.update(image="/9j/" + "A" * 5000), r"its image is an image's bytes in base64, not a path"),
+    "image as a web address": (lambda r: r.update(image="http://images.cocodataset.org/train2017/000000000004.jpg"),
+                               r"its image is a web address \(http://images\.cocodataset\.org/train2017/.*\), not downloaded"),
     # a conversation written for Qwen-VL: trained as text-only, its placeholder and the file's name as words
     "another model's image placeholder": (lambda r: (r.pop("image"), r["conversations"][0].update(
         value="Picture 1: <img>000000033471.jpg</img>\nWhat is it?")),
@@ -161,7 +168,8 @@ def test_bad_record_is_named_or_skipped_and_counted(backbones, llava, kind):
     assert "instruct_train2017.json" in str(error.value)
     if kind != "missing image":
         assert "id train2017-4" in str(error.value)
-    skipped = "unreadable image" if kind == "absolute path to no image" else kind
+    skipped = "unreadable image" if kind == "absolute path to no image" else "image not a file" if kind.startswith("image as") \
+        else kind
 
     dm = make_datamodule(backbones, llava, on_bad_record="skip")
     with pytest.warns(UserWarning, match="skipped 1 bad records"):

@@ -16,6 +16,8 @@ ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "s
 OTHER_IMAGE_KEYS = ("image_path", "img", "img_path", "image_file", "imagePath", "file_name", "filename", "photo", "picture",
                     "video", "videos")
 
+_BASE64_IMAGES = ("/9j/", "iVBOR", "R0lGOD", "UklGR", "Qk")  # JPEG, PNG, GIF, WebP and BMP files' first bytes in base64
+
 
 def either(record: dict, key: str, other: str) -> object:
     """``record[key]``, else ``record[other]``: a ``null`` one is absent (``datasets``' ``to_json`` of records of both
@@ -49,6 +51,10 @@ def image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | 
         image = image["path"]  # column: {"bytes": null, "path": ...}
     if isinstance(image, str) and image.startswith("file://"):  # Qwen2-VL's documented layout names files as URIs
         image = unquote(urlsplit(image).path)
+    if isinstance(image, str) and (held := not_a_file(image)):  # Qwen2-VL's layout allows data: and http(s): images too
+        records.bad("image not a file", f"{name}: its image is {held}, which is not read: save the image as a file and "
+                                        "name its path (under image_root)")
+        return False, None
     if image is not None and not isinstance(image, str):
         key = "image" if record.get("image") is not None else "images" if record.get("images") is not None else "image part"
         inline = " (its bytes in the file, as datasets writes an Image column: save the images as files)" \
@@ -56,6 +62,19 @@ def image_of(record: dict, name: str, records: BadRecords) -> tuple[bool, str | 
         records.bad("malformed record", f"{name}: its {key!r} is not a path{inline}")
         return False, None
     return True, image or None
+
+
+def not_a_file(image: str) -> str | None:
+    """What ``image`` holds instead of a file's path - inline data, a web address or an image's bytes in base64 (a
+    name no file system takes: a bare ``OSError`` on a lookup) - or None for a path."""
+    if image[:5].lower() == "data:":
+        return "inline data (a data: URI)"
+    if image[:8].lower().startswith(("http://", "https://")):
+        return f"a web address ({image[:80]}), not downloaded"
+    if max((len(part) for part in image.split("/")), default=0) > 255:  # longer than any file name
+        what = "an image's bytes in base64" if image.startswith(_BASE64_IMAGES) else f"a text of {len(image):,} characters"
+        return f"{what}, not a path"
+    return None
 
 
 def turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
