@@ -287,6 +287,22 @@ def test_a_wrong_image_folder_is_named_with_the_path_tried_and_where_the_images_
     with pytest.raises(DataError, match=r"looked for as .*000000000001\.jpg\)\. 000000000001\.png is there, the same name with "
                                         r"another suffix: rename it to 000000000001\.jpg"):
         make_datamodule(backbones, (train, nested)).prepare_data()
+    # every such image counted, not only the first (the user renamed one, ran again, met the next); under skip each
+    # is counted apart from the images that are not there at all (were all plain "missing image")
+    second = first.with_name("000000000002.jpg")
+    second.rename(second.with_suffix(".gif"))
+    (nested / "coco" / "train2017" / "000000000003.jpg").unlink()
+    with pytest.raises(DataError, match=r"3 of 12 conversations .* rename it to 000000000001\.jpg\. 2 of the 3 are there under "
+                                        r"another suffix \(ocr_vqa's \.png and \.gif for \.jpg\): rename them"):
+        make_datamodule(backbones, (train, nested)).prepare_data()
+    edit(train.with_name("instruct_val2017.json"), lambda records: [r.update(image="coco/" + r["image"]) for r in records])
+    dm = make_datamodule(backbones, (train, nested), on_bad_record="skip")
+    with pytest.warns(UserWarning, match=r"2 x missing image, there under another suffix \(first: .*000000000001\.jpg \(record 0 "
+                                         r"\(id train2017-1\)\) does not exist, 000000000001\.png does: rename it to 000000000001\.jpg\)"):
+        dm.prepare_data()
+    dm.setup("fit")
+    meta = json.loads((dm.datasets["train"].folder / "meta.json").read_text())
+    assert meta["skipped"] == {"missing image, there under another suffix": 2, "missing image": 1}
 
 
 def test_repeated_ids_are_separate_conversations_as_in_llava_instruct_150k(backbones, llava):

@@ -4,7 +4,6 @@ and count when the user asked for that. Nothing is dropped silently."""
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import json
 import os
@@ -281,9 +280,13 @@ class BadRecords:
         below = sorted(folder for folder in root.iterdir() if folder.is_dir())[:200] if root.is_dir() else []
         hint = next((f" {relative} is under {folder}: is that the image folder?" for folder in [*list(root.parents)[:3], *below]
                      if (folder / relative).is_file()), "")
-        if not hint and path.parent.is_dir():  # LLaVA-1.5's ocr_vqa download: 140031996.png where the file says .jpg
-            other = next((p.name for p in sorted(path.parent.glob(glob.escape(path.stem) + ".*")) if p.is_file()), None)
-            hint = f" {other} is there, the same name with another suffix: rename it to {path.name}." if other else ""
+        # LLaVA-1.5's ocr_vqa download: 140031996.png where the file says .jpg, for each of them said and counted
+        renamed = other_suffixes([path for _, path in missing])
+        if not hint and path in renamed:
+            hint = f" {renamed[path]} is there, the same name with another suffix: rename it to {path.name}."
+        if len(renamed) > (path in renamed):
+            hint += (f" {len(renamed)} of the {len(missing)} are there under another suffix (ocr_vqa's .png and .gif for "
+                     ".jpg): rename them to the names the file gives.")
         first = f"first: {name}, its image {relative} looked for as {path}"
         if self.on_bad_record == "error" or len(missing) == total:
             raise DataError(
@@ -292,7 +295,11 @@ class BadRecords:
                 + (archive_hint(root) if len(missing) == total else "")
             )
         for name, path in missing:
-            self.bad("missing image", f"{path} ({name}) does not exist")
+            if path in renamed:
+                self.bad("missing image, there under another suffix",
+                         f"{path} ({name}) does not exist, {renamed[path]} does: rename it to {path.name}")
+            else:
+                self.bad("missing image", f"{path} ({name}) does not exist")
 
     def note(self, kind: str, count: int = 1, example: str | None = None) -> None:
         """Count something done to a usable record that the user should hear of (e.g. truncation), with the first
@@ -310,3 +317,21 @@ class BadRecords:
         if self.counts:
             details = "; ".join(f"{n} x {kind} (first: {self.examples[kind]})" for kind, n in self.counts.items())
             rank_zero_warn(f"{self.source}: skipped {sum(self.counts.values())} bad records: {details}")
+
+
+def other_suffixes(paths: list[Path]) -> dict[Path, str]:
+    """Each of ``paths`` (missing files) whose folder holds a file of the same stem and another suffix, with that
+    file's name; each folder listed once."""
+    found, listed = {}, {}
+    for path in paths:
+        if path.parent not in listed:
+            try:
+                names = sorted(entry.name for entry in os.scandir(path.parent) if entry.is_file())
+            except OSError:  # no such folder, or not one
+                names = []
+            listed[path.parent] = {}
+            for entry in names:
+                listed[path.parent].setdefault(Path(entry).stem, entry)
+        if (other := listed[path.parent].get(path.stem)) is not None and other != path.name:
+            found[path] = other
+    return found
