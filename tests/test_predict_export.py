@@ -562,6 +562,12 @@ def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_fr
         (420, 42, "COCO_val2014_000000000042.jpg"), (421, 42, "COCO_val2014_000000000042.jpg"), (70, 7, "COCO_val2014_000000000007.jpg")]
     assert all(r["error"] is None and r["prediction"].strip() and "vqa_accuracy" not in r for r in first)
     said = [r["prediction"] for r in first]
+    # a submission file of another split (val2014's for test-dev) named questions the server does not know, and not
+    # the ones asked, silently: refused before a question is asked
+    other, _ = write_vqa(tmp_path / "other", "val2014", [(9, 3, "Why?"), (421, 42, "Is there a shape?")])
+    with pytest.raises(DataError, match=r"submission_questions_file .*other.* lacks 2 of the 3 questions of .* \(question_id 420\)"):
+        run(asked, None, tmp_path / "wrong.jsonl", submission_questions_file=str(other))
+    assert not (tmp_path / "wrong.jsonl").exists()
     # and the answers as VQA's evaluation server takes them (test-dev is scored there), normalised as scored here
     submitted = json.loads((tmp_path / "first.jsonl.vqa_results.json").read_text())
     assert submitted == [{"question_id": r["question_id"], "answer": normalise_answer(r["prediction"])} for r in first] + [

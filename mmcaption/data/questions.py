@@ -322,13 +322,16 @@ class QuestionsPredictDataModule(_PredictDataModule):
         self.system_prompt = DEFAULT_SYSTEM if system_prompt is None else system_prompt
         self.hparams["system_prompt"] = self.system_prompt  # what asked it, in the summary
         self.instruction = instruction and instruction.strip()
+        self._submission_ids: list[int] | None = None
 
     def submission_question_ids(self) -> list[int]:
         """The question ids the evaluation server's results file must hold: those of
         ``submission_questions_file`` (every test2015 question for test-dev), else none beyond the asked."""
         if self.submission_questions_file is None:
             return []
-        return [q.record["question_id"] for q in read_vqa_questions(self.submission_questions_file)]
+        if self._submission_ids is None:
+            self._submission_ids = [q.record["question_id"] for q in read_vqa_questions(self.submission_questions_file)]
+        return self._submission_ids
 
     # the summary's accuracies per category, and per answer type (VQAv2's yes/no, number, other) as VQA's evaluation reports them
     category_columns = {"per_category": "category", "per_answer_type": "answer_type"}
@@ -346,6 +349,13 @@ class QuestionsPredictDataModule(_PredictDataModule):
 
     def setup(self, stage: str) -> None:
         questions, self.official_vqa = read_question_file(self.questions_file, self.annotations_file)
+        if self.official_vqa and self.submission_questions_file is not None:  # refused now, not by the server after the run
+            known = set(self.submission_question_ids())
+            if lacking := [q.record["question_id"] for q in questions if q.record["question_id"] not in known]:
+                raise DataError(f"submission_questions_file {self.submission_questions_file} lacks {len(lacking):,} of the "
+                                f"{len(questions):,} questions of {self.questions_file} (question_id {lacking[0]}): the server "
+                                "wants a results file of the split that holds them (test-dev's: "
+                                "v2_OpenEnded_mscoco_test2015_questions.json)")
         root = self.image_root or self.questions_file.parent
         if self.official_vqa:
             root = vqa_image_root(self.questions_file, questions, self.image_root)
