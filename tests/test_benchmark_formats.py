@@ -376,6 +376,10 @@ def test_scienceqa_with_a_model_that_always_answers_letter_a_is_never_right_unde
     assert summary["per_grade"] == {"grade3": {"correct": 1, "answered": 2, "accuracy": 0.5},
                                     "grade5": {"correct": 0, "answered": 1, "accuracy": 0.0}}
     assert summary["per_grades"] == {"G1-6": {"correct": 1, "answered": 3, "accuracy": pytest.approx(1 / 3)}}  # the paper's columns
+    # and its TXT column (the questions with a text context; its IMG column is every question here)
+    assert [r["context"] for r in rows] == ["text", "none", "none"]  # problem 5 has a hint
+    assert summary["per_context"] == {"text": {"correct": 1, "answered": 1, "accuracy": 1.0},
+                                      "none": {"correct": 0, "answered": 2, "accuracy": 0.0}}
     eighth = write_scienceqa(tmp_path / "eighth", {"1": problem("Which?", ["a", "b"], 0, grade="grade8")})
     assert choice_data(backbones, eighth, tmp_path / "o.csv", format="scienceqa").read_rows()[0].record["grades"] == "G7-12"
     assert "per_category" not in summary and summary["per_category_over"] == "rows" and (rows[2]["category"], rows[2]["grade"]) == ("Geography", "grade5")
@@ -465,7 +469,8 @@ def test_the_benchmark_configs_parse_and_name_their_format(backbones, tmp_path, 
         dm = MultipleChoiceDataModule(**{**config["init_args"], "csv_file": str(tmp_path / "x"), "output": str(tmp_path / "o.csv"),
                                          "tokenizer": str(backbones[0]), "image_processor": str(backbones[1])})
         assert dm.format == fmt and dm.category_columns == ({"per_category": "category", "per_l2_category": "l2-category"}
-                                                            if fmt == "mmbench" else {"per_subject": "subject", "per_grades": "grades", "per_grade": "grade"})
+                                                            if fmt == "mmbench" else {"per_subject": "subject", "per_grades": "grades", "per_grade": "grade",
+                                                                                      "per_context": "context"})
     out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "demo" / "caption.yaml"), "--config",
                        str(REPO / "configs" / "predict" / "mmbench.yaml"), "--data.split", "null")
     assert "format: mmbench" in out and "circular: true" in out and "split: null" in out

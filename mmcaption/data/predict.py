@@ -329,8 +329,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
         """The summary's per-category accuracies, each with the column of the rows it groups by."""
         if self.format == "mmbench":
             return {"per_category": "category", "per_l2_category": "l2-category"}
-        if self.format == "scienceqa":  # as its paper reports: natural, social and language science; G1-6, G7-12
-            return {"per_subject": "subject", "per_grades": "grades", "per_grade": "grade"}
+        if self.format == "scienceqa":  # as its paper reports: natural, social and language science; G1-6, G7-12; TXT (a text context)
+            return {"per_subject": "subject", "per_grades": "grades", "per_grade": "grade", "per_context": "context"}
         return {"per_category": "category"}
 
     def input_files(self) -> list[Path]:
