@@ -1490,3 +1490,25 @@ def test_img2datasets_output_folders_read_as_it_writes_them(tmp_path, monkeypatc
         HubCaptions(str(tsv))
     (files / "labels.tsv").write_text("id\tname\n1\tcat\n")  # a stray table beside the data is no reason to refuse it
     assert len(list(HubCaptions(str(files)).records("train", BadRecords("files")))) == 3
+
+
+def test_unicode_line_separators_inside_rows_and_image_lists_in_windows_encodings(tmp_path):
+    from mmcaption.data.questions import read_question_file
+    from mmcaption.evaluation.report import json_line, read_output_rows
+
+    # U+2028 (LINE SEPARATOR) and \x85 inside a cell, written as they are: a resume read the output back broken at them
+    # (a bare JSONDecodeError; the rows done could not be gone on from), and a questions file with one was refused
+    output = tmp_path / "answers.jsonl"
+    output.write_text(json_line({"question": "質問\u2028二行目", "note": "a\x85b"}) + json_line({"question": "q2"}), encoding="utf-8")
+    assert read_output_rows(output) == [{"question": "質問\u2028二行目", "note": "a\x85b"}, {"question": "q2"}]
+    asked = tmp_path / "questions.jsonl"
+    asked.write_text(json.dumps({"image": "a.jpg", "question": "One\u2028two"}, ensure_ascii=False) + "\r\n"
+                     + json.dumps({"image": "b.jpg", "question": "Three?"}) + "\n", encoding="utf-8")
+    assert [q.question for q in read_question_file(asked)[0]] == ["One\u2028two", "Three?"]
+    # an image list saved by PowerShell 5 (UTF-16) or in Windows' code page: said as such, with the line, as other files are
+    for encoding, said in (("utf-16", r"list_utf-16\.txt is UTF-16 text \(as Windows PowerShell 5's > and Out-File write it\)"),
+                           ("cp1252", r"list_cp1252\.txt, line 2: not UTF-8 text \(byte 0xe9 at 9\), likely Windows' local code page")):
+        listed = tmp_path / f"list_{encoding}.txt"
+        listed.write_bytes("a.jpg\ncafé.jpg\n".encode(encoding))
+        with pytest.raises(DataError, match=said):
+            find_images(str(listed))

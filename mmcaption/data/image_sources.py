@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.records import DataError, existing_spelling, packed_file
+from mmcaption.data.records import DataError, existing_spelling, not_utf8, packed_file
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
 from mmcaption.resources import owner_of
@@ -118,10 +118,12 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
+        if regular and (data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\0" not in data[:4096]):  # a list in another encoding
+            raise not_utf8(path, table=False) from None  # its line, and how to save it as UTF-8
         raise DataError(f"{path} is neither an image nor a list of image paths in UTF-8 text (byte {error.start} is "
                         f"{data[error.start:error.start + 1]!r}): give a folder of images, one image, or a text file with "
                         "one image path per line, saved as UTF-8") from None
-    names = [line.strip().strip('"').strip("'").strip() for line in text.splitlines()]
+    names = [line.strip().strip('"').strip("'").strip() for line in text.split("\n")]  # not at U+2028, \x1c: splitlines
     root = path.parent if regular else Path(".")
     if names and names[0].lower() in COLUMN_NAMES and not user_path(names[0], root).is_file():  # a spreadsheet's column
         if note is not None:

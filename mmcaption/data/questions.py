@@ -223,7 +223,7 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
     questions = []
     try:
         if path.suffix.lower() == ".jsonl":
-            for line, text in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+            for line, text in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):  # U+2028 is in-line
                 if not text.strip():
                     continue
                 try:

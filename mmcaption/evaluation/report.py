@@ -95,7 +95,8 @@ def json_line(row: dict[str, Any]) -> str:
 def read_output_rows(output: Path) -> list[dict[str, Any]]:
     """The rows of a ``mmcaption predict`` output (JSON Lines, or CSV), read back as they were written."""
     if output.suffix.lower() != ".csv":
-        return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # lines end at \n only: a row's text may hold U+2028 or \x85 as written (splitlines() breaks there too)
+        return [json.loads(line) for line in output.read_text(encoding="utf-8").split("\n") if line.strip()]
     with output.open(newline="", encoding="utf-8-sig", errors=NAMES_AS_BYTES) as handle:
         return [_from_csv(row) for row in csv.DictReader(handle)]
 
