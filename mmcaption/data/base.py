@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import collate
-from mmcaption.data.cache import built_once, damage, fingerprint, folder_signature, is_complete
+from mmcaption.data.cache import built_once, damage, discard, fingerprint, folder_signature, is_complete
 from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
@@ -303,12 +302,13 @@ class PreprocessedDataModule(BackbonesDataModule):
                     rank_zero_warn(f"reusing {folder}, built with {sum(skipped.values())} bad records skipped: {skipped}")
                 return folder
             rank_zero_warn(f"the preprocessed split {folder} is damaged ({problem}); rebuilding it")
-            shutil.rmtree(folder)
         try:  # a read-only dataset folder (a shared mount) holds the default cache: said now, not as a traceback
             check_writable(folder.parent, f"the preprocessed split {split}")
         except NotWritableError as error:
             raise NotWritableError(f"{error}; set data.init_args.cache_dir to a folder you can write (the default is "
                                    "beside the data)") from None
+        if is_complete(folder):  # damaged: out of the way at once (removed in place, a kill left it half there for good)
+            discard(folder)
         rank_zero_info(f"preprocessing split {split} into {folder} (once; later runs reuse it) ...")
         start = time.perf_counter()
         written = self.write_split(split, folder)

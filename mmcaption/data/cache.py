@@ -213,11 +213,16 @@ def built_once(target: Path, what: str) -> Iterator[None]:
 _LOCKED: set[Path] = set()  # the targets this process holds built_once's lock for
 
 
+def _held(target: Path) -> bool:
+    """Whether this process holds :func:`built_once`'s lock for ``target`` or a folder above it."""
+    resolved = target.resolve()
+    return any(resolved == held or held in resolved.parents for held in _LOCKED)
+
+
 def remove_leftovers(target: Path) -> None:
     """Remove the staging folders of ``target`` that a killed build (SIGKILL, a power cut, the OOM killer)
     left, when this process holds the lock for ``target`` or a folder above it: no live build owns them."""
-    resolved = target.resolve()
-    if not any(resolved == held or held in resolved.parents for held in _LOCKED):
+    if not _held(target):
         return
     for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}.*.partial")):
         if leftover.is_dir():
@@ -225,6 +230,16 @@ def remove_leftovers(target: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
             print(f"note: removed {leftover} ({size / 2**20:.1f} MB), the unfinished build of a process that was killed",
                   file=sys.stderr, flush=True)
+
+
+def discard(folder: Path) -> None:
+    """Remove ``folder`` so that it is gone at once for every reader: renamed first to a hidden ``.partial`` name
+    (which the next build under :func:`built_once` removes, should this process be killed during the removal), then
+    deleted. A removal killed half-way left a folder without ``meta.json`` at the target's name, over which no build
+    could be renamed again (every later run rebuilt the split, then failed on 'Directory not empty')."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    os.replace(folder, aside / folder.name)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def released() -> None:
@@ -243,6 +258,9 @@ def publish_atomically(target: Path) -> Iterator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
+    if target.is_dir() and not is_complete(target) and _held(target):  # what an interrupted removal left
+        print(f"note: removed {target}, left incomplete (no meta.json) by an interrupted removal", file=sys.stderr, flush=True)
+        discard(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield staging

@@ -10,7 +10,6 @@ the feature layer, and is published atomically like the split itself.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +19,16 @@ import pyarrow as pa
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.cache import damage, fingerprint, is_complete, load_table, publish_atomically, released, save_table
+from mmcaption.data.cache import (
+    damage,
+    discard,
+    fingerprint,
+    is_complete,
+    load_table,
+    publish_atomically,
+    released,
+    save_table,
+)
 from mmcaption.images import load_rgb
 from mmcaption.terminal import draws_bars
 
@@ -56,7 +64,7 @@ def write_image_features(
         if problem is None:
             return target
         rank_zero_info(f"the feature cache {target} is damaged ({problem}); computing it again")
-        shutil.rmtree(target)
+        discard(target)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     images = load_table(split_folder / "images")
     processor = load_image_processor(vision_model)
