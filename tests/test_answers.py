@@ -61,6 +61,9 @@ def test_vqa_normalisation():
     assert normalise_answer("somebodyll") == "somebody'll" and normalise_answer("youd've") == "you'd've"
     assert normalise_answer("somebody'd") == "somebodyd" and normalise_answer("shes") == "shes"
     assert vqa_accuracy("someonell", ["someone'll", "someone will", "someone"]) > 0
+    # answer keys from other scripts and the web: each was scored wrong against the model's same answer
+    assert normalise_answer("The diamond is on the bottom.\u200b") == normalise_answer("\u200fThe diamond is on the bottom.")
+    assert exact_match(["एक सफ़ेद वृत्त।", "دائرة؟", "«cercle»", "It doesn’t"], ["एक सफ़ेद वृत्त", "دائرة", "cercle", "it doesnt"]) == 1.0
     assert exact_match(["A circle", "three", "blue"], ["circle", "3", "red"]) == pytest.approx(2 / 3)
 
 

@@ -54,11 +54,22 @@ _WORD = rf"[^\W{CHINESE_JAPANESE}\uac00-\ud7af]"  # a letter, digit or _ of a sc
 _CJK = re.compile(rf"[{CHINESE_JAPANESE}\uac00-\ud7af]")
 
 
+# other scripts' sentence marks and quotes as the ASCII ones VQA's normalisation drops: Chinese and Japanese 。、, Hindi's
+# danda, Arabic and Urdu's question mark, comma, semicolon and full stop, guillemets, curly quotes (’ as the apostrophe)
+_OTHER_PUNCTUATION = str.maketrans({"\u3002": ".", "\u3001": ",", "\u0964": ".", "\u0965": ".", "\u061f": "?", "\u060c": ",",
+                                    "\u061b": ";", "\u06d4": ".", "\u00ab": '"', "\u00bb": '"', "\u201c": '"', "\u201d": '"',
+                                    "\u201e": '"', "\u2018": "'", "\u2019": "'"})
+
+
 def _unified(text: str) -> str:
     """Full-width letters, digits and punctuation (``Ｂ``, ``？``, Chinese ``，``) as their ASCII twins, an accent written
-    as a separate mark (macOS, some keyboards) joined to its letter, and the ideographic full stop and comma as ``.``
-    and ``,``: NFKC, as answers typed on other keyboards compare."""
-    return unicodedata.normalize("NFKC", text).replace("\u3002", ".").replace("\u3001", ",")
+    as a separate mark (macOS, some keyboards) joined to its letter (NFKC), other scripts' sentence marks and quotes as
+    ASCII's, and invisible format characters (a zero-width space, the right-to-left mark text copied from an Arabic
+    page brings) left out: as answers typed on other keyboards compare."""
+    text = unicodedata.normalize("NFKC", text).translate(_OTHER_PUNCTUATION)
+    if text.isascii():
+        return text
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 
 
