@@ -15,6 +15,7 @@ Hub clone's ``.git``) stays.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -27,7 +28,14 @@ from huggingface_hub import is_offline_mode, snapshot_download
 from mmcaption.checkpoint import load_checkpoint_file, model_from_checkpoint
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, MMCaptionError, OutputExistsError, user_errors_exit
-from mmcaption.folders import as_umask_allows, check_new_folder, replace_folder, staging_folder
+from mmcaption.folders import (
+    FolderLock,
+    as_umask_allows,
+    check_new_folder,
+    locks_released_after,
+    replace_folder,
+    staging_folder,
+)
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -108,6 +116,14 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     folder loads from them: it works with nothing else, offline. ``backbones``: ``language_model`` / ``vision_model``
     folders where they are now, when they moved since training (the export records these)."""
     out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,))
+    with locks_released_after():  # the lock file goes with the export
+        FolderLock(out.parent, f".{out.name}.lock", what=f"export folder {out}", advice="give this export another folder").acquire()
+        _recover_interrupted(out)  # with the lock held: no live export into it owns what is there
+        return _export(checkpoint_path, out, merge, overwrite, license, include_backbones, backbones)
+
+
+def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool, license: str, include_backbones: bool,
+            backbones: dict[str, str]) -> Path:
     model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False, **backbones)  # the trained tensors suffice
     # again, now that the backbones' folders are known, and with --overwrite only over an earlier export (the check
     # above refuses before the checkpoint is read)
@@ -123,6 +139,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     # the instruct stage's layout, for apply_chat_template (and the Hub's chat widgets)
     tokenizer.chat_template = ConversationTemplate(system=prompts["system_prompt"]).chat_template()
     staging, kept = staging_folder(out), []
+    record = staging.with_name(staging.name + KEPT)  # the user's files moved into it, should the export be killed
     try:
         model.save_pretrained(staging, tokenizer, prompts, hparams.get("generation") or {}, source, merge=merge)
         if include_backbones:
@@ -134,18 +151,52 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
         if not overwrite and out.is_dir() and any(out.iterdir()):  # another export (or anything) came there meanwhile:
             raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "
                                     "exports into one folder?); it is left as it is. Give another folder, or --overwrite")
-        kept = _keep_what_the_export_does_not_write(out, staging, kept)
+        kept = _keep_what_the_export_does_not_write(out, staging, kept, record)
     except BaseException:
         for name in kept:  # put back what was moved over before it failed (Ctrl-C): a Hub clone's .git is not lost
             os.replace(staging / name, out / name)
         shutil.rmtree(staging, ignore_errors=True)
+        record.unlink(missing_ok=True)
         raise
     if kept:
         print(f"note: kept in {out} what the export does not write: {', '.join(kept)}", file=sys.stderr)
-    return replace_folder(staging, out)
+    replace_folder(staging, out)
+    record.unlink(missing_ok=True)
+    return out
 
 
-def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[str]) -> list[str]:
+KEPT = ".kept.json"  # beside an export's staging folder: the names of the user's files moved into it
+
+
+def _recover_interrupted(out: Path) -> None:
+    """Put right what an export killed half-way (SIGKILL, a power cut) left beside ``out``: the earlier export moved
+    aside but not replaced is put back, the user's files moved into the new one's staging folder (a Hub clone's
+    ``.git``) go back into ``out``, and the hidden folders go, each said (they stayed unsaid, GBs, the user's files
+    inside)."""
+    stem = glob.escape(out.name)
+    for old in sorted(out.parent.glob(f".{stem}.old-*")):
+        if not out.exists() and (old / out.name).is_dir():
+            os.replace(old / out.name, out)
+            print(f"note: {out} put back: an export killed while replacing it had moved it aside", file=sys.stderr)
+        shutil.rmtree(old, ignore_errors=True)
+    for staging in sorted(p for p in out.parent.glob(f".{stem}.partial-*") if not p.name.endswith(KEPT)):
+        record = staging.with_name(staging.name + KEPT)
+        try:
+            names = json.loads(record.read_text())
+        except (OSError, ValueError):
+            names = []
+        back = [name for name in names if (staging / name).exists() and out.is_dir() and not (out / name).exists()]
+        for name in back:
+            os.replace(staging / name, out / name)
+        shutil.rmtree(staging, ignore_errors=True)
+        record.unlink(missing_ok=True)
+        print(f"note: removed {staging}, left by an export that was killed" + (f"; {', '.join(back)} moved back into {out}"
+              if back else ""), file=sys.stderr)
+    for record in out.parent.glob(f".{stem}.partial-*{KEPT}"):  # its export finished, the record not yet removed
+        record.unlink(missing_ok=True)
+
+
+def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[str], record: Path) -> list[str]:
     """Move what an earlier export's folder holds besides an export's own files (a Hub clone's ``.git`` and
     ``.gitattributes``, examples added beside the model) into the new folder: ``--overwrite`` replaces the export, not
     them. An earlier export's own files (a merged ``language_model/`` this one does not write) go."""
@@ -153,6 +204,7 @@ def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[st
         return []
     own = {entry.name for entry in staging.iterdir()} | {"language_model", "backbones"}  # those of every kind of export
     for name in sorted(entry.name for entry in out.iterdir() if entry.name not in own):
+        record.write_text(json.dumps([*kept, name]))  # before the move: a kill between the two loses nothing
         os.replace(out / name, staging / name)
         kept.append(name)  # one by one: what was moved is put back if the export fails before it is in place
     return kept

@@ -501,6 +501,25 @@ def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(t
     assert f"note: kept in {folder} what the export does not write: .git, .gitattributes, examples" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no staging folder left beside it
 
+    # killed (SIGKILL, a power cut) between moving the export aside and putting the new one in its place: the earlier
+    # export hidden beside it, the user's files in the new one's staging folder. The next export went on without
+    # them, saying nothing, and both hidden folders stayed
+    old, staging = tmp_path / ".shared.old-x1", tmp_path / ".shared.partial-y2"
+    old.mkdir()
+    os.replace(folder, old / folder.name)
+    shutil.copytree(old / folder.name, staging, ignore=shutil.ignore_patterns(".git", ".gitattributes", "examples"))
+    for name in (".git", ".gitattributes", "examples"):
+        os.replace(old / folder.name / name, staging / name)
+    (tmp_path / ".shared.partial-y2.kept.json").write_text(json.dumps([".git", ".gitattributes", "examples"]))
+    (tmp_path / ".shared.partial-z3").mkdir()  # and a staging folder of an export killed while it wrote
+    capsys.readouterr()
+    export_main([str(trained_checkpoint), str(folder), "--overwrite"])
+    said = capsys.readouterr().err
+    assert f"note: {folder} put back: an export killed while replacing it had moved it aside" in said
+    assert f"note: removed {staging}, left by an export that was killed; .git, .gitattributes, examples moved back" in said
+    assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n" and (folder / "examples").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # nothing hidden left, the lock file neither
+
     empty = tmp_path / "empty"
     empty.mkdir()
     export_checkpoint(trained_checkpoint, empty)  # an empty folder is fine
