@@ -15,6 +15,7 @@ Hub clone's ``.git``) stays.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -39,6 +40,7 @@ from mmcaption.folders import (
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
+from mmcaption.resources import disk_full
 from mmcaption.usage import backbones_given, export_parser
 
 
@@ -152,17 +154,25 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
             raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "
                                     "exports into one folder?); it is left as it is. Give another folder, or --overwrite")
         kept = _keep_what_the_export_does_not_write(out, staging, kept, record)
-    except BaseException:
-        for name in kept:  # put back what was moved over before it failed (Ctrl-C): a Hub clone's .git is not lost
-            os.replace(staging / name, out / name)
-        shutil.rmtree(staging, ignore_errors=True)
-        record.unlink(missing_ok=True)
+    except BaseException as error:
+        kept_back(kept, staging, out, record)
+        if (full := disk_full(error)) is not None and not full.filename:  # safetensors' error names no file: the folder
+            raise OSError(errno.ENOSPC, full.strerror, str(out)) from error
         raise
     if kept:
         print(f"note: kept in {out} what the export does not write: {', '.join(kept)}", file=sys.stderr)
     replace_folder(staging, out)
     record.unlink(missing_ok=True)
     return out
+
+
+def kept_back(kept: list[str], staging: Path, out: Path, record: Path) -> None:
+    """An export that failed (Ctrl-C, a full disk): what was moved over put back (a Hub clone's .git is not lost), and its
+    staging folder removed."""
+    for name in kept:
+        os.replace(staging / name, out / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    record.unlink(missing_ok=True)
 
 
 KEPT = ".kept.json"  # beside an export's staging folder: the names of the user's files moved into it

@@ -111,10 +111,11 @@ def disk_full(error: BaseException) -> OSError | None:
     command: found through the chain of causes (``datasets`` wraps what its writer raised; pyarrow's
     errors carry the errno in their message only)."""
     for cause in causes(error):
-        if isinstance(cause, OSError) and (
-            cause.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(cause) or "Disk quota exceeded" in str(cause)
-        ):
+        said = "No space left on device" in str(cause) or "Disk quota exceeded" in str(cause)
+        if isinstance(cause, OSError) and (cause.errno in (errno.ENOSPC, errno.EDQUOT) or said):
             return cause
+        if said:  # safetensors' SafetensorError ("I/O error: No space left on device (os error 28)") is no OSError
+            return OSError(errno.ENOSPC, "No space left on device", getattr(cause, "filename", None))
     return None
 
 

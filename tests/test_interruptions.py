@@ -533,6 +533,19 @@ def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(t
     assert json.loads((folder / "mmcaption.json").read_text())["merged"]  # the old model was left behind the new link
 
 
+def test_a_full_disk_during_an_export_is_said_naming_the_folder(trained_checkpoint, tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):  # what safetensors raises: no OSError (a traceback, exit 1)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(MultimodalCausalLM, "save_pretrained", full)
+    folder = tmp_path / "exported"
+    message = user_error(capsys, export_main, [str(trained_checkpoint), str(folder)])
+    assert message.startswith(f"error: the disk is full while writing {folder} (No space left on device)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # its staging folder and lock file gone
+
+
 def test_export_with_overwrite_never_deletes_the_checkpoint_it_reads_nor_replaces_the_working_directory(
     trained_checkpoint, tmp_path, capsys, monkeypatch
 ):
