@@ -32,6 +32,7 @@ from mmcaption.evaluation.report import (
     starts_with_bom,
     summary_path,
     unused_name,
+    write_whole,
 )
 from mmcaption.folders import output_lock
 from mmcaption.resources import add_note, disk_full
@@ -296,6 +297,7 @@ class PredictionWriter(BasePredictionWriter):
         if why and self.replacing:  # the complete output of an earlier run stays
             earlier = f" ({self.path}, from an earlier run, is unchanged)"
             self.path = unused_name(self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix}"))
+        summary_path(self.path).unlink(missing_ok=True)  # an earlier run's, never beside these rows (a kill next left both)
         os.replace(self.partial, self.path)
         summary["output"] = str(self.path)
         if why:  # what resume goes on from
@@ -304,7 +306,7 @@ class PredictionWriter(BasePredictionWriter):
             summary["processes"] = self.merged_from
         if self.share:  # what a resume on one device puts together
             summary["share"] = self.share
-        summary_path(self.path).write_text(json_text(summary, indent=2), encoding="utf-8")
+        write_whole(summary_path(self.path), json_text(summary, indent=2))
         if self.vqa_results is not None and not why:
             asked = {entry["question_id"] for entry in self.vqa_results}
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]

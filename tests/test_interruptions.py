@@ -395,6 +395,22 @@ def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_
     killed.left()
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))
     assert "resumed_after" not in json.loads(output.with_name("answers.csv.summary.json").read_text())
+    # killed once the new rows are in place but before their summary is: the earlier run's summary (another checkpoint,
+    # other counts) stayed beside them, and resume called them complete
+    import mmcaption.predictions
+
+    def killed_before_the_summary(path, text):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mmcaption.predictions, "write_whole", killed_before_the_summary)
+        with pytest.raises(BaseException):
+            predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))
+    assert output.is_file() and not output.with_name("answers.csv.summary.json").exists()
+    with pytest.raises(OutputExistsError, match=r"has no answers\.csv\.summary\.json beside it, so it is not the output of an "
+                                                r"interrupted predict"):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))
     # killed before its first row (out of memory at once): nothing to keep, and the same command runs again as it was
     other = tmp_path / "other.csv"
     other.with_name(".other.csv.partial").write_text("img_path,Question,A,B,C,D,answer,prediction\n")

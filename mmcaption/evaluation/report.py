@@ -56,6 +56,13 @@ def column_value(row: dict[str, Any], column: str) -> Any:
     return next((value for name, value in row.items() if name.lower() == column), None)
 
 
+def write_whole(path: Path, text: str) -> None:
+    """``text`` into ``path``, written beside it and renamed: a kill leaves the old file or the new one, never half."""
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
 def summary_path(output: Path) -> Path:
     """Where ``mmcaption predict`` writes the summary of ``output``'s rows (counts, accuracies, whether it stopped)."""
     return output.with_name(output.name + ".summary.json")
