@@ -1512,3 +1512,23 @@ def test_unicode_line_separators_inside_rows_and_image_lists_in_windows_encoding
         listed.write_bytes("a.jpg\ncafé.jpg\n".encode(encoding))
         with pytest.raises(DataError, match=said):
             find_images(str(listed))
+
+
+def test_half_an_emoji_cut_off_by_the_tool_that_wrote_the_file_is_removed_with_a_warning(tmp_path):
+    from mmcaption.data.questions import read_question_file
+    from mmcaption.data.records import read_json, read_json_list
+
+    # JavaScript tools cut strings mid-emoji: "\ud83d" alone. It reached the tokenizer as a text no tokenizer takes (a
+    # bare TypeError, ~70 lines naming no file); a whole emoji, and a literal backslash-u in a text, are kept
+    captions = tmp_path / "captions.json"
+    captions.write_text('[{"caption": "a cat \\ud83d"}, {"caption": "a dog \\ud83d\\ude00"}, {"caption": "C:\\\\udemo"}]')
+    with pytest.warns(UserWarning, match=r"captions\.json: 1 half character\(s\) removed, such as \\ud83d \(line 1\)"):
+        assert read_json(captions, "captions") == [{"caption": "a cat "}, {"caption": "a dog \U0001F600"}, {"caption": "C:\\udemo"}]
+    lines = tmp_path / "conversations.jsonl"
+    lines.write_text('{"q": "fine"}\n{"q": "cut \\ude00 here"}\n')
+    with pytest.warns(UserWarning, match=r"1 half character\(s\) removed, such as \\ude00 \(line 2\)"):
+        assert list(read_json_list(lines, "conversations")) == [{"q": "fine"}, {"q": "cut  here"}]
+    asked = tmp_path / "questions.jsonl"
+    asked.write_text('{"image": "a.jpg", "question": "What is it? \\ud83d"}\n')
+    with pytest.warns(UserWarning, match=r"questions\.jsonl: 1 half character"):
+        assert read_question_file(asked)[0][0].question == "What is it?"

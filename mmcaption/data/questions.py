@@ -23,7 +23,15 @@ import torch
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell
 from mmcaption.data.image_sources import coco2017_copy, image_paths
 from mmcaption.data.predict import _ImageRows, _PredictDataModule
-from mmcaption.data.records import DataError, JsonLines, missing_file, not_utf8, read_json, read_json_list
+from mmcaption.data.records import (
+    DataError,
+    JsonLines,
+    missing_file,
+    not_utf8,
+    read_json,
+    read_json_list,
+    whole_characters,
+)
 from mmcaption.data.tables import field_count_problem, read_table_rows, refuse_duplicate_columns, separator_hint
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
@@ -223,7 +231,8 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
     questions = []
     try:
         if path.suffix.lower() == ".jsonl":
-            for line, text in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):  # U+2028 is in-line
+            lines = whole_characters(path, path.read_text(encoding="utf-8-sig")).split("\n")  # at \n only: U+2028 is in-line
+            for line, text in enumerate(lines, start=1):
                 if not text.strip():
                     continue
                 try:

@@ -107,13 +107,30 @@ def missing_file(path: Path, what: str) -> DataError:
     return DataError(f"{what} not found: {path}{archive_hint(path)}")
 
 
+# half of a character written as two escapes (an emoji's \ud83d without its \ude00): what a tool that cut a text mid-emoji
+# writes; json reads it into a text no tokenizer or table takes (a bare TypeError deep in the tokenizer)
+_LONE_SURROGATE = re.compile(r"(?<!\\)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})|"
+                             r"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def whole_characters(path: Path, text: str) -> str:
+    """The JSON ``text`` of ``path`` without the halves of characters cut in two (:data:`_LONE_SURROGATE`), which are
+    removed with a warning that counts them and names the first's line."""
+    if "\\u" not in text or not (found := _LONE_SURROGATE.search(text)):
+        return text
+    count = len(_LONE_SURROGATE.findall(text))
+    rank_zero_warn(f"{path}: {count} half character(s) removed, such as {found.group()} (line {text.count(chr(10), 0, found.start()) + 1}):"
+                   " a text cut in the middle of an emoji by the tool that wrote it leaves half of it, which no text holds")
+    return _LONE_SURROGATE.sub("", text)
+
+
 def read_json(path: Path, what: str) -> object:
     """A JSON file the user gave (a UTF-8 byte-order mark accepted); a missing file or one that is not JSON
     is refused naming it and ``what`` it should be (and the archive it is still in, if it is beside it)."""
     if not path.is_file():
         raise missing_file(path, what)
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        return json.loads(whole_characters(path, path.read_text(encoding="utf-8-sig")))
     except UnicodeDecodeError:
         raise not_utf8(path, table=False) from None
     except json.JSONDecodeError as error:
@@ -145,7 +162,7 @@ def read_json_list(path: Path, what: str) -> object:
         return read_json(path, what)  # its message, with the archive hint
     records = JsonLines()
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = whole_characters(path, path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise not_utf8(path, table=False) from None
     if text.lstrip().startswith("[") and not text.lstrip().startswith("[]"):  # a JSON list named .jsonl
