@@ -1532,3 +1532,13 @@ def test_half_an_emoji_cut_off_by_the_tool_that_wrote_the_file_is_removed_with_a
     asked.write_text('{"image": "a.jpg", "question": "What is it? \\ud83d"}\n')
     with pytest.warns(UserWarning, match=r"questions\.jsonl: 1 half character"):
         assert read_question_file(asked)[0][0].question == "What is it?"
+
+
+def test_an_image_path_copied_with_windows_invisible_marks_is_found(tmp_path):
+    from mmcaption.data.image_sources import image_paths
+
+    # Windows' Properties dialog copies a path with U+202A (LEFT-TO-RIGHT EMBEDDING) in front: the row was "image not
+    # found" for a path that looks right; a right-to-left page's U+200F and a zero-width space after it alike
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    paths = image_paths(["\u202aphoto.jpg", "\u200fphoto.jpg\u200b", "photo.jpg"], tmp_path, tmp_path / "q.csv")
+    assert paths == [tmp_path / "photo.jpg"] * 3

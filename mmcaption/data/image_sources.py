@@ -139,10 +139,14 @@ def _counted(suffixes: Counter) -> str:
     return ", ".join(f"{count} x {suffix}" for suffix, count in suffixes.most_common())
 
 
+_EDGE_MARKS = " \t\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"  # invisible
+
+
 def user_path(name: str, root: Path) -> Path | RemoteImage:
     """The image a file names: relative to ``root`` unless absolute, or a URL, as it is. When the name as
     written is not there, a Windows path's backslashes are read as separators, and an accented name is
     looked for in its other Unicode form (macOS writes decomposed names: ``é`` as ``e`` and an accent)."""
+    name = name.strip(_EDGE_MARKS)  # Windows' Properties dialog copies a path with U+202A in front: "image not found"
     if is_url(name):
         return RemoteImage(name)
     if name.startswith(("~/", "~\\")):  # a list written by hand: ~/photos/a.jpg, as the shell would read it
