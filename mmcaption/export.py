@@ -117,7 +117,8 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     ``include_backbones`` the language model and the vision tower are copied into ``backbones/`` and the
     folder loads from them: it works with nothing else, offline. ``backbones``: ``language_model`` / ``vision_model``
     folders where they are now, when they moved since training (the export records these)."""
-    out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,))
+    out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,), marker=CONFIG_FILE,
+                           ignored=HUB_CLONE)
     with locks_released_after():  # the lock file goes with the export
         FolderLock(out.parent, f".{out.name}.lock", what=f"export folder {out}", advice="give this export another folder").acquire()
         _recover_interrupted(out)  # with the lock held: no live export into it owns what is there
@@ -130,7 +131,8 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
     # again, now that the backbones' folders are known, and with --overwrite only over an earlier export (the check
     # above refuses before the checkpoint is read)
     local_backbones = [name for name in (model.config.language_model, model.config.vision_model) if Path(name).exists()]
-    check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path, *local_backbones), marker=CONFIG_FILE)
+    check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path, *local_backbones), marker=CONFIG_FILE,
+                     ignored=HUB_CLONE)
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}
@@ -150,7 +152,7 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
                                      for name in ("language_model", "vision_model")}
             (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         as_umask_allows(staging)
-        if not overwrite and out.is_dir() and any(out.iterdir()):  # another export (or anything) came there meanwhile:
+        if not overwrite and out.is_dir() and any(p.name not in HUB_CLONE for p in out.iterdir()):  # another export came:
             raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "
                                     "exports into one folder?); it is left as it is. Give another folder, or --overwrite")
         kept = _keep_what_the_export_does_not_write(out, staging, kept, record)
@@ -175,6 +177,7 @@ def kept_back(kept: list[str], staging: Path, out: Path, record: Path) -> None:
     record.unlink(missing_ok=True)
 
 
+HUB_CLONE = (".git", ".gitattributes", ".gitignore")  # a new Hub repository's clone: exported into, these kept
 KEPT = ".kept.json"  # beside an export's staging folder: the names of the user's files moved into it
 
 

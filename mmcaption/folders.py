@@ -181,13 +181,14 @@ def locks_released_after() -> Iterator[None]:
 
 
 def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str, keep: tuple[str | Path, ...] = (),
-                     marker: str | None = None) -> Path:
+                     marker: str | None = None, ignored: tuple[str, ...] = ()) -> Path:
     """Refuse a ``folder`` that exists with something in it, unless ``overwrite``; refuse a file; refuse, even
     with ``overwrite``, the working directory or a folder above it (it cannot be replaced), a folder
     that holds one of the inputs in ``keep`` (replacing it would delete them), and one without the file
     ``marker`` that an earlier output of the command holds (a mistyped parent folder of the user's). A link
     to a folder stands for the folder it points to, which is returned: replacing the link would leave the
-    old model there."""
+    old model there. ``ignored``: names that do not count as content (a fresh Hub clone's ``.git``, which the caller
+    keeps)."""
     folder = Path(folder)
     if folder.is_symlink() and folder.is_dir():
         folder = folder.resolve()
@@ -200,14 +201,14 @@ def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str
         if Path(path).resolve().is_relative_to(resolved):
             raise OutputExistsError(f"{what} {folder} holds {path}, which this command reads: replacing the folder would "
                                     "delete it; choose another folder")
-    filled = folder.is_dir() and any(folder.iterdir())
-    if filled and not overwrite:
-        raise OutputExistsError(f"{what} {folder} exists and is not empty; choose another folder, or replace it with {option}")
-    if filled and marker is not None and not (folder / marker).is_file():
+    filled = folder.is_dir() and any(p.name not in ignored for p in folder.iterdir())
+    if filled and marker is not None and not (folder / marker).is_file():  # said first: the option would not help
         held = sorted(p.name for p in folder.iterdir())
         raise OutputExistsError(f"{what} {folder} holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} and no "
                                 f"{marker}: it is not an earlier {what}'s, and {option} replaces only one of those; choose "
                                 "another folder")
+    if filled and not overwrite:
+        raise OutputExistsError(f"{what} {folder} exists and is not empty; choose another folder, or replace it with {option}")
     check_writable(folder.parent if folder.parent != folder else folder, what)
     return folder
 

@@ -489,7 +489,7 @@ def test_images_copied_anew_keep_their_cache_and_one_replaced_at_its_size_and_ti
     assert make_datamodule(backbones, coco_copy).split_folder("train2017") != before
 
 
-def test_a_damaged_cache_is_rebuilt_with_a_note(backbones, coco_copy):
+def test_a_damaged_cache_is_rebuilt_with_a_note(backbones, coco_copy, monkeypatch):
     dm = make_datamodule(backbones, coco_copy)
     dm.prepare_data()
     folder = dm.split_folder("train2017")
@@ -513,6 +513,21 @@ def test_a_damaged_cache_is_rebuilt_with_a_note(backbones, coco_copy):
     again.setup("fit")
     assert len(again.datasets["train2017"]) == 60 and (folder / "meta.json").is_file()
     assert not [p for p in folder.parent.iterdir() if p.name.endswith(".partial")]
+    # on a read-only mount it cannot be rebuilt there: said with the setting to change, the damaged split left as it
+    # is (three chained tracebacks from its removal before)
+    import mmcaption.data.base
+    from mmcaption.errors import NotWritableError
+
+    def read_only(path, what):
+        raise NotWritableError(f"cannot write {what} to {path}: Read-only file system")
+
+    arrow = next((folder / "captions").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    monkeypatch.setattr(mmcaption.data.base, "check_writable", read_only)
+    with pytest.warns(UserWarning, match="is damaged"), pytest.raises(NotWritableError, match=r"Read-only file system; set "
+                                                                                           r"data.init_args.cache_dir"):
+        make_datamodule(backbones, coco_copy).prepare_data()
+    assert (folder / "meta.json").is_file()
 
 
 def caption_rows(coco_root: Path, image_column: str = "jpg", caption_column: str = "txt", as_list: bool = False) -> dict:

@@ -400,11 +400,11 @@ def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_
     import mmcaption.predictions
 
     def killed_before_the_summary(path, text):
-        raise KeyboardInterrupt
+        raise RuntimeError("killed here")
 
     with monkeypatch.context() as patch:
         patch.setattr(mmcaption.predictions, "write_whole", killed_before_the_summary)
-        with pytest.raises(BaseException):
+        with pytest.raises(RuntimeError, match="killed here"):
             predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))
     assert output.is_file() and not output.with_name("answers.csv.summary.json").exists()
     with pytest.raises(OutputExistsError, match=r"has no answers\.csv\.summary\.json beside it, so it is not the output of an "
@@ -490,8 +490,24 @@ def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(t
     with monkeypatch.context() as patch:
         no_backbones(patch)
         message = user_error(capsys, export_main, [str(trained_checkpoint), str(folder)])
-    assert f"export folder {folder} exists and is not empty" in message and "--overwrite" in message
+    # not an export: said so at once (it said to give --overwrite, which then refused)
+    assert f"export folder {folder} holds README.md and no mmcaption.json: it is not an earlier export folder's" in message
     assert (folder / "README.md").read_text() == "my notes\n" and len(list(folder.iterdir())) == 1
+    # a new Hub repository's clone (its .git and .gitattributes alone) is exported into, those kept (it was refused,
+    # with --overwrite too)
+    clone = tmp_path / "hub-clone"
+    (clone / ".git").mkdir(parents=True)
+    (clone / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    export_main([str(trained_checkpoint), str(clone)])
+    assert (clone / "mmcaption.json").is_file() and (clone / ".git").is_dir() and (clone / ".gitattributes").is_file()
+    shutil.rmtree(clone)
+    # an earlier export without --overwrite: that flag named
+    export_main([str(trained_checkpoint), str(clone)])
+    with monkeypatch.context() as patch:
+        no_backbones(patch)
+        message = user_error(capsys, export_main, [str(trained_checkpoint), str(clone)])
+    assert f"export folder {clone} exists and is not empty; choose another folder, or replace it with --overwrite" in message
+    shutil.rmtree(clone)
     # --overwrite replaces an earlier export only: a mistyped parent folder (exported/ for exported/demo) lost every
     # export and file in it, with "exported to exported"
     with monkeypatch.context() as patch:

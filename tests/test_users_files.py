@@ -252,7 +252,7 @@ def test_an_image_list_as_windows_saves_it(tmp_path, monkeypatch):
 
     latin = tmp_path / "latin.txt"
     latin.write_bytes("photos/caf\xe9.jpg\n".encode("cp1252"))
-    with pytest.raises(DataError, match=r"latin.txt is neither an image nor a list of image paths in UTF-8 text \(byte 10 is b.\\xe9.\)"):
+    with pytest.raises(DataError, match=r"latin.txt, line 1: not UTF-8 text \(byte 0xe9 at 10\), likely Windows' local code page"):
         find_images(str(latin))
 
     nowhere = tmp_path / "nowhere.txt"
