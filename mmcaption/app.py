@@ -24,7 +24,7 @@ from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import check_image
-from mmcaption.inference import Captioner
+from mmcaption.inference import Captioner, model_source_problem
 from mmcaption.model import is_pretrained_folder
 from mmcaption.usage import app_parser, backbones_given
 
@@ -36,8 +36,11 @@ def check_source(model: str | None, checkpoint: str | None) -> None:
     """Refuse a model the app cannot load, before anything heavy is imported or loaded."""
     if (model is None) == (checkpoint is None):
         raise ConfigError("give the model as --model FOLDER (of mmcaption-export) or --checkpoint FILE.ckpt")
-    if model is not None and not is_pretrained_folder(model):
-        raise ConfigError(f"{model} is not a model folder of mmcaption-export (no mmcaption.json in it)")
+    if model is not None and (problem := model_source_problem(model)):
+        raise ConfigError(problem)
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise ConfigError(f"{checkpoint} is a folder: " + ("an exported model is given as --model" if is_pretrained_folder(checkpoint)
+                                                          else "--checkpoint takes a training checkpoint's .ckpt file"))
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"checkpoint not found: {checkpoint}")
 

@@ -22,8 +22,7 @@ from transformers import TextStreamer
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.images import check_image, fetch, is_url, local_file
-from mmcaption.inference import Captioner
-from mmcaption.model import is_pretrained_folder
+from mmcaption.inference import Captioner, model_source_problem
 from mmcaption.model.card import caption_stage
 from mmcaption.tasks import check_generation
 from mmcaption.usage import backbones_given, chat_parser
@@ -143,8 +142,8 @@ def dropped_path(text: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``mmcaption chat``."""
     args = chat_parser().parse_args(argv)
-    if not is_pretrained_folder(args.model):
-        raise ConfigError(f"{args.model} is not a model folder of mmcaption-export (no mmcaption.json in it)")
+    if problem := model_source_problem(args.model):
+        raise ConfigError(problem)
     if args.image:
         read_image(args.image)  # before the model loads
     settings = {"max_new_tokens": args.max_new_tokens, "num_beams": 1, "do_sample": args.temperature != 0}

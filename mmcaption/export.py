@@ -29,6 +29,7 @@ from huggingface_hub import is_offline_mode, snapshot_download
 from mmcaption.checkpoint import load_checkpoint_file, model_from_checkpoint
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, MMCaptionError, OutputExistsError, user_errors_exit
+from mmcaption.evaluation.report import write_whole
 from mmcaption.folders import (
     FolderLock,
     as_umask_allows,
@@ -120,8 +121,10 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,), marker=CONFIG_FILE,
                            ignored=HUB_CLONE)
     with locks_released_after():  # the lock file goes with the export
-        FolderLock(out.parent, f".{out.name}.lock", what=f"export folder {out}", advice="give this export another folder").acquire()
-        _recover_interrupted(out)  # with the lock held: no live export into it owns what is there
+        lock = FolderLock(out.parent, f".{out.name}.lock", what=f"export folder {out}", advice="give this export another folder")
+        lock.acquire()
+        if lock.path in FolderLock.held():  # held (Windows has no flock): no live export into it owns what is there
+            _recover_interrupted(out)
         return _export(checkpoint_path, out, merge, overwrite, license, include_backbones, backbones)
 
 
@@ -195,9 +198,11 @@ def _recover_interrupted(out: Path) -> None:
     for staging in sorted(p for p in out.parent.glob(f".{stem}.partial-*") if not p.name.endswith(KEPT)):
         record = staging.with_name(staging.name + KEPT)
         try:
-            names = json.loads(record.read_text())
+            names = json.loads(record.read_text()) if record.exists() else []  # none: killed before it moved a file
         except (OSError, ValueError):
-            names = []
+            print(f"note: kept {staging}, left by an export that was killed: it may hold files of yours moved there from "
+                  f"{out}; look, then remove it", file=sys.stderr)
+            continue
         back = [name for name in names if (staging / name).exists() and out.is_dir() and not (out / name).exists()]
         for name in back:
             os.replace(staging / name, out / name)
@@ -217,7 +222,7 @@ def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[st
         return []
     own = {entry.name for entry in staging.iterdir()} | {"language_model", "backbones"}  # those of every kind of export
     for name in sorted(entry.name for entry in out.iterdir() if entry.name not in own):
-        record.write_text(json.dumps([*kept, name]))  # before the move: a kill between the two loses nothing
+        write_whole(record, json.dumps([*kept, name]))  # before the move: a kill between the two loses nothing
         os.replace(out / name, staging / name)
         kept.append(name)  # one by one: what was moved is put back if the export fails before it is in place
     return kept

@@ -34,7 +34,7 @@ from mmcaption.api_inputs import (
 )
 from mmcaption.errors import ConfigError, NotAModelFolderError, image_input_error
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
-from mmcaption.model import MultimodalCausalLM, read_manifest
+from mmcaption.model import MultimodalCausalLM, is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import check_device, is_local_path, load_image_processor, load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, caption_stage
 from mmcaption.model.config import Quantization
@@ -280,12 +280,29 @@ class Captioner:
         return (letters, per_question) if many else (letters[0], per_question[0])
 
 
+HUB_ID = re.compile(r"[\w-][\w.-]*/[\w.-]+")  # owner/name
+
+
+def model_source_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a saved model to load (a folder of mmcaption-export, or a Hub repository's id, which
+    loading fetches or refuses itself), said before anything loads; None when nothing is."""
+    folder = Path(name).expanduser()
+    if folder.is_file():
+        return f"{name} is a file" + (": a training checkpoint is given as --checkpoint" if folder.suffix == ".ckpt" else
+                                      ", not a model folder of mmcaption-export")
+    if folder.is_dir():
+        return None if is_pretrained_folder(folder) else f"{name} is not a model folder of mmcaption-export (no mmcaption.json in it)"
+    if HUB_ID.fullmatch(name):
+        return None
+    return f"model folder not found: {name}"
+
+
 def _model_folder(name: str | Path) -> Path:
     """A saved model's folder: a local one (``~`` read as the home folder), or a Hugging Face Hub repository's
     (``owner/name`` given as a string, as the model card's snippet names it), downloaded as ``huggingface_hub`` does
     (offline: its cache) once its ``mmcaption.json`` says it is a saved model."""
     folder = Path(name).expanduser()
-    if folder.exists() or not isinstance(name, str) or not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
+    if folder.exists() or not isinstance(name, str) or not HUB_ID.fullmatch(name):
         return folder
     try:
         hf_hub_download(name, CONFIG_FILE, local_files_only=is_offline_mode())  # not a whole repository of another kind

@@ -194,7 +194,7 @@ class PredictionWriter(BasePredictionWriter):
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["rows"] += 1
         if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
-            self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "")})
+            self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "", official=True)})
         if row.get("error"):  # no image, or (by generation) an answer that names no option: wrong, but predicted
             failed = not str(row["error"]).startswith(NO_OPTION)
             self.counts["errors" if failed else "no_option"] += 1
@@ -297,7 +297,8 @@ class PredictionWriter(BasePredictionWriter):
         if why and self.replacing:  # the complete output of an earlier run stays
             earlier = f" ({self.path}, from an earlier run, is unchanged)"
             self.path = unused_name(self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix}"))
-        summary_path(self.path).unlink(missing_ok=True)  # an earlier run's, never beside these rows (a kill next left both)
+        for earlier_record in (summary_path(self.path), self.vqa_results_path(self.path)):  # an earlier run's, never left
+            earlier_record.unlink(missing_ok=True)  # beside these rows (a kill next left both, resume called them complete)
         os.replace(self.partial, self.path)
         summary["output"] = str(self.path)
         if why:  # what resume goes on from
@@ -310,7 +311,7 @@ class PredictionWriter(BasePredictionWriter):
         if self.vqa_results is not None and not why:
             asked = {entry["question_id"] for entry in self.vqa_results}
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
-            self.vqa_results_path(self.path).write_text(json.dumps(self.vqa_results + padding))
+            write_whole(self.vqa_results_path(self.path), json.dumps(self.vqa_results + padding))
             self.counts["vqa_results_padded"] = len(padding)
         elif not why and (self.official or self.replacing):  # several processes, or other questions in place of an
             self.vqa_results_path(self.path).unlink(missing_ok=True)  # earlier VQAv2 run's output: none of its results

@@ -64,6 +64,14 @@ def test_vqa_normalisation():
     # answer keys from other scripts and the web: each was scored wrong against the model's same answer
     assert normalise_answer("The diamond is on the bottom.\u200b") == normalise_answer("\u200fThe diamond is on the bottom.")
     assert exact_match(["एक सफ़ेद वृत्त।", "دائرة؟", "«cercle»", "It doesn’t"], ["एक सफ़ेद वृत्त", "دائرة", "cercle", "it doesnt"]) == 1.0
+    # ... but VQA's accuracy and its server's answers stay the official evaluation's, which keeps quotes and invisible
+    # characters as written and decides on the human answers as written whether they disagree (values of vqaEval.py)
+    assert vqa_accuracy("t-shirt", ["t-shirt"] * 9 + ["t-shirt\u200b"]) == 1.0
+    assert vqa_accuracy("kid's t-shirt", ["kid's t-shirt"] * 9 + ["kid’s t-shirt"]) == 1.0
+    assert vqa_accuracy("dont know", ["don’t know"] * 4 + ["dont know"] * 6) == 0.0
+    assert normalise_answer("McDonald’s", official=True) == "mcdonald’s"
+    # a letter in curly quotes is read (it was, before they were made ASCII's)
+    assert [parse_choice(text) for text in ("I pick ‘B’.", "The correct option is ‘C’", "‘A’", "B’s shape")] == ["B", "C", "A", None]
     assert exact_match(["A circle", "three", "blue"], ["circle", "3", "red"]) == pytest.approx(2 / 3)
 
 

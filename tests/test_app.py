@@ -185,6 +185,28 @@ def test_the_app_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path, caps
     assert capsys.readouterr().err.strip() == f"error: {tmp_path} is not a model folder of mmcaption-export (no mmcaption.json in it)"
 
 
+def test_the_app_and_chat_take_what_the_python_api_takes_and_name_a_model_given_in_the_wrong_place(exported, tmp_path, capsys):
+    from mmcaption.app import check_source
+    from mmcaption.chat import main as chat_main
+    from mmcaption.errors import ConfigError
+
+    # a Hub repository's id, as the README's sharing recipe names it: the API loads it, the app and chat refused it
+    # ("not a model folder") before anything loaded
+    check_source("you/mmcaption-demo", None)
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"")
+    for model, checkpoint_given, said in (
+            (str(checkpoint), None, rf"{checkpoint} is a file: a training checkpoint is given as --checkpoint"),
+            (None, str(exported), rf"{exported} is a folder: an exported model is given as --model"),
+            (str(tmp_path / "nope"), None, rf"model folder not found: {tmp_path / 'nope'}")):
+        with pytest.raises(ConfigError, match=said):  # each was "not a model folder ..." or "checkpoint not found"
+            check_source(model, checkpoint_given)
+    with pytest.raises(SystemExit) as exit_info:
+        chat_main(["--model", str(checkpoint)])
+    assert (exit_info.value.code, capsys.readouterr().err.strip()) == (
+        2, f"error: {checkpoint} is a file: a training checkpoint is given as --checkpoint")
+
+
 def test_the_app_loads_a_checkpoint_as_its_export(trained_checkpoint, exported, tmp_path, capsys):
     from mmcaption.app import load_captioner, main
 

@@ -377,9 +377,9 @@ def test_scienceqa_with_a_model_that_always_answers_letter_a_is_never_right_unde
                                     "grade5": {"correct": 0, "answered": 1, "accuracy": 0.0}}
     assert summary["per_grades"] == {"G1-6": {"correct": 1, "answered": 3, "accuracy": pytest.approx(1 / 3)}}  # the paper's columns
     # and its TXT column (the questions with a text context; its IMG column is every question here)
-    assert [r["context"] for r in rows] == ["text", "none", "none"]  # problem 5 has a hint
-    assert summary["per_context"] == {"text": {"correct": 1, "answered": 1, "accuracy": 1.0},
-                                      "none": {"correct": 0, "answered": 2, "accuracy": 0.0}}
+    assert [r["context"] for r in rows] == ["text and image", "image only", "image only"]  # problem 5 has a hint
+    assert summary["per_context"] == {"text and image": {"correct": 1, "answered": 1, "accuracy": 1.0},
+                                      "image only": {"correct": 0, "answered": 2, "accuracy": 0.0}}
     eighth = write_scienceqa(tmp_path / "eighth", {"1": problem("Which?", ["a", "b"], 0, grade="grade8")})
     assert choice_data(backbones, eighth, tmp_path / "o.csv", format="scienceqa").read_rows()[0].record["grades"] == "G7-12"
     assert "per_category" not in summary and summary["per_category_over"] == "rows" and (rows[2]["category"], rows[2]["grade"]) == ("Geography", "grade5")

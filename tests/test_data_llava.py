@@ -149,7 +149,8 @@ BAD_RECORDS = {
     # a bare "File name too long" traceback under skip too, or "missing image" quoting the whole base64
     "image as a data URI": (lambda r: r.update(image="data:image/jpeg;base64," + "A" * 5000),
                             r"its image is inline data \(a data: URI\), which is not read: save the image as a file"),
-    "image as base64": (lambda r: r.update(image="/9j/" + "A" * 5000), r"its image is an image's bytes in base64, not a path"),
+    "image as base64": (lambda r: r.update(image="/9j/4AAQ" + "SkZJ/Rg8A" * 600),  # a '/' every few characters, as real
+                        r"its image is an image's bytes in base64, not a path"),    # base64 has: no name over 255
     "image as a web address": (lambda r: r.update(image="http://images.cocodataset.org/train2017/000000000004.jpg"),
                                r"its image is a web address \(http://images\.cocodataset\.org/train2017/.*\), not downloaded"),
     # a conversation written for Qwen-VL: trained as text-only, its placeholder and the file's name as words

@@ -551,6 +551,13 @@ def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(t
     assert f"note: removed {staging}, left by an export that was killed; .git, .gitattributes, examples moved back" in said
     assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n" and (folder / "examples").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # nothing hidden left, the lock file neither
+    # a record that cannot be read: the staging folder may hold the user's files, so it is kept and said, not removed
+    damaged = tmp_path / ".shared.partial-w9"
+    (damaged / "notes").mkdir(parents=True)
+    (tmp_path / ".shared.partial-w9.kept.json").write_text("")
+    export_main([str(trained_checkpoint), str(folder), "--overwrite"])
+    assert f"note: kept {damaged}, left by an export that was killed: it may hold files of yours" in capsys.readouterr().err
+    assert (damaged / "notes").is_dir()
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -1512,6 +1512,16 @@ def test_unicode_line_separators_inside_rows_and_image_lists_in_windows_encoding
         listed.write_bytes("a.jpg\ncafé.jpg\n".encode(encoding))
         with pytest.raises(DataError, match=said):
             find_images(str(listed))
+    pdf = tmp_path / "photos.pdf"  # no text at all: not said to be a list in another encoding
+    pdf.write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Length 5 /Filter /FlateDecode >>\nstream\n\x78\x9c\x03\x00\x01")
+    with pytest.raises(DataError, match=r"photos\.pdf is neither an image nor a list of image paths in UTF-8 text"):
+        find_images(str(pdf))
+    # and a list with an old Mac's line ends (\r alone) still reads line by line
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    mac = tmp_path / "mac.txt"
+    mac.write_bytes(b"a.jpg\rb.jpg\r")
+    assert find_images(str(mac)) == [tmp_path / "a.jpg", tmp_path / "b.jpg"]
 
 
 def test_half_an_emoji_cut_off_by_the_tool_that_wrote_the_file_is_removed_with_a_warning(tmp_path):

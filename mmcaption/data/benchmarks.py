@@ -355,7 +355,8 @@ def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestio
                   **{LETTERS[i]: choices[i] if i < len(choices) else "" for i in range(width)},
                   "answer": letter or "", **{k: problem.get(k, "") for k in ("subject", "topic", "category", "grade", "split")},
                   "grades": _grade_band(str(problem.get("grade") or "")), "image": image,
-                  "context": "text" if hint.strip() else "none"}  # its paper's TXT column: the questions with a text context
+                  # its paper's TXT column (a text context) among these image questions; IMG is every one of them
+                  "context": "text and image" if hint.strip() else "image only"}
         asked = EmbeddedImage(problem["image"], where) if embedded else image
         questions.append(ChoiceQuestion(0, record, asked, text, choices, letter, key=pid, option_keys=LETTERS[:width]))
     return questions

@@ -16,6 +16,7 @@ ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "s
 OTHER_IMAGE_KEYS = ("image_path", "img", "img_path", "image_file", "imagePath", "file_name", "filename", "photo", "picture",
                     "video", "videos")
 
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 _BASE64_IMAGES = ("/9j/", "iVBOR", "R0lGOD", "UklGR", "Qk")  # JPEG, PNG, GIF, WebP and BMP files' first bytes in base64
 
 
@@ -71,9 +72,10 @@ def not_a_file(image: str) -> str | None:
         return "inline data (a data: URI)"
     if image[:8].lower().startswith(("http://", "https://")):
         return f"a web address ({image[:80]}), not downloaded"
-    if max((len(part) for part in image.split("/")), default=0) > 255:  # longer than any file name
-        what = "an image's bytes in base64" if image.startswith(_BASE64_IMAGES) else f"a text of {len(image):,} characters"
-        return f"{what}, not a path"
+    if image.startswith(_BASE64_IMAGES) and len(image) > 200 and _BASE64.fullmatch(image):
+        return "an image's bytes in base64, not a path"
+    if len(image) > 4096 or max((len(part) for part in image.split("/")), default=0) > 255:  # longer than any path or name
+        return f"a text of {len(image):,} characters, not a path"
     return None
 
 

@@ -118,12 +118,13 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        if regular and (data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\0" not in data[:4096]):  # a list in another encoding
+        if regular and (data[:2] in (b"\xff\xfe", b"\xfe\xff") or _TEXT_LIKE.fullmatch(data[:4096])):  # a list in another encoding
             raise not_utf8(path, table=False) from None  # its line, and how to save it as UTF-8
         raise DataError(f"{path} is neither an image nor a list of image paths in UTF-8 text (byte {error.start} is "
                         f"{data[error.start:error.start + 1]!r}): give a folder of images, one image, or a text file with "
                         "one image path per line, saved as UTF-8") from None
-    names = [line.strip().strip('"').strip("'").strip() for line in text.split("\n")]  # not at U+2028, \x1c: splitlines
+    # lines end at \n, \r\n or (an old Mac's) \r, not at U+2028 or \x1c as splitlines() ends them
+    names = [line.strip().strip('"').strip("'").strip() for line in re.split(r"\r\n|\r|\n", text)]
     root = path.parent if regular else Path(".")
     if names and names[0].lower() in COLUMN_NAMES and not user_path(names[0], root).is_file():  # a spreadsheet's column
         if note is not None:
@@ -139,6 +140,7 @@ def _counted(suffixes: Counter) -> str:
     return ", ".join(f"{count} x {suffix}" for suffix, count in suffixes.most_common())
 
 
+_TEXT_LIKE = re.compile(rb"[^\x00-\x08\x0e-\x1f\x7f]*")  # no control characters but blanks: text, not a PDF or an archive
 _EDGE_MARKS = " \t\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"  # invisible
 
 

@@ -61,11 +61,15 @@ _OTHER_PUNCTUATION = str.maketrans({"\u3002": ".", "\u3001": ",", "\u0964": ".",
                                     "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
 
-def _unified(text: str) -> str:
+def _unified(text: str, official: bool = False) -> str:
     """Full-width letters, digits and punctuation (``Ｂ``, ``？``, Chinese ``，``) as their ASCII twins, an accent written
     as a separate mark (macOS, some keyboards) joined to its letter (NFKC), other scripts' sentence marks and quotes as
     ASCII's, and invisible format characters (a zero-width space, the right-to-left mark text copied from an Arabic
-    page brings) left out: as answers typed on other keyboards compare."""
+    page brings) left out: as answers typed on other keyboards compare. ``official``: VQA's scoring and the answers
+    sent to its server, where the official evaluation keeps quotes and invisible characters as written: NFKC and
+    Chinese punctuation only (which VQAv2's English answers never hold)."""
+    if official:
+        return unicodedata.normalize("NFKC", text).replace("\u3002", ".").replace("\u3001", ",")
     text = unicodedata.normalize("NFKC", text).translate(_OTHER_PUNCTUATION)
     if text.isascii():
         return text
@@ -86,11 +90,11 @@ def _without_punctuation(original: str) -> str:
     return _PERIOD_STRIP.sub("", text)
 
 
-def normalise_answer(text: str) -> str:
+def normalise_answer(text: str, official: bool = False) -> str:
     """An answer as the VQA evaluation compares it: lower case, punctuation dropped (a comma between
     digits kept), number words as digits, articles dropped, ``dont`` -> ``don't``; first, unlike it, NFKC (full-width
     ``Ｂ`` as ``B``, and so ``m²`` as ``m2``) and Chinese punctuation as ASCII's, which VQAv2's English answers never hold."""
-    text = _without_punctuation(_unified(text).replace("\n", " ").replace("\t", " ").strip().lower())
+    text = _without_punctuation(_unified(text, official).replace("\n", " ").replace("\t", " ").strip().lower())
     words = [_NUMBERS.get(word, word) for word in text.split()]
     words = [_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES]
     return " ".join(words)
@@ -128,7 +132,7 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
         return label.group(1) or label.group(2)
     standalone = {
         match.group(1)
-        for match in re.finditer(rf"(?<!{_WORD})(?<!')([{letters}])(?!{_WORD}|')", answer)  # "答案是B" too
+        for match in re.finditer(rf"(?<!{_WORD})(?<!\w')([{letters}])(?!{_WORD}|'\w)", answer)  # "答案是B" too
         if not (match.group(1) == "A" and re.match(r"\s+(?!(?:and|or)\b)[a-z]", answer[match.end():]))  # the article
     }
     if standalone:
@@ -163,11 +167,13 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """
     if not answers:
         raise ValueError("VQA accuracy needs at least one human answer")
-    given = normalise_answer(prediction)
+    given = normalise_answer(prediction, official=True)
     if len(answers) == 1:
-        return float(given == normalise_answer(answers[0]))
-    answers = [_unified(answer) for answer in answers]  # in the prediction's Unicode form: NFD 'màu đỏ' scored 0 against itself
-    if len(set(answers)) > 1:
+        return float(given == normalise_answer(answers[0], official=True))
+    disagree = len(set(answers)) > 1  # as vqaEval.py decides it: on the answers as written
+    # in the prediction's Unicode form: NFD 'màu đỏ' scored 0 against itself
+    answers = [_unified(answer, official=True) for answer in answers]
+    if disagree:
         humans = [_without_punctuation(answer) for answer in answers]
     else:
         humans = [answer.replace("\n", " ").replace("\t", " ").strip() for answer in answers]
