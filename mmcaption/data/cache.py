@@ -213,17 +213,15 @@ def built_once(target: Path, what: str) -> Iterator[None]:
 _LOCKED: set[Path] = set()  # the targets this process holds built_once's lock for
 
 
-def _held(target: Path) -> bool:
-    """Whether this process holds :func:`built_once`'s lock for ``target`` or a folder above it."""
-    resolved = target.resolve()
-    return any(resolved == held or held in resolved.parents for held in _LOCKED)
-
-
 def remove_leftovers(target: Path) -> None:
-    """Remove the staging folders of ``target`` that a killed build (SIGKILL, a power cut, the OOM killer)
-    left, when this process holds the lock for ``target`` or a folder above it: no live build owns them."""
-    if not _held(target):
+    """Remove the staging folders of ``target`` that a killed build (SIGKILL, a power cut, the OOM killer) left, and
+    ``target`` without its ``meta.json`` (a removal killed half-way), when this process holds the lock for ``target``
+    or a folder above it: no live build owns them."""
+    if not any(target.resolve() == held or held in target.resolve().parents for held in _LOCKED):
         return
+    if target.is_dir() and not is_complete(target):
+        print(f"note: removed {target}, left incomplete (no meta.json) by an interrupted removal", file=sys.stderr)
+        discard(target)
     for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}.*.partial")):
         if leftover.is_dir():
             size = sum(p.stat().st_size for p in leftover.rglob("*") if p.is_file())
@@ -233,10 +231,9 @@ def remove_leftovers(target: Path) -> None:
 
 
 def discard(folder: Path) -> None:
-    """Remove ``folder`` so that it is gone at once for every reader: renamed first to a hidden ``.partial`` name
-    (which the next build under :func:`built_once` removes, should this process be killed during the removal), then
-    deleted. A removal killed half-way left a folder without ``meta.json`` at the target's name, over which no build
-    could be renamed again (every later run rebuilt the split, then failed on 'Directory not empty')."""
+    """Remove ``folder``, gone at once for every reader: renamed to a hidden ``.partial`` name (the next build under
+    :func:`built_once` removes it, should this be killed), then deleted. Removed in place, a kill left a folder without
+    ``meta.json`` over which no build could be renamed (each run rebuilt the split, then failed: 'Directory not empty')."""
     aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     os.replace(folder, aside / folder.name)
     shutil.rmtree(aside, ignore_errors=True)
@@ -258,9 +255,6 @@ def publish_atomically(target: Path) -> Iterator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
-    if target.is_dir() and not is_complete(target) and _held(target):  # what an interrupted removal left
-        print(f"note: removed {target}, left incomplete (no meta.json) by an interrupted removal", file=sys.stderr, flush=True)
-        discard(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield staging
