@@ -118,8 +118,8 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
     ``include_backbones`` the language model and the vision tower are copied into ``backbones/`` and the
     folder loads from them: it works with nothing else, offline. ``backbones``: ``language_model`` / ``vision_model``
     folders where they are now, when they moved since training (the export records these)."""
-    out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,), marker=CONFIG_FILE,
-                           ignored=HUB_CLONE)
+    out = check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path,),
+                           marker=None if overwrite else CONFIG_FILE, ignored=HUB_CLONE)  # with it: checked below, keep first
     with locks_released_after():  # the lock file goes with the export
         lock = FolderLock(out.parent, f".{out.name}.lock", what=f"export folder {out}", advice="give this export another folder")
         lock.acquire()
@@ -206,6 +206,10 @@ def _recover_interrupted(out: Path) -> None:
         back = [name for name in names if (staging / name).exists() and out.is_dir() and not (out / name).exists()]
         for name in back:
             os.replace(staging / name, out / name)
+        if stranded := [name for name in names if (staging / name).exists()]:  # no place for them in out: never deleted
+            print(f"note: kept {staging}, left by an export that was killed: it holds {', '.join(stranded)} of yours",
+                  file=sys.stderr)
+            continue
         shutil.rmtree(staging, ignore_errors=True)
         record.unlink(missing_ok=True)
         print(f"note: removed {staging}, left by an export that was killed" + (f"; {', '.join(back)} moved back into {out}"
