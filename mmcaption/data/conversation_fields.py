@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from mmcaption.data.records import BadRecords
+from mmcaption.images import is_url
 
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system", "developer": "system"}
 # keys other tools name a record's image by, which this reader does not read: a text-only conversation trained unsaid
@@ -70,7 +71,7 @@ def not_a_file(image: str) -> str | None:
     name no file system takes: a bare ``OSError`` on a lookup) - or None for a path."""
     if image[:5].lower() == "data:":
         return "inline data (a data: URI)"
-    if image[:8].lower().startswith(("http://", "https://")):
+    if is_url(image):
         return f"a web address ({image[:80]}), not downloaded"
     if image.startswith(_BASE64_IMAGES) and len(image) > 200 and _BASE64.fullmatch(image):
         return "an image's bytes in base64, not a path"

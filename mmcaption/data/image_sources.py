@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from mmcaption.data.caption_cells import INVISIBLE
 from mmcaption.data.records import DataError, existing_spelling, not_utf8, packed_file
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
@@ -141,7 +142,8 @@ def _counted(suffixes: Counter) -> str:
 
 
 _TEXT_LIKE = re.compile(rb"[^\x00-\x08\x0e-\x1f\x7f]*")  # no control characters but blanks: text, not a PDF or an archive
-_EDGE_MARKS = " \t\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"  # invisible
+# blanks and invisible marks at a path's edges: a caption's (zero-width characters, byte order marks) and direction marks
+_EDGE_MARKS = " \t" + INVISIBLE + "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 
 def user_path(name: str, root: Path) -> Path | RemoteImage:
