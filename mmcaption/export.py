@@ -39,7 +39,7 @@ from mmcaption.folders import (
     staging_folder,
 )
 from mmcaption.model.backbones import load_tokenizer
-from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS
+from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS, model_card
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.resources import disk_full
 from mmcaption.usage import backbones_given, export_parser
@@ -154,6 +154,7 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
             manifest["backbones"] = {name: copy_backbone(getattr(model.config, name), staging / "backbones" / name)
                                      for name in ("language_model", "vision_model")}
             (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
+            (staging / "README.md").write_text(model_card(manifest), encoding="utf-8")  # it now says they are inside
         as_umask_allows(staging)
         if not overwrite and out.is_dir() and any(p.name not in HUB_CLONE for p in out.iterdir()):  # another export came:
             raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "

@@ -658,6 +658,14 @@ def test_export_card_has_hub_metadata_and_says_how_the_model_was_trained(backbon
     assert card.data.license == "mit"
     assert card.data.base_model is None  # local backbone folders are not Hub ids (real ones are: below)
     assert card.data.pipeline_tag == "image-text-to-text" and "mmcaption" in card.data.tags and "nf4" in card.data.tags
+    # the Hub's "use this model" snippet follows library_name: PEFT's looked for an adapter at the folder's root
+    assert card.data.library_name == "mmcaption"
+    # what another machine needs besides the folder (it was unsaid, and the folder failed to load there)
+    assert (f"Loading it needs the language model `{checkpoint['hyper_parameters']['config']['language_model']}` and the "
+            f"vision tower `{checkpoint['hyper_parameters']['config']['vision_model']}` as well") in card.text
+    # PEFT's blank card template named the base model's local path and PEFT as the folder's loader
+    adapter_card = (tmp_path / "export" / "adapter" / "README.md").read_text()
+    assert "LoRA adapter of an mmcaption model" in adapter_card and str(tmp_path) not in adapter_card
     assert "caption stage: 4 optimizer steps" in card.text
     # a caption-stage model does not claim what only the instruct stage teaches (the card said "visual question answering")
     assert "A captioning model (the caption stage; not instruction-tuned" in card.text
@@ -839,6 +847,8 @@ def test_export_with_its_backbones_works_where_the_original_backbones_are_not(tr
     export_main([str(trained_checkpoint), str(tmp_path / "whole"), "--include_backbones"])
     assert (tmp_path / "whole" / "backbones" / "language_model" / "config.json").is_file()
     assert (tmp_path / "whole" / "backbones" / "vision_model" / "preprocessor_config.json").is_file()
+    assert "the folder loads with nothing else, offline" in (tmp_path / "whole" / "README.md").read_text()
+    assert "Loading it needs" not in (tmp_path / "whole" / "README.md").read_text()
     # a folder to share: readable by others as the umask allows (a temporary folder and safetensors' files are private)
     mask = os.umask(0o022)
     os.umask(mask)

@@ -84,10 +84,20 @@ def check_backbone(name: str, setting: str) -> None:
                                 f"is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): {download_hint(name)}")
 
 
+ADAPTER_README = """# LoRA adapter of an mmcaption model
+
+The LoRA adapter (PEFT) of the language model of the mmcaption model in the folder above, which loads with
+`mmcaption.Captioner.from_pretrained(<that folder>)`. On its own, `peft.PeftModel.from_pretrained(<its base language
+model>, <this folder>)` gives the language model with the adapter, without the vision tower and the cross-attention.
+"""
+
+
 def save_adapter(language_model: PeftModel, folder: Path) -> None:
     """The LoRA adapter as PEFT saves it, its target modules sorted: PEFT writes them from a set, in an order that changes
     from one process to the next, and two exports of one checkpoint differed."""
     language_model.save_pretrained(folder)
+    # PEFT's README is a blank card template whose metadata names the base model's local path and PEFT as the loader
+    (folder / "README.md").write_text(ADAPTER_README, encoding="utf-8")
     settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     if isinstance(settings.get("target_modules"), list):
         settings["target_modules"] = sorted(settings["target_modules"])

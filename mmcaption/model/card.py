@@ -31,7 +31,7 @@ def card_metadata(manifest: dict[str, Any]) -> str:
         license=source.get("license", "apache-2.0"),
         base_model=hub_ids(manifest["base_language_model"], model["vision_model"]),
         datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None,
-        library_name="peft",
+        library_name="mmcaption",  # the folder loads with mmcaption: PEFT's snippet would look for an adapter at its root
         pipeline_tag="image-text-to-text",
         tags=["mmcaption", "image-captioning", *(["visual-question-answering"] if not caption_stage(manifest) else []),
               "lora", "gated-cross-attention",
@@ -72,6 +72,18 @@ def caption_stage(manifest: dict[str, Any]) -> bool:
     return ((manifest.get("source") or {}).get("training") or {}).get("stage") == "caption"
 
 
+def backbones_needed(manifest: dict[str, Any]) -> str:
+    """What the folder needs besides itself to load: the backbones it names, unless it carries them (``backbones/``)."""
+    if manifest.get("backbones"):
+        return "The language model and the vision tower are in `backbones/`: the folder loads with nothing else, offline."
+    needed = [f"the vision tower `{manifest['model']['vision_model']}`"]
+    if not manifest["merged"]:
+        needed.insert(0, f"the language model `{manifest['base_language_model']}`")
+    return (f"Loading it needs {' and '.join(needed)} as well: a Hub id downloads (offline: from the Hugging Face cache), a "
+            "local folder must be where it was at training, or be given where it is now "
+            "(`Captioner.from_pretrained(folder, language_model=..., vision_model=...)`).")
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """A short card from a saved folder's manifest: what it is made of and how to use it."""
     model = manifest["model"]
@@ -104,6 +116,8 @@ from mmcaption import Captioner
 captioner = Captioner.from_pretrained("path/to/this/folder")
 print(captioner.caption("photo.jpg"))
 ```
+
+{backbones_needed(manifest)}
 
 Exported from `{manifest['source'].get('checkpoint')}` (step {manifest['source'].get('global_step')}).
 {training_section(manifest['source'])}
