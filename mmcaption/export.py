@@ -155,6 +155,9 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
                                      for name in ("language_model", "vision_model")}
             (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
             (staging / "README.md").write_text(model_card(manifest), encoding="utf-8")  # it now says they are inside
+        manifest = json.loads((staging / CONFIG_FILE).read_text())  # the files it writes: what a later --overwrite replaces
+        manifest["files"] = sorted({CONFIG_FILE, *(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())})
+        (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         as_umask_allows(staging)
         if not overwrite and out.is_dir() and any(p.name not in HUB_CLONE for p in out.iterdir()):  # another export came:
             raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "
@@ -176,6 +179,7 @@ def kept_back(kept: list[str], staging: Path, out: Path, record: Path) -> None:
     """An export that failed (Ctrl-C, a full disk): what was moved over put back (a Hub clone's .git is not lost), and its
     staging folder removed."""
     for name in kept:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / name, out / name)
     shutil.rmtree(staging, ignore_errors=True)
     record.unlink(missing_ok=True)
@@ -206,6 +210,7 @@ def _recover_interrupted(out: Path) -> None:
             continue
         back = [name for name in names if (staging / name).exists() and out.is_dir() and not (out / name).exists()]
         for name in back:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / name, out / name)
         if stranded := [name for name in names if (staging / name).exists()]:  # no place for them in out: never deleted
             print(f"note: kept {staging}, left by an export that was killed: it holds {', '.join(stranded)} of yours",
@@ -221,13 +226,24 @@ def _recover_interrupted(out: Path) -> None:
 
 def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[str], record: Path) -> list[str]:
     """Move what an earlier export's folder holds besides an export's own files (a Hub clone's ``.git`` and
-    ``.gitattributes``, examples added beside the model) into the new folder: ``--overwrite`` replaces the export, not
-    them. An earlier export's own files (a merged ``language_model/`` this one does not write) go."""
+    ``.gitattributes``, examples added beside the model, a file put into its ``tokenizer/``) into the new folder:
+    ``--overwrite`` replaces the export, not them. An earlier export's own files (a merged ``language_model/`` this one
+    does not write) go."""
     if not out.is_dir():
         return []
     own = {entry.name for entry in staging.iterdir()} | {"language_model", "backbones"}  # those of every kind of export
-    for name in sorted(entry.name for entry in out.iterdir() if entry.name not in own):
+    names = [entry.name for entry in out.iterdir() if entry.name not in own]
+    try:  # inside its folders (tokenizer/, backbones/), what the earlier export did not write: an export records its files
+        written = set(json.loads((out / CONFIG_FILE).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):  # an earlier release's export: its folders are taken as its own
+        written = None
+    if written is not None:
+        names += [rel for entry in out.iterdir() if entry.name in own and entry.is_dir() and not entry.is_symlink()
+                  for p in entry.rglob("*") if not p.is_dir() and (rel := p.relative_to(out).as_posix()) not in written
+                  and not (staging / rel).exists()]
+    for name in sorted(names):
         write_whole(record, json.dumps([*kept, name]))  # before the move: a kill between the two loses nothing
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(out / name, staging / name)
         kept.append(name)  # one by one: what was moved is put back if the export fails before it is in place
     return kept
