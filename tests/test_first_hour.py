@@ -362,6 +362,12 @@ def test_the_demo_never_removes_a_users_folder_or_report_and_says_when_it_rewrit
         demo_main(["--root", str(demo), "--report", str(tmp_path / "notes.txt")])
     assert exit_info.value.code == 2 and "--report " in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+    # a demo killed while it wrote its data (Ctrl-C twice, the OOM killer) left its hidden staging folder beside it for good
+    leftover = tmp_path / ".again.k1ll3d.partial"
+    (leftover / "coco" / "train2017").mkdir(parents=True)
+    (leftover / "coco" / "train2017" / "000000000001.jpg").write_bytes(b"\xff\xd8" * 1000)
+    prepare_demo_assets(tmp_path / "again", train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
+    assert not leftover.exists() and f"note: removed {leftover}" in capsys.readouterr().err
 
 
 def test_a_backbone_folder_moved_since_training_is_named_as_a_folder_not_a_hub_id(tmp_path):

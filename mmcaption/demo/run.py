@@ -11,7 +11,6 @@ to both stages' ``mmcaption fit``.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from mmcaption.callbacks import format_seconds
 from mmcaption.cli import check_command, run_cli
-from mmcaption.data.cache import is_complete, publish_atomically
+from mmcaption.data.cache import built_once, discard, is_complete, publish_atomically
 from mmcaption.data.predict import MultipleChoiceDataModule
 from mmcaption.demo.evaluation import (
     evaluate_answers,
@@ -55,6 +54,13 @@ def prepare_demo_assets(
     root = Path(root)
     settings = {"version": DEMO_VERSION, "seed": seed, "train_images": train_images, "val_images": val_images,
                 "pretrain_steps": pretrain_steps, "clip_steps": clip_steps}
+    with built_once(root, f"writing the demo data in {root}"):  # held: what a killed demo left half-written is removed
+        return _write_demo_assets(root, settings)
+
+
+def _write_demo_assets(root: Path, settings: dict) -> Path:
+    train_images, val_images, seed = settings["train_images"], settings["val_images"], settings["seed"]
+    pretrain_steps, clip_steps = settings["pretrain_steps"], settings["clip_steps"]
     if is_complete(root):
         try:
             written = json.loads((root / "meta.json").read_text())
@@ -76,7 +82,7 @@ def prepare_demo_assets(
         print(f"note: {root} holds demo data written with other settings ({changed}): it is written again" + (
               "; its backbones change too, so checkpoints and exports trained on the earlier ones no longer fit them"
               if backbones else ""), file=sys.stderr, flush=True)
-        shutil.rmtree(root)
+        discard(root)  # gone at once: a kill half-way through left a folder the next demo refused as not demo data
     elif root.exists():
         raise OutputExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
     with publish_atomically(root) as staging:
