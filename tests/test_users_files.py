@@ -221,7 +221,7 @@ def test_a_folder_follows_linked_folders_once_and_names_links_to_nothing(tmp_pat
     notes = []
     found = find_images(str(folder), note=notes.append)
     assert [p.relative_to(folder).as_posix() for p in found] == ["b.jpg", "val2017/a.jpg"]  # the linked folder is read (was left out)
-    assert notes == [f"{folder}: 1 links left out that point to nothing (the first: {folder / 'gone.jpg'})"]
+    assert notes == [f"{folder}: 1 link left out that points to nothing (the first: {folder / 'gone.jpg'})"]
 
 
 def test_the_preprocessing_cache_sees_images_added_to_a_linked_folder(tmp_path):

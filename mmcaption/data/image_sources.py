@@ -83,7 +83,8 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
             note(f"{path}: {sum(others.values())} files left out, not images by their names ({_counted(others)}); "
                  f"images are {', '.join(sorted(IMAGE_SUFFIXES))}")
         if dangling and note is not None:
-            note(f"{path}: {dangling} links left out that point to nothing (the first: {broken[0]})")
+            note(f"{path}: {dangling} link{'s' if dangling > 1 else ''} left out that point{'' if dangling > 1 else 's'} to "
+                 f"nothing (the first: {broken[0]})")
         if passed_over and note is not None:
             note(passed_over)
         if caches and note is not None:
