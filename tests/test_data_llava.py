@@ -129,6 +129,10 @@ def test_template_that_leaves_nothing_to_learn_fails_at_start(backbones, llava):
 BAD_RECORDS = {
     "turns do not alternate": (lambda r: r["conversations"].insert(1, {"from": "human", "value": "Again?"}),
                                r"turn 1 is from 'human', expected 'gpt'"),
+    # Gemini's files name the assistant 'model': it read as a broken alternation, naming no role it knows
+    "unknown role": (lambda r: r["conversations"][1].update({"from": "model"}),
+                     r"turn 1 is from 'model', expected 'gpt': a role mmcaption does not read \(the roles are human, user, "
+                     r"gpt, assistant, system, developer\); rename it"),
     "empty turn": (lambda r: r["conversations"][1].update(value="  "), r"turn 1 \(gpt\) is empty"),
     "no assistant turn": (lambda r: r.update(conversations=r["conversations"][:1]), "has no assistant answer"),
     # a path outside image_root is read as written, as LLaVA's loader reads it: a file there that is no image is named

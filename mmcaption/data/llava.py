@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
-from mmcaption.data.conversation_fields import either, image_of, turns_of
+from mmcaption.data.conversation_fields import ROLES, either, image_of, turns_of
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
@@ -154,10 +154,11 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
         expected = "human" if (index - start) % 2 == 0 else "gpt"
         if role != expected:
             records.bad(
-                "turns do not alternate",
+                "turns do not alternate" if role in ROLES.values() else "unknown role",
                 f"{name}: turn {index} is from {role!r}, expected {expected!r}"
                 + (" (a system turn is read first only: fold it into the next question, or remove it)" if role == "system" else
-                   " (turns must alternate human, gpt, human, ...)"),
+                   " (turns must alternate human, gpt, human, ...)" if role in ROLES.values() else
+                   f": a role mmcaption does not read (the roles are {', '.join(ROLES)}); rename it to the one it means"),
             )
             return None
         text = strip_image_placeholder(value) if role == "human" else value.strip()
