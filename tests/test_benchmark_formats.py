@@ -10,6 +10,7 @@ import random
 import shutil
 from pathlib import Path
 
+import pandas
 import pytest
 import torch
 import yaml
@@ -355,6 +356,12 @@ def test_mmbench_circular_eval_asks_the_passes_the_file_has_as_vlmevalkit_does(b
     # each row as the file has it, with its own index (what MMBench's server grades), in the order of the passes
     assert [(r["index"], r["circular_index"], r["rotation"]) for r in rows] == [
         ("0", "0", "0"), ("1000000", "0", "1"), ("2000000", "0", "2"), ("3000000", "0", "3"), ("1", "1", "0")]
+    # the output is what MMBench's evaluation server takes (it reads .csv as .xlsx): read with pandas, the columns it
+    # requires (index, prediction, A-D; question to tell MMBench from MMBench-CN) are there, a letter per prediction
+    frame = pandas.read_csv(output)
+    assert {"index", "question", "prediction", *"ABCD"} <= set(frame.columns)
+    assert list(frame["index"]) == [0, 1000000, 2000000, 3000000, 1]
+    assert [frame.loc[i, letter] for i, letter in enumerate(frame["prediction"])] == ["blue"] * 5
     assert [r["A"] for r in rows] == ["red", "blue", "green", "yellow", "blue"]
     assert [r["correct"] for r in rows] == ["True"] * 4 + ["False"]  # blue every time; question 1's answer is red
     assert (summary["circular_correct"], summary["circular_questions"], summary["circular_accuracy"]) == (1, 2, 0.5)
