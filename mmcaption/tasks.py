@@ -327,8 +327,11 @@ class Tasks:
         ``answer`` get ``correct``.
         """
         results = [{**without_results(record), "error": error} for record, error in zip(batch["record"], batch["error"])]
-        ok = [i for i, error in enumerate(batch["error"]) if error is None]
         task = batch["task"][0]
+        past = self._past_context(batch, task)  # not asked: the model would answer what it cannot read, unsaid
+        for i, error in past.items():
+            results[i]["error"] = error
+        ok = [i for i, error in enumerate(batch["error"]) if error is None and i not in past]
         if ok:
             self._predict_rows(task, batch, ok, results)
         for row in results:  # with a reference answer, a row that got no answer (unreadable image, no letter) is wrong
@@ -343,6 +346,20 @@ class Tasks:
                 else:
                     row["correct"] = normalise_answer(prediction) == normalise_answer(answer)
         return results
+
+    def _past_context(self, batch: dict[str, Any], task: str) -> dict[int, str]:
+        """The rows whose prompt (with its longest option, scored by likelihood) the language model's context cannot
+        hold, and why: as :meth:`check_context` refuses them in the Python API (they were answered, scored and written)."""
+        if self.context is None:
+            return {}
+        past = {}
+        for i, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+            with_option = task == "choice-likelihood" and bool(batch.get("option_ids"))
+            length += max(map(len, batch["option_ids"][i]), default=0) if with_option else 0
+            if length >= self.context and batch["error"][i] is None:
+                past[i] = (f"not asked: the question takes {length:,} tokens with the prompt{' and its longest option' if with_option else ''}"
+                           f", and the language model reads {self.context:,} at most")
+        return past
 
     def _predict_rows(self, task: str, batch: dict[str, Any], ok: list[int], results: list[dict[str, Any]]) -> None:
         """Fill in the results of the rows ``ok`` (those whose image could be read)."""

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -339,6 +340,28 @@ def test_per_l2_category_whatever_the_case_of_its_column(backbones, trained_chec
     rows, summary = read_output(output)
     assert "L2-category" in rows[0] and "l2-category" not in rows[0]
     assert summary["per_l2_category"] == {FINE: {"correct": 1, "answered": 2, "accuracy": 0.5}}
+
+
+@pytest.mark.parametrize("method", ["likelihood", "generation"])
+def test_a_question_longer_than_the_language_models_context_is_not_asked_and_its_row_says_why(backbones, trained_checkpoint,
+                                                                                              tmp_path, method):
+    # a long hint or 300-word options past Phi-2's 2,048 tokens: every row got a letter, scores and no error, and counted
+    # in the accuracy, although the model read positions it never learned (the Python API refuses the same question)
+    rows = mmbench_rows()[:3]
+    rows[1]["hint"] = "The picture shows one shape among many others. " * 40
+    rows[2]["A"] = "a colour between red and orange, " * 30 + "red"
+    path, output = write_tsv(tmp_path / "long.tsv", rows), tmp_path / f"{method}.csv"
+    predictor(tmp_path).predict(rigged(trained_checkpoint, " blue"),
+                                datamodule=choice_data(backbones, path, output, format="mmbench", method=method))
+    rows, summary = read_output(output)
+    assert rows[0]["error"] == "" and rows[0]["prediction"] == "B"
+    assert rows[1]["prediction"] == "" and rows[1]["correct"] == "False"
+    assert re.fullmatch(r"not asked: the question takes \d{3},?\d* tokens with the prompt(?: and its longest option)?, and the "
+                        r"language model reads 256 at most", rows[1]["error"])
+    # its long option does not fit either: scored after the prompt, or listed in it to generate a letter
+    assert rows[2]["error"].startswith("not asked") and rows[2]["prediction"] == ""
+    assert ("and its longest option" in rows[2]["error"]) == (method == "likelihood")
+    assert summary["errors"] == 2 and summary["correct"] == 1
 
 
 def test_mmbench_circular_eval_asks_the_passes_the_file_has_as_vlmevalkit_does(backbones, trained_checkpoint, tmp_path):
