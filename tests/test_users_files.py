@@ -16,6 +16,7 @@ from PIL import Image
 from mmcaption import images
 from mmcaption.data import CaptionDataModule, CaptionPredictDataModule, DataError, MultipleChoiceDataModule
 from mmcaption.data.cache import folder_signature
+from mmcaption.data.caption_cells import SPLIT_NOTE
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.hub import HubCaptions
 from mmcaption.data.image_sources import find_images
@@ -658,6 +659,32 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
         load_rgb(imagenet)
     with pytest.raises(TypeError, match="an image is a path, an http.* or a tensor, not int"):
         load_rgb(7)
+
+
+def test_a_caption_cell_of_several_lines_is_said_to_be_read_as_several_captions_and_can_be_read_whole(tmp_path):
+    # Localized-Narratives-style paragraphs in a spreadsheet's cell: "kept 71 captions of 9 images" from 10 rows, each
+    # paragraph trained as a caption of its own with its own end, and nothing said
+    for index in range(2):
+        (tmp_path / f"p{index}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (90 * index, 20, 20))))
+    table = tmp_path / "captions.csv"
+    table.write_text('image,caption\np0.jpg,"In this picture I can see a dog.\nIn the background there is grass.\n\nIt is sunny."\n'
+                     'p1.jpg,a cat on a mat\n')
+
+    def read(**settings):
+        seen = BadRecords(str(table), "skip")
+        rows = list(HubCaptions(str(table), "image", "caption", **settings).records("train", seen))
+        return [[c for _, c in captions] for *_, captions in rows], seen
+
+    captions, seen = read()
+    assert captions == [["In this picture I can see a dog.", "In the background there is grass.", "It is sunny."],
+                        ["a cat on a mat"]]
+    assert [(kind, n) for kind, n in seen.notes.items() if kind.startswith(SPLIT_NOTE)] == [
+        (SPLIT_NOTE + " (first: line 2, 3 captions)", 1)]
+    for whole in (None, ""):  # "" was a bare "ValueError: empty separator" traceback
+        captions, seen = read(caption_separator=whole)
+        assert captions == [["In this picture I can see a dog.\nIn the background there is grass.\n\nIt is sunny."],
+                            ["a cat on a mat"]]
+        assert not seen.notes
 
 
 def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes_it(tmp_path, monkeypatch):

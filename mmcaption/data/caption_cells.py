@@ -67,8 +67,13 @@ def column_and_key(name: str, columns: list[str]) -> tuple[str, str | None]:
     return (column, key) if column in columns else (name, None)
 
 
-def texts_of(value: Any, key: str | None, separator: str, column: str) -> list[str]:
-    """The captions one cell holds (see the module); objects without a ``key`` named are refused with their keys."""
+SPLIT_NOTE = ("cells split into several captions at hub_caption_separator (a line each, by default; null or an empty "
+              "text reads each cell as one caption)")
+
+
+def texts_of(value: Any, key: str | None, separator: str | None, column: str, split: list[int] | None = None) -> list[str]:
+    """The captions one cell holds (see the module); objects without a ``key`` named are refused with their keys.
+    ``separator`` None or empty: a string is one caption. A string split into several is counted in ``split``."""
     if key is not None:
         value = value.get(key) if isinstance(value, dict) else (
             [item.get(key) for item in value if isinstance(item, dict)] if isinstance(value, list) else None)
@@ -85,4 +90,8 @@ def texts_of(value: Any, key: str | None, separator: str, column: str) -> list[s
         if isinstance(listed, list) and listed and all(isinstance(text, str) for text in listed):
             value = listed
     texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
-    return [caption_text(part) for text in texts if isinstance(text, str) for part in text.split(separator) if caption_text(part)]
+    parts = [caption_text(part) for text in texts if isinstance(text, str) for part in (text.split(separator) if separator
+                                                                                        else [text]) if caption_text(part)]
+    if split is not None and isinstance(value, str) and len(parts) > 1:  # (a list is several captions as written)
+        split.append(len(parts))
+    return parts

@@ -26,7 +26,7 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data import tables
-from mmcaption.data.caption_cells import HTML_NOTE, caption_settings, column_and_key, html_in, texts_of
+from mmcaption.data.caption_cells import HTML_NOTE, SPLIT_NOTE, caption_settings, column_and_key, html_in, texts_of
 from mmcaption.data.folder_layouts import (
     TABLE_SUFFIXES,
     folder_layout,
@@ -78,14 +78,14 @@ class HubCaptions(RowImages):
         caption_column: the caption(s): a string (split at ``caption_separator``; a JSON list), a list of strings,
             objects (``sentences.raw``: the ``raw`` of each), or several columns (a list of names); see
             :mod:`~mmcaption.data.caption_cells`.
-        caption_separator: what separates several captions in one string.
+        caption_separator: what separates several captions in one string (None or empty: a string is one caption).
         val_fraction: share held out for validation when the dataset has one split.
     """
 
     dataset: str
     image_column: str = "jpg"
     caption_column: str | list[str] = "txt"
-    caption_separator: str = "\n"
+    caption_separator: str | None = "\n"
     val_fraction: float = 0.01
 
     cache_dir: str | None = None  # a folder inside the dataset's that is never read as its files (the data module's cache)
@@ -266,8 +266,9 @@ class HubCaptions(RowImages):
         counts, not_found, examples = Counter(), [], {}
         for row_index, row in enumerate(self._rows(data.select_columns(columns))):
             key = str(row.get("__key__") or row_index)
+            cut: list[int] = []  # a cell of several lines is several captions: Localized Narratives' paragraphs are not
             try:
-                texts = [text for column, key in read for text in texts_of(row[column], key, self.caption_separator, column)]
+                texts = [text for column, key in read for text in texts_of(row[column], key, self.caption_separator, column, cut)]
             except DataError as error:
                 raise DataError(f"{records.source}: {error}") from None
             image = self._image_bytes(row[self.image_column])
@@ -300,6 +301,9 @@ class HubCaptions(RowImages):
                     later["captions skipped that an earlier row gave the same image"] += again
                 texts = [c if c not in known else None for c in texts]
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
+            if cut:  # counted on its side
+                later[SPLIT_NOTE] += len(cut)
+                examples.setdefault(SPLIT_NOTE, f" (first: {self._row(row_index, key, split)}, {cut[0]} captions)")
             if html := [(found, c) for c in texts if c is not None and (found := html_in(c))]:  # counted on its side
                 later[HTML_NOTE] += len(html)
                 examples.setdefault(HTML_NOTE, f" (first: {self._row(row_index, key, split)}: {html[0][0]!r} in {html[0][1][:60]!r})")
