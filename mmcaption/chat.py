@@ -21,10 +21,10 @@ from transformers import TextStreamer
 
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.generation_settings import check_generation
 from mmcaption.images import check_image, fetch, is_url, local_file
 from mmcaption.inference import Captioner, model_source_problem
 from mmcaption.model.card import caption_stage
-from mmcaption.tasks import check_generation
 from mmcaption.usage import backbones_given, chat_parser
 
 HELP = "/image PATH: another image (a new conversation) - /reset: a new conversation - /quit: end"

@@ -32,6 +32,7 @@ from mmcaption.checkpoint import (
 from mmcaption.errors import ConfigError, raise_if_stopped
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores
+from mmcaption.generation_settings import check_run_generation
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local, check_known_settings
@@ -39,10 +40,10 @@ from mmcaption.model.loss import AccumulatedTokens, chunked_cross_entropy
 from mmcaption.model.optim import adamw
 from mmcaption.nonfinite import skip_nonfinite
 from mmcaption.predictions import PredictionWriter
-from mmcaption.results import write_results
+from mmcaption.results import said_cut, write_results
 from mmcaption.schedule import linear_schedule, schedule_from_here
 from mmcaption.settings_checks import strategy_problem
-from mmcaption.tasks import Tasks, check_run_generation
+from mmcaption.tasks import Tasks
 
 
 class MultimodalCaptioner(LightningModule):
@@ -104,6 +105,7 @@ class MultimodalCaptioner(LightningModule):
         self.init_source: dict[str, Any] | None = None
         self.val_captions: list[tuple[int, str, list[str], str]] = []  # (COCO image id, generated, references, file)
         self.val_answers: list[tuple[str, str, str, str]] = []  # (conversation id, question, generated, reference)
+        self.val_cut = 0  # of those, the texts generation stopped at max_new_tokens before their end
         self.skipped_batches = 0
         self.window = AccumulatedTokens()  # with accumulate_grad_batches: every token of the window weighs the same
         self.flops_per_batch: int | None = None  # the last training batch's, for TrainingThroughput's MFU
@@ -245,7 +247,9 @@ class MultimodalCaptioner(LightningModule):
         if dataloader_idx == 1:  # generation: val images to caption, or val questions to answer
             if self.trainer.sanity_checking:  # the start-up check tests the loss path; generating there
                 return                        # (beam search at Phi-2's shapes) only delays the first step
-            generated = self.tasks.generate_batch(batch)
+            tasks = self.tasks
+            generated = tasks.generate_batch(batch)
+            self.val_cut += sum(tasks.unfinished)
             if batch["task"][0] == "caption":
                 self.val_captions.extend(zip(batch["image_id"], generated, batch["references"], batch["file_name"]))
                 if self.val_examples is None:
@@ -275,7 +279,8 @@ class MultimodalCaptioner(LightningModule):
             # repeats (data.base): each image or question once
             captions = list({row[0]: row for row in captions}.values())
             answers = list({(row[0], row[1], row[3]): row for row in answers}.values())  # ids repeat: the question too
-        self.val_captions, self.val_answers = [], []
+        cut = sum(random_state.gather_objects([self.val_cut]))
+        self.val_captions, self.val_answers, self.val_cut = [], [], 0
         metrics: dict[str, float] = {"loss": float(loss), "perplexity": float(torch.exp(loss))}
         if captions:
             scores = None
@@ -292,10 +297,11 @@ class MultimodalCaptioner(LightningModule):
             self.log(f"{prefix}/answer_exact_match", accuracy, sync_dist=False, prog_bar=True)
             metrics["answer_exact_match"] = accuracy
         self.val_examples = None
+        said_cut(cut, len(captions) + len(answers), self.tasks.generation)
         if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and not self.trainer.sanity_checking:
             folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # on every process: log_dir is a broadcast
             if self.trainer.is_global_zero:
-                write_results(self.trainer, self.tasks.generation.to_dict(), folder, prefix, metrics, captions, answers)
+                write_results(self.trainer, self.tasks.generation.to_dict(), folder, prefix, metrics, captions, answers, cut)
 
     def log_caption_examples(self) -> None:
         """A few val images with their generated and reference captions, in TensorBoard."""

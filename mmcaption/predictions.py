@@ -37,7 +37,7 @@ from mmcaption.evaluation.report import (
 from mmcaption.folders import output_lock
 from mmcaption.resources import add_note, disk_full
 from mmcaption.slurm import this_job
-from mmcaption.tasks import NO_OPTION, RESULT_COLUMNS
+from mmcaption.tasks import CUT, NO_OPTION, RESULT_COLUMNS
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -193,6 +193,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["rows"] += 1
+        if row.get(CUT) not in (None, "", False, "False"):  # (read back from an interrupted run's CSV: "True")
+            self.counts[CUT] = self.counts.get(CUT, 0) + 1
         if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
             self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "", official=True)})
         if row.get("error"):  # no image, or (by generation) an answer that names no option: wrong, but predicted
@@ -214,8 +216,7 @@ class PredictionWriter(BasePredictionWriter):
             self.counts["vqa_accuracy_sum"] = self.counts.get("vqa_accuracy_sum", 0.0) + row["vqa_accuracy"]
             for key, name in groups.items():  # e.g. VQAv2's answer types: [sum of accuracies, questions]
                 sums = self.vqa_categories.setdefault(key, {}).setdefault(name, [0.0, 0])
-                sums[0] += row["vqa_accuracy"]
-                sums[1] += 1
+                sums[0], sums[1] = sums[0] + row["vqa_accuracy"], sums[1] + 1
         if row.get("correct") is None:
             return
         if row.get("circular_index") not in (None, ""):  # a question is right if every rotation of it is
@@ -229,8 +230,7 @@ class PredictionWriter(BasePredictionWriter):
     def _tally(categories: dict[str, dict[str, list[int]]], groups: dict[str, str], right: bool) -> None:
         for key, name in groups.items():
             counts = categories.setdefault(key, {}).setdefault(name, [0, 0])
-            counts[0] += int(right)
-            counts[1] += 1
+            counts[0], counts[1] = counts[0] + int(right), counts[1] + 1
 
     def summary(self) -> dict[str, Any]:
         summary = dict(self.counts, output=str(self.path))

@@ -8,16 +8,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.evaluation.caption_metrics import metric_setup
 from mmcaption.evaluation.report import checkpoint_record, generation_record, write_evaluation
 
+_SAID_CUT: list[int] = []  # said once a process: a fit validates again and again
+
+
+def said_cut(cut: int, generated: int, generation: Any) -> None:
+    """Warn (once) when validation or test texts stopped at max_new_tokens before their end: cut mid-sentence, they are
+    scored as the model's whole captions or answers (long references, Localized Narratives' or detail answers')."""
+    if cut and not _SAID_CUT:
+        _SAID_CUT.append(cut)
+        rank_zero_warn(f"{cut} of {generated} generated texts stopped at max_new_tokens {generation.max_new_tokens} before "
+                       "their end, and are scored cut: raise --model.generation.max_new_tokens for whole texts")
+
 
 def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str, metrics: dict[str, float], captions: list,
-                  answers: list) -> None:
+                  answers: list, cut: int = 0) -> None:
     """Write the predictions (``captions``: (image id, caption, references, file); ``answers``: (id, question,
-    prediction, answer)) and the results file into ``folder``, and say where."""
+    prediction, answer)) and the results file into ``folder``, and say where; ``cut``: how many of them generation
+    stopped at max_new_tokens before their end."""
     module, datamodule = trainer.lightning_module, getattr(trainer, "datamodule", None)
     split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
     settings = dict(getattr(datamodule, "hparams", {}))
@@ -31,7 +43,7 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     if answers:
         results["questions"] = len(answers)
     if captions or answers:
-        results["generation"] = generation_record(generation)
+        results.update(generation=generation_record(generation), cut_at_max_new_tokens=cut)
     made = _split_record(datamodule, split)
     limits = []
     setting = "limit_test_batches" if prefix == "test" else "limit_val_batches"  # fast_dev_run sets it too

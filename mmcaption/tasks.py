@@ -8,17 +8,10 @@ validation and ``predict``, the Python API and the demo's evaluation alike. Prom
 
 from __future__ import annotations
 
-import difflib
-import functools
-import inspect
-import math
-import numbers
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerBase
@@ -26,13 +19,13 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from mmcaption.collate import IGNORE_INDEX, collate
 from mmcaption.errors import ConfigError
 from mmcaption.evaluation.answers import LETTERS, normalise_answer, parse_choice, vqa_accuracy
+from mmcaption.generation_settings import CHECKED_SETTINGS, DEFAULT_GENERATION, call_settings, check_generation
 from mmcaption.model import MultimodalCausalLM
-
-DEFAULT_GENERATION = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False}
 
 # What ``predict`` adds to each input record. A file written by ``predict`` is a valid input again: these
 # columns are the earlier run's results, not questions, and are replaced.
-RESULT_COLUMNS = ("prediction", "correct", "vqa_accuracy", "generated", "scores", "error")
+CUT = "cut_at_max_new_tokens"  # a predict row whose text stopped at the length limit before its end
+RESULT_COLUMNS = ("prediction", "correct", "vqa_accuracy", "generated", "scores", "error", CUT)
 NO_OPTION = "no single option letter or option text in the generated answer"  # an answer's error when it names none
 
 
@@ -92,109 +85,6 @@ def option_scores(
     return scores
 
 
-# the generate() settings checked before generation, by kind (a request's JSON gives "false" and "5" as text: "false"
-# turned sampling on, and "5" failed inside transformers, a TypeError a service could not tell from its own)
-_WHOLE = ("max_new_tokens", "min_new_tokens", "num_beams", "num_return_sequences", "max_length", "min_length", "top_k",
-          "no_repeat_ngram_size", "num_beam_groups")
-_NUMBERS = ("temperature", "top_p", "repetition_penalty", "length_penalty", "typical_p", "diversity_penalty", "min_p",
-            "epsilon_cutoff", "eta_cutoff", "max_time", *_WHOLE)
-_SWITCHES = ("do_sample", "renormalize_logits", "remove_invalid_values", "use_cache")
-CHECKED_SETTINGS = (*_NUMBERS, *_SWITCHES)
-# what the task methods set themselves
-_TASKS_OWN = ("input_ids", "attention_mask", "pixel_values", "image_embeds", "image_mask", "inputs")
-
-
-def check_generation(settings: dict[str, Any], where: str = "generation") -> None:
-    """Refuse ``generate`` settings that cannot work, naming them, before a model loads (transformers or its
-    logits processors would refuse them at the first ``generate``, after the model has loaded). Unset
-    (``None``) settings are transformers' defaults."""
-    given = {key: plain(value) for key, value in {**DEFAULT_GENERATION, **settings}.items() if value is not None}
-    number = {key: value for key, value in given.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    problems = [f"{name} {given[name]!r} is not a number" for name in _NUMBERS
-                if name in given and name not in number]
-    problems += [f"{name} {given[name]!r} is not true or false" for name in _SWITCHES
-                 if name in given and not isinstance(given[name], bool)]
-    problems += [f"{name} {number[name]} must be 1 or more" for name in ("max_new_tokens", "num_beams", "num_return_sequences")
-                 if name in number and number[name] < 1]
-    problems += [f"{name} {number[name]!r} must be a whole number" for name in _WHOLE
-                 if name in number and not (math.isfinite(number[name]) and number[name] == int(number[name]))]
-    if "min_new_tokens" in number and number["min_new_tokens"] > number.get("max_new_tokens", float("inf")):
-        problems.append(f"min_new_tokens {number['min_new_tokens']} is above max_new_tokens {number['max_new_tokens']}")
-    if given.get("do_sample") and number.get("temperature", 1.0) <= 0:
-        problems.append(f"temperature {number['temperature']} must be above 0 when sampling")
-    if given.get("do_sample") and not 0 <= number.get("top_p", 1.0) <= 1:
-        problems.append(f"top_p {number['top_p']} must be between 0 and 1")
-    if not problems:
-        try:
-            GenerationConfig(**given)
-        except (ValueError, TypeError) as error:  # what else transformers refuses
-            problems.append(str(error))
-    if problems:
-        raise ConfigError(f"{where}: {'; '.join(problems)}")
-
-
-def check_run_generation(settings: dict[str, Any], where: str = "model.generation") -> None:
-    """:func:`check_generation` of the settings validation, test and ``predict`` generate with: one text per image or
-    question (each is scored and written against its own row: several were matched with the next rows' references);
-    both length limits given are said (``max_new_tokens`` wins over ``max_length``, which transformers says in passing)."""
-    check_generation(settings, where)
-    given = {key: plain(value) for key, value in settings.items() if value is not None}
-    if (given.get("num_return_sequences") or 1) > 1:
-        raise ConfigError(f"{where}: num_return_sequences {given['num_return_sequences']}: validation, test and predict "
-                          "score and write one text per image or question; the Python API gives several "
-                          "(Captioner.caption(image, num_return_sequences=n))")
-    if "max_length" in given and "max_new_tokens" in given:  # warned, not refused: a checkpoint's settings stay loadable
-        warnings.warn(f"{where}: max_length {given['max_length']} (the prompt's tokens and the new ones) and max_new_tokens "
-                      f"{given['max_new_tokens']} (the new ones) both limit the text: max_new_tokens {given['max_new_tokens']} is "
-                      "the limit (--model.generation.max_new_tokens null makes it max_length)", UserWarning, stacklevel=2)
-
-
-def plain(value: Any) -> Any:
-    """A NumPy or torch number or truth value as Python's (``np.int64(5)`` -> ``5``, ``np.bool_(False)`` -> ``False``); anything
-    else as it is."""
-    if isinstance(value, numbers.Number | np.bool_) and not isinstance(value, bool | int | float) and hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dim() == 0:  # torch.tensor(False), a 0-d number
-        return value.item()
-    return value
-
-
-# generate() options that change what it returns: the task layer returns texts
-_RETURN_OPTIONS = ("return_dict_in_generate", "output_scores", "output_logits", "output_attentions", "output_hidden_states")
-
-
-def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    """A call's own ``generate`` settings as :meth:`Tasks.generate` passes them on: a ``generation_config``
-    of its own is read as the settings it changes, NumPy numbers become Python's, ``max_length`` replaces
-    the model's ``max_new_tokens`` (which transformers would let win), ``stop_strings`` get the tokenizer
-    they need, a setting given as ``None`` is the model's own; options that would return scores instead of texts are
-    refused."""
-    own = generate_kwargs.pop("generation_config", None)
-    if own is not None and not isinstance(own, GenerationConfig):
-        raise ConfigError(f"generation_config is a transformers GenerationConfig, not {type(own).__name__}")
-    changed = {key: value for key, value in (own.to_diff_dict() if own is not None else {}).items() if key != "transformers_version"}
-    given = {key: value for key, value in generate_kwargs.items() if value is not None}  # None: the model's own (a
-    settings = {key: plain(value) for key, value in {**changed, **given}.items()}  # service's optional field, passed on)
-    unknown = [key for key in settings if key not in _known_settings()]
-    if unknown:  # transformers' "model_kwargs are not used", or a TypeError for one the task methods set
-        near = [f" (did you mean {', '.join(close)}?)" if (close := difflib.get_close_matches(key, _known_settings(), n=2))
-                else "" for key in unknown]
-        raise ConfigError("; ".join(f"{key}: set by the task methods themselves" if key in _TASKS_OWN else
-                                    f"{key} is no setting of Hugging Face's generate{hint}" for key, hint in zip(unknown, near)))
-    returns = [key for key in _RETURN_OPTIONS if settings.get(key)]
-    if returns:
-        raise ConfigError(f"{', '.join(returns)}: the task methods return texts; for scores use option_scores, or call "
-                          "the model's own generate (captioner.model.generate)")
-    for key in _WHOLE:  # num_beams=2.0 (a JSON number): torch and transformers take whole numbers only
-        if isinstance(settings.get(key), float) and settings[key].is_integer():
-            settings[key] = int(settings[key])
-    if settings.get("max_length") is not None and "max_new_tokens" not in settings and generation.max_new_tokens is not None:
-        settings["max_new_tokens"] = None  # max_length counts the prompt's tokens too, as in transformers
-    if settings.get("stop_strings"):
-        settings.setdefault("tokenizer", tokenizer)
-    return settings
-
-
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[None]:
     """``model`` in eval mode for a call (after a caller's ``model.train()``, dropout changed greedy captions), each
@@ -206,18 +96,6 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-@functools.cache
-def _known_settings() -> frozenset[str]:
-    """What a task method's ``**generate_kwargs`` may set: GenerationConfig's settings and generate()'s own
-    arguments (a streamer, stopping criteria, ...), but what the task methods set themselves."""
-    from transformers.generation.utils import GenerationMixin
-
-    own = set(inspect.signature(GenerationMixin.generate).parameters) | set(inspect.signature(MultimodalCausalLM.generate).parameters)
-    # what generate() takes through its **kwargs: assisted decoding's tokenizers, a hub generation method's code
-    passed = {"tokenizer", "assistant_tokenizer", "trust_remote_code"}
-    return frozenset((set(GenerationConfig().to_dict()) | own | passed) - {"self", "kwargs", *_TASKS_OWN})
 
 
 class Tasks:
@@ -238,6 +116,7 @@ class Tasks:
         self.generation = GenerationConfig(**{
             **defaults, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **(generation or {}),
         })
+        self.unfinished: list[bool] = []  # the last generation's rows cut at the length limit
 
     @property
     def device(self) -> torch.device:
@@ -266,7 +145,18 @@ class Tasks:
             pixel_values=None if pixel_values is None else pixel_values.to(device), image_embeds=image_embeds,
             generation_config=self.generation, image_mask=image_mask, **generate_kwargs,
         )
+        self.unfinished = self._unfinished(tokens, generate_kwargs)
         return self.decode(tokens)
+
+    def _unfinished(self, tokens: torch.Tensor, settings: dict[str, Any]) -> list[bool]:
+        """The rows that stopped at the length limit (max_new_tokens) before their end-of-text: a caption cut mid-sentence
+        reads as a finished one. Generation runs until every row has ended, so a row that never did was cut."""
+        if any(settings.get(key, getattr(self.generation, key, None)) for key in ("stop_strings", "stopping_criteria", "max_time")):
+            return [False] * len(tokens)  # stopped by these, a row may end without its end-of-text
+        ends = [self.generation.pad_token_id, *(self.generation.eos_token_id if isinstance(self.generation.eos_token_id, list)
+                                                else [self.generation.eos_token_id])]
+        ended = torch.isin(tokens, torch.tensor([end for end in ends if end is not None], device=tokens.device)).any(1)
+        return (~ended).tolist()
 
     def generate_batch(self, batch: dict[str, Any], image_embeds: torch.Tensor | None = None) -> list[str]:
         """:meth:`generate` on a collated batch (``input_ids``, ``attention_mask``, ``pixel_values``,
@@ -347,6 +237,12 @@ class Tasks:
                     row["correct"] = normalise_answer(prediction) == normalise_answer(answer)
         return results
 
+    def _mark_unfinished(self, rows: list[int], results: list[dict[str, Any]]) -> None:
+        """``cut_at_max_new_tokens`` on the rows the last generation cut (only on those: the output says nothing else)."""
+        for i, cut in zip(rows, self.unfinished):
+            if cut:
+                results[i][CUT] = True
+
     def _past_context(self, batch: dict[str, Any], task: str) -> dict[int, str]:
         """The rows whose prompt (with its longest option, scored by likelihood) the language model's context cannot
         hold, and why: as :meth:`check_context` refuses them in the Python API (they were answered, scored and written)."""
@@ -368,6 +264,7 @@ class Tasks:
         if task == "caption":
             for i, caption in zip(ok, self.generate_batch(sub)):
                 results[i]["caption"] = caption
+            self._mark_unfinished(ok, results)
         elif task == "choice-likelihood":
             image_embeds = self.model.encode_images(sub["pixel_values"].to(self.device))
             letters, scores = self.choose(unpadded(sub["input_ids"], sub["attention_mask"]), [batch["option_ids"][i] for i in ok], image_embeds)
@@ -381,8 +278,10 @@ class Tasks:
                 results[i]["prediction"] = parse_choice(text, options)
                 if results[i]["prediction"] is None:  # counted as wrong, and said why
                     results[i]["error"] = f"{NO_OPTION} {text!r}"
+            self._mark_unfinished(ok, results)
         elif task == "answer":
             for i, text in zip(ok, self.generate_batch(sub)):
                 results[i]["prediction"] = text
+            self._mark_unfinished(ok, results)
         else:
             raise ValueError(f"unknown task {task!r}")

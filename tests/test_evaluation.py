@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from pycocotools.coco import COCO
 
 from mmcaption.data import CaptionDataModule
@@ -120,7 +120,8 @@ def test_karpathy_file_problems_are_named(backbones, coco_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path):
+def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path,
+                                                                             monkeypatch):
     root = karpathy_root(coco_root, tmp_path / "coco2014")
     dm = karpathy_datamodule(backbones, root)
     module = make_captioner(backbones, generation={"max_new_tokens": 8, "min_new_tokens": 3, "num_beams": 3})
@@ -152,6 +153,9 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     assert results["split"] == "test" and results["images"] == 2 and results["references"] == 10
     assert results["generation"] == {"max_new_tokens": 8, "min_new_tokens": 3, "num_beams": 3, "do_sample": False,
                                      **{k: v for k, v in results["generation"].items() if k not in ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample")}}
+    # the captions generation stopped at max_new_tokens before their end (scored cut, unsaid): those of all 8 tokens
+    lengths = [len(module.tokenizer(row["caption"], add_special_tokens=False)["input_ids"]) for row in predictions]
+    assert results["cut_at_max_new_tokens"] == sum(length >= 8 for length in lengths), lengths
     assert results["checkpoint"]["sha256"] == hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()
     assert results["caption_metrics"]["tokenizer"].startswith("PTB" if caption_metrics.java_available() else "fallback")
     assert "SPICE" in results["caption_metrics"]["skipped"] or "SPICE" in results["metrics"]
@@ -180,12 +184,22 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     # part of the split, by test_caption_images, is said (CIDEr's document frequencies are the images scored): it was
     # limited_by null; and a paper's settings beyond the usual ones (early_stopping) are recorded
     part = make_captioner(backbones, generation={"max_new_tokens": 8, "num_beams": 3, "early_stopping": True})
-    tester = Trainer(accelerator="cpu", default_root_dir=tmp_path / "part", enable_progress_bar=False, enable_model_summary=False)
-    tester.test(part, datamodule=karpathy_datamodule(backbones, root, test_caption_images=1), ckpt_path=str(trained_checkpoint))
+
+    class NeverEnds(Callback):  # and a model that never ends a caption: it is cut at max_new_tokens, and that is said
+        def on_test_start(self, trainer, module):
+            blue = module.tokenizer(" blue", add_special_tokens=False)["input_ids"][0]
+            with torch.no_grad():
+                module.model.language_model.get_base_model().lm_head.bias[blue] += 30
+
+    tester = Trainer(accelerator="cpu", default_root_dir=tmp_path / "part", enable_progress_bar=False, enable_model_summary=False,
+                     callbacks=[NeverEnds()])
+    monkeypatch.setattr("mmcaption.results._SAID_CUT", [])  # said once a process
+    with pytest.warns(UserWarning, match=r"1 of 1 generated texts stopped at max_new_tokens 8 before their end, and are scored cut"):
+        tester.test(part, datamodule=karpathy_datamodule(backbones, root, test_caption_images=1), ckpt_path=str(trained_checkpoint))
     results = json.loads((Path(tester.log_dir) / "test-test.results.json").read_text())
     assert results["images"] == 1 and results["limited_by"] == ("data.test_caption_images 1 (of the split's 2 images; "
                                                                 "CIDEr's document frequencies come from those scored)")
-    assert results["generation"]["early_stopping"] is True
+    assert results["generation"]["early_stopping"] is True and results["cut_at_max_new_tokens"] == 1
     # an image its data left out (on_bad_record skip) is in the results: a 4,999-image score read as the standard 5,000
     (root / "val2014" / "COCO_val2014_000000000103.jpg").unlink()
     tester = Trainer(accelerator="cpu", default_root_dir=tmp_path / "skipped", enable_progress_bar=False,

@@ -213,6 +213,30 @@ def test_bad_csv_is_refused_with_the_file_and_line(backbones, tmp_path):
         choice_data(backbones, bad_answer, tmp_path / "o.csv").setup("predict")
 
 
+def test_a_caption_cut_at_max_new_tokens_is_marked_and_counted_and_a_finished_one_is_not(backbones, trained_checkpoint,
+                                                                                          image_folder, tmp_path, caplog):
+    # "a picture of a" at max_new_tokens 4 read as a finished caption: no field, no count, no note
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    module.tasks.generation.max_new_tokens = 4
+    lm_head = module.model.language_model.get_base_model().lm_head
+    for planted, cut in ((" blue", True), (module.tokenizer.eos_token, False)):  # never ends / ends at once
+        token = module.tokenizer(planted, add_special_tokens=False)["input_ids"][0]
+        with torch.no_grad():
+            lm_head.bias.zero_()
+            lm_head.bias[token] += 30.0
+        output = tmp_path / f"{cut}.jsonl"
+        predictor(tmp_path).predict(module, datamodule=caption_data(backbones, image_folder, output))
+        rows = [json.loads(line) for line in output.read_text().splitlines()]
+        summary = json.loads(output.with_name(output.name + ".summary.json").read_text())
+        said, _ = caplog.text, caplog.clear()
+        if cut:
+            assert all(row["cut_at_max_new_tokens"] is True and row["caption"].startswith("blue") for row in rows), rows
+            assert summary["cut_at_max_new_tokens"] == len(rows) > 0
+            assert f"{len(rows)} stopped at max_new_tokens before their end" in said
+        else:
+            assert not any("cut_at_max_new_tokens" in row for row in rows) and "cut_at_max_new_tokens" not in summary
+
+
 def test_export_load_predict_gives_the_checkpoint_captions(backbones, trained_checkpoint, image_folder, tmp_path):
     module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint).eval()
     out = module.model.save_pretrained(tmp_path / "export", module.tokenizer, {"caption_prompt": "", "system_prompt": ""},

@@ -283,6 +283,9 @@ def scores_said(summary: dict[str, Any], category_keys: list[str]) -> str:
         said += f"; {summary['errors']} could not be predicted (see their 'error' field)"
     if summary["no_option"]:
         said += f"; {summary['no_option']} generated answers named no option (their 'generated' field)"
+    if summary.get("cut_at_max_new_tokens"):  # a caption cut mid-sentence reads as a finished one
+        said += (f"; {summary['cut_at_max_new_tokens']} stopped at max_new_tokens before their end (their "
+                 "'cut_at_max_new_tokens' field): raise --model.generation.max_new_tokens for whole texts")
     if "accuracy" in summary:
         said += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']}"
         said += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
