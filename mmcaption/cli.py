@@ -25,9 +25,9 @@ from mmcaption.checkpoint import (
     job_of_checkpoint,
     load_checkpoint_file,
 )
-from mmcaption.console import filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
+from mmcaption.console import bars_put_back, filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
-from mmcaption.errors import ConfigError, MMCaptionError, user_errors_exit
+from mmcaption.errors import ConfigError, MMCaptionError, signals_stop, user_errors_exit
 from mmcaption.folders import (
     check_named_runs_unused,
     check_writable,
@@ -310,10 +310,10 @@ class MMCaptionCLI(LightningCLI):
 
 
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
-    """Run ``mmcaption`` with ``args`` (``sys.argv`` when None) and return the finished CLI."""
-    quiet_lightning()
+    """Run ``mmcaption`` with ``args`` (``sys.argv`` when None); Ctrl-C raises Interrupted, in a notebook's cell too."""
     forget_earlier_seed()  # a run before it in this process: its seed is not this one's
-    with warnings.catch_warnings(), locks_released_after():
+    with signals_stop(), bars_put_back(), warnings.catch_warnings(), locks_released_after():
+        quiet_lightning()
         filter_warnings()
         if args is not None:  # the pipeline's and the demo's stages: their own arguments, not the command line's
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
@@ -342,8 +342,8 @@ def check_command(args: list[str], run_checks: bool = True) -> MMCaptionCLI:
     names) and, with ``run_checks``, what the command itself checks before loading anything
     (accelerator, backbones, data files, folders). The pipeline checks its second stage this way
     before the first starts; the demo checks the arguments it passes on before building its data."""
-    quiet_lightning()
-    with warnings.catch_warnings(), locks_released_after(), lightning_info_hidden():
+    with bars_put_back(), warnings.catch_warnings(), locks_released_after(), lightning_info_hidden():
+        quiet_lightning()
         filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
         return _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,

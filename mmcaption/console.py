@@ -83,6 +83,20 @@ def quiet_lightning() -> None:
 
 
 @contextlib.contextmanager
+def bars_put_back() -> Iterator[None]:
+    """transformers' and datasets' progress bars as they were before the block (:func:`quiet_lightning` turns them off):
+    a notebook's own ``from_pretrained`` and ``map`` after a ``run_cli`` showed none for the rest of the session."""
+    import datasets
+
+    hf_bars, datasets_bars = hf_logging.is_progress_bar_enabled(), not datasets.are_progress_bars_disabled()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar() if hf_bars else hf_logging.disable_progress_bar()
+        datasets.enable_progress_bars() if datasets_bars else datasets.disable_progress_bars()
+
+
+@contextlib.contextmanager
 def lightning_info_hidden() -> Iterator[None]:
     """Lightning's info lines ("Seed set to 0", "GPU available: ...") belong to the run, not to its check."""
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]

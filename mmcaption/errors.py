@@ -146,6 +146,7 @@ class _StopState:
     pending: int | None = None  # the signal of the last Interrupted raised by the handler (see raise_if_stopped)
     holding = False  # inside stops_held: a signal waits for the block's end
     held: int | None = None
+    active = False  # inside signals_stop: a block within it (run_cli under a console script's) keeps its handlers
 
 
 _stop = _StopState()
@@ -163,7 +164,7 @@ def signals_stop() -> Iterator[None]:
     Once the command is stopping (any :class:`Interrupted` raised), a further signal waits: raised again in
     the middle of the cleanup, it cut the DataLoader's worker shutdown short, and the process then hung at
     exit on workers that ignore signals (they leave stopping to this process) and never got told to end."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or _stop.active:
         yield
         return
     owner = os.getpid()
@@ -193,9 +194,11 @@ def signals_stop() -> Iterator[None]:
     previous = {signum: signal.getsignal(signum) for signum in stop_signals()}
     for signum in previous:
         signal.signal(signum, stop)
+    _stop.active = True
     try:
         yield
     finally:
+        _stop.active = False
         _stop.pending = _stop.held = None  # what a later run in this process (a script's next predict) must not raise
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

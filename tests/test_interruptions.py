@@ -1144,6 +1144,30 @@ def test_a_true_precision_that_would_cast_the_packed_4_bit_weights_is_refused_be
                                                   "--trainer.precision", "64-true"])
 
 
+def test_ctrl_c_in_a_notebooks_run_cli_raises_interrupted_and_leaves_ctrl_c_and_the_bars_as_they_were(
+        backbones, coco_root, tmp_path, monkeypatch):
+    # "Interrupt kernel" while a cell's run_cli fit prepared its data: Lightning's handling of KeyboardInterrupt exited
+    # the cell with SystemExit(1) and left SIGINT ignored, so no later cell could be interrupted until a restart; and
+    # run_cli turned transformers' and datasets' progress bars off for the rest of the session
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # as the notebook's interrupt arrives
+        time.sleep(1)
+
+    monkeypatch.setattr(CaptionDataModule, "setup", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    hf_logging.enable_progress_bar()
+    datasets.enable_progress_bars()
+    with pytest.raises(Interrupted, match="stopped by SIGINT"):
+        run_cli(fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints"))
+    assert signal.getsignal(signal.SIGINT) is before is signal.default_int_handler
+    assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
+
+
 def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones, coco_root, trained_checkpoint, tmp_path,
                                                                      monkeypatch):
     monkeypatch.chdir(tmp_path)
