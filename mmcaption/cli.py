@@ -239,7 +239,7 @@ class MMCaptionCLI(LightningCLI):
             super().parse_arguments(parser, args)
             expand_home(self.config)
             if (subcommand := self.config.get("subcommand")) and (moved := under_root_folder(  # every rank: its paths
-                    self.config[subcommand].trainer, self.config[subcommand].get("ckpt_path"))) and rank_zero_only.rank == 0:
+                    self.config[subcommand])) and rank_zero_only.rank == 0:
                 print(f"note: under trainer.default_root_dir: {', '.join(moved)}", file=sys.stderr, flush=True)
             if held:
                 self._parse_ckpt_path()

@@ -194,13 +194,16 @@ def ask_as_trained(subcommand: str, data: Any, trained: dict[str, Any], source: 
                   f"set (null asks as trained)", file=sys.stderr, flush=True)
 
 
-def under_root_folder(trainer_settings: Any, ckpt_path: Any = None) -> list[str]:
+def under_root_folder(command: Any) -> list[str]:
     """With ``trainer.default_root_dir`` given, the relative folders the config names for its loggers (``save_dir``) and
     ModelCheckpoints (``dirpath``) go under it, as Lightning puts them when none is named: the shipped configs name them
     (``lightning_logs``, ``checkpoints/<stage>``), so a run given its own root wrote its logs and checkpoints beside every
     other run's, and the root stayed empty. Returns the folders as they now are, for a note. With ``ckpt_path`` last,
     refuses a root that holds no last checkpoint where the folder as named holds one (a run begun before a root was
-    given): it would start at step 0."""
+    given): it would start at step 0. A relative ``model.init_from`` (the instruct configs' ``checkpoints/caption/...``)
+    is the root's when the root holds it: the working folder's was another run's caption stage, taken unsaid.
+    ``command``: a subcommand's settings (``trainer``, ``ckpt_path``, ``model``)."""
+    trainer_settings, ckpt_path, model_settings = command.trainer, command.get("ckpt_path"), command.get("model")
     root = trainer_settings.get("default_root_dir")
     if not root:
         return []
@@ -221,6 +224,16 @@ def under_root_folder(trainer_settings: Any, ckpt_path: Any = None) -> list[str]
                     and any(Path(str(folder)).glob("last*.ckpt")):
                 raise ConfigError(f"--ckpt_path last looks in {settings[key]}, under trainer.default_root_dir, which holds no "
                                   f"last checkpoint; {folder} holds a run's: give --ckpt_path {Path(str(folder)) / 'last.ckpt'}")
+    start = model_settings.get("init_from") if model_settings is not None else None
+    if start and not Path(str(start)).expanduser().is_absolute() and (Path(root) / str(start)).exists() and \
+            not Path(str(start)).resolve().is_relative_to(Path(str(root)).expanduser().resolve()):
+        model_settings["init_from"] = str(Path(root) / str(start))
+        moved.append(f"model.init_from {model_settings['init_from']}")
+    elif start and not Path(str(start)).expanduser().is_absolute() and Path(str(start)).exists() and \
+            rank_zero_only.rank == 0 and not Path(str(start)).resolve().is_relative_to(Path(str(root)).expanduser().resolve()):
+        print(f"note: model.init_from {start} is read from the working folder: trainer.default_root_dir {root} holds none "
+              "(if this experiment's caption stage ran under that root, its checkpoint is not there)", file=sys.stderr,
+              flush=True)
     return moved
 
 

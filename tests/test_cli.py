@@ -251,5 +251,21 @@ def test_a_root_folder_given_holds_the_logs_and_checkpoints_the_config_names(dem
         assert ("--ckpt_path last looks in runB/checkpoints/demo-caption, under trainer.default_root_dir, which holds no last "
                 "checkpoint; checkpoints/demo-caption holds a run's: give --ckpt_path checkpoints/demo-caption/last.ckpt") in \
             capsys.readouterr().err
+        # the instruct stage of experiment runA started from the working folder's caption checkpoint (another run's),
+        # although runA's own caption stage had saved its checkpoint under runA, with one line among Lightning's to say so
+        instruct = str(REPO / "configs" / "demo" / "instruct.yaml")
+        (demo_dir / "runA" / "checkpoints" / "demo-caption").mkdir(parents=True)
+        (demo_dir / "runA" / "checkpoints" / "demo-caption" / "last.ckpt").write_bytes(b"")
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", instruct, "--trainer.default_root_dir", "runA", "--print_config"])
+        out, err = capsys.readouterr()
+        assert "init_from: runA/checkpoints/demo-caption/last.ckpt" in out
+        assert "model.init_from runA/checkpoints/demo-caption/last.ckpt" in err
+        with pytest.raises(SystemExit):  # a root without one: the working folder's, said
+            main(["fit", "--config", instruct, "--trainer.default_root_dir", "runC", "--print_config"])
+        out, err = capsys.readouterr()
+        assert "init_from: checkpoints/demo-caption/last.ckpt" in out
+        assert ("note: model.init_from checkpoints/demo-caption/last.ckpt is read from the working folder: "
+                "trainer.default_root_dir runC holds none") in err
     finally:
         (demo_dir / "checkpoints" / "demo-caption" / "last.ckpt").unlink()
