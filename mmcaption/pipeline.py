@@ -61,10 +61,8 @@ def stage_last(cli: MMCaptionCLI) -> str | None:
     return str(last) if last is not None and last.is_file() else None
 
 
-def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str], str | None]:
-    """``--ckpt_path`` taken out of the fit arguments, with the stage whose checkpoint it is (read from the
-    checkpoint; ``None`` for ``last`` and the other keywords, which each stage resolves in its own folder), the
-    other arguments, and the ``init_from`` the checkpoint's run started from."""
+def ckpt_path_taken(fit_args: list[str]) -> tuple[str | None, list[str]]:
+    """``--ckpt_path``'s value (None when not given) and the other arguments."""
     rest, path = [], None
     arguments = iter(fit_args)
     for argument in arguments:
@@ -74,6 +72,14 @@ def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str
             path = argument.split("=", 1)[1]
         else:
             rest.append(argument)
+    return path, rest
+
+
+def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str], str | None]:
+    """``--ckpt_path`` taken out of the fit arguments, with the stage whose checkpoint it is (read from the
+    checkpoint; ``None`` for ``last`` and the other keywords, which each stage resolves in its own folder), the
+    other arguments, and the ``init_from`` the checkpoint's run started from."""
+    path, rest = ckpt_path_taken(fit_args)
     if path is None or path in CHECKPOINT_KEYWORDS or path == "null":
         return (None if path == "null" else path), None, rest, None
     checkpoint = load_checkpoint_file(path, mmap=True)

@@ -413,6 +413,14 @@ def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkey
         demo_main(["--language_steps", "2"])  # was a ZeroDivisionError once the data was built
     assert exit_info.value.code == 2 and "--language_steps must be 0 (no pretraining) or at least 4" in capsys.readouterr().err
     assert not (tmp_path / "demo_data").exists()
+    # --ckpt_path, as the note of a demo whose stage 2 was refused says to give: "unrecognized arguments: --ckpt_path"
+
+    def checked(*args, **kwargs):
+        raise RuntimeError("the arguments passed the checks")
+
+    monkeypatch.setattr("mmcaption.demo.run.prepare_demo_assets", checked)
+    with pytest.raises(RuntimeError, match="the arguments passed the checks"):
+        demo_main(["--ckpt_path", "checkpoints/demo-caption/last.ckpt"])
 
 
 def test_the_pipeline_checks_the_instruct_data_before_the_caption_stage_starts(tmp_path, monkeypatch, nothing_loads):

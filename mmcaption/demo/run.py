@@ -35,7 +35,7 @@ from mmcaption.demo.synthetic import Scene, demo_corpus, write_coco_split, write
 from mmcaption.demo.tiny import save_tiny_backbones
 from mmcaption.errors import OutputExistsError, user_errors_exit
 from mmcaption.folders import check_writable
-from mmcaption.pipeline import StageResult, run_pipeline
+from mmcaption.pipeline import StageResult, ckpt_path_taken, run_pipeline
 
 DEMO_VERSION = 9
 DEMO_ENTRIES = ("coco", "llava", "backbones", "choice_val2017.csv", "meta.json")  # what the demo writes in its root
@@ -153,8 +153,9 @@ def run_demo(argv: list[str] | None = None) -> dict:
     paths = root_arguments(Path(args.root))
     stage_args = {name: paths[name] if args.root != parser.get_default("root") or config == parser.get_default(name) else []
                   for name, config in (("caption", args.caption), ("instruct", args.instruct))}
+    _, checked = ckpt_path_taken(fit_args)  # --ckpt_path (the pipeline's, which resumes a stage) is no stage's setting
     for name, stage in (("caption", args.caption), ("instruct", args.instruct)):  # a mistyped setting is found now,
-        check_command(["--config", stage, *stage_args[name], *fit_args], run_checks=False)  # not after the data is built
+        check_command(["--config", stage, *stage_args[name], *checked], run_checks=False)  # not after the data is built
     check_report_folder(Path(args.report))
     start = time.perf_counter()
     root = prepare_demo_assets(args.root, args.seed, args.train_images, args.val_images, args.language_steps, args.clip_steps)
@@ -165,7 +166,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
         scratch = run_cli([
             "fit", "--config", args.instruct, *stage_args["instruct"], "--model.init_from", "null",
             "--trainer.enable_checkpointing", "false",
-            "--trainer.callbacks", "[]", "--trainer.logger.init_args.name", "demo-instruct-scratch", *fit_args,
+            "--trainer.callbacks", "[]", "--trainer.logger.init_args.name", "demo-instruct-scratch", *checked,
         ])
     training_time = time.perf_counter() - start
 
@@ -187,7 +188,7 @@ def check_report_folder(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise OutputExistsError(f"--report {folder} is a file: the report is a folder (report.json, examples.png); pick "
                                 "another --report")
-    check_writable(folder, "the demo's report")
+    check_writable(folder, "the demo's report (--report)")
     report = folder / "report.json"
     try:
         earlier = json.loads(report.read_text()) if report.is_file() else None
@@ -264,7 +265,8 @@ def print_report(report: dict) -> None:
     for stage in report["checkpoints"]:
         print(f"{stage}: checkpoint {report['checkpoints'][stage]}, logs {report['logs'][stage]}")
     print(f"examples: {report['examples_png']}; report: {Path(report['examples_png']).parent / 'report.json'}")
-    print("TensorBoard: tensorboard --logdir lightning_logs")
+    roots = sorted({str(Path(log).parent.parent) for log in report["logs"].values()})  # <save_dir>/<name>/version_N
+    print("TensorBoard: " + "; ".join(f"tensorboard --logdir {root}" for root in roots))  # under --trainer.default_root_dir
 
 
 if __name__ == "__main__":
