@@ -35,7 +35,13 @@ from mmcaption.api_inputs import (
 from mmcaption.errors import ConfigError, NotAModelFolderError, image_input_error
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, is_pretrained_folder, read_manifest
-from mmcaption.model.backbones import check_device, is_local_path, load_image_processor, load_tokenizer
+from mmcaption.model.backbones import (
+    BackboneNotFoundError,
+    check_device,
+    is_local_path,
+    load_image_processor,
+    load_tokenizer,
+)
 from mmcaption.model.card import CONFIG_FILE, caption_stage
 from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompts
@@ -96,7 +102,7 @@ class Captioner:
         for name in ("language_model", "vision_model"):  # a typo of one's own: not "the folder it recorded moved; link it"
             given = overrides.get(name)
             if given is not None and is_local_path(given) and not Path(given).is_dir():
-                raise FileNotFoundError(f"the {name} given, {given}, is no folder" + (
+                raise BackboneNotFoundError(f"the {name} given, {given}, is no folder" + (
                     " (a file: a backbone is the folder holding its config.json)" if Path(given).is_file() else ""))
         bars = hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bar per file: gone in a second
         hf_logging.disable_progress_bar()

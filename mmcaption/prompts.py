@@ -30,6 +30,7 @@ from typing import NamedTuple
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import IGNORE_INDEX
+from mmcaption.errors import ConfigError
 from mmcaption.evaluation.answers import LETTERS
 
 IMAGE_PLACEHOLDER = re.compile(r"\s*<image>\s*", re.IGNORECASE)
@@ -214,8 +215,8 @@ def choice_prompts(template: ConversationTemplate, tokenizer: PreTrainedTokenize
     """:func:`choice_prompt` of many questions, their prompts and options each tokenized in one call (a call per option
     made a 50,000-question benchmark wait 22 s before its first answer). Each option is the answer the template would
     supervise: a leading space, the text, end-of-text."""
-    for options in option_lists:
-        check_options(options)
+    for index, options in enumerate(option_lists):
+        check_options(options, f"question {index + 1} of {len(option_lists)}" if len(option_lists) > 1 else "a multiple-choice question")
     if method != "likelihood":
         return template.prompts([listed_options_question(q, o) for q, o in zip(questions, option_lists)], tokenizer), \
             [[] for _ in questions]
@@ -225,10 +226,11 @@ def choice_prompts(template: ConversationTemplate, tokenizer: PreTrainedTokenize
                                                     for options in option_lists]
 
 
-def check_options(options: list[str]) -> None:
-    """Refuse what no letter can name: fewer than 2 options or more than ``len(LETTERS)``."""
+def check_options(options: list[str], which: str = "a multiple-choice question") -> None:
+    """Refuse what no letter can name: fewer than 2 options or more than ``len(LETTERS)`` (a caller's mistake: the
+    Python API's :class:`~mmcaption.errors.ConfigError`, which a service answers as a bad request)."""
     if not 2 <= len(options) <= len(LETTERS):
-        raise ValueError(f"a multiple-choice question needs 2 to {len(LETTERS)} options ({', '.join(LETTERS)}), got {len(options)}")
+        raise ConfigError(f"{which} needs 2 to {len(LETTERS)} options ({', '.join(LETTERS)}), got {len(options)}")
 
 
 def choice_prompt(

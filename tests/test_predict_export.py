@@ -357,8 +357,10 @@ def test_captioner_with_five_options_and_no_images(backbones, trained_checkpoint
     assert captioner.caption(image, max_new_tokens=None) == captioner.caption(image)
     with pytest.raises(ValueError, match="caption needs an image for each item"):  # was a caption made up from no image
         captioner.caption([image, None])
-    with pytest.raises(ValueError, match="needs 2 to 8 options"):
-        captioner.choose(image, "Which?", ["circle"])
+    with pytest.raises(ConfigError, match="a multiple-choice question needs 2 to 8 options"):  # a caller's mistake: was a bare
+        captioner.choose(image, "Which?", ["circle"])                                          # ValueError
+    with pytest.raises(ConfigError, match=r"question 2 of 2 needs 2 to 8 options \(A, B, C, D, E, F, G, H\), got 1"):
+        captioner.choose([image, image], ["Which?", "Which?"], [["circle", "square"], ["circle"]])  # which one, in a batch
     with pytest.raises(ValueError, match="generation: num_beams 0 must be 1 or more"):  # a call's own settings too
         captioner.caption(image, num_beams=0)
     with pytest.raises(ValueError, match="options is a list of the options' texts .*, not 'circle'"):  # was about lists of questions
