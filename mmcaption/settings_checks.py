@@ -81,7 +81,9 @@ LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interv
                             ("Early stopping conditioned on metric", "the config's EarlyStopping monitor"),
                             ("requires a GPU accelerator", "trainer.strategy"),
                             ("more than one stateful callback of type", "trainer.callbacks (two alike: give one another "
-                             "monitor or mode, or change the config's instead of adding one)"))
+                             "monitor or mode, or change the config's instead of adding one)"),
+                            ("in your SLURM bash script", "the SLURM job's tasks (#SBATCH --ntasks-per-node, as many as "
+                             "--trainer.devices, and the command started with srun)"))
 
 
 def configured_checkpoint_folders(trainer_settings: Any) -> list[Path]:

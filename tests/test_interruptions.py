@@ -1168,6 +1168,18 @@ def test_ctrl_c_in_a_notebooks_run_cli_raises_interrupted_and_leaves_ctrl_c_and_
     assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
 
 
+def test_a_slurm_job_of_several_tasks_without_tasks_per_node_is_refused_in_a_line(backbones, coco_root, tmp_path, capsys,
+                                                                                    monkeypatch):
+    # `#SBATCH --ntasks=2` alone: Lightning's RuntimeError, 40 lines of traceback and exit status 1
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"SLURM_JOB_ID": "4711", "SLURM_NTASKS": "2", "SLURM_JOB_NAME": "train.sh", "SLURM_PROCID": "0",
+                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    message = user_error(capsys, main, fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints"))
+    assert message.startswith("error: the SLURM job's tasks (#SBATCH --ntasks-per-node, as many as --trainer.devices, and "
+                              "the command started with srun): You set `--ntasks=2` in your SLURM bash script")
+
+
 def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones, coco_root, trained_checkpoint, tmp_path,
                                                                      monkeypatch):
     monkeypatch.chdir(tmp_path)
