@@ -134,6 +134,8 @@ BAD_RECORDS = {
                      r"turn 1 is from 'model', expected 'gpt': a role mmcaption does not read \(the roles are human, user, "
                      r"gpt, assistant, system, developer\); rename it"),
     "empty turn": (lambda r: r["conversations"][1].update(value="  "), r"turn 1 \(gpt\) is empty"),
+    # an answer of invisible characters alone (a zero-width space, a byte-order mark) was trained on, unsaid
+    "invisible turn": (lambda r: r["conversations"][1].update(value="\u200b\ufeff "), r"turn 1 \(gpt\) is empty"),
     "no assistant turn": (lambda r: r.update(conversations=r["conversations"][:1]), "has no assistant answer"),
     # a path outside image_root is read as written, as LLaVA's loader reads it: a file there that is no image is named
     "absolute path to no image": (lambda r: r.update(image="/etc/hostname"), r"record 3 \(id train2017-4\): /etc/hostname cannot be decoded"),
@@ -174,7 +176,7 @@ def test_bad_record_is_named_or_skipped_and_counted(backbones, llava, kind):
     if kind != "missing image":
         assert "id train2017-4" in str(error.value)
     skipped = "unreadable image" if kind == "absolute path to no image" else "image not a file" if kind.startswith("image as") \
-        else kind
+        else "empty turn" if kind == "invisible turn" else kind
 
     dm = make_datamodule(backbones, llava, on_bad_record="skip")
     with pytest.warns(UserWarning, match="skipped 1 bad records"):
@@ -442,6 +444,13 @@ def test_truncation_counts_every_cut_exactly(backbones, llava):
     assert rows["dropped"]["turns"] == 1 and rows["dropped"]["turns_dropped"] == 1
     assert rows["cut"]["labels"][-1] != dm.tokenizer.eos_token_id and len(rows["cut"]["input_ids"]) == fits + 4
     assert rows["fits"]["labels"][-1] == dm.tokenizer.eos_token_id
+    # prepare's summary counts turns too: "1 conversation with turns dropped (33%)" said nothing of how many answers
+    # went untrained (a 30-turn conversation keeping 3 is one conversation)
+    from mmcaption.data.summary import format_summary, split_summary
+
+    summary = split_summary(dm, dm.stage_splits()["train"])
+    assert summary["turns"] == {"kept": 3, "dropped": 1}
+    assert "  turns       3 of 4 question-answer turns kept, 1 dropped to max_length (25.0%)" in format_summary(summary)
 
 
 def test_text_only_conversations_train_beside_image_ones(backbones, llava):

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data.cache import write_image_text_split
+from mmcaption.data.caption_cells import caption_text
 from mmcaption.data.conversation_fields import ROLES, either, image_of, turns_of
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
@@ -161,7 +162,8 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
                    f": a role mmcaption does not read (the roles are {', '.join(ROLES)}); rename it to the one it means"),
             )
             return None
-        text = strip_image_placeholder(value) if role == "human" else value.strip()
+        # without invisible marks at its edges too (a zero-width space alone was trained on as an answer, as a caption is not)
+        text = caption_text(strip_image_placeholder(value) if role == "human" else value)
         if not text and not (role == "human" and IMAGE_PLACEHOLDER.search(value)):  # "<image>" alone asks about the image
             if len(pairs) > 1 or pairs and pairs[0][1]:  # the turns before it are whole: kept, the rest dropped
                 if role == "gpt":

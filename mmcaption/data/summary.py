@@ -29,6 +29,9 @@ def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, A
         dropped = np.asarray(dataset.rows.data.column("turns_dropped").to_numpy(zero_copy_only=False))
         cut = {"conversations with turns dropped": int((dropped > 0).sum()),
                "first answers cut": int(meta.get("notes", {}).get(ANSWER_CUT, 0))}
+        # per turn too: a quarter of the conversations cut can be three quarters of the answers never trained on
+        kept = int(np.asarray(dataset.rows.data.column("turns").to_numpy(zero_copy_only=False)).sum())
+        turns = {"kept": kept, "dropped": int(dropped.sum())}
     sampler = LengthGroupedSampler(lengths, datamodule.batch_size, seed=0, group_by_length=datamodule.group_by_length,
                                    mega_batch=datamodule.length_group_batches)
     order = np.fromiter(iter(sampler), dtype=np.int64)
@@ -46,6 +49,7 @@ def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, A
         "tokens": {"mean": float(lengths.mean()), "p99": float(np.percentile(lengths, 99)), "max": int(lengths.max())},
         "max_length": datamodule.max_length,
         "cut": cut,
+        **({"turns": turns} if datamodule.text_table != "captions" else {}),
         "padding_efficiency": padding_efficiency(lengths, batches),
         "batch_size": datamodule.batch_size,
         "group_by_length": datamodule.group_by_length,
@@ -69,6 +73,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  tokens      mean {tokens['mean']:.1f}, p99 {tokens['p99']:.0f}, max {tokens['max']} per sample "
                  f"(max_length {summary['max_length']})")
     lines.append("  truncated   " + ", ".join(f"{n:,} {what} ({n / max(rows, 1):.1%})" for what, n in summary["cut"].items()))
+    if turns := summary.get("turns"):
+        total = turns["kept"] + turns["dropped"]
+        lines.append(f"  turns       {turns['kept']:,} of {total:,} question-answer turns kept, {turns['dropped']:,} dropped to "
+                     f"max_length ({turns['dropped'] / max(total, 1):.1%})")
     grouping = (f"group_by_length true, length_group_batches {summary['length_group_batches']}" if summary["group_by_length"]
                 else "group_by_length false")
     lines.append(f"  padding     {summary['padding_efficiency']:.3f} of computed tokens are real at batch {summary['batch_size']} "
