@@ -350,6 +350,17 @@ class InstructDataModule(PreprocessedDataModule):
         check_supervision(dataset)
         return dataset
 
+    def say_cut(self, split: str, dataset: ConversationDataset) -> None:
+        """The turns ``max_length`` dropped, said at every fit as the caption stage's cut captions are: a run on a cache
+        built earlier said nothing of them (only ``prepare`` and the build's own run did)."""
+        rows = dataset.rows.data
+        dropped = int(np.asarray(rows.column("turns_dropped").to_numpy(zero_copy_only=False)).sum())
+        total = dropped + int(np.asarray(rows.column("turns").to_numpy(zero_copy_only=False)).sum())
+        if dropped > total / 1000:
+            rank_zero_warn(f"split {split}: {dropped:,} of {total:,} question-answer turns ({dropped / total:.1%}) do not fit "
+                           f"max_length {self.max_length} and are not trained on (later turns dropped whole): raise "
+                           "--data.init_args.max_length to train them")
+
     def questions_loader(self, split: str, limit: int | None) -> DataLoader:
         """Val questions asked one at a time, left-padded prompts for generation."""
         dataset = QuestionsDataset(self.datasets[split].folder, self.image_processor, self.tokenizer, self.template, limit)
