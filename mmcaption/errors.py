@@ -195,13 +195,37 @@ def signals_stop() -> Iterator[None]:
     for signum in previous:
         signal.signal(signum, stop)
     _stop.active = True
+    distributed = sys.modules.get("torch.distributed")  # (imported by Lightning: this module needs no torch)
+    joining = getattr(distributed, "init_process_group", None)
+    if joining is not None:
+        distributed.init_process_group = _killed_while_joining(joining, list(previous))
     try:
         yield
     finally:
+        if joining is not None:
+            distributed.init_process_group = joining
         _stop.active = False
         _stop.pending = _stop.held = None  # what a later run in this process (a script's next predict) must not raise
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _killed_while_joining(join: Callable[..., Any], signums: list[int]) -> Callable[..., Any]:
+    """``torch.distributed.init_process_group`` with the stop signals' default actions: it waits in C++ for the other
+    processes (a SLURM job of 2 tasks started without srun waits for one that never comes), where a Python handler runs
+    only once it returns - SIGTERM (``timeout``, ``scancel``) and Ctrl-C did nothing, and only SIGKILL ended the job.
+    Nothing is written yet that a stop would need to clean up."""
+    @wraps(join)
+    def joined(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return join(*args, **kwargs)
+        handlers = {signum: signal.signal(signum, signal.SIG_DFL) for signum in signums}
+        try:
+            return join(*args, **kwargs)
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+    return joined
 
 
 @contextmanager

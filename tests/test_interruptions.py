@@ -1168,6 +1168,27 @@ def test_ctrl_c_in_a_notebooks_run_cli_raises_interrupted_and_leaves_ctrl_c_and_
     assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
 
 
+def test_a_stop_signal_ends_a_run_waiting_for_its_other_processes_to_join(monkeypatch):
+    # `#SBATCH --ntasks-per-node=2` run without srun: rank 0 waits in C++ for a rank 1 that never comes, where the Python
+    # handlers that turn SIGTERM and Ctrl-C into a clean stop never run - `timeout`'s SIGTERM did nothing, only SIGKILL
+    # ended the job (measured: exit 137 after timeout -k; with the default actions while joining, SIGTERM ends it)
+    from mmcaption.errors import signals_stop
+
+    seen = []
+
+    def join(*args, **kwargs):  # as torch's, which Lightning calls by its module attribute
+        seen.append((signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), args, kwargs))
+        return "joined"
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", join)
+    with signals_stop():
+        stop = signal.getsignal(signal.SIGTERM)
+        assert torch.distributed.init_process_group("gloo", rank=0) == "joined"
+        assert signal.getsignal(signal.SIGTERM) is stop  # a clean stop again once it has joined
+    assert seen == [(signal.SIG_DFL, signal.SIG_DFL, ("gloo",), {"rank": 0})]
+    assert torch.distributed.init_process_group is join
+
+
 def test_a_slurm_job_of_several_tasks_without_tasks_per_node_is_refused_in_a_line(backbones, coco_root, tmp_path, capsys,
                                                                                     monkeypatch):
     # `#SBATCH --ntasks=2` alone: Lightning's RuntimeError, 40 lines of traceback and exit status 1
