@@ -63,7 +63,7 @@ from mmcaption.settings_checks import (
 )
 from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
 from mmcaption.slurm import requeued, requeued_checkpoint
-from mmcaption.usage import EPILOG, PREPARE_HELP
+from mmcaption.usage import EPILOG, PREPARE_HELP, RELEASE
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
 CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
@@ -322,7 +322,7 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
             LightningDataModule,
             subclass_mode_data=True,
             args=args,
-            parser_kwargs={"epilog": EPILOG, "prog": "mmcaption"},  # also when the pipeline or the demo runs a stage
+            parser_kwargs={"epilog": EPILOG, "prog": "mmcaption", "version": RELEASE},  # also when the pipeline or demo runs one
             save_config_callback=KeptConfig,  # beside an earlier command's config in the same run folder, not over it
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,

@@ -11,6 +11,7 @@ import argparse
 import ast
 import importlib.util
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 
@@ -35,8 +36,9 @@ def docstring(module: str) -> str | None:
 
 
 def described(module: str, prog: str | None = None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=docstring(module),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=docstring(module), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=VERSION)  # what a bug report or a container's log names
+    return parser
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +104,12 @@ def pipeline_parser() -> argparse.ArgumentParser:
 
 
 # ``mmcaption``'s help: its epilog, and ``mmcaption prepare``'s description
+try:  # --version of every command (the package's metadata: importing mmcaption here would load the Python API)
+    RELEASE = version("mmcaption")
+except PackageNotFoundError:  # run from a checkout that was never installed
+    RELEASE = "(not installed)"
+VERSION = f"mmcaption {RELEASE}"
+
 EPILOG = ("also: `mmcaption prepare --config C` checks and preprocesses a config's data and prints what it holds; "
           "`mmcaption chat --model EXPORTED --image PHOTO` talks about a photo. Other commands: mmcaption-demo, "
           "mmcaption-pipeline, mmcaption-export, mmcaption-app.")

@@ -401,6 +401,19 @@ def test_a_model_folder_without_its_tokenizer_or_processor_files_is_refused_by_n
     assert len(load_tokenizer(str(language_dir))) > 100  # the whole folder still loads
 
 
+def test_every_command_says_its_version(capsys):
+    # what a bug report and a container's log name: "unrecognized arguments: --version", or "did you mean --trainer.precision?"
+    from importlib.metadata import version
+
+    from mmcaption.export import main as export_main
+    from mmcaption.pipeline import main as pipeline_main
+
+    for command in (main, demo_main, export_main, pipeline_main):
+        with pytest.raises(SystemExit) as exit_info:
+            command(["--version"])
+        assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"mmcaption {version('mmcaption')}", command
+
+
 def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
