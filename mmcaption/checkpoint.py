@@ -293,18 +293,20 @@ def restore_loader_position(trainer) -> None:
     _count_the_finished_epoch_once(fit_loop)
     if not LOADER_POSITION_WORKAROUND:
         return
-    if not (fit_loop.restarting and getattr(fit_loop, "_combined_loader_states_to_load", None)):
+    if not getattr(fit_loop, "_combined_loader_states_to_load", None):
         return
-    # saved at its epoch's last batch, the epoch closed by now (the max_steps save after it, or a save at that batch's
-    # end, which Lightning closes on resuming): loading that epoch's end left the next epoch empty. It starts from its
+    # Not restarting: saved once its epoch had ended (max_epochs reached, resumed to train longer); nothing of it is left,
+    # and the iterator Lightning made held epoch 0's order, trained again unsaid. Saved at its epoch's last batch, the
+    # epoch closed by now (the max_steps save after it, or a save at that batch's end, which Lightning closes on
+    # resuming): loading that epoch's end left the next epoch empty. It starts from its
     # first batch, in its own order, counting its batches from 0 (after a save at the batch's end Lightning resets
     # that count itself). A save before the epoch was closed - at a validation's end on the last batch, or inside the
     # epoch's end - loads it: Lightning runs the rest of that epoch first, and finds no batch left.
     progress, loop = fit_loop.epoch_progress.current, fit_loop.epoch_loop
     ended = loop.batch_progress.is_last_batch and progress.processed == progress.started == progress.completed
-    if ended:
+    if ended or not fit_loop.restarting:
         fit_loop._combined_loader_states_to_load = []
-        if not loop.restarted_on_train_batch_end:
+        if fit_loop.restarting and not loop.restarted_on_train_batch_end:
             for counts in (loop.batch_progress, loop.scheduler_progress, loop.automatic_optimization.optim_progress):
                 counts.reset_on_run()
     for loader in fit_loop._combined_loader.flattened:

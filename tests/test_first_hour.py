@@ -574,8 +574,8 @@ def test_the_help_names_the_commands_beyond_lightnings_four_and_prepare_has_its_
 
 
 @pytest.mark.parametrize("script, argv, said", [
-    ("export", ["--help"], "usage: mmcaption-export [-h] [--merge]"),
-    ("mmcaption", ["chat", "--help"], "usage: mmcaption chat [-h] --model MODEL"),
+    ("export", ["--help"], "usage: mmcaption-export [-h] [--version] [--merge]"),
+    ("mmcaption", ["chat", "--help"], "usage: mmcaption chat [-h] [--version] --model MODEL"),
     ("app", ["--help"], "usage: mmcaption-app [-h]"),
     ("pipeline", ["--help"], "mmcaption fit --config configs/caption.yaml"),
     ("demo", ["--help"], "--scratch_control"),

@@ -317,6 +317,13 @@ def test_a_run_resumed_for_more_epochs_with_other_accumulation_trains_them_on_a_
     run(fit_command(workdir, "one-epoch", extra=(*epochs, "1")), workdir)
     last = workdir / "checkpoints-one-epoch" / "last.ckpt"
     assert load_checkpoint_file(last)["global_step"] == STEPS_PER_EPOCH
+    # a run that reached max_epochs, resumed to train longer: its next epoch came in epoch 0's order, batch for batch
+    run(fit_command(workdir, "more-epochs", ckpt_path=last, extra=(*epochs, "2")), workdir)
+    more = records(workdir / "more-epochs.jsonl")
+    assert sorted(more) == list(range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1))
+    straight_steps = straight[1]
+    for step in range(STEPS_PER_EPOCH + 1, MAX_STEPS + 1):  # the uninterrupted run's second epoch, as far as it went
+        assert more[step]["first_ids"] == straight_steps[step]["first_ids"], step
     result = subprocess.run(fit_command(workdir, "accumulated", ckpt_path=last, extra=(*epochs, "2", "--trainer.accumulate_grad_batches", "2")),
                             cwd=workdir, env=subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
