@@ -516,7 +516,7 @@ def test_resuming_on_an_edited_questions_file_is_refused_by_its_hash():
     assert record_differences({}, {"inputs": [{"path": "/data/x.tsv", "sha256": "bb"}]}) == []  # an output of an earlier release
 
 
-def test_a_sampled_outputs_record_holds_the_seed_that_sampled_it(monkeypatch):
+def test_a_sampled_outputs_record_holds_the_seed_that_sampled_it(monkeypatch, capsys):
     # sampled captions of seeds 5 and 6 differ, and the summary did not say which seed made them: a resume with another
     # seed put two runs' samples together as one output
     from mmcaption.evaluation.report import generation_record
@@ -527,3 +527,12 @@ def test_a_sampled_outputs_record_holds_the_seed_that_sampled_it(monkeypatch):
     assert "seed" not in generation_record({"do_sample": False, "num_beams": 3})  # greedy and beams: no seed changes them
     monkeypatch.setenv("PL_GLOBAL_SEED", "6")
     assert record_differences({"generation": sampled}, {"generation": generation_record(dict(sampled))}) == ["seed (5 then, 6 now)"]
+    # the same seed: gone on from, and said that the rows after the first ones are other draws than one run's (the README
+    # said a resume gives the uninterrupted run's rows, which holds for greedy and beams only)
+    from mmcaption.data.resume import check_made_alike
+
+    check_made_alike(Path("captions.jsonl"), {"generation": sampled}, {"generation": sampled})
+    assert ("note: resume: the rows after captions.jsonl's are sampled anew from seed 5, not as the uninterrupted run would "
+            "have drawn them") in capsys.readouterr().err
+    check_made_alike(Path("captions.jsonl"), {"generation": {"num_beams": 3}}, {"generation": {"num_beams": 3}})
+    assert "sampled anew" not in capsys.readouterr().err

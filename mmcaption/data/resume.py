@@ -8,8 +8,11 @@ import csv
 import glob
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.errors import OutputExistsError
 from mmcaption.evaluation.report import (
@@ -100,6 +103,9 @@ def check_made_alike(output: Path, now: dict[str, Any], earlier: dict[str, Any] 
         raise OutputExistsError(f"resume: the rows of {output} came from other weights or settings - {'; '.join(differences)}: "
                                 "with this run's they would be one result of two; go on with the same --ckpt_path and "
                                 "settings, or replace it with --data.overwrite true")
+    if (now.get("generation") or {}).get("do_sample") and rank_zero_only.rank == 0:  # the generator's state is not kept
+        print(f"note: resume: the rows after {output}'s are sampled anew from seed {now['generation'].get('seed')}, not "
+              "as the uninterrupted run would have drawn them (the same settings, other draws)", file=sys.stderr, flush=True)
 
 
 def output_exists_advice(output: Path, share: bool = False) -> str:
