@@ -217,7 +217,10 @@ def _killed_while_joining(join: Callable[..., Any], signums: list[int]) -> Calla
     Nothing is written yet that a stop would need to clean up."""
     @wraps(join)
     def joined(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
+        # not in the process that launched the others (Lightning's launcher, which watches them from a thread): they are
+        # its children and join at once, and killed outright it left them waiting for it (its clean stop ends them)
+        if threading.current_thread() is not threading.main_thread() or any(
+                type(thread).__name__ == "_ChildProcessObserver" for thread in threading.enumerate()):
             return join(*args, **kwargs)
         handlers = {signum: signal.signal(signum, signal.SIG_DFL) for signum in signums}
         try:

@@ -73,8 +73,9 @@ class KeptConfig(SaveConfigCallback):
     command's config goes beside it, as config-2.yaml, config-3.yaml, ..."""
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
-        if not self.already_saved and self.save_to_log_dir and trainer.is_global_zero and trainer.log_dir:
-            folder, self.config_filename, number = Path(trainer.log_dir), "config.yaml", 1
+        log_dir = trainer.log_dir if not self.already_saved and self.save_to_log_dir else None  # every process: a broadcast
+        if log_dir and trainer.is_global_zero:  # (asked on rank 0 alone, it waited for a broadcast the others never made)
+            folder, self.config_filename, number = Path(log_dir), "config.yaml", 1
             folder.mkdir(parents=True, exist_ok=True)
             while True:  # the name taken at once: two commands started together in one folder do not pick the same
                 try:

@@ -233,9 +233,8 @@ def under_root_folder(command: Any) -> list[str]:
         moved.append(f"model.init_from {model_settings['init_from']}")
     elif start and not Path(str(start)).expanduser().is_absolute() and Path(str(start)).exists() and \
             rank_zero_only.rank == 0 and not Path(str(start)).resolve().is_relative_to(Path(str(root)).expanduser().resolve()):
-        print(f"note: model.init_from {start} is read from the working folder: trainer.default_root_dir {root} holds none "
-              "(if this experiment's caption stage ran under that root, its checkpoint is not there)", file=sys.stderr,
-              flush=True)
+        print(f"note: model.init_from {start} is read from the working folder: trainer.default_root_dir {root} holds none",
+              file=sys.stderr, flush=True)
     return moved
 
 

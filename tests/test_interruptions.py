@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 import warnings
@@ -1187,6 +1188,18 @@ def test_a_stop_signal_ends_a_run_waiting_for_its_other_processes_to_join(monkey
         assert signal.getsignal(signal.SIGTERM) is stop  # a clean stop again once it has joined
     assert seen == [(signal.SIG_DFL, signal.SIG_DFL, ("gloo",), {"rank": 0})]
     assert torch.distributed.init_process_group is join
+    # but not in the process that launched the other ranks (Lightning's launcher watches its children from a thread):
+    # killed outright, it left them waiting for it for the process group's 30 minutes; its clean stop ends them
+
+    class _ChildProcessObserver(threading.Thread):
+        pass
+
+    observer = _ChildProcessObserver(target=time.sleep, args=(2,), daemon=True)
+    observer.start()
+    with signals_stop():
+        stop = signal.getsignal(signal.SIGTERM)
+        torch.distributed.init_process_group("gloo", rank=0)
+    assert seen[-1][:2] == (stop, stop)
 
 
 def test_a_slurm_job_of_several_tasks_without_tasks_per_node_is_refused_in_a_line(backbones, coco_root, tmp_path, capsys,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mmcaption.callbacks import format_seconds
 from mmcaption.cli import check_command, run_cli
+from mmcaption.console import quieted
 from mmcaption.data.cache import built_once, discard, is_complete, publish_atomically
 from mmcaption.data.predict import MultipleChoiceDataModule
 from mmcaption.demo.evaluation import (
@@ -136,6 +137,7 @@ def root_arguments(root: Path) -> dict[str, list[str]]:
 
 
 @user_errors_exit
+@quieted  # no transformers bars while the tiny backbones are written ("Writing model shards")
 def main(argv: list[str] | None = None) -> None:
     """The ``mmcaption-demo`` console script."""
     run_demo(argv)
