@@ -239,7 +239,8 @@ def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[st
         written = None
     if written is not None:
         names += [rel for entry in out.iterdir() if entry.name in own and entry.is_dir() and not entry.is_symlink()
-                  for p in entry.rglob("*") if not p.is_dir() and (rel := p.relative_to(out).as_posix()) not in written
+                  for p in entry.rglob("*") if (p.is_symlink() or not p.is_dir())  # a linked folder: kept as the link
+                  and (rel := p.relative_to(out).as_posix()) not in written
                   and not (staging / rel).exists()]
     for name in sorted(names):
         write_whole(record, json.dumps([*kept, name]))  # before the move: a kill between the two loses nothing

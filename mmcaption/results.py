@@ -13,14 +13,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmcaption.evaluation.caption_metrics import metric_setup
 from mmcaption.evaluation.report import checkpoint_record, generation_record, write_evaluation
 
-_SAID_CUT: list[int] = []  # said once a process: a fit validates again and again
+_SAID_CUT: list[tuple[int, int]] = []  # said once a fit (it validates again and again), by what was generated with what
 
 
 def said_cut(cut: int, generated: int, generation: Any) -> None:
     """Warn (once) when validation or test texts stopped at max_new_tokens before their end: cut mid-sentence, they are
     scored as the model's whole captions or answers (long references, Localized Narratives' or detail answers')."""
-    if cut and not _SAID_CUT:
-        _SAID_CUT.append(cut)
+    if cut and (generated, generation.max_new_tokens) not in _SAID_CUT:  # a pipeline's second stage is said too
+        _SAID_CUT.append((generated, generation.max_new_tokens))
         rank_zero_warn(f"{cut} of {generated} generated texts stopped at max_new_tokens {generation.max_new_tokens} before "
                        "their end, and are scored cut: raise --model.generation.max_new_tokens for whole texts")
 

@@ -261,6 +261,8 @@ class Tasks:
         """Fill in the results of the rows ``ok`` (those whose image could be read)."""
         select = torch.tensor(ok, device=batch["input_ids"].device)
         sub = {k: batch[k].index_select(0, select) for k in ("input_ids", "attention_mask", "pixel_values", "image_mask") if k in batch}
+        text = sub["attention_mask"].bool().any(0)  # a row not asked (past the context) no longer pads the others to its width
+        sub["input_ids"], sub["attention_mask"] = sub["input_ids"][:, text], sub["attention_mask"][:, text]
         if task == "caption":
             for i, caption in zip(ok, self.generate_batch(sub)):
                 results[i]["caption"] = caption

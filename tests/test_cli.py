@@ -225,6 +225,18 @@ def test_predict_asks_a_model_with_the_prompts_it_was_trained_with(trained_check
     assert "was trained with system_prompt 'ROLE: You answer about images.'; this run asks with 'Be brief.', as set" in err
 
 
+def test_a_caption_separator_that_yaml_would_read_otherwise_stays_the_text_given(demo_dir, capsys, tmp_path):
+    # typed as "str | None", "#" and "~" in a config were read as YAML's null: each cell then trained whole, unsaid
+    for separator in ("#", "~", " | "):
+        config = tmp_path / "separator.yaml"
+        config.write_text(yaml.safe_dump({"data": {"init_args": {"hub_caption_separator": separator}}}))
+        out = print_config(capsys, "fit", "--config", DEMO_CONFIG, "--config", str(config))
+        assert yaml.safe_load(out)["data"]["init_args"]["hub_caption_separator"] == separator
+    config.write_text("data:\n  init_args:\n    hub_caption_separator: ''\n")  # each cell one caption: still given so
+    assert yaml.safe_load(print_config(capsys, "fit", "--config", DEMO_CONFIG, "--config", str(config)))["data"]["init_args"][
+        "hub_caption_separator"] == ""
+
+
 def test_a_root_folder_given_holds_the_logs_and_checkpoints_the_config_names(demo_dir, capsys):
     # the shipped configs name lightning_logs and checkpoints/<stage>: --trainer.default_root_dir runA was ignored, its
     # logs and checkpoints written beside every other experiment's, runA never made

@@ -527,18 +527,21 @@ def test_export_refuses_a_folder_with_files_and_overwrite_leaves_nothing_stale(t
     (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")
     (folder / "examples").mkdir()
     (folder / "tokenizer" / "my_notes.txt").write_text("mine\n")  # inside a folder the export writes: went with it, unsaid
+    (folder / "tokenizer" / "linked").symlink_to("../examples", target_is_directory=True)  # and a folder linked in there
     capsys.readouterr()
     export_main([str(trained_checkpoint), str(folder), "--overwrite"])  # a plain export over a merged one
     assert not (folder / "language_model").exists()  # nothing of the old export is left
     assert not json.loads((folder / "mmcaption.json").read_text())["merged"]
     assert (folder / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n" and (folder / "examples").is_dir()  # were deleted
     assert (folder / "tokenizer" / "my_notes.txt").read_text() == "mine\n"
-    assert (f"note: kept in {folder} what the export does not write: .git, .gitattributes, examples, tokenizer/my_notes.txt"
-            in capsys.readouterr().err)
+    assert (folder / "tokenizer" / "linked").is_symlink()
+    assert (f"note: kept in {folder} what the export does not write: .git, .gitattributes, examples, tokenizer/linked, "
+            "tokenizer/my_notes.txt" in capsys.readouterr().err)
     export_main([str(trained_checkpoint), str(folder), "--overwrite"])  # and again: still the user's, not the export's
     assert (folder / "tokenizer" / "my_notes.txt").read_text() == "mine\n"
     assert "tokenizer/my_notes.txt" in capsys.readouterr().err
     (folder / "tokenizer" / "my_notes.txt").unlink()
+    (folder / "tokenizer" / "linked").unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no staging folder left beside it
 
     # killed (SIGKILL, a power cut) between moving the export aside and putting the new one in its place: the earlier

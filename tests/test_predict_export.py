@@ -4,6 +4,7 @@ import os
 import random
 import shutil
 import unicodedata
+import warnings
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,23 @@ def test_a_caption_cut_at_max_new_tokens_is_marked_and_counted_and_a_finished_on
             assert f"{len(rows)} stopped at max_new_tokens before their end" in said
         else:
             assert not any("cut_at_max_new_tokens" in row for row in rows) and "cut_at_max_new_tokens" not in summary
+
+
+def test_texts_cut_at_max_new_tokens_are_warned_of_once_a_fit_and_again_for_another_stage(monkeypatch):
+    # said once a process, the pipeline's second stage (its answers cut) was never warned of
+    from transformers import GenerationConfig
+
+    from mmcaption.results import said_cut
+
+    monkeypatch.setattr("mmcaption.results._SAID_CUT", [])
+    with pytest.warns(UserWarning, match="5 of 40 generated texts stopped at max_new_tokens 20"):
+        said_cut(5, 40, GenerationConfig(max_new_tokens=20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        said_cut(7, 40, GenerationConfig(max_new_tokens=20))  # the same fit's next validation: said already
+        said_cut(0, 100, GenerationConfig(max_new_tokens=24))  # nothing cut: nothing said
+    with pytest.warns(UserWarning, match="30 of 100 generated texts stopped at max_new_tokens 24"):
+        said_cut(30, 100, GenerationConfig(max_new_tokens=24))
 
 
 def test_export_load_predict_gives_the_checkpoint_captions(backbones, trained_checkpoint, image_folder, tmp_path):

@@ -680,6 +680,13 @@ def test_a_caption_cell_of_several_lines_is_said_to_be_read_as_several_captions_
                         ["a cat on a mat"]]
     assert [(kind, n) for kind, n in seen.notes.items() if kind.startswith(SPLIT_NOTE)] == [
         (SPLIT_NOTE + " (first: line 2, 3 captions)", 1)]
+    # a list cell's items are split too, and counted as such (a JSON list of paragraphs)
+    table.write_text('image,caption\np0.jpg,"[""One dog.\\nOn grass."", ""a dog""]"\np1.jpg,a cat on a mat\n')
+    captions, seen = read()
+    assert captions == [["One dog.", "On grass.", "a dog"], ["a cat on a mat"]]
+    assert [n for kind, n in seen.notes.items() if kind.startswith(SPLIT_NOTE)] == [1]
+    table.write_text('image,caption\np0.jpg,"In this picture I can see a dog.\nIn the background there is grass.\n\nIt is sunny."\n'
+                     'p1.jpg,a cat on a mat\n')
     for whole in (None, ""):  # "" was a bare "ValueError: empty separator" traceback
         captions, seen = read(caption_separator=whole)
         assert captions == [["In this picture I can see a dog.\nIn the background there is grass.\n\nIt is sunny."],

@@ -67,8 +67,8 @@ def column_and_key(name: str, columns: list[str]) -> tuple[str, str | None]:
     return (column, key) if column in columns else (name, None)
 
 
-SPLIT_NOTE = ("cells split into several captions at hub_caption_separator (a line each, by default; null or an empty "
-              "text reads each cell as one caption)")
+SPLIT_NOTE = ("cells split into several captions at hub_caption_separator (a line each, by default; an empty text, '', "
+              "reads each cell as one caption)")
 
 
 def texts_of(value: Any, key: str | None, separator: str | None, column: str, split: list[int] | None = None) -> list[str]:
@@ -90,8 +90,10 @@ def texts_of(value: Any, key: str | None, separator: str | None, column: str, sp
         if isinstance(listed, list) and listed and all(isinstance(text, str) for text in listed):
             value = listed
     texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []
-    parts = [caption_text(part) for text in texts if isinstance(text, str) for part in (text.split(separator) if separator
-                                                                                        else [text]) if caption_text(part)]
-    if split is not None and isinstance(value, str) and len(parts) > 1:  # (a list is several captions as written)
-        split.append(len(parts))
+    parts = []
+    for text in (text for text in texts if isinstance(text, str)):  # each text (a list's items too) split at separator
+        pieces = [caption_text(part) for part in (text.split(separator) if separator else [text]) if caption_text(part)]
+        if split is not None and len(pieces) > 1:
+            split.append(len(pieces))
+        parts += pieces
     return parts

@@ -55,7 +55,7 @@ class CaptionDataModule(PreprocessedDataModule):
         hub_caption_column: its caption column: a string (several captions split at ``hub_caption_separator``; a
             JSON list), a list of strings, objects (``sentences.raw``: the ``raw`` of each), or several columns
             (``[caption_0, caption_1]``).
-        hub_caption_separator: what separates several captions in one string (null or empty: a string is one caption).
+        hub_caption_separator: what separates several captions in one string (empty: a string is one caption).
         hub_val_fraction: share of a single-split ``hub`` dataset held out for validation.
         hub_config: the ``hub`` dataset's configuration (subset; ``load_dataset``'s second argument), for a dataset
             with several.
@@ -82,7 +82,7 @@ class CaptionDataModule(PreprocessedDataModule):
         hub_dataset: str | None = None,
         hub_image_column: str = "jpg",
         hub_caption_column: str | list[str] = "txt",
-        hub_caption_separator: str | None = "\n",
+        hub_caption_separator: str = "\n",  # (str: with str | None, jsonargparse read "#" and "~" as YAML's null)
         hub_val_fraction: float = 0.01,
         hub_config: str | None = None,
         train_split: str | None = None,
@@ -358,8 +358,8 @@ class InstructDataModule(PreprocessedDataModule):
         total = dropped + int(np.asarray(rows.column("turns").to_numpy(zero_copy_only=False)).sum())
         if dropped > total / 1000:
             rank_zero_warn(f"split {split}: {dropped:,} of {total:,} question-answer turns ({dropped / total:.1%}) do not fit "
-                           f"max_length {self.max_length} and are not trained on (later turns dropped whole): raise "
-                           "--data.init_args.max_length to train them")
+                           f"max_length {self.max_length}: later turns are dropped whole, neither trained on nor scored; raise "
+                           "--data.init_args.max_length to keep them")
 
     def questions_loader(self, split: str, limit: int | None) -> DataLoader:
         """Val questions asked one at a time, left-padded prompts for generation."""
