@@ -1163,12 +1163,15 @@ def test_ctrl_c_in_a_notebooks_run_cli_raises_interrupted_and_leaves_ctrl_c_and_
         time.sleep(1)
 
     monkeypatch.setattr(CaptionDataModule, "setup", interrupted)
-    before = signal.getsignal(signal.SIGINT)
-    hf_logging.enable_progress_bar()
+    started = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a notebook's kernel has it (a background
+    hf_logging.enable_progress_bar()                                    # job, as CI may run the tests, ignores it)
     datasets.enable_progress_bars()
-    with pytest.raises(Interrupted, match="stopped by SIGINT"):
-        run_cli(fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints"))
-    assert signal.getsignal(signal.SIGINT) is before is signal.default_int_handler
+    try:
+        with pytest.raises(Interrupted, match="stopped by SIGINT"):
+            run_cli(fit_config(tmp_path, coco_root, backbones, tmp_path / "checkpoints"))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning's left it SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, started)
     assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
 
 
