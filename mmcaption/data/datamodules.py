@@ -32,7 +32,7 @@ from mmcaption.data.datasets import (
 )
 from mmcaption.data.hub import HubCaptions
 from mmcaption.data.image_sources import COCO2017_FOLDERS
-from mmcaption.data.llava import images_outside_root, read_llava, write_instruct_split
+from mmcaption.data.llava import images_outside_root, read_llava, turn_counts, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
@@ -353,9 +353,8 @@ class InstructDataModule(PreprocessedDataModule):
     def say_cut(self, split: str, dataset: ConversationDataset) -> None:
         """The turns ``max_length`` dropped, said at every fit as the caption stage's cut captions are: a run on a cache
         built earlier said nothing of them (only ``prepare`` and the build's own run did)."""
-        rows = dataset.rows.data
-        dropped = int(np.asarray(rows.column("turns_dropped").to_numpy(zero_copy_only=False)).sum())
-        total = dropped + int(np.asarray(rows.column("turns").to_numpy(zero_copy_only=False)).sum())
+        kept, dropped = turn_counts(dataset.rows.data)
+        total = kept + dropped
         if dropped > total / 1000:
             rank_zero_warn(f"split {split}: {dropped:,} of {total:,} question-answer turns ({dropped / total:.1%}) do not fit "
                            f"max_length {self.max_length}: later turns are dropped whole, neither trained on nor scored; raise "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
@@ -48,6 +49,11 @@ CONVERSATION_FEATURES = datasets.Features(
         "answers": datasets.Sequence(datasets.Value("string")),
     }
 )
+def turn_counts(rows) -> tuple[int, int]:
+    """``(kept, dropped)`` question-answer turns of a preprocessed conversation table (its ``turns`` and ``turns_dropped``)."""
+    return tuple(int(np.asarray(rows.column(name).to_numpy(zero_copy_only=False)).sum()) for name in ("turns", "turns_dropped"))
+
+
 # What max_length does to a conversation that does not fit, as counted in the split's summary.
 TURNS_DROPPED = "conversations with later turns dropped whole to fit max_length"
 ANSWER_CUT = "first answers cut to fit max_length (kept, without their end-of-text token)"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mmcaption.data.base import PreprocessedDataModule
-from mmcaption.data.llava import ANSWER_CUT
+from mmcaption.data.llava import ANSWER_CUT, turn_counts
 from mmcaption.data.sampling import LengthGroupedSampler, padding_efficiency
 from mmcaption.errors import ConfigError
 from mmcaption.model.backbones import context_problem
@@ -30,8 +30,7 @@ def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, A
         cut = {"conversations with turns dropped": int((dropped > 0).sum()),
                "first answers cut": int(meta.get("notes", {}).get(ANSWER_CUT, 0))}
         # per turn too: a quarter of the conversations cut can be three quarters of the answers never trained on
-        kept = int(np.asarray(dataset.rows.data.column("turns").to_numpy(zero_copy_only=False)).sum())
-        turns = {"kept": kept, "dropped": int(dropped.sum())}
+        turns = dict(zip(("kept", "dropped"), turn_counts(dataset.rows.data)))
     sampler = LengthGroupedSampler(lengths, datamodule.batch_size, seed=0, group_by_length=datamodule.group_by_length,
                                    mega_batch=datamodule.length_group_batches)
     order = np.fromiter(iter(sampler), dtype=np.int64)
