@@ -25,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from urllib.parse import unquote_to_bytes
@@ -36,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from pillow_heif import register_heif_opener
 
 from mmcaption.file_kinds import kind_of_file
-from mmcaption.pixel_levels import array_image, as_srgb, levels, to_rgb
+from mmcaption.pixel_levels import array_image, as_srgb, channels_first, levels, to_rgb
 
 register_heif_opener()  # .heic/.heif: what iPhones save by default
 
@@ -51,6 +51,7 @@ MAX_PIXELS = 1_000_000_000
 # 104-byte 8000 x 1 PNG became 1.8 million x 224 pixels, 4.5 GB of memory (10000 x 50 panoramas are read)
 MAX_ASPECT = 500
 _LIMIT_LOCK = threading.RLock()
+PILLOW_LIMIT = 1024 * 1024 * 1024 // 4 // 3  # Pillow's own Image.MAX_IMAGE_PIXELS, refused at twice that
 # formats whose decoding never reads Pillow's limit (a GIF's frames and a TIFF's tiles do): decoded outside the lock, so
 # that threads shrinking photos while a split is preprocessed decode them at once
 _LIMIT_READ_AT_OPEN_ONLY = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "HEIF", "AVIF"}
@@ -70,29 +71,35 @@ def is_hidden(path: Path) -> bool:
 
 @contextmanager
 def opened(data: bytes) -> Iterator[Image.Image]:
-    """``data`` opened with Pillow, refused (as a ``DecompressionBombError``) above :data:`MAX_PIXELS`
-    rather than at Pillow's default limit; an empty file says so. Pillow reads its own limit from a
-    module global when it opens an image and again while decoding some (a TIFF's tiles, a GIF's frames):
-    it is ours under a lock - while opening, and for those formats the whole block - and the user's setting
-    is put back after."""
+    """``data`` opened with Pillow, refused (as a ``DecompressionBombError``) above :data:`MAX_PIXELS` and
+    :data:`MAX_ASPECT`; an empty file says so. Pillow reads its limit from a module global, which every thread of the
+    process shares: it is opened under the process's own limit, untouched. Only an image Pillow refuses at its default
+    limit (above 179 megapixels: a panorama, a scan) is opened again with mmcaption's, raised under a lock for that
+    image alone; a limit the process set itself (a web service's) is never raised."""
     if not data:
         raise UnidentifiedImageError("the file is empty (0 bytes)")
+    with ExitStack() as stack:
+        try:
+            image = stack.enter_context(Image.open(io.BytesIO(data)))
+        except Image.DecompressionBombError:
+            if Image.MAX_IMAGE_PIXELS != PILLOW_LIMIT:  # the process chose its own: kept
+                raise
+            image = stack.enter_context(_above_pillows_limit(data))
+        check_size(image)
+        yield image
+
+
+@contextmanager
+def _above_pillows_limit(data: bytes) -> Iterator[Image.Image]:
+    """An image above Pillow's default limit opened with :data:`MAX_PIXELS` as the limit: under a lock, while opening
+    and, for formats Pillow checks again while decoding (a TIFF's tiles, a GIF's frames), the whole block; Pillow's
+    setting is put back after. Loosened for the process while it is open, hence only for such an image."""
     _LIMIT_LOCK.acquire()
     locked = True
     default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, with its own message
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise Image.DecompressionBombError(
-                    f"{width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,} mmcaption decodes "
-                    "(mmcaption.images.MAX_PIXELS)")
-            if max(width, height) > MAX_ASPECT * min(width, height):
-                scaled = max(width, height) / min(width, height) * 224 ** 2 * 12  # bytes, as 3 channels of floats
-                raise Image.DecompressionBombError(
-                    f"{width} x {height} pixels, a strip longer than {MAX_ASPECT} times its width: scaled for the vision "
-                    f"model (its short side to 224 pixels) it would take {scaled / 2 ** 30:.1f} GB or more; crop it "
-                    "nearer to a square (mmcaption.images.MAX_ASPECT)")
+            check_size(image)
             if image.format in _LIMIT_READ_AT_OPEN_ONLY:  # other threads may open theirs while this one decodes
                 Image.MAX_IMAGE_PIXELS, locked = default, False
                 _LIMIT_LOCK.release()
@@ -103,6 +110,22 @@ def opened(data: bytes) -> Iterator[Image.Image]:
         if locked:
             Image.MAX_IMAGE_PIXELS = default
             _LIMIT_LOCK.release()
+
+
+def check_size(image: Image.Image) -> None:
+    """Refuse an image above :data:`MAX_PIXELS`, or a strip longer than :data:`MAX_ASPECT` times its width, by its
+    size (read from its header, before it is decoded)."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise Image.DecompressionBombError(
+            f"{width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,} mmcaption decodes "
+            "(mmcaption.images.MAX_PIXELS)")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        scaled = max(width, height) / min(width, height) * 224 ** 2 * 12  # bytes, as 3 channels of floats
+        raise Image.DecompressionBombError(
+            f"{width} x {height} pixels, a strip longer than {MAX_ASPECT} times its width: scaled for the vision "
+            f"model (its short side to 224 pixels) it would take {scaled / 2 ** 30:.1f} GB or more; crop it "
+            "nearer to a square (mmcaption.images.MAX_ASPECT)")
 
 
 def check_image(data: bytes) -> str | None:
@@ -229,6 +252,8 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None, srgb: bool =
     its size): a 200-megapixel photo, or a 20000 x 20000 PNG of a few hundred KB, took 3-6 GB on its way to a model
     that sees 224 pixels. ``srgb`` false: a colour profile is not applied, but kept in ``info`` (:func:`as_srgb`)."""
     if isinstance(source, torch.Tensor):
+        if source.ndim == 3 and channels_first(source.shape):  # CxHxW: torch's layout
+            source = source.movedim(0, -1)
         source = source.detach().cpu().float().numpy() if source.is_floating_point() else source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
         return array_image(source)

@@ -178,7 +178,8 @@ class Captioner:
             n = len(made) // len(batch["input_ids"])
             texts += [None if i // n in unreadable else text for i, text in enumerate(made)]
         n = len(texts) // max(len(prompts), 1)  # num_return_sequences, however it was given
-        return texts if n == 1 else [texts[i:i + n] for i in range(0, len(texts), n)]
+        groups = [texts[i:i + n] for i in range(0, len(texts), n)]  # an unreadable image's: None, as one text's is
+        return texts if n == 1 else [None if group[0] is None else group for group in groups]
 
     def caption(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
                 skip_unreadable: bool = False, errors: list | None = None, **generate_kwargs) -> str | list[str]:
@@ -298,7 +299,7 @@ def model_source_problem(name: str) -> str | None:
                                       ", not a model folder of mmcaption-export")
     if folder.is_dir():
         return None if is_pretrained_folder(folder) else f"{name} is not a model folder of mmcaption-export (no mmcaption.json in it)"
-    if HUB_ID.fullmatch(name):
+    if HUB_ID.fullmatch(name) and not is_local_path(name):
         return None
     return f"model folder not found: {name}"
 
@@ -308,7 +309,7 @@ def _model_folder(name: str | Path) -> Path:
     (``owner/name`` given as a string, as the model card's snippet names it), downloaded as ``huggingface_hub`` does
     (offline: its cache) once its ``mmcaption.json`` says it is a saved model."""
     folder = Path(name).expanduser()
-    if folder.exists() or not isinstance(name, str) or not HUB_ID.fullmatch(name):
+    if folder.exists() or not isinstance(name, str) or not HUB_ID.fullmatch(name) or is_local_path(name):
         return folder
     try:
         hf_hub_download(name, CONFIG_FILE, local_files_only=is_offline_mode())  # not a whole repository of another kind

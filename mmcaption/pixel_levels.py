@@ -15,16 +15,23 @@ _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def array_image(array: np.ndarray) -> Image.Image:
-    """An RGB image from an array as NumPy, PIL, OpenCV or torch hold images: ``HxW``, ``HxWxC`` or ``CxHxW`` with
-    1, 3 or 4 channels (4: transparency, seen on white); uint8; booleans; floats in [0, 1] or 0-255 (as
-    ``astype(float32)`` leaves a photo), with the overshoot of a bicubic resize clipped; 16/32-bit integers scaled from
-    the bit depth they use, as such files are (:func:`_integer_levels`)."""
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):  # CxHxW: torch's layout
-        array = np.moveaxis(array, 0, -1)
+    """An RGB image from an array as NumPy, PIL and OpenCV hold images: ``HxW`` or ``HxWxC`` with 1, 3 or 4 channels
+    (4: transparency, seen on white); uint8; booleans; floats in [0, 1] or 0-255 (as ``astype(float32)`` leaves a
+    photo), with the overshoot of a bicubic resize clipped; 16/32-bit integers scaled from the bit depth they use, as
+    such files are (:func:`_integer_levels`). A ``CxHxW`` array (torch's layout: a tensor is turned by
+    ``load_rgb``) is refused: it is also a stack of 1, 3 or 4 greyscale images, and 3 frames read as one
+    image's colours, a stack as one caption."""
+    if array.ndim == 3 and channels_first(array.shape):
+        count = array.shape[0]
+        raise ValueError(
+            f"an image array of shape {tuple(array.shape)} is one image with its channels first (torch's layout) or "
+            f"{count} greyscale image{'s' * (count > 1)}: give one image as HxWxC (np.moveaxis(array, 0, -1)) or a "
+            "torch tensor, and greyscale images as a list or an N x H x W x 1 array")
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
-        raise ValueError(f"an image array is HxW, HxWxC or CxHxW with 1, 3 or 4 channels; this one has shape {array.shape}")
+        raise ValueError(f"an image array is HxW or HxWxC with 1, 3 or 4 channels (a torch tensor also CxHxW); this one "
+                         f"has shape {array.shape}")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
     elif array.dtype.kind == "f":
@@ -40,6 +47,11 @@ def array_image(array: np.ndarray) -> Image.Image:
     elif array.dtype.kind not in "iu":
         raise ValueError(f"an image array holds numbers; this one holds {array.dtype}")
     return to_rgb(Image.fromarray(array.astype(np.uint8)))
+
+
+def channels_first(shape: tuple[int, ...]) -> bool:
+    """A 3-D shape laid out as ``CxHxW`` (1, 3 or 4 channels first, and no such count last)."""
+    return shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
 
 
 BIT_DEPTHS = (255, 1023, 4095, 16383, 65535)  # 8, 10, 12, 14 and 16 bits: cameras', microscopes' and scanners' sensors

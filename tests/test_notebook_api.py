@@ -165,6 +165,9 @@ def test_a_bad_item_among_many_is_named_by_its_place(captioner, photos, tmp_path
     assert kept == [whole[0], None, whole[1], None]
     assert captioner.caption((p for p in [b"notanimage", photos[0]]), skip_unreadable=True) == [None, whole[0]]  # a generator
     assert captioner.answer([b"notanimage", photos[0]], "What is it?", skip_unreadable=True)[0] is None
+    with pytest.warns(UserWarning, match=r"image 2 of 2: .*: its result is None"):  # was [None, None]: "is None" missed it
+        beams = captioner.caption([photos[0], b"notanimage"], skip_unreadable=True, num_beams=2, num_return_sequences=2)
+    assert len(beams[0]) == 2 and all(isinstance(text, str) for text in beams[0]) and beams[1] is None
     # multiple choice had no skip_unreadable: a benchmark sheet's one broken image lost the whole sheet's letters
     options = ["a red square", "a blue circle"]
     letters = captioner.choose([photos[0], photos[1]], "What is shown?", options)
@@ -349,6 +352,13 @@ def test_a_model_shared_on_the_hub_loads_by_its_repository_id(exported, photos, 
     for local in ("./export", "../export", tmp_path / "you" / "export"):  # paths, not Hub ids: "no such folder", offline
         with pytest.raises(NotAModelFolderError, match=r"is not a saved mmcaption model folder \(no such folder\)"):
             Captioner.from_pretrained(local)
+    # a mistyped folder under one that is here is no Hub id: it was asked of the hub, 24 s of retries offline
+    shutil.copytree(exported, tmp_path / "exported" / "instruct")
+    monkeypatch.setattr(inference, "hf_hub_download", lambda *args, **kwargs: pytest.fail("the hub was asked"))
+    with pytest.raises(NotAModelFolderError, match=r"^exported/instrct is not a saved mmcaption model folder \(no such "
+                                                   r"folder\); did you mean exported/instruct\?$"):
+        Captioner.from_pretrained("exported/instrct")
+    assert inference.model_source_problem("exported/instrct") == "model folder not found: exported/instrct"
 
 
 def test_loading_a_model_folder_shows_no_loading_bars_and_keeps_the_notebooks_setting(trained_checkpoint, tmp_path, capsys):

@@ -37,6 +37,7 @@ def test_photos_above_pillows_own_limit_decode_and_pillow_keeps_its_setting(monk
     # a 200-megapixel phone's photo (16320 x 12240) is above Pillow's 179-megapixel refusal; scaled down here:
     # with Pillow's limit at 10,000 pixels a 200 x 150 photo stands for it
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(images, "PILLOW_LIMIT", 10_000)  # standing for Pillow's default
     data = jpeg(upright_picture(200, 150))
     with pytest.raises(Image.DecompressionBombError):  # what Pillow alone does
         Image.open(io.BytesIO(data))
@@ -48,6 +49,25 @@ def test_photos_above_pillows_own_limit_decode_and_pillow_keeps_its_setting(monk
     monkeypatch.setattr(images, "MAX_PIXELS", 20_000)  # above mmcaption's limit: refused with the size
     assert check_image(data) == "DecompressionBombError: 200 x 150 = 30,000 pixels, above the 20,000 mmcaption decodes " \
                                 "(mmcaption.images.MAX_PIXELS)"
+
+
+def test_a_limit_the_process_set_is_never_loosened_for_its_other_threads(monkeypatch):
+    # a web service sets its own limit and decodes uploads in threads beside a captioner: every image mmcaption opened
+    # set Pillow's process-wide limit to None while it did (3,000 of a host thread's bombs got through in 30 s)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    seen = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: seen.append(Image.MAX_IMAGE_PIXELS) or real_open(*args, **kwargs))
+    scan = io.BytesIO()  # a TIFF: Pillow reads its limit again while decoding its strips
+    upright_picture(60, 40).save(scan, format="TIFF")
+    for data in (jpeg(upright_picture(60, 40)), scan.getvalue()):
+        with images.opened(data) as image:
+            assert Image.MAX_IMAGE_PIXELS == 10_000  # what another thread reads while this image decodes
+            image.load()
+    assert seen == [10_000, 10_000]
+    assert check_image(jpeg(upright_picture(200, 150))).startswith("DecompressionBombError: Image size (30000 pixels) "
+                                                                   "exceeds limit of 20000 pixels")  # the process's own
+    assert Image.MAX_IMAGE_PIXELS == 10_000
 
 
 def test_a_thin_strip_is_refused_before_the_processor_scales_it_up():
@@ -632,7 +652,6 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
     same = {
         "floats in 0-255, as astype(float32) leaves a photo": photo.astype(np.float32),  # was clipped to 1: all white
         "floats in [0, 1]": photo / 255.0,
-        "CxHxW, torch's layout": photo.transpose(2, 0, 1).copy(),
         "a torch tensor, CxHxW in [0, 1] as torchvision's to_tensor gives": torch.from_numpy(photo.transpose(2, 0, 1) / 255.0).float(),
         "a uint8 torch tensor, HxWxC": torch.from_numpy(photo),
         # a bicubic resize of [0, 1] floats overshoots both ends: was read as 0-255, a black picture
@@ -648,8 +667,17 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
     assert (np.asarray(load_rgb(grey)) == np.repeat(grey, 3, axis=2)).all()
     mask = rng.random((6, 5)) > 0.5  # a boolean mask: white where True, not 0/1 levels (near black)
     assert (np.asarray(load_rgb(mask))[..., 0] == np.where(mask, 255, 0)).all()
-    with pytest.raises(ValueError, match=r"an image array is HxW, HxWxC or CxHxW with 1, 3 or 4 channels; this one has shape \(2, 6, 5, 3\)"):
+    with pytest.raises(ValueError, match=r"an image array is HxW or HxWxC with 1, 3 or 4 channels \(a torch tensor also "
+                                         r"CxHxW\); this one has shape \(2, 6, 5, 3\)"):
         load_rgb(np.stack([photo, photo]))
+    # a NumPy array of 1, 3 or 4 first is also that many greyscale frames: 3 read as one image's colours, a stack as one
+    # caption (a string where a list was looked for); refused by name, where a torch tensor's CxHxW is its own layout
+    frames = rng.integers(0, 256, (3, 6, 5), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"shape \(3, 6, 5\) is one image with its channels first \(torch's layout\) or 3 "
+                                         r"greyscale images: give one image as HxWxC \(np.moveaxis\(array, 0, -1\)\)"):
+        load_rgb(frames)
+    with pytest.raises(ValueError, match=r"shape \(1, 6, 5\) is one image .* or 1 greyscale image: "):
+        load_rgb(frames[:1])
     with pytest.raises(ValueError, match=r"spans -2.* \(one normalized for a model\?\)"):  # was clipped: a dark image
         load_rgb((torch.from_numpy(photo.transpose(2, 0, 1) / 255.0).float() - 0.5) / 0.25)
     night = np.full((6, 5, 3), 9.0)  # a dark frame in 0-255 floats: no value above 16, still 0-255

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -130,6 +131,18 @@ def is_pretrained_folder(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
+def near_names(path: Path) -> str:
+    """What a mistyped ``path``'s folder holds that is near its name (``exported/instrct``: "; did you mean
+    exported/instruct?"), or nothing."""
+    parent = path.parent
+    try:
+        names = [entry.name for entry in parent.iterdir() if entry.is_dir()] if parent.is_dir() else []
+    except OSError:
+        return ""
+    near = difflib.get_close_matches(path.name, names, n=3)
+    return f"; did you mean {' or '.join(str(parent / name) for name in near)}?" if near else ""
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
     if not is_pretrained_folder(folder):
@@ -140,5 +153,6 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         if checkpoint and path.is_dir():  # --model.init_from takes the checkpoint itself
             export += f" (or give {checkpoint} itself where a checkpoint is taken: --ckpt_path, --model.init_from)"
         raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder "
-                                   f"({'no ' + CONFIG_FILE if path.exists() else 'no such folder'}){export}")
+                                   f"({'no ' + CONFIG_FILE if path.exists() else 'no such folder'}){export}"
+                                   f"{'' if path.exists() else near_names(path)}")
     return json.loads((Path(folder) / CONFIG_FILE).read_text())
