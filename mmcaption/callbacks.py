@@ -14,23 +14,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import (
-    EarlyStopping,
-    ModelCheckpoint,
-    ProgressBar,
-    Timer,
-    TQDMProgressBar,
-)
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-from mmcaption.errors import (
-    Interrupted,
-    ResumeError,
-    RunInterrupted,
-    process_rank,
-    stop_signals,
-)
+from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, process_rank, stop_signals
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
+from mmcaption.step_ends import format_seconds, time_limit_note, time_spent_note, validation_on_step_ends, window_open
 from mmcaption.terminal import leave_a_closed_terminal, outlive_the_reader
 
 
@@ -75,6 +64,8 @@ class ResumableStop(Callback):
         self._saved_step: int | None = None  # the step of this callback's last save
         self._requeue_signal: int | None = None
         self._patience: dict[int, int] = {}  # each EarlyStopping's patience as configured (setup), before a resume
+        self._stop_at_step_end = False  # a stop asked between an optimizer step's batches
+        self._said: str | None = None
 
     # -- signals ------------------------------------------------------------------------------------
 
@@ -95,12 +86,9 @@ class ResumableStop(Callback):
                       f"recorded ({stopper.wait_count} validation(s) without improvement counted so far)", file=sys.stderr,
                       flush=True)
             stopper.patience = given
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-        left = timer.time_remaining() if timer is not None and trainer.ckpt_path else None
-        if left is not None and left <= 0 and trainer.is_global_zero:  # Lightning's own line: "Time limit reached", exit 0
-            print(f"note: {trainer.ckpt_path} has trained for {format_seconds(timer.time_elapsed())}, which trainer.max_time "
-                  f"({format_seconds(timer._duration)}) counts too: it ends at once. Raise --trainer.max_time to train on",
-                  file=sys.stderr, flush=True)
+        self._step_ends(trainer)
+        if (note := time_spent_note(trainer)) and trainer.is_global_zero:
+            print(note, file=sys.stderr, flush=True)
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         # and SLURM's warning before the time limit, in place of Lightning's handler: that one saved an hpc_ckpt in
@@ -109,6 +97,15 @@ class ResumableStop(Callback):
         for signum in dict.fromkeys((*stop_signals(), *([self._requeue_signal] if self._requeue_signal else []))):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._step_ends(trainer)  # Lightning sets validation's batch count again as it reloads the data
+
+    def _step_ends(self, trainer) -> None:
+        note = validation_on_step_ends(trainer)
+        if note and trainer.is_global_zero and note != self._said:
+            print(note, file=sys.stderr, flush=True)
+            self._said = note
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         leave_a_closed_terminal(signum)
@@ -136,6 +133,8 @@ class ResumableStop(Callback):
         if isinstance(callback, ModelCheckpoint) and callback.save_last and not trainer.fast_dev_run and trainer.global_step \
                 not in (callback._last_global_step_saved, self._saved_step):  # not after this step's save: it holds the epoch open
             path = save_resumable_checkpoint(trainer)
+        if (note := time_limit_note(trainer, path or getattr(callback, "last_model_path", None))) and trainer.is_global_zero:
+            print(note, file=sys.stderr, flush=True)
         signum = self.signal
         if trainer.world_size > 1:  # every process alike: one signalled process stops them all, as at a step's end
             flags = trainer.strategy.reduce(torch.tensor([float(signum or 0)], device=pl_module.device), reduce_op="max")
@@ -165,12 +164,17 @@ class ResumableStop(Callback):
             self._streams_back = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches and batch_idx + 1 != trainer.num_training_batches:
-            return  # mid-accumulation: the gradients gathered so far are not part of a checkpoint
+        if window_open(trainer, batch_idx):  # mid-accumulation: the gradients gathered so far are not part of a checkpoint
+            self._stop_at_step_end |= trainer.should_stop  # a stop asked here (Lightning's Timer at max_time) waits for
+            trainer.should_stop = False  # the step's end, as a signal's does: its batches were lost, and a resume went on
+            return  # inside the next step
+        trainer.should_stop, self._stop_at_step_end = trainer.should_stop or self._stop_at_step_end, False
         due = self.every_minutes is not None and not trainer.fast_dev_run and time.monotonic() - self._last_save >= 60 * self.every_minutes
-        # max_steps reached mid-epoch: saved now, as the rest of the epoch is still to come. The end-of-training save
-        # comes after Lightning has closed the epoch, and a run resumed from it to train longer skipped the epoch's rest
-        due = due or (0 <= trainer.max_steps <= trainer.global_step and batch_idx + 1 != trainer.num_training_batches
+        # max_steps reached or a stop asked (trainer.max_time's) mid-epoch: saved now, as the rest of the epoch is still
+        # to come. The end-of-training save comes after Lightning has closed the epoch, and a run resumed from it to train
+        # longer skipped the epoch's rest (a max_time stop, the rest of each epoch it stopped in, and its schedule shrank)
+        stopping = 0 <= trainer.max_steps <= trainer.global_step or trainer.should_stop and trainer.fit_loop._can_stop_early
+        due = due or (stopping and batch_idx + 1 != trainer.num_training_batches
                       and not trainer.fast_dev_run and isinstance(trainer.checkpoint_callback, ModelCheckpoint)
                       and trainer.checkpoint_callback.save_last)
         stop = self.signal is not None
@@ -389,8 +393,3 @@ class PlainProgress(ProgressBar):
         self._line(trainer, f"training done at step {trainer.global_step} in "
                             f"{format_seconds(time.monotonic() - self._start)}{why}")
 
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

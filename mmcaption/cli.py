@@ -56,7 +56,7 @@ from mmcaption.settings_checks import (
     ask_as_trained,
     lightning_setting_errors,
     optimizer_problem,
-    strategy_problem,
+    trainer_problem,
     under_root_folder,
     unlogged_monitor,
     usable_callbacks,
@@ -91,7 +91,7 @@ class MMCaptionCLI(LightningCLI):
         if self.subcommand and self.config[self.subcommand].trainer.get("logger") is True and (
                 logger := getattr(self.parser, "configured_logger", lambda _: None)(self.subcommand)):  # the configs'
             kwargs["logger"] = instantiate_class((), logger)
-        with lightning_setting_errors():  # e.g. a strategy whose package is missing, or that needs a GPU
+        with lightning_setting_errors(building=True):  # a strategy whose package is missing, or that needs a GPU
             trainer = super().instantiate_trainer(**kwargs)
         if trainer.logger is None:  # no run folder: Lightning would write the config as config.yaml in the working
             # directory, over whatever file of that name the user keeps there
@@ -171,7 +171,7 @@ class MMCaptionCLI(LightningCLI):
         check_backbone(model.vision_model, "model.config.vision_model")
         trained = self.subcommand != "fit" or bool(config.get("ckpt_path") or config.model.get("init_from"))  # LoRA as trained
         if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
-                strategy_problem(config.trainer.get("strategy")) or (self.subcommand == "fit" and optimizer_problem(
+                trainer_problem(config.trainer) or (self.subcommand == "fit" and optimizer_problem(
                     config.model, config.trainer)) or \
                 structure_problem(MultimodalConfig(**model.as_dict()), trained=trained) or \
                 context_problem(model.language_model, getattr(data, "init_args", {}).get("max_length") if data else None):

@@ -32,10 +32,11 @@ def forget_earlier_seed() -> None:
 
 def add_run_callbacks(trainer: Trainer) -> None:
     """Add mmcaption's own callbacks to ``trainer``, and put its progress display in place of Lightning's bars."""
-    if not any(isinstance(callback, ResumableStop) for callback in trainer.callbacks):
-        # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last); a config may
-        # list its own to change every_minutes
-        trainer.callbacks.append(ResumableStop())
+    # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last): a stop Lightning's Timer asks at a
+    # batch is seen at that batch. A config may list its own to change every_minutes
+    listed = [callback for callback in trainer.callbacks if isinstance(callback, ResumableStop)]
+    trainer.callbacks[:] = [callback for callback in trainer.callbacks if not isinstance(callback, ResumableStop)]
+    trainer.callbacks.append(listed[0] if listed else ResumableStop())
     trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord()]
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal

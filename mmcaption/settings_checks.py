@@ -86,6 +86,12 @@ LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interv
                              "--trainer.devices, and the command started with srun)"))
 
 
+# Lightning's refusals that name what mmcaption made, not what the user set: said with what to change
+LIGHTNING_ADVICE = (("of the `val_dataloader` but", " (validation has two loaders: the loss's, and the captions generated "
+                     "from data.init_args.val_caption_images images at eval_batch_size, which had fewer batches: give "
+                     "trainer.limit_val_batches as a number of batches, an int, or caption more images)"),)
+
+
 def configured_checkpoint_folders(trainer_settings: Any) -> list[Path]:
     """The ``dirpath`` of each ModelCheckpoint in ``trainer.callbacks`` as configured, before they are built (where
     ``--ckpt_path last`` looks)."""
@@ -105,13 +111,19 @@ def _is_model_checkpoint(class_path: str) -> bool:
 
 
 @contextmanager
-def lightning_setting_errors() -> Iterator[None]:
+def lightning_setting_errors(building: bool = False) -> Iterator[None]:
     """Lightning's refusals of settings (its ``MisconfigurationException``, and the plain errors above) as
-    one-line :class:`ConfigError`: building the trainer or running it, they were tracebacks."""
+    one-line :class:`ConfigError`: building the trainer or running it, they were tracebacks. ``building``: a package
+    missing for a setting (``--trainer.precision transformer-engine``) is said too."""
     try:
         yield
+    except ModuleNotFoundError as error:
+        if not building:
+            raise
+        raise ConfigError(f"a trainer setting needs a package that is not installed: {one_line(error)}") from error
     except MisconfigurationException as error:  # Lightning's word for settings that cannot work together
-        raise ConfigError(one_line(error)) from error
+        advice = next((words for said, words in LIGHTNING_ADVICE if said in str(error)), "")
+        raise ConfigError(one_line(error) + advice) from error
     except (ValueError, RuntimeError) as error:
         setting = next((key for words, key in LIGHTNING_SETTING_ERRORS if words in str(error)), None)
         if setting is None or isinstance(error, MMCaptionError):
@@ -175,6 +187,15 @@ def strategy_problem(strategy: object) -> str | None:
         return (f"trainer.strategy {strategy} is not supported (its processes hand the model back to the command, whose "
                 "checkpoints and outputs are the processes' own): use --trainer.strategy ddp, which starts them alike")
     return None
+
+
+def trainer_problem(trainer: Any) -> str | None:
+    """Why these trainer settings cannot run mmcaption (:func:`strategy_problem`; barebones mode, which refuses the
+    logger, checkpoints and progress display every command sets up: Lightning's refusal was a traceback)."""
+    if trainer.get("barebones"):
+        return ("trainer.barebones true: mmcaption's commands log, checkpoint and show their progress, which barebones "
+                "mode refuses; for a bare run give --trainer.logger false --trainer.enable_checkpointing false")
+    return strategy_problem(trainer.get("strategy"))
 
 
 PROMPTS = ("caption_prompt", "system_prompt")  # what a model was trained to be asked with
@@ -253,6 +274,10 @@ def optimizer_problem(model: Any, trainer: Any) -> str | None:
                 "learning rate never reached its peak)")
     if not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas):
         return f"model.adam_betas {betas}: each from 0 to below 1 (the configs: [0.9, 0.999])"
+    accumulate = trainer.get("accumulate_grad_batches")
+    if isinstance(accumulate, int) and not isinstance(accumulate, bool) and accumulate < 1:  # a ZeroDivisionError traceback
+        return (f"trainer.accumulate_grad_batches {accumulate}: the batches each optimizer step adds up, 1 or more (1: "
+                "a step per batch)")
     if isinstance(clip, int | float) and clip < 0:
         return (f"trainer.gradient_clip_val {clip}: Lightning clips nothing below 0; give the norm to clip at (1.0), or "
                 "null for none")

@@ -40,23 +40,26 @@ class TrainingThroughput(ThroughputMonitor):
     excluded), ``train/device/batches_per_sec``, ``train/device/flops_per_sec`` and, on a GPU whose peak
     FLOPs Lightning knows, ``train/device/mfu`` (from the module's ``flops_per_batch``); under DDP also
     rank 0's rates times the number of processes (``train/samples_per_sec``, ...); and every logged step
-    ``train/step_seconds`` (that step's wall time, data loading excluded) and ``train/peak_memory_gb``.
+    ``train/step_seconds`` (that optimizer step's wall time, all its accumulated batches, data loading excluded) and ``train/peak_memory_gb``.
     Validation time is left out of the rates (the checkpoint saved after a validation is not);
     validation batches (a loss loader beside a generation loader) are not measured.
     """
 
     def __init__(self, window_size: int = 50) -> None:
         super().__init__(batch_size_fn=batch_samples, length_fn=batch_real_tokens, window_size=window_size, separator="/")
-        self._step_started = 0.0
+        self._batch_started = self._step_seconds = 0.0
         self._validation_started: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
+        self._batch_started = time.perf_counter()
+        if batch_idx % trainer.accumulate_grad_batches == 0:  # a step's first batch: under accumulation the step is all
+            self._step_seconds = 0.0  # of its batches (the last one's time alone was logged, a half or a third of it)
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         size = batch_samples(batch)
-        pl_module.log("train/step_seconds", time.perf_counter() - self._step_started, batch_size=size)
+        self._step_seconds += time.perf_counter() - self._batch_started
+        pl_module.log("train/step_seconds", self._step_seconds, batch_size=size)
         pl_module.log("train/peak_memory_gb", peak_memory_gb(pl_module.device), batch_size=size)
 
     def on_validation_start(self, trainer, *_: Any) -> None:

@@ -964,6 +964,13 @@ def test_a_quick_run_without_logs_or_checkpoints_leaves_out_the_configs_callback
     main([*fit_config(tmp_path, coco_root, backbones, folder), "--trainer.fast_dev_run", "true"])
     assert "note: trainer.fast_dev_run is true: the config's ModelCheckpoint is left out" in capsys.readouterr().err
     assert not folder.exists()  # was a one-step last.ckpt, where the real run's goes ("checkpointing is suppressed")
+    # a fraction of validation's batches, fewer than one of the captions generated: Lightning's "0.5 * 1 < 1" named a
+    # loader the user never set up
+    message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, folder), "--trainer.limit_val_batches",
+                                        "0.5", "--data.init_args.val_caption_images", "2"])
+    assert message.endswith("(validation has two loaders: the loss's, and the captions generated from "
+                            "data.init_args.val_caption_images images at eval_batch_size, which had fewer batches: give "
+                            "trainer.limit_val_batches as a number of batches, an int, or caption more images)"), message
 
 
 def test_settings_no_run_learns_with_are_refused_before_anything_loads(backbones, coco_root, tmp_path, monkeypatch, capsys):
@@ -978,12 +985,20 @@ def test_settings_no_run_learns_with_are_refused_before_anything_loads(backbones
         ("--model.weight_decay", "-0.1", "model.weight_decay -0.1: a decay is 0 or above"),
         ("--model.adam_betas", "[0.9, 1.5]", "model.adam_betas [0.9, 1.5]: each from 0 to below 1"),
         ("--trainer.gradient_clip_val", "-1", "trainer.gradient_clip_val -1: Lightning clips nothing below 0"),
+        ("--trainer.accumulate_grad_batches", "0", "trainer.accumulate_grad_batches 0: the batches each optimizer step adds "
+                                                   "up, 1 or more"),  # was a ZeroDivisionError once the model had loaded
         ("--model.config.lora_r", "0", "model.config.lora_r 0, lora_alpha 8, lora_dropout 0.05: LoRA's rank is at least 1"),
         ("--model.config.lora_alpha", "0", "model.config.lora_r 4, lora_alpha 0, lora_dropout 0.05: LoRA's rank is at least 1"),
         ("--model.config.lora_dropout", "1.0", "model.config.lora_r 4, lora_alpha 8, lora_dropout 1.0: LoRA's rank is at least"),
     ):
         assert user_error(capsys, main, [*fit, f"{setting}={value}"]).startswith(f"error: {said}"), setting
     assert not (tmp_path / "cache").exists()  # nothing preprocessed, nothing loaded
+    # Lightning's refusals while it builds the trainer were tracebacks
+    assert user_error(capsys, main, [*fit, "--trainer.barebones=true"]) == (
+        "error: trainer.barebones true: mmcaption's commands log, checkpoint and show their progress, which barebones mode "
+        "refuses; for a bare run give --trainer.logger false --trainer.enable_checkpointing false")
+    assert user_error(capsys, main, [*fit, "--trainer.precision=transformer-engine"]).startswith(
+        "error: a trainer setting needs a package that is not installed: Requirement 'transformer_engine")
 
 
 def test_a_logger_whose_package_is_not_installed_is_one_line_with_what_to_install(
@@ -2276,12 +2291,58 @@ def test_resuming_with_a_max_time_already_spent_says_so(capsys, monkeypatch):
     timer = Timer(duration="00:00:00:06")
     timer.load_state_dict({"time_elapsed": {"train": 6.5}})  # as the checkpoint's run left it
     trainer = SimpleNamespace(callbacks=[timer], ckpt_path="checkpoints/caption/last.ckpt", is_global_zero=True,
-                              should_stop=False)
+                              should_stop=False, val_check_batch=None, accumulate_grad_batches=1)
     callback = ResumableStop()
     callback.on_train_start(trainer, None)
     callback._restore_handlers()
     assert ("note: checkpoints/caption/last.ckpt has trained for 0m06s, which trainer.max_time (0m06s) counts too: it ends "
             "at once. Raise --trainer.max_time to train on") in capsys.readouterr().err
+
+
+def test_validation_under_gradient_accumulation_comes_at_a_steps_end(tmp_path, capsys):
+    # val_check_interval 3 of batches accumulated 2 by 2: validation after batch 3 saved its checkpoints between a step's
+    # batches, and a run resumed from one (after a kill, or from its best) took its next step without batch 3, unsaid
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    seen = []
+
+    class Validations(Callback):
+        def on_validation_start(self, trainer, pl_module):
+            seen.append(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+
+    folder = tmp_path / "checkpoints"
+    trainer = Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=10, limit_val_batches=1, accumulate_grad_batches=2,
+                      val_check_interval=3, num_sanity_val_steps=0, logger=False, enable_model_summary=False,
+                      enable_progress_bar=False, default_root_dir=tmp_path,
+                      callbacks=[Validations(), ResumableStop(), ModelCheckpoint(dirpath=folder, monitor=None, save_top_k=-1)])
+    trainer.fit(BoringModel())
+    assert seen == [4, 8, 4, 8]  # was [3, 6, 9, 3, 6, 9]
+    assert capsys.readouterr().err.count("note: validating every 4 batches, not 3 (trainer.val_check_interval 3): a whole "
+                                         "number of optimizer steps of accumulate_grad_batches 2") == 1
+    for path in folder.glob("*.ckpt"):  # each holds whole steps: batches seen, twice the steps taken
+        saved = torch.load(path, weights_only=False)
+        batches = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+        assert batches == 2 * saved["global_step"], path.name
+
+
+def test_a_stop_asked_between_a_steps_batches_stops_at_the_steps_end_with_the_epoch_open(tmp_path):
+    # Lightning's Timer (trainer.max_time) asks at any batch: its stop dropped the step's gathered batches, and the
+    # checkpoint was saved once Lightning had closed the epoch, so a resume skipped the rest of it
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    class StopAtThirdBatch(Callback):  # as the Timer does, before ResumableStop's hook
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.should_stop = trainer.should_stop or batch_idx == 2
+
+    folder = tmp_path / "checkpoints"
+    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=10, limit_val_batches=0, accumulate_grad_batches=2,
+                      logger=False, enable_model_summary=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                      callbacks=[StopAtThirdBatch(), ResumableStop(), ModelCheckpoint(dirpath=folder, save_last=True)])
+    trainer.fit(BoringModel())
+    assert trainer.global_step == 2  # batches 0-3: the step the third batch began, taken
+    saved = torch.load(folder / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2 and saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 4  # resumes at batch 4
 
 
 def test_ctrl_c_while_the_command_starts_is_one_line_and_130(tmp_path):

@@ -310,3 +310,29 @@ def test_a_scripts_own_trainer_is_refused_data_read_otherwise_than_the_model_and
     with pytest.raises(ConfigError, match=r"trainer.strategy with start_method spawn is not supported .* use "
                                           r"--trainer.strategy ddp"):
         spawning.setup("fit")
+
+
+def test_the_step_time_logged_under_gradient_accumulation_is_the_whole_steps(tmp_path):
+    # train/step_seconds was the last batch's time alone: a half of each step at accumulate_grad_batches 2, a third at 3,
+    # so settings compared by it looked faster than they were
+    import csv
+    import time
+
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.loggers import CSVLogger
+
+    from mmcaption.throughput import TrainingThroughput
+
+    class Slow(BoringModel):
+        def training_step(self, batch, batch_idx):
+            time.sleep(0.1)
+            return super().training_step(batch["x"], batch_idx)
+
+    samples = [{"input_ids": torch.ones(4, dtype=torch.long), "attention_mask": torch.ones(4), "x": torch.randn(32)}] * 12
+    trainer = Trainer(accelerator="cpu", max_epochs=1, accumulate_grad_batches=3, log_every_n_steps=1, limit_val_batches=0,
+                      logger=CSVLogger(tmp_path), callbacks=[TrainingThroughput(window_size=2)], enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(Slow(), train_dataloaders=torch.utils.data.DataLoader(samples, batch_size=2))
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as file:
+        logged = [float(row["train/step_seconds"]) for row in csv.DictReader(file) if row.get("train/step_seconds")]
+    assert len(logged) == 2 and all(seconds >= 0.3 for seconds in logged), logged  # 3 batches of 0.1 s a step

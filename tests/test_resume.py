@@ -309,6 +309,28 @@ def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_le
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("resume")
+def test_a_max_time_stop_resumes_in_the_epoch_it_stopped_in(straight):
+    # a cluster job chain of max_time runs: the checkpoint of each stop was saved once Lightning had closed the epoch, and
+    # every resume skipped the rest of the epoch it stopped in (and a schedule sized by epochs shrank), unsaid
+    workdir, straight_steps = straight
+    stopped = subprocess.run(fit_command(workdir, "timed", delay=0.5, extra=("--trainer.max_time", "00:00:00:04")), cwd=workdir,
+                             env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    last = workdir / "checkpoints-timed" / "last.ckpt"
+    step = load_checkpoint_file(last)["global_step"]
+    assert 0 < step < STEPS_PER_EPOCH  # at most 8 steps of 0.5 s in 4 s: inside the first epoch
+    assert (f"note: trainer.max_time (0m04s) stopped training at step {step} of {MAX_STEPS}, before the end of its "
+            f"learning-rate schedule; to train the rest, resume it (--ckpt_path {last}) with a larger --trainer.max_time") \
+        in stopped.stderr
+    run(fit_command(workdir, "timed-on", ckpt_path=last, extra=("--trainer.max_time", "00:01:00:00")), workdir)
+    resumed = records(workdir / "timed-on.jsonl")
+    assert sorted(resumed) == list(range(step + 1, MAX_STEPS + 1))
+    for at in resumed:  # the rest of the first epoch in its order, then the second: was the second epoch at once
+        assert resumed[at]["first_ids"] == straight_steps[at]["first_ids"], at
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("resume")
 def test_a_run_resumed_for_more_epochs_with_other_accumulation_trains_them_on_a_schedule_of_its_length(straight):
     # the schedule was counted from step 0 under the new settings: 2 epochs of 10 batches accumulating 2 made 10 steps,
     # reached already, and the second epoch trained at a rate of 0 without a word

@@ -1,0 +1,62 @@
+"""Where a fit validates and stops: at an optimizer step's end. Under gradient accumulation a checkpoint holds none of the
+gradients gathered for a step not yet taken, so a run saved between a step's batches lost them when it resumed. And
+what a stop by Lightning's Timer (``trainer.max_time``) leaves, said."""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import Timer
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def window_open(trainer, batch_idx: int) -> bool:
+    """Whether batch ``batch_idx`` of the epoch is not an optimizer step's last (its gradients wait for the next
+    batches': ``accumulate_grad_batches``; an epoch's last batch always ends a step)."""
+    return bool((batch_idx + 1) % trainer.accumulate_grad_batches) and batch_idx + 1 != trainer.num_training_batches
+
+
+def validation_on_step_ends(trainer) -> str | None:
+    """Lightning's batch count between validations (``trainer.val_check_batch``, from ``val_check_interval``) raised to
+    a whole number of ``accumulate_grad_batches``; what was changed, as a note, or ``None``. A validation inside a
+    step's batches saved ``last.ckpt`` (and a best) there, and a run resumed from it - after a kill, or from its best -
+    took its next step without the batches gathered before the save, unsaid (the caption config's 0.25 of an epoch of
+    18,493 batches is 4,623: inside a step at any accumulation)."""
+    every, window = trainer.val_check_batch, trainer.accumulate_grad_batches
+    if window <= 1 or not isinstance(every, int) or every % window == 0:
+        return None  # time-based validation (None), or an epoch of unknown length (inf): at the epoch's end
+    trainer.val_check_batch = -(-every // window) * window
+    return (f"note: validating every {trainer.val_check_batch} batches, not {every} (trainer.val_check_interval "
+            f"{trainer.val_check_interval}): a whole number of optimizer steps of accumulate_grad_batches {window}, so "
+            "that the checkpoint each validation saves holds no step half gathered (resumed, it lost those batches)")
+
+
+def run_timer(trainer) -> Timer | None:
+    """Lightning's Timer, there when ``trainer.max_time`` is set."""
+    return next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
+
+
+def time_spent_note(trainer) -> str | None:
+    """Said when a run resumed has spent its ``max_time`` already (Lightning's own line, at its info level, was kept
+    quiet, and the command exited 0)."""
+    timer = run_timer(trainer)
+    left = timer.time_remaining() if timer is not None and trainer.ckpt_path else None
+    if left is None or left > 0:
+        return None
+    return (f"note: {trainer.ckpt_path} has trained for {format_seconds(timer.time_elapsed())}, which trainer.max_time "
+            f"({format_seconds(timer._duration)}) counts too: it ends at once. Raise --trainer.max_time to train on")
+
+
+def time_limit_note(trainer, checkpoint: str | None) -> str | None:
+    """Said when ``trainer.max_time`` stopped a fit before its planned steps: its learning rate had not decayed to the
+    end of its schedule (sized by max_epochs / max_steps), and only "Time limit reached" was said."""
+    timer, planned = run_timer(trainer), trainer.estimated_stepping_batches
+    if timer is None or timer.time_remaining() > 0 or trainer.global_step >= planned:
+        return None
+    resume = (f"; to train the rest, resume it (--ckpt_path {checkpoint}) with a larger --trainer.max_time (the time "
+              "trained so far counts)") if checkpoint else ""
+    return (f"note: trainer.max_time ({format_seconds(timer._duration)}) stopped training at step {trainer.global_step} of "
+            f"{int(planned)}, before the end of its learning-rate schedule{resume}")
