@@ -233,6 +233,24 @@ def test_every_bad_record_of_a_kind_is_named_in_one_run_and_long_questions_befor
                                         r"record 3 \(id train2017-4\): .*000000000004\.jpg cannot be decoded"):
         make_datamodule(backbones, llava).prepare_data()
 
+    # bad records scattered through the file, of several kinds: all refused in one run (a run each, one after another)
+    for name in ("000000000002.jpg", "000000000004.jpg"):
+        shutil.copy(image_root / "train2017" / "000000000001.jpg", image_root / "train2017" / name)
+    original = train.read_text()
+
+    def scatter(records):
+        del records[2]["conversations"]
+        del records[8]["conversations"]
+        records[5]["conversations"][1]["value"] = ""
+
+    edit(train, scatter)
+    with pytest.raises(DataError, match=r"instruct_train2017\.json: 3 bad records of 2 kinds: 2 x malformed record \(first: record 2 "
+                                        r"\(id train2017-3\) has no 'conversations' \(or 'messages'\) list; record 8 .*\); 1 x empty turn "
+                                        r"\(first: record 5 \(id train2017-6\): turn 1 \(gpt\) is empty\)\. Fix or remove them, or set "
+                                        r"on_bad_record: skip"):
+        make_datamodule(backbones, llava).prepare_data()
+    train.write_text(original)
+
     # none of the images decodes: still named, not "nothing usable is left"
     for path in (image_root / "train2017").glob("*.jpg"):
         path.write_bytes(b"not an image")

@@ -117,15 +117,22 @@ def test_caching_features_in_a_jobs_log_says_how_far_it_has_come(backbones, coco
     # off a terminal (SLURM, nohup) datasets' bar is off: 99,007 images were a start line, then minutes of nothing (hours
     # with CLIP on a CPU) before the end line
     import mmcaption.data.features as features
+    import mmcaption.data.progress as progress
 
     language_dir, vision_dir = backbones
     said = []
-    monkeypatch.setattr(features, "draws_bars", lambda: False)
-    monkeypatch.setattr(features, "PROGRESS_SECONDS", 0)
-    monkeypatch.setattr(features, "rank_zero_info", said.append)
+    monkeypatch.setattr(progress, "draws_bars", lambda: False)
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0)
+    monkeypatch.setattr(progress, "rank_zero_info", said.append)
     dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
                            image_processor=str(vision_dir), batch_size=4, num_workers=0)
     dm.prepare_data()
+    # the first run's passes over the images and the captions, minutes of nothing at COCO's size, say how far they are
+    checked = [line for line in said if line.startswith("preprocessing train2017-") and ": images read and checked: " in line]
+    assert checked and all(" of 12 images, " in line and "min left" in line for line in checked), said
+    assert [line.split(": ")[2].split(" of ")[0] for line in checked] == [str(n) for n in range(1, 12)]
+    assert any(": tokenizing the captions of each image: 11 of 12 images" in line for line in said), said
+    said.clear()
     features.write_image_features(dm.split_folder("train2017"), str(vision_dir), -1, batch_size=4)
     progress = [line for line in said if " of 12 images, " in line]
     assert progress and progress[0].startswith("caching the vision tower's features of train2017") and "min left" in progress[0]

@@ -22,6 +22,7 @@ from typing import Any
 import datasets
 
 from mmcaption.data.image_pass import checked_and_shrunk
+from mmcaption.data.progress import Progress
 from mmcaption.data.records import BadRecords, DataError
 from mmcaption.folders import lock_holder, umask, walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES
@@ -324,24 +325,25 @@ def write_image_text_split(
     records: BadRecords,
     metadata: dict,
     image_size: int | None = None,
+    image_total: int | None = None,
 ) -> Path:
-    """Write one preprocessed split: ``target/images`` (each image once) and ``target/<text_table>``
-    (rows that point at their image by ``image_index``), plus ``meta.json``.
+    """Write one preprocessed split: ``target/images`` (each image once) and ``target/<text_table>`` (rows that point
+    at their image by ``image_index``), plus ``meta.json``; ``image_total``: the images ``entries`` holds, for the
+    progress a job's log hears (:class:`~mmcaption.data.progress.Progress`).
 
-    With ``image_size``, images whose shorter side is larger are stored shrunk to it (``shrink_image``). An image
-    row's image may come :class:`~mmcaption.data.image_pass.Unchecked`: it is then read and checked by the image
-    pass's threads, and left out, its records named, if it cannot be decoded.
-
-    ``entries`` yields ``(image row, items)``; ``text_rows(image_index, items)`` turns the items into
-    text rows in a second pass, so only raw items, not tokenized rows, are held in memory. The folder
-    appears complete or not at all.
-    """
+    With ``image_size``, images whose shorter side is larger are stored shrunk to it (``shrink_image``). An image row's
+    image may come :class:`~mmcaption.data.image_pass.Unchecked`: it is then read and checked by the image pass's
+    threads, and left out, its records named, if it cannot be decoded. ``entries`` yields ``(image row, items)``;
+    ``text_rows(image_index, items)`` turns the items into text rows in a second pass, so only raw items, not
+    tokenized rows, are held in memory. The folder appears complete or not at all."""
     items_by_image: list[Any] = []
     without_image: list[Any] = []  # items of text-only records (``entries`` yields them with ``None``)
     produced = {"images": 0, "rows": 0}
 
     def image_rows():
+        progress = Progress(f"preprocessing {target.name}: images read and checked", image_total)
         for image_row, items in checked_and_shrunk(entries, image_size, records):
+            progress.at(produced["images"])
             if image_row is None:
                 without_image.append(items)
                 continue
@@ -351,7 +353,9 @@ def write_image_text_split(
 
     def all_text_rows():
         groups = [*enumerate(items_by_image), *((-1, items) for items in without_image)]  # -1: no image
-        for image_index, items in groups:
+        progress = Progress(f"preprocessing {target.name}: tokenizing the {text_table} of each image", len(groups))
+        for done, (image_index, items) in enumerate(groups):
+            progress.at(done)
             for row in text_rows(image_index, items):
                 produced["rows"] += 1
                 yield row
@@ -360,18 +364,15 @@ def write_image_text_split(
         # datasets' bar says "Generating <split> split": the split and the pass ("train2017.images"), not "train" for all
         shown = datasets.NamedSplit(re.sub(r"\W", "_", target.name.rsplit("-", 1)[0]) + "." + name)
         try:
-            return datasets.Dataset.from_generator(
-                generator, features=features, cache_dir=str(staging / "build"), fingerprint=f"{target.name}-{name}", split=shown
-            )
+            return datasets.Dataset.from_generator(generator, features=features, cache_dir=str(staging / "build"),
+                                                   fingerprint=f"{target.name}-{name}", split=shown)
         except ValueError:
             records.raise_deferred()  # no image at all may be because none could be decoded: say which
             if name == "images" and not produced["images"] and without_image:  # every record is text-only
                 return datasets.Dataset.from_dict({key: [] for key in features}, features=features)
             if produced["images"] and produced["rows"]:
                 raise
-            raise DataError(
-                f"{records.source}: nothing usable is left (bad records: {records.summary() or 'none'})"
-            ) from None
+            raise DataError(f"{records.source}: nothing usable is left (bad records: {records.summary() or 'none'})") from None
 
     with publish_atomically(target) as staging, _unwrap_generation_errors():
         images = build(image_rows, image_features, "images")

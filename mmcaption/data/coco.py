@@ -4,7 +4,7 @@ memory-mapped Arrow folders (each image stored once, captions tokenized)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,16 +141,25 @@ def images_outside_folder(annotation_file: Path, image_dir: Path) -> list[tuple[
     return outside_root((name for name in names if isinstance(name, str)), image_dir)
 
 
-def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
-    """``(image_id, file_name, image, captions)`` of the official layout (see :func:`image_records`)."""
-    return image_records(read_coco_annotations(annotation_file, image_dir, records), image_dir)
+def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> ImageRecords:
+    """``(image_id, file_name, image, captions)`` of the official layout (see :class:`ImageRecords`)."""
+    return ImageRecords(read_coco_annotations(annotation_file, image_dir, records), image_dir)
 
 
-def image_records(images: list[CocoImage], image_dir: Path) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
-    """``(image_id, file_name, image, captions)``: each image read and checked by the image pass's threads."""
-    for image in images:
-        path = image_dir / image.file_name
-        yield image.image_id, image.file_name, Unchecked(path, functools.partial(_undecodable, path, image.image_id)), image.captions
+class ImageRecords:
+    """``(image_id, file_name, image, captions)``: each image read and checked by the image pass's threads; its
+    ``len``, the number of images (what a job's log hears the image pass's progress out of)."""
+
+    def __init__(self, images: list[CocoImage], image_dir: Path) -> None:
+        self.images, self.image_dir = images, image_dir
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
+        for image in self.images:
+            path = self.image_dir / image.file_name
+            yield image.image_id, image.file_name, Unchecked(path, functools.partial(_undecodable, path, image.image_id)), image.captions
 
 
 def _undecodable(path: Path, image_id: int, problem: str) -> list[str]:
@@ -223,7 +232,7 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
 
 
 def write_caption_split(
-    entries: Iterator[tuple[int, str, bytes | Unchecked, list[tuple[int, str]]]],
+    entries: Iterable[tuple[int, str, bytes | Unchecked, list[tuple[int, str]]]],
     tokenizer: PreTrainedTokenizerBase,
     target: Path,
     records: BadRecords,
@@ -242,6 +251,5 @@ def write_caption_split(
         for (caption_id, caption), ids in zip(captions, token_ids):
             yield {"image_index": image_index, "caption_id": caption_id, "caption": caption, "token_ids": ids}
 
-    return write_image_text_split(
-        target, images(), caption_rows, IMAGE_FEATURES, "captions", CAPTION_FEATURES, records, metadata, image_size
-    )
+    return write_image_text_split(target, images(), caption_rows, IMAGE_FEATURES, "captions", CAPTION_FEATURES, records,
+                                  metadata, image_size, image_total=len(entries) if isinstance(entries, Sized) else None)

@@ -15,8 +15,8 @@ from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature
 from mmcaption.data.caption_cells import invisible_characters_in
 from mmcaption.data.coco import (
+    ImageRecords,
     coco_records,
-    image_records,
     images_outside_folder,
     read_karpathy,
     require_annotation_file,
@@ -194,7 +194,7 @@ class CaptionDataModule(PreprocessedDataModule):
             source = {"source": "coco", "annotations": str(annotation_file), "images": str(self.data_dir / split)}
         elif self.source == "karpathy":
             records = BadRecords(f"{self.karpathy_file} [{split}]", self.on_bad_record)
-            entries = image_records(read_karpathy(self.karpathy_file, self.data_dir, split, records), self.data_dir)
+            entries = ImageRecords(read_karpathy(self.karpathy_file, self.data_dir, split, records), self.data_dir)
             source = {"source": "karpathy", "split_file": str(self.karpathy_file), "split": split, "images": str(self.data_dir)}
         else:
             records = BadRecords(f"{self.hub.dataset} [{split}]", self.on_bad_record)

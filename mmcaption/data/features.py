@@ -29,8 +29,8 @@ from mmcaption.data.cache import (
     released,
     save_table,
 )
+from mmcaption.data.progress import Progress
 from mmcaption.images import load_rgb
-from mmcaption.terminal import draws_bars
 
 
 def model_signature(name_or_path: str) -> dict:
@@ -48,7 +48,6 @@ def features_folder(split_folder: Path, vision_model: str, feature_layer: int | 
     return split_folder / f"features-{key}"
 
 
-PROGRESS_SECONDS = 60  # how often a log hears how far caching the features has come
 
 
 def write_image_features(
@@ -78,16 +77,11 @@ def write_image_features(
     rank_zero_info(f"caching the vision tower's features of the {len(images)} images of {split_folder.name} on {device} "
                    "(once; later runs reuse them) ...")
     start = time.perf_counter()
-
-    bars = draws_bars()  # off a terminal (a job's log) datasets' bar is off: minutes (hours with CLIP on a CPU) unsaid
+    progress = Progress(f"caching the vision tower's features of {split_folder.name}", len(images))  # hours on a CPU
 
     def rows():
-        said = time.perf_counter()
         for first in range(0, len(images), batch_size):
-            if not bars and time.perf_counter() - said >= PROGRESS_SECONDS and first:
-                said, rate = time.perf_counter(), first / (time.perf_counter() - start)
-                rank_zero_info(f"caching the vision tower's features of {split_folder.name}: {first:,} of {len(images):,} "
-                               f"images, {rate:.0f} images/s, about {(len(images) - first) / rate / 60:.0f} min left")
+            progress.at(first)
             pictures = [load_rgb(row) for row in images[first:first + batch_size]["image"]]
             pixels = processor(images=pictures, return_tensors="pt")["pixel_values"].to(device, tower.dtype)
             with torch.no_grad():

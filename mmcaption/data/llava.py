@@ -205,14 +205,15 @@ def read_llava(
     # without ids are split by their image for the same reason (split_key). Records without ids (a file
     # concatenated twice, say) are duplicates by image and conversation alone.
     parsed_records = []
-    elsewhere = BadRecords(records.source, records.on_bad_record)  # the other side's: raised alike, counted by that side
-    for position, record in enumerate(content):
-        # a bad record is counted on the side it would have gone to, once, not in both splits' reports
-        on_side = split is None or in_split(split_key(record, position), val_fraction, split)
-        place = content.place(position) if isinstance(content, JsonLines) else None
-        conversation = parse_record(position, record, records if on_side else elsewhere, place)
-        if conversation is not None:
-            parsed_records.append(conversation)
+    elsewhere = BadRecords(records.source, records.on_bad_record)  # the other side's: counted by that side
+    with records.all_found_first():  # under "error", every bad record of the file refused at once, not one per run
+        for position, record in enumerate(content):
+            # a bad record is counted on the side it would have gone to, once, not in both splits' reports
+            on_side = split is None or records.on_bad_record == "error" or in_split(split_key(record, position), val_fraction, split)
+            place = content.place(position) if isinstance(content, JsonLines) else None
+            conversation = parse_record(position, record, records if on_side else elsewhere, place)
+            if conversation is not None:
+                parsed_records.append(conversation)
     keys = {conversation.side for conversation in parsed_records}
     held = held_out_keys(keys, val_fraction) if split is not None else set()
     if split is not None and held and not any(in_split(key, val_fraction, "val") for key in held):
@@ -321,5 +322,5 @@ def write_instruct_split(
 
     return write_image_text_split(
         target, entries(), conversation_rows, IMAGE_FEATURES, "conversations", CONVERSATION_FEATURES, records, metadata,
-        image_size,
+        image_size, image_total=sum(image is not None for image in by_image),
     )

@@ -11,7 +11,8 @@ import re
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 from typing import Literal
 
@@ -254,9 +255,13 @@ class BadRecords:
         self.notes: Counter[str] = Counter()
         self.note_examples: dict[str, str] = {}  # the first record of each kind noted, as messages name it
         self.deferred: dict[str, list[str]] = {}  # under "error": bad records found in a long pass, reported at its end
+        self._finding_all = False  # within all_found_first: bad records kept, refused together at its end
 
     def bad(self, kind: str, message: str) -> None:
         """Report one bad record of ``kind`` (e.g. ``"missing image"``)."""
+        if self.on_bad_record == "error" and self._finding_all:
+            self.deferred.setdefault(kind, []).append(message)
+            return
         if self.on_bad_record == "error":
             raise DataError(
                 f"{self.source}: {message}. Fix the record, or set on_bad_record: skip to skip such records "
@@ -286,10 +291,31 @@ class BadRecords:
         else:
             self.bad(kind, message)
 
+    @contextmanager
+    def all_found_first(self) -> Iterator[None]:
+        """Under ``error``, the bad records reported within are kept and refused together as it ends, not one per run
+        (a conversation file with 200 bad records scattered through it took 200 runs to get through)."""
+        self._finding_all = True
+        try:
+            yield
+        finally:
+            self._finding_all = False
+        self.raise_deferred()
+
     def raise_deferred(self) -> None:
+        """Refuse the bad records kept (:meth:`defer`, :meth:`all_found_first`): each kind counted, the first of each
+        named, every kind in one message (one kind a run took a run per kind, each after the whole pass)."""
         deferred, self.deferred = self.deferred, {}
-        for kind, messages in deferred.items():
-            self.all_at_once(kind, messages, f"{len(messages)} x {kind}", "Fix or remove them")
+        if sum(map(len, deferred.values())) == 1:
+            self.bad(*next((kind, messages[0]) for kind, messages in deferred.items()))
+        if len(deferred) == 1:
+            for kind, messages in deferred.items():
+                self.all_at_once(kind, messages, f"{len(messages):,} x {kind}", "Fix or remove them")
+        if deferred:
+            kinds = "; ".join(f"{len(messages):,} x {kind} (first: " + "; ".join(messages[:3]) + "; ..." * (len(messages) > 3)
+                              + ")" for kind, messages in deferred.items())
+            raise DataError(f"{self.source}: {sum(map(len, deferred.values())):,} bad records of {len(deferred)} kinds: "
+                            f"{kinds}. Fix or remove them, or set on_bad_record: skip to skip them and have them counted.")
 
     def missing_images(self, missing: list[tuple[str, Path]], total: int, what: str, root: Path) -> None:
         """Report records whose image file does not exist: all at once with their count when
