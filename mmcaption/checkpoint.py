@@ -39,7 +39,7 @@ from lightning_utilities.core.imports import RequirementCache
 
 from mmcaption.errors import MMCaptionError
 from mmcaption.evaluation.report import file_sha256
-from mmcaption.folders import umask
+from mmcaption.folders import umask, writing_run
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
@@ -73,8 +73,10 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
         raise CheckpointNotFoundError(f"{path} is a folder, not a checkpoint file: a checkpoint of mmcaption fit is a .ckpt "
                                       "file (checkpoints/<stage>/last.ckpt); a folder written by mmcaption-export is "
                                       "given as --model.init_from")
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():  # a best checkpoint a fit replaced between its choice and its load: said
+        run = writing_run(path.parent)
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}" + (
+            f" (a fit writing its folder replaced it since it was named: {run}; give its last.ckpt)" if run else ""))
     with path.open("rb") as handle:
         head = handle.read(4)
     if not head.startswith(b"PK") and not head.startswith(b"\x80"):  # a torch file is a zip, or a pickle (older ones)
@@ -160,21 +162,20 @@ def install_atomic_checkpoint_io(trainer: Trainer) -> None:
 
 
 def check_trainable_state(
-    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "", settings_diff: list[str] = ()
+    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "", settings_diff: list[str] = (),
+    source: str = "checkpoint",
 ) -> None:
     """Refuse a state dict that is not exactly the model's trainable tensors (names and shapes).
 
     Lightning's non-strict loading would silently ignore such keys; here every difference is named,
-    and so is every structural setting (``settings_diff``) in which the checkpoint's model differs.
+    and so is every structural setting (``settings_diff``) in which the checkpoint's model differs. ``source``: how
+    the message names the checkpoint (``init_from <path>``: a sweep's other run's was refused unnamed).
     """
     expected = {f"{prefix}{name}": p for name, p in model.named_parameters() if p.requires_grad}
     unexpected = sorted(set(state_dict) - set(expected))
     missing = sorted(set(expected) - set(state_dict))
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(set(state_dict) & set(expected))
-        if state_dict[key].shape != expected[key].shape
-    ]
+    mismatched = [f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+                  for key in sorted(set(state_dict) & set(expected)) if state_dict[key].shape != expected[key].shape]
     problems = list(settings_diff)
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
@@ -183,21 +184,19 @@ def check_trainable_state(
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:3]}")
     if problems:
-        raise CheckpointMismatchError(
-            "checkpoint does not match the model (other backbones, injected layers or LoRA settings?): "
-            + "; ".join(problems)
-        )
+        raise CheckpointMismatchError(f"{source} does not match the model (other backbones, injected layers or LoRA "
+                                      "settings?): " + "; ".join(problems))
 
 
-def check_checkpoint(checkpoint: dict[str, Any], model: MultimodalCausalLM) -> None:
+def check_checkpoint(checkpoint: dict[str, Any], model: MultimodalCausalLM, source: str = "checkpoint") -> None:
     """Refuse a Lightning checkpoint whose trainable tensors or structural settings differ from ``model``'s."""
     differences = settings_diff(checkpoint.get("model_config", {}), model.config_dict())
-    check_trainable_state(checkpoint["state_dict"], model, prefix=MODEL_PREFIX, settings_diff=differences)
+    check_trainable_state(checkpoint["state_dict"], model, prefix=MODEL_PREFIX, settings_diff=differences, source=source)
 
 
-def load_trainable_tensors(checkpoint: dict[str, Any], model: MultimodalCausalLM) -> None:
+def load_trainable_tensors(checkpoint: dict[str, Any], model: MultimodalCausalLM, source: str = "checkpoint") -> None:
     """Put a Lightning checkpoint's trainable tensors into ``model``, after :func:`check_checkpoint`."""
-    check_checkpoint(checkpoint, model)
+    check_checkpoint(checkpoint, model, source)
     model.load_state_dict({k.removeprefix(MODEL_PREFIX): v for k, v in checkpoint["state_dict"].items()}, strict=False)
 
 
@@ -237,18 +236,21 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         model.load_pretrained_weights(path)
         return {"path": str(path.resolve()), "export": manifest["source"]}
     if not path.is_file():
-        raise CheckpointNotFoundError(
-            f"init_from checkpoint not found: {path} (train the caption stage first, or point init_from at its checkpoint)"
-        )
+        raise CheckpointNotFoundError(f"init_from checkpoint not found: {path} (train the caption stage first, or point "
+                                      "init_from at its checkpoint)")
     checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
                                   f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
-    load_trainable_tensors(checkpoint, model)
+    load_trainable_tensors(checkpoint, model, f"init_from {path}")
+    step, planned = checkpoint.get("global_step"), checkpoint.get("planned_steps")
     if stopped := checkpoint.get("stopped_by"):  # saved as its run was stopped (Ctrl-C, a preemption); a best one is not
-        of = f" of {checkpoint['planned_steps']}" if checkpoint.get("planned_steps") else ""
-        rank_zero_warn(f"init_from {path} was saved as its run was stopped by {stopped}, at step {checkpoint.get('global_step')}"
-                       f"{of}: these weights are of a stage that did not finish (resume that run with --ckpt_path to finish it)")
+        of = f" of {planned}" if planned else ""
+        rank_zero_warn(f"init_from {path} was saved as its run was stopped by {stopped}, at step {step}{of}: these weights "
+                       "are of a stage that did not finish (resume that run with --ckpt_path to finish it)")
+    elif (step or 0) < (planned or 0) and (run := writing_run(path.parent)):  # a labmate's stage 1, still training
+        rank_zero_warn(f"init_from {path} is at step {step} of {planned}, and the fit writing it is still training ({run}): "
+                       "these weights are of a stage not finished yet (wait for it to end)")
     return {"path": str(path.resolve()), "sha256": file_sha256(path), "epoch": checkpoint.get("epoch"),
             "global_step": checkpoint.get("global_step"), "planned_steps": checkpoint.get("planned_steps")}
 

@@ -69,6 +69,27 @@ def lock_holder() -> str:
     return f"{os.getpid()} on {socket.gethostname()}, {user}: {' '.join(sys.argv)}"
 
 
+def writing_run(folder: Path) -> str | None:
+    """The run holding ``folder``'s lock (its PID, host, user and command), when another one does: a fit writing its
+    checkpoints there now."""
+    path = (Path(folder) / LOCK_FILE).resolve()
+    try:
+        import fcntl
+
+        descriptor = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):  # no lock file: no run; Windows: not locked
+        return None
+    try:
+        if path in FolderLock.held():  # this process's own (a pipeline's earlier stage)
+            return None
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except OSError:
+        return os.read(descriptor, 1000).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(descriptor)
+
+
 class FolderLock:
     """An exclusive lock on a folder (or, with ``name``, on one file's place in it) for this process's
     lifetime, re-entrant within the process. ``what`` and ``advice`` make the refusal's message."""

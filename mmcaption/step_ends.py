@@ -53,8 +53,8 @@ def time_spent_note(trainer) -> str | None:
 def time_limit_note(trainer, checkpoint: str | None) -> str | None:
     """Said when ``trainer.max_time`` stopped a fit before its planned steps: its learning rate had not decayed to the
     end of its schedule (sized by max_epochs / max_steps), and only "Time limit reached" was said."""
-    timer, planned = run_timer(trainer), trainer.estimated_stepping_batches
-    if timer is None or timer.time_remaining() > 0 or trainer.global_step >= planned:
+    timer = run_timer(trainer)
+    if timer is None or timer.time_remaining() > 0 or trainer.global_step >= (planned := trainer.estimated_stepping_batches):
         return None
     resume = (f"; to train the rest, resume it (--ckpt_path {checkpoint}) with a larger --trainer.max_time (the time "
               "trained so far counts)") if checkpoint else ""

@@ -180,6 +180,23 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     loss_only, loss_results = write_evaluation(folder, "test-test", [], {"split": "test", "loss": 1.5})
     assert loss_only is None and "predictions" not in json.loads(loss_results.read_text())
     assert not (folder / "test-test-3.predictions.jsonl").exists() and loss_results.name == "test-test-3.results.json"
+    # two validates ending together in one folder (a sweep's): both chose the same free name, and the second's result
+    # was lost to a FileExistsError traceback. The other takes it between the choice and the write here
+    import mmcaption.evaluation.report as report
+
+    chosen = report._free_stem
+
+    def taken_meanwhile(where, stem):
+        free = chosen(where, stem)
+        if free == "test-test-4":
+            (where / f"{free}.results.json").write_text("the other run's")
+        return free
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report, "_free_stem", taken_meanwhile)
+        _, raced = write_evaluation(folder, "test-test", [], {"split": "test", "loss": 1.25})
+    assert raced.name == "test-test-5.results.json" and json.loads(raced.read_text())["loss"] == 1.25
+    assert (folder / "test-test-4.results.json").read_text() == "the other run's"
 
     # part of the split, by test_caption_images, is said (CIDEr's document frequencies are the images scored): it was
     # limited_by null; and a paper's settings beyond the usual ones (early_stopping) are recorded

@@ -116,6 +116,34 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
     with pytest.warns(UserWarning, match=r"stopped\.ckpt was saved as its run was stopped by SIGINT, at step 3 of 80: these "
                                          r"weights are of a stage that did not finish"):
         make_module(backbones, init_from=str(stopped)).initialise_from_checkpoint()
+    # the same step 3 of 80 in a folder a fit is still writing (a labmate's stage 1, the README's recipe run too early):
+    # started from without a word
+    import subprocess
+    import sys
+
+    from mmcaption.checkpoint import load_checkpoint_file
+
+    folder = tmp_path / "checkpoints" / "demo-caption"
+    folder.mkdir(parents=True)
+    torch.save({**source, "planned_steps": 80}, folder / "last.ckpt")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmcaption.folders import FolderLock; "
+                               f"FolderLock({str(folder)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.warns(UserWarning, match=r"last\.ckpt is at step 3 of 80, and the fit writing it is still training \(\d+ on .*: "
+                                             r"-c\): these weights are of a stage not finished yet"):
+            make_module(backbones, init_from=str(folder / "last.ckpt")).initialise_from_checkpoint()
+        # a best checkpoint that fit replaced between --ckpt_path best naming it and its load: "not found" after "best: ..."
+        with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*epoch=0-step=2\.ckpt \(a fit writing its folder "
+                                                    r"replaced it since it was named: \d+ on .*; give its last\.ckpt\)"):
+            load_checkpoint_file(folder / "epoch=0-step=2.ckpt")
+    finally:
+        holder.kill()
+        holder.wait()
+    with warnings.catch_warnings():  # once that fit has ended, as any best checkpoint of a run that went on
+        warnings.simplefilter("error")
+        make_module(backbones, init_from=str(folder / "last.ckpt")).initialise_from_checkpoint()
 
 
 def test_resuming_the_instruct_stage_does_not_reinitialise(backbones, caption_checkpoint, instruct_data, tmp_path):
@@ -134,7 +162,9 @@ def test_resuming_the_instruct_stage_does_not_reinitialise(backbones, caption_ch
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"lora_r": 8, "lora_alpha": 16}, r"lora_r: checkpoint 4, model 8.*shape mismatch"),
+        # the file named: in a sweep's root, init_from's last.ckpt is the oldest run's, and which file was refused went unsaid
+        ({"lora_r": 8, "lora_alpha": 16}, r"^init_from .*\.ckpt does not match the model .*lora_r: checkpoint 4, model 8.*shape "
+                                          r"mismatch"),
         ({"cross_attention_layers": [-1]}, r"cross_attention_layers: checkpoint \[2, 3\], model \[3\].*unexpected key"),
         ({"lora_alpha": 32}, r"lora_alpha: checkpoint 8, model 32"),
     ],

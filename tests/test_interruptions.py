@@ -838,7 +838,8 @@ def test_slurms_time_limit_warning_after_the_last_step_requeues_the_job(monkeypa
     monkeypatch.setattr("mmcaption.callbacks.requeue_slurm_job", lambda: "SLURM job 42 is requeued")
     callback = ResumableStop()
     callback.signal = callback._requeue_signal = signal.SIGUSR1
-    trainer = SimpleNamespace(checkpoint_callback=None, fast_dev_run=0, world_size=1, global_step=500, is_global_zero=True)
+    trainer = SimpleNamespace(checkpoint_callback=None, fast_dev_run=0, world_size=1, global_step=500, is_global_zero=True,
+                              callbacks=[])
     with pytest.raises(RunInterrupted, match=r"stopped by SIGUSR1 at step 500: nothing saved\. SLURM job 42 is requeued"):
         callback.on_train_end(trainer, None)
 
@@ -2252,7 +2253,7 @@ def test_resuming_a_run_early_stopping_ended_ends_at_once_saying_so(capsys, monk
     callback = ResumableStop()
     for stoppers, ended in (([stopping], True), ([EarlyStopping(monitor="val/CIDEr")], False)):
         trainer = SimpleNamespace(callbacks=stoppers, ckpt_path="checkpoints/caption/last.ckpt", is_global_zero=True,
-                                  should_stop=False)
+                                  should_stop=False, val_check_batch=None, accumulate_grad_batches=1)
         callback.on_train_start(trainer, None)  # the hook Lightning calls once the checkpoint is restored
         callback._restore_handlers()
         assert trainer.should_stop == ended  # a run EarlyStopping did not end resumes as before

@@ -230,8 +230,23 @@ def write_evaluation(
     named) to ``<stem>.results.json`` in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = _free_stem(folder, stem)
-    predictions, summary = (folder / f"{stem}.predictions.jsonl" if rows else None), folder / f"{stem}.results.json"
+    given = stem
+    while True:  # the name taken at once: two validates ending together in one folder chose the same free name, and
+        stem = _free_stem(folder, given)  # the second's result was lost to a FileExistsError traceback
+        summary = folder / f"{stem}.results.json"
+        with contextlib.suppress(FileExistsError):
+            summary.touch(exist_ok=False)
+            break
+    try:
+        return _write_evaluation(folder, stem, summary, rows, results)
+    except BaseException:
+        summary.unlink(missing_ok=True)  # the name taken, given back
+        raise
+
+
+def _write_evaluation(folder: Path, stem: str, summary: Path, rows: list[dict[str, Any]], results: dict[str, Any],
+                      ) -> tuple[Path | None, Path]:
+    predictions = folder / f"{stem}.predictions.jsonl" if rows else None
     with open(predictions, "x", encoding="utf-8") if predictions else contextlib.nullcontext() as handle:
         for row in rows:
             handle.write(json_text(row, default=str) + "\n")
@@ -244,7 +259,7 @@ def write_evaluation(
     results = {**results, **({"predictions": predictions.name} if predictions else {}), "mmcaption": _version("mmcaption"),
                "software": software_record(),
                "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    with open(summary, "x", encoding="utf-8") as handle:
+    with open(summary, "w", encoding="utf-8") as handle:  # the file taken for this run's name
         handle.write(json_text(results, indent=2, default=str) + "\n")
     return predictions, summary
 
