@@ -324,8 +324,7 @@ def write_image_text_split(
     text_features: datasets.Features,
     records: BadRecords,
     metadata: dict,
-    image_size: int | None = None,
-    image_total: int | None = None,
+    image_size: int | None = None, image_total: int | None = None,
 ) -> Path:
     """Write one preprocessed split: ``target/images`` (each image once) and ``target/<text_table>`` (rows that point
     at their image by ``image_index``), plus ``meta.json``; ``image_total``: the images ``entries`` holds, for the
