@@ -19,7 +19,13 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, process_rank, stop_signals
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
-from mmcaption.step_ends import format_seconds, time_limit_note, time_spent_note, validation_on_step_ends, window_open
+from mmcaption.step_ends import (
+    format_seconds,
+    hold_validation_to_step_ends,
+    time_limit_note,
+    time_spent_note,
+    window_open,
+)
 from mmcaption.terminal import leave_a_closed_terminal, outlive_the_reader
 
 
@@ -65,7 +71,6 @@ class ResumableStop(Callback):
         self._requeue_signal: int | None = None
         self._patience: dict[int, int] = {}  # each EarlyStopping's patience as configured (setup), before a resume
         self._stop_at_step_end = False  # a stop asked between an optimizer step's batches
-        self._said: str | None = None
 
     # -- signals ------------------------------------------------------------------------------------
 
@@ -86,9 +91,7 @@ class ResumableStop(Callback):
                       f"recorded ({stopper.wait_count} validation(s) without improvement counted so far)", file=sys.stderr,
                       flush=True)
             stopper.patience = given
-        self._step_ends(trainer)
-        if (note := time_spent_note(trainer)) and trainer.is_global_zero:
-            print(note, file=sys.stderr, flush=True)
+        hold_validation_to_step_ends(trainer)
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         # and SLURM's warning before the time limit, in place of Lightning's handler: that one saved an hpc_ckpt in
@@ -98,14 +101,9 @@ class ResumableStop(Callback):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._step_ends(trainer)  # Lightning sets validation's batch count again as it reloads the data
-
-    def _step_ends(self, trainer) -> None:
-        note = validation_on_step_ends(trainer)
-        if note and trainer.is_global_zero and note != self._said:
+    def on_fit_start(self, trainer, pl_module) -> None:  # the Timer's own verdict is in (it ends before on_train_start)
+        if (note := time_spent_note(trainer)) and trainer.is_global_zero:
             print(note, file=sys.stderr, flush=True)
-            self._said = note
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         leave_a_closed_terminal(signum)

@@ -39,7 +39,7 @@ from lightning_utilities.core.imports import RequirementCache
 
 from mmcaption.errors import MMCaptionError
 from mmcaption.evaluation.report import file_sha256
-from mmcaption.folders import umask, writing_run
+from mmcaption.folders import being_written, umask, writing_run
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
@@ -74,9 +74,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
                                       "file (checkpoints/<stage>/last.ckpt); a folder written by mmcaption-export is "
                                       "given as --model.init_from")
     if not path.is_file():  # a best checkpoint a fit replaced between its choice and its load: said
-        run = writing_run(path.parent)
-        raise CheckpointNotFoundError(f"checkpoint not found: {path}" + (
-            f" (a fit writing its folder replaced it since it was named: {run}; give its last.ckpt)" if run else ""))
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}{being_written(path.parent)}")
     with path.open("rb") as handle:
         head = handle.read(4)
     if not head.startswith(b"PK") and not head.startswith(b"\x80"):  # a torch file is a zip, or a pickle (older ones)

@@ -73,6 +73,8 @@ def writing_run(folder: Path) -> str | None:
     """The run holding ``folder``'s lock (its PID, host, user and command), when another one does: a fit writing its
     checkpoints there now."""
     path = (Path(folder) / LOCK_FILE).resolve()
+    if path in FolderLock.held():  # this process's own (a pipeline's earlier stage): not opened, as closing a file
+        return None  # releases the process's POSIX locks on it (what flock is on NFS)
     try:
         import fcntl
 
@@ -80,14 +82,22 @@ def writing_run(folder: Path) -> str | None:
     except (ImportError, OSError):  # no lock file: no run; Windows: not locked
         return None
     try:
-        if path in FolderLock.held():  # this process's own (a pipeline's earlier stage)
-            return None
         fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None
     except OSError:
         return os.read(descriptor, 1000).decode(errors="replace").strip() or "unknown"
     finally:
         os.close(descriptor)
+
+
+def being_written(folder: Path) -> str:
+    """What a missing checkpoint's folder says, when a fit is writing it now (``--ckpt_path best`` named one that fit
+    replaced before it was loaded): that run and the checkpoints there; else nothing."""
+    if (run := writing_run(folder)) is None:
+        return ""
+    held = ", ".join(sorted(path.name for path in Path(folder).glob("*.ckpt"))) or "none yet"
+    return (f" (a fit is writing that folder now, {run}: one it has not saved yet, or a best one it has replaced since "
+            f"it was named; its checkpoints now: {held})")
 
 
 class FolderLock:

@@ -4,7 +4,10 @@ what a stop by Lightning's Timer (``trainer.max_time``) leaves, said."""
 
 from __future__ import annotations
 
-from lightning.pytorch.callbacks import Timer
+import sys
+
+from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 
 def format_seconds(seconds: float) -> str:
@@ -19,19 +22,28 @@ def window_open(trainer, batch_idx: int) -> bool:
     return bool((batch_idx + 1) % trainer.accumulate_grad_batches) and batch_idx + 1 != trainer.num_training_batches
 
 
-def validation_on_step_ends(trainer) -> str | None:
-    """Lightning's batch count between validations (``trainer.val_check_batch``, from ``val_check_interval``) raised to
-    a whole number of ``accumulate_grad_batches``; what was changed, as a note, or ``None``. A validation inside a
-    step's batches saved ``last.ckpt`` (and a best) there, and a run resumed from it - after a kill, or from its best -
-    took its next step without the batches gathered before the save, unsaid (the caption config's 0.25 of an epoch of
-    18,493 batches is 4,623: inside a step at any accumulation)."""
-    every, window = trainer.val_check_batch, trainer.accumulate_grad_batches
-    if window <= 1 or not isinstance(every, int) or every % window == 0:
-        return None  # time-based validation (None), or an epoch of unknown length (inf): at the epoch's end
-    trainer.val_check_batch = -(-every // window) * window
-    return (f"note: validating every {trainer.val_check_batch} batches, not {every} (trainer.val_check_interval "
-            f"{trainer.val_check_interval}): a whole number of optimizer steps of accumulate_grad_batches {window}, so "
-            "that the checkpoint each validation saves holds no step half gathered (resumed, it lost those batches)")
+def hold_validation_to_step_ends(trainer) -> None:
+    """Lightning's validation schedule (``val_check_interval``, by batch or by time, per epoch or across epochs), each
+    validation that falls inside an optimizer step's batches held to that step's end (``accumulate_grad_batches`` - 1
+    batches later at most), said once. One inside a step saved ``last.ckpt`` (and a best) there, and a run resumed
+    from it - after a kill, or from its best - took its next step without the batches gathered before the save,
+    unsaid (the caption config's 0.25 of an epoch of 18,493 batches is 4,623: inside a step at any accumulation)."""
+    if trainer.accumulate_grad_batches <= 1 or getattr(loop := trainer.fit_loop.epoch_loop, "_held_to_step_ends", False):
+        return
+    asked, held = loop._should_check_val_fx, [False, False]  # a validation waiting for its step's end; said
+
+    def should_check(data_fetcher) -> bool:
+        due = asked(data_fetcher) or held[0]
+        held[0] = due and loop._should_accumulate()  # inside a step: at its end
+        if held[0] and not held[1] and trainer.is_global_zero:
+            print(f"note: a validation that falls inside an optimizer step (accumulate_grad_batches "
+                  f"{trainer.accumulate_grad_batches}) comes at the step's end, so that the checkpoint it saves holds "
+                  "whole steps (one resumed from inside a step lost the batches gathered before it)", file=sys.stderr,
+                  flush=True)
+            held[1] = True
+        return due and not held[0]
+
+    loop._should_check_val_fx, loop._held_to_step_ends = should_check, True
 
 
 def run_timer(trainer) -> Timer | None:
@@ -56,6 +68,8 @@ def time_limit_note(trainer, checkpoint: str | None) -> str | None:
     timer = run_timer(trainer)
     if timer is None or timer.time_remaining() > 0 or trainer.global_step >= (planned := trainer.estimated_stepping_batches):
         return None
+    if any(isinstance(c, EarlyStopping) and c.stopping_reason != EarlyStoppingReason.NOT_STOPPED for c in trainer.callbacks):
+        return None  # ended by EarlyStopping as the time ran out: resuming it ends at once
     resume = (f"; to train the rest, resume it (--ckpt_path {checkpoint}) with a larger --trainer.max_time (the time "
               "trained so far counts)") if checkpoint else ""
     return (f"note: trainer.max_time ({format_seconds(timer._duration)}) stopped training at step {trainer.global_step} of "

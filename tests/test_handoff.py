@@ -135,8 +135,9 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
                                              r"-c\): these weights are of a stage not finished yet"):
             make_module(backbones, init_from=str(folder / "last.ckpt")).initialise_from_checkpoint()
         # a best checkpoint that fit replaced between --ckpt_path best naming it and its load: "not found" after "best: ..."
-        with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*epoch=0-step=2\.ckpt \(a fit writing its folder "
-                                                    r"replaced it since it was named: \d+ on .*; give its last\.ckpt\)"):
+        with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*epoch=0-step=2\.ckpt \(a fit is writing that folder "
+                                                    r"now, \d+ on .*: one it has not saved yet, or a best one it has replaced "
+                                                    r"since it was named; its checkpoints now: last\.ckpt\)$"):
             load_checkpoint_file(folder / "epoch=0-step=2.ckpt")
     finally:
         holder.kill()

@@ -2294,10 +2294,33 @@ def test_resuming_with_a_max_time_already_spent_says_so(capsys, monkeypatch):
     trainer = SimpleNamespace(callbacks=[timer], ckpt_path="checkpoints/caption/last.ckpt", is_global_zero=True,
                               should_stop=False, val_check_batch=None, accumulate_grad_batches=1)
     callback = ResumableStop()
-    callback.on_train_start(trainer, None)
-    callback._restore_handlers()
+    callback.on_fit_start(trainer, None)  # Lightning ends such a run before on_train_start: it was never said
     assert ("note: checkpoints/caption/last.ckpt has trained for 0m06s, which trainer.max_time (0m06s) counts too: it ends "
             "at once. Raise --trainer.max_time to train on") in capsys.readouterr().err
+
+
+def test_a_max_time_stop_is_said_only_when_the_time_ended_the_run():
+    # a validation EarlyStopping ended as the time ran out was said to be max_time's stop, to resume with more time
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import EarlyStopping, Timer
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    from mmcaption.step_ends import time_limit_note
+
+    timer = Timer(duration="00:00:00:03")
+    timer.load_state_dict({"time_elapsed": {"train": 3.5}})
+    trainer = SimpleNamespace(callbacks=[timer], global_step=8, estimated_stepping_batches=20)
+    assert time_limit_note(trainer, "last.ckpt") == (
+        "note: trainer.max_time (0m03s) stopped training at step 8 of 20, before the end of its learning-rate schedule; to "
+        "train the rest, resume it (--ckpt_path last.ckpt) with a larger --trainer.max_time (the time trained so far counts)")
+    stopper = EarlyStopping(monitor="val/loss")
+    stopper.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
+    trainer.callbacks.append(stopper)
+    assert time_limit_note(trainer, "last.ckpt") is None
+    trainer.callbacks.pop()
+    trainer.global_step = 20  # the run ended as planned
+    assert time_limit_note(trainer, "last.ckpt") is None
 
 
 def test_validation_under_gradient_accumulation_comes_at_a_steps_end(tmp_path, capsys):
@@ -2317,9 +2340,19 @@ def test_validation_under_gradient_accumulation_comes_at_a_steps_end(tmp_path, c
                       enable_progress_bar=False, default_root_dir=tmp_path,
                       callbacks=[Validations(), ResumableStop(), ModelCheckpoint(dirpath=folder, monitor=None, save_top_k=-1)])
     trainer.fit(BoringModel())
-    assert seen == [4, 8, 4, 8]  # was [3, 6, 9, 3, 6, 9]
-    assert capsys.readouterr().err.count("note: validating every 4 batches, not 3 (trainer.val_check_interval 3): a whole "
-                                         "number of optimizer steps of accumulate_grad_batches 2") == 1
+    assert seen == [4, 6, 10, 4, 6, 10]  # was [3, 6, 9, 3, 6, 9]: each held to its step's end, none lost
+    assert capsys.readouterr().err.count("note: a validation that falls inside an optimizer step (accumulate_grad_batches 2) "
+                                         "comes at the step's end") == 1
+    # Lightning's own schedule kept, its every validation: an epoch of 5 batches validated at its end (a count rounded up
+    # to whole steps, 6, came after the epoch: no validation at all), and across epochs (check_val_every_n_epoch null)
+    for settings, expected in (({"val_check_interval": 1.0, "limit_train_batches": 5}, [5, 5]),
+                               ({"val_check_interval": 4, "check_val_every_n_epoch": None, "limit_train_batches": 5}, [4, 4])):
+        seen.clear()
+        trainer = Trainer(accelerator="cpu", max_epochs=2, limit_val_batches=1, accumulate_grad_batches=2, num_sanity_val_steps=0,
+                          logger=False, enable_model_summary=False, enable_progress_bar=False, enable_checkpointing=False,
+                          default_root_dir=tmp_path, callbacks=[Validations(), ResumableStop()], **settings)
+        trainer.fit(BoringModel())
+        assert seen == expected, settings
     for path in folder.glob("*.ckpt"):  # each holds whole steps: batches seen, twice the steps taken
         saved = torch.load(path, weights_only=False)
         batches = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
