@@ -81,22 +81,26 @@ def opened(data: bytes) -> Iterator[Image.Image]:
     with ExitStack() as stack:
         try:
             image = stack.enter_context(Image.open(io.BytesIO(data)))
-        except Image.DecompressionBombError:
-            if Image.MAX_IMAGE_PIXELS != PILLOW_LIMIT:  # the process chose its own: kept
-                raise
-            image = stack.enter_context(_above_pillows_limit(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # (a warning: raised as an error)
+            image = stack.enter_context(_above_pillows_limit(data, error))
         check_size(image)
         yield image
 
 
 @contextmanager
-def _above_pillows_limit(data: bytes) -> Iterator[Image.Image]:
-    """An image above Pillow's default limit opened with :data:`MAX_PIXELS` as the limit: under a lock, while opening
-    and, for formats Pillow checks again while decoding (a TIFF's tiles, a GIF's frames), the whole block; Pillow's
-    setting is put back after. Loosened for the process while it is open, hence only for such an image."""
+def _above_pillows_limit(data: bytes, refusal: Exception) -> Iterator[Image.Image]:
+    """An image above Pillow's default limit opened with mmcaption's (:data:`MAX_PIXELS`, checked here): under a lock,
+    while opening and, for formats Pillow checks again while decoding (a TIFF's tiles, a GIF's frames), the whole block;
+    Pillow's setting is put back after. Loosened for the process while it is open, hence only for such an image, and
+    never to None (Pillow reads it twice, and a thread that read None, then a number, took a photo for no image);
+    ``refusal``, Pillow's, raised when the limit is one the program set itself."""
     _LIMIT_LOCK.acquire()
     locked = True
-    default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, with its own message
+    default = Image.MAX_IMAGE_PIXELS  # the program's setting (another thread's raised one is put back under the lock)
+    if default != PILLOW_LIMIT:
+        _LIMIT_LOCK.release()
+        raise refusal
+    Image.MAX_IMAGE_PIXELS = 2**62  # the size is checked here, with its own message
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_size(image)

@@ -41,6 +41,7 @@ from mmcaption.model.backbones import (
     is_local_path,
     load_image_processor,
     load_tokenizer,
+    mistyped_folder,
 )
 from mmcaption.model.card import CONFIG_FILE, caption_stage
 from mmcaption.model.config import Quantization
@@ -299,9 +300,10 @@ def model_source_problem(name: str) -> str | None:
                                       ", not a model folder of mmcaption-export")
     if folder.is_dir():
         return None if is_pretrained_folder(folder) else f"{name} is not a model folder of mmcaption-export (no mmcaption.json in it)"
-    if HUB_ID.fullmatch(name) and not is_local_path(name):
+    near = mistyped_folder(name, CONFIG_FILE) if HUB_ID.fullmatch(name) else None
+    if HUB_ID.fullmatch(name) and near is None:
         return None
-    return f"model folder not found: {name}"
+    return f"model folder not found: {name}" + (f"; did you mean {near}?" if near else "")
 
 
 def _model_folder(name: str | Path) -> Path:
@@ -309,7 +311,7 @@ def _model_folder(name: str | Path) -> Path:
     (``owner/name`` given as a string, as the model card's snippet names it), downloaded as ``huggingface_hub`` does
     (offline: its cache) once its ``mmcaption.json`` says it is a saved model."""
     folder = Path(name).expanduser()
-    if folder.exists() or not isinstance(name, str) or not HUB_ID.fullmatch(name) or is_local_path(name):
+    if folder.exists() or not isinstance(name, str) or not HUB_ID.fullmatch(name) or mistyped_folder(name, CONFIG_FILE):
         return folder
     try:
         hf_hub_download(name, CONFIG_FILE, local_files_only=is_offline_mode())  # not a whole repository of another kind

@@ -18,15 +18,16 @@ def array_image(array: np.ndarray) -> Image.Image:
     """An RGB image from an array as NumPy, PIL and OpenCV hold images: ``HxW`` or ``HxWxC`` with 1, 3 or 4 channels
     (4: transparency, seen on white); uint8; booleans; floats in [0, 1] or 0-255 (as ``astype(float32)`` leaves a
     photo), with the overshoot of a bicubic resize clipped; 16/32-bit integers scaled from the bit depth they use, as
-    such files are (:func:`_integer_levels`). A ``CxHxW`` array (torch's layout: a tensor is turned by
-    ``load_rgb``) is refused: it is also a stack of 1, 3 or 4 greyscale images, and 3 frames read as one
-    image's colours, a stack as one caption."""
-    if array.ndim == 3 and channels_first(array.shape):
-        count = array.shape[0]
+    such files are (:func:`_integer_levels`). A ``3xHxW`` or ``4xHxW`` array (torch's layout: a tensor is turned by
+    ``load_rgb``) is refused: it is also a stack of 3 or 4 greyscale images, and 3 frames read as one image's colours,
+    a stack as one caption (``1xHxW`` is one greyscale image either way)."""
+    if array.ndim == 3 and channels_first(array.shape, (3, 4)):  # 1 x H x W: one greyscale image, however it is read
         raise ValueError(
             f"an image array of shape {tuple(array.shape)} is one image with its channels first (torch's layout) or "
-            f"{count} greyscale image{'s' * (count > 1)}: give one image as HxWxC (np.moveaxis(array, 0, -1)) or a "
-            "torch tensor, and greyscale images as a list or an N x H x W x 1 array")
+            f"{array.shape[0]} greyscale images: give one image as HxWxC (np.moveaxis(array, 0, -1)) or a torch tensor, "
+            "and greyscale images as a list or an N x H x W x 1 array")
+    if array.ndim == 3 and channels_first(array.shape):
+        array = array[0]
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
@@ -49,9 +50,9 @@ def array_image(array: np.ndarray) -> Image.Image:
     return to_rgb(Image.fromarray(array.astype(np.uint8)))
 
 
-def channels_first(shape: tuple[int, ...]) -> bool:
-    """A 3-D shape laid out as ``CxHxW`` (1, 3 or 4 channels first, and no such count last)."""
-    return shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
+def channels_first(shape: tuple[int, ...], counts: tuple[int, ...] = (1, 3, 4)) -> bool:
+    """A 3-D shape laid out as ``CxHxW`` (``counts`` channels first, and no such count last)."""
+    return shape[0] in counts and shape[-1] not in (1, 3, 4)
 
 
 BIT_DEPTHS = (255, 1023, 4095, 16383, 65535)  # 8, 10, 12, 14 and 16 bits: cameras', microscopes' and scanners' sensors

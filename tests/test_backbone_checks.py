@@ -211,3 +211,19 @@ def test_the_cli_refuses_before_preprocessing(backbones, coco_root, tmp_path, mo
     assert message.startswith("error: model.config.vision_feature_layer is 5, but")
     assert not (tmp_path / "cache").exists() and not (coco_root / "preprocessed").exists()
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "logs").exists()
+
+
+def test_a_mistyped_backbone_folder_under_one_that_is_here_is_said_at_once_and_a_hub_id_stays_one(tmp_path, monkeypatch):
+    # "models/phi-3" beside models/phi-2 was asked of the Hugging Face Hub (retries for minutes without a network)
+    from mmcaption.model.backbones import BackboneNotFoundError, check_backbone
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "models" / "phi-2").mkdir(parents=True)
+    with pytest.raises(BackboneNotFoundError, match=r"^model.config.language_model models/phi-3: no such folder; did you mean "
+                                                    r"models/phi-2\? \(read as a Hub id, it is not in the Hugging Face cache\)$"):
+        check_backbone("models/phi-3", "model.config.language_model")
+    # an owner's folder with nothing like the name in it: the Hub id as before (offline and not cached: said so)
+    with pytest.raises(BackboneNotFoundError, match=r"'models/clip-vit-base-patch32' is neither a local folder nor in the "
+                                                    r"Hugging Face cache"):
+        check_backbone("models/clip-vit-base-patch32", "model.config.vision_model")

@@ -352,13 +352,18 @@ def test_a_model_shared_on_the_hub_loads_by_its_repository_id(exported, photos, 
     for local in ("./export", "../export", tmp_path / "you" / "export"):  # paths, not Hub ids: "no such folder", offline
         with pytest.raises(NotAModelFolderError, match=r"is not a saved mmcaption model folder \(no such folder\)"):
             Captioner.from_pretrained(local)
+    # a Hub id whose owner is also a folder here, with nothing like its name in it, is still a Hub id
+    (tmp_path / "you").mkdir()
+    assert inference.model_source_problem("you/mmcaption-demo") is None
+    assert isinstance(Captioner.from_pretrained("you/mmcaption-demo"), Captioner)
     # a mistyped folder under one that is here is no Hub id: it was asked of the hub, 24 s of retries offline
     shutil.copytree(exported, tmp_path / "exported" / "instruct")
     monkeypatch.setattr(inference, "hf_hub_download", lambda *args, **kwargs: pytest.fail("the hub was asked"))
     with pytest.raises(NotAModelFolderError, match=r"^exported/instrct is not a saved mmcaption model folder \(no such "
                                                    r"folder\); did you mean exported/instruct\?$"):
         Captioner.from_pretrained("exported/instrct")
-    assert inference.model_source_problem("exported/instrct") == "model folder not found: exported/instrct"
+    assert inference.model_source_problem("exported/instrct") == ("model folder not found: exported/instrct; did you mean "
+                                                                   "exported/instruct?")
 
 
 def test_loading_a_model_folder_shows_no_loading_bars_and_keeps_the_notebooks_setting(trained_checkpoint, tmp_path, capsys):

@@ -34,6 +34,7 @@ from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.utils import is_torchvision_available
 
 from mmcaption.errors import ConfigError
+from mmcaption.model.card import mistyped_folder
 from mmcaption.model.config import DType, Quantization
 from mmcaption.resources import permission_message
 
@@ -78,6 +79,9 @@ def check_backbone(name: str, setting: str) -> None:
     if is_local_path(name):
         where = "" if path.is_absolute() else f" (relative to the working directory, {Path.cwd()})"
         raise BackboneNotFoundError(f"{setting} {name}: no such folder{where}")
+    if near := mistyped_folder(name, "config.json"):
+        raise BackboneNotFoundError(f"{setting} {name}: no such folder; did you mean {near}? (read as a Hub id, it is not "
+                                    "in the Hugging Face cache)")
     if isinstance(try_to_load_from_cache(name, "config.json"), str) or not is_offline_mode():
         return
     raise BackboneNotFoundError(f"{setting} {name!r} is neither a local folder nor in the Hugging Face cache, and the hub "
@@ -155,11 +159,8 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
 
 def is_local_path(name: str) -> bool:
     """A backbone named by a path (``/...``, ``./...``, ``~/...``, ``a/b/c``; Windows' ``C:\\models\\phi-2``,
-    ``\\\\nas\\models``, ``models\\phi-2``), not a hub id (``owner/name``): a Windows path was checked as a hub id, a traceback.
-    ``exported/demo`` is a path when a folder ``exported`` is here: its mistyped name was asked of the hub, which
-    offline took 24 seconds of retries and six lines of them before it failed."""
-    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or bool(PureWindowsPath(name).drive)
-            or ("/" in name and Path(name.split("/")[0]).is_dir()))
+    ``\\\\nas\\models``, ``models\\phi-2``), not a hub id (``owner/name``): a Windows path was checked as a hub id, a traceback."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or bool(PureWindowsPath(name).drive)
 
 
 def torch_dtype(name: str) -> torch.dtype:

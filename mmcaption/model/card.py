@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCardData
+from huggingface_hub import ModelCardData, try_to_load_from_cache
 
 from mmcaption.errors import NotAModelFolderError
 
@@ -134,13 +134,27 @@ def is_pretrained_folder(path: str | Path) -> bool:
 def near_names(path: Path) -> str:
     """What a mistyped ``path``'s folder holds that is near its name (``exported/instrct``: "; did you mean
     exported/instruct?"), or nothing."""
-    parent = path.parent
+    near = _close_folders(path.parent, path.name)
+    return f"; did you mean {' or '.join(str(path.parent / name) for name in near)}?" if near else ""
+
+
+def _close_folders(parent: Path, name: str, n: int = 3) -> list[str]:
     try:
         names = [entry.name for entry in parent.iterdir() if entry.is_dir()] if parent.is_dir() else []
     except OSError:
-        return ""
-    near = difflib.get_close_matches(path.name, names, n=3)
-    return f"; did you mean {' or '.join(str(parent / name) for name in near)}?" if near else ""
+        return []
+    return difflib.get_close_matches(name, names, n=n)
+
+
+def mistyped_folder(name: str, marker: str) -> str | None:
+    """The folder here that ``name`` (``owner/name``, a Hub id's shape) nearly names, when the Hugging Face cache holds
+    no such repository (its ``marker`` file): ``exported/instrct`` beside ``exported/instruct`` was asked of the hub,
+    24 seconds of retries offline before it failed. A Hub id whose owner is also a folder here stays a Hub id."""
+    owner, _, rest = name.partition("/")
+    if not rest or "/" in rest or isinstance(try_to_load_from_cache(name, marker), str):
+        return None
+    near = _close_folders(Path(owner), rest, n=1)
+    return f"{owner}/{near[0]}" if near else None
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
