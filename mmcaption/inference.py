@@ -300,10 +300,10 @@ def model_source_problem(name: str) -> str | None:
                                       ", not a model folder of mmcaption-export")
     if folder.is_dir():
         return None if is_pretrained_folder(folder) else f"{name} is not a model folder of mmcaption-export (no mmcaption.json in it)"
-    near = mistyped_folder(name, CONFIG_FILE) if HUB_ID.fullmatch(name) else None
-    if HUB_ID.fullmatch(name) and near is None:
-        return None
-    return f"model folder not found: {name}" + (f"; did you mean {near}?" if near else "")
+    if not HUB_ID.fullmatch(name):
+        return f"model folder not found: {name}"
+    near = mistyped_folder(name, CONFIG_FILE)
+    return None if near is None else f"model folder not found: {name}; did you mean {near}?"
 
 
 def _model_folder(name: str | Path) -> Path:

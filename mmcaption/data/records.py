@@ -237,6 +237,11 @@ def outside_root(names: Iterable[str | None], root: Path) -> list[tuple[str, str
     return [(name, str(path) if path.is_file() else None) for name, path in found]
 
 
+def _firsts(messages: list[str]) -> str:
+    """The first three of ``messages``, and "..." when there are more."""
+    return "; ".join(messages[:3]) + ("; ..." if len(messages) > 3 else "")
+
+
 class BadRecords:
     """Collects bad records under ``on_bad_record="skip"``; raises on the first one otherwise.
 
@@ -277,9 +282,8 @@ class BadRecords:
         if not messages:
             return
         if self.on_bad_record == "error" or every:
-            first = "; ".join(messages[:3]) + ("; ..." if len(messages) > 3 else "")
             way = "" if every else ", or set on_bad_record: skip to skip them and have them counted"
-            raise DataError(f"{self.source}: {summary} (first: {first}). {fix}{way}.")
+            raise DataError(f"{self.source}: {summary} (first: {_firsts(messages)}). {fix}{way}.")
         for message in messages:
             self.bad(kind, message)
 
@@ -306,16 +310,16 @@ class BadRecords:
         """Refuse the bad records kept (:meth:`defer`, :meth:`all_found_first`): each kind counted, the first of each
         named, every kind in one message (one kind a run took a run per kind, each after the whole pass)."""
         deferred, self.deferred = self.deferred, {}
-        if sum(map(len, deferred.values())) == 1:
+        found = sum(map(len, deferred.values()))
+        if found == 1:
             self.bad(*next((kind, messages[0]) for kind, messages in deferred.items()))
-        if len(deferred) == 1:
-            for kind, messages in deferred.items():
-                self.all_at_once(kind, messages, f"{len(messages):,} x {kind}", "Fix or remove them")
-        if deferred:
-            kinds = "; ".join(f"{len(messages):,} x {kind} (first: " + "; ".join(messages[:3]) + "; ..." * (len(messages) > 3)
-                              + ")" for kind, messages in deferred.items())
-            raise DataError(f"{self.source}: {sum(map(len, deferred.values())):,} bad records of {len(deferred)} kinds: "
-                            f"{kinds}. Fix or remove them, or set on_bad_record: skip to skip them and have them counted.")
+        elif len(deferred) == 1:
+            (kind, messages), = deferred.items()
+            self.all_at_once(kind, messages, f"{len(messages):,} x {kind}", "Fix or remove them")
+        elif deferred:
+            kinds = "; ".join(f"{len(messages):,} x {kind} (first: {_firsts(messages)})" for kind, messages in deferred.items())
+            raise DataError(f"{self.source}: {found:,} bad records of {len(deferred)} kinds: {kinds}. Fix or remove them, "
+                            "or set on_bad_record: skip to skip them and have them counted.")
 
     def missing_images(self, missing: list[tuple[str, Path]], total: int, what: str, root: Path) -> None:
         """Report records whose image file does not exist: all at once with their count when
