@@ -51,7 +51,7 @@ from mmcaption.model.config import (
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, instantiation_error, print_config_held, print_held_config
-from mmcaption.run_callbacks import KeptConfig, add_run_callbacks, forget_earlier_seed
+from mmcaption.run_callbacks import KeptConfig, NothingLeftToTrain, add_run_callbacks, forget_earlier_seed
 from mmcaption.settings_checks import (
     ask_as_trained,
     lightning_setting_errors,
@@ -109,7 +109,7 @@ class MMCaptionCLI(LightningCLI):
                                                            if isinstance(logger, TensorBoardLogger | CSVLogger)])
             with lightning_setting_errors():
                 super()._run_subcommand(subcommand)
-            if subcommand == "fit" and any(getattr(c, "trained", None) is False for c in self.trainer.callbacks):  # resumed at its
+            if subcommand == "fit" and any(isinstance(c, NothingLeftToTrain) and not c.trained for c in self.trainer.callbacks):  # resumed at its
                 for folder in getattr(self, "_new_run_folders", ()):  # end: no run of nothing listed in TensorBoard
                     remove_unused_run(folder)
         except BaseException:  # a fit that failed before its first step (a test, before its end) leaves no empty run

@@ -1,6 +1,6 @@
 """The callbacks every command's trainer gets beside the config's: the resumable stop, out-of-memory advice, mmcaption's
-progress display, a note when a resumed run has nothing left to train, what a checkpoint records of its run, and the
-run's config saved without writing over an earlier command's; and a run's seed not left to the next run in the process."""
+progress display, a note when a resumed run has nothing left to train, where a finished fit left its checkpoints and
+curves, what a checkpoint records of its run, and the run's config saved without writing over an earlier command's; and a run's seed not left to the next run in the process."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 
 from mmcaption.advice import OutOfMemoryAdvice
-from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar
+from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar, run_label
 from mmcaption.terminal import draws_bars
 
 _SEED_GIVEN = os.environ.get("PL_GLOBAL_SEED")  # the environment's, as the process began: not an earlier run's
@@ -37,7 +37,7 @@ def add_run_callbacks(trainer: Trainer) -> None:
     listed = [callback for callback in trainer.callbacks if isinstance(callback, ResumableStop)]
     trainer.callbacks[:] = [callback for callback in trainer.callbacks if not isinstance(callback, ResumableStop)]
     trainer.callbacks.append(listed[0] if listed else ResumableStop())
-    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord()]
+    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved()]
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
@@ -65,6 +65,45 @@ class NothingLeftToTrain(Callback):
             print(f"note: {trainer.ckpt_path} is at step {trainer.global_step} (epoch {trainer.current_epoch}), the end of "
                   f"trainer.{limit[0]} {limit[1]}: this fit trained nothing more (to train on, raise --trainer.{limit[0]} "
                   f"above {limit[1]})", file=sys.stderr, flush=True)
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` as the user would type it here: relative to the working directory when under it."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+class WhereSaved(Callback):
+    """One line as a fit ends, after every save: its last and best checkpoints (the best with its score) and its log
+    folder. Runs of a sweep in one root save last-v1.ckpt, last-v2.ckpt, ... and version_0, version_1, ...: which
+    checkpoint went with which curves was only in each folder's config.yaml."""
+
+    def __init__(self) -> None:
+        self._started = False  # not `trained`: the CLI reads that name as NothingLeftToTrain's
+
+    def on_train_start(self, trainer: Trainer, pl_module) -> None:
+        self._started = True
+
+    def on_fit_end(self, trainer: Trainer, pl_module) -> None:  # not after a signal's stop, which says its checkpoint
+        log_dir = trainer.log_dir if trainer.logger is not None else None  # on every process: a broadcast
+        callback = trainer.checkpoint_callback
+        if not self._started or not trainer.is_global_zero:
+            return
+        saved = []
+        if isinstance(callback, ModelCheckpoint):
+            last, best = callback.last_model_path, callback.best_model_path
+            if last and Path(last).is_file():
+                saved.append(f"{_shown(last)} (step {trainer.global_step})")
+            if best and best != last and Path(best).is_file():
+                score = callback.best_model_score
+                shown = f" ({callback.monitor} {float(score):.4g})" if callback.monitor and score is not None else ""
+                saved.append(f"the best, {_shown(best)}{shown}")
+        said = f"saved {' and '.join(saved)}" if saved else "no checkpoint saved"
+        if log_dir and Path(log_dir).is_dir():
+            said += f"; curves and config in {_shown(log_dir)}"
+        label = run_label(trainer)
+        print(f"{label}: {said}" if label else said, flush=True)
+        self._started = False
 
 
 class KeptConfig(SaveConfigCallback):

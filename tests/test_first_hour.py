@@ -488,8 +488,13 @@ def test_a_short_fit_prints_what_happens_and_no_known_noise(tmp_path):
     assert "demo-caption: training starts at step 0 of 4" in text
     assert re.search(r"demo-caption: validation at step 2: .*loss", text)
     assert "demo-caption: training done at step 4" in text
+    # and where it all is, after the last save: which checkpoint goes with which curves (a sweep's last-v1.ckpt, version_1)
+    assert re.search(r"demo-caption: saved checkpoints/demo-caption/last\.ckpt \(step 4\) and the best, checkpoints/demo-caption/"
+                     r"epoch=0-step=[24]\.ckpt \(val/\S+ [-\d.e]+\); curves and config in lightning_logs/demo-caption/version_0$",
+                     text, re.MULTILINE), text[-1500:]
     assert len(lines) <= 60, "\n".join(lines)
     assert not (tmp_path / "lightning_logs" / "demo-caption" / "version_1").exists()
+    assert (tmp_path / "lightning_logs" / "demo-caption" / "version_0" / "config.yaml").is_file()  # the folder it names
     assert load_checkpoint_file(tmp_path / "checkpoints" / "demo-caption" / "last.ckpt")["global_step"] == 4
 
 
