@@ -115,12 +115,13 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         image.captions.append((annotation_id if isinstance(annotation_id, int) else position, caption_text(caption)))
         note_html(records, caption, f"annotation id {annotation_id}")
 
-    records.raise_deferred()  # every bad record of a kind at once, not one per run
     missing = [image for image in images.values() if not (image_dir / image.file_name).is_file()]
-    records.missing_images(
-        [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing],
-        len(images), "referenced images are", image_dir,
-    )
+    named = [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing]
+    if records.deferred and len(missing) < len(images):  # with the bad annotations, in one run (was a second run's news)
+        with records.all_found_first():
+            records.missing_images(named, len(images), "referenced images are", image_dir)
+    records.raise_deferred()  # every bad record of a kind at once, not one per run
+    records.missing_images(named, len(images), "referenced images are", image_dir)
     missing_ids = {image.image_id for image in missing}
     found = [image for image in images.values() if image.image_id not in missing_ids]
     uncaptioned = [image for image in found if not image.captions]

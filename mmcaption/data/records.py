@@ -324,7 +324,8 @@ class BadRecords:
     def missing_images(self, missing: list[tuple[str, Path]], total: int, what: str, root: Path) -> None:
         """Report records whose image file does not exist: all at once with their count when
         ``on_bad_record`` is ``error``, each counted when it is ``skip``. None of them found at all is
-        refused even under ``skip``: that is a wrong image folder, not a few bad records.
+        refused even under ``skip``: that is a wrong image folder, not a few bad records. Within
+        :meth:`all_found_first`, a few missing are refused with the other bad records found, in one message.
 
         Args:
             missing: ``(record name, image path)`` of each such record.
@@ -348,7 +349,7 @@ class BadRecords:
             hint += (f" {len(renamed)} of the {len(missing)} are there under another suffix (ocr_vqa's .png and .gif for "
                      ".jpg): rename them to the names the file gives.")
         first = f"first: {name}, its image {relative} looked for as {path}"
-        if self.on_bad_record == "error" or len(missing) == total:
+        if (self.on_bad_record == "error" and not self._finding_all) or len(missing) == total:
             raise DataError(
                 f"{self.source}: {len(missing)} of {total} {what} missing under {root} ({first}).{hint} Fix the image "
                 "folder" + (", or set on_bad_record: skip to skip them and have them counted." if len(missing) < total else ".")
