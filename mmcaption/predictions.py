@@ -209,7 +209,7 @@ class PredictionWriter(BasePredictionWriter):
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
             self.counts["unanswered"] += int(row.get("prediction") is None)
-        groups = {key: str(value) for key, column in self.category_columns.items()
+        groups = {key: str(value).strip() for key, column in self.category_columns.items()
                   if (value := column_value(row, column)) not in (None, "")}
         if row.get("vqa_accuracy") is not None:
             self.counts["vqa_scored"] = self.counts.get("vqa_scored", 0) + 1

@@ -289,6 +289,9 @@ def test_circular_passes_rotate_the_options_and_move_the_answer_with_them():
     assert [(p.record["A"], p.record["B"], p.record["C"], p.record["D"], p.record["answer"]) for p in passes] == [
         ("red", "blue", "green", "", "B"), ("blue", "green", "red", "", "A"), ("green", "red", "blue", "", "C")]
     assert [(p.record["circular_index"], p.record["rotation"]) for p in passes] == [("7", 0), ("7", 1), ("7", 2)]
+    # each row its own index, as MMBench's TSVs number their passes: its server grades rows by index, and all four
+    # rows had question 7's (graded against the unrotated answer)
+    assert [p.record["index"] for p in passes] == ["7", "1000007", "2000007"]
     assert question.record == record  # the question itself is left as it was
 
 

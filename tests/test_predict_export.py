@@ -189,6 +189,37 @@ def test_likelihood_scoring_picks_the_option_the_model_is_rigged_to_prefer(backb
     assert summary["unanswered"] == 1 and summary["errors"] == 1 and rows[3]["correct"] == "False"
 
 
+def test_a_sheet_pandas_wrote_comes_back_with_its_index_column_and_its_cells_as_written(backbones, trained_checkpoint,
+                                                                                          image_folder, tmp_path):
+    # df.to_csv("q.csv") writes the row ids under an empty header: the output left that column out without a word (the
+    # key the user joins back on), and gave back every cell stripped of its spaces
+    import pandas as pd
+
+    sheet = pd.DataFrame([{**q, "Question": f"  {q['Question']}  ", "A": f" {q['A']} "} for q in QUESTIONS[:3]], index=[17, 4, 9])
+    sheet["answer"] = ["(B)", "D", "a"]
+    sheet.to_csv(tmp_path / "q.csv")
+    output = tmp_path / "answers.csv"
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, tmp_path / "q.csv", output))
+    back = pd.read_csv(output, index_col=0, keep_default_na=False)
+    assert list(back.index) == [17, 4, 9] and list(back.columns[:7]) == list(sheet.columns)
+    assert list(back["Question"]) == list(sheet["Question"]) and list(back["A"]) == list(sheet["A"])
+    assert list(back["answer"]) == ["B", "D", "A"]  # the letter each names, as documented
+    # the questions files the same
+    from mmcaption.data.questions import read_question_file
+
+    pd.DataFrame([{"image": "images/img0.png", "question": "What colour?"}], index=[41]).to_csv(tmp_path / "open.csv")
+    asked, _ = read_question_file(tmp_path / "open.csv")
+    assert asked[0].record == {"": "41", "image": "images/img0.png", "question": "What colour?"}
+    # a value under a later column without a name is still left out, and said
+    (tmp_path / "trailing.csv").write_text("img_path,Question,A,B,\nimages/img0.png,What colour?,red,blue,see me\n")
+    with pytest.warns(UserWarning, match=r"trailing\.csv: column\(s\) 5 have no name in the header and are left out of "
+                                         r"the output \(the first value on line 2\)"):
+        from mmcaption.data.choice_csv import read_choice_csv
+
+        assert "" not in read_choice_csv(tmp_path / "trailing.csv")[0].record
+
+
 def test_generation_method_answers_with_a_letter_or_says_it_could_not(backbones, trained_checkpoint, image_folder, tmp_path):
     module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
     output = tmp_path / "answers.csv"

@@ -378,7 +378,7 @@ def circular_passes(questions: list[ChoiceQuestion]) -> list[ChoiceQuestion]:
     """MMBench's CircularEval: a question with N options is asked N times, its options rotated by 0 ... N-1
     places (rotation r asks the option that was r-th first) and the answer letter moved with them. Each
     record gains ``circular_index`` (the question's index) and ``rotation``, and holds the options and
-    answer as that pass asks them.
+    answer as that pass asks them; a pass's ``index`` is the question's + rotation x 1,000,000, as MMBench numbers them.
 
     A file that comes with its own passes (MMBench's TSVs: :attr:`ChoiceQuestion.passes`) is asked as it
     has them, as VLMEvalKit and MMBench's evaluation do: each question and its passes, each row with its
@@ -396,5 +396,8 @@ def circular_passes(questions: list[ChoiceQuestion]) -> list[ChoiceQuestion]:
             if answer is not None:
                 record["answer"] = answer
             record.update(circular_index=question.key or str(question.line), rotation=rotation)
+            index = next((name for name in record if name.lower() == "index"), None)
+            if rotation and index and str(record[index]).isdigit():  # each row its own index, as MMBench's passes have:
+                record[index] = str(int(record[index]) + rotation * CIRCULAR_STRIDE)  # its server grades rows by index
             passes.append(replace(question, record=record, options=options, answer=answer))
     return passes

@@ -17,7 +17,13 @@ from mmcaption.data.benchmarks import (
     row_options,
 )
 from mmcaption.data.records import DataError, missing_file
-from mmcaption.data.tables import field_count_problem, read_table_rows, refuse_duplicate_columns, separator_hint
+from mmcaption.data.tables import (
+    field_count_problem,
+    read_table_rows,
+    refuse_duplicate_columns,
+    separator_hint,
+    unnamed_kept,
+)
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -43,7 +49,8 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
         raise missing_file(path, "multiple-choice CSV")
     header, rows = read_table_rows(path)
     refuse_duplicate_columns(path, header)
-    folded = [name.lower() for name in header]  # columns without a name (a spreadsheet's trailing cells) are ignored
+    folded = [name.lower() for name in header]  # columns without a name: pandas' index kept, trailing cells left out
+    unnamed = unnamed_kept(path, header, rows)
     earlier = [name for name, low in zip(header, folded) if low in RESULT_COLUMNS]
     if earlier and "prediction" not in folded:  # the user's own column, which the output's would replace
         raise DataError(f"{path}: column(s) {earlier} have the names predict writes its results under, and the file is not "
@@ -84,8 +91,9 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
             problems.append(f"answer {values['answer']!r} is neither one of {', '.join(LETTERS[: len(options)])} nor an option's text")
         if problems:
             raise DataError(f"{path}, line {line}: " + "; ".join(problems))
-        record = {("answer" if low == "answer" else name): values[low] for name, low in zip(header, folded)
-                  if low and low not in RESULT_COLUMNS}
+        # the cells as the file has them, for the output to give back (the question and options are read stripped)
+        record = {("answer" if low == "answer" else name): field for column, (name, low, field) in enumerate(
+                  zip(header, folded, fields)) if (low or column in unnamed) and low not in RESULT_COLUMNS}
         if "answer" in record:  # the letter it names, which the prediction is scored against: (C), c, C. or white -> C
             record["answer"] = answer
         questions.append(ChoiceQuestion(line, record, values[image], values["question"], options, answer or None,

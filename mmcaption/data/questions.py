@@ -32,7 +32,13 @@ from mmcaption.data.records import (
     read_json_list,
     whole_characters,
 )
-from mmcaption.data.tables import field_count_problem, read_table_rows, refuse_duplicate_columns, separator_hint
+from mmcaption.data.tables import (
+    field_count_problem,
+    read_table_rows,
+    refuse_duplicate_columns,
+    separator_hint,
+    unnamed_kept,
+)
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -247,11 +253,13 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
             if not {"question", "text"} & set(header) or not any(name in header for name in IMAGE_COLUMNS):
                 raise DataError(f"{path}: the header needs the columns image (or img_path) and question (or text), and it has "
                                 f"{header}{separator_hint(header)}")
+            unnamed = unnamed_kept(path, header, rows)  # pandas' index, the user's key to the rows: kept
             for line, fields in rows:
                 if any(field.strip() for field in fields):
                     if problem := field_count_problem(path, line, fields, header):
                         raise problem
-                    questions.append(_question(path, line, {k: v for k, v in zip(header, fields) if k}))
+                    questions.append(_question(path, line, {k: v for i, (k, v) in enumerate(zip(header, fields))
+                                                            if k or i in unnamed}))
         else:
             raise DataError(f"{path}: questions are read from .jsonl, .csv or .json files (VQAv2's official questions, a "
                             "list of question objects, or JSON Lines)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
+from lightning.pytorch.utilities import rank_zero_warn
 
 from mmcaption.data.records import DataError, not_utf8, packed_file
 
@@ -66,6 +67,18 @@ def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[t
     except csv.Error as error:
         raise DataError(f"{path}, line {reader.line_num}: not valid {kind}: {error}") from error
     return header, rows
+
+
+def unnamed_kept(path: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> set[int]:
+    """The columns without a name that a predict's output keeps: the first, when it holds values (pandas' ``to_csv``
+    writes its index there, the key a user joins the output back on; it was left out without a word). Columns
+    without a name further on (a spreadsheet's trailing cells) are left out, and said when they hold anything."""
+    filled = [i for i, name in enumerate(header) if not name and any(i < len(f) and f[i].strip() for _, f in rows)]
+    if later := [i for i in filled if i]:
+        line = next(number for number, fields in rows if any(i < len(fields) and fields[i].strip() for i in later))
+        rank_zero_warn(f"{path}: column(s) {', '.join(str(i + 1) for i in later)} have no name in the header and are left "
+                       f"out of the output (the first value on line {line}); give them a name to keep them")
+    return {0} & set(filled)
 
 
 def field_count_problem(path: Path, line: int, fields: list[str], header: list[str]) -> DataError | None:
