@@ -1,5 +1,7 @@
 """Cached vision features: computed once per image at preprocessing, float16, used instead of the tower."""
 
+import os
+
 import torch
 from lightning.pytorch import Trainer
 
@@ -78,9 +80,45 @@ def test_cached_features_are_found_again_after_the_project_folder_moves(backbone
     moved = tmp_path / "moved" / "vision"
     shutil.copytree(backbones[1], moved, copy_function=shutil.copy2)  # as mv keeps them: same files, sizes and times
     assert features_folder(split, str(moved), -2) == features_folder(split, str(backbones[1]), -2)
-    weights = next(moved.glob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes())  # other weights (a new time): other features
-    assert features_folder(split, str(moved), -2) != features_folder(split, str(backbones[1]), -2)
+    # a copy staged anew (new times, as cp -r to a node's scratch disk at each job's start) is the same tower: its features
+    # were computed again every job
+    copied = tmp_path / "scratch" / "vision"
+    shutil.copytree(backbones[1], copied)
+    weights = next(copied.glob("*.safetensors"))
+    os.utime(weights, ns=(1, 1))
+    assert features_folder(split, str(copied), -2) == features_folder(split, str(backbones[1]), -2)
+    # other weights of the same size and time (a retrained tower, its time set back) are another tower: they were read
+    # as the old one's, and trained on its features
+    stat = weights.stat()
+    content = bytearray(weights.read_bytes())
+    content[-1] ^= 1
+    weights.write_bytes(bytes(content))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size
+    assert features_folder(split, str(copied), -2) != features_folder(split, str(backbones[1]), -2)
+
+
+def test_a_hub_towers_features_follow_the_revision_in_the_local_cache(backbones, tmp_path, monkeypatch):
+    # signed by its name alone: a new revision pulled into the Hugging Face cache kept the old revision's features
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--someone--tower"
+    for revision in ("1" * 40, "2" * 40):
+        shutil.copytree(backbones[1], repo / "snapshots" / revision)
+    weights = next((repo / "snapshots" / ("2" * 40)).glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    split = tmp_path / "preprocessed" / "train2017-0123"
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    first = features_folder(split, "someone/tower", -2)
+    assert first == features_folder(split, str(backbones[1]), -2)  # the same files as a folder: the same features
+    (repo / "refs" / "main").write_text("2" * 40)
+    assert features_folder(split, "someone/tower", -2) != first
+    assert features_folder(split, "nobody/absent", -2) != first  # not in the cache: by its name, as before
 
 
 

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mmcaption.data.cache import (
     damage,
     discard,
+    file_signature,
     fingerprint,
     is_complete,
     load_table,
@@ -34,13 +35,27 @@ from mmcaption.images import load_rgb
 
 
 def model_signature(name_or_path: str) -> dict:
-    """What identifies a vision model's weights: its files' names, sizes and times for a local folder (not the
-    folder's path: a moved project kept its features, and recomputed them all), else its name."""
+    """What identifies a vision model's weights: the content of its folder's config and weight files (not the folder's
+    path: a moved project kept its features, and recomputed them all). Their times are not it either: a copy staged to a
+    node's scratch disk at each job's start (new times) computed every feature again, and other weights of the same size
+    with the time set back (a retrained tower) were read as the old. A Hub id is signed by its snapshot in the local
+    Hugging Face cache (a new revision pulled there was its old features), else by its name."""
     path = Path(name_or_path)
-    if not path.is_dir():
+    if not path.is_dir() and (path := _cached_snapshot(name_or_path)) is None:
         return {"name": name_or_path}
-    files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"})
-    return {"files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"} and p.is_file())
+    return {"content": {p.name: file_signature(p)["sha256"] for p in files}}
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The folder of a Hub model's snapshot in the local cache (the revision ``main`` points at), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a repository id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def features_folder(split_folder: Path, vision_model: str, feature_layer: int | list[int]) -> Path:
