@@ -37,7 +37,7 @@ from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_utilities.core.imports import RequirementCache
 
-from mmcaption.errors import MMCaptionError
+from mmcaption.errors import MMCaptionError, unexpanded_variable
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.folders import being_written, umask, writing_run
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
@@ -74,7 +74,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
                                       "file (checkpoints/<stage>/last.ckpt); a folder written by mmcaption-export is "
                                       "given as --model.init_from")
     if not path.is_file():  # a best checkpoint a fit replaced between its choice and its load: said
-        raise CheckpointNotFoundError(f"checkpoint not found: {path}{being_written(path.parent)}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}{unexpanded_variable(path)}{being_written(path.parent)}")
     with path.open("rb") as handle:
         head = handle.read(4)
     if not head.startswith(b"PK") and not head.startswith(b"\x80"):  # a torch file is a zip, or a pickle (older ones)

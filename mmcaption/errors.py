@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import re
 import select
 import signal
 import sys
@@ -27,6 +28,22 @@ from mmcaption.terminal import leave_a_closed_terminal
 USER_ERROR_EXIT = 2
 TRACEBACK_VARIABLE = "MMCAPTION_TRACEBACK"
 
+
+
+_VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")
+
+
+def unexpanded_variable(path: object) -> str:
+    """For a path not found that names an environment variable as written (single quotes in a job script, a Python
+    string): what it is and what a shell would have made of it; else ``""``. The message named ``$HOME/ckpts/cap.ckpt``
+    as not found, and the user looked for a file."""
+    text = str(path)
+    match = next((m for m in _VARIABLE.finditer(text) if m.group(2) in os.environ or m.start() == 0), None)
+    if match is None:
+        return ""
+    expanded = os.path.expandvars(text)
+    return (f" ({match.group(0)} is an environment variable as written, not expanded: single quotes in a shell, or a "
+            "string in Python, keep it" + (f"; a shell would read {expanded}" if expanded != text else "") + ")")
 
 class MMCaptionError(Exception):
     """A problem with the user's input, files or settings; its message names the file or setting."""

@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -354,10 +355,9 @@ def remove_unused_run(folder: str | Path) -> bool:
 
 def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: str) -> Path | None:
     """The file ``--ckpt_path last`` names: the newest ``last*.ckpt`` in the config's checkpoint ``folders`` (as Lightning
-    picks it), found also when the run leaves its ModelCheckpoint out (fast_dev_run). Without one, fit starts afresh
-    with Lightning's warning; validate, test and predict, where Lightning would run the untrained model, are refused, as
-    ``best``: the best checkpoint the newest ``last*.ckpt`` recorded (its ModelCheckpoint's, per run: right in a folder
-    several runs share), said; without one, refused (Lightning failed with a traceback)."""
+    picks it; also when fast_dev_run leaves the ModelCheckpoint out). Without one, fit starts afresh saying where it
+    looked; validate, test and predict (Lightning ran the untrained model) are refused, as ``best``: the best checkpoint
+    the newest ``last*.ckpt`` recorded (per run: right in a folder several runs share); without one, refused."""
     if ckpt_path not in ("last", "best"):
         return None
     folders = folders or []
@@ -367,8 +367,10 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
         return max(lasts, key=lambda p: p.stat().st_mtime)
     if ckpt_path == "best" and lasts and (best := _recorded_best(max(lasts, key=lambda p: p.stat().st_mtime))):
         return best
-    if ckpt_path == "last" and subcommand == "fit":
-        return None
+    if ckpt_path == "last" and subcommand == "fit":  # Lightning's warning blamed save_last, which the configs set
+        warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
+        return print(f"note: --ckpt_path last: no last*.ckpt in {', '.join(map(str, folders)) or 'no checkpoint folder'} "
+                     f"under {Path.cwd()}: this fit starts at step 0", file=sys.stderr, flush=True)
     holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
     why = "there is no last.ckpt in" if ckpt_path == "last" else "no last.ckpt records a best checkpoint that is there, in"
     where = (f"{why} {', '.join(str(folder) for folder in folders)}, under {Path.cwd()}{holds}" if folders else
@@ -387,12 +389,12 @@ def _recorded_best(last: Path) -> Path | None:
         return None
     for key, value in (state.get("callbacks") or {}).items():
         if str(key).startswith("ModelCheckpoint") and isinstance(value, dict) and value.get("best_model_path"):
-            path = Path(value["best_model_path"])
-            path = path if path.is_file() else last.parent / path.name
+            path, dirpath = Path(value["best_model_path"]), value.get("dirpath") or ""  # beside last first: a copied
+            inside = path.relative_to(dirpath) if dirpath and path.is_relative_to(dirpath) else path.name  # project's own
+            path = last.parent / inside if (last.parent / inside).is_file() else path
             if path.is_file():
                 score = value.get("best_model_score")
-                print(f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'}"
-                      + (f" {float(score):.4f}" if score is not None else "") + f", as {last.name} recorded it)",
-                      file=sys.stderr, flush=True)
+                print(f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'}" + (f" {float(score):.4f}" if
+                      score is not None else "") + f", as {last.name} recorded it)", file=sys.stderr, flush=True)
                 return path
     return None

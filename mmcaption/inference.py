@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence, Sized
@@ -43,7 +42,7 @@ from mmcaption.model.backbones import (
     load_tokenizer,
     mistyped_folder,
 )
-from mmcaption.model.card import CONFIG_FILE, caption_stage
+from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage
 from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.tasks import Tasks, evaluating
@@ -286,9 +285,6 @@ class Captioner:
             per_question += [None if i in unreadable else row[: len(opts)].tolist()
                              for i, (row, opts) in enumerate(zip(scores.float().cpu(), option_lists[start:start + size]))]
         return (letters, per_question) if many else (letters[0], per_question[0])
-
-
-HUB_ID = re.compile(r"[\w-][\w.-]*/[\w.-]+")  # owner/name
 
 
 def model_source_problem(name: str) -> str | None:

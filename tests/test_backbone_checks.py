@@ -227,3 +227,35 @@ def test_a_mistyped_backbone_folder_under_one_that_is_here_is_said_at_once_and_a
     with pytest.raises(BackboneNotFoundError, match=r"'models/clip-vit-base-patch32' is neither a local folder nor in the "
                                                     r"Hugging Face cache"):
         check_backbone("models/clip-vit-base-patch32", "model.config.vision_model")
+
+
+def test_a_backbone_path_that_is_no_hub_id_or_names_an_unexpanded_variable_is_said_so(monkeypatch, tmp_path):
+    # '$HOME/x' single-quoted in a job script, a folder with a space: the hub's id check raised its HFValidationError,
+    # a 32-line traceback
+    from mmcaption.checkpoint import CheckpointNotFoundError, load_checkpoint_file
+    from mmcaption.model.backbones import BackboneNotFoundError, check_backbone
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", "/home/someone")
+    with pytest.raises(BackboneNotFoundError, match=r"^model.config.language_model \$HOME/phi-2: no such folder .*\(\$HOME is an "
+                                                    r"environment variable as written, not expanded: .*a shell would read "
+                                                    r"/home/someone/phi-2\)$"):
+        check_backbone("$HOME/phi-2", "model.config.language_model")
+    for name in ("my models/phi-2", "microsoft/phi-2!"):
+        with pytest.raises(BackboneNotFoundError, match=r": no such folder \(relative to the working directory"):
+            check_backbone(name, "model.config.vision_model")
+    with pytest.raises(CheckpointNotFoundError, match=r"checkpoint not found: \$\{HOME\}/c.ckpt \(\$\{HOME\} is an environment "
+                                                      r"variable as written"):
+        load_checkpoint_file("${HOME}/c.ckpt")
+
+
+def test_a_backbone_reached_through_a_link_is_kept_by_the_link_not_its_target(tmp_path, monkeypatch):
+    # the target was stored: the user who moved the backbones and re-pointed their link was sent to the old place
+    from mmcaption.model.config import absolute_if_local, same_setting
+
+    (tmp_path / "store" / "phi").mkdir(parents=True)
+    (tmp_path / "models").symlink_to(tmp_path / "store")
+    monkeypatch.chdir(tmp_path)
+    assert absolute_if_local("models/phi") == str(tmp_path / "models" / "phi")
+    assert same_setting("config.language_model", "models/phi", str(tmp_path / "store" / "phi"))  # a checkpoint of before

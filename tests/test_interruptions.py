@@ -697,6 +697,16 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
     config = fit_config(tmp_path, coco_root, backbones, folder)[1:]
     message = user_error(capsys, main, ["validate", *config, "--ckpt_path", "last"])
     assert message == f"error: validate --ckpt_path last: there is no last.ckpt in {folder}, under {tmp_path}. Give the checkpoint's path"
+    # fit starts afresh (a requeued job's first run), saying where it looked: Lightning's hint blamed save_last, which the
+    # config sets, and a fit run from another folder went on from step 0 beside it
+    from mmcaption.folders import keyword_checkpoint
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert keyword_checkpoint("last", [folder], "fit") is None
+        warnings.warn('.fit(ckpt_path="last") is set, but there is no last checkpoint available.', stacklevel=1)
+    assert not caught
+    assert capsys.readouterr().err == f"note: --ckpt_path last: no last*.ckpt in {folder} under {tmp_path}: this fit starts at step 0\n"
     folder.mkdir()
     (folder / "epoch=0-step=8.ckpt").write_bytes(b"")
     message = user_error(capsys, main, ["test", *config, "--ckpt_path", "best"])  # was Lightning's traceback
@@ -706,15 +716,19 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
     assert message.startswith("error: fit --ckpt_path best: no last.ckpt records a best checkpoint that is there, in")
     # the best a run recorded in its last.ckpt (per run: right in a folder two runs share), its name a folder's as
     # Lightning writes {val/CIDEr} into it: it was "only the run that trained knows", listing last.ckpt alone
-    from mmcaption.folders import keyword_checkpoint
-
     best = folder / "epoch=1-step=16-val" / "CIDEr=0.1187.ckpt"
     best.parent.mkdir()
     best.write_bytes(b"")
     torch.save({"callbacks": {"ModelCheckpoint{'monitor': 'val/CIDEr', 'mode': 'max'}": {
-        "monitor": "val/CIDEr", "best_model_score": torch.tensor(0.1187), "best_model_path": str(best)}}}, folder / "last-v1.ckpt")
+        "monitor": "val/CIDEr", "best_model_score": torch.tensor(0.1187), "best_model_path": str(best), "dirpath": str(folder)}}},
+        folder / "last-v1.ckpt")
     assert keyword_checkpoint("best", [folder], "test") == best
     assert f"note: --ckpt_path best: {best} (val/CIDEr 0.1187, as last-v1.ckpt recorded it)" in capsys.readouterr().err
+    # a copy of the project (cp -a), the original still there and training on: the copy's own best, not the original's
+    # (its path as recorded, whose file had changed since: the copy evaluated the original's new weights)
+    copy = tmp_path / "copy" / "c"
+    shutil.copytree(folder, copy)
+    assert keyword_checkpoint("best", [copy], "test") == copy / "epoch=1-step=16-val" / "CIDEr=0.1187.ckpt"
     (folder / "last-v1.ckpt").unlink()
     # a quick check with fast_dev_run (which leaves the config's ModelCheckpoint out) still finds the folder's last.ckpt:
     # it was "there is no last.ckpt" in validate, and a fit that silently started afresh

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.caption_cells import INVISIBLE
 from mmcaption.data.records import DataError, existing_spelling, not_utf8, packed_file
+from mmcaption.errors import unexpanded_variable
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
 from mmcaption.resources import owner_of
@@ -91,7 +92,7 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
             note(f"{path}: mmcaption's preprocessed data left out ({', '.join(map(str, caches))}), not photos")
         return [(str(image), image) for image in images]
     if not path.exists():
-        raise DataError(f"image source not found: {path}")
+        raise DataError(f"image source not found: {path}{unexpanded_variable(path)}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return [(source, path)]
     if path.suffix.lower() in (".json", ".jsonl"):

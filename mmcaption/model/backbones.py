@@ -33,8 +33,8 @@ from transformers import (
 from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.utils import is_torchvision_available
 
-from mmcaption.errors import ConfigError
-from mmcaption.model.card import mistyped_folder
+from mmcaption.errors import ConfigError, unexpanded_variable
+from mmcaption.model.card import HUB_ID, mistyped_folder
 from mmcaption.model.config import DType, Quantization
 from mmcaption.resources import permission_message
 
@@ -76,9 +76,9 @@ def check_backbone(name: str, setting: str) -> None:
         if not (path / "config.json").is_file() and not (path / "preprocessor_config.json").is_file():
             raise BackboneNotFoundError(f"{setting} {name} is not a saved model folder (no config.json in it)")
         return
-    if is_local_path(name):
+    if is_local_path(name) or not HUB_ID.fullmatch(name):  # '$HOME/x', 'my models/phi-2': no Hub id (a traceback)
         where = "" if path.is_absolute() else f" (relative to the working directory, {Path.cwd()})"
-        raise BackboneNotFoundError(f"{setting} {name}: no such folder{where}")
+        raise BackboneNotFoundError(f"{setting} {name}: no such folder{where}{unexpanded_variable(name)}")
     if near := mistyped_folder(name, "config.json"):
         raise BackboneNotFoundError(f"{setting} {name}: no such folder; did you mean {near}? (read as a Hub id, it is not "
                                     "in the Hugging Face cache)")

@@ -146,13 +146,19 @@ def _close_folders(parent: Path, name: str, n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, names, n=n)
 
 
+HUB_ID = re.compile(r"[\w-][\w.-]*/[\w.-]+")  # owner/name
+
+
 def mistyped_folder(name: str, marker: str) -> str | None:
     """The folder here that ``name`` (``owner/name``, a Hub id's shape) nearly names, when the Hugging Face cache holds
     no such repository (its ``marker`` file): ``exported/instrct`` beside ``exported/instruct`` was asked of the hub,
     24 seconds of retries offline before it failed. A Hub id whose owner is also a folder here stays a Hub id."""
     owner, _, rest = name.partition("/")
-    if not rest or "/" in rest or isinstance(try_to_load_from_cache(name, marker), str):
-        return None
+    try:
+        if not rest or "/" in rest or isinstance(try_to_load_from_cache(name, marker), str):
+            return None
+    except ValueError:  # not a Hub id's shape ('$HOME/x', 'my models/phi-2'): a traceback from the hub's check
+        pass
     near = _close_folders(Path(owner), rest, n=1)
     return f"{owner}/{near[0]}" if near else None
 

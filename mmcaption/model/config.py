@@ -7,6 +7,7 @@ and :meth:`~mmcaption.model.MultimodalCausalLM.from_config` builds the model fro
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -63,19 +64,26 @@ class MultimodalConfig:
 
 
 def absolute_if_local(name: str) -> str:
-    """``name`` as an absolute path when it names an existing file or folder, else unchanged (a hub id)."""
+    """``name`` as an absolute path when it names an existing file or folder, else unchanged (a hub id). Links on the
+    way are kept, not followed: a user who reaches the backbones through a link re-points it when they move (their
+    target was stored, and the moved backbones were looked for where the link had pointed)."""
     path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
+    return os.path.abspath(path) if path.exists() else name
 
 
 PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")
 
 
+def _real(name: str) -> str:
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 def same_setting(key: str, given: Any, saved: Any) -> bool:
     """Whether a setting given equals the checkpoint's (a relative folder equals its absolute path; a tuple, the list a
     saved config.yaml gives back)."""
-    if key in PATH_SETTINGS and isinstance(given, str) and isinstance(saved, str):
-        return absolute_if_local(given) == absolute_if_local(saved)
+    if key in PATH_SETTINGS and isinstance(given, str) and isinstance(saved, str):  # by a link or its target alike
+        return _real(given) == _real(saved)
     if isinstance(given, tuple | list) and isinstance(saved, tuple | list):
         return len(given) == len(saved) and all(same_setting(key, a, b) for a, b in zip(given, saved))
     return given == saved
