@@ -38,7 +38,7 @@ from mmcaption.folders import (
     take_checkpoint_folder,
 )
 from mmcaption.model import MultimodalConfig, is_pretrained_folder, read_manifest
-from mmcaption.model.backbones import check_backbone, context_problem
+from mmcaption.model.backbones import check_backbones, context_problem
 from mmcaption.model.compatibility import check_structure, structure_problem
 from mmcaption.model.config import (
     TRAINING_ONLY,
@@ -167,8 +167,7 @@ class MMCaptionCLI(LightningCLI):
                 "cross-attention and LoRA are untrained: the model would not see the images"
             )
         model, data = config.model.config, config.get("data")
-        check_backbone(model.language_model, "model.config.language_model")
-        check_backbone(model.vision_model, "model.config.vision_model")
+        check_backbones(model.language_model, model.vision_model, config.get("ckpt_path") or config.model.get("init_from"))
         trained = self.subcommand != "fit" or bool(config.get("ckpt_path") or config.model.get("init_from"))  # LoRA as trained
         if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
                 trainer_problem(config.trainer) or (self.subcommand == "fit" and optimizer_problem(

@@ -259,3 +259,22 @@ def test_a_backbone_reached_through_a_link_is_kept_by_the_link_not_its_target(tm
     monkeypatch.chdir(tmp_path)
     assert absolute_if_local("models/phi") == str(tmp_path / "models" / "phi")
     assert same_setting("config.language_model", "models/phi", str(tmp_path / "store" / "phi"))  # a checkpoint of before
+
+
+def test_both_moved_backbones_of_a_checkpoint_are_said_at_once_with_what_to_pass(tmp_path, backbones):
+    # predict --ckpt_path on another machine: "model.config.language_model /old/...: no such folder", then, once given,
+    # the same for the vision model in a second run; nothing said they came from the checkpoint or what to pass
+    from mmcaption.model.backbones import BackboneNotFoundError, check_backbones
+
+    gone = tmp_path / "old"
+    with pytest.raises(BackboneNotFoundError) as refused:
+        check_backbones(str(gone / "language_model"), str(gone / "vision_model"), "cap.ckpt")
+    message = str(refused.value)
+    assert message.startswith(f"model.config.language_model {gone / 'language_model'}: no such folder; and "
+                              f"model.config.vision_model {gone / 'vision_model'}: no such folder. Moved since? A checkpoint "
+                              "records its backbones' folders as they were when it trained, and cap.ckpt is read with them")
+    assert message.endswith("--model.config.language_model PATH --model.config.vision_model PATH")
+    check_backbones(str(backbones[0]), str(backbones[1]), "cap.ckpt")  # where they are: nothing said
+    with pytest.raises(BackboneNotFoundError) as refused:  # no checkpoint: the folder alone
+        check_backbones(str(backbones[0]), str(gone / "vision_model"), None)
+    assert str(refused.value) == f"model.config.vision_model {gone / 'vision_model'}: no such folder"

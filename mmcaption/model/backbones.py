@@ -88,24 +88,21 @@ def check_backbone(name: str, setting: str) -> None:
                                 f"is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): {download_hint(name)}")
 
 
-ADAPTER_README = """# LoRA adapter of an mmcaption model
-
-The LoRA adapter (PEFT) of the language model of the mmcaption model in the folder above, which loads with
-`mmcaption.Captioner.from_pretrained(<that folder>)`. On its own, `peft.PeftModel.from_pretrained(<its base language
-model>, <this folder>)` gives the language model with the adapter, without the vision tower and the cross-attention.
-"""
-
-
-def save_adapter(language_model: PeftModel, folder: Path) -> None:
-    """The LoRA adapter as PEFT saves it, its target modules sorted: PEFT writes them from a set, in an order that changes
-    from one process to the next, and two exports of one checkpoint differed."""
-    language_model.save_pretrained(folder)
-    # PEFT's README is a blank card template whose metadata names the base model's local path and PEFT as the loader
-    (folder / "README.md").write_text(ADAPTER_README, encoding="utf-8")
-    settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    if isinstance(settings.get("target_modules"), list):
-        settings["target_modules"] = sorted(settings["target_modules"])
-        (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+def check_backbones(language_model: str, vision_model: str, trained_from: str | None) -> None:
+    """:func:`check_backbone` for both, refused together (a second run found the second moved backbone), saying that
+    the checkpoint ``trained_from`` (``--ckpt_path`` or ``init_from``, when given) records the folders as they were."""
+    problems = []
+    for name, setting in ((language_model, "model.config.language_model"), (vision_model, "model.config.vision_model")):
+        try:
+            check_backbone(name, setting)
+        except BackboneNotFoundError as error:
+            problems.append(str(error))
+    if problems and trained_from and any(": no such folder" in problem for problem in problems):
+        problems[-1] += (f". Moved since? A checkpoint records its backbones' folders as they were when it trained, and "
+                         f"{trained_from} is read with them unless the config gives others: give where they are now, "
+                         "--model.config.language_model PATH --model.config.vision_model PATH")
+    if problems:
+        raise BackboneNotFoundError("; and ".join(problems))
 
 
 def context_problem(name: str, max_length: object) -> str | None:

@@ -6,11 +6,14 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCardData, try_to_load_from_cache
 
 from mmcaption.errors import NotAModelFolderError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 CONFIG_FILE = "mmcaption.json"  # a saved folder's manifest: model config, prompts, generation, provenance
 DATA_SETTINGS = ("data_dir", "source", "hub_dataset", "train_split", "train_file", "val_file", "image_root", "max_length",
@@ -176,3 +179,23 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
                                    f"({'no ' + CONFIG_FILE if path.exists() else 'no such folder'}){export}"
                                    f"{'' if path.exists() else near_names(path)}")
     return json.loads((Path(folder) / CONFIG_FILE).read_text())
+
+
+ADAPTER_README = """# LoRA adapter of an mmcaption model
+
+The LoRA adapter (PEFT) of the language model of the mmcaption model in the folder above, which loads with
+`mmcaption.Captioner.from_pretrained(<that folder>)`. On its own, `peft.PeftModel.from_pretrained(<its base language
+model>, <this folder>)` gives the language model with the adapter, without the vision tower and the cross-attention.
+"""
+
+
+def save_adapter(language_model: PeftModel, folder: Path) -> None:
+    """The LoRA adapter as PEFT saves it, its target modules sorted: PEFT writes them from a set, in an order that changes
+    from one process to the next, and two exports of one checkpoint differed."""
+    language_model.save_pretrained(folder)
+    # PEFT's README is a blank card template whose metadata names the base model's local path and PEFT as the loader
+    (folder / "README.md").write_text(ADAPTER_README, encoding="utf-8")
+    settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if isinstance(settings.get("target_modules"), list):
+        settings["target_modules"] = sorted(settings["target_modules"])
+        (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")

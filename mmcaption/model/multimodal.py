@@ -34,10 +34,9 @@ from mmcaption.model.backbones import (
     load_language_model,
     load_vision_model,
     refuse_casting_packed_weights,
-    save_adapter,
     torch_dtype,
 )
-from mmcaption.model.card import CONFIG_FILE, model_card, read_manifest
+from mmcaption.model.card import CONFIG_FILE, model_card, read_manifest, save_adapter
 from mmcaption.model.compatibility import check_structure
 from mmcaption.model.config import MultimodalConfig, settings_diff
 from mmcaption.model.cross_attention import CrossAttentionDecoderLayer, GatedCrossAttentionBlock
