@@ -8,14 +8,13 @@ import contextlib
 import functools
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
-from mmcaption.errors import ConfigError
+from mmcaption.errors import VARIABLE, ConfigError
 from mmcaption.usage import shipped_configs
 
 SECTIONS = ("trainer", "model", "data", "model.config", "data.init_args")  # settings a null would reset to defaults
@@ -101,9 +100,6 @@ def _written_twice(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, tup
         yield from _written_twice(value, f"{name}.")
 
 
-_VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")
-
-
 def _shell_variables(node: yaml.Node, prefix: str = "", listed: bool = False) -> Iterator[tuple[str, int, str, str, bool]]:
     """Each value of ``node`` that names an environment variable as a shell would (``$SCRATCH/coco``,
     ``${HOME}/data``): one set here, or one that begins the value (a path). Yields the dotted key, its line, the
@@ -115,7 +111,7 @@ def _shell_variables(node: yaml.Node, prefix: str = "", listed: bool = False) ->
         for key, value in node.value:
             yield from _shell_variables(value, f"{prefix}{getattr(key, 'value', key)}.", listed)
     elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str) and node.style in (None, "", "'", '"'):
-        for match in _VARIABLE.finditer(node.value):
+        for match in VARIABLE.finditer(node.value):
             if match.group(2) in os.environ or match.start() == 0:
                 expanded = os.path.expandvars(node.value)
                 yield (prefix.rstrip("."), node.start_mark.line + 1, node.value,

@@ -30,7 +30,7 @@ TRACEBACK_VARIABLE = "MMCAPTION_TRACEBACK"
 
 
 
-_VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")
+VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")  # $NAME or ${NAME}, as a shell reads it
 
 
 def unexpanded_variable(path: object) -> str:
@@ -38,7 +38,7 @@ def unexpanded_variable(path: object) -> str:
     string): what it is and what a shell would have made of it; else ``""``. The message named ``$HOME/ckpts/cap.ckpt``
     as not found, and the user looked for a file."""
     text = str(path)
-    match = next((m for m in _VARIABLE.finditer(text) if m.group(2) in os.environ or m.start() == 0), None)
+    match = next((m for m in VARIABLE.finditer(text) if m.group(2) in os.environ or m.start() == 0), None)
     if match is None:
         return ""
     expanded = os.path.expandvars(text)
