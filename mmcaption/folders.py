@@ -360,17 +360,17 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
     the newest ``last*.ckpt`` recorded (per run: right in a folder several runs share); without one, refused."""
     if ckpt_path not in ("last", "best"):
         return None
-    folders = folders or []
-    found = sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*.ckpt"))  # a {val/CIDEr} name: a folder
-    lasts = [p for p in found if p.name.startswith("last")]
-    if ckpt_path == "last" and lasts:
-        return max(lasts, key=lambda p: p.stat().st_mtime)
-    if ckpt_path == "best" and lasts and (best := _recorded_best(max(lasts, key=lambda p: p.stat().st_mtime))):
+    found = sorted(p for folder in folders or [] if folder.is_dir() for p in folder.rglob("*.ckpt"))  # a {val/CIDEr} name: a folder
+    newest = max((p for p in found if p.name.startswith("last")), key=lambda p: p.stat().st_mtime, default=None)
+    if ckpt_path == "last" and newest:
+        return newest
+    if ckpt_path == "best" and newest and (best := _recorded_best(newest)):
         return best
     if ckpt_path == "last" and subcommand == "fit":  # Lightning's warning blamed save_last, which the configs set
         warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
-        return print(f"note: --ckpt_path last: no last*.ckpt in {', '.join(map(str, folders)) or 'no checkpoint folder'} "
-                     f"under {Path.cwd()}: this fit starts at step 0", file=sys.stderr, flush=True)
+        warnings.warn(f"--ckpt_path last: no last*.ckpt in {', '.join(str(f.absolute()) for f in folders or []) or 'a folder'}"
+                      ": this fit starts at step 0", stacklevel=1)  # said once a process (the registry of warnings)
+        return None
     holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
     why = "there is no last.ckpt in" if ckpt_path == "last" else "no last.ckpt records a best checkpoint that is there, in"
     where = (f"{why} {', '.join(str(folder) for folder in folders)}, under {Path.cwd()}{holds}" if folders else
@@ -389,9 +389,9 @@ def _recorded_best(last: Path) -> Path | None:
         return None
     for key, value in (state.get("callbacks") or {}).items():
         if str(key).startswith("ModelCheckpoint") and isinstance(value, dict) and value.get("best_model_path"):
-            path, dirpath = Path(value["best_model_path"]), value.get("dirpath") or ""  # beside last first: a copied
-            inside = path.relative_to(dirpath) if dirpath and path.is_relative_to(dirpath) else path.name  # project's own
-            path = last.parent / inside if (last.parent / inside).is_file() else path
+            path, dirpath = Path(value["best_model_path"]), value.get("dirpath") or ""  # in the run's folder: as it is
+            beside = last.parent / path.relative_to(dirpath) if dirpath and path.is_relative_to(dirpath) else None  # now
+            path = beside if beside and beside.is_file() else path if path.is_file() else last.parent / path.name  # (a copy)
             if path.is_file():
                 score = value.get("best_model_score")
                 print(f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'}" + (f" {float(score):.4f}" if

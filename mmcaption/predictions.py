@@ -210,7 +210,7 @@ class PredictionWriter(BasePredictionWriter):
             self.counts["correct"] += int(row["correct"])
             self.counts["unanswered"] += int(row.get("prediction") is None)
         groups = {key: str(value).strip() for key, column in self.category_columns.items()
-                  if (value := column_value(row, column)) not in (None, "")}
+                  if str(value := column_value(row, column)).strip() and value is not None}
         if row.get("vqa_accuracy") is not None:
             self.counts["vqa_scored"] = self.counts.get("vqa_scored", 0) + 1
             self.counts["vqa_accuracy_sum"] = self.counts.get("vqa_accuracy_sum", 0.0) + row["vqa_accuracy"]

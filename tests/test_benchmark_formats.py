@@ -292,6 +292,9 @@ def test_circular_passes_rotate_the_options_and_move_the_answer_with_them():
     # each row its own index, as MMBench's TSVs number their passes: its server grades rows by index, and all four
     # rows had question 7's (graded against the unrotated answer)
     assert [p.record["index"] for p in passes] == ["7", "1000007", "2000007"]
+    # a sheet's own columns are not renumbered (pandas' index under an empty header, a CSV's own "index")
+    sheet = ChoiceQuestion(3, {"": "17", "Index": "4"}, "x.png", "Which?", ["red", "blue"], "B", option_keys=("A", "B"))
+    assert [(p.record[""], p.record["Index"]) for p in circular_passes([sheet])] == [("17", "4"), ("17", "4")]
     assert question.record == record  # the question itself is left as it was
 
 

@@ -703,10 +703,9 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert keyword_checkpoint("last", [folder], "fit") is None
+        assert keyword_checkpoint("last", [folder.relative_to(tmp_path)], "fit") is None
         warnings.warn('.fit(ckpt_path="last") is set, but there is no last checkpoint available.', stacklevel=1)
-    assert not caught
-    assert capsys.readouterr().err == f"note: --ckpt_path last: no last*.ckpt in {folder} under {tmp_path}: this fit starts at step 0\n"
+    assert [str(w.message) for w in caught] == [f"--ckpt_path last: no last*.ckpt in {folder}: this fit starts at step 0"]
     folder.mkdir()
     (folder / "epoch=0-step=8.ckpt").write_bytes(b"")
     message = user_error(capsys, main, ["test", *config, "--ckpt_path", "best"])  # was Lightning's traceback

@@ -375,12 +375,11 @@ def scienceqa_image_root(path: Path, questions: list[ChoiceQuestion]) -> Path:
 
 
 def circular_passes(questions: list[ChoiceQuestion]) -> list[ChoiceQuestion]:
-    """MMBench's CircularEval: a question with N options is asked N times, its options rotated by 0 ... N-1 places
-    (rotation r asks the option that was r-th first), the answer letter moved with them. Each record gains
-    ``circular_index`` (the question's index) and ``rotation``, holds the options and answer as that pass asks them, and
-    has an ``index`` of its own, the question's + rotation x 1,000,000, as MMBench's TSVs number them (its server grades
-    by index). A file that comes with its own passes (:attr:`ChoiceQuestion.passes`) is asked as it has them, as
-    VLMEvalKit and MMBench's evaluation do, and a question the file gives no pass is asked once."""
+    """MMBench's CircularEval: a question with N options is asked N times, rotated by 0 ... N-1 places (rotation r asks
+    the option that was r-th first), the answer letter moved with them. Each record gains ``circular_index`` and
+    ``rotation``, holds the options and answer as that pass asks them, and an MMBench row's ``index`` is its own, the
+    question's + rotation x 1,000,000, as MMBench's TSVs number passes (its server grades by index). A file with passes
+    of its own (:attr:`ChoiceQuestion.passes`) is asked as it has them, as VLMEvalKit does; a question without, once."""
     if any(question.passes for question in questions):
         return [replace(asked, record={**asked.record, "circular_index": question.key, "rotation": rotation}, passes=[])
                 for question in questions for rotation, asked in [(0, question), *question.passes]]
@@ -394,7 +393,8 @@ def circular_passes(questions: list[ChoiceQuestion]) -> list[ChoiceQuestion]:
             if answer is not None:
                 record["answer"] = answer
             record.update(circular_index=question.key or str(question.line), rotation=rotation)
-            if rotation and str(record.get(index := next((k for k in record if k.lower() == "index"), ""), "")).isdigit():
-                record[index] = str(int(record[index]) + rotation * CIRCULAR_STRIDE)
+            index = next((key for key in record if key.lower() == "index"), None)  # MMBench's own, of ASCII digits
+            if rotation and index and record[index] == question.key and question.key.isascii() and question.key.isdigit():
+                record[index] = str(int(question.key) + rotation * CIRCULAR_STRIDE)
             passes.append(replace(question, record=record, options=options, answer=answer))
     return passes

@@ -10,7 +10,9 @@ the feature layer, and is published atomically like the split itself.
 from __future__ import annotations
 
 import json
+import os
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import datasets
@@ -38,29 +40,28 @@ def model_signature(name_or_path: str) -> dict:
     """What identifies a vision model's weights: the content of its folder's config and weight files (not the folder's
     path: a moved project kept its features, and recomputed them all). Their times are not it either: a copy staged to a
     node's scratch disk at each job's start (new times) computed every feature again, and other weights of the same size
-    with the time set back (a retrained tower) were read as the old. A Hub id is signed by its snapshot in the local
-    Hugging Face cache (a new revision pulled there was its old features), else by its name."""
+    with the time set back (a retrained tower) were read as the old. A Hub id is signed by its name: its files are
+    fetched between the looks of a first run (keyed by them, a first fit computed the features, then did not find them)."""
     path = Path(name_or_path)
-    if not path.is_dir() and (path := _cached_snapshot(name_or_path)) is None:
+    if not path.is_dir():
         return {"name": name_or_path}
     files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"} and p.is_file())
     return {"content": {p.name: file_signature(p)["sha256"] for p in files}}
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
-    """The folder of a Hub model's snapshot in the local cache (the revision ``main`` points at), or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except ValueError:  # not a repository id
-        return None
-    return Path(found).parent if isinstance(found, str) else None
-
-
 def features_folder(split_folder: Path, vision_model: str, feature_layer: int | list[int]) -> Path:
     key = fingerprint(vision=model_signature(vision_model), layer=feature_layer, dtype="float16")
     return split_folder / f"features-{key}"
+
+
+def _earlier_features_folder(split_folder: Path, vision_model: str, feature_layer: int | list[int]) -> Path | None:
+    """Where an earlier release kept the features of this tower folder (keyed by its files' names, sizes and times)."""
+    path = Path(vision_model)
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"})
+    signature = {"files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    return split_folder / f"features-{fingerprint(vision=signature, layer=feature_layer, dtype='float16')}"
 
 
 
@@ -79,6 +80,12 @@ def write_image_features(
             return target
         rank_zero_info(f"the feature cache {target} is damaged ({problem}); computing it again")
         discard(target)
+    earlier = _earlier_features_folder(split_folder, vision_model, feature_layer)  # the tower's files unchanged since
+    if earlier is not None and is_complete(earlier) and damage(earlier, {"data": "images"}) is None:
+        with suppress(OSError):  # an upgrade computed every feature again (GPU hours at COCO scale), the old ones left
+            os.rename(earlier, target)
+            rank_zero_info(f"the feature cache {earlier.name} of an earlier release is {target.name} now (the same tower)")
+            return target
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     images = load_table(split_folder / "images")
     processor = load_image_processor(vision_model)

@@ -85,7 +85,7 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
     for number, (row, record) in enumerate(zip(written, rows), start=1):
         earlier = also[number - 1] if also else {}
         differs = next((key for key, value in record.items() if isinstance(value, str)
-                        and str(row.get(key, value)) not in (value, earlier.get(key, value))), None)
+                        and str(row.get(key, value)) not in (value, earlier.get(key, value), value.strip())), None)
         if differs is not None:
             raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
                                     f"row {number} has {record[differs]!r}: it is the output of another input, or of this "

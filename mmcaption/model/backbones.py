@@ -76,7 +76,7 @@ def check_backbone(name: str, setting: str) -> None:
         if not (path / "config.json").is_file() and not (path / "preprocessor_config.json").is_file():
             raise BackboneNotFoundError(f"{setting} {name} is not a saved model folder (no config.json in it)")
         return
-    if is_local_path(name) or not HUB_ID.fullmatch(name):  # '$HOME/x', 'my models/phi-2': no Hub id (a traceback)
+    if is_local_path(name) or not (HUB_ID.fullmatch(name) or re.fullmatch(r"[\w.-]+", name)):  # '$HOME/x' (gpt2: one)
         where = "" if path.is_absolute() else f" (relative to the working directory, {Path.cwd()})"
         raise BackboneNotFoundError(f"{setting} {name}: no such folder{where}{unexpanded_variable(name)}")
     if near := mistyped_folder(name, "config.json"):

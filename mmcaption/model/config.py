@@ -7,7 +7,6 @@ and :meth:`~mmcaption.model.MultimodalCausalLM.from_config` builds the model fro
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -68,7 +67,7 @@ def absolute_if_local(name: str) -> str:
     way are kept, not followed: a user who reaches the backbones through a link re-points it when they move (their
     target was stored, and the moved backbones were looked for where the link had pointed)."""
     path = Path(name).expanduser()
-    return os.path.abspath(path) if path.exists() else name
+    return str(path.absolute()) if path.exists() else name  # '..' kept: after a link, it is the link target's parent
 
 
 PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")
