@@ -419,6 +419,14 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
     dm.prepare_data()
     first = min(uncaptioned)
     assert any(f"2 x images without a caption left out (first: image id {first}," in message for message in warned), warned
+    # a split with no caption at all (a test split whose references are held back): it read "nothing usable is left (bad
+    # records: none)" once every image had been read, and nothing said how to caption them
+    content["annotations"] = []
+    annotations.write_text(json.dumps(content))
+    with pytest.raises(DataError, match=rf"captions_train2017\.json: none of its {len(content['images'])} images has a caption "
+                                        r"\(a test split whose references are held back.*mmcaption predict --config "
+                                        r"configs/predict/captions.yaml --data.images \S+train2017$"):
+        dm.prepare_data()
 
 
 def test_answers_to_questions_saved_by_excel_open_in_excel(backbones, trained_checkpoint, image_folder, tmp_path):
