@@ -932,6 +932,18 @@ def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_diff
                                                        ckpt_path=older)
     annotations.write_text(original)
 
+    # an image no record names added to the training folder ("photo (1).jpg"): the split is preprocessed anew, with the same
+    # rows and images, and the run resumes (it was refused, "trained on other data", naming two hashes)
+    stray = coco / "train2017" / "stray (1).jpg"
+    shutil.copy(next((coco / "train2017").glob("*.jpg")), stray)
+    capsys.readouterr()
+    resumed = fit_trainer(tmp_path / "caption", steps=3)
+    resumed.fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names), ckpt_path=last)
+    assert resumed.global_step == 3
+    assert re.search(rf"note: {re.escape(str(last))} was trained on train2017-\w+, and this run's data was preprocessed anew into "
+                     r"train2017-\w+, with the same rows and images: it resumes", capsys.readouterr().err)
+    stray.unlink()
+
     # the same stage on data that lost two images since: refused, naming what changed, before any step
     content = json.loads(annotations.read_text())
     dropped = {image["id"] for image in content["images"][:2]}

@@ -26,7 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import collate
-from mmcaption.data.cache import built_once, damage, discard, fingerprint, folder_signature, is_complete
+from mmcaption.data.cache import built_once, damage, discard, fingerprint, folder_signature, is_complete, load_table
 from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
@@ -353,6 +353,15 @@ class PreprocessedDataModule(BackbonesDataModule):
             "seed": default_seed(),
             **({"captions": "read anew"} if getattr(self, "read_anew", {}).get(split) else {}),  # (see ResumableStop)
         }
+
+    def same_training_data(self, earlier: str) -> bool:
+        """Whether the training split a checkpoint was trained on, the folder ``earlier`` beside this run's (kept until
+        deleted), holds the same rows and images: preprocessed anew for a change it does not read (an image added to
+        the folder that no record names), it has the same batches, and the run resumes (it was refused)."""
+        current = self.folders.get(self.stage_splits()["train"])
+        if current is None or current.name == earlier or not is_complete(old := current.parent / earlier):
+            return False
+        return all(load_table(old / t).data.table.equals(load_table(current / t).data.table) for t in ("images", self.text_table))
 
     def _loader_settings(self) -> dict[str, Any]:
         """What every loader of a split shares: workers, pinning, per-batch padding."""
