@@ -34,6 +34,7 @@ UNACTIONABLE_WARNINGS = (
     re.escape("`is_gradient_checkpointing` is deprecated"),  # peft asks transformers with the old name
     re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),  # Lightning's pytree helper on newer torch
     r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen vision tower, on purpose
+    r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint',  # said by mmcaption, naming the folder
     # the evaluation metrics are computed from every process's outputs, gathered, and logged once: nothing to sum
     r"It is recommended to use `self\.log\('(val|test)/",
 )

@@ -28,6 +28,7 @@ from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, O
 from mmcaption.resources import owner_of
 
 LOCK_FILE = ".mmcaption.lock"
+SAID: set[str] = set()  # the notes this process has said once
 
 
 def walk_through_links(folder: str | Path, unreadable: list[Path] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -354,10 +355,9 @@ def remove_unused_run(folder: str | Path) -> bool:
 
 
 def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: str) -> Path | None:
-    """The file ``--ckpt_path last`` names: the newest ``last*.ckpt`` in the config's checkpoint ``folders`` (as Lightning
-    picks it; also when fast_dev_run leaves the ModelCheckpoint out). Without one, fit starts afresh saying where it
-    looked; validate, test and predict (Lightning ran the untrained model) are refused, as ``best``: the best checkpoint
-    the newest ``last*.ckpt`` recorded (per run: right in a folder several runs share); without one, refused."""
+    """The file ``--ckpt_path last`` names: the newest ``last*.ckpt`` in the config's checkpoint ``folders`` (also when
+    fast_dev_run leaves the ModelCheckpoint out); without one, fit starts afresh saying where it looked, and validate, test
+    and predict are refused, as ``best``: the best checkpoint the newest ``last*.ckpt`` recorded (per run), or refused."""
     if ckpt_path not in ("last", "best"):
         return None
     found = sorted(p for folder in folders or [] if folder.is_dir() for p in folder.rglob("*.ckpt"))  # a {val/CIDEr} name: a folder
@@ -366,10 +366,10 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
         return newest
     if ckpt_path == "best" and newest and (best := _recorded_best(newest)):
         return best
-    if ckpt_path == "last" and subcommand == "fit":  # Lightning's warning blamed save_last, which the configs set
-        warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
-        warnings.warn(f"--ckpt_path last: no last*.ckpt in {', '.join(str(f.absolute()) for f in folders or []) or 'a folder'}"
-                      ": this fit starts at step 0", stacklevel=1)  # said once a process (the registry of warnings)
+    if ckpt_path == "last" and subcommand == "fit":  # said once a process (the CLI asks twice); Lightning's warning, which
+        said = f"--ckpt_path last: no last*.ckpt in {', '.join(str(f.absolute()) for f in folders or []) or 'a folder'}"
+        if said not in SAID and not SAID.add(said):  # blamed save_last (the configs set it), is filtered in the CLI
+            warnings.warn(f"{said}: this fit starts at step 0", stacklevel=1)
         return None
     holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
     why = "there is no last.ckpt in" if ckpt_path == "last" else "no last.ckpt records a best checkpoint that is there, in"

@@ -699,13 +699,16 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
     assert message == f"error: validate --ckpt_path last: there is no last.ckpt in {folder}, under {tmp_path}. Give the checkpoint's path"
     # fit starts afresh (a requeued job's first run), saying where it looked: Lightning's hint blamed save_last, which the
     # config sets, and a fit run from another folder went on from step 0 beside it
+    from mmcaption.console import UNACTIONABLE_WARNINGS
     from mmcaption.folders import keyword_checkpoint
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert keyword_checkpoint("last", [folder.relative_to(tmp_path)], "fit") is None
-        warnings.warn('.fit(ckpt_path="last") is set, but there is no last checkpoint available.', stacklevel=1)
+        assert keyword_checkpoint("last", [folder], "fit") is None  # the CLI asks twice: said once (it was said twice)
     assert [str(w.message) for w in caught] == [f"--ckpt_path last: no last*.ckpt in {folder}: this fit starts at step 0"]
+    lightnings = '.fit(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will be loaded.'
+    assert any(re.match(pattern, lightnings) for pattern in UNACTIONABLE_WARNINGS)  # its hint blamed save_last
     folder.mkdir()
     (folder / "epoch=0-step=8.ckpt").write_bytes(b"")
     message = user_error(capsys, main, ["test", *config, "--ckpt_path", "best"])  # was Lightning's traceback
@@ -943,6 +946,13 @@ def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_diff
     assert re.search(rf"note: {re.escape(str(last))} was trained on train2017-\w+, and this run's data was preprocessed anew into "
                      r"train2017-\w+, with the same rows and images: it resumes", capsys.readouterr().err)
     stray.unlink()
+    # back on the first split, the one it resumed on since damaged (its files deleted to make room): refused as any other
+    # change of data, not a traceback from reading it
+    rebuilt = torch.load(last, weights_only=False)["training_data"]["train_split"]
+    shutil.rmtree(next((coco / "preprocessed").glob(f"{rebuilt}/captions")))
+    with pytest.raises(ResumeError, match=rf"other data or batches than this run's \(the training data's content .* '{rebuilt}' ->"):
+        fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
+                                                       ckpt_path=last)
 
     # the same stage on data that lost two images since: refused, naming what changed, before any step
     content = json.loads(annotations.read_text())

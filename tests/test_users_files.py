@@ -424,8 +424,10 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
     content["annotations"] = []
     annotations.write_text(json.dumps(content))
     with pytest.raises(DataError, match=rf"captions_train2017\.json: none of its {len(content['images'])} images has a caption "
-                                        r"\(a test split whose references are held back.*mmcaption predict --config "
-                                        r"configs/predict/captions.yaml --data.images \S+train2017$"):
+                                        r"\(a test split whose references are held back.*validate on a split with captions "
+                                        r"\(--data.init_args.val_split\)\. To caption these images: mmcaption predict --config "
+                                        r"<the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
+                                        r"--data.images \S+train2017$"):
         dm.prepare_data()
 
 

@@ -358,9 +358,9 @@ class PreprocessedDataModule(BackbonesDataModule):
         """Whether the training split a checkpoint was trained on, the folder ``earlier`` beside this run's (kept until
         deleted), holds the same rows and images: preprocessed anew for a change it does not read (an image added to
         the folder that no record names), it has the same batches, and the run resumes (it was refused)."""
-        current = self.folders.get(self.stage_splits()["train"])
-        if current is None or current.name == earlier or not is_complete(old := current.parent / earlier):
-            return False
+        current, tables = self.folders.get(self.stage_splits()["train"]), {"images": "images", self.text_table: "rows"}
+        if current is None or current.name == earlier or not is_complete(old := current.parent / earlier) or damage(old, tables):
+            return False  # (a damaged one, files deleted to make room: refused, as before, not a traceback)
         return all(load_table(old / t).data.table.equals(load_table(current / t).data.table) for t in ("images", self.text_table))
 
     def _loader_settings(self) -> dict[str, Any]:

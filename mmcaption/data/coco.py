@@ -127,8 +127,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     uncaptioned = [image for image in found if not image.captions]
     if found and len(uncaptioned) == len(found):  # "nothing usable is left (bad records: none)" once the images were read
         raise DataError(f"{annotation_file}: none of its {len(found):,} images has a caption (a test split whose references "
-                        f"are held back, as COCO's test2017): validate and test score captions against them. To caption "
-                        f"these images, run mmcaption predict --config configs/predict/captions.yaml --data.images {image_dir}")
+                        f"are held back, as COCO's test2017): validation and test score captions against them, so validate "
+                        f"on a split with captions (--data.init_args.val_split). To caption these images: mmcaption predict "
+                        f"--config <the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
+                        f"--data.images {image_dir}")
     if uncaptioned:  # nothing to learn from, but the user should know they are not trained on
         first = uncaptioned[0]
         records.note(f"images without a caption left out (first: image id {first.image_id}, {first.file_name})", len(uncaptioned))
