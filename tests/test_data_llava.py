@@ -249,6 +249,13 @@ def test_every_bad_record_of_a_kind_is_named_in_one_run_and_long_questions_befor
                                         r"\(first: record 5 \(id train2017-6\): turn 1 \(gpt\) is empty\)\. Fix or remove them, or set "
                                         r"on_bad_record: skip"):
         make_datamodule(backbones, llava).prepare_data()
+    # and a missing image with them (LLaVA-1.5's mix often lacks some): it was the next run's news
+    moved, aside = image_root / "train2017" / "000000000010.jpg", image_root.parent / "aside.jpg"
+    moved.rename(aside)
+    with pytest.raises(DataError, match=r"instruct_train2017\.json: 4 bad records of 3 kinds: .*; 1 x missing image \(first: \S+"
+                                        r"000000000010\.jpg \(record 9 \(id train2017-10\)\) does not exist\)\. Fix or remove them"):
+        make_datamodule(backbones, llava).prepare_data()
+    aside.rename(moved)
     train.write_text(original)
 
     # none of the images decodes: still named, not "nothing usable is left"

@@ -296,15 +296,17 @@ class BadRecords:
             self.bad(kind, message)
 
     @contextmanager
-    def all_found_first(self) -> Iterator[None]:
-        """Under ``error``, the bad records reported within are kept and refused together as it ends, not one per run
-        (a conversation file with 200 bad records scattered through it took 200 runs to get through)."""
+    def all_found_first(self, then_refuse: bool = True) -> Iterator[None]:
+        """Under ``error``, the bad records reported within are kept and refused together as it ends (or, ``then_refuse``
+        false, by :meth:`raise_deferred` later, with what is found after), not one per run (a conversation file with 200
+        bad records scattered through it took 200 runs to get through)."""
         self._finding_all = True
         try:
             yield
         finally:
             self._finding_all = False
-        self.raise_deferred()
+        if then_refuse:
+            self.raise_deferred()
 
     def raise_deferred(self) -> None:
         """Refuse the bad records kept (:meth:`defer`, :meth:`all_found_first`): each kind counted, the first of each
