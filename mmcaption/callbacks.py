@@ -257,14 +257,15 @@ class ResumableStop(Callback):
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
             saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}
         saved = {"max_length": current.get("max_length"), **saved}  # checkpoints from before it was kept: the split tells
-        changed = [f"{SAID.get(key, key)} {saved.get(key)!r} -> {current.get(key)!r}" for key in current if saved.get(key) != current.get(key)]
-        if len(changed) == 1 and changed[0].startswith(SAID["train_split"]) and trainer.datamodule.same_training_data(saved["train_split"]):
+        changed = [key for key in current if saved.get(key) != current.get(key)]
+        if changed == ["train_split"] and trainer.datamodule.same_training_data(saved["train_split"]):
             if trainer.is_global_zero:  # (an image no record names added to its folder made a new split)
                 print(f"note: {source} was trained on {saved['train_split']}, and this run's data was preprocessed anew into "
                       f"{current['train_split']}, with the same rows and images: it resumes", file=sys.stderr, flush=True)
         elif changed:
+            said = "; ".join(f"{SAID.get(key, key)} {saved.get(key)!r} -> {current.get(key)!r}" for key in changed)
             raise ResumeError(
-                f"{source} was trained on other data or batches than this run's ({'; '.join(changed)}): resuming would "
+                f"{source} was trained on other data or batches than this run's ({said}): resuming would "
                 "repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
                 f"start a new run from its weights with --model.init_from {source}"
             )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mmcaption.errors import VARIABLE, ConfigError
+from mmcaption.errors import ConfigError, shell_variable
 from mmcaption.usage import shipped_configs
 
 SECTIONS = ("trainer", "model", "data", "model.config", "data.init_args")  # settings a null would reset to defaults
@@ -110,13 +110,11 @@ def _shell_variables(node: yaml.Node, prefix: str = "", listed: bool = False) ->
     elif isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             yield from _shell_variables(value, f"{prefix}{getattr(key, 'value', key)}.", listed)
-    elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str) and node.style in (None, "", "'", '"'):
-        for match in VARIABLE.finditer(node.value):
-            if match.group(2) in os.environ or match.start() == 0:
-                expanded = os.path.expandvars(node.value)
-                yield (prefix.rstrip("."), node.start_mark.line + 1, node.value,
-                       f" (a shell would read {expanded})" if expanded != node.value else "", listed)
-                return
+    elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str) and node.style in (None, "", "'", '"') \
+            and shell_variable(node.value):
+        expanded = os.path.expandvars(node.value)
+        yield (prefix.rstrip("."), node.start_mark.line + 1, node.value,
+               f" (a shell would read {expanded})" if expanded != node.value else "", listed)
 
 
 def _node_at(node: yaml.Node, key: str) -> tuple[yaml.Node | None, int | None]:

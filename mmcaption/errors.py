@@ -27,10 +27,12 @@ from mmcaption.terminal import leave_a_closed_terminal
 
 USER_ERROR_EXIT = 2
 TRACEBACK_VARIABLE = "MMCAPTION_TRACEBACK"
+_VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")  # $NAME or ${NAME}, as a shell reads it
 
 
-
-VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")  # $NAME or ${NAME}, as a shell reads it
+def shell_variable(text: str) -> re.Match | None:
+    """The first environment variable ``text`` names as a shell would read it: one set here, or one it begins with."""
+    return next((m for m in _VARIABLE.finditer(text) if m.group(2) in os.environ or m.start() == 0), None)
 
 
 def unexpanded_variable(path: object) -> str:
@@ -38,12 +40,12 @@ def unexpanded_variable(path: object) -> str:
     string): what it is and what a shell would have made of it; else ``""``. The message named ``$HOME/ckpts/cap.ckpt``
     as not found, and the user looked for a file."""
     text = str(path)
-    match = next((m for m in VARIABLE.finditer(text) if m.group(2) in os.environ or m.start() == 0), None)
-    if match is None:
+    if (match := shell_variable(text)) is None:
         return ""
     expanded = os.path.expandvars(text)
     return (f" ({match.group(0)} is an environment variable as written, not expanded: single quotes in a shell, or a "
             "string in Python, keep it" + (f"; a shell would read {expanded}" if expanded != text else "") + ")")
+
 
 class MMCaptionError(Exception):
     """A problem with the user's input, files or settings; its message names the file or setting."""

@@ -116,12 +116,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         note_html(records, caption, f"annotation id {annotation_id}")
 
     missing = [image for image in images.values() if not (image_dir / image.file_name).is_file()]
-    named = [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing]
-    if records.deferred and len(missing) < len(images):  # with the bad annotations, in one run (was a second run's news)
-        with records.all_found_first():
-            records.missing_images(named, len(images), "referenced images are", image_dir)
-    records.raise_deferred()  # every bad record of a kind at once, not one per run
-    records.missing_images(named, len(images), "referenced images are", image_dir)
+    records.missing_images(  # with every bad annotation found above, kept till now: each kind at once, not one per run
+        [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing],
+        len(images), "referenced images are", image_dir,
+    )
     missing_ids = {image.image_id for image in missing}
     found = [image for image in images.values() if image.image_id not in missing_ids]
     uncaptioned = [image for image in found if not image.captions]
@@ -224,8 +222,8 @@ def read_karpathy(split_file: Path, image_root: Path, split: str, records: BadRe
             note_html(records, raw, f"{where}, sentences[{number}]")
         if captions:
             images[image_id] = CocoImage(image_id, file_name, captions)
-    records.raise_deferred()
-    if not images:
+    if not images:  # (the bad records found above, kept, go with the missing images below, else)
+        records.raise_deferred()
         raise DataError(f"{split_file} has no images of split {split!r} (Karpathy's splits: train (with restval), val, test)")
     for image in images.values():  # in another case or Unicode form, as Windows and macOS find it
         image.file_name = existing_spelling(image_root, image.file_name)

@@ -45,8 +45,12 @@ def model_signature(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if not path.is_dir():
         return {"name": name_or_path}
-    files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"} and p.is_file())
-    return {"content": {p.name: file_signature(p)["sha256"] for p in files}}
+    return {"content": {p.name: file_signature(p)["sha256"] for p in _tower_files(path)}}
+
+
+def _tower_files(folder: Path) -> list[Path]:
+    """A vision model folder's config and weight files, which identify its features."""
+    return sorted(p for p in folder.iterdir() if p.suffix in {".json", ".safetensors", ".bin"} and p.is_file())
 
 
 def features_folder(split_folder: Path, vision_model: str, feature_layer: int | list[int]) -> Path:
@@ -59,8 +63,7 @@ def _earlier_features_folder(split_folder: Path, vision_model: str, feature_laye
     path = Path(vision_model)
     if not path.is_dir():
         return None
-    files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors", ".bin"})
-    signature = {"files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    signature = {"files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in _tower_files(path)}}
     return split_folder / f"features-{fingerprint(vision=signature, layer=feature_layer, dtype='float16')}"
 
 

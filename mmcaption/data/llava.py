@@ -206,7 +206,7 @@ def read_llava(
     # concatenated twice, say) are duplicates by image and conversation alone.
     parsed_records = []
     elsewhere = BadRecords(records.source, records.on_bad_record)  # the other side's: counted by that side
-    with records.all_found_first(then_refuse=False):  # under "error", every bad record refused at once, not one per run
+    with records.all_found_first(then_refuse=False):  # under "error", every bad record refused at once (by missing_images)
         for position, record in enumerate(content):
             # a bad record is counted on the side it would have gone to, once, not in both splits' reports
             on_side = split is None or records.on_bad_record == "error" or in_split(split_key(record, position), val_fraction, split)
@@ -250,12 +250,10 @@ def read_llava(
         if conversation.image is not None:
             conversation.image = existing_spelling(image_root, conversation.image)
     missing = [c for c in conversations if c.image is not None and not (image_root / c.image).is_file()]
-    named, total = [(c.where, image_root / c.image) for c in missing], sum(c.image is not None for c in conversations)
-    if records.deferred and len(missing) < total:  # with the bad records, in one run (was a second run's news)
-        with records.all_found_first():
-            records.missing_images(named, total, "conversations refer to images", image_root)
-    records.raise_deferred()
-    records.missing_images(named, total, "conversations refer to images", image_root)
+    records.missing_images(  # with the bad records kept above, in one message
+        [(c.where, image_root / c.image) for c in missing], sum(c.image is not None for c in conversations),
+        "conversations refer to images", image_root,
+    )
     missing_ids = {id(c) for c in missing}
     return [c for c in conversations if id(c) not in missing_ids]
 

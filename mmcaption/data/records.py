@@ -324,17 +324,15 @@ class BadRecords:
                             "or set on_bad_record: skip to skip them and have them counted.")
 
     def missing_images(self, missing: list[tuple[str, Path]], total: int, what: str, root: Path) -> None:
-        """Report records whose image file does not exist: all at once with their count when
-        ``on_bad_record`` is ``error``, each counted when it is ``skip``. None of them found at all is
-        refused even under ``skip``: that is a wrong image folder, not a few bad records. Within
-        :meth:`all_found_first`, a few missing are refused with the other bad records found, in one message.
-
-        Args:
-            missing: ``(record name, image path)`` of each such record.
-            total: how many records there are, for the count in the message.
-            what: how the records read in the message, e.g. ``"referenced images are"``.
-            root: the folder the images were looked for in.
-        """
+        """Report the records whose image file does not exist (``missing``: record name and image path, of ``total``
+        records, ``what`` they are in the message, ``"referenced images are"``, looked for under ``root``): all at once
+        with their count under ``error``, each counted under ``skip``. None of them found at all is refused even under
+        ``skip``: that is a wrong image folder, not a few bad records. The bad records kept before
+        (:meth:`raise_deferred`) are refused first, or, when a few images are missing, with them in one message: the
+        missing images were a second run's news, after the records were mended."""
+        together = bool(self.deferred) and 0 < len(missing) < total  # (kept under "error" only)
+        if not together:
+            self.raise_deferred()
         if not missing:
             return
         name, path = missing[0]
@@ -351,18 +349,19 @@ class BadRecords:
             hint += (f" {len(renamed)} of the {len(missing)} are there under another suffix (ocr_vqa's .png and .gif for "
                      ".jpg): rename them to the names the file gives.")
         first = f"first: {name}, its image {relative} looked for as {path}"
-        if (self.on_bad_record == "error" and not self._finding_all) or len(missing) == total:
+        if (self.on_bad_record == "error" and not together) or len(missing) == total:
             raise DataError(
                 f"{self.source}: {len(missing)} of {total} {what} missing under {root} ({first}).{hint} Fix the image "
                 "folder" + (", or set on_bad_record: skip to skip them and have them counted." if len(missing) < total else ".")
                 + (archive_hint(root) if len(missing) == total else "")
             )
-        for name, path in missing:
-            if path in renamed:
-                self.bad("missing image, there under another suffix",
-                         f"{path} ({name}) does not exist, {renamed[path]} does: rename it to {path.name}")
-            else:
-                self.bad("missing image", f"{path} ({name}) does not exist")
+        with self.all_found_first() if together else contextlib.nullcontext():
+            for name, path in missing:
+                if path in renamed:
+                    self.bad("missing image, there under another suffix",
+                             f"{path} ({name}) does not exist, {renamed[path]} does: rename it to {path.name}")
+                else:
+                    self.bad("missing image", f"{path} ({name}) does not exist")
 
     def note(self, kind: str, count: int = 1, example: str | None = None) -> None:
         """Count something done to a usable record that the user should hear of (e.g. truncation), with the first
