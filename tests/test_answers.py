@@ -34,6 +34,15 @@ OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
         ("B or C", None, None),  # ambiguous: no letter
         ("A and B", None, None),
         ("A or B", None, None),
+        # a chatty model's letter A: read as B, C and D are (each was None, so an always-right model scored 0 in
+        # CircularEval, where every question has A as its answer once)
+        ("A is correct.", None, "A"),
+        ("A is the correct answer.", OPTIONS, "A"),
+        ("A would be correct", None, "A"),
+        ("A because the circle is red", None, "A"),
+        ("A best describes the image", OPTIONS, "A"),
+        ("A seems right", None, "A"),
+        ("B is correct.", None, "B"),
         ("a red circle or a blue square", OPTIONS, None),  # two options' texts: ambiguous
         ("blue", None, None),
         ("", None, None),

@@ -114,7 +114,7 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
 
     Reads, in this order: a bare letter (``"B"``, ``"(B)"``, ``"B."``); a statement (``"Answer: B"``,
     ``"The answer is (B)"``, ``"Option B"``); a letter that opens the answer as a label (``"B. blue"``,
-    ``"(B) blue"``); a single stand-alone capital letter (``"I think B"``; the article in ``"A red
+    ``"(B) blue"``); a single stand-alone capital letter (``"I think B"``, ``"A is correct"``; the article in ``"A red
     circle"`` is not option A); and, with ``options``, the text of exactly one option.
     """
     letters = "".join(LETTERS[: len(options)] if options else LETTERS[:4])
@@ -133,7 +133,7 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     standalone = {
         match.group(1)
         for match in re.finditer(rf"(?<!{_WORD})(?<!\w')([{letters}])(?!{_WORD}|'\w)", answer)  # "答案是B" too
-        if not (match.group(1) == "A" and re.match(r"\s+(?!(?:and|or)\b)[a-z]", answer[match.end():]))  # the article
+        if not (match.group(1) == "A" and _article(answer[match.end():]))
     }
     if standalone:
         return standalone.pop() if len(standalone) == 1 else None
@@ -144,6 +144,17 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
             if sum(matches) == 1:
                 return letters[matches.index(True)]
     return None
+
+
+# words that follow an option's letter but never the article: "A is correct", "A would be right", "A because ..."
+_AFTER_LETTER = re.compile(r"\s+(?:and|or|is|was|would|will|seems|appears|looks|because|since|as|matches|fits|should|could|"
+                           r"might|must|can|may|does|describes|shows|represents|answers|correctly|best\s+(?:describes|"
+                           r"fits|matches|answers))\b")
+
+
+def _article(rest: str) -> bool:
+    """Whether an "A" followed by ``rest`` is the article ("A red circle"), not option A ("A is correct", "A and B")."""
+    return re.match(r"\s+[a-z]", rest) is not None and _AFTER_LETTER.match(rest) is None
 
 
 def _said_in(option: str, answer: str) -> bool:
