@@ -4,6 +4,7 @@ model's (:class:`mmcaption.tasks.Tasks`)."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import inspect
@@ -76,6 +77,37 @@ def check_run_generation(settings: dict[str, Any], where: str = "model.generatio
         warnings.warn(f"{where}: max_length {given['max_length']} (the prompt's tokens and the new ones) and max_new_tokens "
                       f"{given['max_new_tokens']} (the new ones) both limit the text: max_new_tokens {given['max_new_tokens']} is "
                       "the limit (--model.generation.max_new_tokens null makes it max_length)", UserWarning, stacklevel=2)
+
+
+# a language model's generation_config.json settings that say how generate returns or stores, not what it makes
+_NOT_MAKING = {"transformers_version", "_from_model_config", "pad_token_id", "bos_token_id", "eos_token_id", "max_length",
+               "decoder_start_token_id", "use_cache", "cache_implementation", "cache_config", "return_dict_in_generate",
+               "output_scores", "output_logits", "output_attentions", "output_hidden_states"}
+
+
+def explicit_settings(generation: GenerationConfig, language_model: GenerationConfig | None) -> GenerationConfig:
+    """``generation`` with every setting it leaves unset at transformers' own default: ``generate`` fills an unset setting
+    from the language model's ``generation_config.json`` first (a ``repetition_penalty`` 1.3 there changed captions while
+    results.json said greedy). A setting of that file that has no neutral default (``min_p``) is still applied by
+    transformers: warned, with how to set it."""
+    defaults = GenerationConfig._get_default_generation_params()
+    settings = copy.deepcopy(generation)
+    settings.update(**{key: value for key, value in defaults.items() if key != "max_length" and value is not None
+                       and getattr(settings, key, None) is None})
+    theirs = {key: value for key, value in (language_model.to_diff_dict() if language_model is not None else {}).items()
+              if key not in _NOT_MAKING and getattr(generation, key, None) is None}
+    left = {key: value for key, value in theirs.items() if key not in defaults or defaults[key] is None}
+    ignored = {key: value for key, value in theirs.items() if key not in left and value != defaults[key]}
+    if ignored:
+        warnings.warn("the language model's generation_config.json sets " + ", ".join(f"{k} {v}" for k, v in ignored.items())
+                      + ": not used, generation follows --model.generation (transformers' defaults where unset); give "
+                      + ", ".join(f"--model.generation.{k} {v}" for k, v in ignored.items()) + " to use them", UserWarning,
+                      stacklevel=3)
+    if left:
+        warnings.warn("the language model's generation_config.json sets " + ", ".join(f"{k} {v}" for k, v in left.items())
+                      + ": applied by transformers' generate although --model.generation does not give it (results.json "
+                      "does not record it)", UserWarning, stacklevel=3)
+    return settings
 
 
 def plain(value: Any) -> Any:

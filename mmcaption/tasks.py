@@ -19,7 +19,13 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from mmcaption.collate import IGNORE_INDEX, collate
 from mmcaption.errors import ConfigError
 from mmcaption.evaluation.answers import LETTERS, normalise_answer, parse_choice, vqa_accuracy
-from mmcaption.generation_settings import CHECKED_SETTINGS, DEFAULT_GENERATION, call_settings, check_generation
+from mmcaption.generation_settings import (
+    CHECKED_SETTINGS,
+    DEFAULT_GENERATION,
+    call_settings,
+    check_generation,
+    explicit_settings,
+)
 from mmcaption.model import MultimodalCausalLM
 
 # What ``predict`` adds to each input record. A file written by ``predict`` is a valid input again: these
@@ -116,6 +122,8 @@ class Tasks:
         self.generation = GenerationConfig(**{
             **defaults, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **(generation or {}),
         })
+        # what generate is given: the settings above, not the language model's generation_config.json where unset
+        self.explicit = explicit_settings(self.generation, getattr(model.language_model, "generation_config", None))
         self.unfinished: list[bool] = []  # the last generation's rows cut at the length limit
 
     @property
@@ -143,7 +151,7 @@ class Tasks:
         tokens = self.model.generate(
             input_ids.to(device), attention_mask.to(device),
             pixel_values=None if pixel_values is None else pixel_values.to(device), image_embeds=image_embeds,
-            generation_config=self.generation, image_mask=image_mask, **generate_kwargs,
+            generation_config=self.explicit, image_mask=image_mask, **generate_kwargs,
         )
         self.unfinished = self._unfinished(tokens, generate_kwargs)
         return self.decode(tokens)

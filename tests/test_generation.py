@@ -73,3 +73,21 @@ def test_images_steer_generation_and_beam_search_follows_its_images(open_model, 
         batch["input_ids"], batch["attention_mask"], pixel_values=pixels, max_new_tokens=8, do_sample=True, top_p=0.9
     )
     assert sampled.shape[0] == 3
+
+
+def test_the_language_models_own_generation_settings_do_not_change_what_the_run_records(open_model, prompts, backbones):
+    """transformers fills what a generate call leaves unset from the language model's generation_config.json: a
+    repetition_penalty there changed every caption while results.json recorded plain greedy search."""
+    from mmcaption.tasks import Tasks
+
+    batch, pixels = prompts
+    tokenizer = AutoTokenizer.from_pretrained(backbones[0])
+    plain = Tasks(open_model, tokenizer, {"max_new_tokens": 12}).generate(batch["input_ids"], batch["attention_mask"], pixels)
+    file_settings = open_model.language_model.generation_config
+    file_settings.repetition_penalty, file_settings.no_repeat_ngram_size = 5.0, 1
+    with pytest.warns(UserWarning, match=r"generation_config.json sets repetition_penalty 5.0, no_repeat_ngram_size 1: not used"):
+        tasks = Tasks(open_model, tokenizer, {"max_new_tokens": 12})
+    assert tasks.generate(batch["input_ids"], batch["attention_mask"], pixels) == plain
+    # ... and the file's settings are used when the run gives them: then they change the texts
+    asked = Tasks(open_model, tokenizer, {"max_new_tokens": 12, "repetition_penalty": 5.0, "no_repeat_ngram_size": 1})
+    assert asked.generate(batch["input_ids"], batch["attention_mask"], pixels) != plain
