@@ -495,6 +495,14 @@ def test_bad_files_and_settings_are_refused_with_what_is_wrong(backbones, tmp_pa
                                 (mmbench, "scienceqa", r"reads as MMBench TSV")]:
         with pytest.raises(ConfigError, match=wanted):
             choice_data(backbones, path, tmp_path / "o.csv", format=given).read_rows()
+    # ... and the other way: the original scripts' multiple-choice CSV answered as free-form questions lost its options
+    # and compared the answers with letters, 0% without a word
+    from mmcaption.data.questions import QuestionsPredictDataModule
+
+    for path, config in ((original, "multiple_choice"), (mmbench, "mmbench")):
+        with pytest.raises(ConfigError, match=rf"holds multiple-choice questions .*use --config configs/predict/{config}\.yaml "
+                                              rf"--data\.csv_file .*{path.name}"):
+            QuestionsPredictDataModule(questions_file=str(path), output=str(tmp_path / "a.jsonl")).check_inputs()
     # CircularEval on several processes is no longer refused: their shares are judged together (tests/test_ddp.py)
     assert choice_data(backbones, no_image, tmp_path / "o.csv", format="mmbench", circular=True).check_output(
         world_size=2, rank=1) == tmp_path / "o.rank1.csv"
