@@ -14,49 +14,21 @@ from __future__ import annotations
 
 import math
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mmcaption.chat import check_source, load_captioner
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import check_image
-from mmcaption.inference import Captioner, model_source_problem
-from mmcaption.model import is_pretrained_folder
+from mmcaption.inference import Captioner
 from mmcaption.usage import app_parser, backbones_given
 
 TITLE = "mmcaption"
 MAX_UPLOAD = "100mb"  # past any photo: a 200-megapixel phone's JPEG is about 60 MB
-
-
-def check_source(model: str | None, checkpoint: str | None) -> None:
-    """Refuse a model the app cannot load, before anything heavy is imported or loaded."""
-    if (model is None) == (checkpoint is None):
-        raise ConfigError("give the model as --model FOLDER (of mmcaption-export) or --checkpoint FILE.ckpt")
-    if model is not None and (problem := model_source_problem(model)):
-        raise ConfigError(problem)
-    if checkpoint is not None and Path(checkpoint).is_dir():
-        raise ConfigError(f"{checkpoint} is a folder: " + ("an exported model is given as --model" if is_pretrained_folder(checkpoint)
-                                                          else "--checkpoint takes a training checkpoint's .ckpt file"))
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise ConfigError(f"checkpoint not found: {checkpoint}")
-
-
-def load_captioner(model: str | None = None, checkpoint: str | None = None, device: str | None = None,
-                   **backbones: str) -> Captioner:
-    """The model of an exported folder, or of a training checkpoint (exported to a temporary folder
-    first: the checkpoint holds its config, the backbones load from the names it records, or ``backbones``)."""
-    check_source(model, checkpoint)
-    if model is not None:
-        return Captioner.from_pretrained(model, device=device, **backbones)
-    from mmcaption.export import export_checkpoint
-
-    with tempfile.TemporaryDirectory(prefix="mmcaption-app-") as folder:
-        export_checkpoint(checkpoint, Path(folder) / "model", **backbones)
-        return Captioner.from_pretrained(Path(folder) / "model", device=device)
 
 
 def generation_settings(max_new_tokens: float, min_new_tokens: float, num_beams: float, sampling: bool,

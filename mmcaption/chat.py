@@ -1,6 +1,7 @@
 """``mmcaption chat``: a conversation about an image with an exported model, in a terminal or a pipe.
 
     mmcaption chat --model exported/mmcaption-phi2 --image photo.jpg
+    mmcaption chat --checkpoint checkpoints/demo-instruct/last.ckpt --image photo.jpg  # a checkpoint of fit
     printf 'What is in the picture?\\nWhat colour is it?\\n' | mmcaption chat --model ... --image photo.jpg
 
 Each line is a question; the answer streams as it is generated, and earlier turns stay in the prompt
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TextIO
@@ -24,6 +26,7 @@ from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.generation_settings import check_generation
 from mmcaption.images import check_image, fetch, is_url, local_file
 from mmcaption.inference import Captioner, model_source_problem
+from mmcaption.model import is_pretrained_folder
 from mmcaption.model.card import caption_stage
 from mmcaption.usage import backbones_given, chat_parser
 
@@ -126,6 +129,33 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
     return answered
 
 
+def check_source(model: str | None, checkpoint: str | None) -> None:
+    """Refuse a model chat or the app cannot load, before anything heavy is imported or loaded."""
+    if (model is None) == (checkpoint is None):
+        raise ConfigError("give the model as --model FOLDER (of mmcaption-export) or --checkpoint FILE.ckpt")
+    if model is not None and (problem := model_source_problem(model)):
+        raise ConfigError(problem)
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise ConfigError(f"{checkpoint} is a folder: " + ("an exported model is given as --model" if is_pretrained_folder(checkpoint)
+                                                          else "--checkpoint takes a training checkpoint's .ckpt file"))
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ConfigError(f"checkpoint not found: {checkpoint}")
+
+
+def load_captioner(model: str | None = None, checkpoint: str | None = None, device: str | None = None,
+                   **backbones: str) -> Captioner:
+    """The model of an exported folder, or of a training checkpoint (exported to a temporary folder
+    first: the checkpoint holds its config, the backbones load from the names it records, or ``backbones``)."""
+    check_source(model, checkpoint)
+    if model is not None:
+        return Captioner.from_pretrained(model, device=device, **backbones)
+    from mmcaption.export import export_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="mmcaption-") as folder:
+        export_checkpoint(checkpoint, Path(folder) / "model", **backbones)
+        return Captioner.from_pretrained(Path(folder) / "model", device=device)
+
+
 def dropped_path(text: str) -> str:
     """A path as typed (``~`` read as home), or as a terminal writes a dropped file: quoted, or its spaces escaped."""
     if os.path.exists(os.path.expanduser(text)):  # as typed (a Windows path's backslashes too)
@@ -142,8 +172,7 @@ def dropped_path(text: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``mmcaption chat``."""
     args = chat_parser().parse_args(argv)
-    if problem := model_source_problem(args.model):
-        raise ConfigError(problem)
+    check_source(args.model, args.checkpoint)
     if args.image:
         read_image(args.image)  # before the model loads
     settings = {"max_new_tokens": args.max_new_tokens, "num_beams": 1, "do_sample": args.temperature != 0}
@@ -152,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.min_new_tokens is not None:
         settings["min_new_tokens"] = args.min_new_tokens
     check_generation(settings, "mmcaption chat")
-    captioner = Captioner.from_pretrained(args.model, device=args.device, **backbones_given(args))
+    captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
     if caption_stage(captioner.manifest):  # as predict says of a caption-stage checkpoint
-        print(f"note: {args.model} is a caption-stage model: the instruct stage teaches to answer questions and chat; "
+        print(f"note: {args.model or args.checkpoint} is a caption-stage model: the instruct stage teaches to answer questions and chat; "
               "expect captions, not answers", file=sys.stderr, flush=True)
         warnings.filterwarnings("ignore", message="this is a caption-stage model")  # the API's own note: said just above
     # piped in and out as UTF-8 (Windows reads and writes a pipe in its code page: an accent or emoji ended the chat),

@@ -72,7 +72,9 @@ def export_parser() -> argparse.ArgumentParser:
 
 def chat_parser() -> argparse.ArgumentParser:
     parser = described("mmcaption.chat", "mmcaption chat")
-    parser.add_argument("--model", required=True, type=path, help="a folder written by mmcaption-export")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=path, help="a folder written by mmcaption-export")
+    source.add_argument("--checkpoint", type=path, help="a checkpoint of mmcaption fit (its config is inside it)")
     parser.add_argument("--image", type=path, help="the image to talk about (none: text-only questions)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
     parser.add_argument("--max_new_tokens", type=int, default=128)

@@ -1051,6 +1051,24 @@ def test_a_row_whose_image_cannot_be_read_has_the_processors_own_shape(image_fol
     assert collate([rows[0], rows[1]], pad_token_id=0)["pixel_values"].shape == (2, 3, 32, 48)
 
 
+def test_chat_talks_with_a_training_checkpoint_as_with_its_export(trained_checkpoint, image_folder, tmp_path, capsys, monkeypatch):
+    # `mmcaption chat --model last.ckpt` was told "a training checkpoint is given as --checkpoint", which chat did not have
+    from mmcaption.chat import main as chat_main
+
+    image = str(image_folder / "img0.png")
+    export_main([str(trained_checkpoint), str(tmp_path / "export")])
+    capsys.readouterr()
+    answers = []
+    for source in (["--checkpoint", str(trained_checkpoint)], ["--model", str(tmp_path / "export")]):
+        monkeypatch.setattr("sys.stdin", __import__("io").StringIO("What colour is it?\n"))
+        chat_main([*source, "--image", image, "--max_new_tokens", "5", "--min_new_tokens", "5"])
+        answers.append(capsys.readouterr().out.strip())
+    assert answers[0] and answers[0] == answers[1]
+    with pytest.raises(SystemExit):
+        chat_main(["--model", str(trained_checkpoint)])
+    assert capsys.readouterr().err.strip() == f"error: {trained_checkpoint} is a file: a training checkpoint is given as --checkpoint"
+
+
 def test_chat_streams_its_answer_ending_as_the_api_ends_it():
     # max_new_tokens cut a character of several tokens in half: the terminal showed "猫がテーブ�" where the API (and
     # the history kept) had "猫がテーブ"
