@@ -13,7 +13,6 @@ import functools
 import gc
 import os
 import re
-import select
 import signal
 import sys
 import threading
@@ -23,7 +22,7 @@ from functools import wraps
 from typing import Any
 
 from mmcaption.resources import causes, resource_message
-from mmcaption.terminal import leave_a_closed_terminal
+from mmcaption.terminal import leave_a_closed_terminal, process_rank, reader_gone, said, said_once
 
 USER_ERROR_EXIT = 2
 TRACEBACK_VARIABLE = "MMCAPTION_TRACEBACK"
@@ -308,12 +307,12 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
                     print(stopped[0], file=sys.stderr, flush=True)
             sys.exit(stopped[1])
         except AlreadyDone as done:
-            said(f"note: {one_line(done)}")
+            said_once(f"note: {one_line(done)}")
             sys.exit(0)
         except MMCaptionError as error:
             if traceback_wanted():
                 raise
-            said(f"error: {one_line(error)}")
+            said_once(f"error: {one_line(error)}")
             sys.exit(USER_ERROR_EXIT)
         except BrokenPipeError:
             if not reader_gone(sys.stdout):  # another pipe (a worker's, a socket's): a failure of its own
@@ -334,42 +333,11 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
     return wrapper
 
 
-def process_rank() -> int:
-    """This process's place in a multi-process run (0 alone, and for the process that launched the others): the
-    process group's once it is formed, else the launcher's variables in Lightning's order (a SLURM_PROCID that a
-    shell inside ``srun`` passes to every process comes last), only where the run has more than one process."""
-    distributed = sys.modules.get("torch.distributed")
-    if distributed is not None and distributed.is_available() and distributed.is_initialized():
-        return distributed.get_rank()
-    if int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1) <= 1:
-        return 0
-    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_PROCID") or 0)
-
-
-def said(line: str) -> None:
-    """One line on stderr in one write (two processes' lines do not run into one another), marked with its process
-    beside the first one's."""
-    rank = process_rank()
-    with suppress(OSError):
-        sys.stderr.write(f"{f'[rank {rank}] ' if rank else ''}{line}\n")
-        sys.stderr.flush()
-
-
 def peer_gone(error: BaseException) -> bool:
     """A collective operation that failed because another process of the run stopped (gloo's "Connection closed by
     peer", NCCL's watchdog): that process's own error is the one to read."""
     return any(words in str(cause) for cause in causes(error) for words in (
         "Connection closed by peer", "Connection reset by peer", "remote worker crashing", "NCCL communicator was aborted"))
-
-
-def reader_gone(stream: Any) -> bool:
-    """Whether ``stream`` is a pipe whose reading end was closed (``| head`` once it has its lines)."""
-    try:
-        poller = select.poll()
-        poller.register(stream.fileno(), select.POLLOUT)
-        return any(event & select.POLLERR for _, event in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no file behind it, or no poll on this platform
-        return False
 
 
 def traceback_wanted() -> bool:

@@ -1,15 +1,20 @@
 """The console a run writes to, when it goes away: a terminal closed (SIGHUP), a pipe's reader gone (``| tee log``
 killed, ``| head``). Training goes on to its checkpoints, its output sent nowhere, rather than stopping at its next
-line without saving."""
+line without saving. And what a run says on it: once for all the processes of a multi-process run."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import stat
 import sys
+import tempfile
+import time
 from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 
@@ -87,4 +92,65 @@ def draws_bars() -> bool:
     try:
         return sys.stderr.isatty() and min(os.get_terminal_size(sys.stderr.fileno())) > 0  # columns and lines
     except (OSError, ValueError, AttributeError):  # a stream without a descriptor (a notebook's, a test's)
+        return False
+
+
+def process_rank() -> int:
+    """This process's place in a multi-process run (0 alone, and for the process that launched the others): the
+    process group's once it is formed, else the launcher's variables in Lightning's order (a SLURM_PROCID that a
+    shell inside ``srun`` passes to every process comes last), only where the run has more than one process."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        return distributed.get_rank()
+    if int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1) <= 1:
+        return 0
+    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
+def said(line: str) -> None:
+    """One line on stderr in one write (two processes' lines do not run into one another), marked with its process
+    beside the first one's."""
+    rank = process_rank()
+    with suppress(OSError):
+        sys.stderr.write(f"{f'[rank {rank}] ' if rank else ''}{line}\n")
+        sys.stderr.flush()
+
+
+_STARTED = time.time() - 1  # about when this process started (its first import of mmcaption): rank 0's own line is newer
+
+
+def said_once(line: str) -> None:
+    """:func:`said`, once for a multi-process run whose processes all meet the same error (a missing file, a refused
+    resume: each said it, rank 1's often first): the first process says it, another one only when the first's differs
+    or none came within a few seconds (an error of its own, or a process of another machine)."""
+    rank, run = process_rank(), os.environ.get("MASTER_PORT")
+    if run is None or rank == 0 and int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+        return said(line)
+    first = Path(tempfile.gettempdir()) / f"mmcaption-said-{os.environ.get('MASTER_ADDR', '')}-{run}-{os.getuid()}"
+    if rank == 0:
+        with suppress(OSError):
+            first.write_text(line, encoding="utf-8")
+        return said(line)
+    waited = time.monotonic() + 3
+
+    def this_runs() -> bool:  # not a file an earlier run on the same port left
+        with suppress(OSError):
+            return first.stat().st_mtime >= _STARTED
+        return False
+
+    while time.monotonic() < waited and not this_runs():
+        time.sleep(0.05)
+    with suppress(OSError):
+        if this_runs() and first.read_text(encoding="utf-8") == line:
+            return None
+    return said(line)
+
+
+def reader_gone(stream: Any) -> bool:
+    """Whether ``stream`` is a pipe whose reading end was closed (``| head`` once it has its lines)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file behind it, or no poll on this platform
         return False

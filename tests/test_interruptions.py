@@ -2785,3 +2785,22 @@ def test_a_patience_changed_on_resume_is_the_one_used_and_said(backbones, coco_r
     capsys.readouterr()
     assert run(4, patience=5, resume=True).patience == 5
     assert "note: EarlyStopping's patience 5 is used, not 1 as " in capsys.readouterr().err
+
+
+def test_an_error_every_process_of_a_run_meets_is_said_once(tmp_path, monkeypatch, capsys):
+    # a file missing for both processes of a 2-GPU run, or a refused resume: each process said it, rank 1's often first
+    from mmcaption.terminal import said_once
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, line in ((0, "error: images not found"), (1, "error: images not found"), (1, "error: its own")):
+        monkeypatch.setenv("RANK", str(rank))
+        said_once(line)
+    assert capsys.readouterr().err.splitlines() == ["error: images not found", "[rank 1] error: its own"]
+    # what an earlier run on the same port left is not this run's first process's line: said after a few seconds
+    (said,) = tmp_path.glob("mmcaption-said-*")
+    os.utime(said, (0, 0))
+    said_once("error: images not found")
+    assert capsys.readouterr().err == "[rank 1] error: images not found\n"
