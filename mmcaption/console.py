@@ -36,7 +36,7 @@ UNACTIONABLE_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode at the start of training",  # the frozen vision tower, on purpose
     r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint',  # said by mmcaption, naming the folder
     # the evaluation metrics are computed from every process's outputs, gathered, and logged once: nothing to sum
-    r"It is recommended to use `self\.log\('(val|test)/",
+    r"It is recommended to use `self\.log\('((val|test)/|hp_metric')",  # hp_metric: the validation loss
 )
 
 

@@ -39,7 +39,8 @@ class TrainingThroughput(ThroughputMonitor):
     process's ``train/device/samples_per_sec``, ``train/device/items_per_sec`` (real tokens, padding
     excluded), ``train/device/batches_per_sec``, ``train/device/flops_per_sec`` and, on a GPU whose peak
     FLOPs Lightning knows, ``train/device/mfu`` (from the module's ``flops_per_batch``); under DDP also
-    rank 0's rates times the number of processes (``train/samples_per_sec``, ...); and every logged step
+    rank 0's rates times the number of processes (``train/samples_per_sec``, ...) and its running counts as
+    ``train/device/samples``, ``train/device/lengths``, ``train/device/batches`` (all processes' ``train/samples``); and every logged step
     ``train/step_seconds`` (that optimizer step's wall time, all its accumulated batches, data loading excluded) and ``train/peak_memory_gb``.
     Validation time is left out of the rates (the checkpoint saved after a validation is not);
     validation batches (a loss loader beside a generation loader) are not measured.
@@ -61,6 +62,21 @@ class TrainingThroughput(ThroughputMonitor):
         self._step_seconds += time.perf_counter() - self._batch_started
         pl_module.log("train/step_seconds", self._step_seconds, batch_size=size)
         pl_module.log("train/peak_memory_gb", peak_memory_gb(pl_module.device), batch_size=size)
+
+    def _compute(self, trainer, iter_num: int | None = None) -> None:
+        """Under DDP, the running counts Lightning logs as ``train/samples``, ``train/lengths`` and ``train/batches``
+        are rank 0's alone: logged as ``train/device/...``, and ``train/samples`` as all processes' (each takes a batch
+        of the same size a step)."""
+        if trainer.world_size == 1 or not trainer._logger_connector.should_update_logs:
+            return super()._compute(trainer, iter_num)
+        throughput = self._throughputs[trainer.state.stage]
+        metrics = throughput.compute()
+        for name in ("samples", "lengths", "batches"):
+            if name in metrics:
+                metrics[f"device{throughput.separator}{name}"] = metrics.pop(name)
+        metrics["samples"] = metrics[f"device{throughput.separator}samples"] * trainer.world_size
+        trainer._logger_connector.log_metrics({f"{trainer.state.stage.value}{throughput.separator}{k}": v
+                                               for k, v in metrics.items()}, step=iter_num)
 
     def on_validation_start(self, trainer, *_: Any) -> None:
         self._validation_started = time.perf_counter()

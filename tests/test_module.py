@@ -336,3 +336,24 @@ def test_the_step_time_logged_under_gradient_accumulation_is_the_whole_steps(tmp
     with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as file:
         logged = [float(row["train/step_seconds"]) for row in csv.DictReader(file) if row.get("train/step_seconds")]
     assert len(logged) == 2 and all(seconds >= 0.3 for seconds in logged), logged  # 3 batches of 0.1 s a step
+
+
+def test_under_ddp_the_running_counts_say_whose_they_are():
+    # Lightning logs rank 0's running counts as train/samples and train/lengths: under DDP half the samples trained
+    from types import SimpleNamespace
+
+    from lightning.fabric.utilities.throughput import Throughput
+    from lightning.pytorch.trainer.states import RunningStage
+
+    from mmcaption.throughput import TrainingThroughput
+
+    logged = {}
+    trainer = SimpleNamespace(world_size=2, state=SimpleNamespace(stage=RunningStage.TRAINING), _logger_connector=SimpleNamespace(
+        should_update_logs=True, log_metrics=lambda metrics, step: logged.update(metrics)))
+    monitor = TrainingThroughput(window_size=2)
+    monitor._throughputs[RunningStage.TRAINING] = throughput = Throughput(world_size=2, window_size=2)
+    for step in (1, 2):
+        throughput.update(time=step, batches=step, samples=4 * step, lengths=40 * step)
+    monitor._compute(trainer, 2)
+    assert (logged["train/samples"], logged["train/device/samples"], logged["train/device/lengths"]) == (16, 8, 80)
+    assert "train/lengths" not in logged and logged["train/samples_per_sec"] == 8.0
