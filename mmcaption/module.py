@@ -274,7 +274,8 @@ class MultimodalCaptioner(LightningModule):
         self.log(f"{prefix}/perplexity", torch.exp(loss), sync_dist=False)
         if prefix == "val" and self.trainer.state.fn == TrainerFn.FITTING:  # TensorBoard's HPARAMS tab compares runs by it
             self.log("hp_metric", loss, sync_dist=False)  # (Lightning's -1, never updated, was its only column)
-        captions, answers = random_state.gather_objects(self.val_captions), random_state.gather_objects(self.val_answers)
+        captions = random_state.gather_objects(self.val_captions, interleaved=True)
+        answers = random_state.gather_objects(self.val_answers, interleaved=True)
         if 1 < len(captions) + len(answers) <= self.trainer.world_size:  # a split smaller than the processes is shared with
             # repeats (data.base): each image or question once
             captions = list({row[0]: row for row in captions}.values())

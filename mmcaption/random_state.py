@@ -35,11 +35,15 @@ def restore(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
 
 
-def gather_objects(items: list) -> list:
+def gather_objects(items: list, interleaved: bool = False) -> list:
     """Concatenate a list from every process (the list itself when not distributed): the generators' states a
-    checkpoint keeps, and the rows a validation generated on each."""
+    checkpoint keeps. ``interleaved``: the rows a validation generated on each, taken in turn from each process, as
+    the evaluation sampler dealt the split's samples out (sample i to process i % processes): in the split's order (by
+    process, the predictions files of two processes read 3001, 3003, ..., 3002, ...)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return items
     gathered: list[list] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, items)
+    if interleaved:
+        return [part[i] for i in range(max(map(len, gathered), default=0)) for part in gathered if i < len(part)]
     return [item for part in gathered for item in part]

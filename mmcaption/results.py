@@ -49,7 +49,9 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     setting = "limit_test_batches" if prefix == "test" else "limit_val_batches"  # fast_dev_run sets it too
     limit = getattr(trainer, setting)
     if isinstance(limit, int) or limit != 1.0:  # a number of batches, or a share below 1.0: part of the split
-        limits.append(f"trainer.{setting} {limit}")
+        processes = trainer.world_size  # each process takes that many of its own share: more of the split than one does
+        limits.append(f"trainer.{setting} {limit}" + (f" (batches per process, of {processes} processes: up to "
+                                                     f"{limit * processes} batches)" if isinstance(limit, int) and processes > 1 else ""))
     side = "test" if prefix == "test" else "val"
     if captions and settings.get(f"{side}_caption_images") and made.get("images", 0) > len(captions):  # the first N images
         limits.append(f"data.{side}_caption_images {settings[f'{side}_caption_images']} (of the split's {made['images']:,} "
