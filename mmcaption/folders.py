@@ -109,7 +109,7 @@ class FolderLock:
     _held: dict[Path, int] = {}  # lock file -> open descriptor, per process
 
     def __init__(self, folder: str | Path, name: str = LOCK_FILE, what: str | None = None,
-                 advice: str = "give this run another checkpoint folder (the ModelCheckpoint callback's dirpath)") -> None:
+                 advice: str = "give this run another checkpoint folder (ModelCheckpoint's dirpath, in a copy of its config)") -> None:
         self.folder = Path(folder).resolve()
         self.path = self.folder / name
         self.what, self.advice = what or str(self.folder), advice

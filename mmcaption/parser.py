@@ -97,8 +97,9 @@ class MMCaptionParser(LightningArgumentParser):
         elif message.startswith('Parser key "trainer.callbacks"') and (option := re.search(r"NestedArg\(key='(\w+)'", message)) \
                 and (last := re.search(r"Problem with given class_path '([\w.]+)'", message)):  # --trainer.callbacks.dirpath
             lines.append(f"  --trainer.callbacks.{option.group(1)} goes to the list's last callback, here {last.group(1)}, which has "
-                         f"no '{option.group(1)}': set it on the callback it belongs to in a config file (a second --config "
-                         "replaces the whole list; `callbacks+:` there adds to it)")
+                         f"no '{option.group(1)}': set it on the callback it belongs to in a config file (a copy of the "
+                         "stage's config with it changed, given as --config in its place; a second --config replaces the "
+                         "whole list, `callbacks+:` there adds to it)")
         unknown = re.search(r"nrecognized arguments: (.*)", message)  # `--data.images photos/*.jpg`, the shell's expansion
         files = [name for name in unknown.group(1).split() if Path(name).is_file()] if unknown else []
         if len(files) > 1:  # one line of thousands of names said nothing
@@ -114,7 +115,9 @@ class MMCaptionParser(LightningArgumentParser):
             lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "
                          "demo's), or from --data <class> and its settings")
         given = re.search(r"given class_path '[\w.]+\.(\w+)'", message)
-        for key, candidates in unknown_keys(message, parser):
+        for key, candidates in dict(unknown_keys(message, parser)).items():
+            if key.startswith("trainer.callbacks.") and "goes to the list's last callback" in lines[-1]:
+                continue  # said just above: the other callback's settings are no guess at what was meant
             if key.startswith("data.init_args.") and given and (elsewhere := another_modules(key, given.group(1))):
                 lines.append(elsewhere)
                 continue

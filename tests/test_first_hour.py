@@ -135,8 +135,11 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
     assert "a list's item (0) cannot be set on the command line: set it in a config file" in err
     with pytest.raises(SystemExit):  # the checkpoint folder by the option's name: given to the list's last callback
         main(["fit", "--config", DEMO_CAPTION, "--trainer.callbacks.dirpath", "elsewhere"])
+    err = capsys.readouterr().err
     assert ("--trainer.callbacks.dirpath goes to the list's last callback, here mmcaption.throughput.TrainingThroughput, "
-            "which has no 'dirpath': set it on the callback it belongs to in a config file") in capsys.readouterr().err
+            "which has no 'dirpath': set it on the callback it belongs to in a config file (a copy of the stage's config "
+            "with it changed, given as --config in its place") in err
+    assert "did you mean" not in err  # that callback's settings (length_fn, ...) named twice as what was meant
     with pytest.raises(SystemExit):  # a key of one object, not of a list: nothing said of lists
         main(["fit", "--config", DEMO_CAPTION, "--data.batch_sise", "4"])
     assert "list's" not in capsys.readouterr().err
@@ -580,7 +583,7 @@ def test_the_help_names_the_commands_beyond_lightnings_four_and_prepare_has_its_
 
 @pytest.mark.parametrize("script, argv, said", [
     ("export", ["--help"], "usage: mmcaption-export [-h] [--version] [--merge]"),
-    ("mmcaption", ["chat", "--help"], "usage: mmcaption chat [-h] [--version] --model MODEL"),
+    ("mmcaption", ["chat", "--help"], "(--model MODEL | --checkpoint CHECKPOINT)"),
     ("app", ["--help"], "usage: mmcaption-app [-h]"),
     ("pipeline", ["--help"], "mmcaption fit --config configs/caption.yaml"),
     ("demo", ["--help"], "--scratch_control"),
