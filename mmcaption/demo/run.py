@@ -260,7 +260,8 @@ def print_report(report: dict) -> None:
         reached = f"at step {step}" if step is not None else f"not reached by step {report['last_logged_step'][name]}"
         print(f"instruct stage {name}: 80% exact match {reached}")
     if "from scratch" not in report["steps_to_80_percent"]:
-        print("  (the same stage from scratch, for comparison: mmcaption-demo --scratch_control, ~3 minutes more)")
+        print("  (to compare with the same stage from scratch: mmcaption-demo --scratch_control, the whole demo again with "
+              "it, ~3 minutes longer)")
     for stage, gates in report["gates"].items():
         print(f"tanh(gate) after {stage}: " + ", ".join(f"layer {i}: {g['attn']:+.3f}" for i, g in gates.items()))
     print(f"wall time {report['wall_time_s']:.0f} s (training {report['training_time_s']:.0f} s)")
