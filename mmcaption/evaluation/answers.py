@@ -174,7 +174,10 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     they disagree - their case, number words and articles stay. So ten humans who all wrote ``t-shirt``
     score ``t shirt`` 0, ten who all wrote ``two`` score ``two`` (normalised: ``2``) 0, and ``white``
     scores 0 against five humans' ``the white`` and five ``gray``. With a single reference answer (not
-    VQAv2's layout), both are normalised and compared.
+    VQAv2's layout), both are normalised and compared. Two departures from ``vqaEval.py``, for answers VQAv2's
+    English ones do not hold (the same score on VQAv2): the human answers are NFKC-normalised as the prediction is
+    (an answer typed in another Unicode form scored 0 against itself), and unanimous ones lose the spaces, tabs
+    and line breaks around them, as the prediction does.
     """
     if not answers:
         raise ValueError("VQA accuracy needs at least one human answer")
