@@ -98,16 +98,23 @@ def explicit_settings(generation: GenerationConfig, language_model: GenerationCo
               if key not in _NOT_MAKING and getattr(generation, key, None) is None}
     left = {key: value for key, value in theirs.items() if key not in defaults or defaults[key] is None}
     ignored = {key: value for key, value in theirs.items() if key not in left and value != defaults[key]}
+    said = []
     if ignored:
-        warnings.warn("the language model's generation_config.json sets " + ", ".join(f"{k} {v}" for k, v in ignored.items())
-                      + ": not used, generation follows --model.generation (transformers' defaults where unset); give "
-                      + ", ".join(f"--model.generation.{k} {v}" for k, v in ignored.items()) + " to use them", UserWarning,
-                      stacklevel=3)
+        said.append("the language model's generation_config.json sets " + ", ".join(f"{k} {v}" for k, v in ignored.items())
+                    + ": not used, generation follows --model.generation (transformers' defaults where unset); give "
+                    + ", ".join(f"--model.generation.{k} {v}" for k, v in ignored.items()) + " to use them")
     if left:
-        warnings.warn("the language model's generation_config.json sets " + ", ".join(f"{k} {v}" for k, v in left.items())
-                      + ": applied by transformers' generate although --model.generation does not give it (results.json "
-                      "does not record it)", UserWarning, stacklevel=3)
+        said.append("the language model's generation_config.json sets " + ", ".join(f"{k} {v}" for k, v in left.items())
+                    + ": applied by transformers' generate although --model.generation does not give it (results.json "
+                    "does not record it)")
+    for message in said:
+        if message not in _SAID:  # once a process: the task layer is made again for every validation batch
+            _SAID.add(message)
+            warnings.warn(message, UserWarning, stacklevel=3)
     return settings
+
+
+_SAID: set[str] = set()
 
 
 def plain(value: Any) -> Any:
