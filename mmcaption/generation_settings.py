@@ -85,6 +85,9 @@ _NOT_MAKING = {"transformers_version", "_from_model_config", "pad_token_id", "bo
                "output_scores", "output_logits", "output_attentions", "output_hidden_states"}
 
 
+_SAMPLING = {"temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff", "top_h"}
+
+
 def explicit_settings(generation: GenerationConfig, language_model: GenerationConfig | None) -> GenerationConfig:
     """``generation`` with every setting it leaves unset at transformers' own default: ``generate`` fills an unset setting
     from the language model's ``generation_config.json`` first (a ``repetition_penalty`` 1.3 there changed captions while
@@ -94,8 +97,9 @@ def explicit_settings(generation: GenerationConfig, language_model: GenerationCo
     settings = copy.deepcopy(generation)
     settings.update(**{key: value for key, value in defaults.items() if key != "max_length" and value is not None
                        and getattr(settings, key, None) is None})
+    sampling = bool(settings.do_sample)  # greedy or beam search: the file's sampling settings would change nothing
     theirs = {key: value for key, value in (language_model.to_diff_dict() if language_model is not None else {}).items()
-              if key not in _NOT_MAKING and getattr(generation, key, None) is None}
+              if key not in _NOT_MAKING and getattr(generation, key, None) is None and (sampling or key not in _SAMPLING)}
     left = {key: value for key, value in theirs.items() if key not in defaults or defaults[key] is None}
     ignored = {key: value for key, value in theirs.items() if key not in left and value != defaults[key]}
     said = []

@@ -276,10 +276,11 @@ class MultimodalCaptioner(LightningModule):
             self.log("hp_metric", loss, sync_dist=False)  # (Lightning's -1, never updated, was its only column)
         captions = random_state.gather_objects(self.val_captions, interleaved=True)
         answers = random_state.gather_objects(self.val_answers, interleaved=True)
-        if 1 < len(captions) + len(answers) <= self.trainer.world_size:  # a split smaller than the processes is shared with
-            # repeats (data.base): each image or question once
+        # a split smaller than the processes is shared with repeats (data.base): each image or question once
+        if 1 < len(captions) <= self.trainer.world_size:
             captions = list({row[0]: row for row in captions}.values())
-            answers = list({(row[0], row[1], row[3]): row for row in answers}.values())  # ids repeat: the question too
+        if 1 < len(answers) <= self.trainer.world_size:  # (ids repeat: the question too)
+            answers = list({(row[0], row[1], row[3]): row for row in answers}.values())
         cut = sum(random_state.gather_objects([self.val_cut]))
         self.val_captions, self.val_answers, self.val_cut = [], [], 0
         metrics: dict[str, float] = {"loss": float(loss), "perplexity": float(torch.exp(loss))}

@@ -122,8 +122,6 @@ class Tasks:
         self.generation = GenerationConfig(**{
             **defaults, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **(generation or {}),
         })
-        # what generate is given: the settings above, not the language model's generation_config.json where unset
-        self.explicit = explicit_settings(self.generation, getattr(model.language_model, "generation_config", None))
         self.unfinished: list[bool] = []  # the last generation's rows cut at the length limit
 
     @property
@@ -151,7 +149,9 @@ class Tasks:
         tokens = self.model.generate(
             input_ids.to(device), attention_mask.to(device),
             pixel_values=None if pixel_values is None else pixel_values.to(device), image_embeds=image_embeds,
-            generation_config=self.explicit, image_mask=image_mask, **generate_kwargs,
+            # the settings above, not the language model's generation_config.json where they leave one unset
+            generation_config=explicit_settings(self.generation, getattr(self.model.language_model, "generation_config", None)),
+            image_mask=image_mask, **generate_kwargs,
         )
         self.unfinished = self._unfinished(tokens, generate_kwargs)
         return self.decode(tokens)

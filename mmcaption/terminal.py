@@ -11,6 +11,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -138,8 +139,19 @@ def said_once(line: str) -> None:
             return first.stat().st_mtime >= _STARTED
         return False
 
-    while time.monotonic() < waited and not this_runs():
-        time.sleep(0.05)
+    def stopped(signum: int, _frame: Any) -> None:  # the launcher ends the others once one process has ended: said first
+        said(line)
+        os._exit(128 + signum)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {signum: signal.signal(signum, stopped) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while time.monotonic() < waited and not this_runs():
+            time.sleep(0.05)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     with suppress(OSError):
         if this_runs() and first.read_text(encoding="utf-8") == line:
             return None

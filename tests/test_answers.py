@@ -43,6 +43,10 @@ OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
         ("A best describes the image", OPTIONS, "A"),
         ("A seems right", None, "A"),
         ("B is correct.", None, "B"),
+        ("A can of soda.", ["a bottle", "a can of soda", "a cup"], "B"),  # ... but a noun after the article is not a verb
+        ("A will is on the desk.", ["a letter", "a will"], "B"),
+        ("A must-see landmark.", ["a shop", "a must-see landmark"], "B"),
+        ("A can be seen", None, "A"),
         ("a red circle or a blue square", OPTIONS, None),  # two options' texts: ambiguous
         ("blue", None, None),
         ("", None, None),

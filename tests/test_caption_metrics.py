@@ -262,6 +262,7 @@ PTB_WRITTEN = {
     "1,000 people, 3.5 km away": "1,000 people 3.5 km away",
     "A man's hat / 50% off $5 #1": "a man 's hat / 50 % off $ 5 # 1",
     "don't can't won't": "do n't ca n't wo n't",
+    "a man 's shirt": "a man 's shirt",
 }
 
 

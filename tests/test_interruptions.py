@@ -2804,3 +2804,10 @@ def test_an_error_every_process_of_a_run_meets_is_said_once(tmp_path, monkeypatc
     os.utime(said, (0, 0))
     said_once("error: images not found")
     assert capsys.readouterr().err == "[rank 1] error: images not found\n"
+    # a process the launcher stops while it waits for the first one's line says its own before it goes (torchrun ends
+    # the others once one has ended: rank 1's error was lost)
+    script = ("import os, signal, threading\nfrom mmcaption.terminal import said_once\n"
+              "threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()\nsaid_once('error: its own')\n")
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT="29518", WORLD_SIZE="2", RANK="1", TMPDIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (128 + signal.SIGTERM, "[rank 1] error: its own\n")

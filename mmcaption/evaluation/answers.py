@@ -147,9 +147,10 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
 
 
 # words that follow an option's letter but never the article: "A is correct", "A would be right", "A because ..."
-_AFTER_LETTER = re.compile(r"\s+(?:and|or|is|was|would|will|seems|appears|looks|because|since|as|matches|fits|should|could|"
-                           r"might|must|can|may|does|describes|shows|represents|answers|correctly|best\s+(?:describes|"
-                           r"fits|matches|answers))\b")
+# ("can", "will", "must" only before a verb: "A can of soda" is an option's text)
+_AFTER_LETTER = re.compile(r"\s+(?:and|or|is|was|would|seems|appears|looks|because|since|as|matches|fits|should|could|"
+                           r"describes|shows|represents|answers|correctly|(?:can|will|may|might|must)\s+(?:be|not)|"
+                           r"best\s+(?:describes|fits|matches|answers))\b")
 
 
 def _article(rest: str) -> bool:

@@ -137,8 +137,14 @@ def _in_word(character: str) -> bool:
     return unicodedata.category(character)[0] in "LNM"
 
 
+_BARE_CLITICS = {"'s", "'re", "'ve", "'ll", "'d", "'m"}
+
+
 def _split_word(word: str) -> Iterator[str]:
     """A word's quotes and its clitic apart from it ("'dog's'" is ' dog 's '), a hyphen at its end apart."""
+    if word in _BARE_CLITICS:  # "a man 's shirt", its clitic written apart
+        yield word
+        return
     inner = word.strip("'")
     yield from "'" * (len(word) - len(word.lstrip("'")))
     trailing = inner[len(inner.rstrip("-")):]
