@@ -1,4 +1,5 @@
-"""``mmcaption chat``: a conversation about an image with an exported model, in a terminal or a pipe.
+"""``mmcaption chat``: a conversation about an image with an exported model (or a checkpoint of fit), in a terminal or a
+pipe.
 
     mmcaption chat --model exported/mmcaption-phi2 --image photo.jpg
     mmcaption chat --checkpoint checkpoints/demo-instruct/last.ckpt --image photo.jpg  # a checkpoint of fit
@@ -25,7 +26,7 @@ from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.generation_settings import check_generation
 from mmcaption.images import check_image, fetch, is_url, local_file
-from mmcaption.inference import Captioner, model_source_problem
+from mmcaption.inference import Captioner, held_checkpoint, model_source_problem
 from mmcaption.model import is_pretrained_folder
 from mmcaption.model.card import caption_stage
 from mmcaption.usage import backbones_given, chat_parser
@@ -137,7 +138,8 @@ def check_source(model: str | None, checkpoint: str | None) -> None:
         raise ConfigError(problem)
     if checkpoint is not None and Path(checkpoint).is_dir():
         raise ConfigError(f"{checkpoint} is a folder: " + ("an exported model is given as --model" if is_pretrained_folder(checkpoint)
-                                                          else "--checkpoint takes a training checkpoint's .ckpt file"))
+                                                          else "--checkpoint takes a training checkpoint's .ckpt file"
+                                                          + held_checkpoint(Path(checkpoint))))
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"checkpoint not found: {checkpoint}")
 

@@ -88,33 +88,40 @@ _NOT_MAKING = {"transformers_version", "_from_model_config", "pad_token_id", "bo
 _SAMPLING = {"temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff", "top_h"}
 
 
-def explicit_settings(generation: GenerationConfig, language_model: GenerationConfig | None) -> GenerationConfig:
+def explicit_settings(generation: GenerationConfig, language_model: GenerationConfig | None, call: dict[str, Any] | None = None,
+                      option: str | None = None) -> GenerationConfig:
     """``generation`` with every setting it leaves unset at transformers' own default: ``generate`` fills an unset setting
     from the language model's ``generation_config.json`` first (a ``repetition_penalty`` 1.3 there changed captions while
     results.json said greedy). A setting of that file that has no neutral default (``min_p``) is still applied by
-    transformers: warned, with how to set it."""
+    transformers: warned, with how to set it - the command line's ``option`` (``--model.generation.``), else a call's
+    keyword. ``call``: the call's own settings, over ``generation``."""
     defaults = GenerationConfig._get_default_generation_params()
     settings = copy.deepcopy(generation)
     settings.update(**{key: value for key, value in defaults.items() if key != "max_length" and value is not None
                        and getattr(settings, key, None) is None})
-    sampling = bool(settings.do_sample)  # greedy or beam search: the file's sampling settings would change nothing
+    call = call or {}
+    sampling = bool(call.get("do_sample", settings.do_sample))  # greedy or beam search: sampling settings change nothing
     theirs = {key: value for key, value in (language_model.to_diff_dict() if language_model is not None else {}).items()
-              if key not in _NOT_MAKING and getattr(generation, key, None) is None and (sampling or key not in _SAMPLING)}
+              if key not in _NOT_MAKING and getattr(generation, key, None) is None and call.get(key) is None
+              and (sampling or key not in _SAMPLING)}
     left = {key: value for key, value in theirs.items() if key not in defaults or defaults[key] is None}
     ignored = {key: value for key, value in theirs.items() if key not in left and value != defaults[key]}
+    given = (", ".join(f"{option}{k} {v}" for k, v in ignored.items()) if option else
+             ", ".join(f"{k}={v!r}" for k, v in ignored.items()) + " (a setting of the call, or of the export's mmcaption.json "
+             "'generation')")
     said = []
     if ignored:
         said.append("the language model's generation_config.json sets " + ", ".join(f"{k} {v}" for k, v in ignored.items())
-                    + ": not used, generation follows --model.generation (transformers' defaults where unset); give "
-                    + ", ".join(f"--model.generation.{k} {v}" for k, v in ignored.items()) + " to use them")
+                    + f": not used, generation follows {'--model.generation' if option else 'the settings given'} "
+                    f"(transformers' defaults where unset); give {given} to use them")
     if left:
         said.append("the language model's generation_config.json sets " + ", ".join(f"{k} {v}" for k, v in left.items())
-                    + ": applied by transformers' generate although --model.generation does not give it (results.json "
-                    "does not record it)")
+                    + ": applied by transformers' generate although the settings given do not set it"
+                    + (" (results.json does not record it)" if option else ""))
     for message in said:
         if message not in _SAID:  # once a process: the task layer is made again for every validation batch
             _SAID.add(message)
-            warnings.warn(message, UserWarning, stacklevel=3)
+            warnings.warn(message, UserWarning, stacklevel=4)
     return settings
 
 

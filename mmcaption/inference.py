@@ -295,11 +295,18 @@ def model_source_problem(name: str) -> str | None:
         return f"{name} is a file" + (": a training checkpoint is given as --checkpoint" if folder.suffix == ".ckpt" else
                                       ", not a model folder of mmcaption-export")
     if folder.is_dir():
-        return None if is_pretrained_folder(folder) else f"{name} is not a model folder of mmcaption-export (no mmcaption.json in it)"
+        return None if is_pretrained_folder(folder) else (f"{name} is not a model folder of mmcaption-export (no mmcaption.json "
+                                                          f"in it){held_checkpoint(folder)}")
     if not HUB_ID.fullmatch(name):
         return f"model folder not found: {name}"
     near = mistyped_folder(name, CONFIG_FILE)
     return None if near is None else f"model folder not found: {name}; did you mean {near}?"
+
+
+def held_checkpoint(folder: Path) -> str:
+    """What to say of a folder of fit's checkpoints given where a model or a checkpoint file was wanted."""
+    held = sorted(folder.glob("*.ckpt"), key=lambda path: (path.name != "last.ckpt", path.name))
+    return f"; it holds checkpoints of fit: --checkpoint {held[0]}" if held else ""
 
 
 def _model_folder(name: str | Path) -> Path:

@@ -136,7 +136,7 @@ class MultimodalCaptioner(LightningModule):
     def tasks(self) -> Tasks:
         """Generation, option scoring and result rows with this model, its tokenizer and ``generation``."""
         self._ready_outside_a_trainer()
-        return Tasks(self.model, self.tokenizer, self.generation)
+        return Tasks(self.model, self.tokenizer, self.generation, option="--model.generation.")
 
     def _ready_outside_a_trainer(self) -> None:
         """The model built, and outside a Trainer ``init_from``'s weights in it (a script's torch.no_grad() captions came

@@ -111,10 +111,14 @@ class Tasks:
         model: the multimodal model.
         tokenizer: its language model's tokenizer.
         generation: Hugging Face ``generate`` settings over :data:`DEFAULT_GENERATION`.
+        option: the command line's prefix of those settings (``--model.generation.``), for the warnings that name
+            them; None: named as a call's keywords.
     """
 
-    def __init__(self, model: MultimodalCausalLM, tokenizer: PreTrainedTokenizerBase, generation: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: MultimodalCausalLM, tokenizer: PreTrainedTokenizerBase, generation: dict[str, Any] | None = None,
+                 option: str | None = None) -> None:
         self.model = model
+        self.option = option  # the command line's name of the settings (--model.generation.), for what is said of them
         self.tokenizer = tokenizer
         check_generation(generation or {})
         defaults = {k: v for k, v in DEFAULT_GENERATION.items()  # a max_length given alone is the limit: not our default's
@@ -150,7 +154,8 @@ class Tasks:
             input_ids.to(device), attention_mask.to(device),
             pixel_values=None if pixel_values is None else pixel_values.to(device), image_embeds=image_embeds,
             # the settings above, not the language model's generation_config.json where they leave one unset
-            generation_config=explicit_settings(self.generation, getattr(self.model.language_model, "generation_config", None)),
+            generation_config=explicit_settings(self.generation, getattr(self.model.language_model, "generation_config", None),
+                                                generate_kwargs, self.option),
             image_mask=image_mask, **generate_kwargs,
         )
         self.unfinished = self._unfinished(tokens, generate_kwargs)

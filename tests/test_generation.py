@@ -88,6 +88,9 @@ def test_the_language_models_own_generation_settings_do_not_change_what_the_run_
     file_settings.temperature = 0.6  # a sampling setting, which greedy search would not use anyway: not named
     with pytest.warns(UserWarning, match=r"generation_config.json sets repetition_penalty 5.0, no_repeat_ngram_size 1: not "
                                          r"used.*give --model.generation.repetition_penalty 5.0, --model.generation.no_repeat_ngram_size 1 to use them$"):
+        tasks = Tasks(open_model, tokenizer, {"max_new_tokens": 12}, option="--model.generation.")  # the command line's
+        assert tasks.generate(batch["input_ids"], batch["attention_mask"], pixels) == plain
+    with pytest.warns(UserWarning, match=r"give repetition_penalty=5.0, no_repeat_ngram_size=1 \(a setting of the call"):
         assert Tasks(open_model, tokenizer, {"max_new_tokens": 12}).generate(batch["input_ids"], batch["attention_mask"], pixels) == plain
     # ... and the file's settings are used when the run gives them: then they change the texts
     asked = Tasks(open_model, tokenizer, {"max_new_tokens": 12, "repetition_penalty": 5.0, "no_repeat_ngram_size": 1})

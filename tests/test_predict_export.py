@@ -1067,6 +1067,10 @@ def test_chat_talks_with_a_training_checkpoint_as_with_its_export(trained_checkp
     with pytest.raises(SystemExit):
         chat_main(["--model", str(trained_checkpoint)])
     assert capsys.readouterr().err.strip() == f"error: {trained_checkpoint} is a file: a training checkpoint is given as --checkpoint"
+    for flag in ("--model", "--checkpoint"):  # the checkpoints' folder: the file in it named
+        with pytest.raises(SystemExit):
+            chat_main([flag, str(trained_checkpoint.parent)])
+        assert capsys.readouterr().err.strip().endswith(f"; it holds checkpoints of fit: --checkpoint {trained_checkpoint}")
 
 
 def test_chat_streams_its_answer_ending_as_the_api_ends_it():

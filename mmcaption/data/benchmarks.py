@@ -118,9 +118,9 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     if text[:1] == b"{":
         return "scienceqa", "is a JSON object"
     line = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip().lower()
-    if {"index", "question", "a", "b", "image"} <= {name.strip() for name in line.split("\t")}:
-        return "mmbench", "has MMBench's tab-separated columns"
-    if {"img_path", "question", "a", "b"} <= {name.strip() for name in line.split(",")}:
+    if {"index", "question", "a", "b", "image"} <= {name.strip() for name in next(csv.reader([line], delimiter="\t"))}:
+        return "mmbench", "has MMBench's tab-separated columns"  # (csv: a header in quotes, as R and QUOTE_ALL write it)
+    if {"img_path", "question", "a", "b"} <= {name.strip() for name in next(csv.reader([line]), [])}:
         return "csv", "has the original scripts' columns"
     return None
 

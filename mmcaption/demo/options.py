@@ -23,7 +23,7 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip_steps", type=int, default=CLIP_PRETRAINING_STEPS, help="contrastive tiny-CLIP steps")
     parser.add_argument("--scratch_control", action="store_true",
                         help="also train the instruct stage from scratch, to compare its steps to 80%% exact match "
-                             "(about 3 minutes more on 2 cores)")
+                             "(a run of the whole demo with it: about 3 minutes longer on 2 cores)")
     parser.add_argument("--skip_scratch", action="store_true", help=argparse.SUPPRESS)  # the default since it is opt-in
     parser.add_argument("--report", default="demo_report", type=path, help="folder for the report (JSON) and the example PNG")
     parser.add_argument("--caption", default=str(CONFIG_DIR / "demo" / "caption.yaml"), type=path, help="caption stage config")
