@@ -140,7 +140,11 @@ def said_once(line: str) -> None:
         return False
 
     def stopped(signum: int, _frame: Any) -> None:  # the launcher ends the others once one process has ended: said first
-        said(line)
+        with suppress(OSError):
+            if not (this_runs() and first.read_text(encoding="utf-8") == line):
+                said(line)
+        with suppress(Exception):
+            sys.stdout.flush()
         os._exit(128 + signum)
 
     handlers = {}

@@ -47,6 +47,10 @@ OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
         ("A will is on the desk.", ["a letter", "a will"], "B"),
         ("A must-see landmark.", ["a shop", "a must-see landmark"], "B"),
         ("A can be seen", None, "A"),
+        ("A will work best, not B", OPTIONS, None),  # two letters named: none (the article took A, leaving B)
+        ("A might work, unlike B", OPTIONS, None),
+        ("Answer: A blue square", OPTIONS, "A"),  # option A's own text: A
+        ("Answer: A red circle", OPTIONS, "B"),  # ... the article before option B's text: B
         ("a red circle or a blue square", OPTIONS, None),  # two options' texts: ambiguous
         ("blue", None, None),
         ("", None, None),

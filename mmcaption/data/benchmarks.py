@@ -117,7 +117,7 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
         return "questions", "holds JSON records (a list, or one per line)"
     if text[:1] == b"{":
         return "scienceqa", "is a JSON object"
-    line = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip().lower()
+    line = (head.decode("utf-8-sig", "replace").splitlines() or [""])[0].strip().lower()  # (\r alone: Excel for Mac's)
     if {"index", "question", "a", "b", "image"} <= {name.strip() for name in next(csv.reader([line], delimiter="\t"))}:
         return "mmbench", "has MMBench's tab-separated columns"  # (csv: a header in quotes, as R and QUOTE_ALL write it)
     if {"img_path", "question", "a", "b"} <= {name.strip() for name in next(csv.reader([line]), [])}:

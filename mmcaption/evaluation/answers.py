@@ -125,8 +125,10 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     if bare:
         return bare.group(1)
     stated = re.search(rf"(?i:answer|option|choice)(?:\s+(?i:is))?\s*:?\s*(?:(?i:option)\s+)?[\(\[]?([{letters}])(?![\w'])", answer)
-    if stated:
-        return stated.group(1)
+    if stated:  # "Answer: A blue square": the article before option B's text, when it names one option
+        named = _named(stated.group(0)[-1:] + answer[stated.end():], options, letters) if stated.group(1) == "A" and \
+            options and _article(answer[stated.end():]) else None
+        return named or stated.group(1)
     label = re.match(rf"[\(\[]([{letters}])[\)\]]|([{letters}])\s*[.):]\s", answer)
     if label:
         return label.group(1) or label.group(2)
@@ -137,20 +139,24 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     }
     if standalone:
         return standalone.pop() if len(standalone) == 1 else None
-    if options:
-        said = normalise_answer(answer)
-        texts = [normalise_answer(option) for option in options]
-        for matches in ([t == said for t in texts], [bool(t) and _said_in(t, said) for t in texts]):
-            if sum(matches) == 1:
-                return letters[matches.index(True)]
+    return _named(answer, options, letters) if options else None
+
+
+def _named(answer: str, options: list[str], letters: str) -> str | None:
+    """The letter of the one option whose text ``answer`` is, or says; None for none or several."""
+    said = normalise_answer(answer)
+    texts = [normalise_answer(option) for option in options]
+    for matches in ([t == said for t in texts], [bool(t) and _said_in(t, said) for t in texts]):
+        if sum(matches) == 1:
+            return letters[matches.index(True)]
     return None
 
 
 # words that follow an option's letter but never the article: "A is correct", "A would be right", "A because ..."
-# ("can", "will", "must" only before a verb: "A can of soda" is an option's text)
+# ("can" only before be/not, "will", "must" before a verb: "A can of soda", "A will is ..." are an option's text)
 _AFTER_LETTER = re.compile(r"\s+(?:and|or|is|was|would|seems|appears|looks|because|since|as|matches|fits|should|could|"
-                           r"describes|shows|represents|answers|correctly|(?:can|will|may|might|must)\s+(?:be|not)|"
-                           r"best\s+(?:describes|fits|matches|answers))\b")
+                           r"describes|shows|represents|answers|correctly|can\s+(?:be|not)|(?:will|may|might|must)\s+"
+                           r"(?!is\b|was\b|of\b|has\b|on\b|in\b)[a-z]+|best\s+(?:describes|fits|matches|answers))\b")
 
 
 def _article(rest: str) -> bool:
