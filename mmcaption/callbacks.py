@@ -22,6 +22,7 @@ from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
 from mmcaption.step_ends import (
     format_seconds,
     hold_validation_to_step_ends,
+    run_length,
     time_limit_note,
     time_spent_note,
     window_open,
@@ -325,6 +326,7 @@ class PlainProgress(ProgressBar):
 
     def _total(self, trainer) -> int | str:
         total = trainer.estimated_stepping_batches  # max_steps or max_epochs, whichever ends first (and accumulation)
+        total = run_length(trainer) if trainer.ckpt_path and total != float("inf") else total  # resumed: from here (not 300 of 150)
         return int(total) if total != float("inf") else "?"
 
     def _line(self, trainer, text: str) -> None:

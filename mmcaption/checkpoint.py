@@ -34,7 +34,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.imports import RequirementCache
 
 from mmcaption.errors import MMCaptionError, unexpanded_variable
@@ -249,6 +249,12 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
     elif (step or 0) < (planned or 0) and (run := writing_run(path.parent)):  # a labmate's stage 1, still training
         rank_zero_warn(f"init_from {path} is at step {step} of {planned}, and the fit writing it is still training ({run}): "
                        "these weights are of a stage not finished yet (wait for it to end)")
+    later = sorted((p for p in path.parent.glob(f"{path.stem}-v*{path.suffix}") if p.stat().st_mtime > path.stat().st_mtime),
+                   key=lambda p: p.stat().st_mtime)  # a later run of that stage into the same folder: last-v1.ckpt
+    if later:
+        rank_zero_warn(f"init_from {path} is an earlier run's: {later[-1].name}, saved since beside it, is a later run's of "
+                       f"that stage (a fit into the same folder keeps the earlier one's); --model.init_from {later[-1]} "
+                       "starts from the later one")
     return {"path": str(path.resolve()), "sha256": file_sha256(path), "epoch": checkpoint.get("epoch"),
             "global_step": checkpoint.get("global_step"), "planned_steps": checkpoint.get("planned_steps")}
 
@@ -346,36 +352,6 @@ def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
           f"beside them {beside}; {earlier_run}; to keep the runs apart, give this one another "
           "checkpoint folder.",
           file=sys.stderr, flush=True)
-
-
-def follow_a_moved_checkpoint_folder(trainer, checkpoint: dict[str, Any]) -> None:
-    """Resuming from a checkpoint folder that has moved since it was written (the project moved or copied, a
-    container mounting it elsewhere): each ``ModelCheckpoint``'s state names its files at the old absolute
-    path, so Lightning forgot them - it wrote ``last-v1.ckpt`` beside ``last.ckpt`` and never removed the old
-    best. When the checkpoint resumed from lies in that callback's folder, its files are taken as moved with
-    it: the state is rewritten to the folder's present place (call from ``on_load_checkpoint``, in ``fit``)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    resumed = Path(trainer.ckpt_path).resolve().parent if trainer.ckpt_path else None
-    states = checkpoint.get("callbacks") or {}
-    for callback in trainer.checkpoint_callbacks:
-        state = states.get(callback.state_key) if isinstance(callback, ModelCheckpoint) else None
-        old, new = (state or {}).get("dirpath"), callback.dirpath
-        if not old or not new or old == new or resumed != Path(new).resolve():
-            continue
-
-        state["dirpath"] = new
-        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
-            state[key] = _moved_file(state.get(key), old, new)
-        moved_best = {_moved_file(path, old, new): score for path, score in (state.get("best_k_models") or {}).items()}
-        state["best_k_models"] = {path: score for path, score in moved_best.items() if path}
-        rank_zero_info(f"{new} was {old} when this checkpoint was written: its best and last checkpoints are followed here")
-
-
-def _moved_file(path: str | None, old: str, new: str) -> str:
-    """A file of folder ``old`` where it is now, in folder ``new``; "" when it is not there."""
-    moved = Path(new) / Path(path).relative_to(old) if path and Path(old) in Path(path).parents else None
-    return str(moved) if moved is not None and moved.is_file() else ""
 
 
 def _recorded(path: str | Path, key: str, unreadable: Any) -> Any:

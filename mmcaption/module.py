@@ -25,10 +25,10 @@ from mmcaption import random_state
 from mmcaption.checkpoint import (
     check_checkpoint,
     check_trainable_state,
-    follow_a_moved_checkpoint_folder,
     load_initial_weights,
     restore_loader_position,
 )
+from mmcaption.checkpoint_folders import checkpoint_folder_on_resume
 from mmcaption.errors import ConfigError, raise_if_stopped
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores
@@ -380,7 +380,7 @@ class MultimodalCaptioner(LightningModule):
         check_checkpoint(checkpoint, self.model)
         self.init_source = checkpoint.get("init_from")
         if self._trainer is not None and self.trainer.state.fn == "fit":
-            follow_a_moved_checkpoint_folder(self.trainer, checkpoint)
+            checkpoint_folder_on_resume(self.trainer, checkpoint)
         states = checkpoint.get("random_states") or []
         if states and self._trainer is not None and self.trainer.state.fn == "fit":
             self._resumed_random_state = states[min(self.global_rank, len(states) - 1)]

@@ -3,34 +3,16 @@ it up (the rate given now, the length of this run)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import get_linear_schedule_with_warmup
+
+from mmcaption.step_ends import run_length
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_ratio: float, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """transformers' linear schedule: ``warmup_ratio`` of ``steps`` warming up from 0, then down to 0 at ``steps``."""
     return get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), int(steps))
-
-
-def run_length(trainer) -> int:
-    """The optimizer step a resumed run ends at: the step reached, then the rest of this epoch and the epochs after it
-    with this run's batches per epoch and accumulation (or ``max_steps``, if sooner). Lightning's
-    ``estimated_stepping_batches`` counts every epoch under this run's settings from step 0: a run resumed with another
-    ``accumulate_grad_batches`` or ``limit_train_batches`` had its schedule end at the step reached, and trained its
-    remaining epochs at a rate of 0 (or ended before its schedule did)."""
-    step, total = trainer.global_step, math.inf
-    if trainer.max_epochs is not None and trainer.max_epochs >= 0 and math.isfinite(trainer.num_training_batches):
-        per_epoch, accumulate = int(trainer.num_training_batches), trainer.accumulate_grad_batches
-        epoch = trainer.fit_loop.epoch_progress.current  # an epoch begun and not ended: the batches trained of it
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready if epoch.started > epoch.completed else 0
-        windows = math.ceil(per_epoch / accumulate)  # an epoch's optimizer steps: windows counted from its first batch
-        total = step + max(windows - done // accumulate, 0) + windows * max(trainer.max_epochs - trainer.current_epoch - 1, 0)
-    if trainer.max_steps is not None and trainer.max_steps >= 0:
-        total = min(total, trainer.max_steps)
-    return int(total)
 
 
 def schedule_from_here(trainer, learning_rate: float, warmup_ratio: float) -> int | None:
@@ -55,6 +37,10 @@ def schedule_from_here(trainer, learning_rate: float, warmup_ratio: float) -> in
                            f"from step {scheduler.last_epoch}")
         scheduler.base_lrs = [learning_rate] * len(groups)
         rates = [learning_rate * rate(scheduler.last_epoch) for rate in scheduler.lr_lambdas]
+        if abs(rates[0] - groups[0]["lr"]) > 0.01 * learning_rate:  # a run extended: its schedule had ended at 0
+            rank_zero_info(f"the learning rate goes from {groups[0]['lr']:g} to {rates[0]:g} ({rates[0] / learning_rate:.0%} of "
+                           f"{learning_rate:g}) at step {scheduler.last_epoch}: the schedule now ends at step {length}, this "
+                           "run's end (taken up where it is, without a new warm-up)")
         for group, rate in zip(groups, rates):
             group["initial_lr"], group["lr"] = learning_rate, rate
         scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read

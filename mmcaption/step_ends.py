@@ -1,9 +1,10 @@
 """Where a fit validates and stops: at an optimizer step's end. Under gradient accumulation a checkpoint holds none of the
 gradients gathered for a step not yet taken, so a run saved between a step's batches lost them when it resumed. And
-what a stop by Lightning's Timer (``trainer.max_time``) leaves, said."""
+what a stop by Lightning's Timer (``trainer.max_time``) leaves, said. And the step a resumed run ends at."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 from lightning.pytorch.callbacks import EarlyStopping, Timer
@@ -74,3 +75,21 @@ def time_limit_note(trainer, checkpoint: str | None) -> str | None:
               "trained so far counts)") if checkpoint else ""
     return (f"note: trainer.max_time ({format_seconds(timer._duration)}) stopped training at step {trainer.global_step} of "
             f"{int(planned)}, before the end of its learning-rate schedule{resume}")
+
+
+def run_length(trainer) -> int:
+    """The optimizer step a resumed run ends at: the step reached, then the rest of this epoch and the epochs after it
+    with this run's batches per epoch and accumulation (or ``max_steps``, if sooner). Lightning's
+    ``estimated_stepping_batches`` counts every epoch under this run's settings from step 0: a run resumed with another
+    ``accumulate_grad_batches`` or ``limit_train_batches`` had its schedule end at the step reached, and trained its
+    remaining epochs at a rate of 0 (or ended before its schedule did)."""
+    step, total = trainer.global_step, math.inf
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0 and math.isfinite(trainer.num_training_batches):
+        per_epoch, accumulate = int(trainer.num_training_batches), trainer.accumulate_grad_batches
+        epoch = trainer.fit_loop.epoch_progress.current  # an epoch begun and not ended: the batches trained of it
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready if epoch.started > epoch.completed else 0
+        windows = math.ceil(per_epoch / accumulate)  # an epoch's optimizer steps: windows counted from its first batch
+        total = step + max(windows - done // accumulate, 0) + windows * max(trainer.max_epochs - trainer.current_epoch - 1, 0)
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        total = min(total, trainer.max_steps)
+    return int(total)

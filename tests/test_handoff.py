@@ -1,6 +1,9 @@
 """The caption -> instruct hand-off: initialisation from a checkpoint, not resumption."""
 
+import os
+import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -144,6 +147,14 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
         holder.wait()
     with warnings.catch_warnings():  # once that fit has ended, as any best checkpoint of a run that went on
         warnings.simplefilter("error")
+        make_module(backbones, init_from=str(folder / "last.ckpt")).initialise_from_checkpoint()
+    # the caption stage run again into the same folder: its last checkpoint is last-v1.ckpt, and the instruct stage's
+    # init_from (last.ckpt, as the configs name it) went on from the earlier run's weights with no more than "its step"
+    later = folder / "last-v1.ckpt"
+    torch.save(source, later)
+    os.utime(folder / "last.ckpt", (time.time() - 60, time.time() - 60))
+    with pytest.warns(UserWarning, match=r"init_from .*last\.ckpt is an earlier run's: last-v1\.ckpt, saved since beside it, is "
+                                         rf"a later run's of that stage .*; --model.init_from {re.escape(str(later))} starts"):
         make_module(backbones, init_from=str(folder / "last.ckpt")).initialise_from_checkpoint()
 
 

@@ -256,7 +256,7 @@ def test_a_validation_setting_leaves_the_training_curve_as_it_is(backbones, coco
 def test_a_resumed_runs_schedule_counts_the_steps_left_by_the_epochs_accumulation_windows():
     from types import SimpleNamespace
 
-    from mmcaption.schedule import run_length
+    from mmcaption.step_ends import run_length
 
     def resumed(step: int, done: int, epoch: int, accumulate: int = 2, per_epoch: int = 5, in_epoch: bool = True):
         progress = SimpleNamespace(started=epoch + in_epoch, completed=epoch)
@@ -271,6 +271,12 @@ def test_a_resumed_runs_schedule_counts_the_steps_left_by_the_epochs_accumulatio
     assert run_length(resumed(step=2, done=4, epoch=0)) == 6
     assert run_length(resumed(step=3, done=0, epoch=1, in_epoch=False)) == 6  # at the epoch's end
     assert run_length(resumed(step=3, done=0, epoch=1, in_epoch=False, accumulate=1)) == 8  # one step a batch from here
+    # ... and the progress lines count to it ("training starts at step 300 of 150", then a negative time left)
+    from mmcaption.callbacks import PlainProgress
+
+    trainer = resumed(step=3, done=0, epoch=1, in_epoch=False, accumulate=1)
+    trainer.ckpt_path, trainer.estimated_stepping_batches = "last.ckpt", 10  # Lightning's: both epochs at one step a batch
+    assert PlainProgress()._total(trainer) == 8
 
 
 def test_a_scripts_own_trainer_is_refused_data_read_otherwise_than_the_model_and_a_spawning_strategy(backbones, coco_root,
