@@ -363,3 +363,11 @@ def test_under_ddp_the_running_counts_say_whose_they_are():
     monitor._compute(trainer, 2)
     assert (logged["train/samples"], logged["train/device/samples"], logged["train/device/lengths"]) == (16, 8, 80)
     assert "train/lengths" not in logged and logged["train/samples_per_sec"] == 8.0
+    # ... nor a warning in every 2-process fit (hp_metric, the gathered validation loss) or every bf16-mixed one
+    import re
+
+    from mmcaption.console import UNACTIONABLE_WARNINGS
+
+    for lightnings in ("It is recommended to use `self.log('hp_metric', ..., sync_dist=True)` when logging on epoch level",
+                       "Precision bf16-mixed is not supported by the model summary.  Estimated model size in MB will not be"):
+        assert any(re.match(pattern, lightnings) for pattern in UNACTIONABLE_WARNINGS), lightnings
