@@ -6,7 +6,9 @@ import io
 import json
 import os
 import pty
+import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,9 +65,10 @@ def fit_command(workdir: Path, name: str, delay: float = 0.0, ckpt_path: Path | 
     return command + (["--ckpt_path", str(ckpt_path)] if ckpt_path else []) + list(extra)
 
 
-def run(command: list[str], cwd: Path) -> None:
+def run(command: list[str], cwd: Path) -> str:
     result = subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 def subprocess_env() -> dict[str, str]:
@@ -291,8 +294,11 @@ def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_le
             "epoch is saved per worker. Resume with --data.init_args.num_workers 1") in fewer.stderr
     config = yaml.safe_load(Path(DEMO_CONFIG).read_text())
     halved = config["model"]["learning_rate"] / 2
-    run(fit_command(workdir, "longer", ckpt_path=last, extra=("--model.learning_rate", str(halved), "--model.weight_decay",
-                                                             "0.05", "--model.adam_betas", "[0.8, 0.95]")), workdir)
+    said = run(fit_command(workdir, "longer", ckpt_path=last, extra=("--model.learning_rate", str(halved), "--model.weight_decay",
+                                                                    "0.05", "--model.adam_betas", "[0.8, 0.95]")), workdir)
+    # the jump from the finished schedule's 0 is said (a run extended went on at part of its peak without a word)
+    assert re.search(rf"the learning rate goes from 0 to [\d.e-]+ \(\d+% of {halved:g}\) at step {stopped}: the schedule now "
+                     rf"ends at step {MAX_STEPS}, this run's end", said), said[-2000:]
     longer = records(workdir / "longer.jsonl")
     assert sorted(longer) == list(range(stopped + 1, MAX_STEPS + 1))
     for step in longer:  # the rest of the epoch, in its order (it started a new epoch, skipping the rest of this one)
@@ -305,6 +311,24 @@ def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_le
     # the weight decay and betas given on resume, as the note said: the restored optimizer kept the saved ones
     groups = saved["optimizer_states"][0]["param_groups"]
     assert [(g["weight_decay"], tuple(g["betas"])) for g in groups] == [(0.05, (0.8, 0.95)), (0.0, (0.8, 0.95))]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("resume")
+def test_resuming_from_a_checkpoint_older_than_the_folders_last_keeps_the_newer_one(straight):
+    # --ckpt_path best, or a checkpoint kept aside: Lightning wrote the resumed run's last over the newer last.ckpt
+    workdir, _ = straight
+    folder = workdir / "checkpoints-branch"
+    shutil.copytree(workdir / "checkpoints-straight", folder)
+    (older,) = folder.glob("epoch=*-step=15.ckpt")
+    newer = (folder / "last.ckpt").read_bytes()
+    done = subprocess.run(fit_command(workdir, "branch", ckpt_path=older), cwd=workdir, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (f"note: {folder / 'last.ckpt'} (step 16) is newer than the checkpoint resumed from (step 15): it is kept, and "
+            "this run's last checkpoint is saved beside it") in done.stdout + done.stderr
+    assert (folder / "last.ckpt").read_bytes() == newer
+    assert load_checkpoint_file(folder / "last-v1.ckpt")["global_step"] == MAX_STEPS
 
 
 @pytest.mark.slow
