@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -249,12 +250,14 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
     elif (step or 0) < (planned or 0) and (run := writing_run(path.parent)):  # a labmate's stage 1, still training
         rank_zero_warn(f"init_from {path} is at step {step} of {planned}, and the fit writing it is still training ({run}): "
                        "these weights are of a stage not finished yet (wait for it to end)")
-    later = sorted((p for p in path.parent.glob(f"{path.stem}-v*{path.suffix}") if p.stat().st_mtime > path.stat().st_mtime),
-                   key=lambda p: p.stat().st_mtime)  # a later run of that stage into the same folder: last-v1.ckpt
-    if later:
-        rank_zero_warn(f"init_from {path} is an earlier run's: {later[-1].name}, saved since beside it, is a later run's of "
-                       f"that stage (a fit into the same folder keeps the earlier one's); --model.init_from {later[-1]} "
-                       "starts from the later one")
+    base = re.sub(r"-v\d+$", "", path.stem)  # last.ckpt, last-v1.ckpt, ...: one name, each a run of that stage's
+    later = sorted((p for p in path.parent.glob(f"{base}*{path.suffix}") if re.fullmatch(rf"{re.escape(base)}(-v\d+)?", p.stem)
+                    and p.stat().st_mtime > path.stat().st_mtime), key=lambda p: p.stat().st_mtime)
+    if later:  # a later run of that stage into the same folder: fit keeps the earlier one's last.ckpt
+        steps = _recorded(later[-1], "global_step", None), _recorded(later[-1], "planned_steps", None)
+        rank_zero_warn(f"init_from {path} (step {step}) is not the newest of its name: {later[-1].name}, of step {steps[0]}"
+                       f"{f' of {steps[1]}' if steps[1] else ''}, was saved since by a later run of that stage into the same "
+                       f"folder; --model.init_from {later[-1]} if that is the run meant")
     return {"path": str(path.resolve()), "sha256": file_sha256(path), "epoch": checkpoint.get("epoch"),
             "global_step": checkpoint.get("global_step"), "planned_steps": checkpoint.get("planned_steps")}
 

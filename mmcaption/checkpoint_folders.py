@@ -50,18 +50,28 @@ def _moved_file(path: str | None, old: str, new: str) -> str:
 def keep_a_newer_last(trainer, checkpoint: dict[str, Any]) -> None:
     """Resuming from a checkpoint older than the folder's last one (a best one, ``--ckpt_path best``, or a copy kept
     aside): Lightning takes the last file its state names for its own and writes over it - a run's newer steps lost
-    without a word. The newer file is kept: this run's last checkpoint goes beside it (``last-v1.ckpt``)."""
+    without a word. The newer file is kept: this run's last checkpoint goes beside it (``last-v1.ckpt``). Decided by the
+    first process for all (each saving differently would leave them waiting for one another)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     resumed = Path(trainer.ckpt_path).resolve() if trainer.ckpt_path else None
     states = checkpoint.get("callbacks") or {}
     for callback in trainer.checkpoint_callbacks:
         state = states.get(callback.state_key) if isinstance(callback, ModelCheckpoint) else None
-        last = Path(state.get("last_model_path") or "") if state else None
-        if not last or not last.name or not last.is_file() or last.resolve() == resumed:
+        last = Path(state.get("last_model_path") or "") if state and state.get("dirpath") == callback.dirpath else None
+        newer = None
+        if trainer.is_global_zero and last and last.name and last.is_file() and resumed and last.resolve() != resumed:
+            step = _recorded(last, "global_step", None)  # None: unreadable, kept all the same
+            if not isinstance(step, int) or step > checkpoint.get("global_step", 0) or \
+                    last.stat().st_mtime > resumed.stat().st_mtime:
+                newer = f"{last} (step {step})" if isinstance(step, int) else str(last)
+        newer = trainer.strategy.broadcast(newer, src=0)
+        if newer is None:
             continue
-        step = _recorded(last, "global_step", None)
-        if isinstance(step, int) and step > checkpoint.get("global_step", 0):
-            state["last_model_path"] = ""  # so its next save takes a name of its own
-            rank_zero_info(f"note: {last} (step {step}) is newer than the checkpoint resumed from (step "
-                           f"{checkpoint.get('global_step', 0)}): it is kept, and this run's last checkpoint is saved beside it")
+        if not getattr(callback, "_enable_version_counter", True):  # it would name this run's last as that one
+            rank_zero_info(f"note: {newer} is newer than the checkpoint resumed from, and this run's last checkpoint "
+                           "replaces it (the checkpoint callback's enable_version_counter is false)")
+            continue
+        state["last_model_path"] = ""  # so its next save takes a name of its own
+        rank_zero_info(f"note: {newer} is newer than the checkpoint resumed from (step {checkpoint.get('global_step', 0)}): "
+                       "it is kept, and this run's last checkpoint is saved beside it")

@@ -35,12 +35,13 @@ def schedule_from_here(trainer, learning_rate: float, warmup_ratio: float) -> in
         if any(base != learning_rate for base in scheduler.base_lrs):
             rank_zero_info(f"learning rate {learning_rate:g} (the checkpoint's: {scheduler.base_lrs[0]:g}), on the schedule "
                            f"from step {scheduler.last_epoch}")
+        reached = groups[0]["lr"] / scheduler.base_lrs[0] if scheduler.base_lrs[0] else 0.0  # the old schedule's share
         scheduler.base_lrs = [learning_rate] * len(groups)
         rates = [learning_rate * rate(scheduler.last_epoch) for rate in scheduler.lr_lambdas]
-        if abs(rates[0] - groups[0]["lr"]) > 0.01 * learning_rate:  # a run extended: its schedule had ended at 0
+        if learning_rate and abs(rates[0] / learning_rate - reached) > 0.01:  # a run extended: its schedule had ended at 0
             rank_zero_info(f"the learning rate goes from {groups[0]['lr']:g} to {rates[0]:g} ({rates[0] / learning_rate:.0%} of "
                            f"{learning_rate:g}) at step {scheduler.last_epoch}: the schedule now ends at step {length}, this "
-                           "run's end (taken up where it is, without a new warm-up)")
+                           "run's end, and is taken up at the step reached")
         for group, rate in zip(groups, rates):
             group["initial_lr"], group["lr"] = learning_rate, rate
         scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read

@@ -153,9 +153,13 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
     later = folder / "last-v1.ckpt"
     torch.save(source, later)
     os.utime(folder / "last.ckpt", (time.time() - 60, time.time() - 60))
-    with pytest.warns(UserWarning, match=r"init_from .*last\.ckpt is an earlier run's: last-v1\.ckpt, saved since beside it, is "
-                                         rf"a later run's of that stage .*; --model.init_from {re.escape(str(later))} starts"):
+    with pytest.warns(UserWarning, match=r"init_from .*last\.ckpt \(step 3\) is not the newest of its name: last-v1\.ckpt, of "
+                                         rf"step 3 of 3, was saved since .*; --model.init_from {re.escape(str(later))} if that"):
         make_module(backbones, init_from=str(folder / "last.ckpt")).initialise_from_checkpoint()
+    os.utime(later, (time.time() - 120, time.time() - 120))  # ... and a third run's last-v2.ckpt after last-v1.ckpt
+    torch.save(source, folder / "last-v2.ckpt")
+    with pytest.warns(UserWarning, match=r"last-v1\.ckpt \(step 3\) is not the newest of its name: last-v2\.ckpt"):
+        make_module(backbones, init_from=str(later)).initialise_from_checkpoint()
 
 
 def test_resuming_the_instruct_stage_does_not_reinitialise(backbones, caption_checkpoint, instruct_data, tmp_path):

@@ -271,6 +271,8 @@ def test_a_resumed_runs_schedule_counts_the_steps_left_by_the_epochs_accumulatio
     assert run_length(resumed(step=2, done=4, epoch=0)) == 6
     assert run_length(resumed(step=3, done=0, epoch=1, in_epoch=False)) == 6  # at the epoch's end
     assert run_length(resumed(step=3, done=0, epoch=1, in_epoch=False, accumulate=1)) == 8  # one step a batch from here
+    assert run_length(resumed(step=3, done=5, epoch=0)) == 6  # at the validation on the epoch's last batch (was 7: its
+    # last window, of one batch, was stepped too)
     # ... and the progress lines count to it ("training starts at step 300 of 150", then a negative time left)
     from mmcaption.callbacks import PlainProgress
 
