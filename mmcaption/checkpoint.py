@@ -254,9 +254,12 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
     later = sorted((p for p in path.parent.glob(f"{base}*{path.suffix}") if re.fullmatch(rf"{re.escape(base)}(-v\d+)?", p.stem)
                     and p.stat().st_mtime > path.stat().st_mtime), key=lambda p: p.stat().st_mtime)
     if later:  # a later run of that stage into the same folder: fit keeps the earlier one's last.ckpt
-        steps = _recorded(later[-1], "global_step", None), _recorded(later[-1], "planned_steps", None)
-        rank_zero_warn(f"init_from {path} (step {step}) is not the newest of its name: {later[-1].name}, of step {steps[0]}"
-                       f"{f' of {steps[1]}' if steps[1] else ''}, was saved since by a later run of that stage into the same "
+        try:
+            newest = load_checkpoint_file(later[-1], mmap=True)  # read once, without its tensors
+        except MMCaptionError:
+            newest = {}
+        rank_zero_warn(f"init_from {path} (step {step}) is not the newest of its name: {later[-1].name}, of step "
+                       f"{newest.get('global_step')}{f' of {planned}' if (planned := newest.get('planned_steps')) else ''}, was saved since by a later run of that stage into the same "
                        f"folder; --model.init_from {later[-1]} if that is the run meant")
     return {"path": str(path.resolve()), "sha256": file_sha256(path), "epoch": checkpoint.get("epoch"),
             "global_step": checkpoint.get("global_step"), "planned_steps": checkpoint.get("planned_steps")}

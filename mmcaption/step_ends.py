@@ -89,9 +89,9 @@ def run_length(trainer) -> int:
         epoch = trainer.fit_loop.epoch_progress.current  # an epoch begun and not ended: the batches trained of it
         done = trainer.fit_loop.epoch_loop.batch_progress.current.ready if epoch.started > epoch.completed else 0
         windows = math.ceil(per_epoch / accumulate)  # an epoch's optimizer steps: windows counted from its first batch
-        stepped = windows if done >= per_epoch else done // accumulate  # (saved at the epoch's last batch, not yet closed:
-        total = step + max(windows - stepped, 0) + windows * max(trainer.max_epochs - trainer.current_epoch - 1, 0)  # its
-        # last window, shorter than the others, was stepped too)
+        # saved at the validation on the epoch's last batch (the epoch not yet closed): its last, shorter window was stepped
+        stepped = windows if done >= per_epoch else done // accumulate
+        total = step + max(windows - stepped, 0) + windows * max(trainer.max_epochs - trainer.current_epoch - 1, 0)
     if trainer.max_steps is not None and trainer.max_steps >= 0:
         total = min(total, trainer.max_steps)
     return int(total)

@@ -267,6 +267,7 @@ class CaptionPredictDataModule(_PredictDataModule):
 
 
 FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json (or parquet file)"}
+FORMAT_CONFIGS = {"csv": "multiple_choice", "mmbench": "mmbench", "scienceqa": "scienceqa"}  # configs/predict/<name>.yaml
 
 
 class MultipleChoiceDataModule(_PredictDataModule):
@@ -347,9 +348,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
             raise ConfigError(f"{self.csv_file} {sniffed[1]}: free-form questions, answered with --config "
                               f"configs/predict/questions.yaml --data.questions_file {self.csv_file}, not multiple choice")
         if sniffed is not None and sniffed[0] != self.format:  # the other format's reader would say only what is missing
-            config = {"csv": "multiple_choice"}.get(sniffed[0], sniffed[0])
             raise ConfigError(f"{self.csv_file} {sniffed[1]}, so it reads as {FORMATS[sniffed[0]]}: use --config configs/predict/"
-                              f"{config}.yaml (or --data.format {sniffed[0]}); data.format is {self.format!r}, {FORMATS[self.format]}")
+                              f"{FORMAT_CONFIGS[sniffed[0]]}.yaml (or --data.format {sniffed[0]}); data.format is {self.format!r}, {FORMATS[self.format]}")
         if self.format == "mmbench":
             questions = read_mmbench_tsv(self.csv_file)
         elif self.format == "scienceqa":

@@ -22,7 +22,7 @@ import torch
 
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, sniffed_format
 from mmcaption.data.image_sources import coco2017_copy, image_paths
-from mmcaption.data.predict import FORMATS, _ImageRows, _PredictDataModule
+from mmcaption.data.predict import FORMAT_CONFIGS, FORMATS, _ImageRows, _PredictDataModule
 from mmcaption.data.records import (
     DataError,
     JsonLines,
@@ -362,10 +362,9 @@ class QuestionsPredictDataModule(_PredictDataModule):
             raise missing_file(self.questions_file, "questions file")
         sniffed = sniffed_format(self.questions_file)
         if sniffed is not None and sniffed[0] in ("csv", "mmbench"):  # its options dropped, its letters the answers: 0%
-            config = {"csv": "multiple_choice"}.get(sniffed[0], sniffed[0])
             raise ConfigError(f"{self.questions_file} {sniffed[1]}: it holds multiple-choice questions ({FORMATS[sniffed[0]]}), "
                               f"whose options free-form answering would drop, comparing the answers with letters; use --config "
-                              f"configs/predict/{config}.yaml --data.csv_file {self.questions_file}")
+                              f"configs/predict/{FORMAT_CONFIGS[sniffed[0]]}.yaml --data.csv_file {self.questions_file}")
         for name, file in (("annotations", self.annotations_file), ("submission questions", self.submission_questions_file)):
             if file and not file.is_file():
                 raise missing_file(file, f"{name} file")

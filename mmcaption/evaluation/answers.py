@@ -126,8 +126,8 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
         return bare.group(1)
     stated = re.search(rf"(?i:answer|option|choice)(?:\s+(?i:is))?\s*:?\s*(?:(?i:option)\s+)?[\(\[]?([{letters}])(?![\w'])", answer)
     if stated:  # "Answer: A blue square": the article before option B's text, when it names one option
-        named = _named(stated.group(0)[-1:] + answer[stated.end():], options, letters) if stated.group(1) == "A" and \
-            options and _article(answer[stated.end():]) else None
+        rest = answer[stated.end():]
+        named = _named("A" + rest, options, letters) if stated.group(1) == "A" and options and _article(rest) else None
         return named or stated.group(1)
     label = re.match(rf"[\(\[]([{letters}])[\)\]]|([{letters}])\s*[.):]\s", answer)
     if label:
