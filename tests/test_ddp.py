@@ -6,9 +6,11 @@ import csv
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +31,41 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def run_together(commands: list[list[str]], cwd: Path, timeout: float = 600) -> list[str]:
+    """Runs ``commands`` at once (a run's processes, or one run), each in a session of its own with its output in
+    files (pipes read one after another can fill and stall a process the others wait for), and returns each one's
+    stdout + stderr. One still running after ``timeout`` seconds is stopped with SIGABRT, on which Python's fault
+    handler prints where every thread of every process of it stood, and the test fails with that (a hang said no
+    more than "timed out")."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), PYTHONFAULTHANDLER="1")
+    logs = [cwd / f"run-{time.monotonic_ns()}-{i}.log" for i in range(len(commands))]
+    runs = []
+    for command, log in zip(commands, logs):
+        with open(log, "w") as out:
+            runs.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    deadline = time.monotonic() + timeout
+    while any(run.poll() is None for run in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    hung = [run for run in runs if run.poll() is None]
+    for run in hung:
+        os.killpg(run.pid, signal.SIGABRT)
+    for run in hung:
+        try:
+            run.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    outputs = [log.read_text(errors="replace") for log in logs]
+    for log in logs:
+        log.unlink()
+    if hung:
+        pytest.fail(f"{' '.join(commands[0][2:6])}... still running after {timeout:.0f} s; where it stood:\n"
+                    + "\n".join(output[-6000:] for output in outputs))
+    for run, output in zip(runs, outputs):
+        assert run.returncode == 0, output[-3000:]
+    return outputs
 
 
 def fit(workdir: Path, name: str, devices: int, nodes: int = 1) -> None:
@@ -52,7 +89,6 @@ def fit(workdir: Path, name: str, devices: int, nodes: int = 1) -> None:
     }
     config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump(overrides))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     fit_command = ["-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", str(config)]
     if nodes == 1:
         commands = [[sys.executable, *fit_command]]
@@ -61,11 +97,7 @@ def fit(workdir: Path, name: str, devices: int, nodes: int = 1) -> None:
         commands = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(node),
                      "--nproc_per_node", str(devices), "--master_addr", "127.0.0.1", "--master_port", str(port),
                      *fit_command] for node in range(nodes)]
-    runs = [subprocess.Popen(c, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for c in commands]
-    for run in runs:
-        _, err = run.communicate(timeout=600)
-        assert run.returncode == 0, err[-3000:]
+    run_together(commands, workdir)
 
 
 def steps(path: Path) -> dict[int, dict]:
@@ -81,15 +113,11 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     # validate on two processes writes the results of both processes' images (it crashed at the end: a rank-0-only
     # call of trainer.log_dir, which every process must make), each image once: 3 images do not divide between 2
     # processes, and Lightning's sampler gave one of them twice (4 images scored, an image id twice in the predictions)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-
     def validate(images: int) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "mmcaption", "validate", "--config", DEMO_CONFIG, "--ckpt_path", "checkpoints-ddp/last.ckpt",
+        run_together([[sys.executable, "-m", "mmcaption", "validate", "--config", DEMO_CONFIG, "--ckpt_path", "checkpoints-ddp/last.ckpt",
              "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.limit_val_batches", "1",
              "--trainer.enable_progress_bar", "false", "--data.init_args.val_caption_images", str(images),
-             "--data.init_args.num_workers", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+             "--data.init_args.num_workers", "0"]], tmp_path)
 
     validate(3)
     (results,) = tmp_path.glob("val-*.results.json")
@@ -106,13 +134,10 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     assert results["images"] == 1 and results["references"] == 5
     # predict on two processes: their shares put together in the output asked for, in the input's order, summed up as
     # one process's (it wrote captions.rank0.jsonl and captions.rank1.jsonl, and no captions.jsonl)
-    predict = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "predict", "--config", DEMO_CONFIG, "--config", str(REPO / "configs/predict/captions.yaml"),
+    (predict,) = run_together([[sys.executable, "-m", "mmcaption", "predict", "--config", DEMO_CONFIG, "--config", str(REPO / "configs/predict/captions.yaml"),
          "--ckpt_path", "checkpoints-ddp/last.ckpt", "--data.images", "demo_data/coco/val2017", "--data.output", "captions.jsonl",
-         "--data.num_workers", "0", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert predict.returncode == 0, predict.stderr[-3000:]
-    assert "4 rows -> captions.jsonl (the shares of 2 processes, put together)" in predict.stdout + predict.stderr
+         "--data.num_workers", "0", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false"]], tmp_path)
+    assert "4 rows -> captions.jsonl (the shares of 2 processes, put together)" in predict
     rows = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
     images = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "demo_data/coco/val2017").iterdir())
     assert [Path(row["image"]).name for row in rows] == [Path(image).name for image in images] and all(r["caption"] for r in rows)
@@ -121,13 +146,10 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     assert sorted(p.name for p in tmp_path.glob("captions*")) == ["captions.jsonl", "captions.jsonl.summary.json"]
     # CircularEval on two processes: a question's rotations are answered by both, and judged once put together (it was
     # refused: "one process must answer")
-    circular = subprocess.run(
-        [sys.executable, "-m", "mmcaption", "predict", "--config", DEMO_CONFIG, "--config", str(REPO / "configs/predict/multiple_choice.yaml"),
+    run_together([[sys.executable, "-m", "mmcaption", "predict", "--config", DEMO_CONFIG, "--config", str(REPO / "configs/predict/multiple_choice.yaml"),
          "--ckpt_path", "checkpoints-ddp/last.ckpt", "--data.csv_file", "demo_data/choice_val2017.csv", "--data.circular", "true",
          "--data.output", "choices.csv", "--data.num_workers", "0", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-         "--trainer.enable_progress_bar", "false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert circular.returncode == 0, circular.stderr[-3000:]
+         "--trainer.enable_progress_bar", "false"]], tmp_path)
     with open(tmp_path / "choices.csv", newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     with open(tmp_path / "demo_data/choice_val2017.csv", newline="", encoding="utf-8-sig") as handle:
