@@ -44,7 +44,7 @@ from mmcaption.folders import being_written, umask, writing_run
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
-from mmcaption.resources import disk_full
+from mmcaption.resources import dangling, dangling_note, disk_full
 
 MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
 
@@ -252,7 +252,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
                        "these weights are of a stage not finished yet (wait for it to end)")
     base = re.sub(r"-v\d+$", "", path.stem)  # last.ckpt, last-v1.ckpt, ...: one name, each a run of that stage's
     later = sorted((p for p in path.parent.glob(f"{base}*{path.suffix}") if re.fullmatch(rf"{re.escape(base)}(-v\d+)?", p.stem)
-                    and p.stat().st_mtime > path.stat().st_mtime), key=lambda p: p.stat().st_mtime)
+                    and not dangling(p) and p.stat().st_mtime > path.stat().st_mtime), key=lambda p: p.stat().st_mtime)
     if later:  # a later run of that stage into the same folder: fit keeps the earlier one's last.ckpt
         try:
             newest = load_checkpoint_file(later[-1], mmap=True)  # read once, without its tensors
@@ -333,7 +333,9 @@ def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
     ``last.ckpt`` stays the earlier run's - which ``init_from`` or a script may point at. ``saves_last``:
     whether this run's checkpoint callback writes a ``last`` checkpoint."""
     earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
-    if not earlier:
+    for link in filter(dangling, earlier):  # Lightning writes a checkpoint of that name in its place
+        print(f"note: {dangling_note(link)}; a checkpoint this run saves under its name replaces the link", file=sys.stderr)
+    if not (earlier := [p for p in earlier if not dangling(p)]):
         return
     last = folder / "last.ckpt"
     step = ""

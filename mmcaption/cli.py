@@ -25,6 +25,7 @@ from mmcaption.checkpoint import (
     job_of_checkpoint,
     load_checkpoint_file,
 )
+from mmcaption.checkpoint_folders import keyword_checkpoint
 from mmcaption.console import bars_put_back, filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, signals_stop, user_errors_exit
@@ -32,7 +33,6 @@ from mmcaption.folders import (
     check_named_runs_unused,
     check_writable,
     claim_run_folders,
-    keyword_checkpoint,
     locks_released_after,
     remove_unused_run,
     take_checkpoint_folder,

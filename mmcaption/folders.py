@@ -18,17 +18,14 @@ import shutil
 import socket
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError, stops_held
+from mmcaption.errors import FolderLockedError, NotWritableError, OutputExistsError, stops_held
 from mmcaption.resources import owner_of
 
 LOCK_FILE = ".mmcaption.lock"
-SAID: set[str] = set()  # the notes this process has said once
 
 
 def walk_through_links(folder: str | Path, unreadable: list[Path] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -352,49 +349,3 @@ def remove_unused_run(folder: str | Path) -> bool:
         return False
     shutil.rmtree(folder)
     return True
-
-
-def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: str) -> Path | None:
-    """The file ``--ckpt_path last`` names: the newest ``last*.ckpt`` in the config's checkpoint ``folders`` (also when
-    fast_dev_run leaves the ModelCheckpoint out); without one, fit starts afresh saying where it looked, and validate, test
-    and predict are refused, as ``best``: the best checkpoint the newest ``last*.ckpt`` recorded (per run), or refused."""
-    if ckpt_path not in ("last", "best"):
-        return None
-    found = sorted(p for folder in folders or [] if folder.is_dir() for p in folder.rglob("*.ckpt"))  # a {val/CIDEr} name: a folder
-    newest = max((p for p in found if p.name.startswith("last")), key=lambda p: p.stat().st_mtime, default=None)
-    if ckpt_path == "last" and newest:
-        return newest
-    if ckpt_path == "best" and newest and (best := _recorded_best(newest)):
-        return best
-    if ckpt_path == "last" and subcommand == "fit":  # said once a process (the CLI asks twice); Lightning's warning, which
-        said = f"--ckpt_path last: no last*.ckpt in {', '.join(str(f.absolute()) for f in folders or []) or 'a folder'}"
-        if said not in SAID and not SAID.add(said):  # blamed save_last (the configs set it), is filtered in the CLI
-            warnings.warn(f"{said}: this fit starts at step 0", stacklevel=1)
-        return None
-    holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
-    why = "there is no last.ckpt in" if ckpt_path == "last" else "no last.ckpt records a best checkpoint that is there, in"
-    where = (f"{why} {', '.join(str(folder) for folder in folders)}, under {Path.cwd()}{holds}" if folders else
-             "the config has no ModelCheckpoint folder to look in")
-    raise ConfigError(f"{subcommand} --ckpt_path {ckpt_path}: {where}. Give the checkpoint's path")
-
-
-def _recorded_best(last: Path) -> Path | None:
-    """The best checkpoint the run that saved ``last`` recorded (its ModelCheckpoint's ``best_model_path``, looked for
-    beside ``last`` too: a project moved), said as it is taken; None if it recorded none that is there."""
-    import torch
-
-    try:
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - a file torch cannot read records nothing to go by
-        return None
-    for key, value in (state.get("callbacks") or {}).items():
-        if str(key).startswith("ModelCheckpoint") and isinstance(value, dict) and value.get("best_model_path"):
-            path, dirpath = Path(value["best_model_path"]), value.get("dirpath") or ""  # in the run's folder: as it is
-            beside = last.parent / path.relative_to(dirpath) if dirpath and path.is_relative_to(dirpath) else None  # now
-            path = beside if beside and beside.is_file() else path if path.is_file() else last.parent / path.name  # (a copy)
-            if path.is_file():
-                score = value.get("best_model_score")
-                print(f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'}" + (f" {float(score):.4f}" if
-                      score is not None else "") + f", as {last.name} recorded it)", file=sys.stderr, flush=True)
-                return path
-    return None

@@ -305,7 +305,7 @@ def model_source_problem(name: str) -> str | None:
 
 def held_checkpoint(folder: Path) -> str:
     """What to say of a folder of fit's checkpoints given where a model or a checkpoint file was wanted."""
-    held = [*folder.glob("*.ckpt"), *folder.glob("*/*.ckpt")]  # (the best ones of a filename with val/loss: a level down)
+    held = [p for p in (*folder.glob("*.ckpt"), *folder.glob("*/*.ckpt")) if p.exists()]  # (best ones of a val/loss name: a level down)
     held.sort(key=lambda path: (not path.name.startswith("last"), -path.stat().st_mtime))  # the newest last*.ckpt first
     return f"; it holds checkpoints of fit: --checkpoint {held[0]}" if held else ""
 

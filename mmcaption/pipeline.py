@@ -141,7 +141,7 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
         raise Interrupted(stop.signum, f"{stop} in stage 2, before its first checkpoint; stage 1 is done: run the same "
                           f"command with {go_on} to go on without training stage 1 again") from None
     except Exception as error:  # a setting or data of stage 2's refused: the same command trained stage 1 anew
-        saved = folder is not None and any(path.stat().st_mtime >= started for path in folder.glob("*.ckpt"))
+        saved = folder is not None and any(path.exists() and path.stat().st_mtime >= started for path in folder.glob("*.ckpt"))
         if rank_zero_only.rank == 0 and not saved:  # once stage 2 saved, its own message says how to go on from there
             print(f"note: stage 1 is done; once stage 2's problem below is mended, run the same command with {go_on} to go "
                   "on without training stage 1 again", file=sys.stderr, flush=True)

@@ -106,6 +106,15 @@ def out_of_memory_message(error: BaseException, notes: list[str]) -> str:
         f"{text}. Close what else uses that memory, or use a device with more")
 
 
+def dangling(path: Path) -> bool:
+    """A symbolic link whose target is not there (moved with a project, or deleted): a glob lists it, ``stat`` raises."""
+    return path.is_symlink() and not path.exists()
+
+
+def dangling_note(path: Path) -> str:
+    return f"{path} is a link to {os.readlink(path)}, which is not there (moved or deleted?)"
+
+
 def disk_full(error: BaseException) -> OSError | None:
     """The "no space left" (or "disk quota exceeded") error behind ``error``, if that is what stopped the
     command: found through the chain of causes (``datasets`` wraps what its writer raised; pyarrow's

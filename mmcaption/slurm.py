@@ -88,7 +88,7 @@ def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: 
         folders = [folder] if given_folder else [folder, *folder.glob("lightning_logs/*/checkpoints"),
                                                  *logger_checkpoint_folders(trainer)]
         saved = [path for place in folders if place.is_dir()
-                 for path in (*place.glob("last*.ckpt"), *place.glob("interrupted-step*.ckpt"))]
+                 for path in (*place.glob("last*.ckpt"), *place.glob("interrupted-step*.ckpt")) if path.exists()]
         jobs = {path: saved_by(path) for path in saved}
         ours = [path for path, job in jobs.items() if job == this_job()]
         # saved before checkpoints recorded their job (an earlier release, or a run upgraded while it ran): as before, the

@@ -699,8 +699,8 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
     assert message == f"error: validate --ckpt_path last: there is no last.ckpt in {folder}, under {tmp_path}. Give the checkpoint's path"
     # fit starts afresh (a requeued job's first run), saying where it looked: Lightning's hint blamed save_last, which the
     # config sets, and a fit run from another folder went on from step 0 beside it
+    from mmcaption.checkpoint_folders import keyword_checkpoint
     from mmcaption.console import UNACTIONABLE_WARNINGS
-    from mmcaption.folders import keyword_checkpoint
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -740,6 +740,33 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
     for command in ("validate", "fit"):
         message = user_error(capsys, main, [command, *config, "--ckpt_path", "last", "--trainer.fast_dev_run", "true"])
         assert str(folder / "last.ckpt") in message and "no last.ckpt" not in message, message
+
+
+def test_a_checkpoint_link_whose_file_moved_is_named_not_a_traceback(tmp_path, capsys):
+    # last.ckpt made a link to a checkpoint kept aside, then the project moved: fit, predict and chat ended in a
+    # FileNotFoundError traceback (the newest of the folder's files was looked for by each one's time)
+    from mmcaption.checkpoint import earlier_checkpoints_note
+    from mmcaption.checkpoint_folders import keyword_checkpoint
+    from mmcaption.errors import ConfigError
+    from mmcaption.inference import held_checkpoint
+
+    folder, gone = tmp_path / "checkpoints", tmp_path / "moved" / "run1.ckpt"
+    folder.mkdir()
+    torch.save({"global_step": 3}, folder / "epoch=0-step=3.ckpt")
+    (folder / "last.ckpt").symlink_to(gone)
+    for keyword in ("last", "best"):
+        with pytest.raises(ConfigError) as refused:
+            keyword_checkpoint(keyword, [folder], "predict")
+        assert str(refused.value) == (f"predict --ckpt_path {keyword}: {folder / 'last.ckpt'} is a link to {gone}, which is "
+                                      "not there (moved or deleted?). Point the link at the checkpoint, remove it, or give "
+                                      "the checkpoint's path")
+    # a new fit into that folder: said, and the earlier run's checkpoint that is there named to continue from
+    earlier_checkpoints_note(folder)
+    err = capsys.readouterr().err
+    assert f"note: {folder / 'last.ckpt'} is a link to {gone}, which is not there (moved or deleted?); a checkpoint this " \
+           "run saves under its name replaces the link" in err
+    assert f"to continue that run instead, stop and add --ckpt_path {folder / 'epoch=0-step=3.ckpt'}" in err
+    assert held_checkpoint(folder) == f"; it holds checkpoints of fit: --checkpoint {folder / 'epoch=0-step=3.ckpt'}"
 
 
 def test_answering_questions_with_a_caption_stage_checkpoint_is_noted(trained_checkpoint, image_folder, tmp_path, monkeypatch, capsys):
