@@ -39,6 +39,10 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
     logits processors would refuse them at the first ``generate``, after the model has loaded). Unset
     (``None``) settings are transformers' defaults."""
     given = {key: plain(value) for key, value in {**DEFAULT_GENERATION, **settings}.items() if value is not None}
+    if unknown := [key for key in settings if key not in _config_settings()]:  # GenerationConfig keeps any name: a typo
+        raise ConfigError(f"{where}: " + "; ".join(  # was kept, saved and exported, and the setting meant never applied
+            f"{key} is no setting of Hugging Face's generate" + (f" (did you mean {', '.join(close)}?)" if (
+                close := difflib.get_close_matches(key, _config_settings(), n=2)) else "") for key in unknown))
     number = {key: value for key, value in given.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     problems = [f"{name} {given[name]!r} is not a number" for name in _NUMBERS
                 if name in given and name not in number]
@@ -172,6 +176,12 @@ def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any],
     if settings.get("stop_strings"):
         settings.setdefault("tokenizer", tokenizer)
     return settings
+
+
+@functools.cache
+def _config_settings() -> frozenset[str]:
+    """The settings a GenerationConfig has (what a config file or a saved model's settings may name)."""
+    return frozenset(GenerationConfig().to_dict()) - {"transformers_version"}
 
 
 @functools.cache

@@ -311,6 +311,15 @@ def test_generation_settings_and_devices_that_cannot_work_are_refused_before_a_m
     err = user_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--model.config.language_model", str(backbones[0]),
                                    "--model.config.vision_model", str(backbones[1]), "--model.generation.max_new_tokens", "0"])
     assert err == "error: model.generation: max_new_tokens 0 must be 1 or more"
+    # a misspelled setting, in a config file or on the command line: it was kept (and saved, and exported) and the one
+    # meant never applied, validation and predict decoding greedily where beams were asked for
+    typos = tmp_path / "generation.yaml"
+    typos.write_text("model:\n  generation:\n    num_beams: 3\n    lenght_penalty: 2.0\n")
+    err = user_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--config", str(typos), "--model.config.language_model",
+                                   str(backbones[0]), "--model.config.vision_model", str(backbones[1]), "--model.generation.num_beam", "3"])
+    assert err == ("error: model.generation: lenght_penalty is no setting of Hugging Face's generate (did you mean "
+                   "length_penalty, diversity_penalty?); num_beam is no setting of Hugging Face's generate (did you mean "
+                   "num_beams, num_beam_groups?)")
     folder = tmp_path / "export"
     folder.mkdir()
     (folder / "mmcaption.json").write_text("{}")  # a model folder, as far as the checks before loading look
