@@ -172,20 +172,28 @@ def _whole_numbers_as_written(config: Any) -> None:
 
 
 def _predict_data_problem(config: Any) -> str | None:
-    """``predict`` with a training stage's data module (its config alone, or a ``--print_config`` of a fit): Lightning said
-    "`predict_dataloader` must be implemented" once the model had loaded (and a first run had preprocessed the data)."""
-    if not isinstance(config, Namespace) or config.get("subcommand") != "predict" or not config["predict"].get("data.class_path"):
+    """A data module without the loader its subcommand reads: ``predict`` with a training stage's (its config alone, or a
+    ``--print_config`` of a fit), or fit, validate or test with a predict config's. Lightning said "`predict_dataloader`
+    must be implemented" once the model had loaded (and a first run had preprocessed the data)."""
+    subcommand = config.get("subcommand") if isinstance(config, Namespace) else None
+    loader = {"fit": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
+    if subcommand not in loader or not config[subcommand].get("data.class_path"):
         return None
-    module, _, name = str(config["predict"].get("data.class_path")).rpartition(".")
+    module, _, name = str(config[subcommand].get("data.class_path")).rpartition(".")
     try:
         found = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return None
-    if not isinstance(found, type) or not issubclass(found, LightningDataModule) or is_overridden("predict_dataloader", found, LightningDataModule):
+    if not isinstance(found, type) or not issubclass(found, LightningDataModule) or is_overridden(loader[subcommand], found, LightningDataModule):
         return None
-    return (f"predict reads images to caption or questions to answer, and data {name} is a training stage's: add a predict "
-            "config after the stage's, --config configs/predict/captions.yaml (with --data.images FOLDER or a list), "
-            "configs/predict/multiple_choice.yaml or configs/predict/questions.yaml")
+    if subcommand != "predict" and is_overridden("predict_dataloader", found, LightningDataModule):
+        return (f"{subcommand} reads a training stage's data, and data {name} is predict's (its configs are in "
+                "configs/predict/): give the stage's config alone (configs/caption.yaml or configs/instruct.yaml, or "
+                "the demo's), or run mmcaption predict with it")
+    return None if subcommand != "predict" else (
+        f"predict reads images to caption or questions to answer, and data {name} is a training stage's: add a predict "
+        "config after the stage's, --config configs/predict/captions.yaml (with --data.images FOLDER or a list), "
+        "configs/predict/multiple_choice.yaml or configs/predict/questions.yaml")
 
 
 def _no_such_class(module: str | None, name: str | None, missing_module: str | None) -> str:

@@ -226,6 +226,11 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
     message = user_error(capsys, main, ["predict", "--config", DEMO_CAPTION, "--ckpt_path", "last.ckpt"])
     assert message.startswith("error: predict reads images to caption or questions to answer, and data CaptionDataModule "
                               "is a training stage's: add a predict config after the stage's, --config configs/predict/captions.yaml")
+    # and the other way round, fit or validate with a predict config: Lightning's "`train_dataloader` must be implemented"
+    for command, predict_config in (("fit", "captions.yaml"), ("validate", "multiple_choice.yaml")):
+        message = user_error(capsys, main, [command, "--config", DEMO_CAPTION, "--config", str(REPO / "configs/predict" / predict_config),
+                                            "--ckpt_path", "last.ckpt"])
+        assert message.startswith(f"error: {command} reads a training stage's data, and data ") and "is predict's" in message
     # a later config's generation settings add to the stage's (its 3 beams were dropped: greedy captions, unsaid)
     more = written("more.yaml", "model:\n  generation:\n    max_new_tokens: 16\n")
     with pytest.raises(SystemExit):
