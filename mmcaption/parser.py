@@ -107,6 +107,10 @@ class MMCaptionParser(LightningArgumentParser):
                      *(line for line in lines[1:] if "nrecognized arguments" not in line),
                      "  the shell gave a pattern (*.jpg) as file names, the first to the setting before them: give their "
                      "folder (--data.images photos) or a text file with one path per line"]
+        if own_optimizer := bool(re.search(r"(nrecognized arguments: |accept option ').*\b(optimizer|lr_scheduler)\b", message)):
+            lines.append("  the optimizer and its schedule are mmcaption's own (fused AdamW, linear warm-up then linear decay), "
+                         "not LightningCLI's --optimizer and --lr_scheduler: --model.learning_rate, --model.weight_decay, "
+                         "--model.adam_betas and --model.warmup_ratio set them")
         if "argument subcommand: invalid choice" in message:  # the commands beyond Lightning's four
             lines.append("  and mmcaption's own: prepare (preprocess the data), chat (talk about an image)")
         if "is not accepted before subcommand" in message:  # mmcaption --config x.yaml fit
@@ -116,7 +120,8 @@ class MMCaptionParser(LightningArgumentParser):
                          "demo's), or from --data <class> and its settings")
         given = re.search(r"given class_path '[\w.]+\.(\w+)'", message)
         for key, candidates in dict(unknown_keys(message, parser)).items():
-            if key.startswith("trainer.callbacks.") and "goes to the list's last callback" in lines[-1]:
+            if key.startswith("trainer.callbacks.") and "goes to the list's last callback" in lines[-1] or \
+                    own_optimizer and key.split(".")[0] in ("optimizer", "lr_scheduler"):
                 continue  # said just above: the other callback's settings are no guess at what was meant
             if key.startswith("data.init_args.") and given and (elsewhere := another_modules(key, given.group(1))):
                 lines.append(elsewhere)

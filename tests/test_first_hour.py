@@ -217,6 +217,17 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
     assert refused("--config", off) == (
         "error: trainer.logger.init_args.name: 'False' is not text or null; YAML reads yes, no, on and off unquoted as true "
         "or false: quote the word (e.g. name: \"off\") (written in off.yaml, line 4)")
+    # LightningCLI's --optimizer and --lr_scheduler, as Lightning's docs show them: refused with no word of what sets
+    # the optimizer, and --lr_scheduler.step_size "did you mean --data.init_args.batch_size?"
+    own = ("  the optimizer and its schedule are mmcaption's own (fused AdamW, linear warm-up then linear decay), not "
+           "LightningCLI's --optimizer and --lr_scheduler: --model.learning_rate, --model.weight_decay, --model.adam_betas "
+           "and --model.warmup_ratio set them")
+    for arguments in (["--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "1"],
+                      ["--config", written("sgd.yaml", "optimizer:\n  class_path: torch.optim.SGD\n")]):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", DEMO_CAPTION, *arguments])
+        assert capsys.readouterr().err.splitlines()[1:] == [own, "tip: `mmcaption fit --help` lists every setting; add "
+                                                                 "--print_config to see the configuration in effect"]
     # a callback's own setting mistyped: no closest name was offered
     with pytest.raises(SystemExit):
         main(["fit", "--config", DEMO_CAPTION, "--config", written("key.yaml", "trainer:\n  callbacks:\n    - class_path: "
