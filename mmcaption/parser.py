@@ -215,7 +215,10 @@ def _no_such_class(module: str | None, name: str | None, missing_module: str | N
 
 def _where(key: str) -> str:
     """Where a config file writes ``key``, unless the command line gives it (its value is the one read)."""
-    if any(argument.startswith(f"--{key}") for argument in _ARGUMENTS):
+    def short(name: str) -> str:  # --data.batch_size, the short form of --data.init_args.batch_size the README uses
+        return name.split("=")[0].replace(".init_args.", ".")
+
+    if any(f"{short(argument)}.".startswith(f"--{short(key)}.") for argument in _ARGUMENTS if argument.startswith("--")):
         return ""
     return f" (written in {where})" if (where := written_in(_CONFIGS, key)) else ""
 

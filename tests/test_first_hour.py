@@ -228,6 +228,8 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
             main(["fit", "--config", DEMO_CAPTION, *arguments])
         assert capsys.readouterr().err.splitlines()[1:] == [own, "tip: `mmcaption fit --help` lists every setting; add "
                                                                  "--print_config to see the configuration in effect"]
+    # a value given on the command line in the README's short form (--data.batch_size) was blamed on the config's line
+    assert refused("--data.batch_size", "abc") == "error: data.init_args.batch_size: 'abc' is not a whole number"
     # a callback's own setting mistyped: no closest name was offered
     with pytest.raises(SystemExit):
         main(["fit", "--config", DEMO_CAPTION, "--config", written("key.yaml", "trainer:\n  callbacks:\n    - class_path: "
