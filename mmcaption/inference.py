@@ -10,8 +10,10 @@ It needs the model and the task layer only: no Lightning, no ``datasets``.
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from pathlib import Path
@@ -168,10 +170,15 @@ class Captioner:
         ``skip_unreadable``. ``first``, ``total``: where these images are in the caller's (0: unknown)."""
         size = checked_batch_size(self.batch_size if batch_size is None else batch_size)
         texts: list = []
+        deadline = generate_kwargs.pop("deadline", None)  # the call's time, not each batch's (N batches took N times it)
+        if deadline is None and isinstance(generate_kwargs.get("max_time"), numbers.Real):
+            deadline = time.monotonic() + float(generate_kwargs["max_time"])
         for start in range(0, len(prompts), size):
             batch = self.tasks.prompt_batch(prompts[start:start + size])
             pixels, mask, unreadable = self._images(images[start:start + size], first + start,
                                                     len(images) if total is None else total, skip_unreadable, errors)
+            if deadline is not None:  # a batch after the time is up makes a token each, as transformers' first one
+                generate_kwargs["max_time"] = max(deadline - time.monotonic(), 1e-3)
             with self._lock, evaluating(self.model):  # threads (a web server's) take turns: they got each other's images
                 made = self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, None, mask,
                                            **generate_kwargs)
@@ -196,6 +203,8 @@ class Captioner:
             images = iter(images)  # streamed dataset's column: read a batch at a time, its length unknown (its images named
         if isinstance(images, Iterator) and not one_image(images):  # by their place alone); not an open file's lines
             captions: list = []
+            if isinstance(generate_kwargs.get("max_time"), numbers.Real):  # the whole call's, as for a list
+                generate_kwargs["deadline"] = time.monotonic() + float(generate_kwargs["max_time"])
             while chunk := list(itertools.islice(images, size)):
                 caption_needs_images(chunk)
                 captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0,

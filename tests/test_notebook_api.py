@@ -447,3 +447,23 @@ def test_a_question_past_the_language_models_context_is_refused_before_generatin
     with pytest.raises(ValueError, match=r"the question takes .* ask a shorter one"):
         captioner.choose(photos[0], long, ["red", "blue"])
     assert isinstance(captioner.answer(photos[0], "What is it?", max_new_tokens=2), str)  # a question that fits is asked
+
+
+def test_max_time_bounds_the_whole_call_not_each_batch(captioner, photos, monkeypatch):
+    # 8 batches with max_time=0.2 took 1.7 s: each batch's generate had the whole 0.2 s (README: "bounds a call's time")
+    clock = iter(range(0, 1000, 1))  # each reading of the clock one second on
+    monkeypatch.setattr(inference.time, "monotonic", lambda: next(clock))
+    given = []
+    real = captioner.tasks.generate
+
+    def generate(*args, **kwargs):
+        given.append(kwargs["max_time"])
+        return real(*args, **{**kwargs, "max_time": None})
+
+    monkeypatch.setattr(captioner.tasks, "generate", generate)
+    images = [photos[0]] * 4
+    captioner.caption(images, batch_size=1, max_new_tokens=2, max_time=2.5)
+    assert given == [1.5, 0.5, 1e-3, 1e-3]  # the time left of the call's 2.5 s, and a token each once it is up
+    given.clear()
+    captioner.caption(iter(images), batch_size=2, max_new_tokens=2, max_time=2.5)  # a generator: the call's too
+    assert given == [1.5, 0.5]
