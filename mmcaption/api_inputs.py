@@ -24,9 +24,18 @@ def option_rows(sheet: Any) -> list[list]:
     """A DataFrame's option columns (``A``, ``B``, ... when it has them: a benchmark sheet's question and answer are
     not options), a row each, a row's empty cells (fewer options than columns) left out."""
     lettered = [column for column in sheet.columns if str(column).strip().upper() in LETTERS]
-    rows = (sheet[lettered] if lettered else sheet).to_numpy().tolist()
-    return [[cell for cell in row if not (cell is None or isinstance(cell, float) and math.isnan(cell)
-                                          or isinstance(cell, str) and not cell.strip())] for row in rows]
+    frame = sheet[lettered] if lettered else sheet  # a column at a time: a row of an int and a float column (pandas' reading
+    rows = zip(*(frame.iloc[:, i].tolist() for i in range(frame.shape[1])))  # of a gap among numbers) was all floats
+    return [[as_text(cell) for cell in row if not (cell is None or isinstance(cell, float) and math.isnan(cell)
+                                                   or isinstance(cell, str) and not cell.strip())] for row in rows]
+
+
+def as_text(option: Any) -> Any:
+    """A number among the options (a counting question's 1, 2, 3, as pandas reads a sheet's) as the text the sheet
+    holds: 2.0, a whole number in a column pandas made float for a gap in it, is "2", as the CSV's cell and the CLI read it."""
+    if isinstance(option, numbers.Real) and not isinstance(option, bool) and math.isfinite(option):
+        return str(int(option)) if float(option).is_integer() else str(option)
+    return option
 
 
 def as_batch(value: object) -> list | None:
@@ -112,6 +121,7 @@ def per_question_options(options: Any, questions: list[str], many: bool) -> list
         shown = repr(options) if len(repr(options)) <= 80 else type(options).__name__  # not a whole array's dump
         raise ConfigError(f"options is a list of the options' texts (or, with many questions, a list of them, a 2-D "
                          f"array or a DataFrame of a row each), not {shown}")
+    given = [as_text(o) for o in given]
     nested = [as_batch(o) for o in given]
     if not many or all(isinstance(o, str) for o in given):  # one option list, for each question if there are many
         option_lists = [given] * len(questions)
@@ -119,7 +129,7 @@ def per_question_options(options: Any, questions: list[str], many: bool) -> list
         raise ConfigError(f"choose with {len(questions)} questions needs a list of options per question, or one list of "
                          "options for all of them")
     else:
-        option_lists = nested
+        option_lists = [[as_text(o) for o in opts] for opts in nested]
     repeated: dict[tuple[str, ...], list[str]] = {}  # the same option twice: said once a call, its questions counted
     for question, opts in zip(questions, option_lists):
         check_texts("option", opts)

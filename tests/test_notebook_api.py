@@ -467,3 +467,18 @@ def test_max_time_bounds_the_whole_call_not_each_batch(captioner, photos, monkey
     given.clear()
     captioner.caption(iter(images), batch_size=2, max_new_tokens=2, max_time=2.5)  # a generator: the call's too
     assert given == [1.5, 0.5]
+
+
+def test_a_sheet_of_number_options_read_by_pandas_is_chosen_from_as_its_text(captioner, photos, tmp_path):
+    # a counting question's options 1, 2, 3, 4 (and 2, 3, 5 beside a gap, which pandas reads as 2.0, 3.0, 5.0): refused,
+    # "option 0 is 1.0: each option is a non-empty string", while the CLI read the same CSV as text
+    sheet = tmp_path / "count.csv"
+    sheet.write_text("img_path,Question,A,B,C,D\n"
+                     f"{photos[0]},How many shapes?,1,2,3,4\n{photos[1]},How many shapes?,2,3,5,\n")
+    read = pd.read_csv(sheet)
+    assert read["D"].dtype == float  # pandas' reading, the case
+    as_text = pd.read_csv(sheet, dtype=str)
+    expected = captioner.option_scores(list(as_text.img_path), list(as_text.Question), as_text)
+    assert captioner.option_scores(list(read.img_path), list(read.Question), read) == expected
+    assert [len(scores) for scores in expected] == [4, 3]
+    assert captioner.choose(photos[0], "How many shapes?", [1, 2]) == captioner.choose(photos[0], "How many shapes?", ["1", "2"])
