@@ -306,6 +306,13 @@ def test_home_folders_missing_folders_and_wrong_settings_are_said(exported, phot
     assert (parsed.checkpoint, parsed.out, parsed.vision_model) == (f"{home}/caption.ckpt", f"{home}/out", f"{home}/bb/vision")
     with pytest.raises(NotAModelFolderError, match=r"nope is not a saved mmcaption model folder \(no such folder\)"):
         Captioner.from_pretrained(tmp_path / "nope")
+    # the model's own mmcaption.json, or a photo, given: "(no mmcaption.json); ... mmcaption-export photo.jpg <new folder>"
+    with pytest.raises(NotAModelFolderError, match=r"mmcaption\.json is not a saved mmcaption model folder \(a file, not a "
+                                                   r"folder: give the folder it is in\)$"):
+        Captioner.from_pretrained(exported / "mmcaption.json")
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    with pytest.raises(NotAModelFolderError, match=r"photo\.jpg is not a saved mmcaption model folder \(a file, not a folder\)$"):
+        Captioner.from_pretrained(tmp_path / "photo.jpg")
     for wrong in (False, "", "NF4"):  # False and "" loaded the folder's 4-bit model without a word
         with pytest.raises(ValueError, match=rf"quantization is one of nf4, fp4, int8, none \(or None for the folder's own\), "
                                              rf"not {wrong!r}"):

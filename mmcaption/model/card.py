@@ -171,12 +171,13 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not is_pretrained_folder(folder):
         path = Path(folder)  # a checkpoint, or a checkpoints folder of fit's (its last.ckpt first): the command that exports it
         found = sorted(path.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", p.name)) if path.is_dir() else [path]
-        checkpoint = next((p for p in found if p.is_file()), None)
+        checkpoint = next((p for p in found if p.is_file() and p.suffix == ".ckpt"), None)  # (an image or a .txt is none)
         export = f"; a checkpoint of mmcaption fit becomes one with: mmcaption-export {checkpoint} <new folder>" if checkpoint else ""
         if checkpoint and path.is_dir():  # --model.init_from takes the checkpoint itself
             export += f" (or give {checkpoint} itself where a checkpoint is taken: --ckpt_path, --model.init_from)"
-        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder "
-                                   f"({'no ' + CONFIG_FILE if path.exists() else 'no such folder'}){export}"
+        what = ("a file, not a folder" + (": give the folder it is in" if path.name == CONFIG_FILE else "")
+                if path.is_file() and not checkpoint else f"no {CONFIG_FILE}" if path.exists() else "no such folder")
+        raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder ({what}){export}"
                                    f"{'' if path.exists() else near_names(path)}")
     return json.loads((Path(folder) / CONFIG_FILE).read_text())
 
