@@ -101,9 +101,11 @@ def explicit_settings(generation: GenerationConfig, language_model: GenerationCo
     keyword. ``call``: the call's own settings, over ``generation``."""
     defaults = GenerationConfig._get_default_generation_params()
     settings = copy.deepcopy(generation)
-    settings.update(**{key: value for key, value in defaults.items() if key != "max_length" and value is not None
-                       and getattr(settings, key, None) is None})
     call = call or {}
+    # min_length's 0 beside a min_new_tokens given made transformers warn "both ... seem to have been set", each batch
+    lengths = {"max_length", *(["min_length"] if call.get("min_new_tokens", settings.min_new_tokens) is not None else [])}
+    settings.update(**{key: value for key, value in defaults.items() if key not in lengths and value is not None
+                       and getattr(settings, key, None) is None})
     sampling = bool(call.get("do_sample", settings.do_sample))  # greedy or beam search: sampling settings change nothing
     theirs = {key: value for key, value in (language_model.to_diff_dict() if language_model is not None else {}).items()
               if key not in _NOT_MAKING and getattr(generation, key, None) is None and call.get(key) is None
