@@ -242,6 +242,12 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
                                   f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
     load_trainable_tensors(checkpoint, model, f"init_from {path}")
+    saved, current = checkpoint.get("model_config") or {}, model.config_dict()  # same shapes, another backbone: loaded unsaid
+    for key in ("language_model", "vision_model"):
+        if saved.get(key) and Path(str(saved[key])).name.lower() != Path(str(current.get(key))).name.lower():
+            rank_zero_warn(f"init_from {path} was trained with {key} {saved[key]}, and this run's is {current.get(key)}: its "
+                           "weights (projection, cross-attention, LoRA) were fitted to that one's features; unless it is the "
+                           "same model moved, train the caption stage with this one")
     step, planned = checkpoint.get("global_step"), checkpoint.get("planned_steps")
     if stopped := checkpoint.get("stopped_by"):  # saved as its run was stopped (Ctrl-C, a preemption); a best one is not
         of = f" of {planned}" if planned else ""

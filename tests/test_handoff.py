@@ -160,6 +160,18 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
     torch.save(source, folder / "last-v2.ckpt")
     with pytest.warns(UserWarning, match=r"last-v1\.ckpt \(step 3\) is not the newest of its name: last-v2\.ckpt"):
         make_module(backbones, init_from=str(later)).initialise_from_checkpoint()
+    # stage 1 trained with another vision tower of the same shapes (ViT-B/32's stage 1 for a ViT-B/16 stage 2): it loaded
+    # without a word, its projection and cross-attention fitted to the other tower's features
+    other = {**source, "model_config": {**source["model_config"], "vision_model": "elsewhere/clip-vit-base-patch16"}}
+    torch.save(other, folder / "last-v2.ckpt")
+    with pytest.warns(UserWarning, match=r"was trained with vision_model elsewhere/clip-vit-base-patch16, and this run's is "
+                                         rf"{re.escape(str(backbones[1]))}: its weights .* were fitted to that one's features"):
+        make_module(backbones, init_from=str(folder / "last-v2.ckpt")).initialise_from_checkpoint()
+    moved = {**source, "model_config": {**source["model_config"], "vision_model": f"/old/place/{Path(backbones[1]).name}"}}
+    torch.save(moved, folder / "last-v2.ckpt")
+    with warnings.catch_warnings():  # the same folder's name elsewhere: a project moved, not another model
+        warnings.simplefilter("error")
+        make_module(backbones, init_from=str(folder / "last-v2.ckpt")).initialise_from_checkpoint()
 
 
 def test_resuming_the_instruct_stage_does_not_reinitialise(backbones, caption_checkpoint, instruct_data, tmp_path):
