@@ -291,7 +291,7 @@ def _scienceqa_problems(path: Path, split: str | None) -> tuple[list[tuple[str, 
         raise DataError(f"{path}: ScienceQA's problems.json maps each problem id to an object")
     splits = {str(p.get("split")) for p in problems.values()}
     if split is None or split in splits:
-        return [(str(pid), p) for pid, p in problems.items() if split is None or p.get("split") == split], f"{path} (split {split})"
+        return [(str(pid), p) for pid, p in problems.items() if split is None or p.get("split") == split], f"{path} ({'every split' if split is None else f'split {split}'})"
     listed = path.parent / "pid_splits.json"  # the release's own lists, with the mini splits
     lists = read_json(listed, "pid_splits.json") if listed.is_file() else {}
     if not isinstance(lists, dict):
