@@ -106,7 +106,8 @@ class FolderLock:
     _held: dict[Path, int] = {}  # lock file -> open descriptor, per process
 
     def __init__(self, folder: str | Path, name: str = LOCK_FILE, what: str | None = None,
-                 advice: str = "give this run another checkpoint folder (ModelCheckpoint's dirpath, in a copy of its config)") -> None:
+                 advice: str = "give this run another --trainer.default_root_dir (the configs' folders are under it), or "
+                               "another checkpoint folder (ModelCheckpoint's dirpath, in a copy of its config)") -> None:
         self.folder = Path(folder).resolve()
         self.path = self.folder / name
         self.what, self.advice = what or str(self.folder), advice
