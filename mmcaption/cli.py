@@ -37,6 +37,7 @@ from mmcaption.folders import (
     remove_unused_run,
     take_checkpoint_folder,
 )
+from mmcaption.generation_settings import saved_generation
 from mmcaption.model import MultimodalConfig, is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import check_backbones, context_problem
 from mmcaption.model.compatibility import check_structure, structure_problem
@@ -195,7 +196,7 @@ class MMCaptionCLI(LightningCLI):
         if not ckpt_path and subcommand != "fit" and init_from and is_pretrained_folder(init_from):
             # predict (validate, test) from an export alone: its model settings and backbones, as a checkpoint's
             manifest = read_manifest(init_from)
-            saved = {"config": asdict(pretrained_config(init_from)), "generation": manifest.get("generation") or {}}
+            saved = {"config": asdict(pretrained_config(init_from)), "generation": saved_generation(manifest.get("generation") or {}, f"model.init_from {init_from}")}
             self._model_settings_from(f"model.init_from {init_from}", saved, subcommand, "export")
             ask_as_trained(subcommand, self.config[subcommand].get("data"), manifest.get("prompts") or {}, f"model.init_from {init_from}")
         elif not ckpt_path and init_from and Path(init_from).is_file():  # a checkpoint's data settings: its prompts
@@ -214,6 +215,8 @@ class MMCaptionCLI(LightningCLI):
         check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
         for key in ("_instantiator", "_class_path"):
             saved.pop(key, None)
+        if saved.get("generation"):  # a typo an earlier release kept: left out, said, not refused with the checkpoint
+            saved["generation"] = saved_generation(saved["generation"], f"--ckpt_path {ckpt_path}")
         if saved:
             self._model_settings_from(f"--ckpt_path {ckpt_path}", saved, subcommand, "checkpoint")
 

@@ -38,6 +38,7 @@ from mmcaption.folders import (
     replace_folder,
     staging_folder,
 )
+from mmcaption.generation_settings import saved_generation
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS, model_card
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -148,7 +149,8 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
     staging, kept = staging_folder(out), []
     record = staging.with_name(staging.name + KEPT)  # the user's files moved into it, should the export be killed
     try:
-        model.save_pretrained(staging, tokenizer, prompts, hparams.get("generation") or {}, source, merge=merge)
+        generation = saved_generation(hparams.get("generation") or {}, str(checkpoint_path))
+        model.save_pretrained(staging, tokenizer, prompts, generation, source, merge=merge)
         if include_backbones:
             manifest = json.loads((staging / CONFIG_FILE).read_text())
             manifest["backbones"] = {name: copy_backbone(getattr(model.config, name), staging / "backbones" / name)

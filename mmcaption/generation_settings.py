@@ -39,10 +39,8 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
     logits processors would refuse them at the first ``generate``, after the model has loaded). Unset
     (``None``) settings are transformers' defaults."""
     given = {key: plain(value) for key, value in {**DEFAULT_GENERATION, **settings}.items() if value is not None}
-    if unknown := [key for key in settings if key not in _config_settings()]:  # GenerationConfig keeps any name: a typo
-        raise ConfigError(f"{where}: " + "; ".join(  # was kept, saved and exported, and the setting meant never applied
-            f"{key} is no setting of Hugging Face's generate" + (f" (did you mean {', '.join(close)}?)" if (
-                close := difflib.get_close_matches(key, _config_settings(), n=2)) else "") for key in unknown))
+    if unknown := _unknown(settings):  # GenerationConfig keeps any name: a typo was kept, saved and exported, and the
+        raise ConfigError(f"{where}: {unknown}")  # setting meant never applied
     number = {key: value for key, value in given.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     problems = [f"{name} {given[name]!r} is not a number" for name in _NUMBERS
                 if name in given and name not in number]
@@ -178,6 +176,28 @@ def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any],
     if settings.get("stop_strings"):
         settings.setdefault("tokenizer", tokenizer)
     return settings
+
+
+def saved_generation(settings: dict[str, Any], source: str) -> dict[str, Any]:
+    """A checkpoint's or a saved model's ``generate`` settings without the names that are none of Hugging Face's (a
+    typo an earlier release kept), said once naming ``source``: refused, the model they came with would not load."""
+    if unknown := _unknown(settings):
+        warnings.warn(f"{source}: its generation settings name what Hugging Face's generate has no setting for, left out: "
+                      f"{unknown}", stacklevel=2)
+    return {key: value for key, value in settings.items() if is_setting(key)}
+
+
+def is_setting(name: str) -> bool:
+    """Whether ``name`` is one of Hugging Face's ``generate`` settings (a GenerationConfig attribute)."""
+    return name in _config_settings()
+
+
+def _unknown(settings: dict[str, Any]) -> str:
+    """The names in ``settings`` that are no GenerationConfig setting, each with its nearest ones ('' if none);
+    a name set to ``None`` (``null`` in a config, to clear a typo a checkpoint carries) is unset, not unknown."""
+    return "; ".join(f"{key} is no setting of Hugging Face's generate" + (
+        f" (did you mean {', '.join(close)}?)" if (close := difflib.get_close_matches(key, _config_settings(), n=2)) else "")
+        for key, value in settings.items() if key not in _config_settings() and value is not None)
 
 
 @functools.cache

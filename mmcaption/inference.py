@@ -34,6 +34,7 @@ from mmcaption.api_inputs import (
     per_question_options,
 )
 from mmcaption.errors import ConfigError, NotAModelFolderError, image_input_error
+from mmcaption.generation_settings import saved_generation
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, is_pretrained_folder, read_manifest
 from mmcaption.model.backbones import (
@@ -114,6 +115,7 @@ class Captioner:
             if bars:  # the notebook's own setting, as it was
                 hf_logging.enable_progress_bar()
         processor = load_image_processor(str(folder / "image_processor"))
+        manifest = {**manifest, "generation": saved_generation(manifest.get("generation") or {}, str(folder / CONFIG_FILE))}
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
 
     def _asking(self) -> None:

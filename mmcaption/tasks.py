@@ -25,6 +25,7 @@ from mmcaption.generation_settings import (
     call_settings,
     check_generation,
     explicit_settings,
+    is_setting,
 )
 from mmcaption.model import MultimodalCausalLM
 
@@ -121,6 +122,7 @@ class Tasks:
         self.option = option  # the command line's name of the settings (--model.generation.), for what is said of them
         self.tokenizer = tokenizer
         check_generation(generation or {})
+        generation = {key: value for key, value in (generation or {}).items() if value is not None or is_setting(key)}  # a null typo: unset
         defaults = {k: v for k, v in DEFAULT_GENERATION.items()  # a max_length given alone is the limit: not our default's
                     if not (k == "max_new_tokens" and (generation or {}).get("max_length") is not None)}
         self.generation = GenerationConfig(**{

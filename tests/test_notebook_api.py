@@ -509,3 +509,25 @@ def test_min_new_tokens_alone_is_not_said_to_clash_with_a_min_length_never_given
         hf_logging.set_verbosity(level)
         logging.getLogger("transformers").removeHandler(handler)
     assert not [record.getMessage() for record in said if "min_length" in record.getMessage()]
+
+
+def test_a_saved_model_whose_settings_carry_a_typo_loads_saying_what_it_left_out(exported, captioner, photos, tmp_path):
+    # an export written before unknown generation names were refused held "lenght_penalty": from_pretrained refused
+    # the whole model for it, and a config's "lenght_penalty: null" (to clear it) was refused as a typo too
+    import json
+    import shutil
+
+    folder = tmp_path / "older"
+    shutil.copytree(exported, folder)
+    manifest = json.loads((folder / "mmcaption.json").read_text())
+    manifest["generation"] = {**manifest.get("generation", {}), "lenght_penalty": 2.0}
+    (folder / "mmcaption.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match=r"older/mmcaption\.json: its generation settings name what Hugging Face's generate has "
+                                         r"no setting for, left out: lenght_penalty is no setting .*did you mean length_penalty"):
+        older = Captioner.from_pretrained(folder)
+    assert not hasattr(older.tasks.generation, "lenght_penalty")
+    settings = {"min_new_tokens": 3, "max_new_tokens": 4}
+    assert older.caption(photos[0], **settings) == captioner.caption(photos[0], **settings)
+    assert older.caption(photos[0], lenght_penalty=None, **settings) == captioner.caption(photos[0], **settings)  # null: unset
+    with pytest.raises(ConfigError, match=r"lenght_penalty is no setting"):  # a value given: still a typo
+        older.caption(photos[0], lenght_penalty=2.0, **settings)
