@@ -180,7 +180,7 @@ def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any],
 
 def saved_generation(settings: dict[str, Any], source: str) -> dict[str, Any]:
     """A checkpoint's or a saved model's ``generate`` settings without the names that are none of Hugging Face's (a
-    typo an earlier release kept), said once naming ``source``: refused, the model they came with would not load."""
+    typo an earlier release kept), said once naming ``source``: refusing them refused the model they came with."""
     if unknown := _unknown(settings):
         warnings.warn(f"{source}: its generation settings name what Hugging Face's generate has no setting for, left out: "
                       f"{unknown}", stacklevel=2)

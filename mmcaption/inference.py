@@ -166,15 +166,16 @@ class Captioner:
 
     def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], batch_size: int | None = None,
                   first: int = 0, total: int | None = None, skip_unreadable: bool = False, errors: list | None = None,
-                  **generate_kwargs) -> list[str] | list[list[str]]:
+                  _ends_at: float | None = None, **generate_kwargs) -> list[str] | list[list[str]]:
         """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt; ``batch_size`` at a
         time (:attr:`batch_size` by default); ``None`` in place of one whose image cannot be read, with
-        ``skip_unreadable``. ``first``, ``total``: where these images are in the caller's (0: unknown)."""
+        ``skip_unreadable``. ``first``, ``total``: where these images are in the caller's (0: unknown). ``_ends_at``
+        (not a name of generate's): when (``time.monotonic()``) the whole call's ``max_time`` is up, for a call made
+        of several of these."""
         size = checked_batch_size(self.batch_size if batch_size is None else batch_size)
         texts: list = []
-        deadline = generate_kwargs.pop("deadline", None)  # the call's time, not each batch's (N batches took N times it)
-        if deadline is None and isinstance(generate_kwargs.get("max_time"), numbers.Real):
-            deadline = time.monotonic() + float(generate_kwargs["max_time"])
+        # the call's time, not each batch's (N batches took N times it)
+        deadline = _deadline(generate_kwargs) if _ends_at is None else _ends_at
         for start in range(0, len(prompts), size):
             batch = self.tasks.prompt_batch(prompts[start:start + size])
             pixels, mask, unreadable = self._images(images[start:start + size], first + start,
@@ -205,12 +206,12 @@ class Captioner:
             images = iter(images)  # streamed dataset's column: read a batch at a time, its length unknown (its images named
         if isinstance(images, Iterator) and not one_image(images):  # by their place alone); not an open file's lines
             captions: list = []
-            if isinstance(generate_kwargs.get("max_time"), numbers.Real):  # the whole call's, as for a list
-                generate_kwargs["deadline"] = time.monotonic() + float(generate_kwargs["max_time"])
+            deadline = _deadline(generate_kwargs)  # the whole call's, as for a list
             while chunk := list(itertools.islice(images, size)):
                 caption_needs_images(chunk)
                 captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0,
-                                           skip_unreadable=skip_unreadable, errors=errors, **generate_kwargs)
+                                           skip_unreadable=skip_unreadable, errors=errors, _ends_at=deadline,
+                                           **generate_kwargs)
             return captions
         batch = as_batch(images)
         images = [images] if batch is None else batch
@@ -312,6 +313,14 @@ def model_source_problem(name: str) -> str | None:
         return f"model folder not found: {name}"
     near = mistyped_folder(name, CONFIG_FILE)
     return None if near is None else f"model folder not found: {name}; did you mean {near}?"
+
+
+def _deadline(generate_kwargs: dict[str, Any]) -> float | None:
+    """When (``time.monotonic()``) a call's ``max_time`` in seconds is up; None without one (or with a value that is
+    not a number of seconds, which the settings check refuses)."""
+    seconds = generate_kwargs.get("max_time")
+    real = isinstance(seconds, numbers.Real) and not isinstance(seconds, bool)
+    return time.monotonic() + float(seconds) if real else None
 
 
 def held_checkpoint(folder: Path) -> str:

@@ -213,7 +213,9 @@ def test_a_services_requests_get_their_own_reasons_and_a_bad_request_is_told_fro
                            ({"length_penalty": "1.0"}, r"length_penalty '1.0' is not a number"),
                            ({"max_lenght": 10}, r"max_lenght is no setting of Hugging Face's generate \(did you mean max_length"),
                            ({"input_ids": [1]}, r"input_ids: set by the task methods themselves"),
-                           ({"max_time": "5"}, r"max_time '5' is not a number")):
+                           ({"max_time": "5"}, r"max_time '5' is not a number"),
+                           ({"max_time": True}, r"max_time True is not a number"),
+                           ({"deadline": 5}, r"deadline is no setting of Hugging Face.s generate")):
         with pytest.raises(ConfigError, match=said):
             captioner.caption(photos[0], **settings)
     with pytest.raises(ConfigError, match=r"history is a list of \(question, answer\) pairs"):
