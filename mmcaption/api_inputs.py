@@ -26,13 +26,21 @@ def option_rows(sheet: Any) -> list[list]:
     lettered = [column for column in sheet.columns if str(column).strip().upper() in LETTERS]
     frame = sheet[lettered] if lettered else sheet  # a column at a time: a row of an int and a float column (pandas' reading
     rows = zip(*(frame.iloc[:, i].tolist() for i in range(frame.shape[1])))  # of a gap among numbers) was all floats
-    return [[as_text(cell) for cell in row if not (cell is None or isinstance(cell, float) and math.isnan(cell)
-                                                   or isinstance(cell, str) and not cell.strip())] for row in rows]
+    return [[as_text(cell) for cell in row if not _empty(cell)] for row in rows]
+
+
+def _empty(cell: Any) -> bool:
+    """A sheet's empty cell as pandas reads it: None, NaN, pandas' NA (a nullable column's gap) or NaT, blank text."""
+    return (cell is None or isinstance(cell, float) and math.isnan(cell) or isinstance(cell, str) and not cell.strip()
+            or type(cell).__name__ in ("NAType", "NaTType"))
 
 
 def as_text(option: Any) -> Any:
     """A number among the options (a counting question's 1, 2, 3, as pandas reads a sheet's) as the text the sheet
-    holds: 2.0, a whole number in a column pandas made float for a gap in it, is "2", as the CSV's cell and the CLI read it."""
+    holds: 2.0, a whole number in a column pandas made float for a gap in it, is "2", as the CSV's cell and the CLI read it;
+    a true/false column's cells (a spreadsheet's TRUE, FALSE) are "True", "False"."""
+    if isinstance(option, bool | np.bool_):
+        return str(bool(option))
     if isinstance(option, numbers.Real) and not isinstance(option, bool) and math.isfinite(option):
         return str(int(option)) if float(option).is_integer() else str(option)
     return option

@@ -490,6 +490,15 @@ def test_a_sheet_of_number_options_read_by_pandas_is_chosen_from_as_its_text(cap
     expected = captioner.option_scores(list(as_text.img_path), list(as_text.Question), as_text)
     assert captioner.option_scores(list(read.img_path), list(read.Question), read) == expected
     assert [len(scores) for scores in expected] == [4, 3]
+    nullable = pd.read_csv(sheet, dtype_backend="numpy_nullable")  # Int64 columns: the gap is pd.NA, not NaN
+    assert nullable["D"].isna().iloc[1] and nullable["D"].iloc[1] is pd.NA
+    assert captioner.option_scores(list(nullable.img_path), list(nullable.Question), nullable) == expected
+    truths = tmp_path / "truths.csv"  # a true/false question's options, as a spreadsheet writes them
+    truths.write_text(f"img_path,Question,A,B\n{photos[0]},Is it red?,TRUE,FALSE\n")
+    read = pd.read_csv(truths)
+    assert read["A"].dtype == bool
+    assert captioner.option_scores([photos[0]], ["Is it red?"], read) == captioner.option_scores([photos[0]], ["Is it red?"],
+                                                                                               [["True", "False"]])
     assert captioner.choose(photos[0], "How many shapes?", [1, 2]) == captioner.choose(photos[0], "How many shapes?", ["1", "2"])
 
 
