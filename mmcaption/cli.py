@@ -60,6 +60,7 @@ from mmcaption.settings_checks import (
     trainer_problem,
     under_root_folder,
     unlogged_monitor,
+    untrained_fit_problem,
     usable_callbacks,
 )
 from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
@@ -171,8 +172,8 @@ class MMCaptionCLI(LightningCLI):
         check_backbones(model.language_model, model.vision_model, config.get("ckpt_path") or config.model.get("init_from"))
         trained = self.subcommand != "fit" or bool(config.get("ckpt_path") or config.model.get("init_from"))  # LoRA as trained
         if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
-                trainer_problem(config.trainer) or (self.subcommand == "fit" and optimizer_problem(
-                    config.model, config.trainer)) or \
+                trainer_problem(config.trainer) or (self.subcommand == "fit" and (optimizer_problem(
+                    config.model, config.trainer) or untrained_fit_problem(config.trainer))) or \
                 structure_problem(MultimodalConfig(**model.as_dict()), trained=trained) or \
                 context_problem(model.language_model, getattr(data, "init_args", {}).get("max_length") if data else None):
             raise ConfigError(problem)  # all before anything loads: the data is preprocessed before the model is built

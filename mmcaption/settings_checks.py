@@ -282,3 +282,15 @@ def optimizer_problem(model: Any, trainer: Any) -> str | None:
         return (f"trainer.gradient_clip_val {clip}: Lightning clips nothing below 0; give the norm to clip at (1.0), or "
                 "null for none")
     return None
+
+
+def untrained_fit_problem(trainer: Any) -> str | None:
+    """A ``fit`` whose trainer settings train no step: Lightning skipped the training, said it in passing and exited 0,
+    a run that looked done with nothing learned (``limit_train_batches 0`` given to validate only, or a 0 left over)."""
+    limits = [(name, trainer.get(name)) for name in ("max_steps", "max_epochs", "limit_train_batches")]
+    zero = [f"trainer.{name} {value}" for name, value in limits
+            if isinstance(value, int | float) and not isinstance(value, bool) and value == 0]
+    if zero:
+        return (f"{', '.join(zero)}: this fit would train nothing and exit as if done; give a number of them above 0 "
+                "(-1 or null for no limit on max_steps and max_epochs), or score a checkpoint with mmcaption validate or test")
+    return None

@@ -1053,6 +1053,11 @@ def test_settings_no_run_learns_with_are_refused_before_anything_loads(backbones
         ("--model.config.lora_r", "0", "model.config.lora_r 0, lora_alpha 8, lora_dropout 0.05: LoRA's rank is at least 1"),
         ("--model.config.lora_alpha", "0", "model.config.lora_r 4, lora_alpha 0, lora_dropout 0.05: LoRA's rank is at least 1"),
         ("--model.config.lora_dropout", "1.0", "model.config.lora_r 4, lora_alpha 8, lora_dropout 1.0: LoRA's rank is at least"),
+        # Lightning skipped the training, said so in passing and exited 0: a run that looked done, nothing learned
+        ("--trainer.limit_train_batches", "0", "trainer.limit_train_batches 0: this fit would train nothing and exit as if "
+                                               "done; give a number of them above 0"),
+        ("--trainer.max_steps", "0", "trainer.max_steps 0: this fit would train nothing"),
+        ("--trainer.max_epochs", "0", "trainer.max_epochs 0: this fit would train nothing"),
     ):
         assert user_error(capsys, main, [*fit, f"{setting}={value}"]).startswith(f"error: {said}"), setting
     assert not (tmp_path / "cache").exists()  # nothing preprocessed, nothing loaded
