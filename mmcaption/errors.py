@@ -140,7 +140,9 @@ class RunInterrupted(Interrupted):
         self.checkpoint, self.step = checkpoint, step
         name = signal.Signals(signum).name
         where = f"saved {checkpoint}" if checkpoint else "nothing saved"
-        resume = f"; resume by running the same command with --ckpt_path {checkpoint}" if checkpoint else ""
+        # a command's (signals_stop is the console scripts'), or a script's own Trainer with ResumableStop in it
+        how = "running the same command with --ckpt_path {}" if _stop.active else "trainer.fit(..., ckpt_path={!r})"
+        resume = f"; resume by {how.format(checkpoint)}" if checkpoint else ""
         super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}" + (f". {requeued}" if requeued else ""))
 
 

@@ -887,6 +887,24 @@ def test_slurms_time_limit_warning_after_the_last_step_requeues_the_job(monkeypa
         callback.on_train_end(trainer, None)
 
 
+def test_ctrl_c_in_a_users_own_script_says_how_to_resume_there_not_on_a_command_line(monkeypatch):
+    # a notebook's Trainer(callbacks=[ResumableStop()]) stopped by Ctrl-C was told "running the same command with
+    # --ckpt_path": there was no command
+    from types import SimpleNamespace
+
+    from mmcaption.errors import signals_stop
+
+    callback = ResumableStop()
+    trainer = SimpleNamespace(global_step=7, is_global_zero=True)
+    with pytest.raises(RunInterrupted) as raised:
+        callback._stop(trainer, signal.SIGINT, "runs/last.ckpt")
+    assert str(raised.value) == ("stopped by SIGINT at step 7: saved runs/last.ckpt; resume by "
+                                 "trainer.fit(..., ckpt_path='runs/last.ckpt')")
+    with signals_stop(), pytest.raises(RunInterrupted) as raised:  # a console script's command
+        callback._stop(trainer, signal.SIGINT, "runs/last.ckpt")
+    assert str(raised.value).endswith("resume by running the same command with --ckpt_path runs/last.ckpt")
+
+
 def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_differs(backbones, coco_root, tmp_path, capsys):
     coco = Path(shutil.copytree(coco_root, tmp_path / "coco"))
     language_dir, vision_dir = backbones
