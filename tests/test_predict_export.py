@@ -498,6 +498,31 @@ def test_captioner_answers_and_chooses_in_batches_like_one_by_one_and_chats_in_t
     assert isinstance(captioner.chat(images[0], "Where is it?", history, max_new_tokens=6, min_new_tokens=6), str)
 
 
+def test_pope_with_its_coco_2014_names_reads_coco_2017s_copies_of_the_photos(backbones, tmp_path):
+    # POPE's files name val2014's photos (COCO_val2014_000000310196.jpg); with COCO 2017's download, which holds the
+    # same photos by id in val2017/ and train2017/, every question was refused: "none of the 3 images ... was found"
+    from mmcaption.data import QuestionsPredictDataModule
+
+    coco = tmp_path / "coco"
+    for folder, image_id in (("val2017", 42), ("train2017", 7)):  # val2014's photos went to both of 2017's folders
+        (coco / folder).mkdir(parents=True)
+        Image.new("RGB", (32, 32), "red").save(coco / folder / f"{image_id:012d}.jpg")
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text("".join(json.dumps({"question_id": i, "image": image, "text": "Is there a circle in the image?",
+                                        "label": "yes"}) + "\n" for i, image in enumerate(
+        ["COCO_val2014_000000000042.jpg", "COCO_val2014_000000000007.jpg", "COCO_val2014_000000000099.jpg"])))
+    for root in (coco / "val2017", coco):  # the folder a user gives: the val2017/ beside the file's list, or above both
+        data = QuestionsPredictDataModule(questions_file=str(pope), image_root=str(root), tokenizer=str(backbones[0]),
+                                          image_processor=str(backbones[1]))
+        data.setup("predict")
+        assert data.dataset.image_paths[:2] == [coco / "val2017" / "000000000042.jpg", coco / "train2017" / "000000000007.jpg"]
+        assert data.dataset[0]["error"] is None and data.dataset[1]["error"] is None
+        assert "COCO_val2014_000000000099.jpg" in data.dataset[2]["error"]  # one missing: its own row says so, by its name
+    with pytest.raises(DataError, match=r"none of the 3 images of .*coco_pope_random\.json was found"):  # other photos
+        QuestionsPredictDataModule(questions_file=str(pope), image_root=str(tmp_path), tokenizer=str(backbones[0]),
+                                   image_processor=str(backbones[1])).setup("predict")
+
+
 def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_scored_by_exact_match(backbones, trained_checkpoint, image_folder, tmp_path):
     from mmcaption.data import QuestionsPredictDataModule
 

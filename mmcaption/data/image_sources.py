@@ -167,6 +167,8 @@ def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.i
     run of "image not found" rows), with a folder above ``root`` that holds it (LLaVA's scripts take
     ``images/test`` where the file names ``test/5/image.png``)."""
     paths = [user_path(name, root) for name in names]
+    if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths[:COCO2014_LOOKED_FOR]):
+        paths = coco2014_read_from_2017(names, root, file) or paths
     if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths):
         from_here = user_path(names[0], Path("."))
         above = next((folder for folder in list(root.parents)[:2] if (folder / names[0]).is_file()), None)
@@ -190,3 +192,32 @@ def coco2017_copy(root: Path, image_id: int) -> str | None:
 
 
 COCO2017_FOLDERS = ("train2017", "val2017")
+
+
+COCO2014_NAME = re.compile(r"(?:.*[/\\])?COCO_(?:train|val)2014_(\d+)\.jpg")
+COCO2014_LOOKED_FOR = 50  # the first images tried before COCO 2017's copies are looked for
+
+
+def coco2014_read_from_2017(names: list[str], root: Path, file: Path) -> list[Path] | None:
+    """COCO 2017's copies of the COCO 2014 photos ``names`` gives (POPE's and other benchmarks'
+    ``COCO_val2014_000000310196.jpg``) when ``root`` holds 2017's download: its ``train2017/`` and ``val2017/``, or is one
+    of them (val2014's photos went to both). None when the first names are no 2014 names, or none has a copy there."""
+    ids = [int(match.group(1)) if (match := COCO2014_NAME.fullmatch(name)) else None for name in names]
+    if all(image_id is None for image_id in ids[:COCO2014_LOOKED_FOR]):
+        return None
+    homes = [root, *([root.parent] if root.name in COCO2017_FOLDERS else [])]
+
+    def copy(image_id: int) -> Path | None:
+        if (root / f"{image_id:012d}.jpg").is_file():
+            return root / f"{image_id:012d}.jpg"
+        return next((home / name for home in homes if (name := coco2017_copy(home, image_id))), None)
+
+    if not any(copy(image_id) for image_id in ids[:COCO2014_LOOKED_FOR] if image_id is not None):
+        return None
+    copies = {image_id: copy(image_id) for image_id in dict.fromkeys(ids) if image_id is not None}
+    found = sum(path is not None for path in copies.values())
+    first = next(name for name, image_id in zip(names, ids) if image_id is not None)
+    rank_zero_info(f"{file}: its images are named as COCO 2014's ({first}, ...); read "
+                   f"from COCO 2017's copies of the same photos under {root} ({found} of {len(copies)} found)")
+    return [copies[image_id] or user_path(name, root) if image_id is not None else user_path(name, root)
+            for name, image_id in zip(names, ids)]
