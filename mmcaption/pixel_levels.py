@@ -36,6 +36,8 @@ def array_image(array: np.ndarray) -> Image.Image:
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
     elif array.dtype.kind == "f":
+        if not np.isfinite(array).any():  # a failed computation's output (a 0/0), captioned as a black picture
+            raise ValueError(f"an image array of floats holds no number: all its {array.size} values are NaN or infinite")
         values = np.nan_to_num(array.astype(np.float64))
         low, high = values.min(), values.max()
         # a normalized image spans about -2 to 2.6 (CLIP's, ImageNet's mean and std): refused, where a file's is read

@@ -723,6 +723,13 @@ def test_image_arrays_and_tensors_in_every_layout_people_hold_them_are_the_same_
     imagenet = (photo / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     with pytest.raises(ValueError, match=r"spans -2.* to 2.* \(one normalized for a model\?\)"):
         load_rgb(imagenet)
+    failed = np.full((6, 5, 3), np.nan, dtype=np.float32)  # a 0/0 upstream: was captioned as a black picture
+    with pytest.raises(ValueError, match=r"an image array of floats holds no number: all its 90 values are NaN or infinite"):
+        load_rgb(failed)
+    with pytest.raises(ValueError, match=r"holds no number"):
+        load_rgb(torch.full((3, 6, 5), float("inf")))
+    failed[0, 0] = 1.0  # a few missing pixels (a masked region) are read as black, the rest as they are
+    assert np.asarray(load_rgb(failed))[0, 0].tolist() == [255, 255, 255]
     with pytest.raises(TypeError, match="an image is a path, an http.* or a tensor, not int"):
         load_rgb(7)
 
