@@ -395,6 +395,9 @@ class PredictionWriter(BasePredictionWriter):
         except OSError as error:  # the disk full: the rows stay in the partial file, which a resume goes on from
             if disk_full(error) is None:
                 raise
-        if writing and not (self.replacing or self.share) and disk_full(exception) is not None:  # "run the same command
-            add_note(exception, "predict: the rows done are kept; once there is room, the same command with "  # again"
-                     "--data.resume true goes on from them")  # was then refused
+        if writing and (full := disk_full(exception)) is not None and full.filename is None:  # a file's write names none
+            full.filename = str(self.partial)
+        if writing and not (self.replacing or self.share) and full is not None:  # "run the same command again" was then
+            kept = f"in {self.partial}, hidden beside {self.path.name}" if self.partial.is_file() else f"in {self.path}"
+            add_note(exception, f"predict: the rows done are kept ({kept}); once there is room, the same command with "
+                     "--data.resume true goes on from them")  # refused

@@ -301,7 +301,7 @@ def test_a_killed_predict_keeps_its_complete_rows_and_resume_goes_on_from_them(b
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, method="generation", resume=True))
     assert not output.exists() and (tmp_path / ".answers.csv.partial").is_file()  # nothing lost by the refusal
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
-    assert any(f"{output}: the 4 complete rows of .answers.csv.partial, which a killed run (SIGKILL, out of memory) left, are "
+    assert any(f"{output}: the 4 complete rows of .answers.csv.partial, which a run that did not end left (killed, out of memory or disk space), are "
                "kept (27 bytes of a row it was writing are left out)" in line for line in infos), infos
     assert output.read_text() == whole  # the same rows as the run that was not killed
     summary = json.loads(output.with_name("answers.csv.summary.json").read_text())
@@ -333,7 +333,7 @@ def test_a_resume_that_was_killed_keeps_the_rows_it_added(backbones, trained_che
     output.with_name(".answers.csv.partial.made_by.json").write_text(json.dumps(made_by))  # killed after 4 rows more
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
     assert output.read_text() == whole
-    assert any("the 8 complete rows of .answers.csv.partial, which a killed run (SIGKILL, out of memory) left, are kept (4 "
+    assert any("the 8 complete rows of .answers.csv.partial, which a run that did not end left (killed, out of memory or disk space), are kept (4 "
                "more than the output held: that run was a resume)" in line for line in infos), infos
     assert json.loads(summary.read_text())["resumed_after"] == 8 and not list(tmp_path.glob(".answers.csv*"))
     # a killed --data.overwrite run's partial file is no resume of the output: its rows are kept aside, not taken for the
@@ -343,7 +343,7 @@ def test_a_resume_that_was_killed_keeps_the_rows_it_added(backbones, trained_che
     output.with_name(".answers.csv.partial").write_text(lines[0] + "".join(lines[5:8]))
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
     assert output.read_text() == whole and (tmp_path / "answers.killed.csv").read_text() == lines[0] + "".join(lines[5:8])
-    assert any(".answers.csv.partial, which a killed run left, does not go on from answers.csv (a --data.overwrite run's?): "
+    assert any(".answers.csv.partial, which a run that did not end left, does not go on from answers.csv (a --data.overwrite run's?): "
                "its 3 complete rows are kept as answers.killed.csv" in line for line in infos), infos
 
 
@@ -2782,11 +2782,46 @@ def test_a_full_disk_in_predict_says_to_resume_and_resuming_completes_the_output
     with pytest.raises(OSError) as full:
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
     said = resource_message(full.value)
-    assert said.startswith("the disk is full") and said.endswith("; predict: the rows done are kept; once there is room, "
-                                                                 "the same command with --data.resume true goes on from them")
+    assert said.startswith(f"the disk is full while writing {tmp_path / '.answers.csv.partial'} (No space left on device); ")
+    assert said.endswith(f"; predict: the rows done are kept (in {output}); once there is room, the same command with "
+                         "--data.resume true goes on from them")
     monkeypatch.setattr(PredictionWriter, "_write", real)  # room again
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
     assert output.read_text() == (tmp_path / "whole.csv").read_text()
+    # a real full disk fails the file's close too (its buffer cannot be written): the rows stay in the hidden partial
+    # file, which the message named nowhere ("the rows done are kept")
+    output.unlink()
+
+    class ClosingFails:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def close(self):
+            self.handle.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write_then_fail_closing(self, rows):
+        batches.append(rows)
+        real(self, rows)
+        if len(batches) == 2:
+            self.handle = ClosingFails(self.handle)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    batches.clear()
+    monkeypatch.setattr(PredictionWriter, "_write", write_then_fail_closing)
+    with pytest.raises(OSError) as full:
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
+    partial = tmp_path / ".answers.csv.partial"
+    assert not output.exists() and partial.is_file()
+    assert resource_message(full.value).endswith(f"; predict: the rows done are kept (in {partial}, hidden beside answers.csv); "
+                                                 "once there is room, the same command with --data.resume true goes on from them")
+    monkeypatch.setattr(PredictionWriter, "_write", real)
+    infos = []
+    monkeypatch.setattr("mmcaption.data.predict.rank_zero_info", infos.append)
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    assert output.read_text() == (tmp_path / "whole.csv").read_text()
+    assert any(line.startswith(f"resume: {output}: the ") and "which a run that did not end left (killed, out of memory or "
+               "disk space), are kept" in line for line in infos), infos  # it blamed a kill (SIGKILL, out of memory)
     # an --data.overwrite run's rows go to answers.interrupted.csv (said then): resuming answers.csv is no advice for it
     batches.clear()
     monkeypatch.setattr(PredictionWriter, "_write", write)

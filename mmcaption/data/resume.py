@@ -270,7 +270,7 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
         done = read_output_rows(kept)
     except (ValueError, csv.Error) as error:
         kept.unlink(missing_ok=True)
-        raise OutputExistsError(f"resume: {partial}, left by a killed run, cannot be read back ({error}): predict it "
+        raise OutputExistsError(f"resume: {partial}, left by a run that did not end, cannot be read back ({error}): predict it "
                                 "again with --data.overwrite true") from None
     try:
         made_by = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
@@ -281,11 +281,11 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
         kept.replace(aside)
         partial.unlink()
         record.unlink(missing_ok=True)
-        return (f"{partial.name}, which a killed run left, does not go on from {output.name} (a --data.overwrite run's?): "
+        return (f"{partial.name}, which a run that did not end left, does not go on from {output.name} (a --data.overwrite run's?): "
                 f"its {len(done)} complete rows are kept as {aside.name}; going on from {output.name}")
     if len(done) <= before:  # killed before it added a row: the output is what there is
         kept.unlink()
-        return None if before else f"{partial}, left by a killed run, holds no complete row: starting at the first row"
+        return None if before else f"{partial}, left by a run that did not end, holds no complete row: starting at the first row"
     check_first_rows(done, rows, partial)
     if now is not None and made_by:
         check_made_alike(output, now, made_by)
@@ -295,6 +295,6 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
     partial.unlink()
     record.unlink(missing_ok=True)
     cut = len(data) - end
-    return (f"{output}: the {len(done)} complete rows of {partial.name}, which a killed run (SIGKILL, out of memory) left, "
+    return (f"{output}: the {len(done)} complete rows of {partial.name}, which a run that did not end left (killed, out of memory or disk space), "
             "are kept" + (f" ({len(done) - before} more than the output held: that run was a resume)" if before else "")
             + (f" ({cut} bytes of a row it was writing are left out)" if cut else ""))
