@@ -404,8 +404,19 @@ def test_a_backbone_folder_moved_since_training_is_named_as_a_folder_not_a_hub_i
     from mmcaption.model.backbones import BackboneNotFoundError, load_tokenizer
 
     moved = tmp_path / "bb" / "language_model"  # what an export or the app reads from a checkpoint, after `mv bb elsewhere`
-    with pytest.raises(BackboneNotFoundError, match=f"{moved} is no folder \\(any more\\).*ln -s <where it is now> {moved}"):
+    with pytest.raises(BackboneNotFoundError, match=f"^cannot load the tokenizer of {moved}: it is no folder \\(any more\\)"
+                                                    f"\\..*ln -s <where it is now> {moved}\\)$"):  # was "the tokenizer of: <folder>"
         load_tokenizer(str(moved))  # was "Repo id must be in the form ... download it first (hf download /tmp/...)"
+    # both moved (the project's folder with them): both said at once (export, chat and the API said one, then the other)
+    from mmcaption.model import MultimodalConfig
+    from mmcaption.model.compatibility import check_structure
+    from mmcaption.model.structure import model_structure
+
+    config = MultimodalConfig(language_model=str(moved), vision_model=str(tmp_path / "bb" / "vision_model"))
+    for check in (check_structure, model_structure):  # a model loaded (the API, chat), a checkpoint's structure (export)
+        with pytest.raises(BackboneNotFoundError, match=f"^cannot load the language model {moved} nor the vision model "
+                                                        f"{tmp_path}/bb/vision_model: neither is a folder \\(any more\\)"):
+            check(config)
 
 
 def test_a_model_folder_without_its_tokenizer_or_processor_files_is_refused_by_name(backbones, tmp_path):

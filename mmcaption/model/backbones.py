@@ -134,11 +134,8 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
                           "(language_model and vision_model the other way round)?") from None
     except OSError as error:
         if is_local_path(name) and not Path(name).expanduser().exists():  # not a hub id: downloading would not help
-            raise BackboneNotFoundError(
-                f"cannot load the {what}: {name} is no folder (any more). A checkpoint or an export records the folders "
-                f"of its backbones: give where it is now (--language_model / --vision_model of mmcaption-export, chat and "
-                f"the app; Captioner.from_pretrained's language_model= / vision_model=; --model.config.* of the CLI), put "
-                f"the folder back there, or link it (ln -s <where it is now> {name})") from error
+            raise BackboneNotFoundError(f"cannot load the {what} {name}: it is no folder (any more). "
+                                        f"{moved_advice('it is', name)}") from error
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         folder = Path(name).expanduser()
         private = [p for p in folder.iterdir() if p.is_file() and not os.access(p, os.R_OK)] if folder.is_dir() else []
@@ -152,6 +149,23 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
                 f"{', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'}: save them there too "
                 "(processor.save_pretrained / tokenizer.save_pretrained), or copy them from where the model came from") from error
         raise BackboneNotFoundError(f"cannot load the {what} {name!r}: {first}. {download_hint(name).capitalize()}") from error
+
+
+def moved_advice(where: str, link: str) -> str:
+    """How to point a checkpoint or an export at backbones that are no longer where it recorded them."""
+    return ("A checkpoint or an export records the folders of its backbones: give where " + where + " now (--language_model "
+            "/ --vision_model of mmcaption-export, chat and the app; Captioner.from_pretrained's language_model= / "
+            "vision_model=; --model.config.* of the CLI), put the folder back there, or link it (ln -s <where it is now> "
+            f"{link})")
+
+
+def check_backbone_folders(language_model: str, vision_model: str) -> None:
+    """Both backbones' folders gone (a project moved, its backbones with it) said at once: the language model's was
+    said, and the vision model's only on the next try."""
+    gone = [name for name in (language_model, vision_model) if is_local_path(name) and not Path(name).expanduser().exists()]
+    if len(gone) == 2:
+        raise BackboneNotFoundError(f"cannot load the language model {language_model} nor the vision model {vision_model}: "
+                                    f"neither is a folder (any more). {moved_advice('they are', '<where it was>')}")
 
 
 def is_local_path(name: str) -> bool:

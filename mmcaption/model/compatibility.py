@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import is_torchvision_available
 
 from mmcaption.errors import ConfigError
-from mmcaption.model.backbones import naming_backbone
+from mmcaption.model.backbones import check_backbone_folders, naming_backbone
 from mmcaption.model.config import MultimodalConfig
 
 CLIP_TYPES = ("clip", "clip_vision_model")  # a full CLIP checkpoint's config.json, a vision-only one's
@@ -176,6 +176,8 @@ def tokenizer_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: 
 
 
 def check_structure(config: MultimodalConfig, prefix: str = "", trained: bool = False) -> None:
-    """Raise :func:`structure_problem`'s message as a :class:`~mmcaption.errors.ConfigError`."""
+    """Raise :func:`structure_problem`'s message as a :class:`~mmcaption.errors.ConfigError` (both backbones' folders
+    gone: said together first)."""
+    check_backbone_folders(config.language_model, config.vision_model)
     if problem := structure_problem(config, prefix, trained):
         raise ConfigError(problem)

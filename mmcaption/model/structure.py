@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
 
-from mmcaption.model.backbones import add_lora, naming_backbone
+from mmcaption.model.backbones import add_lora, check_backbone_folders, naming_backbone
 from mmcaption.model.config import MultimodalConfig
 from mmcaption.model.multimodal import MultimodalCausalLM
 
@@ -20,6 +20,7 @@ from mmcaption.model.multimodal import MultimodalCausalLM
 def model_structure(config: MultimodalConfig) -> MultimodalCausalLM:
     """``MultimodalCausalLM.from_config(config)`` with every tensor on the meta device: the same module
     names and shapes (the LoRA adapters are those of the quantized model), no weights loaded."""
+    check_backbone_folders(config.language_model, config.vision_model)
     with naming_backbone(config.language_model, "language model config of"):
         language_config = AutoConfig.from_pretrained(config.language_model)
     with naming_backbone(config.vision_model, "vision model config of"):
