@@ -277,6 +277,8 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None, srgb: bool =
             raise TypeError("an image file must be opened in binary mode: open(path, 'rb')")
     if isinstance(source, str) and source[:5].lower() == "data:":  # a data: URL, as a web page or a notebook embeds one
         source = data_url_bytes(source)
+    if isinstance(source, str):  # a file:// URI was looked for as a relative path: "file:/..." not found
+        source = file_uri_path(source)
     if isinstance(source, bytes | bytearray | memoryview):
         data, name = bytes(source), "the image's bytes"
     elif isinstance(source, str | Path):
@@ -331,6 +333,14 @@ def local_file(path: Path) -> Path:
 
 FETCH_TIMEOUT_S = 60
 FETCH_MAX_BYTES = 256 << 20  # a 200-megapixel phone's JPEG is about 60 MB
+
+
+def file_uri_path(source: str) -> str:
+    """The path a ``file://`` URI names (a browser's or a file manager's copied address: ``file:///home/me/a%20b.jpg``),
+    or ``source`` as it is."""
+    if source[:7].lower() != "file://":
+        return source
+    return urllib.request.url2pathname(urllib.parse.urlsplit(source).path)
 
 
 def is_url(source: object) -> bool:

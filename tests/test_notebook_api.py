@@ -542,3 +542,18 @@ def test_a_saved_model_whose_settings_carry_a_typo_loads_saying_what_it_left_out
     assert older.caption(photos[0], lenght_penalty=None, **settings) == captioner.caption(photos[0], **settings)  # null: unset
     with pytest.raises(ConfigError, match=r"lenght_penalty is no setting"):  # a value given: still a typo
         older.caption(photos[0], lenght_penalty=2.0, **settings)
+
+
+def test_an_image_given_as_a_file_uri_is_read_from_its_file(captioner, photos, tmp_path):
+    # a file manager's or a browser's copied address (file:///home/me/my%20photo.png) was looked for as a relative path
+    import shutil
+    from pathlib import Path
+
+    from mmcaption.data.image_sources import user_path
+
+    spaced = tmp_path / "my photo é.png"
+    shutil.copyfile(photos[0], spaced)
+    settings = {"min_new_tokens": 3, "max_new_tokens": 4}
+    assert spaced.as_uri().startswith("file:///") and "%20" in spaced.as_uri()
+    assert captioner.caption(spaced.as_uri(), **settings) == captioner.caption(photos[0], **settings)
+    assert user_path(spaced.as_uri(), Path("elsewhere")) == spaced  # a line of an image list, a questions file's image

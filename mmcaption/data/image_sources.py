@@ -15,7 +15,7 @@ from mmcaption.data.caption_cells import INVISIBLE
 from mmcaption.data.records import DataError, existing_spelling, not_utf8, packed_file
 from mmcaption.errors import unexpanded_variable
 from mmcaption.folders import walk_through_links
-from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, is_hidden, is_url, local_file
+from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, file_uri_path, is_hidden, is_url, local_file
 from mmcaption.resources import owner_of
 
 # a preprocessed split's folder in mmcaption's cache: the split, the side and the fingerprint of what made it
@@ -152,7 +152,8 @@ def user_path(name: str, root: Path) -> Path | RemoteImage:
     """The image a file names: relative to ``root`` unless absolute, or a URL, as it is. When the name as
     written is not there, a Windows path's backslashes are read as separators, and an accented name is
     looked for in its other Unicode form (macOS writes decomposed names: ``é`` as ``e`` and an accent)."""
-    name = name.strip(_EDGE_MARKS)  # Windows' Properties dialog copies a path with U+202A in front: "image not found"
+    # Windows' Properties dialog copies a path with U+202A in front ("image not found"); a file manager, a file:// URI
+    name = file_uri_path(name.strip(_EDGE_MARKS))
     if is_url(name):
         return RemoteImage(name)
     if name.startswith(("~/", "~\\")):  # a list written by hand: ~/photos/a.jpg, as the shell would read it
