@@ -39,7 +39,7 @@ from mmcaption.folders import (
 )
 from mmcaption.generation_settings import saved_generation
 from mmcaption.model import MultimodalConfig, is_pretrained_folder, read_manifest
-from mmcaption.model.backbones import check_backbones, context_problem
+from mmcaption.model.backbone_checks import check_backbones, context_problem
 from mmcaption.model.compatibility import check_structure, structure_problem
 from mmcaption.model.config import (
     TRAINING_ONLY,

@@ -37,15 +37,9 @@ from mmcaption.errors import ConfigError, NotAModelFolderError, image_input_erro
 from mmcaption.generation_settings import saved_generation
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, is_pretrained_folder, read_manifest
-from mmcaption.model.backbones import (
-    BackboneNotFoundError,
-    check_device,
-    is_local_path,
-    load_image_processor,
-    load_tokenizer,
-    mistyped_folder,
-)
-from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage
+from mmcaption.model.backbone_checks import BackboneNotFoundError, check_device, is_local_path
+from mmcaption.model.backbones import load_image_processor, load_tokenizer
+from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage, mistyped_folder
 from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.tasks import Tasks, evaluating

@@ -215,7 +215,7 @@ def test_the_cli_refuses_before_preprocessing(backbones, coco_root, tmp_path, mo
 
 def test_a_mistyped_backbone_folder_under_one_that_is_here_is_said_at_once_and_a_hub_id_stays_one(tmp_path, monkeypatch):
     # "models/phi-3" beside models/phi-2 was asked of the Hugging Face Hub (retries for minutes without a network)
-    from mmcaption.model.backbones import BackboneNotFoundError, check_backbone
+    from mmcaption.model.backbone_checks import BackboneNotFoundError, check_backbone
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -233,7 +233,7 @@ def test_a_backbone_path_that_is_no_hub_id_or_names_an_unexpanded_variable_is_sa
     # '$HOME/x' single-quoted in a job script, a folder with a space: the hub's id check raised its HFValidationError,
     # a 32-line traceback
     from mmcaption.checkpoint import CheckpointNotFoundError, load_checkpoint_file
-    from mmcaption.model.backbones import BackboneNotFoundError, check_backbone
+    from mmcaption.model.backbone_checks import BackboneNotFoundError, check_backbone
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -264,7 +264,7 @@ def test_a_backbone_reached_through_a_link_is_kept_by_the_link_not_its_target(tm
 def test_both_moved_backbones_of_a_checkpoint_are_said_at_once_with_what_to_pass(tmp_path, backbones):
     # predict --ckpt_path on another machine: "model.config.language_model /old/...: no such folder", then, once given,
     # the same for the vision model in a second run; nothing said they came from the checkpoint or what to pass
-    from mmcaption.model.backbones import BackboneNotFoundError, check_backbones
+    from mmcaption.model.backbone_checks import BackboneNotFoundError, check_backbones
 
     gone = tmp_path / "old"
     with pytest.raises(BackboneNotFoundError) as refused:

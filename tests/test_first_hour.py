@@ -401,7 +401,8 @@ def test_the_demo_never_removes_a_users_folder_or_report_and_says_when_it_rewrit
 
 
 def test_a_backbone_folder_moved_since_training_is_named_as_a_folder_not_a_hub_id(tmp_path):
-    from mmcaption.model.backbones import BackboneNotFoundError, load_tokenizer
+    from mmcaption.model.backbone_checks import BackboneNotFoundError
+    from mmcaption.model.backbones import load_tokenizer
 
     moved = tmp_path / "bb" / "language_model"  # what an export or the app reads from a checkpoint, after `mv bb elsewhere`
     with pytest.raises(BackboneNotFoundError, match=f"^cannot load the tokenizer of {moved}: it is no folder \\(any more\\)"
@@ -424,7 +425,8 @@ def test_a_model_folder_without_its_tokenizer_or_processor_files_is_refused_by_n
     and every caption was trained as nothing but its end-of-text token, without a word."""
     import shutil
 
-    from mmcaption.model.backbones import BackboneNotFoundError, load_image_processor, load_tokenizer
+    from mmcaption.model.backbone_checks import BackboneNotFoundError
+    from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
     language_dir, vision_dir = backbones
     weights_only = tmp_path / "lm"

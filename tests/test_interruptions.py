@@ -2048,7 +2048,7 @@ def test_backbones_the_demo_writes_are_shared_as_the_umask_allows_and_a_private_
     # (No such file or directory: .../model.safetensors). It holds ..., model.safetensors, ..."
     from mmcaption.demo.synthetic import demo_corpus
     from mmcaption.demo.tiny import save_tiny_backbones
-    from mmcaption.model.backbones import BackboneNotFoundError, naming_backbone
+    from mmcaption.model.backbone_checks import BackboneNotFoundError, naming_backbone
 
     previous = os.umask(0o002)
     try:

@@ -11,7 +11,7 @@ from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.llava import ANSWER_CUT, turn_counts
 from mmcaption.data.sampling import LengthGroupedSampler, padding_efficiency
 from mmcaption.errors import ConfigError
-from mmcaption.model.backbones import context_problem
+from mmcaption.model.backbone_checks import context_problem
 
 
 def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, Any]:

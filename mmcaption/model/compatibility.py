@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import is_torchvision_available
 
 from mmcaption.errors import ConfigError
-from mmcaption.model.backbones import check_backbone_folders, naming_backbone
+from mmcaption.model.backbone_checks import check_backbone_folders, naming_backbone
 from mmcaption.model.config import MultimodalConfig
 
 CLIP_TYPES = ("clip", "clip_vision_model")  # a full CLIP checkpoint's config.json, a vision-only one's

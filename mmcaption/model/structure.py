@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
 
-from mmcaption.model.backbones import add_lora, check_backbone_folders, naming_backbone
+from mmcaption.model.backbone_checks import check_backbone_folders, naming_backbone
+from mmcaption.model.backbones import add_lora
 from mmcaption.model.config import MultimodalConfig
 from mmcaption.model.multimodal import MultimodalCausalLM
 
