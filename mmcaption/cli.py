@@ -26,7 +26,7 @@ from mmcaption.checkpoint import (
     load_checkpoint_file,
 )
 from mmcaption.checkpoint_folders import keyword_checkpoint
-from mmcaption.console import bars_put_back, filter_warnings, lightning_info_hidden, print_metrics, quiet_lightning
+from mmcaption.console import bars_put_back, filter_warnings, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, signals_stop, user_errors_exit
 from mmcaption.folders import (
@@ -60,7 +60,6 @@ from mmcaption.settings_checks import (
     trainer_problem,
     under_root_folder,
     unlogged_monitor,
-    untrained_fit_problem,
     usable_callbacks,
 )
 from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
@@ -172,8 +171,8 @@ class MMCaptionCLI(LightningCLI):
         check_backbones(model.language_model, model.vision_model, config.get("ckpt_path") or config.model.get("init_from"))
         trained = self.subcommand != "fit" or bool(config.get("ckpt_path") or config.model.get("init_from"))  # LoRA as trained
         if problem := precision_problem(config.trainer.get("precision"), model.quantization, model.compute_dtype) or \
-                trainer_problem(config.trainer) or (self.subcommand == "fit" and (optimizer_problem(
-                    config.model, config.trainer) or untrained_fit_problem(config.trainer))) or \
+                trainer_problem(config.trainer) or (self.subcommand == "fit" and optimizer_problem(
+                    config.model, config.trainer)) or \
                 structure_problem(MultimodalConfig(**model.as_dict()), trained=trained) or \
                 context_problem(model.language_model, getattr(data, "init_args", {}).get("max_length") if data else None):
             raise ConfigError(problem)  # all before anything loads: the data is preprocessed before the model is built
@@ -331,28 +330,6 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
             auto_configure_optimizers=False,
             parser_class=MMCaptionParser,
         )
-
-
-class _CheckOnlyCLI(MMCaptionCLI):
-    """A command parsed, built and checked as it would be before running, and not run."""
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        pass
-
-
-def check_command(args: list[str], run_checks: bool = True) -> MMCaptionCLI:
-    """Check a command of ``mmcaption`` without running it: its settings (typos get the closest valid
-    names) and, with ``run_checks``, what the command itself checks before loading anything
-    (accelerator, backbones, data files, folders). The pipeline checks its second stage this way
-    before the first starts; the demo checks the arguments it passes on before building its data."""
-    with bars_put_back(), warnings.catch_warnings(), locks_released_after(), lightning_info_hidden():
-        quiet_lightning()
-        filter_warnings()
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
-        return _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,
-                             auto_configure_optimizers=False, parser_class=MMCaptionParser,
-                             # its tip names `mmcaption fit --help`, not the pipeline's or the demo's own --help
-                             parser_kwargs={"prog": "mmcaption" if run_checks else "mmcaption fit"})
 
 
 class _PrepareCLI(MMCaptionCLI):

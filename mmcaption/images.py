@@ -13,21 +13,18 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import functools
 import http.client
 import io
 import math
-import os
 import re
 import threading
-import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
@@ -36,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from pillow_heif import register_heif_opener
 
 from mmcaption.file_kinds import kind_of_file
+from mmcaption.file_spellings import existing_spelling
 from mmcaption.pixel_levels import array_image, as_srgb, channels_first, levels, to_rgb
 
 register_heif_opener()  # .heic/.heif: what iPhones save by default
@@ -152,71 +150,6 @@ def image_format(data: bytes) -> str | None:
             return image.format
     except DECODE_ERRORS:
         return None
-
-
-def existing_spelling(root: Path, name: str) -> str:
-    """``name`` as written when ``root / name`` exists; else the first other spelling of it that exists there, as
-    Windows and macOS would find it - a Windows path's backslashes read as separators, each part in either Unicode
-    form (macOS writes decomposed names: ``é`` as ``e`` and an accent) and in any case (a spreadsheet made on Windows
-    names ``IMG_001.jpg`` what the camera wrote ``IMG_001.JPG``), or a Windows machine's absolute path by its end
-    (:func:`_from_windows`) - or ``name`` itself if none does."""
-    if (root / name).exists():
-        return name
-    spelling = name.replace("\\", "/") if "\\" in name and os.sep == "/" else name
-    if (root / spelling).exists():
-        return spelling
-    found, parts = root, Path(spelling).parts
-    for part in parts:
-        if part in ("/", "..", ".") or (found / part).exists():
-            found = found / part
-            continue
-        matches = _names_in(os.path.abspath(found), _mtime(found)).get(folded_name(part), [])
-        if len(matches) != 1:  # none there, or two that differ only in case: not guessed
-            return _from_windows(root, name) or spelling
-        found = found / matches[0]
-    return str(found.relative_to(root)) if not Path(spelling).is_absolute() else str(found)
-
-
-def _from_windows(root: Path, name: str) -> str | None:
-    """A Windows machine's absolute path (``C:\\Users\\me\\coco\\train2017\\1.jpg``, a share's ``\\\\nas\\...``) read on Linux or
-    macOS: the longest end of it that is under ``root`` (``1.jpg`` in the image folder), as the files were copied
-    over; else None."""
-    windows = PureWindowsPath(name)
-    if os.sep != "/" or not windows.drive:
-        return None
-    parts = windows.parts[1:]
-    # the file's name alone only where its folder is the image folder's name (...\train2017\1.jpg in train2017/): a
-    # camera's IMG_0001.JPG of another year's folder is not this one
-    alone_too = len(parts) > 1 and folded_name(parts[-2]) == folded_name(root.name)
-    for start in range(len(parts) - (0 if alone_too else 1)):
-        tail = existing_spelling(root, "/".join(parts[start:]))
-        if (root / tail).is_file():
-            return tail
-    return None
-
-
-def folded_name(name: str) -> str:
-    """``name`` as Windows and macOS compare names: in either Unicode form and any case."""
-    return unicodedata.normalize("NFC", name).casefold()
-
-
-def _mtime(folder: Path) -> int:
-    try:
-        return folder.stat().st_mtime_ns
-    except OSError:
-        return 0
-
-
-@functools.lru_cache(maxsize=64)
-def _names_in(folder: str, mtime: int) -> dict[str, list[str]]:
-    """A folder's names by their case-folded NFC spelling, read once per folder as it is (``mtime``)."""
-    names: dict[str, list[str]] = {}
-    try:
-        for entry in os.scandir(folder):
-            names.setdefault(folded_name(entry.name), []).append(entry.name)
-    except OSError:
-        pass
-    return names
 
 
 def processor_side(image_processor) -> int | None:

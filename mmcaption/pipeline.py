@@ -22,7 +22,8 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.checkpoint import load_checkpoint_file
-from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, check_command, run_cli
+from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, run_cli
+from mmcaption.command_checks import check_command
 from mmcaption.errors import ConfigError, Interrupted, RunInterrupted, user_errors_exit
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.model.config import STRUCTURAL_SETTINGS

@@ -35,7 +35,7 @@ from mmcaption.evaluation.report import (
     write_whole,
 )
 from mmcaption.folders import output_lock
-from mmcaption.resources import add_note, disk_full
+from mmcaption.resources import disk_full, rows_kept_note
 from mmcaption.slurm import this_job
 from mmcaption.tasks import CUT, NO_OPTION, RESULT_COLUMNS
 
@@ -395,9 +395,5 @@ class PredictionWriter(BasePredictionWriter):
         except OSError as error:  # the disk full: the rows stay in the partial file, which a resume goes on from
             if disk_full(error) is None:
                 raise
-        if writing and (full := disk_full(exception)) is not None and full.filename is None:  # a file's write names none
-            full.filename = str(self.partial)
-        if writing and not (self.replacing or self.share) and full is not None:  # "run the same command again" was then
-            kept = f"in {self.partial}, hidden beside {self.path.name}" if self.partial.is_file() else f"in {self.path}"
-            add_note(exception, f"predict: the rows done are kept ({kept}); once there is room, the same command with "
-                     "--data.resume true goes on from them")  # refused
+        if writing:  # a full disk: "run the same command again" was then refused
+            rows_kept_note(exception, self.partial, self.path, resumable=not (self.replacing or self.share))

@@ -147,3 +147,18 @@ def disk_full_message(error: OSError, notes: list[str] = ()) -> str:
             "the folder it was writing (data.init_args.cache_dir for preprocessed splits, the checkpoint folder, the "
             "output) at a larger disk, and run the same command again"
             + "".join(f"; {note}" for note in notes))
+
+
+def rows_kept_note(error: BaseException, partial: Path, output: Path, resumable: bool) -> None:
+    """For predict stopped by a full disk (``error``): the file it was writing named (a file's own write names none),
+    and, ``resumable``, where the rows done are - the hidden ``partial`` file when even its close failed, as on a real
+    full disk, else ``output`` - and that ``--data.resume`` goes on from them."""
+    full = disk_full(error)
+    if full is None:
+        return
+    if full.filename is None:
+        full.filename = str(partial)
+    if resumable:
+        kept = f"in {partial}, hidden beside {output.name}" if partial.is_file() else f"in {output}"
+        add_note(error, f"predict: the rows done are kept ({kept}); once there is room, the same command with "
+                 "--data.resume true goes on from them")

@@ -281,7 +281,7 @@ def optimizer_problem(model: Any, trainer: Any) -> str | None:
     if isinstance(clip, int | float) and clip < 0:
         return (f"trainer.gradient_clip_val {clip}: Lightning clips nothing below 0; give the norm to clip at (1.0), or "
                 "null for none")
-    return None
+    return untrained_fit_problem(trainer)
 
 
 def untrained_fit_problem(trainer: Any) -> str | None:

@@ -187,7 +187,7 @@ def test_a_bad_data_setting_is_one_line_and_exit_2(demo_dir, capsys, setting, me
 
 
 def test_fit_refuses_a_max_length_beyond_the_language_models_context_before_loading(demo_dir):
-    from mmcaption.cli import check_command
+    from mmcaption.command_checks import check_command
     from mmcaption.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"data.max_length 5000 is longer than the language model's context \(.*language_model: "

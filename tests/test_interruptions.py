@@ -1493,7 +1493,7 @@ def test_user_errors_are_one_line_with_exit_2_and_a_traceback_on_request(backbon
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--model.init_from", "nope.ckpt"])
     assert "model.init_from nope.ckpt not found" in message
     # resumed, a run does not read init_from (it started from it): the stage before's folder may be gone
-    from mmcaption.cli import check_command
+    from mmcaption.command_checks import check_command
 
     resumed = tmp_path / "resumed.ckpt"
     torch.save({"pytorch-lightning_version": "2.6.0", "hyper_parameters": {}, "state_dict": {}}, resumed)
@@ -2236,7 +2236,7 @@ def test_predict_test_and_validate_in_a_log_file_say_how_far_they_are(tmp_path, 
 def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(backbones, coco_root, tmp_path, monkeypatch):
     # ModelCheckpoint(monitor=val/CIDEr) with no validation captions failed at the first validation (4,600 steps in at
     # the real config's interval), with no best checkpoint saved; in the pipeline, after the whole first stage
-    from mmcaption.cli import check_command
+    from mmcaption.command_checks import check_command
 
     monkeypatch.chdir(tmp_path)
     command = [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--trainer.callbacks.monitor=val/CIDEr",
@@ -2594,7 +2594,7 @@ def test_a_terminal_that_says_no_width_gets_progress_as_plain_lines(backbones, c
     import termios
 
     from mmcaption.callbacks import PlainProgress, StageProgressBar
-    from mmcaption.cli import check_command
+    from mmcaption.command_checks import check_command
     from mmcaption.terminal import draws_bars
 
     monkeypatch.chdir(tmp_path)

@@ -55,7 +55,7 @@ CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data
                   "mmcaption.data.datamodules", "mmcaption.data.folder_layouts", "mmcaption.data.tables",
                   "mmcaption.data.records", "mmcaption.data.image_pass", "mmcaption.data.image_sources",
                   "mmcaption.data.features", "mmcaption.images", "mmcaption.pixel_levels", "mmcaption.prompts",
-                  "mmcaption.data.conversation_fields")
+                  "mmcaption.data.conversation_fields", "mmcaption.file_spellings")
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -21,8 +21,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.image_sources import unreadable_note
 from mmcaption.data.records import DataError, not_utf8
+from mmcaption.file_spellings import folded_name
 from mmcaption.folders import walk_through_links
-from mmcaption.images import IMAGE_SUFFIXES, check_image, folded_name, is_hidden
+from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden
 
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 

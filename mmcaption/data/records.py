@@ -19,7 +19,8 @@ from typing import Literal
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mmcaption.errors import MMCaptionError
-from mmcaption.images import existing_spelling, image_format
+from mmcaption.file_spellings import existing_spelling
+from mmcaption.images import image_format
 
 OnBadRecord = Literal["error", "skip"]
 

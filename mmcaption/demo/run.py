@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mmcaption.callbacks import format_seconds
-from mmcaption.cli import check_command, run_cli
+from mmcaption.cli import run_cli
+from mmcaption.command_checks import check_command
 from mmcaption.console import quieted
 from mmcaption.data.cache import built_once, discard, is_complete, publish_atomically
 from mmcaption.data.predict import MultipleChoiceDataModule
