@@ -1021,7 +1021,10 @@ def test_a_project_moved_since_training_exports_and_loads_with_the_backbones_new
     torch.save(checkpoint, tmp_path / "old.ckpt")
     with pytest.raises(SystemExit):
         export_main([str(tmp_path / "old.ckpt"), str(tmp_path / "refused")])
-    assert "give where it is now (--language_model / --vision_model of mmcaption-export" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert said.startswith(f"error: cannot load the language model {gone / backbones[0].name} nor the vision model "
+                           f"{gone / backbones[1].name}: neither is a folder (any more)")  # both at once, not one a try
+    assert "give where they are now (--language_model / --vision_model of mmcaption-export" in said
     # given relative to here, as people type them: recorded absolute (the export loaded only from this folder)
     with pytest.MonkeyPatch.context() as here:
         here.chdir(tmp_path)
