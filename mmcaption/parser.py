@@ -45,6 +45,9 @@ class MMCaptionParser(LightningArgumentParser):
 
     def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+        # a value in exponent notation, "--model.learning_rate -1e-3", was read as an option ("expected one argument"):
+        # argparse knows a negative number only as -1 or -0.5
+        self._negative_number_matcher = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$|^-inf$")
 
     def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         global _CONFIGS, _ARGUMENTS

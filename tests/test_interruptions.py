@@ -1078,6 +1078,9 @@ def test_settings_no_run_learns_with_are_refused_before_anything_loads(backbones
         ("--trainer.max_epochs", "0", "trainer.max_epochs 0: this fit would train nothing"),
     ):
         assert user_error(capsys, main, [*fit, f"{setting}={value}"]).startswith(f"error: {said}"), setting
+    # a negative value in exponent notation after its setting, as people write a rate: "expected one argument"
+    assert user_error(capsys, main, [*fit, "--model.learning_rate", "-1e-3"]).startswith(
+        "error: model.learning_rate -0.001: training moves the weights by it")
     assert not (tmp_path / "cache").exists()  # nothing preprocessed, nothing loaded
     # Lightning's refusals while it builds the trainer were tracebacks
     assert user_error(capsys, main, [*fit, "--trainer.barebones=true"]) == (
