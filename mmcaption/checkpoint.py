@@ -222,6 +222,16 @@ def model_from_checkpoint(
     return model, checkpoint
 
 
+def other_backbones_warning(source: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Warn when the weights of ``source`` (a checkpoint's or an export's) were trained with another language model or
+    vision tower (by folder or hub name) than ``current``'s: of the same shapes, they loaded without a word."""
+    for key in ("language_model", "vision_model"):
+        if saved.get(key) and Path(str(saved[key])).name.lower() != Path(str(current.get(key))).name.lower():
+            rank_zero_warn(f"init_from {source} was trained with {key} {saved[key]}, and this run's is {current.get(key)}: its "
+                           "weights (projection, cross-attention, LoRA) were fitted to that one's features; unless it is the "
+                           "same model moved, train the caption stage with this one")
+
+
 def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[str, Any]:
     """Start ``model`` from the trained weights of an earlier stage: a Lightning checkpoint (its
     trainable tensors, checked) or a folder of ``mmcaption-export``. Returns where they came from, as
@@ -233,6 +243,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         if differences:
             raise CheckpointMismatchError(f"exported model {path} does not match this model: " + "; ".join(differences))
         model.load_pretrained_weights(path)
+        other_backbones_warning(path, manifest["model"], model.config_dict())
         return {"path": str(path.resolve()), "export": manifest["source"]}
     if not path.is_file():
         raise CheckpointNotFoundError(f"init_from checkpoint not found: {path} (train the caption stage first, or point "
@@ -242,12 +253,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
                                   f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
     load_trainable_tensors(checkpoint, model, f"init_from {path}")
-    saved, current = checkpoint.get("model_config") or {}, model.config_dict()  # same shapes, another backbone: loaded unsaid
-    for key in ("language_model", "vision_model"):
-        if saved.get(key) and Path(str(saved[key])).name.lower() != Path(str(current.get(key))).name.lower():
-            rank_zero_warn(f"init_from {path} was trained with {key} {saved[key]}, and this run's is {current.get(key)}: its "
-                           "weights (projection, cross-attention, LoRA) were fitted to that one's features; unless it is the "
-                           "same model moved, train the caption stage with this one")
+    other_backbones_warning(path, checkpoint.get("model_config") or {}, model.config_dict())
     step, planned = checkpoint.get("global_step"), checkpoint.get("planned_steps")
     if stopped := checkpoint.get("stopped_by"):  # saved as its run was stopped (Ctrl-C, a preemption); a best one is not
         of = f" of {planned}" if planned else ""

@@ -172,6 +172,17 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
     with warnings.catch_warnings():  # the same folder's name elsewhere: a project moved, not another model
         warnings.simplefilter("error")
         make_module(backbones, init_from=str(folder / "last-v2.ckpt")).initialise_from_checkpoint()
+    # stage 1 shared as an export (mmcaption-export's folder) of another tower: the same, said
+    import json
+
+    from mmcaption.export import main as export_main
+
+    export_main([str(caption_checkpoint), str(tmp_path / "export")])
+    manifest = json.loads((tmp_path / "export" / "mmcaption.json").read_text())
+    manifest["model"]["vision_model"] = "elsewhere/clip-vit-base-patch16"
+    (tmp_path / "export" / "mmcaption.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match=r"init_from .*export was trained with vision_model elsewhere/clip-vit-base-patch16"):
+        make_module(backbones, init_from=str(tmp_path / "export")).initialise_from_checkpoint()
 
 
 def test_resuming_the_instruct_stage_does_not_reinitialise(backbones, caption_checkpoint, instruct_data, tmp_path):
