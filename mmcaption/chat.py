@@ -25,7 +25,7 @@ from transformers import TextStreamer
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.generation_settings import check_generation
-from mmcaption.images import check_image, fetch, is_url, local_file
+from mmcaption.images import check_image, fetch, file_uri_path, is_url, local_file
 from mmcaption.inference import Captioner, held_checkpoint, model_source_problem
 from mmcaption.model import is_pretrained_folder
 from mmcaption.model.card import caption_stage
@@ -59,7 +59,8 @@ def read_image(path: str) -> bytes:
         except OSError as error:
             raise ConfigError(str(error)) from None
     else:
-        file = local_file(Path(path).expanduser())  # typed in the other Unicode form, or another case: as macOS finds it
+        file = local_file(Path(file_uri_path(path)).expanduser())  # typed in the other Unicode form, or another case: as
+        # macOS finds it; a file:// URI, as a file manager copies one
         if file.is_dir():
             raise ConfigError(f"image {file} is a folder; chat talks about one image (/image PATH changes it)")
         if not file.is_file():

@@ -1071,6 +1071,8 @@ def test_a_sheet_made_on_windows_or_macos_finds_its_photos_on_linux(tmp_path, mo
     from mmcaption.chat import read_image
 
     assert check_image(read_image(typed)) is None  # was "image not found"
+    uri = (folder / unicodedata.normalize("NFC", "café rouge.JPG")).as_uri()  # chat's /image with a file manager's copy
+    assert read_image(uri) == read_image(typed)  # was "image not found: file:/..."
     (found,) = find_images(typed)  # predict --data.images with one photo: was "image source not found"
     assert found.is_file() and found.samefile(folder / unicodedata.normalize("NFC", "café rouge.JPG"))
 
