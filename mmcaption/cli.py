@@ -350,6 +350,7 @@ def prepare(args: list[str]) -> int:
         cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,
                           auto_configure_optimizers=False, parser_class=MMCaptionParser,
                           parser_kwargs={"prog": "mmcaption prepare", "description": PREPARE_HELP})
+        check_backbones(cli.model.config.language_model, cli.model.config.vision_model, None)  # as fit names them
         check_structure(cli.model.config, "model.config.", trained=True)  # a vision_feature_layer its features cannot have
         return prepare_splits(cli.datamodule, cli.model.config.language_model)
 

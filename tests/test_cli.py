@@ -162,6 +162,14 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
               "true", "--data.init_args.length_group_batches", "2"])
     assert exited.value.code == 0
     assert "(group_by_length true, length_group_batches 2)" in capsys.readouterr().out
+    # run from another folder, the config's backbones are not there: said as fit says it, not "a checkpoint records..."
+    with pytest.raises(SystemExit) as exited, pytest.MonkeyPatch.context() as elsewhere:
+        elsewhere.chdir(demo_dir / "demo_data")
+        main(["prepare", "--config", DEMO_CONFIG])
+    said = capsys.readouterr().err
+    assert exited.value.code == 2 and said.startswith("error: model.config.language_model demo_data/backbones/language_model: "
+                                                      "no such folder (relative to the working directory, "), said
+    assert "checkpoint" not in said
 
 
 @pytest.mark.parametrize("setting, message", [
