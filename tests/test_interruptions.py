@@ -1508,7 +1508,9 @@ def test_user_errors_are_one_line_with_exit_2_and_a_traceback_on_request(backbon
         check_command(fit_config(tmp_path, coco_root, backbones, tmp_path / "c"))
 
     missing = tmp_path / "missing.csv"
-    message = user_error(capsys, main, ["prepare", "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(missing)])
+    message = user_error(capsys, main, ["prepare", "--model.config.language_model", str(backbones[0]),
+                                        "--model.config.vision_model", str(backbones[1]),
+                                        "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(missing)])
     assert "COCO annotation file not found" in message
 
     monkeypatch.setenv("MMCAPTION_TRACEBACK", "1")  # for bug reports: the exception itself
