@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from .conftest import REPO
 
@@ -71,3 +72,26 @@ def test_gpu_suite_keeps_going_past_a_failed_variant_and_refuses_the_real_shapes
         with pytest.raises(SystemExit, match="the real shapes need a GPU"):
             gpu_suite.main(["--json", str(tmp_path / "never.json")])
         assert not (tmp_path / "never.json").exists()
+
+
+def test_training_benchmark_builds_the_original_scripts_table_a_row_per_caption_padded_with_pixels(backbones, coco_root, tmp_path, monkeypatch):
+    # benchmarks/training.py stopped at this table with a RecursionError (datasets pickling what a generator refers to)
+    # before it measured anything
+    import shutil
+
+    from mmcaption.data import CaptionDataModule
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import training
+
+    coco = tmp_path / "coco"
+    shutil.copytree(coco_root, coco)
+    dm = CaptionDataModule(data_dir=str(coco), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
+                           batch_size=4, num_workers=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    table = training.write_original_style(dm, dm.datasets["train2017"].folder, 3, tmp_path / "original")
+    assert len(table) == 3 * 5  # a row per caption of the first 3 images
+    row = table[0]
+    assert row["input_ids"].shape == (training.ORIGINAL_PADDING,) and row["pixel_values"].shape == (3, 64, 64)
+    assert row["pixel_values"].dtype == torch.float32 and (row["labels"] == row["input_ids"]).all()  # pads not masked
