@@ -70,9 +70,10 @@ def write_original_style(dm: CaptionDataModule, split_folder: Path, images: int,
         "input_ids": datasets.Sequence(datasets.Value("int64")), "attention_mask": datasets.Sequence(datasets.Value("int64")),
         "labels": datasets.Sequence(datasets.Value("int64")), "pixel_values": datasets.Array3D(shape, "float32"),
     })
-    # from a list, not from_generator: datasets fingerprints a generator by pickling what it refers to, and the
-    # RecursionError that pickling raises stopped this benchmark before it measured anything
-    table = datasets.Dataset.from_list(list(rows()), features=features)
+    # fingerprinted by name: without one, datasets pickles what the generator refers to, and the RecursionError that
+    # raised stopped this benchmark before it measured anything (the build folder is this run's own, never reused)
+    table = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(target / "build"),
+                                            fingerprint=f"original-style-{split_folder.name}-{images}")
     table.save_to_disk(str(target / "data"))
     return datasets.load_from_disk(str(target / "data")).with_format("torch")
 
