@@ -21,6 +21,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from urllib.parse import unquote_to_bytes
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+from PIL import ExifTags, Image, UnidentifiedImageError, features
 from pillow_heif import register_heif_opener
 
 from mmcaption.file_kinds import kind_of_file
@@ -197,8 +198,8 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None, srgb: bool =
     if isinstance(source, Image.Image):
         if 0 in source.size:  # an empty crop (a detector's box of no width): Pillow's scaling divides by it
             raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
-        upright = ImageOps.exif_transpose(source)
-        return to_rgb(_smaller(upright, shortest_side), levels(upright), srgb)
+        turned = upright(source)
+        return to_rgb(_smaller(turned, shortest_side), levels(turned), srgb)
     if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there
         if isinstance(source, io.TextIOBase):  # a file opened 'r': its read() fails on an image's bytes
             raise TypeError("an image file must be opened in binary mode: open(path, 'rb')")
@@ -236,13 +237,33 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None, srgb: bool =
             if shortest_side and image.format == "JPEG":  # decoded at 1/2, 1/4 or 1/8 of its size, still at least 2x it
                 scale = 2 * shortest_side / min(image.size)
                 image.draft(image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-            ImageOps.exif_transpose(image, in_place=True)  # a copy of the whole image when it has no orientation
+            image = upright(image, name)
             return to_rgb(_smaller(image, shortest_side), levels(image), srgb)
     except MemoryError:  # a small PNG that declares a huge image: this image's error, not the run's end
         raise UnidentifiedImageError(f"{name} cannot be decoded: it needs more memory than there is") from None
     except DECODE_ERRORS as error:  # the file named, not Pillow's "<_io.BytesIO object at 0x...>"; an OSError as Pillow's are
         why = check_image(data) or f"{type(error).__name__}: {error}"
         raise UnidentifiedImageError(f"{name} cannot be decoded: {why}") from None
+
+
+_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def upright(image: Image.Image, name: str = "an image") -> Image.Image:
+    """``image`` turned as its EXIF (or XMP) orientation says, as a phone's photo stored sideways is shown; itself, not a
+    copy, when it needs no turn. Pillow's ``exif_transpose`` also writes the EXIF back without the orientation, and a
+    camera's EXIF it cannot write (a text under a tag of numbers) raised a ``TypeError`` that no check had seen: the
+    picture is turned here, and an EXIF that cannot be read at all leaves it as stored, with a warning naming it."""
+    image.load()
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as error:  # noqa: BLE001 - a metadata block cut short or garbled fails in any of Pillow's parsers
+        warnings.warn(f"{name}: its EXIF cannot be read ({type(error).__name__}: {error}), so its orientation is not "
+                      "known; it is used as stored", stacklevel=2)
+        return image
+    turn = _TURNS.get(orientation) if isinstance(orientation, int) else None
+    return image if turn is None else image.transpose(turn)
 
 
 def data_url_bytes(url: str) -> bytes:

@@ -90,6 +90,9 @@ def _float_levels(values: np.ndarray, extrema: tuple[float, float] | None = None
 def levels(image: Image.Image) -> tuple[float, float] | None:
     """The range of an image's values that :func:`to_rgb` scales from (its integer or floating-point ones), taken before
     it is made smaller: the same picture reaches the model at the same brightness whatever its size."""
+    if image.mode in ("I;16L", "I;16B", "I;16N"):  # 16-bit in a stated byte order (a big-endian TIFF from ImageJ or a
+        values = np.asarray(image)  # scientific camera): Pillow's getextrema refuses them, and such a file was refused
+        return float(values.min(initial=0)), float(values.max(initial=0))
     return tuple(map(float, image.getextrema())) if image.mode == "F" or image.mode.startswith("I") else None
 
 

@@ -74,6 +74,38 @@ def test_the_loader_applies_exif_orientation_and_scales_16_bit(photos):
     assert shrunk.size == (64, 85) and is_upright(shrunk)
 
 
+def with_garbled_exif(picture: Image.Image) -> bytes:
+    """A phone's JPEG (orientation 6) whose camera wrote its model's name under WhitePoint (0x013E), a tag of numbers:
+    Pillow reads it, and its exif_transpose raised a TypeError writing the EXIF back."""
+    exif = Image.Exif()
+    exif[ORIENTATION], exif[0x0110] = 6, "iPhone"  # 0x0110: Model
+    out = io.BytesIO()
+    picture.transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", exif=exif.tobytes(), quality=95)
+    data = out.getvalue()
+    order = "little" if data.find(b"II*\x00") >= 0 else "big"
+    at = data.find((0x0110).to_bytes(2, order), data.find(b"II*\x00" if order == "little" else b"MM\x00*"))
+    return data[:at] + (0x013E).to_bytes(2, order) + data[at + 2:]
+
+
+def test_a_photo_whose_exif_pillow_cannot_write_back_is_read_upright(tmp_path, monkeypatch):
+    from mmcaption.images import check_image, shrink_image
+
+    small, large = with_garbled_exif(upright_picture(48, 64)), with_garbled_exif(upright_picture(480, 640))
+    assert check_image(small) is None  # the image pass let it through; then training stopped on it with a bare TypeError
+    (tmp_path / "phone.jpg").write_bytes(small)
+    for source in (small, tmp_path / "phone.jpg", Image.open(tmp_path / "phone.jpg")):
+        assert is_upright(load_rgb(source))
+    assert is_upright(load_rgb(large, 64)) and is_upright(Image.open(io.BytesIO(shrink_image(large, 64))))
+
+    def unreadable(self):
+        raise SyntaxError("not a TIFF IFD")
+
+    monkeypatch.setattr(Image.Image, "getexif", unreadable)  # an EXIF no parser of Pillow's reads: the pixels as stored
+    with pytest.warns(UserWarning, match=r"phone\.jpg: its EXIF cannot be read \(SyntaxError: not a TIFF IFD\)"):
+        as_stored = load_rgb(tmp_path / "phone.jpg")
+    assert as_stored.size == (64, 48) and not is_upright(as_stored)
+
+
 def test_scientific_images_are_scaled_from_the_range_their_values_use(tmp_path):
     # a 12-bit microscope's image in a 16-bit file was divided by 65535: 16 grey levels, near black, to training and
     # predict alike; a float TIFF of reflectance just above 1 was black, and a height map in metres flat white
@@ -82,7 +114,10 @@ def test_scientific_images_are_scaled_from_the_range_their_values_use(tmp_path):
     cell[:, 16:] = 100
     Image.fromarray(cell).save(tmp_path / "micro12bit.png")
     Image.fromarray(cell).save(tmp_path / "micro12bit.tif")
-    for name in ("micro12bit.png", "micro12bit.tif"):
+    # ImageJ's and scientific cameras' big-endian TIFF ("MM"): Pillow's getextrema refuses its mode, and it was refused
+    Image.frombytes("I;16B", (32, 32), cell.astype(">u2").tobytes()).save(tmp_path / "micro12bit_be.tif")
+    assert Image.open(tmp_path / "micro12bit_be.tif").mode == "I;16B"
+    for name in ("micro12bit.png", "micro12bit.tif", "micro12bit_be.tif"):
         seen = np.asarray(load_rgb(tmp_path / name))
         assert seen[0, 0, 0] == round(4000 * 255 / 4095) and seen[0, 31, 0] == round(100 * 255 / 4095), name
     labels = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint16)  # a 16-bit file of 0-255 values: was black
@@ -174,3 +209,22 @@ def test_a_huge_image_reaches_the_model_decoded_and_converted_small():
         zipped.writestr("red.jpg", photo.getvalue())
     with zipfile.ZipFile(archive) as zipped, zipped.open("red.jpg") as member:
         assert load_rgb(member).size == (4000, 3000)
+
+
+def test_a_phone_photo_of_over_89_megapixels_brings_no_decompression_bomb_warning(tmp_path):
+    import warnings
+
+    from mmcaption.console import filter_warnings
+    from mmcaption.images import opened
+
+    out = io.BytesIO()
+    Image.new("L", (12000, 7500)).save(out, "PNG")  # 90 megapixels (a 108 MP phone's photo), within mmcaption's limit
+    for quieted in (False, True):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            if quieted:
+                filter_warnings()  # as every mmcaption command runs
+            with opened(out.getvalue()) as image:
+                assert image.size == (12000, 7500)
+        bombs = [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
+        assert len(bombs) == (0 if quieted else 1)  # Pillow's "could be decompression bomb DOS attack"
