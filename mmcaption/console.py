@@ -13,6 +13,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from transformers.utils import logging as hf_logging
 
 from mmcaption.terminal import draws_bars
@@ -50,6 +51,9 @@ def filter_warnings() -> None:
     warnings as their message alone (:func:`_format_warning`)."""
     for message in UNACTIONABLE_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    # Pillow's "could be decompression bomb DOS attack" at 89-179 megapixels (a 108 MP phone's photo): mmcaption decodes
+    # an image within its own limit (mmcaption.images.MAX_PIXELS) and refuses one above it by name
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     # jsonargparse's deprecations of what Lightning's CLI calls (add_instantiator, instantiate_classes: 4.49): `python
     # -W error` stopped there
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
