@@ -295,6 +295,17 @@ def test_missing_annotation_file_names_it(backbones, tmp_path):
         make_datamodule(backbones, tmp_path).prepare_data()
 
 
+def test_a_coco_2014_download_is_named_with_the_settings_that_read_it(backbones, coco_copy):
+    for split in ("train", "val"):  # captions_train2014.json and train2014/, where the configs name 2017's
+        (coco_copy / "annotations" / f"captions_{split}2017.json").rename(coco_copy / "annotations" / f"captions_{split}2014.json")
+        (coco_copy / f"{split}2017").rename(coco_copy / f"{split}2014")
+    with pytest.raises(DataError) as error:
+        make_datamodule(backbones, coco_copy).prepare_data()
+    assert re.search(r"captions_train2017\.json .*holds the captions of train2014, val2014: to train on them, "
+                     r"--data\.init_args\.train_split train2014 --data\.init_args\.val_split val2014", str(error.value))
+    make_datamodule(backbones, coco_copy, train_split="train2014", val_split="val2014").prepare_data()  # as it says
+
+
 def test_missing_images_are_counted_and_skipped_only_on_request(backbones, coco_copy):
     (coco_copy / "train2017" / "000000000002.jpg").unlink()
     (coco_copy / "train2017" / "000000000005.jpg").unlink()

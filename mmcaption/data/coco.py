@@ -51,8 +51,22 @@ def require_annotation_file(annotation_file: Path) -> None:
     if not annotation_file.is_file():
         raise DataError(
             f"COCO annotation file not found: {annotation_file} (the official layout is "
-            f"<data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/).{archive_hint(annotation_file)}"
+            f"<data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)."
+            f"{archive_hint(annotation_file)}{other_splits(annotation_file)}"
         )
+
+
+def other_splits(annotation_file: Path) -> str:
+    """The splits whose captions the folder holds instead (a COCO 2014 download's ``captions_train2014.json``, where the
+    configs name 2017's), with the settings that read them; else ``""``."""
+    folder = annotation_file.parent
+    found = sorted(path.name[len("captions_"):-len(".json")] for path in folder.glob("captions_*.json")) if folder.is_dir() else []
+    if not found:
+        return ""
+    train = next((split for split in found if split.startswith("train")), None)
+    val = next((split for split in found if split.startswith("val")), None)
+    settings = " ".join(f"--data.init_args.{key}_split {split}" for key, split in (("train", train), ("val", val)) if split)
+    return f" {folder} holds the captions of {', '.join(found)}" + (f": to train on them, {settings}" if settings else "")
 
 
 def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRecords) -> list[CocoImage]:
