@@ -119,6 +119,27 @@ def test_a_small_file_holds_out_one_id_where_the_fraction_holds_out_none(backbon
     assert at_30 == [r["id"] for r in records if in_split(r["id"], 0.3, "val")] and 0 < len(at_30) < 12
 
 
+def test_a_small_files_one_held_out_conversation_is_one_whose_image_is_there(backbones, llava):
+    # under on_bad_record: skip, the one id held out of a small file was the broken record's: validation was left
+    # nothing, and the run refused ("1 of 1 conversations refer to images missing ... Fix the image folder")
+    train, image_root = llava
+    records = json.loads(train.read_text())
+    nearest = {c.id for c in read_llava(train, image_root, BadRecords("f"), "val", 0.01)}
+    (image_root / next(r["image"] for r in records if r["id"] in nearest)).unlink()
+    dm = make_datamodule(backbones, llava, val_file=None, val_fraction=0.01, on_bad_record="skip")
+    dm.prepare_data()
+    dm.setup("fit")
+    held = set(dm.datasets["val"].rows["id"])
+    assert len(held) == 1 and held != nearest and len(dm.datasets["train"]) == len(records) - 2  # the broken one skipped
+
+    # what is known only once written (a question too long for max_length): said as validation's, with what to change
+    edit(train, lambda rs: [r["conversations"][0].update(value="<image>\n" + "Why? " * 400) for r in rs if r["id"] in held])
+    with pytest.raises(DataError, match=r"nothing usable is left \(bad records: \{'too long': 1\}\); they are the "
+                                        r"conversations held out for validation \(val_fraction 0\.01\): give val_file, or "
+                                        r"raise val_fraction"):
+        make_datamodule(backbones, llava, val_file=None, val_fraction=0.01, on_bad_record="skip").prepare_data()
+
+
 def test_template_that_leaves_nothing_to_learn_fails_at_start(backbones, llava):
     with pytest.raises(DataError, match=r"record 0 \(id train2017-1\): the first question needs \d+ tokens.*max_length=12"):
         make_datamodule(backbones, llava, max_length=12).prepare_data()

@@ -23,7 +23,7 @@ import datasets
 
 from mmcaption.data.image_pass import checked_and_shrunk
 from mmcaption.data.progress import Progress
-from mmcaption.data.records import BadRecords, DataError
+from mmcaption.data.records import BadRecords, DataError, NothingUsable
 from mmcaption.folders import lock_holder, umask, walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES
 
@@ -371,7 +371,7 @@ def write_image_text_split(
                 return datasets.Dataset.from_dict({key: [] for key in features}, features=features)
             if produced["images"] and produced["rows"]:
                 raise
-            raise DataError(f"{records.source}: nothing usable is left (bad records: {records.summary() or 'none'})") from None
+            raise NothingUsable(f"{records.source}: nothing usable is left (bad records: {records.summary() or 'none'})") from None
 
     with publish_atomically(target) as staging, _unwrap_generation_errors():
         images = build(image_rows, image_features, "images")

@@ -33,7 +33,7 @@ from mmcaption.data.datasets import (
 from mmcaption.data.hub import HubCaptions
 from mmcaption.data.image_sources import COCO2017_FOLDERS
 from mmcaption.data.llava import images_outside_root, read_llava, turn_counts, write_instruct_split
-from mmcaption.data.records import BadRecords, DataError
+from mmcaption.data.records import BadRecords, DataError, NothingUsable
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -340,10 +340,16 @@ class InstructDataModule(PreprocessedDataModule):
         conversations = read_llava(file, image_root, records, split=side, val_fraction=self.val_fraction)
         metadata = {"source": "llava", "file": str(file), "side": side, "image_root": str(image_root),
                     "tokenizer": self.tokenizer_name, "template": repr(self.template)}
-        return write_instruct_split(
-            conversations, image_root, self.tokenizer, self.template, self.max_length, folder, records, metadata,
-            self.stored_image_size(),
-        )
+        try:
+            return write_instruct_split(
+                conversations, image_root, self.tokenizer, self.template, self.max_length, folder, records, metadata,
+                self.stored_image_size(),
+            )
+        except NothingUsable as error:  # "nothing usable is left" alone named neither the split nor what to change
+            if side != "val" or self.val_file is not None:
+                raise
+            raise NothingUsable(f"{error}; they are the conversations held out for validation (val_fraction "
+                                f"{self.val_fraction}): give val_file, or raise val_fraction to hold out more") from None
 
     def make_dataset(self, folder: Path) -> ConversationDataset:
         dataset = ConversationDataset(folder, self.image_processor)

@@ -215,7 +215,12 @@ def read_llava(
             if conversation is not None:
                 parsed_records.append(conversation)
     keys = {conversation.side for conversation in parsed_records}
-    held = held_out_keys(keys, val_fraction) if split is not None else set()
+
+    def images_there(key: str) -> bool:
+        return all(c.image is None or (image_root / existing_spelling(image_root, c.image)).is_file()
+                   for c in parsed_records if c.side == key)
+
+    held = held_out_keys(keys, val_fraction, images_there) if split is not None else set()
     if split is not None and held and not any(in_split(key, val_fraction, "val") for key in held):
         rank_zero_info(f"{file}: with val_fraction {val_fraction}, the hash holds none of its {len(parsed_records):,} "
                        f"records out for validation; the conversations of {_described(next(iter(held)))} are held out instead")

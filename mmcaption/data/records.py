@@ -11,7 +11,7 @@ import re
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 from typing import Literal
@@ -27,6 +27,10 @@ OnBadRecord = Literal["error", "skip"]
 
 class DataError(MMCaptionError, ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
+
+
+class NothingUsable(DataError):
+    """Every record of a split was bad (skipped under ``on_bad_record: skip``): nothing is left to write."""
 
 
 def packed_file(path: Path, data: bytes | None = None) -> str | None:
@@ -205,13 +209,15 @@ def held_out(key: str, fraction: float) -> bool:
     return _hash_place(key) < fraction * 10_000
 
 
-def held_out_keys(keys: set[str], fraction: float) -> set[str]:
+def held_out_keys(keys: set[str], fraction: float, usable: Callable[[str], bool] | None = None) -> set[str]:
     """The keys held out for validation: those the hash puts there, or in a set too small for the fraction to
     hold any out (a first try on 50 records at 1%), the one nearest to it, so that a sample of a large set trains
-    as the set would; the same on both sides and every rank."""
+    as the set would; the same on both sides and every rank. That one is the nearest of those ``usable`` says are
+    (their images there): a missing image held out alone left validation nothing, and the run was refused."""
     held = {key for key in keys if held_out(key, fraction)}
     if not held and len(keys) > 1 and fraction > 0:
-        held = {min(keys, key=lambda key: (_hash_place(key), key))}
+        nearest = sorted(keys, key=lambda key: (_hash_place(key), key))
+        held = {next((key for key in nearest if usable is None or usable(key)), nearest[0])}
     return held
 
 
