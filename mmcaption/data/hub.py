@@ -41,11 +41,10 @@ from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
     DataError,
-    held_out,
-    held_out_keys,
     not_utf8,
     read_json_list,
 )
+from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.errors import one_line
 from mmcaption.resources import causes
 

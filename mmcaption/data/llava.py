@@ -28,12 +28,11 @@ from mmcaption.data.records import (
     DataError,
     JsonLines,
     existing_spelling,
-    held_out,
-    held_out_keys,
     may_name_paths_outside,
     outside_root,
     read_json_list,
 )
+from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.prompts import IMAGE_PLACEHOLDER, OTHER_PLACEHOLDERS, ConversationTemplate, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})

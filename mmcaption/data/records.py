@@ -9,9 +9,8 @@ import json
 import os
 import re
 import zipfile
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 from typing import Literal
@@ -198,27 +197,6 @@ def read_json_list(path: Path, what: str) -> object:
                 raise DataError(f"{path}, line {number}: not valid JSON Lines (one JSON record per line): {error}") from None
             records.lines.append(number)
     return records
-
-
-def _hash_place(key: str) -> int:
-    return zlib.crc32(key.encode()) % 10_000
-
-
-def held_out(key: str, fraction: float) -> bool:
-    """Stable hash split: the same records (or images) are held out on every run and every rank."""
-    return _hash_place(key) < fraction * 10_000
-
-
-def held_out_keys(keys: set[str], fraction: float, usable: Callable[[str], bool] | None = None) -> set[str]:
-    """The keys held out for validation: those the hash puts there, or in a set too small for the fraction to
-    hold any out (a first try on 50 records at 1%), the one nearest to it, so that a sample of a large set trains
-    as the set would; the same on both sides and every rank. That one is the nearest of those ``usable`` says are
-    (their images there): a missing image held out alone left validation nothing, and the run was refused."""
-    held = {key for key in keys if held_out(key, fraction)}
-    if not held and len(keys) > 1 and fraction > 0:
-        nearest = sorted(keys, key=lambda key: (_hash_place(key), key))
-        held = {next((key for key in nearest if usable is None or usable(key)), nearest[0])}
-    return held
 
 
 def escapes_root(relative: str) -> bool:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -111,3 +112,24 @@ def padding_efficiency(lengths: np.ndarray, batches: list[np.ndarray], pad_to: i
     real = sum(int(lengths[b].sum()) for b in batches)
     computed = sum(len(b) * (pad_to or int(lengths[b].max())) for b in batches)
     return real / computed
+
+
+def _hash_place(key: str) -> int:
+    return zlib.crc32(key.encode()) % 10_000
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """Stable hash split: the same records (or images) are held out on every run and every rank."""
+    return _hash_place(key) < fraction * 10_000
+
+
+def held_out_keys(keys: set[str], fraction: float, usable: Callable[[str], bool] | None = None) -> set[str]:
+    """The keys held out for validation: those the hash puts there, or in a set too small for the fraction to
+    hold any out (a first try on 50 records at 1%), the one nearest to it, so that a sample of a large set trains
+    as the set would; the same on both sides and every rank. That one is the nearest of those ``usable`` says are
+    (their images there): a missing image held out alone left validation nothing, and the run was refused."""
+    held = {key for key in keys if held_out(key, fraction)}
+    if not held and len(keys) > 1 and fraction > 0:
+        nearest = sorted(keys, key=lambda key: (_hash_place(key), key))
+        held = {next((key for key in nearest if usable is None or usable(key)), nearest[0])}
+    return held
