@@ -318,6 +318,23 @@ def test_conversations_as_llava_trains_them_an_opening_answer_and_a_last_questio
     assert sum(n for kind, n in notes.items() if "assistant turn" in kind or "unanswered question" in kind) == 2
 
 
+def test_images_two_folders_down_are_found_and_one_records_wrong_path_is_the_records_to_fix(backbones, llava):
+    train, image_root = llava  # images in <image_root>/train2017/, named there by bare file names
+    records = json.loads(train.read_text())
+    edit(train, lambda rs: [r.update(image=r["image"].split("/")[-1]) for r in rs])
+    top = image_root.parent  # two levels above them: the folder below was looked in only one level down
+    with pytest.raises(DataError, match=rf"000000000001\.jpg is under {re.escape(str(image_root / 'train2017'))}: is that "
+                                        r"the image folder\?"):
+        make_datamodule(backbones, (train, top)).prepare_data()
+    # one record of many with another prefix: the image folder suggested for it lost every other image
+    edit(train, lambda rs: [r.update(image=("coco/train2017/" if i == 0 else "train2017/") + r["image"]) for i, r in enumerate(rs)])
+    with pytest.raises(DataError, match=r"1 of 12 conversations refer to images missing .*coco/train2017/000000000001\.jpg is "
+                                        rf"under {re.escape(str(top))}: the other images are found, so it is that record's "
+                                        r"path to fix \(train2017/000000000001\.jpg\)"):
+        make_datamodule(backbones, (train, image_root)).prepare_data()
+    assert len(records) == 12
+
+
 def test_a_wrong_image_folder_is_named_with_the_path_tried_and_where_the_images_are(backbones, llava):
     train, image_root = llava
     # LLaVA-1.5's mix names images from the folder above COCO's (coco/train2017/...): pointing image_root lower misses them all

@@ -322,10 +322,14 @@ class BadRecords:
             return
         name, path = missing[0]
         relative = path.relative_to(root) if path.is_relative_to(root) else path
-        # the folder given one level too high (data/coco for data/coco/train2017) or too deep: where the image is
+        # the folder given a level or two too high (data for data/coco/train2017) or too deep: where the image is; of
+        # a few records missing, the record's path is what to fix (another folder would lose the images found)
         below = sorted(folder for folder in root.iterdir() if folder.is_dir())[:200] if root.is_dir() else []
-        hint = next((f" {relative} is under {folder}: is that the image folder?" for folder in [*list(root.parents)[:3], *below]
-                     if (folder / relative).is_file()), "")
+        below += sorted(sub for folder in below[:50] for sub in folder.iterdir() if sub.is_dir())[:200]
+        there = next((folder for folder in [*list(root.parents)[:3], *below] if (folder / relative).is_file()), None)
+        hint = "" if there is None else f" {relative} is under {there}: " + (
+            "is that the image folder?" if len(missing) == total else
+            f"the other images are found, so it is that record's path to fix ({os.path.relpath(there / relative, root)})")
         # LLaVA-1.5's ocr_vqa download: 140031996.png where the file says .jpg, for each of them said and counted
         renamed = other_suffixes([path for _, path in missing])
         if not hint and path in renamed:
