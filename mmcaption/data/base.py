@@ -39,23 +39,23 @@ from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
 STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}  # what each command reads
 # What a cache holds, as this release builds it: a change to the rows kept, their text, tokens or images is a new
-# version, so that a cache an earlier release built is not read as this one's (the split's name changes with it).
-# 5: a special token's name in text tokenized as text. 6: another model's image placeholder refused, a null key read as
+# version, so that a cache an earlier release built is not read as this one's (the split's name changes with it). 5: a
+# special token's name in text tokenized as text. 6: another model's image placeholder refused, a null key read as
 # absent, captions of digits or 'NA' kept as text, every cell of a caption table read as text, COCO 2017's copies of
 # Karpathy's images, a caption cell's JSON list read as its captions, a dataset card's splits. 7: images of more than 8
-# bits scaled from the bit depth their values use (a 12-bit microscope's image in a 16-bit file was near black).
-# Not a new version, so that runs begun earlier resume (a new version refuses them): invisible characters around a
-# caption removed, which changes the signature of only the caption files that hold one (the cache of the rest stays
-# valid); an image's colour profile other than sRGB's converted to sRGB, which a cache built earlier keeps as it read
-# them (taken as sRGB), to be told by no cheap look at its files.
+# bits scaled from the bit depth their values use (a 12-bit microscope's image in a 16-bit file was near black). 8: big-
+# endian 16-bit TIFFs read (were bad records); the one record held out of a small file has its images. Not a new
+# version, so that runs begun earlier resume (a new version refuses them): invisible characters around a caption removed
+# (only the caption files that hold one change signature); an image's colour profile other than sRGB's converted to sRGB
+# (a cache built earlier keeps them as read, which no cheap look at its files tells).
 # tests/test_data_coco.py holds the digest of the code that builds caches, to ask for a new version when it changes.
-PREPROCESSING_VERSION = 7
+PREPROCESSING_VERSION = 8
 CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data.coco", "mmcaption.data.llava",
                   "mmcaption.data.hub", "mmcaption.data.hub_images", "mmcaption.data.caption_cells",
                   "mmcaption.data.datamodules", "mmcaption.data.folder_layouts", "mmcaption.data.tables",
                   "mmcaption.data.records", "mmcaption.data.image_pass", "mmcaption.data.image_sources",
                   "mmcaption.data.features", "mmcaption.images", "mmcaption.pixel_levels", "mmcaption.prompts",
-                  "mmcaption.data.conversation_fields", "mmcaption.file_spellings")
+                  "mmcaption.data.conversation_fields", "mmcaption.file_spellings", "mmcaption.data.sampling")
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:
