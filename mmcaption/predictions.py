@@ -32,6 +32,7 @@ from mmcaption.evaluation.report import (
     starts_with_bom,
     summary_path,
     unused_name,
+    vqa_results_path,
     write_whole,
 )
 from mmcaption.folders import output_lock
@@ -189,7 +190,7 @@ class PredictionWriter(BasePredictionWriter):
 
     @staticmethod
     def vqa_results_path(output: Path) -> Path:
-        return output.with_name(output.name + ".vqa_results.json")
+        return vqa_results_path(output)
 
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["rows"] += 1

@@ -117,6 +117,16 @@ def test_predict_refuses_its_input_as_output_and_an_existing_output_before_loadi
     message = user_error(capsys, main, predict_args(trained_checkpoint, questions, "-"))  # stdout, as other tools take it
     assert "(.jsonl, one object per line), to a file, not to the terminal (where its progress and summary go)" in message
 
+    # the output moved aside as the refusal says, its summary (accuracy, what made it) left: was replaced without a word
+    kept = tmp_path / "kept.csv.summary.json"
+    kept.write_text('{"accuracy": 1.0}')
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, tmp_path / "kept.csv"))
+    assert f"{kept} exists without {tmp_path / 'kept.csv'}, and this run would write its own there" in message
+    assert kept.read_text() == '{"accuracy": 1.0}'
+    (tmp_path / "afile").write_text("")  # a file where the output's folder would be: "afile is not writable"
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, tmp_path / "afile" / "answers.csv"))
+    assert message.endswith(f"{tmp_path / 'afile'} is a file, not a folder")
+
 
 def test_output_read_by_head_ends_quietly_and_other_broken_pipes_still_fail(tmp_path):
     # `mmcaption test ... | head -3`, `mmcaption chat ... | head -1`: a BrokenPipeError traceback, exit status 1
@@ -2796,6 +2806,7 @@ def test_a_full_disk_in_predict_says_to_resume_and_resuming_completes_the_output
     # a real full disk fails the file's close too (its buffer cannot be written): the rows stay in the hidden partial
     # file, which the message named nowhere ("the rows done are kept")
     output.unlink()
+    output.with_name(output.name + ".summary.json").unlink()  # with its summary, which a run never writes over unasked
 
     class ClosingFails:
         def __init__(self, handle):

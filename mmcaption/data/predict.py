@@ -43,7 +43,7 @@ from mmcaption.data.resume import (
     refuse_a_finished_output,
 )
 from mmcaption.errors import AlreadyDone, ConfigError, NotWritableError, OutputExistsError
-from mmcaption.evaluation.report import partial_path, prediction_record
+from mmcaption.evaluation.report import partial_path, prediction_record, summary_path, vqa_results_path
 from mmcaption.folders import output_lock
 from mmcaption.images import (
     blank_pixels,
@@ -181,7 +181,14 @@ class _PredictDataModule(BackbonesDataModule):
         for written in (output, self.output) if world_size > 1 else (output,):  # several processes: their shares, put
             if written.exists() and not (self.overwrite or self.resume):  # together in output at the end
                 raise OutputExistsError(output_exists_advice(written, share=written != self.output))
+        beside = [(path, written) for written in {output, self.output} for path in (summary_path(written),
+                  vqa_results_path(written)) if path.exists() and not written.exists()]  # (an output there: refused above)
+        if beside and not (self.overwrite or self.resume):  # the output moved away, its summary left: was replaced unsaid
+            raise OutputExistsError(f"{beside[0][0]} exists without {beside[0][1]}, and this run would write its own there: "
+                                    "move it with the output it belongs to, or replace it with --data.overwrite true")
         folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
+        if not folder.is_dir():  # "afile/caps.jsonl": not a question of permissions
+            raise NotWritableError(f"cannot write the output {output}: {folder} is a file, not a folder")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")
         output_lock(output).acquire()  # held while this run writes it

@@ -68,6 +68,11 @@ def summary_path(output: Path) -> Path:
     return output.with_name(output.name + ".summary.json")
 
 
+def vqa_results_path(output: Path) -> Path:
+    """Where ``mmcaption predict`` writes VQAv2's official results file for ``output``'s answers."""
+    return output.with_name(output.name + ".vqa_results.json")
+
+
 def partial_path(output: Path) -> Path:
     """The hidden file a running predict writes ``output``'s rows to, renamed to ``output`` when the run ends."""
     return output.with_name(f".{output.name}.partial")
