@@ -86,7 +86,7 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
         line = lines.readline()
         if not line:
             break
-        text = line.strip()
+        text = line.strip().lstrip("\ufeff").strip()  # a BOM: Notepad's UTF-8 file piped in (its /image was a question)
         if not text:
             continue
         try:

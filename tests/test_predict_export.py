@@ -844,6 +844,11 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
                     f"(/image needs the image's path: /image photo.jpg; still about {first})",  # was "image . is a folder"
                     f"(now about {second}: a new conversation)", answers[2], "(a new conversation)", answers[3]]
     assert all(answer.strip() for answer in answers)
+    # questions from Notepad's UTF-8 file (a BOM first): its /image line was asked as a question, and /quit answered
+    printed = io.StringIO()
+    assert chat(captioner, first, io.StringIO(f"\ufeff/image {second}\nWhat colour is it?\n"), printed, **settings) == 1
+    assert printed.getvalue().splitlines() == [f"(now about {second}: a new conversation)", answers[2]]
+    assert chat(captioner, first, io.StringIO("\ufeff/quit\nWhat colour is it?\n"), io.StringIO(), **settings) == 0
     # a conversation grown past the language model's context is said, and the chat goes on (it ended in a traceback)
     context = captioner.model.language_model.config.max_position_embeddings
     printed = io.StringIO()
