@@ -139,8 +139,9 @@ def per_question_options(options: Any, questions: list[str], many: bool) -> list
     else:
         option_lists = [[as_text(o) for o in opts] for opts in nested]
     repeated: dict[tuple[str, ...], list[str]] = {}  # the same option twice: said once a call, its questions counted
-    for question, opts in zip(questions, option_lists):
-        check_texts("option", opts)
+    for index, (question, opts) in enumerate(zip(questions, option_lists)):
+        check_texts("option", opts)  # then stripped, as predict reads a sheet's cells: "  white circle " lost to "circle"
+        opts = option_lists[index] = [option.strip() for option in opts]
         for text in dict.fromkeys(option for option in opts if opts.count(option) > 1):  # equal scores: the first wins
             repeated.setdefault((text, *(letter for letter, option in zip(LETTERS, opts) if option == text)), []).append(question)
     for (text, *same), asked in repeated.items():

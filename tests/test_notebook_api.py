@@ -557,3 +557,11 @@ def test_an_image_given_as_a_file_uri_is_read_from_its_file(captioner, photos, t
     assert spaced.as_uri().startswith("file:///") and "%20" in spaced.as_uri()
     assert captioner.caption(spaced.as_uri(), **settings) == captioner.caption(photos[0], **settings)
     assert user_path(spaced.as_uri(), Path("elsewhere")) == spaced  # a line of an image list, a questions file's image
+
+
+def test_options_with_spaces_around_them_are_scored_as_predict_scores_the_sheet(captioner, photos):
+    # a sheet's "  white circle " cells: predict reads them stripped, the API scored the spaces (another answer, same sheet)
+    padded = captioner.option_scores(photos[0], "Which colour?", ["  red ", "blue ", " green"])
+    assert padded == captioner.option_scores(photos[0], "Which colour?", ["red", "blue", "green"])
+    with pytest.warns(UserWarning, match=r"options A, B are the same text \('red'\)"):  # the same option twice: said
+        assert captioner.choose(photos[0], "Which colour?", [" red", "red "]) == "A"
