@@ -629,6 +629,13 @@ def test_a_sheets_own_columns_are_not_taken_for_results_and_no_option_is_left_ou
     assert [q.answer for q in read_choice_csv(sheet)] == ["C", "B", "B"]
     assert warned == [f"{sheet}: 2 answer(s) are both an option's letter and another option's text, and are read as the letter "
                       "(line 2: 'C' is read as option C, 'B12', not as option B, 'C'); check that the answer key means letters"]
+    warned.clear()  # the same option twice (a copy-paste in the sheet): scored wrong when the key named the second, unsaid
+    sheet.write_text("img_path,Question,A,B,C,D,answer\na.png,What colour?,red,blue,green,white,B\n"
+                     "a.png,What shape?,white circle,white circle ,yellow diamond,White Circle,B\n")
+    assert [q.options for q in read_choice_csv(sheet)][1] == ["white circle", "white circle", "yellow diamond", "White Circle"]
+    assert warned == [f"{sheet}: 1 question(s) list the same option more than once, which no model can tell apart (line 3: "
+                      "options A, B are 'white circle'); the first of them is chosen whenever any is likeliest, and an answer "
+                      "key naming another counts as wrong"]
 
 
 def test_answer_keys_as_people_write_them_are_scored_by_the_letter_they_name(backbones, trained_checkpoint, image_folder, tmp_path):

@@ -73,7 +73,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     if beyond and LETTERS[-1].lower() in column:  # options I, J, ... after H: left out, they made the questions easier
         raise DataError(f"{path}: column(s) {beyond} follow option {LETTERS[-1]}, and a question has at most "
                         f"{len(LETTERS)} options ({', '.join(LETTERS)})")
-    questions, ambiguous = [], []
+    questions, ambiguous, repeated = [], [], []
     for line, fields in rows:
         if not any(field.strip() for field in fields):
             continue  # a blank line
@@ -85,6 +85,8 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
         given = "" if absent_cell(values.get("answer", "")) else values["answer"]
         answer = _answer_letter(given, options)
         texts = [_folded(option) for option in options]
+        if same := [letter for letter, option in zip(LETTERS, options) if options.count(option) > 1]:
+            repeated.append((line, same, options[LETTERS.index(same[0])]))
         if answer and _folded(given) in texts and texts.index(_folded(given)) != LETTERS.index(answer):
             ambiguous.append((line, given, answer, LETTERS[texts.index(_folded(given))], options))  # "b" among d, c, b, a
         if answer is None:
@@ -106,6 +108,11 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
                        f"read as the letter (line {line}: {given!r} is read as option {answer}, "
                        f"{options[LETTERS.index(answer)]!r}, not as option {other}, {options[LETTERS.index(other)]!r}); "
                        "check that the answer key means letters")
+    if repeated:  # the first of equal options wins: a question whose answer is the other was scored wrong, unsaid
+        line, same, text = repeated[0]
+        rank_zero_warn(f"{path}: {len(repeated)} question(s) list the same option more than once, which no model can tell "
+                       f"apart (line {line}: options {', '.join(same)} are {text!r}); the first of them is chosen whenever "
+                       "any is likeliest, and an answer key naming another counts as wrong")
     return questions
 
 
