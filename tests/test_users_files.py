@@ -593,6 +593,10 @@ def test_a_multiple_choice_sheet_as_people_write_it(tmp_path):
     sheet.write_text("img_path;Question;A;B;answer\na.png;What colour?;red;blue;A\n")  # Excel where ',' is the decimal mark
     with pytest.raises(DataError, match="it looks separated by semicolons: save it comma-separated"):
         read_choice_csv(sheet)
+    for name in ("quiz.tsv", "quiz.csv"):  # a .tsv, or a spreadsheet's tab-separated save: refused, "save it comma-separated"
+        (tmp_path / name).write_text("img_path\tQuestion\tA\tB\tanswer\na.png\tWhat colour, then?\tred\tblue, dark\tB\n")
+        [question] = read_choice_csv(tmp_path / name)
+        assert (question.question, question.options, question.answer) == ("What colour, then?", ["red", "blue, dark"], "B")
     sheet.write_text("img_path,Question,A,B,answer\na.png,What colour?,red,A\n")
     with pytest.raises(DataError, match=r"line 2: 4 fields where the header has 5 \(a field is missing\)"):
         read_choice_csv(sheet)

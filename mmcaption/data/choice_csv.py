@@ -43,11 +43,13 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     number of fields differs from the header's (an unquoted comma shifts the question into the options),
     an empty question, fewer than two options, a gap between options or an answer that names no option
     is refused with the file and the physical line; a file in another encoding or separated by
-    semicolons (Excel in many countries) is refused saying so.
+    semicolons (Excel in many countries) is refused saying so. One separated by tabs (a ``.tsv``) is read as such.
     """
     if not path.is_file():
         raise missing_file(path, "multiple-choice CSV")
     header, rows = read_table_rows(path)
+    if len(header) == 1 and "\t" in header[0]:  # a .tsv, or a spreadsheet's tab-separated save: no comma CSV is one column
+        header, rows = read_table_rows(path, "\t")
     refuse_duplicate_columns(path, header)
     folded = [name.lower() for name in header]  # columns without a name: pandas' index kept, trailing cells left out
     unnamed = unnamed_kept(path, header, rows)
