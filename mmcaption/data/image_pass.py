@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcaption.data.records import BadRecords
-from mmcaption.images import DECODE_ERRORS, check_image, opened, shrink_image
+from mmcaption.images import DECODE_ERRORS, check_image, load_rgb, opened, shrink_image
 
 UNREADABLE = "unreadable image"
 TINY = 8  # pixels on the shorter side
@@ -50,14 +50,16 @@ def _prepared(image: bytes | Unchecked, image_size: int | None) -> tuple[bytes, 
     with contextlib.suppress(*DECODE_ERRORS), opened(data) as header:  # a web page's tracking pixel or spacer: said
         if min(header.size) < TINY:
             return data, check_image(data) or TINY_NOTE
-    if image_size is not None:
-        try:
-            shrunk = shrink_image(data, image_size)
-        except DECODE_ERRORS as error:  # named as check_image names it
-            return data, check_image(data) or f"{type(error).__name__}: {error}"
-        if shrunk is not data:
+    # read as training, predict and the features' pass read it (turned upright, converted): what fails there, any of
+    # Pillow's errors (an EXIF it could not write back raised a TypeError), is this record's, named now, not hours into
+    # training as a bare traceback
+    try:
+        if image_size is not None and (shrunk := shrink_image(data, image_size)) is not data:
             return shrunk, None
-    return data, check_image(data)  # stored as it is (small enough): decoded here, once
+        load_rgb(data)  # stored as it is (small enough): decoded here, once
+    except Exception as error:  # noqa: BLE001 - named as check_image names it
+        return data, check_image(data) or f"{type(error).__name__}: {error}"
+    return data, None
 
 
 def checked_and_shrunk(
