@@ -280,7 +280,8 @@ def test_interrupted_preprocessing_leaves_nothing_that_looks_complete(backbones,
         raise KeyboardInterrupt
 
     dm = make_datamodule(backbones, coco_copy)
-    monkeypatch.setattr(image_pass, "check_image", explode)
+    for reads in ("check_image", "load_rgb"):  # Ctrl-C while the pass reads an image (load_rgb: one stored as it is)
+        monkeypatch.setattr(image_pass, reads, explode)
     with pytest.raises(KeyboardInterrupt):
         dm.prepare_data()
     assert not dm.split_folder("train2017").exists()
