@@ -139,3 +139,16 @@ def test_resuming_a_finished_folders_output_after_new_photos_names_them_and_advi
                                                  r"file, one per line, and predict that \(--data\.images <list>\) into its own "
                                                  r"--data\.output, or predict all again with --data\.overwrite true"):
         interrupted_rows(output, rows)
+
+
+def test_a_folder_of_only_hidden_photos_says_they_were_left_out(tmp_path):
+    # photos under hidden names (a sync tool's .IMG_9999.JPG, a viewer's .thumbnails/): "no images found", as if none
+    folder = tmp_path / "phone"
+    (folder / ".thumbnails").mkdir(parents=True)
+    (folder / ".IMG_9999.JPG").write_bytes(jpeg((200, 0, 0)))
+    (folder / ".thumbnails" / "x.JPG").write_bytes(jpeg((0, 200, 0)))
+    with pytest.raises(DataError, match=r"found in folder .*phone; hidden files and folders \(\.IMG_9999\.JPG, \.thumbnails\) "
+                                        r"are left out, as the system's own: rename those that are photos"):
+        named_images(str(folder))
+    (folder / "IMG_0001.JPG").write_bytes(jpeg((0, 0, 200)))
+    assert [name for name, _ in named_images(str(folder))] == [str(folder / "IMG_0001.JPG")]  # hidden ones still left out

@@ -76,9 +76,12 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
         others = Counter(p.suffix.lower() or "no suffix" for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
         if broken:
             others["links to nothing"] = len(broken)
-        if not images:
+        if not images:  # images under hidden names only (.IMG_0001.JPG, .thumbnails/): left out, and said so
+            hidden = sorted(entry.name for entry in path.iterdir() if is_hidden(entry))
             raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in folder {path}"
-                            + (f"; it has {_counted(others)}" if others else ""))
+                            + (f"; it has {_counted(others)}" if others else "")
+                            + (f"; hidden files and folders ({', '.join(hidden[:3])}{', ...' if len(hidden) > 3 else ''}) "
+                               "are left out, as the system's own: rename those that are photos" if hidden else ""))
         dangling = others.pop("links to nothing", 0)
         if others and note is not None:
             note(f"{path}: {sum(others.values())} files left out, not images by their names ({_counted(others)}); "
