@@ -47,9 +47,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     """
     if not path.is_file():
         raise missing_file(path, "multiple-choice CSV")
-    header, rows = read_table_rows(path)
-    if len(header) == 1 and "\t" in header[0]:  # a .tsv, or a spreadsheet's tab-separated save: no comma CSV is one column
-        header, rows = read_table_rows(path, "\t")
+    header, rows = read_table_rows(path)  # one separated by tabs too
     refuse_duplicate_columns(path, header)
     folded = [name.lower() for name in header]  # columns without a name: pandas' index kept, trailing cells left out
     unnamed = unnamed_kept(path, header, rows)

@@ -199,6 +199,14 @@ def read_json_list(path: Path, what: str) -> object:
     return records
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    """The folders in ``folder``, none where it cannot be read (a hint looking around is no reason to fail)."""
+    try:
+        return sorted(entry for entry in folder.iterdir() if entry.is_dir())
+    except OSError:
+        return []
+
+
 def escapes_root(relative: str) -> bool:
     """Whether a record's image path is read from outside its image folder (absolute, or climbing out with
     ``..``), as LLaVA's and some labelling tools' files write them: read as written, followed by the cache."""
@@ -324,8 +332,8 @@ class BadRecords:
         relative = path.relative_to(root) if path.is_relative_to(root) else path
         # the folder given a level or two too high (data for data/coco/train2017) or too deep: where the image is; of
         # a few records missing, the record's path is what to fix (another folder would lose the images found)
-        below = sorted(folder for folder in root.iterdir() if folder.is_dir())[:200] if root.is_dir() else []
-        below += sorted(sub for folder in below[:50] for sub in folder.iterdir() if sub.is_dir())[:200]
+        below = _subfolders(root)[:200]
+        below += sorted(sub for folder in below[:50] for sub in _subfolders(folder))[:200]
         there = next((folder for folder in [*list(root.parents)[:3], *below] if (folder / relative).is_file()), None)
         hint = "" if there is None else f" {relative} is under {there}: " + (
             "is that the image folder?" if len(missing) == total else

@@ -51,7 +51,8 @@ def columns_hint(missing: set[str], columns: list[str], image_column: str) -> st
 
 def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header (names stripped) and the rows, each with its first physical line, of a UTF-8 CSV or TSV
-    as spreadsheets write it (a byte-order mark is accepted); undecodable text or broken quoting is
+    as spreadsheets write it (a byte-order mark is accepted; a CSV whose header is separated by tabs, a ``.tsv`` or a
+    spreadsheet's tab-separated save, read as the TSV it is); undecodable text or broken quoting is
     refused with the file and the line."""
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
@@ -66,6 +67,8 @@ def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[t
         raise not_utf8(path) from None
     except csv.Error as error:
         raise DataError(f"{path}, line {reader.line_num}: not valid {kind}: {error}") from error
+    if delimiter == "," and len(header) == 1 and "\t" in header[0]:  # no comma-separated table is one column of tabs
+        return read_table_rows(path, "\t")
     return header, rows
 
 
