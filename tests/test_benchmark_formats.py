@@ -506,7 +506,10 @@ def test_bad_files_and_settings_are_refused_with_what_is_wrong(backbones, tmp_pa
     quoted.write_text('"img_path","Question","A","B","C","D","answer"\n"x.png","Which?","a","b","c","d","A"\n')
     mac = tmp_path / "mac.csv"  # Excel for Mac's "CSV (Macintosh)": lines end in \r alone (a csv.Error was raised)
     mac.write_bytes(b"img_path,Question,A,B,C,D,answer\rx.png,Which?,a,b,c,d,A\r")
-    for path, config in ((original, "multiple_choice"), (mmbench, "mmbench"), (quoted, "multiple_choice"), (mac, "multiple_choice")):
+    semicolons = tmp_path / "semicolons.csv"  # Excel's "CSV" where the comma is the decimal mark
+    semicolons.write_text("img_path;Question;A;B;C;D;answer\nx.png;Which?;a;b;c;d;A\n")
+    for path, config in ((original, "multiple_choice"), (mmbench, "mmbench"), (quoted, "multiple_choice"), (mac, "multiple_choice"),
+                         (semicolons, "multiple_choice")):
         with pytest.raises(ConfigError, match=rf"holds multiple-choice questions .*use --config configs/predict/{config}\.yaml "
                                               rf"--data\.csv_file .*{path.name}"):
             QuestionsPredictDataModule(questions_file=str(path), output=str(tmp_path / "a.jsonl")).check_inputs()

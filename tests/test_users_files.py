@@ -389,7 +389,7 @@ def test_questions_whose_images_are_all_elsewhere_are_refused_with_the_folder(ba
     assert dm.dataset[0]["error"] is None
 
 
-def test_question_files_take_number_answers_and_name_a_semicolon_header(tmp_path):
+def test_question_files_take_number_answers_and_read_a_semicolon_table(tmp_path):
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text(json.dumps({"image": "a.jpg", "question": "How many?", "answer": 2}) + "\n"
                      + json.dumps({"image": "a.jpg", "question": "How many?", "answers": [2, "two", 2.0]}) + "\n")
@@ -398,10 +398,12 @@ def test_question_files_take_number_answers_and_name_a_semicolon_header(tmp_path
     jsonl.write_text(json.dumps({"image": "a.jpg", "question": "Is it?", "answer": True}) + "\n")
     with pytest.raises(DataError, match=r"q.jsonl, line 1: answer True is not a string or a number"):
         read_questions(jsonl)
-    semicolons = tmp_path / "q.csv"
-    semicolons.write_text("image;question;answer\na.jpg;How many?;2\n")
-    with pytest.raises(DataError, match=r"q.csv: the header needs the columns image \(or img_path\) and question \(or text\), and it has "
-                                        r"\['image;question;answer'\]; it looks separated by semicolons: save it comma-separated"):
+    semicolons = tmp_path / "q.csv"  # Excel's "CSV" where the comma is the decimal mark (most of Europe): read as it is
+    semicolons.write_text("image;question;answer\na.jpg;How many, then?;2,5\n")
+    [question] = read_questions(semicolons)
+    assert (question.question, question.answer) == ("How many, then?", "2,5")
+    semicolons.write_text("image;question;answer\na.jpg;How many; then?;2\n")
+    with pytest.raises(DataError, match=r"q.csv, line 2: 4 fields where the header has 3 \(a semicolon inside a field must be quoted\)"):
         read_questions(semicolons)
 
 
@@ -590,10 +592,10 @@ def test_a_multiple_choice_sheet_as_people_write_it(tmp_path):
     sheet.write_text("img_path,Question,A,B,answer\na.png,What colour?,red,blue,purple\n")
     with pytest.raises(DataError, match=r"line 2: answer 'purple' is neither one of A, B nor an option's text"):
         read_choice_csv(sheet)
-    sheet.write_text("img_path;Question;A;B;answer\na.png;What colour?;red;blue;A\n")  # Excel where ',' is the decimal mark
-    with pytest.raises(DataError, match="it looks separated by semicolons: save it comma-separated"):
-        read_choice_csv(sheet)
-    for name in ("quiz.tsv", "quiz.csv"):  # a .tsv, or a spreadsheet's tab-separated save: refused, "save it comma-separated"
+    sheet.write_text("img_path;Question;A;B;answer\na.png;What colour, then?;red;blue, dark;B\n")  # Excel where ',' is the decimal mark
+    [question] = read_choice_csv(sheet)  # was refused: "save it comma-separated"
+    assert (question.question, question.options, question.answer) == ("What colour, then?", ["red", "blue, dark"], "B")
+    for name in ("quiz.tsv", "quiz.csv"):  # a .tsv, or a spreadsheet's tab-separated save
         (tmp_path / name).write_text("img_path\tQuestion\tA\tB\tanswer\na.png\tWhat colour, then?\tred\tblue, dark\tB\n")
         [question] = read_choice_csv(tmp_path / name)
         assert (question.question, question.options, question.answer) == ("What colour, then?", ["red", "blue, dark"], "B")
@@ -819,14 +821,12 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
     table.write_bytes("image;caption\r\nIMG_001.JPG;a caf\xe9\r\n".encode("cp1252"))  # Excel's plain "CSV", semicolons
     with pytest.raises(DataError, match=r"captions\.csv, line 2: not UTF-8 text .*save it as \"CSV UTF-8\""):
         read()
-    table.write_text("image;caption\nIMG_001.JPG;a street\n")
-    with pytest.raises(DataError, match=r"its columns are \['image;caption'\]; it looks separated by semicolons: save it comma-separated"):
-        read()
-    # and with a comma inside a caption, as European captions have: pandas fails on that line, and the advice was to quote it
-    table.write_text("image;caption\nIMG_001.JPG;a street\nIMG_002.JPG;a dog, asleep\n")
-    with pytest.raises(DataError, match=r"Expected 1 fields in line 3, saw 2; it looks separated by semicolons: save it "
-                                        r"comma-separated$"):
-        read()
+    # saved as "CSV UTF-8" where the comma is the decimal mark: semicolons, and a comma inside a caption (it was refused,
+    # "save it comma-separated"; before that, pandas failed on the caption's line and the advice was to quote it)
+    table.write_bytes("\ufeffimage;caption\r\nIMG_001.JPG;a street\r\n2024\\IMG_002.JPG;a dog, asleep\r\n".encode("utf-8"))
+    read_rows, seen = read()
+    assert [(image.source, [c for _, c in captions]) for _, _, image, captions in read_rows] == [
+        (mine[0], ["a street"]), (mine[1], ["a dog, asleep"])]
 
 
 def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_photo_at_once(backbones, tmp_path):
@@ -865,7 +865,17 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
     (photos / "test.csv").write_text("image,caption\nIMG_1.JPG,NA\n")  # read as one CSV is: "NA" is a caption, not pandas' NaN
     tested = HubCaptions(str(photos), "image", "caption").records("test", BadRecords("test.csv"))
     assert [(name, [c for _, c in captions]) for _, name, _, captions in tested] == [("IMG_1.JPG", ["NA"])]
-    (photos / "test.csv").unlink()
+    # the folder's tables saved where the comma is the decimal mark: read at semicolons; one at commas among them is named
+    (photos / "train.csv").write_text("image;caption\nIMG_0.JPG;a street, wet\n")
+    (photos / "test.csv").write_text("image;caption\nIMG_1.JPG;a door, red\n")
+    tested = HubCaptions(str(photos), "image", "caption").records("test", BadRecords("test.csv"))
+    assert [(name, [c for _, c in captions]) for _, name, _, captions in tested] == [("IMG_1.JPG", ["a door, red"])]
+    (photos / "test.csv").write_text("image,caption\nIMG_1.JPG,a door\n")
+    with pytest.raises(DataError, match=r"is separated by (commas|semicolons), and .* by (semicolons|commas): the tables of one "
+                                        r"dataset are read with one separator"):
+        list(HubCaptions(str(photos), "image", "caption").records("test", BadRecords("test.csv")))
+    for name in ("train.csv", "test.csv"):
+        (photos / name).unlink()
     table.unlink()
     # a folder's split in several tables: a bad row is named by its table and line, as a spreadsheet numbers it (was "row 3")
     (photos / "train-00000-of-00002.csv").write_text("image,caption\nIMG_0.JPG,a street\nIMG_1.JPG,a wall\n")
@@ -888,6 +898,10 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
         (photos / name).unlink()
     (photos / "metadata.csv").write_bytes("file_name,caption\nIMG_0.JPG,a caf\xe9\n".encode("cp1252"))
     with pytest.raises(DataError, match=r"photos/metadata\.csv, line 2: not UTF-8 text"):
+        list(HubCaptions(str(photos)).records("train", BadRecords("photos")))
+    (photos / "metadata.csv").write_text("file_name;caption\nIMG_0.JPG;a street\n")  # datasets reads it at commas only
+    with pytest.raises(DataError, match=r"photos/metadata\.csv: an image folder's metadata\.csv is read at commas, and this one is "
+                                        r"separated by semicolons: save it comma-separated"):
         list(HubCaptions(str(photos)).records("train", BadRecords("photos")))
     (photos / "metadata.csv").unlink()
     # two photos that do not decode: both named, with their paths, in one run

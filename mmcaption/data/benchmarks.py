@@ -1,6 +1,5 @@
-"""Multiple-choice benchmarks in their official files for ``mmcaption predict``: MMBench's TSV, ScienceQA's
-``problems.json`` or the Hugging Face copy's parquet files (its IMG subset), and MMBench's CircularEval
-over any of them.
+"""Multiple-choice benchmarks in their official files for ``mmcaption predict``: MMBench's TSV, ScienceQA's ``problems.json``
+or the Hugging Face copy's parquet files (its IMG subset), and MMBench's CircularEval over any of them.
 
 What they become is the :class:`ChoiceQuestion` the original scripts' CSV becomes too. A bad row (no
 question, fewer than two options, an answer that names no option, an image that is not base64) stops
@@ -120,7 +119,8 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     line = (head.decode("utf-8-sig", "replace").splitlines() or [""])[0].strip().lower()  # (\r alone: Excel for Mac's)
     if {"index", "question", "a", "b", "image"} <= {name.strip() for name in next(csv.reader([line], delimiter="\t"))}:
         return "mmbench", "has MMBench's tab-separated columns"  # (csv: a header in quotes, as R and QUOTE_ALL write it)
-    if {"img_path", "question", "a", "b"} <= {name.strip() for name in next(csv.reader([line]), [])}:
+    cells = next(csv.reader([line], delimiter=";" if ";" in line and "," not in line else ","), [])  # ; as Excel in Europe
+    if {"img_path", "question", "a", "b"} <= {name.strip() for name in cells}:
         return "csv", "has the original scripts' columns"
     return None
 

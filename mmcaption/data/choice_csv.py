@@ -42,8 +42,8 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     written as text) is an empty one. A duplicate column, a row whose
     number of fields differs from the header's (an unquoted comma shifts the question into the options),
     an empty question, fewer than two options, a gap between options or an answer that names no option
-    is refused with the file and the physical line; a file in another encoding or separated by
-    semicolons (Excel in many countries) is refused saying so. One separated by tabs (a ``.tsv``) is read as such.
+    is refused with the file and the physical line; a file in another encoding is refused saying so. One separated by
+    semicolons (Excel's "CSV" in many countries) or tabs (a ``.tsv``) is read as such.
     """
     if not path.is_file():
         raise missing_file(path, "multiple-choice CSV")

@@ -17,6 +17,7 @@ from mmcaption.data.records import DataError, not_utf8, packed_file
 # pandas' options for a caption table: an empty cell, or one reading "NA" or "null", is that text (an empty caption is
 # reported as one), and a blank line is a row (its line number is the file's)
 CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
+SEPARATOR_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
 SEVERAL_CAPTIONS = "; several captions of a photo go one row each, or in one cell, one line each (hub_caption_separator)"
 
 
@@ -25,6 +26,18 @@ def separator_hint(header: list[str]) -> str:
     is another (Excel writes semicolons where the comma is the decimal mark), else ``""``."""
     return next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
                  (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
+
+
+def separator_of(path: Path) -> str:
+    """A CSV's separator as spreadsheets save it: the comma, or the semicolon (Excel's "CSV" where the comma is the decimal
+    mark: most of Europe) or the tab (a ``.tsv``, a tab-separated save) when the header read at commas is one cell of
+    them; no table of one column holds either in its name."""
+    header = header_of(path, ",")
+    if len(header) != 1:
+        return ","
+    counts = {mark: header[0].count(mark) for mark in (";", "\t")}
+    mark = max(counts, key=counts.get)
+    return mark if counts[mark] else ","
 
 
 # the names tables give their image and caption columns (a CMS's export, a spreadsheet's, datasets' imagefolder)
@@ -49,11 +62,12 @@ def columns_hint(missing: set[str], columns: list[str], image_column: str) -> st
     return f"; its columns by their names: {' '.join(settings)}" if settings else ""
 
 
-def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_table_rows(path: Path, delimiter: str | None = None) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header (names stripped) and the rows, each with its first physical line, of a UTF-8 CSV or TSV
-    as spreadsheets write it (a byte-order mark is accepted; a CSV whose header is separated by tabs, a ``.tsv`` or a
-    spreadsheet's tab-separated save, read as the TSV it is); undecodable text or broken quoting is
-    refused with the file and the line."""
+    as spreadsheets write it (a byte-order mark is accepted; separated by commas, or by semicolons or tabs as
+    :func:`separator_of` finds, unless ``delimiter`` says); undecodable text or broken quoting is refused with the file
+    and the line."""
+    delimiter = delimiter or separator_of(path)
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -67,8 +81,6 @@ def read_table_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[t
         raise not_utf8(path) from None
     except csv.Error as error:
         raise DataError(f"{path}, line {reader.line_num}: not valid {kind}: {error}") from error
-    if delimiter == "," and len(header) == 1 and "\t" in header[0]:  # no comma-separated table is one column of tabs
-        return read_table_rows(path, "\t")
     return header, rows
 
 
@@ -88,7 +100,8 @@ def field_count_problem(path: Path, line: int, fields: list[str], header: list[s
     """A row whose number of fields is not the header's, said with its likely cause; ``None`` for a row that fits."""
     if len(fields) == len(header):
         return None
-    why = "a comma inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
+    mark = {";": "semicolon", "\t": "tab"}.get(separator_of(path), "comma")
+    why = f"a {mark} inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
     return DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} ({why})")
 
 
@@ -108,9 +121,16 @@ def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = Fal
     (``ArrowInvalid``); a caption or a file name of digits (``1984``) was a number, so no caption. The tables of one
     dataset have the same columns; one that differs is named (``datasets`` failed on a column no file was named for)."""
     names: list[str] = []
+    separators = {file: separator_of(file) for file in files}
     for file in files:
+        if image_folder and separators[file] != ",":  # datasets reads an image folder's metadata.csv at commas only
+            raise DataError(f"{file}: an image folder's metadata.csv is read at commas, and this one is separated by "
+                            f"{SEPARATOR_NAMES[separators[file]]}: save it comma-separated")
+        if separators[file] != separators[files[0]]:
+            raise DataError(f"{file} is separated by {SEPARATOR_NAMES[separators[file]]}, and {files[0]} by "
+                            f"{SEPARATOR_NAMES[separators[files[0]]]}: the tables of one dataset are read with one separator")
         refuse_duplicate_columns(file, header_of(file), hint)
-        columns = list(pd.read_csv(file, nrows=0, encoding="utf-8-sig", **CSV_OPTIONS).columns)
+        columns = list(pd.read_csv(file, nrows=0, encoding="utf-8-sig", sep=separators[file], **CSV_OPTIONS).columns)
         if names and set(columns) != set(names):
             raise DataError(f"{file} has the columns {columns}, and {files[0]} has {names}: the tables of one dataset "
                             "have the same columns")
@@ -118,7 +138,7 @@ def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = Fal
     text = {name: datasets.Value("string") for name in names}
     if image_folder:  # datasets reads the images its file_name column names into an image column
         return {"features": datasets.Features({"image": datasets.Image(), **{k: v for k, v in text.items() if k != "file_name"}})}
-    return {**CSV_OPTIONS, "features": datasets.Features(text)}
+    return {**CSV_OPTIONS, "sep": separators[files[0]] if files else ",", "features": datasets.Features(text)}
 
 
 def read_table_file(path: Path, cache_dir: str | None = None) -> datasets.Dataset:
@@ -147,11 +167,12 @@ def columns_named(data: datasets.Dataset, wanted: tuple[str, ...]) -> datasets.D
     return data.rename_columns(loose) if loose else data
 
 
-def header_of(path: Path) -> list[str]:
-    """A CSV's header line, its cells as written (the rest of the file is not read)."""
+def header_of(path: Path, delimiter: str | None = None) -> list[str]:
+    """A CSV's header line, its cells as written, separated as :func:`separator_of` finds unless ``delimiter`` says (the
+    rest of the file is not read)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            return next(csv.reader(handle), [])
+            return next(csv.reader(handle, delimiter=delimiter or separator_of(path)), [])
     except UnicodeDecodeError:
         raise not_utf8(path) from None
 
