@@ -246,8 +246,8 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path}, line {line}: not JSON: {error}") from error
                 questions.append(_question(path, line, _lower_keys(path, f"line {line}", record)))
-        elif path.suffix.lower() == ".csv":
-            header, rows = read_table_rows(path)
+        elif path.suffix.lower() in (".csv", ".tsv"):  # a .tsv: a spreadsheet's tab-separated save
+            header, rows = read_table_rows(path, "\t" if path.suffix.lower() == ".tsv" else None)
             refuse_duplicate_columns(path, header)
             header = [name.lower() for name in header]
             if not {"question", "text"} & set(header) or not any(name in header for name in IMAGE_COLUMNS):
@@ -261,8 +261,8 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
                     questions.append(_question(path, line, {k: v for i, (k, v) in enumerate(zip(header, fields))
                                                             if k or i in unnamed}))
         else:
-            raise DataError(f"{path}: questions are read from .jsonl, .csv or .json files (VQAv2's official questions, a "
-                            "list of question objects, or JSON Lines)")
+            raise DataError(f"{path}: questions are read from .jsonl, .csv, .tsv or .json files (VQAv2's official questions, "
+                            "a list of question objects, or JSON Lines)")
     except UnicodeDecodeError:
         raise not_utf8(path) from None
     if not questions:
@@ -289,7 +289,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
     ``prediction`` (and ``correct``, when the file gives an ``answer``) and reports the exact match.
 
     Args:
-        questions_file: a ``.jsonl`` or ``.csv`` file of ``image`` (or ``img_path``), ``question`` and
+        questions_file: a ``.jsonl``, ``.csv`` or ``.tsv`` file of ``image`` (or ``img_path``), ``question`` and
             optional ``answer`` (VQA-style exact match after normalisation) or ``answers`` (the human
             answers: VQA accuracy); or VQAv2's official questions ``.json``.
         annotations_file: with VQAv2's questions file, its annotations file (the human answers and
