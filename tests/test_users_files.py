@@ -425,6 +425,14 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
     dm.prepare_data()
     first = min(uncaptioned)
     assert any(f"2 x images without a caption left out (first: image id {first}," in message for message in warned), warned
+    # ... and one whose file is not there either: left out as well (it stopped preprocessing, "1 of 13 referenced images
+    # are missing ... set on_bad_record: skip")
+    content["images"].append({"id": 777, "file_name": "000000000777.jpg", "width": 64, "height": 64})
+    annotations.write_text(json.dumps(content))
+    warned.clear()
+    dm.prepare_data()
+    assert any("3 x images without a caption left out" in message for message in warned), warned
+    content["images"].pop()
     # a split with no caption at all (a test split whose references are held back): it read "nothing usable is left (bad
     # records: none)" once every image had been read, and nothing said how to caption them
     content["annotations"] = []
@@ -434,6 +442,26 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
                                         r"\(--data.init_args.val_split\)\. To caption these images: mmcaption predict --config "
                                         r"<the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
                                         r"--data.images \S+train2017$"):
+        dm.prepare_data()
+    # COCO's own test2017 download: image_info_test2017.json, no 'annotations' at all (it said "has no 'images' and
+    # 'annotations' lists: is it a COCO captions file?"), given as the captions file or found beside the missing one
+    info = {key: content[key] for key in ("images",)}
+    annotations.write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"captions_train2017\.json: none of its \d+ images has a caption \(a test split"):
+        dm.prepare_data()
+    annotations.rename(annotations.with_name("image_info_train2017.json"))
+    with pytest.raises(DataError, match=r"image_info_train2017\.json: none of its images has a caption \(a test split.*"
+                                        r"--data.images \S+coco/train2017$"):
+        dm.prepare_data()
+    # BLIP's Karpathy list and Karpathy's dataset_coco.json given as COCO's captions file: named, with what reads them
+    annotations.with_name("image_info_train2017.json").unlink()
+    annotations.write_text(json.dumps([{"caption": "a cat", "image": "train2017/x.jpg", "image_id": "coco_1"}]))
+    with pytest.raises(DataError, match=r"is it a COCO captions file\? It is a list of records \(the first has \['caption', 'image', "
+                                        r"'image_id'\]\): read it as a table with --data.init_args.source hub"):
+        dm.prepare_data()
+    annotations.write_text(json.dumps({"images": [{"filepath": "train2014", "filename": "x.jpg", "split": "train", "cocoid": 1,
+                                                   "sentences": [{"raw": "a cat"}]}], "dataset": "coco"}))
+    with pytest.raises(DataError, match=r"It is Karpathy's split file .*configs/caption_karpathy.yaml"):
         dm.prepare_data()
 
 

@@ -48,6 +48,9 @@ class CocoImage:
 
 
 def require_annotation_file(annotation_file: Path) -> None:
+    info = annotation_file.with_name(annotation_file.name.replace("captions_", "image_info_", 1))
+    if not annotation_file.is_file() and info.name != annotation_file.name and info.is_file():  # image_info_test2017.json
+        raise held_back_split(info, None, annotation_file.parent.parent / info.stem[len("image_info_"):])
     if not annotation_file.is_file():
         raise DataError(
             f"COCO annotation file not found: {annotation_file} (the official layout is "
@@ -76,10 +79,14 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     """
     require_annotation_file(annotation_file)
     content = read_json(annotation_file, "COCO annotation file")
+    if isinstance(content, dict) and isinstance(content.get("images"), list) and "annotations" not in content \
+            and not any(isinstance(entry, dict) and "sentences" in entry for entry in content["images"][:100]):
+        raise held_back_split(annotation_file, len(content["images"]), image_dir)  # image_info_test2017.json: no captions
     if not isinstance(content, dict) or not isinstance(content.get("images"), list) or not isinstance(
         content.get("annotations"), list
     ):
-        raise DataError(f"{annotation_file} has no 'images' and 'annotations' lists: is it a COCO captions file?")
+        raise DataError(f"{annotation_file} has no 'images' and 'annotations' lists: is it a COCO captions file?"
+                        f"{other_caption_layout(content)}")
 
     images: dict[int, CocoImage] = {}
     for position, entry in enumerate(content["images"]):
@@ -129,24 +136,50 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         image.captions.append((annotation_id if isinstance(annotation_id, int) else position, caption_text(caption)))
         note_html(records, caption, f"annotation id {annotation_id}")
 
-    missing = [image for image in images.values() if not (image_dir / image.file_name).is_file()]
+    captioned = [image for image in images.values() if image.captions]
+    if images and not captioned:  # "nothing usable is left (bad records: none)", or its missing images, said instead
+        records.raise_deferred()  # its annotations, if it has any, named
+        if content["annotations"]:
+            raise DataError(f"{annotation_file}: none of its {len(images):,} images has a usable caption: its "
+                            f"{len(content['annotations']):,} annotations were left out")
+        raise held_back_split(annotation_file, len(images), image_dir)
+    # only a captioned image is read: one without a caption is left out whether its file is there or not
+    missing = [image for image in captioned if not (image_dir / image.file_name).is_file()]
     records.missing_images(  # with every bad annotation found above, kept till now: each kind at once, not one per run
         [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing],
-        len(images), "referenced images are", image_dir,
+        len(captioned), "referenced images are", image_dir,
     )
-    missing_ids = {image.image_id for image in missing}
-    found = [image for image in images.values() if image.image_id not in missing_ids]
-    uncaptioned = [image for image in found if not image.captions]
-    if found and len(uncaptioned) == len(found):  # "nothing usable is left (bad records: none)" once the images were read
-        raise DataError(f"{annotation_file}: none of its {len(found):,} images has a caption (a test split whose references "
-                        f"are held back, as COCO's test2017): validation and test score captions against them, so validate "
-                        f"on a split with captions (--data.init_args.val_split). To caption these images: mmcaption predict "
-                        f"--config <the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
-                        f"--data.images {image_dir}")
+    uncaptioned = [image for image in images.values() if not image.captions]
     if uncaptioned:  # nothing to learn from, but the user should know they are not trained on
         first = uncaptioned[0]
         records.note(f"images without a caption left out (first: image id {first.image_id}, {first.file_name})", len(uncaptioned))
-    return [image for image in found if image.captions]
+    missing_ids = {image.image_id for image in missing}
+    return [image for image in captioned if image.image_id not in missing_ids]
+
+
+def held_back_split(annotation_file: Path, count: int | None, image_dir: Path) -> DataError:
+    """A split none of whose images has a caption (COCO's test2017, whose references are held back): it cannot be
+    trained or scored on; predict captions it."""
+    return DataError(f"{annotation_file}: none of its {'' if count is None else f'{count:,} '}images has a caption (a test "
+                     f"split whose references "
+                     f"are held back, as COCO's test2017): validation and test score captions against them, so validate "
+                     f"on a split with captions (--data.init_args.val_split). To caption these images: mmcaption predict "
+                     f"--config <the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
+                     f"--data.images {image_dir}")
+
+
+def other_caption_layout(content: object) -> str:
+    """What a captions file that is not COCO's is, and the settings that read it; ``""`` when unknown."""
+    if isinstance(content, dict) and isinstance(content.get("images"), list) and any(
+            isinstance(entry, dict) and "sentences" in entry for entry in content["images"][:100]):
+        return (" It is Karpathy's split file (dataset_coco.json: images with their sentences): add --config "
+                "configs/caption_karpathy.yaml after the stage's config, with --data.init_args.karpathy_file <it>")
+    if isinstance(content, list) and content and isinstance(content[0], dict):  # BLIP's coco_karpathy_*.json, an export
+        keys = sorted(content[0])
+        return (f" It is a list of records (the first has {keys}): read it as a table with --data.init_args.source hub "
+                "--data.init_args.hub_dataset <it> --data.init_args.hub_image_column <its image key> "
+                "--data.init_args.hub_caption_column <its caption key>")
+    return ""
 
 
 def images_outside_folder(annotation_file: Path, image_dir: Path) -> list[tuple[str, str | None]]:
