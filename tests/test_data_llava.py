@@ -768,3 +768,28 @@ def test_chat_files_as_todays_tools_write_them_read_or_are_refused_naming_the_fi
     from mmcaption.data.conversation_fields import read_otherwise_now
 
     assert read_otherwise_now(tmp_path / "key.json") and not read_otherwise_now(llava[0])
+
+
+def test_code_that_names_an_image_type_is_text_not_the_placeholder(llava, tmp_path):
+    # LLaVA-1.5's mix holds ShareGPT's code conversations: List<Image> was read as the image placeholder, so a text-only
+    # record was refused ("holds <image> ... the image goes with a question") and an image record's question lost it
+    _, image_root = llava
+    code = "Use `List<Image> images = new List<Image>();` and add to it."
+    records = [
+        {"id": "sg1", "model": "", "conversations": [{"from": "human", "value": "How do I keep pictures in C#?"},
+                                                     {"from": "gpt", "value": code}]},
+        {"id": "sg2", "conversations": [{"from": "human", "value": "What does `List<Image>` mean in C#?"},
+                                        {"from": "gpt", "value": "A list of images."}]},
+        {"id": "img", "image": "train2017/000000000001.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nIn C#, what does List<Image> mean?"}, {"from": "gpt", "value": "A list."}]},
+        {"id": "end", "image": "train2017/000000000002.jpg", "conversations": [
+            {"from": "human", "value": "What colour is it?\n<Image>"}, {"from": "gpt", "value": "Red."}]},  # the original scripts' case
+    ]
+    file = tmp_path / "mix.json"
+    file.write_text(json.dumps(records))
+    seen = BadRecords(str(file), "error")
+    conversations = read_llava(file, image_root, seen)
+    assert [(c.id, c.turns) for c in conversations] == [
+        ("sg1", [("How do I keep pictures in C#?", code)]), ("sg2", [("What does `List<Image>` mean in C#?", "A list of images.")]),
+        ("img", [("In C#, what does List<Image> mean?", "A list.")]), ("end", [("What colour is it?", "Red.")])]
+    assert not seen.counts and not seen.notes

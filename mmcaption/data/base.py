@@ -44,12 +44,12 @@ STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]} 
 # absent, captions of digits or 'NA' kept as text, every cell of a caption table read as text, COCO 2017's copies of
 # Karpathy's images, a caption cell's JSON list read as its captions, a dataset card's splits. 7: images of more than 8
 # bits scaled from the bit depth their values use (a 12-bit microscope's image in a 16-bit file was near black). 8: big-
-# endian 16-bit TIFFs read (were bad records); the one record held out of a small file has its images. Not a new
-# version, so that runs begun earlier resume (a new version refuses them): invisible characters around a caption removed
-# (only the caption files that hold one change signature); an image's colour profile other than sRGB's converted to sRGB
-# (a cache built earlier keeps them as read, which no cheap look at its files tells).
+# endian 16-bit TIFFs read (were bad records); the one record held out of a small file has its images. 9: <image>
+# against a word (code's List<Image>) is text, not the placeholder. Not a new version, so that runs begun earlier resume
+# (a new version refuses them): invisible characters around a caption removed (only the caption files that hold one
+# change signature); an image's colour profile other than sRGB's converted to sRGB (a cache built earlier keeps them).
 # tests/test_data_coco.py holds the digest of the code that builds caches, to ask for a new version when it changes.
-PREPROCESSING_VERSION = 8
+PREPROCESSING_VERSION = 9
 CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data.coco", "mmcaption.data.llava",
                   "mmcaption.data.hub", "mmcaption.data.hub_images", "mmcaption.data.caption_cells",
                   "mmcaption.data.datamodules", "mmcaption.data.folder_layouts", "mmcaption.data.tables",
