@@ -8,7 +8,7 @@ import pytest
 
 from mmcaption.collate import IGNORE_INDEX
 from mmcaption.data import DataError, InstructDataModule
-from mmcaption.data.llava import in_split, read_llava
+from mmcaption.data.llava import in_split, read_llava, split_key
 from mmcaption.data.records import BadRecords
 from mmcaption.demo.synthetic import write_llava_split
 
@@ -110,13 +110,14 @@ def test_a_small_file_holds_out_one_id_where_the_fraction_holds_out_none(backbon
     said = []
     monkeypatch.setattr("mmcaption.data.llava.rank_zero_info", said.append)
     dm.prepare_data()
-    assert any(f"the hash holds none of its 12 records out for validation; the conversations of id {next(iter(held))!r} are "
+    image = next(r["image"] for r in records if r["id"] in held)  # held out by its image (ids may name other images)
+    assert any(f"the hash holds none of its 12 records out for validation; the conversations of image {image!r} are "
                "held out instead" in message for message in said), said
     dm.setup("fit")
     assert list(dm.datasets["val"].rows["id"]) == sorted(held) and len(dm.datasets["train"]) == len(records) - 1
     # where the hash holds some out (30% of 12 records), its choice stands
     at_30 = [c.id for c in read_llava(llava[0], llava[1], BadRecords("f"), "val", 0.3)]
-    assert at_30 == [r["id"] for r in records if in_split(r["id"], 0.3, "val")] and 0 < len(at_30) < 12
+    assert at_30 == [r["id"] for i, r in enumerate(records) if in_split(split_key(r, i), 0.3, "val")] and 0 < len(at_30) < 12
 
 
 def test_a_small_files_one_held_out_conversation_is_one_whose_image_is_there(backbones, llava):
@@ -463,8 +464,20 @@ def test_one_id_for_every_record_is_named_when_the_split_puts_them_all_on_one_si
     edit(llava[0], lambda records: [r.update(id=None if i % 2 else "same") for i, r in enumerate(records)])
     assert len({c.id for c in read_llava(llava[0], llava[1], BadRecords("f"))}) == 7  # null ids are the records' places
     edit(llava[0], lambda records: [r.update(id="same") for r in records])
-    with pytest.raises(DataError, match=r"none of its 12 usable records falls on the val side .*all of them have the id 'same': "
-                                        r"give each record its own id \(or none\), or give val_file"):
+    make_datamodule(backbones, llava, val_file=None, val_fraction=0.3).prepare_data()  # held out by image: both sides have some
+    image = json.loads(llava[0].read_text())[0]["image"]
+    edit(llava[0], lambda records: [r.update(image=image) for r in records])
+    with pytest.raises(DataError, match=r"none of its 12 usable records falls on the (val|train) side \(a record's side is a hash of "
+                                        rf"its image, .*all of them are about the image '{image}', and a picture's "
+                                        r"conversations stay on one side: give val_file"):
+        make_datamodule(backbones, llava, val_file=None, val_fraction=0.3).prepare_data()
+    def text_only(records):  # held out by id
+        for record in records:
+            del record["image"]
+            for turn in record["conversations"]:
+                turn["value"] = turn["value"].replace("<image>", "").strip()
+    edit(llava[0], text_only)
+    with pytest.raises(DataError, match=r"all of them have the id 'same': give each record its own id \(or none\), or give val_file"):
         make_datamodule(backbones, llava, val_file=None, val_fraction=0.3).prepare_data()
 
 
@@ -793,3 +806,16 @@ def test_code_that_names_an_image_type_is_text_not_the_placeholder(llava, tmp_pa
         ("sg1", [("How do I keep pictures in C#?", code)]), ("sg2", [("What does `List<Image>` mean in C#?", "A list of images.")]),
         ("img", [("In C#, what does List<Image> mean?", "A list.")]), ("end", [("What colour is it?", "Red.")])]
     assert not seen.counts and not seen.notes
+
+
+def test_one_picture_under_several_ids_is_on_one_side(llava):
+    # LLaVA-1.5's mix talks about one COCO photo under several subsets' ids (llava_instruct's, VQAv2's, ...): held out by
+    # id, the same picture was trained on and validated, with no word
+    file, image_root = llava
+    image = json.loads(file.read_text())[0]["image"]
+    edit(file, lambda records: [r.update(id=f"subset-{i}", image=image) for i, r in enumerate(records[:6])])
+    for fraction in (0.2, 0.5, 0.8):
+        sides = {side: read_llava(file, image_root, BadRecords("f"), side, fraction) for side in ("train", "val")}
+        with_it = [side for side, conversations in sides.items() if any(c.image == image for c in conversations)]
+        assert len(with_it) == 1, (fraction, with_it)
+        assert sum(c.image == image for c in sides[with_it[0]]) == 6

@@ -45,9 +45,9 @@ STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]} 
 # Karpathy's images, a caption cell's JSON list read as its captions, a dataset card's splits. 7: images of more than 8
 # bits scaled from the bit depth their values use (a 12-bit microscope's image in a 16-bit file was near black). 8: big-
 # endian 16-bit TIFFs read (were bad records); the one record held out of a small file has its images. 9: <image>
-# against a word (code's List<Image>) is text, not the placeholder. Not a new version, so that runs begun earlier resume
-# (a new version refuses them): invisible characters around a caption removed (only the caption files that hold one
-# change signature); an image's colour profile other than sRGB's converted to sRGB (a cache built earlier keeps them).
+# against a word (List<Image>) is text; conversations held out by image, not id. Not a new version, so that runs begun
+# earlier resume (a new version refuses them): invisible characters around a caption removed (only the caption files
+# that hold one change signature); an image's colour profile other than sRGB's converted to sRGB.
 # tests/test_data_coco.py holds the digest of the code that builds caches, to ask for a new version when it changes.
 PREPROCESSING_VERSION = 9
 CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data.coco", "mmcaption.data.llava",

@@ -88,15 +88,16 @@ def in_split(record_id: str, val_fraction: float, split: str) -> bool:
 
 
 def split_key(record: object, position: int) -> str:
-    """What a record's side is a hash of: its id; without one, its image, so that no picture is both trained on
-    and validated (ShareGPT-style files have no ids, and several conversations about each image); else its place."""
+    """What a record's side is a hash of: its image, so that no picture is both trained on and validated (LLaVA-1.5's
+    mix talks about one COCO photo under several subsets' ids; ShareGPT-style files have no ids); without one image,
+    its id; else its place."""
     if isinstance(record, dict):
-        if record.get("id") not in (None, ""):
-            return str(record["id"])
         image = either(record, "image", "images")
         image = image[0] if isinstance(image, list) and len(image) == 1 else image
         if isinstance(image, str) and image:
             return f"image {image}"
+        if record.get("id") not in (None, ""):
+            return str(record["id"])
     return f"#{position}"
 
 
@@ -200,8 +201,8 @@ def read_llava(
     # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets
     # (conversation, detail, reasoning) talk about the same images. A record is what it says; only a
     # record that repeats both the id and the conversation of an earlier one is a duplicate (skipped and
-    # counted, never fatal). The hash split is by id, so an image's conversations stay on one side; records
-    # without ids are split by their image for the same reason (split_key). Records without ids (a file
+    # counted, never fatal). The hash split is by image, so an image's conversations stay on one side whatever
+    # their ids (split_key); records without an image by id. Records without ids (a file
     # concatenated twice, say) are duplicates by image and conversation alone.
     parsed_records = []
     elsewhere = BadRecords(records.source, records.on_bad_record)  # the other side's: counted by that side
@@ -244,11 +245,11 @@ def read_llava(
         advice = "raise val_fraction, or give val_file" if split == "val" else "lower val_fraction"
         if len(keys) == 1:  # every record on one side, whatever the fraction
             only = next(iter(keys))
-            advice = (f"all of them are about the {_described(only)} and have no id: give each record its own id, or give "
+            advice = (f"all of them are about the {_described(only)}, and a picture's conversations stay on one side: give "
                       "val_file" if only.startswith("image ") else
                       f"all of them have the {_described(only)}: give each record its own id (or none), or give val_file")
         raise DataError(f"{file}: with val_fraction {val_fraction}, none of its {len(parsed_records):,} usable records "
-                        f"falls on the {split} side (a record's side is a hash of its id, or of its image if it has "
+                        f"falls on the {split} side (a record's side is a hash of its image, or of its id if it has "
                         f"none); {advice}")
     for conversation in conversations:  # as written, or with Windows' backslashes or the other Unicode form (macOS)
         if conversation.image is not None:
