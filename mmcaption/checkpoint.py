@@ -300,6 +300,15 @@ def _count_the_finished_epoch_once(fit_loop) -> None:
             counts.processed -= 1
 
 
+def _closed_on_restart(fit_loop) -> bool:
+    """A resume from a save at the end of an epoch's last batch (a signal's, under ``max_steps``), whose epoch Lightning
+    closes as it restarts, having loaded the loader's position itself (its end): the loop then ran no batch, closed the
+    epoch a second time, and the next epoch was shuffled and numbered as the one after it."""
+    progress = fit_loop.epoch_progress.current
+    return (fit_loop.restarted_mid_epoch and fit_loop.epoch_loop.batch_progress.is_last_batch
+            and progress.processed == progress.started == progress.completed)
+
+
 def restore_loader_position(trainer) -> None:
     """Put a resumed run's training loader where the checkpoint left it (call from ``on_train_start``).
 
@@ -317,7 +326,7 @@ def restore_loader_position(trainer) -> None:
     _count_the_finished_epoch_once(fit_loop)
     if not LOADER_POSITION_WORKAROUND:
         return
-    if not getattr(fit_loop, "_combined_loader_states_to_load", None):
+    if not getattr(fit_loop, "_combined_loader_states_to_load", None) and not _closed_on_restart(fit_loop):
         return
     # Not restarting: saved once its epoch had ended (max_epochs reached, resumed to train longer); nothing of it is left,
     # and the iterator Lightning made held epoch 0's order, trained again unsaid. Saved at its epoch's last batch, the
@@ -330,6 +339,9 @@ def restore_loader_position(trainer) -> None:
     ended = loop.batch_progress.is_last_batch and progress.processed == progress.started == progress.completed
     if ended or not fit_loop.restarting:
         fit_loop._combined_loader_states_to_load = []
+        for loader in fit_loop._combined_loader.flattened:  # a position Lightning loaded already: the epoch's end
+            if getattr(loader, "next_iter_state", None) is not None:
+                loader.next_iter_state = None
         if fit_loop.restarting and not loop.restarted_on_train_batch_end:
             for counts in (loop.batch_progress, loop.scheduler_progress, loop.automatic_optimization.optim_progress):
                 counts.reset_on_run()

@@ -185,6 +185,29 @@ def test_sigterm_or_ctrl_c_mid_epoch_saves_exits_non_zero_and_resumes_exactly(st
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("resume")
+def test_ctrl_c_in_an_epochs_last_batch_resumes_exactly(straight):
+    # saved at the end of an epoch's last batch under max_steps (max_epochs -1, as "Training longer" says): Lightning
+    # closed that epoch as it resumed and again after a pass that found the loader at its end, so the next epoch was
+    # shuffled and numbered as the one after it, and every later loss differed
+    workdir, straight_steps = straight
+    signal_at = ("--trainer.max_epochs", "-1", "--trainer.callbacks+=tests.recording.SignalAt",
+                 "--trainer.callbacks.init_args.step", str(STEPS_PER_EPOCH - 1))
+    stopped = subprocess.run(fit_command(workdir, "epoch-last", extra=signal_at), cwd=workdir, env=subprocess_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    last = workdir / "checkpoints-epoch-last" / "last.ckpt"
+    assert load_checkpoint_file(last)["global_step"] == STEPS_PER_EPOCH
+    run(fit_command(workdir, "epoch-last-resumed", ckpt_path=last, extra=("--trainer.max_epochs", "-1")), workdir)
+    resumed = records(workdir / "epoch-last-resumed.jsonl")
+    assert sorted(resumed) == list(range(STEPS_PER_EPOCH + 1, MAX_STEPS + 1))
+    for step, row in resumed.items():
+        assert row["first_ids"] == straight_steps[step]["first_ids"], step
+        assert row["loss"] == pytest.approx(straight_steps[step]["loss"], rel=1e-5, abs=1e-6), step
+    assert load_checkpoint_file(workdir / "checkpoints-epoch-last-resumed" / "last.ckpt")["epoch"] == 1  # as the straight run's
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("resume")
 def test_closing_the_terminal_mid_epoch_saves_and_resumes_exactly(straight):
     # an SSH connection dropped, a terminal window closed: the kernel sends SIGHUP to the terminal's foreground
     # processes, data loader workers too, and writing to the terminal fails from then on. The run died at once,
