@@ -300,15 +300,6 @@ def _count_the_finished_epoch_once(fit_loop) -> None:
             counts.processed -= 1
 
 
-def _closed_on_restart(fit_loop) -> bool:
-    """A resume from a save at the end of an epoch's last batch (a signal's, under ``max_steps``), whose epoch Lightning
-    closes as it restarts, having loaded the loader's position itself (its end): the loop then ran no batch, closed the
-    epoch a second time, and the next epoch was shuffled and numbered as the one after it."""
-    progress = fit_loop.epoch_progress.current
-    return (fit_loop.restarted_mid_epoch and fit_loop.epoch_loop.batch_progress.is_last_batch
-            and progress.processed == progress.started == progress.completed)
-
-
 def restore_loader_position(trainer) -> None:
     """Put a resumed run's training loader where the checkpoint left it (call from ``on_train_start``).
 
@@ -326,7 +317,11 @@ def restore_loader_position(trainer) -> None:
     _count_the_finished_epoch_once(fit_loop)
     if not LOADER_POSITION_WORKAROUND:
         return
-    if not getattr(fit_loop, "_combined_loader_states_to_load", None) and not _closed_on_restart(fit_loop):
+    progress, loop = fit_loop.epoch_progress.current, fit_loop.epoch_loop
+    ended = loop.batch_progress.is_last_batch and progress.processed == progress.started == progress.completed
+    # A save at an epoch's last batch's end (a signal's, under max_steps), whose loader position Lightning loaded itself:
+    # it closes the epoch as it restarts, then ran no batch (the loader at its end) and closed it again; a fresh one here
+    if not getattr(fit_loop, "_combined_loader_states_to_load", None) and not (ended and fit_loop.restarted_mid_epoch):
         return
     # Not restarting: saved once its epoch had ended (max_epochs reached, resumed to train longer); nothing of it is left,
     # and the iterator Lightning made held epoch 0's order, trained again unsaid. Saved at its epoch's last batch, the
@@ -335,8 +330,6 @@ def restore_loader_position(trainer) -> None:
     # first batch, in its own order, counting its batches from 0 (after a save at the batch's end Lightning resets
     # that count itself). A save before the epoch was closed - at a validation's end on the last batch, or inside the
     # epoch's end - loads it: Lightning runs the rest of that epoch first, and finds no batch left.
-    progress, loop = fit_loop.epoch_progress.current, fit_loop.epoch_loop
-    ended = loop.batch_progress.is_last_batch and progress.processed == progress.started == progress.completed
     if ended or not fit_loop.restarting:
         fit_loop._combined_loader_states_to_load = []
         for loader in fit_loop._combined_loader.flattened:  # a position Lightning loaded already: the epoch's end

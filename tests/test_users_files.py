@@ -447,7 +447,8 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
     # 'annotations' lists: is it a COCO captions file?"), given as the captions file or found beside the missing one
     info = {key: content[key] for key in ("images",)}
     annotations.write_text(json.dumps(info))
-    with pytest.raises(DataError, match=r"captions_train2017\.json: none of its \d+ images has a caption \(a test split"):
+    with pytest.raises(DataError, match=r"captions_train2017\.json has no 'annotations' list: none of its \d+ images has a caption "
+                                        r"\(a test split"):
         dm.prepare_data()
     annotations.rename(annotations.with_name("image_info_train2017.json"))
     with pytest.raises(DataError, match=r"image_info_train2017\.json: none of its images has a caption \(a test split.*"

@@ -81,7 +81,7 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     content = read_json(annotation_file, "COCO annotation file")
     if isinstance(content, dict) and isinstance(content.get("images"), list) and "annotations" not in content \
             and not any(isinstance(entry, dict) and "sentences" in entry for entry in content["images"][:100]):
-        raise held_back_split(annotation_file, len(content["images"]), image_dir)  # image_info_test2017.json: no captions
+        raise held_back_split(annotation_file, len(content["images"]), image_dir, " has no 'annotations' list:")  # image_info_*
     if not isinstance(content, dict) or not isinstance(content.get("images"), list) or not isinstance(
         content.get("annotations"), list
     ):
@@ -157,10 +157,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     return [image for image in captioned if image.image_id not in missing_ids]
 
 
-def held_back_split(annotation_file: Path, count: int | None, image_dir: Path) -> DataError:
+def held_back_split(annotation_file: Path, count: int | None, image_dir: Path, what: str = ":") -> DataError:
     """A split none of whose images has a caption (COCO's test2017, whose references are held back): it cannot be
     trained or scored on; predict captions it."""
-    return DataError(f"{annotation_file}: none of its {'' if count is None else f'{count:,} '}images has a caption (a test "
+    return DataError(f"{annotation_file}{what} none of its {'' if count is None else f'{count:,} '}images has a caption (a test "
                      f"split whose references "
                      f"are held back, as COCO's test2017): validation and test score captions against them, so validate "
                      f"on a split with captions (--data.init_args.val_split). To caption these images: mmcaption predict "
