@@ -21,7 +21,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError, escapes_root, missing_file, read_json
-from mmcaption.data.tables import read_table_rows, refuse_duplicate_columns
+from mmcaption.data.tables import read_table_rows, refuse_duplicate_columns, separator_in
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
@@ -119,7 +119,7 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     line = (head.decode("utf-8-sig", "replace").splitlines() or [""])[0].strip().lower()  # (\r alone: Excel for Mac's)
     if {"index", "question", "a", "b", "image"} <= {name.strip() for name in next(csv.reader([line], delimiter="\t"))}:
         return "mmbench", "has MMBench's tab-separated columns"  # (csv: a header in quotes, as R and QUOTE_ALL write it)
-    cells = next(csv.reader([line], delimiter=";" if ";" in line and "," not in line else ","), [])  # ; as Excel in Europe
+    cells = next(csv.reader([line], delimiter=separator_in(next(csv.reader([line]), []))), [])  # ; as Excel in Europe
     if {"img_path", "question", "a", "b"} <= {name.strip() for name in cells}:
         return "csv", "has the original scripts' columns"
     return None

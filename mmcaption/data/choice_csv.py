@@ -21,7 +21,6 @@ from mmcaption.data.tables import (
     field_count_problem,
     read_table_rows,
     refuse_duplicate_columns,
-    separator_hint,
     unnamed_kept,
 )
 from mmcaption.evaluation.answers import LETTERS
@@ -67,7 +66,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     missing = [name for name in REQUIRED_COLUMNS if (image if name == "img_path" else name.lower()) not in column]
     if missing:
         raise DataError(f"{path} lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}, then optional C-H and "
-                        f"'answer'; it has {header}{separator_hint(header)}")
+                        f"'answer'; it has {header}")
     letters, option_keys = option_columns(path, header)
     beyond = [name for name, low in zip(header, folded) if len(low) == 1 and "i" <= low <= "z"]
     if beyond and LETTERS[-1].lower() in column:  # options I, J, ... after H: left out, they made the questions easier

@@ -80,7 +80,7 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     require_annotation_file(annotation_file)
     content = read_json(annotation_file, "COCO annotation file")
     if isinstance(content, dict) and isinstance(content.get("images"), list) and "annotations" not in content \
-            and not any(isinstance(entry, dict) and "sentences" in entry for entry in content["images"][:100]):
+            and not _karpathy(content):
         raise held_back_split(annotation_file, len(content["images"]), image_dir, " has no 'annotations' list:")  # image_info_*
     if not isinstance(content, dict) or not isinstance(content.get("images"), list) or not isinstance(
         content.get("annotations"), list
@@ -160,18 +160,23 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
 def held_back_split(annotation_file: Path, count: int | None, image_dir: Path, what: str = ":") -> DataError:
     """A split none of whose images has a caption (COCO's test2017, whose references are held back): it cannot be
     trained or scored on; predict captions it."""
-    return DataError(f"{annotation_file}{what} none of its {'' if count is None else f'{count:,} '}images has a caption (a test "
-                     f"split whose references "
+    counted = "" if count is None else f"{count:,} "
+    return DataError(f"{annotation_file}{what} none of its {counted}images has a caption (a test split whose references "
                      f"are held back, as COCO's test2017): validation and test score captions against them, so validate "
                      f"on a split with captions (--data.init_args.val_split). To caption these images: mmcaption predict "
                      f"--config <the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
                      f"--data.images {image_dir}")
 
 
+def _karpathy(content: object) -> bool:
+    """Whether a JSON file's ``content`` is Karpathy's split file (its images carry their ``sentences``)."""
+    return isinstance(content, dict) and isinstance(content.get("images"), list) and any(
+        isinstance(entry, dict) and "sentences" in entry for entry in content["images"][:100])
+
+
 def other_caption_layout(content: object) -> str:
     """What a captions file that is not COCO's is, and the settings that read it; ``""`` when unknown."""
-    if isinstance(content, dict) and isinstance(content.get("images"), list) and any(
-            isinstance(entry, dict) and "sentences" in entry for entry in content["images"][:100]):
+    if _karpathy(content):
         return (" It is Karpathy's split file (dataset_coco.json: images with their sentences): add --config "
                 "configs/caption_karpathy.yaml after the stage's config, with --data.init_args.karpathy_file <it>")
     if isinstance(content, list) and content and isinstance(content[0], dict):  # BLIP's coco_karpathy_*.json, an export

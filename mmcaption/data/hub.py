@@ -235,10 +235,9 @@ class HubCaptions(RowImages):
         cause = found[-1]
         text = str(cause).strip()
         hint = ""
-        if "Expected" in text and "fields" in text:  # a header of one cell is another separator's (a comma in a caption)
-            header = tables.header_of(path) if path.is_file() else []
-            hint = (len(header) == 1 and tables.separator_hint(header)) or (
-                "; a caption with a comma (or a quote) must be in quotes, as a spreadsheet saves it")
+        if "Expected" in text and "fields" in text:  # a caption holding the separator, unquoted
+            mark = tables.SEPARATOR_MARKS[tables.separator_of(path)] if path.is_file() else "comma"
+            hint = f"; a caption with a {mark} (or a quote) must be in quotes, as a spreadsheet saves it"
         return DataError(f"{self.dataset}: cannot be read as a dataset: {type(cause).__name__}: {text}{hint}")
 
     def records(self, split: str, records: BadRecords) -> Iterator[tuple[int, str, Unchecked, list[tuple[int, str]]]]:
@@ -254,7 +253,7 @@ class HubCaptions(RowImages):
         missing = {self.image_column, *(column for column, _ in read)} - set(data.column_names)
         if missing:
             raise DataError(f"{records.source} has no column(s) {sorted(missing)} (hub_image_column, hub_caption_column); its "
-                            f"columns are {data.column_names}{tables.separator_hint(data.column_names)}"
+                            f"columns are {data.column_names}"
                             f"{tables.columns_hint(missing, data.column_names, self.image_column)}")
         if isinstance(data.features[self.image_column], datasets.Image):
             data = data.cast_column(self.image_column, datasets.Image(decode=False))

@@ -36,7 +36,6 @@ from mmcaption.data.tables import (
     field_count_problem,
     read_table_rows,
     refuse_duplicate_columns,
-    separator_hint,
     unnamed_kept,
 )
 from mmcaption.errors import ConfigError
@@ -252,7 +251,7 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
             header = [name.lower() for name in header]
             if not {"question", "text"} & set(header) or not any(name in header for name in IMAGE_COLUMNS):
                 raise DataError(f"{path}: the header needs the columns image (or img_path) and question (or text), and it has "
-                                f"{header}{separator_hint(header)}")
+                                f"{header}")
             unnamed = unnamed_kept(path, header, rows)  # pandas' index, the user's key to the rows: kept
             for line, fields in rows:
                 if any(field.strip() for field in fields):

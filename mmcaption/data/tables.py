@@ -18,26 +18,22 @@ from mmcaption.data.records import DataError, not_utf8, packed_file
 # reported as one), and a blank line is a row (its line number is the file's)
 CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
 SEPARATOR_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
+SEPARATOR_MARKS = {",": "comma", ";": "semicolon", "\t": "tab"}
 SEVERAL_CAPTIONS = "; several captions of a photo go one row each, or in one cell, one line each (hub_caption_separator)"
 
 
-def separator_hint(header: list[str]) -> str:
-    """``"; it looks separated by semicolons: ..."`` for a CSV header read as one cell because its separator
-    is another (Excel writes semicolons where the comma is the decimal mark), else ``""``."""
-    return next((f"; it looks separated by {name}: save it comma-separated" for name, mark in
-                 (("semicolons", ";"), ("tabs", "\t")) if any(mark in cell for cell in header)), "")
+def separator_in(header: list[str]) -> str:
+    """The separator of a CSV whose header, read at commas, is ``header``: the comma, or the semicolon (Excel's "CSV"
+    where the comma is the decimal mark: most of Europe) or the tab (a ``.tsv``, a tab-separated save) when that header
+    is one cell of them; no table of one column holds either in its name."""
+    counts = {mark: header[0].count(mark) for mark in (";", "\t")} if len(header) == 1 else {}
+    mark = max(counts, key=counts.get, default=",")
+    return mark if counts.get(mark) else ","
 
 
 def separator_of(path: Path) -> str:
-    """A CSV's separator as spreadsheets save it: the comma, or the semicolon (Excel's "CSV" where the comma is the decimal
-    mark: most of Europe) or the tab (a ``.tsv``, a tab-separated save) when the header read at commas is one cell of
-    them; no table of one column holds either in its name."""
-    header = header_of(path, ",")
-    if len(header) != 1:
-        return ","
-    counts = {mark: header[0].count(mark) for mark in (";", "\t")}
-    mark = max(counts, key=counts.get)
-    return mark if counts[mark] else ","
+    """A CSV file's separator (:func:`separator_in`)."""
+    return separator_in(header_of(path, ","))
 
 
 # the names tables give their image and caption columns (a CMS's export, a spreadsheet's, datasets' imagefolder)
@@ -100,8 +96,7 @@ def field_count_problem(path: Path, line: int, fields: list[str], header: list[s
     """A row whose number of fields is not the header's, said with its likely cause; ``None`` for a row that fits."""
     if len(fields) == len(header):
         return None
-    mark = {";": "semicolon", "\t": "tab"}.get(separator_of(path), "comma")
-    why = f"a {mark} inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
+    why = f"a {SEPARATOR_MARKS[separator_of(path)]} inside a field must be quoted" if len(fields) > len(header) else "a field is missing"
     return DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} ({why})")
 
 
@@ -129,7 +124,7 @@ def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = Fal
         if separators[file] != separators[files[0]]:
             raise DataError(f"{file} is separated by {SEPARATOR_NAMES[separators[file]]}, and {files[0]} by "
                             f"{SEPARATOR_NAMES[separators[files[0]]]}: the tables of one dataset are read with one separator")
-        refuse_duplicate_columns(file, header_of(file), hint)
+        refuse_duplicate_columns(file, header_of(file, separators[file]), hint)
         columns = list(pd.read_csv(file, nrows=0, encoding="utf-8-sig", sep=separators[file], **CSV_OPTIONS).columns)
         if names and set(columns) != set(names):
             raise DataError(f"{file} has the columns {columns}, and {files[0]} has {names}: the tables of one dataset "
