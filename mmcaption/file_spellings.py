@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path, PureWindowsPath
 
 
@@ -16,14 +17,14 @@ def existing_spelling(root: Path, name: str) -> str:
     form (macOS writes decomposed names: ``é`` as ``e`` and an accent) and in any case (a spreadsheet made on Windows
     names ``IMG_001.jpg`` what the camera wrote ``IMG_001.JPG``), or a Windows machine's absolute path by its end
     (:func:`_from_windows`) - or ``name`` itself if none does."""
-    if (root / name).exists():
+    if _exists(root / name):
         return name
     spelling = name.replace("\\", "/") if "\\" in name and os.sep == "/" else name
-    if (root / spelling).exists():
+    if _exists(root / spelling):
         return spelling
     found, parts = root, Path(spelling).parts
     for part in parts:
-        if part in ("/", "..", ".") or (found / part).exists():
+        if part in ("/", "..", ".") or _exists(found / part):
             found = found / part
             continue
         matches = _names_in(os.path.abspath(found), _mtime(found)).get(folded_name(part), [])
@@ -31,6 +32,35 @@ def existing_spelling(root: Path, name: str) -> str:
             return _from_windows(root, name) or spelling
         found = found / matches[0]
     return str(found.relative_to(root)) if not Path(spelling).is_absolute() else str(found)
+
+
+def home_expanded(name: str) -> str:
+    """``name`` with a leading ``~/`` (or a Windows user's ``~\\``) read as the home folder, as the shell reads it in a list
+    or a table written by hand (``~/photos/a.jpg``)."""
+    return str(Path.home() / name[2:]) if name.startswith(("~/", "~\\")) else name
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, false for a name no file can have (a part over 255 bytes: an image's base64 text, a caption
+    in the image column), which Python's raises on."""
+    return _asked(path.exists)
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, false for a name no file can have (see :func:`_exists`)."""
+    return _asked(path.is_file)
+
+
+def is_dir(path: Path) -> bool:
+    """``path.is_dir()``, false for a name no file can have (see :func:`_exists`)."""
+    return _asked(path.is_dir)
+
+
+def _asked(question: Callable[[], bool]) -> bool:
+    try:
+        return question()
+    except OSError:
+        return False
 
 
 def _from_windows(root: Path, name: str) -> str | None:
@@ -46,7 +76,7 @@ def _from_windows(root: Path, name: str) -> str | None:
     alone_too = len(parts) > 1 and folded_name(parts[-2]) == folded_name(root.name)
     for start in range(len(parts) - (0 if alone_too else 1)):
         tail = existing_spelling(root, "/".join(parts[start:]))
-        if (root / tail).is_file():
+        if is_file(root / tail):
             return tail
     return None
 

@@ -24,7 +24,7 @@ import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -316,6 +316,36 @@ class RemoteImage:
     def data(self) -> bytes:
         """The image's bytes, downloaded now (as :class:`~mmcaption.data.benchmarks.EmbeddedImage` holds its own)."""
         return fetch(self.url)
+
+
+def is_inline_image(text: str) -> bool:
+    """Whether ``text``, where a file's path is expected, is the image itself: a ``data:`` URL, or a JPEG's, PNG's, GIF's
+    or WebP's base64 text (a dataframe's export of its images, MMBench's TSVs)."""
+    return text[:5].lower() == "data:" or (len(text) > 64 and text.startswith(BASE64_STARTS)
+                                           and _BASE64_TEXT.fullmatch(text) is not None)
+
+
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/\r\n]+={0,2}\s*")  # (in lines, as some exports wrap it)
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    """An image a list, a table or a questions file holds in its cell (:func:`is_inline_image`): decoded when its row
+    is read (a failure is that row's ``error``, as an unreadable file's is)."""
+
+    text: str = field(repr=False)
+
+    def __str__(self) -> str:
+        kind = "a data: URL" if self.text[:5].lower() == "data:" else "base64 text"
+        return f"the image in the file ({kind} of {len(self.text):,} characters: {self.text[:16]}...)"
+
+    @property
+    def data(self) -> bytes:
+        try:
+            return data_url_bytes(self.text) if self.text[:5].lower() == "data:" else base64.b64decode(
+                "".join(self.text.split()), validate=True)
+        except (ValueError, binascii.Error) as error:
+            raise OSError(f"{self} cannot be read: {error}") from None
 
 
 def fetch(url: str) -> bytes:

@@ -96,10 +96,10 @@ def _content_signature(images: list[tuple[str, str | None]], memo_file: Path | N
             stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
             content = _image_hash(path, stamp, memo, relative)
         except OSError:  # not there, or a link that points nowhere: no image the data can use
-            digest.update(f"{relative}\0missing\n".encode())
+            digest.update(f"{relative}\0missing\n".encode(errors="surrogateescape"))
             continue
         known[relative] = [*stamp, content]
-        digest.update(f"{relative}\0{content}\n".encode())
+        digest.update(f"{relative}\0{content}\n".encode(errors="surrogateescape"))  # a name of a Windows zip's bytes
         count += 1
     if memo_file is not None and known != memo:
         _write_memo(memo_file, known)

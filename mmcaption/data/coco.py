@@ -21,9 +21,9 @@ from mmcaption.data.records import (
     archive_hint,
     escapes_root,
     existing_spelling,
-    may_name_paths_outside,
-    outside_root,
+    may_name_unsigned_images,
     read_json,
+    unsigned_images,
 )
 from mmcaption.prompts import text_ids
 
@@ -187,15 +187,15 @@ def other_caption_layout(content: object) -> str:
     return ""
 
 
-def images_outside_folder(annotation_file: Path, image_dir: Path) -> list[tuple[str, str | None]]:
-    """The images ``annotation_file`` names outside ``image_dir`` (a labelling tool's absolute paths), for the
-    cache to follow their content as it follows the folder's."""
-    if not annotation_file.is_file() or not may_name_paths_outside(annotation_file, rb'"file_name"\s*:\s*'):
+def coco_unsigned_images(annotation_file: Path, image_dir: Path) -> list[tuple[str, str | None]]:
+    """The images ``annotation_file`` names that ``image_dir``'s signature does not follow (:func:`unsigned_images`: a
+    labelling tool's absolute paths, names without an image's suffix), for the cache to follow their content too."""
+    if not annotation_file.is_file() or not may_name_unsigned_images(annotation_file, rb'"file_name"\s*:\s*'):
         return []
     content = read_json(annotation_file, "COCO annotation file")
     entries = content.get("images") if isinstance(content, dict) else None
     names = (entry.get("file_name") for entry in entries or [] if isinstance(entry, dict))
-    return outside_root((name for name in names if isinstance(name, str)), image_dir)
+    return unsigned_images((name for name in names if isinstance(name, str)), image_dir)
 
 
 def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> ImageRecords:

@@ -17,7 +17,7 @@ from mmcaption.data.caption_cells import invisible_characters_in
 from mmcaption.data.coco import (
     ImageRecords,
     coco_records,
-    images_outside_folder,
+    coco_unsigned_images,
     read_karpathy,
     require_annotation_file,
     write_caption_split,
@@ -32,7 +32,7 @@ from mmcaption.data.datasets import (
 )
 from mmcaption.data.hub import HubCaptions
 from mmcaption.data.image_sources import COCO2017_FOLDERS
-from mmcaption.data.llava import images_outside_root, read_llava, turn_counts, write_instruct_split
+from mmcaption.data.llava import llava_unsigned_images, read_llava, turn_counts, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
@@ -181,9 +181,9 @@ class CaptionDataModule(PreprocessedDataModule):
         require_annotation_file(annotation_file)
         signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(self.data_dir / split),
                      **self._read_otherwise_now(annotation_file, split)}
-        outside = images_outside_folder(annotation_file, self.data_dir / split)
-        if outside:  # a labelling tool's absolute file names (none in the official files, whose caches keep their names)
-            signature["outside the image folder"] = files_signature(outside, str(annotation_file.resolve()), self.cache_dir)
+        unsigned = coco_unsigned_images(annotation_file, self.data_dir / split)
+        if unsigned:  # a labelling tool's absolute file names, a scraper's img1 (none in the official files)
+            signature["outside the image folder"] = files_signature(unsigned, str(annotation_file.resolve()), self.cache_dir)
         return signature
 
     def write_split(self, split: str, folder: Path) -> Path:
@@ -321,9 +321,9 @@ class InstructDataModule(PreprocessedDataModule):
         signature = {"file": file_signature(file), "side": side, "images": self.signed_folder(self.image_root)}
         if self.looked_at(("read otherwise", file), lambda: read_otherwise_now(file)):  # not the cache of an earlier reading
             signature["reader"] = 2
-        outside = self.looked_at(("outside", file), lambda: images_outside_root(file, self.image_root))
-        if outside:  # absolute image paths (none in LLaVA's own files, whose caches keep their names)
-            signature["outside image_root"] = files_signature(outside, str(file.resolve()), self.cache_dir)
+        unsigned = self.looked_at(("outside", file), lambda: llava_unsigned_images(file, self.image_root))
+        if unsigned:  # absolute image paths, names without an image's suffix (none in LLaVA's own files)
+            signature["outside image_root"] = files_signature(unsigned, str(file.resolve()), self.cache_dir)
         return signature
 
     def preprocess_settings(self) -> dict:

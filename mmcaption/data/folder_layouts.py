@@ -55,6 +55,11 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
         return tables[0], None
     if not texts:
         return None, None
+    if undecodable := [image.relative_to(path) for image in images if not _in_utf8(str(image))]:
+        shown = str(undecodable[0]).encode(errors="surrogateescape").decode(errors="backslashreplace")
+        raise DataError(f"{path}: {len(undecodable)} photo name(s) are not UTF-8 text (the first: {shown}), as a zip made "
+                        "on Windows names them unpacked elsewhere; rename them in UTF-8 (unzip -O cp437, or convmv -f cp850 "
+                        f"-t utf-8 -r --notest {path})")
     bare = sorted(image for image in images if image not in texts)  # counted now, not found one by one as they are read
     rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it (columns "
                    f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused"
@@ -62,6 +67,15 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
                       f"{bare[0].relative_to(path)})"
                       if bare else ")"))
     return None, [(image.relative_to(path).as_posix(), texts.get(image)) for image in sorted(images)]
+
+
+def _in_utf8(name: str) -> bool:
+    """Whether a file's name is UTF-8 text (Python gives another's bytes as lone surrogates, which no table holds)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse_captioned_others(path: Path, files: list[Path], captions: list[Path]) -> None:

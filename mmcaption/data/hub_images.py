@@ -4,6 +4,7 @@ a split names, for the cache to follow."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -13,7 +14,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import pyarrow as pa
 
 from mmcaption.data.records import DataError, existing_spelling
-from mmcaption.images import IMAGE_SUFFIXES, is_hidden, is_url
+from mmcaption.file_spellings import home_expanded, is_file
+from mmcaption.images import IMAGE_SUFFIXES, InlineImage, is_hidden, is_inline_image, is_url
 
 
 class RowImages:
@@ -38,6 +40,8 @@ class RowImages:
         name = self._named(value)
         if name is None:
             return "empty"
+        if is_inline_image(name):
+            return f"{InlineImage(name)}, which cannot be read as an image"
         if is_url(name):  # a Conceptual-Captions-style table: predict reads URLs, training reads files
             return (f"{name!r}, a URL: training reads images from files; download them first (img2dataset does it for "
                     "such tables) and give the table the files' paths")
@@ -95,7 +99,12 @@ class RowImages:
             return value["bytes"]
         if isinstance(value, bytes):
             return value
-        path = self._found(self._named(value))
+        name = self._named(value)
+        if name is not None and is_inline_image(name):  # a dataframe's export of its images: decoded, its row's own
+            with contextlib.suppress(OSError):
+                return InlineImage(name).data
+            return None
+        path = self._found(name)
         return None if path is None else Path(path).read_bytes()
 
     def _found(self, value: object) -> str | None:
@@ -104,10 +113,11 @@ class RowImages:
         runs; a Windows path's backslashes and macOS's decomposed accents read too. ``None`` if neither."""
         if not isinstance(value, str) or not value:
             return None
-        places = [place for name in dict.fromkeys([value, value.strip()])  # a cell with a space typed after the name
+        named = dict.fromkeys(home_expanded(name) for name in (value, value.strip()))  # (a space typed after it; ~/)
+        places = [place for name in named
                   for place in [*(folder / existing_spelling(folder, name) for folder in self._folders),
                                 Path(existing_spelling(Path("."), name))]]
-        return next((str(path) for path in places if path.is_file()), None)
+        return next((str(path) for path in places if is_file(path)), None)
 
     def image_files(self, split: str) -> list[tuple[str, str | None]]:
         """The image files the rows of ``split`` name, when they hold paths rather than the images' bytes:
@@ -130,7 +140,8 @@ class RowImages:
             names = column.to_pylist()
         else:
             return []
-        return [(name, self._found(name)) for name in dict.fromkeys(n for n in names if isinstance(n, str) and n)]
+        return [(name, self._found(name)) for name in dict.fromkeys(n for n in names if isinstance(n, str) and n)
+                if not is_inline_image(name)]  # an image in its cell: the table's own signature follows it
 
 
 def _grouped(files: list[Path], part: str) -> dict[str, list[Path]]:

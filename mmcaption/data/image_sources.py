@@ -14,8 +14,19 @@ from lightning.pytorch.utilities import rank_zero_info
 from mmcaption.data.caption_cells import INVISIBLE
 from mmcaption.data.records import DataError, existing_spelling, not_utf8, packed_file
 from mmcaption.errors import unexpanded_variable
+from mmcaption.file_spellings import home_expanded, is_file
 from mmcaption.folders import walk_through_links
-from mmcaption.images import IMAGE_SUFFIXES, RemoteImage, check_image, file_uri_path, is_hidden, is_url, local_file
+from mmcaption.images import (
+    IMAGE_SUFFIXES,
+    InlineImage,
+    RemoteImage,
+    check_image,
+    file_uri_path,
+    is_hidden,
+    is_inline_image,
+    is_url,
+    local_file,
+)
 from mmcaption.resources import owner_of
 
 # a preprocessed split's folder in mmcaption's cache: the split, the side and the fingerprint of what made it
@@ -111,7 +122,7 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
         piped[str(path)] = data
     header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip()  # a table's header: of questions, most likely
     if path.suffix.lower() in (".csv", ".tsv") and ("," in header or "\t" in header) and not (
-            is_url(header) or user_path(header, path.parent).is_file()):
+            is_url(header) or _there(user_path(header, path.parent))):
         captioned = "caption" in header.lower()  # an image,caption sheet: captioned and scored against its captions by test
         raise DataError(f"{path} is a table, not an image list: " + (
                         f"a table of images and their captions is captioned and scored by mmcaption test with "
@@ -132,7 +143,7 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
     # lines end at \n, \r\n or (an old Mac's) \r, not at U+2028 or \x1c as splitlines() ends them
     names = [line.strip().strip('"').strip("'").strip() for line in re.split(r"\r\n|\r|\n", text)]
     root = path.parent if regular else Path(".")
-    if names and names[0].lower() in COLUMN_NAMES and not user_path(names[0], root).is_file():  # a spreadsheet's column
+    if names and names[0].lower() in COLUMN_NAMES and not _there(user_path(names[0], root)):  # a spreadsheet's column
         if note is not None:
             note(f"{path}: its first line {names[0]!r} names the column, not an image: left out")
         names = names[1:]
@@ -151,37 +162,44 @@ _TEXT_LIKE = re.compile(rb"[^\x00-\x08\x0e-\x1f\x7f]*")  # no control characters
 _EDGE_MARKS = " \t" + INVISIBLE + "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 
-def user_path(name: str, root: Path) -> Path | RemoteImage:
-    """The image a file names: relative to ``root`` unless absolute, or a URL, as it is. When the name as
+def user_path(name: str, root: Path) -> Path | RemoteImage | InlineImage:
+    """The image a file names: relative to ``root`` unless absolute, a URL, or the image itself (a ``data:`` URL, base64
+    text: :func:`~mmcaption.images.is_inline_image`) as it is. When the name as
     written is not there, a Windows path's backslashes are read as separators, and an accented name is
     looked for in its other Unicode form (macOS writes decomposed names: ``é`` as ``e`` and an accent)."""
     # Windows' Properties dialog copies a path with U+202A in front ("image not found"); a file manager, a file:// URI
     name = file_uri_path(name.strip(_EDGE_MARKS))
     if is_url(name):
         return RemoteImage(name)
-    if name.startswith(("~/", "~\\")):  # a list written by hand: ~/photos/a.jpg, as the shell would read it
-        name = str(Path(name).expanduser())
+    if is_inline_image(name):  # a dataframe's export of its images, as MMBench's TSVs carry theirs
+        return InlineImage(name)
+    name = home_expanded(name)  # a list written by hand: ~/photos/a.jpg, as the shell would read it
     return root / existing_spelling(root, name)
 
 
 def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder",
-                given: bool = False) -> list[Path | RemoteImage]:
+                given: bool = False) -> list[Path | RemoteImage | InlineImage]:
     """The images of a questions file's rows, relative to ``root`` (``given``: by ``--data.image_root``, else the
     file's folder); refused, naming the first, when not one of them is there (a wrong folder would otherwise give a
     run of "image not found" rows), with a folder above ``root`` that holds it (LLaVA's scripts take
     ``images/test`` where the file names ``test/5/image.png``)."""
     paths = [user_path(name, root) for name in names]
-    if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths[:COCO2014_LOOKED_FOR]):
+    if paths and not any(_there(p) for p in paths[:COCO2014_LOOKED_FOR]):
         paths = coco2014_read_from_2017(names, root, file) or paths
-    if paths and not any(isinstance(p, RemoteImage) or p.is_file() for p in paths):
+    if paths and not any(_there(p) for p in paths):
         from_here = user_path(names[0], Path("."))
-        above = next((folder for folder in list(root.parents)[:2] if (folder / names[0]).is_file()), None)
-        hint = (f"; {from_here} is there relative to the working directory" if from_here.is_file() else
+        above = next((folder for folder in list(root.parents)[:2] if is_file(folder / names[0])), None)
+        hint = (f"; {from_here} is there relative to the working directory" if _there(from_here) else
                 f"; it is under {above}: give that folder" if above else "")
         raise DataError(f"none of the {len(paths)} images of {file} was found: the first, {names[0]!r}, was looked for at "
                         f"{paths[0]}. Images are relative to {root} " +
                         ("(given by --data.image_root)" if given else f"(the file's folder, unless {where})") + hint)
     return paths
+
+
+def _there(image: Path | RemoteImage | InlineImage) -> bool:
+    """Whether an image a file names is there to read (a URL's is read when its row is)."""
+    return not isinstance(image, Path) or is_file(image)
 
 
 def coco2017_copy(root: Path, image_id: int) -> str | None:

@@ -28,9 +28,9 @@ from mmcaption.data.records import (
     DataError,
     JsonLines,
     existing_spelling,
-    may_name_paths_outside,
-    outside_root,
+    may_name_unsigned_images,
     read_json_list,
+    unsigned_images,
 )
 from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.prompts import IMAGE_PLACEHOLDER, OTHER_PLACEHOLDERS, ConversationTemplate, strip_image_placeholder
@@ -105,14 +105,14 @@ def _described(key: str) -> str:
     return f"image {key[6:]!r}" if key.startswith("image ") else f"record {key[1:]}" if key.startswith("#") else f"id {key!r}"
 
 
-def images_outside_root(file: Path, image_root: Path) -> list[tuple[str, str | None]]:
-    """The images ``file`` names outside ``image_root``, ``(path as written, where it is or None)`` each, for the
-    cache to follow their content as it follows the image folder's."""
-    if not may_name_paths_outside(file, rb'"images?"\s*:\s*\[?\s*'):
+def llava_unsigned_images(file: Path, image_root: Path) -> list[tuple[str, str | None]]:
+    """The images ``file`` names that ``image_root``'s signature does not follow (:func:`unsigned_images`: outside it,
+    or without an image's suffix), ``(path as written, where it is or None)`` each, for the cache to follow them too."""
+    if not may_name_unsigned_images(file, rb'"images?"\s*:\s*\[?\s*'):
         return []
     content = read_json_list(file, "LLaVA conversation file")
     scratch = BadRecords(file, "skip")
-    return outside_root((image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)), image_root)
+    return unsigned_images((image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)), image_root)
 
 
 def parse_record(position: int, record: object, records: BadRecords, place: str | None = None) -> Conversation | None:

@@ -44,6 +44,7 @@ from mmcaption.data.resume import (
 )
 from mmcaption.errors import AlreadyDone, ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import partial_path, prediction_record, summary_path, vqa_results_path
+from mmcaption.file_spellings import is_dir, is_file
 from mmcaption.folders import output_lock
 from mmcaption.images import (
     blank_pixels,
@@ -75,9 +76,9 @@ class _ImageRows(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.image_paths[index]
         error, data = None, b""
-        if isinstance(path, Path) and not path.is_file():
+        if isinstance(path, Path) and not is_file(path):
             error = (f"{path} is a folder, not an image: give the folder itself as --data.images, or list its images"
-                     if path.is_dir() else f"image not found: {path}")
+                     if is_dir(path) else f"image not found: {path}")
         else:
             try:
                 data = path.read_bytes() if isinstance(path, Path) else path.data  # embedded, or downloaded

@@ -58,14 +58,16 @@ class OpenQuestion:
 def _question(path: Path, line: int, record: dict[str, Any], where: str | None = None) -> OpenQuestion:
     """Check one record (keys already lower case) and take its image, question and answer; a problem is
     refused naming ``where`` (by default the file and the line)."""
-    image = next((str(record[name]).strip() for name in IMAGE_COLUMNS if record.get(name) not in (None, "")), "")
+    image = next((record[name] for name in (*IMAGE_COLUMNS, "images") if record.get(name) not in (None, "", [])), "")
+    several = len(image) if isinstance(image, list) and len(image) > 1 else 0  # ShareGPT's "images": [...]
+    image = str(image[0] if isinstance(image, list) else image).strip()
     # "text": LLaVA's own evaluation files (question_id, image, text, category), as its model_vqa.py reads them
     question = str(record.get("question") or record.get("text") or "").strip()
     # "label": POPE's yes/no key (as the multiple-choice reader takes it for an answer key)
     answer, answers = _text(record.get("answer", record.get("label"))), record.get("answers")
     problems = [f"no {what}" for what, value in (("image (column image or img_path)", image),
                                                  ("question (column question, or text as LLaVA's evaluation files)", question))
-                if not value]
+                if not value] + [f"{several} images: a question is asked about one image"] * bool(several)
     if answer is not None and not isinstance(answer, str):
         problems.append(f"answer {answer!r} is not a string or a number")
     if _text(answers) is None or isinstance(answers, str) and absent_cell(answers):  # pandas' NaN: no human answers

@@ -18,8 +18,8 @@ from typing import Literal
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mmcaption.errors import MMCaptionError
-from mmcaption.file_spellings import existing_spelling
-from mmcaption.images import image_format
+from mmcaption.file_spellings import existing_spelling, is_file
+from mmcaption.images import IMAGE_SUFFIXES, image_format
 
 OnBadRecord = Literal["error", "skip"]
 
@@ -214,20 +214,23 @@ def escapes_root(relative: str) -> bool:
     return path.is_absolute() or bool(PureWindowsPath(relative).drive) or ".." in path.parts
 
 
-def may_name_paths_outside(file: Path, key: bytes) -> bool:
-    """A cheap look at ``file``'s raw bytes: whether a ``key`` of its JSON may hold an image path that leaves its
-    folder (absolute, a Windows drive, or with ``..``). Only then is the file parsed for them (:func:`outside_root`):
-    the official COCO and LLaVA files have none (LLaVA-Instruct-150k's 229 MB take 0.27 s to look at)."""
-    return re.search(key + rb'"(?:/|\\\\|[A-Za-z]:|[^"]*\.\.)', file.read_bytes()) is not None
+def may_name_unsigned_images(file: Path, key: bytes) -> bool:
+    """A cheap look at ``file``'s raw bytes: whether a ``key`` of its JSON may hold an image path that its folder's
+    signature does not follow (:func:`unsigned_images`). Only then is the file parsed for them: the official COCO and
+    LLaVA files have none (LLaVA-Instruct-150k's 229 MB take 0.27 s to look at)."""
+    unsigned = rb'"(?:/|\\\\|[A-Za-z]:|[^"]*\.\.|(?![^"]*' + _IMAGE_SUFFIX + rb'")[^"]*")'  # (absolute, .., no image's suffix)
+    return re.search(key + unsigned, file.read_bytes()) is not None
 
 
-def outside_root(names: Iterable[str | None], root: Path) -> list[tuple[str, str | None]]:
-    """The image paths among ``names`` that are read from outside ``root`` (absolute, or climbing out with
-    ``..``), ``(path as written, where it is or None)`` each: a cache follows their content as it follows the
-    image folder's (:func:`mmcaption.data.cache.files_signature`)."""
-    outside = sorted({name for name in names if name and escapes_root(name)})
-    found = [(name, root / existing_spelling(root, name)) for name in outside]
-    return [(name, str(path) if path.is_file() else None) for name, path in found]
+_IMAGE_SUFFIX = rb"(?i:" + b"|".join(re.escape(suffix.encode()) for suffix in sorted(IMAGE_SUFFIXES)) + rb")"
+
+
+def unsigned_images(names: Iterable[str | None], root: Path) -> list[tuple[str, str | None]]:
+    """The image paths among ``names`` that ``root``'s signature (of its files with an image's suffix) does not follow:
+    outside ``root`` (absolute, or climbing out with ``..``), or without an image's suffix (a scraper's ``img1``),
+    ``(path as written, where it is or None)`` each, for a cache to follow them too (``files_signature``)."""
+    unsigned = sorted({n for n in names if n and (escapes_root(n) or Path(n).suffix.lower() not in IMAGE_SUFFIXES)})
+    return [(name, str(path) if is_file(path := root / existing_spelling(root, name)) else None) for name in unsigned]
 
 
 def _firsts(messages: list[str]) -> str:
