@@ -42,12 +42,15 @@ from mmcaption.model import MultimodalConfig, is_pretrained_folder, read_manifes
 from mmcaption.model.backbone_checks import check_backbones, context_problem
 from mmcaption.model.compatibility import check_structure, structure_problem
 from mmcaption.model.config import (
+    STRUCTURAL_SETTINGS,
     TRAINING_ONLY,
+    as_option,
     check_known_settings,
     flat_settings,
     merged_settings,
     nested_settings,
     precision_problem,
+    same_setting,
 )
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
@@ -201,6 +204,7 @@ class MMCaptionCLI(LightningCLI):
             ask_as_trained(subcommand, self.config[subcommand].get("data"), manifest.get("prompts") or {}, f"model.init_from {init_from}")
         elif not ckpt_path and init_from and Path(init_from).is_file():  # a checkpoint's data settings: its prompts
             ask_as_trained(subcommand, self.config[subcommand].get("data"), data_settings(init_from), f"model.init_from {init_from}")
+            self._refuse_other_structure(init_from, subcommand)
         if str(ckpt_path) == "last":  # the file it names, as after_instantiate_classes finds it (None: fit starts afresh)
             ckpt_path = keyword_checkpoint("last", checkpoint_folders(self.config[subcommand].trainer), subcommand)
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
@@ -213,12 +217,26 @@ class MMCaptionCLI(LightningCLI):
         ask_as_trained(subcommand, self.config[subcommand].get("data"), checkpoint.get("datamodule_hyper_parameters") or {}, ckpt_path)
         saved = dict(checkpoint.get("hyper_parameters") or {})
         check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
-        for key in ("_instantiator", "_class_path"):
-            saved.pop(key, None)
+        saved = {key: value for key, value in saved.items() if key not in ("_instantiator", "_class_path")}
         if saved.get("generation"):  # a typo an earlier release kept: left out, said, not refused with the checkpoint
             saved["generation"] = saved_generation(saved["generation"], f"--ckpt_path {ckpt_path}")
         if saved:
             self._model_settings_from(f"--ckpt_path {ckpt_path}", saved, subcommand, "checkpoint")
+
+    def _refuse_other_structure(self, init_from: str, subcommand: str) -> None:
+        """A stage started from a checkpoint of other structural settings (``lora_r`` 16, this config's 8) is refused now,
+        not after minutes of loading Phi-2 as tensor shapes (where its layers, given or counted from the end, are)."""
+        try:
+            saved = flat_settings(load_checkpoint_file(init_from, mmap=True).get("hyper_parameters") or {})
+        except MMCaptionError:  # damaged: said where its weights are loaded
+            return
+        given, written = flat_settings(self.config[subcommand]["model"].as_dict()), self._written_model_settings(subcommand)
+        differ = [f"{key}: checkpoint {saved[key]!r}, given {given[key]!r} ({as_option(key, saved[key])} gives the checkpoint's)"
+                  for key in saved if key.removeprefix("config.") in STRUCTURAL_SETTINGS and key != "config.cross_attention_layers"
+                  and key in (written or ()) and not same_setting(key, given[key], saved[key])]  # set by the user
+        if differ:
+            raise ConfigError(f"model.init_from {init_from} was trained with other structural settings than this run's "
+                              f"({'; '.join(differ)}): its tensors cannot fit. Give the checkpoint's, after any --config")
 
     def _model_settings_from(self, source: str, saved: dict[str, Any], subcommand: str, saved_name: str) -> None:
         """The model settings of a checkpoint or an export (``saved``), except those the user set (listed against the
@@ -229,7 +247,8 @@ class MMCaptionCLI(LightningCLI):
                                                  saved_name)
         if refused:
             raise ConfigError(f"{source} was trained with other structural settings than this run's ({'; '.join(refused)}); "
-                              f"its tensors cannot fit. Drop these settings to use the {saved_name}'s, or train a new run")
+                              f"its tensors cannot fit. Give the {saved_name}'s, after any --config (or leave them out of "
+                              "your config and command line), or train a new run")
         if (notes := [n for n in notes if subcommand == "fit" or n.split(" ")[0] not in TRAINING_ONLY]) and rank_zero_only.rank == 0:
             print(f"{source}: using the settings you gave instead of the {saved_name}'s: {'; '.join(notes)}",
                   file=sys.stderr, flush=True)

@@ -134,7 +134,10 @@ class MMCaptionParser(LightningArgumentParser):
                 lines.append(f"  --{key}:" + (f" did you mean {' or '.join('--' + c for c in close)}?" if close else "")
                              + (f" (written in {where})" if where else ""))
         prog = parser.prog.replace(" [options]", "")
-        lines.append(f"tip: `{prog} --help` lists every setting; add --print_config to see the configuration in effect")
+        data = "CaptionPredictDataModule, MultipleChoiceDataModule or QuestionsPredictDataModule" if prog.endswith(
+            " predict") else "CaptionDataModule or InstructDataModule"  # --help alone leaves out a data module's own
+        lines.append(f"tip: `{prog} --help` lists the model's and the trainer's settings, `{prog} --data.help <class>` a data "
+                     f"module's ({data}); add --print_config to see the configuration in effect")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.exit(USER_ERROR_EXIT)
 

@@ -289,3 +289,26 @@ def test_a_root_folder_given_holds_the_logs_and_checkpoints_the_config_names(dem
                 "trainer.default_root_dir runC holds none") in err
     finally:
         (demo_dir / "checkpoints" / "demo-caption" / "last.ckpt").unlink()
+
+
+def test_a_stage_started_from_a_checkpoint_of_another_lora_rank_is_refused_at_once_with_the_setting_that_fits(
+        demo_dir, trained_checkpoint, capsys):
+    # the caption stage trained with --model.config.lora_r 4; the next stage's config says 8: refused only after the
+    # model and data had loaded (minutes with Phi-2), as tensor shapes, or told to "drop" a setting the user never gave
+    instruct = str(REPO / "configs" / "demo" / "instruct.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", instruct, "--model.init_from", str(trained_checkpoint), "--trainer.accelerator", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model.init_from {trained_checkpoint} was trained with other structural settings than "
+                          "this run's (config.vision_feature_layer: checkpoint -1, given -2 (--model.config.vision_feature_layer"
+                          " -1 gives the checkpoint's); config.lora_r: checkpoint 4, given 8 (--model.config.lora_r 4 gives the "
+                          "checkpoint's); config.lora_alpha: checkpoint 8, given 16 (--model.config.lora_alpha 8 gives the "
+                          "checkpoint's)): its tensors cannot fit. Give the checkpoint's, after any --config")
+    assert "preprocessing" not in err  # before any data was read
+    with pytest.raises(SystemExit) as exit_info:  # and validate --ckpt_path with the config that names another rank
+        main(["validate", "--config", DEMO_CONFIG, "--ckpt_path", str(trained_checkpoint), "--trainer.accelerator", "cpu"])
+    assert exit_info.value.code == 2
+    assert ("config.lora_r: checkpoint 4, given 8 (--model.config.lora_r 4 gives the checkpoint's); config.lora_alpha: "
+            "checkpoint 8, given 16 (--model.config.lora_alpha 8 gives the checkpoint's)); its tensors cannot fit. Give the "
+            "checkpoint's, after any --config") in capsys.readouterr().err

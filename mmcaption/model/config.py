@@ -7,6 +7,8 @@ and :meth:`~mmcaption.model.MultimodalCausalLM.from_config` builds the model fro
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -141,7 +143,8 @@ def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[s
             merged[key] = value  # loaded model compares them resolved, and refuses layers that differ
             continue
         if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
-            refused.append(f"{key}: {saved_name} {merged[key]!r}, given {value!r}")
+            refused.append(f"{key}: {saved_name} {merged[key]!r}, given {value!r} ({as_option(key, merged[key])} gives the "
+                           f"{saved_name}'s)")
         else:
             notes.append(f"{key} {value!r} ({saved_name}: {merged[key]!r})")
             merged[key] = value
@@ -149,12 +152,19 @@ def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[s
 
 
 def settings_diff(saved: dict, current: dict, saved_name: str = "checkpoint") -> list[str]:
-    """``"lora_r: checkpoint 4, model 8"`` for each structural setting in which two configs differ."""
+    """``"lora_r: checkpoint 4, model 8 (--model.config.lora_r 4 gives the checkpoint's)"`` for each structural setting
+    in which two configs differ: the setting that fits, as a run of a shipped config (lora_r 8) cannot drop it."""
     return [
-        f"{key}: {saved_name} {saved[key]!r}, model {current.get(key)!r}"
+        f"{key}: {saved_name} {saved[key]!r}, model {current.get(key)!r} ({as_option(key, saved[key])} gives the {saved_name}'s)"
         for key in STRUCTURAL_SETTINGS
         if key in saved and not same_setting(key, current.get(key), saved[key])
     ]
+
+
+def as_option(key: str, value: Any) -> str:
+    """A model setting as the command line gives it: ``--model.config.lora_r 4``, a list quoted for the shell."""
+    written = json.dumps(list(value)) if isinstance(value, list | tuple) else str(value)
+    return f"--model.{key if key.startswith('config.') else 'config.' + key} {shlex.quote(written)}"
 
 
 # Lightning's precisions that cast the whole module, and the dtype they cast it to
