@@ -278,3 +278,34 @@ def test_both_moved_backbones_of_a_checkpoint_are_said_at_once_with_what_to_pass
     with pytest.raises(BackboneNotFoundError) as refused:  # no checkpoint: the folder alone
         check_backbones(str(backbones[0]), str(gone / "vision_model"), None)
     assert str(refused.value) == f"model.config.vision_model {gone / 'vision_model'}: no such folder"
+
+
+def test_hub_backbones_on_a_machine_without_internet_are_named_together_at_once(tmp_path, monkeypatch):
+    # a compute node without internet and without HF_HUB_OFFLINE: a minute of retries, then an error about the
+    # tokenizer alone (the vision model unnamed), and empty checkpoint and log folders left behind
+    import http.server
+    import threading
+
+    from huggingface_hub import constants
+
+    from mmcaption.model import backbone_checks
+    from mmcaption.model.backbone_checks import BackboneNotFoundError, check_backbones
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(backbone_checks, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once, as DNS fails
+    with pytest.raises(BackboneNotFoundError) as refused:
+        check_backbones("microsoft/phi-2", "openai/clip-vit-base-patch32", None)
+    said = str(refused.value)
+    assert said.startswith("microsoft/phi-2 and openai/clip-vit-base-patch32 are not in the Hugging Face cache, and the hub "
+                           "cannot be reached (") and "`hf download microsoft/phi-2`, `hf download openai/clip-vit-base-patch32`" \
+        in said and said.endswith("with HF_HUB_OFFLINE=1 a run never waits on the network")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501: reached
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        check_backbones("microsoft/phi-2", "openai/clip-vit-base-patch32", None)  # online: downloaded on first use
+    finally:
+        server.shutdown()

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 
 import torch
-from huggingface_hub import is_offline_mode, try_to_load_from_cache
+from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
 
 from mmcaption.errors import ConfigError, unexpanded_variable
 from mmcaption.model.card import HUB_ID, mistyped_folder
@@ -47,23 +49,25 @@ def check_device(device: str | torch.device | None) -> None:
                           f"cuda:{torch.cuda.device_count() - 1}")
 
 
-def check_backbone(name: str, setting: str) -> None:
+def check_backbone(name: str, setting: str) -> bool:
     """Refuse, before anything loads, a backbone ``from_pretrained`` could not find: a local path that is
     not a model folder, or a hub id that is not in the Hugging Face cache while the hub is offline
-    (``HF_HUB_OFFLINE=1``). Online, a hub id that is not cached is downloaded on first use."""
+    (``HF_HUB_OFFLINE=1``). Online, a hub id that is not cached is downloaded on first use: true then."""
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file() and not (path / "preprocessor_config.json").is_file():
             raise BackboneNotFoundError(f"{setting} {name} is not a saved model folder (no config.json in it)")
-        return
+        return False
     if is_local_path(name) or not (HUB_ID.fullmatch(name) or re.fullmatch(r"[\w.-]+", name)):  # '$HOME/x' (gpt2: one)
         where = "" if path.is_absolute() else f" (relative to the working directory, {Path.cwd()})"
         raise BackboneNotFoundError(f"{setting} {name}: no such folder{where}{unexpanded_variable(name)}")
     if near := mistyped_folder(name, "config.json"):
         raise BackboneNotFoundError(f"{setting} {name}: no such folder; did you mean {near}? (read as a Hub id, it is not "
                                     "in the Hugging Face cache)")
-    if isinstance(try_to_load_from_cache(name, "config.json"), str) or not is_offline_mode():
-        return
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return False
+    if not is_offline_mode():
+        return True
     raise BackboneNotFoundError(f"{setting} {name!r} is neither a local folder nor in the Hugging Face cache, and the hub "
                                 f"is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): {download_hint(name)}")
 
@@ -71,18 +75,42 @@ def check_backbone(name: str, setting: str) -> None:
 def check_backbones(language_model: str, vision_model: str, trained_from: str | None) -> None:
     """:func:`check_backbone` for both, refused together (a second run found the second moved backbone), saying that
     the checkpoint ``trained_from`` (``--ckpt_path`` or ``init_from``, when given) records the folders as they were."""
-    problems = []
+    problems, downloads = [], []
     for name, setting in ((language_model, "model.config.language_model"), (vision_model, "model.config.vision_model")):
         try:
-            check_backbone(name, setting)
+            if check_backbone(name, setting):
+                downloads.append(name)
         except BackboneNotFoundError as error:
             problems.append(str(error))
+    if downloads and not problems and (unreachable := hub_unreachable()):  # a compute node without internet: said at
+        raise BackboneNotFoundError(  # once, both named, not after a minute of retries about the tokenizer alone
+            f"{' and '.join(downloads)} {'is' if len(downloads) == 1 else 'are'} not in the Hugging Face cache, and the hub "
+            f"cannot be reached ({unreachable}): download {'it' if len(downloads) == 1 else 'them'} where there is a network "
+            f"(`hf download {downloads[0]}`{''.join(f', `hf download {d}`' for d in downloads[1:])}; HF_HOME names the "
+            "cache to fill, on a shared disk), or set the settings to local folders; with HF_HUB_OFFLINE=1 a run never "
+            "waits on the network")
     if problems and trained_from and any(": no such folder" in problem for problem in problems):
         problems[-1] += (f". Moved since? A checkpoint records its backbones' folders as they were when it trained, and "
                          f"{trained_from} is read with them unless the config gives others: give where they are now, "
                          "--model.config.language_model PATH --model.config.vision_model PATH")
     if problems:
         raise BackboneNotFoundError("; and ".join(problems))
+
+
+HUB_PROBE_TIMEOUT_S = 10
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached (a compute node without internet, a firewall), asked once with a
+    short timeout and through the same proxy settings as the downloads; None when it answers."""
+    request = urllib.request.Request(constants.ENDPOINT, method="HEAD", headers={"User-Agent": "mmcaption"})
+    try:
+        urllib.request.urlopen(request, timeout=HUB_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:  # it answered, if not with 200 (a proxy's 403 is said by the download itself)
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return str(getattr(error, "reason", error))
+    return None
 
 
 def context_problem(name: str, max_length: object) -> str | None:
