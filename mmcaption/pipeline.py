@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, run_cli
 from mmcaption.command_checks import check_command
-from mmcaption.errors import ConfigError, Interrupted, RunInterrupted, user_errors_exit
+from mmcaption.errors import ConfigError, Interrupted, MMCaptionError, RunInterrupted, user_errors_exit
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.model.config import STRUCTURAL_SETTINGS
 from mmcaption.usage import pipeline_parser
@@ -90,8 +92,21 @@ def resumed_stage(fit_args: list[str]) -> tuple[str | None, str | None, list[str
     return path, stage, rest, (checkpoint.get("hyper_parameters") or {}).get("init_from")
 
 
+@contextmanager
+def stage_named(stage: str, flag: str, config: str, defaults: tuple[str, ...]) -> Iterator[None]:
+    """A stage's check that refuses its settings says which stage and config it was, before the error (checked before
+    stage 1 starts, a refusal of stage 2's config read as the command's own, and a default config, the real model's
+    configs/instruct.yaml beside the demo's caption config, went unnamed)."""
+    try:
+        yield
+    except (MMCaptionError, SystemExit):
+        default = f", the default: {flag} names yours" if flag in defaults else ""
+        print(f"note: refused in {stage} ({flag} {config}{default}):", file=sys.stderr, flush=True)
+        raise
+
+
 def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = (), check: bool = True,
-                 stage_args: dict[str, list[str]] | None = None) -> list[StageResult]:
+                 stage_args: dict[str, list[str]] | None = None, defaults: tuple[str, ...] = ()) -> list[StageResult]:
     """Train both stages. With ``check``, the instruct stage is checked (settings, data files, folders, and
     that the caption stage's weights fit its model) before the caption stage starts: a missing LLaVA file is found in seconds, not after the caption
     stage's hours (its ``init_from``, the caption stage's checkpoint, is not there yet).
@@ -100,7 +115,8 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     a caption checkpoint resumes the caption stage, then the instruct stage starts from its result; an
     instruct checkpoint resumes the instruct stage (the caption stage is done); ``last`` resumes each stage
     from its own last checkpoint (a finished caption stage ends at once). ``stage_args``: arguments for one
-    stage only (``{"caption": [...], "instruct": [...]}``), before ``fit_args``."""
+    stage only (``{"caption": [...], "instruct": [...]}``), before ``fit_args``; ``defaults``: the flags
+    (``--caption``, ``--instruct``) whose config the user did not give."""
     checkpoint, stage, fit_args, started_from = resumed_stage(list(fit_args))
     caption_args, instruct_args = ((stage_args or {}).get(name, []) for name in ("caption", "instruct"))
     resume = ["--ckpt_path", checkpoint] if checkpoint else []
@@ -108,10 +124,12 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     # weights come from the resumed checkpoint; this keeps the setting the run had, when the file is still there)
     init_from = started_from if stage == "instruct" and started_from and Path(started_from).exists() else "null"
     if check:  # as the instruct stage will run: resumed, unless the checkpoint is the caption stage's
-        instruct_check = check_command(["fit", "--config", instruct_config, *instruct_args, *fit_args, "--model.init_from",
-                                        init_from, *(resume if stage != "caption" else [])])
+        with stage_named("stage 2, instructions", "--instruct", instruct_config, defaults):
+            instruct_check = check_command(["fit", "--config", instruct_config, *instruct_args, *fit_args, "--model.init_from",
+                                            init_from, *(resume if stage != "caption" else [])])
         if stage != "instruct":  # the caption stage's weights must fit the instruct stage's model
-            caption_check = check_command(["--config", caption_config, *caption_args, *fit_args], run_checks=False)
+            with stage_named("stage 1, captions", "--caption", caption_config, defaults):
+                caption_check = check_command(["--config", caption_config, *caption_args, *fit_args], run_checks=False)
             caption_model, instruct_model = caption_check.model.config, instruct_check.model.config
             differ = [f"{key} {getattr(caption_model, key)!r} in {caption_config}, {getattr(instruct_model, key)!r} in "
                       f"{instruct_config}" for key in STRUCTURAL_SETTINGS if getattr(caption_model, key) != getattr(instruct_model, key)]
@@ -162,7 +180,9 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     args, fit_args = pipeline_parser().parse_known_args(argv)
-    for stage in run_pipeline(args.caption, args.instruct, fit_args):
+    given = sys.argv[1:] if argv is None else argv
+    defaults = tuple(flag for flag in ("--caption", "--instruct") if not any(a.split("=")[0] == flag for a in given))
+    for stage in run_pipeline(args.caption, args.instruct, fit_args, defaults=defaults):
         logs = stage.cli.trainer.logger.log_dir if stage.cli.trainer.logger is not None else None
         print(f"{stage.name}: checkpoint {stage.checkpoint}" + (f", logs {logs}" if logs and Path(logs).is_dir() else ""))
 

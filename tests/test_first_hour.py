@@ -782,3 +782,20 @@ def test_configs_as_people_edit_them_are_refused_naming_the_file_and_line(tmp_pa
     with pytest.raises(SystemExit):  # a command that is none: mmcaption's own are named beside Lightning's four
         main(["prepair"])
     assert "and mmcaption's own: prepare (preprocess the data), chat" in capsys.readouterr().err
+
+
+def test_the_pipeline_names_the_stage_and_the_default_config_a_refusal_is_about(tmp_path, monkeypatch, capsys, nothing_loads):
+    # `mmcaption-pipeline --caption configs/demo/caption.yaml`: stage 2 took the real model's configs/instruct.yaml by
+    # default, and its refusal (a GPU config on a CPU machine, Phi-2 not downloaded) read as the command's own
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(["--caption", "configs/demo/caption.yaml"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "note: refused in stage 2, instructions (--instruct configs/instruct.yaml, the default: --instruct names yours):"
+    assert err[1].startswith("error: ")
+    with pytest.raises(SystemExit):  # a config given: named, without the default's advice
+        pipeline.main(["--caption", "configs/demo/caption.yaml", "--instruct", "configs/instruct.yaml"])
+    assert capsys.readouterr().err.splitlines()[0] == "note: refused in stage 2, instructions (--instruct configs/instruct.yaml):"
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lightning_logs").exists()
