@@ -1,16 +1,12 @@
 """Checkpoints: files written atomically and read without running code, and the policy of what a
 checkpoint may be loaded into (its tensors and structural settings checked against the model).
 
-Lightning writes a checkpoint through a temporary file in the system's temp folder and then
-``shutil.move``-s it into place; when that folder is on another file system the move is a copy,
-and a process killed during it leaves a truncated ``last.ckpt``. :class:`AtomicCheckpointIO`
-writes beside the target, syncs, and renames over it (``os.replace`` is atomic on POSIX and
-Windows): a kill or a full disk at any moment leaves the previous checkpoint whole, and no
-half-written file under the checkpoint's name. The ``mmcaption`` CLI installs it by default.
+Lightning ``shutil.move``-s a checkpoint from the system's temp folder into place (a copy across file systems: a kill
+during it left a truncated ``last.ckpt``). :class:`AtomicCheckpointIO`, the CLI's, writes beside the target, syncs and
+renames over it: a kill or a full disk at any moment leaves the previous checkpoint whole.
 
-Reading goes through :func:`load_checkpoint_file` (``torch.load(weights_only=True)``): tensors and
-plain containers only, so a checkpoint from elsewhere cannot run code; a pickled payload is refused
-with a message that names the file.
+Reading goes through :func:`load_checkpoint_file` (``torch.load(weights_only=True)``): tensors and plain containers
+only, so a checkpoint from elsewhere cannot run code; a pickled payload is refused with a message that names the file.
 
 Checkpoints hold the trainable tensors only (the frozen 4-bit backbones are reloaded from their
 source), so Lightning's non-strict loading would silently ignore a checkpoint of another model:
@@ -41,7 +37,7 @@ from lightning_utilities.core.imports import RequirementCache
 from mmcaption.errors import MMCaptionError, unexpanded_variable
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.folders import being_written, umask, writing_run
-from mmcaption.model import MultimodalCausalLM, MultimodalConfig, read_manifest
+from mmcaption.model import MultimodalCausalLM, MultimodalConfig, is_pretrained_folder, read_manifest
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
 from mmcaption.resources import dangling, dangling_note, disk_full
@@ -70,10 +66,14 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
     that is not a readable checkpoint (truncated, corrupted, another kind of file), whatever error the
     unpickler met in it. ``mmap``: tensors are read from the file only when used (to read its metadata)."""
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointNotFoundError(f"{path} is a folder, not a checkpoint file: a checkpoint of mmcaption fit is a .ckpt "
-                                      "file (checkpoints/<stage>/last.ckpt); a folder written by mmcaption-export is "
-                                      "given as --model.init_from")
+    if path.is_dir() or path.suffix == ".safetensors":  # an export, or its weights file, given where a .ckpt goes
+        export = path if path.is_dir() else path.parent
+        raise (CheckpointNotFoundError if path.is_dir() else CheckpointFileError)(
+            f"{path} is {'a folder' if path.is_dir() else 'a safetensors file'}, not a checkpoint file: a checkpoint of mmcaption "
+            "fit is a .ckpt file (checkpoints/<stage>/last.ckpt); " + (
+                f"{export} is a model mmcaption-export wrote, given whole as --model.init_from {export} (in Python: "
+                "Captioner.from_pretrained)" if is_pretrained_folder(export) else
+                "a folder written by mmcaption-export is given as --model.init_from"))
     if not path.is_file():  # a best checkpoint a fit replaced between its choice and its load: said
         raise CheckpointNotFoundError(f"checkpoint not found: {path}{unexpanded_variable(path)}{being_written(path.parent)}")
     with path.open("rb") as handle:

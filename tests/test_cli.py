@@ -312,3 +312,22 @@ def test_a_stage_started_from_a_checkpoint_of_another_lora_rank_is_refused_at_on
     assert ("config.lora_r: checkpoint 4, given 8 (--model.config.lora_r 4 gives the checkpoint's); config.lora_alpha: "
             "checkpoint 8, given 16 (--model.config.lora_alpha 8 gives the checkpoint's)); its tensors cannot fit. Give the "
             "checkpoint's, after any --config") in capsys.readouterr().err
+
+
+def test_an_export_or_its_weights_file_given_for_a_checkpoint_is_named_as_the_export_it_is(trained_checkpoint, tmp_path):
+    # `--ckpt_path exported/demo/multimodal.safetensors` was "not a file torch.save writes (it starts b'...')", and an
+    # export's folder given to mmcaption-export got advice about folders in general
+    from mmcaption.checkpoint import CheckpointFileError, load_checkpoint_file
+    from mmcaption.export import export_checkpoint
+
+    exported = tmp_path / "exported"
+    export_checkpoint(trained_checkpoint, exported)
+    advice = f"{exported} is a model mmcaption-export wrote, given whole as --model.init_from {exported}"
+    weights = sorted(exported.glob("*.safetensors"))
+    assert weights  # the export's own weights file (multimodal.safetensors)
+    for given in (exported, *weights):
+        with pytest.raises(CheckpointFileError) as refused:
+            load_checkpoint_file(given)
+        assert advice in str(refused.value), given
+    with pytest.raises(CheckpointFileError, match="a folder written by mmcaption-export is given as --model.init_from$"):
+        load_checkpoint_file(tmp_path)  # any other folder
