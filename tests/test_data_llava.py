@@ -233,6 +233,15 @@ def test_images_outside_the_root_train_and_their_content_is_followed(backbones, 
     (elsewhere / "000000000003.jpg").unlink()
     with pytest.raises(DataError, match=r"1 of 12 conversations refer to images missing.*photos/000000000003\.jpg"):
         make_datamodule(backbones, llava).prepare_data()
+    # inside image_root without an image's suffix (a scraper's img4): replaced, a new cache too (it kept the old pixels)
+    shutil.copy(image_root / "train2017" / "000000000005.jpg", elsewhere / "000000000003.jpg")
+    (image_root / "train2017" / "000000000004.jpg").rename(image_root / "train2017" / "img4")
+    edit(train, lambda records: [r.update(image="train2017/img4") for r in records if r["image"].endswith("000000000004.jpg")])
+    before = make_datamodule(backbones, llava)
+    before.prepare_data()
+    shutil.copy(image_root / "train2017" / "000000000006.jpg", image_root / "train2017" / "img4")
+    after = make_datamodule(backbones, llava)
+    assert after.split_folder("train") != before.split_folder("train")
 
 
 def test_unreadable_image_is_named_or_skipped(backbones, llava):
