@@ -114,7 +114,7 @@ class MMCaptionParser(LightningArgumentParser):
             lines.append("  the optimizer and its schedule are mmcaption's own (fused AdamW, linear warm-up then linear decay), "
                          "not LightningCLI's --optimizer and --lr_scheduler: --model.learning_rate, --model.weight_decay, "
                          "--model.adam_betas and --model.warmup_ratio set them")
-        if "argument subcommand: invalid choice" in message:  # the commands beyond Lightning's four
+        if "argument subcommand: invalid choice" in message or '"subcommand" to be one of' in message:  # beyond Lightning's
             lines.append("  and mmcaption's own: prepare (preprocess the data), chat (talk about an image)")
         if "is not accepted before subcommand" in message:  # mmcaption --config x.yaml fit
             lines.append("  settings go after the subcommand: mmcaption fit --config <file> ...")
@@ -137,7 +137,8 @@ class MMCaptionParser(LightningArgumentParser):
         data = "CaptionPredictDataModule, MultipleChoiceDataModule or QuestionsPredictDataModule" if prog.endswith(
             " predict") else "CaptionDataModule or InstructDataModule"  # --help alone leaves out a data module's own
         lines.append(f"tip: `{prog} --help` lists the model's and the trainer's settings, `{prog} --data.help <class>` a data "
-                     f"module's ({data}); add --print_config to see the configuration in effect")
+                     f"module's ({data}); add --print_config to see the configuration in effect" if " " in prog else
+                     f"tip: `{prog} --help` lists the commands, `{prog} fit --help` a command's settings")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.exit(USER_ERROR_EXIT)
 

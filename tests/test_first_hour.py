@@ -782,6 +782,11 @@ def test_configs_as_people_edit_them_are_refused_naming_the_file_and_line(tmp_pa
     with pytest.raises(SystemExit):  # a command that is none: mmcaption's own are named beside Lightning's four
         main(["prepair"])
     assert "and mmcaption's own: prepare (preprocess the data), chat" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no command at all: the same, and the tip is about commands, not --data.help
+        main([])
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  and mmcaption's own: prepare (preprocess the data), chat (talk about an image)",
+        "tip: `mmcaption --help` lists the commands, `mmcaption fit --help` a command's settings"]
 
 
 def test_the_pipeline_names_the_stage_and_the_default_config_a_refusal_is_about(tmp_path, monkeypatch, capsys, nothing_loads):
