@@ -4,6 +4,7 @@ camera wrote ``IMG_001.JPG``), and a Windows machine's absolute path by the end 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import unicodedata
@@ -59,7 +60,9 @@ def is_dir(path: Path) -> bool:
 def _asked(question: Callable[[], bool]) -> bool:
     try:
         return question()
-    except OSError:
+    except OSError as error:  # a name too long for any file; a folder that cannot be read is said where it is read
+        if error.errno != errno.ENAMETOOLONG:
+            raise
         return False
 
 

@@ -138,7 +138,8 @@ class MMCaptionParser(LightningArgumentParser):
             " predict") else "CaptionDataModule or InstructDataModule"  # --help alone leaves out a data module's own
         lines.append(f"tip: `{prog} --help` lists the model's and the trainer's settings, `{prog} --data.help <class>` a data "
                      f"module's ({data}); add --print_config to see the configuration in effect" if " " in prog else
-                     f"tip: `{prog} --help` lists the commands, `{prog} fit --help` a command's settings")
+                     f"tip: `{prog} --help` lists the commands, `{prog} fit --help` a command's settings" if prog == "mmcaption"
+                     else f"tip: `{prog} --help` lists its settings")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.exit(USER_ERROR_EXIT)
 

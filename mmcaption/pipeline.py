@@ -97,11 +97,15 @@ def stage_named(stage: str, flag: str, config: str, defaults: tuple[str, ...]) -
     """A stage's check that refuses its settings says which stage and config it was, before the error (checked before
     stage 1 starts, a refusal of stage 2's config read as the command's own, and a default config, the real model's
     configs/instruct.yaml beside the demo's caption config, went unnamed)."""
+    default = f", the default: {flag} names yours" if flag in defaults else ""
     try:
         yield
-    except (MMCaptionError, SystemExit):
-        default = f", the default: {flag} names yours" if flag in defaults else ""
+    except MMCaptionError:  # said next, as the command's error
         print(f"note: refused in {stage} ({flag} {config}{default}):", file=sys.stderr, flush=True)
+        raise
+    except SystemExit as stop:  # the parser's error, said already (and --print_config's exit 0: no refusal)
+        if stop.code not in (0, None):
+            print(f"note: the error above came from checking {stage} ({flag} {config}{default})", file=sys.stderr, flush=True)
         raise
 
 
@@ -180,8 +184,10 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     args, fit_args = pipeline_parser().parse_known_args(argv)
-    given = sys.argv[1:] if argv is None else argv
-    defaults = tuple(flag for flag in ("--caption", "--instruct") if not any(a.split("=")[0] == flag for a in given))
+    unset = pipeline_parser()  # which configs were given, abbreviated too (--inst), and which are the defaults
+    unset.set_defaults(caption=None, instruct=None)
+    given = unset.parse_known_args(argv)[0]
+    defaults = tuple(f"--{name}" for name in ("caption", "instruct") if getattr(given, name) is None)
     for stage in run_pipeline(args.caption, args.instruct, fit_args, defaults=defaults):
         logs = stage.cli.trainer.logger.log_dir if stage.cli.trainer.logger is not None else None
         print(f"{stage.name}: checkpoint {stage.checkpoint}" + (f", logs {logs}" if logs and Path(logs).is_dir() else ""))

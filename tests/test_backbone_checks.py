@@ -293,7 +293,9 @@ def test_hub_backbones_on_a_machine_without_internet_are_named_together_at_once(
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(backbone_checks, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(backbone_checks, "is_offline_mode", lambda: False)  # online, as such a node's environment is
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once, as DNS fails
     with pytest.raises(BackboneNotFoundError) as refused:
         check_backbones("microsoft/phi-2", "openai/clip-vit-base-patch32", None)

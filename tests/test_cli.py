@@ -331,3 +331,13 @@ def test_an_export_or_its_weights_file_given_for_a_checkpoint_is_named_as_the_ex
         assert advice in str(refused.value), given
     with pytest.raises(CheckpointFileError, match="a folder written by mmcaption-export is given as --model.init_from$"):
         load_checkpoint_file(tmp_path)  # any other folder
+
+
+def test_a_suggested_setting_is_one_the_command_line_reads():
+    # the checkpoint's cross_attention_heads None was suggested as "--model.config.cross_attention_heads None", which the
+    # parser refuses ("'None' is not a whole number or null")
+    from mmcaption.model.config import as_option
+
+    assert as_option("cross_attention_heads", None) == "--model.config.cross_attention_heads null"
+    assert as_option("config.lora_target_modules", ("q_proj", "dense")) == """--model.config.lora_target_modules '["q_proj", "dense"]'"""
+    assert as_option("lora_r", 4) == "--model.config.lora_r 4"

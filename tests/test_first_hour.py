@@ -803,4 +803,17 @@ def test_the_pipeline_names_the_stage_and_the_default_config_a_refusal_is_about(
     with pytest.raises(SystemExit):  # a config given: named, without the default's advice
         pipeline.main(["--caption", "configs/demo/caption.yaml", "--instruct", "configs/instruct.yaml"])
     assert capsys.readouterr().err.splitlines()[0] == "note: refused in stage 2, instructions (--instruct configs/instruct.yaml):"
+    with pytest.raises(SystemExit):  # abbreviated, as argparse takes it: given, not the default
+        pipeline.main(["--caption", "configs/demo/caption.yaml", "--inst", "configs/instruct.yaml"])
+    assert capsys.readouterr().err.splitlines()[0] == "note: refused in stage 2, instructions (--instruct configs/instruct.yaml):"
+    with pytest.raises(SystemExit) as exit_info:  # the parser's own error, said first: the note follows it
+        pipeline.main(["--caption", "configs/demo/caption.yaml", "--instruct", "configs/demo/instruct.yaml",
+                       "--trainer.max_epochs=abc"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: ") and err[-1] == ("note: the error above came from checking stage 2, instructions "
+                                                        "(--instruct configs/demo/instruct.yaml)")
+    with pytest.raises(SystemExit) as exit_info:  # --print_config: printed, no refusal said
+        pipeline.main(["--caption", "configs/demo/caption.yaml", "--instruct", "configs/demo/instruct.yaml", "--print_config"])
+    assert exit_info.value.code in (0, None) and "note:" not in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lightning_logs").exists()

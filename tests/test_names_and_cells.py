@@ -96,14 +96,15 @@ def test_file_names_of_another_code_page_are_signed_and_a_captioned_one_is_named
     assert len(next(iter(dm.train_dataloader()))["input_ids"]) == 4
     assert make_datamodule(backbones, coco_copy).split_folder("train2017") == dm.split_folder("train2017")  # reused
 
-    folder = tmp_path / "photos"  # photos with a caption .txt each: the photo itself goes into the table
+    folder = tmp_path / "my photos"  # photos with a caption .txt each: the photo itself goes into the table
     folder.mkdir()
     for stem, colour in ((b"red", "red"), (b"caf\x82", "blue")):
         with open(bytes(folder) + b"/" + stem + b".png", "wb") as photo:
             photo.write(png_bytes(colour))
         with open(bytes(folder) + b"/" + stem + b".txt", "w") as caption:
             caption.write(f"a {colour} square\n")
-    with pytest.raises(DataError, match=r"1 photo name\(s\) are not UTF-8 text \(the first: caf\\x82.png\).*unzip -O cp437"):
+    with pytest.raises(DataError, match=r"1 photo name\(s\) are not UTF-8 text \(the first: caf\\x82.png\).*unzip -O cp437.*"
+                                        r"--notest '.*/my photos'\)$"):
         list(HubCaptions(str(folder), "image", "caption").records("train", BadRecords(str(folder))))
 
 
@@ -134,3 +135,20 @@ def test_a_questions_image_given_as_a_list_of_one_is_read_and_of_several_is_refu
     questions.write_text(json.dumps({"images": ["a.jpg", "b.jpg"], "question": "Which differs?"}) + "\n")
     with pytest.raises(DataError, match=r"q.jsonl, line 1: 2 images: a question is asked about one image"):
         read_questions(questions)
+
+
+def test_images_without_a_suffix_are_followed_in_every_layout_a_conversation_file_names_them(tmp_path):
+    # datasets' to_json writes an image as {"bytes": null, "path": ...}, Qwen-style messages as {"type": "image", "path":
+    # ...}: their images without a suffix were not followed; a text-only record's "image": "" was parsed for nothing
+    from mmcaption.data.llava import llava_unsigned_images
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "img4").write_bytes(png_bytes("red"))
+    conversations = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A square."}]
+    file = tmp_path / "conversations.json"
+    for image in ({"bytes": None, "path": "imgs/img4"}, "imgs/img4"):
+        file.write_text(json.dumps([{"id": "1", "image": image, "conversations": conversations}]))
+        assert llava_unsigned_images(file, tmp_path) == [("imgs/img4", str(tmp_path / "imgs" / "img4"))], image
+    file.write_text(json.dumps([{"id": "1", "image": "", "conversations": conversations[1:]},
+                                {"id": "2", "image": "imgs/a.jpg", "conversations": conversations}]))
+    assert llava_unsigned_images(file, tmp_path) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
         shown = str(undecodable[0]).encode(errors="surrogateescape").decode(errors="backslashreplace")
         raise DataError(f"{path}: {len(undecodable)} photo name(s) are not UTF-8 text (the first: {shown}), as a zip made "
                         "on Windows names them unpacked elsewhere; rename them in UTF-8 (unzip -O cp437, or convmv -f cp850 "
-                        f"-t utf-8 -r --notest {path})")
+                        f"-t utf-8 -r --notest {shlex.quote(str(path))})")
     bare = sorted(image for image in images if image not in texts)  # counted now, not found one by one as they are read
     rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it (columns "
                    f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused"

@@ -108,7 +108,7 @@ def _described(key: str) -> str:
 def llava_unsigned_images(file: Path, image_root: Path) -> list[tuple[str, str | None]]:
     """The images ``file`` names that ``image_root``'s signature does not follow (:func:`unsigned_images`: outside it,
     or without an image's suffix), ``(path as written, where it is or None)`` each, for the cache to follow them too."""
-    if not may_name_unsigned_images(file, rb'"images?"\s*:\s*\[?\s*'):
+    if not may_name_unsigned_images(file, rb'"(?:images?|path)"\s*:\s*(?:\[\s*|\{[^{}]*?"path"\s*:\s*)?'):  # datasets', Qwen's
         return []
     content = read_json_list(file, "LLaVA conversation file")
     scratch = BadRecords(file, "skip")

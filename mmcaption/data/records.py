@@ -218,7 +218,7 @@ def may_name_unsigned_images(file: Path, key: bytes) -> bool:
     """A cheap look at ``file``'s raw bytes: whether a ``key`` of its JSON may hold an image path that its folder's
     signature does not follow (:func:`unsigned_images`). Only then is the file parsed for them: the official COCO and
     LLaVA files have none (LLaVA-Instruct-150k's 229 MB take 0.27 s to look at)."""
-    unsigned = rb'"(?:/|\\\\|[A-Za-z]:|[^"]*\.\.|(?![^"]*' + _IMAGE_SUFFIX + rb'")[^"]*")'  # (absolute, .., no image's suffix)
+    unsigned = rb'"(?:/|\\\\|[A-Za-z]:|(?i:file:)|[^"]*\.\.|(?![^"]*' + _IMAGE_SUFFIX + rb'")[^"]+")'  # (absolute, .., no suffix)
     return re.search(key + unsigned, file.read_bytes()) is not None
 
 

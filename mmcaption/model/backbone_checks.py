@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 
 import torch
-from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+from huggingface_hub import constants, get_session, is_offline_mode, try_to_load_from_cache
 
 from mmcaption.errors import ConfigError, unexpanded_variable
 from mmcaption.model.card import HUB_ID, mistyped_folder
@@ -102,14 +100,12 @@ HUB_PROBE_TIMEOUT_S = 10
 
 def hub_unreachable() -> str | None:
     """Why the Hugging Face Hub cannot be reached (a compute node without internet, a firewall), asked once with a
-    short timeout and through the same proxy settings as the downloads; None when it answers."""
-    request = urllib.request.Request(constants.ENDPOINT, method="HEAD", headers={"User-Agent": "mmcaption"})
+    short timeout by the hub's own client, as the downloads are (its proxies and certificates); None when it answers,
+    with any status (a mirror's 404, a proxy's 403: the download itself says that)."""
     try:
-        urllib.request.urlopen(request, timeout=HUB_PROBE_TIMEOUT_S).close()
-    except urllib.error.HTTPError:  # it answered, if not with 200 (a proxy's 403 is said by the download itself)
-        return None
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        return str(getattr(error, "reason", error))
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as error:  # noqa: BLE001 - the client's connection, timeout and proxy errors, whichever it raises
+        return str(error) or type(error).__name__
     return None
 
 

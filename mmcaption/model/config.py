@@ -163,7 +163,7 @@ def settings_diff(saved: dict, current: dict, saved_name: str = "checkpoint") ->
 
 def as_option(key: str, value: Any) -> str:
     """A model setting as the command line gives it: ``--model.config.lora_r 4``, a list quoted for the shell."""
-    written = json.dumps(list(value)) if isinstance(value, list | tuple) else str(value)
+    written = value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value)  # null
     return f"--model.{key if key.startswith('config.') else 'config.' + key} {shlex.quote(written)}"
 
 
