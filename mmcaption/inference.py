@@ -37,7 +37,7 @@ from mmcaption.errors import ConfigError, NotAModelFolderError, image_input_erro
 from mmcaption.generation_settings import saved_generation
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, is_pretrained_folder, read_manifest
-from mmcaption.model.backbone_checks import BackboneNotFoundError, check_device, is_local_path
+from mmcaption.model.backbone_checks import BackboneNotFoundError, check_device, hub_unreachable, is_local_path
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage, mistyped_folder
 from mmcaption.model.config import Quantization
@@ -331,6 +331,9 @@ def _model_folder(name: str | Path) -> Path:
     folder = Path(name).expanduser()
     if folder.exists() or not isinstance(name, str) or not HUB_ID.fullmatch(name) or mistyped_folder(name, CONFIG_FILE):
         return folder
+    if not is_offline_mode() and (unreachable := hub_unreachable()):  # a mistyped folder, offline: said at once (25 s of
+        raise NotAModelFolderError(f"{name} is no folder here ({folder.resolve()}), and the Hugging Face Hub, where it "  # retries)
+                                   f"would be looked for, cannot be reached ({unreachable}): give the model's folder")
     try:
         hf_hub_download(name, CONFIG_FILE, local_files_only=is_offline_mode())  # not a whole repository of another kind
         return Path(snapshot_download(name, local_files_only=is_offline_mode()))

@@ -48,12 +48,13 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     limits = []
     setting = "limit_test_batches" if prefix == "test" else "limit_val_batches"  # fast_dev_run sets it too
     limit = getattr(trainer, setting)
-    if isinstance(limit, int) or limit != 1.0:  # a number of batches, or a share below 1.0: part of the split
+    if (isinstance(limit, int) or limit != 1.0) and _batches_cut(trainer, prefix):  # part of the split: fewer batches ran
         processes = trainer.world_size  # each process takes that many of its own share: more of the split than one does
         limits.append(f"trainer.{setting} {limit}" + (f" (batches per process, of {processes} processes: up to "
                                                      f"{limit * processes} batches)" if isinstance(limit, int) and processes > 1 else ""))
     side = "test" if prefix == "test" else "val"
-    if captions and settings.get(f"{side}_caption_images") and made.get("images", 0) > len(captions):  # the first N images
+    wanted = settings.get(f"{side}_caption_images")  # the first N images, when the split has more
+    if captions and wanted and made.get("images", 0) > len(captions) and wanted < made["images"]:
         limits.append(f"data.{side}_caption_images {settings[f'{side}_caption_images']} (of the split's {made['images']:,} "
                       "images; CIDEr's document frequencies come from those scored)")
     asked = settings.get(f"{side}_answer_questions")
@@ -80,3 +81,15 @@ def _split_record(datamodule, split: str | None) -> dict[str, Any]:
         return json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8")) if folder else {}
     except (OSError, ValueError):
         return {}
+
+
+def _batches_cut(trainer, prefix: str) -> bool:
+    """Whether ``limit_val_batches`` (``limit_test_batches``) ran fewer batches than the loaders hold (a fit config's
+    200, or 1 batch of the whole split: no part of it left out); true when that cannot be told."""
+    side = "test" if prefix == "test" else "val"
+    loaders, ran = getattr(trainer, f"{side}_dataloaders", None), getattr(trainer, f"num_{side}_batches", None)
+    loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+    try:
+        return any(done < len(loader) for done, loader in zip(ran, loaders, strict=True))
+    except (TypeError, ValueError):  # no loader, or one without a length (an iterable dataset): as the setting says
+        return True

@@ -303,6 +303,14 @@ def test_hub_backbones_on_a_machine_without_internet_are_named_together_at_once(
     assert said.startswith("microsoft/phi-2 and openai/clip-vit-base-patch32 are not in the Hugging Face cache, and the hub "
                            "cannot be reached (") and "`hf download microsoft/phi-2`, `hf download openai/clip-vit-base-patch32`" \
         in said and said.endswith("with HF_HUB_OFFLINE=1 a run never waits on the network")
+    # a mistyped export folder of the shape of a hub id: said at once too (25 s of retries)
+    from mmcaption import Captioner
+    from mmcaption.inference import NotAModelFolderError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NotAModelFolderError, match=r"^exported/nonexistent is no folder here .*, and the Hugging Face Hub, "
+                                                   r"where it would be looked for, cannot be reached \(.*\): give the model's folder$"):
+        Captioner.from_pretrained("exported/nonexistent")
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501: reached
     threading.Thread(target=server.serve_forever, daemon=True).start()

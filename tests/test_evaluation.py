@@ -55,7 +55,7 @@ def karpathy_root(coco_root: Path, target: Path, splits: dict[int, str] = SPLITS
 def karpathy_datamodule(backbones, root: Path, **settings) -> CaptionDataModule:
     language_dir, vision_dir = backbones
     return CaptionDataModule(data_dir=str(root), source="karpathy", tokenizer=str(language_dir), image_processor=str(vision_dir),
-                             batch_size=4, eval_batch_size=4, num_workers=0, **settings)
+                             **{"batch_size": 4, "eval_batch_size": 4, "num_workers": 0, **settings})
 
 
 def test_karpathy_splits_train_on_train_and_restval_validate_on_val_test_on_test(backbones, coco_root, tmp_path):
@@ -290,3 +290,23 @@ def test_a_resume_compares_the_generation_settings_both_records_have():
                               {"generation": {"num_beams": 3, "early_stopping": True, "top_k": 5}}) == [
         "early_stopping (False then, True now)"]
     assert record_differences(earlier, {"generation": {"max_new_tokens": 8, "num_beams": 5}}) == ["num_beams (3 then, 5 now)"]
+
+
+def test_a_batch_limit_that_leaves_nothing_out_is_not_said_to_score_part_of_the_split(backbones, coco_root, trained_checkpoint,
+                                                                                      tmp_path):
+    # a fit config's limit_val_batches 200 kept for a 2-image test: "trainer.limit_test_batches 200: part of the split"
+    # beside the whole split's numbers; and one batch of 1 image was blamed on test_caption_images 40, which cut nothing
+    root = karpathy_root(coco_root, tmp_path / "coco2014")
+    module = make_captioner(backbones, generation={"max_new_tokens": 4})
+
+    def tested(limit, **settings) -> dict:
+        trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / f"run{limit}-{len(settings)}", enable_progress_bar=False,
+                          enable_model_summary=False, limit_test_batches=limit)
+        trainer.test(module, datamodule=karpathy_datamodule(backbones, root, **settings), ckpt_path=str(trained_checkpoint),
+                     verbose=False)
+        return json.loads((Path(trainer.log_dir) / "test-test.results.json").read_text())
+
+    whole = tested(200, test_caption_images=40)
+    assert whole["images"] == 2 and "limited_by" not in whole
+    part = tested(1, test_caption_images=40, eval_batch_size=1)
+    assert part["images"] == 1 and part["limited_by"] == "trainer.limit_test_batches 1"
