@@ -612,7 +612,8 @@ def test_mmcaption_test_on_conversations_answers_their_questions_and_writes_each
     assert len(asked) > 3 and results["limited_by"] == "data.test_answer_questions 3 (the split's first 3 questions)"
     loss_only = Trainer(accelerator="cpu", default_root_dir=tmp_path / "loss", enable_progress_bar=False, enable_model_summary=False,
                         limit_test_batches=1)
-    logged = loss_only.test(module, datamodule=make_datamodule(backbones, llava, test_answer_questions=0), verbose=False)[0]
+    logged = loss_only.test(module, datamodule=make_datamodule(backbones, llava, test_answer_questions=0, eval_batch_size=1),
+                            verbose=False)[0]  # (one batch of 1: the split's other conversations left out)
     assert "test/loss" in logged and "test/answer_exact_match" not in logged
     # a part of the split says so: the results of one batch read as the whole split's
     assert json.loads((Path(loss_only.log_dir) / "test-val.results.json").read_text())["limited_by"] == "trainer.limit_test_batches 1"

@@ -126,8 +126,9 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     predictions = [json.loads(line)["image_id"] for line in (tmp_path / results["predictions"]).read_text().splitlines()]
     assert sorted(predictions) == sorted(set(predictions)) and len(predictions) == 3
     assert predictions == sorted(predictions)  # in the split's order (by process, it was 1st, 3rd, 2nd)
-    # limit_val_batches counts each process's batches: two processes score twice one's (the same "1" was recorded)
-    assert results["limited_by"].startswith("trainer.limit_val_batches 1 (batches per process, of 2 processes: up to 2 batches); ")
+    # limit_val_batches 1 is each process's whole share here (it was said to cut the split): the first 3 images are what is
+    # left out of the 4 (the wording of a limit per process that cuts: tests/test_evaluation.py)
+    assert results["limited_by"] == "data.val_caption_images 3 (of the split's 4 images; CIDEr's document frequencies come from those scored)"
     # fewer images than processes: Lightning's sampler repeats one for the idle process; it is scored once (was twice)
     validate(1)
     (results,) = [json.loads(p.read_text()) for p in tmp_path.glob("val-*.results.json") if json.loads(p.read_text())["images"] != 3]

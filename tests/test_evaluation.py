@@ -310,3 +310,23 @@ def test_a_batch_limit_that_leaves_nothing_out_is_not_said_to_score_part_of_the_
     assert whole["images"] == 2 and "limited_by" not in whole
     part = tested(1, test_caption_images=40, eval_batch_size=1)
     assert part["images"] == 1 and part["limited_by"] == "trainer.limit_test_batches 1"
+
+
+def test_a_batch_limit_per_process_is_said_with_the_processes_when_it_left_batches_out(tmp_path):
+    # the wording of a multi-process run's limit (each process takes that many of its own share), and none when each
+    # process's share fits in the batches it ran
+    from types import SimpleNamespace
+
+    from mmcaption.results import write_results
+
+    def results(ran: int) -> dict:
+        trainer = SimpleNamespace(lightning_module=None, datamodule=None, state=SimpleNamespace(fn=SimpleNamespace(value="validate")),
+                                  ckpt_path=None, world_size=2, limit_val_batches=1, val_dataloaders=[[0, 1, 2]],
+                                  num_val_batches=[ran])
+        folder = tmp_path / str(ran)
+        folder.mkdir()
+        write_results(trainer, {}, folder, "val", {"loss": 1.0}, [], [])
+        return json.loads(next(folder.glob("*.results.json")).read_text())
+
+    assert results(1)["limited_by"] == "trainer.limit_val_batches 1 (batches per process, of 2 processes: up to 2 batches)"
+    assert "limited_by" not in results(3)
