@@ -42,15 +42,12 @@ from mmcaption.model import MultimodalConfig, is_pretrained_folder, read_manifes
 from mmcaption.model.backbone_checks import check_backbones, context_problem
 from mmcaption.model.compatibility import check_structure, structure_problem
 from mmcaption.model.config import (
-    STRUCTURAL_SETTINGS,
     TRAINING_ONLY,
-    as_option,
     check_known_settings,
     flat_settings,
     merged_settings,
     nested_settings,
     precision_problem,
-    same_setting,
 )
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
@@ -230,10 +227,9 @@ class MMCaptionCLI(LightningCLI):
             saved = flat_settings(load_checkpoint_file(init_from, mmap=True).get("hyper_parameters") or {})
         except MMCaptionError:  # damaged: said where its weights are loaded
             return
-        given, written = flat_settings(self.config[subcommand]["model"].as_dict()), self._written_model_settings(subcommand)
-        differ = [f"{key}: checkpoint {saved[key]!r}, given {given[key]!r} ({as_option(key, saved[key])} gives the checkpoint's)"
-                  for key in saved if key.removeprefix("config.") in STRUCTURAL_SETTINGS and key != "config.cross_attention_layers"
-                  and key in (written or ()) and not same_setting(key, given[key], saved[key])]  # set by the user
+        given = flat_settings(self.config[subcommand]["model"].as_dict())
+        defaults = flat_settings(self._subcommand_parsers[subcommand].get_defaults()["model"].as_dict())
+        _, _, differ = merged_settings(saved, given, self._written_model_settings(subcommand), defaults)  # as --ckpt_path's
         if differ:
             raise ConfigError(f"model.init_from {init_from} was trained with other structural settings than this run's "
                               f"({'; '.join(differ)}): its tensors cannot fit. Give the checkpoint's, after any --config")
