@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -69,22 +70,27 @@ def test_one_photo_under_several_names_is_said_with_an_example(tmp_path):
                                 "(first: 'beach(1).jpg' is 'beach.jpg')": 2}
 
 
-def test_bare_names_over_a_phones_subfolders_get_the_path_to_write_in_any_case(tmp_path):
+def test_bare_names_over_a_phones_subfolders_are_found_where_one_file_has_the_name_else_get_the_paths_to_write(tmp_path):
     # a sheet of the photos' names alone: "run from photos/iPhone" fixed one subfolder of several, and a name typed in
-    # another case got no hint at all
+    # another case got no hint at all. A name that one file below the sheet has is that file (read, and said); a name
+    # that two have (phones all count IMG_0001 up) is the user's to write, and both paths are given
     folder = tmp_path / "photos"
-    for sub, name in (("iPhone", "IMG_0001.JPG"), ("Android", "PXL_20260101_1.jpg")):
-        (folder / sub).mkdir(parents=True)
+    for sub, name in (("iPhone", "IMG_0001.JPG"), ("Android", "PXL_20260101_1.jpg"), ("Camera", "IMG_0001.JPG")):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
         (folder / sub / name).write_bytes(jpeg((10, 200, 10)))
     table = folder / "captions.csv"
     table.write_text("image,caption\nIMG_0001.JPG,a field\npxl_20260101_1.JPG,a tree\n")
     with pytest.raises(DataError) as refused:
         list(HubCaptions(str(table), "image", "caption").records("train", BadRecords(str(table), "error")))
     said = str(refused.value)
-    assert f"{folder / 'iPhone' / 'IMG_0001.JPG'} has that name: write the path relative to {folder} (iPhone/IMG_0001.JPG)" in said
-    assert (f"{folder / 'Android' / 'PXL_20260101_1.jpg'} has that name: write the path relative to {folder} "
-            "(Android/PXL_20260101_1.jpg)") in said
+    assert said.startswith(f"{table}: 1 of 2 rows name no image that is there"), said
+    assert re.search(r"have that name: write the path relative to .* \((iPhone/IMG_0001\.JPG or Camera/IMG_0001\.JPG|"
+                     r"Camera/IMG_0001\.JPG or iPhone/IMG_0001\.JPG)\)", said), said
     assert "run from" not in said
+    records = BadRecords(str(table), "skip")
+    read = list(HubCaptions(str(table), "image", "caption").records("train", records))
+    assert [(name, image.source) for _, name, image, _ in read] == [
+        ("pxl_20260101_1.JPG", (folder / "Android" / "PXL_20260101_1.jpg").read_bytes())]
 
 
 def test_files_beside_phone_photos_are_said_for_what_they_are():

@@ -826,7 +826,7 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
     monkeypatch.chdir(elsewhere)
     table = photos / "captions.csv"
     rows = ["image,caption", "IMG_001.JPG,a sunny street", "IMG_001.JPG,NA", "2024\\IMG_002.JPG,\"a red wall, close\"",
-            ",", "", "IMG_009.JPG,gone", "IMG_002.JPG,also gone"]
+            ",", "", "IMG_009.JPG,gone", "IMG_003.JPG,also gone"]
     table.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))  # Excel's "CSV UTF-8"
 
     def read(on_bad_record="skip"):

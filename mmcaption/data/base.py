@@ -39,23 +39,24 @@ from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
 STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}  # what each command reads
 # What a cache holds, as this release builds it: a change to the rows kept, their text, tokens or images is a new
-# version, so that a cache an earlier release built is not read as this one's (the split's name changes with it). 5: a
-# special token's name in text tokenized as text. 6: another model's image placeholder refused, a null key read as
-# absent, captions of digits or 'NA' kept as text, every cell of a caption table read as text, COCO 2017's copies of
-# Karpathy's images, a caption cell's JSON list read as its captions, a dataset card's splits. 7: images of more than 8
-# bits scaled from the bit depth their values use (a 12-bit microscope's image in a 16-bit file was near black). 8: big-
-# endian 16-bit TIFFs read (were bad records); the one record held out of a small file has its images. 9: <image>
-# against a word (List<Image>) is text; conversations held out by image, not id. Not a new version, so that runs begun
-# earlier resume (a new version refuses them): invisible characters around a caption removed (only the caption files
-# that hold one change signature); an image's colour profile other than sRGB's converted to sRGB.
-# tests/test_data_coco.py holds the digest of the code that builds caches, to ask for a new version when it changes.
+# version (a cache an earlier release built is not read as this one's). 5: a special token's name in text tokenized as
+# text. 6: another model's image placeholder refused, a null key absent, captions of digits or 'NA' kept, every cell
+# of a caption table text, COCO 2017's copies of Karpathy's images, a caption cell's JSON list read as its captions, a
+# dataset card's splits. 7: images of more than 8 bits scaled from the bit depth their values use. 8: big-endian
+# 16-bit TIFFs read; the one record held out of a small file has its images. 9: <image> against a word (List<Image>)
+# is text; conversations held out by image, not id. Not a new version, so that runs begun earlier resume (a new
+# version refuses them): invisible characters around a caption removed (only the caption files that hold one change
+# signature); colour profiles other than sRGB converted; a table's split column read as its splits (their names change
+# the caches' keys); a conversation's NaN image read as none (it was refused). tests/test_data_coco.py holds the
+# digest of the code that builds caches, to ask for a new version when it changes.
 PREPROCESSING_VERSION = 9
 CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data.coco", "mmcaption.data.llava",
                   "mmcaption.data.hub", "mmcaption.data.hub_images", "mmcaption.data.caption_cells",
                   "mmcaption.data.datamodules", "mmcaption.data.folder_layouts", "mmcaption.data.tables",
                   "mmcaption.data.records", "mmcaption.data.image_pass", "mmcaption.data.image_sources",
                   "mmcaption.data.features", "mmcaption.images", "mmcaption.pixel_levels", "mmcaption.prompts",
-                  "mmcaption.data.conversation_fields", "mmcaption.file_spellings", "mmcaption.data.sampling")
+                  "mmcaption.data.conversation_fields", "mmcaption.file_spellings", "mmcaption.data.sampling",
+                  "mmcaption.data.split_column")
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -136,15 +137,9 @@ class BackbonesDataModule(LightningDataModule):
 
     def generation_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
         """Batches of left-padded prompts, as generation needs them, in the dataset's order."""
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=self.evaluation_sampler(dataset),
-            num_workers=self.num_workers,
-            collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
-            worker_init_fn=self._worker_init(),
-            generator=loader_generator(),
-        )
+        return DataLoader(dataset, batch_size=batch_size, sampler=self.evaluation_sampler(dataset), num_workers=self.num_workers,
+                          collate_fn=functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id, padding_side="left"),
+                          worker_init_fn=self._worker_init(), generator=loader_generator())
 
 
 class PreprocessedDataModule(BackbonesDataModule):

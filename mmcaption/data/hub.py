@@ -45,6 +45,7 @@ from mmcaption.data.records import (
     read_json_list,
 )
 from mmcaption.data.sampling import held_out, held_out_keys
+from mmcaption.data.split_column import SplitColumnTable
 from mmcaption.errors import one_line
 from mmcaption.resources import causes
 
@@ -68,7 +69,7 @@ def downloaded_snapshot(name: str) -> str | None:
 
 
 @dataclass
-class HubCaptions(RowImages):
+class HubCaptions(RowImages, SplitColumnTable):
     """Where the captions come from and how its rows read.
 
     Args:
@@ -121,8 +122,8 @@ class HubCaptions(RowImages):
         saved = self._saved()
         if isinstance(saved, datasets.DatasetDict):
             return list(saved)
-        if saved is not None or Path(self.dataset).is_file():
-            return ["train"]  # one Dataset saved alone, or one file
+        if saved is not None or Path(self.dataset).is_file():  # one Dataset saved alone, or one file: its split column's
+            return self._column_splits.names if self._column_splits else ["train"]
         if self._table_splits:
             return list(self._table_splits[1])
         try:
@@ -167,10 +168,11 @@ class HubCaptions(RowImages):
         if isinstance(saved, datasets.DatasetDict):
             return self._named_columns(saved[base]), side
         if saved is not None:
-            return self._named_columns(saved), side
+            return self._split_part(self._named_columns(saved), base), side
         try:
             if Path(self.dataset).is_file():  # one file, as a single parquet (or JSON Lines) download
-                return self._named_columns(tables.read_table_file(Path(self.dataset), self._datasets_cache)), side
+                return self._split_part(self._named_columns(tables.read_table_file(Path(self.dataset), self._datasets_cache)),
+                                        base), side
             if self._table_splits:
                 builder, splits = self._table_splits  # each file as itself: datasets reads its name as a pattern ("[2024]")
                 files = {split: [glob.escape(file) for file in found] for split, found in splits.items()}
@@ -261,9 +263,14 @@ class HubCaptions(RowImages):
                                       *(["__key__"] if "__key__" in data.column_names else [])]))
         # image digest -> first row, its key, captions, and what its later rows brought (counted on its side)
         images: dict[str, tuple[int, str, list[tuple[int, str]], Counter]] = {}
-        counts, not_found, examples = Counter(), [], {}
+        counts, not_found, short, examples = Counter(), [], [], {}
+        csv, base = Path(self.dataset) if self.dataset.lower().endswith(".csv") else None, split.removesuffix(REST).removesuffix(HELD_OUT)
         for row_index, row in enumerate(self._rows(data.select_columns(columns))):
             key = str(row.get("__key__") or row_index)
+            if csv and "" in row.values() and self._table_row(row_index, base) in tables.short_rows(csv):  # a row short of
+                short.append((side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT),  # fields: its
+                              self._row(row_index, key, split)))  # caption in another column (Kaggle's Flickr30k)
+                continue
             cut: list[int] = []  # a cell of several lines is several captions: Localized Narratives' paragraphs are not
             try:
                 texts = [text for column, key in read for text in texts_of(row[column], key, self.caption_separator, column, cut)]
@@ -305,6 +312,9 @@ class HubCaptions(RowImages):
             if html := [(found, c) for c in texts if c is not None and (found := html_in(c))]:  # counted on its side
                 later[HTML_NOTE] += len(html)
                 examples.setdefault(HTML_NOTE, f" (first: {self._row(row_index, key, split)}: {html[0][0]!r} in {html[0][1][:60]!r})")
+        records.all_at_once("short row", named := [said for ours, said in short if ours or records.on_bad_record == "error"],
+                            f"{len(named)} of {len(data):,} rows have fewer fields than the header {data.column_names}, so "
+                            "their cells are not under their columns' names", "Add the missing separators (or remove the rows)")
         named = [said for ours, said in not_found if ours or records.on_bad_record == "error" or not images]
         records.all_at_once("missing image", named, f"{len(named)} of {len(data):,} rows name no image that is "
                             "there", "Fix their paths (relative to the dataset's folder) or remove the rows", every=not images)
@@ -357,6 +367,7 @@ class HubCaptions(RowImages):
     def _row(self, index: int, key: str, split: str) -> str:
         """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1), a JSON Lines
         file's line, as an editor numbers it; in a folder of such tables, its table's name and line."""
+        index = self._table_row(index, split.removesuffix(REST).removesuffix(HELD_OUT))
         if self.dataset.lower().endswith(".csv"):
             return f"line {index + 2}"
         if self.dataset.lower().endswith(".jsonl"):

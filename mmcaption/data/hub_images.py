@@ -12,6 +12,7 @@ import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pyarrow as pa
+from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError, existing_spelling
 from mmcaption.file_spellings import home_expanded, is_file
@@ -117,7 +118,21 @@ class RowImages:
         places = [place for name in named
                   for place in [*(folder / existing_spelling(folder, name) for folder in self._folders),
                                 Path(existing_spelling(Path("."), name))]]
-        return next((str(path) for path in places if is_file(path)), None)
+        return next((str(path) for path in places if is_file(path)), None) or self._found_below(value.strip())
+
+    def _found_below(self, name: str) -> str | None:
+        """A bare file name that is not beside the table: the one file of that name (as Windows and macOS find names)
+        among the dataset folder's own files, as Flickr30k's CSV names the photos in ``flickr30k-images/`` beside it and
+        Kaggle's Flickr8k ``captions.txt`` those in ``Images/``; said once, with where the first was found."""
+        found = self._files_named.get(_folded(name)) if name and PureWindowsPath(name).name == name else None
+        if not found or len(found) != 1:  # none, or several: which one is meant is the user's to write
+            return None
+        if not self.__dict__.get("_said_below"):
+            self._said_below = True
+            rank_zero_info(f"{self.dataset}: its rows name images by their file name alone, and they are not beside it: each "
+                           f"is read from the one file of its name under {self._folders[-1]} (first: {name!r} is "
+                           f"{os.path.relpath(found[0], self._folders[-1])})")
+        return str(found[0])
 
     def image_files(self, split: str) -> list[tuple[str, str | None]]:
         """The image files the rows of ``split`` name, when they hold paths rather than the images' bytes:

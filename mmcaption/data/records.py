@@ -86,10 +86,9 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
 def archive_hint(path: Path) -> str:
-    """For a file or folder that does not exist: the downloaded archive that would hold it, when one lies in
-    the deepest folder above it that exists (COCO's ``train2017.zip`` beside a missing ``train2017/``,
-    ``annotations_trainval2017.zip`` beside a missing ``annotations/``), with the command that unpacks it
-    there; else ``""``."""
+    """For a file or folder that does not exist: the downloaded archive that would hold it, when one lies in the deepest
+    folder above it that exists (COCO's ``train2017.zip`` beside a missing ``train2017/``, ``annotations_trainval2017.zip``
+    beside a missing ``annotations/``), with the command that unpacks it there; else ``""``."""
     folder = next((p for p in path.parents if p.is_dir()), None)
     if folder is None or path.exists():
         return ""
@@ -99,14 +98,13 @@ def archive_hint(path: Path) -> str:
     if not archives:
         return ""
     archive = archives[0]
-    command = (f"unzip -q {archive} -d {folder}" if archive.name.lower().endswith(".zip")
-               else f"tar -xf {archive} -C {folder}")
+    command = f"unzip -q {archive} -d {folder}" if archive.name.lower().endswith(".zip") else f"tar -xf {archive} -C {folder}"
     return f" {archive} is there, not unpacked: {command}"
 
 
 def missing_file(path: Path, what: str) -> DataError:
-    """``what`` (a file) not found at ``path``: a folder given in its place said as such, and the archive it
-    is still in, if one is beside it."""
+    """``what`` (a file) not found at ``path``: a folder given in its place said as such, and the archive it is still in,
+    if one is beside it."""
     if path.is_dir():
         return DataError(f"{path} is a folder: the {what} is one file")
     return DataError(f"{what} not found: {path}{archive_hint(path)}")
@@ -142,13 +140,17 @@ def whole_characters(path: Path, text: str) -> str:
     return "".join(pieces) + text[start:]
 
 
+# NaN read as null: Python's json.dump of a dataframe's empty cell (a text-only conversation's "image": NaN, "not a path")
+NAN_AS_NULL = {"parse_constant": lambda name: None if name == "NaN" else float(name)}
+
+
 def read_json(path: Path, what: str) -> object:
     """A JSON file the user gave (a UTF-8 byte-order mark accepted); a missing file or one that is not JSON
     is refused naming it and ``what`` it should be (and the archive it is still in, if it is beside it)."""
     if not path.is_file():
         raise missing_file(path, what)
     try:
-        return json.loads(whole_characters(path, path.read_text(encoding="utf-8-sig")))
+        return json.loads(whole_characters(path, path.read_text(encoding="utf-8-sig")), **NAN_AS_NULL)
     except UnicodeDecodeError:
         raise not_utf8(path, table=False) from None
     except json.JSONDecodeError as error:
@@ -165,9 +167,8 @@ class JsonLines(list):
 
 
 def read_json_list(path: Path, what: str) -> object:
-    """A JSON file as :func:`read_json` reads it, or JSON Lines (one record per line, as many datasets ship
-    conversations) as the list of its records (:class:`JsonLines`: each one's line too); a line that is not JSON is
-    refused with its number."""
+    """A JSON file as :func:`read_json` reads it, or JSON Lines (one record per line, as many datasets ship conversations)
+    as the list of its records (:class:`JsonLines`: each one's line too); a line that is not JSON is refused by number."""
     if path.suffix.lower() != ".jsonl":
         try:
             return read_json(path, what)
@@ -185,14 +186,14 @@ def read_json_list(path: Path, what: str) -> object:
         raise not_utf8(path, table=False) from None
     if text.lstrip().startswith("[") and not text.lstrip().startswith("[]"):  # a JSON list named .jsonl
         with contextlib.suppress(json.JSONDecodeError):
-            if isinstance(listed := json.loads(text), list):
+            if isinstance(listed := json.loads(text, **NAN_AS_NULL), list):
                 return listed
     records.lines = []
     # lines end at "\n" only: U+2028 and the like may stand raw inside a JSON string
     for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                records.append(json.loads(line, **NAN_AS_NULL))
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}, line {number}: not valid JSON Lines (one JSON record per line): {error}") from None
             records.lines.append(number)

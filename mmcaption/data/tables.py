@@ -17,16 +17,17 @@ from mmcaption.data.records import DataError, not_utf8, packed_file
 # pandas' options for a caption table: an empty cell, or one reading "NA" or "null", is that text (an empty caption is
 # reported as one), and a blank line is a row (its line number is the file's)
 CSV_OPTIONS = {"keep_default_na": False, "skip_blank_lines": False}
-SEPARATOR_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
-SEPARATOR_MARKS = {",": "comma", ";": "semicolon", "\t": "tab"}
+SEPARATOR_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+SEPARATOR_MARKS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
 SEVERAL_CAPTIONS = "; several captions of a photo go one row each, or in one cell, one line each (hub_caption_separator)"
 
 
 def separator_in(header: list[str]) -> str:
     """The separator of a CSV whose header, read at commas, is ``header``: the comma, or the semicolon (Excel's "CSV"
-    where the comma is the decimal mark: most of Europe) or the tab (a ``.tsv``, a tab-separated save) when that header
-    is one cell of them; no table of one column holds either in its name."""
-    counts = {mark: header[0].count(mark) for mark in (";", "\t")} if len(header) == 1 else {}
+    where the comma is the decimal mark: most of Europe), the tab (a ``.tsv``, a tab-separated save) or the vertical bar
+    (Kaggle's Flickr30k ``results.csv``: ``image_name| comment_number| comment``) when that header is one cell of them;
+    no table of one column holds any of them in its name."""
+    counts = {mark: header[0].count(mark) for mark in (";", "\t", "|")} if len(header) == 1 else {}
     mark = max(counts, key=counts.get, default=",")
     return mark if counts.get(mark) else ","
 
@@ -78,6 +79,19 @@ def read_table_rows(path: Path, delimiter: str | None = None) -> tuple[list[str]
     except csv.Error as error:
         raise DataError(f"{path}, line {reader.line_num}: not valid {kind}: {error}") from error
     return header, rows
+
+
+def short_rows(path: Path) -> frozenset[int]:
+    """The rows (from 0, as pandas reads them) of a CSV that have fewer fields than its header: pandas reads the
+    missing ones as empty cells, so Kaggle's Flickr30k row ``2199200615.jpg| 4 A dog runs ...`` was a caption-less row."""
+    stamp = path.stat()
+    return _short_rows(str(path), stamp.st_size, stamp.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _short_rows(path: str, *stamp: int) -> frozenset[int]:
+    header, rows = read_table_rows(Path(path))
+    return frozenset(index for index, (_, fields) in enumerate(rows) if fields and len(fields) < len(header))
 
 
 def unnamed_kept(path: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> set[int]:

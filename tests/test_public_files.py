@@ -1,0 +1,108 @@
+"""Files as public datasets ship them and users' tools write them: Flickr30k's CSV with Karpathy's splits in a column and
+its photos in a folder beside it (``nlphuji/flickr30k``), Kaggle's Flickr30k ``results.csv`` separated by ``| `` with a
+row short of a field, a conversation file that pandas' records were dumped into (``NaN`` for no image)."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from mmcaption.data import DataError
+from mmcaption.data.hub import HubCaptions
+from mmcaption.data.llava import read_llava
+from mmcaption.data.records import BadRecords
+
+from .test_data_coco import make_datamodule
+from .test_data_llava import llava  # noqa: F401 - a fixture
+
+
+def flickr30k_csv(root, splits: list[str]) -> None:
+    """``flickr_annotations_30k.csv`` (raw: a JSON list of five captions; sentids; split; filename; img_id) beside
+    ``flickr30k-images/``, as the dataset's repository unpacks."""
+    (root / "flickr30k-images").mkdir(parents=True)
+    lines = ["raw,sentids,split,filename,img_id"]
+    for index, split in enumerate(splits):
+        Image.new("RGB", (32, 32), (20 * index, 200 - 10 * index, 90)).save(root / "flickr30k-images" / f"{1000 + index}.jpg")
+        captions = json.dumps([f"a photo of scene {index} number {k} ." for k in range(5)]).replace('"', '""')
+        lines.append(f'"{captions}","{list(range(5 * index, 5 * index + 5))}",{split},{1000 + index}.jpg,{index}')
+    (root / "flickr_annotations_30k.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_a_tables_split_column_gives_its_splits_and_its_photos_are_found_in_the_folder_beside_it(backbones, tmp_path, monkeypatch):
+    # Karpathy's Flickr30k in one CSV: it was read as one split with 1% held out, so test images were trained on (and the
+    # photos, in flickr30k-images/ beside the CSV, were each "not a file" until every row was rewritten)
+    splits = ["train", "test", "train", "val", "restval", "train", "test", "train", "val", "train"]
+    flickr30k_csv(tmp_path / "f30k", splits)
+    said: list[str] = []
+    for module in ("split_column", "hub_images"):
+        monkeypatch.setattr(f"mmcaption.data.{module}.rank_zero_info", said.append)
+    dm = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "f30k" / "flickr_annotations_30k.csv"),
+                         hub_image_column="filename", hub_caption_column="raw", cache_dir=str(tmp_path / "cache"))
+    assert dm.stage_splits() == {"train": "train", "val": "val", "test": "val"}
+    dm.prepare_data()
+    dm.setup("fit")
+    names = {side: sorted(dm.datasets[side].images["file_name"]) for side in ("train", "val")}
+    assert names == {"train": ["1000.jpg", "1002.jpg", "1004.jpg", "1005.jpg", "1007.jpg", "1009.jpg"],  # restval trains
+                     "val": ["1003.jpg", "1008.jpg"]}
+    assert any("its 'split' column divides it into the splits train (6 rows), test (2 rows), val (2 rows); its restval "
+               "rows (1) train" in line for line in said), said
+    assert any("read from the one file of its name under" in line and "'1000.jpg' is flickr30k-images/1000.jpg" in line
+               for line in said), said
+    test = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "f30k" / "flickr_annotations_30k.csv"),
+                           hub_image_column="filename", hub_caption_column="raw", test_split="test", cache_dir=str(tmp_path / "cache"))
+    test.prepare_data()
+    test.setup("test")
+    assert sorted(test.datasets["test"].images["file_name"]) == ["1001.jpg", "1006.jpg"]
+
+    # a row without a split is named by its line (no side can be chosen for it)
+    table = tmp_path / "f30k" / "flickr_annotations_30k.csv"
+    lines = table.read_text().splitlines()
+    lines[3] = lines[3].replace(",train,", ",,")
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"1 of its rows have no value in the 'split' column that says the split of the "
+                                        r"others \(first: line 4\)"):
+        HubCaptions(str(table), "filename", "raw").split_names()
+
+
+def test_a_photo_name_found_in_two_folders_below_the_table_is_not_guessed(tmp_path):
+    flickr30k_csv(tmp_path / "f30k", ["train", "train", "val"])
+    (tmp_path / "f30k" / "old").mkdir()
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "f30k" / "old" / "1001.jpg")  # another photo of that name
+    records = BadRecords("f30k", on_bad_record="skip")
+    read = list(HubCaptions(str(tmp_path / "f30k" / "flickr_annotations_30k.csv"), "filename", "raw").records("train", records))
+    assert [name for _, name, _, _ in read] == ["1000.jpg"] and records.counts["missing image"] == 1
+
+
+def test_kaggles_flickr30k_results_csv_reads_at_its_bars_and_its_row_short_of_a_field_is_named(tmp_path):
+    # `image_name| comment_number| comment`: refused as one column; its row 19999 lacks a separator, and its caption,
+    # in comment_number, was a row without a caption of its own (an image's other rows kept it)
+    folder = tmp_path / "flickr30k_images"
+    (folder / "flickr30k_images").mkdir(parents=True)
+    lines = ["image_name| comment_number| comment"]
+    for index in range(3):
+        Image.new("RGB", (32, 32), (80 * index, 30, 30)).save(folder / "flickr30k_images" / f"{2000 + index}.jpg")
+        lines += [f"{2000 + index}.jpg| {k}| A dog runs {index} {k} ." for k in range(2)]
+    lines.insert(5, "2001.jpg| 4 A dog runs across the grass .")
+    (folder / "results.csv").write_text("\n".join(lines) + "\n")
+    captions = HubCaptions(str(folder / "results.csv"), "image_name", "comment")
+    with pytest.raises(DataError, match=r"1 of 7 rows have fewer fields than the header \['image_name', ' comment_number', "
+                                        r"'comment'\], so their cells are not under their columns' names \(first: line 6\)"):
+        list(captions.records("train", BadRecords("results.csv")))
+    records = BadRecords("results.csv", on_bad_record="skip")
+    read = list(HubCaptions(str(folder / "results.csv"), "image_name", "comment").records("train", records))
+    assert [(name, [c for _, c in texts]) for _, name, _, texts in read] == [
+        (f"{2000 + i}.jpg", [f"A dog runs {i} 0 .", f"A dog runs {i} 1 ."]) for i in range(3)]
+    assert records.counts["short row"] == 1
+
+
+def test_a_conversation_file_written_from_a_dataframe_reads_nan_as_no_image(llava):  # noqa: F811 - the fixture
+    # json.dump(df.to_dict("records")) writes a text-only row's image as NaN, which Python's JSON reads: it was refused
+    # ("its 'image' is not a path") while null read as text-only
+    train, image_root = llava
+    records = json.loads(train.read_text())[:3]
+    records.append({"id": "text-only", "image": float("nan"),
+                    "conversations": [{"from": "human", "value": "Say hello."}, {"from": "gpt", "value": "Hello."}]})
+    train.write_text(json.dumps(records))
+    assert "NaN" in train.read_text()
+    read = read_llava(train, image_root, BadRecords(str(train)))
+    assert [(c.id, c.image) for c in read][3] == ("text-only", None) and all(c.image for c in read[:3])
