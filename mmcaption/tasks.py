@@ -150,7 +150,7 @@ class Tasks:
         checked = {key: value for key, value in generate_kwargs.items() if key in CHECKED_SETTINGS}
         if checked:  # a call's own settings (the Python API's, chat's), over this model's
             check_generation({**{key: getattr(self.generation, key) for key in CHECKED_SETTINGS}, **checked})
-        self._within_context(input_ids.shape[1], generate_kwargs)
+        self._within_context(input_ids.shape[1], generate_kwargs, int(attention_mask.sum(1).min()))
         device = self.device
         tokens = self.model.generate(
             input_ids.to(device), attention_mask.to(device),
@@ -185,18 +185,22 @@ class Tasks:
         context = getattr(getattr(self.model.language_model, "config", None), "max_position_embeddings", None)
         return context if isinstance(context, int) else None
 
-    def _within_context(self, prompt_length: int, settings: dict[str, Any]) -> None:
-        """No more new tokens than the language model's context holds (``max_new_tokens=10**9`` generated past it for
-        minutes, holding a service's one model); a ``min_new_tokens`` past it is refused. Settings within it are left as
-        they are (``prompt_length``: the batch's padded length, which a shorter prompt of the batch does not have)."""
+    def _within_context(self, prompt_length: int, settings: dict[str, Any], shortest: int | None = None) -> None:
+        """No more new tokens than the language model's context holds after the prompt (``max_new_tokens=10**9``
+        generated past it for minutes, holding a service's one model; a prompt of 223 tokens in a context of 256 went on
+        to 479 positions); a ``min_new_tokens`` past that is refused. ``prompt_length``: the batch's padded length;
+        ``shortest``: its shortest prompt's, whose room is kept (a long question beside a short one does not cut the short
+        one's answer)."""
         if self.context is None:
             return
+        room = max(self.context - (prompt_length if shortest is None else shortest), 1)  # (a prompt past it is refused)
         least = settings.get("min_new_tokens", self.generation.min_new_tokens) or 0
-        if least > self.context:
-            raise ConfigError(f"min_new_tokens {least} is past the language model's context ({self.context:,} tokens)")
+        if least > room:
+            raise ConfigError(f"min_new_tokens {least} is past the language model's context ({self.context:,} tokens) after "
+                              f"the prompt's {self.context - room:,}: {room:,} new tokens fit")
         in_effect = settings["max_new_tokens"] if "max_new_tokens" in settings else self.generation.max_new_tokens
-        if (in_effect or 0) > self.context:  # None: a call's max_length, in effect instead
-            settings["max_new_tokens"] = self.context
+        if (in_effect or 0) > room:  # None: a call's max_length, in effect instead
+            settings["max_new_tokens"] = room
         if (settings.get("max_length") or 0) > prompt_length + self.context:  # it counts the prompt too
             settings["max_length"] = prompt_length + self.context
 

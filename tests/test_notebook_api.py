@@ -253,6 +253,14 @@ def test_generation_ends_at_the_language_models_context(captioner, photos):
     long = "what " * words
     settings = {"max_new_tokens": 12, "min_new_tokens": 12}
     assert captioner.answer([photos[0], photos[0]], [short, long], **settings)[0] == captioner.answer(photos[0], short, **settings)
+    # the long question alone: its answer ends where the context does, and at least 12 new tokens cannot fit after it
+    # (the cap was the context itself, not what the prompt leaves: a 223-token prompt went on to 479 positions of 256)
+    prompt = len(captioner.template.prompt(long, captioner.tokenizer))
+    with pytest.raises(ConfigError, match=rf"min_new_tokens 12 is past the language model's context \({context} tokens\) "
+                                          rf"after the prompt's {prompt}: {context - prompt} new tokens fit"):
+        captioner.answer(photos[0], long, **settings)
+    answer = captioner.answer(photos[0], long, max_new_tokens=10**9, min_new_tokens=context - prompt)
+    assert len(captioner.tokenizer(answer, add_special_tokens=False)["input_ids"]) <= context - prompt + 2
     # a call's max_length stays in effect where the model's own max_new_tokens is past the context (it was capped over it)
     from types import SimpleNamespace
 
@@ -262,7 +270,7 @@ def test_generation_ends_at_the_language_models_context(captioner, photos):
 
     model_settings = GenerationConfig(max_new_tokens=4096)
     stub = SimpleNamespace(context=2048, generation=model_settings)
-    for given, expected in (({"max_length": 50}, {"max_length": 50, "max_new_tokens": None}), ({}, {"max_new_tokens": 2048})):
+    for given, expected in (({"max_length": 50}, {"max_length": 50, "max_new_tokens": None}), ({}, {"max_new_tokens": 2028})):
         settings = call_settings(model_settings, given, None)
         Tasks._within_context(stub, 20, settings)
         assert settings == expected
