@@ -124,17 +124,39 @@ class App:
         return f"**{LETTERS[best]}** - {options[best]}", shares
 
 
+def _text(content: Any) -> str:
+    """A message's text: a string, or the parts Gradio's chat box gives back (``[{"text": ..., "type": "text"}]``: the
+    second question sent the model their Python repr as the first turn)."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, (list, tuple)) else [content]
+    return "".join(part if isinstance(part, str) else str(part.get("text") or "") if isinstance(part, dict) else ""
+                   for part in parts)
+
+
 def _turns(messages: list[dict]) -> list[tuple[str, str]]:
     """The page's conversation as the (question, answer) pairs ``Captioner.chat`` takes."""
     turns, question = [], None
     for message in messages:
-        content = message["content"] if isinstance(message["content"], str) else str(message["content"])
+        content = _text(message["content"])
         if message["role"] == "user":
             question = content
         elif question is not None:
             turns.append((question, content))
             question = None
     return turns
+
+
+def _upload_as_sent(image) -> None:
+    """The image box gives the handlers the uploaded file itself, which :func:`_image` checks as the Python API does.
+    Gradio opened it with Pillow first: a 200-megapixel phone photo (past Pillow's own limit, which mmcaption raises
+    for its reading only) and a file that is no image were refused there, as "Could not preprocess input component"."""
+    opened = image.preprocess
+
+    def preprocess(payload):
+        path = getattr(payload, "path", None)
+        return path if path and not str(getattr(payload, "url", None) or "").startswith("data:") else opened(payload)
+    image.preprocess = preprocess
 
 
 def build(captioner: Captioner, model_name: str = ""):
@@ -149,12 +171,20 @@ def build(captioner: Captioner, model_name: str = ""):
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
                                  elem_id="image", height=280)
-                with gr.Accordion("Generation settings", open=False):
-                    max_new_tokens = gr.Slider(1, 256, value=32, step=1, label="Max new tokens", elem_id="max-new-tokens")
-                    min_new_tokens = gr.Slider(0, 64, value=0, step=1, label="Min new tokens", elem_id="min-new-tokens")
-                    num_beams = gr.Slider(1, 8, value=1, step=1, label="Beams (without sampling)", elem_id="beams")
-                    sampling = gr.Checkbox(False, label="Sample", elem_id="sampling")
-                    temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (when sampling)")
+                _upload_as_sent(image)
+                # the model's own settings to start from, as the Python API and predict use them (32 tokens and greedy
+                # were the page's, whatever the model was exported with)
+                saved = captioner.tasks.generation
+                tokens, least, beams = saved.max_new_tokens or 32, saved.min_new_tokens or 0, saved.num_beams or 1
+                with gr.Accordion("Generation settings (the model's own to start)", open=False):
+                    max_new_tokens = gr.Slider(1, max(256, tokens), value=tokens, step=1, label="Max new tokens",
+                                               elem_id="max-new-tokens")
+                    min_new_tokens = gr.Slider(0, max(64, least), value=least, step=1, label="Min new tokens",
+                                               elem_id="min-new-tokens")
+                    num_beams = gr.Slider(1, max(8, beams), value=beams, step=1, label="Beams (without sampling)", elem_id="beams")
+                    sampling = gr.Checkbox(bool(saved.do_sample), label="Sample", elem_id="sampling")
+                    temperature = gr.Slider(0.05, 2.0, value=min(max(saved.temperature or 0.7, 0.05), 2.0) if saved.do_sample
+                                            else 0.7, step=0.05, label="Temperature (when sampling)")
                 settings = [max_new_tokens, min_new_tokens, num_beams, sampling, temperature]
             with gr.Column(scale=2):
                 with gr.Tab("Caption"):

@@ -78,7 +78,7 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
     picture = read_image(image) if image else None
     history: list[tuple[str, str]] = []
     answered = 0
-    streaming = generate_kwargs.get("num_beams", 1) == 1
+    streaming = generate_kwargs.get("num_beams", captioner.tasks.generation.num_beams or 1) == 1  # beams come whole
     while True:
         if interactive:
             out.write("you> ")
@@ -178,11 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     check_source(args.model, args.checkpoint)
     if args.image:
         read_image(args.image)  # before the model loads
-    settings = {"max_new_tokens": args.max_new_tokens, "num_beams": 1, "do_sample": args.temperature != 0}
-    if args.temperature != 0:
-        settings.update(temperature=args.temperature, top_p=args.top_p)
-    if args.min_new_tokens is not None:
-        settings["min_new_tokens"] = args.min_new_tokens
+    # the settings given; the rest are the model's own, as the API and predict use them (128 tokens and greedy were chat's,
+    # whatever the model was exported with)
+    settings = {name: value for name in ("max_new_tokens", "min_new_tokens") if (value := getattr(args, name)) is not None}
+    if args.temperature is not None:
+        settings["do_sample"] = args.temperature != 0
+        if args.temperature != 0:  # one sequence sampled, streamed as it comes
+            settings.update(temperature=args.temperature, top_p=args.top_p, num_beams=1)
     check_generation(settings, "mmcaption chat")
     captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
     if caption_stage(captioner.manifest):  # as predict says of a caption-stage checkpoint

@@ -77,9 +77,10 @@ def chat_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", type=path, help="a checkpoint of mmcaption fit (its config is inside it)")
     parser.add_argument("--image", type=path, help="the image to talk about (none: text-only questions)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--min_new_tokens", type=int, default=None)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampling at this temperature")
+    own = "(default: the model's own, as the Python API and predict use it)"
+    parser.add_argument("--max_new_tokens", type=int, default=None, help=own)
+    parser.add_argument("--min_new_tokens", type=int, default=None, help=own)
+    parser.add_argument("--temperature", type=float, default=None, help=f"0: greedy; above 0: sampling at this temperature {own}")
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling (with --temperature above 0)")
     add_backbone_arguments(parser)
     return parser

@@ -23,7 +23,7 @@ from .conftest import REPO
 gr = pytest.importorskip("gradio", reason='the app needs Gradio: pip install -e ".[app]"')
 
 ARTIFACTS = Path(os.environ.get("MMCAPTION_TEST_ARTIFACTS", REPO / "test-artifacts"))
-SETTINGS = {"max_new_tokens": 32, "min_new_tokens": 6, "num_beams": 1, "do_sample": False}  # defaults, and a minimum set on the page
+SETTINGS = {"min_new_tokens": 6}  # set on the page; the rest are the model's own, where the page starts
 
 
 def chromium() -> str | None:
@@ -84,9 +84,11 @@ def test_the_page_in_a_browser_captions_and_chats_as_the_python_api_does(exporte
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
     image = scene_image(tmp_path / "scene.png", Scene("red", "circle", "left"))
     captioner = Captioner.from_pretrained(exported)
-    question = "What colour is the shape?"
+    question, follow_up = "What colour is the shape?", "And where is it?"
     expected_caption = captioner.caption(str(image), **SETTINGS)
     expected_answer = captioner.chat(str(image), question, [], **SETTINGS)
+    # the second question with the first turn as its history (it reached the model as the Python repr of Gradio's parts)
+    expected_second = captioner.chat(str(image), follow_up, [(question, expected_answer)], **SETTINGS)
     assert expected_caption.strip() and expected_answer.strip()  # text to compare: the comparison means something
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -112,6 +114,10 @@ def test_the_page_in_a_browser_captions_and_chats_as_the_python_api_does(exporte
             answer_js = "[...document.querySelectorAll('#conversation .bot')].map(e => e.innerText.trim()).join('\\n')"
             _wait_for(page, answer_js, expected_answer)
             assert page.evaluate(answer_js) == expected_answer
+            page.locator("#question textarea").fill(follow_up)
+            page.locator("#question textarea").press("Enter")
+            _wait_for(page, answer_js, f"{expected_answer}\n{expected_second}")
+            assert page.evaluate(answer_js) == f"{expected_answer}\n{expected_second}"
             page.screenshot(path=str(ARTIFACTS / "app.png"))
         finally:
             browser.close()
@@ -174,6 +180,43 @@ def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported
     expected_second = app.captioner.chat(str(good), "And its shape?", [("What colour is it?", first[-1]["content"])],
                                          max_new_tokens=8, num_beams=1, do_sample=False)
     assert [m["role"] for m in second] == ["user", "assistant"] * 2 and second[-1]["content"] == expected_second
+    # as the page sends the conversation back: the chat box gives each message as parts ([{"text": ..., "type": "text"}]),
+    # whose Python repr was the first turn the model read
+    page = build(app.captioner)
+    boxes = {block.elem_id: block for block in page.blocks.values() if getattr(block, "elem_id", None)}
+    sent_back = boxes["conversation"].preprocess(boxes["conversation"].postprocess(first))
+    assert not isinstance(sent_back[0]["content"], str)
+    histories, chat = [], app.captioner.chat
+    app.captioner.chat = lambda image, question, history, **kw: histories.append(history) or chat(image, question, history, **kw)
+    assert list(app.chat("And its shape?", sent_back, str(good), *settings))[-1][0][-1]["content"] == expected_second
+    assert histories == [[("What colour is it?", first[-1]["content"])]]  # the model's answers alone may not show it
+
+
+def test_the_image_box_gives_the_handlers_the_upload_itself_and_the_settings_start_from_the_models(exported, tmp_path, monkeypatch):
+    # Gradio opened an upload with Pillow before the handlers: a 200-megapixel phone photo (past Pillow's own limit) and a
+    # file that is no image failed as "Could not preprocess input component at index 0", naming Gradio's cache path
+    import PIL.Image
+    from gradio.data_classes import ImageData
+
+    from mmcaption.app import App, build
+
+    app = App(Captioner.from_pretrained(exported))
+    app.captioner.tasks.generation.num_beams, app.captioner.tasks.generation.max_new_tokens = 3, 300  # as exported with
+    boxes = {block.elem_id: block for block in build(app.captioner).blocks.values() if getattr(block, "elem_id", None)}
+    # the page starts from the model's own settings, as the API and predict use them (it was 32 tokens, greedy)
+    assert (boxes["beams"].value, boxes["max-new-tokens"].value, boxes["max-new-tokens"].maximum) == (3, 300, 300)
+    photo = scene_image(tmp_path / "photo.png", Scene("blue", "square", "right"))
+    with monkeypatch.context() as pillow:  # this photo past Pillow's own limit, as a 200-megapixel one is (Gradio's open)
+        pillow.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)
+        with pytest.raises(PIL.Image.DecompressionBombError):
+            PIL.Image.open(photo)
+        given = boxes["image"].preprocess(ImageData(path=str(photo), orig_name="photo.png"))
+    settings = (8, 0, 1, False, 0.7)
+    assert given == str(photo) and app.caption(given, *settings) == app.captioner.caption(str(photo), max_new_tokens=8, num_beams=1)
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("shopping list: milk")
+    with pytest.raises(gr.Error, match=r"This image cannot be read \(notes.jpg\): "):
+        app.caption(boxes["image"].preprocess(ImageData(path=str(notes), orig_name="notes.jpg")), *settings)
 
 
 def test_the_app_refuses_a_folder_that_is_not_a_model_in_one_line(tmp_path, capsys):

@@ -1,4 +1,5 @@
 import csv
+import io
 import json
 import os
 import random
@@ -1104,6 +1105,32 @@ def test_chat_talks_with_a_training_checkpoint_as_with_its_export(trained_checkp
         with pytest.raises(SystemExit):
             chat_main([flag, str(trained_checkpoint.parent)])
         assert capsys.readouterr().err.strip().endswith(f"; it holds checkpoints of fit: --checkpoint {trained_checkpoint}")
+
+
+def test_chat_answers_with_the_models_own_generation_settings_as_the_api_does(trained_checkpoint, image_folder, tmp_path, capsys,
+                                                                            monkeypatch):
+    # chat used 128 new tokens and greedy search whatever the model was exported with (the API and predict use its own)
+    from mmcaption.chat import main as chat_main
+
+    export_main([str(trained_checkpoint), str(tmp_path / "export")])
+    manifest = tmp_path / "export" / "mmcaption.json"
+    content = json.loads(manifest.read_text())
+    content["generation"] = {**content.get("generation", {}), "max_new_tokens": 6, "min_new_tokens": 6, "repetition_penalty": 2.0}
+    manifest.write_text(json.dumps(content))
+    image, question = str(image_folder / "img0.png"), "What colour is it?"
+    captioner = Captioner.from_pretrained(tmp_path / "export")
+    expected = captioner.chat(image, question, [])
+    assert expected == captioner.chat(image, question, [], max_new_tokens=6, min_new_tokens=6, repetition_penalty=2.0)
+    capsys.readouterr()
+    given, chat = [], Captioner.chat
+    monkeypatch.setattr(Captioner, "chat", lambda self, *args, **kw: given.append(kw) or chat(self, *args, **kw))
+    for flags, settings in (([], {}), (["--max_new_tokens", "8", "--temperature", "0"], {"max_new_tokens": 8, "do_sample": False})):
+        monkeypatch.setattr("sys.stdin", io.StringIO(f"{question}\n"))
+        chat_main(["--model", str(tmp_path / "export"), "--image", image, *flags])
+        answer = capsys.readouterr().out.strip()
+        # nothing over the model's own but what was given (128 new tokens, greedy, one beam were sent every time)
+        assert {key: value for key, value in given.pop().items() if key != "streamer"} == settings
+    assert answer == captioner.chat(image, question, [], max_new_tokens=8, do_sample=False)
 
 
 def test_chat_streams_its_answer_ending_as_the_api_ends_it():
