@@ -1,6 +1,7 @@
 """Files as public datasets ship them and users' tools write them: Flickr30k's CSV with Karpathy's splits in a column and
 its photos in a folder beside it (``nlphuji/flickr30k``), Kaggle's Flickr30k ``results.csv`` separated by ``| `` with a
-row short of a field, a conversation file that pandas' records were dumped into (``NaN`` for no image)."""
+row short of a field, Kaggle's Flickr8k (``Images/`` and ``captions.txt``) and Flickr's own ``Flickr8k.token.txt``, a
+conversation file that pandas' records were dumped into (``NaN`` for no image)."""
 
 import json
 
@@ -106,3 +107,36 @@ def test_a_conversation_file_written_from_a_dataframe_reads_nan_as_no_image(llav
     assert "NaN" in train.read_text()
     read = read_llava(train, image_root, BadRecords(str(train)))
     assert [(c.id, c.image) for c in read][3] == ("text-only", None) and all(c.image for c in read[:3])
+
+
+def test_kaggles_flickr8k_folder_and_flickrs_own_token_file_read_with_their_photos_in_images(tmp_path, monkeypatch):
+    # captions.txt (a CSV named .txt) was "a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file", and
+    # the folder was read as an image folder without captions; the token file (photo#n<TAB>caption) was not read at all
+    root = tmp_path / "flickr8k"
+    (root / "Images").mkdir(parents=True)
+    rows, tokens = ["image,caption"], []
+    for index in range(3):
+        name = f"10{index}_693b08cb0e.jpg"
+        Image.new("RGB", (32, 32), (70 * index, 40, 40)).save(root / "Images" / name)
+        rows += [f'{name},"A child {index} , in pink {k} ."' for k in range(2)]
+        tokens += [f"{name}#{k}\tA child {index} in pink {k} ." for k in range(2)]
+    tokens.append("2258277193_586949ec62.jpg.1#0\tA photo that Flickr8k lists and does not hold .")  # as the real file has
+    (root / "captions.txt").write_text("\n".join(rows) + "\n")
+    said: list[str] = []
+    monkeypatch.setattr("mmcaption.data.folder_layouts.rank_zero_info", said.append)
+    for dataset in (root, root / "captions.txt"):
+        read = list(HubCaptions(str(dataset), "image", "caption").records("train", BadRecords(str(dataset))))
+        assert [(name, [c for _, c in texts]) for _, name, _, texts in read] == [
+            (f"10{i}_693b08cb0e.jpg", [f"A child {i} , in pink 0 .", f"A child {i} , in pink 1 ."]) for i in range(3)]
+    assert said == [f"{root} holds photos and one table of their captions, captions.txt: the table is read (Kaggle's "
+                    "Flickr8k: Images/ and captions.txt)"]
+    token = root / "Flickr8k.token.txt"
+    token.write_text("\n".join(tokens) + "\n")
+    with pytest.raises(DataError, match=r"1 of 7 rows name no image that is there \(first: line 7: its 'image' is "
+                                        r"'2258277193_586949ec62\.jpg\.1', not a file"):
+        list(HubCaptions(str(token), "image", "caption").records("train", BadRecords(str(token))))
+    records = BadRecords(str(token), "skip")
+    read = list(HubCaptions(str(token), "image", "caption").records("train", records))
+    assert [(name, [c for _, c in texts]) for _, name, _, texts in read] == [
+        (f"10{i}_693b08cb0e.jpg", [f"A child {i} in pink 0 .", f"A child {i} in pink 1 ."]) for i in range(3)]
+    assert records.counts == {"missing image": 1}

@@ -47,8 +47,8 @@ STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]} 
 # is text; conversations held out by image, not id. Not a new version, so that runs begun earlier resume (a new
 # version refuses them): invisible characters around a caption removed (only the caption files that hold one change
 # signature); colour profiles other than sRGB converted; a table's split column read as its splits (their names change
-# the caches' keys); a conversation's NaN image read as none (it was refused). tests/test_data_coco.py holds the
-# digest of the code that builds caches, to ask for a new version when it changes.
+# the caches' keys); a conversation's NaN image read as none, a .txt of captions read as Flickr's (both were refused).
+# tests/test_data_coco.py holds the digest of the code that builds caches, to ask for a new version when it changes.
 PREPROCESSING_VERSION = 9
 CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data.coco", "mmcaption.data.llava",
                   "mmcaption.data.hub", "mmcaption.data.hub_images", "mmcaption.data.caption_cells",
@@ -56,7 +56,7 @@ CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data
                   "mmcaption.data.records", "mmcaption.data.image_pass", "mmcaption.data.image_sources",
                   "mmcaption.data.features", "mmcaption.images", "mmcaption.pixel_levels", "mmcaption.prompts",
                   "mmcaption.data.conversation_fields", "mmcaption.file_spellings", "mmcaption.data.sampling",
-                  "mmcaption.data.split_column")
+                  "mmcaption.data.split_column", "mmcaption.data.table_rows")
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.image_sources import unreadable_note
 from mmcaption.data.records import DataError, not_utf8
+from mmcaption.data.tables import text_table_kind
 from mmcaption.file_spellings import folded_name
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden
@@ -54,6 +55,10 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
         rank_zero_info(f"{path} holds photos and one table of them, {tables[0].relative_to(path)}: the table is read "
                        f"(its image paths relative to {path}, or to the table's folder)")
         return tables[0], None
+    if not texts and not tables and images and len(listed := [f for f in captions if text_table_kind(f)]) == 1:
+        rank_zero_info(f"{path} holds photos and one table of their captions, {listed[0].relative_to(path)}: the table is "
+                       "read (Kaggle's Flickr8k: Images/ and captions.txt)")
+        return listed[0], None
     if not texts:
         return None, None
     if undecodable := [image.relative_to(path) for image in images if not _in_utf8(str(image))]:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import pandas as pd
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data import tables
@@ -46,11 +45,11 @@ from mmcaption.data.records import (
 )
 from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.data.split_column import SplitColumnTable
+from mmcaption.data.table_rows import HELD_OUT, REST, TableRows
 from mmcaption.errors import one_line
 from mmcaption.resources import causes
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
-REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
 
 
 def downloaded_snapshot(name: str) -> str | None:
@@ -69,7 +68,7 @@ def downloaded_snapshot(name: str) -> str | None:
 
 
 @dataclass
-class HubCaptions(RowImages, SplitColumnTable):
+class HubCaptions(RowImages, SplitColumnTable, TableRows):
     """Where the captions come from and how its rows read.
 
     Args:
@@ -363,38 +362,3 @@ class HubCaptions(RowImages, SplitColumnTable):
     def _undecodable(self, index: int, key: str, split: str, named: str | None, problem: str) -> list[str]:
         return [f"{self._row(index, key, split)}: {'its image ' + repr(named) if named else 'its image'} cannot be decoded: "
                 f"{problem}"]
-
-    def _row(self, index: int, key: str, split: str) -> str:
-        """A row as the user finds it: a CSV's line, as a spreadsheet numbers it (the header is line 1), a JSON Lines
-        file's line, as an editor numbers it; in a folder of such tables, its table's name and line."""
-        index = self._table_row(index, split.removesuffix(REST).removesuffix(HELD_OUT))
-        if self.dataset.lower().endswith(".csv"):
-            return f"line {index + 2}"
-        if self.dataset.lower().endswith(".jsonl"):
-            return f"line {tables.jsonl_line(self.dataset, index)}"
-        within = index
-        for table, rows in self._line_tables.get(split.removesuffix(REST).removesuffix(HELD_OUT), []):
-            if within < rows:
-                line = within + 2 if table.lower().endswith(".csv") else tables.jsonl_line(os.path.join(self.dataset, table), within)
-                return f"{table}, line {line}"
-            within -= rows
-        return f"row {index} (key {key})"
-
-    @functools.cached_property
-    def _line_tables(self) -> dict[str, list[tuple[str, int]]]:
-        """A local folder of CSV or JSON Lines tables, or an image folder with one metadata table a split (looked at when
-        a row is bad; its rows are the table's, in order): ``(table, rows)`` of each split's tables, in the order datasets
-        reads them."""
-        splits = {split: [file for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
-                  for split, files in (self._table_splits or (None, {}))[1].items()}
-        photos = any(len(splits[split]) < len(files) for split, files in self._table_splits[1].items()) if splits else False
-        if not splits or not all(Path(file).suffix.lower() in (".csv", ".jsonl") for files in splits.values() for file in files) \
-                or photos and any(len(tables) != 1 for tables in splits.values()):  # several metadata files: datasets' order
-            return {}
-
-        def rows(file: str) -> int:
-            if file.lower().endswith(".csv"):
-                return len(pd.read_csv(file, usecols=[0], sep=tables.separator_of(Path(file)), **tables.CSV_OPTIONS))
-            with open(file, "rb") as lines:
-                return sum(1 for line in lines if line.strip())
-        return {split: [(os.path.relpath(file, self.dataset), rows(file)) for file in files] for split, files in splits.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import re
 from pathlib import Path
 
 import datasets
@@ -150,16 +151,50 @@ def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = Fal
     return {**CSV_OPTIONS, "sep": separators[files[0]] if files else ",", "features": datasets.Features(text)}
 
 
+# a line of Flickr's own caption files (Flickr8k.token.txt, Flickr30k's results_20130124.token): photo#n<TAB>caption
+FLICKR_TOKEN = re.compile(r"[^\t#]+\.(?:jpe?g|png)#\d+\t", re.IGNORECASE)
+
+
+def text_table_kind(path: Path) -> str | None:
+    """How a ``.txt`` (or ``.token``) file of captions reads: ``"csv"``, a header naming an image column and others, then
+    rows (Kaggle's Flickr8k ``captions.txt``: ``image,caption``); ``"token"``, Flickr's own token file
+    (``1000268201_693b08cb0e.jpg#0<TAB>A child ...``, no header); ``None`` for any other file."""
+    if path.suffix.lower() not in (".txt", ".token") or not path.is_file():
+        return None
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        first = handle.readline()
+    if FLICKR_TOKEN.match(first):
+        return "token"
+    header = [cell.strip().casefold() for cell in header_of(path)] if first.strip() else []
+    return "csv" if len(header) >= 2 and any(cell in IMAGE_COLUMNS for cell in header) and max(map(len, header)) <= 40 else None
+
+
+def _token_table(path: Path) -> datasets.Dataset:
+    """Flickr's token file as a table of ``image`` and ``caption``, a row a line (its ``#n`` taken off the photo's name;
+    a blank line an empty row, so a row's line is its number)."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").removesuffix("\n").split("\n")
+    except UnicodeDecodeError:
+        raise not_utf8(path, table=False) from None
+    cells = [line.rstrip("\r").partition("\t")[::2] for line in lines]
+    return datasets.Dataset.from_dict({"image": [re.sub(r"#\d+$", "", name) for name, _ in cells], "caption": [c for _, c in cells]},
+                                      features=datasets.Features({"image": datasets.Value("string"), "caption": datasets.Value("string")}))
+
+
 def read_table_file(path: Path, cache_dir: str | None = None) -> datasets.Dataset:
     """One file of captions (a parquet download, JSON Lines, a CSV as :func:`csv_text_options` reads it), read through
     ``datasets``' cache in ``cache_dir`` when given (else its own); a workbook, an archive or a ``.tsv`` given in its
     place is refused saying what to do."""
-    builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower())
+    kind = text_table_kind(path)
+    if kind == "token":
+        return _token_table(path)
+    builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower(), kind)
     if builder is None:
         tsv = "; a .tsv (as Conceptual Captions' image URLs come): save it comma-separated as .csv, with a header line " \
               "naming its columns (image,caption)" if path.suffix.lower() == ".tsv" else ""
         packed = packed_file(path)  # a workbook, a zip
-        raise DataError(packed or f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file{tsv}")
+        raise DataError(packed or f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file (or a "
+                                   f".txt of captions as Flickr8k's come){tsv}")
     options = csv_text_options([path], SEVERAL_CAPTIONS) if builder == "csv" else {}
     return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir, **options)
 
