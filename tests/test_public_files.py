@@ -140,3 +140,26 @@ def test_kaggles_flickr8k_folder_and_flickrs_own_token_file_read_with_their_phot
     assert [(name, [c for _, c in texts]) for _, name, _, texts in read] == [
         (f"10{i}_693b08cb0e.jpg", [f"A child {i} in pink 0 .", f"A child {i} in pink 1 ."]) for i in range(3)]
     assert records.counts == {"missing image": 1}
+
+
+def test_a_coco_captions_file_or_textcaps_given_as_a_table_is_told_how_it_reads(tmp_path):
+    # nocaps' COCO-format file as hub_dataset was told "--data.init_args.hub_image_column images", which cannot work;
+    # TextCaps' rows under 'data' got its four top-level keys and no hint
+    nocaps = tmp_path / "nocaps_val_4500_captions.json"
+    nocaps.write_text(json.dumps({"licenses": [], "info": {}, "images": [{"id": 0, "file_name": "0013ea2087020901.jpg"}],
+                                  "annotations": [{"image_id": 0, "id": 0, "caption": "A man on a horse."}]}))
+    with pytest.raises(DataError, match=r"it is a COCO captions file: source coco reads it as <data_dir>/annotations/"
+                                        r"captions_<split>\.json, its images in <data_dir>/<split>/") as refused:
+        list(HubCaptions(str(nocaps), "jpg", "txt").records("train", BadRecords(str(nocaps))))
+    assert "hub_image_column images" not in str(refused.value)
+    textcaps = tmp_path / "TextCaps_0.1_train.json"
+    rows = [{"image_path": "train/011e7e629fb9ae7b.jpg", "caption_str": "A sign that says stop."}]
+    textcaps.write_text(json.dumps({"dataset_type": "train", "dataset_name": "textcaps", "dataset_version": "0.1", "data": rows}))
+    with pytest.raises(DataError, match=r"its rows are in its 'data' list \(TextCaps' layout\)") as refused:
+        list(HubCaptions(str(textcaps), "image_path", "caption_str").records("train", BadRecords(str(textcaps))))
+    command = str(refused.value).split("give that file, ")[1].replace("<it>", str(textcaps)).replace("rows.jsonl", str(tmp_path / "rows.jsonl"))
+    import subprocess
+    import sys
+
+    subprocess.run(command.replace("python ", f"{sys.executable} ", 1), shell=True, check=True)  # the command works as said
+    assert [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()] == rows

@@ -48,6 +48,13 @@ def columns_hint(missing: set[str], columns: list[str], image_column: str) -> st
     """``"; give ... --data.init_args.hub_image_column image ..."`` for the missing columns that a column of the
     table's, by its name, likely is (case and spaces aside), else ``""``."""
     by_name = {column.strip().lower(): column for column in columns}
+    if {"images", "annotations"} <= set(by_name):  # nocaps' nocaps_val_4500_captions.json, a labelling tool's export
+        return ("; it is a COCO captions file: source coco reads it as <data_dir>/annotations/captions_<split>.json, its "
+                "images in <data_dir>/<split>/ (links of those names to the file and the image folder do; --data.init_args."
+                "val_split <split>)")
+    if "data" in by_name and {"dataset_type", "dataset_name"} & set(by_name):  # TextCaps', TextVQA's: rows under 'data'
+        return ("; its rows are in its 'data' list (TextCaps' layout): write them as JSON Lines and give that file, python "
+                "-c \"import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))['data']]\" <it> > rows.jsonl")
     if {"data", "annotations"} <= set(by_name):  # its tasks nest the image and the texts: no column holds either
         return ("; it is a Label Studio export (tasks with 'data' and 'annotations'): export the project as CSV or JSON-MIN "
                 "instead (a row per image, its path and caption in columns)")
