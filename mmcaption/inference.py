@@ -279,7 +279,8 @@ class Captioner:
         if not questions:
             return [], []
         prompts, option_ids = choice_prompts(self.template, self.tokenizer, questions, option_lists, "likelihood")
-        self.tasks.check_context([prompt + max(opts, key=len) for prompt, opts in zip(prompts, option_ids)])
+        self.tasks.check_context([prompt + max(opts, key=len) for prompt, opts in zip(prompts, option_ids)], "question",
+                                 "shorten the question or its longest option", " and its longest option")
         size, letters, per_question = checked_batch_size(self.batch_size if batch_size is None else batch_size), [], []
         for start in range(0, len(prompts), size):
             pixels, mask, unreadable = self._images(images[start:start + size], start, len(images), skip_unreadable, errors)

@@ -204,14 +204,15 @@ class Tasks:
         if (settings.get("max_length") or 0) > prompt_length + self.context:  # it counts the prompt too
             settings["max_length"] = prompt_length + self.context
 
-    def check_context(self, prompts: Sequence[Sequence[int]], asked: str = "question", advice: str = "ask a shorter one") -> None:
+    def check_context(self, prompts: Sequence[Sequence[int]], asked: str = "question", advice: str = "ask a shorter one",
+                      counted: str = "") -> None:
         """Refuse a prompt the language model's context cannot hold (a question of 100,000 words held a web server's one
         worker for minutes, and at Phi-2's size ran the GPU out of memory), naming which and by how much."""
         context = self.context
         for index, prompt in enumerate(prompts):
             if context is not None and len(prompt) >= context:
                 which = f"{asked} {index + 1} of {len(prompts)}" if len(prompts) > 1 else f"the {asked}"
-                raise ConfigError(f"{which} takes {len(prompt):,} tokens with the prompt, and the language model reads "
+                raise ConfigError(f"{which} takes {len(prompt):,} tokens with the prompt{counted}, and the language model reads "
                                  f"{context:,} at most: {advice}")
 
     def prompt_batch(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:

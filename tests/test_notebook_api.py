@@ -459,9 +459,13 @@ def test_a_question_past_the_language_models_context_is_refused_before_generatin
         captioner.answer(photos[0], long)
     with pytest.raises(ValueError, match=r"question 2 of 2 takes .* ask a shorter one"):
         captioner.answer([photos[0], photos[1]], ["What is it?", long])
+    # a long option is said to be one (it was "the question takes ...: ask a shorter one", of a short question)
+    with pytest.raises(ValueError, match=r"the question takes [\d,]+ tokens with the prompt and its longest option, .*: "
+                                         r"shorten the question or its longest option"):
+        captioner.choose(photos[0], "Which is it?", ["x " * context, "y"])
     with pytest.raises(ValueError, match=r"the conversation takes .* start a new one \(no history\), or ask a shorter question"):
         captioner.chat(photos[0], "And then?", history=[(long, "A square.")])
-    with pytest.raises(ValueError, match=r"the question takes .* ask a shorter one"):
+    with pytest.raises(ValueError, match=r"the question takes .* shorten the question or its longest option"):
         captioner.choose(photos[0], long, ["red", "blue"])
     assert isinstance(captioner.answer(photos[0], "What is it?", max_new_tokens=2), str)  # a question that fits is asked
 
