@@ -260,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     out = export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite, args.license, args.include_backbones,
                             **backbones_given(args))
     print(f"exported to {out}")
+    model = json.loads((out / CONFIG_FILE).read_text()).get("model", {}) if args.merge else {}
+    if model.get("quantization", "none") != "none":  # said in the card too; here, as it is asked for
+        print(f"note: the LoRA weights, trained against {model['quantization']} weights, are merged into the unquantized "
+              "ones, which the merged model computes with: its outputs differ slightly from the trained model's (an export "
+              "without --merge reproduces them)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -310,9 +310,12 @@ def test_export_load_predict_gives_the_checkpoint_captions(backbones, trained_ch
         assert torch.equal(loaded[name.removeprefix("language_model.")], param), name
 
 
-def test_export_command_with_merge_and_init_from_an_export(backbones, trained_checkpoint, tmp_path):
+def test_export_command_with_merge_and_init_from_an_export(backbones, trained_checkpoint, tmp_path, capsys):
     out = tmp_path / "merged"
+    capsys.readouterr()
     export_main([str(trained_checkpoint), str(out), "--merge"])
+    # said as it is asked for, not only in the card (the merged model's outputs differ from the trained one's)
+    assert "note: the LoRA weights, trained against nf4 weights, are merged into the unquantized ones" in capsys.readouterr().err
     manifest = json.loads((out / "mmcaption.json").read_text())
     assert manifest["merged"] and (out / "language_model" / "config.json").is_file()
     assert manifest["source"]["global_step"] == 4
