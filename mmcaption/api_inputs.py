@@ -94,7 +94,10 @@ def pair_questions(images, questions) -> tuple[bool, list, list[str]]:
     else:
         many, questions = True, question_batch
         if image_batch is None or len(image_batch) != len(questions):
-            raise ConfigError(f"{len(questions)} questions need a list of as many images (None for a text-only question)")
+            given = "one image" if image_batch is None else f"{len(image_batch)} images"
+            several = len(questions) != 1
+            raise ConfigError(f"{len(questions)} question{'s' * several} in a list need{'s' * (not several)} a list of as many images "
+                              f"({given} given; None for a text-only question)")
         images = image_batch
     check_texts("question", questions)
     return many, images, questions

@@ -468,6 +468,11 @@ def test_a_question_past_the_language_models_context_is_refused_before_generatin
     with pytest.raises(ValueError, match=r"the question takes .* shorten the question or its longest option"):
         captioner.choose(photos[0], long, ["red", "blue"])
     assert isinstance(captioner.answer(photos[0], "What is it?", max_new_tokens=2), str)  # a question that fits is asked
+    # a list of one question with one image: said as given (it was "1 questions need a list of as many images")
+    with pytest.raises(ConfigError, match=r"^1 question in a list needs a list of as many images \(one image given; "):
+        captioner.answer(photos[0], ["What is it?"])
+    with pytest.raises(ConfigError, match=r"^3 questions in a list need a list of as many images \(2 images given; "):
+        captioner.answer(photos[:2], ["What is it?"] * 3)
 
 
 def test_max_time_bounds_the_whole_call_not_each_batch(captioner, photos, monkeypatch):
