@@ -330,3 +330,31 @@ def test_a_batch_limit_per_process_is_said_with_the_processes_when_it_left_batch
 
     assert results(1)["limited_by"] == "trainer.limit_val_batches 1 (batches per process, of 2 processes: up to 2 batches)"
     assert "limited_by" not in results(3)
+
+
+def test_a_full_disk_while_results_are_written_leaves_no_file_cut_short_under_its_final_name(tmp_path, monkeypatch):
+    # test on a full disk left test-val2017.predictions.jsonl cut mid-line and a 0-byte coco_results.json (the file a user
+    # uploads to the COCO server) under their final names, beside no results.json
+    import builtins
+    import errno
+
+    rows = [{"image_id": i, "file_name": f"{i}.jpg", "caption": f"a caption {i}"} for i in range(50)]
+    real_open = builtins.open
+
+    def full_at(name):
+        def opened(path, *args, **kwargs):
+            handle = real_open(path, *args, **kwargs)
+            if str(path).endswith(name):
+                handle.write = lambda text: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+            return handle
+        return opened
+
+    (tmp_path / "mine.txt").write_text("the user's")
+    for name in (".predictions.jsonl", ".coco_results.json", ".results.json"):
+        with monkeypatch.context() as patch:
+            patch.setattr(builtins, "open", full_at(name))
+            with pytest.raises(OSError, match="No space left on device"):
+                write_evaluation(tmp_path, "test-val2017", rows, {"split": "val2017"})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"], name
+    predictions, results = write_evaluation(tmp_path, "test-val2017", rows, {"split": "val2017"})  # room again: whole
+    assert len(predictions.read_text().splitlines()) == 50 and json.loads(results.read_text())["coco_results"]

@@ -242,23 +242,27 @@ def write_evaluation(
         with contextlib.suppress(FileExistsError):
             summary.touch(exist_ok=False)
             break
+    made: list[Path] = []
     try:
-        return _write_evaluation(folder, stem, summary, rows, results)
-    except BaseException:
-        summary.unlink(missing_ok=True)  # the name taken, given back
+        return _write_evaluation(folder, stem, summary, rows, results, made)
+    except BaseException:  # a full disk: no file cut short is left under its final name (one was uploaded as results)
+        for path in (summary, *made):
+            path.unlink(missing_ok=True)  # the name taken, given back
         raise
 
 
 def _write_evaluation(folder: Path, stem: str, summary: Path, rows: list[dict[str, Any]], results: dict[str, Any],
-                      ) -> tuple[Path | None, Path]:
+                      made: list[Path]) -> tuple[Path | None, Path]:
     predictions = folder / f"{stem}.predictions.jsonl" if rows else None
     with open(predictions, "x", encoding="utf-8") if predictions else contextlib.nullcontext() as handle:
+        made += [predictions] if predictions else []  # (once it is this run's: an "x" open of another's file fails)
         for row in rows:
             handle.write(json_text(row, default=str) + "\n")
     captions = [{"image_id": row["image_id"], "caption": row["caption"]} for row in rows if "caption" in row]
     if captions:
         coco_results = folder / f"{stem}.coco_results.json"
         with open(coco_results, "x", encoding="utf-8") as handle:
+            made.append(coco_results)
             json.dump(captions, handle)
         results = {**results, "coco_results": coco_results.name}
     results = {**results, **({"predictions": predictions.name} if predictions else {}), "mmcaption": _version("mmcaption"),
