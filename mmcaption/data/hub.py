@@ -263,10 +263,12 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         # image digest -> first row, its key, captions, and what its later rows brought (counted on its side)
         images: dict[str, tuple[int, str, list[tuple[int, str]], Counter]] = {}
         counts, not_found, short, examples = Counter(), [], [], {}
-        csv, base = Path(self.dataset) if self.dataset.lower().endswith(".csv") else None, split.removesuffix(REST).removesuffix(HELD_OUT)
+        base = split.removesuffix(REST).removesuffix(HELD_OUT)
+        short_rows = functools.cache(lambda: tables.short_rows(Path(self.dataset)))  # read once, when a row has an empty cell
+        csv = self.dataset.lower().endswith(".csv")
         for row_index, row in enumerate(self._rows(data.select_columns(columns))):
             key = str(row.get("__key__") or row_index)
-            if csv and "" in row.values() and self._table_row(row_index, base) in tables.short_rows(csv):  # a row short of
+            if csv and "" in row.values() and self._table_row(row_index, base) in short_rows():  # a row short of
                 short.append((side is None or held_out(f"row {key}", self.val_fraction) == (side == HELD_OUT),  # fields: its
                               self._row(row_index, key, split)))  # caption in another column (Kaggle's Flickr30k)
                 continue
