@@ -33,6 +33,7 @@ from mmcaption.errors import ConfigError, raise_if_stopped
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.evaluation.caption_metrics import caption_scores
 from mmcaption.generation_settings import check_run_generation
+from mmcaption.gradient_clipping import FusedOptimizerClipping
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local, check_known_settings
@@ -46,7 +47,7 @@ from mmcaption.settings_checks import strategy_problem
 from mmcaption.tasks import Tasks
 
 
-class MultimodalCaptioner(LightningModule):
+class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
     """Phi-2 (4-bit) + frozen CLIP + gated cross-attention, adapted with LoRA.
 
     Args:
