@@ -7,7 +7,8 @@ Writes a random-weight Phi-2-shaped language model (bfloat16) and a CLIP ViT-B/3
 to a temporary folder in Hugging Face format and loads them through mmcaption's own ``from_pretrained``
 path (LoRA r=32 on q/k/v/dense, gated cross-attention in the last 4 layers, AdamW). Prints:
 
-1. training steps: median step time, tokens/s and peak memory for each of
+1. training steps: median step time, tokens/s, peak memory and (on a GPU whose peak is known) the MFU that
+   ``TrainingThroughput`` would log, for each of
    quantization ``none`` (bf16 LoRA) / ``nf4`` (QLoRA) x the vision tower run every step / cached
    features x the plain loss (the whole batch's float32 logits) / the chunked one (mmcaption's);
 2. generation: new tokens/s at batch 1 and 16, with and without the cached image keys/values;
@@ -44,6 +45,7 @@ from real_shapes import write_backbones  # benchmarks/real_shapes.py, beside thi
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.loss import chunked_cross_entropy
 from mmcaption.model.optim import adamw
+from mmcaption.throughput import available_flops
 
 ORIGINAL_PADDING = 128  # the original scripts pad every caption to 128 tokens
 
@@ -174,18 +176,23 @@ def main(argv: list[str] | None = None) -> dict:
             save()
             return
         optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        flops_per_token = model.training_flops_per_token()  # what TrainingThroughput's MFU counts
+        peak_flops = available_flops(torch.device(device), dtype) if device == "cuda" else None
         for cached in (False, True):
             for chunked in (False, True):
                 key = f"{quantization}, {'cached features' if cached else 'vision tower'}, {'chunked' if chunked else 'plain'} loss"
 
                 def measure(cached=cached, chunked=chunked) -> dict:
                     seconds, peak = train(model, optimizer, args.batch_size, args.seq_len, cached, False, chunked)
-                    return {"step_s": seconds, "tokens_per_s": args.batch_size * args.seq_len / seconds, "peak_memory_gib": peak}
+                    tokens_per_s = args.batch_size * args.seq_len / seconds
+                    mfu = flops_per_token * tokens_per_s / peak_flops if peak_flops else None
+                    return {"step_s": seconds, "tokens_per_s": tokens_per_s, "peak_memory_gib": peak, "mfu": mfu}
 
                 row = attempt(results, "training", key, measure, device, save)
                 if "error" not in row:
                     print(f"   {key:45} step {row['step_s'] * 1e3:8.1f} ms {row['tokens_per_s']:10.0f} tokens/s"
-                          f"  peak {memory(row['peak_memory_gib'])}", flush=True)
+                          f"  peak {memory(row['peak_memory_gib'])}"
+                          + ("" if row["mfu"] is None else f"  MFU {row['mfu']:.1%}"), flush=True)
         if quantization != "nf4":
             return
         model.eval()

@@ -7,8 +7,29 @@ import time
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+
+# Dense peak FLOP/s of the H200 (NVIDIA's datasheet; its headline tensor figures are with 2:4 sparsity, which
+# training does not use). Lightning 2.6 knows the chip only as "h200 sxm1" / "h200 nvl1" and then gives the sparse
+# figures, twice the dense ones (halving the MFU); the device's own name, "NVIDIA H200" (or "... NVL"), it does not
+# match at all, so no MFU was logged there.
+H200_DENSE_FLOPS: dict[str, dict[torch.dtype | str, float]] = {
+    "sxm": {torch.float32: 67e12, "tfloat32": 494.7e12, torch.bfloat16: 989.4e12, torch.float16: 989.4e12},
+    "nvl": {torch.float32: 60e12, "tfloat32": 417.5e12, torch.bfloat16: 835.5e12, torch.float16: 835.5e12},
+}
+
+
+def available_flops(device: torch.device, dtype: torch.dtype | str) -> int | None:
+    """The device's dense peak FLOP/s in ``dtype``: Lightning's table, except for an H200 (``H200_DENSE_FLOPS``)."""
+    if device.type == "cuda" and "h200" in (name := torch.cuda.get_device_name(device).lower()):
+        if dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest":
+            dtype = "tfloat32"  # float32 matmuls on tensor cores, as Lightning counts them
+        flops = H200_DENSE_FLOPS["nvl" if "nvl" in name else "sxm"].get(dtype)
+        return None if flops is None else int(flops)
+    return get_available_flops(device, dtype)
 
 
 def batch_samples(batch: dict[str, Any]) -> int:
@@ -50,6 +71,13 @@ class TrainingThroughput(ThroughputMonitor):
         super().__init__(batch_size_fn=batch_samples, length_fn=batch_real_tokens, window_size=window_size, separator="/")
         self._batch_started = self._step_seconds = 0.0
         self._validation_started: float | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """As Lightning's, with the H200's dense peak FLOP/s (``available_flops``)."""
+        self.available_flops = available_flops(trainer.strategy.root_device, _plugin_to_compute_dtype(trainer.precision_plugin))
+        stages = [trainer.state.stage] + ([RunningStage.VALIDATING] if stage == TrainerFn.FITTING and trainer.enable_validation else [])
+        for each in stages:
+            self._throughputs[each] = Throughput(available_flops=self.available_flops, world_size=trainer.world_size, **self.kwargs)
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
