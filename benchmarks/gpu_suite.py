@@ -1,6 +1,6 @@
 """The GPU suite: training and generation at the real shapes (Phi-2 2.7B + CLIP ViT-B/32, random weights).
 
-    python benchmarks/gpu_suite.py [--json results.json]        # a GPU: sized for under 8 minutes (not yet run on one)
+    python benchmarks/gpu_suite.py [--json results.json]        # a GPU: 2 minutes on an H200 (README, On a GPU)
     python benchmarks/gpu_suite.py --tiny                       # small shapes on any machine (CI runs it)
 
 Writes a random-weight Phi-2-shaped language model (bfloat16) and a CLIP ViT-B/32-shaped vision tower

@@ -23,6 +23,7 @@ def test_gpu_suite_tiny_reports_every_training_variant_generation_and_the_origin
     assert len(results["training"]) == 8
     assert {key.split(",")[0] for key in results["training"]} == {"none", "nf4"}
     assert all(row["step_s"] > 0 and row["tokens_per_s"] > 0 for row in results["training"].values())
+    assert all(row["mfu"] is None for row in results["training"].values())  # a CPU: no known peak FLOP/s
     assert set(results["generation"]) == {f"batch {b}, image keys/values {c}" for b in (1, 16) for c in ("cached", "recomputed")}
     assert all(rate > 0 for rate in results["generation"].values())
     ratio = results["original_scripts"]["ratio"]
