@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import RunningStage
 
-from mmcaption.resources import add_note, disk_full, out_of_memory
+from mmcaption.resources import add_note, disk_full, out_of_memory, worker_killed
 
 
 class OutOfMemoryAdvice(Callback):
@@ -21,6 +21,8 @@ class OutOfMemoryAdvice(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if out_of_memory(exception) is not None:
             add_note(exception, memory_advice(trainer, pl_module))
+        elif worker_killed(exception) is not None:
+            add_note(exception, memory_advice(trainer, pl_module, worker=True))
         elif disk_full(exception) is not None and trainer.state.fn == "fit" and (kept := kept_checkpoint(trainer)):
             add_note(exception, f"--ckpt_path {kept} resumes from its last whole checkpoint, not from step 0")
 
@@ -32,11 +34,15 @@ def kept_checkpoint(trainer) -> str:
     return kept if kept and Path(kept).is_file() else ""
 
 
-def memory_advice(trainer, pl_module) -> str:
+def memory_advice(trainer, pl_module, worker: bool = False) -> str:
     """Where the run ran out of memory, the settings that take less (``--key (this run's value)``) and the
-    checkpoint kept."""
+    checkpoint kept. ``worker``: a data-loader worker was killed, and fewer workers come first (each holds its own
+    copy of the batches it prepares, and of what it has read)."""
     where, ways = _where_and_ways(trainer, pl_module)
-    note = f"It ran out {where}. To fit: {', or '.join(ways or ['use a device with more memory'])}."
+    workers = getattr(trainer.datamodule, "num_workers", None)
+    if worker and workers:
+        ways = [f"lower --data.num_workers ({workers})", *(way for way in ways if "batch_size" in way)]  # the workers' memory
+    note = f"It {'died' if worker else 'ran out'} {where}. To fit: {', or '.join(ways or ['use a device with more memory'])}."
     kept = kept_checkpoint(trainer)
     if trainer.state.fn == "fit" and kept:
         note += (f" Kept: {kept}, saved before; --ckpt_path {kept} resumes it with the same batch and data settings, "

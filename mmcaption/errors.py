@@ -323,10 +323,10 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush has nowhere to fail
             sys.exit(128 + signal.SIGPIPE)
         except Exception as error:
-            if peer_gone(error) and not traceback_wanted():  # the process whose error it is says what it was
+            message = resource_message(error)  # first: a killed loader worker's pipe also reads as a peer gone
+            if message is None and peer_gone(error) and not traceback_wanted():  # that process says what it was
                 said("error: another process of this run stopped (see its message)")
                 sys.exit(USER_ERROR_EXIT)
-            message = resource_message(error)
             if message is None or traceback_wanted():
                 raise
             said(f"error: {message}")

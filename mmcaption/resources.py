@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -26,6 +27,9 @@ def resource_message(error: BaseException) -> str | None:
     memory = out_of_memory(error)
     if memory is not None:
         return out_of_memory_message(memory, getattr(error, "__notes__", []))
+    worker = worker_killed(error)
+    if worker is not None:
+        return worker_killed_message(*worker, getattr(error, "__notes__", []))
     for cause in causes(error):
         if isinstance(cause, OSError) and cause.errno == errno.EFBIG:  # a FAT32 drive's 4 GB, or `ulimit -f`
             return (f"{cause.filename or 'a file'} grew larger than its disk or this process may write ({cause.strerror}): "
@@ -104,6 +108,33 @@ def out_of_memory_message(error: BaseException, notes: list[str]) -> str:
         text = ". ".join(text.split(". ")[:3]).rstrip(".")
     return " ".join([f"{text}.", *notes]) if notes else (
         f"{text}. Close what else uses that memory, or use a device with more")
+
+
+# PyTorch's (and torchdata's) words for a DataLoader worker that died: its signal, when the loader saw it first
+_WORKER_KILLED = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: ([^.]+)\.")
+_WORKER_GONE = re.compile(r"DataLoader worker \(pid\(s\) ([\d, ]+)\) exited unexpectedly")
+
+
+def worker_killed(error: BaseException) -> tuple[str, str | None] | None:
+    """``(pid, signal name or None)`` of the data-loader worker whose death stopped the command, if one did."""
+    gone = None
+    for cause in causes(error):
+        if match := _WORKER_KILLED.search(str(cause)):
+            return match[1], match[2].strip()
+        if gone is None and (match := _WORKER_GONE.search(str(cause))):
+            gone = (match[1], None)
+    return gone
+
+
+def worker_killed_message(pid: str, signal_name: str | None, notes: list[str]) -> str:
+    """A data-loader worker killed (``kill -9``, most often the out-of-memory killer's), then ``notes``: where the run
+    was, which settings take less memory and the checkpoint kept (:class:`~mmcaption.advice.OutOfMemoryAdvice`)."""
+    text = f"a data-loader worker (pid {pid}) " + (f"was killed by signal {signal_name}" if signal_name else "exited unexpectedly")
+    if signal_name in (None, "Killed"):
+        text += (": on Linux most often by the out-of-memory killer, when the machine (or a container's memory limit) ran out "
+                 f"of RAM; `dmesg` or `journalctl -k` then say 'Out of memory: Killed process {pid.split(',')[0]}'")
+    return " ".join([f"{text}.", *notes]) if notes else (
+        f"{text}. Lower the data's num_workers, or close what else uses that memory")
 
 
 def dangling(path: Path) -> bool:

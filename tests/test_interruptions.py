@@ -2912,3 +2912,42 @@ def test_an_error_every_process_of_a_run_meets_is_said_once(tmp_path, monkeypatc
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT="29518", WORLD_SIZE="2", RANK="1", TMPDIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (128 + signal.SIGTERM, "[rank 1] error: its own\n")
+
+
+def test_a_loader_worker_killed_by_the_out_of_memory_killer_is_said_as_such(backbones, coco_root, tmp_path, monkeypatch, capsys):
+    # kill -9 of a worker (what the kernel's out-of-memory killer does) ended fit with PyTorch's traceback, or with
+    # "another process of this run stopped" of a one-process run: its pipe's ConnectionResetError read as a DDP peer's
+    from mmcaption.data.datasets import ImageTextDataset
+
+    monkeypatch.chdir(tmp_path)
+    folder, fetched = tmp_path / "c", tmp_path / "fetched"
+    args = [*fit_config(tmp_path, coco_root, backbones, folder), "--trainer.max_steps", "20", "--trainer.limit_val_batches", "0",
+            "--trainer.limit_train_batches", "2", "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "1"]
+    parent, getitems = os.getpid(), ImageTextDataset.__getitems__
+
+    def killed_at_the_sixth_batch(self, indices):
+        if os.getpid() != parent:  # in a worker: each epoch's is a new one
+            with fetched.open("a") as file:
+                file.write("batch\n")
+            if len(fetched.read_text().splitlines()) >= 6:  # after the first epochs' checkpoints
+                os.kill(os.getpid(), signal.SIGKILL)
+        return getitems(self, indices)
+
+    monkeypatch.setattr(ImageTextDataset, "__getitems__", killed_at_the_sixth_batch)
+    message = user_error(capsys, main, args)
+    assert re.match(r"error: a data-loader worker \(pid \d+\) (was killed by signal Killed|exited unexpectedly): on Linux most "
+                    r"often by the out-of-memory killer", message), message
+    kept = folder / "last.ckpt"
+    assert re.search(r"It died in training step \d+\. To fit: lower --data.num_workers \(1\), or lower --data.batch_size \(4\) "
+                     r"and raise --trainer.accumulate_grad_batches \(1\) by as much to keep the batch\. ", message), message
+    assert message.endswith(f"Kept: {kept}, saved before; --ckpt_path {kept} resumes it with the same batch and data settings, "
+                            f"--model.init_from {kept} starts from its weights with others.") and kept.is_file(), message
+    # the loader may see the worker's pipe reset before its exit status: that chain said "another process of this run"
+    def pipe_reset():
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError as reset:
+            raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly") from reset
+
+    assert user_error(capsys, lambda _: user_errors_exit(pipe_reset)(), []).startswith(
+        "error: a data-loader worker (pid 4242) exited unexpectedly: on Linux most often by the out-of-memory killer")
