@@ -1,5 +1,5 @@
 """The callbacks every command's trainer gets beside the config's: the resumable stop, out-of-memory advice, mmcaption's
-progress display, a note when a resumed run has nothing left to train, where a finished fit left its checkpoints and
+progress display, a note when a resumed run has nothing left to train, curves that stop on a full disk rather than the run, where a finished fit left its checkpoints and
 curves, what a checkpoint records of its run, and the run's config saved without writing over an earlier command's; and a run's seed not left to the next run in the process."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 
 from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar, run_label
+from mmcaption.full_log_disk import CurvesOnFullDisk
 from mmcaption.terminal import draws_bars
 
 _SEED_GIVEN = os.environ.get("PL_GLOBAL_SEED")  # the environment's, as the process began: not an earlier run's
@@ -37,7 +38,7 @@ def add_run_callbacks(trainer: Trainer) -> None:
     listed = [callback for callback in trainer.callbacks if isinstance(callback, ResumableStop)]
     trainer.callbacks[:] = [callback for callback in trainer.callbacks if not isinstance(callback, ResumableStop)]
     trainer.callbacks.append(listed[0] if listed else ResumableStop())
-    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved()]
+    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved(), CurvesOnFullDisk()]
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()

@@ -2951,3 +2951,33 @@ def test_a_loader_worker_killed_by_the_out_of_memory_killer_is_said_as_such(back
 
     assert user_error(capsys, lambda _: user_errors_exit(pipe_reset)(), []).startswith(
         "error: a data-loader worker (pid 4242) exited unexpectedly: on Linux most often by the out-of-memory killer")
+
+
+def test_a_full_disk_under_the_logs_stops_the_curves_not_the_training(backbones, coco_root, tmp_path, monkeypatch, capsys):
+    # TensorBoard's writer thread died with its traceback, and the next step's metrics raised "No space left on device"
+    # (no file named) in the training loop: the run stopped, losing what it learnt since its last checkpoint, although
+    # the checkpoints' disk had room
+    from tensorboard.compat.tensorflow_stub.io import gfile
+
+    monkeypatch.chdir(tmp_path)
+    folder, logs = tmp_path / "c", tmp_path / "logs"
+    args = [*fit_config(tmp_path, coco_root, backbones, folder, log_dir=logs), "--trainer.max_steps", "8",
+            "--trainer.log_every_n_steps", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    append, written = gfile.LocalFileSystem.append, []
+
+    def full_after_a_few(self, filename, file_content, binary_mode=False):
+        written.append(filename)
+        if len(written) > 3:  # the events file's disk is full from its fourth write on
+            raise OSError(28, "No space left on device")
+        return append(self, filename, file_content, binary_mode)
+
+    monkeypatch.setattr(gfile.LocalFileSystem, "append", full_after_a_few)
+    main(args)  # ends as a finished run
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    [warning] = [line for line in err.splitlines() if line.startswith("warning: the disk is full")]
+    assert re.match(rf"warning: the disk is full under {re.escape(str(logs))}/lightning_logs/version_0 \(No space left on device, "
+                    rf"[0-9.]+ MB free\): TensorBoardLogger's curves stop at step \d+ \(what was written there is kept\), and "
+                    rf"training goes on, its checkpoints saved in {re.escape(str(folder))} as before\.", warning), warning
+    assert load_checkpoint_file(folder / "last.ckpt")["global_step"] == 8  # trained to its end
+    assert len(written) == 4 and all("events.out.tfevents" in str(name) for name in written)  # nothing tried after
