@@ -224,7 +224,7 @@ def signals_stop() -> Iterator[None]:
     finally:
         if joining is not None:
             distributed.init_process_group = joining
-        _stop.active = False
+        _stop.active = _stop.holding = False
         _stop.pending = _stop.held = None  # what a later run in this process (a script's next predict) must not raise
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
@@ -265,6 +265,25 @@ def stops_held() -> Iterator[None]:
         raise Interrupted(signum)
 
 
+def hold_stops() -> None:
+    """The command's work is done and its teardown runs (Lightning's, DataLoader workers ended in ``__del__``, where Python
+    drops an exception): a stop signal from here on is held, and :func:`act_on_held_stops` acts on it as the command
+    returns. Raised there, it chained tracebacks through Lightning's teardown, or was dropped: the command exited 0, and
+    a pipeline went on to its next stage."""
+    if _stop.active:
+        _stop.holding = True
+
+
+def act_on_held_stops(done: str) -> None:
+    """Raise :class:`Interrupted`, saying ``done``, for a stop signal held (:func:`hold_stops`) or dropped where it was
+    raised; the signals act at once again from here."""
+    _stop.holding = False
+    signum = _stop.held or _stop.pending
+    _stop.held = _stop.pending = None
+    if signum is not None:
+        raise Interrupted(signum, f"{signal.Signals(signum).name} received as {done}")
+
+
 def raise_if_stopped() -> None:
     """Raise again the :class:`Interrupted` of a signal whose handler ran where Python drops exceptions - inside a
     fork's at-fork hooks, as a DataLoader starts its workers: the command went on to its end and exited 0, and a second
@@ -298,7 +317,9 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
         try:
             with signals_stop() if signals else nullcontext():
                 try:
-                    return main(*args, **kwargs)
+                    result = main(*args, **kwargs)
+                    act_on_held_stops("the command ended: what it did is complete and saved; stopped there")
+                    return result
                 except Interrupted as interrupted:
                     stopped = (str(interrupted), interrupted.exit_code)
                 # the stopped command's frames (DataLoader iterators with worker processes among them) are freed

@@ -26,7 +26,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import CHECKPOINT_KEYWORDS, MMCaptionCLI, run_cli
 from mmcaption.command_checks import check_command
-from mmcaption.errors import ConfigError, Interrupted, MMCaptionError, RunInterrupted, user_errors_exit
+from mmcaption.errors import (
+    ConfigError,
+    Interrupted,
+    MMCaptionError,
+    RunInterrupted,
+    act_on_held_stops,
+    user_errors_exit,
+)
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.model.config import STRUCTURAL_SETTINGS
 from mmcaption.usage import pipeline_parser
@@ -149,10 +156,12 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     caption = run_cli(["fit", "--config", caption_config, *caption_args, *fit_args, *resume])
     caption_checkpoint = handoff_checkpoint(caption)
     resume = resume if stage is None else []  # a caption checkpoint is the caption stage's only
-    print(f"== stage 2, instructions: mmcaption fit --config {instruct_config} --model.init_from {caption_checkpoint} ==",
-          flush=True)
     # what goes on without training stage 1 again: its last checkpoint (its best, an earlier step, trained it on)
     go_on = f"--ckpt_path {stage_last(caption) or caption_checkpoint}"
+    act_on_held_stops(f"stage 1 ended, before stage 2 began; stage 1 is done: run the same command with {go_on} to go on "
+                      "without training stage 1 again")
+    print(f"== stage 2, instructions: mmcaption fit --config {instruct_config} --model.init_from {caption_checkpoint} ==",
+          flush=True)
     callback = getattr(getattr(instruct_check, "trainer", None), "checkpoint_callback", None) if check else None
     folder, started = Path(callback.dirpath) if callback is not None and callback.dirpath else None, time.time()
     try:

@@ -12,9 +12,11 @@ from typing import Any
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.trainer.states import TrainerFn
 
 from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar, run_label
+from mmcaption.errors import hold_stops
 from mmcaption.full_log_disk import CurvesOnFullDisk
 from mmcaption.terminal import draws_bars
 
@@ -38,10 +40,27 @@ def add_run_callbacks(trainer: Trainer) -> None:
     listed = [callback for callback in trainer.callbacks if isinstance(callback, ResumableStop)]
     trainer.callbacks[:] = [callback for callback in trainer.callbacks if not isinstance(callback, ResumableStop)]
     trainer.callbacks.append(listed[0] if listed else ResumableStop())
-    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved(), CurvesOnFullDisk()]
+    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved(), CurvesOnFullDisk(), StopsHeldInTeardown()]
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
+
+
+class StopsHeldInTeardown(Callback):
+    """Once a command's work is done, a stop signal waits for the end of its teardown (:func:`~mmcaption.errors.hold_stops`)."""
+
+    def on_train_end(self, trainer: Trainer, pl_module) -> None:  # after ResumableStop's: its save at the end is made
+        hold_stops()
+
+    def on_validation_end(self, trainer: Trainer, pl_module) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:  # `validate`, not a validation inside fit
+            hold_stops()
+
+    def on_test_end(self, trainer: Trainer, pl_module) -> None:
+        hold_stops()
+
+    def on_predict_end(self, trainer: Trainer, pl_module) -> None:
+        hold_stops()
 
 
 class NothingLeftToTrain(Callback):
