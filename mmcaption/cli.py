@@ -239,8 +239,10 @@ class MMCaptionCLI(LightningCLI):
         saved value); a structural setting that differs is refused naming both values."""
         given = flat_settings(self.config[subcommand]["model"].as_dict())
         defaults = flat_settings(self._subcommand_parsers[subcommand].get_defaults()["model"].as_dict())
+        typed = {str(a).split("=")[0].removeprefix("--model.") for a in self._arguments if str(a).startswith("--model.")} \
+            if isinstance(getattr(self, "_arguments", None), list) else None
         merged, notes, refused = merged_settings(flat_settings(saved), given, self._written_model_settings(subcommand), defaults,
-                                                 saved_name)
+                                                 saved_name, typed)
         if refused:
             raise ConfigError(f"{source} was trained with other structural settings than this run's ({'; '.join(refused)}); "
                               f"its tensors cannot fit. Give the {saved_name}'s, after any --config (or leave them out of "

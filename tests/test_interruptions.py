@@ -698,6 +698,17 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
            "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(coco_root), "--trainer.logger", "false"]
     cli = parse(fit)
     assert cli.model.on_nonfinite_loss == "skip" and cli.model.learning_rate == 0.001
+    # resumed with the README's short command, a learning rate set on the first run's command line (0.3) gave way to the
+    # config's (0.003), with a note that said "the settings you gave": which the user did not, there
+    config.write_text("model:\n  learning_rate: 0.003\n")
+    capsys.readouterr()
+    cli = parse(["fit", "--config", str(config), *fit[1:]])
+    err = capsys.readouterr().err
+    assert cli.model.learning_rate == 0.001  # typed on this command line: said as given, no option to keep the checkpoint's
+    assert "learning_rate 0.001 (checkpoint: 0.03)" in err and "keeps it" not in err
+    cli = parse(["fit", "--config", str(config), "--ckpt_path", str(trained_checkpoint), *fit[7:]])
+    assert cli.model.learning_rate == 0.003 and ("learning_rate 0.003 (checkpoint: 0.03; your config's, not the command line's: "
+                                                 "--model.learning_rate 0.03 keeps it)") in capsys.readouterr().err
 
 
 def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refused(backbones, coco_root, tmp_path, monkeypatch, capsys):
@@ -2981,3 +2992,59 @@ def test_a_full_disk_under_the_logs_stops_the_curves_not_the_training(backbones,
                     rf"training goes on, its checkpoints saved in {re.escape(str(folder))} as before\.", warning), warning
     assert load_checkpoint_file(folder / "last.ckpt")["global_step"] == 8  # trained to its end
     assert len(written) == 4 and all("events.out.tfevents" in str(name) for name in written)  # nothing tried after
+
+
+class _SignalWhenCollected:
+    """Sends this process SIGTERM from its ``__del__``, where Python drops an exception (as a DataLoader iterator's
+    workers are shut down when the run's loaders are let go)."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here, inside __del__
+
+
+class SignalInTeardown(Callback):
+    """A stop signal as the run is torn down, its work done."""
+
+    def teardown(self, trainer, pl_module, stage):
+        _SignalWhenCollected()  # collected at once
+
+
+def test_a_stop_signal_in_the_teardown_of_a_finished_command_stops_it_saying_it_is_complete(
+    backbones, coco_root, tmp_path, monkeypatch, capsys
+):
+    # raised where Python drops it (a DataLoader's __del__), SIGTERM after the last step was lost: the command exited 0
+    # and a pipeline went on to its next stage; raised inside Lightning's teardown, it chained tracebacks
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "c"
+    args = fit_config(tmp_path, coco_root, backbones, folder)
+    config = yaml.safe_load(Path(args[2]).read_text())
+    config["trainer"]["callbacks"].append({"class_path": f"{__name__}.SignalInTeardown"})
+    Path(args[2]).write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 143, err
+    assert err.strip().splitlines()[-1] == ("SIGTERM received as the command ended: what it did is complete and saved; "
+                                            "stopped there"), err
+    assert "Traceback" not in err and load_checkpoint_file(folder / "last.ckpt")["global_step"] == 2
+
+    # the pipeline: a signal held through stage 1's teardown stops it before stage 2, saying how to go on
+    from mmcaption.errors import Interrupted, hold_stops, signals_stop
+
+    calls = []
+
+    def stage(args):
+        calls.append(args)
+        hold_stops()  # as the stage's fit does once its training has ended
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+
+    monkeypatch.setattr(pipeline, "run_cli", stage)
+    monkeypatch.setattr(pipeline, "handoff_checkpoint", lambda cli: "caption-best.ckpt")
+    monkeypatch.setattr(pipeline, "stage_last", lambda cli: "caption-last.ckpt")
+    with signals_stop(), pytest.raises(Interrupted) as held:
+        pipeline.run_pipeline("c.yaml", "i.yaml", [], check=False)
+    assert len(calls) == 1 and held.value.signum == signal.SIGTERM  # stage 2 never began
+    assert str(held.value) == ("SIGTERM received as stage 1 ended, before stage 2 began; stage 1 is done: run the same "
+                               "command with --ckpt_path caption-last.ckpt to go on without training stage 1 again")

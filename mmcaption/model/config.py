@@ -130,10 +130,13 @@ TRAINING_ONLY = ("learning_rate", "weight_decay", "warmup_ratio", "adam_betas", 
 
 
 def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[str] | None, defaults: dict[str, Any],
-                    saved_name: str = "checkpoint") -> tuple[dict[str, Any], list[str], list[str]]:
+                    saved_name: str = "checkpoint", typed: set[str] | None = None) -> tuple[dict[str, Any], list[str], list[str]]:
     """Flat model settings a checkpoint or an export (``saved``) gives, with those the user set (``written``, or where
     unknown, ``given`` values other than the ``defaults``) in their place: (the settings, notes on each one the user's
-    value replaced, the structural ones that differ - the trained tensors would not fit them)."""
+    value replaced, the structural ones that differ - the trained tensors would not fit them). A note on a setting
+    written in a config file but not on the command line (``typed``, where known) gives the option that keeps the
+    saved value: a run started with ``--model.learning_rate 0.3`` and resumed with the README's short command took
+    its config's 0.003, a note saying "the settings you gave"."""
     merged, notes, refused = dict(saved), [], []
     for key, value in given.items():
         unset = key not in written if written is not None else value == defaults.get(key)
@@ -146,7 +149,9 @@ def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[s
             refused.append(f"{key}: {saved_name} {merged[key]!r}, given {value!r} ({as_option(key, merged[key])} gives the "
                            f"{saved_name}'s)")
         else:
-            notes.append(f"{key} {value!r} ({saved_name}: {merged[key]!r})")
+            typed_here = typed is None or any(t == key or t.startswith(key + ".") or key.startswith(t + ".") for t in typed)
+            keep = "" if typed_here else f"; your config's, not the command line's: {model_option(key, merged[key])} keeps it"
+            notes.append(f"{key} {value!r} ({saved_name}: {merged[key]!r}{keep})")
             merged[key] = value
     return merged, notes, refused
 
@@ -165,6 +170,11 @@ def as_option(key: str, value: Any) -> str:
     """A model setting as the command line gives it: ``--model.config.lora_r 4``, a list quoted for the shell."""
     written = value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value)  # null
     return f"--model.{key if key.startswith('config.') else 'config.' + key} {shlex.quote(written)}"
+
+
+def model_option(key: str, value: Any) -> str:
+    """Any flat model setting as the command line gives it: ``--model.learning_rate 0.3``, ``--model.config.lora_r 4``."""
+    return as_option(key, value) if key.startswith("config.") else as_option(key, value).replace("--model.config.", "--model.", 1)
 
 
 # Lightning's precisions that cast the whole module, and the dtype they cast it to
