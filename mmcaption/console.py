@@ -40,6 +40,10 @@ UNACTIONABLE_WARNINGS = (
     r"It is recommended to use `self\.log\('((val|test)/|hp_metric')",  # hp_metric: the validation loss
     # the real configs' bf16-mixed: the trainable weights the summary sizes are float32, its "using 32 bits" right
     r"Precision [\w-]+-mixed is not supported by the model summary",
+    # a save before this run's first validation (a resumed run's, a max_steps end before one): its top-k wait for a
+    # validation's score and last.ckpt is saved; its HINT suggested a misconfiguration. A key no validation logs is
+    # refused before training, and Lightning raises once a validation ran without it
+    r"`ModelCheckpoint\(monitor='[^']*'\)` could not find the monitored key in the returned metrics: \['epoch', 'step'\]\.",
 )
 
 

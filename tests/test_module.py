@@ -371,8 +371,14 @@ def test_under_ddp_the_running_counts_say_whose_they_are():
     from mmcaption.console import UNACTIONABLE_WARNINGS
 
     for lightnings in ("It is recommended to use `self.log('hp_metric', ..., sync_dist=True)` when logging on epoch level",
-                       "Precision bf16-mixed is not supported by the model summary.  Estimated model size in MB will not be"):
+                       "Precision bf16-mixed is not supported by the model summary.  Estimated model size in MB will not be",
+                       # every resume saving before its first validation (the monitored key is logged by validation)
+                       "`ModelCheckpoint(monitor='val/loss')` could not find the monitored key in the returned metrics: ['epoch', "
+                       "'step']. HINT: Did you call `log('val/loss', value)` in the `LightningModule`?"):
         assert any(re.match(pattern, lightnings) for pattern in UNACTIONABLE_WARNINGS), lightnings
+    misconfigured = ("`ModelCheckpoint(monitor='val/los')` could not find the monitored key in the returned metrics: ['epoch', "
+                     "'step', 'val/loss']. HINT: Did you call `log('val/los', value)` in the `LightningModule`?")
+    assert not any(re.match(pattern, misconfigured) for pattern in UNACTIONABLE_WARNINGS)  # with a validation's keys: said
 
 
 def test_on_an_h200_the_mfu_is_logged_against_its_dense_peak(monkeypatch):
