@@ -28,7 +28,7 @@ from mmcaption.checkpoint import (
 from mmcaption.checkpoint_folders import keyword_checkpoint
 from mmcaption.console import bars_put_back, filter_warnings, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
-from mmcaption.errors import ConfigError, MMCaptionError, signals_stop, user_errors_exit
+from mmcaption.errors import ConfigError, MMCaptionError, release_held_stops, signals_stop, user_errors_exit
 from mmcaption.folders import (
     check_named_runs_unused,
     check_writable,
@@ -336,17 +336,14 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
         filter_warnings()
         if args is not None:  # the pipeline's and the demo's stages: their own arguments, not the command line's
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
-        return MMCaptionCLI(
-            MultimodalCaptioner,
-            LightningDataModule,
-            subclass_mode_data=True,
-            args=args,
-            parser_kwargs={"epilog": EPILOG, "prog": "mmcaption", "version": RELEASE},  # also when the pipeline or demo runs one
-            save_config_callback=KeptConfig,  # beside an earlier command's config in the same run folder, not over it
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            parser_class=MMCaptionParser,
-        )
+        try:
+            return MMCaptionCLI(
+                MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args,
+                parser_kwargs={"epilog": EPILOG, "prog": "mmcaption", "version": RELEASE},  # also when the pipeline or demo runs one
+                save_config_callback=KeptConfig,  # beside an earlier command's config in the same run folder, not over it
+                save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False, parser_class=MMCaptionParser)
+        finally:  # a stop signal held through its teardown (hold_stops) stays due, and a new one acts at once
+            release_held_stops()
 
 
 class _PrepareCLI(MMCaptionCLI):

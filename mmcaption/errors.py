@@ -274,6 +274,14 @@ def hold_stops() -> None:
         _stop.holding = True
 
 
+def release_held_stops() -> None:
+    """A run's teardown is over: a stop signal acts at once again (between a pipeline's or the demo's stages too), and
+    one held meanwhile stays due (:func:`act_on_held_stops`, :func:`raise_if_stopped` at the next batch)."""
+    _stop.holding = False
+    if _stop.held is not None:
+        _stop.pending, _stop.held = _stop.held, None
+
+
 def act_on_held_stops(done: str) -> None:
     """Raise :class:`Interrupted`, saying ``done``, for a stop signal held (:func:`hold_stops`) or dropped where it was
     raised; the signals act at once again from here."""

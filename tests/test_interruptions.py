@@ -3048,3 +3048,12 @@ def test_a_stop_signal_in_the_teardown_of_a_finished_command_stops_it_saying_it_
     assert len(calls) == 1 and held.value.signum == signal.SIGTERM  # stage 2 never began
     assert str(held.value) == ("SIGTERM received as stage 1 ended, before stage 2 began; stage 1 is done: run the same "
                                "command with --ckpt_path caption-last.ckpt to go on without training stage 1 again")
+    # once a run's teardown is over (run_cli returns), a stop acts at once again: the demo's evaluation after its
+    # stages, or stage 2's preparing, were not to wait for the end of the command
+    from mmcaption.errors import release_held_stops
+
+    with signals_stop(), pytest.raises(Interrupted, match="stopped by SIGINT"):
+        hold_stops()
+        release_held_stops()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
