@@ -693,6 +693,13 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
 
     with pytest.raises(ConfigError, match=r"config\.lora_r: checkpoint 4, given 16"):
         parse(["predict", "--ckpt_path", str(trained_checkpoint), "--model.config.lora_r", "16", *data])
+    # the injected layers too, resolved against the language model's config.json: refused only once the model had loaded
+    # (minutes of Phi-2), where --model.config.lora_r was refused here
+    with pytest.raises(ConfigError, match=re.escape("config.cross_attention_layers: checkpoint [-2, -1], given [-1] (of 4 layers) "
+                                                    "(--model.config.cross_attention_layers '[-2, -1]' gives the checkpoint's)")):
+        parse(["predict", "--ckpt_path", str(trained_checkpoint), "--model.config.cross_attention_layers", "[-1]", *data])
+    assert parse(["predict", "--ckpt_path", str(trained_checkpoint), "--model.config.cross_attention_layers", "[2, 3]",
+                  *data]).model.config.cross_attention_layers == [2, 3]  # the same layers, counted from the start
 
     fit = ["fit", "--ckpt_path", str(trained_checkpoint), "--model.on_nonfinite_loss", "skip", "--model.learning_rate", "0.001",
            "--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(coco_root), "--trainer.logger", "false"]

@@ -142,8 +142,12 @@ def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[s
         unset = key not in written if written is not None else value == defaults.get(key)
         if unset or key not in merged or same_setting(key, value, merged[key]) or key == "init_from":
             continue  # not set by the user, unknown to the checkpoint, the same, or unused (its weights are replaced)
-        if key == "config.cross_attention_layers":  # an export holds them resolved ([28, ..., 31] for [-4, ..., -1]): the
-            merged[key] = value  # loaded model compares them resolved, and refuses layers that differ
+        if key == "config.cross_attention_layers":  # an export holds them resolved ([28, ..., 31] for [-4, ..., -1]): compared
+            count = decoder_layer_count(merged.get("config.language_model"))  # resolved, where the language model's config
+            if count and sorted(i % count for i in value) != sorted(i % count for i in merged[key]):  # says how many layers:
+                refused.append(f"{key}: {saved_name} {merged[key]!r}, given {value!r} (of {count} layers) "  # not minutes on
+                               f"({as_option(key, merged[key])} gives the {saved_name}'s)")  # (the loaded model refuses it)
+            merged[key] = value
             continue
         if key.removeprefix("config.") in STRUCTURAL_SETTINGS:
             refused.append(f"{key}: {saved_name} {merged[key]!r}, given {value!r} ({as_option(key, merged[key])} gives the "
@@ -170,6 +174,23 @@ def as_option(key: str, value: Any) -> str:
     """A model setting as the command line gives it: ``--model.config.lora_r 4``, a list quoted for the shell."""
     written = value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value)  # null
     return f"--model.{key if key.startswith('config.') else 'config.' + key} {shlex.quote(written)}"
+
+
+def decoder_layer_count(language_model: str | None) -> int | None:
+    """``num_hidden_layers`` from the language model's config.json, a local folder's or a hub model's already downloaded
+    (None: neither, or unreadable): a structural change of the injected layers is refused before the model loads."""
+    if not language_model:
+        return None
+    try:
+        found = Path(language_model) / "config.json"
+        if not found.is_file():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(language_model, "config.json")
+            found = Path(cached) if isinstance(cached, str) else None
+        return int(json.loads(found.read_text())["num_hidden_layers"]) if found is not None else None
+    except (TypeError, OSError, ValueError, KeyError, AttributeError):  # a hub id the cache helper refuses: not counted
+        return None
 
 
 def model_option(key: str, value: Any) -> str:
