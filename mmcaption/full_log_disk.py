@@ -27,13 +27,6 @@ from mmcaption.resources import disk_full
 LOGGER_METHODS = ("log_metrics", "log_hyperparams", "log_graph", "save", "finalize")
 
 
-class _Dropped:
-    """A SummaryWriter whose disk is full: every call is dropped."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
 class CurvesOnFullDisk(Callback):
     """Guards this run's loggers against a full disk (module docstring)."""
 
@@ -70,9 +63,7 @@ class CurvesOnFullDisk(Callback):
             class Guarded(type(logger)):
                 @property
                 def experiment(self) -> Any:
-                    if id(self) in guard._full:
-                        return _Dropped()
-                    return _Writer(experiment(self), functools.partial(guard._stopped, trainer, self))
+                    return _Writer(experiment(self), functools.partial(guard._guarded, trainer, self))
 
             Guarded.__name__, Guarded.__qualname__ = type(logger).__name__, type(logger).__qualname__  # as said in messages
             logger.__class__ = Guarded
@@ -115,24 +106,11 @@ class CurvesOnFullDisk(Callback):
 
 
 class _Writer:
-    """A SummaryWriter whose calls that meet a full disk are said once (``stopped``) and dropped."""
+    """A SummaryWriter whose methods are ``guarded`` (:meth:`CurvesOnFullDisk._guarded`)."""
 
-    def __init__(self, writer: Any, stopped) -> None:
-        self._writer, self._stopped = writer, stopped
+    def __init__(self, writer: Any, guarded) -> None:
+        self._writer, self._guarded_call = writer, guarded
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._writer, name)
-        if not callable(attribute):
-            return attribute
-
-        @functools.wraps(attribute)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return attribute(*args, **kwargs)
-            except Exception as error:
-                if disk_full(error) is None:
-                    raise
-                self._stopped(error)
-                return None
-
-        return call
+        return self._guarded_call(attribute) if callable(attribute) else attribute
