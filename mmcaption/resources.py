@@ -7,9 +7,12 @@ import errno
 import os
 import re
 import shutil
+import signal
 import stat
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
+from types import TracebackType
 
 
 def add_note(exception: BaseException, note: str) -> None:
@@ -123,7 +126,23 @@ def worker_killed(error: BaseException) -> tuple[str, str | None] | None:
             return match[1], match[2].strip()
         if gone is None and (match := _WORKER_GONE.search(str(cause))):
             gone = (match[1], None)
+        if gone is None and isinstance(cause, EOFError | ConnectionError):
+            gone = _dead_loader_worker(cause.__traceback__)
     return gone
+
+
+def _dead_loader_worker(traceback: TracebackType | None) -> tuple[str, str | None] | None:
+    """``(pid, signal name)`` of a worker that the loader in ``traceback`` (its ``_try_get_data``) finds dead: a worker
+    killed as it handed a batch over closes the pipe mid-read, a bare ``EOFError`` without PyTorch's words."""
+    while traceback is not None:
+        loader = traceback.tb_frame.f_locals.get("self") if traceback.tb_frame.f_code.co_name == "_try_get_data" else None
+        for worker in getattr(loader, "_workers", ()):
+            with suppress(Exception):  # a worker object of another kind: not said
+                if not worker.is_alive() and worker.exitcode:
+                    code = worker.exitcode
+                    return str(worker.pid), signal.strsignal(-code) if code < 0 else None
+        traceback = traceback.tb_next
+    return None
 
 
 def worker_killed_message(pid: str, signal_name: str | None, notes: list[str]) -> str:

@@ -2969,6 +2969,22 @@ def test_a_loader_worker_killed_by_the_out_of_memory_killer_is_said_as_such(back
 
     assert user_error(capsys, lambda _: user_errors_exit(pipe_reset)(), []).startswith(
         "error: a data-loader worker (pid 4242) exited unexpectedly: on Linux most often by the out-of-memory killer")
+    # ... or as the worker was handing a batch over: the pipe closed mid-read, a bare EOFError in the loader
+    import multiprocessing
+
+    class Loader:
+        def __init__(self, workers):
+            self._workers = workers
+
+        def _try_get_data(self):  # the name torch's and torchdata's loaders read their workers' batches in
+            raise EOFError
+
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    worker.start()
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join()
+    assert user_error(capsys, lambda _: user_errors_exit(Loader([worker])._try_get_data)(), []).startswith(
+        f"error: a data-loader worker (pid {worker.pid}) was killed by signal Killed: on Linux most often by the out-of-memory")
 
 
 def test_a_full_disk_under_the_logs_stops_the_curves_not_the_training(backbones, coco_root, tmp_path, monkeypatch, capsys):
