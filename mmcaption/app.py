@@ -78,6 +78,8 @@ class App:
         picture = _image(image, self.gr)
         history = _turns(messages)
         messages = [*messages, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        yield messages, ""  # the question shown and its box emptied once: emptied at every streamed piece, it lost what
+        kept = self.gr.skip()  # the user began typing next while the answer streamed
         settings = generation_settings(*settings)
         streaming = settings["num_beams"] == 1
         streamer = TextIteratorStreamer(self.captioner.tokenizer, skip_prompt=True, skip_special_tokens=True) if streaming else None
@@ -99,12 +101,12 @@ class App:
             for piece in streamer:
                 text += piece
                 messages[-1] = {"role": "assistant", "content": text.strip()}
-                yield messages, ""
+                yield messages, kept
         worker.join()
         if "error" in result:
             raise self.gr.Error(f"The model failed to answer: {result['error']}")
         messages[-1] = {"role": "assistant", "content": result["answer"]}  # exactly what Captioner.chat returns
-        yield messages, ""
+        yield messages, kept
 
     def choose(self, image: str | None, question: str, options_text: str) -> tuple[str, dict[str, float]]:
         options = [line.strip() for line in (options_text or "").splitlines() if line.strip()]
