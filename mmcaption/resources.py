@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -136,8 +137,10 @@ def _dead_loader_worker(traceback: TracebackType | None) -> tuple[str, str | Non
     killed as it handed a batch over closes the pipe mid-read, a bare ``EOFError`` without PyTorch's words."""
     while traceback is not None:
         loader = traceback.tb_frame.f_locals.get("self") if traceback.tb_frame.f_code.co_name == "_try_get_data" else None
+        deadline = time.monotonic() + 2  # the pipe closes as the worker dies: its exit may take a moment to be seen
         for worker in getattr(loader, "_workers", ()):
             with suppress(Exception):  # a worker object of another kind: not said
+                worker.join(max(0.0, deadline - time.monotonic()))
                 if not worker.is_alive() and worker.exitcode:
                     code = worker.exitcode
                     return str(worker.pid), signal.strsignal(-code) if code < 0 else None
