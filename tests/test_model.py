@@ -108,6 +108,31 @@ def test_bfloat16_compute_keeps_the_residual_stream_in_bfloat16(model, model_con
     assert float32.language_model.get_base_model().get_input_embeddings().weight.dtype == torch.float32
 
 
+def test_4bit_layers_give_bfloat16_after_float32_norms_as_torch_linear_does(model, inputs):
+    # A GPU's autocast computes layer norms in float32 (a CPU's keeps bfloat16; emulated here). bitsandbytes returned
+    # its input's dtype, so the 4-bit q/k/v/fc1 after a norm gave float32 where torch.nn.Linear under autocast gives
+    # bfloat16: the GELU kept 4 x the width a token in float32 for backward and the MLP's output turned the residual
+    # stream float32 (on an H200 at 16 x 512 tokens in nf4: 36.5 GiB peak, 26.9 GiB once they give bfloat16).
+    base = model.language_model.get_base_model()
+    norms = [m for m in base.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms
+    seen = []
+    handles = [norm.register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype),)) for norm in norms]
+    handles += [norm.register_forward_hook(lambda module, args, output: output.float()) for norm in norms]
+    fc1 = [module for name, module in base.named_modules() if name.endswith("mlp.fc1")]
+    handles += [module.register_forward_hook(lambda module, args, output: seen.append(output.dtype)) for module in fc1]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = base.model(input_ids=inputs["input_ids"], output_hidden_states=True).hidden_states
+            plain = torch.nn.Linear(64, 64)(hidden[0].float())
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert plain.dtype == torch.bfloat16  # what autocast makes of a float32 input to torch's own Linear
+    assert len(fc1) == 4 and seen == [torch.bfloat16] * 4  # the GELU's input, kept for backward
+    assert {h.dtype for h in hidden[1:-1]} == {torch.bfloat16}  # each decoder layer's output: the residual stream
+
+
 def test_fp4_and_no_quantization_choices(model_config):
     fp4 = load_language_model(model_config.language_model, "fp4", "bfloat16")
     assert fp4.model.layers[0].self_attn.q_proj.weight.quant_state.quant_type == "fp4"

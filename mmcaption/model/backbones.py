@@ -87,9 +87,28 @@ def load_language_model(
             # epoch then fails (or loses gradients) and evaluation gives other numbers. One kernel
             # for training and evaluation; GPUs are unaffected.
             module.support_avx512bf16_for_cpu = False
+            module.register_forward_pre_hook(input_in_autocast_dtype)
     if quantization in ("nf4", "fp4") and torch_dtype(compute_dtype) == torch.bfloat16:  # int8 keeps float32
         unquantized_weights_to(model, torch.bfloat16)
     return fuse_gelu(model)
+
+
+def input_in_autocast_dtype(module: bnb.nn.Linear4bit, args: tuple) -> tuple | None:
+    """A 4-bit layer's forward pre-hook: under autocast to its compute dtype, a float32 input is cast to it first, as
+    autocast casts a ``torch.nn.Linear``'s input, so that the output is in that dtype too.
+
+    bitsandbytes casts its output back to the input's dtype. On a GPU, autocast computes layer norms in float32, so
+    the 4-bit q/k/v and fc1 layers after them returned float32 under bf16-mixed: the GELU then kept its float32 input
+    for backward (4 x the width a token) and the MLP's float32 output made the residual stream float32 from the first
+    layer on, where ``quantization: none`` keeps both in bfloat16. The matmul is unchanged: bitsandbytes casts the
+    input to its compute dtype and computes in it either way."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        return None
+    device = x.device.type
+    if not torch.is_autocast_enabled(device) or torch.get_autocast_dtype(device) != module.compute_dtype:
+        return None
+    return (x.to(module.compute_dtype), *args[1:])
 
 
 def unquantized_weights_to(model: PreTrainedModel, dtype: torch.dtype) -> None:
