@@ -38,6 +38,7 @@ from mmcaption.errors import MMCaptionError, unexpanded_variable
 from mmcaption.evaluation.report import file_sha256
 from mmcaption.folders import being_written, umask, writing_run
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, is_pretrained_folder, read_manifest
+from mmcaption.model.backbone_weights import backbone_weights, changed_backbones, other_backbones
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
 from mmcaption.resources import dangling, dangling_note, disk_full
@@ -191,6 +192,9 @@ def check_checkpoint(checkpoint: dict[str, Any], model: MultimodalCausalLM, sour
     """Refuse a Lightning checkpoint whose trainable tensors or structural settings differ from ``model``'s."""
     differences = settings_diff(checkpoint.get("model_config", {}), model.config_dict())
     check_trainable_state(checkpoint["state_dict"], model, prefix=MODEL_PREFIX, settings_diff=differences, source=source)
+    current = getattr(model, "backbone_weights", None) or backbone_weights(model.config)  # a structure only: its files
+    if said := changed_backbones(checkpoint.get("backbone_weights"), current, checkpoint.get("model_config"), model.config, source):
+        rank_zero_warn(said)
 
 
 def load_trainable_tensors(checkpoint: dict[str, Any], model: MultimodalCausalLM, source: str = "checkpoint") -> None:
@@ -214,22 +218,19 @@ def model_from_checkpoint(
     saved = {**saved, **{name: absolute_if_local(folder) for name, folder in backbones.items()}}  # as training keeps them
     if pretrained_weights:
         model = MultimodalCausalLM.from_config(MultimodalConfig(**saved), device=device, trained=True)
-        load_trainable_tensors(checkpoint, model)
+        load_trainable_tensors(checkpoint, model, f"checkpoint {path}")
     else:
         model = model_structure(MultimodalConfig(**saved))
-        check_checkpoint(checkpoint, model)
+        check_checkpoint(checkpoint, model, f"checkpoint {path}")
         assign_trainable_tensors(model, {k.removeprefix(MODEL_PREFIX): v for k, v in checkpoint["state_dict"].items()})
     return model, checkpoint
 
 
-def other_backbones_warning(source: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+def other_backbones_warning(source: Path, saved: dict[str, Any], model: MultimodalCausalLM, fitted: Any = None) -> None:
     """Warn when the weights of ``source`` (a checkpoint's or an export's) were trained with another language model or
-    vision tower (by folder or hub name) than ``current``'s: of the same shapes, they loaded without a word."""
-    for key in ("language_model", "vision_model"):
-        if saved.get(key) and Path(str(saved[key])).name.lower() != Path(str(current.get(key))).name.lower():
-            rank_zero_warn(f"init_from {source} was trained with {key} {saved[key]}, and this run's is {current.get(key)}: its "
-                           "weights (projection, cross-attention, LoRA) were fitted to that one's features; unless it is the "
-                           "same model moved, train the caption stage with this one")
+    vision tower (by folder or hub name, or ``fitted``: the fingerprints of the weights) than ``model``'s."""
+    for said in other_backbones(f"init_from {source}", saved, model.config_dict(), fitted, getattr(model, "backbone_weights", {})):
+        rank_zero_warn(said)
 
 
 def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[str, Any]:
@@ -243,7 +244,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         if differences:
             raise CheckpointMismatchError(f"exported model {path} does not match this model: " + "; ".join(differences))
         model.load_pretrained_weights(path)
-        other_backbones_warning(path, manifest["model"], model.config_dict())
+        other_backbones_warning(path, manifest["model"], model, manifest.get("backbone_weights"))
         return {"path": str(path.resolve()), "export": manifest["source"]}
     if not path.is_file():
         raise CheckpointNotFoundError(f"init_from checkpoint not found: {path} (train the caption stage first, or point "
@@ -253,7 +254,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
                                   f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
     load_trainable_tensors(checkpoint, model, f"init_from {path}")
-    other_backbones_warning(path, checkpoint.get("model_config") or {}, model.config_dict())
+    other_backbones_warning(path, checkpoint.get("model_config") or {}, model)  # its weights': load_trainable_tensors
     step, planned = checkpoint.get("global_step"), checkpoint.get("planned_steps")
     if stopped := checkpoint.get("stopped_by"):  # saved as its run was stopped (Ctrl-C, a preemption); a best one is not
         of = f" of {planned}" if planned else ""

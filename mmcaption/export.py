@@ -158,6 +158,7 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
             (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
             (staging / "README.md").write_text(model_card(manifest), encoding="utf-8")  # it now says they are inside
         manifest = json.loads((staging / CONFIG_FILE).read_text())  # the files it writes: what a later --overwrite replaces
+        manifest["backbone_weights"] = checkpoint.get("backbone_weights") or {}  # those its tensors were fitted to
         manifest["files"] = sorted({CONFIG_FILE, *(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())})
         (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         as_umask_allows(staging)

@@ -38,6 +38,7 @@ from mmcaption.generation_settings import saved_generation
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, is_pretrained_folder, read_manifest
 from mmcaption.model.backbone_checks import BackboneNotFoundError, check_device, hub_unreachable, is_local_path
+from mmcaption.model.backbone_weights import changed_backbones
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage, mistyped_folder
 from mmcaption.model.config import Quantization
@@ -108,6 +109,9 @@ class Captioner:
         finally:
             if bars:  # the notebook's own setting, as it was
                 hf_logging.enable_progress_bar()
+        fitted = {k: v for k, v in (manifest.get("backbone_weights") or {}).items() if not (manifest.get("merged") and k == "language_model")}
+        if said := changed_backbones(fitted, model.backbone_weights, manifest.get("model"), model.config, str(folder)):
+            warnings.warn(said, UserWarning, stacklevel=callers_level())
         processor = load_image_processor(str(folder / "image_processor"))
         manifest = {**manifest, "generation": saved_generation(manifest.get("generation") or {}, str(folder / CONFIG_FILE))}
         return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)

@@ -22,12 +22,7 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption import random_state
-from mmcaption.checkpoint import (
-    check_checkpoint,
-    check_trainable_state,
-    load_initial_weights,
-    restore_loader_position,
-)
+from mmcaption.checkpoint import check_checkpoint, check_trainable_state, load_initial_weights, restore_loader_position
 from mmcaption.checkpoint_folders import checkpoint_folder_on_resume
 from mmcaption.errors import ConfigError, raise_if_stopped
 from mmcaption.evaluation.answers import exact_match
@@ -365,6 +360,7 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         trainable = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["model_config"] = self.model.config_dict()
+        checkpoint["backbone_weights"] = getattr(self.model, "backbone_weights", {})  # the weights it was fitted to
         if self.init_source is not None:
             checkpoint["init_from"] = self.init_source
         checkpoint["planned_steps"] = getattr(self, "planned_steps", None)
@@ -378,7 +374,7 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before restoring: refuse a checkpoint of another model, naming the settings that differ."""
         self.configure_model()
-        check_checkpoint(checkpoint, self.model)
+        check_checkpoint(checkpoint, self.model, f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint")
         self.init_source = checkpoint.get("init_from")
         if self._trainer is not None and self.trainer.state.fn == "fit":
             checkpoint_folder_on_resume(self.trainer, checkpoint)

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from mmcaption.errors import ConfigError
+from mmcaption.model.backbone_weights import backbone_weights
 from mmcaption.model.backbones import (
     add_lora,
     load_image_processor,
@@ -90,7 +91,9 @@ class MultimodalCausalLM(nn.Module):
         language_model = add_lora(language_model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                                   target_modules=config.lora_target_modules, gradient_checkpointing=config.gradient_checkpointing)
         vision_model = load_vision_model(config.vision_model, device=device)
-        return cls(language_model, vision_model, config)
+        model = cls(language_model, vision_model, config)
+        model.backbone_weights = backbone_weights(config)  # what checkpoints keep of which weights they were fitted to
+        return model
 
     @property
     def decoder_layers(self) -> nn.ModuleList:
@@ -306,6 +309,7 @@ class MultimodalCausalLM(nn.Module):
             "prompts": prompts or {},
             "generation": generation or {},
             "source": source or {},
+            "backbone_weights": getattr(self, "backbone_weights", {}),  # mmcaption-export writes its checkpoint's
         }
         (folder / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         (folder / "README.md").write_text(model_card(manifest), encoding="utf-8")  # a path with accents, whatever the locale
