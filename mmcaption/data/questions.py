@@ -1,6 +1,6 @@
 """Free-form questions for ``mmcaption predict``: a CSV or JSON Lines file of (image, question[, answer]),
 or VQAv2's official files (``v2_OpenEnded_mscoco_<split>_questions.json`` with, to score, its
-``v2_mscoco_<split>_annotations.json``).
+``v2_mscoco_<split>_annotations.json``), or TextVQA's, GQA's and A-OKVQA's (:mod:`mmcaption.data.vqa_formats`).
 
 The answers are generated as the instruct stage was taught to answer; with a reference ``answer``, each
 row is scored by exact match after the VQA evaluation's normalisation (case, punctuation, articles,
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from mmcaption.data.tables import (
     refuse_duplicate_columns,
     unnamed_kept,
 )
+from mmcaption.data.vqa_formats import public_image_root, public_vqa_records
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -53,6 +54,7 @@ class OpenQuestion:
     image: str
     question: str
     answer: str | None
+    benchmark: tuple[str, tuple[str, ...]] | None = None  # a public benchmark's file: its name, and its image folders
 
 
 def _question(path: Path, line: int, record: dict[str, Any], where: str | None = None) -> OpenQuestion:
@@ -128,7 +130,7 @@ def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = 
                         "as --data.init_args.questions_file")
     if not (isinstance(data, dict) and isinstance(data.get("questions"), list)):
         raise DataError(f"{path}: a .json questions file is VQAv2's official questions file "
-                        '({"data_subtype": ..., "questions": [{"question_id", "image_id", "question"}, ...]}), a list of '
+                        '({"data_subtype": ..., "questions": [{"question_id", "image_id", "question"}, ...]}), TextVQA\'s, GQA\'s or A-OKVQA\'s, a list of '
                         "question objects, or JSON Lines; other questions are read from .jsonl or .csv files")
     subtype = str(data.get("data_subtype") or "")
     if data.get("data_type", "mscoco") != "mscoco" or not subtype:
@@ -224,6 +226,8 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
         if isinstance(data, dict) and not isinstance(data.get("questions"), list) and {"question", "text"} & {
                 str(key).lower() for key in data}:
             data = [data]  # one question alone: a POPE file of one line
+        if annotations is None and (public := public_vqa_records(path, data)) is not None:  # TextVQA, GQA, A-OKVQA
+            return [replace(_question(path, 0, record, where), benchmark=public[::2]) for where, record in public[1]], False
         if not (isinstance(data, list) and annotations is None):
             return read_vqa_questions(path, annotations, data), True
         places = [data.place(n) if isinstance(data, JsonLines) else f"record {n + 1}" for n in range(len(data))]  # its line
@@ -382,6 +386,8 @@ class QuestionsPredictDataModule(_PredictDataModule):
         root = self.image_root or self.questions_file.parent
         if self.official_vqa:
             root = vqa_image_root(self.questions_file, questions, self.image_root)
+        elif benchmark := questions[0].benchmark:
+            root = public_image_root(self.questions_file, benchmark[0], [q.image for q in questions], benchmark[1], self.image_root)
         template = ConversationTemplate(system=self.system_prompt)
         asked = [f"{q.question}\n{self.instruction}" if self.instruction else q.question for q in questions]
         prompts = [template.prompt(question, self.tokenizer) for question in asked]

@@ -1,0 +1,101 @@
+"""Public open-ended VQA benchmarks' own files, read as they are downloaded: TextVQA, GQA and A-OKVQA.
+
+Each names its images by an id, in a folder of its own download; each question becomes the record the questions reader
+checks (:func:`mmcaption.data.questions.read_question_file`), its image a file name looked for in those folders:
+
+- TextVQA (``TextVQA_0.5.1_val.json``: ``{"dataset_name": "textvqa", "data": [{"question_id", "image_id", "question",
+  "answers": [10 human answers], "set_name"}, ...]}``): ``train_images/<image_id>.jpg`` (train and val),
+  ``test_images/`` (test); scored by VQA accuracy, as TextVQA's evaluation does.
+- GQA (``testdev_balanced_questions.json``: ``{"<question id>": {"imageId", "question", "answer", "fullAnswer",
+  "types": {"structural", "semantic", "detailed"}}, ...}``): ``images/<imageId>.jpg``; scored by exact match, as
+  GQA's accuracy is, and per structural type (verify, query, choose, logical, compare) as its evaluation reports it.
+- A-OKVQA (``aokvqa_v1p0_val.json``: ``[{"question_id", "image_id", "question", "choices", "correct_choice_idx",
+  "direct_answers": [10], "split"}, ...]``): COCO 2017's ``<split>2017/<image_id, 12 digits>.jpg``; its direct-answer
+  task, scored by VQA accuracy against ``direct_answers`` as A-OKVQA's evaluation does (the choices are kept in the
+  output rows, not asked).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmcaption.data.records import DataError
+
+IMAGES_LOOKED_FOR = 50
+
+
+def _sample(values: list[Any]) -> list[dict[str, Any]]:
+    return [value for value in values[:5] if isinstance(value, dict)]
+
+
+def public_vqa_records(path: Path, data: Any) -> tuple[str, list[tuple[str, dict[str, Any]]], tuple[str, ...]] | None:
+    """``(benchmark, [(where, record)], image folders)`` of a TextVQA, GQA or A-OKVQA file's content ``data``: each record
+    with lower-case keys, ``image`` a file name to look for in the image folders (relative to the image root, which
+    itself comes last); None for content of another kind. A question without its id, image id or text is refused,
+    naming the file and the question."""
+    if isinstance(data, dict) and isinstance(data.get("data"), list) and (
+            str(data.get("dataset_name", "")).lower() == "textvqa"
+            or (sample := _sample(data["data"])) and all({"image_id", "question", "question_id"} <= set(r) for r in sample)
+            and not any("image" in r for r in sample)):
+        split = str(data.get("dataset_type") or "")
+        records = []
+        for number, entry in enumerate(data["data"], start=1):
+            entry = entry if isinstance(entry, dict) else {}
+            qid, image_id = entry.get("question_id"), entry.get("image_id")
+            _require(path, number, qid, image_id, entry.get("question"))
+            record = {"question_id": qid, "image_id": image_id, "question": entry["question"], "image": f"{image_id}.jpg",
+                      **{key: entry[key] for key in ("answers", "set_name") if entry.get(key) is not None}}
+            records.append((f"{path}, question {qid}", record))
+        folders = ("test_images",) if split == "test" else ("train_images",)  # val's images are in train_images/
+        return "TextVQA", records, (*folders, "train_images", "test_images")
+    if isinstance(data, dict) and data and (sample := _sample(list(data.values()))) and all(
+            {"imageid", "question"} <= {str(key).lower() for key in r} for r in sample):
+        records = []
+        for number, (qid, entry) in enumerate(data.items(), start=1):
+            entry = entry if isinstance(entry, dict) else {}
+            _require(path, number, qid, entry.get("imageId"), entry.get("question"))
+            types = entry.get("types") if isinstance(entry.get("types"), dict) else {}
+            record = {"question_id": qid, "image_id": entry["imageId"], "question": entry["question"],
+                      "image": f"{entry['imageId']}.jpg",
+                      **{key.lower(): entry[key] for key in ("answer", "fullAnswer") if entry.get(key) is not None},
+                      **({"category": types["structural"]} if types.get("structural") else {})}
+            records.append((f"{path}, question {qid}", record))
+        return "GQA", records, ("images",)
+    if isinstance(data, list) and (sample := _sample(data)) and all(
+            "image_id" in r and "question" in r and ({"direct_answers", "choices"} & set(r)) and "image" not in r for r in sample):
+        split = str(sample[0].get("split") or "val")
+        records = []
+        for number, entry in enumerate(data, start=1):
+            entry = entry if isinstance(entry, dict) else {}
+            qid, image_id = entry.get("question_id"), entry.get("image_id")
+            _require(path, number, qid, image_id, entry.get("question"))
+            if type(image_id) is not int:
+                raise DataError(f"{path}, question {qid}: image_id {image_id!r} is not a COCO image id (an integer)")
+            record = {"question_id": qid, "image_id": image_id, "question": entry["question"],
+                      "image": f"{image_id:012d}.jpg",
+                      **({"answers": entry["direct_answers"]} if entry.get("direct_answers") else {}),
+                      **{key: entry[key] for key in ("choices", "correct_choice_idx") if entry.get(key) is not None}}
+            records.append((f"{path}, question {qid}", record))
+        return "A-OKVQA", records, (f"{split}2017",)
+    return None
+
+
+def _require(path: Path, number: int, qid: Any, image_id: Any, question: Any) -> None:
+    if qid in (None, "") or image_id in (None, "") or not isinstance(question, str) or not question.strip():
+        raise DataError(f"{path}, question {number} ({qid!r}): needs its question id, image id and question text")
+
+
+def public_image_root(path: Path, benchmark: str, images: list[str], folders: tuple[str, ...], image_root: Path | None) -> Path:
+    """The folder holding a benchmark's images: the first of ``folders`` under the root (``image_root``, by default the
+    questions file's folder), or the root itself, that holds any of the first questions' images (one image missing is
+    that question's error, not the whole file's)."""
+    root = image_root or path.parent
+    candidates = [*dict.fromkeys(root / folder for folder in folders), root]
+    looked = list(dict.fromkeys(images))[:IMAGES_LOOKED_FOR]
+    for candidate in candidates:
+        if any((candidate / image).is_file() for image in looked):
+            return candidate
+    raise DataError(f"none of the first {len(looked)} images of {path} ({looked[0]}, ...), a {benchmark} file, is in "
+                    f"{', '.join(map(str, candidates))}: give the folder that holds {benchmark}'s images with "
+                    "--data.init_args.image_root")

@@ -1,0 +1,105 @@
+"""TextVQA, GQA and A-OKVQA files, read as they are downloaded, by `mmcaption predict` of open questions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lightning.pytorch import Trainer
+from PIL import Image
+
+from mmcaption.data import DataError, QuestionsPredictDataModule
+from mmcaption.evaluation.answers import normalise_answer, vqa_accuracy
+from mmcaption.module import MultimodalCaptioner
+
+
+def predict(backbones, checkpoint: Path, questions: Path, output: Path, **settings) -> tuple[list[dict], dict]:
+    """The rows and the summary of a predict run on ``questions``."""
+    module = MultimodalCaptioner.load_from_checkpoint(checkpoint)
+    module.generation.update(min_new_tokens=2, max_new_tokens=4)
+    data = QuestionsPredictDataModule(questions_file=str(questions), output=str(output), tokenizer=str(backbones[0]),
+                                      image_processor=str(backbones[1]), batch_size=2, num_workers=0, **settings)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            default_root_dir=output.parent).predict(module, datamodule=data)
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    return rows, json.loads(Path(f"{output}.summary.json").read_text())
+
+
+def photos(image_folder: Path, folder: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        Image.open(image_folder / f"img{index % 3}.png").convert("RGB").save(folder / name)
+
+
+def test_textvqa_as_downloaded_is_answered_and_scored_by_vqa_accuracy(backbones, trained_checkpoint, image_folder, tmp_path):
+    # TextVQA's val file beside train_images/ (as train_val_images.zip unpacks): it was refused as "not VQAv2's
+    # official questions file", and its questions could not be asked at all
+    photos(image_folder, tmp_path / "train_images", ["0054c91397f2fe05.jpg", "00685bc495504d61.jpg"])
+    entries = [("0054c91397f2fe05", 34602, "what is the brand of this camera?"),
+               ("00685bc495504d61", 34603, "what does the sign say?")]
+
+    def write(answers: list[list[str]]) -> Path:
+        path = tmp_path / "TextVQA_0.5.1_val.json"
+        path.write_text(json.dumps({"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": [
+            {"question": q, "image_id": i, "image_classes": ["Camera"], "flickr_original_url": "https://example.org/x.jpg",
+             "image_width": 1024, "image_height": 768, "answers": said, "question_tokens": q.split(), "question_id": qid,
+             "set_name": "val"} for (i, qid, q), said in zip(entries, answers)]}))
+        return path
+
+    rows, _ = predict(backbones, trained_checkpoint, write([["nikon"] * 10, ["stop"] * 10]), tmp_path / "first.jsonl")
+    assert [(r["question_id"], r["image"], r["error"]) for r in rows] == [
+        (34602, "0054c91397f2fe05.jpg", None), (34603, "00685bc495504d61.jpg", None)]
+    said = [r["prediction"] for r in rows]
+    # ten human answers each, scored as TextVQA's evaluation scores them: min(#humans who gave it / 3, 1)
+    answers = [[said[0]] * 10, [said[1]] * 2 + ["exit"] * 8]
+    rows, summary = predict(backbones, trained_checkpoint, write(answers), tmp_path / "scored.jsonl")
+    assert [r["prediction"] for r in rows] == said
+    two_of_ten = (8 * 2 / 3 + 2 * 1 / 3) / 10
+    assert [r["vqa_accuracy"] for r in rows] == pytest.approx([1.0, two_of_ten])
+    assert [r["vqa_accuracy"] for r in rows] == pytest.approx([vqa_accuracy(p, a) for p, a in zip(said, answers)])
+    assert summary["vqa_accuracy"] == pytest.approx((1.0 + two_of_ten) / 2)
+
+    # its images elsewhere: refused naming the benchmark and where they were looked for
+    with pytest.raises(DataError, match=r"none of the first 2 images of .*TextVQA_0.5.1_val.json \(0054c91397f2fe05.jpg, \.\.\.\), "
+                                        r"a TextVQA file, is in .*train_images.*: give the folder that holds TextVQA's images"):
+        predict(backbones, trained_checkpoint, write(answers), tmp_path / "never.jsonl", image_root=str(tmp_path / "nowhere"))
+
+
+def test_gqa_is_scored_by_exact_match_per_structural_type(backbones, trained_checkpoint, image_folder, tmp_path):
+    # GQA's testdev_balanced_questions.json: an object keyed by question id, images in images/<imageId>.jpg
+    photos(image_folder, tmp_path / "images", ["n288870.jpg", "n161313.jpg"])
+    asked = {"201307251": ("n288870", "Is it overcast?", "no", "verify"),
+             "201640614": ("n161313", "Who is wearing the shirt?", "girl", "query"),
+             "202225914": ("n161313", "Is the shirt red or white?", "white", "choose")}
+    path = tmp_path / "testdev_balanced_questions.json"
+    path.write_text(json.dumps({qid: {"semantic": [], "entailed": [], "equivalent": [qid], "question": q, "imageId": image,
+                                      "isBalanced": True, "groups": {"global": None, "local": "10c-weather"}, "answer": a,
+                                      "semanticStr": "", "annotations": {"answer": {}, "question": {}, "fullAnswer": {}},
+                                      "types": {"detailed": "weatherVerify", "semantic": "global", "structural": kind},
+                                      "fullAnswer": f"The answer is {a}."} for qid, (image, q, a, kind) in asked.items()}))
+    rows, summary = predict(backbones, trained_checkpoint, path, tmp_path / "gqa.jsonl", image_root=str(tmp_path))
+    assert [(r["question_id"], r["image"], r["answer"], r["category"], r["error"]) for r in rows] == [
+        (qid, f"{image}.jpg", a, kind, None) for qid, (image, _, a, kind) in asked.items()]
+    assert [r["correct"] for r in rows] == [normalise_answer(r["prediction"]) == normalise_answer(r["answer"]) for r in rows]
+    assert set(summary["per_category"]) == {"verify", "query", "choose"}
+    assert all(value["answered"] == 1 for value in summary["per_category"].values())
+
+
+def test_aokvqa_direct_answers_on_coco_2017_images(backbones, trained_checkpoint, image_folder, tmp_path):
+    # A-OKVQA's val file: COCO 2017 image ids, its direct-answer task scored by VQA accuracy; the choices are kept
+    photos(image_folder, tmp_path / "coco" / "val2017", ["000000461751.jpg", "000000000724.jpg"])
+    path = tmp_path / "aokvqa_v1p0_val.json"
+    path.write_text(json.dumps([
+        {"split": "val", "image_id": 461751, "question_id": "22MexNkBPpdZGX6sxbxVBH", "question": "What is the man awaiting?",
+         "choices": ["skateboarder", "train", "delivery", "cab"], "correct_choice_idx": 3,
+         "direct_answers": ["ride", "ride", "bus", "taxi", "travelling", "traffic", "taxi", "cab", "cab", "his ride"],
+         "difficult_direct_answer": False, "rationales": ["A train would not be on the street."]},
+        {"split": "val", "image_id": 724, "question_id": "2Fd9rbjHHzuTCC4PTiMgBr", "question": "What is the sign for?",
+         "choices": ["parking", "stopping", "turning", "yielding"], "correct_choice_idx": 1,
+         "direct_answers": ["stop"] * 10, "difficult_direct_answer": False, "rationales": []}]))
+    rows, summary = predict(backbones, trained_checkpoint, path, tmp_path / "aokvqa.jsonl", image_root=str(tmp_path / "coco"))
+    assert [(r["question_id"], r["image"], r["error"], r["choices"][3]) for r in rows] == [
+        ("22MexNkBPpdZGX6sxbxVBH", "000000461751.jpg", None, "cab"), ("2Fd9rbjHHzuTCC4PTiMgBr", "000000000724.jpg", None, "yielding")]
+    assert [r["vqa_accuracy"] for r in rows] == pytest.approx([vqa_accuracy(r["prediction"], r["answers"]) for r in rows])
+    assert rows[1]["answers"] == ["stop"] * 10 and "vqa_accuracy" in summary
