@@ -325,6 +325,8 @@ def test_mmbench_circular_eval_with_a_model_that_always_picks_blue(backbones, tr
     assert summary["per_category_over"].startswith("questions")
     assert summary["errors"] == 2 and summary["unanswered"] == 2
     assert summary["made_by"]["inputs"] == [{"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]
+    # what made the rows: the format and CircularEval, and no split (ScienceQA's setting: "split": "test" was recorded)
+    assert summary["made_by"]["settings"]["format"] == "mmbench" and "split" not in summary["made_by"]["settings"]
 
     # stopped after 6 of the 13 passes: question 1 asked in 2 of its 4 rotations, both right for "blue" there. It was
     # counted right under every rotation (2/2 questions) before its other rotations were asked
@@ -413,6 +415,7 @@ def test_scienceqa_with_a_model_that_always_answers_letter_a_is_never_right_unde
     rows, summary = read_output(output)
     assert [r["prediction"] for r in rows] == ["A", "A", "A"] and [r["id"] for r in rows] == ["5", "9", "12"]
     assert (summary["correct"], summary["answered"]) == (1, 3) and "circular_accuracy" not in summary
+    assert summary["made_by"]["settings"]["split"] == "test"  # the split its questions were read from
     # per subject and grade, as ScienceQA's paper reports (the subjects were called categories, beside its own 'category')
     assert summary["per_subject"] == {"natural science": {"correct": 1, "answered": 2, "accuracy": 0.5},
                                       "social science": {"correct": 0, "answered": 1, "accuracy": 0.0}}

@@ -178,6 +178,8 @@ def prediction_record(trainer) -> dict[str, Any]:
     change predictions, and the generation settings."""
     module, datamodule = trainer.lightning_module, trainer.datamodule
     settings = dict(getattr(datamodule, "hparams", {}))
+    if settings.get("format") != "scienceqa":  # the multiple-choice module's split is ScienceQA's (an MMBench run said "test")
+        settings.pop("split", None)
     generation = module.tasks.generation.to_dict()
     try:
         inputs = [Path(p) for p in datamodule.input_files() if p is not None]
@@ -208,7 +210,9 @@ def record_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str
         before, after = earlier.get(group, {}), now.get(group, {})
         for setting in sorted(set(before) | set(after)):
             if group == "generation" and setting not in (*GENERATION_RECORDED, "seed") and not (setting in before and setting in after):
-                continue  # a setting recorded only when given: an earlier release's record lacks it (gone on from, as before)
+                continue
+            if setting == "split" and "scienceqa" not in (before.get("format"), after.get("format")):
+                continue  # an earlier release recorded ScienceQA's split of other formats' runs too  # a setting recorded only when given: an earlier release's record lacks it (gone on from, as before)
             if before.get(setting) != after.get(setting):
                 differences.append(f"{setting} ({before.get(setting)!r} then, {after.get(setting)!r} now)")
     return differences
