@@ -103,3 +103,44 @@ def test_aokvqa_direct_answers_on_coco_2017_images(backbones, trained_checkpoint
         ("22MexNkBPpdZGX6sxbxVBH", "000000461751.jpg", None, "cab"), ("2Fd9rbjHHzuTCC4PTiMgBr", "000000000724.jpg", None, "yielding")]
     assert [r["vqa_accuracy"] for r in rows] == pytest.approx([vqa_accuracy(r["prediction"], r["answers"]) for r in rows])
     assert rows[1]["answers"] == ["stop"] * 10 and "vqa_accuracy" in summary
+
+
+def aokvqa(path: Path, questions: list[tuple[int, str, list[str], int | None]], split: str = "val") -> Path:
+    path.write_text(json.dumps([
+        {"split": split, "image_id": image_id, "question_id": f"q{n}", "question": question, "choices": choices,
+         **({"correct_choice_idx": right, "direct_answers": [choices[right % len(choices)]] * 10} if right is not None else {}),
+         "difficult_direct_answer": False, "rationales": []} for n, (image_id, question, choices, right) in enumerate(questions)]))
+    return path
+
+
+def test_aokvqa_multiple_choice_with_a_model_that_always_picks_blue(backbones, trained_checkpoint, image_folder, tmp_path):
+    from tests.test_benchmark_formats import choice_data, predictor, read_output, rigged
+
+    photos(image_folder, tmp_path / "coco" / "val2017", ["000000461751.jpg", "000000000724.jpg"])
+    path = aokvqa(tmp_path / "aokvqa_v1p0_val.json", [(461751, "What colour is the bus?", ["red", "green", "blue", "white"], 2),
+                                                      (724, "What colour is the sign?", ["blue", "red", "green", "yellow"], 1)])
+    module = rigged(trained_checkpoint, " blue")  # likelihood scoring: the option "blue", wherever it is
+    output = tmp_path / "aokvqa.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, path, output, format="aokvqa",
+                                                               image_root=str(tmp_path / "coco")))
+    rows, summary = read_output(output)
+    assert [(r["question_id"], r["image"], r["A"], r["answer"], r["prediction"], r["correct"], r["error"]) for r in rows] == [
+        ("q0", "000000461751.jpg", "red", "C", "C", "True", ""), ("q1", "000000000724.jpg", "blue", "B", "A", "False", "")]
+    assert (summary["correct"], summary["answered"], summary["accuracy"]) == (1, 2, 0.5)
+    # CircularEval: the first right under every rotation of its options, the second under none
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, path, tmp_path / "circular.csv", format="aokvqa",
+                                                               image_root=str(tmp_path / "coco" / "val2017"), circular=True))
+    _, summary = read_output(tmp_path / "circular.csv")
+    assert (summary["circular_correct"], summary["circular_questions"]) == (1, 2)
+
+    # the test split has no correct_choice_idx: answered, not scored; its images in test2017/
+    photos(image_folder, tmp_path / "coco" / "test2017", ["000000000001.jpg"])
+    test = aokvqa(tmp_path / "aokvqa_v1p0_test.json", [(1, "What colour is it?", ["blue", "red", "green", "white"], None)], "test")
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, test, tmp_path / "test.csv", format="aokvqa",
+                                                               image_root=str(tmp_path / "coco")))
+    rows, summary = read_output(tmp_path / "test.csv")
+    assert [(r["prediction"], r["answer"]) for r in rows] == [("A", "")] and summary.get("accuracy") is None
+
+    broken = aokvqa(tmp_path / "broken.json", [(724, "Which?", ["blue", "red"], 2)])
+    with pytest.raises(DataError, match=r"broken.json, question q0: correct_choice_idx 2 is not the index of one of its 2 choices"):
+        choice_data(backbones, broken, tmp_path / "b.csv", format="aokvqa").read_rows()

@@ -42,6 +42,7 @@ from mmcaption.data.resume import (
     recover_killed,
     refuse_a_finished_output,
 )
+from mmcaption.data.vqa_formats import public_image_root, read_aokvqa_choices
 from mmcaption.errors import AlreadyDone, ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import partial_path, prediction_record, summary_path, vqa_results_path
 from mmcaption.file_spellings import is_dir, is_file
@@ -274,8 +275,9 @@ class CaptionPredictDataModule(_PredictDataModule):
         self.dataset = _CaptionRows(images, self.image_processor, prompt)
 
 
-FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json (or parquet file)"}
-FORMAT_CONFIGS = {"csv": "multiple_choice", "mmbench": "mmbench", "scienceqa": "scienceqa"}  # configs/predict/<name>.yaml
+FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json (or parquet file)",
+           "aokvqa": "A-OKVQA file (aokvqa_v1p0_<split>.json)"}
+FORMAT_CONFIGS = {"csv": "multiple_choice", "mmbench": "mmbench", "scienceqa": "scienceqa", "aokvqa": "aokvqa"}  # configs/predict/<name>.yaml
 
 
 class MultipleChoiceDataModule(_PredictDataModule):
@@ -319,7 +321,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
         system_prompt: str | None = None,
         batch_size: int = 8,
         overwrite: bool = False,
-        format: Literal["csv", "mmbench", "scienceqa"] = "csv",
+        format: Literal["csv", "mmbench", "scienceqa", "aokvqa"] = "csv",
         split: str | None = "test",
         circular: bool = False,
         **kwargs: Any,
@@ -351,7 +353,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
 
     def read_rows(self) -> list[ChoiceQuestion]:
         """The questions as asked: with ``circular``, each of its rotations."""
-        sniffed = sniffed_format(self.csv_file)
+        sniffed = sniffed_format(self.csv_file) if self.format != "aokvqa" else None  # (JSON records, as questions files)
         if sniffed is not None and sniffed[0] == "questions":
             raise ConfigError(f"{self.csv_file} {sniffed[1]}: free-form questions, answered with --config "
                               f"configs/predict/questions.yaml --data.questions_file {self.csv_file}, not multiple choice")
@@ -362,6 +364,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
             questions = read_mmbench_tsv(self.csv_file)
         elif self.format == "scienceqa":
             questions = read_scienceqa(self.csv_file, self.split)
+        elif self.format == "aokvqa":
+            questions = read_aokvqa_choices(self.csv_file)
         else:
             questions = read_choice_csv(self.csv_file)
         return circular_passes(questions) if self.circular else questions
@@ -371,6 +375,9 @@ class MultipleChoiceDataModule(_PredictDataModule):
         root = self.image_root or self.csv_file.parent
         if self.format == "scienceqa" and self.image_root is None and not all(isinstance(q.image, EmbeddedImage) for q in questions):
             root = scienceqa_image_root(self.csv_file, questions)
+        elif self.format == "aokvqa" and questions:
+            root = public_image_root(self.csv_file, "A-OKVQA", [str(q.image) for q in questions],
+                                     (f"{questions[0].record['split'] or 'val'}2017",), self.image_root)
         template = ConversationTemplate(system=self.system_prompt)
         prompts, option_ids = choice_prompts(template, self.tokenizer, [q.question for q in questions],
                                              [q.options for q in questions], self.method)

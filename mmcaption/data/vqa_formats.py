@@ -12,7 +12,8 @@ checks (:func:`mmcaption.data.questions.read_question_file`), its image a file n
 - A-OKVQA (``aokvqa_v1p0_val.json``: ``[{"question_id", "image_id", "question", "choices", "correct_choice_idx",
   "direct_answers": [10], "split"}, ...]``): COCO 2017's ``<split>2017/<image_id, 12 digits>.jpg``; its direct-answer
   task, scored by VQA accuracy against ``direct_answers`` as A-OKVQA's evaluation does (the choices are kept in the
-  output rows, not asked).
+  output rows, not asked); its multiple-choice task is the multiple-choice module's (``format: aokvqa``,
+  :func:`read_aokvqa_choices`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmcaption.data.records import DataError
+from mmcaption.data.benchmarks import ChoiceQuestion
+from mmcaption.data.records import DataError, read_json
+from mmcaption.evaluation.answers import LETTERS
 
 IMAGES_LOOKED_FOR = 50
 
@@ -99,3 +102,33 @@ def public_image_root(path: Path, benchmark: str, images: list[str], folders: tu
     raise DataError(f"none of the first {len(looked)} images of {path} ({looked[0]}, ...), a {benchmark} file, is in "
                     f"{', '.join(map(str, candidates))}: give the folder that holds {benchmark}'s images with "
                     "--data.init_args.image_root")
+
+
+def read_aokvqa_choices(path: Path) -> list[ChoiceQuestion]:
+    """A-OKVQA's multiple-choice task: each question with its four ``choices``, asked as the multiple-choice module asks
+    (the options listed, or scored by likelihood), the right one's letter from ``correct_choice_idx`` (none in the test
+    split); the record keeps ``question_id``, ``image_id``, the choices as ``A``-``D``, ``answer``, ``split`` and the
+    image, ``<image_id, 12 digits>.jpg`` in COCO 2017's ``<split>2017/``. A question without its id, image id, text or
+    2-8 choices, or whose ``correct_choice_idx`` is no choice's index, is refused naming the file and the question."""
+    data = read_json(path, "A-OKVQA file")
+    if not (isinstance(data, list) and (sample := _sample(data)) and all("choices" in r and "image_id" in r for r in sample)):
+        raise DataError(f"{path}: not A-OKVQA's file (aokvqa_v1p0_<split>.json: a list of questions with question_id, "
+                        "image_id, question, choices and correct_choice_idx)")
+    questions = []
+    for number, entry in enumerate(data, start=1):
+        entry = entry if isinstance(entry, dict) else {}
+        qid, image_id, choices, right = entry.get("question_id"), entry.get("image_id"), entry.get("choices"), entry.get("correct_choice_idx")
+        _require(path, number, qid, image_id, entry.get("question"))
+        if type(image_id) is not int:
+            raise DataError(f"{path}, question {qid}: image_id {image_id!r} is not a COCO image id (an integer)")
+        if not (isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS) and all(isinstance(c, str) and c.strip() for c in choices)):
+            raise DataError(f"{path}, question {qid}: choices must be 2 to {len(LETTERS)} non-empty strings: {choices!r}")
+        if right is not None and (type(right) is not int or not 0 <= right < len(choices)):
+            raise DataError(f"{path}, question {qid}: correct_choice_idx {right!r} is not the index of one of its {len(choices)} choices")
+        choices, letter = [c.strip() for c in choices], None if right is None else LETTERS[right]
+        record = {"question_id": qid, "image_id": image_id, "question": entry["question"].strip(),
+                  **dict(zip(LETTERS, choices)), "answer": letter or "", "split": entry.get("split", ""),
+                  "image": f"{image_id:012d}.jpg"}
+        questions.append(ChoiceQuestion(0, record, record["image"], record["question"], choices, letter, key=str(qid),
+                                        option_keys=LETTERS[:len(choices)]))
+    return questions
