@@ -144,3 +144,8 @@ def test_aokvqa_multiple_choice_with_a_model_that_always_picks_blue(backbones, t
     broken = aokvqa(tmp_path / "broken.json", [(724, "Which?", ["blue", "red"], 2)])
     with pytest.raises(DataError, match=r"broken.json, question q0: correct_choice_idx 2 is not the index of one of its 2 choices"):
         choice_data(backbones, broken, tmp_path / "b.csv", format="aokvqa").read_rows()
+    # given as the original scripts' CSV (the default format): it was "free-form questions"; the format is named
+    from mmcaption.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"holds A-OKVQA's questions .*configs/predict/aokvqa\.yaml \(or --data.format aokvqa\)"):
+        choice_data(backbones, path, tmp_path / "c.csv").read_rows()
