@@ -149,3 +149,18 @@ def test_aokvqa_multiple_choice_with_a_model_that_always_picks_blue(backbones, t
 
     with pytest.raises(ConfigError, match=r"holds A-OKVQA's questions .*configs/predict/aokvqa\.yaml \(or --data.format aokvqa\)"):
         choice_data(backbones, path, tmp_path / "c.csv").read_rows()
+
+
+def test_a_public_benchmarks_file_without_questions_or_with_a_broken_one_is_refused_by_name(tmp_path):
+    from mmcaption.data.questions import read_questions
+
+    empty = tmp_path / "TextVQA_0.5.1_test.json"
+    empty.write_text(json.dumps({"dataset_type": "test", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": []}))
+    with pytest.raises(DataError, match=r"TextVQA_0.5.1_test.json has no questions \(a TextVQA file\)"):
+        read_questions(empty)
+    broken = tmp_path / "testdev_balanced_questions.json"
+    broken.write_text(json.dumps({"1": {"imageId": "n1", "question": "Is it?", "answer": "no"},
+                                  "2": {"imageId": "n2", "question": " ", "answer": "yes"}}))
+    with pytest.raises(DataError, match=r"testdev_balanced_questions.json, question 2 \('2'\): needs its question id, image id and "
+                                        r"question text"):
+        read_questions(broken)

@@ -227,6 +227,8 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
                 str(key).lower() for key in data}:
             data = [data]  # one question alone: a POPE file of one line
         if annotations is None and (public := public_vqa_records(path, data)) is not None:  # TextVQA, GQA, A-OKVQA
+            if not public[1]:
+                raise DataError(f"{path} has no questions (a {public[0]} file)")
             return [replace(_question(path, 0, record, where), benchmark=public[::2]) for where, record in public[1]], False
         if not (isinstance(data, list) and annotations is None):
             return read_vqa_questions(path, annotations, data), True

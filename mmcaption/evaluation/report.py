@@ -210,9 +210,9 @@ def record_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str
         before, after = earlier.get(group, {}), now.get(group, {})
         for setting in sorted(set(before) | set(after)):
             if group == "generation" and setting not in (*GENERATION_RECORDED, "seed") and not (setting in before and setting in after):
-                continue
+                continue  # a setting recorded only when given: an earlier release's record lacks it (gone on from, as before)
             if setting == "split" and "scienceqa" not in (before.get("format"), after.get("format")):
-                continue  # an earlier release recorded ScienceQA's split of other formats' runs too  # a setting recorded only when given: an earlier release's record lacks it (gone on from, as before)
+                continue  # an earlier release recorded ScienceQA's split of other formats' runs too
             if before.get(setting) != after.get(setting):
                 differences.append(f"{setting} ({before.get(setting)!r} then, {after.get(setting)!r} now)")
     return differences
