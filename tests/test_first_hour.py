@@ -1,6 +1,7 @@
 """A new user's first hour: what they get wrong is found in seconds with one clear message, the
 terminal says what is happening and nothing else, and the end of training is saved."""
 
+import json
 import os
 import re
 import shutil
@@ -388,6 +389,10 @@ def test_the_demo_never_removes_a_users_folder_or_report_and_says_when_it_rewrit
     prepare_demo_assets(demo, train_images=10, val_images=4, pretrain_steps=0, clip_steps=0, seed=1)
     assert "its backbones change too, so checkpoints and exports trained on the earlier ones no longer fit them" in \
         capsys.readouterr().err
+    # steps no pretraining can take: refused before the earlier data is removed (it was removed, then refused)
+    with pytest.raises(ValueError, match="pretrain_steps must be 0 .no pretraining. or at least 4, not 3"):
+        prepare_demo_assets(demo, train_images=10, val_images=4, pretrain_steps=3, clip_steps=0, seed=1)
+    assert json.loads((demo / "meta.json").read_text())["seed"] == 1 and (demo / "backbones").is_dir()
     # --report naming a file: refused before anything trains (it failed with FileExistsError after both stages)
     (tmp_path / "notes.txt").write_text("my notes\n")
     with pytest.raises(SystemExit) as exit_info:
