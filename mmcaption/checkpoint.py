@@ -193,7 +193,7 @@ def check_checkpoint(checkpoint: dict[str, Any], model: MultimodalCausalLM, sour
     differences = settings_diff(checkpoint.get("model_config", {}), model.config_dict())
     check_trainable_state(checkpoint["state_dict"], model, prefix=MODEL_PREFIX, settings_diff=differences, source=source)
     current = getattr(model, "backbone_weights", None) or backbone_weights(model.config)  # a structure only: its files
-    if said := changed_backbones(checkpoint.get("backbone_weights"), current, checkpoint.get("model_config"), model.config, source):
+    if said := changed_backbones(checkpoint.get("backbone_weights"), current, model.config, source, checkpoint.get("model_config")):
         rank_zero_warn(said)
 
 
@@ -226,10 +226,10 @@ def model_from_checkpoint(
     return model, checkpoint
 
 
-def other_backbones_warning(source: Path, saved: dict[str, Any], model: MultimodalCausalLM, fitted: Any = None) -> None:
-    """Warn when the weights of ``source`` (a checkpoint's or an export's) were trained with another language model or
-    vision tower (by folder or hub name, or ``fitted``: the fingerprints of the weights) than ``model``'s."""
-    for said in other_backbones(f"init_from {source}", saved, model.config_dict(), fitted, getattr(model, "backbone_weights", {})):
+def other_backbones_warning(source: Path, saved: dict[str, Any], model: MultimodalCausalLM, fitted: Any, weights: bool) -> None:
+    """Warn when the weights of ``source`` (a checkpoint's or an export's) were fitted to other backbone weights than
+    ``model``'s (``fitted``: their fingerprints; ``weights``: say it, not done yet), or by name to another backbone."""
+    for said in other_backbones(f"init_from {source}", saved, model.config_dict(), fitted, getattr(model, "backbone_weights", {}), weights):
         rank_zero_warn(said)
 
 
@@ -244,7 +244,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         if differences:
             raise CheckpointMismatchError(f"exported model {path} does not match this model: " + "; ".join(differences))
         model.load_pretrained_weights(path)
-        other_backbones_warning(path, manifest["model"], model, manifest.get("backbone_weights"))
+        other_backbones_warning(path, manifest["model"], model, manifest.get("backbone_weights"), weights=True)
         return {"path": str(path.resolve()), "export": manifest["source"]}
     if not path.is_file():
         raise CheckpointNotFoundError(f"init_from checkpoint not found: {path} (train the caption stage first, or point "
@@ -254,7 +254,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
                                   f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
     load_trainable_tensors(checkpoint, model, f"init_from {path}")
-    other_backbones_warning(path, checkpoint.get("model_config") or {}, model)  # its weights': load_trainable_tensors
+    other_backbones_warning(path, checkpoint.get("model_config") or {}, model, checkpoint.get("backbone_weights"), weights=False)
     step, planned = checkpoint.get("global_step"), checkpoint.get("planned_steps")
     if stopped := checkpoint.get("stopped_by"):  # saved as its run was stopped (Ctrl-C, a preemption); a best one is not
         of = f" of {planned}" if planned else ""

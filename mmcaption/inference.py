@@ -110,7 +110,7 @@ class Captioner:
             if bars:  # the notebook's own setting, as it was
                 hf_logging.enable_progress_bar()
         fitted = {k: v for k, v in (manifest.get("backbone_weights") or {}).items() if not (manifest.get("merged") and k == "language_model")}
-        if said := changed_backbones(fitted, model.backbone_weights, manifest.get("model"), model.config, str(folder)):
+        if said := changed_backbones(fitted, model.backbone_weights, model.config, str(folder), manifest.get("model")):
             warnings.warn(said, UserWarning, stacklevel=callers_level())
         processor = load_image_processor(str(folder / "image_processor"))
         manifest = {**manifest, "generation": saved_generation(manifest.get("generation") or {}, str(folder / CONFIG_FILE))}

@@ -17,7 +17,7 @@ from mmcaption.inference import Captioner
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTIONS = str(REPO / "configs" / "predict" / "captions.yaml")
-CHANGED = "whose weight files have changed since"
+CHANGED = "the fingerprint of the weight files it keeps differs"
 
 
 def predict(checkpoint: Path, language_model: Path, images: Path, output: Path) -> str:
@@ -50,7 +50,8 @@ def test_a_checkpoint_on_a_language_model_written_again_is_said_at_predict_and_f
     written_again.save_pretrained(moved)
     err = predict(trained_checkpoint, moved, image_folder, tmp_path / "again.jsonl")
     said = " ".join(err.split())
-    assert f"checkpoint {trained_checkpoint} was trained with the language model {moved}, {CHANGED}" in said
+    assert f"checkpoint {trained_checkpoint} was fitted to other weights than those of the language model {moved} (it was trained " \
+           f"with {language}), loaded now: {CHANGED}" in said
     assert "Put back the backbone it was trained with, or train again with this one" in said
     assert len((tmp_path / "again.jsonl").read_text().splitlines()) == 3  # said, not refused: the run still goes
 
@@ -58,8 +59,47 @@ def test_a_checkpoint_on_a_language_model_written_again_is_said_at_predict_and_f
     exported = export_checkpoint(trained_checkpoint, tmp_path / "exported")
     assert json.loads((exported / "mmcaption.json").read_text())["backbone_weights"] == \
         torch.load(trained_checkpoint, weights_only=False)["backbone_weights"]
-    with pytest.warns(UserWarning, match=rf"{exported} was trained with the language model .*{CHANGED}"):
+    with pytest.warns(UserWarning, match=rf"{exported} was fitted to other weights than those of the language model .*{CHANGED}"):
         Captioner.from_pretrained(exported, language_model=str(moved))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # its own language model: nothing to say
         Captioner.from_pretrained(exported, language_model=str(language))
+
+
+def test_weights_are_compared_whatever_the_folders_are_called(backbones, trained_checkpoint, image_folder, tmp_path):
+    # a folder of another name with other weights was not said (its name alone was compared, and only by init_from); a
+    # copy of the same weights under another name was said by init_from as "another language model"
+    from mmcaption.checkpoint import load_initial_weights
+    from mmcaption.model import MultimodalCausalLM, MultimodalConfig
+
+    language, _ = backbones
+    renamed = tmp_path / "my_phi"
+    shutil.copytree(language, renamed)
+    checkpoint = torch.load(trained_checkpoint, weights_only=False)
+    config = {**checkpoint["model_config"], "language_model": str(renamed)}
+    model = MultimodalCausalLM.from_config(MultimodalConfig(**config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the same weights, called otherwise: nothing to say
+        load_initial_weights(model, trained_checkpoint)
+
+    other = PhiForCausalLM.from_pretrained(renamed)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)  # the embeddings: another model of the same shapes
+    other.save_pretrained(renamed)
+    err = predict(trained_checkpoint, renamed, image_folder, tmp_path / "renamed.jsonl")
+    assert f"was fitted to other weights than those of the language model {renamed} (it was trained with {language}), loaded " \
+           "now" in " ".join(err.split())
+
+
+def test_a_fingerprint_sees_a_change_in_the_middle_of_a_large_weight_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from mmcaption.model.backbone_weights import weights_fingerprint
+
+    for name, middle in (("a", 0.0), ("b", 1.0)):  # 3 x 2 MiB tensors: only the middle one differs
+        (tmp_path / name).mkdir()
+        save_file({"a": torch.zeros(512 * 1024), "b": torch.full((512 * 1024,), middle), "c": torch.zeros(512 * 1024)},
+                  tmp_path / name / "model.safetensors")
+    assert weights_fingerprint(str(tmp_path / "a")) != weights_fingerprint(str(tmp_path / "b"))
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    assert weights_fingerprint(str(tmp_path / "a")) == weights_fingerprint(str(tmp_path / "copy"))

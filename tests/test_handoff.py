@@ -163,9 +163,15 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
     # stage 1 trained with another vision tower of the same shapes (ViT-B/32's stage 1 for a ViT-B/16 stage 2): it loaded
     # without a word, its projection and cross-attention fitted to the other tower's features
     other = {**source, "model_config": {**source["model_config"], "vision_model": "elsewhere/clip-vit-base-patch16"}}
+    other.pop("backbone_weights", None)  # as a checkpoint from before the weights' fingerprints were kept: by name
     torch.save(other, folder / "last-v2.ckpt")
     with pytest.warns(UserWarning, match=r"was trained with vision_model elsewhere/clip-vit-base-patch16, and this run's is "
                                          rf"{re.escape(str(backbones[1]))}: its weights .* were fitted to that one's features"):
+        make_module(backbones, init_from=str(folder / "last-v2.ckpt")).initialise_from_checkpoint()
+    # with the fingerprint of that tower's weights kept: said by the weights, with the tower it was trained with
+    torch.save({**other, "backbone_weights": {**source["backbone_weights"], "vision_model": "0123456789abcdef"}}, folder / "last-v2.ckpt")
+    with pytest.warns(UserWarning, match=r"was fitted to other weights than those of the vision tower "
+                                         rf"{re.escape(str(backbones[1]))} \(it was trained with elsewhere/clip-vit-base-patch16\)"):
         make_module(backbones, init_from=str(folder / "last-v2.ckpt")).initialise_from_checkpoint()
     moved = {**source, "model_config": {**source["model_config"], "vision_model": f"/old/place/{Path(backbones[1]).name}"}}
     torch.save(moved, folder / "last-v2.ckpt")
@@ -180,6 +186,7 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
     export_main([str(caption_checkpoint), str(tmp_path / "export")])
     manifest = json.loads((tmp_path / "export" / "mmcaption.json").read_text())
     manifest["model"]["vision_model"] = "elsewhere/clip-vit-base-patch16"
+    del manifest["backbone_weights"]  # as an export from before the weights' fingerprints were kept: said by name
     (tmp_path / "export" / "mmcaption.json").write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match=r"init_from .*export was trained with vision_model elsewhere/clip-vit-base-patch16"):
         make_module(backbones, init_from=str(tmp_path / "export")).initialise_from_checkpoint()
