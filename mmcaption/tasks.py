@@ -247,7 +247,8 @@ class Tasks:
         for row in results:  # with a reference answer, a row that got no answer (unreadable image, no letter) is wrong
             answer, prediction = row.get("answer"), row.get("prediction")
             if isinstance(row.get("answers"), list):  # VQAv2-style human answers
-                row["vqa_accuracy"] = 0.0 if prediction is None else vqa_accuracy(prediction, row["answers"])
+                row["vqa_accuracy"] = 0.0 if prediction is None else vqa_accuracy(prediction, row["answers"],
+                                                                                   row.get("vqa_scoring") or "vqav2")
             if answer:
                 if prediction is None:
                     row["correct"] = False

@@ -108,6 +108,19 @@ def test_vqa_accuracy_on_hand_made_human_answers():
         vqa_accuracy("dog", [])
 
 
+def test_textvqa_and_aokvqa_answers_are_scored_as_their_own_evaluations_score_them():
+    from mmcaption.evaluation.answers import vqa_accuracy
+
+    # TextVQA's evaluator (m4c) normalises each human answer as it does the prediction, then leaves one out as VQAv2's
+    assert vqa_accuracy("two", ["two"] * 10) == 0.0 and vqa_accuracy("two", ["two"] * 10, "textvqa") == 1.0
+    assert vqa_accuracy("Nikon", ["Nikon"] * 10, "textvqa") == 1.0
+    assert vqa_accuracy("2", ["2"] * 3 + ["3"] * 7, "textvqa") == pytest.approx(0.9)
+    # A-OKVQA's eval_predictions.py: min(#humans who gave it / 3, 1), no one left out
+    assert vqa_accuracy("square", ["square"] * 3 + ["box"] * 7, "aokvqa") == 1.0
+    assert vqa_accuracy("Square.", ["square"] + ["box"] * 9, "aokvqa") == pytest.approx(1 / 3)
+    assert vqa_accuracy("circle", ["square"] * 10, "aokvqa") == 0.0
+
+
 def test_vqa_accuracy_normalises_human_answers_only_when_they_disagree_as_the_official_evaluation():
     from mmcaption.evaluation.answers import vqa_accuracy
 

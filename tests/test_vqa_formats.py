@@ -59,10 +59,16 @@ def test_textvqa_as_downloaded_is_answered_and_scored_by_vqa_accuracy(backbones,
     assert [r["vqa_accuracy"] for r in rows] == pytest.approx([1.0, two_of_ten])
     assert [r["vqa_accuracy"] for r in rows] == pytest.approx([vqa_accuracy(p, a) for p, a in zip(said, answers)])
     assert summary["vqa_accuracy"] == pytest.approx((1.0 + two_of_ten) / 2)
+    # TextVQA's evaluator normalises the human answers as it does the prediction (VQAv2's keeps them as written): ten
+    # humans who wrote the answer in capitals score it 1, where VQAv2's rule scores 0
+    upper = [[said[0].upper() + "."] * 10, [said[1]] * 10]
+    rows, _ = predict(backbones, trained_checkpoint, write(upper), tmp_path / "upper.jsonl")
+    assert [r["vqa_accuracy"] for r in rows] == [1.0, 1.0] and [r["vqa_scoring"] for r in rows] == ["textvqa"] * 2
+    assert vqa_accuracy(said[0], upper[0]) == 0.0 != vqa_accuracy(said[0], upper[0], "textvqa")
 
     # its images elsewhere: refused naming the benchmark and where they were looked for
     with pytest.raises(DataError, match=r"none of the first 2 images of .*TextVQA_0.5.1_val.json \(0054c91397f2fe05.jpg, \.\.\.\), "
-                                        r"a TextVQA file, is in .*train_images.*: give the folder that holds TextVQA's images"):
+                                        r"TextVQA's questions, is in .*train_images.*: give the folder that holds TextVQA's images"):
         predict(backbones, trained_checkpoint, write(answers), tmp_path / "never.jsonl", image_root=str(tmp_path / "nowhere"))
 
 
@@ -101,8 +107,18 @@ def test_aokvqa_direct_answers_on_coco_2017_images(backbones, trained_checkpoint
     rows, summary = predict(backbones, trained_checkpoint, path, tmp_path / "aokvqa.jsonl", image_root=str(tmp_path / "coco"))
     assert [(r["question_id"], r["image"], r["error"], r["choices"][3]) for r in rows] == [
         ("22MexNkBPpdZGX6sxbxVBH", "000000461751.jpg", None, "cab"), ("2Fd9rbjHHzuTCC4PTiMgBr", "000000000724.jpg", None, "yielding")]
-    assert [r["vqa_accuracy"] for r in rows] == pytest.approx([vqa_accuracy(r["prediction"], r["answers"]) for r in rows])
     assert rows[1]["answers"] == ["stop"] * 10 and "vqa_accuracy" in summary
+    # scored as A-OKVQA's eval_predictions.py: min(#matches / 3, 1), no human left out (3 of 10 score 1, VQAv2's rule 0.9);
+    # a question marked difficult_direct_answer is left out of its direct-answer score: answered, not scored
+    said = [r["prediction"] for r in rows]
+    content = json.loads(path.read_text())
+    content[0]["direct_answers"] = [said[0]] * 3 + ["taxi"] * 7
+    content[1]["difficult_direct_answer"] = True
+    path.write_text(json.dumps(content))
+    rows, summary = predict(backbones, trained_checkpoint, path, tmp_path / "scored.jsonl", image_root=str(tmp_path / "coco"))
+    assert rows[0]["vqa_accuracy"] == 1.0 and vqa_accuracy(said[0], content[0]["direct_answers"]) == pytest.approx(0.9)
+    assert "vqa_accuracy" not in rows[1] and rows[1]["prediction"] == said[1] and rows[1]["difficult_direct_answer"] is True
+    assert (summary["vqa_accuracy"], summary["vqa_scored"]) == (1.0, 1)
 
 
 def aokvqa(path: Path, questions: list[tuple[int, str, list[str], int | None]], split: str = "val") -> Path:
@@ -164,3 +180,21 @@ def test_a_public_benchmarks_file_without_questions_or_with_a_broken_one_is_refu
     with pytest.raises(DataError, match=r"testdev_balanced_questions.json, question 2 \('2'\): needs its question id, image id and "
                                         r"question text"):
         read_questions(broken)
+
+
+def test_a_record_without_its_question_is_named_whichever_it_is(tmp_path):
+    # the formats were recognised by their first records' keys, a question among them: one without it made a GQA file
+    # "not VQAv2's official questions file", and an A-OKVQA file's record 2 "record 1: no image"
+    from mmcaption.data.questions import read_questions
+
+    gqa = tmp_path / "testdev_balanced_questions.json"
+    gqa.write_text(json.dumps({"1": {"imageId": "n1", "question": "Is it?", "answer": "no"}, "2": {"imageId": "n2", "answer": "yes"}}))
+    with pytest.raises(DataError, match=r"testdev_balanced_questions.json, question 2 \('2'\): needs its question id, image id"):
+        read_questions(gqa)
+    aok = tmp_path / "aokvqa_v1p0_val.json"
+    aok.write_text(json.dumps([{"split": "val", "image_id": 1, "question_id": "a", "question": "Why?", "choices": ["x", "y"],
+                                "correct_choice_idx": 0, "direct_answers": ["x"] * 10},
+                               {"split": "val", "image_id": 2, "question_id": "b", "choices": ["x", "y"],
+                                "correct_choice_idx": 1, "direct_answers": ["y"] * 10}]))
+    with pytest.raises(DataError, match=r"aokvqa_v1p0_val.json, question 2 \('b'\): needs its question id, image id"):
+        read_questions(aok)

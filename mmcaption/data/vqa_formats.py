@@ -5,14 +5,14 @@ checks (:func:`mmcaption.data.questions.read_question_file`), its image a file n
 
 - TextVQA (``TextVQA_0.5.1_val.json``: ``{"dataset_name": "textvqa", "data": [{"question_id", "image_id", "question",
   "answers": [10 human answers], "set_name"}, ...]}``): ``train_images/<image_id>.jpg`` (train and val),
-  ``test_images/`` (test); scored by VQA accuracy, as TextVQA's evaluation does.
+  ``test_images/`` (test); scored by VQA accuracy as TextVQA's evaluator computes it (every human answer normalised).
 - GQA (``testdev_balanced_questions.json``: ``{"<question id>": {"imageId", "question", "answer", "fullAnswer",
   "types": {"structural", "semantic", "detailed"}}, ...}``): ``images/<imageId>.jpg``; scored by exact match, as
   GQA's accuracy is, and per structural type (verify, query, choose, logical, compare) as its evaluation reports it.
 - A-OKVQA (``aokvqa_v1p0_val.json``: ``[{"question_id", "image_id", "question", "choices", "correct_choice_idx",
   "direct_answers": [10], "split"}, ...]``): COCO 2017's ``<split>2017/<image_id, 12 digits>.jpg``; its direct-answer
-  task, scored by VQA accuracy against ``direct_answers`` as A-OKVQA's evaluation does (the choices are kept in the
-  output rows, not asked); its multiple-choice task is the multiple-choice module's (``format: aokvqa``,
+  task, scored against ``direct_answers`` as A-OKVQA's evaluation does (``min(#matches / 3, 1)``, the questions marked
+  ``difficult_direct_answer`` answered but not scored; the choices are kept in the output rows, not asked); its multiple-choice task is the multiple-choice module's (``format: aokvqa``,
   :func:`read_aokvqa_choices`).
 """
 
@@ -39,7 +39,7 @@ def public_vqa_records(path: Path, data: Any) -> tuple[str, list[tuple[str, dict
     naming the file and the question."""
     if isinstance(data, dict) and isinstance(data.get("data"), list) and (
             str(data.get("dataset_name", "")).lower() == "textvqa"
-            or (sample := _sample(data["data"])) and all({"image_id", "question", "question_id"} <= set(r) for r in sample)
+            or (sample := _sample(data["data"])) and all({"image_id", "question_id"} <= set(r) for r in sample)
             and not any("image" in r for r in sample)):
         split = str(data.get("dataset_type") or "")
         records = []
@@ -48,12 +48,13 @@ def public_vqa_records(path: Path, data: Any) -> tuple[str, list[tuple[str, dict
             qid, image_id = entry.get("question_id"), entry.get("image_id")
             _require(path, number, qid, image_id, entry.get("question"))
             record = {"question_id": qid, "image_id": image_id, "question": entry["question"], "image": f"{image_id}.jpg",
-                      **{key: entry[key] for key in ("answers", "set_name") if entry.get(key) is not None}}
+                      **{key: entry[key] for key in ("answers", "set_name") if entry.get(key) is not None},
+                      **({"vqa_scoring": "textvqa"} if entry.get("answers") else {})}
             records.append((f"{path}, question {qid}", record))
         folders = ("test_images",) if split == "test" else ("train_images",)  # val's images are in train_images/
         return "TextVQA", records, (*folders, "train_images", "test_images")
     if isinstance(data, dict) and data and (sample := _sample(list(data.values()))) and all(
-            {"imageid", "question"} <= {str(key).lower() for key in r} for r in sample):
+            "imageid" in {str(key).lower() for key in r} for r in sample):
         records = []
         for number, (qid, entry) in enumerate(data.items(), start=1):
             entry = entry if isinstance(entry, dict) else {}
@@ -66,7 +67,7 @@ def public_vqa_records(path: Path, data: Any) -> tuple[str, list[tuple[str, dict
             records.append((f"{path}, question {qid}", record))
         return "GQA", records, ("images",)
     if isinstance(data, list) and (sample := _sample(data)) and all(
-            "image_id" in r and "question" in r and ({"direct_answers", "choices"} & set(r)) and "image" not in r for r in sample):
+            "image_id" in r and ({"direct_answers", "choices"} & set(r)) and "image" not in r for r in sample):
         split = str(sample[0].get("split") or "val")
         records = []
         for number, entry in enumerate(data, start=1):
@@ -77,8 +78,11 @@ def public_vqa_records(path: Path, data: Any) -> tuple[str, list[tuple[str, dict
                 raise DataError(f"{path}, question {qid}: image_id {image_id!r} is not a COCO image id (an integer)")
             record = {"question_id": qid, "image_id": image_id, "question": entry["question"],
                       "image": f"{image_id:012d}.jpg",
-                      **({"answers": entry["direct_answers"]} if entry.get("direct_answers") else {}),
-                      **{key: entry[key] for key in ("choices", "correct_choice_idx") if entry.get(key) is not None}}
+                      # its direct-answer evaluation leaves the difficult questions out: answered, not scored
+                      **({"answers": entry["direct_answers"], "vqa_scoring": "aokvqa"}
+                         if entry.get("direct_answers") and not entry.get("difficult_direct_answer") else {}),
+                      **{key: entry[key] for key in ("choices", "correct_choice_idx", "difficult_direct_answer")
+                         if entry.get(key) is not None}}
             records.append((f"{path}, question {qid}", record))
         return "A-OKVQA", records, (f"{split}2017",)
     return None
@@ -99,9 +103,9 @@ def public_image_root(path: Path, benchmark: str, images: list[str], folders: tu
     for candidate in candidates:
         if any((candidate / image).is_file() for image in looked):
             return candidate
-    raise DataError(f"none of the first {len(looked)} images of {path} ({looked[0]}, ...), a {benchmark} file, is in "
-                    f"{', '.join(map(str, candidates))}: give the folder that holds {benchmark}'s images with "
-                    "--data.init_args.image_root")
+    raise DataError(f"none of the first {len(looked)} images of {path} ({looked[0]}, ...), {benchmark}'s questions, is in "
+                    f"{', '.join(map(str, candidates))}: give the folder that holds {benchmark}'s images (or the folder above "
+                    "it) with --data.init_args.image_root")
 
 
 def read_aokvqa_choices(path: Path) -> list[ChoiceQuestion]:

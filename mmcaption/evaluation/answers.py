@@ -172,7 +172,7 @@ def _said_in(option: str, answer: str) -> bool:
     return re.search(left + re.escape(option) + right, answer) is not None
 
 
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
+def vqa_accuracy(prediction: str, answers: list[str], scored_as: str = "vqav2") -> float:
     """The VQA accuracy of ``prediction`` against the human ``answers`` (VQAv2 has 10 per question):
     ``min(#humans who gave it / 3, 1)``, averaged over the subsets that leave out one human each.
 
@@ -185,16 +185,25 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     English ones do not hold (the same score on VQAv2): the human answers are NFKC-normalised as the prediction is
     (an answer typed in another Unicode form scored 0 against itself), and unanimous ones lose the spaces, tabs
     and line breaks around them, as the prediction does.
+
+    ``scored_as`` another benchmark's own evaluation: ``textvqa`` (its evaluator, m4c's ``TextVQAAccuracyEvaluator``,
+    normalises every human answer as the prediction: ten humans who wrote ``Nikon`` score ``Nikon`` 1) or ``aokvqa``
+    (its ``eval_predictions.py``: ``min(#humans who gave it / 3, 1)`` against the answers as written, without
+    leaving one out: 3 of 10 score 1, not 0.9).
     """
     if not answers:
         raise ValueError("VQA accuracy needs at least one human answer")
     given = normalise_answer(prediction, official=True)
+    if scored_as == "aokvqa":
+        return min(1.0, sum(_unified(answer, official=True).strip() == given for answer in answers) / 3)
     if len(answers) == 1:
         return float(given == normalise_answer(answers[0], official=True))
     disagree = len(set(answers)) > 1  # as vqaEval.py decides it: on the answers as written
     # in the prediction's Unicode form: NFD 'màu đỏ' scored 0 against itself
     answers = [_unified(answer, official=True) for answer in answers]
-    if disagree:
+    if scored_as == "textvqa":
+        humans = [normalise_answer(answer, official=True) for answer in answers]
+    elif disagree:
         humans = [_without_punctuation(answer) for answer in answers]
     else:
         humans = [answer.replace("\n", " ").replace("\t", " ").strip() for answer in answers]
