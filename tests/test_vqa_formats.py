@@ -198,3 +198,8 @@ def test_a_record_without_its_question_is_named_whichever_it_is(tmp_path):
                                 "correct_choice_idx": 1, "direct_answers": ["y"] * 10}]))
     with pytest.raises(DataError, match=r"aokvqa_v1p0_val.json, question 2 \('b'\): needs its question id, image id"):
         read_questions(aok)
+    # VQAv2's annotations given with it: it holds its own answers (it was "a .json questions file is VQAv2's ...")
+    gqa.write_text(json.dumps({"1": {"imageId": "n1", "question": "Is it?", "answer": "no"}}))
+    with pytest.raises(DataError, match=r"annotations_file .*notes.json goes with VQAv2's questions file: .*"
+                                        r"testdev_balanced_questions.json, a GQA file, holds its own answers"):
+        read_questions(gqa, tmp_path / "notes.json")

@@ -226,9 +226,10 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
         if isinstance(data, dict) and not isinstance(data.get("questions"), list) and {"question", "text"} & {
                 str(key).lower() for key in data}:
             data = [data]  # one question alone: a POPE file of one line
-        if annotations is None and (public := public_vqa_records(path, data)) is not None:  # TextVQA, GQA, A-OKVQA
-            if not public[1]:
-                raise DataError(f"{path} has no questions (a {public[0]} file)")
+        if (public := public_vqa_records(path, data)) is not None:  # TextVQA, GQA, A-OKVQA
+            if annotations is not None or not public[1]:
+                raise DataError(f"{path} has no questions (a {public[0]} file)" if not public[1] else f"annotations_file "
+                                f"{annotations} goes with VQAv2's questions file: {path}, a {public[0]} file, holds its own answers")
             return [replace(_question(path, 0, record, where), benchmark=public[::2]) for where, record in public[1]], False
         if not (isinstance(data, list) and annotations is None):
             return read_vqa_questions(path, annotations, data), True
