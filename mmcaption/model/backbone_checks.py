@@ -15,6 +15,7 @@ import torch
 from huggingface_hub import constants, get_session, is_offline_mode, try_to_load_from_cache
 
 from mmcaption.errors import ConfigError, unexpanded_variable
+from mmcaption.model.backbone_weights import backbone_folder
 from mmcaption.model.card import HUB_ID, mistyped_folder
 from mmcaption.resources import permission_message
 
@@ -112,11 +113,10 @@ def hub_unreachable() -> str | None:
 def context_problem(name: str, max_length: object) -> str | None:
     """Why ``data.max_length`` cannot be trained: longer than the language model's context (its config's
     ``max_position_embeddings``), positions it never learned. Read from its config.json; nothing is loaded."""
-    path = Path(name).expanduser()
-    file = path / "config.json" if path.is_dir() else try_to_load_from_cache(name, "config.json")
-    if not isinstance(max_length, int) or not isinstance(file, str | Path) or not Path(file).is_file():
+    folder = backbone_folder(name)
+    if not isinstance(max_length, int) or folder is None or not (folder / "config.json").is_file():
         return None
-    context = json.loads(Path(file).read_text(encoding="utf-8")).get("max_position_embeddings")
+    context = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
     if isinstance(context, int) and max_length > context:
         return (f"data.max_length {max_length} is longer than the language model's context ({name}: max_position_embeddings "
                 f"{context}); it never learned the positions beyond: give at most {context}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mmcaption.errors import ConfigError
+from mmcaption.model.backbone_weights import backbone_folder
 
 Quantization = Literal["nf4", "fp4", "int8", "none"]
 DType = Literal["bfloat16", "float16", "float32"]
@@ -179,17 +180,10 @@ def as_option(key: str, value: Any) -> str:
 def decoder_layer_count(language_model: str | None) -> int | None:
     """``num_hidden_layers`` from the language model's config.json, a local folder's or a hub model's already downloaded
     (None: neither, or unreadable): a structural change of the injected layers is refused before the model loads."""
-    if not language_model:
-        return None
+    folder = backbone_folder(language_model) if language_model else None
     try:
-        found = Path(language_model) / "config.json"
-        if not found.is_file():
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(language_model, "config.json")
-            found = Path(cached) if isinstance(cached, str) else None
-        return int(json.loads(found.read_text())["num_hidden_layers"]) if found is not None else None
-    except (TypeError, OSError, ValueError, KeyError, AttributeError):  # a hub id the cache helper refuses: not counted
+        return int(json.loads((folder / "config.json").read_text())["num_hidden_layers"]) if folder is not None else None
+    except (TypeError, OSError, ValueError, KeyError):  # no config.json, or not a model's: not counted
         return None
 
 
