@@ -475,6 +475,18 @@ def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkey
     with pytest.raises(SystemExit) as exit_info:
         demo_main(["--language_steps", "2"])  # was a ZeroDivisionError once the data was built
     assert exit_info.value.code == 2 and "--language_steps must be 0 (no pretraining) or at least 4" in capsys.readouterr().err
+    # the demo's own options near a mistyped one, or the trainer's setting of that name: fit named only its own settings
+    # (--pretrain_steps: "did you mean --trainer.min_steps or --data.init_args.train_split")
+    for given, meant in (("--lm_steps", "did you mean --clip_steps or --language_steps (the demo's own options)?"),
+                         ("--max_steps", "did you mean --trainer.max_steps (each stage's trainer setting)?"),
+                         ("--val_imgs", "did you mean --val_images or --train_images (the demo's own options)?")):
+        with pytest.raises(SystemExit) as exit_info:
+            demo_main([given, "10"])
+        assert exit_info.value.code == 2 and f"unrecognized arguments: {given}: {meant}" in capsys.readouterr().err
+    # pretrain_steps is the data's own name for it (meta.json, the note when it is written again): taken as written
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main(["--pretrain_steps", "2"])
+    assert exit_info.value.code == 2 and "--language_steps must be 0 (no pretraining) or at least 4" in capsys.readouterr().err
     assert not (tmp_path / "demo_data").exists()
     # --ckpt_path, as the note of a demo whose stage 2 was refused says to give: "unrecognized arguments: --ckpt_path"
 

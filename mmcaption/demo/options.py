@@ -19,7 +19,8 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and backbones")
     parser.add_argument("--train_images", type=int, default=3000, help="synthetic training images")
     parser.add_argument("--val_images", type=int, default=200, help="held-out images, never seen in training")
-    parser.add_argument("--language_steps", type=int, default=LANGUAGE_PRETRAINING_STEPS, help="text-only LM pretraining steps")
+    parser.add_argument("--language_steps", "--pretrain_steps", type=int, default=LANGUAGE_PRETRAINING_STEPS,
+                        help="text-only LM pretraining steps (pretrain_steps in the data's meta.json and its notes)")
     parser.add_argument("--clip_steps", type=int, default=CLIP_PRETRAINING_STEPS, help="contrastive tiny-CLIP steps")
     parser.add_argument("--scratch_control", action="store_true",
                         help="also train the instruct stage from scratch, to compare its steps to 80%% exact match "

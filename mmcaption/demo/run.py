@@ -10,12 +10,17 @@ to both stages' ``mmcaption fit``.
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import inspect
 import json
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from lightning.pytorch import Trainer
 
 from mmcaption.callbacks import format_seconds
 from mmcaption.cli import run_cli
@@ -154,6 +159,8 @@ def run_demo(argv: list[str] | None = None) -> dict:
     for name in ("language_steps", "clip_steps"):
         if 0 < getattr(args, name) < 4:
             parser.error(f"--{name} must be 0 (no pretraining) or at least 4")
+    if typo := demo_option_typo(parser, fit_args):
+        parser.error(typo)
 
     # the demo's own configs follow --root; a config of the user's only when --root is given
     paths = root_arguments(Path(args.root))
@@ -183,6 +190,29 @@ def run_demo(argv: list[str] | None = None) -> dict:
     (Path(args.report) / "report.json").write_text(json.dumps(report, indent=2))
     print_report(report)
     return report
+
+
+FIT_TOP_LEVEL = ("--ckpt_path", "--seed_everything", "--config", "--print_config")  # a stage's own undotted options
+
+
+def demo_option_typo(parser, fit_args: list[str]) -> str | None:
+    """An undotted option the demo does not know and neither does ``fit`` (``--pretrain_steps``): the demo's own options
+    near it, where ``fit`` would have named only its settings (``--trainer.min_steps``) as what was meant."""
+    for arg in fit_args:
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--") or "." in name or name in FIT_TOP_LEVEL:
+            continue
+        own = [option for action in parser._actions for option in action.option_strings
+               if option.startswith("--") and action.help != argparse.SUPPRESS and option != "--help"]
+        key = name[2:].replace("-", "_")
+        if key in inspect.signature(Trainer).parameters:  # --max_steps: each stage's trainer setting
+            return (f"unrecognized arguments: {name}: did you mean --trainer.{key} (each stage's trainer setting)? "
+                    "mmcaption-demo --help lists the demo's own options")
+        close = difflib.get_close_matches("--" + key, own, n=2, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)} (the demo's own options)? " if close else ""
+        return (f"unrecognized arguments: {name}: {hint}mmcaption-demo --help lists the demo's options; each stage's "
+                "settings are --trainer.*, --model.* and --data.* (mmcaption fit --help)")
+    return None
 
 
 REPORT_FILES = ("report.json", "examples.png")
