@@ -45,8 +45,9 @@ def memory_advice(trainer, pl_module, worker: bool = False) -> str:
     note = f"It {'died' if worker else 'ran out'} {where}. To fit: {', or '.join(ways or ['use a device with more memory'])}."
     kept = kept_checkpoint(trainer)
     if trainer.state.fn == "fit" and kept:
-        note += (f" Kept: {kept}, saved before; --ckpt_path {kept} resumes it with the same batch and data settings, "
-                 f"--model.init_from {kept} starts from its weights with others.")
+        note += (f" Kept: {kept}, saved before; --ckpt_path {kept} resumes it, with the batch lowered and the accumulation "
+                 f"raised as above (the same samples an optimizer step) or fewer workers too; --model.init_from {kept} starts "
+                 "from its weights with other data settings.")
     return note
 
 

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Progress
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, process_rank, stop_signals
+from mmcaption.rebatch import SAID, earlier_order, restart_loader, resume_with_other_batches
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
 from mmcaption.step_ends import (
     format_seconds,
@@ -233,12 +234,9 @@ class ResumableStop(Callback):
         workers = getattr(trainer.datamodule, "num_workers", None)
         for state in _loader_states(checkpoint):  # torchdata refuses another count (a traceback, then a hang)
             saved_workers = state["_snapshot"]["_main_snapshot"]["_num_workers"] if "_snapshot" in state else 0
-            if workers is not None and saved_workers != workers:
-                raise ResumeError(
-                    f"{source} was saved by a training loader with {saved_workers} worker processes, and this run asks for "
-                    f"{workers}: its place in the epoch is saved per worker. Resume with --data.init_args.num_workers "
-                    f"{saved_workers} (the batches and their order do not depend on it)"
-                )
+            if workers is not None and saved_workers != workers:  # the sampler starts after the samples trained on
+                restart_loader(trainer, checkpoint, saved, f"{source} was saved by a training loader with {saved_workers} "
+                               f"worker processes, and this run has {workers}")
         if saved.get("preprocessing") != current.get("preprocessing") and saved.get("train_split") != current.get("train_split"):
             earlier = f"format {saved['preprocessing']}" if saved.get("preprocessing") else "an earlier format"
             raise ResumeError(
@@ -258,21 +256,19 @@ class ResumableStop(Callback):
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
             saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}
         saved = {"max_length": current.get("max_length"), **saved}  # checkpoints from before it was kept: the split tells
+        if why := earlier_order(checkpoint, saved):
+            raise ResumeError(f"{source}: {why} {source}")
         changed = [key for key in current if saved.get(key) != current.get(key)]
         if changed == ["train_split"] and trainer.datamodule.same_training_data(saved["train_split"]):
             if trainer.is_global_zero:  # (an image no record names added to its folder made a new split)
                 print(f"note: {source} was trained on {saved['train_split']}, and this run's data was preprocessed anew into "
                       f"{current['train_split']}, with the same rows and images: it resumes", file=sys.stderr, flush=True)
-        elif changed:
+        elif changed and (why := resume_with_other_batches(trainer, checkpoint, saved, current, changed, source)) is not None:
             said = "; ".join(f"{SAID.get(key, key)} {saved.get(key)!r} -> {current.get(key)!r}" for key in changed)
             raise ResumeError(
-                f"{source} was trained on other data or batches than this run's ({said}): resuming would "
-                "repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
-                f"start a new run from its weights with --model.init_from {source}"
-            )
-
-
-SAID = {"train_split": "the training data's content (the preprocessed split it was read into)"}
+                f"{source} was trained on other data or batches than this run's ({said}){': ' + why if why else ''}: resuming "
+                "would repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
+                f"start a new run from its weights with --model.init_from {source}")
 
 
 def _loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:

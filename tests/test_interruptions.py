@@ -2958,8 +2958,9 @@ def test_a_loader_worker_killed_by_the_out_of_memory_killer_is_said_as_such(back
     kept = folder / "last.ckpt"
     assert re.search(r"It died in training step \d+\. To fit: lower --data.num_workers \(1\), or lower --data.batch_size \(4\) "
                      r"and raise --trainer.accumulate_grad_batches \(1\) by as much to keep the batch\. ", message), message
-    assert message.endswith(f"Kept: {kept}, saved before; --ckpt_path {kept} resumes it with the same batch and data settings, "
-                            f"--model.init_from {kept} starts from its weights with others.") and kept.is_file(), message
+    assert message.endswith(f"Kept: {kept}, saved before; --ckpt_path {kept} resumes it, with the batch lowered and the "
+                            "accumulation raised as above (the same samples an optimizer step) or fewer workers too; "
+                            f"--model.init_from {kept} starts from its weights with other data settings.") and kept.is_file(), message
     # the loader may see the worker's pipe reset before its exit status: that chain said "another process of this run"
     def pipe_reset():
         try:

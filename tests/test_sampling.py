@@ -97,3 +97,30 @@ def test_larger_length_groups_pad_less_and_the_data_module_passes_its_setting(ba
     assert datamodule.training_data()["length_group_batches"] == 7
     with pytest.raises(ValueError, match="length_group_batches must be at least 1, got 0"):
         CaptionDataModule(data_dir=str(coco_root), tokenizer=str(language_dir), image_processor=str(vision_dir), length_group_batches=0)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_an_optimizer_steps_samples_are_the_same_whatever_batches_they_are_cut_into(world_size):
+    # a run out of memory resumes with half the batch and twice the accumulation: each step's samples must not change
+    lengths = mixed_lengths(997)
+
+    def steps(batch_size, accumulate, skip=0):
+        shards = []
+        for rank in range(world_size):
+            sampler = LengthGroupedSampler(lengths, batch_size, num_replicas=world_size, rank=rank, seed=1, mega_batch=10,
+                                           accumulate=accumulate, skip=skip, skip_epoch=2)
+            sampler.set_epoch(2)
+            shards.append(list(sampler))
+        per_step = batch_size * accumulate
+        return [sorted(np.concatenate([shard[s:s + per_step] for shard in shards]).tolist())
+                for s in range(0, len(shards[0]), per_step)]
+
+    whole = steps(16, 1)
+    assert steps(8, 2) == steps(4, 4) == whole
+    assert steps(8, 2, skip=5 * 16) == whole[5:]  # a resume after 5 steps: the epoch's rest, step for step
+    sampler = LengthGroupedSampler(lengths, 8, accumulate=2, skip=80, skip_epoch=2)
+    sampler.set_epoch(3)  # the epochs after it whole
+    assert sorted(sampler) == list(range(len(lengths)))
+    # grouped by the optimizer step, each of its batches still holds samples of similar length
+    sampler.set_epoch(2)
+    assert padding_efficiency(lengths, batches_of(list(LengthGroupedSampler(lengths, 8, accumulate=2)), 8)) > 0.85

@@ -152,7 +152,7 @@ class PreprocessedDataModule(BackbonesDataModule):
         eval_batch_size: validation/test batch size per device (default ``batch_size``).
         group_by_length: batch training samples of similar length together (less padding); the
             order is still shuffled every epoch.
-        length_group_batches: with ``group_by_length``, how many batches are sorted by length together
+        length_group_batches: with ``group_by_length``, how many optimizer steps' batches are sorted by length together
             (mega-batches): more pads less and mixes less.
         cache_image_features: run the frozen vision tower once per image at preprocessing and train
             on its stored float16 outputs.
@@ -189,6 +189,7 @@ class PreprocessedDataModule(BackbonesDataModule):
         self.datasets: dict[str, ImageTextDataset] = {}
         self.folders: dict[str, Path] = {}  # the preprocessed folder of each split set up
         self._looked_at: dict[tuple, Any] = {}  # what this prepare_data found of the inputs (see looked_at)
+        self.resume_skip: tuple[int, int] | None = None  # (samples, epoch): a resume with other batches (see rebatch)
 
     # what a subclass provides
 
@@ -342,6 +343,7 @@ class PreprocessedDataModule(BackbonesDataModule):
             "train_split": self.folders[split].name if split in self.folders else None,
             "samples": len(self.datasets[split]) if split in self.datasets else None,
             "batch_size": self.batch_size,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches if trainer is not None else 1,
             "devices": trainer.world_size if trainer is not None else 1,
             "group_by_length": self.group_by_length,
             "length_group_batches": self.length_group_batches if self.group_by_length else None,
@@ -384,6 +386,8 @@ class PreprocessedDataModule(BackbonesDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
             seed=default_seed(), group_by_length=self.group_by_length, mega_batch=self.length_group_batches,
+            accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
+            **(dict(zip(("skip", "skip_epoch"), self.resume_skip)) if self.resume_skip else {}),
         )
         return StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(),
                                   **self._loader_settings())

@@ -1,0 +1,125 @@
+"""Resuming with other batch settings than the checkpoint's: a run out of memory goes on with half the batch and twice
+the accumulation, and a run at an epoch's end goes on with any batch, accumulation or order settings.
+
+A checkpoint's place in its epoch is counted in batches (Lightning's progress, the loader's position). The order of an
+epoch is one of optimizer steps' batches (``batch_size x accumulate_grad_batches x devices`` samples, see
+:mod:`mmcaption.data.sampling`), so with the same samples a step, the rest of the epoch is the same steps in the same
+order whatever the batches they are cut into: the progress is counted anew in this run's batches, and the loader starts
+after the samples trained on (the sampler's ``skip``) in place of the position its saved state counts in the
+checkpoint's batches. At an epoch's end nothing of the epoch is left, and the next one is ordered by this run's settings.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+BATCH_KEYS = ("batch_size", "accumulate_grad_batches")
+ORDER_KEYS = ("seed", "group_by_length", "length_group_batches")  # what orders an epoch
+PROGRESS = ("ready", "started", "processed", "completed")
+SAID = {"train_split": "the training data's content (the preprocessed split it was read into)"}  # in a refusal
+
+
+def step_batch(data: dict[str, Any]) -> int:
+    return data["batch_size"] * data.get("accumulate_grad_batches", 1)
+
+
+def epoch_place(checkpoint: dict[str, Any], saved: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(samples of its epoch this process had trained on, of the epoch's samples per process, the epoch), or None for
+    a checkpoint without Lightning's loop progress."""
+    try:
+        batches = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"]
+        per_process = math.ceil(saved["samples"] / saved["devices"])
+        return min(batches * saved["batch_size"], per_process), per_process, checkpoint["epoch"]
+    except (KeyError, TypeError):
+        return None
+
+
+def resume_with_other_batches(trainer, checkpoint: dict[str, Any], saved: dict[str, Any], current: dict[str, Any],
+                              changed: list[str], source: str) -> str | None:
+    """Make ``checkpoint`` resume under this run's batch settings where that repeats and skips nothing: None when it
+    does (and says so); else the refusal's reason, "" where it is only that the data or batches are not the same."""
+    place = epoch_place(checkpoint, saved)
+    if not changed or not set(changed) <= {*BATCH_KEYS, *ORDER_KEYS} or place is None:
+        return ""
+    done, per_process, epoch = place
+    at_epoch_end = done in (0, per_process)
+    if not at_epoch_end and set(changed) & set(ORDER_KEYS):
+        return "mid-epoch, the rest of the epoch is in the order its settings made"
+    if not at_epoch_end and step_batch(saved) != step_batch(current):
+        half = f"--data.batch_size {saved['batch_size'] // 2} --trainer.accumulate_grad_batches " \
+               f"{2 * saved.get('accumulate_grad_batches', 1)}" if saved["batch_size"] % 2 == 0 else ""
+        return (f"mid-epoch, a run resumes with its {step_batch(saved)} samples an optimizer step (batch_size x "
+                f"accumulate_grad_batches) a process, cut into other batches as memory needs" + (f" ({half})" if half else ""))
+    if not at_epoch_end and done % current["batch_size"]:  # (saved inside an accumulation: no save of mmcaption's is)
+        return f"its place in the epoch, sample {done:,} of each process, falls inside a batch of {current['batch_size']}"
+    if saved["batch_size"] != current["batch_size"]:
+        count_anew(checkpoint, done, current["batch_size"])
+        trainer.datamodule.resume_skip = (done, epoch)
+    if trainer.is_global_zero:
+        said = ", ".join(f"{key} {saved.get(key)} -> {current.get(key)}" for key in changed)
+        print(f"note: {source} resumes with other batch settings ({said}): " + (
+              "it was saved at an epoch's end, and the next epoch is ordered by this run's" if at_epoch_end else
+              f"the rest of its epoch {epoch + 1} is the same {step_batch(current)} samples an optimizer step, in the same "
+              f"order, from sample {done * saved['devices']:,} of {saved['samples']:,}") + val_check_note(trainer, saved, current),
+              file=sys.stderr, flush=True)
+    return None
+
+
+def restart_loader(trainer, checkpoint: dict[str, Any], saved: dict[str, Any], why: str) -> None:
+    """Start the training loader afresh, after the samples of its epoch trained on (the sampler's ``skip``), in place of
+    the position its saved state holds, which torchdata restores only with as many worker processes."""
+    place = epoch_place(checkpoint, saved)
+    if place is None:
+        return
+    checkpoint["loops"]["fit_loop"]["state_dict"].pop("combined_loader", None)
+    trainer.datamodule.resume_skip = (place[0], place[2])
+    if trainer.is_global_zero and 0 < place[0] < place[1]:
+        print(f"note: {why}: it resumes from sample {place[0] * saved['devices']:,} of {saved['samples']:,} of its epoch "
+              f"{place[2] + 1} (the batches and their order do not depend on the workers)", file=sys.stderr, flush=True)
+
+
+def count_anew(checkpoint: dict[str, Any], done: int, batch_size: int) -> None:
+    """Lightning's batch progress in batches of ``batch_size``, and no saved loader position (it counts the checkpoint's
+    batches): the sampler skips the ``done`` samples instead."""
+    loop = checkpoint["loops"]["fit_loop"]
+    progress = loop["epoch_loop.batch_progress"]
+    ready = progress["current"]["ready"]
+    batches = math.ceil(done / batch_size)
+    for field in PROGRESS:  # a save at a batch's end has completed one short of ready: Lightning reads that pattern
+        new = batches - (ready - progress["current"][field])
+        progress["total"][field] += new - progress["current"][field]
+        progress["current"][field] = new
+    loop["state_dict"].pop("combined_loader", None)
+
+
+def val_check_note(trainer, saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """Lightning counts an integer ``val_check_interval`` in batches, not optimizer steps."""
+    interval = getattr(trainer, "val_check_interval", None)
+    before, now = saved.get("accumulate_grad_batches", 1), current.get("accumulate_grad_batches", 1)
+    if not isinstance(interval, int) or isinstance(interval, bool) or before == now:
+        return ""
+    kept = f"; {interval * now // before} keeps it" if interval * now % before == 0 else ""
+    return (f"; --trainer.val_check_interval {interval} counts batches: validation comes every {interval / now:g} "
+            f"optimizer steps where it came every {interval / before:g}{kept}")
+
+
+def earlier_order(checkpoint: dict[str, Any], saved: dict[str, Any]) -> str | None:
+    """A checkpoint of an earlier release, which did not record its accumulation: it is counted from the batches and
+    steps trained (into ``saved``). Why it cannot resume mid-epoch where that release grouped an epoch by length in
+    single batches, not optimizer steps' (the same for one batch a step)."""
+    if "accumulate_grad_batches" in saved:
+        return None
+    try:
+        batches = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+        saved["accumulate_grad_batches"] = max(1, round(batches / checkpoint["global_step"])) if checkpoint["global_step"] else 1
+    except (KeyError, TypeError):
+        saved["accumulate_grad_batches"] = 1
+    place = epoch_place(checkpoint, saved)
+    if saved["accumulate_grad_batches"] == 1 or not saved.get("group_by_length") or place is None or place[0] in (0, place[1]):
+        return None
+    return ("an earlier release of mmcaption grouped an epoch's samples by length in single batches, where this one groups "
+            "an optimizer step's together: with accumulate_grad_batches above 1, the rest of the epoch would repeat some "
+            "samples and skip others. Finish the run with the release that began it, or start a new run from its weights "
+            "with --model.init_from")
