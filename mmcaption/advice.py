@@ -45,7 +45,10 @@ def memory_advice(trainer, pl_module, worker: bool = False) -> str:
     note = f"It {'died' if worker else 'ran out'} {where}. To fit: {', or '.join(ways or ['use a device with more memory'])}."
     kept = kept_checkpoint(trainer)
     if trainer.state.fn == "fit" and kept:
-        note += (f" Kept: {kept}, saved before; --ckpt_path {kept} resumes it, with the batch lowered and the accumulation "
+        callback = trainer.checkpoint_callback  # a worker's death is saved at the step it came after (ResumableStop)
+        when = f"at step {trainer.global_step:,}" if getattr(callback, "_last_global_step_saved", None) == trainer.global_step \
+            and trainer.global_step else "before"
+        note += (f" Kept: {kept}, saved {when}; --ckpt_path {kept} resumes it, with the batch lowered and the accumulation "
                  f"raised as above (the same samples an optimizer step) or fewer workers too; --model.init_from {kept} starts "
                  "from its weights with other data settings.")
     return note

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Progress
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, process_rank, stop_signals
-from mmcaption.rebatch import SAID, earlier_order, restart_loader, resume_with_other_batches
+from mmcaption.rebatch import SAID, earlier_order, restart_loader, resume_with_other_batches, save_where_a_worker_died
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
 from mmcaption.step_ends import (
     format_seconds,
@@ -155,6 +155,7 @@ class ResumableStop(Callback):
         self._patience = {id(c): c.patience for c in trainer.callbacks if isinstance(c, EarlyStopping)}
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        save_where_a_worker_died(trainer, exception, save_resumable_checkpoint)
         self.teardown(trainer, pl_module, "fit")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
@@ -237,6 +238,8 @@ class ResumableStop(Callback):
             if workers is not None and saved_workers != workers:  # the sampler starts after the samples trained on
                 restart_loader(trainer, checkpoint, saved, f"{source} was saved by a training loader with {saved_workers} "
                                f"worker processes, and this run has {workers}")
+        if not _loader_states(checkpoint):  # saved as a loader worker died: its position would count a batch not trained on
+            restart_loader(trainer, checkpoint, saved, f"{source} was saved as a data-loader worker died")
         if saved.get("preprocessing") != current.get("preprocessing") and saved.get("train_split") != current.get("train_split"):
             earlier = f"format {saved['preprocessing']}" if saved.get("preprocessing") else "an earlier format"
             raise ResumeError(

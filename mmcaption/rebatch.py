@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
+from unittest import mock
+
+from mmcaption.resources import worker_killed
 
 BATCH_KEYS = ("batch_size", "accumulate_grad_batches")
 ORDER_KEYS = ("seed", "group_by_length", "length_group_batches")  # what orders an epoch
@@ -123,3 +127,30 @@ def earlier_order(checkpoint: dict[str, Any], saved: dict[str, Any]) -> str | No
             "an optimizer step's together: with accumulate_grad_batches above 1, the rest of the epoch would repeat some "
             "samples and skip others. Finish the run with the release that began it, or start a new run from its weights "
             "with --model.init_from")
+
+
+def save_where_a_worker_died(trainer, exception: BaseException, save: Callable[[Any], str]) -> str | None:
+    """A data-loader worker killed (by the out-of-memory killer, most often) stops a fit; between optimizer steps, its
+    weights are whole: saved there with ``save``, so that nothing since the last save is lost. The loader's own position would
+    count a batch fetched and never trained on, so the checkpoint holds none, and its resume starts the loader after the
+    samples trained on (:func:`restart_loader`). None where nothing is saved: not in training, inside an accumulation, on
+    several processes (the others wait elsewhere), or saved at this step already."""
+    if worker_killed(exception) is None or trainer.state.fn != "fit" or not trainer.training or trainer.world_size > 1 \
+            or trainer.fast_dev_run or not trainer.global_step:
+        return None
+    # torch's SIGCHLD handler raises wherever the main process is: saved only between two batches, or after a batch's
+    # optimizer step and its learning-rate update (in its step-end hooks, where Lightning's own step-end saves are made)
+    loop = trainer.fit_loop.epoch_loop
+    done = loop.batch_progress.current
+    between = done.ready == done.started == done.processed == done.completed
+    after_step = done.ready == done.started == done.processed == done.completed + 1 and \
+        loop.scheduler_progress.total.completed == trainer.global_step
+    if not (between or after_step) or loop._should_accumulate() or \
+            getattr(trainer.checkpoint_callback, "_last_global_step_saved", None) == trainer.global_step:
+        return None
+    try:
+        with mock.patch.object(trainer.fit_loop._combined_loader, "_state_dicts", list):
+            return save(trainer)
+    except Exception as error:  # the worker's error is what the run ends with, and the checkpoints before are kept
+        print(f"note: no checkpoint could be saved as the worker died ({error})", file=sys.stderr, flush=True)
+        return None

@@ -1785,7 +1785,7 @@ def test_running_out_of_gpu_memory_says_where_which_settings_take_less_and_the_c
                               "and raise --trainer.accumulate_grad_batches (1) by as much to keep the batch, or set "
                               "--model.config.gradient_checkpointing true, or lower --data.max_length (64).")
     kept = folder / "last.ckpt"
-    assert f"Kept: {kept}, saved before; --ckpt_path {kept} resumes it" in message and kept.is_file()
+    assert f"Kept: {kept}, saved at step 2; --ckpt_path {kept} resumes it" in message and kept.is_file()
     assert "PYTORCH_CUDA_ALLOC_CONF" not in message  # PyTorch's statistics and hints: MMCAPTION_TRACEBACK=1 shows them
 
     def out_of_memory_in_validation(self, batch, batch_idx, dataloader_idx=0):
@@ -2958,9 +2958,12 @@ def test_a_loader_worker_killed_by_the_out_of_memory_killer_is_said_as_such(back
     kept = folder / "last.ckpt"
     assert re.search(r"It died in training step \d+\. To fit: lower --data.num_workers \(1\), or lower --data.batch_size \(4\) "
                      r"and raise --trainer.accumulate_grad_batches \(1\) by as much to keep the batch\. ", message), message
-    assert message.endswith(f"Kept: {kept}, saved before; --ckpt_path {kept} resumes it, with the batch lowered and the "
-                            "accumulation raised as above (the same samples an optimizer step) or fewer workers too; "
+    died = int(re.search(r"It died in training step (\d+)\.", message).group(1))
+    # saved at the step before the one it died in (nothing trained since the last save is lost; see test_resume.py)
+    assert message.endswith(f"Kept: {kept}, saved at step {died - 1}; --ckpt_path {kept} resumes it, with the batch lowered "
+                            "and the accumulation raised as above (the same samples an optimizer step) or fewer workers too; "
                             f"--model.init_from {kept} starts from its weights with other data settings.") and kept.is_file(), message
+    assert load_checkpoint_file(kept)["global_step"] == died - 1
     # the loader may see the worker's pipe reset before its exit status: that chain said "another process of this run"
     def pipe_reset():
         try:

@@ -629,3 +629,60 @@ def test_a_run_out_of_memory_resumes_mid_epoch_with_half_the_batch_and_twice_the
     assert [row["step"] for row in rows] == list(range(11, 31))  # the whole second epoch in 20 batches of 4
     second_epoch = [sample for row in rows for sample in row["samples"]]
     assert sorted(second_epoch) == sorted(sample for row in uninterrupted[:10] for sample in row["samples"])
+
+
+def test_a_checkpoint_from_before_the_order_by_optimizer_steps_is_refused_mid_epoch_only_where_it_changed():
+    from mmcaption.rebatch import earlier_order, val_check_note
+
+    def checkpoint(ready, steps, total):
+        return {"epoch": 1, "global_step": steps,
+                "loops": {"fit_loop": {"epoch_loop.batch_progress": {"current": {"ready": ready}, "total": {"completed": total}},
+                                       "state_dict": {}}}}
+
+    def training_data(group_by_length=True):  # as an earlier release recorded it: no accumulate_grad_batches
+        return {"batch_size": 8, "devices": 1, "samples": 80, "group_by_length": group_by_length}
+
+    # 26 batches in 13 steps: it accumulated 2, and its epoch's order grouped single batches by length
+    saved = training_data()
+    assert "grouped an epoch's samples by length in single batches" in earlier_order(checkpoint(6, 13, 26), saved)
+    assert saved["accumulate_grad_batches"] == 2
+    assert earlier_order(checkpoint(0, 10, 20), training_data()) is None  # at an epoch's start: nothing of the order left
+    assert earlier_order(checkpoint(6, 13, 26), training_data(group_by_length=False)) is None  # a plain shuffle is the same
+    saved = training_data()
+    assert earlier_order(checkpoint(3, 13, 13), saved) is None and saved["accumulate_grad_batches"] == 1  # one batch a step
+    # Lightning counts an integer val_check_interval in batches: the note gives the value that keeps it in steps
+    trainer = SimpleNamespace(val_check_interval=50)
+    assert val_check_note(trainer, {"accumulate_grad_batches": 1}, {"accumulate_grad_batches": 2}) == (
+        "; --trainer.val_check_interval 50 counts batches: validation comes every 25 optimizer steps where it came every "
+        "50; 100 keeps it")
+    assert val_check_note(SimpleNamespace(val_check_interval=1.0), {"accumulate_grad_batches": 1}, {"accumulate_grad_batches": 2}) == ""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("resume")
+def test_a_worker_killed_for_memory_saves_the_steps_done_and_fewer_workers_resume_them_exactly(straight):
+    # the out-of-memory killer takes a loader worker: the run ended with the checkpoint of its last every-3-steps save (up
+    # to 30 minutes of a real run lost), and resuming with fewer workers, as the advice says, was refused
+    workdir, straight_steps = straight
+    def done():
+        return (workdir / "worker.jsonl").is_file() and max(records(workdir / "worker.jsonl")) >= KILL_AFTER + 1
+
+    process = start_and_wait(workdir, "worker", done)
+    trained = max(records(workdir / "worker.jsonl"))  # (the step sleeps after its record: the kill lands before the next)
+    assert trained % 3, "the step the worker dies after is one of the run's own saves: nothing to show"
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "no loader worker found"
+    for child in children:
+        os.kill(int(child), signal.SIGKILL)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0 and "data-loader worker" in err, err[-3000:]
+    last = workdir / "checkpoints-worker" / "last.ckpt"
+    assert f"Kept: {last}, saved at step {trained};" in err, err[-3000:]
+    assert load_checkpoint_file(last)["global_step"] == trained
+    said = run(fit_command(workdir, "worker-resumed", ckpt_path=last, extra=("--data.init_args.num_workers", "0")), workdir)
+    assert f"note: {last} was saved as a data-loader worker died: it resumes from sample " in said
+    resumed = records(workdir / "worker-resumed.jsonl")
+    assert sorted(resumed) == list(range(trained + 1, MAX_STEPS + 1))  # nothing repeated, nothing skipped
+    for step, row in resumed.items():
+        assert row["samples"] == straight_steps[step]["samples"], step
+        assert row["loss"] == pytest.approx(straight_steps[step]["loss"], rel=1e-5, abs=1e-6), step
