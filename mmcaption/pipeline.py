@@ -42,7 +42,7 @@ from mmcaption.usage import pipeline_parser
 @dataclass
 class StageResult:
     name: str
-    cli: MMCaptionCLI
+    cli: MMCaptionCLI | None  # None: the caption stage a resumed stage 2 started from, trained by an earlier command
     checkpoint: str
 
 
@@ -151,7 +151,8 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
         print(f"== stage 1, captions: done; resuming stage 2 from {checkpoint} ==", flush=True)
         instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", init_from, *fit_args,
                             *resume])
-        return [StageResult("instruct", instruct, handoff_checkpoint(instruct))]
+        return [*([StageResult("caption", None, init_from)] if init_from != "null" else []),  # what stage 2 started from
+                StageResult("instruct", instruct, handoff_checkpoint(instruct))]
     print(f"== stage 1, captions: mmcaption fit --config {caption_config}{' ' + ' '.join(resume) if resume else ''} ==", flush=True)
     caption = run_cli(["fit", "--config", caption_config, *caption_args, *fit_args, *resume])
     caption_checkpoint = handoff_checkpoint(caption)
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     given = unset.parse_known_args(argv)[0]
     defaults = tuple(f"--{name}" for name in ("caption", "instruct") if getattr(given, name) is None)
     for stage in run_pipeline(args.caption, args.instruct, fit_args, defaults=defaults):
+        if stage.cli is None:  # stage 2 resumed: the summary still names both stages' checkpoints
+            print(f"{stage.name}: checkpoint {stage.checkpoint} (trained before; stage 2 started from it)")
+            continue
         logs = stage.cli.trainer.logger.log_dir if stage.cli.trainer.logger is not None else None
         print(f"{stage.name}: checkpoint {stage.checkpoint}" + (f", logs {logs}" if logs and Path(logs).is_dir() else ""))
 

@@ -834,3 +834,22 @@ def test_the_pipeline_names_the_stage_and_the_default_config_a_refusal_is_about(
         pipeline.main(["--caption", "configs/demo/caption.yaml", "--instruct", "configs/demo/instruct.yaml", "--print_config"])
     assert exit_info.value.code in (0, None) and "note:" not in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.slow
+def test_the_demo_resumed_in_stage_2_as_its_stop_says_finishes_and_reports_both_stages(tmp_path, monkeypatch, capsys):
+    # "stopped ... in stage 2: run the same command with --ckpt_path checkpoints/demo-instruct/last.ckpt": it trained, then
+    # ended in a traceback (ValueError: not enough values to unpack), with no report
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--train_images", "16", "--val_images", "4", "--language_steps", "0", "--clip_steps", "0"]
+    demo_main([*tiny, "--trainer.max_steps", "2"])
+    capsys.readouterr()
+    last = Path("checkpoints/demo-instruct/last.ckpt")
+    started_from = load_checkpoint_file(last)["hyper_parameters"]["init_from"]
+    demo_main([*tiny, "--trainer.max_steps", "3", "--ckpt_path", str(last)])
+    out = capsys.readouterr().out
+    assert "captions (4 images)" in out and "tanh(gate) after caption" in out and "multiple choice: likelihood" in out
+    assert f"caption: checkpoint {started_from} (trained before)" in out
+    assert f"instruct: checkpoint {last.absolute()}" in out
+    # stage 1's weights were loaded for the report, not trained or logged again
+    assert sorted(p.name for p in Path("lightning_logs/demo-caption").iterdir()) == ["version_0"]

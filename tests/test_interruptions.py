@@ -1855,8 +1855,11 @@ def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, m
     calls.clear()
     # the caption stage is done: not run again; the instruct stage keeps the init_from it started from
     instruct = _stage_checkpoint(tmp_path / "instruct.ckpt", "instruct", init_from=caption)
-    pipeline.run_pipeline("c.yaml", "i.yaml", [f"--ckpt_path={instruct}"], check=False)
+    stages = pipeline.run_pipeline("c.yaml", "i.yaml", [f"--ckpt_path={instruct}"], check=False)
     assert calls == [["fit", "--config", "i.yaml", "--model.init_from", caption, "--ckpt_path", instruct]]
+    # both stages named still (the summary had no caption line, and the demo, unpacking two, failed after training)
+    assert [(stage.name, stage.checkpoint) for stage in stages] == [("caption", caption), ("instruct", "caption-best.ckpt")]
+    assert stages[0].cli is None  # trained by an earlier command
     calls.clear()
     pipeline.run_pipeline("c.yaml", "i.yaml", ["--ckpt_path", "last"], check=False)  # each stage its own last
     assert [call[-2:] for call in calls] == [["--ckpt_path", "last"], ["--ckpt_path", "last"]]

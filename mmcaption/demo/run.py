@@ -40,7 +40,7 @@ from mmcaption.demo.evaluation import (
 from mmcaption.demo.options import CLIP_PRETRAINING_STEPS, LANGUAGE_PRETRAINING_STEPS, demo_parser
 from mmcaption.demo.synthetic import Scene, demo_corpus, write_coco_split, write_llava_split, write_multiple_choice_csv
 from mmcaption.demo.tiny import save_tiny_backbones
-from mmcaption.errors import OutputExistsError, user_errors_exit
+from mmcaption.errors import OutputExistsError, ResumeError, user_errors_exit
 from mmcaption.folders import check_writable
 from mmcaption.pipeline import StageResult, ckpt_path_taken, run_pipeline
 
@@ -126,6 +126,8 @@ def scalar_series(log_dir: str | Path, tag: str) -> list[tuple[int, float]]:
     """``(step, value)`` of one scalar from the TensorBoard event files in ``log_dir``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not Path(log_dir).is_dir():  # a run too short to log anything (a resume one step from its end)
+        return []
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     events.Reload()
     if tag not in events.Tags()["scalars"]:
@@ -172,7 +174,8 @@ def run_demo(argv: list[str] | None = None) -> dict:
     check_report_folder(Path(args.report))
     start = time.perf_counter()
     root = prepare_demo_assets(args.root, args.seed, args.train_images, args.val_images, args.language_steps, args.clip_steps)
-    caption, instruct = run_pipeline(args.caption, args.instruct, fit_args, stage_args=stage_args)
+    *stages, instruct = run_pipeline(args.caption, args.instruct, fit_args, stage_args=stage_args)
+    caption = caption_stage(stages, args.caption, stage_args["caption"] + checked)
     scratch = None
     if args.scratch_control:  # the control: the same instruct stage without the caption stage's weights
         print("== the control: the instruct stage from scratch, without the caption stage's weights ==", flush=True)
@@ -213,6 +216,19 @@ def demo_option_typo(parser, fit_args: list[str]) -> str | None:
         return (f"unrecognized arguments: {name}: {hint}mmcaption-demo --help lists the demo's options; each stage's "
                 "settings are --trainer.*, --model.* and --data.* (mmcaption fit --help)")
     return None
+
+
+def caption_stage(stages: list[StageResult], config: str, args: list[str]) -> StageResult:
+    """The caption stage to evaluate. Stage 2 resumed (``--ckpt_path`` its checkpoint, as its interruption says), stage 1
+    was trained by an earlier run: its weights, as stage 2 started from them, loaded without training or logging."""
+    if not stages:
+        raise ResumeError("the resumed stage 2 does not record the caption checkpoint it started from, or that file is "
+                                "gone: the demo's report evaluates both stages; run the demo without --ckpt_path")
+    if stages[0].cli is not None:
+        return stages[0]
+    cli = run_cli(["validate", "--config", config, *args, "--ckpt_path", stages[0].checkpoint, "--trainer.limit_val_batches",
+                   "0", "--trainer.logger", "false"])
+    return StageResult("caption", cli, stages[0].checkpoint)
 
 
 REPORT_FILES = ("report.json", "examples.png")
@@ -270,7 +286,7 @@ def evaluate(root: Path, caption: StageResult, instruct: StageResult, scratch, r
         "last_logged_step": {name: curve[-1][0] if curve else None for name, curve in curves.items()},
         "gates": {stage.name: stage.cli.model.model.gate_values() for stage in (caption, instruct)},
         "checkpoints": {stage.name: stage.checkpoint for stage in (caption, instruct)},
-        "logs": {stage.name: stage.cli.trainer.logger.log_dir for stage in (caption, instruct)},
+        "logs": {stage.name: stage.cli.trainer.logger.log_dir if stage.cli.trainer.logger else None for stage in (caption, instruct)},
         "examples_png": str(png),
     }
 
@@ -291,7 +307,9 @@ def print_report(report: dict) -> None:
     print(f"multiple choice: likelihood {pct(choices['likelihood'])} (blind {pct(choices['likelihood_blind'])}), "
           f"generation {pct(choices['generation'])} (blind {pct(choices['generation_blind'])}), chance {pct(choices['chance'])}")
     for name, step in report["steps_to_80_percent"].items():
-        reached = f"at step {step}" if step is not None else f"not reached by step {report['last_logged_step'][name]}"
+        last = report["last_logged_step"][name]
+        reached = f"at step {step}" if step is not None else f"not reached by step {last}" if last is not None else \
+            "not measured (no validation in this run)"
         print(f"instruct stage {name}: 80% exact match {reached}")
     if "from scratch" not in report["steps_to_80_percent"]:
         print("  (to compare with the same stage from scratch: mmcaption-demo --scratch_control, the whole demo again with "
@@ -300,9 +318,10 @@ def print_report(report: dict) -> None:
         print(f"tanh(gate) after {stage}: " + ", ".join(f"layer {i}: {g['attn']:+.3f}" for i, g in gates.items()))
     print(f"wall time {report['wall_time_s']:.0f} s (training {report['training_time_s']:.0f} s)")
     for stage in report["checkpoints"]:
-        print(f"{stage}: checkpoint {report['checkpoints'][stage]}, logs {report['logs'][stage]}")
+        logs = report["logs"][stage]
+        print(f"{stage}: checkpoint {report['checkpoints'][stage]}" + (f", logs {logs}" if logs else " (trained before)"))
     print(f"examples: {report['examples_png']}; report: {Path(report['examples_png']).parent / 'report.json'}")
-    roots = sorted({str(Path(log).parent.parent) for log in report["logs"].values()})  # <save_dir>/<name>/version_N
+    roots = sorted({str(Path(log).parent.parent) for log in report["logs"].values() if log})  # <save_dir>/<name>/version_N
     print("TensorBoard: " + "; ".join(f"tensorboard --logdir {root}" for root in roots))  # under --trainer.default_root_dir
 
 
