@@ -13,13 +13,13 @@ memory resumes with half the batch and twice the accumulation from where it stop
 
 Under DDP the sampler shards itself (it is a ``DistributedSampler``, so Lightning does not wrap it in
 its own, which would reshuffle and undo the grouping): it builds *global* batches of
-``batch_size x num_replicas`` samples, and rank ``r`` takes positions ``r, r + W, r + 2W, ...``, so
-each rank's batch is its share of one global batch. Ranks see disjoint samples of similar length in
+``batch_size x accumulate x num_replicas`` samples, and rank ``r`` takes positions ``r, r + W, r + 2W, ...``, so
+each rank's batches in a step are its share of one global batch. Ranks see disjoint samples of similar length in
 every step, and a run on W devices at batch B sees the same global batches as one device at W x B.
 
 The order is a pure function of ``(seed, epoch)``: a run resumed mid-epoch (the training loader is a
 ``torchdata`` ``StatefulDataLoader``, whose state Lightning saves in the checkpoint) replays the
-epoch's order and skips the batches already seen.
+epoch's order and skips the batches already seen; one whose batches or workers changed skips the samples (``skip``).
 """
 
 from __future__ import annotations
