@@ -233,12 +233,13 @@ class ResumableStop(Callback):
                 f"(fresh optimizer, schedule and step count), use --model.init_from {source}"
             )
         workers = getattr(trainer.datamodule, "num_workers", None)
-        for state in _loader_states(checkpoint):  # torchdata refuses another count (a traceback, then a hang)
+        states = _loader_states(checkpoint)
+        for state in states:  # torchdata refuses another count (a traceback, then a hang)
             saved_workers = state["_snapshot"]["_main_snapshot"]["_num_workers"] if "_snapshot" in state else 0
             if workers is not None and saved_workers != workers:  # the sampler starts after the samples trained on
                 restart_loader(trainer, checkpoint, saved, f"{source} was saved by a training loader with {saved_workers} "
                                f"worker processes, and this run has {workers}")
-        if not _loader_states(checkpoint):  # saved as a loader worker died: its position would count a batch not trained on
+        if not states:  # saved as a loader worker died: its position would count a batch not trained on
             restart_loader(trainer, checkpoint, saved, f"{source} was saved as a data-loader worker died")
         if saved.get("preprocessing") != current.get("preprocessing") and saved.get("train_split") != current.get("train_split"):
             earlier = f"format {saved['preprocessing']}" if saved.get("preprocessing") else "an earlier format"

@@ -1,10 +1,9 @@
 """Multiple-choice benchmarks in their official files for ``mmcaption predict``: MMBench's TSV, ScienceQA's ``problems.json``
 or the Hugging Face copy's parquet files (its IMG subset), and MMBench's CircularEval over any of them.
 
-What they become is the :class:`ChoiceQuestion` the original scripts' CSV becomes too. A bad row (no
-question, fewer than two options, an answer that names no option, an image that is not base64) stops
-the run with a message that names the file and the row's index; an image that is base64 but no image
-is the row's ``error`` at predict time, and the other rows are predicted.
+What they become is the :class:`ChoiceQuestion` the original scripts' CSV becomes too. A bad row (no question, fewer
+than two options, an answer that names no option, an image that is not base64) stops the run with a message that names
+the file and the row's index; an image that is base64 but no image is the row's ``error`` at predict time.
 """
 
 from __future__ import annotations
@@ -100,8 +99,8 @@ def _first_line_json(text: bytes) -> bool:
 
 def sniffed_format(path: Path) -> tuple[str, str] | None:
     """The multiple-choice format a file's first bytes show, and what shows it: ``scienceqa`` for a parquet file or a
-    JSON object, ``mmbench`` for a TSV with MMBench's columns, ``csv`` for the original scripts' header, ``questions``
-    for JSON records (a list, or JSON Lines: free-form questions, not multiple choice); else None."""
+    JSON object, ``mmbench`` for a TSV with MMBench's columns, ``csv`` for the original scripts' header, ``aokvqa`` for
+    A-OKVQA's records, ``questions`` for other JSON records (a list, or JSON Lines: free-form questions); else None."""
     try:
         with path.open("rb") as handle:
             head = handle.read(1 << 16)
@@ -113,7 +112,8 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
         return "scienceqa", "is a parquet file"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text[:1] == b"[" or text[:1] == b"{" and b"\n" in text.rstrip() and _first_line_json(text):  # a list, JSON Lines
-        return "questions", "holds JSON records (a list, or one per line)"
+        return ("aokvqa", "holds A-OKVQA's questions (image_id, choices, correct_choice_idx)") if all(key in head for key in (
+            b'"choices"', b'"image_id"', b'"question_id"')) else ("questions", "holds JSON records (a list, or one per line)")
     if text[:1] == b"{":
         return "scienceqa", "is a JSON object"
     line = (head.decode("utf-8-sig", "replace").splitlines() or [""])[0].strip().lower()  # (\r alone: Excel for Mac's)

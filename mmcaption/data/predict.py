@@ -280,12 +280,6 @@ FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": 
 FORMAT_CONFIGS = {"csv": "multiple_choice", "mmbench": "mmbench", "scienceqa": "scienceqa", "aokvqa": "aokvqa"}  # configs/predict/<name>.yaml
 
 
-def _aokvqa_like(path: Path) -> bool:
-    with path.open("rb") as handle:
-        head = handle.read(1 << 14)
-    return all(key in head for key in (b'"choices"', b'"image_id"', b'"question_id"'))
-
-
 class MultipleChoiceDataModule(_PredictDataModule):
     """Answer multiple-choice questions: a CSV in the original scripts' format (``img_path, Question, A, B,
     C, D`` and optionally ``answer``), MMBench's TSV or ScienceQA's ``problems.json``; ``mmcaption predict``
@@ -359,9 +353,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
 
     def read_rows(self) -> list[ChoiceQuestion]:
         """The questions as asked: with ``circular``, each of its rotations."""
-        sniffed = sniffed_format(self.csv_file) if self.format != "aokvqa" else None  # (JSON records, as questions files)
-        if sniffed is not None and sniffed[0] == "questions" and _aokvqa_like(self.csv_file):
-            sniffed = ("aokvqa", "holds A-OKVQA's questions (image_id, choices, correct_choice_idx)")
+        sniffed = sniffed_format(self.csv_file)
         if sniffed is not None and sniffed[0] == "questions":
             raise ConfigError(f"{self.csv_file} {sniffed[1]}: free-form questions, answered with --config "
                               f"configs/predict/questions.yaml --data.questions_file {self.csv_file}, not multiple choice")
