@@ -1,5 +1,6 @@
 """Resuming with other batch settings than the checkpoint's: a run out of memory goes on with half the batch and twice
-the accumulation, and a run at an epoch's end goes on with any batch, accumulation or order settings.
+the accumulation, a run of several processes goes on with another number of them (the same samples an optimizer step
+on all), and a run at an epoch's end goes on with any batch, accumulation, process or order settings.
 
 A checkpoint's place in its epoch is counted in batches (Lightning's progress, the loader's position). The order of an
 epoch is one of optimizer steps' batches (``batch_size x accumulate_grad_batches x devices`` samples, see
@@ -19,14 +20,29 @@ from unittest import mock
 
 from mmcaption.resources import worker_killed
 
-BATCH_KEYS = ("batch_size", "accumulate_grad_batches")
+BATCH_KEYS = ("batch_size", "accumulate_grad_batches", "devices")
 ORDER_KEYS = ("seed", "group_by_length", "length_group_batches")  # what orders an epoch
 PROGRESS = ("ready", "started", "processed", "completed")
 SAID = {"train_split": "the training data's content (the preprocessed split it was read into)"}  # in a refusal
 
 
 def step_batch(data: dict[str, Any]) -> int:
-    return data["batch_size"] * data.get("accumulate_grad_batches", 1)
+    """An optimizer step's samples on all processes."""
+    return data["batch_size"] * data.get("accumulate_grad_batches", 1) * data.get("devices", 1)
+
+
+def step_split(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """The batch settings that keep the checkpoint's samples an optimizer step on this run's processes: half the batch
+    and twice the accumulation where the processes are the same (the advice on running out of memory)."""
+    batch, accumulate, devices = saved["batch_size"], saved.get("accumulate_grad_batches", 1), current.get("devices", 1)
+    if devices == saved.get("devices", 1):
+        batch, accumulate = (batch // 2, 2 * accumulate) if batch % 2 == 0 else (0, 0)
+    elif step_batch(saved) % devices == 0:
+        each = step_batch(saved) // devices  # a process's samples a step: the checkpoint's batch, accumulated to it
+        batch, accumulate = (batch, each // batch) if each % batch == 0 else (each, 1)
+    else:
+        return ""
+    return f"--data.batch_size {batch} --trainer.accumulate_grad_batches {accumulate}" if batch else ""
 
 
 def epoch_place(checkpoint: dict[str, Any], saved: dict[str, Any]) -> tuple[int, int, int] | None:
@@ -52,15 +68,18 @@ def resume_with_other_batches(trainer, checkpoint: dict[str, Any], saved: dict[s
     if not at_epoch_end and set(changed) & set(ORDER_KEYS):
         return "mid-epoch, the rest of the epoch is in the order its settings made"
     if not at_epoch_end and step_batch(saved) != step_batch(current):
-        half = f"--data.batch_size {saved['batch_size'] // 2} --trainer.accumulate_grad_batches " \
-               f"{2 * saved.get('accumulate_grad_batches', 1)}" if saved["batch_size"] % 2 == 0 else ""
+        split = step_split(saved, current)
         return (f"mid-epoch, a run resumes with its {step_batch(saved)} samples an optimizer step (batch_size x "
-                f"accumulate_grad_batches) a process, cut into other batches as memory needs" + (f" ({half})" if half else ""))
-    if not at_epoch_end and done % current["batch_size"]:  # (saved inside an accumulation: no save of mmcaption's is)
-        return f"its place in the epoch, sample {done:,} of each process, falls inside a batch of {current['batch_size']}"
-    if saved["batch_size"] != current["batch_size"]:
-        count_anew(checkpoint, done, current["batch_size"])
-        trainer.datamodule.resume_skip = (done, epoch)
+                f"accumulate_grad_batches x devices), cut into other batches or processes as memory and machines need"
+                + (f" ({split})" if split else ""))
+    devices = current.get("devices", 1)
+    # this process's share of the samples trained on: an epoch's global order is dealt out in turn to the processes
+    mine = math.ceil(saved["samples"] / devices) if done == per_process else done * saved.get("devices", 1) // devices
+    if not at_epoch_end and mine % current["batch_size"]:  # (saved inside an accumulation: no save of mmcaption's is)
+        return f"its place in the epoch, sample {mine:,} of each process, falls inside a batch of {current['batch_size']}"
+    if saved["batch_size"] != current["batch_size"] or mine != done:
+        count_anew(checkpoint, mine, current["batch_size"])
+        trainer.datamodule.resume_skip = (mine, epoch)
     if trainer.is_global_zero:
         said = ", ".join(f"{key} {saved.get(key)} -> {current.get(key)}" for key in changed)
         print(f"note: {source} resumes with other batch settings ({said}): " + (

@@ -68,14 +68,15 @@ def run_together(commands: list[list[str]], cwd: Path, timeout: float = 600) -> 
     return outputs
 
 
-def fit(workdir: Path, name: str, devices: int, nodes: int = 1) -> None:
+def fit(workdir: Path, name: str, devices: int, nodes: int = 1, max_steps: int = STEPS, resume: tuple[str, ...] = ()) -> str:
     """``mmcaption fit`` on ``devices`` processes, or with ``nodes`` > 1 as that many one-process
-    "nodes" on this machine, each started by torchrun as on a cluster (its own node rank, one master)."""
+    "nodes" on this machine, each started by torchrun as on a cluster (its own node rank, one master); ``resume``:
+    ``--ckpt_path`` and its checkpoint. Returns the output of its first process."""
     processes = devices * nodes
     overrides = {
         "trainer": {
             "accelerator": "cpu", "devices": devices, "num_nodes": nodes, "strategy": "ddp" if processes > 1 else "auto",
-            "max_steps": STEPS, "val_check_interval": 3, "limit_val_batches": 1, "check_val_every_n_epoch": None,
+            "max_steps": max_steps, "val_check_interval": 3, "limit_val_batches": 1, "check_val_every_n_epoch": None,
             "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -89,7 +90,7 @@ def fit(workdir: Path, name: str, devices: int, nodes: int = 1) -> None:
     }
     config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump(overrides))
-    fit_command = ["-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", str(config)]
+    fit_command = ["-m", "mmcaption", "fit", "--config", DEMO_CONFIG, "--config", str(config), *resume]
     if nodes == 1:
         commands = [[sys.executable, *fit_command]]
     else:
@@ -97,7 +98,7 @@ def fit(workdir: Path, name: str, devices: int, nodes: int = 1) -> None:
         commands = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node_rank", str(node),
                      "--nproc_per_node", str(devices), "--master_addr", "127.0.0.1", "--master_port", str(port),
                      *fit_command] for node in range(nodes)]
-    run_together(commands, workdir)
+    return run_together(commands, workdir)[0]
 
 
 def steps(path: Path) -> dict[int, dict]:
@@ -110,6 +111,16 @@ def test_ddp_on_two_cpu_processes_or_two_nodes_matches_one_process_with_the_same
     fit(tmp_path, "single", devices=1)
     fit(tmp_path, "ddp", devices=2)
     check_two_processes_match_one(tmp_path, "ddp")
+    # resumed mid-epoch on one process with the same 8 samples a step (a machine with fewer GPUs): it was refused, "trained
+    # on other data or batches". The rest of the epoch's 80 samples (16 images, 5 captions each) follow, none again
+    said = fit(tmp_path, "one", devices=1, max_steps=10, resume=("--ckpt_path", "checkpoints-ddp/last.ckpt"))
+    assert ("resumes with other batch settings (batch_size 4 -> 8, devices 2 -> 1): the rest of its epoch 1 is the same 8 "
+            "samples an optimizer step, in the same order, from sample 48 of 80") in said, said[-3000:]
+    resumed = steps(tmp_path / "one-rank0.jsonl")
+    assert sorted(resumed) == [7, 8, 9, 10]
+    epoch = [sample for rank in (0, 1) for row in steps(tmp_path / f"ddp-rank{rank}.jsonl").values() for sample in row["samples"]]
+    epoch += [sample for row in resumed.values() for sample in row["samples"]]
+    assert len(epoch) == len(set(epoch)) == 80
     # validate on two processes writes the results of both processes' images (it crashed at the end: a rank-0-only
     # call of trainer.log_dir, which every process must make), each image once: 3 images do not divide between 2
     # processes, and Lightning's sampler gave one of them twice (4 images scored, an image id twice in the predictions)

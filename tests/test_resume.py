@@ -617,8 +617,8 @@ def test_a_run_out_of_memory_resumes_mid_epoch_with_half_the_batch_and_twice_the
                                                                                         "4")),
                              cwd=workdir, env=subprocess_env(), capture_output=True, text=True)
     assert refused.returncode != 0 and "mid-epoch, a run resumes with its 8 samples an optimizer step (batch_size x " \
-        "accumulate_grad_batches) a process, cut into other batches as memory needs (--data.batch_size 4 " \
-        "--trainer.accumulate_grad_batches 2)" in refused.stderr, refused.stderr[-2000:]
+        "accumulate_grad_batches x devices), cut into other batches or processes as memory and machines need " \
+        "(--data.batch_size 4 --trainer.accumulate_grad_batches 2)" in refused.stderr, refused.stderr[-2000:]
     assert not (workdir / "smaller.jsonl").exists()
 
     # at an epoch's end nothing of it is left: any batch goes on, and the next epoch is ordered in it
@@ -657,6 +657,50 @@ def test_a_checkpoint_from_before_the_order_by_optimizer_steps_is_refused_mid_ep
         "; --trainer.val_check_interval 50 counts batches: validation comes every 25 optimizer steps where it came every "
         "50; 100 keeps it")
     assert val_check_note(SimpleNamespace(val_check_interval=1.0), {"accumulate_grad_batches": 1}, {"accumulate_grad_batches": 2}) == ""
+
+
+def test_a_mid_epoch_resume_on_other_processes_takes_this_process_share_of_the_samples_trained_on():
+    # a run of 2 processes stopped mid-epoch, resumed on 1 (a machine with fewer GPUs) or on 4: it was refused ("trained on
+    # other data or batches"), though an epoch's order is one of optimizer steps' samples on all processes
+    from mmcaption.rebatch import resume_with_other_batches
+
+    def checkpoint(ready):
+        return {"epoch": 0, "global_step": ready,
+                "loops": {"fit_loop": {"epoch_loop.batch_progress": {
+                    "current": dict.fromkeys(("ready", "started", "processed", "completed"), ready),
+                    "total": dict.fromkeys(("ready", "started", "processed", "completed"), ready)},
+                    "state_dict": {"combined_loader": [{"a": "position"}]}}}}
+
+    def data(batch_size, devices, accumulate=1):
+        return {"batch_size": batch_size, "devices": devices, "accumulate_grad_batches": accumulate, "samples": 80,
+                "seed": 0, "group_by_length": True, "length_group_batches": 2}
+
+    def resume(saved, current, ready=6):
+        trainer = SimpleNamespace(is_global_zero=True, val_check_interval=None, datamodule=SimpleNamespace(resume_skip=None))
+        changed = [key for key in current if saved[key] != current[key]]
+        saved_checkpoint = checkpoint(ready)
+        why = resume_with_other_batches(trainer, saved_checkpoint, saved, current, changed, "last.ckpt")
+        return why, trainer.datamodule.resume_skip, saved_checkpoint["loops"]["fit_loop"]
+
+    # 6 steps of 2 x 4: 48 samples of the epoch's order, 24 each. On 1 process with batches of 8: the 48 are its own
+    why, skip, loop = resume(data(4, 2), data(8, 1))
+    assert why is None and skip == (48, 0)
+    assert loop["epoch_loop.batch_progress"]["current"]["ready"] == 6 and "combined_loader" not in loop["state_dict"]
+    # with batches of 4 accumulated twice: 12 batches of it
+    why, skip, loop = resume(data(4, 2), data(4, 1, accumulate=2))
+    assert why is None and skip == (48, 0) and loop["epoch_loop.batch_progress"]["current"]["ready"] == 12
+    # on 4 processes with batches of 2: 12 each
+    why, skip, loop = resume(data(4, 2), data(2, 4))
+    assert why is None and skip == (12, 0) and loop["epoch_loop.batch_progress"]["current"]["ready"] == 6
+    # another number of samples a step is refused, with the settings that keep it on this run's processes
+    why, skip, _ = resume(data(4, 2), data(4, 1))
+    assert skip is None and why == (
+        "mid-epoch, a run resumes with its 8 samples an optimizer step (batch_size x accumulate_grad_batches x devices), cut "
+        "into other batches or processes as memory and machines need (--data.batch_size 4 --trainer.accumulate_grad_batches 2)")
+    assert resume(data(4, 2), data(2, 3))[0].endswith("as memory and machines need")  # 8 samples do not share out among 3
+    # at the epoch's end (10 steps) any number of processes goes on, the next epoch ordered for them
+    why, skip, _ = resume(data(4, 2), data(4, 4), ready=10)
+    assert why is None and skip == (20, 0)
 
 
 @pytest.mark.slow
