@@ -402,10 +402,16 @@ def test_the_same_predict_run_again_after_a_kill_keeps_the_killed_runs_rows_and_
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output))
     assert capsys.readouterr().err.strip() == (f"note: SLURM requeued this job (restart 2) after this predict had finished: "
                                                f"{output} holds its 12 rows, kept as they are")
-    # --data.overwrite true starts afresh, as asked
-    killed.left()
+    # --data.overwrite true starts afresh, as asked, and keeps the killed run's rows aside: the same command run again
+    # after a kill of an --data.overwrite run (which the advice above never reached) wrote over them without a word
+    killed.left(torn=b"images/img0.png,What colour")
     predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, overwrite=True))
     assert "resumed_after" not in json.loads(output.with_name("answers.csv.summary.json").read_text())
+    assert (tmp_path / "answers.killed.csv").read_bytes() == left  # its complete rows, the row the kill cut left out
+    assert any(f".answers.csv.partial, left by a run that did not end (killed, out of memory or disk space), held complete "
+               f"rows: kept as {tmp_path / 'answers.killed.csv'}; this run starts answers.csv afresh, as --data.overwrite asks"
+               in line for line in infos), infos
+    assert not list(tmp_path.glob(".answers.csv.partial*"))
     # killed once the new rows are in place but before their summary is: the earlier run's summary (another checkpoint,
     # other counts) stayed beside them, and resume called them complete
     import mmcaption.predictions

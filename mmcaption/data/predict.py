@@ -35,6 +35,7 @@ from mmcaption.data.resume import (
     complete_rows,
     finished_rows,
     interrupted_rows,
+    keep_killed_rows_aside,
     killed_run_advice,
     left_by_job,
     output_exists_advice,
@@ -194,9 +195,11 @@ class _PredictDataModule(BackbonesDataModule):
         if not os.access(folder, os.W_OK | os.X_OK):
             raise NotWritableError(f"cannot write the output {output}: {folder} is not writable")
         output_lock(output).acquire()  # held while this run writes it
-        if partial_path(output).is_file() and not (self.overwrite or self.resume):  # the lock is ours: no run writes it
+        if partial_path(output).is_file() and not self.resume:  # the lock is ours: no run writes it
             if not complete_rows(output):  # a run killed before its first row (out of memory at once)
                 partial_path(output).unlink()
+            elif self.overwrite:  # started afresh, as asked: the killed run's rows kept aside, not written over
+                rank_zero_info(keep_killed_rows_aside(output))
             else:
                 raise OutputExistsError(killed_run_advice(output, share=world_size > 1))
         if self.resume and world_size == 1 and self.finished_before is None and finished_rows(output) is not None \

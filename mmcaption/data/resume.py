@@ -132,10 +132,30 @@ def killed_run_advice(output: Path, share: bool = False) -> str:
     partial = partial_path(output)
     if share:
         return (f"{partial} holds the rows one process of a killed run on several processes wrote: a resume does not go on "
-                "from them; move it away to keep them, or predict them again with --data.overwrite true")
+                f"from them; move it away to keep them, or predict them again with --data.overwrite true, which keeps them "
+                f"aside as {killed_name(output).name}")
     return (f"{partial} holds the rows a run wrote before it ended without finishing its output (killed: SIGKILL, out of "
             "memory, a lost node; or a full disk): go on from them with --data.resume true, or start afresh with "
-            "--data.overwrite true, which deletes them")
+            f"--data.overwrite true, which keeps them aside as {killed_name(output).name}")
+
+
+def killed_name(output: Path) -> Path:
+    """Where the complete rows of a killed run's partial file are kept aside: ``<stem>.killed<suffix>``, or ``-2``..."""
+    return unused_name(output.with_name(f"{output.stem}.killed{output.suffix}"))
+
+
+def keep_killed_rows_aside(output: Path) -> str:
+    """Before a ``--data.overwrite`` run starts ``output`` afresh: the complete rows of the partial file a killed run
+    left (the same command run again after the out-of-memory killer: its rows were written over without a word) go to
+    :func:`killed_name`, a row the kill cut left out. Returns the note that says so."""
+    partial, aside = partial_path(output), killed_name(output)
+    data = partial.read_bytes()
+    end = _rows_end(data, output.suffix.lower() == ".csv")
+    aside.write_bytes(data[:end])
+    partial.unlink()
+    started_record(output).unlink(missing_ok=True)
+    return (f"note: {partial.name}, left by a run that did not end (killed, out of memory or disk space), held complete rows: "
+            f"kept as {aside}; this run starts {output.name} afresh, as --data.overwrite asks")
 
 
 def _rows_end(data: bytes, csv_rows: bool) -> int:
