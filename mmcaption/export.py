@@ -39,8 +39,9 @@ from mmcaption.folders import (
     staging_folder,
 )
 from mmcaption.generation_settings import saved_generation
+from mmcaption.model.backbone_weights import weights_fingerprint
 from mmcaption.model.backbones import load_tokenizer
-from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS, model_card
+from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS, merged_into_other_weights, model_card
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.resources import disk_full
 from mmcaption.usage import backbones_given, export_parser
@@ -159,6 +160,9 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
             (staging / "README.md").write_text(model_card(manifest), encoding="utf-8")  # it now says they are inside
         manifest = json.loads((staging / CONFIG_FILE).read_text())  # the files it writes: what a later --overwrite replaces
         manifest["backbone_weights"] = checkpoint.get("backbone_weights") or {}  # those its tensors were fitted to
+        if merge:  # the base weights the LoRA was folded into: other weights than those trained on are said in the card
+            manifest["merged_base_weights"] = weights_fingerprint(model.config.language_model)
+            (staging / "README.md").write_text(model_card(manifest), encoding="utf-8")
         manifest["files"] = sorted({CONFIG_FILE, *(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())})
         (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         as_umask_allows(staging)
@@ -261,7 +265,13 @@ def main(argv: list[str] | None = None) -> None:
     out = export_checkpoint(args.checkpoint, args.out, args.merge, args.overwrite, args.license, args.include_backbones,
                             **backbones_given(args))
     print(f"exported to {out}")
-    model = json.loads((out / CONFIG_FILE).read_text()).get("model", {}) if args.merge else {}
+    manifest = json.loads((out / CONFIG_FILE).read_text()) if args.merge else {}
+    if merged_into_other_weights(manifest):  # said in the card too; here, as it is asked for
+        print(f"warning: the LoRA was merged into {manifest['base_language_model']} as it is now, whose weights are not "
+              f"those {args.checkpoint} was trained against (their fingerprints differ): {out / 'language_model'} is not "
+              "the trained model. Its adapter/ on the language model it was trained with is; merge with that one "
+              "(--language_model)", file=sys.stderr)
+    model = manifest.get("model", {})
     if model.get("quantization", "none") != "none":  # said in the card too; here, as it is asked for
         print(f"note: the LoRA weights, trained against {model['quantization']} weights, are merged into the unquantized "
               "ones, which the merged model computes with: its outputs differ slightly from the trained model's (an export "

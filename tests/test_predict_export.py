@@ -338,6 +338,36 @@ def test_export_command_with_merge_and_init_from_an_export(backbones, trained_ch
             assert torch.equal(module.state_dict()[key], source.state_dict()[key]), (folder.name, key)
 
 
+def test_a_merge_into_other_base_weights_than_trained_on_is_said_and_recorded(backbones, trained_checkpoint, tmp_path, capsys):
+    # the base language model written again since training (another pretraining under the same folder name): --merge
+    # folded the LoRA into those weights and the export said nothing, its card and manifest no different from a true one
+    from transformers import AutoModelForCausalLM
+
+    other = tmp_path / "language_model"
+    shutil.copytree(backbones[0], other)
+    base = AutoModelForCausalLM.from_pretrained(other)
+    with torch.no_grad():
+        for parameter in base.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    base.save_pretrained(other)
+    capsys.readouterr()
+    out = tmp_path / "merged"
+    with pytest.warns(UserWarning, match="was fitted to other weights"):  # said as the checkpoint loads, as before
+        export_main([str(trained_checkpoint), str(out), "--merge", "--language_model", str(other)])
+    err = capsys.readouterr().err
+    assert (f"warning: the LoRA was merged into {other} as it is now, whose weights are not those {trained_checkpoint} was "
+            f"trained against (their fingerprints differ): {out / 'language_model'} is not the trained model") in err
+    manifest = json.loads((out / "mmcaption.json").read_text())
+    assert manifest["merged_base_weights"] != manifest["backbone_weights"]["language_model"]
+    assert "are not those it was trained against" in (out / "README.md").read_text()
+    # merged into the weights it was trained against: nothing said, the fingerprints the same
+    same = tmp_path / "same"
+    export_main([str(trained_checkpoint), str(same), "--merge"])
+    manifest = json.loads((same / "mmcaption.json").read_text())
+    assert manifest["merged_base_weights"] == manifest["backbone_weights"]["language_model"]
+    assert "not the trained model" not in capsys.readouterr().err + (same / "README.md").read_text()
+
+
 def test_csv_as_excel_writes_it_bom_crlf_any_case_and_five_options(backbones, tmp_path):
     text = "IMG_PATH,question,a,b,c,d,e,Answer,,\r\nimages/img0.png,\"Which one, then?\",red,blue,green,yellow,white,e,,\r\n" \
            "images/img1.png,Which?,red,blue,,,,B,,\r\n"  # two trailing cells without a header, as spreadsheets leave

@@ -88,6 +88,14 @@ def backbones_needed(manifest: dict[str, Any]) -> str:
             "(`Captioner.from_pretrained(folder, language_model=..., vision_model=...)`).")
 
 
+def merged_into_other_weights(manifest: dict[str, Any]) -> bool:
+    """Whether a merged folder's LoRA was folded into other base weights than those it was trained against (the base
+    changed on disk since, or another one given at export): both fingerprints known, and different."""
+    trained = (manifest.get("backbone_weights") or {}).get("language_model")
+    merged = manifest.get("merged_base_weights")
+    return bool(manifest.get("merged") and trained and merged and trained != merged)
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """A short card from a saved folder's manifest: what it is made of and how to use it."""
     model = manifest["model"]
@@ -102,6 +110,10 @@ def model_card(manifest: dict[str, Any]) -> str:
                 " (`adapter/` with the quantized base reproduces them exactly)"
             )
         adapter += "."
+        if merged_into_other_weights(manifest):
+            adapter += (f" The base weights it was merged into (fingerprint {manifest['merged_base_weights']}) are not those"
+                        f" it was trained against ({manifest['backbone_weights']['language_model']}): `language_model/` is"
+                        " not the trained model; `adapter/` on the language model it was trained with is.")
     return f"""---
 {card_metadata(manifest)}
 ---
