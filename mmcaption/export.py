@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     if merged_into_other_weights(manifest):  # said in the card too; here, as it is asked for
         print(f"warning: the LoRA was merged into {manifest['base_language_model']} as it is now, whose weights are not "
               f"those {args.checkpoint} was trained against (their fingerprints differ): {out / 'language_model'} is not "
-              "the trained model. Its adapter/ on the language model it was trained with is; merge with that one "
-              "(--language_model)", file=sys.stderr)
+              "the trained model, unless they are the same weights saved again in another format. Its adapter/ on the "
+              "language model it was trained with is; merge with that one (--language_model)", file=sys.stderr)
     model = manifest.get("model", {})
     if model.get("quantization", "none") != "none":  # said in the card too; here, as it is asked for
         print(f"note: the LoRA weights, trained against {model['quantization']} weights, are merged into the unquantized "

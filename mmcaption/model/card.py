@@ -113,7 +113,8 @@ def model_card(manifest: dict[str, Any]) -> str:
         if merged_into_other_weights(manifest):
             adapter += (f" The base weights it was merged into (fingerprint {manifest['merged_base_weights']}) are not those"
                         f" it was trained against ({manifest['backbone_weights']['language_model']}): `language_model/` is"
-                        " not the trained model; `adapter/` on the language model it was trained with is.")
+                        " not the trained model, unless they are the same weights saved again in another format; `adapter/`"
+                        " on the language model it was trained with is.")
     return f"""---
 {card_metadata(manifest)}
 ---
