@@ -72,6 +72,26 @@ def other_splits(annotation_file: Path) -> str:
     return f" {folder} holds the captions of {', '.join(found)}" + (f": to train on them, {settings}" if settings else "")
 
 
+def coco_id(value: object, records: BadRecords, where: str) -> int | None:
+    """A COCO id: an integer, or the text of one ("000000397133", as a converter that took ids from file names writes
+    them: refused as malformed, every record of such a file), read as the integer it spells, said once in a note."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        records.note("ids written as text, read as the integers they spell", example=f"{where}: {value!r}")
+        return int(value)
+    return None
+
+
+def text_id_said(entry: object, key: str) -> str:
+    """Why a text id is refused: it spells no integer, and COCO's ids are integers (its evaluation matches them as such)."""
+    value = entry.get(key) if isinstance(entry, dict) else None
+    if not isinstance(value, str):
+        return ""
+    return (f" ({key} {value!r} is text that spells no integer: COCO's ids are integers; number the images and give each "
+            "annotation its image's number)")
+
+
 def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRecords) -> list[CocoImage]:
     """Parse and check ``captions_*.json``: structure, captions, and that every image file exists.
 
@@ -90,11 +110,12 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
 
     images: dict[int, CocoImage] = {}
     for position, entry in enumerate(content["images"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not isinstance(
-            entry.get("file_name"), str
-        ):
-            records.defer("malformed image entry", f"images[{position}] needs an integer 'id' and a 'file_name'")
+        image_id = coco_id(entry.get("id"), records, f"images[{position}]") if isinstance(entry, dict) else None
+        if image_id is None or not isinstance(entry.get("file_name"), str):
+            records.defer("malformed image entry", f"images[{position}] needs an integer 'id' and a 'file_name'"
+                          + text_id_said(entry, "id"))
             continue
+        entry = {**entry, "id": image_id}
         if entry["id"] in images:
             records.defer("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
             continue
@@ -106,9 +127,12 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
 
     seen: dict[object, set[tuple[int, str]]] = {}  # annotation id -> the (image id, caption) pairs given it
     for position, entry in enumerate(content["annotations"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("image_id"), int):
-            records.defer("malformed annotation", f"annotations[{position}] needs an integer 'image_id'")
+        image_id = coco_id(entry.get("image_id"), records, f"annotations[{position}]") if isinstance(entry, dict) else None
+        if image_id is None:
+            records.defer("malformed annotation", f"annotations[{position}] needs an integer 'image_id'"
+                          + text_id_said(entry, "image_id"))
             continue
+        entry = {**entry, "image_id": image_id}
         annotation_id = entry.get("id", position)
         caption = entry.get("caption")
         if not isinstance(caption, str):
