@@ -89,7 +89,9 @@ def edit(root: Path, change) -> None:
     ("change", "message"),
     [
         (lambda c: c["annotations"][2].update(caption=42), r"annotation id 3: 'caption' is not a string"),
-        (lambda c: c["annotations"][2].update(image_id="4"), r"annotations\[2\] needs an integer 'image_id'"),
+        # (text that spells an integer, "4", is read as it: tests/test_data_coco.py)
+        (lambda c: c["annotations"][2].update(image_id="four"), r"annotations\[2\] needs an integer 'image_id' \(image_id "
+                                                                r"'four' is text that spells no integer"),
         (lambda c: c["images"][1].update(id=None), r"images\[1\] needs an integer 'id'"),
         (lambda c: c["images"].append(dict(c["images"][0])), r"repeats image id 1"),
         (lambda c: c["annotations"][0].update(image_id=999), r"refers to image id 999"),
