@@ -24,12 +24,12 @@ from mmcaption.evaluation.report import (
     column_value,
     json_line,
     json_text,
+    made_for_excel,
     partial_path,
     prediction_record,
     scores_said,
     software_record,
     started_record,
-    starts_with_bom,
     summary_path,
     unused_name,
     vqa_results_path,
@@ -107,10 +107,10 @@ class PredictionWriter(BasePredictionWriter):
         output.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.partial = output, partial_path(output)
         self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
-        # A CSV for Excel, whose questions came from Excel ("CSV UTF-8" starts with a byte-order mark), gets the mark
-        # too: without it Excel reads UTF-8 as the local code page, and "café" shows as "cafÃ©"
+        # A CSV for Excel, whose questions came from Excel ("CSV UTF-8", or its plain "CSV"), gets the byte-order mark:
+        # without it Excel reads UTF-8 as the local code page, and "café" shows as "cafÃ©"
         self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and any(
-            starts_with_bom(source) for source in datamodule.input_files()) else "utf-8"
+            made_for_excel(source) for source in datamodule.input_files()) else "utf-8"
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}

@@ -128,7 +128,8 @@ def test_non_utf8_annotation_file_and_csv_are_named(backbones, coco, tmp_path):
     with pytest.raises(DataError, match=r"llava\.jsonl, line 2: not UTF-8 text \(byte 0xe9 at 23\)"):
         read_json_list(conversations, "LLaVA conversation file")
     csv_file = tmp_path / "q.csv"
-    csv_file.write_bytes("img_path,Question,A,B,C,D\nx.png,Qu'est-ce que c'est \xe0 gauche?,a,b,c,d\n".encode("latin-1"))
+    # Greek in its code page (Windows-1253); French in Windows-1252 is read (tests/test_users_files.py)
+    csv_file.write_bytes("img_path,Question,A,B,C,D\nx.png,\u03a4\u03b9 \u03c7\u03c1\u03ce\u03bc\u03b1;,a,b,c,d\n".encode("cp1253"))
     dm = MultipleChoiceDataModule(csv_file=str(csv_file), tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
-    with pytest.raises(DataError, match=r"q\.csv, line 2: not UTF-8 text \(byte 0xe0"):
+    with pytest.raises(DataError, match=r"q\.csv, line 2: not UTF-8 text \(byte 0xd4"):
         dm.setup("predict")

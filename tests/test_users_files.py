@@ -478,15 +478,18 @@ def test_answers_to_questions_saved_by_excel_open_in_excel(backbones, trained_ch
     plain = write_csv(tmp_path / "plain.csv", QUESTIONS[:2])
     excel = tmp_path / "excel.csv"  # Excel's "CSV UTF-8": a byte-order mark, then UTF-8
     excel.write_bytes(codecs.BOM_UTF8 + plain.read_bytes().replace(b"What colour is it?", "De quelle couleur est le café ?".encode()))
-    for questions in (plain, excel):
+    windows = tmp_path / "windows.csv"  # Excel's plain "CSV" on Windows: Windows-1252 (was refused, "not UTF-8 text")
+    windows.write_bytes(plain.read_bytes().replace(b"What colour is it?", "De quelle couleur est le café ?".encode("cp1252")))
+    for questions in (plain, excel, windows):
         predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, tmp_path / f"answers-{questions.name}"))
-    # Excel reads a CSV without the mark in the local code page ("cafÃ©"): the answers get the mark their questions had
-    answers = (tmp_path / "answers-excel.csv").read_bytes()
-    assert answers.startswith(codecs.BOM_UTF8) and answers.count(codecs.BOM_UTF8) == 1
+    # Excel reads a CSV without the mark in the local code page ("cafÃ©"): the answers to a spreadsheet's questions get it
+    for name in ("answers-excel.csv", "answers-windows.csv"):
+        answers = (tmp_path / name).read_bytes()
+        assert answers.startswith(codecs.BOM_UTF8) and answers.count(codecs.BOM_UTF8) == 1
+        with (tmp_path / name).open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+        assert rows[0]["Question"] == "De quelle couleur est le café ?" and rows[0]["prediction"] in "ABCD"
     assert not (tmp_path / "answers-plain.csv").read_bytes().startswith(codecs.BOM_UTF8)  # nothing added unasked
-    with (tmp_path / "answers-excel.csv").open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-    assert rows[0]["Question"] == "De quelle couleur est le café ?" and rows[0]["prediction"] in "ABCD"
 
 
 def test_coco_downloaded_but_not_unpacked_is_named_with_the_command_that_unpacks_it(backbones, coco_root, tmp_path):
@@ -636,8 +639,13 @@ def test_a_multiple_choice_sheet_as_people_write_it(tmp_path):
     with pytest.raises(DataError, match=r"line 2: 4 fields where the header has 5 \(a field is missing\)"):
         read_choice_csv(sheet)
     sheet.write_bytes("img_path,Question,A,B\na.png,What colour?,red,blue\nb.png,Quelle couleur ?,rouge,bleu clair\n"
-                      "c.png,Quel café ?,noir,crème\n".encode("cp1252"))  # Excel's plain "CSV": the local code page
-    with pytest.raises(DataError, match=r'quiz\.csv, line 4: not UTF-8 text \(byte 0xe9 .*save it as "CSV UTF-8"'):
+                      "c.png,Quel café ?,noir,crème\n".encode("cp1252"))  # Excel's plain "CSV": Windows-1252 (was refused)
+    with pytest.warns(UserWarning, match=r"quiz\.csv is not UTF-8: read as Windows-1252, .*\('café' \(line 4\), 'crème' \(line 4\)\)"):
+        questions = read_choice_csv(sheet)
+    assert [(q.question, q.options) for q in questions][2] == ("Quel café ?", ["noir", "crème"])
+    sheet.write_bytes("img_path,Question,A,B\na.png,\u041a\u0430\u043a\u043e\u0433\u043e \u0446\u0432\u0435\u0442\u0430?,"
+                      "red,blue\n".encode("cp1251"))  # Russian's code page: not to be read as Windows-1252
+    with pytest.raises(DataError, match=r'quiz\.csv, line 2: not UTF-8 text \(byte 0xca .*save it as "CSV UTF-8"'):
         read_choice_csv(sheet)
     sheet.write_bytes("img_path\tQuestion\tA\tB\na.png\tWhat colour?\tred\tblue\n".encode("utf-16"))  # "Unicode Text"
     with pytest.raises(DataError, match=r'quiz\.csv is UTF-16 text \(as Excel\'s "Unicode Text" saves it\), not UTF-8; save it as '
@@ -851,8 +859,16 @@ def test_a_spreadsheet_of_photos_and_captions_reads_as_a_spreadsheet_user_writes
     assert sum(s.notes["rows that repeat an earlier row's image: their captions go with that image"] for s in sides) == 1
     assert sum(s.counts["missing image"] for s in sides) == 2
 
-    table.write_bytes("image;caption\r\nIMG_001.JPG;a caf\xe9\r\n".encode("cp1252"))  # Excel's plain "CSV", semicolons
-    with pytest.raises(DataError, match=r"captions\.csv, line 2: not UTF-8 text .*save it as \"CSV UTF-8\""):
+    # Excel's plain "CSV" on Windows, where the comma is the decimal mark: semicolons, and Windows-1252 (was refused, "not
+    # UTF-8 text ... save it as CSV UTF-8"): read as it is, said with the words read so
+    table.write_bytes("image;caption\r\nIMG_001.JPG;a caf\xe9 on the stra\xdfe \u2013 \u201cnice\u201d\r\n".encode("cp1252"))
+    with pytest.warns(UserWarning, match=r"captions\.csv is not UTF-8: read as Windows-1252, the code page of Excel's plain "
+                                         r"\"CSV\" .*\('café' \(line 2\), 'straße' \(line 2\)\); if those words read wrong"):
+        read_rows, _ = read()
+    assert [[c for _, c in captions] for *_, captions in read_rows] == [["a café on the straße – “nice”"]]
+    # Russian saved in its code page (Windows-1251) reads as words of accented letters alone in Windows-1252: refused
+    table.write_bytes("image;caption\r\nIMG_001.JPG;\u043a\u043e\u0448\u043a\u0430\r\n".encode("cp1251"))
+    with pytest.raises(DataError, match=r"captions\.csv, line 2: not UTF-8 text \(byte 0xea at 27\).*save it as \"CSV UTF-8\""):
         read()
     # saved as "CSV UTF-8" where the comma is the decimal mark: semicolons, and a comma inside a caption (it was refused,
     # "save it comma-separated"; before that, pandas failed on the caption's line and the advice was to quote it)
@@ -893,6 +909,19 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
     # a folder of tables, and an imagefolder whose metadata.csv Excel saved in Windows' code page: the file named
     table.write_text("image,caption\nIMG_0.JPG,a street\n")
     (photos / "test.csv").write_bytes("image,caption\nIMG_1.JPG,a caf\xe9\n".encode("cp1252"))
+    with pytest.warns(UserWarning, match=r"test\.csv is not UTF-8: read as Windows-1252"):  # beside ASCII alone: read
+        assert [[c for _, c in captions] for *_, captions in HubCaptions(str(photos), "image", "caption").records(
+            "test", BadRecords("test.csv"))] == [["a café"]]
+    shards = [photos / f"test-0000{k}-of-00002.csv" for k in range(2)]  # a split of two tables: one UTF-8, one not
+    shards[0].write_bytes("image,caption\nIMG_2.JPG,a caf\xe9\n".encode("cp1252"))
+    shards[1].write_text("image,caption\nIMG_3.JPG,a street \u2013 wet\n", encoding="utf-8")
+    (photos / "test.csv").unlink()
+    with pytest.raises(DataError, match=r"photos/test-00000-of-00002\.csv is Windows-1252 text \(Excel's plain \"CSV\"\) and "
+                                        r".*test-00001-of-00002\.csv is UTF-8: the tables of one dataset are read in one encoding"):
+        list(HubCaptions(str(photos), "image", "caption").records("test", BadRecords("photos")))
+    for shard in shards:
+        shard.unlink()
+    (photos / "test.csv").write_bytes("image,caption\nIMG_1.JPG,\u4e00\u53ea\u72d7\n".encode("gbk"))  # Chinese's code page
     with pytest.raises(DataError, match=r"photos/test\.csv, line 2: not UTF-8 text"):
         read(photos)
     (photos / "test.csv").write_text("image,caption\nIMG_1.JPG,NA\n")  # read as one CSV is: "NA" is a caption, not pandas' NaN
@@ -930,7 +959,8 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
     for name in ("train-00000-of-00002.jsonl", "train-00001-of-00002.jsonl"):
         (photos / name).unlink()
     (photos / "metadata.csv").write_bytes("file_name,caption\nIMG_0.JPG,a caf\xe9\n".encode("cp1252"))
-    with pytest.raises(DataError, match=r"photos/metadata\.csv, line 2: not UTF-8 text"):
+    with pytest.raises(DataError, match=r"photos/metadata\.csv is not UTF-8 \(Windows-1252, as Excel's plain \"CSV\" saves it\), "
+                                        r"and datasets' image folder reads UTF-8 only: save it from the spreadsheet as"):
         list(HubCaptions(str(photos)).records("train", BadRecords("photos")))
     (photos / "metadata.csv").write_text("file_name;caption\nIMG_0.JPG;a street\n")  # datasets reads it at commas only
     with pytest.raises(DataError, match=r"photos/metadata\.csv: an image folder's metadata\.csv is read at commas, and this one is "

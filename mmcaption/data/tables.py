@@ -1,5 +1,6 @@
-"""CSV and TSV tables as spreadsheets write them: a byte-order mark (Excel's "CSV UTF-8"), cells that look like numbers,
-a separator other than the comma; what cannot be read right is refused with the file and the line."""
+"""CSV and TSV tables as spreadsheets write them: a byte-order mark (Excel's "CSV UTF-8"), Windows-1252 (its plain "CSV"),
+cells that look like numbers, a separator other than the comma; what cannot be read right is refused with the file and
+the line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import datasets
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mmcaption.data.encodings import one_encoding, table_encoding
 from mmcaption.data.records import DataError, not_utf8, packed_file
 
 # pandas' options for a caption table: an empty cell, or one reading "NA" or "null", is that text (an empty caption is
@@ -68,14 +70,14 @@ def columns_hint(missing: set[str], columns: list[str], image_column: str) -> st
 
 
 def read_table_rows(path: Path, delimiter: str | None = None) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The header (names stripped) and the rows, each with its first physical line, of a UTF-8 CSV or TSV
-    as spreadsheets write it (a byte-order mark is accepted; separated by commas, or by semicolons or tabs as
-    :func:`separator_of` finds, unless ``delimiter`` says); undecodable text or broken quoting is refused with the file
-    and the line."""
+    """The header (names stripped) and the rows, each with its first physical line, of a CSV or TSV as spreadsheets
+    write it (UTF-8, a byte-order mark accepted, or Windows-1252: :func:`~mmcaption.data.encodings.table_encoding`;
+    separated by commas, or by semicolons or tabs as :func:`separator_of` finds, unless ``delimiter`` says); undecodable
+    text or broken quoting is refused with the file and the line."""
     delimiter = delimiter or separator_of(path)
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with path.open(newline="", encoding=table_encoding(path)) as handle:
             reader = csv.reader(handle, delimiter=delimiter)
             header = [name.strip() for name in next(reader, [])]
             rows, start = [], reader.line_num + 1
@@ -138,6 +140,8 @@ def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = Fal
     (``ArrowInvalid``); a caption or a file name of digits (``1984``) was a number, so no caption. The tables of one
     dataset have the same columns; one that differs is named (``datasets`` failed on a column no file was named for)."""
     names: list[str] = []
+    for file in files if image_folder else ():  # datasets reads an image folder's metadata.csv as UTF-8 only
+        table_encoding(file, reader="datasets' image folder")
     separators = {file: separator_of(file) for file in files}
     for file in files:
         if image_folder and separators[file] != ",":  # datasets reads an image folder's metadata.csv at commas only
@@ -147,7 +151,7 @@ def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = Fal
             raise DataError(f"{file} is separated by {SEPARATOR_NAMES[separators[file]]}, and {files[0]} by "
                             f"{SEPARATOR_NAMES[separators[files[0]]]}: the tables of one dataset are read with one separator")
         refuse_duplicate_columns(file, header_of(file, separators[file]), hint)
-        columns = list(pd.read_csv(file, nrows=0, encoding="utf-8-sig", sep=separators[file], **CSV_OPTIONS).columns)
+        columns = list(pd.read_csv(file, nrows=0, encoding=table_encoding(file), sep=separators[file], **CSV_OPTIONS).columns)
         if names and set(columns) != set(names):
             raise DataError(f"{file} has the columns {columns}, and {files[0]} has {names}: the tables of one dataset "
                             "have the same columns")
@@ -155,7 +159,8 @@ def csv_text_options(files: list[Path], hint: str = "", image_folder: bool = Fal
     text = {name: datasets.Value("string") for name in names}
     if image_folder:  # datasets reads the images its file_name column names into an image column
         return {"features": datasets.Features({"image": datasets.Image(), **{k: v for k, v in text.items() if k != "file_name"}})}
-    return {**CSV_OPTIONS, "sep": separators[files[0]] if files else ",", "features": datasets.Features(text)}
+    return {**CSV_OPTIONS, "sep": separators[files[0]] if files else ",", "encoding": one_encoding(files),
+            "features": datasets.Features(text)}
 
 
 # a line of Flickr's own caption files (Flickr8k.token.txt, Flickr30k's results_20130124.token): photo#n<TAB>caption
@@ -222,7 +227,7 @@ def header_of(path: Path, delimiter: str | None = None) -> list[str]:
     """A CSV's header line, its cells as written, separated as :func:`separator_of` finds unless ``delimiter`` says (the
     rest of the file is not read)."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with path.open(newline="", encoding=table_encoding(path)) as handle:
             return next(csv.reader(handle, delimiter=delimiter or separator_of(path)), [])
     except UnicodeDecodeError:
         raise not_utf8(path) from None
