@@ -119,4 +119,5 @@ def _encoding(path: str, *stamp: int) -> tuple[str, str | None]:
         raise not_utf8(Path(path)) from None
     said = ", ".join(f"'{word}' (line {at})" for word, at in shown.items()) or "its typographic marks"
     return WINDOWS_1252, (f"{path} is not UTF-8: read as Windows-1252, the code page of Excel's plain \"CSV\" in Western "
-                          f"Europe and the Americas ({said}); if those words read wrong, save it from the spreadsheet as \"CSV UTF-8\"")
+                          f"Europe and the Americas ({said}); if those words read wrong, save it from the spreadsheet as "
+                          "\"CSV UTF-8\"")

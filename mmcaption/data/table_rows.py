@@ -51,8 +51,8 @@ class TableRows:
 
         def rows(file: str) -> int:
             if file.lower().endswith(".csv"):
-                return len(pd.read_csv(file, usecols=[0], sep=tables.separator_of(Path(file)), encoding=table_encoding(Path(file)),
-                                       **tables.CSV_OPTIONS))
+                return len(pd.read_csv(file, usecols=[0], sep=tables.separator_of(Path(file)),
+                                       encoding=table_encoding(Path(file)), **tables.CSV_OPTIONS))
             with open(file, "rb") as lines:
                 return sum(1 for line in lines if line.strip())
         return {split: [(os.path.relpath(file, self.dataset), rows(file)) for file in files] for split, files in splits.items()}
