@@ -177,6 +177,39 @@ def test_mmbench_from_its_hugging_face_parquet_reads_as_its_tsv(backbones, tmp_p
         choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa").read_rows()
 
 
+def test_mmbench_parquet_written_by_datasets_from_image_files_reads_them_from_their_paths(backbones, tmp_path, monkeypatch):
+    import datasets
+
+    # a user's own MMBench-style set, its images loaded from files: datasets' to_parquet keeps each image's path and
+    # no bytes, and every row was refused ("image '/.../blue.png' is neither base64 image data nor the index of a row")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "blue.png").write_bytes(BLUE)
+    (photos / "red.png").write_bytes(RED)
+    rows = [row for row in mmbench_rows() if row["index"] in ("0", "1")]
+    columns = {name: [row[name] for row in rows] for name in MMBENCH_COLUMNS if name != "image"}
+    monkeypatch.chdir(tmp_path)  # relative paths, as given to cast_column: relative to the parquet file's folder here
+    for given, stored in ((str(photos / "blue.png"), str(photos / "blue.png")), ("photos/blue.png", "photos/blue.png")):
+        table = datasets.Dataset.from_dict({**columns, "image": [given, "photos/red.png"]}).cast_column("image", datasets.Image())
+        path = tmp_path / "mine.parquet"
+        table.to_parquet(str(path))
+        dm = choice_data(backbones, path, tmp_path / "o.csv", format="mmbench")
+        questions = dm.read_rows()
+        assert [q.image for q in questions] == [stored, "photos/red.png"]
+        assert [(q.key, q.options, q.answer) for q in questions] == [("0", ["red", "blue", "green", "yellow"], "B"),
+                                                                      ("1", ["blue", "red", "green", "yellow"], "B")]
+        dm.setup("predict")
+        expected = choice_data(backbones, write_tsv(tmp_path / "dev.tsv", rows), tmp_path / "o.csv", format="mmbench")
+        expected.setup("predict")
+        for i in (0, 1):
+            assert dm.dataset[i]["error"] is None
+            assert torch.equal(dm.dataset[i]["pixel_values"], expected.dataset[i]["pixel_values"])
+    (photos / "blue.png").unlink()  # a file gone since: that row's error, the other answered
+    dm = choice_data(backbones, path, tmp_path / "o.csv", format="mmbench")
+    dm.setup("predict")
+    assert dm.dataset[0]["error"] == f"image not found: {photos / 'blue.png'}" and dm.dataset[1]["error"] is None
+
+
 def test_scienceqa_reads_the_image_questions_of_one_split_with_their_context_and_subject(backbones, tmp_path, monkeypatch):
     path = write_scienceqa(tmp_path / "data" / "scienceqa", SCIENCEQA)
     dm = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa")  # split: test by default
@@ -260,10 +293,37 @@ def test_scienceqa_from_the_hugging_face_parquet_files_with_their_images_inside(
     # the name datasets' to_parquet("test.parquet") gives is that split's too (was "not named after a split, not 'test'")
     named = Path(shutil.copy(path, tmp_path / "test.parquet"))
     assert len(choice_data(backbones, named, tmp_path / "o.csv", format="scienceqa").read_rows()) == 3
-    # an image stored as a path instead of its bytes is refused with its row, not counted as text only
-    rows[1]["image"] = {"bytes": None, "path": "/somewhere/image.png"}
+    # an image stored as a file's path instead of its bytes, as datasets' to_parquet writes an image loaded from a file, is
+    # read from that file (it was refused: "its image column holds no image bytes but '/...'"); a relative one from the
+    # parquet file's folder; one whose file is gone is that row's error, named
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "red.png").write_bytes(RED)
+    rows[0]["image"] = {"bytes": None, "path": str(tmp_path / "photos" / "red.png")}
+    rows[1]["image"] = {"bytes": None, "path": "photos/gone.png"}
+    rows[2]["image"] = {"bytes": None, "path": "photos/red.png"}
     pq.write_table(pa.Table.from_pylist(rows), path)
-    with pytest.raises(DataError, match=r"test-00000-of-00001\.parquet, row 1: its image column holds no image bytes but '/somewhere"):
+    dm = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa")
+    questions = dm.read_rows()
+    assert [q.image for q in questions] == [str(tmp_path / "photos" / "red.png"), "photos/gone.png", "photos/red.png"]
+    assert questions[2].record["image"] == "photos/red.png"
+    dm.setup("predict")
+    assert dm.dataset[0]["error"] is None and dm.dataset[2]["error"] is None
+    assert dm.dataset[1]["error"] == f"image not found: {tmp_path / 'photos' / 'gone.png'}"
+    reference = choice_data(backbones, named, tmp_path / "o.csv", format="scienceqa")  # the same rows, BLUE's bytes inside
+    reference.setup("predict")
+    assert not torch.equal(dm.dataset[0]["pixel_values"], reference.dataset[0]["pixel_values"])  # RED's pixels, read
+    (tmp_path / "photos" / "blue.png").write_bytes(BLUE)
+    rows[2]["image"] = {"bytes": None, "path": "blue.png"}
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    dm = choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa", image_root=str(tmp_path / "photos"))
+    dm.setup("predict")  # relative to --data.image_root where it is given
+    assert torch.equal(dm.dataset[2]["pixel_values"], reference.dataset[2]["pixel_values"])
+    # an image column of something else (text) is refused with its row, not counted as text only
+    for row in rows:
+        row["image"] = "no image here"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(DataError, match=r"test-00000-of-00001\.parquet, row 0: its image column holds neither image bytes nor a "
+                                        r"file's path but 'no image here'"):
         choice_data(backbones, path, tmp_path / "o.csv", format="scienceqa").read_rows()
     # a file that is not parquet is named
     bad = tmp_path / "test-00000-of-00002.parquet"

@@ -19,6 +19,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from mmcaption.data.parquet_rows import ImageFile, image_cell, parquet_columns, parquet_table, read_parquet
 from mmcaption.data.records import DataError, escapes_root, missing_file, read_json
 from mmcaption.data.tables import read_table_rows, refuse_duplicate_columns, separator_in
 from mmcaption.evaluation.answers import LETTERS
@@ -107,7 +108,7 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     except OSError:
         return None
     if head.startswith(b"PAR1"):
-        if {name.lower() for name in MMBENCH_REQUIRED} <= {name.lower() for name in _parquet_columns(path)}:
+        if {name.lower() for name in MMBENCH_REQUIRED} <= {name.lower() for name in parquet_columns(path)}:
             return "mmbench", "is a parquet file with MMBench's columns"
         return "scienceqa", "is a parquet file"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -125,48 +126,19 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def _parquet_columns(path: Path) -> list[str]:
-    import pyarrow.parquet as pq  # a dependency of datasets
-
-    try:
-        return list(pq.read_schema(path).names)
-    except Exception:  # noqa: BLE001 - pyarrow's errors for a damaged file have no common base: its reader says why
-        return []
-
-
-def _read_parquet(path: Path) -> Any:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path)
-    except Exception as error:  # pyarrow's errors for a file that is not parquet have no common base
-        raise DataError(f"{path}: not a parquet file: {error}") from error
-
-
-def _parquet_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """A parquet file's columns and rows (numbered from 1), each cell as text as a TSV would hold it: an image
-    (``{"bytes", "path"}``, as ``datasets`` stores one) as base64, a null as an empty cell."""
-    table = _read_parquet(path)
-
-    def text(value: Any) -> str:
-        if isinstance(value, dict):  # an image
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, bytes):
-            return base64.b64encode(value).decode("ascii")
-        return "" if value is None else str(value)
-
-    return table.column_names, [(number, [text(v) for v in row.values()]) for number, row in enumerate(table.to_pylist(), 1)]
-
-
 IMAGE_COLUMNS = ("image", "img_path")  # a questions file's image column; the second as in the original scripts' CSV
 
 
 def _decode_image(text: str, images: dict[str, str]) -> bytes | str:
-    """The bytes of a base64 ``image`` field (or of the row it names by its index), or why there are none."""
-    if len(text) <= REFERENCE_LENGTH:
-        if text not in images or len(images[text]) <= REFERENCE_LENGTH:
+    """The bytes of a base64 ``image`` field (or of the row it names by its index), the file a parquet image names
+    (an :class:`ImageFile`), or why there are none."""
+    if not isinstance(text, ImageFile) and len(text) <= REFERENCE_LENGTH:
+        shared = images.get(text, "")
+        if not isinstance(shared, ImageFile) and len(shared) <= REFERENCE_LENGTH:
             return f"image {text!r} is neither base64 image data nor the index of a row that has some"
-        text = images[text]
+        text = shared
+    if isinstance(text, ImageFile):
+        return text
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as error:
@@ -179,7 +151,8 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     the row whose image it shares) and what else it carries. A hint (neither empty nor NaN) comes before
     the question, ``f"{hint}\\n{question}"``, as LLaVA's MMBench evaluation asks it; missing options are
     empty or NaN. The record keeps every column but the image. The same columns are read from a parquet file
-    (the Hugging Face copy, ``lmms-lab/MMBench``: its images as ``datasets`` stores them; rows for lines).
+    (the Hugging Face copy, ``lmms-lab/MMBench``: its images as ``datasets`` stores them, bytes or a file's path, see
+    :mod:`mmcaption.data.parquet_rows`; rows for lines).
 
     The official TSVs also carry each question's CircularEval passes, as rows ``index + k * 1,000,000`` (or
     grouped by a ``g_index`` column): they are kept with their question (:attr:`ChoiceQuestion.passes`),
@@ -192,7 +165,7 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
     if not path.is_file():
         raise missing_file(path, "MMBench TSV")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a base64 image is one long field
-    header, rows = _parquet_table(path) if path.suffix.lower() == ".parquet" else read_table_rows(path, "\t")
+    header, rows = parquet_table(path) if path.suffix.lower() == ".parquet" else read_table_rows(path, "\t")
     refuse_duplicate_columns(path, header)
     folded = [name.lower() for name in header]
     missing = [name for name in MMBENCH_REQUIRED if name.lower() not in folded]
@@ -207,7 +180,7 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
         if len(fields) != len(header):
             raise DataError(f"{path}, line {line}: {len(fields)} fields where the header has {len(header)} "
                             "(a tab inside a field must be quoted)")
-        values = {low: value.strip() for low, value in zip(folded, fields) if low}
+        values = {low: value if isinstance(value, ImageFile) else value.strip() for low, value in zip(folded, fields) if low}
         index = values["index"]
         if not index:
             raise DataError(f"{path}, line {line}: empty index")
@@ -238,7 +211,7 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
         if answer is not None and answer not in LETTERS[: len(options)]:
             problems.append(f"answer {given!r} is not one of {', '.join(LETTERS[: len(options)])}")
         image = _decode_image(values["image"], images)
-        if isinstance(image, str):
+        if isinstance(image, str) and not isinstance(image, ImageFile):
             problems.append(image)
         if problems:
             raise DataError(f"{path}, index {index} (line {line}): " + "; ".join(problems))
@@ -248,7 +221,8 @@ def read_mmbench_tsv(path: Path) -> list[ChoiceQuestion]:
                   if low and low != "image" and low not in RESULT_COLUMNS}
         record = {("answer" if name.lower() == "answer" else name): value for name, value in record.items()}
         record["answer"] = answer or ""
-        asked = ChoiceQuestion(line, record, EmbeddedImage(image, f"{path}, index {index}"), question, options, answer,
+        shown = str(image) if isinstance(image, ImageFile) else EmbeddedImage(image, f"{path}, index {index}")
+        asked = ChoiceQuestion(line, record, shown, question, options, answer,
                                key=index, option_keys=option_keys)
         if index in copies:
             passes.setdefault(group[index], []).append(asked)
@@ -270,7 +244,7 @@ def _scienceqa_problems(path: Path, split: str | None) -> tuple[list[tuple[str, 
     for the splits it defines, e.g. ``minitest``) or from one split's parquet file as the Hugging Face
     copy (``derek-thomas/ScienceQA``) has it; and what was read, for messages."""
     if path.suffix.lower() == ".parquet":
-        rows = _read_parquet(path).to_pylist()
+        rows = read_parquet(path).to_pylist()
         # the Hugging Face copy has a file per split, named after it (test-00000-of-00001.parquet; test.parquet, as
         # to_parquet("test.parquet") names one)
         named = path.stem.split("-")[0]
@@ -281,9 +255,8 @@ def _scienceqa_problems(path: Path, split: str | None) -> tuple[list[tuple[str, 
                             f"or --data.split {file_split or 'null'}")
         problems = []
         for number, row in enumerate(rows):
-            image = row.get("image")  # {"bytes", "path"} as datasets stores an image; null for a text-only question
-            if isinstance(image, dict):
-                image = image.get("bytes") or image.get("path")
+            # {"bytes", "path"} as datasets stores an image: its bytes or the file it names; null for a text-only question
+            image = image_cell(row.get("image"))
             problems.append((str(number), {**row, "split": file_split or path.stem, "image": image}))
         return problems, f"{path} (split {file_split or path.stem}: one split per parquet file)"
     problems = read_json(path, "ScienceQA problems file")
@@ -316,7 +289,8 @@ def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestio
     problem's context) comes before the question as ``"Context: {hint}\n{question}"``; the answer index
     becomes a letter. The record keeps ``id``, ``question``, ``hint``, the choices as ``A``, ``B``, ... ,
     ``answer``, ``subject``, ``topic``, ``category``, ``grade``, ``split`` and ``image`` (``<split>/<id>/image.png``,
-    relative to the image folder; for a parquet file, ``<file>, row <n>``).
+    relative to the image folder; for a parquet file, ``<file>, row <n>``, or the file its image names: see
+    :mod:`mmcaption.data.parquet_rows`).
 
     A problem without a question, with fewer than two choices or more than eight, with an answer that is
     no choice's index or an image path that leaves the image folder is refused with the file and its id.
@@ -328,24 +302,26 @@ def read_scienceqa(path: Path, split: str | None = "test") -> list[ChoiceQuestio
     if len(chosen) < len(problems):
         rank_zero_info(f"{source}: {len(chosen)} of its {len(problems)} questions have an image; the "
                        f"{len(problems) - len(chosen)} text-only ones are left out (ScienceQA-IMG is the image subset)")
-    embedded = path.suffix.lower() == ".parquet"
+    parquet = path.suffix.lower() == ".parquet"
     width = max(len(p["choices"]) if isinstance(p.get("choices"), list) else 0 for _, p in chosen)
     questions = []
     for pid, problem in chosen:
         question, choices, answer = problem.get("question"), problem.get("choices"), problem.get("answer")
         hint = problem.get("hint") or ""
-        where = f"{path}, row {pid}" if embedded else f"{path}, problem {pid}"
-        image = where if embedded else f"{problem.get('split')}/{pid}/{problem['image']}"
+        named = str(problem["image"]) if isinstance(problem["image"], ImageFile) else None  # a path, no bytes
+        embedded = parquet and named is None
+        where = f"{path}, row {pid}" if parquet else f"{path}, problem {pid}"
+        image = where if embedded else named or f"{problem.get('split')}/{pid}/{problem['image']}"
         problems_found = [] if isinstance(question, str) and question.strip() else ["empty question"]
         if not (isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS) and all(isinstance(c, str) and c.strip() for c in choices)):
             problems_found.append(f"choices must be 2 to {len(LETTERS)} non-empty strings: {choices!r}")
         elif answer is not None and (type(answer) is not int or not 0 <= answer < len(choices)):
             problems_found.append(f"answer {answer!r} is not the index of one of its {len(choices)} choices")
-        if not isinstance(hint, str) or not problem.get("split") or (not embedded and escapes_root(image)):
+        if not isinstance(hint, str) or not problem.get("split") or (not parquet and escapes_root(image)):
             problems_found.append(f"hint must be text, and split and image name a file inside the image folder: {image!r}")
         if embedded and not isinstance(problem["image"], bytes):
-            problems_found.append(f"its image column holds no image bytes but {str(problem['image'])[:80]!r} (the Hugging Face "
-                                  "files carry each image's bytes)")
+            problems_found.append(f"its image column holds neither image bytes nor a file's path but {str(problem['image'])[:80]!r} "
+                                  "(the Hugging Face files carry each image's bytes; datasets' to_parquet, its path)")
         if problems_found:
             raise DataError(f"{where}: " + "; ".join(problems_found))
         choices = [c.strip() for c in choices]

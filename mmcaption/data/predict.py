@@ -293,7 +293,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
         csv_file: the questions: the CSV, the MMBench TSV or ScienceQA's ``problems.json`` or one split's
             parquet file of its Hugging Face copy (see ``format``).
         image_root: folder that ``img_path`` is relative to (default: the CSV's folder); for ScienceQA, the
-            folder of ``<split>/<id>/image.png`` (default: ``images`` beside ``problems.json``, else its folder).
+            folder of ``<split>/<id>/image.png`` (default: ``images`` beside ``problems.json``, else its folder);
+            for a parquet file's images that are files' paths (``datasets``' ``to_parquet``), of the relative ones.
         output: the CSV to write: the input columns, ``prediction``, ``correct`` and ``error``; None: nothing written
             (``trainer.predict`` returns the rows).
         method: ``likelihood`` scores each option's text given image and question (robust);
@@ -376,7 +377,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
     def setup(self, stage: str) -> None:
         questions = self.read_rows()
         root = self.image_root or self.csv_file.parent
-        if self.format == "scienceqa" and self.image_root is None and not all(isinstance(q.image, EmbeddedImage) for q in questions):
+        if self.format == "scienceqa" and self.image_root is None and self.csv_file.suffix.lower() != ".parquet":
             root = scienceqa_image_root(self.csv_file, questions)
         elif self.format == "aokvqa" and questions:
             root = public_image_root(self.csv_file, "A-OKVQA", [str(q.image) for q in questions],
