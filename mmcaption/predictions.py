@@ -24,12 +24,12 @@ from mmcaption.evaluation.report import (
     column_value,
     json_line,
     json_text,
-    made_for_excel,
     partial_path,
     prediction_record,
     scores_said,
     software_record,
     started_record,
+    starts_with_bom,
     summary_path,
     unused_name,
     vqa_results_path,
@@ -69,8 +69,7 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.path: Path | None = None
         self.partial: Path | None = None
-        self.handle = None
-        self.writer = None
+        self.handle = self.writer = None
         self.counts: dict[str, float] = {}
         self.late_columns: dict[int, dict[str, Any]] = {}
         self.category_columns: dict[str, str] = {}
@@ -107,10 +106,10 @@ class PredictionWriter(BasePredictionWriter):
         output.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.partial = output, partial_path(output)
         self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
-        # A CSV for Excel, whose questions came from Excel ("CSV UTF-8", or its plain "CSV"), gets the byte-order mark:
-        # without it Excel reads UTF-8 as the local code page, and "café" shows as "cafÃ©"
-        self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and any(
-            made_for_excel(source) for source in datamodule.input_files()) else "utf-8"
+        # A CSV for Excel, whose questions came from Excel ("CSV UTF-8", or its plain "CSV", read as Windows-1252), gets the
+        # byte-order mark: without it Excel reads UTF-8 as the local code page ("cafÃ©")
+        read_as_1252, sheets = datamodule.encoding_notes(), any(starts_with_bom(f) for f in datamodule.input_files())
+        self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and (read_as_1252 or sheets) else "utf-8"
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
@@ -121,7 +120,8 @@ class PredictionWriter(BasePredictionWriter):
         if this_job():  # a requeued SLURM job goes on from what it left (check_output)
             self.made_by["slurm_job"] = this_job()
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
-        self.input_notes = list(getattr(datamodule, "input_notes", None) or [])  # files of the input left out, and why
+        # files of the input left out, and why; tables read as Windows-1252
+        self.input_notes = [*(getattr(datamodule, "input_notes", None) or []), *read_as_1252]
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
         # CircularEval: each question's passes in the input, and how many of them are done
         rows = getattr(getattr(datamodule, "dataset", None), "rows", None) or []

@@ -490,6 +490,13 @@ def test_answers_to_questions_saved_by_excel_open_in_excel(backbones, trained_ch
             rows = list(csv.DictReader(handle))
         assert rows[0]["Question"] == "De quelle couleur est le café ?" and rows[0]["prediction"] in "ABCD"
     assert not (tmp_path / "answers-plain.csv").read_bytes().startswith(codecs.BOM_UTF8)  # nothing added unasked
+    # the note that the questions were read as Windows-1252, with the words read so, is kept where a batch job's results
+    # are read (it was said on the console alone)
+    notes = {name: json.loads((tmp_path / f"answers-{name}.csv.summary.json").read_text()).get("input_notes", [])
+             for name in ("plain", "excel", "windows")}
+    assert notes["plain"] == notes["excel"] == []
+    assert len(notes["windows"]) == 1 and notes["windows"][0].startswith(f"{windows} is not UTF-8: read as Windows-1252")
+    assert "('café' (line 2))" in notes["windows"][0]
 
 
 def test_coco_downloaded_but_not_unpacked_is_named_with_the_command_that_unpacks_it(backbones, coco_root, tmp_path):

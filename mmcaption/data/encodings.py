@@ -46,6 +46,18 @@ def table_encoding(path: Path, reader: str | None = None) -> str:
 _SAID: set[tuple[str, int, int]] = set()  # the files whose note was said
 
 
+def windows_1252_note(path: Path) -> str | None:
+    """The note of a CSV or TSV table read as Windows-1252, found when it was read (a file read since is read again);
+    None for any other file."""
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        return None
+    try:
+        stamp = path.stat()
+        return _encoding(str(path), stamp.st_size, stamp.st_mtime_ns)[1]
+    except (OSError, DataError):  # gone since, or one the readers refuse
+        return None
+
+
 def one_encoding(files: list[Path]) -> str:
     """The one encoding the ``files`` of a dataset are read in (``datasets`` reads them all alike): tables of ASCII text
     alone go with either; UTF-8 text beside Windows-1252 text is refused naming a file of each."""

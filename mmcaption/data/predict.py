@@ -28,6 +28,7 @@ from mmcaption.data.benchmarks import (
     sniffed_format,
 )
 from mmcaption.data.choice_csv import read_choice_csv
+from mmcaption.data.encodings import windows_1252_note
 from mmcaption.data.image_sources import find_images, image_paths, named_images
 from mmcaption.data.records import missing_file
 from mmcaption.data.resume import (
@@ -140,6 +141,10 @@ class _PredictDataModule(BackbonesDataModule):
     def input_files(self) -> list[Path]:
         """The files this module reads, which its output must never be."""
         raise NotImplementedError
+
+    def encoding_notes(self) -> list[str]:
+        """The notes of the input tables read as Windows-1252 (Excel's plain "CSV"), kept in the output's summary."""
+        return [note for file in self.input_files() if (note := windows_1252_note(file))]
 
     def output_path(self, world_size: int = 1, rank: int = 0) -> Path:
         """Where this process writes: ``output``, or ``<stem>.rank<r><suffix>`` for each of several processes."""

@@ -113,24 +113,6 @@ def read_output_rows(output: Path) -> list[dict[str, Any]]:
         return [_from_csv(row) for row in csv.DictReader(handle)]
 
 
-def made_for_excel(path: Path) -> bool:
-    """Whether ``path`` is a table a spreadsheet saved: UTF-8 with a byte-order mark (Excel's "CSV UTF-8"), or a CSV or
-    TSV that is not UTF-8 (Excel's plain "CSV", which the readers take as Windows-1252)."""
-    if starts_with_bom(path) or path.suffix.lower() not in (".csv", ".tsv"):
-        return starts_with_bom(path)
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                decoder.decode(chunk)
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
 def starts_with_bom(path: Path) -> bool:
     """Whether ``path`` is a file that starts with UTF-8's byte-order mark, as Excel's "CSV UTF-8" does."""
     try:
