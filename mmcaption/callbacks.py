@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
 import threading
@@ -33,30 +34,31 @@ from mmcaption.terminal import leave_a_closed_terminal, outlive_the_reader
 
 def save_resumable_checkpoint(trainer) -> str:
     """Save the run as it is now, resumable: as the checkpoint callback's ``last.ckpt`` when it keeps
-    one (with its bookkeeping, as its own saves do), else ``interrupted-step<N>.ckpt`` in its folder."""
+    one (with its bookkeeping, as its own saves do), else ``interrupted-step<N>.ckpt`` in its folder, or the next free
+    ``interrupted-step<N>-v1.ckpt``, ... when an earlier run stopped at the same step there (as Lightning names its own)."""
     callback = trainer.checkpoint_callback
     if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
         # Lightning < 2.7 (pinned): the method ModelCheckpoint saves its last checkpoint with
         callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
         return callback.last_model_path
     folder = Path(callback.dirpath) if isinstance(callback, ModelCheckpoint) and callback.dirpath else Path(trainer.default_root_dir)
-    path = folder / f"interrupted-step{trainer.global_step}.ckpt"
-    trainer.save_checkpoint(path)
-    return str(path)
+    names = (f"interrupted-step{trainer.global_step}{f'-v{n}' if n else ''}.ckpt" for n in itertools.count())  # a stop
+    # in validation acts a step later: runs stopped so met at one step, and the earlier one's was written over
+    path = trainer.strategy.broadcast(str(next(folder / name for name in names if not (folder / name).exists())))
+    trainer.save_checkpoint(path, weights_only=False)  # unsaid, Lightning logs "`weights_only` was not set"
+    return path
 
 
 class ResumableStop(Callback):
-    """Stop a ``fit`` on Ctrl-C, SIGTERM or SIGHUP with a checkpoint it resumes from exactly, save ``last.ckpt``
-    every ``every_minutes``, and at the end of training; refuse to resume another stage's checkpoint or
-    on changed training data.
+    """Stop a ``fit`` on Ctrl-C, SIGTERM or SIGHUP with a checkpoint it resumes from exactly, save ``last.ckpt`` every
+    ``every_minutes``, and at the end of training; refuse to resume another stage's checkpoint or on changed training data.
 
-    A signal (SIGINT from Ctrl-C, SIGTERM from ``docker stop``, ``kill``, ``timeout`` or a scheduler, SIGHUP
-    when the terminal closes or an SSH connection drops, unless ``nohup`` ignores it) is
-    noted; at the end of the current optimizer step every process saves the checkpoint (the same state a
-    step-end ``ModelCheckpoint`` save holds, so the resumed run repeats the uninterrupted one) and the
-    command exits with 130 / 143 and one line saying how to resume. A second Ctrl-C stops at once,
-    without saving. A signal during validation is acted on at the next training step, or, in the last
-    validation, as training ends (so a pipeline does not go on to its next stage).
+    A signal (SIGINT from Ctrl-C, SIGTERM from ``docker stop``, ``kill``, ``timeout`` or a scheduler, SIGHUP when the
+    terminal closes or an SSH connection drops, unless ``nohup`` ignores it) is noted; at the end of the current optimizer
+    step every process saves the checkpoint (the same state a step-end ``ModelCheckpoint`` save holds, so the resumed run
+    repeats the uninterrupted one) and the command exits with 130 / 143 and one line saying how to resume. Ctrl-C while
+    it waits stops at once, without saving. A signal during validation is acted on at the next training step, or, in the
+    last validation, as training ends (so a pipeline does not go on to its next stage).
 
     Args:
         every_minutes: also save ``last.ckpt`` when this many minutes of training passed since the last
@@ -117,8 +119,8 @@ class ResumableStop(Callback):
         self.signal = signum
         with suppress(OSError):  # output whose reader is gone: the save must still happen
             if process_rank() == 0:  # each process of a multi-process run got it: said once
-                print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step "
-                      "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+                print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this training step (Ctrl-C"
+                      f"{' again' if signum == signal.SIGINT else ''} stops at once, without saving)", file=sys.stderr, flush=True)
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
@@ -127,9 +129,8 @@ class ResumableStop(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_handlers()
-        callback, path = trainer.checkpoint_callback, None
-        # the steps after the last validation are kept too (ModelCheckpoint saves at validation only); a smoke test
-        # (fast_dev_run) saves nothing, as Lightning says
+        callback, path = trainer.checkpoint_callback, None  # the steps after the last validation are kept too
+        # (ModelCheckpoint saves at validation only); a smoke test (fast_dev_run) saves nothing, as Lightning says
         if isinstance(callback, ModelCheckpoint) and callback.save_last and not trainer.fast_dev_run and trainer.global_step \
                 not in (callback._last_global_step_saved, self._saved_step):  # not after this step's save: it holds the epoch open
             path = save_resumable_checkpoint(trainer)
@@ -282,17 +283,16 @@ def _loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run_label(trainer) -> str:
-    """What a run is, for its progress lines: its logger's name (``caption``, ``demo-instruct``,
-    ``demo-instruct-scratch``), else its data module's stage, else ``training`` in ``fit`` (and nothing in
-    ``predict``, whose lines say ``predict: batch ...``: they read ``training: predict: ...``)."""
-    logger = trainer.logger
-    name = getattr(logger, "name", None) if logger is not None else None
+    """What a run is, for its progress lines: its logger's name (``caption``, ``demo-instruct``, ``demo-instruct-scratch``),
+    else its data module's stage, else ``training`` in ``fit`` (and nothing in ``predict``, whose lines say ``predict:
+    batch ...``: they read ``training: predict: ...``)."""
+    name = getattr(trainer.logger, "name", None) if trainer.logger is not None else None
     return name or getattr(trainer.datamodule, "training_stage", "") or ("training" if trainer.state.fn == "fit" else "")
 
 
 class StageProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, with the run it belongs to and the epoch counted from 1 of all:
-    ``demo-caption: epoch 2/3`` instead of ``Epoch 1``."""
+    """Lightning's progress bar, with the run it belongs to and the epoch counted from 1 of all: ``demo-caption: epoch 2/3``
+    instead of ``Epoch 1``."""
 
     def on_train_epoch_start(self, trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)

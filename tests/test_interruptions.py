@@ -908,6 +908,42 @@ def test_a_signal_in_the_last_validation_stops_the_command_instead_of_being_drop
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+class SignalAtStep(Callback):
+    """SIGTERM (``docker stop``, a scheduler) at the end of a given step's batch."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_second_run_stopped_at_the_same_step_keeps_the_first_ones_checkpoint(tmp_path, capfd, caplog):
+    # without save_last (a user's own ModelCheckpoint, or --trainer.enable_checkpointing false) a stop saves
+    # interrupted-step<N>.ckpt: a re-run into the same folder stopped at that step (a signal in a validation acts a step
+    # later, so runs meet there) wrote over the first run's, without a word
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    folder, saved = tmp_path / "checkpoints", []
+    caplog.set_level("INFO", logger="lightning.pytorch")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        trainer = Trainer(accelerator="cpu", max_steps=6, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, default_root_dir=tmp_path,
+                          callbacks=[ModelCheckpoint(dirpath=folder), ResumableStop(), SignalAtStep(2)])
+        with pytest.raises(RunInterrupted) as raised:
+            trainer.fit(BoringModel())
+        saved.append(folder / f"interrupted-step3{'-v1' if seed else ''}.ckpt")
+        assert f"stopped by SIGTERM at step 3: saved {saved[-1]}" in str(raised.value)
+    assert sorted(p.name for p in folder.iterdir()) == ["interrupted-step3-v1.ckpt", "interrupted-step3.ckpt"]
+    first, second = (load_checkpoint_file(path)["state_dict"]["layer.weight"] for path in saved)
+    assert not torch.equal(first, second)  # each run's own weights (seeded apart)
+    err = capfd.readouterr().err
+    assert "SIGTERM received: saving a checkpoint at the end of this training step (Ctrl-C stops at once" in err
+    assert "weights_only" not in caplog.text  # Lightning's "`weights_only` was not set, defaulting to `False`."
+
+
 def test_slurms_time_limit_warning_after_the_last_step_requeues_the_job(monkeypatch):
     # it stopped the command without requeueing: the job's next stage (a pipeline's) had to be resubmitted by hand
     from types import SimpleNamespace
