@@ -714,6 +714,40 @@ def test_a_copy_of_coco_with_a_row_per_caption_is_read_as_images_with_all_their_
     assert "the dog&#39;s ball" in kept  # the invisible space around it left out
 
 
+def test_a_caption_table_pandas_wrote_from_lists_reads_each_listed_caption(backbones, coco_root, tmp_path):
+    # pandas' to_csv writes a column of lists as Python spells them, ['A dog.', "A dog's ball."]: each cell was trained as
+    # one caption, brackets and quotes included, without a word
+    import pandas as pd
+
+    content = json.loads((coco_root / "annotations" / "captions_train2017.json").read_text())
+    by_image = {}
+    for annotation in content["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation["caption"])
+    lists = [[*by_image[image["id"]][:2], f"The dog's ball {n}."] for n, image in enumerate(content["images"])]
+    table = tmp_path / "captions.csv"
+    pd.DataFrame({"file_name": [str(coco_root / "train2017" / image["file_name"]) for image in content["images"]],
+                  "captions": lists}).to_csv(table, index=False)
+    assert "['" in table.read_text() and '""The dog\'s ball 0.""' in table.read_text()  # as pandas writes them
+    dm = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(table), hub_image_column="file_name",
+                         hub_caption_column="captions", hub_val_fraction=0.25)
+    splits = dm.stage_splits()
+    dm.prepare_data()
+    dm.setup("fit")
+    read = [c for side in ("train", "val") for c in datasets.load_from_disk(str(dm.datasets[splits[side]].folder / "captions"))["caption"]]
+    assert sorted(read) == sorted(c for captions in lists for c in captions)  # 36 captions, none with a bracket
+    # an earlier release read those cells as one caption each: its cache of this file is not this release's
+    import mmcaption.data.datamodules as modules
+
+    earlier = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(table), hub_image_column="file_name",
+                              hub_caption_column="captions", hub_val_fraction=0.25)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modules, "python_lists_in", lambda file: False)
+        assert earlier.split_folder(splits["train"]) != dm.split_folder(splits["train"])
+    json_cells = tmp_path / "json_cells.csv"  # a JSON list in a cell (Flickr30k's CSV): read as before, its cache kept
+    pd.DataFrame({"file_name": ["a.jpg"], "captions": [json.dumps(["A dog.", "A dog's ball."])]}).to_csv(json_cells, index=False)
+    assert not modules.python_lists_in(json_cells)
+
+
 def test_image_paths_relative_to_the_dataset_are_found_and_a_held_out_side_left_empty_says_which_setting(backbones, coco_root, tmp_path):
     # a parquet file whose image column holds paths as its own folder writes them: looked for from where the command
     # ran, and refused as "row 0 (key 0) has no image", the dataset named twice and the path tried not at all
@@ -769,7 +803,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "3eb81f073108129e"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "3324483aff4b19df"}
 
 
 def cache_code_digest() -> str:

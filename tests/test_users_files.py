@@ -1756,3 +1756,44 @@ def test_an_image_path_copied_with_windows_invisible_marks_is_found(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
     paths = image_paths(["\u202aphoto.jpg", "\u200fphoto.jpg\u200b", "photo.jpg"], tmp_path, tmp_path / "q.csv")
     assert paths == [tmp_path / "photo.jpg"] * 3
+
+
+def test_questions_files_pandas_and_datasets_wrote_read_their_lists_numbers_and_images(tmp_path):
+    # pandas' to_csv writes a column of lists as Python spells them (['2', "it's 2"]: refused as not a JSON list), a
+    # column of whole numbers with a missing value as 3.0 (scored against the model's "3" as wrong); datasets' to_json
+    # and to_csv write an image column's file as {"bytes": null, "path": ...} (refused as an image not found, its
+    # spelling of the object as the file name)
+    import datasets
+    import pandas as pd
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    pd.DataFrame({"image": ["a.png", "a.png", "a.png"], "question": ["How many?", "Which?", "What colour?"],
+                  "answer": [3, 12, None], "answers": [["2", "it's 2"], ["two"], ["red", "red"]]}).to_csv(
+        tmp_path / "pandas.csv", index=False)
+    assert "3.0," in (tmp_path / "pandas.csv").read_text() and "['2', \"\"it's 2\"\"]" in (tmp_path / "pandas.csv").read_text()
+    with pytest.warns(UserWarning, match=r"pandas\.csv: column 'answer' holds its numbers as pandas writes a column of whole "
+                                         r"numbers with a missing value \(3\.0\): 2 of them read as whole numbers"):
+        asked = read_questions(tmp_path / "pandas.csv")
+    assert [q.answer for q in asked] == ["3", "12", None]
+    assert [q.record["answers"] for q in asked] == [["2", "it's 2"], ["two"], ["red", "red"]]
+    decimals = tmp_path / "decimals.csv"  # a column with text in it is text: its 3.0 is what the file says
+    decimals.write_text("image,question,answer\na.png,Which version?,3.0\na.png,What colour?,red\n")
+    assert [q.answer for q in read_questions(decimals)] == ["3.0", "red"]
+
+    table = datasets.Dataset.from_dict({"image": [str(tmp_path / "a.png"), "a.png"], "question": ["What colour?"] * 2,
+                                        "answer": ["red", "red"]}).cast_column("image", datasets.Image())
+    table.to_json(str(tmp_path / "datasets.jsonl"))
+    table.to_csv(str(tmp_path / "datasets.csv"), index=False)
+    for name in ("datasets.jsonl", "datasets.csv"):
+        assert "'bytes'" in (tmp_path / name).read_text() or '"bytes":null' in (tmp_path / name).read_text()
+        assert [q.image for q in read_questions(tmp_path / name)] == [str(tmp_path / "a.png"), "a.png"], name
+    held = tmp_path / "held.csv"  # images held as bytes in the table: refused, saying what to do
+    held.write_text("image,question\n\"{'bytes': b'\\x89PNG', 'path': None}\",What colour?\n")
+    with pytest.raises(DataError, match=r"held\.csv, line 2: its image is the image's bytes, written into the file: save the "
+                                        r"images as files and name their paths"):
+        read_questions(held)
+    # the original scripts' multiple-choice CSV, made with datasets from an image column, alike
+    choices = datasets.Dataset.from_dict({"img_path": ["a.png"], "Question": ["Which colour?"], "A": ["red"], "B": ["blue"],
+                                          "answer": ["A"]}).cast_column("img_path", datasets.Image())
+    choices.to_csv(str(tmp_path / "choices.csv"), index=False)
+    assert read_choice_csv(tmp_path / "choices.csv")[0].image == "a.png"

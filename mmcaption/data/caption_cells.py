@@ -1,17 +1,18 @@
 """What a dataset's caption column holds, read as captions: a string (several captions split at the separator, or a
-JSON list as a CSV cell holds one, ``["a dog.", "a dog on grass."]``, as Flickr30k's CSV has them), a list of strings,
+JSON list as a CSV cell holds one, ``["a dog.", "a dog on grass."]``, as Flickr30k's CSV has them, or Python's, as pandas'
+``to_csv`` writes a column of lists, ``['a dog.', "a dog's ball."]``), a list of strings,
 objects whose text is named by a dotted setting (``sentences.raw``: HuggingFaceM4/COCO's ``{raw, tokens, ...}``,
 Karpathy's ``[{raw, tokens}, ...]``), or several columns (Flickr8k's ``caption_0`` ... ``caption_4``)."""
 
 from __future__ import annotations
 
 import html
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from mmcaption.data.records import BadRecords, DataError
+from mmcaption.data.tables import literal_in_cell
 
 # blanks around a caption, invisible ones too, as text copied from a web page brings them: zero-width spaces and
 # joiners, word joiners, byte order marks (str.strip keeps them: a caption of one zero-width space was trained on)
@@ -33,6 +34,16 @@ def invisible_characters_in(file: Path) -> bool:
     built from it is built again; that of any other file stays valid)."""
     data = file.read_bytes()
     return _AT_AN_EDGE.search(data, 3 if data.startswith(b"\xef\xbb\xbf") else 0) is not None
+
+
+# a cell that may hold Python's list of captions, as pandas' to_csv writes a column of lists: ['a dog.', "a dog's ball."]
+_PYTHON_LIST = re.compile(rb"\[[ \t]*'|'[ \t]*\]")
+
+
+def python_lists_in(file: Path) -> bool:
+    """Whether a caption table may hold Python's lists, which :func:`texts_of` reads as the captions they list and
+    earlier releases read as one caption (a cache they built from it is built again)."""
+    return _PYTHON_LIST.search(file.read_bytes()) is not None
 
 
 def caption_text(text: str) -> str:
@@ -82,11 +93,8 @@ def texts_of(value: Any, key: str | None, separator: str | None, column: str, sp
         text = next((k for k in ("raw", "caption", "text", "sentence") if k in keys), keys[0] if keys else "raw")
         raise DataError(f"its {column!r} holds objects with the keys {keys[:8]}, not text: name the key of the text in "
                         f"hub_caption_column, e.g. {column}.{text}")
-    if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
-        try:
-            listed = json.loads(value)
-        except ValueError:
-            listed = None
+    if isinstance(value, str) and value.strip().startswith("["):  # JSON's list, or Python's, as pandas' to_csv writes it
+        listed = literal_in_cell(value)
         if isinstance(listed, list) and listed and all(isinstance(text, str) for text in listed):
             value = listed
     texts = value if isinstance(value, list) else [value] if isinstance(value, str) else []

@@ -19,6 +19,7 @@ from mmcaption.data.benchmarks import (
 from mmcaption.data.records import DataError, missing_file
 from mmcaption.data.tables import (
     field_count_problem,
+    image_file_of,
     read_table_rows,
     refuse_duplicate_columns,
     unnamed_kept,
@@ -81,6 +82,11 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
         values = {low: field.strip() for low, field in zip(folded, fields)}
         options, wrong = row_options(values, letters)
         problems = [f"empty {name}" for name, key in (("img_path", image), ("Question", "question")) if not values[key]] + wrong
+        held = image_file_of(values[image])  # datasets' to_csv of an image column: {'bytes': None, 'path': 'a.png'}
+        values[image] = "" if isinstance(held, dict) else held
+        if isinstance(held, dict):
+            problems.append(f"its {image} is the image's bytes, written into the file: save the images as files and name "
+                            "their paths")
         given = "" if absent_cell(values.get("answer", "")) else values["answer"]
         answer = _answer_letter(given, options)
         texts = [_folded(option) for option in options]

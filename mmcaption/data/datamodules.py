@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature
-from mmcaption.data.caption_cells import invisible_characters_in
+from mmcaption.data.caption_cells import invisible_characters_in, python_lists_in
 from mmcaption.data.coco import (
     ImageRecords,
     coco_records,
@@ -147,14 +147,18 @@ class CaptionDataModule(PreprocessedDataModule):
         if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself
             super().check_inputs(stage)
 
-    def _read_otherwise_now(self, file: Path, split: str) -> dict:
+    def _read_otherwise_now(self, file: Path, split: str, hub: bool = False) -> dict:
         """A caption file (or a folder's tables) that this release reads otherwise than earlier ones
-        (:func:`invisible_characters_in`): its cache is not one they built, nor a run's place in it (``training_data``)."""
+        (:func:`invisible_characters_in`; a hub table's cells, :func:`python_lists_in`): its cache is not one they built,
+        nor a run's place in it (``training_data``)."""
         tables = [file] if file.is_file() else [p for p in [*file.glob("*"), *file.glob("*/metadata.*")] if p.is_file() and
                                                  p.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl")] if file.is_dir() else []
-        found = any(self.looked_at(("invisible", table), lambda t=table: invisible_characters_in(t)) for table in tables)
-        self.read_anew = {**getattr(self, "read_anew", {}), split: found}
-        return {"captions": "invisible characters around them removed"} if found else {}
+        looks = {"invisible": ("invisible characters around them removed", invisible_characters_in),
+                 **({"python lists": ("Python's lists in a cell read as the captions they list", python_lists_in)} if hub else {})}
+        found = [why for key, (why, look) in looks.items()
+                 if any(self.looked_at((key, table), lambda t=table, look=look: look(t)) for table in tables)]
+        self.read_anew = {**getattr(self, "read_anew", {}), split: bool(found)}
+        return {"captions": "; ".join(found)} if found else {}
 
     def split_inputs(self, split: str) -> dict:
         if self.hub is not None:
@@ -166,7 +170,7 @@ class CaptionDataModule(PreprocessedDataModule):
             return {"hub": hub, "split": split, "fingerprint": content,
                     "rows": "grouped by image",  # since rows of one image became one image, not one each
                     **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {}),
-                    **self._read_otherwise_now(local, split)}
+                    **self._read_otherwise_now(local, split, hub=True)}
         if self.source == "karpathy":
             if not self.karpathy_file.is_file():
                 others = sorted(self.karpathy_file.parent.glob("dataset_*.json"))  # Flickr30k's and Flickr8k's files

@@ -34,11 +34,14 @@ from mmcaption.data.records import (
 )
 from mmcaption.data.tables import (
     field_count_problem,
+    image_file_of,
+    literal_in_cell,
     read_table_rows,
     refuse_duplicate_columns,
     unnamed_kept,
+    whole_numbers_read,
 )
-from mmcaption.data.vqa_formats import public_image_root, public_vqa_records
+from mmcaption.data.vqa_formats import public_image_root, public_vqa_records, vqa_image_folder
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -62,24 +65,24 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     refused naming ``where`` (by default the file and the line)."""
     image = next((record[name] for name in (*IMAGE_COLUMNS, "images") if record.get(name) not in (None, "", [])), "")
     several = len(image) if isinstance(image, list) and len(image) > 1 else 0  # ShareGPT's "images": [...]
-    image = str(image[0] if isinstance(image, list) else image).strip()
+    image = image_file_of(image[0] if isinstance(image, list) else image)  # datasets' to_json: {"bytes", "path"}
+    held = isinstance(image, dict)  # datasets' to_csv of images it holds as bytes
+    image = "" if held else str(image).strip()
     # "text": LLaVA's own evaluation files (question_id, image, text, category), as its model_vqa.py reads them
     question = str(record.get("question") or record.get("text") or "").strip()
     # "label": POPE's yes/no key (as the multiple-choice reader takes it for an answer key)
     answer, answers = _text(record.get("answer", record.get("label"))), record.get("answers")
     problems = [f"no {what}" for what, value in (("image (column image or img_path)", image),
                                                  ("question (column question, or text as LLaVA's evaluation files)", question))
-                if not value] + [f"{several} images: a question is asked about one image"] * bool(several)
+                if not value and not held] + [f"{several} images: a question is asked about one image"] * bool(several) + [
+        "its image is the image's bytes, written into the file: save the images as files and name their paths"] * held
     if answer is not None and not isinstance(answer, str):
         problems.append(f"answer {answer!r} is not a string or a number")
     if _text(answers) is None or isinstance(answers, str) and absent_cell(answers):  # pandas' NaN: no human answers
         answers = None
         record = {k: v for k, v in record.items() if k != "answers"}
-    if isinstance(answers, str):  # a CSV cell: a JSON list, as ``mmcaption predict`` writes lists to a CSV
-        try:
-            answers = json.loads(answers) if answers.strip() else None
-        except json.JSONDecodeError:
-            answers = answers if answers.strip() else None
+    if isinstance(answers, str):  # a CSV cell: a JSON list, as ``mmcaption predict`` writes lists, or pandas' ['a', 'b']
+        answers = listed if isinstance(listed := literal_in_cell(answers), list) else answers.strip() or None
     if answers is not None:  # VQAv2-style: the human answers, as strings or as {"answer": ...} objects
         answers = [_text(a.get("answer") if isinstance(a, dict) else a) for a in answers] if isinstance(answers, list) else None
         if not answers or not all(isinstance(a, str) for a in answers):
@@ -104,12 +107,6 @@ def _text(value: Any) -> Any:
     if math.isnan(value):
         return None
     return str(int(value)) if float(value).is_integer() else str(value)
-
-
-def vqa_image_folder(subtype: str) -> str:
-    """The COCO image folder (and file-name part) of a VQAv2 split: ``val2014`` for ``val2014``;
-    ``test-dev2015``'s images are ``test2015``'s."""
-    return "test2015" if subtype.startswith("test") else subtype
 
 
 def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = None) -> list[OpenQuestion]:
@@ -262,6 +259,7 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
                 raise DataError(f"{path}: the header needs the columns image (or img_path) and question (or text), and it has "
                                 f"{header}")
             unnamed = unnamed_kept(path, header, rows)  # pandas' index, the user's key to the rows: kept
+            whole_numbers_read(path, header, rows, ("answer", "label"))  # pandas' 3.0 for 3
             for line, fields in rows:
                 if any(field.strip() for field in fields):
                     if problem := field_count_problem(path, line, fields, header):

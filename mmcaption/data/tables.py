@@ -4,11 +4,15 @@ the line."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import functools
+import json
 import os
 import re
+from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pandas as pd
@@ -245,3 +249,47 @@ def _jsonl_lines(path: str, *stamp: int) -> list[int]:
     """The line of each row of a JSON Lines file (as it is: ``stamp``, its size and time), read once for its bad rows."""
     with open(path, "rb") as lines:
         return [number for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+def literal_in_cell(text: str) -> list | dict | None:
+    """The list or object a table's cell spells, in JSON (``["a", "b"]``, as ``mmcaption predict`` writes a list) or in
+    Python (``['a', "it's"]``, ``{'bytes': None, 'path': 'a.png'}``, as pandas' and datasets' ``to_csv`` write a list or
+    an image); None when it spells neither."""
+    text = text.strip()
+    if (text[:1], text[-1:]) not in (("[", "]"), ("{", "}")):
+        return None
+    for read in (json.loads, ast.literal_eval):  # literal_eval reads literals only: nothing in a cell is run
+        with suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            value = read(text)
+            return value if isinstance(value, list | dict) else None
+    return None
+
+
+def image_file_of(value: Any) -> Any:
+    """The file an image value names: datasets writes an image column's file as ``{"bytes": null, "path": ...}``
+    (``to_json``; in a CSV cell Python spells it, ``{'bytes': None, 'path': ...}``); an image held as its bytes is that
+    object (for its reader to refuse); any other value as it is."""
+    held = literal_in_cell(value) if isinstance(value, str) else value
+    if not (isinstance(held, dict) and held and set(held) <= {"bytes", "path"}):
+        return value
+    return held["path"] if isinstance(held.get("path"), str) and held["path"].strip() else held
+
+
+_DECIMAL = re.compile(r"-?[0-9]+\.[0-9]+")
+
+
+def whole_numbers_read(path: Path, header: list[str], rows: list[tuple[int, list[str]]], names: tuple[str, ...]) -> None:
+    """Read ``3.0`` as ``3`` in the columns ``names`` (lower case) whose every filled cell is a decimal number: pandas
+    writes a column of whole numbers with a missing value so (its numbers become floats), and ``3.0`` was scored against
+    an answer ``3`` as wrong. A JSON file's ``3.0`` is read as ``3`` alike. Said in a note; ``rows`` change in place."""
+    for column in (i for i, name in enumerate(header) if name in names):
+        cells = [fields[column].strip() for _, fields in rows if column < len(fields) and fields[column].strip()]
+        if not cells or not all(_DECIMAL.fullmatch(cell) for cell in cells):
+            continue
+        changed = 0
+        for _, fields in rows:
+            if column < len(fields) and (cell := fields[column].strip()) and float(cell).is_integer():
+                fields[column], changed = str(int(float(cell))), changed + 1
+        if changed:
+            rank_zero_warn(f"{path}: column {header[column]!r} holds its numbers as pandas writes a column of whole numbers "
+                           f"with a missing value ({cells[0]}): {changed} of them read as whole numbers (3.0 as 3)")

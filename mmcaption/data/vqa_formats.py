@@ -136,3 +136,9 @@ def read_aokvqa_choices(path: Path) -> list[ChoiceQuestion]:
         questions.append(ChoiceQuestion(0, record, record["image"], record["question"], choices, letter, key=str(qid),
                                         option_keys=LETTERS[:len(choices)]))
     return questions
+
+
+def vqa_image_folder(subtype: str) -> str:
+    """The COCO image folder (and file-name part) of a VQAv2 split: ``val2014`` for ``val2014``;
+    ``test-dev2015``'s images are ``test2015``'s."""
+    return "test2015" if subtype.startswith("test") else subtype
