@@ -571,8 +571,10 @@ def test_bad_files_and_settings_are_refused_with_what_is_wrong(backbones, tmp_pa
     mac.write_bytes(b"img_path,Question,A,B,C,D,answer\rx.png,Which?,a,b,c,d,A\r")
     semicolons = tmp_path / "semicolons.csv"  # Excel's "CSV" where the comma is the decimal mark
     semicolons.write_text("img_path;Question;A;B;C;D;answer\nx.png;Which?;a;b;c;d;A\n")
+    headed_image = tmp_path / "headed_image.csv"  # its image column named as a questions file's: passed, asked free-form
+    headed_image.write_text("image,question,A,B,C,D,answer\nx.png,Which?,a,b,c,d,B\n")
     for path, config in ((original, "multiple_choice"), (mmbench, "mmbench"), (quoted, "multiple_choice"), (mac, "multiple_choice"),
-                         (semicolons, "multiple_choice")):
+                         (semicolons, "multiple_choice"), (headed_image, "multiple_choice")):
         with pytest.raises(ConfigError, match=rf"holds multiple-choice questions .*use --config configs/predict/{config}\.yaml "
                                               rf"--data\.csv_file .*{path.name}"):
             QuestionsPredictDataModule(questions_file=str(path), output=str(tmp_path / "a.jsonl")).check_inputs()

@@ -1797,3 +1797,23 @@ def test_questions_files_pandas_and_datasets_wrote_read_their_lists_numbers_and_
                                           "answer": ["A"]}).cast_column("img_path", datasets.Image())
     choices.to_csv(str(tmp_path / "choices.csv"), index=False)
     assert read_choice_csv(tmp_path / "choices.csv")[0].image == "a.png"
+
+
+def test_an_answer_key_headed_as_a_sheet_heads_it_is_said_not_to_be_scored(tmp_path, monkeypatch):
+    # "Correct Answer", "GT-Answer" (a sheet's headings), a questions file's gt_answer: no accuracy, without a word (the
+    # note came for correct_answer alone, and the questions reader had none)
+    said = []
+    monkeypatch.setattr("mmcaption.data.choice_csv.rank_zero_info", said.append)
+    monkeypatch.setattr("mmcaption.data.questions.rank_zero_info", said.append)
+    for heading in ("Correct Answer", "GT-Answer"):
+        (tmp_path / "mc.csv").write_text(f"img_path,Question,A,B,{heading}\na.jpg,Which?,x,y,B\n")
+        assert [q.answer for q in read_choice_csv(tmp_path / "mc.csv")] == [None]
+        assert said.pop() == (f"{tmp_path / 'mc.csv'}: no 'answer' column, so no accuracy; column {heading!r} is kept as it "
+                              "is, not read as the answer key: name it 'answer' if it is one")
+    (tmp_path / "q.jsonl").write_text('{"image": "a.jpg", "question": "Which?", "gt_answer": "yes"}\n')
+    assert [q.answer for q in read_questions(tmp_path / "q.jsonl")] == [None]
+    assert said == [f"{tmp_path / 'q.jsonl'}: no 'answer', so no accuracy; 'gt_answer' is kept as it is, not read as the "
+                    "answer: name it 'answer' if it is one"]
+    (tmp_path / "a.jsonl").write_text('{"image": "a.jpg", "question": "Which?", "answer": "yes", "gt_answer": "yes"}\n')
+    read_questions(tmp_path / "a.jsonl")
+    assert len(said) == 1  # with an answer, nothing to say

@@ -121,8 +121,8 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     if {"index", "question", "a", "b", "image"} <= {name.strip() for name in next(csv.reader([line], delimiter="\t"))}:
         return "mmbench", "has MMBench's tab-separated columns"  # (csv: a header in quotes, as R and QUOTE_ALL write it)
     cells = next(csv.reader([line], delimiter=separator_in(next(csv.reader([line]), []))), [])  # ; as Excel in Europe
-    if {"img_path", "question", "a", "b"} <= {name.strip() for name in cells}:
-        return "csv", "has the original scripts' columns"
+    if {"question", "a", "b"} <= (names := {name.strip() for name in cells}) and names & {"img_path", "image"}:
+        return "csv", "has the original scripts' columns"  # (image: as the questions files name it, read_choice_csv too)
     return None
 
 

@@ -18,6 +18,7 @@ from mmcaption.data.benchmarks import (
 )
 from mmcaption.data.records import DataError, missing_file
 from mmcaption.data.tables import (
+    answer_key_columns,
     field_count_problem,
     image_file_of,
     read_table_rows,
@@ -28,7 +29,6 @@ from mmcaption.evaluation.answers import LETTERS
 from mmcaption.tasks import RESULT_COLUMNS
 
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
-ANSWER_KEY_NAMES = ("correct_answer", "answer_key", "label", "gt", "ground_truth", "gt_answer", "key", "solution")
 _LETTER_ANSWER = re.compile(r"\(?([A-Ha-h])[).:]?")  # B, b, B), (B), B., B: as answer keys are written
 
 
@@ -59,7 +59,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     if earlier:
         rank_zero_info(f"{path}: columns {earlier} are an earlier predict's results; they are not read, and are replaced")
     column = {low: i for i, low in enumerate(folded)}
-    keys = [name for name, low in zip(header, folded) if low in ANSWER_KEY_NAMES]
+    keys = answer_key_columns(header)
     if keys and "answer" not in column:
         rank_zero_info(f"{path}: no 'answer' column, so no accuracy; column {keys[0]!r} is kept as it is, not read as the "
                        "answer key: name it 'answer' if it is one")

@@ -13,12 +13,12 @@ have one (VQAv2's annotations do).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, sniffed_format
 from mmcaption.data.image_sources import coco2017_copy, image_paths
@@ -33,9 +33,11 @@ from mmcaption.data.records import (
     whole_characters,
 )
 from mmcaption.data.tables import (
+    answer_key_columns,
     field_count_problem,
     image_file_of,
     literal_in_cell,
+    number_text,
     read_table_rows,
     refuse_duplicate_columns,
     unnamed_kept,
@@ -71,20 +73,20 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     # "text": LLaVA's own evaluation files (question_id, image, text, category), as its model_vqa.py reads them
     question = str(record.get("question") or record.get("text") or "").strip()
     # "label": POPE's yes/no key (as the multiple-choice reader takes it for an answer key)
-    answer, answers = _text(record.get("answer", record.get("label"))), record.get("answers")
+    answer, answers = number_text(record.get("answer", record.get("label"))), record.get("answers")
     problems = [f"no {what}" for what, value in (("image (column image or img_path)", image),
                                                  ("question (column question, or text as LLaVA's evaluation files)", question))
                 if not value and not held] + [f"{several} images: a question is asked about one image"] * bool(several) + [
         "its image is the image's bytes, written into the file: save the images as files and name their paths"] * held
     if answer is not None and not isinstance(answer, str):
         problems.append(f"answer {answer!r} is not a string or a number")
-    if _text(answers) is None or isinstance(answers, str) and absent_cell(answers):  # pandas' NaN: no human answers
+    if number_text(answers) is None or isinstance(answers, str) and absent_cell(answers):  # pandas' NaN: no human answers
         answers = None
         record = {k: v for k, v in record.items() if k != "answers"}
     if isinstance(answers, str):  # a CSV cell: a JSON list, as ``mmcaption predict`` writes lists, or pandas' ['a', 'b']
         answers = listed if isinstance(listed := literal_in_cell(answers), list) else answers.strip() or None
     if answers is not None:  # VQAv2-style: the human answers, as strings or as {"answer": ...} objects
-        answers = [_text(a.get("answer") if isinstance(a, dict) else a) for a in answers] if isinstance(answers, list) else None
+        answers = [number_text(a.get("answer") if isinstance(a, dict) else a) for a in answers] if isinstance(answers, list) else None
         if not answers or not all(isinstance(a, str) for a in answers):
             problems.append("answers must be a non-empty list of strings (or numbers) or of {\"answer\": ...} objects "
                             "(in a CSV cell: a JSON list, [\"two\", \"2\", ...])")
@@ -97,16 +99,6 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     if "answer" in kept:  # the answer the prediction is scored against, as it was read
         kept["answer"] = answer
     return OpenQuestion(line, kept, image, question, answer)
-
-
-def _text(value: Any) -> Any:
-    """A JSON number as the text a CSV cell would hold (``2`` -> ``"2"``, ``2.0`` -> ``"2"``; ``NaN``, as pandas
-    writes a missing value, -> None); anything else as it is."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return value
-    if math.isnan(value):
-        return None
-    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = None) -> list[OpenQuestion]:
@@ -273,6 +265,9 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
         raise not_utf8(path) from None
     if not questions:
         raise DataError(f"{path} has no questions")
+    if not any(q.answer or "answers" in q.record for q in questions) and (keys := answer_key_columns(list(questions[0].record))):
+        rank_zero_info(f"{path}: no 'answer', so no accuracy; {keys[0]!r} is kept as it is, not read as the answer: name it "
+                       "'answer' if it is one")
     return questions, False
 
 

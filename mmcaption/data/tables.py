@@ -8,6 +8,7 @@ import ast
 import csv
 import functools
 import json
+import math
 import os
 import re
 from contextlib import suppress
@@ -293,3 +294,22 @@ def whole_numbers_read(path: Path, header: list[str], rows: list[tuple[int, list
         if changed:
             rank_zero_warn(f"{path}: column {header[column]!r} holds its numbers as pandas writes a column of whole numbers "
                            f"with a missing value ({cells[0]}): {changed} of them read as whole numbers (3.0 as 3)")
+
+
+ANSWER_KEY_NAMES = ("correct_answer", "answer_key", "label", "gt", "ground_truth", "gt_answer", "key", "solution")
+
+
+def answer_key_columns(names: list[str]) -> list[str]:
+    """The columns whose name says they may be an answer key (``correct_answer``; ``Correct Answer``, ``GT-Answer`` as
+    sheets head them): kept as they are, and said, as ``answer`` alone is read as the key."""
+    return [name for name in names if re.sub(r"[\s\-]+", "_", str(name).strip().casefold()) in ANSWER_KEY_NAMES]
+
+
+def number_text(value: Any) -> Any:
+    """A JSON number as the text a CSV cell would hold (``2`` -> ``"2"``, ``2.0`` -> ``"2"``; ``NaN``, as pandas
+    writes a missing value, -> None); anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if math.isnan(value):
+        return None
+    return str(int(value)) if float(value).is_integer() else str(value)
