@@ -1817,3 +1817,43 @@ def test_an_answer_key_headed_as_a_sheet_heads_it_is_said_not_to_be_scored(tmp_p
     (tmp_path / "a.jsonl").write_text('{"image": "a.jpg", "question": "Which?", "answer": "yes", "gt_answer": "yes"}\n')
     read_questions(tmp_path / "a.jsonl")
     assert len(said) == 1  # with an answer, nothing to say
+
+
+def test_records_jq_wrote_over_several_lines_each_are_read_with_the_line_each_starts_on(tmp_path):
+    # `jq '.[] | select(...)' in.json > out.jsonl` pretty-prints each record: refused as "line 1: not JSON" (questions)
+    # and "not valid JSON Lines" (conversations), where the caption reader (datasets) read it
+    from mmcaption.data.llava import read_llava
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{\n  "image": "a.jpg",\n  "question": "Q1?"\n}\n{\n  "image": "b.jpg",\n  "question": "Q2?",\n'
+                         '  "answer": "yes"\n}\n')
+    asked = read_questions(questions)
+    assert [(q.line, q.image, q.question, q.answer) for q in asked] == [(1, "a.jpg", "Q1?", None), (5, "b.jpg", "Q2?", "yes")]
+    conversations = tmp_path / "c.json"
+    record = {"id": "1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}
+    conversations.write_text("".join(json.dumps({**record, "id": str(n)}, indent=2) + "\n" for n in range(3)))
+    assert [c.id for c in read_llava(conversations, tmp_path, BadRecords(conversations))] == ["0", "1", "2"]
+    # a record cut short is still refused with its line
+    questions.write_text('{"image": "a.jpg", "question": "Q1?"}\n{"image": "b.jpg", "quest\n')
+    with pytest.raises(DataError, match=r"q\.jsonl, line 2: not JSON"):
+        read_questions(questions)
+
+
+def test_human_answers_that_never_match_a_prediction_are_warned_of(tmp_path):
+    # ten humans' "Yes" (as written, as VQAv2's evaluation keeps agreeing answers) scored a right "yes" 0, without a word
+    from mmcaption.evaluation.answers import vqa_accuracy
+
+    questions = tmp_path / "mine.jsonl"
+    questions.write_text(json.dumps({"image": "a.jpg", "question": "Is it red?", "answers": ["yes"] * 10}) + "\n" +
+                         json.dumps({"image": "a.jpg", "question": "Is it blue?", "answers": ["No"] * 10}) + "\n")
+    assert vqa_accuracy("no", ["No"] * 10) == 0.0  # why it is said
+    with pytest.warns(UserWarning, match=r"mine\.jsonl: human answers are scored as VQAv2's evaluation scores them, as written "
+                                         r"when they agree .*: 'No' \(line 2\) never matches a prediction, which is normalised "
+                                         r"\('no'\); write them as VQAv2's are, lower case with digits, no articles"):
+        read_questions(questions)
+    questions.write_text(json.dumps({"image": "a.jpg", "question": "How many?", "answers": ["2"] * 9 + ["3"]}) + "\n")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # answers written as VQAv2's: nothing to say
+        read_questions(questions)

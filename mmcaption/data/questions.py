@@ -18,20 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, sniffed_format
 from mmcaption.data.image_sources import coco2017_copy, image_paths
+from mmcaption.data.json_values import JsonLines, json_values
 from mmcaption.data.predict import FORMAT_CONFIGS, FORMATS, _ImageRows, _PredictDataModule
-from mmcaption.data.records import (
-    DataError,
-    JsonLines,
-    missing_file,
-    not_utf8,
-    read_json,
-    read_json_list,
-    whole_characters,
-)
+from mmcaption.data.records import DataError, missing_file, not_utf8, read_json, read_json_list, whole_characters
 from mmcaption.data.tables import (
     answer_key_columns,
     field_count_problem,
@@ -45,6 +38,7 @@ from mmcaption.data.tables import (
 )
 from mmcaption.data.vqa_formats import public_image_root, public_vqa_records, vqa_image_folder
 from mmcaption.errors import ConfigError
+from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
@@ -234,14 +228,17 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
     questions = []
     try:
         if path.suffix.lower() == ".jsonl":
-            lines = whole_characters(path, path.read_text(encoding="utf-8-sig")).split("\n")  # at \n only: U+2028 is in-line
-            for line, text in enumerate(lines, start=1):
+            whole = whole_characters(path, path.read_text(encoding="utf-8-sig"))
+            for line, text in enumerate(whole.split("\n"), start=1):  # at \n only: U+2028 is in-line
                 if not text.strip():
                     continue
                 try:
                     record = json.loads(text)
                 except json.JSONDecodeError as error:
-                    raise DataError(f"{path}, line {line}: not JSON: {error}") from error
+                    if (values := json_values(whole)) is None:  # else jq's records, each over several lines
+                        raise DataError(f"{path}, line {line}: not JSON: {error}") from error
+                    questions = [_question(path, line, _lower_keys(path, f"line {line}", record)) for record, line in zip(*values)]
+                    break
                 questions.append(_question(path, line, _lower_keys(path, f"line {line}", record)))
         elif path.suffix.lower() in (".csv", ".tsv"):  # a .tsv: a spreadsheet's tab-separated save
             header, rows = read_table_rows(path, "\t" if path.suffix.lower() == ".tsv" else None)
@@ -268,6 +265,12 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
     if not any(q.answer or "answers" in q.record for q in questions) and (keys := answer_key_columns(list(questions[0].record))):
         rank_zero_info(f"{path}: no 'answer', so no accuracy; {keys[0]!r} is kept as it is, not read as the answer: name it "
                        "'answer' if it is one")
+    if unread := next(((q.line, a) for q in questions for a in q.record.get("answers") or () if len(q.record["answers"]) > 1
+                       and a != normalise_answer(a, official=True)), None):  # as vqaEval.py scores them: as written
+        rank_zero_warn(f"{path}: human answers are scored as VQAv2's evaluation scores them, as written when they agree (case, "
+                       f"number words, articles kept): {unread[1]!r} (line {unread[0]}) never matches a prediction, which is "
+                       f"normalised ({normalise_answer(unread[1], official=True)!r}); write them as VQAv2's are, lower case "
+                       "with digits, no articles")
     return questions, False
 
 

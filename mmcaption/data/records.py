@@ -17,6 +17,7 @@ from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mmcaption.data.json_values import JsonLines, json_values
 from mmcaption.errors import MMCaptionError
 from mmcaption.file_spellings import existing_spelling, is_file
 from mmcaption.images import IMAGE_SUFFIXES, image_format
@@ -157,15 +158,6 @@ def read_json(path: Path, what: str) -> object:
         raise DataError(f"{path} is not valid JSON: {error}") from error
 
 
-class JsonLines(list):
-    """The records of a JSON Lines file, with the line each stands on (``lines``), for messages to name."""
-
-    lines: list[int]
-
-    def place(self, index: int) -> str:
-        return f"line {self.lines[index]}"
-
-
 def read_json_list(path: Path, what: str) -> object:
     """A JSON file as :func:`read_json` reads it, or JSON Lines (one record per line, as many datasets ship conversations)
     as the list of its records (:class:`JsonLines`: each one's line too); a line that is not JSON is refused by number."""
@@ -195,6 +187,9 @@ def read_json_list(path: Path, what: str) -> object:
             try:
                 records.append(json.loads(line, **NAN_AS_NULL))
             except json.JSONDecodeError as error:
+                if (values := json_values(text, **NAN_AS_NULL)) is not None:  # jq's records, each over several lines
+                    records[:], records.lines = values
+                    return records
                 raise DataError(f"{path}, line {number}: not valid JSON Lines (one JSON record per line): {error}") from None
             records.lines.append(number)
     return records

@@ -1,0 +1,38 @@
+"""JSON Lines' records with their lines, and JSON values one after another, as ``jq`` writes them without ``-c``
+(pretty-printed records, each over several lines)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_BLANK = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+
+
+class JsonLines(list):
+    """The records of a JSON Lines file, with the line each stands on (``lines``), for messages to name."""
+
+    lines: list[int]
+
+    def place(self, index: int) -> str:
+        return f"line {self.lines[index]}"
+
+
+def json_values(text: str, **options: Any) -> tuple[list, list[int]] | None:
+    """The JSON values ``text`` holds one after another (blanks between them) and the line each starts on; None when
+    it is not that (a value that is not JSON, or a single one)."""
+    decoder, values, lines = json.JSONDecoder(**options), [], []
+    index, line = 0, 1
+    while True:
+        start = _BLANK.match(text, index).end()
+        line += text.count("\n", index, start)
+        if start == len(text):
+            return (values, lines) if len(values) > 1 else None
+        try:
+            value, index = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            return None
+        values.append(value)
+        lines.append(line)
+        line += text.count("\n", start, index)
