@@ -1857,3 +1857,22 @@ def test_human_answers_that_never_match_a_prediction_are_warned_of(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # answers written as VQAv2's: nothing to say
         read_questions(questions)
+
+
+def test_questions_and_conversations_pandas_saved_in_its_other_json_layouts_are_read_as_records(tmp_path):
+    # df.to_json("q.json") keeps a column each ({"image": {"0": ...}}): refused as "its image is the image's bytes ...;
+    # answer {'0': 'yes', '1': 'Bob'} is not a string", a column's values taken for one record's
+    import pandas as pd
+
+    from mmcaption.data.llava import read_llava
+
+    table = pd.DataFrame({"image": ["a.jpg", "b.jpg"], "question": ["What?", "Who?"], "answer": ["yes", "Bob"]})
+    for orient in (None, "split", "table"):
+        path = tmp_path / f"q-{orient}.json"
+        table.to_json(path, **({"orient": orient} if orient else {}))
+        assert [(q.image, q.question, q.answer) for q in read_questions(path)] == [
+            ("a.jpg", "What?", "yes"), ("b.jpg", "Who?", "Bob")], orient
+    turns = [{"from": "human", "value": "What is a dog?"}, {"from": "gpt", "value": "An animal."}]
+    conversations = tmp_path / "c.json"
+    pd.DataFrame({"id": ["7", "8"], "conversations": [turns, turns]}).to_json(conversations)
+    assert [c.id for c in read_llava(conversations, tmp_path, BadRecords(conversations))] == ["7", "8"]

@@ -36,3 +36,20 @@ def json_values(text: str, **options: Any) -> tuple[list, list[int]] | None:
         values.append(value)
         lines.append(line)
         line += text.count("\n", start, index)
+
+
+def pandas_records(data: object) -> list | None:
+    """The records of a table pandas' ``to_json`` wrote in another layout than records: its default, a column each
+    (``{"image": {"0": ..., "1": ...}, ...}``), ``orient="split"`` (``columns``, ``data``) or ``"table"`` (``schema``,
+    ``data``); None for anything else."""
+    if not isinstance(data, dict) or not data:
+        return None
+    if {"columns", "data"} <= set(data) <= {"columns", "index", "data"} and isinstance(data["data"], list):
+        return [dict(zip(data["columns"], row)) for row in data["data"]]
+    if set(data) == {"schema", "data"} and isinstance(data["data"], list):
+        return [{k: v for k, v in row.items() if k != "index"} if isinstance(row, dict) else row for row in data["data"]]
+    columns = list(data.values())
+    if all(isinstance(c, dict) and c and c.keys() == columns[0].keys() for c in columns) and all(
+            str(key).isdigit() for key in columns[0]) and not all(str(name).isdigit() for name in data):
+        return [{name: column[key] for name, column in data.items()} for key in columns[0]]
+    return None

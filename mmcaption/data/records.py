@@ -17,7 +17,7 @@ from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mmcaption.data.json_values import JsonLines, json_values
+from mmcaption.data.json_values import JsonLines, json_values, pandas_records
 from mmcaption.errors import MMCaptionError
 from mmcaption.file_spellings import existing_spelling, is_file
 from mmcaption.images import IMAGE_SUFFIXES, image_format
@@ -163,7 +163,8 @@ def read_json_list(path: Path, what: str) -> object:
     as the list of its records (:class:`JsonLines`: each one's line too); a line that is not JSON is refused by number."""
     if path.suffix.lower() != ".jsonl":
         try:
-            return read_json(path, what)
+            data = read_json(path, what)
+            return records if (records := pandas_records(data)) is not None else data  # pandas' to_json(), its columns
         except DataError as error:
             cause = error.__cause__
             # a list with something after it (a stray bracket, two files joined) is no JSON Lines: its own error says where
