@@ -16,12 +16,9 @@ starts a stage from an earlier stage's checkpoint or saved folder (``model.init_
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
 import pickle
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,7 +38,7 @@ from mmcaption.model import MultimodalCausalLM, MultimodalConfig, is_pretrained_
 from mmcaption.model.backbone_weights import backbone_weights, changed_backbones, other_backbones
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
-from mmcaption.resources import dangling, dangling_note, disk_full
+from mmcaption.resources import dangling, disk_full
 
 MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
 
@@ -264,8 +261,8 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         rank_zero_warn(f"init_from {path} is at step {step} of {planned}, and the fit writing it is still training ({run}): "
                        "these weights are of a stage not finished yet (wait for it to end)")
     base = re.sub(r"-v\d+$", "", path.stem)  # last.ckpt, last-v1.ckpt, ...: one name, each a run of that stage's
-    later = sorted((p for p in path.parent.glob(f"{base}*{path.suffix}") if re.fullmatch(rf"{re.escape(base)}(-v\d+)?", p.stem)
-                    and not dangling(p) and p.stat().st_mtime > path.stat().st_mtime), key=lambda p: p.stat().st_mtime)
+    same_name = (p for p in path.parent.glob(f"{base}*{path.suffix}") if re.fullmatch(rf"{re.escape(base)}(-v\d+)?", p.stem))
+    later = sorted((p for p in same_name if not dangling(p) and saved_time(p) > saved_time(path, checkpoint)), key=saved_time)
     if later:  # a later run of that stage into the same folder: fit keeps the earlier one's last.ckpt
         try:
             newest = load_checkpoint_file(later[-1], mmap=True)  # read once, without its tensors
@@ -345,39 +342,12 @@ def restore_loader_position(trainer) -> None:
     iter(fit_loop._data_fetcher)  # Lightning makes no new iterator for a resumed run's first epoch
 
 
-def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
-    """Say so when a new ``fit`` (no ``--ckpt_path``) saves into a folder holding an earlier run's
-    checkpoints: it starts at step 0 and Lightning names its files beside them (``last-v1.ckpt``), so
-    ``last.ckpt`` stays the earlier run's - which ``init_from`` or a script may point at. ``saves_last``:
-    whether this run's checkpoint callback writes a ``last`` checkpoint."""
-    earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
-    for link in filter(dangling, earlier):  # Lightning writes a checkpoint of that name in its place
-        print(f"note: {dangling_note(link)}; a checkpoint this run saves under its name replaces the link", file=sys.stderr)
-    if not (earlier := [p for p in earlier if not dangling(p)]):
-        return
-    last = folder / "last.ckpt"
-    step = ""
-    names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
-    if last.is_file():  # Lightning's next free version of the name: last-v1.ckpt, last-v2.ckpt when a third run writes
-        # with several runs' last-vN.ckpt, the one to continue is the newest (it was last.ckpt, the oldest run's)
-        newest = max(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        which = "last.ckpt" if newest == last else f"the newest, {newest.name},"
-        with contextlib.suppress(MMCaptionError):
-            step = f"; {which} is at step {load_checkpoint_file(newest, mmap=True).get('global_step')}"
-        ours = next(name for name in (f"last-v{n}.ckpt" for n in itertools.count(1)) if not (folder / name).exists())
-        # named by its file: Lightning's "last" is the newest last*.ckpt, which is this run's once it saved (a validation,
-        # or the stop the note asks for, writes last-v1.ckpt), and resumed the run stopped a few steps in
-        earlier_run = f"last.ckpt stays the earlier run's. To continue {'that' if newest == last else 'the newest'} run " \
-                      f"instead, stop and add --ckpt_path {newest}"
-    else:  # only named checkpoints (epoch=..., interrupted-step...): this run's last is last.ckpt
-        ours = "last.ckpt"
-        newest = max(earlier, key=lambda p: p.stat().st_mtime)
-        earlier_run = f"to continue that run instead, stop and add --ckpt_path {newest}"
-    beside = f"under new names ({ours}, ...)" if saves_last else "under its own names"
-    print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
-          f"beside them {beside}; {earlier_run}; to keep the runs apart, give this one another "
-          "checkpoint folder.",
-          file=sys.stderr, flush=True)
+def saved_time(path: str | Path, checkpoint: dict[str, Any] | None = None) -> float:
+    """When a checkpoint was saved: the time it records (``saved_at``, recorded by mmcaption fit), else its file's time
+    (a copy's, with cp or rsync without -a: which of two runs' files is newer cannot be told by it). ``checkpoint``: the
+    file's contents, when read already."""
+    at = checkpoint.get("saved_at") if checkpoint is not None else _recorded(path, "saved_at", None)
+    return float(at) if isinstance(at, (int, float)) else Path(path).stat().st_mtime
 
 
 def _recorded(path: str | Path, key: str, unreadable: Any) -> Any:

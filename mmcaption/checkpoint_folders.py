@@ -4,15 +4,18 @@ named it, and the resumed run wrote over it)."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.checkpoint import _recorded
-from mmcaption.errors import ConfigError
+from mmcaption.checkpoint import _recorded, load_checkpoint_file, saved_time
+from mmcaption.errors import ConfigError, MMCaptionError
 from mmcaption.resources import dangling, dangling_note
 
 SAID: set[str] = set()  # the notes this process has said once
@@ -70,7 +73,7 @@ def keep_a_newer_last(trainer, checkpoint: dict[str, Any]) -> None:
         if trainer.is_global_zero and last and last.name and last.is_file() and resumed and last.resolve() != resumed:
             step = _recorded(last, "global_step", None)  # None: unreadable, kept all the same
             if not isinstance(step, int) or step > checkpoint.get("global_step", 0) or \
-                    last.stat().st_mtime > resumed.stat().st_mtime:
+                    saved_time(last) > saved_time(resumed, checkpoint):
                 newer = f"{last} (step {step})" if isinstance(step, int) else str(last)
         newer = trainer.strategy.broadcast(newer, src=0)
         if newer is None:
@@ -86,8 +89,9 @@ def keep_a_newer_last(trainer, checkpoint: dict[str, Any]) -> None:
 
 def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: str) -> Path | None:
     """The file ``--ckpt_path last`` names: the newest ``last*.ckpt`` in the config's checkpoint ``folders`` (also when
-    fast_dev_run leaves the ModelCheckpoint out); without one, fit starts afresh saying where it looked, and validate, test
-    and predict are refused, as ``best``: the best checkpoint the newest ``last*.ckpt`` recorded (per run), or refused."""
+    fast_dev_run leaves the ModelCheckpoint out), by the time each recorded (a copy's file times are the copy's), the
+    others named with their steps; without one, fit starts afresh saying where it looked, and validate, test and predict
+    are refused, as ``best``: the best checkpoint the newest ``last*.ckpt`` that records one there recorded (per run)."""
     if ckpt_path not in ("last", "best"):
         return None
     found = sorted(p for folder in folders or [] if folder.is_dir() for p in folder.rglob("*.ckpt"))  # a {val/CIDEr} name: a folder
@@ -95,11 +99,15 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
         raise ConfigError(f"{subcommand} --ckpt_path {ckpt_path}: {dangling_note(broken[0])}. Point the link at the "
                           "checkpoint, remove it, or give the checkpoint's path")
     found = [p for p in found if not dangling(p)]
-    newest = max((p for p in found if p.name.startswith("last")), key=lambda p: p.stat().st_mtime, default=None)
-    if ckpt_path == "last" and newest:
-        return newest
-    if ckpt_path == "best" and newest and (best := _recorded_best(newest)):
-        return best
+    lasts = newest_first([p for p in found if p.name.startswith("last")])
+    if ckpt_path == "last" and lasts:
+        if (note := _taken_of_several(lasts)) and (key := f"last {lasts[0][0].resolve()}") not in SAID:
+            SAID.add(key)  # said once a process: the CLI resolves it twice, from folders spelled two ways
+            print(note, file=sys.stderr, flush=True)
+        return lasts[0][0]
+    for last, _ in lasts if ckpt_path == "best" else []:  # a re-run stopped before validating records none: the run before
+        if best := _recorded_best(last):
+            return best
     if ckpt_path == "last" and subcommand == "fit":  # said once a process (the CLI asks twice); Lightning's warning, which
         said = f"--ckpt_path last: no last*.ckpt in {', '.join(str(f.absolute()) for f in folders or []) or 'a folder'}"
         if said not in SAID and not SAID.add(said):  # blamed save_last (the configs set it), is filtered in the CLI
@@ -132,3 +140,67 @@ def _recorded_best(last: Path) -> Path | None:
                       score is not None else "") + f", as {last.name} recorded it)", file=sys.stderr, flush=True)
                 return path
     return None
+
+
+def newest_first(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Checkpoints, the newest save first (by the time each recorded, else its file's), each with its step and save time
+    (``{}``: a file torch cannot read, said where it is loaded)."""
+    read = []
+    for path in paths:
+        try:
+            recorded = load_checkpoint_file(path, mmap=True)
+        except MMCaptionError:
+            recorded = {}
+        read.append((path, {"global_step": recorded.get("global_step"), "saved_at": saved_time(path, recorded)}))
+    return sorted(read, key=lambda pair: pair[1]["saved_at"], reverse=True)
+
+
+def _taken_of_several(lasts: list[tuple[Path, dict[str, Any]]]) -> str:
+    """The note for ``--ckpt_path last`` when a folder holds several runs' last checkpoints ("" for one): the one taken,
+    and the others, each with its step and save time - a re-run stopped at its first step saved the newest."""
+    if len(lasts) < 2:
+        return ""
+    def described(path: Path, recorded: dict[str, Any], name: str = "") -> str:
+        step = recorded.get("global_step")
+        return f"{name or path.name} (step {'?' if step is None else step}, saved " \
+               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(recorded['saved_at']))})"
+    (taken, recorded), others = lasts[0], lasts[1:]
+    further = [path.name for path, other in others if (other.get("global_step") or 0) > (recorded.get("global_step") or 0)]
+    return (f"note: --ckpt_path last: {described(taken, recorded, str(taken))}, the newest of {len(lasts)} runs' last "
+            f"checkpoints; the others: {', '.join(described(*other) for other in others)}" +
+            (f" - {further[0]} is further on" if further else "") + ". To continue another, give its path as --ckpt_path")
+
+
+def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
+    """Say so when a new ``fit`` (no ``--ckpt_path``) saves into a folder holding an earlier run's
+    checkpoints: it starts at step 0 and Lightning names its files beside them (``last-v1.ckpt``), so
+    ``last.ckpt`` stays the earlier run's - which ``init_from`` or a script may point at. ``saves_last``:
+    whether this run's checkpoint callback writes a ``last`` checkpoint."""
+    earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    for link in filter(dangling, earlier):  # Lightning writes a checkpoint of that name in its place
+        print(f"note: {dangling_note(link)}; a checkpoint this run saves under its name replaces the link", file=sys.stderr)
+    if not (earlier := [p for p in earlier if not dangling(p)]):
+        return
+    last = folder / "last.ckpt"
+    step = ""
+    names = ", ".join(p.name for p in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+    if last.is_file():  # Lightning's next free version of the name: last-v1.ckpt, last-v2.ckpt when a third run writes
+        # with several runs' last-vN.ckpt, the one to continue is the newest (it was last.ckpt, the oldest run's)
+        newest = max((p for p in folder.glob("last*.ckpt") if not dangling(p)), key=saved_time)
+        which = "last.ckpt" if newest == last else f"the newest, {newest.name},"
+        with contextlib.suppress(MMCaptionError):
+            step = f"; {which} is at step {load_checkpoint_file(newest, mmap=True).get('global_step')}"
+        ours = next(name for name in (f"last-v{n}.ckpt" for n in itertools.count(1)) if not (folder / name).exists())
+        # named by its file: Lightning's "last" is the newest last*.ckpt, which is this run's once it saved (a validation,
+        # or the stop the note asks for, writes last-v1.ckpt), and resumed the run stopped a few steps in
+        earlier_run = f"last.ckpt stays the earlier run's. To continue {'that' if newest == last else 'the newest'} run " \
+                      f"instead, stop and add --ckpt_path {newest}"
+    else:  # only named checkpoints (epoch=..., interrupted-step...): this run's last is last.ckpt
+        ours = "last.ckpt"
+        newest = max(earlier, key=saved_time)
+        earlier_run = f"to continue that run instead, stop and add --ckpt_path {newest}"
+    beside = f"under new names ({ours}, ...)" if saves_last else "under its own names"
+    print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
+          f"beside them {beside}; {earlier_run}; to keep the runs apart, give this one another "
+          "checkpoint folder.",
+          file=sys.stderr, flush=True)

@@ -20,12 +20,11 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.checkpoint import (
     data_settings,
-    earlier_checkpoints_note,
     install_atomic_checkpoint_io,
     job_of_checkpoint,
     load_checkpoint_file,
 )
-from mmcaption.checkpoint_folders import keyword_checkpoint
+from mmcaption.checkpoint_folders import earlier_checkpoints_note, keyword_checkpoint
 from mmcaption.console import bars_put_back, filter_warnings, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, release_held_stops, signals_stop, user_errors_exit

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -364,6 +365,7 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         if self.init_source is not None:
             checkpoint["init_from"] = self.init_source
         checkpoint["planned_steps"] = getattr(self, "planned_steps", None)
+        checkpoint["saved_at"] = time.time()  # which of a folder's runs saved last (a file's time is a copy's)
         # every process's generator states (Lightning saves checkpoints from all processes at once)
         checkpoint["random_states"] = random_state.gather_objects([random_state.capture()])
 

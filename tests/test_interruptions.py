@@ -776,11 +776,49 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
         assert str(folder / "last.ckpt") in message and "no last.ckpt" not in message, message
 
 
+def test_ckpt_path_last_among_several_runs_is_the_newest_save_as_recorded_and_names_the_others(
+    trained_checkpoint, tmp_path, monkeypatch, capsys
+):
+    # a run to step 60, then the same command again (a new run), stopped at its first step as the note asked: its
+    # last-v1.ckpt became `last` without a word, and predict and a resumed fit loaded it; `cp` (file times the copy's)
+    # reordered the two; `best` was refused, the newest recording none, though last.ckpt recorded a best that is there
+    from mmcaption.checkpoint_folders import earlier_checkpoints_note, keyword_checkpoint
+
+    assert isinstance(torch.load(trained_checkpoint, map_location="cpu", weights_only=False)["saved_at"], float)  # fit records it
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    best = folder / "epoch=5-step=60.ckpt"
+    torch.save({"global_step": 60}, best)
+    torch.save({"global_step": 60, "saved_at": 2_000_000_000.0, "callbacks": {"ModelCheckpoint{'monitor': 'val/loss'}": {
+        "monitor": "val/loss", "best_model_score": torch.tensor(0.5), "best_model_path": str(best), "dirpath": str(folder)}}},
+        folder / "last.ckpt")
+    torch.save({"global_step": 1, "saved_at": 2_000_000_100.0, "callbacks": {}}, folder / "last-v1.ckpt")
+    os.utime(folder / "last-v1.ckpt", (1_000_000, 1_000_000))  # copied: the file times say last.ckpt is the newer
+    assert keyword_checkpoint("last", [folder], "predict") == folder / "last-v1.ckpt"
+    saved = {name: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) for name, at in
+             (("last.ckpt", 2_000_000_000), ("last-v1.ckpt", 2_000_000_100))}
+    assert capsys.readouterr().err == (
+        f"note: --ckpt_path last: {folder / 'last-v1.ckpt'} (step 1, saved {saved['last-v1.ckpt']}), the newest of 2 runs' "
+        f"last checkpoints; the others: last.ckpt (step 60, saved {saved['last.ckpt']}) - last.ckpt is further on. To "
+        "continue another, give its path as --ckpt_path\n")
+    monkeypatch.chdir(tmp_path)
+    keyword_checkpoint("last", [Path("checkpoints")], "fit")  # the CLI resolves it twice, the folder spelled two ways: said once
+    assert capsys.readouterr().err == ""
+    assert keyword_checkpoint("best", [folder], "test") == best  # from the run before, the newest recording no best
+    assert f"note: --ckpt_path best: {best} (val/loss 0.5000, as last.ckpt recorded it)" in capsys.readouterr().err
+    earlier_checkpoints_note(folder)  # a third run is told the newest by what the files record, not their times
+    assert f"To continue the newest run instead, stop and add --ckpt_path {folder / 'last-v1.ckpt'};" in capsys.readouterr().err
+    # checkpoints saved before save times were recorded: by their files' times, as before
+    torch.save({"global_step": 1}, folder / "last-v1.ckpt")
+    os.utime(folder / "last-v1.ckpt", (1_000_000, 1_000_000))
+    torch.save({"global_step": 60}, folder / "last.ckpt")
+    assert keyword_checkpoint("last", [folder], "validate") == folder / "last.ckpt"
+
+
 def test_a_checkpoint_link_whose_file_moved_is_named_not_a_traceback(tmp_path, capsys):
     # last.ckpt made a link to a checkpoint kept aside, then the project moved: fit, predict and chat ended in a
     # FileNotFoundError traceback (the newest of the folder's files was looked for by each one's time)
-    from mmcaption.checkpoint import earlier_checkpoints_note
-    from mmcaption.checkpoint_folders import keyword_checkpoint
+    from mmcaption.checkpoint_folders import earlier_checkpoints_note, keyword_checkpoint
     from mmcaption.errors import ConfigError
     from mmcaption.inference import held_checkpoint
 
@@ -1955,7 +1993,7 @@ def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, m
 
 
 def test_a_new_fit_into_a_folder_with_an_earlier_runs_checkpoints_says_how_to_continue_it(tmp_path, capsys):
-    from mmcaption.checkpoint import earlier_checkpoints_note
+    from mmcaption.checkpoint_folders import earlier_checkpoints_note
 
     folder = tmp_path / "checkpoints" / "caption"
     earlier_checkpoints_note(folder)  # no folder yet, then an empty one: nothing to say
