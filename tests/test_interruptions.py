@@ -298,6 +298,34 @@ def predicted_with_a_kill_at_batch_2(backbones, trained_checkpoint, tmp_path):
     return module, questions, output, killed, output.read_text()
 
 
+def test_questions_added_to_the_file_after_an_interruption_are_answered_by_the_resume(backbones, trained_checkpoint, image_folder,
+                                                                                     tmp_path, capsys):
+    # a question appended after Ctrl-C: the resume was refused as "other weights or settings - the input files (...)",
+    # the only way on --data.overwrite (the rows done thrown away); an edit of a question is still refused
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)  # 12 questions, 6 batches of 2
+    output = tmp_path / "answers.csv"
+    with pytest.raises(SystemExit):
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                callbacks=[InterruptAtBatch(1)]).predict(module, datamodule=choice_data(backbones, questions, output))
+    stopped = output.read_bytes()
+    edited = tmp_path / "edited.csv"
+    write_csv(edited, [*QUESTIONS, QUESTIONS[0], QUESTIONS[1], {**QUESTIONS[2], "answer": "B"}, QUESTIONS[3], *QUESTIONS])
+    shutil.copy(edited, questions)  # row 7 edited since, not added to: another version of the file
+    with pytest.raises(OutputExistsError, match=r"came from other weights or settings - the input files \(.*q\.csv then; "):
+        predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    write_csv(questions, QUESTIONS * 3)
+    with questions.open("a", newline="") as handle:  # one question more, at its end
+        csv.DictWriter(handle, fieldnames=list(QUESTIONS[0])).writerow(QUESTIONS[1])
+    capsys.readouterr()
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, output, resume=True))
+    assert f"note: resume: {questions} had rows added at its end since {output}'s were written: they are predicted after " \
+           "the others" in capsys.readouterr().err
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, questions, tmp_path / "whole.csv"))
+    assert output.read_bytes().startswith(stopped) and output.read_text() == (tmp_path / "whole.csv").read_text()
+    assert json.loads(output.with_name("answers.csv.summary.json").read_text())["rows"] == 13
+
+
 def test_a_killed_predict_keeps_its_complete_rows_and_resume_goes_on_from_them(backbones, trained_checkpoint, image_folder,
                                                                                 tmp_path, monkeypatch):
     # a hard kill left only the hidden partial file: resume said "starting at the first row" and wrote over it (hours of
@@ -495,6 +523,51 @@ def test_captions_resumed_after_a_stop_are_those_of_one_run(backbones, trained_c
     fresh = tmp_path / "fresh.jsonl"  # resume with nothing to go on from: from the first row, as a requeued job wants
     captions(fresh, resume=True)
     assert fresh.read_text() == output.read_text()
+
+
+def test_a_predict_resumed_from_another_folder_names_its_images_as_the_first_run_did(backbones, trained_checkpoint, image_folder,
+                                                                                   tmp_path, monkeypatch, capsys):
+    # stopped in run/ with --data.images ../images, resumed from the folder above (images, or its absolute path): the
+    # same files, refused as "the output of another input" with advice (--data.overwrite) that threw the rows done away;
+    # killed outright, the refusal also left a hidden .recovered copy of the rows behind
+    from mmcaption.data import CaptionPredictDataModule
+
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def captions(images, output, callbacks=(), **settings):
+        data = CaptionPredictDataModule(images=str(images), output=str(output), tokenizer=str(backbones[0]),
+                                        image_processor=str(backbones[1]), batch_size=1, num_workers=0, **settings)
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                callbacks=list(callbacks)).predict(module, datamodule=data)
+
+    monkeypatch.chdir(run)
+    captions("../images", "whole.jsonl")
+    with pytest.raises(SystemExit):
+        captions("../images", "out/captions.jsonl", [InterruptAtBatch(1)])
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    captions(image_folder, "run/out/captions.jsonl", resume=True)  # the images' folder by its absolute path
+    assert (run / "out" / "captions.jsonl").read_text() == (run / "whole.jsonl").read_text()  # named as one run names them
+    assert ("note: resume: this run names the images from another folder than the run that wrote captions.jsonl (its row 1: "
+            f"../images/img0.png; this input's: {image_folder / 'img0.png'}): the same files, and the rows to come name them "
+            "as its rows do") in capsys.readouterr().err
+    # killed outright after its first row, the output's name spelled otherwise too
+    output = run / "out" / "killed.jsonl"
+    killed = KilledAtBatch(1, output, tmp_path / "at-kill")
+    monkeypatch.chdir(run)
+    captions("../images", "out/killed.jsonl", [killed])
+    killed.left()
+    monkeypatch.chdir(tmp_path)
+    (image_folder.parent / "others").mkdir()
+    shutil.copy(image_folder / "img1.png", image_folder.parent / "others" / "img0.png")  # another photo of the same name
+    with pytest.raises(OutputExistsError, match=r"row 1 of .*\.killed\.jsonl\.partial has image '\.\./images/img0\.png' where "
+                                                r"this input's row 1 has 'others/img0\.png'"):
+        captions("others", output, resume=True)
+    assert not list(output.parent.glob("*recovered*")) and output.with_name(".killed.jsonl.partial").is_file()  # as it was
+    captions("images", output, resume=True)
+    assert output.read_text() == (run / "whole.jsonl").read_text()
 
 
 # -- export never writes into a user's folder -------------------------------------------------------------

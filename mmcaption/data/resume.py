@@ -8,8 +8,9 @@ import csv
 import glob
 import itertools
 import json
+import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -17,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mmcaption.errors import OutputExistsError
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
+    appended_inputs,
     json_line,
     partial_path,
     read_output_rows,
@@ -34,6 +36,8 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[s
     input, or the same one changed since; ``also``: each row's values as an earlier release wrote them)."""
     refuse_a_finished_output(output, rows)
     written = read_output_rows(output)
+    if respelled := named_as_written(written, rows, output, ((_summary(output) or {}).get("made_by") or {}).get("working_folder")):
+        rank_zero_only(print)(respelled, file=sys.stderr, flush=True)
     check_first_rows(written, rows, output, also)
     if len(written) == len(rows):
         raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
@@ -92,13 +96,49 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
                                     "one before it changed; replace it with --data.overwrite true")
 
 
+def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path, folder: str | None) -> str | None:
+    """A resume that names the images' folder otherwise (run from another folder: ``data/many`` where the first run had
+    ``../data/many``, or its absolute path): when this input's first image is the file the output's first row names, seen
+    from the first run's working ``folder`` (unrecorded: the output's folder or one above it), this input's rows are named
+    as the output's, so that the rows to come are written alike. Returns the note that says so; None: named alike, or not
+    the same files (refused by :func:`check_first_rows`)."""
+    then, now = (str(r[0].get("image") or "") if r and isinstance(r[0], dict) else "" for r in (written, rows))
+    if not then or not now or then == now:
+        return None
+    then_parts, now_parts = PurePath(then).parts, PurePath(now).parts
+    common = next((n for n in range(min(len(then_parts), len(now_parts))) if then_parts[-1 - n] != now_parts[-1 - n]),
+                  min(len(then_parts), len(now_parts)))
+    then_folder, now_folder = then_parts[:len(then_parts) - common], now_parts[:len(now_parts) - common]
+    folders = [Path(folder)] if folder else [Path(output).resolve().parent, *Path(output).resolve().parents]
+    if not common or not any(_same_file(place / then, Path(now)) for place in folders):
+        return None
+    names = [PurePath(str(row.get("image") or "")).parts for row in rows]
+    if any(parts[:len(now_folder)] != now_folder or len(parts) <= len(now_folder) for parts in names):
+        return None  # not all in that folder: named as they are
+    for row, parts in zip(rows, names):
+        row["image"] = str(PurePath(*then_folder, *parts[len(now_folder):]))
+    return (f"note: resume: this run names the images from another folder than the run that wrote {output.name} (its row 1: "
+            f"{then}; this input's: {now}): the same files, and the rows to come name them as its rows do")
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
+
+
 def check_made_alike(output: Path, now: dict[str, Any], earlier: dict[str, Any] | None = None) -> None:
     """Refuse to go on from ``output`` when its rows were predicted by other weights or settings than
     ``now`` (:func:`~mmcaption.evaluation.report.prediction_record`): the two runs' rows would make one
-    accuracy of two models. An output of a version that did not record them is gone on from. ``earlier``:
+    accuracy of two models. An output of a version that did not record them is gone on from; an input file only added
+    to at its end since (a question appended after the interruption) is gone on with, said. ``earlier``:
     its summary's record, when it has no summary file yet."""
     earlier = earlier if earlier is not None else json.loads(summary_path(output).read_text(encoding="utf-8")).get("made_by")
     differences = record_differences(earlier, now) if earlier else []
+    if not differences and earlier and (grown := appended_inputs(earlier, now)) and rank_zero_only.rank == 0:
+        print(f"note: resume: {', '.join(grown)} had rows added at its end since {output}'s were written: they are "
+              "predicted after the others", file=sys.stderr, flush=True)
     if differences:
         raise OutputExistsError(f"resume: the rows of {output} came from other weights or settings - {'; '.join(differences)}: "
                                 "with this run's they would be one result of two; go on with the same --ckpt_path and "
@@ -242,6 +282,8 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
             break
         done.append(part[place // count])
     first, said = next(iter(shares.values()))
+    if respelled := named_as_written(done, rows, output, (said.get("made_by") or {}).get("working_folder")):
+        print(respelled, file=sys.stderr, flush=True)
     check_first_rows(done, rows, f"the shares of {output}")
     if now is not None:
         check_made_alike(output, now, said.get("made_by") or {})
@@ -306,9 +348,16 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
     if len(done) <= before:  # killed before it added a row: the output is what there is
         kept.unlink()
         return None if before else f"{partial}, left by a run that did not end, holds no complete row: starting at the first row"
-    check_first_rows(done, rows, partial)
-    if now is not None and made_by:
-        check_made_alike(output, now, made_by)
+    try:  # refused: the partial file stays as it was, and nothing beside it
+        respelled = named_as_written(done, rows, output, (made_by or {}).get("working_folder"))
+        check_first_rows(done, rows, partial)
+        if now is not None and made_by:
+            check_made_alike(output, now, made_by)
+    except BaseException:
+        kept.unlink(missing_ok=True)
+        raise
+    if respelled:
+        print(respelled, file=sys.stderr, flush=True)
     summary_path(output).write_text(json.dumps({"rows": len(done), "output": str(output), "made_by": made_by,
                                                 "interrupted": "killed (no summary written)"}), encoding="utf-8")
     kept.replace(output)

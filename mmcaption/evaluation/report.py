@@ -189,11 +189,13 @@ def prediction_record(trainer) -> dict[str, Any]:
             "settings": {k: settings[k] for k in PREDICTION_SETTINGS if k in settings},
             "generation": generation_record(generation),
             # the files questioned (a benchmark's TSV, a questions file and its annotations): which, and which version
-            "inputs": [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in inputs if p.is_file()]}
+            "inputs": [{"path": str(p.resolve()), "sha256": file_sha256(p), "bytes": p.stat().st_size} for p in inputs if p.is_file()],
+            "working_folder": str(Path.cwd())}  # what images named from it are: a resume run elsewhere names them otherwise
 
 
 def record_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """How two :func:`prediction_record` differ, one phrase each (a checkpoint by its sha256 when both have one)."""
+    """How two :func:`prediction_record` differ, one phrase each (a checkpoint by its sha256 when both have one; an input
+    file only added to at its end is not a difference: :func:`appended_inputs`)."""
     differences = []
     then_weights, now_weights = earlier.get("checkpoint", {}), now.get("checkpoint", {})
     if then_weights.get("sha256") and now_weights.get("sha256"):  # the same file, wherever it lies now
@@ -204,7 +206,8 @@ def record_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str
         then_name, now_name = (w.get("path") or w.get("init_from") or "the model's own weights" for w in (then_weights, now_weights))
         differences.append(f"the weights ({then_name} then, {now_name} now)")
     then_inputs, now_inputs = ({i["path"]: i["sha256"] for i in r.get("inputs", [])} for r in (earlier, now))
-    if then_inputs and now_inputs and sorted(then_inputs.values()) != sorted(now_inputs.values()):
+    if then_inputs and now_inputs and sorted(then_inputs.values()) != sorted(now_inputs.values()) and \
+            not (len(then_inputs) == len(now_inputs) and len(appended_inputs(earlier, now)) == len(set(then_inputs.values()) - set(now_inputs.values()))):
         differences.append(f"the input files ({', '.join(then_inputs)} then; {', '.join(now_inputs)} now, edited or other)")
     for group in ("settings", "generation"):
         before, after = earlier.get(group, {}), now.get(group, {})
@@ -216,6 +219,31 @@ def record_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str
             if before.get(setting) != after.get(setting):
                 differences.append(f"{setting} ({before.get(setting)!r} then, {after.get(setting)!r} now)")
     return differences
+
+
+def appended_inputs(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The input files of ``now`` that are ``earlier``'s with rows added at their end since (their first bytes hash as
+    the whole file did, its size recorded: a question appended after an interruption), by path."""
+    now_hashes = {i.get("sha256") for i in now.get("inputs", [])}
+    grown = []
+    for then in earlier.get("inputs", []):
+        size = then.get("bytes")
+        if then.get("sha256") in now_hashes or not isinstance(size, int):
+            continue
+        for path in (Path(i["path"]) for i in now.get("inputs", []) if Path(i["path"]).name == Path(then["path"]).name):
+            if path.is_file() and path.stat().st_size > size and _first_bytes_sha256(path, size) == then["sha256"]:
+                grown.append(str(path))
+                break
+    return grown
+
+
+def _first_bytes_sha256(path: Path, size: int) -> str:
+    digest, left = hashlib.sha256(), size
+    with path.open("rb") as handle:
+        while left and (block := handle.read(min(left, 1 << 20))):
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
 
 
 def checkpoint_record(path: str | Path | None, init_from: str | None = None) -> dict[str, Any]:
