@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from huggingface_hub import is_offline_mode, snapshot_download
 from mmcaption.checkpoint import load_checkpoint_file, model_from_checkpoint
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, MMCaptionError, OutputExistsError, user_errors_exit
-from mmcaption.evaluation.report import write_whole
+from mmcaption.evaluation.report import unused_name, write_whole
 from mmcaption.folders import (
     FolderLock,
     as_umask_allows,
@@ -164,12 +165,14 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
             manifest["merged_base_weights"] = weights_fingerprint(model.config.language_model)
             (staging / "README.md").write_text(model_card(manifest), encoding="utf-8")
         manifest["files"] = sorted({CONFIG_FILE, *(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())})
+        manifest["card_sha256"] = hashlib.sha256((staging / "README.md").read_bytes()).hexdigest()  # edited since, kept
         (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         as_umask_allows(staging)
         if not overwrite and out.is_dir() and any(p.name not in HUB_CLONE for p in out.iterdir()):  # another export came:
             raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "
                                     "exports into one folder?); it is left as it is. Give another folder, or --overwrite")
         kept = _keep_what_the_export_does_not_write(out, staging, kept, record)
+        edited_card = _keep_an_edited_card(out, staging)
     except BaseException as error:
         kept_back(kept, staging, out, record)
         if (full := disk_full(error)) is not None and not full.filename:  # safetensors' error names no file: the folder
@@ -177,6 +180,9 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
         raise
     if kept:
         print(f"note: kept in {out} what the export does not write: {', '.join(kept)}", file=sys.stderr)
+    if edited_card:
+        print(f"note: {out / 'README.md'} was edited since it was exported: kept as {edited_card} beside the new model card "
+              "(README.md), to carry your edits over", file=sys.stderr)
     replace_folder(staging, out)
     record.unlink(missing_ok=True)
     return out
@@ -229,6 +235,28 @@ def _recover_interrupted(out: Path) -> None:
               if back else ""), file=sys.stderr)
     for record in out.parent.glob(f".{stem}.partial-*{KEPT}"):  # its export finished, the record not yet removed
         record.unlink(missing_ok=True)
+
+
+def _keep_an_edited_card(out: Path, staging: Path) -> str | None:
+    """An earlier export's model card edited by hand since (a description, the Hub's metadata added): copied into the new
+    export as ``README.edited.md``, where ``--overwrite`` wrote the new card over it. Told by the hash the export
+    recorded, or, for an export that recorded none, by the card its manifest makes. Returns the copy's name."""
+    card = out / "README.md"
+    try:
+        manifest = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
+        text = card.read_bytes()
+    except (OSError, ValueError):  # no card, or no manifest to tell it by (not an export: refused before)
+        return None
+    recorded = manifest.get("card_sha256") if isinstance(manifest, dict) else None
+    try:
+        edited = hashlib.sha256(text).hexdigest() != recorded if recorded else text.decode("utf-8") != model_card(manifest)
+    except (UnicodeDecodeError, KeyError, TypeError, ValueError):  # a card no export wrote
+        edited = True
+    if not edited:
+        return None
+    aside = unused_name(staging / "README.edited.md")
+    shutil.copyfile(card, aside)
+    return aside.name
 
 
 def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[str], record: Path) -> list[str]:

@@ -685,6 +685,32 @@ def test_a_full_disk_during_an_export_is_said_naming_the_folder(trained_checkpoi
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # its staging folder and lock file gone
 
 
+def test_export_overwrite_keeps_a_model_card_edited_by_hand(trained_checkpoint, tmp_path, capsys):
+    # the model card pushed to the Hub, described and given results by hand, then the model exported again with
+    # --overwrite: the edited README.md was replaced by the new card without a word
+    out = tmp_path / "export"
+    export_checkpoint(trained_checkpoint, out)
+    card = (out / "README.md").read_text()
+    export_checkpoint(trained_checkpoint, out, overwrite=True)  # as written: replaced, nothing kept
+    assert not list(out.glob("README.edited*")) and "edited" not in capsys.readouterr().err
+    (out / "README.md").write_text(card + "\n## Our results\n\nCIDEr 1.2 on our own photos.\n")
+    export_checkpoint(trained_checkpoint, out, overwrite=True)
+    assert (out / "README.md").read_text() == card  # the new export's card, the edited one beside it
+    assert (out / "README.edited.md").read_text().endswith("CIDEr 1.2 on our own photos.\n")
+    assert f"note: {out / 'README.md'} was edited since it was exported: kept as README.edited.md beside the new model card " \
+           "(README.md), to carry your edits over" in capsys.readouterr().err
+    # an export of a release that recorded no hash of its card: told by the card its manifest makes
+    manifest = json.loads((out / "mmcaption.json").read_text())
+    del manifest["card_sha256"]
+    (out / "mmcaption.json").write_text(json.dumps(manifest))
+    export_checkpoint(trained_checkpoint, out, overwrite=True)
+    assert sorted(p.name for p in out.glob("README*")) == ["README.edited.md", "README.md"]  # the copy kept, nothing new
+    (out / "README.md").write_text("---\nlicense: mit\n---\n# Our captioner\n")  # edited again: a copy of its own
+    export_checkpoint(trained_checkpoint, out, overwrite=True)
+    assert (out / "README.edited-2.md").read_text() == "---\nlicense: mit\n---\n# Our captioner\n"
+    assert (out / "README.edited.md").read_text().endswith("CIDEr 1.2 on our own photos.\n")
+
+
 def test_export_with_overwrite_never_deletes_the_checkpoint_it_reads_nor_replaces_the_working_directory(
     trained_checkpoint, tmp_path, capsys, monkeypatch
 ):
