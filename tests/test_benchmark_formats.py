@@ -503,6 +503,17 @@ def test_scienceqa_with_a_model_that_always_answers_letter_a_is_never_right_unde
                                       "social science": {"correct": 0, "answered": 1, "accuracy": 0.0}}
 
 
+def test_an_option_spelled_nan_is_an_option_and_pandas_missing_values_are_not(backbones, tmp_path):
+    # "Who holds the baby? A. Nan (the grandmother)": an option written Nan, NAN or naN was taken for pandas' NaN and
+    # dropped, the question asked with 3 options and its answer D "not one of A, B, C"
+    rows = mmbench_rows()[:2]
+    rows[0] = {**rows[0], "A": "Grandpa", "B": "Mum", "C": "Dad", "D": "Nan", "answer": "D"}
+    rows[1] = {**rows[1], "C": "NaN", "D": "nan"}  # as pandas and numpy write a missing value: no option
+    questions = choice_data(backbones, write_tsv(tmp_path / "dev.tsv", rows), tmp_path / "o.csv", format="mmbench").read_rows()
+    assert [q.options for q in questions] == [["Grandpa", "Mum", "Dad", "Nan"], [rows[1]["A"], rows[1]["B"]]]
+    assert questions[0].answer == "D"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -59,8 +59,9 @@ class ChoiceQuestion:
 
 
 def absent_cell(value: str) -> bool:
-    """An empty cell, or pandas' NaN as MMBench's TSVs write a missing option or hint."""
-    return value.strip().lower() in ("", "nan")
+    """An empty cell, or a missing value as pandas and numpy write it (``nan``: MMBench's TSVs' missing option or hint;
+    ``NaN``); ``Nan`` or ``NAN`` is an option (a grandmother, the bread) and is kept."""
+    return value.strip() in ("", "nan", "NaN")
 
 
 def option_columns(path: Path, header: list[str]) -> tuple[list[str], tuple[str, ...]]:
