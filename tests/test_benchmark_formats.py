@@ -384,7 +384,8 @@ def test_mmbench_circular_eval_with_a_model_that_always_picks_blue(backbones, tr
                                           FINE: {"correct": 1, "answered": 2, "accuracy": 0.5}}
     assert summary["per_category_over"].startswith("questions")
     assert summary["errors"] == 2 and summary["unanswered"] == 2
-    assert summary["made_by"]["inputs"] == [{"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]
+    assert summary["made_by"]["inputs"] == [{"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                             "bytes": path.stat().st_size}]  # a resume tells rows appended from an edit by it
     # what made the rows: the format and CircularEval, and no split (ScienceQA's setting: "split": "test" was recorded)
     assert summary["made_by"]["settings"]["format"] == "mmbench" and "split" not in summary["made_by"]["settings"]
 
