@@ -10,6 +10,8 @@ files' ``images`` (a list of one) and ``messages`` of ``{"role": "user"|"assista
 from __future__ import annotations
 
 import functools
+import posixpath
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +96,16 @@ def split_key(record: object, position: int) -> str:
     if isinstance(record, dict):
         image = either(record, "image", "images")
         image = image[0] if isinstance(image, list) and len(image) == 1 else image
-        if isinstance(image, str) and image:
-            return f"image {image}"
+        if isinstance(image, str) and image:  # one photo spelled two ways (./, backslashes) on one side
+            return f"image {tidy_path(image)}"
         if record.get("id") not in (None, ""):
             return str(record["id"])
     return f"#{position}"
+
+
+def tidy_path(image: str) -> str:
+    """An image path as :func:`posixpath.normpath` writes it, Windows' backslashes as slashes, accents composed (NFC)."""
+    return posixpath.normpath(unicodedata.normalize("NFC", image).replace("\\", "/"))
 
 
 def _described(key: str) -> str:
