@@ -20,14 +20,14 @@ from mmcaption.terminal import draws_bars
 
 
 class _DropLines(logging.Filter):
-    """Drops log records whose message starts with one of ``prefixes``."""
+    """Drops log records whose message starts with one of ``prefixes`` (after Lightning's ``[rank: N]``)."""
 
     def __init__(self, *prefixes: str) -> None:
         super().__init__()
         self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
+        return not re.sub(r"^\[rank: \d+\] ", "", str(record.msg)).startswith(self.prefixes)
 
 
 UNACTIONABLE_WARNINGS = (
@@ -81,11 +81,14 @@ _format_warning.mmcaption = True
 
 def quiet_lightning() -> None:
     """Lightning's console lines that say nothing to a user of mmcaption: an advertisement for a cloud
-    logger, and the TPU line on machines without TPUs. The GPU line and everything else stays. Off a
+    logger, the TPU line on machines without TPUs, and its "Received SIGTERM" before mmcaption's own line. The GPU line and everything else stays. Off a
     terminal, also the progress bars of ``datasets`` (the phase lines say what is being built)."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLines) for f in logger.filters):
         logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "💡 Tip: For seamless cloud uploads", "TPU available: False"))
+    signals = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
+    if not any(isinstance(f, _DropLines) for f in signals.filters):  # said by mmcaption's own line, with what was kept
+        signals.addFilter(_DropLines("Received SIGTERM"))
     hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
     if not draws_bars():  # in a log file a bar is one long line of redrawn counts per table built
         import datasets  # here: chat and the app, which quieted() serves, never load it

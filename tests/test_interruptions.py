@@ -29,6 +29,7 @@ from mmcaption import pipeline
 from mmcaption.callbacks import ResumableStop, ResumeError
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.cli import MMCaptionCLI, main, run_cli
+from mmcaption.console import quiet_lightning
 from mmcaption.data import CaptionDataModule, InstructDataModule
 from mmcaption.data.cache import is_complete, publish_atomically
 from mmcaption.data.workers import worker_init
@@ -1757,8 +1758,9 @@ class SignalAtBatch(Callback):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_signal_in_predict_with_overwrite_keeps_the_earlier_output_and_the_rows_done(
-    backbones, trained_checkpoint, image_folder, tmp_path, signum, monkeypatch
+    backbones, trained_checkpoint, image_folder, tmp_path, signum, monkeypatch, caplog
 ):
+    quiet_lightning()  # as the CLI runs: Lightning's "[rank: 0] Received SIGTERM: 15" came before mmcaption's own line
     module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
     questions = write_csv(tmp_path / "q.csv", QUESTIONS * 3)  # 12 questions, 6 batches of 2
     output = tmp_path / "answers.csv"
@@ -1776,6 +1778,7 @@ def test_a_signal_in_predict_with_overwrite_keeps_the_earlier_output_and_the_row
     with pytest.raises(SystemExit) as exit_info:  # as the console script runs it
         user_errors_exit(run)()
     assert exit_info.value.code == 128 + signum  # 143 / 130, not Lightning's 1 (SIGTERM: not ignored)
+    assert not [r for r in caplog.records if "Received SIG" in r.getMessage()]
     assert output.read_text() == "the complete answers of an earlier run\n"
     kept = tmp_path / "answers.interrupted.csv"
     with kept.open() as handle:
