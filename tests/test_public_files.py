@@ -1,9 +1,11 @@
 """Files as public datasets ship them and users' tools write them: Flickr30k's CSV with Karpathy's splits in a column and
 its photos in a folder beside it (``nlphuji/flickr30k``), Kaggle's Flickr30k ``results.csv`` separated by ``| `` with a
-row short of a field, Kaggle's Flickr8k (``Images/`` and ``captions.txt``) and Flickr's own ``Flickr8k.token.txt``, a
+row short of a field, Kaggle's Flickr8k (``Images/`` and ``captions.txt``) and Flickr's own ``Flickr8k.token.txt`` (alone,
+and as Flickr's download has it: ``Flickr8k_text/`` beside ``Flicker8k_Dataset/``, with its split lists), a
 conversation file that pandas' records were dumped into (``NaN`` for no image)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -140,6 +142,48 @@ def test_kaggles_flickr8k_folder_and_flickrs_own_token_file_read_with_their_phot
     assert [(name, [c for _, c in texts]) for _, name, _, texts in read] == [
         (f"10{i}_693b08cb0e.jpg", [f"A child {i} in pink 0 .", f"A child {i} in pink 1 ."]) for i in range(3)]
     assert records.counts == {"missing image": 1}
+
+
+def test_flickrs_own_flickr8k_download_reads_its_token_file_its_photos_beside_it_and_its_split_lists(backbones, tmp_path,
+                                                                                                      monkeypatch):
+    # Flickr8k_Dataset.zip and Flickr8k_text.zip unpacked side by side: the folder was read as an image folder without
+    # captions; Flickr8k_text/ as a folder of text; the token file refused every row (its photos in Flicker8k_Dataset/,
+    # beside its folder), asked for columns it has no header to name, and held out 1% by hash where the download's
+    # Flickr_8k.trainImages.txt, devImages and testImages give the splits papers use
+    root = tmp_path / "flickr8k"
+    photos, text = root / "Flicker8k_Dataset", root / "Flickr8k_text"  # (sic: Flickr's own spelling of the folder)
+    photos.mkdir(parents=True)
+    text.mkdir()
+    names = [f"10{index}_693b08cb0e.jpg" for index in range(6)]
+    tokens, lemmas = [], []
+    for index, name in enumerate(names):
+        Image.new("RGB", (32, 32), (40 * index, 40, 40)).save(photos / name)
+        tokens += [f"{name}#{k}\tA child {index} in pink {k} ." for k in range(2)]
+        lemmas += [f"{name}#{k}\ta child {index} in pink {k} ." for k in range(2)]
+    tokens.append("2258277193_586949ec62.jpg.1#0\tA photo that Flickr8k lists and does not hold .")  # as the real file has
+    (text / "Flickr8k.token.txt").write_text("\n".join(tokens) + "\n")
+    (text / "Flickr8k.lemma.token.txt").write_text("\n".join(lemmas) + "\n")
+    for split, listed in (("train", names[:3]), ("dev", names[3:5]), ("test", names[5:])):
+        (text / f"Flickr_8k.{split}Images.txt").write_text("\n".join(listed) + "\n")
+    (text / "readme.txt").write_text("Flickr8k: 8,092 images, five captions each.\n")
+    said: list[str] = []
+    monkeypatch.setattr("mmcaption.data.tables.rank_zero_info", said.append)
+    for dataset in (root, text, text / "Flickr8k.token.txt"):
+        hub = HubCaptions(str(dataset))  # the columns as the settings' defaults name them (jpg, txt)
+        assert hub.split_names() == ["train", "dev", "test", "unlisted"], dataset
+        assert hub.stage_splits(None, None, None)["val"] == "dev"
+        for split, listed in (("train", names[:3]), ("dev", names[3:5])):
+            read = list(hub.records(split, BadRecords(str(dataset))))
+            assert [(Path(path).name, [c for _, c in texts]) for _, path, _, texts in read] == [
+                (name, [f"A child {names.index(name)} in pink {k} ." for k in range(2)]) for name in listed]  # not lemmas
+    assert said == [f"note: {text / 'Flickr8k.token.txt'}: 1 of its photos are in none of its split lists (Flickr_8k.devImages.txt, "
+                    "Flickr_8k.testImages.txt, Flickr_8k.trainImages.txt), so their rows, split 'unlisted', neither train nor "
+                    "validate (first: 2258277193_586949ec62.jpg.1)"]
+    # an edited split list is another split: the cache follows the lists
+    dm = make_datamodule(backbones, tmp_path / "work", source="hub", hub_dataset=str(root))
+    before = dm.split_inputs("train")
+    (text / "Flickr_8k.devImages.txt").write_text(names[3] + "\n")
+    assert dm.split_inputs("train")["split_lists"] != before["split_lists"]
 
 
 def test_a_coco_captions_file_or_textcaps_given_as_a_table_is_told_how_it_reads(tmp_path):

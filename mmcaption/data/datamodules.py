@@ -34,6 +34,7 @@ from mmcaption.data.hub import HubCaptions
 from mmcaption.data.image_sources import COCO2017_FOLDERS
 from mmcaption.data.llava import llava_unsigned_images, read_llava, turn_counts, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
+from mmcaption.data.tables import token_split_lists
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
@@ -165,11 +166,13 @@ class CaptionDataModule(PreprocessedDataModule):
             # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
             local = Path(self.hub.dataset)  # one local file: its content, not datasets' fingerprint of its time
             content = file_signature(local) if local.is_file() else self.hub.load(split)[0]._fingerprint
+            lists = token_split_lists(local) if local.is_file() else {}  # Flickr8k's, beside its token file: its splits
             files = self.hub.image_files(split)  # rows that name image files: the files' content too
             hub = {key: value for key, value in asdict(self.hub).items() if key != "cache_dir"}  # where, not what, it reads
             return {"hub": hub, "split": split, "fingerprint": content,
                     "rows": "grouped by image",  # since rows of one image became one image, not one each
                     **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {}),
+                    **({"split_lists": {name: file_signature(file) for name, file in lists.items()}} if lists else {}),
                     **self._read_otherwise_now(local, split, hub=True)}
         if self.source == "karpathy":
             if not self.karpathy_file.is_file():

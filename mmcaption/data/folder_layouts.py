@@ -55,9 +55,14 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
         rank_zero_info(f"{path} holds photos and one table of them, {tables[0].relative_to(path)}: the table is read "
                        f"(its image paths relative to {path}, or to the table's folder)")
         return tables[0], None
-    if not texts and not tables and images and len(listed := [f for f in captions if text_table_kind(f)]) == 1:
+    listed = _caption_tables(captions)
+    if not texts and not tables and images and len(listed) == 1:
         rank_zero_info(f"{path} holds photos and one table of their captions, {listed[0].relative_to(path)}: the table is "
-                       "read (Kaggle's Flickr8k: Images/ and captions.txt)")
+                       "read (" + ("Flickr's download: Flicker8k_Dataset/ and Flickr8k_text/Flickr8k.token.txt" if
+                                   text_table_kind(listed[0]) == "token" else "Kaggle's Flickr8k: Images/ and captions.txt") + ")")
+        return listed[0], None
+    if not tables and len(listed) == 1 and text_table_kind(listed[0]) == "token":  # Flickr8k's text folder alone
+        rank_zero_info(f"{path} holds Flickr's caption file {listed[0].relative_to(path)}: it is read")
         return listed[0], None
     if not texts:
         return None, None
@@ -73,6 +78,14 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
                       f"{bare[0].relative_to(path)})"
                       if bare else ")"))
     return None, [(image.relative_to(path).as_posix(), texts.get(image)) for image in sorted(images)]
+
+
+def _caption_tables(captions: list[Path]) -> list[Path]:
+    """The ``.txt`` files of ``captions`` that are tables of captions (:func:`text_table_kind`); of Flickr's token files,
+    the one that is not lemmatised (Flickr8k's ``Flickr8k.lemma.token.txt``, "a dog run", beside ``Flickr8k.token.txt``)."""
+    listed = [f for f in captions if text_table_kind(f)]
+    plain = [f for f in listed if text_table_kind(f) == "token" and "lemma" not in f.name.casefold()]
+    return plain if len(listed) > 1 and len(plain) == 1 and all(text_table_kind(f) == "token" for f in listed) else listed
 
 
 def _in_utf8(name: str) -> bool:

@@ -15,6 +15,7 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError, existing_spelling
+from mmcaption.data.tables import text_table_kind
 from mmcaption.file_spellings import home_expanded, is_file
 from mmcaption.images import IMAGE_SUFFIXES, InlineImage, is_hidden, is_inline_image, is_url
 
@@ -29,7 +30,18 @@ class RowImages:
         read), and the one the dataset's files are in."""
         path = Path(self.dataset)
         own = path if path.is_dir() else path.parent if path.is_file() else None
-        return list(dict.fromkeys(folder for folder in (self._given, own) if folder is not None))
+        above = self._above
+        folders = [folder for folder in dict.fromkeys((self._given, own)) if folder is not None and folder != above]
+        return folders + [above] * (above is not None)  # the last: the one a bare name is looked for under
+
+    @functools.cached_property
+    def _above(self) -> Path | None:
+        """Flickr's token file in a folder of text files beside the photos' (Flickr8k's download: ``Flickr8k_text/``
+        beside ``Flicker8k_Dataset/``): the folder above, under which its photos' bare names are looked for."""
+        path = Path(self.dataset)
+        if not path.is_file() or text_table_kind(path) != "token":
+            return None
+        return None if any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.parent.iterdir()) else path.parent.parent
 
     @staticmethod
     def _named(value) -> str | None:
@@ -76,7 +88,7 @@ class RowImages:
     def _nearby_files(self) -> list[Path]:
         """The dataset folder's own files, or those under a table's folder (the first 100,000: a table in a home folder),
         for a message."""
-        if getattr(self, "_files", None) or not self._folders:
+        if (getattr(self, "_files", None) and self._folders[-1] != self._above) or not self._folders:
             return list(getattr(self, "_files", []))
         return list(itertools.islice((p for p in self._folders[-1].rglob("*") if p.is_file()), 100_000))
 

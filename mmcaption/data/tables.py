@@ -17,7 +17,7 @@ from typing import Any
 
 import datasets
 import pandas as pd
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.encodings import one_encoding, table_encoding
 from mmcaption.data.records import DataError, not_utf8, packed_file
@@ -188,14 +188,47 @@ def text_table_kind(path: Path) -> str | None:
 
 def _token_table(path: Path) -> datasets.Dataset:
     """Flickr's token file as a table of ``image`` and ``caption``, a row a line (its ``#n`` taken off the photo's name;
-    a blank line an empty row, so a row's line is its number)."""
+    a blank line an empty row, so a row's line is its number); with the official split lists beside it (Flickr8k's
+    ``Flickr_8k.trainImages.txt``, ``devImages``, ``testImages``), a ``split`` column of theirs, ``unlisted`` for a photo
+    none lists (:mod:`~mmcaption.data.split_column` reads it as those splits)."""
     try:
         lines = path.read_text(encoding="utf-8-sig").removesuffix("\n").split("\n")
     except UnicodeDecodeError:
         raise not_utf8(path, table=False) from None
     cells = [line.rstrip("\r").partition("\t")[::2] for line in lines]
-    return datasets.Dataset.from_dict({"image": [re.sub(r"#\d+$", "", name) for name, _ in cells], "caption": [c for _, c in cells]},
-                                      features=datasets.Features({"image": datasets.Value("string"), "caption": datasets.Value("string")}))
+    table = {"image": [re.sub(r"#\d+$", "", name) for name, _ in cells], "caption": [c for _, c in cells]}
+    if lists := token_split_lists(path):
+        split_of = {}
+        for split, listed in lists.items():
+            try:
+                split_of.update(dict.fromkeys((line.strip() for line in listed.read_text(encoding="utf-8-sig").splitlines()
+                                               if line.strip()), split))
+            except UnicodeDecodeError:
+                raise not_utf8(listed, table=False) from None
+        table["split"] = [split_of.get(name.strip(), UNLISTED) for name in table["image"]]
+        unlisted = sorted({name for name, split in zip(table["image"], table["split"]) if split == UNLISTED and name.strip()})
+        if unlisted and (said := f"{path.resolve()} unlisted") not in SAID:  # (read once a split)
+            SAID.add(said)
+            rank_zero_info(f"note: {path}: {len(unlisted):,} of its photos are in none of its split lists "
+                           f"({', '.join(f.name for f in lists.values())}), so their rows, split {UNLISTED!r}, neither "
+                           f"train nor validate (first: {unlisted[0]})")
+    return datasets.Dataset.from_dict(table, features=datasets.Features({name: datasets.Value("string") for name in table}))
+
+
+SAID: set[str] = set()  # the notes this process has said once
+UNLISTED = "unlisted"  # the split of a token file's photo that none of its split lists names
+SPLIT_LISTS = {"train": "trainimages", "dev": "devimages", "test": "testimages"}  # Flickr_8k.<name>.txt, in any case
+
+
+def token_split_lists(path: Path) -> dict[str, Path]:
+    """The official split lists beside a Flickr token file (Flickr8k's ``Flickr_8k.trainImages.txt``, ``devImages``,
+    ``testImages``: a photo's file name a line), by split; ``{}`` unless its train list and another are there."""
+    found = {}
+    for file in sorted(path.parent.glob("*.txt")) if path.parent.is_dir() else []:
+        split = next((split for split, end in SPLIT_LISTS.items() if file.stem.casefold().endswith(end)), None)
+        if split is not None and split not in found:
+            found[split] = file
+    return found if "train" in found and len(found) > 1 else {}
 
 
 def read_table_file(path: Path, cache_dir: str | None = None) -> datasets.Dataset:
