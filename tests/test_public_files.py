@@ -186,6 +186,25 @@ def test_flickrs_own_flickr8k_download_reads_its_token_file_its_photos_beside_it
     assert dm.split_inputs("train")["split_lists"] != before["split_lists"]
 
 
+@pytest.mark.parametrize("orient", [None, "split", "table", "index"])
+def test_a_caption_table_pandas_wrote_to_json_in_any_layout_reads_as_its_rows(tmp_path, orient):
+    # DataFrame.to_json("captions.json") writes a column each ({"image": {"0": ...}, "caption": {"0": ...}}): read as one
+    # row of whole columns and refused with "name the key of the text in hub_caption_column, e.g. caption.0"; its
+    # orient="split" had "no column(s) ['caption', 'image']; its columns are ['columns', 'index', 'data']", "index" ['0', '1', '2']
+    import pandas as pd
+
+    names = []
+    for index in range(3):
+        names.append(f"photo{index}.jpg")
+        Image.new("RGB", (32, 32), (70 * index, 40, 40)).save(tmp_path / names[-1])
+    frame = pd.DataFrame({"image": names, "caption": [f"A red square {i}." for i in range(3)]})
+    table = tmp_path / "captions.json"
+    frame.to_json(table, **({"orient": orient} if orient else {}))
+    read = list(HubCaptions(str(table), "image", "caption").records("train", BadRecords(str(table))))
+    assert [(name, [c for _, c in texts]) for _, name, _, texts in read] == [
+        (name, [f"A red square {i}."]) for i, name in enumerate(names)]
+
+
 def test_a_coco_captions_file_or_textcaps_given_as_a_table_is_told_how_it_reads(tmp_path):
     # nocaps' COCO-format file as hub_dataset was told "--data.init_args.hub_image_column images", which cannot work;
     # TextCaps' rows under 'data' got its four top-level keys and no hint

@@ -41,7 +41,8 @@ def json_values(text: str, **options: Any) -> tuple[list, list[int]] | None:
 def pandas_records(data: object) -> list | None:
     """The records of a table pandas' ``to_json`` wrote in another layout than records: its default, a column each
     (``{"image": {"0": ..., "1": ...}, ...}``), ``orient="split"`` (``columns``, ``data``) or ``"table"`` (``schema``,
-    ``data``); None for anything else."""
+    ``data``); None for anything else (``orient="index"``, a row each under its number, is GQA's questions file's
+    layout too, keyed by question ids)."""
     if not isinstance(data, dict) or not data:
         return None
     if {"columns", "data"} <= set(data) <= {"columns", "index", "data"} and isinstance(data["data"], list):

@@ -20,6 +20,7 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.encodings import one_encoding, table_encoding
+from mmcaption.data.json_values import pandas_records
 from mmcaption.data.records import DataError, not_utf8, packed_file
 
 # pandas' options for a caption table: an empty cell, or one reading "NA" or "null", is that text (an empty caption is
@@ -245,8 +246,27 @@ def read_table_file(path: Path, cache_dir: str | None = None) -> datasets.Datase
         packed = packed_file(path)  # a workbook, a zip
         raise DataError(packed or f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file (or a "
                                    f".txt of captions as Flickr8k's come){tsv}")
+    if builder == "json" and (records := _pandas_layout(path)) is not None:
+        return datasets.Dataset.from_list(records)
     options = csv_text_options([path], SEVERAL_CAPTIONS) if builder == "csv" else {}
     return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir, **options)
+
+
+def _pandas_layout(path: Path) -> list[dict[str, Any]] | None:
+    """The rows of a ``.json`` table pandas' ``to_json`` wrote in its default layout, a column each (``{"image": {"0":
+    ...}, "caption": {"0": ...}}``), or as ``orient="split"``, ``"table"`` (:func:`~mmcaption.data.json_values.
+    pandas_records`) or ``"index"``: ``datasets`` read it as one row of whole columns. None for any other file."""
+    with path.open("rb") as handle:
+        if handle.read(4096).lstrip()[:1] != b"{":
+            return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):  # said as datasets' reading of it says it
+        return None
+    records = pandas_records(data)
+    if records is None and isinstance(data, dict) and data and all(str(key).isdigit() for key in data):
+        records = list(data.values())  # orient="index": a row each under its number
+    return records if records and all(isinstance(record, dict) for record in records) else None
 
 
 def columns_named(data: datasets.Dataset, wanted: tuple[str, ...]) -> datasets.Dataset:
