@@ -355,7 +355,7 @@ def _recorded(path: str | Path, key: str, unreadable: Any) -> Any:
     damaged or half-written file (said where its weights are loaded)."""
     try:
         return load_checkpoint_file(path, mmap=True).get(key)
-    except MMCaptionError:
+    except (MMCaptionError, OSError):  # (one this user may not read: a colleague's in a shared folder)
         return unreadable
 
 

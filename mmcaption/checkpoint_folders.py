@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from mmcaption.checkpoint import _recorded, load_checkpoint_file, saved_time
 from mmcaption.errors import ConfigError, MMCaptionError
@@ -101,12 +101,16 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
     found = [p for p in found if not dangling(p)]
     lasts = newest_first([p for p in found if p.name.startswith("last")])
     if ckpt_path == "last" and lasts:
-        if (note := _taken_of_several(lasts)) and (key := f"last {lasts[0][0].resolve()}") not in SAID:
+        if (note := _taken_of_several(lasts)) and (key := f"last {lasts[0][0].resolve()}") not in SAID and rank_zero_only.rank == 0:
             SAID.add(key)  # said once a process: the CLI resolves it twice, from folders spelled two ways
             print(note, file=sys.stderr, flush=True)
         return lasts[0][0]
-    for last, _ in lasts if ckpt_path == "best" else []:  # a re-run stopped before validating records none: the run before
+    for last, recorded in lasts if ckpt_path == "best" else []:  # a re-run stopped before validating records none
         if best := _recorded_best(last):
+            if last != lasts[0][0] and rank_zero_only.rank == 0:  # another run's: said, with the newest that has none
+                print(f"note: --ckpt_path best: {lasts[0][0]}, the newest run's last checkpoint (step "
+                      f"{lasts[0][1].get('global_step')}), records no best checkpoint; {best} is {last.name}'s run's, of "
+                      f"step {recorded.get('global_step')}", file=sys.stderr, flush=True)
             return best
     if ckpt_path == "last" and subcommand == "fit":  # said once a process (the CLI asks twice); Lightning's warning, which
         said = f"--ckpt_path last: no last*.ckpt in {', '.join(str(f.absolute()) for f in folders or []) or 'a folder'}"
@@ -149,7 +153,7 @@ def newest_first(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
     for path in paths:
         try:
             recorded = load_checkpoint_file(path, mmap=True)
-        except MMCaptionError:
+        except (MMCaptionError, OSError):  # (a colleague's, unreadable to this user: by its file's time)
             recorded = {}
         read.append((path, {"global_step": recorded.get("global_step"), "saved_at": saved_time(path, recorded)}))
     return sorted(read, key=lambda pair: pair[1]["saved_at"], reverse=True)

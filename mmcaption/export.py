@@ -181,8 +181,8 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
     if kept:
         print(f"note: kept in {out} what the export does not write: {', '.join(kept)}", file=sys.stderr)
     if edited_card:
-        print(f"note: {out / 'README.md'} was edited since it was exported: kept as {edited_card} beside the new model card "
-              "(README.md), to carry your edits over", file=sys.stderr)
+        print(f"note: {out / 'README.md'} differs from the card that was exported: kept as {edited_card} beside the new "
+              "model card (README.md), to carry your edits over", file=sys.stderr)
     replace_folder(staging, out)
     record.unlink(missing_ok=True)
     return out
@@ -248,15 +248,17 @@ def _keep_an_edited_card(out: Path, staging: Path) -> str | None:
     except (OSError, ValueError):  # no card, or no manifest to tell it by (not an export: refused before)
         return None
     recorded = manifest.get("card_sha256") if isinstance(manifest, dict) else None
-    try:
-        edited = hashlib.sha256(text).hexdigest() != recorded if recorded else text.decode("utf-8") != model_card(manifest)
+    try:  # (line ends as Windows writes them aside; a card of an earlier release's template differs from today's too)
+        edited = hashlib.sha256(text).hexdigest() != recorded if recorded else \
+            text.decode("utf-8").replace("\r\n", "\n") != model_card(manifest)
     except (UnicodeDecodeError, KeyError, TypeError, ValueError):  # a card no export wrote
         edited = True
     if not edited:
         return None
     aside = unused_name(staging / "README.edited.md")
     shutil.copyfile(card, aside)
-    return aside.name
+    return aside.name + ("" if recorded else " (an earlier release's export, which recorded no hash of its card: edited by "
+                                             "hand, or written from an earlier template)")
 
 
 def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[str], record: Path) -> list[str]:

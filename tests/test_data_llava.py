@@ -822,27 +822,32 @@ def test_one_picture_spelled_several_ways_is_on_one_side(llava):
     # a file merged from several tools names one photo ./x.jpg, x.jpg, with a Windows path's backslashes, or with a
     # decomposed accent (macOS): its side was a hash of the path as written, so the same picture was trained on and
     # validated; and such a file's cache, built when it was split that way, is not reused
-    from mmcaption.data.conversation_fields import read_otherwise_now
+    from mmcaption.data.llava import untidy_image_paths
 
     file, image_root = llava
-    assert not read_otherwise_now(file)  # LLaVA's own spelling: its cache as it was
+    assert not untidy_image_paths(file)  # LLaVA's own spelling: its cache as it was
     (image_root / "sub").mkdir()
     (image_root / "sub" / "café.png").write_bytes((image_root / json.loads(file.read_text())[0]["image"]).read_bytes())
     spellings = ["sub/café.png", "./sub/café.png", "sub\\café.png", "sub//café.png", "sub/./café.png",
                  unicodedata.normalize("NFD", "sub/café.png")]
     edit(file, lambda records: [r.update(image=spelling) for r, spelling in zip(records, spellings)])
-    assert read_otherwise_now(file)
+    assert untidy_image_paths(file)
     for fraction in (0.2, 0.5, 0.8):
         sides = {side: read_llava(file, image_root, BadRecords("f"), side, fraction) for side in ("train", "val")}
         with_it = [side for side, conversations in sides.items() if any("caf" in str(c.image) for c in conversations)]
         assert len(with_it) == 1, (fraction, with_it)
         assert sum("caf" in str(c.image) for c in sides[with_it[0]]) == len(spellings)
-    for spelling in spellings[1:]:  # each found in the file's bytes as JSON writes it, \u escapes too
+    # each found in the file as JSON writes it (\u escapes, or UTF-8 as written), kana and Hangul as macOS decomposes them
+    others = [unicodedata.normalize("NFD", "写真/が.jpg"), unicodedata.normalize("NFD", "사진/한.jpg")]
+    for spelling in [*spellings[1:], *others]:
         edit(file, lambda records, spelling=spelling: [r.update(image="sub/café.png" if i else spelling)
                                                        for i, r in enumerate(records)])
-        assert read_otherwise_now(file), spelling
+        assert untidy_image_paths(file), spelling
         file.write_text(json.dumps(json.loads(file.read_text()), ensure_ascii=False))
-        assert read_otherwise_now(file), spelling
+        assert untidy_image_paths(file), spelling
+    for tidy in ("sub/café.png", "https://example.com/photos/a.jpg", "写真/が.jpg"):  # a URL's // is its own
+        edit(file, lambda records, tidy=tidy: [r.update(image=tidy) for r in records])
+        assert not untidy_image_paths(file), tidy
 
 
 def test_one_picture_under_several_ids_is_on_one_side(llava):

@@ -551,6 +551,11 @@ def test_a_predict_resumed_from_another_folder_names_its_images_as_the_first_run
     capsys.readouterr()
     captions(image_folder, "run/out/captions.jsonl", resume=True)  # the images' folder by its absolute path
     assert (run / "out" / "captions.jsonl").read_text() == (run / "whole.jsonl").read_text()  # named as one run names them
+    from mmcaption.data.resume import named_as_written
+
+    rows = [{"image": str(image_folder / "img0.png")}]  # the project moved since: its recorded working folder is gone
+    assert named_as_written([{"image": "../images/img0.png"}], rows, run / "out" / "captions.jsonl", str(tmp_path / "gone" / "run"))
+    assert rows == [{"image": "../images/img0.png"}]
     assert ("note: resume: this run names the images from another folder than the run that wrote captions.jsonl (its row 1: "
             f"../images/img0.png; this input's: {image_folder / 'img0.png'}): the same files, and the rows to come name them "
             "as its rows do") in capsys.readouterr().err
@@ -698,8 +703,8 @@ def test_export_overwrite_keeps_a_model_card_edited_by_hand(trained_checkpoint, 
     export_checkpoint(trained_checkpoint, out, overwrite=True)
     assert (out / "README.md").read_text() == card  # the new export's card, the edited one beside it
     assert (out / "README.edited.md").read_text().endswith("CIDEr 1.2 on our own photos.\n")
-    assert f"note: {out / 'README.md'} was edited since it was exported: kept as README.edited.md beside the new model card " \
-           "(README.md), to carry your edits over" in capsys.readouterr().err
+    assert f"note: {out / 'README.md'} differs from the card that was exported: kept as README.edited.md beside the new " \
+           "model card (README.md), to carry your edits over" in capsys.readouterr().err
     # an export of a release that recorded no hash of its card: told by the card its manifest makes
     manifest = json.loads((out / "mmcaption.json").read_text())
     del manifest["card_sha256"]
@@ -905,7 +910,10 @@ def test_ckpt_path_last_among_several_runs_is_the_newest_save_as_recorded_and_na
     keyword_checkpoint("last", [Path("checkpoints")], "fit")  # the CLI resolves it twice, the folder spelled two ways: said once
     assert capsys.readouterr().err == ""
     assert keyword_checkpoint("best", [folder], "test") == best  # from the run before, the newest recording no best
-    assert f"note: --ckpt_path best: {best} (val/loss 0.5000, as last.ckpt recorded it)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"note: --ckpt_path best: {best} (val/loss 0.5000, as last.ckpt recorded it)" in err
+    assert f"note: --ckpt_path best: {folder / 'last-v1.ckpt'}, the newest run's last checkpoint (step 1), records no best " \
+           f"checkpoint; {best} is last.ckpt's run's, of step 60" in err
     earlier_checkpoints_note(folder)  # a third run is told the newest by what the files record, not their times
     assert f"To continue the newest run instead, stop and add --ckpt_path {folder / 'last-v1.ckpt'};" in capsys.readouterr().err
     # checkpoints saved before save times were recorded: by their files' times, as before

@@ -5,6 +5,7 @@ and as Flickr's download has it: ``Flickr8k_text/`` beside ``Flicker8k_Dataset/`
 conversation file that pandas' records were dumped into (``NaN`` for no image)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,7 @@ def test_kaggles_flickr8k_folder_and_flickrs_own_token_file_read_with_their_phot
                     "Flickr8k: Images/ and captions.txt)"]
     token = root / "Flickr8k.token.txt"
     token.write_text("\n".join(tokens) + "\n")
+    shutil.copytree(root / "Images", tmp_path / "another-copy" / "Images")  # under the folder above: its own Images/ read
     with pytest.raises(DataError, match=r"1 of 7 rows name no image that is there \(first: line 7: its 'image' is "
                                         r"'2258277193_586949ec62\.jpg\.1', not a file"):
         list(HubCaptions(str(token), "image", "caption").records("train", BadRecords(str(token))))

@@ -132,15 +132,8 @@ def _text_of(content: object) -> object:
 
 def read_otherwise_now(file: Path) -> bool:
     """A cheap look at ``file``'s bytes: whether it has what this reader reads otherwise than earlier releases did (an
-    image under another key, a turn's ``weight``, a developer turn, an image as ``{"path": ...}`` or a ``file://`` URI,
-    an image path whose train / val side is now a hash of it put in order: :func:`~mmcaption.data.llava.split_key`),
+    image under another key, a turn's ``weight``, a developer turn, an image as ``{"path": ...}`` or a ``file://`` URI),
     for its cache to be built again rather than reused as those releases built it."""
     keys = "|".join(re.escape(key) for key in (*OTHER_IMAGE_KEYS, "weight"))
-    pattern = rb'"(?:' + keys.encode() + rb')"\s*:|"developer"|"path"\s*:|"file://|' + UNTIDY_IMAGE_PATH
+    pattern = rb'"(?:' + keys.encode() + rb')"\s*:|"developer"|"path"\s*:|"file://'
     return re.search(pattern, file.read_bytes()) is not None
-
-
-# an image path that is not as posixpath.normpath and NFC would write it (./, //, /./, /../, a trailing /, Windows'
-# backslashes, a combining accent as macOS writes it), as JSON holds it: looked for, more than those, in a file's bytes
-UNTIDY_IMAGE_PATH = (rb'"images?"\s*:\s*\[?\s*"(?:\./|[^"]*?(?:\\\\|//|/\./|/\.\./|/\.?"|\\u03[0-6]|\xcc[\x80-\xbf]|'
-                     rb'\xcd[\x80-\xaf]))')

@@ -11,6 +11,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from mmcaption.data import llava as conversation_files
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature
 from mmcaption.data.caption_cells import invisible_characters_in, python_lists_in
@@ -328,6 +329,8 @@ class InstructDataModule(PreprocessedDataModule):
         signature = {"file": file_signature(file), "side": side, "images": self.signed_folder(self.image_root)}
         if self.looked_at(("read otherwise", file), lambda: read_otherwise_now(file)):  # not the cache of an earlier reading
             signature["reader"] = 2
+        if self.looked_at(("untidy", file), lambda: conversation_files.untidy_image_paths(file)):  # sides hashed from paths put in order
+            signature["image paths"] = "tidied"
         unsigned = self.looked_at(("outside", file), lambda: llava_unsigned_images(file, self.image_root))
         if unsigned:  # absolute image paths, names without an image's suffix (none in LLaVA's own files)
             signature["outside image_root"] = files_signature(unsigned, str(file.resolve()), self.cache_dir)

@@ -55,7 +55,7 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
         rank_zero_info(f"{path} holds photos and one table of them, {tables[0].relative_to(path)}: the table is read "
                        f"(its image paths relative to {path}, or to the table's folder)")
         return tables[0], None
-    listed = _caption_tables(captions)
+    listed = _caption_tables(captions) if not texts else []  # (not each photo's own caption file opened)
     if not texts and not tables and images and len(listed) == 1:
         rank_zero_info(f"{path} holds photos and one table of their captions, {listed[0].relative_to(path)}: the table is "
                        "read (" + ("Flickr's download: Flicker8k_Dataset/ and Flickr8k_text/Flickr8k.token.txt" if

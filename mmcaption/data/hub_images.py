@@ -41,7 +41,8 @@ class RowImages:
         path = Path(self.dataset)
         if not path.is_file() or text_table_kind(path) != "token":
             return None
-        return None if any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.parent.iterdir()) else path.parent.parent
+        below = itertools.islice(path.parent.rglob("*"), 100_000)  # (its own Images/ folder: looked for there, as before)
+        return None if any(f.suffix.lower() in IMAGE_SUFFIXES for f in below) else path.parent.parent
 
     @staticmethod
     def _named(value) -> str | None:

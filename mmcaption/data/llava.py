@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import posixpath
+import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,6 +107,30 @@ def split_key(record: object, position: int) -> str:
 def tidy_path(image: str) -> str:
     """An image path as :func:`posixpath.normpath` writes it, Windows' backslashes as slashes, accents composed (NFC)."""
     return posixpath.normpath(unicodedata.normalize("NFC", image).replace("\\", "/"))
+
+
+# an image path that tidy_path changes, as JSON holds it (./, //, /./, /../, a trailing /, Windows' backslashes; not a
+# URL's //), and one with a character beyond ASCII (read then: NFC composes accents, kana and Hangul that macOS decomposes)
+UNTIDY_IMAGE_PATH = rb'"images?"\s*:\s*\[?\s*"(?:\./|[^"]*?(?:\\\\|(?<!:)//|/\./|/\.\./|/\.?"))'
+NON_ASCII_IMAGE_PATH = rb'"images?"\s*:\s*\[?\s*"[^"]*?(?:[\x80-\xff]|\\u)'
+
+
+def untidy_image_paths(file: Path) -> bool:
+    """Whether ``file`` names an image by a path that :func:`tidy_path` changes, so that its records' sides are not those
+    an earlier release hashed (its cache is built anew): looked for in its bytes, the file read only when a path holds a
+    character beyond ASCII."""
+    data = file.read_bytes()
+    if re.search(UNTIDY_IMAGE_PATH, data):
+        return True
+    if not re.search(NON_ASCII_IMAGE_PATH, data):
+        return False
+    try:
+        content = read_json_list(file, "LLaVA conversation file")
+    except DataError:  # said as it is read
+        return False
+    images = (either(record, "image", "images") for record in content if isinstance(record, dict))
+    return any(isinstance(image, str) and image and tidy_path(image) != image
+               for image in (i[0] if isinstance(i, list) and len(i) == 1 else i for i in images))
 
 
 def _described(key: str) -> str:

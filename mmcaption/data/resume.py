@@ -99,7 +99,7 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
 def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path, folder: str | None) -> str | None:
     """A resume that names the images' folder otherwise (run from another folder: ``data/many`` where the first run had
     ``../data/many``, or its absolute path): when this input's first image is the file the output's first row names, seen
-    from the first run's working ``folder`` (unrecorded: the output's folder or one above it), this input's rows are named
+    from the first run's working ``folder`` (or, moved since or unrecorded, the output's folder or one above), this input's rows are named
     as the output's, so that the rows to come are written alike. Returns the note that says so; None: named alike, or not
     the same files (refused by :func:`check_first_rows`)."""
     then, now = (str(r[0].get("image") or "") if r and isinstance(r[0], dict) else "" for r in (written, rows))
@@ -109,7 +109,7 @@ def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
     common = next((n for n in range(min(len(then_parts), len(now_parts))) if then_parts[-1 - n] != now_parts[-1 - n]),
                   min(len(then_parts), len(now_parts)))
     then_folder, now_folder = then_parts[:len(then_parts) - common], now_parts[:len(now_parts) - common]
-    folders = [Path(folder)] if folder else [Path(output).resolve().parent, *Path(output).resolve().parents]
+    folders = [*([Path(folder)] if folder else []), Path(output).resolve().parent, *Path(output).resolve().parents]
     if not common or not any(_same_file(place / then, Path(now)) for place in folders):
         return None
     names = [PurePath(str(row.get("image") or "")).parts for row in rows]
