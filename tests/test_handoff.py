@@ -151,18 +151,19 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
     # the caption stage run again into the same folder: its last checkpoint is last-v1.ckpt, and the instruct stage's
     # init_from (last.ckpt, as the configs name it) went on from the earlier run's weights with no more than "its step"
     later = folder / "last-v1.ckpt"
-    torch.save(source, later)
+    torch.save({**source, "saved_at": time.time()}, later)  # each run records when it saved (copies keep it)
     os.utime(folder / "last.ckpt", (time.time() - 60, time.time() - 60))
     with pytest.warns(UserWarning, match=r"init_from .*last\.ckpt \(step 3\) is not the newest of its name: last-v1\.ckpt, of "
                                          rf"step 3 of 3, was saved since .*; --model.init_from {re.escape(str(later))} if that"):
         make_module(backbones, init_from=str(folder / "last.ckpt")).initialise_from_checkpoint()
     os.utime(later, (time.time() - 120, time.time() - 120))  # ... and a third run's last-v2.ckpt after last-v1.ckpt
-    torch.save(source, folder / "last-v2.ckpt")
+    torch.save({**source, "saved_at": time.time() + 1}, folder / "last-v2.ckpt")
     with pytest.warns(UserWarning, match=r"last-v1\.ckpt \(step 3\) is not the newest of its name: last-v2\.ckpt"):
         make_module(backbones, init_from=str(later)).initialise_from_checkpoint()
     # stage 1 trained with another vision tower of the same shapes (ViT-B/32's stage 1 for a ViT-B/16 stage 2): it loaded
     # without a word, its projection and cross-attention fitted to the other tower's features
-    other = {**source, "model_config": {**source["model_config"], "vision_model": "elsewhere/clip-vit-base-patch16"}}
+    other = {**source, "model_config": {**source["model_config"], "vision_model": "elsewhere/clip-vit-base-patch16"},
+             "saved_at": time.time() + 2}  # saved after last-v1.ckpt
     other.pop("backbone_weights", None)  # as a checkpoint from before the weights' fingerprints were kept: by name
     torch.save(other, folder / "last-v2.ckpt")
     with pytest.warns(UserWarning, match=r"was trained with vision_model elsewhere/clip-vit-base-patch16, and this run's is "
@@ -173,7 +174,8 @@ def test_starting_from_a_stage_that_stopped_early_says_so(backbones, caption_che
     with pytest.warns(UserWarning, match=r"was fitted to other weights than those of the vision tower "
                                          rf"{re.escape(str(backbones[1]))} \(it was trained with elsewhere/clip-vit-base-patch16\)"):
         make_module(backbones, init_from=str(folder / "last-v2.ckpt")).initialise_from_checkpoint()
-    moved = {**source, "model_config": {**source["model_config"], "vision_model": f"/old/place/{Path(backbones[1]).name}"}}
+    moved = {**source, "model_config": {**source["model_config"], "vision_model": f"/old/place/{Path(backbones[1]).name}"},
+             "saved_at": time.time() + 3}
     torch.save(moved, folder / "last-v2.ckpt")
     with warnings.catch_warnings():  # the same folder's name elsewhere: a project moved, not another model
         warnings.simplefilter("error")
