@@ -42,7 +42,7 @@ from mmcaption.folders import (
 from mmcaption.generation_settings import saved_generation
 from mmcaption.model.backbone_weights import weights_fingerprint
 from mmcaption.model.backbones import load_tokenizer
-from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS, merged_into_other_weights, model_card
+from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS, merged_into_other_weights, model_card, read_manifest
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.resources import disk_full
 from mmcaption.usage import backbones_given, export_parser
@@ -139,6 +139,8 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
     local_backbones = [name for name in (model.config.language_model, model.config.vision_model) if Path(name).exists()]
     check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path, *local_backbones), marker=CONFIG_FILE,
                      ignored=HUB_CLONE)
+    if (out / CONFIG_FILE).is_file():  # its list of files and card hash tell the user's files from the export's: unread,
+        read_manifest(out)  # --overwrite would take a hand-edited card and files put into tokenizer/ for the export's
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}

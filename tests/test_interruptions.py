@@ -715,6 +715,19 @@ def test_export_overwrite_keeps_a_model_card_edited_by_hand(trained_checkpoint, 
     export_checkpoint(trained_checkpoint, out, overwrite=True)
     assert (out / "README.edited-2.md").read_text() == "---\nlicense: mit\n---\n# Our captioner\n"
     assert (out / "README.edited.md").read_text().endswith("CIDEr 1.2 on our own photos.\n")
+    # its mmcaption.json edited by hand with a stray comma: --overwrite deleted the edited card without a word, and
+    # loading it was a JSONDecodeError traceback
+    from mmcaption.errors import ConfigError
+    from mmcaption.model.card import read_manifest
+
+    (out / "README.md").write_text(card + "\nMy own words.\n")
+    manifest_text = (out / "mmcaption.json").read_text()
+    (out / "mmcaption.json").write_text(manifest_text.replace("{", "{,", 1))
+    for attempt in (lambda: export_checkpoint(trained_checkpoint, out, overwrite=True), lambda: read_manifest(out)):
+        with pytest.raises(ConfigError, match=rf"{re.escape(str(out / 'mmcaption.json'))} is not valid JSON at line \d+, column "
+                                              r"\d+ \(.*\): mend it \(edited by hand\?\), or export the checkpoint again"):
+            attempt()
+    assert (out / "README.md").read_text().endswith("My own words.\n")
 
 
 def test_export_with_overwrite_never_deletes_the_checkpoint_it_reads_nor_replaces_the_working_directory(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCardData, try_to_load_from_cache
 
-from mmcaption.errors import NotAModelFolderError
+from mmcaption.errors import ConfigError, NotAModelFolderError
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -192,7 +192,17 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
                 if path.is_file() and not checkpoint else f"no {CONFIG_FILE}" if path.exists() else "no such folder")
         raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder ({what}){export}"
                                    f"{'' if path.exists() else near_names(path)}")
-    return json.loads((Path(folder) / CONFIG_FILE).read_text())
+    path = Path(folder) / CONFIG_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:  # edited by hand (a stray comma, a path fixed after a move)
+        where = f" at line {error.lineno}, column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+        raise ConfigError(f"{path} is not valid JSON{where} ({getattr(error, 'msg', error)}): mend it (edited by hand?), or "
+                          "export the checkpoint again (mmcaption-export <checkpoint> <folder>)") from None
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{path} holds a JSON {type(manifest).__name__}, not the object mmcaption-export writes: export the "
+                          "checkpoint again (mmcaption-export <checkpoint> <folder>)")
+    return manifest
 
 
 ADAPTER_README = """# LoRA adapter of an mmcaption model
