@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from huggingface_hub import is_offline_mode, snapshot_download
 from mmcaption.checkpoint import load_checkpoint_file, model_from_checkpoint
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, MMCaptionError, OutputExistsError, user_errors_exit
-from mmcaption.evaluation.report import unused_name, write_whole
+from mmcaption.evaluation.report import file_sha256, unused_name, write_whole
 from mmcaption.folders import (
     FolderLock,
     as_umask_allows,
@@ -139,8 +138,9 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
     local_backbones = [name for name in (model.config.language_model, model.config.vision_model) if Path(name).exists()]
     check_new_folder(out, overwrite, "export folder", "--overwrite", keep=(checkpoint_path, *local_backbones), marker=CONFIG_FILE,
                      ignored=HUB_CLONE)
-    if (out / CONFIG_FILE).is_file():  # its list of files and card hash tell the user's files from the export's: unread,
-        read_manifest(out)  # --overwrite would take a hand-edited card and files put into tokenizer/ for the export's
+    # its list of files and card hash tell the user's files from the export's: unread, --overwrite would take a
+    # hand-edited card and files put into tokenizer/ for the export's
+    earlier = read_manifest(out) if (out / CONFIG_FILE).is_file() else None
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}
@@ -167,14 +167,14 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
             manifest["merged_base_weights"] = weights_fingerprint(model.config.language_model)
             (staging / "README.md").write_text(model_card(manifest), encoding="utf-8")
         manifest["files"] = sorted({CONFIG_FILE, *(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())})
-        manifest["card_sha256"] = hashlib.sha256((staging / "README.md").read_bytes()).hexdigest()  # edited since, kept
+        manifest["card_sha256"] = file_sha256(staging / "README.md")  # edited since, kept
         (staging / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
         as_umask_allows(staging)
         if not overwrite and out.is_dir() and any(p.name not in HUB_CLONE for p in out.iterdir()):  # another export came:
             raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "
                                     "exports into one folder?); it is left as it is. Give another folder, or --overwrite")
         kept = _keep_what_the_export_does_not_write(out, staging, kept, record)
-        edited_card = _keep_an_edited_card(out, staging)
+        edited_card = _keep_an_edited_card(out, staging, earlier)
     except BaseException as error:
         kept_back(kept, staging, out, record)
         if (full := disk_full(error)) is not None and not full.filename:  # safetensors' error names no file: the folder
@@ -239,20 +239,18 @@ def _recover_interrupted(out: Path) -> None:
         record.unlink(missing_ok=True)
 
 
-def _keep_an_edited_card(out: Path, staging: Path) -> str | None:
+def _keep_an_edited_card(out: Path, staging: Path, manifest: dict[str, Any] | None) -> str | None:
     """An earlier export's model card edited by hand since (a description, the Hub's metadata added): copied into the new
     export as ``README.edited.md``, where ``--overwrite`` wrote the new card over it. Told by the hash the export
-    recorded, or, for an export that recorded none, by the card its manifest makes. Returns the copy's name."""
+    recorded in its ``manifest``, or, for an export that recorded none, by the card that manifest makes. Returns the
+    copy's name."""
     card = out / "README.md"
-    try:
-        manifest = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
-        text = card.read_bytes()
-    except (OSError, ValueError):  # no card, or no manifest to tell it by (not an export: refused before)
+    if manifest is None or not card.is_file():
         return None
-    recorded = manifest.get("card_sha256") if isinstance(manifest, dict) else None
+    recorded = manifest.get("card_sha256")
     try:  # (line ends as Windows writes them aside; a card of an earlier release's template differs from today's too)
-        edited = hashlib.sha256(text).hexdigest() != recorded if recorded else \
-            text.decode("utf-8").replace("\r\n", "\n") != model_card(manifest)
+        edited = file_sha256(card) != recorded if recorded else \
+            card.read_bytes().decode("utf-8").replace("\r\n", "\n") != model_card(manifest)
     except (UnicodeDecodeError, KeyError, TypeError, ValueError):  # a card no export wrote
         edited = True
     if not edited:
