@@ -21,6 +21,7 @@ from mmcaption.evaluation.answers import YesNoTally, normalise_answer
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
     add_late_columns,
+    ascii_only,
     column_value,
     json_line,
     json_text,
@@ -78,8 +79,7 @@ class PredictionWriter(BasePredictionWriter):
         self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
         self.yes_no, self.yes_no_rows = YesNoTally(), 0  # POPE's metrics, when every answer key is yes or no
         self.vqa_results: list[dict[str, Any]] | None = None
-        self.official = self.replacing = False
-        self.encoding = "utf-8"
+        self.official, self.replacing, self.encoding = False, False, "utf-8"
         self.first_error: str | None = None
         self.failure: str | None = None  # not one row predicted: the command exits as a user error (a script stops)
         self.submission_ids: list[int] = []
@@ -106,10 +106,11 @@ class PredictionWriter(BasePredictionWriter):
         output.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.partial = output, partial_path(output)
         self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
-        # A CSV for Excel, whose questions came from Excel ("CSV UTF-8", or its plain "CSV", read as Windows-1252), gets the
-        # byte-order mark: without it Excel reads UTF-8 as the local code page ("cafÃ©")
-        read_as_1252, sheets = datamodule.encoding_notes(), any(starts_with_bom(f) for f in datamodule.input_files())
-        self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and (read_as_1252 or sheets) else "utf-8"
+        # A CSV of questions from Excel ("CSV UTF-8", or its "CSV", read as Windows-1252), or of rows not all ASCII ("Été/"),
+        # gets the byte-order mark: without it Excel reads UTF-8 as the local code page ("cafÃ©"). ASCII is left as it is.
+        read_as_1252, rows = datamodule.encoding_notes(), getattr(getattr(datamodule, "dataset", None), "rows", None) or []
+        excel = read_as_1252 or any(starts_with_bom(f) for f in datamodule.input_files()) or not ascii_only(rows)
+        self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and excel else "utf-8"
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
@@ -124,7 +125,6 @@ class PredictionWriter(BasePredictionWriter):
         self.input_notes = [*(getattr(datamodule, "input_notes", None) or []), *read_as_1252]
         self.categories, self.questions, self.vqa_categories = {}, {}, {}
         # CircularEval: each question's passes in the input, and how many of them are done
-        rows = getattr(getattr(datamodule, "dataset", None), "rows", None) or []
         self.passes = Counter(str(r["circular_index"]) for r in rows if isinstance(r, dict) and r.get("circular_index") not in (None, ""))
         self.passes_done: Counter[str] = Counter()
         # VQAv2's official questions: the answers as its evaluation server takes them, written with the whole output

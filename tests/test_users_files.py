@@ -499,6 +499,29 @@ def test_answers_to_questions_saved_by_excel_open_in_excel(backbones, trained_ch
     assert "('café' (line 2))" in notes["windows"][0]
 
 
+def test_a_csv_of_captions_for_photos_named_beyond_ascii_opens_in_excel(backbones, trained_checkpoint, image_folder, tmp_path):
+    import codecs
+    import csv
+    import shutil
+
+    from mmcaption.module import MultimodalCaptioner
+
+    from .test_predict_export import caption_data, predictor
+
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    holiday = tmp_path / "Vacances été"  # a phone's album: no spreadsheet read, yet the CSV is opened in Excel
+    shutil.copytree(image_folder, holiday)
+    (holiday / "img0.png").rename(holiday / "crème brûlée.png")
+    for images, name in ((holiday, "holiday.csv"), (image_folder, "plain.csv"), (holiday, "holiday.jsonl")):
+        predictor(tmp_path).predict(module, datamodule=caption_data(backbones, images, tmp_path / name))
+    written = (tmp_path / "holiday.csv").read_bytes()
+    assert written.startswith(codecs.BOM_UTF8) and written.count(codecs.BOM_UTF8) == 1  # Excel reads it as UTF-8
+    with (tmp_path / "holiday.csv").open(newline="", encoding="utf-8-sig") as handle:
+        assert str(holiday / "crème brûlée.png") in {row["image"] for row in csv.DictReader(handle)}
+    assert not (tmp_path / "plain.csv").read_bytes().startswith(codecs.BOM_UTF8)  # ASCII alone: nothing added
+    assert not (tmp_path / "holiday.jsonl").read_bytes().startswith(codecs.BOM_UTF8)  # JSON Lines is never marked
+
+
 def test_coco_downloaded_but_not_unpacked_is_named_with_the_command_that_unpacks_it(backbones, coco_root, tmp_path):
     import shlex
     import subprocess

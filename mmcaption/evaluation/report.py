@@ -113,6 +113,15 @@ def read_output_rows(output: Path) -> list[dict[str, Any]]:
         return [_from_csv(row) for row in csv.DictReader(handle)]
 
 
+def ascii_only(value: Any) -> bool:
+    """Whether every text in ``value`` (rows: dicts, lists, strings) is ASCII, which any program reads alike."""
+    if isinstance(value, str):
+        return value.isascii()
+    if isinstance(value, dict):
+        return all(ascii_only(k) and ascii_only(v) for k, v in value.items())
+    return all(ascii_only(v) for v in value) if isinstance(value, (list, tuple)) else True
+
+
 def starts_with_bom(path: Path) -> bool:
     """Whether ``path`` is a file that starts with UTF-8's byte-order mark, as Excel's "CSV UTF-8" does."""
     try:
