@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import itertools
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,31 +20,17 @@ from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, process_r
 from mmcaption.rebatch import SAID, earlier_order, restart_loader, resume_with_other_batches, save_where_a_worker_died
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
 from mmcaption.step_ends import (
+    checkpoint_files,
     format_seconds,
     hold_validation_to_step_ends,
     run_length,
+    save_resumable_checkpoint,
+    saved_since,
     time_limit_note,
     time_spent_note,
     window_open,
 )
 from mmcaption.terminal import leave_a_closed_terminal, outlive_the_reader
-
-
-def save_resumable_checkpoint(trainer) -> str:
-    """Save the run as it is now, resumable: as the checkpoint callback's ``last.ckpt`` when it keeps
-    one (with its bookkeeping, as its own saves do), else ``interrupted-step<N>.ckpt`` in its folder, or the next free
-    ``interrupted-step<N>-v1.ckpt``, ... when an earlier run stopped at the same step there (as Lightning names its own)."""
-    callback = trainer.checkpoint_callback
-    if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
-        # Lightning < 2.7 (pinned): the method ModelCheckpoint saves its last checkpoint with
-        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-        return callback.last_model_path
-    folder = Path(callback.dirpath) if isinstance(callback, ModelCheckpoint) and callback.dirpath else Path(trainer.default_root_dir)
-    names = (f"interrupted-step{trainer.global_step}{f'-v{n}' if n else ''}.ckpt" for n in itertools.count())  # a stop
-    # in validation acts a step later: runs stopped so met at one step, and the earlier one's was written over
-    path = trainer.strategy.broadcast(str(next(folder / name for name in names if not (folder / name).exists())))
-    trainer.save_checkpoint(path, weights_only=False)  # unsaid, Lightning logs "`weights_only` was not set"
-    return path
 
 
 class ResumableStop(Callback):
@@ -74,12 +58,12 @@ class ResumableStop(Callback):
         self._saved_step: int | None = None  # the step of this callback's last save
         self._requeue_signal: int | None = None
         self._patience: dict[int, int] = {}  # each EarlyStopping's patience as configured (setup), before a resume
-        self._stop_at_step_end = False  # a stop asked between an optimizer step's batches
+        self._stop_at_step_end = self._stop_saved = False  # a stop asked between a step's batches; a stop's checkpoint saved
 
     # -- signals ------------------------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.signal, self._last_save, self._saved_step = None, time.monotonic(), None
+        self.signal, self._last_save, self._saved_step, self._stop_saved = None, time.monotonic(), None, False
         ended = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)
                       and c.stopping_reason != EarlyStoppingReason.NOT_STOPPED), None)
         if ended is not None and trainer.ckpt_path:  # Lightning restores EarlyStopping's verdict, not the stop: it trained on
@@ -111,10 +95,10 @@ class ResumableStop(Callback):
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         leave_a_closed_terminal(signum)
-        if self.signal is not None and signum == signal.SIGINT:
+        if self.signal is not None and signum == signal.SIGINT and not self._stop_saved:  # once saved, the stop says so
             self._restore_handlers()
             raise Interrupted(signum, "stopped by a second Ctrl-C, without saving: the checkpoints saved before are kept")
-        if self.signal is not None:  # a second SIGTERM (docker stop, then the scheduler): the save is already due
+        if self.signal is not None or self._stop_saved:  # a second SIGTERM (docker stop, then the scheduler): the save is due
             return
         self.signal = signum
         with suppress(OSError):  # output whose reader is gone: the save must still happen
@@ -128,12 +112,14 @@ class ResumableStop(Callback):
         self._previous = {}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_handlers()
+        if self.signal is None:  # with one, put back as the stop is raised (_stop): a Ctrl-C in between lost its line
+            self._restore_handlers()
         callback, path = trainer.checkpoint_callback, None  # the steps after the last validation are kept too
         # (ModelCheckpoint saves at validation only); a smoke test (fast_dev_run) saves nothing, as Lightning says
         if isinstance(callback, ModelCheckpoint) and callback.save_last and not trainer.fast_dev_run and trainer.global_step \
                 not in (callback._last_global_step_saved, self._saved_step):  # not after this step's save: it holds the epoch open
-            path = save_resumable_checkpoint(trainer)
+            path = self._save(trainer, self.signal is not None)
+        self._stop_saved = self.signal is not None
         if (note := time_limit_note(trainer, path or getattr(callback, "last_model_path", None))) and trainer.is_global_zero:
             print(note, file=sys.stderr, flush=True)
         signum = self.signal
@@ -144,10 +130,23 @@ class ResumableStop(Callback):
             # and a pipeline does not go on to its next stage
             self._stop(trainer, signum, path or (callback.last_model_path if isinstance(callback, ModelCheckpoint) else None))
 
+    def _save(self, trainer, stopping: bool) -> str:
+        """Save; for a stop, a second Ctrl-C once the file is in place (the folder's sync) stops with it said as saved."""
+        before = checkpoint_files(trainer) if stopping else {}
+        try:
+            path, self._stop_saved = save_resumable_checkpoint(trainer), stopping
+        except Interrupted:
+            if not stopping or (path := saved_since(trainer, before)) is None:
+                raise
+            self._stop_saved = True
+        return path
+
     def _stop(self, trainer, signum: int, path: str | None) -> None:
         """End the command on ``signum`` with the checkpoint saved for it; SLURM's time-limit warning requeues the job."""
         requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero else None
-        raise RunInterrupted(signum, path or None, trainer.global_step, requeued)
+        stopping = RunInterrupted(signum, path or None, trainer.global_step, requeued)  # a signal now waits for the cleanup
+        self._restore_handlers()
+        raise stopping
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # before any callback writes a line: `| tee log` killed, training goes on to its saves (predict to its rows)
@@ -189,13 +188,12 @@ class ResumableStop(Callback):
         callback = trainer.checkpoint_callback
         saved_by_callback = getattr(callback, "_last_global_step_saved", None)
         self._stopping = stop  # the save records it: a next stage started from it says it did not finish
-        path = save_resumable_checkpoint(trainer)
+        path = self._save(trainer, stop)
         self._stopping = False
         self._last_save, self._saved_step = time.monotonic(), trainer.global_step
         if saved_by_callback is not None:  # the checkpoint callback's own saves at this step (a validation's best,
             callback._last_global_step_saved = saved_by_callback  # every N steps) still happen: it skips a step marked saved
         if stop:
-            self._restore_handlers()
             # this step's metrics reach the loggers, as the loop sends them after this hook: the curve has no gap
             trainer._logger_connector.update_train_step_metrics()
             self._stop(trainer, self.signal or signal.SIGTERM, path)

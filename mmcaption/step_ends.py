@@ -1,13 +1,16 @@
 """Where a fit validates and stops: at an optimizer step's end. Under gradient accumulation a checkpoint holds none of the
 gradients gathered for a step not yet taken, so a run saved between a step's batches lost them when it resumed. And
-what a stop by Lightning's Timer (``trainer.max_time``) leaves, said. And the step a resumed run ends at."""
+what a stop by Lightning's Timer (``trainer.max_time``) leaves, said. And the step a resumed run ends at. And the checkpoint
+a stop saves there."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
+from pathlib import Path
 
-from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 
@@ -95,3 +98,41 @@ def run_length(trainer) -> int:
     if trainer.max_steps is not None and trainer.max_steps >= 0:
         total = min(total, trainer.max_steps)
     return int(total)
+
+
+def save_resumable_checkpoint(trainer) -> str:
+    """Save the run as it is now, resumable: as the checkpoint callback's ``last.ckpt`` when it keeps
+    one (with its bookkeeping, as its own saves do), else ``interrupted-step<N>.ckpt`` in its folder, or the next free
+    ``interrupted-step<N>-v1.ckpt``, ... when an earlier run stopped at the same step there (as Lightning names its own)."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+        # Lightning < 2.7 (pinned): the method ModelCheckpoint saves its last checkpoint with
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        return callback.last_model_path
+    folder = checkpoint_folder(trainer)
+    names = (f"interrupted-step{trainer.global_step}{f'-v{n}' if n else ''}.ckpt" for n in itertools.count())  # a stop
+    # in validation acts a step later: runs stopped so met at one step, and the earlier one's was written over
+    path = trainer.strategy.broadcast(str(next(folder / name for name in names if not (folder / name).exists())))
+    trainer.save_checkpoint(path, weights_only=False)  # unsaid, Lightning logs "`weights_only` was not set"
+    return path
+
+
+def checkpoint_folder(trainer) -> Path:
+    """Where a stop's checkpoint goes: the checkpoint callback's folder, else the run's."""
+    callback = trainer.checkpoint_callback
+    return Path(callback.dirpath) if isinstance(callback, ModelCheckpoint) and callback.dirpath else Path(trainer.default_root_dir)
+
+
+def checkpoint_files(trainer) -> dict[str, tuple[int, int]]:
+    """Each checkpoint file where a stop saves, as (inode, modification time): a file renamed into place has others."""
+    try:
+        return {p.name: (s.st_ino, s.st_mtime_ns) for p in checkpoint_folder(trainer).glob("*.ckpt") if (s := p.stat())}
+    except OSError:
+        return {}
+
+
+def saved_since(trainer, before: dict[str, tuple[int, int]]) -> str | None:
+    """The checkpoint put in place since ``before`` (:func:`checkpoint_files`): the save a second Ctrl-C cut short after
+    its file was whole (written beside its place and renamed there), in the folder's sync or Lightning's bookkeeping."""
+    now = checkpoint_files(trainer)
+    return next((str(checkpoint_folder(trainer) / name) for name, seen in now.items() if before.get(name) != seen), None)

@@ -1103,6 +1103,44 @@ def test_a_second_run_stopped_at_the_same_step_keeps_the_first_ones_checkpoint(t
     assert "weights_only" not in caplog.text  # Lightning's "`weights_only` was not set, defaulting to `False`."
 
 
+@pytest.mark.parametrize("when", ["the save is written", "the step's metrics are logged"])
+def test_a_second_ctrl_c_once_the_stops_checkpoint_is_saved_still_says_how_to_resume(when, tmp_path, monkeypatch):
+    # Ctrl-C, then Ctrl-C again as the step-end save finished: "stopped by a second Ctrl-C, without saving", though
+    # last.ckpt was saved; a moment later (the handlers put back), a bare "stopped by SIGINT" without the resume line
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
+
+    from mmcaption.errors import signals_stop
+
+    def again(function):
+        def then_ctrl_c(*args, **kwargs):
+            done = function(*args, **kwargs)
+            if trainer.global_step == 3:  # the stop's save, not a validation's
+                os.kill(os.getpid(), signal.SIGINT)
+            return done
+        return then_ctrl_c
+
+    if when == "the save is written":  # Lightning's bookkeeping after the write (the folder's sync is as late)
+        monkeypatch.setattr(ModelCheckpoint, "_save_checkpoint", again(ModelCheckpoint._save_checkpoint))
+    else:
+        monkeypatch.setattr(_LoggerConnector, "update_train_step_metrics", again(_LoggerConnector.update_train_step_metrics))
+
+    class CtrlCAtStep(SignalAtStep):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == self.step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    folder = tmp_path / "checkpoints"
+    trainer = Trainer(accelerator="cpu", max_steps=6, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=[ModelCheckpoint(dirpath=folder, save_last=True), ResumableStop(), CtrlCAtStep(2)])
+    with signals_stop(), pytest.raises(RunInterrupted) as raised:  # as the console scripts run it
+        trainer.fit(BoringModel())
+    assert str(raised.value) == (f"stopped by SIGINT at step 3: saved {folder / 'last.ckpt'}; resume by running the same "
+                                 f"command with --ckpt_path {folder / 'last.ckpt'}")
+    assert load_checkpoint_file(folder / "last.ckpt")["global_step"] == 3
+
+
 def test_slurms_time_limit_warning_after_the_last_step_requeues_the_job(monkeypatch):
     # it stopped the command without requeueing: the job's next stage (a pipeline's) had to be resubmitted by hand
     from types import SimpleNamespace

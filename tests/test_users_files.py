@@ -512,8 +512,8 @@ def test_a_csv_of_captions_for_photos_named_beyond_ascii_opens_in_excel(backbone
     holiday = tmp_path / "Vacances été"  # a phone's album: no spreadsheet read, yet the CSV is opened in Excel
     shutil.copytree(image_folder, holiday)
     (holiday / "img0.png").rename(holiday / "crème brûlée.png")
-    for images, name in ((holiday, "holiday.csv"), (image_folder, "plain.csv"), (holiday, "holiday.jsonl")):
-        predictor(tmp_path).predict(module, datamodule=caption_data(backbones, images, tmp_path / name))
+    for folder, name in ((holiday, "holiday.csv"), (image_folder, "plain.csv"), (holiday, "holiday.jsonl")):
+        predictor(tmp_path).predict(module, datamodule=caption_data(backbones, folder, tmp_path / name))
     written = (tmp_path / "holiday.csv").read_bytes()
     assert written.startswith(codecs.BOM_UTF8) and written.count(codecs.BOM_UTF8) == 1  # Excel reads it as UTF-8
     with (tmp_path / "holiday.csv").open(newline="", encoding="utf-8-sig") as handle:
