@@ -653,6 +653,25 @@ def test_a_local_parquet_copy_uses_its_own_split_names(backbones, coco_root, tmp
         wrong.prepare_data()
 
 
+def test_mmcaption_test_scores_a_datasets_own_test_split_not_its_validation_split(backbones, coco_root, tmp_path):
+    # a train/validation/test download (Flickr8k's split lists, a hub copy's three parquet files): `mmcaption test`
+    # scored the validation split, which fit had chosen checkpoints on, unless test_split was set
+    features = datasets.Features({"jpg": datasets.Image(), "txt": datasets.Value("string")})
+    table = datasets.Dataset.from_dict(caption_rows(coco_root), features=features)
+    (tmp_path / "parquet" / "data").mkdir(parents=True)
+    for name, rows in (("train", range(6)), ("validation", range(6, 9)), ("test", range(9, 12))):
+        table.select(rows).to_parquet(str(tmp_path / "parquet" / "data" / f"{name}-00000-of-00001.parquet"))
+    dm = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "parquet"))
+    assert dm.stage_splits() == {"train": "train", "val": "validation", "test": "test"}
+    dm.prepare_data()
+    dm.setup("test")
+    scored = set(dm.datasets["test"].rows["caption"])
+    assert scored == {c for text in table.select(range(9, 12))["txt"] for c in text.split("\n")}  # not validation's
+    asked = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "parquet"),
+                            test_split="validation")  # as asked, still
+    assert asked.stage_splits()["test"] == "validation"
+
+
 def test_a_single_split_dataset_holds_out_a_share_not_the_same_rows(backbones, tmp_path):
     """Flickr30k-style columns (`image`, a list of captions) in one split: validation is held out from it."""
     write_coco_split(tmp_path / "many", "train2017", 48, seed=5)
@@ -803,7 +822,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "c4aae809d7903ef7"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "4736f45e73754433"}
 
 
 def cache_code_digest() -> str:

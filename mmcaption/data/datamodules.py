@@ -63,9 +63,10 @@ class CaptionDataModule(PreprocessedDataModule):
             with several.
         train_split: split used by ``fit`` (null: ``train2017`` for coco, ``train`` for karpathy, the dataset's
             ``train`` for hub).
-        val_split: split used by validation, and by ``test`` when ``test_split`` is not set (null: ``val2017``
-            for coco; for hub the dataset's validation/val/test split, or a held-out share of a single split).
-        test_split: split used by ``test`` (null: ``test`` for karpathy, else the validation split).
+        val_split: split used by validation (null: ``val2017`` for coco; for hub the dataset's validation/val/dev/test
+            split, or a held-out share of a single split).
+        test_split: split used by ``test`` (null: ``test`` for karpathy, and for hub when the dataset has one apart from
+            validation's; else the validation split).
         caption_prompt: text between ``<bos>`` and the caption, not supervised (empty: none).
         max_length: longest sequence in tokens, prompt and special tokens included; longer captions are cut.
         val_caption_images: how many val images to caption at each validation for CIDEr, BLEU-4,

@@ -156,7 +156,8 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
             rank_zero_info(f"{self.dataset} has {has}: {self.val_fraction:.1%} of the images of {train!r} are held out "
                            "for validation (hub_val_fraction), by a stable hash of each image")
             return {"train": train + REST, "val": train + HELD_OUT, "test": test or train + HELD_OUT}
-        return {"train": train, "val": val, "test": test or val}
+        # its own test split (Flickr8k's testImages list, a train/validation/test download), which test scored by val
+        return {"train": train, "val": val, "test": test or ("test" if "test" in names and val != "test" else val)}
 
     def load(self, split: str) -> tuple[datasets.Dataset, str | None]:
         """The dataset split that ``split`` (as ``stage_splits`` names it) comes from, and the side of it
@@ -345,7 +346,9 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         if images and not any(captions for _, _, captions, _ in images.values()) and side is None:
             raise DataError(f"{records.source}: none of its {len(images):,} images has a caption (a benchmark's test split "
                             "keeps its references to itself): validate on a split with captions (val_split), or give "
-                            "val_split the training split's name to hold out hub_val_fraction of it")
+                            "val_split the training split's name to hold out hub_val_fraction of it"
+                            + ("; mmcaption test reads the dataset's own test split: test_split names another" if split == "test"
+                               else ""))
         empty = [f"{self._row(row_index, key, split)} has no caption" for row_index, key, captions, _ in images.values() if not captions]
         records.all_at_once("empty caption", empty, f"{len(empty)} of its images have no caption", "Give them one, or remove their rows")
         for row_index, key, captions, _ in (image for image in images.values() if image[2]):  # (skipped, each counted)
