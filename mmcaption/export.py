@@ -173,7 +173,7 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
         if not overwrite and out.is_dir() and any(p.name not in HUB_CLONE for p in out.iterdir()):  # another export came:
             raise OutputExistsError(f"export folder {out} was written by something else while this export ran (two "
                                     "exports into one folder?); it is left as it is. Give another folder, or --overwrite")
-        kept = _keep_what_the_export_does_not_write(out, staging, kept, record)
+        kept = _keep_what_the_export_does_not_write(out, staging, kept, record, earlier)
         edited_card = _keep_an_edited_card(out, staging, earlier)
     except BaseException as error:
         kept_back(kept, staging, out, record)
@@ -261,19 +261,20 @@ def _keep_an_edited_card(out: Path, staging: Path, manifest: dict[str, Any] | No
                                              "hand, or written from an earlier template)")
 
 
-def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[str], record: Path) -> list[str]:
+def _keep_what_the_export_does_not_write(out: Path, staging: Path, kept: list[str], record: Path,
+                                         manifest: dict[str, Any] | None) -> list[str]:
     """Move what an earlier export's folder holds besides an export's own files (a Hub clone's ``.git`` and
     ``.gitattributes``, examples added beside the model, a file put into its ``tokenizer/``) into the new folder:
     ``--overwrite`` replaces the export, not them. An earlier export's own files (a merged ``language_model/`` this one
-    does not write) go."""
+    does not write) go. ``manifest``: the earlier export's, read before (None: none there)."""
     if not out.is_dir():
         return []
     own = {entry.name for entry in staging.iterdir()} | {"language_model", "backbones"}  # those of every kind of export
     names = [entry.name for entry in out.iterdir() if entry.name not in own]
-    try:  # inside its folders (tokenizer/, backbones/), what the earlier export did not write: an export records its files
-        written = set(json.loads((out / CONFIG_FILE).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):  # an earlier release's export: its folders are taken as its own
-        written = None
+    # inside its folders (tokenizer/, backbones/), what the earlier export did not write: an export records its files
+    # (an earlier release's export recorded none: its folders are taken as its own)
+    files = (manifest or {}).get("files")
+    written = set(files) if isinstance(files, list) else None
     if written is not None:
         names += [rel for entry in out.iterdir() if entry.name in own and entry.is_dir() and not entry.is_symlink()
                   for p in entry.rglob("*") if (p.is_symlink() or not p.is_dir())  # a linked folder: kept as the link
