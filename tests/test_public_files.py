@@ -42,7 +42,7 @@ def test_a_tables_split_column_gives_its_splits_and_its_photos_are_found_in_the_
         monkeypatch.setattr(f"mmcaption.data.{module}.rank_zero_info", said.append)
     dm = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "f30k" / "flickr_annotations_30k.csv"),
                          hub_image_column="filename", hub_caption_column="raw", cache_dir=str(tmp_path / "cache"))
-    assert dm.stage_splits() == {"train": "train", "val": "val", "test": "val"}
+    assert dm.stage_splits() == {"train": "train", "val": "val", "test": "test"}  # Karpathy's test split, as papers score
     dm.prepare_data()
     dm.setup("fit")
     names = {side: sorted(dm.datasets[side].images["file_name"]) for side in ("train", "val")}
