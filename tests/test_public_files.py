@@ -146,6 +146,29 @@ def test_kaggles_flickr8k_folder_and_flickrs_own_token_file_read_with_their_phot
     assert records.counts == {"missing image": 1}
 
 
+def test_a_sheet_saved_tab_separated_beside_the_photos_is_their_table(tmp_path, monkeypatch):
+    # captions.tsv (image<TAB>caption, a spreadsheet's tab-separated save) beside the photos was left out without a word:
+    # the folder read as photos without captions, "has no column(s) ['caption']"
+    root = tmp_path / "album"
+    root.mkdir()
+    lines = ["image\tcaption"]
+    for index in range(3):
+        Image.new("RGB", (32, 32), (70 * index, 40, 40)).save(root / f"img{index}.jpg")
+        lines.append(f"img{index}.jpg\ta square, number {index}")
+    (root / "captions.tsv").write_text("\n".join(lines) + "\n")
+    said: list[str] = []
+    monkeypatch.setattr("mmcaption.data.folder_layouts.rank_zero_info", said.append)
+    read = list(HubCaptions(str(root), "image", "caption").records("train", BadRecords(str(root))))
+    assert [(name, [c for _, c in texts]) for _, name, _, texts in read] == [
+        (f"img{i}.jpg", [f"a square, number {i}"]) for i in range(3)]
+    assert said == [f"{root} holds photos and one table of them, captions.tsv: the table is read (its image paths relative "
+                    f"to {root}, or to the table's folder)"]
+    (root / "captions.tsv").write_text("".join(f"img{i}.jpg\ta square\n" for i in range(3)))  # no header: which column?
+    with pytest.raises(DataError, match=r"captions\.tsv: a \.tsv without a header line .* give it a header line naming its "
+                                        r"columns \(image<TAB>caption\)"):
+        HubCaptions(str(root), "image", "caption")
+
+
 def test_flickrs_own_flickr8k_download_reads_its_token_file_its_photos_beside_it_and_its_split_lists(backbones, tmp_path,
                                                                                                       monkeypatch):
     # Flickr8k_Dataset.zip and Flickr8k_text.zip unpacked side by side: the folder was read as an image folder without

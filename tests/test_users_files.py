@@ -1270,8 +1270,14 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
         assert "on_bad_record" not in str(refused.value)
     tsv = tmp_path / "cc.tsv"
     tsv.write_text("a street\thttps://example.invalid/0.jpg\n")
-    with pytest.raises(DataError, match=r"cc\.tsv: .*save it comma-separated as \.csv, with a header line naming its columns"):
+    with pytest.raises(DataError, match=r"cc\.tsv: .*a \.tsv without a header line \(as Conceptual Captions' image URLs "
+                                        r"come\) is not read: give it a header line naming its columns \(image<TAB>caption\)"):
         HubCaptions(str(tsv), "image", "caption").load("train")
+    # the same sheet saved tab-separated with its header is read as its CSV is (it was refused, "save it as .csv")
+    headed = tmp_path / "sheet.tsv"
+    headed.write_text(f"image\tcaption\n{project / 'images' / 'photo0.jpg'}\ta street, at night\n")
+    assert [captions for *_, captions in HubCaptions(str(headed), "image", "caption").records("train", BadRecords("sheet"))] \
+        == [[(0, "a street, at night")]]
     # a JSON Lines file saved in Windows' code page: named, as a CSV is (was UnicodeDecodeError in datasets' traceback)
     local = tmp_path / "local.jsonl"
     local.write_bytes(json.dumps({"image": str(project / "images" / "photo0.jpg"), "caption": "caf\xe9"},
@@ -1712,8 +1718,8 @@ def test_img2datasets_output_folders_read_as_it_writes_them(tmp_path, monkeypatc
     tsv = tmp_path / "cc"  # Conceptual Captions' TSV in its folder: its first caption was taken for a column's name
     tsv.mkdir()
     (tsv / "Train_GCC-training.tsv").write_text("a dog on a beach\thttp://example.invalid/1.jpg\n")
-    with pytest.raises(DataError, match=r"Train_GCC-training\.tsv: a \.tsv \(as Conceptual Captions' image URLs come\) is not "
-                                        r"read: save it comma-separated as \.csv"):
+    with pytest.raises(DataError, match=r"Train_GCC-training\.tsv: a \.tsv without a header line \(as Conceptual Captions' "
+                                        r"image URLs come\) is not read: give it a header line"):
         HubCaptions(str(tsv))
     (files / "labels.tsv").write_text("id\tname\n1\tcat\n")  # a stray table beside the data is no reason to refuse it
     assert len(list(HubCaptions(str(files)).records("train", BadRecords("files")))) == 3

@@ -35,13 +35,15 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     one table of its photos to read in its place, or its photos each with its caption file (``(photo, its .txt or
     None)``); ``(None, None)`` otherwise."""
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-    tables = photo_tables(files, images)
-    tsv = next((f for f in files if f.suffix.lower() == ".tsv"), None)  # datasets reads one as a CSV of its first line's
-    if tsv and not images and not tables and not any(f.suffix.lower() in OTHER_DATA for f in files):  # names: the data
-        raise DataError(f"{tsv}: a .tsv (as Conceptual Captions' image URLs come) is not read: save it comma-separated as "
-                        ".csv, with a header line naming its columns (image,caption)")
+    # a sheet saved tab-separated (image<TAB>caption) is a table too: beside the photos it was left out without a word,
+    # and they were read as photos without captions
+    tables = photo_tables(files, images) + [f for f in files if f.suffix.lower() == ".tsv" and text_table_kind(f) == "csv"]
     captions = [f for f in files if f.suffix.lower() == ".txt"]
     texts = _caption_files(images, captions)
+    tsv = next((f for f in files if f.suffix.lower() == ".tsv"), None)  # datasets reads one as a CSV of its first line's
+    if tsv and not texts and not tables and not any(f.suffix.lower() in OTHER_DATA for f in files):  # names: the data
+        raise DataError(f"{tsv}: a .tsv without a header line (as Conceptual Captions' image URLs come) is not read: give "
+                        "it a header line naming its columns (image<TAB>caption)")
     if captions and not images:  # captions beside scans (.dcm) or raw files: datasets would read the .txt as the data
         _refuse_captioned_others(path, files, captions)
     if texts:

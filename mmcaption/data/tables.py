@@ -174,10 +174,11 @@ FLICKR_TOKEN = re.compile(r"[^\t#]+\.(?:jpe?g|png)#\d+\t", re.IGNORECASE)
 
 
 def text_table_kind(path: Path) -> str | None:
-    """How a ``.txt`` (or ``.token``) file of captions reads: ``"csv"``, a header naming an image column and others, then
-    rows (Kaggle's Flickr8k ``captions.txt``: ``image,caption``); ``"token"``, Flickr's own token file
-    (``1000268201_693b08cb0e.jpg#0<TAB>A child ...``, no header); ``None`` for any other file."""
-    if path.suffix.lower() not in (".txt", ".token") or not path.is_file():
+    """How a ``.txt`` (or ``.token``, or ``.tsv``) file of captions reads: ``"csv"``, a header naming an image column and
+    others, then rows (Kaggle's Flickr8k ``captions.txt``: ``image,caption``; a sheet saved tab-separated,
+    ``image<TAB>caption``); ``"token"``, Flickr's own token file (``1000268201_693b08cb0e.jpg#0<TAB>A child ...``, no
+    header); ``None`` for any other file (a ``.tsv`` without a header: Conceptual Captions' ``caption<TAB>URL``)."""
+    if path.suffix.lower() not in (".txt", ".token", ".tsv") or not path.is_file():
         return None
     with path.open(encoding="utf-8-sig", errors="replace") as handle:
         first = handle.readline()
@@ -241,8 +242,8 @@ def read_table_file(path: Path, cache_dir: str | None = None) -> datasets.Datase
         return _token_table(path)
     builder = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(path.suffix.lower(), kind)
     if builder is None:
-        tsv = "; a .tsv (as Conceptual Captions' image URLs come): save it comma-separated as .csv, with a header line " \
-              "naming its columns (image,caption)" if path.suffix.lower() == ".tsv" else ""
+        tsv = "; a .tsv without a header line (as Conceptual Captions' image URLs come) is not read: give it a header " \
+              "line naming its columns (image<TAB>caption)" if path.suffix.lower() == ".tsv" else ""
         packed = packed_file(path)  # a workbook, a zip
         raise DataError(packed or f"{path}: a dataset is a hub id, a folder, or a .parquet, .json(l) or .csv file (or a "
                                    f".txt of captions as Flickr8k's come){tsv}")
