@@ -1057,6 +1057,35 @@ def test_a_folder_that_cannot_be_read_is_said_not_passed_over(tmp_path, monkeypa
         HubCaptions(str(folder))  # (was "permission denied: .../dataset_dict.json", a file the user never had)
 
 
+def test_each_side_of_a_held_out_split_notes_its_own_rows(tmp_path):
+    # a single split held out by image: the photos the metadata file does not list were noted on the 1-image validation
+    # side alone (the training side said "skipped none"), and a note's example was a row of the other side
+    from mmcaption.data.table_rows import HELD_OUT, REST
+
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    for index in range(12):
+        (listed / f"img{index:02d}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (20 * index, 30, 30))))
+    (listed / "metadata.csv").write_text("file_name,caption\n" + "".join(f"img{i:02d}.jpg,a square {i}\n" for i in range(7)))
+    notes = {}
+    for side in (REST, HELD_OUT):
+        notes[side] = BadRecords(str(listed))
+        list(HubCaptions(str(listed), "image", "caption", val_fraction=0.3).records("train" + side, notes[side]))
+    assert dict(notes[REST].notes) == {"images beside the listed ones that the metadata file does not list, left out "
+                                       f"(first: {listed / 'img07.jpg'})": 5}
+    assert not notes[HELD_OUT].notes
+    texts = tmp_path / "texts"  # each photo with a .txt of two captions, a cell split in two
+    texts.mkdir()
+    for index in range(10):
+        (texts / f"p{index}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (25 * index, 90, 30))))
+        (texts / f"p{index}.txt").write_text(f"a square {index}\nanother square {index}\n")
+    for side in (REST, HELD_OUT):
+        seen = BadRecords(str(texts))
+        names = [name for _, name, _, _ in HubCaptions(str(texts), val_fraction=0.2).records("train" + side, seen)]
+        [(note, count)] = seen.notes.items()
+        assert count == len(names) and f"(key {names[0]})" in note  # its own first row, not the other side's
+
+
 def test_photos_an_imagefolders_metadata_does_not_list_are_counted(tmp_path):
     # datasets' imagefolder leaves out a photo its metadata.csv has no line for; the summary said "skipped none"
     for index in range(4):

@@ -289,8 +289,8 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
                     not_found.append((ours, f"{self._row(row_index, key, split)}: its {self.image_column!r} is "
                                             f"{self._described(row[self.image_column])}"))
                 continue
-            first, _, captions, later = images.setdefault(hashlib.blake2b(image, digest_size=16).hexdigest(),
-                                                          (row_index, key, [], Counter()))
+            digest = hashlib.blake2b(image, digest_size=16).hexdigest()
+            first, _, captions, later = images.setdefault(digest, (row_index, key, [], Counter()))
             if first != row_index:  # a caption that an earlier row already gave this image is that row again
                 known = {c for _, c in captions}
                 again = sum(c in known for c in texts)
@@ -299,7 +299,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
                     kind = "rows whose image is the same file as an earlier row's under another name: their captions go " \
                            "with that image, which evaluation and predictions name by the earlier row's name"
                     later[kind] += 1
-                    examples.setdefault(kind, f" (first: {this!r} is {earlier!r})")
+                    examples.setdefault(digest, {}).setdefault(kind, f" (first: {this!r} is {earlier!r})")
                     later["captions skipped that an earlier row gave the same image"] += again
                 elif texts and again == len(texts):  # the same row twice (a file joined twice, a row pasted again)
                     later["rows that repeat an earlier row, its image and its captions: left out"] += 1
@@ -312,17 +312,18 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
             if cut:  # counted on its side
                 later[SPLIT_NOTE] += len(cut)
-                examples.setdefault(SPLIT_NOTE, f" (first: {self._row(row_index, key, split)}, {cut[0]} captions)")
+                examples.setdefault(digest, {}).setdefault(SPLIT_NOTE, f" (first: {self._row(row_index, key, split)}, {cut[0]} captions)")
             if html := [(found, c) for c in texts if c is not None and (found := html_in(c))]:  # counted on its side
                 later[HTML_NOTE] += len(html)
-                examples.setdefault(HTML_NOTE, f" (first: {self._row(row_index, key, split)}: {html[0][0]!r} in {html[0][1][:60]!r})")
+                examples.setdefault(digest, {}).setdefault(
+                    HTML_NOTE, f" (first: {self._row(row_index, key, split)}: {html[0][0]!r} in {html[0][1][:60]!r})")
         records.all_at_once("short row", named := [said for ours, said in short if ours or records.on_bad_record == "error"],
                             f"{len(named)} of {len(data):,} rows have fewer fields than the header {data.column_names}, so "
                             "their cells are not under their columns' names", "Add the missing separators (or remove the rows)")
         named = [said for ours, said in not_found if ours or records.on_bad_record == "error" or not images]
         records.all_at_once("missing image", named, f"{len(named)} of {len(data):,} rows name no image that is "
                             "there", "Fix their paths (relative to the dataset's folder) or remove the rows", every=not images)
-        if side != REST:  # counted once, not by both sides of a single split
+        if side != HELD_OUT:  # counted once, not by both sides of a single split: on the training side, read first
             self._note_unlisted(data, records)
         if side is not None:
             captioned = {digest for digest, (_, _, captions, _) in images.items() if captions}
@@ -340,9 +341,9 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
                       if (digest in held or digest not in captioned and held_out(digest, self.val_fraction)) == (side == HELD_OUT)}
         for *_, later in images.values():
             counts.update(later)
-        for kind, count in counts.items():
+        for kind, count in counts.items():  # the example the first image of this side gives (each image's, by digest)
             if count:
-                records.note(kind + examples.get(kind, ""), count)
+                records.note(kind + next((e[kind] for d in images if kind in (e := examples.get(d, {}))), ""), count)
         if images and not any(captions for _, _, captions, _ in images.values()) and side is None:
             raise DataError(f"{records.source}: none of its {len(images):,} images has a caption (a benchmark's test split "
                             "keeps its references to itself): validate on a split with captions (val_split), or give "
