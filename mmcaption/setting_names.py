@@ -50,14 +50,18 @@ def another_modules(key: str, given: str) -> str | None:
     if not owners or near(given):
         return None
     meant = sorted(set(owners.values()))
+    resume = "; training goes on from a checkpoint with --ckpt_path" if KNOWN_AS.get(name) == "ckpt_path" else ""
     return (f"  --{key}{'' if meant == [name] else ': ' + ' or '.join(meant)} is a setting of {' and '.join(owners)}, not "
-            f"of {given}, the data this command's config reads (see its settings with --help)")
+            f"of {given}, the data this command's config reads (see its settings with --help){resume}")
 
 
 def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[str, list[str]]]:
     """The keys a parse error is about, each with the valid keys it may have meant: anywhere in the configuration (a
     setting at the wrong level, ``lora_r`` under ``data``, is found by its name)."""
-    data = [f"data.init_args.{name}" for module in DATA_MODULES for name in init_parameters(f"mmcaption.data.{module}")]
+    # the data modules of this command: predict's `resume` is no guess at fit's `--resume` (which is --ckpt_path)
+    predicting = parser.prog.replace(" [options]", "").endswith(" predict")
+    modules = [m for m in DATA_MODULES if ("Predict" in m or "Choice" in m) == predicting] if " " in parser.prog else DATA_MODULES
+    data = [f"data.init_args.{name}" for module in modules for name in init_parameters(f"mmcaption.data.{module}")]
     known = list(dict.fromkeys(flat_keys(parser.get_defaults().as_dict()) + data))
     found = [(key, known) for key in re.findall(r"--([\w.]+)", message.split("nrecognized arguments:", 1)[-1])
              if "nrecognized arguments" in message]
@@ -77,7 +81,10 @@ KNOWN_AS = {"lr": "learning_rate", "per_device_train_batch_size": "batch_size", 
             "per_device_eval_batch_size": "eval_batch_size", "gradient_accumulation_steps": "accumulate_grad_batches",
             "num_train_epochs": "max_epochs", "epochs": "max_epochs", "max_grad_norm": "gradient_clip_val",
             "logging_steps": "log_every_n_steps", "eval_steps": "val_check_interval", "output_dir": "default_root_dir",
-            "warmup_steps": "warmup_ratio", "lora_rank": "lora_r", "max_seq_length": "max_length"}
+            "warmup_steps": "warmup_ratio", "lora_rank": "lora_r", "max_seq_length": "max_length",
+            # and Lightning 1.x's, and other tools' words for resuming: it is --ckpt_path (chat's --checkpoint too)
+            "resume": "ckpt_path", "resume_from_checkpoint": "ckpt_path", "checkpoint": "ckpt_path", "ckpt": "ckpt_path",
+            "checkpoint_path": "ckpt_path", "gpus": "devices", "num_gpus": "devices", "n_gpu": "devices"}
 
 
 def closest(key: str, candidates: list[str], n: int = 3) -> list[str]:

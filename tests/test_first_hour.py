@@ -93,6 +93,20 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
             main(["fit", "--config", DEMO_CAPTION, written, "4"])
         assert f"{written}: did you mean {meant}" in capsys.readouterr().err
 
+    # resuming as Lightning 1.x (resume_from_checkpoint), other tools (--resume, --checkpoint) and GPUs as Lightning 1.x
+    # say it: sent to predict's `resume` (not fit's), to enable_checkpointing, to plugins
+    for written, meant in (("--resume", "--ckpt_path?"), ("--trainer.resume_from_checkpoint", "--ckpt_path or"),
+                           ("--checkpoint", "--ckpt_path or"), ("--trainer.gpus", "--trainer.devices or")):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", DEMO_CAPTION, written, "checkpoints/last.ckpt"])
+        assert f"{written}: did you mean {meant}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO_CAPTION, "--data.init_args.resume", "true"])
+    assert "(see its settings with --help); training goes on from a checkpoint with --ckpt_path" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # in predict, its own resume first
+        main(["predict", "--config", DEMO_CAPTION, "--config", PREDICT_CAPTIONS, "--resume", "true"])
+    assert "--resume: did you mean --data.init_args.resume or --ckpt_path?" in capsys.readouterr().err
+
     with pytest.raises(SystemExit):  # a key cut short is refused, not taken for the one it begins (argparse's abbreviations)
         main(["fit", "--config", DEMO_CAPTION, "--trainer.max_step", "5"])
     assert "--trainer.max_step: did you mean --trainer.max_steps" in capsys.readouterr().err
