@@ -16,7 +16,7 @@ import functools
 import glob
 import hashlib
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,7 +265,8 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
                                       *(["__key__"] if "__key__" in data.column_names else [])]))
         # image digest -> first row, its key, captions, and what its later rows brought (counted on its side)
         images: dict[str, tuple[int, str, list[tuple[int, str]], Counter]] = {}
-        counts, not_found, short, examples = Counter(), [], [], {}
+        counts, not_found, short = Counter(), [], []
+        examples: defaultdict[str, dict[str, str]] = defaultdict(dict)  # image digest -> note -> its first example
         base = split.removesuffix(REST).removesuffix(HELD_OUT)
         short_rows = functools.cache(lambda: tables.short_rows(Path(self.dataset)))  # read once, when a row has an empty cell
         csv = self.dataset.lower().endswith(".csv")
@@ -299,7 +300,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
                     kind = "rows whose image is the same file as an earlier row's under another name: their captions go " \
                            "with that image, which evaluation and predictions name by the earlier row's name"
                     later[kind] += 1
-                    examples.setdefault(digest, {}).setdefault(kind, f" (first: {this!r} is {earlier!r})")
+                    examples[digest].setdefault(kind, f" (first: {this!r} is {earlier!r})")
                     later["captions skipped that an earlier row gave the same image"] += again
                 elif texts and again == len(texts):  # the same row twice (a file joined twice, a row pasted again)
                     later["rows that repeat an earlier row, its image and its captions: left out"] += 1
@@ -312,11 +313,10 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]
             if cut:  # counted on its side
                 later[SPLIT_NOTE] += len(cut)
-                examples.setdefault(digest, {}).setdefault(SPLIT_NOTE, f" (first: {self._row(row_index, key, split)}, {cut[0]} captions)")
+                examples[digest].setdefault(SPLIT_NOTE, f" (first: {self._row(row_index, key, split)}, {cut[0]} captions)")
             if html := [(found, c) for c in texts if c is not None and (found := html_in(c))]:  # counted on its side
                 later[HTML_NOTE] += len(html)
-                examples.setdefault(digest, {}).setdefault(
-                    HTML_NOTE, f" (first: {self._row(row_index, key, split)}: {html[0][0]!r} in {html[0][1][:60]!r})")
+                examples[digest].setdefault(HTML_NOTE, f" (first: {self._row(row_index, key, split)}: {html[0][0]!r} in {html[0][1][:60]!r})")
         records.all_at_once("short row", named := [said for ours, said in short if ours or records.on_bad_record == "error"],
                             f"{len(named)} of {len(data):,} rows have fewer fields than the header {data.column_names}, so "
                             "their cells are not under their columns' names", "Add the missing separators (or remove the rows)")
