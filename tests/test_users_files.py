@@ -1224,6 +1224,32 @@ def test_a_sheet_made_on_windows_or_macos_finds_its_photos_on_linux(tmp_path, mo
     assert found.is_file() and found.samefile(folder / unicodedata.normalize("NFC", "café rouge.JPG"))
 
 
+def test_photos_captions_written_by_a_windows_program_are_read_with_one_note_for_all(tmp_path):
+    # photo1.jpg + photo1.txt written on Windows (a captioning script's open(..., "w"): Windows-1252) was refused
+    # ("not UTF-8 text"), though a CSV in that code page is read: each file is read, all of them said in one note
+    folder = tmp_path / "captioned"
+    folder.mkdir()
+    texts = {"photo0": "un café à Paris", "photo1": "a plain caption", "photo2": "eine Straße\r\nzweite Zeile"}
+    for index, (name, text) in enumerate(texts.items()):
+        (folder / f"{name}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (70 * index, 20, 20))))
+        (folder / f"{name}.txt").write_bytes(text.encode("utf-8" if name == "photo1" else "cp1252"))
+    hub = HubCaptions(str(folder))
+    with pytest.warns(UserWarning) as said:
+        read = {side: [(name, [c for _, c in texts]) for _, name, _, texts in hub.records(side, BadRecords(str(folder)))]
+                for side in ("train.rest", "train.heldout")}  # the two sides of a held-out split: one note
+    assert sorted(row for rows in read.values() for row in rows) == [
+        ("photo0.jpg", ["un café à Paris"]), ("photo1.jpg", ["a plain caption"]), ("photo2.jpg", ["eine Straße", "zweite Zeile"])]
+    notes = [str(warning.message) for warning in said if "UTF-8" in str(warning.message)]
+    assert notes == [f"2 caption .txt file(s) beside the photos are not UTF-8: read as Windows-1252, as Windows programs write "
+                     f"text by default (the first, {folder / 'photo0.txt'}: 'café' (line 1), 'à' (line 1)); if those words "
+                     "read wrong, save them as UTF-8"]
+    # Russian in its own code page (Windows-1251) would read as words of accented letters alone: refused, named
+    (folder / "photo1.txt").write_bytes("красный квадрат".encode("cp1251"))
+    with pytest.raises(DataError, match=r"photo1\.txt, line 1: not UTF-8 text \(byte 0xea at 0\), likely Windows' local code "
+                                        r"page; write it as UTF-8"):
+        list(HubCaptions(str(folder)).records("train", BadRecords(str(folder))))
+
+
 def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsys, monkeypatch):
     import datasets
 

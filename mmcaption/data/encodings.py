@@ -106,16 +106,25 @@ def _encoding(path: str, *stamp: int) -> tuple[str, str | None]:
         return UTF8, None
     except UnicodeDecodeError:
         pass
+    said = ", ".join(f"'{word}' (line {at})" for word, at in western_words(Path(path)).items()) or "its typographic marks"
+    return WINDOWS_1252, (f"{path} is not UTF-8: read as Windows-1252, the code page of Excel's plain \"CSV\" in Western "
+                          f"Europe and the Americas ({said}); if those words read wrong, save it from the spreadsheet as "
+                          "\"CSV UTF-8\"")
+
+
+def western_words(path: Path, table: bool = True) -> dict[str, int]:
+    """The first few words beyond ASCII of a file that is not UTF-8 but Windows-1252 text in a language it is for, with
+    their lines; any other file is refused (:func:`~mmcaption.data.records.not_utf8`, said of a table or a text file)."""
     with open(path, "rb") as handle:
         head = handle.read(1 << 16)
     # UTF-16 (Excel's "Unicode Text") and a Mac's lines ended by \r alone (Excel for Mac's "CSV": Mac Roman) are
     # refused as before, saying which they are
     if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (b"\r" in head and b"\n" not in head):
-        raise not_utf8(Path(path))
+        raise not_utf8(path, table)
     shown: dict[str, int] = {}  # the first words that are not ASCII, with their lines
     line, rest = 1, ""
     try:
-        for text in _decodes(path, WINDOWS_1252):
+        for text in _decodes(str(path), WINDOWS_1252):
             text, rest = rest + text, ""
             if cut := _LAST_WORD.search(text):  # a word the chunk may end inside: read with the next chunk
                 text, rest = text[: cut.start()], cut.group()
@@ -123,13 +132,10 @@ def _encoding(path: str, *stamp: int) -> tuple[str, str | None]:
                 word = match.group()
                 if not word.isascii():
                     if not _western(word):
-                        raise not_utf8(Path(path))
+                        raise not_utf8(path, table)
                     if len(shown) < 3 and word not in shown:
                         shown[word] = line + text.count("\n", 0, match.start())
             line += text.count("\n")
     except UnicodeDecodeError:  # one of the five bytes Windows-1252 leaves unused: another code page
-        raise not_utf8(Path(path)) from None
-    said = ", ".join(f"'{word}' (line {at})" for word, at in shown.items()) or "its typographic marks"
-    return WINDOWS_1252, (f"{path} is not UTF-8: read as Windows-1252, the code page of Excel's plain \"CSV\" in Western "
-                          f"Europe and the Americas ({said}); if those words read wrong, save it from the spreadsheet as "
-                          "\"CSV UTF-8\"")
+        raise not_utf8(path, table) from None
+    return shown

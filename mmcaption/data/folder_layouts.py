@@ -18,16 +18,17 @@ import pyarrow.parquet as pq
 import yaml
 from datasets.data_files import _get_data_files_patterns
 from fsspec.utils import glob_translate
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from mmcaption.data.encodings import WINDOWS_1252, western_words
 from mmcaption.data.image_sources import unreadable_note
-from mmcaption.data.records import DataError, not_utf8
+from mmcaption.data.records import DataError
 from mmcaption.data.tables import text_table_kind
 from mmcaption.file_spellings import folded_name
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden
 
-TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")  # a .tsv with a header line (a sheet saved tab-separated)
 
 
 def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tuple[Path | None, list[tuple[str, Path | None]] | None]:
@@ -35,9 +36,7 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     one table of its photos to read in its place, or its photos each with its caption file (``(photo, its .txt or
     None)``); ``(None, None)`` otherwise."""
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-    # a sheet saved tab-separated (image<TAB>caption) is a table too: beside the photos it was left out without a word,
-    # and they were read as photos without captions
-    tables = photo_tables(files, images) + [f for f in files if f.suffix.lower() == ".tsv" and text_table_kind(f) == "csv"]
+    tables = photo_tables(files, images)
     captions = [f for f in files if f.suffix.lower() == ".txt"]
     texts = _caption_files(images, captions)
     tsv = next((f for f in files if f.suffix.lower() == ".tsv"), None)  # datasets reads one as a CSV of its first line's
@@ -165,9 +164,16 @@ def photo_tables(files: list[Path], images: list[Path]) -> list[Path]:
     ``metadata.json``: one JSON object, no rows), img2dataset's shard statistics, or a predict output (with its
     ``.summary.json`` beside it)."""
     photos = set(images) | {f.with_suffix("") for f in images}
-    return [f for f in files if f.suffix.lower() in TABLE_SUFFIXES and f.with_suffix("") not in photos
+    return [f for f in files if f.suffix.lower() in TABLE_SUFFIXES and f.with_suffix("") not in photos and _headed(f)
             and not f.name.endswith(("_stats.json", ".summary.json")) and not f.with_name(f.name + ".summary.json").exists()
             and not shard_record(f) and not _one_object(f)]
+
+
+def _headed(path: Path) -> bool:
+    """Not a ``.tsv`` without a header line naming its columns (Conceptual Captions' ``caption<TAB>URL``): a sheet saved
+    tab-separated (``image<TAB>caption``) is a table as its CSV is; beside the photos it was left out without a word, and
+    a folder's ``train.tsv`` and ``test.tsv`` were left to ``datasets``, which typed a column of captions as numbers."""
+    return path.suffix.lower() != ".tsv" or text_table_kind(path) == "csv"
 
 
 def shard_record(path: Path) -> bool:
@@ -216,6 +222,9 @@ METADATA_TABLES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # what
 OTHER_DATA = (".tar", ".arrow", ".zip", ".gz", ".tgz")  # files datasets reads (webdataset shards, archives)
 
 
+_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}  # datasets' readers
+
+
 def local_splits(path: Path, files: list[Path], config: str | None = None) -> tuple[str, dict[str, list[str]]] | None:
     """The builder and each split's files (``train.csv``, ``data/validation-00000.parquet``, ``train/cat.jpg``) of a
     local folder of tables, or of photos with an image folder's ``metadata.csv``, as ``datasets`` names them - or as
@@ -228,8 +237,7 @@ def local_splits(path: Path, files: list[Path], config: str | None = None) -> tu
     if any(f.name.lower() in METADATA_TABLES for f in tables):  # datasets' image folder: the photos and their tables
         kinds, tables = {"imagefolder"}, images + [f for f in tables if f.name.lower() in METADATA_TABLES]
     else:
-        kinds = {"parquet" if f.suffix.lower() == ".parquet" else f.suffix.lower().lstrip(".").replace("jsonl", "json")
-                 for f in tables}
+        kinds = {_BUILDERS[f.suffix.lower()] for f in tables}
     others = {f.suffix.lower() for f in files if f not in images and f.suffix.lower() in OTHER_DATA}
     if not tables and others == {".tar"}:  # webdataset's shards (img2dataset's, with its records of them left out)
         kinds, tables = {"webdataset"}, [f for f in files if f.suffix.lower() == ".tar"]
@@ -278,14 +286,28 @@ def card_patterns(path: Path, config: str | None) -> dict[str, list[str]] | None
 
 
 def sidecar_dataset(pairs: list[tuple[str, Path | None]], image_column: str, caption_column: str) -> datasets.Dataset:
-    """The photos and their caption files as a dataset of paths (relative to the folder) and captions."""
-    captions = [_caption_file(text) if text else "" for _, text in pairs]
+    """The photos and their caption files as a dataset of paths (relative to the folder) and captions: UTF-8, or
+    Windows-1252 as a Windows program writes text by default (a captioning script's ``open(..., "w")``), those said in
+    one note for all of them; text of another code page is refused naming its file and line."""
+    local: dict[Path, dict[str, int]] = {}  # the caption files read as Windows-1252, with their first words beyond ASCII
+    captions = [_caption_file(text, local) if text else "" for _, text in pairs]
+    if local and (key := frozenset((path, path.stat().st_mtime_ns) for path in local)) not in _SAID:  # once, not per side
+        _SAID.add(key)
+        first, words = next(iter(local.items()))
+        shown = ", ".join(f"'{word}' (line {line})" for word, line in words.items()) or "its typographic marks"
+        rank_zero_warn(f"{len(local):,} caption .txt file(s) beside the photos are not UTF-8: read as Windows-1252, as Windows "
+                       f"programs write text by default (the first, {first}: {shown}); if those words read wrong, save them "
+                       "as UTF-8")
     names = [name for name, _ in pairs]
     return datasets.Dataset.from_dict({image_column: names, caption_column: captions, "__key__": names})
 
 
-def _caption_file(path: Path) -> str:
+_SAID: set[frozenset] = set()  # the sets of caption files whose Windows-1252 note was said
+
+
+def _caption_file(path: Path, local: dict[Path, dict[str, int]]) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
-        raise not_utf8(path, table=False) from None
+        local[path] = western_words(path, table=False)  # refused unless Windows-1252 of a Western language
+        return path.read_text(encoding=WINDOWS_1252)

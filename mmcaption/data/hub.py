@@ -189,7 +189,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         """How a local folder of CSV tables (train.csv, test.csv), or an image folder's metadata.csv, reads: every
         column as text, as one CSV is read (:func:`~mmcaption.data.tables.csv_text_options`)."""
         builder, read = (self._table_splits or (None,))[0], self._split_tables
-        if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() == ".csv" for table in read):
+        if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() in (".csv", ".tsv") for table in read):
             return {}  # an image folder's metadata.jsonl or .parquet: its own types
         return tables.csv_text_options(read, tables.SEVERAL_CAPTIONS, image_folder=builder == "imagefolder")
 

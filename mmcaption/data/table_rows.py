@@ -14,6 +14,7 @@ from mmcaption.data.encodings import table_encoding
 from mmcaption.data.folder_layouts import TABLE_SUFFIXES
 
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
+HEADED = (".csv", ".tsv")  # a header line, then a row a line, as a spreadsheet numbers them
 
 
 class TableRows:
@@ -32,25 +33,25 @@ class TableRows:
         within = index
         for table, rows in self._line_tables.get(split.removesuffix(REST).removesuffix(HELD_OUT), []):
             if within < rows:
-                line = within + 2 if table.lower().endswith(".csv") else tables.jsonl_line(os.path.join(self.dataset, table), within)
+                line = within + 2 if table.lower().endswith(HEADED) else tables.jsonl_line(os.path.join(self.dataset, table), within)
                 return f"{table}, line {line}"
             within -= rows
         return f"row {index} (key {key})"
 
     @functools.cached_property
     def _line_tables(self) -> dict[str, list[tuple[str, int]]]:
-        """A local folder of CSV or JSON Lines tables, or an image folder with one metadata table a split (looked at when
+        """A local folder of CSV (or TSV) or JSON Lines tables, or an image folder with one metadata table a split (looked at when
         a row is bad; its rows are the table's, in order): ``(table, rows)`` of each split's tables, in the order datasets
         reads them."""
         splits = {split: [file for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
                   for split, files in (self._table_splits or (None, {}))[1].items()}
         photos = any(len(splits[split]) < len(files) for split, files in self._table_splits[1].items()) if splits else False
-        if not splits or not all(Path(file).suffix.lower() in (".csv", ".jsonl") for files in splits.values() for file in files) \
+        if not splits or not all(Path(file).suffix.lower() in (*HEADED, ".jsonl") for files in splits.values() for file in files) \
                 or photos and any(len(tables) != 1 for tables in splits.values()):  # several metadata files: datasets' order
             return {}
 
         def rows(file: str) -> int:
-            if file.lower().endswith(".csv"):
+            if file.lower().endswith(HEADED):
                 return len(pd.read_csv(file, usecols=[0], sep=tables.separator_of(Path(file)),
                                        encoding=table_encoding(Path(file)), **tables.CSV_OPTIONS))
             with open(file, "rb") as lines:
