@@ -169,17 +169,20 @@ def test_a_sheet_saved_tab_separated_beside_the_photos_is_their_table(tmp_path, 
         HubCaptions(str(root), "image", "caption")
 
 
-def test_a_folders_train_and_test_sheets_saved_tab_separated_are_its_splits_read_as_text(tmp_path):
+@pytest.mark.parametrize("suffix", [".tsv", ".txt"])
+def test_a_folders_train_and_test_sheets_saved_tab_separated_are_its_splits_read_as_text(tmp_path, suffix):
     # train.tsv and test.tsv beside the photos were left to datasets, which typed each file's columns by its rows: a
     # caption column of "NA" and "2020" became numbers, and the other file's "café au lait" stopped the run
-    # ("Failed to parse string ... as a scalar of type double"); a test.tsv saved in Windows-1252 was "Invalid UTF8"
+    # ("Failed to parse string ... as a scalar of type double"); a test.tsv saved in Windows-1252 was "Invalid UTF8".
+    # As .txt (Excel's "Text (Tab delimited)"), datasets read them as lines of text: "its columns are ['text']", and the
+    # hint was to read each line as a caption
     root = tmp_path / "album"
     root.mkdir()
     for index in range(4):
         Image.new("RGB", (32, 32), (60 * index, 40, 40)).save(root / f"img{index}.jpg")
-    (root / "train.tsv").write_text("image\tcaption\nimg0.jpg\tNA\nimg1.jpg\t2020\n")
-    (root / "test.tsv").write_text("image\tcaption\nimg2.jpg\tcafé au lait\nimg3.jpg\tNone\n", encoding="cp1252")
-    with pytest.warns(UserWarning, match=r"test\.tsv is not UTF-8: read as Windows-1252"):
+    (root / f"train{suffix}").write_text("image\tcaption\nimg0.jpg\tNA\nimg1.jpg\t2020\n")
+    (root / f"test{suffix}").write_text("image\tcaption\nimg2.jpg\tcafé au lait\nimg3.jpg\tNone\n", encoding="cp1252")
+    with pytest.warns(UserWarning, match=rf"test\{suffix} is not UTF-8: read as Windows-1252"):
         hub = HubCaptions(str(root), "image", "caption")
         assert hub.stage_splits(None, None, None) == {"train": "train", "val": "test", "test": "test"}
         read = {split: [(name, [c for _, c in texts]) for _, name, _, texts in hub.records(split, BadRecords(str(root)))]
@@ -187,11 +190,11 @@ def test_a_folders_train_and_test_sheets_saved_tab_separated_are_its_splits_read
     assert read == {"train": [("img0.jpg", ["NA"]), ("img1.jpg", ["2020"])],
                     "test": [("img2.jpg", ["café au lait"]), ("img3.jpg", ["None"])]}
     # a split in two sheets: a bad row is named by its sheet and line, as for CSVs (was "row 3 (key 3)")
-    for name in ("train.tsv", "test.tsv"):
+    for name in (f"train{suffix}", f"test{suffix}"):
         (root / name).unlink()
-    (root / "train-00000-of-00002.tsv").write_text("image\tcaption\nimg0.jpg\ta\nimg1.jpg\tb\n")
-    (root / "train-00001-of-00002.tsv").write_text("image\tcaption\nimg2.jpg\tc\nimg9.jpg\td\n")
-    with pytest.raises(DataError, match=r"train-00001-of-00002\.tsv, line 3: its 'image' is 'img9\.jpg'"):
+    (root / f"train-00000-of-00002{suffix}").write_text("image\tcaption\nimg0.jpg\ta\nimg1.jpg\tb\n")
+    (root / f"train-00001-of-00002{suffix}").write_text("image\tcaption\nimg2.jpg\tc\nimg9.jpg\td\n")
+    with pytest.raises(DataError, match=rf"train-00001-of-00002\{suffix}, line 3: its 'image' is 'img9\.jpg'"):
         list(HubCaptions(str(root), "image", "caption").records("train", BadRecords(str(root))))
 
 

@@ -29,6 +29,7 @@ from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")  # a .tsv with a header line (a sheet saved tab-separated)
+SPLIT_TABLE_SUFFIXES = (*TABLE_SUFFIXES, ".txt")  # a split's tables: a headed .txt too (Excel's "Text (Tab delimited)")
 
 
 def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tuple[Path | None, list[tuple[str, Path | None]] | None]:
@@ -222,7 +223,15 @@ METADATA_TABLES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")  # what
 OTHER_DATA = (".tar", ".arrow", ".zip", ".gz", ".tgz")  # files datasets reads (webdataset shards, archives)
 
 
-_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}  # datasets' readers
+_BUILDERS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}  # datasets'
+
+
+def _text_sheets(files: list[Path], images: list[Path]) -> list[Path]:
+    """The ``.txt`` files that are sheets with a header line naming an image column (Excel's "Text (Tab delimited)" save:
+    ``train.txt``, ``test.txt``), not a photo's own caption: a folder's splits, which ``datasets`` read as lines of text
+    ("its columns are ['text']"). One alone beside the photos is read as the table (:func:`folder_layout`)."""
+    photos = {f.with_suffix("") for f in images}
+    return [f for f in files if f.suffix.lower() == ".txt" and f.with_suffix("") not in photos and text_table_kind(f) == "csv"]
 
 
 def local_splits(path: Path, files: list[Path], config: str | None = None) -> tuple[str, dict[str, list[str]]] | None:
@@ -237,6 +246,7 @@ def local_splits(path: Path, files: list[Path], config: str | None = None) -> tu
     if any(f.name.lower() in METADATA_TABLES for f in tables):  # datasets' image folder: the photos and their tables
         kinds, tables = {"imagefolder"}, images + [f for f in tables if f.name.lower() in METADATA_TABLES]
     else:
+        tables += _text_sheets(files, images)
         kinds = {_BUILDERS[f.suffix.lower()] for f in tables}
     others = {f.suffix.lower() for f in files if f not in images and f.suffix.lower() in OTHER_DATA}
     if not tables and others == {".tar"}:  # webdataset's shards (img2dataset's, with its records of them left out)

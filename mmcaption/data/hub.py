@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mmcaption.data import tables
 from mmcaption.data.caption_cells import HTML_NOTE, SPLIT_NOTE, caption_settings, column_and_key, html_in, texts_of
 from mmcaption.data.folder_layouts import (
+    SPLIT_TABLE_SUFFIXES,
     TABLE_SUFFIXES,
     folder_layout,
     local_splits,
@@ -189,7 +190,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         """How a local folder of CSV tables (train.csv, test.csv), or an image folder's metadata.csv, reads: every
         column as text, as one CSV is read (:func:`~mmcaption.data.tables.csv_text_options`)."""
         builder, read = (self._table_splits or (None,))[0], self._split_tables
-        if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() in (".csv", ".tsv") for table in read):
+        if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() in (".csv", ".tsv", ".txt") for table in read):
             return {}  # an image folder's metadata.jsonl or .parquet: its own types
         return tables.csv_text_options(read, tables.SEVERAL_CAPTIONS, image_folder=builder == "imagefolder")
 
@@ -199,7 +200,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         (:func:`~mmcaption.data.folder_layouts.local_splits`)."""
         found = local_splits(Path(self.dataset).expanduser(), self._files, self.config) if self._files and self._given is None \
             else None
-        named = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in TABLE_SUFFIXES]
+        named = {split: [os.path.relpath(f, self.dataset) for f in files if Path(f).suffix.lower() in SPLIT_TABLE_SUFFIXES]
                  for split, files in (found or (None, {}))[1].items()}
         if sum(map(len, named.values())) > 1:  # which table is which split: two copies of one table are both read
             rank_zero_info(f"{self.dataset}: its tables are read as "
@@ -219,7 +220,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
     def _split_tables(self) -> list[Path]:
         """The tables :attr:`_table_splits` reads (an image folder's metadata tables, not its photos)."""
         splits = (self._table_splits or (None, {}))[1]
-        return [Path(file) for files in splits.values() for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
+        return [Path(file) for files in splits.values() for file in files if Path(file).suffix.lower() in SPLIT_TABLE_SUFFIXES]
 
     def _unreadable(self, error: BaseException) -> DataError:
         """What ``datasets`` could not read, said as the user can act on it: the file (in a folder, the first of its

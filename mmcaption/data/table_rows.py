@@ -11,10 +11,10 @@ import pandas as pd
 
 from mmcaption.data import tables
 from mmcaption.data.encodings import table_encoding
-from mmcaption.data.folder_layouts import TABLE_SUFFIXES
+from mmcaption.data.folder_layouts import SPLIT_TABLE_SUFFIXES
 
 REST, HELD_OUT = ".rest", ".heldout"  # the two sides of a single split
-HEADED = (".csv", ".tsv")  # a header line, then a row a line, as a spreadsheet numbers them
+HEADED = (".csv", ".tsv", ".txt")  # a header line, then a row a line, as a spreadsheet numbers them
 
 
 class TableRows:
@@ -43,7 +43,7 @@ class TableRows:
         """A local folder of CSV (or TSV) or JSON Lines tables, or an image folder with one metadata table a split (looked at when
         a row is bad; its rows are the table's, in order): ``(table, rows)`` of each split's tables, in the order datasets
         reads them."""
-        splits = {split: [file for file in files if Path(file).suffix.lower() in TABLE_SUFFIXES]
+        splits = {split: [file for file in files if Path(file).suffix.lower() in SPLIT_TABLE_SUFFIXES]
                   for split, files in (self._table_splits or (None, {}))[1].items()}
         photos = any(len(splits[split]) < len(files) for split, files in self._table_splits[1].items()) if splits else False
         if not splits or not all(Path(file).suffix.lower() in (*HEADED, ".jsonl") for files in splits.values() for file in files) \
