@@ -1250,6 +1250,33 @@ def test_photos_captions_written_by_a_windows_program_are_read_with_one_note_for
         list(HubCaptions(str(folder)).records("train", BadRecords(str(folder))))
 
 
+def test_a_json_map_of_each_photos_captions_is_their_table(tmp_path):
+    # {"photo0.jpg": "a caption", ...}, as captioning scripts save their output, beside the photos was taken for a record
+    # about something and left out (the photos "have no column(s) ['caption']"); given itself, or with a list of captions
+    # each, its file names were read as columns
+    folder = tmp_path / "captioned"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"photo{index}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (70 * index, 20, 20))))
+    maps = {"one": {f"photo{i}.jpg": f"a photo {i}" for i in range(3)},
+            "several": {"photo0.jpg": ["a photo 0", "the first"], "photo1.jpg": "a photo 1", "photo2.jpg": ["a photo 2"]},
+            "records": {f"photo{i}.jpg": {"caption": f"a photo {i}", "tags": "red"} for i in range(3)}}
+    expected = {"one": [[f"a photo {i}"] for i in range(3)], "several": [["a photo 0", "the first"], ["a photo 1"], ["a photo 2"]],
+                "records": [[f"a photo {i}"] for i in range(3)]}
+    for kind, mapping in maps.items():
+        (folder / "captions.json").write_text(json.dumps(mapping, indent=2))
+        for dataset in (folder, folder / "captions.json"):
+            hub = HubCaptions(str(dataset))  # the columns as the settings' defaults name them (jpg, txt): the map's own
+            rows = [(name, [c for _, c in texts]) for split in ("train.rest", "train.heldout")
+                    for _, name, _, texts in hub.records(split, BadRecords(str(dataset)))]
+            assert sorted(rows) == [(f"photo{i}.jpg", expected[kind][i]) for i in range(3)], (kind, dataset)
+    # an album's record of itself beside the photos is still not taken for their captions
+    (folder / "captions.json").rename(folder / "album.json")
+    (folder / "album.json").write_text(json.dumps({"title": "Holidays", "cover": "photo0.jpg"}))
+    with pytest.raises(DataError, match=r"has no column\(s\) \['jpg', 'txt'\] .*; its columns are \['image'\]"):
+        list(HubCaptions(str(folder)).records("train.rest", BadRecords(str(folder))))
+
+
 def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsys, monkeypatch):
     import datasets
 

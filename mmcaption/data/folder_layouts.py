@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.encodings import WINDOWS_1252, western_words
 from mmcaption.data.image_sources import unreadable_note
+from mmcaption.data.json_values import caption_map_records
 from mmcaption.data.records import DataError
 from mmcaption.data.tables import text_table_kind
 from mmcaption.file_spellings import folded_name
@@ -185,14 +186,16 @@ def shard_record(path: Path) -> bool:
 
 
 def _one_object(path: Path) -> bool:
-    """A ``.json`` file holding one JSON object that is not a table's columns (lists): a record about something."""
+    """A ``.json`` file holding one JSON object that is not a table's columns (lists) nor a map of the photos' captions
+    (``{"photo1.jpg": "a dog", ...}``, which was left out, the photos read without captions): a record about something."""
     if path.suffix.lower() != ".json" or path.stat().st_size > 1 << 20:
         return False
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines, or not text: read (and refused) as a table
         return False
-    return isinstance(data, dict) and not all(isinstance(value, list) for value in data.values())
+    return isinstance(data, dict) and not all(isinstance(value, list) for value in data.values()) and \
+        caption_map_records(data) is None
 
 
 def user_files(path: Path, cache_dir: str | None) -> list[Path]:

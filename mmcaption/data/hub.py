@@ -109,8 +109,10 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
             table, self._pairs = folder_layout(path, self._files, (self.image_column, caption_settings(self.caption_column)[0]))
             if table is not None:
                 self.dataset, self._given = str(table), path
-        if (self.image_column, self.caption_column) == ("jpg", "txt") and tables.text_table_kind(Path(self.dataset)) == "token":
-            self.image_column, self.caption_column = "image", "caption"  # Flickr's token file: its columns are ours to name
+        if (self.image_column, self.caption_column) == ("jpg", "txt") and (
+                tables.text_table_kind(Path(self.dataset)) == "token" or tables.caption_map_file(Path(self.dataset))):
+            self.image_column, self.caption_column = "image", "caption"  # Flickr's token file, a map of captions: its
+            # columns are ours to name
 
     def _saved(self) -> datasets.Dataset | datasets.DatasetDict | None:
         path = Path(self.dataset)

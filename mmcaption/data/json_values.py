@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import PurePath
 from typing import Any
+
+from mmcaption.images import IMAGE_SUFFIXES
 
 _BLANK = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
 
@@ -54,3 +57,21 @@ def pandas_records(data: object) -> list | None:
             str(key).isdigit() for key in columns[0]) and not all(str(name).isdigit() for name in data):
         return [{name: column[key] for name, column in data.items()} for key in columns[0]]
     return None
+
+
+def caption_map_records(data: object) -> list[dict[str, Any]] | None:
+    """The rows of a JSON object that maps each image's file name to its caption, its captions (a list) or a record of
+    it (``{"photo1.jpg": "a dog on grass", ...}``, as captioning scripts save their output): an ``image`` and a
+    ``caption`` column, or a record's own keys beside ``image``. None for any other object (a record about something,
+    a table's columns)."""
+    if not isinstance(data, dict) or not data or not all(isinstance(key, str) and PurePath(key).suffix.lower() in IMAGE_SUFFIXES
+                                                         for key in data):
+        return None
+    values = list(data.values())
+    if all(isinstance(value, dict) for value in values):
+        return [{**value, "image": name} for name, value in data.items()]
+    if not all(isinstance(value, str) or isinstance(value, list) and all(isinstance(text, str) for text in value)
+               for value in values):
+        return None
+    listed = any(isinstance(value, list) for value in values)  # one type a column: a caption alone as a list of one
+    return [{"image": name, "caption": [value] if listed and isinstance(value, str) else value} for name, value in data.items()]
