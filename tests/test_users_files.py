@@ -1240,7 +1240,7 @@ def test_photos_captions_written_by_a_windows_program_are_read_with_one_note_for
     assert sorted(row for rows in read.values() for row in rows) == [
         ("photo0.jpg", ["un café à Paris"]), ("photo1.jpg", ["a plain caption"]), ("photo2.jpg", ["eine Straße", "zweite Zeile"])]
     notes = [str(warning.message) for warning in said if "UTF-8" in str(warning.message)]
-    assert notes == [f"2 caption .txt file(s) beside the photos are not UTF-8: read as Windows-1252, as Windows programs write "
+    assert notes == [f"2 caption file(s) beside the photos are not UTF-8: read as Windows-1252, as Windows programs write "
                      f"text by default (the first, {folder / 'photo0.txt'}: 'café' (line 1), 'à' (line 1)); if those words "
                      "read wrong, save them as UTF-8"]
     # Russian in its own code page (Windows-1251) would read as words of accented letters alone: refused, named
@@ -1248,6 +1248,33 @@ def test_photos_captions_written_by_a_windows_program_are_read_with_one_note_for
     with pytest.raises(DataError, match=r"photo1\.txt, line 1: not UTF-8 text \(byte 0xea at 0\), likely Windows' local code "
                                         r"page; write it as UTF-8"):
         list(HubCaptions(str(folder)).records("train", BadRecords(str(folder))))
+
+
+def test_photos_captioned_in_caption_files_as_kohya_writes_them_are_read_and_their_tags_left_out(tmp_path, monkeypatch):
+    # photo1.jpg + photo1.caption (kohya's sd-scripts' captions) were left out: the photos "have no column(s) ['jpg', 'txt']"
+    folder = tmp_path / "kohya"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"photo{index}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (70 * index, 20, 20))))
+        (folder / f"photo{index}.caption").write_text(f"a photo of a dog {index}")
+    said: list[str] = []
+    monkeypatch.setattr("mmcaption.data.folder_layouts.rank_zero_info", said.append)
+
+    def read() -> list[tuple[str, list[str]]]:
+        hub = HubCaptions(str(folder))
+        return sorted((name, [c for _, c in texts]) for split in ("train.rest", "train.heldout")
+                      for _, name, _, texts in hub.records(split, BadRecords(str(folder))))
+
+    assert read() == [(f"photo{i}.jpg", [f"a photo of a dog {i}"]) for i in range(3)]
+    assert said == [f"{folder}: 3 photos, each captioned by the .caption file of its name beside it (columns 'jpg' and 'txt'; "
+                    "several lines: several captions; a photo without one is refused)"]
+    # its taggers' tags in .txt beside them: the captions are read, the tags left out, and said so
+    for index in range(3):
+        (folder / f"photo{index}.txt").write_text("dog, grass, outdoors")
+    said.clear()
+    assert read() == [(f"photo{i}.jpg", [f"a photo of a dog {i}"]) for i in range(3)]
+    assert said[0] == (f"{folder}: its photos have .caption files beside them and .txt files too: the .caption files are read "
+                       "as their captions, the 3 .txt files left out (tags, as kohya's sd-scripts write them beside its captions)")
 
 
 def test_a_json_map_of_each_photos_captions_is_their_table(tmp_path):
@@ -1420,7 +1447,7 @@ def test_a_folder_of_captioned_photos_reads_again_with_the_cache_and_outputs_ins
     assert [c for _, _, _, captions in rows for _, c in captions] == [f"photo {i}" for i in range(4)]
     # a table of the user's beside captioned photos: which captions are meant is asked, not guessed
     (shard / "mine.csv").write_text("image,caption\n000000000.jpg,a red photo\n")
-    with pytest.raises(DataError, match=r"00000 holds photos with caption \.txt files beside them \(.*\) and a table \(mine\.csv\)"):
+    with pytest.raises(DataError, match=r"00000 holds photos with caption files beside them \(\d+\.txt\) and a table \(mine\.csv\)"):
         HubCaptions(str(shard))
 
 

@@ -41,6 +41,15 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     tables = photo_tables(files, images)
     captions = [f for f in files if f.suffix.lower() == ".txt"]
     texts = _caption_files(images, captions)
+    # kohya's sd-scripts caption photos in photo1.caption (their captioner's sentences; its taggers' tags go in .txt):
+    # read as the .txt files are, where they were left out and the photos read without captions
+    kohya = [f for f in files if f.suffix.lower() == ".caption"]
+    if kohya and (own := _caption_files(images, kohya)):
+        if texts:
+            rank_zero_info(f"{path}: its photos have .caption files beside them and .txt files too: the .caption files are "
+                           f"read as their captions, the {len(set(texts.values())):,} .txt files left out (tags, as kohya's "
+                           "sd-scripts write them beside its captions)")
+        captions, texts = kohya, own
     tsv = next((f for f in files if f.suffix.lower() == ".tsv"), None)  # datasets reads one as a CSV of its first line's
     if tsv and not texts and not tables and not any(f.suffix.lower() in OTHER_DATA for f in files):  # names: the data
         raise DataError(f"{tsv}: a .tsv without a header line (as Conceptual Captions' image URLs come) is not read: give "
@@ -52,7 +61,7 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
         _say_captions_without_photos(path, [f for f in captions if f not in paired])
     _say_failed_downloads(path, [f for f in files if shard_record(f)])
     if texts and tables:
-        raise DataError(f"{path} holds photos with caption .txt files beside them ({next(iter(texts.values())).name}) and "
+        raise DataError(f"{path} holds photos with caption files beside them ({next(iter(texts.values())).name}) and "
                         f"a table ({tables[0].relative_to(path)}): give the table itself as hub_dataset, or move it out")
     if len(tables) == 1 and tables[0].stem != "metadata" and images:
         rank_zero_info(f"{path} holds photos and one table of them, {tables[0].relative_to(path)}: the table is read "
@@ -75,7 +84,7 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
                         "on Windows names them unpacked elsewhere; rename them in UTF-8 (unzip -O cp437, or convmv -f cp850 "
                         f"-t utf-8 -r --notest {shlex.quote(str(path))})")
     bare = sorted(image for image in images if image not in texts)  # counted now, not found one by one as they are read
-    rank_zero_info(f"{path}: {len(images)} photos, each captioned by the .txt file of its name beside it (columns "
+    rank_zero_info(f"{path}: {len(images)} photos, each captioned by the {captions[0].suffix} file of its name beside it (columns "
                    f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused"
                    + (f", or left out with on_bad_record skip: {len(bare):,} {'has' if len(bare) == 1 else 'have'} none, the first "
                       f"{bare[0].relative_to(path)})"
@@ -308,7 +317,7 @@ def sidecar_dataset(pairs: list[tuple[str, Path | None]], image_column: str, cap
         _SAID.add(key)
         first, words = next(iter(local.items()))
         shown = ", ".join(f"'{word}' (line {line})" for word, line in words.items()) or "its typographic marks"
-        rank_zero_warn(f"{len(local):,} caption .txt file(s) beside the photos are not UTF-8: read as Windows-1252, as Windows "
+        rank_zero_warn(f"{len(local):,} caption file(s) beside the photos are not UTF-8: read as Windows-1252, as Windows "
                        f"programs write text by default (the first, {first}: {shown}); if those words read wrong, save them "
                        "as UTF-8")
     names = [name for name, _ in pairs]
