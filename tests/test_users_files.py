@@ -1277,7 +1277,7 @@ def test_photos_captioned_in_caption_files_as_kohya_writes_them_are_read_and_the
                        "as their captions, the 3 .txt files left out (tags, as kohya's sd-scripts write them beside its captions)")
 
 
-def test_a_json_map_of_each_photos_captions_is_their_table(tmp_path):
+def test_a_json_map_of_each_photos_captions_is_their_table_and_a_workbook_beside_them_is_named(tmp_path):
     # {"photo0.jpg": "a caption", ...}, as captioning scripts save their output, beside the photos was taken for a record
     # about something and left out (the photos "have no column(s) ['caption']"); given itself, or with a list of captions
     # each, its file names were read as columns
@@ -1297,8 +1297,14 @@ def test_a_json_map_of_each_photos_captions_is_their_table(tmp_path):
             rows = [(name, [c for _, c in texts]) for split in ("train.rest", "train.heldout")
                     for _, name, _, texts in hub.records(split, BadRecords(str(dataset)))]
             assert sorted(rows) == [(f"photo{i}.jpg", expected[kind][i]) for i in range(3)], (kind, dataset)
+    # the captions in a workbook beside the photos (Excel's own file): named, where it was left out without a word and the
+    # photos said to "have no column(s) ['jpg', 'txt']"
+    (folder / "captions.json").rename(folder / "captions.xlsx")
+    with pytest.raises(DataError, match=r"captioned holds photos and a spreadsheet workbook, captions\.xlsx, which is not "
+                                        r"read: save it beside them as CSV UTF-8 \(File > Save As > CSV UTF-8\)"):
+        HubCaptions(str(folder))
     # an album's record of itself beside the photos is still not taken for their captions
-    (folder / "captions.json").rename(folder / "album.json")
+    (folder / "captions.xlsx").rename(folder / "album.json")
     (folder / "album.json").write_text(json.dumps({"title": "Holidays", "cover": "photo0.jpg"}))
     with pytest.raises(DataError, match=r"has no column\(s\) \['jpg', 'txt'\] .*; its columns are \['image'\]"):
         list(HubCaptions(str(folder)).records("train.rest", BadRecords(str(folder))))

@@ -30,6 +30,7 @@ from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")  # a .tsv with a header line (a sheet saved tab-separated)
+WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")  # Excel's, LibreOffice's and Apple Numbers' own files
 SPLIT_TABLE_SUFFIXES = (*TABLE_SUFFIXES, ".txt")  # a split's tables: a headed .txt too (Excel's "Text (Tab delimited)")
 
 
@@ -76,6 +77,11 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     if not tables and len(listed) == 1 and text_table_kind(listed[0]) == "token":  # Flickr8k's text folder alone
         rank_zero_info(f"{path} holds Flickr's caption file {listed[0].relative_to(path)}: it is read")
         return listed[0], None
+    workbooks = [f for f in files if f.suffix.lower() in WORKBOOK_SUFFIXES]
+    if images and workbooks and not texts and not tables and not listed:  # left out, the photos read without captions
+        raise DataError(f"{path} holds photos and a spreadsheet workbook, {workbooks[0].relative_to(path)}, which is not "
+                        "read: save it beside them as CSV UTF-8 (File > Save As > CSV UTF-8), a column of the photos' "
+                        "names or paths and one of their captions")
     if not texts:
         return None, None
     if undecodable := [image.relative_to(path) for image in images if not _in_utf8(str(image))]:
