@@ -292,6 +292,31 @@ def test_the_preprocessing_cache_sees_images_added_to_a_linked_folder(tmp_path):
     assert after["files"] == 2 and after["sha256"] != before["sha256"]
 
 
+def test_a_pattern_no_shell_expanded_names_its_images(tmp_path, monkeypatch):
+    # images: photos/*.jpg in a config, or quoted on the command line: "image source not found: photos/*.jpg"
+    photos = tmp_path / "photos"
+    (photos / "day2").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg", "IMG_0001.JPG", "day2/c.jpg", ".hidden.jpg"):
+        (photos / name).write_bytes(jpeg(upright_picture(32, 32)))
+    (photos / "notes.txt").write_text("holiday")
+    monkeypatch.chdir(tmp_path)
+    said: list[str] = []
+    assert find_images("photos/*.jpg", note=said.append) == [Path("photos/a.jpg"), Path("photos/b.jpg")]
+    assert said == ["photos/*.jpg: 1 images that it matches only in another case are left out, as a shell leaves them (the "
+                    "first: photos/IMG_0001.JPG); a pattern of either case takes them too (photos/*.[jJ][pP][gG])"]
+    assert find_images("photos/**/*.jpg", note=None) == [Path("photos/a.jpg"), Path("photos/b.jpg"), Path("photos/day2/c.jpg")]
+    said.clear()
+    assert find_images("photos/*", note=said.append) == [Path("photos/IMG_0001.JPG"), Path("photos/a.jpg"), Path("photos/b.jpg")]
+    assert said == ["photos/*: 1 files it matches left out, not images by their names (1 x .txt)"]
+    # an iPhone's IMG_*.JPG asked for as *.jpg, none in that case: matched in any case, as Windows and macOS match names
+    (photos / "a.jpg").unlink()
+    (photos / "b.jpg").unlink()
+    assert find_images("photos/*.jpg", note=None) == [Path("photos/IMG_0001.JPG")]
+    with pytest.raises(DataError, match=r"no image matches the pattern photos/\*\.txt \(looked for from .*; it matches 1 x "
+                                        r"\.txt\); images are "):
+        find_images("photos/*.txt")
+
+
 def test_an_image_list_as_windows_saves_it(tmp_path, monkeypatch):
     (tmp_path / "photos").mkdir()
     for name in ("a.jpg", "b c.jpg"):

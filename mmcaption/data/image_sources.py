@@ -5,6 +5,7 @@ name, relative to its folder. Names are found as Windows and macOS find them (:f
 
 from __future__ import annotations
 
+import glob
 import re
 from collections import Counter
 from pathlib import Path
@@ -52,6 +53,49 @@ def _folder_files(folder: Path) -> tuple[list[Path], list[Path], list[Path], lis
             if not is_hidden(file):
                 (files if file.is_file() else broken if not file.exists() else []).append(file)
     return files, broken, unreadable, caches
+
+
+def _pattern_images(source: str, note) -> list[tuple[str, Path]] | None:
+    """The images a shell pattern names (``photos/*.jpg``, ``shoot/**/*.JPG``) where no shell expanded it: in quotes, in
+    a config, on Windows. Matched as the shell does, else in any case, as Windows and macOS match names (``*.jpg`` of
+    an iPhone's ``IMG_0001.JPG``); hidden files only by a pattern that names them. None for a source without a
+    pattern's marks; a pattern that matches no image is refused, saying what it matches."""
+    if not _PATTERN.search(source):
+        return None
+    pattern = home_expanded(source)
+    exact = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+    either = sorted(Path(p) for p in glob.glob(_any_case(pattern), recursive=True))
+    found = exact or either
+    images = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    others = Counter(p.suffix.lower() or "no suffix" for p in found if p.is_file() and p not in images)
+    if not images:
+        raise DataError(f"no image matches the pattern {source} (looked for from {Path.cwd()}" + (
+            f"; it matches {_counted(others)}" if others else "") + f"); images are {', '.join(sorted(IMAGE_SUFFIXES))}")
+    if others and note is not None:
+        note(f"{source}: {sum(others.values())} files it matches left out, not images by their names ({_counted(others)})")
+    cased = [p for p in either if p not in exact and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES] if exact else []
+    if cased and note is not None:  # as a shell on Linux leaves them out; Windows' and macOS' own matching would not
+        note(f"{source}: {len(cased)} images that it matches only in another case are left out, as a shell leaves them (the "
+             f"first: {cased[0]}); a pattern of either case takes them too "
+             f"({source[:len(source) - len(Path(source).name)]}{_any_case(Path(source).name)})")
+    return [(str(image), image) for image in images]
+
+
+_PATTERN = re.compile(r"[*?[]")  # the marks of a shell pattern
+
+
+def _any_case(pattern: str) -> str:
+    """``pattern`` with each letter outside a ``[...]`` class matching either case (``*.jpg`` -> ``*.[jJ][pP][gG]``)."""
+    out, inside = [], False
+    for char in pattern:
+        if char == "[" and not inside:
+            inside = True
+        elif char == "]" and inside:
+            inside = False
+        elif not inside and char.lower() != char.upper():
+            char = f"[{char.lower()}{char.upper()}]"
+        out.append(char)
+    return "".join(out)
 
 
 def unreadable_note(folder: Path, unreadable: list[Path]) -> str | None:
@@ -106,6 +150,8 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
             note(f"{path}: mmcaption's preprocessed data left out ({', '.join(map(str, caches))}), not photos")
         return [(str(image), image) for image in images]
     if not path.exists():
+        if (matched := _pattern_images(source, note)) is not None:
+            return matched
         raise DataError(f"image source not found: {path}{unexpanded_variable(path)}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return [(source, path)]
