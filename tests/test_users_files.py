@@ -292,6 +292,20 @@ def test_the_preprocessing_cache_sees_images_added_to_a_linked_folder(tmp_path):
     assert after["files"] == 2 and after["sha256"] != before["sha256"]
 
 
+def test_a_pattern_given_as_the_dataset_names_the_folder_to_give(tmp_path, monkeypatch):
+    # hub_dataset: data/train-*.parquet was taken for a hub id: "Repo id must use alphanumeric chars ..."
+    (tmp_path / "data").mkdir()
+    for index in range(2):
+        (tmp_path / "data" / f"train-0000{index}-of-00002.parquet").write_bytes(b"PAR1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"hub_dataset data/train-\*\.parquet is a pattern of files, and a dataset is a hub id, "
+                                        r"a folder or one file: it matches 2 file\(s\) in data; give that folder, whose "
+                                        r"tables are read as splits by their names"):
+        HubCaptions("data/train-*.parquet", "image", "caption")
+    with pytest.raises(DataError, match=r"hub_dataset photos/\*\.csv is a pattern .*: it matches nothing from "):
+        HubCaptions("photos/*.csv", "image", "caption")
+
+
 def test_a_pattern_no_shell_expanded_names_its_images(tmp_path, monkeypatch):
     # images: photos/*.jpg in a config, or quoted on the command line: "image source not found: photos/*.jpg"
     photos = tmp_path / "photos"

@@ -5,6 +5,7 @@ to ``datasets``, whose captions it does not know), and photos each with its capt
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -32,6 +33,20 @@ from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden
 TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")  # a .tsv with a header line (a sheet saved tab-separated)
 WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")  # Excel's, LibreOffice's and Apple Numbers' own files
 SPLIT_TABLE_SUFFIXES = (*TABLE_SUFFIXES, ".txt")  # a split's tables: a headed .txt too (Excel's "Text (Tab delimited)")
+
+
+def refuse_pattern(dataset: str) -> None:
+    """A pattern of files (``data/train-*.parquet``) given as the dataset, where a hub id or a folder is read: refused
+    naming what it matches and the folder to give (it was taken for a hub id: "Repo id must use alphanumeric chars")."""
+    if not re.search(r"[*?[]", dataset) or Path(dataset).expanduser().exists():
+        return
+    matched = sorted(Path(p) for p in glob.glob(os.path.expanduser(dataset), recursive=True))
+    folders = sorted({str(p.parent) for p in matched})
+    raise DataError(f"hub_dataset {dataset} is a pattern of files, and a dataset is a hub id, a folder or one file: " + (
+        f"it matches {len(matched)} file(s) in {', '.join(folders[:3])}; give " + (
+            "that folder, whose tables are read as splits by their names (train-*, validation-*, test-*), or move the "
+            "files to read into a folder of their own" if len(folders) == 1 else "one folder that holds them all")
+        if matched else f"it matches nothing from {Path.cwd()}"))
 
 
 def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tuple[Path | None, list[tuple[str, Path | None]] | None]:

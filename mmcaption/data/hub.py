@@ -31,6 +31,7 @@ from mmcaption.data.folder_layouts import (
     TABLE_SUFFIXES,
     folder_layout,
     local_splits,
+    refuse_pattern,
     saved_dataset,
     shard_record,
     sidecar_dataset,
@@ -92,6 +93,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
     config: str | None = None  # the dataset's configuration (subset), for one that has several
 
     def __post_init__(self) -> None:
+        refuse_pattern(self.dataset)
         if (snapshot := downloaded_snapshot(self.dataset)) is not None:  # `hf download --repo-type dataset`, offline
             rank_zero_info(f"{self.dataset}: read from its download in the Hugging Face cache, {snapshot}")
             self.dataset = snapshot
