@@ -1174,6 +1174,12 @@ def test_a_table_without_the_configs_column_names_is_told_its_own(tmp_path):
     with pytest.raises(DataError, match=r"it is a Label Studio export \(tasks with 'data' and 'annotations'\): export the "
                                         r"project as CSV or JSON-MIN instead"):
         list(HubCaptions(str(studio)).records("train", BadRecords(str(studio))))
+    # a photo's captions a column each (caption_1 ... caption_3, as a spreadsheet or Flickr8k's copies have them): the
+    # list of them is named (was nothing about captions)
+    table.write_text("image,Caption 1,caption_2,caption3\na.jpg,a red mug,a mug,red\n")
+    with pytest.raises(DataError, match=r"has no column\(s\) \['caption'\] .*; its columns by their names: "
+                                        r"--data\.init_args\.hub_caption_column '\[Caption 1, caption_2, caption3\]'$"):
+        list(HubCaptions(str(table), "image", "caption").records("train", BadRecords(str(table))))
     table.write_text("id,sku,price\n1,a,3\n")  # nothing to guess from: the columns alone, as before
     with pytest.raises(DataError, match=r"its columns are \['id', 'sku', 'price'\]$"):
         list(HubCaptions(str(table)).records("train", BadRecords(str(table))))

@@ -70,9 +70,15 @@ def columns_hint(missing: set[str], columns: list[str], image_column: str) -> st
     for missing_column in sorted(missing):
         names = IMAGE_COLUMNS if missing_column == image_column else CAPTION_COLUMNS
         found = next((by_name[name] for name in names if name in by_name), None)
+        numbered = [column for column in columns if _NUMBERED_CAPTION.fullmatch(column.strip())]
+        if found is None and names is CAPTION_COLUMNS and len(numbered) > 1:  # caption_1 ... caption_5: a photo's several
+            found = f"'[{', '.join(numbered)}]'"  # captions, a column each (a spreadsheet's, Flickr8k's copies)
         if found is not None:
             settings.append(f"--data.init_args.{'hub_image_column' if names is IMAGE_COLUMNS else 'hub_caption_column'} {found}")
     return f"; its columns by their names: {' '.join(settings)}" if settings else ""
+
+
+_NUMBERED_CAPTION = re.compile(rf"(?:{'|'.join(CAPTION_COLUMNS)})[ _-]?\d+", re.IGNORECASE)  # caption_1, Caption 2, text3
 
 
 def read_table_rows(path: Path, delimiter: str | None = None) -> tuple[list[str], list[tuple[int, list[str]]]]:
