@@ -276,7 +276,8 @@ def test_every_bad_record_of_a_kind_is_named_in_one_run_and_long_questions_befor
 
     edit(train, scatter)
     with pytest.raises(DataError, match=r"instruct_train2017\.json: 3 bad records of 2 kinds: 2 x malformed record \(first: record 2 "
-                                        r"\(id train2017-3\) has no 'conversations' \(or 'messages'\) list; record 8 .*\); 1 x empty turn "
+                                        r"\(id train2017-3\) has no 'conversations' \(or 'messages'\) list, nor a 'question' and its 'answer'; "
+                                        r"record 8 .*\); 1 x empty turn "
                                         r"\(first: record 5 \(id train2017-6\): turn 1 \(gpt\) is empty\)\. Fix or remove them, or set "
                                         r"on_bad_record: skip"):
         make_datamodule(backbones, llava).prepare_data()
@@ -861,3 +862,39 @@ def test_one_picture_under_several_ids_is_on_one_side(llava):
         with_it = [side for side, conversations in sides.items() if any(c.image == image for c in conversations)]
         assert len(with_it) == 1, (fraction, with_it)
         assert sum(c.image == image for c in sides[with_it[0]]) == 6
+
+
+def test_a_table_of_questions_and_answers_trains_as_conversations_of_one_turn(backbones, llava, tmp_path):
+    # a VQA sheet (image,question,answer) or JSON of such records as train_file: "is not valid JSON" and "has no
+    # 'conversations' (or 'messages') list"; the original scripts' multiple-choice CSV trains with its options listed
+    # and its letter as the answer, as LLaVA-1.5 trains multiple choice
+    _, image_root = llava
+    sheet = tmp_path / "vqa.csv"
+    sheet.write_text("image,Question,Answer\ntrain2017/000000000001.jpg,What colour is it?,yellow\n"
+                     "train2017/000000000002.jpg,\"Where is it, then?\",on the top\n")
+    assert [(c.image, c.turns, c.place) for c in read_llava(sheet, image_root, BadRecords(str(sheet)))] == [
+        ("train2017/000000000001.jpg", [("What colour is it?", "yellow")], "line 2"),
+        ("train2017/000000000002.jpg", [("Where is it, then?", "on the top")], "line 3")]
+    alpaca = tmp_path / "vqa.json"
+    alpaca.write_text(json.dumps([{"image": "train2017/000000000003.jpg", "instruction": "Describe it.", "output": "A shape."}]))
+    assert [c.turns for c in read_llava(alpaca, image_root, BadRecords(str(alpaca)))] == [[("Describe it.", "A shape.")]]
+    choices = tmp_path / "choices.csv"
+    choices.write_text("img_path,Question,A,B,C,D,answer\ntrain2017/000000000001.jpg,What colour?,red,yellow,blue,green,B\n"
+                       "train2017/000000000002.jpg,What shape?,circle,square,diamond,triangle,diamond\n"
+                       "train2017/000000000003.jpg,Which?,red,blue,green,white,E\n")
+    seen = BadRecords(str(choices), "skip")
+    read = read_llava(choices, image_root, seen)
+    assert [(c.image, c.turns) for c in read] == [
+        ("train2017/000000000001.jpg", [("What colour?\nA. red\nB. yellow\nC. blue\nD. green\nAnswer with the option's letter "
+                                         "from the given choices directly.", "B")]),
+        ("train2017/000000000002.jpg", [("What shape?\nA. circle\nB. square\nC. diamond\nD. triangle\nAnswer with the "
+                                         "option's letter from the given choices directly.", "C")])]
+    assert seen.examples["multiple-choice answer"] == ("line 4 (id #2): its answer 'E' is neither one of A, B, C, D nor an "
+                                                       "option's text")
+    dm = make_datamodule(backbones, llava, train_file=str(sheet), val_file=str(choices), on_bad_record="skip")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.datasets["train"].rows) == 2 and len(dm.datasets["val"].rows) == 2
+    batch = next(iter(dm.train_dataloader()))
+    answers = [dm.tokenizer.decode(ids[labels != IGNORE_INDEX]) for ids, labels in zip(batch["input_ids"], batch["labels"])]
+    assert sorted(answer.strip().removesuffix(dm.tokenizer.eos_token).strip() for answer in answers) == ["on the top", "yellow"]

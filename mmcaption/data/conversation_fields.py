@@ -10,7 +10,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from mmcaption.data.records import BadRecords
+from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import is_url
+from mmcaption.prompts import listed_options_question
 
 ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "system": "system", "developer": "system"}
 # keys other tools name a record's image by, which this reader does not read: a text-only conversation trained unsaid
@@ -84,8 +86,11 @@ def turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, st
     """``(role, text)`` of each turn: LLaVA's ``conversations`` of ``from`` / ``value``, or the ``messages``
     of ``role`` / ``content`` that OpenAI-style files have; roles as :data:`ROLES` names them (others as written)."""
     turns = either(record, "conversations", "messages")
+    if turns is None and (asked := question_and_answer(record, name, records)) is not None:  # a VQA table's row: one
+        return asked or None  # question, answered
     if not isinstance(turns, list) or not turns:
-        records.bad("malformed record", f"{name} has no 'conversations' (or 'messages') list")
+        records.bad("malformed record", f"{name} has no 'conversations' (or 'messages') list, nor a 'question' and its "
+                                        "'answer'")
         return None
     parsed = []
     for index, turn in enumerate(turns):
@@ -110,6 +115,36 @@ def turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, st
             return None
         parsed.append((ROLES.get(role.lower(), role), value))
     return parsed
+
+
+QUESTION_KEYS = ("question", "query", "prompt", "instruction")
+ANSWER_KEYS = ("answer", "response", "output")
+
+
+def question_and_answer(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
+    """A record of one question and its answer (a VQA dataset's row: ``image, question, answer``; Alpaca-style
+    ``instruction`` and ``output``), as a conversation of one turn each; None for a record without both as texts (a
+    column's name in any case). A multiple-choice row (the original scripts' CSV: options in columns ``A`` to ``D``) is
+    asked with its options listed and answered with the letter, as LLaVA-1.5 trains them; one whose answer is neither a
+    letter nor an option's text is reported (an empty list)."""
+    by_name = {str(key).strip().lower(): value for key, value in record.items()}
+    question = next((by_name[key] for key in QUESTION_KEYS if isinstance(by_name.get(key), str)), None)
+    answer = next((by_name[key] for key in ANSWER_KEYS if isinstance(by_name.get(key), str)), None)
+    if question is None or answer is None:
+        return None
+    options = [by_name[letter.lower()] for letter in LETTERS if isinstance(by_name.get(letter.lower()), str)
+               and by_name[letter.lower()].strip()]
+    if len(options) < 2:
+        return [("human", question), ("gpt", answer)]
+    letters = LETTERS[:len(options)]
+    stated = answer.strip().strip("().").upper()
+    letter = stated if stated in letters else next((letters[i] for i, option in enumerate(options)
+                                                    if option.strip().casefold() == answer.strip().casefold()), None)
+    if letter is None:
+        records.bad("multiple-choice answer", f"{name}: its answer {answer!r} is neither one of {', '.join(letters)} nor an "
+                                              "option's text")
+        return []
+    return [("human", listed_options_question(question, options)), ("gpt", letter)]
 
 
 def _text_of(content: object) -> object:

@@ -22,6 +22,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
+from mmcaption.data import tables
 from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.caption_cells import caption_text
 from mmcaption.data.conversation_fields import ROLES, either, image_of, turns_of
@@ -223,11 +224,22 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
     return Conversation(record_id, image, pairs, tuple(dropped), named, split_key(record, position), place)
 
 
+def _table_records(file: Path) -> JsonLines:
+    """The rows of a VQA table (``image,question,answer``, as a spreadsheet saves it; the original scripts' multiple-choice
+    CSV, ``img_path``) as records, each with its line; its image column named as a table names it, read as ``image``."""
+    header, rows = tables.read_table_rows(file)
+    if "image" not in header and (column := next((name for name in header if name.lower() in tables.IMAGE_COLUMNS), None)):
+        header = ["image" if name == column else name for name in header]
+    records = JsonLines({name: value for name, value in zip(header, fields) if name} for _, fields in rows)
+    records.lines = [line for line, _ in rows]
+    return records
+
+
 def read_llava(
     file: Path, image_root: Path, records: BadRecords, split: str | None = None, val_fraction: float = 0.0
 ) -> list[Conversation]:
     """Parse and check a LLaVA JSON file; missing images are counted all at once."""
-    content = read_json_list(file, "LLaVA conversation file")  # a JSON list, or JSON Lines
+    content = _table_records(file) if file.suffix.lower() in (".csv", ".tsv") else read_json_list(file, "LLaVA conversation file")
     if not isinstance(content, list):
         raise DataError(f"{file} is not a JSON list of conversations")
     # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets
