@@ -198,6 +198,39 @@ def test_a_folders_train_and_test_sheets_saved_tab_separated_are_its_splits_read
         list(HubCaptions(str(root), "image", "caption").records("train", BadRecords(str(root))))
 
 
+def test_llava_pretrains_captions_read_as_captions_with_its_images_unpacked_beside_it(tmp_path, monkeypatch):
+    # blip_laion_cc_sbu_558k.json (LLaVA's stage-1 captions: a request and the caption as a conversation) with its
+    # images.zip unpacked into images/: the conversations column was "objects ... e.g. conversations.from" (which would
+    # train "human" and "gpt" as captions), and every row's 00000/000000.jpg "not a file" (they are in images/00000/)
+    root = tmp_path / "LLaVA-Pretrain"
+    (root / "images" / "00000").mkdir(parents=True)
+    records = []
+    for index in range(3):
+        Image.new("RGB", (32, 32), (70 * index, 40, 40)).save(root / "images" / "00000" / f"00000{index}.jpg")
+        records.append({"id": f"00000{index}", "image": f"00000/00000{index}.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."},
+            {"from": "gpt", "value": f"a red square number {index}"}]})
+    file = root / "blip_laion_cc_sbu_558k.json"
+    file.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"its columns by their names: --data\.init_args\.hub_image_column image "
+                                        r"--data\.init_args\.hub_caption_column conversations$"):
+        list(HubCaptions(str(file)).records("train", BadRecords(str(file))))
+    said: list[str] = []
+    monkeypatch.setattr("mmcaption.data.hub_images.rank_zero_info", said.append)
+    hub = HubCaptions(str(file), "image", "conversations")
+    read = sorted((name, [c for _, c in texts]) for split in ("train.rest", "train.heldout")
+                  for _, name, _, texts in hub.records(split, BadRecords(str(file))))
+    assert read == [(f"00000/00000{i}.jpg", [f"a red square number {i}"]) for i in range(3)]
+    assert said == [f"{file}: its rows name images by paths that are not from its folder but from {root / 'images'}: each "
+                    f"is read from there (first: '00000/000000.jpg' is {root / 'images' / '00000' / '000000.jpg'})"]
+    # an instruct file's conversations (questions and their answers) are no captions: refused, named the instruct stage's
+    records[0]["conversations"] += [{"from": "human", "value": "And its colour?"}, {"from": "gpt", "value": "Red."}]
+    file.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"its 'conversations' holds conversations of 4 turns, questions and their answers, "
+                                        r"not captions: train it as the instruct stage \(configs/instruct\.yaml"):
+        list(HubCaptions(str(file), "image", "conversations").records("train", BadRecords(str(file))))
+
+
 def test_flickrs_own_flickr8k_download_reads_its_token_file_its_photos_beside_it_and_its_split_lists(backbones, tmp_path,
                                                                                                       monkeypatch):
     # Flickr8k_Dataset.zip and Flickr8k_text.zip unpacked side by side: the folder was read as an image folder without

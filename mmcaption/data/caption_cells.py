@@ -82,12 +82,33 @@ SPLIT_NOTE = ("cells split into several captions at hub_caption_separator (a lin
               "reads each cell as one caption)")
 
 
+_ANSWERING = {"gpt", "assistant"}
+
+
+def _described(value: Any, column: str) -> str | None:
+    """The answer of a conversation of one request and its answer (LLaVA-Pretrain's ``blip_laion_cc_sbu_558k.json``:
+    ``<image>`` and "Render a clear and concise summary of the photo.", then the caption; ``from``/``value`` or
+    ``role``/``content`` turns), which is the image's caption; None for anything else. A conversation of questions and
+    answers is refused: its answers are not captions (an instruct file, for the instruct stage)."""
+    if not (isinstance(value, list) and value and all(isinstance(turn, dict) and ("from" in turn or "role" in turn)
+                                                      for turn in value)):
+        return None
+    turns = [(str(turn.get("from", turn.get("role"))).lower(), turn.get("value", turn.get("content"))) for turn in value]
+    if len(turns) == 2 and turns[0][0] in ("human", "user") and turns[1][0] in _ANSWERING and isinstance(turns[1][1], str):
+        return turns[1][1]
+    raise DataError(f"its {column!r} holds conversations of {len(turns)} turns, questions and their answers, not captions: "
+                    "train it as the instruct stage (configs/instruct.yaml, --data.init_args.train_file); a caption table's "
+                    "conversations are each one request and its answer, as LLaVA-Pretrain's")
+
+
 def texts_of(value: Any, key: str | None, separator: str | None, column: str, split: list[int] | None = None) -> list[str]:
     """The captions one cell holds (see the module); objects without a ``key`` named are refused with their keys.
     ``separator`` None or empty: a string is one caption. A string split into several is counted in ``split``."""
     if key is not None:
         value = value.get(key) if isinstance(value, dict) else (
             [item.get(key) for item in value if isinstance(item, dict)] if isinstance(value, list) else None)
+    elif (answers := _described(value, column)) is not None:  # LLaVA-Pretrain's conversations: the answer is the caption
+        value = answers
     elif isinstance(value, dict) or isinstance(value, list) and any(isinstance(item, dict) for item in value):
         keys = list(value if isinstance(value, dict) else next(item for item in value if isinstance(item, dict)))
         text = next((k for k in ("raw", "caption", "text", "sentence") if k in keys), keys[0] if keys else "raw")

@@ -137,7 +137,9 @@ class RowImages:
         """A bare file name that is not beside the table: the one file of that name (as Windows and macOS find names)
         among the dataset folder's own files, as Flickr30k's CSV names the photos in ``flickr30k-images/`` beside it and
         Kaggle's Flickr8k ``captions.txt`` those in ``Images/``; said once, with where the first was found."""
-        found = self._files_named.get(_folded(name)) if name and PureWindowsPath(name).name == name else None
+        if name and PureWindowsPath(name).name != name:
+            return self._found_in_subfolder(name)
+        found = self._files_named.get(_folded(name)) if name else None
         if not found or len(found) != 1:  # none, or several: which one is meant is the user's to write
             return None
         if not self.__dict__.get("_said_below"):
@@ -145,6 +147,25 @@ class RowImages:
             rank_zero_info(f"{self.dataset}: its rows name images by their file name alone, and they are not beside it: each "
                            f"is read from the one file of its name under {self._folders[-1]} (first: {name!r} is "
                            f"{os.path.relpath(found[0], self._folders[-1])})")
+        return str(found[0])
+
+    def _found_in_subfolder(self, name: str) -> str | None:
+        """A relative path that is not from the table's folder but from one folder under it: LLaVA-Pretrain's
+        ``00000/000000.jpg`` with its images unpacked into ``images/`` beside the file. The first is the one file that
+        ends in that path (said once); the rest are looked for in the same folder, not searched for (558,128 images)."""
+        written = PurePosixPath(name.replace("\\", "/"))
+        if written.is_absolute() or ".." in written.parts or PureWindowsPath(name).drive or not self._folders:
+            return None
+        if (under := self.__dict__.get("_subfolder")) is not None:
+            return str(path) if is_file(path := under / existing_spelling(under, written.as_posix())) else None
+        parts = [_folded(part) for part in written.parts]
+        found = [file for file in self._files_named.get(_folded(written.name), [])
+                 if [_folded(part) for part in file.parts[-len(parts):]] == parts]
+        if len(found) != 1:  # none, or several: which one is meant is the user's to write
+            return None
+        self._subfolder = Path(*found[0].parts[:-len(parts)])
+        rank_zero_info(f"{self.dataset}: its rows name images by paths that are not from its folder but from {self._subfolder}: "
+                       f"each is read from there (first: {name!r} is {found[0]})")
         return str(found[0])
 
     def image_files(self, split: str) -> list[tuple[str, str | None]]:

@@ -49,7 +49,8 @@ def separator_of(path: Path) -> str:
 # the names tables give their image and caption columns (a CMS's export, a spreadsheet's, datasets' imagefolder)
 IMAGE_COLUMNS = ("image", "images", "img", "img_path", "image_path", "file_name", "filename", "file", "path", "photo", "jpg",
                  "png", "image_url", "url")
-CAPTION_COLUMNS = ("caption", "captions", "text", "txt", "description", "alt", "alt_text", "sentence", "sentences")
+CAPTION_COLUMNS = ("caption", "captions", "text", "txt", "description", "alt", "alt_text", "sentence", "sentences",
+                   "conversations")  # LLaVA-Pretrain's: a request and its answer, the caption
 
 
 def columns_hint(missing: set[str], columns: list[str], image_column: str) -> str:
