@@ -891,6 +891,15 @@ def test_a_table_of_questions_and_answers_trains_as_conversations_of_one_turn(ba
                                          "option's letter from the given choices directly.", "C")])]
     assert seen.examples["multiple-choice answer"] == ("line 4 (id #2): its answer 'E' is neither one of A, B, C, D nor an "
                                                        "option's text")
+    # VQAv2's official files or a COCO captions file given for conversations: said what they are ("is not a JSON list")
+    official = tmp_path / "v2_OpenEnded_mscoco_train2014_questions.json"
+    official.write_text(json.dumps({"data_subtype": "train2014", "questions": [{"image_id": 1, "question": "Why?", "question_id": 10}]}))
+    with pytest.raises(DataError, match=r"is not a JSON list of conversations: it is VQAv2's questions file \(its answers are "
+                                        r"in the annotations file\); the instruct stage trains on conversations"):
+        read_llava(official, image_root, BadRecords(str(official)))
+    official.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(DataError, match=r"it is a COCO captions file, which trains the caption stage"):
+        read_llava(official, image_root, BadRecords(str(official)))
     dm = make_datamodule(backbones, llava, train_file=str(sheet), val_file=str(choices), on_bad_record="skip")
     dm.prepare_data()
     dm.setup("fit")

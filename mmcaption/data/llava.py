@@ -224,6 +224,20 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
     return Conversation(record_id, image, pairs, tuple(dropped), named, split_key(record, position), place)
 
 
+def _what_it_is(content: object) -> str:
+    """What a JSON object given for conversations is, when it is a known file of another kind, and what to do."""
+    keys = set(content) if isinstance(content, dict) else set()
+    asked = ("; the instruct stage trains on conversations (LLaVA's layout, as llava_v1_5_mix665k.json holds VQAv2's) or a "
+             "table of image, question, answer")
+    if "questions" in keys:
+        return f": it is VQAv2's questions file (its answers are in the annotations file){asked}"
+    if {"images", "annotations"} <= keys:
+        return ": it is a COCO captions file, which trains the caption stage (configs/caption.yaml, source coco)"
+    if "annotations" in keys:
+        return f": it is VQAv2's annotations file (the human answers of its questions file){asked}"
+    return ""
+
+
 def _table_records(file: Path) -> JsonLines:
     """The rows of a VQA table (``image,question,answer``, as a spreadsheet saves it; the original scripts' multiple-choice
     CSV, ``img_path``) as records, each with its line; its image column named as a table names it, read as ``image``."""
@@ -241,7 +255,7 @@ def read_llava(
     """Parse and check a LLaVA JSON file; missing images are counted all at once."""
     content = _table_records(file) if file.suffix.lower() in (".csv", ".tsv") else read_json_list(file, "LLaVA conversation file")
     if not isinstance(content, list):
-        raise DataError(f"{file} is not a JSON list of conversations")
+        raise DataError(f"{file} is not a JSON list of conversations{_what_it_is(content)}")
     # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets
     # (conversation, detail, reasoning) talk about the same images. A record is what it says; only a
     # record that repeats both the id and the conversation of an earlier one is a duplicate (skipped and
