@@ -876,8 +876,11 @@ def test_a_table_of_questions_and_answers_trains_as_conversations_of_one_turn(ba
         ("train2017/000000000001.jpg", [("What colour is it?", "yellow")], "line 2"),
         ("train2017/000000000002.jpg", [("Where is it, then?", "on the top")], "line 3")]
     alpaca = tmp_path / "vqa.json"
-    alpaca.write_text(json.dumps([{"image": "train2017/000000000003.jpg", "instruction": "Describe it.", "output": "A shape."}]))
-    assert [c.turns for c in read_llava(alpaca, image_root, BadRecords(str(alpaca)))] == [[("Describe it.", "A shape.")]]
+    alpaca.write_text(json.dumps([{"image": "train2017/000000000003.jpg", "instruction": "Describe it.", "output": "A shape."},
+                                  {"image": "train2017/000000000004.jpg", "instruction": "Which is it?", "input": "red or blue",
+                                   "output": "red"}]))
+    assert [c.turns for c in read_llava(alpaca, image_root, BadRecords(str(alpaca)))] == [
+        [("Describe it.", "A shape.")], [("Which is it?\nred or blue", "red")]]  # Alpaca's input, with its instruction
     choices = tmp_path / "choices.csv"
     choices.write_text("img_path,Question,A,B,C,D,answer\ntrain2017/000000000001.jpg,What colour?,red,yellow,blue,green,B\n"
                        "train2017/000000000002.jpg,What shape?,circle,square,diamond,triangle,diamond\n"
@@ -891,6 +894,20 @@ def test_a_table_of_questions_and_answers_trains_as_conversations_of_one_turn(ba
                                          "option's letter from the given choices directly.", "C")])]
     assert seen.examples["multiple-choice answer"] == ("line 4 (id #2): its answer 'E' is neither one of A, B, C, D nor an "
                                                        "option's text")
+    # options with a gap (A, B, D): D's text would have been asked as C; a sheet without an image column (image_id) would
+    # have trained its questions without their images; a number as an answer is its text
+    gap = tmp_path / "gap.csv"
+    gap.write_text("image,question,A,B,C,D,answer\ntrain2017/000000000001.jpg,Which?,red,blue,,green,C\n")
+    seen = BadRecords(str(gap), "skip")
+    assert read_llava(gap, image_root, seen) == [] and seen.examples["multiple-choice options"] == (
+        "line 2 (id #0): its options are A, B, D, with a gap: give them from A on")
+    ids = tmp_path / "ids.csv"
+    ids.write_text("question_id,image_id,question,answer\n1,9,Why?,because\n")
+    with pytest.raises(DataError, match=r"ids\.csv has no image column \(image, images, img, img_path, image_path, file_name, "
+                                        r"\.\.\.; its columns are \['question_id', 'image_id', 'question', 'answer'\]\)"):
+        read_llava(ids, image_root, BadRecords(str(ids)))
+    alpaca.write_text(json.dumps([{"image": "train2017/000000000003.jpg", "question": "How many?", "answer": 2}]))
+    assert [c.turns for c in read_llava(alpaca, image_root, BadRecords(str(alpaca)))] == [[("How many?", "2")]]
     # VQAv2's official files or a COCO captions file given for conversations: said what they are ("is not a JSON list")
     official = tmp_path / "v2_OpenEnded_mscoco_train2014_questions.json"
     official.write_text(json.dumps({"data_subtype": "train2014", "questions": [{"image_id": 1, "question": "Why?", "question_id": 10}]}))
@@ -907,3 +924,8 @@ def test_a_table_of_questions_and_answers_trains_as_conversations_of_one_turn(ba
     batch = next(iter(dm.train_dataloader()))
     answers = [dm.tokenizer.decode(ids[labels != IGNORE_INDEX]) for ids, labels in zip(batch["input_ids"], batch["labels"])]
     assert sorted(answer.strip().removesuffix(dm.tokenizer.eos_token).strip() for answer in answers) == ["on the top", "yellow"]
+    # a JSON file of such records, which earlier releases refused or skipped (on_bad_record: skip), is not the cache they
+    # built; LLaVA's own files keep theirs
+    asked = make_datamodule(backbones, llava, train_file=str(alpaca))
+    assert asked.split_inputs("train")["questions"] == "as conversations"
+    assert "questions" not in make_datamodule(backbones, llava).split_inputs("train")

@@ -1319,7 +1319,16 @@ def test_photos_captioned_in_caption_files_as_kohya_writes_them_are_read_and_the
     said.clear()
     assert read() == [(f"photo{i}.jpg", [f"a photo of a dog {i}"]) for i in range(3)]
     assert said[0] == (f"{folder}: its photos have .caption files beside them and .txt files too: the .caption files are read "
-                       "as their captions, the 3 .txt files left out (tags, as kohya's sd-scripts write them beside its captions)")
+                       "as their captions, the 3 .txt files left out (kohya's sd-scripts write captions in .caption files and "
+                       "tags in .txt files)")
+    # one stray .caption beside photos captioned in .txt files: the .txt captions are read, not one photo's caption alone
+    for index in (1, 2):
+        (folder / f"photo{index}.caption").unlink()
+        (folder / f"photo{index}.txt").write_text(f"a dog {index}")
+    said.clear()
+    assert read() == [("photo0.jpg", ["dog, grass, outdoors"]), ("photo1.jpg", ["a dog 1"]), ("photo2.jpg", ["a dog 2"])]
+    assert said[0].endswith("the .txt files are read as their captions, the 1 .caption files left out (kohya's sd-scripts "
+                            "write captions in .caption files and tags in .txt files)")
 
 
 def test_a_json_map_of_each_photos_captions_is_their_table_and_a_workbook_beside_them_is_named(tmp_path):
@@ -1342,6 +1351,22 @@ def test_a_json_map_of_each_photos_captions_is_their_table_and_a_workbook_beside
             rows = [(name, [c for _, c in texts]) for split in ("train.rest", "train.heldout")
                     for _, name, _, texts in hub.records(split, BadRecords(str(dataset)))]
             assert sorted(rows) == [(f"photo{i}.jpg", expected[kind][i]) for i in range(3)], (kind, dataset)
+    # a captioner's map kept beside photos that have their own caption files: those are read, the map left out and said
+    # (it was taken for a second table: "holds photos with caption files beside them and a table")
+    (folder / "captions.json").write_text(json.dumps({f"photo{i}.jpg": {"tags": "red"} if i == 0 else {"caption": f"map {i}"}
+                                                      for i in range(3)}))
+    for index in range(3):
+        (folder / f"photo{index}.txt").write_text(f"own {index}")
+    rows = [(name, [c for _, c in texts]) for split in ("train.rest", "train.heldout")
+            for _, name, _, texts in HubCaptions(str(folder)).records(split, BadRecords(str(folder)))]
+    assert sorted(rows) == [(f"photo{i}.jpg", [f"own {i}"]) for i in range(3)]
+    for index in range(3):
+        (folder / f"photo{index}.txt").unlink()
+    # read alone, a map whose first record has no caption keeps the others' (the columns were the first record's alone)
+    seen = BadRecords(str(folder), "skip")
+    rows = [(name, [c for _, c in texts]) for split in ("train.rest", "train.heldout")
+            for _, name, _, texts in HubCaptions(str(folder)).records(split, seen)]
+    assert sorted(rows) == [("photo1.jpg", ["map 1"]), ("photo2.jpg", ["map 2"])] and sum(seen.counts.values()) == 1
     # the captions in a workbook beside the photos (Excel's own file): named, where it was left out without a word and the
     # photos said to "have no column(s) ['jpg', 'txt']"
     (folder / "captions.json").rename(folder / "captions.xlsx")

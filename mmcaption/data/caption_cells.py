@@ -85,6 +85,13 @@ SPLIT_NOTE = ("cells split into several captions at hub_caption_separator (a lin
 _ANSWERING = {"gpt", "assistant"}
 
 
+def _parts_text(content: Any) -> Any:
+    """A turn's text: a string, or the texts of OpenAI-style parts (``[{"type": "text", "text": ...}]``) joined."""
+    if isinstance(content, list) and content and all(isinstance(part, dict) for part in content):
+        return "\n".join(part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str))
+    return content
+
+
 def _described(value: Any, column: str) -> str | None:
     """The answer of a conversation of one request and its answer (LLaVA-Pretrain's ``blip_laion_cc_sbu_558k.json``:
     ``<image>`` and "Render a clear and concise summary of the photo.", then the caption; ``from``/``value`` or
@@ -93,7 +100,8 @@ def _described(value: Any, column: str) -> str | None:
     if not (isinstance(value, list) and value and all(isinstance(turn, dict) and ("from" in turn or "role" in turn)
                                                       for turn in value)):
         return None
-    turns = [(str(turn.get("from", turn.get("role"))).lower(), turn.get("value", turn.get("content"))) for turn in value]
+    turns = [(str(turn.get("from", turn.get("role"))).lower(), _parts_text(turn.get("value", turn.get("content"))))
+             for turn in value if str(turn.get("from", turn.get("role"))).lower() != "system"]  # its own system prompt
     if len(turns) == 2 and turns[0][0] in ("human", "user") and turns[1][0] in _ANSWERING and isinstance(turns[1][1], str):
         return turns[1][1]
     raise DataError(f"its {column!r} holds conversations of {len(turns)} turns, questions and their answers, not captions: "

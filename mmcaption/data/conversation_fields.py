@@ -121,22 +121,34 @@ QUESTION_KEYS = ("question", "query", "prompt", "instruction")
 ANSWER_KEYS = ("answer", "response", "output")
 
 
+def _number_as_text(value: object) -> str | None:
+    """An answer as text: a string, or a number as JSON writes it (``"answer": 2``); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return value if isinstance(value, str) else str(int(value)) if float(value).is_integer() else str(value)
+
+
 def question_and_answer(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
     """A record of one question and its answer (a VQA dataset's row: ``image, question, answer``; Alpaca-style
-    ``instruction`` and ``output``), as a conversation of one turn each; None for a record without both as texts (a
+    ``instruction``, ``input`` after it, and ``output``), as a conversation of one turn each; None for a record without both as texts (a
     column's name in any case). A multiple-choice row (the original scripts' CSV: options in columns ``A`` to ``D``) is
     asked with its options listed and answered with the letter, as LLaVA-1.5 trains them; one whose answer is neither a
     letter nor an option's text is reported (an empty list)."""
     by_name = {str(key).strip().lower(): value for key, value in record.items()}
     question = next((by_name[key] for key in QUESTION_KEYS if isinstance(by_name.get(key), str)), None)
-    answer = next((by_name[key] for key in ANSWER_KEYS if isinstance(by_name.get(key), str)), None)
+    answer = next((_number_as_text(by_name[key]) for key in ANSWER_KEYS if _number_as_text(by_name.get(key)) is not None), None)
     if question is None or answer is None:
         return None
-    options = [by_name[letter.lower()] for letter in LETTERS if isinstance(by_name.get(letter.lower()), str)
-               and by_name[letter.lower()].strip()]
-    if len(options) < 2:
+    if isinstance(context := by_name.get("input"), str) and context.strip():  # Alpaca's input: the instruction's text
+        question = f"{question}\n{context}"
+    given = [letter for letter in LETTERS if isinstance(by_name.get(letter.lower()), str) and by_name[letter.lower()].strip()]
+    if len(given) < 2:
         return [("human", question), ("gpt", answer)]
-    letters = LETTERS[:len(options)]
+    letters = LETTERS[:len(given)]
+    if tuple(given) != letters:  # A, B, D: D's text would be asked as C, and an answer C name it
+        records.bad("multiple-choice options", f"{name}: its options are {', '.join(given)}, with a gap: give them from A on")
+        return []
+    options = [by_name[letter.lower()] for letter in letters]
     stated = answer.strip().strip("().").upper()
     letter = stated if stated in letters else next((letters[i] for i, option in enumerate(options)
                                                     if option.strip().casefold() == answer.strip().casefold()), None)
@@ -172,3 +184,10 @@ def read_otherwise_now(file: Path) -> bool:
     keys = "|".join(re.escape(key) for key in (*OTHER_IMAGE_KEYS, "weight"))
     pattern = rb'"(?:' + keys.encode() + rb')"\s*:|"developer"|"path"\s*:|"file://'
     return re.search(pattern, file.read_bytes()) is not None
+
+
+def asks_questions(file: Path) -> bool:
+    """A cheap look at a JSON file's bytes: whether it may hold records of a question and its answer
+    (:func:`question_and_answer`), which earlier releases refused or skipped, for its cache to be built again."""
+    keys = "|".join(re.escape(key) for key in QUESTION_KEYS)
+    return re.search(rb'"(?:' + keys.encode() + rb')"\s*:', file.read_bytes(), re.IGNORECASE) is not None

@@ -23,7 +23,7 @@ from mmcaption.data.coco import (
     require_annotation_file,
     write_caption_split,
 )
-from mmcaption.data.conversation_fields import read_otherwise_now
+from mmcaption.data.conversation_fields import asks_questions, read_otherwise_now
 from mmcaption.data.datasets import (
     CaptionDataset,
     CaptionImagesDataset,
@@ -330,6 +330,8 @@ class InstructDataModule(PreprocessedDataModule):
         signature = {"file": file_signature(file), "side": side, "images": self.signed_folder(self.image_root)}
         if self.looked_at(("read otherwise", file), lambda: read_otherwise_now(file)):  # not the cache of an earlier reading
             signature["reader"] = 2
+        if self.looked_at(("asked", file), lambda: asks_questions(file)):  # its question-and-answer records were refused
+            signature["questions"] = "as conversations"
         if self.looked_at(("untidy", file), lambda: conversation_files.untidy_image_paths(file)):  # sides hashed from paths put in order
             signature["image paths"] = "tidied"
         unsigned = self.looked_at(("outside", file), lambda: llava_unsigned_images(file, self.image_root))

@@ -25,7 +25,7 @@ from mmcaption.data.encodings import WINDOWS_1252, western_words
 from mmcaption.data.image_sources import unreadable_note
 from mmcaption.data.json_values import caption_map_records
 from mmcaption.data.records import DataError
-from mmcaption.data.tables import text_table_kind
+from mmcaption.data.tables import caption_map_file, text_table_kind
 from mmcaption.file_spellings import folded_name
 from mmcaption.folders import walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden
@@ -61,11 +61,17 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     # read as the .txt files are, where they were left out and the photos read without captions
     kohya = [f for f in files if f.suffix.lower() == ".caption"]
     if kohya and (own := _caption_files(images, kohya)):
-        if texts:
-            rank_zero_info(f"{path}: its photos have .caption files beside them and .txt files too: the .caption files are "
-                           f"read as their captions, the {len(set(texts.values())):,} .txt files left out (tags, as kohya's "
-                           "sd-scripts write them beside its captions)")
-        captions, texts = kohya, own
+        if texts:  # the kind more photos have: a stray a.caption does not take 999 photos' .txt captions away
+            kept, left = (".caption", ".txt") if len(own) >= len(texts) else (".txt", ".caption")
+            rank_zero_info(f"{path}: its photos have .caption files beside them and .txt files too: the {kept} files are "
+                           f"read as their captions, the {len(set((texts, own)[kept == '.txt'].values())):,} {left} files "
+                           "left out (kohya's sd-scripts write captions in .caption files and tags in .txt files)")
+        if not texts or len(own) >= len(texts):
+            captions, texts = kohya, own
+    if texts and (maps := [table for table in tables if caption_map_file(table)]):  # a captioner's output kept beside
+        rank_zero_info(f"{path}: each photo's own caption file is read, and {maps[0].relative_to(path)}, a map of the photos' "
+                       "captions beside them, is left out (give it as hub_dataset to read it instead)")
+        tables = [table for table in tables if table not in maps]
     tsv = next((f for f in files if f.suffix.lower() == ".tsv"), None)  # datasets reads one as a CSV of its first line's
     if tsv and not texts and not tables and not any(f.suffix.lower() in OTHER_DATA for f in files):  # names: the data
         raise DataError(f"{tsv}: a .tsv without a header line (as Conceptual Captions' image URLs come) is not read: give "

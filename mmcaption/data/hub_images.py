@@ -151,19 +151,23 @@ class RowImages:
 
     def _found_in_subfolder(self, name: str) -> str | None:
         """A relative path that is not from the table's folder but from one folder under it: LLaVA-Pretrain's
-        ``00000/000000.jpg`` with its images unpacked into ``images/`` beside the file. The first is the one file that
-        ends in that path (said once); the rest are looked for in the same folder, not searched for (558,128 images)."""
+        ``00000/000000.jpg`` with its images unpacked into ``images/`` beside the file. The first is the one file at that
+        path under a folder one or two levels down (said once); the rest are looked for in the same folder, not searched
+        for (558,128 images)."""
         written = PurePosixPath(name.replace("\\", "/"))
         if written.is_absolute() or ".." in written.parts or PureWindowsPath(name).drive or not self._folders:
             return None
         if (under := self.__dict__.get("_subfolder")) is not None:
             return str(path) if is_file(path := under / existing_spelling(under, written.as_posix())) else None
-        parts = [_folded(part) for part in written.parts]
-        found = [file for file in self._files_named.get(_folded(written.name), [])
-                 if [_folded(part) for part in file.parts[-len(parts):]] == parts]
+        # looked for in the folders one and two levels under the table's, not among its files (the first 100,000 alone),
+        # for the first few paths not found (a table of many missing images is not searched for each)
+        self._subfolder_looks = self.__dict__.get("_subfolder_looks", 0) + 1
+        if self._subfolder_looks > 3:
+            return None
+        found = [path for folder in _subfolders(self._folders[-1]) if is_file(path := folder / written.as_posix())]
         if len(found) != 1:  # none, or several: which one is meant is the user's to write
             return None
-        self._subfolder = Path(*found[0].parts[:-len(parts)])
+        self._subfolder = Path(*found[0].parts[:-len(written.parts)])
         rank_zero_info(f"{self.dataset}: its rows name images by paths that are not from its folder but from {self._subfolder}: "
                        f"each is read from there (first: {name!r} is {found[0]})")
         return str(found[0])
@@ -191,6 +195,17 @@ class RowImages:
             return []
         return [(name, self._found(name)) for name in dict.fromkeys(n for n in names if isinstance(n, str) and n)
                 if not is_inline_image(name)]  # an image in its cell: the table's own signature follows it
+
+
+def _subfolders(folder: Path, most: int = 5_000) -> list[Path]:
+    """The folders one and two levels under ``folder`` (hidden ones left out), the first ``most`` of them."""
+    def under(parent: Path) -> list[Path]:
+        with contextlib.suppress(OSError):
+            return sorted(entry for entry in parent.iterdir() if entry.is_dir() and not is_hidden(entry))
+        return []
+
+    first = under(folder)
+    return list(itertools.islice(itertools.chain(first, (sub for entry in first for sub in under(entry))), most))
 
 
 def _grouped(files: list[Path], part: str) -> dict[str, list[Path]]:

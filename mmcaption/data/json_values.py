@@ -68,8 +68,9 @@ def caption_map_records(data: object) -> list[dict[str, Any]] | None:
                                                          for key in data):
         return None
     values = list(data.values())
-    if all(isinstance(value, dict) for value in values):
-        return [{**value, "image": name} for name, value in data.items()]
+    if all(isinstance(value, dict) for value in values):  # every record with every key: a table's columns are the first
+        keys = list(dict.fromkeys(key for value in values for key in value))  # row's, and a later row's caption was lost
+        return [{**{key: value.get(key) for key in keys}, "image": name} for name, value in data.items()]
     if not all(isinstance(value, str) or isinstance(value, list) and all(isinstance(text, str) for text in value)
                for value in values):
         return None

@@ -141,9 +141,10 @@ def _described(key: str) -> str:
 def llava_unsigned_images(file: Path, image_root: Path) -> list[tuple[str, str | None]]:
     """The images ``file`` names that ``image_root``'s signature does not follow (:func:`unsigned_images`: outside it,
     or without an image's suffix), ``(path as written, where it is or None)`` each, for the cache to follow them too."""
-    if not may_name_unsigned_images(file, rb'"(?:images?|path)"\s*:\s*(?:\[\s*|\{[^{}]*?"path"\s*:\s*)?'):  # datasets', Qwen's
-        return []
-    content = read_json_list(file, "LLaVA conversation file")
+    table = file.suffix.lower() in (".csv", ".tsv")  # a VQA sheet: its image column, whatever its bytes
+    if not table and not may_name_unsigned_images(file, rb'"(?:images?|path)"\s*:\s*(?:\[\s*|\{[^{}]*?"path"\s*:\s*)?'):
+        return []  # (datasets' and Qwen's layouts too)
+    content = _table_records(file) if table else read_json_list(file, "LLaVA conversation file")
     scratch = BadRecords(file, "skip")
     return unsigned_images((image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)), image_root)
 
@@ -244,6 +245,9 @@ def _table_records(file: Path) -> JsonLines:
     header, rows = tables.read_table_rows(file)
     if "image" not in header and (column := next((name for name in header if name.lower() in tables.IMAGE_COLUMNS), None)):
         header = ["image" if name == column else name for name in header]
+    if "image" not in header:  # an image_id, say: its questions would train without their images
+        raise DataError(f"{file} has no image column ({', '.join(tables.IMAGE_COLUMNS[:6])}, ...; its columns are {header}): "
+                        "each row's image is a path under image_root, in a column named image")
     records = JsonLines({name: value for name, value in zip(header, fields) if name} for _, fields in rows)
     records.lines = [line for line, _ in rows]
     return records
