@@ -1367,6 +1367,27 @@ def test_a_json_map_of_each_photos_captions_is_their_table_and_a_workbook_beside
     rows = [(name, [c for _, c in texts]) for split in ("train.rest", "train.heldout")
             for _, name, _, texts in HubCaptions(str(folder)).records(split, seen)]
     assert sorted(rows) == [("photo1.jpg", ["map 1"]), ("photo2.jpg", ["map 2"])] and sum(seen.counts.values()) == 1
+    # the map named metadata.json (no image folder's metadata file), or in a folder of its own: read; two maps as a
+    # folder's splits are refused naming one (datasets read neither, with a message about its json reader)
+    (folder / "captions.json").write_text(json.dumps({f"photo{i}.jpg": f"map {i}" for i in range(3)}))
+    (folder / "captions.json").rename(folder / "metadata.json")
+    rows = [name for split in ("train.rest", "train.heldout")
+            for _, name, _, _ in HubCaptions(str(folder)).records(split, BadRecords(str(folder)))]
+    assert sorted(rows) == [f"photo{i}.jpg" for i in range(3)]
+    (folder / "notes").mkdir()
+    (folder / "metadata.json").rename(folder / "notes" / "captions.json")
+    (folder / "notes" / "captions.json").write_text(json.dumps({f"../photo{i}.jpg": f"map {i}" for i in range(3)}))
+    rows = [name for split in ("train.rest", "train.heldout")
+            for _, name, _, _ in HubCaptions(str(folder / "notes")).records(split, BadRecords(str(folder)))]
+    assert sorted(rows) == [f"../photo{i}.jpg" for i in range(3)]
+    (folder / "notes" / "captions.json").rename(folder / "train.json")
+    (folder / "train.json").write_text(json.dumps({"photo0.jpg": "a", "photo1.jpg": "b"}))
+    (folder / "test.json").write_text(json.dumps({"photo2.jpg": "c"}))
+    with pytest.raises(DataError, match=r"captioned holds 2 tables, and test\.json is a map of the photos' captions, which is "
+                                        r"read alone: give it as hub_dataset"):
+        HubCaptions(str(folder)).split_names()
+    (folder / "test.json").unlink()
+    (folder / "train.json").rename(folder / "captions.json")
     # the captions in a workbook beside the photos (Excel's own file): named, where it was left out without a word and the
     # photos said to "have no column(s) ['jpg', 'txt']"
     (folder / "captions.json").rename(folder / "captions.xlsx")

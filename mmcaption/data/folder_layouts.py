@@ -85,7 +85,10 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     if texts and tables:
         raise DataError(f"{path} holds photos with caption files beside them ({next(iter(texts.values())).name}) and "
                         f"a table ({tables[0].relative_to(path)}): give the table itself as hub_dataset, or move it out")
-    if len(tables) == 1 and tables[0].stem != "metadata" and images:
+    if len(tables) == 1 and not images and caption_map_file(tables[0]):  # its photos elsewhere: read alone, as datasets
+        rank_zero_info(f"{path} holds one table, {tables[0].relative_to(path)}, a map of photos' captions: it is read")  # cannot
+        return tables[0], None
+    if len(tables) == 1 and tables[0].name.lower() not in METADATA_TABLES and images:  # (a metadata.json is no image folder's)
         rank_zero_info(f"{path} holds photos and one table of them, {tables[0].relative_to(path)}: the table is read "
                        f"(its image paths relative to {path}, or to the table's folder)")
         return tables[0], None
@@ -286,6 +289,10 @@ def local_splits(path: Path, files: list[Path], config: str | None = None) -> tu
         kinds, tables = {"imagefolder"}, images + [f for f in tables if f.name.lower() in METADATA_TABLES]
     else:
         tables += _text_sheets(files, images)
+        if maps := [f for f in tables if caption_map_file(f)]:  # datasets reads none of them; read alone, each is
+            raise DataError(f"{path} holds {len(tables)} tables, and {maps[0].relative_to(path)} is a map of the photos' "
+                            "captions, which is read alone: give it as hub_dataset (a folder's splits are tables of rows: "
+                            "CSV, JSON Lines, parquet)")
         kinds = {_BUILDERS[f.suffix.lower()] for f in tables}
     others = {f.suffix.lower() for f in files if f not in images and f.suffix.lower() in OTHER_DATA}
     if not tables and others == {".tar"}:  # webdataset's shards (img2dataset's, with its records of them left out)
