@@ -908,6 +908,12 @@ def test_a_table_of_questions_and_answers_trains_as_conversations_of_one_turn(ba
         read_llava(ids, image_root, BadRecords(str(ids)))
     alpaca.write_text(json.dumps([{"image": "train2017/000000000003.jpg", "question": "How many?", "answer": 2}]))
     assert [c.turns for c in read_llava(alpaca, image_root, BadRecords(str(alpaca)))] == [[("How many?", "2")]]
+    # its image named as a VQA table names it (image_path): read, and held out by it, as a sheet's is (was "its image is
+    # under 'image_path', not read")
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps([{"image_path": "train2017/000000000004.jpg", "Question": "Which?", "Answer": "red"}]))
+    assert [(c.image, c.side) for c in read_llava(named, image_root, BadRecords(str(named)))] == [
+        ("train2017/000000000004.jpg", "image train2017/000000000004.jpg")]
     # VQAv2's official files or a COCO captions file given for conversations: said what they are ("is not a JSON list")
     official = tmp_path / "v2_OpenEnded_mscoco_train2014_questions.json"
     official.write_text(json.dumps({"data_subtype": "train2014", "questions": [{"image_id": 1, "question": "Why?", "question_id": 10}]}))

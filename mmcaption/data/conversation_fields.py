@@ -19,6 +19,8 @@ ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "s
 OTHER_IMAGE_KEYS = ("image_path", "img", "img_path", "image_file", "imagePath", "file_name", "filename", "photo", "picture",
                     "video", "videos")
 
+# the image of a record of a question and its answer (:func:`question_and_answer`), as VQA tables and files name it
+_QUESTION_IMAGE_KEYS = ("img_path", "image_path", "img", "image_file", "file_name", "filename")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 _BASE64_IMAGES = ("/9j/", "iVBOR", "R0lGOD", "UklGR", "Qk")  # JPEG, PNG, GIF, WebP and BMP files' first bytes in base64
 
@@ -119,6 +121,20 @@ def turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, st
 
 QUESTION_KEYS = ("question", "query", "prompt", "instruction")
 ANSWER_KEYS = ("answer", "response", "output")
+
+
+def with_question_image(record: object) -> object:
+    """A record of a question and its answer (:func:`question_and_answer`) with its image under ``image``, where a VQA
+    file names it as tables do (``img_path``, ``image_path``, ``file_name``): read, and its side hashed, by that image.
+    Any other record as it is."""
+    if not isinstance(record, dict) or either(record, "image", "images") is not None or \
+            either(record, "conversations", "messages") is not None:
+        return record
+    lowered = {str(key).strip().lower(): value for key, value in record.items()}
+    if not any(isinstance(lowered.get(key), str) for key in QUESTION_KEYS):
+        return record
+    image = next((lowered[key] for key in _QUESTION_IMAGE_KEYS if lowered.get(key) not in (None, "", [])), None)
+    return record if image is None else {**record, "image": image}
 
 
 def _number_as_text(value: object) -> str | None:

@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from mmcaption.data import tables
 from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.caption_cells import caption_text
-from mmcaption.data.conversation_fields import ROLES, either, image_of, turns_of
+from mmcaption.data.conversation_fields import ROLES, either, image_of, turns_of, with_question_image
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.records import (
     BadRecords,
@@ -142,9 +142,11 @@ def llava_unsigned_images(file: Path, image_root: Path) -> list[tuple[str, str |
     """The images ``file`` names that ``image_root``'s signature does not follow (:func:`unsigned_images`: outside it,
     or without an image's suffix), ``(path as written, where it is or None)`` each, for the cache to follow them too."""
     table = file.suffix.lower() in (".csv", ".tsv")  # a VQA sheet: its image column, whatever its bytes
-    if not table and not may_name_unsigned_images(file, rb'"(?:images?|path)"\s*:\s*(?:\[\s*|\{[^{}]*?"path"\s*:\s*)?'):
+    keys = rb'"(?:images?|path|img_path|image_path|img|image_file|file_name|filename)"'  # (VQA files' image keys too)
+    if not table and not may_name_unsigned_images(file, keys + rb'\s*:\s*(?:\[\s*|\{[^{}]*?"path"\s*:\s*)?'):
         return []  # (datasets' and Qwen's layouts too)
     content = _table_records(file) if table else read_json_list(file, "LLaVA conversation file")
+    content = [with_question_image(record) for record in content] if isinstance(content, list) else []
     scratch = BadRecords(file, "skip")
     return unsigned_images((image_of(record, "", scratch)[1] for record in content if isinstance(record, dict)), image_root)
 
@@ -258,6 +260,8 @@ def read_llava(
 ) -> list[Conversation]:
     """Parse and check a LLaVA JSON file; missing images are counted all at once."""
     content = _table_records(file) if file.suffix.lower() in (".csv", ".tsv") else read_json_list(file, "LLaVA conversation file")
+    if isinstance(content, list):  # a VQA file's records: each image under "image", read and hashed by it
+        content[:] = [with_question_image(record) for record in content]
     if not isinstance(content, list):
         raise DataError(f"{file} is not a JSON list of conversations{_what_it_is(content)}")
     # Ids repeat in real files: LLaVA-Instruct-150k keys records by COCO image id, and its three subsets
