@@ -914,6 +914,13 @@ def test_a_table_of_questions_and_answers_trains_as_conversations_of_one_turn(ba
     named.write_text(json.dumps([{"image_path": "train2017/000000000004.jpg", "Question": "Which?", "Answer": "red"}]))
     assert [(c.image, c.side) for c in read_llava(named, image_root, BadRecords(str(named)))] == [
         ("train2017/000000000004.jpg", "image train2017/000000000004.jpg")]
+    # VQAv2-style human answers (its ten, as objects, or a sheet's JSON list): trained with the one most of them give
+    named.write_text(json.dumps([{"image": "train2017/000000000004.jpg", "question": "Is it red?",
+                                  "answers": [{"answer": "no"}, {"answer": "yes"}, {"answer": "yes"}]}]))
+    assert [c.turns for c in read_llava(named, image_root, BadRecords(str(named)))] == [[("Is it red?", "yes")]]
+    listed = tmp_path / "listed.csv"
+    listed.write_text('image,question,answers\ntrain2017/000000000001.jpg,How many?,"[""2"", ""two"", ""2""]"\n')
+    assert [c.turns for c in read_llava(listed, image_root, BadRecords(str(listed)))] == [[("How many?", "2")]]
     # VQAv2's official files or a COCO captions file given for conversations: said what they are ("is not a JSON list")
     official = tmp_path / "v2_OpenEnded_mscoco_train2014_questions.json"
     official.write_text(json.dumps({"data_subtype": "train2014", "questions": [{"image_id": 1, "question": "Why?", "question_id": 10}]}))

@@ -5,7 +5,10 @@ be trained as text alone, refused), and its turns (``conversations`` of ``from``
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -120,7 +123,7 @@ def turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, st
 
 
 QUESTION_KEYS = ("question", "query", "prompt", "instruction")
-ANSWER_KEYS = ("answer", "response", "output")
+ANSWER_KEYS = ("answer", "multiple_choice_answer", "response", "output")  # (VQAv2's most given answer)
 
 
 def with_question_image(record: object) -> object:
@@ -135,6 +138,21 @@ def with_question_image(record: object) -> object:
         return record
     image = next((lowered[key] for key in _QUESTION_IMAGE_KEYS if lowered.get(key) not in (None, "", [])), None)
     return record if image is None else {**record, "image": image}
+
+
+def _most_given(answers: object) -> str | None:
+    """The answer most of VQAv2-style ``answers`` give (its ten human answers, as strings or ``{"answer": ...}`` objects;
+    VQAv2's own ``multiple_choice_answer`` is chosen so), the first of those most given on a tie; None for anything else."""
+    if isinstance(answers, str):  # a CSV cell: a JSON list, as mmcaption predict writes lists
+        with contextlib.suppress(ValueError):
+            answers = json.loads(answers)
+    if not isinstance(answers, list) or not answers:
+        return None
+    texts = [_number_as_text(a.get("answer") if isinstance(a, dict) else a) for a in answers]
+    if any(text is None for text in texts):
+        return None
+    counts = Counter(text.strip() for text in texts)
+    return counts.most_common(1)[0][0] or None
 
 
 def _number_as_text(value: object) -> str | None:
@@ -152,7 +170,8 @@ def question_and_answer(record: dict, name: str, records: BadRecords) -> list[tu
     letter nor an option's text is reported (an empty list)."""
     by_name = {str(key).strip().lower(): value for key, value in record.items()}
     question = next((by_name[key] for key in QUESTION_KEYS if isinstance(by_name.get(key), str)), None)
-    answer = next((_number_as_text(by_name[key]) for key in ANSWER_KEYS if _number_as_text(by_name.get(key)) is not None), None)
+    answer = next((_number_as_text(by_name[key]) for key in ANSWER_KEYS if _number_as_text(by_name.get(key)) is not None),
+                  None) or _most_given(by_name.get("answers"))
     if question is None or answer is None:
         return None
     if isinstance(context := by_name.get("input"), str) and context.strip():  # Alpaca's input: the instruction's text
