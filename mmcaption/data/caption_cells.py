@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mmcaption.data.conversation_fields import ROLES, text_of
 from mmcaption.data.records import BadRecords, DataError
 from mmcaption.data.tables import literal_in_cell
 
@@ -82,16 +83,6 @@ SPLIT_NOTE = ("cells split into several captions at hub_caption_separator (a lin
               "reads each cell as one caption)")
 
 
-_ANSWERING = {"gpt", "assistant"}
-
-
-def _parts_text(content: Any) -> Any:
-    """A turn's text: a string, or the texts of OpenAI-style parts (``[{"type": "text", "text": ...}]``) joined."""
-    if isinstance(content, list) and content and all(isinstance(part, dict) for part in content):
-        return "\n".join(part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str))
-    return content
-
-
 def _described(value: Any, column: str) -> str | None:
     """The answer of a conversation of one request and its answer (LLaVA-Pretrain's ``blip_laion_cc_sbu_558k.json``:
     ``<image>`` and "Render a clear and concise summary of the photo.", then the caption; ``from``/``value`` or
@@ -100,9 +91,10 @@ def _described(value: Any, column: str) -> str | None:
     if not (isinstance(value, list) and value and all(isinstance(turn, dict) and ("from" in turn or "role" in turn)
                                                       for turn in value)):
         return None
-    turns = [(str(turn.get("from", turn.get("role"))).lower(), _parts_text(turn.get("value", turn.get("content"))))
-             for turn in value if str(turn.get("from", turn.get("role"))).lower() != "system"]  # its own system prompt
-    if len(turns) == 2 and turns[0][0] in ("human", "user") and turns[1][0] in _ANSWERING and isinstance(turns[1][1], str):
+    roles = [ROLES.get(str(turn.get("from", turn.get("role"))).lower()) for turn in value]
+    turns = [(role, text_of(turn.get("value", turn.get("content")))) for role, turn in zip(roles, value, strict=True)
+             if role != "system"]  # its own system prompt
+    if [role for role, _ in turns] == ["human", "gpt"] and isinstance(turns[1][1], str):
         return turns[1][1]
     raise DataError(f"its {column!r} holds conversations of {len(turns)} turns, questions and their answers, not captions: "
                     "train it as the instruct stage (configs/instruct.yaml, --data.init_args.train_file); a caption table's "

@@ -5,14 +5,13 @@ be trained as text alone, refused), and its turns (``conversations`` of ``from``
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from mmcaption.data.records import BadRecords
+from mmcaption.data.tables import IMAGE_COLUMNS, literal_in_cell, number_text
 from mmcaption.evaluation.answers import LETTERS
 from mmcaption.images import is_url
 from mmcaption.prompts import listed_options_question
@@ -22,8 +21,6 @@ ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "s
 OTHER_IMAGE_KEYS = ("image_path", "img", "img_path", "image_file", "imagePath", "file_name", "filename", "photo", "picture",
                     "video", "videos")
 
-# the image of a record of a question and its answer (:func:`question_and_answer`), as VQA tables and files name it
-_QUESTION_IMAGE_KEYS = ("img_path", "image_path", "img", "image_file", "file_name", "filename")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 _BASE64_IMAGES = ("/9j/", "iVBOR", "R0lGOD", "UklGR", "Qk")  # JPEG, PNG, GIF, WebP and BMP files' first bytes in base64
 
@@ -100,7 +97,7 @@ def turns_of(record: dict, name: str, records: BadRecords) -> list[tuple[str, st
     parsed = []
     for index, turn in enumerate(turns):
         content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
-        value = _text_of(content)
+        value = text_of(content)
         if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") == "image_url" for part in content):
             inline = any(str((part.get("image_url") or {}).get("url", "")).startswith("data:") for part in content
                          if isinstance(part, dict) and isinstance(part.get("image_url"), dict))
@@ -128,7 +125,8 @@ ANSWER_KEYS = ("answer", "multiple_choice_answer", "response", "output")  # (VQA
 
 def with_question_image(record: object) -> object:
     """A record of a question and its answer (:func:`question_and_answer`) with its image under ``image``, where a VQA
-    file names it as tables do (``img_path``, ``image_path``, ``file_name``): read, and its side hashed, by that image.
+    file or sheet names it as tables do (``Image``, ``img_path``, ``file_name``: :data:`~mmcaption.data.tables.
+    IMAGE_COLUMNS`): read, and its side hashed, by that image.
     Any other record as it is."""
     if not isinstance(record, dict) or either(record, "image", "images") is not None or \
             either(record, "conversations", "messages") is not None:
@@ -136,30 +134,27 @@ def with_question_image(record: object) -> object:
     lowered = {str(key).strip().lower(): value for key, value in record.items()}
     if not any(isinstance(lowered.get(key), str) for key in QUESTION_KEYS):
         return record
-    image = next((lowered[key] for key in _QUESTION_IMAGE_KEYS if lowered.get(key) not in (None, "", [])), None)
+    image = next((lowered[key] for key in IMAGE_COLUMNS if lowered.get(key) not in (None, "", [])), None)
     return record if image is None else {**record, "image": image}
 
 
 def _most_given(answers: object) -> str | None:
     """The answer most of VQAv2-style ``answers`` give (its ten human answers, as strings or ``{"answer": ...}`` objects;
     VQAv2's own ``multiple_choice_answer`` is chosen so), the first of those most given on a tie; None for anything else."""
-    if isinstance(answers, str):  # a CSV cell: a JSON list, as mmcaption predict writes lists
-        with contextlib.suppress(ValueError):
-            answers = json.loads(answers)
+    if isinstance(answers, str):  # a CSV cell: a JSON list, as mmcaption predict writes lists, or pandas' ['a', 'b']
+        answers = literal_in_cell(answers)
     if not isinstance(answers, list) or not answers:
         return None
-    texts = [_number_as_text(a.get("answer") if isinstance(a, dict) else a) for a in answers]
+    texts = [_text(a.get("answer") if isinstance(a, dict) else a) for a in answers]
     if any(text is None for text in texts):
         return None
-    counts = Counter(text.strip() for text in texts)
-    return counts.most_common(1)[0][0] or None
+    return Counter(text.strip() for text in texts).most_common(1)[0][0] or None
 
 
-def _number_as_text(value: object) -> str | None:
-    """An answer as text: a string, or a number as JSON writes it (``"answer": 2``); None for anything else."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
-    return value if isinstance(value, str) else str(int(value)) if float(value).is_integer() else str(value)
+def _text(value: object) -> str | None:
+    """An answer as text: a string, or a number as a CSV cell holds it (``"answer": 2``); None for anything else."""
+    text = number_text(value)
+    return text if isinstance(text, str) else None
 
 
 def question_and_answer(record: dict, name: str, records: BadRecords) -> list[tuple[str, str]] | None:
@@ -170,8 +165,8 @@ def question_and_answer(record: dict, name: str, records: BadRecords) -> list[tu
     letter nor an option's text is reported (an empty list)."""
     by_name = {str(key).strip().lower(): value for key, value in record.items()}
     question = next((by_name[key] for key in QUESTION_KEYS if isinstance(by_name.get(key), str)), None)
-    answer = next((_number_as_text(by_name[key]) for key in ANSWER_KEYS if _number_as_text(by_name.get(key)) is not None),
-                  None) or _most_given(by_name.get("answers"))
+    answer = next((text for key in ANSWER_KEYS if (text := _text(by_name.get(key))) is not None), None) \
+        or _most_given(by_name.get("answers"))
     if question is None or answer is None:
         return None
     if isinstance(context := by_name.get("input"), str) and context.strip():  # Alpaca's input: the instruction's text
@@ -194,7 +189,7 @@ def question_and_answer(record: dict, name: str, records: BadRecords) -> list[tu
     return [("human", listed_options_question(question, options)), ("gpt", letter)]
 
 
-def _text_of(content: object) -> object:
+def text_of(content: object) -> object:
     """A turn's text: a string as it is; OpenAI-style content parts (``[{"type": "image"}, {"type": "text",
     "text": ...}]``, as TRL's and Hugging Face's chat datasets write turns) as their texts joined, an image
     part standing as LLaVA's ``<image>``; anything else as it is (refused by the caller)."""

@@ -22,7 +22,7 @@ from fsspec.utils import glob_translate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.encodings import WINDOWS_1252, western_words
-from mmcaption.data.image_sources import unreadable_note
+from mmcaption.data.image_sources import PATTERN_MARKS, unreadable_note
 from mmcaption.data.json_values import caption_map_records
 from mmcaption.data.records import DataError
 from mmcaption.data.tables import caption_map_file, text_table_kind
@@ -38,7 +38,7 @@ SPLIT_TABLE_SUFFIXES = (*TABLE_SUFFIXES, ".txt")  # a split's tables: a headed .
 def refuse_pattern(dataset: str) -> None:
     """A pattern of files (``data/train-*.parquet``) given as the dataset, where a hub id or a folder is read: refused
     naming what it matches and the folder to give (it was taken for a hub id: "Repo id must use alphanumeric chars")."""
-    if not re.search(r"[*?[]", dataset) or Path(dataset).expanduser().exists():
+    if not PATTERN_MARKS.search(dataset) or Path(dataset).expanduser().exists():
         return
     matched = sorted(Path(p) for p in glob.glob(os.path.expanduser(dataset), recursive=True))
     folders = sorted({str(p.parent) for p in matched})

@@ -60,7 +60,7 @@ def _pattern_images(source: str, note) -> list[tuple[str, Path]] | None:
     a config, on Windows. Matched as the shell does, else in any case, as Windows and macOS match names (``*.jpg`` of
     an iPhone's ``IMG_0001.JPG``); hidden files only by a pattern that names them. None for a source without a
     pattern's marks; a pattern that matches no image is refused, saying what it matches."""
-    if not _PATTERN.search(source):
+    if not PATTERN_MARKS.search(source):
         return None
     pattern = home_expanded(source)
     exact = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
@@ -81,7 +81,7 @@ def _pattern_images(source: str, note) -> list[tuple[str, Path]] | None:
     return [(str(image), image) for image in images]
 
 
-_PATTERN = re.compile(r"[*?[]")  # the marks of a shell pattern
+PATTERN_MARKS = re.compile(r"[*?[]")  # the marks of a shell pattern
 
 
 def _any_case(pattern: str) -> str:

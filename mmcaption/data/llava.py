@@ -243,11 +243,9 @@ def _what_it_is(content: object) -> str:
 
 def _table_records(file: Path) -> JsonLines:
     """The rows of a VQA table (``image,question,answer``, as a spreadsheet saves it; the original scripts' multiple-choice
-    CSV, ``img_path``) as records, each with its line; its image column named as a table names it, read as ``image``."""
+    CSV, ``img_path``) as records, each with its line (its image column read by :func:`with_question_image`)."""
     header, rows = tables.read_table_rows(file)
-    if "image" not in header and (column := next((name for name in header if name.lower() in tables.IMAGE_COLUMNS), None)):
-        header = ["image" if name == column else name for name in header]
-    if "image" not in header:  # an image_id, say: its questions would train without their images
+    if not any(name.lower() in tables.IMAGE_COLUMNS for name in header):  # (image_id: trained without their images)
         raise DataError(f"{file} has no image column ({', '.join(tables.IMAGE_COLUMNS[:6])}, ...; its columns are {header}): "
                         "each row's image is a path under image_root, in a column named image")
     records = JsonLines({name: value for name, value in zip(header, fields) if name} for _, fields in rows)

@@ -262,9 +262,17 @@ def read_table_file(path: Path, cache_dir: str | None = None) -> datasets.Datase
 
 def caption_map_file(path: Path) -> bool:
     """Whether ``path`` is a JSON object mapping each image's file name to its captions
-    (:func:`~mmcaption.data.json_values.caption_map_records`), whose columns have no names of the user's to set."""
+    (:func:`~mmcaption.data.json_values.caption_map_records`), whose columns have no names of the user's to set; parsed
+    once as the file is (asked of each table of a folder, and again as the dataset is set up)."""
     if path.suffix.lower() != ".json" or not path.is_file():
         return False
+    stamp = path.stat()
+    return _caption_map(str(path), stamp.st_size, stamp.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _caption_map(name: str, *stamp: int) -> bool:
+    path = Path(name)
     with path.open("rb") as handle:
         if handle.read(4096).lstrip()[:1] != b"{":
             return False
