@@ -203,3 +203,50 @@ def test_a_record_without_its_question_is_named_whichever_it_is(tmp_path):
     with pytest.raises(DataError, match=r"annotations_file .*notes.json goes with VQAv2's questions file: .*"
                                         r"testdev_balanced_questions.json, a GQA file, holds its own answers"):
         read_questions(gqa, tmp_path / "notes.json")
+
+
+def test_seed_bench_image_questions_are_answered_with_accuracy_per_question_type(backbones, trained_checkpoint, image_folder,
+                                                                                tmp_path, caplog):
+    # SEED-Bench.json as released, its images unpacked beside it in SEED-Bench-image/: it was taken for ScienceQA's
+    # problems.json ("use configs/predict/scienceqa.yaml"), whose reader then refused it for not mapping ids to problems
+    from mmcaption.errors import ConfigError
+    from tests.test_benchmark_formats import choice_data, predictor, read_output, rigged
+
+    photos(image_folder, tmp_path / "SEED-Bench-image", ["1454426_2591111986.jpg", "1002_3711291.jpg"])
+    question = {"data_type": "image", "question_type_id": 3}
+    path = tmp_path / "SEED-Bench.json"
+    path.write_text(json.dumps({"question_type": {"Scene Understanding": 1, "Instance Attributes": 3, "Action Recognition": 10},
+                                "questions": [
+        {**question, "question_id": "101669", "data_id": "1454426_2591111986.jpg", "question": "What colour is the towel?",
+         "choice_a": "red", "choice_b": "green", "choice_c": "blue", "choice_d": "white", "answer": "C"},
+        {**question, "question_id": "101670", "data_id": "1002_3711291.jpg", "question": "What colour is the car?",
+         "choice_a": "blue", "choice_b": "red", "choice_c": "green", "choice_d": "yellow", "answer": "B"},
+        {"question_id": "v1", "data_type": "video", "question_type_id": 10, "data_id": "v/1.mp4", "segment": [0, 5],
+         "question": "What happens?", "choice_a": "a", "choice_b": "b", "choice_c": "c", "choice_d": "d", "answer": "A"},
+        {"question_id": "101671", "data_type": "image", "question_type_id": 1, "data_id": "1002_3711291.jpg",
+         "question": "Where is it?", "choice_a": "blue", "choice_b": "a kitchen", "choice_c": "a road", "choice_d": "a beach",
+         "answer": "A"}]}, indent=2))
+    module = rigged(trained_checkpoint, " blue")  # likelihood scoring: the option "blue", wherever it is
+    output = tmp_path / "seedbench.csv"
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, path, output, format="seedbench"))
+    rows, summary = read_output(output)
+    assert [(r["question_id"], r["image"], r["category"], r["answer"], r["prediction"], r["correct"]) for r in rows] == [
+        ("101669", "1454426_2591111986.jpg", "Instance Attributes", "C", "C", "True"),
+        ("101670", "1002_3711291.jpg", "Instance Attributes", "B", "A", "False"),
+        ("101671", "1002_3711291.jpg", "Scene Understanding", "A", "A", "True")]
+    assert (summary["correct"], summary["answered"]) == (2, 3)
+    assert summary["per_category"]["Instance Attributes"]["accuracy"] == 0.5
+    assert summary["per_category"]["Scene Understanding"]["accuracy"] == 1.0
+    assert "3 of its 4 questions are about an image; the 1 about a video are left out" in caplog.text
+
+    # given as the original scripts' CSV or as free-form questions, the file is named for what it is
+    with pytest.raises(ConfigError, match=r"holds SEED-Bench's questions .*configs/predict/seedbench\.yaml \(or --data.format seedbench\)"):
+        choice_data(backbones, path, tmp_path / "c.csv").read_rows()
+    with pytest.raises(ConfigError, match=r"SEED-Bench file .*configs/predict/seedbench\.yaml"):
+        QuestionsPredictDataModule(questions_file=str(path), output=str(tmp_path / "q.jsonl"), tokenizer=str(backbones[0]),
+                                   image_processor=str(backbones[1])).check_inputs()
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"questions": [{"question_id": "7", "data_type": "image", "data_id": "x.jpg", "question": "Which?",
+                                                 "choice_a": "blue", "choice_b": "red", "answer": "D"}]}))
+    with pytest.raises(DataError, match=r"broken.json, question 7: answer 'D' is not the letter of one of its 2 choices"):
+        choice_data(backbones, broken, tmp_path / "b.csv", format="seedbench").read_rows()

@@ -101,7 +101,7 @@ def _first_line_json(text: bytes) -> bool:
 
 def sniffed_format(path: Path) -> tuple[str, str] | None:
     """The multiple-choice format a file's first bytes show, and what shows it: ``scienceqa`` for a parquet file or a
-    JSON object, ``mmbench`` for a TSV with MMBench's columns, ``csv`` for the original scripts' header, ``aokvqa`` for
+    JSON object (``seedbench`` for SEED-Bench's), ``mmbench`` for a TSV with MMBench's columns, ``csv`` for the original scripts' header, ``aokvqa`` for
     A-OKVQA's records, ``questions`` for other JSON records (a list, or JSON Lines: free-form questions); else None."""
     try:
         with path.open("rb") as handle:
@@ -116,6 +116,8 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     if text[:1] == b"[" or text[:1] == b"{" and b"\n" in text.rstrip() and _first_line_json(text):  # a list, JSON Lines
         return ("aokvqa", "holds A-OKVQA's questions (image_id, choices, correct_choice_idx)") if all(key in head for key in (
             b'"choices"', b'"image_id"', b'"question_id"')) else ("questions", "holds JSON records (a list, or one per line)")
+    if text[:1] == b"{" and all(key in head for key in (b'"questions"', b'"choice_a"', b'"data_id"')):
+        return "seedbench", "holds SEED-Bench's questions (choice_a ... choice_d, data_id)"
     if text[:1] == b"{":
         return "scienceqa", "is a JSON object"
     line = (head.decode("utf-8-sig", "replace").splitlines() or [""])[0].strip().lower()  # (\r alone: Excel for Mac's)

@@ -44,7 +44,7 @@ from mmcaption.data.resume import (
     recover_killed,
     refuse_a_finished_output,
 )
-from mmcaption.data.vqa_formats import public_image_root, read_aokvqa_choices
+from mmcaption.data.vqa_formats import public_image_root, read_aokvqa_choices, read_seedbench
 from mmcaption.errors import AlreadyDone, ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import partial_path, prediction_record, summary_path, vqa_results_path
 from mmcaption.file_spellings import is_dir, is_file
@@ -284,15 +284,15 @@ class CaptionPredictDataModule(_PredictDataModule):
 
 
 FORMATS = {"csv": "multiple-choice CSV", "mmbench": "MMBench TSV", "scienceqa": "ScienceQA problems.json (or parquet file)",
-           "aokvqa": "A-OKVQA file (aokvqa_v1p0_<split>.json)"}
-FORMAT_CONFIGS = {"csv": "multiple_choice", "mmbench": "mmbench", "scienceqa": "scienceqa", "aokvqa": "aokvqa"}  # configs/predict/<name>.yaml
+           "aokvqa": "A-OKVQA file (aokvqa_v1p0_<split>.json)", "seedbench": "SEED-Bench file (SEED-Bench.json)"}
+FORMAT_CONFIGS = {"csv": "multiple_choice", **{name: name for name in FORMATS if name != "csv"}}  # configs/predict/<name>.yaml
 
 
 class MultipleChoiceDataModule(_PredictDataModule):
     """Answer multiple-choice questions: a CSV in the original scripts' format (``img_path, Question, A, B,
-    C, D`` and optionally ``answer``), MMBench's TSV or ScienceQA's ``problems.json``; ``mmcaption predict``
-    writes the questions back with the chosen letter and, with answers, reports accuracy, per category
-    where the rows have one, and under MMBench's CircularEval with ``circular``.
+    C, D`` and optionally ``answer``), MMBench's TSV, ScienceQA's ``problems.json``, A-OKVQA's or SEED-Bench's file;
+    ``mmcaption predict`` writes the questions back with the chosen letter and, with answers, reports accuracy, per
+    category where the rows have one, and under MMBench's CircularEval with ``circular``.
 
     Args:
         csv_file: the questions: the CSV, the MMBench TSV or ScienceQA's ``problems.json`` or one split's
@@ -310,8 +310,10 @@ class MultipleChoiceDataModule(_PredictDataModule):
         overwrite: replace ``output`` if it exists (by default an existing output is refused; the input
             CSV itself is always refused).
         format: ``csv`` (the original scripts'), ``mmbench`` (its TSV, base64 images, or a parquet file of its
-            Hugging Face copy; accuracy per ``category`` and ``l2-category``) or ``scienceqa`` (its IMG
-            questions; accuracy per ``subject`` and ``grade``).
+            Hugging Face copy; accuracy per ``category`` and ``l2-category``), ``scienceqa`` (its IMG
+            questions; accuracy per ``subject`` and ``grade``), ``aokvqa`` (its multiple-choice task) or
+            ``seedbench`` (``SEED-Bench.json``'s image questions, images in ``SEED-Bench-image/``; accuracy per
+            question type as ``category``).
         split: ScienceQA only: the split whose questions with an image are read (``null``: every split;
             the mini splits with ``pid_splits.json`` beside ``problems.json``; a parquet file is one split).
         circular: MMBench's CircularEval: a question with N options is asked N times, its options rotated,
@@ -330,7 +332,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
         system_prompt: str | None = None,
         batch_size: int = 8,
         overwrite: bool = False,
-        format: Literal["csv", "mmbench", "scienceqa", "aokvqa"] = "csv",
+        format: Literal["csv", "mmbench", "scienceqa", "aokvqa", "seedbench"] = "csv",
         split: str | None = "test",
         circular: bool = False,
         **kwargs: Any,
@@ -369,14 +371,9 @@ class MultipleChoiceDataModule(_PredictDataModule):
         if sniffed is not None and sniffed[0] != self.format:  # the other format's reader would say only what is missing
             raise ConfigError(f"{self.csv_file} {sniffed[1]}, so it reads as {FORMATS[sniffed[0]]}: use --config configs/predict/"
                               f"{FORMAT_CONFIGS[sniffed[0]]}.yaml (or --data.format {sniffed[0]}); data.format is {self.format!r}, {FORMATS[self.format]}")
-        if self.format == "mmbench":
-            questions = read_mmbench_tsv(self.csv_file)
-        elif self.format == "scienceqa":
-            questions = read_scienceqa(self.csv_file, self.split)
-        elif self.format == "aokvqa":
-            questions = read_aokvqa_choices(self.csv_file)
-        else:
-            questions = read_choice_csv(self.csv_file)
+        readers = {"csv": read_choice_csv, "mmbench": read_mmbench_tsv, "scienceqa": lambda path: read_scienceqa(path, self.split),
+                   "aokvqa": read_aokvqa_choices, "seedbench": read_seedbench}
+        questions = readers[self.format](self.csv_file)
         return circular_passes(questions) if self.circular else questions
 
     def setup(self, stage: str) -> None:
@@ -384,9 +381,10 @@ class MultipleChoiceDataModule(_PredictDataModule):
         root = self.image_root or self.csv_file.parent
         if self.format == "scienceqa" and self.image_root is None and self.csv_file.suffix.lower() != ".parquet":
             root = scienceqa_image_root(self.csv_file, questions)
-        elif self.format == "aokvqa" and questions:
-            root = public_image_root(self.csv_file, "A-OKVQA", [str(q.image) for q in questions],
-                                     (f"{questions[0].record['split'] or 'val'}2017",), self.image_root)
+        elif self.format in ("aokvqa", "seedbench") and questions:  # images in the folder of their own download
+            folders = (f"{questions[0].record['split'] or 'val'}2017",) if self.format == "aokvqa" else ("SEED-Bench-image",)
+            root = public_image_root(self.csv_file, {"aokvqa": "A-OKVQA", "seedbench": "SEED-Bench"}[self.format],
+                                     [str(q.image) for q in questions], folders, self.image_root)
         template = ConversationTemplate(system=self.system_prompt)
         prompts, option_ids = choice_prompts(template, self.tokenizer, [q.question for q in questions],
                                              [q.options for q in questions], self.method)

@@ -1,4 +1,5 @@
-"""Public open-ended VQA benchmarks' own files, read as they are downloaded: TextVQA, GQA and A-OKVQA.
+"""Public VQA benchmarks' own files, read as they are downloaded: TextVQA, GQA and A-OKVQA (open-ended), and
+A-OKVQA's and SEED-Bench's multiple choice.
 
 Each names its images by an id, in a folder of its own download; each question becomes the record the questions reader
 checks (:func:`mmcaption.data.questions.read_question_file`), its image a file name looked for in those folders:
@@ -14,6 +15,9 @@ checks (:func:`mmcaption.data.questions.read_question_file`), its image a file n
   task, scored against ``direct_answers`` as A-OKVQA's evaluation does (``min(#matches / 3, 1)``, the questions marked
   ``difficult_direct_answer`` answered but not scored; the choices are kept in the output rows, not asked); its multiple-choice task is the multiple-choice module's (``format: aokvqa``,
   :func:`read_aokvqa_choices`).
+- SEED-Bench (``SEED-Bench.json``: ``{"question_type": {"Scene Understanding": 1, ...}, "questions": [{"question_id",
+  "question", "choice_a" ... "choice_d", "answer", "data_id", "data_type", "question_type_id"}, ...]}``): its image
+  questions, ``SEED-Bench-image/<data_id>``, as multiple choice (``format: seedbench``, :func:`read_seedbench`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info
+
 from mmcaption.data.benchmarks import ChoiceQuestion
-from mmcaption.data.records import DataError, read_json
+from mmcaption.data.records import DataError, escapes_root, read_json
 from mmcaption.evaluation.answers import LETTERS
 
 IMAGES_LOOKED_FOR = 50
@@ -134,6 +140,51 @@ def read_aokvqa_choices(path: Path) -> list[ChoiceQuestion]:
                   **dict(zip(LETTERS, choices)), "answer": letter or "", "split": entry.get("split", ""),
                   "image": f"{image_id:012d}.jpg"}
         questions.append(ChoiceQuestion(0, record, record["image"], record["question"], choices, letter, key=str(qid),
+                                        option_keys=LETTERS[:len(choices)]))
+    return questions
+
+
+def read_seedbench(path: Path) -> list[ChoiceQuestion]:
+    """SEED-Bench's image questions from its ``SEED-Bench.json``, as the multiple-choice module asks them (by likelihood,
+    as SEED-Bench's own evaluation ranks the options, or the options listed for a letter): ``choice_a`` ... as the
+    options A, B, ..., ``answer`` the right one's letter, the image ``data_id``, a file in ``SEED-Bench-image/``. The
+    record keeps ``question_id``, ``question``, the options, ``answer``, ``question_type_id``, ``category`` (the
+    question type's name, as ``question_type`` names it: accuracy per category is SEED-Bench's per dimension) and
+    ``image``. Its video questions (``data_type`` other than ``image``) are left out and counted in a note. A question
+    without its id, text or 2-8 options, with an answer that names none of them, or whose image leaves the image folder
+    is refused naming the file and the question."""
+    data = read_json(path, "SEED-Bench file")
+    entries = data.get("questions") if isinstance(data, dict) else None
+    if not (isinstance(entries, list) and (sample := _sample(entries)) and all("choice_a" in r for r in sample)):
+        raise DataError(f"{path}: not SEED-Bench's file (SEED-Bench.json: an object whose questions list holds question_id, "
+                        "question, choice_a ... choice_d, answer and data_id)")
+    types = data.get("question_type") if isinstance(data.get("question_type"), dict) else {}
+    type_names = {str(number): str(name) for name, number in types.items()}
+    chosen = [entry for entry in entries if isinstance(entry, dict) and entry.get("data_type", "image") == "image"]
+    if not chosen:
+        raise DataError(f"{path} has no image question (of {len(entries)} questions): SEED-Bench's video questions are not read")
+    if len(chosen) < len(entries):
+        rank_zero_info(f"{path}: {len(chosen)} of its {len(entries)} questions are about an image; the "
+                       f"{len(entries) - len(chosen)} about a video are left out")
+    questions = []
+    for number, entry in enumerate(chosen, start=1):
+        qid, image, answer = entry.get("question_id"), entry.get("data_id"), entry.get("answer")
+        _require(path, number, qid, image, entry.get("question"))
+        choices = [entry.get(f"choice_{letter.lower()}") for letter in LETTERS]
+        choices = choices[:next((i for i, c in enumerate(choices) if c in (None, "")), len(choices))]
+        if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+            raise DataError(f"{path}, question {qid}: choice_a, choice_b ... must be 2 to {len(LETTERS)} non-empty strings: "
+                            f"{choices!r}")
+        letter = str(answer).strip().upper() if answer not in (None, "") else None
+        if letter is not None and letter not in LETTERS[:len(choices)]:
+            raise DataError(f"{path}, question {qid}: answer {answer!r} is not the letter of one of its {len(choices)} choices")
+        if not isinstance(image, str) or escapes_root(image):
+            raise DataError(f"{path}, question {qid}: data_id {image!r} is not an image file inside the image folder")
+        choices, kind = [c.strip() for c in choices], entry.get("question_type_id")
+        record = {"question_id": qid, "question": entry["question"].strip(), **dict(zip(LETTERS, choices)),
+                  "answer": letter or "", "question_type_id": kind, "category": type_names.get(str(kind), str(kind or "")),
+                  "image": image}
+        questions.append(ChoiceQuestion(0, record, image, record["question"], choices, letter, key=str(qid),
                                         option_keys=LETTERS[:len(choices)]))
     return questions
 
