@@ -18,7 +18,8 @@ the ratio. The original-style batches all have the same length, so ``--steps`` o
 mmcaption's length-grouped batches run from a few tokens to the longest captions, and a window of 30
 of them measured anywhere from 340 to 510 samples/s on the demo set, so each of its rounds times a
 whole epoch unless ``--our_steps`` says fewer; bytes on disk per image of each preprocessed form (original-style measured on
-``--original_images`` images); and the peak memory allocated during one training step (CPU: from the
+``--original_images`` images); the step floor, a step whose captions are cut to two tokens, which bounds the ratio any
+data path could reach with this model here; and the peak memory allocated during one training step (CPU: from the
 profiler's allocation events; GPU: ``max_memory_allocated``).
 """
 
@@ -103,6 +104,20 @@ def samples_per_second(model, optimizer, loader: DataLoader, steps: int, warmup:
     return samples / (time.perf_counter() - start)
 
 
+def floor_step_seconds(model, optimizer, batch: dict, repeats: int = 15) -> float:
+    """The median time of a step on ``batch`` cut to its first two tokens (one predicted per caption): what the model
+    costs per step whatever its data (4-bit dequantisation, LoRA and optimizer, each operator's dispatch), and so the
+    least a step of this batch size can take on this machine, however few tokens a data path leaves."""
+    cut = {key: value[:, :2] if key in ("input_ids", "attention_mask", "labels") else value for key, value in batch.items()}
+    step(model, optimizer, cut, masked=True)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(model, optimizer, cut, masked=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def peak_step_memory(model, optimizer, batch: dict, masked: bool) -> int:
     """Bytes allocated at the peak of one training step, above what was allocated before it (on the CPU
     from the profiler's per-operator allocation records; an operator's transient buffers are not seen)."""
@@ -163,6 +178,7 @@ def main() -> None:
         for _ in range(args.rounds):
             results["original-style"].append(samples_per_second(model, optimizer, original_loader, args.steps, args.warmup, masked=False))
             results["mmcaption"].append(samples_per_second(model, optimizer, ours_loader, our_steps, args.warmup, masked=True))
+        floor = floor_step_seconds(model, optimizer, next(iter(ours_loader)))
         memory = {
             "original-style": peak_step_memory(model, optimizer, next(iter(original_loader)), masked=False),
             "mmcaption": peak_step_memory(model, optimizer, next(iter(ours_loader)), masked=True),
@@ -177,6 +193,9 @@ def main() -> None:
     original_rate, ours_rate = (statistics.median(results[k]) for k in ("original-style", "mmcaption"))
     print(f"training throughput  original-style {original_rate:8.1f} samples/s   mmcaption {ours_rate:8.1f} samples/s   "
           f"ratio {ours_rate / original_rate:.1f}x")
+    print(f"step floor           {floor * 1e3:.1f} ms a step of 2-token captions (the model's own cost per step): no data path "
+          f"exceeds {args.batch_size / floor / original_rate:.1f}x here (mmcaption's mean step {args.batch_size / ours_rate * 1e3:.1f} ms, "
+          f"original-style {args.batch_size / original_rate * 1e3:.1f} ms)")
     print(f"bytes per image      original-style {original_bytes / 1e3:8.1f} kB        mmcaption {ours_bytes / 1e3:8.1f} kB        "
           f"ratio 1/{original_bytes / ours_bytes:.0f}  (+ {features_bytes / 1e3:.1f} kB of cached features: "
           f"1/{original_bytes / (ours_bytes + features_bytes):.0f})")
