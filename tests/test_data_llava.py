@@ -942,3 +942,36 @@ def test_a_table_of_questions_and_answers_trains_as_conversations_of_one_turn(ba
     asked = make_datamodule(backbones, llava, train_file=str(alpaca))
     assert asked.split_inputs("train")["questions"] == "as conversations"
     assert "questions" not in make_datamodule(backbones, llava).split_inputs("train")
+
+
+def test_llava_instruct_images_named_as_coco_2017_are_read_from_a_coco_2014_download(backbones, llava, tmp_path, caplog):
+    # LLaVA-Instruct-150k names COCO 2017's photos by id (000000215677.jpg); a user with COCO 2014's download (for
+    # Karpathy's splits) has the same photos as train2014/COCO_train2014_000000215677.jpg or in val2014/: every record
+    # was "missing" its image, and the refusal said "Fix the image folder"
+    train, coco = llava
+    records = json.loads(train.read_text())
+    for record in records:
+        record["image"] = Path(record["image"]).name  # as LLaVA's file names them, relative to train2017/
+    bare = tmp_path / "llava_instruct_150k.json"
+    bare.write_text(json.dumps(records))
+    download = tmp_path / "coco2014"
+    names = sorted({record["image"] for record in records})
+    for number, name in enumerate(names):
+        split = "val" if number == 0 else "train"  # 2017's train photos are 2014's train photos and most of its val ones
+        (download / f"{split}2014").mkdir(parents=True, exist_ok=True)
+        shutil.copy(coco / "train2017" / name, download / f"{split}2014" / f"COCO_{split}2014_{name}")
+
+    dm = make_datamodule(backbones, (bare, download), val_file=None, val_fraction=0.2, cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    sides = [dm.datasets[side] for side in ("train", "val")]
+    assert sum(len(side.rows) for side in sides) == len(records)
+    assert sum(len(side.images) for side in sides) == len(names)  # each photo once, val2014's too
+    assert (f"its images are named as COCO 2017 names them ({names[0]}, ...) and are not in {download}; read from COCO "
+            f"2014's copies of the same photos there (val2014/COCO_val2014_{names[0]}, ...") in caplog.text
+
+    # given train2014/ itself, the photo in val2014/ is missing, and where it is is said with the refusal
+    with pytest.raises(DataError, match=r"1 of \d+ conversations refer to images missing"):
+        make_datamodule(backbones, (bare, download / "train2014"), val_file=None, val_fraction=0.2,
+                        cache_dir=str(tmp_path / "cache2")).prepare_data()
+    assert "give the folder that holds both as image_root" in caplog.text

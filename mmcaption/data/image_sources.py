@@ -289,3 +289,33 @@ def coco2014_read_from_2017(names: list[str], root: Path, file: Path) -> list[Pa
                    f"from COCO 2017's copies of the same photos under {root} ({found} of {len(copies)} found)")
     return [copies[image_id] or user_path(name, root) if image_id is not None else user_path(name, root)
             for name, image_id in zip(names, ids)]
+
+
+COCO2017_NAME = re.compile(r"(\d{12})\.jpg")  # a COCO 2017 photo, named by its id alone
+_SAID_COPIES: set[tuple[str, str]] = set()
+
+
+def coco2014_copies(names: list[str], root: Path, file: Path) -> dict[str, str]:
+    """COCO 2014's copies, under ``root``, of the COCO 2017 photos ``names`` gives by their id alone and ``root`` lacks
+    (LLaVA-Instruct-150k's ``000000215677.jpg``, or ``coco/train2017/000000215677.jpg``): ``COCO_train2014_<id>.jpg`` or
+    ``COCO_val2014_<id>.jpg``, in ``root`` or in its ``train2014/`` and ``val2014/`` (2017's train photos are 2014's train
+    photos and most of its val ones). Each name found, with its copy's path relative to ``root``; none when none of the
+    first names has one there. Said once per file and folder, with where the others are when some are not found."""
+    ids = {name: match.group(1) for name in dict.fromkeys(names) if (match := COCO2017_NAME.fullmatch(Path(name).name))}
+
+    def copy(image_id: str) -> str | None:
+        return next((name for folder in ("", "train2014/", "val2014/") for split in ("train", "val")
+                     if is_file(root / (name := f"{folder}COCO_{split}2014_{image_id}.jpg"))), None)
+
+    if not any(copy(image_id) for image_id in list(ids.values())[:COCO2014_LOOKED_FOR]):
+        return {}
+    copies = {name: found for name, image_id in ids.items() if (found := copy(image_id))}
+    if (str(file), str(root)) not in _SAID_COPIES:
+        _SAID_COPIES.add((str(file), str(root)))
+        first = next(iter(copies))
+        others = ("; COCO 2017's train photos are in 2014's train2014/ and val2014/: give the folder that holds both as "
+                  "image_root" if len(copies) < len(ids) and root.name in ("train2014", "val2014") else "")
+        rank_zero_info(f"{file}: its images are named as COCO 2017 names them ({first}, ...) and are not in {root}; read from "
+                       f"COCO 2014's copies of the same photos there ({copies[first]}, ...; {len(copies)} of {len(ids)} "
+                       f"found){others}")
+    return copies

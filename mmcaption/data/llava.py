@@ -27,6 +27,7 @@ from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.caption_cells import caption_text
 from mmcaption.data.conversation_fields import ROLES, either, image_of, turns_of, with_question_image
 from mmcaption.data.image_pass import Unchecked
+from mmcaption.data.image_sources import coco2014_copies
 from mmcaption.data.records import (
     BadRecords,
     DataError,
@@ -40,18 +41,12 @@ from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.prompts import IMAGE_PLACEHOLDER, OTHER_PLACEHOLDERS, ConversationTemplate, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
-CONVERSATION_FEATURES = datasets.Features(
-    {
-        "image_index": datasets.Value("int32"),
-        "id": datasets.Value("string"),
-        "input_ids": datasets.Sequence(datasets.Value("int32")),
-        "labels": datasets.Sequence(datasets.Value("int32")),
-        "turns": datasets.Value("int16"),
-        "turns_dropped": datasets.Value("int16"),
-        "questions": datasets.Sequence(datasets.Value("string")),
-        "answers": datasets.Sequence(datasets.Value("string")),
-    }
-)
+CONVERSATION_FEATURES = datasets.Features({
+    "image_index": datasets.Value("int32"), "id": datasets.Value("string"),
+    "input_ids": datasets.Sequence(datasets.Value("int32")), "labels": datasets.Sequence(datasets.Value("int32")),
+    "turns": datasets.Value("int16"), "turns_dropped": datasets.Value("int16"),
+    "questions": datasets.Sequence(datasets.Value("string")), "answers": datasets.Sequence(datasets.Value("string")),
+})
 def turn_counts(rows) -> tuple[int, int]:
     """``(kept, dropped)`` question-answer turns of a preprocessed conversation table (its ``turns`` and ``turns_dropped``)."""
     return tuple(int(np.asarray(rows.column(name).to_numpy(zero_copy_only=False)).sum()) for name in ("turns", "turns_dropped"))
@@ -319,6 +314,10 @@ def read_llava(
         if conversation.image is not None:
             conversation.image = existing_spelling(image_root, conversation.image)
     missing = [c for c in conversations if c.image is not None and not (image_root / c.image).is_file()]
+    if missing and (copies := coco2014_copies([c.image for c in missing], image_root, file)):  # a COCO 2014 download
+        for conversation in missing:
+            conversation.image = copies.get(conversation.image, conversation.image)
+        missing = [c for c in missing if not (image_root / c.image).is_file()]
     records.missing_images(  # with the bad records kept above, in one message
         [(c.where, image_root / c.image) for c in missing], sum(c.image is not None for c in conversations),
         "conversations refer to images", image_root,
