@@ -245,6 +245,28 @@ def test_seed_bench_image_questions_are_answered_with_accuracy_per_question_type
     with pytest.raises(ConfigError, match=r"SEED-Bench file .*configs/predict/seedbench\.yaml"):
         QuestionsPredictDataModule(questions_file=str(path), output=str(tmp_path / "q.jsonl"), tokenizer=str(backbones[0]),
                                    image_processor=str(backbones[1])).check_inputs()
+    # the Hugging Face copy (lmms-lab/SEED-Bench): the same columns in parquet, each question's image inside (a list of one)
+    import datasets
+
+    entries = json.loads(path.read_text())["questions"]
+    for entry in entries:
+        entry.pop("segment", None)
+        picture = Image.open(tmp_path / "SEED-Bench-image" / entry["data_id"]) if entry["data_type"] == "image" else None
+        entry["image"] = [picture] if picture else [Image.new("RGB", (8, 8))] * 2  # a video's frames
+    features = datasets.Features({**{key: datasets.Value("string") for key in entries[0] if key != "question_type_id"},
+                                  "question_type_id": datasets.Value("int64"), "image": datasets.Sequence(datasets.Image())})
+    parquet = tmp_path / "hub" / "test-00000-of-00001.parquet"
+    datasets.Dataset.from_list(entries, features=features).to_parquet(str(parquet))
+    predictor(tmp_path).predict(module, datamodule=choice_data(backbones, parquet, tmp_path / "hub.csv", format="seedbench"))
+    rows, summary = read_output(tmp_path / "hub.csv")
+    assert [(r["question_id"], r["image"], r["category"], r["prediction"], r["error"]) for r in rows] == [
+        ("101669", "1454426_2591111986.jpg", "Instance Attributes", "C", ""),
+        ("101670", "1002_3711291.jpg", "Instance Attributes", "A", ""),
+        ("101671", "1002_3711291.jpg", "Scene Understanding", "A", "")]
+    assert (summary["correct"], summary["answered"]) == (2, 3)
+    with pytest.raises(ConfigError, match=r"is a parquet file with SEED-Bench's columns .*configs/predict/seedbench\.yaml"):
+        choice_data(backbones, parquet, tmp_path / "c.csv", format="scienceqa").read_rows()
+
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"questions": [{"question_id": "7", "data_type": "image", "data_id": "x.jpg", "question": "Which?",
                                                  "choice_a": "blue", "choice_b": "red", "answer": "D"}]}))

@@ -109,8 +109,11 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
     except OSError:
         return None
     if head.startswith(b"PAR1"):
-        if {name.lower() for name in MMBENCH_REQUIRED} <= {name.lower() for name in parquet_columns(path)}:
+        columns = {name.lower() for name in parquet_columns(path)}
+        if {name.lower() for name in MMBENCH_REQUIRED} <= columns:
             return "mmbench", "is a parquet file with MMBench's columns"
+        if {"choice_a", "data_id"} <= columns:
+            return "seedbench", "is a parquet file with SEED-Bench's columns (choice_a ... choice_d, data_id)"
         return "scienceqa", "is a parquet file"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text[:1] == b"[" or text[:1] == b"{" and b"\n" in text.rstrip() and _first_line_json(text):  # a list, JSON Lines

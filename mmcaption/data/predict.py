@@ -312,8 +312,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
         format: ``csv`` (the original scripts'), ``mmbench`` (its TSV, base64 images, or a parquet file of its
             Hugging Face copy; accuracy per ``category`` and ``l2-category``), ``scienceqa`` (its IMG
             questions; accuracy per ``subject`` and ``grade``), ``aokvqa`` (its multiple-choice task) or
-            ``seedbench`` (``SEED-Bench.json``'s image questions, images in ``SEED-Bench-image/``; accuracy per
-            question type as ``category``).
+            ``seedbench`` (``SEED-Bench.json``'s image questions, images in ``SEED-Bench-image/``, or a parquet
+            file of its Hugging Face copy; accuracy per question type as ``category``).
         split: ScienceQA only: the split whose questions with an image are read (``null``: every split;
             the mini splits with ``pid_splits.json`` beside ``problems.json``; a parquet file is one split).
         circular: MMBench's CircularEval: a question with N options is asked N times, its options rotated,
@@ -381,7 +381,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
         root = self.image_root or self.csv_file.parent
         if self.format == "scienceqa" and self.image_root is None and self.csv_file.suffix.lower() != ".parquet":
             root = scienceqa_image_root(self.csv_file, questions)
-        elif self.format in ("aokvqa", "seedbench") and questions:  # images in the folder of their own download
+        elif self.format in ("aokvqa", "seedbench") and questions and not isinstance(questions[0].image, EmbeddedImage):
             folders = (f"{questions[0].record['split'] or 'val'}2017",) if self.format == "aokvqa" else ("SEED-Bench-image",)
             root = public_image_root(self.csv_file, {"aokvqa": "A-OKVQA", "seedbench": "SEED-Bench"}[self.format],
                                      [str(q.image) for q in questions], folders, self.image_root)

@@ -17,7 +17,8 @@ checks (:func:`mmcaption.data.questions.read_question_file`), its image a file n
   :func:`read_aokvqa_choices`).
 - SEED-Bench (``SEED-Bench.json``: ``{"question_type": {"Scene Understanding": 1, ...}, "questions": [{"question_id",
   "question", "choice_a" ... "choice_d", "answer", "data_id", "data_type", "question_type_id"}, ...]}``): its image
-  questions, ``SEED-Bench-image/<data_id>``, as multiple choice (``format: seedbench``, :func:`read_seedbench`).
+  questions, ``SEED-Bench-image/<data_id>``, as multiple choice (``format: seedbench``, :func:`read_seedbench`); or a
+  parquet file of its Hugging Face copy (``lmms-lab/SEED-Bench``: the same columns, each question's image inside).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.benchmarks import ChoiceQuestion
+from mmcaption.data.benchmarks import ChoiceQuestion, EmbeddedImage
+from mmcaption.data.parquet_rows import ImageFile, image_cell, read_parquet
 from mmcaption.data.records import DataError, escapes_root, read_json
 from mmcaption.evaluation.answers import LETTERS
 
@@ -144,22 +146,52 @@ def read_aokvqa_choices(path: Path) -> list[ChoiceQuestion]:
     return questions
 
 
-def read_seedbench(path: Path) -> list[ChoiceQuestion]:
-    """SEED-Bench's image questions from its ``SEED-Bench.json``, as the multiple-choice module asks them (by likelihood,
-    as SEED-Bench's own evaluation ranks the options, or the options listed for a letter): ``choice_a`` ... as the
-    options A, B, ..., ``answer`` the right one's letter, the image ``data_id``, a file in ``SEED-Bench-image/``. The
-    record keeps ``question_id``, ``question``, the options, ``answer``, ``question_type_id``, ``category`` (the
-    question type's name, as ``question_type`` names it: accuracy per category is SEED-Bench's per dimension) and
-    ``image``. Its video questions (``data_type`` other than ``image``) are left out and counted in a note. A question
-    without its id, text or 2-8 options, with an answer that names none of them, or whose image leaves the image folder
-    is refused naming the file and the question."""
+SEED_DIMENSIONS = ("Scene Understanding", "Instance Identity", "Instance Attributes", "Instance Location", "Instances Counting",
+                   "Spatial Relation", "Instance Interaction", "Visual Reasoning", "Text Understanding", "Action Recognition",
+                   "Action Prediction", "Procedure Understanding")  # question_type_id 1-12, as SEED-Bench.json names them
+
+
+def _seedbench_entries(path: Path) -> tuple[list[Any], dict[str, str]]:
+    """The questions of SEED-Bench's JSON or of a parquet file of its Hugging Face copy, and its question types' names."""
+    if path.suffix.lower() == ".parquet":
+        return read_parquet(path).to_pylist(), {str(number): name for number, name in enumerate(SEED_DIMENSIONS, start=1)}
     data = read_json(path, "SEED-Bench file")
     entries = data.get("questions") if isinstance(data, dict) else None
     if not (isinstance(entries, list) and (sample := _sample(entries)) and all("choice_a" in r for r in sample)):
         raise DataError(f"{path}: not SEED-Bench's file (SEED-Bench.json: an object whose questions list holds question_id, "
                         "question, choice_a ... choice_d, answer and data_id)")
     types = data.get("question_type") if isinstance(data.get("question_type"), dict) else {}
-    type_names = {str(number): str(name) for name, number in types.items()}
+    return entries, {str(number): str(name) for name, number in types.items()}
+
+
+def _seedbench_image(path: Path, entry: dict[str, Any], qid: Any) -> str | EmbeddedImage:
+    """A question's image: ``data_id``, a file in the image folder; in a parquet file, the image it carries (a list of
+    one, as the Hugging Face copy holds a question's images) or the file it names."""
+    if path.suffix.lower() != ".parquet":
+        image = entry.get("data_id")
+        if not isinstance(image, str) or not image or escapes_root(image):
+            raise DataError(f"{path}, question {qid}: data_id {image!r} is not an image file inside the image folder")
+        return image
+    cells = entry.get("image") if isinstance(entry.get("image"), list) else [entry.get("image")]
+    cell = image_cell(cells[0]) if len(cells) == 1 else None
+    if isinstance(cell, ImageFile):
+        return str(cell)
+    if not isinstance(cell, bytes):
+        raise DataError(f"{path}, question {qid}: its image column holds {len(cells)} item(s) and no image's bytes or file")
+    return EmbeddedImage(cell, f"{path}, question {qid}")
+
+
+def read_seedbench(path: Path) -> list[ChoiceQuestion]:
+    """SEED-Bench's image questions from its ``SEED-Bench.json`` or a parquet file of its Hugging Face copy
+    (``lmms-lab/SEED-Bench``, each question's image inside), as the multiple-choice module asks them (by likelihood, as
+    SEED-Bench's own evaluation ranks the options, or the options listed for a letter): ``choice_a`` ... as the
+    options A, B, ..., ``answer`` the right one's letter, the image ``data_id``, a file in ``SEED-Bench-image/``. The
+    record keeps ``question_id``, ``question``, the options, ``answer``, ``question_type_id``, ``category`` (the
+    question type's name, as ``question_type`` names it: accuracy per category is SEED-Bench's per dimension) and
+    ``image``. Its video questions (``data_type`` other than ``image``) are left out and counted in a note. A question
+    without its id, text or 2-8 options, with an answer that names none of them, or whose image leaves the image folder
+    is refused naming the file and the question."""
+    entries, type_names = _seedbench_entries(path)
     chosen = [entry for entry in entries if isinstance(entry, dict) and entry.get("data_type", "image") == "image"]
     if not chosen:
         raise DataError(f"{path} has no image question (of {len(entries)} questions): SEED-Bench's video questions are not read")
@@ -168,8 +200,8 @@ def read_seedbench(path: Path) -> list[ChoiceQuestion]:
                        f"{len(entries) - len(chosen)} about a video are left out")
     questions = []
     for number, entry in enumerate(chosen, start=1):
-        qid, image, answer = entry.get("question_id"), entry.get("data_id"), entry.get("answer")
-        _require(path, number, qid, image, entry.get("question"))
+        qid, answer = entry.get("question_id"), entry.get("answer")
+        _require(path, number, qid, entry.get("data_id") or entry.get("image"), entry.get("question"))
         choices = [entry.get(f"choice_{letter.lower()}") for letter in LETTERS]
         choices = choices[:next((i for i, c in enumerate(choices) if c in (None, "")), len(choices))]
         if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
@@ -178,12 +210,11 @@ def read_seedbench(path: Path) -> list[ChoiceQuestion]:
         letter = str(answer).strip().upper() if answer not in (None, "") else None
         if letter is not None and letter not in LETTERS[:len(choices)]:
             raise DataError(f"{path}, question {qid}: answer {answer!r} is not the letter of one of its {len(choices)} choices")
-        if not isinstance(image, str) or escapes_root(image):
-            raise DataError(f"{path}, question {qid}: data_id {image!r} is not an image file inside the image folder")
+        image = _seedbench_image(path, entry, qid)
         choices, kind = [c.strip() for c in choices], entry.get("question_type_id")
         record = {"question_id": qid, "question": entry["question"].strip(), **dict(zip(LETTERS, choices)),
                   "answer": letter or "", "question_type_id": kind, "category": type_names.get(str(kind), str(kind or "")),
-                  "image": image}
+                  "image": entry.get("data_id") or str(image)}
         questions.append(ChoiceQuestion(0, record, image, record["question"], choices, letter, key=str(qid),
                                         option_keys=LETTERS[:len(choices)]))
     return questions
