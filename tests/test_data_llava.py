@@ -974,4 +974,9 @@ def test_llava_instruct_images_named_as_coco_2017_are_read_from_a_coco_2014_down
     with pytest.raises(DataError, match=r"1 of \d+ conversations refer to images missing"):
         make_datamodule(backbones, (bare, download / "train2014"), val_file=None, val_fraction=0.2,
                         cache_dir=str(tmp_path / "cache2")).prepare_data()
-    assert "give the folder that holds both as image_root" in caplog.text
+    assert "COCO 2017's train photos are in 2014's train2014/ and val2014/: give the folder above it, which holds both, as " \
+           "image_root" in caplog.text
+    shutil.rmtree(download / "val2014")  # a download with its train2014/ alone: said where the others would be
+    with pytest.raises(DataError, match=r"1 of \d+ conversations refer to images missing"):
+        make_datamodule(backbones, (bare, download), val_file=None, val_fraction=0.2, cache_dir=str(tmp_path / "cache3")).prepare_data()
+    assert f"train2014/ and val2014/: {download} has no val2014/" in caplog.text

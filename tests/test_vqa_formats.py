@@ -237,7 +237,7 @@ def test_seed_bench_image_questions_are_answered_with_accuracy_per_question_type
     assert (summary["correct"], summary["answered"]) == (2, 3)
     assert summary["per_category"]["Instance Attributes"]["accuracy"] == 0.5
     assert summary["per_category"]["Scene Understanding"]["accuracy"] == 1.0
-    assert "3 of its 4 questions are about an image; the 1 about a video are left out" in caplog.text
+    assert "3 of its 4 questions are about one image; the others are left out (data_type 'video' x 1)" in caplog.text
 
     # given as the original scripts' CSV or as free-form questions, the file is named for what it is
     with pytest.raises(ConfigError, match=r"holds SEED-Bench's questions .*configs/predict/seedbench\.yaml \(or --data.format seedbench\)"):
@@ -266,6 +266,24 @@ def test_seed_bench_image_questions_are_answered_with_accuracy_per_question_type
     assert (summary["correct"], summary["answered"]) == (2, 3)
     with pytest.raises(ConfigError, match=r"is a parquet file with SEED-Bench's columns .*configs/predict/seedbench\.yaml"):
         choice_data(backbones, parquet, tmp_path / "c.csv", format="scienceqa").read_rows()
+
+    # SEED-Bench-2: its questions about one image ('Single Image') read, the others counted by kind, its 27 types
+    # numbered (it was "no image question ... video questions are not read"); a first release's file without its
+    # question_type map is named by SEED-Bench's own 12 (it was '3')
+    v2 = tmp_path / "SEED-Bench_v2_level1_2_3.json"
+    part = {"level": "L1", "subpart": "Single-Image & Text Comprehension", "version": "v2"}
+    v2.write_text(json.dumps({"questions": [
+        {**part, "question_id": "1", "data_type": "Single Image", "data_id": "1002_3711291.jpg", "question": "How many?",
+         "choice_a": 3, "choice_b": 4, "answer": "B", "question_type_id": 5},
+        {**part, "question_id": "2", "data_type": "Multiple Images", "data_id": ["a.jpg", "b.jpg"], "question": "Which?",
+         "choice_a": "a", "choice_b": "b", "answer": "A", "question_type_id": 23}]}))
+    questions = choice_data(backbones, v2, tmp_path / "v2.csv", format="seedbench").read_rows()
+    assert [(q.record["category"], q.options, q.answer, q.image) for q in questions] == [("5", ["3", "4"], "B", "1002_3711291.jpg")]
+    assert "1 of its 2 questions are about one image; the others are left out (data_type 'Multiple Images' x 1)" in caplog.text
+    unnamed = tmp_path / "unnamed.json"
+    unnamed.write_text(json.dumps({"questions": json.loads(path.read_text())["questions"][:1]}))
+    assert choice_data(backbones, unnamed, tmp_path / "u.csv", format="seedbench").read_rows()[0].record["category"] == (
+        "Instance Attributes")
 
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"questions": [{"question_id": "7", "data_type": "image", "data_id": "x.jpg", "question": "Which?",

@@ -32,7 +32,7 @@ from mmcaption.data.datasets import (
     check_supervision,
 )
 from mmcaption.data.hub import HubCaptions
-from mmcaption.data.image_sources import COCO2017_FOLDERS
+from mmcaption.data.image_sources import COCO2017_FOLDERS, coco2014_download
 from mmcaption.data.llava import llava_unsigned_images, read_llava, turn_counts, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
 from mmcaption.data.tables import token_split_lists
@@ -59,8 +59,7 @@ class CaptionDataModule(PreprocessedDataModule):
             (``[caption_0, caption_1]``).
         hub_caption_separator: what separates several captions in one string (empty: a string is one caption).
         hub_val_fraction: share of a single-split ``hub`` dataset held out for validation.
-        hub_config: the ``hub`` dataset's configuration (subset; ``load_dataset``'s second argument), for a dataset
-            with several.
+        hub_config: the ``hub`` dataset's configuration (subset; ``load_dataset``'s second argument), for one with several.
         train_split: split used by ``fit`` (null: ``train2017`` for coco, ``train`` for karpathy, the dataset's
             ``train`` for hub).
         val_split: split used by validation (null: ``val2017`` for coco; for hub the dataset's validation/val/dev/test
@@ -332,6 +331,8 @@ class InstructDataModule(PreprocessedDataModule):
             signature["reader"] = 2
         if self.looked_at(("asked", file), lambda: asks_questions(file)):  # its question-and-answer records were refused
             signature["questions"] = "as conversations"
+        if coco2014_download(self.image_root):  # COCO 2017's names read from its copies (a cache before them skipped those)
+            signature["coco 2014 copies"] = "read"
         if self.looked_at(("untidy", file), lambda: conversation_files.untidy_image_paths(file)):  # sides hashed from paths put in order
             signature["image paths"] = "tidied"
         unsigned = self.looked_at(("outside", file), lambda: llava_unsigned_images(file, self.image_root))
@@ -373,8 +374,7 @@ class InstructDataModule(PreprocessedDataModule):
         """The turns ``max_length`` dropped, said at every fit as the caption stage's cut captions are: a run on a cache
         built earlier said nothing of them (only ``prepare`` and the build's own run did)."""
         kept, dropped = turn_counts(dataset.rows.data)
-        total = kept + dropped
-        if dropped > total / 1000:
+        if dropped > (total := kept + dropped) / 1000:
             rank_zero_warn(f"split {split}: {dropped:,} of {total:,} question-answer turns ({dropped / total:.1%}) do not fit "
                            f"max_length {self.max_length}: later turns are dropped whole, neither trained on nor scored; raise "
                            "--data.init_args.max_length to keep them")

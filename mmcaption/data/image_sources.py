@@ -6,6 +6,7 @@ name, relative to its folder. Names are found as Windows and macOS find them (:f
 from __future__ import annotations
 
 import glob
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -292,30 +293,45 @@ def coco2014_read_from_2017(names: list[str], root: Path, file: Path) -> list[Pa
 
 
 COCO2017_NAME = re.compile(r"(\d{12})\.jpg")  # a COCO 2017 photo, named by its id alone
-_SAID_COPIES: set[tuple[str, str]] = set()
+_SAID_COPIES: set[str] = set()
+
+
+def coco2014_download(root: Path) -> bool:
+    """Whether ``root`` is COCO 2014's download, or one of its folders: ``train2014/`` or ``val2014/`` in it, or it."""
+    return root.name in COCO2014_FOLDERS or any((root / folder).is_dir() for folder in COCO2014_FOLDERS)
+
+
+COCO2014_FOLDERS = ("train2014", "val2014")
 
 
 def coco2014_copies(names: list[str], root: Path, file: Path) -> dict[str, str]:
     """COCO 2014's copies, under ``root``, of the COCO 2017 photos ``names`` gives by their id alone and ``root`` lacks
     (LLaVA-Instruct-150k's ``000000215677.jpg``, or ``coco/train2017/000000215677.jpg``): ``COCO_train2014_<id>.jpg`` or
     ``COCO_val2014_<id>.jpg``, in ``root`` or in its ``train2014/`` and ``val2014/`` (2017's train photos are 2014's train
-    photos and most of its val ones). Each name found, with its copy's path relative to ``root``; none when none of the
-    first names has one there. Said once per file and folder, with where the others are when some are not found."""
+    photos and most of its val ones). Each name found, with its copy's path relative to ``root``; none when none has
+    one there. The folders are listed once (not a look per photo: 81,479 of them in LLaVA-Instruct-150k). Said once (not
+    for each split built), with where the others are when some are not found."""
     ids = {name: match.group(1) for name in dict.fromkeys(names) if (match := COCO2017_NAME.fullmatch(Path(name).name))}
-
-    def copy(image_id: str) -> str | None:
-        return next((name for folder in ("", "train2014/", "val2014/") for split in ("train", "val")
-                     if is_file(root / (name := f"{folder}COCO_{split}2014_{image_id}.jpg"))), None)
-
-    if not any(copy(image_id) for image_id in list(ids.values())[:COCO2014_LOOKED_FOR]):
+    if not ids or not coco2014_download(root) and not any(is_file(root / f"COCO_{split}2014_{image_id}.jpg")
+                                                          for image_id in list(ids.values())[:COCO2014_LOOKED_FOR]
+                                                          for split in ("train", "val")):
         return {}
-    copies = {name: found for name, image_id in ids.items() if (found := copy(image_id))}
-    if (str(file), str(root)) not in _SAID_COPIES:
-        _SAID_COPIES.add((str(file), str(root)))
-        first = next(iter(copies))
-        others = ("; COCO 2017's train photos are in 2014's train2014/ and val2014/: give the folder that holds both as "
-                  "image_root" if len(copies) < len(ids) and root.name in ("train2014", "val2014") else "")
-        rank_zero_info(f"{file}: its images are named as COCO 2017 names them ({first}, ...) and are not in {root}; read from "
-                       f"COCO 2014's copies of the same photos there ({copies[first]}, ...; {len(copies)} of {len(ids)} "
-                       f"found){others}")
+    places = [(f"{folder}/" if folder else "", split) for folder, splits in (("", ("train", "val")), *(
+        (folder, (folder[:-4],)) for folder in COCO2014_FOLDERS)) for split in splits]
+    listed = {folder: set(os.listdir(root / folder)) if (root / folder).is_dir() else set() for folder, _ in places}
+    copies = {name: next((f"{folder}{photo}" for folder, split in places
+                          if (photo := f"COCO_{split}2014_{image_id}.jpg") in listed[folder]), None) for name, image_id in ids.items()}
+    copies = {name: found for name, found in copies.items() if found}
+    if not copies:
+        return {}
+    first = next(iter(copies))
+    lacking = [folder for folder in COCO2014_FOLDERS if not listed[f"{folder}/"]]
+    where = ("give the folder above it, which holds both, as image_root" if root.name in COCO2014_FOLDERS else
+             f"{root} has no {lacking[0]}/" if len(lacking) == 1 else "")
+    others = f"; COCO 2017's train photos are in 2014's train2014/ and val2014/: {where}" if len(copies) < len(ids) and where else ""
+    said = (f"{file}: its images are named as COCO 2017 names them ({first}, ...) and are not in {root}; read from COCO "
+            f"2014's copies of the same photos there ({copies[first]}, ...; {len(copies)} of {len(ids)} found){others}")
+    if (key := f"{file}\n{root}\n{others}") not in _SAID_COPIES:  # once, not for each split built
+        _SAID_COPIES.add(key)
+        rank_zero_info(said)
     return copies

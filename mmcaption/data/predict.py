@@ -295,8 +295,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
     category where the rows have one, and under MMBench's CircularEval with ``circular``.
 
     Args:
-        csv_file: the questions: the CSV, the MMBench TSV or ScienceQA's ``problems.json`` or one split's
-            parquet file of its Hugging Face copy (see ``format``).
+        csv_file: the questions: the CSV, the MMBench TSV, ScienceQA's ``problems.json`` (or one split's
+            parquet file of its Hugging Face copy), A-OKVQA's or SEED-Bench's file (see ``format``).
         image_root: folder that ``img_path`` is relative to (default: the CSV's folder); for ScienceQA, the
             folder of ``<split>/<id>/image.png`` (default: ``images`` beside ``problems.json``, else its folder);
             for a parquet file's images that are files' paths (``datasets``' ``to_parquet``), of the relative ones.

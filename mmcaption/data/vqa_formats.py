@@ -23,11 +23,13 @@ checks (:func:`mmcaption.data.questions.read_question_file`), its image a file n
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from mmcaption.data import tables
 from mmcaption.data.benchmarks import ChoiceQuestion, EmbeddedImage
 from mmcaption.data.parquet_rows import ImageFile, image_cell, read_parquet
 from mmcaption.data.records import DataError, escapes_root, read_json
@@ -151,17 +153,31 @@ SEED_DIMENSIONS = ("Scene Understanding", "Instance Identity", "Instance Attribu
                    "Action Prediction", "Procedure Understanding")  # question_type_id 1-12, as SEED-Bench.json names them
 
 
-def _seedbench_entries(path: Path) -> tuple[list[Any], dict[str, str]]:
-    """The questions of SEED-Bench's JSON or of a parquet file of its Hugging Face copy, and its question types' names."""
-    if path.suffix.lower() == ".parquet":
-        return read_parquet(path).to_pylist(), {str(number): name for number, name in enumerate(SEED_DIMENSIONS, start=1)}
-    data = read_json(path, "SEED-Bench file")
-    entries = data.get("questions") if isinstance(data, dict) else None
-    if not (isinstance(entries, list) and (sample := _sample(entries)) and all("choice_a" in r for r in sample)):
-        raise DataError(f"{path}: not SEED-Bench's file (SEED-Bench.json: an object whose questions list holds question_id, "
-                        "question, choice_a ... choice_d, answer and data_id)")
-    types = data.get("question_type") if isinstance(data.get("question_type"), dict) else {}
-    return entries, {str(number): str(name) for name, number in types.items()}
+_SEED_IMAGE_KINDS = ("image", "single image")  # data_type of a question about one image: SEED-Bench's, SEED-Bench-2's
+
+
+def _seedbench_entries(path: Path) -> tuple[list[dict[str, Any]], Counter, dict[str, str]]:
+    """The image questions of SEED-Bench's JSON or of a parquet file of its Hugging Face copy, how many questions of each
+    other ``data_type`` it has (left out), and its question types' names: the file's own, else SEED-Bench's 12 for a file
+    of its first release (SEED-Bench-2's, with ``level`` and ``subpart``, numbers its 27 otherwise)."""
+    if path.suffix.lower() == ".parquet":  # the image bytes of the questions read only: a video's frames are many
+        table = read_parquet(path)
+        kinds = table.column("data_type").to_pylist() if "data_type" in table.column_names else ["image"] * table.num_rows
+        keep = [row for row, kind in enumerate(kinds) if str(kind).lower() in _SEED_IMAGE_KINDS]
+        entries, names, first = table.take(keep).to_pylist(), {}, set(table.column_names)
+    else:
+        data = read_json(path, "SEED-Bench file")
+        listed = data.get("questions") if isinstance(data, dict) else None
+        if not (isinstance(listed, list) and (sample := _sample(listed)) and all("choice_a" in r for r in sample)):
+            raise DataError(f"{path}: not SEED-Bench's file (SEED-Bench.json: an object whose questions list holds "
+                            "question_id, question, choice_a ... choice_d, answer and data_id)")
+        types = data.get("question_type") if isinstance(data.get("question_type"), dict) else {}
+        names, first = {str(number): str(name) for name, number in types.items()}, set(_sample(listed)[0])
+        kinds = [entry.get("data_type", "image") if isinstance(entry, dict) else "not a question" for entry in listed]
+        entries = [entry for entry, kind in zip(listed, kinds) if str(kind).lower() in _SEED_IMAGE_KINDS]
+    if not names and not {"level", "subpart"} & first:
+        names = {str(number): name for number, name in enumerate(SEED_DIMENSIONS, start=1)}
+    return entries, Counter(str(kind) for kind in kinds if str(kind).lower() not in _SEED_IMAGE_KINDS), names
 
 
 def _seedbench_image(path: Path, entry: dict[str, Any], qid: Any) -> str | EmbeddedImage:
@@ -188,21 +204,23 @@ def read_seedbench(path: Path) -> list[ChoiceQuestion]:
     options A, B, ..., ``answer`` the right one's letter, the image ``data_id``, a file in ``SEED-Bench-image/``. The
     record keeps ``question_id``, ``question``, the options, ``answer``, ``question_type_id``, ``category`` (the
     question type's name, as ``question_type`` names it: accuracy per category is SEED-Bench's per dimension) and
-    ``image``. Its video questions (``data_type`` other than ``image``) are left out and counted in a note. A question
+    ``image``. SEED-Bench-2's questions about one image (``Single Image``) are read alike; its questions of other kinds
+    (a video, several images) are left out and counted in a note, by ``data_type``. A question
     without its id, text or 2-8 options, with an answer that names none of them, or whose image leaves the image folder
     is refused naming the file and the question."""
-    entries, type_names = _seedbench_entries(path)
-    chosen = [entry for entry in entries if isinstance(entry, dict) and entry.get("data_type", "image") == "image"]
+    chosen, others, type_names = _seedbench_entries(path)
+    kinds = ", ".join(f"{kind!r} x {count}" for kind, count in others.most_common())
     if not chosen:
-        raise DataError(f"{path} has no image question (of {len(entries)} questions): SEED-Bench's video questions are not read")
-    if len(chosen) < len(entries):
-        rank_zero_info(f"{path}: {len(chosen)} of its {len(entries)} questions are about an image; the "
-                       f"{len(entries) - len(chosen)} about a video are left out")
+        raise DataError(f"{path} has no question about one image (data_type 'image', or SEED-Bench-2's 'Single Image'), "
+                        f"which are those read: its questions' data_type is {kinds or 'none'}")
+    if others:
+        rank_zero_info(f"{path}: {len(chosen)} of its {len(chosen) + others.total()} questions are about one image; the "
+                       f"others are left out (data_type {kinds})")
     questions = []
     for number, entry in enumerate(chosen, start=1):
         qid, answer = entry.get("question_id"), entry.get("answer")
         _require(path, number, qid, entry.get("data_id") or entry.get("image"), entry.get("question"))
-        choices = [entry.get(f"choice_{letter.lower()}") for letter in LETTERS]
+        choices = [tables.number_text(entry.get(f"choice_{letter.lower()}")) for letter in LETTERS]  # 3 as '3'
         choices = choices[:next((i for i, c in enumerate(choices) if c in (None, "")), len(choices))]
         if len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
             raise DataError(f"{path}, question {qid}: choice_a, choice_b ... must be 2 to {len(LETTERS)} non-empty strings: "
