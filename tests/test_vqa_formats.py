@@ -266,6 +266,10 @@ def test_seed_bench_image_questions_are_answered_with_accuracy_per_question_type
     assert (summary["correct"], summary["answered"]) == (2, 3)
     with pytest.raises(ConfigError, match=r"is a parquet file with SEED-Bench's columns .*configs/predict/seedbench\.yaml"):
         choice_data(backbones, parquet, tmp_path / "c.csv", format="scienceqa").read_rows()
+    videos = tmp_path / "hub" / "test-00003-of-00004.parquet"  # a shard of video questions alone: said, not a traceback
+    datasets.Dataset.from_list([entry for entry in entries if entry["data_type"] == "video"], features=features).to_parquet(str(videos))
+    with pytest.raises(DataError, match=r"has no question about one image .*: its questions' data_type is 'video' x 1$"):
+        choice_data(backbones, videos, tmp_path / "v.csv", format="seedbench").read_rows()
 
     # SEED-Bench-2: its questions about one image ('Single Image') read, the others counted by kind, its 27 types
     # numbered (it was "no image question ... video questions are not read"); a first release's file without its

@@ -318,14 +318,25 @@ def coco2014_copies(names: list[str], root: Path, file: Path) -> dict[str, str]:
         return {}
     places = [(f"{folder}/" if folder else "", split) for folder, splits in (("", ("train", "val")), *(
         (folder, (folder[:-4],)) for folder in COCO2014_FOLDERS)) for split in splits]
-    listed = {folder: set(os.listdir(root / folder)) if (root / folder).is_dir() else set() for folder, _ in places}
+
+    def names_in(folder: str) -> set[str] | None:
+        try:
+            return set(os.listdir(root / folder)) if (root / folder).is_dir() else set()
+        except OSError:  # a folder that may be read but not listed (a shared cluster's): its photos looked for one by one
+            return None
+
+    listed = {folder: names_in(folder) for folder in dict.fromkeys(folder for folder, _ in places)}
+
+    def there(folder: str, photo: str) -> bool:
+        return photo in listed[folder] if listed[folder] is not None else is_file(root / folder / photo)
+
     copies = {name: next((f"{folder}{photo}" for folder, split in places
-                          if (photo := f"COCO_{split}2014_{image_id}.jpg") in listed[folder]), None) for name, image_id in ids.items()}
+                          if there(folder, photo := f"COCO_{split}2014_{image_id}.jpg")), None) for name, image_id in ids.items()}
     copies = {name: found for name, found in copies.items() if found}
     if not copies:
         return {}
     first = next(iter(copies))
-    lacking = [folder for folder in COCO2014_FOLDERS if not listed[f"{folder}/"]]
+    lacking = [folder for folder in COCO2014_FOLDERS if listed[f"{folder}/"] == set()]
     where = ("give the folder above it, which holds both, as image_root" if root.name in COCO2014_FOLDERS else
              f"{root} has no {lacking[0]}/" if len(lacking) == 1 else "")
     others = f"; COCO 2017's train photos are in 2014's train2014/ and val2014/: {where}" if len(copies) < len(ids) and where else ""

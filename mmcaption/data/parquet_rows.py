@@ -38,10 +38,11 @@ def parquet_columns(path: Path) -> list[str]:
         return []
 
 
-def read_parquet(path: Path) -> Any:
-    """A parquet file's table; refused, naming the file, when it is not one."""
+def read_parquet(path: Path, **options: Any) -> Any:
+    """A parquet file's table (``options``: ``pq.read_table``'s, such as ``columns`` and ``filters``); refused, naming the
+    file, when it is not one."""
     try:
-        return pq.read_table(path)
+        return pq.read_table(path, **options)
     except Exception as error:  # pyarrow's errors for a file that is not parquet have no common base
         raise DataError(f"{path}: not a parquet file: {error}") from error
 

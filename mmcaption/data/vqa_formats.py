@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data import tables
 from mmcaption.data.benchmarks import ChoiceQuestion, EmbeddedImage
-from mmcaption.data.parquet_rows import ImageFile, image_cell, read_parquet
+from mmcaption.data.parquet_rows import ImageFile, image_cell, parquet_columns, read_parquet
 from mmcaption.data.records import DataError, escapes_root, read_json
 from mmcaption.evaluation.answers import LETTERS
 
@@ -160,11 +160,12 @@ def _seedbench_entries(path: Path) -> tuple[list[dict[str, Any]], Counter, dict[
     """The image questions of SEED-Bench's JSON or of a parquet file of its Hugging Face copy, how many questions of each
     other ``data_type`` it has (left out), and its question types' names: the file's own, else SEED-Bench's 12 for a file
     of its first release (SEED-Bench-2's, with ``level`` and ``subpart``, numbers its 27 otherwise)."""
-    if path.suffix.lower() == ".parquet":  # the image bytes of the questions read only: a video's frames are many
-        table = read_parquet(path)
-        kinds = table.column("data_type").to_pylist() if "data_type" in table.column_names else ["image"] * table.num_rows
-        keep = [row for row, kind in enumerate(kinds) if str(kind).lower() in _SEED_IMAGE_KINDS]
-        entries, names, first = table.take(keep).to_pylist(), {}, set(table.column_names)
+    if path.suffix.lower() == ".parquet":  # the rows of questions about one image read alone: a video's frames are many
+        first = set(parquet_columns(path))
+        kinds = read_parquet(path, columns=["data_type"]).column("data_type").to_pylist() if "data_type" in first else None
+        wanted = sorted({kind for kind in kinds if str(kind).lower() in _SEED_IMAGE_KINDS}) if kinds is not None else None
+        entries = [] if wanted == [] else read_parquet(path, filters=[("data_type", "in", wanted)] if wanted else None).to_pylist()
+        kinds, names = ["image"] * len(entries) if kinds is None else kinds, {}
     else:
         data = read_json(path, "SEED-Bench file")
         listed = data.get("questions") if isinstance(data, dict) else None
