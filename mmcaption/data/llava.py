@@ -47,6 +47,8 @@ CONVERSATION_FEATURES = datasets.Features({
     "turns": datasets.Value("int16"), "turns_dropped": datasets.Value("int16"),
     "questions": datasets.Sequence(datasets.Value("string")), "answers": datasets.Sequence(datasets.Value("string")),
 })
+
+
 def turn_counts(rows) -> tuple[int, int]:
     """``(kept, dropped)`` question-answer turns of a preprocessed conversation table (its ``turns`` and ``turns_dropped``)."""
     return tuple(int(np.asarray(rows.column(name).to_numpy(zero_copy_only=False)).sum()) for name in ("turns", "turns_dropped"))
