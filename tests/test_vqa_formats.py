@@ -294,3 +294,41 @@ def test_seed_bench_image_questions_are_answered_with_accuracy_per_question_type
                                                  "choice_a": "blue", "choice_b": "red", "answer": "D"}]}))
     with pytest.raises(DataError, match=r"broken.json, question 7: answer 'D' is not the letter of one of its 2 choices"):
         choice_data(backbones, broken, tmp_path / "b.csv", format="seedbench").read_rows()
+
+
+def test_a_benchmarks_hugging_face_parquet_of_open_questions_is_answered_from_the_images_inside(backbones, trained_checkpoint,
+                                                                                               image_folder, tmp_path):
+    # lmms-lab's copies of POPE, VQAv2, MME ...: a parquet file, each question's image inside it. It was "questions are
+    # read from .jsonl, .csv, .tsv or .json files", and the multiple-choice module sent it to ScienceQA's config
+    import datasets
+
+    from mmcaption.errors import ConfigError
+    from tests.test_benchmark_formats import choice_data
+
+    features = datasets.Features({"question_id": datasets.Value("string"), "question": datasets.Value("string"),
+                                  "answer": datasets.Value("string"), "category": datasets.Value("string"),
+                                  "image": datasets.Image()})
+
+    def write(answers: list[str]) -> Path:
+        path = tmp_path / "pope" / "test-00000-of-00001.parquet"
+        datasets.Dataset.from_list([
+            {"question_id": str(n), "question": f"Is there a shape in the image? ({n})", "answer": answer, "category": "popular",
+             "image": Image.open(image_folder / f"img{n}.png").convert("RGB")} for n, answer in enumerate(answers)],
+            features=features,
+        ).to_parquet(str(path))
+        return path
+
+    rows, _ = predict(backbones, trained_checkpoint, write(["yes", "no"]), tmp_path / "first.jsonl")
+    assert [(r["question_id"], r["image"], r["error"]) for r in rows] == [
+        ("0", f"{tmp_path / 'pope' / 'test-00000-of-00001.parquet'}, row 1", None),
+        ("1", f"{tmp_path / 'pope' / 'test-00000-of-00001.parquet'}, row 2", None)]
+    said = [r["prediction"] for r in rows]
+    rows, summary = predict(backbones, trained_checkpoint, write([said[0], said[1] + " indeed"]), tmp_path / "scored.jsonl")
+    assert [r["prediction"] for r in rows] == said  # the same images read again: the same answers
+    assert [r["correct"] for r in rows] == [True, False]
+    assert (summary["correct"], summary["answered"]) == (1, 2)
+
+    # given to the multiple-choice module, it is named as free-form questions
+    with pytest.raises(ConfigError, match=r"is a parquet file of questions without options: free-form questions, answered "
+                                          r"with --config configs/predict/questions\.yaml"):
+        choice_data(backbones, tmp_path / "pope" / "test-00000-of-00001.parquet", tmp_path / "c.csv").read_rows()

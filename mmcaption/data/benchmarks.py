@@ -114,6 +114,8 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
             return "mmbench", "is a parquet file with MMBench's columns"
         if {"choice_a", "data_id"} <= columns:
             return "seedbench", "is a parquet file with SEED-Bench's columns (choice_a ... choice_d, data_id)"
+        if "choices" not in columns and {"question", "text"} & columns:  # lmms-lab's VQAv2, TextVQA, POPE, MME ...
+            return "questions", "is a parquet file of questions without options"
         return "scienceqa", "is a parquet file"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text[:1] == b"[" or text[:1] == b"{" and b"\n" in text.rstrip() and _first_line_json(text):  # a list, JSON Lines

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from mmcaption.data.benchmarks import IMAGE_COLUMNS, absent_cell, sniffed_format
+from mmcaption.data.benchmarks import IMAGE_COLUMNS, EmbeddedImage, absent_cell, sniffed_format
 from mmcaption.data.image_sources import coco2017_copy, image_paths
 from mmcaption.data.json_values import JsonLines, json_values
 from mmcaption.data.predict import FORMAT_CONFIGS, FORMATS, _ImageRows, _PredictDataModule
@@ -36,7 +36,7 @@ from mmcaption.data.tables import (
     unnamed_kept,
     whole_numbers_read,
 )
-from mmcaption.data.vqa_formats import public_image_root, public_vqa_records, vqa_image_folder
+from mmcaption.data.vqa_formats import parquet_questions, public_image_root, public_vqa_records, vqa_image_folder
 from mmcaption.errors import ConfigError
 from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.images import local_file
@@ -50,7 +50,7 @@ class OpenQuestion:
 
     line: int
     record: dict[str, Any]
-    image: str
+    image: str | EmbeddedImage  # a path, or the image itself (a parquet file's)
     question: str
     answer: str | None
     benchmark: tuple[str, tuple[str, ...]] | None = None  # a public benchmark's file: its name, and its image folders
@@ -204,6 +204,9 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
     official questions file."""
     if not path.is_file():
         raise missing_file(path, "questions file")
+    if path.suffix.lower() == ".parquet":  # a benchmark's Hugging Face copy: each question's image inside
+        return [replace(question, image=image or question.image) for where, record, image in parquet_questions(path)
+                if (question := _question(path, 0, _lower_keys(path, where, record), where))], False
     if path.suffix.lower() == ".json":
         data = read_json_list(path, "questions file")  # an object, a list, or JSON Lines (POPE's files, named .json)
         if isinstance(data, dict) and not isinstance(data.get("questions"), list) and {"question", "text"} & {
@@ -256,7 +259,7 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
                     questions.append(_question(path, line, {k: v for i, (k, v) in enumerate(zip(header, fields))
                                                             if k or i in unnamed}))
         else:
-            raise DataError(f"{path}: questions are read from .jsonl, .csv, .tsv or .json files (VQAv2's official questions, "
+            raise DataError(f"{path}: questions are read from .jsonl, .csv, .tsv, .parquet or .json files (VQAv2's official questions, "
                             "a list of question objects, or JSON Lines)")
     except UnicodeDecodeError:
         raise not_utf8(path) from None
@@ -293,8 +296,8 @@ class QuestionsPredictDataModule(_PredictDataModule):
     ``prediction`` (and ``correct``, when the file gives an ``answer``) and reports the exact match.
 
     Args:
-        questions_file: a ``.jsonl``, ``.csv`` or ``.tsv`` file of ``image`` (or ``img_path``), ``question`` and
-            optional ``answer`` (VQA-style exact match after normalisation) or ``answers`` (the human
+        questions_file: a ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet`` (images inside) file of ``image`` (or ``img_path``),
+            ``question`` and optional ``answer`` (VQA-style exact match after normalisation) or ``answers`` (the human
             answers: VQA accuracy); or VQAv2's official questions ``.json``.
         annotations_file: with VQAv2's questions file, its annotations file (the human answers and
             answer types, to score); without it, the questions are answered and not scored.
@@ -365,7 +368,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         if not self.questions_file.is_file():
             raise missing_file(self.questions_file, "questions file")
         sniffed = sniffed_format(self.questions_file)
-        if sniffed is not None and sniffed[0] in ("csv", "mmbench", "seedbench"):  # its options dropped, its letters the answers: 0%
+        if sniffed is not None and (sniffed[0] in ("csv", "mmbench", "seedbench") or sniffed[0] == "scienceqa" and "parquet" in sniffed[1]):
             raise ConfigError(f"{self.questions_file} {sniffed[1]}: it holds multiple-choice questions ({FORMATS[sniffed[0]]}), "
                               f"whose options free-form answering would drop, comparing the answers with letters; use --config "
                               f"configs/predict/{FORMAT_CONFIGS[sniffed[0]]}.yaml --data.csv_file {self.questions_file}")
@@ -390,7 +393,8 @@ class QuestionsPredictDataModule(_PredictDataModule):
         template = ConversationTemplate(system=self.system_prompt)
         asked = [f"{q.question}\n{self.instruction}" if self.instruction else q.question for q in questions]
         prompts = [template.prompt(question, self.tokenizer) for question in asked]
-        paths = image_paths([q.image for q in questions], root, self.questions_file,  # an absolute one stays as it is
-                            given=self.image_root is not None)
+        files = iter(image_paths([q.image for q in questions if not isinstance(q.image, EmbeddedImage)], root,
+                                 self.questions_file, given=self.image_root is not None))  # an absolute one stays as it is
+        paths = [q.image if isinstance(q.image, EmbeddedImage) else next(files) for q in questions]
         records = [{**q.record, "answer": q.answer} if q.answer else q.record for q in questions]
         self.dataset = _QuestionRows(records, paths, self.image_processor, prompts)

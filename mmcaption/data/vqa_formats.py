@@ -239,6 +239,25 @@ def read_seedbench(path: Path) -> list[ChoiceQuestion]:
     return questions
 
 
+def parquet_questions(path: Path) -> list[tuple[str, dict[str, Any], EmbeddedImage | None]]:
+    """The rows of a parquet file of questions, as benchmarks' Hugging Face copies hold them (lmms-lab's VQAv2, TextVQA,
+    POPE, MME ...: ``question``, each question's image inside its ``image`` column, ``answer`` or ``answers``): each
+    ``(where, row, its image)``, the image its bytes, the row's ``image`` then where it is (``<file>, row <n>``); a row
+    whose image is a file's path (``datasets``' ``to_parquet`` of images loaded from files) keeps it, its image None.
+    Other columns of bytes (a second image) are left out of the row, which the output writes as JSON."""
+    rows = read_parquet(path).to_pylist()
+    if not rows:
+        raise DataError(f"{path} has no questions")
+    questions = []
+    for number, row in enumerate(rows, start=1):
+        where, cell = f"{path}, row {number}", next((row[key] for key in row if str(key).lower() == "image"), None)
+        cell = image_cell(cell[0] if isinstance(cell, list) and len(cell) == 1 else cell)
+        row = {key: value for key, value in row.items() if str(key).lower() != "image" and not isinstance(image_cell(value), bytes)}
+        embedded = EmbeddedImage(cell, where) if isinstance(cell, bytes) else None
+        questions.append((where, {**row, "image": where if embedded else cell}, embedded))
+    return questions
+
+
 def vqa_image_folder(subtype: str) -> str:
     """The COCO image folder (and file-name part) of a VQAv2 split: ``val2014`` for ``val2014``;
     ``test-dev2015``'s images are ``test2015``'s."""
