@@ -300,6 +300,8 @@ def test_a_benchmarks_hugging_face_parquet_of_open_questions_is_answered_from_th
                                                                                                image_folder, tmp_path):
     # lmms-lab's copies of POPE, VQAv2, MME ...: a parquet file, each question's image inside it. It was "questions are
     # read from .jsonl, .csv, .tsv or .json files", and the multiple-choice module sent it to ScienceQA's config
+    import datetime
+
     import datasets
 
     from mmcaption.errors import ConfigError
@@ -307,27 +309,44 @@ def test_a_benchmarks_hugging_face_parquet_of_open_questions_is_answered_from_th
 
     features = datasets.Features({"question_id": datasets.Value("string"), "question": datasets.Value("string"),
                                   "answer": datasets.Value("string"), "category": datasets.Value("string"),
-                                  "image": datasets.Image()})
+                                  "image": datasets.Image(), "added": datasets.Value("timestamp[s]"),
+                                  "hints": datasets.Sequence(datasets.Image())})  # columns JSON has no type for
 
     def write(answers: list[str]) -> Path:
         path = tmp_path / "pope" / "test-00000-of-00001.parquet"
         datasets.Dataset.from_list([
             {"question_id": str(n), "question": f"Is there a shape in the image? ({n})", "answer": answer, "category": "popular",
-             "image": Image.open(image_folder / f"img{n}.png").convert("RGB")} for n, answer in enumerate(answers)],
-            features=features,
+             "image": Image.open(image_folder / f"img{n}.png").convert("RGB"), "added": datetime.datetime(2024, 1, n + 1),
+             "hints": [Image.new("RGB", (4, 4))]} for n, answer in enumerate(answers)], features=features,
         ).to_parquet(str(path))
         return path
 
     rows, _ = predict(backbones, trained_checkpoint, write(["yes", "no"]), tmp_path / "first.jsonl")
-    assert [(r["question_id"], r["image"], r["error"]) for r in rows] == [
-        ("0", f"{tmp_path / 'pope' / 'test-00000-of-00001.parquet'}, row 1", None),
-        ("1", f"{tmp_path / 'pope' / 'test-00000-of-00001.parquet'}, row 2", None)]
+    assert [(r["question_id"], r["image"], r["added"], r["error"]) for r in rows] == [
+        ("0", f"{tmp_path / 'pope' / 'test-00000-of-00001.parquet'}, row 1", "2024-01-01 00:00:00", None),
+        ("1", f"{tmp_path / 'pope' / 'test-00000-of-00001.parquet'}, row 2", "2024-01-02 00:00:00", None)]
+    assert "hints" not in rows[0]  # images beside the question's: not written into the output
     said = [r["prediction"] for r in rows]
     rows, summary = predict(backbones, trained_checkpoint, write([said[0], said[1] + " indeed"]), tmp_path / "scored.jsonl")
     assert [r["prediction"] for r in rows] == said  # the same images read again: the same answers
     assert [r["correct"] for r in rows] == [True, False]
     assert (summary["correct"], summary["answered"]) == (1, 2)
 
+    # lmms-lab's TextVQA is scored as TextVQA's evaluator scores it, as its JSON is (VQAv2's rule gave "Nikon" 0 against
+    # ten humans' "Nikon")
+    from mmcaption.data.questions import read_questions
+
+    textvqa = tmp_path / "textvqa.parquet"
+    datasets.Dataset.from_list([{"question_id": 34602, "question": "what brand?", "answers": ["Nikon"] * 10, "set_name": "val",
+                                 "ocr_tokens": ["NIKON"], "image": Image.new("RGB", (4, 4))}]).to_parquet(str(textvqa))
+    assert read_questions(textvqa)[0].record["vqa_scoring"] == "textvqa"
+    # a parquet of questions with their options (AI2D's layout) given as free-form questions is named, not scored at 0%
+    options = tmp_path / "ai2d.parquet"
+    datasets.Dataset.from_list([{"question": "Which?", "options": ["a", "b"], "answer": "1",
+                                 "image": Image.new("RGB", (4, 4))}]).to_parquet(str(options))
+    with pytest.raises(ConfigError, match=r"ai2d\.parquet is a parquet file with options \(choices\): it holds multiple-choice"):
+        QuestionsPredictDataModule(questions_file=str(options), output=str(tmp_path / "q.jsonl"), tokenizer=str(backbones[0]),
+                                   image_processor=str(backbones[1])).check_inputs()
     # given to the multiple-choice module, it is named as free-form questions
     with pytest.raises(ConfigError, match=r"is a parquet file of questions without options: free-form questions, answered "
                                           r"with --config configs/predict/questions\.yaml"):

@@ -114,7 +114,9 @@ def sniffed_format(path: Path) -> tuple[str, str] | None:
             return "mmbench", "is a parquet file with MMBench's columns"
         if {"choice_a", "data_id"} <= columns:
             return "seedbench", "is a parquet file with SEED-Bench's columns (choice_a ... choice_d, data_id)"
-        if "choices" not in columns and {"question", "text"} & columns:  # lmms-lab's VQAv2, TextVQA, POPE, MME ...
+        if {"choices", "options", "choice_a", "a"} & columns:  # ScienceQA's copy; AI2D's and others' options
+            return "scienceqa", "is a parquet file with options (choices)"
+        if {"question", "text"} & columns:  # lmms-lab's VQAv2, TextVQA, POPE, MME ...
             return "questions", "is a parquet file of questions without options"
         return "scienceqa", "is a parquet file"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")

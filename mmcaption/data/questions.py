@@ -368,7 +368,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         if not self.questions_file.is_file():
             raise missing_file(self.questions_file, "questions file")
         sniffed = sniffed_format(self.questions_file)
-        if sniffed is not None and (sniffed[0] in ("csv", "mmbench", "seedbench") or sniffed[0] == "scienceqa" and "parquet" in sniffed[1]):
+        if sniffed is not None and (sniffed[0] in ("csv", "mmbench", "seedbench") or "with options" in sniffed[1]):
             raise ConfigError(f"{self.questions_file} {sniffed[1]}: it holds multiple-choice questions ({FORMATS[sniffed[0]]}), "
                               f"whose options free-form answering would drop, comparing the answers with letters; use --config "
                               f"configs/predict/{FORMAT_CONFIGS[sniffed[0]]}.yaml --data.csv_file {self.questions_file}")

@@ -23,6 +23,7 @@ checks (:func:`mmcaption.data.questions.read_question_file`), its image a file n
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data import tables
-from mmcaption.data.benchmarks import ChoiceQuestion, EmbeddedImage
+from mmcaption.data.benchmarks import IMAGE_COLUMNS, ChoiceQuestion, EmbeddedImage
 from mmcaption.data.parquet_rows import ImageFile, image_cell, parquet_columns, read_parquet
 from mmcaption.data.records import DataError, escapes_root, read_json
 from mmcaption.evaluation.answers import LETTERS
@@ -239,22 +240,47 @@ def read_seedbench(path: Path) -> list[ChoiceQuestion]:
     return questions
 
 
+class _Bytes(Exception):
+    """A parquet cell that holds bytes (an image) somewhere in it."""
+
+
+def _json_cell(value: Any) -> Any:
+    """A parquet cell as JSON holds it (the output is written as JSON Lines or as a CSV of JSON cells): dates, times and
+    decimals as their text; :class:`_Bytes` raised for one that holds bytes (a second image, a list of them)."""
+    def text(item: Any) -> str:
+        if isinstance(item, bytes | bytearray):
+            raise _Bytes
+        return str(item)
+    return json.loads(json.dumps(value, default=text))
+
+
 def parquet_questions(path: Path) -> list[tuple[str, dict[str, Any], EmbeddedImage | None]]:
     """The rows of a parquet file of questions, as benchmarks' Hugging Face copies hold them (lmms-lab's VQAv2, TextVQA,
-    POPE, MME ...: ``question``, each question's image inside its ``image`` column, ``answer`` or ``answers``): each
-    ``(where, row, its image)``, the image its bytes, the row's ``image`` then where it is (``<file>, row <n>``); a row
-    whose image is a file's path (``datasets``' ``to_parquet`` of images loaded from files) keeps it, its image None.
-    Other columns of bytes (a second image) are left out of the row, which the output writes as JSON."""
+    POPE, MME ...: ``question``, each question's image inside its ``image`` (or ``img_path``) column, ``answer`` or
+    ``answers``): each ``(where, row, its image)``, the image its bytes, the row's image column then where it is
+    (``<file>, row <n>``); a row whose image is a file's path (``datasets``' ``to_parquet`` of images loaded from files)
+    keeps it, its image None. Other columns that hold bytes (a second image) are left out of the row, which the output
+    writes as JSON; dates and decimals are their text. TextVQA's rows are scored as its evaluator scores them."""
     rows = read_parquet(path).to_pylist()
     if not rows:
         raise DataError(f"{path} has no questions")
     questions = []
     for number, row in enumerate(rows, start=1):
-        where, cell = f"{path}, row {number}", next((row[key] for key in row if str(key).lower() == "image"), None)
-        cell = image_cell(cell[0] if isinstance(cell, list) and len(cell) == 1 else cell)
-        row = {key: value for key, value in row.items() if str(key).lower() != "image" and not isinstance(image_cell(value), bytes)}
+        where, column = f"{path}, row {number}", next((key for key in row if str(key).lower() in IMAGE_COLUMNS), None)
+        cell = row.get(column) if column is not None else None
+        several = len(cell) if isinstance(cell, list) and len(cell) > 1 else 0  # asked about one image: refused by count
+        cell = image_cell(cell[0] if isinstance(cell, list) and len(cell) == 1 else None if several else cell)
+        kept = {}
+        for key, value in row.items():
+            if key != column:
+                try:
+                    kept[key] = _json_cell(value)
+                except _Bytes:
+                    continue
         embedded = EmbeddedImage(cell, where) if isinstance(cell, bytes) else None
-        questions.append((where, {**row, "image": where if embedded else cell}, embedded))
+        image = [where] * several if several else where if embedded else cell
+        textvqa = {"ocr_tokens", "flickr_original_url"} & set(kept) and kept.get("answers")  # as its JSON file is scored
+        questions.append((where, {**kept, column or "image": image, **({"vqa_scoring": "textvqa"} if textvqa else {})}, embedded))
     return questions
 
 
