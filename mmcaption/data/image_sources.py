@@ -316,8 +316,7 @@ def coco2014_copies(names: list[str], root: Path, file: Path) -> dict[str, str]:
                                                           for image_id in list(ids.values())[:COCO2014_LOOKED_FOR]
                                                           for split in ("train", "val")):
         return {}
-    places = [(f"{folder}/" if folder else "", split) for folder, splits in (("", ("train", "val")), *(
-        (folder, (folder[:-4],)) for folder in COCO2014_FOLDERS)) for split in splits]
+    places = [("", "train"), ("", "val"), ("train2014/", "train"), ("val2014/", "val")]  # (folder, the split its names say)
 
     def names_in(folder: str) -> set[str] | None:
         try:

@@ -205,8 +205,8 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
     if not path.is_file():
         raise missing_file(path, "questions file")
     if path.suffix.lower() == ".parquet":  # a benchmark's Hugging Face copy: each question's image inside
-        return [replace(question, image=image or question.image) for where, record, image in parquet_questions(path)
-                if (question := _question(path, 0, _lower_keys(path, where, record), where))], False
+        asked = [(_question(path, 0, _lower_keys(path, where, record), where), image) for where, record, image in parquet_questions(path)]
+        return [replace(question, image=image or question.image) for question, image in asked], False
     if path.suffix.lower() == ".json":
         data = read_json_list(path, "questions file")  # an object, a list, or JSON Lines (POPE's files, named .json)
         if isinstance(data, dict) and not isinstance(data.get("questions"), list) and {"question", "text"} & {
