@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.errors import Interrupted
-from mmcaption.evaluation.answers import YesNoTally, normalise_answer
+from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
     add_late_columns,
@@ -36,6 +36,7 @@ from mmcaption.evaluation.report import (
     vqa_results_path,
     write_whole,
 )
+from mmcaption.evaluation.yes_no import YesNoScores
 from mmcaption.folders import output_lock
 from mmcaption.resources import disk_full, rows_kept_note
 from mmcaption.slurm import this_job
@@ -77,7 +78,7 @@ class PredictionWriter(BasePredictionWriter):
         self.categories: dict[str, dict[str, list[int]]] = {}  # summary key -> category -> [correct, answered]
         self.questions: dict[str, tuple[bool, dict[str, str]]] = {}  # CircularEval: index -> (right so far, categories)
         self.vqa_categories: dict[str, dict[str, list[float]]] = {}  # summary key -> category -> [sum of VQA accuracies, rows]
-        self.yes_no, self.yes_no_rows = YesNoTally(), 0  # POPE's metrics, when every answer key is yes or no
+        self.yes_no = YesNoScores()  # POPE's metrics, or MME's score, when every answer key is yes or no
         self.vqa_results: list[dict[str, Any]] | None = None
         self.official, self.replacing, self.encoding = False, False, "utf-8"
         self.first_error: str | None = None
@@ -123,7 +124,7 @@ class PredictionWriter(BasePredictionWriter):
         self.category_columns = dict(getattr(datamodule, "category_columns", None) or {"per_category": "category"})
         # files of the input left out, and why; tables read as Windows-1252
         self.input_notes = [*(getattr(datamodule, "input_notes", None) or []), *read_as_1252]
-        self.categories, self.questions, self.vqa_categories = {}, {}, {}
+        self.categories, self.questions, self.vqa_categories, self.yes_no = {}, {}, {}, YesNoScores()
         # CircularEval: each question's passes in the input, and how many of them are done
         self.passes = Counter(str(r["circular_index"]) for r in rows if isinstance(r, dict) and r.get("circular_index") not in (None, ""))
         self.passes_done: Counter[str] = Counter()
@@ -203,10 +204,7 @@ class PredictionWriter(BasePredictionWriter):
             self.counts["errors" if failed else "no_option"] += 1
             self.first_error = self.first_error or (str(row["error"]) if failed else None)
         if row.get("correct") is not None:  # rows with a reference answer; those given none count as wrong
-            if normalise_answer(str(row["answer"])) in ("yes", "no"):
-                self.yes_no_rows += 1
-                if row.get("prediction") is not None:
-                    self.yes_no.add(row["prediction"], normalise_answer(str(row["answer"])))
+            self.yes_no.add(row)
             self.counts["answered"] += 1
             self.counts["correct"] += int(row["correct"])
             self.counts["unanswered"] += int(row.get("prediction") is None)
@@ -240,8 +238,7 @@ class PredictionWriter(BasePredictionWriter):
         else:  # no answer key (captions, questions without answers): "answered": 0 read as nothing answered
             for key in ("answered", "correct", "unanswered"):
                 del summary[key]
-        if self.yes_no.counts and self.yes_no_rows == self.counts["answered"]:  # a yes/no set: POPE's numbers too
-            summary["pope"] = self.yes_no.metrics()
+        summary.update(self.yes_no.summary(self.counts["answered"]))  # a yes/no set: POPE's numbers, or MME's score
         if self.counts.get("vqa_scored"):
             summary["vqa_accuracy"] = summary.pop("vqa_accuracy_sum") / self.counts["vqa_scored"]
         for key, sums in self.vqa_categories.items():

@@ -176,6 +176,44 @@ def test_pope_reads_answers_as_its_evaluation_and_reports_precision_recall_f1_an
                                "f1": pytest.approx(2 / 3), "yes_ratio": pytest.approx(0.5), "questions": 6}
 
 
+def test_mme_questions_get_mmes_own_score_of_accuracy_plus_both_questions_about_an_image_right():
+    # lmms-lab's MME (category, question_id naming the image, Yes/No answers) was scored by exact match alone: the
+    # figure papers compare (perception out of 2,000, cognition out of 800) was not there
+    from mmcaption.evaluation.yes_no import YesNoScores, mme_answer, mme_said
+
+    # MME's evaluation reads yes or no from the first four characters, after "y" or "n" alone
+    assert [mme_answer(t) for t in ("Yes.", "No", "y", "N", "Yes, there is a dog", "none", "not sure", "The answer is yes",
+                                    "", "maybe")] == ["yes", "no", "yes", "no", "yes", "no", "no", "other", "other", "other"]
+    scores = YesNoScores()
+    for category, image, answer, prediction in [
+            ("existence", "existence/a.jpg", "Yes", "Yes"), ("existence", "existence/a.jpg", "No", "No, there is not."),
+            ("existence", "existence/b.jpg", "Yes", "no"), ("existence", "existence/b.jpg", "No", "No"),
+            ("code_reasoning", "code_reasoning/c.png", "Yes", "The answer is yes"),  # "other": wrong (POPE reads yes)
+            ("code_reasoning", "code_reasoning/c.png", "No", "n"),
+            ("OCR", "OCR/d.jpg", "Yes", None), ("OCR", "OCR/d.jpg", "No", "No")]:  # an image that could not be read
+        scores.add({"question_id": image, "category": category, "answer": answer, "prediction": prediction})
+    assert scores.summary(answered=9) == {}  # a row whose answer is not yes or no: neither POPE nor MME
+    mme = scores.summary(answered=8)["mme"]
+    # existence: 3 of 4 right + 1 of 2 images both right = 75 + 50; code reasoning 50 + 0; OCR 50 + 0
+    assert {name: s["score"] for name, s in mme["per_category"].items()} == {"existence": pytest.approx(125.0), "OCR": pytest.approx(50.0),
+                                                                            "code_reasoning": pytest.approx(50.0)}
+    assert list(mme["per_category"]) == ["existence", "OCR", "code_reasoning"]  # MME's order: perception, then cognition
+    assert (mme["perception"]["score"], mme["perception"]["out_of"], mme["perception"]["categories"]) == (pytest.approx(175.0), 2000, 2)
+    assert (mme["cognition"]["score"], mme["cognition"]["out_of"], len(mme["cognition"]["missing"])) == (pytest.approx(50.0), 800, 3)
+    assert "pope" not in scores.summary(answered=8)
+    said = mme_said(mme)
+    assert "perception 175.0 of 2000 (8 of its categories not in the file), cognition 50.0 of 800" in said
+    assert "existence 125.0 (acc 0.750, acc+ 0.500)" in said and "not asked" not in said
+    scores.add({"question_id": "OCR/e.jpg", "category": "OCR", "answer": "yes", "prediction": "yes"})  # asked once
+    assert "1 images were not asked MME's two questions" in mme_said(scores.summary(answered=9)["mme"])
+
+    # a yes/no set with other categories (POPE's adversarial, popular, random) keeps POPE's numbers
+    pope = YesNoScores()
+    for category in ("popular", "existence"):
+        pope.add({"question_id": "1", "category": category, "answer": "yes", "prediction": "Yes"})
+    assert list(pope.summary(answered=2)) == ["pope"]
+
+
 def test_human_answers_in_another_unicode_form_score_as_the_prediction_in_its_own():
     # the prediction was NFKC-normalised and the human answers not: NFD "màu đỏ" (macOS) scored 0 against itself
     import unicodedata

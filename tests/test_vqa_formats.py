@@ -354,3 +354,95 @@ def test_a_benchmarks_hugging_face_parquet_of_open_questions_is_answered_from_th
     with pytest.raises(ConfigError, match=r"is a parquet file of questions without options: free-form questions, answered "
                                           r"with --config configs/predict/questions\.yaml"):
         choice_data(backbones, tmp_path / "pope" / "test-00000-of-00001.parquet", tmp_path / "c.csv").read_rows()
+
+
+def test_mmes_release_folder_is_answered_and_reported_with_mmes_own_score(backbones, trained_checkpoint, image_folder,
+                                                                         tmp_path, monkeypatch):
+    # MME as its archive unpacks: a folder per category, each image's two yes/no questions in a .txt beside it (or in
+    # questions_answers_YN/ beside images/). Given as questions_file it was "is a folder: the questions file is one
+    # file"; its score (accuracy + acc+ per category, perception out of 2000) was nowhere
+    import datasets
+
+    from mmcaption.data.mme import mme_questions
+    from mmcaption.errors import ConfigError
+    from mmcaption.tasks import Tasks
+
+    root = tmp_path / "MME_Benchmark_release_version"
+
+    def image(where: Path, name: str, lines: list[tuple[str, str]], questions: Path | None = None) -> None:
+        photos(image_folder, where, [name])
+        (questions or where).mkdir(parents=True, exist_ok=True)
+        (questions or where).joinpath(Path(name).stem + ".txt").write_text(
+            "".join(f"{q} Please answer yes or no.\t{a}\n" for q, a in lines) + "\n")  # its trailing blank line
+
+    image(root / "existence", "a.jpg", [("Is there a shape?", "Yes"), ("Is there a dog?", "No")])
+    image(root / "existence", "b.jpg", [("Is there a shape?", "Yes"), ("Is there a colour?", "Yes")])
+    image(root / "code_reasoning", "c.png", [("Does it print 3?", "Yes"), ("Does it print 4?", "No")])
+    image(root / "artwork" / "images", "d.jpg", [("Is it a painting?", "No"), ("Is it glassware?", "No")],
+          questions=root / "artwork" / "questions_answers_YN")
+    (root / "existence" / "._a.txt").write_bytes(b"\x00\x05\x16\x07")  # macOS's metadata of a.txt, unzipped beside it
+    (root / "__MACOSX").mkdir()
+    said = []  # caught where it is said: Lightning's logger may not propagate to pytest's
+    monkeypatch.setattr("mmcaption.data.mme.rank_zero_info", said.append)
+    monkeypatch.setattr("mmcaption.predictions.rank_zero_info", said.append)
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    monkeypatch.setattr(Tasks, "decode", lambda self, tokens: ["Yes"] * len(tokens))  # a model that says yes to everything
+    output = tmp_path / "mme.jsonl"
+    data = QuestionsPredictDataModule(questions_file=str(root), output=str(output), tokenizer=str(backbones[0]),
+                                      image_processor=str(backbones[1]), batch_size=3, num_workers=0)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            default_root_dir=tmp_path).predict(module, datamodule=data)
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(r["question_id"], r["category"], r["image"], r["answer"], r["error"]) for r in rows] == [
+        ("existence/a.jpg", "existence", "MME_Benchmark_release_version/existence/a.jpg", "Yes", None),
+        ("existence/a.jpg", "existence", "MME_Benchmark_release_version/existence/a.jpg", "No", None),
+        ("existence/b.jpg", "existence", "MME_Benchmark_release_version/existence/b.jpg", "Yes", None),
+        ("existence/b.jpg", "existence", "MME_Benchmark_release_version/existence/b.jpg", "Yes", None),
+        ("artwork/d.jpg", "artwork", "MME_Benchmark_release_version/artwork/images/d.jpg", "No", None),
+        ("artwork/d.jpg", "artwork", "MME_Benchmark_release_version/artwork/images/d.jpg", "No", None),
+        ("code_reasoning/c.png", "code_reasoning", "MME_Benchmark_release_version/code_reasoning/c.png", "Yes", None),
+        ("code_reasoning/c.png", "code_reasoning", "MME_Benchmark_release_version/code_reasoning/c.png", "No", None)]
+    assert rows[0]["question"] == "Is there a shape? Please answer yes or no."
+    summary = json.loads(Path(f"{output}.summary.json").read_text())
+    mme = summary["mme"]
+    # existence: 3 of 4 right, 1 of 2 images both right: 75 + 50; artwork 0 + 0; code reasoning 50 + 0
+    assert {name: s["score"] for name, s in mme["per_category"].items()} == {"existence": 125.0, "artwork": 0.0, "code_reasoning": 50.0}
+    assert (mme["perception"]["score"], mme["perception"]["out_of"], mme["cognition"]["score"]) == (125.0, 2000, 50.0)
+    assert "pope" not in summary and summary["accuracy"] == 4 / 8
+    assert [f["path"].endswith(".txt") for f in summary["made_by"]["inputs"]] == [True] * 4  # each question file's digest
+    assert any("MME score (answers read as its evaluation reads them): perception 125.0 of 2000 (8 of its categories not "
+               "in the file), cognition 50.0 of 800 (3 of its categories not in the file)" in note for note in said)
+    assert any("MME's count, position, " in note and "(3 of its 14 categories)" in note for note in said)
+
+    # the archive's inner folder (MME_Benchmark_release_version/MME_Benchmark/) given from above it reads alike
+    inner = tmp_path / "download"
+    (inner / "MME_Benchmark_release_version").mkdir(parents=True)
+    root.rename(inner / "MME_Benchmark_release_version" / "MME_Benchmark")
+    assert len(mme_questions(inner / "MME_Benchmark_release_version")) == 8
+    # a line that is not a question, a tab and Yes or No is named with its file and line; another folder is named
+    broken = inner / "MME_Benchmark_release_version" / "MME_Benchmark" / "existence" / "a.txt"
+    broken.write_text("Is there a shape? Please answer yes or no.\tYes\nIs there a dog? Please answer yes or no.\n")
+    with pytest.raises(DataError, match=r"existence/a\.txt, line 2: MME's lines are a question, a tab and Yes or No"):
+        mme_questions(inner)
+    with pytest.raises(DataError, match=r"is a folder: questions are read from one file .* or from MME's release folder"):
+        QuestionsPredictDataModule(questions_file=str(image_folder), output=str(tmp_path / "q.jsonl"), tokenizer=str(backbones[0]),
+                                   image_processor=str(backbones[1])).check_inputs()
+
+    # given to the multiple-choice module (yes/no as two options), it is named for the questions module
+    from tests.test_benchmark_formats import choice_data
+
+    with pytest.raises(ConfigError, match=r"is MME's release: yes/no questions, answered with --config configs/predict/questions\.yaml"):
+        choice_data(backbones, inner, tmp_path / "c.csv").check_inputs()
+
+    # lmms-lab's copy (a parquet, each question's image inside, question_id naming the image) is scored alike
+    datasets.Dataset.from_list([
+        {"question_id": "existence/a.jpg", "question": q, "answer": a, "category": "existence",
+         "image": Image.open(image_folder / "img0.png").convert("RGB")} for q, a in (("Is there a shape?", "Yes"), ("A dog?", "No"))
+    ]).to_parquet(str(tmp_path / "mme.parquet"))
+    data = QuestionsPredictDataModule(questions_file=str(tmp_path / "mme.parquet"), output=str(tmp_path / "lmms.jsonl"),
+                                      tokenizer=str(backbones[0]), image_processor=str(backbones[1]), num_workers=0)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            default_root_dir=tmp_path).predict(module, datamodule=data)
+    mme = json.loads(Path(f"{tmp_path / 'lmms.jsonl'}.summary.json").read_text())["mme"]
+    assert mme["per_category"]["existence"] == {"score": 50.0, "accuracy": 0.5, "accuracy_plus": 0.0, "questions": 2,
+                                                "images": 1, "images_not_asked_twice": 0}

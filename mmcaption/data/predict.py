@@ -30,6 +30,7 @@ from mmcaption.data.benchmarks import (
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.encodings import windows_1252_note
 from mmcaption.data.image_sources import find_images, image_paths, named_images
+from mmcaption.data.mme import mme_root
 from mmcaption.data.records import missing_file
 from mmcaption.data.resume import (
     check_made_alike,
@@ -359,6 +360,8 @@ class MultipleChoiceDataModule(_PredictDataModule):
         return [self.csv_file]
 
     def check_inputs(self, stage: str = "predict") -> None:
+        if self.csv_file.is_dir() and mme_root(self.csv_file):
+            raise ConfigError(f"{self.csv_file} is MME's release: yes/no questions, answered with --config configs/predict/questions.yaml --data.questions_file {self.csv_file}")
         if not self.csv_file.is_file():
             raise missing_file(self.csv_file, FORMATS[self.format])
 

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, EmbeddedImage, absent_cell, sniffed_format
 from mmcaption.data.image_sources import coco2017_copy, image_paths
 from mmcaption.data.json_values import JsonLines, json_values
+from mmcaption.data.mme import mme_files, mme_questions, not_mme
 from mmcaption.data.predict import FORMAT_CONFIGS, FORMATS, _ImageRows, _PredictDataModule
 from mmcaption.data.records import DataError, missing_file, not_utf8, read_json, read_json_list, whole_characters
 from mmcaption.data.tables import (
@@ -112,9 +113,8 @@ def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = 
                         "--data.init_args.annotations_file, and the questions (v2_OpenEnded_mscoco_<split>_questions.json) "
                         "as --data.init_args.questions_file")
     if not (isinstance(data, dict) and isinstance(data.get("questions"), list)):
-        raise DataError(f"{path}: a .json questions file is VQAv2's official questions file "
-                        '({"data_subtype": ..., "questions": [{"question_id", "image_id", "question"}, ...]}), TextVQA\'s, GQA\'s or A-OKVQA\'s, a list of '
-                        "question objects, or JSON Lines; other questions are read from .jsonl or .csv files")
+        raise DataError(f"{path}: a .json questions file is VQAv2's official questions file ({{\"data_subtype\": ..., \"questions\": [{{\"question_id\", "
+                        '"image_id", "question"}, ...]}), TextVQA\'s, GQA\'s or A-OKVQA\'s, a list of question objects, or JSON Lines; other questions are read from .jsonl or .csv files')
     subtype = str(data.get("data_subtype") or "")
     if data.get("data_type", "mscoco") != "mscoco" or not subtype:
         raise DataError(f"{path}: VQA questions on COCO images are read (data_type mscoco, a data_subtype such as "
@@ -201,7 +201,9 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
     ``.json`` files (:func:`read_vqa_questions`; ``annotations`` goes with them only). A line that is
     not JSON, a row whose fields do not fit the header, a duplicate column or a record without image or
     question is refused, naming the file and its physical line. Returns the questions, and whether the file is VQAv2's
-    official questions file."""
+    official questions file. A folder is MME's release (:func:`~mmcaption.data.mme.mme_questions`)."""
+    if path.is_dir():
+        return [_question(path, 0, record, where) for where, record in mme_questions(path)], False
     if not path.is_file():
         raise missing_file(path, "questions file")
     if path.suffix.lower() == ".parquet":  # a benchmark's Hugging Face copy: each question's image inside
@@ -270,10 +272,9 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
                        "'answer' if it is one")
     if unread := next(((q.line, a) for q in questions for a in q.record.get("answers") or () if len(q.record["answers"]) > 1
                        and a != normalise_answer(a, official=True)), None):  # as vqaEval.py scores them: as written
-        rank_zero_warn(f"{path}: human answers are scored as VQAv2's evaluation scores them, as written when they agree (case, "
-                       f"number words, articles kept): {unread[1]!r} (line {unread[0]}) never matches a prediction, which is "
-                       f"normalised ({normalise_answer(unread[1], official=True)!r}); write them as VQAv2's are, lower case "
-                       "with digits, no articles")
+        rank_zero_warn(f"{path}: human answers are scored as VQAv2's evaluation scores them, as written when they agree (case, number words, articles "
+                       f"kept): {unread[1]!r} (line {unread[0]}) never matches a prediction, which is normalised "
+                       f"({normalise_answer(unread[1], official=True)!r}); write them as VQAv2's are, lower case with digits, no articles")
     return questions, False
 
 
@@ -298,7 +299,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
     Args:
         questions_file: a ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet`` (images inside) file of ``image`` (or ``img_path``),
             ``question`` and optional ``answer`` (VQA-style exact match after normalisation) or ``answers`` (the human
-            answers: VQA accuracy); or VQAv2's official questions ``.json``.
+            answers: VQA accuracy); or VQAv2's official questions ``.json``; or MME's release folder.
         annotations_file: with VQAv2's questions file, its annotations file (the human answers and
             answer types, to score); without it, the questions are answered and not scored.
         submission_questions_file: for VQAv2's test-dev, test2015's questions file: VQA's evaluation
@@ -362,16 +363,15 @@ class QuestionsPredictDataModule(_PredictDataModule):
 
     def input_files(self) -> list[Path]:
         extra = [p for p in (self.annotations_file, self.submission_questions_file) if p]
-        return [self.questions_file, *extra]
+        return [*(mme_files(self.questions_file) if self.questions_file.is_dir() else [self.questions_file]), *extra]
 
     def check_inputs(self, stage: str = "predict") -> None:
-        if not self.questions_file.is_file():
-            raise missing_file(self.questions_file, "questions file")
+        if not self.questions_file.is_file() and not mme_files(self.questions_file):  # MME's release is a folder
+            raise not_mme(self.questions_file) if self.questions_file.is_dir() else missing_file(self.questions_file, "questions file")
         sniffed = sniffed_format(self.questions_file)
         if sniffed is not None and (sniffed[0] in ("csv", "mmbench", "seedbench") or "with options" in sniffed[1]):
-            raise ConfigError(f"{self.questions_file} {sniffed[1]}: it holds multiple-choice questions ({FORMATS[sniffed[0]]}), "
-                              f"whose options free-form answering would drop, comparing the answers with letters; use --config "
-                              f"configs/predict/{FORMAT_CONFIGS[sniffed[0]]}.yaml --data.csv_file {self.questions_file}")
+            raise ConfigError(f"{self.questions_file} {sniffed[1]}: it holds multiple-choice questions ({FORMATS[sniffed[0]]}), whose options free-form "
+                              f"answering would drop, comparing the answers with letters; use --config configs/predict/{FORMAT_CONFIGS[sniffed[0]]}.yaml --data.csv_file {self.questions_file}")
         for name, file in (("annotations", self.annotations_file), ("submission questions", self.submission_questions_file)):
             if file and not file.is_file():
                 raise missing_file(file, f"{name} file")

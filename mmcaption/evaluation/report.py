@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from mmcaption.evaluation.yes_no import mme_said
+
 # the generation settings a results file (and a predict output's summary) records
 GENERATION_RECORDED = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p",
                        "length_penalty", "repetition_penalty", "no_repeat_ngram_size")
@@ -358,6 +360,7 @@ def scores_said(summary: dict[str, Any], category_keys: list[str]) -> str:
         pope = summary["pope"]
         said += (f"; POPE (yes/no; answers read as its evaluation reads them): accuracy {pope['accuracy']:.3f}, precision "
                  f"{pope['precision']:.3f}, recall {pope['recall']:.3f}, F1 {pope['f1']:.3f}, yes {pope['yes_ratio']:.0%}")
+    said += mme_said(summary["mme"]) if "mme" in summary else ""  # MME's own score, answers read as its evaluation does
     if "vqa_accuracy" in summary:
         said += f"; VQA accuracy {summary['vqa_accuracy']:.3f} over {summary['vqa_scored']} questions"
         for key in (key for key in summary if key.startswith("vqa_per_")):

@@ -1,0 +1,99 @@
+"""MME's release as its archive unpacks (``MME_Benchmark_release_version/``, or the ``MME_Benchmark/`` inside it): a
+folder per category (``existence/``, ``OCR/``, ``artwork/`` ...), each image's two questions in a ``<image>.txt``
+beside it, or in ``questions_answers_YN/`` beside ``images/`` (artwork, celebrity, landmark, posters, scene); a line
+each: the question (it ends "Please answer yes or no."), a tab, and Yes or No.
+
+Each question becomes a record the questions reader checks (:func:`mmcaption.data.questions.read_question_file`):
+``question_id`` ``<category>/<image>`` as MME's other copies name it (lmms-lab's parquet, LLaVA's
+``llava_mme.jsonl``), ``category``, ``answer``; a run over them reports MME's own score
+(:mod:`mmcaption.evaluation.yes_no`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from mmcaption.data.records import DataError, not_utf8
+from mmcaption.evaluation.yes_no import MME_CATEGORIES
+from mmcaption.images import IMAGE_SUFFIXES, is_hidden
+
+CATEGORIES = [name for names in MME_CATEGORIES.values() for name in names]
+SPLIT_FOLDERS = ("questions_answers_YN", "images")  # the questions' folder and the images' in five categories
+
+
+def mme_root(folder: Path) -> Path | None:
+    """The folder that holds MME's category folders: ``folder``, or a folder in it or in one of those (the archive's
+    ``MME_Benchmark_release_version/MME_Benchmark/``, given from above); None when none does."""
+    def below(path: Path) -> list[Path]:
+        try:
+            return sorted(child for child in path.iterdir() if child.is_dir() and not is_hidden(child))
+        except OSError:
+            return []
+    first = below(folder)
+    looked_in = itertools.chain([folder], first, (grandchild for child in first for grandchild in below(child)))
+    return next((root for root in looked_in if any((root / name).is_dir() for name in CATEGORIES)), None)
+
+
+def _places(root: Path, category: str) -> tuple[Path, Path]:
+    """Where a category's questions and its images are."""
+    place = root / category
+    split = all((place / name).is_dir() for name in SPLIT_FOLDERS)
+    return (place / SPLIT_FOLDERS[0], place / SPLIT_FOLDERS[1]) if split else (place, place)
+
+
+def mme_files(folder: Path) -> list[Path]:
+    """The question files of MME's release under ``folder`` (a run's inputs, whose digests its summary records)."""
+    root = mme_root(folder)
+    if root is None:
+        return []
+    return [text for category in CATEGORIES if (root / category).is_dir()
+            for text in sorted(_places(root, category)[0].glob("*.txt")) if not is_hidden(text)]
+
+
+def not_mme(folder: Path) -> DataError:
+    return DataError(f"{folder} is a folder: questions are read from one file (.jsonl, .csv, .tsv, .parquet or .json), or "
+                     f"from MME's release folder, a folder per category ({', '.join(CATEGORIES[:3])} ...), which it is not")
+
+
+def mme_questions(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Each question of MME's release under ``folder``, as ``(where, record)``: its file and line, and the record, its
+    ``image`` relative to ``folder``'s parent (where the questions reader looks by default). A line that is not a
+    question, a tab and Yes or No, or a question file without its image, is refused by name; categories not there are
+    said (MME's totals then say so too)."""
+    root = mme_root(folder)
+    if root is None:
+        raise not_mme(folder)
+    questions, absent = [], []
+    for category in CATEGORIES:
+        if not (root / category).is_dir():
+            absent.append(category)
+            continue
+        texts, pictures = _places(root, category)
+        images = {path.stem: path for path in pictures.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path)}
+        for text in sorted(path for path in texts.glob("*.txt") if not is_hidden(path)):
+            if text.stem not in images:
+                raise DataError(f"{text}: its image ({text.stem}.jpg or .png) is not in {pictures}")
+            image = str(images[text.stem].relative_to(folder.parent))
+            try:
+                lines = text.read_text(encoding="utf-8-sig").splitlines()
+            except UnicodeDecodeError:
+                raise not_utf8(text) from None
+            for number, line in enumerate(lines, start=1):
+                fields = [field.strip() for field in line.split("\t")]
+                if not line.strip():
+                    continue
+                if len(fields) < 2 or fields[-1].lower() not in ("yes", "no"):
+                    raise DataError(f"{text}, line {number}: MME's lines are a question, a tab and Yes or No; it is {line[:100]!r}")
+                questions.append((f"{text}, line {number}", {
+                    "question_id": f"{category}/{images[text.stem].name}", "image": image, "question": fields[0],
+                    "answer": fields[-1], "category": category}))
+    if not questions:
+        raise DataError(f"{root} holds MME's category folders, and no question in them (<image>.txt files)")
+    if absent:
+        rank_zero_info(f"{root}: MME's {', '.join(absent)} not there ({len(CATEGORIES) - len(absent)} of its "
+                       f"{len(CATEGORIES)} categories): its totals count the categories asked")
+    return questions

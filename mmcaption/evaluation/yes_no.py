@@ -1,0 +1,101 @@
+"""The numbers a set of yes/no questions is reported with: POPE's (accuracy, precision, recall, F1 and the share of
+yes) and, for MME's questions, MME's own score (Fu et al., 2023): per category, accuracy plus "acc+" - the share of
+images whose two questions are both answered right -, each out of 100, summed over its 10 perception categories (out
+of 2,000) and its 4 cognition categories (out of 800), as papers and lmms-eval report it.
+
+Plain functions over a prediction's rows: no model, no tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmcaption.evaluation.answers import YesNoTally, normalise_answer
+
+# MME's categories, as its release names its folders and lmms-lab's copy fills its `category` column
+MME_CATEGORIES = {
+    "perception": ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR"),
+    "cognition": ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"),
+}
+_KIND = {name: kind for kind, names in MME_CATEGORIES.items() for name in names}
+
+
+def mme_answer(text: str) -> str:
+    """``yes``, ``no`` or ``other``, as MME's evaluation reads a model's answer (its ``eval_tool``, as lmms-eval runs
+    it): lower-cased, without full stops; ``y`` and ``n`` alone; else "yes" in its first four characters, then "no"."""
+    answer = text.lower().strip().replace(".", "")
+    if answer in ("yes", "no"):
+        return answer
+    if len(answer) == 1:
+        return {"y": "yes", "n": "no"}.get(answer, "other")
+    return "yes" if "yes" in answer[:4] else "no" if "no" in answer[:4] else "other"
+
+
+@dataclass
+class YesNoScores:
+    """A predict run's yes/no questions (rows whose answer key is yes or no), tallied as POPE's evaluation and, when
+    every one of them has one of MME's categories (its ``category`` column), as MME's. Images are told apart by the
+    row's ``question_id`` (lmms-lab's MME: the image's name, ``code_reasoning/0020.png``), else its ``image``."""
+
+    rows: int = 0
+    pope: YesNoTally = field(default_factory=YesNoTally)
+    mme: dict[str, dict[str, list[bool]]] = field(default_factory=dict)  # category -> image -> each question right
+    outside_mme: int = 0  # yes/no rows without one of MME's categories
+
+    def add(self, row: dict[str, Any]) -> None:
+        label = normalise_answer(str(row["answer"]))
+        if label not in ("yes", "no"):
+            return
+        self.rows += 1
+        prediction = row.get("prediction")
+        if prediction is not None:  # unanswered (an image that could not be read): wrong for MME, not read for POPE
+            self.pope.add(prediction, label)
+        category = str(row.get("category") or "").strip()
+        if category not in _KIND:
+            self.outside_mme += 1
+            return
+        image = str(row.get("question_id") or row.get("image"))
+        right = prediction is not None and mme_answer(str(prediction)) == label
+        self.mme.setdefault(category, {}).setdefault(image, []).append(right)
+
+    def summary(self, answered: int) -> dict[str, Any]:
+        """``{"mme": ...}`` for MME's questions, ``{"pope": ...}`` for another yes/no set, ``{}`` when not every
+        one of the ``answered`` rows was a yes/no question."""
+        if not self.rows or self.rows != answered:
+            return {}
+        if self.mme and not self.outside_mme:
+            return {"mme": self._mme()}
+        return {"pope": self.pope.metrics()} if self.pope.counts else {}
+
+    def _mme(self) -> dict[str, Any]:
+        categories = {}
+        for name, images in self.mme.items():
+            answers = [right for rights in images.values() for right in rights]
+            accuracy, plus = sum(answers) / len(answers), sum(all(rights) for rights in images.values()) / len(images)
+            categories[name] = {"score": 100 * (accuracy + plus), "accuracy": accuracy, "accuracy_plus": plus,
+                                "questions": len(answers), "images": len(images),
+                                "images_not_asked_twice": sum(len(rights) != 2 for rights in images.values())}
+        totals = {}
+        for kind, names in MME_CATEGORIES.items():
+            present = [name for name in names if name in categories]
+            if present:
+                totals[kind] = {"score": sum(categories[name]["score"] for name in present), "out_of": 200 * len(names),
+                                "categories": len(present), "missing": [name for name in names if name not in present]}
+        ordered = [name for names in MME_CATEGORIES.values() for name in names if name in categories]
+        return {**totals, "per_category": {name: categories[name] for name in ordered},
+                "answers_read_as": "MME's evaluation: yes or no from the answer's first four characters"}
+
+
+def mme_said(mme: dict[str, Any]) -> str:
+    """MME's score as a predict run's closing message says it."""
+    totals = []
+    for kind in (kind for kind in MME_CATEGORIES if kind in mme):
+        total = mme[kind]
+        missing = f" ({len(total['missing'])} of its categories not in the file)" if total["missing"] else ""
+        totals.append(f"{kind} {total['score']:.1f} of {total['out_of']}{missing}")
+    scores = ", ".join(f"{name} {s['score']:.1f} (acc {s['accuracy']:.3f}, acc+ {s['accuracy_plus']:.3f})"
+                       for name, s in mme["per_category"].items())
+    unpaired = sum(s["images_not_asked_twice"] for s in mme["per_category"].values())
+    asked = f"\n  {unpaired} images were not asked MME's two questions: acc+ counts them right if all theirs are" if unpaired else ""
+    return f"; MME score (answers read as its evaluation reads them): {', '.join(totals)}\n  MME per category: {scores}{asked}"
