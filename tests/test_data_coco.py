@@ -822,7 +822,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "d2d7f92234571cb4"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "e3e36ba4de4cbbc9"}
 
 
 def cache_code_digest() -> str:
@@ -878,3 +878,43 @@ def test_a_data_folder_typed_in_the_other_unicode_form_than_a_mac_wrote_it_is_fo
     dm = make_datamodule(backbones, typed)
     dm.prepare_data()
     assert len(datasets.load_from_disk(str(dm.split_folder("train2017") / "images"))) == 12
+
+
+def test_coco_2017_captions_are_trained_on_with_a_coco_2014_download_of_the_photos(backbones, coco_root, tmp_path, monkeypatch):
+    # captions_train2017.json beside COCO 2014's train2014/ and val2014/ (the download Karpathy's splits need): the same
+    # photos under COCO 2014's names. Every image was "missing under data/coco/train2017" ("Fix the image folder")
+    from PIL import Image
+
+    root = tmp_path / "coco"
+    shutil.copytree(coco_root / "annotations", root / "annotations")
+    for split, copies in (("train2017", "train2014"), ("val2017", "val2014")):
+        for number, photo in enumerate(sorted((coco_root / split).iterdir())):
+            folder = "val2014" if split == "train2017" and number == 0 else copies  # 2017's train photos: 2014's train and val
+            (root / folder).mkdir(exist_ok=True)
+            shutil.copy(photo, root / folder / f"COCO_{folder}_{photo.name}")
+    said = []  # caught where it is said: Lightning's logger may not propagate to pytest's
+    monkeypatch.setattr("mmcaption.data.image_sources.rank_zero_info", said.append)
+    data = make_datamodule(backbones, root, cache_dir=str(tmp_path / "cache"))
+    data.check_inputs("fit")
+    data.prepare_data()
+    data.setup("fit")
+    expected = make_datamodule(backbones, coco_root, cache_dir=str(tmp_path / "cache_2017"))
+    expected.prepare_data()
+    expected.setup("fit")
+    for split in ("train2017", "val2017"):  # the same images and captions as from COCO 2017's own folders
+        ours, theirs = data.datasets[split], expected.datasets[split]
+        assert len(ours) == len(theirs)
+        assert ours.images["image"] == theirs.images["image"] and ours.images["image_id"] == theirs.images["image_id"]
+    first = sorted((coco_root / "train2017").iterdir())[0].name
+    assert any(f"read from COCO 2014's copies of the same photos there (val2014/COCO_val2014_{first}, ...; 12 of 12 found)" in note
+               for note in said)
+
+    # a photo replaced in COCO 2014's folders makes a new cache, as one replaced in train2017/ does
+    before = data.split_folder("train2017")
+    Image.new("RGB", (64, 64), "white").save(root / "train2014" / f"COCO_train2014_{sorted((coco_root / 'train2017').iterdir())[1].name}")
+    assert make_datamodule(backbones, root, cache_dir=str(tmp_path / "cache")).split_folder("train2017") != before
+    # without COCO 2014's folders either, the image folder is named as missing, as before
+    shutil.rmtree(root / "train2014")
+    shutil.rmtree(root / "val2014")
+    with pytest.raises(DataError, match=r"COCO image folder not found: .*train2017"):
+        make_datamodule(backbones, root, cache_dir=str(tmp_path / "cache")).check_inputs("fit")

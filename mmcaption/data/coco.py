@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.caption_cells import caption_text, note_html
 from mmcaption.data.image_pass import Unchecked
-from mmcaption.data.image_sources import coco2017_copy
+from mmcaption.data.image_sources import COCO2014_FOLDERS, COCO2017_FOLDERS, coco2014_copies, coco2017_copy
 from mmcaption.data.records import (
     BadRecords,
     DataError,
@@ -169,6 +169,11 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         raise held_back_split(annotation_file, len(images), image_dir)
     # only a captioned image is read: one without a caption is left out whether its file is there or not
     missing = [image for image in captioned if not (image_dir / image.file_name).is_file()]
+    if missing and (copies := coco2014_copies([image.file_name for image in missing], image_dir, annotation_file)):
+        still = [image for image in missing if image.file_name not in copies]
+        for image in missing:  # COCO 2017's names, read from a COCO 2014 download's copies (coco2014_folders)
+            image.file_name = copies.get(image.file_name, image.file_name)
+        missing = still
     records.missing_images(  # with every bad annotation found above, kept till now: each kind at once, not one per run
         [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing],
         len(captioned), "referenced images are", image_dir,
@@ -222,8 +227,18 @@ def coco_unsigned_images(annotation_file: Path, image_dir: Path) -> list[tuple[s
     return unsigned_images((name for name in names if isinstance(name, str)), image_dir)
 
 
+def coco2014_folders(image_dir: Path) -> list[Path]:
+    """COCO 2014's folders where a COCO 2017 split's is not (``train2014/`` and ``val2014/`` where the configs name
+    ``train2017/``): the same photos under COCO 2014's names, which its annotations are then read with."""
+    if image_dir.name not in COCO2017_FOLDERS or image_dir.is_dir():
+        return []
+    return [image_dir.parent / name for name in COCO2014_FOLDERS if (image_dir.parent / name).is_dir()]
+
+
 def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> ImageRecords:
-    """``(image_id, file_name, image, captions)`` of the official layout (see :class:`ImageRecords`)."""
+    """``(image_id, file_name, image, captions)`` of the official layout (see :class:`ImageRecords`); with COCO 2014's
+    download in place of the split's folder, its photos (:func:`coco2014_folders`)."""
+    image_dir = image_dir.parent if coco2014_folders(image_dir) else image_dir
     return ImageRecords(read_coco_annotations(annotation_file, image_dir, records), image_dir)
 
 

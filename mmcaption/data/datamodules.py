@@ -17,6 +17,7 @@ from mmcaption.data.cache import file_signature, files_signature
 from mmcaption.data.caption_cells import invisible_characters_in, python_lists_in
 from mmcaption.data.coco import (
     ImageRecords,
+    coco2014_folders,
     coco_records,
     coco_unsigned_images,
     read_karpathy,
@@ -136,14 +137,14 @@ class CaptionDataModule(PreprocessedDataModule):
     @property
     def layout_hint(self) -> str:
         if self.source == "karpathy":
-            return (" (Karpathy's splits: <data_dir>/dataset_coco.json, or karpathy_file, with COCO 2014's train2014/ and "
-                    "val2014/, or COCO 2017's train2017/ and val2017/, in <data_dir>)")
+            return " (Karpathy's splits: <data_dir>/dataset_coco.json, or karpathy_file, with COCO 2014's train2014/ and val2014/, or COCO 2017's train2017/ and val2017/, in <data_dir>)"
         return " (the official layout is <data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
 
     def input_paths(self, split: str) -> list[tuple[Path, str]]:
         if self.source == "karpathy":
             return [(self.karpathy_file, "Karpathy split file (dataset_coco.json)"), (self.data_dir, "COCO image root")]
-        return [(self.annotation_file(split), "COCO annotation file"), (self.data_dir / split, "COCO image folder")]
+        images = self.data_dir / split  # or COCO 2014's download in its place: the same photos, other names
+        return [(self.annotation_file(split), "COCO annotation file"), (self.data_dir if coco2014_folders(images) else images, "COCO image folder")]
 
     def check_inputs(self, stage: str = "fit") -> None:
         if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself
@@ -189,6 +190,8 @@ class CaptionDataModule(PreprocessedDataModule):
         require_annotation_file(annotation_file)
         signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(self.data_dir / split),
                      **self._read_otherwise_now(annotation_file, split)}
+        if copies := coco2014_folders(self.data_dir / split):  # COCO 2014's photos read in the split folder's place
+            signature["coco 2014 copies"] = [self.signed_folder(folder) for folder in copies]
         unsigned = coco_unsigned_images(annotation_file, self.data_dir / split)
         if unsigned:  # a labelling tool's absolute file names, a scraper's img1 (none in the official files)
             signature["outside the image folder"] = files_signature(unsigned, str(annotation_file.resolve()), self.cache_dir)
@@ -346,8 +349,7 @@ class InstructDataModule(PreprocessedDataModule):
                 **({"held_out_by": "id, else image"} if self.val_file is None else {})}  # records without ids: by place before
 
     def write_split(self, split: str, folder: Path) -> Path:
-        file, side = self._source(split)
-        image_root = self.image_root
+        file, side, image_root = *self._source(split), self.image_root
         records = BadRecords(file, self.on_bad_record)
         if file.is_file() and file.stat().st_size > 1 << 24:  # LLaVA-Instruct-150k's 230 MB: seconds before a bar moves
             rank_zero_info(f"reading and checking the {file.stat().st_size / 2**20:,.0f} MB of {file} ...")
@@ -355,10 +357,8 @@ class InstructDataModule(PreprocessedDataModule):
         metadata = {"source": "llava", "file": str(file), "side": side, "image_root": str(image_root),
                     "tokenizer": self.tokenizer_name, "template": repr(self.template)}
         try:
-            return write_instruct_split(
-                conversations, image_root, self.tokenizer, self.template, self.max_length, folder, records, metadata,
-                self.stored_image_size(),
-            )
+            return write_instruct_split(conversations, image_root, self.tokenizer, self.template, self.max_length, folder, records,
+                                        metadata, self.stored_image_size())
         except NothingUsable as error:  # "nothing usable is left" alone named neither the split nor what to change
             if side != "val" or self.val_file is not None:
                 raise
