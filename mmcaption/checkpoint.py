@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.imports import RequirementCache
 
 from mmcaption.errors import MMCaptionError, unexpanded_variable
-from mmcaption.evaluation.report import file_sha256
+from mmcaption.evaluation.digests import file_sha256
 from mmcaption.folders import being_written, umask, writing_run
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, is_pretrained_folder, read_manifest
 from mmcaption.model.backbone_weights import backbone_weights, changed_backbones, other_backbones

@@ -29,7 +29,8 @@ from huggingface_hub import is_offline_mode, snapshot_download
 from mmcaption.checkpoint import load_checkpoint_file, model_from_checkpoint
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, MMCaptionError, OutputExistsError, user_errors_exit
-from mmcaption.evaluation.report import file_sha256, unused_name, write_whole
+from mmcaption.evaluation.digests import file_sha256
+from mmcaption.evaluation.report import unused_name, write_whole
 from mmcaption.folders import (
     FolderLock,
     as_umask_allows,

@@ -34,7 +34,7 @@ from mmcaption.errors import (
     act_on_held_stops,
     user_errors_exit,
 )
-from mmcaption.evaluation.report import file_sha256
+from mmcaption.evaluation.digests import file_sha256
 from mmcaption.model.config import STRUCTURAL_SETTINGS
 from mmcaption.usage import pipeline_parser
 

@@ -202,10 +202,19 @@ def test_mme_questions_get_mmes_own_score_of_accuracy_plus_both_questions_about_
     assert (mme["cognition"]["score"], mme["cognition"]["out_of"], len(mme["cognition"]["missing"])) == (pytest.approx(50.0), 800, 3)
     assert "pope" not in scores.summary(answered=8)
     said = mme_said(mme)
-    assert "perception 175.0 of 2000 (8 of its categories not in the file), cognition 50.0 of 800" in said
-    assert "existence 125.0 (acc 0.750, acc+ 0.500)" in said and "not asked" not in said
-    scores.add({"question_id": "OCR/e.jpg", "category": "OCR", "answer": "yes", "prediction": "yes"})  # asked once
-    assert "1 images were not asked MME's two questions" in mme_said(scores.summary(answered=9)["mme"])
+    assert "perception 175.0 of 2000 (8 of its categories not asked), cognition 50.0 of 800" in said
+    assert "existence 125.0 (acc 0.750, acc+ 0.500)" in said and "left out" not in said
+    # an image asked one question (a run stopped between its two) is left out of the score, as lmms-eval leaves it, and
+    # counted: it was scored as "both right" with its one answer
+    scores.add({"question_id": "OCR/e.jpg", "category": "OCR", "answer": "yes", "prediction": "yes"})
+    mme = scores.summary(answered=9)["mme"]
+    assert (mme["per_category"]["OCR"]["score"], mme["per_category"]["OCR"]["images"], mme["images_left_out"]) == (50.0, 1, 1)
+    assert "1 images not asked both their questions (a run stopped between them) are left out of it" in mme_said(mme)
+    # questions with an id each (none pairs two about one image): not MME's score, which needs the pairs; POPE's numbers
+    single = YesNoScores()
+    for n, (answer, prediction) in enumerate([("Yes", "Yes"), ("No", "Yes")]):
+        single.add({"question_id": f"q{n}", "category": "color", "answer": answer, "prediction": prediction})
+    assert list(single.summary(answered=2)) == ["pope"]
 
     # a yes/no set with other categories (POPE's adversarial, popular, random) keeps POPE's numbers
     pope = YesNoScores()

@@ -376,17 +376,21 @@ def test_mmes_release_folder_is_answered_and_reported_with_mmes_own_score(backbo
             "".join(f"{q} Please answer yes or no.\t{a}\n" for q, a in lines) + "\n")  # its trailing blank line
 
     image(root / "existence", "a.jpg", [("Is there a shape?", "Yes"), ("Is there a dog?", "No")])
+    (root / "existence" / "a.txt").write_bytes(b"\xef\xbb\xbf" + (root / "existence" / "a.txt").read_bytes().replace(b"\n", b"\r\n"))  # Windows
     image(root / "existence", "b.jpg", [("Is there a shape?", "Yes"), ("Is there a colour?", "Yes")])
     image(root / "code_reasoning", "c.png", [("Does it print 3?", "Yes"), ("Does it print 4?", "No")])
     image(root / "artwork" / "images", "d.jpg", [("Is it a painting?", "No"), ("Is it glassware?", "No")],
           questions=root / "artwork" / "questions_answers_YN")
     (root / "existence" / "._a.txt").write_bytes(b"\x00\x05\x16\x07")  # macOS's metadata of a.txt, unzipped beside it
-    (root / "__MACOSX").mkdir()
+    (tmp_path / "__MACOSX" / root.name / "existence").mkdir(parents=True)  # and its copy of the archive's folders
+    (tmp_path / "__MACOSX" / root.name / "existence" / "._b.txt").write_bytes(b"\x00\x05\x16\x07")
     said = []  # caught where it is said: Lightning's logger may not propagate to pytest's
     monkeypatch.setattr("mmcaption.data.mme.rank_zero_info", said.append)
     monkeypatch.setattr("mmcaption.predictions.rank_zero_info", said.append)
     module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
-    monkeypatch.setattr(Tasks, "decode", lambda self, tokens: ["Yes"] * len(tokens))  # a model that says yes to everything
+    # answers read as MME's evaluation reads them (yes or no in the first four characters), not matched exactly
+    said_by_model = iter(["Yes, it is.", "No.", "The answer is yes", "yes", "Nope", "No", "y", "Yes"])
+    monkeypatch.setattr(Tasks, "decode", lambda self, tokens: [next(said_by_model) for _ in tokens])
     output = tmp_path / "mme.jsonl"
     data = QuestionsPredictDataModule(questions_file=str(root), output=str(output), tokenizer=str(backbones[0]),
                                       image_processor=str(backbones[1]), batch_size=3, num_workers=0)
@@ -405,24 +409,39 @@ def test_mmes_release_folder_is_answered_and_reported_with_mmes_own_score(backbo
     assert rows[0]["question"] == "Is there a shape? Please answer yes or no."
     summary = json.loads(Path(f"{output}.summary.json").read_text())
     mme = summary["mme"]
-    # existence: 3 of 4 right, 1 of 2 images both right: 75 + 50; artwork 0 + 0; code reasoning 50 + 0
-    assert {name: s["score"] for name, s in mme["per_category"].items()} == {"existence": 125.0, "artwork": 0.0, "code_reasoning": 50.0}
-    assert (mme["perception"]["score"], mme["perception"]["out_of"], mme["cognition"]["score"]) == (125.0, 2000, 50.0)
-    assert "pope" not in summary and summary["accuracy"] == 4 / 8
-    assert [f["path"].endswith(".txt") for f in summary["made_by"]["inputs"]] == [True] * 4  # each question file's digest
-    assert any("MME score (answers read as its evaluation reads them): perception 125.0 of 2000 (8 of its categories not "
-               "in the file), cognition 50.0 of 800 (3 of its categories not in the file)" in note for note in said)
-    assert any("MME's count, position, " in note and "(3 of its 14 categories)" in note for note in said)
+    # existence: 3 of 4 right ("The answer is yes" is neither), 1 of 2 images both right: 75 + 50; artwork ("Nope",
+    # "No") 100 + 100; code reasoning ("y" right, "Yes" wrong) 50 + 0
+    assert {name: s["score"] for name, s in mme["per_category"].items()} == {"existence": 125.0, "artwork": 200.0, "code_reasoning": 50.0}
+    assert (mme["perception"]["score"], mme["perception"]["out_of"], mme["cognition"]["score"]) == (325.0, 2000, 50.0)
+    assert "pope" not in summary and summary["accuracy"] == 3 / 8  # exact match: "No.", "yes", "No"
+    [record] = summary["made_by"]["inputs"]  # the folder's question files, by one digest
+    assert (record["path"], record["files"]) == (str(root.resolve()), 4)
+    assert any("MME score (answers read as its evaluation reads them): perception 325.0 of 2000 (8 of its categories not "
+               "asked), cognition 50.0 of 800 (3 of its categories not asked)" in note for note in said)
+    assert any("MME's count, position, " in note and "(3 of its 14 categories have question files)" in note for note in said)
+
+    # a run stopped between an image's two questions leaves that image out of the score, and says so
+    said_by_model = iter(["Yes", "No", "Yes"])
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, limit_predict_batches=1,
+            default_root_dir=tmp_path).predict(module, datamodule=QuestionsPredictDataModule(
+                questions_file=str(root), output=str(tmp_path / "stopped.jsonl"), tokenizer=str(backbones[0]),
+                image_processor=str(backbones[1]), batch_size=3, num_workers=0))
+    mme = json.loads((tmp_path / "stopped.jsonl.summary.json").read_text())["mme"]
+    assert (mme["per_category"]["existence"]["score"], mme["per_category"]["existence"]["images"], mme["images_left_out"]) == (200.0, 1, 1)
 
     # the archive's inner folder (MME_Benchmark_release_version/MME_Benchmark/) given from above it reads alike
     inner = tmp_path / "download"
     (inner / "MME_Benchmark_release_version").mkdir(parents=True)
     root.rename(inner / "MME_Benchmark_release_version" / "MME_Benchmark")
     assert len(mme_questions(inner / "MME_Benchmark_release_version")) == 8
-    # a line that is not a question, a tab and Yes or No is named with its file and line; another folder is named
+    # a line that is not a question, a tab and Yes or No is named with its file and line, a file without MME's two
+    # questions (an empty one) by its name; another folder is named
     broken = inner / "MME_Benchmark_release_version" / "MME_Benchmark" / "existence" / "a.txt"
     broken.write_text("Is there a shape? Please answer yes or no.\tYes\nIs there a dog? Please answer yes or no.\n")
     with pytest.raises(DataError, match=r"existence/a\.txt, line 2: MME's lines are a question, a tab and Yes or No"):
+        mme_questions(inner)
+    broken.write_text("")
+    with pytest.raises(DataError, match=r"existence/a\.txt: 0 questions; MME asks two about each image"):
         mme_questions(inner)
     with pytest.raises(DataError, match=r"is a folder: questions are read from one file .* or from MME's release folder"):
         QuestionsPredictDataModule(questions_file=str(image_folder), output=str(tmp_path / "q.jsonl"), tokenizer=str(backbones[0]),
@@ -439,10 +458,10 @@ def test_mmes_release_folder_is_answered_and_reported_with_mmes_own_score(backbo
         {"question_id": "existence/a.jpg", "question": q, "answer": a, "category": "existence",
          "image": Image.open(image_folder / "img0.png").convert("RGB")} for q, a in (("Is there a shape?", "Yes"), ("A dog?", "No"))
     ]).to_parquet(str(tmp_path / "mme.parquet"))
+    said_by_model = iter(["Yes", "Yes"])
     data = QuestionsPredictDataModule(questions_file=str(tmp_path / "mme.parquet"), output=str(tmp_path / "lmms.jsonl"),
                                       tokenizer=str(backbones[0]), image_processor=str(backbones[1]), num_workers=0)
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
             default_root_dir=tmp_path).predict(module, datamodule=data)
     mme = json.loads(Path(f"{tmp_path / 'lmms.jsonl'}.summary.json").read_text())["mme"]
-    assert mme["per_category"]["existence"] == {"score": 50.0, "accuracy": 0.5, "accuracy_plus": 0.0, "questions": 2,
-                                                "images": 1, "images_not_asked_twice": 0}
+    assert mme["per_category"]["existence"] == {"score": 50.0, "accuracy": 0.5, "accuracy_plus": 0.0, "images": 1}

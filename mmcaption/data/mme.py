@@ -17,7 +17,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.records import DataError, not_utf8
+from mmcaption.data.records import DataError
 from mmcaption.evaluation.yes_no import MME_CATEGORIES
 from mmcaption.images import IMAGE_SUFFIXES, is_hidden
 
@@ -39,19 +39,10 @@ def mme_root(folder: Path) -> Path | None:
 
 
 def _places(root: Path, category: str) -> tuple[Path, Path]:
-    """Where a category's questions and its images are."""
+    """Where a category's question files and its images are."""
     place = root / category
-    split = all((place / name).is_dir() for name in SPLIT_FOLDERS)
-    return (place / SPLIT_FOLDERS[0], place / SPLIT_FOLDERS[1]) if split else (place, place)
-
-
-def mme_files(folder: Path) -> list[Path]:
-    """The question files of MME's release under ``folder`` (a run's inputs, whose digests its summary records)."""
-    root = mme_root(folder)
-    if root is None:
-        return []
-    return [text for category in CATEGORIES if (root / category).is_dir()
-            for text in sorted(_places(root, category)[0].glob("*.txt")) if not is_hidden(text)]
+    texts, pictures = (place / name for name in SPLIT_FOLDERS)
+    return (texts if texts.is_dir() else place), (pictures if pictures.is_dir() else place)
 
 
 def not_mme(folder: Path) -> DataError:
@@ -61,39 +52,45 @@ def not_mme(folder: Path) -> DataError:
 
 def mme_questions(folder: Path) -> list[tuple[str, dict[str, Any]]]:
     """Each question of MME's release under ``folder``, as ``(where, record)``: its file and line, and the record, its
-    ``image`` relative to ``folder``'s parent (where the questions reader looks by default). A line that is not a
-    question, a tab and Yes or No, or a question file without its image, is refused by name; categories not there are
-    said (MME's totals then say so too)."""
+    ``image`` relative to ``folder``'s parent (where the questions reader looks by default). A question file that does
+    not hold two questions (MME asks two about each image: its acc+ counts both right), a line that is not a question, a
+    tab and Yes or No, or a question file without its image, is refused by name; categories not there are said (MME's
+    totals then say so too)."""
     root = mme_root(folder)
     if root is None:
         raise not_mme(folder)
     questions, absent = [], []
     for category in CATEGORIES:
-        if not (root / category).is_dir():
+        texts, pictures = _places(root, category)
+        files = sorted(path for path in texts.glob("*.txt") if not is_hidden(path)) if texts.is_dir() else []
+        if not files:
             absent.append(category)
             continue
-        texts, pictures = _places(root, category)
-        images = {path.stem: path for path in pictures.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path)}
-        for text in sorted(path for path in texts.glob("*.txt") if not is_hidden(path)):
+        images: dict[str, Path] = {}
+        for path in sorted(pictures.iterdir()):  # a.jpg before a.png, whichever the disk lists first
+            if path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path):
+                images.setdefault(path.stem, path)
+        for text in files:
             if text.stem not in images:
                 raise DataError(f"{text}: its image ({text.stem}.jpg or .png) is not in {pictures}")
-            image = str(images[text.stem].relative_to(folder.parent))
             try:
-                lines = text.read_text(encoding="utf-8-sig").splitlines()
-            except UnicodeDecodeError:
-                raise not_utf8(text) from None
-            for number, line in enumerate(lines, start=1):
+                lines = [(number, line) for number, line in enumerate(text.read_text(encoding="utf-8-sig").splitlines(), start=1)
+                         if line.strip()]
+            except UnicodeDecodeError as error:
+                raise DataError(f"{text}: not UTF-8 text (byte {error.start}), as MME's question files are") from None
+            if len(lines) != 2:
+                raise DataError(f"{text}: {len(lines)} questions; MME asks two about each image (its acc+ counts the images "
+                                "whose two are both answered right)")
+            for number, line in lines:
                 fields = [field.strip() for field in line.split("\t")]
-                if not line.strip():
-                    continue
                 if len(fields) < 2 or fields[-1].lower() not in ("yes", "no"):
                     raise DataError(f"{text}, line {number}: MME's lines are a question, a tab and Yes or No; it is {line[:100]!r}")
                 questions.append((f"{text}, line {number}", {
-                    "question_id": f"{category}/{images[text.stem].name}", "image": image, "question": fields[0],
-                    "answer": fields[-1], "category": category}))
+                    "question_id": f"{category}/{images[text.stem].name}", "image": str(images[text.stem].relative_to(folder.parent)),
+                    "question": fields[0], "answer": fields[-1], "category": category}))
     if not questions:
-        raise DataError(f"{root} holds MME's category folders, and no question in them (<image>.txt files)")
+        raise DataError(f"{root} holds MME's category folders, and no question files in them (<image>.txt)")
     if absent:
         rank_zero_info(f"{root}: MME's {', '.join(absent)} not there ({len(CATEGORIES) - len(absent)} of its "
-                       f"{len(CATEGORIES)} categories): its totals count the categories asked")
+                       f"{len(CATEGORIES)} categories have question files): its totals count the categories asked")
     return questions

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, EmbeddedImage, absent_cell, sniffed_format
 from mmcaption.data.image_sources import coco2017_copy, image_paths
 from mmcaption.data.json_values import JsonLines, json_values
-from mmcaption.data.mme import mme_files, mme_questions, not_mme
+from mmcaption.data.mme import mme_questions, mme_root, not_mme
 from mmcaption.data.predict import FORMAT_CONFIGS, FORMATS, _ImageRows, _PredictDataModule
 from mmcaption.data.records import DataError, missing_file, not_utf8, read_json, read_json_list, whole_characters
 from mmcaption.data.tables import (
@@ -363,10 +363,10 @@ class QuestionsPredictDataModule(_PredictDataModule):
 
     def input_files(self) -> list[Path]:
         extra = [p for p in (self.annotations_file, self.submission_questions_file) if p]
-        return [*(mme_files(self.questions_file) if self.questions_file.is_dir() else [self.questions_file]), *extra]
+        return [self.questions_file, *extra]  # MME's release: its folder (its question files' digest in the summary)
 
     def check_inputs(self, stage: str = "predict") -> None:
-        if not self.questions_file.is_file() and not mme_files(self.questions_file):  # MME's release is a folder
+        if not self.questions_file.is_file() and mme_root(self.questions_file) is None:  # MME's release is a folder
             raise not_mme(self.questions_file) if self.questions_file.is_dir() else missing_file(self.questions_file, "questions file")
         sniffed = sniffed_format(self.questions_file)
         if sniffed is not None and (sniffed[0] in ("csv", "mmbench", "seedbench") or "with options" in sniffed[1]):

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from mmcaption.evaluation.digests import file_sha256, input_record
 from mmcaption.evaluation.yes_no import mme_said
 
 # the generation settings a results file (and a predict output's summary) records
@@ -35,20 +36,6 @@ GENERATION_RECORDED = ("max_new_tokens", "min_new_tokens", "num_beams", "do_samp
 PREDICTION_SETTINGS = ("caption_prompt", "system_prompt", "instruction", "method", "circular", "format", "split")
 # the libraries whose versions a results file records: they compute the model, its 4-bit weights and its generation
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "lightning", "tokenizers")
-
-
-def file_sha256(path: str | Path) -> str:
-    stat = os.stat(path)
-    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, modified: int) -> str:  # a checkpoint of GBs is read once per process
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def column_value(row: dict[str, Any], column: str) -> Any:
@@ -200,7 +187,7 @@ def prediction_record(trainer) -> dict[str, Any]:
             "settings": {k: settings[k] for k in PREDICTION_SETTINGS if k in settings},
             "generation": generation_record(generation),
             # the files questioned (a benchmark's TSV, a questions file and its annotations): which, and which version
-            "inputs": [{"path": str(p.resolve()), "sha256": file_sha256(p), "bytes": p.stat().st_size} for p in inputs if p.is_file()],
+            "inputs": [input_record(p) for p in inputs if p.exists()],
             "working_folder": str(Path.cwd())}  # what images named from it are: a resume run elsewhere names them otherwise
 
 

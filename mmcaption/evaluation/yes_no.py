@@ -35,8 +35,9 @@ def mme_answer(text: str) -> str:
 @dataclass
 class YesNoScores:
     """A predict run's yes/no questions (rows whose answer key is yes or no), tallied as POPE's evaluation and, when
-    every one of them has one of MME's categories (its ``category`` column), as MME's. Images are told apart by the
-    row's ``question_id`` (lmms-lab's MME: the image's name, ``code_reasoning/0020.png``), else its ``image``."""
+    every one of them has one of MME's categories (its ``category`` column) and some image was asked two of them, as
+    MME's. Images are told apart by the row's ``question_id`` (lmms-lab's MME and MME's release as read here: the
+    image's name, ``code_reasoning/0020.png``), else its ``image``."""
 
     rows: int = 0
     pope: YesNoTally = field(default_factory=YesNoTally)
@@ -60,22 +61,24 @@ class YesNoScores:
         self.mme.setdefault(category, {}).setdefault(image, []).append(right)
 
     def summary(self, answered: int) -> dict[str, Any]:
-        """``{"mme": ...}`` for MME's questions, ``{"pope": ...}`` for another yes/no set, ``{}`` when not every
-        one of the ``answered`` rows was a yes/no question."""
+        """``{"mme": ...}`` for MME's questions (some image asked its two), ``{"pope": ...}`` for another yes/no set,
+        ``{}`` when not every one of the ``answered`` rows was a yes/no question."""
         if not self.rows or self.rows != answered:
             return {}
-        if self.mme and not self.outside_mme:
+        if not self.outside_mme and any(len(rights) == 2 for images in self.mme.values() for rights in images.values()):
             return {"mme": self._mme()}
         return {"pope": self.pope.metrics()} if self.pope.counts else {}
 
     def _mme(self) -> dict[str, Any]:
-        categories = {}
+        """As lmms-eval aggregates MME: per category, the mean over its images of accuracy + acc+ (each out of 100); an
+        image not asked exactly two questions (a run stopped between them) is left out of it, and counted."""
+        categories, unpaired = {}, 0
         for name, images in self.mme.items():
-            answers = [right for rights in images.values() for right in rights]
-            accuracy, plus = sum(answers) / len(answers), sum(all(rights) for rights in images.values()) / len(images)
-            categories[name] = {"score": 100 * (accuracy + plus), "accuracy": accuracy, "accuracy_plus": plus,
-                                "questions": len(answers), "images": len(images),
-                                "images_not_asked_twice": sum(len(rights) != 2 for rights in images.values())}
+            pairs = [rights for rights in images.values() if len(rights) == 2]
+            unpaired += len(images) - len(pairs)
+            if pairs:
+                accuracy, plus = sum(map(sum, pairs)) / (2 * len(pairs)), sum(map(all, pairs)) / len(pairs)
+                categories[name] = {"score": 100 * (accuracy + plus), "accuracy": accuracy, "accuracy_plus": plus, "images": len(pairs)}
         totals = {}
         for kind, names in MME_CATEGORIES.items():
             present = [name for name in names if name in categories]
@@ -83,7 +86,7 @@ class YesNoScores:
                 totals[kind] = {"score": sum(categories[name]["score"] for name in present), "out_of": 200 * len(names),
                                 "categories": len(present), "missing": [name for name in names if name not in present]}
         ordered = [name for names in MME_CATEGORIES.values() for name in names if name in categories]
-        return {**totals, "per_category": {name: categories[name] for name in ordered},
+        return {**totals, "per_category": {name: categories[name] for name in ordered}, "images_left_out": unpaired,
                 "answers_read_as": "MME's evaluation: yes or no from the answer's first four characters"}
 
 
@@ -92,10 +95,10 @@ def mme_said(mme: dict[str, Any]) -> str:
     totals = []
     for kind in (kind for kind in MME_CATEGORIES if kind in mme):
         total = mme[kind]
-        missing = f" ({len(total['missing'])} of its categories not in the file)" if total["missing"] else ""
+        missing = f" ({len(total['missing'])} of its categories not asked)" if total["missing"] else ""
         totals.append(f"{kind} {total['score']:.1f} of {total['out_of']}{missing}")
     scores = ", ".join(f"{name} {s['score']:.1f} (acc {s['accuracy']:.3f}, acc+ {s['accuracy_plus']:.3f})"
                        for name, s in mme["per_category"].items())
-    unpaired = sum(s["images_not_asked_twice"] for s in mme["per_category"].values())
-    asked = f"\n  {unpaired} images were not asked MME's two questions: acc+ counts them right if all theirs are" if unpaired else ""
-    return f"; MME score (answers read as its evaluation reads them): {', '.join(totals)}\n  MME per category: {scores}{asked}"
+    left = mme["images_left_out"]
+    left = f"\n  {left} images not asked both their questions (a run stopped between them) are left out of it, as lmms-eval leaves them" if left else ""
+    return f"; MME score (answers read as its evaluation reads them): {', '.join(totals)}\n  MME per category: {scores}{left}"

@@ -1,0 +1,35 @@
+"""What a run read, by content: a file's sha256 (once per process for an unchanged file), and an input's record - a
+file's path, sha256 and size, or a folder's (MME's release) one sha256 of its question files' names and contents."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+
+def file_sha256(path: str | Path) -> str:
+    stat = os.stat(path)
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, modified: int) -> str:  # a checkpoint of GBs is read once per process
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_record(path: Path) -> dict[str, Any]:
+    """A file's path, sha256 and size; a folder's path, one sha256 of its ``.txt`` files (their paths in it and their
+    contents: MME's questions, not its images) and how many there are."""
+    if path.is_file():
+        return {"path": str(path.resolve()), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+    files = sorted(file for file in path.rglob("*.txt") if file.is_file() and not any(  # not macOS's ._ copies, nor __MACOSX/
+        part.startswith(".") or part.lower() == "__macosx" for part in file.relative_to(path).parts))
+    digest = hashlib.sha256("".join(f"{file.relative_to(path)}\0{file_sha256(file)}\n" for file in files).encode())
+    return {"path": str(path.resolve()), "sha256": digest.hexdigest(), "files": len(files)}
