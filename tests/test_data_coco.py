@@ -822,7 +822,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "e3e36ba4de4cbbc9"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "422d243742c892dd"}
 
 
 def cache_code_digest() -> str:
@@ -910,11 +910,30 @@ def test_coco_2017_captions_are_trained_on_with_a_coco_2014_download_of_the_phot
                for note in said)
 
     # a photo replaced in COCO 2014's folders makes a new cache, as one replaced in train2017/ does
-    before = data.split_folder("train2017")
+    before = {split: data.split_folder(split) for split in ("train2017", "val2017")}
     Image.new("RGB", (64, 64), "white").save(root / "train2014" / f"COCO_train2014_{sorted((coco_root / 'train2017').iterdir())[1].name}")
-    assert make_datamodule(backbones, root, cache_dir=str(tmp_path / "cache")).split_folder("train2017") != before
+    Image.new("RGB", (64, 64), "white").save(root / "val2014" / f"COCO_val2014_{sorted((coco_root / 'val2017').iterdir())[0].name}")
+    again = make_datamodule(backbones, root, cache_dir=str(tmp_path / "cache"))
+    assert all(again.split_folder(split) != before[split] for split in before)
+    # an empty train2017/ (an unzip not done) is no COCO 2017 download: the photos are read from COCO 2014's all the same
+    (root / "train2017").mkdir()
+    unzipping = make_datamodule(backbones, root, cache_dir=str(tmp_path / "cache"))
+    unzipping.check_inputs("fit")
+    unzipping.prepare_data()
+    unzipping.setup("fit")
+    assert len(unzipping.datasets["train2017"]) == len(expected.datasets["train2017"])
+    # a COCO 2017 download with COCO 2014's beside it signs its caches as before: its caches stay its own
+    both = Path(shutil.copytree(coco_root, tmp_path / "both"))
+    shutil.copytree(root / "train2014", both / "train2014")
+    assert (make_datamodule(backbones, both, cache_dir=str(tmp_path / "c1")).split_inputs("train2017").keys()
+            == make_datamodule(backbones, coco_root, cache_dir=str(tmp_path / "c2")).split_inputs("train2017").keys())
+    # without val2014/ (where val2017's photos are, and some of train2017's), the folder lacking is named at the start
+    shutil.rmtree(root / "val2014")
+    with pytest.raises(DataError, match=r"COCO image folder \(COCO 2014's train2014/ is beside it, but val2017's photos are "
+                                        r"also in its val2014/, which is not\) not found: .*val2017"):
+        make_datamodule(backbones, root, cache_dir=str(tmp_path / "cache")).check_inputs("validate")
     # without COCO 2014's folders either, the image folder is named as missing, as before
     shutil.rmtree(root / "train2014")
-    shutil.rmtree(root / "val2014")
+    (root / "train2017").rmdir()
     with pytest.raises(DataError, match=r"COCO image folder not found: .*train2017"):
         make_datamodule(backbones, root, cache_dir=str(tmp_path / "cache")).check_inputs("fit")

@@ -4,6 +4,7 @@ memory-mapped Arrow folders (each image stored once, captions tokenized)."""
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.caption_cells import caption_text, note_html
 from mmcaption.data.image_pass import Unchecked
-from mmcaption.data.image_sources import COCO2014_FOLDERS, COCO2017_FOLDERS, coco2014_copies, coco2017_copy
+from mmcaption.data.image_sources import COCO2014_FOLDERS, coco2014_copies, coco2017_copy
 from mmcaption.data.records import (
     BadRecords,
     DataError,
@@ -227,18 +228,39 @@ def coco_unsigned_images(annotation_file: Path, image_dir: Path) -> list[tuple[s
     return unsigned_images((name for name in names if isinstance(name, str)), image_dir)
 
 
+# where COCO 2014's download holds a COCO 2017 split's photos: 2017's train photos are 2014's train and most of its val
+COCO2014_HOMES = {"train2017": ("train2014", "val2014"), "val2017": ("val2014",)}
+
+
 def coco2014_folders(image_dir: Path) -> list[Path]:
-    """COCO 2014's folders where a COCO 2017 split's is not (``train2014/`` and ``val2014/`` where the configs name
-    ``train2017/``): the same photos under COCO 2014's names, which its annotations are then read with."""
-    if image_dir.name not in COCO2017_FOLDERS or image_dir.is_dir():
+    """COCO 2014's folders beside a COCO 2017 split's folder that is not there (or holds nothing: an unzip not done),
+    when all that hold its photos are (``train2014/`` and ``val2014/`` for ``train2017/``, ``val2014/`` for
+    ``val2017/``): the same photos under COCO 2014's names, which its annotations are then read with; else none."""
+    homes = [image_dir.parent / name for name in COCO2014_HOMES.get(image_dir.name, ())]
+    if not homes or not all(home.is_dir() for home in homes):
         return []
-    return [image_dir.parent / name for name in COCO2014_FOLDERS if (image_dir.parent / name).is_dir()]
+    if image_dir.is_dir():
+        with os.scandir(image_dir) as entries:
+            if next(entries, None) is not None:
+                return []
+    return homes
+
+
+def coco_image_folder(image_dir: Path) -> tuple[Path, str]:
+    """The folder a split's images are read under (its own, or COCO 2014's download in its place: its parent), and what
+    a refusal calls it: naming COCO 2014's folder that is lacking, when the other is there."""
+    if coco2014_folders(image_dir):
+        return image_dir.parent, "COCO image folder"
+    there = [name for name in COCO2014_FOLDERS if (image_dir.parent / name).is_dir()]
+    lacking = [name for name in COCO2014_HOMES.get(image_dir.name, ()) if name not in there]
+    return image_dir, "COCO image folder" + (f" (COCO 2014's {there[0]}/ is beside it, but {image_dir.name}'s photos are also in "
+                                             f"its {lacking[0]}/, which is not)" if there and lacking else "")
 
 
 def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> ImageRecords:
     """``(image_id, file_name, image, captions)`` of the official layout (see :class:`ImageRecords`); with COCO 2014's
     download in place of the split's folder, its photos (:func:`coco2014_folders`)."""
-    image_dir = image_dir.parent if coco2014_folders(image_dir) else image_dir
+    image_dir = coco_image_folder(image_dir)[0]
     return ImageRecords(read_coco_annotations(annotation_file, image_dir, records), image_dir)
 
 

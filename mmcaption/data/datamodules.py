@@ -18,6 +18,7 @@ from mmcaption.data.caption_cells import invisible_characters_in, python_lists_i
 from mmcaption.data.coco import (
     ImageRecords,
     coco2014_folders,
+    coco_image_folder,
     coco_records,
     coco_unsigned_images,
     read_karpathy,
@@ -143,8 +144,8 @@ class CaptionDataModule(PreprocessedDataModule):
     def input_paths(self, split: str) -> list[tuple[Path, str]]:
         if self.source == "karpathy":
             return [(self.karpathy_file, "Karpathy split file (dataset_coco.json)"), (self.data_dir, "COCO image root")]
-        images = self.data_dir / split  # or COCO 2014's download in its place: the same photos, other names
-        return [(self.annotation_file(split), "COCO annotation file"), (self.data_dir if coco2014_folders(images) else images, "COCO image folder")]
+        folder, what = coco_image_folder(self.data_dir / split)  # or COCO 2014's download in its place: the same photos
+        return [(self.annotation_file(split), "COCO annotation file"), (folder, what)]
 
     def check_inputs(self, stage: str = "fit") -> None:
         if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself
@@ -297,8 +298,8 @@ class InstructDataModule(PreprocessedDataModule):
         self.save_hyperparameters()  # recorded in checkpoints: export reads the system prompt from them
         self.text_table = "conversations"
         self.train_file, self.val_file, self.val_fraction = local_file(Path(train_file)), val_file and local_file(Path(val_file)), val_fraction
-        self.image_root, self.max_length, self.val_answer_questions = local_file(Path(image_root)), max_length, val_answer_questions
-        self.test_answer_questions = test_answer_questions
+        self.image_root, self.max_length = local_file(Path(image_root)), max_length
+        self.val_answer_questions, self.test_answer_questions = val_answer_questions, test_answer_questions
         self.template = ConversationTemplate(system=system_prompt)
         if self.val_file is not None and self.val_file.resolve() == self.train_file.resolve():
             rank_zero_warn(f"val_file is train_file ({train_file}): validation measures the training conversations; "
@@ -387,9 +388,7 @@ class InstructDataModule(PreprocessedDataModule):
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The val conversations for the loss; with ``val_answer_questions``, also questions to answer."""
         loss_loader = self._loader("val")
-        if self.val_answer_questions == 0:
-            return loss_loader
-        return [loss_loader, self.questions_loader("val", self.val_answer_questions)]
+        return loss_loader if self.val_answer_questions == 0 else [loss_loader, self.questions_loader("val", self.val_answer_questions)]
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         """The val conversations for the loss; unless ``test_answer_questions`` is 0, also their questions to
