@@ -822,7 +822,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "422d243742c892dd"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "a4a8f701350f9044"}
 
 
 def cache_code_digest() -> str:
@@ -927,6 +927,11 @@ def test_coco_2017_captions_are_trained_on_with_a_coco_2014_download_of_the_phot
     shutil.copytree(root / "train2014", both / "train2014")
     assert (make_datamodule(backbones, both, cache_dir=str(tmp_path / "c1")).split_inputs("train2017").keys()
             == make_datamodule(backbones, coco_root, cache_dir=str(tmp_path / "c2")).split_inputs("train2017").keys())
+    # a photo missing from COCO 2014's folders is named as it was looked for there, not by its 2017 name beside them
+    lost = sorted((coco_root / "val2017").iterdir())[1].name
+    (root / "val2014" / f"COCO_val2014_{lost}").unlink()
+    with pytest.raises(DataError, match=rf"1 of 4 referenced images are missing .* looked for as {re.escape(str(root))}/val2014/COCO_val2014_{lost}"):
+        make_datamodule(backbones, root, cache_dir=str(tmp_path / "lost")).prepare_data()
     # without val2014/ (where val2017's photos are, and some of train2017's), the folder lacking is named at the start
     shutil.rmtree(root / "val2014")
     with pytest.raises(DataError, match=r"COCO image folder \(COCO 2014's train2014/ is beside it, but val2017's photos are "
