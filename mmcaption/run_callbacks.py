@@ -1,5 +1,5 @@
 """The callbacks every command's trainer gets beside the config's: the resumable stop, out-of-memory advice, mmcaption's
-progress display, a note when a resumed run has nothing left to train, curves that stop on a full disk rather than the run, where a finished fit left its checkpoints and
+progress display and parameter summary, a note when a resumed run has nothing left to train, curves that stop on a full disk rather than the run, where a finished fit left its checkpoints and
 curves, what a checkpoint records of its run, and the run's config saved without writing over an earlier command's; and a run's seed not left to the next run in the process."""
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    ModelCheckpoint,
+    ModelSummary,
+    RichModelSummary,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 
@@ -18,6 +24,7 @@ from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar, run_label
 from mmcaption.errors import hold_stops
 from mmcaption.full_log_disk import CurvesOnFullDisk
+from mmcaption.parameter_summary import ParameterSummary
 from mmcaption.terminal import draws_bars
 
 _SEED_GIVEN = os.environ.get("PL_GLOBAL_SEED")  # the environment's, as the process began: not an earlier run's
@@ -44,6 +51,8 @@ def add_run_callbacks(trainer: Trainer) -> None:
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
+        if type(callback) in (ModelSummary, RichModelSummary):  # its counts of 4-bit weights were an eighth of theirs
+            trainer.callbacks[index] = ParameterSummary(max_depth=callback._max_depth)
 
 
 class StopsHeldInTeardown(Callback):

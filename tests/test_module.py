@@ -493,3 +493,39 @@ def test_under_16_mixed_the_fused_optimizer_clips_the_unscaled_gradients():
                       enable_model_summary=False, callbacks=[callback])
     trainer.fit(Linear(), train_dataloaders=torch.utils.data.DataLoader(torch.randn(12, 16), batch_size=4))
     assert_clipped(norms, clip, 3)
+
+
+def test_a_fits_parameter_summary_counts_4_bit_weights_as_the_values_they_hold(backbones, monkeypatch):
+    # Lightning's summary counted a 4-bit weight by its packed storage (eight values to a float32 element on the CPU, four
+    # to a bfloat16: the tiny model's 1.2 M parameters said as 546 K, Phi-2's 2.7 billion as under a billion) and
+    # showed "Total FLOPs: 0"
+    import bitsandbytes as bnb
+    from lightning.pytorch.callbacks import ModelSummary
+
+    from mmcaption.parameter_summary import ParameterSummary, parameter_summary
+    from mmcaption.run_callbacks import add_run_callbacks
+
+    module = make_captioner(backbones)
+    module.configure_model()
+    four_bit = sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, bnb.nn.Linear4bit))
+    others = sum(p.numel() for p in module.parameters() if getattr(p, "quant_state", None) is None)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    lora = sum(p.numel() for name, p in module.named_parameters() if "lora_" in name)
+    assert four_bit > 0 and sum(p.numel() for p in module.parameters()) < four_bit + others  # what Lightning counted
+    said = parameter_summary(module)
+    assert said.startswith(f"model: {four_bit + others:,} parameters (a 4-bit weight counted as the values it holds): "
+                           f"{four_bit:,} frozen 4-bit (language model {four_bit:,}); ")
+    assert f"{trainable:,} trainable (" in said and f"LoRA {lora:,}" in said and "cross-attention " in said
+    assert "vision tower " in said and said.endswith(" MB in memory")
+
+    # a command's trainer gets it in place of Lightning's summary, which it says as a fit starts; none when turned off
+    trainer = Trainer(accelerator="cpu", logger=False)
+    add_run_callbacks(trainer)
+    assert [type(c) for c in trainer.callbacks if isinstance(c, ModelSummary)] == [ParameterSummary]
+    heard = []
+    monkeypatch.setattr("mmcaption.parameter_summary.rank_zero_info", heard.append)
+    next(c for c in trainer.callbacks if isinstance(c, ParameterSummary)).on_fit_start(trainer, module)
+    assert heard == [said]
+    quiet = Trainer(accelerator="cpu", logger=False, enable_model_summary=False)
+    add_run_callbacks(quiet)
+    assert not any(isinstance(c, ModelSummary) for c in quiet.callbacks)

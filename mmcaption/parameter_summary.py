@@ -1,0 +1,63 @@
+"""The model's parameters as a fit starts, told as a 4-bit model holds them.
+
+Lightning's model summary counts a 4-bit weight by its packed storage (bitsandbytes packs its values into elements of
+the compute dtype, as the model loads them: four to a bfloat16, eight to a float32; Phi-2's 2.5 billion quantized
+weights counted as some 600 million), sizes every parameter at 4 bytes, and shows a FLOPs column of zeros (it counts them only with an example
+input). A run's log should show what matters: how many parameters the model has, which are frozen (in 4-bit or not)
+and which train (LoRA, the cross-attention blocks, the projection), and what the weights take in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, Counter]:
+    """``{"frozen 4-bit": ..., "frozen": ..., "trainable": ...}``: each a count of parameters by part (a 4-bit weight
+    counted as the values it holds), and ``"bytes"``, what the parameters take in memory as stored."""
+    counts: dict[str, Counter] = {"frozen 4-bit": Counter(), "frozen": Counter(), "trainable": Counter(), "bytes": Counter()}
+    for name, parameter in model.named_parameters():
+        state = getattr(parameter, "quant_state", None)
+        values = math.prod(state.shape) if state is not None and getattr(state, "shape", None) is not None else parameter.numel()
+        if parameter.requires_grad:
+            part = "LoRA" if "lora_" in name else "cross-attention" if "cross_attention" in name else name.split(".")[1] \
+                if name.startswith("model.") and name.count(".") > 1 else name.split(".")[0]
+            counts["trainable"][part] += values
+        else:
+            part = "vision tower" if ".vision_model." in f".{name}" else "language model"
+            counts["frozen 4-bit" if state is not None else "frozen"][part] += values
+        counts["bytes"]["parameters"] += parameter.numel() * parameter.element_size()
+    return counts
+
+
+def parameter_summary(model: torch.nn.Module) -> str:
+    """One paragraph: the parameters in all, frozen in 4-bit, frozen otherwise and trainable, each by part."""
+    counts = parameter_counts(model)
+    groups = [name for name in ("frozen 4-bit", "frozen", "trainable") if counts[name]]
+    said = []
+    for group in groups:
+        parts = ", ".join(f"{part} {number:,}" for part, number in counts[group].most_common())
+        said.append(f"{sum(counts[group].values()):,} {group} ({parts})")
+    size = counts["bytes"]["parameters"]
+    amount = f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
+    total = sum(sum(counts[group].values()) for group in groups)
+    return (f"model: {total:,} parameters (a 4-bit weight counted as the values it holds): {'; '.join(said)}; they take "
+            f"{amount} in memory")
+
+
+class ParameterSummary(ModelSummary):
+    """In place of Lightning's model summary (:func:`parameter_summary`, said once as a fit starts, by the first
+    process); with ``max_depth`` above 1 (a config's ``ModelSummary``), Lightning's table of layers follows it."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module) -> None:
+        if not self._max_depth:
+            return
+        rank_zero_info(parameter_summary(pl_module))
+        if self._max_depth > 1:
+            super().on_fit_start(trainer, pl_module)
