@@ -32,8 +32,18 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, Counter]:
         else:
             part = "vision tower" if ".vision_model." in f".{name}" else "language model"
             counts["frozen 4-bit" if state is not None else "frozen"][part] += values
-        counts["bytes"]["parameters"] += parameter.numel() * parameter.element_size()
+        counts["bytes"]["parameters"] += parameter.numel() * parameter.element_size() + _quantization_bytes(state)
     return counts
+
+
+def _quantization_bytes(state) -> int:
+    """What a 4-bit weight's quantization constants take: its blocks' scales, and with double quantization theirs."""
+    if state is None:
+        return 0
+    tensors = [getattr(state, name, None) for name in ("absmax", "code")]
+    nested = getattr(state, "state2", None)
+    tensors += [getattr(nested, name, None) for name in ("absmax", "code")] if nested is not None else []
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def parameter_summary(model: torch.nn.Module) -> str:
@@ -45,19 +55,20 @@ def parameter_summary(model: torch.nn.Module) -> str:
         parts = ", ".join(f"{part} {number:,}" for part, number in counts[group].most_common())
         said.append(f"{sum(counts[group].values()):,} {group} ({parts})")
     size = counts["bytes"]["parameters"]
-    amount = f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
+    amount = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
     total = sum(sum(counts[group].values()) for group in groups)
-    return (f"model: {total:,} parameters (a 4-bit weight counted as the values it holds): {'; '.join(said)}; they take "
-            f"{amount} in memory")
+    counted = " (a 4-bit weight counted as the values it holds)" if counts["frozen 4-bit"] else ""
+    return f"model: {total:,} parameters{counted}: {'; '.join(said)}; the weights take {amount} in memory"
 
 
 class ParameterSummary(ModelSummary):
     """In place of Lightning's model summary (:func:`parameter_summary`, said once as a fit starts, by the first
-    process); with ``max_depth`` above 1 (a config's ``ModelSummary``), Lightning's table of layers follows it."""
+    process); with another ``max_depth`` than 1 (a config's ``ModelSummary``: 2, or -1 for all layers), Lightning's
+    table of layers follows it, with its own counts."""
 
     def on_fit_start(self, trainer: Trainer, pl_module) -> None:
         if not self._max_depth:
             return
         rank_zero_info(parameter_summary(pl_module))
-        if self._max_depth > 1:
+        if self._max_depth != 1:
             super().on_fit_start(trainer, pl_module)

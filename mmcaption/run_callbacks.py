@@ -52,7 +52,7 @@ def add_run_callbacks(trainer: Trainer) -> None:
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
         if type(callback) in (ModelSummary, RichModelSummary):  # its counts of 4-bit weights were an eighth of theirs
-            trainer.callbacks[index] = ParameterSummary(max_depth=callback._max_depth)
+            trainer.callbacks[index] = ParameterSummary(max_depth=callback._max_depth, **callback._summarize_kwargs)
 
 
 class StopsHeldInTeardown(Callback):

@@ -516,7 +516,11 @@ def test_a_fits_parameter_summary_counts_4_bit_weights_as_the_values_they_hold(b
     assert said.startswith(f"model: {four_bit + others:,} parameters (a 4-bit weight counted as the values it holds): "
                            f"{four_bit:,} frozen 4-bit (language model {four_bit:,}); ")
     assert f"{trainable:,} trainable (" in said and f"LoRA {lora:,}" in said and "cross-attention " in said
-    assert "vision tower " in said and said.endswith(" MB in memory")
+    assert "vision tower " in said and said.endswith(" MiB in memory")
+
+    plain = make_captioner(backbones, quantization="none")  # the bf16-LoRA preset: no 4-bit weight to say so of
+    plain.configure_model()
+    assert parameter_summary(plain).startswith(f"model: {sum(p.numel() for p in plain.parameters()):,} parameters: ")
 
     # a command's trainer gets it in place of Lightning's summary, which it says as a fit starts; none when turned off
     trainer = Trainer(accelerator="cpu", logger=False)
@@ -526,6 +530,12 @@ def test_a_fits_parameter_summary_counts_4_bit_weights_as_the_values_they_hold(b
     monkeypatch.setattr("mmcaption.parameter_summary.rank_zero_info", heard.append)
     next(c for c in trainer.callbacks if isinstance(c, ParameterSummary)).on_fit_start(trainer, module)
     assert heard == [said]
+    # a config's ModelSummary of more layers (2, or -1 for all) gets Lightning's table after it
+    table = []
+    monkeypatch.setattr(ModelSummary, "on_fit_start", lambda self, trainer, module: table.append(self._max_depth))
+    for depth in (1, 2, -1):
+        ParameterSummary(max_depth=depth).on_fit_start(trainer, module)
+    assert table == [2, -1]
     quiet = Trainer(accelerator="cpu", logger=False, enable_model_summary=False)
     add_run_callbacks(quiet)
     assert not any(isinstance(c, ModelSummary) for c in quiet.callbacks)

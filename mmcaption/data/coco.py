@@ -172,11 +172,12 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     missing = [image for image in captioned if not (image_dir / image.file_name).is_file()]
     if missing and (copies := coco2014_copies([image.file_name for image in missing], image_dir, annotation_file)):
         still = [image for image in missing if image.file_name not in copies]
-        home = COCO2014_HOMES.get(annotation_file.stem.removeprefix("captions_"), COCO2014_FOLDERS)[0]
+        home = COCO2014_HOMES.get(annotation_file.stem.removeprefix("captions_"), ("",))[0]
+        home = home if home and (image_dir / home).is_dir() else ""  # a COCO 2017 split read from COCO 2014's folders
         for image in missing:  # COCO 2017's names, read from a COCO 2014 download's copies (coco2014_folders); one not
             # there is named as it was first looked for (not as a 2017 name beside the 2014 folders)
             name = Path(image.file_name).name
-            image.file_name = copies.get(image.file_name) or (f"{home}/COCO_{home}_{name}" if COCO2017_NAME.fullmatch(name) else image.file_name)
+            image.file_name = copies.get(image.file_name) or (f"{home}/COCO_{home}_{name}" if home and COCO2017_NAME.fullmatch(name) else image.file_name)
         missing = still
     records.missing_images(  # with every bad annotation found above, kept till now: each kind at once, not one per run
         [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing],
