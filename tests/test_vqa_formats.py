@@ -465,3 +465,26 @@ def test_mmes_release_folder_is_answered_and_reported_with_mmes_own_score(backbo
             default_root_dir=tmp_path).predict(module, datamodule=data)
     mme = json.loads(Path(f"{tmp_path / 'lmms.jsonl'}.summary.json").read_text())["mme"]
     assert mme["per_category"]["existence"] == {"score": 50.0, "accuracy": 0.5, "accuracy_plus": 0.0, "images": 1}
+
+
+def test_llavas_mme_questions_without_answers_point_to_mmes_release_for_its_score(tmp_path, monkeypatch):
+    # LLaVA's llava_mme.jsonl holds MME's questions without their answers (its evaluation reads them from MME's release):
+    # they were answered and not scored, without a word of where the score comes from
+    from mmcaption.data.questions import read_questions
+
+    said = []
+    monkeypatch.setattr("mmcaption.data.mme.rank_zero_info", said.append)
+    path = tmp_path / "llava_mme.jsonl"
+    path.write_text("".join(json.dumps({"question_id": f"{c}/{n}.png", "image": f"{c}/{n}.png", "category": c,
+                                        "text": "Is it? Please answer yes or no."}) + "\n" for c, n in (("OCR", 1), ("code_reasoning", 2))))
+    read_questions(path)
+    assert any("MME's questions without their answers (as LLaVA's llava_mme.jsonl): answered, not scored" in note
+               and "--data.questions_file MME_Benchmark_release_version" in note for note in said)
+    # with their answers, or with other categories, nothing is said
+    said.clear()
+    path.write_text(json.dumps({"image": "a.png", "question": "Is it?", "answer": "Yes", "category": "OCR"}) + "\n" +
+                    json.dumps({"image": "b.png", "question": "Is it?", "category": "count"}) + "\n")
+    read_questions(path)
+    path.write_text(json.dumps({"image": "a.png", "question": "Is it?", "category": "popular"}) + "\n")
+    read_questions(path)
+    assert not said

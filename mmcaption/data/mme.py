@@ -94,3 +94,14 @@ def mme_questions(folder: Path) -> list[tuple[str, dict[str, Any]]]:
         rank_zero_info(f"{root}: MME's {', '.join(absent)} not there ({len(CATEGORIES) - len(absent)} of its "
                        f"{len(CATEGORIES)} categories have question files): its totals count the categories asked")
     return questions
+
+
+def say_where_mmes_answers_are(path: Path, records: list[dict[str, Any]]) -> None:
+    """Said of a questions file whose questions are all MME's (each record's ``category`` one of its 14) and carry no
+    answer - LLaVA's ``llava_mme.jsonl``, whose answers its own evaluation reads from MME's release -: they are answered,
+    not scored; MME's release folder, given instead, asks the same questions and scores them as MME does."""
+    if records and not any({"answer", "answers", "label"} & set(record) for record in records) and all(
+            str(record.get("category")) in CATEGORIES for record in records):
+        rank_zero_info(f"{path}: MME's questions without their answers (as LLaVA's llava_mme.jsonl): answered, not scored. "
+                       "MME's answers are in its release folder: --data.questions_file MME_Benchmark_release_version asks "
+                       "the same questions and gives MME's score")

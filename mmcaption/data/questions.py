@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, EmbeddedImage, absent_cell, sniffed_format
 from mmcaption.data.image_sources import coco2017_copy, image_paths
 from mmcaption.data.json_values import JsonLines, json_values
-from mmcaption.data.mme import mme_questions, mme_root, not_mme
+from mmcaption.data.mme import mme_questions, mme_root, not_mme, say_where_mmes_answers_are
 from mmcaption.data.predict import FORMAT_CONFIGS, FORMATS, _ImageRows, _PredictDataModule
 from mmcaption.data.records import DataError, missing_file, not_utf8, read_json, read_json_list, whole_characters
 from mmcaption.data.tables import (
@@ -268,8 +268,8 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
     if not questions:
         raise DataError(f"{path} has no questions")
     if not any(q.answer or "answers" in q.record for q in questions) and (keys := answer_key_columns(list(questions[0].record))):
-        rank_zero_info(f"{path}: no 'answer', so no accuracy; {keys[0]!r} is kept as it is, not read as the answer: name it "
-                       "'answer' if it is one")
+        rank_zero_info(f"{path}: no 'answer', so no accuracy; {keys[0]!r} is kept as it is, not read as the answer: name it 'answer' if it is one")
+    say_where_mmes_answers_are(path, [q.record for q in questions])
     if unread := next(((q.line, a) for q in questions for a in q.record.get("answers") or () if len(q.record["answers"]) > 1
                        and a != normalise_answer(a, official=True)), None):  # as vqaEval.py scores them: as written
         rank_zero_warn(f"{path}: human answers are scored as VQAv2's evaluation scores them, as written when they agree (case, number words, articles "
