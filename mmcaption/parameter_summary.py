@@ -18,22 +18,31 @@ from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities import rank_zero_info
 
 
-def parameter_counts(model: torch.nn.Module) -> dict[str, Counter]:
-    """``{"frozen 4-bit": ..., "frozen": ..., "trainable": ...}``: each a count of parameters by part (a 4-bit weight
-    counted as the values it holds), and ``"bytes"``, what the parameters take in memory as stored."""
-    counts: dict[str, Counter] = {"frozen 4-bit": Counter(), "frozen": Counter(), "trainable": Counter(), "bytes": Counter()}
+def _trainable_part(name: str) -> str:
+    """What a trainable parameter belongs to: LoRA, the cross-attention blocks, else the model's part it is in."""
+    if "lora_" in name:
+        return "LoRA"
+    if "cross_attention" in name:
+        return "cross-attention"
+    parts = name.split(".")
+    return parts[1] if parts[0] == "model" and len(parts) > 2 else parts[0]
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[dict[str, Counter], int]:
+    """``{"frozen 4-bit": ..., "frozen": ..., "trainable": ...}``, each a count of parameters by part (a 4-bit weight
+    counted as the values it holds), and the bytes the parameters take in memory as stored."""
+    counts: dict[str, Counter] = {"frozen 4-bit": Counter(), "frozen": Counter(), "trainable": Counter()}
+    size = 0
     for name, parameter in model.named_parameters():
         state = getattr(parameter, "quant_state", None)
-        values = math.prod(state.shape) if state is not None and getattr(state, "shape", None) is not None else parameter.numel()
+        values = math.prod(state.shape) if state is not None else parameter.numel()
         if parameter.requires_grad:
-            part = "LoRA" if "lora_" in name else "cross-attention" if "cross_attention" in name else name.split(".")[1] \
-                if name.startswith("model.") and name.count(".") > 1 else name.split(".")[0]
-            counts["trainable"][part] += values
+            counts["trainable"][_trainable_part(name)] += values
         else:
             part = "vision tower" if ".vision_model." in f".{name}" else "language model"
             counts["frozen 4-bit" if state is not None else "frozen"][part] += values
-        counts["bytes"]["parameters"] += parameter.numel() * parameter.element_size() + _quantization_bytes(state)
-    return counts
+        size += parameter.numel() * parameter.element_size() + _quantization_bytes(state)
+    return counts, size
 
 
 def _quantization_bytes(state) -> int:
@@ -48,13 +57,12 @@ def _quantization_bytes(state) -> int:
 
 def parameter_summary(model: torch.nn.Module) -> str:
     """One paragraph: the parameters in all, frozen in 4-bit, frozen otherwise and trainable, each by part."""
-    counts = parameter_counts(model)
+    counts, size = parameter_counts(model)
     groups = [name for name in ("frozen 4-bit", "frozen", "trainable") if counts[name]]
     said = []
     for group in groups:
         parts = ", ".join(f"{part} {number:,}" for part, number in counts[group].most_common())
         said.append(f"{sum(counts[group].values()):,} {group} ({parts})")
-    size = counts["bytes"]["parameters"]
     amount = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
     total = sum(sum(counts[group].values()) for group in groups)
     counted = " (a 4-bit weight counted as the values it holds)" if counts["frozen 4-bit"] else ""

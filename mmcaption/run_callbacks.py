@@ -51,7 +51,7 @@ def add_run_callbacks(trainer: Trainer) -> None:
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
-        if type(callback) in (ModelSummary, RichModelSummary):  # its counts of 4-bit weights were an eighth of theirs
+        if type(callback) in (ModelSummary, RichModelSummary):  # it counted 4-bit weights by their packed storage
             trainer.callbacks[index] = ParameterSummary(max_depth=callback._max_depth, **callback._summarize_kwargs)
 
 

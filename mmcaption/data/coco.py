@@ -93,10 +93,12 @@ def text_id_said(entry: object, key: str) -> str:
             "annotation its image's number)")
 
 
-def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRecords) -> list[CocoImage]:
+def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRecords, coco2014_home: str = "") -> list[CocoImage]:
     """Parse and check ``captions_*.json``: structure, captions, and that every image file exists.
 
-    Missing images are counted all at once, so the message says how many there are.
+    Missing images are counted all at once, so the message says how many there are. COCO 2017's names are read from
+    COCO 2014's copies under ``image_dir`` when it has them; ``coco2014_home``, the COCO 2014 folder a COCO 2017 split is
+    read from first (:func:`coco2014_folders`), names a photo missing there as it was looked for.
     """
     require_annotation_file(annotation_file)
     content = read_json(annotation_file, "COCO annotation file")
@@ -172,11 +174,8 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     missing = [image for image in captioned if not (image_dir / image.file_name).is_file()]
     if missing and (copies := coco2014_copies([image.file_name for image in missing], image_dir, annotation_file)):
         still = [image for image in missing if image.file_name not in copies]
-        home = COCO2014_HOMES.get(annotation_file.stem.removeprefix("captions_"), ("",))[0]
-        home = home if home and (image_dir / home).is_dir() else ""  # a COCO 2017 split read from COCO 2014's folders
-        for image in missing:  # COCO 2017's names, read from a COCO 2014 download's copies (coco2014_folders); one not
-            # there is named as it was first looked for (not as a 2017 name beside the 2014 folders)
-            name = Path(image.file_name).name
+        for image in missing:  # one not there is named as it was first looked for, not as a 2017 name beside the 2014 folders
+            name, home = Path(image.file_name).name, coco2014_home
             image.file_name = copies.get(image.file_name) or (f"{home}/COCO_{home}_{name}" if home and COCO2017_NAME.fullmatch(name) else image.file_name)
         missing = still
     records.missing_images(  # with every bad annotation found above, kept till now: each kind at once, not one per run
@@ -264,8 +263,9 @@ def coco_image_folder(image_dir: Path) -> tuple[Path, str]:
 def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> ImageRecords:
     """``(image_id, file_name, image, captions)`` of the official layout (see :class:`ImageRecords`); with COCO 2014's
     download in place of the split's folder, its photos (:func:`coco2014_folders`)."""
-    image_dir = coco_image_folder(image_dir)[0]
-    return ImageRecords(read_coco_annotations(annotation_file, image_dir, records), image_dir)
+    homes = coco2014_folders(image_dir)
+    folder = image_dir.parent if homes else image_dir
+    return ImageRecords(read_coco_annotations(annotation_file, folder, records, homes[0].name if homes else ""), folder)
 
 
 class ImageRecords:

@@ -18,10 +18,9 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data.records import DataError
-from mmcaption.evaluation.yes_no import MME_CATEGORIES
+from mmcaption.evaluation.yes_no import MME_CATEGORY_NAMES as CATEGORIES
 from mmcaption.images import IMAGE_SUFFIXES, is_hidden
 
-CATEGORIES = [name for names in MME_CATEGORIES.values() for name in names]
 SPLIT_FOLDERS = ("questions_answers_YN", "images")  # the questions' folder and the images' in five categories
 
 

@@ -18,7 +18,7 @@ MME_CATEGORIES = {
     "perception": ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR"),
     "cognition": ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"),
 }
-_KIND = {name: kind for kind, names in MME_CATEGORIES.items() for name in names}
+MME_CATEGORY_NAMES = tuple(name for names in MME_CATEGORIES.values() for name in names)  # perception, then cognition
 
 
 def mme_answer(text: str) -> str:
@@ -53,7 +53,7 @@ class YesNoScores:
         if prediction is not None:  # unanswered (an image that could not be read): wrong for MME, not read for POPE
             self.pope.add(prediction, label)
         category = str(row.get("category") or "").strip()
-        if category not in _KIND:
+        if category not in MME_CATEGORY_NAMES:
             self.outside_mme += 1
             return
         image = str(row.get("question_id") or row.get("image"))
@@ -85,7 +85,7 @@ class YesNoScores:
             if present:
                 totals[kind] = {"score": sum(categories[name]["score"] for name in present), "out_of": 200 * len(names),
                                 "categories": len(present), "missing": [name for name in names if name not in present]}
-        ordered = [name for names in MME_CATEGORIES.values() for name in names if name in categories]
+        ordered = [name for name in MME_CATEGORY_NAMES if name in categories]
         return {**totals, "per_category": {name: categories[name] for name in ordered}, "images_left_out": unpaired,
                 "answers_read_as": "MME's evaluation: yes or no from the answer's first four characters"}
 
