@@ -16,6 +16,7 @@ from lightning.pytorch import Callback, Trainer
 from pycocotools.coco import COCO
 
 from mmcaption.data import CaptionDataModule
+from mmcaption.data.cache import load_table
 from mmcaption.data.records import DataError
 from mmcaption.evaluation import caption_metrics
 from mmcaption.evaluation.report import write_evaluation
@@ -120,6 +121,82 @@ def test_karpathy_file_problems_are_named(backbones, coco_root, tmp_path):
 
 
 @pytest.mark.slow
+def nocaps_layout(coco_root: Path, target: Path, ids: tuple[int, ...] = (0, 7, 4499)) -> Path:
+    """nocaps' validation download: ``nocaps_val_4500_captions.json`` as released (licenses, info, each image's
+    ``open_images_id`` and file name, ``annotations`` of ``image_id``, ``id``, ``caption``), its photos in ``val/`` beside it."""
+    content = json.loads((coco_root / "annotations" / "captions_val2017.json").read_text())
+    (target / "val").mkdir(parents=True)
+    images, annotations = [], []
+    for nocaps_id, image in zip(ids, content["images"]):
+        name = f"{nocaps_id:04x}ea2087020901.jpg"
+        shutil.copy(coco_root / "val2017" / image["file_name"], target / "val" / name)
+        images.append({"id": nocaps_id, "open_images_id": name[:-4], "height": 64, "width": 64, "license": 0,
+                       "coco_url": f"https://s3.amazonaws.com/nocaps/val/{name}", "file_name": name,
+                       "date_captured": "2018-11-06 11:04:33"})
+        annotations += [{"image_id": nocaps_id, "id": len(annotations) + n, "caption": caption} for n, caption in
+                        enumerate(a["caption"] for a in content["annotations"] if a["image_id"] == image["id"])]
+    file = target / "nocaps_val_4500_captions.json"
+    file.write_text(json.dumps({"licenses": [], "info": {"url": "http://nocaps.org", "version": "0.1"}, "images": images,
+                                "annotations": annotations}))
+    return file
+
+
+def test_mmcaption_test_scores_nocaps_validation_file_where_it_lies_with_its_own_image_ids(backbones, coco_root,
+                                                                                           trained_checkpoint, tmp_path):
+    # nocaps' file was refused unless linked into <data_dir>/annotations/captions_<split>.json with its photos linked
+    # as <data_dir>/<split>/; given as the test split by its path, it is scored where it lies, its photos found in val/
+    # beside it, and its COCO results carry nocaps' own image ids, as nocaps' evaluation server takes them
+    nocaps = nocaps_layout(coco_root, tmp_path / "nocaps")
+    language_dir, vision_dir = backbones
+    dm = CaptionDataModule(data_dir=str(coco_root), test_split=str(nocaps), cache_dir=str(tmp_path / "cache"),
+                           tokenizer=str(language_dir), image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    module = make_captioner(backbones, generation={"max_new_tokens": 6, "min_new_tokens": 2})
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))[0]
+    folder = Path(trainer.log_dir)
+    results = json.loads((folder / "test-nocaps_val_4500_captions.results.json").read_text())
+    assert results["split"] == "nocaps_val_4500_captions" and results["images"] == 3 and results["references"] == 15
+    assert results["metrics"]["CIDEr"] == pytest.approx(logged["test/CIDEr"])
+    submitted = json.loads((folder / "test-nocaps_val_4500_captions.coco_results.json").read_text())
+    assert [row["image_id"] for row in submitted] == [0, 7, 4499] and all(row["caption"] for row in submitted)
+    predictions = [json.loads(line) for line in (folder / "test-nocaps_val_4500_captions.predictions.jsonl").read_text().splitlines()]
+    assert [row["file_name"] for row in predictions] == ["0000ea2087020901.jpg", "0007ea2087020901.jpg", "1193ea2087020901.jpg"]
+    assert not (coco_root / "annotations" / "captions_nocaps_val_4500_captions.json").exists()  # nothing written beside COCO's
+
+    # its photos beside the file itself, or in data_dir, are found there too; nowhere, the places looked in are named
+    beside = tmp_path / "beside"
+    shutil.copytree(tmp_path / "nocaps", beside)
+    for photo in (beside / "val").iterdir():
+        photo.rename(beside / photo.name)
+    (beside / "val").rmdir()
+    settings = {"cache_dir": str(tmp_path / "cache"), "tokenizer": str(language_dir), "image_processor": str(vision_dir),
+                "batch_size": 4, "num_workers": 0}
+    for data_dir, split_file in ((coco_root, beside / "nocaps_val_4500_captions.json"),
+                                 (tmp_path / "nocaps" / "val", tmp_path / "elsewhere" / "nocaps_val_4500_captions.json")):
+        split_file.parent.mkdir(exist_ok=True)
+        if not split_file.exists():
+            shutil.copy(nocaps, split_file)
+        found = CaptionDataModule(data_dir=str(data_dir), val_split=str(split_file), **settings)
+        found.check_inputs("validate")
+        assert sorted(load_table(found.preprocess("nocaps_val_4500_captions") / "images")["file_name"]) == sorted(
+            p.name for p in (tmp_path / "nocaps" / "val").iterdir())
+    (tmp_path / "elsewhere" / "nocaps_val_4500_captions.json").rename(tmp_path / "elsewhere" / "lonely.json")
+    nowhere = CaptionDataModule(data_dir=str(tmp_path / "no_such_root"), test_split=str(tmp_path / "elsewhere" / "lonely.json"),
+                                **settings)
+    with pytest.raises(DataError, match=r"lonely\.json: none of its first images \(0000ea2087020901\.jpg, \.\.\.\) is in "
+                                        r".*: put the photos in a folder beside the file"):
+        nowhere.check_inputs("test")
+    # a .json split that is not there is named as such, before anything loads; two files of one name are refused
+    with pytest.raises(DataError, match=r"nocaps_test\.json: no such file \(a split given as a \.json file is a COCO "
+                                        r"captions file"):
+        CaptionDataModule(data_dir=str(coco_root), test_split=str(tmp_path / "nocaps_test.json"), **settings).check_inputs("test")
+    (tmp_path / "other").mkdir()
+    shutil.copy(nocaps, tmp_path / "other" / nocaps.name)
+    with pytest.raises(DataError, match=r"would both be called 'nocaps_val_4500_captions'"):
+        CaptionDataModule(data_dir=str(coco_root), val_split=str(nocaps), test_split=str(tmp_path / "other" / nocaps.name),
+                          **settings).check_inputs("test")
+
+
 def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path,
                                                                              monkeypatch):
     root = karpathy_root(coco_root, tmp_path / "coco2014")

@@ -298,8 +298,9 @@ def test_a_coco_captions_file_or_textcaps_given_as_a_table_is_told_how_it_reads(
     nocaps = tmp_path / "nocaps_val_4500_captions.json"
     nocaps.write_text(json.dumps({"licenses": [], "info": {}, "images": [{"id": 0, "file_name": "0013ea2087020901.jpg"}],
                                   "annotations": [{"image_id": 0, "id": 0, "caption": "A man on a horse."}]}))
-    with pytest.raises(DataError, match=r"it is a COCO captions file: source coco reads it as <data_dir>/annotations/"
-                                        r"captions_<split>\.json, its images in <data_dir>/<split>/") as refused:
+    with pytest.raises(DataError, match=r"it is a COCO captions file: source coco reads it where it is, its images in a "
+                                        r"folder beside it or in data_dir, as a split given by its path \(--data.init_args."
+                                        r"source coco --data.init_args.test_split <file>") as refused:
         list(HubCaptions(str(nocaps), "jpg", "txt").records("train", BadRecords(str(nocaps))))
     assert "hub_image_column images" not in str(refused.value)
     textcaps = tmp_path / "TextCaps_0.1_train.json"

@@ -56,7 +56,8 @@ CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data
                   "mmcaption.data.records", "mmcaption.data.image_pass", "mmcaption.data.image_sources",
                   "mmcaption.data.features", "mmcaption.images", "mmcaption.pixel_levels", "mmcaption.prompts",
                   "mmcaption.data.conversation_fields", "mmcaption.file_spellings", "mmcaption.data.sampling",
-                  "mmcaption.data.split_column", "mmcaption.data.table_rows", "mmcaption.data.encodings")
+                  "mmcaption.data.split_column", "mmcaption.data.table_rows", "mmcaption.data.encodings",
+                  "mmcaption.data.caption_files")
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -126,3 +126,15 @@ def texts_of(value: Any, key: str | None, separator: str | None, column: str, sp
             split.append(len(pieces))
         parts += pieces
     return parts
+
+
+def read_otherwise_now_in(file: Path, hub: bool, looked_at) -> list[str]:
+    """How this release reads a caption file (or a folder's tables) otherwise than earlier ones did
+    (:func:`invisible_characters_in`; a hub table's cells, :func:`python_lists_in`): its cache is not one they built,
+    nor a run's place in it. ``looked_at(key, look)``: the data module's answer, looked for once."""
+    tables = [file] if file.is_file() else [p for p in [*file.glob("*"), *file.glob("*/metadata.*")] if p.is_file() and
+                                             p.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl")] if file.is_dir() else []
+    looks = {"invisible": ("invisible characters around them removed", invisible_characters_in),
+             **({"python lists": ("Python's lists in a cell read as the captions they list", python_lists_in)} if hub else {})}
+    return [why for key, (why, look) in looks.items()
+            if any(looked_at((key, table), lambda t=table, look=look: look(t)) for table in tables)]

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from mmcaption.data import llava as conversation_files
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature
-from mmcaption.data.caption_cells import invisible_characters_in, python_lists_in
+from mmcaption.data.caption_cells import read_otherwise_now_in
+from mmcaption.data.caption_files import file_image_folder, file_split_name, files_by_split_name, split_file
 from mmcaption.data.coco import (
     ImageRecords,
     coco2014_folders,
@@ -67,7 +68,8 @@ class CaptionDataModule(PreprocessedDataModule):
         val_split: split used by validation (null: ``val2017`` for coco; for hub the dataset's validation/val/dev/test
             split, or a held-out share of a single split).
         test_split: split used by ``test`` (null: ``test`` for karpathy, and for hub when the dataset has one apart from
-            validation's; else the validation split).
+            validation's; else the validation split). For coco, a split may be a COCO captions file where it lies
+            (nocaps' ``nocaps_val_4500_captions.json``), its images found beside it (:mod:`~mmcaption.data.caption_files`).
         caption_prompt: text between ``<bos>`` and the caption, not supervised (empty: none).
         max_length: longest sequence in tokens, prompt and special tokens included; longer captions are cut.
         val_caption_images: how many val images to caption at each validation for CIDEr, BLEU-4,
@@ -129,11 +131,21 @@ class CaptionDataModule(PreprocessedDataModule):
             return self.hub.stage_splits(train, val, test)
         if self.source == "karpathy":
             return {"train": train or "train", "val": val or "val", "test": test or "test"}
+        train, val, test = (file_split_name(path) if (path := split_file(split)) else split for split in self.splits)
         val = val or "val2017"
         return {"train": train or "train2017", "val": val, "test": test or val}
 
+    def split_files(self) -> dict[str, Path]:
+        """The splits given as COCO captions files where they lie (nocaps'), by their names (:mod:`caption_files`)."""
+        files = dict.fromkeys(path for split in self.splits if self.source == "coco" and (path := split_file(split)))
+        return files_by_split_name(list(files))
+
     def annotation_file(self, split: str) -> Path:
-        return self.data_dir / "annotations" / f"captions_{split}.json"
+        return self.split_files().get(split) or self.data_dir / "annotations" / f"captions_{split}.json"
+
+    def image_folder(self, split: str) -> Path:
+        file = self.split_files().get(split)
+        return file_image_folder(file, self.data_dir) if file else self.data_dir / split
 
     @property
     def layout_hint(self) -> str:
@@ -144,7 +156,7 @@ class CaptionDataModule(PreprocessedDataModule):
     def input_paths(self, split: str) -> list[tuple[Path, str]]:
         if self.source == "karpathy":
             return [(self.karpathy_file, "Karpathy split file (dataset_coco.json)"), (self.data_dir, "COCO image root")]
-        folder, what = coco_image_folder(self.data_dir / split)  # or COCO 2014's download in its place: the same photos
+        folder, what = coco_image_folder(self.image_folder(split))  # or COCO 2014's download in its place: the same photos
         return [(self.annotation_file(split), "COCO annotation file"), (folder, what)]
 
     def check_inputs(self, stage: str = "fit") -> None:
@@ -152,15 +164,7 @@ class CaptionDataModule(PreprocessedDataModule):
             super().check_inputs(stage)
 
     def _read_otherwise_now(self, file: Path, split: str, hub: bool = False) -> dict:
-        """A caption file (or a folder's tables) that this release reads otherwise than earlier ones
-        (:func:`invisible_characters_in`; a hub table's cells, :func:`python_lists_in`): its cache is not one they built,
-        nor a run's place in it (``training_data``)."""
-        tables = [file] if file.is_file() else [p for p in [*file.glob("*"), *file.glob("*/metadata.*")] if p.is_file() and
-                                                 p.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl")] if file.is_dir() else []
-        looks = {"invisible": ("invisible characters around them removed", invisible_characters_in),
-                 **({"python lists": ("Python's lists in a cell read as the captions they list", python_lists_in)} if hub else {})}
-        found = [why for key, (why, look) in looks.items()
-                 if any(self.looked_at((key, table), lambda t=table, look=look: look(t)) for table in tables)]
+        found = read_otherwise_now_in(file, hub, self.looked_at)  # (and a run's place in its cache, ``training_data``)
         self.read_anew = {**getattr(self, "read_anew", {}), split: bool(found)}
         return {"captions": "; ".join(found)} if found else {}
 
@@ -189,11 +193,12 @@ class CaptionDataModule(PreprocessedDataModule):
                     **self._read_otherwise_now(self.karpathy_file, split)}
         annotation_file = self.annotation_file(split)
         require_annotation_file(annotation_file)
-        signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(self.data_dir / split),
+        folder = self.image_folder(split)
+        signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(folder),
                      **self._read_otherwise_now(annotation_file, split)}
-        if copies := coco2014_folders(self.data_dir / split):  # COCO 2014's photos read in the split folder's place
+        if copies := coco2014_folders(folder):  # COCO 2014's photos read in the split folder's place
             signature["coco 2014 copies"] = [self.signed_folder(folder) for folder in copies]
-        unsigned = coco_unsigned_images(annotation_file, self.data_dir / split)
+        unsigned = coco_unsigned_images(annotation_file, folder)
         if unsigned:  # a labelling tool's absolute file names, a scraper's img1 (none in the official files)
             signature["outside the image folder"] = files_signature(unsigned, str(annotation_file.resolve()), self.cache_dir)
         return signature
@@ -202,8 +207,9 @@ class CaptionDataModule(PreprocessedDataModule):
         if self.source == "coco":
             annotation_file = self.annotation_file(split)
             records = BadRecords(annotation_file, self.on_bad_record)
-            entries = coco_records(annotation_file, self.data_dir / split, records)
-            source = {"source": "coco", "annotations": str(annotation_file), "images": str(self.data_dir / split)}
+            images = self.image_folder(split)  # (not ``folder``: the cache's)
+            entries = coco_records(annotation_file, images, records)
+            source = {"source": "coco", "annotations": str(annotation_file), "images": str(images)}
         elif self.source == "karpathy":
             records = BadRecords(f"{self.karpathy_file} [{split}]", self.on_bad_record)
             entries = ImageRecords(read_karpathy(self.karpathy_file, self.data_dir, split, records), self.data_dir)
@@ -216,9 +222,7 @@ class CaptionDataModule(PreprocessedDataModule):
                                    self.stored_image_size())
 
     def make_dataset(self, folder: Path) -> CaptionDataset:
-        return CaptionDataset(
-            folder, self.image_processor, self.tokenizer, self.caption_prompt, self.max_length
-        )
+        return CaptionDataset(folder, self.image_processor, self.tokenizer, self.caption_prompt, self.max_length)
 
     def say_cut(self, split: str, dataset: CaptionDataset) -> None:
         """Captions longer than ``max_length`` allows are cut as they are read (the cache keeps them whole): said when
@@ -238,24 +242,20 @@ class CaptionDataModule(PreprocessedDataModule):
 
     def caption_images_loader(self, split: str, limit: int | None) -> DataLoader:
         """Images of ``split`` with their references, left-padded prompts for generation."""
-        dataset = CaptionImagesDataset(
-            self.datasets[split].folder, self.image_processor, self.tokenizer, self.caption_prompt, limit
-        )
+        dataset = CaptionImagesDataset(self.datasets[split].folder, self.image_processor, self.tokenizer, self.caption_prompt, limit)
         return self.generation_loader(dataset, self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The val captions for the loss; with ``val_caption_images``, also val images to caption."""
         loss_loader = self._loader("val")
-        if self.val_caption_images == 0:
-            return loss_loader
-        return [loss_loader, self.caption_images_loader(self.stage_splits()["val"], self.val_caption_images)]
+        return loss_loader if self.val_caption_images == 0 else [
+            loss_loader, self.caption_images_loader(self.stage_splits()["val"], self.val_caption_images)]
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         """The test captions for the loss; unless ``test_caption_images`` is 0, also its images to caption."""
         loss_loader = self._loader("test")
-        if self.test_caption_images == 0:
-            return loss_loader
-        return [loss_loader, self.caption_images_loader(self.stage_splits()["test"], self.test_caption_images)]
+        return loss_loader if self.test_caption_images == 0 else [
+            loss_loader, self.caption_images_loader(self.stage_splits()["test"], self.test_caption_images)]
 
 
 class InstructDataModule(PreprocessedDataModule):
@@ -394,6 +394,5 @@ class InstructDataModule(PreprocessedDataModule):
         """The val conversations for the loss; unless ``test_answer_questions`` is 0, also their questions to
         answer (a LLaVA file has no test split: ``test`` reads the validation conversations)."""
         loss_loader = self._loader("test")
-        if self.test_answer_questions == 0:
-            return loss_loader
-        return [loss_loader, self.questions_loader(self.stage_splits()["test"], self.test_answer_questions)]
+        return loss_loader if self.test_answer_questions == 0 else [
+            loss_loader, self.questions_loader(self.stage_splits()["test"], self.test_answer_questions)]

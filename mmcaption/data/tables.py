@@ -58,9 +58,9 @@ def columns_hint(missing: set[str], columns: list[str], image_column: str) -> st
     table's, by its name, likely is (case and spaces aside), else ``""``."""
     by_name = {column.strip().lower(): column for column in columns}
     if {"images", "annotations"} <= set(by_name):  # nocaps' nocaps_val_4500_captions.json, a labelling tool's export
-        return ("; it is a COCO captions file: source coco reads it as <data_dir>/annotations/captions_<split>.json, its "
-                "images in <data_dir>/<split>/ (links of those names to the file and the image folder do; --data.init_args."
-                "val_split <split>)")
+        return ("; it is a COCO captions file: source coco reads it where it is, its images in a folder beside it or in "
+                "data_dir, as a split given by its path (--data.init_args.source coco --data.init_args.test_split <file>; "
+                "val_split and train_split alike)")
     if "data" in by_name and {"dataset_type", "dataset_name"} & set(by_name):  # TextCaps', TextVQA's: rows under 'data'
         return ("; its rows are in its 'data' list (TextCaps' layout): write them as JSON Lines and give that file, python "
                 "-c \"import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))['data']]\" <it> > rows.jsonl")
