@@ -131,9 +131,11 @@ class PredictionWriter(BasePredictionWriter):
         # VQAv2's official questions: the answers as its evaluation server takes them, written with the whole output
         # (by the first of several processes, once it has put their shares together); a previous run's file goes
         # now - or, when that run's output is being replaced, once this run has finished (an interrupted one keeps both)
-        official = self.official = getattr(datamodule, "official_vqa", False)
+        # (or COCO's, for the captions of a COCO image-info file's images: COCO's test2017, nocaps' test set)
+        self.server = "vqa" if getattr(datamodule, "official_vqa", False) else "coco" if getattr(datamodule, "coco_image_ids", False) else None
+        official = self.official = self.server is not None
         self.vqa_results = [] if official and processes == 1 else None
-        self.submission_ids = datamodule.submission_question_ids() if self.vqa_results is not None else []
+        self.submission_ids = datamodule.submission_question_ids() if self.server == "vqa" and processes == 1 else []
         if official and not self.replacing and processes == 1:
             self.vqa_results_path(output).unlink(missing_ok=True)
         dataset = getattr(datamodule, "dataset", None)  # one row each; several processes each answer a share
@@ -189,16 +191,16 @@ class PredictionWriter(BasePredictionWriter):
                 self.handle.write(json_line(row))
         self.handle.flush()
 
-    @staticmethod
-    def vqa_results_path(output: Path) -> Path:
-        return vqa_results_path(output)
+    def vqa_results_path(self, output: Path) -> Path:
+        return vqa_results_path(output, getattr(self, "server", None))
 
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["rows"] += 1
         if row.get(CUT) not in (None, "", False, "False"):  # (read back from an interrupted run's CSV: "True")
             self.counts[CUT] = self.counts.get(CUT, 0) + 1
         if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
-            self.vqa_results.append({"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "", official=True)})
+            self.vqa_results.append({"image_id": int(row["image_id"]), "caption": row.get("caption") or ""} if self.server == "coco"
+                                    else {"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "", official=True)})
         if row.get("error"):  # no image, or (by generation) an answer that names no option: wrong, but predicted
             failed = not str(row["error"]).startswith(NO_OPTION)
             self.counts["errors" if failed else "no_option"] += 1
@@ -307,7 +309,7 @@ class PredictionWriter(BasePredictionWriter):
             summary["share"] = self.share
         write_whole(summary_path(self.path), json_text(summary, indent=2))
         if self.vqa_results is not None and not why:
-            asked = {entry["question_id"] for entry in self.vqa_results}
+            asked = {entry.get("question_id") for entry in self.vqa_results}  # (COCO's: none to pad, submission_ids empty)
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
             write_whole(self.vqa_results_path(self.path), json.dumps(self.vqa_results + padding))
             self.counts["vqa_results_padded"] = len(padding)
@@ -335,8 +337,8 @@ class PredictionWriter(BasePredictionWriter):
                         "true, goes on from them") if earlier else "; the same command with --data.resume true goes on from them"
         message += scores_said(summary, [key for key in self.category_columns if key in summary])
         if self.vqa_results is not None and not why:
-            message += (f"\n  answers for VQA's evaluation server ([{{question_id, answer}}], normalised as scored): "
-                        f"{self.vqa_results_path(self.path)}")
+            message += ("\n  captions for COCO's evaluation server, or nocaps' ([{image_id, caption}]): " if self.server == "coco" else
+                        "\n  answers for VQA's evaluation server ([{question_id, answer}], normalised as scored): ") + str(self.vqa_results_path(self.path))
             if self.submission_ids:
                 message += f" ({self.counts['vqa_results_padded']} questions not asked here given an empty answer, as the server wants all)"
         if announce:  # the whole output (not one process's share)

@@ -197,6 +197,57 @@ def test_mmcaption_test_scores_nocaps_validation_file_where_it_lies_with_its_own
                           **settings).check_inputs("test")
 
 
+def test_nocaps_and_coco_test_images_are_captioned_for_their_evaluation_servers_under_their_image_ids(
+        backbones, coco_root, trained_checkpoint, tmp_path):
+    # a test split's image-info file (nocaps_test_image_info.json, COCO's image_info_test2017.json: no captions) given
+    # to predict was refused as "JSON (a predict output?), not an image list", and its photo folder captioned instead
+    # gave rows by file name only, where the servers take [{image_id, caption}] under the file's ids (nocaps' photos are
+    # named by Open Images ids, no number to read from the name)
+    from mmcaption.data import CaptionPredictDataModule
+    from mmcaption.data.caption_files import captioned_images
+    from mmcaption.module import MultimodalCaptioner
+
+    nocaps = nocaps_layout(coco_root, tmp_path / "nocaps")
+    info = nocaps.with_name("nocaps_test_image_info.json")
+    content = json.loads(nocaps.read_text())
+    del content["annotations"]
+    info.write_text(json.dumps(content))
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    module.generation.update(min_new_tokens=2, max_new_tokens=5)
+
+    def run(output: Path, **settings) -> list[dict]:
+        data = CaptionPredictDataModule(images=str(info), output=str(output), tokenizer=str(backbones[0]),
+                                        image_processor=str(backbones[1]), batch_size=2, num_workers=0, **settings)
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                default_root_dir=tmp_path).predict(module, datamodule=data)
+        return [json.loads(line) for line in output.read_text().splitlines()]
+
+    rows = run(tmp_path / "caps.jsonl")
+    assert [(row["image"], row["image_id"]) for row in rows] == [
+        ("0000ea2087020901.jpg", 0), ("0007ea2087020901.jpg", 7), ("1193ea2087020901.jpg", 4499)]
+    assert all(row["caption"] and row["error"] is None for row in rows)
+    submitted = json.loads((tmp_path / "caps.jsonl.coco_results.json").read_text())
+    assert submitted == [{"image_id": row["image_id"], "caption": row["caption"]} for row in rows]
+    # a photo that cannot be read keeps its place in the server's file (it wants every image), its error in the row
+    (tmp_path / "nocaps" / "val" / "0007ea2087020901.jpg").unlink()
+    rows = run(tmp_path / "caps.jsonl", overwrite=True)
+    assert rows[1]["error"].startswith("image not found") and "caption" not in rows[1]
+    assert json.loads((tmp_path / "caps.jsonl.coco_results.json").read_text())[1] == {"image_id": 7, "caption": ""}
+    # COCO's own test2017 download: annotations/image_info_test2017.json, its photos in test2017/ beside annotations/
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    shutil.copytree(tmp_path / "nocaps" / "val", coco / "test2017")
+    shutil.copy(info, coco / "annotations" / "image_info_test2017.json")
+    found = captioned_images(str(coco / "annotations" / "image_info_test2017.json"))
+    assert [(row["image_id"], path) for row, path in found if path.is_file()] == [
+        (0, coco / "test2017" / "0000ea2087020901.jpg"), (4499, coco / "test2017" / "1193ea2087020901.jpg")]
+    # an image entry without its id is refused by its place: its caption could not be submitted
+    content["images"][1].pop("id")
+    info.write_text(json.dumps(content))
+    with pytest.raises(DataError, match=r"nocaps_test_image_info\.json: images\[1\] needs an integer 'id' and a 'file_name'"):
+        run(tmp_path / "again.jsonl")
+
+
 def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path,
                                                                              monkeypatch):
     root = karpathy_root(coco_root, tmp_path / "coco2014")

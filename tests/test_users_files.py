@@ -480,7 +480,8 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
                                         r"\(a test split whose references are held back.*validate on a split with captions "
                                         r"\(--data.init_args.val_split\)\. To caption these images: mmcaption predict --config "
                                         r"<the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
-                                        r"--data.images \S+train2017$"):
+                                        r"--data.images \S+captions_train2017\.json \(its images, found in \S+train2017 or "
+                                        r"beside it, each captioned under its image id"):
         dm.prepare_data()
     # COCO's own test2017 download: image_info_test2017.json, no 'annotations' at all (it said "has no 'images' and
     # 'annotations' lists: is it a COCO captions file?"), given as the captions file or found beside the missing one
@@ -491,7 +492,7 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
         dm.prepare_data()
     annotations.rename(annotations.with_name("image_info_train2017.json"))
     with pytest.raises(DataError, match=r"image_info_train2017\.json: none of its images has a caption \(a test split.*"
-                                        r"--data.images \S+coco/train2017$"):
+                                        r"--data.images \S+image_info_train2017\.json \(its images, found in \S+coco/train2017 "):
         dm.prepare_data()
     # BLIP's Karpathy list and Karpathy's dataset_coco.json given as COCO's captions file: named, with what reads them
     annotations.with_name("image_info_train2017.json").unlink()

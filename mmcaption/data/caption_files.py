@@ -6,9 +6,12 @@ found in the folder that holds them: the file's own, a folder beside the file, C
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
+from typing import Any
 
 from mmcaption.data.coco import other_caption_layout
+from mmcaption.data.image_sources import named_images
 from mmcaption.data.records import DataError, read_json
 from mmcaption.images import existing_spelling, local_file
 
@@ -28,8 +31,9 @@ def split_file(split: str | None) -> Path | None:
 
 
 def file_split_name(path: Path) -> str:
-    """The split's name for its cache and its results' files: the file's name (``captions_`` off COCO's)."""
-    return path.stem.removeprefix("captions_") or path.stem
+    """The split's name for its cache and its results' files: the file's name (``captions_`` off COCO's, and
+    ``image_info_`` off its test split's)."""
+    return path.stem.removeprefix("captions_").removeprefix("image_info_") or path.stem
 
 
 def files_by_split_name(files: list[Path]) -> dict[str, Path]:
@@ -81,8 +85,32 @@ def _folders_in(folder: Path) -> list[Path]:
 
 
 def _holds(place: Path, name: str) -> bool:
-    """Whether the image is in ``place`` as the COCO reader finds it: as named (another case or Unicode form, Windows'
-    backslashes), or with the folder's own name in front (``val/0013ea2087020901.jpg``)."""
+    return (place / _found(place, name)).is_file()
+
+
+def _found(place: Path, name: str) -> str:
+    """The image's name in ``place`` as the COCO reader finds it: as named (another case or Unicode form, Windows'
+    backslashes), or without the folder's own name in front (``val/0013ea2087020901.jpg``)."""
     found = existing_spelling(place, name)
     parts = Path(found).parts
-    return (place / found).is_file() or len(parts) > 1 and parts[0] == place.name and (place / Path(*parts[1:])).is_file()
+    return str(Path(*parts[1:])) if len(parts) > 1 and parts[0] == place.name and not (place / found).is_file() else found
+
+
+def captioned_images(source: str, note=None, piped: dict[str, bytes] | None = None) -> list[tuple[dict[str, Any], Path]]:
+    """``predict``'s images, each with its row's start: ``{"image": name}`` as :func:`named_images` names them, or, from a
+    COCO image-info file (COCO's ``image_info_test2017.json``, nocaps' ``nocaps_test_image_info.json``: a test split
+    whose captions go to an evaluation server), ``{"image": file_name, "image_id": id}`` with its photo found as a split
+    file's are (:func:`file_image_folder`) - the id the server's results file names it by."""
+    path = local_file(Path(source).expanduser())
+    content = read_json(path, "COCO image-info file") if path.suffix.lower() == ".json" and path.is_file() else None
+    entries = content.get("images") if isinstance(content, dict) else None
+    if not isinstance(entries, list) or not any(isinstance(e, dict) and "file_name" in e for e in entries):
+        return [({"image": name}, image) for name, image in named_images(source, note=note, piped=piped)]
+    bad = next((n for n, e in enumerate(entries) if not (isinstance(e, dict) and isinstance(e.get("file_name"), str)
+                                                         and isinstance(e.get("id"), int) and not isinstance(e["id"], bool))), None)
+    if bad is not None:
+        raise DataError(f"{path}: images[{bad}] needs an integer 'id' and a 'file_name' (a COCO image-info file's images "
+                        f"are captioned under their ids), not {json.dumps(entries[bad])[:200]}")
+    folder = file_image_folder(path, path.parent)
+    return [({"image": entry["file_name"], "image_id": entry["id"]}, folder / _found(folder, entry["file_name"]))
+            for entry in entries]

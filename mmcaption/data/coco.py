@@ -198,7 +198,8 @@ def held_back_split(annotation_file: Path, count: int | None, image_dir: Path, w
                      f"are held back, as COCO's test2017): validation and test score captions against them, so validate "
                      f"on a split with captions (--data.init_args.val_split). To caption these images: mmcaption predict "
                      f"--config <the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
-                     f"--data.images {image_dir}")
+                     f"--data.images {annotation_file} (its images, found in {image_dir} or beside it, each captioned under "
+                     "its image id, and the results file COCO's evaluation server takes written beside the output)")
 
 
 def _karpathy(content: object) -> bool:

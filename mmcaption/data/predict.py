@@ -27,9 +27,10 @@ from mmcaption.data.benchmarks import (
     scienceqa_image_root,
     sniffed_format,
 )
+from mmcaption.data.caption_files import captioned_images
 from mmcaption.data.choice_csv import read_choice_csv
 from mmcaption.data.encodings import windows_1252_note
-from mmcaption.data.image_sources import find_images, image_paths, named_images
+from mmcaption.data.image_sources import image_paths
 from mmcaption.data.mme import mme_root
 from mmcaption.data.records import missing_file
 from mmcaption.data.resume import (
@@ -50,13 +51,7 @@ from mmcaption.errors import AlreadyDone, ConfigError, NotWritableError, OutputE
 from mmcaption.evaluation.report import partial_path, prediction_record, summary_path, vqa_results_path
 from mmcaption.file_spellings import is_dir, is_file
 from mmcaption.folders import output_lock
-from mmcaption.images import (
-    blank_pixels,
-    check_image,
-    load_rgb,
-    local_file,
-    processor_side,
-)
+from mmcaption.images import blank_pixels, check_image, load_rgb, local_file, processor_side
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.slurm import requeued, this_job
 
@@ -97,8 +92,9 @@ class _ImageRows(Dataset):
 
 
 class _CaptionRows(_ImageRows):
-    def __init__(self, images: list[tuple[str, Path]], image_processor, prompt_ids: list[int]) -> None:
-        super().__init__([{"image": name} for name, _ in images], [path for _, path in images], image_processor)
+    def __init__(self, images: list[tuple[str | dict[str, Any], Path]], image_processor, prompt_ids: list[int]) -> None:
+        rows = [row if isinstance(row, dict) else {"image": row} for row, _ in images]  # a name, or a row with its id
+        super().__init__(rows, [path for _, path in images], image_processor)
         self.earlier_names = [{"image": str(path)} for _, path in images]  # as earlier releases named them: gone on from
         self.prompt_ids = torch.tensor(prompt_ids)
 
@@ -190,8 +186,8 @@ class _PredictDataModule(BackbonesDataModule):
         for written in (output, self.output) if world_size > 1 else (output,):  # several processes: their shares, put
             if written.exists() and not (self.overwrite or self.resume):  # together in output at the end
                 raise OutputExistsError(output_exists_advice(written, share=written != self.output))
-        beside = [(path, written) for written in {output, self.output} for path in (summary_path(written),
-                  vqa_results_path(written)) if path.exists() and not written.exists()]  # (an output there: refused above)
+        beside = [(path, written) for written in {output, self.output} for path in (summary_path(written), vqa_results_path(
+                  written), vqa_results_path(written, "coco")) if path.exists() and not written.exists()]  # (an output there: refused above)
         if beside and not (self.overwrite or self.resume):  # the output moved away, its summary left: was replaced unsaid
             raise OutputExistsError(f"{beside[0][0]} exists without {beside[0][1]}, and this run would write its own there: "
                                     "move it with the output it belongs to, or replace it with --data.overwrite true")
@@ -268,10 +264,10 @@ class CaptionPredictDataModule(_PredictDataModule):
         return [Path(self.images)] if Path(self.images).is_file() else []
 
     def check_inputs(self, stage: str = "predict") -> None:
-        find_images(self.images, note=None, piped=self.piped)
+        captioned_images(self.images, None, self.piped)
 
     def rows_before_loading(self) -> list[dict[str, Any]]:
-        return [{"image": name} for name, _ in named_images(self.images, note=None, piped=self.piped)]
+        return [row for row, _ in captioned_images(self.images, None, self.piped)]
 
     def setup(self, stage: str) -> None:
         self.input_notes: list[str] = []  # said now, and kept in the output's summary
@@ -279,7 +275,8 @@ class CaptionPredictDataModule(_PredictDataModule):
         def note(text: str) -> None:
             rank_zero_info(text)
             self.input_notes.append(text)
-        images = named_images(self.images, note=note, piped=self.piped)  # each row named as the user named it
+        images = captioned_images(self.images, note, self.piped)  # each row named as the user named it (and its id)
+        self.coco_image_ids = any("image_id" in row for row, _ in images)  # a COCO image-info file: COCO results written too
         prompt = caption_prompt_ids(self.tokenizer, self.caption_prompt)
         self.dataset = _CaptionRows(images, self.image_processor, prompt)
 

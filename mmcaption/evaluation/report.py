@@ -57,9 +57,10 @@ def summary_path(output: Path) -> Path:
     return output.with_name(output.name + ".summary.json")
 
 
-def vqa_results_path(output: Path) -> Path:
-    """Where ``mmcaption predict`` writes VQAv2's official results file for ``output``'s answers."""
-    return output.with_name(output.name + ".vqa_results.json")
+def vqa_results_path(output: Path, server: str | None = "vqa") -> Path:
+    """Where ``mmcaption predict`` writes the results file an evaluation server takes for ``output``'s rows: VQAv2's for
+    its official questions' answers, COCO's (``coco``) for the captions of a COCO image-info file's images."""
+    return output.with_name(f"{output.name}.{server or 'vqa'}_results.json")
 
 
 def partial_path(output: Path) -> Path:
