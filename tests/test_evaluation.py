@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
+from PIL import Image
 from pycocotools.coco import COCO
 
 from mmcaption.data import CaptionDataModule
@@ -186,15 +187,37 @@ def test_mmcaption_test_scores_nocaps_validation_file_where_it_lies_with_its_own
     with pytest.raises(DataError, match=r"lonely\.json: none of its first images \(0000ea2087020901\.jpg, \.\.\.\) is in "
                                         r".*: put the photos in a folder beside the file"):
         nowhere.check_inputs("test")
-    # a .json split that is not there is named as such, before anything loads; two files of one name are refused
-    with pytest.raises(DataError, match=r"nocaps_test\.json: no such file \(a split given as a \.json file is a COCO "
-                                        r"captions file"):
-        CaptionDataModule(data_dir=str(coco_root), test_split=str(tmp_path / "nocaps_test.json"), **settings).check_inputs("test")
-    (tmp_path / "other").mkdir()
+    # a .json split that is not there is named as such, before anything loads, by the stage that reads it (a config
+    # whose train_split file is on another machine still tests here)
+    gone = CaptionDataModule(data_dir=str(coco_root), train_split=str(tmp_path / "gone" / "mine.json"), test_split=str(nocaps),
+                             **settings)
+    gone.check_inputs("test")
+    with pytest.raises(DataError, match=r"COCO captions file \(a split given by its path, read from the current folder when "
+                                        r"relative: \S+gone/mine\.json\) not found: \S+gone/mine\.json"):
+        gone.check_inputs("fit")
+    # two files of one name, or a file named as a split given by name, are refused: one would be read for both (another
+    # root's captions_val2017.json as the test split was fit's validation split too)
+    (tmp_path / "other" / "annotations").mkdir(parents=True)
     shutil.copy(nocaps, tmp_path / "other" / nocaps.name)
     with pytest.raises(DataError, match=r"would both be called 'nocaps_val_4500_captions'"):
         CaptionDataModule(data_dir=str(coco_root), val_split=str(nocaps), test_split=str(tmp_path / "other" / nocaps.name),
                           **settings).check_inputs("test")
+    shutil.copy(coco_root / "annotations" / "captions_val2017.json", tmp_path / "other" / "annotations")
+    with pytest.raises(DataError, match=r"the split file \S+other/annotations/captions_val2017\.json would be called 'val2017', "
+                                        r"as the split val2017 read from \S+coco\d*/annotations/captions_val2017\.json is"):
+        CaptionDataModule(data_dir=str(coco_root), test_split=str(tmp_path / "other" / "annotations" / "captions_val2017.json"),
+                          **settings).check_inputs("fit")
+    own = CaptionDataModule(data_dir=str(coco_root), test_split=str(coco_root / "annotations" / "captions_val2017.json"), **settings)
+    assert own.input_paths(own.stage_splits()["test"])[1][0] == coco_root / "val2017"  # COCO's own, by its path: as named
+    # the cache follows the split file's own photos, not every file of the folder they lie in (a Downloads folder)
+    key = CaptionDataModule(data_dir=str(coco_root), test_split=str(beside / nocaps.name), **settings).split_folder(
+        "nocaps_val_4500_captions")
+    (beside / "holiday").mkdir()
+    shutil.copy(beside / "0000ea2087020901.jpg", beside / "holiday" / "unrelated.jpg")
+    fresh = dict(data_dir=str(coco_root), test_split=str(beside / nocaps.name), **settings)
+    assert CaptionDataModule(**fresh).split_folder("nocaps_val_4500_captions") == key
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(beside / "1193ea2087020901.jpg")  # one of its photos replaced
+    assert CaptionDataModule(**fresh).split_folder("nocaps_val_4500_captions") != key
 
 
 def test_nocaps_and_coco_test_images_are_captioned_for_their_evaluation_servers_under_their_image_ids(

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mmcaption.data.coco import other_caption_layout
+from mmcaption.data.cache import files_signature
+from mmcaption.data.coco import coco2014_folders, other_caption_layout
 from mmcaption.data.image_sources import named_images
 from mmcaption.data.records import DataError, read_json
 from mmcaption.images import existing_spelling, local_file
@@ -19,15 +20,9 @@ LOOKED_AT = 20  # the file's first images that choose the folder
 
 
 def split_file(split: str | None) -> Path | None:
-    """The COCO captions file a split setting names (a ``.json`` path), else None (a split's name)."""
-    if not split or not split.lower().endswith(".json"):
-        return None
-    path = local_file(Path(split).expanduser())
-    if not path.is_file():
-        raise DataError(f"{split}: no such file (a split given as a .json file is a COCO captions file with its images, as "
-                        "nocaps' nocaps_val_4500_captions.json; a split's name, as val2017, reads "
-                        "<data_dir>/annotations/captions_<split>.json)")
-    return path
+    """The COCO captions file a split setting names (a ``.json`` path, there or not: a stage that reads it says so),
+    else None (a split's name)."""
+    return local_file(Path(split).expanduser()) if split and split.lower().endswith(".json") else None
 
 
 def file_split_name(path: Path) -> str:
@@ -36,45 +31,104 @@ def file_split_name(path: Path) -> str:
     return path.stem.removeprefix("captions_").removeprefix("image_info_") or path.stem
 
 
-def files_by_split_name(files: list[Path]) -> dict[str, Path]:
-    """Each split file by its split's name; two files of one name (``a/val.json``, ``b/val.json``) refused."""
+def files_by_split_name(settings: tuple[str | None, ...], data_dir: Path) -> dict[str, Path]:
+    """The split files of ``settings`` (train, val, test) by their splits' names. Two files of one name (``a/val.json``,
+    ``b/val.json``), or a file named as a split given by name is (another root's ``captions_val2017.json`` beside the
+    default ``val2017``), are refused: the split would be read from the one for both."""
     named: dict[str, Path] = {}
-    for path in files:
+    for path in filter(None, map(split_file, settings)):
         if (other := named.setdefault(file_split_name(path), path)).resolve() != path.resolve():
             raise DataError(f"the splits {other} and {path} would both be called {file_split_name(path)!r} (their caches and "
                             "results are named by it): give one under another name (a link of another name does)")
+    for setting, default in zip(settings, ("train2017", "val2017", None)):  # (test by default: the val split)
+        name = None if split_file(setting) else setting or default
+        own = data_dir / "annotations" / f"captions_{name}.json"
+        if name in named and named[name].resolve() != own.resolve():
+            raise DataError(f"the split file {named[name]} would be called {name!r}, as the split {name} read from {own} is: "
+                            "give the file under another name (a link of another name does), or that split by its path too")
     return named
 
 
+def coco_layout_folder(path: Path) -> Path | None:
+    """``<root>/<split>/`` for ``<root>/annotations/captions_<split>.json`` given by its path, when it is there (or COCO
+    2014's folders in its place, :func:`~mmcaption.data.coco.coco2014_folders`): read as the split of that name is."""
+    folder = path.parent.parent / file_split_name(path)
+    return folder if path.parent.name == "annotations" and (folder.is_dir() or coco2014_folders(folder)) else None
+
+
 def file_image_folder(path: Path, data_dir: Path) -> Path:
-    """The folder the captions file's images are found in (the first of the places above holding most of its first
-    images, as the COCO reader finds them); refused, naming the places, when none holds any."""
+    """The folder the captions file's images are found in: COCO's own layout's, else the first of the places above
+    holding most of its first images, as the COCO reader finds them; refused, naming the places, when none holds any
+    (a file not there: its own folder, which the start-up check refuses first)."""
+    if not path.is_file() or (layout := coco_layout_folder(path)) is not None:
+        return layout if path.is_file() else path.parent
+    names = _file_names(path)
+    places = [path.parent, *_folders_in(path.parent), data_dir, *_folders_in(data_dir)]
+    looked, found = names[:LOOKED_AT], {}
+    for place in dict.fromkeys(place for place in places if place.is_dir()):
+        found[place] = sum(_holds(place, name) for name in looked)
+        if found[place] == len(looked):  # the first that holds them all
+            return place
+    best = max(found, key=found.get, default=None)  # else the first of the most
+    if best is None or not found[best]:
+        shown = ", ".join(map(str, list(found)[:6])) + (f" and {len(found) - 6} more folders" if len(found) > 6 else "")
+        raise DataError(f"{path}: none of its first images ({looked[0]}, ...) is in {shown or 'any folder'}: put the photos "
+                        "in a folder beside the file, or give the folder that holds them as --data.init_args.data_dir")
+    return best
+
+
+def listed_images(path: Path, folder: Path) -> list[tuple[str, str | None]]:
+    """Each image the file names and where it is found from ``folder`` (None: not there): what the split's cache
+    follows, rather than every file under a folder that may hold far more (a Downloads folder the file lies in)."""
+    return [(name, str(found) if (found := folder / _found(folder, name)).is_file() else None)
+            for name in dict.fromkeys(_file_names(path))]
+
+
+class SplitFiles:
+    """:class:`~mmcaption.data.CaptionDataModule`'s splits given as COCO captions files where they lie (``source:
+    coco``): each by its name, its captions file, its image folder and what its cache follows of its images."""
+
+    splits: tuple[str | None, str | None, str | None]
+    data_dir: Path
+    source: str
+
+    def split_names(self) -> list[str | None]:
+        return [file_split_name(path) if (path := split_file(split)) else split for split in self.splits]
+
+    def split_files(self) -> dict[str, Path]:
+        return files_by_split_name(self.splits, self.data_dir) if self.source == "coco" else {}
+
+    def annotation_file(self, split: str) -> Path:
+        return self.split_files().get(split) or self.data_dir / "annotations" / f"captions_{split}.json"
+
+    def image_folder(self, split: str) -> Path:
+        file = self.split_files().get(split)
+        return file_image_folder(file, self.data_dir) if file else self.data_dir / split
+
+    def listed_signature(self, split: str) -> dict | None:
+        """The signature of a split file's own images (not COCO's layout, whose folder signs as a named split's does)."""
+        file = self.split_files().get(split)
+        if file is None or coco_layout_folder(file) is not None:
+            return None
+        return files_signature(listed_images(file, self.image_folder(split)), str(file.resolve()), self.cache_dir)
+
+
+def _file_names(path: Path) -> list[str]:
     stamp = path.stat()
-    return _image_folder(str(path.resolve()), str(data_dir), stamp.st_size, stamp.st_mtime_ns)
+    return _names(str(path.resolve()), stamp.st_size, stamp.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=16)
-def _image_folder(name: str, data_dir: str, *stamp: int) -> Path:
-    path, root = Path(name), Path(data_dir)
+@functools.lru_cache(maxsize=8)
+def _names(name: str, *stamp: int) -> list[str]:
+    """The ``file_name`` of each of the file's images (parsed once while the file is unchanged)."""
+    path = Path(name)
     content = read_json(path, "COCO captions file")
     images = content.get("images") if isinstance(content, dict) else None
     names = [entry["file_name"] for entry in images or [] if isinstance(entry, dict) and isinstance(entry.get("file_name"), str)]
     if not names:
         raise DataError(f"{path} is not a COCO captions file: it needs an 'images' list whose entries have a 'file_name' "
-                        f"(and 'annotations' with 'image_id' and 'caption'){other_caption_layout(content)}")
-    places = [path.parent, *_folders_in(path.parent)]
-    if path.parent.name == "annotations":  # COCO's own layout, given by its path
-        places.append(path.parent.parent / file_split_name(path))
-    looked, found = names[:LOOKED_AT], {}
-    for place in dict.fromkeys([*places, root, *_folders_in(root)]):
-        found[place] = sum(_holds(place, name) for name in looked) if place.is_dir() else 0
-        if found[place] == len(looked):  # the first that holds them all
-            return place
-    best = max(found, key=found.get)  # else the first of the most
-    if not found[best]:
-        raise DataError(f"{path}: none of its first images ({looked[0]}, ...) is in {', '.join(map(str, found))}: put the "
-                        "photos in a folder beside the file, or give that folder as --data.init_args.data_dir")
-    return best
+                        f"(and 'annotations' with 'image_id' and 'caption').{other_caption_layout(content)}")
+    return names
 
 
 def _folders_in(folder: Path) -> list[Path]:

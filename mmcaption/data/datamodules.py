@@ -15,7 +15,7 @@ from mmcaption.data import llava as conversation_files
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature
 from mmcaption.data.caption_cells import read_otherwise_now_in
-from mmcaption.data.caption_files import file_image_folder, file_split_name, files_by_split_name, split_file
+from mmcaption.data.caption_files import SplitFiles
 from mmcaption.data.coco import (
     ImageRecords,
     coco2014_folders,
@@ -44,7 +44,7 @@ from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 
 
-class CaptionDataModule(PreprocessedDataModule):
+class CaptionDataModule(SplitFiles, PreprocessedDataModule):
     """COCO Captions 2017 (or any set in its layout), preprocessed once and memory-mapped.
 
     Args:
@@ -131,21 +131,9 @@ class CaptionDataModule(PreprocessedDataModule):
             return self.hub.stage_splits(train, val, test)
         if self.source == "karpathy":
             return {"train": train or "train", "val": val or "val", "test": test or "test"}
-        train, val, test = (file_split_name(path) if (path := split_file(split)) else split for split in self.splits)
+        train, val, test = self.split_names()  # a split file's by the file (nocaps_val_4500_captions)
         val = val or "val2017"
         return {"train": train or "train2017", "val": val, "test": test or val}
-
-    def split_files(self) -> dict[str, Path]:
-        """The splits given as COCO captions files where they lie (nocaps'), by their names (:mod:`caption_files`)."""
-        files = dict.fromkeys(path for split in self.splits if self.source == "coco" and (path := split_file(split)))
-        return files_by_split_name(list(files))
-
-    def annotation_file(self, split: str) -> Path:
-        return self.split_files().get(split) or self.data_dir / "annotations" / f"captions_{split}.json"
-
-    def image_folder(self, split: str) -> Path:
-        file = self.split_files().get(split)
-        return file_image_folder(file, self.data_dir) if file else self.data_dir / split
 
     @property
     def layout_hint(self) -> str:
@@ -157,7 +145,9 @@ class CaptionDataModule(PreprocessedDataModule):
         if self.source == "karpathy":
             return [(self.karpathy_file, "Karpathy split file (dataset_coco.json)"), (self.data_dir, "COCO image root")]
         folder, what = coco_image_folder(self.image_folder(split))  # or COCO 2014's download in its place: the same photos
-        return [(self.annotation_file(split), "COCO annotation file"), (folder, what)]
+        file = self.split_files().get(split)
+        return [(self.annotation_file(split), "COCO annotation file" if file is None else "COCO captions file (a split given "
+                 "by its path, read from the current folder when relative: " + str(file.absolute()) + ")"), (folder, what)]
 
     def check_inputs(self, stage: str = "fit") -> None:
         if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself
@@ -193,12 +183,12 @@ class CaptionDataModule(PreprocessedDataModule):
                     **self._read_otherwise_now(self.karpathy_file, split)}
         annotation_file = self.annotation_file(split)
         require_annotation_file(annotation_file)
-        folder = self.image_folder(split)
-        signature = {"annotations": file_signature(annotation_file), "images": self.signed_folder(folder),
+        folder, listed = self.image_folder(split), self.listed_signature(split)  # a split file's own images, if not COCO's
+        signature = {"annotations": file_signature(annotation_file), "images": listed or self.signed_folder(folder),
                      **self._read_otherwise_now(annotation_file, split)}
         if copies := coco2014_folders(folder):  # COCO 2014's photos read in the split folder's place
             signature["coco 2014 copies"] = [self.signed_folder(folder) for folder in copies]
-        unsigned = coco_unsigned_images(annotation_file, folder)
+        unsigned = [] if listed else coco_unsigned_images(annotation_file, folder)
         if unsigned:  # a labelling tool's absolute file names, a scraper's img1 (none in the official files)
             signature["outside the image folder"] = files_signature(unsigned, str(annotation_file.resolve()), self.cache_dir)
         return signature
