@@ -187,6 +187,14 @@ def test_mmcaption_test_scores_nocaps_validation_file_where_it_lies_with_its_own
     with pytest.raises(DataError, match=r"lonely\.json: none of its first images \(0000ea2087020901\.jpg, \.\.\.\) is in "
                                         r".*: put the photos in a folder beside the file"):
         nowhere.check_inputs("test")
+    # after training on Karpathy's splits (configs/caption_karpathy.yaml), as papers report nocaps: its other splits his
+    karpathy = karpathy_datamodule(backbones, karpathy_root(coco_root, tmp_path / "coco2014"), test_split=str(nocaps),
+                                   cache_dir=str(tmp_path / "cache"))
+    assert karpathy.stage_splits() == {"train": "train", "val": "val", "test": "nocaps_val_4500_captions"}
+    karpathy.check_inputs("test")
+    assert sorted(load_table(karpathy.preprocess("nocaps_val_4500_captions") / "images")["file_name"]) == sorted(
+        p.name for p in (tmp_path / "nocaps" / "val").iterdir())
+    assert len(load_table(karpathy.preprocess("val") / "images")) == 2  # his val, from his file
     # a .json split that is not there is named as such, before anything loads, by the stage that reads it (a config
     # whose train_split file is on another machine still tests here)
     gone = CaptionDataModule(data_dir=str(coco_root), train_split=str(tmp_path / "gone" / "mine.json"), test_split=str(nocaps),

@@ -31,7 +31,7 @@ def file_split_name(path: Path) -> str:
     return path.stem.removeprefix("captions_").removeprefix("image_info_") or path.stem
 
 
-def files_by_split_name(settings: tuple[str | None, ...], data_dir: Path) -> dict[str, Path]:
+def files_by_split_name(settings: tuple[str | None, ...], data_dir: Path, defaults: tuple[str | None, ...]) -> dict[str, Path]:
     """The split files of ``settings`` (train, val, test) by their splits' names. Two files of one name (``a/val.json``,
     ``b/val.json``), or a file named as a split given by name is (another root's ``captions_val2017.json`` beside the
     default ``val2017``), are refused: the split would be read from the one for both."""
@@ -40,11 +40,12 @@ def files_by_split_name(settings: tuple[str | None, ...], data_dir: Path) -> dic
         if (other := named.setdefault(file_split_name(path), path)).resolve() != path.resolve():
             raise DataError(f"the splits {other} and {path} would both be called {file_split_name(path)!r} (their caches and "
                             "results are named by it): give one under another name (a link of another name does)")
-    for setting, default in zip(settings, ("train2017", "val2017", None)):  # (test by default: the val split)
+    for setting, default in zip(settings, defaults):  # (COCO's test by default: the val split)
         name = None if split_file(setting) else setting or default
-        own = data_dir / "annotations" / f"captions_{name}.json"
-        if name in named and named[name].resolve() != own.resolve():
-            raise DataError(f"the split file {named[name]} would be called {name!r}, as the split {name} read from {own} is: "
+        own = data_dir / "annotations" / f"captions_{name}.json"  # (Karpathy's splits: in his file, none of these)
+        if name in named and (named[name].resolve() != own.resolve() or defaults[0] == "train"):
+            where = "of Karpathy's split file" if defaults[0] == "train" else f"read from {own}"
+            raise DataError(f"the split file {named[name]} would be called {name!r}, as the split {name} {where} is: "
                             "give the file under another name (a link of another name does), or that split by its path too")
     return named
 
@@ -96,7 +97,13 @@ class SplitFiles:
         return [file_split_name(path) if (path := split_file(split)) else split for split in self.splits]
 
     def split_files(self) -> dict[str, Path]:
-        return files_by_split_name(self.splits, self.data_dir) if self.source == "coco" else {}
+        karpathy = self.source == "karpathy"  # (nocaps scored after training on Karpathy's splits, as papers report it)
+        return files_by_split_name(self.splits, self.data_dir, ("train", "val", "test") if karpathy else ("train2017", "val2017",
+                                   None)) if self.source in ("coco", "karpathy") else {}
+
+    def karpathy_split(self, split: str) -> bool:
+        """Whether ``split`` is read from Karpathy's split file (not a split file of its own)."""
+        return self.source == "karpathy" and split not in self.split_files()
 
     def annotation_file(self, split: str) -> Path:
         return self.split_files().get(split) or self.data_dir / "annotations" / f"captions_{split}.json"

@@ -129,9 +129,9 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         train, val, test = self.splits
         if self.hub is not None:
             return self.hub.stage_splits(train, val, test)
+        train, val, test = self.split_names()  # a split file's by the file (nocaps_val_4500_captions)
         if self.source == "karpathy":
             return {"train": train or "train", "val": val or "val", "test": test or "test"}
-        train, val, test = self.split_names()  # a split file's by the file (nocaps_val_4500_captions)
         val = val or "val2017"
         return {"train": train or "train2017", "val": val, "test": test or val}
 
@@ -142,7 +142,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         return " (the official layout is <data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
 
     def input_paths(self, split: str) -> list[tuple[Path, str]]:
-        if self.source == "karpathy":
+        if self.karpathy_split(split):
             return [(self.karpathy_file, "Karpathy split file (dataset_coco.json)"), (self.data_dir, "COCO image root")]
         folder, what = coco_image_folder(self.image_folder(split))  # or COCO 2014's download in its place: the same photos
         file = self.split_files().get(split)
@@ -171,7 +171,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
                     **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {}),
                     **({"split_lists": {name: file_signature(file) for name, file in lists.items()}} if lists else {}),
                     **self._read_otherwise_now(local, split, hub=True)}
-        if self.source == "karpathy":
+        if self.karpathy_split(split):
             if not self.karpathy_file.is_file():
                 others = sorted(self.karpathy_file.parent.glob("dataset_*.json"))  # Flickr30k's and Flickr8k's files
                 raise DataError(f"Karpathy split file not found: {self.karpathy_file}" + (
@@ -194,16 +194,16 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         return signature
 
     def write_split(self, split: str, folder: Path) -> Path:
-        if self.source == "coco":
+        if self.karpathy_split(split):
+            records = BadRecords(f"{self.karpathy_file} [{split}]", self.on_bad_record)
+            entries = ImageRecords(read_karpathy(self.karpathy_file, self.data_dir, split, records), self.data_dir)
+            source = {"source": "karpathy", "split_file": str(self.karpathy_file), "split": split, "images": str(self.data_dir)}
+        elif self.hub is None:  # COCO's layout, or a split given as a COCO captions file
             annotation_file = self.annotation_file(split)
             records = BadRecords(annotation_file, self.on_bad_record)
             images = self.image_folder(split)  # (not ``folder``: the cache's)
             entries = coco_records(annotation_file, images, records)
             source = {"source": "coco", "annotations": str(annotation_file), "images": str(images)}
-        elif self.source == "karpathy":
-            records = BadRecords(f"{self.karpathy_file} [{split}]", self.on_bad_record)
-            entries = ImageRecords(read_karpathy(self.karpathy_file, self.data_dir, split, records), self.data_dir)
-            source = {"source": "karpathy", "split_file": str(self.karpathy_file), "split": split, "images": str(self.data_dir)}
         else:
             records = BadRecords(f"{self.hub.dataset} [{split}]", self.on_bad_record)
             entries = self.hub.records(split, records)
