@@ -28,6 +28,7 @@ from mmcaption.evaluation.report import (
     partial_path,
     prediction_record,
     scores_said,
+    server_results_paths,
     software_record,
     started_record,
     starts_with_bom,
@@ -128,16 +129,15 @@ class PredictionWriter(BasePredictionWriter):
         # CircularEval: each question's passes in the input, and how many of them are done
         self.passes = Counter(str(r["circular_index"]) for r in rows if isinstance(r, dict) and r.get("circular_index") not in (None, ""))
         self.passes_done: Counter[str] = Counter()
-        # VQAv2's official questions: the answers as its evaluation server takes them, written with the whole output
-        # (by the first of several processes, once it has put their shares together); a previous run's file goes
-        # now - or, when that run's output is being replaced, once this run has finished (an interrupted one keeps both)
-        # (or COCO's, for the captions of a COCO image-info file's images: COCO's test2017, nocaps' test set)
+        # VQAv2's official questions (COCO's image-info file: test2017's, nocaps'): the answers (captions) as its evaluation
+        # server takes them, written with the whole output (by the first of several processes, once it has put their shares
+        # together); a previous run's file goes now - or, when its output is being replaced, once this run has finished
         self.server = "vqa" if getattr(datamodule, "official_vqa", False) else "coco" if getattr(datamodule, "coco_image_ids", False) else None
         official = self.official = self.server is not None
         self.vqa_results = [] if official and processes == 1 else None
         self.submission_ids = datamodule.submission_question_ids() if self.server == "vqa" and processes == 1 else []
         if official and not self.replacing and processes == 1:
-            self.vqa_results_path(output).unlink(missing_ok=True)
+            [path.unlink(missing_ok=True) for path in server_results_paths(output)]
         dataset = getattr(datamodule, "dataset", None)  # one row each; several processes each answer a share
         self.expected_rows = len(dataset) if dataset is not None and processes == 1 else None
         # the files last, once all the summary needs is set: a signal while the records were made (git's status) ended
@@ -194,6 +194,7 @@ class PredictionWriter(BasePredictionWriter):
     def vqa_results_path(self, output: Path) -> Path:
         return vqa_results_path(output, getattr(self, "server", None))
 
+
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["rows"] += 1
         if row.get(CUT) not in (None, "", False, "False"):  # (read back from an interrupted run's CSV: "True")
@@ -238,8 +239,7 @@ class PredictionWriter(BasePredictionWriter):
         if self.counts["answered"]:  # rows scored against their answer key
             summary["accuracy"] = self.counts["correct"] / self.counts["answered"]
         else:  # no answer key (captions, questions without answers): "answered": 0 read as nothing answered
-            for key in ("answered", "correct", "unanswered"):
-                del summary[key]
+            [summary.pop(key) for key in ("answered", "correct", "unanswered")]
         summary.update(self.yes_no.summary(self.counts["answered"]))  # a yes/no set: POPE's numbers, or MME's score
         if self.counts.get("vqa_scored"):
             summary["vqa_accuracy"] = summary.pop("vqa_accuracy_sum") / self.counts["vqa_scored"]
@@ -297,7 +297,7 @@ class PredictionWriter(BasePredictionWriter):
         if why and self.replacing:  # the complete output of an earlier run stays
             earlier = f" ({self.path}, from an earlier run, is unchanged)"
             self.path = unused_name(self.path.with_name(f"{self.path.stem}.interrupted{self.path.suffix}"))
-        for earlier_record in (summary_path(self.path), self.vqa_results_path(self.path)):  # an earlier run's, never left
+        for earlier_record in (summary_path(self.path), *server_results_paths(self.path)):  # an earlier run's, never left
             earlier_record.unlink(missing_ok=True)  # beside these rows (a kill next left both, resume called them complete)
         os.replace(self.partial, self.path)
         summary["output"] = str(self.path)
@@ -313,8 +313,8 @@ class PredictionWriter(BasePredictionWriter):
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
             write_whole(self.vqa_results_path(self.path), json.dumps(self.vqa_results + padding))
             self.counts["vqa_results_padded"] = len(padding)
-        elif not why and (self.official or self.replacing):  # several processes, or other questions in place of an
-            self.vqa_results_path(self.path).unlink(missing_ok=True)  # earlier VQAv2 run's output: none of its results
+        elif not why and (self.official or self.replacing):  # several processes, or other questions in place of an earlier
+            [path.unlink(missing_ok=True) for path in server_results_paths(self.path)]  # VQAv2 run's output: none of its results
         message = f"predictions: {summary['rows']} rows -> {self.path}"
         if self.merged_from:
             message += f" (the shares of {self.merged_from} processes, put together)"
@@ -322,7 +322,8 @@ class PredictionWriter(BasePredictionWriter):
             message += f" (the first {summary['resumed_after']} from the interrupted run)"
             meant = self.path.with_name(self.path.name.replace(".interrupted", "", 1))
             if not why and meant != self.path:  # an interrupted --data.overwrite run's rows, completed: where they were going
-                message += f"; complete now: rename it (and its .summary.json) to {meant.name} to put it in place of the earlier output"
+                beside = f" and {self.vqa_results_path(self.path).name}" if self.vqa_results is not None else ""
+                message += f"; complete now: rename it (and its .summary.json{beside}) to {meant.name} to put it in place of the earlier output"
         if why and self.share:  # resume goes on from one output, which these shares are not
             message = (f"predict stopped ({why}); each process keeps the rows it did in its share ({summary['rows']} in "
                        f"{self.path}{earlier}, the first); ")

@@ -269,9 +269,23 @@ def test_nocaps_and_coco_test_images_are_captioned_for_their_evaluation_servers_
     (coco / "annotations").mkdir(parents=True)
     shutil.copytree(tmp_path / "nocaps" / "val", coco / "test2017")
     shutil.copy(info, coco / "annotations" / "image_info_test2017.json")
-    found = captioned_images(str(coco / "annotations" / "image_info_test2017.json"))
-    assert [(row["image_id"], path) for row, path in found if path.is_file()] == [
-        (0, coco / "test2017" / "0000ea2087020901.jpg"), (4499, coco / "test2017" / "1193ea2087020901.jpg")]
+    shutil.copy(info, coco / "annotations" / "image_info_test-dev2017.json")  # test-dev's: the same zip, test2017's photos
+    for name in ("image_info_test2017.json", "image_info_test-dev2017.json"):
+        found = captioned_images(str(coco / "annotations" / name))
+        assert [(row["image_id"], path) for row, path in found if path.is_file()] == [
+            (0, coco / "test2017" / "0000ea2087020901.jpg"), (4499, coco / "test2017" / "1193ea2087020901.jpg")]
+    lone = tmp_path / "lone" / info.name
+    lone.parent.mkdir()
+    shutil.copy(info, lone)
+    with pytest.raises(DataError, match=r"none of its first images \(0000ea2087020901\.jpg, \.\.\.\) is in \S+lone: put the "
+                                        r"photos in a folder beside the file$"):  # (predict has no data_dir to name)
+        captioned_images(str(lone))
+    # a later run of other images into that output: the server's file of the earlier one goes with the rows it replaced
+    data = CaptionPredictDataModule(images=str(tmp_path / "nocaps" / "val"), output=str(tmp_path / "caps.jsonl"), overwrite=True,
+                                    tokenizer=str(backbones[0]), image_processor=str(backbones[1]), batch_size=2, num_workers=0)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            default_root_dir=tmp_path).predict(module, datamodule=data)
+    assert not (tmp_path / "caps.jsonl.coco_results.json").exists()
     # an image entry without its id is refused by its place: its caption could not be submitted
     content["images"][1].pop("id")
     info.write_text(json.dumps(content))

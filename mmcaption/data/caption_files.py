@@ -57,14 +57,15 @@ def coco_layout_folder(path: Path) -> Path | None:
     return folder if path.parent.name == "annotations" and (folder.is_dir() or coco2014_folders(folder)) else None
 
 
-def file_image_folder(path: Path, data_dir: Path) -> Path:
+def file_image_folder(path: Path, data_dir: Path, setting: str = "--data.init_args.data_dir") -> Path:
     """The folder the captions file's images are found in: COCO's own layout's, else the first of the places above
     holding most of its first images, as the COCO reader finds them; refused, naming the places, when none holds any
     (a file not there: its own folder, which the start-up check refuses first)."""
     if not path.is_file() or (layout := coco_layout_folder(path)) is not None:
         return layout if path.is_file() else path.parent
     names = _file_names(path)
-    places = [path.parent, *_folders_in(path.parent), data_dir, *_folders_in(data_dir)]
+    root = [path.parent.parent, *_folders_in(path.parent.parent)] if path.parent.name == "annotations" else []  # test-dev2017's
+    places = [path.parent, *_folders_in(path.parent), *root, data_dir, *_folders_in(data_dir)]  # photos: in test2017/
     looked, found = names[:LOOKED_AT], {}
     for place in dict.fromkeys(place for place in places if place.is_dir()):
         found[place] = sum(_holds(place, name) for name in looked)
@@ -74,7 +75,7 @@ def file_image_folder(path: Path, data_dir: Path) -> Path:
     if best is None or not found[best]:
         shown = ", ".join(map(str, list(found)[:6])) + (f" and {len(found) - 6} more folders" if len(found) > 6 else "")
         raise DataError(f"{path}: none of its first images ({looked[0]}, ...) is in {shown or 'any folder'}: put the photos "
-                        "in a folder beside the file, or give the folder that holds them as --data.init_args.data_dir")
+                        "in a folder beside the file" + (f", or give the folder that holds them as {setting}" if setting else ""))
     return best
 
 
@@ -117,7 +118,8 @@ class SplitFiles:
         file = self.split_files().get(split)
         if file is None or coco_layout_folder(file) is not None:
             return None
-        return files_signature(listed_images(file, self.image_folder(split)), str(file.resolve()), self.cache_dir)
+        return self.looked_at(("listed", file), lambda: files_signature(  # each photo stat-ed once per prepare_data
+            listed_images(file, self.image_folder(split)), str(file.resolve()), self.cache_dir))
 
 
 def _file_names(path: Path) -> list[str]:
@@ -172,6 +174,6 @@ def captioned_images(source: str, note=None, piped: dict[str, bytes] | None = No
     if bad is not None:
         raise DataError(f"{path}: images[{bad}] needs an integer 'id' and a 'file_name' (a COCO image-info file's images "
                         f"are captioned under their ids), not {json.dumps(entries[bad])[:200]}")
-    folder = file_image_folder(path, path.parent)
+    folder = file_image_folder(path, path.parent, setting="")  # (predict has no data_dir)
     return [({"image": entry["file_name"], "image_id": entry["id"]}, folder / _found(folder, entry["file_name"]))
             for entry in entries]

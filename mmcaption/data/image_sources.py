@@ -158,7 +158,8 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
         return [(source, path)]
     if path.suffix.lower() in (".json", ".jsonl"):
         raise DataError(f"{path} is JSON (a predict output?), not an image list: give a folder of images, one image, "
-                        "or a text file with one image path per line")
+                        "a text file with one image path per line, or a COCO image-info file (an 'images' list of 'id' and "
+                        "'file_name': COCO's image_info_test2017.json, nocaps' nocaps_test_image_info.json)")
     regular = path.is_file()
     if regular and (packed := packed_file(path)):  # a zip of the photos: said before it is read whole
         raise DataError(packed)

@@ -95,7 +95,8 @@ class _CaptionRows(_ImageRows):
     def __init__(self, images: list[tuple[str | dict[str, Any], Path]], image_processor, prompt_ids: list[int]) -> None:
         rows = [row if isinstance(row, dict) else {"image": row} for row, _ in images]  # a name, or a row with its id
         super().__init__(rows, [path for _, path in images], image_processor)
-        self.earlier_names = [{"image": str(path)} for _, path in images]  # as earlier releases named them: gone on from
+        self.earlier_names = None if any("image_id" in row for row in rows) else [  # (none for a COCO image-info file's
+            {"image": str(path)} for _, path in images]  # rows) as earlier releases named them: gone on from
         self.prompt_ids = torch.tensor(prompt_ids)
 
     def text(self, index: int) -> dict[str, Any]:
@@ -242,7 +243,9 @@ class CaptionPredictDataModule(_PredictDataModule):
     """Caption images: ``mmcaption predict`` writes one JSON line per image to ``output``.
 
     Args:
-        images: a folder of images (recursive), a text file listing image paths, or one image.
+        images: a folder of images (recursive), a text file listing image paths, one image, or a COCO image-info file
+            (``image_info_test2017.json``, nocaps' test set: its images captioned under their ids, and
+            ``<output>.coco_results.json`` written for the evaluation server).
         output: the JSON Lines file to write (``{"image": ..., "caption": ...}`` or ``"error"``; ``image`` as the user
             named it: a list's line as written, the image given, or its path in the folder given); None (a script's
             own Trainer): nothing written, ``trainer.predict`` returns the rows.

@@ -63,6 +63,11 @@ def vqa_results_path(output: Path, server: str | None = "vqa") -> Path:
     return output.with_name(f"{output.name}.{server or 'vqa'}_results.json")
 
 
+def server_results_paths(output: Path) -> list[Path]:
+    """:func:`vqa_results_path` of either kind: an earlier run's goes with its output, whatever this run writes."""
+    return [vqa_results_path(output, server) for server in ("vqa", "coco")]
+
+
 def partial_path(output: Path) -> Path:
     """The hidden file a running predict writes ``output``'s rows to, renamed to ``output`` when the run ends."""
     return output.with_name(f".{output.name}.partial")
