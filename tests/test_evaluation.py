@@ -226,6 +226,13 @@ def test_mmcaption_test_scores_nocaps_validation_file_where_it_lies_with_its_own
     assert CaptionDataModule(**fresh).split_folder("nocaps_val_4500_captions") == key
     Image.new("RGB", (64, 64), (1, 2, 3)).save(beside / "1193ea2087020901.jpg")  # one of its photos replaced
     assert CaptionDataModule(**fresh).split_folder("nocaps_val_4500_captions") != key
+    # scored alone, data_dir left as the config has it and not there: the cache beside the file, no data/coco/ made
+    alone = CaptionDataModule(data_dir=str(tmp_path / "data" / "coco"), test_split=str(nocaps), tokenizer=str(language_dir),
+                              image_processor=str(vision_dir), num_workers=0)
+    assert alone.cache_dir == nocaps.parent / "preprocessed"
+    alone.check_inputs("test")
+    assert len(load_table(alone.preprocess("nocaps_val_4500_captions") / "images")) == 3
+    assert not (tmp_path / "data").exists() and (nocaps.parent / "preprocessed").is_dir()
 
 
 def test_nocaps_and_coco_test_images_are_captioned_for_their_evaluation_servers_under_their_image_ids(

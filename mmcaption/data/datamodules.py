@@ -15,7 +15,7 @@ from mmcaption.data import llava as conversation_files
 from mmcaption.data.base import PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature
 from mmcaption.data.caption_cells import read_otherwise_now_in
-from mmcaption.data.caption_files import SplitFiles
+from mmcaption.data.caption_files import SplitFiles, split_file
 from mmcaption.data.coco import (
     ImageRecords,
     coco2014_folders,
@@ -116,7 +116,10 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
 
     @property
     def default_cache_dir(self) -> Path:
-        return self.data_dir / "preprocessed"
+        # a split file scored with no COCO root here (nocaps alone): its cache beside it, not a data/coco/ made in the
+        # working folder
+        files = [path for split in self.splits if (path := split_file(split))] if self.source != "hub" else []
+        return files[0].parent / "preprocessed" if files and not self.data_dir.exists() else self.data_dir / "preprocessed"
 
     def stage_splits(self) -> dict[str, str]:
         # once per data module (listing a hub dataset's splits reads files), kept on it: functools.cache on the method
