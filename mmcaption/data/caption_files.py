@@ -87,8 +87,8 @@ def listed_images(path: Path, folder: Path) -> list[tuple[str, str | None]]:
 
 
 class SplitFiles:
-    """:class:`~mmcaption.data.CaptionDataModule`'s splits given as COCO captions files where they lie (``source:
-    coco``): each by its name, its captions file, its image folder and what its cache follows of its images."""
+    """:class:`~mmcaption.data.CaptionDataModule`'s splits given as COCO captions files where they lie (``source: coco``,
+    or ``karpathy`` for the others): each by its name, its captions file, its image folder, what its cache follows."""
 
     splits: tuple[str | None, str | None, str | None]
     data_dir: Path

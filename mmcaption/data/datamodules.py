@@ -68,7 +68,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         val_split: split used by validation (null: ``val2017`` for coco; for hub the dataset's validation/val/dev/test
             split, or a held-out share of a single split).
         test_split: split used by ``test`` (null: ``test`` for karpathy, and for hub when the dataset has one apart from
-            validation's; else the validation split). For coco, a split may be a COCO captions file where it lies
+            validation's; else the validation split). For coco or karpathy, a split may be a COCO captions file where it lies
             (nocaps' ``nocaps_val_4500_captions.json``), its images found beside it (:mod:`~mmcaption.data.caption_files`).
         caption_prompt: text between ``<bos>`` and the caption, not supervised (empty: none).
         max_length: longest sequence in tokens, prompt and special tokens included; longer captions are cut.
