@@ -300,6 +300,35 @@ def test_nocaps_and_coco_test_images_are_captioned_for_their_evaluation_servers_
         run(tmp_path / "again.jsonl")
 
 
+def test_a_coco_copys_own_image_ids_name_its_images_in_the_results(backbones, coco_root, trained_checkpoint, tmp_path):
+    # a table with COCO's ids (lmms-lab's image_id, HuggingFaceM4/COCO's and Karpathy's copies' cocoid) had its images
+    # named by their rows' numbers in the COCO results file: scored against COCO's own annotations, they named other photos
+    content = json.loads((coco_root / "annotations" / "captions_val2017.json").read_text())
+    table = tmp_path / "coco_copy"
+    table.mkdir()
+    rows = [{"image": f"../{coco_root.name}/val2017/{image['file_name']}", "caption": a["caption"], "cocoid": 391895 + image["id"]}
+            for image in content["images"] for a in content["annotations"] if a["image_id"] == image["id"]]  # a row per caption
+    (table / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (table / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:5]))
+    shutil.copytree(coco_root, tmp_path / coco_root.name, dirs_exist_ok=True)
+    dm = CaptionDataModule(source="hub", hub_dataset=str(table), hub_image_column="image", hub_caption_column="caption",
+                           data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                           image_processor=str(backbones[1]), batch_size=4, num_workers=0)
+    module = make_captioner(backbones, generation={"max_new_tokens": 5, "min_new_tokens": 2})
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))
+    submitted = json.loads((Path(trainer.log_dir) / "test-test.coco_results.json").read_text())
+    assert sorted(row["image_id"] for row in submitted) == [391895 + image["id"] for image in content["images"]]
+    # ids that do not name one image each (one id for every photo, a placeholder): rows' numbers, said
+    (table / "test.jsonl").write_text("".join(json.dumps({**row, "cocoid": 7}) + "\n" for row in rows))
+    again = CaptionDataModule(source="hub", hub_dataset=str(table), hub_image_column="image", hub_caption_column="caption",
+                              data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                              image_processor=str(backbones[1]), batch_size=4, num_workers=0)
+    with pytest.warns(UserWarning, match=r"images named by their rows' numbers in the results, not by its 'cocoid' column"):
+        folder = again.preprocess("test")
+    assert sorted(load_table(folder / "images")["image_id"]) == [5 * n for n in range(len(content["images"]))]
+
+
 def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path,
                                                                              monkeypatch):
     root = karpathy_root(coco_root, tmp_path / "coco2014")

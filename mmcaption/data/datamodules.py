@@ -173,7 +173,8 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
                     "rows": "grouped by image",  # since rows of one image became one image, not one each
                     **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {}),
                     **({"split_lists": {name: file_signature(file) for name, file in lists.items()}} if lists else {}),
-                    **self._read_otherwise_now(local, split, hub=True)}
+                    **self._read_otherwise_now(local, split, hub=True),  # and a COCO copy's own ids kept (were rows' numbers)
+                    **({"own ids": column} if (column := self.hub.own_id_column(self.hub.load(split)[0])) else {})}
         if self.karpathy_split(split):
             if not self.karpathy_file.is_file():
                 others = sorted(self.karpathy_file.parent.glob("dataset_*.json"))  # Flickr30k's and Flickr8k's files

@@ -357,12 +357,32 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
                                else ""))
         empty = [f"{self._row(row_index, key, split)} has no caption" for row_index, key, captions, _ in images.values() if not captions]
         records.all_at_once("empty caption", empty, f"{len(empty)} of its images have no caption", "Give them one, or remove their rows")
-        for row_index, key, captions, _ in (image for image in images.values() if image[2]):  # (skipped, each counted)
+        kept = [image for image in images.values() if image[2]]  # (skipped, each counted)
+        ids = self._own_ids(data, [row_index for row_index, *_ in kept], records)
+        for row_index, key, captions, _ in kept:
             value = data[row_index][self.image_column]
             named = self._named(value)
             # checked by the image pass's threads; one that cannot be decoded is named at the pass's end
             blame = functools.partial(self._undecodable, row_index, key, split, named)
-            yield row_index, named or key, Unchecked(self._image_bytes(value), blame), captions  # a path as the table writes it
+            yield ids.get(row_index, row_index), named or key, Unchecked(self._image_bytes(value), blame), captions  # a path as written
+
+    @staticmethod
+    def own_id_column(data: datasets.Dataset) -> str | None:
+        """A COCO copy's own image id column (``image_id``, ``cocoid``: lmms-lab's, HuggingFaceM4/COCO's, Karpathy's
+        copies'), whose ids its images keep in the results - COCO's toolkit and server score by them - for rows' numbers."""
+        return next((column for column in ("image_id", "cocoid") if isinstance(feature := data.features.get(column), datasets.Value)
+                     and feature.dtype.startswith(("int", "uint"))), None)
+
+    def _own_ids(self, data: datasets.Dataset, rows: list[int], records: BadRecords) -> dict[int, int]:
+        """Each kept image's own id (its first row's), when the table has them, one per image; else none (said)."""
+        if (column := self.own_id_column(data)) is None or not rows:
+            return {}
+        values = data.select(rows)[column]
+        if None in values or len(set(values)) < len(values):  # one id for two photos: no results file could tell them apart
+            records.note(f"images named by their rows' numbers in the results, not by its {column!r} column, which does not "
+                         "give each image one id of its own", len(rows))
+            return {}
+        return dict(zip(rows, values))
 
     def _rows(self, data: datasets.Dataset) -> Iterator[dict]:
         """The rows of ``data``; a file whose text is not UTF-8, found only as its rows are read (a JSON file saved in
