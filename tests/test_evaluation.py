@@ -324,9 +324,41 @@ def test_a_coco_copys_own_image_ids_name_its_images_in_the_results(backbones, co
     again = CaptionDataModule(source="hub", hub_dataset=str(table), hub_image_column="image", hub_caption_column="caption",
                               data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
                               image_processor=str(backbones[1]), batch_size=4, num_workers=0)
-    with pytest.warns(UserWarning, match=r"images named by their rows' numbers in the results, not by its 'cocoid' column"):
+    with pytest.warns(UserWarning, match=r"images named in the results by their rows' numbers, since the table's 'cocoid' "
+                                         r"column does not give each one a whole number of its own \(first: one id for two"):
         folder = again.preprocess("test")
     assert sorted(load_table(folder / "images")["image_id"]) == [5 * n for n in range(len(content["images"]))]
+    # a spreadsheet's CSV (every cell read as text) and pandas' ints with a gap (floats) give their ids too; a gap is said
+    import pandas as pd
+
+    from mmcaption.data.hub import HubCaptions
+
+    frame = pd.DataFrame(rows)
+    frame.to_csv(table / "test.csv", index=False)
+    (table / "test.jsonl").unlink()
+    (table / "train.jsonl").unlink()
+    frame[:5].to_csv(table / "train.csv", index=False)
+    settings = dict(source="hub", hub_dataset=str(table), hub_image_column="image", hub_caption_column="caption",
+                    data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                    image_processor=str(backbones[1]), batch_size=4, num_workers=0)
+    csv = CaptionDataModule(**settings)
+    assert sorted(load_table(csv.preprocess("test") / "images")["image_id"]) == [391895 + i["id"] for i in content["images"]]
+    frame.loc[frame["cocoid"] == frame["cocoid"].iloc[-1], "cocoid"] = None  # one photo's id missing: its rows floats' NaN
+    frame.to_json(table / "test.jsonl", orient="records", lines=True)
+    frame[:5].to_json(table / "train.jsonl", orient="records", lines=True)
+    (table / "test.csv").unlink()
+    (table / "train.csv").unlink()
+    with pytest.warns(UserWarning, match=r"\(first: nan\)|\(first: None\)"):
+        CaptionDataModule(**settings).preprocess("test")
+    # a run trained before this release (its images under rows' numbers) resumes on the cache built now: the same rows
+    # and images, and nothing trains on their ids
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HubCaptions, "own_id_column", staticmethod(lambda data: None))
+        earlier = CaptionDataModule(**settings).preprocess("train")
+    now = CaptionDataModule(**settings)
+    now.prepare_data()
+    now.setup("fit")
+    assert now.folders["train"] != earlier and now.same_training_data(earlier.name)
 
 
 def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path,

@@ -353,13 +353,13 @@ class PreprocessedDataModule(BackbonesDataModule):
         }
 
     def same_training_data(self, earlier: str) -> bool:
-        """Whether the training split a checkpoint was trained on, the folder ``earlier`` beside this run's (kept until
-        deleted), holds the same rows and images: preprocessed anew for a change it does not read (an image added to
-        the folder that no record names), it has the same batches, and the run resumes (it was refused)."""
+        """Whether the training split a checkpoint was trained on (the folder ``earlier``, beside this run's) holds the same
+        rows and images, their ids aside (nothing trains on them): preprocessed anew, it has the same batches; it resumes."""
         current, tables = self.folders.get(self.stage_splits()["train"]), {"images": "images", self.text_table: "rows"}
         if current is None or current.name == earlier or not is_complete(old := current.parent / earlier) or damage(old, tables):
             return False  # (a damaged one, files deleted to make room: refused, as before, not a traceback)
-        return all(load_table(old / t).data.table.equals(load_table(current / t).data.table) for t in ("images", self.text_table))
+        pairs = [[load_table(folder / t).data.table for folder in (old, current)] for t in ("images", self.text_table)]
+        return all(a.drop_columns(list({"image_id"} & set(a.column_names))).equals(b.drop_columns(list({"image_id"} & set(b.column_names)))) for a, b in pairs)
 
     def _loader_settings(self) -> dict[str, Any]:
         """What every loader of a split shares: workers, pinning, per-batch padding."""

@@ -138,3 +138,13 @@ def read_otherwise_now_in(file: Path, hub: bool, looked_at) -> list[str]:
              **({"python lists": ("Python's lists in a cell read as the captions they list", python_lists_in)} if hub else {})}
     return [why for key, (why, look) in looks.items()
             if any(looked_at((key, table), lambda t=table, look=look: look(t)) for table in tables)]
+
+
+def whole_number(value: object) -> int | None:
+    """A whole number as a table's cell holds it - an int, a float of one (pandas' column of ints with a gap), its text
+    (a CSV's, every cell read as text) - within int64's range; else None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else None

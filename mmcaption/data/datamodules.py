@@ -165,7 +165,8 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         if self.hub is not None:
             # a datasets dataset's fingerprint follows its files (hub revision, local Arrow or parquet)
             local = Path(self.hub.dataset)  # one local file: its content, not datasets' fingerprint of its time
-            content = file_signature(local) if local.is_file() else self.hub.load(split)[0]._fingerprint
+            data = self.hub.load(split)[0]  # (once: its fingerprint, its own image ids' column)
+            content = file_signature(local) if local.is_file() else data._fingerprint
             lists = token_split_lists(local) if local.is_file() else {}  # Flickr8k's, beside its token file: its splits
             files = self.hub.image_files(split)  # rows that name image files: the files' content too
             hub = {key: value for key, value in asdict(self.hub).items() if key != "cache_dir"}  # where, not what, it reads
@@ -174,7 +175,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
                     **({"image_files": files_signature(files, self.hub.dataset, self.cache_dir)} if files else {}),
                     **({"split_lists": {name: file_signature(file) for name, file in lists.items()}} if lists else {}),
                     **self._read_otherwise_now(local, split, hub=True),  # and a COCO copy's own ids kept (were rows' numbers)
-                    **({"own ids": column} if (column := self.hub.own_id_column(self.hub.load(split)[0])) else {})}
+                    **({"own ids": column} if (column := self.hub.own_id_column(data)) else {})}
         if self.karpathy_split(split):
             if not self.karpathy_file.is_file():
                 others = sorted(self.karpathy_file.parent.glob("dataset_*.json"))  # Flickr30k's and Flickr8k's files

@@ -24,7 +24,7 @@ from pathlib import Path
 import datasets
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data import tables
+from mmcaption.data import caption_cells, tables
 from mmcaption.data.caption_cells import HTML_NOTE, SPLIT_NOTE, caption_settings, column_and_key, html_in, texts_of
 from mmcaption.data.folder_layouts import (
     SPLIT_TABLE_SUFFIXES,
@@ -368,19 +368,20 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
 
     @staticmethod
     def own_id_column(data: datasets.Dataset) -> str | None:
-        """A COCO copy's own image id column (``image_id``, ``cocoid``: lmms-lab's, HuggingFaceM4/COCO's, Karpathy's
-        copies'), whose ids its images keep in the results - COCO's toolkit and server score by them - for rows' numbers."""
-        return next((column for column in ("image_id", "cocoid") if isinstance(feature := data.features.get(column), datasets.Value)
-                     and feature.dtype.startswith(("int", "uint"))), None)
+        """A COCO copy's own image id column (``image_id``, ``cocoid``: HuggingFaceM4/COCO's, Karpathy's copies'), whose
+        ids its images keep in the results - COCO's toolkit and server score by them - for rows' numbers."""
+        return next((column for column in ("image_id", "cocoid") if column in data.column_names), None)
 
     def _own_ids(self, data: datasets.Dataset, rows: list[int], records: BadRecords) -> dict[int, int]:
-        """Each kept image's own id (its first row's), when the table has them, one per image; else none (said)."""
+        """Each kept image's own id (its first row's, a whole number), when the table has them, one per image; else none."""
         if (column := self.own_id_column(data)) is None or not rows:
             return {}
-        values = data.select(rows)[column]
+        given = list(data.select(rows)[column])
+        values = [caption_cells.whole_number(value) for value in given]
         if None in values or len(set(values)) < len(values):  # one id for two photos: no results file could tell them apart
-            records.note(f"images named by their rows' numbers in the results, not by its {column!r} column, which does not "
-                         "give each image one id of its own", len(rows))
+            bad = next((repr(value) for value, number in zip(given, values) if number is None), "one id for two of them")
+            records.note(f"images named in the results by their rows' numbers, since the table's {column!r} column does not "
+                         f"give each one a whole number of its own (first: {bad}), which COCO's toolkit would score by", len(rows))
             return {}
         return dict(zip(rows, values))
 
