@@ -48,7 +48,7 @@ from mmcaption.data.resume import (
 )
 from mmcaption.data.vqa_formats import public_image_root, read_aokvqa_choices, read_seedbench
 from mmcaption.errors import AlreadyDone, ConfigError, NotWritableError, OutputExistsError
-from mmcaption.evaluation.report import partial_path, prediction_record, summary_path, vqa_results_path
+from mmcaption.evaluation.report import partial_path, prediction_record, server_results_paths, summary_path
 from mmcaption.file_spellings import is_dir, is_file
 from mmcaption.folders import output_lock
 from mmcaption.images import blank_pixels, check_image, load_rgb, local_file, processor_side
@@ -187,8 +187,8 @@ class _PredictDataModule(BackbonesDataModule):
         for written in (output, self.output) if world_size > 1 else (output,):  # several processes: their shares, put
             if written.exists() and not (self.overwrite or self.resume):  # together in output at the end
                 raise OutputExistsError(output_exists_advice(written, share=written != self.output))
-        beside = [(path, written) for written in {output, self.output} for path in (summary_path(written), vqa_results_path(
-                  written), vqa_results_path(written, "coco")) if path.exists() and not written.exists()]  # (an output there: refused above)
+        beside = [(path, written) for written in {output, self.output} for path in (summary_path(written), *server_results_paths(
+                  written)) if path.exists() and not written.exists()]  # (an output there: refused above)
         if beside and not (self.overwrite or self.resume):  # the output moved away, its summary left: was replaced unsaid
             raise OutputExistsError(f"{beside[0][0]} exists without {beside[0][1]}, and this run would write its own there: "
                                     "move it with the output it belongs to, or replace it with --data.overwrite true")
