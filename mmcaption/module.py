@@ -27,7 +27,6 @@ from mmcaption.checkpoint import check_checkpoint, check_trainable_state, load_i
 from mmcaption.checkpoint_folders import checkpoint_folder_on_resume
 from mmcaption.errors import ConfigError, raise_if_stopped
 from mmcaption.evaluation.answers import exact_match
-from mmcaption.evaluation.caption_metrics import caption_scores
 from mmcaption.generation_settings import check_run_generation
 from mmcaption.gradient_clipping import FusedOptimizerClipping
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
@@ -37,7 +36,7 @@ from mmcaption.model.loss import AccumulatedTokens, chunked_cross_entropy
 from mmcaption.model.optim import adamw
 from mmcaption.nonfinite import skip_nonfinite
 from mmcaption.predictions import PredictionWriter
-from mmcaption.results import said_cut, write_results
+from mmcaption.results import domain_metrics, said_cut, scored_captions, write_results
 from mmcaption.schedule import linear_schedule, schedule_from_here
 from mmcaption.settings_checks import strategy_problem
 from mmcaption.tasks import Tasks
@@ -281,12 +280,11 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         cut = sum(random_state.gather_objects([self.val_cut]))
         self.val_captions, self.val_answers, self.val_cut = [], [], 0
         metrics: dict[str, float] = {"loss": float(loss), "perplexity": float(torch.exp(loss))}
+        by_domain: dict[str, dict[str, float]] = {}  # nocaps': each domain's images scored on their own
         if captions:
-            scores = None
-            if self.trainer.is_global_zero:
-                scores = caption_scores({i: c for i, c, *_ in captions}, {i: r for i, _, r, _ in captions})
-            scores = self.trainer.strategy.broadcast(scores, src=0)
-            for name, value in scores.items():
+            scored = scored_captions(self.trainer, prefix, captions) if self.trainer.is_global_zero else None
+            scores, by_domain = self.trainer.strategy.broadcast(scored, src=0)
+            for name, value in {**scores, **domain_metrics(by_domain)}.items():
                 self.log(f"{prefix}/{name}", value, sync_dist=False, prog_bar=name == "CIDEr")
             metrics.update(scores)
             if prefix == "val":
@@ -300,7 +298,8 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and not self.trainer.sanity_checking:
             folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # on every process: log_dir is a broadcast
             if self.trainer.is_global_zero:
-                write_results(self.trainer, self.tasks.generation.to_dict(), folder, prefix, metrics, captions, answers, cut)
+                write_results(self.trainer, self.tasks.generation.to_dict(), folder, prefix, metrics, captions, answers, cut,
+                              by_domain)
 
     def log_caption_examples(self) -> None:
         """A few val images with their generated and reference captions, in TensorBoard."""

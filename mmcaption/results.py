@@ -10,7 +10,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from mmcaption.evaluation.caption_metrics import metric_setup
+from mmcaption.evaluation.caption_metrics import grouped_caption_scores, metric_setup
 from mmcaption.evaluation.report import checkpoint_record, generation_record, write_evaluation
 
 _SAID_CUT: list[tuple[int, int]] = []  # said once a fit (it validates again and again), by what was generated with what
@@ -25,16 +25,31 @@ def said_cut(cut: int, generated: int, generation: Any) -> None:
                        "their end, and are scored cut: raise --model.generation.max_new_tokens for whole texts")
 
 
+def scored_captions(trainer, prefix: str, captions: list) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The caption metrics of ``captions`` (image id, caption, references, file), and those of each domain's images on
+    their own when the split's captions file gives its images a ``domain`` (nocaps': in-, near- and out-domain, the
+    numbers papers report for it, as its evaluation server scores them)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "image_domains") else None
+    domains = datamodule.image_domains(split) if split else {}
+    return grouped_caption_scores({i: c for i, c, *_ in captions}, {i: r for i, _, r, _ in captions}, domains)
+
+
+def domain_metrics(by_domain: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each domain's metrics as logged: ``<domain>/<metric>`` (``test/out-domain/CIDEr``)."""
+    return {f"{domain}/{name}": value for domain, scores in by_domain.items() for name, value in scores.items() if name != "images"}
+
+
 def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str, metrics: dict[str, float], captions: list,
-                  answers: list, cut: int = 0) -> None:
+                  answers: list, cut: int = 0, by_domain: dict[str, dict[str, float]] | None = None) -> None:
     """Write the predictions (``captions``: (image id, caption, references, file); ``answers``: (id, question,
     prediction, answer)) and the results file into ``folder``, and say where; ``cut``: how many of them generation
-    stopped at max_new_tokens before their end."""
+    stopped at max_new_tokens before their end; ``by_domain``: the metrics of each domain's images (nocaps')."""
     module, datamodule = trainer.lightning_module, getattr(trainer, "datamodule", None)
     split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
     settings = dict(getattr(datamodule, "hparams", {}))
     results: dict[str, Any] = {
-        "stage": trainer.state.fn.value, "split": split, "metrics": metrics,
+        "stage": trainer.state.fn.value, "split": split, "metrics": metrics, **({"metrics_by_domain": by_domain} if by_domain else {}),
         "checkpoint": checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None)),
         "data": {"module": type(datamodule).__name__, **settings},
     }
@@ -71,7 +86,9 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     left = (f"; its data left out {sum(made['skipped'].values()):,} bad record(s) ({', '.join(made['skipped'])})"
             if made.get("skipped") else "")
     said = f"predictions: {predictions.name}" if predictions else "the loss alone: nothing generated"
-    rank_zero_info(f"{prefix} results: {summary} ({said}{limited}{left})")
+    domains = "".join(f"\n  {domain} ({scores['images']:,} images): " + ", ".join(f"{name} {value:.4f}" for name, value in
+                      scores.items() if name != "images") for domain, scores in (by_domain or {}).items())
+    rank_zero_info(f"{prefix} results: {summary} ({said}{limited}{left}){domains}")
 
 
 def _split_record(datamodule, split: str | None) -> dict[str, Any]:

@@ -122,18 +122,20 @@ def test_karpathy_file_problems_are_named(backbones, coco_root, tmp_path):
 
 
 @pytest.mark.slow
-def nocaps_layout(coco_root: Path, target: Path, ids: tuple[int, ...] = (0, 7, 4499)) -> Path:
+def nocaps_layout(coco_root: Path, target: Path, ids: tuple[int, ...] = (0, 7, 4499),
+                  domains: tuple[str, ...] = ("in-domain", "near-domain", "near-domain")) -> Path:
     """nocaps' validation download: ``nocaps_val_4500_captions.json`` as released (licenses, info, each image's
-    ``open_images_id`` and file name, ``annotations`` of ``image_id``, ``id``, ``caption``), its photos in ``val/`` beside it."""
+    ``open_images_id``, file name and ``domain``, ``annotations`` of ``image_id``, ``id``, ``caption``), its photos in
+    ``val/`` beside it."""
     content = json.loads((coco_root / "annotations" / "captions_val2017.json").read_text())
     (target / "val").mkdir(parents=True)
     images, annotations = [], []
-    for nocaps_id, image in zip(ids, content["images"]):
+    for nocaps_id, image, domain in zip(ids, content["images"], domains):
         name = f"{nocaps_id:04x}ea2087020901.jpg"
         shutil.copy(coco_root / "val2017" / image["file_name"], target / "val" / name)
         images.append({"id": nocaps_id, "open_images_id": name[:-4], "height": 64, "width": 64, "license": 0,
                        "coco_url": f"https://s3.amazonaws.com/nocaps/val/{name}", "file_name": name,
-                       "date_captured": "2018-11-06 11:04:33"})
+                       "date_captured": "2018-11-06 11:04:33", "domain": domain})
         annotations += [{"image_id": nocaps_id, "id": len(annotations) + n, "caption": caption} for n, caption in
                         enumerate(a["caption"] for a in content["annotations"] if a["image_id"] == image["id"])]
     file = target / "nocaps_val_4500_captions.json"
@@ -163,6 +165,15 @@ def test_mmcaption_test_scores_nocaps_validation_file_where_it_lies_with_its_own
     predictions = [json.loads(line) for line in (folder / "test-nocaps_val_4500_captions.predictions.jsonl").read_text().splitlines()]
     assert [row["file_name"] for row in predictions] == ["0000ea2087020901.jpg", "0007ea2087020901.jpg", "1193ea2087020901.jpg"]
     assert not (coco_root / "annotations" / "captions_nocaps_val_4500_captions.json").exists()  # nothing written beside COCO's
+    # each of its domains scored on its own, as nocaps' evaluation server scores them and papers report them: in-domain
+    # (image 0), near-domain (7 and 4499), each domain's CIDEr from its own images' document frequencies
+    by_domain = results["metrics_by_domain"]
+    assert list(by_domain) == ["in-domain", "near-domain"] and [s["images"] for s in by_domain.values()] == [1, 2]
+    near = [row for row in predictions if row["image_id"] in (7, 4499)]
+    own = caption_metrics.caption_scores({r["image_id"]: r["caption"] for r in near}, {r["image_id"]: r["references"] for r in near})
+    assert by_domain["near-domain"] == {**own, "images": 2}
+    assert logged["test/near-domain/CIDEr"] == pytest.approx(own["CIDEr"]) and "test/in-domain/BLEU-4" in logged
+    assert dm.image_domains("val2017") == {}  # COCO's own file: no domains, nothing more in its results
 
     # its photos beside the file itself, or in data_dir, are found there too; nowhere, the places looked in are named
     beside = tmp_path / "beside"

@@ -113,6 +113,13 @@ class SplitFiles:
         file = self.split_files().get(split)
         return file_image_folder(file, self.data_dir) if file else self.data_dir / split
 
+    def image_domains(self, split: str) -> dict[Any, str]:
+        """The ``domain`` of each image of the split's captions file by its id (nocaps' in-, near- and out-domain, each
+        scored on its own as nocaps' evaluation scores them); none for a split without them."""
+        file = self.annotation_file(split)
+        usable = self.source in ("coco", "karpathy") and not self.karpathy_split(split) and file.is_file()
+        return _images(file)[1] if usable else {}
+
     def listed_signature(self, split: str) -> dict | None:
         """The signature of a split file's own images (not COCO's layout, whose folder signs as a named split's does)."""
         file = self.split_files().get(split)
@@ -123,21 +130,27 @@ class SplitFiles:
 
 
 def _file_names(path: Path) -> list[str]:
+    return _images(path)[0]
+
+
+def _images(path: Path) -> tuple[list[str], dict[Any, str]]:
     stamp = path.stat()
-    return _names(str(path.resolve()), stamp.st_size, stamp.st_mtime_ns)
+    return _read_images(str(path.resolve()), stamp.st_size, stamp.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
-def _names(name: str, *stamp: int) -> list[str]:
-    """The ``file_name`` of each of the file's images (parsed once while the file is unchanged)."""
+def _read_images(name: str, *stamp: int) -> tuple[list[str], dict[Any, str]]:
+    """The ``file_name`` of each of the file's images, and the ``domain`` of those with one by their ids (nocaps':
+    ``in-domain``, ``near-domain``, ``out-domain``), parsed once while the file is unchanged."""
     path = Path(name)
     content = read_json(path, "COCO captions file")
-    images = content.get("images") if isinstance(content, dict) else None
-    names = [entry["file_name"] for entry in images or [] if isinstance(entry, dict) and isinstance(entry.get("file_name"), str)]
+    images = [entry for entry in (content.get("images") if isinstance(content, dict) else None) or [] if isinstance(entry, dict)]
+    names = [entry["file_name"] for entry in images if isinstance(entry.get("file_name"), str)]
     if not names:
         raise DataError(f"{path} is not a COCO captions file: it needs an 'images' list whose entries have a 'file_name' "
                         f"(and 'annotations' with 'image_id' and 'caption').{other_caption_layout(content)}")
-    return names
+    ids = [int(i) if isinstance(i := entry.get("id"), str) and i.strip().isdigit() else i for entry in images]  # as read
+    return names, {i: entry["domain"] for i, entry in zip(ids, images) if isinstance(entry.get("domain"), str)}
 
 
 def _folders_in(folder: Path) -> list[Path]:

@@ -330,11 +330,18 @@ def tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
 def caption_scores(
     predictions: dict[Hashable, str], references: dict[Hashable, list[str]], spice: bool | None = None
 ) -> dict[str, float]:
-    """Corpus-level scores of one predicted caption per key against its reference captions.
+    """Corpus-level scores of one predicted caption per key against its references: ``BLEU-1``..``BLEU-4``, ``ROUGE-L``,
+    ``CIDEr``, and ``METEOR`` / ``SPICE`` when they can run (``spice=None``: SPICE only if its models are present)."""
+    return grouped_caption_scores(predictions, references, {}, spice)[0]
 
-    Returns ``BLEU-1``..``BLEU-4``, ``ROUGE-L``, ``CIDEr``, and ``METEOR`` / ``SPICE`` when they can run
-    (``spice=None`` runs SPICE only if its models are already present).
-    """
+
+def grouped_caption_scores(
+    predictions: dict[Hashable, str], references: dict[Hashable, list[str]], groups: dict[Hashable, str],
+    spice: bool | None = None,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """:func:`caption_scores` of all keys, and of each group's keys on their own (``groups``: a key's group, nocaps'
+    in-, near- and out-domain images, as its evaluation scores each): a group's CIDEr takes its document frequencies
+    from the group's captions. Each group's scores also say its ``images``; keys of no group are scored in all only."""
     missing = set(predictions) ^ set(references)
     if missing:
         raise ValueError(f"predictions and references differ in {len(missing)} keys, e.g. {sorted(map(str, missing))[:3]}")
@@ -342,8 +349,18 @@ def caption_scores(
         raise ValueError("no captions to score")
     warn_once_without_java()
     keys = list(predictions)
-    refs = tokenize({k: list(references[k]) for k in keys})
+    refs = tokenize({k: list(references[k]) for k in keys})  # (the PTB tokenizer started once for all the groups)
     preds = tokenize({k: [predictions[k]] for k in keys})
+    spice = spice if spice is not None else spice_available()
+    by_group = {}
+    for group in sorted({groups[k] for k in keys if k in groups}):
+        members = [k for k in keys if groups.get(k) == group]
+        by_group[group] = {**_scores({k: refs[k] for k in members}, {k: preds[k] for k in members}, spice),
+                           "images": len(members)}
+    return _scores(refs, preds, spice), by_group
+
+
+def _scores(refs: dict[Hashable, list[str]], preds: dict[Hashable, list[str]], spice: bool) -> dict[str, float]:
     scores: dict[str, float] = {}
     bleu, _ = Bleu(4).compute_score(refs, preds, verbose=0)
     scores.update({f"BLEU-{n}": float(value) for n, value in enumerate(bleu, start=1)})
@@ -351,7 +368,7 @@ def caption_scores(
     scores["CIDEr"] = float(Cider().compute_score(refs, preds)[0])
     if java_available():
         scores["METEOR"] = meteor_score(refs, preds)
-    if spice if spice is not None else spice_available():
+    if spice:
         with java_output_kept_back(), _spice_folders_writable():
             scores["SPICE"] = float(spice_tool.Spice().compute_score(refs, preds)[0])
     return scores
