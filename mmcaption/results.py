@@ -29,9 +29,12 @@ def scored_captions(trainer, prefix: str, captions: list) -> tuple[dict[str, flo
     """The caption metrics of ``captions`` (image id, caption, references, file), and those of each domain's images on
     their own when the split's captions file gives its images a ``domain`` (nocaps': in-, near- and out-domain, the
     numbers papers report for it, as its evaluation server scores them)."""
-    datamodule = getattr(trainer, "datamodule", None)
-    split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "image_domains") else None
-    domains = datamodule.image_domains(split) if split else {}
+    datamodule, domains = getattr(trainer, "datamodule", None), {}
+    if hasattr(datamodule, "image_domains"):
+        try:  # (on the first process alone: the others wait for its scores, which an error here would leave them waiting for)
+            domains = datamodule.image_domains(datamodule.stage_splits()["test" if prefix == "test" else "val"])
+        except (OSError, ValueError) as error:  # the file rewritten as a fit validated: its scores without the domains'
+            rank_zero_warn(f"each domain's scores left out: {error}")
     return grouped_caption_scores({i: c for i, c, *_ in captions}, {i: r for i, _, r, _ in captions}, domains)
 
 

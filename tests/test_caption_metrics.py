@@ -32,6 +32,29 @@ def test_scores_match_pycocoevalcap_run_directly():
         assert scores["METEOR"] == pytest.approx(Meteor().compute_score(refs, preds)[0])
 
 
+def test_each_group_is_scored_on_its_own_images_and_spice_runs_once_for_all(monkeypatch):
+    # nocaps' domains, as its evaluation scores them: each on its own images (CIDEr's document frequencies from them, not
+    # from the whole split), an image of no group in the whole only; SPICE (a Java run loading its models, a minute on
+    # a real split) once, an image's SPICE its own and a group's their mean, as SPICE's own average is
+    runs = []
+
+    class OwnSpice:  # SPICE's models are not installed offline: a scorer that gives image k the score k / 10
+        def compute_score(self, refs, preds):
+            runs.append(sorted(refs))
+            return sum(k / 10 for k in refs) / len(refs), [{"All": {"f": k / 10}} for k in sorted(refs)]
+
+    monkeypatch.setattr(caption_metrics.spice_tool, "Spice", OwnSpice)
+    predictions, references = {**PREDICTIONS, 4: "a green square"}, {**REFERENCES, 4: ["a green square", "one green box"]}
+    overall, by_group = caption_metrics.grouped_caption_scores(
+        predictions, references, {1: "in-domain", 3: "near-domain", 4: "near-domain"}, spice=True)
+    assert runs == [[1, 2, 3, 4]] and overall["SPICE"] == pytest.approx(0.25)
+    assert list(by_group) == ["in-domain", "near-domain"] and by_group["near-domain"]["images"] == 2
+    assert by_group["near-domain"]["SPICE"] == pytest.approx(0.35) and by_group["in-domain"]["SPICE"] == pytest.approx(0.1)
+    alone = caption_scores({k: predictions[k] for k in (3, 4)}, {k: references[k] for k in (3, 4)}, spice=False)
+    assert {name: value for name, value in by_group["near-domain"].items() if name not in ("SPICE", "images")} == alone
+    assert alone["CIDEr"] != pytest.approx(overall["CIDEr"])  # (not the whole split's numbers)
+
+
 @pytest.mark.skipif(not caption_metrics.java_available(), reason="METEOR and the PTB tokenizer need Java")
 def test_scores_of_a_hand_made_set_equal_the_reference_implementation_numbers():
     """Numbers printed by pycocoevalcap 1.2's own scorers (PTB tokenizer, Java 17) for this set."""

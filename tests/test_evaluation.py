@@ -174,6 +174,12 @@ def test_mmcaption_test_scores_nocaps_validation_file_where_it_lies_with_its_own
     assert by_domain["near-domain"] == {**own, "images": 2}
     assert logged["test/near-domain/CIDEr"] == pytest.approx(own["CIDEr"]) and "test/in-domain/BLEU-4" in logged
     assert dm.image_domains("val2017") == {}  # COCO's own file: no domains, nothing more in its results
+    content = json.loads(nocaps.read_text())  # ids written as text read as the reader reads them; another tool's 'domain'
+    content["images"][1]["id"], content["images"][2]["domain"] = "0007", "flickr.com"  # (a website) is no group
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "ids.json").write_text(json.dumps(content))
+    texts = CaptionDataModule(data_dir=str(coco_root), test_split=str(tmp_path / "texts" / "ids.json"))
+    assert texts.image_domains("ids") == {0: "in-domain", 7: "near-domain"}
 
     # its photos beside the file itself, or in data_dir, are found there too; nowhere, the places looked in are named
     beside = tmp_path / "beside"

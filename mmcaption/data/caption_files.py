@@ -17,6 +17,7 @@ from mmcaption.data.records import DataError, read_json
 from mmcaption.images import existing_spelling, local_file
 
 LOOKED_AT = 20  # the file's first images that choose the folder
+NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")  # nocaps' images' domains, each scored on its own
 
 
 def split_file(split: str | None) -> Path | None:
@@ -114,11 +115,10 @@ class SplitFiles:
         return file_image_folder(file, self.data_dir) if file else self.data_dir / split
 
     def image_domains(self, split: str) -> dict[Any, str]:
-        """The ``domain`` of each image of the split's captions file by its id (nocaps' in-, near- and out-domain, each
-        scored on its own as nocaps' evaluation scores them); none for a split without them."""
-        file = self.annotation_file(split)
-        usable = self.source in ("coco", "karpathy") and not self.karpathy_split(split) and file.is_file()
-        return _images(file)[1] if usable else {}
+        """The domain of each image of a split file by its id (nocaps': in-, near- and out-domain, each scored on its own
+        as nocaps' evaluation scores them; the file parsed once while unchanged); none for a split without them."""
+        file = self.split_files().get(split)
+        return _images(file)[1] if file is not None and file.is_file() else {}
 
     def listed_signature(self, split: str) -> dict | None:
         """The signature of a split file's own images (not COCO's layout, whose folder signs as a named split's does)."""
@@ -149,8 +149,12 @@ def _read_images(name: str, *stamp: int) -> tuple[list[str], dict[Any, str]]:
     if not names:
         raise DataError(f"{path} is not a COCO captions file: it needs an 'images' list whose entries have a 'file_name' "
                         f"(and 'annotations' with 'image_id' and 'caption').{other_caption_layout(content)}")
-    ids = [int(i) if isinstance(i := entry.get("id"), str) and i.strip().isdigit() else i for entry in images]  # as read
-    return names, {i: entry["domain"] for i, entry in zip(ids, images) if isinstance(entry.get("domain"), str)}
+    domains: dict[int, str] = {}
+    for entry in images:  # ids as the COCO reader reads them (text of ASCII digits too), the first entry of an id
+        i = int(i) if isinstance(i := entry.get("id"), str) and i.strip().isascii() and i.strip().isdigit() else i
+        if isinstance(i, int) and not isinstance(i, bool) and entry.get("domain") in NOCAPS_DOMAINS:
+            domains.setdefault(i, entry["domain"])
+    return names, domains
 
 
 def _folders_in(folder: Path) -> list[Path]:

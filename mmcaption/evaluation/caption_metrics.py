@@ -28,6 +28,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor import meteor as meteor_tool
@@ -82,9 +83,9 @@ def metric_setup(spice: bool | None = None) -> dict:
     else:
         skipped["SPICE"] = "no Java found" if not java else (
             "its Stanford CoreNLP models are not installed (pycocoevalcap fetches them on its first SPICE run, online)")
-    tokenizer = ("PTB (Stanford CoreNLP, Java), as the COCO caption evaluation" if java else
-                 "fallback without Java: split as the PTB tokenizer splits plain English, lower-cased, punctuation dropped") + (
-        "; text NFKC-normalised first; Chinese and Japanese characters one token each")
+    tokenizer = ("PTB (Stanford CoreNLP, Java), as the COCO caption evaluation" if java else "fallback without Java: split as "
+                 "the PTB tokenizer splits plain English, lower-cased, punctuation dropped") + "; text NFKC-normalised first; " \
+        "Chinese and Japanese characters one token each"
     return {"tokenizer": tokenizer, "metrics": run, "skipped": skipped, "pycocoevalcap": version("pycocoevalcap")}
 
 
@@ -342,8 +343,7 @@ def grouped_caption_scores(
     """:func:`caption_scores` of all keys, and of each group's keys on their own (``groups``: a key's group, nocaps'
     in-, near- and out-domain images, as its evaluation scores each): a group's CIDEr takes its document frequencies
     from the group's captions. Each group's scores also say its ``images``; keys of no group are scored in all only."""
-    missing = set(predictions) ^ set(references)
-    if missing:
+    if missing := set(predictions) ^ set(references):
         raise ValueError(f"predictions and references differ in {len(missing)} keys, e.g. {sorted(map(str, missing))[:3]}")
     if not predictions:
         raise ValueError("no captions to score")
@@ -351,27 +351,26 @@ def grouped_caption_scores(
     keys = list(predictions)
     refs = tokenize({k: list(references[k]) for k in keys})  # (the PTB tokenizer started once for all the groups)
     preds = tokenize({k: [predictions[k]] for k in keys})
-    spice = spice if spice is not None else spice_available()
+    average, spiced = None, {}  # each image's SPICE, from one run (a Java process loading its models) for all the groups
+    if spice if spice is not None else spice_available():
+        with java_output_kept_back(), _spice_folders_writable():
+            average, each = spice_tool.Spice().compute_score(refs, preds)
+        spiced = {k: s["All"]["f"] for k, s in zip(sorted(refs), each)}  # (in its order) a group's: the mean of its images'
     by_group = {}
     for group in sorted({groups[k] for k in keys if k in groups}):
         members = [k for k in keys if groups.get(k) == group]
-        by_group[group] = {**_scores({k: refs[k] for k in members}, {k: preds[k] for k in members}, spice),
-                           "images": len(members)}
-    return _scores(refs, preds, spice), by_group
+        by_group[group] = {**_scores({k: refs[k] for k in members}, {k: preds[k] for k in members},
+                                     np.mean([spiced[k] for k in members]) if spiced else None), "images": len(members)}
+    return _scores(refs, preds, average), by_group
 
 
-def _scores(refs: dict[Hashable, list[str]], preds: dict[Hashable, list[str]], spice: bool) -> dict[str, float]:
-    scores: dict[str, float] = {}
-    bleu, _ = Bleu(4).compute_score(refs, preds, verbose=0)
-    scores.update({f"BLEU-{n}": float(value) for n, value in enumerate(bleu, start=1)})
+def _scores(refs: dict[Hashable, list[str]], preds: dict[Hashable, list[str]], spice: float | None) -> dict[str, float]:
+    scores = {f"BLEU-{n}": float(value) for n, value in enumerate(Bleu(4).compute_score(refs, preds, verbose=0)[0], start=1)}
     scores["ROUGE-L"] = float(Rouge().compute_score(refs, preds)[0])
     scores["CIDEr"] = float(Cider().compute_score(refs, preds)[0])
     if java_available():
         scores["METEOR"] = meteor_score(refs, preds)
-    if spice:
-        with java_output_kept_back(), _spice_folders_writable():
-            scores["SPICE"] = float(spice_tool.Spice().compute_score(refs, preds)[0])
-    return scores
+    return {**scores, "SPICE": float(spice)} if spice is not None else scores
 
 
 def _user_cache(name: str) -> str | None:
