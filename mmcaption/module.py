@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from mmcaption import random_state
 from mmcaption.checkpoint import check_checkpoint, check_trainable_state, load_initial_weights, restore_loader_position
 from mmcaption.checkpoint_folders import checkpoint_folder_on_resume
+from mmcaption.data.stage_splits import scored_where_trained
 from mmcaption.errors import ConfigError, raise_if_stopped
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.generation_settings import check_run_generation
@@ -379,6 +380,8 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         self.init_source = checkpoint.get("init_from")
         if self._trainer is not None and self.trainer.state.fn == "fit":
             checkpoint_folder_on_resume(self.trainer, checkpoint)
+        elif self._trainer is not None:  # validate, test: a whole evaluation split, a run trained on most of it
+            scored_where_trained(self.trainer, checkpoint.get("training_data") or {})
         states = checkpoint.get("random_states") or []
         if states and self._trainer is not None and self.trainer.state.fn == "fit":
             self._resumed_random_state = states[min(self.global_rank, len(states) - 1)]

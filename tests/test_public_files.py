@@ -7,14 +7,17 @@ conversation file that pandas' records were dumped into (``NaN`` for no image)."
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
 from mmcaption.data import DataError
+from mmcaption.data.cache import load_table
 from mmcaption.data.hub import HubCaptions
 from mmcaption.data.llava import read_llava
 from mmcaption.data.records import BadRecords
+from mmcaption.data.stage_splits import scored_where_trained
 
 from .test_data_coco import make_datamodule
 from .test_data_llava import llava  # noqa: F401 - a fixture
@@ -314,3 +317,74 @@ def test_a_coco_captions_file_or_textcaps_given_as_a_table_is_told_how_it_reads(
 
     subprocess.run(command.replace("python ", f"{sys.executable} ", 1), shell=True, check=True)  # the command works as said
     assert [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()] == rows
+
+
+def lmms_lab_nocaps(root, coco_root, splits: dict[str, bool]) -> None:
+    """lmms-eval's copy of nocaps (``lmms-lab/NoCaps``) as ``hf download`` writes it: ``data/<split>-00000-of-00001.parquet``
+    with its columns (the photo, ``image_id``, ``image_file_name``, ``image_open_images_id``, ..., ``annotations_captions``
+    a list of captions; the test split's held back: empty lists), no split to train on."""
+    import datasets
+
+    content = json.loads((coco_root / "annotations" / "captions_val2017.json").read_text())
+    features = datasets.Features({"image": datasets.Image(), "image_file_name": datasets.Value("string"),
+                                  "image_id": datasets.Value("int32"), "image_open_images_id": datasets.Value("string"),
+                                  "annotations_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "annotations_captions": datasets.Sequence(datasets.Value("string"))})
+    (root / "data").mkdir(parents=True)
+    for split, captioned in splits.items():
+        rows = []
+        for n, image in enumerate(content["images"]):
+            captions = [a["caption"] for a in content["annotations"] if a["image_id"] == image["id"]] if captioned else []
+            rows.append({"image": {"bytes": (coco_root / "val2017" / image["file_name"]).read_bytes(), "path": None},
+                         "image_file_name": f"{n:04x}ea2087020901.jpg", "image_id": 3 * n, "image_open_images_id": f"{n:04x}ea",
+                         "annotations_ids": list(range(len(captions))), "annotations_captions": captions})
+        datasets.Dataset.from_list(rows, features=features).to_parquet(root / "data" / f"{split}-00000-of-00001.parquet")
+
+
+def test_an_evaluation_sets_hub_copy_is_scored_whole_and_not_trained_on(backbones, coco_root, tmp_path):
+    # lmms-eval's copies (nocaps' validation and its held-back test, Flickr30k's test alone) have no split to train on:
+    # test scored a 1% share of nocaps' validation split held out as if to validate a training run on the rest (with its
+    # validation and test splits both there, every stage was refused for want of a 'train' split); and its caption column
+    # was not named in the refusal
+    lmms_lab_nocaps(tmp_path / "NoCaps", coco_root, {"validation": True})
+    settings = dict(source="hub", hub_dataset=str(tmp_path / "NoCaps"), train_split=None, val_split=None,
+                    cache_dir=str(tmp_path / "cache"))
+    unnamed = make_datamodule(backbones, tmp_path / "unused", **settings)
+    with pytest.raises(DataError, match=r"its columns by their names: --data.init_args.hub_image_column image "
+                                        r"--data.init_args.hub_caption_column annotations_captions"):
+        unnamed.preprocess(unnamed.stage_splits()["test"])
+    settings.update(hub_image_column="image", hub_caption_column="annotations_captions")
+    nocaps = make_datamodule(backbones, tmp_path / "unused", **settings)
+    assert nocaps.stage_splits() == {"val": "validation", "test": "validation"}
+    nocaps.check_inputs("test")
+    images = load_table(nocaps.preprocess("validation") / "images")
+    assert sorted(images["image_id"]) == [0, 3, 6, 9]  # every image, under its own id
+    with pytest.raises(DataError, match=r"NoCaps has splits \['validation'\], none to train on: set train_split to it \(hub_val_fraction"):
+        nocaps.check_inputs("fit")
+    # asked to, it trains on it, a share held out to validate on, as for any single split
+    asked = make_datamodule(backbones, tmp_path / "unused", **{**settings, "train_split": "validation"})
+    assert asked.stage_splits() == {"train": "validation.rest", "val": "validation.heldout", "test": "validation.heldout"}
+    # its test split's captions held back for its server: validation is scored, not the test split
+    shutil.rmtree(tmp_path / "NoCaps")
+    lmms_lab_nocaps(tmp_path / "NoCaps", coco_root, {"validation": True, "test": False})
+    both = make_datamodule(backbones, tmp_path / "unused", **settings)
+    assert both.stage_splits() == {"val": "validation", "test": "validation"}
+    assert make_datamodule(backbones, tmp_path / "unused", **{**settings, "test_split": "test"}).stage_splits() == {
+        "val": "validation", "test": "test"}  # its test split asked for: validation stays where it was
+    with pytest.raises(DataError, match=r"none to train on: set train_split to one, and val_split to the same name to hold "
+                                        r"out hub_val_fraction of it for validation, or to another split"):
+        both.check_inputs("fit")
+    # Flickr30k's copy, its one split 'test': scored whole; a dataset's one split 'train' still gives a share to validate on
+    for name, expected in (("test", {"val": "test", "test": "test"}),
+                           ("train", {"train": "train.rest", "val": "train.heldout", "test": "train.heldout"})):
+        shutil.rmtree(tmp_path / "NoCaps")
+        lmms_lab_nocaps(tmp_path / "NoCaps", coco_root, {name: True})
+        assert make_datamodule(backbones, tmp_path / "unused", **settings).stage_splits() == expected
+    # a checkpoint that trained on all but a share of Flickr30k's one split (before such sets were scored whole): scoring
+    # all of it scores images it trained on, said
+    shutil.rmtree(tmp_path / "NoCaps")
+    lmms_lab_nocaps(tmp_path / "NoCaps", coco_root, {"test": True})
+    trainer = SimpleNamespace(datamodule=make_datamodule(backbones, tmp_path / "unused", **settings), state=SimpleNamespace(fn="test"))
+    with pytest.warns(UserWarning, match=r"the checkpoint trained on 'test' but for a heldout share \(test\.rest-0123abcd\), "
+                                         r"and all of 'test' is scored, images it trained on: give train_split test"):
+        scored_where_trained(trainer, {"train_split": "test.rest-0123abcd"})

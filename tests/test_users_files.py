@@ -1827,7 +1827,7 @@ def test_a_hub_dataset_whose_test_split_has_no_captions_says_what_to_validate_on
     import pyarrow.parquet as pq
 
     infos = []
-    monkeypatch.setattr("mmcaption.data.hub.rank_zero_info", infos.append)
+    monkeypatch.setattr("mmcaption.data.stage_splits.rank_zero_info", infos.append)
     root = tmp_path / "coco2017"
     (root / "data").mkdir(parents=True)
     image = [{"bytes": jpeg(upright_picture(24 + i, 24)), "path": f"{i}.jpg"} for i in range(6)]

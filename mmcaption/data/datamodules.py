@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from mmcaption.data import llava as conversation_files
-from mmcaption.data.base import PreprocessedDataModule
+from mmcaption.data.base import STAGE_SPLITS, PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature
 from mmcaption.data.caption_cells import read_otherwise_now_in
 from mmcaption.data.caption_files import SplitFiles, split_file
@@ -38,6 +38,7 @@ from mmcaption.data.hub import HubCaptions
 from mmcaption.data.image_sources import COCO2017_FOLDERS, coco2014_download
 from mmcaption.data.llava import llava_unsigned_images, read_llava, turn_counts, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
+from mmcaption.data.stage_splits import EvaluationSplits
 from mmcaption.data.tables import token_split_lists
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
@@ -64,7 +65,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         hub_val_fraction: share of a single-split ``hub`` dataset held out for validation.
         hub_config: the ``hub`` dataset's configuration (subset; ``load_dataset``'s second argument), for one with several.
         train_split: split used by ``fit`` (null: ``train2017`` for coco, ``train`` for karpathy, the dataset's
-            ``train`` for hub).
+            ``train`` for hub; none for a hub set of evaluation splits only, scored whole: :mod:`~mmcaption.data.stage_splits`).
         val_split: split used by validation (null: ``val2017`` for coco; for hub the dataset's validation/val/dev/test
             split, or a held-out share of a single split).
         test_split: split used by ``test`` (null: ``test`` for karpathy, and for hub when the dataset has one apart from
@@ -153,8 +154,11 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
                  "by its path, read from the current folder when relative: " + str(file.absolute()) + ")"), (folder, what)]
 
     def check_inputs(self, stage: str = "fit") -> None:
-        if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself
-            super().check_inputs(stage)
+        if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself; a local one's splits are
+            super().check_inputs(stage)  # listed now: fit refused on a set of evaluation splits before the model loads
+        elif Path(self.hub.dataset).expanduser().exists() and isinstance(splits := self.stage_splits(), EvaluationSplits):
+            if "train" in STAGE_SPLITS.get(stage, []):
+                raise DataError(splits.said)
 
     def _read_otherwise_now(self, file: Path, split: str, hub: bool = False) -> dict:
         found = read_otherwise_now_in(file, hub, self.looked_at)  # (and a run's place in its cache, ``training_data``)

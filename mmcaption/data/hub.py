@@ -2,9 +2,7 @@
 folder of parquet files or webdataset tars (``datasets`` infers the splits from the file names), or
 one parquet, JSON Lines or CSV file.
 
-Split names default to what the dataset has (``train``; ``validation``, ``val`` or ``test`` to
-validate); a dataset with one split gets a stable held-out share of its images for validation, with a
-note, never the same image on both sides. The image and caption columns are settings, so COCO (``jpg`` +
+Split names default to what the dataset has (:mod:`~mmcaption.data.stage_splits`). The image and caption columns are settings, so COCO (``jpg`` +
 ``txt``, as ``clip-benchmark/wds_mscoco_captions2017``), Flickr30k-style (``image`` + a list of captions),
 CC3M-style (one caption a row) and one-row-per-caption copies of COCO (rows of the same image are one
 image with all its captions) all read.
@@ -39,19 +37,13 @@ from mmcaption.data.folder_layouts import (
 )
 from mmcaption.data.hub_images import RowImages
 from mmcaption.data.image_pass import Unchecked
-from mmcaption.data.records import (
-    BadRecords,
-    DataError,
-    not_utf8,
-    read_json_list,
-)
+from mmcaption.data.records import BadRecords, DataError, not_utf8, read_json_list
 from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.data.split_column import SplitColumnTable
+from mmcaption.data.stage_splits import stage_splits
 from mmcaption.data.table_rows import HELD_OUT, REST, TableRows
 from mmcaption.errors import one_line
 from mmcaption.resources import causes
-
-VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 
 
 def downloaded_snapshot(name: str) -> str | None:
@@ -142,27 +134,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
 
     def stage_splits(self, train: str | None, val: str | None, test: str | None) -> dict[str, str]:
         """The split for each of train, val and test, from the configured names or the dataset's own."""
-        names = self.split_names()
-        for given in (train, val, test):
-            if given is not None and given not in names:
-                raise DataError(f"{self.dataset} has splits {names}, not {given!r} (set train_split / val_split, or null "
-                                "for the dataset's own)")
-        train = train or ("train" if "train" in names else names[0] if len(names) == 1 else None)
-        if train is None:
-            raise DataError(f"{self.dataset} has splits {names} and none is 'train': set train_split")
-        val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
-        if val == train and not self.val_fraction:  # asked for: validation on the images it trains on (a check of fitting)
-            rank_zero_info(f"{self.dataset}: val_split {val!r} is the training split and hub_val_fraction 0: it validates on "
-                           "the images it trains on")
-            return {"train": train, "val": val, "test": test or val}
-        if val is None or val == train:  # val_split the training split's own name: part of it held out, not both sides
-            has = f"one split ({train!r})" if len(names) == 1 else f"val_split {train!r}, its training split" if val else (
-                f"splits {names}, none named {', '.join(VAL_NAMES)} (val_split names the one to validate on)")
-            rank_zero_info(f"{self.dataset} has {has}: {self.val_fraction:.1%} of the images of {train!r} are held out "
-                           "for validation (hub_val_fraction), by a stable hash of each image")
-            return {"train": train + REST, "val": train + HELD_OUT, "test": test or train + HELD_OUT}
-        # its own test split (Flickr8k's testImages list, a train/validation/test download), which test scored by val
-        return {"train": train, "val": val, "test": test or ("test" if "test" in names and val != "test" else val)}
+        return stage_splits(self.dataset, self.split_names(), (train, val, test), self.val_fraction)
 
     def load(self, split: str) -> tuple[datasets.Dataset, str | None]:
         """The dataset split that ``split`` (as ``stage_splits`` names it) comes from, and the side of it

@@ -50,7 +50,7 @@ def separator_of(path: Path) -> str:
 IMAGE_COLUMNS = ("image", "images", "img", "img_path", "image_path", "file_name", "filename", "file", "path", "photo", "jpg",
                  "png", "image_url", "url")
 CAPTION_COLUMNS = ("caption", "captions", "text", "txt", "description", "alt", "alt_text", "sentence", "sentences",
-                   "conversations")  # LLaVA-Pretrain's: a request and its answer, the caption
+                   "conversations", "annotations_captions")  # LLaVA-Pretrain's (a request, the caption); nocaps' copies
 
 
 def columns_hint(missing: set[str], columns: list[str], image_column: str) -> str:

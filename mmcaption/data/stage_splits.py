@@ -1,0 +1,69 @@
+"""Which of a dataset's splits each stage reads (train, val, test): the configured names, else the dataset's own - ``train``
+to train on; ``validation``, ``val``, ``valid``, ``dev`` or ``test`` to validate on; a stable share of a single split's
+images held out for validation (never the same image on both sides); a dataset of evaluation splits only (lmms-eval's
+copies: nocaps' ``validation``, Flickr30k's ``test``) scored whole, ``fit`` refused."""
+
+from __future__ import annotations
+
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from mmcaption.data.records import DataError
+from mmcaption.data.table_rows import HELD_OUT, REST
+
+VAL_NAMES = ("validation", "val", "valid", "dev", "test")
+
+
+class EvaluationSplits(dict):
+    """The splits of a dataset with none to train on: ``val`` and ``test``; ``train`` refused with ``said`` when
+    ``fit`` (or anything else) asks for it."""
+
+    def __init__(self, splits: dict[str, str], said: str) -> None:
+        super().__init__(splits)
+        self.said = said
+
+    def __missing__(self, key: str) -> str:
+        raise DataError(self.said)
+
+
+def stage_splits(dataset: str, names: list[str], given: tuple[str | None, str | None, str | None],
+                 val_fraction: float) -> dict[str, str]:
+    """The split of ``dataset`` (its splits: ``names``) for each of train, val and test, from the ``given`` names or the
+    dataset's own; ``val_fraction``: the share of a single split's images held out for validation."""
+    for name in given:
+        if name is not None and name not in names:
+            raise DataError(f"{dataset} has splits {names}, not {name!r} (set train_split / val_split, or null "
+                            "for the dataset's own)")
+    train, val, test = given
+    train = train or ("train" if "train" in names else names[0] if len(names) == 1 and names[0] not in VAL_NAMES else None)
+    if train is None and names and set(names) <= set(VAL_NAMES):  # an evaluation set: its splits scored whole (test scored
+        val = val or next(name for name in VAL_NAMES if name in names)  # a 1% share of nocaps' validation split)
+        test = test or val  # (its test split's captions held back for its server: validation's scored unless asked)
+        rank_zero_info(f"{dataset} has no split to train on ({names}): validation reads {val!r} and test {test!r}, all of each")
+        how = ("it (hub_val_fraction of it is then held out for validation)" if len(names) == 1 else
+               "one, and val_split to the same name to hold out hub_val_fraction of it for validation, or to another split")
+        return EvaluationSplits({"val": val, "test": test}, f"{dataset} has splits {names}, none to train on: set train_split to {how}")
+    if train is None:
+        raise DataError(f"{dataset} has splits {names} and none is 'train': set train_split")
+    val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
+    if val == train and not val_fraction:  # asked for: validation on the images it trains on (a check of fitting)
+        rank_zero_info(f"{dataset}: val_split {val!r} is the training split and hub_val_fraction 0: it validates on "
+                       "the images it trains on")
+        return {"train": train, "val": val, "test": test or val}
+    if val is None or val == train:  # val_split the training split's own name: part of it held out, not both sides
+        has = f"one split ({train!r})" if len(names) == 1 else f"val_split {train!r}, its training split" if val else (
+            f"splits {names}, none named {', '.join(VAL_NAMES)} (val_split names the one to validate on)")
+        rank_zero_info(f"{dataset} has {has}: {val_fraction:.1%} of the images of {train!r} are held out "
+                       "for validation (hub_val_fraction), by a stable hash of each image")
+        return {"train": train + REST, "val": train + HELD_OUT, "test": test or train + HELD_OUT}
+    # its own test split (Flickr8k's testImages list, a train/validation/test download), which test scored by val
+    return {"train": train, "val": val, "test": test or ("test" if "test" in names and val != "test" else val)}
+
+
+def scored_where_trained(trainer, training_data: dict) -> None:
+    """Warn when ``validate`` or ``test`` scores a whole evaluation split with a checkpoint that trained on most of it (its
+    ``training_data``): a run trained on such a split before evaluation sets were scored whole."""
+    splits = trainer.datamodule.stage_splits() if hasattr(getattr(trainer, "datamodule", None), "stage_splits") else {}
+    scored, trained = splits.get("test" if trainer.state.fn == "test" else "val"), training_data.get("train_split") or ""
+    if isinstance(splits, EvaluationSplits) and trained.startswith(f"{scored}{REST}-"):
+        rank_zero_warn(f"the checkpoint trained on {scored!r} but for a {HELD_OUT[1:]} share ({trained}), and all of {scored!r} "
+                       f"is scored, images it trained on: give train_split {scored} to score its held-out share")
