@@ -338,7 +338,7 @@ class PredictionWriter(BasePredictionWriter):
                         "true, goes on from them") if earlier else "; the same command with --data.resume true goes on from them"
         message += scores_said(summary, [key for key in self.category_columns if key in summary])
         if self.vqa_results is not None and not why:
-            message += ("\n  captions for COCO's evaluation server, or nocaps' ([{image_id, caption}]): " if self.server == "coco" else
+            message += ("\n  captions for an evaluation server - COCO's, nocaps', VizWiz's ([{image_id, caption}]): " if self.server == "coco" else
                         "\n  answers for VQA's evaluation server ([{question_id, answer}], normalised as scored): ") + str(self.vqa_results_path(self.path))
             if self.submission_ids:
                 message += f" ({self.counts['vqa_results_padded']} questions not asked here given an empty answer, as the server wants all)"

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import datasets
 import pytest
 from PIL import Image
 
@@ -388,3 +389,45 @@ def test_an_evaluation_sets_hub_copy_is_scored_whole_and_not_trained_on(backbone
     with pytest.warns(UserWarning, match=r"the checkpoint trained on 'test' but for a heldout share \(test\.rest-0123abcd\), "
                                          r"and all of 'test' is scored, images it trained on: give train_split test"):
         scored_where_trained(trainer, {"train_split": "test.rest-0123abcd"})
+
+
+def vizwiz_layout(root, coco_root) -> Path:
+    """VizWiz-Captions as its download unpacks: ``annotations/val.json`` (images with ``file_name``, ``vizwiz_url``, ``id``,
+    ``text_detected``; annotations with ``is_precanned`` and ``is_rejected`` besides COCO's fields), ``annotations/test.json``
+    (images only: its captions are held back for its server), the photos in ``val/`` and ``test/``."""
+    content = json.loads((coco_root / "annotations" / "captions_val2017.json").read_text())
+    for folder in ("annotations", "val", "test"):
+        (root / folder).mkdir(parents=True)
+    images, annotations, tests = [], [], []
+    for n, image in enumerate(content["images"]):
+        for split, first, listed in (("val", 23431, images), ("test", 31181, tests)):
+            shutil.copy(coco_root / "val2017" / image["file_name"], root / split / f"VizWiz_{split}_{n:08d}.jpg")
+            listed.append({"file_name": f"VizWiz_{split}_{n:08d}.jpg", "vizwiz_url": "", "id": first + n, "text_detected": False})
+        for k, annotation in enumerate(a for a in content["annotations"] if a["image_id"] == image["id"]):
+            stock = n == 0 and k < 2  # two workers found the first photo too poor to describe
+            annotations.append({"caption": "Quality issues are too severe to recognize visual content." if stock else
+                                annotation["caption"], "image_id": 23431 + n, "is_precanned": stock,
+                                "is_rejected": n == 1 and k == 0, "id": 117155 + len(annotations), "text_detected": False})
+    (root / "annotations" / "val.json").write_text(json.dumps({"info": {"version": "VizWiz-Captions 1.0"}, "images": images,
+                                                               "annotations": annotations}))
+    (root / "annotations" / "test.json").write_text(json.dumps({"info": {"version": "VizWiz-Captions 1.0"}, "images": tests}))
+    return root / "annotations" / "val.json"
+
+
+def test_vizwizs_rejected_and_precanned_captions_are_left_out_as_its_evaluation_leaves_them(backbones, coco_root, tmp_path):
+    # VizWiz-Captions marks a caption a reviewer rejected (is_rejected) and its stock one for a photo too poor to describe
+    # (is_precanned: "Quality issues are too severe to recognize visual content."); its evaluation leaves them out (its API
+    # called with ignore_rejected and ignore_precanned), and so do its users' training runs: read as captions, they were
+    # trained on and were references that the split's scores were computed against
+    val = vizwiz_layout(tmp_path / "vizwiz", coco_root)
+    dm = make_datamodule(backbones, coco_root, test_split=str(val), cache_dir=str(tmp_path / "cache"))
+    dm.check_inputs("test")
+    with pytest.warns(UserWarning, match=r"val\.json: 3 x captions marked is_rejected or is_precanned \(VizWiz-Captions'\) "
+                                         r"left out, as VizWiz's evaluation leaves them \(first: annotation id 117155 \(image id 23431\)\)"):
+        folder = dm.preprocess("val")
+    captions = datasets.load_from_disk(str(folder / "captions"))["caption"]
+    assert len(captions) == 17 and not any(caption.startswith("Quality issues") for caption in captions)
+    assert len(load_table(folder / "images")) == 4  # every photo still there, with the captions it has
+    assert "captions marked rejected or precanned left out" in dm.split_inputs("val")["captions"]  # (an earlier cache: anew)
+    # a file without those marks is read as before, its cache kept
+    assert "captions" not in make_datamodule(backbones, coco_root).split_inputs("val2017")

@@ -37,6 +37,15 @@ def invisible_characters_in(file: Path) -> bool:
     return _AT_AN_EDGE.search(data, 3 if data.startswith(b"\xef\xbb\xbf") else 0) is not None
 
 
+_MARKED = re.compile(rb'"is_(?:rejected|precanned)"\s*:\s*true')  # VizWiz-Captions' marked captions
+
+
+def marked_captions_in(file: Path) -> bool:
+    """Whether a COCO captions file marks captions rejected or precanned (VizWiz-Captions'), which the COCO reader leaves
+    out and earlier releases read (a cache they built from it is built again)."""
+    return _MARKED.search(file.read_bytes()) is not None
+
+
 # a cell that may hold Python's list of captions, as pandas' to_csv writes a column of lists: ['a dog.', "a dog's ball."]
 _PYTHON_LIST = re.compile(rb"\[[ \t]*'|'[ \t]*\]")
 
@@ -135,7 +144,8 @@ def read_otherwise_now_in(file: Path, hub: bool, looked_at) -> list[str]:
     tables = [file] if file.is_file() else [p for p in [*file.glob("*"), *file.glob("*/metadata.*")] if p.is_file() and
                                              p.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl")] if file.is_dir() else []
     looks = {"invisible": ("invisible characters around them removed", invisible_characters_in),
-             **({"python lists": ("Python's lists in a cell read as the captions they list", python_lists_in)} if hub else {})}
+             **({"python lists": ("Python's lists in a cell read as the captions they list", python_lists_in)} if hub else
+                {"marked": ("captions marked rejected or precanned left out", marked_captions_in)})}
     return [why for key, (why, look) in looks.items()
             if any(looked_at((key, table), lambda t=table, look=look: look(t)) for table in tables)]
 

@@ -93,6 +93,11 @@ def text_id_said(entry: object, key: str) -> str:
             "annotation its image's number)")
 
 
+# VizWiz-Captions' captions a reviewer rejected, and its stock one for a photo too poor to describe ("Quality issues are
+# too severe to recognize visual content."): its evaluation, as its API is called, and its users' training leave them out
+MARKED_LEFT_OUT = "captions marked is_rejected or is_precanned (VizWiz-Captions') left out, as VizWiz's evaluation leaves them"
+
+
 def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRecords, coco2014_home: str = "") -> list[CocoImage]:
     """Parse and check ``captions_*.json``: structure, captions, and that every image file exists.
 
@@ -143,6 +148,9 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
             continue
         if not caption_text(caption):  # blank, or only invisible characters copied from a web page
             records.defer("empty caption", f"annotation id {annotation_id} (image id {entry['image_id']}) has an empty caption")
+            continue
+        if entry.get("is_rejected") is True or entry.get("is_precanned") is True:  # VizWiz-Captions' marks
+            records.note(MARKED_LEFT_OUT, example=f"annotation id {annotation_id} (image id {entry['image_id']})")
             continue
         image = images.get(entry["image_id"])
         if image is None:
