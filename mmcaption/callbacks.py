@@ -250,10 +250,10 @@ class ResumableStop(Callback):
                 f"({saved.get('train_split')}) may then be deleted"
             )
         if "captions" in current and "captions" not in saved and saved.get("train_split") != current.get("train_split"):
+            why = "; ".join(filter(None, getattr(trainer.datamodule, "read_anew", {}).values())) or "read otherwise"
             raise ResumeError(
-                f"{source} was trained on captions that an earlier release of mmcaption read with the invisible characters "
-                "around them (zero-width spaces, byte order marks), which this one removes, into a new cache: its place "
-                "in the epoch would mean nothing there. Finish the run with the release that began it, or start a new "
+                f"{source} was trained on captions that an earlier release of mmcaption read otherwise than this one ({why}), "
+                "into a new cache: its place in the epoch would mean nothing there. Finish the run with the release that began it, or start a new "
                 f"run from its weights with --model.init_from {source}")
         saved = {**saved, "preprocessing": current.get("preprocessing")}  # checkpoints from before it was kept
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches

@@ -1241,8 +1241,9 @@ def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_diff
     content["annotations"][0]["caption"] += "\u200b"
     annotations.write_text(json.dumps(content))
     torch.save(saved, older)
-    with pytest.raises(ResumeError, match=r"trained on captions that an earlier release of mmcaption read with the invisible "
-                                          r"characters around them .* Finish the run with the release that began it"):
+    with pytest.raises(ResumeError, match=r"trained on captions that an earlier release of mmcaption read otherwise than this "
+                                          r"one \(invisible characters around them removed\), into a new cache: .* Finish the run "
+                                          r"with the release that began it"):
         fit_trainer(tmp_path / "caption", steps=4).fit(make_captioner(backbones), datamodule=CaptionDataModule(data_dir=str(coco), **names),
                                                        ckpt_path=older)
     annotations.write_text(original)

@@ -372,8 +372,8 @@ def test_an_evaluation_sets_hub_copy_is_scored_whole_and_not_trained_on(backbone
     assert both.stage_splits() == {"val": "validation", "test": "validation"}
     assert make_datamodule(backbones, tmp_path / "unused", **{**settings, "test_split": "test"}).stage_splits() == {
         "val": "validation", "test": "test"}  # its test split asked for: validation stays where it was
-    with pytest.raises(DataError, match=r"none to train on: set train_split to one, and val_split to the same name to hold "
-                                        r"out hub_val_fraction of it for validation, or to another split"):
+    with pytest.raises(DataError, match=r"none to train on: set train_split and val_split both to one \('validation': "
+                                        r"hub_val_fraction of it is then held out for validation\), or val_split to another"):
         both.check_inputs("fit")
     # Flickr30k's copy, its one split 'test': scored whole; a dataset's one split 'train' still gives a share to validate on
     for name, expected in (("test", {"val": "test", "test": "test"}),
@@ -431,3 +431,30 @@ def test_vizwizs_rejected_and_precanned_captions_are_left_out_as_its_evaluation_
     assert "captions marked rejected or precanned left out" in dm.split_inputs("val")["captions"]  # (an earlier cache: anew)
     # a file without those marks is read as before, its cache kept
     assert "captions" not in make_datamodule(backbones, coco_root).split_inputs("val2017")
+
+
+def test_vizwiz_vqas_questions_find_their_photos_in_the_folder_beside_its_annotations(backbones, coco_root, tmp_path, monkeypatch):
+    # VizWiz-VQA unpacks as Annotations/val.json (a list of {"image", "question", "answers": [{"answer",
+    # "answer_confidence"}, x10], "answer_type", "answerable"}) beside val/ with the photos: they were looked for in
+    # Annotations/ and the run refused until --data.image_root named val/
+    from mmcaption.data import QuestionsPredictDataModule
+
+    (tmp_path / "vizwiz" / "Annotations").mkdir(parents=True)
+    (tmp_path / "vizwiz" / "val").mkdir()
+    (tmp_path / "vizwiz" / "train").mkdir()  # another split's photos, which hold none of these
+    records = []
+    for n, photo in enumerate(sorted((coco_root / "val2017").iterdir())):
+        shutil.copy(photo, tmp_path / "vizwiz" / "val" / f"VizWiz_val_{n:08d}.jpg")
+        answers = ["white"] * 7 + ["unanswerable", "grey", "white"] if n else ["unanswerable"] * 10
+        records.append({"image": f"VizWiz_val_{n:08d}.jpg", "question": "What color is this?", "answerable": int(bool(n)),
+                        "answers": [{"answer": answer, "answer_confidence": "yes"} for answer in answers],
+                        "answer_type": "other" if n else "unanswerable"})
+    (tmp_path / "vizwiz" / "Annotations" / "val.json").write_text(json.dumps(records))
+    infos = []
+    monkeypatch.setattr("mmcaption.data.image_sources.rank_zero_info", infos.append)
+    data = QuestionsPredictDataModule(questions_file=str(tmp_path / "vizwiz" / "Annotations" / "val.json"),
+                                      tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
+    data.setup("predict")
+    assert data.dataset.image_paths == [tmp_path / "vizwiz" / "val" / f"VizWiz_val_{n:08d}.jpg" for n in range(len(records))]
+    assert data.dataset[1]["error"] is None
+    assert any(f"its images are read from {tmp_path / 'vizwiz' / 'val'}, a folder beside it that holds them" in i for i in infos)

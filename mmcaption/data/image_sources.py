@@ -5,6 +5,7 @@ name, relative to its folder. Names are found as Windows and macOS find them (:f
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -234,6 +235,9 @@ def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.i
     paths = [user_path(name, root) for name in names]
     if paths and not any(_there(p) for p in paths[:COCO2014_LOOKED_FOR]):
         paths = coco2014_read_from_2017(names, root, file) or paths
+    if paths and not given and not any(_there(p) for p in paths) and (beside := _folder_beside(names, root)) is not None:
+        rank_zero_info(f"{file}: its images are read from {beside}, a folder beside it that holds them (unless {where})")
+        paths = [user_path(name, beside) for name in names]  # (VizWiz's Annotations/val.json, its photos in val/)
     if paths and not any(_there(p) for p in paths):
         from_here = user_path(names[0], Path("."))
         above = next((folder for folder in list(root.parents)[:2] if is_file(folder / names[0])), None)
@@ -243,6 +247,16 @@ def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.i
                         f"{paths[0]}. Images are relative to {root} " +
                         ("(given by --data.image_root)" if given else f"(the file's folder, unless {where})") + hint)
     return paths
+
+
+def _folder_beside(names: list[str], root: Path) -> Path | None:
+    """The first folder in ``root`` or beside it that holds every one of the first images a file names, else None."""
+    places: list[Path] = []
+    for place in dict.fromkeys((root, root.parent)):
+        with contextlib.suppress(OSError):  # (not there, or not to be listed)
+            places += [folder for folder in sorted(place.iterdir())
+                       if folder.is_dir() and folder != root and not folder.name.startswith((".", "__MACOSX"))]
+    return next((place for place in places if all(_there(user_path(name, place)) for name in names[:20])), None)
 
 
 def _there(image: Path | RemoteImage | InlineImage) -> bool:

@@ -39,9 +39,10 @@ def stage_splits(dataset: str, names: list[str], given: tuple[str | None, str | 
         val = val or next(name for name in VAL_NAMES if name in names)  # a 1% share of nocaps' validation split)
         test = test or val  # (its test split's captions held back for its server: validation's scored unless asked)
         rank_zero_info(f"{dataset} has no split to train on ({names}): validation reads {val!r} and test {test!r}, all of each")
-        how = ("it (hub_val_fraction of it is then held out for validation)" if len(names) == 1 else
-               "one, and val_split to the same name to hold out hub_val_fraction of it for validation, or to another split")
-        return EvaluationSplits({"val": val, "test": test}, f"{dataset} has splits {names}, none to train on: set train_split to {how}")
+        how = ("set train_split to it (hub_val_fraction of it is then held out for validation)" if len(names) == 1 else
+               f"set train_split and val_split both to one ({val!r}: hub_val_fraction of it is then held out for "
+               "validation), or val_split to another with captions")
+        return EvaluationSplits({"val": val, "test": test}, f"{dataset} has splits {names}, none to train on: {how}")
     if train is None:
         raise DataError(f"{dataset} has splits {names} and none is 'train': set train_split")
     val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
