@@ -362,6 +362,13 @@ def test_an_evaluation_sets_hub_copy_is_scored_whole_and_not_trained_on(backbone
     assert sorted(images["image_id"]) == [0, 3, 6, 9]  # every image, under its own id
     with pytest.raises(DataError, match=r"NoCaps has splits \['validation'\], none to train on: set train_split to it \(hub_val_fraction"):
         nocaps.check_inputs("fit")
+    # given with a COCO config's split names (train2017, val2017), it is tested; each stage that reads one is refused
+    coco_names = make_datamodule(backbones, tmp_path / "unused", **{**settings, "train_split": "train2017", "val_split": "val2017"})
+    assert coco_names.stage_splits()["test"] == "validation"
+    coco_names.check_inputs("test")
+    for stage, name in (("validate", "val2017"), ("fit", "train2017")):
+        with pytest.raises(DataError, match=rf"NoCaps has splits \['validation'\], not '{name}' \(set train_split / val_split"):
+            coco_names.check_inputs(stage)
     # asked to, it trains on it, a share held out to validate on, as for any single split
     asked = make_datamodule(backbones, tmp_path / "unused", **{**settings, "train_split": "validation"})
     assert asked.stage_splits() == {"train": "validation.rest", "val": "validation.heldout", "test": "validation.heldout"}

@@ -157,8 +157,8 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         if self.hub is None:  # a hub dataset is found (or downloaded) by datasets itself; a local one's splits are
             super().check_inputs(stage)  # listed now: fit refused on a set of evaluation splits before the model loads
         elif Path(self.hub.dataset).expanduser().exists() and isinstance(splits := self.stage_splits(), EvaluationSplits):
-            if "train" in STAGE_SPLITS.get(stage, []):
-                raise DataError(splits.said)
+            if lacking := [name for name in STAGE_SPLITS.get(stage, []) if name not in splits]:  # (and a split it lacks)
+                raise DataError(splits.refused.get(lacking[0], splits.said))
 
     def _read_otherwise_now(self, file: Path, split: str, hub: bool = False) -> dict:
         found = read_otherwise_now_in(file, hub, self.looked_at)  # (and a run's place in its cache, ``training_data``)

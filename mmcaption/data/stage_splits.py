@@ -15,34 +15,37 @@ VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 
 class EvaluationSplits(dict):
     """The splits of a dataset with none to train on: ``val`` and ``test``; ``train`` refused with ``said`` when
-    ``fit`` (or anything else) asks for it."""
+    ``fit`` (or anything else) asks for it, and a split a setting names that the dataset lacks with ``refused``'s."""
 
-    def __init__(self, splits: dict[str, str], said: str) -> None:
+    def __init__(self, splits: dict[str, str], said: str, refused: dict[str, str] | None = None) -> None:
         super().__init__(splits)
-        self.said = said
+        self.said, self.refused = said, refused or {}
 
     def __missing__(self, key: str) -> str:
-        raise DataError(self.said)
+        raise DataError(self.refused.get(key, self.said))
 
 
 def stage_splits(dataset: str, names: list[str], given: tuple[str | None, str | None, str | None],
                  val_fraction: float) -> dict[str, str]:
     """The split of ``dataset`` (its splits: ``names``) for each of train, val and test, from the ``given`` names or the
     dataset's own; ``val_fraction``: the share of a single split's images held out for validation."""
-    for name in given:
-        if name is not None and name not in names:
-            raise DataError(f"{dataset} has splits {names}, not {name!r} (set train_split / val_split, or null "
-                            "for the dataset's own)")
-    train, val, test = given
+    evaluation = bool(names) and set(names) <= set(VAL_NAMES) and given[0] not in names  # (nothing trained on)
+    refused = {stage: f"{dataset} has splits {names}, not {name!r} (set train_split / val_split, or null for the dataset's "
+               "own)" for stage, name in zip(("train", "val", "test"), given) if name is not None and name not in names}
+    if refused and not evaluation:
+        raise DataError(next(iter(refused.values())))
+    train, val, test = (None if name not in names else name for name in given)  # an evaluation set's: refused by the stage
     train = train or ("train" if "train" in names else names[0] if len(names) == 1 and names[0] not in VAL_NAMES else None)
-    if train is None and names and set(names) <= set(VAL_NAMES):  # an evaluation set: its splits scored whole (test scored
-        val = val or next(name for name in VAL_NAMES if name in names)  # a 1% share of nocaps' validation split)
+    if train is None and evaluation:  # its splits scored whole (test scored a 1% share of nocaps' validation split), a
+        val = val or next(name for name in VAL_NAMES if name in names)  # config's other splits (COCO's) refused by the stage
         test = test or val  # (its test split's captions held back for its server: validation's scored unless asked)
-        rank_zero_info(f"{dataset} has no split to train on ({names}): validation reads {val!r} and test {test!r}, all of each")
+        splits = {stage: split for stage, split in (("val", val), ("test", test)) if stage not in refused}
+        rank_zero_info(f"{dataset} has no split to train on ({names}): " + " and ".join(
+            f"{'validation' if stage == 'val' else stage} reads {split!r}" for stage, split in splits.items()) + ", all of it")
         how = ("set train_split to it (hub_val_fraction of it is then held out for validation)" if len(names) == 1 else
                f"set train_split and val_split both to one ({val!r}: hub_val_fraction of it is then held out for "
                "validation), or val_split to another with captions")
-        return EvaluationSplits({"val": val, "test": test}, f"{dataset} has splits {names}, none to train on: {how}")
+        return EvaluationSplits(splits, f"{dataset} has splits {names}, none to train on: {how}", refused)
     if train is None:
         raise DataError(f"{dataset} has splits {names} and none is 'train': set train_split")
     val = val or next((name for name in VAL_NAMES if name in names and name != train), None)
