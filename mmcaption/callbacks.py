@@ -250,7 +250,7 @@ class ResumableStop(Callback):
                 f"({saved.get('train_split')}) may then be deleted"
             )
         if "captions" in current and "captions" not in saved and saved.get("train_split") != current.get("train_split"):
-            why = "; ".join(filter(None, getattr(trainer.datamodule, "read_anew", {}).values())) or "read otherwise"
+            why = getattr(trainer.datamodule, "read_anew", {}).get(trainer.datamodule.stage_splits()["train"]) or "read otherwise"
             raise ResumeError(
                 f"{source} was trained on captions that an earlier release of mmcaption read otherwise than this one ({why}), "
                 "into a new cache: its place in the epoch would mean nothing there. Finish the run with the release that began it, or start a new "

@@ -465,3 +465,14 @@ def test_vizwiz_vqas_questions_find_their_photos_in_the_folder_beside_its_annota
     assert data.dataset.image_paths == [tmp_path / "vizwiz" / "val" / f"VizWiz_val_{n:08d}.jpg" for n in range(len(records))]
     assert data.dataset[1]["error"] is None
     assert any(f"its images are read from {tmp_path / 'vizwiz' / 'val'}, a folder beside it that holds them" in i for i in infos)
+    # another folder beside it holding photos of those names (its test split's, numbered alike): the one named as the
+    # file is read; a file named otherwise reads neither, the refusal naming both (another split's photos would be asked)
+    shutil.copytree(tmp_path / "vizwiz" / "val", tmp_path / "vizwiz" / "test")
+    data = QuestionsPredictDataModule(questions_file=str(tmp_path / "vizwiz" / "Annotations" / "val.json"),
+                                      tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
+    data.setup("predict")
+    assert data.dataset.image_paths[0] == tmp_path / "vizwiz" / "val" / "VizWiz_val_00000000.jpg"
+    shutil.copy(tmp_path / "vizwiz" / "Annotations" / "val.json", tmp_path / "vizwiz" / "Annotations" / "mine.json")
+    with pytest.raises(DataError, match=r"vizwiz/test, \S+vizwiz/val beside it each hold them: give the one as --data.image_root"):
+        QuestionsPredictDataModule(questions_file=str(tmp_path / "vizwiz" / "Annotations" / "mine.json"),
+                                   tokenizer=str(backbones[0]), image_processor=str(backbones[1])).setup("predict")

@@ -199,7 +199,7 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
     names = list(filter(None, names))
     if not names:
         raise DataError(f"image list {path} is empty")
-    return list(zip(names, image_paths(names, root, path, where="a line gives an absolute path")))
+    return list(zip(names, image_paths(names, root, path, where="a line gives an absolute path", beside=False)))
 
 
 def _counted(suffixes: Counter) -> str:
@@ -227,7 +227,7 @@ def user_path(name: str, root: Path) -> Path | RemoteImage | InlineImage:
 
 
 def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.image_root gives their folder",
-                given: bool = False) -> list[Path | RemoteImage | InlineImage]:
+                given: bool = False, beside: bool = True) -> list[Path | RemoteImage | InlineImage]:
     """The images of a questions file's rows, relative to ``root`` (``given``: by ``--data.image_root``, else the
     file's folder); refused, naming the first, when not one of them is there (a wrong folder would otherwise give a
     run of "image not found" rows), with a folder above ``root`` that holds it (LLaVA's scripts take
@@ -235,28 +235,48 @@ def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.i
     paths = [user_path(name, root) for name in names]
     if paths and not any(_there(p) for p in paths[:COCO2014_LOOKED_FOR]):
         paths = coco2014_read_from_2017(names, root, file) or paths
-    if paths and not given and not any(_there(p) for p in paths) and (beside := _folder_beside(names, root)) is not None:
-        rank_zero_info(f"{file}: its images are read from {beside}, a folder beside it that holds them (unless {where})")
-        paths = [user_path(name, beside) for name in names]  # (VizWiz's Annotations/val.json, its photos in val/)
+    holding = _folders_beside(names, root) if paths and beside and not given and not any(_there(p) for p in paths) else []
+    named = [place for place in holding if place.name.lower() == file.stem.lower()]  # (val/ for val.json)
+    if found := named[0] if len(named) == 1 else holding[0] if len(holding) == 1 else None:
+        rank_zero_info(f"{file}: its images are read from {found}, a folder beside it that holds them (unless {where})")
+        paths = [user_path(name, found) for name in names]  # (VizWiz's Annotations/val.json, its photos in val/)
     if paths and not any(_there(p) for p in paths):
         from_here = user_path(names[0], Path("."))
         above = next((folder for folder in list(root.parents)[:2] if is_file(folder / names[0])), None)
         hint = (f"; {from_here} is there relative to the working directory" if _there(from_here) else
-                f"; it is under {above}: give that folder" if above else "")
+                f"; it is under {above}: give that folder" if above else
+                f"; {', '.join(map(str, holding[:3]))} beside it each hold them: give the one as --data.image_root" if holding
+                else "")
         raise DataError(f"none of the {len(paths)} images of {file} was found: the first, {names[0]!r}, was looked for at "
                         f"{paths[0]}. Images are relative to {root} " +
                         ("(given by --data.image_root)" if given else f"(the file's folder, unless {where})") + hint)
     return paths
 
 
-def _folder_beside(names: list[str], root: Path) -> Path | None:
-    """The first folder in ``root`` or beside it that holds every one of the first images a file names, else None."""
+def _folders_beside(names: list[str], root: Path) -> list[Path]:
+    """The folders in ``root`` or beside it that hold every one of the first images a file names."""
     places: list[Path] = []
     for place in dict.fromkeys((root, root.parent)):
         with contextlib.suppress(OSError):  # (not there, or not to be listed)
-            places += [folder for folder in sorted(place.iterdir())
-                       if folder.is_dir() and folder != root and not folder.name.startswith((".", "__MACOSX"))]
-    return next((place for place in places if all(_there(user_path(name, place)) for name in names[:20])), None)
+            places += sorted(folder for folder in place.iterdir() if folder != root and _is_dir(folder)
+                             and not folder.name.startswith((".", "__MACOSX")))
+    looked = list(dict.fromkeys(names))[:20]  # (several questions of one photo: its name once)
+    return [place for place in places if all(_there_or_not(user_path(name, place)) for name in looked)]
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _there_or_not(image: Path | RemoteImage | InlineImage) -> bool:
+    """:func:`_there`, a folder that may not be looked in (another user's) read as not holding it."""
+    try:
+        return _there(image)
+    except OSError:
+        return False
 
 
 def _there(image: Path | RemoteImage | InlineImage) -> bool:

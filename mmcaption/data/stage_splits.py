@@ -37,13 +37,14 @@ def stage_splits(dataset: str, names: list[str], given: tuple[str | None, str | 
     train, val, test = (None if name not in names else name for name in given)  # an evaluation set's: refused by the stage
     train = train or ("train" if "train" in names else names[0] if len(names) == 1 and names[0] not in VAL_NAMES else None)
     if train is None and evaluation:  # its splits scored whole (test scored a 1% share of nocaps' validation split), a
-        val = val or next(name for name in VAL_NAMES if name in names)  # config's other splits (COCO's) refused by the stage
+        first = next(name for name in VAL_NAMES if name in names)  # config's other splits (COCO's) refused by the stage
+        val = val or first
         test = test or val  # (its test split's captions held back for its server: validation's scored unless asked)
         splits = {stage: split for stage, split in (("val", val), ("test", test)) if stage not in refused}
         rank_zero_info(f"{dataset} has no split to train on ({names}): " + " and ".join(
             f"{'validation' if stage == 'val' else stage} reads {split!r}" for stage, split in splits.items()) + ", all of it")
         how = ("set train_split to it (hub_val_fraction of it is then held out for validation)" if len(names) == 1 else
-               f"set train_split and val_split both to one ({val!r}: hub_val_fraction of it is then held out for "
+               f"set train_split and val_split both to one ({first!r}: hub_val_fraction of it is then held out for "
                "validation), or val_split to another with captions")
         return EvaluationSplits(splits, f"{dataset} has splits {names}, none to train on: {how}", refused)
     if train is None:
