@@ -253,8 +253,8 @@ class ResumableStop(Callback):
             why = getattr(trainer.datamodule, "read_anew", {}).get(trainer.datamodule.stage_splits()["train"]) or "read otherwise"
             raise ResumeError(
                 f"{source} was trained on captions that an earlier release of mmcaption read otherwise than this one ({why}), "
-                "into a new cache: its place in the epoch would mean nothing there. Finish the run with the release that began it, or start a new "
-                f"run from its weights with --model.init_from {source}")
+                "into a new cache: its place in the epoch would mean nothing there. Finish the run with the release that "
+                f"began it, or start a new run from its weights with --model.init_from {source}")
         saved = {**saved, "preprocessing": current.get("preprocessing")}  # checkpoints from before it was kept
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
             saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}

@@ -2,10 +2,10 @@
 folder of parquet files or webdataset tars (``datasets`` infers the splits from the file names), or
 one parquet, JSON Lines or CSV file.
 
-Split names default to what the dataset has (:mod:`~mmcaption.data.stage_splits`). The image and caption columns are settings, so COCO (``jpg`` +
-``txt``, as ``clip-benchmark/wds_mscoco_captions2017``), Flickr30k-style (``image`` + a list of captions),
-CC3M-style (one caption a row) and one-row-per-caption copies of COCO (rows of the same image are one
-image with all its captions) all read.
+Split names default to what the dataset has (:mod:`~mmcaption.data.stage_splits`). The image and caption columns are
+settings, so COCO (``jpg`` + ``txt``, as ``clip-benchmark/wds_mscoco_captions2017``), Flickr30k-style (``image`` + a list
+of captions), CC3M-style (one caption a row) and one-row-per-caption copies of COCO (rows of the same image are one image
+with all its captions) all read.
 """
 
 from __future__ import annotations
