@@ -665,6 +665,38 @@ def write_vqa(folder: Path, subtype: str, questions: list[tuple[int, int, str]],
     return asked, notes
 
 
+def test_ok_vqas_files_are_scored_per_knowledge_category(backbones, trained_checkpoint, image_folder, tmp_path):
+    # OK-VQA ships VQAv2's format (OpenEnded_mscoco_val2014_questions.json, mscoco_val2014_annotations.json), its
+    # annotations' question_types naming each question type's knowledge category ("one": "Vehicles and
+    # Transportation"), the accuracy its paper reports per category; its answer type is "other" for every question, so
+    # the summary's only breakdown said nothing
+    from PIL import Image
+
+    from mmcaption.data import QuestionsPredictDataModule
+
+    coco = tmp_path / "coco" / "val2014"
+    coco.mkdir(parents=True)
+    for image_id, name in ((42, "img0.png"), (7, "img1.png")):
+        Image.open(image_folder / name).convert("RGB").save(coco / f"COCO_val2014_{image_id:012d}.jpg")
+    asked, notes = write_vqa(tmp_path / "okvqa", "val2014", [(420, 42, "What sport is this for?"), (70, 7, "Who makes it?")],
+                             {420: (["race"] * 10, "other"), 70: (["zebra"] * 10, "other")})
+    content = json.loads(notes.read_text())
+    content["annotations"][0]["question_type"], content["annotations"][1]["question_type"] = "one", "two"
+    content["question_types"] = {"one": "Vehicles and Transportation", "two": "Brands, Companies and Products"}
+    notes.write_text(json.dumps(content))
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    module.generation.update(min_new_tokens=1, max_new_tokens=3)
+    data = QuestionsPredictDataModule(questions_file=str(asked), annotations_file=str(notes), image_root=str(tmp_path / "coco"),
+                                      output=str(tmp_path / "okvqa.jsonl"), tokenizer=str(backbones[0]),
+                                      image_processor=str(backbones[1]), batch_size=2, num_workers=0)
+    predictor(tmp_path).predict(module, datamodule=data)
+    rows = [json.loads(line) for line in (tmp_path / "okvqa.jsonl").read_text().splitlines()]
+    assert [r["category"] for r in rows] == ["Vehicles and Transportation", "Brands, Companies and Products"]
+    summary = json.loads((tmp_path / "okvqa.jsonl.summary.json").read_text())
+    assert set(summary["vqa_per_category"]) == {"Vehicles and Transportation", "Brands, Companies and Products"}
+    assert [v["questions"] for v in summary["vqa_per_category"].values()] == [1, 1]
+
+
 def test_vqav2_official_files_are_joined_scored_per_answer_type_and_read_back_from_csv(backbones, trained_checkpoint, image_folder, tmp_path):
     from PIL import Image
 

@@ -6,9 +6,8 @@ The answers are generated as the instruct stage was taught to answer; with a ref
 row is scored by exact match after the VQA evaluation's normalisation (case, punctuation, articles,
 number words), and the run's summary gives the accuracy; with VQAv2-style human ``answers`` (a list),
 by the VQA accuracy (``min(#humans who gave it / 3, 1)``, as :func:`~mmcaption.evaluation.answers.vqa_accuracy`
-computes it), averaged in the summary, and per ``answer_type`` (yes/no, number, other) where the records
-have one (VQAv2's annotations do).
-"""
+computes it), averaged in the summary, per ``answer_type`` (yes/no, number, other) where the records have one (VQAv2's
+annotations do), and per knowledge category for OK-VQA's (its annotations' ``question_types``)."""
 
 from __future__ import annotations
 
@@ -97,21 +96,19 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
 
 
 def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = None) -> list[OpenQuestion]:
-    """VQAv2's official questions file (``{"data_subtype": "val2014", "questions": [{"question_id",
-    "image_id", "question"}, ...]}``), with its annotations file (``{"annotations": [{"question_id",
-    "image_id", "answers": [{"answer", ...}, ...], "answer_type", "question_type",
-    "multiple_choice_answer"}, ...]}``) when given: joined on ``question_id``, each question then carries
-    its ten human ``answers`` and its ``answer_type``. The image of a question is COCO's
-    ``COCO_<folder>_<image_id, 12 digits>.jpg`` (:func:`vqa_image_folder`).
+    """VQAv2's official questions file (``{"data_subtype": "val2014", "questions": [{"question_id", "image_id",
+    "question"}, ...]}``), or OK-VQA's, with its annotations file (``{"annotations": [{"question_id", "image_id", "answers":
+    [{"answer", ...}, ...], "answer_type", "question_type", "multiple_choice_answer"}, ...]}``) when given: joined on
+    ``question_id``, each question then carries its ten human ``answers``, its ``answer_type`` and, from OK-VQA's
+    ``question_types``, its knowledge ``category``. Its image is COCO's ``COCO_<folder>_<image_id, 12 digits>.jpg``.
 
-    A question without ``question_id``, ``image_id`` or text, a question the annotations do not have
-    (or give another image), or an annotations file of another split is refused, naming the file and
-    the question. ``data``: the questions file's content, when it is read already."""
+    A question without ``question_id``, ``image_id`` or text, a question the annotations do not have (or give another
+    image), or an annotations file of another split is refused, naming the file and the question. ``data``: the
+    questions file's content, when it is read already."""
     data = read_json(path, "questions file") if data is None else data
     if isinstance(data, dict) and isinstance(data.get("annotations"), list) and "questions" not in data:
-        raise DataError(f"{path} is VQAv2's annotations file (the human answers), not its questions: give it as "
-                        "--data.init_args.annotations_file, and the questions (v2_OpenEnded_mscoco_<split>_questions.json) "
-                        "as --data.init_args.questions_file")
+        raise DataError(f"{path} is VQAv2's annotations file (the human answers), not its questions: give it as --data.init_args."
+                        "annotations_file, and the questions (v2_OpenEnded_mscoco_<split>_questions.json) as --data.init_args.questions_file")
     if not (isinstance(data, dict) and isinstance(data.get("questions"), list)):
         raise DataError(f"{path}: a .json questions file is VQAv2's official questions file ({{\"data_subtype\": ..., \"questions\": [{{\"question_id\", "
                         '"image_id", "question"}, ...]}), TextVQA\'s, GQA\'s or A-OKVQA\'s, a list of question objects, or JSON Lines; other questions are read from .jsonl or .csv files')
@@ -121,6 +118,7 @@ def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = 
                         f"val2014); this file has data_type {data.get('data_type')!r}, data_subtype {subtype!r}")
     folder = vqa_image_folder(subtype)
     annotated: dict[int, dict[str, Any]] | None = None
+    kinds: dict[str, str] = {}  # OK-VQA's knowledge category of each question type ("one": "Vehicles and Transportation")
     if annotations is not None:
         notes = read_json(annotations, "annotations file")
         if isinstance(notes, dict) and isinstance(notes.get("questions"), list):
@@ -129,9 +127,9 @@ def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = 
         if not (isinstance(notes, dict) and isinstance(notes.get("annotations"), list)):
             raise DataError(f"{annotations}: not VQAv2's annotations file ({{\"annotations\": [{{\"question_id\", \"answers\", ...}}, ...]}})")
         if notes.get("data_subtype") not in (None, subtype):
-            raise DataError(f"{annotations} annotates {notes['data_subtype']!r}, {path} asks {subtype!r}: give the annotations "
-                            "of the questions' split")
+            raise DataError(f"{annotations} annotates {notes['data_subtype']!r}, {path} asks {subtype!r}: give the annotations of the questions' split")
         annotated = {a.get("question_id"): a for a in notes["annotations"] if isinstance(a, dict)}
+        kinds = notes["question_types"] if isinstance(notes.get("question_types"), dict) else {}
     questions, missing = [], []
     for number, entry in enumerate(data["questions"], start=1):
         entry = entry if isinstance(entry, dict) else {}
@@ -149,8 +147,10 @@ def read_vqa_questions(path: Path, annotations: Path | None = None, data: Any = 
                 raise DataError(f"{annotations}: question {qid} is about image {note.get('image_id')!r}, {path} says {image_id}")
             if not isinstance(note.get("answers"), list):
                 raise DataError(f"{annotations}, question {qid}: no answers (a list of the human answers) to score it by")
-            record.update(answers=note.get("answers"), answer_type=note.get("answer_type"),
-                          question_type=note.get("question_type"), multiple_choice_answer=note.get("multiple_choice_answer"))
+            kind = note.get("question_type")
+            record.update(answers=note.get("answers"), answer_type=note.get("answer_type"), question_type=kind,
+                          multiple_choice_answer=note.get("multiple_choice_answer"),
+                          **({"category": str(kinds[kind])} if isinstance(kind, str) and kind in kinds else {}))
         questions.append(_question(path, 0, record, where=f"{annotations if annotated is not None else path}, question {qid}"))
     if missing:
         raise DataError(f"{annotations} has no annotation for {len(missing)} of the {len(data['questions'])} questions of {path} "
