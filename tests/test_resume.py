@@ -546,11 +546,11 @@ import sys, time
 import mmcaption.data.image_pass as image_pass
 from mmcaption.data import CaptionDataModule
 
-check = image_pass.check_image
-def slow_check(data):  # only this test's run is slow: it gives the kill time to land mid-write
-    time.sleep(0.05)
-    return check(data)
-image_pass.check_image = slow_check
+prepared = image_pass._prepared  # each image's work in the image pass (check_image runs only for a tiny or bad one)
+def slow_prepared(image, image_size):  # only this test's run is slow: it gives the kill time to land mid-write
+    time.sleep(0.5)  # (12 images on up to 8 threads: a second at least)
+    return prepared(image, image_size)
+image_pass._prepared = slow_prepared
 root, language, vision = sys.argv[1:4]
 CaptionDataModule(data_dir=root, tokenizer=language, image_processor=vision, num_workers=0).prepare_data()
 """
