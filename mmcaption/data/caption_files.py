@@ -12,7 +12,7 @@ from typing import Any
 
 from mmcaption.data.cache import files_signature
 from mmcaption.data.coco import coco2014_folders, other_caption_layout
-from mmcaption.data.image_sources import named_images
+from mmcaption.data.image_sources import folders_in, named_images
 from mmcaption.data.records import DataError, read_json
 from mmcaption.images import existing_spelling, local_file
 
@@ -65,8 +65,8 @@ def file_image_folder(path: Path, data_dir: Path, setting: str = "--data.init_ar
     if not path.is_file() or (layout := coco_layout_folder(path)) is not None:
         return layout if path.is_file() else path.parent
     names = _file_names(path)
-    root = [path.parent.parent, *_folders_in(path.parent.parent)] if path.parent.name == "annotations" else []  # test-dev2017's
-    places = [path.parent, *_folders_in(path.parent), *root, data_dir, *_folders_in(data_dir)]  # photos: in test2017/
+    root = [path.parent.parent, *folders_in(path.parent.parent)] if path.parent.name == "annotations" else []  # test-dev2017's
+    places = [path.parent, *folders_in(path.parent), *root, data_dir, *folders_in(data_dir)]  # photos: in test2017/
     looked, found = names[:LOOKED_AT], {}
     for place in dict.fromkeys(place for place in places if place.is_dir()):
         found[place] = sum(_holds(place, name) for name in looked)
@@ -155,13 +155,6 @@ def _read_images(name: str, *stamp: int) -> tuple[list[str], dict[Any, str]]:
         if isinstance(i, int) and not isinstance(i, bool) and entry.get("domain") in NOCAPS_DOMAINS:
             domains.setdefault(i, entry["domain"])
     return names, domains
-
-
-def _folders_in(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(child for child in folder.iterdir() if child.is_dir() and not child.name.startswith((".", "__MACOSX"))
-                  and child.name != "preprocessed")
 
 
 def _holds(place: Path, name: str) -> bool:

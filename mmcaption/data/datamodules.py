@@ -161,9 +161,9 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
                 raise DataError(splits.refused.get(lacking[0], splits.said))
 
     def _read_otherwise_now(self, file: Path, split: str, hub: bool = False) -> dict:
-        found = read_otherwise_now_in(file, hub, self.looked_at)  # (and a run's place in its cache, ``training_data``)
-        self.read_anew = {**getattr(self, "read_anew", {}), split: "; ".join(found)}  # (what this release does otherwise)
-        return {"captions": "; ".join(found)} if found else {}
+        found = "; ".join(read_otherwise_now_in(file, hub, self.looked_at))  # (and a run's place in its cache,
+        self.read_anew = {**getattr(self, "read_anew", {}), split: found}  # ``training_data``: what this release does otherwise)
+        return {"captions": found} if found else {}
 
     def split_inputs(self, split: str) -> dict:
         if self.hub is not None:

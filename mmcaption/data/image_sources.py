@@ -5,7 +5,6 @@ name, relative to its folder. Names are found as Windows and macOS find them (:f
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import re
@@ -255,13 +254,20 @@ def image_paths(names: list[str], root: Path, file: Path, where: str = "--data.i
 
 def _folders_beside(names: list[str], root: Path) -> list[Path]:
     """The folders in ``root`` or beside it that hold every one of the first images a file names."""
-    places: list[Path] = []
-    for place in dict.fromkeys((root, root.parent)):
-        with contextlib.suppress(OSError):  # (not there, or not to be listed)
-            places += sorted(folder for folder in place.iterdir() if folder != root and _is_dir(folder)
-                             and not folder.name.startswith((".", "__MACOSX")))
+    places = [folder for place in dict.fromkeys((root, root.parent)) for folder in folders_in(place) if folder != root]
     looked = list(dict.fromkeys(names))[:20]  # (several questions of one photo: its name once)
     return [place for place in places if all(_there_or_not(user_path(name, place)) for name in looked)]
+
+
+def folders_in(folder: Path) -> list[Path]:
+    """The folders in ``folder`` that may hold a file's photos, in order: not hidden, not macOS' zip leftovers, not a
+    cache's; none when it is not there or may not be listed (another user's)."""
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [child for child in children if not child.name.startswith((".", "__MACOSX")) and child.name != "preprocessed"
+            and _is_dir(child)]
 
 
 def _is_dir(path: Path) -> bool:
