@@ -8,6 +8,7 @@ import os
 import shutil
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -476,9 +477,11 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
     # records: none)" once every image had been read, and nothing said how to caption them
     content["annotations"] = []
     annotations.write_text(json.dumps(content))
+    # (named for the setting that gave it: it said "validate on a split with captions (val_split)" of a training split)
     with pytest.raises(DataError, match=rf"captions_train2017\.json: none of its {len(content['images'])} images has a caption "
-                                        r"\(a test split whose references are held back.*validate on a split with captions "
-                                        r"\(--data.init_args.val_split\)\. To caption these images: mmcaption predict --config "
+                                        r"\(a test split whose references are held back, as COCO's test2017\): training learns "
+                                        r"from them, so give --data.init_args.train_split a split with captions\. To caption "
+                                        r"these images: mmcaption predict --config "
                                         r"<the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
                                         r"--data.images \S+captions_train2017\.json \(its images, found in \S+train2017 or "
                                         r"beside it, each captioned under its image id"):
@@ -494,6 +497,16 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
     with pytest.raises(DataError, match=r"image_info_train2017\.json: none of its images has a caption \(a test split.*"
                                         r"--data.images \S+image_info_train2017\.json \(its images, found in \S+coco/train2017 "):
         dm.prepare_data()
+    # such a file given to test: test_split named, as scored
+    held_back = coco / "annotations" / "image_info_test2017.json"
+    shutil.copy(annotations.with_name("image_info_train2017.json"), held_back)
+    tested = CaptionDataModule(data_dir=str(coco), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
+                               test_split=str(held_back))
+    tested.trainer = SimpleNamespace(state=SimpleNamespace(fn=SimpleNamespace(value="test")))  # mmcaption test's
+    with pytest.raises(DataError, match=r"image_info_test2017\.json has no 'annotations' list: none of its \d+ images has a caption \(a test split whose "
+                                        r"references are held back, as COCO's test2017\): validation and test score captions "
+                                        r"against them, so give --data.init_args.test_split a split with captions"):
+        tested.prepare_data()
     # BLIP's Karpathy list and Karpathy's dataset_coco.json given as COCO's captions file: named, with what reads them
     annotations.with_name("image_info_train2017.json").unlink()
     annotations.write_text(json.dumps([{"caption": "a cat", "image": "train2017/x.jpg", "image_id": "coco_1"}]))

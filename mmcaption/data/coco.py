@@ -48,10 +48,10 @@ class CocoImage:
     captions: list[tuple[int, str]]  # (annotation id, caption)
 
 
-def require_annotation_file(annotation_file: Path) -> None:
+def require_annotation_file(annotation_file: Path, setting: str = "val_split") -> None:
     info = annotation_file.with_name(annotation_file.name.replace("captions_", "image_info_", 1))
     if not annotation_file.is_file() and info.name != annotation_file.name and info.is_file():  # image_info_test2017.json
-        raise held_back_split(info, None, annotation_file.parent.parent / info.stem[len("image_info_"):])
+        raise held_back_split(info, None, annotation_file.parent.parent / info.stem[len("image_info_"):], setting=setting)
     if not annotation_file.is_file():
         raise DataError(
             f"COCO annotation file not found: {annotation_file} (the official layout is "
@@ -98,18 +98,20 @@ def text_id_said(entry: object, key: str) -> str:
 MARKED_LEFT_OUT = "captions marked is_rejected or is_precanned (VizWiz-Captions') left out, as VizWiz's evaluation leaves them"
 
 
-def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRecords, coco2014_home: str = "") -> list[CocoImage]:
+def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRecords, coco2014_home: str = "",
+                          setting: str = "val_split") -> list[CocoImage]:
     """Parse and check ``captions_*.json``: structure, captions, and that every image file exists.
 
     Missing images are counted all at once, so the message says how many there are. COCO 2017's names are read from
     COCO 2014's copies under ``image_dir`` when it has them; ``coco2014_home``, the COCO 2014 folder a COCO 2017 split is
-    read from first (:func:`coco2014_folders`), names a photo missing there as it was looked for.
+    read from first (:func:`coco2014_folders`), names a photo missing there as it was looked for; ``setting``, the
+    split setting that named the file, is the one a split without captions is refused for.
     """
-    require_annotation_file(annotation_file)
+    require_annotation_file(annotation_file, setting)
     content = read_json(annotation_file, "COCO annotation file")
     if isinstance(content, dict) and isinstance(content.get("images"), list) and "annotations" not in content \
             and not _karpathy(content):
-        raise held_back_split(annotation_file, len(content["images"]), image_dir, " has no 'annotations' list:")  # image_info_*
+        raise held_back_split(annotation_file, len(content["images"]), image_dir, " has no 'annotations' list:", setting)  # image_info_*
     if not isinstance(content, dict) or not isinstance(content.get("images"), list) or not isinstance(
         content.get("annotations"), list
     ):
@@ -177,7 +179,7 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         if content["annotations"]:
             raise DataError(f"{annotation_file}: none of its {len(images):,} images has a usable caption: its "
                             f"{len(content['annotations']):,} annotations were left out")
-        raise held_back_split(annotation_file, len(images), image_dir)
+        raise held_back_split(annotation_file, len(images), image_dir, setting=setting)
     # only a captioned image is read: one without a caption is left out whether its file is there or not
     missing = [image for image in captioned if not (image_dir / image.file_name).is_file()]
     if missing and (copies := coco2014_copies([image.file_name for image in missing], image_dir, annotation_file)):
@@ -198,13 +200,14 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     return [image for image in captioned if image.image_id not in missing_ids]
 
 
-def held_back_split(annotation_file: Path, count: int | None, image_dir: Path, what: str = ":") -> DataError:
+def held_back_split(annotation_file: Path, count: int | None, image_dir: Path, what: str = ":", setting: str = "val_split") -> DataError:
     """A split none of whose images has a caption (COCO's test2017, whose references are held back): it cannot be
-    trained or scored on; predict captions it."""
+    trained or scored on (``setting`` named it: training's split or a scored one); predict captions it."""
     counted = "" if count is None else f"{count:,} "
+    reads = "training learns from" if setting == "train_split" else "validation and test score captions against"
     return DataError(f"{annotation_file}{what} none of its {counted}images has a caption (a test split whose references "
-                     f"are held back, as COCO's test2017): validation and test score captions against them, so validate "
-                     f"on a split with captions (--data.init_args.val_split). To caption these images: mmcaption predict "
+                     f"are held back, as COCO's test2017): {reads} them, so give --data.init_args.{setting} a split with "
+                     f"captions. To caption these images: mmcaption predict "
                      f"--config <the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
                      f"--data.images {annotation_file} (its images, found in {image_dir} or beside it, each captioned under "
                      "its image id, and the results file COCO's evaluation server takes written beside the output)")
@@ -269,12 +272,12 @@ def coco_image_folder(image_dir: Path) -> tuple[Path, str]:
                                              f"its {lacking[0]}/, which is not)" if there and lacking else "")
 
 
-def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords) -> ImageRecords:
+def coco_records(annotation_file: Path, image_dir: Path, records: BadRecords, setting: str = "val_split") -> ImageRecords:
     """``(image_id, file_name, image, captions)`` of the official layout (see :class:`ImageRecords`); with COCO 2014's
     download in place of the split's folder, its photos (:func:`coco2014_folders`)."""
     homes = coco2014_folders(image_dir)
     folder = image_dir.parent if homes else image_dir
-    return ImageRecords(read_coco_annotations(annotation_file, folder, records, homes[0].name if homes else ""), folder)
+    return ImageRecords(read_coco_annotations(annotation_file, folder, records, homes[0].name if homes else "", setting), folder)
 
 
 class ImageRecords:

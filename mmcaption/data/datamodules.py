@@ -129,6 +129,9 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
             self._stage_splits = self._find_stage_splits()
         return self._stage_splits
 
+    def _setting(self, split: str) -> str:  # the setting that names ``split`` (a scored one's, its first)
+        return next((f"{stage}_split" for stage, name in self.stage_splits().items() if name == split), "val_split")
+
     def _find_stage_splits(self) -> dict[str, str]:
         train, val, test = self.splits
         if self.hub is not None:
@@ -191,7 +194,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
                     "images": [self.signed_folder(folder) for folder in folders or [self.data_dir]],
                     **self._read_otherwise_now(self.karpathy_file, split)}
         annotation_file = self.annotation_file(split)
-        require_annotation_file(annotation_file)
+        require_annotation_file(annotation_file, self._setting(split))
         folder, listed = self.image_folder(split), self.listed_signature(split)  # a split file's own images, if not COCO's
         signature = {"annotations": file_signature(annotation_file), "images": listed or self.signed_folder(folder),
                      **self._read_otherwise_now(annotation_file, split)}
@@ -211,7 +214,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
             annotation_file = self.annotation_file(split)
             records = BadRecords(annotation_file, self.on_bad_record)
             images = self.image_folder(split)  # (not ``folder``: the cache's)
-            entries = coco_records(annotation_file, images, records)
+            entries = coco_records(annotation_file, images, records, self._setting(split))
             source = {"source": "coco", "annotations": str(annotation_file), "images": str(images)}
         else:
             records = BadRecords(f"{self.hub.dataset} [{split}]", self.on_bad_record)
