@@ -194,7 +194,6 @@ class PredictionWriter(BasePredictionWriter):
     def vqa_results_path(self, output: Path) -> Path:
         return vqa_results_path(output, getattr(self, "server", None))
 
-
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["rows"] += 1
         if row.get(CUT) not in (None, "", False, "False"):  # (read back from an interrupted run's CSV: "True")
@@ -308,12 +307,13 @@ class PredictionWriter(BasePredictionWriter):
         if self.share:  # what a resume on one device puts together
             summary["share"] = self.share
         write_whole(summary_path(self.path), json_text(summary, indent=2))
-        if self.vqa_results is not None and not why:
+        failed = bool(summary["rows"]) and summary["errors"] == summary["rows"]  # no server file of blanks: submissions count
+        if self.vqa_results is not None and not why and not failed:
             asked = {entry.get("question_id") for entry in self.vqa_results}  # (COCO's: none to pad, submission_ids empty)
             padding = [{"question_id": q, "answer": ""} for q in self.submission_ids if q not in asked]
             write_whole(self.vqa_results_path(self.path), json.dumps(self.vqa_results + padding))
             self.counts["vqa_results_padded"] = len(padding)
-        elif not why and (self.official or self.replacing):  # several processes, or other questions in place of an earlier
+        elif not why and (self.official or self.replacing or failed):  # several processes, other questions in place of an earlier
             [path.unlink(missing_ok=True) for path in server_results_paths(self.path)]  # VQAv2 run's output: none of its results
         message = f"predictions: {summary['rows']} rows -> {self.path}"
         if self.merged_from:
@@ -337,14 +337,14 @@ class PredictionWriter(BasePredictionWriter):
             message += (f"; the same command with --data.output {self.path} --data.resume true, in place of --data.overwrite "
                         "true, goes on from them") if earlier else "; the same command with --data.resume true goes on from them"
         message += scores_said(summary, [key for key in self.category_columns if key in summary])
-        if self.vqa_results is not None and not why:
+        if self.vqa_results is not None and not why and not failed:
             message += ("\n  captions for an evaluation server - COCO's, nocaps', VizWiz's ([{image_id, caption}]): " if self.server == "coco" else
                         "\n  answers for VQA's evaluation server ([{question_id, answer}], normalised as scored): ") + str(self.vqa_results_path(self.path))
             if self.submission_ids:
                 message += f" ({self.counts['vqa_results_padded']} questions not asked here given an empty answer, as the server wants all)"
         if announce:  # the whole output (not one process's share)
             rank_zero_info(message)
-            if not why and summary["rows"] and summary["errors"] == summary["rows"]:
+            if not why and failed:
                 self.failure = (f"not one of the {summary['rows']} rows could be predicted (the first: {self.first_error}); "
                                 f"{self.path} holds their errors")
 

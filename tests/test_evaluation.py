@@ -288,6 +288,14 @@ def test_nocaps_and_coco_test_images_are_captioned_for_their_evaluation_servers_
     rows = run(tmp_path / "caps.jsonl", overwrite=True)
     assert rows[1]["error"].startswith("image not found") and "caption" not in rows[1]
     assert json.loads((tmp_path / "caps.jsonl.coco_results.json").read_text())[1] == {"image_id": 7, "caption": ""}
+    # not one photo readable (a copy cut short): no server file of blank captions, which a submission would spend a
+    # day's upload on; the earlier run's goes with its rows
+    photos = {path: path.read_bytes() for path in (tmp_path / "nocaps" / "val").iterdir()}
+    [path.write_bytes(b"") for path in photos]
+    rows = run(tmp_path / "caps.jsonl", overwrite=True)
+    assert [bool(row["error"]) for row in rows] == [True, True, True]
+    assert not (tmp_path / "caps.jsonl.coco_results.json").exists()
+    [path.write_bytes(content) for path, content in photos.items()]
     # COCO's own test2017 download: annotations/image_info_test2017.json, its photos in test2017/ beside annotations/
     coco = tmp_path / "coco"
     (coco / "annotations").mkdir(parents=True)
