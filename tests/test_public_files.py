@@ -296,9 +296,8 @@ def test_a_caption_table_pandas_wrote_to_json_in_any_layout_reads_as_its_rows(tm
         (name, [f"A red square {i}."]) for i, name in enumerate(names)]
 
 
-def test_a_coco_captions_file_or_textcaps_given_as_a_table_is_told_how_it_reads(tmp_path):
-    # nocaps' COCO-format file as hub_dataset was told "--data.init_args.hub_image_column images", which cannot work;
-    # TextCaps' rows under 'data' got its four top-level keys and no hint
+def test_a_coco_captions_file_given_as_a_table_is_told_how_it_reads(tmp_path):
+    # nocaps' COCO-format file as hub_dataset was told "--data.init_args.hub_image_column images", which cannot work
     nocaps = tmp_path / "nocaps_val_4500_captions.json"
     nocaps.write_text(json.dumps({"licenses": [], "info": {}, "images": [{"id": 0, "file_name": "0013ea2087020901.jpg"}],
                                   "annotations": [{"image_id": 0, "id": 0, "caption": "A man on a horse."}]}))
@@ -307,17 +306,60 @@ def test_a_coco_captions_file_or_textcaps_given_as_a_table_is_told_how_it_reads(
                                         r"source coco --data.init_args.test_split <file>") as refused:
         list(HubCaptions(str(nocaps), "jpg", "txt").records("train", BadRecords(str(nocaps))))
     assert "hub_image_column images" not in str(refused.value)
-    textcaps = tmp_path / "TextCaps_0.1_train.json"
-    rows = [{"image_path": "train/011e7e629fb9ae7b.jpg", "caption_str": "A sign that says stop."}]
-    textcaps.write_text(json.dumps({"dataset_type": "train", "dataset_name": "textcaps", "dataset_version": "0.1", "data": rows}))
-    with pytest.raises(DataError, match=r"its rows are in its 'data' list \(TextCaps' layout\)") as refused:
-        list(HubCaptions(str(textcaps), "image_path", "caption_str").records("train", BadRecords(str(textcaps))))
-    command = str(refused.value).split("give that file, ")[1].replace("<it>", str(textcaps)).replace("rows.jsonl", str(tmp_path / "rows.jsonl"))
-    import subprocess
-    import sys
 
-    subprocess.run(command.replace("python ", f"{sys.executable} ", 1), shell=True, check=True)  # the command works as said
-    assert [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()] == rows
+
+def textcaps_layout(root: Path, coco_root: Path) -> dict[str, list[str]]:
+    """TextCaps as downloaded: ``TextCaps_0.1_<split>.json`` (its rows in a ``data`` list, a caption each, with the
+    image's references; the test file's without captions), its photos in TextVQA's ``train_images/`` (train and val)
+    and ``test_images/``, named in the rows as ``train/<id>.jpg``; returns each split's image ids."""
+    (root / "train_images").mkdir(parents=True)
+    (root / "test_images").mkdir()
+    ids = {}
+    for split, source, count, folder in (("train", "train2017", 8, "train"), ("val", "val2017", 3, "train"),
+                                         ("test", "val2017", 2, "test")):
+        content = json.loads((coco_root / "annotations" / f"captions_{source}.json").read_text())
+        rows, ids[split] = [], []
+        for n, image in enumerate(content["images"][:count]):
+            image_id = f"{split}{n:03d}e629fb9ae7b"
+            ids[split].append(image_id)
+            shutil.copy(coco_root / source / image["file_name"], root / f"{folder}_images" / f"{image_id}.jpg")
+            row = {"image_id": image_id, "image_classes": ["Poster"], "flickr_original_url": "https://farm.staticflickr.com/x.jpg",
+                   "image_width": 64, "image_height": 64, "set_name": split, "image_name": image_id,
+                   "image_path": f"{folder}/{image_id}.jpg"}
+            references = [a["caption"] for a in content["annotations"] if a["image_id"] == image["id"]]
+            rows += [{**row, "caption_id": len(rows), "caption_str": caption, "caption_tokens": caption.lower().split(),
+                      "reference_strs": references, "reference_tokens": [r.lower().split() for r in references]}
+                     for caption in references] if split != "test" else [row]
+        (root / f"TextCaps_0.1_{split}.json").write_text(json.dumps(
+            {"dataset_type": split, "dataset_name": "textcaps", "dataset_version": "0.1", "data": rows}))
+    return ids
+
+
+def test_textcaps_files_read_as_downloaded_with_textvqas_photo_folders(backbones, coco_root, tmp_path):
+    # TextCaps' files (rows in a 'data' list) were refused with a command to write them out as JSON Lines; its rows name
+    # train/<id>.jpg where TextVQA's download, which holds its photos, unpacks train_images/; its val file given alone
+    # was a training set with a 1% share held out to score (or, under 1 MiB, "one object" left out of its folder)
+    ids = textcaps_layout(tmp_path / "TextCaps", coco_root)
+    val = tmp_path / "TextCaps" / "TextCaps_0.1_val.json"
+    settings = dict(source="hub", train_split=None, val_split=None, cache_dir=str(tmp_path / "cache"))
+    scored = make_datamodule(backbones, tmp_path / "unused", hub_dataset=str(val), **settings)
+    assert scored.stage_splits() == {"val": "val", "test": "val"}  # its set_name: scored whole, as its server scores it
+    scored.check_inputs("test")
+    folder = scored.preprocess("val")
+    assert [row["file_name"] for row in load_table(folder / "images")] == [f"train/{i}.jpg" for i in ids["val"]]
+    references = {row["caption"] for row in datasets.load_from_disk(str(folder / "captions"))}
+    content = json.loads(val.read_text())["data"]
+    assert references == {row["caption_str"] for row in content} and len(references) == 15  # 5 each, every row's
+    with pytest.raises(DataError, match=r"TextCaps_0\.1_val\.json has splits \['val'\], none to train on: set train_split to it"):
+        scored.check_inputs("fit")
+    # the folder as downloaded: its three files its splits, trained on train, validated on val
+    whole = make_datamodule(backbones, tmp_path / "unused", hub_dataset=str(tmp_path / "TextCaps"), **settings)
+    assert whole.stage_splits()["train"] == "train" and whole.stage_splits()["val"] == "validation"
+    trained = load_table(whole.preprocess("train") / "images")
+    assert sorted(row["file_name"] for row in trained) == sorted(f"train/{i}.jpg" for i in ids["train"])
+    assert len(load_table(whole.preprocess("validation") / "images")) == 3
+    with pytest.raises(DataError, match=r"none of its 2 images has a caption \(a benchmark's test split keeps its references"):
+        whole.preprocess("test")  # its test file: captions held back for its server
 
 
 def lmms_lab_nocaps(root, coco_root, splits: dict[str, bool]) -> None:

@@ -1797,7 +1797,8 @@ def test_hub_datasets_as_published_read_their_captions_and_their_cards_splits(tm
         writer.writerow(["raw", "sentids", "split", "image", "img_id"])
         for i in range(4):
             writer.writerow([json.dumps([f"Two dogs, {i}, play.", f"Dogs {i} run."]), "[1, 2]", "test", f"{1000 + i}.jpg", i])
-    assert captions_of(flickr / "flickr_annotations_30k.csv", "raw")[0] == ["Two dogs, 0, play.", "Dogs 0 run."]  # was one caption
+    # (its split column says test for every row: a split of its own, scored whole)
+    assert captions_of(flickr / "flickr_annotations_30k.csv", "raw", "test")[0] == ["Two dogs, 0, play.", "Dogs 0 run."]  # was one
 
     carded = tmp_path / "carded"  # its card names the splits: the held-out file was read as training data
     (carded / "shards").mkdir(parents=True)

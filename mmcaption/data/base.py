@@ -57,7 +57,7 @@ CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data
                   "mmcaption.data.features", "mmcaption.images", "mmcaption.pixel_levels", "mmcaption.prompts",
                   "mmcaption.data.conversation_fields", "mmcaption.file_spellings", "mmcaption.data.sampling",
                   "mmcaption.data.split_column", "mmcaption.data.table_rows", "mmcaption.data.encodings",
-                  "mmcaption.data.caption_files", "mmcaption.data.stage_splits")
+                  "mmcaption.data.caption_files", "mmcaption.data.stage_splits", "mmcaption.data.json_values")
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:

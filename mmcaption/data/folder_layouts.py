@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.encodings import WINDOWS_1252, western_words
 from mmcaption.data.image_sources import PATTERN_MARKS, unreadable_note
-from mmcaption.data.json_values import caption_map_records
+from mmcaption.data.json_values import caption_map_records, data_list_records
 from mmcaption.data.records import DataError
 from mmcaption.data.tables import caption_map_file, text_table_kind
 from mmcaption.file_spellings import folded_name
@@ -226,7 +226,8 @@ def shard_record(path: Path) -> bool:
 
 def _one_object(path: Path) -> bool:
     """A ``.json`` file holding one JSON object that is not a table's columns (lists) nor a map of the photos' captions
-    (``{"photo1.jpg": "a dog", ...}``, which was left out, the photos read without captions): a record about something."""
+    (``{"photo1.jpg": "a dog", ...}``, which was left out, the photos read without captions) nor TextCaps' rows: a record
+    about something."""
     if path.suffix.lower() != ".json" or path.stat().st_size > 1 << 20:
         return False
     try:
@@ -234,7 +235,7 @@ def _one_object(path: Path) -> bool:
     except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines, or not text: read (and refused) as a table
         return False
     return isinstance(data, dict) and not all(isinstance(value, list) for value in data.values()) and \
-        caption_map_records(data) is None
+        caption_map_records(data) is None and data_list_records(data) is None  # (TextCaps' rows in its 'data' list)
 
 
 def user_files(path: Path, cache_dir: str | None) -> list[Path]:

@@ -37,6 +37,7 @@ from mmcaption.data.folder_layouts import (
 )
 from mmcaption.data.hub_images import RowImages
 from mmcaption.data.image_pass import Unchecked
+from mmcaption.data.json_values import json_layout
 from mmcaption.data.records import BadRecords, DataError, not_utf8, read_json_list
 from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.data.split_column import SplitColumnTable
@@ -103,10 +104,13 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
             table, self._pairs = folder_layout(path, self._files, (self.image_column, caption_settings(self.caption_column)[0]))
             if table is not None:
                 self.dataset, self._given = str(table), path
-        if (self.image_column, self.caption_column) == ("jpg", "txt") and (
-                tables.text_table_kind(Path(self.dataset)) == "token" or tables.caption_map_file(Path(self.dataset))):
+        defaults = (self.image_column, self.caption_column) == ("jpg", "txt")
+        if defaults and (tables.text_table_kind(Path(self.dataset)) == "token" or tables.caption_map_file(Path(self.dataset))):
             self.image_column, self.caption_column = "image", "caption"  # Flickr's token file, a map of captions: its
             # columns are ours to name
+        elif defaults and self._pairs is None and any(json_layout(file) == "data" for file in (  # (a folder's own tables)
+                Path(self.dataset), *(file for file in self._files if file.parent == Path(self.dataset)))):
+            self.image_column, self.caption_column = "image_path", "caption_str"  # TextCaps' files: its columns known
 
     def _saved(self) -> datasets.Dataset | datasets.DatasetDict | None:
         path = Path(self.dataset)
@@ -166,6 +170,8 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         """How a local folder of CSV tables (train.csv, test.csv), or an image folder's metadata.csv, reads: every
         column as text, as one CSV is read (:func:`~mmcaption.data.tables.csv_text_options`)."""
         builder, read = (self._table_splits or (None,))[0], self._split_tables
+        if builder == "json" and read and all(json_layout(table) == "data" for table in read):
+            return {"field": "data"}  # TextCaps' train, val and test files: each one's rows in its 'data' list
         if builder not in ("csv", "imagefolder") or not all(table.suffix.lower() in (".csv", ".tsv", ".txt") for table in read):
             return {}  # an image folder's metadata.jsonl or .parquet: its own types
         return tables.csv_text_options(read, tables.SEVERAL_CAPTIONS, image_folder=builder == "imagefolder")

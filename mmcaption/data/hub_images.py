@@ -157,6 +157,8 @@ class RowImages:
         written = PurePosixPath(name.replace("\\", "/"))
         if written.is_absolute() or ".." in written.parts or PureWindowsPath(name).drive or not self._folders:
             return None
+        if (found := self._found_in_images_folder(written)) is not None:
+            return found
         if (under := self.__dict__.get("_subfolder")) is not None:
             return str(path) if is_file(path := under / existing_spelling(under, written.as_posix())) else None
         # looked for in the folders one and two levels under the table's, not among its files (the first 100,000 alone),
@@ -171,6 +173,21 @@ class RowImages:
         rank_zero_info(f"{self.dataset}: its rows name images by paths that are not from its folder but from {self._subfolder}: "
                        f"each is read from there (first: {name!r} is {found[0]})")
         return str(found[0])
+
+    def _found_in_images_folder(self, written: PurePosixPath) -> str | None:
+        """TextCaps' ``train/011e7e629fb9ae7b.jpg`` with its photos in ``train_images/`` beside the file, as TextVQA's
+        download unpacks them: a path whose first folder is not there, read from the ``_images`` folder of its name (said
+        once)."""
+        first, rest = written.parts[0], written.parts[1:]
+        folder = next((folder / f"{first}_images" for folder in self._folders if not (folder / first).is_dir()
+                       and (folder / f"{first}_images").is_dir()), None) if rest else None
+        if folder is None or not is_file(path := folder / existing_spelling(folder, PurePosixPath(*rest).as_posix())):
+            return None
+        if not self.__dict__.setdefault("_said_images_folder", set()) & {first}:
+            self._said_images_folder.add(first)
+            rank_zero_info(f"{self.dataset}: its rows' {first}/ photos are read from {folder}, as TextVQA's download names "
+                           f"that folder (first: {written.as_posix()!r} is {path})")
+        return str(path)
 
     def image_files(self, split: str) -> list[tuple[str, str | None]]:
         """The image files the rows of ``split`` name, when they hold paths rather than the images' bytes:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from mmcaption.images import IMAGE_SUFFIXES
@@ -76,3 +77,34 @@ def caption_map_records(data: object) -> list[dict[str, Any]] | None:
         return None
     listed = any(isinstance(value, list) for value in values)  # one type a column: a caption alone as a list of one
     return [{"image": name, "caption": [value] if listed and isinstance(value, str) else value} for name, value in data.items()]
+
+
+def data_list_records(data: object) -> list[dict[str, Any]] | None:
+    """The rows of TextCaps' (and TextVQA's) files: a JSON object naming the dataset (``dataset_name``, ``dataset_type``:
+    the split) with its rows in a ``data`` list, a caption each (``image_path``, ``caption_str``); None for any other."""
+    if not isinstance(data, dict) or not {"dataset_name", "dataset_type"} & set(data) or not isinstance(data.get("data"), list):
+        return None
+    return data["data"] if all(isinstance(row, dict) for row in data["data"]) else None
+
+
+def json_layout(path: Path) -> str | None:
+    """``"map"`` for a map of each image's captions (:func:`caption_map_records`), ``"data"`` for TextCaps' layout
+    (:func:`data_list_records`), else None; parsed once as the file is (asked of each table of a folder, and again as
+    the dataset is set up)."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    stamp = path.stat()
+    return _json_layout(str(path), stamp.st_size, stamp.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _json_layout(name: str, *stamp: int) -> str | None:
+    path = Path(name)
+    with path.open("rb") as handle:
+        if handle.read(4096).lstrip()[:1] != b"{":
+            return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):  # said when it is read
+        return None
+    return "data" if data_list_records(data) is not None else "map" if caption_map_records(data) is not None else None

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mmcaption.data import tables
 from mmcaption.data.records import DataError
+from mmcaption.data.stage_splits import VAL_NAMES
 
 SPLIT_NAMES = ("train", "restval", "val", "validation", "valid", "dev", "test")  # a column of these is a split column
 WITH_TRAIN = "restval"  # Karpathy's 'restval': the val images (of COCO 2014) that train
@@ -46,10 +47,11 @@ class ColumnSplits:
 
 
 def column_splits(data: datasets.Dataset, source: str, line_of=lambda index: f"row {index}") -> ColumnSplits | None:
-    """The splits ``data``'s ``split`` column (in any case) names, when its values are split names (at least one of
-    :data:`SPLIT_NAMES`: ``train``, ``val``, ``test``, ...) and there are two or more; ``None`` for a table without
-    one. A row without a split is refused by ``line_of`` it, as no split could be chosen for it."""
-    named = [column for column in data.column_names if column.strip().casefold() == "split"]
+    """The splits ``data``'s ``split`` column (in any case; TextCaps' ``set_name``) names, when its values are split
+    names (at least one of :data:`SPLIT_NAMES`: ``train``, ``val``, ``test``, ...) and there are two or more, or one
+    to evaluate on; ``None`` for a table without one. A row without a split is refused by ``line_of`` it, as no split could be chosen for it."""
+    named = [column for column in data.column_names if column.strip().casefold() == "split"] or [
+        column for column in data.column_names if column == "set_name"]  # TextCaps' (train, val or test)
     if len(named) != 1 or not isinstance(data.features[named[0]], datasets.Value):
         return None
     values = data[named[0]]
@@ -63,8 +65,11 @@ def column_splits(data: datasets.Dataset, source: str, line_of=lambda index: f"r
     rows: dict[str, list[int]] = {}
     for index, value in enumerate(folded):
         rows.setdefault("train" if value == WITH_TRAIN else value, []).append(index)
-    if len(rows) < 2:
+    if len(rows) < 2 and not set(rows) & set(VAL_NAMES):
         return None  # one split: a share of it is held out, as for any single split
+    if len(rows) < 2:  # TextCaps' val file: an evaluation set, scored whole (a share of it was held out to score)
+        rank_zero_info(f"{source}: its {named[0]!r} column gives all its rows the split {next(iter(rows))}")
+        return ColumnSplits(named[0], rows)
     restval = f"; its {WITH_TRAIN} rows ({folded.count(WITH_TRAIN):,}) train, as Karpathy's splits are trained on" \
         if WITH_TRAIN in folded else ""
     rank_zero_info(f"{source}: its {named[0]!r} column divides it into the splits "

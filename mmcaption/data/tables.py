@@ -20,7 +20,7 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.encodings import one_encoding, table_encoding
-from mmcaption.data.json_values import caption_map_records, pandas_records
+from mmcaption.data.json_values import caption_map_records, data_list_records, json_layout, pandas_records
 from mmcaption.data.records import DataError, not_utf8, packed_file
 
 # pandas' options for a caption table: an empty cell, or one reading "NA" or "null", is that text (an empty caption is
@@ -61,9 +61,6 @@ def columns_hint(missing: set[str], columns: list[str], image_column: str) -> st
         return ("; it is a COCO captions file: source coco reads it where it is, its images in a folder beside it or in "
                 "data_dir, as a split given by its path (--data.init_args.source coco --data.init_args.test_split <file>; "
                 "val_split and train_split alike)")
-    if "data" in by_name and {"dataset_type", "dataset_name"} & set(by_name):  # TextCaps', TextVQA's: rows under 'data'
-        return ("; its rows are in its 'data' list (TextCaps' layout): write them as JSON Lines and give that file, python "
-                "-c \"import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))['data']]\" <it> > rows.jsonl")
     if {"data", "annotations"} <= set(by_name):  # its tasks nest the image and the texts: no column holds either
         return ("; it is a Label Studio export (tasks with 'data' and 'annotations'): export the project as CSV or JSON-MIN "
                 "instead (a row per image, its path and caption in columns)")
@@ -262,31 +259,16 @@ def read_table_file(path: Path, cache_dir: str | None = None) -> datasets.Datase
 
 def caption_map_file(path: Path) -> bool:
     """Whether ``path`` is a JSON object mapping each image's file name to its captions
-    (:func:`~mmcaption.data.json_values.caption_map_records`), whose columns have no names of the user's to set; parsed
-    once as the file is (asked of each table of a folder, and again as the dataset is set up)."""
-    if path.suffix.lower() != ".json" or not path.is_file():
-        return False
-    stamp = path.stat()
-    return _caption_map(str(path), stamp.st_size, stamp.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _caption_map(name: str, *stamp: int) -> bool:
-    path = Path(name)
-    with path.open("rb") as handle:
-        if handle.read(4096).lstrip()[:1] != b"{":
-            return False
-    try:
-        return caption_map_records(json.loads(path.read_text(encoding="utf-8-sig"))) is not None
-    except (UnicodeDecodeError, ValueError):  # said when it is read
-        return False
+    (:func:`~mmcaption.data.json_values.caption_map_records`), whose columns have no names of the user's to set."""
+    return json_layout(path) == "map"
 
 
 def _pandas_layout(path: Path) -> list[dict[str, Any]] | None:
     """The rows of a ``.json`` table pandas' ``to_json`` wrote in its default layout, a column each (``{"image": {"0":
     ...}, "caption": {"0": ...}}``), or as ``orient="split"``, ``"table"`` (:func:`~mmcaption.data.json_values.
     pandas_records`) or ``"index"``: ``datasets`` read it as one row of whole columns; a map of each image's caption
-    (:func:`~mmcaption.data.json_values.caption_map_records`), read as a row of columns named by file names. None for any
+    (:func:`~mmcaption.data.json_values.caption_map_records`), read as a row of columns named by file names; TextCaps'
+    rows in its ``data`` list, read as its four keys (:func:`~mmcaption.data.json_values.data_list_records`). None for any
     other file."""
     with path.open("rb") as handle:
         if handle.read(4096).lstrip()[:1] != b"{":
@@ -295,7 +277,7 @@ def _pandas_layout(path: Path) -> list[dict[str, Any]] | None:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, ValueError):  # said as datasets' reading of it says it
         return None
-    records = pandas_records(data) or caption_map_records(data)
+    records = data_list_records(data) or pandas_records(data) or caption_map_records(data)  # (TextCaps': rows in 'data')
     if records is None and isinstance(data, dict) and data and all(str(key).isdigit() for key in data):
         records = list(data.values())  # orient="index": a row each under its number
     return records if records and all(isinstance(record, dict) for record in records) else None
