@@ -587,10 +587,13 @@ def test_free_form_questions_from_jsonl_or_a_spreadsheet_csv_are_answered_and_sc
     # the same questions as Excel writes a CSV (BOM, CRLF, other case), with answers: one right as a person
     # would write it (case, article, full stop), one wrong, one whose image is missing (wrong, not left out)
     scored = tmp_path / "scored.csv"
-    rows = [["Image", "Question", "Answer"], ["images/img0.png", "What colour is the shape?", f"The {first[0]['prediction'].upper()}."],
-            ["images/img1.png", "How many squares are there?", "zebra"], ["images/missing.png", "What is it?", "a circle"]]
+    rows = [["Image", "Question", "Answer", "QuestionID"],
+            ["images/img0.png", "What colour is the shape?", f"The {first[0]['prediction'].upper()}.", "Q-1"],
+            ["images/img1.png", "How many squares are there?", "zebra", "Q-2"], ["images/missing.png", "What is it?", "a circle", "Q-3"]]
     scored.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(",".join(f'"{c}"' for c in row) for row in rows).encode() + b"\r\n")
     second = run(scored, tmp_path / "second.jsonl")
+    # the user's own column comes back as written, to join on (it came back as "questionid")
+    assert [r["QuestionID"] for r in second] == ["Q-1", "Q-2", "Q-3"] and "questionid" not in second[0]
     assert [r["prediction"] for r in second[:2]] == [r["prediction"] for r in first[:2]]
     assert [r["correct"] for r in second] == [True, False, False]
     summary = json.loads((tmp_path / "second.jsonl.summary.json").read_text())

@@ -435,6 +435,14 @@ def test_question_files_take_number_answers_and_read_a_semicolon_table(tmp_path)
                      + json.dumps({"image": "a.jpg", "question": "How many?", "answers": [2, "two", 2.0]}) + "\n")
     first, second = read_questions(jsonl)
     assert first.answer == "2" and second.record["answers"] == ["2", "two", "2"]
+    # a key of its own as written (camelCase, as GQA's and most exports' are: it came back "questionid"); two keys that
+    # are one in any case refused, naming both (the first was lost without a word, and the answer scored was the last)
+    jsonl.write_text(json.dumps({"Image": "a.jpg", "Question": "How many?", "questionId": "Q-17", "id": 1, "ID": "a"}) + "\n")
+    [question] = read_questions(jsonl)
+    assert question.record == {"image": "a.jpg", "question": "How many?", "questionId": "Q-17", "id": 1, "ID": "a"}
+    jsonl.write_text(json.dumps({"image": "a.jpg", "question": "How many?", "Answer": "white", "answer": "yellow"}) + "\n")
+    with pytest.raises(DataError, match=r"q.jsonl, line 1: keys 'Answer' and 'answer' are one key in any case: keep one"):
+        read_questions(jsonl)
     jsonl.write_text(json.dumps({"image": "a.jpg", "question": "Is it?", "answer": True}) + "\n")
     with pytest.raises(DataError, match=r"q.jsonl, line 1: answer True is not a string or a number"):
         read_questions(jsonl)

@@ -87,6 +87,7 @@ def test_gqa_is_scored_by_exact_match_per_structural_type(backbones, trained_che
     rows, summary = predict(backbones, trained_checkpoint, path, tmp_path / "gqa.jsonl", image_root=str(tmp_path))
     assert [(r["question_id"], r["image"], r["answer"], r["category"], r["error"]) for r in rows] == [
         (qid, f"{image}.jpg", a, kind, None) for qid, (image, _, a, kind) in asked.items()]
+    assert [r["fullAnswer"] for r in rows] == [f"The answer is {a}." for _, _, a, _ in asked.values()]  # as GQA names it
     assert [r["correct"] for r in rows] == [normalise_answer(r["prediction"]) == normalise_answer(r["answer"]) for r in rows]
     assert set(summary["per_category"]) == {"verify", "query", "choose"}
     assert all(value["answered"] == 1 for value in summary["per_category"].values())

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from mmcaption.data import vqa_formats
 from mmcaption.data.benchmarks import IMAGE_COLUMNS, EmbeddedImage, absent_cell, sniffed_format
 from mmcaption.data.image_sources import coco2017_copy, image_paths
 from mmcaption.data.json_values import JsonLines, json_values
@@ -57,8 +58,8 @@ class OpenQuestion:
 
 
 def _question(path: Path, line: int, record: dict[str, Any], where: str | None = None) -> OpenQuestion:
-    """Check one record (keys already lower case) and take its image, question and answer; a problem is
-    refused naming ``where`` (by default the file and the line)."""
+    """Check one record (the keys read in lower case: :func:`~mmcaption.data.vqa_formats.record_keys`) and take its
+    image, question and answer; a problem is refused naming ``where`` (by default the file and the line)."""
     image = next((record[name] for name in (*IMAGE_COLUMNS, "images") if record.get(name) not in (None, "", [])), "")
     several = len(image) if isinstance(image, list) and len(image) > 1 else 0  # ShareGPT's "images": [...]
     image = image_file_of(image[0] if isinstance(image, list) else image)  # datasets' to_json: {"bytes", "path"}
@@ -187,12 +188,6 @@ def vqa_image_root(path: Path, questions: list[OpenQuestion], image_root: Path |
                     "folder that holds COCO's images with --data.image_root")
 
 
-def _lower_keys(path: Path, where: str, record: Any) -> dict[str, Any]:
-    if not isinstance(record, dict):
-        raise DataError(f"{path}, {where}: a JSON object is needed, not {type(record).__name__}")
-    return {str(k).lower(): v for k, v in record.items()}
-
-
 def read_question_file(path: Path, annotations: Path | None = None) -> tuple[list[OpenQuestion], bool]:
     """Questions from a ``.jsonl`` file (one object per line: ``image`` or ``img_path``, ``question``,
     optional ``answer``, or VQAv2-style ``answers``: the human answers; JSON Lines named ``.json``, as POPE's label
@@ -207,7 +202,7 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
     if not path.is_file():
         raise missing_file(path, "questions file")
     if path.suffix.lower() == ".parquet":  # a benchmark's Hugging Face copy: each question's image inside
-        asked = [(_question(path, 0, _lower_keys(path, where, record), where), image) for where, record, image in parquet_questions(path)]
+        asked = [(_question(path, 0, vqa_formats.record_keys(path, where, record), where), image) for where, record, image in parquet_questions(path)]
         return [replace(question, image=image or question.image) for question, image in asked], False
     if path.suffix.lower() == ".json":
         data = read_json_list(path, "questions file")  # an object, a list, or JSON Lines (POPE's files, named .json)
@@ -222,7 +217,7 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
         if not (isinstance(data, list) and annotations is None):
             return read_vqa_questions(path, annotations, data), True
         places = [data.place(n) if isinstance(data, JsonLines) else f"record {n + 1}" for n in range(len(data))]  # its line
-        questions = [_question(path, number, _lower_keys(path, place, record), where=f"{path}, {place}")
+        questions = [_question(path, number, vqa_formats.record_keys(path, place, record), where=f"{path}, {place}")
                      for number, (place, record) in enumerate(zip(places, data), start=1)]
         if not questions:
             raise DataError(f"{path} has no questions")
@@ -242,13 +237,13 @@ def read_question_file(path: Path, annotations: Path | None = None) -> tuple[lis
                 except json.JSONDecodeError as error:
                     if (values := json_values(whole)) is None:  # else jq's records, each over several lines
                         raise DataError(f"{path}, line {line}: not JSON: {error}") from error
-                    questions = [_question(path, line, _lower_keys(path, f"line {line}", record)) for record, line in zip(*values)]
+                    questions = [_question(path, line, vqa_formats.record_keys(path, f"line {line}", record)) for record, line in zip(*values)]
                     break
-                questions.append(_question(path, line, _lower_keys(path, f"line {line}", record)))
+                questions.append(_question(path, line, vqa_formats.record_keys(path, f"line {line}", record)))
         elif path.suffix.lower() in (".csv", ".tsv"):  # a .tsv: a spreadsheet's tab-separated save
             header, rows = read_table_rows(path, "\t" if path.suffix.lower() == ".tsv" else None)
             refuse_duplicate_columns(path, header)
-            header = [name.lower() for name in header]
+            header = [vqa_formats.read_name(name) for name in header]
             if not {"question", "text"} & set(header) or not any(name in header for name in IMAGE_COLUMNS):
                 raise DataError(f"{path}: the header needs the columns image (or img_path) and question (or text), and it has "
                                 f"{header}")

@@ -35,6 +35,7 @@ from mmcaption.data.benchmarks import IMAGE_COLUMNS, ChoiceQuestion, EmbeddedIma
 from mmcaption.data.parquet_rows import ImageFile, image_cell, parquet_columns, read_parquet
 from mmcaption.data.records import DataError, escapes_root, read_json
 from mmcaption.evaluation.answers import LETTERS
+from mmcaption.tasks import RESULT_COLUMNS
 
 IMAGES_LOOKED_FOR = 50
 
@@ -43,9 +44,29 @@ def _sample(values: list[Any]) -> list[dict[str, Any]]:
     return [value for value in values[:5] if isinstance(value, dict)]
 
 
+# the keys read, in any case (``Question``, ``ANSWER``); the others are the user's, written back as they are (``QuestionID``)
+READ_KEYS = {*IMAGE_COLUMNS, "images", "question", "text", "answer", "label", "answers", "answer_type", "category",
+             "l2-category", "question_id", "image_id", "question_type", "split", *RESULT_COLUMNS}
+
+
+def read_name(name: object) -> str:
+    return str(name).lower() if str(name).lower() in READ_KEYS else str(name)
+
+
+def record_keys(path: Path, where: str, record: Any) -> dict[str, Any]:
+    """A questions file's ``record`` with the keys read in lower case (:data:`READ_KEYS`), the others as written; two
+    keys that are one in any case are refused (one was lost without a word)."""
+    if not isinstance(record, dict):
+        raise DataError(f"{path}, {where}: a JSON object is needed, not {type(record).__name__}")
+    if len(keys := {read_name(k): k for k in record}) < len(record):  # "Answer" and "answer": which is the key?
+        twice = next(k for k in record if keys[read_name(k)] != k)
+        raise DataError(f"{path}, {where}: keys {twice!r} and {keys[read_name(twice)]!r} are one key in any case: keep one")
+    return {read_name(k): v for k, v in record.items()}
+
+
 def public_vqa_records(path: Path, data: Any) -> tuple[str, list[tuple[str, dict[str, Any]]], tuple[str, ...]] | None:
     """``(benchmark, [(where, record)], image folders)`` of a TextVQA, GQA or A-OKVQA file's content ``data``: each record
-    with lower-case keys, ``image`` a file name to look for in the image folders (relative to the image root, which
+    with the keys read in lower case (its others, as GQA's ``fullAnswer``, as written), ``image`` a file name to look for in the image folders (relative to the image root, which
     itself comes last); None for content of another kind. A question without its id, image id or text is refused,
     naming the file and the question."""
     if isinstance(data, dict) and isinstance(data.get("data"), list) and (
@@ -73,7 +94,7 @@ def public_vqa_records(path: Path, data: Any) -> tuple[str, list[tuple[str, dict
             types = entry.get("types") if isinstance(entry.get("types"), dict) else {}
             record = {"question_id": qid, "image_id": entry["imageId"], "question": entry["question"],
                       "image": f"{entry['imageId']}.jpg",
-                      **{key.lower(): entry[key] for key in ("answer", "fullAnswer") if entry.get(key) is not None},
+                      **{key: entry[key] for key in ("answer", "fullAnswer") if entry.get(key) is not None},
                       **({"category": types["structural"]} if types.get("structural") else {})}
             records.append((f"{path}, question {qid}", record))
         return "GQA", records, ("images",)
