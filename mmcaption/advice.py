@@ -10,6 +10,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import RunningStage
 
 from mmcaption.resources import add_note, disk_full, out_of_memory, worker_killed
+from mmcaption.terminal import shell_word
 
 
 class OutOfMemoryAdvice(Callback):
@@ -24,7 +25,7 @@ class OutOfMemoryAdvice(Callback):
         elif worker_killed(exception) is not None:
             add_note(exception, memory_advice(trainer, pl_module, worker=True))
         elif disk_full(exception) is not None and trainer.state.fn == "fit" and (kept := kept_checkpoint(trainer)):
-            add_note(exception, f"--ckpt_path {kept} resumes from its last whole checkpoint, not from step 0")
+            add_note(exception, f"--ckpt_path {shell_word(kept)} resumes from its last whole checkpoint, not from step 0")
 
 
 def kept_checkpoint(trainer) -> str:
@@ -48,8 +49,8 @@ def memory_advice(trainer, pl_module, worker: bool = False) -> str:
         callback = trainer.checkpoint_callback  # a worker's death is saved at the step it came after (ResumableStop)
         when = f"at step {trainer.global_step:,}" if getattr(callback, "_last_global_step_saved", None) == trainer.global_step \
             and trainer.global_step else "before"
-        note += (f" Kept: {kept}, saved {when}; --ckpt_path {kept} resumes it, with the batch lowered and the accumulation "
-                 f"raised as above (the same samples an optimizer step) or fewer workers too; --model.init_from {kept} starts "
+        note += (f" Kept: {kept}, saved {when}; --ckpt_path {shell_word(kept)} resumes it, with the batch lowered and the accumulation "
+                 f"raised as above (the same samples an optimizer step) or fewer workers too; --model.init_from {shell_word(kept)} starts "
                  "from its weights with other data settings.")
     return note
 

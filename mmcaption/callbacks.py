@@ -30,7 +30,7 @@ from mmcaption.step_ends import (
     time_spent_note,
     window_open,
 )
-from mmcaption.terminal import leave_a_closed_terminal, outlive_the_reader
+from mmcaption.terminal import leave_a_closed_terminal, outlive_the_reader, shell_word
 
 
 class ResumableStop(Callback):
@@ -229,7 +229,7 @@ class ResumableStop(Callback):
             raise ResumeError(
                 f"{source} is a checkpoint of the {saved.get('stage')} stage, and this run trains the {current.get('stage')} "
                 f"stage: --ckpt_path resumes an interrupted run of the same stage. To start this stage from its weights "
-                f"(fresh optimizer, schedule and step count), use --model.init_from {source}"
+                f"(fresh optimizer, schedule and step count), use --model.init_from {shell_word(source)}"
             )
         workers = getattr(trainer.datamodule, "num_workers", None)
         states = _loader_states(checkpoint)
@@ -246,7 +246,7 @@ class ResumableStop(Callback):
                 f"{source} was trained on data that an earlier release of mmcaption preprocessed ({earlier}; this release's is "
                 f"{current.get('preprocessing')}), and this one reads the same files anew, into a cache whose rows need "
                 "not be the same: its place in the epoch would mean nothing there. Finish the run with the release that "
-                f"began it, or start a new run from its weights with --model.init_from {source}; the earlier cache "
+                f"began it, or start a new run from its weights with --model.init_from {shell_word(source)}; the earlier cache "
                 f"({saved.get('train_split')}) may then be deleted"
             )
         if "captions" in current and "captions" not in saved and saved.get("train_split") != current.get("train_split"):
@@ -254,7 +254,7 @@ class ResumableStop(Callback):
             raise ResumeError(
                 f"{source} was trained on captions that an earlier release of mmcaption read otherwise than this one ({why}), "
                 "into a new cache: its place in the epoch would mean nothing there. Finish the run with the release that "
-                f"began it, or start a new run from its weights with --model.init_from {source}")
+                f"began it, or start a new run from its weights with --model.init_from {shell_word(source)}")
         saved = {**saved, "preprocessing": current.get("preprocessing")}  # checkpoints from before it was kept
         if "length_group_batches" not in saved:  # checkpoints from before the setting grouped 50 batches
             saved = {**saved, "length_group_batches": 50 if saved.get("group_by_length") else None}
@@ -271,7 +271,7 @@ class ResumableStop(Callback):
             raise ResumeError(
                 f"{source} was trained on other data or batches than this run's ({said}){': ' + why if why else ''}: resuming "
                 "would repeat some samples and skip others. Resume with the data and batch settings it was trained with, or "
-                f"start a new run from its weights with --model.init_from {source}")
+                f"start a new run from its weights with --model.init_from {shell_word(source)}")
 
 
 def _loader_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from mmcaption.model.backbone_weights import backbone_weights, changed_backbones
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
 from mmcaption.resources import dangling, disk_full
+from mmcaption.terminal import shell_word
 
 MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
 
@@ -270,7 +271,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
             newest = {}
         rank_zero_warn(f"init_from {path} (step {step}) is not the newest of its name: {later[-1].name}, of step "
                        f"{newest.get('global_step')}{f' of {planned}' if (planned := newest.get('planned_steps')) else ''}, was saved since by a later run of that stage into the same "
-                       f"folder; --model.init_from {later[-1]} if that is the run meant")
+                       f"folder; --model.init_from {shell_word(later[-1])} if that is the run meant")
     return {"path": str(path.resolve()), "sha256": file_sha256(path), "epoch": checkpoint.get("epoch"),
             "global_step": checkpoint.get("global_step"), "planned_steps": checkpoint.get("planned_steps")}
 

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from mmcaption.checkpoint import _recorded, load_checkpoint_file, saved_time
 from mmcaption.errors import ConfigError, MMCaptionError
 from mmcaption.resources import dangling, dangling_note
+from mmcaption.terminal import shell_word
 
 SAID: set[str] = set()  # the notes this process has said once
 
@@ -198,11 +199,11 @@ def earlier_checkpoints_note(folder: Path, saves_last: bool = True) -> None:
         # named by its file: Lightning's "last" is the newest last*.ckpt, which is this run's once it saved (a validation,
         # or the stop the note asks for, writes last-v1.ckpt), and resumed the run stopped a few steps in
         earlier_run = f"last.ckpt stays the earlier run's. To continue {'that' if newest == last else 'the newest'} run " \
-                      f"instead, stop and add --ckpt_path {newest}"
+                      f"instead, stop and add --ckpt_path {shell_word(newest)}"
     else:  # only named checkpoints (epoch=..., interrupted-step...): this run's last is last.ckpt
         ours = "last.ckpt"
         newest = max(earlier, key=saved_time)
-        earlier_run = f"to continue that run instead, stop and add --ckpt_path {newest}"
+        earlier_run = f"to continue that run instead, stop and add --ckpt_path {shell_word(newest)}"
     beside = f"under new names ({ours}, ...)" if saves_last else "under its own names"
     print(f"note: {folder} holds an earlier run's checkpoints ({names}{step}). This run starts at step 0 and saves "
           f"beside them {beside}; {earlier_run}; to keep the runs apart, give this one another "

@@ -22,7 +22,7 @@ from functools import wraps
 from typing import Any
 
 from mmcaption.resources import causes, resource_message
-from mmcaption.terminal import leave_a_closed_terminal, process_rank, reader_gone, said, said_once
+from mmcaption.terminal import leave_a_closed_terminal, process_rank, reader_gone, said, said_once, shell_word
 
 USER_ERROR_EXIT = 2
 TRACEBACK_VARIABLE = "MMCAPTION_TRACEBACK"
@@ -142,7 +142,7 @@ class RunInterrupted(Interrupted):
         where = f"saved {checkpoint}" if checkpoint else "nothing saved"
         # a command's (signals_stop is the console scripts'), or a script's own Trainer with ResumableStop in it
         how = "running the same command with --ckpt_path {}" if _stop.active else "trainer.fit(..., ckpt_path={!r})"
-        resume = f"; resume by {how.format(checkpoint)}" if checkpoint else ""
+        resume = f"; resume by {how.format(shell_word(checkpoint) if _stop.active else checkpoint)}" if checkpoint else ""
         super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}" + (f". {requeued}" if requeued else ""))
 
 

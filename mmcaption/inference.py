@@ -44,6 +44,7 @@ from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage, mistyped_fo
 from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.tasks import Tasks, evaluating
+from mmcaption.terminal import shell_word
 
 ImageInput = ImageSource  # a path, an http(s):// URL, bytes, a PIL image or an array
 FOLDER_PARTS = ("adapter/adapter_model.safetensors", "multimodal.safetensors", "tokenizer", "image_processor")
@@ -326,7 +327,7 @@ def held_checkpoint(folder: Path) -> str:
     """What to say of a folder of fit's checkpoints given where a model or a checkpoint file was wanted."""
     held = [p for p in (*folder.glob("*.ckpt"), *folder.glob("*/*.ckpt")) if p.exists()]  # (best ones of a val/loss name: a level down)
     held.sort(key=lambda path: (not path.name.startswith("last"), -path.stat().st_mtime))  # the newest last*.ckpt first
-    return f"; it holds checkpoints of fit: --checkpoint {held[0]}" if held else ""
+    return f"; it holds checkpoints of fit: --checkpoint {shell_word(held[0])}" if held else ""
 
 
 def _model_folder(name: str | Path) -> Path:

@@ -36,6 +36,7 @@ from mmcaption.errors import (
 )
 from mmcaption.evaluation.digests import file_sha256
 from mmcaption.model.config import STRUCTURAL_SETTINGS
+from mmcaption.terminal import shell_word
 from mmcaption.usage import pipeline_parser
 
 
@@ -158,7 +159,7 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     caption_checkpoint = handoff_checkpoint(caption)
     resume = resume if stage is None else []  # a caption checkpoint is the caption stage's only
     # what goes on without training stage 1 again: its last checkpoint (its best, an earlier step, trained it on)
-    go_on = f"--ckpt_path {stage_last(caption) or caption_checkpoint}"
+    go_on = f"--ckpt_path {shell_word(stage_last(caption) or caption_checkpoint)}"
     act_on_held_stops(f"stage 1 ended, before stage 2 began; stage 1 is done: run the same command with {go_on} to go on "
                       "without training stage 1 again")
     print(f"== stage 2, instructions: mmcaption fit --config {instruct_config} --model.init_from {caption_checkpoint} ==",

@@ -42,6 +42,7 @@ from mmcaption.folders import output_lock
 from mmcaption.resources import disk_full, rows_kept_note
 from mmcaption.slurm import this_job
 from mmcaption.tasks import CUT, NO_OPTION, RESULT_COLUMNS
+from mmcaption.terminal import shell_word
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -70,8 +71,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
-        self.path: Path | None = None
-        self.partial: Path | None = None
+        self.path = self.partial = None  # the output and its partial file (Path)
         self.handle = self.writer = None
         self.counts: dict[str, float] = {}
         self.late_columns: dict[int, dict[str, Any]] = {}
@@ -334,7 +334,7 @@ class PredictionWriter(BasePredictionWriter):
                         "and goes on from them")
         elif why:
             message = f"predict stopped ({why}); the {summary['rows']} rows done are kept -> {self.path}{earlier}"
-            message += (f"; the same command with --data.output {self.path} --data.resume true, in place of --data.overwrite "
+            message += (f"; the same command with --data.output {shell_word(self.path)} --data.resume true, in place of --data.overwrite "
                         "true, goes on from them") if earlier else "; the same command with --data.resume true goes on from them"
         message += scores_said(summary, [key for key in self.category_columns if key in summary])
         if self.vqa_results is not None and not why and not failed:

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.errors import ConfigError, MMCaptionError, one_line
+from mmcaption.terminal import shell_word
 
 
 def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callback]:
@@ -246,7 +247,7 @@ def under_root_folder(command: Any) -> list[str]:
             if setting == "callbacks" and str(ckpt_path) == "last" and not any(Path(settings[key]).glob("last*.ckpt")) \
                     and any(Path(str(folder)).glob("last*.ckpt")):
                 raise ConfigError(f"--ckpt_path last looks in {settings[key]}, under trainer.default_root_dir, which holds no "
-                                  f"last checkpoint; {folder} holds a run's: give --ckpt_path {Path(str(folder)) / 'last.ckpt'}")
+                                  f"last checkpoint; {folder} holds a run's: give --ckpt_path {shell_word(Path(str(folder)) / 'last.ckpt')}")
     start = model_settings.get("init_from") if model_settings is not None else None
     if start and not Path(str(start)).expanduser().is_absolute() and (Path(root) / str(start)).exists() and \
             not Path(str(start)).resolve().is_relative_to(Path(str(root)).expanduser().resolve()):

@@ -21,6 +21,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mmcaption.errors import ResumeError
+from mmcaption.terminal import shell_word
 
 
 def slurm_requeue_signal(trainer) -> int | None:
@@ -112,6 +113,6 @@ def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: 
         raise ResumeError(
             f"{hpc} is a checkpoint Lightning saved on a SLURM requeue signal, in the middle of a step: under SLURM it would "
             f"resume this run from it unasked, whatever run wrote it (the newest hpc_ckpt_N.ckpt in {trainer.default_root_dir}). "
-            f"To go on from it, add --ckpt_path {hpc}; otherwise move it out of that folder")
+            f"To go on from it, add --ckpt_path {shell_word(hpc)}; otherwise move it out of that folder")
     return None
 

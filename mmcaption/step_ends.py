@@ -13,6 +13,8 @@ from pathlib import Path
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from mmcaption.terminal import shell_word
+
 
 def format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -74,7 +76,7 @@ def time_limit_note(trainer, checkpoint: str | None) -> str | None:
         return None
     if any(isinstance(c, EarlyStopping) and c.stopping_reason != EarlyStoppingReason.NOT_STOPPED for c in trainer.callbacks):
         return None  # ended by EarlyStopping as the time ran out: resuming it ends at once
-    resume = (f"; to train the rest, resume it (--ckpt_path {checkpoint}) with a larger --trainer.max_time (the time "
+    resume = (f"; to train the rest, resume it (--ckpt_path {shell_word(checkpoint)}) with a larger --trainer.max_time (the time "
               "trained so far counts)") if checkpoint else ""
     return (f"note: trainer.max_time ({format_seconds(timer._duration)}) stopped training at step {trainer.global_step} of "
             f"{int(planned)}, before the end of its learning-rate schedule{resume}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shlex
 import signal
 import stat
 import sys
@@ -170,3 +171,9 @@ def reader_gone(stream: Any) -> bool:
         return any(event & select.POLLERR for _, event in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no file behind it, or no poll on this platform
         return False
+
+
+def shell_word(value: object) -> str:
+    """``value`` (a path) as a shell reads it back whole, for a command a message gives to copy: quoted when it holds a
+    space or another character the shell splits at or reads (``runs/sp ace/last.ckpt``), else as it is."""
+    return shlex.quote(str(value))

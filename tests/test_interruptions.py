@@ -1154,7 +1154,7 @@ def test_slurms_time_limit_warning_after_the_last_step_requeues_the_job(monkeypa
         callback.on_train_end(trainer, None)
 
 
-def test_ctrl_c_in_a_users_own_script_says_how_to_resume_there_not_on_a_command_line(monkeypatch):
+def test_ctrl_c_in_a_users_own_script_says_how_to_resume_there_not_on_a_command_line(monkeypatch, tmp_path, capsys):
     # a notebook's Trainer(callbacks=[ResumableStop()]) stopped by Ctrl-C was told "running the same command with
     # --ckpt_path": there was no command
     from types import SimpleNamespace
@@ -1170,6 +1170,20 @@ def test_ctrl_c_in_a_users_own_script_says_how_to_resume_there_not_on_a_command_
     with signals_stop(), pytest.raises(RunInterrupted) as raised:  # a console script's command
         callback._stop(trainer, signal.SIGINT, "runs/last.ckpt")
     assert str(raised.value).endswith("resume by running the same command with --ckpt_path runs/last.ckpt")
+    # a folder with a space (a default_root_dir "runs/sp ace"): quoted, as the shell reads it back whole (copied as
+    # printed, "ace/last.ckpt" was an unrecognized argument)
+    with signals_stop(), pytest.raises(RunInterrupted) as raised:
+        callback._stop(trainer, signal.SIGINT, "runs/sp ace/last.ckpt")
+    assert str(raised.value).endswith("resume by running the same command with --ckpt_path 'runs/sp ace/last.ckpt'")
+    import shlex
+    assert shlex.split(str(raised.value).split("command with ")[1]) == ["--ckpt_path", "runs/sp ace/last.ckpt"]
+    from mmcaption.checkpoint_folders import earlier_checkpoints_note
+
+    earlier = tmp_path / "sp ace"
+    earlier.mkdir()
+    torch.save({"global_step": 3}, earlier / "last.ckpt")
+    earlier_checkpoints_note(earlier)
+    assert f"stop and add --ckpt_path '{earlier / 'last.ckpt'}'" in capsys.readouterr().err
 
 
 def test_resuming_the_other_stage_or_on_changed_data_is_refused_naming_what_differs(backbones, coco_root, tmp_path, capsys):

@@ -27,6 +27,7 @@ from mmcaption.data.records import (
     unsigned_images,
 )
 from mmcaption.prompts import text_ids
+from mmcaption.terminal import shell_word
 
 IMAGE_FEATURES = datasets.Features(
     {"image_id": datasets.Value("int64"), "file_name": datasets.Value("string"), "image": datasets.Value("binary")}
@@ -209,7 +210,7 @@ def held_back_split(annotation_file: Path, count: int | None, image_dir: Path, w
                      f"are held back, as COCO's test2017): {reads} them, so give --data.init_args.{setting} a split with "
                      f"captions. To caption these images: mmcaption predict "
                      f"--config <the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "
-                     f"--data.images {annotation_file} (its images, found in {image_dir} or beside it, each captioned under "
+                     f"--data.images {shell_word(annotation_file)} (its images, found in {image_dir} or beside it, each captioned under "
                      "its image id, and the results file COCO's evaluation server takes written beside the output)")
 
 

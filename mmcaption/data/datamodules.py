@@ -43,6 +43,7 @@ from mmcaption.data.tables import token_split_lists
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
+from mmcaption.terminal import shell_word
 
 
 class CaptionDataModule(SplitFiles, PreprocessedDataModule):
@@ -117,8 +118,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
 
     @property
     def default_cache_dir(self) -> Path:
-        # a split file scored with no COCO root here (nocaps alone): its cache beside it, not a data/coco/ made in the
-        # working folder
+        # a split file scored with no COCO root here (nocaps alone): its cache beside it, not a data/coco/ made here
         files = [path for split in self.splits if (path := split_file(split))] if self.source != "hub" else []
         return files[0].parent / "preprocessed" if files and not self.data_dir.exists() else self.data_dir / "preprocessed"
 
@@ -187,7 +187,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
             if not self.karpathy_file.is_file():
                 others = sorted(self.karpathy_file.parent.glob("dataset_*.json"))  # Flickr30k's and Flickr8k's files
                 raise DataError(f"Karpathy split file not found: {self.karpathy_file}" + (
-                    f" ({others[0].name} is beside it: --data.init_args.karpathy_file {others[0]})" if others else ""))
+                    f" ({others[0].name} is beside it: --data.init_args.karpathy_file {shell_word(others[0])})" if others else ""))
             folders = ([self.data_dir / name for name in ("train2014", "val2014") if (self.data_dir / name).is_dir()]
                        or [self.data_dir / name for name in COCO2017_FOLDERS if (self.data_dir / name).is_dir()])
             return {"karpathy": file_signature(self.karpathy_file), "split": split,

@@ -30,6 +30,7 @@ from mmcaption.images import (
     local_file,
 )
 from mmcaption.resources import owner_of
+from mmcaption.terminal import shell_word
 
 # a preprocessed split's folder in mmcaption's cache: the split, the side and the fingerprint of what made it
 _SPLIT_FOLDER = re.compile(r"[\w.]+-[0-9a-f]{16}")
@@ -174,7 +175,7 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
         captioned = "caption" in header.lower()  # an image,caption sheet: captioned and scored against its captions by test
         raise DataError(f"{path} is a table, not an image list: " + (
                         f"a table of images and their captions is captioned and scored by mmcaption test with "
-                        f"--data.init_args.source hub --data.init_args.hub_dataset {path} (see the README's Data)" if captioned else
+                        f"--data.init_args.source hub --data.init_args.hub_dataset {shell_word(path)} (see the README's Data)" if captioned else
                         "questions about images go to --data.csv_file with --config configs/predict/multiple_choice.yaml "
                         "(multiple choice) or --data.questions_file with configs/predict/questions.yaml") +
                         "; --data.images takes a folder of images, one image, or a text file with one image path per line")

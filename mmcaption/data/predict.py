@@ -54,6 +54,7 @@ from mmcaption.folders import output_lock
 from mmcaption.images import blank_pixels, check_image, load_rgb, local_file, processor_side
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.slurm import requeued, this_job
+from mmcaption.terminal import shell_word
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what the prediction writer writes: CSV for .csv, JSON Lines for the rest
 
@@ -361,7 +362,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
 
     def check_inputs(self, stage: str = "predict") -> None:
         if self.csv_file.is_dir() and mme_root(self.csv_file):
-            raise ConfigError(f"{self.csv_file} is MME's release: yes/no questions, answered with --config configs/predict/questions.yaml --data.questions_file {self.csv_file}")
+            raise ConfigError(f"{self.csv_file} is MME's release: yes/no questions, answered with --config configs/predict/questions.yaml --data.questions_file {shell_word(self.csv_file)}")
         if not self.csv_file.is_file():
             raise missing_file(self.csv_file, FORMATS[self.format])
 
@@ -370,7 +371,7 @@ class MultipleChoiceDataModule(_PredictDataModule):
         sniffed = sniffed_format(self.csv_file)
         if sniffed is not None and sniffed[0] == "questions":
             raise ConfigError(f"{self.csv_file} {sniffed[1]}: free-form questions, answered with --config "
-                              f"configs/predict/questions.yaml --data.questions_file {self.csv_file}, not multiple choice")
+                              f"configs/predict/questions.yaml --data.questions_file {shell_word(self.csv_file)}, not multiple choice")
         if sniffed is not None and sniffed[0] != self.format:  # the other format's reader would say only what is missing
             raise ConfigError(f"{self.csv_file} {sniffed[1]}, so it reads as {FORMATS[sniffed[0]]}: use --config configs/predict/"
                               f"{FORMAT_CONFIGS[sniffed[0]]}.yaml (or --data.format {sniffed[0]}); data.format is {self.format!r}, {FORMATS[self.format]}")

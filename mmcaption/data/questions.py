@@ -43,6 +43,7 @@ from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.images import local_file
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.tasks import RESULT_COLUMNS
+from mmcaption.terminal import shell_word
 
 
 @dataclass
@@ -366,7 +367,7 @@ class QuestionsPredictDataModule(_PredictDataModule):
         sniffed = sniffed_format(self.questions_file)
         if sniffed is not None and (sniffed[0] in ("csv", "mmbench", "seedbench") or "with options" in sniffed[1]):
             raise ConfigError(f"{self.questions_file} {sniffed[1]}: it holds multiple-choice questions ({FORMATS[sniffed[0]]}), whose options free-form "
-                              f"answering would drop, comparing the answers with letters; use --config configs/predict/{FORMAT_CONFIGS[sniffed[0]]}.yaml --data.csv_file {self.questions_file}")
+                              f"answering would drop, comparing the answers with letters; use --config configs/predict/{FORMAT_CONFIGS[sniffed[0]]}.yaml --data.csv_file {shell_word(self.questions_file)}")
         for name, file in (("annotations", self.annotations_file), ("submission questions", self.submission_questions_file)):
             if file and not file.is_file():
                 raise missing_file(file, f"{name} file")
