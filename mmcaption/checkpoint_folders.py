@@ -25,6 +25,7 @@ SAID: set[str] = set()  # the notes this process has said once
 def checkpoint_folder_on_resume(trainer, checkpoint: dict[str, Any]) -> None:
     """Both, in ``on_load_checkpoint`` of ``fit``: the state is rewritten before Lightning restores the callbacks."""
     follow_a_moved_checkpoint_folder(trainer, checkpoint)
+    say_a_resume_saved_elsewhere(trainer, checkpoint)
     keep_a_newer_last(trainer, checkpoint)
 
 
@@ -50,6 +51,25 @@ def follow_a_moved_checkpoint_folder(trainer, checkpoint: dict[str, Any]) -> Non
         moved_best = {_moved_file(path, old, new): score for path, score in (state.get("best_k_models") or {}).items()}
         state["best_k_models"] = {path: score for path, score in moved_best.items() if path}
         rank_zero_info(f"{new} was {old} when this checkpoint was written: its best and last checkpoints are followed here")
+
+
+def say_a_resume_saved_elsewhere(trainer, checkpoint: dict[str, Any]) -> None:
+    """Resuming a run's checkpoint from another folder's settings (``--ckpt_path runs/b/checkpoints/x/last.ckpt`` without
+    that run's ``--trainer.default_root_dir runs/b``): this run saves and logs where its own settings say, beside other
+    runs' checkpoints maybe; Lightning said only that "the dirpath has changed", in a warning naming its own source file."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    states = checkpoint.get("callbacks") or {}
+    for callback in trainer.checkpoint_callbacks:
+        state = states.get(callback.state_key) if isinstance(callback, ModelCheckpoint) else None
+        old, new = (state or {}).get("dirpath"), callback.dirpath
+        if not old or not new or old == new or not trainer.is_global_zero:
+            continue
+        root = Path(old).parents[1] if Path(old).parent.name == "checkpoints" else None  # <root>/checkpoints/<name>
+        again = f"; to go on in that run's folders, give the same --trainer.default_root_dir it had ({shell_word(root)})" \
+            if root is not None else ""
+        print(f"note: the checkpoint resumed from saved its run's checkpoints in {old}; this run saves its own in {new}, "
+              f"with its curves under {trainer.log_dir}{again}", file=sys.stderr, flush=True)
 
 
 def _moved_file(path: str | None, old: str, new: str) -> str:

@@ -153,8 +153,9 @@ class MMCaptionCLI(LightningCLI):
                 "torch.cuda.is_available() is False). Run it where there is one, or add --trainer.accelerator cpu to try "
                 "it on the CPU (slow at the real shapes; mmcaption-demo trains the whole model offline in minutes)"
             )
+        # a resume from another run's folder is said by mmcaption (checkpoint_folders.say_a_resume_saved_elsewhere)
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
         if self.subcommand != "fit":  # about resuming training from the checkpoint: nothing to act on here
-            warnings.filterwarnings("ignore", message="The dirpath has changed from")
             warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
         if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path") and config.model.get("init_from"):
             if rank_zero_only.rank == 0:  # a config's init_from is the stage before's: say whose weights these are

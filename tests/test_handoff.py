@@ -264,6 +264,34 @@ def test_a_run_resumed_after_its_project_moved_keeps_one_last_and_one_best_check
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
+def test_a_run_resumed_from_another_runs_folder_says_where_it_saves_and_how_to_go_on_there(backbones, coco_root, tmp_path,
+                                                                                           capsys):
+    # --ckpt_path runs/b/checkpoints/demo/last.ckpt without that run's --trainer.default_root_dir runs/b: the resumed run
+    # saved into the working folder's checkpoints, beside another run's, and only Lightning's "The dirpath has changed"
+    # (naming its own source file) said so
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(root: Path, steps: int, ckpt_path: Path | None = None) -> None:
+        dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                               image_processor=str(backbones[1]), batch_size=4, num_workers=0, val_caption_images=0)
+        saver = ModelCheckpoint(dirpath=root / "checkpoints" / "demo", save_last=True)
+        Trainer(accelerator="cpu", max_steps=steps, logger=False, callbacks=[saver], enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                default_root_dir=str(root)).fit(make_captioner(backbones), datamodule=dm, ckpt_path=ckpt_path)
+
+    fit(tmp_path / "runs" / "b", 1)
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")  # (the CLI's filter)
+        fit(tmp_path / "here", 2, ckpt_path=tmp_path / "runs" / "b" / "checkpoints" / "demo" / "last.ckpt")
+    said = capsys.readouterr().err
+    assert (f"note: the checkpoint resumed from saved its run's checkpoints in {tmp_path / 'runs' / 'b' / 'checkpoints' / 'demo'}; "
+            f"this run saves its own in {tmp_path / 'here' / 'checkpoints' / 'demo'}, with its curves under ") in said
+    assert f"to go on in that run's folders, give the same --trainer.default_root_dir it had ({tmp_path / 'runs' / 'b'})" in said
+
+
 def test_a_stage_two_checkpoint_loads_in_a_script_after_its_init_from_is_gone(backbones, caption_checkpoint, instruct_data,
                                                                               tmp_path):
     # load_from_checkpoint builds the model outside a Trainer: init_from (saved as an absolute path) must not be read
