@@ -867,3 +867,15 @@ def test_the_demo_resumed_in_stage_2_as_its_stop_says_finishes_and_reports_both_
     assert f"instruct: checkpoint {last.absolute()}" in out
     # stage 1's weights were loaded for the report, not trained or logged again
     assert sorted(p.name for p in Path("lightning_logs/demo-caption").iterdir()) == ["version_0"]
+
+
+def test_a_captions_file_or_cocos_annotations_folder_given_as_data_dir_is_named_for_what_it_is(coco_root):
+    # it said "COCO annotation file not found: .../annotations/captions_train2017.json/annotations/captions_train2017.json"
+    # and ".../annotations/annotations/captions_train2017.json", and nothing of what data_dir should be
+    file = coco_root / "annotations" / "captions_train2017.json"
+    with pytest.raises(DataError, match=rf"data_dir {re.escape(str(file))} is a file: data_dir is the folder that holds annotations/ "
+                                        rf"and the image folders: --data.init_args.data_dir {re.escape(str(coco_root))}$"):
+        CaptionDataModule(data_dir=str(file)).check_inputs("fit")
+    with pytest.raises(DataError, match=rf"data_dir {re.escape(str(file.parent))} is COCO's annotations folder: give the folder "
+                                        rf"above it, --data.init_args.data_dir {re.escape(str(coco_root))}$"):
+        CaptionDataModule(data_dir=str(file.parent)).check_inputs("fit")

@@ -57,8 +57,18 @@ def require_annotation_file(annotation_file: Path, setting: str = "val_split") -
         raise DataError(
             f"COCO annotation file not found: {annotation_file} (the official layout is "
             f"<data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)."
-            f"{archive_hint(annotation_file)}{other_splits(annotation_file)}"
+            f"{archive_hint(annotation_file)}{other_splits(annotation_file)}{misplaced_data_dir(annotation_file.parent.parent)}"
         )
+
+
+def misplaced_data_dir(data_dir: Path) -> str:
+    """What a ``data_dir`` that is not COCO's root is instead - a captions file, or COCO's ``annotations/`` folder (the
+    paths under it said doubled: ``annotations/annotations/captions_train2017.json``) -, and what to give; else ``""``."""
+    root = f": --data.init_args.data_dir {shell_word(data_dir.parent.parent)}" if data_dir.parent.name == "annotations" else \
+        "; a captions file of its own is given as its split, --data.init_args.train_split <it> (val_split, test_split)"
+    return f" data_dir {data_dir} is a file: data_dir is the folder that holds annotations/ and the image folders{root}" \
+        if data_dir.is_file() else f" data_dir {data_dir} is COCO's annotations folder: give the folder above it, --data." \
+        f"init_args.data_dir {shell_word(data_dir.parent)}" if data_dir.name == "annotations" and any(data_dir.glob("captions_*.json")) else ""
 
 
 def other_splits(annotation_file: Path) -> str:

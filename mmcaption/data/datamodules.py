@@ -22,6 +22,7 @@ from mmcaption.data.coco import (
     coco_image_folder,
     coco_records,
     coco_unsigned_images,
+    misplaced_data_dir,
     read_karpathy,
     require_annotation_file,
     write_caption_split,
@@ -93,9 +94,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         hub_caption_separator: str = "\n",  # (str: with str | None, jsonargparse read "#" and "~" as YAML's null)
         hub_val_fraction: float = 0.01,
         hub_config: str | None = None,
-        train_split: str | None = None,
-        val_split: str | None = None,
-        test_split: str | None = None,
+        train_split: str | None = None, val_split: str | None = None, test_split: str | None = None,
         caption_prompt: str = "",
         max_length: int = 64,
         val_caption_images: int | None = 0,
@@ -146,7 +145,8 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
     def layout_hint(self) -> str:
         if self.source == "karpathy":
             return " (Karpathy's splits: <data_dir>/dataset_coco.json, or karpathy_file, with COCO 2014's train2014/ and val2014/, or COCO 2017's train2017/ and val2017/, in <data_dir>)"
-        return " (the official layout is <data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)"
+        return " (the official layout is <data_dir>/annotations/captions_<split>.json with images in <data_dir>/<split>/)" + \
+            (f";{said}" if (said := misplaced_data_dir(self.data_dir)) else "")
 
     def input_paths(self, split: str) -> list[tuple[Path, str]]:
         if self.karpathy_split(split):
