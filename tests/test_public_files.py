@@ -335,7 +335,7 @@ def textcaps_layout(root: Path, coco_root: Path) -> dict[str, list[str]]:
     return ids
 
 
-def test_textcaps_files_read_as_downloaded_with_textvqas_photo_folders(backbones, coco_root, tmp_path):
+def test_textcaps_files_read_as_downloaded_with_textvqas_photo_folders(backbones, coco_root, tmp_path, monkeypatch):
     # TextCaps' files (rows in a 'data' list) were refused with a command to write them out as JSON Lines; its rows name
     # train/<id>.jpg where TextVQA's download, which holds its photos, unpacks train_images/; its val file given alone
     # was a training set with a 1% share held out to score (or, under 1 MiB, "one object" left out of its folder)
@@ -352,8 +352,16 @@ def test_textcaps_files_read_as_downloaded_with_textvqas_photo_folders(backbones
     assert references == {row["caption_str"] for row in content} and len(references) == 15  # 5 each, every row's
     with pytest.raises(DataError, match=r"TextCaps_0\.1_val\.json has splits \['val'\], none to train on: set train_split to it"):
         scored.check_inputs("fit")
-    # the folder as downloaded: its three files its splits, trained on train, validated on val
+    # the folder as downloaded, TextVQA's own file beside them (its photos' download holds it): TextCaps' three files its
+    # splits, trained on train, validated on val (TextVQA's was paired with TextCaps' train, and datasets refused a cast)
+    (tmp_path / "TextCaps" / "TextVQA_0.5.1_train.json").write_text(json.dumps(
+        {"dataset_name": "textvqa", "dataset_type": "train", "dataset_version": "0.5.1", "data": [
+            {"question": "what does the sign say?", "image_id": ids["train"][0], "image_classes": ["Sign"], "question_id": 0,
+             "set_name": "train", "answers": ["stop"] * 10, "flickr_original_url": "https://x"}]}))
+    infos = []
+    monkeypatch.setattr("mmcaption.data.hub.rank_zero_info", infos.append)
     whole = make_datamodule(backbones, tmp_path / "unused", hub_dataset=str(tmp_path / "TextCaps"), **settings)
+    assert any("TextVQA_0.5.1_train.json beside TextCaps' files left out" in line for line in infos), infos
     assert whole.stage_splits()["train"] == "train" and whole.stage_splits()["val"] == "validation"
     trained = load_table(whole.preprocess("train") / "images")
     assert sorted(row["file_name"] for row in trained) == sorted(f"train/{i}.jpg" for i in ids["train"])

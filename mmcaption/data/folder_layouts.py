@@ -295,7 +295,7 @@ def local_splits(path: Path, files: list[Path], config: str | None = None) -> tu
                             "captions, which is read alone: give it as hub_dataset (a folder's splits are tables of rows: "
                             "CSV, JSON Lines, parquet)")
         kinds = {_BUILDERS[f.suffix.lower()] for f in tables}
-    others = {f.suffix.lower() for f in files if f not in images and f.suffix.lower() in OTHER_DATA}
+    others = {f.suffix.lower() for f in files if f.suffix.lower() in OTHER_DATA and f not in images}  # (a list: looked in last)
     if not tables and others == {".tar"}:  # webdataset's shards (img2dataset's, with its records of them left out)
         kinds, tables = {"webdataset"}, [f for f in files if f.suffix.lower() == ".tar"]
     elif not tables or len(kinds) > 1 or others:

@@ -37,7 +37,7 @@ from mmcaption.data.folder_layouts import (
 )
 from mmcaption.data.hub_images import RowImages
 from mmcaption.data.image_pass import Unchecked
-from mmcaption.data.json_values import json_layout
+from mmcaption.data.json_values import data_list_name, json_layout
 from mmcaption.data.records import BadRecords, DataError, not_utf8, read_json_list
 from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.data.split_column import SplitColumnTable
@@ -101,6 +101,8 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         self._files: list[Path] = []
         if path.is_dir() and not saved_dataset(path):
             self._files = sorted(user_files(path, self.cache_dir))
+            if any(data_list_name(file) == "textcaps" for file in self._files if file.parent == path):
+                self._files = self._textcaps_files(path)
             table, self._pairs = folder_layout(path, self._files, (self.image_column, caption_settings(self.caption_column)[0]))
             if table is not None:
                 self.dataset, self._given = str(table), path
@@ -111,6 +113,15 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         elif defaults and self._pairs is None and any(json_layout(file) == "data" for file in (  # (a folder's own tables)
                 Path(self.dataset), *(file for file in self._files if file.parent == Path(self.dataset)))):
             self.image_column, self.caption_column = "image_path", "caption_str"  # TextCaps' files: its columns known
+
+    def _textcaps_files(self, path: Path) -> list[Path]:
+        """TextCaps' folder without TextVQA's files of the same layout beside them (its photos' download holds them: read
+        as captions with TextCaps' splits, datasets refused a cast naming neither); said."""
+        others = [file for file in self._files if data_list_name(file) not in (None, "textcaps")]
+        if others:
+            rank_zero_info(f"{path}: {', '.join(file.name for file in others)} beside TextCaps' files left out (not TextCaps': "
+                           "TextVQA's questions are answered by mmcaption predict, --data.questions_file)")
+        return [file for file in self._files if file not in others]
 
     def _saved(self) -> datasets.Dataset | datasets.DatasetDict | None:
         path = Path(self.dataset)
