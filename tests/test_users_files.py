@@ -1712,6 +1712,11 @@ def test_workbooks_archives_and_mac_spreadsheets_are_named_for_what_they_are(tmp
     assert any("its first line 'image' names the column, not an image: left out" in line for line in said), said
     listed.write_text("url\n" + "".join(f"{image_folder / name}\n" for name in names))  # pandas' to_csv of a CMS's url column
     assert [p.name for p in find_images(listed)] == names  # was a row of its own: "image not found: url"
+    # a list written by hand with a comment line (as shell scripts' lists have them): it was an image, "image not found"
+    listed.with_suffix(".txt").write_text("# my photos\n" + "".join(f"{image_folder / name}\n" for name in names) + "#end\n")
+    said.clear()
+    assert [p.name for p in find_images(listed.with_suffix(".txt"), note=said.append)] == names
+    assert any("2 line(s) beginning with # read as comments, left out (first: '# my photos')" in line for line in said), said
 
 
 def test_local_folders_split_as_datasets_splits_them_among_the_users_own_files(tmp_path):

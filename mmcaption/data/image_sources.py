@@ -196,7 +196,11 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
         if note is not None:
             note(f"{path}: its first line {names[0]!r} names the column, not an image: left out")
         names = names[1:]
-    names = list(filter(None, names))
+    # a comment written by hand ("# my list", as shell scripts' lists have them) read as an image: "image not found"
+    comments = {name for name in names if name.startswith("#") and not _there(user_path(name, root))}
+    if comments and note is not None:
+        note(f"{path}: {len(comments)} line(s) beginning with # read as comments, left out (first: {next(n for n in names if n in comments)!r})")
+    names = [name for name in names if name and name not in comments]
     if not names:
         raise DataError(f"image list {path} is empty")
     return list(zip(names, image_paths(names, root, path, where="a line gives an absolute path", beside=False)))
