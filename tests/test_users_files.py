@@ -515,6 +515,13 @@ def test_coco_images_without_a_caption_are_counted_not_dropped_silently(backbone
                                         r"references are held back, as COCO's test2017\): validation and test score captions "
                                         r"against them, so give --data.init_args.test_split a split with captions"):
         tested.prepare_data()
+    # val_split and test_split both naming it: test names test_split, the one it reads (val_split named, the user
+    # mended it and test still read the held-back split)
+    both = CaptionDataModule(data_dir=str(coco), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
+                             val_split=str(held_back), test_split=str(held_back))
+    both.trainer = tested.trainer
+    with pytest.raises(DataError, match=r"so give --data.init_args.test_split a split with captions"):
+        both.prepare_data()
     # BLIP's Karpathy list and Karpathy's dataset_coco.json given as COCO's captions file: named, with what reads them
     annotations.with_name("image_info_train2017.json").unlink()
     annotations.write_text(json.dumps([{"caption": "a cat", "image": "train2017/x.jpg", "image_id": "coco_1"}]))

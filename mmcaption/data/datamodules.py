@@ -51,9 +51,8 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
     """COCO Captions 2017 (or any set in its layout), preprocessed once and memory-mapped.
 
     Args:
-        data_dir: the COCO root: ``annotations/captions_<split>.json`` and ``<split>/`` image folders (for
-            ``karpathy``: COCO 2014's root, with ``train2014/`` and ``val2014/``, or COCO 2017's, whose
-            ``train2017/`` and ``val2017/`` hold the same photos).
+        data_dir: the COCO root: ``annotations/captions_<split>.json`` and ``<split>/`` image folders (for ``karpathy``:
+            COCO 2014's root with ``train2014/`` and ``val2014/``, or COCO 2017's, the same photos).
         source: ``coco`` for that official layout; ``hub`` for a ``datasets`` dataset (``hub_dataset``);
             ``karpathy`` for Karpathy's splits of COCO 2014 (``karpathy_file``): splits ``train`` (his train
             and restval, 113,287 images), ``val`` and ``test`` (5,000 each), the split papers report on.
@@ -92,8 +91,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         hub_image_column: str = "jpg",
         hub_caption_column: str | list[str] = "txt",
         hub_caption_separator: str = "\n",  # (str: with str | None, jsonargparse read "#" and "~" as YAML's null)
-        hub_val_fraction: float = 0.01,
-        hub_config: str | None = None,
+        hub_val_fraction: float = 0.01, hub_config: str | None = None,
         train_split: str | None = None, val_split: str | None = None, test_split: str | None = None,
         caption_prompt: str = "",
         max_length: int = 64,
@@ -128,8 +126,10 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
             self._stage_splits = self._find_stage_splits()
         return self._stage_splits
 
-    def _setting(self, split: str) -> str:  # the setting that names ``split`` (a scored one's, its first)
-        return next((f"{stage}_split" for stage, name in self.stage_splits().items() if name == split), "val_split")
+    def _setting(self, split: str) -> str:  # the setting that names ``split``: the running command's, else the first
+        names = [stage for stage, name in self.stage_splits().items() if name == split] or ["val"]
+        running = {"test": "test", "validate": "val"}.get(getattr(getattr(getattr(self.trainer, "state", None), "fn", None), "value", None))
+        return f"{running if running in names else names[0]}_split"
 
     def _find_stage_splits(self) -> dict[str, str]:
         train, val, test = self.splits
