@@ -49,7 +49,8 @@ class ColumnSplits:
 def column_splits(data: datasets.Dataset, source: str, line_of=lambda index: f"row {index}") -> ColumnSplits | None:
     """The splits ``data``'s ``split`` column (in any case; TextCaps' ``set_name``) names, when its values are split
     names (at least one of :data:`SPLIT_NAMES`: ``train``, ``val``, ``test``, ...) and there are two or more, or one
-    to evaluate on; ``None`` for a table without one. A row without a split is refused by ``line_of`` it, as no split could be chosen for it."""
+    to evaluate on; ``None`` for a table without one. A row without a split is refused by ``line_of`` it, as no split
+    could be chosen for it."""
     named = [column for column in data.column_names if column.strip().casefold() == "split"] or [
         column for column in data.column_names if column == "set_name"]  # TextCaps' (train, val or test)
     if len(named) != 1 or not isinstance(data.features[named[0]], datasets.Value):
