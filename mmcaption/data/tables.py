@@ -20,7 +20,7 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.encodings import one_encoding, table_encoding
-from mmcaption.data.json_values import caption_map_records, data_list_records, json_layout, pandas_records
+from mmcaption.data.json_values import caption_map_records, json_layout, pandas_records
 from mmcaption.data.records import DataError, not_utf8, packed_file
 
 # pandas' options for a caption table: an empty cell, or one reading "NA" or "null", is that text (an empty caption is
@@ -269,9 +269,8 @@ def _pandas_layout(path: Path) -> list[dict[str, Any]] | None:
     """The rows of a ``.json`` table pandas' ``to_json`` wrote in its default layout, a column each (``{"image": {"0":
     ...}, "caption": {"0": ...}}``), or as ``orient="split"``, ``"table"`` (:func:`~mmcaption.data.json_values.
     pandas_records`) or ``"index"``: ``datasets`` read it as one row of whole columns; a map of each image's caption
-    (:func:`~mmcaption.data.json_values.caption_map_records`), read as a row of columns named by file names; TextCaps'
-    rows in its ``data`` list, read as its four keys (:func:`~mmcaption.data.json_values.data_list_records`). None for any
-    other file."""
+    (:func:`~mmcaption.data.json_values.caption_map_records`), read as a row of columns named by file names. None for any
+    other file (TextCaps' rows in its ``data`` list are read by :func:`read_table_file` before)."""
     with path.open("rb") as handle:
         if handle.read(4096).lstrip()[:1] != b"{":
             return None
@@ -279,7 +278,7 @@ def _pandas_layout(path: Path) -> list[dict[str, Any]] | None:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, ValueError):  # said as datasets' reading of it says it
         return None
-    records = data_list_records(data) or pandas_records(data) or caption_map_records(data)  # (TextCaps': rows in 'data')
+    records = pandas_records(data) or caption_map_records(data)
     if records is None and isinstance(data, dict) and data and all(str(key).isdigit() for key in data):
         records = list(data.values())  # orient="index": a row each under its number
     return records if records and all(isinstance(record, dict) for record in records) else None
