@@ -36,6 +36,7 @@ from mmcaption.evaluation.digests import file_sha256
 from mmcaption.folders import being_written, umask, writing_run
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, is_pretrained_folder, read_manifest
 from mmcaption.model.backbone_weights import backbone_weights, changed_backbones, other_backbones
+from mmcaption.model.card import newest_checkpoint
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
 from mmcaption.resources import dangling, disk_full
@@ -72,6 +73,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
             "fit is a .ckpt file (checkpoints/<stage>/last.ckpt); " + (
                 f"{export} is a model mmcaption-export wrote, given whole as --model.init_from {export} (in Python: "
                 "Captioner.from_pretrained)" if is_pretrained_folder(export) else
+                f"it holds checkpoints of fit: {shell_word(held)} (the newest last*.ckpt)" if (held := newest_checkpoint(path)) else
                 "a folder written by mmcaption-export is given as --model.init_from"))
     if not path.is_file():  # a best checkpoint a fit replaced between its choice and its load: said
         raise CheckpointNotFoundError(f"checkpoint not found: {path}{unexpanded_variable(path)}{being_written(path.parent)}")

@@ -40,7 +40,7 @@ from mmcaption.model import MultimodalCausalLM, is_pretrained_folder, read_manif
 from mmcaption.model.backbone_checks import BackboneNotFoundError, check_device, hub_unreachable, is_local_path
 from mmcaption.model.backbone_weights import changed_backbones
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
-from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage, mistyped_folder
+from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage, mistyped_folder, newest_checkpoint
 from mmcaption.model.config import Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.tasks import Tasks, evaluating
@@ -325,9 +325,7 @@ def _deadline(generate_kwargs: dict[str, Any]) -> float | None:
 
 def held_checkpoint(folder: Path) -> str:
     """What to say of a folder of fit's checkpoints given where a model or a checkpoint file was wanted."""
-    held = [p for p in (*folder.glob("*.ckpt"), *folder.glob("*/*.ckpt")) if p.exists()]  # (best ones of a val/loss name: a level down)
-    held.sort(key=lambda path: (not path.name.startswith("last"), -path.stat().st_mtime))  # the newest last*.ckpt first
-    return f"; it holds checkpoints of fit: --checkpoint {shell_word(held[0])}" if held else ""
+    return f"; it holds checkpoints of fit: --checkpoint {shell_word(held)}" if (held := newest_checkpoint(folder)) else ""
 
 
 def _model_folder(name: str | Path) -> Path:

@@ -879,3 +879,27 @@ def test_a_captions_file_or_cocos_annotations_folder_given_as_data_dir_is_named_
     with pytest.raises(DataError, match=rf"data_dir {re.escape(str(file.parent))} is COCO's annotations folder: give the folder "
                                         rf"above it, --data.init_args.data_dir {re.escape(str(coco_root))}$"):
         CaptionDataModule(data_dir=str(file.parent)).check_inputs("fit")
+
+
+def test_a_folder_of_fits_checkpoints_given_as_one_is_refused_before_the_model_loads_naming_its_newest_last(
+    backbones, trained_checkpoint, tmp_path, monkeypatch, capsys, nothing_loads
+):
+    # --model.init_from checkpoints/demo-caption was refused only once the model was built and its data prepared, and
+    # it named last.ckpt where a re-run into the folder had written the newer last-v1.ckpt (chat named the newest)
+    import os
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "runs" / "checkpoints" / "demo-caption"
+    folder.mkdir(parents=True)
+    for name, age in (("last.ckpt", 200), ("epoch=1-step=8.ckpt", 100), ("last-v1.ckpt", 0)):
+        shutil.copy(trained_checkpoint, folder / name)
+        os.utime(folder / name, (1_700_000_000 - age,) * 2)
+    newest = folder / "last-v1.ckpt"
+    err = user_error(capsys, main, ["fit", "--config", DEMO_INSTRUCT, "--model.config.language_model", str(backbones[0]),
+                                   "--model.config.vision_model", str(backbones[1]), "--model.init_from", str(folder)])
+    assert err.startswith(f"error: {folder} is not a saved mmcaption model folder (no mmcaption.json)")
+    assert f"give {newest} itself where a checkpoint is taken: --ckpt_path, --model.init_from" in err
+    err = user_error(capsys, main, ["test", "--config", DEMO_INSTRUCT, "--ckpt_path", str(folder)])
+    assert err == (f"error: {folder} is a folder, not a checkpoint file: a checkpoint of mmcaption fit is a .ckpt file "
+                   f"(checkpoints/<stage>/last.ckpt); it holds checkpoints of fit: {newest} (the newest last*.ckpt)")

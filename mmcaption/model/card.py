@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import ModelCardData, try_to_load_from_cache
 
 from mmcaption.errors import ConfigError, NotAModelFolderError
+from mmcaption.terminal import shell_word
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -179,15 +180,23 @@ def mistyped_folder(name: str, marker: str) -> str | None:
     return f"{owner}/{near[0]}" if near else None
 
 
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint of fit's to name for a folder of them given where a model or a checkpoint file was wanted: the
+    newest ``last*.ckpt`` (a re-run into the folder writes ``last-v1.ckpt``), else the newest other (a best one of a
+    ``val/loss`` name is a level down)."""
+    held = [p for p in (*folder.glob("*.ckpt"), *folder.glob("*/*.ckpt")) if p.is_file()]
+    return min(held, key=lambda path: (not path.name.startswith("last"), -path.stat().st_mtime), default=None)
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
     if not is_pretrained_folder(folder):
         path = Path(folder)  # a checkpoint, or a checkpoints folder of fit's (its last.ckpt first): the command that exports it
-        found = sorted(path.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", p.name)) if path.is_dir() else [path]
-        checkpoint = next((p for p in found if p.is_file() and p.suffix == ".ckpt"), None)  # (an image or a .txt is none)
-        export = f"; a checkpoint of mmcaption fit becomes one with: mmcaption-export {checkpoint} <new folder>" if checkpoint else ""
+        checkpoint = newest_checkpoint(path) if path.is_dir() else path if path.is_file() and path.suffix == ".ckpt" else None
+        export = f"; a checkpoint of mmcaption fit becomes one with: mmcaption-export {shell_word(checkpoint)} <new folder>" \
+            if checkpoint else ""
         if checkpoint and path.is_dir():  # --model.init_from takes the checkpoint itself
-            export += f" (or give {checkpoint} itself where a checkpoint is taken: --ckpt_path, --model.init_from)"
+            export += f" (or give {shell_word(checkpoint)} itself where a checkpoint is taken: --ckpt_path, --model.init_from)"
         what = ("a file, not a folder" + (": give the folder it is in" if path.name == CONFIG_FILE else "")
                 if path.is_file() and not checkpoint else f"no {CONFIG_FILE}" if path.exists() else "no such folder")
         raise NotAModelFolderError(f"{folder} is not a saved mmcaption model folder ({what}){export}"
