@@ -233,6 +233,27 @@ def test_llava_pretrains_captions_read_as_captions_with_its_images_unpacked_besi
     with pytest.raises(DataError, match=r"its 'conversations' holds conversations of 4 turns, questions and their answers, "
                                         r"not captions: train it as the instruct stage \(configs/instruct\.yaml"):
         list(HubCaptions(str(file), "image", "conversations").records("train", BadRecords(str(file))))
+    # the folder as downloaded, given whole: its _meta.json beside it (id, image, blip_caption, url) was read as rows of
+    # the same split, a CastError naming neither file; and the cache the instruct stage keeps beside its file
+    # (preprocessed/: its image hashes, a JSON file) was read as a table of captions, refused as a CastError too
+    records[0]["conversations"] = records[0]["conversations"][:2]
+    file.write_text(json.dumps(records))
+    (root / "blip_laion_cc_sbu_558k_meta.json").write_text(json.dumps(
+        [{"id": r["id"], "image": r["image"], "blip_caption": "a square", "url": "http://x/0.jpg"} for r in records]))
+    cache = root / "preprocessed"
+    (cache / "image-hashes").mkdir(parents=True)
+    (cache / "image-hashes" / "01b05fbb5fd30dac.json").write_text(json.dumps({"00000/000000.jpg": [1, 2, 3, "ab"]}))
+    (cache / "train-fb19905bde078b2b").mkdir()
+    (cache / "train-fb19905bde078b2b" / "meta.json").write_text("{}")
+    with pytest.raises(DataError, match=r"its tables are read as the rows of one dataset, and their columns differ "
+                                        r"\(blip_laion_cc_sbu_558k\.json: conversations, id, image; "
+                                        r"blip_laion_cc_sbu_558k_meta\.json: blip_caption, id, image, url\): give the one to "
+                                        r"read as hub_dataset \(its file\), or move the others out$"):
+        list(HubCaptions(str(root), "image", "conversations").records("train", BadRecords(str(root))))
+    (root / "blip_laion_cc_sbu_558k_meta.json").unlink()
+    hub = HubCaptions(str(root), "image", "conversations")
+    assert sorted((name, [c for _, c in texts]) for split in ("train.rest", "train.heldout")
+                  for _, name, _, texts in hub.records(split, BadRecords(str(root)))) == read
 
 
 def test_flickrs_own_flickr8k_download_reads_its_token_file_its_photos_beside_it_and_its_split_lists(backbones, tmp_path,

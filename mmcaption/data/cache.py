@@ -67,7 +67,7 @@ def folder_signature(folder: Path, exclude: Path | None = None) -> dict:
     images = []
     for root, folders, files in walk_through_links(folder):  # LLaVA-1.5's mixes link coco/, gqa/ ... into one root
         folders[:] = sorted(f for f in folders if not f.startswith(".") and f != "preprocessed"
-                            and (Path(root) / f).resolve() != excluded)
+                            and (Path(root) / f).resolve() != excluded and not is_cache_folder(Path(root) / f))
         for name in sorted(f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES):
             path = os.path.join(root, name)
             images.append((os.path.relpath(path, folder), path))
@@ -107,6 +107,17 @@ def _content_signature(images: list[tuple[str, str | None]], memo_file: Path | N
 
 
 IMAGE_HASHES = "image-hashes"  # in a cache folder: each image folder's hashes, by name, size and times
+_SPLIT_FOLDER = re.compile(r".+-[0-9a-f]{16}")  # a preprocessed split's folder: <split>-<fingerprint>
+
+
+def is_cache_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a cache of mmcaption's (another stage's default ``preprocessed/`` beside its data, or a
+    ``cache_dir``): its image hashes, or a preprocessed split (a ``meta.json`` in a ``<split>-<key>`` folder)."""
+    try:
+        return (folder / IMAGE_HASHES).is_dir() or any(
+            _SPLIT_FOLDER.fullmatch(child.name) and (child / "meta.json").is_file() for child in folder.iterdir())
+    except OSError:  # not a folder, or not to be listed: not one of ours to pass over
+        return False
 
 
 _IMAGE_HASHES: dict[tuple, str] = {}  # this process's: also when the cache cannot be written (a read-only one)

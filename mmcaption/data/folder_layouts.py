@@ -21,6 +21,7 @@ from datasets.data_files import _get_data_files_patterns
 from fsspec.utils import glob_translate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from mmcaption.data.cache import is_cache_folder
 from mmcaption.data.encodings import WINDOWS_1252, western_words
 from mmcaption.data.image_sources import PATTERN_MARKS, unreadable_note
 from mmcaption.data.json_values import caption_map_records, data_list_records
@@ -240,13 +241,14 @@ def _one_object(path: Path) -> bool:
 
 def user_files(path: Path, cache_dir: str | None) -> list[Path]:
     """The files under a local dataset folder that are the user's: not hidden, not in mmcaption's cache (``cache_dir``;
-    by default ``<data_dir>/preprocessed``, which may be in the photos' own folder) or another saved dataset. Linked
+    by default ``<data_dir>/preprocessed``, which may be in the photos' own folder; or another stage's, as the instruct
+    stage keeps its own beside its file) or another saved dataset. Linked
     folders are followed (an album linked in), each real folder once."""
     skip = {Path(cache_dir).expanduser().resolve()} if cache_dir else set()
     files, unreadable = [], []
     for root, folders, names in walk_through_links(path, unreadable):
         folders[:] = [name for name in folders if not is_hidden(Path(name)) and (Path(root) / name).resolve() not in skip
-                      and not saved_dataset(Path(root) / name, marker="state.json")]
+                      and not saved_dataset(Path(root) / name, marker="state.json") and not is_cache_folder(Path(root) / name)]
         files += [Path(root) / name for name in names if not is_hidden(Path(name))]
     if passed_over := unreadable_note(path, unreadable):
         rank_zero_info(passed_over)

@@ -220,11 +220,16 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         tables that does not read alone), its line, and what is wrong there."""
         path = Path(self.dataset)
         if path.is_dir():
+            columns: dict[Path, list[str]] = {}
             for table in (self._split_tables or [f for f in self._files if f.suffix.lower() in TABLE_SUFFIXES])[:100]:
                 try:
-                    tables.read_table_file(table, self._datasets_cache)
+                    columns[table] = tables.read_table_file(table, self._datasets_cache).column_names
                 except datasets.exceptions.DatasetGenerationError as inner:
                     return HubCaptions(str(table))._unreadable(inner)
+            if len(kinds := {tuple(sorted(names)): table for table, names in columns.items()}) > 1:  # (LLaVA-Pretrain's
+                said = "; ".join(f"{table.relative_to(path)}: {', '.join(names)}" for names, table in kinds.items())  # _meta)
+                return DataError(f"{self.dataset}: its tables are read as the rows of one dataset, and their columns differ "
+                                 f"({said}): give the one to read as hub_dataset (its file), or move the others out")
         found = list(causes(error))
         if path.is_file() and any(isinstance(cause, UnicodeDecodeError) for cause in found):  # Excel's plain "CSV"
             return not_utf8(path, table=path.suffix.lower() == ".csv")
