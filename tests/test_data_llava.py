@@ -2,6 +2,7 @@ import json
 import re
 import shutil
 import unicodedata
+import warnings
 from pathlib import Path
 
 import pytest
@@ -93,9 +94,24 @@ def test_conversations_in_json_lines_read_as_the_json_list(backbones, llava, tmp
     assert [c.id for c in read_llava(lines, llava[1], BadRecords(str(lines)))] == [r["id"] for r in records[:3]]
 
 
-def test_validating_on_the_training_file_is_warned_of(backbones, llava):
+def test_validating_on_the_training_file_or_a_part_of_it_is_warned_of(backbones, llava, tmp_path):
     with pytest.warns(UserWarning, match=r"val_file is train_file .*: validation measures the training conversations"):
         make_datamodule(backbones, llava, val_file=str(llava[0].parent / "." / llava[0].name))
+    # a val_file that is a part of train_file (LLaVA-Instruct's detail_23k.json given with llava_instruct_150k.json,
+    # which holds it) was validated on without a word: val/loss, which picks the best checkpoint, measured training data
+    part = tmp_path / "detail_23k.json"
+    part.write_text(json.dumps(json.loads(llava[0].read_text())[:5]))
+    dm = make_datamodule(backbones, llava, val_file=str(part))
+    dm.prepare_data()
+    with pytest.warns(UserWarning, match=rf"^5 of the 5 images of val_file {part} \(100%\) are in train_file {llava[0]} too "
+                                         r"\(first: train2017/\d+\.jpg\): validation measures pictures trained on"):
+        dm.setup("fit")
+    dm = make_datamodule(backbones, llava)  # validated on other images (val2017's): nothing said
+    dm.prepare_data()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+    assert not [w for w in said if "are in train_file" in str(w.message)]
 
 
 def test_a_small_file_holds_out_one_id_where_the_fraction_holds_out_none(backbones, llava, monkeypatch):

@@ -5,10 +5,16 @@ copies: nocaps' ``validation``, Flickr30k's ``test``) scored whole, ``fit`` refu
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.records import DataError
 from mmcaption.data.table_rows import HELD_OUT, REST
+
+if TYPE_CHECKING:
+    from mmcaption.data.datasets import ImageTextDataset
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 
@@ -72,3 +78,17 @@ def scored_where_trained(trainer, training_data: dict) -> None:
     if isinstance(splits, EvaluationSplits) and trained.startswith(f"{scored}{REST}-"):
         rank_zero_warn(f"the checkpoint trained on {scored!r} but for a {HELD_OUT[1:]} share ({trained}), and all of {scored!r} "
                        f"is scored, images it trained on: give train_split {scored} to score its held-out share")
+
+
+def say_shared_images(train: ImageTextDataset, val: ImageTextDataset, train_file: Path, val_file: Path) -> None:
+    """Warn when a ``val_file``'s images are trained on too (one root holds both files' images, named alike): a part of
+    ``train_file`` given as its validation (LLaVA-Instruct's ``detail_23k.json``, which ``llava_instruct_150k.json``
+    holds), whose loss then picks the best checkpoint by conversations trained on."""
+    trained = set(train.images.data.column("file_name").to_pylist())
+    names = val.images.data.column("file_name").to_pylist()
+    if shared := [name for name in names if name in trained]:
+        rank_zero_warn(f"{len(shared):,} of the {len(names):,} images of val_file {val_file} ({len(shared) / len(names):.0%}) "
+                       f"are in train_file {train_file} too (first: {shared[0]}): validation measures pictures trained on, "
+                       "and val/loss picks the best checkpoint by them. Give a val_file of other images, or val_file null "
+                       "to hold out val_fraction of train_file's images (a file that is a part of another, as LLaVA-"
+                       "Instruct's detail_23k.json is of llava_instruct_150k.json, is no validation of it)")
