@@ -33,8 +33,9 @@ from mmcaption.collate import IGNORE_INDEX
 from mmcaption.errors import ConfigError
 from mmcaption.evaluation.answers import LETTERS
 
-# not against a word: code's List<Image> is text (ShareGPT's code conversations in LLaVA-1.5's mix), and was cut out
-IMAGE_PLACEHOLDER = re.compile(r"\s*(?<!\w)<image>\s*", re.IGNORECASE)
+# not against a word: code's List<Image> is text (ShareGPT's code conversations in LLaVA-1.5's mix), and was cut out;
+# nor an XML element, closed by a </image> before any other <image> (an RSS feed's <image><url>...</url></image>)
+IMAGE_PLACEHOLDER = re.compile(r"\s*(?<!\w)<image>(?!(?:(?!<image>).)*</image>)\s*", re.IGNORECASE | re.DOTALL)
 # other models' image placeholders (Qwen-VL, MiniGPT-4, Llama 3.2 Vision): conversations written for them
 OTHER_PLACEHOLDERS = re.compile(r"<img>[^<]*</img>|<ImageHere>|<\|image\|>", re.IGNORECASE)
 DEFAULT_SYSTEM = "A chat between a curious human and an assistant that answers questions about an image."

@@ -825,14 +825,29 @@ def test_code_that_names_an_image_type_is_text_not_the_placeholder(llava, tmp_pa
         {"id": "end", "image": "train2017/000000000002.jpg", "conversations": [
             {"from": "human", "value": "What colour is it?\n<Image>"}, {"from": "gpt", "value": "Red."}]},  # the original scripts' case
     ]
+    # nor an XML element (an RSS feed's <image><url>...</url></image>): a text-only record was refused as an answer
+    # holding <image> or a question about an image it names none of, and an image record's question lost the tag
+    rss = '```xml\n<rss version="2.0"><channel>\n  <image>\n    <url>https://example.com/logo.png</url>\n  </image>\n</channel></rss>\n```'
+    records += [
+        {"id": "rss_a", "model": "", "conversations": [{"from": "human", "value": "Write an RSS feed with a logo."},
+                                                       {"from": "gpt", "value": rss}]},
+        {"id": "rss_q", "conversations": [{"from": "human", "value": f"Why does it fail?\n{rss}"}, {"from": "gpt", "value": "No title."}]},
+        {"id": "tag", "image": "train2017/000000000001.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWrite its tag, like <image>photo</image>."}, {"from": "gpt", "value": "<image>square</image>"}]},
+    ]
     file = tmp_path / "mix.json"
     file.write_text(json.dumps(records))
     seen = BadRecords(str(file), "error")
     conversations = read_llava(file, image_root, seen)
     assert [(c.id, c.turns) for c in conversations] == [
         ("sg1", [("How do I keep pictures in C#?", code)]), ("sg2", [("What does `List<Image>` mean in C#?", "A list of images.")]),
-        ("img", [("In C#, what does List<Image> mean?", "A list.")]), ("end", [("What colour is it?", "Red.")])]
+        ("img", [("In C#, what does List<Image> mean?", "A list.")]), ("end", [("What colour is it?", "Red.")]),
+        ("rss_a", [("Write an RSS feed with a logo.", rss)]), ("rss_q", [(f"Why does it fail?\n{rss}", "No title.")]),
+        ("tag", [("Write its tag, like <image>photo</image>.", "<image>square</image>")])]
     assert not seen.counts and not seen.notes
+    from mmcaption.data.conversation_fields import read_otherwise_now
+
+    assert read_otherwise_now(file)  # a cache an earlier release built of it (the tag cut out) is built again
 
 
 def test_one_picture_spelled_several_ways_is_on_one_side(llava):

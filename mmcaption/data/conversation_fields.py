@@ -209,11 +209,13 @@ def text_of(content: object) -> object:
 
 def read_otherwise_now(file: Path) -> bool:
     """A cheap look at ``file``'s bytes: whether it has what this reader reads otherwise than earlier releases did (an
-    image under another key, a turn's ``weight``, a developer turn, an image as ``{"path": ...}`` or a ``file://`` URI),
-    for its cache to be built again rather than reused as those releases built it."""
+    image under another key, a turn's ``weight``, a developer turn, an image as ``{"path": ...}`` or a ``file://`` URI,
+    an XML ``<image>`` element: text, not the placeholder), for its cache to be built again rather than reused as those
+    releases built it."""
     keys = "|".join(re.escape(key) for key in (*OTHER_IMAGE_KEYS, "weight"))
     pattern = rb'"(?:' + keys.encode() + rb')"\s*:|"developer"|"path"\s*:|"file://'
-    return re.search(pattern, file.read_bytes()) is not None
+    data = file.read_bytes()
+    return re.search(pattern, data) is not None or re.search(rb"<\\?/image>", data, re.IGNORECASE) is not None
 
 
 def asks_questions(file: Path) -> bool:
