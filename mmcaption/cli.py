@@ -62,7 +62,7 @@ from mmcaption.settings_checks import (
     usable_callbacks,
 )
 from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
-from mmcaption.slurm import requeued, requeued_checkpoint
+from mmcaption.slurm import nodes_unlaunched, requeued, requeued_checkpoint
 from mmcaption.usage import EPILOG, PREPARE_HELP, RELEASE
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
@@ -153,6 +153,8 @@ class MMCaptionCLI(LightningCLI):
                 "torch.cuda.is_available() is False). Run it where there is one, or add --trainer.accelerator cpu to try "
                 "it on the CPU (slow at the real shapes; mmcaption-demo trains the whole model offline in minutes)"
             )
+        if problem := nodes_unlaunched(config.trainer.get("num_nodes"), config.trainer.get("plugins")):
+            raise ConfigError(problem)
         # a resume from another run's folder is said by mmcaption (checkpoint_folders.say_a_resume_saved_elsewhere)
         warnings.filterwarnings("ignore", message="The dirpath has changed from")
         if self.subcommand != "fit":  # about resuming training from the checkpoint: nothing to act on here

@@ -238,9 +238,11 @@ def _killed_while_joining(join: Callable[..., Any], signums: list[int]) -> Calla
     @wraps(join)
     def joined(*args: Any, **kwargs: Any) -> Any:
         # not in the process that launched the others (Lightning's launcher, which watches them from a thread): they are
-        # its children and join at once, and killed outright it left them waiting for it (its clean stop ends them)
+        # its children and join at once, and killed outright it left them waiting for it (its clean stop ends them). One
+        # that launched none (num_nodes 2, devices 1: its observer watches no child) waits for other machines' like any
         if threading.current_thread() is not threading.main_thread() or any(
-                type(thread).__name__ == "_ChildProcessObserver" for thread in threading.enumerate()):
+                type(thread).__name__ == "_ChildProcessObserver" and getattr(thread, "_child_processes", True)
+                for thread in threading.enumerate()):
             return join(*args, **kwargs)
         handlers = {signum: signal.signal(signum, signal.SIG_DFL) for signum in signums}
         try:

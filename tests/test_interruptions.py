@@ -1584,14 +1584,24 @@ def test_a_stop_signal_ends_a_run_waiting_for_its_other_processes_to_join(monkey
     # killed outright, it left them waiting for it for the process group's 30 minutes; its clean stop ends them
 
     class _ChildProcessObserver(threading.Thread):
-        pass
+        def __init__(self, children: list) -> None:
+            super().__init__(target=time.sleep, args=(2,), daemon=True)
+            self._child_processes = children
 
-    observer = _ChildProcessObserver(target=time.sleep, args=(2,), daemon=True)
+    observer = _ChildProcessObserver([subprocess.Popen])  # (a child process as Lightning's launcher keeps it)
     observer.start()
     with signals_stop():
         stop = signal.getsignal(signal.SIGTERM)
         torch.distributed.init_process_group("gloo", rank=0)
     assert seen[-1][:2] == (stop, stop)
+    observer.join()
+    # a launcher that started no child (--trainer.num_nodes 2 with one device: it waits for another machine's process)
+    # watches none, and its observer was taken for a launcher's: SIGTERM and Ctrl-C did nothing, only SIGKILL ended it
+    observer = _ChildProcessObserver([])
+    observer.start()
+    with signals_stop():
+        torch.distributed.init_process_group("gloo", rank=0)
+    assert seen[-1][:2] == (signal.SIG_DFL, signal.SIG_DFL)
 
 
 def test_a_slurm_job_of_several_tasks_without_tasks_per_node_is_refused_in_a_line(backbones, coco_root, tmp_path, capsys,
