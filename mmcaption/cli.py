@@ -62,7 +62,7 @@ from mmcaption.settings_checks import (
     usable_callbacks,
 )
 from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
-from mmcaption.slurm import nodes_unlaunched, requeued, requeued_checkpoint
+from mmcaption.slurm import requeued, requeued_checkpoint
 from mmcaption.usage import EPILOG, PREPARE_HELP, RELEASE
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
@@ -153,8 +153,6 @@ class MMCaptionCLI(LightningCLI):
                 "torch.cuda.is_available() is False). Run it where there is one, or add --trainer.accelerator cpu to try "
                 "it on the CPU (slow at the real shapes; mmcaption-demo trains the whole model offline in minutes)"
             )
-        if problem := nodes_unlaunched(config.trainer.get("num_nodes"), config.trainer.get("plugins")):
-            raise ConfigError(problem)
         # a resume from another run's folder is said by mmcaption (checkpoint_folders.say_a_resume_saved_elsewhere)
         warnings.filterwarnings("ignore", message="The dirpath has changed from")
         if self.subcommand != "fit":  # about resuming training from the checkpoint: nothing to act on here
@@ -212,11 +210,13 @@ class MMCaptionCLI(LightningCLI):
             return
         checkpoint = load_checkpoint_file(ckpt_path)
         self._checkpoint_stage = (checkpoint.get("training_data") or {}).get("stage")
-        if "pytorch-lightning_version" not in checkpoint:
-            raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit (Lightning did not write it): "
-                              "give a .ckpt file from a run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
-        ask_as_trained(subcommand, self.config[subcommand].get("data"), checkpoint.get("datamodule_hyper_parameters") or {}, ckpt_path)
         saved = dict(checkpoint.get("hyper_parameters") or {})
+        if not (lightning := "pytorch-lightning_version" in checkpoint) or (saved and "config" not in saved):
+            who = (f"Lightning wrote it for another model, of settings {', '.join(map(str, sorted(saved)[:6]))}" if lightning
+                   else "Lightning did not write it")
+            raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit ({who}): give a .ckpt file from a "
+                              "run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
+        ask_as_trained(subcommand, self.config[subcommand].get("data"), checkpoint.get("datamodule_hyper_parameters") or {}, ckpt_path)
         check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
         saved = {key: value for key, value in saved.items() if key not in ("_instantiator", "_class_path")}
         if saved.get("generation"):  # a typo an earlier release kept: left out, said, not refused with the checkpoint

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.errors import ConfigError, MMCaptionError, one_line
+from mmcaption.slurm import nodes_unlaunched
 from mmcaption.terminal import shell_word
 
 
@@ -192,11 +193,12 @@ def strategy_problem(strategy: object) -> str | None:
 
 def trainer_problem(trainer: Any) -> str | None:
     """Why these trainer settings cannot run mmcaption (:func:`strategy_problem`; barebones mode, which refuses the
-    logger, checkpoints and progress display every command sets up: Lightning's refusal was a traceback)."""
+    logger, checkpoints and progress display every command sets up: Lightning's refusal was a traceback; several nodes
+    in a process no launcher started: :func:`~mmcaption.slurm.nodes_unlaunched`)."""
     if trainer.get("barebones"):
         return ("trainer.barebones true: mmcaption's commands log, checkpoint and show their progress, which barebones "
                 "mode refuses; for a bare run give --trainer.logger false --trainer.enable_checkpointing false")
-    return strategy_problem(trainer.get("strategy"))
+    return strategy_problem(trainer.get("strategy")) or nodes_unlaunched(trainer.get("num_nodes"), trainer.get("plugins"))
 
 
 PROMPTS = ("caption_prompt", "system_prompt")  # what a model was trained to be asked with

@@ -905,7 +905,8 @@ def test_a_folder_of_fits_checkpoints_given_as_one_is_refused_before_the_model_l
                    f"(checkpoints/<stage>/last.ckpt); it holds checkpoints of fit: {newest} (the newest last*.ckpt)")
 
 
-def test_several_nodes_asked_of_a_process_no_launcher_started_are_refused_at_once(tmp_path, monkeypatch, capsys, nothing_loads):
+def test_several_nodes_asked_of_a_process_no_launcher_started_are_refused_at_once(backbones, tmp_path, monkeypatch, capsys,
+                                                                                   nothing_loads):
     # --trainer.num_nodes 2 typed on one machine: it waited for the second node's process for ever ("Initializing
     # distributed: GLOBAL_RANK: 0, MEMBER: 1/2"), and neither timeout's SIGTERM nor Ctrl-C ended it, only SIGKILL
     from mmcaption.slurm import nodes_unlaunched
@@ -913,7 +914,8 @@ def test_several_nodes_asked_of_a_process_no_launcher_started_are_refused_at_onc
     for name in ("NODE_RANK", "GROUP_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "KUBERNETES_PORT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
-    err = user_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--trainer.num_nodes", "2"])
+    err = user_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--model.config.language_model", str(backbones[0]),
+                                   "--model.config.vision_model", str(backbones[1]), "--trainer.num_nodes", "2"])
     assert err.startswith("error: trainer.num_nodes is 2, and nothing started this process as one of 2 machines (no torchrun, "
                           "SLURM srun or LSF environment, no NODE_RANK): it would wait for the other nodes for ever")
     assert "torchrun --nnodes 2 --node_rank <its rank>" in err and "leave num_nodes out and give --trainer.devices" in err

@@ -2236,6 +2236,13 @@ def test_predict_needs_trained_weights_names_files_that_are_not_checkpoints_and_
     assert "is not a checkpoint of mmcaption fit (Lightning did not write it)" in user_error(
         capsys, main, [*base, "--ckpt_path", str(weights)])
     assert "is a folder, not a checkpoint file" in user_error(capsys, main, [*base, "--ckpt_path", str(tmp_path)])
+    # another project's Lightning checkpoint: its settings were laid over the command ("Subcommand 'predict' does not
+    # accept option 'model.hidden'"), never saying whose the file is
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {"l.weight": torch.ones(1)},
+                "hyper_parameters": {"hidden": 4, "lr": 0.1}}, weights)
+    assert user_error(capsys, main, [*base, "--ckpt_path", str(weights)]) == (
+        f"error: --ckpt_path {weights} is not a checkpoint of mmcaption fit (Lightning wrote it for another model, of "
+        "settings hidden, lr): give a .ckpt file from a run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
     torch.save({"weights": {}}, weights)  # was: KeyError 'state_dict'
     assert "not a checkpoint of mmcaption fit (it has no state_dict; its keys: ['weights'])" in user_error(
         capsys, main, [*base, "--model.init_from", str(weights)])
