@@ -1988,8 +1988,19 @@ def test_unicode_line_separators_inside_rows_and_image_lists_in_windows_encoding
             find_images(str(listed))
     pdf = tmp_path / "photos.pdf"  # no text at all: not said to be a list in another encoding
     pdf.write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Length 5 /Filter /FlateDecode >>\nstream\n\x78\x9c\x03\x00\x01")
-    with pytest.raises(DataError, match=r"photos\.pdf is neither an image nor a list of image paths in UTF-8 text"):
+    with pytest.raises(DataError, match=r"photos\.pdf is a PDF; images are given as a folder of them, one image, or a text "
+                                        r"file with one image path per line$"):
         find_images(str(pdf))
+    # one whose first lines are text was read as a list of images ("the first, '%PDF-1.4', was looked for at ..."), a
+    # video was "neither an image nor a list ... (byte 13 is ...)", an SVG a list of one image, its XML line
+    pdf.write_bytes(b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n")
+    video, drawing = tmp_path / "clip.mp4", tmp_path / "logo.svg"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom\x8e\x9f" + bytes(range(256)))
+    drawing.write_text('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"></svg>\n')
+    for given, said in ((pdf, "a PDF"), (video, r"a video \(mp42\), not a photo"),
+                        (drawing, r"an SVG drawing \(vectors, no pixels\): convert it to PNG first")):
+        with pytest.raises(DataError, match=rf"{given.name} is {said}; images are given as a folder of them"):
+            find_images(str(given))
     # and a list with an old Mac's line ends (\r alone) still reads line by line
     for name in ("a.jpg", "b.jpg"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mmcaption.data.caption_cells import INVISIBLE
 from mmcaption.data.records import DataError, existing_spelling, not_utf8, packed_file
 from mmcaption.errors import unexpanded_variable
+from mmcaption.file_kinds import kind_of_file
 from mmcaption.file_spellings import home_expanded, is_file
 from mmcaption.folders import walk_through_links
 from mmcaption.images import (
@@ -181,6 +182,9 @@ def named_images(source: str, note=rank_zero_info, piped: dict[str, bytes] | Non
                         "; --data.images takes a folder of images, one image, or a text file with one image path per line")
     if check_image(data) is None:  # an image under another name (a download's .jpg_large, no suffix)
         return [(source, path)]
+    if (kind := kind_of_file(data)) != "text" and not kind.startswith(("JSON", "its first bytes")):  # (a PDF's lines were
+        raise DataError(f"{path} is {kind}; images are given as a folder of them, one image, or a text file with one "
+                        "image path per line")  # looked for as images: "'%PDF-1.4' not found")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
