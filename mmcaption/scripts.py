@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mmcaption.demo.options import demo_parser
-from mmcaption.usage import app_parser, chat_parser, export_parser, pipeline_parser
+from mmcaption.usage import RELEASE, app_parser, chat_parser, export_parser, pipeline_parser
 
 
 def _parsed(argv: list[str] | None, parser: argparse.ArgumentParser, known: bool = False) -> list[str]:
@@ -47,6 +47,9 @@ def _starting() -> Iterator[None]:
 def mmcaption(argv: list[str] | None = None) -> None:
     """``mmcaption``: Lightning's subcommands and ``prepare`` (:func:`mmcaption.cli.main`), and ``chat``."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # answered before the imports, as the other scripts answer it (it took 13 s)
+        print(f"mmcaption {RELEASE}")
+        return
     if argv[:1] == ["chat"]:
         _parsed(argv[1:], chat_parser())
     with _starting():

@@ -662,6 +662,7 @@ def test_the_help_names_the_commands_beyond_lightnings_four_and_prepare_has_its_
     ("demo", ["--help"], "--scratch_control"),
     ("export", ["only.ckpt"], "the following arguments are required: out"),
     ("mmcaption", ["chat", "--model", "m", "--temprature", "1"], "unrecognized arguments: --temprature 1"),
+    ("mmcaption", ["--version"], "mmcaption "),  # what a bug report asks for first: it took 13 s, torch imported
 ])
 def test_the_argparse_scripts_answer_help_and_a_mistyped_flag_before_importing_torch(script, argv, said):
     # In a fresh interpreter: torch, Lightning and transformers take 10-20 s to import on a laptop's cores.
