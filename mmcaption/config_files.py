@@ -82,6 +82,28 @@ def check_config_file(name: str, path: Path) -> None:
             raise ConfigError(f"config {name}, line {line}: {key}: has nothing under it (its lines commented out?), and "
                               "would replace the whole section of the configs before it with the defaults: delete the line, "
                               "or write a setting under it")
+    if problem := _misplaced(node):
+        raise ConfigError(f"config {name}, {problem}")
+
+
+def _misplaced(node: yaml.Node) -> str | None:
+    """A section indented under another (``model:`` under ``data:``: "data: ... is not null", or "Option
+    'model.learning_rate' is not accepted"), or a data module's (a model's) settings beside its ``class_path`` without
+    ``init_args:`` ("Option 'class_path' is not accepted", with guesses at other data settings)."""
+    for section in ("trainer", "model", "data"):
+        value, _ = _node_at(node, section)
+        inner = [value, _node_at(value, "init_args")[0]] if isinstance(value, yaml.MappingNode) else []
+        for mapping, where in zip(inner, (section, f"{section}.init_args")):
+            keys = [key for key, _ in mapping.value] if isinstance(mapping, yaml.MappingNode) else []
+            if other := next((key for key in keys if key.value in ("trainer", "model", "data")), None):
+                return (f"line {other.start_mark.line + 1}: {other.value}: is indented under {where}:, where it is no "
+                        f"setting: the sections trainer, model and data each begin at the top of the file (no indent)")
+            beside = [key for key in keys if key.value not in ("class_path", "init_args", "dict_kwargs", "__path__")]
+            if where == section and beside and any(key.value == "class_path" for key in keys):
+                return (f"line {beside[0].start_mark.line + 1}: {section}: {beside[0].value} is beside class_path, where "
+                        f"its settings go under init_args: (class_path: ..., then init_args: with {beside[0].value} "
+                        "indented under it)")
+    return None
 
 
 def _written_twice(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, tuple[int, int]]]:

@@ -783,6 +783,16 @@ def test_configs_as_people_edit_them_are_refused_naming_the_file_and_line(tmp_pa
     # a value added at the top of a --print_config dump, the dump's own further down: the first was dropped silently
     (edits / "twice.yaml").write_text("model:\n  learning_rate: 1.0e-2  # mine\n  weight_decay: 0.0\n  learning_rate: 3.0e-3\n")
     assert "error: config edits/twice.yaml: model.learning_rate is written twice (lines 2 and 4)" in refused("edits/twice.yaml")
+    # a section indented under another: was 'data: "{...}" is not null', or "Option 'model.learning_rate' is not accepted"
+    (edits / "nested.yaml").write_text("data:\n  init_args:\n    batch_size: 8\n  model:\n    learning_rate: 1.0e-4\n")
+    assert ("error: config edits/nested.yaml, line 4: model: is indented under data:, where it is no setting: the sections "
+            "trainer, model and data each begin at the top of the file (no indent)") in refused("edits/nested.yaml")
+    (edits / "deeper.yaml").write_text("data:\n  init_args:\n    trainer:\n      max_steps: 3\n")
+    assert "line 3: trainer: is indented under data.init_args:" in refused("edits/deeper.yaml")
+    # a data module's settings beside its class_path: "Option 'class_path' is not accepted", guessing at val_split
+    (edits / "flat.yaml").write_text("data:\n  class_path: mmcaption.data.CaptionDataModule\n  batch_size: 8\n")
+    assert ("error: config edits/flat.yaml, line 3: data: batch_size is beside class_path, where its settings go under "
+            "init_args: (class_path: ..., then init_args: with batch_size indented under it)") in refused("edits/flat.yaml")
     # saved by PowerShell 5's > (UTF-16), or a checkpoint given as a config: was an 80-line UnicodeDecodeError traceback
     (edits / "ps.yaml").write_bytes("model:\n  learning_rate: 1.0e-3\n".encode("utf-16"))
     assert "error: config edits/ps.yaml is UTF-16 text (as Windows PowerShell's > writes it), not UTF-8" in refused("edits/ps.yaml")
