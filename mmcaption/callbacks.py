@@ -128,7 +128,8 @@ class ResumableStop(Callback):
             signum = int(flags[0]) or None
         if signum is not None:  # it came after the last step (in the last validation): the command stops as asked,
             # and a pipeline does not go on to its next stage
-            self._stop(trainer, signum, path or (callback.last_model_path if isinstance(callback, ModelCheckpoint) else None))
+            done = 0 <= trainer.max_steps <= trainer.global_step or 0 <= (trainer.max_epochs or -1) <= trainer.current_epoch
+            self._stop(trainer, signum, path or (callback.last_model_path if isinstance(callback, ModelCheckpoint) else None), done)
 
     def _save(self, trainer, stopping: bool) -> str:
         """Save; for a stop, a second Ctrl-C once the file is in place (the folder's sync) stops with it said as saved."""
@@ -141,10 +142,11 @@ class ResumableStop(Callback):
             self._stop_saved = True
         return path
 
-    def _stop(self, trainer, signum: int, path: str | None) -> None:
-        """End the command on ``signum`` with the checkpoint saved for it; SLURM's time-limit warning requeues the job."""
-        requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero else None
-        stopping = RunInterrupted(signum, path or None, trainer.global_step, requeued)  # a signal now waits for the cleanup
+    def _stop(self, trainer, signum: int, path: str | None, done: bool = False) -> None:
+        """End the command on ``signum`` with the checkpoint saved for it (``done``: training was); SLURM's time-limit
+        warning requeues the job."""
+        requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero and not done else None
+        stopping = RunInterrupted(signum, path or None, trainer.global_step, requeued, done)  # a signal now waits for the cleanup
         self._restore_handlers()
         raise stopping
 

@@ -85,9 +85,8 @@ class PredictionWriter(BasePredictionWriter):
         self.first_error: str | None = None
         self.failure: str | None = None  # not one row predicted: the command exits as a user error (a script stops)
         self.submission_ids: list[int] = []
-        self.expected_rows: int | None = None
         self.share_rows: list[tuple[int | None, dict[str, Any]]] = []  # a share's rows, with their places in the input
-        self.merged_from = 0
+        self.merged_from, self.expected_rows = 0, None
         self.share: dict[str, int] | None = None  # one of several processes' shares: its rank and the processes
         self.asked: Path | None = None  # the output asked for (a share's is beside it)
         self.made_by: dict[str, Any] = {}
@@ -320,7 +319,8 @@ class PredictionWriter(BasePredictionWriter):
             message += f" (the shares of {self.merged_from} processes, put together)"
         if "resumed_after" in summary:
             message += f" (the first {summary['resumed_after']} from the interrupted run)"
-            meant = self.path.with_name(self.path.name.replace(".interrupted", "", 1))
+            stem, _, rest = self.path.name.partition(".interrupted")  # (a second interrupted run's: .interrupted-2)
+            meant = self.path.with_name(stem + rest.lstrip("-0123456789"))
             if not why and meant != self.path:  # an interrupted --data.overwrite run's rows, completed: where they were going
                 beside = f" and {self.vqa_results_path(self.path).name}" if self.vqa_results is not None else ""
                 message += f"; complete now: rename it (and its .summary.json{beside}) to {meant.name} to put it in place of the earlier output"

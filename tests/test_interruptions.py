@@ -503,6 +503,28 @@ def test_an_interrupted_csv_is_read_back_with_its_results_as_they_were_written(t
         interrupted_rows(output, asked[:3])  # nothing to ask: Lightning would skip the run
 
 
+def test_an_interrupted_output_edited_by_hand_is_refused_saying_what_was_done_to_it(tmp_path):
+    from mmcaption.data.resume import interrupted_rows
+
+    output = tmp_path / "answers.jsonl"
+    asked = [{"image": f"{n}.jpg", "question": "What colour?"} for n in range(8)]
+    output.write_text("".join(json.dumps({**row, "prediction": "red"}) + "\n" for row in asked[:6]))
+    output.with_name("answers.jsonl.summary.json").write_text(json.dumps({"rows": 6, "interrupted": "SIGINT"}))
+    # rows 3 to 4 deleted (by hand): "it is the output of another input, or of this one before it changed; replace it
+    # with --data.overwrite true", which threw the rows still good away
+    lines = output.read_text().splitlines(keepends=True)
+    output.write_text("".join(lines[:2] + lines[4:]))
+    with pytest.raises(OutputExistsError, match=r"row 3 of .*answers\.jsonl has image '4\.jpg' where this input's row 3 has "
+                                                r"'2\.jpg': rows were taken out of it \(its row 3 is this input's row 5\): keep "
+                                                r"only its first 2 rows to resume after them, or replace it with"):
+        interrupted_rows(output, asked)
+    # its last line cut short (a copy cut off, an edit): a JSONDecodeError traceback through the resume
+    output.write_text("".join(lines[:3]) + lines[3][:25])
+    with pytest.raises(OutputExistsError, match=r"resume: .*answers\.jsonl cannot be read back: line 4 is not a JSON row "
+                                                r"\(Unterminated string starting at column 20\); mend that line"):
+        interrupted_rows(output, asked)
+
+
 def test_captions_resumed_after_a_stop_are_those_of_one_run(backbones, trained_checkpoint, image_folder, tmp_path):
     from mmcaption.data import CaptionPredictDataModule
 
@@ -1061,7 +1083,13 @@ def test_a_signal_in_the_last_validation_stops_the_command_instead_of_being_drop
                                  SignalInLastValidation()])
     data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
                              image_processor=str(vision_dir), batch_size=4, num_workers=0)
-    with pytest.raises(RunInterrupted, match=rf"stopped by SIGTERM at step 2: saved {re.escape(str(folder / 'last.ckpt'))}"):
+    # and it said "resume by running the same command with --ckpt_path ...", which had nothing left to train
+    from mmcaption.errors import signals_stop
+
+    last = re.escape(str(folder / "last.ckpt"))
+    with pytest.raises(RunInterrupted, match=rf"^stopped by SIGTERM at step 2: saved {last}; training was done, its last "
+                                             rf"validation was not: mmcaption validate with the same config and --ckpt_path "
+                                             rf"{last} scores it$"), signals_stop():
         trainer.fit(make_captioner(backbones), datamodule=data)
     assert load_checkpoint_file(folder / "last.ckpt")["global_step"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -1878,10 +1906,17 @@ def test_a_signal_in_predict_with_overwrite_keeps_the_earlier_output_and_the_row
                                           rf"starts it afresh: give one of them; an interrupted --data.overwrite run kept its "
                                           rf"rows in {kept}: give it as --data.output"):
         dm.check_output()
-    dm.overwrite, dm.output = False, kept
+    # (as a second interrupted --data.overwrite run names its rows, the first's kept: its completion was said to go to
+    # answers-2.csv, beside the earlier output it was meant to replace)
+    second = kept.with_name("answers.interrupted-2.csv")
+    for name in (".summary.json", ".started.json"):
+        if kept.with_name(kept.name + name).exists():
+            kept.with_name(kept.name + name).rename(second.with_name(second.name + name))
+    kept.rename(second)
+    dm.overwrite, dm.output = False, second
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
             default_root_dir=tmp_path).predict(module, datamodule=dm)
-    with kept.open() as handle:
+    with second.open() as handle:
         assert len(list(csv.DictReader(handle))) == 12  # the 2 rows kept, and the 10 after them
     # where the completed rows were going is said (the output kept its .interrupted name without a word)
     assert "complete now: rename it (and its .summary.json) to answers.csv to put it in place of the earlier output" in said[-1]

@@ -35,7 +35,11 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[s
     (no summary, or one that says the run finished) or whose rows are not the first of ``rows`` (another
     input, or the same one changed since; ``also``: each row's values as an earlier release wrote them)."""
     refuse_a_finished_output(output, rows)
-    written = read_output_rows(output)
+    try:
+        written = read_output_rows(output)
+    except (ValueError, csv.Error) as error:  # a line cut short by a copy, or edited by hand: was a JSONDecodeError traceback
+        raise OutputExistsError(f"resume: {output} cannot be read back: {error}; mend that line (or delete it and the rows "
+                                "after it, which are predicted again), or replace it with --data.overwrite true") from None
     if respelled := named_as_written(written, rows, output, ((_summary(output) or {}).get("made_by") or {}).get("working_folder")):
         rank_zero_only(print)(respelled, file=sys.stderr, flush=True)
     check_first_rows(written, rows, output, also)
@@ -90,10 +94,14 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
         earlier = also[number - 1] if also else {}
         differs = next((key for key, value in record.items() if isinstance(value, str)
                         and str(row.get(key, value)) not in (value, earlier.get(key, value), value.strip())), None)
-        if differs is not None:
+        if differs is not None:  # rows taken out of it (by hand): its row is one further on in the input
+            later = next((place for place, other in enumerate(rows[number:], start=number + 1) if all(
+                str(row.get(key, value)) == value for key, value in other.items() if isinstance(value, str))), None)
+            why = (f"rows were taken out of it (its row {number} is this input's row {later}): keep only its first {number - 1} "
+                   "rows to resume after them, or" if later and number > 1 else
+                   "it is the output of another input, or of this one before it changed;")
             raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
-                                    f"row {number} has {record[differs]!r}: it is the output of another input, or of this "
-                                    "one before it changed; replace it with --data.overwrite true")
+                                    f"row {number} has {record[differs]!r}: {why} replace it with --data.overwrite true")
 
 
 def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path, folder: str | None) -> str | None:

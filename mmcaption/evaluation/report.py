@@ -103,7 +103,13 @@ def read_output_rows(output: Path) -> list[dict[str, Any]]:
     """The rows of a ``mmcaption predict`` output (JSON Lines, or CSV), read back as they were written."""
     if output.suffix.lower() != ".csv":
         # lines end at \n only: a row's text may hold U+2028 or \x85 as written (splitlines() breaks there too)
-        return [json.loads(line) for line in output.read_text(encoding="utf-8").split("\n") if line.strip()]
+        rows = []
+        for number, line in enumerate(output.read_text(encoding="utf-8").split("\n"), start=1):
+            try:
+                rows += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as error:  # (a ValueError, as csv's errors are caught with it)
+                raise ValueError(f"line {number} is not a JSON row ({error.msg.removesuffix(' at')} at column {error.colno})") from None
+        return rows
     with output.open(newline="", encoding="utf-8-sig", errors=NAMES_AS_BYTES) as handle:
         return [_from_csv(row) for row in csv.DictReader(handle)]
 
