@@ -165,6 +165,20 @@ class FolderLock:
             os.close(descriptor)
 
     @classmethod
+    def taken_again(cls, folder: str | Path) -> None:
+        """The lock this process holds on ``folder``, taken again if the folder was removed under it (``rm -rf`` of a
+        training run's checkpoints: the lock went with them, and a second fit started there trained beside this one,
+        each deleting the other's best checkpoints of the same names); refused as :meth:`acquire` is if another run has
+        taken the folder since. A look at two inodes: cheap enough for every step."""
+        path = Path(folder).resolve() / LOCK_FILE
+        descriptor = cls._held.get(path)
+        if descriptor is None or _same_file(descriptor, path):
+            return
+        cls._held.pop(path)
+        os.close(descriptor)
+        FolderLock(folder).acquire()
+
+    @classmethod
     def held(cls) -> set[Path]:
         """The lock files this process holds."""
         return set(cls._held)

@@ -23,6 +23,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar, run_label
 from mmcaption.errors import hold_stops
+from mmcaption.folders import FolderLock
 from mmcaption.full_log_disk import CurvesOnFullDisk
 from mmcaption.parameter_summary import ParameterSummary
 from mmcaption.terminal import draws_bars
@@ -47,7 +48,8 @@ def add_run_callbacks(trainer: Trainer) -> None:
     listed = [callback for callback in trainer.callbacks if isinstance(callback, ResumableStop)]
     trainer.callbacks[:] = [callback for callback in trainer.callbacks if not isinstance(callback, ResumableStop)]
     trainer.callbacks.append(listed[0] if listed else ResumableStop())
-    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved(), CurvesOnFullDisk(), StopsHeldInTeardown()]
+    trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved(), CurvesOnFullDisk(), StopsHeldInTeardown(),
+                          FolderKept()]
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
@@ -154,6 +156,16 @@ class KeptConfig(SaveConfigCallback):
                     number += 1
                     self.config_filename = f"config-{number}.yaml"
         super().setup(trainer, pl_module, stage)
+
+
+class FolderKept(Callback):
+    """The checkpoint folder's lock kept through the run (:meth:`~mmcaption.folders.FolderLock.taken_again`), the
+    folder made again with it when removed under the run (as the run's next save would make it)."""
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                FolderLock.taken_again(callback.dirpath)
 
 
 class RunRecord(Callback):

@@ -1706,6 +1706,49 @@ def test_a_second_run_into_a_locked_checkpoint_folder_is_refused_naming_the_firs
     assert not lock.path.exists()
 
 
+TRY_LOCK = """
+import sys
+from mmcaption.folders import FolderLock, FolderLockedError
+try:
+    FolderLock(sys.argv[1]).acquire()
+    print("locked")
+except FolderLockedError as error:
+    print(error)
+"""
+
+
+def test_a_checkpoint_folder_removed_under_a_training_run_is_locked_again_at_its_next_step(tmp_path):
+    # `rm -rf checkpoints/demo-caption` while the run trains took its lock with it: a second fit started there was not
+    # refused, and the two trained into one folder, each one's top-k cleanup deleting the other's checkpoints
+    import shutil
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mmcaption.folders import take_checkpoint_folder
+    from mmcaption.run_callbacks import FolderKept
+
+    folder = tmp_path / "checkpoints" / "demo-caption"
+    take_checkpoint_folder(folder)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+    def second_run() -> str:
+        return subprocess.run([sys.executable, "-c", TRY_LOCK, str(folder)], capture_output=True, text=True, env=env,
+                              timeout=60).stdout.strip()
+
+    try:
+        assert "is being written by another run" in second_run()
+        shutil.rmtree(folder)
+        trainer = SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(dirpath=folder)])
+        FolderKept().on_train_batch_end(trainer, None, None, None, 0)  # the run's next step
+        said = second_run()
+        assert said.startswith(f"{folder.resolve()} is being written by another run (PID, host, user and command: {os.getpid()} "), said
+        FolderKept().on_train_batch_end(trainer, None, None, None, 1)  # nothing removed: nothing done
+        assert (folder / ".mmcaption.lock").read_text().startswith(f"{os.getpid()} ")
+    finally:
+        FolderLock(folder).release()
+
+
 def test_a_teammates_lock_file_follows_the_umask_and_one_left_by_a_killed_run_is_taken_over(tmp_path, monkeypatch):
     # the lock was made -rw-r--r-- whatever the umask: after a teammate's run was killed, the next one in the group
     # folder could not open it and ended in a PermissionError's traceback
