@@ -1013,3 +1013,17 @@ def test_llava_instruct_images_named_as_coco_2017_are_read_from_a_coco_2014_down
     with pytest.raises(DataError, match=r"1 of \d+ conversations refer to images missing"):
         make_datamodule(backbones, (bare, download), val_file=None, val_fraction=0.2, cache_dir=str(tmp_path / "cache3")).prepare_data()
     assert any(f"train2014/ and val2014/: {download} has no val2014/" in note for note in said)
+
+
+def test_a_folder_or_a_pattern_of_conversation_files_given_as_train_file_is_told_to_give_one(backbones, llava, tmp_path):
+    # LLaVA-Instruct-150k comes as five files: its folder was "a folder: ... write one with datasets' Dataset.to_json",
+    # and data/llava/*.json (quoted, as a config writes it) "LLaVA conversation file not found"
+    folder = tmp_path / "LLaVA-Instruct-150K"
+    folder.mkdir()
+    for name in ("conversation_58k.json", "detail_23k.json", "llava_instruct_150k.json"):
+        shutil.copy(llava[0], folder / name)
+    for given, said in ((folder, "is a folder holding 3 files"), (folder / "*.json", r"is a pattern of file names matching 3 files")):
+        with pytest.raises(DataError, match=rf"{re.escape(str(given))} {said} \(conversation_58k\.json, detail_23k\.json, "
+                                            r"llava_instruct_150k\.json\), where one conversation file is read: give one, or "
+                                            r"join them into one \(jq -s add a\.json b\.json > all\.json;"):
+            make_datamodule(backbones, llava, train_file=str(given), val_file=None).prepare_data()

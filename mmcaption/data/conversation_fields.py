@@ -223,3 +223,20 @@ def asks_questions(file: Path) -> bool:
     (:func:`question_and_answer`), which earlier releases refused or skipped, for its cache to be built again."""
     keys = "|".join(re.escape(key) for key in QUESTION_KEYS)
     return re.search(rb'"(?:' + keys.encode() + rb')"\s*:', file.read_bytes(), re.IGNORECASE) is not None
+
+
+def one_file_wanted(given: Path) -> str | None:
+    """What to say when a folder of conversation files, or a pattern the shell did not expand (``data/llava/*.json``,
+    quoted or matching nothing here), was given where one file is read: LLaVA-Instruct-150k comes as five files, one
+    of which holds three of the others. None when ``given`` is neither."""
+    if given.is_dir() and any((given / name).is_file() for name in ("state.json", "dataset_dict.json")):
+        return None  # datasets' save_to_disk folder: said as such
+    files = sorted(p for p in given.iterdir() if p.suffix.lower() in (".json", ".jsonl")) if given.is_dir() else \
+        sorted(Path(given.parent).glob(given.name)) if re.search(r"[*?[]", given.name) and given.parent.is_dir() else None
+    if files is None or given.is_dir() and not files:
+        return None
+    named = ", ".join(p.name for p in files[:5]) + ", ..." * (len(files) > 5)
+    return (f"{given} {'is a folder holding' if given.is_dir() else 'is a pattern of file names matching'} {len(files)} "
+            f"file{'s' * (len(files) != 1)}{f' ({named})' if files else ''}, where one conversation file is read: give one, "
+            "or join them into one (jq -s add a.json b.json > all.json; LLaVA-Instruct-150k's llava_instruct_150k.json holds "
+            "its conversation_58k, detail_23k and complex_reasoning_77k)")

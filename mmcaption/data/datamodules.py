@@ -27,7 +27,7 @@ from mmcaption.data.coco import (
     require_annotation_file,
     write_caption_split,
 )
-from mmcaption.data.conversation_fields import asks_questions, read_otherwise_now
+from mmcaption.data.conversation_fields import asks_questions, one_file_wanted, read_otherwise_now
 from mmcaption.data.datasets import (
     CaptionDataset,
     CaptionImagesDataset,
@@ -322,6 +322,8 @@ class InstructDataModule(PreprocessedDataModule):
 
     def split_inputs(self, split: str) -> dict:
         file, side = self._source(split)
+        if several := one_file_wanted(file):  # a folder of LLaVA-Instruct's files, or data/llava/*.json quoted
+            raise DataError(several)
         tabular = file.is_dir() or file.suffix.lower() in (".parquet", ".arrow")
         if tabular and file.exists():  # a datasets folder (save_to_disk) or its parquet: not conversations as LLaVA ships them
             raise DataError(f"{file} is {'a folder' if file.is_dir() else 'a ' + file.suffix[1:] + ' file'}: the instruct "
