@@ -374,6 +374,14 @@ def test_a_wrong_image_folder_is_named_with_the_path_tried_and_where_the_images_
                                             r"its image coco/train2017/000000000001\.jpg looked for as .*data/coco/coco/train2017/"
                                             r"000000000001\.jpg\)\. coco/train2017/000000000001\.jpg is under .*data: is that the image folder\?"):
             make_datamodule(backbones, (train, nested / "coco"), on_bad_record=policy).prepare_data()
+    # and a record bad otherwise too (turns out of order): the wrong folder was a second run's news, once it was mended
+    records = json.loads(train.read_text())
+    records[3]["conversations"][1]["from"] = "human"
+    turned = train.with_name("turned.json")
+    turned.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"11 of 11 conversations refer to images missing under .*is that the image folder\? "
+                                        r"Fix the image folder\. Besides, 1 x turns do not alternate \(first: record 3 "):
+        make_datamodule(backbones, (turned, nested / "coco")).prepare_data()
     # one level too high (the caption stage's data_dir, data/ for data/coco/...): the folder below is named
     with pytest.raises(DataError, match=rf"looked for as {re.escape(str(nested.parent))}/coco/train2017/000000000001\.jpg\)\. "
                                         rf"coco/train2017/000000000001\.jpg is under {re.escape(str(nested))}: is that the image folder\?"):

@@ -324,8 +324,8 @@ class BadRecords:
         (:meth:`raise_deferred`) are refused first, or, when a few images are missing, with them in one message: the
         missing images were a second run's news, after the records were mended."""
         together = bool(self.deferred) and 0 < len(missing) < total  # (kept under "error" only)
-        if not together:
-            self.raise_deferred()
+        if not together and not (missing and len(missing) == total):  # a wrong image folder is said first, the others
+            self.raise_deferred()  # counted with it: it was a second run's news, once they were mended
         if not missing:
             return
         name, path = missing[0]
@@ -350,8 +350,8 @@ class BadRecords:
             raise DataError(
                 f"{self.source}: {len(missing)} of {total} {what} missing under {root} ({first}).{hint} Fix the image "
                 "folder" + (", or set on_bad_record: skip to skip them and have them counted." if len(missing) < total else ".")
-                + (archive_hint(root) if len(missing) == total else "")
-            )
+                + (archive_hint(root) if len(missing) == total else "") + "".join(
+                    f" Besides, {len(messages):,} x {kind} (first: {messages[0]})." for kind, messages in self.deferred.items()))
         with self.all_found_first() if together else contextlib.nullcontext():
             for name, path in missing:
                 if path in renamed:
