@@ -145,7 +145,7 @@ class ResumableStop(Callback):
     def _stop(self, trainer, signum: int, path: str | None, done: bool = False) -> None:
         """End the command on ``signum`` with the checkpoint saved for it (``done``: training was); SLURM's time-limit
         warning requeues the job."""
-        requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero and not done else None
+        requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero else None  # (done too)
         stopping = RunInterrupted(signum, path or None, trainer.global_step, requeued, done)  # a signal now waits for the cleanup
         self._restore_handlers()
         raise stopping

@@ -1177,8 +1177,9 @@ def test_slurms_time_limit_warning_after_the_last_step_requeues_the_job(monkeypa
     callback = ResumableStop()
     callback.signal = callback._requeue_signal = signal.SIGUSR1
     trainer = SimpleNamespace(checkpoint_callback=None, fast_dev_run=0, world_size=1, global_step=500, is_global_zero=True,
-                              callbacks=[])
-    with pytest.raises(RunInterrupted, match=r"stopped by SIGUSR1 at step 500: nothing saved\. SLURM job 42 is requeued"):
+                              callbacks=[], max_steps=500, max_epochs=None, current_epoch=0)
+    with pytest.raises(RunInterrupted, match=r"stopped by SIGUSR1 at step 500: nothing saved; training was done\. SLURM job 42 "
+                                             r"is requeued"):
         callback.on_train_end(trainer, None)
 
 
