@@ -5,6 +5,7 @@ and as Flickr's download has it: ``Flickr8k_text/`` beside ``Flicker8k_Dataset/`
 conversation file that pandas' records were dumped into (``NaN`` for no image)."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -356,7 +357,7 @@ def textcaps_layout(root: Path, coco_root: Path) -> dict[str, list[str]]:
     return ids
 
 
-def test_textcaps_files_read_as_downloaded_with_textvqas_photo_folders(backbones, coco_root, tmp_path, monkeypatch):
+def test_textcaps_files_read_as_downloaded_with_textvqas_photo_folders(backbones, coco_root, tmp_path, monkeypatch, capsys):
     # TextCaps' files (rows in a 'data' list) were refused with a command to write them out as JSON Lines; its rows name
     # train/<id>.jpg where TextVQA's download, which holds its photos, unpacks train_images/; its val file given alone
     # was a training set with a 1% share held out to score (or, under 1 MiB, "one object" left out of its folder)
@@ -389,6 +390,14 @@ def test_textcaps_files_read_as_downloaded_with_textvqas_photo_folders(backbones
     assert len(load_table(whole.preprocess("validation") / "images")) == 3
     with pytest.raises(DataError, match=r"none of its 2 images has a caption \(a benchmark's test split keeps its references"):
         whole.preprocess("test")  # its test file: captions held back for its server
+    # mmcaption prepare on the folder: it was refused at its test split once the two others were done; that split is now
+    # said as not prepared, the others summed up
+    from mmcaption.data.summary import prepare_splits
+
+    capsys.readouterr()
+    assert prepare_splits(whole, str(backbones[0])) == 0
+    said = capsys.readouterr().out
+    assert said.count("\n  kept ") == 2 and re.search(r"^split test: not prepared: .*none of its 2 images has a caption", said, re.M)
 
 
 def lmms_lab_nocaps(root, coco_root, splits: dict[str, bool]) -> None:

@@ -272,15 +272,15 @@ class PreprocessedDataModule(BackbonesDataModule):
     def features_folder(self, split_folder: Path) -> Path:
         return features_folder(split_folder, self.image_processor_name, self.vision_feature_layer)
 
-    def prepare_data(self) -> None:
+    def prepare_data(self, only: list[str] | None = None) -> None:
         """Preprocess the splits the running command reads (every split outside a trainer, as ``mmcaption
-        prepare`` asks) that are not already on disk - Lightning runs this on one process per node - and with
-        ``cache_image_features`` compute the vision features of their images. ``test`` on Karpathy's test
+        prepare`` asks; ``only`` these) that are not already on disk - Lightning runs this on one process per node - and
+        with ``cache_image_features`` compute the vision features of their images. ``test`` on Karpathy's test
         split preprocessed his 113,287 training images first."""
         self._looked_at.clear()  # the inputs as they are now, not as an earlier prepare_data of this module found them
         splits = self.stage_splits()
         command = getattr(getattr(getattr(self.trainer, "state", None), "fn", None), "value", None)
-        for split in dict.fromkeys(splits[name] for name in STAGE_SPLITS.get(command, list(splits))):
+        for split in only or dict.fromkeys(splits[name] for name in STAGE_SPLITS.get(command, list(splits))):
             with built_once(self.split_folder(split), f"preprocessing split {split}"):
                 folder = self.preprocess(split)
                 if self.cache_image_features:

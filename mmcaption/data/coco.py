@@ -19,6 +19,7 @@ from mmcaption.data.image_sources import COCO2014_FOLDERS, COCO2017_NAME, coco20
 from mmcaption.data.records import (
     BadRecords,
     DataError,
+    Uncaptioned,
     archive_hint,
     escapes_root,
     existing_spelling,
@@ -201,8 +202,7 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
         missing = still
     records.missing_images(  # with every bad annotation found above, kept till now: each kind at once, not one per run
         [(f"image id {image.image_id}", image_dir / image.file_name) for image in missing],
-        len(captioned), "referenced images are", image_dir,
-    )
+        len(captioned), "referenced images are", image_dir)
     uncaptioned = [image for image in images.values() if not image.captions]
     if uncaptioned:  # nothing to learn from, but the user should know they are not trained on
         first = uncaptioned[0]
@@ -211,12 +211,12 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
     return [image for image in captioned if image.image_id not in missing_ids]
 
 
-def held_back_split(annotation_file: Path, count: int | None, image_dir: Path, what: str = ":", setting: str = "val_split") -> DataError:
+def held_back_split(annotation_file: Path, count: int | None, image_dir: Path, what: str = ":", setting: str = "val_split") -> Uncaptioned:
     """A split none of whose images has a caption (COCO's test2017, whose references are held back): it cannot be
     trained or scored on (``setting`` named it: training's split or a scored one); predict captions it."""
     counted = "" if count is None else f"{count:,} "
     reads = "training learns from" if setting == "train_split" else "validation and test score captions against"
-    return DataError(f"{annotation_file}{what} none of its {counted}images has a caption (a test split whose references "
+    return Uncaptioned(f"{annotation_file}{what} none of its {counted}images has a caption (a test split whose references "
                      f"are held back, as COCO's test2017): {reads} them, so give --data.init_args.{setting} a split with "
                      f"captions. To caption these images: mmcaption predict "
                      f"--config <the stage's config> --config configs/predict/captions.yaml --ckpt_path <checkpoint> "

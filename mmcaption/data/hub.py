@@ -38,7 +38,7 @@ from mmcaption.data.folder_layouts import (
 from mmcaption.data.hub_images import RowImages
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.json_values import data_list_name, json_layout
-from mmcaption.data.records import BadRecords, DataError, not_utf8, read_json_list
+from mmcaption.data.records import BadRecords, DataError, Uncaptioned, not_utf8, read_json_list
 from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.data.split_column import SplitColumnTable
 from mmcaption.data.stage_splits import stage_splits
@@ -344,7 +344,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
             if count:
                 records.note(kind + next((e[kind] for d in images if kind in (e := examples.get(d, {}))), ""), count)
         if images and not any(captions for _, _, captions, _ in images.values()) and side is None:
-            raise DataError(f"{records.source}: none of its {len(images):,} images has a caption (a benchmark's test split "
+            raise Uncaptioned(f"{records.source}: none of its {len(images):,} images has a caption (a benchmark's test split "
                             "keeps its references to itself): validate on a split with captions (val_split), or give "
                             "val_split the training split's name to hold out hub_val_fraction of it"
                             + ("; mmcaption test reads the dataset's own test split: test_split names another" if split == "test"

@@ -29,6 +29,10 @@ class DataError(MMCaptionError, ValueError):
     """Input data that cannot be used, with a message that names the file or record."""
 
 
+class Uncaptioned(DataError):
+    """A split none of whose images has a caption (a benchmark's test split): ``mmcaption prepare`` leaves it out."""
+
+
 class NothingUsable(DataError):
     """Every record of a split was bad (skipped under ``on_bad_record: skip``): nothing is left to write."""
 
