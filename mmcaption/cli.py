@@ -193,7 +193,7 @@ class MMCaptionCLI(LightningCLI):
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
         init_from = self.config[subcommand]["model"].get("init_from")
-        if init_from and Path(init_from).is_dir() and not is_pretrained_folder(init_from):
+        if init_from and not ckpt_path and Path(init_from).is_dir() and not is_pretrained_folder(init_from):
             read_manifest(init_from)  # a folder of fit's checkpoints: refused now naming the one to give, not once built
         if not ckpt_path and subcommand != "fit" and init_from and is_pretrained_folder(init_from):
             # predict (validate, test) from an export alone: its model settings and backbones, as a checkpoint's

@@ -143,9 +143,8 @@ class RunInterrupted(Interrupted):
         # a command's (signals_stop is the console scripts'), or a script's own Trainer with ResumableStop in it
         how = "running the same command with --ckpt_path {}" if _stop.active else "trainer.fit(..., ckpt_path={!r})"
         resume = f"; resume by {how.format(shell_word(checkpoint) if _stop.active else checkpoint)}" if checkpoint else ""
-        if done:  # in the validation after the last step: a resume had nothing left to train, and said so
-            resume = (f"; training was done, its last validation was not: mmcaption validate with the same config and "
-                      f"--ckpt_path {shell_word(checkpoint)} scores it" if checkpoint and _stop.active else "; training was done")
+        if done:  # in the validation after the last step, which ends first: a resume had nothing left to train
+            resume = "; training was done, its last validation too: nothing is left to resume"
         super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}" + (f". {requeued}" if requeued else ""))
 
 

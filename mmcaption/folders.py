@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shutil
 import socket
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from mmcaption.errors import FolderLockedError, NotWritableError, OutputExistsError, stops_held
@@ -99,6 +100,20 @@ def being_written(folder: Path) -> str:
             f"it was named; its checkpoints now: {held})")
 
 
+IMAGE_HASHES = "image-hashes"  # in a cache folder: each image folder's hashes, by name, size and times
+_SPLIT_FOLDER = re.compile(r".+-[0-9a-f]{16}")  # a preprocessed split's folder: <split>-<fingerprint>
+
+
+def is_cache_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a cache of mmcaption's (another stage's default ``preprocessed/`` beside its data, or a
+    ``cache_dir``): its image hashes, or a preprocessed split (a ``meta.json`` in a ``<split>-<key>`` folder)."""
+    try:
+        return (folder / IMAGE_HASHES).is_dir() or any(
+            _SPLIT_FOLDER.fullmatch(child.name) and (child / "meta.json").is_file() for child in folder.iterdir())
+    except OSError:  # not a folder, or not to be listed: not one of ours to pass over
+        return False
+
+
 class FolderLock:
     """An exclusive lock on a folder (or, with ``name``, on one file's place in it) for this process's
     lifetime, re-entrant within the process. ``what`` and ``advice`` make the refusal's message."""
@@ -175,7 +190,8 @@ class FolderLock:
         if descriptor is None or _same_file(descriptor, path):
             return
         cls._held.pop(path)
-        os.close(descriptor)
+        with suppress(OSError):  # (a stale handle)
+            os.close(descriptor)
         FolderLock(folder).acquire()
 
     @classmethod
@@ -187,7 +203,7 @@ class FolderLock:
 def _same_file(descriptor: int, path: Path) -> bool:
     try:
         return os.fstat(descriptor).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
+    except OSError:  # gone; or, on NFS, removed from another machine: a stale handle (ESTALE)
         return False
 
 

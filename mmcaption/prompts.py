@@ -33,9 +33,9 @@ from mmcaption.collate import IGNORE_INDEX
 from mmcaption.errors import ConfigError
 from mmcaption.evaluation.answers import LETTERS
 
-# not against a word: code's List<Image> is text (ShareGPT's code conversations in LLaVA-1.5's mix), and was cut out;
-# nor an XML element, closed by a </image> before any other <image> (an RSS feed's <image><url>...</url></image>)
-IMAGE_PLACEHOLDER = re.compile(r"\s*(?<!\w)<image>(?!(?:(?!<image>).)*</image>)\s*", re.IGNORECASE | re.DOTALL)
+# not against a word: code's List<Image> is text (ShareGPT's code conversations in LLaVA-1.5's mix), and was cut out
+_IMAGE_TAG = re.compile(r"\s*(?<!\w)<image>\s*", re.IGNORECASE)
+_CLOSED = re.compile(r"(?:(?!<image>).)*</image>", re.IGNORECASE | re.DOTALL)  # a </image> before any other <image>
 # other models' image placeholders (Qwen-VL, MiniGPT-4, Llama 3.2 Vision): conversations written for them
 OTHER_PLACEHOLDERS = re.compile(r"<img>[^<]*</img>|<ImageHere>|<\|image\|>", re.IGNORECASE)
 DEFAULT_SYSTEM = "A chat between a curious human and an assistant that answers questions about an image."
@@ -58,9 +58,19 @@ def caption_prompt_ids(tokenizer, prompt: str = "") -> list[int]:
     return [bos_token_id(tokenizer)] + (text_ids(tokenizer, prompt) if prompt else [])
 
 
+def image_placeholders(text: str) -> list[re.Match]:
+    """LLaVA's ``<image>`` placeholders in ``text`` (with the blanks around each): a turn's first line or last, as LLaVA
+    writes it, always; elsewhere unless an XML element's, closed by ``</image>`` before any other ``<image>`` (an RSS
+    feed's ``<image><url>...</url></image>`` in a code conversation, or ``<image>photo</image>``: cut out, or refused)."""
+    return [m for m in _IMAGE_TAG.finditer(text) if m.end() == len(text) or m.start() == 0 and "\n" in m.group(0)
+            or not _CLOSED.match(text, m.end())]
+
+
 def strip_image_placeholder(text: str) -> str:
     """Remove LLaVA's ``<image>`` placeholder (and the line break around it)."""
-    return IMAGE_PLACEHOLDER.sub(" ", text).strip()
+    for found in reversed(image_placeholders(text)):
+        text = text[:found.start()] + " " + text[found.end():]
+    return text.strip()
 
 
 class EncodedConversation(NamedTuple):

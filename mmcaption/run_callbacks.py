@@ -19,10 +19,11 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar, run_label
-from mmcaption.errors import hold_stops
+from mmcaption.errors import FolderLockedError, hold_stops
 from mmcaption.folders import FolderLock
 from mmcaption.full_log_disk import CurvesOnFullDisk
 from mmcaption.parameter_summary import ParameterSummary
@@ -160,12 +161,21 @@ class KeptConfig(SaveConfigCallback):
 
 class FolderKept(Callback):
     """The checkpoint folder's lock kept through the run (:meth:`~mmcaption.folders.FolderLock.taken_again`), the
-    folder made again with it when removed under the run (as the run's next save would make it)."""
+    folder made again with it when removed under the run (as the run's next save would make it). Taken meanwhile by
+    another run, it is said once, and this run goes on (stopped mid-step, it lost what it trained since its last save)."""
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
         for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-                FolderLock.taken_again(callback.dirpath)
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath and callback.dirpath not in self._said:
+                try:
+                    FolderLock.taken_again(callback.dirpath)
+                except FolderLockedError as error:
+                    self._said.add(callback.dirpath)
+                    rank_zero_warn(f"the checkpoint folder was removed under this run, and {error.args[0].split('; wait')[0]} "
+                                   "now: this run's saves go there beside that run's")
 
 
 class RunRecord(Callback):

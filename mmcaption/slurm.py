@@ -120,15 +120,15 @@ def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: 
 
 def nodes_unlaunched(nodes: object, plugins: object) -> str | None:
     """What is wrong with ``trainer.num_nodes`` above 1 in a process that no launcher started as one node of several (no
-    torchrun, SLURM or LSF environment, no ``NODE_RANK``): it waited for the other nodes for ever, where only
+    torchrun, SLURM, LSF or MPI environment, no ``NODE_RANK``): it waited for the other nodes for ever, where only
     SIGKILL ended it; None when nothing is (one node, a launcher's environment, or a cluster plugin of the user's)."""
-    from lightning.fabric.plugins.environments import LSFEnvironment, TorchElasticEnvironment
+    from lightning.fabric.plugins.environments import LSFEnvironment, MPIEnvironment, TorchElasticEnvironment
 
     if not isinstance(nodes, int) or nodes <= 1 or plugins or {"NODE_RANK", "GROUP_RANK"} & set(os.environ) or any(
-            environment.detect() for environment in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment)):
+            environment.detect() for environment in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment, MPIEnvironment)):
         return None
     return (f"trainer.num_nodes is {nodes}, and nothing started this process as one of {nodes} machines (no torchrun, "
-            "SLURM srun or LSF environment, no NODE_RANK): it would wait for the other nodes for ever. Start it "
+            "SLURM srun, LSF or MPI environment, no NODE_RANK): it would wait for the other nodes for ever. Start it "
             f"on each machine with torchrun --nnodes {nodes} --node_rank <its rank> --master_addr <the first one's address> "
             "--master_port 29500 -m mmcaption fit ..., or with srun in an sbatch script (the README's examples); on one "
             "machine, leave num_nodes out and give --trainer.devices")

@@ -842,6 +842,9 @@ def test_code_that_names_an_image_type_is_text_not_the_placeholder(llava, tmp_pa
         {"id": "rss_q", "conversations": [{"from": "human", "value": f"Why does it fail?\n{rss}"}, {"from": "gpt", "value": "No title."}]},
         {"id": "tag", "image": "train2017/000000000001.jpg", "conversations": [
             {"from": "human", "value": "<image>\nWrite its tag, like <image>photo</image>."}, {"from": "gpt", "value": "<image>square</image>"}]},
+        # but LLaVA's own placeholder, at the start (or end) of a turn, is one whatever follows it
+        {"id": "lead", "image": "train2017/000000000002.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat does </image> close?"}, {"from": "gpt", "value": "A tag."}]},
     ]
     file = tmp_path / "mix.json"
     file.write_text(json.dumps(records))
@@ -851,7 +854,8 @@ def test_code_that_names_an_image_type_is_text_not_the_placeholder(llava, tmp_pa
         ("sg1", [("How do I keep pictures in C#?", code)]), ("sg2", [("What does `List<Image>` mean in C#?", "A list of images.")]),
         ("img", [("In C#, what does List<Image> mean?", "A list.")]), ("end", [("What colour is it?", "Red.")]),
         ("rss_a", [("Write an RSS feed with a logo.", rss)]), ("rss_q", [(f"Why does it fail?\n{rss}", "No title.")]),
-        ("tag", [("Write its tag, like <image>photo</image>.", "<image>square</image>")])]
+        ("tag", [("Write its tag, like <image>photo</image>.", "<image>square</image>")]),
+        ("lead", [("What does </image> close?", "A tag.")])]
     assert not seen.counts and not seen.notes
     from mmcaption.data.conversation_fields import read_otherwise_now
 
@@ -1035,3 +1039,8 @@ def test_a_folder_or_a_pattern_of_conversation_files_given_as_train_file_is_told
                                             r"llava_instruct_150k\.json\), where one conversation file is read: give one, or "
                                             r"join them into one \(jq -s add a\.json b\.json > all\.json;"):
             make_datamodule(backbones, llava, train_file=str(given), val_file=None).prepare_data()
+    from mmcaption.data.conversation_fields import one_file_wanted
+
+    named = folder / "llava_v1_5_mix665k[clean].json"  # a file's own name with a pattern's marks: the file
+    shutil.copy(llava[0], named)
+    assert one_file_wanted(named) is None and one_file_wanted(llava[0]) is None

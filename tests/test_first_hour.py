@@ -928,7 +928,7 @@ def test_several_nodes_asked_of_a_process_no_launcher_started_are_refused_at_onc
     err = user_error(capsys, main, ["fit", "--config", DEMO_CAPTION, "--model.config.language_model", str(backbones[0]),
                                    "--model.config.vision_model", str(backbones[1]), "--trainer.num_nodes", "2"])
     assert err.startswith("error: trainer.num_nodes is 2, and nothing started this process as one of 2 machines (no torchrun, "
-                          "SLURM srun or LSF environment, no NODE_RANK): it would wait for the other nodes for ever")
+                          "SLURM srun, LSF or MPI environment, no NODE_RANK): it would wait for the other nodes for ever")
     assert "torchrun --nnodes 2 --node_rank <its rank>" in err and "leave num_nodes out and give --trainer.devices" in err
     assert nodes_unlaunched(1, None) is None and nodes_unlaunched(2, ["my_cluster_environment"]) is None
     monkeypatch.setenv("NODE_RANK", "1")  # started by hand on each machine, as Lightning's own environment reads it

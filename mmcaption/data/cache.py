@@ -24,7 +24,7 @@ import datasets
 from mmcaption.data.image_pass import checked_and_shrunk
 from mmcaption.data.progress import Progress
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
-from mmcaption.folders import lock_holder, umask, walk_through_links
+from mmcaption.folders import IMAGE_HASHES, is_cache_folder, lock_holder, umask, walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES
 
 
@@ -106,18 +106,6 @@ def _content_signature(images: list[tuple[str, str | None]], memo_file: Path | N
     return {"files": count, "sha256": digest.hexdigest()}
 
 
-IMAGE_HASHES = "image-hashes"  # in a cache folder: each image folder's hashes, by name, size and times
-_SPLIT_FOLDER = re.compile(r".+-[0-9a-f]{16}")  # a preprocessed split's folder: <split>-<fingerprint>
-
-
-def is_cache_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a cache of mmcaption's (another stage's default ``preprocessed/`` beside its data, or a
-    ``cache_dir``): its image hashes, or a preprocessed split (a ``meta.json`` in a ``<split>-<key>`` folder)."""
-    try:
-        return (folder / IMAGE_HASHES).is_dir() or any(
-            _SPLIT_FOLDER.fullmatch(child.name) and (child / "meta.json").is_file() for child in folder.iterdir())
-    except OSError:  # not a folder, or not to be listed: not one of ours to pass over
-        return False
 
 
 _IMAGE_HASHES: dict[tuple, str] = {}  # this process's: also when the cache cannot be written (a read-only one)

@@ -207,15 +207,15 @@ def text_of(content: object) -> object:
     return "\n".join(texts)
 
 
-def read_otherwise_now(file: Path) -> bool:
-    """A cheap look at ``file``'s bytes: whether it has what this reader reads otherwise than earlier releases did (an
-    image under another key, a turn's ``weight``, a developer turn, an image as ``{"path": ...}`` or a ``file://`` URI,
-    an XML ``<image>`` element: text, not the placeholder), for its cache to be built again rather than reused as those
-    releases built it."""
+def read_otherwise_now(file: Path) -> int:
+    """A cheap look at ``file``'s bytes: what it has that this reader reads otherwise than earlier releases did, for its
+    cache to be built again rather than reused as those releases built it: 2, an image under another key, a turn's
+    ``weight``, a developer turn, an image as ``{"path": ...}`` or a ``file://`` URI; 3, an XML ``<image>`` element
+    (text, not the placeholder: read so since the first); 0, nothing of these."""
     keys = "|".join(re.escape(key) for key in (*OTHER_IMAGE_KEYS, "weight"))
     pattern = rb'"(?:' + keys.encode() + rb')"\s*:|"developer"|"path"\s*:|"file://'
     data = file.read_bytes()
-    return re.search(pattern, data) is not None or re.search(rb"<\\?/image>", data, re.IGNORECASE) is not None
+    return 3 if re.search(rb"<\\?/image>", data, re.IGNORECASE) else 2 if re.search(pattern, data) else 0
 
 
 def asks_questions(file: Path) -> bool:
@@ -229,8 +229,8 @@ def one_file_wanted(given: Path) -> str | None:
     """What to say when a folder of conversation files, or a pattern the shell did not expand (``data/llava/*.json``,
     quoted or matching nothing here), was given where one file is read: LLaVA-Instruct-150k comes as five files, one
     of which holds three of the others. None when ``given`` is neither."""
-    if given.is_dir() and any((given / name).is_file() for name in ("state.json", "dataset_dict.json")):
-        return None  # datasets' save_to_disk folder: said as such
+    if given.is_file() or given.is_dir() and any((given / name).is_file() for name in ("state.json", "dataset_dict.json")):
+        return None  # a file (its name may hold [ or ?), or datasets' save_to_disk folder: said as such
     files = sorted(p for p in given.iterdir() if p.suffix.lower() in (".json", ".jsonl")) if given.is_dir() else \
         sorted(Path(given.parent).glob(given.name)) if re.search(r"[*?[]", given.name) and given.parent.is_dir() else None
     if files is None or given.is_dir() and not files:

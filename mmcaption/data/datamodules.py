@@ -332,8 +332,8 @@ class InstructDataModule(PreprocessedDataModule):
         if not file.is_file():
             raise DataError(f"LLaVA conversation file not found: {file}")
         signature = {"file": file_signature(file), "side": side, "images": self.signed_folder(self.image_root)}
-        if self.looked_at(("read otherwise", file), lambda: read_otherwise_now(file)):  # not the cache of an earlier reading
-            signature["reader"] = 2
+        if reader := self.looked_at(("read otherwise", file), lambda: read_otherwise_now(file)):  # not an earlier reading's cache
+            signature["reader"] = reader
         if self.looked_at(("asked", file), lambda: asks_questions(file)):  # its question-and-answer records were refused
             signature["questions"] = "as conversations"
         if coco2014_download(self.image_root):  # COCO 2017's names read from its copies (a cache before them skipped those)

@@ -21,14 +21,13 @@ from datasets.data_files import _get_data_files_patterns
 from fsspec.utils import glob_translate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from mmcaption.data.cache import is_cache_folder
 from mmcaption.data.encodings import WINDOWS_1252, western_words
 from mmcaption.data.image_sources import PATTERN_MARKS, unreadable_note
 from mmcaption.data.json_values import caption_map_records, data_list_records
 from mmcaption.data.records import DataError
 from mmcaption.data.tables import caption_map_file, text_table_kind
 from mmcaption.file_spellings import folded_name
-from mmcaption.folders import walk_through_links
+from mmcaption.folders import is_cache_folder, walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES, check_image, is_hidden
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")  # a .tsv with a header line (a sheet saved tab-separated)

@@ -38,7 +38,7 @@ from mmcaption.data.records import (
     unsigned_images,
 )
 from mmcaption.data.sampling import held_out, held_out_keys
-from mmcaption.prompts import IMAGE_PLACEHOLDER, OTHER_PLACEHOLDERS, ConversationTemplate, strip_image_placeholder
+from mmcaption.prompts import OTHER_PLACEHOLDERS, ConversationTemplate, image_placeholders, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
 CONVERSATION_FEATURES = datasets.Features({
@@ -172,12 +172,12 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
     if turns[start][0] == "gpt" and len(turns) > start + 1:
         start += 1  # an assistant turn before any question: dropped, as LLaVA's own training drops it
         dropped.append(LEADING_ANSWER)
-    answered = next((index for index, (role, value) in enumerate(turns) if role == "gpt" and IMAGE_PLACEHOLDER.search(value)), None)
+    answered = next((index for index, (role, value) in enumerate(turns) if role == "gpt" and image_placeholders(value)), None)
     if answered is not None:  # trained as the text "<image>", which the model would learn to write
         records.bad("<image> in an answer", f"{name}: turn {answered} (an answer) holds <image> (or an image part): the "
                                             "image goes with a question")
         return None
-    placeholders = sum(len(IMAGE_PLACEHOLDER.findall(value)) for role, value in turns if role == "human")
+    placeholders = sum(len(image_placeholders(value)) for role, value in turns if role == "human")
     if placeholders and image is None:
         records.bad("<image> without an image", f"{name} asks about an <image> but names none (in 'image', or 'images')")
         return None
@@ -203,7 +203,7 @@ def parse_record(position: int, record: object, records: BadRecords, place: str 
             return None
         # without invisible marks at its edges too (a zero-width space alone was trained on as an answer, as a caption is not)
         text = caption_text(strip_image_placeholder(value) if role == "human" else value)
-        if not text and not (role == "human" and IMAGE_PLACEHOLDER.search(value)):  # "<image>" alone asks about the image
+        if not text and not (role == "human" and image_placeholders(value)):  # "<image>" alone asks about the image
             if len(pairs) > 1 or pairs and pairs[0][1]:  # the turns before it are whole: kept, the rest dropped
                 if role == "gpt":
                     pairs.pop()  # the question left without its answer
