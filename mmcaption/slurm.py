@@ -117,7 +117,6 @@ def requeued_checkpoint(trainer, saved_by: Callable[[Path], str | None], given: 
     return None
 
 
-
 def nodes_unlaunched(nodes: object, plugins: object) -> str | None:
     """What is wrong with ``trainer.num_nodes`` above 1 in a process that no launcher started as one node of several (no
     torchrun, SLURM, LSF or MPI environment, no ``NODE_RANK``): it waited for the other nodes for ever, where only
