@@ -13,6 +13,7 @@ whole (never file by file) when the user asks for that.
 from __future__ import annotations
 
 import getpass
+import itertools
 import os
 import re
 import shutil
@@ -106,10 +107,11 @@ _SPLIT_FOLDER = re.compile(r".+-[0-9a-f]{16}")  # a preprocessed split's folder:
 
 def is_cache_folder(folder: Path) -> bool:
     """Whether ``folder`` is a cache of mmcaption's (another stage's default ``preprocessed/`` beside its data, or a
-    ``cache_dir``): its image hashes, or a preprocessed split (a ``meta.json`` in a ``<split>-<key>`` folder)."""
+    ``cache_dir``): its image hashes, or a preprocessed split (a ``meta.json`` in a ``<split>-<key>`` folder). A cache
+    holds a few folders: of a photo folder (Visual Genome's 108k), its first thousand entries are looked at, not all."""
     try:
-        return (folder / IMAGE_HASHES).is_dir() or any(
-            _SPLIT_FOLDER.fullmatch(child.name) and (child / "meta.json").is_file() for child in folder.iterdir())
+        return (folder / IMAGE_HASHES).is_dir() or any(_SPLIT_FOLDER.fullmatch(child.name) and (child / "meta.json").is_file()
+                                                       for child in itertools.islice(folder.iterdir(), 1000))
     except OSError:  # not a folder, or not to be listed: not one of ours to pass over
         return False
 
