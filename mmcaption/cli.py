@@ -47,6 +47,7 @@ from mmcaption.model.config import (
     merged_settings,
     nested_settings,
     precision_problem,
+    unread_init_from,
 )
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
@@ -180,14 +181,12 @@ class MMCaptionCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``: the checkpoint's model settings, except those the user set.
 
-        LightningCLI lays the checkpoint's saved hyper-parameters over the command line, so a setting
-        given with ``--model.*`` or in the config would be silently ignored. Here what the user set (in a
-        config or on the command line, even to its default value) wins and is listed against the
-        checkpoint's value; the checkpoint
-        fills in the rest (so ``predict --ckpt_path X`` needs no config). A structural setting that
-        differs (LoRA rank, injected layers, ...) is refused naming both values, as the trained tensors
-        would not fit. The file is read with ``weights_only`` (a pickled payload is refused by name).
-        """
+        LightningCLI lays the checkpoint's saved hyper-parameters over the command line, so a setting given with
+        ``--model.*`` or in the config would be silently ignored. Here what the user set (in a config or on the command
+        line, even to its default value) wins and is listed against the checkpoint's value; the checkpoint fills in the
+        rest (so ``predict --ckpt_path X`` needs no config). A structural setting that differs (LoRA rank, injected
+        layers, ...) is refused naming both values, as the trained tensors would not fit. The file is read with
+        ``weights_only`` (a pickled payload is refused by name)."""
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
@@ -247,6 +246,8 @@ class MMCaptionCLI(LightningCLI):
             if isinstance(getattr(self, "_arguments", None), list) else None
         merged, notes, refused = merged_settings(flat_settings(saved), given, self._written_model_settings(subcommand), defaults,
                                                  saved_name, typed)
+        if saved_name == "checkpoint" and (unread := unread_init_from(source, given, saved, typed, subcommand)) and rank_zero_only.rank == 0:
+            print(unread, file=sys.stderr, flush=True)
         if refused:
             raise ConfigError(f"{source} was trained with other structural settings than this run's ({'; '.join(refused)}); "
                               f"its tensors cannot fit. Give the {saved_name}'s, after any --config (or leave them out of "

@@ -933,3 +933,21 @@ def test_several_nodes_asked_of_a_process_no_launcher_started_are_refused_at_onc
     assert nodes_unlaunched(1, None) is None and nodes_unlaunched(2, ["my_cluster_environment"]) is None
     monkeypatch.setenv("NODE_RANK", "1")  # started by hand on each machine, as Lightning's own environment reads it
     assert nodes_unlaunched(2, None) is None
+
+
+def test_an_init_from_typed_beside_ckpt_path_is_said_not_to_be_read(trained_checkpoint, image_folder, tmp_path, capsys):
+    # the weights are the checkpoint's, whatever init_from says: typed beside --ckpt_path it was dropped without a word
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(trained_checkpoint.read_bytes())
+    for subcommand, then in (("predict", f"to predict the weights of {other}, leave --ckpt_path out"),
+                             ("fit", f"that run goes on from its weights; to start a new run from {other}, leave --ckpt_path out")):
+        extra = ["--data", "mmcaption.data.CaptionPredictDataModule", "--data.images", str(image_folder)] if subcommand == "predict" \
+            else ["--data", "mmcaption.data.CaptionDataModule", "--data.data_dir", str(tmp_path)]
+        with pytest.raises(SystemExit):
+            main([subcommand, "--ckpt_path", str(trained_checkpoint), *extra, "--model.init_from", str(other), "--print_config"])
+        err = capsys.readouterr().err
+        assert f"note: --model.init_from {other} is not read: the weights are --ckpt_path {trained_checkpoint}'s ({then})" in err, err
+    with pytest.raises(SystemExit):  # without init_from typed, nothing is said
+        main(["predict", "--ckpt_path", str(trained_checkpoint), "--data", "mmcaption.data.CaptionPredictDataModule",
+              "--data.images", str(image_folder), "--print_config"])
+    assert "is not read" not in capsys.readouterr().err

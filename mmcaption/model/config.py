@@ -161,6 +161,17 @@ def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[s
     return merged, notes, refused
 
 
+def unread_init_from(source: str, given: dict[str, Any], saved: dict[str, Any], typed: set[str] | None, subcommand: str) -> str | None:
+    """The note on a ``--model.init_from`` typed beside ``--ckpt_path`` (``source``): the checkpoint's weights replace
+    those it would give, so it is not read (a config's init_from, the stage before's, is not said; nor the run's own)."""
+    start = given.get("init_from")
+    if not start or typed is None or "init_from" not in typed or (
+            saved.get("init_from") and Path(str(start)).expanduser().resolve() == Path(str(saved["init_from"])).expanduser().resolve()):
+        return None
+    then = "that run goes on from its weights; to start a new run from" if subcommand == "fit" else f"to {subcommand} the weights of"
+    return f"note: --model.init_from {start} is not read: the weights are {source}'s ({then} {start}, leave --ckpt_path out)"
+
+
 def settings_diff(saved: dict, current: dict, saved_name: str = "checkpoint") -> list[str]:
     """``"lora_r: checkpoint 4, model 8 (--model.config.lora_r 4 gives the checkpoint's)"`` for each structural setting
     in which two configs differ: the setting that fits, as a run of a shipped config (lora_r 8) cannot drop it."""
