@@ -84,7 +84,16 @@ class NothingLeftToTrain(Callback):
     def __init__(self) -> None:
         self.trained = False
 
-    def on_train_start(self, trainer: Trainer, pl_module) -> None:  # not called when the loop is done already
+    def on_train_epoch_end(self, trainer: Trainer, pl_module) -> None:  # before ModelCheckpoint's (Lightning keeps it last)
+        # resumed from the last validation of its last epoch, the loop ends that epoch without a batch: the checkpoint
+        # resumed from is this run's last, not saved again (last.ckpt was, recording the resume's settings - a learning
+        # rate its steps were not trained with - and a last-v1.ckpt where the folder was another run's)
+        if trainer.ckpt_path and not self.trained:
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint):
+                    callback._last_checkpoint_saved, callback._last_global_step_saved = True, trainer.global_step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module, batch, batch_idx: int) -> None:
         self.trained = True
 
     def on_fit_end(self, trainer: Trainer, pl_module) -> None:
@@ -113,8 +122,8 @@ class WhereSaved(Callback):
     def __init__(self) -> None:
         self._started = False  # not `trained`: the CLI reads that name as NothingLeftToTrain's
 
-    def on_train_start(self, trainer: Trainer, pl_module) -> None:
-        self._started = True
+    def on_train_batch_start(self, trainer: Trainer, pl_module, batch, batch_idx: int) -> None:  # nothing trained: said
+        self._started = True  # by NothingLeftToTrain, nothing saved
 
     def on_fit_end(self, trainer: Trainer, pl_module) -> None:  # not after a signal's stop, which says its checkpoint
         log_dir = trainer.log_dir if trainer.logger is not None else None  # on every process: a broadcast

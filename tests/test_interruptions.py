@@ -3465,3 +3465,27 @@ def test_a_stop_signal_in_the_teardown_of_a_finished_command_stops_it_saying_it_
         release_held_stops()
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.2)
+
+
+def test_a_run_finished_at_max_epochs_resumed_with_another_setting_trains_nothing_and_rewrites_no_checkpoint(
+    backbones, coco_root, tmp_path, monkeypatch, capsys
+):
+    # its last.ckpt is saved as the last epoch ends, so Lightning's loop started and ended at once: last.ckpt was saved
+    # again recording the resume's learning rate (steps it never trained), with no word that nothing was trained, and
+    # a run folder of nothing listed in TensorBoard
+    monkeypatch.chdir(tmp_path)
+    fit = [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--trainer.max_steps", "-1", "--trainer.max_epochs", "2",
+           "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.check_val_every_n_epoch", "2"]
+    config = yaml.safe_load((tmp_path / "fit.yaml").read_text())  # saved at the last validation, as the demo's configs'
+    config["trainer"]["callbacks"][0]["init_args"]["monitor"] = "val/loss"
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
+    main(fit)
+    last = tmp_path / "c" / "last.ckpt"
+    written = last.read_bytes()
+    capsys.readouterr()
+    main([*fit, "--ckpt_path", "last", "--model.learning_rate", "0.5"])
+    out, err = capsys.readouterr()
+    assert last.read_bytes() == written and sorted(p.name for p in last.parent.iterdir() if p.name.startswith("last")) == ["last.ckpt"]
+    assert f"note: {last} is at step 4 (epoch 2), the end of trainer.max_epochs 2: this fit trained nothing more (to train on, " \
+           "raise --trainer.max_epochs above 2)" in err, err
+    assert "saved" not in out and sorted(p.name for p in (tmp_path / "logs" / "lightning_logs").iterdir()) == ["version_0"]
