@@ -7,9 +7,12 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path, PureWindowsPath
+
+PATTERN_MARKS = re.compile(r"[*?[]")  # the marks of a shell pattern
 
 
 def existing_spelling(root: Path, name: str) -> str:

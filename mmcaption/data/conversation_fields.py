@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 from mmcaption.data.records import BadRecords
 from mmcaption.data.tables import IMAGE_COLUMNS, literal_in_cell, number_text
 from mmcaption.evaluation.answers import LETTERS
+from mmcaption.file_spellings import PATTERN_MARKS
 from mmcaption.images import is_url
 from mmcaption.prompts import listed_options_question
 
@@ -232,7 +233,7 @@ def one_file_wanted(given: Path) -> str | None:
     if given.is_file() or given.is_dir() and any((given / name).is_file() for name in ("state.json", "dataset_dict.json")):
         return None  # a file (its name may hold [ or ?), or datasets' save_to_disk folder: said as such
     files = sorted(p for p in given.iterdir() if p.suffix.lower() in (".json", ".jsonl")) if given.is_dir() else \
-        sorted(Path(given.parent).glob(given.name)) if re.search(r"[*?[]", given.name) and given.parent.is_dir() else None
+        sorted(Path(given.parent).glob(given.name)) if PATTERN_MARKS.search(given.name) and given.parent.is_dir() else None
     if files is None or given.is_dir() and not files:
         return None
     named = ", ".join(p.name for p in files[:5]) + ", ..." * (len(files) > 5)

@@ -17,7 +17,7 @@ from mmcaption.data.caption_cells import INVISIBLE
 from mmcaption.data.records import DataError, existing_spelling, not_utf8, packed_file
 from mmcaption.errors import unexpanded_variable
 from mmcaption.file_kinds import kind_of_file
-from mmcaption.file_spellings import home_expanded, is_file
+from mmcaption.file_spellings import PATTERN_MARKS, home_expanded, is_file
 from mmcaption.folders import walk_through_links
 from mmcaption.images import (
     IMAGE_SUFFIXES,
@@ -83,8 +83,6 @@ def _pattern_images(source: str, note) -> list[tuple[str, Path]] | None:
              f"({source[:len(source) - len(Path(source).name)]}{_any_case(Path(source).name)})")
     return [(str(image), image) for image in images]
 
-
-PATTERN_MARKS = re.compile(r"[*?[]")  # the marks of a shell pattern
 
 
 def _any_case(pattern: str) -> str:
