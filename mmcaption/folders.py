@@ -116,6 +116,21 @@ def is_cache_folder(folder: Path) -> bool:
         return False
 
 
+def say_other_split_caches(folder: Path) -> None:
+    """Say the other preprocessed folders of ``folder``'s split beside it, built from other inputs or settings: an edited
+    annotation file left the old one (gigabytes of a large set's) without a word."""
+    split = folder.name.rsplit("-", 1)[0]
+    others = sorted(p for p in folder.parent.iterdir() if p != folder and p.name.rsplit("-", 1)[0] == split
+                    and _SPLIT_FOLDER.fullmatch(p.name) and (p / "meta.json").is_file())
+    if others:
+        size = sum(f.stat().st_size for other in others for f in other.rglob("*") if f.is_file() and not f.is_symlink())
+        names = ", ".join(p.name for p in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        them = "them" if len(others) > 1 else "it"
+        print(f"note: {folder.parent} holds {len(others)} other preprocessed folder{'s' * (len(others) > 1)} of split {split}, "
+              f"built from other inputs or settings ({names}; {size / 2**20:,.1f} MB): remove {them} unless a run of those "
+              f"inputs and settings still reads {them}", file=sys.stderr, flush=True)
+
+
 class FolderLock:
     """An exclusive lock on a folder (or, with ``name``, on one file's place in it) for this process's
     lifetime, re-entrant within the process. ``what`` and ``advice`` make the refusal's message."""

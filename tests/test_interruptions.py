@@ -995,7 +995,9 @@ def test_answering_questions_with_a_caption_stage_checkpoint_is_noted(trained_ch
     err = capsys.readouterr().err
     assert (f"note: {caption_stage} is a checkpoint of the caption stage; MultipleChoiceDataModule's questions are what the "
             "instruct stage teaches to answer") in err
-    assert "init_from" not in err  # with --ckpt_path, init_from's weights are replaced: no note that it was set
+    # with --ckpt_path, init_from's weights are replaced: said as not read, not listed among the settings used
+    assert f"note: --model.init_from elsewhere.ckpt is not read: the weights are --ckpt_path {caption_stage}'s" in err
+    assert not any("using the settings you gave" in line and "init_from" in line for line in err.splitlines()), err
     parse(["predict", "--ckpt_path", str(caption_stage), "--data", "mmcaption.data.CaptionPredictDataModule",
            "--data.images", str(image_folder), "--trainer.logger", "false"])
     assert "note" not in capsys.readouterr().err  # captions are the caption stage's

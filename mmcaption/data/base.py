@@ -33,7 +33,7 @@ from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
 from mmcaption.data.workers import end_workers_at_exit, loader_generator, worker_init
 from mmcaption.errors import ConfigError, NotWritableError
-from mmcaption.folders import check_writable
+from mmcaption.folders import check_writable, say_other_split_caches
 from mmcaption.images import processor_side
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
@@ -287,9 +287,8 @@ class PreprocessedDataModule(BackbonesDataModule):
                     write_image_features(folder, self.image_processor_name, self.vision_feature_layer)
 
     def preprocess(self, split: str) -> Path:
-        """The preprocessed folder of ``split``, written unless a whole one is there. A damaged one
-        (files missing or truncated) is rebuilt with a note; reusing one built with records skipped
-        says so again."""
+        """The preprocessed folder of ``split``, written unless a whole one is there. A damaged one (files missing or
+        truncated) is rebuilt with a note; reusing one built with records skipped says so again; others of the split say so."""
         folder = self.split_folder(split)
         if is_complete(folder):
             problem = damage(folder, {"images": "images", self.text_table: "rows"})
@@ -310,6 +309,7 @@ class PreprocessedDataModule(BackbonesDataModule):
         start = time.perf_counter()
         written = self.write_split(split, folder)
         rank_zero_info(f"preprocessing split {split}: done in {time.perf_counter() - start:.0f} s")
+        say_other_split_caches(written)
         return written
 
     def setup(self, stage: str) -> None:
