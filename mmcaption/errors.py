@@ -370,9 +370,10 @@ def user_errors_exit(main: Callable[..., Any] | None = None, *, signals: bool = 
 
 def peer_gone(error: BaseException) -> bool:
     """A collective operation that failed because another process of the run stopped (gloo's "Connection closed by
-    peer", NCCL's watchdog): that process's own error is the one to read."""
+    peer", NCCL's watchdog, the rendezvous store's while the processes connect): that process's own error is the one to read."""
     return any(words in str(cause) for cause in causes(error) for words in (
-        "Connection closed by peer", "Connection reset by peer", "remote worker crashing", "NCCL communicator was aborted"))
+        "Connection closed by peer", "Connection reset by peer", "remote worker crashing", "NCCL communicator was aborted",
+        "Connection was likely closed"))
 
 
 def traceback_wanted() -> bool:

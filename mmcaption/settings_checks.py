@@ -84,6 +84,8 @@ LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interv
                             ("requires a GPU accelerator", "trainer.strategy"),
                             ("more than one stateful callback of type", "trainer.callbacks (two alike: give one another "
                              "monitor or mode, or change the config's instead of adding one)"),
+                            ("`devices` selected with `CPUAccelerator` should be", "trainer.devices (on the CPU, how many "
+                             "processes to run: 1 or more; -1, all of them, counts GPUs)"),
                             ("in your SLURM bash script", "the SLURM job's tasks (#SBATCH --ntasks-per-node, as many as "
                              "--trainer.devices, and the command started with srun)"))
 
@@ -126,7 +128,7 @@ def lightning_setting_errors(building: bool = False) -> Iterator[None]:
     except MisconfigurationException as error:  # Lightning's word for settings that cannot work together
         advice = next((words for said, words in LIGHTNING_ADVICE if said in str(error)), "")
         raise ConfigError(one_line(error) + advice) from error
-    except (ValueError, RuntimeError) as error:
+    except (ValueError, RuntimeError, TypeError) as error:  # TypeError: devices -1 on the CPU
         setting = next((key for words, key in LIGHTNING_SETTING_ERRORS if words in str(error)), None)
         if setting is None or isinstance(error, MMCaptionError):
             raise

@@ -2693,6 +2693,11 @@ def test_a_monitored_metric_these_settings_never_log_is_refused_before_training(
                 make_captioner(backbones), datamodule=CaptionDataModule(
                     data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
                     image_processor=str(backbones[1]), batch_size=4, num_workers=0))
+    # Lightning's "all devices" on the CPU: a TypeError's 30-frame traceback
+    with pytest.raises(ConfigError, match=r"^trainer\.devices \(on the CPU, how many processes to run: 1 or more; -1, all of "
+                                          r"them, counts GPUs\): `devices` selected with `CPUAccelerator` should be an int > 0"):
+        with lightning_setting_errors(building=True):
+            Trainer(accelerator="cpu", devices=-1)
     # a pipeline's fit arguments reach both stages: the instruct stage logs no caption metric at all
     from types import SimpleNamespace
 
@@ -2922,6 +2927,15 @@ def test_a_multi_process_runs_other_processes_say_one_marked_line_not_a_collecti
 
     with pytest.raises(SystemExit) as exited:
         user_errors_exit(barrier_broken, signals=False)()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "[rank 1] error: another process of this run stopped (see its message)\n"
+
+    def store_closed():  # Ctrl-C to the launcher while the processes connect: rank 1's traceback, rank 0's line above it
+        raise torch.distributed.DistNetworkError("Failed to recv, got 0 bytes. Connection was likely closed. Did the remote "
+                                                 "server shutdown or crash?")
+
+    with pytest.raises(SystemExit) as exited:
+        user_errors_exit(store_closed, signals=False)()
     assert exited.value.code == 2
     assert capsys.readouterr().err == "[rank 1] error: another process of this run stopped (see its message)\n"
 
