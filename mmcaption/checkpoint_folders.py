@@ -128,7 +128,8 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
         return lasts[0][0]
     for last, recorded in lasts if ckpt_path == "best" else []:  # a re-run stopped before validating records none
         if best := _recorded_best(last):
-            if last != lasts[0][0] and rank_zero_only.rank == 0:  # another run's: said, with the newest that has none
+            if last != lasts[0][0] and rank_zero_only.rank == 0 and (key := f"best {best}") not in SAID:  # another run's: said
+                SAID.add(key)  # once, with the newest that has none
                 print(f"note: --ckpt_path best: {lasts[0][0]}, the newest run's last checkpoint (step "
                       f"{lasts[0][1].get('global_step')}), records no best checkpoint; {best} is {last.name}'s run's, of "
                       f"step {recorded.get('global_step')}", file=sys.stderr, flush=True)
@@ -161,8 +162,10 @@ def _recorded_best(last: Path) -> Path | None:
             path = beside if beside and beside.is_file() else path if path.is_file() else last.parent / path.name  # (a copy)
             if path.is_file():
                 score = value.get("best_model_score")
-                print(f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'}" + (f" {float(score):.4f}" if
-                      score is not None else "") + f", as {last.name} recorded it)", file=sys.stderr, flush=True)
+                said = f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'}" + (
+                    f" {float(score):.4f}" if score is not None else "") + f", as {last.name} recorded it)"
+                if said not in SAID and rank_zero_only.rank == 0 and not SAID.add(said):  # the CLI resolves it twice
+                    print(said, file=sys.stderr, flush=True)
                 return path
     return None
 

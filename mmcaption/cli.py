@@ -203,8 +203,8 @@ class MMCaptionCLI(LightningCLI):
         elif not ckpt_path and init_from and Path(init_from).is_file():  # a checkpoint's data settings: its prompts
             ask_as_trained(subcommand, self.config[subcommand].get("data"), data_settings(init_from), f"model.init_from {init_from}")
             self._refuse_other_structure(init_from, subcommand)
-        if str(ckpt_path) == "last":  # the file it names, as after_instantiate_classes finds it (None: fit starts afresh)
-            ckpt_path = keyword_checkpoint("last", checkpoint_folders(self.config[subcommand].trainer), subcommand)
+        if str(ckpt_path) in ("last", "best"):  # the file it names, as after_instantiate_classes finds it (None: fit starts afresh)
+            ckpt_path = keyword_checkpoint(str(ckpt_path), checkpoint_folders(self.config[subcommand].trainer), subcommand)
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
             return
         checkpoint = load_checkpoint_file(ckpt_path)

@@ -210,16 +210,19 @@ def ask_as_trained(subcommand: str, data: Any, trained: dict[str, Any], source: 
     """A predict's prompts (``data``: its data module's settings) as the model was trained with them (``trained``: its
     checkpoint's data settings, or its export's prompts), where the run leaves them unset (null): the predict configs
     asked every model with the default prompts, whatever it learned. A prompt set to another text than the trained
-    one is kept, with a note. Other commands evaluate with their config's data module, as it is given."""
-    settings = getattr(data, "init_args", None) if subcommand == "predict" else None
+    one is kept, with a note. validate and test evaluate with their config's data module, as it is given: another prompt
+    than the trained one is noted (their metrics were of a prompt the model never saw, unsaid)."""
+    settings = getattr(data, "init_args", None) if subcommand in ("predict", "validate", "test") else None
     for name in PROMPTS:
         if settings is None or name not in settings or not isinstance(trained.get(name), str):
             continue
-        if settings[name] is None:
+        if settings[name] is None and subcommand == "predict":
             settings[name] = trained[name]
         elif settings[name] != trained[name] and rank_zero_only.rank == 0:
-            print(f"note: {source} was trained with {name} {trained[name]!r}; this run asks with {settings[name]!r}, as "
-                  f"set (null asks as trained)", file=sys.stderr, flush=True)
+            then = "as set (null asks as trained)" if subcommand == "predict" else \
+                f"its config's: --data.init_args.{name} {shell_word(trained[name])} evaluates it as trained"
+            print(f"note: {source} was trained with {name} {trained[name]!r}; this {'run' if subcommand == 'predict' else subcommand} "
+                  f"asks with {settings[name]!r}, {then}", file=sys.stderr, flush=True)
 
 
 def under_root_folder(command: Any) -> list[str]:

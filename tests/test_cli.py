@@ -233,6 +233,31 @@ def test_predict_asks_a_model_with_the_prompts_it_was_trained_with(trained_check
     assert "was trained with system_prompt 'ROLE: You answer about images.'; this run asks with 'Be brief.', as set" in err
 
 
+def test_ckpt_path_best_asks_as_trained_and_evaluating_with_another_prompt_is_noted(trained_checkpoint, tmp_path, capsys):
+    # --ckpt_path best was resolved after the checkpoint's settings were read: predict asked the model with the default
+    # caption prompt where the same file given by its path got the trained one; validate and test scored a prompt the
+    # model never saw without a word
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    checkpoint = torch.load(trained_checkpoint, weights_only=False)
+    checkpoint["datamodule_hyper_parameters"].update(caption_prompt="Describe the image:")
+    best = folder / "epoch=0-step=4.ckpt"
+    torch.save(checkpoint, best)
+    torch.save({**checkpoint, "callbacks": {"ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min'}": {
+        "monitor": "val/loss", "best_model_score": torch.tensor(0.5), "best_model_path": str(best), "dirpath": str(folder)}}},
+        folder / "last.ckpt")
+    saving = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(folder)]
+    out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "predict" / "captions.yaml"), *saving,
+                       "--ckpt_path", "best")
+    assert "caption_prompt: 'Describe the image:'" in out, out
+    for subcommand in ("validate", "test"):
+        with pytest.raises(SystemExit):
+            main([subcommand, "--data", "mmcaption.data.CaptionDataModule", "--ckpt_path", str(best), "--print_config"])
+        err = capsys.readouterr().err
+        assert (f"note: {best} was trained with caption_prompt 'Describe the image:'; this {subcommand} asks with "
+                "'', its config's: --data.init_args.caption_prompt 'Describe the image:' evaluates it as trained") in err, err
+
+
 def test_a_caption_separator_that_yaml_would_read_otherwise_stays_the_text_given(demo_dir, capsys, tmp_path):
     # typed as "str | None", "#" and "~" in a config were read as YAML's null: each cell then trained whole, unsaid
     for separator in ("#", "~", " | "):
