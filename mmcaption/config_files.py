@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from jsonargparse import get_loader
 
 from mmcaption.errors import ConfigError, shell_variable
 from mmcaption.usage import shipped_configs
@@ -235,6 +236,11 @@ def replaced_by_a_later_config(arguments: list[str]) -> str | None:
     return None
 
 
+def read_yaml(text: str):
+    """A YAML value as jsonargparse reads it: ``3e-4`` is a number (PyYAML's own loader reads text)."""
+    return get_loader("yaml")(text)
+
+
 def generation_kept(arguments: list[str]) -> list[str]:
     """``arguments`` with the ``model.generation`` settings an earlier config file gives and a later one's
     ``generation`` leaves out given again right after that later file: a mapping setting is replaced whole by a later
@@ -246,14 +252,14 @@ def generation_kept(arguments: list[str]) -> list[str]:
         out.append(argument)
         flag, equals, text = argument.partition("=")
         if flag.startswith("--model.generation.") and (equals or index + 1 < len(arguments)):
-            with contextlib.suppress(yaml.YAMLError):
-                earlier[flag.removeprefix("--model.generation.")] = yaml.safe_load(text if equals else arguments[index + 1])
+            with contextlib.suppress(yaml.YAMLError, ValueError):
+                earlier[flag.removeprefix("--model.generation.")] = read_yaml(text if equals else arguments[index + 1])
         name = argument[9:] if argument.startswith("--config=") else (
             argument if index and arguments[index - 1] in ("--config", "-c") else None)
         node = _composed(Path(name).expanduser()) if name else None
         section, _ = _node_at(node, "model.generation") if node is not None else (None, None)
         if isinstance(section, yaml.MappingNode):
-            given = yaml.safe_load(yaml.serialize(section))
+            given = read_yaml(yaml.serialize(section))  # as jsonargparse reads it: 3e-4 a number (PyYAML's is text)
             out += [part for key, value in earlier.items() if key not in given for part in (f"--model.generation.{key}", json.dumps(value))]
             earlier = {**earlier, **given}
     return out

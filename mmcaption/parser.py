@@ -50,7 +50,7 @@ class MMCaptionParser(LightningArgumentParser):
         self._negative_number_matcher = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$|^-inf$")
 
     def parse_args(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
-        global _CONFIGS, _ARGUMENTS
+        global _CONFIGS, _ARGUMENTS, _KEPT
         arguments = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         if arguments and (installed := installed_configs(arguments)) != arguments:
             args = arguments = installed
@@ -59,10 +59,11 @@ class MMCaptionParser(LightningArgumentParser):
         _CONFIGS, _ARGUMENTS = [(name, Path(name).expanduser().absolute()) for name in config_files(arguments)], arguments
         for name, path in _CONFIGS:
             check_config_file(name, path)
-        if problem := replaced_by_a_later_config(arguments):
+        # (the subcommand's parse is given the generation settings put back: not the user's, typed before a file)
+        if not (_KEPT and arguments in (_KEPT, _KEPT[1:])) and (problem := replaced_by_a_later_config(arguments)):
             raise ConfigError(problem)
         if arguments and (kept := generation_kept(arguments)) != arguments:
-            args = kept
+            args = _KEPT = kept
         config = super().parse_args(args, *rest, **kwargs)
         _whole_numbers_as_written(config)
         if problem := _empty_setting_problem(self, config) or _predict_data_problem(config):
@@ -253,6 +254,7 @@ def _init_hint(class_path: object, name: str) -> Any:
 
 _ARGUMENTS: list[str] = []  # the command line of the last parse
 _CONFIGS: list[tuple[str, Path]] = []  # the config files of the last parse (as given, and where), for messages
+_KEPT: list[str] | None = None  # the last command line given the generation settings a later file would drop
 try:  # jsonargparse's own print action, held back by held_print_config (private: without it, jsonargparse prints)
     from jsonargparse._actions import _ActionPrintConfig
 except ImportError:  # pragma: no cover

@@ -271,6 +271,14 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
         main(["fit", "--config", str(REPO / "configs" / "caption.yaml"), "--model.generation.num_beams", "5", "--config", more,
               "--print_config"])
     assert yaml.safe_load(capsys.readouterr().out)["model"]["generation"]["num_beams"] == 5
+    # a number in scientific notation an earlier file or the command line gives is carried over as the number it is
+    # (PyYAML reads 3e-4 as text: "epsilon_cutoff '\"3e-4\"' is not a number", a valid config refused)
+    sampling = written("sampling.yaml", "model:\n  generation:\n    do_sample: true\n    epsilon_cutoff: 3e-4\n")
+    for arguments in (["--config", sampling, "--config", more], ["--config", more, "--model.generation.epsilon_cutoff", "3e-4",
+                                                                  "--config", written("more2.yaml", "model:\n  generation:\n    num_beams: 1\n")]):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", str(REPO / "configs" / "caption.yaml"), *arguments, "--print_config"])
+        assert yaml.safe_load(capsys.readouterr().out)["model"]["generation"]["epsilon_cutoff"] == pytest.approx(3e-4)
 
 
 def test_a_count_of_batches_typed_as_a_whole_number_is_that_count_however_it_parsed(tmp_path, monkeypatch):
