@@ -88,10 +88,12 @@ class NothingLeftToTrain(Callback):
         # resumed from the last validation of its last epoch, the loop ends that epoch without a batch: the checkpoint
         # resumed from is this run's last, not saved again (last.ckpt was, recording the resume's settings - a learning
         # rate its steps were not trained with - and a last-v1.ckpt where the folder was another run's)
-        if trainer.ckpt_path and not self.trained:
-            for callback in trainer.checkpoint_callbacks:
-                if isinstance(callback, ModelCheckpoint):
-                    callback._last_checkpoint_saved, callback._last_global_step_saved = True, trainer.global_step
+        epochs = trainer.max_epochs  # the run ends here (with epochs left, an empty epoch end saves nothing anyway)
+        if trainer.ckpt_path and not self.trained and epochs not in (None, -1) and \
+                trainer.fit_loop.epoch_progress.current.processed >= epochs:
+            for callback in trainer.checkpoint_callbacks:  # the last saved is the one resumed from (a path: save_last
+                if isinstance(callback, ModelCheckpoint):  # "link" links to it)
+                    callback._last_checkpoint_saved, callback._last_global_step_saved = str(trainer.ckpt_path), trainer.global_step
 
     def on_train_batch_start(self, trainer: Trainer, pl_module, batch, batch_idx: int) -> None:
         self.trained = True

@@ -3483,8 +3483,9 @@ def test_a_stop_signal_in_the_teardown_of_a_finished_command_stops_it_saying_it_
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("save_last", [True, "link"])
 def test_a_run_finished_at_max_epochs_resumed_with_another_setting_trains_nothing_and_rewrites_no_checkpoint(
-    backbones, coco_root, tmp_path, monkeypatch, capsys
+    backbones, coco_root, tmp_path, monkeypatch, capsys, save_last
 ):
     # its last.ckpt is saved as the last epoch ends, so Lightning's loop started and ended at once: last.ckpt was saved
     # again recording the resume's learning rate (steps it never trained), with no word that nothing was trained, and
@@ -3493,7 +3494,7 @@ def test_a_run_finished_at_max_epochs_resumed_with_another_setting_trains_nothin
     fit = [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--trainer.max_steps", "-1", "--trainer.max_epochs", "2",
            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.check_val_every_n_epoch", "2"]
     config = yaml.safe_load((tmp_path / "fit.yaml").read_text())  # saved at the last validation, as the demo's configs'
-    config["trainer"]["callbacks"][0]["init_args"]["monitor"] = "val/loss"
+    config["trainer"]["callbacks"][0]["init_args"].update(monitor="val/loss", save_last=save_last)
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
     main(fit)
     last = tmp_path / "c" / "last.ckpt"
@@ -3505,3 +3506,6 @@ def test_a_run_finished_at_max_epochs_resumed_with_another_setting_trains_nothin
     assert f"note: {last} is at step 4 (epoch 2), the end of trainer.max_epochs 2: this fit trained nothing more (to train on, " \
            "raise --trainer.max_epochs above 2)" in err, err
     assert "saved" not in out and sorted(p.name for p in (tmp_path / "logs" / "lightning_logs").iterdir()) == ["version_0"]
+    # resumed with an epoch more, it trains it and saves it (an early mark of "saved" broke save_last: link there)
+    main([*fit, "--ckpt_path", "last", "--trainer.max_epochs", "3"])
+    assert max(torch.load(p, weights_only=False)["global_step"] for p in last.parent.glob("last*.ckpt")) == 6
