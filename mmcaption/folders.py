@@ -102,7 +102,7 @@ def being_written(folder: Path) -> str:
 
 
 IMAGE_HASHES = "image-hashes"  # in a cache folder: each image folder's hashes, by name, size and times
-_SPLIT_FOLDER = re.compile(r".+-[0-9a-f]{16}")  # a preprocessed split's folder: <split>-<fingerprint>
+SPLIT_FOLDER = re.compile(r".+-[0-9a-f]{16}")  # a preprocessed split's folder: <split>-<fingerprint>
 
 
 def is_cache_folder(folder: Path) -> bool:
@@ -110,25 +110,10 @@ def is_cache_folder(folder: Path) -> bool:
     ``cache_dir``): its image hashes, or a preprocessed split (a ``meta.json`` in a ``<split>-<key>`` folder). A cache
     holds a few folders: of a photo folder (Visual Genome's 108k), its first thousand entries are looked at, not all."""
     try:
-        return (folder / IMAGE_HASHES).is_dir() or any(_SPLIT_FOLDER.fullmatch(child.name) and (child / "meta.json").is_file()
+        return (folder / IMAGE_HASHES).is_dir() or any(SPLIT_FOLDER.fullmatch(child.name) and (child / "meta.json").is_file()
                                                        for child in itertools.islice(folder.iterdir(), 1000))
     except OSError:  # not a folder, or not to be listed: not one of ours to pass over
         return False
-
-
-def say_other_split_caches(folder: Path) -> None:
-    """Say the other preprocessed folders of ``folder``'s split beside it, built from other inputs or settings: an edited
-    annotation file left the old one (gigabytes of a large set's) without a word."""
-    split = folder.name.rsplit("-", 1)[0]
-    others = sorted(p for p in folder.parent.iterdir() if p != folder and p.name.rsplit("-", 1)[0] == split
-                    and _SPLIT_FOLDER.fullmatch(p.name) and (p / "meta.json").is_file())
-    if others:
-        size = sum(f.stat().st_size for other in others for f in other.rglob("*") if f.is_file() and not f.is_symlink())
-        names = ", ".join(p.name for p in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        them = "them" if len(others) > 1 else "it"
-        print(f"note: {folder.parent} holds {len(others)} other preprocessed folder{'s' * (len(others) > 1)} of split {split}, "
-              f"built from other inputs or settings ({names}; {size / 2**20:,.1f} MB): remove {them} unless a run of those "
-              f"inputs and settings still reads {them}", file=sys.stderr, flush=True)
 
 
 class FolderLock:

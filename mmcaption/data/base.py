@@ -31,9 +31,10 @@ from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
+from mmcaption.data.stage_splits import say_other_split_caches
 from mmcaption.data.workers import end_workers_at_exit, loader_generator, worker_init
 from mmcaption.errors import ConfigError, NotWritableError
-from mmcaption.folders import check_writable, say_other_split_caches
+from mmcaption.folders import check_writable
 from mmcaption.images import processor_side
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 
@@ -96,9 +97,8 @@ class BackbonesDataModule(LightningDataModule):
         return load_image_processor(self.image_processor_name)
 
     def backbones_problem(self, config: Any, tokenizer: PreTrainedTokenizerBase) -> str | None:
-        """Why this module does not read as the model ``config`` (its ``tokenizer``) does, or None: a script's own
-        Trainer gets no link from the model's settings as the CLI's does (a vocabulary of other ids trained without a
-        word; cached features of another layer than the tower gives at predict)."""
+        """Why this module does not read as the model ``config`` (its ``tokenizer``) does, or None: a script's own Trainer
+        gets no link from the model's settings as the CLI's does (other ids trained unsaid; features of another layer)."""
         if self.tokenizer_name != config.language_model:  # the same one by other names (a local copy) is fine
             try:
                 same = tokenizer_signature(self.tokenizer) == tokenizer_signature(tokenizer)

@@ -5,6 +5,9 @@ copies: nocaps' ``validation``, Flickr30k's ``test``) scored whole, ``fit`` refu
 
 from __future__ import annotations
 
+import json
+import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.records import DataError
 from mmcaption.data.table_rows import HELD_OUT, REST
+from mmcaption.folders import SPLIT_FOLDER
 
 if TYPE_CHECKING:
     from mmcaption.data.datasets import ImageTextDataset
@@ -92,3 +96,25 @@ def say_shared_images(train: ImageTextDataset, val: ImageTextDataset, train_file
                        "and val/loss picks the best checkpoint by them. Give a val_file of other images, or val_file null "
                        "to hold out val_fraction of train_file's images (a file that is a part of another, as LLaVA-"
                        "Instruct's detail_23k.json is of llava_instruct_150k.json, is no validation of it)")
+
+
+def say_other_split_caches(folder: Path) -> None:
+    """Say the other preprocessed folders of ``folder``'s split and source (COCO, LLaVA, a hub table) beside it, built
+    from other inputs or settings: an edited annotation file left the old one (gigabytes of a large set's) unsaid."""
+    def source(split_folder: Path) -> object:
+        with suppress(OSError, ValueError, AttributeError):
+            return json.loads((split_folder / "meta.json").read_text()).get("source")
+
+    split, kind = folder.name.rsplit("-", 1)[0], source(folder)
+    try:  # another run removing one meanwhile (as said) is no failure of this one
+        others = sorted(p for p in folder.parent.iterdir() if p != folder and p.name.rsplit("-", 1)[0] == split
+                        and SPLIT_FOLDER.fullmatch(p.name) and (p / "meta.json").is_file() and source(p) == kind)
+        size = sum(f.stat().st_size for other in others for f in other.rglob("*") if f.is_file() and not f.is_symlink())
+    except OSError:
+        return
+    if others:
+        names, them = ", ".join(p.name for p in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else ""), \
+            "them" if len(others) > 1 else "it"
+        print(f"note: {folder.parent} holds {len(others)} other preprocessed folder{'s' * (len(others) > 1)} of split {split}, "
+              f"built from other inputs or settings ({names}; {size / 2**20:,.1f} MB): remove {them} unless a run of those "
+              f"inputs and settings still reads {them}", file=sys.stderr, flush=True)
