@@ -223,15 +223,18 @@ def replaced_by_a_later_config(arguments: list[str]) -> str | None:
     for index, argument in enumerate(arguments):
         flag = argument.split("=", 1)[0]
         if flag in ("--config", "-c") and (name := argument[9:] if "=" in argument else next(iter(arguments[index + 1:]), None)):
-            for place, key in [(place, key) for place, key in given if last[f"--{key}"] < index]:
-                keys = [key] + ([key.replace("data.", "data.init_args.", 1)] if key.startswith("data.") else [])
+            # an append (callbacks+=) given again later is lost all the same: the file's list replaces what it added to
+            for place, key in [(place, key) for place, key in given if key.endswith("+") or last[f"--{key}"] < index]:
+                keys = [key.rstrip("+")] + ([key.replace("data.", "data.init_args.", 1)] if key.startswith("data.") else [])
                 found = next(((k, line) for k in keys for node in [_composed(Path(name).expanduser())] if node is not None
                               for value, line in [_node_at(node, k)] if value is not None), None)
-                if found:
-                    return (f"{arguments[place].split('=', 1)[0]} comes before --config {name}, which writes {found[0]} too "
+                if found:  # an append shown whole: --trainer.callbacks+=EarlyStopping
+                    shown = " ".join(arguments[place:place + 2]) if key.endswith("+") and "=" not in arguments[place] else \
+                        arguments[place] if key.endswith("+") else arguments[place].split("=", 1)[0]
+                    return (f"{shown} comes before --config {name}, which writes {found[0]} too "
                             f"(line {found[1]}): a later source replaces an earlier one, so the file's value would be used, "
                             "not yours. Put the setting after the config files")
-        elif flag.startswith("--") and not flag.startswith(("--config", "--print_config")) and "+" not in flag:
+        elif flag.startswith("--") and not flag.startswith(("--config", "--print_config")):
             given.append((index, flag[2:]))
     return None
 

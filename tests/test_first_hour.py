@@ -214,6 +214,11 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
         f"error: --trainer.max_epochs comes before --config {DEMO_CAPTION}, which writes trainer.max_epochs too (line 9): a "
         "later source replaces an earlier one, so the file's value would be used, not yours. Put the setting after the "
         "config files")
+    # a callback added before the config whose callbacks list replaces it: it never ran, unsaid (given again after, too)
+    assert refused("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/loss", "--config", DEMO_CAPTION,
+                   "--trainer.callbacks+=EarlyStopping").startswith(
+        f"error: --trainer.callbacks+=EarlyStopping comes before --config {DEMO_CAPTION}, which writes trainer.callbacks too "
+        "(line 18): a later source replaces an earlier one")
     # given again after the files (a wrapper script's `mmcaption fit $COMMON --config x.yaml "$@"`): that one is used
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--trainer.max_epochs", "1", "--config", DEMO_CAPTION, "--trainer.max_epochs", "2", "--print_config"])
