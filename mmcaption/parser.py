@@ -123,7 +123,10 @@ class MMCaptionParser(LightningArgumentParser):
             lines.append("  the data comes from the stage's config (--config configs/caption.yaml, instruct.yaml, or the "
                          "demo's), or from --data <class> and its settings")
         given = re.search(r"given class_path '[\w.]+\.(\w+)'", message)
-        for key, candidates in dict(unknown_keys(message, parser)).items():
+        if early := _before_a_config(message):  # --data.eval_batch_size 8 --config c.yaml: read before the class it names
+            lines.append(f"  {early} comes before the config file that names its class (--config {_CONFIGS[0][0]}), so "
+                         "it was read without it: put it after the config files")
+        for key, candidates in dict(unknown_keys(message, parser) if not early else ()).items():  # no guess: it is right
             if key.startswith("trainer.callbacks.") and "goes to the list's last callback" in lines[-1] or \
                     own_optimizer and key.split(".")[0] in ("optimizer", "lr_scheduler"):
                 continue  # said just above: the other callback's settings are no guess at what was meant
@@ -143,6 +146,19 @@ class MMCaptionParser(LightningArgumentParser):
                      else f"tip: `{prog} --help` lists its settings")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.exit(USER_ERROR_EXIT)
+
+
+def _before_a_config(message: str) -> str | None:
+    """The setting of the failing parse (a data module's, a logger's: ``Parser key "data"`` with its ``NestedArg``) typed
+    before the first ``--config``, or None."""
+    first = next((i for i, a in enumerate(_ARGUMENTS) if a.split("=", 1)[0] in ("--config", "-c")), None)
+    parsed, nested = re.search(r'Parser key "([\w.]+)"', message), re.search(r"NestedArg\(key='([\w.]+)'", message)
+    for argument in _ARGUMENTS[:first] if first is not None and parsed else []:
+        key = argument.split("=", 1)[0].removeprefix("--")
+        if argument.startswith("--") and key.startswith(parsed.group(1) + ".") and (nested is None or key.endswith(
+                "." + nested.group(1))):
+            return argument.split("=", 1)[0]
+    return None
 
 
 def _empty_setting_problem(parser: LightningArgumentParser, config: Any) -> str | None:

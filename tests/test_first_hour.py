@@ -219,6 +219,15 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
                    "--trainer.callbacks+=EarlyStopping").startswith(
         f"error: --trainer.callbacks+=EarlyStopping comes before --config {DEMO_CAPTION}, which writes trainer.callbacks too "
         "(line 18): a later source replaces an earlier one")
+    # a setting of the class a config names, typed before that config: 'Parser key "trainer.logger":' and no reason, or
+    # "a setting of CaptionDataModule ..., not of LightningDataModule, the data this command's config reads"
+    for setting, value in (("--trainer.logger.name", "mine"), ("--data.eval_batch_size", "8")):
+        with pytest.raises(SystemExit):
+            main(["fit", setting, value, "--config", DEMO_CAPTION])
+        err = capsys.readouterr().err
+        assert (f"  {setting} comes before the config file that names its class (--config {DEMO_CAPTION}), so it was read "
+                "without it: put it after the config files") in err.splitlines(), err
+        assert "did you mean" not in err and "not of LightningDataModule" not in err, err
     # given again after the files (a wrapper script's `mmcaption fit $COMMON --config x.yaml "$@"`): that one is used
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--trainer.max_epochs", "1", "--config", DEMO_CAPTION, "--trainer.max_epochs", "2", "--print_config"])
