@@ -128,7 +128,7 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
         return lasts[0][0]
     for last, recorded in lasts if ckpt_path == "best" else []:  # a re-run stopped before validating records none
         if best := _recorded_best(last):
-            if last != lasts[0][0] and rank_zero_only.rank == 0 and (key := f"best {best}") not in SAID:  # another run's: said
+            if last != lasts[0][0] and rank_zero_only.rank == 0 and (key := f"other {best.resolve()}") not in SAID:  # another run's
                 SAID.add(key)  # once, with the newest that has none
                 print(f"note: --ckpt_path best: {lasts[0][0]}, the newest run's last checkpoint (step "
                       f"{lasts[0][1].get('global_step')}), records no best checkpoint; {best} is {last.name}'s run's, of "
@@ -164,7 +164,8 @@ def _recorded_best(last: Path) -> Path | None:
                 score = value.get("best_model_score")
                 said = f"note: --ckpt_path best: {path} ({value.get('monitor') or 'its monitor'}" + (
                     f" {float(score):.4f}" if score is not None else "") + f", as {last.name} recorded it)"
-                if said not in SAID and rank_zero_only.rank == 0 and not SAID.add(said):  # the CLI resolves it twice
+                if (key := f"best {path.resolve()}") not in SAID and rank_zero_only.rank == 0 and not SAID.add(key):  # the
+                    # CLI resolves it twice, from folders spelled two ways
                     print(said, file=sys.stderr, flush=True)
                 return path
     return None

@@ -199,7 +199,7 @@ class MMCaptionCLI(LightningCLI):
             manifest = read_manifest(init_from)
             saved = {"config": asdict(pretrained_config(init_from)), "generation": saved_generation(manifest.get("generation") or {}, f"model.init_from {init_from}")}
             self._model_settings_from(f"model.init_from {init_from}", saved, subcommand, "export")
-            ask_as_trained(subcommand, self.config[subcommand].get("data"), manifest.get("prompts") or {}, f"model.init_from {init_from}")
+            ask_as_trained(subcommand, self.config[subcommand].get("data"), manifest.get("prompts") or {}, f"model.init_from {init_from}", False)
         elif not ckpt_path and init_from and Path(init_from).is_file():  # a checkpoint's data settings: its prompts
             ask_as_trained(subcommand, self.config[subcommand].get("data"), data_settings(init_from), f"model.init_from {init_from}")
             self._refuse_other_structure(init_from, subcommand)

@@ -152,6 +152,12 @@ def _node_at(node: yaml.Node, key: str) -> tuple[yaml.Node | None, int | None]:
     return node, line
 
 
+def class_named_in(path: Path, section: str) -> str | None:
+    """The ``class_path`` a config file gives ``section`` (``data``, ``trainer.logger``), or None."""
+    value, _ = _node_at(node, f"{section}.class_path") if (node := _composed(path)) is not None else (None, None)
+    return value.value if isinstance(value, yaml.ScalarNode) and isinstance(value.value, str) else None
+
+
 def written_in(configs: list[tuple[str, Path]], key: str) -> str:
     """The config file (and line) that writes the dotted ``key``, the last one that does (it is the one read),
     or ``""`` when none does (a key given on the command line)."""
@@ -262,7 +268,8 @@ def generation_kept(arguments: list[str]) -> list[str]:
         node = _composed(Path(name).expanduser()) if name else None
         section, _ = _node_at(node, "model.generation") if node is not None else (None, None)
         if isinstance(section, yaml.MappingNode):
-            given = read_yaml(yaml.serialize(section))  # as jsonargparse reads it: 3e-4 a number (PyYAML's is text)
+            given = read_yaml(text := yaml.serialize(section))  # as jsonargparse reads it: 3e-4 a number (PyYAML's is text)
+            given = given if isinstance(given, dict) else yaml.safe_load(text)  # (a key left empty, `top_k:`, it returns text)
             out += [part for key, value in earlier.items() if key not in given for part in (f"--model.generation.{key}", json.dumps(value))]
             earlier = {**earlier, **given}
     return out

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from mmcaption.config_files import (
     check_config_file,
+    class_named_in,
     config_files,
     empty_settings,
     generation_kept,
@@ -34,7 +35,7 @@ from mmcaption.config_files import (
 )
 from mmcaption.errors import USER_ERROR_EXIT, ConfigError, MMCaptionError, one_line
 from mmcaption.resources import causes
-from mmcaption.setting_names import another_modules, closest, unknown_keys
+from mmcaption.setting_names import another_modules, closest, init_parameters, unknown_keys
 
 
 class MMCaptionParser(LightningArgumentParser):
@@ -124,8 +125,7 @@ class MMCaptionParser(LightningArgumentParser):
                          "demo's), or from --data <class> and its settings")
         given = re.search(r"given class_path '[\w.]+\.(\w+)'", message)
         if early := _before_a_config(message):  # --data.eval_batch_size 8 --config c.yaml: read before the class it names
-            lines.append(f"  {early} comes before the config file that names its class (--config {_CONFIGS[0][0]}), so "
-                         "it was read without it: put it after the config files")
+            lines.append(early)
         for key, candidates in dict(unknown_keys(message, parser) if not early else ()).items():  # no guess: it is right
             if key.startswith("trainer.callbacks.") and "goes to the list's last callback" in lines[-1] or \
                     own_optimizer and key.split(".")[0] in ("optimizer", "lr_scheduler"):
@@ -149,15 +149,22 @@ class MMCaptionParser(LightningArgumentParser):
 
 
 def _before_a_config(message: str) -> str | None:
-    """The setting of the failing parse (a data module's, a logger's: ``Parser key "data"`` with its ``NestedArg``) typed
-    before the first ``--config``, or None."""
-    first = next((i for i, a in enumerate(_ARGUMENTS) if a.split("=", 1)[0] in ("--config", "-c")), None)
+    """What to say of a setting of the failing parse's class (``Parser key "data"``, its ``NestedArg``) typed before the
+    config file that names that class, and not after its class was typed; None when it is not that (or is misspelt)."""
     parsed, nested = re.search(r'Parser key "([\w.]+)"', message), re.search(r"NestedArg\(key='([\w.]+)'", message)
-    for argument in _ARGUMENTS[:first] if first is not None and parsed else []:
-        key = argument.split("=", 1)[0].removeprefix("--")
-        if argument.startswith("--") and key.startswith(parsed.group(1) + ".") and (nested is None or key.endswith(
-                "." + nested.group(1))):
-            return argument.split("=", 1)[0]
+    pending: list[str] = []
+    for index, argument in enumerate(_ARGUMENTS if parsed else []):
+        flag = argument.split("=", 1)[0]
+        if flag == f"--{parsed.group(1)}":  # its class typed: the settings after it are read with it
+            pending = []
+        elif flag.startswith(f"--{parsed.group(1)}.") and (nested is None or flag.endswith("." + nested.group(1))):
+            pending.append(flag)
+        elif flag in ("--config", "-c") and pending:
+            name = argument.split("=", 1)[1] if "=" in argument else next(iter(_ARGUMENTS[index + 1:]), "")
+            named = class_named_in(Path(name).expanduser(), parsed.group(1))
+            if named and pending[-1].rsplit(".", 1)[-1] in init_parameters(named):
+                return (f"  {pending[-1]} comes before --config {name}, the file that names its class ({named.rsplit('.', 1)[-1]}), "
+                        "so it was read without it: put it after the config files")
     return None
 
 

@@ -206,13 +206,14 @@ def trainer_problem(trainer: Any) -> str | None:
 PROMPTS = ("caption_prompt", "system_prompt")  # what a model was trained to be asked with
 
 
-def ask_as_trained(subcommand: str, data: Any, trained: dict[str, Any], source: str) -> None:
+def ask_as_trained(subcommand: str, data: Any, trained: dict[str, Any], source: str, recorded: bool = True) -> None:
     """A predict's prompts (``data``: its data module's settings) as the model was trained with them (``trained``: its
     checkpoint's data settings, or its export's prompts), where the run leaves them unset (null): the predict configs
     asked every model with the default prompts, whatever it learned. A prompt set to another text than the trained
     one is kept, with a note. validate and test evaluate with their config's data module, as it is given: another prompt
-    than the trained one is noted (their metrics were of a prompt the model never saw, unsaid)."""
-    settings = getattr(data, "init_args", None) if subcommand in ("predict", "validate", "test") else None
+    than the trained one is noted (their metrics were of a prompt the model never saw, unsaid) where ``recorded``: an
+    export's prompts include defaults its stage never trained with."""
+    settings = getattr(data, "init_args", None) if subcommand == "predict" or recorded and subcommand in ("validate", "test") else None
     for name in PROMPTS:
         if settings is None or name not in settings or not isinstance(trained.get(name), str):
             continue

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -231,9 +232,15 @@ def test_predict_asks_a_model_with_the_prompts_it_was_trained_with(trained_check
     out, err = capsys.readouterr()
     assert "system_prompt: Be brief." in out
     assert "was trained with system_prompt 'ROLE: You answer about images.'; this run asks with 'Be brief.', as set" in err
+    # validate and test note only what a checkpoint recorded: an export fills in the prompts its stage never trained with
+    with pytest.raises(SystemExit):
+        main(["validate", "--data", "mmcaption.data.CaptionDataModule", "--model.init_from", str(tmp_path / "exported"),
+              "--data.init_args.caption_prompt", "A photo of", "--print_config"])
+    assert "was trained with" not in capsys.readouterr().err
 
 
-def test_ckpt_path_best_asks_as_trained_and_evaluating_with_another_prompt_is_noted(trained_checkpoint, tmp_path, capsys):
+def test_ckpt_path_best_asks_as_trained_and_evaluating_with_another_prompt_is_noted(trained_checkpoint, tmp_path, capsys,
+                                                                                    monkeypatch):
     # --ckpt_path best was resolved after the checkpoint's settings were read: predict asked the model with the default
     # caption prompt where the same file given by its path got the trained one; validate and test scored a prompt the
     # model never saw without a word
@@ -246,6 +253,12 @@ def test_ckpt_path_best_asks_as_trained_and_evaluating_with_another_prompt_is_no
     torch.save({**checkpoint, "callbacks": {"ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min'}": {
         "monitor": "val/loss", "best_model_score": torch.tensor(0.5), "best_model_path": str(best), "dirpath": str(folder)}}},
         folder / "last.ckpt")
+    from mmcaption.checkpoint_folders import keyword_checkpoint
+
+    monkeypatch.chdir(tmp_path)  # resolved from the config's folder and from Lightning's realpath of it: said once
+    assert keyword_checkpoint("best", [Path("checkpoints")], "test") == Path("checkpoints") / best.name
+    assert keyword_checkpoint("best", [folder], "test") == best
+    assert capsys.readouterr().err.count("note: --ckpt_path best:") == 1
     saving = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(folder)]
     out = print_config(capsys, "predict", "--config", str(REPO / "configs" / "predict" / "captions.yaml"), *saving,
                        "--ckpt_path", "best")

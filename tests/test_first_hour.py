@@ -221,13 +221,16 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
         "(line 18): a later source replaces an earlier one")
     # a setting of the class a config names, typed before that config: 'Parser key "trainer.logger":' and no reason, or
     # "a setting of CaptionDataModule ..., not of LightningDataModule, the data this command's config reads"
-    for setting, value in (("--trainer.logger.name", "mine"), ("--data.eval_batch_size", "8")):
+    for setting, value, named in (("--trainer.logger.name", "mine", "TensorBoardLogger"), ("--data.eval_batch_size", "8", "CaptionDataModule")):
         with pytest.raises(SystemExit):
-            main(["fit", setting, value, "--config", DEMO_CAPTION])
+            main(["fit", setting, value, "--config", str(REPO / "configs" / "ddp.yaml"), "--config", DEMO_CAPTION])
         err = capsys.readouterr().err
-        assert (f"  {setting} comes before the config file that names its class (--config {DEMO_CAPTION}), so it was read "
+        assert (f"  {setting} comes before --config {DEMO_CAPTION}, the file that names its class ({named}), so it was read "
                 "without it: put it after the config files") in err.splitlines(), err
         assert "did you mean" not in err and "not of LightningDataModule" not in err, err
+    with pytest.raises(SystemExit):  # misspelt, it is not told to move
+        main(["fit", "--data.eval_batch_sze", "8", "--config", DEMO_CAPTION])
+    assert "comes before" not in capsys.readouterr().err
     # given again after the files (a wrapper script's `mmcaption fit $COMMON --config x.yaml "$@"`): that one is used
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--trainer.max_epochs", "1", "--config", DEMO_CAPTION, "--trainer.max_epochs", "2", "--print_config"])
@@ -293,6 +296,10 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
         with pytest.raises(SystemExit):
             main(["fit", "--config", str(REPO / "configs" / "caption.yaml"), *arguments, "--print_config"])
         assert yaml.safe_load(capsys.readouterr().out)["model"]["generation"]["epsilon_cutoff"] == pytest.approx(3e-4)
+    with pytest.raises(SystemExit) as exit_info:  # a later file's generation with one key left empty: a TypeError
+        main(["fit", "--config", str(REPO / "configs" / "caption.yaml"), "--config", written("empty_key.yaml", "model:\n  "
+              "generation:\n    top_k:\n"), "--print_config"])
+    assert "Traceback" not in capsys.readouterr().err and exit_info.value.code in (0, 2)
 
 
 def test_a_count_of_batches_typed_as_a_whole_number_is_that_count_however_it_parsed(tmp_path, monkeypatch):
