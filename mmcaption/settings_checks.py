@@ -221,7 +221,7 @@ def ask_as_trained(subcommand: str, data: Any, trained: dict[str, Any], source: 
             settings[name] = trained[name]
         elif settings[name] != trained[name] and rank_zero_only.rank == 0:
             then = "as set (null asks as trained)" if subcommand == "predict" else \
-                f"its config's: --data.init_args.{name} {shell_word(trained[name])} evaluates it as trained"
+                f"as given: --data.init_args.{name} {shell_word(trained[name])} evaluates it as trained"
             print(f"note: {source} was trained with {name} {trained[name]!r}; this {'run' if subcommand == 'predict' else subcommand} "
                   f"asks with {settings[name]!r}, {then}", file=sys.stderr, flush=True)
 

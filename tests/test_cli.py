@@ -268,7 +268,7 @@ def test_ckpt_path_best_asks_as_trained_and_evaluating_with_another_prompt_is_no
             main([subcommand, "--data", "mmcaption.data.CaptionDataModule", "--ckpt_path", str(best), "--print_config"])
         err = capsys.readouterr().err
         assert (f"note: {best} was trained with caption_prompt 'Describe the image:'; this {subcommand} asks with "
-                "'', its config's: --data.init_args.caption_prompt 'Describe the image:' evaluates it as trained") in err, err
+                "'', as given: --data.init_args.caption_prompt 'Describe the image:' evaluates it as trained") in err, err
 
 
 def test_a_caption_separator_that_yaml_would_read_otherwise_stays_the_text_given(demo_dir, capsys, tmp_path):

@@ -84,7 +84,6 @@ def _pattern_images(source: str, note) -> list[tuple[str, Path]] | None:
     return [(str(image), image) for image in images]
 
 
-
 def _any_case(pattern: str) -> str:
     """``pattern`` with each letter outside a ``[...]`` class matching either case (``*.jpg`` -> ``*.[jJ][pP][gG]``)."""
     out, inside = [], False
