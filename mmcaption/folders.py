@@ -381,4 +381,6 @@ def remove_unused_run(folder: str | Path) -> bool:
            for f in folder.iterdir()):
         return False
     shutil.rmtree(folder)
+    with suppress(OSError):  # its name's folder, left empty (a resume that trained nothing, a first run refused)
+        folder.parent.rmdir()
     return True

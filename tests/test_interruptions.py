@@ -1506,6 +1506,8 @@ def test_runs_started_at_the_same_moment_get_their_own_run_folders(tmp_path, mon
     assert remove_unused_run(folders[1][0]) and not folders[1][0].exists()
     (folders[2][0] / "checkpoints").mkdir()
     assert not remove_unused_run(folders[2][0])  # anything else: kept
+    alone = claim_run_folders([TensorBoardLogger(tmp_path, name="alone")])[0]  # a name's only run: no empty name folder
+    assert remove_unused_run(alone) and not alone.parent.exists() and (tmp_path / "sweep").is_dir()
 
 
 def test_lightnings_own_refusals_of_settings_are_one_line(backbones, coco_root, trained_checkpoint, tmp_path, monkeypatch, capsys):
