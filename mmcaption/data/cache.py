@@ -106,8 +106,6 @@ def _content_signature(images: list[tuple[str, str | None]], memo_file: Path | N
     return {"files": count, "sha256": digest.hexdigest()}
 
 
-
-
 _IMAGE_HASHES: dict[tuple, str] = {}  # this process's: also when the cache cannot be written (a read-only one)
 
 

@@ -18,7 +18,7 @@ from mmcaption.data.records import DataError, existing_spelling, not_utf8, packe
 from mmcaption.errors import unexpanded_variable
 from mmcaption.file_kinds import kind_of_file
 from mmcaption.file_spellings import PATTERN_MARKS, home_expanded, is_file
-from mmcaption.folders import walk_through_links
+from mmcaption.folders import IMAGE_HASHES, SPLIT_FOLDER, walk_through_links
 from mmcaption.images import (
     IMAGE_SUFFIXES,
     InlineImage,
@@ -33,8 +33,6 @@ from mmcaption.images import (
 from mmcaption.resources import owner_of
 from mmcaption.terminal import shell_word
 
-# a preprocessed split's folder in mmcaption's cache: the split, the side and the fingerprint of what made it
-_SPLIT_FOLDER = re.compile(r"[\w.]+-[0-9a-f]{16}")
 # a one-column list saved from a spreadsheet starts with its column's name
 COLUMN_NAMES = {"image", "images", "img_path", "image_path", "path", "file", "filename", "file_name", "photo", "url", "urls",
                 "image_url", "src", "uri", "link"}  # a CMS's or pandas' export of a URL column
@@ -46,10 +44,10 @@ def _folder_files(folder: Path) -> tuple[list[Path], list[Path], list[Path], lis
     the folders that cannot be read; and the caches left out."""
     files, broken, unreadable, caches = [], [], [], []
     for root, folders, names in walk_through_links(folder, unreadable):
-        splits = [name for name in folders if _SPLIT_FOLDER.fullmatch(name) and (Path(root) / name / "meta.json").is_file()]
+        splits = [name for name in folders if SPLIT_FOLDER.fullmatch(name) and (Path(root) / name / "meta.json").is_file()]
         if splits:  # a data folder's preprocessed/ (trained on from this folder), or a cache_dir given here: not photos
             caches.append(Path(root))
-            folders[:] = [name for name in folders if name not in {*splits, "image-hashes", "datasets"}]
+            folders[:] = [name for name in folders if name not in {*splits, IMAGE_HASHES, "datasets"}]
         folders[:] = sorted(name for name in folders if not is_hidden(Path(name)))
         for name in names:
             file = Path(root) / name
