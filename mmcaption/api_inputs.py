@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from mmcaption.errors import ConfigError
-from mmcaption.evaluation.answers import LETTERS
+from mmcaption.evaluation.answers import LETTERS, own_letters_dropped
 
 
 def option_rows(sheet: Any) -> list[list]:
@@ -142,11 +142,19 @@ def per_question_options(options: Any, questions: list[str], many: bool) -> list
     else:
         option_lists = [[as_text(o) for o in opts] for opts in nested]
     repeated: dict[tuple[str, ...], list[str]] = {}  # the same option twice: said once a call, its questions counted
+    lettered: list[tuple[str, list[str]]] = []  # "A. red", "B. blue": asked without their letters, said once a call
     for index, (question, opts) in enumerate(zip(questions, option_lists)):
         check_texts("option", opts)  # then stripped, as predict reads a sheet's cells: "  white circle " lost to "circle"
         opts = option_lists[index] = [option.strip() for option in opts]
+        if (bare := own_letters_dropped(opts)) is not None:
+            lettered.append((question, opts))
+            opts = option_lists[index] = bare
         for text in dict.fromkeys(option for option in opts if opts.count(option) > 1):  # equal scores: the first wins
             repeated.setdefault((text, *(letter for letter, option in zip(LETTERS, opts) if option == text)), []).append(question)
+    if lettered:
+        (question, opts), more = lettered[0], len(lettered) - 1
+        warnings.warn(f"{question!r}" + (f" and {more} other questions" if more else "") + f": options {opts[0]!r} ... are "
+                      "written with their letters, which the prompt gives them itself; asked without them", stacklevel=callers_level())
     for (text, *same), asked in repeated.items():
         where = f"{asked[0]!r}" + (f" and {len(asked) - 1} other questions" if len(asked) > 1 else "")
         warnings.warn(f"{where}: options {', '.join(same)} are the same text ({text!r}): no model can tell them apart, and "

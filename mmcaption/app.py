@@ -22,7 +22,7 @@ from typing import Any
 from mmcaption.chat import check_source, load_captioner
 from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
-from mmcaption.evaluation.answers import LETTERS
+from mmcaption.evaluation.answers import LETTERS, own_letters_dropped
 from mmcaption.images import check_image
 from mmcaption.inference import Captioner
 from mmcaption.usage import app_parser, backbones_given
@@ -110,6 +110,7 @@ class App:
 
     def choose(self, image: str | None, question: str, options_text: str) -> tuple[str, dict[str, float]]:
         options = [line.strip() for line in (options_text or "").splitlines() if line.strip()]
+        options = own_letters_dropped(options) or options  # "A. red" typed: lettered once on the page, "A. A. red" was
         if not 2 <= len(options) <= len(LETTERS):
             raise self.gr.Error(f"Write 2 to {len(LETTERS)} options, one per line ({len(options)} given).")
         if not (question or "").strip():

@@ -177,6 +177,8 @@ def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported
     assert letter.startswith(f"**{expected}**")
     assert list(shares) == ["A. circle", "B. square", "C. triangle"] and abs(sum(shares.values()) - 1) < 1e-6
     assert max(shares, key=shares.get).startswith(expected)
+    # options typed with their letters: lettered once on the page (was "A. A. circle") and scored as the plain ones
+    assert app.choose(str(good), "Which shape is it?", "A. circle\nB. square\nC. triangle") == (letter, shares)
 
     # chat: each turn reaches the model with the conversation so far; the page shows what the API returns
     yields = list(app.chat("What colour is it?", [], str(good), *settings))

@@ -582,3 +582,16 @@ def test_options_with_spaces_around_them_are_scored_as_predict_scores_the_sheet(
     assert padded == captioner.option_scores(photos[0], "Which colour?", ["red", "blue", "green"])
     with pytest.warns(UserWarning, match=r"options A, B are the same text \('red'\)"):  # the same option twice: said
         assert captioner.choose(photos[0], "Which colour?", [" red", "red "]) == "A"
+
+
+def test_options_written_with_their_letters_are_asked_as_the_same_options_without_them(captioner, photos):
+    # "A. red" as exams and sheets write options: the prompt letters them itself, and the letters' tokens were scored
+    # too - another answer than the same options unlettered, unsaid
+    plain = captioner.option_scores(photos[0], "Which colour?", ["red", "blue", "green"])
+    for lettered in (["A. red", "B. blue", "C. green"], ["(A) red", "(B) blue", "(C) green"], ["a) red", "b) blue", "c) green"]):
+        with pytest.warns(UserWarning, match=r"'Which colour\?': options .* are written with their letters, .*asked without them"):
+            assert captioner.option_scores(photos[0], "Which colour?", lettered) == plain
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # options that only begin with capitals, or letters out of order, are texts
+        captioner.choose(photos[0], "Which?", ["A red one", "B blue one"])
+        captioner.choose(photos[0], "Which?", ["B. red", "A. blue"])

@@ -781,6 +781,15 @@ def test_a_sheets_own_columns_are_not_taken_for_results_and_no_option_is_left_ou
     assert warned == [f"{sheet}: 1 question(s) list the same option more than once, which no model can tell apart (line 3: "
                       "options A, B are 'white circle'); the first of them is chosen whenever any is likeliest, and an answer "
                       "key naming another counts as wrong"]
+    # options written with their letters, as exam sheets are: asked without them (the prompt letters them), the answer
+    # key read as the letter, the option as written or its text; the output gives the cells back as the file has them
+    sheet.write_text("img_path,Question,A,B,C,D,answer\na.png,What colour?,A. red,B. blue,C. green,D. white,B. blue\n"
+                     "a.png,What shape?,(A) circle,(B) square,(C) star,(D) ring,star\n")
+    notes.clear()
+    assert [(q.options, q.answer, q.record["A"]) for q in read_choice_csv(sheet)] == [
+        (["red", "blue", "green", "white"], "B", "A. red"), (["circle", "square", "star", "ring"], "C", "(A) circle")]
+    assert notes == [f"{sheet}: the options of 2 question(s) are written with their letters (line 2: 'A. red'), which the "
+                     "prompt gives them itself; asked without them"]
 
 
 def test_answer_keys_as_people_write_them_are_scored_by_the_letter_they_name(backbones, trained_checkpoint, image_folder, tmp_path):

@@ -25,7 +25,7 @@ from mmcaption.data.tables import (
     refuse_duplicate_columns,
     unnamed_kept,
 )
-from mmcaption.evaluation.answers import LETTERS
+from mmcaption.evaluation.answers import LETTERS, own_letters_dropped
 from mmcaption.tasks import RESULT_COLUMNS
 
 REQUIRED_COLUMNS = ("img_path", "Question", "A", "B")
@@ -73,7 +73,7 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
     if beyond and LETTERS[-1].lower() in column:  # options I, J, ... after H: left out, they made the questions easier
         raise DataError(f"{path}: column(s) {beyond} follow option {LETTERS[-1]}, and a question has at most "
                         f"{len(LETTERS)} options ({', '.join(LETTERS)})")
-    questions, ambiguous, repeated = [], [], []
+    questions, ambiguous, repeated, lettered = [], [], [], []
     for line, fields in rows:
         if not any(field.strip() for field in fields):
             continue  # a blank line
@@ -88,7 +88,10 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
             problems.append(f"its {image} is the image's bytes, written into the file: save the images as files and name "
                             "their paths")
         given = "" if absent_cell(values.get("answer", "")) else values["answer"]
-        answer = _answer_letter(given, options)
+        answer = _answer_letter(given, options)  # "A. red" as the option is written, or "red" as the model is asked it:
+        if (bare := own_letters_dropped(options)) is not None:
+            lettered.append((line, options[0]))
+            options, answer = bare, answer if answer is not None else _answer_letter(given, bare)
         texts = [_folded(option) for option in options]
         if same := [letter for letter, option in zip(LETTERS, options) if options.count(option) > 1]:
             repeated.append((line, same, options[LETTERS.index(same[0])]))
@@ -107,6 +110,9 @@ def read_choice_csv(path: Path) -> list[ChoiceQuestion]:
                                         option_keys=option_keys))
     if not questions:
         raise DataError(f"{path} has no questions")
+    if lettered:
+        rank_zero_info(f"{path}: the options of {len(lettered)} question(s) are written with their letters (line "
+                       f"{lettered[0][0]}: {lettered[0][1]!r}), which the prompt gives them itself; asked without them")
     if ambiguous:
         line, given, answer, other, options = ambiguous[0]
         rank_zero_warn(f"{path}: {len(ambiguous)} answer(s) are both an option's letter and another option's text, and are "

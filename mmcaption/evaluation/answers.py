@@ -107,6 +107,18 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 
 
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")  # option letters; a question has 2 to 8 options
+# an option written with its letter, as exams and spreadsheets write them: "A. red", "A) red", "(A) red", "[A] red", "A: red"
+_OWN_LETTER = re.compile(r"\s*(?:\(([A-H])\)|\[([A-H])\]|([A-H])\s*[.):])\s*(?=\S)", re.IGNORECASE)
+
+
+def own_letters_dropped(options: list[str]) -> list[str] | None:
+    """The options' texts without their letters when each begins with its own, in order (``["A. red", "B. blue"]``), else
+    None: a prompt letters the options itself (``A. A. red`` asked), and their likelihood scored each letter's tokens."""
+    marks = [_OWN_LETTER.match(option) for option in options]
+    if len(options) < 2 or not all(m and (m.group(1) or m.group(2) or m.group(3)).upper() == letter
+                                   for m, letter in zip(marks, LETTERS)):
+        return None
+    return [option[m.end():].strip() for option, m in zip(options, marks)]
 
 
 def parse_choice(text: str, options: list[str] | None = None) -> str | None:
