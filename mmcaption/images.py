@@ -127,8 +127,17 @@ def check_size(image: Image.Image) -> None:
         scaled = max(width, height) / min(width, height) * 224 ** 2 * 12  # bytes, as 3 channels of floats
         raise Image.DecompressionBombError(
             f"{width} x {height} pixels, a strip longer than {MAX_ASPECT} times its width: scaled for the vision "
-            f"model (its short side to 224 pixels) it would take {scaled / 2 ** 30:.1f} GB or more; crop it "
+            f"model (its short side to the model's size, 224 pixels for CLIP ViT-B/32) it would take {scaled / 2 ** 30:.1f} GB; crop it "
             "nearer to a square (mmcaption.images.MAX_ASPECT)")
+
+
+def _sized(image: Image.Image) -> Image.Image:
+    """An image in memory checked as a file is (an 8000 x 1 strip: gigabytes once scaled), a ``ValueError`` of the caller's."""
+    try:
+        check_size(image)
+    except Image.DecompressionBombError as error:
+        raise ValueError(str(error)) from None
+    return image
 
 
 def check_image(data: bytes) -> str | None:
@@ -194,10 +203,11 @@ def load_rgb(source: ImageSource, shortest_side: int | None = None, srgb: bool =
             source = source.movedim(0, -1)
         source = source.detach().cpu().float().numpy() if source.is_floating_point() else source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
-        return array_image(source)
+        return _sized(array_image(source))
     if isinstance(source, Image.Image):
         if 0 in source.size:  # an empty crop (a detector's box of no width): Pillow's scaling divides by it
             raise ValueError(f"the image is {source.size[0]} x {source.size[1]} pixels: nothing to see")
+        _sized(source)
         turned = upright(source)
         return to_rgb(_smaller(turned, shortest_side), levels(turned), srgb)
     if hasattr(source, "read"):  # an open file, a BytesIO of a download: read from where it is, and put back there

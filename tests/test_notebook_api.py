@@ -423,6 +423,11 @@ def test_images_as_notebooks_hold_them_and_misuse_said_plainly(captioner, photos
     # an empty crop (a detector's box of no width): was a bare ZeroDivisionError without the item's place
     with pytest.raises(ValueError, match=r"image 2 of 2: the image is 0 x 30 pixels: nothing to see"):
         captioner.caption([photos[0], Image.open(photos[0]).crop((10, 10, 10, 40))])
+    # a thin strip in memory, refused as its file is: the processor scaled its short side up (gigabytes at 224 pixels)
+    for strip in (Image.new("RGB", (8000, 1)), np.zeros((1, 8000, 3), np.uint8), torch.zeros(3, 1, 8000)):
+        with pytest.raises(ValueError, match=r"image 2 of 2: 8000 x 1 pixels, a strip longer than 500 times "
+                                                               r"its width: .*224 pixels for CLIP ViT-B/32"):
+            captioner.caption([photos[0], strip])
     # a folder, as predict takes one: was a bare IsADirectoryError traceback
     with pytest.raises(IsADirectoryError, match=r"a folder, not an image: give its images \(a list of their paths\), or caption "
                                                 r"it with mmcaption predict --data.images FOLDER"):
