@@ -109,6 +109,16 @@ def checked_batch_size(size: object) -> int:
     return int(size)
 
 
+def check_errors(errors: object, skip_unreadable: bool) -> None:
+    """``errors`` is a list the images ``skip_unreadable`` skips are added to: else a typo's value, or a list that stayed
+    empty while the first unreadable image was raised."""
+    if errors is not None and not isinstance(errors, list):
+        raise ConfigError(f"errors is a list that each skipped image's (index, reason) is added to, not {errors!r}")
+    if errors is not None and not skip_unreadable:
+        raise ConfigError("errors gets the images skip_unreadable=True skips: give skip_unreadable=True with it (without "
+                          "it an image that cannot be read is raised)")
+
+
 def check_texts(what: str, texts: list) -> None:
     """Questions and options are text that says something: an empty one would leave the model to make it up."""
     empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]

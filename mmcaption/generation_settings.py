@@ -50,6 +50,8 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
                  if name in number and number[name] < 1]
     problems += [f"{name} {number[name]!r} must be a whole number" for name in _WHOLE
                  if name in number and not (math.isfinite(number[name]) and number[name] == int(number[name]))]
+    if "max_time" in number and not number["max_time"] > 0:  # -1 was taken: one token, then the time was up
+        problems.append(f"max_time {number['max_time']} must be above 0 (seconds)")
     if "min_new_tokens" in number and number["min_new_tokens"] > number.get("max_new_tokens", float("inf")):
         problems.append(f"min_new_tokens {number['min_new_tokens']} is above max_new_tokens {number['max_new_tokens']}")
     if given.get("do_sample") and number.get("temperature", 1.0) <= 0:
@@ -142,6 +144,8 @@ def plain(value: Any) -> Any:
     return value
 
 
+# the Python API's own settings beside generate's, offered for a name misspelt (Captioner.caption(batchsize=2))
+_API_OWN = ("batch_size", "skip_unreadable", "errors")
 # generate() options that change what it returns: the task layer returns texts
 _RETURN_OPTIONS = ("return_dict_in_generate", "output_scores", "output_logits", "output_attentions", "output_hidden_states")
 
@@ -160,7 +164,8 @@ def call_settings(generation: GenerationConfig, generate_kwargs: dict[str, Any],
     settings = {key: plain(value) for key, value in {**changed, **given}.items()}  # service's optional field, passed on)
     unknown = [key for key in settings if key not in _known_settings()]
     if unknown:  # transformers' "model_kwargs are not used", or a TypeError for one the task methods set
-        near = [f" (did you mean {', '.join(close)}?)" if (close := difflib.get_close_matches(key, _known_settings(), n=2))
+        names = [*_known_settings(), *_API_OWN]  # batchsize=2 to caption: batch_size, the method's own
+        near = [f" (did you mean {', '.join(close)}?)" if (close := difflib.get_close_matches(key, names, n=2))
                 else "" for key in unknown]
         raise ConfigError("; ".join(f"{key}: set by the task methods themselves" if key in _TASKS_OWN else
                                     f"{key} is no setting of Hugging Face's generate{hint}" for key, hint in zip(unknown, near)))

@@ -215,7 +215,13 @@ def test_a_services_requests_get_their_own_reasons_and_a_bad_request_is_told_fro
                            ({"input_ids": [1]}, r"input_ids: set by the task methods themselves"),
                            ({"max_time": "5"}, r"max_time '5' is not a number"),
                            ({"max_time": True}, r"max_time True is not a number"),
-                           ({"deadline": 5}, r"deadline is no setting of Hugging Face.s generate")):
+                           ({"deadline": 5}, r"deadline is no setting of Hugging Face.s generate"),
+                           ({"max_time": -1}, r"max_time -1 must be above 0 \(seconds\)"),  # was a one-token caption
+                           ({"batchsize": 2}, r"batchsize is no setting .*\(did you mean batch_size"),  # the API's own names
+                           ({"skip_unreadables": True}, r"\(did you mean skip_unreadable"),
+                           ({"skip_unreadable": True, "errors": "x"}, r"errors is a list that each skipped image's \(index, "
+                                                                      r"reason\) is added to, not 'x'"),  # an AttributeError
+                           ({"errors": []}, r"errors gets the images skip_unreadable=True skips: give skip_unreadable=True")):
         with pytest.raises(ConfigError, match=said):
             captioner.caption(photos[0], **settings)
     with pytest.raises(ConfigError, match=r"history is a list of \(question, answer\) pairs"):
