@@ -181,12 +181,18 @@ def main(argv: list[str] | None = None) -> None:
     # the settings given; the rest are the model's own, as the API and predict use them (128 tokens and greedy were chat's,
     # whatever the model was exported with)
     settings = {name: value for name in ("max_new_tokens", "min_new_tokens") if (value := getattr(args, name)) is not None}
+    if args.top_p is not None:
+        settings["top_p"] = args.top_p
     if args.temperature is not None:
         settings["do_sample"] = args.temperature != 0
         if args.temperature != 0:  # one sequence sampled, streamed as it comes
-            settings.update(temperature=args.temperature, top_p=args.top_p, num_beams=1)
+            settings.update(temperature=args.temperature, num_beams=1)
     check_generation(settings, "mmcaption chat")
     captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
+    if "top_p" in settings and not settings.get("do_sample", captioner.tasks.generation.do_sample):  # was dropped unsaid
+        answers = "greedy (--temperature 0)" if args.temperature == 0 else "not sampled (the model's own settings)"
+        raise ConfigError(f"--top_p {args.top_p} is used only when sampling, and the answers would be {answers}: give "
+                          "--temperature above 0 with it")
     if caption_stage(captioner.manifest):  # as predict says of a caption-stage checkpoint
         print(f"note: {args.model or args.checkpoint} is a caption-stage model: the instruct stage teaches to answer questions and chat; "
               "expect captions, not answers", file=sys.stderr, flush=True)

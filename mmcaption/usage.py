@@ -81,7 +81,7 @@ def chat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_new_tokens", type=int, default=None, help=own)
     parser.add_argument("--min_new_tokens", type=int, default=None, help=own)
     parser.add_argument("--temperature", type=float, default=None, help=f"0: greedy; above 0: sampling at this temperature {own}")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling (with --temperature above 0)")
+    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling (with --temperature above 0, or a model that samples)")
     add_backbone_arguments(parser)
     return parser
 

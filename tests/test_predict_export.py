@@ -1199,6 +1199,17 @@ def test_chat_answers_with_the_models_own_generation_settings_as_the_api_does(tr
         # nothing over the model's own but what was given (128 new tokens, greedy, one beam were sent every time)
         assert {key: value for key, value in given.pop().items() if key != "streamer"} == settings
     assert answer == captioner.chat(image, question, [], max_new_tokens=8, do_sample=False)
+    # --top_p where nothing samples: was dropped without a word
+    for flags, said in ((["--top_p", "0.5"], "not sampled (the model's own settings)"),
+                        (["--top_p", "0.5", "--temperature", "0"], "greedy (--temperature 0)")):
+        with pytest.raises(SystemExit):
+            chat_main(["--model", str(tmp_path / "export"), *flags])
+        assert capsys.readouterr().err.strip().endswith(
+            f"error: --top_p 0.5 is used only when sampling, and the answers would be {said}: give --temperature above 0 with it")
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{question}\n"))
+    chat_main(["--model", str(tmp_path / "export"), "--image", image, "--top_p", "0.5", "--temperature", "0.7"])
+    assert {key: value for key, value in given.pop().items() if key != "streamer"} == {
+        "do_sample": True, "temperature": 0.7, "top_p": 0.5, "num_beams": 1}
 
 
 def test_chat_streams_its_answer_ending_as_the_api_ends_it():
