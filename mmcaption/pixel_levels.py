@@ -142,6 +142,6 @@ def _eight_bit_rgb(image: Image.Image, extrema: tuple[float, float] | None) -> I
     if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
         # On white, as a page shows it: dropping the alpha leaves what transparent pixels happen to hold,
         # black in most PNGs, so a black logo or diagram on a transparent background became a black square.
-        rgba = image.convert("RGBA")
+        rgba = (image.convert("LA") if image.mode == "La" else image).convert("RGBA")  # (Pillow: no La to RGBA)
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")

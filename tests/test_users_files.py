@@ -234,6 +234,10 @@ def test_transparent_images_are_seen_on_white_not_black(tmp_path):
         image = np.asarray(load_rgb(tmp_path / name))
         assert image.shape == (40, 40, 3) and (image[20, 20] == 0).all(), name  # the disc stays black
         assert (abs(image[0, 0].astype(int) - corner) <= 1).all(), (name, image[0, 0])  # the background is not black
+    grey = Image.fromarray(half[..., 3], "L").convert("LA")  # greys with alpha; La, its premultiplied form, was Pillow's
+    grey.putalpha(Image.fromarray(half[..., 3]))                # "conversion from La to L not supported"
+    for mode in ("LA", "La"):
+        assert np.array_equal(np.asarray(load_rgb(grey.convert(mode))), np.asarray(load_rgb(grey))), mode
     opaque = Image.fromarray(np.full((8, 8, 3), 7, np.uint8))  # an image without transparency is unchanged
     assert (np.asarray(load_rgb(opaque)) == 7).all()
 
