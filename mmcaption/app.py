@@ -43,16 +43,21 @@ def generation_settings(max_new_tokens: float, min_new_tokens: float, num_beams:
     return settings
 
 
+def _mistake(gr, message: str) -> Exception:
+    """A user's mistake, said on the page: not printed with its traceback in the terminal (ten bad clicks, ten tracebacks)."""
+    return gr.Error(message, print_exception=False)
+
+
 def _image(path: str | None, gr) -> bytes:
     """The uploaded image's bytes, or a message on the page saying why there are none."""
     if not path:
-        raise gr.Error("Upload an image first (drag it onto the image box or click it).")
+        raise _mistake(gr, "Upload an image first (drag it onto the image box or click it).")
     if not Path(path).is_file():  # uploads are deleted an hour after they were made
-        raise gr.Error("This upload was cleared after an hour: upload the image again.")
+        raise _mistake(gr, "This upload was cleared after an hour: upload the image again.")
     data = Path(path).read_bytes()
     problem = check_image(data)
     if problem is not None:
-        raise gr.Error(f"This image cannot be read ({Path(path).name}): {problem}")
+        raise _mistake(gr, f"This image cannot be read ({Path(path).name}): {problem}")
     return data
 
 
@@ -112,14 +117,14 @@ class App:
         options = [line.strip() for line in (options_text or "").splitlines() if line.strip()]
         options = own_letters_dropped(options) or options  # "A. red" typed: lettered once on the page, "A. A. red" was
         if not 2 <= len(options) <= len(LETTERS):
-            raise self.gr.Error(f"Write 2 to {len(LETTERS)} options, one per line ({len(options)} given).")
+            raise _mistake(self.gr, f"Write 2 to {len(LETTERS)} options, one per line ({len(options)} given).")
         if not (question or "").strip():
-            raise self.gr.Error("Write the question.")
+            raise _mistake(self.gr, "Write the question.")
         picture = _image(image, self.gr)
         try:
             scores = self.captioner.option_scores(picture, question.strip(), options)
         except ValueError as error:  # a question past the model's context: said on the page
-            raise self.gr.Error(str(error)) from None
+            raise _mistake(self.gr, str(error)) from None
         best = max(range(len(options)), key=scores.__getitem__)
         peak = max(scores)
         weights = [math.exp(score - peak) for score in scores]

@@ -158,8 +158,9 @@ def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported
     app = App(Captioner.from_pretrained(exported))
     assert build(app.captioner).analytics_enabled is False  # serving this machine: nothing sent to Gradio's servers
     settings = (8, 0, 1, False, 0.7)
-    with pytest.raises(gr.Error, match="Upload an image first"):
+    with pytest.raises(gr.Error, match="Upload an image first") as said:
         app.caption(None, *settings)
+    assert said.value.print_exception is False  # a user's mistake, on the page: not a traceback in the terminal each time
     good = scene_image(tmp_path / "photo.png", Scene("blue", "square", "right"))
     broken = tmp_path / "phone.jpg"
     broken.write_bytes(good.read_bytes()[:60])  # a partly uploaded photo
@@ -169,8 +170,9 @@ def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported
         app.choose(str(good), "Which shape?", "square\n\n")
     with pytest.raises(gr.Error, match="This upload was cleared after an hour: upload the image again"):  # was Errno 2
         app.caption(str(tmp_path / "swept.png"), *settings)
-    with pytest.raises(gr.Error, match=r"the question takes .* tokens with the prompt"):  # was a bare ValueError
+    with pytest.raises(gr.Error, match=r"the question takes .* tokens with the prompt") as said:  # was a bare ValueError
         app.choose(str(good), "what " * app.captioner.model.language_model.config.max_position_embeddings, "red\nblue")
+    assert said.value.print_exception is False
 
     letter, shares = app.choose(str(good), "Which shape is it?", "circle\nsquare\ntriangle")
     expected = app.captioner.choose(str(good), "Which shape is it?", ["circle", "square", "triangle"])
