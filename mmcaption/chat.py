@@ -85,6 +85,8 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
             out.flush()
         line = lines.readline()
         if not line:
+            if interactive:  # Ctrl-D at "you> ": the shell's prompt on a line of its own
+                out.write("\n")
             break
         text = line.strip().lstrip("\ufeff").strip()  # a BOM: Notepad's UTF-8 file piped in (its /image was a question)
         if not text:
@@ -100,7 +102,7 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
             history = []
             out.write("(a new conversation)\n")
             continue
-        if text.startswith("/image"):
+        if text.split(maxsplit=1)[0] == "/image":  # ("/images please" is no command: its help is said)
             other = dropped_path(text.removeprefix("/image").strip())
             if not other:  # was "image . is a folder"
                 out.write(f"(/image needs the image's path: /image photo.jpg; still about {image or 'no image'})\n")

@@ -882,14 +882,14 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
     import subprocess
     import sys
 
-    from mmcaption.chat import chat
+    from mmcaption.chat import HELP, chat
 
     out = tmp_path / "export"
     export_main([str(trained_checkpoint), str(out)])
     captioner = Captioner.from_pretrained(out)
     settings = {"max_new_tokens": 5, "min_new_tokens": 5, "num_beams": 1, "do_sample": False}
     first, second = str(image_folder / "img0.png"), str(image_folder / "img1.png")
-    lines = io.StringIO(f"What colour is it?\nAnd the shape?\n/image {tmp_path / 'nope.png'}\n/image\n/image {second}\n"
+    lines = io.StringIO(f"What colour is it?\nAnd the shape?\n/image {tmp_path / 'nope.png'}\n/image\n/images please\n/image {second}\n"
                         "What colour is it?\n/reset\nAnd the shape?\n")
     printed = io.StringIO()
     calls, api_chat = [], captioner.chat
@@ -911,6 +911,7 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
     answers = [api_chat(*call, **settings) for call in calls]
     assert text == [answers[0], answers[1], f"(image not found: {tmp_path / 'nope.png'}; still about {first})",
                     f"(/image needs the image's path: /image photo.jpg; still about {first})",  # was "image . is a folder"
+                    f"({HELP})",  # "/images please": no command (was /image of "s please", not found)
                     f"(now about {second}: a new conversation)", answers[2], "(a new conversation)", answers[3]]
     assert all(answer.strip() for answer in answers)
     # questions from Notepad's UTF-8 file (a BOM first): its /image line was asked as a question, and /quit answered
@@ -918,6 +919,9 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
     assert chat(captioner, first, io.StringIO(f"\ufeff/image {second}\nWhat colour is it?\n"), printed, **settings) == 1
     assert printed.getvalue().splitlines() == [f"(now about {second}: a new conversation)", answers[2]]
     assert chat(captioner, first, io.StringIO("\ufeff/quit\nWhat colour is it?\n"), io.StringIO(), **settings) == 0
+    printed = io.StringIO()  # Ctrl-D at the prompt: the shell's prompt then starts a line of its own
+    assert chat(captioner, first, io.StringIO(""), printed, interactive=True, **settings) == 0
+    assert printed.getvalue() == "you> \n"
     # a conversation grown past the language model's context is said, and the chat goes on (it ended in a traceback)
     context = captioner.model.language_model.config.max_position_embeddings
     printed = io.StringIO()
