@@ -22,9 +22,45 @@ def add_note(exception: BaseException, note: str) -> None:
     exception.__notes__ = [*getattr(exception, "__notes__", []), note]
 
 
+HANDOVER = "a data-loader worker could not hand a batch to the main process"
+
+
+def handover_message(error: BaseException) -> str:
+    """Why a worker's batch never reached the main process (:func:`~mmcaption.data.workers.worker_init`), on one line:
+    its tensors travel through shared memory, which a container's 64 MB (Docker's default) or ``ulimit -f`` ran out."""
+    said = " ".join(str(error).split())
+    if not any(word in said for word in ("shared memory", "shm", "No space left", "File too large")):
+        return f"{HANDOVER}: {type(error).__name__}: {said}"
+    instead = "--data.init_args.num_workers 0 loads the data in the main process, without it"
+    if "File too large" in said:  # `ulimit -f`, which limits the files shared memory is made of too
+        return (f"{HANDOVER} ({said}): a batch goes through files in shared memory (/dev/shm), and this process may write "
+                f"files of {_file_size_limit()} at most (`ulimit -f`): raise the limit, or {instead}")
+    try:
+        usage = shutil.disk_usage("/dev/shm")
+        room = f", {usage.free / 2**20:,.1f} MB free of {usage.total / 2**20:,.1f} MB now"
+    except OSError:
+        room = ""
+    return (f"{HANDOVER} ({said}): a batch goes through shared memory (/dev/shm{room}), and the batches the workers "
+            "prepare ahead did not fit - a Docker container has 64 MB unless `docker run --shm-size 8g` (or `--ipc host`) "
+            f"gives it more. {instead}")
+
+
+def _file_size_limit() -> str:
+    try:
+        import resource  # (not on Windows)
+    except ImportError:
+        return "a size"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return "a size" if limit == resource.RLIM_INFINITY else f"{limit:,} bytes"
+
+
 def resource_message(error: BaseException) -> str | None:
     """One line for a command stopped by a full disk or by running out of memory (what the user changes
     to go on), or None when ``error`` is neither."""
+    for cause in causes(error):  # (before the full disk its words name: the disk is /dev/shm's memory)
+        if HANDOVER in str(cause):
+            line = next(line for line in str(cause).splitlines() if HANDOVER in line)
+            return line[line.index(HANDOVER):] + "".join(f"; {note}" for note in getattr(error, "__notes__", []))
     full = disk_full(error)
     if full is not None:
         return disk_full_message(full, getattr(error, "__notes__", []))

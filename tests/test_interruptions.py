@@ -3390,6 +3390,42 @@ def test_a_loader_worker_killed_by_the_out_of_memory_killer_is_said_as_such(back
         f"error: a data-loader worker (pid {worker.pid}) was killed by signal Killed: on Linux most often by the out-of-memory")
 
 
+def test_a_batch_that_shared_memory_cannot_hold_is_said_not_waited_for(backbones, coco_root, tmp_path, monkeypatch, capsys):
+    # a worker's batch goes to the main process through shared memory (/dev/shm: Docker's 64 MB by default; `ulimit -f`):
+    # where it did not fit, Python's queue printed the worker's traceback and dropped the batch, and fit and predict
+    # waited for it for ever (a SIGTERM could not stop the fit either: its save waits for the end of the step)
+    from multiprocessing.reduction import ForkingPickler
+
+    def no_room(tensor):  # what torch's reduction of a tensor raises when /dev/shm is full
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_4242_1_0>: No space left on device (28)")
+
+    monkeypatch.setitem(ForkingPickler._extra_reducers, torch.Tensor, no_room)  # (the workers are forked from here)
+    dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                           image_processor=str(backbones[1]), batch_size=4, num_workers=1)
+    dm.prepare_data()
+    dm.setup("fit")
+    for loader in (dm.train_dataloader(), DataLoader(range(8), batch_size=2, num_workers=1, worker_init_fn=worker_init)):
+        loader.timeout = 120  # (torchdata's StatefulDataLoader, then torch's own: each waited for ever)
+        message = user_error(capsys, lambda _, loader=loader: user_errors_exit(lambda: next(iter(loader)))(), [])
+        assert message.startswith("error: a data-loader worker could not hand a batch to the main process (unable to allocate "
+                                  "shared memory(shm) for file </torch_4242_1_0>: No space left on device (28)): a batch goes "
+                                  "through shared memory (/dev/shm, "), message
+        assert message.endswith("`docker run --shm-size 8g` (or `--ipc host`) gives it more. --data.init_args.num_workers 0 "
+                                "loads the data in the main process, without it")
+    # `ulimit -f`, which limits the files shared memory is made of too: said as such, with its size
+    def too_large(tensor):
+        raise RuntimeError("unable to resize file </torch_4242_1_0> to the right size: File too large (27)")
+
+    monkeypatch.setitem(ForkingPickler._extra_reducers, torch.Tensor, too_large)
+    monkeypatch.setattr("mmcaption.resources._file_size_limit", lambda: "4,096 bytes")
+    loader = DataLoader(range(8), batch_size=2, num_workers=1, worker_init_fn=worker_init, timeout=120)
+    assert user_error(capsys, lambda _: user_errors_exit(lambda: next(iter(loader)))(), []) == (
+        "error: a data-loader worker could not hand a batch to the main process (unable to resize file </torch_4242_1_0> to "
+        "the right size: File too large (27)): a batch goes through files in shared memory (/dev/shm), and this process may "
+        "write files of 4,096 bytes at most (`ulimit -f`): raise the limit, or --data.init_args.num_workers 0 loads the "
+        "data in the main process, without it")
+
+
 def test_a_full_disk_under_the_logs_stops_the_curves_not_the_training(backbones, coco_root, tmp_path, monkeypatch, capsys):
     # TensorBoard's writer thread died with its traceback, and the next step's metrics raised "No space left on device"
     # (no file named) in the training loop: the run stopped, losing what it learnt since its last checkpoint, although

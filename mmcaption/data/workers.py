@@ -6,14 +6,18 @@ from __future__ import annotations
 import atexit
 import functools
 import multiprocessing
+import multiprocessing.queues
 import os
 import signal
 import time
+import traceback
 
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch._utils import ExceptionWrapper
 
 from mmcaption.data.sampling import default_seed
+from mmcaption.resources import handover_message
 
 
 def worker_init(worker_id: int, rank: int = 0) -> None:
@@ -23,11 +27,30 @@ def worker_init(worker_id: int, rank: int = 0) -> None:
     Seeded as Lightning seeds workers when ``seed_everything(workers=True)`` asked for it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    multiprocessing.queues.Queue._on_queue_feeder_error = _batch_not_handed_over  # this process's queues: its data queue
     for name in ("SIGUSR1", "SIGHUP"):  # SLURM's warning before the time limit (--signal=SIGUSR1@90), sent to every
         if hasattr(signal, name):       # process; a closed terminal's hang-up, sent to its whole foreground group
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         pl_worker_init_function(worker_id, rank)
+
+
+def _batch_not_handed_over(queue, error: Exception, item: object) -> None:
+    """A batch this worker could not send (its tensors are put in shared memory as they are sent, and /dev/shm was
+    full: Docker's 64 MB): its error goes to the main process in its place, which raises it as a worker's own error.
+    Python's queue printed a traceback and dropped the batch, and the main process waited for it for ever (a fit
+    asked to stop by SIGTERM too: its save waits for the end of the step)."""
+    if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int)):
+        traceback.print_exc()  # another message of the worker's: as Python's queue says it
+        return
+    index, data = item
+    try:
+        raise RuntimeError(handover_message(error)) from error
+    except RuntimeError:
+        info = torch.utils.data.get_worker_info()
+        wrapped = ExceptionWrapper(where=f"in DataLoader worker process {info.id if info else 0}")
+    stateful = isinstance(data, tuple) and len(data) == 3 and isinstance(data[1], int)  # torchdata's (batch, worker, state)
+    queue.put((index, (wrapped, *data[1:]) if stateful else wrapped))
 
 
 @functools.cache
