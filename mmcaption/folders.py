@@ -1,14 +1,13 @@
 """Folders a run writes: checked before any work starts, locked while a run writes them, and replaced
 whole (never file by file) when the user asks for that.
 
-- :func:`check_writable` creates a folder and writes a probe file in it, so a read-only mount or a
-  missing permission is found in the first seconds, not at the first checkpoint hours later.
-- :class:`FolderLock` keeps two runs from writing one checkpoint folder: the lock is an ``flock`` on
-  ``.mmcaption.lock`` in it, released by the operating system when the process ends however it ends
-  (a kill leaves no stale lock); the file names the holder's PID, host, user and command.
-- :func:`replace_folder` puts a folder written elsewhere (a temporary sibling) in place of another in
-  two renames: a reader never sees a half-written folder, and nothing of the old one is left in it.
-"""
+- :func:`check_writable` creates a folder and writes a probe file in it, so a read-only mount or a missing permission
+  is found in the first seconds, not at the first checkpoint hours later.
+- :class:`FolderLock` keeps two runs from writing one checkpoint folder: the lock is an ``flock`` on ``.mmcaption.lock``
+  in it, released by the operating system when the process ends however it ends (a kill leaves no stale lock); the
+  file names the holder's PID, host, user and command.
+- :func:`replace_folder` puts a folder written elsewhere (a temporary sibling) in place of another in two renames: a
+  reader never sees a half-written folder, and nothing of the old one is left in it."""
 
 from __future__ import annotations
 
@@ -24,7 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from mmcaption.errors import FolderLockedError, NotWritableError, OutputExistsError, stops_held
+from mmcaption.errors import ConfigError, FolderLockedError, NotWritableError, OutputExistsError, stops_held
+from mmcaption.evaluation.report import server_results_paths, started_record, summary_path
 from mmcaption.resources import owner_of
 
 LOCK_FILE = ".mmcaption.lock"
@@ -225,6 +225,21 @@ def take_checkpoint_folder(folder: str | Path) -> None:
               f"({', '.join(p.name for p in left[:3])}{', ...' * (len(left) > 3)})", file=sys.stderr, flush=True)
 
 
+def check_names_fit(output: Path) -> None:
+    """Refuse an output whose name leaves no room for the files named from it (its hidden rows and their record, its
+    summary and results files as they are written aside): a name of 240 characters was an OSError traceback."""
+    names = [started_record(output).name, *(f".{p.name}.partial" for p in (summary_path(output), *server_results_paths(output)))]
+    folder = next((p for p in [output.parent, *output.parent.parents] if os.path.isdir(p)), Path("."))
+    most = 255  # (Windows has no pathconf)
+    with suppress(OSError, ValueError, AttributeError):
+        most = os.pathconf(folder, "PC_NAME_MAX")
+    longest, own = max(len(os.fsencode(name)) for name in names), len(os.fsencode(output.name))
+    if longest > most:
+        raise ConfigError(f"--data.output {output}: predict writes files beside it named from it, up to {longest - own} bytes "
+                          f"longer ({max(names, key=len).replace(output.name, '<name>')}), and its file system takes names of {most} bytes at most: give it a name "
+                          f"of {most - longest + own} bytes or fewer (this one has {own})")
+
+
 def output_lock(output: Path) -> FolderLock:
     """The lock a predict holds on its output's place while it writes it: two predicts into one output wrote
     one partial file, and left mixed rows under the second one's summary."""
@@ -245,13 +260,12 @@ def locks_released_after() -> Iterator[None]:
 
 def check_new_folder(folder: str | Path, overwrite: bool, what: str, option: str, keep: tuple[str | Path, ...] = (),
                      marker: str | None = None, ignored: tuple[str, ...] = ()) -> Path:
-    """Refuse a ``folder`` that exists with something in it, unless ``overwrite``; refuse a file; refuse, even
-    with ``overwrite``, the working directory or a folder above it (it cannot be replaced), a folder
-    that holds one of the inputs in ``keep`` (replacing it would delete them), and one without the file
-    ``marker`` that an earlier output of the command holds (a mistyped parent folder of the user's). A link
-    to a folder stands for the folder it points to, which is returned: replacing the link would leave the
-    old model there. ``ignored``: names that do not count as content (a fresh Hub clone's ``.git``, which the caller
-    keeps)."""
+    """Refuse a ``folder`` that exists with something in it, unless ``overwrite``; refuse a file; refuse, even with
+    ``overwrite``, the working directory or a folder above it (it cannot be replaced), a folder that holds one of the
+    inputs in ``keep`` (replacing it would delete them), and one without the file ``marker`` that an earlier output of
+    the command holds (a mistyped parent folder of the user's). A link to a folder stands for the folder it points to,
+    which is returned: replacing the link would leave the old model there. ``ignored``: names that do not count as
+    content (a fresh Hub clone's ``.git``, which the caller keeps)."""
     folder = Path(folder)
     if folder.is_symlink() and folder.is_dir():
         folder = folder.resolve()

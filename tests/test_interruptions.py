@@ -127,6 +127,12 @@ def test_predict_refuses_its_input_as_output_and_an_existing_output_before_loadi
     (tmp_path / "afile").write_text("")  # a file where the output's folder would be: "afile is not writable"
     message = user_error(capsys, main, predict_args(trained_checkpoint, questions, tmp_path / "afile" / "answers.csv"))
     assert message.endswith(f"{tmp_path / 'afile'} is a file, not a folder")
+    # a name the file system takes, whose summary and results files, named from it, it does not: was an OSError traceback
+    long = tmp_path / ("y" * 234 + ".csv")
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, long))
+    assert message == (f"error: --data.output {long}: predict writes files beside it named from it, up to 27 bytes longer "
+                       "(.<name>.coco_results.json.partial), and its file system takes names of 255 bytes at most: give it a "
+                       "name of 228 bytes or fewer (this one has 238)") and not list(tmp_path.glob("yyy*"))
 
 
 def test_output_read_by_head_ends_quietly_and_other_broken_pipes_still_fail(tmp_path):

@@ -1,10 +1,9 @@
 """What ``mmcaption predict`` reads: images to caption, or multiple-choice questions: a CSV in the original
 scripts' format, MMBench's TSV or ScienceQA's ``problems.json`` (:mod:`mmcaption.data.benchmarks`).
 
-A bad image does not stop a run: its row carries the error into the output and the other rows are
-predicted. A bad file (no images found, a CSV without the required columns, a row that does not
-fit its header, an answer that names no option) stops it at once with a message that names the
-file and its line.
+A bad image does not stop a run: its row carries the error into the output and the other rows are predicted. A bad
+file (no images found, a CSV without the required columns, a row that does not fit its header, an answer that names no
+option) stops it at once with a message that names the file and its line.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from mmcaption.data.vqa_formats import public_image_root, read_aokvqa_choices, r
 from mmcaption.errors import AlreadyDone, ConfigError, NotWritableError, OutputExistsError
 from mmcaption.evaluation.report import partial_path, prediction_record, server_results_paths, summary_path
 from mmcaption.file_spellings import is_dir, is_file
-from mmcaption.folders import output_lock
+from mmcaption.folders import check_names_fit, output_lock
 from mmcaption.images import blank_pixels, check_image, load_rgb, local_file, processor_side
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.slurm import requeued, this_job
@@ -157,6 +156,7 @@ class _PredictDataModule(BackbonesDataModule):
         if self.output is None:
             return None
         output = self.output_path(world_size, rank)
+        check_names_fit(output)
         for source in self.input_files():
             if source.exists() and output.resolve() == source.resolve():
                 raise OutputExistsError(f"output {output} is the input {source}: predict never writes over its input; "
