@@ -600,6 +600,13 @@ def test_a_predict_resumed_from_another_folder_names_its_images_as_the_first_run
                                                 r"this input's row 1 has 'others/img0\.png'"):
         captions("others", output, resume=True)
     assert not list(output.parent.glob("*recovered*")) and output.with_name(".killed.jsonl.partial").is_file()  # as it was
+    # the images' folder renamed since: was told to overwrite the rows done, as for another input
+    image_folder.rename(tmp_path / "photos")
+    with pytest.raises(OutputExistsError, match=r"has image '\.\./images/img0\.png' where this input's row 1 has 'photos/img0\.png': the "
+                                                r"images moved, or renamed their folder\? A link from the folder its rows name to "
+                                                r"where they are now \(ln -s\) resumes it, its rows kept; or replace it"):
+        captions("photos", output, resume=True)
+    (tmp_path / "photos").rename(image_folder)
     captions("images", output, resume=True)
     assert output.read_text() == (run / "whole.jsonl").read_text()
 

@@ -97,8 +97,12 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
         if differs is not None:  # rows taken out of it (by hand): its row is one further on in the input
             later = next((place for place, other in enumerate(rows[number:], start=number + 1) if all(
                 str(row.get(key, value)) == value for key, value in other.items() if isinstance(value, str))), None)
+            moved = differs == "image" and PurePath(str(row.get("image"))).name == PurePath(record["image"]).name and not any(
+                (place / str(row.get("image"))).exists() for place in [Path(output).resolve().parent, *Path(output).resolve().parents])
             why = (f"its row {number} is this input's row {later} (rows taken out of it, or added to the input): keep only its "
                    f"first {number - 1} rows to resume after them, or" if later and number > 1 else
+                   "the images moved, or renamed their folder? A link from the folder its rows name to where they are now "
+                   "(ln -s) resumes it, its rows kept; or" if moved else  # (was only: overwrite the hours of rows done)
                    "it is the output of another input, or of this one before it changed;")
             raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
                                     f"row {number} has {record[differs]!r}: {why} replace it with --data.overwrite true")
