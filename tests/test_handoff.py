@@ -290,6 +290,16 @@ def test_a_run_resumed_from_another_runs_folder_says_where_it_saves_and_how_to_g
     assert (f"note: the checkpoint resumed from saved its run's checkpoints in {tmp_path / 'runs' / 'b' / 'checkpoints' / 'demo'}; "
             f"this run saves its own in {tmp_path / 'here' / 'checkpoints' / 'demo'}, with its curves under ") in said
     assert f"to go on in that run's folders, give the same --trainer.default_root_dir it had ({tmp_path / 'runs' / 'b'})" in said
+    # the project renamed since (runs/b -> runs/c), its checkpoint copied aside: that root is not advised, it is not there
+    (tmp_path / "runs" / "b").rename(tmp_path / "runs" / "c")
+    copy = tmp_path / "copy.ckpt"
+    shutil.copyfile(tmp_path / "runs" / "c" / "checkpoints" / "demo" / "last.ckpt", copy)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
+        fit(tmp_path / "there", 3, ckpt_path=copy)
+    said = capsys.readouterr().err
+    assert (f"saved its run's checkpoints in {tmp_path / 'runs' / 'b' / 'checkpoints' / 'demo'} (not there now: moved?); this "
+            f"run saves its own in {tmp_path / 'there' / 'checkpoints' / 'demo'}") in said and "default_root_dir" not in said
 
 
 def test_a_stage_two_checkpoint_loads_in_a_script_after_its_init_from_is_gone(backbones, caption_checkpoint, instruct_data,
