@@ -875,6 +875,15 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
     cli = parse(["fit", "--config", str(config), "--ckpt_path", str(trained_checkpoint), *fit[7:]])
     assert cli.model.learning_rate == 0.003 and ("learning_rate 0.003 (checkpoint: 0.03; your config's, not the command line's: "
                                                  "--model.learning_rate 0.03 keeps it)") in capsys.readouterr().err
+    # a backbone's path of the folder or machine it was trained in, not there now: no option advised to keep it
+    from mmcaption.model.config import merged_settings
+
+    saved = {"config.language_model": str(tmp_path / "moved" / "lm"), "config.vision_model": str(backbones[1])}
+    given = {"config.language_model": str(backbones[0]), "config.vision_model": str(tmp_path / "vm")}
+    _, notes, _ = merged_settings(saved, given, set(given), {}, typed=set())
+    assert notes == [f"config.language_model '{backbones[0]}' (checkpoint: '{tmp_path / 'moved' / 'lm'}'; not there now)",
+                     f"config.vision_model '{tmp_path / 'vm'}' (checkpoint: '{backbones[1]}'; your config's, not the command "
+                     f"line's: --model.config.vision_model {backbones[1]} keeps it)"]
 
 
 def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refused(backbones, coco_root, tmp_path, monkeypatch, capsys):

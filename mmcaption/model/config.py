@@ -155,7 +155,10 @@ def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[s
                            f"{saved_name}'s)")
         else:
             typed_here = typed is None or any(t == key or t.startswith(key + ".") or key.startswith(t + ".") for t in typed)
-            keep = "" if typed_here else f"; your config's, not the command line's: {model_option(key, merged[key])} keeps it"
+            was = merged[key]  # a path of the machine or folder it was trained in, not there now: no option to keep it
+            gone = isinstance(was, str) and was.startswith(("/", ".", "~")) and not Path(was).expanduser().exists()
+            keep = "" if typed_here else "; not there now" if gone else \
+                f"; your config's, not the command line's: {model_option(key, merged[key])} keeps it"
             notes.append(f"{key} {value!r} ({saved_name}: {merged[key]!r}{keep})")
             merged[key] = value
     return merged, notes, refused
