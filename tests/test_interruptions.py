@@ -2154,6 +2154,17 @@ def test_a_full_disk_while_preprocessing_is_said_in_one_line_and_leaves_no_stagi
     # pyarrow's own message carries the errno in its text only
     assert disk_full(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")) is not None
     assert disk_full(RuntimeError("something else")) is None
+    # ... and a full disk whose error names no file (pyarrow's, datasets' own): said with the split being built (was "the
+    # disk is full (No space left on device)", naming no folder), and that a split takes up to twice its size as it is built
+    def unnamed(table, folder):
+        raise OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(cache, "save_table", unnamed)
+    with pytest.raises(SystemExit):
+        user_errors_exit(dm.prepare_data)()
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert re.match(rf"error: the disk is full while writing {re.escape(str(tmp_path / 'coco' / 'preprocessed'))}/train2017-[0-9a-f]+ "
+                    r"\(No space left on device; a folder takes up to twice its size while it is built\); [\d.]+ GB free there now", err), err
 
 
 CUDA_OUT_OF_MEMORY = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of which 1.06 GiB "

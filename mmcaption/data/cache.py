@@ -1,9 +1,9 @@
-"""Preprocessed data on disk: folders named by what their content was made from, published
-atomically, checked whole before they are reused."""
+"""Preprocessed data on disk: folders named by what their content was made from, published atomically, checked whole."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gc
 import glob
@@ -26,6 +26,7 @@ from mmcaption.data.progress import Progress
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
 from mmcaption.folders import IMAGE_HASHES, is_cache_folder, lock_holder, umask, walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES
+from mmcaption.resources import disk_full
 
 
 def fingerprint(**parts) -> str:
@@ -154,11 +155,10 @@ except ImportError:  # Windows
 
 @contextmanager
 def built_once(target: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock beside ``target`` for the block, waiting (and saying so) while another
-    process holds it: the ranks of a multi-node run on a shared disk, or two runs started together,
-    build a preprocessed folder once - the others wait, then find it complete and reuse it. The lock
-    file is removed when the block ends. While it is held, what a killed build of ``target`` left behind
-    is nobody's: :func:`publish_atomically` removes it."""
+    """Hold an exclusive lock beside ``target`` for the block, waiting (and saying so) while another process holds it:
+    the ranks of a multi-node run on a shared disk, or two runs started together, build a preprocessed folder once -
+    the others wait, then find it complete and reuse it. The lock file is removed when the block ends. While it is
+    held, what a killed build of ``target`` left behind is nobody's: :func:`publish_atomically` removes it."""
     if _flock is None:  # Windows: no flock; publish_atomically still keeps the folder whole
         yield
         return
@@ -245,12 +245,10 @@ def released() -> None:
 
 @contextmanager
 def publish_atomically(target: Path) -> Iterator[Path]:
-    """Yield a staging folder beside ``target``; rename it to ``target`` only if the block completes.
-
-    A run stopped half-way by an error, Ctrl-C or SIGTERM (:func:`~mmcaption.errors.signals_stop`) removes
-    it; one killed outright (SIGKILL, a power cut) leaves a hidden ``.partial`` folder that is never
-    mistaken for a complete one; the next build of ``target`` under :func:`built_once` removes it.
-    """
+    """Yield a staging folder beside ``target``; rename it to ``target`` only if the block completes. A run stopped
+    half-way by an error, Ctrl-C or SIGTERM (:func:`~mmcaption.errors.signals_stop`) removes it; one killed outright
+    (SIGKILL, a power cut) leaves a hidden ``.partial`` folder that is never mistaken for a complete one; the next build
+    of ``target`` under :func:`built_once` removes it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
@@ -264,6 +262,11 @@ def publish_atomically(target: Path) -> Iterator[Path]:
         except OSError:
             if not (target / "meta.json").is_file():  # someone else's complete copy is fine; else fail
                 raise
+    except Exception as error:  # a full disk said with what was built (datasets' writer names no file), and its need
+        if (full := disk_full(error)) is None or full.filename:
+            raise
+        number = full.errno or errno.ENOSPC  # (pyarrow's: its errno in its text alone)
+        raise OSError(number, f"{os.strerror(number)}; a folder takes up to twice its size while it is built", str(target)) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
