@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import RunningStage
 
-from mmcaption.resources import add_note, disk_full, out_of_memory, worker_killed
+from mmcaption.resources import add_note, disk_full, file_too_large, out_of_memory, worker_killed
 from mmcaption.terminal import shell_word
 
 
@@ -24,7 +24,8 @@ class OutOfMemoryAdvice(Callback):
             add_note(exception, memory_advice(trainer, pl_module))
         elif worker_killed(exception) is not None:
             add_note(exception, memory_advice(trainer, pl_module, worker=True))
-        elif disk_full(exception) is not None and trainer.state.fn == "fit" and (kept := kept_checkpoint(trainer)):
+        elif (disk_full(exception) or file_too_large(exception)) is not None and trainer.state.fn == "fit" and (
+                kept := kept_checkpoint(trainer)):
             add_note(exception, f"--ckpt_path {shell_word(kept)} resumes from its last whole checkpoint, not from step 0")
 
 

@@ -39,7 +39,7 @@ from mmcaption.model.backbone_weights import backbone_weights, changed_backbones
 from mmcaption.model.card import newest_checkpoint
 from mmcaption.model.config import absolute_if_local, check_known_settings, settings_diff
 from mmcaption.model.structure import assign_trainable_tensors, model_structure
-from mmcaption.resources import dangling, disk_full
+from mmcaption.resources import dangling, disk_full, file_too_large
 from mmcaption.terminal import shell_word
 
 MODEL_PREFIX = "model."  # the LightningModule holds the model as ``self.model``
@@ -114,8 +114,8 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        full = disk_full(error)  # torch.save's writer wraps the write's error, which names no file: this one is named
-        if full is not None and full.filename is None and full.errno is not None:
+        full = disk_full(error) or file_too_large(error)  # torch.save's writer wraps the write's error, which names no
+        if full is not None and full.filename is None and full.errno is not None:  # file: this one is named
             raise OSError(full.errno, full.strerror, str(path)) from error
         raise
     _sync_directory(path.parent)

@@ -70,11 +70,11 @@ def resource_message(error: BaseException) -> str | None:
     worker = worker_killed(error)
     if worker is not None:
         return worker_killed_message(*worker, getattr(error, "__notes__", []))
+    if (large := file_too_large(error)) is not None:  # a FAT32 drive's 4 GB, or `ulimit -f`
+        return (f"{large.filename or 'a file'} grew larger than its disk or this process may write ({large.strerror}): "
+                "FAT32 drives hold files of up to 4 GB, and `ulimit -f` limits them too. What was complete before stays "
+                "whole; write to another disk, or raise the limit" + "".join(f"; {note}" for note in getattr(error, "__notes__", [])))
     for cause in causes(error):
-        if isinstance(cause, OSError) and cause.errno == errno.EFBIG:  # a FAT32 drive's 4 GB, or `ulimit -f`
-            return (f"{cause.filename or 'a file'} grew larger than its disk or this process may write ({cause.strerror}): "
-                    "FAT32 drives hold files of up to 4 GB, and `ulimit -f` limits them too. What was complete before stays "
-                    "whole; write to another disk, or raise the limit")
         if isinstance(cause, PermissionError) and cause.filename:
             return permission_message(Path(cause.filename), cause.strerror)
     return None
@@ -202,6 +202,11 @@ def dangling(path: Path) -> bool:
 
 def dangling_note(path: Path) -> str:
     return f"{path} is a link to {os.readlink(path)}, which is not there (moved or deleted?)"
+
+
+def file_too_large(error: BaseException) -> OSError | None:
+    """The "file too large" error behind ``error`` (a FAT32 drive's 4 GB, ``ulimit -f``), if that stopped the command."""
+    return next((c for c in causes(error) if isinstance(c, OSError) and c.errno == errno.EFBIG), None)
 
 
 def disk_full(error: BaseException) -> OSError | None:

@@ -518,6 +518,22 @@ def test_a_failed_write_such_as_a_full_disk_keeps_the_old_checkpoint_and_no_debr
     assert " GB free there now. " in message
     assert message.endswith(f"run the same command again; --ckpt_path {target} resumes from its last whole checkpoint, "
                             "not from step 0")
+    # `ulimit -f` (or a FAT32 drive's 4 GB) where the checkpoint is written: said with the file and the resume too
+    class LimitedFile(io.BufferedWriter):
+        def write(self, data):
+            if self.tell() + len(data) > 4096:
+                raise OSError(errno.EFBIG, "File too large")
+            return super().write(data)
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: LimitedFile(io.FileIO(fd, "wb")) if mode == "wb" else opened(fd, mode, *a, **k))
+    with pytest.raises(OSError, match="File too large") as failed:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2, "weights": torch.ones(100_000)}, target)
+    monkeypatch.undo()
+    OutOfMemoryAdvice().on_exception(fit, None, failed.value)
+    assert resource_message(failed.value) == (
+        f"{target} grew larger than its disk or this process may write (File too large): FAT32 drives hold files of up to 4 "
+        f"GB, and `ulimit -f` limits them too. What was complete before stays whole; write to another disk, or raise the "
+        f"limit; --ckpt_path {target} resumes from its last whole checkpoint, not from step 0")
 
 
 class Payload:
