@@ -105,6 +105,10 @@ class MMCaptionParser(LightningArgumentParser):
                          f"no '{option.group(1)}': set it on the callback it belongs to in a config file (a copy of the "
                          "stage's config with it changed, given as --config in its place; a second --config replaces the "
                          "whole list, `callbacks+:` there adds to it)")
+        dashed = next(((o, v) for o, v in zip(_ARGUMENTS, _ARGUMENTS[1:]) if "expected one argument" in message and o[:2] == "--"
+                       and "=" not in o and v[:1] == "-" and v[:2] != "--" and v not in ("-c", "-h") and not self._negative_number_matcher.match(v)), None)
+        if dashed:  # `--data.output -out.jsonl`: argparse took the value for an option, "argument --data: expected one argument"
+            lines.append(f"  a value that starts with '-' goes joined to its option: {dashed[0]}={dashed[1]}")
         unknown = re.search(r"nrecognized arguments: (.*)", message)  # `--data.images photos/*.jpg`, the shell's expansion
         files = [name for name in unknown.group(1).split() if Path(name).is_file()] if unknown else []
         if len(files) > 1:  # one line of thousands of names said nothing

@@ -1416,6 +1416,9 @@ def test_settings_no_run_learns_with_are_refused_before_anything_loads(backbones
     # a negative value in exponent notation after its setting, as people write a rate: "expected one argument"
     assert user_error(capsys, main, [*fit, "--model.learning_rate", "-1e-3"]).startswith(
         "error: model.learning_rate -0.001: training moves the weights by it")
+    with pytest.raises(SystemExit):  # a name that starts with a dash: "argument --trainer: expected one argument", alone
+        main([*fit, "--trainer.default_root_dir", "-runs"])
+    assert "  a value that starts with '-' goes joined to its option: --trainer.default_root_dir=-runs\n" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()  # nothing preprocessed, nothing loaded
     # Lightning's refusals while it builds the trainer were tracebacks
     assert user_error(capsys, main, [*fit, "--trainer.barebones=true"]) == (
