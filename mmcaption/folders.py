@@ -47,8 +47,7 @@ def walk_through_links(folder: str | Path, unreadable: list[Path] | None = None)
 
 
 def check_writable(folder: str | Path, what: str) -> Path:
-    """Create ``folder`` (and its parents) and write a probe file in it; refuse with a message naming
-    ``what`` the folder is for when that fails."""
+    """Create ``folder`` (and its parents) and write a probe file in it; refuse naming ``what`` it is for when that fails."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -56,7 +55,9 @@ def check_writable(folder: str | Path, what: str) -> Path:
             pass
     except OSError as error:
         owner = f" ({owner_of(folder)})" if isinstance(error, PermissionError) else ""  # a teammate's: whose, its mode
-        raise NotWritableError(f"cannot write {what} to {folder}: {error.strerror or error}{owner}") from None
+        file = next((p for p in (folder, *folder.parents) if p.is_file()), None)  # was "File exists" / "Not a directory"
+        why = f"{file} is a file, not a folder" if file else f"{error.strerror or error}{owner}"
+        raise NotWritableError(f"cannot write {what} to {folder}: {why}") from None
     return folder
 
 
@@ -226,8 +227,7 @@ def take_checkpoint_folder(folder: str | Path) -> None:
 
 
 def check_names_fit(output: Path) -> None:
-    """Refuse an output whose name leaves no room for the files named from it (its hidden rows and their record, its
-    summary and results files as they are written aside): a name of 240 characters was an OSError traceback."""
+    """Refuse an output whose name leaves no room for the files named from it (its summary, ...): was an OSError."""
     names = [started_record(output).name, *(f".{p.name}.partial" for p in (summary_path(output), *server_results_paths(output)))]
     folder = next((p for p in [output.parent, *output.parent.parents] if os.path.isdir(p)), Path("."))
     most = 255  # (Windows has no pathconf)
@@ -235,9 +235,9 @@ def check_names_fit(output: Path) -> None:
         most = os.pathconf(folder, "PC_NAME_MAX")
     longest, own = max(len(os.fsencode(name)) for name in names), len(os.fsencode(output.name))
     if longest > most:
-        raise ConfigError(f"--data.output {output}: predict writes files beside it named from it, up to {longest - own} bytes "
-                          f"longer ({max(names, key=len).replace(output.name, '<name>')}), and its file system takes names of {most} bytes at most: give it a name "
-                          f"of {most - longest + own} bytes or fewer (this one has {own})")
+        raise ConfigError(f"--data.output {output}: predict writes files beside it named from it, up to {longest - own} bytes longer "
+                          f"({max(names, key=len).replace(output.name, '<name>')}), and its file system takes names of {most} "
+                          f"bytes at most: give it a name of {most - longest + own} bytes or fewer (this one has {own})")
 
 
 def output_lock(output: Path) -> FolderLock:

@@ -1694,9 +1694,13 @@ def test_an_unwritable_checkpoint_or_log_folder_fails_before_training(backbones,
     # a dataset on a read-only mount keeps its default cache beside it: named with the setting, not a traceback
     data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(blocker / "cache"), tokenizer=str(backbones[0]),
                              image_processor=str(backbones[1]))
-    with pytest.raises(NotWritableError, match=rf"cannot write the preprocessed split train2017 to {blocker}/cache: .*; "
-                                                "set data.init_args.cache_dir to a folder you can write"):
-        data.prepare_data()
+    with pytest.raises(NotWritableError, match=rf"cannot write the preprocessed split train2017 to {blocker}/cache: {blocker} "
+                                                "is a file, not a folder; set data.init_args.cache_dir to a folder you can write"):
+        data.prepare_data()  # (was "Not a directory")
+    data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(blocker), tokenizer=str(backbones[0]),
+                             image_processor=str(backbones[1]))
+    with pytest.raises(NotWritableError, match=rf"to {blocker}: {blocker} is a file, not a folder"):
+        data.prepare_data()  # the cache_dir itself a file: was "File exists"
     if os.geteuid() != 0:  # permissions do not stop root
         read_only = tmp_path / "read-only"
         read_only.mkdir(mode=0o500)
