@@ -50,7 +50,10 @@ def _batch_not_handed_over(queue, error: Exception, item: object) -> None:
         info = torch.utils.data.get_worker_info()
         wrapped = ExceptionWrapper(where=f"in DataLoader worker process {info.id if info else 0}")
     stateful = isinstance(data, tuple) and len(data) == 3 and isinstance(data[1], int)  # torchdata's (batch, worker, state)
-    queue.put((index, (wrapped, *data[1:]) if stateful else wrapped))
+    try:
+        queue.put((index, (wrapped, *data[1:]) if stateful else wrapped))
+    except Exception:  # noqa: BLE001 - the queue closed as the worker ends: said as Python's queue says it
+        traceback.print_exception(error)
 
 
 @functools.cache
