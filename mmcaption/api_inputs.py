@@ -109,14 +109,11 @@ def checked_batch_size(size: object) -> int:
     return int(size)
 
 
-def check_errors(errors: object, skip_unreadable: bool) -> None:
-    """``errors`` is a list the images ``skip_unreadable`` skips are added to: else a typo's value, or a list that stayed
-    empty while the first unreadable image was raised."""
-    if errors is not None and not isinstance(errors, list):
+def check_errors(errors: object) -> None:
+    """``errors`` is a list (anything with ``append``) the images ``skip_unreadable`` skips are added to: a typo's value
+    was an AttributeError once an image was skipped."""
+    if errors is not None and not callable(getattr(errors, "append", None)):
         raise ConfigError(f"errors is a list that each skipped image's (index, reason) is added to, not {errors!r}")
-    if errors is not None and not skip_unreadable:
-        raise ConfigError("errors gets the images skip_unreadable=True skips: give skip_unreadable=True with it (without "
-                          "it an image that cannot be read is raised)")
 
 
 def check_texts(what: str, texts: list) -> None:

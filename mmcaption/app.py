@@ -108,6 +108,8 @@ class App:
                 messages[-1] = {"role": "assistant", "content": text.strip()}
                 yield messages, kept
         worker.join()
+        if isinstance(result.get("error"), ValueError):  # the user's (a conversation past the context): on the page alone
+            raise _mistake(self.gr, str(result["error"]))
         if "error" in result:
             raise self.gr.Error(f"The model failed to answer: {result['error']}")
         messages[-1] = {"role": "assistant", "content": result["answer"]}  # exactly what Captioner.chat returns

@@ -183,7 +183,10 @@ def main(argv: list[str] | None = None) -> None:
     # the settings given; the rest are the model's own, as the API and predict use them (128 tokens and greedy were chat's,
     # whatever the model was exported with)
     settings = {name: value for name in ("max_new_tokens", "min_new_tokens") if (value := getattr(args, name)) is not None}
-    if args.top_p is not None:
+    if args.top_p is not None and args.top_p != 1.0:  # (1.0, the old default, samples from every token: no setting)
+        if not 0 <= args.top_p <= 1 or args.temperature == 0:  # before the model loads: nothing of it is needed to say
+            raise ConfigError(f"--top_p {args.top_p} " + ("must be between 0 and 1" if args.temperature != 0 else
+                              "is used only when sampling, and --temperature 0 answers greedily: give a temperature above 0"))
         settings["top_p"] = args.top_p
     if args.temperature is not None:
         settings["do_sample"] = args.temperature != 0
@@ -192,9 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     check_generation(settings, "mmcaption chat")
     captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
     if "top_p" in settings and not settings.get("do_sample", captioner.tasks.generation.do_sample):  # was dropped unsaid
-        answers = "greedy (--temperature 0)" if args.temperature == 0 else "not sampled (the model's own settings)"
-        raise ConfigError(f"--top_p {args.top_p} is used only when sampling, and the answers would be {answers}: give "
-                          "--temperature above 0 with it")
+        raise ConfigError(f"--top_p {args.top_p} is used only when sampling, and the answers would be not sampled (the "
+                          "model's own settings): give --temperature above 0 with it")
     if caption_stage(captioner.manifest):  # as predict says of a caption-stage checkpoint
         print(f"note: {args.model or args.checkpoint} is a caption-stage model: the instruct stage teaches to answer questions and chat; "
               "expect captions, not answers", file=sys.stderr, flush=True)

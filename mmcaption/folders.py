@@ -55,7 +55,7 @@ def check_writable(folder: str | Path, what: str) -> Path:
             pass
     except OSError as error:
         owner = f" ({owner_of(folder)})" if isinstance(error, PermissionError) else ""  # a teammate's: whose, its mode
-        file = next((p for p in (folder, *folder.parents) if p.is_file()), None)  # was "File exists" / "Not a directory"
+        file = next((p for p in (folder, *folder.parents) if os.path.isfile(p)), None)  # was "File exists" / "Not a directory"
         why = f"{file} is a file, not a folder" if file else f"{error.strerror or error}{owner}"
         raise NotWritableError(f"cannot write {what} to {folder}: {why}") from None
     return folder

@@ -127,7 +127,7 @@ def check_size(image: Image.Image) -> None:
         scaled = max(width, height) / min(width, height) * 224 ** 2 * 12  # bytes, as 3 channels of floats
         raise Image.DecompressionBombError(
             f"{width} x {height} pixels, a strip longer than {MAX_ASPECT} times its width: scaled for the vision "
-            f"model (its short side to the model's size, 224 pixels for CLIP ViT-B/32) it would take {scaled / 2 ** 30:.1f} GB; crop it "
+            f"model (its short side to the model's size: CLIP ViT-B/32's 224 pixels) it would take {scaled / 2 ** 30:.1f} GB or more; crop it "
             "nearer to a square (mmcaption.images.MAX_ASPECT)")
 
 

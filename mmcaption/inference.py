@@ -35,7 +35,7 @@ from mmcaption.api_inputs import (
     per_question_options,
 )
 from mmcaption.errors import ConfigError, NotAModelFolderError, image_input_error
-from mmcaption.generation_settings import saved_generation
+from mmcaption.generation_settings import check_generation, saved_generation
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, is_pretrained_folder, read_manifest
 from mmcaption.model.backbone_checks import BackboneNotFoundError, check_device, hub_unreachable, is_local_path
@@ -134,7 +134,7 @@ class Captioner:
         that cannot be read, each warned of, or added to ``errors`` (else the first is raised). Each image is decoded and made the model's
         size before the next is read: a list of 12-megapixel photos never sits in memory at full size. ``first`` and
         ``total``: where these images are in the caller's list, to name one that cannot be read."""
-        check_errors(errors, skip)  # (before the first image is read)
+        check_errors(errors)  # (before the first image is read)
         total = len(images) if total is None else total
         rows, unreadable = [], []
         for i, image in enumerate(images):
@@ -322,8 +322,8 @@ def _deadline(generate_kwargs: dict[str, Any]) -> float | None:
     not a number of seconds, which the settings check refuses)."""
     seconds = generate_kwargs.get("max_time")
     real = isinstance(seconds, numbers.Real) and not isinstance(seconds, bool)
-    if real and not seconds > 0:  # -1 was taken as the time left of a call, 1 ms: a one-token text
-        raise ConfigError(f"max_time {seconds!r} must be above 0 (seconds)")
+    if real:  # checked before it becomes the time left of a call (-1 was 1 ms: a one-token text)
+        check_generation({"max_time": seconds})
     return time.monotonic() + float(seconds) if real else None
 
 

@@ -58,7 +58,7 @@ def resource_message(error: BaseException) -> str | None:
     """One line for a command stopped by a full disk or by running out of memory (what the user changes
     to go on), or None when ``error`` is neither."""
     for cause in causes(error):  # (before the full disk its words name: the disk is /dev/shm's memory)
-        if HANDOVER in str(cause):
+        if HANDOVER in str(cause) and "/dev/shm" in str(cause):  # (another error sent so is a bug's: its traceback)
             line = next(line for line in str(cause).splitlines() if HANDOVER in line)
             return line[line.index(HANDOVER):] + "".join(f"; {note}" for note in getattr(error, "__notes__", []))
     full = disk_full(error)

@@ -579,7 +579,7 @@ def test_a_predict_resumed_from_another_folder_names_its_images_as_the_first_run
     capsys.readouterr()
     captions(image_folder, "run/out/captions.jsonl", resume=True)  # the images' folder by its absolute path
     assert (run / "out" / "captions.jsonl").read_text() == (run / "whole.jsonl").read_text()  # named as one run names them
-    from mmcaption.data.resume import named_as_written
+    from mmcaption.data.resume import check_first_rows, named_as_written
 
     rows = [{"image": str(image_folder / "img0.png")}]  # the project moved since: its recorded working folder is gone
     assert named_as_written([{"image": "../images/img0.png"}], rows, run / "out" / "captions.jsonl", str(tmp_path / "gone" / "run"))
@@ -607,6 +607,10 @@ def test_a_predict_resumed_from_another_folder_names_its_images_as_the_first_run
                                                 r"where they are now \(ln -s\) resumes it, its rows kept; or replace it"):
         captions("photos", output, resume=True)
     (tmp_path / "photos").rename(image_folder)
+    # the old folder there, seen from the first run's working folder: not said to have moved
+    with pytest.raises(OutputExistsError, match="it is the output of another input"):
+        check_first_rows([{"image": "images/img0.png"}], [{"image": "others/img0.png"}], tmp_path / "elsewhere" / "o.csv",
+                         folder=str(tmp_path))
     captions("images", output, resume=True)
     assert output.read_text() == (run / "whole.jsonl").read_text()
 

@@ -220,8 +220,7 @@ def test_a_services_requests_get_their_own_reasons_and_a_bad_request_is_told_fro
                            ({"batchsize": 2}, r"batchsize is no setting .*\(did you mean batch_size"),  # the API's own names
                            ({"skip_unreadables": True}, r"\(did you mean skip_unreadable"),
                            ({"skip_unreadable": True, "errors": "x"}, r"errors is a list that each skipped image's \(index, "
-                                                                      r"reason\) is added to, not 'x'"),  # an AttributeError
-                           ({"errors": []}, r"errors gets the images skip_unreadable=True skips: give skip_unreadable=True")):
+                                                                      r"reason\) is added to, not 'x'")):  # an AttributeError
         with pytest.raises(ConfigError, match=said):
             captioner.caption(photos[0], **settings)
     with pytest.raises(ConfigError, match=r"history is a list of \(question, answer\) pairs"):
@@ -432,7 +431,7 @@ def test_images_as_notebooks_hold_them_and_misuse_said_plainly(captioner, photos
     # a thin strip in memory, refused as its file is: the processor scaled its short side up (gigabytes at 224 pixels)
     for strip in (Image.new("RGB", (8000, 1)), np.zeros((1, 8000, 3), np.uint8), torch.zeros(3, 1, 8000)):
         with pytest.raises(ValueError, match=r"image 2 of 2: 8000 x 1 pixels, a strip longer than 500 times "
-                                                               r"its width: .*224 pixels for CLIP ViT-B/32"):
+                                                               r"its width: .*CLIP ViT-B/32.s 224 pixels\) it would take [\d.]+ GB or more"):
             captioner.caption([photos[0], strip])
     # a folder, as predict takes one: was a bare IsADirectoryError traceback
     with pytest.raises(IsADirectoryError, match=r"a folder, not an image: give its images \(a list of their paths\), or caption "

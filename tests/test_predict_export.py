@@ -1204,12 +1204,14 @@ def test_chat_answers_with_the_models_own_generation_settings_as_the_api_does(tr
         assert {key: value for key, value in given.pop().items() if key != "streamer"} == settings
     assert answer == captioner.chat(image, question, [], max_new_tokens=8, do_sample=False)
     # --top_p where nothing samples: was dropped without a word
-    for flags, said in ((["--top_p", "0.5"], "not sampled (the model's own settings)"),
-                        (["--top_p", "0.5", "--temperature", "0"], "greedy (--temperature 0)")):
+    for flags, said in ((["--top_p", "0.5"], "is used only when sampling, and the answers would be not sampled (the model's "
+                                             "own settings): give --temperature above 0 with it"),
+                        (["--top_p", "0.5", "--temperature", "0"], "is used only when sampling, and --temperature 0 answers "
+                                                                   "greedily: give a temperature above 0"),
+                        (["--top_p", "5"], "must be between 0 and 1")):  # (a model that samples took it, and failed each answer)
         with pytest.raises(SystemExit):
             chat_main(["--model", str(tmp_path / "export"), *flags])
-        assert capsys.readouterr().err.strip().endswith(
-            f"error: --top_p 0.5 is used only when sampling, and the answers would be {said}: give --temperature above 0 with it")
+        assert capsys.readouterr().err.strip().endswith(f"error: --top_p {flags[1]}{'.0' * (flags[1] == '5')} {said}")
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{question}\n"))
     chat_main(["--model", str(tmp_path / "export"), "--image", image, "--top_p", "0.5", "--temperature", "0.7"])
     assert {key: value for key, value in given.pop().items() if key != "streamer"} == {

@@ -40,9 +40,10 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[s
     except (ValueError, csv.Error) as error:  # a line cut short by a copy, or edited by hand: was a JSONDecodeError traceback
         raise OutputExistsError(f"resume: {output} cannot be read back: {error}; mend that line (or delete it and the rows "
                                 "after it, which are predicted again), or replace it with --data.overwrite true") from None
-    if respelled := named_as_written(written, rows, output, ((_summary(output) or {}).get("made_by") or {}).get("working_folder")):
+    working = ((_summary(output) or {}).get("made_by") or {}).get("working_folder")
+    if respelled := named_as_written(written, rows, output, working):
         rank_zero_only(print)(respelled, file=sys.stderr, flush=True)
-    check_first_rows(written, rows, output, also)
+    check_first_rows(written, rows, output, also, working)
     if len(written) == len(rows):
         raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
                                 "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
@@ -87,9 +88,9 @@ def _new_ones(output: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path | str,
-                     also: list[dict[str, Any]] | None = None) -> None:
+                     also: list[dict[str, Any]] | None = None, folder: str | None = None) -> None:
     """Refuse rows ``written`` to ``output`` that are not the first of this input's ``rows`` (compared as written, or as
-    an earlier release wrote them: ``also``, a row's other accepted values)."""
+    an earlier release wrote them: ``also``, a row's other accepted values; ``folder``: the first run's working one)."""
     for number, (row, record) in enumerate(zip(written, rows), start=1):
         earlier = also[number - 1] if also else {}
         differs = next((key for key, value in record.items() if isinstance(value, str)
@@ -97,8 +98,8 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
         if differs is not None:  # rows taken out of it (by hand): its row is one further on in the input
             later = next((place for place, other in enumerate(rows[number:], start=number + 1) if all(
                 str(row.get(key, value)) == value for key, value in other.items() if isinstance(value, str))), None)
-            moved = differs == "image" and PurePath(str(row.get("image"))).name == PurePath(record["image"]).name and not any(
-                (place / str(row.get("image"))).exists() for place in [Path(output).resolve().parent, *Path(output).resolve().parents])
+            moved = differs == "image" and isinstance(output, Path) and PurePath(str(row.get("image"))).name == PurePath(
+                record["image"]).name and not any((place / str(row.get("image"))).exists() for place in _run_folders(output, folder))
             why = (f"its row {number} is this input's row {later} (rows taken out of it, or added to the input): keep only its "
                    f"first {number - 1} rows to resume after them, or" if later and number > 1 else
                    "the images moved, or renamed their folder? A link from the folder its rows name to where they are now "
@@ -121,8 +122,7 @@ def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
     common = next((n for n in range(min(len(then_parts), len(now_parts))) if then_parts[-1 - n] != now_parts[-1 - n]),
                   min(len(then_parts), len(now_parts)))
     then_folder, now_folder = then_parts[:len(then_parts) - common], now_parts[:len(now_parts) - common]
-    folders = [*([Path(folder)] if folder else []), Path(output).resolve().parent, *Path(output).resolve().parents]
-    if not common or not any(_same_file(place / then, Path(now)) for place in folders):
+    if not common or not any(_same_file(place / then, Path(now)) for place in _run_folders(output, folder)):
         return None
     names = [PurePath(str(row.get("image") or "")).parts for row in rows]
     if any(parts[:len(now_folder)] != now_folder or len(parts) <= len(now_folder) for parts in names):
@@ -131,6 +131,12 @@ def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
         row["image"] = str(PurePath(*then_folder, *parts[len(now_folder):]))
     return (f"note: resume: this run names the images from another folder than the run that wrote {output.name} (its row 1: "
             f"{then}; this input's: {now}): the same files, and the rows to come name them as its rows do")
+
+
+def _run_folders(output: Path, folder: str | None) -> list[Path]:
+    """Where an output's relative image names were written from: the first run's working ``folder`` (where recorded),
+    else (moved since, or unrecorded) the output's folder or one above."""
+    return [*([Path(folder)] if folder else []), Path(output).resolve().parent, *Path(output).resolve().parents]
 
 
 def _same_file(one: Path, other: Path) -> bool:

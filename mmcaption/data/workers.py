@@ -44,14 +44,17 @@ def _batch_not_handed_over(queue, error: Exception, item: object) -> None:
         traceback.print_exc()  # another message of the worker's: as Python's queue says it
         return
     index, data = item
+    stateful = isinstance(data, tuple) and len(data) == 3 and isinstance(data[1], int)  # torchdata's (batch, worker, state)
+    if isinstance(data[0] if stateful else data, ExceptionWrapper):  # the error sent in its place failed too: said here
+        traceback.print_exception(error)
+        return
     try:
         raise RuntimeError(handover_message(error)) from error
     except RuntimeError:
         info = torch.utils.data.get_worker_info()
         wrapped = ExceptionWrapper(where=f"in DataLoader worker process {info.id if info else 0}")
-    stateful = isinstance(data, tuple) and len(data) == 3 and isinstance(data[1], int)  # torchdata's (batch, worker, state)
-    try:
-        queue.put((index, (wrapped, *data[1:]) if stateful else wrapped))
+    try:  # (torchdata's state left out: it may hold what failed too, and is not read before the error is raised)
+        queue.put((index, (wrapped, data[1], None) if stateful else wrapped))
     except Exception:  # noqa: BLE001 - the queue closed as the worker ends: said as Python's queue says it
         traceback.print_exception(error)
 
