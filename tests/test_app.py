@@ -173,6 +173,9 @@ def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported
     with pytest.raises(gr.Error, match=r"the question takes .* tokens with the prompt") as said:  # was a bare ValueError
         app.choose(str(good), "what " * app.captioner.model.language_model.config.max_position_embeddings, "red\nblue")
     assert said.value.print_exception is False
+    with pytest.raises(gr.Error, match=r"takes .* tokens") as said:  # the chat's too: was "The model failed to answer"
+        list(app.chat("what " * app.captioner.model.language_model.config.max_position_embeddings, [], str(good), *settings))
+    assert said.value.print_exception is False
 
     letter, shares = app.choose(str(good), "Which shape is it?", "circle\nsquare\ntriangle")
     expected = app.captioner.choose(str(good), "Which shape is it?", ["circle", "square", "triangle"])
