@@ -184,15 +184,17 @@ def main(argv: list[str] | None = None) -> None:
     # whatever the model was exported with)
     settings = {name: value for name in ("max_new_tokens", "min_new_tokens") if (value := getattr(args, name)) is not None}
     if args.top_p is not None and args.top_p != 1.0:  # (1.0, the old default, samples from every token: no setting)
-        if not 0 <= args.top_p <= 1 or args.temperature == 0:  # before the model loads: nothing of it is needed to say
-            raise ConfigError(f"--top_p {args.top_p} " + ("must be between 0 and 1" if args.temperature != 0 else
-                              "is used only when sampling, and --temperature 0 answers greedily: give a temperature above 0"))
+        if args.temperature == 0:  # before the model loads: nothing of it is needed to say so
+            raise ConfigError(f"--top_p {args.top_p} is used only when sampling, and --temperature 0 answers greedily: give a "
+                              "temperature above 0")
         settings["top_p"] = args.top_p
     if args.temperature is not None:
         settings["do_sample"] = args.temperature != 0
         if args.temperature != 0:  # one sequence sampled, streamed as it comes
             settings.update(temperature=args.temperature, num_beams=1)
     check_generation(settings, "mmcaption chat")
+    if not 0 <= settings.get("top_p", 1) <= 1:  # (checked there only with --temperature: for a model that samples, here)
+        raise ConfigError(f"mmcaption chat: top_p {args.top_p} must be between 0 and 1")
     captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
     if "top_p" in settings and not settings.get("do_sample", captioner.tasks.generation.do_sample):  # was dropped unsaid
         raise ConfigError(f"--top_p {args.top_p} is used only when sampling, and the answers would be not sampled (the "

@@ -1208,10 +1208,11 @@ def test_chat_answers_with_the_models_own_generation_settings_as_the_api_does(tr
                                              "own settings): give --temperature above 0 with it"),
                         (["--top_p", "0.5", "--temperature", "0"], "is used only when sampling, and --temperature 0 answers "
                                                                    "greedily: give a temperature above 0"),
-                        (["--top_p", "5"], "must be between 0 and 1")):  # (a model that samples took it, and failed each answer)
+                        (["--top_p", "5"], "")):  # (a model that samples took it, and failed each answer)
         with pytest.raises(SystemExit):
             chat_main(["--model", str(tmp_path / "export"), *flags])
-        assert capsys.readouterr().err.strip().endswith(f"error: --top_p {flags[1]}{'.0' * (flags[1] == '5')} {said}")
+        assert capsys.readouterr().err.strip().endswith(
+            f"error: --top_p {flags[1]} {said}" if said else "error: mmcaption chat: top_p 5.0 must be between 0 and 1")
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{question}\n"))
     chat_main(["--model", str(tmp_path / "export"), "--image", image, "--top_p", "0.5", "--temperature", "0.7"])
     assert {key: value for key, value in given.pop().items() if key != "streamer"} == {
