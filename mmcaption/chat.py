@@ -193,8 +193,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.temperature != 0:  # one sequence sampled, streamed as it comes
             settings.update(temperature=args.temperature, num_beams=1)
     check_generation(settings, "mmcaption chat")
-    if not 0 <= settings.get("top_p", 1) <= 1:  # (checked there only with --temperature: for a model that samples, here)
-        raise ConfigError(f"mmcaption chat: top_p {args.top_p} must be between 0 and 1")
     captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
     if "top_p" in settings and not settings.get("do_sample", captioner.tasks.generation.do_sample):  # was dropped unsaid
         raise ConfigError(f"--top_p {args.top_p} is used only when sampling, and the answers would be not sampled (the "

@@ -114,8 +114,9 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        full = disk_full(error) or file_too_large(error)  # torch.save's writer wraps the write's error, which names no
-        if full is not None and full.filename is None and full.errno is not None:  # file: this one is named
+        # torch.save's writer wraps the write's error, which names no file: this one is named
+        full = disk_full(error) or file_too_large(error)
+        if full is not None and full.filename is None and full.errno is not None:
             raise OSError(full.errno, full.strerror, str(path)) from error
         raise
     _sync_directory(path.parent)

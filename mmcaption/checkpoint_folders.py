@@ -66,7 +66,7 @@ def say_a_resume_saved_elsewhere(trainer, checkpoint: dict[str, Any]) -> None:
         if not old or not new or old == new or not trainer.is_global_zero:
             continue
         root = Path(old).parents[1] if Path(old).parent.name == "checkpoints" else None  # <root>/checkpoints/<name>
-        gone = not Path(old).is_dir()  # a project moved or renamed since: its old root is no folder to go on in
+        gone = not Path(old).is_dir()  # moved, renamed or deleted since (the advice below asks only that its root be there)
         again = f"; to go on in that run's folders, give the same --trainer.default_root_dir it had ({shell_word(root)})" \
             if root is not None and root.is_dir() else ""
         print(f"note: the checkpoint resumed from saved its run's checkpoints in {old}{' (not there now: moved?)' * gone}; this run saves its own in {new}, "

@@ -56,7 +56,7 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
         problems.append(f"min_new_tokens {number['min_new_tokens']} is above max_new_tokens {number['max_new_tokens']}")
     if given.get("do_sample") and number.get("temperature", 1.0) <= 0:
         problems.append(f"temperature {number['temperature']} must be above 0 when sampling")
-    if given.get("do_sample") and not 0 <= number.get("top_p", 1.0) <= 1:
+    if not 0 <= number.get("top_p", 1.0) <= 1:  # (with or without sampling: a model's own may sample)
         problems.append(f"top_p {number['top_p']} must be between 0 and 1")
     if not problems:
         try:

@@ -45,6 +45,11 @@ def handover_message(error: BaseException) -> str:
             f"gives it more. {instead}")
 
 
+def _noted(text: str, error: BaseException) -> str:
+    """``text``, then the notes :class:`~mmcaption.advice.OutOfMemoryAdvice` added to ``error`` (how a run resumes)."""
+    return text + "".join(f"; {note}" for note in getattr(error, "__notes__", []))
+
+
 def _file_size_limit() -> str:
     try:
         import resource  # (not on Windows)
@@ -60,7 +65,7 @@ def resource_message(error: BaseException) -> str | None:
     for cause in causes(error):  # (before the full disk its words name: the disk is /dev/shm's memory)
         if HANDOVER in str(cause) and "/dev/shm" in str(cause):  # (another error sent so is a bug's: its traceback)
             line = next(line for line in str(cause).splitlines() if HANDOVER in line)
-            return line[line.index(HANDOVER):] + "".join(f"; {note}" for note in getattr(error, "__notes__", []))
+            return _noted(line[line.index(HANDOVER):], error)
     full = disk_full(error)
     if full is not None:
         return disk_full_message(full, getattr(error, "__notes__", []))
@@ -71,9 +76,9 @@ def resource_message(error: BaseException) -> str | None:
     if worker is not None:
         return worker_killed_message(*worker, getattr(error, "__notes__", []))
     if (large := file_too_large(error)) is not None:  # a FAT32 drive's 4 GB, or `ulimit -f`
-        return (f"{large.filename or 'a file'} grew larger than its disk or this process may write ({large.strerror}): "
-                "FAT32 drives hold files of up to 4 GB, and `ulimit -f` limits them too. What was complete before stays "
-                "whole; write to another disk, or raise the limit" + "".join(f"; {note}" for note in getattr(error, "__notes__", [])))
+        return _noted(f"{large.filename or 'a file'} grew larger than its disk or this process may write ({large.strerror}): "
+                      "FAT32 drives hold files of up to 4 GB, and `ulimit -f` limits them too. What was complete before "
+                      "stays whole; write to another disk, or raise the limit", error)
     for cause in causes(error):
         if isinstance(cause, PermissionError) and cause.filename:
             return permission_message(Path(cause.filename), cause.strerror)
