@@ -824,7 +824,22 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
     cli = parse(["predict", "--ckpt_path", str(trained_checkpoint), "--model.generation", '{"max_new_tokens": 2}', *data])
     assert cli.model.generation == {"max_new_tokens": 2}  # given on the command line: kept
     assert cli.model.config.lora_r == 4 and cli.model.config.language_model == str(backbones[0])  # the rest: the checkpoint's
-    assert "generation {'max_new_tokens': 2} (checkpoint: {'max_new_tokens': 8})" in capsys.readouterr().err
+    assert "generation.max_new_tokens 2 (checkpoint: 8)" in capsys.readouterr().err
+    # one key of a dict setting typed (the README's form): that key replaces the checkpoint's, its other keys stay (the
+    # whole dict had been replaced: a checkpoint trained with beam search captioned greedily, not said), from a config too
+    beams = tmp_path / "beams.ckpt"
+    content = load_checkpoint_file(trained_checkpoint)
+    content["hyper_parameters"]["generation"] = {"max_new_tokens": 8, "num_beams": 2}
+    torch.save(content, beams)
+    cli = parse(["predict", "--ckpt_path", str(beams), "--model.generation.max_new_tokens", "2", *data])
+    assert cli.model.generation == {"max_new_tokens": 2, "num_beams": 2}
+    assert "generation.max_new_tokens 2 (checkpoint: 8)" in capsys.readouterr().err
+    settings = tmp_path / "sampling.yaml"
+    settings.write_text("model:\n  generation:\n    do_sample: true\n    num_beams: 1\n")
+    cli = parse(["predict", "--config", str(settings), "--ckpt_path", str(beams), *data])
+    assert cli.model.generation == {"max_new_tokens": 8, "num_beams": 1, "do_sample": True}
+    assert ("generation.do_sample True (checkpoint: not set); generation.num_beams 1 (checkpoint: 2; your config's, not the "
+            "command line's: --model.generation.num_beams 2 keeps it)") in capsys.readouterr().err
 
     # --ckpt_path last: the same checkpoint, found in the config's checkpoint folder, read the same way (its settings were
     # not read: a setting given was replaced without a word, and the checkpoint's stage not said)
@@ -834,7 +849,7 @@ def test_ckpt_path_keeps_the_settings_given_reports_them_and_refuses_structural_
         folder = [f"--trainer.callbacks+={checkpoints}", "--trainer.callbacks.dirpath", "checkpoints"]
         cli = parse(["predict", "--ckpt_path", "last", "--model.generation", '{"max_new_tokens": 2}', *folder, *data])
         assert cli.model.generation == {"max_new_tokens": 2} and cli.model.config.lora_r == 4
-        assert "generation {'max_new_tokens': 2} (checkpoint: {'max_new_tokens': 8})" in capsys.readouterr().err
+        assert "generation.max_new_tokens 2 (checkpoint: 8)" in capsys.readouterr().err
 
     cli = parse(["predict", "--ckpt_path", str(trained_checkpoint), *data])  # nothing given: the checkpoint's, silently
     assert cli.model.generation == {"max_new_tokens": 8}

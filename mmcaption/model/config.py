@@ -154,14 +154,27 @@ def merged_settings(saved: dict[str, Any], given: dict[str, Any], written: set[s
             refused.append(f"{key}: {saved_name} {merged[key]!r}, given {value!r} ({as_option(key, merged[key])} gives the "
                            f"{saved_name}'s)")
         else:
-            typed_here = typed is None or any(t == key or t.startswith(key + ".") or key.startswith(t + ".") for t in typed)
-            was = merged[key]  # a path of the machine or folder it was trained in, not there now: no option to keep it
-            gone = isinstance(was, str) and was.startswith(("/", ".", "~")) and not Path(was).expanduser().exists()
-            keep = "" if typed_here else "; not there now" if gone else \
-                f"; your config's, not the command line's: {model_option(key, merged[key])} keeps it"
-            notes.append(f"{key} {value!r} ({saved_name}: {merged[key]!r}{keep})")
-            merged[key] = value
+            for shown, now, was in _changes(key, value, merged[key]):
+                typed_here = typed is None or any(t == shown or t.startswith(shown + ".") or shown.startswith(t + ".") for t in typed)
+                # a path of the machine or folder it was trained in, not there now: no option to keep it
+                gone = isinstance(was, str) and was.startswith(("/", ".", "~")) and not Path(was).expanduser().exists()
+                keep = "" if typed_here or was is _UNSET else "; not there now" if gone else \
+                    f"; your config's, not the command line's: {model_option(shown, was)} keeps it"
+                notes.append(f"{shown} {now!r} ({saved_name}: {'not set' if was is _UNSET else repr(was)}{keep})")
+            merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged[key], dict) else value
     return merged, notes, refused
+
+
+_UNSET = object()
+
+
+def _changes(key: str, value: Any, saved: Any) -> list[tuple[str, Any, Any]]:
+    """``(setting, given, saved)`` for each value a given setting changes: of a dict (``generation``), each key given
+    that differs - the keys given replace the saved dict's, the others stay (``--model.generation.max_new_tokens 10``
+    on a checkpoint trained with beam search had replaced the whole dict: greedy captions, not said)."""
+    if not (isinstance(value, dict) and isinstance(saved, dict)):
+        return [(key, value, saved)]
+    return [(f"{key}.{k}", v, saved.get(k, _UNSET)) for k, v in value.items() if saved.get(k, _UNSET) != v]
 
 
 def unread_init_from(source: str, given: dict[str, Any], saved: dict[str, Any], typed: set[str] | None, subcommand: str) -> str | None:
