@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.imports import RequirementCache
 
 from mmcaption.errors import MMCaptionError, unexpanded_variable
-from mmcaption.evaluation.digests import file_sha256
+from mmcaption.evaluation.digests import hash_before_loading, loaded_sha256
 from mmcaption.folders import being_written, umask, writing_run
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, is_pretrained_folder, read_manifest
 from mmcaption.model.backbone_weights import backbone_weights, changed_backbones, other_backbones
@@ -61,10 +61,11 @@ class CheckpointMismatchError(MMCaptionError, RuntimeError):
     """A checkpoint whose tensors do not fit the model being built."""
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False, digest: bool = False) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; refuse pickled code, naming the file, and any file
     that is not a readable checkpoint (truncated, corrupted, another kind of file), whatever error the
-    unpickler met in it. ``mmap``: tensors are read from the file only when used (to read its metadata)."""
+    unpickler met in it. ``mmap``: tensors are read from the file only when used (to read its metadata); ``digest``:
+    the weights loaded, hashed from the same open file (``loaded_sha256``: what results and later stages record)."""
     path = Path(path)
     if path.is_dir() or path.suffix == ".safetensors":  # an export, or its weights file, given where a .ckpt goes
         export = path if path.is_dir() else path.parent
@@ -83,7 +84,10 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
         raise CheckpointFileError(f"{path}: not a checkpoint - not a file torch.save writes (it starts {head!r}); "
                                   "a checkpoint of mmcaption fit is a .ckpt file (checkpoints/<stage>/last.ckpt)")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with path.open("rb") as handle:  # hashed and loaded from one open file: a checkpoint renamed over it is not read
+            if digest:
+                hash_before_loading(handle, path)
+            checkpoint = torch.load(handle if digest else path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"{path}: refused - it contains pickled objects other than tensors and plain containers, which "
@@ -150,7 +154,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not _is_local_file_protocol(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        return load_checkpoint_file(path, map_location=map_location or "cpu")
+        return load_checkpoint_file(path, map_location=map_location or "cpu", digest=True)
 
 
 def install_atomic_checkpoint_io(trainer: Trainer) -> None:
@@ -250,7 +254,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
     if not path.is_file():
         raise CheckpointNotFoundError(f"init_from checkpoint not found: {path} (train the caption stage first, or point "
                                       "init_from at its checkpoint)")
-    checkpoint = load_checkpoint_file(path)
+    checkpoint = load_checkpoint_file(path, digest=True)
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointFileError(f"init_from {path}: not a checkpoint of mmcaption fit (it has no state_dict; its keys: "
                                   f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
@@ -275,7 +279,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         rank_zero_warn(f"init_from {path} (step {step}) is not the newest of its name: {later[-1].name}, of step "
                        f"{newest.get('global_step')}{f' of {planned}' if (planned := newest.get('planned_steps')) else ''}, was saved since by a later run of that stage into the same "
                        f"folder; --model.init_from {shell_word(later[-1])} if that is the run meant")
-    return {"path": str(path.resolve()), "sha256": file_sha256(path), "epoch": checkpoint.get("epoch"),
+    return {"path": str(path.resolve()), "sha256": loaded_sha256(path), "epoch": checkpoint.get("epoch"),
             "global_step": checkpoint.get("global_step"), "planned_steps": checkpoint.get("planned_steps")}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import warnings
@@ -16,6 +17,7 @@ from lightning.pytorch import Callback, Trainer
 from PIL import Image
 from pycocotools.coco import COCO
 
+from mmcaption.checkpoint import install_atomic_checkpoint_io
 from mmcaption.data import CaptionDataModule
 from mmcaption.data.cache import load_table
 from mmcaption.data.records import DataError
@@ -385,6 +387,28 @@ def test_a_coco_copys_own_image_ids_name_its_images_in_the_results(backbones, co
     now.setup("fit")
     assert now.folders["train"] != earlier and now.same_training_data(earlier.name)
 
+
+
+def test_results_name_the_checkpoint_evaluated_though_a_fit_saves_over_it_meanwhile(backbones, coco_root, trained_checkpoint,
+                                                                                   tmp_path):
+    """A sweep evaluates last.ckpt while its fit goes on into the same folder: the fit's next save (renamed over the file)
+    must not be the checkpoint the results name - its sha256 had been the new file's, the old weights scored."""
+    last = tmp_path / "last.ckpt"
+    shutil.copyfile(trained_checkpoint, last)
+    evaluated = hashlib.sha256(last.read_bytes()).hexdigest()
+
+    class SavedOver(Callback):  # the fit's atomic save, after the evaluation loaded the checkpoint
+        def on_test_start(self, trainer, pl_module):
+            (tmp_path / "newer.ckpt").write_bytes(b"PK" + bytes(64))
+            os.replace(tmp_path / "newer.ckpt", last)
+
+    dm = karpathy_datamodule(backbones, karpathy_root(coco_root, tmp_path / "coco2014"))
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[SavedOver()], limit_test_batches=1)
+    install_atomic_checkpoint_io(trainer)
+    trainer.test(make_captioner(backbones, generation={"max_new_tokens": 2}), datamodule=dm, ckpt_path=str(last))
+    results = json.loads((Path(trainer.log_dir) / "test-test.results.json").read_text())
+    assert results["checkpoint"] == {"path": str(last.resolve()), "sha256": evaluated}
 
 def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path,
                                                                              monkeypatch):

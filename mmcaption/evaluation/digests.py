@@ -1,5 +1,6 @@
-"""What a run read, by content: a file's sha256 (once per process for an unchanged file), and an input's record - a
-file's path, sha256 and size, or a folder's (MME's release) one sha256 of its question files' names and contents."""
+"""What a run read, by content: a file's sha256 (once per process for an unchanged file; a checkpoint's as it was
+loaded), and an input's record - a file's path, sha256 and size, or a folder's (MME's release) one sha256 of its question
+files' names and contents."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+_LOADED: dict[str, str] = {}  # a checkpoint's resolved path -> the sha256 of the bytes this process last loaded from it
 
 
 def file_sha256(path: str | Path) -> str:
@@ -22,6 +25,23 @@ def _sha256(path: str, size: int, modified: int) -> str:  # a checkpoint of GBs 
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def hash_before_loading(handle: BinaryIO, path: str | Path) -> None:
+    """Hash the open file a checkpoint is then loaded from (rewound after): :func:`loaded_sha256` gives the sha256 of the
+    bytes loaded, whatever has replaced the file since (a validate's results named the step-6 last.ckpt a fit saved
+    over it as it ran, the step-3 weights scored)."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    handle.seek(0)
+    _LOADED[str(Path(path).resolve())] = digest.hexdigest()
+
+
+def loaded_sha256(path: str | Path) -> str | None:
+    """The sha256 of the checkpoint ``path`` as this process last loaded it (:func:`hash_before_loading`), else of the
+    file now (``None``: not loaded, and gone)."""
+    return _LOADED.get(str(Path(path).resolve())) or (file_sha256(path) if Path(path).is_file() else None)
 
 
 def input_record(path: Path) -> dict[str, Any]:
