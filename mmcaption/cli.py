@@ -24,7 +24,7 @@ from mmcaption.checkpoint import (
     job_of_checkpoint,
     load_checkpoint_file,
 )
-from mmcaption.checkpoint_folders import earlier_checkpoints_note, keyword_checkpoint
+from mmcaption.checkpoint_folders import earlier_checkpoints_note, keyword_checkpoint, newest_first
 from mmcaption.console import bars_put_back, filter_warnings, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, release_held_stops, signals_stop, user_errors_exit
@@ -57,6 +57,7 @@ from mmcaption.settings_checks import (
     ask_as_trained,
     lightning_setting_errors,
     optimizer_problem,
+    root_folder,
     trainer_problem,
     under_root_folder,
     unlogged_monitor,
@@ -73,12 +74,10 @@ CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
 class MMCaptionCLI(LightningCLI):
     """LightningCLI whose data module follows the model's config, one way.
 
-    The tokenizer, the image processor and the vision features a cache holds must be those of the
-    model, so the CLI hands ``model.config.language_model``, ``model.config.vision_model`` and
-    ``model.config.vision_feature_layer`` to the data module (``data.init_args.tokenizer``,
-    ``image_processor``, ``vision_feature_layer``; a data module without such an argument ignores it)
-    instead of asking for them twice; the data module loads them with the model's factory.
-    """
+    The tokenizer, the image processor and the vision features a cache holds must be those of the model, so the CLI
+    hands ``model.config.language_model``, ``vision_model`` and ``vision_feature_layer`` to the data module
+    (``data.init_args.tokenizer``, ``image_processor``, ``vision_feature_layer``; a data module without such an argument
+    ignores it) instead of asking for them twice; the data module loads them with the model's factory."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.config.language_model", "data.init_args.tokenizer")
@@ -91,6 +90,9 @@ class MMCaptionCLI(LightningCLI):
             kwargs.setdefault("logger", False)  # TensorBoard run of the config's; one asked for on the command line is kept
         if self.subcommand and self.config[self.subcommand].trainer.get("logger") is True and (
                 logger := getattr(self.parser, "configured_logger", lambda _: None)(self.subcommand)):  # the configs'
+            settings = logger.setdefault("init_args", {})  # under the run's root, as the config's logger goes in fit
+            if rooted := root_folder(settings.get("save_dir"), self.config[self.subcommand].trainer.get("default_root_dir")):
+                settings["save_dir"] = rooted
             kwargs["logger"] = instantiate_class((), logger)
         with lightning_setting_errors(building=True):  # a strategy whose package is missing, or that needs a GPU
             trainer = super().instantiate_trainer(**kwargs)
@@ -263,7 +265,8 @@ class MMCaptionCLI(LightningCLI):
             super().parse_arguments(parser, args)
             expand_home(self.config)
             if (subcommand := self.config.get("subcommand")) and (moved := under_root_folder(  # every rank: its paths
-                    self.config[subcommand])) and rank_zero_only.rank == 0:
+                    self.config[subcommand], [str(a) for a in self._arguments], lambda held: newest_first(held)[0][0])) \
+                    and rank_zero_only.rank == 0:
                 print(f"note: under trainer.default_root_dir: {', '.join(moved)}", file=sys.stderr, flush=True)
             if held:
                 self._parse_ckpt_path()
@@ -359,9 +362,8 @@ class _PrepareCLI(MMCaptionCLI):
 
 
 def prepare(args: list[str]) -> int:
-    """``mmcaption prepare --config ...``: preprocess the configured data module's splits (and its
-    feature cache) without loading the language model, and print what each split holds. Returns 0; a data or
-    settings error is raised (``main`` prints its message and exits 2)."""
+    """``mmcaption prepare --config ...``: preprocess the configured data module's splits (and its feature cache) without
+    loading the language model, and print what each split holds. Returns 0; a data or settings error is raised."""
     quiet_lightning()  # in a log file, no bars of redrawn counts (fit's own lines stay as they are)
     with warnings.catch_warnings():  # also while preparing: its warnings are shown as fit shows them
         filter_warnings()
@@ -378,11 +380,9 @@ def prepare(args: list[str]) -> int:
 def main(args: list[str] | None = None) -> None:
     """The ``mmcaption`` console script: LightningCLI's subcommands, ``prepare`` and ``chat``.
 
-    Exit status: 0 done; 2 a user error (one line naming the file or setting; ``MMCAPTION_TRACEBACK=1``
-    adds the traceback); 130 / 143 stopped by Ctrl-C / SIGTERM (during ``fit``, after saving a checkpoint
-    to resume from; elsewhere after removing what was half-written); 1 anything else (a bug: its traceback
-    is printed).
-    """
+    Exit status: 0 done; 2 a user error (one line naming the file or setting; ``MMCAPTION_TRACEBACK=1`` adds the
+    traceback); 130 / 143 stopped by Ctrl-C / SIGTERM (during ``fit``, after saving a checkpoint to resume from;
+    elsewhere after removing what was half-written); 1 anything else (a bug: its traceback is printed)."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["prepare"]:
         sys.exit(prepare(argv[1:]))

@@ -8,7 +8,7 @@ import difflib
 import importlib
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -226,15 +226,17 @@ def ask_as_trained(subcommand: str, data: Any, trained: dict[str, Any], source: 
                   f"asks with {settings[name]!r}, {then}", file=sys.stderr, flush=True)
 
 
-def under_root_folder(command: Any) -> list[str]:
+def under_root_folder(command: Any, typed: list[str] = (), newest: Callable[[list[Path]], Path] | None = None) -> list[str]:
     """With ``trainer.default_root_dir`` given, the relative folders the config names for its loggers (``save_dir``) and
     ModelCheckpoints (``dirpath``) go under it, as Lightning puts them when none is named: the shipped configs name them
     (``lightning_logs``, ``checkpoints/<stage>``), so a run given its own root wrote its logs and checkpoints beside every
     other run's, and the root stayed empty. Returns the folders as they now are, for a note. With ``ckpt_path`` last,
     refuses a root that holds no last checkpoint where the folder as named holds one (a run begun before a root was
-    given): it would start at step 0. A relative ``model.init_from`` (the instruct configs' ``checkpoints/caption/...``)
-    is the root's when the root holds it: the working folder's was another run's caption stage, taken unsaid.
-    ``command``: a subcommand's settings (``trainer``, ``ckpt_path``, ``model``)."""
+    given): it would start at step 0; ``newest``: which of its last checkpoints ``--ckpt_path last`` takes there. A
+    relative ``model.init_from`` (the instruct configs' ``checkpoints/caption/...``) is the root's when the root holds it:
+    the working folder's was another run's caption stage, taken unsaid - unless typed on the command line (``typed``: the
+    options given there) and there in the working folder, which is then said. ``command``: a subcommand's settings
+    (``trainer``, ``ckpt_path``, ``model``)."""
     trainer_settings, ckpt_path, model_settings = command.trainer, command.get("ckpt_path"), command.get("model")
     root = trainer_settings.get("default_root_dir")
     if not root:
@@ -247,25 +249,41 @@ def under_root_folder(command: Any) -> list[str]:
             if setting == "callbacks" and not _is_model_checkpoint(str(getattr(item, "class_path", "") or "")):
                 continue
             folder = settings.get(key) if settings is not None else None
-            if not folder or Path(str(folder)).expanduser().is_absolute() or \
-                    Path(str(folder)).resolve().is_relative_to(Path(str(root)).expanduser().resolve()):
+            if not (rooted := root_folder(folder, root)):
                 continue
-            settings[key] = str(Path(root) / str(folder))
-            moved.append(settings[key])
-            if setting == "callbacks" and str(ckpt_path) == "last" and not any(Path(settings[key]).glob("last*.ckpt")) \
-                    and any(Path(str(folder)).glob("last*.ckpt")):
-                raise ConfigError(f"--ckpt_path last looks in {settings[key]}, under trainer.default_root_dir, which holds no "
-                                  f"last checkpoint; {folder} holds a run's: give --ckpt_path {shell_word(Path(str(folder)) / 'last.ckpt')}")
+            settings[key] = rooted
+            moved.append(rooted)
+            if setting == "callbacks" and str(ckpt_path) == "last" and not any(Path(rooted).glob("last*.ckpt")) \
+                    and (held := list(Path(str(folder)).glob("last*.ckpt"))):
+                raise ConfigError(f"--ckpt_path last looks in {rooted}, under trainer.default_root_dir, which holds no "
+                                  f"last checkpoint; {folder} holds a run's: give --ckpt_path "
+                                  f"{shell_word((newest or _newest_file)(held))}")
     start = model_settings.get("init_from") if model_settings is not None else None
-    if start and not Path(str(start)).expanduser().is_absolute() and (Path(root) / str(start)).exists() and \
-            not Path(str(start)).resolve().is_relative_to(Path(str(root)).expanduser().resolve()):
+    if not start or Path(str(start)).expanduser().is_absolute() or Path(str(start)).resolve().is_relative_to(
+            Path(str(root)).expanduser().resolve()):
+        return moved
+    typed_here = any(option.split("=")[0] == "--model.init_from" for option in typed)
+    if (Path(root) / str(start)).exists() and not (typed_here and Path(str(start)).exists()):
         model_settings["init_from"] = str(Path(root) / str(start))
         moved.append(f"model.init_from {model_settings['init_from']}")
-    elif start and not Path(str(start)).expanduser().is_absolute() and Path(str(start)).exists() and \
-            rank_zero_only.rank == 0 and not Path(str(start)).resolve().is_relative_to(Path(str(root)).expanduser().resolve()):
-        print(f"note: model.init_from {start} is read from the working folder: trainer.default_root_dir {root} holds none",
-              file=sys.stderr, flush=True)
+    elif Path(str(start)).exists() and rank_zero_only.rank == 0:  # as given: the working folder's, said with the root's
+        other = f" (trainer.default_root_dir holds another: {Path(root) / str(start)})" if (Path(root) / str(start)).exists() else \
+            f": trainer.default_root_dir {root} holds none"
+        print(f"note: model.init_from {start} is read from the working folder{other}", file=sys.stderr, flush=True)
     return moved
+
+
+def _newest_file(paths: list[Path]) -> Path:
+    return max(paths, key=lambda path: path.stat().st_mtime)
+
+
+def root_folder(folder: Any, root: Any) -> str | None:
+    """``folder`` (a logger's save_dir, a checkpoint folder) under ``trainer.default_root_dir`` ``root``, where it is a
+    relative folder outside it; ``None`` where it stays as it is."""
+    if not folder or not root or Path(str(folder)).expanduser().is_absolute() or \
+            Path(str(folder)).resolve().is_relative_to(Path(str(root)).expanduser().resolve()):
+        return None
+    return str(Path(root) / str(folder))
 
 
 def optimizer_problem(model: Any, trainer: Any) -> str | None:

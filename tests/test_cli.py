@@ -1,6 +1,7 @@
 """The CLI end to end on the demo config: `mmcaption fit | validate | test` and `mmcaption-demo`."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -309,6 +310,13 @@ def test_a_root_folder_given_holds_the_logs_and_checkpoints_the_config_names(dem
         assert ("--ckpt_path last looks in runB/checkpoints/demo-caption, under trainer.default_root_dir, which holds no last "
                 "checkpoint; checkpoints/demo-caption holds a run's: give --ckpt_path checkpoints/demo-caption/last.ckpt") in \
             capsys.readouterr().err
+        # of two runs' last checkpoints there, the one --ckpt_path last takes there (the newest saved; was last.ckpt always)
+        (demo_dir / "checkpoints" / "demo-caption" / "last-v1.ckpt").write_bytes(b"")
+        os.utime(demo_dir / "checkpoints" / "demo-caption" / "last.ckpt", (1e9, 1e9))
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", DEMO_CONFIG, "--trainer.default_root_dir", "runB", "--ckpt_path", "last"])
+        assert "give --ckpt_path checkpoints/demo-caption/last-v1.ckpt" in capsys.readouterr().err
+        (demo_dir / "checkpoints" / "demo-caption" / "last-v1.ckpt").unlink()
         # the instruct stage of experiment runA started from the working folder's caption checkpoint (another run's),
         # although runA's own caption stage had saved its checkpoint under runA, with one line among Lightning's to say so
         instruct = str(REPO / "configs" / "demo" / "instruct.yaml")
@@ -319,6 +327,20 @@ def test_a_root_folder_given_holds_the_logs_and_checkpoints_the_config_names(dem
         out, err = capsys.readouterr()
         assert "init_from: runA/checkpoints/demo-caption/last.ckpt" in out
         assert "model.init_from runA/checkpoints/demo-caption/last.ckpt" in err
+        # typed on the command line and there in the working folder: that one, the root's said (the root's was taken
+        # in its place, a 5-step checkpoint for the 100-step one named)
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", instruct, "--trainer.default_root_dir", "runA", "--model.init_from",
+                  "checkpoints/demo-caption/last.ckpt", "--print_config"])
+        out, err = capsys.readouterr()
+        assert "init_from: checkpoints/demo-caption/last.ckpt" in out
+        assert ("note: model.init_from checkpoints/demo-caption/last.ckpt is read from the working folder (trainer."
+                "default_root_dir holds another: runA/checkpoints/demo-caption/last.ckpt)") in err
+        (demo_dir / "runA" / "checkpoints" / "x.ckpt").write_bytes(b"")
+        with pytest.raises(SystemExit):  # typed, but only the root holds it: the root's, as from a config
+            main(["fit", "--config", instruct, "--trainer.default_root_dir", "runA", "--model.init_from=checkpoints/x.ckpt",
+                  "--print_config"])
+        assert "init_from: runA/checkpoints/x.ckpt" in capsys.readouterr().out
         with pytest.raises(SystemExit):  # a root without one: the working folder's, said
             main(["fit", "--config", instruct, "--trainer.default_root_dir", "runC", "--print_config"])
         out, err = capsys.readouterr()

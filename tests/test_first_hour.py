@@ -631,6 +631,11 @@ def test_predict_and_validate_write_no_tensorboard_run(tmp_path, monkeypatch):
                     args=[subcommand, "--config", DEMO_CAPTION, *(["--config", PREDICT_CAPTIONS] if subcommand == "predict" else []),
                           "--trainer.logger", "true"], parser_class=MMCaptionParser)
         assert cli.trainer.logger.name == "demo-caption" and cli.trainer.logger.save_dir == "lightning_logs", subcommand
+        # and under the run's root, as fit puts it (a sweep's runs all wrote to the working folder's lightning_logs)
+        cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
+                    args=[subcommand, "--config", DEMO_CAPTION, *(["--config", PREDICT_CAPTIONS] if subcommand == "predict" else []),
+                          "--trainer.default_root_dir", "runs/lr1", "--trainer.logger", "true"], parser_class=MMCaptionParser)
+        assert cli.trainer.logger.save_dir == "runs/lr1/lightning_logs", subcommand
     cli = Built(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
                 args=["validate", "--config", "configs/caption.yaml", "--config", "configs/caption_karpathy.yaml",
                       "--trainer.logger=true", "--trainer.accelerator", "cpu"], parser_class=MMCaptionParser)  # as installed
