@@ -184,8 +184,9 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
     if started and started.get("sha256") and started["sha256"] != file_sha256(caption_checkpoint):
         print(f"note: stage 2 went on from its own checkpoint, whose run started from stage 1's weights at step "
               f"{started.get('global_step')}; {caption_checkpoint} has changed since, and that training does not reach stage 2. "
-              f"To start stage 2 from it, run it anew: mmcaption fit --config {instruct_config} --model.init_from "
-              f"{caption_checkpoint}", file=sys.stderr, flush=True)
+              "To start stage 2 from it, run it anew: " + " ".join(map(shell_word, [  # with this command's settings
+                  "mmcaption", "fit", "--config", instruct_config, *instruct_args, *fit_args, "--model.init_from",
+                  caption_checkpoint])), file=sys.stderr, flush=True)
     return [
         StageResult("caption", caption, caption_checkpoint),
         StageResult("instruct", instruct, handoff_checkpoint(instruct)),
