@@ -238,6 +238,15 @@ def other_backbones_warning(source: Path, saved: dict[str, Any], model: Multimod
         rank_zero_warn(said)
 
 
+def other_quantization_warning(source: Path, saved: dict[str, Any], model: MultimodalCausalLM) -> None:
+    """Say a stage started from weights trained against another quantization of the language model than this run's
+    (an nf4 stage 1 continued with ``quantization: none``): their LoRA was fitted to the other weights' rounding."""
+    if (trained := saved.get("quantization")) and trained != model.config.quantization:
+        rank_zero_warn(f"init_from {source} was trained against the language model in {trained}; this run loads it in "
+                       f"{model.config.quantization}: its LoRA was fitted to the {trained} weights, so its outputs start "
+                       f"slightly other than the trained model's (--model.config.quantization {trained} trains on as it was)")
+
+
 def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[str, Any]:
     """Start ``model`` from the trained weights of an earlier stage: a Lightning checkpoint (its
     trainable tensors, checked) or a folder of ``mmcaption-export``. Returns where they came from, as
@@ -250,6 +259,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
             raise CheckpointMismatchError(f"exported model {path} does not match this model: " + "; ".join(differences))
         model.load_pretrained_weights(path)
         other_backbones_warning(path, manifest["model"], model, manifest.get("backbone_weights"), weights=True)
+        other_quantization_warning(path, manifest["model"], model)
         return {"path": str(path.resolve()), "export": manifest["source"]}
     if not path.is_file():
         raise CheckpointNotFoundError(f"init_from checkpoint not found: {path} (train the caption stage first, or point "
@@ -260,6 +270,7 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
                                   f"{sorted(map(str, checkpoint))[:8]}); init_from takes one, or a folder of mmcaption-export")
     load_trainable_tensors(checkpoint, model, f"init_from {path}")
     other_backbones_warning(path, checkpoint.get("model_config") or {}, model, checkpoint.get("backbone_weights"), weights=False)
+    other_quantization_warning(path, checkpoint.get("model_config") or {}, model)
     step, planned = checkpoint.get("global_step"), checkpoint.get("planned_steps")
     if stopped := checkpoint.get("stopped_by"):  # saved as its run was stopped (Ctrl-C, a preemption); a best one is not
         of = f" of {planned}" if planned else ""

@@ -81,6 +81,13 @@ def test_weights_are_compared_whatever_the_folders_are_called(backbones, trained
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the same weights, called otherwise: nothing to say
         load_initial_weights(model, trained_checkpoint)
+    # the same weights, loaded unquantized for a stage trained in 4-bit: said (fit was silent; predict and export said it)
+    trained = checkpoint["model_config"]["quantization"]
+    assert trained == "nf4"
+    unquantized = MultimodalCausalLM.from_config(MultimodalConfig(**{**config, "quantization": "none"}))
+    with pytest.warns(UserWarning, match=rf"init_from {trained_checkpoint} was trained against the language model in nf4; this "
+                                         r"run loads it in none: .* \(--model.config.quantization nf4 trains on as it was\)"):
+        load_initial_weights(unquantized, trained_checkpoint)
 
     other = PhiForCausalLM.from_pretrained(renamed)
     with torch.no_grad():
