@@ -85,9 +85,10 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
                                   "a checkpoint of mmcaption fit is a .ckpt file (checkpoints/<stage>/last.ckpt)")
     try:
         with path.open("rb") as handle:  # hashed and loaded from one open file: a checkpoint renamed over it is not read
-            if digest:
+            if digest and not mmap:  # (torch maps a file by its path only)
                 hash_before_loading(handle, path)
-            checkpoint = torch.load(handle if digest else path, map_location=map_location, weights_only=True, mmap=mmap)
+            checkpoint = torch.load(path if mmap or not digest else handle, map_location=map_location, weights_only=True,
+                                    mmap=mmap)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"{path}: refused - it contains pickled objects other than tensors and plain containers, which "
@@ -240,11 +241,11 @@ def other_backbones_warning(source: Path, saved: dict[str, Any], model: Multimod
 
 def other_quantization_warning(source: Path, saved: dict[str, Any], model: MultimodalCausalLM) -> None:
     """Say a stage started from weights trained against another quantization of the language model than this run's
-    (an nf4 stage 1 continued with ``quantization: none``): their LoRA was fitted to the other weights' rounding."""
+    (an nf4 stage 1 continued with ``quantization: none``, unsaid): their LoRA was fitted to the other weights' rounding."""
     if (trained := saved.get("quantization")) and trained != model.config.quantization:
         rank_zero_warn(f"init_from {source} was trained against the language model in {trained}; this run loads it in "
-                       f"{model.config.quantization}: its LoRA was fitted to the {trained} weights, so its outputs start "
-                       f"slightly other than the trained model's (--model.config.quantization {trained} trains on as it was)")
+                       f"{model.config.quantization}: its LoRA was fitted to the {trained} weights, so its outputs differ "
+                       f"slightly from the trained model's (--model.config.quantization {trained} loads it as it was trained)")
 
 
 def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[str, Any]:
@@ -258,8 +259,13 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         if differences:
             raise CheckpointMismatchError(f"exported model {path} does not match this model: " + "; ".join(differences))
         model.load_pretrained_weights(path)
-        other_backbones_warning(path, manifest["model"], model, manifest.get("backbone_weights"), weights=True)
-        other_quantization_warning(path, manifest["model"], model)
+        # its own merged language model (unquantized, LoRA inside, as pretrained_config builds it): nothing to say of it
+        merged_in = manifest.get("merged") and Path(model.config.language_model).resolve() == (path / "language_model").resolve()
+        saved = {**manifest["model"], **({"language_model": model.config.language_model,
+                                          "quantization": model.config.quantization} if merged_in else {})}
+        fitted = {k: v for k, v in (manifest.get("backbone_weights") or {}).items() if not (merged_in and k == "language_model")}
+        other_backbones_warning(path, saved, model, fitted, weights=True)
+        other_quantization_warning(path, saved, model)
         return {"path": str(path.resolve()), "export": manifest["source"]}
     if not path.is_file():
         raise CheckpointNotFoundError(f"init_from checkpoint not found: {path} (train the caption stage first, or point "

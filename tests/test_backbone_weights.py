@@ -86,7 +86,7 @@ def test_weights_are_compared_whatever_the_folders_are_called(backbones, trained
     assert trained == "nf4"
     unquantized = MultimodalCausalLM.from_config(MultimodalConfig(**{**config, "quantization": "none"}))
     with pytest.warns(UserWarning, match=rf"init_from {trained_checkpoint} was trained against the language model in nf4; this "
-                                         r"run loads it in none: .* \(--model.config.quantization nf4 trains on as it was\)"):
+                                         r"run loads it in none: .* \(--model.config.quantization nf4 loads it as it was trained\)"):
         load_initial_weights(unquantized, trained_checkpoint)
 
     other = PhiForCausalLM.from_pretrained(renamed)

@@ -336,6 +336,16 @@ def test_export_command_with_merge_and_init_from_an_export(backbones, trained_ch
         module.initialise_from_checkpoint()
         for key in source.trainable_state_keys():
             assert torch.equal(module.state_dict()[key], source.state_dict()[key]), (folder.name, key)
+    # the merged folder's own model (its unquantized language model, as predict --model.init_from builds it): nothing to
+    # say (it was told to load it in nf4, and that its weights were fitted to other weights, "likely nonsense")
+    from mmcaption.checkpoint import load_initial_weights
+    from mmcaption.model import MultimodalCausalLM
+    from mmcaption.model.multimodal import pretrained_config
+
+    own = MultimodalCausalLM.from_config(pretrained_config(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        load_initial_weights(own, out)
 
 
 def test_a_merge_into_other_base_weights_than_trained_on_is_said_and_recorded(backbones, trained_checkpoint, tmp_path, capsys):
