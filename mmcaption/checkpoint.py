@@ -1,5 +1,5 @@
-"""Checkpoints: files written atomically and read without running code, and the policy of what a
-checkpoint may be loaded into (its tensors and structural settings checked against the model).
+"""Checkpoints: files written atomically and read without running code, and the policy of what a checkpoint may be
+loaded into (its tensors and structural settings checked against the model).
 
 Lightning ``shutil.move``-s a checkpoint from the system's temp folder into place (a copy across file systems: a kill
 during it left a truncated ``last.ckpt``). :class:`AtomicCheckpointIO`, the CLI's, writes beside the target, syncs and
@@ -8,11 +8,10 @@ renames over it: a kill or a full disk at any moment leaves the previous checkpo
 Reading goes through :func:`load_checkpoint_file` (``torch.load(weights_only=True)``): tensors and plain containers
 only, so a checkpoint from elsewhere cannot run code; a pickled payload is refused with a message that names the file.
 
-Checkpoints hold the trainable tensors only (the frozen 4-bit backbones are reloaded from their
-source), so Lightning's non-strict loading would silently ignore a checkpoint of another model:
-:func:`check_trainable_state` refuses any difference and names it, and :func:`load_initial_weights`
-starts a stage from an earlier stage's checkpoint or saved folder (``model.init_from``).
-"""
+Checkpoints hold the trainable tensors only (the frozen 4-bit backbones are reloaded from their source), so Lightning's
+non-strict loading would silently ignore a checkpoint of another model: :func:`check_trainable_state` refuses any
+difference and names it, and :func:`load_initial_weights` starts a stage from an earlier stage's checkpoint or saved
+folder (``model.init_from``)."""
 
 from __future__ import annotations
 
@@ -20,6 +19,7 @@ import os
 import pickle
 import re
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.imports import RequirementCache
 
 from mmcaption.errors import MMCaptionError, unexpanded_variable
-from mmcaption.evaluation.digests import hash_before_loading, loaded_sha256
+from mmcaption.evaluation.digests import hash_before_loading, loaded_file
 from mmcaption.folders import being_written, umask, writing_run
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig, is_pretrained_folder, read_manifest
 from mmcaption.model.backbone_weights import backbone_weights, changed_backbones, other_backbones
@@ -65,7 +65,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
     """Read a checkpoint with ``weights_only=True``; refuse pickled code, naming the file, and any file
     that is not a readable checkpoint (truncated, corrupted, another kind of file), whatever error the
     unpickler met in it. ``mmap``: tensors are read from the file only when used (to read its metadata); ``digest``:
-    the weights loaded, hashed from the same open file (``loaded_sha256``: what results and later stages record)."""
+    the weights loaded, hashed from the same open file (``loaded_file``: what results and later stages record)."""
     path = Path(path)
     if path.is_dir() or path.suffix == ".safetensors":  # an export, or its weights file, given where a .ckpt goes
         export = path if path.is_dir() else path.parent
@@ -142,10 +142,13 @@ def _sync_directory(directory: Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O with atomic local writes and ``weights_only`` reads.
+    """Lightning's checkpoint I/O with atomic local writes and ``weights_only`` reads; for ``trainer``'s evaluations
+    (validate, test, predict: their results name it), on its first process, the checkpoint hashed as it is loaded.
+    Remote paths (``s3://``, ...) keep Lightning's own fsspec handling."""
 
-    Remote paths (``s3://``, ...) keep Lightning's own fsspec handling.
-    """
+    def __init__(self, trainer: Trainer | None = None) -> None:
+        super().__init__()
+        self._trainer = weakref.ref(trainer) if trainer is not None else lambda: None
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local_file_protocol(path):
@@ -155,16 +158,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not _is_local_file_protocol(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        return load_checkpoint_file(path, map_location=map_location or "cpu", digest=True)
+        evaluated = (trainer := self._trainer()) is not None and trainer.state.fn != "fit" and trainer.is_global_zero
+        return load_checkpoint_file(path, map_location=map_location or "cpu", digest=evaluated)
 
 
 def install_atomic_checkpoint_io(trainer: Trainer) -> None:
     """Replace Lightning's default checkpoint I/O (also inside an async wrapper) by the atomic one."""
     io = trainer.strategy.checkpoint_io
     if type(io) is TorchCheckpointIO:
-        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO(trainer)
     elif isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
-        io.checkpoint_io = AtomicCheckpointIO()
+        io.checkpoint_io = AtomicCheckpointIO(trainer)
 
 
 def check_trainable_state(
@@ -296,7 +300,8 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
         rank_zero_warn(f"init_from {path} (step {step}) is not the newest of its name: {later[-1].name}, of step "
                        f"{newest.get('global_step')}{f' of {planned}' if (planned := newest.get('planned_steps')) else ''}, was saved since by a later run of that stage into the same "
                        f"folder; --model.init_from {shell_word(later[-1])} if that is the run meant")
-    return {"path": str(path.resolve()), "sha256": loaded_sha256(path), "epoch": checkpoint.get("epoch"),
+    loaded, sha256 = loaded_file(path)
+    return {"path": loaded, "sha256": sha256, "epoch": checkpoint.get("epoch"),
             "global_step": checkpoint.get("global_step"), "planned_steps": checkpoint.get("planned_steps")}
 
 

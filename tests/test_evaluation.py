@@ -388,27 +388,33 @@ def test_a_coco_copys_own_image_ids_name_its_images_in_the_results(backbones, co
     assert now.folders["train"] != earlier and now.same_training_data(earlier.name)
 
 
-
 def test_results_name_the_checkpoint_evaluated_though_a_fit_saves_over_it_meanwhile(backbones, coco_root, trained_checkpoint,
                                                                                    tmp_path):
-    """A sweep evaluates last.ckpt while its fit goes on into the same folder: the fit's next save (renamed over the file)
-    must not be the checkpoint the results name - its sha256 had been the new file's, the old weights scored."""
-    last = tmp_path / "last.ckpt"
-    shutil.copyfile(trained_checkpoint, last)
-    evaluated = hashlib.sha256(last.read_bytes()).hexdigest()
-
-    class SavedOver(Callback):  # the fit's atomic save, after the evaluation loaded the checkpoint
-        def on_test_start(self, trainer, pl_module):
-            (tmp_path / "newer.ckpt").write_bytes(b"PK" + bytes(64))
-            os.replace(tmp_path / "newer.ckpt", last)
-
+    """A sweep evaluates last.ckpt while its fit goes on into the same folder: the fit's next save (renamed over the file,
+    or a ``save_last: link`` pointed at it) must not be the checkpoint the results name - its sha256 had been the new
+    file's, the old weights scored."""
+    step3 = tmp_path / "epoch=0-step=3.ckpt"
+    shutil.copyfile(trained_checkpoint, step3)
+    evaluated = hashlib.sha256(step3.read_bytes()).hexdigest()
     dm = karpathy_datamodule(backbones, karpathy_root(coco_root, tmp_path / "coco2014"))
-    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[SavedOver()], limit_test_batches=1)
-    install_atomic_checkpoint_io(trainer)
-    trainer.test(make_captioner(backbones, generation={"max_new_tokens": 2}), datamodule=dm, ckpt_path=str(last))
-    results = json.loads((Path(trainer.log_dir) / "test-test.results.json").read_text())
-    assert results["checkpoint"] == {"path": str(last.resolve()), "sha256": evaluated}
+    for linked in (False, True):
+        last = tmp_path / f"last-{linked}.ckpt"
+        last.symlink_to(step3.name) if linked else shutil.copyfile(step3, last)
+
+        class SavedOver(Callback):  # the fit's save, after the evaluation loaded the checkpoint
+            def on_test_start(self, trainer, pl_module, linked=linked, last=last):
+                (tmp_path / "newer.ckpt").write_bytes(b"PK" + bytes(64))
+                if linked:
+                    (tmp_path / "pointed.ckpt").symlink_to("newer.ckpt")
+                os.replace(tmp_path / ("pointed.ckpt" if linked else "newer.ckpt"), last)
+
+        trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / f"run-{linked}", enable_progress_bar=False,
+                          enable_model_summary=False, callbacks=[SavedOver()], limit_test_batches=1)
+        install_atomic_checkpoint_io(trainer)
+        trainer.test(make_captioner(backbones, generation={"max_new_tokens": 2}), datamodule=dm, ckpt_path=str(last))
+        results = json.loads((Path(trainer.log_dir) / "test-test.results.json").read_text())
+        assert results["checkpoint"] == {"path": str((step3 if linked else last).resolve()), "sha256": evaluated}, linked
+
 
 def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path,
                                                                              monkeypatch):

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from contextlib import suppress
 from pathlib import Path
 from types import SimpleNamespace
@@ -478,6 +479,27 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(t
     process.stdout.close()
     checkpoint = load_checkpoint_file(target)
     assert checkpoint["global_step"] == 1 and torch.equal(checkpoint["weights"], torch.ones(1000))
+
+
+def test_a_checkpoint_is_hashed_as_it_loads_only_where_results_name_it(tmp_path, monkeypatch):
+    # an evaluation's results name the checkpoint by the sha256 of the bytes it loaded, read once more to hash them: not
+    # for a resumed fit (nothing records it; GBs read again at each resume), nor on the other processes of a DDP run
+    from mmcaption import checkpoint
+
+    hashed = []
+    monkeypatch.setattr(checkpoint, "hash_before_loading", lambda handle, path: hashed.append(path))
+    target = tmp_path / "last.ckpt"
+    torch.save({"global_step": 1}, target)
+
+    class Running:
+        def __init__(self, fn, is_global_zero):
+            self.state, self.is_global_zero = types.SimpleNamespace(fn=fn), is_global_zero
+
+    for fn, zero, hashes in (("fit", True, False), ("validate", False, False), ("validate", True, True), ("predict", True, True)):
+        hashed.clear()
+        trainer = Running(fn, zero)
+        assert AtomicCheckpointIO(trainer).load_checkpoint(target)["global_step"] == 1
+        assert hashed == ([target] if hashes else []), (fn, zero)
 
 
 def test_a_failed_write_such_as_a_full_disk_keeps_the_old_checkpoint_and_no_debris(tmp_path, monkeypatch):

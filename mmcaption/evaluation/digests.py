@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
-_LOADED: dict[str, str] = {}  # a checkpoint's resolved path -> the sha256 of the bytes this process last loaded from it
+_LOADED: dict[str, tuple[str, str]] = {}  # a checkpoint path as given -> (the file it named, its sha256) as last loaded
 
 
 def file_sha256(path: str | Path) -> str:
@@ -28,20 +28,22 @@ def _sha256(path: str, size: int, modified: int) -> str:  # a checkpoint of GBs 
 
 
 def hash_before_loading(handle: BinaryIO, path: str | Path) -> None:
-    """Hash the open file a checkpoint is then loaded from (rewound after): :func:`loaded_sha256` gives the sha256 of the
-    bytes loaded, whatever has replaced the file since (a validate's results named the step-6 last.ckpt a fit saved
-    over it as it ran, the step-3 weights scored)."""
+    """Hash the open file a checkpoint is then loaded from (rewound after): :func:`loaded_file` gives the file and the
+    sha256 of the bytes loaded, whatever has replaced it since (a validate's results named the step-6 last.ckpt a fit
+    saved over it as it ran, the step-3 weights scored; or a ``save_last: link`` pointed at another)."""
     digest = hashlib.sha256()
     for block in iter(lambda: handle.read(1 << 20), b""):
         digest.update(block)
     handle.seek(0)
-    _LOADED[str(Path(path).resolve())] = digest.hexdigest()
+    _LOADED[os.path.abspath(path)] = (str(Path(path).resolve()), digest.hexdigest())
 
 
-def loaded_sha256(path: str | Path) -> str | None:
-    """The sha256 of the checkpoint ``path`` as this process last loaded it (:func:`hash_before_loading`), else of the
-    file now (``None``: not loaded, and gone)."""
-    return _LOADED.get(str(Path(path).resolve())) or (file_sha256(path) if Path(path).is_file() else None)
+def loaded_file(path: str | Path) -> tuple[str, str] | None:
+    """The file the checkpoint path ``path`` named and its sha256, as this process last loaded it
+    (:func:`hash_before_loading`), else as they are now (``None``: not loaded, and no file there now)."""
+    if loaded := _LOADED.get(os.path.abspath(path)):
+        return loaded
+    return (str(Path(path).resolve()), file_sha256(path)) if Path(path).is_file() else None
 
 
 def input_record(path: Path) -> dict[str, Any]:

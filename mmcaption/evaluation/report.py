@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mmcaption.evaluation.digests import file_sha256, input_record, loaded_sha256
+from mmcaption.evaluation.digests import file_sha256, input_record, loaded_file
 from mmcaption.evaluation.yes_no import mme_said
 
 # the generation settings a results file (and a predict output's summary) records
@@ -258,12 +258,12 @@ def _first_bytes_sha256(path: Path, size: int) -> str:
 
 def checkpoint_record(path: str | Path | None, init_from: str | None = None) -> dict[str, Any]:
     """The weights evaluated: a checkpoint file's path and sha256 (or the folder it was initialised from)."""
-    if path is not None and (sha256 := loaded_sha256(path)):
-        return {"path": str(Path(path).resolve()), "sha256": sha256}
+    if path is not None and (loaded := loaded_file(path)):
+        return {"path": loaded[0], "sha256": loaded[1]}
     if init_from is not None:
         source = Path(init_from)
-        if not source.is_dir() and (sha256 := loaded_sha256(source)):
-            return {"init_from": str(source.resolve()), "sha256": sha256}
+        if not source.is_dir() and (loaded := loaded_file(source)):
+            return {"init_from": loaded[0], "sha256": loaded[1]}
         manifest = source / "mmcaption.json"
         return {"init_from": str(init_from), **({"manifest_sha256": file_sha256(manifest)} if manifest.is_file() else {})}
     return {"path": None, "note": "the model's own weights (no checkpoint was given)"}
