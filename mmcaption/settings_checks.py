@@ -226,7 +226,7 @@ def ask_as_trained(subcommand: str, data: Any, trained: dict[str, Any], source: 
                   f"asks with {settings[name]!r}, {then}", file=sys.stderr, flush=True)
 
 
-def under_root_folder(command: Any, typed: list[str] = (), newest: Callable[[list[Path]], Path] | None = None) -> list[str]:
+def under_root_folder(command: Any, typed: list[str], newest: Callable[[list[Path]], Path]) -> list[str]:
     """With ``trainer.default_root_dir`` given, the relative folders the config names for its loggers (``save_dir``) and
     ModelCheckpoints (``dirpath``) go under it, as Lightning puts them when none is named: the shipped configs name them
     (``lightning_logs``, ``checkpoints/<stage>``), so a run given its own root wrote its logs and checkpoints beside every
@@ -254,10 +254,9 @@ def under_root_folder(command: Any, typed: list[str] = (), newest: Callable[[lis
             settings[key] = rooted
             moved.append(rooted)
             if setting == "callbacks" and str(ckpt_path) == "last" and not any(Path(rooted).glob("last*.ckpt")) \
-                    and (held := list(Path(str(folder)).glob("last*.ckpt"))):
+                    and (held := [p for p in Path(str(folder)).glob("last*.ckpt") if p.exists()]):  # (not a link to none)
                 raise ConfigError(f"--ckpt_path last looks in {rooted}, under trainer.default_root_dir, which holds no "
-                                  f"last checkpoint; {folder} holds a run's: give --ckpt_path "
-                                  f"{shell_word((newest or _newest_file)(held))}")
+                                  f"last checkpoint; {folder} holds a run's: give --ckpt_path {shell_word(newest(held))}")
     start = model_settings.get("init_from") if model_settings is not None else None
     if not start or Path(str(start)).expanduser().is_absolute() or Path(str(start)).resolve().is_relative_to(
             Path(str(root)).expanduser().resolve()):
@@ -271,10 +270,6 @@ def under_root_folder(command: Any, typed: list[str] = (), newest: Callable[[lis
             f": trainer.default_root_dir {root} holds none"
         print(f"note: model.init_from {start} is read from the working folder{other}", file=sys.stderr, flush=True)
     return moved
-
-
-def _newest_file(paths: list[Path]) -> Path:
-    return max(paths, key=lambda path: path.stat().st_mtime)
 
 
 def root_folder(folder: Any, root: Any) -> str | None:

@@ -310,13 +310,17 @@ def test_a_root_folder_given_holds_the_logs_and_checkpoints_the_config_names(dem
         assert ("--ckpt_path last looks in runB/checkpoints/demo-caption, under trainer.default_root_dir, which holds no last "
                 "checkpoint; checkpoints/demo-caption holds a run's: give --ckpt_path checkpoints/demo-caption/last.ckpt") in \
             capsys.readouterr().err
-        # of two runs' last checkpoints there, the one --ckpt_path last takes there (the newest saved; was last.ckpt always)
-        (demo_dir / "checkpoints" / "demo-caption" / "last-v1.ckpt").write_bytes(b"")
-        os.utime(demo_dir / "checkpoints" / "demo-caption" / "last.ckpt", (1e9, 1e9))
+        # of two runs' last checkpoints there, the one --ckpt_path last takes there: the newest saved by the time it records,
+        # not its file's (a copy's); was last.ckpt always. A link to no file there is no run's (was a traceback)
+        saved = demo_dir / "checkpoints" / "demo-caption"
+        torch.save({"saved_at": 3e9}, saved / "last-v1.ckpt")
+        os.utime(saved / "last-v1.ckpt", (1e9, 1e9))
+        (saved / "last-v2.ckpt").symlink_to("gone.ckpt")
         with pytest.raises(SystemExit):
             main(["fit", "--config", DEMO_CONFIG, "--trainer.default_root_dir", "runB", "--ckpt_path", "last"])
-        assert "give --ckpt_path checkpoints/demo-caption/last-v1.ckpt" in capsys.readouterr().err
-        (demo_dir / "checkpoints" / "demo-caption" / "last-v1.ckpt").unlink()
+        assert "give --ckpt_path checkpoints/demo-caption/last-v1.ckpt\n" in capsys.readouterr().err
+        for name in ("last-v1.ckpt", "last-v2.ckpt"):
+            (saved / name).unlink()
         # the instruct stage of experiment runA started from the working folder's caption checkpoint (another run's),
         # although runA's own caption stage had saved its checkpoint under runA, with one line among Lightning's to say so
         instruct = str(REPO / "configs" / "demo" / "instruct.yaml")
