@@ -2307,10 +2307,12 @@ def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, m
         model = types.SimpleNamespace(init_source={"sha256": hashlib.sha256(b"stage 1 at step 3").hexdigest(), "global_step": 3})
 
     monkeypatch.setattr(pipeline, "run_cli", Resumed)
-    pipeline.run_pipeline("c.yaml", "i.yaml", ["--trainer.default_root_dir", "runs/p", "--ckpt_path", "last"], check=False)
+    pipeline.run_pipeline("c.yaml", "i.yaml", ["--trainer.default_root_dir", "runs/p", "--ckpt_path", "last"], check=False,
+                          stage_args={"instruct": ["--data.init_args.batch_size", "4"]})
     assert (f"note: stage 2 went on from its own checkpoint, whose run started from stage 1's weights at step 3; {handed_on} "
             "has changed since, and that training does not reach stage 2. To start stage 2 from it, run it anew: mmcaption "
-            f"fit --config i.yaml --trainer.default_root_dir runs/p --model.init_from {handed_on}\n") in capsys.readouterr().err
+            "fit --config i.yaml --data.init_args.batch_size 4 --trainer.default_root_dir runs/p --model.init_from "
+            f"{handed_on}\n") in capsys.readouterr().err
     Resumed.model.init_source["sha256"] = hashlib.sha256(b"stage 1 at step 6").hexdigest()  # stage 1 was already done
     pipeline.run_pipeline("c.yaml", "i.yaml", ["--ckpt_path", "last"], check=False)
     assert "note: stage 2" not in capsys.readouterr().err
