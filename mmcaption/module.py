@@ -210,11 +210,10 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
         """Mean cross-entropy over the supervised tokens of the *global* batch.
 
-        Under DDP each process holds a share of the batch with its own number of supervised tokens;
-        dividing by the global count (and multiplying by the world size, as DDP averages gradients)
-        gives exactly the gradient of a single process running the whole batch, whatever the split; and
-        with gradient accumulation, of one batch of the window's micro-batches (:class:`AccumulatedTokens`).
-        """
+        Under DDP each process holds a share of the batch with its own number of supervised tokens; dividing by the
+        global count (and multiplying by the world size, as DDP averages gradients) gives exactly the gradient of a single
+        process running the whole batch, whatever the split; and with gradient accumulation, of one batch of the
+        window's micro-batches (:class:`AccumulatedTokens`)."""
         loss_sum, tokens = self.token_losses(batch)
         if self._flops_per_token is None:
             self._flops_per_token = self.model.training_flops_per_token()
@@ -229,11 +228,12 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
             skip_nonfinite(self, mean_loss, batch_idx, batch["input_ids"].size(0))
             return None  # Lightning skips the optimizer step
         batch_size = batch["input_ids"].size(0)
-        self.log("train/loss", mean_loss, prog_bar=True, batch_size=batch_size)  # already global: no sync_dist
+        divisor = self.window.divisor(global_tokens, self.trainer.accumulate_grad_batches, batch_idx)
+        # already global (no sync_dist); with accumulation, the window's so far: at the step, the step's loss
+        self.log("train/loss", self.window.mean(global_sum, global_tokens), prog_bar=True, batch_size=batch_size)
         for index, gates in self.model.gate_values().items():
             for name, value in gates.items():
                 self.log(f"gate/layer_{index}_{name}", value, batch_size=batch_size)
-        divisor = self.window.divisor(global_tokens, self.trainer.accumulate_grad_batches, batch_idx)
         return {"loss": loss_sum * world_size / divisor, "mean_loss": mean_loss}
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -85,7 +85,10 @@ def resume_with_other_batches(trainer, checkpoint: dict[str, Any], saved: dict[s
         print(f"note: {source} resumes with other batch settings ({said}): " + (
               "it was saved at an epoch's end, and the next epoch is ordered by this run's" if at_epoch_end else
               f"the rest of its epoch {epoch + 1} is the same {step_batch(current)} samples an optimizer step, in the same "
-              f"order, from sample {done * saved['devices']:,} of {saved['samples']:,}") + val_check_note(trainer, saved, current),
+              f"order, from sample {done * saved['devices']:,} of {saved['samples']:,}" + (
+                  "; dropout draws its masks a batch at a time, so its steps are other draws than the uninterrupted run's"
+                  if getattr(getattr(trainer.lightning_module, "config", None), "lora_dropout", 0) else "")
+              ) + val_check_note(trainer, saved, current),
               file=sys.stderr, flush=True)
     return None
 

@@ -1,3 +1,5 @@
+import csv
+
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -205,23 +207,30 @@ def test_gradient_accumulation_gives_the_gradient_of_the_batch_it_stands_for(bac
     # 4 x 4), though the configs say accumulation keeps the global batch when batch_size is lowered
     language_dir, vision_dir = backbones
 
-    def first_moments(batch_size: int, accumulate: int) -> list[torch.Tensor]:
+    def first_moments(batch_size: int, accumulate: int) -> tuple[list[torch.Tensor], float]:
+        from lightning.pytorch.loggers import CSVLogger
+
         dm = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
                                image_processor=str(vision_dir), batch_size=batch_size, num_workers=0, group_by_length=False)
         torch.manual_seed(0)
         module = make_module(backbones, lora_dropout=0.0, compute_dtype="float32")  # bfloat16 rounds gradients at 0.4%
-        trainer = Trainer(accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate, logger=False,
-                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                          limit_val_batches=0, default_root_dir=tmp_path)
+        logs = tmp_path / f"logs-{batch_size}"
+        trainer = Trainer(accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate, logger=CSVLogger(logs),
+                          log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
         trainer.fit(module, datamodule=dm)
         state = trainer.optimizers[0].state
-        return [state[p]["exp_avg"].clone() for p in module.parameters() if p in state]
+        with open(logs / "lightning_logs" / "version_0" / "metrics.csv") as file:
+            logged = [float(row["train/loss"]) for row in csv.DictReader(file) if row.get("train/loss")]
+        return [state[p]["exp_avg"].clone() for p in module.parameters() if p in state], logged[-1]
 
-    whole = first_moments(16, 1)
+    whole, loss = first_moments(16, 1)
     for batch_size, accumulate in ((8, 2), (4, 4)):
-        parts = first_moments(batch_size, accumulate)
+        parts, logged = first_moments(batch_size, accumulate)
         difference = torch.cat([(a - b).flatten() for a, b in zip(parts, whole)]).norm()
         assert difference / torch.cat([w.flatten() for w in whole]).norm() < 1e-4, (batch_size, accumulate)
+        # and the loss logged for the step is the step's, as the batch it stands for has it (was its last micro-batch's)
+        assert logged == pytest.approx(loss, rel=1e-5), (batch_size, accumulate)
 
 
 def test_a_validation_setting_leaves_the_training_curve_as_it_is(backbones, coco_root, tmp_path):

@@ -59,16 +59,26 @@ class AccumulatedTokens:
     def __init__(self) -> None:
         self.reference: float | None = None
         self.tokens = 0.0
+        self.loss_sum: torch.Tensor | float = 0.0
 
     def divisor(self, tokens: torch.Tensor, accumulate: int, batch_idx: int) -> torch.Tensor:
         """What this micro-batch's loss sum is divided by, given its (global) number of supervised ``tokens``."""
         if accumulate == 1:
             return tokens
         if batch_idx % accumulate == 0:  # a window starts (a skipped non-finite batch may have ended one unstepped)
-            self.reference, self.tokens = None, 0.0
+            self.reference, self.tokens, self.loss_sum = None, 0.0, 0.0
         self.reference = self.reference or float(tokens)
         self.tokens += float(tokens)
         return tokens.new_tensor(self.reference / accumulate)  # Lightning divides by accumulate after
+
+    def mean(self, loss_sum: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The mean token loss of the window's micro-batches so far, this one's (``loss_sum`` over ``tokens``, counted by
+        :meth:`divisor` already) added: at its last, the optimizer step's loss, as one batch of them all has it (the
+        last micro-batch's alone was logged: 16 x 2 and 32 x 1, the same updates, drew other curves)."""
+        if not self.tokens:  # no accumulation
+            return loss_sum / tokens
+        self.loss_sum = self.loss_sum + loss_sum
+        return self.loss_sum / self.tokens
 
     def rescale(self, parameters) -> None:
         """Before the optimizer steps: the gradients of the window's sum, over the window's tokens."""
