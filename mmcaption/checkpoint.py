@@ -2,11 +2,11 @@
 loaded into (its tensors and structural settings checked against the model).
 
 Lightning ``shutil.move``-s a checkpoint from the system's temp folder into place (a copy across file systems: a kill
-during it left a truncated ``last.ckpt``). :class:`AtomicCheckpointIO`, the CLI's, writes beside the target, syncs and
-renames over it: a kill or a full disk at any moment leaves the previous checkpoint whole.
+during it left a truncated ``last.ckpt``). :class:`AtomicCheckpointIO`, the CLI's, writes beside the target, syncs
+and renames over it: a kill or a full disk at any moment leaves the previous checkpoint whole.
 
-Reading goes through :func:`load_checkpoint_file` (``torch.load(weights_only=True)``): tensors and plain containers
-only, so a checkpoint from elsewhere cannot run code; a pickled payload is refused with a message that names the file.
+Reading goes through :func:`load_checkpoint_file` (``torch.load(weights_only=True)``): tensors and plain containers only,
+so a checkpoint from elsewhere cannot run code; a pickled payload is refused with a message that names the file.
 
 Checkpoints hold the trainable tensors only (the frozen 4-bit backbones are reloaded from their source), so Lightning's
 non-strict loading would silently ignore a checkpoint of another model: :func:`check_trainable_state` refuses any
@@ -87,8 +87,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool
         with path.open("rb") as handle:  # hashed and loaded from one open file: a checkpoint renamed over it is not read
             if digest and not mmap:  # (torch maps a file by its path only)
                 hash_before_loading(handle, path)
-            checkpoint = torch.load(path if mmap or not digest else handle, map_location=map_location, weights_only=True,
-                                    mmap=mmap)
+            checkpoint = torch.load(path if mmap or not digest else handle, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"{path}: refused - it contains pickled objects other than tensors and plain containers, which "
@@ -143,12 +142,15 @@ def _sync_directory(directory: Path) -> None:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O with atomic local writes and ``weights_only`` reads; for ``trainer``'s evaluations
-    (validate, test, predict: their results name it), on its first process, the checkpoint hashed as it is loaded.
-    Remote paths (``s3://``, ...) keep Lightning's own fsspec handling."""
+    (validate, test: on the first process, which writes the results; predict: on each, for its share's) the checkpoint
+    hashed as it loads. Remote paths (``s3://``, ...) keep Lightning's own fsspec handling."""
 
     def __init__(self, trainer: Trainer | None = None) -> None:
         super().__init__()
-        self._trainer = weakref.ref(trainer) if trainer is not None else lambda: None
+        self._trainer = weakref.ref(trainer) if trainer is not None else None
+
+    def __getstate__(self) -> dict[str, Any]:  # a spawned process's copy of the trainer: a weak reference is no pickle
+        return {**self.__dict__, "_trainer": None}
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local_file_protocol(path):
@@ -158,14 +160,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not _is_local_file_protocol(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        evaluated = (trainer := self._trainer()) is not None and trainer.state.fn != "fit" and trainer.is_global_zero
+        trainer = self._trainer() if self._trainer is not None else None
+        evaluated = trainer is not None and trainer.state.fn != "fit" and (trainer.is_global_zero or trainer.state.fn == "predict")
         return load_checkpoint_file(path, map_location=map_location or "cpu", digest=evaluated)
 
 
 def install_atomic_checkpoint_io(trainer: Trainer) -> None:
     """Replace Lightning's default checkpoint I/O (also inside an async wrapper) by the atomic one."""
-    io = trainer.strategy.checkpoint_io
-    if type(io) is TorchCheckpointIO:
+    if type(io := trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO(trainer)
     elif isinstance(io, _WrappingCheckpointIO) and type(io.checkpoint_io) is TorchCheckpointIO:
         io.checkpoint_io = AtomicCheckpointIO(trainer)
@@ -175,15 +177,12 @@ def check_trainable_state(
     state_dict: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str = "", settings_diff: list[str] = (),
     source: str = "checkpoint",
 ) -> None:
-    """Refuse a state dict that is not exactly the model's trainable tensors (names and shapes).
-
-    Lightning's non-strict loading would silently ignore such keys; here every difference is named,
-    and so is every structural setting (``settings_diff``) in which the checkpoint's model differs. ``source``: how
-    the message names the checkpoint (``init_from <path>``: a sweep's other run's was refused unnamed).
-    """
+    """Refuse a state dict that is not exactly the model's trainable tensors (names and shapes): Lightning's non-strict
+    loading would silently ignore such keys; here every difference is named, and so is every structural setting
+    (``settings_diff``) in which the checkpoint's model differs. ``source``: how the message names the checkpoint
+    (``init_from <path>``: a sweep's other run's was refused unnamed)."""
     expected = {f"{prefix}{name}": p for name, p in model.named_parameters() if p.requires_grad}
-    unexpected = sorted(set(state_dict) - set(expected))
-    missing = sorted(set(expected) - set(state_dict))
+    unexpected, missing = sorted(set(state_dict) - set(expected)), sorted(set(expected) - set(state_dict))
     mismatched = [f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
                   for key in sorted(set(state_dict) & set(expected)) if state_dict[key].shape != expected[key].shape]
     problems = list(settings_diff)
@@ -243,13 +242,17 @@ def other_backbones_warning(source: Path, saved: dict[str, Any], model: Multimod
         rank_zero_warn(said)
 
 
-def other_quantization_warning(source: Path, saved: dict[str, Any], model: MultimodalCausalLM) -> None:
+def other_quantization_warning(source: Path, saved: dict[str, Any], model: MultimodalCausalLM, merged: bool = False) -> None:
     """Say a stage started from weights trained against another quantization of the language model than this run's
-    (an nf4 stage 1 continued with ``quantization: none``, unsaid): their LoRA was fitted to the other weights' rounding."""
-    if (trained := saved.get("quantization")) and trained != model.config.quantization:
-        rank_zero_warn(f"init_from {source} was trained against the language model in {trained}; this run loads it in "
-                       f"{model.config.quantization}: its LoRA was fitted to the {trained} weights, so its outputs differ "
-                       f"slightly from the trained model's (--model.config.quantization {trained} loads it as it was trained)")
+    (an nf4 stage 1 continued with ``quantization: none``, unsaid): their LoRA was fitted to the other weights' rounding;
+    ``merged``: an export's own language model, LoRA merged in, quantized again (the rounding drowns the change)."""
+    if (trained := saved.get("quantization")) and trained != (now := model.config.quantization):
+        rank_zero_warn(f"init_from {source} holds its LoRA merged into its unquantized language model, which this run "
+                       f"loads in {now}: the rounding drowns much of the trained change (leave --model.config.quantization "
+                       "out to compute with it as exported)" if merged else f"init_from {source} was trained against the "
+                       f"language model in {trained}; this run loads it in {now}: its LoRA was fitted to the {trained} "
+                       f"weights, so its outputs differ slightly from the trained model's (--model.config.quantization "
+                       f"{trained} loads it as it was trained)")
 
 
 def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[str, Any]:
@@ -259,17 +262,15 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
     path = Path(source)
     if path.is_dir():
         manifest = read_manifest(path)
-        differences = settings_diff(manifest["model"], model.config_dict(), saved_name="exported")
-        if differences:
+        if differences := settings_diff(manifest["model"], model.config_dict(), saved_name="exported"):
             raise CheckpointMismatchError(f"exported model {path} does not match this model: " + "; ".join(differences))
         model.load_pretrained_weights(path)
-        # its own merged language model (unquantized, LoRA inside, as pretrained_config builds it): nothing to say of it
+        # its own merged language model (unquantized, LoRA inside, as pretrained_config builds it): said only quantized
         merged_in = manifest.get("merged") and Path(model.config.language_model).resolve() == (path / "language_model").resolve()
-        saved = {**manifest["model"], **({"language_model": model.config.language_model,
-                                          "quantization": model.config.quantization} if merged_in else {})}
+        saved = {**manifest["model"], **({"language_model": model.config.language_model, "quantization": "none"} if merged_in else {})}
         fitted = {k: v for k, v in (manifest.get("backbone_weights") or {}).items() if not (merged_in and k == "language_model")}
         other_backbones_warning(path, saved, model, fitted, weights=True)
-        other_quantization_warning(path, saved, model)
+        other_quantization_warning(path, saved, model, merged=bool(merged_in))
         return {"path": str(path.resolve()), "export": manifest["source"]}
     if not path.is_file():
         raise CheckpointNotFoundError(f"init_from checkpoint not found: {path} (train the caption stage first, or point "
@@ -295,14 +296,13 @@ def load_initial_weights(model: MultimodalCausalLM, source: str | Path) -> dict[
     if later:  # a later run of that stage into the same folder: fit keeps the earlier one's last.ckpt
         try:
             newest = load_checkpoint_file(later[-1], mmap=True)  # read once, without its tensors
-        except MMCaptionError:
+        except MMCaptionError:  # (damaged: said where it is loaded)
             newest = {}
         rank_zero_warn(f"init_from {path} (step {step}) is not the newest of its name: {later[-1].name}, of step "
                        f"{newest.get('global_step')}{f' of {planned}' if (planned := newest.get('planned_steps')) else ''}, was saved since by a later run of that stage into the same "
                        f"folder; --model.init_from {shell_word(later[-1])} if that is the run meant")
-    loaded, sha256 = loaded_file(path)
-    return {"path": loaded, "sha256": sha256, "epoch": checkpoint.get("epoch"),
-            "global_step": checkpoint.get("global_step"), "planned_steps": checkpoint.get("planned_steps")}
+    return dict(zip(("path", "sha256"), loaded_file(path)), epoch=checkpoint.get("epoch"),
+                global_step=checkpoint.get("global_step"), planned_steps=checkpoint.get("planned_steps"))
 
 
 # Lightning issue #20550 (open; fixes proposed in PRs #21765 and #21770): a stateful training loader's

@@ -224,11 +224,11 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         if global_tokens == 0:
             raise ValueError(f"training batch {batch_idx} has no supervised token: every label is masked")
         mean_loss = global_sum / global_tokens
+        self.window.start(batch_idx, self.trainer.accumulate_grad_batches)
         if not torch.isfinite(mean_loss):  # decided on the global value: every process skips, or none does
             skip_nonfinite(self, mean_loss, batch_idx, batch["input_ids"].size(0))
             return None  # Lightning skips the optimizer step
-        batch_size = batch["input_ids"].size(0)
-        divisor = self.window.divisor(global_tokens, self.trainer.accumulate_grad_batches, batch_idx)
+        batch_size, divisor = batch["input_ids"].size(0), self.window.divisor(global_tokens, self.trainer.accumulate_grad_batches)
         # already global (no sync_dist); with accumulation, the window's so far: at the step, the step's loss
         self.log("train/loss", self.window.mean(global_sum, global_tokens), prog_bar=True, batch_size=batch_size)
         for index, gates in self.model.gate_values().items():

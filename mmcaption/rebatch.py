@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
+import torch
+
 from mmcaption.resources import worker_killed
 
 BATCH_KEYS = ("batch_size", "accumulate_grad_batches", "devices")
@@ -87,7 +89,7 @@ def resume_with_other_batches(trainer, checkpoint: dict[str, Any], saved: dict[s
               f"the rest of its epoch {epoch + 1} is the same {step_batch(current)} samples an optimizer step, in the same "
               f"order, from sample {done * saved['devices']:,} of {saved['samples']:,}" + (
                   "; dropout draws its masks a batch at a time, so its steps are other draws than the uninterrupted run's"
-                  if getattr(getattr(trainer.lightning_module, "config", None), "lora_dropout", 0) else "")
+                  if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in trainer.lightning_module.modules()) else "")
               ) + val_check_note(trainer, saved, current),
               file=sys.stderr, flush=True)
     return None

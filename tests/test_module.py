@@ -233,6 +233,24 @@ def test_gradient_accumulation_gives_the_gradient_of_the_batch_it_stands_for(bac
         assert logged == pytest.approx(loss, rel=1e-5), (batch_size, accumulate)
 
 
+def test_a_skipped_micro_batch_leaves_the_next_windows_loss_and_gradient_their_own():
+    # on_nonfinite_loss skip, accumulate 2: a window's first micro-batch skipped left the last window's counts in the
+    # next - its loss logged 6.0 for 2.0, or its gradient scaled by the last window's tokens (a quarter off)
+    from mmcaption.model.loss import AccumulatedTokens
+
+    window, parameter = AccumulatedTokens(), torch.nn.Parameter(torch.zeros(1))
+    for batch_idx, skipped in ((0, False), (1, True), (2, True), (3, False)):
+        window.start(batch_idx, 2)
+        if skipped:  # (the step a skipped micro-batch ends is not taken: no rescale)
+            continue
+        window.divisor(torch.tensor(10.0 if batch_idx else 40.0), 2)
+        logged = window.mean(torch.tensor(20.0), torch.tensor(10.0))
+    assert float(logged) == 2.0
+    parameter.grad = torch.ones(1)
+    window.rescale([parameter])
+    assert float(parameter.grad) == 1.0  # its own tokens only: 10 over 10
+
+
 def test_a_validation_setting_leaves_the_training_curve_as_it_is(backbones, coco_root, tmp_path):
     # each evaluation loader drew its seed from the process's generator: captioning val images at each validation (or
     # not) moved the dropout masks of every later training step, and one seed gave two training curves

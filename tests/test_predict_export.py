@@ -346,6 +346,9 @@ def test_export_command_with_merge_and_init_from_an_export(backbones, trained_ch
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         load_initial_weights(own, out)
+    requantized = MultimodalCausalLM.from_config(pretrained_config(out, quantization="nf4"))  # asked for: said what it costs
+    with pytest.warns(UserWarning, match="merged into its unquantized language model, which this run loads in nf4: the rounding"):
+        load_initial_weights(requantized, out)
 
 
 def test_a_merge_into_other_base_weights_than_trained_on_is_said_and_recorded(backbones, trained_checkpoint, tmp_path, capsys):

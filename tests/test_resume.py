@@ -5,6 +5,7 @@ import errno
 import io
 import json
 import os
+import pickle
 import pty
 import re
 import select
@@ -495,11 +496,13 @@ def test_a_checkpoint_is_hashed_as_it_loads_only_where_results_name_it(tmp_path,
         def __init__(self, fn, is_global_zero):
             self.state, self.is_global_zero = types.SimpleNamespace(fn=fn), is_global_zero
 
-    for fn, zero, hashes in (("fit", True, False), ("validate", False, False), ("validate", True, True), ("predict", True, True)):
+    # (predict: on each process, which writes its share's summary)
+    for fn, zero, hashes in (("fit", True, False), ("validate", False, False), ("validate", True, True), ("predict", False, True)):
         hashed.clear()
         trainer = Running(fn, zero)
         assert AtomicCheckpointIO(trainer).load_checkpoint(target)["global_step"] == 1
         assert hashed == ([target] if hashes else []), (fn, zero)
+    assert pickle.loads(pickle.dumps(AtomicCheckpointIO(trainer)))._trainer is None  # a spawned process's copy (was a TypeError)
 
 
 def test_a_failed_write_such_as_a_full_disk_keeps_the_old_checkpoint_and_no_debris(tmp_path, monkeypatch):

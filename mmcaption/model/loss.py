@@ -61,12 +61,16 @@ class AccumulatedTokens:
         self.tokens = 0.0
         self.loss_sum: torch.Tensor | float = 0.0
 
-    def divisor(self, tokens: torch.Tensor, accumulate: int, batch_idx: int) -> torch.Tensor:
+    def start(self, batch_idx: int, accumulate: int) -> None:
+        """Before each micro-batch, skipped or not: a window starts at each ``accumulate``-th (one a skipped non-finite
+        batch ended unstepped is dropped; a skipped first one had left the last window's counts to the next)."""
+        if batch_idx % accumulate == 0:
+            self.reference, self.tokens, self.loss_sum = None, 0.0, 0.0
+
+    def divisor(self, tokens: torch.Tensor, accumulate: int) -> torch.Tensor:
         """What this micro-batch's loss sum is divided by, given its (global) number of supervised ``tokens``."""
         if accumulate == 1:
             return tokens
-        if batch_idx % accumulate == 0:  # a window starts (a skipped non-finite batch may have ended one unstepped)
-            self.reference, self.tokens, self.loss_sum = None, 0.0, 0.0
         self.reference = self.reference or float(tokens)
         self.tokens += float(tokens)
         return tokens.new_tensor(self.reference / accumulate)  # Lightning divides by accumulate after
@@ -87,4 +91,4 @@ class AccumulatedTokens:
             for parameter in parameters:
                 if parameter.grad is not None:
                     parameter.grad.mul_(factor)
-        self.reference, self.tokens = None, 0.0
+        self.reference, self.tokens, self.loss_sum = None, 0.0, 0.0
