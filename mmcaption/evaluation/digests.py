@@ -20,10 +20,14 @@ def file_sha256(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _sha256(path: str, size: int, modified: int) -> str:  # a checkpoint of GBs is read once per process
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        return _read_sha256(handle)
+
+
+def _read_sha256(handle: BinaryIO) -> str:  # (hashlib.file_digest: Python 3.11+)
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -31,11 +35,9 @@ def hash_before_loading(handle: BinaryIO, path: str | Path) -> None:
     """Hash the open file a checkpoint is then loaded from (rewound after): :func:`loaded_file` gives the file and the
     sha256 of the bytes loaded, whatever has replaced it since (a validate's results named the step-6 last.ckpt a fit
     saved over it as it ran, the step-3 weights scored; or a ``save_last: link`` pointed at another)."""
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
+    digest = _read_sha256(handle)
     handle.seek(0)
-    _LOADED[os.path.abspath(path)] = (str(Path(path).resolve()), digest.hexdigest())
+    _LOADED[os.path.abspath(path)] = (str(Path(path).resolve()), digest)
 
 
 def loaded_file(path: str | Path) -> tuple[str, str] | None:
