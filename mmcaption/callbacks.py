@@ -37,16 +37,14 @@ class ResumableStop(Callback):
     """Stop a ``fit`` on Ctrl-C, SIGTERM or SIGHUP with a checkpoint it resumes from exactly, save ``last.ckpt`` every
     ``every_minutes``, and at the end of training; refuse to resume another stage's checkpoint or on changed training data.
 
-    A signal (SIGINT from Ctrl-C, SIGTERM from ``docker stop``, ``kill``, ``timeout`` or a scheduler, SIGHUP when the
-    terminal closes or an SSH connection drops, unless ``nohup`` ignores it) is noted; at the end of the current optimizer
-    step every process saves the checkpoint (the same state a step-end ``ModelCheckpoint`` save holds, so the resumed run
-    repeats the uninterrupted one) and the command exits with 130 / 143 and one line saying how to resume. Ctrl-C while
-    it waits stops at once, without saving. A signal during validation is acted on at the next training step, or, in the
-    last validation, as training ends (so a pipeline does not go on to its next stage).
+    A signal (SIGINT from Ctrl-C, SIGTERM from ``docker stop``, ``kill``, ``timeout`` or a scheduler, SIGHUP when the terminal
+    closes or an SSH connection drops, unless ``nohup`` ignores it) is noted; at the end of the current optimizer step every
+    process saves the checkpoint (a step-end ``ModelCheckpoint`` save's state: the resumed run repeats the uninterrupted one)
+    and the command exits with 130 / 143 and a line saying how to resume. Ctrl-C while it waits stops at once, unsaved. A
+    signal in validation is acted on at the next step, or in the last validation as training ends (a pipeline stops).
 
     Args:
-        every_minutes: also save ``last.ckpt`` when this many minutes of training passed since the last
-            save, so that even a hard kill (SIGKILL, a power cut) loses little; null: only at validation.
+        every_minutes: also save ``last.ckpt`` after this many minutes of training (SIGKILL, a power cut lose little); null: not
     """
 
     def __init__(self, every_minutes: float | None = 30.0) -> None:
@@ -159,6 +157,8 @@ class ResumableStop(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         save_where_a_worker_died(trainer, exception, save_resumable_checkpoint)
         self.teardown(trainer, pl_module, "fit")
+        if isinstance(exception, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # Lightning's, for
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # its shutdown: a notebook's kernel stayed deaf to Ctrl-C
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._restore_handlers()

@@ -18,12 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mmcaption.checkpoint import (
-    data_settings,
-    install_atomic_checkpoint_io,
-    job_of_checkpoint,
-    load_checkpoint_file,
-)
+from mmcaption.checkpoint import data_settings, install_atomic_checkpoint_io, job_of_checkpoint, load_checkpoint_file
 from mmcaption.checkpoint_folders import earlier_checkpoints_note, keyword_checkpoint, newest_first
 from mmcaption.console import bars_put_back, filter_warnings, print_metrics, quiet_lightning
 from mmcaption.data.summary import prepare_splits
@@ -55,6 +50,7 @@ from mmcaption.parser import MMCaptionParser, expand_home, instantiation_error, 
 from mmcaption.run_callbacks import KeptConfig, NothingLeftToTrain, add_run_callbacks, forget_earlier_seed
 from mmcaption.settings_checks import (
     ask_as_trained,
+    autocast_problem,
     lightning_setting_errors,
     optimizer_problem,
     root_folder,
@@ -65,6 +61,7 @@ from mmcaption.settings_checks import (
 )
 from mmcaption.settings_checks import configured_checkpoint_folders as checkpoint_folders
 from mmcaption.slurm import requeued, requeued_checkpoint
+from mmcaption.terminal import kernel_command_line
 from mmcaption.usage import EPILOG, PREPARE_HELP, RELEASE
 
 # ``--ckpt_path`` values Lightning resolves itself rather than as files
@@ -74,10 +71,9 @@ CHECKPOINT_KEYWORDS = ("last", "best", "hpc", "registry")
 class MMCaptionCLI(LightningCLI):
     """LightningCLI whose data module follows the model's config, one way.
 
-    The tokenizer, the image processor and the vision features a cache holds must be those of the model, so the CLI
-    hands ``model.config.language_model``, ``vision_model`` and ``vision_feature_layer`` to the data module
-    (``data.init_args.tokenizer``, ``image_processor``, ``vision_feature_layer``; a data module without such an argument
-    ignores it) instead of asking for them twice; the data module loads them with the model's factory."""
+    The tokenizer, image processor and cached vision features must be the model's: ``model.config.language_model``,
+    ``vision_model`` and ``vision_feature_layer`` are handed to the data module (its ``tokenizer``, ``image_processor``,
+    ``vision_feature_layer``, where it has them), which loads them with the model's factory."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.config.language_model", "data.init_args.tokenizer")
@@ -96,6 +92,8 @@ class MMCaptionCLI(LightningCLI):
             kwargs["logger"] = instantiate_class((), logger)
         with lightning_setting_errors(building=True):  # a strategy whose package is missing, or that needs a GPU
             trainer = super().instantiate_trainer(**kwargs)
+        if problem := autocast_problem(trainer.precision, self.model.config.compute_dtype):  # before preprocessing
+            raise ConfigError(problem)
         if trainer.logger is None:  # no run folder: Lightning would write the config as config.yaml in the working
             # directory, over whatever file of that name the user keeps there
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
@@ -338,6 +336,8 @@ class MMCaptionCLI(LightningCLI):
 
 def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
     """Run ``mmcaption`` with ``args`` (``sys.argv`` when None); Ctrl-C raises Interrupted, in a notebook's cell too."""
+    if args is None and kernel_command_line():  # its "-f kernel.json" was read as a subcommand
+        raise ConfigError('in a notebook, give the command\'s arguments: run_cli(["fit", "--config", ...]), or main([...])')
     forget_earlier_seed()  # a run before it in this process: its seed is not this one's
     with signals_stop(), bars_put_back(), warnings.catch_warnings(), locks_released_after():
         quiet_lightning()

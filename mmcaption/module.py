@@ -39,7 +39,7 @@ from mmcaption.nonfinite import skip_nonfinite
 from mmcaption.predictions import PredictionWriter
 from mmcaption.results import domain_metrics, said_cut, scored_captions, write_results
 from mmcaption.schedule import linear_schedule, schedule_from_here
-from mmcaption.settings_checks import strategy_problem
+from mmcaption.settings_checks import check_trainer_for_model
 from mmcaption.tasks import Tasks
 
 
@@ -155,9 +155,7 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
                        + ("; optimizer and schedule start fresh." if training else "."))
 
     def setup(self, stage: str) -> None:
-        start = getattr(self.trainer.strategy, "_start_method", None)  # a script's Trainer(strategy="ddp_spawn"): the CLI
-        if start in ("spawn", "fork", "forkserver") and (problem := strategy_problem(f"with start_method {start}")):
-            raise ConfigError(problem)  # refuses it, and training ended in a refusal to take the weights back
+        check_trainer_for_model(self.trainer, self.config.compute_dtype)  # before the backbones load
 
     def on_fit_start(self) -> None:
         self.initialise_from_checkpoint()

@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, StochasticWeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -87,7 +89,9 @@ LIGHTNING_SETTING_ERRORS = (("`val_check_interval` (", "trainer.val_check_interv
                             ("`devices` selected with `CPUAccelerator` should be", "trainer.devices (on the CPU, how many "
                              "processes to run: 1 or more; -1, all of them, counts GPUs)"),
                             ("in your SLURM bash script", "the SLURM job's tasks (#SBATCH --ntasks-per-node, as many as "
-                             "--trainer.devices, and the command started with srun)"))
+                             "--trainer.devices, and the command started with srun)"),
+                            ("Received both `precision=", "trainer.precision and trainer.plugins (a precision plugin sets "
+                             "the precision itself: give --trainer.precision null with it)"))
 
 
 # Lightning's refusals that name what mmcaption made, not what the user set: said with what to change
@@ -191,6 +195,50 @@ def strategy_problem(strategy: object) -> str | None:
         return (f"trainer.strategy {strategy} is not supported (its processes hand the model back to the command, whose "
                 "checkpoints and outputs are the processes' own): use --trainer.strategy ddp, which starts them alike")
     return None
+
+
+FLOAT16 = "--trainer.precision 16-mixed --model.config.compute_dtype float16"
+
+
+def autocast_problem(precision: object, compute_dtype: str) -> str | None:
+    """Why the trainer's ``precision`` (as Lightning resolved it) cannot run a model computing in ``compute_dtype``:
+    float16 autocast (``16-mixed``, what GPUs without bfloat16 use) over a language model kept in bfloat16 failed at
+    the first step, "Unexpected floating ScalarType in at::autocast::prioritize" (autocast mixes no bfloat16 into float16)."""
+    if str(precision) in ("16-mixed", "16") and compute_dtype == "bfloat16":
+        return ("trainer.precision 16-mixed computes in float16, and model.config.compute_dtype bfloat16 keeps the language "
+                "model in bfloat16: autocast cannot mix the two (the first step failed). Give --model.config.compute_dtype "
+                "float16 with it (a GPU without bfloat16: T4, V100), or keep bf16-mixed")
+    return None
+
+
+def emulated_bfloat16_note(trainer: Any, compute_dtype: str) -> str | None:
+    """A note where the run computes in bfloat16 on a GPU that has no bfloat16 arithmetic (compute capability below 8:
+    T4, V100, Colab's and Kaggle's free GPUs): torch accepts bfloat16 there and emulates it, several times slower,
+    without a word; float16 is that GPU's own."""
+    if not isinstance(trainer.accelerator, CUDAAccelerator) or not (
+            str(trainer.precision).startswith("bf16") or compute_dtype == "bfloat16"):
+        return None
+    device = trainer.strategy.root_device
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return None
+    uses = [f"trainer.precision {trainer.precision}"] * str(trainer.precision).startswith("bf16") + \
+        ["model.config.compute_dtype bfloat16"] * (compute_dtype == "bfloat16")
+    return (f"note: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no bfloat16 arithmetic, "
+            f"which {' and '.join(uses)} compute in: torch emulates it there, several times slower. Its own is float16: "
+            f"{FLOAT16}")
+
+
+def check_trainer_for_model(trainer: Any, compute_dtype: str) -> None:
+    """The built trainer against the model, as its ``setup`` starts (a script's own Trainer too): a strategy that
+    starts processes apart (:func:`strategy_problem`; the CLI refuses it by name) and a precision that cannot run it
+    are refused, bfloat16 on a GPU that emulates it is said (:func:`emulated_bfloat16_note`)."""
+    start = getattr(trainer.strategy, "_start_method", None)  # Trainer(strategy="ddp_spawn")
+    if problem := (strategy_problem(f"with start_method {start}") if start in ("spawn", "fork", "forkserver") else None) \
+            or autocast_problem(trainer.precision, compute_dtype):
+        raise ConfigError(problem)
+    if (note := emulated_bfloat16_note(trainer, compute_dtype)) and trainer.is_global_zero:
+        print(note, file=sys.stderr, flush=True)
 
 
 def trainer_problem(trainer: Any) -> str | None:

@@ -177,3 +177,10 @@ def shell_word(value: object) -> str:
     """``value`` (a path) as a shell reads it back whole, for a command a message gives to copy: quoted when it holds a
     space or another character the shell splits at or reads (``runs/sp ace/last.ckpt``), else as it is."""
     return shlex.quote(str(value))
+
+
+def kernel_command_line() -> bool:
+    """Whether this process's command line is a notebook kernel's (Jupyter's, VS Code's, Colab's launcher with ``-f
+    kernel-....json``), not arguments for a command: there, a command's arguments must be given to it."""
+    return Path(sys.argv[0]).stem in ("ipykernel_launcher", "colab_kernel_launcher") or (
+        sys.argv[1:2] == ["-f"] and len(sys.argv) > 2 and sys.argv[2].endswith(".json"))

@@ -1,0 +1,120 @@
+"""Users of Colab, Kaggle and Jupyter: GPUs without bfloat16 (T4, V100, P100) and the Python API in a notebook's kernel."""
+
+import math
+import signal
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+from mmcaption.cli import main, run_cli
+from mmcaption.data import CaptionDataModule
+from mmcaption.errors import ConfigError
+
+from .conftest import make_captioner
+from .test_interruptions import fit_config, user_error
+
+# float16 autocast with loss scaling, as Lightning's 16-mixed runs on a GPU (on the CPU it turns 16-mixed into bf16-mixed)
+FLOAT16_AUTOCAST = ('{"class_path": "lightning.pytorch.plugins.precision.MixedPrecision", '
+                    '"init_args": {"precision": "16-mixed", "device": "cpu"}}')
+REFUSED = ("error: trainer.precision 16-mixed computes in float16, and model.config.compute_dtype bfloat16 keeps the "
+           "language model in bfloat16: autocast cannot mix the two (the first step failed). Give "
+           "--model.config.compute_dtype float16 with it (a GPU without bfloat16: T4, V100), or keep bf16-mixed")
+
+
+@pytest.mark.slow
+def test_float16_autocast_over_a_bfloat16_model_is_refused_at_once_and_the_setting_it_names_trains(
+        backbones, coco_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--trainer.precision", "null",
+            "--trainer.plugins", FLOAT16_AUTOCAST, "--trainer.max_steps", "3"]
+    # the configs' compute_dtype bfloat16 under a T4's 16-mixed: a traceback at the first step ("Unexpected floating
+    # ScalarType in at::autocast::prioritize"), after the data was preprocessed; now refused before anything is done
+    assert user_error(capsys, main, args) == REFUSED
+    assert not (tmp_path / "cache").exists()
+    # the setting it names trains in float16: finite losses, the gradients scaled as 16-mixed scales them
+    cli = run_cli([*args, "--model.config.compute_dtype", "float16"])
+    assert cli.trainer.global_step == 3 and math.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert cli.trainer.precision == "16-mixed" and cli.trainer.precision_plugin.scaler.get_scale() > 1
+    assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 3
+    # a precision plugin beside a config's precision: Lightning's "Choose one." was a traceback
+    error = user_error(capsys, main, [*args[:-4], "--trainer.precision", "32-true", "--trainer.plugins", FLOAT16_AUTOCAST])
+    assert error.startswith("error: trainer.precision and trainer.plugins (a precision plugin sets the precision itself: "
+                            "give --trainer.precision null with it): Received both `precision=32-true`"), error
+
+
+def test_a_scripts_own_trainer_in_float16_autocast_is_refused_before_the_backbones_load(backbones, coco_root, tmp_path):
+    module = make_captioner(backbones)  # compute_dtype bfloat16, the default
+    data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                             image_processor=str(backbones[1]), batch_size=4, num_workers=0)
+    trainer = Trainer(accelerator="cpu", plugins=[MixedPrecision("16-mixed", "cpu")], max_steps=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ConfigError, match=r"Give --model.config.compute_dtype float16 with it \(a GPU without bfloat16"):
+        trainer.fit(module, datamodule=data)
+    assert module.model is None
+
+
+def test_bfloat16_on_a_gpu_that_emulates_it_is_said_with_the_settings_of_its_own_float16(monkeypatch, capsys):
+    from mmcaption.settings_checks import check_trainer_for_model
+
+    capability = (7, 5)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    trainer = SimpleNamespace(accelerator=CUDAAccelerator(), precision="bf16-mixed", is_global_zero=True,
+                              strategy=SimpleNamespace(root_device=torch.device("cuda", 0), _start_method=None))
+
+    def said(compute_dtype: str) -> str:
+        check_trainer_for_model(trainer, compute_dtype)  # as the module's setup calls it, a script's Trainer too
+        return capsys.readouterr().err
+
+    # a T4 (Colab's, Kaggle's) accepts the configs' bf16-mixed and emulates it, several times slower, without a word
+    assert said("bfloat16") == ("note: Tesla T4 (compute capability 7.5) has no bfloat16 arithmetic, which trainer.precision "
+                                "bf16-mixed and model.config.compute_dtype bfloat16 compute in: torch emulates it there, "
+                                "several times slower. Its own is float16: --trainer.precision 16-mixed "
+                                "--model.config.compute_dtype float16\n")
+    trainer.precision = "32-true"
+    assert "which model.config.compute_dtype bfloat16 compute in" in said("bfloat16")
+    assert said("float16") == ""  # float32 around float16 4-bit matmuls: nothing in bfloat16
+    trainer.precision = "16-mixed"
+    assert said("float16") == ""  # as advised
+    capability, trainer.precision = (8, 0), "bf16-mixed"  # an A100's own
+    assert said("bfloat16") == ""
+
+
+def test_the_cli_called_in_a_notebook_without_arguments_says_to_give_them(monkeypatch, capsys):
+    # a Jupyter kernel's command line: "-f kernel.json" was read as the subcommand ("invalid choice: '/root/.local/...'")
+    monkeypatch.setattr(sys, "argv", ["/usr/local/lib/python3.11/dist-packages/ipykernel_launcher.py", "-f",
+                                      "/root/.local/share/jupyter/runtime/kernel-1234.json"])
+    said = 'in a notebook, give the command\'s arguments: run_cli(["fit", "--config", ...]), or main([...])'
+    with pytest.raises(ConfigError) as refused:
+        run_cli()
+    assert str(refused.value) == said
+    assert user_error(capsys, main, None) == f"error: {said}"
+    monkeypatch.setattr(sys, "argv", ["/usr/local/lib/python3.11/dist-packages/colab_kernel_launcher.py", "-f",
+                                      "/root/.local/share/jupyter/runtime/kernel-abcd.json"])  # Colab's
+    assert user_error(capsys, main, None) == f"error: {said}"
+
+
+def test_ctrl_c_before_a_scripts_training_leaves_the_kernel_able_to_interrupt_again(backbones, coco_root, tmp_path):
+    from mmcaption.callbacks import ResumableStop
+
+    class Preprocessing(CaptionDataModule):
+        def prepare_data(self) -> None:
+            raise KeyboardInterrupt  # the notebook's interrupt button while the splits are preprocessed
+
+    data = Preprocessing(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(backbones[0]),
+                         image_processor=str(backbones[1]), num_workers=0)
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      callbacks=[ResumableStop()])
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's exit(1) for it
+            trainer.fit(make_captioner(backbones), datamodule=data)
+        # Lightning ignores Ctrl-C through its shutdown and left it so: the kernel's interrupt button did nothing any more
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
