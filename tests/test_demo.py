@@ -30,6 +30,8 @@ def test_shortened_demo_sees_clearly_better_than_blind(tmp_path, monkeypatch):
     # (this short run often answers no letter at all, so it may do worse)
     assert choices["generation_blind"] <= choices["chance"] + 0.15, choices
     assert report["answers"]["exact_match"] >= report["answers"]["blind"] + 0.15, report["answers"]
+    # the curve's steps are the steps done, as the console's "validation at step 50" says them (they were 49, 99, ...)
+    assert report["last_logged_step"]["from caption"] % 50 == 0, report["last_logged_step"]
 
     # both stages learned, the hand-off happened, and the report files are there
     for stage in ("caption", "instruct"):

@@ -275,9 +275,11 @@ def evaluate(root: Path, caption: StageResult, instruct: StageResult, scratch, r
     )
     choices = evaluate_choices(instruct.cli.model.tasks, choice_dm)
 
-    curves = {"from caption": scalar_series(instruct.cli.trainer.logger.log_dir, "val/answer_exact_match")}
-    if scratch is not None:
-        curves["from scratch"] = scalar_series(scratch.trainer.logger.log_dir, "val/answer_exact_match")
+    # TensorBoard's step of a validation within fit is the optimizer steps done less one (Lightning's): the console's
+    # "validation at step 200" was "80% exact match at step 199" here. Said as the steps done
+    runs = {"from caption": instruct.cli.trainer, **({"from scratch": scratch.trainer} if scratch is not None else {})}
+    curves = {name: [(step + 1, value) for step, value in scalar_series(trainer.logger.log_dir, "val/answer_exact_match")]
+              for name, trainer in runs.items()}
     return {
         "captions": captions,
         "answers": answers,
