@@ -60,11 +60,19 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
         problems.append(f"top_p {number['top_p']} must be between 0 and 1")
     if not problems:
         try:
-            GenerationConfig(**given)
+            GenerationConfig(**{k: v for k, v in given.items() if given.get("do_sample") or k not in _SAMPLING})
         except (ValueError, TypeError) as error:  # what else transformers refuses
             problems.append(str(error))
     if problems:
         raise ConfigError(f"{where}: {'; '.join(problems)}")
+    # a temperature without sampling changes nothing: transformers said only "flags are not valid and may be ignored"
+    defaults = GenerationConfig._get_default_generation_params()
+    unused = [f"{k} {given[k]}" for k in sorted(_SAMPLING) if k in given and given[k] != defaults.get(k)]
+    said = (f"{where}: {', '.join(unused)} {'takes' if len(unused) == 1 else 'take'} effect only when sampling, and do_sample "
+            "is not true: generation is greedy (or beam search) without it. Give do_sample true with it to sample")
+    if unused and not given.get("do_sample") and tuple(unused) not in _SAID:  # once a process (the task layer is made per
+        _SAID.add(tuple(unused))  # batch, and predict checks its settings as the model is made and as it generates)
+        warnings.warn(said, UserWarning, stacklevel=3)
 
 
 def check_run_generation(settings: dict[str, Any], where: str = "model.generation") -> None:
@@ -131,7 +139,7 @@ def explicit_settings(generation: GenerationConfig, language_model: GenerationCo
     return settings
 
 
-_SAID: set[str] = set()
+_SAID: set[str | tuple[str, ...]] = set()
 
 
 def plain(value: Any) -> Any:

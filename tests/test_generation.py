@@ -95,3 +95,23 @@ def test_the_language_models_own_generation_settings_do_not_change_what_the_run_
     # ... and the file's settings are used when the run gives them: then they change the texts
     asked = Tasks(open_model, tokenizer, {"max_new_tokens": 12, "repetition_penalty": 5.0, "no_repeat_ngram_size": 1})
     assert asked.generate(batch["input_ids"], batch["attention_mask"], pixels) != plain
+
+
+def test_sampling_settings_without_sampling_are_said_to_change_nothing(monkeypatch):
+    import warnings
+
+    from mmcaption import generation_settings
+
+    monkeypatch.setattr(generation_settings, "_SAID", set())
+    # `--model.generation.temperature 0.7` alone: greedy captions as before, and transformers said only "The following
+    # generation flags are not valid and may be ignored: ['temperature']"
+    with pytest.warns(UserWarning) as said:
+        generation_settings.check_run_generation({"temperature": 0.7, "top_p": 0.9}, "model.generation")
+    assert [str(w.message) for w in said] == [
+        "model.generation: temperature 0.7, top_p 0.9 take effect only when sampling, and do_sample is not true: generation "
+        "is greedy (or beam search) without it. Give do_sample true with it to sample"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generation_settings.check_run_generation({"temperature": 0.7, "do_sample": True})  # used
+        generation_settings.check_run_generation({"temperature": 1.0, "num_beams": 3})  # transformers' own default: no change
+        generation_settings.check_run_generation({"temperature": 0.7, "top_p": 0.9})  # said once a process, not per batch
