@@ -44,7 +44,7 @@ class ResumableStop(Callback):
     signal in validation is acted on at the next step, or in the last validation as training ends (a pipeline stops).
 
     Args:
-        every_minutes: also save ``last.ckpt`` after this many minutes of training (SIGKILL, a power cut lose little); null: not
+        every_minutes: also save ``last.ckpt`` after this many minutes of training (a hard kill loses little); null: at validation only
     """
 
     def __init__(self, every_minutes: float | None = 30.0) -> None:
