@@ -159,3 +159,39 @@ def test_caching_features_in_a_jobs_log_says_how_far_it_has_come(backbones, coco
     progress = [line for line in said if " of 12 images, " in line]
     assert progress and progress[0].startswith("caching the vision tower's features of train2017") and "min left" in progress[0]
     assert [line.split(": ")[1].split(" of ")[0] for line in progress] == ["4", "8"]
+
+
+def test_features_that_cannot_fit_on_the_disk_are_refused_before_the_tower_runs_naming_their_size(backbones, coco_root, tmp_path,
+                                                                                                  monkeypatch):
+    import collections
+    import shutil
+
+    import pytest
+
+    from mmcaption.data import features
+    from mmcaption.errors import ConfigError
+
+    language_dir, vision_dir = backbones
+    data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), cache_image_features=True,
+                             vision_feature_layer=-2, tokenizer=str(language_dir), image_processor=str(vision_dir),
+                             batch_size=4, num_workers=0)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**10, 2**10))  # 1 kB left
+    tower = []
+
+    class Pass:  # the features' pass, a batch at a time
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def at(self, done: int) -> None:
+            tower.append(done)
+
+    monkeypatch.setattr(features, "Progress", Pass)
+    # COCO's 118,287 images with CLIP ViT-B/32: 9 GB, 18 GB while built, said as "no space left" after hours of a CPU
+    with pytest.raises(ConfigError) as refused:
+        data.prepare_data()
+    said = str(refused.value)
+    assert said.startswith("the vision tower's features of the 12 images of train2017-") and "up to 0.0 GB while they are built, and 0.0 GB " \
+        "is free on the disk of" in said and said.endswith(": free some space, point data.init_args.cache_dir at a larger disk, or "
+                                                           "set data.init_args.cache_image_features false (the tower then runs at every step)")
+    assert not list((tmp_path / "cache").rglob("*features-*")) and tower == []  # no feature computed, nothing left

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -33,6 +34,7 @@ from mmcaption.data.cache import (
     save_table,
 )
 from mmcaption.data.progress import Progress
+from mmcaption.errors import ConfigError
 from mmcaption.images import load_rgb
 
 
@@ -67,8 +69,6 @@ def _earlier_features_folder(split_folder: Path, vision_model: str, feature_laye
     return split_folder / f"features-{fingerprint(vision=signature, layer=feature_layer, dtype='float16')}"
 
 
-
-
 def write_image_features(
     split_folder: Path, vision_model: str, feature_layer: int | list[int], batch_size: int = 64, device: str | None = None
 ) -> Path:
@@ -99,6 +99,13 @@ def write_image_features(
     tokens = (config.image_size // config.patch_size) ** 2 + 1
     width = config.hidden_size * len(feature_layers(feature_layer))
     schema = datasets.Features({"features": datasets.Array2D((tokens, width), "float16")})
+    size, free = len(images) * tokens * width * 2, shutil.disk_usage(split_folder).free  # (float16: 2 bytes a value)
+    if 2 * size > free:  # found after hours of computing them (real CLIP on a CPU) as "no space left"
+        raise ConfigError(f"the vision tower's features of the {len(images):,} images of {split_folder.name} take "
+                          f"{size / 2**30:.1f} GB ({tokens} x {width} float16 values an image), up to {2 * size / 2**30:.1f} GB "
+                          f"while they are built, and {free / 2**30:.1f} GB is free on the disk of {split_folder}: free some "
+                          "space, point data.init_args.cache_dir at a larger disk, or set data.init_args.cache_image_features "
+                          "false (the tower then runs at every step)")
     rank_zero_info(f"caching the vision tower's features of the {len(images)} images of {split_folder.name} on {device} "
                    "(once; later runs reuse them) ...")
     start = time.perf_counter()
