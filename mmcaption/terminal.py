@@ -128,7 +128,8 @@ def said_once(line: str) -> None:
     rank, run = process_rank(), os.environ.get("MASTER_PORT")
     if run is None or rank == 0 and int(os.environ.get("WORLD_SIZE") or 1) <= 1:
         return said(line)
-    first = Path(tempfile.gettempdir()) / f"mmcaption-said-{os.environ.get('MASTER_ADDR', '')}-{run}-{os.getuid()}"
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "")  # (Windows has no uid: a traceback)
+    first = Path(tempfile.gettempdir()) / f"mmcaption-said-{os.environ.get('MASTER_ADDR', '')}-{run}-{user}"
     if rank == 0:
         with suppress(OSError):
             first.write_text(line, encoding="utf-8")

@@ -98,6 +98,13 @@ def test_predict_refuses_its_input_as_output_and_an_existing_output_before_loadi
     # asking to overwrite does not make the input a valid output
     message = user_error(capsys, main, predict_args(trained_checkpoint, questions, questions, "--data.overwrite", "true"))
     assert "is the input" in message and questions.read_bytes() == before
+    # the input by another name: Q.csv for q.csv on macOS's or Windows' disks (a hard link here) was "exists; replace it
+    # with --data.overwrite true", which then wrote over the questions
+    other_case = tmp_path / "Q.csv"
+    os.link(questions, other_case)
+    message = user_error(capsys, main, predict_args(trained_checkpoint, questions, other_case, "--data.overwrite", "true"))
+    assert f"output {other_case} is the input {questions}" in message and questions.read_bytes() == before
+    other_case.unlink()
 
     earlier = tmp_path / "answers.csv"
     earlier.write_text("my earlier results\n")

@@ -151,14 +151,14 @@ class _PredictDataModule(BackbonesDataModule):
         return self.output
 
     def check_output(self, world_size: int = 1, rank: int = 0) -> Path | None:
-        """The output path, after refusing one that is an input, or that exists without ``overwrite``,
-        or whose folder cannot be written. Called before anything is loaded, and again by the writer."""
+        """The output path, after refusing one that is an input (the same file by another name too: another case on macOS
+        or Windows), exists without ``overwrite``, or whose folder cannot be written. Before anything loads, and by the writer."""
         if self.output is None:
             return None
         output = self.output_path(world_size, rank)
         check_names_fit(output)
         for source in self.input_files():
-            if source.exists() and output.resolve() == source.resolve():
+            if source.exists() and (output.resolve() == source.resolve() or output.exists() and output.samefile(source)):
                 raise OutputExistsError(f"output {output} is the input {source}: predict never writes over its input; "
                                         "choose another --data.output")
         if output.is_dir():

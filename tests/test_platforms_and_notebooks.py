@@ -1,6 +1,8 @@
-"""Users of Colab, Kaggle and Jupyter: GPUs without bfloat16 (T4, V100, P100) and the Python API in a notebook's kernel."""
+"""Users of Colab, Kaggle and Jupyter (GPUs without bfloat16: T4, V100, P100; the Python API in a notebook's kernel), and of
+Windows and macOS."""
 
 import math
+import os
 import signal
 import sys
 from types import SimpleNamespace
@@ -118,3 +120,14 @@ def test_ctrl_c_before_a_scripts_training_leaves_the_kernel_able_to_interrupt_ag
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_an_error_of_a_second_process_is_said_on_windows_which_has_no_user_ids(monkeypatch, capsys):
+    from mmcaption.terminal import said_once
+
+    monkeypatch.delattr("os.getuid", raising=False)  # as on Windows: the real error was an AttributeError's traceback
+    monkeypatch.setenv("MASTER_PORT", str(29000 + os.getpid() % 1000))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    said_once("error: demo_data/coco/annotations/captions_train2017.json: not found")  # rank 0 says nothing within 3 s
+    assert capsys.readouterr().err.endswith("error: demo_data/coco/annotations/captions_train2017.json: not found\n")
