@@ -85,6 +85,26 @@ def check_config_file(name: str, path: Path) -> None:
                               "or write a setting under it")
     if problem := _misplaced(node):
         raise ConfigError(f"config {name}, {problem}")
+    if found := next(_escaped_paths(node), None):  # "runs\test" is runs, a tab, est: a folder of that name was made
+        key, line, value = found
+        raise ConfigError(f"config {name}, line {line}: {key}: {value!r} holds a control character that a backslash in "
+                          f"double quotes made ({WINDOWS_PATH})")
+
+
+WINDOWS_PATH = "in double quotes a backslash begins an escape, \\t a tab: write a Windows path in single quotes, or with /"
+PATH_KEYS = ("dir", "file", "root", "path", "images", "output", "dirpath", "init_from", "language_model", "vision_model")
+
+
+def _escaped_paths(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+    """Each path setting of ``node`` written in double quotes whose value holds a control character (a tab, a newline)."""
+    for key, value in node.value if isinstance(node, yaml.MappingNode) else [(None, item) for item in getattr(node, "value", [])
+                                                                             if isinstance(node, yaml.SequenceNode)]:
+        name = f"{prefix}{key.value}" if key is not None else prefix
+        if isinstance(value, yaml.ScalarNode) and value.style == '"' and name.rsplit(".", 1)[-1].endswith(PATH_KEYS) \
+                and any(ord(c) < 32 or ord(c) == 127 for c in value.value):
+            yield name, value.start_mark.line + 1, value.value
+        elif isinstance(value, yaml.MappingNode | yaml.SequenceNode):
+            yield from _escaped_paths(value, f"{name}." if key is not None else prefix)
 
 
 def _misplaced(node: yaml.Node) -> str | None:
@@ -183,7 +203,9 @@ def unreadable_configs(configs: list[tuple[str, Path]]) -> list[str]:
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             tab = mark is not None and mark.buffer and mark.pointer < len(mark.buffer) and mark.buffer[mark.pointer] == "\t"
             problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            problems.append(f"{name}{where}: not valid YAML: {problem}" + (" (a tab: YAML indents with spaces)" if tab else ""))
+            escape = "unknown escape character" in str(problem)  # "demo_data\coco": a Windows path in double quotes
+            problems.append(f"{name}{where}: not valid YAML: {problem}" + (" (a tab: YAML indents with spaces)" if tab else "")
+                            + (f" ({WINDOWS_PATH})" if escape else ""))
     return problems
 
 

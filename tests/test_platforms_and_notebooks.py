@@ -17,7 +17,7 @@ from mmcaption.cli import main, run_cli
 from mmcaption.data import CaptionDataModule
 from mmcaption.errors import ConfigError
 
-from .conftest import make_captioner
+from .conftest import REPO, make_captioner
 from .test_interruptions import fit_config, user_error
 
 # float16 autocast with loss scaling, as Lightning's 16-mixed runs on a GPU (on the CPU it turns 16-mixed into bf16-mixed)
@@ -131,3 +131,25 @@ def test_an_error_of_a_second_process_is_said_on_windows_which_has_no_user_ids(m
     monkeypatch.setenv("WORLD_SIZE", "2")
     said_once("error: demo_data/coco/annotations/captions_train2017.json: not found")  # rank 0 says nothing within 3 s
     assert capsys.readouterr().err.endswith("error: demo_data/coco/annotations/captions_train2017.json: not found\n")
+
+
+def test_a_windows_path_in_double_quotes_of_a_config_is_refused_with_how_to_write_it(tmp_path, monkeypatch, capsys):
+    from mmcaption.config_files import check_config_file
+
+    monkeypatch.chdir(tmp_path)
+    hint = "in double quotes a backslash begins an escape, \\t a tab: write a Windows path in single quotes, or with /"
+    tabbed = tmp_path / "runs.yaml"  # YAML reads "runs\test" as runs, a tab, est: a run trained and saved into that folder
+    tabbed.write_text('trainer:\n  default_root_dir: "runs\\test"\n', encoding="utf-8")
+    said = user_error(capsys, main, ["fit", "--config", str(REPO / "configs/demo/caption.yaml"), "--config", str(tabbed)])
+    assert said == (f"error: config {tabbed}, line 2: trainer.default_root_dir: 'runs\\test' holds a control character that a "
+                    f"backslash in double quotes made ({hint})")
+    assert not (tmp_path / "runs\test").exists()
+    unknown = tmp_path / "data.yaml"  # "demo_data\coco": YAML's own refusal, "unknown escape character 'c'", alone
+    unknown.write_text('data:\n  init_args:\n    data_dir: "demo_data\\coco"\n', encoding="utf-8")
+    with pytest.raises(SystemExit):  # the parser's refusal, with its tip after it
+        main(["fit", "--config", str(REPO / "configs/demo/caption.yaml"), "--config", str(unknown)])
+    said = capsys.readouterr().err.splitlines()
+    assert f"error: {unknown}, line 3, column 26: not valid YAML: found unknown escape character 'c' ({hint})" in said
+    prompt = tmp_path / "prompt.yaml"  # a prompt's newline in double quotes is meant
+    prompt.write_text('data:\n  init_args:\n    system_prompt: "Answer briefly.\\nBe exact."\n', encoding="utf-8")
+    check_config_file(str(prompt), prompt)
