@@ -195,3 +195,22 @@ def test_features_that_cannot_fit_on_the_disk_are_refused_before_the_tower_runs_
         "is free on the disk of" in said and said.endswith(": free some space, point data.init_args.cache_dir at a larger disk, or "
                                                            "set data.init_args.cache_image_features false (the tower then runs at every step)")
     assert not list((tmp_path / "cache").rglob("*features-*")) and tower == []  # no feature computed, nothing left
+
+
+def test_a_long_preprocessing_pass_says_its_rate_and_time_left_soon_after_it_starts(monkeypatch):
+    from types import SimpleNamespace
+
+    from mmcaption.data import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(progress, "draws_bars", lambda: False)  # a job's log
+    lines = []
+    monkeypatch.setattr(progress, "rank_zero_info", lines.append)
+    tokenizing = progress.Progress("tokenizing the conversations of each image", 80_000)
+    for seconds, done in ((14, 5_000), (16, 6_000), (46, 18_000), (76, 30_000)):
+        clock[0] = 100.0 + seconds
+        tokenizing.at(done)
+    # LLaVA-Instruct-150k's pass was a minute silent (after its file's reading and checking, as long) before this line
+    assert lines == ["tokenizing the conversations of each image: 6,000 of 80,000 images, 375 images/s, about 3 min left",
+                     "tokenizing the conversations of each image: 30,000 of 80,000 images, 395 images/s, about 2 min left"]

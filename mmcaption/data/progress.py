@@ -11,10 +11,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from mmcaption.terminal import draws_bars
 
 PROGRESS_SECONDS = 60  # how often a log hears how far a pass has come
+FIRST_SECONDS = 15  # and when first: with its rate and time left (LLaVA's file, read and checked, then a minute silent)
 
 
 class Progress:
-    """Every :data:`PROGRESS_SECONDS`, one line: ``"{what}: 5,696 of 10,000 {unit}, 95 {unit}/s, about 1 min left"``
+    """After :data:`FIRST_SECONDS`, then every :data:`PROGRESS_SECONDS`, one line: ``"{what}: 5,696 of 10,000 {unit}, 95 {unit}/s, about 1 min left"``
     (without a ``total``, the count and the rate); nothing where datasets' bar is drawn."""
 
     def __init__(self, what: str, total: int | None = None, unit: str = "images") -> None:
@@ -25,7 +26,8 @@ class Progress:
     def at(self, done: int) -> None:
         """``done`` of the pass's items are through."""
         now = time.perf_counter()
-        if not self.shown or not done or now - self.said < PROGRESS_SECONDS:
+        wait = min(FIRST_SECONDS, PROGRESS_SECONDS) if self.said == self.start else PROGRESS_SECONDS
+        if not self.shown or not done or now - self.said < wait:
             return
         self.said, rate = now, done / (now - self.start)
         of = f" of {self.total:,}" if self.total else ""
