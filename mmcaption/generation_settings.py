@@ -11,6 +11,7 @@ import inspect
 import math
 import numbers
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -34,10 +35,11 @@ CHECKED_SETTINGS = (*_NUMBERS, *_SWITCHES)
 _TASKS_OWN = ("input_ids", "attention_mask", "pixel_values", "image_embeds", "image_mask", "inputs")
 
 
-def check_generation(settings: dict[str, Any], where: str = "generation") -> None:
+def check_generation(settings: dict[str, Any], where: str = "generation", asked: Iterable[str] | None = None) -> None:
     """Refuse ``generate`` settings that cannot work, naming them, before a model loads (transformers or its
     logits processors would refuse them at the first ``generate``, after the model has loaded). Unset
-    (``None``) settings are transformers' defaults."""
+    (``None``) settings are transformers' defaults. A sampling setting without sampling is warned of, where
+    ``asked`` (all when None) names it: a call's own settings checked over the model's (a greedy call of a model that samples)."""
     given = {key: plain(value) for key, value in {**DEFAULT_GENERATION, **settings}.items() if value is not None}
     if unknown := _unknown(settings):  # GenerationConfig keeps any name: a typo was kept, saved and exported, and the
         raise ConfigError(f"{where}: {unknown}")  # setting meant never applied
@@ -67,7 +69,8 @@ def check_generation(settings: dict[str, Any], where: str = "generation") -> Non
         raise ConfigError(f"{where}: {'; '.join(problems)}")
     # a temperature without sampling changes nothing: transformers said only "flags are not valid and may be ignored"
     defaults = GenerationConfig._get_default_generation_params()
-    unused = [f"{k} {given[k]}" for k in sorted(_SAMPLING) if k in given and given[k] != defaults.get(k)]
+    unused = [f"{k} {given[k]}" for k in sorted(_SAMPLING & set(_SAMPLING if asked is None else asked))
+              if k in given and given[k] != defaults.get(k)]
     said = (f"{where}: {', '.join(unused)} {'takes' if len(unused) == 1 else 'take'} effect only when sampling, and do_sample "
             "is not true: generation is greedy (or beam search) without it. Give do_sample true with it to sample")
     if unused and not given.get("do_sample") and tuple(unused) not in _SAID:  # once a process (the task layer is made per

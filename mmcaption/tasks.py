@@ -149,7 +149,7 @@ class Tasks:
         generate_kwargs = call_settings(self.generation, dict(generate_kwargs), self.tokenizer)
         checked = {key: value for key, value in generate_kwargs.items() if key in CHECKED_SETTINGS}
         if checked:  # a call's own settings (the Python API's, chat's), over this model's
-            check_generation({**{key: getattr(self.generation, key) for key in CHECKED_SETTINGS}, **checked})
+            check_generation({**{key: getattr(self.generation, key) for key in CHECKED_SETTINGS}, **checked}, asked=checked)
         self._within_context(input_ids.shape[1], generate_kwargs, int(attention_mask.sum(1).min()))
         device = self.device
         tokens = self.model.generate(

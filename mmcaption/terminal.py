@@ -181,7 +181,9 @@ def shell_word(value: object) -> str:
 
 
 def kernel_command_line() -> bool:
-    """Whether this process's command line is a notebook kernel's (Jupyter's, VS Code's, Colab's launcher with ``-f
-    kernel-....json``), not arguments for a command: there, a command's arguments must be given to it."""
-    return Path(sys.argv[0]).stem in ("ipykernel_launcher", "colab_kernel_launcher") or (
-        sys.argv[1:2] == ["-f"] and len(sys.argv) > 2 and sys.argv[2].endswith(".json"))
+    """Whether this process's arguments are a notebook kernel's (Jupyter's, VS Code's, Colab's launcher: ``-f
+    kernel-....json``), not a command's: there, a command's arguments must be given to it (``sys.argv[1:] = [...]``, set
+    in a cell, is a command's)."""
+    arguments = sys.argv[1:]
+    return arguments[:1] == ["-f"] and len(arguments) > 1 and arguments[1].endswith(".json") or (
+        bool(arguments) and arguments[0].startswith("--f=") and arguments[0].endswith(".json"))

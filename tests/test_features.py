@@ -191,9 +191,12 @@ def test_features_that_cannot_fit_on_the_disk_are_refused_before_the_tower_runs_
     with pytest.raises(ConfigError) as refused:
         data.prepare_data()
     said = str(refused.value)
-    assert said.startswith("the vision tower's features of the 12 images of train2017-") and "up to 0.0 GB while they are built, and 0.0 GB " \
-        "is free on the disk of" in said and said.endswith(": free some space, point data.init_args.cache_dir at a larger disk, or "
-                                                           "set data.init_args.cache_image_features false (the tower then runs at every step)")
+    size = 12 * 17 * 64 * 2  # 12 images of the tiny tower's 17 tokens of 64 values
+    assert said.startswith("the vision tower's features of the 12 images of train2017-") and (
+        f" take {size / 1024:.1f} KiB (17 x 64 float16 values an image), up to {2 * size / 1024:.1f} KiB while they are built, "
+        "and 1.0 KiB is free on the disk of") in said and said.endswith(
+        ": free some space, point data.init_args.cache_dir at a larger disk, or set data.init_args.cache_image_features false "
+        "(the tower then runs at every step)")
     assert not list((tmp_path / "cache").rglob("*features-*")) and tower == []  # no feature computed, nothing left
 
 

@@ -115,3 +115,5 @@ def test_sampling_settings_without_sampling_are_said_to_change_nothing(monkeypat
         generation_settings.check_run_generation({"temperature": 0.7, "do_sample": True})  # used
         generation_settings.check_run_generation({"temperature": 1.0, "num_beams": 3})  # transformers' own default: no change
         generation_settings.check_run_generation({"temperature": 0.7, "top_p": 0.9})  # said once a process, not per batch
+        # a greedy call (Captioner.caption(image, do_sample=False)) of a model that samples at 0.5: the call asked for none
+        generation_settings.check_generation({"do_sample": False, "temperature": 0.5}, asked={"do_sample": False})

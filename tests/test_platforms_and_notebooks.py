@@ -69,8 +69,8 @@ def test_bfloat16_on_a_gpu_that_emulates_it_is_said_with_the_settings_of_its_own
     trainer = SimpleNamespace(accelerator=CUDAAccelerator(), precision="bf16-mixed", is_global_zero=True,
                               strategy=SimpleNamespace(root_device=torch.device("cuda", 0), _start_method=None))
 
-    def said(compute_dtype: str) -> str:
-        check_trainer_for_model(trainer, compute_dtype)  # as the module's setup calls it, a script's Trainer too
+    def said(compute_dtype: str, quantization: str = "nf4") -> str:
+        check_trainer_for_model(trainer, compute_dtype, quantization)  # as the module's setup calls it, a script's Trainer too
         return capsys.readouterr().err
 
     # a T4 (Colab's, Kaggle's) accepts the configs' bf16-mixed and emulates it, several times slower, without a word
@@ -83,6 +83,7 @@ def test_bfloat16_on_a_gpu_that_emulates_it_is_said_with_the_settings_of_its_own
     assert said("float16") == ""  # float32 around float16 4-bit matmuls: nothing in bfloat16
     trainer.precision = "16-mixed"
     assert said("float16") == ""  # as advised
+    assert said("bfloat16", "int8") == ""  # LLM.int8 keeps float32 weights whatever compute_dtype says: not refused either
     capability, trainer.precision = (8, 0), "bf16-mixed"  # an A100's own
     assert said("bfloat16") == ""
 
@@ -91,11 +92,15 @@ def test_the_cli_called_in_a_notebook_without_arguments_says_to_give_them(monkey
     # a Jupyter kernel's command line: "-f kernel.json" was read as the subcommand ("invalid choice: '/root/.local/...'")
     monkeypatch.setattr(sys, "argv", ["/usr/local/lib/python3.11/dist-packages/ipykernel_launcher.py", "-f",
                                       "/root/.local/share/jupyter/runtime/kernel-1234.json"])
+    from mmcaption.terminal import kernel_command_line
+
     said = 'in a notebook, give the command\'s arguments: run_cli(["fit", "--config", ...]), or main([...])'
     with pytest.raises(ConfigError) as refused:
         run_cli()
     assert str(refused.value) == said
     assert user_error(capsys, main, None) == f"error: {said}"
+    monkeypatch.setattr(sys, "argv", [sys.argv[0], "fit", "--config", "my.yaml"])  # a cell's `sys.argv[1:] = [...]`
+    assert not kernel_command_line()
     monkeypatch.setattr(sys, "argv", ["/usr/local/lib/python3.11/dist-packages/colab_kernel_launcher.py", "-f",
                                       "/root/.local/share/jupyter/runtime/kernel-abcd.json"])  # Colab's
     assert user_error(capsys, main, None) == f"error: {said}"

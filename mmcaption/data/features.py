@@ -102,8 +102,8 @@ def write_image_features(
     size, free = len(images) * tokens * width * 2, shutil.disk_usage(split_folder).free  # (float16: 2 bytes a value)
     if 2 * size > free:  # found after hours of computing them (real CLIP on a CPU) as "no space left"
         raise ConfigError(f"the vision tower's features of the {len(images):,} images of {split_folder.name} take "
-                          f"{size / 2**30:.1f} GB ({tokens} x {width} float16 values an image), up to {2 * size / 2**30:.1f} GB "
-                          f"while they are built, and {free / 2**30:.1f} GB is free on the disk of {split_folder}: free some "
+                          f"{_size(size)} ({tokens} x {width} float16 values an image), up to {_size(2 * size)} while they "
+                          f"are built, and {_size(free)} is free on the disk of {split_folder}: free some "
                           "space, point data.init_args.cache_dir at a larger disk, or set data.init_args.cache_image_features "
                           "false (the tower then runs at every step)")
     rank_zero_info(f"caching the vision tower's features of the {len(images)} images of {split_folder.name} on {device} "
@@ -135,6 +135,11 @@ def write_image_features(
         released()
     rank_zero_info(f"caching the vision tower's features of {split_folder.name}: done in {time.perf_counter() - start:.0f} s")
     return target
+
+
+def _size(count: int) -> str:
+    return next(f"{count / 2**power:.1f} {unit}" for power, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "bytes"))
+                if count >= 2**power or not power)
 
 
 def load_image_features(folder: Path) -> datasets.Dataset:
