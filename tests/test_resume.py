@@ -83,9 +83,7 @@ def records(path: Path) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> tuple[Path, dict[int, dict]]:
-    """(working folder with the demo data, the steps of an uninterrupted run there). The tests that share it are kept in
-    three xdist groups: one group's 30-odd runs, one after another on one process, had been the suite's longest chain;
-    each group's process makes this run once."""
+    """(working folder with the demo data, the steps of an uninterrupted run there)."""
     workdir = tmp_path_factory.mktemp("resume")
     prepare_demo_assets(workdir / "demo_data", train_images=16, val_images=4, pretrain_steps=0, clip_steps=0)
     run(fit_command(workdir, "straight"), workdir)
@@ -124,7 +122,7 @@ def assert_resume_repeats_the_straight_run(workdir: Path, straight_steps: dict, 
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("resume")
+@pytest.mark.xdist_group("resume")  # shares the module's uninterrupted run
 def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_batches_and_losses(straight):
     workdir, straight_steps = straight
     last = workdir / "checkpoints-killed" / "last.ckpt"
@@ -138,7 +136,7 @@ def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_batches_and_los
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("resume-2")
+@pytest.mark.xdist_group("resume")
 def test_a_checkpoint_saved_at_an_epochs_last_step_resumes_exactly(straight):
     # the training loader drew its iterator's seed from the process's generator: resumed from a save at an epoch's
     # last step (the config's own last.ckpt after its end-of-epoch validation, every_n_train_steps landing there), the
@@ -188,7 +186,7 @@ def test_sigterm_or_ctrl_c_mid_epoch_saves_exits_non_zero_and_resumes_exactly(st
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("resume-2")
+@pytest.mark.xdist_group("resume")
 def test_ctrl_c_in_an_epochs_last_batch_resumes_exactly(straight):
     # saved at the end of an epoch's last batch under max_steps (max_epochs -1, as "Training longer" says): Lightning
     # closed that epoch as it resumed and again after a pass that found the loader at its end, so the next epoch was
@@ -261,7 +259,7 @@ def test_closing_the_terminal_mid_epoch_saves_and_resumes_exactly(straight):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("resume-2")
+@pytest.mark.xdist_group("resume")
 def test_slurms_time_limit_signal_saves_at_the_step_end_requeues_and_the_requeued_job_resumes_exactly(straight, tmp_path):
     """``#SBATCH --signal=SIGUSR1@90``: Lightning's own handler saved hpc_ckpt_N.ckpt mid-step into the working
     folder, and every later run under SLURM there resumed from it (another experiment's too), inexactly."""
@@ -306,7 +304,7 @@ def test_slurms_time_limit_signal_saves_at_the_step_end_requeues_and_the_requeue
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("resume-3")
+@pytest.mark.xdist_group("resume")
 def test_training_longer_from_a_max_steps_stop_goes_on_with_the_epoch_and_the_learning_rate_given(straight):
     workdir, straight_steps = straight
     stopped = 11  # mid-epoch, between the run's own checkpoints (every 3 steps): only the end-of-training save holds it
@@ -363,7 +361,7 @@ def test_resuming_from_a_checkpoint_older_than_the_folders_last_keeps_the_newer_
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("resume-2")
+@pytest.mark.xdist_group("resume")
 def test_a_max_time_stop_resumes_in_the_epoch_it_stopped_in(straight):
     # a cluster job chain of max_time runs: the checkpoint of each stop was saved once Lightning had closed the epoch, and
     # every resume skipped the rest of the epoch it stopped in (and a schedule sized by epochs shrank), unsaid
@@ -385,7 +383,7 @@ def test_a_max_time_stop_resumes_in_the_epoch_it_stopped_in(straight):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("resume-3")
+@pytest.mark.xdist_group("resume")
 def test_a_run_resumed_for_more_epochs_with_other_accumulation_trains_them_on_a_schedule_of_its_length(straight):
     # the schedule was counted from step 0 under the new settings: 2 epochs of 10 batches accumulating 2 made 10 steps,
     # reached already, and the second epoch trained at a rate of 0 without a word
@@ -415,7 +413,7 @@ def test_a_run_resumed_for_more_epochs_with_other_accumulation_trains_them_on_a_
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("resume-2")
+@pytest.mark.xdist_group("resume")  # shares the module's uninterrupted run
 def test_training_longer_from_a_max_steps_stop_at_an_epochs_end_goes_on_with_the_next_epochs_order(straight):
     # Lightning counted the finished epoch twice (its issue #19617): the next epoch was shuffled as the one after it,
     # and max_epochs came an epoch early (a run resumed to train longer trained nothing)
@@ -625,7 +623,7 @@ def test_preprocessing_killed_midway_leaves_nothing_complete_and_the_next_run_fi
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("resume-3")
+@pytest.mark.xdist_group("resume")
 def test_a_run_out_of_memory_resumes_mid_epoch_with_half_the_batch_and_twice_the_accumulation(straight):
     # what the advice on running out of memory says to do (lower the batch, raise the accumulation by as much): --ckpt_path
     # was refused for the changed batch_size, and --model.init_from started the schedule, the step count and the epoch anew
