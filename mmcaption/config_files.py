@@ -95,16 +95,24 @@ WINDOWS_PATH = "in double quotes a backslash begins an escape, \\t a tab: write 
 PATH_KEYS = ("dir", "file", "root", "path", "images", "output", "dirpath", "init_from", "language_model", "vision_model")
 
 
-def _escaped_paths(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+def _escaped_paths(node: yaml.Node) -> Iterator[tuple[str, int, str]]:
     """Each path setting of ``node`` written in double quotes whose value holds a control character (a tab, a newline)."""
-    for key, value in node.value if isinstance(node, yaml.MappingNode) else [(None, item) for item in getattr(node, "value", [])
-                                                                             if isinstance(node, yaml.SequenceNode)]:
-        name = f"{prefix}{key.value}" if key is not None else prefix
-        if isinstance(value, yaml.ScalarNode) and value.style == '"' and name.rsplit(".", 1)[-1].endswith(PATH_KEYS) \
-                and any(ord(c) < 32 or ord(c) == 127 for c in value.value):
-            yield name, value.start_mark.line + 1, value.value
-        elif isinstance(value, yaml.MappingNode | yaml.SequenceNode):
-            yield from _escaped_paths(value, f"{name}." if key is not None else prefix)
+    for key, scalar, _ in _scalars(node):
+        if scalar.style == '"' and key.rsplit(".", 1)[-1].endswith(PATH_KEYS) and any(
+                ord(c) < 32 or ord(c) == 127 for c in scalar.value):
+            yield key, scalar.start_mark.line + 1, scalar.value
+
+
+def _scalars(node: yaml.Node, prefix: str = "", listed: bool = False) -> Iterator[tuple[str, yaml.ScalarNode, bool]]:
+    """Each scalar value of ``node``: its dotted key (a list's items under the list's), the node, whether in a list."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _scalars(item, prefix, True)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield from _scalars(value, f"{prefix}{getattr(key, 'value', key)}.", listed)
+    elif isinstance(node, yaml.ScalarNode):
+        yield prefix.rstrip("."), node, listed
 
 
 def _misplaced(node: yaml.Node) -> str | None:
@@ -143,21 +151,15 @@ def _written_twice(node: yaml.Node, prefix: str = "") -> Iterator[tuple[str, tup
         yield from _written_twice(value, f"{name}.")
 
 
-def _shell_variables(node: yaml.Node, prefix: str = "", listed: bool = False) -> Iterator[tuple[str, int, str, str, bool]]:
+def _shell_variables(node: yaml.Node) -> Iterator[tuple[str, int, str, str, bool]]:
     """Each value of ``node`` that names an environment variable as a shell would (``$SCRATCH/coco``,
     ``${HOME}/data``): one set here, or one that begins the value (a path). Yields the dotted key, its line, the
     value, what the shell would make of it (``""`` when the variable is not set) and whether it is in a list."""
-    if isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            yield from _shell_variables(item, prefix, True)
-    elif isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            yield from _shell_variables(value, f"{prefix}{getattr(key, 'value', key)}.", listed)
-    elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str) and node.style in (None, "", "'", '"') \
-            and shell_variable(node.value):
-        expanded = os.path.expandvars(node.value)
-        yield (prefix.rstrip("."), node.start_mark.line + 1, node.value,
-               f" (a shell would read {expanded})" if expanded != node.value else "", listed)
+    for key, scalar, listed in _scalars(node):
+        if isinstance(scalar.value, str) and scalar.style in (None, "", "'", '"') and shell_variable(scalar.value):
+            expanded = os.path.expandvars(scalar.value)
+            yield (key, scalar.start_mark.line + 1, scalar.value,
+                   f" (a shell would read {expanded})" if expanded != scalar.value else "", listed)
 
 
 def _node_at(node: yaml.Node, key: str) -> tuple[yaml.Node | None, int | None]:

@@ -67,15 +67,17 @@ def check_generation(settings: dict[str, Any], where: str = "generation", asked:
             problems.append(str(error))
     if problems:
         raise ConfigError(f"{where}: {'; '.join(problems)}")
+    if given.get("do_sample"):
+        return
     # a temperature without sampling changes nothing: transformers said only "flags are not valid and may be ignored"
     defaults = GenerationConfig._get_default_generation_params()
-    unused = [f"{k} {given[k]}" for k in sorted(_SAMPLING & set(_SAMPLING if asked is None else asked))
-              if k in given and given[k] != defaults.get(k)]
-    said = (f"{where}: {', '.join(unused)} {'takes' if len(unused) == 1 else 'take'} effect only when sampling, and do_sample "
-            "is not true: generation is greedy (or beam search) without it. Give do_sample true with it to sample")
-    if unused and not given.get("do_sample") and tuple(unused) not in _SAID:  # once a process (the task layer is made per
-        _SAID.add(tuple(unused))  # batch, and predict checks its settings as the model is made and as it generates)
-        warnings.warn(said, UserWarning, stacklevel=3)
+    unused = tuple(f"{k} {given[k]}" for k in sorted(_SAMPLING if asked is None else _SAMPLING & set(asked))
+                   if k in given and given[k] != defaults.get(k))
+    if unused and unused not in _SAID:  # once a process (the task layer is made per batch, and predict checks its
+        _SAID.add(unused)  # settings as the model is made and as it generates)
+        warnings.warn(f"{where}: {', '.join(unused)} {'takes' if len(unused) == 1 else 'take'} effect only when sampling, "
+                      "and do_sample is not true: generation is greedy (or beam search) without it. Give do_sample true "
+                      "with it to sample", UserWarning, stacklevel=3)
 
 
 def check_run_generation(settings: dict[str, Any], where: str = "model.generation") -> None:
