@@ -4,6 +4,7 @@ uninterrupted run would have: same batches, same losses. Checkpoint files are ne
 import errno
 import io
 import json
+import logging
 import os
 import pickle
 import pty
@@ -15,9 +16,11 @@ import subprocess
 import sys
 import time
 import types
-from contextlib import suppress
+import warnings
+from contextlib import redirect_stderr, redirect_stdout, suppress
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -31,6 +34,7 @@ from mmcaption.checkpoint import (
     load_checkpoint_file,
     save_atomically,
 )
+from mmcaption.cli import main as mmcaption_main
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.folders import LOCK_FILE
 from mmcaption.resources import resource_message
@@ -67,10 +71,39 @@ def fit_command(workdir: Path, name: str, delay: float = 0.0, ckpt_path: Path | 
     return command + (["--ckpt_path", str(ckpt_path)] if ckpt_path else []) + list(extra)
 
 
+def ran(command: list[str], cwd: Path) -> tuple[int, str]:
+    """``command`` (a :func:`fit_command`) run to its end in this process, as ``mmcaption`` runs it (sequential runs in one
+    process are supported), in ``cwd``: its exit status and console text. For the runs no signal interrupts: the ~13 s of
+    imports a process takes are taken once. Its lines are all here: printed ones, Lightning's (its logger holds its own
+    stream) and warnings (pytest would record them)."""
+    assert command[1:3] == ["-m", "mmcaption"], command
+    said = io.StringIO()
+    lightning = logging.getLogger("lightning.pytorch")
+    handler = logging.StreamHandler(said)
+    lightning.addHandler(handler)
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        said.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    status = 0
+    previous = Path.cwd()
+    try:
+        os.chdir(cwd)
+        with redirect_stdout(said), redirect_stderr(said), patch.object(warnings, "showwarning", show):
+            mmcaption_main(command[3:])
+    except SystemExit as stopped:
+        status = stopped.code
+    finally:
+        os.chdir(previous)
+        lightning.removeHandler(handler)
+    return status or 0, said.getvalue()
+
+
 def run(command: list[str], cwd: Path) -> str:
-    result = subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout + result.stderr
+    """``command`` run as :func:`ran` runs it, which must succeed: its console text."""
+    status, said = ran(command, cwd)
+    assert status == 0, said[-3000:]
+    return said
 
 
 def subprocess_env() -> dict[str, str]:
@@ -351,11 +384,9 @@ def test_resuming_from_a_checkpoint_older_than_the_folders_last_keeps_the_newer_
     shutil.copytree(workdir / "checkpoints-straight", folder)
     (older,) = folder.glob("epoch=*-step=15.ckpt")
     newer = (folder / "last.ckpt").read_bytes()
-    done = subprocess.run(fit_command(workdir, "branch", ckpt_path=older), cwd=workdir, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    said = run(fit_command(workdir, "branch", ckpt_path=older), workdir)
     assert (f"note: {folder / 'last.ckpt'} (step 16) is newer than the checkpoint resumed from (step 15): it is kept, and "
-            "this run's last checkpoint is saved beside it") in done.stdout + done.stderr
+            "this run's last checkpoint is saved beside it") in said
     assert (folder / "last.ckpt").read_bytes() == newer
     assert load_checkpoint_file(folder / "last-v1.ckpt")["global_step"] == MAX_STEPS
 
@@ -366,15 +397,13 @@ def test_a_max_time_stop_resumes_in_the_epoch_it_stopped_in(straight):
     # a cluster job chain of max_time runs: the checkpoint of each stop was saved once Lightning had closed the epoch, and
     # every resume skipped the rest of the epoch it stopped in (and a schedule sized by epochs shrank), unsaid
     workdir, straight_steps = straight
-    stopped = subprocess.run(fit_command(workdir, "timed", delay=0.5, extra=("--trainer.max_time", "00:00:00:04")), cwd=workdir,
-                             env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    said = run(fit_command(workdir, "timed", delay=0.5, extra=("--trainer.max_time", "00:00:00:04")), workdir)
     last = workdir / "checkpoints-timed" / "last.ckpt"
     step = load_checkpoint_file(last)["global_step"]
     assert 0 < step < STEPS_PER_EPOCH  # at most 8 steps of 0.5 s in 4 s: inside the first epoch
     assert (f"note: trainer.max_time (0m04s) stopped training at step {step} of {MAX_STEPS}, before the end of its "
             f"learning-rate schedule; to train the rest, resume it (--ckpt_path {last}) with a larger --trainer.max_time") \
-        in stopped.stderr
+        in said
     run(fit_command(workdir, "timed-on", ckpt_path=last, extra=("--trainer.max_time", "00:01:00:00")), workdir)
     resumed = records(workdir / "timed-on.jsonl")
     assert sorted(resumed) == list(range(step + 1, MAX_STEPS + 1))
@@ -399,12 +428,11 @@ def test_a_run_resumed_for_more_epochs_with_other_accumulation_trains_them_on_a_
     straight_steps = straight[1]
     for step in range(STEPS_PER_EPOCH + 1, MAX_STEPS + 1):  # the uninterrupted run's second epoch, as far as it went
         assert more[step]["first_ids"] == straight_steps[step]["first_ids"], step
-    result = subprocess.run(fit_command(workdir, "accumulated", ckpt_path=last, extra=(*epochs, "2", "--trainer.accumulate_grad_batches", "2")),
-                            cwd=workdir, env=subprocess_env(), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    said = run(fit_command(workdir, "accumulated", ckpt_path=last, extra=(*epochs, "2", "--trainer.accumulate_grad_batches", "2")),
+               workdir)
     end = STEPS_PER_EPOCH + STEPS_PER_EPOCH // 2
     assert (f"the learning-rate schedule ends at step {end}: this run's epochs from step {STEPS_PER_EPOCH} ({STEPS_PER_EPOCH} "
-            f"batches, accumulate_grad_batches 2); counted from step 0 it would end at step {STEPS_PER_EPOCH}") in result.stderr
+            f"batches, accumulate_grad_batches 2); counted from step 0 it would end at step {STEPS_PER_EPOCH}") in said
     stepped = [json.loads(line) for line in (workdir / "accumulated.jsonl").read_text().splitlines()][1::2]  # each step's
     assert [row["step"] for row in stepped] == list(range(STEPS_PER_EPOCH + 1, end + 1))  # second batch: the one it steps on
     base = yaml.safe_load(Path(DEMO_CONFIG).read_text())["model"]["learning_rate"]
@@ -443,10 +471,7 @@ def test_training_longer_from_a_max_steps_stop_at_an_epochs_end_goes_on_with_the
             assert longer[step]["first_ids"] == straight_steps[step]["first_ids"], (name, step)
         epoch = [sample for row in longer.values() for sample in row["samples"]]  # the whole next epoch, each sample once
         assert len(epoch) == len(set(epoch)) == 8 * STEPS_PER_EPOCH, name
-    two_epochs = subprocess.run(fit_command(workdir, "epoch-end-two", ckpt_path=last, max_steps=100,
-                                            extra=("--trainer.max_epochs", "2")),
-                                cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert two_epochs.returncode == 0, two_epochs.stderr[-3000:]
+    run(fit_command(workdir, "epoch-end-two", ckpt_path=last, max_steps=100, extra=("--trainer.max_epochs", "2")), workdir)
     assert sorted(records(workdir / "epoch-end-two.jsonl")) == list(range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1))
 
 
@@ -655,12 +680,11 @@ def test_a_run_out_of_memory_resumes_mid_epoch_with_half_the_batch_and_twice_the
     assert [sorted(row["samples"]) for row in rows] == [sorted(row["samples"]) for row in uninterrupted[9:11]]
 
     # the same samples a step cut otherwise is what resumes mid-epoch: half the batch alone would skip and repeat some
-    refused = subprocess.run(fit_command(workdir, "smaller", ckpt_path=mid_epoch, extra=(*grouped, "--data.init_args.batch_size",
-                                                                                        "4")),
-                             cwd=workdir, env=subprocess_env(), capture_output=True, text=True)
-    assert refused.returncode != 0 and "mid-epoch, a run resumes with its 8 samples an optimizer step (batch_size x " \
+    status, said = ran(fit_command(workdir, "smaller", ckpt_path=mid_epoch, extra=(*grouped, "--data.init_args.batch_size", "4")),
+                       workdir)
+    assert status == 2 and "mid-epoch, a run resumes with its 8 samples an optimizer step (batch_size x " \
         "accumulate_grad_batches x devices), cut into other batches or processes as memory and machines need " \
-        "(--data.batch_size 4 --trainer.accumulate_grad_batches 2)" in refused.stderr, refused.stderr[-2000:]
+        "(--data.batch_size 4 --trainer.accumulate_grad_batches 2)" in said, said[-2000:]
     assert not (workdir / "smaller.jsonl").exists()
 
     # at an epoch's end nothing of it is left: any batch goes on, and the next epoch is ordered in it
