@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import random
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import fields
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -26,6 +31,35 @@ from mmcaption.demo.tiny import save_tiny_backbones  # noqa: E402
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run_in_process(args: list[str], cwd: Path) -> tuple[int, str]:
+    """``mmcaption *args`` run to its end in this process, as the pipeline runs its stages (sequential runs in one process
+    are supported), in ``cwd``: its exit status and console text. For the runs no signal interrupts: the ~13 s of imports
+    a process takes are taken once. Its lines are all here: printed ones, Lightning's (its logger holds its own stream)
+    and warnings (pytest would record them)."""
+    from mmcaption.cli import main
+
+    said = io.StringIO()
+    lightning = logging.getLogger("lightning.pytorch")
+    handler = logging.StreamHandler(said)
+    lightning.addHandler(handler)
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        said.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    status = 0
+    previous = Path.cwd()
+    try:
+        os.chdir(cwd)
+        with redirect_stdout(said), redirect_stderr(said), patch.object(warnings, "showwarning", show):
+            main(args)
+    except SystemExit as stopped:
+        status = stopped.code
+    finally:
+        os.chdir(previous)
+        lightning.removeHandler(handler)
+    return status or 0, said.getvalue()
 
 
 def make_captioner(backbones, **settings):

@@ -4,7 +4,6 @@ uninterrupted run would have: same batches, same losses. Checkpoint files are ne
 import errno
 import io
 import json
-import logging
 import os
 import pickle
 import pty
@@ -16,11 +15,9 @@ import subprocess
 import sys
 import time
 import types
-import warnings
-from contextlib import redirect_stderr, redirect_stdout, suppress
+from contextlib import suppress
 from pathlib import Path
 from types import SimpleNamespace
-from unittest.mock import patch
 
 import pytest
 import torch
@@ -34,12 +31,11 @@ from mmcaption.checkpoint import (
     load_checkpoint_file,
     save_atomically,
 )
-from mmcaption.cli import main as mmcaption_main
 from mmcaption.demo import prepare_demo_assets
 from mmcaption.folders import LOCK_FILE
 from mmcaption.resources import resource_message
 
-from .conftest import REPO
+from .conftest import REPO, run_in_process
 
 DEMO_CONFIG = str(REPO / "configs" / "demo" / "caption.yaml")
 # 16 images x 5 captions at batch 8: 10 steps an epoch. The run is killed in its second epoch, where
@@ -72,31 +68,10 @@ def fit_command(workdir: Path, name: str, delay: float = 0.0, ckpt_path: Path | 
 
 
 def ran(command: list[str], cwd: Path) -> tuple[int, str]:
-    """``command`` (a :func:`fit_command`) run to its end in this process, as ``mmcaption`` runs it (sequential runs in one
-    process are supported), in ``cwd``: its exit status and console text. For the runs no signal interrupts: the ~13 s of
-    imports a process takes are taken once. Its lines are all here: printed ones, Lightning's (its logger holds its own
-    stream) and warnings (pytest would record them)."""
+    """``command`` (a :func:`fit_command`) run to its end in this process (:func:`tests.conftest.run_in_process`): for
+    the runs no signal interrupts, the ~13 s of imports a process takes are taken once."""
     assert command[1:3] == ["-m", "mmcaption"], command
-    said = io.StringIO()
-    lightning = logging.getLogger("lightning.pytorch")
-    handler = logging.StreamHandler(said)
-    lightning.addHandler(handler)
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        said.write(warnings.formatwarning(message, category, filename, lineno, line))
-
-    status = 0
-    previous = Path.cwd()
-    try:
-        os.chdir(cwd)
-        with redirect_stdout(said), redirect_stderr(said), patch.object(warnings, "showwarning", show):
-            mmcaption_main(command[3:])
-    except SystemExit as stopped:
-        status = stopped.code
-    finally:
-        os.chdir(previous)
-        lightning.removeHandler(handler)
-    return status or 0, said.getvalue()
+    return run_in_process(command[3:], cwd)
 
 
 def run(command: list[str], cwd: Path) -> str:
