@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise ConfigError('the app needs Gradio: pip install "mmcaption[app]" (or pip install -e ".[app]")') from None
-    captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
+    captioner = load_captioner(args.model, args.checkpoint, args.device, args.compute_dtype, **backbones_given(args))
     page = build(captioner, Path(args.model or args.checkpoint).name)
     shown = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host  # every interface: not an address to open
     print(f"mmcaption-app: serving {args.model or args.checkpoint} on http://{shown}:{args.port}", flush=True)

@@ -148,17 +148,18 @@ def check_source(model: str | None, checkpoint: str | None) -> None:
 
 
 def load_captioner(model: str | None = None, checkpoint: str | None = None, device: str | None = None,
-                   **backbones: str) -> Captioner:
-    """The model of an exported folder, or of a training checkpoint (exported to a temporary folder
-    first: the checkpoint holds its config, the backbones load from the names it records, or ``backbones``)."""
+                   compute_dtype: str | None = None, **backbones: str) -> Captioner:
+    """The model of an exported folder, or of a training checkpoint (exported to a temporary folder first: the
+    checkpoint holds its config, the backbones load from the names it records, or ``backbones``), computing in its own
+    dtype or ``compute_dtype``."""
     check_source(model, checkpoint)
     if model is not None:
-        return Captioner.from_pretrained(model, device=device, **backbones)
+        return Captioner.from_pretrained(model, device=device, compute_dtype=compute_dtype, **backbones)
     from mmcaption.export import export_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="mmcaption-") as folder:
         export_checkpoint(checkpoint, Path(folder) / "model", **backbones)
-        return Captioner.from_pretrained(Path(folder) / "model", device=device)
+        return Captioner.from_pretrained(Path(folder) / "model", device=device, compute_dtype=compute_dtype)
 
 
 def dropped_path(text: str) -> str:
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.temperature != 0:  # one sequence sampled, streamed as it comes
             settings.update(temperature=args.temperature, num_beams=1)
     check_generation(settings, "mmcaption chat")
-    captioner = load_captioner(args.model, args.checkpoint, args.device, **backbones_given(args))
+    captioner = load_captioner(args.model, args.checkpoint, args.device, args.compute_dtype, **backbones_given(args))
     if "top_p" in settings and not settings.get("do_sample", captioner.tasks.generation.do_sample):  # was dropped unsaid
         raise ConfigError(f"--top_p {args.top_p} is used only when sampling, and the answers would be not sampled (the "
                           "model's own settings): give --temperature above 0 with it")

@@ -38,11 +38,17 @@ from mmcaption.errors import ConfigError, NotAModelFolderError, image_input_erro
 from mmcaption.generation_settings import check_generation, saved_generation
 from mmcaption.images import ImageSource, blank_pixels, load_rgb, processor_side
 from mmcaption.model import MultimodalCausalLM, is_pretrained_folder, read_manifest
-from mmcaption.model.backbone_checks import BackboneNotFoundError, check_device, hub_unreachable, is_local_path
+from mmcaption.model.backbone_checks import (
+    BackboneNotFoundError,
+    check_device,
+    emulated_bfloat16,
+    hub_unreachable,
+    is_local_path,
+)
 from mmcaption.model.backbone_weights import changed_backbones
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage, mistyped_folder, newest_checkpoint
-from mmcaption.model.config import Quantization
+from mmcaption.model.config import DType, Quantization
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.tasks import Tasks, evaluating
 from mmcaption.terminal import shell_word
@@ -79,16 +85,17 @@ class Captioner:
     @classmethod
     def from_pretrained(
         cls, folder: str | Path, device: str | torch.device | None = None, quantization: Quantization | None = None,
-        language_model: str | None = None, vision_model: str | None = None,
+        language_model: str | None = None, vision_model: str | None = None, compute_dtype: DType | None = None,
     ) -> Captioner:
         """Rebuild the model of a saved folder (backbones from their own names, trained parts from the
-        folder), optionally with another quantization for inference. ``language_model`` / ``vision_model``: where a
-        backbone is now, when its folder moved since training (a merged export holds its language model)."""
+        folder), optionally with another quantization for inference, or another ``compute_dtype`` (float16 on a GPU
+        without bfloat16: T4, V100). ``language_model`` / ``vision_model``: where a backbone is now, when its folder
+        moved since training (a merged export holds its language model)."""
         folder = _model_folder(folder)
         check_device(device)
-        if quantization is not None and quantization not in get_args(Quantization):
-            raise ConfigError(f"quantization is one of {', '.join(get_args(Quantization))} (or None for the folder's own), "
-                             f"not {quantization!r}")
+        for name, value, kinds in (("quantization", quantization, Quantization), ("compute_dtype", compute_dtype, DType)):
+            if value is not None and value not in get_args(kinds):
+                raise ConfigError(f"{name} is one of {', '.join(get_args(kinds))} (or None for the folder's own), not {value!r}")
         manifest = read_manifest(folder)  # refuses, saying so, a folder that is not a saved model's
         parts = [*FOLDER_PARTS, *(["language_model"] if manifest.get("merged") else [])]
         missing = [part for part in parts if not (folder / part).exists()]
@@ -96,7 +103,8 @@ class Captioner:
             raise NotAModelFolderError(f"{folder} lacks {', '.join(missing)} of a saved model folder (copied in part?); "
                                        "write it again with mmcaption-export")
         overrides = {name: value for name, value in (("quantization", quantization), ("language_model", language_model),
-                                                     ("vision_model", vision_model)) if value is not None}
+                                                     ("vision_model", vision_model), ("compute_dtype", compute_dtype))
+                     if value is not None}
         overrides.update({name: os.path.expanduser(overrides[name]) for name in ("language_model", "vision_model")
                           if name in overrides})  # "~/models/phi-2", as the shell would read it
         for name in ("language_model", "vision_model"):  # a typo of one's own: not "the folder it recorded moved; link it"
@@ -116,7 +124,13 @@ class Captioner:
             warnings.warn(said, UserWarning, stacklevel=callers_level())
         processor = load_image_processor(str(folder / "image_processor"))
         manifest = {**manifest, "generation": saved_generation(manifest.get("generation") or {}, str(folder / CONFIG_FILE))}
-        return cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
+        captioner = cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
+        if model.config.quantization != "int8" and model.config.compute_dtype == "bfloat16" and \
+                (gpu := emulated_bfloat16(captioner.tasks.device)):  # (int8 computes in float32)
+            warnings.warn(f"{gpu} has no bfloat16 arithmetic, which this model computes in: torch emulates it there, several "
+                          "times slower. Its own is float16: compute_dtype='float16' (mmcaption chat, mmcaption-app: "
+                          "--compute_dtype float16)", UserWarning, stacklevel=callers_level())
+        return captioner
 
     def _asking(self) -> None:
         """A question asked of a caption-stage model: said once (``mmcaption chat`` and ``predict`` say it too)."""

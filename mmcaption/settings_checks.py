@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.accelerators import CUDAAccelerator
@@ -21,6 +20,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.errors import ConfigError, MMCaptionError, one_line
+from mmcaption.model.backbone_checks import emulated_bfloat16
 from mmcaption.slurm import nodes_unlaunched
 from mmcaption.terminal import shell_word
 
@@ -219,13 +219,11 @@ def emulated_bfloat16_note(trainer: Any, compute_dtype: str | None) -> str | Non
     if not isinstance(trainer.accelerator, CUDAAccelerator) or not (
             str(trainer.precision).startswith("bf16") or compute_dtype == "bfloat16"):
         return None
-    device = trainer.strategy.root_device
-    major, minor = torch.cuda.get_device_capability(device)
-    if major >= 8:
+    if (gpu := emulated_bfloat16(trainer.strategy.root_device)) is None:
         return None
     uses = [f"trainer.precision {trainer.precision}"] * str(trainer.precision).startswith("bf16") + \
         ["model.config.compute_dtype bfloat16"] * (compute_dtype == "bfloat16")
-    return (f"note: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no bfloat16 arithmetic, "
+    return (f"note: {gpu} has no bfloat16 arithmetic, "
             f"which {' and '.join(uses)} compute in: torch emulates it there, several times slower. Its own is float16: "
             f"{FLOAT16}")
 

@@ -77,6 +77,9 @@ def chat_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", type=path, help="a checkpoint of mmcaption fit (its config is inside it)")
     parser.add_argument("--image", type=path, help="the image to talk about (none: text-only questions)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
+    parser.add_argument("--compute_dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                        help="what the language model computes in (default: the model's own, bfloat16 in the real configs); "
+                             "float16 on a GPU without bfloat16 (T4, V100)")
     own = "(default: the model's own, as the Python API and predict use it)"
     parser.add_argument("--max_new_tokens", type=int, default=None, help=own)
     parser.add_argument("--min_new_tokens", type=int, default=None, help=own)
@@ -94,6 +97,9 @@ def app_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
+    parser.add_argument("--compute_dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                        help="what the language model computes in (default: the model's own, bfloat16 in the real configs); "
+                             "float16 on a GPU without bfloat16 (T4, V100)")
     add_backbone_arguments(parser)
     return parser
 

@@ -5,6 +5,7 @@ import math
 import os
 import signal
 import sys
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -86,6 +87,48 @@ def test_bfloat16_on_a_gpu_that_emulates_it_is_said_with_the_settings_of_its_own
     assert said("bfloat16", "int8") == ""  # LLM.int8 keeps float32 weights whatever compute_dtype says: not refused either
     capability, trainer.precision = (8, 0), "bf16-mixed"  # an A100's own
     assert said("bfloat16") == ""
+
+
+@pytest.mark.slow
+def test_a_trained_model_is_used_in_float16_on_request_and_bfloat16_on_a_gpu_that_emulates_it_is_said(
+        trained_checkpoint, image_folder, tmp_path, monkeypatch, capsys):
+    # the API, chat and the app computed in the model's bfloat16 whatever the GPU: on a T4 (Colab's) emulated, several
+    # times slower, unsaid and with no way to ask for float16 (training has --model.config.compute_dtype)
+    from mmcaption.chat import main as chat_main
+    from mmcaption.export import main as export_main
+    from mmcaption.inference import Captioner
+    from mmcaption.tasks import Tasks
+
+    export_main([str(trained_checkpoint), str(tmp_path / "export")])
+    own = Captioner.from_pretrained(tmp_path / "export")
+    halved = Captioner.from_pretrained(tmp_path / "export", compute_dtype="float16")
+    assert (own.model.config.compute_dtype, halved.model.config.compute_dtype) == ("bfloat16", "float16")
+    def dtypes(captioner: Captioner) -> set[torch.dtype]:  # the 4-bit weights' storage and what computes with them
+        return {p.dtype for n, p in captioner.model.language_model.named_parameters()} - {torch.float32}
+
+    assert (dtypes(own), dtypes(halved)) == ({torch.bfloat16}, {torch.float16})
+    image = str(image_folder / "img0.png")
+    assert isinstance(halved.caption(image), str) and isinstance(halved.answer(image, "What colour is it?"), str)
+    with pytest.raises(ConfigError, match=r"compute_dtype is one of bfloat16, float16, float32 \(or None for the folder's "
+                                          r"own\), not 'fp16'"):
+        Captioner.from_pretrained(tmp_path / "export", compute_dtype="fp16")
+    capsys.readouterr()
+    for source in (["--checkpoint", str(trained_checkpoint)], ["--model", str(tmp_path / "export")]):
+        monkeypatch.setattr("sys.stdin", __import__("io").StringIO("What colour is it?\n"))
+        chat_main([*source, "--image", image, "--max_new_tokens", "3", "--min_new_tokens", "3", "--compute_dtype", "float16"])
+        assert capsys.readouterr().out.strip()
+    # on a T4: said where the model loads (where it computes is the model's device)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(Tasks, "device", property(lambda self: torch.device("cuda", 0)))
+    with pytest.warns(UserWarning, match=r"^Tesla T4 \(compute capability 7\.5\) has no bfloat16 arithmetic, which this "
+                                         r"model computes in: torch emulates it there, several times slower\. Its own is "
+                                         r"float16: compute_dtype='float16' \(mmcaption chat, mmcaption-app: "
+                                         r"--compute_dtype float16\)$"):
+        Captioner.from_pretrained(tmp_path / "export")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Captioner.from_pretrained(tmp_path / "export", compute_dtype="float16")
 
 
 def test_the_cli_called_in_a_notebook_without_arguments_says_to_give_them(monkeypatch, capsys):

@@ -48,6 +48,16 @@ def check_device(device: str | torch.device | None) -> None:
                           f"cuda:{torch.cuda.device_count() - 1}")
 
 
+def emulated_bfloat16(device: str | torch.device) -> str | None:
+    """``"<GPU> (compute capability 7.5)"`` where ``device`` is a GPU without bfloat16 arithmetic (compute capability below
+    8: T4, V100, Colab's and Kaggle's free GPUs), which torch accepts and emulates, several times slower; else None."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return None if major >= 8 else f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+
+
 def check_backbone(name: str, setting: str) -> bool:
     """Refuse, before anything loads, a backbone ``from_pretrained`` could not find: a local path that is
     not a model folder, or a hub id that is not in the Hugging Face cache while the hub is offline
