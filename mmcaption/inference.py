@@ -49,6 +49,7 @@ from mmcaption.model.backbone_weights import changed_backbones
 from mmcaption.model.backbones import load_image_processor, load_tokenizer
 from mmcaption.model.card import CONFIG_FILE, HUB_ID, caption_stage, mistyped_folder, newest_checkpoint
 from mmcaption.model.config import DType, Quantization
+from mmcaption.model.multimodal import pretrained_config
 from mmcaption.prompts import ConversationTemplate, caption_prompt_ids, choice_prompts
 from mmcaption.tasks import Tasks, evaluating
 from mmcaption.terminal import shell_word
@@ -112,6 +113,9 @@ class Captioner:
             if given is not None and is_local_path(given) and not Path(given).is_dir():
                 raise BackboneNotFoundError(f"the {name} given, {given}, is no folder" + (
                     " (a file: a backbone is the folder holding its config.json)" if Path(given).is_file() else ""))
+        if compute_dtype is not None and pretrained_config(folder, **overrides).quantization == "int8":
+            raise ConfigError(f"compute_dtype {compute_dtype!r} does nothing for a model in int8, which loads in float32 "
+                              "(LLM.int8 has no compute dtype): leave it out, or give quantization='nf4' with it")
         bars = hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bar per file: gone in a second
         hf_logging.disable_progress_bar()
         try:

@@ -29,17 +29,20 @@ from mmcaption.full_log_disk import CurvesOnFullDisk
 from mmcaption.parameter_summary import ParameterSummary
 from mmcaption.terminal import draws_bars
 
-_SEED_GIVEN = os.environ.get("PL_GLOBAL_SEED")  # the environment's, as the process began: not an earlier run's
+# the environment's, as the process began: not an earlier run's
+_SEED_GIVEN = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
 
 
 def forget_earlier_seed() -> None:
-    """``PL_GLOBAL_SEED`` put back as the process began: Lightning leaves a run's seed there, and a later run in the same
-    process with ``seed_everything: false`` (a sweep's next trial) took it for its own: its data order, and the seed
-    its checkpoint records, so that resuming it in a new process was refused."""
-    if _SEED_GIVEN is None:
-        os.environ.pop("PL_GLOBAL_SEED", None)
-    else:
-        os.environ["PL_GLOBAL_SEED"] = _SEED_GIVEN
+    """``PL_GLOBAL_SEED`` (and ``PL_SEED_WORKERS``) put back as the process began: Lightning leaves a run's seed there,
+    and a later run in the same process with ``seed_everything: false`` (a sweep's next trial) took it for its own: its
+    data order and loader workers' seeds, and the seed its checkpoint records, so that resuming it in a new process was
+    refused."""
+    for name, given in _SEED_GIVEN.items():
+        if given is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = given
 
 
 def add_run_callbacks(trainer: Trainer) -> None:

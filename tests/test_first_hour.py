@@ -326,11 +326,12 @@ def test_a_run_in_a_process_that_ran_another_does_not_take_its_seed(monkeypatch)
     # its data order and the seed its checkpoint records, so that resuming it in a new process was refused
     from mmcaption import run_callbacks
 
-    monkeypatch.setattr(run_callbacks, "_SEED_GIVEN", None)
+    monkeypatch.setattr(run_callbacks, "_SEED_GIVEN", {"PL_GLOBAL_SEED": None, "PL_SEED_WORKERS": None})
     monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # as a run before left it
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")  # its loader workers seeded from it, which a run without a seed did too
     run_callbacks.forget_earlier_seed()
-    assert "PL_GLOBAL_SEED" not in os.environ
-    monkeypatch.setattr(run_callbacks, "_SEED_GIVEN", "7")  # one the user's environment gave: kept
+    assert "PL_GLOBAL_SEED" not in os.environ and "PL_SEED_WORKERS" not in os.environ
+    monkeypatch.setattr(run_callbacks, "_SEED_GIVEN", {"PL_GLOBAL_SEED": "7", "PL_SEED_WORKERS": None})  # the user's: kept
     run_callbacks.forget_earlier_seed()
     assert os.environ["PL_GLOBAL_SEED"] == "7"
 

@@ -112,11 +112,21 @@ def test_a_trained_model_is_used_in_float16_on_request_and_bfloat16_on_a_gpu_tha
     with pytest.raises(ConfigError, match=r"compute_dtype is one of bfloat16, float16, float32 \(or None for the folder's "
                                           r"own\), not 'fp16'"):
         Captioner.from_pretrained(tmp_path / "export", compute_dtype="fp16")
+    with pytest.raises(ConfigError, match=r"^compute_dtype 'float16' does nothing for a model in int8, which loads in "
+                                          r"float32 \(LLM.int8 has no compute dtype\)"):
+        Captioner.from_pretrained(tmp_path / "export", quantization="int8", compute_dtype="float16")
+    export_main([str(trained_checkpoint), str(tmp_path / "merged"), "--merge"])  # its own language model, unquantized
+    assert dtypes(Captioner.from_pretrained(tmp_path / "merged", compute_dtype="float16")) == {torch.float16}
     capsys.readouterr()
+    loaded = []
+    load = Captioner.from_pretrained.__func__
+    monkeypatch.setattr(Captioner, "from_pretrained", classmethod(lambda cls, *a, **k: loaded.append(load(cls, *a, **k)) or
+                                                                  loaded[-1]))
     for source in (["--checkpoint", str(trained_checkpoint)], ["--model", str(tmp_path / "export")]):
         monkeypatch.setattr("sys.stdin", __import__("io").StringIO("What colour is it?\n"))
         chat_main([*source, "--image", image, "--max_new_tokens", "3", "--min_new_tokens", "3", "--compute_dtype", "float16"])
-        assert capsys.readouterr().out.strip()
+        assert capsys.readouterr().out.strip() and dtypes(loaded[-1]) == {torch.float16}, source
+    assert len(loaded) == 2
     # on a T4: said where the model loads (where it computes is the model's device)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
