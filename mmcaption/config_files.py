@@ -269,6 +269,21 @@ def replaced_by_a_later_config(arguments: list[str]) -> str | None:
     return None
 
 
+# the data module's settings the model's set (the tokenizer of its language model, ...): cli.MMCaptionCLI links them
+LINKED = {"tokenizer": "language_model", "image_processor": "vision_model", "vision_feature_layer": "vision_feature_layer"}
+
+
+def linked_setting(arguments: list[str]) -> str | None:
+    """Why a data module's ``tokenizer``, ``image_processor`` or ``vision_feature_layer`` given (on the command line or
+    in a config) is not used: the model's setting replaced it, without a word."""
+    for name, source in LINKED.items():
+        for key in (f"data.init_args.{name}", f"data.{name}"):
+            if written_text(arguments, key) is not None:
+                return (f"{key} is not set on its own: it follows model.config.{source}, which the model loads with (the "
+                        f"data must be read as the model reads it); give --model.config.{source}, or leave {key} out")
+    return None
+
+
 def read_yaml(text: str):
     """A YAML value as jsonargparse reads it: ``3e-4`` is a number (PyYAML's own loader reads text)."""
     return get_loader("yaml")(text)

@@ -28,6 +28,7 @@ from mmcaption.config_files import (
     empty_settings,
     generation_kept,
     installed_configs,
+    linked_setting,
     replaced_by_a_later_config,
     unreadable_configs,
     written_in,
@@ -61,7 +62,8 @@ class MMCaptionParser(LightningArgumentParser):
         for name, path in _CONFIGS:
             check_config_file(name, path)
         # (the subcommand's parse is given the generation settings put back: not the user's, typed before a file)
-        if not (_KEPT and arguments in (_KEPT, _KEPT[1:])) and (problem := replaced_by_a_later_config(arguments)):
+        if not (_KEPT and arguments in (_KEPT, _KEPT[1:])) and (problem := replaced_by_a_later_config(arguments)
+                                                                 or linked_setting(arguments)):
             raise ConfigError(problem)
         if arguments and (kept := generation_kept(arguments)) != arguments:
             args = _KEPT = kept

@@ -62,18 +62,23 @@ def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[st
     predicting = parser.prog.replace(" [options]", "").endswith(" predict")
     modules = [m for m in DATA_MODULES if ("Predict" in m or "Choice" in m) == predicting] if " " in parser.prog else DATA_MODULES
     data = [f"data.init_args.{name}" for module in modules for name in init_parameters(f"mmcaption.data.{module}")]
-    known = list(dict.fromkeys(flat_keys(parser.get_defaults().as_dict()) + data))
+    known = [key for key in dict.fromkeys(flat_keys(parser.get_defaults().as_dict()) + data)  # what the model's settings
+             if not (key.startswith("data.") and key.rsplit(".", 1)[-1] in LINKED)]  # set is no guess at what to type
     found = [(key, known) for key in re.findall(r"--([\w.]+)", message.split("nrecognized arguments:", 1)[-1])
              if "nrecognized arguments" in message]
     found += [(key, known) for key in re.findall(r"does not accept option '([\w.]+)'", message)]
     section = re.match(r'Parser key "([\w.]+)"', message.strip())  # trainer.callbacks: a callback's own settings
     class_path = re.search(r"given class_path '([\w.]+)'", message)
     if section and class_path:
-        parameters = init_parameters(class_path.group(1))
+        parameters = [p for p in init_parameters(class_path.group(1)) if not (section.group(1) == "data" and p in LINKED)]
         own = f"{section.group(1)}.init_args."  # its class's settings, not another class's (refused there too)
         found += [(f"{own}{option}", [own + p for p in parameters] + [k for k in known if not k.startswith(own)])
                   for option in re.findall(r"Option '(\w+)' is not accepted", message)]
     return found
+
+
+# the data module's settings the model's set, which are not typed (config_files.LINKED: refused there)
+LINKED = ("tokenizer", "image_processor", "vision_feature_layer")
 
 
 # the names Hugging Face's Trainer (and the original scripts) give these settings: no spelling is close to them

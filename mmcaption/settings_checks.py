@@ -362,5 +362,6 @@ def untrained_fit_problem(trainer: Any) -> str | None:
             if isinstance(value, int | float) and not isinstance(value, bool) and value == 0]
     if zero:
         return (f"{', '.join(zero)}: this fit would train nothing and exit as if done; give a number of them above 0 "
-                "(-1 or null for no limit on max_steps and max_epochs), or score a checkpoint with mmcaption validate or test")
+                "(-1 lifts max_steps' or max_epochs' limit; one of the two stays finite, the learning-rate schedule's length), "
+                "or score a checkpoint with mmcaption validate or test")
     return None

@@ -214,6 +214,19 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
         f"error: --trainer.max_epochs comes before --config {DEMO_CAPTION}, which writes trainer.max_epochs too (line 9): a "
         "later source replaces an earlier one, so the file's value would be used, not yours. Put the setting after the "
         "config files")
+    # the data's tokenizer given: model.config.language_model's replaced it, unsaid (a misspelling was pointed at it)
+    linked = ("is not set on its own: it follows model.config.{}, which the model loads with (the data must be read as the "
+              "model reads it); give --model.config.{}, or leave {} out")
+    assert refused("--data.init_args.tokenizer", "gpt2") == "error: data.init_args.tokenizer " + linked.format(
+        "language_model", "language_model", "data.init_args.tokenizer")
+    assert refused("--data.image_processor=clip") == "error: data.image_processor " + linked.format(
+        "vision_model", "vision_model", "data.image_processor")
+    assert refused("--config", written("layer.yaml", "data:\n  init_args:\n    vision_feature_layer: -1\n")) == (
+        "error: data.init_args.vision_feature_layer " + linked.format("vision_feature_layer", "vision_feature_layer",
+                                                                      "data.init_args.vision_feature_layer"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO_CAPTION, "--data.init_args.tokeniser", "gpt2"])
+    assert "--data.init_args.tokenizer" not in capsys.readouterr().err
     # a callback added before the config whose callbacks list replaces it: it never ran, unsaid (given again after, too)
     assert refused("--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/loss", "--config", DEMO_CAPTION,
                    "--trainer.callbacks+=EarlyStopping").startswith(
@@ -964,7 +977,9 @@ def test_several_nodes_asked_of_a_process_no_launcher_started_are_refused_at_onc
                                    "--model.config.vision_model", str(backbones[1]), "--trainer.num_nodes", "2"])
     assert err.startswith("error: trainer.num_nodes is 2, and nothing started this process as one of 2 machines (no torchrun, "
                           "SLURM srun, LSF or MPI environment, no NODE_RANK): it would wait for the other nodes for ever")
-    assert "torchrun --nnodes 2 --node_rank <its rank>" in err and "leave num_nodes out and give --trainer.devices" in err
+    # each machine's processes as trainer.devices asks (one by torchrun's default: Lightning refused the world size)
+    assert "torchrun --nnodes 2 --nproc_per_node <its GPUs, as trainer.devices> --node_rank <its rank>" in err
+    assert "leave num_nodes out and give --trainer.devices" in err
     assert nodes_unlaunched(1, None) is None and nodes_unlaunched(2, ["my_cluster_environment"]) is None
     monkeypatch.setenv("NODE_RANK", "1")  # started by hand on each machine, as Lightning's own environment reads it
     assert nodes_unlaunched(2, None) is None

@@ -1435,7 +1435,9 @@ def test_settings_no_run_learns_with_are_refused_before_anything_loads(backbones
         # Lightning skipped the training, said so in passing and exited 0: a run that looked done, nothing learned
         ("--trainer.limit_train_batches", "0", "trainer.limit_train_batches 0: this fit would train nothing and exit as if "
                                                "done; give a number of them above 0"),
-        ("--trainer.max_steps", "0", "trainer.max_steps 0: this fit would train nothing"),
+        ("--trainer.max_steps", "0", "trainer.max_steps 0: this fit would train nothing and exit as if done; give a number "
+                                     "of them above 0 (-1 lifts max_steps' or max_epochs' limit; one of the two stays finite, "
+                                     "the learning-rate schedule's length)"),  # (null was refused, or 1,000 epochs)
         ("--trainer.max_epochs", "0", "trainer.max_epochs 0: this fit would train nothing"),
     ):
         assert user_error(capsys, main, [*fit, f"{setting}={value}"]).startswith(f"error: {said}"), setting
