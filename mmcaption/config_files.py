@@ -274,14 +274,35 @@ LINKED = {"tokenizer": "language_model", "image_processor": "vision_model", "vis
 
 
 def linked_setting(arguments: list[str]) -> str | None:
-    """Why a data module's ``tokenizer``, ``image_processor`` or ``vision_feature_layer`` given (on the command line or
-    in a config) is not used: the model's setting replaced it, without a word."""
+    """Why a data module's ``tokenizer``, ``image_processor`` or ``vision_feature_layer`` given (on the command line, in
+    a config, or in the data's own settings given whole: ``--data data.yaml``) is not used: the model's setting
+    replaced it, without a word."""
+    nodes = [(node, "") for name in config_files(arguments) if (node := _composed(Path(name).expanduser())) is not None]
+    nodes += [(node, "data.") for node in map(_whole_data, _values(arguments, "--data")) if node is not None]
     for name, source in LINKED.items():
         for key in (f"data.init_args.{name}", f"data.{name}"):
-            if written_text(arguments, key) is not None:
+            if _values(arguments, f"--{key}") or any(_node_at(node, key.removeprefix(section))[0] is not None
+                                                     for node, section in nodes):
                 return (f"{key} is not set on its own: it follows model.config.{source}, which the model loads with (the "
                         f"data must be read as the model reads it); give --model.config.{source}, or leave {key} out")
     return None
+
+
+def _values(arguments: list[str], flag: str) -> list[str]:
+    """Each value ``flag`` is given: ``flag value`` and ``flag=value``."""
+    return [value for given, value in zip(arguments, arguments[1:]) if given == flag] + \
+        [argument.split("=", 1)[1] for argument in arguments if argument.startswith(flag + "=")]
+
+
+def _whole_data(value: str) -> yaml.Node | None:
+    """``--data``'s value as read (a class's settings given whole: a file, or YAML / JSON text), or None for a class
+    name."""
+    try:
+        text = Path(value).expanduser().read_text(encoding="utf-8-sig") if Path(value).expanduser().is_file() else value
+        node = yaml.compose(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return node if isinstance(node, yaml.MappingNode) else None
 
 
 def read_yaml(text: str):

@@ -113,9 +113,10 @@ class Captioner:
             if given is not None and is_local_path(given) and not Path(given).is_dir():
                 raise BackboneNotFoundError(f"the {name} given, {given}, is no folder" + (
                     " (a file: a backbone is the folder holding its config.json)" if Path(given).is_file() else ""))
-        if compute_dtype is not None and pretrained_config(folder, **overrides).quantization == "int8":
+        if compute_dtype not in (None, "float32") and pretrained_config(folder, **overrides).quantization == "int8":
             raise ConfigError(f"compute_dtype {compute_dtype!r} does nothing for a model in int8, which loads in float32 "
-                              "(LLM.int8 has no compute dtype): leave it out, or give quantization='nf4' with it")
+                              "(LLM.int8 has no compute dtype): leave it out (chat's and the app's --compute_dtype too), "
+                              "or give quantization='nf4' with it")
         bars = hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bar per file: gone in a second
         hf_logging.disable_progress_bar()
         try:

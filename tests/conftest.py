@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faulthandler
 import io
 import logging
 import os
@@ -34,13 +33,13 @@ from mmcaption.model import MultimodalCausalLM, MultimodalConfig  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_in_process(args: list[str], cwd: Path, timeout: float = 600) -> tuple[int, str]:
+def run_in_process(args: list[str], cwd: Path) -> tuple[int, str]:
     """``mmcaption *args`` run to its end in this process, as the pipeline runs its stages (sequential runs in one process
     are supported), in ``cwd``: its exit status and console text. For the runs no signal interrupts: the ~13 s of imports
     a process takes are taken once. Its text is what the process itself prints, Lightning's lines (its logger holds its
     own stream) and warnings (pytest would record them); not its loader workers' nor C++'s, written to the descriptors.
-    The environment is as before it (Lightning leaves its seed there); a run still going after ``timeout`` seconds ends
-    the test process with every thread's stack (a subprocess's timeout said as much)."""
+    The environment is as before it (Lightning leaves its seed there). A run that hangs is a test that hangs: pytest's
+    ``faulthandler_timeout`` (setup.cfg) prints every thread's stack, as a subprocess's timeout said where it stood."""
     from mmcaption.cli import main
 
     said = io.StringIO()
@@ -55,13 +54,11 @@ def run_in_process(args: list[str], cwd: Path, timeout: float = 600) -> tuple[in
         lightning.addHandler(handler)
         os.chdir(cwd)
         os.environ.pop("MMCAPTION_TRACEBACK", None)  # a user error exits 2, as it does for a user
-        faulthandler.dump_traceback_later(timeout, exit=True)
         with redirect_stdout(said), redirect_stderr(said), patch.object(warnings, "showwarning", show):
             main(args)
     except SystemExit as stopped:
         status = stopped.code
     finally:
-        faulthandler.cancel_dump_traceback_later()
         os.chdir(previous)
         os.environ.clear()
         os.environ.update(environment)

@@ -221,9 +221,14 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
         "language_model", "language_model", "data.init_args.tokenizer")
     assert refused("--data.image_processor=clip") == "error: data.image_processor " + linked.format(
         "vision_model", "vision_model", "data.image_processor")
-    assert refused("--config", written("layer.yaml", "data:\n  init_args:\n    vision_feature_layer: -1\n")) == (
-        "error: data.init_args.vision_feature_layer " + linked.format("vision_feature_layer", "vision_feature_layer",
-                                                                      "data.init_args.vision_feature_layer"))
+    for layers in ("-1", "[-2, -1]"):  # a list too, as the configs document it
+        assert refused("--config", written("layer.yaml", f"data:\n  init_args:\n    vision_feature_layer: {layers}\n")) == (
+            "error: data.init_args.vision_feature_layer " + linked.format("vision_feature_layer", "vision_feature_layer",
+                                                                          "data.init_args.vision_feature_layer"))
+    whole = '{"class_path": "mmcaption.data.CaptionDataModule", "init_args": {"tokenizer": "gpt2"}}'  # the data's settings whole
+    for data in (whole, written("data.yaml", "class_path: mmcaption.data.CaptionDataModule\ninit_args:\n  tokenizer: gpt2\n")):
+        assert refused("--data", data) == "error: data.init_args.tokenizer " + linked.format(
+            "language_model", "language_model", "data.init_args.tokenizer")
     with pytest.raises(SystemExit):
         main(["fit", "--config", DEMO_CAPTION, "--data.init_args.tokeniser", "gpt2"])
     assert "--data.init_args.tokenizer" not in capsys.readouterr().err

@@ -115,6 +115,8 @@ def test_a_trained_model_is_used_in_float16_on_request_and_bfloat16_on_a_gpu_tha
     with pytest.raises(ConfigError, match=r"^compute_dtype 'float16' does nothing for a model in int8, which loads in "
                                           r"float32 \(LLM.int8 has no compute dtype\)"):
         Captioner.from_pretrained(tmp_path / "export", quantization="int8", compute_dtype="float16")
+    # float32, what int8 computes in, is no contradiction
+    assert Captioner.from_pretrained(tmp_path / "export", quantization="int8", compute_dtype="float32").model.config.quantization == "int8"
     export_main([str(trained_checkpoint), str(tmp_path / "merged"), "--merge"])  # its own language model, unquantized
     assert dtypes(Captioner.from_pretrained(tmp_path / "merged", compute_dtype="float16")) == {torch.float16}
     capsys.readouterr()
