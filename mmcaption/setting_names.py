@@ -62,8 +62,9 @@ def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[st
     predicting = parser.prog.replace(" [options]", "").endswith(" predict")
     modules = [m for m in DATA_MODULES if ("Predict" in m or "Choice" in m) == predicting] if " " in parser.prog else DATA_MODULES
     data = [f"data.init_args.{name}" for module in modules for name in init_parameters(f"mmcaption.data.{module}")]
-    known = [key for key in dict.fromkeys(flat_keys(parser.get_defaults().as_dict()) + data)  # what the model's settings
-             if not (key.startswith("data.") and key.rsplit(".", 1)[-1] in LINKED)]  # set is no guess at what to type
+    # what the model's settings set (LINKED) is no guess at what to type
+    known = [key for key in dict.fromkeys(flat_keys(parser.get_defaults().as_dict()) + data)
+             if not (key.startswith("data.") and key.rsplit(".", 1)[-1] in LINKED)]
     found = [(key, known) for key in re.findall(r"--([\w.]+)", message.split("nrecognized arguments:", 1)[-1])
              if "nrecognized arguments" in message]
     found += [(key, known) for key in re.findall(r"does not accept option '([\w.]+)'", message)]

@@ -223,9 +223,8 @@ def emulated_bfloat16_note(trainer: Any, compute_dtype: str | None) -> str | Non
         return None
     uses = [f"trainer.precision {trainer.precision}"] * str(trainer.precision).startswith("bf16") + \
         ["model.config.compute_dtype bfloat16"] * (compute_dtype == "bfloat16")
-    return (f"note: {gpu} has no bfloat16 arithmetic, "
-            f"which {' and '.join(uses)} compute in: torch emulates it there, several times slower. Its own is float16: "
-            f"{FLOAT16}")
+    return (f"note: {gpu} has no bfloat16 arithmetic, which {' and '.join(uses)} compute in: torch emulates it there, "
+            f"several times slower. Its own is float16: {FLOAT16}")
 
 
 def check_trainer_for_model(trainer: Any, compute_dtype: str, quantization: str) -> None:

@@ -129,5 +129,5 @@ def nodes_unlaunched(nodes: object, plugins: object) -> str | None:
     return (f"trainer.num_nodes is {nodes}, and nothing started this process as one of {nodes} machines (no torchrun, "
             "SLURM srun, LSF or MPI environment, no NODE_RANK): it would wait for the other nodes for ever. Start it "
             f"on each machine with torchrun --nnodes {nodes} --nproc_per_node <its GPUs, as trainer.devices> --node_rank "
-            "<its rank> --master_addr <the first one's address> --master_port 29500 -m mmcaption fit ..., or with srun in an sbatch script (the README's examples); on one "
-            "machine, leave num_nodes out and give --trainer.devices")
+            "<its rank> --master_addr <the first one's address> --master_port 29500 -m mmcaption fit ..., or with srun in "
+            "an sbatch script (the README's examples); on one machine, leave num_nodes out and give --trainer.devices")

@@ -49,6 +49,13 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
                                  "moved or copied to another machine")
 
 
+def add_compute_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """What the trained model computes in: its own, or float16 on a GPU that emulates bfloat16."""
+    parser.add_argument("--compute_dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                        help="what the language model computes in (default: the model's own, bfloat16 in the real configs); "
+                             "float16 on a GPU without bfloat16 (T4, V100)")
+
+
 def backbones_given(args: argparse.Namespace) -> dict[str, str]:
     """The backbone folders given on the command line, as config overrides."""
     return {name: getattr(args, name) for name in ("language_model", "vision_model") if getattr(args, name, None)}
@@ -77,9 +84,7 @@ def chat_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", type=path, help="a checkpoint of mmcaption fit (its config is inside it)")
     parser.add_argument("--image", type=path, help="the image to talk about (none: text-only questions)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
-    parser.add_argument("--compute_dtype", choices=("bfloat16", "float16", "float32"), default=None,
-                        help="what the language model computes in (default: the model's own, bfloat16 in the real configs); "
-                             "float16 on a GPU without bfloat16 (T4, V100)")
+    add_compute_dtype_argument(parser)
     own = "(default: the model's own, as the Python API and predict use it)"
     parser.add_argument("--max_new_tokens", type=int, default=None, help=own)
     parser.add_argument("--min_new_tokens", type=int, default=None, help=own)
@@ -97,9 +102,7 @@ def app_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: where the model loads)")
-    parser.add_argument("--compute_dtype", choices=("bfloat16", "float16", "float32"), default=None,
-                        help="what the language model computes in (default: the model's own, bfloat16 in the real configs); "
-                             "float16 on a GPU without bfloat16 (T4, V100)")
+    add_compute_dtype_argument(parser)
     add_backbone_arguments(parser)
     return parser
 
