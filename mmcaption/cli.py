@@ -92,7 +92,7 @@ class MMCaptionCLI(LightningCLI):
             kwargs["logger"] = instantiate_class((), logger)
         with lightning_setting_errors(building=True):  # a strategy whose package is missing, or that needs a GPU
             trainer = super().instantiate_trainer(**kwargs)
-        if problem := autocast_problem(trainer.precision, (model := self.model.config).compute_dtype, model.quantization):
+        if problem := autocast_problem(trainer.precision, self.model.config.computed_dtype):
             raise ConfigError(problem)
         if trainer.logger is None:  # no run folder: Lightning would write the config as config.yaml in the working
             # directory, over whatever file of that name the user keeps there

@@ -113,7 +113,7 @@ class Captioner:
             if given is not None and is_local_path(given) and not Path(given).is_dir():
                 raise BackboneNotFoundError(f"the {name} given, {given}, is no folder" + (
                     " (a file: a backbone is the folder holding its config.json)" if Path(given).is_file() else ""))
-        if compute_dtype not in (None, "float32") and pretrained_config(folder, **overrides).quantization == "int8":
+        if compute_dtype is not None and pretrained_config(folder, **overrides).computed_dtype != compute_dtype:
             raise ConfigError(f"compute_dtype {compute_dtype!r} does nothing for a model in int8, which loads in float32 "
                               "(LLM.int8 has no compute dtype): leave it out (chat's and the app's --compute_dtype too), "
                               "or give quantization='nf4' with it")
@@ -130,8 +130,7 @@ class Captioner:
         processor = load_image_processor(str(folder / "image_processor"))
         manifest = {**manifest, "generation": saved_generation(manifest.get("generation") or {}, str(folder / CONFIG_FILE))}
         captioner = cls(model, load_tokenizer(str(folder / "tokenizer")), processor, manifest)
-        if model.config.quantization != "int8" and model.config.compute_dtype == "bfloat16" and \
-                (gpu := emulated_bfloat16(captioner.tasks.device)):  # (int8 computes in float32)
+        if model.config.computed_dtype == "bfloat16" and (gpu := emulated_bfloat16(captioner.tasks.device)):
             warnings.warn(f"{gpu} has no bfloat16 arithmetic, which this model computes in: torch emulates it there, several "
                           "times slower. Its own is float16: compute_dtype='float16' (mmcaption chat, mmcaption-app: "
                           "--compute_dtype float16)", UserWarning, stacklevel=callers_level())

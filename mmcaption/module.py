@@ -155,7 +155,7 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
                        + ("; optimizer and schedule start fresh." if training else "."))
 
     def setup(self, stage: str) -> None:
-        check_trainer_for_model(self.trainer, self.config.compute_dtype, self.config.quantization)  # before the backbones load
+        check_trainer_for_model(self.trainer, self.config.computed_dtype)  # before the backbones load
 
     def on_fit_start(self) -> None:
         self.initialise_from_checkpoint()

@@ -200,43 +200,42 @@ def strategy_problem(strategy: object) -> str | None:
 FLOAT16 = "--trainer.precision 16-mixed --model.config.compute_dtype float16"
 
 
-def autocast_problem(precision: object, compute_dtype: str, quantization: str) -> str | None:
-    """Why the trainer's ``precision`` (as Lightning resolved it) cannot run a model computing in ``compute_dtype``:
-    float16 autocast (``16-mixed``, what GPUs without bfloat16 use) over a language model kept in bfloat16 failed at
-    the first step, "Unexpected floating ScalarType in at::autocast::prioritize" (autocast mixes no bfloat16 into float16).
-    int8 keeps its float32 weights whatever ``compute_dtype`` says."""
-    if str(precision) in ("16-mixed", "16") and compute_dtype == "bfloat16" and quantization != "int8":
+def autocast_problem(precision: object, computed_dtype: str) -> str | None:
+    """Why the trainer's ``precision`` (as Lightning resolved it) cannot run a model computing in ``computed_dtype``
+    (``MultimodalConfig.computed_dtype``): float16 autocast (``16-mixed``, what GPUs without bfloat16 use) over a
+    language model kept in bfloat16 failed at the first step, "Unexpected floating ScalarType in
+    at::autocast::prioritize" (autocast mixes no bfloat16 into float16)."""
+    if str(precision) in ("16-mixed", "16") and computed_dtype == "bfloat16":
         return ("trainer.precision 16-mixed computes in float16, and model.config.compute_dtype bfloat16 keeps the language "
                 "model in bfloat16: autocast cannot mix the two (the first step failed). Give --model.config.compute_dtype "
                 "float16 with it (a GPU without bfloat16: T4, V100), or keep bf16-mixed")
     return None
 
 
-def emulated_bfloat16_note(trainer: Any, compute_dtype: str | None) -> str | None:
+def emulated_bfloat16_note(trainer: Any, computed_dtype: str) -> str | None:
     """A note where the run computes in bfloat16 on a GPU that has no bfloat16 arithmetic (compute capability below 8:
     T4, V100, Colab's and Kaggle's free GPUs): torch accepts bfloat16 there and emulates it, several times slower,
     without a word; float16 is that GPU's own."""
     if not isinstance(trainer.accelerator, CUDAAccelerator) or not (
-            str(trainer.precision).startswith("bf16") or compute_dtype == "bfloat16"):
+            str(trainer.precision).startswith("bf16") or computed_dtype == "bfloat16"):
         return None
     if (gpu := emulated_bfloat16(trainer.strategy.root_device)) is None:
         return None
     uses = [f"trainer.precision {trainer.precision}"] * str(trainer.precision).startswith("bf16") + \
-        ["model.config.compute_dtype bfloat16"] * (compute_dtype == "bfloat16")
+        ["model.config.compute_dtype bfloat16"] * (computed_dtype == "bfloat16")
     return (f"note: {gpu} has no bfloat16 arithmetic, which {' and '.join(uses)} compute in: torch emulates it there, "
             f"several times slower. Its own is float16: {FLOAT16}")
 
 
-def check_trainer_for_model(trainer: Any, compute_dtype: str, quantization: str) -> None:
+def check_trainer_for_model(trainer: Any, computed_dtype: str) -> None:
     """The built trainer against the model, as its ``setup`` starts (a script's own Trainer too): a strategy that
     starts processes apart (:func:`strategy_problem`; the CLI refuses it by name) and a precision that cannot run it
     are refused, bfloat16 on a GPU that emulates it is said (:func:`emulated_bfloat16_note`)."""
     start = getattr(trainer.strategy, "_start_method", None)  # Trainer(strategy="ddp_spawn")
     if problem := (strategy_problem(f"with start_method {start}") if start in ("spawn", "fork", "forkserver") else None) \
-            or autocast_problem(trainer.precision, compute_dtype, quantization):
+            or autocast_problem(trainer.precision, computed_dtype):
         raise ConfigError(problem)
-    computed = None if quantization == "int8" else compute_dtype  # (int8's is float32)
-    if (note := emulated_bfloat16_note(trainer, computed)) and trainer.is_global_zero:
+    if (note := emulated_bfloat16_note(trainer, computed_dtype)) and trainer.is_global_zero:
         print(note, file=sys.stderr, flush=True)
 
 

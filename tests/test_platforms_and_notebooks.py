@@ -17,6 +17,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from mmcaption.cli import main, run_cli
 from mmcaption.data import CaptionDataModule
 from mmcaption.errors import ConfigError
+from mmcaption.model import MultimodalConfig
 
 from .conftest import REPO, make_captioner
 from .test_interruptions import fit_config, user_error
@@ -71,7 +72,8 @@ def test_bfloat16_on_a_gpu_that_emulates_it_is_said_with_the_settings_of_its_own
                               strategy=SimpleNamespace(root_device=torch.device("cuda", 0), _start_method=None))
 
     def said(compute_dtype: str, quantization: str = "nf4") -> str:
-        check_trainer_for_model(trainer, compute_dtype, quantization)  # as the module's setup calls it, a script's Trainer too
+        # as the module's setup calls it, a script's Trainer too
+        check_trainer_for_model(trainer, MultimodalConfig(quantization=quantization, compute_dtype=compute_dtype).computed_dtype)
         return capsys.readouterr().err
 
     # a T4 (Colab's, Kaggle's) accepts the configs' bf16-mixed and emulates it, several times slower, without a word

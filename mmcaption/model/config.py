@@ -58,6 +58,12 @@ class MultimodalConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense"])
     gradient_checkpointing: bool = False
 
+    @property
+    def computed_dtype(self) -> DType:
+        """What the language model computes in: ``compute_dtype``, but float32 in int8 (LLM.int8 has no compute dtype: its
+        weights load in float32 whatever ``compute_dtype`` says)."""
+        return "float32" if self.quantization == "int8" else self.compute_dtype
+
     def with_absolute_paths(self) -> MultimodalConfig:
         """The same config with backbone folders that exist from here made absolute (hub ids kept), so
         that a checkpoint or export storing it loads from any working directory."""
