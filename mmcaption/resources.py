@@ -45,9 +45,16 @@ def handover_message(error: BaseException) -> str:
             f"gives it more. {instead}")
 
 
+def notes(error: BaseException) -> list[str]:
+    """The notes :class:`~mmcaption.advice.OutOfMemoryAdvice` added to ``error`` or to an error behind it (how a run
+    resumes): a worker's death can be raised twice, the second time (torch's SIGCHLD handler, wherever the process
+    stands) while the first, which the run's callbacks were told of, was being handled."""
+    return list(dict.fromkeys(note for cause in causes(error) for note in getattr(cause, "__notes__", [])))
+
+
 def _noted(text: str, error: BaseException) -> str:
     """``text``, then the notes :class:`~mmcaption.advice.OutOfMemoryAdvice` added to ``error`` (how a run resumes)."""
-    return text + "".join(f"; {note}" for note in getattr(error, "__notes__", []))
+    return text + "".join(f"; {note}" for note in notes(error))
 
 
 def _file_size_limit() -> str:
@@ -68,13 +75,13 @@ def resource_message(error: BaseException) -> str | None:
             return _noted(line[line.index(HANDOVER):], error)
     full = disk_full(error)
     if full is not None:
-        return disk_full_message(full, getattr(error, "__notes__", []))
+        return disk_full_message(full, notes(error))
     memory = out_of_memory(error)
     if memory is not None:
-        return out_of_memory_message(memory, getattr(error, "__notes__", []))
+        return out_of_memory_message(memory, notes(error))
     worker = worker_killed(error)
     if worker is not None:
-        return worker_killed_message(*worker, getattr(error, "__notes__", []))
+        return worker_killed_message(*worker, notes(error))
     if (large := file_too_large(error)) is not None:  # a FAT32 drive's 4 GB, or `ulimit -f`
         return _noted(f"{large.filename or 'a file'} grew larger than its disk or this process may write ({large.strerror}): "
                       "FAT32 drives hold files of up to 4 GB, and `ulimit -f` limits them too. What was complete before "

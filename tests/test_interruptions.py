@@ -49,7 +49,7 @@ from mmcaption.export import main as export_main
 from mmcaption.folders import FolderLock
 from mmcaption.model import MultimodalCausalLM
 from mmcaption.module import MultimodalCaptioner
-from mmcaption.resources import disk_full, out_of_memory
+from mmcaption.resources import add_note, disk_full, out_of_memory
 
 from .conftest import REPO, make_captioner
 from .test_predict_export import QUESTIONS, choice_data, predictor, write_csv
@@ -3459,6 +3459,17 @@ def test_a_loader_worker_killed_by_the_out_of_memory_killer_is_said_as_such(back
     worker.join()
     assert user_error(capsys, lambda _: user_errors_exit(Loader([worker])._try_get_data)(), []).startswith(
         f"error: a data-loader worker (pid {worker.pid}) was killed by signal Killed: on Linux most often by the out-of-memory")
+    # torch's SIGCHLD handler can say the same death again, wherever the process stands, while the first report (the one
+    # the run's callbacks noted) is being handled: the second one ended the command, and the note was lost with the first
+    def said_twice():
+        try:
+            first = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+            add_note(first, "It died in training step 5.")
+            raise first
+        except RuntimeError:
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")  # noqa: B904 (as torch raises it)
+
+    assert user_error(capsys, lambda _: user_errors_exit(said_twice)(), []).endswith("It died in training step 5.")
 
 
 def test_a_batch_that_shared_memory_cannot_hold_is_said_not_waited_for(backbones, coco_root, tmp_path, monkeypatch, capsys):
