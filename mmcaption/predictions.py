@@ -20,7 +20,6 @@ from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
-    add_late_columns,
     ascii_only,
     column_value,
     json_line,
@@ -37,6 +36,7 @@ from mmcaption.evaluation.report import (
     vqa_results_path,
     write_whole,
 )
+from mmcaption.evaluation.spreadsheets import finish_csv
 from mmcaption.evaluation.yes_no import YesNoScores
 from mmcaption.folders import output_lock
 from mmcaption.resources import disk_full, rows_kept_note
@@ -107,15 +107,15 @@ class PredictionWriter(BasePredictionWriter):
         output.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.partial = output, partial_path(output)
         self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
-        # A CSV of questions from Excel ("CSV UTF-8", or its "CSV", read as Windows-1252), or of rows not all ASCII ("Été/"),
-        # gets the byte-order mark: without it Excel reads UTF-8 as the local code page ("cafÃ©"). ASCII is left as it is.
+        # A CSV of questions from Excel ("CSV UTF-8", or its "CSV", read as Windows-1252), or of rows not all ASCII ("Été/",
+        # or a caption's "café"), gets the byte-order mark: without it Excel reads UTF-8 as the local code page ("cafÃ©")
         read_as_1252, rows = datamodule.encoding_notes(), getattr(getattr(datamodule, "dataset", None), "rows", None) or []
         excel = read_as_1252 or any(starts_with_bom(f) for f in datamodule.input_files()) or not ascii_only(rows)
         self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and excel else "utf-8"
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
-        self.first_error = self.failure = None
+        self.first_error, self.failure, self.non_ascii = None, None, False  # non_ascii: a CSV row written so ("café")
         self.share_rows, self.merged_from = [], 0
         self.share = {"rank": trainer.global_rank, "processes": processes} if processes > 1 else None
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
@@ -139,8 +139,7 @@ class PredictionWriter(BasePredictionWriter):
             [path.unlink(missing_ok=True) for path in server_results_paths(output)]
         dataset = getattr(datamodule, "dataset", None)  # one row each; several processes each answer a share
         self.expected_rows = len(dataset) if dataset is not None and processes == 1 else None
-        # the files last, once all the summary needs is set: a signal while the records were made (git's status) ended
-        # in an AttributeError of the summary, and a hidden empty partial file
+        # the files last, once the summary has all it needs (a signal during git's status left a hidden empty partial file)
         started_record(output).write_text(json_text(self.made_by), encoding="utf-8")  # a killed run leaves no summary
         self.handle = self.partial.open("w", newline="", encoding=self.encoding, errors=NAMES_AS_BYTES)
         if getattr(datamodule, "done", None):  # resume: the interrupted run's rows come first, and count in the summary
@@ -182,6 +181,7 @@ class PredictionWriter(BasePredictionWriter):
                     self.writer = csv.DictWriter(self.handle, fieldnames=columns, extrasaction="ignore")
                     self.writer.writeheader()
                 values = {k: json_text(v) if isinstance(v, list) else v for k, v in row.items()}
+                self.non_ascii = self.non_ascii or not ascii_only(values)
                 late = {k: v for k, v in values.items() if k not in self.writer.fieldnames}
                 if late:  # a column the first row did not have: kept, and added to the header at the end
                     self.late_columns[self.counts["rows"] - 1] = late
@@ -289,8 +289,8 @@ class PredictionWriter(BasePredictionWriter):
             self.partial.unlink(missing_ok=True)
             rank_zero_info(f"predict stopped ({why}) before any row was done; {self.path} not written")
             return
-        if self.late_columns:
-            add_late_columns(self.partial, self.encoding, self.late_columns, RESULT_COLUMNS)
+        if self.path.suffix.lower() == ".csv":  # the columns later rows added, the mark for a caption's "café" of ASCII input
+            finish_csv(self.partial, self.encoding, self.late_columns, RESULT_COLUMNS, self.non_ascii)
         earlier = ""
         if why and self.replacing:  # the complete output of an earlier run stays
             earlier = f" ({self.path}, from an earlier run, is unchanged)"

@@ -592,6 +592,14 @@ def test_a_csv_of_captions_for_photos_named_beyond_ascii_opens_in_excel(backbone
         assert str(holiday / "crème brûlée.png") in {row["image"] for row in csv.DictReader(handle)}
     assert not (tmp_path / "plain.csv").read_bytes().startswith(codecs.BOM_UTF8)  # ASCII alone: nothing added
     assert not (tmp_path / "holiday.jsonl").read_bytes().startswith(codecs.BOM_UTF8)  # JSON Lines is never marked
+    # photos named in ASCII, a caption beyond it (a model that writes French): the mark was decided by the input alone
+    predict = module.predict_step
+    module.predict_step = lambda *args: [{**row, "caption": "un café"} for row in predict(*args)]
+    predictor(tmp_path).predict(module, datamodule=caption_data(backbones, image_folder, tmp_path / "french.csv"))
+    written = (tmp_path / "french.csv").read_bytes()
+    assert written.startswith(codecs.BOM_UTF8) and written.count(codecs.BOM_UTF8) == 1
+    with (tmp_path / "french.csv").open(newline="", encoding="utf-8-sig") as handle:
+        assert [row["caption"] for row in csv.DictReader(handle)] == ["un café"] * 3
 
 
 def test_coco_downloaded_but_not_unpacked_is_named_with_the_command_that_unpacks_it(backbones, coco_root, tmp_path):

@@ -376,23 +376,6 @@ def scores_said(summary: dict[str, Any], category_keys: list[str]) -> str:
     return said
 
 
-def add_late_columns(partial: Path, encoding: str, late_columns: dict[int, dict[str, Any]], result_columns: tuple[str, ...]) -> None:
-    """Rewrite the CSV ``partial`` with the columns that only later rows had (``late_columns``: row -> its values of
-    them), before the ``result_columns``."""
-    with partial.open(newline="", encoding="utf-8-sig", errors=NAMES_AS_BYTES) as handle:
-        reader = csv.DictReader(handle)
-        header, rows = list(reader.fieldnames or []), list(reader)
-    added = list(dict.fromkeys(k for late in late_columns.values() for k in late))
-    results = [c for c in result_columns if c in header or c in added]  # last, in their usual order
-    columns = [c for c in header if c not in result_columns] + [c for c in added if c not in result_columns] + results
-    rewritten = partial.with_name(partial.name + ".columns")
-    with rewritten.open("w", newline="", encoding=encoding, errors=NAMES_AS_BYTES) as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({**row, **late_columns.get(i, {})} for i, row in enumerate(rows))
-    os.replace(rewritten, partial)
-
-
 def unused_name(path: Path) -> Path:
     """``path``, or ``<stem>-2<suffix>``, ``-3``, ... the first that does not exist."""
     candidates = (path.with_name(f"{path.stem}-{n}{path.suffix}") for n in itertools.count(2))
