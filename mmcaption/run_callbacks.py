@@ -1,6 +1,6 @@
 """The callbacks every command's trainer gets beside the config's: the resumable stop, out-of-memory advice, mmcaption's
 progress display and parameter summary, a note when a resumed run has nothing left to train, curves that stop on a full disk rather than the run, where a finished fit left its checkpoints and
-curves, what a checkpoint records of its run, and the run's config saved without writing over an earlier command's; and a run's seed not left to the next run in the process."""
+curves, a resumed run's curves at their steps, what a checkpoint records of its run, and the run's config saved without writing over an earlier command's; and a run's seed not left to the next run in the process."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def add_run_callbacks(trainer: Trainer) -> None:
     trainer.callbacks[:] = [callback for callback in trainer.callbacks if not isinstance(callback, ResumableStop)]
     trainer.callbacks.append(listed[0] if listed else ResumableStop())
     trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved(), CurvesOnFullDisk(), StopsHeldInTeardown(),
-                          FolderKept()]
+                          FolderKept(), CurvesAtTheirSteps()]
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()
@@ -190,6 +190,18 @@ class FolderKept(Callback):
                     self._said.add(callback.dirpath)
                     rank_zero_warn(f"the checkpoint folder was removed under this run, and {error.args[0].split('; wait')[0]} "
                                    "now: this run's saves go there beside that run's")
+
+
+class CurvesAtTheirSteps(Callback):
+    """A resumed run's curves at the steps they belong to. Lightning's step for loggers (its count of batches that stepped
+    the optimizer, which the checkpoint holds) came back one off from saves at an epoch's end: ahead after the last
+    checkpoint saved after its validation, behind after one saved at the validation's end. The resumed curves sat a step
+    beside an uninterrupted run's, one more with each resume. One optimizer (automatic optimization), it is the global step."""
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module, batch, batch_idx: int) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if pl_module.automatic_optimization and loop._batches_that_stepped != trainer.global_step:
+            loop._batches_that_stepped = trainer.global_step
 
 
 class RunRecord(Callback):

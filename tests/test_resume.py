@@ -31,7 +31,7 @@ from mmcaption.checkpoint import (
     load_checkpoint_file,
     save_atomically,
 )
-from mmcaption.demo import prepare_demo_assets
+from mmcaption.demo import prepare_demo_assets, scalar_series
 from mmcaption.folders import LOCK_FILE
 from mmcaption.resources import resource_message
 
@@ -439,7 +439,14 @@ def test_training_longer_from_a_max_steps_stop_at_an_epochs_end_goes_on_with_the
     saved = {name: workdir / f"checkpoints-{name}" / f"epoch=0-step={STEPS_PER_EPOCH}.ckpt"
              for name in ("batch-end", "validation-end", "epoch-end-inside")}
     for name, checkpoint in (("after", last), *saved.items()):
-        run(fit_command(workdir, f"resumed-{name}", ckpt_path=checkpoint, max_steps=2 * STEPS_PER_EPOCH), workdir)
+        # each step's loss in TensorBoard at its place: Lightning put the resumed run's one step to the right of where the
+        # same steps of an uninterrupted run are (step 10's at 11), one more with each such resume
+        logged = ("--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                                  "init_args": {"save_dir": str(workdir / f"logs-{name}")}}),
+                  "--trainer.log_every_n_steps", "1")
+        run(fit_command(workdir, f"resumed-{name}", ckpt_path=checkpoint, max_steps=2 * STEPS_PER_EPOCH, extra=logged), workdir)
+        (log_dir,) = (workdir / f"logs-{name}").glob("*/version_*")
+        assert [step for step, _ in scalar_series(log_dir, "train/loss")] == list(range(STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)), name
         longer = records(workdir / f"resumed-{name}.jsonl")
         assert sorted(longer) == list(range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1)), name
         for step in range(STEPS_PER_EPOCH + 1, MAX_STEPS + 1):
