@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, process_rank, stop_signals
 from mmcaption.rebatch import SAID, earlier_order, restart_loader, resume_with_other_batches, save_where_a_worker_died
+from mmcaption.resume_checks import other_preprocessing, other_stage
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
 from mmcaption.step_ends import (
     checkpoint_files,
@@ -227,12 +228,8 @@ class ResumableStop(Callback):
             return
         current = describe()
         source = trainer.ckpt_path or "the checkpoint"
-        if saved.get("stage") != current.get("stage"):
-            raise ResumeError(
-                f"{source} is a checkpoint of the {saved.get('stage')} stage, and this run trains the {current.get('stage')} "
-                f"stage: --ckpt_path resumes an interrupted run of the same stage. To start this stage from its weights "
-                f"(fresh optimizer, schedule and step count), use --model.init_from {shell_word(source)}"
-            )
+        if problem := other_stage(source, saved.get("stage"), current.get("stage")):
+            raise ResumeError(problem)
         workers = getattr(trainer.datamodule, "num_workers", None)
         states = _loader_states(checkpoint)
         for state in states:  # torchdata refuses another count (a traceback, then a hang)
@@ -243,14 +240,7 @@ class ResumableStop(Callback):
         if not states:  # saved as a loader worker died: its position would count a batch not trained on
             restart_loader(trainer, checkpoint, saved, f"{source} was saved as a data-loader worker died")
         if saved.get("preprocessing") != current.get("preprocessing") and saved.get("train_split") != current.get("train_split"):
-            earlier = f"format {saved['preprocessing']}" if saved.get("preprocessing") else "an earlier format"
-            raise ResumeError(
-                f"{source} was trained on data that an earlier release of mmcaption preprocessed ({earlier}; this release's is "
-                f"{current.get('preprocessing')}), and this one reads the same files anew, into a cache whose rows need "
-                "not be the same: its place in the epoch would mean nothing there. Finish the run with the release that "
-                f"began it, or start a new run from its weights with --model.init_from {shell_word(source)}; the earlier cache "
-                f"({saved.get('train_split')}) may then be deleted"
-            )
+            raise ResumeError(other_preprocessing(source, saved.get("preprocessing"), current["preprocessing"], saved.get("train_split")))
         if "captions" in current and "captions" not in saved and saved.get("train_split") != current.get("train_split"):
             why = getattr(trainer.datamodule, "read_anew", {}).get(trainer.datamodule.stage_splits()["train"]) or "read otherwise"
             raise ResumeError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import re
 import sys
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mmcaption.checkpoint import data_settings, install_atomic_checkpoint_io, job_of_checkpoint, load_checkpoint_file
 from mmcaption.checkpoint_folders import earlier_checkpoints_note, keyword_checkpoint, newest_first
 from mmcaption.console import bars_put_back, filter_warnings, print_metrics, quiet_lightning
+from mmcaption.data.base import PREPROCESSING_VERSION
 from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, release_held_stops, signals_stop, user_errors_exit
 from mmcaption.folders import (
@@ -37,7 +39,6 @@ from mmcaption.model.backbone_checks import check_backbones, context_problem
 from mmcaption.model.compatibility import check_structure, structure_problem
 from mmcaption.model.config import (
     TRAINING_ONLY,
-    check_known_settings,
     flat_settings,
     merged_settings,
     nested_settings,
@@ -47,6 +48,7 @@ from mmcaption.model.config import (
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, instantiation_error, print_config_held, print_held_config
+from mmcaption.resume_checks import check_resume, checkpoint_settings
 from mmcaption.run_callbacks import KeptConfig, NothingLeftToTrain, add_run_callbacks, forget_earlier_seed
 from mmcaption.settings_checks import (
     ask_as_trained,
@@ -208,16 +210,9 @@ class MMCaptionCLI(LightningCLI):
         if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
             return
         checkpoint = load_checkpoint_file(ckpt_path)
-        self._checkpoint_stage = (checkpoint.get("training_data") or {}).get("stage")
-        saved = dict(checkpoint.get("hyper_parameters") or {})
-        if not (lightning := "pytorch-lightning_version" in checkpoint) or (saved and "config" not in saved):
-            who = (f"Lightning wrote it for another model, of settings {', '.join(map(str, sorted(saved)[:6]))}" if lightning
-                   else "Lightning did not write it")
-            raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit ({who}): give a .ckpt file from a "
-                              "run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
+        self._checkpoint_data = (str(ckpt_path), checkpoint.get("training_data") or {})  # its run's stage, its data's format
+        saved = checkpoint_settings(checkpoint, ckpt_path, set(inspect.signature(MultimodalCaptioner).parameters))
         ask_as_trained(subcommand, self.config[subcommand].get("data"), checkpoint.get("datamodule_hyper_parameters") or {}, ckpt_path)
-        check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
-        saved = {key: value for key, value in saved.items() if key not in ("_instantiator", "_class_path")}
         if saved.get("generation"):  # a typo an earlier release kept: left out, said, not refused with the checkpoint
             saved["generation"] = saved_generation(saved["generation"], f"--ckpt_path {ckpt_path}")
         if saved:
@@ -325,7 +320,10 @@ class MMCaptionCLI(LightningCLI):
                     check_writable(folder, "logs (trainer.logger's save_dir, or trainer.default_root_dir)")
             if trainer.logger is None:  # the results of each evaluation go here: found now, not after generating
                 check_writable(trainer.default_root_dir, "evaluation results (trainer.default_root_dir)")
-        stage, needed = getattr(self, "_checkpoint_stage", None), getattr(self.datamodule, "stage_needed", "")
+        given, saved = getattr(self, "_checkpoint_data", (None, {}))
+        if self.subcommand == "fit" and given == str(self.config["fit"].get("ckpt_path")):  # (not a requeued job's own)
+            check_resume(given, saved, getattr(self.datamodule, "training_stage", None), PREPROCESSING_VERSION)
+        stage, needed = saved.get("stage"), getattr(self.datamodule, "stage_needed", "")
         if self.subcommand != "fit" and stage and needed and stage != needed and trainer.global_rank == 0:
             print(f"note: {self.config[self.subcommand].ckpt_path} is a checkpoint of the {stage} stage; "
                   f"{type(self.datamodule).__name__}'s questions are what the {needed} stage teaches to answer",

@@ -1392,6 +1392,37 @@ def fit_config(tmp_path: Path, coco_root: Path, backbones, dirpath: Path, log_di
     return ["fit", "--config", str(path)]
 
 
+def test_a_resume_of_another_stage_or_preprocessing_format_is_refused_before_the_data_is_preprocessed(
+    backbones, coco_root, tmp_path, monkeypatch, capsys
+):
+    # these were refused as the checkpoint was restored, once the data had been preprocessed anew (hours at COCO's size, and
+    # a second cache left on disk); a newer release's checkpoint was said to come from an earlier one
+    from mmcaption.data.base import PREPROCESSING_VERSION
+
+    monkeypatch.chdir(tmp_path)
+    folder, cache = tmp_path / "c", tmp_path / "cache"
+    main(fit_config(tmp_path, coco_root, backbones, folder))
+    saved = load_checkpoint_file(folder / "last.ckpt")
+    shutil.rmtree(cache)
+    edited = tmp_path / "edited.ckpt"
+    newer, earlier = PREPROCESSING_VERSION + 1, PREPROCESSING_VERSION - 4
+    for change, said in (
+            ({"preprocessing": newer}, f"error: {edited} was trained on data that a newer release of mmcaption preprocessed "
+             f"(format {newer}; this release's is {PREPROCESSING_VERSION}): upgrade mmcaption (pip install -U mmcaption) to "
+             f"resume it, or start a new run from its weights with --model.init_from {edited}"),
+            ({"preprocessing": earlier}, f"error: {edited} was trained on data that an earlier release of mmcaption preprocessed "
+             f"(format {earlier}; this release's is {PREPROCESSING_VERSION})"),
+            ({"stage": "instruct"}, f"error: {edited} is a checkpoint of the instruct stage, and this run trains the caption stage")):
+        torch.save({**saved, "training_data": {**saved["training_data"], **change}}, edited)
+        message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, folder), "--ckpt_path", str(edited),
+                                            "--trainer.max_steps", "2"])
+        assert message.startswith(said), message
+        assert not cache.exists()  # before the data was read
+    torch.save(saved, edited)  # as saved: resumed
+    main([*fit_config(tmp_path, coco_root, backbones, folder), "--ckpt_path", str(edited), "--trainer.max_steps", "2"])
+    assert load_checkpoint_file(folder / "last.ckpt")["global_step"] == 2
+
+
 def test_a_quick_run_without_logs_or_checkpoints_leaves_out_the_configs_callbacks_for_them(
     backbones, coco_root, tmp_path, monkeypatch, capsys
 ):

@@ -1095,6 +1095,35 @@ def test_a_checkpoint_with_model_settings_this_version_lacks_is_refused_by_name(
               "--data.images", str(tmp_path), "--data.output", str(tmp_path / "c.jsonl")])
     assert exited.value.code == 2
     assert "error: --ckpt_path " in (err := capsys.readouterr().err) and "model settings ['vision_resampler'] are unknown" in err
+    # a setting of another version's module, beside its model's: it was blamed on the command line ("Subcommand 'predict'
+    # does not accept option 'model.label_smoothing'"), an option never typed
+    del checkpoint["hyper_parameters"]["config"]["vision_resampler"], checkpoint["model_config"]["vision_resampler"]
+    checkpoint["hyper_parameters"]["label_smoothing"] = 0.1
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--ckpt_path", str(tmp_path / "other.ckpt"), "--data", "mmcaption.data.CaptionPredictDataModule",
+              "--data.images", str(tmp_path), "--data.output", str(tmp_path / "c.jsonl")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: --ckpt_path {tmp_path / 'other.ckpt'}: module settings ['label_smoothing'] are unknown to this version of " \
+           "mmcaption (saved by another version of mmcaption: install that version to use it)" in err and "accept" not in err
+
+
+def test_a_folder_a_newer_release_exported_is_refused_naming_its_manifest(trained_checkpoint, tmp_path):
+    # its format was written and never read: a newer release's folder loaded as this one's, its new settings left out unsaid
+    export_main([str(trained_checkpoint), str(tmp_path / "export")])
+    path = tmp_path / "export" / "mmcaption.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "format": 2}))
+    with pytest.raises(ConfigError, match=rf"^{path} is of folder format 2, which a newer release of mmcaption writes \(this "
+                                          r"one reads format 1 and before\): upgrade mmcaption \(pip install -U mmcaption\)"):
+        Captioner.from_pretrained(tmp_path / "export")
+    path.write_text(json.dumps({**manifest, "model": {**manifest["model"], "projector_layers": 2}}))
+    with pytest.raises(ConfigError, match=rf"^{path}: model settings \['projector_layers'\] are unknown to this version of "
+                                          r"mmcaption \(written by a newer version of mmcaption, or edited by hand\)"):
+        Captioner.from_pretrained(tmp_path / "export")
+    path.write_text(json.dumps(manifest))  # as written: loads
+    assert isinstance(Captioner.from_pretrained(tmp_path / "export").caption(Image.new("RGB", (32, 32)), max_new_tokens=2), str)
 
 
 def test_a_project_moved_since_training_exports_and_loads_with_the_backbones_new_folders(backbones, trained_checkpoint, tmp_path,

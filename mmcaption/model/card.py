@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import ModelCardData, try_to_load_from_cache
 
 from mmcaption.errors import ConfigError, NotAModelFolderError
+from mmcaption.model.config import check_known_settings
 from mmcaption.terminal import shell_word
 
 if TYPE_CHECKING:
     from peft import PeftModel
 
 CONFIG_FILE = "mmcaption.json"  # a saved folder's manifest: model config, prompts, generation, provenance
+FOLDER_FORMAT = 1  # of the manifest and the folder: raised where a release changes them (an earlier reader refuses it)
 DATA_SETTINGS = ("data_dir", "source", "hub_dataset", "train_split", "train_file", "val_file", "image_root", "max_length",
                  "batch_size")
 
@@ -211,6 +213,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ConfigError(f"{path} holds a JSON {type(manifest).__name__}, not the object mmcaption-export writes: export the "
                           "checkpoint again (mmcaption-export <checkpoint> <folder>)")
+    written = manifest.get("format", FOLDER_FORMAT)  # a newer release's folder was read as this one's, its new settings left out
+    if not isinstance(written, int) or written > FOLDER_FORMAT:
+        raise ConfigError(f"{path} is of folder format {written!r}, which a newer release of mmcaption writes (this one reads "
+                          f"format {FOLDER_FORMAT} and before): upgrade mmcaption (pip install -U mmcaption) to use it")
+    if isinstance(manifest.get("model"), dict):
+        check_known_settings(manifest["model"], str(path), "written by a newer version of mmcaption, or edited by hand")
     return manifest
 
 

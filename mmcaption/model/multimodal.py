@@ -37,12 +37,10 @@ from mmcaption.model.backbones import (
     refuse_casting_packed_weights,
     torch_dtype,
 )
-from mmcaption.model.card import CONFIG_FILE, model_card, read_manifest, save_adapter
+from mmcaption.model.card import CONFIG_FILE, FOLDER_FORMAT, model_card, read_manifest, save_adapter
 from mmcaption.model.compatibility import check_structure
 from mmcaption.model.config import MultimodalConfig, settings_diff
 from mmcaption.model.cross_attention import CrossAttentionDecoderLayer, GatedCrossAttentionBlock
-
-FOLDER_FORMAT = 1
 
 
 class MultimodalCausalLM(nn.Module):

@@ -1,0 +1,64 @@
+"""What a checkpoint is refused for by what it records, before anything loads or is preprocessed (and at its restore, for
+what only the data module knows): no checkpoint of mmcaption fit's, settings this release lacks, another stage, data
+preprocessed in another format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmcaption.errors import ConfigError, ResumeError
+from mmcaption.model.config import check_known_settings
+from mmcaption.terminal import shell_word
+
+_LIGHTNING_KEYS = ("_instantiator", "_class_path")  # Lightning's own, beside the module's settings
+
+
+def checkpoint_settings(checkpoint: dict[str, Any], ckpt_path: str, known: set[str]) -> dict[str, Any]:
+    """The module settings (hyper-parameters) of the checkpoint read from ``ckpt_path``, refused where it is no checkpoint of
+    mmcaption fit's or holds settings this release's module (``known``) and model lack: the CLI blamed those on an option the
+    user never typed ("does not accept option 'model.label_smoothing'")."""
+    saved = dict(checkpoint.get("hyper_parameters") or {})
+    if not (lightning := "pytorch-lightning_version" in checkpoint) or (saved and "config" not in saved):
+        who = (f"Lightning wrote it for another model, of settings {', '.join(map(str, sorted(saved)[:6]))}" if lightning
+               else "Lightning did not write it")
+        raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit ({who}): give a .ckpt file from a "
+                          "run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
+    check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
+    if unknown := sorted(set(saved) - known - set(_LIGHTNING_KEYS)):
+        raise ConfigError(f"--ckpt_path {ckpt_path}: module settings {unknown} are unknown to this version of mmcaption (saved "
+                          "by another version of mmcaption: install that version to use it)")
+    return {key: value for key, value in saved.items() if key not in _LIGHTNING_KEYS}
+
+
+def other_stage(source: str, saved: str | None, current: str | None) -> str | None:
+    if saved == current:
+        return None
+    return (f"{source} is a checkpoint of the {saved} stage, and this run trains the {current} stage: --ckpt_path resumes an "
+            f"interrupted run of the same stage. To start this stage from its weights (fresh optimizer, schedule and step "
+            f"count), use --model.init_from {shell_word(source)}")
+
+
+def other_preprocessing(source: str, saved: int | None, current: int, earlier_cache: str | None) -> str:
+    """The refusal of a checkpoint whose training data another release preprocessed (format ``saved``, None: before the
+    format was kept): its place in the epoch means nothing in this release's cache."""
+    if isinstance(saved, int) and saved > current:
+        return (f"{source} was trained on data that a newer release of mmcaption preprocessed (format {saved}; this release's "
+                f"is {current}): upgrade mmcaption (pip install -U mmcaption) to resume it, or start a new run from its weights "
+                f"with --model.init_from {shell_word(source)}")
+    earlier = f"format {saved}" if saved else "an earlier format"
+    return (f"{source} was trained on data that an earlier release of mmcaption preprocessed ({earlier}; this release's is "
+            f"{current}), and this one reads the same files anew, into a cache whose rows need not be the same: its place in "
+            "the epoch would mean nothing there. Finish the run with the release that began it, or start a new run from its "
+            f"weights with --model.init_from {shell_word(source)}" + (f"; the earlier cache ({earlier_cache}) may then be deleted"
+                                                                      if earlier_cache else ""))
+
+
+def check_resume(source: str, saved: dict[str, Any], stage: str | None, preprocessing: int) -> None:
+    """Refuse the run a checkpoint records (``saved``: its ``training_data``) where it cannot go on as one of ``stage`` on
+    data of format ``preprocessing``: said before the data is read (hours of preprocessing at COCO's size; then refused)."""
+    if not stage or not saved.get("stage"):
+        return
+    if problem := other_stage(source, saved["stage"], stage):
+        raise ResumeError(problem)
+    if isinstance(saved.get("preprocessing"), int) and saved["preprocessing"] != preprocessing:
+        raise ResumeError(other_preprocessing(source, saved["preprocessing"], preprocessing, saved.get("train_split")))
