@@ -83,7 +83,12 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
         if interactive:
             out.write("you> ")
             out.flush()
-        line = lines.readline()
+        try:
+            line = lines.readline()
+        except OSError as error:  # nohup's standard input: a file opened for writing only (no terminal to read)
+            raise ConfigError(f"mmcaption chat reads its questions from standard input, which cannot be read here "
+                              f"({error.strerror}; nohup gives a command one it cannot read): give them in a file or a "
+                              "pipe (mmcaption chat ... < questions.txt)") from None
         if not line:
             if interactive:  # Ctrl-D at "you> ": the shell's prompt on a line of its own
                 out.write("\n")

@@ -7,6 +7,7 @@ their help and are handed on at once.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -17,9 +18,28 @@ from mmcaption.demo.options import demo_parser
 from mmcaption.usage import RELEASE, app_parser, chat_parser, export_parser, pipeline_parser
 
 
+def _standard_streams() -> None:
+    """Standard input, output and error that a launcher closed (``>&- 2>&- <&-``, some daemons and cron setups) opened on
+    the null device, as daemons do: the first file the run opened took their numbers (the checkpoint folder's lock became
+    standard output, which native code and child processes write to), and a validation's Java tools, whose messages are
+    held back through standard error, ended the run with no message anywhere."""
+    for number, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(number)
+        except OSError:
+            opened = os.open(os.devnull, mode)  # the lowest number free: this one, as those below it are open
+            if opened != number:
+                os.dup2(opened, number)
+                os.close(opened)
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:  # Python's own, where the number was closed as it started
+            setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # noqa: SIM115 (the process's, for its life)
+
+
 def _parsed(argv: list[str] | None, parser: argparse.ArgumentParser, known: bool = False) -> list[str]:
     """The script's arguments, parsed once here (``--help`` and mistakes end the process now), to hand on whole.
     ``known``: a script that passes what it does not know on to ``fit``."""
+    _standard_streams()
     argv = sys.argv[1:] if argv is None else list(argv)
     (parser.parse_known_args if known else parser.parse_args)(argv)
     return argv
@@ -46,6 +66,7 @@ def _starting() -> Iterator[None]:
 
 def mmcaption(argv: list[str] | None = None) -> None:
     """``mmcaption``: Lightning's subcommands and ``prepare`` (:func:`mmcaption.cli.main`), and ``chat``."""
+    _standard_streams()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv == ["--version"]:  # answered before the imports, as the other scripts answer it (it took 13 s)
         print(f"mmcaption {RELEASE}")

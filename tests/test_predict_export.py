@@ -1221,6 +1221,33 @@ def test_chat_talks_with_a_training_checkpoint_as_with_its_export(trained_checkp
         assert capsys.readouterr().err.strip().endswith(f"; it holds checkpoints of fit: --checkpoint {trained_checkpoint}")
 
 
+def test_chat_and_the_scripts_started_without_readable_standard_streams_say_so_or_go_on(trained_checkpoint, image_folder, tmp_path,
+                                                                                        capsys, monkeypatch):
+    # under nohup (from a terminal) standard input is /dev/null opened for writing: chat ended in a traceback (EBADF)
+    import subprocess
+    import sys
+
+    from mmcaption.chat import main as chat_main
+
+    unreadable = open(os.open(os.devnull, os.O_WRONLY), encoding="utf-8")  # noqa: SIM115
+    monkeypatch.setattr("sys.stdin", unreadable)
+    with pytest.raises(SystemExit) as exited:
+        chat_main(["--checkpoint", str(trained_checkpoint), "--image", str(image_folder / "img0.png")])
+    unreadable.close()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "error: mmcaption chat reads its questions from standard input, which cannot be read here (Bad file descriptor; nohup "
+        "gives a command one it cannot read): give them in a file or a pipe (mmcaption chat ... < questions.txt)")
+    # standard input, output and error closed by the launcher (`>&- 2>&- <&-`): the run's first files took their numbers (its
+    # checkpoint folder's lock became standard output), and sys.stdin was None (chat's traceback); they are the null device
+    probe = ("import os, sys; from mmcaption.scripts import _standard_streams; _standard_streams(); "
+             "lock = os.open('lock', os.O_CREAT | os.O_WRONLY); "
+             "import json; open('seen', 'w').write(json.dumps([lock, sys.stdin.read(), [os.readlink(f'/proc/self/fd/{n}') for n in (0, 1, 2)]]))")
+    subprocess.run(["bash", "-c", f'"{sys.executable}" -c "{probe}" >&- 2>&- <&-'], cwd=tmp_path, check=True)
+    lock, read, streams = json.loads((tmp_path / "seen").read_text())
+    assert lock > 2 and read == "" and streams == [os.devnull] * 3
+
+
 def test_chat_answers_with_the_models_own_generation_settings_as_the_api_does(trained_checkpoint, image_folder, tmp_path, capsys,
                                                                             monkeypatch):
     # chat used 128 new tokens and greedy search whatever the model was exported with (the API and predict use its own)
