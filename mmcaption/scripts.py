@@ -19,7 +19,7 @@ from mmcaption.usage import RELEASE, app_parser, chat_parser, export_parser, pip
 
 
 def _standard_streams() -> None:
-    """Standard input, output and error that a launcher closed (``>&- 2>&- <&-``, some daemons and cron setups) opened on
+    """Standard output written line by line, and standard input, output and error that a launcher closed (``>&- 2>&- <&-``, some daemons and cron setups) opened on
     the null device, as daemons do: the first file the run opened took their numbers (the checkpoint folder's lock became
     standard output, which native code and child processes write to), and a validation's Java tools, whose messages are
     held back through standard error, ended the run with no message anywhere."""
@@ -34,6 +34,8 @@ def _standard_streams() -> None:
     for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
         if getattr(sys, name) is None:  # Python's own, where the number was closed as it started
             setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # noqa: SIM115 (the process's, for its life)
+    if hasattr(sys.stdout, "reconfigure"):  # a log file (nohup, SLURM's, `> run.log 2>&1`) gets each printed line at once, in
+        sys.stdout.reconfigure(line_buffering=True)  # its place among standard error's (the demo's report came last, or late)
 
 
 def _parsed(argv: list[str] | None, parser: argparse.ArgumentParser, known: bool = False) -> list[str]:

@@ -1246,6 +1246,13 @@ def test_chat_and_the_scripts_started_without_readable_standard_streams_say_so_o
     subprocess.run(["bash", "-c", f'"{sys.executable}" -c "{probe}" >&- 2>&- <&-'], cwd=tmp_path, check=True)
     lock, read, streams = json.loads((tmp_path / "seen").read_text())
     assert lock > 2 and read == "" and streams == [os.devnull] * 3
+    # a log file of both streams (`> run.log 2>&1`) has the lines in the order printed: standard output was held back
+    # until its buffer filled or the process ended (the demo's report after every later note)
+    probe = ("import sys; from mmcaption.scripts import _standard_streams; _standard_streams(); "
+             "print('report'); print('note', file=sys.stderr); print('end')")
+    buffered = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}  # as a user's shell has it
+    subprocess.run(["bash", "-c", f'"{sys.executable}" -c "{probe}" > log 2>&1'], cwd=tmp_path, env=buffered, check=True)
+    assert (tmp_path / "log").read_text().splitlines() == ["report", "note", "end"]
 
 
 def test_chat_answers_with_the_models_own_generation_settings_as_the_api_does(trained_checkpoint, image_folder, tmp_path, capsys,
