@@ -12,6 +12,7 @@ conversation, ``/reset`` starts a new one about the same image, ``/quit`` (or en
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import sys
@@ -86,9 +87,10 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
         try:
             line = lines.readline()
         except OSError as error:  # nohup's standard input: a file opened for writing only (no terminal to read)
+            nohup = "; nohup gives a command one it cannot read" if error.errno in (errno.EBADF, None) else ""
             raise ConfigError(f"mmcaption chat reads its questions from standard input, which cannot be read here "
-                              f"({error.strerror}; nohup gives a command one it cannot read): give them in a file or a "
-                              "pipe (mmcaption chat ... < questions.txt)") from None
+                              f"({error.strerror or error}{nohup}): give them in a file or a pipe (mmcaption chat ... < "
+                              "questions.txt)") from None
         if not line:
             if interactive:  # Ctrl-D at "you> ": the shell's prompt on a line of its own
                 out.write("\n")

@@ -141,7 +141,7 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
                      ignored=HUB_CLONE)
     # its list of files and card hash tell the user's files from the export's: unread, --overwrite would take a
     # hand-edited card and files put into tokenizer/ for the export's
-    earlier = read_manifest(out) if (out / CONFIG_FILE).is_file() else None
+    earlier = read_manifest(out, for_use=False) if (out / CONFIG_FILE).is_file() else None
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}

@@ -115,7 +115,7 @@ class PredictionWriter(BasePredictionWriter):
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header
         self.counts = {"rows": 0, "errors": 0, "no_option": 0, "answered": 0, "correct": 0, "unanswered": 0}
-        self.first_error, self.failure, self.non_ascii = None, None, False  # non_ascii: a CSV row written so ("café")
+        self.first_error = self.failure = None
         self.share_rows, self.merged_from = [], 0
         self.share = {"rank": trainer.global_rank, "processes": processes} if processes > 1 else None
         self.made_by = {**prediction_record(trainer), "software": software_record()}  # in the summary; a resume checks it
@@ -181,7 +181,6 @@ class PredictionWriter(BasePredictionWriter):
                     self.writer = csv.DictWriter(self.handle, fieldnames=columns, extrasaction="ignore")
                     self.writer.writeheader()
                 values = {k: json_text(v) if isinstance(v, list) else v for k, v in row.items()}
-                self.non_ascii = self.non_ascii or not ascii_only(values)
                 late = {k: v for k, v in values.items() if k not in self.writer.fieldnames}
                 if late:  # a column the first row did not have: kept, and added to the header at the end
                     self.late_columns[self.counts["rows"] - 1] = late
@@ -290,7 +289,7 @@ class PredictionWriter(BasePredictionWriter):
             rank_zero_info(f"predict stopped ({why}) before any row was done; {self.path} not written")
             return
         if self.path.suffix.lower() == ".csv":  # the columns later rows added, the mark for a caption's "café" of ASCII input
-            finish_csv(self.partial, self.encoding, self.late_columns, RESULT_COLUMNS, self.non_ascii)
+            finish_csv(self.partial, self.encoding, self.late_columns, RESULT_COLUMNS)
         earlier = ""
         if why and self.replacing:  # the complete output of an earlier run stays
             earlier = f" ({self.path}, from an earlier run, is unchanged)"

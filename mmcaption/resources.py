@@ -49,7 +49,12 @@ def notes(error: BaseException) -> list[str]:
     """The notes :class:`~mmcaption.advice.OutOfMemoryAdvice` added to ``error`` or to an error behind it (how a run
     resumes): a worker's death can be raised twice, the second time (torch's SIGCHLD handler, wherever the process
     stands) while the first, which the run's callbacks were told of, was being handled."""
-    return list(dict.fromkeys(note for cause in causes(error) for note in getattr(cause, "__notes__", [])))
+    found, seen = [], set()
+    while error is not None and id(error) not in seen:  # (not through a context put aside: `raise ... from None`)
+        seen.add(id(error))
+        found += getattr(error, "__notes__", [])
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return list(dict.fromkeys(found))
 
 
 def _noted(text: str, error: BaseException) -> str:

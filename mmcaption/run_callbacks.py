@@ -53,7 +53,8 @@ def add_run_callbacks(trainer: Trainer) -> None:
     trainer.callbacks[:] = [callback for callback in trainer.callbacks if not isinstance(callback, ResumableStop)]
     trainer.callbacks.append(listed[0] if listed else ResumableStop())
     trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved(), CurvesOnFullDisk(), StopsHeldInTeardown(),
-                          FolderKept(), CurvesAtTheirSteps()]
+                          FolderKept()]
+    trainer.callbacks.insert(0, CurvesAtTheirSteps())  # before the config's LearningRateMonitor logs at a step
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal
             trainer.callbacks[index] = StageProgressBar() if draws_bars() else PlainProgress()

@@ -1118,11 +1118,16 @@ def test_a_folder_a_newer_release_exported_is_refused_naming_its_manifest(traine
     with pytest.raises(ConfigError, match=rf"^{path} is of folder format 2, which a newer release of mmcaption writes \(this "
                                           r"one reads format 1 and before\): upgrade mmcaption \(pip install -U mmcaption\)"):
         Captioner.from_pretrained(tmp_path / "export")
+    path.write_text(json.dumps({**manifest, "format": "1"}))  # (a hand edit)
+    with pytest.raises(ConfigError, match=rf"^{path} says format '1', which no release of mmcaption writes \(edited by hand\?\)"):
+        Captioner.from_pretrained(tmp_path / "export")
     path.write_text(json.dumps({**manifest, "model": {**manifest["model"], "projector_layers": 2}}))
     with pytest.raises(ConfigError, match=rf"^{path}: model settings \['projector_layers'\] are unknown to this version of "
                                           r"mmcaption \(written by a newer version of mmcaption, or edited by hand\)"):
         Captioner.from_pretrained(tmp_path / "export")
-    path.write_text(json.dumps(manifest))  # as written: loads
+    path.write_text(json.dumps({**manifest, "format": 2}))  # replaced by an export of this release: not refused
+    export_main([str(trained_checkpoint), str(tmp_path / "export"), "--overwrite"])
+    assert json.loads(path.read_text())["format"] == 1
     assert isinstance(Captioner.from_pretrained(tmp_path / "export").caption(Image.new("RGB", (32, 32)), max_new_tokens=2), str)
 
 
@@ -1227,6 +1232,9 @@ def test_chat_and_the_scripts_started_without_readable_standard_streams_say_so_o
     import subprocess
     import sys
 
+    if not Path("/proc/self/fd").is_dir() or not shutil.which("bash"):
+        pytest.skip("closes a process's standard streams with bash, and reads them from /proc (Linux)")
+
     from mmcaption.chat import main as chat_main
 
     unreadable = open(os.open(os.devnull, os.O_WRONLY), encoding="utf-8")  # noqa: SIM115
@@ -1240,12 +1248,14 @@ def test_chat_and_the_scripts_started_without_readable_standard_streams_say_so_o
         "gives a command one it cannot read): give them in a file or a pipe (mmcaption chat ... < questions.txt)")
     # standard input, output and error closed by the launcher (`>&- 2>&- <&-`): the run's first files took their numbers (its
     # checkpoint folder's lock became standard output), and sys.stdin was None (chat's traceback); they are the null device
-    probe = ("import os, sys; from mmcaption.scripts import _standard_streams; _standard_streams(); "
+    # (and the processes it starts, as the Java tools of a validation, get them too)
+    probe = ("import os, subprocess, sys; from mmcaption.scripts import _standard_streams; _standard_streams(); "
              "lock = os.open('lock', os.O_CREAT | os.O_WRONLY); "
-             "import json; open('seen', 'w').write(json.dumps([lock, sys.stdin.read(), [os.readlink(f'/proc/self/fd/{n}') for n in (0, 1, 2)]]))")
+             "child = subprocess.run([sys.executable, '-c', 'import os; [os.fstat(n) for n in (0, 1, 2)]']).returncode; "
+             "import json; open('seen', 'w').write(json.dumps([lock, sys.stdin.read(), [os.readlink(f'/proc/self/fd/{n}') for n in (0, 1, 2)], child]))")
     subprocess.run(["bash", "-c", f'"{sys.executable}" -c "{probe}" >&- 2>&- <&-'], cwd=tmp_path, check=True)
-    lock, read, streams = json.loads((tmp_path / "seen").read_text())
-    assert lock > 2 and read == "" and streams == [os.devnull] * 3
+    lock, read, streams, child = json.loads((tmp_path / "seen").read_text())
+    assert lock > 2 and read == "" and streams == [os.devnull] * 3 and child == 0
     # a log file of both streams (`> run.log 2>&1`) has the lines in the order printed: standard output was held back
     # until its buffer filled or the process ended (the demo's report after every later note)
     probe = ("import sys; from mmcaption.scripts import _standard_streams; _standard_streams(); "

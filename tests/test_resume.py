@@ -443,10 +443,12 @@ def test_training_longer_from_a_max_steps_stop_at_an_epochs_end_goes_on_with_the
         # same steps of an uninterrupted run are (step 10's at 11), one more with each such resume
         logged = ("--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                                   "init_args": {"save_dir": str(workdir / f"logs-{name}")}}),
-                  "--trainer.log_every_n_steps", "1")
+                  "--trainer.log_every_n_steps", "1", "--trainer.callbacks+=LearningRateMonitor",
+                  "--trainer.callbacks.logging_interval=step")
         run(fit_command(workdir, f"resumed-{name}", ckpt_path=checkpoint, max_steps=2 * STEPS_PER_EPOCH, extra=logged), workdir)
         (log_dir,) = (workdir / f"logs-{name}").glob("*/version_*")
-        assert [step for step, _ in scalar_series(log_dir, "train/loss")] == list(range(STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)), name
+        for curve in ("train/loss", "lr-AdamW/pg1"):  # (LearningRateMonitor logs at a batch's start)
+            assert [step for step, _ in scalar_series(log_dir, curve)] == list(range(STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)), (name, curve)
         longer = records(workdir / f"resumed-{name}.jsonl")
         assert sorted(longer) == list(range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1)), name
         for step in range(STEPS_PER_EPOCH + 1, MAX_STEPS + 1):

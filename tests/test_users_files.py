@@ -602,6 +602,38 @@ def test_a_csv_of_captions_for_photos_named_beyond_ascii_opens_in_excel(backbone
         assert [row["caption"] for row in csv.DictReader(handle)] == ["un café"] * 3
 
 
+def test_a_csv_output_is_marked_for_excel_by_its_whole_text_and_kept_whole_where_the_disk_fills(tmp_path, monkeypatch):
+    # the mark was decided by the rows this run wrote: a resumed run whose rows left were ASCII (a killed run's rows taken
+    # over, or put together from shares) ended unmarked with "café" in it; and it was added by rewriting the only copy
+    import codecs
+    import errno
+
+    from mmcaption.evaluation.spreadsheets import finish_csv
+
+    rows = "image,caption\r\na.png,un café\r\nb.png,a square\r\n".encode()
+    partial = tmp_path / ".out.csv.partial"
+    partial.write_bytes(rows)
+
+    def disk_full(path, data):
+        with open(path, "wb") as handle:
+            handle.write(data[:20])
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "write_bytes", disk_full)
+        with pytest.raises(OSError):
+            finish_csv(partial, "utf-8", {}, ("error",))
+    assert partial.read_bytes() == rows and [p.name for p in tmp_path.iterdir()] == [partial.name]  # whole, no debris
+    finish_csv(partial, "utf-8", {}, ("error",))
+    assert partial.read_bytes() == codecs.BOM_UTF8 + rows
+    finish_csv(partial, "utf-8", {1: {"note": "late"}}, ("error",))  # rewritten for a late column: still marked, once
+    assert partial.read_bytes().count(codecs.BOM_UTF8) == 1 and partial.read_bytes().startswith(codecs.BOM_UTF8)
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(b"image,caption\r\na.png,a square\r\n")
+    finish_csv(plain, "utf-8", {}, ("error",))
+    assert plain.read_bytes() == b"image,caption\r\na.png,a square\r\n"  # ASCII: nothing added
+
+
 def test_coco_downloaded_but_not_unpacked_is_named_with_the_command_that_unpacks_it(backbones, coco_root, tmp_path):
     import shlex
     import subprocess

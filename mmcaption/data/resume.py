@@ -19,6 +19,7 @@ from mmcaption.errors import OutputExistsError
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
     appended_inputs,
+    ascii_only,
     json_line,
     partial_path,
     read_output_rows,
@@ -299,7 +300,7 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
         if place // count >= len(part):
             break
         done.append(part[place // count])
-    first, said = next(iter(shares.values()))
+    _, said = next(iter(shares.values()))
     if respelled := named_as_written(done, rows, output, (said.get("made_by") or {}).get("working_folder")):
         print(respelled, file=sys.stderr, flush=True)
     check_first_rows(done, rows, f"the shares of {output}")
@@ -308,7 +309,8 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
     partial = partial_path(output)
     if output.suffix.lower() == ".csv":
         columns = list(dict.fromkeys(key for part in parts for row in part for key in row))
-        encoding = "utf-8-sig" if starts_with_bom(first) else "utf-8"  # Excel's byte-order mark, if the shares have it
+        # Excel's byte-order mark, if a share has it or a row's text is not ASCII (each share decided by its own rows)
+        encoding = "utf-8-sig" if any(starts_with_bom(path) for path, _ in shares.values()) or not ascii_only(done) else "utf-8"
         with partial.open("w", newline="", encoding=encoding, errors=NAMES_AS_BYTES) as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()

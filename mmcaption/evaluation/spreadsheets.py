@@ -11,13 +11,15 @@ from typing import Any
 from mmcaption.evaluation.report import NAMES_AS_BYTES
 
 
-def finish_csv(partial: Path, encoding: str, late_columns: dict[int, dict[str, Any]], result_columns: tuple[str, ...],
-               non_ascii: bool) -> None:
+def finish_csv(partial: Path, encoding: str, late_columns: dict[int, dict[str, Any]], result_columns: tuple[str, ...]) -> None:
     """The CSV ``partial`` as written, with the columns only later rows had (``late_columns``: row -> its values of them)
-    added before the ``result_columns``, and UTF-8's byte-order mark where a row is ``non_ascii``."""
+    added before the ``result_columns``, and UTF-8's byte-order mark where it was written with it (``encoding``: a
+    spreadsheet's questions) or holds text that is not ASCII (a caption's "café", of photos named in ASCII, or rows a
+    resumed run took over): Excel reads a CSV without the mark in the local code page ("cafÃ©")."""
+    marked = encoding == "utf-8-sig" or not partial.read_bytes().removeprefix(codecs.BOM_UTF8).isascii()
     if late_columns:
-        add_late_columns(partial, encoding, late_columns, result_columns)
-    if non_ascii:
+        add_late_columns(partial, "utf-8-sig" if marked else "utf-8", late_columns, result_columns)
+    elif marked:
         mark_as_utf8(partial)
 
 
@@ -39,8 +41,14 @@ def add_late_columns(partial: Path, encoding: str, late_columns: dict[int, dict[
 
 
 def mark_as_utf8(path: Path) -> None:
-    """Put UTF-8's byte-order mark at the start of the CSV ``path`` (unless there): Excel reads a CSV without it as the
-    local code page ("cafÃ©")."""
+    """Put UTF-8's byte-order mark at the start of the CSV ``path`` (unless there), through a copy that replaces it: a
+    full disk leaves the file as it was, not cut."""
     data = path.read_bytes()
-    if not data.startswith(codecs.BOM_UTF8):
-        path.write_bytes(codecs.BOM_UTF8 + data)
+    if data.startswith(codecs.BOM_UTF8):
+        return
+    marked = path.with_name(path.name + ".marked")
+    try:
+        marked.write_bytes(codecs.BOM_UTF8 + data)
+        os.replace(marked, path)
+    finally:
+        marked.unlink(missing_ok=True)

@@ -190,8 +190,9 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return min(held, key=lambda path: (not path.name.startswith("last"), -path.stat().st_mtime), default=None)
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance."""
+def read_manifest(folder: str | Path, for_use: bool = True) -> dict[str, Any]:
+    """The ``mmcaption.json`` of a saved folder: model config, prompts, generation, provenance; ``for_use``: refused where a
+    newer release wrote it (another folder format, model settings this release lacks)."""
     if not is_pretrained_folder(folder):
         path = Path(folder)  # a checkpoint, or a checkpoints folder of fit's (its last.ckpt first): the command that exports it
         checkpoint = newest_checkpoint(path) if path.is_dir() else path if path.is_file() and path.suffix == ".ckpt" else None
@@ -214,8 +215,13 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} holds a JSON {type(manifest).__name__}, not the object mmcaption-export writes: export the "
                           "checkpoint again (mmcaption-export <checkpoint> <folder>)")
     written = manifest.get("format", FOLDER_FORMAT)  # a newer release's folder was read as this one's, its new settings left out
-    if not isinstance(written, int) or written > FOLDER_FORMAT:
-        raise ConfigError(f"{path} is of folder format {written!r}, which a newer release of mmcaption writes (this one reads "
+    if not for_use:  # (an export over it reads what it holds, to replace it)
+        return manifest
+    if not isinstance(written, int) or written < 1:
+        raise ConfigError(f"{path} says format {written!r}, which no release of mmcaption writes (edited by hand?): mend it, or "
+                          "export the checkpoint again (mmcaption-export <checkpoint> <folder>)")
+    if written > FOLDER_FORMAT:
+        raise ConfigError(f"{path} is of folder format {written}, which a newer release of mmcaption writes (this one reads "
                           f"format {FOLDER_FORMAT} and before): upgrade mmcaption (pip install -U mmcaption) to use it")
     if isinstance(manifest.get("model"), dict):
         check_known_settings(manifest["model"], str(path), "written by a newer version of mmcaption, or edited by hand")
