@@ -122,7 +122,7 @@ class ConversationTemplate:
             "{% macro question(content) %}{% set kept = namespace(text=text(content)) %}"
             "{% for tag in ['<image>', '<Image>', '<IMAGE>'] %}{% set kept.text = kept.text | replace(tag + '\\n', '') | "
             "replace('\\n' + tag, '') | replace(tag, ' ') %}{% endfor %}{{ kept.text | trim }}{% endmacro %}"
-            "{{ bos_token }}"
+            "{{ bos_token or eos_token }}"  # (a tokenizer without one, as Qwen's: end-of-text starts each sequence, bos_token_id)
             "{% if messages and messages[0]['role'] == 'system' %}"
             "{% set system = text(messages[0]['content']) %}{% set turns = messages[1:] %}"
             f"{{% else %}}{{% set system = {literal(self.system)} %}}{{% set turns = messages %}}{{% endif %}}"

@@ -115,6 +115,12 @@ def test_the_exported_chat_template_renders_the_training_layout_token_for_token(
                   for i, m in enumerate(given)]
         assert exported.apply_chat_template(placed, tokenize=True, return_dict=False) == expected, system
         assert template.prompt("<Image>\n" + turns[0][0], plain) == template.prompt(turns[0][0], plain)
+    # a tokenizer without a beginning-of-sequence token (Qwen's, GPT-2's): training starts with end-of-text, and the
+    # template started with nothing
+    plain.bos_token = None
+    plain.chat_template = ConversationTemplate().chat_template()
+    assert plain.apply_chat_template(messages, tokenize=True, return_dict=False) == \
+        ConversationTemplate().encode(turns, plain, max_length=1000).input_ids
 
 
 def test_letters_are_asked_for_in_chinese_for_a_question_in_chinese_as_llava_asks_mmbench_cn():
