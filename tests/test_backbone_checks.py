@@ -104,6 +104,13 @@ def test_lora_targets_that_match_no_module_are_refused_with_the_models_linear_la
         "Phi3ForCausalLM) is named so (its linear layers: o_proj, qkv_proj, gate_up_proj, down_proj, lm_head). Write "
         "[o_proj, qkv_proj] instead")
     assert "has o_proj: no module of" in problem(settings(backbones, lora_target_modules=["q_proj", "o_proj"]))  # the tiny Phi
+    # a whole block named (its attention, its layers): PEFT's "Target module PhiAttention(...) is not supported", once the
+    # data was preprocessed
+    assert problem(settings(backbones, lora_target_modules=["self_attn", "q_proj"])) == (
+        "model.config.lora_target_modules has self_attn: a PhiAttention, which LoRA does not adapt (it adapts layers) (its "
+        "linear layers: q_proj, k_proj, v_proj, dense, fc1, fc2, lm_head). Write [q_proj, k_proj, v_proj, dense] instead (its "
+        "attention's; q_proj, k_proj, v_proj, dense are Phi-2's)")
+    assert "has layers: a ModuleList, which LoRA does not adapt" in problem(settings(backbones, lora_target_modules=["layers"]))
     # weights trained so before this check (a resume, a checkpoint or an export loaded) stay loadable; none matching never
     from mmcaption.model.compatibility import structure_problem
 

@@ -95,21 +95,28 @@ def language_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: s
     return lora_problem(config, model, prefix, trained)
 
 
+ADAPTED = (nn.Linear, Conv1D, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the layers PEFT's LoRA adapts
+
+
 def lora_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: str, trained: bool = False) -> str | None:
     """A LoRA target that matches no module: PEFT matches a name by its last parts (``dense``: ``*.dense``), leaves one
     that matches nothing out without a word while the adapter's config and the model card list it, and raises a
     60-line traceback when none matches."""
     if isinstance(config.lora_target_modules, str):  # one string: PEFT's regular expression (or "all-linear")
         return None
-    names = [n for n, _ in model.named_modules()]
-    missing = [t for t in config.lora_target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
-    if not missing or trained and len(missing) < len(config.lora_target_modules):  # trained so: PEFT skipped the others
+    matched = {t: [m for n, m in model.named_modules() if n == t or n.endswith(f".{t}")] for t in config.lora_target_modules}
+    missing = [t for t, modules in matched.items() if not modules]
+    # a whole block (self_attn, layers): PEFT raised "Target module PhiAttention(...) is not supported" once the data was ready
+    other = {t: type(next(m for m in modules if not isinstance(m, ADAPTED))).__name__ for t, modules in matched.items()
+             if any(not isinstance(m, ADAPTED) for m in modules)}
+    if not other and (not missing or trained and len(missing) < len(matched)):  # trained so: PEFT skipped the others
         return None
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)]
     suffixes = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in linear))
     attention = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in linear if "attn" in n or "attention" in n))
-    return (f"{prefix}lora_target_modules has {', '.join(missing)}: no module of {config.language_model} (a "
-            f"{type(model).__name__}) is named so (its linear layers: {', '.join(suffixes)}). Write "
+    said = [f"{', '.join(missing)}: no module of {config.language_model} (a {type(model).__name__}) is named so"] if missing else []
+    said += [f"{target}: a {kind}, which LoRA does not adapt (it adapts layers)" for target, kind in other.items()]
+    return (f"{prefix}lora_target_modules has {'; '.join(said)} (its linear layers: {', '.join(suffixes)}). Write "
             f"[{', '.join(attention or suffixes)}] instead (its attention's; q_proj, k_proj, v_proj, dense are Phi-2's)")
 
 
