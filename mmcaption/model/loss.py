@@ -18,6 +18,29 @@ from torch.utils.checkpoint import checkpoint
 IGNORE_INDEX = -100  # PyTorch's default ignore_index, and Hugging Face's label for "not supervised"
 
 
+class FinalLogits(nn.Module):
+    """A language model's output head, then what its forward does to the logits after it: Gemma 2's and 3's
+    soft-capping (``final_logit_softcapping``), Granite's ``logits_scaling``, Cohere's ``logit_scale``. The loss
+    computes the logits itself: without these it trained another distribution than the one generation samples."""
+
+    def __init__(self, head: nn.Module, config) -> None:
+        super().__init__()
+        self.head, self.cap = head, getattr(config, "final_logit_softcapping", None)
+        self.scale = getattr(config, "logit_scale", 1.0) / getattr(config, "logits_scaling", 1.0)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.head(hidden)
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        return logits if not self.cap else torch.tanh(logits / self.cap) * self.cap
+
+
+def final_logits(head: nn.Module, config) -> nn.Module:
+    """``head``, or a :class:`FinalLogits` of it where the model's forward changes the logits after it."""
+    wrapped = FinalLogits(head, config)
+    return wrapped if wrapped.cap or wrapped.scale != 1.0 else head
+
+
 def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 

@@ -41,6 +41,7 @@ from mmcaption.model.card import CONFIG_FILE, FOLDER_FORMAT, model_card, read_ma
 from mmcaption.model.compatibility import check_structure
 from mmcaption.model.config import MultimodalConfig, settings_diff
 from mmcaption.model.cross_attention import CrossAttentionDecoderLayer, GatedCrossAttentionBlock
+from mmcaption.model.loss import final_logits
 
 
 class MultimodalCausalLM(nn.Module):
@@ -176,8 +177,9 @@ class MultimodalCausalLM(nn.Module):
         return 4 * frozen + 6 * sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     @property
-    def output_head(self) -> nn.Module:
-        return self.language_model.get_base_model().get_output_embeddings()
+    def output_head(self) -> nn.Module:  # with what the model's forward does after it (Gemma 2's soft-capping: final_logits)
+        base = self.language_model.get_base_model()
+        return final_logits(base.get_output_embeddings(), base.config)
 
     @contextmanager
     def plain_decoder_layers(self) -> Iterator[None]:
