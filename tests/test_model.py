@@ -204,7 +204,7 @@ def test_a_text_only_row_reads_no_image_in_a_mixed_batch(model, inputs):
     assert torch.equal(tokens[1], alone[1])
 
 
-def test_the_training_loss_reads_the_logits_the_model_generates_from_soft_capped_or_scaled():
+def test_the_training_loss_reads_the_logits_the_model_generates_from_soft_capped_or_scaled(model):
     # Gemma 2's soft-capping and Granite's and Cohere's scaling happen in the model's forward, after its head: the training
     # loss, which applies the head itself, trained another distribution than generation samples from (a Gemma 2 at real
     # logit sizes: 230 where the model's own loss is 33)
@@ -215,18 +215,22 @@ def test_the_training_loss_reads_the_logits_the_model_generates_from_soft_capped
         Gemma2ForCausalLM,
         GraniteConfig,
         GraniteForCausalLM,
+        HyperCLOVAXConfig,
+        HyperCLOVAXForCausalLM,
         LlamaConfig,
         LlamaForCausalLM,
     )
 
-    from mmcaption.model.loss import final_logits
+    from mmcaption.model.loss import FinalLogits, final_logits
 
+    multimodal = model
     small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                  num_key_value_heads=2)
     torch.manual_seed(0)
     ids = torch.randint(0, 64, (2, 7))
     for model in (Gemma2ForCausalLM(Gemma2Config(**small, head_dim=8, final_logit_softcapping=3.0)),
                   GraniteForCausalLM(GraniteConfig(**small, logits_scaling=8.0)),
+                  HyperCLOVAXForCausalLM(HyperCLOVAXConfig(**small, logits_scaling=0.125)),  # (a multiplier, Granite's divides)
                   CohereForCausalLM(CohereConfig(**small, logit_scale=0.25)), LlamaForCausalLM(LlamaConfig(**small))):
         model.lm_head.weight.data *= 50  # logits large enough for the cap and the scales to change them
         model.eval()
@@ -235,6 +239,12 @@ def test_the_training_loss_reads_the_logits_the_model_generates_from_soft_capped
             assert torch.allclose(final_logits(model.lm_head, model.config)(hidden), model(input_ids=ids).logits, atol=1e-4), \
                 type(model).__name__
     assert final_logits(model.lm_head, model.config) is model.lm_head  # a Llama's (a Phi's): the head itself
+    # the model's own head is the one the loss applies: a backbone soft-capped (Gemma 2's setting on the tiny Phi)
+    multimodal.language_model.get_base_model().config.final_logit_softcapping = 3.0
+    head = multimodal.output_head
+    assert isinstance(head, FinalLogits) and head.cap == 3.0 and head.head is multimodal.language_model.get_base_model().lm_head
+    unset = __import__("types").SimpleNamespace(model_type="granitemoe", logits_scaling=None, logit_scale=None)  # (typed so)
+    assert final_logits(model.lm_head, unset) is model.lm_head  # None: unscaled, as the model's forward reads it
 
 
 def test_chunked_loss_equals_the_plain_loss_and_its_gradients(model, inputs):

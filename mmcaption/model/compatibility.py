@@ -95,7 +95,7 @@ def language_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: s
     return lora_problem(config, model, prefix, trained)
 
 
-ADAPTED = (nn.Linear, Conv1D, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the layers PEFT's LoRA adapts
+ADAPTED = (nn.Linear, Conv1D, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)  # what PEFT's LoRA adapts
 
 
 def lora_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: str, trained: bool = False) -> str | None:

@@ -20,13 +20,16 @@ IGNORE_INDEX = -100  # PyTorch's default ignore_index, and Hugging Face's label 
 
 class FinalLogits(nn.Module):
     """A language model's output head, then what its forward does to the logits after it: Gemma 2's and 3's
-    soft-capping (``final_logit_softcapping``), Granite's ``logits_scaling``, Cohere's ``logit_scale``. The loss
+    soft-capping (``final_logit_softcapping``), Granite's ``logits_scaling`` (HyperCLOVA X's, which multiplies), Cohere's
+    ``logit_scale``. The loss
     computes the logits itself: without these it trained another distribution than the one generation samples."""
 
     def __init__(self, head: nn.Module, config) -> None:
         super().__init__()
         self.head, self.cap = head, getattr(config, "final_logit_softcapping", None)
-        self.scale = getattr(config, "logit_scale", 1.0) / getattr(config, "logits_scaling", 1.0)
+        scaling = getattr(config, "logits_scaling", None) or 1.0  # (None: not scaled, as the model's own forward reads it)
+        multiplied = getattr(config, "model_type", "").startswith("hyperclovax")  # its logits_scaling multiplies; Granite's divide
+        self.scale = (getattr(config, "logit_scale", None) or 1.0) * (scaling if multiplied else 1.0 / scaling)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.head(hidden)
