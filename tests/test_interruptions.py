@@ -3492,25 +3492,20 @@ def test_a_loader_worker_killed_by_the_out_of_memory_killer_is_said_as_such(back
         f"error: a data-loader worker (pid {worker.pid}) was killed by signal Killed: on Linux most often by the out-of-memory")
     # torch's SIGCHLD handler can say the same death again, wherever the process stands, while the first report (the one
     # the run's callbacks noted) is being handled: the second one ended the command, and the note was lost with the first
-    def said_twice():
+    def said_twice(put_aside: bool = False):
         try:
             first = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
             add_note(first, "It died in training step 5.")
             raise first
         except RuntimeError:
-            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")  # noqa: B904 (as torch raises it)
+            again = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+            if put_aside:
+                raise again from None
+            raise again  # noqa: B904 (as torch raises it)
 
     assert user_error(capsys, lambda _: user_errors_exit(said_twice)(), []).endswith("It died in training step 5.")
     # ... but not through an error put aside (`raise ... from None`): its note may be of another failure
-    def put_aside():
-        try:
-            first = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
-            add_note(first, "It died in training step 5.")
-            raise first
-        except RuntimeError:
-            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ") from None
-
-    assert "It died" not in user_error(capsys, lambda _: user_errors_exit(put_aside)(), [])
+    assert "It died" not in user_error(capsys, lambda _: user_errors_exit(lambda: said_twice(put_aside=True))(), [])
 
 
 def test_a_batch_that_shared_memory_cannot_hold_is_said_not_waited_for(backbones, coco_root, tmp_path, monkeypatch, capsys):
