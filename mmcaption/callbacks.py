@@ -240,7 +240,8 @@ class ResumableStop(Callback):
         if not states:  # saved as a loader worker died: its position would count a batch not trained on
             restart_loader(trainer, checkpoint, saved, f"{source} was saved as a data-loader worker died")
         if saved.get("preprocessing") != current.get("preprocessing") and saved.get("train_split") != current.get("train_split"):
-            raise ResumeError(other_preprocessing(source, saved.get("preprocessing"), current["preprocessing"], saved.get("train_split")))
+            raise ResumeError(other_preprocessing(source, saved.get("preprocessing"), current["preprocessing"],
+                                                  saved.get("train_split")))
         if "captions" in current and "captions" not in saved and saved.get("train_split") != current.get("train_split"):
             why = getattr(trainer.datamodule, "read_anew", {}).get(trainer.datamodule.stage_splits()["train"]) or "read otherwise"
             raise ResumeError(

@@ -19,10 +19,11 @@ from mmcaption.usage import RELEASE, app_parser, chat_parser, export_parser, pip
 
 
 def _standard_streams() -> None:
-    """Standard output written line by line, and standard input, output and error that a launcher closed (``>&- 2>&- <&-``, some daemons and cron setups) opened on
-    the null device, as daemons do: the first file the run opened took their numbers (the checkpoint folder's lock became
-    standard output, which native code and child processes write to), and a validation's Java tools, whose messages are
-    held back through standard error, ended the run with no message anywhere."""
+    """Each console script's first step: standard output written line by line, and standard input, output and error that
+    a launcher closed (``>&- 2>&- <&-``, some daemons and cron setups) opened on the null device, as daemons do: the first
+    file the run opened took their numbers (the checkpoint folder's lock became standard output, which native code and
+    child processes write to), and a validation's Java tools, whose messages are held back through standard error, ended
+    the run with no message anywhere."""
     for number, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
         try:
             os.fstat(number)
@@ -42,7 +43,6 @@ def _standard_streams() -> None:
 def _parsed(argv: list[str] | None, parser: argparse.ArgumentParser, known: bool = False) -> list[str]:
     """The script's arguments, parsed once here (``--help`` and mistakes end the process now), to hand on whole.
     ``known``: a script that passes what it does not know on to ``fit``."""
-    _standard_streams()
     argv = sys.argv[1:] if argv is None else list(argv)
     (parser.parse_known_args if known else parser.parse_args)(argv)
     return argv
@@ -83,6 +83,7 @@ def mmcaption(argv: list[str] | None = None) -> None:
 
 
 def export(argv: list[str] | None = None) -> None:
+    _standard_streams()
     argv = _parsed(argv, export_parser())
     with _starting():
         from mmcaption.export import main
@@ -91,6 +92,7 @@ def export(argv: list[str] | None = None) -> None:
 
 
 def app(argv: list[str] | None = None) -> None:
+    _standard_streams()
     argv = _parsed(argv, app_parser())
     with _starting():
         from mmcaption.app import main
@@ -99,6 +101,7 @@ def app(argv: list[str] | None = None) -> None:
 
 
 def pipeline(argv: list[str] | None = None) -> None:
+    _standard_streams()
     argv = _parsed(argv, pipeline_parser(), known=True)
     with _starting():
         from mmcaption.pipeline import main
@@ -107,6 +110,7 @@ def pipeline(argv: list[str] | None = None) -> None:
 
 
 def demo(argv: list[str] | None = None) -> None:
+    _standard_streams()
     argv = _parsed(argv, demo_parser(), known=True)
     with _starting():
         from mmcaption.demo.run import main
