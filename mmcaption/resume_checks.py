@@ -31,6 +31,7 @@ def checkpoint_settings(checkpoint: dict[str, Any], ckpt_path: str, known: set[s
 
 
 def other_stage(source: str, saved: str | None, current: str | None) -> str | None:
+    """The refusal of a checkpoint of the ``saved`` stage resumed by a run of the ``current`` one, or None where they agree."""
     if saved == current:
         return None
     return (f"{source} is a checkpoint of the {saved} stage, and this run trains the {current} stage: --ckpt_path resumes an "

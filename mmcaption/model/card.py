@@ -214,9 +214,9 @@ def read_manifest(folder: str | Path, for_use: bool = True) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ConfigError(f"{path} holds a JSON {type(manifest).__name__}, not the object mmcaption-export writes: export the "
                           "checkpoint again (mmcaption-export <checkpoint> <folder>)")
-    written = manifest.get("format", FOLDER_FORMAT)  # a newer release's folder was read as this one's, its new settings left out
     if not for_use:  # (an export over it reads what it holds, to replace it)
         return manifest
+    written = manifest.get("format", FOLDER_FORMAT)  # a newer release's folder was read as this one's, its new settings left out
     if not isinstance(written, int) or written < 1:
         raise ConfigError(f"{path} says format {written!r}, which no release of mmcaption writes (edited by hand?): mend it, or "
                           "export the checkpoint again (mmcaption-export <checkpoint> <folder>)")
