@@ -51,10 +51,13 @@ def _parsed(argv: list[str] | None, parser: argparse.ArgumentParser, known: bool
 @contextmanager
 def _starting() -> Iterator[None]:
     """Ctrl-C or SIGTERM while torch and Lightning import (seconds): one line and 130 / 143, as once the command runs,
-    not a traceback from inside Python's import machinery. Nothing has been done yet."""
+    not a traceback from inside Python's import machinery. Nothing has been done yet, so the process ends at once: a
+    SystemExit raised inside a C extension's import was caught on its way out (numpy's), and the next import of the
+    module failed with a traceback ("cannot load module more than once per process") and exit status 1."""
     def stop(signum: int, frame: object) -> None:
         print(f"stopped by {signal.Signals(signum).name} while starting: nothing was done", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum)
+        sys.stdout.flush()
+        os._exit(128 + signum)
 
     if threading.current_thread() is not threading.main_thread():  # handlers are the main thread's to set
         yield
