@@ -20,7 +20,6 @@ from mmcaption.errors import Interrupted
 from mmcaption.evaluation.answers import normalise_answer
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
-    ascii_only,
     column_value,
     json_line,
     json_text,
@@ -107,10 +106,11 @@ class PredictionWriter(BasePredictionWriter):
         output.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.partial = output, partial_path(output)
         self.replacing = output.exists()  # with overwrite: an interrupted run keeps the earlier output
-        # A CSV of questions from Excel ("CSV UTF-8", or its "CSV", read as Windows-1252), or of rows not all ASCII ("Été/",
-        # or a caption's "café"), gets the byte-order mark: without it Excel reads UTF-8 as the local code page ("cafÃ©")
+        # A CSV of questions from Excel ("CSV UTF-8", or its "CSV", read as Windows-1252) gets the byte-order mark, ASCII or
+        # not: Excel reads UTF-8 without it as the local code page ("cafÃ©"). Any other CSV gets it at its end where its text
+        # is not all ASCII ("Été/" in a name, a caption's "café": finish_csv)
         read_as_1252, rows = datamodule.encoding_notes(), getattr(getattr(datamodule, "dataset", None), "rows", None) or []
-        excel = read_as_1252 or any(starts_with_bom(f) for f in datamodule.input_files()) or not ascii_only(rows)
+        excel = read_as_1252 or any(starts_with_bom(f) for f in datamodule.input_files())
         self.encoding = "utf-8-sig" if output.suffix.lower() == ".csv" and excel else "utf-8"
         self.writer = None
         self.late_columns: dict[int, dict[str, Any]] = {}  # CSV row -> its values of columns added after the header

@@ -21,8 +21,8 @@ IGNORE_INDEX = -100  # PyTorch's default ignore_index, and Hugging Face's label 
 class FinalLogits(nn.Module):
     """A language model's output head, then what its forward does to the logits after it: Gemma 2's and 3's
     soft-capping (``final_logit_softcapping``), Granite's ``logits_scaling`` (HyperCLOVA X's, which multiplies), Cohere's
-    ``logit_scale``. The loss
-    computes the logits itself: without these it trained another distribution than the one generation samples."""
+    ``logit_scale``. The loss computes the logits itself: without these it trained another distribution than the one
+    generation samples."""
 
     def __init__(self, head: nn.Module, config) -> None:
         super().__init__()
