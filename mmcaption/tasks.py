@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from mmcaption.collate import IGNORE_INDEX, collate
 from mmcaption.errors import ConfigError
@@ -39,6 +39,20 @@ NO_OPTION = "no single option letter or option text in the generated answer"  # 
 def without_results(record: dict[str, Any]) -> dict[str, Any]:
     """An input record without the result columns an earlier ``predict`` wrote into it."""
     return {key: value for key, value in record.items() if key not in RESULT_COLUMNS}
+
+
+class RoomLeft(StoppingCriteria):
+    """Ends each row of a batch once it holds as many new tokens as the language model's context leaves after its own
+    prompt: ``max_new_tokens`` is capped by the shortest prompt's room, which a longer prompt beside it does not have.
+    ``rooms``: per prompt, the tokens left; ``start``: the padded prompts' length. Rows expanded for beams or returned
+    sequences follow their prompt's (``generate`` puts them next to each other)."""
+
+    def __init__(self, rooms: torch.Tensor, start: int) -> None:
+        self.rooms, self.start = rooms.clamp(min=1), start
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        rooms = self.rooms.to(input_ids.device).repeat_interleave(input_ids.shape[0] // len(self.rooms))
+        return rooms <= input_ids.shape[1] - self.start
 
 
 def unpadded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
@@ -150,15 +164,20 @@ class Tasks:
         checked = {key: value for key, value in generate_kwargs.items() if key in CHECKED_SETTINGS}
         if checked:  # a call's own settings (the Python API's, chat's), over this model's
             check_generation({**{key: getattr(self.generation, key) for key in CHECKED_SETTINGS}, **checked}, asked=checked)
-        self._within_context(input_ids.shape[1], generate_kwargs, int(attention_mask.sum(1).min()))
+        lengths = attention_mask.sum(1)
+        self._within_context(input_ids.shape[1], generate_kwargs, int(lengths.min()))
         device = self.device
+        extra = {}
+        if self.context is not None and int(lengths.max()) > int(lengths.min()):  # each row ends at its own room: a long
+            extra["stopping_criteria"] = StoppingCriteriaList([  # prompt beside a short one went on past the context
+                *(generate_kwargs.get("stopping_criteria") or []), RoomLeft(self.context - lengths, input_ids.shape[1])])
         tokens = self.model.generate(
             input_ids.to(device), attention_mask.to(device),
             pixel_values=None if pixel_values is None else pixel_values.to(device), image_embeds=image_embeds,
             # the settings above, not the language model's generation_config.json where they leave one unset
             generation_config=explicit_settings(self.generation, getattr(self.model.language_model, "generation_config", None),
                                                 generate_kwargs, self.option),
-            image_mask=image_mask, **generate_kwargs,
+            image_mask=image_mask, **{**generate_kwargs, **extra},
         )
         self.unfinished = self._unfinished(tokens, generate_kwargs)
         return self.decode(tokens)
@@ -190,7 +209,7 @@ class Tasks:
         generated past it for minutes, holding a service's one model; a prompt of 223 tokens in a context of 256 went on
         to 479 positions); a ``min_new_tokens`` past that is refused. ``prompt_length``: the batch's padded length;
         ``shortest``: its shortest prompt's, whose room is kept (a long question beside a short one does not cut the short
-        one's answer)."""
+        one's answer; :class:`RoomLeft` ends the long one's at its own)."""
         if self.context is None:
             return
         room = max(self.context - (prompt_length if shortest is None else shortest), 1)  # (a prompt past it is refused)

@@ -266,6 +266,12 @@ def test_generation_ends_at_the_language_models_context(captioner, photos):
         captioner.answer(photos[0], long, **settings)
     answer = captioner.answer(photos[0], long, max_new_tokens=10**9, min_new_tokens=context - prompt)
     assert len(captioner.tokenizer(answer, add_special_tokens=False)["input_ids"]) <= context - prompt + 2
+    # beside a short question it ends there too, as asked alone (it went on to the short one's room, past the context),
+    # greedy and with beams; the short one's answer is not cut
+    settings = {"max_new_tokens": context - prompt + 4, "suppress_tokens": [captioner.tokenizer.eos_token_id]}
+    for beams in (1, 2):
+        alone = [captioner.answer(photos[0], q, **settings, num_beams=beams) for q in (short, long)]
+        assert captioner.answer([photos[0]] * 2, [short, long], **settings, num_beams=beams) == alone, beams
     # a call's max_length stays in effect where the model's own max_new_tokens is past the context (it was capped over it)
     from types import SimpleNamespace
 
