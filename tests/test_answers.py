@@ -56,6 +56,11 @@ OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
         ("", None, None),
         ("E", OPTIONS + ["white star"], "E"),
         ("E", OPTIONS, None),  # no fifth option
+        # an option's whole text, with a capital in it, is that option (each was read as the capital's option)
+        ("Solution A", ["Solution B", "Solution A", "neither; their concentrations are the same"], "B"),
+        ("Vitamin C", ["Vitamin A", "Vitamin C", "B12", "D"], "B"),
+        ("Hopper A.", ["Hopper B", "Hopper A"], "B"),
+        ("Option A is wrong; the answer is B.", OPTIONS, "B"),  # the answer stated, not the first option named
     ],
 )
 def test_option_letters_are_read_as_evaluation_kits_read_them(generated, options, letter):
@@ -115,10 +120,17 @@ def test_textvqa_and_aokvqa_answers_are_scored_as_their_own_evaluations_score_th
     assert vqa_accuracy("two", ["two"] * 10) == 0.0 and vqa_accuracy("two", ["two"] * 10, "textvqa") == 1.0
     assert vqa_accuracy("Nikon", ["Nikon"] * 10, "textvqa") == 1.0
     assert vqa_accuracy("2", ["2"] * 3 + ["3"] * 7, "textvqa") == pytest.approx(0.9)
+    # ... after its own tokenising of every answer: commas and question marks gone, 's split off (each scored 0)
+    assert vqa_accuracy("mcdonald's", ["mcdonald 's"] * 10, "textvqa") == 1.0
+    assert vqa_accuracy("redwhite", ["red,white"] * 10, "textvqa") == 1.0
+    assert vqa_accuracy("red,white", ["red white"] * 10, "textvqa") == 0.0
     # A-OKVQA's eval_predictions.py: min(#humans who gave it / 3, 1), no one left out
     assert vqa_accuracy("square", ["square"] * 3 + ["box"] * 7, "aokvqa") == 1.0
     assert vqa_accuracy("Square.", ["square"] + ["box"] * 9, "aokvqa") == pytest.approx(1 / 3)
     assert vqa_accuracy("circle", ["square"] * 10, "aokvqa") == 0.0
+    # the humans' answers as written equal a prediction written as they are (the prediction alone was normalised: 0)
+    assert vqa_accuracy("a taxi", ["a taxi"] * 4 + ["cab"] * 6, "aokvqa") == 1.0
+    assert vqa_accuracy("two", ["two"] * 4 + ["cab"] * 6, "aokvqa") == 1.0
 
 
 def test_vqa_accuracy_normalises_human_answers_only_when_they_disagree_as_the_official_evaluation():

@@ -124,10 +124,12 @@ def own_letters_dropped(options: list[str]) -> list[str] | None:
 def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     """The option letter a generated answer gives, or ``None`` when it gives none or several.
 
-    Reads, in this order: a bare letter (``"B"``, ``"(B)"``, ``"B."``); a statement (``"Answer: B"``,
-    ``"The answer is (B)"``, ``"Option B"``); a letter that opens the answer as a label (``"B. blue"``,
-    ``"(B) blue"``); a single stand-alone capital letter (``"I think B"``, ``"A is correct"``; the article in ``"A red
-    circle"`` is not option A); and, with ``options``, the text of exactly one option.
+    Reads, in this order: a bare letter (``"B"``, ``"(B)"``, ``"B."``); with ``options``, the whole text of exactly
+    one option (``"Vitamin C"`` among ``Vitamin A`` and ``Vitamin C`` is the second, not option C); a statement
+    (``"Answer: B"``, ``"The answer is (B)"``, ``"Option B"``; an answer's before an option's: ``"Option A is wrong; the
+    answer is B"`` is B); a letter that opens the answer as a label (``"B. blue"``, ``"(B) blue"``); a single
+    stand-alone capital letter (``"I think B"``, ``"A is correct"``; the article in ``"A red circle"`` is not option A);
+    and, with ``options``, the text of exactly one option said in the answer.
     """
     letters = "".join(LETTERS[: len(options)] if options else LETTERS[:4])
     answer = _unified(text).strip()
@@ -136,7 +138,10 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     bare = re.fullmatch(rf"[\(\[]?([{letters}])[\)\]]?[.:]?", answer)
     if bare:
         return bare.group(1)
-    stated = re.search(rf"(?i:answer|option|choice)(?:\s+(?i:is))?\s*:?\s*(?:(?i:option)\s+)?[\(\[]?([{letters}])(?![\w'])", answer)
+    if options and (whole := _named(answer, options, letters, said_in=False)):
+        return whole
+    statements = list(re.finditer(rf"(?i:answer|option|choice)(?:\s+(?i:is))?\s*:?\s*(?:(?i:option)\s+)?[\(\[]?([{letters}])(?![\w'])", answer))
+    stated = next((m for m in statements if m.group(0)[:6].lower() == "answer"), statements[0] if statements else None)
     if stated:  # "Answer: A blue square": the article before option B's text, when it names one option
         rest = answer[stated.end():]
         named = _named("A" + rest, options, letters) if stated.group(1) == "A" and options and _article(rest) else None
@@ -154,11 +159,11 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     return _named(answer, options, letters) if options else None
 
 
-def _named(answer: str, options: list[str], letters: str) -> str | None:
-    """The letter of the one option whose text ``answer`` is, or says; None for none or several."""
+def _named(answer: str, options: list[str], letters: str, said_in: bool = True) -> str | None:
+    """The letter of the one option whose text ``answer`` is, or (``said_in``) says; None for none or several."""
     said = normalise_answer(answer)
     texts = [normalise_answer(option) for option in options]
-    for matches in ([t == said for t in texts], [bool(t) and _said_in(t, said) for t in texts]):
+    for matches in ([t == said for t in texts], [bool(t) and _said_in(t, said) for t in texts] if said_in else []):
         if sum(matches) == 1:
             return letters[matches.index(True)]
     return None
@@ -199,15 +204,18 @@ def vqa_accuracy(prediction: str, answers: list[str], scored_as: str = "vqav2") 
     and line breaks around them, as the prediction does.
 
     ``scored_as`` another benchmark's own evaluation: ``textvqa`` (its evaluator, m4c's ``TextVQAAccuracyEvaluator``,
-    normalises every human answer as the prediction: ten humans who wrote ``Nikon`` score ``Nikon`` 1) or ``aokvqa``
-    (its ``eval_predictions.py``: ``min(#humans who gave it / 3, 1)`` against the answers as written, without
-    leaving one out: 3 of 10 score 1, not 0.9).
+    tokenises and normalises every human answer as the prediction: ten humans who wrote ``Nikon`` score ``Nikon`` 1,
+    ``mcdonald 's`` scores ``McDonald's`` 1) or ``aokvqa`` (its ``eval_predictions.py``: ``min(#humans who gave it / 3,
+    1)``, without leaving one out: 3 of 10 score 1, not 0.9; it compares the strings as given, and here both sides are
+    normalised alike, so ``a taxi`` scores against humans' ``a taxi`` as there, not 0).
     """
     if not answers:
         raise ValueError("VQA accuracy needs at least one human answer")
+    if scored_as == "textvqa":  # its evaluator's tokenising first, on every answer: "McDonald's" is "mcdonald 's"
+        prediction, answers = _textvqa_words(prediction), [_textvqa_words(answer) for answer in answers]
     given = normalise_answer(prediction, official=True)
     if scored_as == "aokvqa":
-        return min(1.0, sum(_unified(answer, official=True).strip() == given for answer in answers) / 3)
+        return min(1.0, sum(normalise_answer(answer, official=True) == given for answer in answers) / 3)
     if len(answers) == 1:
         return float(given == normalise_answer(answers[0], official=True))
     disagree = len(set(answers)) > 1  # as vqaEval.py decides it: on the answers as written
@@ -221,6 +229,12 @@ def vqa_accuracy(prediction: str, answers: list[str], scored_as: str = "vqav2") 
         humans = [answer.replace("\n", " ").replace("\t", " ").strip() for answer in answers]
     scores = [min(1.0, sum(other == given for other in humans[:i] + humans[i + 1:]) / 3) for i in range(len(humans))]
     return sum(scores) / len(scores)
+
+
+def _textvqa_words(answer: str) -> str:
+    """An answer as TextVQA's evaluator (m4c's ``EvalAIAnswerProcessor.word_tokenize``) tokenises it before the VQA rules:
+    lower case, without commas and question marks, ``'s`` split from its word."""
+    return answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
 
 
 def pope_answer(text: str) -> str:
