@@ -118,10 +118,15 @@ class ConversationTemplate:
             "{% macro text(content) %}{% if content is string %}{{ content }}{% else %}"
             "{{ content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') }}{% endif %}"
             "{% endmacro %}"
-            # a question's <image> placeholder left out, as training leaves it out (strip_image_placeholder)
-            "{% macro question(content) %}{% set kept = namespace(text=text(content)) %}"
-            "{% for tag in ['<image>', '<Image>', '<IMAGE>'] %}{% set kept.text = kept.text | replace(tag + '\\n', '') | "
-            "replace('\\n' + tag, '') | replace(tag, ' ') %}{% endfor %}{{ kept.text | trim }}{% endmacro %}"
+            # a question's <image> placeholders left out, as training leaves them out (strip_image_placeholder: the blanks
+            # around each one space), an image part standing as one (text_of: the parts joined by line breaks)
+            "{% macro question(content) %}{% set kept = namespace(parts=[]) %}"
+            "{% if content is string %}{% set kept.parts = [content] %}{% else %}{% for part in content %}"
+            "{% set kept.parts = kept.parts + ['<image>' if part['type'] == 'image' else part['text']] %}{% endfor %}{% endif %}"
+            "{% set pieces = (kept.parts | join('\\n')).replace('<Image>', '<image>').replace('<IMAGE>', '<image>').split('<image>') %}"
+            "{% set kept.parts = [] %}{% for piece in pieces %}{% if not loop.first %}{% set piece = piece.lstrip() %}{% endif %}"
+            "{% if not loop.last %}{% set piece = piece.rstrip() %}{% endif %}{% set kept.parts = kept.parts + [piece] %}"
+            "{% endfor %}{{ kept.parts | join(' ') | trim }}{% endmacro %}"
             "{{ bos_token or eos_token }}"  # (a tokenizer without one, as Qwen's: end-of-text starts each sequence, bos_token_id)
             "{% if messages and messages[0]['role'] == 'system' %}"
             "{% set system = text(messages[0]['content']) %}{% set turns = messages[1:] %}"

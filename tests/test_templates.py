@@ -115,6 +115,13 @@ def test_the_exported_chat_template_renders_the_training_layout_token_for_token(
                   for i, m in enumerate(given)]
         assert exported.apply_chat_template(placed, tokenize=True, return_dict=False) == expected, system
         assert template.prompt("<Image>\n" + turns[0][0], plain) == template.prompt(turns[0][0], plain)
+        # ... wherever it stands: the blanks around it one space, an image part between two texts too (the template
+        # left "What   colour" and "What\ncolour" where training read "What colour")
+        for content in ("What <image> colour is\n<IMAGE>\nthe circle?",
+                        [{"type": "text", "text": "What colour"}, {"type": "image"}, {"type": "text", "text": "is the circle?"}]):
+            asked = exported.apply_chat_template([*given[:-4], {"role": "user", "content": content}], tokenize=True,
+                                                 add_generation_prompt=True, return_dict=False)
+            assert asked == template.prompt("What colour is the circle?", plain), content
     # a tokenizer without a beginning-of-sequence token (Qwen's, GPT-2's): training starts with end-of-text, and the
     # template started with nothing
     plain.bos_token = None
