@@ -40,10 +40,24 @@ def _standard_streams() -> None:
         sys.stdout.reconfigure(line_buffering=True)  # its place among standard error's (the demo's report came last, or late)
 
 
+def _arguments(argv: list[str] | None) -> list[str]:
+    """The script's arguments; one that the locale could not read refused, saying which and how to run (under
+    ``LC_ALL=POSIX`` with ``PYTHONUTF8=0`` a ``café`` arrives as undecodable bytes: the parser's message said only
+    ``Parser key "data":``, and its reason, that the text could not be encoded, named nothing)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for number, argument in enumerate(argv, 1):
+        if any("\udc80" <= character <= "\udcff" for character in argument):
+            shown = os.fsencode(argument).decode("ascii", "backslashreplace")  # its bytes: the terminal shows no more
+            sys.stderr.write(f"error: argument {number} ({shown}) is not text the locale reads (its encoding: "
+                             f"{sys.getfilesystemencoding()}): run with a UTF-8 locale (LANG=C.UTF-8) or PYTHONUTF8=1\n")
+            sys.exit(2)
+    return argv
+
+
 def _parsed(argv: list[str] | None, parser: argparse.ArgumentParser, known: bool = False) -> list[str]:
     """The script's arguments, parsed once here (``--help`` and mistakes end the process now), to hand on whole.
     ``known``: a script that passes what it does not know on to ``fit``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _arguments(argv)
     (parser.parse_known_args if known else parser.parse_args)(argv)
     return argv
 
@@ -73,7 +87,7 @@ def _starting() -> Iterator[None]:
 def mmcaption(argv: list[str] | None = None) -> None:
     """``mmcaption``: Lightning's subcommands and ``prepare`` (:func:`mmcaption.cli.main`), and ``chat``."""
     _standard_streams()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _arguments(argv)
     if argv == ["--version"]:  # answered before the imports, as the other scripts answer it (it took 13 s)
         print(f"mmcaption {RELEASE}")
         return

@@ -405,3 +405,17 @@ def test_a_suggested_setting_is_one_the_command_line_reads():
     assert as_option("cross_attention_heads", None) == "--model.config.cross_attention_heads null"
     assert as_option("config.lora_target_modules", ("q_proj", "dense")) == """--model.config.lora_target_modules '["q_proj", "dense"]'"""
     assert as_option("lora_r", 4) == "--model.config.lora_r 4"
+
+
+@pytest.mark.parametrize("script", ["mmcaption", "export", "demo"])
+def test_an_argument_the_locale_cannot_read_is_refused_naming_it_and_the_fix(script, tmp_path):
+    # under LC_ALL=POSIX with PYTHONUTF8=0 a "café" arrives as bytes Python could not decode: the parser said only
+    # 'error: Parser key "data":', its reason (a text that could not be encoded) naming nothing
+    env = dict(os.environ, PYTHONUTF8="0", LC_ALL="POSIX", PYTHONPATH=str(REPO))
+    argument = ["fit", "--data.init_args.data_dir"] if script == "mmcaption" else ["--root"] if script == "demo" else []
+    run = subprocess.run([sys.executable, "-c", f"from mmcaption.scripts import {script}; {script}()", *argument,
+                          "caf\xe9".encode()], cwd=tmp_path, env=env, capture_output=True, text=True, errors="replace")
+    number = len(argument) + 1
+    assert run.returncode == 2 and run.stderr == (
+        f"error: argument {number} (caf\\xc3\\xa9) is not text the locale reads (its encoding: ascii): run with a UTF-8 "
+        "locale (LANG=C.UTF-8) or PYTHONUTF8=1\n"), run.stderr
