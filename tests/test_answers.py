@@ -61,6 +61,7 @@ OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
         ("Vitamin C", ["Vitamin A", "Vitamin C", "B12", "D"], "B"),
         ("Hopper A.", ["Hopper B", "Hopper A"], "B"),
         ("Option A is wrong; the answer is B.", OPTIONS, "B"),  # the answer stated, not the first option named
+        ("The.", ["a", "bird"], None),  # nothing left of either once normalised: no option's text (was A)
     ],
 )
 def test_option_letters_are_read_as_evaluation_kits_read_them(generated, options, letter):

@@ -163,7 +163,7 @@ def _named(answer: str, options: list[str], letters: str, said_in: bool = True) 
     """The letter of the one option whose text ``answer`` is, or (``said_in``) says; None for none or several."""
     said = normalise_answer(answer)
     texts = [normalise_answer(option) for option in options]
-    for matches in ([t == said for t in texts], [bool(t) and _said_in(t, said) for t in texts] if said_in else []):
+    for matches in ([bool(t) and t == said for t in texts], [bool(t) and _said_in(t, said) for t in texts] if said_in else []):
         if sum(matches) == 1:
             return letters[matches.index(True)]
     return None
