@@ -272,6 +272,7 @@ def test_generation_ends_at_the_language_models_context(captioner, photos):
     for beams in (1, 2):
         alone = [captioner.answer(photos[0], q, **settings, num_beams=beams) for q in (short, long)]
         assert captioner.answer([photos[0]] * 2, [short, long], **settings, num_beams=beams) == alone, beams
+        assert captioner.tasks.unfinished == [True, True], beams  # both cut, as predict's rows say (the long one was not)
     # a call's max_length stays in effect where the model's own max_new_tokens is past the context (it was capped over it)
     from types import SimpleNamespace
 
