@@ -61,6 +61,9 @@ OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
         ("Vitamin C", ["Vitamin A", "Vitamin C", "B12", "D"], "B"),
         ("Hopper A.", ["Hopper B", "Hopper A"], "B"),
         ("Option A is wrong; the answer is B.", OPTIONS, "B"),  # the answer stated, not the first option named
+        ("(A) cat", ["dog", "cat"], "A"),  # ... but a label decides: "A" is no article there (each was read as B)
+        ("A. cat", ["dog", "cat"], "A"),
+        ("A. Both", ["A only", "B only", "Both", "Neither"], "A"),
         ("The.", ["a", "bird"], None),  # nothing left of either once normalised: no option's text (was A)
     ],
 )

@@ -125,7 +125,8 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     """The option letter a generated answer gives, or ``None`` when it gives none or several.
 
     Reads, in this order: a bare letter (``"B"``, ``"(B)"``, ``"B."``); with ``options``, the whole text of exactly
-    one option (``"Vitamin C"`` among ``Vitamin A`` and ``Vitamin C`` is the second, not option C); a statement
+    one option, unless it opens with a label (``"Vitamin C"`` among ``Vitamin A`` and ``Vitamin C`` is the second, where
+    VLMEvalKit reads option C; ``"A. cat"`` is A); a statement
     (``"Answer: B"``, ``"The answer is (B)"``, ``"Option B"``; an answer's before an option's: ``"Option A is wrong; the
     answer is B"`` is B); a letter that opens the answer as a label (``"B. blue"``, ``"(B) blue"``); a single
     stand-alone capital letter (``"I think B"``, ``"A is correct"``; the article in ``"A red circle"`` is not option A);
@@ -138,7 +139,8 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     bare = re.fullmatch(rf"[\(\[]?([{letters}])[\)\]]?[.:]?", answer)
     if bare:
         return bare.group(1)
-    if options and (whole := _named(answer, options, letters, said_in=False)):
+    label = re.match(rf"[\(\[]([{letters}])[\)\]]|([{letters}])\s*[.):]\s", answer)  # "A. cat" is A, whatever option "cat" is
+    if options and not label and (whole := _named(answer, options, letters, said_in=False)):
         return whole
     statements = list(re.finditer(rf"(?i:answer|option|choice)(?:\s+(?i:is))?\s*:?\s*(?:(?i:option)\s+)?[\(\[]?([{letters}])(?![\w'])", answer))
     stated = next((m for m in statements if m.group(0)[:6].lower() == "answer"), statements[0] if statements else None)
@@ -146,7 +148,6 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
         rest = answer[stated.end():]
         named = _named("A" + rest, options, letters) if stated.group(1) == "A" and options and _article(rest) else None
         return named or stated.group(1)
-    label = re.match(rf"[\(\[]([{letters}])[\)\]]|([{letters}])\s*[.):]\s", answer)
     if label:
         return label.group(1) or label.group(2)
     standalone = {
