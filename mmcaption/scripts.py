@@ -43,13 +43,18 @@ def _standard_streams() -> None:
 def _arguments(argv: list[str] | None) -> list[str]:
     """The script's arguments; one that the locale could not read refused, saying which and how to run (under
     ``LC_ALL=POSIX`` with ``PYTHONUTF8=0`` a ``café`` arrives as undecodable bytes: the parser's message said only
-    ``Parser key "data":``, and its reason, that the text could not be encoded, named nothing)."""
+    ``Parser key "data":``, and its reason, that the text could not be encoded, named nothing; under UTF-8 a Latin-1 file
+    name ended the run in a traceback where its name was written into the folder's lock)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    utf8 = sys.getfilesystemencoding().lower().replace("-", "") == "utf8"
     for number, argument in enumerate(argv, 1):
         if any("\udc80" <= character <= "\udcff" for character in argument):
-            shown = os.fsencode(argument).decode("ascii", "backslashreplace")  # its bytes: the terminal shows no more
+            # its bytes (the terminal shows no more), as they came, and any other text's in UTF-8
+            shown = argument.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            fix = ("rename it in UTF-8 (a name in another encoding, as a Latin-1 archive's unzipped: convmv -f latin1 -t utf8)"
+                   if utf8 else "run with a UTF-8 locale (LANG=C.UTF-8) or PYTHONUTF8=1")
             sys.stderr.write(f"error: argument {number} ({shown}) is not text the locale reads (its encoding: "
-                             f"{sys.getfilesystemencoding()}): run with a UTF-8 locale (LANG=C.UTF-8) or PYTHONUTF8=1\n")
+                             f"{sys.getfilesystemencoding()}): {fix}\n")
             sys.exit(2)
     return argv
 

@@ -419,3 +419,11 @@ def test_an_argument_the_locale_cannot_read_is_refused_naming_it_and_the_fix(scr
     assert run.returncode == 2 and run.stderr == (
         f"error: argument {number} (caf\\xc3\\xa9) is not text the locale reads (its encoding: ascii): run with a UTF-8 "
         "locale (LANG=C.UTF-8) or PYTHONUTF8=1\n"), run.stderr
+    # under a UTF-8 locale such bytes are a file's name in another encoding (a Latin-1 archive's, unzipped): it ended in a
+    # traceback, writing the command line into the output folder's lock
+    run = subprocess.run([sys.executable, "-c", f"from mmcaption.scripts import {script}; {script}()", *argument,
+                          "caf\xe9".encode("latin-1")], cwd=tmp_path, env=dict(env, PYTHONUTF8="1"), capture_output=True,
+                         text=True, errors="replace")
+    assert run.returncode == 2 and run.stderr == (
+        f"error: argument {number} (caf\\xe9) is not text the locale reads (its encoding: utf-8): rename it in UTF-8 (a name "
+        "in another encoding, as a Latin-1 archive's unzipped: convmv -f latin1 -t utf8)\n"), run.stderr
