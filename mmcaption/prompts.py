@@ -22,6 +22,7 @@ need an embedding row in the frozen 4-bit model and would carry no information).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from mmcaption.evaluation.answers import LETTERS
 
 # not against a word: code's List<Image> is text (ShareGPT's code conversations in LLaVA-1.5's mix), and was cut out
 _IMAGE_TAG = re.compile(r"\s*(?<!\w)<image>\s*", re.IGNORECASE)
+_TAG = "<image>"
+_TAG_CASES = ["<" + "".join(letters) + ">" for letters in itertools.product(*zip("image", "IMAGE"))][1:]  # <Image>, ...
 _CLOSED = re.compile(r"(?:(?!<image>).)*</image>", re.IGNORECASE | re.DOTALL)  # a </image> before any other <image>
 # other models' image placeholders (Qwen-VL, MiniGPT-4, Llama 3.2 Vision): conversations written for them
 OTHER_PLACEHOLDERS = re.compile(r"<img>[^<]*</img>|<ImageHere>|<\|image\|>", re.IGNORECASE)
@@ -120,13 +123,20 @@ class ConversationTemplate:
             "{% endmacro %}"
             # a question's <image> placeholders left out, as training leaves them out (strip_image_placeholder: the blanks
             # around each one space), an image part standing as one (text_of: the parts joined by line breaks)
-            "{% macro question(content) %}{% set kept = namespace(parts=[]) %}"
+            "{% macro question(content) %}{% set kept = namespace(parts=[], text='', at=0) %}"
             "{% if content is string %}{% set kept.parts = [content] %}{% else %}{% for part in content %}"
             "{% set kept.parts = kept.parts + ['<image>' if part['type'] == 'image' else part['text']] %}{% endfor %}{% endif %}"
-            "{% set pieces = (kept.parts | join('\\n')).replace('<Image>', '<image>').replace('<IMAGE>', '<image>').split('<image>') %}"
-            "{% set kept.parts = [] %}{% for piece in pieces %}{% if not loop.first %}{% set piece = piece.lstrip() %}{% endif %}"
-            "{% if not loop.last %}{% set piece = piece.rstrip() %}{% endif %}{% set kept.parts = kept.parts + [piece] %}"
-            "{% endfor %}{{ kept.parts | join(' ') | trim }}{% endmacro %}"
+            # every letter case of the tag found (each as long as <image>: the pieces' places stay those of the text); one
+            # against a word is text (List<Image>), as training reads it (an XML element's, <image>...</image>, is not told)
+            "{% set original = kept.parts | join('\\n') %}"
+            f"{{% set pieces = original{''.join(f'.replace({tag!r}, {_TAG!r})' for tag in _TAG_CASES)}.split({_TAG!r}) %}}"
+            "{% set kept.text, kept.at = '', 0 %}{% for piece in pieces %}"
+            "{% set this = original[kept.at:kept.at + piece | length] %}{% set before = pieces[loop.index0 - 1][-1:] %}"
+            "{% if not loop.last and not (piece[-1:] and (piece[-1:].isalnum() or piece[-1:] == '_')) %}"
+            "{% set this = this.rstrip() %}{% endif %}{% if loop.first %}{% set kept.text = this %}"
+            "{% elif before and (before.isalnum() or before == '_') %}{% set kept.text = kept.text + original[kept.at - 7:kept.at] + this %}"
+            "{% else %}{% set kept.text = kept.text + ' ' + this.lstrip() %}{% endif %}"
+            "{% set kept.at = kept.at + piece | length + 7 %}{% endfor %}{{ kept.text | trim }}{% endmacro %}"
             "{{ bos_token or eos_token }}"  # (a tokenizer without one, as Qwen's: end-of-text starts each sequence, bos_token_id)
             "{% if messages and messages[0]['role'] == 'system' %}"
             "{% set system = text(messages[0]['content']) %}{% set turns = messages[1:] %}"

@@ -90,6 +90,7 @@ def test_image_placeholder_is_removed():
 def test_the_exported_chat_template_renders_the_training_layout_token_for_token(backbones, trained_checkpoint, tmp_path):
     from transformers import AutoTokenizer
 
+    from mmcaption.data.conversation_fields import text_of
     from mmcaption.export import export_checkpoint
     from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 
@@ -117,11 +118,13 @@ def test_the_exported_chat_template_renders_the_training_layout_token_for_token(
         assert template.prompt("<Image>\n" + turns[0][0], plain) == template.prompt(turns[0][0], plain)
         # ... wherever it stands: the blanks around it one space, an image part between two texts too (the template
         # left "What   colour" and "What\ncolour" where training read "What colour")
-        for content in ("What <image> colour is\n<IMAGE>\nthe circle?",
+        # in any letter case, two together one space each, and one against a word kept as text (List<Image> in code)
+        for content in ("What <image> colour is\n<IMAGE>\nthe circle?", "What <iMage> colour <image><Image> is it?",
+                        "Fix my List<Image> please <image>",
                         [{"type": "text", "text": "What colour"}, {"type": "image"}, {"type": "text", "text": "is the circle?"}]):
             asked = exported.apply_chat_template([*given[:-4], {"role": "user", "content": content}], tokenize=True,
                                                  add_generation_prompt=True, return_dict=False)
-            assert asked == template.prompt("What colour is the circle?", plain), content
+            assert asked == template.prompt(text_of(content), plain), content
     # a tokenizer without a beginning-of-sequence token (Qwen's, GPT-2's): training starts with end-of-text, and the
     # template started with nothing
     plain.bos_token = None
