@@ -208,7 +208,7 @@ def vqa_accuracy(prediction: str, answers: list[str], scored_as: str = "vqav2") 
     tokenises and normalises every human answer as the prediction: ten humans who wrote ``Nikon`` score ``Nikon`` 1,
     ``mcdonald 's`` scores ``McDonald's`` 1) or ``aokvqa`` (its ``eval_predictions.py``: ``min(#humans who gave it / 3,
     1)``, without leaving one out: 3 of 10 score 1, not 0.9; it compares the strings as given, and here both sides are
-    normalised alike, so ``a taxi`` scores against humans' ``a taxi`` as there, not 0).
+    normalised alike: ``a taxi`` scores against humans' ``a taxi`` as there, not 0, and ``taxi`` too, which there scores 0).
     """
     if not answers:
         raise ValueError("VQA accuracy needs at least one human answer")
