@@ -78,7 +78,7 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
     returns how many questions were answered."""
     picture = read_image(image) if image else None
     history: list[tuple[str, str]] = []
-    answered = 0
+    answered, cut = 0, False
     streaming = generate_kwargs.get("num_beams", captioner.tasks.generation.num_beams or 1) == 1  # beams come whole
     while True:
         if interactive:
@@ -135,6 +135,11 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
             continue
         out.write(("" if streaming else answer) + "\n")
         out.flush()
+        if captioner.tasks.unfinished[:1] == [True] and not cut:  # said once, beside the answers (a cut one read as whole)
+            cut = True
+            limit = generate_kwargs.get("max_new_tokens", captioner.tasks.generation.max_new_tokens)
+            print(f"note: the answer stopped at the length limit ({limit} new tokens) before its end: --max_new_tokens "
+                  "raises it", file=sys.stderr, flush=True)
         history.append((text, answer))
         answered += 1
     return answered

@@ -953,6 +953,9 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["(not UTF-8 text, skipped: b'Qu\\xe9 couleur ?')", answers[0]]
     assert "Warning" not in result.stderr and "Loading weights" not in result.stderr  # the libraries' noise, per weight file
+    # an answer cut at the length limit is said to be (beside the answers, once), not left to read as a whole one
+    assert result.stderr.count("note: the answer stopped at the length limit (5 new tokens) before its end: --max_new_tokens "
+                               "raises it\n") == 1, result.stderr
     # a caption-stage model answered with garbage and no word; predict said so of such a checkpoint already
     assert f"note: {out} is a caption-stage model: the instruct stage teaches to answer questions and chat" in result.stderr
     result = subprocess.run([sys.executable, "-m", "mmcaption", "chat", "--model", str(tmp_path)], capture_output=True, text=True)
