@@ -157,7 +157,11 @@ class KeptConfig(SaveConfigCallback):
     """Lightning's SaveConfigCallback, never writing over the config an earlier command saved in the same run folder: a
     resume, ``test`` or ``validate`` given the training run's folder (``--trainer.logger.init_args.version``) replaced
     its config.yaml with its own, and the folder then recorded settings the model was not trained with. A later
-    command's config goes beside it, as config-2.yaml, config-3.yaml, ..."""
+    command's config goes beside it, as config-2.yaml, config-3.yaml, ...
+
+    A resumed fit's ``ckpt_path`` is left out of it, said in a comment: the file given as ``--config`` to repeat the run
+    (on another machine, or as a new experiment) resumed the checkpoint there, or whatever run's now stood at that path,
+    and wrote over its ``last.ckpt``."""
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
         log_dir = trainer.log_dir if not self.already_saved and self.save_to_log_dir else None  # every process: a broadcast
@@ -171,7 +175,15 @@ class KeptConfig(SaveConfigCallback):
                 except FileExistsError:
                     number += 1
                     self.config_filename = f"config-{number}.yaml"
+        resumed = self.config.get("ckpt_path") if stage == "fit" else None
+        if resumed:
+            self.config = self.config.clone()
+            self.config.ckpt_path = None
         super().setup(trainer, pl_module, stage)
+        if log_dir and resumed and trainer.is_global_zero:
+            saved = Path(log_dir) / self.config_filename
+            saved.write_text(f"# this run was resumed with --ckpt_path {resumed}, left out here: this file given as --config "
+                             "starts a run anew (add --ckpt_path to resume)\n" + saved.read_text())
 
 
 class FolderKept(Callback):

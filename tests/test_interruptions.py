@@ -1559,6 +1559,12 @@ def test_a_later_command_in_a_runs_folder_keeps_its_config_and_a_resume_with_not
     main([*fit, "--ckpt_path", "last", "--trainer.max_steps", "2", "--trainer.logger.init_args.version", "version_0"])
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_steps"] == 1
     assert yaml.safe_load((run / "config-2.yaml").read_text())["trainer"]["max_steps"] == 2
+    # ... without the checkpoint it resumed, said: the file given as --config to repeat the run (another machine, a new
+    # experiment) resumed whatever run's checkpoint stood at that path, and wrote over its last.ckpt
+    saved = (run / "config-2.yaml").read_text()
+    assert yaml.safe_load(saved)["ckpt_path"] is None and saved.startswith(
+        f"# this run was resumed with --ckpt_path {tmp_path / 'c' / 'last.ckpt'}, left out here: this file given as --config "
+        "starts a run anew (add --ckpt_path to resume)\n"), saved[:300]
 
 
 def test_runs_started_at_the_same_moment_get_their_own_run_folders(tmp_path, monkeypatch):
