@@ -266,6 +266,14 @@ def test_a_backbone_reached_through_a_link_is_kept_by_the_link_not_its_target(tm
     monkeypatch.chdir(tmp_path)
     assert absolute_if_local("models/phi") == str(tmp_path / "models" / "phi")
     assert same_setting("config.language_model", "models/phi", str(tmp_path / "store" / "phi"))  # a checkpoint of before
+    # a '..' is the link target's parent after a link (kept), and the folder above otherwise: the project folder
+    # renamed, the backbones unmoved, proj/../store/phi led nowhere
+    (tmp_path / "proj").mkdir()
+    monkeypatch.chdir(tmp_path / "proj")
+    assert absolute_if_local("../store/phi") == str(tmp_path / "store" / "phi")
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    (tmp_path / "store" / "here").symlink_to(tmp_path / "elsewhere" / "deep")
+    assert absolute_if_local("../store/here/..") == str(tmp_path / "proj" / ".." / "store" / "here" / "..")
 
 
 def test_both_moved_backbones_of_a_checkpoint_are_said_at_once_with_what_to_pass(tmp_path, backbones):

@@ -8,6 +8,7 @@ and :meth:`~mmcaption.model.MultimodalCausalLM.from_config` builds the model fro
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -74,9 +75,15 @@ class MultimodalConfig:
 def absolute_if_local(name: str) -> str:
     """``name`` as an absolute path when it names an existing file or folder, else unchanged (a hub id). Links on the
     way are kept, not followed: a user who reaches the backbones through a link re-points it when they move (their
-    target was stored, and the moved backbones were looked for where the link had pointed)."""
+    target was stored, and the moved backbones were looked for where the link had pointed). A ``..`` is kept only after
+    a link, where it is the link target's parent: ``../models/phi`` given in ``proj`` was stored as ``proj/../models/phi``,
+    which no longer led anywhere once ``proj`` was renamed, the backbones unmoved."""
     path = Path(name).expanduser()
-    return str(path.absolute()) if path.exists() else name  # '..' kept: after a link, it is the link target's parent
+    if not path.exists():
+        return name
+    absolute = path.absolute()
+    normal = Path(os.path.normpath(absolute))
+    return str(normal if normal.exists() and normal.resolve() == absolute.resolve() else absolute)
 
 
 PATH_SETTINGS = ("config.language_model", "config.vision_model", "init_from")
