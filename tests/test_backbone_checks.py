@@ -231,8 +231,10 @@ def test_a_mistyped_backbone_folder_under_one_that_is_here_is_said_at_once_and_a
                                                     r"models/phi-2\? \(read as a Hub id, it is not in the Hugging Face cache\)$"):
         check_backbone("models/phi-3", "model.config.language_model")
     # an owner's folder with nothing like the name in it: the Hub id as before (offline and not cached: said so)
+    # ... and the folder here that would hold it said (a backbones/vision_model moved away read as a Hub id alone)
     with pytest.raises(BackboneNotFoundError, match=r"'models/clip-vit-base-patch32' is neither a local folder nor in the "
-                                                    r"Hugging Face cache"):
+                                                    r"Hugging Face cache; models is a folder here \(.+\), without "
+                                                    r"clip-vit-base-patch32 in it, and the hub is offline"):
         check_backbone("models/clip-vit-base-patch32", "model.config.vision_model")
 
 

@@ -77,8 +77,10 @@ def check_backbone(name: str, setting: str) -> bool:
         return False
     if not is_offline_mode():
         return True
-    raise BackboneNotFoundError(f"{setting} {name!r} is neither a local folder nor in the Hugging Face cache, and the hub "
-                                f"is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): {download_hint(name)}")
+    owner, _, rest = name.partition("/")  # backbones/language_model, moved away from the folder that held it: a folder here
+    here = f"; {owner} is a folder here ({Path.cwd()}), without {rest} in it" if rest and Path(owner).is_dir() else ""
+    raise BackboneNotFoundError(f"{setting} {name!r} is neither a local folder nor in the Hugging Face cache{here}, and the "
+                                f"hub is offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): {download_hint(name)}")
 
 
 def check_backbones(language_model: str, vision_model: str, trained_from: str | None) -> None:
