@@ -182,6 +182,7 @@ class KeptConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
         if log_dir and resumed and trainer.is_global_zero:
             saved = Path(log_dir) / self.config_filename
+            resumed = " ".join(str(resumed).splitlines())  # (a comment of one line, whatever the path holds)
             saved.write_text(f"# this run was resumed with --ckpt_path {resumed}, left out here: this file given as --config "
                              "starts a run anew (add --ckpt_path to resume)\n" + saved.read_text())
 

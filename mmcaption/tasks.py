@@ -48,11 +48,15 @@ class RoomLeft(StoppingCriteria):
     sequences follow their prompt's (``generate`` puts them next to each other)."""
 
     def __init__(self, rooms: torch.Tensor, start: int) -> None:
-        self.rooms, self.start = rooms.clamp(min=1), start
+        self.rooms, self.start = rooms, start
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        rooms = self.rooms.to(input_ids.device).repeat_interleave(input_ids.shape[0] // len(self.rooms))
-        return rooms <= input_ids.shape[1] - self.start
+        return self.per_row(self.rooms, input_ids) <= input_ids.shape[1] - self.start
+
+    @staticmethod
+    def per_row(rooms: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``rooms``, one a prompt (at least 1: a prompt past the context is refused before), for each of ``rows``."""
+        return rooms.clamp(min=1).to(rows.device).repeat_interleave(len(rows) // len(rooms))
 
 
 def unpadded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
@@ -192,8 +196,7 @@ class Tasks:
                                                 else [self.generation.eos_token_id])]
         found = torch.isin(tokens, torch.tensor([end for end in ends if end is not None], device=tokens.device))
         if rooms is not None:  # (rows of beams or returned sequences next to their prompt's)
-            rooms = rooms.clamp(min=1).to(tokens.device).repeat_interleave(len(tokens) // len(rooms))
-            found &= torch.arange(tokens.shape[1], device=tokens.device) < rooms[:, None]
+            found &= torch.arange(tokens.shape[1], device=tokens.device) < RoomLeft.per_row(rooms, tokens)[:, None]
         return (~found.any(1)).tolist()
 
     def generate_batch(self, batch: dict[str, Any], image_embeds: torch.Tensor | None = None) -> list[str]:
