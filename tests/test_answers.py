@@ -64,6 +64,8 @@ OPTIONS = ["blue square", "red circle", "green triangle", "yellow diamond"]
         ("(A) cat", ["dog", "cat"], "A"),  # ... but a label decides: "A" is no article there (each was read as B)
         ("A. cat", ["dog", "cat"], "A"),
         ("A. Both", ["A only", "B only", "Both", "Neither"], "A"),
+        ("C. elegans", ["E. coli", "C. elegans", "S. cerevisiae"], "B"),  # ... an option's own text, label and all, is it
+        ("A. Lincoln.", ["G. Washington", "A. Lincoln", "T. Jefferson"], "B"),
         ("The.", ["a", "bird"], None),  # nothing left of either once normalised: no option's text (was A)
     ],
 )

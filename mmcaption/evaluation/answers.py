@@ -125,8 +125,8 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     """The option letter a generated answer gives, or ``None`` when it gives none or several.
 
     Reads, in this order: a bare letter (``"B"``, ``"(B)"``, ``"B."``); with ``options``, the whole text of exactly
-    one option, unless it opens with a label (``"Vitamin C"`` among ``Vitamin A`` and ``Vitamin C`` is the second, where
-    VLMEvalKit reads option C; ``"A. cat"`` is A); a statement
+    one option, unless it opens with a label that is not the option's own (``"Vitamin C"`` among ``Vitamin A`` and
+    ``Vitamin C`` is the second, where VLMEvalKit reads option C; ``"A. cat"`` is A, ``"C. elegans"`` the option); a statement
     (``"Answer: B"``, ``"The answer is (B)"``, ``"Option B"``; an answer's before an option's: ``"Option A is wrong; the
     answer is B"`` is B); a letter that opens the answer as a label (``"B. blue"``, ``"(B) blue"``); a single
     stand-alone capital letter (``"I think B"``, ``"A is correct"``; the article in ``"A red circle"`` is not option A);
@@ -139,6 +139,10 @@ def parse_choice(text: str, options: list[str] | None = None) -> str | None:
     bare = re.fullmatch(rf"[\(\[]?([{letters}])[\)\]]?[.:]?", answer)
     if bare:
         return bare.group(1)
+    as_written = [i for i, option in enumerate(options or []) if _unified(option).strip().rstrip(".").casefold()
+                  == answer.rstrip(".").casefold()]
+    if len(as_written) == 1:  # an option's text as written, a letter and a period in it too ("C. elegans", "A. Lincoln")
+        return letters[as_written[0]]
     label = re.match(rf"[\(\[]([{letters}])[\)\]]|([{letters}])\s*[.):]\s", answer)  # "A. cat" is A, whatever option "cat" is
     if options and not label and (whole := _named(answer, options, letters, said_in=False)):
         return whole
