@@ -78,7 +78,7 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
     returns how many questions were answered."""
     picture = read_image(image) if image else None
     history: list[tuple[str, str]] = []
-    answered, cut = 0, False
+    answered, cut = 0, set()  # the kinds of cut answers said
     streaming = generate_kwargs.get("num_beams", captioner.tasks.generation.num_beams or 1) == 1  # beams come whole
     while True:
         if interactive:
@@ -135,11 +135,16 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
             continue
         out.write(("" if streaming else answer) + "\n")
         out.flush()
-        if captioner.tasks.unfinished[:1] == [True] and not cut:  # said once, beside the answers (a cut one read as whole)
-            cut = True
-            limit = generate_kwargs.get("max_new_tokens", captioner.tasks.generation.max_new_tokens)
-            print(f"note: the answer stopped at the length limit ({limit} new tokens) before its end: --max_new_tokens "
-                  "raises it", file=sys.stderr, flush=True)
+        if captioner.tasks.unfinished[:1] == [True]:  # said once each, beside the answers (a cut one read as whole)
+            at_context = captioner.tasks.at_context[:1] == [True]
+            if at_context and "context" not in cut:
+                print("note: the answer stopped where the language model's context ends, before its end: /reset starts a "
+                      "new conversation, whose history takes none of it", file=sys.stderr, flush=True)
+            elif not at_context and "limit" not in cut:
+                limit = generate_kwargs.get("max_new_tokens", captioner.tasks.generation.max_new_tokens)
+                print(f"note: the answer stopped at the length limit{f' ({limit} new tokens)' if limit else ''} before its "
+                      "end: --max_new_tokens raises it", file=sys.stderr, flush=True)
+            cut.add("context" if at_context else "limit")
         history.append((text, answer))
         answered += 1
     return answered

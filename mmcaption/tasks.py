@@ -147,6 +147,7 @@ class Tasks:
             **defaults, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **(generation or {}),
         })
         self.unfinished: list[bool] = []  # the last generation's rows cut at the length limit
+        self.at_context: list[bool] = []  # ... of them, those cut where the context ends (a longer limit gives no more)
 
     @property
     def device(self) -> torch.device:
@@ -195,8 +196,11 @@ class Tasks:
         ends = [self.generation.pad_token_id, *(self.generation.eos_token_id if isinstance(self.generation.eos_token_id, list)
                                                 else [self.generation.eos_token_id])]
         found = torch.isin(tokens, torch.tensor([end for end in ends if end is not None], device=tokens.device))
+        self.at_context = [False] * len(tokens)
         if rooms is not None:  # (rows of beams or returned sequences next to their prompt's)
-            found &= torch.arange(tokens.shape[1], device=tokens.device) < RoomLeft.per_row(rooms, tokens)[:, None]
+            rooms = RoomLeft.per_row(rooms, tokens)
+            found &= torch.arange(tokens.shape[1], device=tokens.device) < rooms[:, None]
+            self.at_context = ((rooms <= tokens.shape[1]) & ~found.any(1)).tolist()
         return (~found.any(1)).tolist()
 
     def generate_batch(self, batch: dict[str, Any], image_embeds: torch.Tensor | None = None) -> list[str]:

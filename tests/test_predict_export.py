@@ -943,6 +943,18 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
     said = printed.getvalue().splitlines()[1]
     assert said.startswith("(the conversation takes ") and said.endswith(
         "ask a shorter question; /reset starts a new conversation)"), said
+    # an answer cut where the context ends is said so, with /reset (it was sent to --max_new_tokens, which gives no more)
+    import contextlib
+
+    words = context
+    while len(captioner.template.prompt(("what " * words).strip(), captioner.tokenizer)) > context - 3:
+        words -= 1
+    noted = io.StringIO()
+    with contextlib.redirect_stderr(noted):
+        chat(captioner, first, io.StringIO(("what " * words).strip() + "\n"), io.StringIO(), max_new_tokens=50,
+             suppress_tokens=[captioner.tokenizer.eos_token_id])
+    assert noted.getvalue() == ("note: the answer stopped where the language model's context ends, before its end: /reset "
+                                "starts a new conversation, whose history takes none of it\n")
 
     # the console command through a pipe; a folder that is not a model is refused in one line
     # (a line of other bytes, Latin-1 from an old file, is skipped with a note: it ended the chat in a traceback)
