@@ -267,8 +267,8 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         self.val_loss.reset()
         self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/perplexity", torch.exp(loss), sync_dist=False)
-        if prefix == "val" and self.trainer.state.fn == TrainerFn.FITTING:  # TensorBoard's HPARAMS tab compares runs by it
-            self.log("hp_metric", loss, sync_dist=False)  # (Lightning's -1, never updated, was its only column)
+        # TensorBoard's HPARAMS tab compares runs by it: the loss evaluated, in fit, validate and test (Lightning's -1, never
+        self.log("hp_metric", loss, sync_dist=False)  # updated, was its only column)
         captions = random_state.gather_objects(self.val_captions, interleaved=True)
         answers = random_state.gather_objects(self.val_answers, interleaved=True)
         # a split smaller than the processes is shared with repeats (data.base): each image or question once

@@ -74,6 +74,11 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     run_cli(["validate", "--config", DEMO_CONFIG, "--ckpt_path", str(last), *FAST, "--data.init_args.val_caption_images", "0",
              "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "csv_logs"])
     assert "val/loss" in (next((demo_dir / "csv_logs").rglob("metrics.csv"))).read_text()
+    # ... a TensorBoard one's HPARAMS column is the loss evaluated (it was Lightning's placeholder, -1)
+    run_cli(["validate", "--config", DEMO_CONFIG, "--ckpt_path", str(last), *FAST, "--data.init_args.val_caption_images", "0",
+             "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "tb_logs"])
+    (evaluated,) = {events.parent for events in (demo_dir / "tb_logs").rglob("events.out.tfevents.*")}
+    assert scalar_series(evaluated, "hp_metric")[-1][1] == pytest.approx(scalar_series(evaluated, "val/loss")[-1][1])
 
     # the console script: captions for the val images from the checkpoint, exit status 0
     result = subprocess.run(
