@@ -1,8 +1,7 @@
 """The LightningModule: training and validation steps, optimizer and schedule, lean checkpoints.
 
-The model is built from its config (``model.config.*``) in ``configure_model``; prompts, generation
-and answer parsing are the task layer's (:mod:`mmcaption.tasks`), checkpoint policy is
-:mod:`mmcaption.checkpoint`'s. What is left here is what Lightning asks of a module.
+The model is built from its config (``model.config.*``) in ``configure_model``; prompts, generation and answer parsing
+are :mod:`mmcaption.tasks`'s, checkpoint policy :mod:`mmcaption.checkpoint`'s: what is left is what Lightning asks.
 """
 
 from __future__ import annotations
@@ -260,15 +259,18 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         self._evaluation_end("val")
 
     def _evaluation_end(self, prefix: str) -> None:
-        """Log the loss and, when there were generation batches, caption metrics or exact match; after
-        ``mmcaption validate`` or ``test``, write the predictions and a results file that says how the
-        numbers were made (:mod:`mmcaption.evaluation.report`)."""
+        """Log the loss and, when there were generation batches, caption metrics or exact match; after ``mmcaption validate``
+        or ``test``, write the predictions and a results file that says how the numbers were made (:mod:`.evaluation.report`)."""
         loss = self.val_loss.compute()  # token-weighted over all batches and all ranks
         self.val_loss.reset()
         self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/perplexity", torch.exp(loss), sync_dist=False)
-        # TensorBoard's HPARAMS tab compares runs by it: the loss evaluated, in fit, validate and test (Lightning's -1, never
-        self.log("hp_metric", loss, sync_dist=False)  # updated, was its only column)
+        # TensorBoard's HPARAMS tab compares runs by it: the loss evaluated (Lightning's -1, never updated, was its only
+        if self.trainer.state.fn == TrainerFn.FITTING:  # column); in validate and test to TensorBoard alone, not a row
+            self.log("hp_metric", loss, sync_dist=False)  # of the metrics' table beside the loss it repeats
+        elif self.trainer.is_global_zero:
+            for board in (logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)):
+                board.log_metrics({"hp_metric": float(loss)}, step=self.global_step)
         captions = random_state.gather_objects(self.val_captions, interleaved=True)
         answers = random_state.gather_objects(self.val_answers, interleaved=True)
         # a split smaller than the processes is shared with repeats (data.base): each image or question once
