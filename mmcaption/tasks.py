@@ -184,24 +184,25 @@ class Tasks:
                                                 generate_kwargs, self.option),
             image_mask=image_mask, **{**generate_kwargs, **extra},
         )
-        self.unfinished = self._unfinished(tokens, generate_kwargs, None if self.context is None else self.context - lengths)
+        self.unfinished, self.at_context = self._unfinished(tokens, generate_kwargs,
+                                                            None if self.context is None else self.context - lengths)
         return self.decode(tokens)
 
-    def _unfinished(self, tokens: torch.Tensor, settings: dict[str, Any], rooms: torch.Tensor | None = None) -> list[bool]:
+    def _unfinished(self, tokens: torch.Tensor, settings: dict[str, Any],
+                    rooms: torch.Tensor | None = None) -> tuple[list[bool], list[bool]]:
         """The rows that stopped at the length limit (max_new_tokens, or ``rooms``: each prompt's room in the context)
         before their end-of-text: a caption cut mid-sentence reads as a finished one. A row ends within its room or was
-        cut (:class:`RoomLeft` pads a row cut at its room while longer ones go on)."""
+        cut (:class:`RoomLeft` pads a row cut at its room while longer ones go on). Then, of them, those cut at their room."""
         if any(settings.get(key, getattr(self.generation, key, None)) for key in ("stop_strings", "stopping_criteria", "max_time")):
-            return [False] * len(tokens)  # stopped by these, a row may end without its end-of-text
+            return [False] * len(tokens), [False] * len(tokens)  # stopped by these, a row may end without its end-of-text
         ends = [self.generation.pad_token_id, *(self.generation.eos_token_id if isinstance(self.generation.eos_token_id, list)
                                                 else [self.generation.eos_token_id])]
         found = torch.isin(tokens, torch.tensor([end for end in ends if end is not None], device=tokens.device))
-        self.at_context = [False] * len(tokens)
-        if rooms is not None:  # (rows of beams or returned sequences next to their prompt's)
-            rooms = RoomLeft.per_row(rooms, tokens)
-            found &= torch.arange(tokens.shape[1], device=tokens.device) < rooms[:, None]
-            self.at_context = ((rooms <= tokens.shape[1]) & ~found.any(1)).tolist()
-        return (~found.any(1)).tolist()
+        if rooms is None:
+            return (~found.any(1)).tolist(), [False] * len(tokens)
+        rooms = RoomLeft.per_row(rooms, tokens)  # (rows of beams or returned sequences next to their prompt's)
+        found &= torch.arange(tokens.shape[1], device=tokens.device) < rooms[:, None]
+        return (~found.any(1)).tolist(), ((rooms <= tokens.shape[1]) & ~found.any(1)).tolist()
 
     def generate_batch(self, batch: dict[str, Any], image_embeds: torch.Tensor | None = None) -> list[str]:
         """:meth:`generate` on a collated batch (``input_ids``, ``attention_mask``, ``pixel_values``,
