@@ -215,3 +215,23 @@ def test_a_windows_path_in_double_quotes_of_a_config_is_refused_with_how_to_writ
     prompt = tmp_path / "prompt.yaml"  # a prompt's newline in double quotes is meant
     prompt.write_text('data:\n  init_args:\n    system_prompt: "Answer briefly.\\nBe exact."\n', encoding="utf-8")
     check_config_file(str(prompt), prompt)
+
+
+def test_the_configs_eight_workers_on_a_two_core_machine_load_with_two_said_once(backbones, coco_root, monkeypatch, capsys):
+    # configs/caption.yaml's num_workers 8 (a GPU node's) on Colab's 2 cores: 8 worker processes per loader, training's
+    # and validation's kept alive side by side, behind torch's warning that the loader may freeze
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    data = CaptionDataModule(data_dir=str(coco_root), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
+                             num_workers=8, batch_size=4)
+    data.prepare_data()
+    data.setup("fit")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="This DataLoader will create")  # "... 8 worker processes in total"
+        loaders = [data.train_dataloader(), data.val_dataloader()]
+        assert [loader.num_workers for loader in loaders] == [2, 2]
+        next(iter(loaders[0]))
+    said = capsys.readouterr().err
+    assert said.count("note: data.num_workers is 8, and this process may use 2 cores: 2 worker processes load the data") == 1
+    fewer = CaptionDataModule(data_dir=str(coco_root), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
+                              num_workers=1)
+    assert fewer.num_workers == 1 and "num_workers" not in capsys.readouterr().err

@@ -32,7 +32,7 @@ from mmcaption.data.features import features_folder, load_image_features, write_
 from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
 from mmcaption.data.stage_splits import say_other_split_caches
-from mmcaption.data.workers import end_workers_at_exit, loader_generator, worker_init
+from mmcaption.data.workers import end_workers_at_exit, loader_generator, worker_init, workers_for_cores
 from mmcaption.errors import ConfigError, NotWritableError
 from mmcaption.folders import check_writable
 from mmcaption.images import processor_side
@@ -86,7 +86,7 @@ class BackbonesDataModule(LightningDataModule):
         if num_workers < 0:  # joblib's -1, "every core": torch's refusal came after the model had loaded, as a traceback
             raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}; "
                               f"this machine has {os.cpu_count()} cores")
-        self.tokenizer_name, self.image_processor_name, self.num_workers = tokenizer, image_processor, num_workers
+        self.tokenizer_name, self.image_processor_name, self.num_workers = tokenizer, image_processor, workers_for_cores(num_workers)
 
     @functools.cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:

@@ -9,7 +9,6 @@ it cannot be decoded, so that the check runs in the pool too, not in the reader'
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcaption.data.records import BadRecords
+from mmcaption.data.workers import usable_cores
 from mmcaption.images import DECODE_ERRORS, check_image, load_rgb, opened, shrink_image
 
 UNREADABLE = "unreadable image"
@@ -37,8 +37,7 @@ class Unchecked:
 
 def preprocessing_threads() -> int:
     """Threads of the image pass: the cores this process may use, up to 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return max(1, min(8, usable_cores()))
 
 
 def _prepared(image: bytes | Unchecked, image_size: int | None) -> tuple[bytes, str | None]:

@@ -9,15 +9,40 @@ import multiprocessing
 import multiprocessing.queues
 import os
 import signal
+import sys
 import time
 import traceback
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch._utils import ExceptionWrapper
 
 from mmcaption.data.sampling import default_seed
 from mmcaption.resources import handover_message
+
+
+def usable_cores() -> int:
+    """The cores this process may use (its affinity: a container's or a scheduler's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def workers_for_cores(asked: int) -> int:
+    """``asked`` worker processes, or as many as the cores this process may use when they are fewer, said once: the
+    configs' 8 (a GPU node's) on a 2-core machine (Colab's, a laptop's) ran 8 workers per loader, training's and
+    validation's kept alive side by side, each with its own memory, behind torch's warning of a freeze."""
+    cores = usable_cores()
+    if asked <= cores:
+        return asked
+    _say(f"note: data.num_workers is {asked}, and this process may use {cores} cores: {cores} worker processes load the "
+         f"data (more would wait for the cores, each holding its own memory; --data.init_args.num_workers {cores} asks for "
+         f"{cores} without this note)")
+    return cores
+
+
+@rank_zero_only
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def worker_init(worker_id: int, rank: int = 0) -> None:
