@@ -42,7 +42,14 @@ from mmcaption.folders import (
 from mmcaption.generation_settings import saved_generation
 from mmcaption.model.backbone_weights import weights_fingerprint
 from mmcaption.model.backbones import load_tokenizer
-from mmcaption.model.card import CONFIG_FILE, DATA_SETTINGS, merged_into_other_weights, model_card, read_manifest
+from mmcaption.model.card import (
+    CONFIG_FILE,
+    DATA_SETTINGS,
+    hub_license,
+    merged_into_other_weights,
+    model_card,
+    read_manifest,
+)
 from mmcaption.prompts import DEFAULT_SYSTEM, ConversationTemplate
 from mmcaption.resources import disk_full
 from mmcaption.usage import backbones_given, export_parser
@@ -114,10 +121,10 @@ def copy_backbone(name: str, target: Path) -> str:
 
 
 def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False,
-                      license: str = "apache-2.0", include_backbones: bool = False, **backbones: str) -> Path:
+                      license: str | None = None, include_backbones: bool = False, **backbones: str) -> Path:
     """Write the model of a Lightning checkpoint, with the prompts and generation settings it was
     trained and validated with, to the folder ``out`` (refused when it holds anything, unless ``overwrite``).
-    ``license`` is the Hub license id the model card declares for what was trained. With
+    ``license`` is the Hub license id the model card declares for what was trained (None: none declared, said). With
     ``include_backbones`` the language model and the vision tower are copied into ``backbones/`` and the
     folder loads from them: it works with nothing else, offline. ``backbones``: ``language_model`` / ``vision_model``
     folders where they are now, when they moved since training (the export records these)."""
@@ -131,7 +138,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, merge: bool 
         return _export(checkpoint_path, out, merge, overwrite, license, include_backbones, backbones)
 
 
-def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool, license: str, include_backbones: bool,
+def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool, license: str | None, include_backbones: bool,
             backbones: dict[str, str]) -> Path:
     model, checkpoint = model_from_checkpoint(checkpoint_path, pretrained_weights=False, **backbones)  # the trained tensors suffice
     # again, now that the backbones' folders are known, and with --overwrite only over an earlier export (the check
@@ -145,9 +152,18 @@ def _export(checkpoint_path: str | Path, out: Path, merge: bool, overwrite: bool
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters", {})
     prompts = {"caption_prompt": data.get("caption_prompt", ""), "system_prompt": data.get("system_prompt", DEFAULT_SYSTEM)}
+    license, unknown = hub_license(license)
     source = {"checkpoint": str(Path(checkpoint_path).resolve()), "global_step": checkpoint.get("global_step"),
               "init_from": checkpoint.get("init_from"), "license": license,
               "training": training_summary(checkpoint, checkpoint_path)}
+    if unknown:
+        print(f"warning: {unknown}", file=sys.stderr)
+    elif not license:  # the default was apache-2.0, mmcaption's code's, declared for weights trained on LLaVA-Instruct too
+        data = (source["training"] or {}).get("data") or {}
+        named = next((f" ({data[key]})" for key in ("train_file", "hub_dataset", "data_dir") if data.get(key)), "")
+        print("note: the model card declares no license: --license <id> declares one, a Hub license id (mit, apache-2.0, "
+              f"cc-by-nc-4.0, other, ...) that the backbones' licenses and the training data's terms{named} allow",
+              file=sys.stderr)
     tokenizer = load_tokenizer(model.config.language_model)
     # the instruct stage's layout, for apply_chat_template (and the Hub's chat widgets)
     tokenizer.chat_template = ConversationTemplate(system=prompts["system_prompt"]).chat_template()

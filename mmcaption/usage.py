@@ -69,8 +69,9 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier export's files in the folder (what the export does not write, as a Hub clone's "
                              ".git, is kept); other folders are refused")
-    parser.add_argument("--license", default="apache-2.0",
-                        help="Hub license id the model card declares (default apache-2.0; mind the data's and base models')")
+    parser.add_argument("--license", default=None,
+                        help="Hub license id the model card declares (mit, apache-2.0, cc-by-nc-4.0, other, ...; none by "
+                             "default), one the backbones' licenses and the training data's terms allow")
     parser.add_argument("--include_backbones", action="store_true",
                         help="copy the language model and the vision tower into the folder: it then works with nothing else")
     add_backbone_arguments(parser)

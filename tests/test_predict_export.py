@@ -872,7 +872,44 @@ def test_card_metadata_names_hub_backbones_as_base_models():
                                                               "data": {"source": "hub", "hub_dataset": "org/coco-captions"}}}}
     card = ModelCard(model_card(manifest))
     assert card.data.base_model == ["microsoft/phi-2", "openai/clip-vit-base-patch32"]
-    assert card.data.datasets == ["org/coco-captions"] and card.data.license == "apache-2.0"
+    # no license declared unless given: the default was apache-2.0, mmcaption's code's, for weights of any data
+    assert card.data.datasets == ["org/coco-captions"] and card.data.license is None
+    assert "No license is declared for this model (`mmcaption-export --license`)" in card.text
+    # a dataset of the user's own photos, a local folder, is no Hub dataset: its path was the card's `datasets`
+    manifest["source"]["training"]["data"]["hub_dataset"] = "~/family_photos"
+    assert ModelCard(model_card(manifest)).data.datasets is None
+
+
+def test_an_export_to_share_names_no_home_folder_and_declares_a_license_the_hub_takes(
+        trained_checkpoint, tmp_path, tmp_path_factory, monkeypatch, capsys):
+    from huggingface_hub import ModelCard
+
+    from mmcaption.model import MultimodalCausalLM
+
+    home = tmp_path_factory.getbasetemp()  # the backbones, the checkpoint and this project all in the home folder
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(trained_checkpoint, "last.ckpt")
+    export_main(["last.ckpt", "shared", "--license", "CC-BY-NC-4.0"])  # SPDX's spelling: the Hub refused the card's upload
+    # only relative paths typed, and the card, mmcaption.json and adapter_config.json named /home/<user>/...
+    named = [str(path) for path in Path("shared").rglob("*") if path.is_file() and str(home).encode() in path.read_bytes()]
+    assert named == []
+    card = ModelCard.load("shared/README.md")
+    assert card.data.license == "cc-by-nc-4.0" and "This model is declared `cc-by-nc-4.0`" in card.text
+    assert "Exported from `~/" in card.text and "/last.ckpt` (step" in card.text
+    # and it loads here as before: ~ is this user's home folder
+    model = MultimodalCausalLM.from_pretrained("shared")
+    trained = torch.load(trained_checkpoint, weights_only=False)["hyper_parameters"]["config"]
+    assert (model.config.language_model, model.config.vision_model) == (trained["language_model"], trained["vision_model"])
+    capsys.readouterr()
+
+    export_main(["last.ckpt", "unlicensed"])  # said, with the data whose terms a license must allow
+    said = capsys.readouterr().err
+    assert "note: the model card declares no license: --license <id> declares one" in said and "(" in said.split("terms")[1]
+    assert ModelCard.load("unlicensed/README.md").data.license is None
+    export_main(["last.ckpt", "typed", "--license", "cc by-nc 4.0"])  # none of the Hub's ids: said, with the closest
+    said = capsys.readouterr().err
+    assert "warning: --license 'cc by-nc 4.0' is not one of the Hub's license ids" in said and "close: cc-by-nc-4.0" in said
 
 
 def test_chat_takes_an_image_path_as_a_terminal_writes_a_dropped_file(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,15 +30,61 @@ def hub_ids(*names: str) -> list[str] | None:
     return ids or None
 
 
+# the Hub's license ids (huggingface.co/docs/hub/repositories-licenses): a card whose license is none of them is refused
+# by the Hub's metadata check on upload (``MIT``, SPDX's ``CC-BY-NC-4.0``)
+HUB_LICENSES = (
+    "apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m "
+    "afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 "
+    "cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0 "
+    "cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0 "
+    "cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl "
+    "lgpl-2.1 lgpl-3.0 isc lppl-1.3c ms-pl mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense "
+    "zlib pddl lgpl-lr deepfloyd-if-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown other").split()
+
+
+def hub_license(given: str | None) -> tuple[str | None, str | None]:
+    """The license id the card declares (the Hub's ids are lower case: ``MIT`` and SPDX's ``CC-BY-NC-4.0`` were written as
+    given, and the Hub refuses the upload of such a card), and a warning when it is none of the Hub's ids."""
+    if not given or not given.strip():
+        return None, None
+    written = given.strip().lower()
+    if written in HUB_LICENSES:
+        return written, None
+    near = difflib.get_close_matches(written.replace(" ", "-"), HUB_LICENSES, n=3, cutoff=0.6)
+    return written, (f"--license {given!r} is not one of the Hub's license ids that this release knows "
+                     f"({'close: ' + ', '.join(near) + '; ' if near else ''}the list: "
+                     "huggingface.co/docs/hub/repositories-licenses): the Hub refuses to upload a model card whose license it "
+                     "does not know. Give its id, or `other` for a license of its own (named in the card's `license_name`)")
+
+
+def home_written(value: Any) -> Any:
+    """``value`` with each absolute path under the home folder written from ``~`` (in lists and dicts too): a saved folder
+    is shared (uploaded to the Hub), and its card and manifest named ``/home/<user>/...`` where only relative paths had
+    been typed. Read back with :func:`home_read`, it loads on this machine as before."""
+    home = str(Path.home())
+    if isinstance(value, str):
+        return "~" + value[len(home):] if len(home) > 1 and (value == home or value.startswith(home + os.sep)) else value
+    if isinstance(value, dict):
+        return {key: home_written(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [home_written(item) for item in value]
+    return value
+
+
+def home_read(name: Any) -> Any:
+    """A path :func:`home_written` wrote, as this machine's (``~/`` is this user's home folder); anything else as it is."""
+    return str(Path.home() / name[2:]) if isinstance(name, str) and name.startswith(("~/", "~" + os.sep)) else name
+
+
 def card_metadata(manifest: dict[str, Any]) -> str:
     """The card's Hub metadata (YAML front matter, by ``huggingface_hub.ModelCardData``). Backbones
     given as local folders are left out of ``base_model``, which names Hub models only."""
     model, source = manifest["model"], manifest["source"]
     data = source.get("training", {}).get("data", {})
     return ModelCardData(
-        license=source.get("license", "apache-2.0"),
+        license=source.get("license"),
         base_model=hub_ids(manifest["base_language_model"], model["vision_model"]),
-        datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None,
+        datasets=hub_ids(data["hub_dataset"]) if isinstance(data.get("hub_dataset"), str) else None,  # a local folder's: not
         library_name="mmcaption",  # the folder loads with mmcaption: PEFT's snippet would look for an adapter at its root
         pipeline_tag="image-text-to-text",
         tags=["mmcaption", "image-captioning", *(["visual-question-answering"] if not caption_stage(manifest) else []),
@@ -126,7 +173,8 @@ def model_card(manifest: dict[str, Any]) -> str:
 
 {"A captioning model (the caption stage; not instruction-tuned: it was not taught to answer questions or chat)"
  if caption_stage(manifest) else "A captioning and visual question answering model"} trained with mmcaption: the language model
-`{manifest['base_language_model']}` ({model['quantization']} during training), the frozen vision tower
+`{manifest['base_language_model']}` ({model['quantization'] + " during training" if model['quantization'] != "none"
+                                      else "not quantized"}), the frozen vision tower
 `{model['vision_model']}`, gated cross-attention after decoder layers {model['cross_attention_layers']},
 and LoRA (r={model['lora_r']}, alpha={model['lora_alpha']}) on {', '.join(model['lora_target_modules'])}.
 {adapter}
@@ -141,8 +189,17 @@ print(captioner.caption("photo.jpg"))
 
 Exported from `{manifest['source'].get('checkpoint')}` (step {manifest['source'].get('global_step')}).
 {training_section(manifest['source'])}
-The language model and the vision tower keep their own licenses, and so does the training data.
+{license_line(manifest['source'])}
 """
+
+
+def license_line(source: dict[str, Any]) -> str:
+    """What the card says of licenses: the weights' (``--license``), and the backbones' and the data's own."""
+    if source.get("license"):
+        return (f"This model is declared `{source['license']}`; the language model, the vision tower and the training data "
+                "keep their own licenses.")
+    return ("No license is declared for this model (`mmcaption-export --license`); the language model, the vision tower and "
+            "the training data keep their own licenses, which its use must respect.")
 
 
 def is_pretrained_folder(path: str | Path) -> bool:
@@ -225,6 +282,9 @@ def read_manifest(folder: str | Path, for_use: bool = True) -> dict[str, Any]:
                           f"format {FOLDER_FORMAT} and before): upgrade mmcaption (pip install -U mmcaption) to use it")
     if isinstance(manifest.get("model"), dict):
         check_known_settings(manifest["model"], str(path), "written by a newer version of mmcaption, or edited by hand")
+        manifest["model"] = {**manifest["model"], **{name: home_read(manifest["model"].get(name))
+                                                     for name in ("language_model", "vision_model") if name in manifest["model"]}}
+    manifest["base_language_model"] = home_read(manifest.get("base_language_model"))
     return manifest
 
 
@@ -245,4 +305,5 @@ def save_adapter(language_model: PeftModel, folder: Path) -> None:
     settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     if isinstance(settings.get("target_modules"), list):
         settings["target_modules"] = sorted(settings["target_modules"])
-        (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+    settings["base_model_name_or_path"] = home_written(settings.get("base_model_name_or_path"))  # /home/<user>/...: shared
+    (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
