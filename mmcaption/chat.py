@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: {args.model or args.checkpoint} is a caption-stage model: the instruct stage teaches to answer questions and chat; "
               "expect captions, not answers", file=sys.stderr, flush=True)
         warnings.filterwarnings("ignore", message="this is a caption-stage model")  # the API's own note: said just above
+    warnings.filterwarnings("ignore", message=r"\d+ of \d+ texts stopped before their end")  # chat says it its own way
     # piped in and out as UTF-8 (Windows reads and writes a pipe in its code page: an accent or emoji ended the chat),
     # and a line of other bytes is skipped, not the end of the chat
     for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "strict")):

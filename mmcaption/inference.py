@@ -195,6 +195,7 @@ class Captioner:
         texts: list = []
         # the call's time, not each batch's (N batches took N times it)
         deadline = _deadline(generate_kwargs) if _ends_at is None else _ends_at
+        cut = [0, 0]  # texts that stopped at the length limit before their end, and of them at the context's end
         for start in range(0, len(prompts), size):
             batch = self.tasks.prompt_batch(prompts[start:start + size])
             pixels, mask, unreadable = self._images(images[start:start + size], first + start,
@@ -206,6 +207,15 @@ class Captioner:
                                            **generate_kwargs)
             n = len(made) // len(batch["input_ids"])
             texts += [None if i // n in unreadable else text for i, text in enumerate(made)]
+            rows = [i for i in range(len(made)) if i // n not in unreadable and self.tasks.unfinished[i:i + 1] == [True]]
+            cut = [cut[0] + len(rows), cut[1] + sum(self.tasks.at_context[i] for i in rows)]
+        if cut[0]:  # a cut text read as the model's whole answer (chat and predict say so; a script's call did not)
+            limit = generate_kwargs.get("max_new_tokens", self.tasks.generation.max_new_tokens)
+            warnings.warn(f"{cut[0]} of {len(texts)} texts stopped before their end: " + "; ".join([
+                *([f"{cut[0] - cut[1]} at the length limit{f' ({limit} new tokens)' if limit else ''}, which "
+                   "max_new_tokens=... raises"] if cut[0] > cut[1] else []),
+                *([f"{cut[1]} where the language model's context ends (a shorter question or history leaves more room)"]
+                  if cut[1] else [])]), UserWarning, stacklevel=callers_level())
         n = len(texts) // max(len(prompts), 1)  # num_return_sequences, however it was given
         groups = [texts[i:i + n] for i in range(0, len(texts), n)]  # an unreadable image's: None, as one text's is
         return texts if n == 1 else [None if group[0] is None else group for group in groups]

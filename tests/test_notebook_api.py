@@ -273,6 +273,15 @@ def test_generation_ends_at_the_language_models_context(captioner, photos):
         alone = [captioner.answer(photos[0], q, **settings, num_beams=beams) for q in (short, long)]
         assert captioner.answer([photos[0]] * 2, [short, long], **settings, num_beams=beams) == alone, beams
         assert captioner.tasks.unfinished == [True, True], beams  # both cut, as predict's rows say (the long one was not)
+    # and a script is told, as chat and predict tell theirs: a cut answer read as the model's whole one
+    with pytest.warns(UserWarning, match=rf"^2 of 2 texts stopped before their end: 1 at the length limit \({context - prompt + 4} "
+                                         r"new tokens\), which max_new_tokens=\.\.\. raises; 1 where the language model's context "
+                                         r"ends \(a shorter question or history leaves more room\)$") as said:
+        captioner.answer([photos[0]] * 2, [short, long], **settings)
+    assert len(said) == 1 and said[0].filename == __file__  # once per call, at the line that called
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an answer that ends within its limit: nothing said
+        captioner.answer(photos[0], short, max_new_tokens=context - prompt + 4)
     # a call's max_length stays in effect where the model's own max_new_tokens is past the context (it was capped over it)
     from types import SimpleNamespace
 
