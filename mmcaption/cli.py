@@ -211,7 +211,7 @@ class MMCaptionCLI(LightningCLI):
             return
         checkpoint = load_checkpoint_file(ckpt_path)
         self._checkpoint_data = (str(ckpt_path), checkpoint.get("training_data") or {})  # its run's stage, its data's format
-        saved = checkpoint_settings(checkpoint, ckpt_path, set(inspect.signature(MultimodalCaptioner).parameters))
+        saved = checkpoint_settings(checkpoint, ckpt_path, set(inspect.signature(MultimodalCaptioner).parameters), subcommand == "fit")
         ask_as_trained(subcommand, self.config[subcommand].get("data"), checkpoint.get("datamodule_hyper_parameters") or {}, ckpt_path)
         if saved.get("generation"):  # a typo an earlier release kept: left out, said, not refused with the checkpoint
             saved["generation"] = saved_generation(saved["generation"], f"--ckpt_path {ckpt_path}")

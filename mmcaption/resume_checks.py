@@ -13,10 +13,10 @@ from mmcaption.terminal import shell_word
 _LIGHTNING_KEYS = ("_instantiator", "_class_path")  # Lightning's own, beside the module's settings
 
 
-def checkpoint_settings(checkpoint: dict[str, Any], ckpt_path: str, known: set[str]) -> dict[str, Any]:
+def checkpoint_settings(checkpoint: dict[str, Any], ckpt_path: str, known: set[str], resume: bool = False) -> dict[str, Any]:
     """The module settings (hyper-parameters) of the checkpoint read from ``ckpt_path``, refused where it is no checkpoint of
     mmcaption fit's or holds settings this release's module (``known``) and model lack: the CLI blamed those on an option the
-    user never typed ("does not accept option 'model.label_smoothing'")."""
+    user never typed ("does not accept option 'model.label_smoothing'"); to ``resume`` a fit, one of the weights alone."""
     saved = dict(checkpoint.get("hyper_parameters") or {})
     if not (lightning := "pytorch-lightning_version" in checkpoint) or (saved and "config" not in saved):
         who = (f"Lightning wrote it for another model, of settings {', '.join(map(str, sorted(saved)[:6]))}" if lightning
@@ -24,6 +24,10 @@ def checkpoint_settings(checkpoint: dict[str, Any], ckpt_path: str, known: set[s
         raise ConfigError(f"--ckpt_path {ckpt_path} is not a checkpoint of mmcaption fit ({who}): give a .ckpt file from a "
                           "run's checkpoint folder (checkpoints/<stage>/last.ckpt)")
     check_known_settings(saved.get("config") or {}, f"--ckpt_path {ckpt_path}")
+    if resume and "optimizer_states" not in checkpoint:  # Lightning's KeyError, a traceback once the backbones had loaded
+        raise ResumeError(f"--ckpt_path {ckpt_path} holds the trained weights alone (its ModelCheckpoint's save_weights_only: "
+                          "no optimizer state, schedule or place in the epoch), so it cannot resume a run. Start a new run "
+                          f"from its weights with --model.init_from {shell_word(ckpt_path)}")
     if unknown := sorted(set(saved) - known - set(_LIGHTNING_KEYS)):
         raise ConfigError(f"--ckpt_path {ckpt_path}: module settings {unknown} are unknown to this version of mmcaption (saved "
                           "by another version of mmcaption: install that version to use it)")

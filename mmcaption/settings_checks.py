@@ -77,6 +77,10 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
                   "run that stops at max_steps before a validation saves keeps nothing there, and --ckpt_path last finds "
                   "nothing. Add `save_last: true` to its init_args to keep the last step (the shipped configs do)",
                   file=sys.stderr, flush=True)
+        if isinstance(callback, ModelCheckpoint) and callback.save_weights_only:  # ~1 GB of Phi-2's 1.5 GB is the optimizer's
+            print(f"note: the ModelCheckpoint saving to {callback.dirpath or 'the log folder'} has save_weights_only on: its "
+                  "checkpoints hold the trained weights alone, which start a new run (--model.init_from) but cannot resume "
+                  "this one (--ckpt_path); a stop by Ctrl-C or a signal still saves one that can", file=sys.stderr, flush=True)
     return kept
 
 

@@ -1180,6 +1180,39 @@ def test_a_second_run_stopped_at_the_same_step_keeps_the_first_ones_checkpoint(t
     assert "weights_only" not in caplog.text  # Lightning's "`weights_only` was not set, defaulting to `False`."
 
 
+def test_checkpoints_of_the_weights_alone_are_said_at_the_start_a_stop_saves_one_that_resumes_and_theirs_are_refused(
+        backbones, coco_root, tmp_path, monkeypatch, capsys):
+    # ModelCheckpoint's save_weights_only (the optimizer is ~1 GB of Phi-2's 1.5 GB checkpoint): the stop's last.ckpt,
+    # which the stop said to resume, held no optimizer, and the resume was Lightning's KeyError, a traceback once the
+    # backbones had loaded
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    folder = tmp_path / "checkpoints"
+    trainer = Trainer(accelerator="cpu", max_steps=6, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=[ModelCheckpoint(dirpath=folder, save_last=True, save_weights_only=True), ResumableStop(),
+                                 SignalAtStep(2)])
+    with pytest.raises(RunInterrupted, match=rf"stopped by SIGTERM at step 3: saved {folder / 'interrupted-step3.ckpt'}; "
+                                             "resume by trainer.fit"):
+        trainer.fit(BoringModel())
+    assert "optimizer_states" in load_checkpoint_file(folder / "interrupted-step3.ckpt")
+    capsys.readouterr()
+
+    monkeypatch.chdir(tmp_path)
+    config = fit_config(tmp_path, coco_root, backbones, tmp_path / "c")
+    weights_only = ["--trainer.callbacks.save_weights_only", "true"]
+    main([*config, *weights_only])
+    assert ("note: the ModelCheckpoint saving to " f"{tmp_path / 'c'} has save_weights_only on: its checkpoints hold the "
+            "trained weights alone, which start a new run (--model.init_from) but cannot resume this one (--ckpt_path)"
+            ) in capsys.readouterr().err
+    last = tmp_path / "c" / "last.ckpt"
+    assert user_error(capsys, main, [*config, "--ckpt_path", str(last), "--trainer.max_steps", "2"]) == (
+        f"error: --ckpt_path {last} holds the trained weights alone (its ModelCheckpoint's save_weights_only: no optimizer "
+        f"state, schedule or place in the epoch), so it cannot resume a run. Start a new run from its weights with "
+        f"--model.init_from {last}")
+    main([*config, "--model.init_from", str(last), "--trainer.max_steps", "1"])  # as it says: it starts one
+
+
 @pytest.mark.parametrize("when", ["the save is written", "the step's metrics are logged"])
 def test_a_second_ctrl_c_once_the_stops_checkpoint_is_saved_still_says_how_to_resume(when, tmp_path, monkeypatch):
     # Ctrl-C, then Ctrl-C again as the step-end save finished: "stopped by a second Ctrl-C, without saving", though
