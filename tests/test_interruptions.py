@@ -1682,12 +1682,21 @@ def test_a_true_precision_that_would_cast_the_packed_4_bit_weights_is_refused_be
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--trainer.precision", "16-true"])
     assert message == ("error: trainer.precision 16-true casts every weight to float16, the nf4 weights' packed bytes too (stored "
                        "as model.config.compute_dtype bfloat16): they would be scrambled. Use bf16-mixed (as the real configs) or "
-                       "32-true, or keep 16-true with model.config.compute_dtype float16")
+                       "32-true, or keep 16-true with model.config.compute_dtype float16 to predict (to train, it rounds away "
+                       "updates of the weights it trains, kept in 16 bits too)")
     message = user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--trainer.precision",
                                        "bf16-true", "--model.config.compute_dtype", "float32"])
     assert message.startswith("error: trainer.precision bf16-true casts every weight to bfloat16")
     assert "64-true" in user_error(capsys, main, [*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"),
                                                   "--trainer.precision", "64-true"])
+    # as the refusal allows, it trains, and keeps the trained weights in bfloat16: AdamW's small updates rounded away unsaid
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    main([*fit_config(tmp_path, coco_root, backbones, tmp_path / "c"), "--trainer.precision", "bf16-true",
+          "--model.config.compute_dtype", "bfloat16"])
+    assert ("note: trainer.precision bf16-true keeps the weights this run trains (LoRA, cross-attention, projection) and "
+            "their optimizer state in bfloat16: an update smaller than bfloat16's step between two values of a weight is "
+            "rounded away") in capsys.readouterr().err
 
 
 def test_ctrl_c_in_a_notebooks_run_cli_raises_interrupted_and_leaves_ctrl_c_and_the_bars_as_they_were(

@@ -243,7 +243,8 @@ def precision_problem(precision: object, quantization: str, compute_dtype: str) 
     cast = CASTING_PRECISIONS.get(str(precision))
     if quantization not in ("nf4", "fp4") or cast is None or cast == compute_dtype:
         return None
-    instead = f", or keep {precision} with model.config.compute_dtype {cast}" if cast in ("bfloat16", "float16") else ""
+    instead = f", or keep {precision} with model.config.compute_dtype {cast} to predict (to train, it rounds away updates of " \
+        "the weights it trains, kept in 16 bits too)" if cast in ("bfloat16", "float16") else ""
     return (f"trainer.precision {precision} casts every weight to {cast}, the {quantization} weights' packed bytes too (stored "
             f"as model.config.compute_dtype {compute_dtype}): they would be scrambled. Use bf16-mixed (as the real configs) or "
             f"32-true{instead}")
