@@ -37,6 +37,7 @@ from mmcaption.evaluation.answers import LETTERS
 # not against a word: code's List<Image> is text (ShareGPT's code conversations in LLaVA-1.5's mix), and was cut out
 _IMAGE_TAG = re.compile(r"\s*(?<!\w)<image>\s*", re.IGNORECASE)
 _TAG = "<image>"
+_ANY_TAG = re.compile(re.escape(_TAG), re.IGNORECASE)  # a literal search: _IMAGE_TAG's leading \s* tried every character
 _TAG_CASES = ["<" + "".join(letters) + ">" for letters in itertools.product(*zip("image", "IMAGE"))][1:]  # <Image>, ...
 _CLOSED = re.compile(r"(?:(?!<image>).)*</image>", re.IGNORECASE | re.DOTALL)  # a </image> before any other <image>
 # other models' image placeholders (Qwen-VL, MiniGPT-4, Llama 3.2 Vision): conversations written for them
@@ -65,6 +66,8 @@ def image_placeholders(text: str) -> list[re.Match]:
     """LLaVA's ``<image>`` placeholders in ``text`` (with the blanks around each): a turn's first line or last, as LLaVA
     writes it, always; elsewhere unless an XML element's, closed by ``</image>`` before any other ``<image>`` (an RSS
     feed's ``<image><url>...</url></image>`` in a code conversation, or ``<image>photo</image>``: cut out, or refused)."""
+    if not _ANY_TAG.search(text):  # most answers: a fifth of the time of reading LLaVA-Instruct-150k went to them
+        return []
     return [m for m in _IMAGE_TAG.finditer(text) if m.end() == len(text) or m.start() == 0 and "\n" in m.group(0)
             or not _CLOSED.match(text, m.end())]
 
