@@ -608,6 +608,31 @@ def test_a_split_prepared_again_after_its_data_was_edited_names_the_old_preproce
     assert "other preprocessed folder" not in capsys.readouterr().err
 
 
+def test_a_build_killed_outright_is_removed_by_the_next_build_of_its_split_under_other_settings(backbones, coco_copy, capsys):
+    # the out-of-memory killer ended a build; the run again with a lower max_length builds another key, and the killed
+    # build's hidden staging folder (gigabytes of a large set's images) stayed for good: only its own key's next build
+    # removed it
+    import fcntl
+
+    dm = make_datamodule(backbones, coco_copy, max_length=40)
+    cache = dm.cache_dir
+    cache.mkdir(parents=True, exist_ok=True)
+    killed, running = cache / ".train2017-0123456789abcdef.k1ll3d00.partial", cache / ".train2017-fedcba9876543210.l1v3.partial"
+    for leftover in (killed, running):
+        (leftover / "build").mkdir(parents=True)
+        (leftover / "build" / "images.arrow").write_bytes(b"\0" * 2**20)
+    lock = os.open(cache / ".train2017-fedcba9876543210.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # a build of that key running now, in another process
+    try:
+        dm.prepare_data()
+    finally:
+        os.close(lock)
+    err = capsys.readouterr().err
+    assert f"note: removed {killed} (1.0 MB), the unfinished build of train2017-0123456789abcdef by a process that was killed" in err
+    assert not killed.exists() and running.is_dir() and str(running) not in err  # a live build's is its own
+    assert not (cache / ".train2017-0123456789abcdef.lock").exists()
+
+
 def test_a_damaged_cache_is_rebuilt_with_a_note(backbones, coco_copy, monkeypatch):
     dm = make_datamodule(backbones, coco_copy)
     dm.prepare_data()
@@ -848,7 +873,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "c36815090fcd93cd"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "a826f0350d2afa40"}
 
 
 def cache_code_digest() -> str:

@@ -31,7 +31,7 @@ from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
-from mmcaption.data.stage_splits import say_other_split_caches
+from mmcaption.data.stage_splits import remove_orphaned_builds, say_other_split_caches
 from mmcaption.data.workers import end_workers_at_exit, loader_generator, worker_init, workers_for_cores
 from mmcaption.errors import ConfigError, NotWritableError
 from mmcaption.folders import check_writable
@@ -84,8 +84,7 @@ class BackbonesDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if num_workers < 0:  # joblib's -1, "every core": torch's refusal came after the model had loaded, as a traceback
-            raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}; "
-                              f"this machine has {os.cpu_count()} cores")
+            raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}; this machine has {os.cpu_count()} cores")
         self.tokenizer_name, self.image_processor_name, self.num_workers = tokenizer, image_processor, workers_for_cores(num_workers)
 
     @functools.cached_property
@@ -305,6 +304,7 @@ class PreprocessedDataModule(BackbonesDataModule):
                                    "beside the data)") from None
         if is_complete(folder):  # damaged: out of the way at once (removed in place, a kill left it half there for good)
             discard(folder)
+        remove_orphaned_builds(folder)
         rank_zero_info(f"preprocessing split {split} into {folder} (once; later runs reuse it) ...")
         start = time.perf_counter()
         written = self.write_split(split, folder)

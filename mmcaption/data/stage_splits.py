@@ -5,7 +5,10 @@ copies: nocaps' ``validation``, Flickr30k's ``test``) scored whole, ``fit`` refu
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
 import sys
 from contextlib import suppress
 from pathlib import Path
@@ -118,3 +121,38 @@ def say_other_split_caches(folder: Path) -> None:
         print(f"note: {folder.parent} holds {len(others)} other preprocessed folder{'s' * (len(others) > 1)} of split {split}, "
               f"built from other inputs or settings ({names}; {size / 2**20:,.1f} MB): remove {them} unless a run of those "
               f"inputs and settings still reads {them}", file=sys.stderr, flush=True)
+
+
+def remove_orphaned_builds(folder: Path) -> None:
+    """Remove the unfinished builds of ``folder``'s split under other keys (other inputs or settings) that a killed
+    process left, when no live build holds their lock: the out-of-memory killer ended a build, a run with a lower
+    max_length built another key, and the hidden staging folder (gigabytes of a large set's images) stayed for good,
+    unsaid (the next build of its own key removes it; no other did)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a live build's lock cannot be told from a leftover's
+        return
+    split = folder.name.rsplit("-", 1)[0]
+    for leftover in sorted(folder.parent.glob(f".{glob.escape(split)}-*.partial")):
+        target = leftover.name[1:-len(".partial")].rsplit(".", 1)[0]  # .<split>-<key>.<random>.partial
+        if target == folder.name or not SPLIT_FOLDER.fullmatch(target) or target.rsplit("-", 1)[0] != split \
+                or not leftover.is_dir():
+            continue
+        lock = folder.parent / f".{target}.lock"
+        try:
+            descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a build of that key is running (or this disk has no working flock): left to it
+            os.close(descriptor)
+            continue
+        try:
+            size = sum(p.stat().st_size for p in leftover.rglob("*") if p.is_file() and not p.is_symlink())
+            shutil.rmtree(leftover, ignore_errors=True)
+            print(f"note: removed {leftover} ({size / 2**20:,.1f} MB), the unfinished build of {target} by a process that "
+                  "was killed", file=sys.stderr, flush=True)
+        finally:
+            lock.unlink(missing_ok=True)
+            os.close(descriptor)
