@@ -106,6 +106,13 @@ def test_validating_on_the_training_file_or_a_part_of_it_is_warned_of(backbones,
     with pytest.warns(UserWarning, match=rf"^5 of the 5 images of val_file {part} \(100%\) are in train_file {llava[0]} too "
                                          r"\(first: train2017/\d+\.jpg\): validation measures pictures trained on"):
         dm.setup("fit")
+    # the same photos spelled otherwise (./train2017/..., as another tool writes paths): told by their content
+    spelled = tmp_path / "spelled.json"
+    spelled.write_text(json.dumps([{**r, "image": "./" + r["image"]} for r in json.loads(llava[0].read_text())[:5]]))
+    dm = make_datamodule(backbones, llava, val_file=str(spelled))
+    dm.prepare_data()
+    with pytest.warns(UserWarning, match=rf"^5 of the 5 images of val_file {spelled} \(100%\) are in train_file {llava[0]} too"):
+        dm.setup("fit")
     dm = make_datamodule(backbones, llava)  # validated on other images (val2017's): nothing said
     dm.prepare_data()
     with warnings.catch_warnings(record=True) as said:

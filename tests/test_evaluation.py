@@ -654,3 +654,35 @@ def test_a_full_disk_while_results_are_written_leaves_no_file_cut_short_under_it
         assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"], name
     predictions, results = write_evaluation(tmp_path, "test-val2017", rows, {"split": "val2017"})  # room again: whole
     assert len(predictions.read_text().splitlines()) == 50 and json.loads(results.read_text())["coco_results"]
+
+
+def test_validation_and_tests_on_images_trained_on_are_said_whatever_their_names(backbones, coco_root, tmp_path, monkeypatch):
+    # a validation split holding copies of training photos (a CSV's train.csv and test.csv sharing some), val_split the
+    # training split, and a caption stage of train2017 tested on Karpathy's test split (COCO 2014 images, most of which
+    # train2017 holds): scores of pictures trained on, said by no one
+    from mmcaption.cli import main
+
+    from .test_interruptions import fit_config
+
+    monkeypatch.chdir(tmp_path)
+    root = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    val_names = sorted(p.name for p in (root / "val2017").iterdir())
+    for train_name, val_name in zip(("000000000001.jpg", "000000000002.jpg"), val_names):
+        shutil.copy(root / "train2017" / train_name, root / "val2017" / val_name)  # the same photos, other names
+    config = fit_config(tmp_path, root, backbones, tmp_path / "c")
+    with pytest.warns(UserWarning, match=rf"^2 of the {len(val_names)} images of split val2017 \(50%\) are in the training "
+                                         rf"split train2017 too \(first: {val_names[0]}\): validation measures pictures trained "
+                                         "on, and val/loss picks the best checkpoint by them"):
+        main(config)
+    with pytest.warns(UserWarning, match="^the split validated on, train2017, is the training split: validation measures"):
+        main([*config, "--data.init_args.val_split", "train2017"])
+    # Karpathy's test split, read from COCO 2017's copies of its photos, with the caption stage's checkpoint
+    sentences = [{"raw": "a shape.", "tokens": ["a", "shape"], "imgid": 0, "sentid": 0}]
+    images = [{"filepath": "val2014", "filename": f"COCO_val2014_{i:012d}.jpg", "split": split, "cocoid": i, "imgid": i,
+               "sentids": [0], "sentences": sentences} for i, split in ((3, "train"), (1, "test"), (2, "test"))]
+    (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    with pytest.warns(UserWarning, match=r"^2 of the 2 images of split test \(100%\) are in the training split "
+                                         r"train2017-[0-9a-f]{16} too \(first: .*\): the scores measure pictures the "
+                                         "checkpoint trained on"):
+        main(["test", "--config", config[2], "--data.init_args.source", "karpathy", "--data.init_args.val_split", "null",
+              "--ckpt_path", str(tmp_path / "c" / "last.ckpt"), "--data.init_args.test_caption_images", "0"])

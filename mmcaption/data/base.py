@@ -31,7 +31,7 @@ from mmcaption.data.datasets import ImageTextDataset
 from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
-from mmcaption.data.stage_splits import remove_orphaned_builds, say_other_split_caches
+from mmcaption.data.stage_splits import remove_orphaned_builds, say_other_split_caches, say_shared_images
 from mmcaption.data.workers import end_workers_at_exit, loader_generator, worker_init, workers_for_cores
 from mmcaption.errors import ConfigError, NotWritableError
 from mmcaption.folders import check_writable
@@ -327,6 +327,8 @@ class PreprocessedDataModule(BackbonesDataModule):
                     if not is_complete(cached):
                         raise DataError(f"image features of split {split!r} are not cached in {folder}: run prepare_data() first")
                     self.datasets[split].features = load_image_features(cached)
+        if stage == "fit":  # validation on images trained on: said
+            say_shared_images(self, getattr(self, "train_file", None), getattr(self, "val_file", None))
 
     def say_cut(self, split: str, dataset: ImageTextDataset) -> None:
         """Warn of the samples ``max_length`` cuts, when it cuts them as the data is read (not when it is preprocessed)."""
@@ -384,14 +386,12 @@ class PreprocessedDataModule(BackbonesDataModule):
         trainer = self.trainer
         sampler = LengthGroupedSampler(
             dataset.lengths(), self.batch_size,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
+            num_replicas=trainer.world_size if trainer is not None else 1, rank=trainer.global_rank if trainer is not None else 0,
             seed=default_seed(), group_by_length=self.group_by_length, mega_batch=self.length_group_batches,
             accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
             **(dict(zip(("skip", "skip_epoch"), self.resume_skip)) if self.resume_skip else {}),
         )
-        return StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(),
-                                  **self._loader_settings())
+        return StatefulDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(), **self._loader_settings())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -39,7 +39,7 @@ from mmcaption.data.hub import HubCaptions
 from mmcaption.data.image_sources import COCO2017_FOLDERS, coco2014_download
 from mmcaption.data.llava import llava_unsigned_images, read_llava, turn_counts, write_instruct_split
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
-from mmcaption.data.stage_splits import EvaluationSplits, say_shared_images
+from mmcaption.data.stage_splits import EvaluationSplits
 from mmcaption.data.tables import token_split_lists
 from mmcaption.errors import ConfigError
 from mmcaption.images import local_file
@@ -302,11 +302,6 @@ class InstructDataModule(PreprocessedDataModule):
     @property
     def default_cache_dir(self) -> Path:
         return self.train_file.parent / "preprocessed"
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage == "fit" and self.val_file is not None and self.val_file.resolve() != self.train_file.resolve():
-            say_shared_images(self.datasets["train"], self.datasets["val"], self.train_file, self.val_file)
 
     def stage_splits(self) -> dict[str, str]:
         return {"train": "train", "val": "val", "test": "val"}

@@ -12,16 +12,14 @@ import shutil
 import sys
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import pyarrow.compute as pc
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from mmcaption.data.cache import is_complete, load_table
 from mmcaption.data.records import DataError
 from mmcaption.data.table_rows import HELD_OUT, REST
 from mmcaption.folders import SPLIT_FOLDER
-
-if TYPE_CHECKING:
-    from mmcaption.data.datasets import ImageTextDataset
 
 VAL_NAMES = ("validation", "val", "valid", "dev", "test")
 
@@ -80,25 +78,67 @@ def stage_splits(dataset: str, names: list[str], given: tuple[str | None, str | 
 def scored_where_trained(trainer, training_data: dict) -> None:
     """Warn when ``validate`` or ``test`` scores a whole evaluation split with a checkpoint that trained on most of it (its
     ``training_data``): a run trained on such a split before evaluation sets were scored whole."""
-    splits = trainer.datamodule.stage_splits() if hasattr(getattr(trainer, "datamodule", None), "stage_splits") else {}
+    data = getattr(trainer, "datamodule", None)
+    splits = data.stage_splits() if hasattr(data, "stage_splits") else {}
     scored, trained = splits.get("test" if trainer.state.fn == "test" else "val"), training_data.get("train_split") or ""
     if isinstance(splits, EvaluationSplits) and trained.startswith(f"{scored}{REST}-"):
         rank_zero_warn(f"the checkpoint trained on {scored!r} but for a {HELD_OUT[1:]} share ({trained}), and all of {scored!r} "
                        f"is scored, images it trained on: give train_split {scored} to score its held-out share")
+    elif trained and scored in getattr(data, "datasets", {}) and is_complete(folder := Path(data.cache_dir) / trained) \
+            and folder != data.folders.get(scored):  # its training split, preprocessed here: the same photos are said
+        say_images_trained_on(data, scored, load_table(folder / "images"), f"the training split {trained}", (
+            "the scores measure pictures the checkpoint trained on. Score a split of other images, or train without them "
+            "(Karpathy's test images are COCO 2014's, most of which COCO 2017's train2017 holds: configs/caption_karpathy.yaml "
+            "trains on his train split)"))
 
 
-def say_shared_images(train: ImageTextDataset, val: ImageTextDataset, train_file: Path, val_file: Path) -> None:
-    """Warn when a ``val_file``'s images are trained on too (one root holds both files' images, named alike): a part of
-    ``train_file`` given as its validation (LLaVA-Instruct's ``detail_23k.json``, which ``llava_instruct_150k.json``
-    holds), whose loss then picks the best checkpoint by conversations trained on."""
-    trained = set(train.images.data.column("file_name").to_pylist())
-    names = val.images.data.column("file_name").to_pylist()
-    if shared := [name for name in names if name in trained]:
-        rank_zero_warn(f"{len(shared):,} of the {len(names):,} images of val_file {val_file} ({len(shared) / len(names):.0%}) "
-                       f"are in train_file {train_file} too (first: {shared[0]}): validation measures pictures trained on, "
-                       "and val/loss picks the best checkpoint by them. Give a val_file of other images, or val_file null "
-                       "to hold out val_fraction of train_file's images (a file that is a part of another, as LLaVA-"
-                       "Instruct's detail_23k.json is of llava_instruct_150k.json, is no validation of it)")
+def _stored(images) -> list[tuple[int, bytes]]:
+    """Each stored image told apart cheaply whatever its name or path: its length and last 64 bytes (a JPEG's end is its
+    coded picture; the same photo read from two places is stored as the same bytes)."""
+    column = images.data.column("image") if "image" in images.column_names else None
+    if column is None:
+        return []
+    return list(zip(pc.binary_length(column).to_pylist(), pc.binary_slice(column, -64).to_pylist()))
+
+
+def shared_images(trained, scored) -> list[str]:
+    """The file names of the images of ``scored`` (an images table) that ``trained`` holds too."""
+    keys = set(_stored(trained))
+    names = scored.data.column("file_name").to_pylist()
+    return [name for name, key in zip(names, _stored(scored)) if key in keys]
+
+
+def say_images_trained_on(data, split: str, trained, trained_name: str, advice: str = "", scored_name: str = "") -> None:
+    """Warn when images of the split ``split`` scored (validation in fit; validate, test) are images trained on
+    (``trained``: the training split's images table, this run's or the one a checkpoint records): the same photo under
+    another name or path, a split file holding some of another's (a CSV's train.csv and test.csv), a caption stage of
+    train2017 scored on Karpathy's test split (COCO 2014's val images, most of which train2017 holds) were said by no one."""
+    scored = data.datasets[split].images
+    if not (shared := shared_images(trained, scored)):
+        return
+    rank_zero_warn(f"{len(shared):,} of the {len(scored):,} images of {scored_name or 'split ' + split} "
+                   f"({len(shared) / len(scored):.0%}) are in {trained_name} too (first: {shared[0]}): "
+                   + (advice or "they measure pictures trained on, not how the model does on others"))
+
+
+def say_shared_images(data, train_file: Path | None = None, val_file: Path | None = None) -> None:
+    """In fit, warn when the split validated on holds images trained on (the same split named twice is said too), whose
+    val/loss then picks the best checkpoint: an instruct stage's ``val_file`` (LLaVA-Instruct's ``detail_23k.json``,
+    which ``llava_instruct_150k.json`` holds) or a caption set's."""
+    splits = data.stage_splits()
+    train, val = splits.get("train"), splits.get("val")
+    if train not in data.datasets or val not in data.datasets or val_file and Path(val_file).resolve() == Path(train_file).resolve():
+        return  # (val_file train_file: said as it was given)
+    advice = ("validation measures pictures trained on, and val/loss picks the best checkpoint by them. " + (
+        "Give a val_file of other images, or val_file null to hold out val_fraction of train_file's images (a file that "
+        "is a part of another, as LLaVA-Instruct's detail_23k.json is of llava_instruct_150k.json, is no validation of "
+        "it)" if train_file else "Give val_split a split of other images"))
+    if train == val:  # COCO's val_split train2017 (a hub dataset's says so itself: it holds out a share, or was asked)
+        if getattr(data, "hub", None) is None and not isinstance(splits, EvaluationSplits):
+            rank_zero_warn(f"the split validated on, {val}, is the training split: {advice}")
+        return
+    say_images_trained_on(data, val, data.datasets[train].images, f"train_file {train_file}" if train_file else
+                          f"the training split {train}", advice, f"val_file {val_file}" if val_file else "")
 
 
 def say_other_split_caches(folder: Path) -> None:
