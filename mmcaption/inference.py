@@ -185,7 +185,7 @@ class Captioner:
 
     def _generate(self, prompts: list[list[int]], images: list[ImageInput | None], batch_size: int | None = None,
                   first: int = 0, total: int | None = None, skip_unreadable: bool = False, errors: list | None = None,
-                  _ends_at: float | None = None, **generate_kwargs) -> list[str] | list[list[str]]:
+                  _ends_at: float | None = None, _cut: list[int] | None = None, **generate_kwargs) -> list[str] | list[list[str]]:
         """A text per prompt, or with ``num_return_sequences`` n > 1 a list of n texts per prompt; ``batch_size`` at a
         time (:attr:`batch_size` by default); ``None`` in place of one whose image cannot be read, with
         ``skip_unreadable``. ``first``, ``total``: where these images are in the caller's (0: unknown). ``_ends_at``
@@ -195,7 +195,7 @@ class Captioner:
         texts: list = []
         # the call's time, not each batch's (N batches took N times it)
         deadline = _deadline(generate_kwargs) if _ends_at is None else _ends_at
-        cut = [0, 0]  # texts that stopped at the length limit before their end, and of them at the context's end
+        cut = [0, 0, 0] if _cut is None else _cut  # texts cut before their end, of them at the context's end, texts made
         for start in range(0, len(prompts), size):
             batch = self.tasks.prompt_batch(prompts[start:start + size])
             pixels, mask, unreadable = self._images(images[start:start + size], first + start,
@@ -205,20 +205,31 @@ class Captioner:
             with self._lock, evaluating(self.model):  # threads (a web server's) take turns: they got each other's images
                 made = self.tasks.generate(batch["input_ids"], batch["attention_mask"], pixels, None, mask,
                                            **generate_kwargs)
-            n = len(made) // len(batch["input_ids"])
+                n = len(made) // len(batch["input_ids"])  # (what it cut, read before another thread generates)
+                rows = [i for i in range(len(made)) if i // n not in unreadable and self.tasks.unfinished[i:i + 1] == [True]]
+                cut[:] = [cut[0] + len(rows), cut[1] + sum(self.tasks.at_context[i] for i in rows),
+                          cut[2] + len(made) - n * len(unreadable)]
             texts += [None if i // n in unreadable else text for i, text in enumerate(made)]
-            rows = [i for i in range(len(made)) if i // n not in unreadable and self.tasks.unfinished[i:i + 1] == [True]]
-            cut = [cut[0] + len(rows), cut[1] + sum(self.tasks.at_context[i] for i in rows)]
-        if cut[0]:  # a cut text read as the model's whole answer (chat and predict say so; a script's call did not)
-            limit = generate_kwargs.get("max_new_tokens", self.tasks.generation.max_new_tokens)
-            warnings.warn(f"{cut[0]} of {len(texts)} texts stopped before their end: " + "; ".join([
-                *([f"{cut[0] - cut[1]} at the length limit{f' ({limit} new tokens)' if limit else ''}, which "
-                   "max_new_tokens=... raises"] if cut[0] > cut[1] else []),
-                *([f"{cut[1]} where the language model's context ends (a shorter question or history leaves more room)"]
-                  if cut[1] else [])]), UserWarning, stacklevel=callers_level())
+        if _cut is None:  # (a generator's chunks: said once, for the whole call)
+            self._say_cut(cut, generate_kwargs)
         n = len(texts) // max(len(prompts), 1)  # num_return_sequences, however it was given
         groups = [texts[i:i + n] for i in range(0, len(texts), n)]  # an unreadable image's: None, as one text's is
         return texts if n == 1 else [None if group[0] is None else group for group in groups]
+
+    def _say_cut(self, cut: list[int], generate_kwargs: dict[str, Any]) -> None:
+        """One warning for a call's texts that stopped before their end (``cut``: their count, those at the context's end,
+        the texts made): a script read a cut answer as the model's whole one, where chat and predict say so."""
+        if not cut[0]:
+            return
+        if generate_kwargs.get("max_length") is not None and "max_new_tokens" not in generate_kwargs:  # the call's limit
+            limit = f" (max_length {generate_kwargs['max_length']} tokens, the prompt's included), which max_length=... raises"
+        else:
+            tokens = generate_kwargs.get("max_new_tokens", self.tasks.generation.max_new_tokens)
+            limit = f"{f' ({tokens} new tokens)' if tokens else ''}, which max_new_tokens=... raises"
+        warnings.warn(f"{cut[0]} of {cut[2]} texts stopped before their end: " + "; ".join([
+            *([f"{cut[0] - cut[1]} at the length limit{limit}"] if cut[0] > cut[1] else []),
+            *([f"{cut[1]} where the language model's context ends (a shorter question or history leaves more room)"]
+              if cut[1] else [])]), UserWarning, stacklevel=callers_level())
 
     def caption(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
                 skip_unreadable: bool = False, errors: list | None = None, **generate_kwargs) -> str | list[str]:
@@ -235,12 +246,13 @@ class Captioner:
             images = iter(images)  # streamed dataset's column: read a batch at a time, its length unknown (its images named
         if isinstance(images, Iterator) and not one_image(images):  # by their place alone); not an open file's lines
             captions: list = []
-            deadline = _deadline(generate_kwargs)  # the whole call's, as for a list
+            deadline, cut = _deadline(generate_kwargs), [0, 0, 0]  # the whole call's, as for a list
             while chunk := list(itertools.islice(images, size)):
                 caption_needs_images(chunk)
                 captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0,
-                                           skip_unreadable=skip_unreadable, errors=errors, _ends_at=deadline,
+                                           skip_unreadable=skip_unreadable, errors=errors, _ends_at=deadline, _cut=cut,
                                            **generate_kwargs)
+            self._say_cut(cut, generate_kwargs)
             return captions
         batch = as_batch(images)
         images = [images] if batch is None else batch

@@ -106,10 +106,15 @@ def save_resumable_checkpoint(trainer) -> str:
     """Save the run as it is now, resumable: as the checkpoint callback's ``last.ckpt`` when it keeps
     one (with its bookkeeping, as its own saves do), else ``interrupted-step<N>.ckpt`` in its folder, or the next free
     ``interrupted-step<N>-v1.ckpt``, ... when an earlier run stopped at the same step there (as Lightning names its own)."""
-    callback = trainer.checkpoint_callback  # (one that saves the weights alone: its last.ckpt could not resume, so not it)
-    if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath and not callback.save_weights_only:
-        # Lightning < 2.7 (pinned): the method ModelCheckpoint saves its last checkpoint with
-        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+        # whole, where the callback saves the weights alone (save_weights_only): the stop says to resume it, and
+        # --ckpt_path last finds it (an interrupted-step<N>.ckpt beside a weights-only last.ckpt was passed over)
+        weights_only, callback.save_weights_only = callback.save_weights_only, False
+        try:  # Lightning < 2.7 (pinned): the method ModelCheckpoint saves its last checkpoint with
+            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        finally:
+            callback.save_weights_only = weights_only
         return callback.last_model_path
     folder = checkpoint_folder(trainer)
     names = (f"interrupted-step{trainer.global_step}{f'-v{n}' if n else ''}.ckpt" for n in itertools.count())  # a stop

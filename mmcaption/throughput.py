@@ -79,6 +79,26 @@ class TrainingThroughput(ThroughputMonitor):
         for each in stages:
             self._throughputs[each] = Throughput(available_flops=self.available_flops, world_size=trainer.world_size, **self.kwargs)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running counts and the training time so far: a resumed run's ``train/samples``, ``train/lengths``,
+        ``train/batches`` and ``train/time`` went back to 0 at the resume (a sawtooth over a requeued run's curves)."""
+        stage = RunningStage.TRAINING
+        if stage not in self._samples or stage not in self._t0s:
+            return {}
+        return {"samples": self._samples[stage], "lengths": self._lengths.get(stage, 0), "batches": self._batches[stage],
+                "seconds": time.perf_counter() - self._t0s[stage]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed = dict(state_dict)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if resumed := self.__dict__.pop("_resumed", None):  # they go on from the checkpoint's
+            stage = RunningStage.TRAINING
+            self._samples[stage], self._lengths[stage], self._batches[stage] = (resumed["samples"], resumed["lengths"],
+                                                                                 resumed["batches"])
+            self._t0s[stage] -= resumed["seconds"]
+
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
         if batch_idx % trainer.accumulate_grad_batches == 0:  # a step's first batch: under accumulation the step is all

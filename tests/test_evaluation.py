@@ -686,3 +686,19 @@ def test_validation_and_tests_on_images_trained_on_are_said_whatever_their_names
                                          "checkpoint trained on"):
         main(["test", "--config", config[2], "--data.init_args.source", "karpathy", "--data.init_args.val_split", "null",
               "--ckpt_path", str(tmp_path / "c" / "last.ckpt"), "--data.init_args.test_caption_images", "0"])
+
+
+def test_photos_are_told_apart_whole_not_by_their_end_alone():
+    # uncompressed photos of one size (BMP, TIFF) and JPEGs of a plain bottom edge share their length and last bytes:
+    # each such validation photo was said to be a training one
+    import datasets
+
+    from mmcaption.data.stage_splits import shared_images
+
+    def table(names, images):
+        return datasets.Dataset.from_dict({"file_name": names, "image": images})
+
+    corner = b"\xff" * 64  # the same plain corner of two pictures of one size
+    trained = table(["a.bmp", "b.bmp"], [b"BM" + bytes(range(200)) + corner, b"BM" + bytes(range(1, 201)) + corner])
+    scored = table(["c.bmp", "copy of a.bmp"], [b"BM" + bytes(range(2, 202)) + corner, b"BM" + bytes(range(200)) + corner])
+    assert shared_images(trained, scored) == ["copy of a.bmp"]

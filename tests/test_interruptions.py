@@ -1192,10 +1192,11 @@ def test_checkpoints_of_the_weights_alone_are_said_at_the_start_a_stop_saves_one
                       enable_model_summary=False, default_root_dir=tmp_path,
                       callbacks=[ModelCheckpoint(dirpath=folder, save_last=True, save_weights_only=True), ResumableStop(),
                                  SignalAtStep(2)])
-    with pytest.raises(RunInterrupted, match=rf"stopped by SIGTERM at step 3: saved {folder / 'interrupted-step3.ckpt'}; "
+    with pytest.raises(RunInterrupted, match=rf"stopped by SIGTERM at step 3: saved {folder / 'last.ckpt'}; "
                                              "resume by trainer.fit"):
         trainer.fit(BoringModel())
-    assert "optimizer_states" in load_checkpoint_file(folder / "interrupted-step3.ckpt")
+    assert "optimizer_states" in load_checkpoint_file(folder / "last.ckpt")  # whole, as --ckpt_path last finds it
+    assert trainer.checkpoint_callback.save_weights_only  # its own saves as asked
     capsys.readouterr()
 
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,5 @@
 import csv
+import os
 
 import pytest
 import torch
@@ -371,6 +372,34 @@ def test_the_step_time_logged_under_gradient_accumulation_is_the_whole_steps(tmp
     with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as file:
         logged = [float(row["train/step_seconds"]) for row in csv.DictReader(file) if row.get("train/step_seconds")]
     assert len(logged) == 2 and all(seconds >= 0.3 for seconds in logged), logged  # 3 batches of 0.1 s a step
+
+
+def test_the_running_counts_and_the_training_time_go_on_after_a_resume(tmp_path):
+    # train/samples, train/lengths, train/batches and train/time went back to 0 at a resume: a requeued run's curves
+    # were a sawtooth, and "samples seen" was the last resume's
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.loggers import CSVLogger
+
+    from mmcaption.throughput import TrainingThroughput
+
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch["x"], batch_idx)
+
+    samples = [{"input_ids": torch.ones(4, dtype=torch.long), "attention_mask": torch.ones(4), "x": torch.randn(32)}] * 40
+    rows = []
+    for steps, resume in ((4, None), (8, tmp_path / "c" / "last.ckpt")):
+        trainer = Trainer(accelerator="cpu", max_steps=steps, log_every_n_steps=1, limit_val_batches=0,
+                          logger=CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False,
+                          callbacks=[TrainingThroughput(window_size=2), ModelCheckpoint(tmp_path / "c", save_last=True)])
+        trainer.fit(Model(), train_dataloaders=torch.utils.data.DataLoader(samples, batch_size=2), ckpt_path=resume)
+        with open(os.path.join(trainer.logger.log_dir, "metrics.csv")) as file:
+            rows += [row for row in csv.DictReader(file) if row.get("train/samples")]
+    assert [float(row["train/samples"]) for row in rows] == [2.0 * step for step in range(1, 9)]
+    assert [float(row["train/batches"]) for row in rows] == list(range(1, 9))
+    times = [float(row["train/time"]) for row in rows]
+    assert times == sorted(times)  # on from the first run's, not from 0
 
 
 def test_under_ddp_the_running_counts_say_whose_they_are():

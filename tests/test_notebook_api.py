@@ -282,6 +282,15 @@ def test_generation_ends_at_the_language_models_context(captioner, photos):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an answer that ends within its limit: nothing said
         captioner.answer(photos[0], short, max_new_tokens=context - prompt + 4)
+    # a generator's frames, read a batch at a time: one warning for the call, not one per batch ("2 of 2", 3 times)
+    never_end = {"suppress_tokens": [captioner.tokenizer.eos_token_id]}
+    with pytest.warns(UserWarning) as said:
+        captioner.caption((photo for photo in [photos[0]] * 5), batch_size=2, max_new_tokens=2, **never_end)
+    assert [str(w.message) for w in said if "texts stopped" in str(w.message)] == [
+        "5 of 5 texts stopped before their end: 5 at the length limit (2 new tokens), which max_new_tokens=... raises"]
+    with pytest.warns(UserWarning, match=r"^1 of 1 texts stopped before their end: 1 at the length limit \(max_length 3 "
+                                         r"tokens, the prompt's included\), which max_length=\.\.\. raises$"):
+        captioner.caption(photos[0], max_length=3, **never_end)  # the call's limit named, not the model's max_new_tokens
     # a call's max_length stays in effect where the model's own max_new_tokens is past the context (it was capped over it)
     from types import SimpleNamespace
 

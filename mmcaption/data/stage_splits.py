@@ -6,6 +6,7 @@ copies: nocaps' ``validation``, Flickr30k's ``test``) scored whole, ``fit`` refu
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -85,8 +86,12 @@ def scored_where_trained(trainer, training_data: dict) -> None:
         rank_zero_warn(f"the checkpoint trained on {scored!r} but for a {HELD_OUT[1:]} share ({trained}), and all of {scored!r} "
                        f"is scored, images it trained on: give train_split {scored} to score its held-out share")
     elif trained and scored in getattr(data, "datasets", {}) and is_complete(folder := Path(data.cache_dir) / trained) \
-            and folder != data.folders.get(scored):  # its training split, preprocessed here: the same photos are said
-        say_images_trained_on(data, scored, load_table(folder / "images"), f"the training split {trained}", (
+            and folder != data.folders.get(scored) and trainer.is_global_zero:  # its training split, preprocessed here
+        try:
+            images = load_table(folder / "images")
+        except (OSError, ValueError):  # damaged, or removed meanwhile: nothing to say of it, and nothing of this run's
+            return
+        say_images_trained_on(data, scored, images, f"the training split {trained}", (
             "the scores measure pictures the checkpoint trained on. Score a split of other images, or train without them "
             "(Karpathy's test images are COCO 2014's, most of which COCO 2017's train2017 holds: configs/caption_karpathy.yaml "
             "trains on his train split)"))
@@ -102,10 +107,18 @@ def _stored(images) -> list[tuple[int, bytes]]:
 
 
 def shared_images(trained, scored) -> list[str]:
-    """The file names of the images of ``scored`` (an images table) that ``trained`` holds too."""
-    keys = set(_stored(trained))
+    """The file names of the images of ``scored`` (an images table) that ``trained`` holds too: the same stored bytes,
+    those of the same length and end (:func:`_stored`) compared whole (uncompressed photos of one size, or JPEGs of a
+    plain bottom edge, share their end)."""
+    train_keys, scored_keys = _stored(trained), _stored(scored)
+    if not (candidates := set(train_keys) & set(scored_keys)):
+        return []
+    def digest(column, index: int) -> bytes:
+        return hashlib.blake2b(column[index].as_py(), digest_size=16).digest()
+    train_column, scored_column = trained.data.column("image"), scored.data.column("image")
+    held = {digest(train_column, i) for i, key in enumerate(train_keys) if key in candidates}
     names = scored.data.column("file_name").to_pylist()
-    return [name for name, key in zip(names, _stored(scored)) if key in keys]
+    return [names[i] for i, key in enumerate(scored_keys) if key in candidates and digest(scored_column, i) in held]
 
 
 def say_images_trained_on(data, split: str, trained, trained_name: str, advice: str = "", scored_name: str = "") -> None:
@@ -125,6 +138,8 @@ def say_shared_images(data, train_file: Path | None = None, val_file: Path | Non
     """In fit, warn when the split validated on holds images trained on (the same split named twice is said too), whose
     val/loss then picks the best checkpoint: an instruct stage's ``val_file`` (LLaVA-Instruct's ``detail_23k.json``,
     which ``llava_instruct_150k.json`` holds) or a caption set's."""
+    if getattr(getattr(data, "trainer", None), "is_global_zero", True) is False:  # said by rank zero: read there alone
+        return
     splits = data.stage_splits()
     train, val = splits.get("train"), splits.get("val")
     if train not in data.datasets or val not in data.datasets or val_file and Path(val_file).resolve() == Path(train_file).resolve():
@@ -132,7 +147,9 @@ def say_shared_images(data, train_file: Path | None = None, val_file: Path | Non
     advice = ("validation measures pictures trained on, and val/loss picks the best checkpoint by them. " + (
         "Give a val_file of other images, or val_file null to hold out val_fraction of train_file's images (a file that "
         "is a part of another, as LLaVA-Instruct's detail_23k.json is of llava_instruct_150k.json, is no validation of "
-        "it)" if train_file else "Give val_split a split of other images"))
+        "it)" if val_file else "The share held out is chosen by each image's path, and these photos are in train_file "
+        "under other paths too (one photo in two folders, as LLaVA-1.5's mix has Visual Genome's under gqa/ and vg/): "
+        "give a val_file of other images" if train_file else "Give val_split a split of other images"))
     if train == val:  # COCO's val_split train2017 (a hub dataset's says so itself: it holds out a share, or was asked)
         if getattr(data, "hub", None) is None and not isinstance(splits, EvaluationSplits):
             rank_zero_warn(f"the split validated on, {val}, is the training split: {advice}")
@@ -185,14 +202,17 @@ def remove_orphaned_builds(folder: Path) -> None:
             continue
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(descriptor).st_ino != os.stat(lock).st_ino:  # its holder removed it meanwhile: another's now
+                raise BlockingIOError
         except OSError:  # a build of that key is running (or this disk has no working flock): left to it
             os.close(descriptor)
             continue
         try:
             size = sum(p.stat().st_size for p in leftover.rglob("*") if p.is_file() and not p.is_symlink())
             shutil.rmtree(leftover, ignore_errors=True)
-            print(f"note: removed {leftover} ({size / 2**20:,.1f} MB), the unfinished build of {target} by a process that "
-                  "was killed", file=sys.stderr, flush=True)
+            print(f"note: {'kept' if leftover.exists() else 'removed'} {leftover} ({size / 2**20:,.1f} MB), the unfinished "
+                  f"build of {target} by a process that was killed" + (": this user cannot remove it (another's, in a "
+                  "shared cache?)" if leftover.exists() else ""), file=sys.stderr, flush=True)
         finally:
             lock.unlink(missing_ok=True)
             os.close(descriptor)

@@ -54,16 +54,18 @@ def hub_license(given: str | None) -> tuple[str | None, str | None]:
     return written, (f"--license {given!r} is not one of the Hub's license ids that this release knows "
                      f"({'close: ' + ', '.join(near) + '; ' if near else ''}the list: "
                      "huggingface.co/docs/hub/repositories-licenses): the Hub refuses to upload a model card whose license it "
-                     "does not know. Give its id, or `other` for a license of its own (named in the card's `license_name`)")
+                     "does not know. Give its id, or `other` for a license of its own (then add its name, `license_name`, "
+                     "to the card's metadata, and its text to the folder)")
 
 
 def home_written(value: Any) -> Any:
-    """``value`` with each absolute path under the home folder written from ``~`` (in lists and dicts too): a saved folder
-    is shared (uploaded to the Hub), and its card and manifest named ``/home/<user>/...`` where only relative paths had
-    been typed. Read back with :func:`home_read`, it loads on this machine as before."""
+    """``value`` with each absolute path under the home folder written from ``~`` (in lists and dicts too), as the model
+    card shows it: the card is the page a shared folder shows on the Hub, and it named ``/home/<user>/...`` where only
+    relative paths had been typed. (``mmcaption.json`` and the adapter's config keep the paths loading needs, as
+    transformers and PEFT keep theirs: another user's ``~`` is another folder.)"""
     home = str(Path.home())
     if isinstance(value, str):
-        return "~" + value[len(home):] if len(home) > 1 and (value == home or value.startswith(home + os.sep)) else value
+        return "~" + value[len(home):] if len(home) > 1 and value.startswith(home + os.sep) else value
     if isinstance(value, dict):
         return {key: home_written(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -71,9 +73,7 @@ def home_written(value: Any) -> Any:
     return value
 
 
-def home_read(name: Any) -> Any:
-    """A path :func:`home_written` wrote, as this machine's (``~/`` is this user's home folder); anything else as it is."""
-    return str(Path.home() / name[2:]) if isinstance(name, str) and name.startswith(("~/", "~" + os.sep)) else name
+DATA_FILE = re.compile(r"\.(jsonl?|csv|tsv|txt|parquet|arrow|zip|tar(\.gz)?|xlsx)$", re.IGNORECASE)  # no Hub id's end
 
 
 def card_metadata(manifest: dict[str, Any]) -> str:
@@ -84,7 +84,8 @@ def card_metadata(manifest: dict[str, Any]) -> str:
     return ModelCardData(
         license=source.get("license"),
         base_model=hub_ids(manifest["base_language_model"], model["vision_model"]),
-        datasets=hub_ids(data["hub_dataset"]) if isinstance(data.get("hub_dataset"), str) else None,  # a local folder's: not
+        datasets=hub_ids(data["hub_dataset"]) if isinstance(data.get("hub_dataset"), str)  # a local folder's or file's: not
+        and not DATA_FILE.search(data["hub_dataset"]) else None,
         library_name="mmcaption",  # the folder loads with mmcaption: PEFT's snippet would look for an adapter at its root
         pipeline_tag="image-text-to-text",
         tags=["mmcaption", "image-captioning", *(["visual-question-answering"] if not caption_stage(manifest) else []),
@@ -147,7 +148,9 @@ def merged_into_other_weights(manifest: dict[str, Any]) -> bool:
 
 
 def model_card(manifest: dict[str, Any]) -> str:
-    """A short card from a saved folder's manifest: what it is made of and how to use it."""
+    """A short card from a saved folder's manifest: what it is made of and how to use it (paths under the home folder
+    from ``~``: :func:`home_written`)."""
+    manifest = home_written(manifest)
     model = manifest["model"]
     adapter = "The LoRA adapter is in `adapter/` (a PEFT folder)."
     if manifest["merged"]:
@@ -282,9 +285,6 @@ def read_manifest(folder: str | Path, for_use: bool = True) -> dict[str, Any]:
                           f"format {FOLDER_FORMAT} and before): upgrade mmcaption (pip install -U mmcaption) to use it")
     if isinstance(manifest.get("model"), dict):
         check_known_settings(manifest["model"], str(path), "written by a newer version of mmcaption, or edited by hand")
-        manifest["model"] = {**manifest["model"], **{name: home_read(manifest["model"].get(name))
-                                                     for name in ("language_model", "vision_model") if name in manifest["model"]}}
-    manifest["base_language_model"] = home_read(manifest.get("base_language_model"))
     return manifest
 
 
@@ -305,5 +305,4 @@ def save_adapter(language_model: PeftModel, folder: Path) -> None:
     settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     if isinstance(settings.get("target_modules"), list):
         settings["target_modules"] = sorted(settings["target_modules"])
-    settings["base_model_name_or_path"] = home_written(settings.get("base_model_name_or_path"))  # /home/<user>/...: shared
     (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")

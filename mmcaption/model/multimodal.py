@@ -37,7 +37,7 @@ from mmcaption.model.backbones import (
     refuse_casting_packed_weights,
     torch_dtype,
 )
-from mmcaption.model.card import CONFIG_FILE, FOLDER_FORMAT, home_written, model_card, read_manifest, save_adapter
+from mmcaption.model.card import CONFIG_FILE, FOLDER_FORMAT, model_card, read_manifest, save_adapter
 from mmcaption.model.compatibility import check_structure
 from mmcaption.model.config import MultimodalConfig, settings_diff
 from mmcaption.model.cross_attention import CrossAttentionDecoderLayer, GatedCrossAttentionBlock
@@ -301,14 +301,14 @@ class MultimodalCausalLM(nn.Module):
             )
             PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload().save_pretrained(folder / "language_model")
             tokenizer.save_pretrained(folder / "language_model")
-        manifest = {  # paths under the home folder from ~: the folder is shared, /home/<user> with it (read back as here)
+        manifest = {
             "format": FOLDER_FORMAT,
-            "model": home_written(self.config_dict()),
+            "model": self.config_dict(),
             "merged": merge,
-            "base_language_model": home_written(self.config.language_model),
+            "base_language_model": self.config.language_model,
             "prompts": prompts or {},
             "generation": generation or {},
-            "source": home_written(source or {}),
+            "source": source or {},
             "backbone_weights": getattr(self, "backbone_weights", {}),  # mmcaption-export writes its checkpoint's
         }
         (folder / CONFIG_FILE).write_text(json.dumps(manifest, indent=2))
