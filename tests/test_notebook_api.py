@@ -1,10 +1,14 @@
 """The Python API as a notebook user calls it: batches as pandas and NumPy hold them, long lists of photos,
 one bad item among many, ``~`` paths, and casts that would ruin a 4-bit model."""
 
+import io
+import json
 import pickle
 import random
+import shutil
 import warnings
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -630,3 +634,24 @@ def test_options_written_with_their_letters_are_asked_as_the_same_options_withou
         warnings.simplefilter("error")  # options that only begin with capitals, or letters out of order, are texts
         captioner.choose(photos[0], "Which?", ["A red one", "B blue one"])
         captioner.choose(photos[0], "Which?", ["B. red", "A. blue"])
+
+
+@pytest.mark.parametrize("part", ["tokenizer", "image_processor"])
+def test_a_model_folder_whose_files_ask_to_run_their_own_code_is_refused_without_running_it(exported, tmp_path, part, monkeypatch):
+    # a stranger's model from the Hub with an auto_map to a .py of its own: transformers asked on standard input whether
+    # to run it (mmcaption chat's piped questions answered "yes" for the user), and ran it
+    folder = Path(shutil.copytree(exported, tmp_path / "stranger"))
+    ran = tmp_path / "ran"
+    settings_file = folder / part / ("tokenizer_config.json" if part == "tokenizer" else "preprocessor_config.json")
+    settings = json.loads(settings_file.read_text())
+    base = "PreTrainedTokenizerFast" if part == "tokenizer" else "CLIPImageProcessor"
+    settings["tokenizer_class" if part == "tokenizer" else "image_processor_type"] = "Own"  # a class transformers lacks
+    settings["auto_map"] = {"AutoTokenizer" if part == "tokenizer" else "AutoImageProcessor":
+                            ["own.Own", None] if part == "tokenizer" else "own.Own"}
+    settings_file.write_text(json.dumps(settings))
+    (folder / part / "own.py").write_text(f"open({str(ran)!r}, 'w').close()\nfrom transformers import {base} as Own\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\ny\n"))  # whatever a prompt would read
+    with pytest.raises(ConfigError, match=rf"cannot load the .*{part}.*: its files ask to run Python code of their own \(an "
+                                          r"auto_map in .*\), which mmcaption never runs"):
+        Captioner.from_pretrained(folder)
+    assert not ran.exists()

@@ -142,6 +142,10 @@ def naming_backbone(name: str, what: str) -> Iterator[None]:
     try:
         yield
     except ValueError as error:  # transformers' "Unrecognized configuration class ..." and its 3,000 characters of models
+        if "trust_remote_code" in str(error):  # an auto_map to a .py of the folder's (a stranger's model from the Hub)
+            raise ConfigError(f"cannot load the {what} {name}: its files ask to run Python code of their own (an auto_map in "
+                              "its config.json, tokenizer_config.json or preprocessor_config.json), which mmcaption never "
+                              "runs. Use a model whose classes transformers has") from None
         kind = re.search(r"configuration class <class '[\w.]+\.(\w+)Config'>", str(error))
         if kind is None:
             raise

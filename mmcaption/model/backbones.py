@@ -75,7 +75,7 @@ def load_language_model(
     device_map = None if device is None else {"": torch.device(device)}
     with naming_backbone(name_or_path, "language model"):
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path,
+            name_or_path, trust_remote_code=False,  # a folder's own code is not run (transformers asked, on stdin)
             quantization_config=config,
             dtype=torch.float32 if config is not None else torch_dtype(compute_dtype),
             device_map=device_map,
@@ -268,7 +268,7 @@ TOKENIZER_PROBE = "a photo of a cat"
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The language model's tokenizer; like Phi-2's, it may have no pad token (padding is masked)."""
     with naming_backbone(name_or_path, "tokenizer of"):
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     # a folder without tokenizer files (a model.save_pretrained() alone, a partial download) still loads:
     # transformers builds a tokenizer of one token that turns every caption into nothing
     if len(tokenizer) < 2 or not tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]:
@@ -285,4 +285,5 @@ def load_image_processor(name_or_path: str) -> BaseImageProcessor:
     """The vision tower's image processor (resize, crop, normalise), as it was trained with."""
     # without torchvision transformers falls back to the PIL backend, and warns; ask for it instead
     with naming_backbone(name_or_path, "image processor of"):
-        return AutoImageProcessor.from_pretrained(name_or_path, **({} if is_torchvision_available() else {"backend": "pil"}))
+        return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=False,
+                                                  **({} if is_torchvision_available() else {"backend": "pil"}))

@@ -62,7 +62,7 @@ def meta_language_model(name: str) -> PreTrainedModel | None:
     """The language model built from its config.json alone, on the meta device; ``None`` when its config is not on
     this machine (a hub id not downloaded yet) or transformers cannot build it (loading will say why)."""
     try:
-        language_config = AutoConfig.from_pretrained(name, local_files_only=True)
+        language_config = AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=False)
         with torch.device("meta"), naming_backbone(name, "language model"):  # a CLIP: ConfigError, naming it
             return AutoModelForCausalLM.from_config(language_config)
     except ConfigError:
@@ -147,7 +147,7 @@ def vision_problem(config: MultimodalConfig, prefix: str) -> str | None:
 def image_size_problem(name: str, image_size: int, prefix: str) -> str | None:
     """An image processor that makes images of another size than the tower takes (its config's ``image_size``)."""
     try:
-        processor = AutoImageProcessor.from_pretrained(name, local_files_only=True,
+        processor = AutoImageProcessor.from_pretrained(name, local_files_only=True, trust_remote_code=False,
                                                        **({} if is_torchvision_available() else {"backend": "pil"}))
     except (OSError, ValueError):  # none saved there: loading says so
         return None
@@ -168,7 +168,7 @@ def image_size_problem(name: str, image_size: int, prefix: str) -> str | None:
 def tokenizer_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: str) -> str | None:
     name = f"{prefix}language_model {config.language_model}"
     with suppress(OSError, ValueError, TypeError):  # no tokenizer files: load_tokenizer says so
-        tokenizer = AutoTokenizer.from_pretrained(config.language_model, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(config.language_model, local_files_only=True, trust_remote_code=False)
         embeddings = model.get_input_embeddings().num_embeddings
         if len(tokenizer) > embeddings:
             return (f"{name}: its tokenizer has {len(tokenizer)} tokens, more than the model's {embeddings} input "

@@ -297,7 +297,7 @@ class MultimodalCausalLM(nn.Module):
         load_image_processor(self.config.vision_model).save_pretrained(folder / "image_processor")
         if merge:
             base = AutoModelForCausalLM.from_pretrained(
-                self.config.language_model, dtype=torch_dtype(self.config.compute_dtype)
+                self.config.language_model, dtype=torch_dtype(self.config.compute_dtype), trust_remote_code=False
             )
             PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload().save_pretrained(folder / "language_model")
             tokenizer.save_pretrained(folder / "language_model")

@@ -23,7 +23,7 @@ def model_structure(config: MultimodalConfig) -> MultimodalCausalLM:
     names and shapes (the LoRA adapters are those of the quantized model), no weights loaded."""
     check_backbone_folders(config.language_model, config.vision_model)
     with naming_backbone(config.language_model, "language model config of"):
-        language_config = AutoConfig.from_pretrained(config.language_model)
+        language_config = AutoConfig.from_pretrained(config.language_model, trust_remote_code=False)
     with naming_backbone(config.vision_model, "vision model config of"):
         vision_config = CLIPVisionConfig.from_pretrained(config.vision_model)  # a full CLIP config gives its vision part
     with torch.device("meta"):
