@@ -262,8 +262,8 @@ def _keep_an_edited_card(out: Path, staging: Path, manifest: dict[str, Any] | No
     recorded in its ``manifest``, or, for an export that recorded none, by the card that manifest makes. Returns the
     copy's name."""
     card = out / "README.md"
-    if manifest is None or not card.is_file():
-        return None
+    if manifest is None or not card.is_file() or card.is_symlink():  # a link's target is no card of the folder's: copied
+        return None  # in, a file from outside it (a Hub clone's link to ~/.ssh/...) went up with the next upload
     recorded = manifest.get("card_sha256")
     try:  # (line ends as Windows writes them aside; a card of an earlier release's template differs from today's too)
         edited = file_sha256(card) != recorded if recorded else \

@@ -761,6 +761,13 @@ def test_export_overwrite_keeps_a_model_card_edited_by_hand(trained_checkpoint, 
     export_checkpoint(trained_checkpoint, out, overwrite=True)
     assert (out / "README.edited-2.md").read_text() == "---\nlicense: mit\n---\n# Our captioner\n"
     assert (out / "README.edited.md").read_text().endswith("CIDEr 1.2 on our own photos.\n")
+    # a card that is a link (a clone of someone's repository) to a file outside the folder: its target was copied in
+    secret = tmp_path / "secret.txt"
+    secret.write_text("PRIVATE KEY 123\n")
+    (out / "README.md").unlink()
+    (out / "README.md").symlink_to(secret)
+    export_checkpoint(trained_checkpoint, out, overwrite=True)
+    assert not any("PRIVATE KEY" in p.read_text() for p in out.rglob("*.md")) and secret.read_text() == "PRIVATE KEY 123\n"
     # its mmcaption.json edited by hand with a stray comma: --overwrite deleted the edited card without a word, and
     # loading it was a JSONDecodeError traceback
     from mmcaption.errors import ConfigError
