@@ -5,6 +5,7 @@ import io
 import json
 import pickle
 import random
+import re
 import shutil
 import warnings
 import weakref
@@ -655,3 +656,28 @@ def test_a_model_folder_whose_files_ask_to_run_their_own_code_is_refused_without
                                           r"auto_map in .*\), which mmcaption never runs"):
         Captioner.from_pretrained(folder)
     assert not ran.exists()
+
+
+def test_a_manifest_of_other_kinds_of_values_is_refused_naming_the_value(exported, tmp_path):
+    # a stranger's folder, or mmcaption.json edited by hand: AttributeError, KeyError and TypeError tracebacks from deep
+    # in loading (and lora_target_modules "q_proj" read letter by letter)
+    from mmcaption.model.card import read_manifest
+
+    folder = Path(shutil.copytree(exported, tmp_path / "edited"))
+    good = json.loads((folder / "mmcaption.json").read_text())
+    for edit, said in ((lambda m: m.update(model=[]), "model is [], where it is an object"),
+                       (lambda m: m.pop("merged"), "it has no 'merged'"),
+                       (lambda m: m["model"].update(lora_r="4"), 'lora_r is "4", where it is a whole number'),
+                       (lambda m: m["model"].update(lora_target_modules="q_proj"), 'lora_target_modules is "q_proj", where it '
+                                                                                  "is a list of names"),
+                       (lambda m: m["model"].update(cross_attention_layers="all"), "cross_attention_layers is \"all\""),
+                       (lambda m: m.update(prompts=[]), "prompts is [], where it is an object"),
+                       (lambda m: m.update(backbones={"evil": 5}), "backbones holds evil: 5, where it names")):
+        manifest = json.loads(json.dumps(good))
+        edit(manifest)
+        (folder / "mmcaption.json").write_text(json.dumps(manifest))
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(folder / 'mmcaption.json'))}: {re.escape(said)}.* \(edited by "
+                                              r"hand\?\): mend it, or export the checkpoint again"):
+            Captioner.from_pretrained(folder)
+    (folder / "mmcaption.json").write_text(json.dumps(good))
+    assert read_manifest(folder)["model"] == good["model"]  # as exported: read

@@ -285,7 +285,50 @@ def read_manifest(folder: str | Path, for_use: bool = True) -> dict[str, Any]:
                           f"format {FOLDER_FORMAT} and before): upgrade mmcaption (pip install -U mmcaption) to use it")
     if isinstance(manifest.get("model"), dict):
         check_known_settings(manifest["model"], str(path), "written by a newer version of mmcaption, or edited by hand")
+    if problem := manifest_problem(manifest):  # a stranger's folder, or one edited by hand: tracebacks deep in loading
+        raise ConfigError(f"{path}: {problem} (edited by hand?): mend it, or export the checkpoint again (mmcaption-export "
+                          "<checkpoint> <folder>)")
     return manifest
+
+
+def _of(kinds: tuple, items: tuple = ()) -> Any:
+    """A check of a value's JSON kind: one of ``kinds`` (an int is no bool), or a list of ``items``."""
+    def fits(value: Any) -> bool:
+        if isinstance(value, list) and items:
+            return all(isinstance(item, items) and not isinstance(item, bool) for item in value)
+        return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+    return fits
+
+
+TEXT, WHOLE, NUMBER = _of((str,)), _of((int,)), _of((int, float))
+MANIFEST_KINDS = {"model": ("an object", _of((dict,))), "merged": ("true or false", _of((bool,))),
+                  "base_language_model": ("a name", TEXT), "prompts": ("an object", _of((dict,))),
+                  "generation": ("an object", _of((dict,))), "source": ("an object", _of((dict,))),
+                  "backbones": ("an object", _of((dict,))), "backbone_weights": ("an object", _of((dict,)))}
+SETTING_KINDS = {"language_model": ("a name", TEXT), "vision_model": ("a name", TEXT), "quantization": ("a name", TEXT),
+                 "compute_dtype": ("a name", TEXT), "cross_attention_layers": ("a list of whole numbers", _of((), (int,))),
+                 "cross_attention_heads": ("a whole number or null", _of((int, type(None)))),
+                 "cross_attention_ffn_mult": ("a whole number", WHOLE), "lora_r": ("a whole number", WHOLE),
+                 "lora_alpha": ("a number", NUMBER), "lora_dropout": ("a number", NUMBER),
+                 "vision_feature_layer": ("a whole number or a list of them", lambda v: WHOLE(v) or _of((), (int,))(v)),
+                 "lora_target_modules": ("a list of names", _of((), (str,))),
+                 "gradient_checkpointing": ("true or false", _of((bool,)))}
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What in a manifest is not of the kind ``mmcaption-export`` writes, or None."""
+    for key in ("model", "merged"):
+        if key not in manifest:
+            return f"it has no {key!r}"
+    for table, kinds in ((manifest, MANIFEST_KINDS), (manifest["model"], SETTING_KINDS)):
+        for key, (what, fits) in kinds.items():
+            if isinstance(table, dict) and key in table and not fits(table[key]):
+                return f"{key} is {json.dumps(table[key])[:60]}, where it is {what}"
+    backbones = manifest.get("backbones") or {}
+    if wrong := [f"{key}: {json.dumps(value)[:40]}" for key, value in backbones.items()
+                 if key not in ("language_model", "vision_model") or not isinstance(value, str)]:
+        return f"backbones holds {', '.join(wrong)}, where it names the language_model and vision_model folders in it"
+    return None
 
 
 ADAPTER_README = """# LoRA adapter of an mmcaption model
