@@ -250,7 +250,7 @@ def half_weights_note(trainer: Any) -> str | None:
     AdamW update smaller than half a step of bfloat16 between two values of a weight is rounded away (after 3 steps of
     warm-up 32% of the trained weights had changed, against all of them under bf16-mixed); bf16-mixed computes in
     bfloat16 all the same, the trained weights in float32."""
-    if trainer.state.fn != "fit" or (precision := str(trainer.precision)) not in ("bf16-true", "16-true", "bf16", "16"):
+    if getattr(getattr(trainer, "state", None), "fn", None) != "fit" or (precision := str(trainer.precision)) not in ("bf16-true", "16-true"):
         return None
     half = "bfloat16" if precision.startswith("bf16") else "float16"
     return (f"note: trainer.precision {precision} keeps the weights this run trains (LoRA, cross-attention, projection) and "

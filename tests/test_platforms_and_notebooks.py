@@ -217,12 +217,13 @@ def test_a_windows_path_in_double_quotes_of_a_config_is_refused_with_how_to_writ
     check_config_file(str(prompt), prompt)
 
 
-def test_the_configs_eight_workers_on_a_two_core_machine_load_with_two_said_once(backbones, coco_root, monkeypatch, capsys):
+def test_the_configs_eight_workers_on_a_two_core_machine_load_with_two_said_once(backbones, coco_root, tmp_path, monkeypatch,
+                                                                               capsys):
     # configs/caption.yaml's num_workers 8 (a GPU node's) on Colab's 2 cores: 8 worker processes per loader, training's
     # and validation's kept alive side by side, behind torch's warning that the loader may freeze
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     data = CaptionDataModule(data_dir=str(coco_root), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
-                             num_workers=8, batch_size=4)
+                             num_workers=8, batch_size=4, cache_dir=str(tmp_path / "cache"))  # (the shared set left as it is)
     data.prepare_data()
     data.setup("fit")
     with warnings.catch_warnings():
@@ -235,3 +236,6 @@ def test_the_configs_eight_workers_on_a_two_core_machine_load_with_two_said_once
     fewer = CaptionDataModule(data_dir=str(coco_root), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
                               num_workers=1)
     assert fewer.num_workers == 1 and "num_workers" not in capsys.readouterr().err
+    # the data modules' own default, 4, is "up to 4": capped without a word (a predict of a few photos said it each time)
+    default = CaptionDataModule(data_dir=str(coco_root), tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
+    assert default.num_workers == 2 and "num_workers" not in capsys.readouterr().err
