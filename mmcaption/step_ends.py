@@ -107,7 +107,8 @@ def save_resumable_checkpoint(trainer) -> str:
     one (with its bookkeeping, as its own saves do), else ``interrupted-step<N>.ckpt`` in its folder, or the next free
     ``interrupted-step<N>-v1.ckpt``, ... when an earlier run stopped at the same step there (as Lightning names its own)."""
     callback = trainer.checkpoint_callback
-    if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+    if isinstance(callback, ModelCheckpoint) and callback.save_last is True and callback.dirpath:  # ("link": a link to
+        # its last scheduled save, the steps since lost; saved whole below instead)
         # whole, where the callback saves the weights alone (save_weights_only): the stop says to resume it, and
         # --ckpt_path last finds it (an interrupted-step<N>.ckpt beside a weights-only last.ckpt was passed over)
         weights_only, callback.save_weights_only = callback.save_weights_only, False

@@ -1204,6 +1204,16 @@ def test_checkpoints_of_the_weights_alone_are_said_at_the_start_a_stop_saves_one
         trainer.fit(BoringModel())
     assert "optimizer_states" in load_checkpoint_file(folder / "last.ckpt")  # whole, as --ckpt_path last finds it
     assert trainer.checkpoint_callback.save_weights_only  # its own saves as asked
+    # save_last "link": its last.ckpt is a link to the last scheduled save (step 2, weights alone): the stop's own, whole
+    linked = tmp_path / "linked"
+    trainer = Trainer(accelerator="cpu", max_steps=6, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=[ModelCheckpoint(dirpath=linked, save_last="link", save_weights_only=True, every_n_train_steps=2),
+                                 ResumableStop(), SignalAtStep(2)])
+    with pytest.raises(RunInterrupted, match=rf"stopped by SIGTERM at step 3: saved {linked / 'interrupted-step3.ckpt'}"):
+        trainer.fit(BoringModel())
+    saved = load_checkpoint_file(linked / "interrupted-step3.ckpt")
+    assert saved["global_step"] == 3 and "optimizer_states" in saved
     capsys.readouterr()
 
     monkeypatch.chdir(tmp_path)

@@ -236,6 +236,9 @@ def test_the_configs_eight_workers_on_a_two_core_machine_load_with_two_said_once
     fewer = CaptionDataModule(data_dir=str(coco_root), tokenizer=str(backbones[0]), image_processor=str(backbones[1]),
                               num_workers=1)
     assert fewer.num_workers == 1 and "num_workers" not in capsys.readouterr().err
-    # the data modules' own default, 4, is "up to 4": capped without a word (a predict of a few photos said it each time)
+    # the data modules' own default is "up to 4": capped without a word (a predict of a few photos said it each time);
+    # a 4 given is said as an 8 is
     default = CaptionDataModule(data_dir=str(coco_root), tokenizer=str(backbones[0]), image_processor=str(backbones[1]))
     assert default.num_workers == 2 and "num_workers" not in capsys.readouterr().err
+    four = CaptionDataModule(data_dir=str(coco_root), tokenizer=str(backbones[0]), image_processor=str(backbones[1]), num_workers=4)
+    assert four.num_workers == 2 and "note: data.num_workers is 4" in capsys.readouterr().err

@@ -72,7 +72,7 @@ class BackbonesDataModule(LightningDataModule):
     Args:
         tokenizer: the language model's tokenizer (linked to ``model.config.language_model`` by the CLI).
         image_processor: the vision tower's image processor (linked to ``model.config.vision_model``).
-        num_workers: data loader worker processes.
+        num_workers: data loader worker processes (null: 4, or as many as the cores this process may use when fewer).
     """
 
     # "instruct" where the data asks questions, which the instruct stage teaches: predict, validate or test
@@ -80,10 +80,10 @@ class BackbonesDataModule(LightningDataModule):
     stage_needed = ""
 
     def __init__(
-        self, tokenizer: str = "microsoft/phi-2", image_processor: str = "openai/clip-vit-base-patch32", num_workers: int = 4
+        self, tokenizer: str = "microsoft/phi-2", image_processor: str = "openai/clip-vit-base-patch32", num_workers: int | None = None
     ) -> None:
         super().__init__()
-        if num_workers < 0:  # joblib's -1, "every core": torch's refusal came after the model had loaded, as a traceback
+        if num_workers is not None and num_workers < 0:  # joblib's -1, "every core": torch's refusal came after the model had loaded, as a traceback
             raise ConfigError(f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}; this machine has {os.cpu_count()} cores")
         self.tokenizer_name, self.image_processor_name, self.num_workers = tokenizer, image_processor, workers_for_cores(num_workers)
 

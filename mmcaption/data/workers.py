@@ -27,20 +27,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-DEFAULT_WORKERS = 4  # the data modules' num_workers when none is given (BackbonesDataModule's): "up to 4", capped unsaid
-
-
-def workers_for_cores(asked: int) -> int:
-    """``asked`` worker processes, or as many as the cores this process may use when they are fewer, said once (not of
-    the default's): the configs' 8 (a GPU node's) on a 2-core machine (Colab's, a laptop's) ran 8 workers per loader,
-    training's and validation's kept alive side by side, each with its own memory, behind torch's warning of a freeze."""
+def workers_for_cores(asked: int | None) -> int:
+    """``asked`` worker processes, or as many as the cores this process may use when they are fewer, said once (None, the
+    data modules' default: up to 4, unsaid): the configs' 8 (a GPU node's) on a 2-core machine (Colab's, a laptop's) ran 8
+    workers per loader, training's and validation's kept alive side by side, each with its own memory, behind torch's
+    warning of a freeze."""
     cores = usable_cores()
-    if asked <= cores:
-        return asked
-    if asked != DEFAULT_WORKERS:
-            _say(f"note: data.num_workers is {asked}, and this process may use {cores} cores: {cores} worker processes load "
-             f"the data (more would wait for the cores, each holding its own memory; --data.init_args.num_workers {cores} "
-             f"asks for {cores} without this note)")
+    if asked is None or asked <= cores:
+        return min(4, cores) if asked is None else asked
+    _say(f"note: data.num_workers is {asked}, and this process may use {cores} cores: {cores} worker processes load the "
+         f"data (more would wait for the cores, each holding its own memory; --data.init_args.num_workers {cores} asks for "
+         f"{cores} without this note)")
     return cores
 
 
