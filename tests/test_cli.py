@@ -134,7 +134,8 @@ def test_print_config_with_comments_documents_every_setting(capsys):
     assert "# LoRA rank. (type: int, default: 32)" in out
     assert "# hidden state of the vision tower used as image tokens" in out
     # data settings declared once in a base class are shown, documented, for every data module
-    assert "# data loader worker processes. (type: int, default: 4)" in out
+    assert ("# data loader worker processes (null: 4, or as many as the cores this process may use when fewer). (type: "
+            "int | null, default: null)") in out
     assert "# training batch size per device. (type: int, default: 32)" in out
 
 
