@@ -1,3 +1,6 @@
+import hashlib
+
+from mmcaption.demo import prepare_demo_assets
 from mmcaption.demo.scoring import caption_accuracy, caption_attributes
 from mmcaption.demo.synthetic import Scene, captions_for, questions_for
 from mmcaption.evaluation.answers import exact_match
@@ -35,3 +38,12 @@ def test_questions_cover_the_scene():
 
     qa = questions_for(Scene("red", "circle", "left"), random.Random(0))
     assert {attribute for attribute, _, _ in qa} == {"colour", "shape", "position", "count"}
+
+
+def test_the_demos_held_out_images_are_none_of_its_training_images(tmp_path):
+    # its few scenes come up again with the same placement: 20 of the 200 held-out images were training images
+    root = prepare_demo_assets(tmp_path / "demo_data", pretrain_steps=0, clip_steps=0)
+    trained = {hashlib.sha256(path.read_bytes()).digest() for path in (root / "coco" / "train2017").iterdir()}
+    held_out = [hashlib.sha256(path.read_bytes()).digest() for path in (root / "coco" / "val2017").iterdir()]
+    assert len(trained) > 2000 and len(held_out) == 200
+    assert not trained.intersection(held_out)

@@ -44,7 +44,8 @@ from mmcaption.errors import OutputExistsError, ResumeError, user_errors_exit
 from mmcaption.folders import check_writable
 from mmcaption.pipeline import StageResult, ckpt_path_taken, run_pipeline
 
-DEMO_VERSION = 9
+DEMO_VERSION = 9  # of the backbones: a change rewrites them (and says so)
+DEMO_DATA_VERSION = 2  # of the data alone (2: no held-out image is a training image)
 DEMO_ENTRIES = ("coco", "llava", "backbones", "choice_val2017.csv", "meta.json")  # what the demo writes in its root
 
 
@@ -62,7 +63,7 @@ def prepare_demo_assets(
     for name, steps in (("pretrain_steps", pretrain_steps), ("clip_steps", clip_steps)):  # before any earlier data is removed
         if 0 < steps < 4:
             raise ValueError(f"{name} must be 0 (no pretraining) or at least 4, not {steps}")
-    settings = {"version": DEMO_VERSION, "seed": seed, "train_images": train_images, "val_images": val_images,
+    settings = {"version": DEMO_VERSION, "data_version": DEMO_DATA_VERSION, "seed": seed, "train_images": train_images, "val_images": val_images,
                 "pretrain_steps": pretrain_steps, "clip_steps": clip_steps}
     with built_once(root, f"writing the demo data in {root}"):  # held: what a killed demo left half-written is removed
         return _write_demo_assets(root, settings)
@@ -98,7 +99,8 @@ def _write_demo_assets(root: Path, settings: dict) -> Path:
     with publish_atomically(root) as staging:
         with phase(f"demo data: {train_images:,} training and {val_images:,} held-out images in the COCO layout"):
             write_coco_split(staging / "coco", "train2017", train_images, seed=seed)
-            write_coco_split(staging / "coco", "val2017", val_images, seed=seed, first_image_id=train_images + 1)
+            write_coco_split(staging / "coco", "val2017", val_images, seed=seed, first_image_id=train_images + 1,
+                             held_out_from="train2017")
         with phase("demo data: conversations in the LLaVA layout, and a multiple-choice CSV"):
             for split in ("train2017", "val2017"):
                 write_llava_split(staging / "llava", staging / "coco", split, seed=seed)

@@ -7,6 +7,8 @@ alone. The set is a deterministic function of its seed, and the real COCO loader
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import random
@@ -155,9 +157,14 @@ def write_coco_split(
     image_size: int = 64,
     captions_per_image: int = 5,
     first_image_id: int = 1,
+    held_out_from: str | None = None,
 ) -> Path:
     """Write ``num_images`` synthetic images and their captions as ``root/annotations/captions_{split}.json``
     and ``root/{split}/*.jpg``. Each image entry also records its ``scene`` for evaluation.
+
+    With ``held_out_from``, a split already written under ``root``, none of the images is byte for byte
+    one of that split's: the scenes are few enough that a scene and its placement come up again, and
+    such a draw is replaced by the next, so that held-out figures are of images never trained on.
 
     Returns the annotation file's path.
     """
@@ -166,12 +173,18 @@ def write_coco_split(
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
+    seen = {_digest(path.read_bytes()) for path in (root / held_out_from).iterdir()} if held_out_from else set()
     images, annotations = [], []
     for offset in range(num_images):
         image_id = first_image_id + offset
-        scene = random_scene(rng)
+        while True:
+            scene = random_scene(rng)
+            buffer = io.BytesIO()
+            draw_scene(scene, image_size, rng).save(buffer, format="JPEG", quality=95)
+            if _digest(buffer.getvalue()) not in seen:
+                break
         file_name = f"{image_id:012d}.jpg"
-        draw_scene(scene, image_size, rng).save(image_dir / file_name, quality=95)
+        (image_dir / file_name).write_bytes(buffer.getvalue())
         images.append(
             {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size, "scene": asdict(scene)}
         )
@@ -180,6 +193,10 @@ def write_coco_split(
     annotation_file = root / "annotations" / f"captions_{split}.json"
     annotation_file.write_text(json.dumps({"images": images, "annotations": annotations}))
     return annotation_file
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def demo_corpus(seed: int = 0, num_scenes: int = 2000) -> list[str]:
