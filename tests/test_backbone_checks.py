@@ -111,6 +111,13 @@ def test_lora_targets_that_match_no_module_are_refused_with_the_models_linear_la
         "linear layers: q_proj, k_proj, v_proj, dense, fc1, fc2, lm_head). Write [q_proj, k_proj, v_proj, dense] instead (its "
         "attention's; q_proj, k_proj, v_proj, dense are Phi-2's)")
     assert "has layers: a ModuleList, which LoRA does not adapt" in problem(settings(backbones, lora_target_modules=["layers"]))
+    # one name as a string (the Python API): PEFT read it as a pattern of whole module paths, matching none (its traceback
+    # after preprocessing), and an "all-linear" trained would have been listed on the model card letter by letter
+    for one in ("q_proj", "all-linear"):
+        assert problem(settings(backbones, lora_target_modules=one)) == (
+            f"model.config.lora_target_modules is one string, {one!r}: give a list of module names, e.g. ['q_proj', "
+            "'k_proj', 'v_proj', 'dense'] (Phi-2's attention; with 'fc1', 'fc2' too, all its linear layers, what PEFT's "
+            "'all-linear' adapts)")
     # weights trained so before this check (a resume, a checkpoint or an export loaded) stay loadable; none matching never
     from mmcaption.model.compatibility import structure_problem
 
