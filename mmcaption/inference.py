@@ -221,10 +221,11 @@ class Captioner:
         the texts made): a script read a cut answer as the model's whole one, where chat and predict say so."""
         if not cut[0]:
             return
-        if generate_kwargs.get("max_length") is not None and "max_new_tokens" not in generate_kwargs:  # the call's limit
-            limit = f" (max_length {generate_kwargs['max_length']} tokens, the prompt's included), which max_length=... raises"
+        saved, length = self.tasks.generation, generate_kwargs.get("max_length")  # the call's limit, else the model's
+        tokens = generate_kwargs.get("max_new_tokens", None if length is not None else saved.max_new_tokens)
+        if tokens is None and (length := saved.max_length if length is None else length) is not None:
+            limit = f" (max_length {length} tokens, the prompt's included), which max_length=... raises"
         else:
-            tokens = generate_kwargs.get("max_new_tokens", self.tasks.generation.max_new_tokens)
             limit = f"{f' ({tokens} new tokens)' if tokens else ''}, which max_new_tokens=... raises"
         warnings.warn(f"{cut[0]} of {cut[2]} texts stopped before their end: " + "; ".join([
             *([f"{cut[0] - cut[1]} at the length limit{limit}"] if cut[0] > cut[1] else []),

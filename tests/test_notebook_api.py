@@ -303,6 +303,16 @@ def test_generation_ends_at_the_language_models_context(captioner, photos):
 
     from mmcaption.tasks import Tasks, call_settings
 
+    # a model saved with a max_length of its own (trained with --model.generation.max_length): that limit is named, with
+    # its figure ("which max_new_tokens=... raises", no figure, where the call set none)
+    tasks, captioner.tasks = captioner.tasks, Tasks(captioner.tasks.model, captioner.tokenizer, {"max_length": 3})
+    try:
+        with pytest.warns(UserWarning, match=r"^1 of 1 texts stopped before their end: 1 at the length limit \(max_length 3 "
+                                             r"tokens, the prompt's included\), which max_length=\.\.\. raises$"):
+            captioner.caption(photos[0], **never_end)
+    finally:
+        captioner.tasks = tasks
+
     model_settings = GenerationConfig(max_new_tokens=4096)
     stub = SimpleNamespace(context=2048, generation=model_settings)
     for given, expected in (({"max_length": 50}, {"max_length": 50, "max_new_tokens": None}), ({}, {"max_new_tokens": 2028})):
