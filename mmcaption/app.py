@@ -108,6 +108,8 @@ class App:
                 messages[-1] = {"role": "assistant", "content": text.strip()}
                 yield messages, kept
         worker.join()
+        if "error" in result:  # the question taken out of the conversation and put back in its box: the page keeps what
+            yield messages[:-2], question  # was shown last, sent back with each later question (all of them then refused)
         if isinstance(result.get("error"), ValueError):  # the user's (a conversation past the context): on the page alone
             raise _mistake(self.gr, str(result["error"]))
         if "error" in result:

@@ -197,6 +197,16 @@ def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported
     expected_second = app.captioner.chat(str(good), "And its shape?", [("What colour is it?", first[-1]["content"])],
                                          max_new_tokens=8, num_beams=1, do_sample=False)
     assert [m["role"] for m in second] == ["user", "assistant"] * 2 and second[-1]["content"] == expected_second
+    # a question refused for the context: the page keeps what was shown last, which held it with an empty answer and went
+    # back to the model with every later question, each then refused too ("ask a shorter question" did not help)
+    long = "what " * app.captioner.model.language_model.config.max_position_embeddings
+    shown = []
+    with pytest.raises(gr.Error, match=r"takes .* tokens"):
+        for update in app.chat(long, second, str(good), *settings):
+            shown.append(update)
+    assert shown[-1] == (second, long.strip())  # the conversation as it was, the question back in its box to shorten
+    third = list(app.chat("And its colour?", shown[-1][0], str(good), *settings))[-1][0]
+    assert [m["role"] for m in third] == ["user", "assistant"] * 3 and third[-2]["content"] == "And its colour?"
     # as the page sends the conversation back: the chat box gives each message as parts ([{"text": ..., "type": "text"}]),
     # whose Python repr was the first turn the model read
     page = build(app.captioner)
