@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import warnings
@@ -24,7 +25,7 @@ from typing import TextIO
 from transformers import TextStreamer
 
 from mmcaption.console import quieted
-from mmcaption.errors import ConfigError, user_errors_exit
+from mmcaption.errors import ConfigError, Interrupted, carry_on, user_errors_exit
 from mmcaption.generation_settings import check_generation
 from mmcaption.images import check_image, fetch, file_uri_path, is_url, local_file
 from mmcaption.inference import Captioner, held_checkpoint, model_source_problem
@@ -73,9 +74,10 @@ def read_image(path: str) -> bytes:
     return data
 
 
-def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, interactive: bool = False, **generate_kwargs) -> int:
+def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, interactive: bool = False,
+         refused: list[str] | None = None, **generate_kwargs) -> int:
     """Answer the questions of ``lines`` about ``image`` (``None``: text-only), keeping the conversation;
-    returns how many questions were answered."""
+    returns how many questions were answered. ``refused`` gets those the language model's context could not hold."""
     picture = read_image(image) if image else None
     history: list[tuple[str, str]] = []
     answered, cut = 0, set()  # the kinds of cut answers said
@@ -132,6 +134,14 @@ def chat(captioner: Captioner, image: str | None, lines: TextIO, out: TextIO, in
             answer = captioner.chat(picture, text, history, **stream, **generate_kwargs)
         except ValueError as error:  # past the model's context: said, and the conversation goes on (a traceback ended it)
             out.write(f"({error}{'; /reset starts a new conversation' if history else ''})\n")
+            if refused is not None:
+                refused.append(text)
+            continue
+        except (Interrupted, KeyboardInterrupt) as stopped:  # Ctrl-C at a long answer in a terminal: that answer ends, and
+            if not interactive or getattr(stopped, "signum", signal.SIGINT) != signal.SIGINT:  # the conversation goes on
+                raise  # (it ended the chat, and the conversation with it); a pipe's, SIGTERM, a closed terminal: the end
+            carry_on()
+            out.write("\n(stopped: this answer is left out of the conversation; Ctrl-C at the prompt ends the chat)\n")
             continue
         out.write(("" if streaming else answer) + "\n")
         out.flush()
@@ -228,4 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"mmcaption chat about {args.image or 'no image'} ({HELP})")
-    chat(captioner, args.image, sys.stdin, sys.stdout, interactive=interactive, **settings)
+    refused: list[str] = []
+    chat(captioner, args.image, sys.stdin, sys.stdout, interactive=interactive, refused=refused, **settings)
+    if refused and not interactive:  # a script's questions piped in: each refusal was a line among the answers, exit 0
+        raise ConfigError(f"{len(refused)} question{'s were' if len(refused) > 1 else ' was'} not answered, the "
+                          "conversation past the language model's context (first: "
+                          f"{refused[0][:60]!r}): a /reset line among the questions starts a new conversation")

@@ -174,6 +174,13 @@ class _StopState:
 _stop = _StopState()
 
 
+def carry_on() -> None:
+    """Go on after an :class:`Interrupted` caught where a Ctrl-C ends one task and not the command (an answer chat
+    streams): the next signal stops as the first did, where it would have waited for a cleanup."""
+    _stop.under_way = _stop.noted = False
+    _stop.pending = None
+
+
 @contextmanager
 def signals_stop() -> Iterator[None]:
     """For the block, Ctrl-C, SIGTERM and SIGHUP (:func:`stop_signals`) raise :class:`Interrupted` in this process: what is running

@@ -931,7 +931,8 @@ def test_chat_takes_an_image_path_as_a_terminal_writes_a_dropped_file(tmp_path, 
     assert dropped_path(str(windows)) == str(windows)
 
 
-def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_images(trained_checkpoint, image_folder, tmp_path):
+def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_images(trained_checkpoint, image_folder, tmp_path,
+                                                                                 monkeypatch, capsys):
     import io
     import subprocess
     import sys
@@ -1019,6 +1020,43 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
                             env={**os.environ, "PYTHONIOENCODING": "cp1252"})
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
     assert result.stdout.decode("utf-8").startswith("(image not found: 图.png")
+
+    # Ctrl-C while an answer streams in a terminal ends that answer, not the chat and its conversation (it ended both);
+    # a further Ctrl-C stops as the first did, and in a pipe it ends the chat
+    import signal
+    import time
+
+    from mmcaption.chat import main as chat_main
+    from mmcaption.errors import Interrupted, signals_stop
+
+    def stopped_chat(image, question, history, **kwargs):
+        if question == "Tell me a long story":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, reaching the process as it generates
+            time.sleep(30)
+        return api_chat(image, question, history, **kwargs)
+
+    captioner.chat, printed = stopped_chat, io.StringIO()
+    with signals_stop():
+        assert chat(captioner, first, io.StringIO("Tell me a long story\nWhat colour is it?\n"), printed, interactive=True,
+                    **settings) == 1
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+    assert printed.getvalue() == ("you> model> \n(stopped: this answer is left out of the conversation; Ctrl-C at the prompt "
+                                  f"ends the chat)\nyou> model> {answers[0]}\nyou> \n")  # asked with no history
+    with signals_stop(), pytest.raises(Interrupted):
+        chat(captioner, first, io.StringIO("Tell me a long story\nWhat colour is it?\n"), io.StringIO(), **settings)
+    captioner.chat = api_chat
+    # a pipe's questions past the context: each said among the answers, and the chat exits as a failure (it exited 0)
+    for stream in ("stdin", "stdout"):
+        monkeypatch.setattr(sys, stream, io.StringIO(f"What colour is it?\n{long}\nAnd the shape?\n" if stream == "stdin" else ""))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        chat_main(["--model", str(out), "--image", first, "--max_new_tokens", "5", "--min_new_tokens", "5"])
+    lines = sys.stdout.getvalue().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 3 and lines[1].startswith("(the conversation takes ")
+    assert "1 question was not answered, the conversation past the language model's context (first: 'what what what" in \
+        capsys.readouterr().err
 
 
 def test_the_python_api_takes_hugging_face_habits_and_threads(trained_checkpoint, tmp_path):
