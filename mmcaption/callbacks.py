@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, process_rank, stop_signals
 from mmcaption.rebatch import SAID, earlier_order, restart_loader, resume_with_other_batches, save_where_a_worker_died
-from mmcaption.resume_checks import other_preprocessing, other_stage
+from mmcaption.resume_checks import check_same_resume, other_preprocessing, other_stage
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
 from mmcaption.step_ends import (
     checkpoint_files,
@@ -154,6 +154,8 @@ class ResumableStop(Callback):
         self._streams_back = self._streams_back or outlive_the_reader()
         # as configured, before a checkpoint's state replaces it (Lightning restores EarlyStopping's patience too)
         self._patience = {id(c): c.patience for c in trainer.callbacks if isinstance(c, EarlyStopping)}
+        if stage == "fit":  # every process, before any reads the checkpoint: one resuming where another starts afresh hung
+            check_same_resume(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         save_where_a_worker_died(trainer, exception, save_resumable_checkpoint)

@@ -67,3 +67,29 @@ def check_resume(source: str, saved: dict[str, Any], stage: str | None, preproce
         raise ResumeError(problem)
     if isinstance(saved.get("preprocessing"), int) and saved["preprocessing"] != preprocessing:
         raise ResumeError(other_preprocessing(source, saved["preprocessing"], preprocessing, saved.get("train_split")))
+
+
+def check_same_resume(trainer) -> None:
+    """Refuse, in every process of a fit of several, a resume that some of them read from another checkpoint or from
+    none: each process reads the checkpoint from its own disk, and only the first one saves, so with a checkpoint folder
+    on each node's own disk (a requeued SLURM job's own last save, ``--ckpt_path last``) the first node resumed while
+    the others started afresh, and they waited on one another for ever, in different steps of the start. The same file
+    name and size is the same checkpoint (a shared disk under other paths; one copied to each node)."""
+    import socket
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    if trainer.world_size < 2 or not dist.is_available() or not dist.is_initialized():
+        return
+    path = Path(trainer.ckpt_path) if trainer.ckpt_path else None
+    own = (path.name, path.stat().st_size if path.is_file() else None) if path else None
+    seen: list[Any] = [None] * trainer.world_size
+    dist.all_gather_object(seen, (own, str(path) if path else None, socket.gethostname()))
+    if len({found for found, _, _ in seen}) < 2:
+        return
+    each = "; ".join(f"process {rank} ({host}): {where or 'none, it starts afresh'}" for rank, (_, where, host) in enumerate(seen))
+    raise ResumeError(f"the processes of this fit would resume from different checkpoints ({each}), and wait on one "
+                      "another for ever: each reads it from its own disk, and the first process alone saves. Put the "
+                      "checkpoint folder (ModelCheckpoint's dirpath, or trainer.default_root_dir) on a disk every node "
+                      "shares, or copy the checkpoint to the same path on each node")

@@ -249,3 +249,44 @@ def test_two_ranks_starting_together_preprocess_once_and_both_use_it(backbones, 
     assert outputs[0][0] == outputs[1][0] and int(outputs[0][0]) > 0  # both read the same training set
     assert any("waiting for another process to finish preprocessing split" in err for _, err in outputs)
     assert not list((coco / "preprocessed").glob(".*.partial"))  # no second, abandoned build
+
+
+RESUMES = """
+import os, sys
+from pathlib import Path
+from types import SimpleNamespace
+import torch.distributed as dist
+from mmcaption.errors import ResumeError
+from mmcaption.resume_checks import check_same_resume
+rank, folder = int(sys.argv[1]), Path(sys.argv[2])
+dist.init_process_group("gloo", rank=rank, world_size=2)
+node = folder / f"node{rank}"  # each node's own disk
+node.mkdir()
+(node / "last.ckpt").write_bytes(b"saved") if rank == 0 else None
+try:  # rank 0 saved; the other node's folder holds nothing
+    check_same_resume(SimpleNamespace(world_size=2, ckpt_path=str(node / "last.ckpt") if rank == 0 else None))
+    print("went on")
+except ResumeError as error:
+    print(error)
+(node / "last.ckpt").write_bytes(b"saved")  # copied to each node: the same checkpoint
+check_same_resume(SimpleNamespace(world_size=2, ckpt_path=str(node / "last.ckpt")))
+print("same")
+dist.destroy_process_group()
+"""
+
+
+def test_processes_that_would_resume_from_different_checkpoints_are_all_refused(tmp_path):
+    """A requeued 2-node SLURM job with its checkpoint folder on each node's own disk: the first node resumed from its
+    last save, the other (which saves nothing) started afresh, and both waited on one another for ever."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29400 + os.getpid() % 500),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    ranks = [subprocess.Popen([sys.executable, "-c", RESUMES, str(rank), str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
+    for out, _ in outputs:  # every process refuses (one alone would leave the other waiting), naming where each stands
+        refused, same = out.splitlines()
+        assert refused.startswith("the processes of this fit would resume from different checkpoints (process 0 (") and \
+            f"): {tmp_path / 'node0' / 'last.ckpt'}; process 1 (" in refused and "): none, it starts afresh)" in refused
+        assert "Put the checkpoint folder (ModelCheckpoint's dirpath, or trainer.default_root_dir) on a disk every " \
+               "node shares" in refused and same == "same"
