@@ -127,6 +127,9 @@ class MMCaptionCLI(LightningCLI):
     def test(self, verbose: bool = True, **kwargs: Any) -> None:  # the metrics as one table, as validate's
         print_metrics(self.trainer.test(verbose=False, **kwargs), verbose)
 
+    def predict(self, return_predictions: bool | None = None, **kwargs: Any) -> None:  # the rows are written as they come:
+        self.trainer.predict(return_predictions=bool(return_predictions), **kwargs)  # held too, they grew with each image
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -389,9 +392,8 @@ def main(args: list[str] | None = None) -> None:
 
         return chat_main(argv[1:])
     finished = run_cli(args)  # Ctrl-C and SIGTERM: user_errors_exit's handlers, which Lightning leaves in place of its own
-    failed = [c.failure for c in getattr(finished.trainer, "callbacks", []) if getattr(c, "failure", None)]
-    if failed:  # `mmcaption predict ... && upload` stops
-        raise MMCaptionError(failed[0])
+    if failed := [c.failure for c in getattr(finished.trainer, "callbacks", []) if getattr(c, "failure", None)]:
+        raise MMCaptionError(failed[0])  # `mmcaption predict ... && upload` stops
 
 
 if __name__ == "__main__":
