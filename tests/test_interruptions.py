@@ -531,6 +531,14 @@ def test_an_interrupted_output_edited_by_hand_is_refused_saying_what_was_done_to
                                                 r"'2\.jpg': its row 3 is this input's row 5 \(rows taken out of it, or added to "
                                                 r"the input\): keep only its first 2 rows to resume after them, or replace it with"):
         interrupted_rows(output, asked)
+    # a photo done, then deleted from the folder (a blurry one): "the output of another input", and only overwriting
+    output.write_text("".join(lines))
+    with pytest.raises(OutputExistsError, match=r"row 4 of .*answers\.jsonl has image '3\.jpg' where this input's row 4 has "
+                                                r"'4\.jpg': that image is in this input no more \(taken out of it since\?\): "
+                                                r"delete its row 4 from .*answers\.jsonl to resume, the others kept, or replace"):
+        interrupted_rows(output, asked[:3] + asked[4:])
+    output.write_text("".join(lines[:3] + lines[4:]))  # as it says: resumed, the other 5 rows kept
+    assert [row["image"] for row in interrupted_rows(output, asked[:3] + asked[4:])] == ["0.jpg", "1.jpg", "2.jpg", "4.jpg", "5.jpg"]
     # its last line cut short (a copy cut off, an edit): a JSONDecodeError traceback through the resume
     output.write_text("".join(lines[:3]) + lines[3][:25])
     with pytest.raises(OutputExistsError, match=r"resume: .*answers\.jsonl cannot be read back: line 4 is not a JSON row "

@@ -101,10 +101,14 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
                 str(row.get(key, value)) == value for key, value in other.items() if isinstance(value, str))), None)
             moved = differs == "image" and isinstance(output, Path) and PurePath(str(row.get("image"))).name == PurePath(
                 record["image"]).name and not any((place / str(row.get("image"))).exists() for place in _run_folders(output, folder))
+            gone = differs == "image" and not later and not moved and number > 1 and str(row.get("image")) not in {
+                str(other.get("image")) for other in rows}  # a photo deleted from the folder since: one row to take out
             why = (f"its row {number} is this input's row {later} (rows taken out of it, or added to the input): keep only its "
                    f"first {number - 1} rows to resume after them, or" if later and number > 1 else
                    "the images moved, or renamed their folder? A link from the folder its rows name to where they are now "
                    "(ln -s) resumes it, its rows kept; or" if moved else  # (was only: overwrite the hours of rows done)
+                   f"that image is in this input no more (taken out of it since?): delete its row {number} from {output} to "
+                   "resume, the others kept, or" if gone else
                    "it is the output of another input, or of this one before it changed;")
             raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
                                     f"row {number} has {record[differs]!r}: {why} replace it with --data.overwrite true")
