@@ -2210,3 +2210,29 @@ def test_questions_and_conversations_pandas_saved_in_its_other_json_layouts_are_
     conversations = tmp_path / "c.json"
     pd.DataFrame({"id": ["7", "8"], "conversations": [turns, turns]}).to_json(conversations)
     assert [c.id for c in read_llava(conversations, tmp_path, BadRecords(conversations))] == ["7", "8"]
+
+
+def test_a_column_of_pixel_arrays_is_read_and_one_of_several_images_a_row_is_refused_saying_so(tmp_path):
+    # an Array3D column of pixels (as MNIST's and CIFAR's copies hold them) and the_cauldron's lists of images: both were
+    # "its 'image' is empty ... Fix their paths (relative to the dataset's folder)"
+    import datasets
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 12, 3), dtype=np.uint8)
+    captions = [f"a picture of {n} things" for n in range(4)]
+    kinds = {"arrays": datasets.Array3D((16, 12, 3), "uint8"), "grey": datasets.Array2D((16, 12), "uint8"),
+             "floats": datasets.Array3D((16, 12, 3), "float32"), "lists": datasets.Sequence(datasets.Image())}
+    for name, kind in kinds.items():
+        cells = {"arrays": list(pixels), "grey": list(pixels[..., 0]), "floats": list(pixels / 255.0),
+                 "lists": [[Image.fromarray(p), Image.fromarray(p)] for p in pixels]}[name]
+        features = datasets.Features({"image": kind, "caption": datasets.Value("string")})
+        datasets.Dataset.from_dict({"image": cells, "caption": captions}, features=features).save_to_disk(str(tmp_path / name))
+    for name, expected in (("arrays", pixels), ("grey", pixels[..., 0])):  # each row's own pixels, stored as their PNG
+        rows = list(HubCaptions(str(tmp_path / name), "image", "caption").records("train", BadRecords(name)))
+        assert [caption for *_, pairs in rows for _, caption in pairs] == captions
+        assert all(np.array_equal(np.asarray(Image.open(io.BytesIO(row[2].source))), expected[i]) for i, row in enumerate(rows))
+    with pytest.raises(DataError, match=r"its 'image' is an array of 16 x 12 x 3 numbers from 0 to 1, not an image's pixels "
+                                        r"\(height x width x 3, 4 or 1, or height x width, of whole numbers from 0 to 255\)"):
+        list(HubCaptions(str(tmp_path / "floats"), "image", "caption").records("train", BadRecords("floats")))
+    with pytest.raises(DataError, match=r"its 'image' is a list of 2 images, where a row has one image \(give each image a "
+                                        r"row of its own, with its captions\)"):
+        list(HubCaptions(str(tmp_path / "lists"), "image", "caption").records("train", BadRecords("lists")))

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import itertools
 import os
 import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import numpy as np
 import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
 
 from mmcaption.data.records import DataError, existing_spelling
 from mmcaption.data.tables import text_table_kind
@@ -52,6 +55,12 @@ class RowImages:
 
     def _described(self, value) -> str:
         name = self._named(value)
+        if isinstance(value, list | tuple) and value and isinstance(value[0], dict | bytes | str | Image.Image):  # the_cauldron
+            return (f"a list of {len(value)} images, where a row has one image (give each image a row of its own, with its "
+                    "captions)")
+        if (pixels := _array(value)) is not None:  # an Array3D column of floats: was "empty ... fix their paths"
+            return (f"an array of {' x '.join(map(str, pixels.shape))} numbers from {pixels.min():g} to {pixels.max():g}, not "
+                    "an image's pixels (height x width x 3, 4 or 1, or height x width, of whole numbers from 0 to 255)")
         if name is None:
             return "empty"
         if is_inline_image(name):
@@ -113,6 +122,14 @@ class RowImages:
             return value["bytes"]
         if isinstance(value, bytes):
             return value
+        if (pixels := _array(value)) is not None:  # an Array3D column of pixels (as MNIST's and CIFAR's copies hold them)
+            whole = pixels.dtype.kind in "ui" and pixels.size and 0 <= pixels.min() and pixels.max() <= 255
+            if not whole or not (pixels.ndim == 2 or pixels.ndim == 3 and pixels.shape[2] in (1, 3, 4)):
+                return None
+            picture = io.BytesIO()
+            Image.fromarray(pixels.astype(np.uint8).squeeze(2) if pixels.ndim == 3 and pixels.shape[2] == 1
+                            else pixels.astype(np.uint8)).save(picture, format="PNG")  # stored as a file would be
+            return picture.getvalue()
         name = self._named(value)
         if name is not None and is_inline_image(name):  # a dataframe's export of its images: decoded, its row's own
             with contextlib.suppress(OSError):
@@ -236,3 +253,13 @@ def _grouped(files: list[Path], part: str) -> dict[str, list[Path]]:
 def _folded(name: str) -> str:
     """A file name as Windows and macOS match it: in any case and Unicode form."""
     return unicodedata.normalize("NFC", name).casefold()
+
+
+def _array(value) -> np.ndarray | None:
+    """A cell of rows of numbers (datasets' Array2D and Array3D, or nested lists) as an array; None for anything else."""
+    if not isinstance(value, list | np.ndarray) or not len(value) or not isinstance(value[0], list | np.ndarray):
+        return None
+    with contextlib.suppress(ValueError, TypeError):  # rows of other lengths, or not numbers
+        array = np.asarray(value)
+        return array if array.dtype.kind in "uif" else None
+    return None
