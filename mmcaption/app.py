@@ -70,7 +70,17 @@ class App:
         self.gr, self.captioner = gr, captioner
 
     def caption(self, image: str | None, *settings) -> str:
-        return self.captioner.caption(_image(image, self.gr), **generation_settings(*settings))
+        caption = self.captioner.caption(_image(image, self.gr), **generation_settings(*settings))
+        self._say_cut("caption")
+        return caption
+
+    def _say_cut(self, what: str) -> None:
+        """A text that stopped before its end is said on the page, as chat and predict say it (the API's warning went to the
+        server's terminal, once: the page showed an answer cut mid-sentence as a whole one)."""
+        if self.captioner.tasks.unfinished[:1] == [True]:
+            self.gr.Warning(f"The {what} stopped before its end, " + (
+                "where the language model's context ends: a new conversation (clear it) leaves more room"
+                if self.captioner.tasks.at_context[:1] == [True] else "at the length limit: 'Max new tokens' raises it"))
 
     def chat(self, question: str, messages: list[dict], image: str | None, *settings) -> Iterator[tuple[list[dict], str]]:
         """Streams the answer into the conversation; yields (conversation, question box)."""
@@ -115,6 +125,7 @@ class App:
         if "error" in result:
             raise self.gr.Error(f"The model failed to answer: {result['error']}")
         messages[-1] = {"role": "assistant", "content": result["answer"]}  # exactly what Captioner.chat returns
+        self._say_cut("answer")
         yield messages, kept
 
     def choose(self, image: str | None, question: str, options_text: str) -> tuple[str, dict[str, float]]:

@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
             stream.reconfigure(errors=errors, **({} if stream.isatty() else {"encoding": "utf-8"}))
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"mmcaption chat about {args.image or 'no image'} ({HELP})")
+        print(f"mmcaption chat about {args.image or 'no image'} (each line is a question: a pasted text of several lines asks "
+              f"several; {HELP})")
     refused: list[str] = []
     chat(captioner, args.image, sys.stdin, sys.stdout, interactive=interactive, refused=refused, **settings)
     if refused and not interactive:  # a script's questions piped in: each refusal was a line among the answers, exit 0

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,16 @@ def test_handlers_explain_a_missing_or_unreadable_image_and_bad_options(exported
     with pytest.raises(gr.Error, match=r"takes .* tokens") as said:  # the chat's too: was "The model failed to answer"
         list(app.chat("what " * app.captioner.model.language_model.config.max_position_embeddings, [], str(good), *settings))
     assert said.value.print_exception is False
+
+    # a text cut at the length limit is said on the page (the API's warning reached the server's terminal alone, once)
+    with pytest.warns(UserWarning, match=r"^The caption stopped before its end, at the length limit: 'Max new tokens' raises it$"):
+        app.caption(str(good), 1, 1, 1, False, 0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one that ended: nothing said
+        warnings.filterwarnings("ignore", message=r"\d+ of \d+ texts stopped")  # (the API's own, for a script)
+        app.caption(str(good), 64, 0, 1, False, 0.7)
+    with pytest.warns(UserWarning, match=r"^The answer stopped before its end, at the length limit"):
+        list(app.chat("What colour is it?", [], str(good), 1, 1, 1, False, 0.7))
 
     letter, shares = app.choose(str(good), "Which shape is it?", "circle\nsquare\ntriangle")
     expected = app.captioner.choose(str(good), "Which shape is it?", ["circle", "square", "triangle"])
