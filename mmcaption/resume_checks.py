@@ -85,10 +85,11 @@ def check_same_resume(trainer) -> None:
     path = Path(trainer.ckpt_path) if trainer.ckpt_path else None
     own = (path.name, path.stat().st_size if path.is_file() else None) if path else None
     seen: list[Any] = [None] * trainer.world_size
-    dist.all_gather_object(seen, (own, str(path) if path else None, socket.gethostname()))
+    where = None if path is None else f"{path}{'' if path.is_file() else ' (not there)'}"
+    dist.all_gather_object(seen, (own, where, socket.gethostname()))
     if len({found for found, _, _ in seen}) < 2:
         return
-    each = "; ".join(f"process {rank} ({host}): {where or 'none, it starts afresh'}" for rank, (_, where, host) in enumerate(seen))
+    each = "; ".join(f"process {rank} ({host}): {found or 'none, it starts afresh'}" for rank, (_, found, host) in enumerate(seen))
     raise ResumeError(f"the processes of this fit would resume from different checkpoints ({each}), and wait on one "
                       "another for ever: each reads it from its own disk, and the first process alone saves. Put the "
                       "checkpoint folder (ModelCheckpoint's dirpath, or trainer.default_root_dir) on a disk every node "

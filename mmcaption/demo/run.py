@@ -63,8 +63,8 @@ def prepare_demo_assets(
     for name, steps in (("pretrain_steps", pretrain_steps), ("clip_steps", clip_steps)):  # before any earlier data is removed
         if 0 < steps < 4:
             raise ValueError(f"{name} must be 0 (no pretraining) or at least 4, not {steps}")
-    settings = {"version": DEMO_VERSION, "data_version": DEMO_DATA_VERSION, "seed": seed, "train_images": train_images, "val_images": val_images,
-                "pretrain_steps": pretrain_steps, "clip_steps": clip_steps}
+    settings = {"version": DEMO_VERSION, "data_version": DEMO_DATA_VERSION, "seed": seed, "train_images": train_images,
+                "val_images": val_images, "pretrain_steps": pretrain_steps, "clip_steps": clip_steps}
     with built_once(root, f"writing the demo data in {root}"):  # held: what a killed demo left half-written is removed
         return _write_demo_assets(root, settings)
 
