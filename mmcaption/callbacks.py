@@ -87,6 +87,9 @@ class ResumableStop(Callback):
         for signum in dict.fromkeys((*stop_signals(), *([self._requeue_signal] if self._requeue_signal else []))):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
+        if self._requeue_signal and trainer.is_global_zero:  # (Lightning's "SLURM auto-requeueing enabled" was of its own)
+            print(f"SLURM: {signal.Signals(self._requeue_signal).name} before the time limit saves a checkpoint at the end of "
+                  "the step and requeues the job, which resumes from it", file=sys.stderr, flush=True)
 
     def on_fit_start(self, trainer, pl_module) -> None:  # the Timer's own verdict is in (it ends before on_train_start)
         if (note := time_spent_note(trainer)) and trainer.is_global_zero:

@@ -88,7 +88,7 @@ def quiet_lightning() -> None:
         logger.addFilter(_DropLines("💡 Tip: For seamless cloud logging", "💡 Tip: For seamless cloud uploads", "TPU available: False"))
     signals = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
     if not any(isinstance(f, _DropLines) for f in signals.filters):  # said by mmcaption's own line, with what was kept
-        signals.addFilter(_DropLines("Received SIGTERM"))
+        signals.addFilter(_DropLines("Received SIGTERM", "SLURM auto-requeueing enabled"))  # (its handler is replaced)
     hf_logging.disable_progress_bar()  # a bar per weight file loaded, gone in a second
     if not draws_bars():  # in a log file a bar is one long line of redrawn counts per table built
         import datasets  # here: chat and the app, which quieted() serves, never load it

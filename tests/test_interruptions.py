@@ -1292,6 +1292,28 @@ def test_slurms_time_limit_warning_after_the_last_step_requeues_the_job(monkeypa
         callback.on_train_end(trainer, None)
 
 
+def test_a_slurm_fit_says_what_the_time_limit_warning_does_in_place_of_lightnings_line(monkeypatch, tmp_path, capsys, caplog):
+    # Lightning's "SLURM auto-requeueing enabled. Setting signal handlers." spoke of its own handler, which is replaced
+    import logging
+
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from mmcaption.console import quiet_lightning
+
+    for name, value in {"SLURM_JOB_ID": "4711", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train.sh", "SLURM_PROCID": "0",
+                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    quiet_lightning()
+    trainer = Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                      callbacks=[ResumableStop()])
+    with caplog.at_level(logging.INFO):
+        trainer.fit(BoringModel())
+    assert ("SLURM: SIGUSR1 before the time limit saves a checkpoint at the end of the step and requeues the job, which "
+            "resumes from it\n") in capsys.readouterr().err
+    assert not [record for record in caplog.records if "auto-requeueing" in record.getMessage()]
+
+
 def test_ctrl_c_in_a_users_own_script_says_how_to_resume_there_not_on_a_command_line(monkeypatch, tmp_path, capsys):
     # a notebook's Trainer(callbacks=[ResumableStop()]) stopped by Ctrl-C was told "running the same command with
     # --ckpt_path": there was no command
