@@ -24,7 +24,7 @@ from mmcaption.console import quieted
 from mmcaption.errors import ConfigError, user_errors_exit
 from mmcaption.evaluation.answers import LETTERS, own_letters_dropped
 from mmcaption.images import check_image
-from mmcaption.inference import Captioner
+from mmcaption.inference import Captioner, last_cut
 from mmcaption.usage import app_parser, backbones_given
 
 TITLE = "mmcaption"
@@ -71,16 +71,17 @@ class App:
 
     def caption(self, image: str | None, *settings) -> str:
         caption = self.captioner.caption(_image(image, self.gr), **generation_settings(*settings))
-        self._say_cut("caption")
+        self._say_cut("caption", last_cut())
         return caption
 
-    def _say_cut(self, what: str) -> None:
-        """A text that stopped before its end is said on the page, as chat and predict say it (the API's warning went to the
-        server's terminal, once: the page showed an answer cut mid-sentence as a whole one)."""
-        if self.captioner.tasks.unfinished[:1] == [True]:
+    def _say_cut(self, what: str, cut: tuple[int, int, int]) -> None:
+        """A text that stopped before its end (``cut``: :func:`~mmcaption.inference.last_cut` of the thread that made it)
+        is said on the page, as chat and predict say it (the API's warning went to the server's terminal, once: the page
+        showed an answer cut mid-sentence as a whole one)."""
+        if cut[0]:
             self.gr.Warning(f"The {what} stopped before its end, " + (
                 "where the language model's context ends: a new conversation (clear it) leaves more room"
-                if self.captioner.tasks.at_context[:1] == [True] else "at the length limit: 'Max new tokens' raises it"))
+                if cut[1] else "at the length limit: 'Max new tokens' raises it"))
 
     def chat(self, question: str, messages: list[dict], image: str | None, *settings) -> Iterator[tuple[list[dict], str]]:
         """Streams the answer into the conversation; yields (conversation, question box)."""
@@ -104,6 +105,7 @@ class App:
             try:
                 result["answer"] = self.captioner.chat(picture, question, history, **settings,
                                                        **({"streamer": streamer} if streamer else {}))
+                result["cut"] = last_cut()  # this thread's call's
             except Exception as error:  # shown on the page; the streamer is ended so the page does not wait
                 result["error"] = error
                 if streamer is not None:
@@ -125,7 +127,7 @@ class App:
         if "error" in result:
             raise self.gr.Error(f"The model failed to answer: {result['error']}")
         messages[-1] = {"role": "assistant", "content": result["answer"]}  # exactly what Captioner.chat returns
-        self._say_cut("answer")
+        self._say_cut("answer", result["cut"])
         yield messages, kept
 
     def choose(self, image: str | None, question: str, options_text: str) -> tuple[str, dict[str, float]]:

@@ -56,6 +56,7 @@ class ResumableStop(Callback):
         self._last_save = time.monotonic()
         self._saved_step: int | None = None  # the step of this callback's last save
         self._requeue_signal: int | None = None
+        self.resume_from: str | None = None  # the checkpoint the command's fit resumes from (Lightning says it only later)
         self._patience: dict[int, int] = {}  # each EarlyStopping's patience as configured (setup), before a resume
         self._stop_at_step_end = self._stop_saved = False  # a stop asked between a step's batches; a stop's checkpoint saved
 
@@ -158,7 +159,7 @@ class ResumableStop(Callback):
         # as configured, before a checkpoint's state replaces it (Lightning restores EarlyStopping's patience too)
         self._patience = {id(c): c.patience for c in trainer.callbacks if isinstance(c, EarlyStopping)}
         if stage == "fit":  # every process, before any reads the checkpoint: one resuming where another starts afresh hung
-            check_same_resume(trainer)
+            check_same_resume(trainer, self.resume_from)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         save_where_a_worker_died(trainer, exception, save_resumable_checkpoint)
@@ -393,4 +394,3 @@ class PlainProgress(ProgressBar):
         why += f" ({skipped} batch(es) skipped for a non-finite loss: train/skipped_batches)" if skipped else ""
         self._line(trainer, f"training done at step {trainer.global_step} in "
                             f"{format_seconds(time.monotonic() - self._start)}{why}")
-

@@ -242,6 +242,6 @@ def main(argv: list[str] | None = None) -> None:
     refused: list[str] = []
     chat(captioner, args.image, sys.stdin, sys.stdout, interactive=interactive, refused=refused, **settings)
     if refused and not interactive:  # a script's questions piped in: each refusal was a line among the answers, exit 0
-        raise ConfigError(f"{len(refused)} question{'s were' if len(refused) > 1 else ' was'} not answered, the "
-                          "conversation past the language model's context (first: "
-                          f"{refused[0][:60]!r}): a /reset line among the questions starts a new conversation")
+        raise ConfigError(f"{len(refused)} question{'s were' if len(refused) > 1 else ' was'} not answered, past the "
+                          f"language model's context (first: {refused[0][:60]!r}): ask shorter questions, or put a /reset "
+                          "line among them to start a new conversation")

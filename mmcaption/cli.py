@@ -48,7 +48,7 @@ from mmcaption.model.config import (
 from mmcaption.model.multimodal import pretrained_config
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, instantiation_error, print_config_held, print_held_config
-from mmcaption.resume_checks import check_resume, checkpoint_settings
+from mmcaption.resume_checks import check_resume, checkpoint_settings, resuming_from
 from mmcaption.run_callbacks import KeptConfig, NothingLeftToTrain, add_run_callbacks, forget_earlier_seed
 from mmcaption.settings_checks import (
     ask_as_trained,
@@ -296,10 +296,9 @@ class MMCaptionCLI(LightningCLI):
         if (resolved := keyword_checkpoint(self.config[self.subcommand].get("ckpt_path"), folders, self.subcommand)) is not None:
             self.config[self.subcommand]["ckpt_path"] = self.config_init[self.subcommand]["ckpt_path"] = str(resolved)
         if self.subcommand == "fit":  # a SLURM job requeued after its time-limit signal: from its own last save
-            resume = requeued_checkpoint(trainer, job_of_checkpoint, given=self.config["fit"].get("ckpt_path"))
-            if resume is not None:
+            if (resume := requeued_checkpoint(trainer, job_of_checkpoint, given=self.config["fit"].get("ckpt_path"))) is not None:
                 self.config["fit"]["ckpt_path"] = self.config_init["fit"]["ckpt_path"] = resume
-        if self.subcommand == "fit":
+            resuming_from(trainer, self.config["fit"].get("ckpt_path"))  # compared across the processes once they are up
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint) and callback.dirpath:
                     # Lightning would only warn that the folder "exists and is not empty" (a lock left by a kill

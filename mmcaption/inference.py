@@ -58,6 +58,14 @@ ImageInput = ImageSource  # a path, an http(s):// URL, bytes, a PIL image or an 
 FOLDER_PARTS = ("adapter/adapter_model.safetensors", "multimodal.safetensors", "tokenizer", "image_processor")
 
 
+_LAST_CALL = threading.local()  # the cut texts of this thread's last call (see last_cut)
+
+
+def last_cut() -> tuple[int, int, int]:
+    """Of the calling thread's last call of a :class:`Captioner`: its texts that stopped before their end, those of them
+    where the context ends, and the texts made."""
+    return getattr(_LAST_CALL, "cut", (0, 0, 0))
+
 class Captioner:
     """Captions images, answers questions about them and picks multiple-choice options.
 
@@ -219,6 +227,7 @@ class Captioner:
     def _say_cut(self, cut: list[int], generate_kwargs: dict[str, Any]) -> None:
         """One warning for a call's texts that stopped before their end (``cut``: their count, those at the context's end,
         the texts made): a script read a cut answer as the model's whole one, where chat and predict say so."""
+        _LAST_CALL.cut = tuple(cut)  # this thread's, for the app's page (another thread's call may have ended since)
         if not cut[0]:
             return
         saved, length = self.tasks.generation, generate_kwargs.get("max_length")  # the call's limit, else the model's

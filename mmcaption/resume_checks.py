@@ -4,6 +4,9 @@ preprocessed in another format."""
 
 from __future__ import annotations
 
+import hashlib
+import socket
+from pathlib import Path
 from typing import Any
 
 from mmcaption.errors import ConfigError, ResumeError
@@ -69,23 +72,21 @@ def check_resume(source: str, saved: dict[str, Any], stage: str | None, preproce
         raise ResumeError(other_preprocessing(source, saved["preprocessing"], preprocessing, saved.get("train_split")))
 
 
-def check_same_resume(trainer) -> None:
-    """Refuse, in every process of a fit of several, a resume that some of them read from another checkpoint or from
-    none: each process reads the checkpoint from its own disk, and only the first one saves, so with a checkpoint folder
-    on each node's own disk (a requeued SLURM job's own last save, ``--ckpt_path last``) the first node resumed while
-    the others started afresh, and they waited on one another for ever, in different steps of the start. The same file
-    name and size is the same checkpoint (a shared disk under other paths; one copied to each node)."""
-    import socket
-    from pathlib import Path
-
+def check_same_resume(trainer, ckpt_path: str | None) -> None:
+    """Refuse, in every process of a fit of several, a resume that some of them read from another checkpoint
+    (``ckpt_path``: this process's) or from none: each process reads the checkpoint from its own disk, and only the first
+    one saves, so with a checkpoint folder on each node's own disk (a requeued SLURM job's own last save, ``--ckpt_path
+    last``) the first node resumed while the others started afresh, and they waited on one another for ever, in
+    different steps of the start. A checkpoint is told by its name, size and last mebibyte (a zip's directory of its
+    entries' CRCs: two saves of one model are of one size), wherever it is (a shared disk under other paths; a copy)."""
     import torch.distributed as dist
 
     if trainer.world_size < 2 or not dist.is_available() or not dist.is_initialized():
         return
-    path = Path(trainer.ckpt_path) if trainer.ckpt_path else None
-    own = (path.name, path.stat().st_size if path.is_file() else None) if path else None
+    path = Path(ckpt_path) if ckpt_path else None
+    own = None if path is None else (path.name, *_tail(path)) if path.is_file() else (path.name, path.is_dir())
+    where = None if path is None else f"{path}{'' if path.exists() else ' (not there)'}"
     seen: list[Any] = [None] * trainer.world_size
-    where = None if path is None else f"{path}{'' if path.is_file() else ' (not there)'}"
     dist.all_gather_object(seen, (own, where, socket.gethostname()))
     if len({found for found, _, _ in seen}) < 2:
         return
@@ -94,3 +95,18 @@ def check_same_resume(trainer) -> None:
                       "another for ever: each reads it from its own disk, and the first process alone saves. Put the "
                       "checkpoint folder (ModelCheckpoint's dirpath, or trainer.default_root_dir) on a disk every node "
                       "shares, or copy the checkpoint to the same path on each node")
+
+
+def _tail(path: Path) -> tuple[int, str]:
+    with open(path, "rb") as file:
+        size = file.seek(0, 2)
+        file.seek(max(size - 2**20, 0))
+        return size, hashlib.blake2b(file.read(), digest_size=16).hexdigest()
+
+
+def resuming_from(trainer, ckpt_path: str | None) -> None:
+    """Tell the run's :class:`~mmcaption.callbacks.ResumableStop` the checkpoint its fit resumes from (compared across
+    the processes once they are up, before any reads it: Lightning says it only then)."""
+    for callback in trainer.callbacks:
+        if hasattr(callback, "resume_from"):
+            callback.resume_from = ckpt_path

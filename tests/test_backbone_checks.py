@@ -123,6 +123,7 @@ def test_lora_targets_that_match_no_module_are_refused_with_the_models_linear_la
 
     assert structure_problem(settings(backbones, other["llama"], lora_target_modules=PHI2_TARGETS), trained=True) is None
     assert structure_problem(settings(backbones, other["phi3"], lora_target_modules=PHI2_TARGETS), trained=True) is not None
+    assert structure_problem(settings(backbones, lora_target_modules="all-linear"), trained=True) is None  # PEFT's pattern
 
 
 def test_a_language_model_whose_decoder_layers_are_elsewhere_is_refused_naming_the_layouts_that_work(backbones, other):

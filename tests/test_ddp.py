@@ -252,24 +252,40 @@ def test_two_ranks_starting_together_preprocess_once_and_both_use_it(backbones, 
 
 
 RESUMES = """
-import os, sys
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 import torch.distributed as dist
+from lightning.pytorch import Trainer
+from lightning.pytorch.demos.boring_classes import BoringModel
+from mmcaption.callbacks import ResumableStop
 from mmcaption.errors import ResumeError
-from mmcaption.resume_checks import check_same_resume
+from mmcaption.resume_checks import check_same_resume, resuming_from
 rank, folder = int(sys.argv[1]), Path(sys.argv[2])
-dist.init_process_group("gloo", rank=rank, world_size=2)
-node = folder / f"node{rank}"  # each node's own disk
+node = folder / f"node{rank}"  # each node's own disk: the first process saved, the other's folder holds nothing
 node.mkdir()
-(node / "last.ckpt").write_bytes(b"saved") if rank == 0 else None
-try:  # rank 0 saved; the other node's folder holds nothing
-    check_same_resume(SimpleNamespace(world_size=2, ckpt_path=str(node / "last.ckpt") if rank == 0 else None))
+saved = node / "last.ckpt"
+if rank == 0:
+    saved.write_bytes(b"saved at step 8")
+trainer = Trainer(accelerator="cpu", strategy="ddp", devices=1, num_nodes=2, max_steps=1, logger=False,
+                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                  default_root_dir=node, callbacks=[ResumableStop()])
+resuming_from(trainer, str(saved) if rank == 0 else None)  # as the command resolves its ckpt_path on each node
+try:
+    trainer.fit(BoringModel(), ckpt_path=str(saved) if rank == 0 else None)
     print("went on")
 except ResumeError as error:
     print(error)
-(node / "last.ckpt").write_bytes(b"saved")  # copied to each node: the same checkpoint
-check_same_resume(SimpleNamespace(world_size=2, ckpt_path=str(node / "last.ckpt")))
+if not dist.is_initialized():
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+saved.write_bytes(b"saved at step 4" if rank else b"saved at step 8")  # one name and size: two saves
+try:
+    check_same_resume(SimpleNamespace(world_size=2), str(saved))
+    print("went on")
+except ResumeError:
+    print("refused")
+saved.write_bytes(b"saved at step 8")  # copied to each node: the same checkpoint
+check_same_resume(SimpleNamespace(world_size=2), str(saved))
 print("same")
 dist.destroy_process_group()
 """
@@ -278,15 +294,16 @@ dist.destroy_process_group()
 def test_processes_that_would_resume_from_different_checkpoints_are_all_refused(tmp_path):
     """A requeued 2-node SLURM job with its checkpoint folder on each node's own disk: the first node resumed from its
     last save, the other (which saves nothing) started afresh, and both waited on one another for ever."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29400 + os.getpid() % 500),
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    ranks = [subprocess.Popen([sys.executable, "-c", RESUMES, str(rank), str(tmp_path)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
-    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29400 + os.getpid() % 500), WORLD_SIZE="2",
+               LOCAL_RANK="0", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    ranks = [subprocess.Popen([sys.executable, "-c", RESUMES, str(rank), str(tmp_path)], env={**env, "NODE_RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    outputs = [rank.communicate(timeout=240) for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
-    for out, _ in outputs:  # every process refuses (one alone would leave the other waiting), naming where each stands
-        refused, same = out.splitlines()
+    for out, _ in outputs:  # every process refuses as the fit starts (one alone would leave the other waiting)
+        refused, other_save, same = out.splitlines()[-3:]
         assert refused.startswith("the processes of this fit would resume from different checkpoints (process 0 (") and \
             f"): {tmp_path / 'node0' / 'last.ckpt'}; process 1 (" in refused and "): none, it starts afresh)" in refused
         assert "Put the checkpoint folder (ModelCheckpoint's dirpath, or trainer.default_root_dir) on a disk every " \
-               "node shares" in refused and same == "same"
+               "node shares" in refused
+        assert (other_save, same) == ("refused", "same")

@@ -537,6 +537,9 @@ def test_an_interrupted_output_edited_by_hand_is_refused_saying_what_was_done_to
                                                 r"'4\.jpg': that image is in this input no more \(taken out of it since\?\): "
                                                 r"delete its row 4 from .*answers\.jsonl to resume, the others kept, or replace"):
         interrupted_rows(output, asked[:3] + asked[4:])
+    with pytest.raises(OutputExistsError, match=r"row 1 of .*has image '0\.jpg' where this input's row 1 has '1\.jpg': that "
+                                                r"image is in this input no more"):
+        interrupted_rows(output, asked[1:])  # the first photo's
     output.write_text("".join(lines[:3] + lines[4:]))  # as it says: resumed, the other 5 rows kept
     assert [row["image"] for row in interrupted_rows(output, asked[:3] + asked[4:])] == ["0.jpg", "1.jpg", "2.jpg", "4.jpg", "5.jpg"]
     # its last line cut short (a copy cut off, an edit): a JSONDecodeError traceback through the resume

@@ -2220,19 +2220,23 @@ def test_a_column_of_pixel_arrays_is_read_and_one_of_several_images_a_row_is_ref
     pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 12, 3), dtype=np.uint8)
     captions = [f"a picture of {n} things" for n in range(4)]
     kinds = {"arrays": datasets.Array3D((16, 12, 3), "uint8"), "grey": datasets.Array2D((16, 12), "uint8"),
-             "floats": datasets.Array3D((16, 12, 3), "float32"), "lists": datasets.Sequence(datasets.Image())}
+             "whole": datasets.Array3D((16, 12, 3), "float32"), "fractions": datasets.Array3D((16, 12, 3), "float32"),
+             "one": datasets.Sequence(datasets.Image()), "two": datasets.Sequence(datasets.Image())}
+    cells = {"arrays": list(pixels), "grey": list(pixels[..., 0]), "whole": list(pixels.astype(np.float32)),
+             "fractions": list(pixels / 255.0), "one": [[Image.fromarray(p)] for p in pixels],
+             "two": [[Image.fromarray(p), Image.fromarray(p)] for p in pixels]}
     for name, kind in kinds.items():
-        cells = {"arrays": list(pixels), "grey": list(pixels[..., 0]), "floats": list(pixels / 255.0),
-                 "lists": [[Image.fromarray(p), Image.fromarray(p)] for p in pixels]}[name]
         features = datasets.Features({"image": kind, "caption": datasets.Value("string")})
-        datasets.Dataset.from_dict({"image": cells, "caption": captions}, features=features).save_to_disk(str(tmp_path / name))
-    for name, expected in (("arrays", pixels), ("grey", pixels[..., 0])):  # each row's own pixels, stored as their PNG
+        datasets.Dataset.from_dict({"image": cells[name], "caption": captions}, features=features).save_to_disk(str(tmp_path / name))
+    for name, expected in (("arrays", pixels), ("grey", pixels[..., 0]), ("whole", pixels), ("one", pixels)):
         rows = list(HubCaptions(str(tmp_path / name), "image", "caption").records("train", BadRecords(name)))
-        assert [caption for *_, pairs in rows for _, caption in pairs] == captions
+        assert [caption for *_, pairs in rows for _, caption in pairs] == captions, name
+        # each row's own pixels, stored as their PNG
         assert all(np.array_equal(np.asarray(Image.open(io.BytesIO(row[2].source))), expected[i]) for i, row in enumerate(rows))
-    with pytest.raises(DataError, match=r"its 'image' is an array of 16 x 12 x 3 numbers from 0 to 1, not an image's pixels "
-                                        r"\(height x width x 3, 4 or 1, or height x width, of whole numbers from 0 to 255\)"):
-        list(HubCaptions(str(tmp_path / "floats"), "image", "caption").records("train", BadRecords("floats")))
+    with pytest.raises(DataError, match=r"4 of 4 rows hold no image that can be read \(first: row 0 \(key 0\): its 'image' is an "
+                                        r"array of 16 x 12 x 3 numbers from 0 to 1, not an image's pixels \(height x width x 3, "
+                                        r"4 or 1, or height x width, of whole numbers from 0 to 255\).*Give each row one image"):
+        list(HubCaptions(str(tmp_path / "fractions"), "image", "caption").records("train", BadRecords("fractions")))
     with pytest.raises(DataError, match=r"its 'image' is a list of 2 images, where a row has one image \(give each image a "
                                         r"row of its own, with its captions\)"):
-        list(HubCaptions(str(tmp_path / "lists"), "image", "caption").records("train", BadRecords("lists")))
+        list(HubCaptions(str(tmp_path / "two"), "image", "caption").records("train", BadRecords("two")))

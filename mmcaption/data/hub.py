@@ -287,7 +287,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
                     counts["empty rows (no image, no caption) left out"] += ours  # a spreadsheet's cleared line
                 else:  # all named in the one message that refuses them; those of this side counted when skipped
                     not_found.append((ours, f"{self._row(row_index, key, split)}: its {self.image_column!r} is "
-                                            f"{self._described(row[self.image_column])}"))
+                                            f"{self._described(row[self.image_column])}", self._cell_kind(row[self.image_column])))
                 continue
             digest = hashlib.blake2b(image, digest_size=16).hexdigest()
             first, _, captions, later = images.setdefault(digest, (row_index, key, [], Counter()))
@@ -319,9 +319,12 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         records.all_at_once("short row", named := [said for ours, said in short if ours or records.on_bad_record == "error"],
                             f"{len(named)} of {len(data):,} rows have fewer fields than the header {data.column_names}, so "
                             "their cells are not under their columns' names", "Add the missing separators (or remove the rows)")
-        named = [said for ours, said in not_found if ours or records.on_bad_record == "error" or not images]
-        records.all_at_once("missing image", named, f"{len(named)} of {len(data):,} rows name no image that is "
-                            "there", "Fix their paths (relative to the dataset's folder) or remove the rows", every=not images)
+        named = [said for ours, said, _ in not_found if ours or records.on_bad_record == "error" or not images]
+        cells = not_found and all(kind for *_, kind in not_found)  # lists or arrays alone: no path to fix
+        records.all_at_once("missing image", named, f"{len(named)} of {len(data):,} rows " + (
+            "hold no image that can be read" if cells else "name no image that is there"), "Give each row one image (a "
+            "file's path, its bytes, or its pixels) or remove the rows" if cells else "Fix their paths (relative to the "
+            "dataset's folder) or remove the rows", every=not images)
         if side != HELD_OUT:  # counted once, not by both sides of a single split: on the training side, read first
             self._note_unlisted(data, records)
         if side is not None:

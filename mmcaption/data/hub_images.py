@@ -53,14 +53,22 @@ class RowImages:
         value = value.get("path") if isinstance(value, dict) else value
         return value if isinstance(value, str) and value else None
 
+    @staticmethod
+    def _cell_kind(value) -> str | None:
+        """What a cell that names no file holds instead: "images" (a list of them), "array" (numbers), or None."""
+        if isinstance(value, list | tuple) and value and isinstance(value[0], dict | bytes | str | Image.Image):
+            return "images"
+        return "array" if _array(value) is not None else None
+
     def _described(self, value) -> str:
         name = self._named(value)
-        if isinstance(value, list | tuple) and value and isinstance(value[0], dict | bytes | str | Image.Image):  # the_cauldron
+        if self._cell_kind(value) == "images":  # the_cauldron's (one of them is read)
             return (f"a list of {len(value)} images, where a row has one image (give each image a row of its own, with its "
                     "captions)")
-        if (pixels := _array(value)) is not None:  # an Array3D column of floats: was "empty ... fix their paths"
-            return (f"an array of {' x '.join(map(str, pixels.shape))} numbers from {pixels.min():g} to {pixels.max():g}, not "
-                    "an image's pixels (height x width x 3, 4 or 1, or height x width, of whole numbers from 0 to 255)")
+        if (pixels := _array(value)) is not None:  # an Array3D column of fractions: was "empty ... fix their paths"
+            values = f" from {pixels.min():g} to {pixels.max():g}" if pixels.size else ""
+            return (f"an array of {' x '.join(map(str, pixels.shape))} numbers{values}, not an image's pixels (height x "
+                    "width x 3, 4 or 1, or height x width, of whole numbers from 0 to 255)")
         if name is None:
             return "empty"
         if is_inline_image(name):
@@ -122,14 +130,16 @@ class RowImages:
             return value["bytes"]
         if isinstance(value, bytes):
             return value
-        if (pixels := _array(value)) is not None:  # an Array3D column of pixels (as MNIST's and CIFAR's copies hold them)
-            whole = pixels.dtype.kind in "ui" and pixels.size and 0 <= pixels.min() and pixels.max() <= 255
+        if isinstance(value, list | tuple) and len(value) == 1 and self._cell_kind(value) == "images":  # one image, listed
+            return self._image_bytes(value[0])  # (the_cauldron's rows)
+        if isinstance(value, Image.Image):  # decoded by datasets (an image in a list is)
+            return _png(np.asarray(value.convert("RGBA" if "A" in value.getbands() else "RGB")))
+        if (pixels := _array(value)) is not None:  # an Array3D column of pixels (as MNIST's and CIFAR's copies hold them),
+            whole = pixels.size and 0 <= pixels.min() and pixels.max() <= 255 and (  # in whole numbers of any type
+                pixels.dtype.kind in "ui" or bool(np.all(pixels == np.round(pixels))))
             if not whole or not (pixels.ndim == 2 or pixels.ndim == 3 and pixels.shape[2] in (1, 3, 4)):
                 return None
-            picture = io.BytesIO()
-            Image.fromarray(pixels.astype(np.uint8).squeeze(2) if pixels.ndim == 3 and pixels.shape[2] == 1
-                            else pixels.astype(np.uint8)).save(picture, format="PNG")  # stored as a file would be
-            return picture.getvalue()
+            return _png(pixels)
         name = self._named(value)
         if name is not None and is_inline_image(name):  # a dataframe's export of its images: decoded, its row's own
             with contextlib.suppress(OSError):
@@ -263,3 +273,11 @@ def _array(value) -> np.ndarray | None:
         array = np.asarray(value)
         return array if array.dtype.kind in "uif" else None
     return None
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    """Pixels (height x width, or x 1, 3 or 4 channels; whole numbers 0-255) as a PNG file's bytes, as a file would store them."""
+    pixels = pixels.astype(np.uint8)
+    picture = io.BytesIO()
+    Image.fromarray(pixels.squeeze(2) if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).save(picture, format="PNG")
+    return picture.getvalue()

@@ -101,8 +101,10 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
                 str(row.get(key, value)) == value for key, value in other.items() if isinstance(value, str))), None)
             moved = differs == "image" and isinstance(output, Path) and PurePath(str(row.get("image"))).name == PurePath(
                 record["image"]).name and not any((place / str(row.get("image"))).exists() for place in _run_folders(output, folder))
-            gone = differs == "image" and not later and not moved and number > 1 and str(row.get("image")) not in {
-                str(other.get("image")) for other in rows}  # a photo deleted from the folder since: one row to take out
+            # a photo deleted from the folder since: this row alone is to take out (the output's next row is this input's)
+            gone = differs == "image" and not later and not moved and (number == len(written) or str(
+                written[number].get("image")) in (record["image"], earlier.get("image"))) and str(row.get("image")) not in {
+                str(name) for other in (*rows, *(also or ())) for name in [other.get("image")]}
             why = (f"its row {number} is this input's row {later} (rows taken out of it, or added to the input): keep only its "
                    f"first {number - 1} rows to resume after them, or" if later and number > 1 else
                    "the images moved, or renamed their folder? A link from the folder its rows name to where they are now "

@@ -45,7 +45,7 @@ from mmcaption.folders import check_writable
 from mmcaption.pipeline import StageResult, ckpt_path_taken, run_pipeline
 
 DEMO_VERSION = 9  # of the backbones: a change rewrites them (and says so)
-DEMO_DATA_VERSION = 2  # of the data alone (2: no held-out image is a training image)
+DEMO_DATA_VERSION = 2  # of the data alone (2: no held-out image is a training image, the scenes placed anew)
 DEMO_ENTRIES = ("coco", "llava", "backbones", "choice_val2017.csv", "meta.json")  # what the demo writes in its root
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
@@ -164,7 +165,7 @@ def write_coco_split(
 
     With ``held_out_from``, a split already written under ``root``, none of the images is byte for byte
     one of that split's: the scenes are few enough that a scene and its placement come up again, and
-    such a draw is replaced by the next, so that held-out figures are of images never trained on.
+    such a scene is placed anew (so that held-out figures are of images never trained on, and of the same mix of scenes).
 
     Returns the annotation file's path.
     """
@@ -177,12 +178,14 @@ def write_coco_split(
     images, annotations = [], []
     for offset in range(num_images):
         image_id = first_image_id + offset
-        while True:
-            scene = random_scene(rng)
+        scene = random_scene(rng)
+        for tries in itertools.count(1):  # the same scene placed anew first: the held-out mix of scenes stays the drawn one
             buffer = io.BytesIO()
             draw_scene(scene, image_size, rng).save(buffer, format="JPEG", quality=95)
             if _digest(buffer.getvalue()) not in seen:
                 break
+            if tries % 50 == 0:  # (every placement of it trained on, as like as not)
+                scene = random_scene(rng)
         file_name = f"{image_id:012d}.jpg"
         (image_dir / file_name).write_bytes(buffer.getvalue())
         images.append(

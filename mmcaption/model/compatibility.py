@@ -43,8 +43,9 @@ def structure_problem(config: MultimodalConfig, prefix: str = "model.config.", t
         return (f"{prefix}lora_r {config.lora_r}, lora_alpha {config.lora_alpha}, lora_dropout {config.lora_dropout}: "
                 "LoRA's rank is at least 1, its alpha above 0 and its dropout from 0 to below 1 (an alpha of 0 or a "
                 "dropout of 1 leaves the adapters untrained); the configs: 32, 64, 0.05")
-    if isinstance(config.lora_target_modules, str):  # PEFT reads one string as a pattern of whole module paths: a name
-        return (f"{prefix}lora_target_modules is one string, {config.lora_target_modules!r}: give a list of module "  # in it
+    # one string (the Python API) is PEFT's pattern of whole module paths: a name in it matched none (weights trained so load)
+    if isinstance(config.lora_target_modules, str) and not trained:
+        return (f"{prefix}lora_target_modules is one string, {config.lora_target_modules!r}: give a list of module "
                 "names, e.g. ['q_proj', 'k_proj', 'v_proj', 'dense'] (Phi-2's attention; with 'fc1', 'fc2' too, all its "
                 "linear layers, what PEFT's 'all-linear' adapts)")
     if not config.cross_attention_layers:
@@ -106,6 +107,8 @@ def lora_problem(config: MultimodalConfig, model: PreTrainedModel, prefix: str, 
     """A LoRA target that matches no module: PEFT matches a name by its last parts (``dense``: ``*.dense``), leaves one
     that matches nothing out without a word while the adapter's config and the model card list it, and raises a
     60-line traceback when none matches."""
+    if isinstance(config.lora_target_modules, str):  # weights trained with PEFT's pattern (or "all-linear"): as they were
+        return None
     matched = {t: [m for n, m in model.named_modules() if n == t or n.endswith(f".{t}")] for t in config.lora_target_modules}
     missing = [t for t, modules in matched.items() if not modules]
     # a whole block (self_attn, layers): PEFT raised "Target module PhiAttention(...) is not supported" once the data was ready
