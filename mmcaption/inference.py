@@ -58,12 +58,11 @@ ImageInput = ImageSource  # a path, an http(s):// URL, bytes, a PIL image or an 
 FOLDER_PARTS = ("adapter/adapter_model.safetensors", "multimodal.safetensors", "tokenizer", "image_processor")
 
 
-_LAST_CALL = threading.local()  # the cut texts of this thread's last call (see last_cut)
+_LAST_CALL = threading.local()  # the cut texts of this thread's last call (last_cut)
 
 
 def last_cut() -> tuple[int, int, int]:
-    """Of the calling thread's last call of a :class:`Captioner`: its texts that stopped before their end, those of them
-    where the context ends, and the texts made."""
+    """Of this thread's last :class:`Captioner` call: its texts cut before their end, of them at the context's end, all."""
     return getattr(_LAST_CALL, "cut", (0, 0, 0))
 
 class Captioner:
@@ -77,8 +76,7 @@ class Captioner:
     def __init__(self, model: MultimodalCausalLM, tokenizer, image_processor, manifest: dict[str, Any]) -> None:
         self.model = model.eval()
         self.manifest = manifest  # the saved folder's mmcaption.json: its settings, prompts and how it was trained
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
+        self.tokenizer, self.image_processor = tokenizer, image_processor
         self.caption_prompt = manifest["prompts"].get("caption_prompt", "")
         self.template = ConversationTemplate(system=manifest["prompts"].get("system_prompt", ""))
         self.tasks = Tasks(model, tokenizer, manifest.get("generation", {}))
@@ -226,8 +224,8 @@ class Captioner:
 
     def _say_cut(self, cut: list[int], generate_kwargs: dict[str, Any]) -> None:
         """One warning for a call's texts that stopped before their end (``cut``: their count, those at the context's end,
-        the texts made): a script read a cut answer as the model's whole one, where chat and predict say so."""
-        _LAST_CALL.cut = tuple(cut)  # this thread's, for the app's page (another thread's call may have ended since)
+        the texts made; kept for the app's page): a script read a cut answer as the model's whole one."""
+        _LAST_CALL.cut = tuple(cut)  # this thread's (another thread's call may have ended since)
         if not cut[0]:
             return
         saved, length = self.tasks.generation, generate_kwargs.get("max_length")  # the call's limit, else the model's
