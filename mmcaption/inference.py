@@ -65,6 +65,7 @@ def last_cut() -> tuple[int, int, int]:
     """Of this thread's last :class:`Captioner` call: its texts cut before their end, of them at the context's end, all."""
     return getattr(_LAST_CALL, "cut", (0, 0, 0))
 
+
 class Captioner:
     """Captions images, answers questions about them and picks multiple-choice options.
 
@@ -148,9 +149,6 @@ class Captioner:
             warnings.warn("this is a caption-stage model: the instruct stage teaches it to answer questions and chat; "
                           "expect captions, not answers", UserWarning, stacklevel=callers_level())
         self._asked = True
-
-    def _pixels(self, images: list[ImageInput | None]) -> torch.Tensor:
-        return self._images(images)[0]
 
     def _images(self, images: list[ImageInput | None], first: int = 0, total: int | None = None,
                 skip: bool = False, errors: list | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

@@ -168,7 +168,7 @@ def test_training_predict_and_the_api_see_the_same_pixels(backbones, model, phot
     predicted = {predict.dataset.image_paths[i].name: predict.dataset[i]["pixel_values"] for i in range(len(names))}
 
     captioner = Captioner(model, train.tokenizer, train.image_processor, {"prompts": {}, "generation": {}})
-    api = {name: captioner._pixels([folder / name])[0] for name in names}
+    api = {name: captioner._images([folder / name])[0][0] for name in names}
 
     for name in ("phone_small.jpg", "scan_16bit.png"):  # stored as they are: identical everywhere
         assert torch.equal(training[name], predicted[name]) and torch.equal(predicted[name], api[name]), name
