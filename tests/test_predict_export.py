@@ -1055,7 +1055,7 @@ def test_terminal_chat_streams_answers_keeps_the_conversation_and_switches_image
         chat_main(["--model", str(out), "--image", first, "--max_new_tokens", "5", "--min_new_tokens", "5"])
     lines = sys.stdout.getvalue().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 3 and lines[1].startswith("(the conversation takes ")
-    assert "1 question was not answered, the conversation past the language model's context (first: 'what what what" in \
+    assert "1 question was not answered, past the language model's context (first: 'what what what" in \
         capsys.readouterr().err
 
 

@@ -102,7 +102,7 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
             moved = differs == "image" and isinstance(output, Path) and PurePath(str(row.get("image"))).name == PurePath(
                 record["image"]).name and not any((place / str(row.get("image"))).exists() for place in _run_folders(output, folder))
             # a photo deleted from the folder since: this row alone is to take out (the output's next row is this input's)
-            gone = differs == "image" and not later and not moved and (number == len(written) or str(
+            gone = differs == "image" and not later and not moved and (number == len(written) > 1 or number < len(written) and str(
                 written[number].get("image")) in (record["image"], earlier.get("image"))) and str(row.get("image")) not in {
                 str(name) for other in (*rows, *(also or ())) for name in [other.get("image")]}
             why = (f"its row {number} is this input's row {later} (rows taken out of it, or added to the input): keep only its "
