@@ -215,15 +215,16 @@ class Captioner:
                           cut[2] + len(made) - n * len(unreadable)]
             texts += [None if i // n in unreadable else text for i, text in enumerate(made)]
         if _cut is None:  # (a generator's chunks: said once, for the whole call)
-            self._say_cut(cut, generate_kwargs)
+            self._call_ended(cut, generate_kwargs)
         n = len(texts) // max(len(prompts), 1)  # num_return_sequences, however it was given
         groups = [texts[i:i + n] for i in range(0, len(texts), n)]  # an unreadable image's: None, as one text's is
         return texts if n == 1 else [None if group[0] is None else group for group in groups]
 
-    def _say_cut(self, cut: list[int], generate_kwargs: dict[str, Any]) -> None:
-        """One warning for a call's texts that stopped before their end (``cut``: their count, those at the context's end,
-        the texts made; kept for the app's page): a script read a cut answer as the model's whole one."""
-        _LAST_CALL.cut = tuple(cut)  # this thread's (another thread's call may have ended since)
+    def _call_ended(self, cut: list[int], generate_kwargs: dict[str, Any]) -> None:
+        """A call's end: its texts that stopped before their end (``cut``: their count, those at the context's end, the
+        texts made) kept as this thread's :func:`last_cut` (for the app's page; another thread's call may have ended
+        since), and said in one warning: a script read a cut answer as the model's whole one."""
+        _LAST_CALL.cut = tuple(cut)
         if not cut[0]:
             return
         saved, length = self.tasks.generation, generate_kwargs.get("max_length")  # the call's limit, else the model's
@@ -258,7 +259,7 @@ class Captioner:
                 captions += self._generate([prompt] * len(chunk), chunk, size, first=len(captions), total=0,
                                            skip_unreadable=skip_unreadable, errors=errors, _ends_at=deadline, _cut=cut,
                                            **generate_kwargs)
-            self._say_cut(cut, generate_kwargs)
+            self._call_ended(cut, generate_kwargs)
             return captions
         batch = as_batch(images)
         images = [images] if batch is None else batch

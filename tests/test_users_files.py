@@ -2221,22 +2221,27 @@ def test_a_column_of_pixel_arrays_is_read_and_one_of_several_images_a_row_is_ref
     captions = [f"a picture of {n} things" for n in range(4)]
     kinds = {"arrays": datasets.Array3D((16, 12, 3), "uint8"), "grey": datasets.Array2D((16, 12), "uint8"),
              "whole": datasets.Array3D((16, 12, 3), "float32"), "fractions": datasets.Array3D((16, 12, 3), "float32"),
+             "normalized": datasets.Array3D((16, 12, 3), "float32"),
              "one": datasets.Sequence(datasets.Image()), "two": datasets.Sequence(datasets.Image())}
+    normalized = (pixels / 255.0 - 0.45) / 0.22  # as a model's processor leaves them: about -2 to 2.5
+    normalized[:, 0, 0] = 2.6
     cells = {"arrays": list(pixels), "grey": list(pixels[..., 0]), "whole": list(pixels.astype(np.float32)),
-             "fractions": list(pixels / 255.0), "one": [[Image.fromarray(p)] for p in pixels],
+             "fractions": list(pixels / 255.0), "normalized": list(normalized), "one": [[Image.fromarray(p)] for p in pixels],
              "two": [[Image.fromarray(p), Image.fromarray(p)] for p in pixels]}
     for name, kind in kinds.items():
         features = datasets.Features({"image": kind, "caption": datasets.Value("string")})
         datasets.Dataset.from_dict({"image": cells[name], "caption": captions}, features=features).save_to_disk(str(tmp_path / name))
-    for name, expected in (("arrays", pixels), ("grey", pixels[..., 0]), ("whole", pixels), ("one", pixels)):
+    grey = np.repeat(pixels[..., :1], 3, axis=-1)  # a grey image is stored as RGB, as the Python API reads an array
+    for name, expected in (("arrays", pixels), ("grey", grey), ("whole", pixels), ("fractions", pixels), ("one", pixels)):
         rows = list(HubCaptions(str(tmp_path / name), "image", "caption").records("train", BadRecords(name)))
         assert [caption for *_, pairs in rows for _, caption in pairs] == captions, name
-        # each row's own pixels, stored as their PNG
+        # each row's own pixels, stored as their PNG (fractions of 1 were refused as "not whole numbers")
         assert all(np.array_equal(np.asarray(Image.open(io.BytesIO(row[2].source))), expected[i]) for i, row in enumerate(rows))
     with pytest.raises(DataError, match=r"4 of 4 rows hold no image that can be read \(first: row 0 \(key 0\): its 'image' is an "
-                                        r"array of 16 x 12 x 3 numbers from 0 to 1, not an image's pixels \(height x width x 3, "
-                                        r"4 or 1, or height x width, of whole numbers from 0 to 255\).*Give each row one image"):
-        list(HubCaptions(str(tmp_path / "fractions"), "image", "caption").records("train", BadRecords("fractions")))
+                                        r"array of 16 x 12 x 3 numbers: an image array of floats is in \[0, 1\] or 0-255; this "
+                                        r"one spans -2.05 to 2.6 \(one normalized for a model\?\): give the image before "
+                                        r"normalization; row 1 .*Give each row one image"):
+        list(HubCaptions(str(tmp_path / "normalized"), "image", "caption").records("train", BadRecords("normalized")))
     with pytest.raises(DataError, match=r"its 'image' is a list of 2 images, where a row has one image \(give each image a "
                                         r"row of its own, with its captions\)"):
         list(HubCaptions(str(tmp_path / "two"), "image", "caption").records("train", BadRecords("two")))

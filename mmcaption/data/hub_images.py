@@ -21,6 +21,7 @@ from mmcaption.data.records import DataError, existing_spelling
 from mmcaption.data.tables import text_table_kind
 from mmcaption.file_spellings import home_expanded, is_file
 from mmcaption.images import IMAGE_SUFFIXES, InlineImage, is_hidden, is_inline_image, is_url
+from mmcaption.pixel_levels import array_image
 
 
 class RowImages:
@@ -65,10 +66,11 @@ class RowImages:
         if self._cell_kind(value) == "images":  # the_cauldron's (one of them is read)
             return (f"a list of {len(value)} images, where a row has one image (give each image a row of its own, with its "
                     "captions)")
-        if (pixels := _array(value)) is not None:  # an Array3D column of fractions: was "empty ... fix their paths"
-            values = f" from {pixels.min():g} to {pixels.max():g}" if pixels.size else ""
-            return (f"an array of {' x '.join(map(str, pixels.shape))} numbers{values}, not an image's pixels (height x "
-                    "width x 3, 4 or 1, or height x width, of whole numbers from 0 to 255)")
+        if (pixels := _array(value)) is not None:  # a normalized image's numbers: was "empty ... fix their paths"
+            try:
+                array_image(pixels)
+            except ValueError as error:  # (an array that is an image's pixels is read: not described)
+                return f"an array of {' x '.join(map(str, pixels.shape))} numbers: {error}"
         if name is None:
             return "empty"
         if is_inline_image(name):
@@ -133,13 +135,11 @@ class RowImages:
         if isinstance(value, list | tuple) and len(value) == 1 and self._cell_kind(value) == "images":  # one image, listed
             return self._image_bytes(value[0])  # (the_cauldron's rows)
         if isinstance(value, Image.Image):  # decoded by datasets (an image in a list is)
-            return _png(np.asarray(value.convert("RGBA" if "A" in value.getbands() else "RGB")))
-        if (pixels := _array(value)) is not None:  # an Array3D column of pixels (as MNIST's and CIFAR's copies hold them),
-            whole = pixels.size and 0 <= pixels.min() and pixels.max() <= 255 and (  # in whole numbers of any type
-                pixels.dtype.kind in "ui" or bool(np.all(pixels == np.round(pixels))))
-            if not whole or not (pixels.ndim == 2 or pixels.ndim == 3 and pixels.shape[2] in (1, 3, 4)):
-                return None
-            return _png(pixels)
+            return _png(value.convert("RGBA" if "A" in value.getbands() else "RGB"))
+        if (pixels := _array(value)) is not None:  # an Array3D column of pixels (as MNIST's and CIFAR's copies hold them):
+            with contextlib.suppress(ValueError):  # read as the Python API reads an array (0-255, [0, 1], 16-bit, ...)
+                return _png(array_image(pixels))
+            return None
         name = self._named(value)
         if name is not None and is_inline_image(name):  # a dataframe's export of its images: decoded, its row's own
             with contextlib.suppress(OSError):
@@ -271,13 +271,12 @@ def _array(value) -> np.ndarray | None:
         return None
     with contextlib.suppress(ValueError, TypeError):  # rows of other lengths, or not numbers
         array = np.asarray(value)
-        return array if array.dtype.kind in "uif" else None
+        return array if array.dtype.kind in "buif" else None
     return None
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    """Pixels (height x width, or x 1, 3 or 4 channels; whole numbers 0-255) as a PNG file's bytes, as a file would store them."""
-    pixels = pixels.astype(np.uint8)
+def _png(image: Image.Image) -> bytes:
+    """An image as a PNG file's bytes, as a file would store it."""
     picture = io.BytesIO()
-    Image.fromarray(pixels.squeeze(2) if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).save(picture, format="PNG")
+    image.save(picture, format="PNG")
     return picture.getvalue()

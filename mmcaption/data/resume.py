@@ -1,9 +1,10 @@
-"""Going on from an interrupted ``mmcaption predict``: the rows its output holds, read back as they were
-written, after checking that they are the first rows of the input asked again - or, from a run on several
-processes, the rows of their shares, put together first; or from a killed run's partial file."""
+"""Going on from an interrupted ``mmcaption predict``: the rows its output holds, read back as they were written, after
+checking that they are the first rows of the input asked again - or, from a run on several processes, the rows of their
+shares, put together first; or from a killed run's partial file."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import itertools
@@ -101,10 +102,7 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
                 str(row.get(key, value)) == value for key, value in other.items() if isinstance(value, str))), None)
             moved = differs == "image" and isinstance(output, Path) and PurePath(str(row.get("image"))).name == PurePath(
                 record["image"]).name and not any((place / str(row.get("image"))).exists() for place in _run_folders(output, folder))
-            # a photo deleted from the folder since: this row alone is to take out (the output's next row is this input's)
-            gone = differs == "image" and not later and not moved and (number == len(written) > 1 or number < len(written) and str(
-                written[number].get("image")) in (record["image"], earlier.get("image"))) and str(row.get("image")) not in {
-                str(name) for other in (*rows, *(also or ())) for name in [other.get("image")]}
+            gone = differs == "image" and not later and not moved and _deleted_since(number, written, rows, also)
             why = (f"its row {number} is this input's row {later} (rows taken out of it, or added to the input): keep only its "
                    f"first {number - 1} rows to resume after them, or" if later and number > 1 else
                    "the images moved, or renamed their folder? A link from the folder its rows name to where they are now "
@@ -114,6 +112,16 @@ def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
                    "it is the output of another input, or of this one before it changed;")
             raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
                                     f"row {number} has {record[differs]!r}: {why} replace it with --data.overwrite true")
+
+
+def _deleted_since(number: int, written: list[dict[str, Any]], rows: list[dict[str, Any]],
+                   also: list[dict[str, Any]] | None) -> bool:
+    """Whether an output's row ``number`` names a photo deleted from the input since (that row alone to take out): none of
+    this input's, and the output's next row is this input's row ``number`` (or it is the output's last, after others)."""
+    record, earlier = rows[number - 1], also[number - 1] if also else {}
+    realigned = number == len(written) > 1 or (
+        number < len(written) and str(written[number].get("image")) in (record["image"], earlier.get("image")))
+    return realigned and str(written[number - 1].get("image")) not in {str(r.get("image")) for r in (*rows, *(also or ()))}
 
 
 def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path, folder: str | None) -> str | None:
@@ -141,24 +149,21 @@ def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
 
 
 def _run_folders(output: Path, folder: str | None) -> list[Path]:
-    """Where an output's relative image names were written from: the first run's working ``folder`` (where recorded),
-    else (moved since, or unrecorded) the output's folder or one above."""
+    """Where an output's relative image names were written from: the first run's working ``folder``, else the output's or above."""
     return [*([Path(folder)] if folder else []), Path(output).resolve().parent, *Path(output).resolve().parents]
 
 
 def _same_file(one: Path, other: Path) -> bool:
-    try:
+    with contextlib.suppress(OSError):
         return os.path.samefile(one, other)
-    except OSError:
-        return False
+    return False
 
 
 def check_made_alike(output: Path, now: dict[str, Any], earlier: dict[str, Any] | None = None) -> None:
-    """Refuse to go on from ``output`` when its rows were predicted by other weights or settings than
-    ``now`` (:func:`~mmcaption.evaluation.report.prediction_record`): the two runs' rows would make one
-    accuracy of two models. An output of a version that did not record them is gone on from; an input file only added
-    to at its end since (a question appended after the interruption) is gone on with, said. ``earlier``:
-    its summary's record, when it has no summary file yet."""
+    """Refuse to go on from ``output`` when its rows were predicted by other weights or settings than ``now``
+    (:func:`~mmcaption.evaluation.report.prediction_record`): the two runs' rows would make one accuracy of two models.
+    An output of a version that did not record them is gone on from; an input only added to at its end since (a question
+    appended after the interruption) is gone on with, said. ``earlier``: its summary's record, when it has no summary."""
     earlier = earlier if earlier is not None else json.loads(summary_path(output).read_text(encoding="utf-8")).get("made_by")
     differences = record_differences(earlier, now) if earlier else []
     if not differences and earlier and (grown := appended_inputs(earlier, now)) and rank_zero_only.rank == 0:
