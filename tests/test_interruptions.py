@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -509,7 +510,8 @@ def test_an_interrupted_csv_is_read_back_with_its_results_as_they_were_written(t
     output.with_name("answers.csv.summary.json").write_text(json.dumps({"rows": 3, "interrupted": "SIGINT"}))
     asked = [{"question_id": "q1", "image": "a.png", "question": "What?"}, {"question_id": "17", "image": "b.png", "question": "Which?"},
              {"question_id": "007", "image": "c.png", "question": "Why?"}, {"question_id": "8", "image": "d.png", "question": "How?"}]
-    rows = interrupted_rows(output, asked)
+    rows, to_go = interrupted_rows(output, asked)
+    assert to_go == [3]
     assert [(r["question_id"], r["prediction"], r["correct"], r["vqa_accuracy"], r["error"]) for r in rows] == [
         ("q1", "red", True, None, None), (17, None, False, 0.3, "image not found: b.png"), ("007", "", False, None, None)]
     with pytest.raises(OutputExistsError, match="holds all 3 rows of this input: the run stopped after its last row"):
@@ -527,10 +529,11 @@ def test_an_interrupted_output_edited_by_hand_is_refused_saying_what_was_done_to
     # with --data.overwrite true", which threw the rows still good away
     lines = output.read_text().splitlines(keepends=True)
     output.write_text("".join(lines[:2] + lines[4:]))
+    assert interrupted_rows(output, asked)[1] == [2, 3, 6, 7]  # the rows taken out are asked again, after the others
     with pytest.raises(OutputExistsError, match=r"row 3 of .*answers\.jsonl has image '4\.jpg' where this input's row 3 has "
                                                 r"'2\.jpg': its row 3 is this input's row 5 \(rows taken out of it, or added to "
                                                 r"the input\): keep only its first 2 rows to resume after them, or replace it with"):
-        interrupted_rows(output, asked)
+        interrupted_rows(output, asked[:5] + asked[6:])  # and one of them is this input's no more
     # a photo done, then deleted from the folder (a blurry one): "the output of another input", and only overwriting
     output.write_text("".join(lines))
     with pytest.raises(OutputExistsError, match=r"row 4 of .*answers\.jsonl has image '3\.jpg' where this input's row 4 has "
@@ -541,7 +544,7 @@ def test_an_interrupted_output_edited_by_hand_is_refused_saying_what_was_done_to
                                                 r"image is in this input no more"):
         interrupted_rows(output, asked[1:])  # the first photo's
     output.write_text("".join(lines[:3] + lines[4:]))  # as it says: resumed, the other 5 rows kept
-    assert [row["image"] for row in interrupted_rows(output, asked[:3] + asked[4:])] == ["0.jpg", "1.jpg", "2.jpg", "4.jpg", "5.jpg"]
+    assert [row["image"] for row in interrupted_rows(output, asked[:3] + asked[4:])[0]] == ["0.jpg", "1.jpg", "2.jpg", "4.jpg", "5.jpg"]
     # its last line cut short (a copy cut off, an edit): a JSONDecodeError traceback through the resume
     output.write_text("".join(lines[:3]) + lines[3][:25])
     with pytest.raises(OutputExistsError, match=r"resume: .*answers\.jsonl cannot be read back: line 4 is not a JSON row "
@@ -570,6 +573,53 @@ def test_captions_resumed_after_a_stop_are_those_of_one_run(backbones, trained_c
     fresh = tmp_path / "fresh.jsonl"  # resume with nothing to go on from: from the first row, as a requeued job wants
     captions(fresh, resume=True)
     assert fresh.read_text() == output.read_text()
+
+
+def test_a_photo_added_among_those_captioned_before_a_resume_is_captioned_with_the_rest(backbones, trained_checkpoint,
+                                                                                       image_folder, tmp_path, capsys):
+    # a camera's sync (or another phone's photos) adds a photo that sorts among those done: "keep only its first 1 rows
+    # to resume after them", which threw away the rows after it
+    from mmcaption.data import CaptionPredictDataModule
+    from mmcaption.demo.synthetic import Scene, draw_scene
+
+    module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
+    draw_scene(Scene("yellow", "circle", "bottom"), 64, random.Random(1)).save(image_folder / "img3.png")
+
+    def captions(output, callbacks=(), **settings):
+        data = CaptionPredictDataModule(images=str(image_folder), output=str(output), tokenizer=str(backbones[0]),
+                                        image_processor=str(backbones[1]), batch_size=1, num_workers=0, **settings)
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                callbacks=list(callbacks)).predict(module, datamodule=data)
+
+    output = tmp_path / "captions.jsonl"
+    with pytest.raises(SystemExit):
+        captions(output, [InterruptAtBatch(2)])
+    first = output.read_text().splitlines(keepends=True)
+    assert [Path(json.loads(line)["image"]).name for line in first] == ["img0.png", "img1.png"]
+    draw_scene(Scene("blue", "triangle", "left"), 64, random.Random(2)).save(image_folder / "img0a.png")  # sorts second
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # stopped again, after the added photo's
+        captions(output, [InterruptAtBatch(1)], resume=True)
+    assert f"the 2 rows of {output} are this input's but not its first 2 (images added among those done since, or rows taken out of " \
+           f"it): the 3 others (first: row 2, {image_folder / 'img0a.png'}) are predicted after them" in capsys.readouterr().err
+    captions(output, resume=True)
+    captions(tmp_path / "whole.jsonl")
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    whole = [json.loads(line) for line in (tmp_path / "whole.jsonl").read_text().splitlines()]
+    assert output.read_text().splitlines(keepends=True)[:2] == first  # the rows done, as they were
+    assert [Path(row["image"]).name for row in rows] == ["img0.png", "img1.png", "img0a.png", "img2.png", "img3.png"]
+    assert sorted(rows, key=lambda row: row["image"]) == sorted(whole, key=lambda row: row["image"])  # each once, as one run
+    assert json.loads(output.with_name("captions.jsonl.summary.json").read_text())["rows"] == 5
+    # such a resume killed outright: its partial file holds the output's rows and the added photo's, and is gone on from
+    from mmcaption.data.resume import recover_killed
+
+    killed = tmp_path / "killed.jsonl"
+    killed.write_text("".join(first))
+    killed.with_name("killed.jsonl.summary.json").write_text(json.dumps({"rows": 2, "interrupted": "SIGINT"}))
+    killed.with_name(".killed.jsonl.partial").write_text("".join(first) + json.dumps(rows[2]) + "\n")
+    asked = [{"image": str(image_folder / name)} for name in ("img0.png", "img0a.png", "img1.png", "img2.png", "img3.png")]
+    assert "the 3 complete rows of .killed.jsonl.partial" in recover_killed(killed, asked, None)  # was refused, as above
+    assert killed.read_text() == "".join(output.read_text().splitlines(keepends=True)[:3])
 
 
 def test_a_predict_resumed_from_another_folder_names_its_images_as_the_first_run_did(backbones, trained_checkpoint, image_folder,

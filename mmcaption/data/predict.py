@@ -232,11 +232,11 @@ class _PredictDataModule(BackbonesDataModule):
                 output_lock(self.output).release()  # nothing written: its lock ends here, with nothing left beside it
                 raise AlreadyDone(f"SLURM requeued this job (restart {os.environ.get('SLURM_RESTART_COUNT')}) after this "
                                   f"predict had finished: {self.output} holds its {self.finished_before} rows, kept as they are")
-            self.done = interrupted_rows(self.output, self.dataset.rows, getattr(self.dataset, "earlier_names", None))
+            self.done, to_go = interrupted_rows(self.output, self.dataset.rows, getattr(self.dataset, "earlier_names", None))
             if now is not None:
                 check_made_alike(self.output, now)
-            rank_zero_info(f"resume: the {len(self.done)} rows of {self.output} are kept; {len(self.dataset) - len(self.done)} to go")
-            return self.generation_loader(Subset(self.dataset, range(len(self.done), len(self.dataset))), self.batch_size)
+            rank_zero_info(f"resume: the {len(self.done)} rows of {self.output} are kept; {len(to_go)} to go")
+            return self.generation_loader(Subset(self.dataset, to_go), self.batch_size)
         return self.generation_loader(self.dataset, self.batch_size)
 
 

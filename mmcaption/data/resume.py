@@ -16,6 +16,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from mmcaption.data.resume_rows import check_first_rows, rows_to_go, run_folders
 from mmcaption.errors import OutputExistsError
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
@@ -32,10 +33,12 @@ from mmcaption.evaluation.report import (
 )
 
 
-def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The rows an interrupted predict wrote to ``output``, refusing an output that was not interrupted
-    (no summary, or one that says the run finished) or whose rows are not the first of ``rows`` (another
-    input, or the same one changed since; ``also``: each row's values as an earlier release wrote them)."""
+def interrupted_rows(output: Path, rows: list[dict[str, Any]],
+                     also: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows an interrupted predict wrote to ``output``, and the places of this input's ``rows`` still to predict
+    (:func:`~mmcaption.data.resume_rows.rows_to_go`), refusing an output that was not interrupted (no summary, or one
+    that says the run finished) or whose rows are not of ``rows`` (another input, or the same one changed since;
+    ``also``: each row's values as an earlier release wrote them)."""
     refuse_a_finished_output(output, rows)
     try:
         written = read_output_rows(output)
@@ -45,14 +48,14 @@ def interrupted_rows(output: Path, rows: list[dict[str, Any]], also: list[dict[s
     working = ((_summary(output) or {}).get("made_by") or {}).get("working_folder")
     if respelled := named_as_written(written, rows, output, working):
         rank_zero_only(print)(respelled, file=sys.stderr, flush=True)
-    check_first_rows(written, rows, output, also, working)
+    to_go = rows_to_go(written, rows, output, also, working)
     if len(written) == len(rows):
         raise OutputExistsError(f"resume: {output} holds all {len(rows)} rows of this input: the run stopped after its last row, so "
                                 "only its summary's totals are missing; --data.overwrite true predicts it again to make them")
     if len(written) > len(rows):
         raise OutputExistsError(f"resume: {output} holds {len(written)} rows, more than the {len(rows)} this input has: "
                                 "it is the output of another input")
-    return written
+    return written, to_go
 
 
 def refuse_a_finished_output(output: Path, rows: list[dict[str, Any]]) -> None:
@@ -89,41 +92,6 @@ def _new_ones(output: Path, rows: list[dict[str, Any]]) -> str:
             "that (--data.images <list>) into its own --data.output")
 
 
-def check_first_rows(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path | str,
-                     also: list[dict[str, Any]] | None = None, folder: str | None = None) -> None:
-    """Refuse rows ``written`` to ``output`` that are not the first of this input's ``rows`` (compared as written, or as
-    an earlier release wrote them: ``also``, a row's other accepted values; ``folder``: the first run's working one)."""
-    for number, (row, record) in enumerate(zip(written, rows), start=1):
-        earlier = also[number - 1] if also else {}
-        differs = next((key for key, value in record.items() if isinstance(value, str)
-                        and str(row.get(key, value)) not in (value, earlier.get(key, value), value.strip())), None)
-        if differs is not None:  # rows taken out of it (by hand): its row is one further on in the input
-            later = next((place for place, other in enumerate(rows[number:], start=number + 1) if all(
-                str(row.get(key, value)) == value for key, value in other.items() if isinstance(value, str))), None)
-            moved = differs == "image" and isinstance(output, Path) and PurePath(str(row.get("image"))).name == PurePath(
-                record["image"]).name and not any((place / str(row.get("image"))).exists() for place in _run_folders(output, folder))
-            gone = differs == "image" and not later and not moved and _deleted_since(number, written, rows, also)
-            why = (f"its row {number} is this input's row {later} (rows taken out of it, or added to the input): keep only its "
-                   f"first {number - 1} rows to resume after them, or" if later and number > 1 else
-                   "the images moved, or renamed their folder? A link from the folder its rows name to where they are now "
-                   "(ln -s) resumes it, its rows kept; or" if moved else  # (was only: overwrite the hours of rows done)
-                   f"that image is in this input no more (taken out of it since?): delete its row {number} from {output} to "
-                   "resume, the others kept, or" if gone else
-                   "it is the output of another input, or of this one before it changed;")
-            raise OutputExistsError(f"resume: row {number} of {output} has {differs} {row.get(differs)!r} where this input's "
-                                    f"row {number} has {record[differs]!r}: {why} replace it with --data.overwrite true")
-
-
-def _deleted_since(number: int, written: list[dict[str, Any]], rows: list[dict[str, Any]],
-                   also: list[dict[str, Any]] | None) -> bool:
-    """Whether an output's row ``number`` names a photo deleted from the input since (that row alone to take out): none of
-    this input's, and the output's next row is this input's row ``number`` (or it is the output's last, after others)."""
-    record, earlier = rows[number - 1], also[number - 1] if also else {}
-    realigned = number == len(written) > 1 or (
-        number < len(written) and str(written[number].get("image")) in (record["image"], earlier.get("image")))
-    return realigned and str(written[number - 1].get("image")) not in {str(r.get("image")) for r in (*rows, *(also or ()))}
-
-
 def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path, folder: str | None) -> str | None:
     """A resume that names the images' folder otherwise (run from another folder: ``data/many`` where the first run had
     ``../data/many``, or its absolute path): when this input's first image is the file the output's first row names, seen
@@ -137,7 +105,7 @@ def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
     common = next((n for n in range(min(len(then_parts), len(now_parts))) if then_parts[-1 - n] != now_parts[-1 - n]),
                   min(len(then_parts), len(now_parts)))
     then_folder, now_folder = then_parts[:len(then_parts) - common], now_parts[:len(now_parts) - common]
-    if not common or not any(_same_file(place / then, Path(now)) for place in _run_folders(output, folder)):
+    if not common or not any(_same_file(place / then, Path(now)) for place in run_folders(output, folder)):
         return None
     names = [PurePath(str(row.get("image") or "")).parts for row in rows]
     if any(parts[:len(now_folder)] != now_folder or len(parts) <= len(now_folder) for parts in names):
@@ -146,11 +114,6 @@ def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
         row["image"] = str(PurePath(*then_folder, *parts[len(now_folder):]))
     return (f"note: resume: this run names the images from another folder than the run that wrote {output.name} (its row 1: "
             f"{then}; this input's: {now}): the same files, and the rows to come name them as its rows do")
-
-
-def _run_folders(output: Path, folder: str | None) -> list[Path]:
-    """Where an output's relative image names were written from: the first run's working ``folder``, else the output's or above."""
-    return [*([Path(folder)] if folder else []), Path(output).resolve().parent, *Path(output).resolve().parents]
 
 
 def _same_file(one: Path, other: Path) -> bool:
@@ -381,7 +344,7 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
         return None if before else f"{partial}, left by a run that did not end, holds no complete row: starting at the first row"
     try:  # refused: the partial file stays as it was, and nothing beside it
         respelled = named_as_written(done, rows, output, (made_by or {}).get("working_folder"))
-        check_first_rows(done, rows, partial)
+        rows_to_go(done, rows, partial)  # (a killed resume's rows: of this input, maybe not its first)
         if now is not None and made_by:
             check_made_alike(output, now, made_by)
     except BaseException:
