@@ -56,7 +56,7 @@ class ResumableStop(Callback):
         self._last_save = time.monotonic()
         self._saved_step: int | None = None  # the step of this callback's last save
         self._requeue_signal: int | None = None
-        self.resume_from: str | None = None  # the checkpoint the command's fit resumes from (Lightning says it only later)
+        self.resume_from, self.resume_told = None, False  # the checkpoint the command's fit resumes from (resuming_from)
         self._patience: dict[int, int] = {}  # each EarlyStopping's patience as configured (setup), before a resume
         self._stop_at_step_end = self._stop_saved = False  # a stop asked between a step's batches; a stop's checkpoint saved
 
@@ -93,6 +93,8 @@ class ResumableStop(Callback):
                   "the step and requeues the job, which resumes from it", file=sys.stderr, flush=True)
 
     def on_fit_start(self, trainer, pl_module) -> None:  # the Timer's own verdict is in (it ends before on_train_start)
+        if not self.resume_told:  # a script's own Trainer.fit: its path known now, each process's checkpoint read
+            check_same_resume(trainer, trainer.ckpt_path)
         if (note := time_spent_note(trainer)) and trainer.is_global_zero:
             print(note, file=sys.stderr, flush=True)
 
@@ -158,8 +160,8 @@ class ResumableStop(Callback):
         self._streams_back = self._streams_back or outlive_the_reader()
         # as configured, before a checkpoint's state replaces it (Lightning restores EarlyStopping's patience too)
         self._patience = {id(c): c.patience for c in trainer.callbacks if isinstance(c, EarlyStopping)}
-        if stage == "fit":  # every process, before any reads the checkpoint: one resuming where another starts afresh hung
-            check_same_resume(trainer, self.resume_from)
+        if stage == "fit" and self.resume_told:  # every process, before any reads it: one resuming where another starts
+            check_same_resume(trainer, self.resume_from)  # afresh hung (Lightning says the path only after the setup hooks)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         save_where_a_worker_died(trainer, exception, save_resumable_checkpoint)

@@ -108,5 +108,5 @@ def resuming_from(trainer, ckpt_path: str | None) -> None:
     """Tell the run's :class:`~mmcaption.callbacks.ResumableStop` the checkpoint its fit resumes from (compared across
     the processes once they are up, before any reads it: Lightning says it only then)."""
     for callback in trainer.callbacks:
-        if hasattr(callback, "resume_from"):
-            callback.resume_from = ckpt_path
+        if hasattr(callback, "resume_told"):
+            callback.resume_from, callback.resume_told = ckpt_path, True

@@ -287,6 +287,14 @@ except ResumeError:
 saved.write_bytes(b"saved at step 8")  # copied to each node: the same checkpoint
 check_same_resume(SimpleNamespace(world_size=2), str(saved))
 print("same")
+# a script's own Trainer.fit (no resuming_from): Lightning says its ckpt_path once each process has read its own
+own = Trainer(accelerator="cpu", strategy="ddp", devices=1, num_nodes=2, max_steps=2, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False, default_root_dir=node, callbacks=[ResumableStop()])
+try:
+    own.fit(BoringModel(), ckpt_path=sys.argv[3] if rank == 0 else None)
+    print("went on")
+except ResumeError as error:
+    print("own fit refused" if str(error).startswith("the processes of this fit would resume from different") else error)
 dist.destroy_process_group()
 """
 
@@ -296,14 +304,22 @@ def test_processes_that_would_resume_from_different_checkpoints_are_all_refused(
     last save, the other (which saves nothing) started afresh, and both waited on one another for ever."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29400 + os.getpid() % 500), WORLD_SIZE="2",
                LOCAL_RANK="0", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    ranks = [subprocess.Popen([sys.executable, "-c", RESUMES, str(rank), str(tmp_path)], env={**env, "NODE_RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    trained = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, default_root_dir=tmp_path)
+    trained.fit(BoringModel())
+    trained.save_checkpoint(tmp_path / "own.ckpt")  # a real one: the first process reads it before the fit starts
+    ranks = [subprocess.Popen([sys.executable, "-c", RESUMES, str(rank), str(tmp_path), str(tmp_path / "own.ckpt")],
+                              env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
     outputs = [rank.communicate(timeout=240) for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
     for out, _ in outputs:  # every process refuses as the fit starts (one alone would leave the other waiting)
-        refused, other_save, same = out.splitlines()[-3:]
+        refused, other_save, same, own_fit = out.splitlines()[-4:]
         assert refused.startswith("the processes of this fit would resume from different checkpoints (process 0 (") and \
             f"): {tmp_path / 'node0' / 'last.ckpt'}; process 1 (" in refused and "): none, it starts afresh)" in refused
         assert "Put the checkpoint folder (ModelCheckpoint's dirpath, or trainer.default_root_dir) on a disk every " \
                "node shares" in refused
-        assert (other_save, same) == ("refused", "same")
+        assert (other_save, same, own_fit) == ("refused", "same", "own fit refused")  # the last: it hung
