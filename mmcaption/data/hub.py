@@ -38,7 +38,7 @@ from mmcaption.data.folder_layouts import (
 from mmcaption.data.hub_images import RowImages
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.json_values import data_list_name, json_layout
-from mmcaption.data.records import BadRecords, DataError, Uncaptioned, not_utf8, read_json_list
+from mmcaption.data.records import GROUPED_ROWS, BadRecords, DataError, Uncaptioned, not_utf8, read_json_list
 from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.data.split_column import SplitColumnTable
 from mmcaption.data.stage_splits import stage_splits
@@ -306,7 +306,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
                 elif not texts:
                     later["rows that repeat an earlier row's image without a caption of their own"] += 1
                 else:
-                    later["rows that repeat an earlier row's image: their captions go with that image"] += 1
+                    later[GROUPED_ROWS] += 1
                     later["captions skipped that an earlier row gave the same image"] += again
                 texts = [c if c not in known else None for c in texts]
             captions += [(row_index * 100 + i, c) for i, c in enumerate(texts) if c is not None]

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 from typing import Literal
 
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.data.json_values import JsonLines, json_values, pandas_records
 from mmcaption.errors import MMCaptionError
@@ -39,8 +39,7 @@ class NothingUsable(DataError):
 
 def packed_file(path: Path, data: bytes | None = None) -> str | None:
     """What a binary file given where text was asked for is, with what to do about it (a spreadsheet's workbook, an
-    archive); ``None`` for anything else. ``data``: its bytes when they were read, else its first bytes are (and a
-    zip's list of names: its end alone)."""
+    archive); ``None`` for anything else. ``data``: its bytes when read, else its first bytes are (a zip's names: its end)."""
     if data is None:
         with contextlib.suppress(OSError), path.open("rb") as handle:
             data = handle.read(8)
@@ -108,8 +107,7 @@ def archive_hint(path: Path) -> str:
 
 
 def missing_file(path: Path, what: str) -> DataError:
-    """``what`` (a file) not found at ``path``: a folder given in its place said as such, and the archive it is still in,
-    if one is beside it."""
+    """``what`` (a file) not found at ``path``: a folder given in its place said so, and the archive it is in, if beside it."""
     if path.is_dir():
         return DataError(f"{path} is a folder: the {what} is one file")
     return DataError(f"{what} not found: {path}{archive_hint(path)}")
@@ -239,6 +237,10 @@ def _firsts(messages: list[str]) -> str:
     return "; ".join(messages[:3]) + ("; ..." if len(messages) > 3 else "")
 
 
+# a row per caption (Flickr30k's CSV, the hub's copies of COCO): a table's usual layout, said rather than warned of
+GROUPED_ROWS = "rows that repeat an earlier row's image: their captions go with that image"
+
+
 class BadRecords:
     """Collects bad records under ``on_bad_record="skip"``; raises on the first one otherwise.
 
@@ -365,8 +367,7 @@ class BadRecords:
                     self.bad("missing image", f"{path} ({name}) does not exist")
 
     def note(self, kind: str, count: int = 1, example: str | None = None) -> None:
-        """Count something done to a usable record that the user should hear of (e.g. truncation), with the first
-        record it was done to when there is one to name."""
+        """Count something done to a usable record that the user should hear of (truncation), with the first one to name."""
         self.notes[kind] += count
         if example is not None:
             self.note_examples.setdefault(kind, example)
@@ -376,15 +377,14 @@ class BadRecords:
 
     def warn_if_any(self) -> None:
         for kind, n in self.notes.items():
-            rank_zero_warn(f"{self.source}: {n} x {kind}" + (f" (first: {self.note_examples[kind]})" if kind in self.note_examples else ""))
+            (rank_zero_info if kind.startswith(GROUPED_ROWS) else rank_zero_warn)(f"{self.source}: {n} x {kind}" + (f" (first: {self.note_examples[kind]})" if kind in self.note_examples else ""))
         if self.counts:
             details = "; ".join(f"{n} x {kind} (first: {self.examples[kind]})" for kind, n in self.counts.items())
             rank_zero_warn(f"{self.source}: skipped {sum(self.counts.values())} bad records: {details}")
 
 
 def other_suffixes(paths: list[Path]) -> dict[Path, str]:
-    """Each of ``paths`` (missing files) whose folder holds a file of the same stem and another suffix, with that
-    file's name; each folder listed once."""
+    """Each of ``paths`` (missing files) whose folder holds a file of its stem and another suffix, with that file's name."""
     found, listed = {}, {}
     for path in paths:
         if path.parent not in listed:
