@@ -3051,7 +3051,7 @@ def test_resuming_with_a_max_time_already_spent_says_so(capsys, monkeypatch):
     timer = Timer(duration="00:00:00:06")
     timer.load_state_dict({"time_elapsed": {"train": 6.5}})  # as the checkpoint's run left it
     trainer = SimpleNamespace(callbacks=[timer], ckpt_path="checkpoints/caption/last.ckpt", is_global_zero=True,
-                              should_stop=False, val_check_batch=None, accumulate_grad_batches=1)
+                              should_stop=False, val_check_batch=None, accumulate_grad_batches=1, world_size=1)
     callback = ResumableStop()
     callback.on_fit_start(trainer, None)  # Lightning ends such a run before on_train_start: it was never said
     assert ("note: checkpoints/caption/last.ckpt has trained for 0m06s, which trainer.max_time (0m06s) counts too: it ends "
