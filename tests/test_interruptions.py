@@ -552,16 +552,22 @@ def test_an_interrupted_output_edited_by_hand_is_refused_saying_what_was_done_to
         interrupted_rows(output, asked)
 
 
-def test_captions_resumed_after_a_stop_are_those_of_one_run(backbones, trained_checkpoint, image_folder, tmp_path):
+def caption_folder(module, backbones, images, output, root, callbacks=(), **settings) -> None:
+    """``mmcaption predict``'s captions of ``images`` into ``output``, a batch an image (``settings``: the data module's)."""
     from mmcaption.data import CaptionPredictDataModule
+
+    data = CaptionPredictDataModule(images=str(images), output=str(output), tokenizer=str(backbones[0]),
+                                    image_processor=str(backbones[1]), batch_size=1, num_workers=0, **settings)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+            callbacks=list(callbacks)).predict(module, datamodule=data)
+
+
+def test_captions_resumed_after_a_stop_are_those_of_one_run(backbones, trained_checkpoint, image_folder, tmp_path):
 
     module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
 
     def captions(output, callbacks=(), **settings):
-        data = CaptionPredictDataModule(images=str(image_folder), output=str(output), tokenizer=str(backbones[0]),
-                                        image_processor=str(backbones[1]), batch_size=1, num_workers=0, **settings)
-        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                callbacks=list(callbacks)).predict(module, datamodule=data)
+        caption_folder(module, backbones, image_folder, output, tmp_path, callbacks, **settings)
 
     output = tmp_path / "captions.jsonl"
     with pytest.raises(SystemExit):
@@ -579,17 +585,13 @@ def test_a_photo_added_among_those_captioned_before_a_resume_is_captioned_with_t
                                                                                        image_folder, tmp_path, capsys):
     # a camera's sync (or another phone's photos) adds a photo that sorts among those done: "keep only its first 1 rows
     # to resume after them", which threw away the rows after it
-    from mmcaption.data import CaptionPredictDataModule
     from mmcaption.demo.synthetic import Scene, draw_scene
 
     module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
     draw_scene(Scene("yellow", "circle", "bottom"), 64, random.Random(1)).save(image_folder / "img3.png")
 
     def captions(output, callbacks=(), **settings):
-        data = CaptionPredictDataModule(images=str(image_folder), output=str(output), tokenizer=str(backbones[0]),
-                                        image_processor=str(backbones[1]), batch_size=1, num_workers=0, **settings)
-        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                callbacks=list(callbacks)).predict(module, datamodule=data)
+        caption_folder(module, backbones, image_folder, output, tmp_path, callbacks, **settings)
 
     output = tmp_path / "captions.jsonl"
     with pytest.raises(SystemExit):
@@ -627,17 +629,13 @@ def test_a_predict_resumed_from_another_folder_names_its_images_as_the_first_run
     # stopped in run/ with --data.images ../images, resumed from the folder above (images, or its absolute path): the
     # same files, refused as "the output of another input" with advice (--data.overwrite) that threw the rows done away;
     # killed outright, the refusal also left a hidden .recovered copy of the rows behind
-    from mmcaption.data import CaptionPredictDataModule
 
     module = MultimodalCaptioner.load_from_checkpoint(trained_checkpoint)
     run = tmp_path / "run"
     run.mkdir()
 
     def captions(images, output, callbacks=(), **settings):
-        data = CaptionPredictDataModule(images=str(images), output=str(output), tokenizer=str(backbones[0]),
-                                        image_processor=str(backbones[1]), batch_size=1, num_workers=0, **settings)
-        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                callbacks=list(callbacks)).predict(module, datamodule=data)
+        caption_folder(module, backbones, images, output, tmp_path, callbacks, **settings)
 
     monkeypatch.chdir(run)
     captions("../images", "whole.jsonl")
