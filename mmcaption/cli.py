@@ -364,8 +364,8 @@ class _PrepareCLI(MMCaptionCLI):
 def prepare(args: list[str]) -> int:
     """``mmcaption prepare --config ...``: preprocess the configured data module's splits (and its feature cache) without
     loading the language model, and print what each split holds. Returns 0; a data or settings error is raised."""
-    quiet_lightning()  # in a log file, no bars of redrawn counts (fit's own lines stay as they are)
-    with warnings.catch_warnings():  # also while preparing: its warnings are shown as fit shows them
+    with bars_put_back(), warnings.catch_warnings():  # its warnings shown as fit shows them; a notebook's bars kept
+        quiet_lightning()  # in a log file, no bars of redrawn counts (fit's own lines stay as they are)
         filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)  # argv minus 'prepare'
         cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,

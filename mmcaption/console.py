@@ -129,10 +129,14 @@ def quieted(main: Callable[..., Any]) -> Callable[..., Any]:
     weight file, gone in a second): ``mmcaption-export``, ``mmcaption chat``, ``mmcaption-app``."""
     @wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bars = hf_logging.is_progress_bar_enabled()  # put back after (a notebook's own from_pretrained shows them)
         hf_logging.disable_progress_bar()
-        with warnings.catch_warnings():
-            filter_warnings()
-            return main(*args, **kwargs)
+        try:
+            with warnings.catch_warnings():
+                filter_warnings()
+                return main(*args, **kwargs)
+        finally:
+            hf_logging.enable_progress_bar() if bars else hf_logging.disable_progress_bar()
 
     return wrapper
 

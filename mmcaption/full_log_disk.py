@@ -42,8 +42,11 @@ class CurvesOnFullDisk(Callback):
             self._hook = threading.excepthook
             threading.excepthook = self._thread_error
 
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._hook is not None:
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # (Lightning calls no teardown after an error)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:  # the hook held this run, and the next saved it as its own:
+        if self._hook is not None:  # each failed (pruned, interrupted) run of a sweep stayed in memory for good
             threading.excepthook, self._hook = self._hook, None
 
     def _thread_error(self, args: threading.ExceptHookArgs) -> None:

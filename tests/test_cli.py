@@ -171,10 +171,16 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
     assert "rank_zero_warn(" not in result.stderr and "records.py" not in result.stderr
 
     # with length grouping, the padding line names the group size it was computed with
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # a notebook's: off for the rest of its session after a prepare
+    datasets.enable_progress_bars()
     with pytest.raises(SystemExit) as exited:
         main(["prepare", "--config", DEMO_CONFIG, "--data.init_args.on_bad_record", "skip", "--data.init_args.group_by_length",
               "true", "--data.init_args.length_group_batches", "2"])
     assert exited.value.code == 0
+    assert hf_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
     assert "(group_by_length true, length_group_batches 2)" in capsys.readouterr().out
     # run from another folder, the config's backbones are not there: said as fit says it, not "a checkpoint records..."
     with pytest.raises(SystemExit) as exited, pytest.MonkeyPatch.context() as elsewhere:

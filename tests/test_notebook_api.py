@@ -435,9 +435,10 @@ def test_loading_a_model_folder_shows_no_loading_bars_and_keeps_the_notebooks_se
     from mmcaption import Captioner
     from mmcaption.export import main as export_main
 
-    export_main([str(trained_checkpoint), str(tmp_path / "export")])
-    capsys.readouterr()
     hf_logging.enable_progress_bar()
+    export_main([str(trained_checkpoint), str(tmp_path / "export")])
+    assert hf_logging.is_progress_bar_enabled()  # the export put them back (off for the rest of a notebook's session)
+    capsys.readouterr()
     Captioner.from_pretrained(tmp_path / "export")
     assert "Loading weights" not in capsys.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # the notebook's own setting, as it was
@@ -691,3 +692,37 @@ def test_a_manifest_of_other_kinds_of_values_is_refused_naming_the_value(exporte
             Captioner.from_pretrained(folder)
     (folder / "mmcaption.json").write_text(json.dumps(good))
     assert read_manifest(folder)["model"] == good["model"]  # as exported: read
+
+
+def test_a_run_that_raises_is_freed_and_leaves_the_threads_hook_as_it_was(tmp_path):
+    # an Optuna sweep's pruned (or failed, or interrupted) trials each stayed in memory for good, its Trainer and model
+    # held by the hook the full-disk guard puts in threading.excepthook: Lightning tears no callback down after an error
+    import contextlib
+    import gc
+    import threading
+    import weakref
+
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from mmcaption.full_log_disk import CurvesOnFullDisk
+
+    class Pruned(Callback):  # as optuna's PyTorchLightningPruningCallback raises TrialPruned
+        def on_train_batch_end(self, *args) -> None:
+            raise RuntimeError("Trial was pruned at step 1")
+
+    hook = threading.excepthook
+    trials = []
+    for _ in range(2):
+        model = BoringModel()
+        trials.append(weakref.ref(model))
+        trainer = Trainer(accelerator="cpu", max_steps=3, logger=TensorBoardLogger(tmp_path), enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=False, callbacks=[CurvesOnFullDisk(), Pruned()])
+        with contextlib.suppress(RuntimeError):
+            trainer.fit(model)
+        assert threading.excepthook is hook
+        del model, trainer
+    gc.collect()
+    assert [trial() for trial in trials] == [None, None]
