@@ -93,7 +93,7 @@ class ResumableStop(Callback):
                   "the step and requeues the job, which resumes from it", file=sys.stderr, flush=True)
 
     def on_fit_start(self, trainer, pl_module) -> None:  # the Timer's own verdict is in (it ends before on_train_start)
-        if not self.resume_told:  # a script's own Trainer.fit: its path known now, each process's checkpoint read
+        if not self.resume_told:  # a script's own Trainer.fit: its path known now under DDP (FSDP's: None, read later)
             check_same_resume(trainer, trainer.ckpt_path)
         if (note := time_spent_note(trainer)) and trainer.is_global_zero:
             print(note, file=sys.stderr, flush=True)

@@ -620,8 +620,21 @@ def test_a_photo_added_among_those_captioned_before_a_resume_is_captioned_with_t
     killed.with_name("killed.jsonl.summary.json").write_text(json.dumps({"rows": 2, "interrupted": "SIGINT"}))
     killed.with_name(".killed.jsonl.partial").write_text("".join(first) + json.dumps(rows[2]) + "\n")
     asked = [{"image": str(image_folder / name)} for name in ("img0.png", "img0a.png", "img1.png", "img2.png", "img3.png")]
+    capsys.readouterr()
     assert "the 3 complete rows of .killed.jsonl.partial" in recover_killed(killed, asked, None)  # was refused, as above
     assert killed.read_text() == "".join(output.read_text().splitlines(keepends=True)[:3])
+    assert "note: resume" not in capsys.readouterr().err  # said once, by the resume that goes on (not of the hidden file)
+    # the shares of a run on 2 processes (rows 0, 2, ... and 1, 3, ... of the folder then), a photo added among them since
+    from mmcaption.data.resume import interrupted_rows, put_shares_together
+
+    shared, before = tmp_path / "shared.jsonl", [row for row in whole if not row["image"].endswith("img0a.png")]
+    for rank in (0, 1):
+        share = shared.with_name(f"shared.rank{rank}.jsonl")
+        share.write_text("".join(json.dumps(row) + "\n" for row in before[rank::2]))
+        share.with_name(f"{share.name}.summary.json").write_text(json.dumps(
+            {"rows": 2, "interrupted": "SIGTERM", "share": {"rank": rank, "processes": 2}, "made_by": {}}))
+    assert put_shares_together(shared, asked, None).startswith(f"the shares of 2 processes put together in {shared}: 4 rows")
+    assert interrupted_rows(shared, asked)[1] == [1]  # was refused: "keep only its first 1 rows", of no file to edit
 
 
 def test_a_predict_resumed_from_another_folder_names_its_images_as_the_first_run_did(backbones, trained_checkpoint, image_folder,
@@ -645,7 +658,8 @@ def test_a_predict_resumed_from_another_folder_names_its_images_as_the_first_run
     capsys.readouterr()
     captions(image_folder, "run/out/captions.jsonl", resume=True)  # the images' folder by its absolute path
     assert (run / "out" / "captions.jsonl").read_text() == (run / "whole.jsonl").read_text()  # named as one run names them
-    from mmcaption.data.resume import check_first_rows, named_as_written
+    from mmcaption.data.resume import named_as_written
+    from mmcaption.data.resume_rows import check_first_rows
 
     rows = [{"image": str(image_folder / "img0.png")}]  # the project moved since: its recorded working folder is gone
     assert named_as_written([{"image": "../images/img0.png"}], rows, run / "out" / "captions.jsonl", str(tmp_path / "gone" / "run"))

@@ -2221,18 +2221,19 @@ def test_a_column_of_pixel_arrays_is_read_and_one_of_several_images_a_row_is_ref
     captions = [f"a picture of {n} things" for n in range(4)]
     kinds = {"arrays": datasets.Array3D((16, 12, 3), "uint8"), "grey": datasets.Array2D((16, 12), "uint8"),
              "whole": datasets.Array3D((16, 12, 3), "float32"), "fractions": datasets.Array3D((16, 12, 3), "float32"),
-             "normalized": datasets.Array3D((16, 12, 3), "float32"),
+             "normalized": datasets.Array3D((16, 12, 3), "float32"), "channels first": datasets.Array3D((3, 16, 12), "uint8"),
              "one": datasets.Sequence(datasets.Image()), "two": datasets.Sequence(datasets.Image())}
     normalized = (pixels / 255.0 - 0.45) / 0.22  # as a model's processor leaves them: about -2 to 2.5
     normalized[:, 0, 0] = 2.6
     cells = {"arrays": list(pixels), "grey": list(pixels[..., 0]), "whole": list(pixels.astype(np.float32)),
-             "fractions": list(pixels / 255.0), "normalized": list(normalized), "one": [[Image.fromarray(p)] for p in pixels],
+             "fractions": list(pixels / 255.0), "normalized": list(normalized), "channels first": list(np.moveaxis(pixels, -1, 1)), "one": [[Image.fromarray(p)] for p in pixels],
              "two": [[Image.fromarray(p), Image.fromarray(p)] for p in pixels]}
     for name, kind in kinds.items():
         features = datasets.Features({"image": kind, "caption": datasets.Value("string")})
         datasets.Dataset.from_dict({"image": cells[name], "caption": captions}, features=features).save_to_disk(str(tmp_path / name))
     grey = np.repeat(pixels[..., :1], 3, axis=-1)  # a grey image is stored as RGB, as the Python API reads an array
-    for name, expected in (("arrays", pixels), ("grey", grey), ("whole", pixels), ("fractions", pixels), ("one", pixels)):
+    for name, expected in (("arrays", pixels), ("grey", grey), ("whole", pixels), ("fractions", pixels), ("one", pixels),
+                           ("channels first", pixels)):  # torch's layout, as some CIFAR copies store it: a row holds one image
         rows = list(HubCaptions(str(tmp_path / name), "image", "caption").records("train", BadRecords(name)))
         assert [caption for *_, pairs in rows for _, caption in pairs] == captions, name
         # each row's own pixels, stored as their PNG (fractions of 1 were refused as "not whole numbers")

@@ -21,7 +21,7 @@ from mmcaption.data.records import DataError, existing_spelling
 from mmcaption.data.tables import text_table_kind
 from mmcaption.file_spellings import home_expanded, is_file
 from mmcaption.images import IMAGE_SUFFIXES, InlineImage, is_hidden, is_inline_image, is_url
-from mmcaption.pixel_levels import array_image
+from mmcaption.pixel_levels import array_image, channels_first
 
 
 class RowImages:
@@ -68,7 +68,7 @@ class RowImages:
                     "captions)")
         if (pixels := _array(value)) is not None:  # a normalized image's numbers: was "empty ... fix their paths"
             try:
-                array_image(pixels)
+                _cell_image(pixels)
             except ValueError as error:  # (an array that is an image's pixels is read: not described)
                 return f"an array of {' x '.join(map(str, pixels.shape))} numbers: {error}"
         if name is None:
@@ -138,7 +138,7 @@ class RowImages:
             return _png(value.convert("RGBA" if "A" in value.getbands() else "RGB"))
         if (pixels := _array(value)) is not None:  # an Array3D column of pixels (as MNIST's and CIFAR's copies hold them):
             with contextlib.suppress(ValueError):  # read as the Python API reads an array (0-255, [0, 1], 16-bit, ...)
-                return _png(array_image(pixels))
+                return _png(_cell_image(pixels))
             return None
         name = self._named(value)
         if name is not None and is_inline_image(name):  # a dataframe's export of its images: decoded, its row's own
@@ -273,6 +273,13 @@ def _array(value) -> np.ndarray | None:
         array = np.asarray(value)
         return array if array.dtype.kind in "buif" else None
     return None
+
+
+def _cell_image(pixels: np.ndarray) -> Image.Image:
+    """A cell's pixels as the Python API reads an array (:func:`~mmcaption.pixel_levels.array_image`), ``3xHxW`` and
+    ``4xHxW`` read with their channels first (torch's layout, as some CIFAR copies store it): a row holds one image, so
+    they are not a stack of greyscale images, as they may be given to the API."""
+    return array_image(np.moveaxis(pixels, 0, -1) if pixels.ndim == 3 and channels_first(pixels.shape, (3, 4)) else pixels)
 
 
 def _png(image: Image.Image) -> bytes:

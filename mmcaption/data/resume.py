@@ -1,6 +1,6 @@
 """Going on from an interrupted ``mmcaption predict``: the rows its output holds, read back as they were written, after
-checking that they are the first rows of the input asked again - or, from a run on several processes, the rows of their
-shares, put together first; or from a killed run's partial file."""
+checking that they are rows of the input asked again (:mod:`~mmcaption.data.resume_rows`) - or, from a run on several
+processes, the rows of their shares, put together first; or from a killed run's partial file."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from mmcaption.data.resume_rows import check_first_rows, rows_to_go, run_folders
+from mmcaption.data.resume_rows import rows_to_go, run_folders
 from mmcaption.errors import OutputExistsError
 from mmcaption.evaluation.report import (
     NAMES_AS_BYTES,
@@ -97,7 +97,7 @@ def named_as_written(written: list[dict[str, Any]], rows: list[dict[str, Any]], 
     ``../data/many``, or its absolute path): when this input's first image is the file the output's first row names, seen
     from the first run's working ``folder`` (or, moved since or unrecorded, the output's folder or one above), this input's rows are named
     as the output's, so that the rows to come are written alike. Returns the note that says so; None: named alike, or not
-    the same files (refused by :func:`check_first_rows`)."""
+    the same files (refused by :func:`~mmcaption.data.resume_rows.check_first_rows`)."""
     then, now = (str(r[0].get("image") or "") if r and isinstance(r[0], dict) else "" for r in (written, rows))
     if not then or not now or then == now:
         return None
@@ -246,8 +246,8 @@ def left_by_job(output: Path) -> str | None:
 def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str, Any] | None) -> str | None:
     """Before a resume on one process: a run on several processes that was interrupted left each one's share of
     ``output`` (``<stem>.rank<r><suffix>``, rows r, r + N, ..., its summary naming its rank and N; a process
-    stopped before its first row left none) and no ``output``. Once checked to be the first of this input's
-    ``rows``, predicted as ``now`` would, they become ``output``: its rows in the input's order up to the first
+    stopped before its first row left none) and no ``output``. Once checked to be rows of this input's
+    ``rows`` (:func:`~mmcaption.data.resume_rows.rows_to_go`), predicted as ``now`` would, they become ``output``: its rows in the input's order up to the first
     that no share holds (those after it are predicted again), with a summary saying what made them and that the
     run was interrupted; the shares go. Returns what was done, for a note; ``None`` when there are no shares."""
     if output.exists():
@@ -277,7 +277,7 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
     _, said = next(iter(shares.values()))
     if respelled := named_as_written(done, rows, output, (said.get("made_by") or {}).get("working_folder")):
         print(respelled, file=sys.stderr, flush=True)
-    check_first_rows(done, rows, f"the shares of {output}")
+    rows_to_go(done, rows, f"the shares of {output}", say=False)  # (said by the resume that goes on from them)
     if now is not None:
         check_made_alike(output, now, said.get("made_by") or {})
     partial = partial_path(output)
@@ -304,8 +304,8 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
 
 def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any] | None) -> str | None:
     """Before a resume: a run killed outright (SIGKILL, the out-of-memory killer, a scheduler's hard kill, a power
-    cut) left no ``output``, only its partial file, whose complete rows are kept. Once checked to be the first of
-    this input's ``rows``, made as ``now`` would make them (the record the run wrote when it started), they become
+    cut) left no ``output``, only its partial file, whose complete rows are kept. Once checked to be rows of this
+    input's ``rows`` (:func:`~mmcaption.data.resume_rows.rows_to_go`), made as ``now`` would make them (the record the run wrote when it started), they become
     ``output``, with a summary saying the run was killed; a row cut by the kill is predicted again. Returns what
     was done, for a note; ``None`` when there is no such file."""
     partial, record = partial_path(output), started_record(output)
@@ -344,7 +344,7 @@ def recover_killed(output: Path, rows: list[dict[str, Any]], now: dict[str, Any]
         return None if before else f"{partial}, left by a run that did not end, holds no complete row: starting at the first row"
     try:  # refused: the partial file stays as it was, and nothing beside it
         respelled = named_as_written(done, rows, output, (made_by or {}).get("working_folder"))
-        rows_to_go(done, rows, partial)  # (a killed resume's rows: of this input, maybe not its first)
+        rows_to_go(done, rows, partial, say=False)  # (a killed resume's: this input's, maybe not its first; said after)
         if now is not None and made_by:
             check_made_alike(output, now, made_by)
     except BaseException:

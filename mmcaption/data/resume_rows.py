@@ -13,11 +13,11 @@ from mmcaption.errors import OutputExistsError
 
 
 def rows_to_go(written: list[dict[str, Any]], rows: list[dict[str, Any]], output: Path | str,
-               also: list[dict[str, Any]] | None = None, folder: str | None = None) -> list[int]:
+               also: list[dict[str, Any]] | None = None, folder: str | None = None, say: bool = True) -> list[int]:
     """The places in this input's ``rows`` of those the rows ``written`` to ``output`` do not hold: those after them,
     when they are its first rows (:func:`check_first_rows`, which refuses what is neither); else, when each is one of its
     rows (photos added to the folder among those done since; rows taken out of the output by hand), the others in the
-    input's order, said: the output holds them after its own, and is not in the input's order."""
+    input's order, said (``say``): the output holds them after its own, and is not in the input's order."""
     try:
         check_first_rows(written, rows, output, also, folder)
         return list(range(len(written), len(rows)))
@@ -26,7 +26,7 @@ def rows_to_go(written: list[dict[str, Any]], rows: list[dict[str, Any]], output
         if held is None:
             raise
     to_go = [place for place in range(len(rows)) if place not in held]
-    if to_go:
+    if to_go and say:
         first = rows[to_go[0]]
         named = first.get("image") or next((v for v in first.values() if isinstance(v, str)), "")
         rank_zero_only(print)(
@@ -43,9 +43,9 @@ def _places(written: list[dict[str, Any]], rows: list[dict[str, Any]], also: lis
     places: dict[tuple, list[int]] = {}
     for place, record in enumerate(rows):
         earlier = also[place] if also else {}
-        texts = {key: value for key, value in record.items() if isinstance(value, str)}
-        for values in (texts, {k: earlier.get(k, v) for k, v in texts.items()}, {k: v.strip() for k, v in texts.items()}):
-            places.setdefault(tuple(sorted((k, str(v)) for k, v in values.items())), []).append(place)
+        texts = sorted((key, value) for key, value in record.items() if isinstance(value, str))
+        for values in {tuple(texts), tuple((k, str(earlier.get(k, v))) for k, v in texts), tuple((k, v.strip()) for k, v in texts)}:
+            places.setdefault(values, []).append(place)
     keys = {tuple(sorted(k for k, v in record.items() if isinstance(v, str))) for record in rows}
     held: set[int] = set()
     for row in written:
@@ -90,7 +90,6 @@ def _deleted_since(number: int, written: list[dict[str, Any]], rows: list[dict[s
     realigned = number == len(written) > 1 or (
         number < len(written) and str(written[number].get("image")) in (record["image"], earlier.get("image")))
     return realigned and str(written[number - 1].get("image")) not in {str(r.get("image")) for r in (*rows, *(also or ()))}
-
 
 
 def run_folders(output: Path, folder: str | None) -> list[Path]:
