@@ -2713,8 +2713,9 @@ def test_a_closed_terminal_whose_pipe_reader_went_with_it_still_lets_the_command
     # fails (EPIPE). The notice in the signal handler raised there, and the run ended without its checkpoint
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     read, write = os.pipe()
+    # SIGHUP as a shell in a terminal has it (a test run under nohup passes on its ignored SIGHUP, which is kept)
     process = subprocess.Popen([sys.executable, "-c", HUNG_UP_WHILE_PIPED, str(tmp_path / "saved")], stdout=write,
-                               stderr=write, env=env)
+                               stderr=write, env=env, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     os.close(write)
     with os.fdopen(read, "rb") as reader:
         assert reader.readline() == b"ready\n"

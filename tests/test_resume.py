@@ -227,6 +227,7 @@ def test_closing_the_terminal_mid_epoch_saves_and_resumes_exactly(straight):
     pid, terminal = pty.fork()  # the run in a terminal of its own, as a shell in a terminal window starts it
     if pid == 0:
         os.chdir(workdir)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a shell in a terminal has it (a test run under nohup: ignored)
         logged = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "logs",
                   "--trainer.log_every_n_steps", "1"]
         os.execve(sys.executable, fit_command(workdir, "hangup", delay=0.5, extra=tuple(logged)), subprocess_env())
