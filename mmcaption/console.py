@@ -5,6 +5,7 @@ reading before it is added here)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import re
 import warnings
@@ -97,17 +98,18 @@ def quiet_lightning() -> None:
 
 
 @contextlib.contextmanager
-def bars_put_back() -> Iterator[None]:
-    """transformers' and datasets' progress bars as they were before the block (:func:`quiet_lightning` turns them off):
-    a notebook's own ``from_pretrained`` and ``map`` after a ``run_cli`` showed none for the rest of the session."""
-    import datasets
-
-    hf_bars, datasets_bars = hf_logging.is_progress_bar_enabled(), not datasets.are_progress_bars_disabled()
+def bars_put_back(datasets_too: bool = True) -> Iterator[None]:
+    """transformers' and (``datasets_too``) datasets' progress bars as they were before the block (:func:`quiet_lightning`
+    turns them off): a notebook's own ``from_pretrained`` and ``map`` after a ``run_cli`` showed none for the rest of the
+    session. Chat and the app, which never load datasets, leave its bars alone."""
+    datasets = importlib.import_module("datasets") if datasets_too else None
+    hf_bars, datasets_bars = hf_logging.is_progress_bar_enabled(), datasets and not datasets.are_progress_bars_disabled()
     try:
         yield
     finally:
         hf_logging.enable_progress_bar() if hf_bars else hf_logging.disable_progress_bar()
-        datasets.enable_progress_bars() if datasets_bars else datasets.disable_progress_bars()
+        if datasets is not None:
+            datasets.enable_progress_bars() if datasets_bars else datasets.disable_progress_bars()
 
 
 @contextlib.contextmanager
@@ -129,14 +131,10 @@ def quieted(main: Callable[..., Any]) -> Callable[..., Any]:
     weight file, gone in a second): ``mmcaption-export``, ``mmcaption chat``, ``mmcaption-app``."""
     @wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        bars = hf_logging.is_progress_bar_enabled()  # put back after (a notebook's own from_pretrained shows them)
-        hf_logging.disable_progress_bar()
-        try:
-            with warnings.catch_warnings():
-                filter_warnings()
-                return main(*args, **kwargs)
-        finally:
-            hf_logging.enable_progress_bar() if bars else hf_logging.disable_progress_bar()
+        with bars_put_back(datasets_too=False), warnings.catch_warnings():  # (a notebook's own from_pretrained shows them)
+            hf_logging.disable_progress_bar()
+            filter_warnings()
+            return main(*args, **kwargs)
 
     return wrapper
 

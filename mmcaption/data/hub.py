@@ -38,7 +38,7 @@ from mmcaption.data.folder_layouts import (
 from mmcaption.data.hub_images import RowImages
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.json_values import data_list_name, json_layout
-from mmcaption.data.records import GROUPED_ROWS, BadRecords, DataError, Uncaptioned, not_utf8, read_json_list
+from mmcaption.data.records import BadRecords, DataError, Uncaptioned, not_utf8, read_json_list
 from mmcaption.data.sampling import held_out, held_out_keys
 from mmcaption.data.split_column import SplitColumnTable
 from mmcaption.data.stage_splits import stage_splits
@@ -60,6 +60,10 @@ def downloaded_snapshot(name: str) -> str | None:
         return snapshot_download(name, repo_type="dataset", local_files_only=True)
     except Exception:  # noqa: BLE001 - not downloaded (LocalEntryNotFoundError), or not an id at all
         return None
+
+
+# a row per caption (Flickr30k's CSV, the hub's copies of COCO): a table's usual layout, said rather than warned of
+GROUPED_ROWS = "rows that repeat an earlier row's image: their captions go with that image"
 
 
 @dataclass
@@ -345,7 +349,8 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
             counts.update(later)
         for kind, count in counts.items():  # the example the first image of this side gives (each image's, by digest)
             if count:
-                records.note(kind + next((e[kind] for d in images if kind in (e := examples.get(d, {}))), ""), count)
+                records.note(kind + next((e[kind] for d in images if kind in (e := examples.get(d, {}))), ""), count,
+                             warn=kind != GROUPED_ROWS)  # a row per caption: the usual layout, nothing to act on
         if images and not any(captions for _, _, captions, _ in images.values()) and side is None:
             raise Uncaptioned(f"{records.source}: none of its {len(images):,} images has a caption (a benchmark's test split "
                             "keeps its references to itself): validate on a split with captions (val_split), or give "

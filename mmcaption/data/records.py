@@ -237,10 +237,6 @@ def _firsts(messages: list[str]) -> str:
     return "; ".join(messages[:3]) + ("; ..." if len(messages) > 3 else "")
 
 
-# a row per caption (Flickr30k's CSV, the hub's copies of COCO): a table's usual layout, said rather than warned of
-GROUPED_ROWS = "rows that repeat an earlier row's image: their captions go with that image"
-
-
 class BadRecords:
     """Collects bad records under ``on_bad_record="skip"``; raises on the first one otherwise.
 
@@ -258,6 +254,7 @@ class BadRecords:
         self.examples: dict[str, str] = {}
         self.notes: Counter[str] = Counter()
         self.note_examples: dict[str, str] = {}  # the first record of each kind noted, as messages name it
+        self.said_only: set[str] = set()  # kinds noted that ask nothing of the user: an information line, not a warning
         self.deferred: dict[str, list[str]] = {}  # under "error": bad records found in a long pass, reported at its end
         self._finding_all = False  # within all_found_first: bad records kept, refused together at its end
 
@@ -366,9 +363,12 @@ class BadRecords:
                 else:
                     self.bad("missing image", f"{path} ({name}) does not exist")
 
-    def note(self, kind: str, count: int = 1, example: str | None = None) -> None:
-        """Count something done to a usable record that the user should hear of (truncation), with the first one to name."""
+    def note(self, kind: str, count: int = 1, example: str | None = None, warn: bool = True) -> None:
+        """Count something done to a usable record that the user should hear of (truncation), with the first one to name;
+        ``warn``: False for what asks nothing of them (a table's usual layout), said as information."""
         self.notes[kind] += count
+        if not warn:
+            self.said_only.add(kind)
         if example is not None:
             self.note_examples.setdefault(kind, example)
 
@@ -377,7 +377,7 @@ class BadRecords:
 
     def warn_if_any(self) -> None:
         for kind, n in self.notes.items():
-            (rank_zero_info if kind.startswith(GROUPED_ROWS) else rank_zero_warn)(f"{self.source}: {n} x {kind}" + (f" (first: {self.note_examples[kind]})" if kind in self.note_examples else ""))
+            (rank_zero_info if kind in self.said_only else rank_zero_warn)(f"{self.source}: {n} x {kind}" + (f" (first: {self.note_examples[kind]})" if kind in self.note_examples else ""))
         if self.counts:
             details = "; ".join(f"{n} x {kind} (first: {self.examples[kind]})" for kind, n in self.counts.items())
             rank_zero_warn(f"{self.source}: skipped {sum(self.counts.values())} bad records: {details}")
