@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.checkpoint import data_settings, install_atomic_checkpoint_io, job_of_checkpoint, load_checkpoint_file
 from mmcaption.checkpoint_folders import earlier_checkpoints_note, keyword_checkpoint, newest_first
-from mmcaption.console import bars_put_back, filter_warnings, print_metrics, quiet_lightning
+from mmcaption.console import bars_put_back, print_metrics, quiet_lightning, warnings_filtered
 from mmcaption.data.base import PREPROCESSING_VERSION
 from mmcaption.data.summary import prepare_splits
 from mmcaption.errors import ConfigError, MMCaptionError, release_held_stops, signals_stop, user_errors_exit
@@ -339,9 +339,8 @@ def run_cli(args: list[str] | None = None) -> MMCaptionCLI:
     if args is None and kernel_command_line():  # its "-f kernel.json" was read as a subcommand
         raise ConfigError('in a notebook, give the command\'s arguments: run_cli(["fit", "--config", ...]), or main([...])')
     forget_earlier_seed()  # a run before it in this process: its seed is not this one's
-    with signals_stop(), bars_put_back(), warnings.catch_warnings(), locks_released_after():
+    with signals_stop(), bars_put_back(), warnings_filtered(), locks_released_after():
         quiet_lightning()
-        filter_warnings()
         if args is not None:  # the pipeline's and the demo's stages: their own arguments, not the command line's
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
         try:
@@ -364,9 +363,8 @@ class _PrepareCLI(MMCaptionCLI):
 def prepare(args: list[str]) -> int:
     """``mmcaption prepare --config ...``: preprocess the configured data module's splits (and its feature cache) without
     loading the language model, and print what each split holds. Returns 0; a data or settings error is raised."""
-    with bars_put_back(), warnings.catch_warnings():  # its warnings shown as fit shows them; a notebook's bars kept
+    with bars_put_back(), warnings_filtered():  # its warnings shown as fit shows them; a notebook's bars kept
         quiet_lightning()  # in a log file, no bars of redrawn counts (fit's own lines stay as they are)
-        filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)  # argv minus 'prepare'
         cli = _PrepareCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=False,
                           auto_configure_optimizers=False, parser_class=MMCaptionParser,

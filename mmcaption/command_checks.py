@@ -8,7 +8,7 @@ import warnings
 from lightning.pytorch import LightningDataModule
 
 from mmcaption.cli import MMCaptionCLI
-from mmcaption.console import bars_put_back, filter_warnings, lightning_info_hidden, quiet_lightning
+from mmcaption.console import bars_put_back, lightning_info_hidden, quiet_lightning, warnings_filtered
 from mmcaption.folders import locks_released_after
 from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser
@@ -26,9 +26,8 @@ def check_command(args: list[str], run_checks: bool = True) -> MMCaptionCLI:
     names) and, with ``run_checks``, what the command itself checks before loading anything
     (accelerator, backbones, data files, folders). The pipeline checks its second stage this way
     before the first starts; the demo checks the arguments it passes on before building its data."""
-    with bars_put_back(), warnings.catch_warnings(), locks_released_after(), lightning_info_hidden():
+    with bars_put_back(), warnings_filtered(), locks_released_after(), lightning_info_hidden():
         quiet_lightning()
-        filter_warnings()
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
         return _CheckOnlyCLI(MultimodalCaptioner, LightningDataModule, subclass_mode_data=True, args=args, run=run_checks,
                              auto_configure_optimizers=False, parser_class=MMCaptionParser,

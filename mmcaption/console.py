@@ -10,7 +10,7 @@ import logging
 import re
 import warnings
 from collections.abc import Callable, Iterator
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any
 
@@ -51,33 +51,38 @@ UNACTIONABLE_WARNINGS = (
 PACKAGE = str(Path(__file__).resolve().parent)
 
 
-def filter_warnings() -> None:
-    """Inside a ``warnings.catch_warnings()`` block: drop :data:`UNACTIONABLE_WARNINGS`, and show mmcaption's own
-    warnings as their message alone (:func:`_format_warning`)."""
-    for message in UNACTIONABLE_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-    # Pillow's "could be decompression bomb DOS attack" at 89-179 megapixels (a 108 MP phone's photo): mmcaption decodes
-    # an image within its own limit (mmcaption.images.MAX_PIXELS) and refuses one above it by name
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    # jsonargparse's deprecations of what Lightning's CLI calls (add_instantiator, instantiate_classes: 4.49): `python
-    # -W error` stopped there
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
-    if not getattr(warnings.formatwarning, "mmcaption", False):
-        _format_warning.others = warnings.formatwarning  # Lightning's (its own warnings without their source line)
-        warnings.formatwarning = _format_warning
+@contextlib.contextmanager
+def warnings_filtered() -> Iterator[None]:
+    """A block without :data:`UNACTIONABLE_WARNINGS`, mmcaption's own warnings shown as their message alone
+    (:func:`_format_warning`); the filters and the format as they were after it (``catch_warnings`` keeps the filters,
+    not ``warnings.formatwarning``: a notebook's own warnings after a ``main([...])`` lost their file and line)."""
+    before = warnings.formatwarning
+    with warnings.catch_warnings():
+        for message in UNACTIONABLE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        # Pillow's "could be decompression bomb DOS attack" at 89-179 megapixels (a 108 MP phone's photo): mmcaption decodes
+        # an image within its own limit (mmcaption.images.MAX_PIXELS) and refuses one above it by name
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        # jsonargparse's deprecations of what Lightning's CLI calls (add_instantiator, instantiate_classes: 4.49): `python
+        # -W error` stopped there
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+        if not getattr(before, "mmcaption", False):  # (a block inside another keeps the outer one's)
+            warnings.formatwarning = partial(_format_warning, before)
+            warnings.formatwarning.mmcaption = True
+        try:
+            yield
+        finally:
+            warnings.formatwarning = before
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
+def _format_warning(others: Callable[..., str], message, category, filename, lineno, line=None) -> str:
     """mmcaption's own warnings as ``UserWarning: <message>``: Python adds the file and the line of source that warned,
     which say nothing to a user (``records.py:280: UserWarning: captions.csv: skipped 2 bad records`` and
     ``rank_zero_warn(f"{self.source}...``); others as before. Only the format: a warning recorded
     (``catch_warnings(record=True)``, ``pytest.warns``) is recorded as ever."""
     if str(filename).startswith(PACKAGE):
         return f"{category.__name__}: {message}\n"
-    return _format_warning.others(message, category, filename, lineno, line)
-
-
-_format_warning.mmcaption = True
+    return others(message, category, filename, lineno, line)  # (Lightning's shows its own without their source line)
 
 
 def quiet_lightning() -> None:
@@ -131,9 +136,8 @@ def quieted(main: Callable[..., Any]) -> Callable[..., Any]:
     weight file, gone in a second): ``mmcaption-export``, ``mmcaption chat``, ``mmcaption-app``."""
     @wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with bars_put_back(datasets_too=False), warnings.catch_warnings():  # (a notebook's own from_pretrained shows them)
+        with bars_put_back(datasets_too=False), warnings_filtered():  # (a notebook's own from_pretrained shows them)
             hf_logging.disable_progress_bar()
-            filter_warnings()
             return main(*args, **kwargs)
 
     return wrapper
