@@ -628,12 +628,21 @@ def test_a_photo_added_among_those_captioned_before_a_resume_is_captioned_with_t
     from mmcaption.data.resume import interrupted_rows, put_shares_together
 
     shared, before = tmp_path / "shared.jsonl", [row for row in whole if not row["image"].endswith("img0a.png")]
-    for rank in (0, 1):
-        share = shared.with_name(f"shared.rank{rank}.jsonl")
-        share.write_text("".join(json.dumps(row) + "\n" for row in before[rank::2]))
-        share.with_name(f"{share.name}.summary.json").write_text(json.dumps(
-            {"rows": 2, "interrupted": "SIGTERM", "share": {"rank": rank, "processes": 2}, "made_by": {}}))
-    assert put_shares_together(shared, asked, None).startswith(f"the shares of 2 processes put together in {shared}: 4 rows")
+
+    def shares(rows):
+        for rank in (0, 1):
+            share = shared.with_name(f"shared.rank{rank}.jsonl")
+            share.write_text("".join(json.dumps(row) + "\n" for row in rows[rank::2]))
+            share.with_name(f"{share.name}.summary.json").write_text(json.dumps(
+                {"rows": len(rows[rank::2]), "interrupted": "SIGTERM", "share": {"rank": rank, "processes": 2}, "made_by": {}}))
+
+    shares(before[:3])  # the folder as it was then: its first 3 rows
+    said = put_shares_together(shared, [row for row in asked if not row["image"].endswith("img0a.png")], None)
+    assert said == f"the shares of 2 processes put together in {shared}: 3 rows in the input's order"
+    shared.unlink()
+    shares(before)
+    said = put_shares_together(shared, asked, None)  # not "in the input's order": the added photo is to go after them
+    assert said == f"the shares of 2 processes put together in {shared}: 4 rows of this input (the resume's note says which rows are to go)"
     assert interrupted_rows(shared, asked)[1] == [1]  # was refused: "keep only its first 1 rows", of no file to edit
 
 

@@ -277,7 +277,7 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
     _, said = next(iter(shares.values()))
     if respelled := named_as_written(done, rows, output, (said.get("made_by") or {}).get("working_folder")):
         print(respelled, file=sys.stderr, flush=True)
-    rows_to_go(done, rows, f"the shares of {output}", say=False)  # (said by the resume that goes on from them)
+    in_order = rows_to_go(done, rows, f"the shares of {output}", say=False) == list(range(len(done), len(rows)))
     if now is not None:
         check_made_alike(output, now, said.get("made_by") or {})
     partial = partial_path(output)
@@ -298,7 +298,8 @@ def put_shares_together(output: Path, rows: list[dict[str, Any]], now: dict[str,
         path.unlink()
         summary_path(path).unlink(missing_ok=True)
     later = sum(map(len, parts)) - len(done)
-    return (f"the shares of {count} processes put together in {output}: {len(done)} rows in the input's order"
+    return (f"the shares of {count} processes put together in {output}: {len(done)} rows"
+            + (" in the input's order" if in_order else " of this input (the resume's note says which rows are to go)")
             + (f" ({later} done after the first row that no share holds are predicted again)" if later else ""))
 
 
