@@ -11,7 +11,7 @@ import signal
 import stat
 import time
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -237,6 +237,19 @@ def disk_full(error: BaseException) -> OSError | None:
         if said:  # safetensors' SafetensorError ("I/O error: No space left on device (os error 28)") is no OSError
             return OSError(errno.ENOSPC, "No space left on device", getattr(cause, "filename", None))
     return None
+
+
+@contextmanager
+def disk_full_named(folder: Path, why: str) -> Iterator[None]:
+    """A full disk whose error names no file (pyarrow's, datasets' own) said with the ``folder`` being written and
+    ``why`` it needs the room (it was "the disk is full (No space left on device)", naming nothing)."""
+    try:
+        yield
+    except Exception as error:
+        if (full := disk_full(error)) is None or full.filename:
+            raise
+        number = full.errno or errno.ENOSPC  # (pyarrow's: its errno in its text alone)
+        raise OSError(number, f"{os.strerror(number)}; {why}", str(folder)) from error
 
 
 def disk_full_message(error: OSError, notes: list[str] = ()) -> str:

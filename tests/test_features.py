@@ -217,3 +217,80 @@ def test_a_long_preprocessing_pass_says_its_rate_and_time_left_soon_after_it_sta
     # LLaVA-Instruct-150k's pass was a minute silent (after its file's reading and checking, as long) before this line
     assert lines == ["tokenizing the conversations of each image: 6,000 of 80,000 images, 375 images/s, about 3 min left",
                      "tokenizing the conversations of each image: 30,000 of 80,000 images, 395 images/s, about 2 min left"]
+
+
+def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbones, coco_root, tmp_path, monkeypatch, capsys):
+    # COCO's 118,287 images take the tower an hour on a GPU, days on a CPU: Ctrl-C, docker stop or a dropped SSH connection
+    # half-way threw every feature computed away, and the next run started over from the first image
+    import json
+
+    import numpy as np
+    import pytest
+
+    from mmcaption.data import features
+
+    language_dir, vision_dir = backbones
+    said = []
+    monkeypatch.setattr(features, "rank_zero_info", said.append)
+    settings = dict(data_dir=str(coco_root), tokenizer=str(language_dir), image_processor=str(vision_dir), num_workers=0)
+    whole = CaptionDataModule(cache_dir=str(tmp_path / "whole"), **settings)
+    whole.prepare_data()
+    def values(folder):
+        return features.gather_features(features.load_image_features(folder), list(range(12))).numpy()
+
+    expected = values(features.write_image_features(whole.split_folder("train2017"), str(vision_dir), -2, batch_size=4))
+    data = CaptionDataModule(cache_dir=str(tmp_path / "cache"), **settings)
+    data.prepare_data()
+    split = data.split_folder("train2017")
+    monkeypatch.setattr(features, "CHUNK_BYTES", 4 * 17 * 64 * 2)  # 4 images a chunk (the tiny tower: 17 tokens of 64 values)
+    read, load_rgb, stop_at = [], features.load_rgb, [7]
+
+    def read_until_stopped(row):
+        read.append(row)
+        if len(read) in stop_at:
+            raise KeyboardInterrupt  # Ctrl-C in the second chunk
+        return load_rgb(row)
+
+    monkeypatch.setattr(features, "load_rgb", read_until_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        features.write_image_features(split, str(vision_dir), -2, batch_size=2)
+    target = features.features_folder(split, str(vision_dir), -2)
+    assert not target.exists()  # nothing published half-way
+    assert f"note: the vision tower's features of 4 of the 12 images of {split.name} are kept: the next run caches the " \
+           "others" in capsys.readouterr().err
+    chunks = target.with_name(f".{target.name}.chunks")
+
+    def full(table, folder):  # pyarrow's full disk, which names no file
+        raise OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    with monkeypatch.context() as disk:
+        disk.setattr(features, "save_table", full)
+        stop_at.clear()
+        with pytest.raises(OSError) as refused:
+            features.write_image_features(split, str(vision_dir), -2, batch_size=2)
+    assert refused.value.filename == str(target)  # said with the folder being built, and why it takes the room
+    assert refused.value.strerror == "No space left on device; the features take up to twice their size while they are built"
+    (chunks / ".build-killed").mkdir()  # and a chunk a kill cut short, never renamed into place
+    (chunks / ".build-killed" / "half.arrow").write_bytes(b"\0" * 100)
+
+    read.clear()
+    said.clear()
+    stop_at.clear()
+    features.write_image_features(split, str(vision_dir), -2, batch_size=2)
+    assert len(read) == 8  # the tower ran on the 8 images not done, not on all 12 again
+    assert any(f"of the 12 images of {split.name} on cpu from image 5: those before it were cached by a run stopped while" in line
+               for line in said), said
+    assert np.array_equal(values(target), expected)  # as one uninterrupted run's, in the images' order
+    assert not chunks.exists() and json.loads((target / "meta.json").read_text())["images"] == 12
+
+    # chunks of another size (a release that chunked otherwise) are computed again, not taken for these
+    features.discard(target)
+    read.clear()
+    stop_at.append(7)
+    with pytest.raises(KeyboardInterrupt):
+        features.write_image_features(split, str(vision_dir), -2, batch_size=2)
+    monkeypatch.setattr(features, "CHUNK_BYTES", 3 * 17 * 64 * 2)
+    read.clear()
+    stop_at.clear()
+    features.write_image_features(split, str(vision_dir), -2, batch_size=2)
+    assert len(read) == 12 and np.array_equal(values(target), expected)

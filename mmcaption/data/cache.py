@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import gc
 import glob
@@ -26,7 +25,7 @@ from mmcaption.data.progress import Progress
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
 from mmcaption.folders import IMAGE_HASHES, is_cache_folder, lock_holder, umask, walk_through_links
 from mmcaption.images import IMAGE_SUFFIXES
-from mmcaption.resources import disk_full
+from mmcaption.resources import disk_full_named
 
 
 def fingerprint(**parts) -> str:
@@ -252,21 +251,17 @@ def publish_atomically(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        yield staging
-        shutil.rmtree(staging / "build", ignore_errors=True)
-        # mkdtemp's folder is private; a shared cache must be readable as others' files are (a setgid bit is kept)
-        os.chmod(staging, (os.stat(staging).st_mode & 0o7000) | (0o777 & ~umask()))
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not (target / "meta.json").is_file():  # someone else's complete copy is fine; else fail
-                raise
-    except Exception as error:  # a full disk said with what was built (datasets' writer names no file), and its need
-        if (full := disk_full(error)) is None or full.filename:
-            raise
-        number = full.errno or errno.ENOSPC  # (pyarrow's: its errno in its text alone)
-        raise OSError(number, f"{os.strerror(number)}; a folder takes up to twice its size while it is built", str(target)) from error
+    try:  # a full disk said with what was built (datasets' writer names no file), and its need
+        with disk_full_named(target, "a folder takes up to twice its size while it is built"):
+            yield staging
+            shutil.rmtree(staging / "build", ignore_errors=True)
+            # mkdtemp's folder is private; a shared cache must be readable as others' files are (a setgid bit is kept)
+            os.chmod(staging, (os.stat(staging).st_mode & 0o7000) | (0o777 & ~umask()))
+            try:
+                os.replace(staging, target)
+            except OSError:
+                if not (target / "meta.json").is_file():  # someone else's complete copy is fine; else fail
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

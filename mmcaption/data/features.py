@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -36,6 +39,9 @@ from mmcaption.data.cache import (
 from mmcaption.data.progress import Progress
 from mmcaption.errors import ConfigError
 from mmcaption.images import load_rgb
+from mmcaption.resources import disk_full_named
+
+CHUNK_BYTES = 512 * 2**20  # the features kept at a time while they are computed: a stopped run goes on after them
 
 
 def model_signature(name_or_path: str) -> dict:
@@ -99,32 +105,49 @@ def write_image_features(
     tokens = (config.image_size // config.patch_size) ** 2 + 1
     width = config.hidden_size * len(feature_layers(feature_layer))
     schema = datasets.Features({"features": datasets.Array2D((tokens, width), "float16")})
-    size, free = len(images) * tokens * width * 2, shutil.disk_usage(split_folder).free  # (float16: 2 bytes a value)
-    if 2 * size > free:  # found after hours of computing them (real CLIP on a CPU) as "no space left"
+    chunk = max(1, CHUNK_BYTES // (tokens * width * 2))  # images a chunk (float16: 2 bytes a value)
+    chunks = _chunks_folder(target)
+    meta = {"images": len(images), "shape": [tokens, width], "dtype": "float16", "chunk": chunk}
+    kept = _kept_chunks(chunks, meta)
+    done = min(kept * chunk, len(images))  # (the features of an earlier run, stopped while it computed them)
+    size, free = len(images) * tokens * width * 2, shutil.disk_usage(split_folder).free
+    if 2 * size - done * tokens * width * 2 > free:  # found after hours of computing them (real CLIP on a CPU) as "no space left"
         raise ConfigError(f"the vision tower's features of the {len(images):,} images of {split_folder.name} take "
                           f"{_size(size)} ({tokens} x {width} float16 values an image), up to {_size(2 * size)} while they "
                           f"are built, and {_size(free)} is free on the disk of {split_folder}: free some "
                           "space, point data.init_args.cache_dir at a larger disk, or set data.init_args.cache_image_features "
                           "false (the tower then runs at every step)")
+    _start_chunks(chunks, meta)
     rank_zero_info(f"caching the vision tower's features of the {len(images)} images of {split_folder.name} on {device} "
-                   "(once; later runs reuse them) ...")
+                   + (f"from image {done + 1:,}: those before it were cached by a run stopped while it cached them ..." if done
+                      else "(once; later runs reuse them) ..."))
     start = time.perf_counter()
-    progress = Progress(f"caching the vision tower's features of {split_folder.name}", len(images))  # hours on a CPU
+    progress = Progress(f"caching the vision tower's features of {split_folder.name}", len(images), already=done)
 
-    def rows():
-        for first in range(0, len(images), batch_size):
+    def rows(first_row: int, end: int):
+        for first in range(first_row, end, batch_size):
             progress.at(first)
-            pictures = [load_rgb(row) for row in images[first:first + batch_size]["image"]]
+            pictures = [load_rgb(row) for row in images[first:min(first + batch_size, end)]["image"]]
             pixels = processor(images=pictures, return_tensors="pt")["pixel_values"].to(device, tower.dtype)
             with torch.no_grad():
                 hidden = select_features(tower(pixel_values=pixels, output_hidden_states=True).hidden_states, feature_layer)
             for array in hidden.to(torch.float16).cpu().numpy():
                 yield {"features": array}
 
+    count = -(-len(images) // chunk)
+    try:
+        with disk_full_named(target, "the features take up to twice their size while they are built"):
+            for index in range(kept, count):  # each chunk kept once done: Ctrl-C, docker stop or a kill loses one at most
+                first = index * chunk
+                _write_chunk(chunks, index, lambda first=first: rows(first, min(first + chunk, len(images))), schema)
+    except BaseException:
+        if (now := min(len(_chunk_folders(chunks)) * chunk, len(images))) > done:
+            print(f"note: the vision tower's features of {now:,} of the {len(images):,} images of {split_folder.name} are "
+                  "kept: the next run caches the others", file=sys.stderr, flush=True)
+        raise
     with publish_atomically(target) as staging:
         if len(images):
-            table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(staging / "build"),
-                                                    fingerprint=f"{target.name}-features")
+            table = datasets.concatenate_datasets([load_table(folder) for folder in _chunk_folders(chunks)])
         else:  # every record of the split is text-only
             table = datasets.Dataset.from_dict({"features": []}, features=schema)
         save_table(table, staging / "data")
@@ -133,8 +156,76 @@ def write_image_features(
              "shape": [tokens, width], "images": len(table)}, indent=2, default=str))
         del table
         released()
+    shutil.rmtree(chunks, ignore_errors=True)
     rank_zero_info(f"caching the vision tower's features of {split_folder.name}: done in {time.perf_counter() - start:.0f} s")
     return target
+
+
+def _chunks_folder(target: Path) -> Path:
+    """Where the chunks of ``target``'s features wait while they are computed (hidden, beside it): a run stopped (Ctrl-C,
+    SIGTERM, SIGHUP) or killed half-way through COCO's images (an hour of a GPU, days of a CPU) leaves them for the next."""
+    return target.with_name(f".{target.name}.chunks")
+
+
+def _chunk_folders(chunks: Path) -> list[Path]:
+    """The chunks done, in order: ``00000``, ``00001``, ..., each renamed into place once whole."""
+    return sorted(p for p in chunks.glob("[0-9]" * 5) if p.is_dir()) if chunks.is_dir() else []
+
+
+def _kept_chunks(chunks: Path, meta: dict) -> int:
+    """How many chunks of an earlier run can be gone on from: those of the same shape and size, in order from the first,
+    each whole; the rest (and a folder of other features: another chunk size) removed."""
+    try:
+        same = json.loads((chunks / "meta.json").read_text()) == meta
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(chunks, ignore_errors=True)
+        return 0
+    kept = 0
+    for index, folder in enumerate(_chunk_folders(chunks)):
+        rows = min(meta["chunk"], meta["images"] - index * meta["chunk"])
+        if folder.name != f"{index:05d}" or damage_of_chunk(folder, rows) is not None:
+            break
+        kept += 1
+    for leftover in chunks.iterdir():  # a chunk half-written by a kill, those after a damaged one
+        if leftover.name != "meta.json" and not (leftover.name.isdigit() and int(leftover.name) < kept):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    return kept
+
+
+def _start_chunks(chunks: Path, meta: dict) -> None:
+    if not (chunks / "meta.json").is_file():
+        chunks.mkdir(parents=True, exist_ok=True)
+        (chunks / "meta.json").write_text(json.dumps(meta))
+
+
+def damage_of_chunk(folder: Path, rows: int) -> str | None:
+    """``None`` if a chunk's table loads, holds ``rows`` rows and reads to its last; else what is wrong."""
+    try:
+        table = load_table(folder)
+        held = len(table)
+        if held == rows and held:
+            table[held - 1]  # (a file cut short by a power cut fails here)
+        del table
+    except Exception as error:  # (any failure to read it back: it is computed again)
+        return str(error)
+    released()
+    return None if held == rows else f"{held} rows, not {rows}"
+
+
+def _write_chunk(chunks: Path, index: int, rows: Callable[[], Iterator[dict]], schema: datasets.Features) -> None:
+    """Compute chunk ``index`` and rename it into place whole."""
+    build = Path(tempfile.mkdtemp(prefix=".build-", dir=chunks))
+    try:
+        table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(build / "cache"),
+                                                fingerprint=f"{chunks.name}-{index}")
+        save_table(table, build / "table")
+        del table
+        released()
+        os.replace(build / "table", chunks / f"{index:05d}")
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
 
 
 def _size(count: int) -> str:

@@ -18,8 +18,8 @@ class Progress:
     """After :data:`FIRST_SECONDS`, then every :data:`PROGRESS_SECONDS`, one line: ``"{what}: 5,696 of 10,000 {unit}, 95 {unit}/s, about 1 min left"``
     (without a ``total``, the count and the rate); nothing where datasets' bar is drawn."""
 
-    def __init__(self, what: str, total: int | None = None, unit: str = "images") -> None:
-        self.what, self.total, self.unit = what, total, unit
+    def __init__(self, what: str, total: int | None = None, unit: str = "images", already: int = 0) -> None:
+        self.what, self.total, self.unit, self.already = what, total, unit, already  # (already: done by an earlier run)
         self.start = self.said = time.perf_counter()
         self.shown = not draws_bars()
 
@@ -27,9 +27,9 @@ class Progress:
         """``done`` of the pass's items are through."""
         now = time.perf_counter()
         wait = min(FIRST_SECONDS, PROGRESS_SECONDS) if self.said == self.start else PROGRESS_SECONDS
-        if not self.shown or not done or now - self.said < wait:
+        if not self.shown or done <= self.already or now - self.said < wait:
             return
-        self.said, rate = now, done / (now - self.start)
+        self.said, rate = now, (done - self.already) / (now - self.start)
         of = f" of {self.total:,}" if self.total else ""
         left = f", about {(self.total - done) / rate / 60:.0f} min left" if self.total and done < self.total else ""
         rank_zero_info(f"{self.what}: {done:,}{of} {self.unit}, {rate:.0f} {self.unit}/s{left}")
