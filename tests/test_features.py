@@ -283,6 +283,14 @@ def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbone
     assert np.array_equal(values(target), expected)  # as one uninterrupted run's, in the images' order
     assert not chunks.exists() and json.loads((target / "meta.json").read_text())["images"] == 12
 
+    # the chunks a stopped run of another layer left are not this layer's, and said once a cache is built beside them
+    with pytest.raises(KeyboardInterrupt):
+        read.clear()
+        stop_at.append(7)
+        features.write_image_features(split, str(vision_dir), -1, batch_size=2)
+    other = features.features_folder(split, str(vision_dir), -1)
+    assert other.with_name(f".{other.name}.chunks").is_dir() and not other.exists()
+    capsys.readouterr()
     # chunks of another size (a release that chunked otherwise) are computed again, not taken for these
     features.discard(target)
     read.clear()
@@ -294,3 +302,6 @@ def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbone
     stop_at.clear()
     features.write_image_features(split, str(vision_dir), -2, batch_size=2)
     assert len(read) == 12 and np.array_equal(values(target), expected)
+    err = capsys.readouterr().err
+    assert f"note: {other.with_name(f'.{other.name}.chunks')} holds features (" in err and " KiB) a stopped run computed with " \
+           "another vision tower or feature layer, for it to go on from: delete it if it will not" in err
