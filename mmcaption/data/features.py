@@ -123,8 +123,9 @@ def write_image_features(
         print(f"note: {other} holds features ({_size(held)}) a stopped run computed with another vision tower or feature "
               "layer, for it to go on from: delete it if it will not", file=sys.stderr, flush=True)
     rank_zero_info(f"caching the vision tower's features of the {len(images)} images of {split_folder.name} on {device} "
-                   + (f"from image {done + 1:,}: those before it were cached by a run stopped while it cached them ..." if done
-                      else "(once; later runs reuse them) ..."))
+                   + ("(once; later runs reuse them) ..." if not done else f"from image {done + 1:,}: those before it were "
+                      "cached by a run stopped while it cached them ..." if done < len(images) else "from what a run stopped "
+                      "while it put them together computed ..."))
     start = time.perf_counter()
     progress = Progress(f"caching the vision tower's features of {split_folder.name}", len(images), already=done)
 
