@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from mmcaption.checkpoint import _recorded, load_checkpoint_file, saved_time
 from mmcaption.errors import ConfigError, MMCaptionError
+from mmcaption.lightning_tools import check_tuned_resume, tuners_checkpoint
 from mmcaption.resources import dangling, dangling_note
 from mmcaption.terminal import shell_word
 
@@ -23,7 +24,11 @@ SAID: set[str] = set()  # the notes this process has said once
 
 
 def checkpoint_folder_on_resume(trainer, checkpoint: dict[str, Any]) -> None:
-    """Both, in ``on_load_checkpoint`` of ``fit``: the state is rewritten before Lightning restores the callbacks."""
+    """Both, in ``on_load_checkpoint`` of ``fit``: the state is rewritten before Lightning restores the callbacks. A
+    tuner's own checkpoint of the run's start is none of its folder's (and a tuner cannot resume: refused)."""
+    check_tuned_resume(trainer)
+    if tuners_checkpoint(trainer.ckpt_path):
+        return
     follow_a_moved_checkpoint_folder(trainer, checkpoint)
     say_a_resume_saved_elsewhere(trainer, checkpoint)
     keep_a_newer_last(trainer, checkpoint)

@@ -29,6 +29,7 @@ from mmcaption.errors import ConfigError, raise_if_stopped
 from mmcaption.evaluation.answers import exact_match
 from mmcaption.generation_settings import check_run_generation
 from mmcaption.gradient_clipping import FusedOptimizerClipping
+from mmcaption.lightning_tools import tuning
 from mmcaption.model import MultimodalCausalLM, MultimodalConfig
 from mmcaption.model.backbones import load_tokenizer
 from mmcaption.model.config import absolute_if_local, check_known_settings
@@ -37,7 +38,7 @@ from mmcaption.model.optim import adamw
 from mmcaption.nonfinite import skip_nonfinite
 from mmcaption.predictions import PredictionWriter
 from mmcaption.results import domain_metrics, said_cut, scored_captions, write_results
-from mmcaption.schedule import linear_schedule, schedule_from_here
+from mmcaption.schedule import after_tuning, linear_schedule, schedule_from_here
 from mmcaption.settings_checks import check_trainer_for_model
 from mmcaption.tasks import Tasks
 
@@ -85,16 +86,12 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         self.save_hyperparameters(ignore=["config"])  # LightningCLI's own would keep the paths as typed: relative ones
         self.hparams["config"], self._hparams_initial["config"] = asdict(self.config), asdict(self.config)  # HPARAMS too
         self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
-        self.adam_betas = tuple(adam_betas)
-        self.generation = dict(generation or {})
+        self.adam_betas, self.generation = tuple(adam_betas), dict(generation or {})
         check_run_generation(self.generation, "model.generation")  # before the model loads
-        self.on_nonfinite_loss = on_nonfinite_loss
-        self.init_from = init_from
-        self.compile = compile
+        self.on_nonfinite_loss, self.init_from, self.compile = on_nonfinite_loss, init_from, compile
         self.model: MultimodalCausalLM | None = None
         self.loading = False  # while configure_model loads it: what an error then is said to be (OutOfMemoryAdvice)
-        # Checkpoints hold trainable tensors only; load_state_dict checks their keys itself.
-        self.strict_loading = False
+        self.strict_loading = False  # checkpoints hold trainable tensors only; load_state_dict checks their keys itself
         self.val_loss = MeanMetric()
         self.weights_loaded = False  # set once any checkpoint's tensors are in the model
         self._resumed_random_state: dict[str, Any] | None = None
@@ -123,6 +120,8 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         if self.compile:  # block by block, as litgpt and torchtitan compile: the injected cross-attention included
             for layer in self.model.decoder_layers:
                 layer.compile(dynamic=True)
+        if self._trainer is not None and self.trainer.state.fn == "fit" and tuning(self.trainer):  # before a tuner saves
+            self.initialise_from_checkpoint()  # the run's start (restored after it: init_from was dropped, silently)
 
     @functools.cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -157,6 +156,7 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         check_trainer_for_model(self.trainer, self.config.computed_dtype)  # before the backbones load
 
     def on_fit_start(self) -> None:
+        after_tuning(self.trainer, self)
         self.initialise_from_checkpoint()
 
     def on_validation_start(self) -> None:
@@ -379,7 +379,7 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         check_checkpoint(checkpoint, self.model, f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint")
         self.init_source = checkpoint.get("init_from")
         if self._trainer is not None and self.trainer.state.fn == "fit":
-            checkpoint_folder_on_resume(self.trainer, checkpoint)
+            checkpoint_folder_on_resume(self.trainer, checkpoint)  # (a tuner's own checkpoint left alone)
         elif self._trainer is not None:  # validate, test: a whole evaluation split, a run trained on most of it
             scored_where_trained(self.trainer, checkpoint.get("training_data") or {})
         states = checkpoint.get("random_states") or []

@@ -3,16 +3,25 @@ it up (the rate given now, the length of this run)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import get_linear_schedule_with_warmup
 
+from mmcaption.lightning_tools import tuners_checkpoint
 from mmcaption.step_ends import run_length
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_ratio: float, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """transformers' linear schedule: ``warmup_ratio`` of ``steps`` warming up from 0, then down to 0 at ``steps``."""
     return get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), int(steps))
+
+
+def resize(scheduler: torch.optim.lr_scheduler.LambdaLR, warmup_ratio: float, length: int) -> None:
+    """``scheduler`` (``configure_optimizers``' own) as the linear schedule of ``length`` steps, from the step it is at."""
+    fresh = linear_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), warmup_ratio, length)
+    scheduler.lr_lambdas = fresh.lr_lambdas * len(scheduler.optimizer.param_groups)
 
 
 def schedule_from_here(trainer, learning_rate: float, warmup_ratio: float) -> int | None:
@@ -27,8 +36,7 @@ def schedule_from_here(trainer, learning_rate: float, warmup_ratio: float) -> in
             continue
         groups = scheduler.optimizer.param_groups
         if length != planned:  # the same schedule as configure_optimizers builds, of this run's length
-            fresh = linear_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), warmup_ratio, length)
-            scheduler.lr_lambdas = fresh.lr_lambdas * len(groups)
+            resize(scheduler, warmup_ratio, length)
             rank_zero_info(f"the learning-rate schedule ends at step {length}: this run's epochs from step "
                            f"{scheduler.last_epoch} ({trainer.num_training_batches} batches, accumulate_grad_batches "
                            f"{trainer.accumulate_grad_batches}); counted from step 0 it would end at step {planned}")
@@ -46,3 +54,22 @@ def schedule_from_here(trainer, learning_rate: float, warmup_ratio: float) -> in
             group["initial_lr"], group["lr"] = learning_rate, rate
         scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read
     return length if length != planned else None
+
+
+def after_tuning(trainer: Any, module: Any) -> None:
+    """As the fit starts, once a tuner has run: the fit resumes from no checkpoint (the tuner's, restored and deleted,
+    is none of the run's: a fresh run was said to take up the schedule 'from step 0' at the checkpoint's rate), and its
+    schedule is as long as the run at the batch size found (planned before a ``BatchSizeFinder`` doubled the batch, it
+    ended at half the peak rate, 15 steps into 30)."""
+    if not tuners_checkpoint(trainer.ckpt_path):
+        return
+    trainer._checkpoint_connector._ckpt_path = None  # (Lightning leaves the tuner's; check_tuned_resume refuses others)
+    length = int(trainer.estimated_stepping_batches)
+    if length == module.planned_steps:
+        return
+    for config in trainer.lr_scheduler_configs:
+        if isinstance(config.scheduler, torch.optim.lr_scheduler.LambdaLR):  # the schedule configure_optimizers builds
+            resize(config.scheduler, module.warmup_ratio, length)
+    rank_zero_info(f"the learning-rate schedule ends at step {length}, this run's length at the batch size the "
+                   f"BatchSizeFinder found (it was planned for {module.planned_steps})")
+    module.planned_steps = length

@@ -16,10 +16,11 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, StochasticWeightAveraging
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from mmcaption.errors import ConfigError, MMCaptionError, one_line
+from mmcaption.lightning_tools import callbacks_problem
 from mmcaption.model.backbone_checks import emulated_bfloat16
 from mmcaption.slurm import nodes_unlaunched
 from mmcaption.terminal import shell_word
@@ -32,11 +33,8 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
     is set: a quick run without logs or checkpoints needs no edit of the config. In ``fit``, a note says what
     was left out."""
     callbacks = trainer_settings.get("callbacks") or []
-    if any(isinstance(c, StochasticWeightAveraging) for c in (callbacks if isinstance(callbacks, list) else [callbacks])):
-        # it copies the module in its setup, before configure_model builds the model: it averaged nothing, silently
-        raise ConfigError("trainer.callbacks: StochasticWeightAveraging cannot average this model (it copies the "
-                          "LightningModule before mmcaption builds the model in configure_model, so it would average no "
-                          "weight); leave it out")
+    if problem := callbacks_problem(callbacks if isinstance(callbacks, list) else [callbacks]):
+        raise ConfigError(problem)
     turned_off = [(LearningRateMonitor, "logger is false")] if trainer_settings.get("logger") is False else []
     turned_off += [(ModelCheckpoint, "enable_checkpointing is false")] if trainer_settings.get("enable_checkpointing") is False else []
     # Lightning says a fast_dev_run saves nothing, and its ModelCheckpoint still writes last.ckpt at the end
@@ -237,7 +235,7 @@ def check_trainer_for_model(trainer: Any, computed_dtype: str) -> None:
     are refused, bfloat16 on a GPU that emulates it is said (:func:`emulated_bfloat16_note`)."""
     start = getattr(trainer.strategy, "_start_method", None)  # Trainer(strategy="ddp_spawn")
     if problem := (strategy_problem(f"with start_method {start}") if start in ("spawn", "fork", "forkserver") else None) \
-            or autocast_problem(trainer.precision, computed_dtype):
+            or autocast_problem(trainer.precision, computed_dtype) or callbacks_problem(trainer.callbacks):
         raise ConfigError(problem)
     if (note := emulated_bfloat16_note(trainer, computed_dtype)) and trainer.is_global_zero:
         print(note, file=sys.stderr, flush=True)
