@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar, run_label
+from mmcaption.csv_logs import keep_earlier_csv_logs
 from mmcaption.errors import FolderLockedError, hold_stops
 from mmcaption.folders import FolderLock
 from mmcaption.full_log_disk import CurvesOnFullDisk
@@ -46,7 +47,10 @@ def forget_earlier_seed() -> None:
 
 
 def add_run_callbacks(trainer: Trainer) -> None:
-    """Add mmcaption's own callbacks to ``trainer``, and put its progress display in place of Lightning's bars."""
+    """Add mmcaption's own callbacks to ``trainer``, and put its progress display in place of Lightning's bars; keep an
+    earlier command's CSV logs in a named run folder (:func:`~mmcaption.csv_logs.keep_earlier_csv_logs`), as KeptConfig
+    keeps its config."""
+    keep_earlier_csv_logs(trainer)
     # after the other callbacks' step-end hooks (Lightning keeps ModelCheckpoint last): a stop Lightning's Timer asks at a
     # batch is seen at that batch. A config may list its own to change every_minutes
     listed = [callback for callback in trainer.callbacks if isinstance(callback, ResumableStop)]

@@ -1722,6 +1722,41 @@ def test_a_later_command_in_a_runs_folder_keeps_its_config_and_a_resume_with_not
         "starts a run anew (add --ckpt_path to resume)\n"), saved[:300]
 
 
+def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_into_its_folder(
+    backbones, coco_root, tmp_path, monkeypatch
+):
+    # a resume, validate or test given the run's version: Lightning's CSV writer deleted the earlier metrics.csv (the
+    # resumed run's curves started at its first step, a test's row replaced the training's) and wrote its own
+    # hparams.yaml over the training's (a test's overrides read as the settings it was trained with)
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    fit = fit_config(tmp_path, coco_root, backbones, tmp_path / "c")
+    config = yaml.safe_load(Path(fit[2]).read_text())
+    config["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                   "init_args": {"save_dir": "logs", "name": "mine", "version": "v1"}}
+    config["trainer"]["log_every_n_steps"] = 1
+    Path(fit[2]).write_text(yaml.safe_dump(config))
+    main([*fit, "--trainer.max_steps", "2"])
+    run = tmp_path / "logs" / "mine" / "v1"
+    trained = (run / "hparams.yaml").read_text()
+
+    def steps() -> list[str]:
+        with (run / "metrics.csv").open(newline="") as handle:
+            return [row["step"] for row in csv.DictReader(handle) if row.get("train/loss")]
+
+    assert steps() == ["0", "1"]
+    main([*fit, "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    assert steps() == ["0", "1", "2", "3"]  # the resumed run's rows after the first run's
+    main(["test", "--config", fit[2], "--ckpt_path", str(tmp_path / "c" / "last.ckpt"), "--model.learning_rate", "0.5"])
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows if row.get("train/loss")] == ["0", "1", "2", "3"] and rows[-1].get("test/loss")
+    assert (run / "hparams.yaml").read_text() == trained  # the training's settings, as trained
+    assert yaml.safe_load((run / "hparams-3.yaml").read_text())["learning_rate"] == 0.5  # the test's, beside them
+    assert not list(run.glob(".*"))  # nothing hidden left behind
+
+
 def test_runs_started_at_the_same_moment_get_their_own_run_folders(tmp_path, monkeypatch):
     # a sweep's runs each read the same next version: they wrote into one folder, and one refused at its start removed
     # the folder with the other's live event file, which then crashed

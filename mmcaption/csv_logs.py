@@ -1,0 +1,66 @@
+"""A ``CSVLogger``'s files when a later command logs into the same run folder (a resume, ``test`` or ``validate`` given
+the run's ``version``): kept, as a TensorBoard run folder keeps its earlier event files beside the new ones."""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def keep_earlier_csv_logs(trainer: Any) -> None:
+    """Before a command runs (Lightning makes each logger's writer before any setup hook): a ``CSVLogger`` of a named
+    version whose folder holds an earlier command's ``metrics.csv`` appends its rows to it (Lightning's writer deleted
+    it, "Previous log files in this directory will be deleted": a resume's curves started at its first step, a test's
+    one row replaced the training's), and its ``hparams.yaml`` stays, this command's written beside it as
+    ``hparams-2.yaml``, ``hparams-3.yaml``, ... (a test's overrides read as the training's settings). A run without a
+    named version gets a folder of its own."""
+    if rank_zero_only.rank != 0:  # (the process that writes the logs)
+        return
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger) or logger._experiment is not None or logger._version is None:
+            continue
+        folder = Path(logger.log_dir)
+        metrics = folder / "metrics.csv"
+        if not metrics.is_file() and not (folder / "hparams.yaml").is_file():
+            continue
+        aside = metrics.with_name(f".metrics.csv.{os.getpid()}.kept") if metrics.is_file() else None
+        if aside is not None:
+            os.replace(metrics, aside)
+        try:
+            with warnings.catch_warnings():  # (its warning, of what is kept now; a TensorBoard run's files beside it)
+                warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+                writer = logger.experiment
+        finally:
+            if aside is not None:
+                os.replace(aside, metrics)
+        if aside is not None:
+            _sorted_header(metrics)
+            with metrics.open(newline="", encoding="utf-8") as handle:
+                writer.metrics_keys = next(csv.reader(handle), [])  # its rows appended under the same columns
+        if (folder / "hparams.yaml").is_file():
+            number = 2
+            while (folder / f"hparams-{number}.yaml").exists():
+                number += 1
+            writer.NAME_HPARAMS_FILE = f"hparams-{number}.yaml"
+
+
+def _sorted_header(metrics: Path) -> None:
+    """Lightning's writer keeps its columns sorted and appends rows in that order: a file whose columns are not (edited,
+    another tool's) is written again in it first, its rows unchanged."""
+    with metrics.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    if header == sorted(header):
+        return
+    staged = metrics.with_name(f".{metrics.name}.{os.getpid()}.sorted")
+    with staged.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=sorted(header))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(staged, metrics)
