@@ -558,6 +558,14 @@ def test_the_demo_checks_its_arguments_before_building_anything(tmp_path, monkey
     monkeypatch.setattr("mmcaption.demo.run.prepare_demo_assets", checked)
     with pytest.raises(RuntimeError, match="the arguments passed the checks"):
         demo_main(["--ckpt_path", "checkpoints/demo-caption/last.ckpt"])
+    with pytest.raises(RuntimeError, match="the arguments passed the checks"):  # a logger beside TensorBoard's
+        demo_main(["--trainer.logger+=CSVLogger", "--trainer.logger.save_dir", "logs"])
+    # its report reads TensorBoard's curves: without a logger it trained both stages, then ended in a traceback and no
+    # report; a CSVLogger in its place gave "80% exact match not measured" and a TensorBoard command of no curves
+    for logger in (["--trainer.logger", "false"], ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", "logs"]):
+        with pytest.raises(SystemExit) as exit_info:
+            demo_main(logger)
+        assert exit_info.value.code == 2 and "the demo reads its report's curves from TensorBoard" in capsys.readouterr().err
 
 
 def test_the_pipeline_checks_the_instruct_data_before_the_caption_stage_starts(tmp_path, monkeypatch, nothing_loads):

@@ -171,8 +171,14 @@ def run_demo(argv: list[str] | None = None) -> dict:
     stage_args = {name: paths[name] if args.root != parser.get_default("root") or config == parser.get_default(name) else []
                   for name, config in (("caption", args.caption), ("instruct", args.instruct))}
     _, checked = ckpt_path_taken(fit_args)  # --ckpt_path (the pipeline's, which resumes a stage) is no stage's setting
-    for name, stage in (("caption", args.caption), ("instruct", args.instruct)):  # a mistyped setting is found now,
-        check_command(["--config", stage, *stage_args[name], *checked], run_checks=False)  # not after the data is built
+    # a mistyped setting, or a logger the report cannot read, is found now, not after the data is built and trained on
+    for name, stage in (("caption", args.caption), ("instruct", args.instruct)):
+        settings = check_command(["--config", stage, *stage_args[name], *checked], run_checks=False).config
+        loggers = settings.trainer.logger if isinstance(settings.trainer.logger, list) else [settings.trainer.logger]
+        if not loggers or not str(getattr(loggers[0], "class_path", "")).endswith(".TensorBoardLogger"):
+            parser.error("the demo reads its report's curves from TensorBoard (trained, then a traceback without one, or "
+                         "the curve 'not measured' from a CSVLogger): keep the configs' trainer.logger (another logger goes "
+                         "beside it: --trainer.logger+=CSVLogger)")
     check_report_folder(Path(args.report))
     start = time.perf_counter()
     root = prepare_demo_assets(args.root, args.seed, args.train_images, args.val_images, args.language_steps, args.clip_steps)
