@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -117,6 +118,14 @@ def stage_named(stage: str, flag: str, config: str, defaults: tuple[str, ...]) -
         raise
 
 
+def named_log_folders(trainer: Any) -> set[str]:
+    """The run folders a stage's trainer settings name outright (a logger given a ``version``)."""
+    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    return {str(Path(str(settings.get("save_dir") or ".")) / str(settings.get("name") or "") / str(settings.get("version")))
+            for logger in loggers if (settings := getattr(logger, "init_args", None)) is not None
+            and settings.get("version") is not None}
+
+
 def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = (), check: bool = True,
                  stage_args: dict[str, list[str]] | None = None, defaults: tuple[str, ...] = ()) -> list[StageResult]:
     """Train both stages. With ``check``, the instruct stage is checked (settings, data files, folders, and
@@ -148,6 +157,10 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
             if differ:
                 raise ConfigError(f"the caption stage's weights would not fit the instruct stage's model: {'; '.join(differ)}. "
                                   "Give both stages the same model structure")
+            if shared := named_log_folders(caption_check.config.trainer) & named_log_folders(instruct_check.config.fit.trainer):
+                # stage 1 trained, then stage 2 was refused as "holds a run already", and a resume did not help
+                raise ConfigError(f"both stages would log into {sorted(shared)[0]} (a trainer.logger version given to both): "
+                                  "give each stage's config a version of its own (or another name), or leave version out")
     if stage == "instruct":
         print(f"== stage 1, captions: done; resuming stage 2 from {checkpoint} ==", flush=True)
         instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", init_from, *fit_args,

@@ -582,6 +582,14 @@ def test_the_pipeline_checks_the_instruct_data_before_the_caption_stage_starts(t
     # a model the caption stage's weights do not fit: was found after the whole caption stage had trained
     with pytest.raises(ConfigError, match=f"lora_r 8 in {DEMO_CAPTION}, 16 in {DEMO_INSTRUCT}. Give both stages the same"):
         pipeline.run_pipeline(DEMO_CAPTION, DEMO_INSTRUCT, stage_args={"instruct": ["--model.config.lora_r", "16"]})
+    # one run folder named for both stages (a logger's version, as a user names runs): stage 2 was refused after stage 1
+    # trained ("holds a run already"), and the resume its note advised was refused the same way
+    named = ["--trainer.logger.name", "mine", "--trainer.logger.version", "v1"]
+    with pytest.raises(ConfigError, match=r"both stages would log into lightning_logs/mine/v1 \(a trainer.logger version given to "
+                                          r"both\): give each stage's config a version of its own"):
+        pipeline.run_pipeline(DEMO_CAPTION, DEMO_INSTRUCT, named)
+    with pytest.raises(AssertionError, match="a stage started"):  # a version alone, each stage's own name: two folders
+        pipeline.run_pipeline(DEMO_CAPTION, DEMO_INSTRUCT, named[2:])
 
 
 def test_last_ckpt_holds_the_last_step_also_after_the_last_validation(backbones, coco_root, tmp_path):
