@@ -50,6 +50,7 @@ from mmcaption.module import MultimodalCaptioner
 from mmcaption.parser import MMCaptionParser, expand_home, instantiation_error, print_config_held, print_held_config
 from mmcaption.resume_checks import check_resume, checkpoint_settings, resuming_from
 from mmcaption.run_callbacks import KeptConfig, NothingLeftToTrain, add_run_callbacks, forget_earlier_seed
+from mmcaption.setting_names import named_log_folders
 from mmcaption.settings_checks import (
     ask_as_trained,
     autocast_problem,
@@ -84,8 +85,9 @@ class MMCaptionCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         asked = [a for a in getattr(self, "_arguments", None) or [] if isinstance(a, str) and a.startswith("--trainer.logger")]
-        if self.subcommand in ("predict", "validate") and not asked:  # their results are printed and written: no empty
-            kwargs.setdefault("logger", False)  # TensorBoard run of the config's; one asked for on the command line is kept
+        if self.subcommand in ("predict", "validate") and not asked and not named_log_folders(self.config[self.subcommand].trainer):
+            kwargs.setdefault("logger", False)  # results printed and written: no empty run of the config's; kept: one asked
+            # for on the command line, or a config's that names its run's folder (a version: a user's own config)
         if self.subcommand and self.config[self.subcommand].trainer.get("logger") is True and (
                 logger := getattr(self.parser, "configured_logger", lambda _: None)(self.subcommand)):  # the configs'
             settings = logger.setdefault("init_args", {})  # under the run's root, as the config's logger goes in fit

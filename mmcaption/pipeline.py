@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -37,6 +36,7 @@ from mmcaption.errors import (
 )
 from mmcaption.evaluation.digests import file_sha256
 from mmcaption.model.config import STRUCTURAL_SETTINGS
+from mmcaption.setting_names import named_log_folders
 from mmcaption.terminal import shell_word
 from mmcaption.usage import pipeline_parser
 
@@ -116,14 +116,6 @@ def stage_named(stage: str, flag: str, config: str, defaults: tuple[str, ...]) -
         if stop.code not in (0, None):
             print(f"note: the error above came from checking {stage} ({flag} {config}{default})", file=sys.stderr, flush=True)
         raise
-
-
-def named_log_folders(trainer: Any) -> set[str]:
-    """The run folders a stage's trainer settings name outright (a logger given a ``version``)."""
-    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
-    return {str(Path(str(settings.get("save_dir") or ".")) / str(settings.get("name") or "") / str(settings.get("version")))
-            for logger in loggers if (settings := getattr(logger, "init_args", None)) is not None
-            and settings.get("version") is not None}
 
 
 def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] = (), check: bool = True,

@@ -1,5 +1,5 @@
 """What a setting the parser refused may have meant: the valid keys near it (by spelling, by the name Hugging Face's
-Trainer gives it, at another level), or the data module that has it."""
+Trainer gives it, at another level), or the data module that has it; and the run folders a config names."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import difflib
 import importlib
 import inspect
 import re
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser
@@ -105,3 +106,11 @@ def closest(key: str, candidates: list[str], n: int = 3) -> list[str]:
                                                                                                         cutoff=0.75) + [
         c for name in names for c in by_name[name]]  # the same name elsewhere first: a setting at the wrong level
     return [c for c in dict.fromkeys(close) if c != key][:n]  # not the key refused (another data module's setting)
+
+
+def named_log_folders(trainer: Any) -> set[str]:
+    """The run folders a stage's trainer settings name outright (a logger given a ``version``)."""
+    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    return {str(Path(str(settings.get("save_dir") or ".")) / str(settings.get("name") or "") / str(settings.get("version")))
+            for logger in loggers if (settings := getattr(logger, "init_args", None)) is not None
+            and settings.get("version") is not None}

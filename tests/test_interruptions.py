@@ -1754,6 +1754,12 @@ def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_in
     assert [row["step"] for row in rows if row.get("train/loss")] == ["0", "1", "2", "3"] and rows[-1].get("test/loss")
     assert (run / "hparams.yaml").read_text() == trained  # the training's settings, as trained
     assert yaml.safe_load((run / "hparams-3.yaml").read_text())["learning_rate"] == 0.5  # the test's, beside them
+    # validate logs into the run folder its config names (it dropped the config's logger without a word: the shipped
+    # configs' unnamed one would be an empty run)
+    main(["validate", "--config", fit[2], "--ckpt_path", str(tmp_path / "c" / "last.ckpt")])
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[-1].get("val/loss") and len([row for row in rows if row.get("train/loss")]) == 4 and (run / "hparams-4.yaml").is_file()
     assert not list(run.glob(".*"))  # nothing hidden left behind
 
 
