@@ -35,7 +35,8 @@ def usable_callbacks(trainer_settings: dict[str, Any], fit: bool) -> list[Callba
     callbacks = trainer_settings.get("callbacks") or []
     if problem := callbacks_problem(callbacks if isinstance(callbacks, list) else [callbacks]):
         raise ConfigError(problem)
-    turned_off = [(LearningRateMonitor, "logger is false")] if trainer_settings.get("logger") is False else []
+    logger = trainer_settings.get("logger")  # (an empty list of loggers is none either)
+    turned_off = [(LearningRateMonitor, f"logger is {'false' if logger is False else '[]'}")] if logger is False or logger == [] else []
     turned_off += [(ModelCheckpoint, "enable_checkpointing is false")] if trainer_settings.get("enable_checkpointing") is False else []
     # Lightning says a fast_dev_run saves nothing, and its ModelCheckpoint still writes last.ckpt at the end
     fast = trainer_settings.get("fast_dev_run")

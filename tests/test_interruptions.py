@@ -1673,6 +1673,9 @@ def test_callbacks_without_a_model_checkpoint_are_noted_with_how_to_add_to_a_lis
     assert "note: trainer.callbacks has two LearningRateMonitors: the later one is used" in capsys.readouterr().err
     usable_callbacks({"callbacks": [ModelCheckpoint()], "fast_dev_run": 5}, fit=True)  # said "fast_dev_run is true"
     assert "note: trainer.fast_dev_run is 5: the config's ModelCheckpoint is left out" in capsys.readouterr().err
+    # no loggers, as a list: Lightning stopped at "Cannot use LearningRateMonitor callback with Trainer that has no logger"
+    assert usable_callbacks({"callbacks": [LearningRateMonitor()], "logger": []}, fit=True) == []
+    assert "note: trainer.logger is []: the config's LearningRateMonitor is left out" in capsys.readouterr().err
     # the flag also turns off mmcaption's own lines (a scheduler's log kept no validation metrics), which are plain
     # lines off a terminal anyway: said
     usable_callbacks({"callbacks": [ModelCheckpoint()], "enable_progress_bar": False}, fit=True)
