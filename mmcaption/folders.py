@@ -345,7 +345,7 @@ def claim_run_folders(loggers: list) -> list[Path]:
     made, versions = [], {}
     for logger in loggers:
         root = str(Path(logger.root_dir).resolve())
-        if root in versions:
+        if root in versions and getattr(logger, "_version", None) in (None, versions[root]):  # (a version named: its own)
             logger._version = versions[root]
             continue
         folder = _claimed(logger)

@@ -1781,6 +1781,9 @@ def test_runs_started_at_the_same_moment_get_their_own_run_folders(tmp_path, mon
     assert [[folder.name for folder in made] for made in folders] == [["version_0"], ["version_1"], ["version_2"]]
     for loggers, (made,) in zip(runs, folders):  # a run's TensorBoard and CSV loggers share its folder, as before
         assert [Path(logger.log_dir) for logger in loggers] == [made, made]
+    pair = [TensorBoardLogger(tmp_path, name="pair"), CSVLogger(tmp_path, name="pair", version="exp1")]
+    claim_run_folders(pair)  # the CSV logger's own version was replaced by TensorBoard's, without a word
+    assert [Path(logger.log_dir).name for logger in pair] == ["version_0", "exp1"]
     named = CSVLogger(tmp_path, name="sweep", version="mine")
     assert claim_run_folders([named])[0].name == "mine" and claim_run_folders([CSVLogger(tmp_path, name="sweep",
                                                                                           version="mine")]) == []
