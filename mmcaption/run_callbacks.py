@@ -179,6 +179,11 @@ class KeptConfig(SaveConfigCallback):
                 except FileExistsError:
                     number += 1
                     self.config_filename = f"config-{number}.yaml"
+        if self.save_to_log_dir and not self.already_saved and log_dir is None:  # a logger with no local folder (MLflow's,
+            if trainer.is_global_zero:  # Comet's): Lightning's own stopped at a bare AssertionError
+                print(f"note: the config is not saved: trainer.logger ({type(trainer.logger).__name__}) has no local folder "
+                      "(save_dir) to save it in", file=sys.stderr, flush=True)
+            return
         resumed = self.config.get("ckpt_path") if stage == "fit" else None
         if resumed:
             self.config = self.config.clone()

@@ -23,6 +23,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
@@ -1764,6 +1765,29 @@ def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_in
         rows = list(csv.DictReader(handle))
     assert rows[-1].get("val/loss") and len([row for row in rows if row.get("train/loss")]) == 4 and (run / "hparams-4.yaml").is_file()
     assert not list(run.glob(".*"))  # nothing hidden left behind
+
+
+class FolderlessLogger(Logger):
+    """A logger that keeps nothing on the local disk (MLflow's or Comet's server, say): no save_dir."""
+
+    name, version = "remote", "0"
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged = True
+
+
+def test_a_logger_without_a_local_folder_trains_and_says_the_config_is_not_saved(backbones, coco_root, tmp_path, monkeypatch,
+                                                                                 capsys):
+    # Lightning's SaveConfigCallback stopped at a bare AssertionError (its log_dir None) before training
+    monkeypatch.chdir(tmp_path)
+    fit = fit_config(tmp_path, coco_root, backbones, tmp_path / "c")
+    main([*fit, "--trainer.logger", "tests.test_interruptions.FolderlessLogger", "--trainer.callbacks+=LearningRateMonitor"])
+    assert "note: the config is not saved: trainer.logger (FolderlessLogger) has no local folder (save_dir) to save it in" \
+        in capsys.readouterr().err
+    assert (tmp_path / "c" / "last.ckpt").is_file() and not (tmp_path / "config.yaml").exists()
 
 
 def test_runs_started_at_the_same_moment_get_their_own_run_folders(tmp_path, monkeypatch):
