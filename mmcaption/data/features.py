@@ -190,7 +190,7 @@ def _kept_chunks(chunks: Path, meta: dict) -> int:
     kept = 0
     for index, folder in enumerate(_chunk_folders(chunks)):
         rows = min(meta["chunk"], meta["images"] - index * meta["chunk"])
-        if folder.name != f"{index:05d}" or damage_of_chunk(folder, rows) is not None:
+        if folder.name != f"{index:05d}" or _chunk_damage(folder, rows) is not None:
             break
         kept += 1
     for leftover in chunks.iterdir():  # a chunk half-written by a kill, those after a damaged one
@@ -205,7 +205,7 @@ def _start_chunks(chunks: Path, meta: dict) -> None:
         (chunks / "meta.json").write_text(json.dumps(meta))
 
 
-def damage_of_chunk(folder: Path, rows: int) -> str | None:
+def _chunk_damage(folder: Path, rows: int) -> str | None:
     """``None`` if a chunk's table loads, holds ``rows`` rows and reads to its last; else what is wrong."""
     try:
         table = load_table(folder)
