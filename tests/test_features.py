@@ -305,3 +305,42 @@ def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbone
     err = capsys.readouterr().err
     assert f"note: {other.with_name(f'.{other.name}.chunks')} holds features (" in err and " KiB) a stopped run computed with " \
            "another vision tower or feature layer, for it to go on from: delete it if it will not" in err
+
+
+def test_a_damaged_split_rebuilt_keeps_its_feature_caches(backbones, coco_root, tmp_path):
+    # a table of the split deleted to make room (images/, which training on features does not read) or cut short: the
+    # whole split folder went, with every tower's and layer's features in it, computed again (GPU hours at COCO's size)
+    # or, another layer's, lost without a word
+    import shutil
+
+    from mmcaption.data import features
+
+    language_dir, vision_dir = backbones
+    settings = dict(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                    image_processor=str(vision_dir), num_workers=0, cache_image_features=True)
+    CaptionDataModule(vision_feature_layer=-1, **settings).prepare_data(only=["train2017"])
+    data = CaptionDataModule(vision_feature_layer=-2, **settings)
+    data.prepare_data(only=["train2017"])
+    split = data.split_folder("train2017")
+    caches = {layer: features.features_folder(split, str(vision_dir), layer) for layer in (-1, -2)}
+    made = {layer: (folder / "meta.json").stat().st_mtime_ns for layer, folder in caches.items()}
+    shutil.rmtree(split / "images")
+    computed = []
+    write = features.write_image_features
+
+    def counted(*args, **kwargs):
+        if not features.is_complete(features.features_folder(*args[:3])):
+            computed.append(args[2])
+        return write(*args, **kwargs)
+
+    import pytest
+
+    said = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(features, "write_image_features", counted)
+        patch.setattr(features, "rank_zero_info", said.append)
+        data.prepare_data(only=["train2017"])
+    assert (split / "images").is_dir() and computed == []  # the split rebuilt, no feature computed again
+    assert {layer: (folder / "meta.json").stat().st_mtime_ns for layer, folder in caches.items()} == made  # both kept
+    assert said == [f"the rebuilt split {split.name} keeps its cached features ({', '.join(sorted(f.name for f in caches.values()))})"]
+    assert not list(split.parent.glob(".*features-kept"))

@@ -26,9 +26,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.collate import collate
+from mmcaption.data import features
 from mmcaption.data.cache import built_once, damage, discard, fingerprint, folder_signature, is_complete, load_table
 from mmcaption.data.datasets import ImageTextDataset
-from mmcaption.data.features import features_folder, load_image_features, write_image_features
 from mmcaption.data.records import DataError, OnBadRecord
 from mmcaption.data.sampling import DEFAULT_MEGA_BATCH, LengthGroupedSampler, default_seed
 from mmcaption.data.stage_splits import remove_orphaned_builds, say_other_split_caches, say_shared_images
@@ -269,7 +269,7 @@ class PreprocessedDataModule(BackbonesDataModule):
         return self.looked_at(("folder", folder), lambda: folder_signature(folder, self.cache_dir))
 
     def features_folder(self, split_folder: Path) -> Path:
-        return features_folder(split_folder, self.image_processor_name, self.vision_feature_layer)
+        return features.features_folder(split_folder, self.image_processor_name, self.vision_feature_layer)
 
     def prepare_data(self, only: list[str] | None = None) -> None:
         """Preprocess the splits the running command reads (every split outside a trainer, as ``mmcaption
@@ -283,7 +283,7 @@ class PreprocessedDataModule(BackbonesDataModule):
             with built_once(self.split_folder(split), f"preprocessing split {split}"):
                 folder = self.preprocess(split)
                 if self.cache_image_features:
-                    write_image_features(folder, self.image_processor_name, self.vision_feature_layer)
+                    features.write_image_features(folder, self.image_processor_name, self.vision_feature_layer)
 
     def preprocess(self, split: str) -> Path:
         """The preprocessed folder of ``split``, written unless a whole one is there. A damaged one (files missing or
@@ -302,12 +302,12 @@ class PreprocessedDataModule(BackbonesDataModule):
         except NotWritableError as error:
             raise NotWritableError(f"{error}; set data.init_args.cache_dir to a folder you can write (the default is "
                                    "beside the data)") from None
-        if is_complete(folder):  # damaged: out of the way at once (removed in place, a kill left it half there for good)
-            discard(folder)
+        if is_complete(folder):  # damaged: out of the way at once (removed in place, a kill left it half there for good),
+            discard(features.set_features_aside(folder))  # its feature caches kept for the rebuilt split
         remove_orphaned_builds(folder)
         rank_zero_info(f"preprocessing split {split} into {folder} (once; later runs reuse it) ...")
         start = time.perf_counter()
-        written = self.write_split(split, folder)
+        written = features.put_features_back(self.write_split(split, folder))
         rank_zero_info(f"preprocessing split {split}: done in {time.perf_counter() - start:.0f} s")
         say_other_split_caches(written)
         return written
@@ -326,7 +326,7 @@ class PreprocessedDataModule(BackbonesDataModule):
                     cached = self.features_folder(folder)
                     if not is_complete(cached):
                         raise DataError(f"image features of split {split!r} are not cached in {folder}: run prepare_data() first")
-                    self.datasets[split].features = load_image_features(cached)
+                    self.datasets[split].features = features.load_image_features(cached)
         if stage == "fit":  # validation on images trained on: said
             say_shared_images(self, getattr(self, "train_file", None), getattr(self, "val_file", None))
 

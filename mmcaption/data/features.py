@@ -252,3 +252,43 @@ def gather_features(features: datasets.Dataset, indices: list[int]) -> torch.Ten
     column = features.data.column("features").take(pa.array(indices, type=pa.int64()))
     arrays = [chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks]
     return torch.from_numpy(np.concatenate(arrays)).to(torch.float16)
+
+
+def set_features_aside(split_folder: Path) -> Path:
+    """Before a damaged split is rebuilt (a table of it deleted to make room, cut short by a full disk): its feature
+    caches and stopped builds, which it does not make again, go aside (a hidden folder beside it) for
+    :func:`put_features_back`. Discarded with it, every tower's and layer's features were computed again (GPU hours at
+    COCO's size), those of another layer lost without a word. Returns ``split_folder``."""
+    kept = [*split_folder.glob("features-*"), *split_folder.glob(".features-*.chunks")]
+    aside = split_folder.with_name(f".{split_folder.name}.features-kept")
+    for path in kept:
+        aside.mkdir(exist_ok=True)
+        if not (aside / path.name).exists():  # (one set aside by a rebuild that failed is the same)
+            os.replace(path, aside / path.name)
+    return split_folder
+
+
+def put_features_back(split_folder: Path) -> Path:
+    """The feature caches :func:`set_features_aside` kept, in the rebuilt split: the same inputs and settings (its
+    folder's name says so) give the same images in the same order; any of another number of images is removed, said.
+    Returns ``split_folder``."""
+    aside = split_folder.with_name(f".{split_folder.name}.features-kept")
+    if not aside.is_dir():
+        return split_folder
+    images = json.loads((split_folder / "meta.json").read_text()).get("images")
+    for path in sorted(aside.iterdir()):
+        try:
+            held = json.loads((path / "meta.json").read_text()).get("images")
+        except (OSError, ValueError):
+            held = None
+        if held == images and not (split_folder / path.name).exists():
+            os.replace(path, split_folder / path.name)
+        else:
+            print(f"note: removed {path.name} of {split_folder.name}: its features are of {held} images, the rebuilt split "
+                  f"holds {images}", file=sys.stderr, flush=True)
+            shutil.rmtree(path, ignore_errors=True)
+    kept = sorted(p.name for p in split_folder.glob("features-*"))
+    if kept:
+        rank_zero_info(f"the rebuilt split {split_folder.name} keeps its cached features ({', '.join(kept)})")
+    shutil.rmtree(aside, ignore_errors=True)
+    return split_folder
