@@ -16,6 +16,7 @@ from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.caption_cells import caption_text, note_html
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.image_sources import COCO2014_FOLDERS, COCO2017_NAME, coco2014_copies, coco2017_copy
+from mmcaption.data.json_values import coco_id, text_id_said
 from mmcaption.data.records import (
     BadRecords,
     DataError,
@@ -85,26 +86,6 @@ def other_splits(annotation_file: Path) -> str:
     return f" {folder} holds the captions of {', '.join(found)}" + (f": to train on them, {settings}" if settings else "")
 
 
-def coco_id(value: object, records: BadRecords, where: str) -> int | None:
-    """A COCO id: an integer, or the text of one ("000000397133", as a converter that took ids from file names writes
-    them: refused as malformed, every record of such a file), read as the integer it spells, said once in a note."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        records.note("ids written as text, read as the integers they spell", example=f"{where}: {value!r}")
-        return int(value)
-    return None
-
-
-def text_id_said(entry: object, key: str) -> str:
-    """Why a text id is refused: it spells no integer, and COCO's ids are integers (its evaluation matches them as such)."""
-    value = entry.get(key) if isinstance(entry, dict) else None
-    if not isinstance(value, str):
-        return ""
-    return (f" ({key} {value!r} is text that spells no integer: COCO's ids are integers; number the images and give each "
-            "annotation its image's number)")
-
-
 # VizWiz-Captions' captions a reviewer rejected, and its stock one for a photo too poor to describe ("Quality issues are
 # too severe to recognize visual content."): its evaluation, as its API is called, and its users' training leave them out
 MARKED_LEFT_OUT = "captions marked is_rejected or is_precanned (VizWiz-Captions') left out, as VizWiz's evaluation leaves them"
@@ -131,6 +112,7 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
                         f"{other_caption_layout(content)}")
 
     images: dict[int, CocoImage] = {}
+    ambiguous: set[int] = set()  # ids given to two images of different files
     for position, entry in enumerate(content["images"]):
         image_id = coco_id(entry.get("id"), records, f"images[{position}]") if isinstance(entry, dict) else None
         if image_id is None or not isinstance(entry.get("file_name"), str):
@@ -138,14 +120,18 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
                           + text_id_said(entry, "id"))
             continue
         entry = {**entry, "id": image_id}
-        if entry["id"] in images:
-            records.defer("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
-            continue
         file_name = existing_spelling(image_dir, entry["file_name"])  # or with a Windows exporter's backslashes
         parts = Path(file_name).parts
         if len(parts) > 1 and parts[0] == image_dir.name and not (image_dir / file_name).exists():
             file_name = str(Path(*parts[1:]))  # "train2017/x.jpg", as some exporters write it
+        if entry["id"] in images:
+            records.defer("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
+            if images[entry["id"]].file_name != file_name:  # two images (files merged): whose caption is whose is unknown
+                ambiguous.add(entry["id"])
+            continue
         images[entry["id"]] = CocoImage(entry["id"], file_name, [])
+    for image_id in ambiguous:  # the first of them too: its captions would be trained on with the other's
+        del images[image_id]
 
     seen: dict[object, set[tuple[int, str]]] = {}  # annotation id -> the (image id, caption) pairs given it
     for position, entry in enumerate(content["annotations"]):
@@ -167,6 +153,10 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
             records.note(MARKED_LEFT_OUT, example=f"annotation id {annotation_id} (image id {entry['image_id']})")
             continue
         image = images.get(entry["image_id"])
+        if entry["image_id"] in ambiguous:  # (under skip, the other image's captions went to the first image)
+            records.defer("caption of an image id given to two images (which one it describes cannot be told)",
+                          f"annotation id {annotation_id} of image id {entry['image_id']}")
+            continue
         if image is None:
             records.defer("unknown image id", f"annotation id {annotation_id} refers to image id {entry['image_id']}, which is not in 'images'")
             continue

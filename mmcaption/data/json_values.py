@@ -1,5 +1,5 @@
 """JSON Lines' records with their lines, and JSON values one after another, as ``jq`` writes them without ``-c``
-(pretty-printed records, each over several lines)."""
+(pretty-printed records, each over several lines); COCO's ids as files write them."""
 
 from __future__ import annotations
 
@@ -128,3 +128,24 @@ def _json_layout(name: str, *stamp: int) -> str | None:
     except (UnicodeDecodeError, ValueError):  # said when it is read
         return None
     return "data" if data_list_records(data) is not None else "map" if caption_map_records(data) is not None else None
+
+
+def coco_id(value: object, records: Any, where: str) -> int | None:
+    """A COCO id: an integer, or the text of one ("000000397133", as a converter that took ids from file names writes
+    them: refused as malformed, every record of such a file), read as the integer it spells, said once in a note
+    (``records``: the file's :class:`~mmcaption.data.records.BadRecords`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        records.note("ids written as text, read as the integers they spell", example=f"{where}: {value!r}")
+        return int(value)
+    return None
+
+
+def text_id_said(entry: object, key: str) -> str:
+    """Why a text id is refused: it spells no integer, and COCO's ids are integers (its evaluation matches them as such)."""
+    value = entry.get(key) if isinstance(entry, dict) else None
+    if not isinstance(value, str):
+        return ""
+    return (f" ({key} {value!r} is text that spells no integer: COCO's ids are integers; number the images and give each "
+            "annotation its image's number)")
