@@ -460,6 +460,17 @@ def test_bad_annotations_of_several_kinds_are_refused_together(backbones, coco_c
     assert meta["skipped"] == {"duplicate image id": 1, "empty caption": 1, "unknown image id": 1, "missing image": 1}
 
 
+def test_a_table_of_captions_given_as_a_split_says_how_a_table_is_read(backbones, coco_copy):
+    # it was looked for as annotations/captions_mine/captions.csv.json, and data_dir (which was right) was said to be
+    # COCO's annotations folder, with the folder above it to give
+    with pytest.raises(DataError) as refused:
+        make_datamodule(backbones, coco_copy, val_split="mine/captions.csv")
+    assert str(refused.value) == (
+        "val_split mine/captions.csv: a split is named (val2017) or given as a COCO captions file (.json); a table of captions "
+        "is read as a dataset: --data.init_args.source hub --data.init_args.hub_dataset mine/captions.csv (its columns: "
+        "hub_image_column, hub_caption_column)")
+
+
 def test_one_image_id_given_to_two_images_skips_both_with_their_captions(backbones, coco_copy):
     # two files merged by hand, each numbering its images from 1: under skip the second image was left out and its
     # captions were trained on as the first image's (its 5 captions and the other's 1, "skipped 1 x duplicate image id")
@@ -900,7 +911,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "375b3a24ef18fab1"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "295a0bc733ba2b52"}
 
 
 def cache_code_digest() -> str:

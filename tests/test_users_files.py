@@ -1689,6 +1689,24 @@ def test_a_folder_of_photos_and_two_tables_reads_both_and_says_so(tmp_path, monk
     assert any("its tables are read as split train: captions (1).csv, captions.csv" in line for line in said), said
 
 
+def test_a_table_among_split_named_ones_that_names_no_split_is_refused_not_dropped(tmp_path):
+    # train.csv (one's own photos), coco_captions.csv (COCO's captions, joined by hand) and validation.csv: datasets read
+    # train.csv alone as the training split, and every COCO caption was dropped without a word
+    folder = tmp_path / "captions"
+    folder.mkdir()
+    for index in range(2):
+        (folder / f"p{index}.jpg").write_bytes(jpeg(Image.new("RGB", (32, 32), (90 * index, 20, 20))))
+    (folder / "train.csv").write_text("image,caption\np0.jpg,a black photo\n")
+    (folder / "coco_captions.csv").write_text("image,caption\np1.jpg,a red photo\n")
+    (folder / "validation.csv").write_text("image,caption\np0.jpg,a black photo\n")
+    with pytest.raises(DataError, match=r"captions: coco_captions\.csv would not be read: its tables are read as splits by "
+                                        r"their names \(train, validation\), and it names none\. Name each as its split's"):
+        list(HubCaptions(str(folder), "image", "caption").records("train", BadRecords("captions")))
+    (folder / "coco_captions.csv").rename(folder / "train-coco.csv")  # as it says: both train
+    read = list(HubCaptions(str(folder), "image", "caption").records("train", BadRecords("captions")))
+    assert sorted(name for _, name, _, _ in read) == ["p0.jpg", "p1.jpg"]
+
+
 def test_a_questions_row_short_of_fields_is_said_to_miss_one(tmp_path):
     sheet = tmp_path / "questions.csv"  # the message blamed an unquoted comma, which makes a row longer
     sheet.write_text("image,question,answer,notes\na.png,What colour?,red,bright\nb.png,What shape?,round\n")

@@ -26,6 +26,18 @@ def split_file(split: str | None) -> Path | None:
     return local_file(Path(split).expanduser()) if split and split.lower().endswith(".json") else None
 
 
+def check_split_settings(splits: tuple[str | None, ...], source: str) -> None:
+    """A split setting that names a table of captions (``mine/captions.csv``) where a split's name or a COCO captions
+    file is read: refused, saying how a table is read (it was looked for as ``annotations/captions_mine/captions.csv.json``,
+    with advice about data_dir for a data_dir that was right)."""
+    for setting, split in zip(("train_split", "val_split", "test_split"), splits):
+        if source != "hub" and split and not split.lower().endswith(".json") and (
+                Path(split).suffix.lower() in (".csv", ".tsv", ".txt", ".jsonl", ".parquet") or "/" in split or "\\" in split):
+            raise DataError(f"{setting} {split}: a split is named (val2017) or given as a COCO captions file (.json); a table "
+                            f"of captions is read as a dataset: --data.init_args.source hub --data.init_args.hub_dataset "
+                            f"{split} (its columns: hub_image_column, hub_caption_column)")
+
+
 def file_split_name(path: Path) -> str:
     """The split's name for its cache and its results' files: the file's name (``captions_`` off COCO's, and
     ``image_info_`` off its test split's)."""

@@ -15,7 +15,7 @@ from mmcaption.data import llava as conversation_files
 from mmcaption.data.base import STAGE_SPLITS, PreprocessedDataModule
 from mmcaption.data.cache import file_signature, files_signature
 from mmcaption.data.caption_cells import read_otherwise_now_in
-from mmcaption.data.caption_files import SplitFiles, split_file
+from mmcaption.data.caption_files import SplitFiles, check_split_settings, split_file
 from mmcaption.data.coco import (
     ImageRecords,
     coco2014_folders,
@@ -109,6 +109,7 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
         self.hub = HubCaptions(hub_dataset, hub_image_column, hub_caption_column, hub_caption_separator, hub_val_fraction,
                                str(self.cache_dir), hub_config) if source == "hub" else None
         self.splits = (train_split, val_split, test_split)
+        check_split_settings(self.splits, source)
         self.caption_prompt, self.max_length, self.val_caption_images = caption_prompt, max_length, val_caption_images
         self.test_caption_images = test_caption_images
         self.karpathy_file = local_file(Path(karpathy_file)) if karpathy_file else self.data_dir / "dataset_coco.json"

@@ -313,6 +313,13 @@ def local_splits(path: Path, files: list[Path], config: str | None = None) -> tu
         raise DataError(f"{path}: its files cannot be told apart into splits: {error}") from None
     splits = {str(split): list(dict.fromkeys(f for pattern in split_patterns for f in resolved(pattern)))
               for split, split_patterns in patterns.items()}
+    read = {file for found in splits.values() for file in found}
+    if kinds <= {"csv", "json", "parquet"} and not card_patterns(path, config) and (
+            unread := [f for f in tables if str(f) not in read]):  # datasets drops them once a table names a split
+        raise DataError(f"{path}: {', '.join(str(f.relative_to(path)) for f in unread[:3])}{' ...' * (len(unread) > 3)} would "
+                        f"not be read: its tables are read as splits by their names ({', '.join(s for s in splits if splits[s])}), and "
+                        f"{'these name' if len(unread) > 1 else 'it names'} none. Name each as its split's (train-coco.csv "
+                        "trains beside train.csv), or move it out of the folder")
     return kinds.pop(), {split: found for split, found in splits.items() if found}
 
 
