@@ -1058,6 +1058,8 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
         "IMG_0.JPG", "IMG_1.JPG"]
     (photos / "pandas.json").unlink()
     # a folder of tables, and an imagefolder whose metadata.csv Excel saved in Windows' code page: the file named
+    table.unlink()  # (a table that names no split beside split-named ones is refused)
+    table = photos / "train.csv"
     table.write_text("image,caption\nIMG_0.JPG,a street\n")
     (photos / "test.csv").write_bytes("image,caption\nIMG_1.JPG,a caf\xe9\n".encode("cp1252"))
     with pytest.warns(UserWarning, match=r"test\.csv is not UTF-8: read as Windows-1252"):  # beside ASCII alone: read
@@ -1087,9 +1089,8 @@ def test_tables_that_do_not_read_name_the_file_line_and_cause_and_every_bad_phot
     with pytest.raises(DataError, match=r"is separated by (commas|semicolons), and .* by (semicolons|commas): the tables of one "
                                         r"dataset are read with one separator"):
         list(HubCaptions(str(photos), "image", "caption").records("test", BadRecords("test.csv")))
-    for name in ("train.csv", "test.csv"):
+    for name in ("train.csv", "test.csv"):  # (the first is table's)
         (photos / name).unlink()
-    table.unlink()
     # a folder's split in several tables: a bad row is named by its table and line, as a spreadsheet numbers it (was "row 3")
     (photos / "train-00000-of-00002.csv").write_text("image,caption\nIMG_0.JPG,a street\nIMG_1.JPG,a wall\n")
     (photos / "train-00001-of-00002.csv").write_text("image,caption\nIMG_2.JPG,a door\nIMG_9.JPG,a car\n")
