@@ -389,6 +389,8 @@ def _bad_value(message: str) -> str | None:
     if choices:
         kinds.insert(0, "one of " + ", ".join(dict.fromkeys(choices)))
     said = f"{path}: {value!r} is not {' or '.join(dict.fromkeys(kinds))}"
+    if path == "data" and value.startswith("["):  # several data modules: one is read (sources joined into one dataset)
+        said = "data: a list of data modules, where one is read: join the sources into one (a folder of tables, one file)"
     if "text" in kinds and value.startswith("{"):  # "ROLE: You are ..." (the original scripts' prompts): read as a mapping
         said += (f"; on the command line a text with ': ' in it is read as a mapping (and quotes around it stay in the "
                  f"text): write it in a config file, quoted ({path.rsplit('.', 1)[-1]}: \"ROLE: ...\")")

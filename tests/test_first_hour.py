@@ -270,6 +270,12 @@ def test_config_files_as_users_leave_them_are_read_as_meant_or_refused_with_file
     assert refused("--config", off) == (
         "error: trainer.logger.init_args.name: 'False' is not text or null; YAML reads yes, no, on and off unquoted as true "
         "or false: quote the word (e.g. name: \"off\") (written in off.yaml, line 4)")
+    # two sources as a list of data modules: "data: "[{...}]" is not null", the whole list repeated
+    sources = written("sources.yaml", "data:\n  - class_path: mmcaption.data.CaptionDataModule\n    init_args: {data_dir: a}\n"
+                                      "  - class_path: mmcaption.data.CaptionDataModule\n    init_args: {data_dir: b}\n")
+    assert refused("--config", sources) == (
+        "error: data: a list of data modules, where one is read: join the sources into one (a folder of tables, one file) "
+        "(written in sources.yaml, line 1)")
     # LightningCLI's --optimizer and --lr_scheduler, as Lightning's docs show them: refused with no word of what sets
     # the optimizer, and --lr_scheduler.step_size "did you mean --data.init_args.batch_size?"
     own = ("  the optimizer and its schedule are mmcaption's own (fused AdamW, linear warm-up then linear decay), not "
