@@ -454,6 +454,15 @@ def test_the_demo_never_removes_a_users_folder_or_report_and_says_when_it_rewrit
         prepare_demo_assets(demo, train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
     assert (demo / "my_captions.jsonl").read_text() == "mine\n"
     (demo / "my_captions.jsonl").unlink()
+    # ... and one further down (predictions beside the held-out photos the README captions), its caches aside
+    (demo / "coco" / "val2017" / "preds").mkdir()
+    (demo / "coco" / "val2017" / "preds" / "out.jsonl").write_text("mine\n")
+    (demo / "coco" / "preprocessed" / "val2017-0123").mkdir(parents=True)
+    (demo / "coco" / "preprocessed" / "val2017-0123" / "meta.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match=r"files the demo did not write \(coco/val2017/preds/out\.jsonl\)"):
+        prepare_demo_assets(demo, train_images=8, val_images=4, pretrain_steps=0, clip_steps=0)
+    assert (demo / "coco" / "val2017" / "preds" / "out.jsonl").read_text() == "mine\n"
+    shutil.rmtree(demo / "coco" / "val2017" / "preds")
     prepare_demo_assets(demo, train_images=10, val_images=4, pretrain_steps=0, clip_steps=0, seed=1)
     assert "its backbones change too, so checkpoints and exports trained on the earlier ones no longer fit them" in \
         capsys.readouterr().err

@@ -46,7 +46,8 @@ from mmcaption.pipeline import StageResult, ckpt_path_taken, run_pipeline
 
 DEMO_VERSION = 9  # of the backbones: a change rewrites them (and says so)
 DEMO_DATA_VERSION = 2  # of the data alone (2: no held-out image is a training image, the scenes placed anew)
-DEMO_ENTRIES = ("coco", "llava", "backbones", "choice_val2017.csv", "meta.json")  # what the demo writes in its root
+DEMO_ENTRIES = ("coco", "llava", "backbones", "choice_val2017.csv", "meta.json", ".written")  # what the demo writes in its root
+CACHES = ("coco/preprocessed/", "llava/preprocessed/")  # mmcaption's caches of the demo's data, which go with it
 
 
 def prepare_demo_assets(
@@ -83,8 +84,8 @@ def _write_demo_assets(root: Path, settings: dict) -> Path:
             (root / name).is_dir() for name in ("coco", "llava", "backbones"))
         if not demo_data:  # a folder of the user's that happens to hold a meta.json: never removed
             raise OutputExistsError(f"{root} exists but is not demo data written by mmcaption; remove it or pick --root")
-        others = sorted(entry.name for entry in root.iterdir() if entry.name not in DEMO_ENTRIES)
-        if others:  # the user's own files, kept in the demo's folder: never removed with it
+        others = sorted(entry.name for entry in root.iterdir() if entry.name not in DEMO_ENTRIES) or _unwritten(root)
+        if others:  # the user's own files, kept in the demo's folder (predictions beside its photos): never removed with it
             raise OutputExistsError(f"{root} holds demo data written with other settings, and files the demo did not write "
                                     f"({', '.join(others[:5])}): the demo would remove them with its data. Move them out, "
                                     "or pick --root")
@@ -111,7 +112,20 @@ def _write_demo_assets(root: Path, settings: dict) -> Path:
                 staging / "backbones", demo_corpus(seed), seed=seed, pretrain_steps=pretrain_steps, clip_steps=clip_steps
             )
         (staging / "meta.json").write_text(json.dumps(settings))
+        (staging / ".written").write_text("\n".join(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*")
+                                                           if p.is_file() and p.relative_to(staging).parts[0] != "build")))
     return root
+
+
+def _unwritten(root: Path) -> list[str]:
+    """The files under ``root`` that the demo did not write (by its list of them; data of an earlier release, without
+    one: none), mmcaption's caches of its data aside."""
+    try:
+        written = set((root / ".written").read_text().splitlines())
+    except OSError:
+        return []
+    return sorted(name for path in root.rglob("*") if path.is_file() and (name := path.relative_to(root).as_posix())
+                  not in written and name not in DEMO_ENTRIES and not name.startswith(CACHES))
 
 
 @contextmanager
