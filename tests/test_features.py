@@ -283,7 +283,7 @@ def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbone
     assert np.array_equal(values(target), expected)  # as one uninterrupted run's, in the images' order
     assert not chunks.exists() and json.loads((target / "meta.json").read_text())["images"] == 12
 
-    # the chunks a stopped run of another layer left are not this layer's, and said once a cache is built beside them
+    # the chunks a stopped run of another layer left are not this layer's, and said where the split's features are used
     with pytest.raises(KeyboardInterrupt):
         read.clear()
         stop_at.append(7)
@@ -291,6 +291,8 @@ def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbone
     other = features.features_folder(split, str(vision_dir), -1)
     assert other.with_name(f".{other.name}.chunks").is_dir() and not other.exists()
     capsys.readouterr()
+    features.write_image_features(split, str(vision_dir), -2)  # this layer's, cached: the stopped one is said at its use too
+    assert f"note: {other.with_name(f'.{other.name}.chunks')} holds features (" in capsys.readouterr().err
     # chunks of another size (a release that chunked otherwise) are computed again, not taken for these
     features.discard(target)
     read.clear()

@@ -83,6 +83,10 @@ def write_image_features(
     from mmcaption.model.multimodal import feature_layers, select_features
 
     target = features_folder(split_folder, vision_model, feature_layer)
+    for other in sorted(set(split_folder.glob(".features-*.chunks")) - {_chunks_folder(target)}):  # another tower's or
+        held = sum(p.stat().st_size for p in other.rglob("*") if p.is_file())  # layer's, stopped: said at each use
+        print(f"note: {other} holds features ({_size(held)}) a stopped run computed with another vision tower or feature "
+              "layer, for it to go on from: delete it if it will not", file=sys.stderr, flush=True)
     if is_complete(target):
         problem = damage(target, {"data": "images"})
         if problem is None:
@@ -118,10 +122,6 @@ def write_image_features(
                           "space, point data.init_args.cache_dir at a larger disk, or set data.init_args.cache_image_features "
                           "false (the tower then runs at every step)")
     _start_chunks(chunks, meta)
-    for other in sorted(set(split_folder.glob(".features-*.chunks")) - {chunks}):  # another tower's or layer's, stopped
-        held = sum(p.stat().st_size for p in other.rglob("*") if p.is_file())
-        print(f"note: {other} holds features ({_size(held)}) a stopped run computed with another vision tower or feature "
-              "layer, for it to go on from: delete it if it will not", file=sys.stderr, flush=True)
     rank_zero_info(f"caching the vision tower's features of the {len(images)} images of {split_folder.name} on {device} "
                    + ("(once; later runs reuse them) ..." if not done else f"from image {done + 1:,}: those before it were "
                       "cached by a run stopped while it cached them ..." if done < len(images) else "from what a run stopped "
