@@ -132,8 +132,9 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
             SAID.add(key)  # said once a process: the CLI resolves it twice, from folders spelled two ways
             print(note, file=sys.stderr, flush=True)
         return lasts[0][0]
+    gone: list[str] = []  # the best checkpoints recorded that are not there (deleted to make room)
     for last, recorded in lasts if ckpt_path == "best" else []:  # a re-run stopped before validating records none
-        if best := _recorded_best(last):
+        if best := _recorded_best(last, gone):
             if last != lasts[0][0] and rank_zero_only.rank == 0 and (key := f"other {best.resolve()}") not in SAID:  # another run's
                 SAID.add(key)  # once, with the newest that has none
                 print(f"note: --ckpt_path best: {lasts[0][0]}, the newest run's last checkpoint (step "
@@ -146,15 +147,17 @@ def keyword_checkpoint(ckpt_path: Any, folders: list[Path] | None, subcommand: s
             warnings.warn(f"{said}: this fit starts at step 0", stacklevel=1)
         return None
     holds = f"; it holds {', '.join(p.name for p in found[:4])}" if found else ""
-    why = "there is no last.ckpt in" if ckpt_path == "last" else "no last.ckpt records a best checkpoint that is there, in"
+    why = "there is no last.ckpt in" if ckpt_path == "last" else "no last.ckpt records a best checkpoint that is there" + (
+        f" ({gone[0]})" if gone else "") + ", in"
     where = (f"{why} {', '.join(str(folder) for folder in folders)}, under {Path.cwd()}{holds}" if folders else
              "the config has no ModelCheckpoint folder to look in")
     raise ConfigError(f"{subcommand} --ckpt_path {ckpt_path}: {where}. Give the checkpoint's path")
 
 
-def _recorded_best(last: Path) -> Path | None:
+def _recorded_best(last: Path, gone: list[str] | None = None) -> Path | None:
     """The best checkpoint the run that saved ``last`` recorded (its ModelCheckpoint's ``best_model_path``, looked for
-    beside ``last`` too: a project moved), said as it is taken; None if it recorded none that is there."""
+    beside ``last`` too: a project moved), said as it is taken; None if it recorded none that is there (one recorded
+    and not there is added to ``gone``, said)."""
     import torch
 
     try:
@@ -174,6 +177,8 @@ def _recorded_best(last: Path) -> Path | None:
                     # CLI resolves it twice, from folders spelled two ways
                     print(said, file=sys.stderr, flush=True)
                 return path
+            if gone is not None:
+                gone.append(f"{last.name} records {path.name}, which is not there")
     return None
 
 

@@ -1043,6 +1043,12 @@ def test_evaluating_with_ckpt_path_last_or_best_and_no_such_checkpoint_is_refuse
     copy = tmp_path / "copy" / "c"
     shutil.copytree(folder, copy)
     assert keyword_checkpoint("best", [copy], "test") == copy / "epoch=1-step=16-val" / "CIDEr=0.1187.ckpt"
+    # the recorded best deleted to make room: said which one last.ckpt names (it was "no last.ckpt records a best")
+    (copy / "epoch=1-step=16-val" / "CIDEr=0.1187.ckpt").unlink()
+    best.unlink()
+    with pytest.raises(ConfigError, match=r"no last\.ckpt records a best checkpoint that is there \(last-v1\.ckpt records "
+                                          r"CIDEr=0\.1187\.ckpt, which is not there\), in "):
+        keyword_checkpoint("best", [copy], "test")
     (folder / "last-v1.ckpt").unlink()
     # a quick check with fast_dev_run (which leaves the config's ModelCheckpoint out) still finds the folder's last.ckpt:
     # it was "there is no last.ckpt" in validate, and a fit that silently started afresh
