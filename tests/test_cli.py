@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,8 @@ def test_prepare_checks_the_data_without_the_language_model_and_prints_what_it_h
     assert "skipped     2 records: 2 x missing image" in out and "first missing image: " in out
     assert "tokens      mean " in out and "padding     0." in out and "truncated   0 captions cut to max_length (0.0%)" in out
     assert "(group_by_length false)" in out  # the demo config's
+    # what its vision features take, and which this config reads (a layer or tower changed left others, unseen)
+    assert re.search(r"\n  features    features-[0-9a-f]{16}: [\d.]+ MB, read by this config", out), out
     # its output in a log file (stderr a pipe here): what it does, not bars of redrawn counts
     assert "Generating" not in result.stderr and "Saving the dataset" not in result.stderr and "it/s]" not in result.stderr
     # the skipped records' warning is its message: Python showed records.py's line number and the line of source

@@ -54,6 +54,10 @@ def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, A
         "batch_size": datamodule.batch_size,
         "group_by_length": datamodule.group_by_length,
         "length_group_batches": datamodule.length_group_batches,
+        # the vision features cached in it: one folder a tower and layer, and the parts stopped builds left
+        "features": {path.name: sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                     for path in [*sorted(folder.glob("features-*")), *sorted(folder.glob(".features-*.chunks"))]},
+        "features_read": datamodule.features_folder(folder).name if datamodule.cache_image_features else None,
     }
 
 
@@ -81,6 +85,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                 else "group_by_length false")
     lines.append(f"  padding     {summary['padding_efficiency']:.3f} of computed tokens are real at batch {summary['batch_size']} "
                  f"({grouping})")
+    for name, size in summary.get("features", {}).items():  # what takes the room, and which one this config reads
+        what = "read by this config" if name == summary.get("features_read") else "a stopped build's part" \
+            if name.endswith(".chunks") else "another tower's or layer's"
+        lines.append(f"  features    {name}: {size / 2**20:.1f} MB, {what}")
     return "\n".join(lines)
 
 
