@@ -44,16 +44,22 @@ def schedule_from_here(trainer, learning_rate: float, warmup_ratio: float) -> in
             rank_zero_info(f"learning rate {learning_rate:g} (the checkpoint's: {scheduler.base_lrs[0]:g}), on the schedule "
                            f"from step {scheduler.last_epoch}")
         reached = groups[0]["lr"] / scheduler.base_lrs[0] if scheduler.base_lrs[0] else 0.0  # the old schedule's share
-        scheduler.base_lrs = [learning_rate] * len(groups)
         rates = [learning_rate * rate(scheduler.last_epoch) for rate in scheduler.lr_lambdas]
         if learning_rate and abs(rates[0] / learning_rate - reached) > 0.01:  # a run extended: its schedule had ended at 0
             rank_zero_info(f"the learning rate goes from {groups[0]['lr']:g} to {rates[0]:g} ({rates[0] / learning_rate:.0%} of "
                            f"{learning_rate:g}) at step {scheduler.last_epoch}: the schedule now ends at step {length}, this "
                            "run's end, and is taken up at the step reached")
-        for group, rate in zip(groups, rates):
-            group["initial_lr"], group["lr"] = learning_rate, rate
-        scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read
+        rebase(scheduler, learning_rate)
     return length if length != planned else None
+
+
+def rebase(scheduler: torch.optim.lr_scheduler.LambdaLR, learning_rate: float) -> None:
+    """``scheduler`` and its optimizer's groups at ``learning_rate`` as their peak, at the step the schedule is at."""
+    rates = [learning_rate * rate(scheduler.last_epoch) for rate in scheduler.lr_lambdas]
+    scheduler.base_lrs = [learning_rate] * len(rates)
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["initial_lr"], group["lr"] = learning_rate, rate
+    scheduler._last_lr = rates  # what get_last_lr() and Lightning's LearningRateMonitor read
 
 
 def after_tuning(trainer: Any, module: Any) -> None:
@@ -65,11 +71,13 @@ def after_tuning(trainer: Any, module: Any) -> None:
         return
     trainer._checkpoint_connector._ckpt_path = None  # (Lightning leaves the tuner's; check_tuned_resume refuses others)
     length = int(trainer.estimated_stepping_batches)
-    if length == module.planned_steps:
-        return
     for config in trainer.lr_scheduler_configs:
         if isinstance(config.scheduler, torch.optim.lr_scheduler.LambdaLR):  # the schedule configure_optimizers builds
-            resize(config.scheduler, module.warmup_ratio, length)
-    rank_zero_info(f"the learning-rate schedule ends at step {length}, this run's length at the batch size the "
-                   f"BatchSizeFinder found (it was planned for {module.planned_steps})")
-    module.planned_steps = length
+            if length != module.planned_steps:
+                resize(config.scheduler, module.warmup_ratio, length)
+            rebase(config.scheduler, module.learning_rate)  # a LearningRateFinder's rate as the schedule's peak (Lightning
+            # sets it in the optimizer alone: it held for one step, unwarmed, then the schedule went back to the config's)
+    if length != module.planned_steps:
+        rank_zero_info(f"the learning-rate schedule ends at step {length}, this run's length at the batch size the "
+                       f"BatchSizeFinder found (it was planned for {module.planned_steps})")
+        module.planned_steps = length

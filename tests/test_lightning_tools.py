@@ -67,6 +67,24 @@ def test_a_batch_size_finder_gets_a_schedule_as_long_as_the_run_it_found(backbon
     assert "the checkpoint's" not in capsys.readouterr().err
 
 
+def test_a_learning_rate_finders_rate_is_the_schedules_peak_from_the_first_step(backbones, coco_root, tmp_path):
+    # Lightning sets the rate found in the optimizer alone: it held for the first step (at the peak, not warmed up), and
+    # the schedule then went on at the config's rate
+    module = make_captioner(backbones, learning_rate=1e-4, warmup_ratio=0.5)
+    finder = LearningRateFinder(min_lr=1e-3, max_lr=1e-2, num_training_steps=20, early_stop_threshold=None)
+    rates = []
+
+    class Rates(Callback):
+        def on_train_batch_start(self, trainer, *args) -> None:
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    run = trainer(tmp_path, [finder, Rates()], max_steps=4)
+    run.fit(module, datamodule=data(backbones, coco_root, tmp_path))
+    found = module.learning_rate
+    assert found != 1e-4 and run.lr_scheduler_configs[0].scheduler.base_lrs == [found, found]
+    assert rates == pytest.approx([0.0, found / 2, found, found / 2])  # warm-up over 2 steps to the rate found, then down
+
+
 def test_a_tuner_cannot_resume_a_run_and_says_so(backbones, coco_root, trained_checkpoint, tmp_path):
     # it restores its own checkpoint of the run's start: the resumed run went back to step 0, warming up again
     module = make_captioner(backbones)
