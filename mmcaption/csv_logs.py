@@ -22,8 +22,14 @@ def keep_earlier_csv_logs(trainer: Any) -> None:
     named version gets a folder of its own."""
     if rank_zero_only.rank != 0:  # (the process that writes the logs)
         return
+    named = {str(Path(lg.root_dir).resolve()): lg._version for lg in trainer.loggers if getattr(lg, "_version", None) is not None
+             and hasattr(lg, "root_dir")}
     for logger in trainer.loggers:
-        if not isinstance(logger, CSVLogger) or logger._experiment is not None or logger._version is None:
+        if not isinstance(logger, CSVLogger) or logger._experiment is not None:
+            continue
+        if logger._version is None:  # beside TensorBoard's of a named version it shares its folder (claim_run_folders)
+            logger._version = named.get(str(Path(logger.root_dir).resolve()))
+        if logger._version is None:
             continue
         folder = Path(logger.log_dir)
         metrics = folder / "metrics.csv"

@@ -1773,6 +1773,27 @@ def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_in
     assert not list(run.glob(".*"))  # nothing hidden left behind
 
 
+def test_a_csv_logger_beside_tensorboards_named_version_keeps_its_rows_too(tmp_path):
+    # the README's pairing, TensorBoard's logger named exp1 and a CSVLogger beside it: the CSV logger got the version only
+    # later, and a resume's writer deleted metrics.csv
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from mmcaption.csv_logs import keep_earlier_csv_logs
+    from mmcaption.folders import claim_run_folders
+
+    run = tmp_path / "logs" / "run" / "exp1"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch,step,train/loss\n0,0,2.0\n0,1,1.5\n")
+    loggers = [TensorBoardLogger(tmp_path / "logs", name="run", version="exp1"), CSVLogger(tmp_path / "logs", name="run")]
+    keep_earlier_csv_logs(SimpleNamespace(loggers=loggers))
+    claim_run_folders(loggers)
+    loggers[1].log_metrics({"train/loss": 1.0, "epoch": 0}, step=2)
+    loggers[1].save()
+    assert (run / "metrics.csv").read_text().splitlines() == ["epoch,step,train/loss", "0,0,2.0", "0,1,1.5", "0,2,1.0"]
+
+
 class FolderlessLogger(Logger):
     """A logger that keeps nothing on the local disk (MLflow's or Comet's server, say): no save_dir."""
 
