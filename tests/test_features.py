@@ -282,6 +282,9 @@ def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbone
                for line in said), said
     assert np.array_equal(values(target), expected)  # as one uninterrupted run's, in the images' order
     assert not chunks.exists() and json.loads((target / "meta.json").read_text())["images"] == 12
+    (chunks / "00000").mkdir(parents=True)  # a kill as they were removed, the cache in place: not left there for good
+    features.write_image_features(split, str(vision_dir), -2, batch_size=2)
+    assert not chunks.exists()
 
     # the chunks a stopped run of another layer left are not this layer's, and said where the split's features are used
     with pytest.raises(KeyboardInterrupt):

@@ -90,6 +90,7 @@ def write_image_features(
     if is_complete(target):
         problem = damage(target, {"data": "images"})
         if problem is None:
+            shutil.rmtree(_chunks_folder(target), ignore_errors=True)  # (a kill as its chunks were removed left them)
             return target
         rank_zero_info(f"the feature cache {target} is damaged ({problem}); computing it again")
         discard(target)
@@ -228,7 +229,11 @@ def _write_chunk(chunks: Path, index: int, rows: Callable[[], Iterator[dict]], s
         save_table(table, build / "table")
         del table
         released()
-        os.replace(build / "table", chunks / f"{index:05d}")
+        try:
+            os.replace(build / "table", chunks / f"{index:05d}")
+        except OSError:
+            if _chunk_damage(chunks / f"{index:05d}", len(load_table(build / "table"))) is not None:
+                raise  # (where no lock is held, Windows: another run's whole chunk in its place is as good)
     finally:
         shutil.rmtree(build, ignore_errors=True)
 

@@ -192,7 +192,7 @@ def run_demo(argv: list[str] | None = None) -> dict:
         if not loggers or not str(getattr(loggers[0], "class_path", "")).endswith(".TensorBoardLogger"):
             parser.error("the demo reads its report's curves from TensorBoard (trained, then a traceback without one, or "
                          "the curve 'not measured' from a CSVLogger): keep the configs' trainer.logger (another logger goes "
-                         "beside it: --trainer.logger+=CSVLogger)")
+                         "beside it: --trainer.logger+=CSVLogger --trainer.logger.save_dir lightning_logs)")
     check_report_folder(Path(args.report))
     start = time.perf_counter()
     root = prepare_demo_assets(args.root, args.seed, args.train_images, args.val_images, args.language_steps, args.clip_steps)
