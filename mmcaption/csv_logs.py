@@ -22,8 +22,8 @@ def keep_earlier_csv_logs(trainer: Any) -> None:
     named version gets a folder of its own."""
     if rank_zero_only.rank != 0:  # (the process that writes the logs)
         return
-    named = {str(Path(lg.root_dir).resolve()): lg._version for lg in trainer.loggers if getattr(lg, "_version", None) is not None
-             and hasattr(lg, "root_dir")}
+    named = {str(Path(lg.root_dir).resolve()): lg._version for lg in trainer.loggers
+             if getattr(lg, "_version", None) is not None and getattr(lg, "root_dir", None) is not None}  # (fast_dev_run's: none)
     for logger in trainer.loggers:
         if not isinstance(logger, CSVLogger) or logger._experiment is not None:
             continue

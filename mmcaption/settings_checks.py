@@ -236,7 +236,7 @@ def check_trainer_for_model(trainer: Any, computed_dtype: str) -> None:
     are refused, bfloat16 on a GPU that emulates it is said (:func:`emulated_bfloat16_note`)."""
     start = getattr(trainer.strategy, "_start_method", None)  # Trainer(strategy="ddp_spawn")
     if problem := (strategy_problem(f"with start_method {start}") if start in ("spawn", "fork", "forkserver") else None) \
-            or autocast_problem(trainer.precision, computed_dtype) or callbacks_problem(trainer.callbacks):
+            or autocast_problem(trainer.precision, computed_dtype) or callbacks_problem(getattr(trainer, "callbacks", [])):
         raise ConfigError(problem)
     if (note := emulated_bfloat16_note(trainer, computed_dtype)) and trainer.is_global_zero:
         print(note, file=sys.stderr, flush=True)
