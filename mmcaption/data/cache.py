@@ -221,10 +221,15 @@ def remove_leftovers(target: Path) -> None:
         discard(target)
     for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}.*.partial")):
         if leftover.is_dir():
-            size = sum(p.stat().st_size for p in leftover.rglob("*") if p.is_file())
+            size = folder_bytes(leftover)
             shutil.rmtree(leftover, ignore_errors=True)
             print(f"note: removed {leftover} ({size / 2**20:.1f} MB), the unfinished build of a process that was killed",
                   file=sys.stderr, flush=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    """What the files below ``folder`` take (a linked file not counted: it is another folder's)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def discard(folder: Path) -> None:

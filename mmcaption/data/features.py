@@ -30,6 +30,7 @@ from mmcaption.data.cache import (
     discard,
     file_signature,
     fingerprint,
+    folder_bytes,
     is_complete,
     load_table,
     publish_atomically,
@@ -84,8 +85,8 @@ def write_image_features(
 
     target = features_folder(split_folder, vision_model, feature_layer)
     for other in sorted(set(split_folder.glob(".features-*.chunks")) - {_chunks_folder(target)}):  # another tower's or
-        held = sum(p.stat().st_size for p in other.rglob("*") if p.is_file())  # layer's, stopped: said at each use
-        print(f"note: {other} holds features ({_size(held)}) a stopped run computed with another vision tower or feature "
+        # layer's, stopped: said at each use
+        print(f"note: {other} holds features ({_size(folder_bytes(other))}) a stopped run computed with another vision tower or feature "
               "layer, for it to go on from: delete it if it will not", file=sys.stderr, flush=True)
     if is_complete(target):
         problem = damage(target, {"data": "images"})
@@ -145,7 +146,8 @@ def write_image_features(
         with disk_full_named(target, "the features take up to twice their size while they are built"):
             for index in range(kept, count):  # each chunk kept once done: Ctrl-C, docker stop or a kill loses one at most
                 first = index * chunk
-                _write_chunk(chunks, index, lambda first=first: rows(first, min(first + chunk, len(images))), schema)
+                end = min(first + chunk, len(images))
+                _write_chunk(chunks, index, lambda first=first, end=end: rows(first, end), end - first, schema)
     except BaseException:
         if (now := min(len(_chunk_folders(chunks)) * chunk, len(images))) > done:
             print(f"note: the vision tower's features of {now:,} of the {len(images):,} images of {split_folder.name} are "
@@ -220,8 +222,8 @@ def _chunk_damage(folder: Path, rows: int) -> str | None:
     return None if held == rows else f"{held} rows, not {rows}"
 
 
-def _write_chunk(chunks: Path, index: int, rows: Callable[[], Iterator[dict]], schema: datasets.Features) -> None:
-    """Compute chunk ``index`` and rename it into place whole."""
+def _write_chunk(chunks: Path, index: int, rows: Callable[[], Iterator[dict]], count: int, schema: datasets.Features) -> None:
+    """Compute chunk ``index`` (``count`` rows) and rename it into place whole."""
     build = Path(tempfile.mkdtemp(prefix=".build-", dir=chunks))
     try:
         table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(build / "cache"),
@@ -232,7 +234,7 @@ def _write_chunk(chunks: Path, index: int, rows: Callable[[], Iterator[dict]], s
         try:
             os.replace(build / "table", chunks / f"{index:05d}")
         except OSError:
-            if _chunk_damage(chunks / f"{index:05d}", len(load_table(build / "table"))) is not None:
+            if _chunk_damage(chunks / f"{index:05d}", count) is not None:
                 raise  # (where no lock is held, Windows: another run's whole chunk in its place is as good)
     finally:
         shutil.rmtree(build, ignore_errors=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from mmcaption.data.cache import is_complete, load_table
+from mmcaption.data.cache import folder_bytes, is_complete, load_table
 from mmcaption.data.records import DataError
 from mmcaption.data.table_rows import HELD_OUT, REST
 from mmcaption.folders import SPLIT_FOLDER
@@ -169,7 +169,7 @@ def say_other_split_caches(folder: Path) -> None:
     try:  # another run removing one meanwhile (as said) is no failure of this one
         others = sorted(p for p in folder.parent.iterdir() if p != folder and p.name.rsplit("-", 1)[0] == split
                         and SPLIT_FOLDER.fullmatch(p.name) and (p / "meta.json").is_file() and source(p) == kind)
-        size = sum(f.stat().st_size for other in others for f in other.rglob("*") if f.is_file() and not f.is_symlink())
+        size = sum(map(folder_bytes, others))
     except OSError:
         return
     if others:
@@ -208,7 +208,7 @@ def remove_orphaned_builds(folder: Path) -> None:
             os.close(descriptor)
             continue
         try:
-            size = sum(p.stat().st_size for p in leftover.rglob("*") if p.is_file() and not p.is_symlink())
+            size = folder_bytes(leftover)
             shutil.rmtree(leftover, ignore_errors=True)
             print(f"note: {'kept' if leftover.exists() else 'removed'} {leftover} ({size / 2**20:,.1f} MB), the unfinished "
                   f"build of {target} by a process that was killed" + (": this user cannot remove it (another's, in a "

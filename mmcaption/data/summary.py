@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from mmcaption.data.base import PreprocessedDataModule
+from mmcaption.data.cache import folder_bytes
 from mmcaption.data.llava import ANSWER_CUT, turn_counts
 from mmcaption.data.records import Uncaptioned
 from mmcaption.data.sampling import LengthGroupedSampler, padding_efficiency
@@ -55,7 +56,7 @@ def split_summary(datamodule: PreprocessedDataModule, split: str) -> dict[str, A
         "group_by_length": datamodule.group_by_length,
         "length_group_batches": datamodule.length_group_batches,
         # the vision features cached in it: one folder a tower and layer, and the parts stopped builds left
-        "features": {path.name: sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        "features": {path.name: folder_bytes(path)
                      for path in [*sorted(folder.glob("features-*")), *sorted(folder.glob(".features-*.chunks"))]},
         "features_read": datamodule.features_folder(folder).name if datamodule.cache_image_features else None,
     }
