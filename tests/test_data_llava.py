@@ -12,6 +12,7 @@ from mmcaption.data import DataError, InstructDataModule
 from mmcaption.data.llava import in_split, read_llava, split_key
 from mmcaption.data.records import BadRecords
 from mmcaption.demo.synthetic import write_llava_split
+from mmcaption.errors import ConfigError
 
 
 @pytest.fixture
@@ -1051,3 +1052,35 @@ def test_a_folder_or_a_pattern_of_conversation_files_given_as_train_file_is_told
     named = folder / "llava_v1_5_mix665k[clean].json"  # a file's own name with a pattern's marks: the file
     shutil.copy(llava[0], named)
     assert one_file_wanted(named) is None and one_file_wanted(llava[0]) is None
+
+
+def test_a_val_file_beside_photos_of_its_own_reads_them_from_val_image_root(backbones, llava, tmp_path):
+    # train/ and val/ each with photos named 0.jpg, 1.jpg, ... (a dataset's own split folders): val_file's images were
+    # read from image_root, the training photos of the same names, said only as pictures trained on
+    train, image_root = llava
+    mine = tmp_path / "mine"
+    for split, source in (("train", train), ("val", train.with_name("instruct_val2017.json"))):
+        (mine / split).mkdir(parents=True)
+        records = json.loads(source.read_text())
+        for number, record in enumerate(records):
+            shutil.copy(image_root / record["image"], mine / split / f"{number}.jpg")
+            record["image"] = f"{number}.jpg"
+        (mine / f"{split}.json").write_text(json.dumps(records))
+    settings = dict(train_file=str(mine / "train.json"), val_file=str(mine / "val.json"), image_root=str(mine / "train"))
+    dm = make_datamodule(backbones, llava, **settings, val_image_root=str(mine / "val"))
+    dm.prepare_data()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+    assert not [w for w in said if "are in train_file" in str(w.message)]
+    val_meta = json.loads((dm.datasets["val"].folder / "meta.json").read_text())
+    assert Path(val_meta["image_root"]) == mine / "val" and dm.datasets["val"].rows.num_rows == len(json.loads((mine / "val.json").read_text()))
+    assert Path(json.loads((dm.datasets["train"].folder / "meta.json").read_text())["image_root"]) == mine / "train"
+    # without it, a val photo image_root lacks is refused saying which setting reads them
+    (mine / "val" / "extra.jpg").write_bytes((mine / "val" / "0.jpg").read_bytes())
+    (mine / "val.json").write_text(json.dumps([{**record, "image": "extra.jpg"} for record in json.loads((mine / "val.json").read_text())]))
+    with pytest.raises(DataError, match=r"missing under .*train.* val_file's images are read from image_root unless "
+                                        r"--data.init_args.val_image_root names their own folder"):
+        make_datamodule(backbones, llava, **settings).prepare_data()
+    with pytest.raises(ConfigError, match=r"val_image_root .* is val_file's image folder: give val_file, or leave it null"):
+        make_datamodule(backbones, llava, val_file=None, val_image_root=str(mine / "val"))

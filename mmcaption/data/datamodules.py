@@ -83,29 +83,21 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
     training_stage = "caption"
 
     def __init__(
-        self,
-        data_dir: str = "data/coco",
-        source: Literal["coco", "hub", "karpathy"] = "coco",
-        karpathy_file: str | None = None,
-        hub_dataset: str | None = None,
-        hub_image_column: str = "jpg",
+        self, data_dir: str = "data/coco", source: Literal["coco", "hub", "karpathy"] = "coco",
+        karpathy_file: str | None = None, hub_dataset: str | None = None, hub_image_column: str = "jpg",
         hub_caption_column: str | list[str] = "txt",
         hub_caption_separator: str = "\n",  # (str: with str | None, jsonargparse read "#" and "~" as YAML's null)
         hub_val_fraction: float = 0.01, hub_config: str | None = None,
         train_split: str | None = None, val_split: str | None = None, test_split: str | None = None,
-        caption_prompt: str = "",
-        max_length: int = 64,
-        val_caption_images: int | None = 0,
-        test_caption_images: int | None = None,
-        **kwargs: Any,
+        caption_prompt: str = "", max_length: int = 64, val_caption_images: int | None = 0,
+        test_caption_images: int | None = None, **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if source == "hub" and not hub_dataset:
             raise ConfigError("source: hub needs hub_dataset (a hub id or a local dataset folder)")
         self.save_hyperparameters()  # recorded in checkpoints: export reads the caption prompt from them
-        self.text_table = "captions"
+        self.text_table, self.source = "captions", source
         self.data_dir = local_file(Path(data_dir))  # typed in the other Unicode form than a Mac wrote it: found
-        self.source = source
         self.hub = HubCaptions(hub_dataset, hub_image_column, hub_caption_column, hub_caption_separator, hub_val_fraction,
                                str(self.cache_dir), hub_config) if source == "hub" else None
         self.splits = (train_split, val_split, test_split)
@@ -272,6 +264,7 @@ class InstructDataModule(PreprocessedDataModule):
             id's conversations, in a file too small for the share to hold any out).
         image_root: folder that the records' ``image`` paths are relative to (COCO ``train2017/``); an absolute
             path is read as written.
+        val_image_root: folder that ``val_file``'s ``image`` paths are relative to (null: ``image_root``).
         system_prompt: first line of every conversation (empty: none).
         max_length: longest sequence in tokens; later whole turns are dropped to fit, and counted.
         val_answer_questions: how many val questions to answer (each asked alone) at each validation
@@ -284,18 +277,19 @@ class InstructDataModule(PreprocessedDataModule):
     training_stage = stage_needed = "instruct"
 
     def __init__(self, train_file: str = "data/llava/llava_instruct_150k.json", val_file: str | None = None,
-                 val_fraction: float = 0.01, image_root: str = "data/coco/train2017", system_prompt: str = DEFAULT_SYSTEM,
-                 max_length: int = 512, val_answer_questions: int | None = 0, test_answer_questions: int | None = None,
-                 **kwargs: Any) -> None:
+                 val_fraction: float = 0.01, image_root: str = "data/coco/train2017", val_image_root: str | None = None,
+                 system_prompt: str = DEFAULT_SYSTEM, max_length: int = 512, val_answer_questions: int | None = 0,
+                 test_answer_questions: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if val_file is None and not 0 < val_fraction < 1:
             raise ConfigError("without val_file, val_fraction must be between 0 and 1")
+        if val_file is None and val_image_root is not None:  # the held-out share's images are train_file's own
+            raise ConfigError(f"val_image_root {val_image_root} is val_file's image folder: give val_file, or leave it null")
         self.save_hyperparameters()  # recorded in checkpoints: export reads the system prompt from them
-        self.text_table = "conversations"
         self.train_file, self.val_file, self.val_fraction = local_file(Path(train_file)), val_file and local_file(Path(val_file)), val_fraction
-        self.image_root, self.max_length = local_file(Path(image_root)), max_length
-        self.val_answer_questions, self.test_answer_questions = val_answer_questions, test_answer_questions
-        self.template = ConversationTemplate(system=system_prompt)
+        self.image_root, self.val_image_root = local_file(Path(image_root)), local_file(Path(val_image_root or image_root))
+        self.max_length, self.val_answer_questions, self.test_answer_questions = max_length, val_answer_questions, test_answer_questions
+        self.text_table, self.template = "conversations", ConversationTemplate(system=system_prompt)
         if self.val_file is not None and self.val_file.resolve() == self.train_file.resolve():
             rank_zero_warn(f"val_file is train_file ({train_file}): validation measures the training conversations; "
                            "give val_file null to hold out val_fraction of them")
@@ -313,8 +307,12 @@ class InstructDataModule(PreprocessedDataModule):
             return (self.train_file if split == "train" else self.val_file), None
         return self.train_file, split
 
+    def _image_root(self, split: str) -> Path:
+        return self.image_root if split == "train" else self.val_image_root
+
     def input_paths(self, split: str) -> list[tuple[Path, str]]:
-        return [(self._source(split)[0], "LLaVA conversation file"), (self.image_root, "image folder (image_root)")]
+        named = "image_root" if self._image_root(split) == self.image_root else "val_image_root"
+        return [(self._source(split)[0], "LLaVA conversation file"), (self._image_root(split), f"image folder ({named})")]
 
     def split_inputs(self, split: str) -> dict:
         file, side = self._source(split)
@@ -327,16 +325,17 @@ class InstructDataModule(PreprocessedDataModule):
                             "datasets' Dataset.to_json(\"conversations.jsonl\"), images as paths under image_root")
         if not file.is_file():
             raise DataError(f"LLaVA conversation file not found: {file}")
-        signature = {"file": file_signature(file), "side": side, "images": self.signed_folder(self.image_root)}
+        image_root = self._image_root(split)
+        signature = {"file": file_signature(file), "side": side, "images": self.signed_folder(image_root)}
         if reader := self.looked_at(("read otherwise", file), lambda: read_otherwise_now(file)):  # not an earlier reading's cache
             signature["reader"] = reader
         if self.looked_at(("asked", file), lambda: asks_questions(file)):  # its question-and-answer records were refused
             signature["questions"] = "as conversations"
-        if coco2014_download(self.image_root):  # COCO 2017's names read from its copies (a cache before them skipped those)
+        if coco2014_download(image_root):  # COCO 2017's names read from its copies (a cache before them skipped those)
             signature["coco 2014 copies"] = "read"
         if self.looked_at(("untidy", file), lambda: conversation_files.untidy_image_paths(file)):  # sides hashed from paths put in order
             signature["image paths"] = "tidied"
-        unsigned = self.looked_at(("outside", file), lambda: llava_unsigned_images(file, self.image_root))
+        unsigned = self.looked_at(("outside", file), lambda: llava_unsigned_images(file, image_root))
         if unsigned:  # absolute image paths, names without an image's suffix (none in LLaVA's own files)
             signature["outside image_root"] = files_signature(unsigned, str(file.resolve()), self.cache_dir)
         return signature
@@ -347,11 +346,17 @@ class InstructDataModule(PreprocessedDataModule):
                 **({"held_out_by": "id, else image"} if self.val_file is None else {})}  # records without ids: by place before
 
     def write_split(self, split: str, folder: Path) -> Path:
-        file, side, image_root = *self._source(split), self.image_root
+        file, side, image_root = *self._source(split), self._image_root(split)
         records = BadRecords(file, self.on_bad_record)
         if file.is_file() and file.stat().st_size > 1 << 24:  # LLaVA-Instruct-150k's 230 MB: seconds before a bar moves
             rank_zero_info(f"reading and checking the {file.stat().st_size / 2**20:,.0f} MB of {file} ...")
-        conversations = read_llava(file, image_root, records, split=side, val_fraction=self.val_fraction)
+        try:
+            conversations = read_llava(file, image_root, records, split=side, val_fraction=self.val_fraction)
+        except DataError as error:  # a val file beside photos of its own, read from the training photos' folder
+            if split == "train" or self.val_file is None or self.val_image_root != self.image_root or "missing under" not in str(error):
+                raise
+            raise DataError(f"{error} val_file's images are read from image_root unless --data.init_args.val_image_root "
+                            "names their own folder") from None
         metadata = {"source": "llava", "file": str(file), "side": side, "image_root": str(image_root),
                     "tokenizer": self.tokenizer_name, "template": repr(self.template)}
         try:

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "mmcaption.json"  # a saved folder's manifest: model config, prompts, generation, provenance
 FOLDER_FORMAT = 1  # of the manifest and the folder: raised where a release changes them (an earlier reader refuses it)
-DATA_SETTINGS = ("data_dir", "source", "hub_dataset", "train_split", "train_file", "val_file", "image_root", "max_length",
-                 "batch_size")
+DATA_SETTINGS = ("data_dir", "source", "hub_dataset", "train_split", "train_file", "val_file", "image_root", "val_image_root",
+                 "max_length", "batch_size")
 
 
 def hub_ids(*names: str) -> list[str] | None:
