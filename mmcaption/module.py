@@ -296,7 +296,7 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
             metrics["answer_exact_match"] = accuracy
         self.val_examples = None
         said_cut(cut, len(captions) + len(answers), self.tasks.generation)
-        if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING) and not self.trainer.sanity_checking:
+        if not self.trainer.sanity_checking and (captions or answers or self.trainer.state.fn != TrainerFn.FITTING):
             folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # on every process: log_dir is a broadcast
             if self.trainer.is_global_zero:
                 write_results(self.trainer, self.tasks.generation.to_dict(), folder, prefix, metrics, captions, answers, cut,

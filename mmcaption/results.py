@@ -1,4 +1,4 @@
-"""The results file of ``mmcaption validate`` and ``test``: the metrics, the predictions they were computed on, and
+"""The results file of ``mmcaption validate`` and ``test`` (and of each of a fit's validations that generates): the metrics, the predictions they were computed on, and
 what a reader needs to compare them with another's - the split and how much of it was scored, the images its data left
 out, the weights, the generation settings and how each metric was computed (:mod:`mmcaption.evaluation.report`)."""
 
@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmcaption.evaluation.caption_metrics import grouped_caption_scores, metric_setup
 from mmcaption.evaluation.report import checkpoint_record, generation_record, write_evaluation
 
+_SAID_FOLDERS: set[Path] = set()  # a fit's validations' folder, said at the first of them
 _SAID_CUT: list[tuple[int, int]] = []  # said once a fit (it validates again and again), by what was generated with what
 
 
@@ -51,10 +52,16 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     module, datamodule = trainer.lightning_module, getattr(trainer, "datamodule", None)
     split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
     settings = dict(getattr(datamodule, "hparams", {}))
+    fitting = trainer.state.fn.value == "fit"  # a fit's validation: its texts kept with its scores, a file each step
+    if fitting:  # (in TensorBoard only four captions were shown, and nothing at all with another logger); no sha256 of
+        folder, weights = folder / "validations", {  # a checkpoint resumed from: last.ckpt is rewritten as it trains
+            "weights": "in training", "step": trainer.global_step, "epoch": trainer.current_epoch,
+            "resumed_from": trainer.ckpt_path and str(trainer.ckpt_path), "init_from": getattr(module, "init_from", None)}
+    else:
+        weights = checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None))
     results: dict[str, Any] = {
         "stage": trainer.state.fn.value, "split": split, "metrics": metrics, **({"metrics_by_domain": by_domain} if by_domain else {}),
-        "checkpoint": checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None)),
-        "data": {"module": type(datamodule).__name__, **settings},
+        "checkpoint": weights, "data": {"module": type(datamodule).__name__, **settings},
     }
     if captions:
         results.update(images=len(captions), references=sum(len(r) for _, _, r, _ in captions), caption_metrics=metric_setup())
@@ -84,14 +91,25 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
         results["left_out_of_split"] = made["skipped"]
     rows = [{"image_id": i, "file_name": f, "caption": c, "references": r} for i, c, r, f in captions]
     rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
-    predictions, summary = write_evaluation(folder, f"{prefix}-{split or 'split'}", rows, results)
+    stem = f"{prefix}-{split or 'split'}" + (f"-step{trainer.global_step}" if fitting else "")
+    try:
+        predictions, summary = write_evaluation(folder, stem, rows, results)
+    except OSError as error:  # a full disk under the logs stops the curves, not the training (full_log_disk)
+        if not fitting:
+            raise
+        rank_zero_warn(f"step {trainer.global_step}'s validation captions and scores were not written ({error}); training goes on")
+        return
+    if fitting and folder in _SAID_FOLDERS:
+        return
+    _SAID_FOLDERS.add(folder)
     limited = f"; {results['limited_by']}: part of the split" if "limited_by" in results else ""
     left = (f"; its data left out {sum(made['skipped'].values()):,} bad record(s) ({', '.join(made['skipped'])})"
             if made.get("skipped") else "")
     said = f"predictions: {predictions.name}" if predictions else "the loss alone: nothing generated"
     domains = "".join(f"\n  {domain} ({scores['images']:,} images): " + ", ".join(f"{name} {value:.4f}" for name, value in
                       scores.items() if name != "images") for domain, scores in (by_domain or {}).items())
-    rank_zero_info(f"{prefix} results: {summary} ({said}{limited}{left}){domains}")
+    each = f" (and each validation's after it, by its step, in {folder})" if fitting else ""
+    rank_zero_info(f"{prefix} results: {summary} ({said}{limited}{left}){domains}{each}")
 
 
 def _split_record(datamodule, split: str | None) -> dict[str, Any]:

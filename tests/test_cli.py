@@ -31,7 +31,7 @@ def demo_dir(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_dir, capsys):
-    cli = run_cli(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "3", *FAST])
+    cli = run_cli(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "3", "--trainer.val_check_interval", "1", *FAST])
     last = demo_dir / "checkpoints" / "demo-caption" / "last.ckpt"
     assert last.is_file()
     checkpoint = torch.load(last, weights_only=True)
@@ -55,6 +55,14 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     events = EventAccumulator(str(log_dir))
     events.Reload()
     assert [e.step for e in events.Images("val/examples")] == [step for step, _ in scalar_series(log_dir, "val/CIDEr")]
+    # every caption of each validation is kept with its scores and step (TensorBoard showed four; another logger none)
+    kept = [json.loads(path.read_text()) for path in (log_dir / "validations").glob("val-val2017-step*.results.json")]
+    kept.sort(key=lambda results: results["checkpoint"]["step"])
+    assert [results["checkpoint"]["step"] for results in kept] == [1, 2, 3]  # as checkpoints name them (step=2)
+    assert [results["metrics"]["CIDEr"] for results in kept] == pytest.approx([v for _, v in scalar_series(log_dir, "val/CIDEr")])
+    assert kept and all(results["stage"] == "fit" and results["checkpoint"]["weights"] == "in training" for results in kept)
+    first = log_dir / "validations" / kept[0]["predictions"]
+    assert len(first.read_text().splitlines()) == kept[0]["images"] > 0 and "caption" in json.loads(first.read_text().splitlines()[0])
 
     resumed = run_cli(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "5", "--ckpt_path", str(last), *FAST])
     assert resumed.trainer.global_step == 5

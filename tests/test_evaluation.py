@@ -702,3 +702,28 @@ def test_photos_are_told_apart_whole_not_by_their_end_alone():
     trained = table(["a.bmp", "b.bmp"], [b"BM" + bytes(range(200)) + corner, b"BM" + bytes(range(1, 201)) + corner])
     scored = table(["c.bmp", "copy of a.bmp"], [b"BM" + bytes(range(2, 202)) + corner, b"BM" + bytes(range(200)) + corner])
     assert shared_images(trained, scored) == ["copy of a.bmp"]
+
+
+def test_a_full_disk_where_a_fits_validation_captions_go_stops_them_not_the_training(backbones, coco_root, tmp_path, monkeypatch):
+    # each validation of a fit now writes its captions and scores beside the logs: a full disk there would have ended
+    # the training at a validation, as a full disk under the curves no longer does (full_log_disk)
+    import errno
+
+    from mmcaption import results
+
+    def full(folder, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(results, "write_evaluation", full)
+    language_dir, vision_dir = backbones
+    data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                             image_processor=str(vision_dir), batch_size=2, eval_batch_size=2, num_workers=0,
+                             val_caption_images=2)
+    module = make_captioner(backbones, generation={"max_new_tokens": 3})
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, max_steps=2,
+                      val_check_interval=1, limit_val_batches=1)
+    with pytest.warns(UserWarning, match=r"step 1's validation captions and scores were not written \(\[Errno 28\] No space "
+                                         r"left on device: .*validations'\); training goes on"):
+        trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 2 and "val/CIDEr" in trainer.callback_metrics
