@@ -312,7 +312,7 @@ def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbone
            "another vision tower or feature layer, for it to go on from: delete it if it will not" in err
 
 
-def test_a_damaged_split_rebuilt_keeps_its_feature_caches(backbones, coco_root, tmp_path):
+def test_a_damaged_split_rebuilt_keeps_its_feature_caches(backbones, coco_root, tmp_path, capsys):
     # a table of the split deleted to make room (images/, which training on features does not read) or cut short: the
     # whole split folder went, with every tower's and layer's features in it, computed again (GPU hours at COCO's size)
     # or, another layer's, lost without a word
@@ -349,3 +349,21 @@ def test_a_damaged_split_rebuilt_keeps_its_feature_caches(backbones, coco_root, 
     assert {layer: (folder / "meta.json").stat().st_mtime_ns for layer, folder in caches.items()} == made  # both kept
     assert said == [f"the rebuilt split {split.name} keeps its cached features ({', '.join(sorted(f.name for f in caches.values()))})"]
     assert not list(split.parent.glob(".*features-kept"))
+    # a rebuild that stops (a bad record refused) leaves them aside: built from other settings after it (skip), they were
+    # left there unsaid, gigabytes at COCO's size
+    from mmcaption.data.records import DataError
+
+    def refused(*args):
+        raise DataError("a bad record")
+
+    shutil.rmtree(split / "images")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CaptionDataModule, "write_split", refused)
+        with pytest.raises(DataError, match="a bad record"):
+            data.prepare_data(only=["train2017"])
+    (kept,) = split.parent.glob(".*features-kept")
+    capsys.readouterr()
+    CaptionDataModule(vision_feature_layer=-2, on_bad_record="skip", **settings).prepare_data(only=["train2017"])
+    err = capsys.readouterr().err
+    assert f"note: {kept} holds the vision features (" in err and f"MB) of split train2017 as built from other inputs or " \
+        f"settings ({split.name}), set aside by a rebuild of it that did not finish: they go back if it is built again" in err

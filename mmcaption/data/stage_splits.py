@@ -178,6 +178,12 @@ def say_other_split_caches(folder: Path) -> None:
         print(f"note: {folder.parent} holds {len(others)} other preprocessed folder{'s' * (len(others) > 1)} of split {split}, "
               f"built from other inputs or settings ({names}; {size / 2**20:,.1f} MB): remove {them} unless a run of those "
               f"inputs and settings still reads {them}", file=sys.stderr, flush=True)
+    # the features a damaged split's rebuild set aside, which it did not finish (a bad record refused), the settings
+    for kept in sorted(folder.parent.glob(f".{glob.escape(split)}-*.features-kept")):  # changed since: gigabytes unsaid
+        if kept.name != f".{folder.name}.features-kept" and kept.is_dir():
+            print(f"note: {kept} holds the vision features ({folder_bytes(kept) / 2**20:,.1f} MB) of split {split} as built "
+                  f"from other inputs or settings ({kept.name[1:-len('.features-kept')]}), set aside by a rebuild of it that "
+                  "did not finish: they go back if it is built again, else remove the folder", file=sys.stderr, flush=True)
 
 
 def remove_orphaned_builds(folder: Path) -> None:
