@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Progress
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, process_rank, stop_signals
+from mmcaption.lightning_tools import tuners_checkpoint
 from mmcaption.rebatch import SAID, earlier_order, restart_loader, resume_with_other_batches, save_where_a_worker_died
 from mmcaption.resume_checks import check_same_resume, other_preprocessing, other_stage
 from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
@@ -222,8 +223,9 @@ class ResumableStop(Callback):
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume another stage's checkpoint, or on training data other than the checkpoint's; say when
-        nothing is left to train (after those refusals, which matter more)."""
-        self._refuse_other_training(trainer, checkpoint)
+        nothing is left to train (after those refusals, which matter more); not a tuner's own of the run's start."""
+        if not tuners_checkpoint(trainer.ckpt_path):  # (said as a resume with other batch settings, a BatchSizeFinder's)
+            self._refuse_other_training(trainer, checkpoint)
         step = checkpoint.get("global_step", 0)
         if trainer.state.fn == "fit" and 0 <= trainer.max_steps <= step and trainer.is_global_zero:  # Lightning ends
             print(f"note: {trainer.ckpt_path} is at step {step}, and trainer.max_steps is {trainer.max_steps}: nothing "  # it silently

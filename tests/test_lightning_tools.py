@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.tuner import Tuner
 
+from mmcaption.callbacks import ResumableStop
 from mmcaption.checkpoint import load_checkpoint_file
 from mmcaption.data import CaptionDataModule
 from mmcaption.errors import ConfigError
@@ -59,12 +60,15 @@ def test_a_tuner_starts_from_init_from_and_trains_on_from_its_weights(backbones,
 def test_a_batch_size_finder_gets_a_schedule_as_long_as_the_run_it_found(backbones, coco_root, tmp_path, capsys):
     # the schedule was planned for the batch before the finder doubled it: it ended 15 steps into 30, at half the peak
     module = make_captioner(backbones, learning_rate=1e-3, warmup_ratio=0.2)
-    run = trainer(tmp_path, [BatchSizeFinder(init_val=2, max_trials=2, steps_per_trial=1)], max_steps=-1, max_epochs=1)
+    finder = BatchSizeFinder(init_val=2, max_trials=2, steps_per_trial=1)
+    run = trainer(tmp_path, [finder, ResumableStop()], max_steps=-1, max_epochs=1)  # (the CLI's, which told the finder's
+    # checkpoint as a resume of other batch settings)
     run.fit(module, datamodule=data(backbones, coco_root, tmp_path))
     assert run.datamodule.batch_size == 4 and run.global_step == 15  # 60 captions, 4 a batch
     assert module.planned_steps == 15 and run.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == 0.0  # decayed to 0
     assert run.ckpt_path is None  # a fresh run: not said to resume the finder's own checkpoint
-    assert "the checkpoint's" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the checkpoint's" not in err and "resumes with other batch settings" not in err and ".scale_batch_size" not in err
 
 
 def test_a_learning_rate_finders_rate_is_the_schedules_peak_from_the_first_step(backbones, coco_root, tmp_path):

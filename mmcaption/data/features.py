@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -197,9 +198,37 @@ def _kept_chunks(chunks: Path, meta: dict) -> int:
             break
         kept += 1
     for leftover in chunks.iterdir():  # a chunk half-written by a kill, those after a damaged one
-        if leftover.name != "meta.json" and not (leftover.name.isdigit() and int(leftover.name) < kept):
+        if leftover.name != "meta.json" and not (leftover.name.isdigit() and int(leftover.name) < kept) \
+                and not _building_elsewhere(leftover):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     return kept
+
+
+def _build_prefix() -> str:
+    return f".build-{os.getpid()}-{socket.gethostname()}-"  # whose: a kill's leftover told from a live run's
+
+
+def _building_elsewhere(folder: Path) -> bool:
+    """Whether ``folder`` is a chunk another live process is computing (where no lock is held: NFS without lockd, Lustre
+    without flock, Windows, two nodes' first runs): removed as a kill's leftover, that run stopped at 'Cannot find data
+    file'. Its process is looked for on this host; another host's (or on Windows) is taken as live while written to."""
+    if not folder.name.startswith(".build-") or not folder.is_dir():
+        return False
+    pid, _, rest = folder.name[len(".build-"):].partition("-")
+    if pid.isdigit() and rest.startswith(socket.gethostname() + "-") and os.name == "posix":
+        if int(pid) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # another user's process
+            return True
+        return True
+    try:  # written to in the last hour (a chunk's rows are written as they are computed)
+        return time.time() - max(p.stat().st_mtime for p in [folder, *folder.rglob("*")]) < 3600
+    except (OSError, ValueError):
+        return False
 
 
 def _start_chunks(chunks: Path, meta: dict) -> None:
@@ -224,7 +253,7 @@ def _chunk_damage(folder: Path, rows: int) -> str | None:
 
 def _write_chunk(chunks: Path, index: int, rows: Callable[[], Iterator[dict]], count: int, schema: datasets.Features) -> None:
     """Compute chunk ``index`` (``count`` rows) and rename it into place whole."""
-    build = Path(tempfile.mkdtemp(prefix=".build-", dir=chunks))
+    build = Path(tempfile.mkdtemp(prefix=_build_prefix(), dir=chunks))
     try:
         table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(build / "cache"),
                                                 fingerprint=f"{chunks.name}-{index}")
