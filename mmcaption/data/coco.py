@@ -126,8 +126,9 @@ def read_coco_annotations(annotation_file: Path, image_dir: Path, records: BadRe
             file_name = str(Path(*parts[1:]))  # "train2017/x.jpg", as some exporters write it
         if entry["id"] in images:
             records.defer("duplicate image id", f"images[{position}] repeats image id {entry['id']}")
-            if images[entry["id"]].file_name != file_name:  # two images (files merged): whose caption is whose is unknown
-                ambiguous.add(entry["id"])
+            first = images[entry["id"]].file_name  # two images (files merged): whose caption is whose is unknown; one
+            if first != file_name and (image_dir / first).resolve() != (image_dir / file_name).resolve():  # spelled two
+                ambiguous.add(entry["id"])  # ways (./x.jpg, its absolute path) is one image, its captions kept
             continue
         images[entry["id"]] = CocoImage(entry["id"], file_name, [])
     for image_id in ambiguous:  # the first of them too: its captions would be trained on with the other's
