@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -70,3 +72,39 @@ def _sorted_header(metrics: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(staged, metrics)
+
+
+class RetracedRowsAside(Callback):
+    """A fit resumed from a checkpoint older than a ``CSVLogger``'s last row (a kill, the OOM killer or a preemption
+    ended the run after it, or an ``every_n_train_steps`` checkpoint was chosen) logs those steps again: its rows from
+    the resumed step on are moved to ``metrics-superseded-<n>.csv`` beside it, so that ``metrics.csv`` is one run's
+    curve (steps 4, 5, 6 were in it twice, one of them each of a run that no longer exists)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.ckpt_path or not trainer.is_global_zero or Path(str(trainer.ckpt_path)).name.startswith("."):
+            return  # (a tuner's own checkpoint of the run's start is hidden)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step the logs are written at
+        for logger in trainer.loggers:
+            metrics = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+            if metrics is None or not metrics.is_file():
+                continue
+            logger.experiment.save()  # (any row this run logged already)
+            with metrics.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                header, rows = list(reader.fieldnames or []), list(reader)
+            later = [row for row in rows if (row.get("step") or "").isdigit() and int(row["step"]) >= step]
+            if not later:
+                continue
+            number = 2
+            while (aside := metrics.with_name(f"metrics-superseded-{number}.csv")).exists():
+                number += 1
+            retraced = {id(row) for row in later}
+            for path, kept in ((aside, later), (metrics, [row for row in rows if id(row) not in retraced])):
+                staged = path.with_name(f".{path.name}.{os.getpid()}.staged")
+                with staged.open("w", newline="", encoding="utf-8") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=header)
+                    writer.writeheader()
+                    writer.writerows(kept)
+                os.replace(staged, path)
+            print(f"note: {metrics}'s {len(later)} rows from step {step} on, logged before the run resumed from "
+                  f"{trainer.ckpt_path}, are moved to {aside.name}: this run logs those steps again", file=sys.stderr, flush=True)

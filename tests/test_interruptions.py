@@ -1756,20 +1756,27 @@ def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_in
             return [row["step"] for row in csv.DictReader(handle) if row.get("train/loss")]
 
     assert steps() == ["0", "1"]
+    earlier = Path(shutil.copy(tmp_path / "c" / "last.ckpt", tmp_path / "step2.ckpt"))
     main([*fit, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     assert steps() == ["0", "1", "2", "3"]  # the resumed run's rows after the first run's
+    # resumed from a checkpoint older than the last row (a kill after step 3, its last save at step 2): steps 2 and 3 were
+    # in metrics.csv twice, one of each by a run that no longer exists; they are kept aside
+    main([*fit, "--trainer.max_steps", "4", "--ckpt_path", str(earlier)])
+    assert steps() == ["0", "1", "2", "3"]
+    with (run / "metrics-superseded-2.csv").open(newline="") as handle:
+        assert [row["step"] for row in csv.DictReader(handle) if row.get("train/loss")] == ["2", "3"]
     main(["test", "--config", fit[2], "--ckpt_path", str(tmp_path / "c" / "last.ckpt"), "--model.learning_rate", "0.5"])
     with (run / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["step"] for row in rows if row.get("train/loss")] == ["0", "1", "2", "3"] and rows[-1].get("test/loss")
     assert (run / "hparams.yaml").read_text() == trained  # the training's settings, as trained
-    assert yaml.safe_load((run / "hparams-3.yaml").read_text())["learning_rate"] == 0.5  # the test's, beside them
+    assert yaml.safe_load((run / "hparams-4.yaml").read_text())["learning_rate"] == 0.5  # the test's, beside them
     # validate logs into the run folder its config names (it dropped the config's logger without a word: the shipped
     # configs' unnamed one would be an empty run)
     main(["validate", "--config", fit[2], "--ckpt_path", str(tmp_path / "c" / "last.ckpt")])
     with (run / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows[-1].get("val/loss") and len([row for row in rows if row.get("train/loss")]) == 4 and (run / "hparams-4.yaml").is_file()
+    assert rows[-1].get("val/loss") and len([row for row in rows if row.get("train/loss")]) == 4 and (run / "hparams-5.yaml").is_file()
     assert not list(run.glob(".*"))  # nothing hidden left behind
 
 
