@@ -185,7 +185,7 @@ def load_captioner(model: str | None = None, checkpoint: str | None = None, devi
     from mmcaption.export import export_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="mmcaption-") as folder:
-        export_checkpoint(checkpoint, Path(folder) / "model", **backbones)
+        export_checkpoint(checkpoint, Path(folder) / "model", license="other", **backbones)  # (no card shared: its note unsaid)
         return Captioner.from_pretrained(Path(folder) / "model", device=device, compute_dtype=compute_dtype)
 
 

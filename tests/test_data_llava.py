@@ -1076,6 +1076,11 @@ def test_a_val_file_beside_photos_of_its_own_reads_them_from_val_image_root(back
     val_meta = json.loads((dm.datasets["val"].folder / "meta.json").read_text())
     assert Path(val_meta["image_root"]) == mine / "val" and dm.datasets["val"].rows.num_rows == len(json.loads((mine / "val.json").read_text()))
     assert Path(json.loads((dm.datasets["train"].folder / "meta.json").read_text())["image_root"]) == mine / "train"
+    dm = make_datamodule(backbones, llava, **settings)  # forgotten: the training photos of those names, said with the fix
+    dm.prepare_data()
+    with pytest.warns(UserWarning, match=r"are in train_file .* unless --data.init_args.val_image_root names the folder of its "
+                                         r"own photos"):
+        dm.setup("fit")
     # without it, a val photo image_root lacks is refused saying which setting reads them
     (mine / "val" / "extra.jpg").write_bytes((mine / "val" / "0.jpg").read_bytes())
     (mine / "val.json").write_text(json.dumps([{**record, "image": "extra.jpg"} for record in json.loads((mine / "val.json").read_text())]))

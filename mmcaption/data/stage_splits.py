@@ -147,7 +147,8 @@ def say_shared_images(data, train_file: Path | None = None, val_file: Path | Non
     advice = ("validation measures pictures trained on, and val/loss picks the best checkpoint by them. " + (
         "Give a val_file of other images, or val_file null to hold out val_fraction of train_file's images (a file that "
         "is a part of another, as LLaVA-Instruct's detail_23k.json is of llava_instruct_150k.json, is no validation of "
-        "it)" if val_file else "The share held out is chosen by each image's path, and these photos are in train_file "
+        "it); val_file's image paths are read from image_root unless --data.init_args.val_image_root names the folder "
+        "of its own photos" if val_file else "The share held out is chosen by each image's path, and these photos are in train_file "
         "under other paths too (one photo in two folders, as LLaVA-1.5's mix has Visual Genome's under gqa/ and vg/): "
         "give a val_file of other images" if train_file else "Give val_split a split of other images"))
     if train == val:  # COCO's val_split train2017 (a hub dataset's says so itself: it holds out a share, or was asked)
