@@ -753,6 +753,10 @@ def test_a_local_parquet_copy_uses_its_own_split_names(backbones, coco_root, tmp
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 40 and len(dm.datasets["test"]) == 20
+    # its cache beside it, not in a data/coco/preprocessed/ made in the working folder (the default data_dir, which
+    # nothing else here names: a user's own table's splits were cached in a COCO folder)
+    assert dm.cache_dir == tmp_path / "preprocessed" and dm.datasets["train"].folder.parent == tmp_path / "preprocessed"
+    assert not (tmp_path / "unused").exists()
 
     wrong = make_datamodule(backbones, tmp_path / "unused", source="hub", hub_dataset=str(tmp_path / "parquet"),
                             train_split="train2017")
@@ -932,7 +936,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "3e4079f75d53b45a"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "edc2226fa0156dce"}
 
 
 def cache_code_digest() -> str:

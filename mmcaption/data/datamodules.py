@@ -108,8 +108,9 @@ class CaptionDataModule(SplitFiles, PreprocessedDataModule):
 
     @property
     def default_cache_dir(self) -> Path:
-        # a split file scored with no COCO root here (nocaps alone): its cache beside it, not a data/coco/ made here
-        files = [path for split in self.splits if (path := split_file(split))] if self.source != "hub" else []
+        # a split file scored with no COCO root here (nocaps alone), a local table: its cache beside it, not in a data/coco/
+        files = [path for split in self.splits if (path := split_file(split))] if self.source != "hub" else [  # made here
+            local for local in [Path(self.hparams["hub_dataset"]).expanduser()] if local.exists()]
         return files[0].parent / "preprocessed" if files and not self.data_dir.exists() else self.data_dir / "preprocessed"
 
     def stage_splits(self) -> dict[str, str]:
@@ -281,10 +282,9 @@ class InstructDataModule(PreprocessedDataModule):
                  system_prompt: str = DEFAULT_SYSTEM, max_length: int = 512, val_answer_questions: int | None = 0,
                  test_answer_questions: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if val_file is None and not 0 < val_fraction < 1:
-            raise ConfigError("without val_file, val_fraction must be between 0 and 1")
-        if val_file is None and val_image_root is not None:  # the held-out share's images are train_file's own
-            raise ConfigError(f"val_image_root {val_image_root} is val_file's image folder: give val_file, or leave it null")
+        if val_file is None and (not 0 < val_fraction < 1 or val_image_root is not None):  # (a share's images: image_root's)
+            raise ConfigError(f"val_image_root {val_image_root} is val_file's image folder: give val_file, or leave it null"
+                              if val_image_root is not None else "without val_file, val_fraction must be between 0 and 1")
         self.save_hyperparameters()  # recorded in checkpoints: export reads the system prompt from them
         self.train_file, self.val_file, self.val_fraction = local_file(Path(train_file)), val_file and local_file(Path(val_file)), val_fraction
         self.image_root, self.val_image_root = local_file(Path(image_root)), local_file(Path(val_image_root or image_root))
