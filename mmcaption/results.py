@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mmcaption.evaluation.caption_metrics import grouped_caption_scores, metric_setup
@@ -44,6 +45,16 @@ def domain_metrics(by_domain: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{domain}/{name}": value for domain, scores in by_domain.items() for name, value in scores.items() if name != "images"}
 
 
+class ResumedAt(Callback):
+    """The step a fit resumed at, for its validations' results: the checkpoint they name (``last.ckpt``) is saved over as
+    the fit goes on."""
+
+    step: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.step = trainer.global_step
+
+
 def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str, metrics: dict[str, float], captions: list,
                   answers: list, cut: int = 0, by_domain: dict[str, dict[str, float]] | None = None) -> None:
     """Write the predictions (``captions``: (image id, caption, references, file); ``answers``: (id, question,
@@ -56,7 +67,9 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     if fitting:  # (in TensorBoard only four captions were shown, and nothing at all with another logger); no sha256 of
         folder, weights = folder / "validations", {  # a checkpoint resumed from: last.ckpt is rewritten as it trains
             "weights": "in training", "step": trainer.global_step, "epoch": trainer.current_epoch,
-            "resumed_from": trainer.ckpt_path and str(trainer.ckpt_path), "init_from": getattr(module, "init_from", None)}
+            "resumed_from": trainer.ckpt_path and str(trainer.ckpt_path), "init_from": getattr(module, "init_from", None),
+            **({"resumed_at_step": resumed[0]} if (resumed := [c.step for c in trainer.callbacks if isinstance(c, ResumedAt)])
+               and trainer.ckpt_path else {})}
     else:
         weights = checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None))
     results: dict[str, Any] = {

@@ -28,6 +28,7 @@ from mmcaption.errors import FolderLockedError, hold_stops
 from mmcaption.folders import FolderLock
 from mmcaption.full_log_disk import CurvesOnFullDisk
 from mmcaption.parameter_summary import ParameterSummary
+from mmcaption.results import ResumedAt
 from mmcaption.terminal import draws_bars
 
 # the environment's, as the process began: not an earlier run's
@@ -57,7 +58,7 @@ def add_run_callbacks(trainer: Trainer) -> None:
     trainer.callbacks[:] = [callback for callback in trainer.callbacks if not isinstance(callback, ResumableStop)]
     trainer.callbacks.append(listed[0] if listed else ResumableStop())
     trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved(), CurvesOnFullDisk(), StopsHeldInTeardown(),
-                          FolderKept(), RetracedRowsAside()]
+                          FolderKept(), RetracedRowsAside(), ResumedAt()]
     trainer.callbacks.insert(0, CurvesAtTheirSteps())  # before the config's LearningRateMonitor logs at a step
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal

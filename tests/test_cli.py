@@ -64,8 +64,12 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     first = log_dir / "validations" / kept[0]["predictions"]
     assert len(first.read_text().splitlines()) == kept[0]["images"] > 0 and "caption" in json.loads(first.read_text().splitlines()[0])
 
-    resumed = run_cli(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "5", "--ckpt_path", str(last), *FAST])
+    resumed = run_cli(["fit", "--config", DEMO_CONFIG, "--trainer.max_steps", "5", "--ckpt_path", str(last),
+                       "--trainer.val_check_interval", "2", *FAST])
     assert resumed.trainer.global_step == 5
+    # its validations say the step it resumed at: the checkpoint they name is saved over as the fit goes on
+    (after,) = [json.loads(path.read_text()) for path in (demo_dir / "lightning_logs").rglob("val-val2017-step5.results.json")]
+    assert after["checkpoint"]["resumed_at_step"] == 3 and after["checkpoint"]["resumed_from"] == str(last)
     restored = torch.load(last, weights_only=True)
     assert restored["global_step"] == 5
 
