@@ -100,6 +100,8 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
         limits.append(f"data.{side}_answer_questions {asked} (the split's first {asked:,} questions)")
     if limits:
         results["limited_by"] = "; ".join(limits)
+    if prefix == "test" and split is not None and split == datamodule.stage_splits().get("val"):  # (no test split given)
+        results["note"] = "the split validation scored, by which the best checkpoint was chosen: not held out from that choice"
     if made.get("skipped"):  # records its data left out (on_bad_record skip): a 4,999-image score is not the standard 5,000
         results["left_out_of_split"] = made["skipped"]
     rows = [{"image_id": i, "file_name": f, "caption": c, "references": r} for i, c, r, f in captions]
@@ -116,6 +118,7 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
         return
     _SAID_FOLDERS.add(folder)
     limited = f"; {results['limited_by']}: part of the split" if "limited_by" in results else ""
+    limited += f"; {results['note']}" if "note" in results else ""
     left = (f"; its data left out {sum(made['skipped'].values()):,} bad record(s) ({', '.join(made['skipped'])})"
             if made.get("skipped") else "")
     said = f"predictions: {predictions.name}" if predictions else "the loss alone: nothing generated"

@@ -643,6 +643,9 @@ def test_mmcaption_test_on_conversations_answers_their_questions_and_writes_each
 
     # the first 3 of the split's questions: said, as a part of the split is (it was not, beside a whole split's numbers)
     assert len(asked) > 3 and results["limited_by"] == "data.test_answer_questions 3 (the split's first 3 questions)"
+    # a LLaVA file has no test split: test scores the one validation chose the best checkpoint by, said (it was not)
+    assert results["note"] == ("the split validation scored, by which the best checkpoint was chosen: not held out from "
+                               "that choice")
     loss_only = Trainer(accelerator="cpu", default_root_dir=tmp_path / "loss", enable_progress_bar=False, enable_model_summary=False,
                         limit_test_batches=1)
     logged = loss_only.test(module, datamodule=make_datamodule(backbones, llava, test_answer_questions=0, eval_batch_size=1),

@@ -428,6 +428,7 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     results = json.loads((folder / "test-test.results.json").read_text())
     predictions = [json.loads(line) for line in (folder / "test-test.predictions.jsonl").read_text().splitlines()]
     assert [row["image_id"] for row in predictions] == [102, 103] and all(row["caption"] for row in predictions)
+    assert "note" not in results  # Karpathy's test split, held out from validation's choice
     # each image named as its folder holds it, beside its id
     assert [row["file_name"] for row in predictions] == [f"val2014/COCO_val2014_{i:012d}.jpg" for i in (102, 103)]
     # the captions as a COCO results file, which pycocotools takes as it is (string ids: "Results do not correspond
