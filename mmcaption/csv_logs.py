@@ -83,7 +83,7 @@ class RetracedRowsAside(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.ckpt_path or not trainer.is_global_zero or Path(str(trainer.ckpt_path)).name.startswith("."):
             return  # (a tuner's own checkpoint of the run's start is hidden)
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step the logs are written at
+        step = trainer.global_step  # the step its logs go on at (CurvesAtTheirSteps' count, not Lightning's one behind)
         for logger in trainer.loggers:
             metrics = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
             if metrics is None or not metrics.is_file():

@@ -64,6 +64,8 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
     settings = dict(getattr(datamodule, "hparams", {}))
     fitting = trainer.state.fn.value == "fit"  # a fit's validation: its texts kept with its scores, a file each step
+    if fitting and trainer.fast_dev_run:  # (a smoke test: no logs, no checkpoints, and no files in the working folder)
+        return
     if fitting:  # (in TensorBoard only four captions were shown, and nothing at all with another logger); no sha256 of
         folder, weights = folder / "validations", {  # a checkpoint resumed from: last.ckpt is rewritten as it trains
             "weights": "in training", "step": trainer.global_step, "epoch": trainer.current_epoch,
@@ -101,7 +103,8 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     if limits:
         results["limited_by"] = "; ".join(limits)
     if prefix == "test" and split is not None and split == datamodule.stage_splits().get("val"):  # (no test split given)
-        results["note"] = "the split validation scored, by which the best checkpoint was chosen: not held out from that choice"
+        results["note"] = ("test scored the split these data settings validate on (no test split of its own): not held "
+                           "out from a best checkpoint chosen by their validation")
     if made.get("skipped"):  # records its data left out (on_bad_record skip): a 4,999-image score is not the standard 5,000
         results["left_out_of_split"] = made["skipped"]
     rows = [{"image_id": i, "file_name": f, "caption": c, "references": r} for i, c, r, f in captions]

@@ -644,8 +644,8 @@ def test_mmcaption_test_on_conversations_answers_their_questions_and_writes_each
     # the first 3 of the split's questions: said, as a part of the split is (it was not, beside a whole split's numbers)
     assert len(asked) > 3 and results["limited_by"] == "data.test_answer_questions 3 (the split's first 3 questions)"
     # a LLaVA file has no test split: test scores the one validation chose the best checkpoint by, said (it was not)
-    assert results["note"] == ("the split validation scored, by which the best checkpoint was chosen: not held out from "
-                               "that choice")
+    assert results["note"] == ("test scored the split these data settings validate on (no test split of its own): not "
+                               "held out from a best checkpoint chosen by their validation")
     loss_only = Trainer(accelerator="cpu", default_root_dir=tmp_path / "loss", enable_progress_bar=False, enable_model_summary=False,
                         limit_test_batches=1)
     logged = loss_only.test(module, datamodule=make_datamodule(backbones, llava, test_answer_questions=0, eval_batch_size=1),
@@ -1084,6 +1084,12 @@ def test_a_val_file_beside_photos_of_its_own_reads_them_from_val_image_root(back
     with pytest.warns(UserWarning, match=r"are in train_file .* unless --data.init_args.val_image_root names the folder of its "
                                          r"own photos"):
         dm.setup("fit")
+    shutil.copytree(mine / "train", mine / "copies")  # given, a folder of the training photos' copies: said without it
+    dm = make_datamodule(backbones, llava, **settings, val_image_root=str(mine / "copies"))
+    dm.prepare_data()
+    with pytest.warns(UserWarning, match=r"are in train_file") as said:
+        dm.setup("fit")
+    assert not [w for w in said if "val_image_root" in str(w.message)]
     # without it, a val photo image_root lacks is refused saying which setting reads them
     (mine / "val" / "extra.jpg").write_bytes((mine / "val" / "0.jpg").read_bytes())
     (mine / "val.json").write_text(json.dumps([{**record, "image": "extra.jpg"} for record in json.loads((mine / "val.json").read_text())]))

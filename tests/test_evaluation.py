@@ -728,3 +728,10 @@ def test_a_full_disk_where_a_fits_validation_captions_go_stops_them_not_the_trai
                                          r"left on device: .*validations'\); training goes on"):
         trainer.fit(module, datamodule=data)
     assert trainer.global_step == 2 and "val/CIDEr" in trainer.callback_metrics
+    # a fast_dev_run (no logs, no checkpoints) writes none: they went into the working folder
+    quick = Trainer(accelerator="cpu", fast_dev_run=1, default_root_dir=tmp_path / "quick", enable_progress_bar=False,
+                    enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        quick.fit(module, datamodule=data)
+    assert "val/CIDEr" in quick.callback_metrics and not [w for w in said if "were not written" in str(w.message)]

@@ -274,18 +274,33 @@ def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbone
     # NFS without lockd, Lustre without flock) is left to it: removed, that run stopped at "Cannot find data file"
     import socket
     import subprocess
+    import time
 
     ended, running = subprocess.Popen(["true"]), subprocess.Popen(["sleep", "60"])
     ended.wait()
     killed, live = (chunks / f".build-{process.pid}-{socket.gethostname()}-abcd1234" for process in (ended, running))
-    for build in (killed, live):
-        build.mkdir()
+    elsewhere = chunks / f".build-{running.pid}-{socket.gethostname()}x-abcd1234"  # another host's, whose name is longer
+
+    def written(build, ago=0.0):
+        build.mkdir(exist_ok=True)
         (build / "half.arrow").write_bytes(b"\0" * 100)
-    assert features._kept_chunks(chunks, json.loads((chunks / "meta.json").read_text())) == 1
-    assert not killed.exists() and live.exists()
+        for path in (build / "half.arrow", build):
+            os.utime(path, (time.time() - ago, time.time() - ago))
+
+    for build in (killed, live, elsewhere):
+        written(build, ago=1200)
+    written(elsewhere)
+    meta = json.loads((chunks / "meta.json").read_text())
+    assert features._kept_chunks(chunks, meta) == 1
+    assert not killed.exists() and live.exists() and elsewhere.exists()
+    written(killed)  # its process gone, written to a moment ago: another container's of this host's name, live
+    assert features._kept_chunks(chunks, meta) == 1 and killed.exists()
     running.kill()
     running.wait()
-    assert features._kept_chunks(chunks, json.loads((chunks / "meta.json").read_text())) == 1 and not live.exists()
+    written(killed, ago=1200)
+    written(live, ago=1200)
+    written(elsewhere, ago=7200)
+    assert features._kept_chunks(chunks, meta) == 1 and not live.exists() and not killed.exists() and not elsewhere.exists()
     killed.mkdir()
     (killed / "half.arrow").write_bytes(b"\0" * 100)
 

@@ -1747,7 +1747,7 @@ def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_in
                                    "init_args": {"save_dir": "logs", "name": "mine", "version": "v1"}}
     config["trainer"]["log_every_n_steps"] = 1
     Path(fit[2]).write_text(yaml.safe_dump(config))
-    main([*fit, "--trainer.max_steps", "2"])
+    main([*fit, "--trainer.max_steps", "2", "--trainer.val_check_interval", "1"])  # (last.ckpt saved as a validation ends)
     run = tmp_path / "logs" / "mine" / "v1"
     trained = (run / "hparams.yaml").read_text()
 
@@ -1756,7 +1756,7 @@ def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_in
             return [row["step"] for row in csv.DictReader(handle) if row.get("train/loss")]
 
     assert steps() == ["0", "1"]
-    earlier = Path(shutil.copy(tmp_path / "c" / "last.ckpt", tmp_path / "step2.ckpt"))
+    earlier = Path(shutil.copy(tmp_path / "c" / "epoch=0-step=2.ckpt", tmp_path / "step2.ckpt"))  # saved as a validation ended
     main([*fit, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     assert steps() == ["0", "1", "2", "3"]  # the resumed run's rows after the first run's
     # resumed from a checkpoint older than the last row (a kill after step 3, its last save at step 2): steps 2 and 3 were
@@ -1765,6 +1765,8 @@ def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_in
     assert steps() == ["0", "1", "2", "3"]
     with (run / "metrics-superseded-2.csv").open(newline="") as handle:
         assert [row["step"] for row in csv.DictReader(handle) if row.get("train/loss")] == ["2", "3"]
+    with (run / "metrics.csv").open(newline="") as handle:  # the validation that saved step2.ckpt stays, not logged again
+        assert [row["step"] for row in csv.DictReader(handle) if row.get("val/loss")][:2] == ["0", "1"]
     main(["test", "--config", fit[2], "--ckpt_path", str(tmp_path / "c" / "last.ckpt"), "--model.learning_rate", "0.5"])
     with (run / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -214,21 +214,25 @@ def _building_elsewhere(folder: Path) -> bool:
     file'. Its process is looked for on this host; another host's (or on Windows) is taken as live while written to."""
     if not folder.name.startswith(".build-") or not folder.is_dir():
         return False
-    pid, _, rest = folder.name[len(".build-"):].partition("-")
-    if pid.isdigit() and rest.startswith(socket.gethostname() + "-") and os.name == "posix":
-        if int(pid) == os.getpid():
+
+    def written_within(seconds: float) -> bool:  # (a chunk's rows are written as they are computed)
+        try:
+            return time.time() - max(p.stat().st_mtime for p in [folder, *folder.rglob("*")]) < seconds
+        except (OSError, ValueError):
             return False
+
+    pid, _, rest = folder.name[len(".build-"):].partition("-")  # <pid>-<host>-<mkdtemp's 8 characters>
+    if pid.isdigit() and int(pid) == os.getpid():
+        return False  # this process's own, left by a stop
+    if pid.isdigit() and rest[:-9] == socket.gethostname() and os.name == "posix":
         try:
             os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
+        except ProcessLookupError:  # ended; or another container's, of this host's name: written to lately
+            return written_within(600)
         except OSError:  # another user's process
             return True
         return True
-    try:  # written to in the last hour (a chunk's rows are written as they are computed)
-        return time.time() - max(p.stat().st_mtime for p in [folder, *folder.rglob("*")]) < 3600
-    except (OSError, ValueError):
-        return False
+    return written_within(3600)
 
 
 def _start_chunks(chunks: Path, meta: dict) -> None:

@@ -147,8 +147,9 @@ def say_shared_images(data, train_file: Path | None = None, val_file: Path | Non
     advice = ("validation measures pictures trained on, and val/loss picks the best checkpoint by them. " + (
         "Give a val_file of other images, or val_file null to hold out val_fraction of train_file's images (a file that "
         "is a part of another, as LLaVA-Instruct's detail_23k.json is of llava_instruct_150k.json, is no validation of "
-        "it); val_file's image paths are read from image_root unless --data.init_args.val_image_root names the folder "
-        "of its own photos" if val_file else "The share held out is chosen by each image's path, and these photos are in train_file "
+        "it)" + ("; val_file's image paths are read from image_root unless --data.init_args.val_image_root names the "
+        "folder of its own photos" if getattr(data, "val_image_root", None) == getattr(data, "image_root", None) else "")
+        if val_file else "The share held out is chosen by each image's path, and these photos are in train_file "
         "under other paths too (one photo in two folders, as LLaVA-1.5's mix has Visual Genome's under gqa/ and vg/): "
         "give a val_file of other images" if train_file else "Give val_split a split of other images"))
     if train == val:  # COCO's val_split train2017 (a hub dataset's says so itself: it holds out a share, or was asked)
@@ -181,7 +182,8 @@ def say_other_split_caches(folder: Path) -> None:
               f"inputs and settings still reads {them}", file=sys.stderr, flush=True)
     # the features a damaged split's rebuild set aside, which it did not finish (a bad record refused), the settings
     for kept in sorted(folder.parent.glob(f".{glob.escape(split)}-*.features-kept")):  # changed since: gigabytes unsaid
-        if kept.name != f".{folder.name}.features-kept" and kept.is_dir():
+        if kept.name != f".{folder.name}.features-kept" and kept.name[1:-len(".features-kept")].rsplit("-", 1)[0] == split \
+                and kept.is_dir():
             print(f"note: {kept} holds the vision features ({folder_bytes(kept) / 2**20:,.1f} MB) of split {split} as built "
                   f"from other inputs or settings ({kept.name[1:-len('.features-kept')]}), set aside by a rebuild of it that "
                   "did not finish: they go back if it is built again, else remove the folder", file=sys.stderr, flush=True)
