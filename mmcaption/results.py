@@ -1,6 +1,7 @@
-"""The results file of ``mmcaption validate`` and ``test`` (and of each of a fit's validations that generates): the metrics, the predictions they were computed on, and
-what a reader needs to compare them with another's - the split and how much of it was scored, the images its data left
-out, the weights, the generation settings and how each metric was computed (:mod:`mmcaption.evaluation.report`)."""
+"""The results file of ``mmcaption validate`` and ``test``, and of each of a fit's validations that generates: the
+metrics, the predictions they were computed on, and what a reader needs to compare them with another's - the split and
+how much of it was scored, the images its data left out, the weights, the generation settings and how each metric was
+computed (:mod:`mmcaption.evaluation.report`)."""
 
 from __future__ import annotations
 

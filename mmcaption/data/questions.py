@@ -72,9 +72,9 @@ def _question(path: Path, line: int, record: dict[str, Any], where: str | None =
     answer, answers = number_text(record.get("answer", record.get("label"))), record.get("answers")
     conversation = "; a conversation (LLaVA's training layout) is scored by mmcaption validate or test with the instruct " \
         "stage's config (its data val_file)" if isinstance(record.get("conversations"), list) else ""
-    problems = [f"no {what}" for what, value in (("image (column image or img_path)", image or held),
-                                                 ("question (column question, or text as LLaVA's evaluation files)" +
-                                                  conversation, question)) if not value] + [f"{several} images: a question is asked about one image"] * bool(several) + [
+    asked = "question (column question, or text as LLaVA's evaluation files)" + conversation
+    problems = [f"no {what}" for what, value in (("image (column image or img_path)", image or held), (asked, question))
+                if not value] + [f"{several} images: a question is asked about one image"] * bool(several) + [
         "its image is the image's bytes, written into the file: save the images as files and name their paths"] * held
     if answer is not None and not isinstance(answer, str):
         problems.append(f"answer {answer!r} is not a string or a number")
