@@ -194,8 +194,9 @@ class PredictionWriter(BasePredictionWriter):
 
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["rows"] += 1
-        if row.get(CUT) not in (None, "", False, "False"):  # (read back from an interrupted run's CSV: "True")
-            self.counts[CUT] = self.counts.get(CUT, 0) + 1
+        for key in [CUT] * (row.get(CUT) not in (None, "", False, "False")) + ["empty"] * (  # (CSV's: "True"); a text the
+                row.get("caption", row.get("prediction")) == "" and not row.get("error")):  # model ended at once
+            self.counts[key] = self.counts.get(key, 0) + 1
         if self.vqa_results is not None:  # an unanswered question (unreadable image) still needs its entry
             self.vqa_results.append({"image_id": int(row["image_id"]), "caption": row.get("caption") or ""} if self.server == "coco"
                                     else {"question_id": row["question_id"], "answer": normalise_answer(row.get("prediction") or "", official=True)})

@@ -68,6 +68,20 @@ def test_captions_for_a_folder_with_one_bad_image_keep_every_other_prediction(ba
     assert not {"answered", "correct", "unanswered", "accuracy"} & set(summary)
 
 
+def test_captions_the_model_ended_at_once_are_counted_and_said(backbones, trained_checkpoint, image_folder, tmp_path, monkeypatch):
+    # an instruct checkpoint asked for captions (or a model trained a few steps) wrote "" for every photo, said by nothing
+    from mmcaption.tasks import Tasks
+
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")  # (its error row is no empty caption)
+    monkeypatch.setattr(Tasks, "generate_batch", lambda self, batch, *args: [""] * len(batch["input_ids"]))
+    output = tmp_path / "captions.jsonl"
+    predictor(tmp_path).predict(MultimodalCaptioner.load_from_checkpoint(trained_checkpoint),
+                                datamodule=caption_data(backbones, image_folder, output))
+    summary = json.loads(output.with_name("captions.jsonl.summary.json").read_text())
+    assert summary["empty"] == 3 and summary["errors"] == 1
+    assert "; 3 generated texts are empty: the model ended them at once" in scores_said(summary, [])
+
+
 def test_photos_named_in_any_encoding_are_written_with_the_columns_captions_have(backbones, trained_checkpoint, tmp_path):
     # a Windows archive unzipped on Linux leaves "caf\xe9.jpg" (Latin-1 bytes): the CSV crashed on it
     # (UnicodeEncodeError) after its summary counted the row; the CSV carried six empty columns of other tasks,

@@ -352,6 +352,8 @@ def scores_said(summary: dict[str, Any], category_keys: list[str]) -> str:
     if summary.get("cut_at_max_new_tokens"):  # a caption cut mid-sentence reads as a finished one
         said += (f"; {summary['cut_at_max_new_tokens']} stopped at max_new_tokens before their end (their "
                  "'cut_at_max_new_tokens' field): raise --model.generation.max_new_tokens for whole texts")
+    if summary.get("empty"):  # (an instruct checkpoint asked for captions, a model trained a few steps: rows to open)
+        said += f"; {summary['empty']} generated texts are empty: the model ended them at once"
     if "accuracy" in summary:
         said += f"; accuracy {summary['accuracy']:.3f} ({summary['correct']}/{summary['answered']}"
         said += f", {summary['unanswered']} without an answer, counted wrong)" if summary["unanswered"] else ")"
