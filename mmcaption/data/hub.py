@@ -95,8 +95,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
             rank_zero_info(f"{self.dataset}: read from its download in the Hugging Face cache, {snapshot}")
             self.dataset = snapshot
         self._given: Path | None = None  # the folder given, when the one table in it is read
-        # a folder of photos with caption .txt files beside them: (photo, its .txt) each
-        self._pairs: list[tuple[str, Path | None]] | None = None
+        self._pairs: list[tuple[str, Path | None]] | None = None  # a folder of photos with caption .txt files: (photo, .txt)
         path = Path(self.dataset).expanduser()
         if path.is_file() and shard_record(path):
             raise DataError(f"{path} is img2dataset's record of the shard beside it (each sample's URL, status and error), "
@@ -159,7 +158,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
         """The dataset split that ``split`` (as ``stage_splits`` names it) comes from, and the side of it
         (:data:`REST`, :data:`HELD_OUT`, or ``None`` for all of it)."""
         side = next((suffix for suffix in (REST, HELD_OUT) if split.endswith(suffix)), None)
-        base = split[: -len(side)] if side else split
+        base = self._split_now = split[: -len(side)] if side else split  # (its tables' folder: where bare names are first)
         if self._pairs is not None:
             return sidecar_dataset(self._pairs, self.image_column, caption_settings(self.caption_column)[0]), side
         saved = self._saved()

@@ -156,9 +156,19 @@ class RowImages:
             return None
         named = dict.fromkeys(home_expanded(name) for name in (value, value.strip()))  # (a space typed after it; ~/)
         places = [place for name in named
-                  for place in [*(folder / existing_spelling(folder, name) for folder in self._folders),
+                  for place in [*(folder / existing_spelling(folder, name) for folder in [*self._beside_tables(), *self._folders]),
                                 Path(existing_spelling(Path("."), name))]]
         return next((str(path) for path in places if is_file(path)), None) or self._found_below(value.strip())
+
+    def _beside_tables(self) -> list[Path]:
+        """The one folder below the dataset's that holds the tables of the split being read (``train/captions.csv`` and
+        ``validation/captions.csv``, each beside its photos), where the names its rows give are looked for first: from the
+        dataset's folder, photos of the same names in both were refused as ambiguous (and a name in one alone found there
+        by a search of the whole folder)."""
+        # (as load found them: a folder of other files, photos with their caption files, has no tables to look at)
+        files = (self.__dict__.get("_table_splits") or (None, {}))[1].get(getattr(self, "_split_now", None), [])
+        folders = {Path(file).parent for file in files}
+        return list(folders) if len(folders) == 1 and not folders & set(self._folders) else []
 
     def _found_below(self, name: str) -> str | None:
         """A bare file name that is not beside the table: the one file of that name (as Windows and macOS find names)
