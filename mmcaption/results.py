@@ -6,6 +6,9 @@ computed (:mod:`mmcaption.evaluation.report`)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmcaption.evaluation.caption_metrics import grouped_caption_scores, metric_setup
 from mmcaption.evaluation.report import checkpoint_record, generation_record, write_evaluation
 
+_FILE_STEP = re.compile(r"-step(\d+)(?:-\d+)?\.(?:predictions\.jsonl|results\.json|coco_results\.json)$")  # a fit's validation's
 _SAID_FOLDERS: set[Path] = set()  # a fit's validations' folder, said at the first of them
 _SAID_CUT: list[tuple[int, int]] = []  # said once a fit (it validates again and again), by what was generated with what
 
@@ -48,12 +52,32 @@ def domain_metrics(by_domain: dict[str, dict[str, float]]) -> dict[str, float]:
 
 class ResumedAt(Callback):
     """The step a fit resumed at, for its validations' results: the checkpoint they name (``last.ckpt``) is saved over as
-    the fit goes on."""
+    the fit goes on. Resumed from one older than the validations in its log folder (a kill after it, an
+    ``every_n_train_steps`` checkpoint), the files of the run that no longer exists from that step on are moved to
+    ``validations/superseded-<n>/``: ``step20`` was the dead run's, the live one's ``step20-2``, nothing said which."""
 
     step: int | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.step = trainer.global_step
+        if not trainer.ckpt_path or Path(str(trainer.ckpt_path)).name.startswith("."):  # (a tuner's own: hidden)
+            return
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "validations"  # (on every process: a broadcast)
+        if not trainer.is_global_zero or not folder.is_dir():
+            return
+        later = [file for file in folder.iterdir() if file.is_file() and (step := _FILE_STEP.search(file.name))
+                 and int(step[1]) > self.step]  # (the resumed step's own validated the weights the checkpoint holds)
+        if not later:
+            return
+        number = 2
+        while (aside := folder / f"superseded-{number}").exists():
+            number += 1
+        aside.mkdir()
+        for file in later:
+            os.replace(file, aside / file.name)
+        print(f"note: {len(later)} files of validations after step {self.step} in {folder}, written before the run resumed "
+              f"from {trainer.ckpt_path}, are moved to {aside.name}/: this run validates those steps again",
+              file=sys.stderr, flush=True)
 
 
 def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str, metrics: dict[str, float], captions: list,
@@ -71,6 +95,7 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
         folder, weights = folder / "validations", {  # a checkpoint resumed from: last.ckpt is rewritten as it trains
             "weights": "in training", "step": trainer.global_step, "epoch": trainer.current_epoch,
             "resumed_from": trainer.ckpt_path and str(trainer.ckpt_path), "init_from": getattr(module, "init_from", None),
+            "checkpoints": getattr(trainer.checkpoint_callback, "dirpath", None),  # (runs logged nowhere share one folder)
             **({"resumed_at_step": resumed[0]} if (resumed := [c.step for c in trainer.callbacks if isinstance(c, ResumedAt)])
                and trainer.ckpt_path else {})}
     else:
@@ -85,6 +110,8 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
         results["questions"] = len(answers)
     if captions or answers:
         results.update(generation=generation_record(generation), cut_at_max_new_tokens=cut)
+        if empty := sum(c == "" for _, c, _, _ in captions) + sum(p == "" for _, _, p, _ in answers):  # ended at once
+            results["empty"] = empty
     made = _split_record(datamodule, split)
     limits = []
     setting = "limit_test_batches" if prefix == "test" else "limit_val_batches"  # fast_dev_run sets it too
@@ -123,6 +150,7 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     _SAID_FOLDERS.add(folder)
     limited = f"; {results['limited_by']}: part of the split" if "limited_by" in results else ""
     limited += f"; {results['note']}" if "note" in results else ""
+    limited += f"; {results['empty']} generated texts are empty: the model ended them at once" if "empty" in results else ""
     left = (f"; its data left out {sum(made['skipped'].values()):,} bad record(s) ({', '.join(made['skipped'])})"
             if made.get("skipped") else "")
     said = f"predictions: {predictions.name}" if predictions else "the loss alone: nothing generated"

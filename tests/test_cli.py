@@ -61,6 +61,7 @@ def test_fit_writes_a_lean_checkpoint_and_tensorboard_curves_and_resumes(demo_di
     assert [results["checkpoint"]["step"] for results in kept] == [1, 2, 3]  # as checkpoints name them (step=2)
     assert [results["metrics"]["CIDEr"] for results in kept] == pytest.approx([v for _, v in scalar_series(log_dir, "val/CIDEr")])
     assert kept and all(results["stage"] == "fit" and results["checkpoint"]["weights"] == "in training" for results in kept)
+    assert kept[0]["checkpoint"]["checkpoints"] == str((demo_dir / "checkpoints" / "demo-caption").resolve())  # (whose)
     first = log_dir / "validations" / kept[0]["predictions"]
     assert len(first.read_text().splitlines()) == kept[0]["images"] > 0 and "caption" in json.loads(first.read_text().splitlines()[0])
 

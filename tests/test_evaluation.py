@@ -735,3 +735,18 @@ def test_a_full_disk_where_a_fits_validation_captions_go_stops_them_not_the_trai
         warnings.simplefilter("always")
         quick.fit(module, datamodule=data)
     assert "val/CIDEr" in quick.callback_metrics and not [w for w in said if "were not written" in str(w.message)]
+
+
+def test_generated_texts_that_are_empty_are_counted_in_the_results(backbones, coco_root, tmp_path, monkeypatch):
+    # a model that ends every caption at once (an instruct checkpoint asked for captions, a few steps of training) was
+    # scored with nothing said but its low numbers
+    from mmcaption.tasks import Tasks
+
+    monkeypatch.setattr(Tasks, "generate_batch", lambda self, batch, *args: [""] * len(batch["input_ids"]))
+    language_dir, vision_dir = backbones
+    data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                             image_processor=str(vision_dir), eval_batch_size=2, num_workers=0, test_caption_images=2)
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False,
+                      limit_test_batches=1)
+    trainer.test(make_captioner(backbones), datamodule=data, verbose=False)
+    assert json.loads((Path(trainer.log_dir) / "test-val2017.results.json").read_text())["empty"] == 2

@@ -1747,7 +1747,8 @@ def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_in
                                    "init_args": {"save_dir": "logs", "name": "mine", "version": "v1"}}
     config["trainer"]["log_every_n_steps"] = 1
     Path(fit[2]).write_text(yaml.safe_dump(config))
-    main([*fit, "--trainer.max_steps", "2", "--trainer.val_check_interval", "1"])  # (last.ckpt saved as a validation ends)
+    captions = ["--data.init_args.val_caption_images", "2", "--model.generation.max_new_tokens", "2"]
+    main([*fit, "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", *captions])  # (saved as a validation ends)
     run = tmp_path / "logs" / "mine" / "v1"
     trained = (run / "hparams.yaml").read_text()
 
@@ -1757,12 +1758,17 @@ def test_a_csv_loggers_curves_and_settings_are_kept_when_a_later_command_logs_in
 
     assert steps() == ["0", "1"]
     earlier = Path(shutil.copy(tmp_path / "c" / "epoch=0-step=2.ckpt", tmp_path / "step2.ckpt"))  # saved as a validation ended
-    main([*fit, "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    main([*fit, "--trainer.max_steps", "4", "--ckpt_path", "last", "--trainer.val_check_interval", "1", *captions])
     assert steps() == ["0", "1", "2", "3"]  # the resumed run's rows after the first run's
     # resumed from a checkpoint older than the last row (a kill after step 3, its last save at step 2): steps 2 and 3 were
     # in metrics.csv twice, one of each by a run that no longer exists; they are kept aside
-    main([*fit, "--trainer.max_steps", "4", "--ckpt_path", str(earlier)])
+    main([*fit, "--trainer.max_steps", "4", "--ckpt_path", str(earlier), "--trainer.val_check_interval", "1", *captions])
     assert steps() == ["0", "1", "2", "3"]
+    # and its validations' files after step 2 (step3 was the dead run's, the live one's step3-2, nothing said which)
+    assert sorted(p.name for p in (run / "validations" / "superseded-2").iterdir()) == [
+        f"val-val2017-step{n}.{kind}" for n in (3, 4) for kind in ("coco_results.json", "predictions.jsonl", "results.json")]
+    live = [json.loads((run / "validations" / f"val-val2017-step{n}.results.json").read_text()) for n in (1, 2, 3, 4)]
+    assert [results["checkpoint"].get("resumed_at_step") for results in live] == [None, None, 2, 2]
     with (run / "metrics-superseded-2.csv").open(newline="") as handle:
         assert [row["step"] for row in csv.DictReader(handle) if row.get("train/loss")] == ["2", "3"]
     with (run / "metrics.csv").open(newline="") as handle:  # the validation that saved step2.ckpt stays, not logged again
