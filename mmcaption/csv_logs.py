@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -52,10 +51,7 @@ def keep_earlier_csv_logs(trainer: Any) -> None:
             with metrics.open(newline="", encoding="utf-8") as handle:
                 writer.metrics_keys = next(csv.reader(handle), [])  # its rows appended under the same columns
         if (folder / "hparams.yaml").is_file():
-            number = 2
-            while (folder / f"hparams-{number}.yaml").exists():
-                number += 1
-            writer.NAME_HPARAMS_FILE = f"hparams-{number}.yaml"
+            writer.NAME_HPARAMS_FILE = free_numbered(folder, "hparams-{}.yaml").name
 
 
 def _sorted_header(metrics: Path) -> None:
@@ -74,37 +70,39 @@ def _sorted_header(metrics: Path) -> None:
     os.replace(staged, metrics)
 
 
-class RetracedRowsAside(Callback):
-    """A fit resumed from a checkpoint older than a ``CSVLogger``'s last row (a kill, the OOM killer or a preemption
-    ended the run after it, or an ``every_n_train_steps`` checkpoint was chosen) logs those steps again: its rows from
-    the resumed step on are moved to ``metrics-superseded-<n>.csv`` beside it, so that ``metrics.csv`` is one run's
-    curve (steps 4, 5, 6 were in it twice, one of them each of a run that no longer exists)."""
+def free_numbered(folder: Path, name: str) -> Path:
+    """The first of ``name`` numbered 2, 3, ... (``"hparams-{}.yaml"``) that is not in ``folder``."""
+    number = 2
+    while (folder / name.format(number)).exists():
+        number += 1
+    return folder / name.format(number)
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        if not trainer.ckpt_path or not trainer.is_global_zero or Path(str(trainer.ckpt_path)).name.startswith("."):
-            return  # (a tuner's own checkpoint of the run's start is hidden)
-        step = trainer.global_step  # the step its logs go on at (CurvesAtTheirSteps' count, not Lightning's one behind)
-        for logger in trainer.loggers:
-            metrics = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
-            if metrics is None or not metrics.is_file():
-                continue
-            logger.experiment.save()  # (any row this run logged already)
-            with metrics.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                header, rows = list(reader.fieldnames or []), list(reader)
-            later = [row for row in rows if (row.get("step") or "").isdigit() and int(row["step"]) >= step]
-            if not later:
-                continue
-            number = 2
-            while (aside := metrics.with_name(f"metrics-superseded-{number}.csv")).exists():
-                number += 1
-            retraced = {id(row) for row in later}
-            for path, kept in ((aside, later), (metrics, [row for row in rows if id(row) not in retraced])):
-                staged = path.with_name(f".{path.name}.{os.getpid()}.staged")
-                with staged.open("w", newline="", encoding="utf-8") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=header)
-                    writer.writeheader()
-                    writer.writerows(kept)
-                os.replace(staged, path)
-            print(f"note: {metrics}'s {len(later)} rows from step {step} on, logged before the run resumed from "
-                  f"{trainer.ckpt_path}, are moved to {aside.name}: this run logs those steps again", file=sys.stderr, flush=True)
+
+def set_retraced_rows_aside(trainer: Any, step: int) -> None:
+    """A fit resumed at ``step`` from a checkpoint older than a ``CSVLogger``'s last row (a kill, the OOM killer or a
+    preemption ended the run after it, or an ``every_n_train_steps`` checkpoint was chosen) logs those steps again: its
+    rows from ``step`` on (the step its logs go on at, CurvesAtTheirSteps' count) are moved to ``metrics-superseded-<n>.csv``
+    beside it, so that ``metrics.csv`` is one run's curve (steps 4, 5, 6 were in it twice, one of each by a run that no
+    longer exists). On the first process (the one that writes the logs)."""
+    for logger in trainer.loggers:
+        metrics = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if metrics is None or not metrics.is_file():
+            continue
+        logger.experiment.save()  # (any row this run logged already)
+        with metrics.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header, rows = list(reader.fieldnames or []), list(reader)
+        later = [row for row in rows if (row.get("step") or "").isdigit() and int(row["step"]) >= step]
+        if not later:
+            continue
+        aside = free_numbered(metrics.parent, "metrics-superseded-{}.csv")
+        retraced = {id(row) for row in later}
+        for path, kept in ((aside, later), (metrics, [row for row in rows if id(row) not in retraced])):
+            staged = path.with_name(f".{path.name}.{os.getpid()}.staged")
+            with staged.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(staged, path)
+        print(f"note: {metrics}'s {len(later)} rows from step {step} on, logged before the run resumed from "
+              f"{trainer.ckpt_path}, are moved to {aside.name}: this run logs those steps again", file=sys.stderr, flush=True)

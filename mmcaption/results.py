@@ -15,8 +15,10 @@ from typing import Any
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from mmcaption.csv_logs import free_numbered, set_retraced_rows_aside
 from mmcaption.evaluation.caption_metrics import grouped_caption_scores, metric_setup
 from mmcaption.evaluation.report import checkpoint_record, generation_record, write_evaluation
+from mmcaption.lightning_tools import tuners_checkpoint
 
 _FILE_STEP = re.compile(r"-step(\d+)(?:-\d+)?\.(?:predictions\.jsonl|results\.json|coco_results\.json)$")  # a fit's validation's
 _SAID_FOLDERS: set[Path] = set()  # a fit's validations' folder, said at the first of them
@@ -51,27 +53,28 @@ def domain_metrics(by_domain: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 class ResumedAt(Callback):
-    """The step a fit resumed at, for its validations' results: the checkpoint they name (``last.ckpt``) is saved over as
-    the fit goes on. Resumed from one older than the validations in its log folder (a kill after it, an
-    ``every_n_train_steps`` checkpoint), the files of the run that no longer exists from that step on are moved to
-    ``validations/superseded-<n>/``: ``step20`` was the dead run's, the live one's ``step20-2``, nothing said which."""
+    """Where a resumed fit's logs go on from: the step it resumed at, for its validations' results (the checkpoint they
+    name, ``last.ckpt``, is saved over as the fit goes on). Resumed from one older than what its log folder holds (a kill
+    after it, an ``every_n_train_steps`` checkpoint), the logs of the run that no longer exists are set aside: a
+    ``CSVLogger``'s rows (:func:`~mmcaption.csv_logs.set_retraced_rows_aside`), and its validations' files after that
+    step, moved to ``validations/superseded-<n>/`` (``step20`` was the dead run's, the live one's ``step20-2``, nothing
+    said which)."""
 
     step: int | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.step = trainer.global_step
-        if not trainer.ckpt_path or Path(str(trainer.ckpt_path)).name.startswith("."):  # (a tuner's own: hidden)
+        if not trainer.ckpt_path or tuners_checkpoint(trainer.ckpt_path):
             return
         folder = Path(trainer.log_dir or trainer.default_root_dir) / "validations"  # (on every process: a broadcast)
-        if not trainer.is_global_zero or not folder.is_dir():
+        if not trainer.is_global_zero:
             return
+        set_retraced_rows_aside(trainer, self.step)
         later = [file for file in folder.iterdir() if file.is_file() and (step := _FILE_STEP.search(file.name))
-                 and int(step[1]) > self.step]  # (the resumed step's own validated the weights the checkpoint holds)
+                 and int(step[1]) > self.step] if folder.is_dir() else []  # (the resumed step's own: the checkpoint's weights)
         if not later:
             return
-        number = 2
-        while (aside := folder / f"superseded-{number}").exists():
-            number += 1
+        aside = free_numbered(folder, "superseded-{}")
         aside.mkdir()
         for file in later:
             os.replace(file, aside / file.name)

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from mmcaption.advice import OutOfMemoryAdvice
 from mmcaption.callbacks import PlainProgress, ResumableStop, StageProgressBar, run_label
-from mmcaption.csv_logs import RetracedRowsAside, keep_earlier_csv_logs
+from mmcaption.csv_logs import keep_earlier_csv_logs
 from mmcaption.errors import FolderLockedError, hold_stops
 from mmcaption.folders import FolderLock
 from mmcaption.full_log_disk import CurvesOnFullDisk
@@ -58,7 +58,7 @@ def add_run_callbacks(trainer: Trainer) -> None:
     trainer.callbacks[:] = [callback for callback in trainer.callbacks if not isinstance(callback, ResumableStop)]
     trainer.callbacks.append(listed[0] if listed else ResumableStop())
     trainer.callbacks += [OutOfMemoryAdvice(), NothingLeftToTrain(), RunRecord(), WhereSaved(), CurvesOnFullDisk(), StopsHeldInTeardown(),
-                          FolderKept(), RetracedRowsAside(), ResumedAt()]
+                          FolderKept(), ResumedAt()]
     trainer.callbacks.insert(0, CurvesAtTheirSteps())  # before the config's LearningRateMonitor logs at a step
     for index, callback in enumerate(trainer.callbacks):
         if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's: named bars, or plain lines off a terminal

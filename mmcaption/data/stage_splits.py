@@ -182,11 +182,11 @@ def say_other_split_caches(folder: Path) -> None:
               f"inputs and settings still reads {them}", file=sys.stderr, flush=True)
     # the features a damaged split's rebuild set aside, which it did not finish (a bad record refused), the settings
     for kept in sorted(folder.parent.glob(f".{glob.escape(split)}-*.features-kept")):  # changed since: gigabytes unsaid
-        if kept.name != f".{folder.name}.features-kept" and kept.name[1:-len(".features-kept")].rsplit("-", 1)[0] == split \
-                and kept.is_dir():
+        target = kept.name[1:-len(".features-kept")]  # (.<split>-<key>.features-kept)
+        if target != folder.name and target.rsplit("-", 1)[0] == split and kept.is_dir():
             print(f"note: {kept} holds the vision features ({folder_bytes(kept) / 2**20:,.1f} MB) of split {split} as built "
-                  f"from other inputs or settings ({kept.name[1:-len('.features-kept')]}), set aside by a rebuild of it that "
-                  "did not finish: they go back if it is built again, else remove the folder", file=sys.stderr, flush=True)
+                  f"from other inputs or settings ({target}), set aside by a rebuild of it that did not finish: they go back "
+                  "if it is built again, else remove the folder", file=sys.stderr, flush=True)
 
 
 def remove_orphaned_builds(folder: Path) -> None:
