@@ -964,7 +964,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "591f42a276739110"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "ceb177db0a70445e"}
 
 
 def cache_code_digest() -> str:
@@ -1084,3 +1084,60 @@ def test_coco_2017_captions_are_trained_on_with_a_coco_2014_download_of_the_phot
     (root / "train2017").rmdir()
     with pytest.raises(DataError, match=r"COCO image folder not found: .*train2017"):
         make_datamodule(backbones, root, cache_dir=str(tmp_path / "cache")).check_inputs("fit")
+
+
+def test_preprocessing_stopped_half_way_goes_on_from_the_images_done(backbones, coco_copy, tmp_path, monkeypatch, capsys):
+    # COCO's image pass is half an hour of one core: Ctrl-C, docker stop or a dropped SSH connection in it (or a broken
+    # photo refused at its end, then mended) started every image over. The images done are kept; the next build, of
+    # these inputs or mended ones, reads only the others and writes the split a straight build writes
+    from mmcaption.data import image_pass
+    from mmcaption.data.cache import load_table
+
+    whole = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "whole"))
+    expected = load_table(whole.preprocess("train2017") / "images")[:]
+    prepared, stop_at = [], [7]
+
+    def prepare(image, image_size):
+        prepared.append(image)
+        if len(prepared) in stop_at:
+            raise KeyboardInterrupt
+        return original(image, image_size)
+
+    original = image_pass._prepared
+    monkeypatch.setattr(image_pass, "_prepared", prepare)
+    data = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "cache"))
+    with monkeypatch.context() as chunks, pytest.raises(KeyboardInterrupt):
+        chunks.setattr(image_pass, "CHECKED_BYTES", 1)  # each image's result kept as soon as it is done (a kill loses none)
+        data.preprocess("train2017")
+    assert not (data.split_folder("train2017") / "meta.json").exists()
+    kept = int(re.search(r"note: (\d+) images of split train2017 read, checked and shrunk are kept in (\S+): the next run "
+                         "goes on from them", capsys.readouterr().err)[1])
+    assert kept == 6  # those before the one stopped at
+    prepared.clear()
+    stop_at.clear()
+    said = []
+    monkeypatch.setattr("mmcaption.data.split_build.rank_zero_info", said.append)
+    folder = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "cache")).preprocess("train2017")
+    assert len(prepared) == 12 - kept  # only the images not done read again
+    assert any(f"{kept} images a stopped run read, checked and shrank are kept" in line for line in said)
+    assert load_table(folder / "images")[:] == expected  # the split a straight build writes
+    assert not list((tmp_path / "cache").glob(".train2017.checked-images-*"))  # removed once the split is built
+    # a photo that cannot be decoded is refused at the pass's end; the user mends it: only it is read again
+    broken = sorted((coco_copy / "train2017").iterdir())[3]
+    photo = broken.read_bytes()
+    broken.write_bytes(b"not a photo")
+    prepared.clear()
+    with pytest.raises(DataError, match=re.escape(broken.name)):
+        make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "mended")).preprocess("train2017")
+    assert len(prepared) == 12 and "note: 12 images of split train2017 read, checked and shrunk are kept" in capsys.readouterr().err
+    # a build at another image size meanwhile (the broken photo skipped) says what the stopped one kept, gigabytes at COCO's
+    with pytest.warns(UserWarning, match="skipped 1 bad records: 1 x unreadable image"):
+        make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "mended"), resize_images=False,
+                        on_bad_record="skip").preprocess("train2017")
+    assert re.search(r"note: \S+/\.train2017\.checked-images-\d+ holds images of split train2017 \([\d.]+ MB\) a stopped "
+                     "build at another image size read, checked and shrank", capsys.readouterr().err)
+    broken.write_bytes(photo)
+    prepared.clear()
+    folder = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "mended")).preprocess("train2017")
+    assert prepared == [prepared[0]] and prepared[0].source == broken
+    assert load_table(folder / "images")[:] == expected

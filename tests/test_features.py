@@ -264,7 +264,7 @@ def test_caching_features_stopped_half_way_goes_on_from_the_images_done(backbone
         raise OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
 
     with monkeypatch.context() as disk:
-        disk.setattr(features, "save_table", full)
+        disk.setattr("mmcaption.data.chunks.save_table", full)  # (as each chunk is written)
         stop_at.clear()
         with pytest.raises(OSError) as refused:
             features.write_image_features(split, str(vision_dir), -2, batch_size=2)

@@ -48,17 +48,14 @@ STAGE_SPLITS = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]} 
 # is text; conversations held out by image, not id. Not a new version, so that runs begun earlier resume (a new
 # version refuses them): invisible characters around a caption removed (only the caption files that hold one change
 # signature); colour profiles other than sRGB converted; a table's split column read as its splits (their names change
-# the caches' keys); a conversation's NaN image read as none, a .txt of captions read as Flickr's (both were refused).
-# tests/test_data_coco.py holds the digest of the code that builds caches, to ask for a new version when it changes.
+# the caches' keys); a conversation's NaN image read as none, a .txt of captions read as Flickr's (both refused); the
+# image pass's work kept for a stopped build. tests/test_data_coco.py holds the digest of the code that builds caches.
 PREPROCESSING_VERSION = 9
-CACHE_BUILDERS = ("mmcaption.data.base", "mmcaption.data.cache", "mmcaption.data.coco", "mmcaption.data.llava",
-                  "mmcaption.data.hub", "mmcaption.data.hub_images", "mmcaption.data.caption_cells",
-                  "mmcaption.data.datamodules", "mmcaption.data.folder_layouts", "mmcaption.data.tables",
-                  "mmcaption.data.records", "mmcaption.data.image_pass", "mmcaption.data.image_sources",
-                  "mmcaption.data.features", "mmcaption.images", "mmcaption.pixel_levels", "mmcaption.prompts",
-                  "mmcaption.data.conversation_fields", "mmcaption.file_spellings", "mmcaption.data.sampling",
-                  "mmcaption.data.split_column", "mmcaption.data.table_rows", "mmcaption.data.encodings",
-                  "mmcaption.data.caption_files", "mmcaption.data.stage_splits", "mmcaption.data.json_values")
+CACHE_BUILDERS = tuple(f"mmcaption.{name}" for name in """
+    data.base data.cache data.coco data.llava data.hub data.hub_images data.caption_cells data.datamodules
+    data.folder_layouts data.tables data.records data.image_pass data.image_sources data.features images pixel_levels
+    prompts data.conversation_fields file_spellings data.sampling data.split_column data.table_rows data.encodings
+    data.caption_files data.stage_splits data.json_values data.split_build data.chunks""".split())
 
 
 def tokenizer_signature(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.caption_cells import caption_text, note_html
 from mmcaption.data.image_pass import Unchecked
 from mmcaption.data.image_sources import COCO2014_FOLDERS, COCO2017_NAME, coco2014_copies, coco2017_copy
@@ -28,6 +27,7 @@ from mmcaption.data.records import (
     read_json,
     unsigned_images,
 )
+from mmcaption.data.split_build import write_image_text_split
 from mmcaption.prompts import text_ids
 from mmcaption.terminal import shell_word
 

@@ -12,11 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from mmcaption.data.cache import (
     released,
     save_table,
 )
+from mmcaption.data.chunks import building_elsewhere, chunk_damage, write_chunk
 from mmcaption.data.progress import Progress
 from mmcaption.errors import ConfigError
 from mmcaption.images import load_rgb
@@ -148,7 +146,7 @@ def write_image_features(
             for index in range(kept, count):  # each chunk kept once done: Ctrl-C, docker stop or a kill loses one at most
                 first = index * chunk
                 end = min(first + chunk, len(images))
-                _write_chunk(chunks, index, lambda first=first, end=end: rows(first, end), end - first, schema)
+                write_chunk(chunks, f"{index:05d}", lambda first=first, end=end: rows(first, end), end - first, schema)
     except BaseException:
         if (now := min(len(_chunk_folders(chunks)) * chunk, len(images))) > done:
             print(f"note: the vision tower's features of {now:,} of the {len(images):,} images of {split_folder.name} are "
@@ -194,83 +192,20 @@ def _kept_chunks(chunks: Path, meta: dict) -> int:
     kept = 0
     for index, folder in enumerate(_chunk_folders(chunks)):
         rows = min(meta["chunk"], meta["images"] - index * meta["chunk"])
-        if folder.name != f"{index:05d}" or _chunk_damage(folder, rows) is not None:
+        if folder.name != f"{index:05d}" or chunk_damage(folder, rows) is not None:
             break
         kept += 1
     for leftover in chunks.iterdir():  # a chunk half-written by a kill, those after a damaged one
         if leftover.name != "meta.json" and not (leftover.name.isdigit() and int(leftover.name) < kept) \
-                and not _building_elsewhere(leftover):
+                and not building_elsewhere(leftover):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     return kept
-
-
-def _build_prefix() -> str:
-    return f".build-{os.getpid()}-{socket.gethostname()}-"  # whose: a kill's leftover told from a live run's
-
-
-def _building_elsewhere(folder: Path) -> bool:
-    """Whether ``folder`` is a chunk another live process is computing (where no lock is held: NFS without lockd, Lustre
-    without flock, Windows, two nodes' first runs): removed as a kill's leftover, that run stopped at 'Cannot find data
-    file'. Its process is looked for on this host; another host's (or on Windows) is taken as live while written to."""
-    if not folder.name.startswith(".build-") or not folder.is_dir():
-        return False
-
-    def written_within(seconds: float) -> bool:  # (a chunk's rows are written as they are computed)
-        try:
-            return time.time() - max(p.stat().st_mtime for p in [folder, *folder.rglob("*")]) < seconds
-        except (OSError, ValueError):
-            return False
-
-    pid, _, rest = folder.name[len(".build-"):].partition("-")  # <pid>-<host>-<mkdtemp's 8 characters>
-    if pid.isdigit() and int(pid) == os.getpid():
-        return False  # this process's own, left by a stop
-    if pid.isdigit() and rest[:-9] == socket.gethostname() and os.name == "posix":
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # ended; or another container's, of this host's name: written to lately
-            return written_within(600)
-        except OSError:  # another user's process
-            return True
-        return True
-    return written_within(3600)
 
 
 def _start_chunks(chunks: Path, meta: dict) -> None:
     if not (chunks / "meta.json").is_file():
         chunks.mkdir(parents=True, exist_ok=True)
         (chunks / "meta.json").write_text(json.dumps(meta))
-
-
-def _chunk_damage(folder: Path, rows: int) -> str | None:
-    """``None`` if a chunk's table loads, holds ``rows`` rows and reads to its last; else what is wrong."""
-    try:
-        table = load_table(folder)
-        held = len(table)
-        if held == rows and held:
-            table[held - 1]  # (a file cut short by a power cut fails here)
-        del table
-    except Exception as error:  # (any failure to read it back: it is computed again)
-        return str(error)
-    released()
-    return None if held == rows else f"{held} rows, not {rows}"
-
-
-def _write_chunk(chunks: Path, index: int, rows: Callable[[], Iterator[dict]], count: int, schema: datasets.Features) -> None:
-    """Compute chunk ``index`` (``count`` rows) and rename it into place whole."""
-    build = Path(tempfile.mkdtemp(prefix=_build_prefix(), dir=chunks))
-    try:
-        table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(build / "cache"),
-                                                fingerprint=f"{chunks.name}-{index}")
-        save_table(table, build / "table")
-        del table
-        released()
-        try:
-            os.replace(build / "table", chunks / f"{index:05d}")
-        except OSError:
-            if _chunk_damage(chunks / f"{index:05d}", count) is not None:
-                raise  # (where no lock is held, Windows: another run's whole chunk in its place is as good)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
 
 
 def _size(count: int) -> str:

@@ -3,12 +3,17 @@ threads (Pillow decodes, resizes and encodes without holding the GIL), in the re
 
 At COCO's scale (118k photos) this pass is most of a first run: one core checked and shrank them in about
 half an hour. Readers hand over each image unchecked (:class:`Unchecked`), with how to name its records if
-it cannot be decoded, so that the check runs in the pool too, not in the reader's loop.
+it cannot be decoded, so that the check runs in the pool too, not in the reader's loop. What the pass has done is
+kept as it goes (:class:`CheckedImages`): a run stopped half-way goes on from it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import shutil
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+
+from mmcaption.data.cache import load_table
+from mmcaption.data.chunks import building_elsewhere, chunk_damage, write_chunk
 from mmcaption.data.records import BadRecords
 from mmcaption.data.workers import usable_cores
 from mmcaption.images import DECODE_ERRORS, check_image, load_rgb, opened, shrink_image
@@ -23,6 +32,10 @@ from mmcaption.images import DECODE_ERRORS, check_image, load_rgb, opened, shrin
 UNREADABLE = "unreadable image"
 TINY = 8  # pixels on the shorter side
 TINY_NOTE = f"images smaller than {TINY} pixels on a side (a web page's tracking pixel or spacer?), trained on"
+CHECKED_BYTES = 64 * 2**20  # the checked images held at a time before they are kept: a stopped run goes on after them
+CHECKED_IMAGES = 4096  # (or this many: those stored as they are, read again from their files)
+CHECKED = datasets.Features({"source": datasets.Value("string"), "image": datasets.Value("binary"),
+                             "problem": datasets.Value("string")})
 
 
 @dataclass(frozen=True)
@@ -40,12 +53,24 @@ def preprocessing_threads() -> int:
     return max(1, min(8, usable_cores()))
 
 
-def _prepared(image: bytes | Unchecked, image_size: int | None) -> tuple[bytes, str | None]:
-    """The bytes to store, and why they cannot be decoded (``None`` when they can). A photo that is shrunk is decoded
-    whole to be: that is its check, not a second decode (the pass's main cost at COCO's scale)."""
+def _prepared(image: bytes | Unchecked, image_size: int | None) -> tuple[bytes, str | None, bool]:
+    """The bytes to store, why they cannot be decoded (``None`` when they can), and whether they are the image's own
+    (not shrunk)."""
+    data = _read(image)
+    stored, problem = _checked(image, data, image_size)
+    return stored, problem, stored is data
+
+
+def _read(image: bytes | Unchecked) -> bytes:
+    source = image.source if isinstance(image, Unchecked) else image
+    return source.read_bytes() if isinstance(source, Path) else source
+
+
+def _checked(image: bytes | Unchecked, data: bytes, image_size: int | None) -> tuple[bytes, str | None]:
+    """The bytes to store of ``data``, ``image``'s, and why they cannot be decoded (``None`` when they can). A photo
+    that is shrunk is decoded whole to be: that is its check, not a second decode (the pass's main cost at COCO's scale)."""
     if not isinstance(image, Unchecked):
-        return (image if image_size is None else shrink_image(image, image_size)), None
-    data = image.source.read_bytes() if isinstance(image.source, Path) else image.source
+        return (data if image_size is None else shrink_image(data, image_size)), None
     with contextlib.suppress(*DECODE_ERRORS), opened(data) as header:  # a web page's tracking pixel or spacer: said
         if min(header.size) < TINY:
             return data, check_image(data) or TINY_NOTE
@@ -61,21 +86,102 @@ def _prepared(image: bytes | Unchecked, image_size: int | None) -> tuple[bytes, 
     return data, None
 
 
+class CheckedImages:
+    """The image pass's results (each image's bytes as stored and why it cannot be decoded, if it cannot) kept in
+    ``folder`` beside the split's, in chunks of about :data:`CHECKED_BYTES`, while a split is built: a run stopped
+    half-way (Ctrl-C, ``docker stop``, a kill, a bad record refused) started COCO's half hour of images over. Each result
+    is found by its image's source (its file's path, size and time; a digest of the bytes a table holds), not by its
+    place: the next build of the split reads again only the images not kept, of these inputs or of edited ones (the
+    bad record mended). Removed once the split is built (:meth:`remove`)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.found, self.held, self.held_bytes, self.kept_now = folder, {}, [], 0, 0
+        chunks = sorted(folder.glob("chunk-*")) if folder.is_dir() else []
+        for chunk in chunks:  # (a kill as one was renamed into place, a disk filled as it was written: read again)
+            table = None if chunk_damage(chunk) else load_table(chunk)
+            if table is None or table.features != CHECKED:
+                shutil.rmtree(chunk, ignore_errors=True)
+                continue
+            self.found.update((source, (table, row)) for row, source in enumerate(table["source"]))
+        for leftover in folder.glob(".build-*") if folder.is_dir() else []:  # a chunk half-written by a kill
+            if not building_elsewhere(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+        self.kept_before = len(self.found)
+
+    @staticmethod
+    def source(image: bytes | Unchecked, image_size: int | None) -> str | None:
+        """What identifies an image's result (``None``: one not worth keeping, bytes stored as they are)."""
+        source = image.source if isinstance(image, Unchecked) else image
+        if isinstance(source, Path):
+            try:
+                stat = source.stat()
+            except OSError:
+                return None
+            return f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"  # (a copy's content kept its time)
+        if image_size is None and not isinstance(image, Unchecked):
+            return None
+        return f"blake2b:{hashlib.blake2b(source, digest_size=16).hexdigest()}|{len(source)}"
+
+    def get(self, source: str | None, image: bytes | Unchecked) -> tuple[bytes, str | None, bool] | None:
+        """``image``'s result as kept (its own bytes read again where they were stored as they are), or ``None``."""
+        if source not in self.found:
+            return None
+        table, row = self.found[source]
+        kept = table[row]
+        return (_read(image) if kept["image"] is None else kept["image"]), kept["problem"], kept["image"] is None
+
+    def add(self, source: str, data: bytes, problem: str | None, own: bool) -> None:
+        """Keep an image's result: its bytes as stored, unless they are its ``own`` (read again from it: a full-size
+        COCO kept twice over while it is built, at ``resize_images: false``)."""
+        self.held.append({"source": source, "image": None if own else data, "problem": problem})
+        self.held_bytes += 0 if own else len(data)
+        if self.held_bytes >= CHECKED_BYTES or len(self.held) >= CHECKED_IMAGES:
+            self.keep()
+
+    def keep(self) -> None:
+        """Write the results held as a chunk (each process's and time's own name: runs of other inputs may share it)."""
+        if self.held:
+            held, self.held, self.held_bytes = self.held, [], 0
+            write_chunk(self.folder, f"chunk-{time.time_ns()}-{os.getpid()}", lambda: iter(held), len(held), CHECKED)
+            self.kept_now += len(held)
+
+    @property
+    def kept(self) -> int:
+        """The images whose results are kept, by earlier runs and this one."""
+        return self.kept_before + self.kept_now
+
+    def remove(self) -> None:
+        self.found.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def checked_images_folder(target: Path, image_size: int | None) -> Path:
+    """Where the image pass of ``target`` (``<split>-<key>``) keeps its results: one folder for the split's builds
+    of any key (edited inputs reuse them) at this ``image_size``."""
+    return target.with_name(f".{target.name.rsplit('-', 1)[0]}.checked-images-{image_size or 'full'}")
+
+
 def checked_and_shrunk(
-    entries: Iterator[tuple[dict | None, Any]], image_size: int | None, records: BadRecords
+    entries: Iterator[tuple[dict | None, Any]], image_size: int | None, records: BadRecords,
+    checked: CheckedImages | None = None,
 ) -> Iterator[tuple[dict | None, Any]]:
     """``entries`` in their order, each image row's image checked if it came :class:`Unchecked` and shrunk to
     ``image_size`` if given (:func:`shrink_image`). An image that cannot be decoded is left out, with its
-    records named through ``records`` (:data:`UNREADABLE`, deferred)."""
+    records named through ``records`` (:data:`UNREADABLE`, deferred). With ``checked``, an image found there is
+    not read again, and the others' results are kept in it as they are done (all of them when the pass stops)."""
     threads = preprocessing_threads()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="mmcaption-images")
-    window: deque[tuple[dict | None, Any, Future | None]] = deque()  # a few images ahead, in order
+    # a few images ahead, in order: each with its result (kept by an earlier run) or its future, and its source
+    window: deque[tuple[dict | None, Any, Future | tuple | None, str | None]] = deque()
 
-    def done(image_row: dict | None, items: Any, future: Future | None) -> Iterator[tuple[dict | None, Any]]:
+    def done(image_row: dict | None, items: Any, result: Future | tuple | None,
+             source: str | None) -> Iterator[tuple[dict | None, Any]]:
         if image_row is None:
             yield None, items
             return
-        data, problem = future.result()
+        data, problem, own = result if isinstance(result, tuple) else result.result()
+        if checked is not None and source is not None and not isinstance(result, tuple):
+            checked.add(source, data, problem, own)
         if problem in (None, TINY_NOTE):
             if problem:  # trained on, as the record gives it
                 records.note(TINY_NOTE, example=str(image_row.get("file_name") or image_row.get("image_id") or ""))
@@ -84,13 +190,22 @@ def checked_and_shrunk(
         for message in image_row["image"].blame(problem):
             records.defer(UNREADABLE, message)
 
+    def started(image_row: dict | None) -> tuple[Future | tuple | None, str | None]:
+        if image_row is None:
+            return None, None
+        source = None if checked is None else CheckedImages.source(image_row["image"], image_size)
+        kept = None if checked is None else checked.get(source, image_row["image"])
+        return kept or pool.submit(_prepared, image_row["image"], image_size), source
+
     try:
         for image_row, items in entries:
-            window.append((image_row, items, None if image_row is None else pool.submit(_prepared, image_row["image"],
-                                                                                         image_size)))
+            window.append((image_row, items, *started(image_row)))
             if len(window) > 4 * threads:
                 yield from done(*window.popleft())
         while window:
             yield from done(*window.popleft())
-    finally:  # Ctrl-C, or a bad record refused: the images queued are dropped, not read first
+    finally:  # Ctrl-C, or a bad record refused: the images queued are dropped, not read first; those done are kept
         pool.shutdown(wait=True, cancel_futures=True)
+        if checked is not None:
+            with contextlib.suppress(Exception):  # (a full disk: the stop's own error is the one to see)
+                checked.keep()

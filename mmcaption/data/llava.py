@@ -23,7 +23,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from mmcaption.data import tables
-from mmcaption.data.cache import write_image_text_split
 from mmcaption.data.caption_cells import caption_text
 from mmcaption.data.conversation_fields import ROLES, either, image_of, turns_of, with_question_image
 from mmcaption.data.image_pass import Unchecked
@@ -38,6 +37,7 @@ from mmcaption.data.records import (
     unsigned_images,
 )
 from mmcaption.data.sampling import held_out, held_out_keys
+from mmcaption.data.split_build import write_image_text_split
 from mmcaption.prompts import OTHER_PLACEHOLDERS, ConversationTemplate, image_placeholders, strip_image_placeholder
 
 IMAGE_FEATURES = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Value("binary")})
