@@ -16,6 +16,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from mmcaption import step_ends
 from mmcaption.errors import Interrupted, ResumeError, RunInterrupted, process_rank, stop_signals
 from mmcaption.lightning_tools import tuners_checkpoint
 from mmcaption.rebatch import SAID, earlier_order, restart_loader, resume_with_other_batches, save_where_a_worker_died
@@ -192,19 +193,18 @@ class ResumableStop(Callback):
                       and trainer.checkpoint_callback.save_last)
         stop = self.signal is not None
         if trainer.world_size > 1:  # every process must decide alike: one signalled process stops them all
-            flags = torch.tensor([float(stop), float(due)], device=pl_module.device)
-            flags = trainer.strategy.reduce(flags, reduce_op="sum")
+            flags = trainer.strategy.reduce(torch.tensor([float(stop), float(due)], device=pl_module.device), reduce_op="sum")
             stop, due = bool(flags[0] > 0), bool(flags[1] > 0)
         if not (stop or due):
             return
-        callback = trainer.checkpoint_callback
-        saved_by_callback = getattr(callback, "_last_global_step_saved", None)
-        self._stopping = stop  # the save records it: a next stage started from it says it did not finish
+        saved_by_callback = getattr(trainer.checkpoint_callback, "_last_global_step_saved", None)
+        # the save records it (a next stage started from it says it did not finish), and the validation due at this step
+        self._stopping, self._validation_due = stop, stop and step_ends.validation_due(trainer)  # (run first if resumed)
         path = self._save(trainer, stop)
         self._stopping = False
         self._last_save, self._saved_step = time.monotonic(), trainer.global_step
-        if saved_by_callback is not None:  # the checkpoint callback's own saves at this step (a validation's best,
-            callback._last_global_step_saved = saved_by_callback  # every N steps) still happen: it skips a step marked saved
+        if saved_by_callback is not None:  # the checkpoint callback's own saves at this step (a validation's best, every
+            trainer.checkpoint_callback._last_global_step_saved = saved_by_callback  # N steps) happen: it skips one saved
         if stop:
             # this step's metrics reach the loggers, as the loop sends them after this hook: the curve has no gap
             trainer._logger_connector.update_train_step_metrics()
@@ -214,7 +214,7 @@ class ResumableStop(Callback):
         self._last_save = time.monotonic()
         checkpoint["slurm_job"] = this_job() or ""  # a requeued job resumes from its own saves (slurm.requeued_checkpoint)
         if getattr(self, "_stopping", False):
-            checkpoint["stopped_by"] = signal.Signals(self.signal or signal.SIGTERM).name
+            step_ends.mark_stop(checkpoint, signal.Signals(self.signal or signal.SIGTERM).name, self._validation_due)
         describe = getattr(trainer.datamodule, "training_data", None)
         if describe is not None and trainer.state.fn == "fit":
             checkpoint["training_data"] = describe()

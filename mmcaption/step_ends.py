@@ -52,6 +52,34 @@ def hold_validation_to_step_ends(trainer) -> None:
     loop._should_check_val_fx, loop._held_to_step_ends = should_check, True
 
 
+def validation_due(trainer) -> bool:
+    """Whether Lightning validates at the end of the step now ending (a stop saves before it: asked at a step's end)."""
+    return bool(trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+
+
+def mark_stop(checkpoint: dict, signal_name: str, validation_due: bool) -> None:
+    """Record in a stop's checkpoint the signal that stopped the run (a next stage started from it says it did not
+    finish), and the validation due at its step, if one was (:func:`validation_to_run_first`)."""
+    checkpoint["stopped_by"] = signal_name
+    if validation_due:
+        validation_to_run_first(checkpoint)
+
+
+def validation_to_run_first(checkpoint: dict) -> None:
+    """Mark a stop's checkpoint, saved at a step's end before the validation due there, as Lightning marks one saved
+    inside that validation's first batch: the resumed run runs it before its next step (Lightning < 2.7's restart
+    stages, pinned). Resumed as saved, the validation was never run: a gap in its curve, the best checkpoint and early
+    stopping's count without it, and with one validation an epoch, a stop in an epoch's last step lost that epoch's."""
+    loops = checkpoint["loops"]["fit_loop"]
+    training = loops["epoch_loop.batch_progress"]
+    for part in ("total", "current"):  # the step's batch done, as after its hooks (not counted again when resumed)
+        training[part]["completed"] = training[part]["processed"]
+    validation = loops["epoch_loop.val_loop.batch_progress"]
+    done = validation["total"]["completed"]  # those of the validations run before; the first batch of this one begun
+    validation["total"].update(ready=done + 1, started=done + 1, processed=done)
+    validation["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+
+
 def run_timer(trainer) -> Timer | None:
     """Lightning's Timer, there when ``trainer.max_time`` is set."""
     return next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)

@@ -1251,6 +1251,51 @@ class SignalAtStep(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class Validations(Callback):
+    """The steps a fit validated at."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.steps.append(trainer.global_step)
+
+
+@pytest.mark.parametrize("schedule", ["every 2 steps", "once an epoch"])
+def test_a_stop_at_a_step_a_validation_was_due_runs_that_validation_first_when_resumed(schedule, backbones, coco_root, tmp_path):
+    # Ctrl-C or docker stop in the step a validation falls at saved before it, and the resumed run went on to the next
+    # step: that validation never ran - a gap in its curve, no checkpoint of its score, early stopping's count short; with
+    # one validation an epoch (Lightning's default), a stop in an epoch's last step lost that epoch's
+    from mmcaption.errors import signals_stop
+
+    language_dir, vision_dir = backbones
+    data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
+                             image_processor=str(vision_dir), batch_size=4, num_workers=0)
+    settings, stop_at = ({"val_check_interval": 2}, 2) if schedule == "every 2 steps" else ({"limit_train_batches": 3}, 3)
+
+    def fit(folder, *callbacks, ckpt_path=None):
+        validations = Validations()
+        trainer = Trainer(accelerator="cpu", max_steps=6, limit_val_batches=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, **settings,
+                          callbacks=[*callbacks, ResumableStop(), validations, ModelCheckpoint(
+                              dirpath=folder, monitor="val/loss", save_top_k=-1, save_last=True, filename="{step}")])
+        torch.manual_seed(0)
+        module = make_captioner(backbones)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return validations.steps, {name: value for name, value in module.state_dict().items() if "lora" in name}
+
+    straight, straight_weights = fit(tmp_path / "straight")
+    assert straight == ([2, 4, 6] if schedule == "every 2 steps" else [3, 6])
+    with pytest.raises(RunInterrupted, match=f"stopped by SIGTERM at step {stop_at}: saved "), signals_stop():
+        fit(tmp_path / "stopped", SignalAtStep(stop_at))
+    resumed, weights = fit(tmp_path / "stopped", ckpt_path=tmp_path / "stopped" / "last.ckpt")
+    assert resumed[0] == stop_at and [*straight[:straight.index(stop_at)], *resumed] == straight  # its validation, first
+    assert (tmp_path / "stopped" / f"step={stop_at}.ckpt").is_file()  # and the checkpoint of its score
+    assert weights.keys() == straight_weights.keys()
+    assert all(torch.equal(weights[name], straight_weights[name]) for name in weights)  # no step taken twice or skipped
+
+
 def test_a_second_run_stopped_at_the_same_step_keeps_the_first_ones_checkpoint(tmp_path, capfd, caplog):
     # without save_last (a user's own ModelCheckpoint, or --trainer.enable_checkpointing false) a stop saves
     # interrupted-step<N>.ckpt: a re-run into the same folder stopped at that step (a signal in a validation acts a step
