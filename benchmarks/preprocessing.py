@@ -7,6 +7,9 @@ Writes ``--images`` JPEG photos of ``--size`` (synthetic scenes with sensor-like
 640 x 480, as COCO's are) in the official COCO layout with five captions each, then preprocesses the
 split from nothing ``--rounds`` times each way (CLIP's 224-pixel side, as the real configs store them).
 Prints images/s (median) of each and the ratio. Both ways write the same bytes: the script checks it.
+
+Then, with the pool, what keeping the image pass's work costs (a build that keeps it against one that does not) and
+what it saves: the build after one stopped (Ctrl-C) half-way through the images, against a build from nothing.
 """
 
 from __future__ import annotations
@@ -91,6 +94,41 @@ def main() -> None:
         print(f"  1 thread:            {one:7.1f} images/s")
         print(f"  {threads} threads (default): {many:7.1f} images/s")
         print(f"  ratio: {many / one:.2f}x")
+        kept_work(scratch, backbones, args.images, args.rounds, digests.pop())
+
+
+def kept_work(scratch: Path, backbones: tuple[Path, Path], images: int, rounds: int, digest: str) -> None:
+    """Seconds of a build keeping the image pass's work, of one not keeping it, and of the build after a stop half-way."""
+    seconds: dict[str, list[float]] = {"kept": [], "not kept": [], "after a stop": []}
+    prepared, done = image_pass._prepared, []
+
+    def stopped_half_way(image, image_size):  # Ctrl-C as half of the images are read
+        done.append(image)
+        if len(done) == images // 2:
+            done.clear()
+            raise KeyboardInterrupt
+        return prepared(image, image_size)
+
+    for _ in range(rounds):
+        for way in seconds:
+            cache = scratch / "cache-kept"
+            if way == "after a stop":
+                try:
+                    with mock.patch.object(image_pass, "_prepared", stopped_half_way):
+                        preprocess(scratch / "coco", backbones, cache)
+                except KeyboardInterrupt:
+                    pass
+            with mock.patch.object(image_pass.CheckedImages, "add", lambda *args: None) if way == "not kept" \
+                    else mock.patch.object(image_pass, "CHECKED_BYTES", image_pass.CHECKED_BYTES):
+                taken, written = preprocess(scratch / "coco", backbones, cache)
+            shutil.rmtree(cache)
+            seconds[way].append(taken)
+            if written != digest:
+                raise SystemExit(f"the build {way} wrote other images")
+    kept, bare, after = (statistics.median(seconds[way]) for way in seconds)
+    print(f"keeping the image pass's work (the pool; medians of {rounds} rounds, the same bytes written):")
+    print(f"  a build keeping it:       {kept:6.2f} s; not keeping it: {bare:6.2f} s; ratio {kept / bare:.2f}x")
+    print(f"  the build after a stop half-way through the images: {after:6.2f} s, {after / kept:.2f}x of a build from nothing")
 
 
 if __name__ == "__main__":

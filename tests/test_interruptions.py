@@ -2525,7 +2525,7 @@ def test_a_full_disk_while_preprocessing_is_said_in_one_line_and_leaves_no_stagi
 ):
     import errno
 
-    import mmcaption.data.cache as cache
+    import mmcaption.data.split_build as cache
 
     lm, vision = backbones
     dm = CaptionDataModule(data_dir=str(shutil.copytree(coco_root, tmp_path / "coco")), tokenizer=str(lm),
@@ -2558,7 +2558,8 @@ def test_a_full_disk_while_preprocessing_is_said_in_one_line_and_leaves_no_stagi
         user_errors_exit(dm.prepare_data)()
     [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert re.match(rf"error: the disk is full while writing {re.escape(str(tmp_path / 'coco' / 'preprocessed'))}/train2017-[0-9a-f]+ "
-                    r"\(No space left on device; a folder takes up to twice its size while it is built\); [\d.]+ GB free there now", err), err
+                    r"\(No space left on device; a split takes up to three times its images' size while it is built \(the image "
+                    r"pass's work kept till then\)\); [\d.]+ GB free there now", err), err
 
 
 CUDA_OUT_OF_MEMORY = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of which 1.06 GiB "

@@ -244,16 +244,16 @@ def released() -> None:
 
 
 @contextmanager
-def publish_atomically(target: Path) -> Iterator[Path]:
+def publish_atomically(target: Path, need: str = "a folder takes up to twice its size while it is built") -> Iterator[Path]:
     """Yield a staging folder beside ``target``; rename it to ``target`` only if the block completes. A run stopped
     half-way by an error, Ctrl-C or SIGTERM (:func:`~mmcaption.errors.signals_stop`) removes it; one killed outright
     (SIGKILL, a power cut) leaves a hidden ``.partial`` folder that is never mistaken for a complete one; the next build
-    of ``target`` under :func:`built_once` removes it."""
+    of ``target`` under :func:`built_once` removes it. ``need``: the room it takes, said with a full disk."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:  # a full disk said with what was built (datasets' writer names no file), and its need
-        with disk_full_named(target, "a folder takes up to twice its size while it is built"):
+        with disk_full_named(target, need):
             yield staging
             shutil.rmtree(staging / "build", ignore_errors=True)
             # mkdtemp's folder is private; a shared cache must be readable as others' files are (a setgid bit is kept)

@@ -19,6 +19,8 @@ from mmcaption.data.image_pass import CheckedImages, checked_and_shrunk, checked
 from mmcaption.data.progress import Progress
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
 
+SPLIT_NEED = "a split takes up to three times its images' size while it is built (the image pass's work kept till then)"
+
 
 def write_image_text_split(
     target: Path,
@@ -84,7 +86,7 @@ def write_image_text_split(
             raise NothingUsable(f"{records.source}: nothing usable is left (bad records: {records.summary() or 'none'})") from None
 
     try:
-        with publish_atomically(target) as staging, _unwrap_generation_errors():
+        with publish_atomically(target, SPLIT_NEED) as staging, _unwrap_generation_errors():
             images = build(image_rows, image_features, "images")
             records.raise_deferred()  # every image that could not be decoded, at once
             texts = build(all_text_rows, text_features, text_table)
