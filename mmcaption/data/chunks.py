@@ -26,15 +26,16 @@ def build_prefix() -> str:
 
 
 def building_elsewhere(folder: Path) -> bool:
-    """Whether ``folder`` is a chunk another live process is computing (where no lock is held: NFS without lockd, Lustre
+    """Whether ``folder`` (or file) is a chunk another live process is computing (where no lock is held: NFS without lockd, Lustre
     without flock, Windows, two nodes' first runs): removed as a kill's leftover, that run stopped at 'Cannot find data
     file'. Its process is looked for on this host; another host's (or on Windows) is taken as live while written to."""
-    if not folder.name.startswith(".build-") or not folder.is_dir():
+    if not folder.name.startswith(".build-") or not folder.exists():
         return False
 
     def written_within(seconds: float) -> bool:  # (a chunk's rows are written as they are computed)
         try:
-            return time.time() - max(p.stat().st_mtime for p in [folder, *folder.rglob("*")]) < seconds
+            paths = [folder, *folder.rglob("*")] if folder.is_dir() else [folder]
+            return time.time() - max(p.stat().st_mtime for p in paths) < seconds
         except (OSError, ValueError):
             return False
 

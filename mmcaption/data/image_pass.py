@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -21,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
+import pyarrow as pa
 
-from mmcaption.data.cache import load_table
-from mmcaption.data.chunks import building_elsewhere, chunk_damage, write_chunk
+from mmcaption.data.chunks import build_prefix, building_elsewhere
 from mmcaption.data.records import BadRecords
 from mmcaption.data.workers import usable_cores
 from mmcaption.images import DECODE_ERRORS, check_image, load_rgb, opened, shrink_image
@@ -34,8 +34,7 @@ TINY = 8  # pixels on the shorter side
 TINY_NOTE = f"images smaller than {TINY} pixels on a side (a web page's tracking pixel or spacer?), trained on"
 CHECKED_BYTES = 64 * 2**20  # the checked images held at a time before they are kept: a stopped run goes on after them
 CHECKED_IMAGES = 4096  # (or this many: those stored as they are, read again from their files)
-CHECKED = datasets.Features({"source": datasets.Value("string"), "image": datasets.Value("binary"),
-                             "problem": datasets.Value("string")})
+CHECKED = pa.schema([("source", pa.string()), ("image", pa.binary()), ("problem", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -96,16 +95,20 @@ class CheckedImages:
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.found, self.held, self.held_bytes, self.kept_now = folder, {}, [], 0, 0
-        chunks = sorted(folder.glob("chunk-*")) if folder.is_dir() else []
-        for chunk in chunks:  # (a kill as one was renamed into place, a disk filled as it was written: read again)
-            table = None if chunk_damage(chunk) else load_table(chunk)
-            if table is None or table.features != CHECKED:
-                shutil.rmtree(chunk, ignore_errors=True)
+        self.tables: list[pa.Table] = []
+        for chunk in sorted(folder.glob("chunk-*.arrow")) if folder.is_dir() else []:
+            try:  # (Arrow's file format ends in a footer: one cut short by a power cut or a full disk does not open)
+                table = pa.ipc.open_file(pa.memory_map(str(chunk))).read_all()
+                if table.schema != CHECKED:
+                    raise ValueError(f"another layout: {table.schema}")
+            except (OSError, ValueError, pa.ArrowException):
+                chunk.unlink(missing_ok=True)
                 continue
-            self.found.update((source, (table, row)) for row, source in enumerate(table["source"]))
+            self.tables.append(table)
+            self.found.update((source, (table, row)) for row, source in enumerate(table.column("source").to_pylist()))
         for leftover in folder.glob(".build-*") if folder.is_dir() else []:  # a chunk half-written by a kill
             if not building_elsewhere(leftover):
-                shutil.rmtree(leftover, ignore_errors=True)
+                leftover.unlink(missing_ok=True)
         self.kept_before = len(self.found)
 
     @staticmethod
@@ -127,8 +130,8 @@ class CheckedImages:
         if source not in self.found:
             return None
         table, row = self.found[source]
-        kept = table[row]
-        return (_read(image) if kept["image"] is None else kept["image"]), kept["problem"], kept["image"] is None
+        kept, problem = table.column("image")[row].as_py(), table.column("problem")[row].as_py()
+        return (_read(image) if kept is None else kept), problem, kept is None
 
     def add(self, source: str, data: bytes, problem: str | None, own: bool) -> None:
         """Keep an image's result: its bytes as stored, unless they are its ``own`` (read again from it: a full-size
@@ -140,10 +143,18 @@ class CheckedImages:
 
     def keep(self) -> None:
         """Write the results held as a chunk (each process's and time's own name: runs of other inputs may share it)."""
-        if self.held:
-            held, self.held, self.held_bytes = self.held, [], 0
-            write_chunk(self.folder, f"chunk-{time.time_ns()}-{os.getpid()}", lambda: iter(held), len(held), CHECKED)
-            self.kept_now += len(held)
+        if not self.held:
+            return
+        held, self.held, self.held_bytes = self.held, [], 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        descriptor, build = tempfile.mkstemp(prefix=build_prefix(), suffix=".arrow", dir=self.folder)
+        try:
+            with os.fdopen(descriptor, "wb") as file, pa.ipc.new_file(file, CHECKED) as writer:
+                writer.write_table(pa.Table.from_pylist(held, schema=CHECKED))
+            os.replace(build, self.folder / f"chunk-{time.time_ns()}-{os.getpid()}.arrow")  # whole, or not there
+        finally:
+            Path(build).unlink(missing_ok=True)
+        self.kept_now += len(held)
 
     @property
     def kept(self) -> int:
@@ -152,6 +163,7 @@ class CheckedImages:
 
     def remove(self) -> None:
         self.found.clear()
+        self.tables.clear()  # (the files they map let go of: Windows does not delete a mapped file)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
