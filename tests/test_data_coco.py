@@ -1090,9 +1090,13 @@ def test_preprocessing_stopped_half_way_goes_on_from_the_images_done(backbones, 
     # COCO's image pass is half an hour of one core: Ctrl-C, docker stop or a dropped SSH connection in it (or a broken
     # photo refused at its end, then mended) started every image over. The images done are kept; the next build, of
     # these inputs or mended ones, reads only the others and writes the split a straight build writes
+    from PIL import Image
+
     from mmcaption.data import image_pass
     from mmcaption.data.cache import load_table
 
+    for large in sorted((coco_copy / "train2017").iterdir())[:2]:  # larger than the processor's side: kept shrunk
+        Image.open(large).convert("RGB").resize((160, 128)).save(large)
     whole = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "whole"))
     expected = load_table(whole.preprocess("train2017") / "images")[:]
     prepared, stop_at = [], [7]
@@ -1107,19 +1111,22 @@ def test_preprocessing_stopped_half_way_goes_on_from_the_images_done(backbones, 
     monkeypatch.setattr(image_pass, "_prepared", prepare)
     data = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "cache"))
     with monkeypatch.context() as chunks, pytest.raises(KeyboardInterrupt):
-        chunks.setattr(image_pass, "CHECKED_BYTES", 1)  # each image's result kept as soon as it is done (a kill loses none)
+        chunks.setattr(image_pass, "CHECKED_IMAGES", 1)  # each image's result kept as soon as it is done (a kill loses none)
         data.preprocess("train2017")
     assert not (data.split_folder("train2017") / "meta.json").exists()
     kept = int(re.search(r"note: (\d+) images of split train2017 read, checked and shrunk are kept in (\S+): the next run "
                          "goes on from them", capsys.readouterr().err)[1])
     assert kept == 6  # those before the one stopped at
+    chunks = sorted((tmp_path / "cache").glob(".train2017.checked-images-*/chunk-*.arrow"))
+    assert len(chunks) == kept  # one image a chunk here
+    chunks[0].write_bytes(chunks[0].read_bytes()[:100])  # one a power cut left cut short: read again
     prepared.clear()
     stop_at.clear()
     said = []
     monkeypatch.setattr("mmcaption.data.split_build.rank_zero_info", said.append)
     folder = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "cache")).preprocess("train2017")
-    assert len(prepared) == 12 - kept  # only the images not done read again
-    assert any(f"{kept} images a stopped run read, checked and shrank are kept" in line for line in said)
+    assert len(prepared) == 12 - kept + 1  # only the images not done read again
+    assert any(f"{kept - 1} images a stopped run read, checked and shrank are kept" in line for line in said)
     assert load_table(folder / "images")[:] == expected  # the split a straight build writes
     assert not list((tmp_path / "cache").glob(".train2017.checked-images-*"))  # removed once the split is built
     # a photo that cannot be decoded is refused at the pass's end; the user mends it: only it is read again
