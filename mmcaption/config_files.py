@@ -43,11 +43,20 @@ def config_files(arguments: list[str]) -> list[str]:
     return files + [argument.split("=", 1)[1] for argument in arguments if argument.startswith("--config=")]
 
 
-def check_config_file(name: str, path: Path) -> None:
+def given_after(arguments: list[str], name: str) -> set[str]:
+    """The settings the command line gives after config ``name`` (theirs replace its), each without ``init_args``."""
+    places = [i for i, argument in enumerate(arguments) if argument == f"--config={name}" or
+              (argument in ("--config", "-c") and arguments[i + 1:i + 2] == [name])]
+    later = arguments[places[-1] + 1:] if places else []
+    return {argument[2:].split("=", 1)[0].replace(".init_args.", ".") for argument in later if argument.startswith("--")}
+
+
+def check_config_file(name: str, path: Path, replaced: set[str] = frozenset()) -> None:
     """Refuse a config file that would be read wrong, naming it: not UTF-8 text (PowerShell's ``>`` writes UTF-16; a
     checkpoint given as ``--config``), no settings at all, a key written twice in one mapping (YAML keeps the second
     without a word: a value added at the top of a ``--print_config`` dump was lost), or a section with nothing under
-    it (``trainer:`` above commented-out lines is null, which replaced the whole trainer of the configs before it)."""
+    it (``trainer:`` above commented-out lines is null, which replaced the whole trainer of the configs before it).
+    ``replaced``: the settings given after it on the command line (:func:`given_after`), whose values are not its."""
     try:
         if not path.is_file():
             return  # jsonargparse says so (or reads the text as YAML itself)
@@ -71,7 +80,8 @@ def check_config_file(name: str, path: Path) -> None:
         key, (first, second) = twice
         raise ConfigError(f"config {name}: {key} is written twice (lines {first} and {second}); YAML keeps the second "
                           "without a word: delete one")
-    if found := next(_shell_variables(node), None):
+    if found := next((found for found in _shell_variables(node) if found[0].replace(".init_args.", ".") not in replaced),
+                     None):  # (one the command line gives, as the advice says, is not read)
         key, line, text, expanded, listed = found
         # a list's item (a callback's dirpath) cannot be given on the command line: only written out
         there = "" if listed else f", or give it on the command line (--{key} \"{text}\"), where the shell expands it"

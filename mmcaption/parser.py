@@ -27,6 +27,7 @@ from mmcaption.config_files import (
     config_files,
     empty_settings,
     generation_kept,
+    given_after,
     installed_configs,
     linked_setting,
     replaced_by_a_later_config,
@@ -60,7 +61,7 @@ class MMCaptionParser(LightningArgumentParser):
         # read again for a message found another file there, or none
         _CONFIGS, _ARGUMENTS = [(name, Path(name).expanduser().absolute()) for name in config_files(arguments)], arguments
         for name, path in _CONFIGS:
-            check_config_file(name, path)
+            check_config_file(name, path, given_after(arguments, name))
         # (the subcommand's parse is given the generation settings put back: not the user's, typed before a file)
         if not (_KEPT and arguments in (_KEPT, _KEPT[1:])) and (problem := replaced_by_a_later_config(arguments)
                                                                  or linked_setting(arguments)):

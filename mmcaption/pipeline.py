@@ -159,21 +159,21 @@ def run_pipeline(caption_config: str, instruct_config: str, fit_args: list[str] 
                             *resume])
         return [*([StageResult("caption", None, init_from)] if init_from != "null" else []),  # what stage 2 started from
                 StageResult("instruct", instruct, handoff_checkpoint(instruct))]
-    print(f"== stage 1, captions: mmcaption fit --config {caption_config}{' ' + ' '.join(resume) if resume else ''} ==", flush=True)
-    caption = run_cli(["fit", "--config", caption_config, *caption_args, *fit_args, *resume])
+    command = ["fit", "--config", caption_config, *caption_args, *fit_args, *resume]  # said whole: copied to run one stage
+    print(f"== stage 1, captions: {' '.join(map(shell_word, ['mmcaption', *command]))} ==", flush=True)
+    caption = run_cli(command)
     caption_checkpoint = handoff_checkpoint(caption)
     resume = resume if stage is None else []  # a caption checkpoint is the caption stage's only
     # what goes on without training stage 1 again: its last checkpoint (its best, an earlier step, trained it on)
     go_on = f"--ckpt_path {shell_word(stage_last(caption) or caption_checkpoint)}"
     act_on_held_stops(f"stage 1 ended, before stage 2 began; stage 1 is done: run the same command with {go_on} to go on "
                       "without training stage 1 again")
-    print(f"== stage 2, instructions: mmcaption fit --config {instruct_config} --model.init_from {caption_checkpoint} ==",
-          flush=True)
+    command = ["fit", "--config", instruct_config, *instruct_args, "--model.init_from", caption_checkpoint, *fit_args, *resume]
+    print(f"== stage 2, instructions: {' '.join(map(shell_word, ['mmcaption', *command]))} ==", flush=True)
     callback = getattr(getattr(instruct_check, "trainer", None), "checkpoint_callback", None) if check else None
     folder, started = Path(callback.dirpath) if callback is not None and callback.dirpath else None, time.time()
     try:
-        instruct = run_cli(["fit", "--config", instruct_config, *instruct_args, "--model.init_from", caption_checkpoint,
-                            *fit_args, *resume])
+        instruct = run_cli(command)
     except Interrupted as stop:  # stopped before stage 2 saved anything (after, its own message says how to resume)
         if isinstance(stop, RunInterrupted):
             raise

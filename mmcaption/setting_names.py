@@ -66,6 +66,10 @@ def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[st
     # what the model's settings set (LINKED) is no guess at what to type
     known = [key for key in dict.fromkeys(flat_keys(parser.get_defaults().as_dict()) + data)
              if not (key.startswith("data.") and key.rsplit(".", 1)[-1] in LINKED)]
+    if "model.generation" in known:  # a free-form mapping: the generate() settings it takes (--model.max_new_tokens)
+        from transformers import GenerationConfig
+
+        known += [f"model.generation.{name}" for name in GenerationConfig().to_dict() if not name.startswith(("_", "transformers"))]
     found = [(key, known) for key in re.findall(r"--([\w.]+)", message.split("nrecognized arguments:", 1)[-1])
              if "nrecognized arguments" in message]
     found += [(key, known) for key in re.findall(r"does not accept option '([\w.]+)'", message)]

@@ -265,7 +265,8 @@ def trainer_problem(trainer: Any) -> str | None:
     in a process no launcher started: :func:`~mmcaption.slurm.nodes_unlaunched`)."""
     if trainer.get("barebones"):
         return ("trainer.barebones true: mmcaption's commands log, checkpoint and show their progress, which barebones "
-                "mode refuses; for a bare run give --trainer.logger false --trainer.enable_checkpointing false")
+                "mode refuses; for a bare run leave it out (false) and give --trainer.logger false "
+                "--trainer.enable_checkpointing false instead")
     return strategy_problem(trainer.get("strategy")) or nodes_unlaunched(trainer.get("num_nodes"), trainer.get("plugins"))
 
 

@@ -443,7 +443,7 @@ def test_bad_annotations_of_several_kinds_are_refused_together(backbones, coco_c
     with pytest.raises(DataError, match=r"captions_val2017\.json: 3 bad records of 3 kinds: 1 x duplicate image id \(first: images\[\d+\] "
                                         r"repeats image id \d+\); 1 x empty caption \(first: annotation id .*\); 1 x unknown image "
                                         r"id \(first: annotation id .* refers to image id 987654, which is not in 'images'\)\. Fix or "
-                                        r"remove them, or set on_bad_record: skip"):
+                                        r"remove them, or set on_bad_record to skip \(--data.init_args.on_bad_record skip\)"):
         make_datamodule(backbones, coco_copy).prepare_data()
     # and its missing images with them: they were a second run's news, found only once the annotations were mended
     image_file = next((coco_copy / "val2017").iterdir())

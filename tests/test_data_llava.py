@@ -303,7 +303,7 @@ def test_every_bad_record_of_a_kind_is_named_in_one_run_and_long_questions_befor
                                         r"\(id train2017-3\) has no 'conversations' \(or 'messages'\) list, nor a 'question' and its 'answer'; "
                                         r"record 8 .*\); 1 x empty turn "
                                         r"\(first: record 5 \(id train2017-6\): turn 1 \(gpt\) is empty\)\. Fix or remove them, or set "
-                                        r"on_bad_record: skip"):
+                                        r"on_bad_record to skip \(--data.init_args.on_bad_record skip\)"):
         make_datamodule(backbones, llava).prepare_data()
     # and a missing image with them (LLaVA-1.5's mix often lacks some): it was the next run's news
     moved, aside = image_root / "train2017" / "000000000010.jpg", image_root.parent / "aside.jpg"
@@ -325,9 +325,14 @@ def test_every_bad_record_of_a_kind_is_named_in_one_run_and_long_questions_befor
     decoded = []
     monkeypatch.setattr("mmcaption.data.image_pass.check_image", lambda data: decoded.append(data))
     with pytest.raises(DataError, match=r"2 of 12 conversations do not fit max_length=256 \(first: record 5 \(id train2017-6\): the first "
-                                        r"question needs \d+ tokens.*; record 6 \(id train2017-7\): "):
+                                        r"question needs \d+ tokens.*; record 6 \(id train2017-7\): .*\. Raise max_length, or "
+                                        r"shorten them, or set on_bad_record to skip \(--data.init_args.on_bad_record skip\)"):
         make_datamodule(backbones, llava).prepare_data()
     assert decoded == []
+    # all of them too long: skipping them is no way out, and not offered (followed, it led to "nothing usable is left")
+    with pytest.raises(DataError, match=r"12 of 12 conversations do not fit max_length=20 .*Raise max_length, or shorten "
+                                        r"them\.$"):
+        make_datamodule(backbones, llava, max_length=20).prepare_data()
 
 
 def test_conversations_as_llava_trains_them_an_opening_answer_and_a_last_question_without_answer_dropped(backbones, llava):

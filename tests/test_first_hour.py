@@ -88,7 +88,8 @@ def test_a_mistyped_key_gets_the_closest_valid_names_in_a_few_lines(tmp_path, mo
     # Hugging Face Trainer's names for settings (the original scripts'): no spelling is close to them, no suggestion was made
     for written, meant in (("--model.lr", "--model.learning_rate"), ("--trainer.gradient_accumulation_steps",
                                                                     "--trainer.accumulate_grad_batches"),
-                           ("--data.init_args.per_device_train_batch_size", "--data.init_args.batch_size")):
+                           ("--data.init_args.per_device_train_batch_size", "--data.init_args.batch_size"),
+                           ("--model.max_new_tokens", "--model.generation.max_new_tokens")):  # (a mapping's key)
         with pytest.raises(SystemExit):
             main(["fit", "--config", DEMO_CAPTION, written, "4"])
         assert f"{written}: did you mean {meant}" in capsys.readouterr().err
@@ -889,6 +890,10 @@ def test_configs_as_people_edit_them_are_refused_naming_the_file_and_line(tmp_pa
     (edits / "var.yaml").write_text("model:\n  learning_rate: 1.0e-3\ndata:\n  init_args:\n    data_dir: ${SCRATCH}/coco\n")
     assert ("error: config edits/var.yaml, line 5: data.init_args.data_dir: ${SCRATCH}/coco - a config is not read by a "
             "shell, so environment variables stay as written (a shell would read /scratch/me/coco)") in refused("edits/var.yaml")
+    with pytest.raises(SystemExit) as printed:  # given on the command line after it, as the message says: its value is read
+        main(["fit", "--config", base, "--config", "edits/var.yaml", "--data.init_args.data_dir", "/scratch/me/coco",
+              "--print_config"])
+    assert printed.value.code == 0 and "data_dir: /scratch/me/coco" in capsys.readouterr().out
     (edits / "listed.yaml").write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
                                        "      init_args:\n        dirpath: $SCRATCH/checkpoints\n")
     said = refused("edits/listed.yaml")  # a list's item: the command line cannot set it, so not offered

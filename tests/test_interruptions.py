@@ -1689,7 +1689,8 @@ def test_settings_no_run_learns_with_are_refused_before_anything_loads(backbones
     # Lightning's refusals while it builds the trainer were tracebacks
     assert user_error(capsys, main, [*fit, "--trainer.barebones=true"]) == (
         "error: trainer.barebones true: mmcaption's commands log, checkpoint and show their progress, which barebones mode "
-        "refuses; for a bare run give --trainer.logger false --trainer.enable_checkpointing false")
+        "refuses; for a bare run leave it out (false) and give --trainer.logger false --trainer.enable_checkpointing false "
+        "instead")
     assert user_error(capsys, main, [*fit, "--trainer.precision=transformer-engine"]).startswith(
         "error: a trainer setting needs a package that is not installed: Requirement 'transformer_engine")
 
@@ -2655,6 +2656,10 @@ def test_the_pipeline_resumes_the_stage_whose_checkpoint_it_is_given(tmp_path, m
     pipeline.run_pipeline("c.yaml", "i.yaml", ["--trainer.max_steps", "9", "--ckpt_path", caption], check=False)
     assert calls == [["fit", "--config", "c.yaml", "--trainer.max_steps", "9", "--ckpt_path", caption],
                      ["fit", "--config", "i.yaml", "--model.init_from", "caption-best.ckpt", "--trainer.max_steps", "9"]]
+    # each stage's line is the command it runs, whole (copied to run one stage again, it left the other arguments out)
+    out = capsys.readouterr().out
+    assert f"== stage 1, captions: mmcaption fit --config c.yaml --trainer.max_steps 9 --ckpt_path {caption} ==" in out
+    assert "== stage 2, instructions: mmcaption fit --config i.yaml --model.init_from caption-best.ckpt --trainer.max_steps 9 ==" in out
     calls.clear()
     # the caption stage is done: not run again; the instruct stage keeps the init_from it started from
     instruct = _stage_checkpoint(tmp_path / "instruct.ckpt", "instruct", init_from=caption)

@@ -87,6 +87,7 @@ def not_utf8(path: Path, table: bool = True) -> DataError:
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+SKIP = "set on_bad_record to skip (--data.init_args.on_bad_record skip)"  # its whole path: --on_bad_record is refused
 
 
 def archive_hint(path: Path) -> str:
@@ -265,8 +266,7 @@ class BadRecords:
             return
         if self.on_bad_record == "error":
             raise DataError(
-                f"{self.source}: {message}. Fix the record, or set on_bad_record: skip to skip such records "
-                "and have them counted."
+                f"{self.source}: {message}. Fix the record, or {SKIP} to skip such records and have them counted."
             )
         self.counts[kind] += 1
         self.examples.setdefault(kind, message)
@@ -278,7 +278,7 @@ class BadRecords:
         if not messages:
             return
         if self.on_bad_record == "error" or every:
-            way = "" if every else ", or set on_bad_record: skip to skip them and have them counted"
+            way = "" if every else f", or {SKIP} to skip them and have them counted"
             raise DataError(f"{self.source}: {summary} (first: {_firsts(messages)}). {fix}{way}.")
         for message in messages:
             self.bad(kind, message)
@@ -317,7 +317,7 @@ class BadRecords:
         elif deferred:
             kinds = "; ".join(f"{len(messages):,} x {kind} (first: {_firsts(messages)})" for kind, messages in deferred.items())
             raise DataError(f"{self.source}: {found:,} bad records of {len(deferred)} kinds: {kinds}. Fix or remove them, "
-                            "or set on_bad_record: skip to skip them and have them counted.")
+                            f"or {SKIP} to skip them and have them counted.")
 
     def missing_images(self, missing: list[tuple[str, Path]], total: int, what: str, root: Path) -> None:
         """Report the records whose image file does not exist (``missing``: record name and image path, of ``total``
@@ -352,7 +352,7 @@ class BadRecords:
         if (self.on_bad_record == "error" and not together) or len(missing) == total:
             raise DataError(
                 f"{self.source}: {len(missing)} of {total} {what} missing under {root} ({first}).{hint} Fix the image "
-                "folder" + (", or set on_bad_record: skip to skip them and have them counted." if len(missing) < total else ".")
+                "folder" + (f", or {SKIP} to skip them and have them counted." if len(missing) < total else ".")
                 + (archive_hint(root) if len(missing) == total else "") + "".join(
                     f" Besides, {len(messages):,} x {kind} (first: {messages[0]})." for kind, messages in self.deferred.items()))
         with self.all_found_first() if together else contextlib.nullcontext():
