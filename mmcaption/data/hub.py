@@ -358,7 +358,7 @@ class HubCaptions(RowImages, SplitColumnTable, TableRows):
                                else ""))
         empty = [f"{self._row(row_index, key, split)} has no caption" for row_index, key, captions, _ in images.values() if not captions]
         records.all_at_once("empty caption", empty, f"{len(empty)} of its images have no caption", "Give them one, or remove their rows",
-                            every=len(empty) == len(images))  # (skipped, none would be left)
+                            every=len(empty) == len(images) and records.on_bad_record == "error")  # (skipped: none left)
         kept = [image for image in images.values() if image[2]]  # (skipped, each counted)
         ids = self._own_ids(data, [row_index for row_index, *_ in kept], records)
         for row_index, key, captions, _ in kept:

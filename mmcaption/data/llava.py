@@ -357,7 +357,8 @@ def write_instruct_split(
                                           f"leaving no room for an answer within max_length={max_length}")
     records.all_at_once("too long", list(too_long.values()),
                         f"{len(too_long)} of {len(conversations)} conversations do not fit max_length={max_length}",
-                        "Raise max_length, or shorten them", every=len(too_long) == len(conversations))  # (skip: none left)
+                        "Raise max_length, or shorten them",  # (skipped, none would be left: not offered; under skip, said so)
+                        every=len(too_long) == len(conversations) and records.on_bad_record == "error")
     conversations = [c for c in conversations if id(c) not in too_long]
     by_image: dict[str, list[Conversation]] = {}
     for conversation in conversations:
