@@ -377,7 +377,7 @@ class MultimodalCaptioner(FusedOptimizerClipping, LightningModule):
         """Before restoring: refuse a checkpoint of another model, naming the settings that differ."""
         self.configure_model()
         check_checkpoint(checkpoint, self.model, f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint")
-        self.init_source = checkpoint.get("init_from")
+        self.init_source, self.loaded_step = checkpoint.get("init_from"), checkpoint.get("global_step")  # (its results' name)
         if self._trainer is not None and self.trainer.state.fn == "fit":
             checkpoint_folder_on_resume(self.trainer, checkpoint)  # (a tuner's own checkpoint left alone)
         elif self._trainer is not None:  # validate, test: a whole evaluation split, a run trained on most of it

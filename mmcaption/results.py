@@ -103,6 +103,8 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
                and trainer.ckpt_path else {})}
     else:
         weights = checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None))
+        if trainer.ckpt_path and getattr(module, "loaded_step", None) is not None:
+            weights["step"] = module.loaded_step
     results: dict[str, Any] = {
         "stage": trainer.state.fn.value, "split": split, "metrics": metrics, **({"metrics_by_domain": by_domain} if by_domain else {}),
         "checkpoint": weights, "data": {"module": type(datamodule).__name__, **settings},
@@ -140,7 +142,10 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
         results["left_out_of_split"] = made["skipped"]
     rows = [{"image_id": i, "file_name": f, "caption": c, "references": r} for i, c, r, f in captions]
     rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
-    stem = f"{prefix}-{split or 'split'}" + (f"-step{trainer.global_step}" if fitting else "")
+    # named by the step of the weights scored, as a fit's checkpoints are: validate or test run on several checkpoints
+    # wrote val-<split>.*, -2, -3 (which was which only inside each file)
+    step = trainer.global_step if fitting else getattr(module, "loaded_step", None) if trainer.ckpt_path else None
+    stem = f"{prefix}-{split or 'split'}" + (f"-step{step}" if step is not None else "")
     try:
         predictions, summary = write_evaluation(folder, stem, rows, results)
     except OSError as error:  # a full disk under the logs stops the curves, not the training (full_log_disk)

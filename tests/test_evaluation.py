@@ -159,12 +159,12 @@ def test_mmcaption_test_scores_nocaps_validation_file_where_it_lies_with_its_own
     trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False)
     logged = trainer.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))[0]
     folder = Path(trainer.log_dir)
-    results = json.loads((folder / "test-nocaps_val_4500_captions.results.json").read_text())
+    results = json.loads((folder / "test-nocaps_val_4500_captions-step4.results.json").read_text())
     assert results["split"] == "nocaps_val_4500_captions" and results["images"] == 3 and results["references"] == 15
     assert results["metrics"]["CIDEr"] == pytest.approx(logged["test/CIDEr"])
-    submitted = json.loads((folder / "test-nocaps_val_4500_captions.coco_results.json").read_text())
+    submitted = json.loads((folder / "test-nocaps_val_4500_captions-step4.coco_results.json").read_text())
     assert [row["image_id"] for row in submitted] == [0, 7, 4499] and all(row["caption"] for row in submitted)
-    predictions = [json.loads(line) for line in (folder / "test-nocaps_val_4500_captions.predictions.jsonl").read_text().splitlines()]
+    predictions = [json.loads(line) for line in (folder / "test-nocaps_val_4500_captions-step4.predictions.jsonl").read_text().splitlines()]
     assert [row["file_name"] for row in predictions] == ["0000ea2087020901.jpg", "0007ea2087020901.jpg", "1193ea2087020901.jpg"]
     assert not (coco_root / "annotations" / "captions_nocaps_val_4500_captions.json").exists()  # nothing written beside COCO's
     # each of its domains scored on its own, as nocaps' evaluation server scores them and papers report them: in-domain
@@ -344,7 +344,7 @@ def test_a_coco_copys_own_image_ids_name_its_images_in_the_results(backbones, co
     module = make_captioner(backbones, generation={"max_new_tokens": 5, "min_new_tokens": 2})
     trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))
-    submitted = json.loads((Path(trainer.log_dir) / "test-test.coco_results.json").read_text())
+    submitted = json.loads((Path(trainer.log_dir) / "test-test-step4.coco_results.json").read_text())
     assert sorted(row["image_id"] for row in submitted) == [391895 + image["id"] for image in content["images"]]
     # ids that do not name one image each (one id for every photo, a placeholder): rows' numbers, said
     (table / "test.jsonl").write_text("".join(json.dumps({**row, "cocoid": 7}) + "\n" for row in rows))
@@ -412,8 +412,8 @@ def test_results_name_the_checkpoint_evaluated_though_a_fit_saves_over_it_meanwh
                           enable_model_summary=False, callbacks=[SavedOver()], limit_test_batches=1)
         install_atomic_checkpoint_io(trainer)
         trainer.test(make_captioner(backbones, generation={"max_new_tokens": 2}), datamodule=dm, ckpt_path=str(last))
-        results = json.loads((Path(trainer.log_dir) / "test-test.results.json").read_text())
-        assert results["checkpoint"] == {"path": str((step3 if linked else last).resolve()), "sha256": evaluated}, linked
+        results = json.loads((Path(trainer.log_dir) / "test-test-step4.results.json").read_text())
+        assert results["checkpoint"] == {"path": str((step3 if linked else last).resolve()), "sha256": evaluated, "step": 4}, linked
 
 
 def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(backbones, coco_root, trained_checkpoint, tmp_path,
@@ -425,21 +425,21 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     logged = trainer.test(module, datamodule=dm, ckpt_path=str(trained_checkpoint))[0]
 
     folder = Path(trainer.log_dir)
-    results = json.loads((folder / "test-test.results.json").read_text())
-    predictions = [json.loads(line) for line in (folder / "test-test.predictions.jsonl").read_text().splitlines()]
+    results = json.loads((folder / "test-test-step4.results.json").read_text())
+    predictions = [json.loads(line) for line in (folder / "test-test-step4.predictions.jsonl").read_text().splitlines()]
     assert [row["image_id"] for row in predictions] == [102, 103] and all(row["caption"] for row in predictions)
     assert "note" not in results  # Karpathy's test split, held out from validation's choice
     # each image named as its folder holds it, beside its id
     assert [row["file_name"] for row in predictions] == [f"val2014/COCO_val2014_{i:012d}.jpg" for i in (102, 103)]
     # the captions as a COCO results file, which pycocotools takes as it is (string ids: "Results do not correspond
     # to current coco set")
-    assert results["coco_results"] == "test-test.coco_results.json"
+    assert results["coco_results"] == "test-test-step4.coco_results.json"
     coco = COCO()
     coco.dataset = {"images": [{"id": 102}, {"id": 103}],
                     "annotations": [{"id": n, "image_id": i, "caption": c} for n, (i, c) in enumerate(
                         (row["image_id"], c) for row in predictions for c in row["references"])]}
     coco.createIndex()
-    loaded = coco.loadRes(str(folder / "test-test.coco_results.json"))
+    loaded = coco.loadRes(str(folder / "test-test-step4.coco_results.json"))
     assert {a["image_id"]: a["caption"] for a in loaded.dataset["annotations"]} == {r["image_id"]: r["caption"] for r in predictions}
     expected_metrics = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"} | ({"METEOR"} if caption_metrics.java_available() else set())
     assert expected_metrics <= set(results["metrics"]) and {f"test/{m}" for m in expected_metrics} <= set(logged)
@@ -466,17 +466,17 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
         assert results["software"]["commit"] == head and isinstance(results["software"]["uncommitted_changes"], bool)
 
     # the same evaluation again, into the same folder, writes beside the first results, never over them
-    first = (folder / "test-test.results.json").read_text()
-    again_predictions, again_results = write_evaluation(folder, "test-test", predictions, {"split": "test"})
-    assert (again_predictions.name, again_results.name) == ("test-test-2.predictions.jsonl", "test-test-2.results.json")
-    assert json.loads((folder / "test-test-2.coco_results.json").read_text()) == json.loads(
-        (folder / "test-test.coco_results.json").read_text())
-    assert (folder / "test-test.results.json").read_text() == first
-    assert json.loads(again_results.read_text())["predictions"] == "test-test-2.predictions.jsonl"
+    first = (folder / "test-test-step4.results.json").read_text()
+    again_predictions, again_results = write_evaluation(folder, "test-test-step4", predictions, {"split": "test"})
+    assert (again_predictions.name, again_results.name) == ("test-test-step4-2.predictions.jsonl", "test-test-step4-2.results.json")
+    assert json.loads((folder / "test-test-step4-2.coco_results.json").read_text()) == json.loads(
+        (folder / "test-test-step4.coco_results.json").read_text())
+    assert (folder / "test-test-step4.results.json").read_text() == first
+    assert json.loads(again_results.read_text())["predictions"] == "test-test-step4-2.predictions.jsonl"
     # the loss alone (test_caption_images 0): no predictions file, empty and named in the results, as there was
-    loss_only, loss_results = write_evaluation(folder, "test-test", [], {"split": "test", "loss": 1.5})
+    loss_only, loss_results = write_evaluation(folder, "test-test-step4", [], {"split": "test", "loss": 1.5})
     assert loss_only is None and "predictions" not in json.loads(loss_results.read_text())
-    assert not (folder / "test-test-3.predictions.jsonl").exists() and loss_results.name == "test-test-3.results.json"
+    assert not (folder / "test-test-step4-3.predictions.jsonl").exists() and loss_results.name == "test-test-step4-3.results.json"
     # two validates ending together in one folder (a sweep's): both chose the same free name, and the second's result
     # was lost to a FileExistsError traceback. The other takes it between the choice and the write here
     import mmcaption.evaluation.report as report
@@ -485,15 +485,15 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
 
     def taken_meanwhile(where, stem):
         free = chosen(where, stem)
-        if free == "test-test-4":
+        if free == "test-test-step4-4":
             (where / f"{free}.results.json").write_text("the other run's")
         return free
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(report, "_free_stem", taken_meanwhile)
-        _, raced = write_evaluation(folder, "test-test", [], {"split": "test", "loss": 1.25})
-    assert raced.name == "test-test-5.results.json" and json.loads(raced.read_text())["loss"] == 1.25
-    assert (folder / "test-test-4.results.json").read_text() == "the other run's"
+        _, raced = write_evaluation(folder, "test-test-step4", [], {"split": "test", "loss": 1.25})
+    assert raced.name == "test-test-step4-5.results.json" and json.loads(raced.read_text())["loss"] == 1.25
+    assert (folder / "test-test-step4-4.results.json").read_text() == "the other run's"
 
     # part of the split, by test_caption_images, is said (CIDEr's document frequencies are the images scored): it was
     # limited_by null; and a paper's settings beyond the usual ones (early_stopping) are recorded
@@ -510,7 +510,7 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     monkeypatch.setattr("mmcaption.results._SAID_CUT", [])  # said once a process
     with pytest.warns(UserWarning, match=r"1 of 1 generated texts stopped at max_new_tokens 8 before their end, and are scored cut"):
         tester.test(part, datamodule=karpathy_datamodule(backbones, root, test_caption_images=1), ckpt_path=str(trained_checkpoint))
-    results = json.loads((Path(tester.log_dir) / "test-test.results.json").read_text())
+    results = json.loads((Path(tester.log_dir) / "test-test-step4.results.json").read_text())
     assert results["images"] == 1 and results["limited_by"] == ("data.test_caption_images 1 (of the split's 2 images; "
                                                                 "CIDEr's document frequencies come from those scored)")
     assert results["generation"]["early_stopping"] is True and results["cut_at_max_new_tokens"] == 1
@@ -519,7 +519,7 @@ def test_mmcaption_test_scores_karpathy_test_and_writes_results_that_say_how(bac
     tester = Trainer(accelerator="cpu", default_root_dir=tmp_path / "skipped", enable_progress_bar=False,
                      enable_model_summary=False)
     tester.test(module, datamodule=karpathy_datamodule(backbones, root, on_bad_record="skip"), ckpt_path=str(trained_checkpoint))
-    results = json.loads((Path(tester.log_dir) / "test-test.results.json").read_text())
+    results = json.loads((Path(tester.log_dir) / "test-test-step4.results.json").read_text())
     assert results["images"] == 1 and results["left_out_of_split"] == {"missing image": 1}
 
 
@@ -601,7 +601,7 @@ def test_a_batch_limit_that_leaves_nothing_out_is_not_said_to_score_part_of_the_
                           enable_model_summary=False, limit_test_batches=limit)
         trainer.test(module, datamodule=karpathy_datamodule(backbones, root, **settings), ckpt_path=str(trained_checkpoint),
                      verbose=False)
-        return json.loads((Path(trainer.log_dir) / "test-test.results.json").read_text())
+        return json.loads((Path(trainer.log_dir) / "test-test-step4.results.json").read_text())
 
     whole = tested(200, test_caption_images=40)
     assert whole["images"] == 2 and "limited_by" not in whole
