@@ -115,7 +115,8 @@ def count_anew(checkpoint: dict[str, Any], done: int, batch_size: int) -> None:
     progress = loop["epoch_loop.batch_progress"]
     ready = progress["current"]["ready"]
     batches = math.ceil(done / batch_size)
-    for field in PROGRESS:  # a save at a batch's end has completed one short of ready: Lightning reads that pattern
+    for field in PROGRESS:  # each field's offset from ready kept: Lightning reads that pattern (a save at a batch's end
+        # has completed one short of ready; a stop's before the validation due there, none: step_ends.mark_stop)
         new = batches - (ready - progress["current"][field])
         progress["total"][field] += new - progress["current"][field]
         progress["current"][field] = new

@@ -33,12 +33,20 @@ def hold_validation_to_step_ends(trainer) -> None:
     validation that falls inside an optimizer step's batches held to that step's end (``accumulate_grad_batches`` - 1
     batches later at most), said once. One inside a step saved ``last.ckpt`` (and a best) there, and a run resumed
     from it - after a kill, or from its best - took its next step without the batches gathered before the save,
-    unsaid (the caption config's 0.25 of an epoch of 18,493 batches is 4,623: inside a step at any accumulation)."""
-    if trainer.accumulate_grad_batches <= 1 or getattr(loop := trainer.fit_loop.epoch_loop, "_held_to_step_ends", False):
+    unsaid (the caption config's 0.25 of an epoch of 18,493 batches is 4,623: inside a step at any accumulation).
+
+    And the validation a stop's checkpoint marks as due (:func:`validation_to_run_first`) runs first when it is resumed,
+    whatever the schedule says there: one held to the step's end, by time (its clock starts anew) or for a Timer's stop
+    was said due as the run stopped, not as it resumed, and the resume went on without it, its steps counted one short."""
+    if getattr(loop := trainer.fit_loop.epoch_loop, "_held_to_step_ends", False):
         return
     asked, held = loop._should_check_val_fx, [False, False]  # a validation waiting for its step's end; said
 
     def should_check(data_fetcher) -> bool:
+        if loop.restarting and loop.val_loop.restarted_mid_evaluation:  # (Lightning < 2.7's restart stages, pinned)
+            return True
+        if trainer.accumulate_grad_batches <= 1:
+            return asked(data_fetcher)
         due = asked(data_fetcher) or held[0]
         held[0] = due and loop._should_accumulate()  # inside a step: at its end
         if held[0] and not held[1] and trainer.is_global_zero:

@@ -964,7 +964,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "234acccf3f6f0efc"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "3f4273ac9df1ad16"}
 
 
 def cache_code_digest() -> str:
@@ -1111,22 +1111,22 @@ def test_preprocessing_stopped_half_way_goes_on_from_the_images_done(backbones, 
     monkeypatch.setattr(image_pass, "_prepared", prepare)
     data = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "cache"))
     with monkeypatch.context() as chunks, pytest.raises(KeyboardInterrupt):
-        chunks.setattr(image_pass, "CHECKED_IMAGES", 1)  # each image's result kept as soon as it is done (a kill loses none)
+        chunks.setattr(image_pass, "CHECKED_IMAGES", 2)  # kept two at a time as they are done (a kill loses one at most)
         data.preprocess("train2017")
     assert not (data.split_folder("train2017") / "meta.json").exists()
     kept = int(re.search(r"note: (\d+) images of split train2017 read, checked and shrunk are kept in (\S+): the next run "
                          "goes on from them", capsys.readouterr().err)[1])
-    assert kept == 6  # those before the one stopped at
+    assert kept == 11  # all but the one stopped at: those before it, and those the pool had read ahead
     chunks = sorted((tmp_path / "cache").glob(".train2017.checked-images-*/chunk-*.arrow"))
-    assert len(chunks) == kept  # one image a chunk here
-    chunks[0].write_bytes(chunks[0].read_bytes()[:100])  # one a power cut left cut short: read again
+    assert len(chunks) == 6  # two images a chunk here, the last one's one
+    chunks[0].write_bytes(chunks[0].read_bytes()[:100])  # one a power cut left cut short: its two read again
     prepared.clear()
     stop_at.clear()
     said = []
     monkeypatch.setattr("mmcaption.data.split_build.rank_zero_info", said.append)
     folder = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "cache")).preprocess("train2017")
-    assert len(prepared) == 12 - kept + 1  # only the images not done read again
-    assert any(f"{kept - 1} images a stopped run read, checked and shrank are kept" in line for line in said)
+    assert len(prepared) == 12 - kept + 2  # only the images not done read again
+    assert any(f"{kept - 2} images a stopped run read, checked and shrank are kept" in line for line in said)
     assert load_table(folder / "images")[:] == expected  # the split a straight build writes
     assert not list((tmp_path / "cache").glob(".train2017.checked-images-*"))  # removed once the split is built
     # a photo that cannot be decoded is refused at the pass's end; the user mends it: only it is read again
@@ -1141,8 +1141,8 @@ def test_preprocessing_stopped_half_way_goes_on_from_the_images_done(backbones, 
     with pytest.warns(UserWarning, match="skipped 1 bad records: 1 x unreadable image"):
         make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "mended"), resize_images=False,
                         on_bad_record="skip").preprocess("train2017")
-    assert re.search(r"note: \S+/\.train2017\.checked-images-\d+ holds images of split train2017 \([\d.]+ MB\) a stopped "
-                     "build at another image size read, checked and shrank", capsys.readouterr().err)
+    assert re.search(r"note: \S+/\.train2017\.checked-images-\d+-\w+ holds images of split train2017 \([\d.]+ MB\) that a "
+                     "stopped build read, checked and shrank \(at another image size", capsys.readouterr().err)
     broken.write_bytes(photo)
     prepared.clear()
     folder = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "mended")).preprocess("train2017")

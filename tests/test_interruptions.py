@@ -1262,7 +1262,7 @@ class Validations(Callback):
             self.steps.append(trainer.global_step)
 
 
-@pytest.mark.parametrize("schedule", ["every 2 steps", "once an epoch"])
+@pytest.mark.parametrize("schedule", ["every 2 steps", "once an epoch", "inside a step, held to its end"])
 def test_a_stop_at_a_step_a_validation_was_due_runs_that_validation_first_when_resumed(schedule, backbones, coco_root, tmp_path):
     # Ctrl-C or docker stop in the step a validation falls at saved before it, and the resumed run went on to the next
     # step: that validation never ran - a gap in its curve, no checkpoint of its score, early stopping's count short; with
@@ -1272,7 +1272,10 @@ def test_a_stop_at_a_step_a_validation_was_due_runs_that_validation_first_when_r
     language_dir, vision_dir = backbones
     data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
                              image_processor=str(vision_dir), batch_size=4, num_workers=0)
-    settings, stop_at = ({"val_check_interval": 2}, 2) if schedule == "every 2 steps" else ({"limit_train_batches": 3}, 3)
+    settings, stop_at, validated = {  # (accumulating 2 batches, every 3 batches is inside steps 2 and 5: at their ends)
+        "every 2 steps": ({"val_check_interval": 2}, 2, [2, 4, 6]), "once an epoch": ({"limit_train_batches": 3}, 3, [3, 6]),
+        "inside a step, held to its end": ({"val_check_interval": 3, "accumulate_grad_batches": 2}, 2, [2, 3, 5, 6]),
+    }[schedule]
 
     def fit(folder, *callbacks, ckpt_path=None):
         validations = Validations()
@@ -1286,7 +1289,7 @@ def test_a_stop_at_a_step_a_validation_was_due_runs_that_validation_first_when_r
         return validations.steps, {name: value for name, value in module.state_dict().items() if "lora" in name}
 
     straight, straight_weights = fit(tmp_path / "straight")
-    assert straight == ([2, 4, 6] if schedule == "every 2 steps" else [3, 6])
+    assert straight == validated
     with pytest.raises(RunInterrupted, match=f"stopped by SIGTERM at step {stop_at}: saved "), signals_stop():
         fit(tmp_path / "stopped", SignalAtStep(stop_at))
     resumed, weights = fit(tmp_path / "stopped", ckpt_path=tmp_path / "stopped" / "last.ckpt")

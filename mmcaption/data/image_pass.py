@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
+import sys
 import tempfile
 import time
 from collections import deque
@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import PIL
 import pyarrow as pa
 
+from mmcaption import images, pixel_levels
 from mmcaption.data.chunks import build_prefix, building_elsewhere
 from mmcaption.data.records import BadRecords
 from mmcaption.data.workers import usable_cores
+from mmcaption.folders import umask
 from mmcaption.images import DECODE_ERRORS, check_image, load_rgb, opened, shrink_image
 
 UNREADABLE = "unreadable image"
@@ -89,26 +92,30 @@ class CheckedImages:
     """The image pass's results (each image's bytes as stored and why it cannot be decoded, if it cannot) kept in
     ``folder`` beside the split's, in chunks of about :data:`CHECKED_BYTES`, while a split is built: a run stopped
     half-way (Ctrl-C, ``docker stop``, a kill, a bad record refused) started COCO's half hour of images over. Each result
-    is found by its image's source (its file's path, size and time; a digest of the bytes a table holds), not by its
+    is found by its image's source (its file's path, size and times; a digest of the bytes a table holds), not by its
     place: the next build of the split reads again only the images not kept, of these inputs or of edited ones (the
-    bad record mended). Removed once the split is built (:meth:`remove`)."""
+    bad record mended). The chunks it read from or wrote are removed once the split is built (:meth:`remove`); another
+    run's, building the split under other settings meanwhile, are left to it."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.found, self.held, self.held_bytes, self.kept_now = folder, {}, [], 0, 0
-        self.tables: list[pa.Table] = []
+        self.chunks: list[tuple[Path, pa.Table]] = []
+        self.used: set[int] = set()  # the chunks read from, and written (by their place in ``chunks``)
         for chunk in sorted(folder.glob("chunk-*.arrow")) if folder.is_dir() else []:
             try:  # (Arrow's file format ends in a footer: one cut short by a power cut or a full disk does not open)
                 table = pa.ipc.open_file(pa.memory_map(str(chunk))).read_all()
                 if table.schema != CHECKED:
                     raise ValueError(f"another layout: {table.schema}")
             except (OSError, ValueError, pa.ArrowException):
-                chunk.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # (another user's, in a shared cache: left)
+                    chunk.unlink(missing_ok=True)
                 continue
-            self.tables.append(table)
-            self.found.update((source, (table, row)) for row, source in enumerate(table.column("source").to_pylist()))
+            self.found.update((source, (len(self.chunks), row)) for row, source in enumerate(table.column("source").to_pylist()))
+            self.chunks.append((chunk, table))
         for leftover in folder.glob(".build-*") if folder.is_dir() else []:  # a chunk half-written by a kill
             if not building_elsewhere(leftover):
-                leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
         self.kept_before = len(self.found)
 
     @staticmethod
@@ -120,7 +127,7 @@ class CheckedImages:
                 stat = source.stat()
             except OSError:
                 return None
-            return f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"  # (a copy's content kept its time)
+            return f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"  # (ctime: a rewrite that kept the time)
         if image_size is None and not isinstance(image, Unchecked):
             return None
         return f"blake2b:{hashlib.blake2b(source, digest_size=16).hexdigest()}|{len(source)}"
@@ -129,20 +136,32 @@ class CheckedImages:
         """``image``'s result as kept (its own bytes read again where they were stored as they are), or ``None``."""
         if source not in self.found:
             return None
-        table, row = self.found[source]
+        index, row = self.found[source]
+        self.used.add(index)
+        table = self.chunks[index][1]
         kept, problem = table.column("image")[row].as_py(), table.column("problem")[row].as_py()
         return (_read(image) if kept is None else kept), problem, kept is None
 
     def add(self, source: str, data: bytes, problem: str | None, own: bool) -> None:
         """Keep an image's result: its bytes as stored, unless they are its ``own`` (read again from it: a full-size
-        COCO kept twice over while it is built, at ``resize_images: false``)."""
+        COCO kept twice over while it is built, at ``resize_images: false``). One that cannot be written (a full disk,
+        the folder removed by a run of other settings that finished) is not kept: the build goes on."""
         self.held.append({"source": source, "image": None if own else data, "problem": problem})
         self.held_bytes += 0 if own else len(data)
         if self.held_bytes >= CHECKED_BYTES or len(self.held) >= CHECKED_IMAGES:
-            self.keep()
+            try:
+                self.keep()
+            except OSError as error:
+                if not self.said:
+                    print(f"note: the images checked so far are not kept in {self.folder} ({error}): a stopped build "
+                          "reads them again", file=sys.stderr, flush=True)
+                    self.said = True
+
+    said = False
 
     def keep(self) -> None:
-        """Write the results held as a chunk (each process's and time's own name: runs of other inputs may share it)."""
+        """Write the results held as a chunk (each process's and time's own name: runs of other inputs may share it),
+        readable as the cache's other files are (a teammate's run goes on from it)."""
         if not self.held:
             return
         held, self.held, self.held_bytes = self.held, [], 0
@@ -151,9 +170,13 @@ class CheckedImages:
         try:
             with os.fdopen(descriptor, "wb") as file, pa.ipc.new_file(file, CHECKED) as writer:
                 writer.write_table(pa.Table.from_pylist(held, schema=CHECKED))
-            os.replace(build, self.folder / f"chunk-{time.time_ns()}-{os.getpid()}.arrow")  # whole, or not there
+            os.chmod(build, 0o666 & ~umask())  # (mkstemp's file is private)
+            chunk = self.folder / f"chunk-{time.time_ns()}-{os.getpid()}.arrow"
+            os.replace(build, chunk)  # whole, or not there
         finally:
             Path(build).unlink(missing_ok=True)
+        self.used.add(len(self.chunks))
+        self.chunks.append((chunk, None))
         self.kept_now += len(held)
 
     @property
@@ -162,15 +185,26 @@ class CheckedImages:
         return self.kept_before + self.kept_now
 
     def remove(self) -> None:
+        """Remove the chunks this build read from or wrote, and the folder once empty."""
+        paths = [self.chunks[index][0] for index in self.used]
         self.found.clear()
-        self.tables.clear()  # (the files they map let go of: Windows does not delete a mapped file)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.chunks.clear()  # (the files they map let go of: Windows does not delete a mapped file)
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (another run's chunks in it still: left to it)
+            self.folder.rmdir()
+
+
+CHECK_CODE = hashlib.blake2b(b"".join(Path(module.__file__).read_bytes() for module in (images, pixel_levels))
+                             + Path(__file__).read_bytes() + PIL.__version__.encode(), digest_size=4).hexdigest()
 
 
 def checked_images_folder(target: Path, image_size: int | None) -> Path:
     """Where the image pass of ``target`` (``<split>-<key>``) keeps its results: one folder for the split's builds
-    of any key (edited inputs reuse them) at this ``image_size``."""
-    return target.with_name(f".{target.name.rsplit('-', 1)[0]}.checked-images-{image_size or 'full'}")
+    of any key (edited inputs reuse them) at this ``image_size``, by this code (:data:`CHECK_CODE`: another release's
+    checks and shrinking, or Pillow's decoding, made other results)."""
+    return target.with_name(f".{target.name.rsplit('-', 1)[0]}.checked-images-{image_size or 'full'}-{CHECK_CODE}")
 
 
 def checked_and_shrunk(
@@ -220,4 +254,8 @@ def checked_and_shrunk(
         pool.shutdown(wait=True, cancel_futures=True)
         if checked is not None:
             with contextlib.suppress(Exception):  # (a full disk: the stop's own error is the one to see)
+                for _, _, result, source in window:  # (read ahead of the stop)
+                    if source is not None and isinstance(result, Future) and not result.cancelled() \
+                            and result.exception() is None:
+                        checked.add(source, *result.result())
                 checked.keep()

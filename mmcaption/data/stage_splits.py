@@ -187,11 +187,11 @@ def say_other_split_caches(folder: Path) -> None:
             print(f"note: {kept} holds the vision features ({folder_bytes(kept) / 2**20:,.1f} MB) of split {split} as built "
                   f"from other inputs or settings ({target}), set aside by a rebuild of it that did not finish: they go back "
                   "if it is built again, else remove the folder", file=sys.stderr, flush=True)
-    for kept in sorted(folder.parent.glob(f".{glob.escape(split)}.checked-images-*")):  # another image size's, stopped
-        if kept.is_dir():  # (this build's own is removed as it is published)
-            print(f"note: {kept} holds images of split {split} ({folder_bytes(kept) / 2**20:,.1f} MB) a stopped build at "
-                  "another image size read, checked and shrank: a build at that size goes on from them, else remove the "
-                  "folder", file=sys.stderr, flush=True)
+    for kept in sorted(folder.parent.glob(f".{glob.escape(split)}.checked-images-*")):  # (this build's own chunks are
+        if kept.is_dir():  # removed as it is published: another run's, or another image size's or release's, stopped)
+            print(f"note: {kept} holds images of split {split} ({folder_bytes(kept) / 2**20:,.1f} MB) that a stopped build "
+                  "read, checked and shrank (at another image size, by another release, or of other inputs or settings): "
+                  "a build of those goes on from them, else remove the folder", file=sys.stderr, flush=True)
 
 
 def remove_orphaned_builds(folder: Path) -> None:
