@@ -1116,9 +1116,9 @@ def test_preprocessing_stopped_half_way_goes_on_from_the_images_done(backbones, 
     assert not (data.split_folder("train2017") / "meta.json").exists()
     kept = int(re.search(r"note: (\d+) images of split train2017 read, checked and shrunk are kept in (\S+): the next run "
                          "goes on from them", capsys.readouterr().err)[1])
-    assert kept == 11  # all but the one stopped at: those before it, and those the pool had read ahead
+    assert 6 <= kept <= 11  # those before the one stopped at, and those the pool had read ahead (as its threads went)
     chunks = sorted((tmp_path / "cache").glob(".train2017.checked-images-*/chunk-*.arrow"))
-    assert len(chunks) == 6  # two images a chunk here, the last one's one
+    assert len(chunks) == -(-kept // 2)  # two images a chunk here (the first two in the first)
     chunks[0].write_bytes(chunks[0].read_bytes()[:100])  # one a power cut left cut short: its two read again
     prepared.clear()
     stop_at.clear()

@@ -3201,7 +3201,8 @@ def test_resuming_a_run_early_stopping_ended_ends_at_once_saying_so(capsys, monk
     callback = ResumableStop()
     for stoppers, ended in (([stopping], True), ([EarlyStopping(monitor="val/CIDEr")], False)):
         trainer = SimpleNamespace(callbacks=stoppers, ckpt_path="checkpoints/caption/last.ckpt", is_global_zero=True,
-                                  should_stop=False, val_check_batch=None, accumulate_grad_batches=1)
+                                  should_stop=False, val_check_batch=None, accumulate_grad_batches=1,
+                                  fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_should_check_val_fx=None)))
         callback.on_train_start(trainer, None)  # the hook Lightning calls once the checkpoint is restored
         callback._restore_handlers()
         assert trainer.should_stop == ended  # a run EarlyStopping did not end resumes as before
