@@ -1142,7 +1142,7 @@ def test_preprocessing_stopped_half_way_goes_on_from_the_images_done(backbones, 
         make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "mended"), resize_images=False,
                         on_bad_record="skip").preprocess("train2017")
     assert re.search(r"note: \S+/\.train2017\.checked-images-\d+-\w+ holds images of split train2017 \([\d.]+ MB\) that a "
-                     "stopped build read, checked and shrank \(at another image size", capsys.readouterr().err)
+                     r"stopped build read, checked and shrank \(at another image size", capsys.readouterr().err)
     broken.write_bytes(photo)
     prepared.clear()
     folder = make_datamodule(backbones, coco_copy, cache_dir=str(tmp_path / "mended")).preprocess("train2017")
