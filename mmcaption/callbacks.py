@@ -149,7 +149,7 @@ class ResumableStop(Callback):
             self._stop_saved = True
         return path
 
-    def _stop(self, trainer, signum: int, path: str | None, done: bool = False) -> None:
+    def _stop(self, trainer, signum: int, path: str | None, done: bool | str = False) -> None:
         """End the command on ``signum`` with the checkpoint saved for it (``done``: training was); SLURM's time-limit
         warning requeues the job."""
         requeued = requeue_slurm_job() if signum == self._requeue_signal and trainer.is_global_zero else None  # (done too)
@@ -208,7 +208,7 @@ class ResumableStop(Callback):
         if stop:
             # this step's metrics reach the loggers, as the loop sends them after this hook: the curve has no gap
             trainer._logger_connector.update_train_step_metrics()
-            self._stop(trainer, self.signal or signal.SIGTERM, path)
+            self._stop(trainer, self.signal or signal.SIGTERM, path, step_ends.done_at(trainer, self._validation_due))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._last_save = time.monotonic()

@@ -136,7 +136,8 @@ class Interrupted(BaseException):
 class RunInterrupted(Interrupted):
     """Training stopped on a signal after saving a checkpoint it can be resumed from."""
 
-    def __init__(self, signum: int, checkpoint: str | None, step: int, requeued: str | None = None, done: bool = False) -> None:
+    def __init__(self, signum: int, checkpoint: str | None, step: int, requeued: str | None = None,
+                 done: bool | str = False) -> None:
         self.checkpoint, self.step = checkpoint, step
         name = signal.Signals(signum).name
         where = f"saved {checkpoint}" if checkpoint else "nothing saved"
@@ -145,6 +146,10 @@ class RunInterrupted(Interrupted):
         resume = f"; resume by {how.format(shell_word(checkpoint) if _stop.active else checkpoint)}" if checkpoint else ""
         if done:  # in the validation after the last step, which ends first: a resume had nothing left to train
             resume = "; training was done, its last validation too: nothing is left to resume"
+        if done == "validation" and checkpoint:  # at the last step, before its validation: a resume ran none of it
+            run = (f"mmcaption validate with the same settings and --ckpt_path {shell_word(checkpoint)}" if _stop.active
+                   else f"trainer.validate(..., ckpt_path={checkpoint!r})")
+            resume = f"; training was done, not the validation due at its last step: {run} runs it"
         super().__init__(signum, f"stopped by {name} at step {step}: {where}{resume}" + (f". {requeued}" if requeued else ""))
 
 

@@ -91,14 +91,17 @@ class NothingLeftToTrain(Callback):
     whether this run's new log folder holds anything."""
 
     def __init__(self) -> None:
-        self.trained = False
+        self.trained = self.validated = False
+
+    def on_validation_end(self, trainer: Trainer, pl_module) -> None:
+        self.validated |= not trainer.sanity_checking  # (a stop's validation, due at its last step, run first)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module) -> None:  # before ModelCheckpoint's (Lightning keeps it last)
         # resumed from the last validation of its last epoch, the loop ends that epoch without a batch: the checkpoint
         # resumed from is this run's last, not saved again (last.ckpt was, recording the resume's settings - a learning
         # rate its steps were not trained with - and a last-v1.ckpt where the folder was another run's)
         epochs = trainer.max_epochs  # the run ends here (with epochs left, an empty epoch end saves nothing anyway)
-        if trainer.ckpt_path and not self.trained and epochs not in (None, -1) and \
+        if trainer.ckpt_path and not (self.trained or self.validated) and epochs not in (None, -1) and \
                 trainer.fit_loop.epoch_progress.current.processed >= epochs:
             for callback in trainer.checkpoint_callbacks:  # the last saved is the one resumed from (a path: save_last
                 if isinstance(callback, ModelCheckpoint):  # "link" links to it)
@@ -114,8 +117,9 @@ class NothingLeftToTrain(Callback):
         limit = (("max_steps", steps) if steps not in (None, -1) and trainer.global_step >= steps else
                  ("max_epochs", epochs) if epochs not in (None, -1) and trainer.current_epoch >= epochs else None)
         if limit is not None:
+            ran = ", and ran the validation a stop had left due there" if self.validated else ""
             print(f"note: {trainer.ckpt_path} is at step {trainer.global_step} (epoch {trainer.current_epoch}), the end of "
-                  f"trainer.{limit[0]} {limit[1]}: this fit trained nothing more (to train on, raise --trainer.{limit[0]} "
+                  f"trainer.{limit[0]} {limit[1]}: this fit trained nothing more{ran} (to train on, raise --trainer.{limit[0]} "
                   f"above {limit[1]})", file=sys.stderr, flush=True)
 
 

@@ -65,6 +65,14 @@ def validation_due(trainer) -> bool:
     return bool(trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
 
 
+def done_at(trainer, validation_due: bool) -> bool | str:
+    """Whether training is done at this step's end (``max_steps``), and ``"validation"`` when a validation was due there
+    that a stop now leaves unrun: a resume trains nothing and runs nothing (Lightning's loop is done before it begins;
+    at the last epoch's end it is not: the resume closes the epoch, its validation first)."""
+    done = 0 <= trainer.max_steps <= trainer.global_step
+    return "validation" if done and validation_due else done
+
+
 def mark_stop(checkpoint: dict, signal_name: str, validation_due: bool) -> None:
     """Record in a stop's checkpoint the signal that stopped the run (a next stage started from it says it did not
     finish), and the validation due at its step, if one was (:func:`validation_to_run_first`)."""

@@ -1262,12 +1262,13 @@ class Validations(Callback):
             self.steps.append(trainer.global_step)
 
 
-@pytest.mark.parametrize("schedule", ["every 2 steps", "once an epoch", "inside a step, held to its end"])
+@pytest.mark.parametrize("schedule", ["every 2 steps", "once an epoch", "inside a step, held to its end", "the last epoch's end"])
 def test_a_stop_at_a_step_a_validation_was_due_runs_that_validation_first_when_resumed(schedule, backbones, coco_root, tmp_path):
     # Ctrl-C or docker stop in the step a validation falls at saved before it, and the resumed run went on to the next
     # step: that validation never ran - a gap in its curve, no checkpoint of its score, early stopping's count short; with
     # one validation an epoch (Lightning's default), a stop in an epoch's last step lost that epoch's
     from mmcaption.errors import signals_stop
+    from mmcaption.run_callbacks import NothingLeftToTrain
 
     language_dir, vision_dir = backbones
     data = CaptionDataModule(data_dir=str(coco_root), cache_dir=str(tmp_path / "cache"), tokenizer=str(language_dir),
@@ -1275,13 +1276,15 @@ def test_a_stop_at_a_step_a_validation_was_due_runs_that_validation_first_when_r
     settings, stop_at, validated = {  # (accumulating 2 batches, every 3 batches is inside steps 2 and 5: at their ends)
         "every 2 steps": ({"val_check_interval": 2}, 2, [2, 4, 6]), "once an epoch": ({"limit_train_batches": 3}, 3, [3, 6]),
         "inside a step, held to its end": ({"val_check_interval": 3, "accumulate_grad_batches": 2}, 2, [2, 3, 5, 6]),
+        "the last epoch's end": ({"limit_train_batches": 3, "max_epochs": 2, "max_steps": -1}, 6, [3, 6]),
     }[schedule]
 
     def fit(folder, *callbacks, ckpt_path=None):
         validations = Validations()
-        trainer = Trainer(accelerator="cpu", max_steps=6, limit_val_batches=1, logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, **settings,
-                          callbacks=[*callbacks, ResumableStop(), validations, ModelCheckpoint(
+        trainer = Trainer(accelerator="cpu", limit_val_batches=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                          **{"max_steps": 6, **settings}, callbacks=[*callbacks, ResumableStop(), validations,
+                                                                     NothingLeftToTrain(), ModelCheckpoint(
                               dirpath=folder, monitor="val/loss", save_top_k=-1, save_last=True, filename="{step}")])
         torch.manual_seed(0)
         module = make_captioner(backbones)
@@ -1297,6 +1300,12 @@ def test_a_stop_at_a_step_a_validation_was_due_runs_that_validation_first_when_r
     assert (tmp_path / "stopped" / f"step={stop_at}.ckpt").is_file()  # and the checkpoint of its score
     assert weights.keys() == straight_weights.keys()
     assert all(torch.equal(weights[name], straight_weights[name]) for name in weights)  # no step taken twice or skipped
+    if schedule == "every 2 steps":  # at the last step: a resume would train and run nothing, so it is not offered
+        last = re.escape(str(tmp_path / "last" / "last.ckpt"))
+        with pytest.raises(RunInterrupted, match=rf"^stopped by SIGTERM at step 6: saved {last}; training was done, not the "
+                                                 rf"validation due at its last step: mmcaption validate with the same "
+                                                 rf"settings and --ckpt_path {last} runs it$"), signals_stop():
+            fit(tmp_path / "last", SignalAtStep(6))
 
 
 def test_a_second_run_stopped_at_the_same_step_keeps_the_first_ones_checkpoint(tmp_path, capfd, caplog):
