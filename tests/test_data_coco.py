@@ -964,7 +964,7 @@ def test_test_and_validate_preprocess_only_the_split_they_read(backbones, coco_c
 # The code that builds caches, as of each PREPROCESSING_VERSION (its logic: docstrings, comments and the wording of
 # messages left out). A change to it that changes what a cache holds needs a new version, else an upgrade reads the
 # earlier release's cache as its own (it did: records this release refuses, or half of them, trained without a word).
-CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "3f4273ac9df1ad16"}
+CACHE_CODE = {7: "0167b6a36862a984", 8: "46272462e1d3c9a3", 9: "160b6c415c2e86b4"}
 
 
 def cache_code_digest() -> str:
@@ -1114,8 +1114,8 @@ def test_preprocessing_stopped_half_way_goes_on_from_the_images_done(backbones, 
         chunks.setattr(image_pass, "CHECKED_IMAGES", 2)  # kept two at a time as they are done (a kill loses one at most)
         data.preprocess("train2017")
     assert not (data.split_folder("train2017") / "meta.json").exists()
-    kept = int(re.search(r"note: (\d+) images of split train2017 read, checked and shrunk are kept in (\S+): the next run "
-                         "goes on from them", capsys.readouterr().err)[1])
+    kept = int(re.search(r"note: (\d+) images of split train2017 read, checked and shrunk are kept in (\S+) \([\d.]+ MB\): "
+                         "the next run goes on from them", capsys.readouterr().err)[1])
     assert 6 <= kept <= 11  # those before the one stopped at, and those the pool had read ahead (as its threads went)
     chunks = sorted((tmp_path / "cache").glob(".train2017.checked-images-*/chunk-*.arrow"))
     assert len(chunks) == -(-kept // 2)  # two images a chunk here (the first two in the first)

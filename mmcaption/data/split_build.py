@@ -14,7 +14,7 @@ from typing import Any
 import datasets
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmcaption.data.cache import publish_atomically, released, save_table
+from mmcaption.data.cache import folder_bytes, publish_atomically, released, save_table
 from mmcaption.data.image_pass import CheckedImages, checked_and_shrunk, checked_images_folder
 from mmcaption.data.progress import Progress
 from mmcaption.data.records import BadRecords, DataError, NothingUsable
@@ -46,7 +46,7 @@ def write_image_text_split(
     checked = CheckedImages(checked_images_folder(target, image_size))
     if checked.kept:
         rank_zero_info(f"preprocessing {target.name}: {checked.kept:,} images a stopped run read, checked and shrank are "
-                       f"kept in {checked.folder}; those are not read again")
+                       f"kept in {checked.folder}; those unchanged since are not read again")
     items_by_image: list[Any] = []
     without_image: list[Any] = []  # items of text-only records (``entries`` yields them with ``None``)
     produced = {"images": 0, "rows": 0}
@@ -102,8 +102,10 @@ def write_image_text_split(
         with suppress(Exception):  # (those the pass held, should datasets' writer have been stopped, not the pass)
             checked.keep()
         if checked.kept:
+            size = folder_bytes(checked.folder) if checked.folder.is_dir() else 0
             print(f"note: {checked.kept:,} images of split {target.name.rsplit('-', 1)[0]} read, checked and shrunk are "
-                  f"kept in {checked.folder}: the next run goes on from them", file=sys.stderr, flush=True)
+                  f"kept in {checked.folder} ({size / 2**20:,.1f} MB): the next run goes on from them", file=sys.stderr,
+                  flush=True)
         raise
     checked.remove()
     records.warn_if_any()
