@@ -1541,7 +1541,8 @@ def test_own_photo_layouts_read_or_say_how_to_make_them_readable(tmp_path, capsy
         list(HubCaptions(str(sidecars)).records("train", BadRecords("sidecars")))
     (sidecars / "img_0003.bak").rename(sidecars / "img_0003.txt")
     # and counted as the folder is listed: 3,000 such photos of a webdataset's folder were found one by one as read
-    assert any(line.endswith("a photo without one is refused, or left out with on_bad_record skip: 1 has none, the first "
+    assert any(line.endswith("a photo without one is refused, or left out with --data.init_args.on_bad_record skip: 1 has "
+                             "none, the first "
                              "photo2.jpg)") for line in said), said
     # a DatasetDict with train and dev: dev is the validation split (was "has one split", dev never used)
     table = {"image": [str(project / "images" / f"photo{i}.jpg") for i in range(3)], "caption": ["a", "b", "c"]}

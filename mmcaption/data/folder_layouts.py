@@ -116,7 +116,8 @@ def folder_layout(path: Path, files: list[Path], columns: tuple[str, str]) -> tu
     bare = sorted(image for image in images if image not in texts)  # counted now, not found one by one as they are read
     rank_zero_info(f"{path}: {len(images)} photos, each captioned by the {captions[0].suffix} file of its name beside it (columns "
                    f"{columns[0]!r} and {columns[1]!r}; several lines: several captions; a photo without one is refused"
-                   + (f", or left out with on_bad_record skip: {len(bare):,} {'has' if len(bare) == 1 else 'have'} none, the first "
+                   + (f", or left out with --data.init_args.on_bad_record skip: {len(bare):,} {'has' if len(bare) == 1 else 'have'} "
+                      "none, the first "
                       f"{bare[0].relative_to(path)})"
                       if bare else ")"))
     return None, [(image.relative_to(path).as_posix(), texts.get(image)) for image in sorted(images)]
