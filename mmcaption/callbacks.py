@@ -25,10 +25,10 @@ from mmcaption.slurm import requeue_slurm_job, slurm_requeue_signal, this_job
 from mmcaption.step_ends import (
     checkpoint_files,
     format_seconds,
-    hold_validation_to_step_ends,
     run_length,
     save_resumable_checkpoint,
     saved_since,
+    schedule_validations,
     time_limit_note,
     time_spent_note,
     window_open,
@@ -81,7 +81,7 @@ class ResumableStop(Callback):
                       f"recorded ({stopper.wait_count} validation(s) without improvement counted so far)", file=sys.stderr,
                       flush=True)
             stopper.patience = given
-        hold_validation_to_step_ends(trainer)
+        schedule_validations(trainer)
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         # and SLURM's warning before the time limit, in place of Lightning's handler: that one saved an hpc_ckpt in

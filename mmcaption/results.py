@@ -92,6 +92,8 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
     split = datamodule.stage_splits()["test" if prefix == "test" else "val"] if hasattr(datamodule, "stage_splits") else None
     settings = dict(getattr(datamodule, "hparams", {}))
     fitting = trainer.state.fn.value == "fit"  # a fit's validation: its texts kept with its scores, a file each step
+    # the step of the weights scored, as a fit's checkpoints name it (validate, test: the checkpoint's; none without one)
+    step = trainer.global_step if fitting else getattr(module, "loaded_step", None) if trainer.ckpt_path else None
     if fitting and trainer.fast_dev_run:  # (a smoke test: no logs, no checkpoints, and no files in the working folder)
         return
     if fitting:  # (in TensorBoard only four captions were shown, and nothing at all with another logger); no sha256 of
@@ -103,8 +105,8 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
                and trainer.ckpt_path else {})}
     else:
         weights = checkpoint_record(trainer.ckpt_path, getattr(module, "init_from", None))
-        if trainer.ckpt_path and getattr(module, "loaded_step", None) is not None:
-            weights["step"] = module.loaded_step
+        if step is not None:
+            weights["step"] = step
     results: dict[str, Any] = {
         "stage": trainer.state.fn.value, "split": split, "metrics": metrics, **({"metrics_by_domain": by_domain} if by_domain else {}),
         "checkpoint": weights, "data": {"module": type(datamodule).__name__, **settings},
@@ -142,9 +144,8 @@ def write_results(trainer, generation: dict[str, Any], folder: Path, prefix: str
         results["left_out_of_split"] = made["skipped"]
     rows = [{"image_id": i, "file_name": f, "caption": c, "references": r} for i, c, r, f in captions]
     rows += [{"id": i, "question": q, "prediction": p, "answer": a} for i, q, p, a in answers]
-    # named by the step of the weights scored, as a fit's checkpoints are: validate or test run on several checkpoints
-    # wrote val-<split>.*, -2, -3 (which was which only inside each file)
-    step = trainer.global_step if fitting else getattr(module, "loaded_step", None) if trainer.ckpt_path else None
+    # named by that step: validate or test run on several checkpoints wrote val-<split>.*, -2, -3 (which was which
+    # only inside each file)
     stem = f"{prefix}-{split or 'split'}" + (f"-step{step}" if step is not None else "")
     try:
         predictions, summary = write_evaluation(folder, stem, rows, results)

@@ -28,7 +28,7 @@ def window_open(trainer, batch_idx: int) -> bool:
     return bool((batch_idx + 1) % trainer.accumulate_grad_batches) and batch_idx + 1 != trainer.num_training_batches
 
 
-def hold_validation_to_step_ends(trainer) -> None:
+def schedule_validations(trainer) -> None:
     """Lightning's validation schedule (``val_check_interval``, by batch or by time, per epoch or across epochs), each
     validation that falls inside an optimizer step's batches held to that step's end (``accumulate_grad_batches`` - 1
     batches later at most), said once. One inside a step saved ``last.ckpt`` (and a best) there, and a run resumed

@@ -53,13 +53,11 @@ def building_elsewhere(folder: Path) -> bool:
     return written_within(3600)
 
 
-def chunk_damage(folder: Path, rows: int | None = None) -> str | None:
-    """``None`` if a chunk's table loads, holds ``rows`` rows (any number but none, without ``rows``) and reads to its last;
-    else what is wrong."""
+def chunk_damage(folder: Path, rows: int) -> str | None:
+    """``None`` if a chunk's table loads, holds ``rows`` rows and reads to its last; else what is wrong."""
     try:
         table = load_table(folder)
         held = len(table)
-        rows = held if rows is None else rows
         if held == rows and held:
             table[held - 1]  # (a file cut short by a power cut fails here)
         del table
@@ -71,7 +69,6 @@ def chunk_damage(folder: Path, rows: int | None = None) -> str | None:
 
 def write_chunk(chunks: Path, name: str, rows: Callable[[], Iterator[dict]], count: int, schema: datasets.Features) -> None:
     """Compute chunk ``name`` (``count`` rows) in ``chunks`` and rename it into place whole."""
-    chunks.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=build_prefix(), dir=chunks))
     try:
         table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(build / "cache"),

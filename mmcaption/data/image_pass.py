@@ -98,7 +98,7 @@ class CheckedImages:
     run's, building the split under other settings meanwhile, are left to it."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.found, self.held, self.held_bytes, self.kept_now = folder, {}, [], 0, 0
+        self.folder, self.found, self.held, self.held_bytes, self.kept_now, self.said = folder, {}, [], 0, 0, False
         self.chunks: list[tuple[Path, pa.Table]] = []
         self.used: set[int] = set()  # the chunks read from, and written (by their place in ``chunks``)
         for chunk in sorted(folder.glob("chunk-*.arrow")) if folder.is_dir() else []:
@@ -156,8 +156,6 @@ class CheckedImages:
                     print(f"note: the images checked so far are not kept in {self.folder} ({error}): a stopped build "
                           "reads them again", file=sys.stderr, flush=True)
                     self.said = True
-
-    said = False
 
     def keep(self) -> None:
         """Write the results held as a chunk (each process's and time's own name: runs of other inputs may share it),
